@@ -1,0 +1,1 @@
+"""Pipeline stages as plain Python: no dagster import anywhere below this package."""

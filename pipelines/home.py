@@ -1,0 +1,128 @@
+"""The data home: one object that knows where every dataset lives (and nothing else does)."""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "./data"
+ENV_VAR = "PICKAPIC_HOME"
+_DAY = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """``--home`` if given, else ``$PICKAPIC_HOME``, else ``./data``; returned absolute."""
+    chosen = home if home not in (None, "") else os.environ.get(ENV_VAR) or DEFAULT_HOME
+    return Path(chosen).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class DataHome:
+    """Layout of a data home (documented in README.md, section "Data home layout")."""
+
+    root: Path
+
+    @classmethod
+    def at(cls, home: str | os.PathLike | None = None) -> "DataHome":
+        return cls(resolve_home(home))
+
+    # raw zone (written by the app export / simulator, read-only for the pipeline)
+    @property
+    def raw(self) -> Path:
+        return self.root / "raw"
+
+    @property
+    def raw_logs(self) -> Path:
+        return self.raw / "app_logs"
+
+    def raw_day(self, day: str) -> Path:
+        return self.raw_logs / f"dt={day}"
+
+    def raw_file(self, day: str, table: str) -> Path:
+        return self.raw_day(day) / f"{table}.jsonl.gz"
+
+    @property
+    def raw_images(self) -> Path:
+        return self.raw / "images"
+
+    def raw_image_relpath(self, image_uid: str) -> str:
+        return f"raw/images/{image_uid}.png"
+
+    @property
+    def moderation(self) -> Path:
+        return self.raw / "moderation"
+
+    @property
+    def banned_users_file(self) -> Path:
+        return self.moderation / "banned_users.txt"
+
+    @property
+    def nsfw_phrases_file(self) -> Path:
+        return self.moderation / "nsfw_phrases.txt"
+
+    @property
+    def ground_truth(self) -> Path:
+        return self.root / "ground_truth"
+
+    # warehouse: validated and derived tables, Parquet
+    @property
+    def warehouse(self) -> Path:
+        return self.root / "warehouse"
+
+    def table_dir(self, dataset: str) -> Path:
+        return self.warehouse / dataset
+
+    def partition_file(self, dataset: str, day: str) -> Path:
+        """Daily-partitioned dataset file: ``warehouse/<dataset>/dt=<day>/part-0.parquet``."""
+        return self.table_dir(dataset) / f"dt={day}" / "part-0.parquet"
+
+    def table_file(self, dataset: str) -> Path:
+        """Unpartitioned dataset file: ``warehouse/<dataset>/data.parquet``."""
+        return self.table_dir(dataset) / "data.parquet"
+
+    def table_glob(self, dataset: str) -> str:
+        """Glob matching every Parquet file of a dataset (partitioned or not)."""
+        return str(self.table_dir(dataset) / "**" / "*.parquet")
+
+    # content-addressed training JPEGs written by the feature stage
+    @property
+    def blobs(self) -> Path:
+        return self.root / "blobs"
+
+    # published datasets, models, orchestration state
+    @property
+    def datasets(self) -> Path:
+        return self.root / "datasets" / "pickapic"
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / ".build.lock"
+
+    def raw_days(self) -> list[str]:
+        """Every ``dt=YYYY-MM-DD`` folder present in the raw zone, sorted."""
+        if not self.raw_logs.is_dir():
+            return []
+        days = []
+        for child in self.raw_logs.iterdir():
+            match = _DAY.match(child.name)
+            if match and child.is_dir():
+                dt.date.fromisoformat(match.group(1))  # rejects 2023-02-30 loudly
+                days.append(match.group(1))
+        return sorted(days)
+
+    def resolve_inside(self, relpath: str) -> Path:
+        """Resolve ``relpath`` under the home, refusing anything that escapes it (``..``, links)."""
+        candidate = (self.root / relpath).resolve()
+        if candidate != self.root and self.root not in candidate.parents:
+            raise ValueError(f"path {relpath!r} resolves outside the data home {self.root}")
+        return candidate

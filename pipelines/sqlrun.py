@@ -1,0 +1,79 @@
+"""The one shared helper for SQL stages: register views, run a ``sql/*.sql`` file, cast, write."""
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Mapping
+
+import duckdb
+import pyarrow as pa
+
+from pipelines.storage import cast_to_schema, write_parquet_atomic
+from schemas import get_schema
+
+
+def sql_text(name: str) -> str:
+    """Text of ``sql/<name>.sql`` (``queries/x`` for a named query), from the installed package."""
+    resource = resources.files("sql").joinpath(*f"{name}.sql".split("/"))
+    if not resource.is_file():
+        raise FileNotFoundError(f"no SQL file sql/{name}.sql in the installed package")
+    return resource.read_text(encoding="utf-8")
+
+
+def connect(views: Mapping[str, str | Path | pa.Table], *, threads: int | None = None) -> duckdb.DuckDBPyConnection:
+    """In-memory DuckDB with one view per entry: a Parquet path/glob or an Arrow table."""
+    con = duckdb.connect(":memory:")
+    if threads:
+        con.execute(f"SET threads = {int(threads)}")
+    register_views(con, views)
+    return con
+
+
+def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Path | pa.Table]) -> None:
+    """Register each view; a path is read with ``read_parquet`` (an empty schema if nothing matches)."""
+    for name, source in views.items():
+        if isinstance(source, pa.Table):
+            con.register(name, source)
+            continue
+        source = str(source)
+        if _matches_nothing(source):
+            con.register(name, get_schema(name).empty_table() if _known(name) else pa.table({}))
+            continue
+        escaped = source.replace("'", "''")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{escaped}', union_by_name = true)")
+
+
+def _known(name: str) -> bool:
+    try:
+        get_schema(name)
+        return True
+    except KeyError:
+        return False
+
+
+def _matches_nothing(source: str) -> bool:
+    import glob
+
+    return not glob.glob(source, recursive=True)
+
+
+def run_sql(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, object] | None = None) -> pa.Table:
+    """Run ``sql/<name>.sql`` with named ``$params`` and return an Arrow table."""
+    text = sql_text(name)
+    try:
+        return con.execute(text, dict(params or {})).fetch_arrow_table()
+    except duckdb.Error as exc:
+        raise RuntimeError(f"sql/{name}.sql failed: {exc}") from exc
+
+
+def run_to_parquet(
+    con: duckdb.DuckDBPyConnection,
+    name: str,
+    dataset: str,
+    output: Path,
+    params: Mapping[str, object] | None = None,
+) -> pa.Table:
+    """Run ``sql/<name>.sql``, cast to ``dataset``'s schema, write ``output`` atomically."""
+    table = cast_to_schema(run_sql(con, name, params), get_schema(dataset))
+    write_parquet_atomic(table, output)
+    return table
