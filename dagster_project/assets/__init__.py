@@ -1,0 +1,1 @@
+"""Dagster assets, one module per group: ingest, features, curation, splits, publish, model."""

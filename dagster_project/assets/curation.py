@@ -1,0 +1,51 @@
+"""Curation group: duplicate clusters, keep/drop decisions, preference pairs (metadata only, no bytes)."""
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.contracts import check_specs, run_checks, warehouse_views
+from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.resources import PickapicHome
+from dagster_project.runconfig import config_class, to_dataclass
+from pipelines.curation import CurationConfig, build_decisions, build_pairs
+from pipelines.dedup import DedupConfig, build_clusters
+
+DedupRunConfig = config_class(DedupConfig, "DedupRunConfig")
+CurationRunConfig = config_class(CurationConfig, "CurationRunConfig")
+
+
+@dg.asset(
+    deps=["image_features"], group_name="curation", kinds={"duckdb", "parquet"},
+    metadata=spec_metadata("duplicate_clusters"), check_specs=check_specs(["duplicate_clusters"]),
+)
+def duplicate_clusters(config: DedupRunConfig, data_home: PickapicHome):
+    """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
+    home = data_home.home()
+    report = build_clusters(home, to_dataclass(DedupConfig, config))
+    yield dg.MaterializeResult(metadata=report_metadata(report))
+    yield from run_checks(["duplicate_clusters"], warehouse_views(home))
+
+
+@dg.asset(
+    deps=["duplicate_clusters", "rankings", "images", "image_features", "image_rejects"],
+    group_name="curation", kinds={"duckdb", "parquet"},
+    metadata=spec_metadata("decisions"), check_specs=check_specs(["decisions"]),
+)
+def decisions(config: CurationRunConfig, data_home: PickapicHome):
+    """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
+    home = data_home.home()
+    report = build_decisions(home, to_dataclass(CurationConfig, config))
+    yield dg.MaterializeResult(metadata=report_metadata(report))
+    yield from run_checks(["decisions"], warehouse_views(home))
+
+
+@dg.asset(
+    deps=["decisions"], group_name="curation", kinds={"duckdb", "parquet"},
+    metadata=spec_metadata("pairs"), check_specs=check_specs(["pairs"]),
+)
+def pairs(config: CurationRunConfig, data_home: PickapicHome):
+    """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
+    home = data_home.home()
+    report = build_pairs(home, to_dataclass(CurationConfig, config))
+    yield dg.MaterializeResult(metadata=report_metadata(report))
+    yield from run_checks(["pairs"], warehouse_views(home))

@@ -1,0 +1,45 @@
+"""Features group: the Apache Beam fingerprinting job for one day's images."""
+from __future__ import annotations
+
+import shlex
+
+import dagster as dg
+from pydantic import Field
+
+from dagster_project.contracts import check_specs, run_checks, warehouse_views
+from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.partitions import daily
+from dagster_project.resources import PickapicHome
+from dagster_project.runconfig import config_class, to_dataclass
+from pipelines.features import FeaturesConfig, build_features
+
+FEATURE_DATASETS = ("image_features", "image_rejects")
+_BaseFeaturesRunConfig = config_class(FeaturesConfig, "_BaseFeaturesRunConfig")
+
+
+class FeaturesRunConfig(_BaseFeaturesRunConfig):
+    beam_args: str = Field(default="", description="Extra Beam pipeline options, e.g. '--runner=DataflowRunner --project=p'.")
+
+
+@dg.multi_asset(
+    specs=[
+        dg.AssetSpec("image_features", deps=["images"], group_name="features", kinds={"beam", "onnx", "parquet"},
+                     description="Per-image sha256, pHash/dHash, NudeNet detections and the training JPEG key.",
+                     metadata=spec_metadata("image_features")),
+        dg.AssetSpec("image_rejects", deps=["images"], group_name="features", kinds={"beam", "parquet"},
+                     description="Images the feature stage could not process, with the reason (dead letter).",
+                     metadata=spec_metadata("image_rejects")),
+    ],
+    check_specs=check_specs(FEATURE_DATASETS),
+    partitions_def=daily,
+    name="fingerprint_images",
+)
+def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunConfig, data_home: PickapicHome):
+    """Run the Beam feature pipeline (in-process DirectRunner by default) for one day."""
+    home = data_home.home()
+    day = context.partition_key
+    stage_config = to_dataclass(FeaturesConfig, config)
+    report = build_features(home, day, stage_config, beam_args=shlex.split(config.beam_args))
+    for dataset in FEATURE_DATASETS:
+        yield dg.MaterializeResult(asset_key=dataset, metadata=report_metadata(report, dataset))
+    yield from run_checks(FEATURE_DATASETS, warehouse_views(home, day))

@@ -1,0 +1,39 @@
+"""Ingest group: one day's raw export -> validated Parquet tables + quarantine."""
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project.contracts import check_specs, run_checks, warehouse_views
+from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.partitions import daily
+from dagster_project.resources import PickapicHome
+from dagster_project.runconfig import config_class, to_dataclass
+from pipelines.ingest import IngestConfig, ingest_day
+
+INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
+_DESCRIPTIONS = {
+    "users": "App users of the day (id and sign-up time only: emails and names stay in the raw zone).",
+    "images": "Generated images of the day, prompts unescaped and bracketed negatives split off.",
+    "rankings": "User clicks of the day: shown images, the chosen one or a tie.",
+    "downloads": "Image downloads of the day.",
+    "quarantine": "Every raw line that was not accepted, with table, file, line number and reason.",
+    "ingest_files": "One row per raw file of the day with line counts that must reconcile.",
+}
+IngestRunConfig = config_class(IngestConfig, "IngestRunConfig")
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec(ds, description=_DESCRIPTIONS[ds], group_name="ingest", kinds={"python", "parquet"},
+                        metadata=spec_metadata(ds)) for ds in INGEST_DATASETS],
+    check_specs=check_specs(INGEST_DATASETS),
+    partitions_def=daily,
+    name="ingest_day",
+)
+def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig, data_home: PickapicHome):
+    """Validate one day's raw export into partitioned Parquet tables plus quarantine."""
+    home = data_home.home()
+    day = context.partition_key
+    report = ingest_day(home, day, to_dataclass(IngestConfig, config))
+    for dataset in INGEST_DATASETS:
+        yield dg.MaterializeResult(asset_key=dataset, metadata=report_metadata(report, dataset))
+    yield from run_checks(INGEST_DATASETS, warehouse_views(home, day))

@@ -1,0 +1,87 @@
+"""Jobs, the nightly schedule, the weekly training schedule, the raw-partition sensor, freshness checks."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import os
+
+import dagster as dg
+
+from dagster_project.partitions import daily
+from dagster_project.resources import PickapicHome
+from pipelines.home import DataHome
+
+NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")
+TRAIN_CRON = os.environ.get("PICKAPIC_TRAIN_CRON", "0 4 * * 0")
+RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
+
+daily_partition_job = dg.define_asset_job(
+    "daily_partition_job", selection=dg.AssetSelection.groups("ingest", "features"), partitions_def=daily,
+    description="Ingest and fingerprint one day's raw export.",
+)
+rebuild_dataset_job = dg.define_asset_job(
+    "rebuild_dataset_job", selection=dg.AssetSelection.groups("curation", "splits", "publish"),
+    description="Re-cluster, re-decide, re-split over all days and publish a new dataset version.",
+)
+train_model_job = dg.define_asset_job(
+    "train_model_job", selection=dg.AssetSelection.groups("model"),
+    description="Train the preference model on `latest`, evaluate it and rank the generators.",
+)
+
+
+@dg.schedule(job=daily_partition_job, cron_schedule=NIGHTLY_CRON, execution_timezone="UTC",
+             description="Nightly: ingest and fingerprint yesterday's partition (the rebuild follows on success).")
+def nightly_schedule(context: dg.ScheduleEvaluationContext):
+    """Request yesterday's partition (the day that just ended in UTC)."""
+    day = (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
+
+
+train_schedule = dg.ScheduleDefinition(
+    name="weekly_training_schedule", job=train_model_job, cron_schedule=TRAIN_CRON, execution_timezone="UTC",
+    description="Weekly (configurable with PICKAPIC_TRAIN_CRON): retrain and re-evaluate on `latest`.",
+)
+
+
+@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_partition_job],
+                      request_job=rebuild_dataset_job, name="rebuild_after_daily_partition",
+                      description="After a day is ingested and fingerprinted, rebuild curation, splits and shards.")
+def rebuild_after_daily_partition(context: dg.RunStatusSensorContext):
+    """Start one dataset rebuild per successful daily run."""
+    return dg.RunRequest(run_key=f"rebuild-after-{context.dagster_run.run_id}")
+
+
+def raw_partition_fingerprint(home: DataHome, day: str) -> str | None:
+    """Digest of a complete raw day (all four table files present), else None."""
+    folder = home.raw_day(day)
+    digest = hashlib.sha256(day.encode())
+    for name in RAW_TABLE_FILES:
+        path = folder / name
+        if not path.is_file():
+            return None
+        stat = path.stat()
+        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()[:16]
+
+
+@dg.sensor(job=daily_partition_job, minimum_interval_seconds=60,
+           description="Starts the daily run when a new (or re-exported) raw partition lands.")
+def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
+    """One run request per complete raw day; the run key changes when the export is replaced."""
+    home = data_home.home()
+    valid = set(daily.get_partition_keys())
+    requests = []
+    for day in home.raw_days():
+        fingerprint = raw_partition_fingerprint(home, day)
+        if fingerprint is None or day not in valid:
+            continue
+        requests.append(dg.RunRequest(run_key=f"raw-{day}-{fingerprint}", partition_key=day))
+    if not requests:
+        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}")
+    return requests
+
+
+freshness_checks = dg.build_last_update_freshness_checks(
+    assets=["published_dataset"], lower_bound_delta=dt.timedelta(hours=26), blocking=False,
+)
+freshness_sensor = dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks, name="published_dataset_freshness")

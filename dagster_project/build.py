@@ -1,0 +1,131 @@
+"""Run the asset graph for the raw partitions present, recorded in the data home's Dagster instance."""
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator
+
+import dagster as dg
+
+from pipelines.home import DataHome
+
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+
+
+class BuildError(RuntimeError):
+    """A build could not start or one of its runs failed; the message says which and why."""
+
+
+@dataclass
+class BuildResult:
+    days: list[str]
+    run_ids: dict[str, str] = field(default_factory=dict)   # run label -> Dagster run id
+
+
+@contextlib.contextmanager
+def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
+    """Hold an exclusive lock on the data home; a second build waits (``wait``) or refuses."""
+    home.root.mkdir(parents=True, exist_ok=True)
+    with open(home.lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise BuildError(f"another build is running on {home.root} (pid {holder}); "
+                             "wait for it to finish or pass --wait") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def use_home(home: DataHome) -> Path:
+    """Point this process's Dagster and pipeline at ``home`` (DAGSTER_HOME lives inside it)."""
+    home.dagster_home.mkdir(parents=True, exist_ok=True)
+    config = home.dagster_home / "dagster.yaml"
+    if not config.exists():
+        config.write_text(_DAGSTER_YAML)
+    os.environ["DAGSTER_HOME"] = str(home.dagster_home)
+    os.environ["PICKAPIC_HOME"] = str(home.root)
+    return home.dagster_home
+
+
+def select_days(home: DataHome, start: str | None = None, end: str | None = None) -> list[str]:
+    """Raw days present, limited to [start, end]; errors when there are none."""
+    days = home.raw_days()
+    if not days:
+        raise BuildError(f"no raw partitions under {home.raw_logs}; run `pickapic simulate --home {home.root}` "
+                         "or copy an app export there first")
+    chosen = [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
+    if not chosen:
+        raise BuildError(f"no raw partition between {start or 'the first day'} and {end or 'the last day'}; "
+                         f"present: {days[0]} .. {days[-1]}")
+    return chosen
+
+
+def _execute(job_name: str, instance: dg.DagsterInstance, run_config: dict, partition_key: str | None = None) -> str:
+    from dagster_project.definitions import defs
+
+    job = defs.resolve_job_def(job_name)
+    result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=partition_key,
+                                    raise_on_error=False, tags={"pickapic/launched_by": "pickapic build"})
+    if not result.success:
+        failures = [event for event in result.all_events if event.is_failure]
+        detail = "; ".join(
+            f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[-1]}"
+            for e in failures if getattr(e.event_specific_data, "error", None)
+        ) or "see the run in `pickapic ui`"
+        where = f" for partition {partition_key}" if partition_key else ""
+        raise BuildError(f"{job_name}{where} failed (run {result.run_id}): {detail}")
+    return result.run_id
+
+
+def run_build(
+    home: DataHome,
+    days: list[str],
+    *,
+    with_model: bool = False,
+    run_config: dict | None = None,
+    wait: bool = False,
+    progress: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Materialize every daily partition in ``days``, then the global rebuild (and the model if asked)."""
+    run_config = run_config or {}
+    note = progress or (lambda message: None)
+    use_home(home)
+    result = BuildResult(days=list(days))
+    with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
+        for day in days:
+            note(f"ingest + fingerprint {day}")
+            result.run_ids[day] = _execute("daily_partition_job", instance, _config_for(run_config, "daily"), day)
+        note("curate, split and publish")
+        result.run_ids["rebuild"] = _execute("rebuild_dataset_job", instance, _config_for(run_config, "rebuild"))
+        if with_model:
+            note("train, evaluate, rank generators")
+            result.run_ids["model"] = _execute("train_model_job", instance, _config_for(run_config, "model"))
+    return result
+
+
+_OPS = {
+    "daily": ("ingest_day", "fingerprint_images"),
+    "rebuild": ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset"),
+    "model": ("preference_model", "preference_model_eval", "generator_leaderboard"),
+}
+
+
+def _config_for(run_config: dict, job: str) -> dict:
+    """Quiet console logs plus the op configs (keyed by op name) that belong to ``job``."""
+    ops = {name: cfg for name, cfg in run_config.get("ops", {}).items() if name in _OPS[job]}
+    return {**QUIET_LOGS, **({"ops": ops} if ops else {})}

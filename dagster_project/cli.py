@@ -1,0 +1,144 @@
+"""The `pickapic` command: simulate, build, query, export, train, demo, ui."""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import time
+from typing import Callable
+
+from pipelines.home import DEFAULT_HOME, ENV_VAR, DataHome
+
+HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
+
+# Subcommands whose flags and behaviour live in a stage module: (module, help).
+MOUNTED = {
+    "simulate": ("pipelines.simulator", "generate sample app logs (the raw zone) and their ground truth"),
+    "query": ("pipelines.query", "read-only DuckDB SQL over a published dataset version"),
+    "export": ("pipelines.export", "export a published version in another format (pickscore-parquet)"),
+    "train": ("training.train", "train the CLIP preference model on a published version"),
+}
+
+
+def _add_home(parser: argparse.ArgumentParser) -> None:
+    if not any("--home" in action.option_strings for action in parser._actions):
+        parser.add_argument("--home", default=None, help=HOME_HELP)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pickapic", description=(
+        "Raw Pick-a-Pic app logs -> validated tables -> fingerprints -> curated, leak-free splits -> "
+        "WebDataset shards -> a PickScore-style preference model. Every command takes --home."))
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    for name, (module, help_text) in MOUNTED.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module)
+        _mount(sub_parser, module)
+
+    build = sub.add_parser("build", help="materialize every asset for the raw partitions present",
+                           description="Ingest + fingerprint every raw day (or --from/--to), then curate, split "
+                                       "and publish; runs are recorded in HOME/dagster and show in `pickapic ui`.")
+    _add_home(build)
+    build.add_argument("--from", dest="start", metavar="DATE", help="first raw day to (re)build, YYYY-MM-DD")
+    build.add_argument("--to", dest="end", metavar="DATE", help="last raw day to (re)build, YYYY-MM-DD")
+    build.add_argument("--with-model", action="store_true", help="also train and evaluate the preference model")
+    build.add_argument("--wait", action="store_true", help="wait for a running build instead of refusing")
+    build.set_defaults(_run=_cmd_build)
+
+    demo = sub.add_parser("demo", help="simulate a small sample, build, train briefly, print a summary",
+                          description="The one-command tour: simulate -> build -> train (demo preset) -> summary.")
+    _add_home(demo)
+    demo.add_argument("--days", type=int, default=3, help="simulated days (default 3)")
+    demo.add_argument("--users", type=int, default=40, help="simulated users (default 40)")
+    demo.add_argument("--rankings-per-day", type=int, default=120, help="simulated rankings per day (default 120)")
+    demo.add_argument("--image-size", type=int, default=256, help="simulated image size in px (default 256)")
+    demo.add_argument("--train-steps", type=int, default=None, help="training steps (default: the demo preset)")
+    demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
+    demo.set_defaults(_run=_cmd_demo)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 for this data home",
+                        description="Runs dagster-webserver with DAGSTER_HOME=HOME/dagster (the builds' instance).")
+    _add_home(ui)
+    ui.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    ui.add_argument("--with-daemon", action="store_true", help="also run the daemon (schedules and sensors)")
+    ui.set_defaults(_run=_cmd_ui)
+    return parser
+
+
+def _mount(sub_parser: argparse.ArgumentParser, module: str) -> None:
+    """Let the stage module declare its own flags; add --home if it did not."""
+    mod = importlib.import_module(module)
+    mod.add_arguments(sub_parser)
+    _add_home(sub_parser)
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from dagster_project.build import run_build, select_days
+
+    home = DataHome.at(args.home)
+    days = select_days(home, args.start, args.end)
+    started = time.perf_counter()
+    result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=_status_printer())
+    print(f"built {len(days)} day(s) {days[0]}..{days[-1]} in {time.perf_counter() - started:.0f}s; "
+          f"{len(result.run_ids)} Dagster runs recorded in {home.dagster_home} (see them with `pickapic ui`)")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dagster_project.demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from dagster_project.build import use_home
+
+    home = DataHome.at(args.home)
+    use_home(home)
+    if args.with_daemon:
+        command = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
+                   "-h", "127.0.0.1", "-p", str(args.port)]
+    else:
+        command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
+                   "-h", "127.0.0.1", "-p", str(args.port)]
+    print(f"Dagster UI for {home.root} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, command)
+    return 0  # unreachable: execv replaces this process
+
+
+def _status_printer() -> Callable[[str], None]:
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    started = time.perf_counter()
+
+    def note(message: str) -> None:
+        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
+
+    return note
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `pickapic` console script."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if hasattr(args, "_module"):
+            outcome = importlib.import_module(args._module).run_from_args(args)
+            return outcome if isinstance(outcome, int) else 0
+        return int(args._run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError) as exc:
+        if args.debug:
+            raise
+        print(f"pickapic {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,58 @@
+"""Contract quality rules as Dagster asset checks: one check per rule, generated from the YAML."""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+import dagster as dg
+
+from data_contracts.engine import evaluate, load_contract
+from pipelines.home import DataHome
+from pipelines.sqlrun import connect
+from schemas import SCHEMAS
+
+# Datasets written one file per daily partition; every other warehouse dataset is one file.
+PARTITIONED = {"users", "images", "rankings", "downloads", "quarantine", "ingest_files",
+               "image_features", "image_rejects"}
+
+
+def check_specs(datasets: Iterable[str]) -> list[dg.AssetCheckSpec]:
+    """One ``AssetCheckSpec`` per contract rule; ``severity: error`` rules block downstream assets."""
+    specs = []
+    for dataset in datasets:
+        for rule in load_contract(dataset).rules:
+            specs.append(dg.AssetCheckSpec(
+                name=rule.check_name, asset=dataset, blocking=rule.blocking,
+                description=f"{rule.description} (contract rule, {rule.expectation()})",
+            ))
+    return specs
+
+
+def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, str]:
+    """View name -> Parquet path/glob for every warehouse dataset (one partition if given)."""
+    views = {}
+    for dataset in SCHEMAS:
+        if dataset.startswith("raw_"):
+            continue
+        if dataset in PARTITIONED:
+            views[dataset] = str(home.partition_file(dataset, partition)) if partition else home.table_glob(dataset)
+        else:
+            views[dataset] = str(home.table_file(dataset))
+    return views
+
+
+def run_checks(datasets: Iterable[str], views: dict[str, str]) -> Iterator[dg.AssetCheckResult]:
+    """Evaluate every rule of each dataset's contract on ``views`` and yield check results."""
+    con = connect(views)
+    try:
+        for dataset in datasets:
+            for result in evaluate(load_contract(dataset), con):
+                rule = result.rule
+                yield dg.AssetCheckResult(
+                    asset_key=dataset, check_name=rule.check_name, passed=result.passed,
+                    severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
+                    metadata={"value": result.value if result.value is not None else -1.0,
+                              "expectation": rule.expectation(), "query": dg.MetadataValue.md(f"```sql\n{rule.sql()}\n```"),
+                              **({"error": result.error} if result.error else {})},
+                )
+    finally:
+        con.close()

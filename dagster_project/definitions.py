@@ -1,0 +1,30 @@
+"""The Definitions object: every asset, check, job, schedule and sensor of the project."""
+from __future__ import annotations
+
+import dagster as dg
+
+from dagster_project import automation
+from dagster_project.assets import curation, features, ingest, model, publish, splits
+from dagster_project.resources import PickapicHome
+
+ALL_ASSETS = [
+    ingest.ingest_day_assets,
+    features.fingerprint_images,
+    curation.duplicate_clusters,
+    curation.decisions,
+    curation.pairs,
+    splits.split_pairs,
+    publish.published_dataset,
+    model.preference_model,
+    model.preference_model_eval,
+    model.generator_leaderboard,
+]
+
+defs = dg.Definitions(
+    assets=ALL_ASSETS,
+    asset_checks=[*automation.freshness_checks],
+    jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job],
+    schedules=[automation.nightly_schedule, automation.train_schedule],
+    sensors=[automation.raw_partition_sensor, automation.rebuild_after_daily_partition, automation.freshness_sensor],
+    resources={"data_home": PickapicHome()},
+)

@@ -1,0 +1,31 @@
+"""The Definitions load, every asset is described and grouped, and checks come from contracts."""
+import dagster as dg
+
+from dagster_project.definitions import defs
+
+GROUPS = {"ingest", "features", "curation", "splits", "publish", "model"}
+
+
+def test_definitions_load():
+    dg.Definitions.validate_loadable(defs)
+    for job in ("daily_partition_job", "rebuild_dataset_job", "train_model_job"):
+        assert defs.resolve_job_def(job) is not None
+
+
+def test_every_asset_has_description_group_and_kinds():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.description, f"{key} has no description"
+        assert node.group_name in GROUPS, f"{key} group {node.group_name}"
+        assert node.kinds, f"{key} has no kinds"
+
+
+def test_contract_rules_become_checks():
+    from data_contracts.engine import load_contract
+
+    graph = defs.resolve_asset_graph()
+    check_keys = {(k.asset_key.to_user_string(), k.name) for k in graph.asset_check_keys}
+    for dataset in ("rankings", "quarantine", "image_features", "pairs", "split_pairs"):
+        for rule in load_contract(dataset).rules:
+            assert (dataset, rule.name) in check_keys
