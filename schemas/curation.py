@@ -50,9 +50,20 @@ SPLIT_PAIRS = pa.schema(list(PAIRS) + [
     pa.field("num_example_per_prompt", pa.int64(), nullable=False),
 ])
 
+SPLIT_REJECTS = pa.schema([
+    pa.field("pair_id", pa.string(), nullable=False),
+    pa.field("ranking_id", pa.int64(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),          # pseudonym
+    pa.field("prompt_key", pa.string(), nullable=False),
+    pa.field("home_split", pa.string(), nullable=False),       # the split its user belongs to
+    pa.field("reason", pa.string(), nullable=False),           # prompt_conflict | cluster_conflict
+    pa.field("evidence", pa.string(), nullable=False),         # JSON: conflicting keys and their owner split
+])
+
 SCHEMAS = {
     "duplicate_clusters": DUPLICATE_CLUSTERS,
     "decisions": DECISIONS,
     "pairs": PAIRS,
     "split_pairs": SPLIT_PAIRS,
+    "split_rejects": SPLIT_REJECTS,
 }

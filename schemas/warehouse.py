@@ -76,3 +76,18 @@ SCHEMAS = {
     "downloads": DOWNLOADS,
     "quarantine": QUARANTINE,
 }
+
+# One row per raw file per day: how it was read and where its lines went (the reconciliation record).
+INGEST_FILES = pa.schema([
+    pa.field("table", pa.string(), nullable=False),             # users | images | rankings | downloads
+    pa.field("dt", pa.date32(), nullable=False),
+    pa.field("file", pa.string(), nullable=False),              # relative to the data home
+    pa.field("file_sha256", pa.string()),                       # null when the file is missing
+    pa.field("file_bytes", pa.int64(), nullable=False),         # compressed size on disk
+    pa.field("status", pa.string(), nullable=False),            # ok | missing | unreadable | empty
+    pa.field("lines_in", pa.int64(), nullable=False),
+    pa.field("accepted", pa.int64(), nullable=False),           # rows in the table's partition
+    pa.field("quarantined", pa.int64(), nullable=False),        # line-level quarantine rows (line_number > 0)
+])
+
+SCHEMAS["ingest_files"] = INGEST_FILES

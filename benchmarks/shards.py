@@ -1,0 +1,171 @@
+"""Benchmark: publishing WebDataset shards vs raw sequential disk write, measured in the same run.
+
+    python -m benchmarks.shards [--samples 3000] [--repeats 3] [--json-out results.json]
+
+Builds a synthetic data home (distinct ~70 KB JPEGs, a split_pairs table), then per repeat measures
+(1) a raw sequential write of as many bytes as the shards take (1 MiB blocks from memory, fsync at
+the end), (2) the publish stage (``publish_dataset``: shard phase alone and end to end), and
+(3) webdataset's ``TarWriter`` alone on one core, writing the same samples. Reports medians and the
+ratios to the raw write (goal for the publish stage: >= 0.5).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+from PIL import Image
+
+from pipelines.home import DataHome
+from pipelines.publish import PublishConfig, publish_dataset
+from pipelines.storage import write_parquet_atomic
+from schemas import get_schema
+
+
+def _base_jpegs(count: int, seed: int) -> list[bytes]:
+    """Noisy 512 px JPEGs of roughly 70 KB (the size PERF.md measured with)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        smooth = rng.integers(0, 255, size=(16, 16, 3), dtype=np.uint8)
+        image = Image.fromarray(smooth).resize((512, 512), Image.BICUBIC)
+        noise = rng.integers(-12, 12, size=(512, 512, 3))
+        pixels = np.clip(np.asarray(image, dtype=np.int16) + noise, 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="JPEG", quality=80)
+        out.append(buffer.getvalue())
+    return out
+
+
+def build_home(root: Path, samples: int, seed: int = 0) -> DataHome:
+    """A data home with ``samples`` pairs over ``2 * samples`` distinct JPEG files."""
+    home = DataHome(root)
+    bases = _base_jpegs(24, seed)
+    rng = random.Random(seed)
+    keys = []
+    for i in range(2 * samples):
+        data = bases[i % len(bases)] + i.to_bytes(8, "big")   # distinct files; bytes after EOI are ignored
+        digest = hashlib.sha256(data).hexdigest()
+        key = f"blobs/{digest[:2]}/{digest}.jpg"
+        (home.root / key).parent.mkdir(parents=True, exist_ok=True)
+        (home.root / key).write_bytes(data)
+        keys.append((key, digest))
+    start = dt.datetime(2023, 3, 1)
+    rows = []
+    for i in range(samples):
+        (k0, s0), (k1, s1) = keys[2 * i], keys[2 * i + 1]
+        split = "train" if i % 50 else ("validation" if i % 100 else "test")
+        label = rng.choice([(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)])
+        rows.append({
+            "pair_id": f"{i + 1}_0", "ranking_id": i + 1, "pair_index": 0, "user_id": f"u{i % 300:05d}",
+            "caption": f"a photo of thing {i % 700} in the style of painter {i % 13}", "created_at": start + dt.timedelta(seconds=i),
+            "image_0_uid": s0[:32], "image_1_uid": s1[:32], "label_0": label[0], "label_1": label[1],
+            "best_image_uid": None if label[0] == 0.5 else (s0[:32] if label[0] else s1[:32]), "has_label": True,
+            "are_different": True, "model_0": "sd-2-1", "model_1": "sdxl", "cluster_0": s0[:32], "cluster_1": s1[:32],
+            "sha256_0": s0, "sha256_1": s1, "jpg_0_key": k0, "jpg_1_key": k1, "dt": dt.date(2023, 3, 1),
+            "split": split, "prompt_key": f"thing {i % 700}", "num_example_per_prompt": 1,
+        })
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("split_pairs")), home.table_file("split_pairs"))
+    return home
+
+
+def raw_write(path: Path, total_bytes: int, fsync: bool) -> float:
+    """Seconds to write ``total_bytes`` sequentially in 1 MiB blocks (the machine's baseline)."""
+    block = os.urandom(1 << 20)
+    started = time.perf_counter()
+    with open(path, "wb", buffering=0) as out:
+        left = total_bytes
+        while left > 0:
+            left -= out.write(block[: min(left, len(block))])
+        if fsync:
+            os.fsync(out.fileno())
+    seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
+
+
+def tarwriter_write(home: DataHome, out_dir: Path, max_count: int) -> tuple[float, int]:
+    """Seconds and bytes for webdataset's ShardWriter writing the same samples on one core."""
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    rows = pq.read_table(home.table_file("split_pairs")).to_pylist()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with wds.ShardWriter(str(out_dir / "wds-%06d.tar"), maxcount=max_count, verbose=0, mtime=0) as sink:
+        for row in rows:
+            meta = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            sink.write({"__key__": row["pair_id"], "0.jpg": (home.root / row["jpg_0_key"]).read_bytes(),
+                        "1.jpg": (home.root / row["jpg_1_key"]).read_bytes(), "json": meta, "txt": row["caption"]})
+    seconds = time.perf_counter() - started
+    size = sum(p.stat().st_size for p in out_dir.glob("*.tar"))
+    shutil.rmtree(out_dir)
+    return seconds, size
+
+
+def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None) -> dict:
+    """Run every measurement ``repeats`` times and return medians and ratios."""
+    base = Path(root or tempfile.mkdtemp(prefix="bench-shards-"))
+    home = build_home(base / "home", samples)
+    config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000)
+    raw, shard_phase, total, tarwriter = [], [], [], []
+    tar_bytes = 0
+    for _ in range(repeats):
+        shutil.rmtree(home.datasets, ignore_errors=True)
+        report = publish_dataset(home, config)
+        tar_bytes = report.total_bytes
+        shard_phase.append(tar_bytes / 1e6 / report.write_seconds)
+        total.append(tar_bytes / 1e6 / report.total_seconds)
+        raw.append(tar_bytes / 1e6 / raw_write(base / "raw.bin", tar_bytes, fsync))
+        seconds, size = tarwriter_write(home, base / "wds", 1000)
+        tarwriter.append(size / 1e6 / seconds)
+    if root is None:
+        shutil.rmtree(base)
+    raw_mb_s = statistics.median(raw)
+    return {
+        "benchmark": "shards",
+        "samples": samples, "repeats": repeats, "workers": workers or os.cpu_count(), "fsync": fsync,
+        "tar_mb": round(tar_bytes / 1e6, 1),
+        "raw_write_mb_s": round(raw_mb_s, 1),
+        "publish_shards_mb_s": round(statistics.median(shard_phase), 1),
+        "publish_total_mb_s": round(statistics.median(total), 1),
+        "webdataset_tarwriter_1core_mb_s": round(statistics.median(tarwriter), 1),
+        "ratio_publish_shards_vs_raw": round(statistics.median(shard_phase) / raw_mb_s, 3),
+        "ratio_publish_total_vs_raw": round(statistics.median(total) / raw_mb_s, 3),
+        "ratio_tarwriter_vs_raw": round(statistics.median(tarwriter) / raw_mb_s, 3),
+        "goal_ratio": 0.5,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line: print the results, optionally write them as JSON."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
+    parser.add_argument("--no-fsync", action="store_true", help="measure page-cache speed (both sides)")
+    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

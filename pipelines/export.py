@@ -1,0 +1,145 @@
+"""``pickapic export --format pickscore-parquet``: a published version in the released Pick-a-Pic schema.
+
+One Parquet file per split (``<output>/<split>.parquet``, columns of ``schemas.publish.PICKSCORE_EXPORT``,
+``jpg_0`` / ``jpg_1`` as JPEG bytes) so existing PickScore code can do::
+
+    datasets.load_dataset("parquet", data_files={"train": "OUT/train.parquet", "test_unique": "OUT/test_unique.parquet"})
+
+The rows are read from the version's sidecars and the image bytes straight out of its tar shards
+(via the sidecar offsets), so an export always matches the shards of that version exactly.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines.home import DataHome
+from pipelines.publish import resolve_version
+from pipelines.shards import SPLITS
+from pipelines.storage import atomic_path, cast_to_schema
+from schemas import get_schema
+
+FORMATS = ("pickscore-parquet",)
+ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: rows and bytes per split."""
+
+    version: str
+    output_dir: Path
+    rows: dict[str, int]
+    files: dict[str, str]
+    bytes: dict[str, int]
+    seconds: float
+
+    def metadata(self) -> dict:
+        """JSON-able values for Dagster / the CLI."""
+        return {"version": self.version, "output_dir": str(self.output_dir), "rows_per_split": dict(self.rows),
+                "files": dict(self.files), "num_rows": sum(self.rows.values()),
+                "num_bytes": sum(self.bytes.values()), "seconds": round(self.seconds, 3)}
+
+
+def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Path,
+                             progress: Progress | None = None) -> ExportReport:
+    """Write one PickScore-schema Parquet per split of ``version`` (default ``latest``) into ``output_dir``."""
+    started = time.perf_counter()
+    root = resolve_version(home, version)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    schema = get_schema("pickscore_export")
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    files: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    splits = [s for s in SPLITS if s in manifest["splits"]]
+    total = sum(manifest["splits"][s]["shards"] for s in splits)
+    done = 0
+    for split in splits:
+        sidecars = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+        if len(sidecars) != manifest["splits"][split]["shards"]:
+            raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
+                               f"{manifest['splits'][split]['shards']}")
+        final = output_dir / f"{split}.parquet"
+        count = 0
+        with atomic_path(final) as tmp:
+            with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
+                                                            for name in schema.names},
+                                  use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
+                for sidecar in sidecars:
+                    table = _export_rows(sidecar, schema)
+                    for start in range(0, table.num_rows, ROWS_PER_GROUP):
+                        writer.write_table(table.slice(start, ROWS_PER_GROUP))
+                    count += table.num_rows
+                    done += 1
+                    if progress:
+                        progress("export", done, total)
+        rows[split], files[split], sizes[split] = count, str(final), final.stat().st_size
+    return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
+
+
+def _export_rows(sidecar: Path, schema: pa.Schema) -> pa.Table:
+    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset."""
+    side = pq.read_table(sidecar)
+    tar = sidecar.with_suffix(".tar")
+    jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
+    members = [(name, side.column(f"{name}_offset").to_pylist(), side.column(f"{name}_size").to_pylist())
+               for name in ("jpg_0", "jpg_1")]
+    with open(tar, "rb") as handle:
+        for row in range(side.num_rows):
+            for name, offsets, sizes in members:  # in tar order: sequential reads
+                handle.seek(offsets[row])
+                data = handle.read(sizes[row])
+                if len(data) != sizes[row]:
+                    raise RuntimeError(f"{tar}: member at offset {offsets[row]} is truncated "
+                                       f"({len(data)} of {sizes[row]} bytes)")
+                jpgs[name].append(data)
+    columns = {name: side.column(name) for name in schema.names if name in side.column_names}
+    columns["image_0_url"] = side.column("jpg_0_key")
+    columns["image_1_url"] = side.column("jpg_1_key")
+    columns["jpg_0"] = pa.array(jpgs["jpg_0"], pa.binary())
+    columns["jpg_1"] = pa.array(jpgs["jpg_1"], pa.binary())
+    return cast_to_schema(pa.table(columns), schema)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pickapic export``."""
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="pickscore-parquet",
+                        help="export format (default: pickscore-parquet)")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder for <split>.parquet files")
+    parser.add_argument("--version", dest="dataset_version", metavar="V", help="published version (default: latest)")
+
+
+def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int:
+    """Entry point for ``pickapic export``; prints what was written, returns the exit code."""
+    home = home or DataHome.at(getattr(args, "home", None))
+    try:
+        report = export_pickscore_parquet(home, args.dataset_version, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for split, path in report.files.items():
+        print(f"{split:18s} {report.rows[split]:>9d} rows  {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.export [--home HOME] --output DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="data home (default: $PICKAPIC_HOME or ./data)")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

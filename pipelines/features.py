@@ -1,0 +1,816 @@
+"""Per-image fingerprints as an Apache Beam pipeline: read once, decode once, derive everything.
+
+For every image of one ingested day (``warehouse/images/dt=<day>``) the pipeline reads the original
+bytes once through Beam's ``FileSystems``, hashes them (sha256), decodes them once with the checks of
+``pipelines.imagedecode``, and derives from that one decode: pHash and dHash (imagehash, 64 bits as
+uint64), NudeNet 320n detections and per-class maximum scores (``pipelines.nsfw``, batched, model
+loaded once per worker in ``DoFn.setup``), and the training JPEG (shortest side ``train_size``, never
+upscaled, ``jpeg_quality``) written into a content-addressed store. Outputs, each sorted by
+``image_uid`` and written atomically: ``image_features/dt=<day>`` and ``image_rejects/dt=<day>``
+(dead letter: one row with a reason per image that could not be used). Every input row is in exactly
+one of them; :func:`build_features` checks that and raises if not.
+
+Shape (Beam's ``complete/game`` style): ``ReadBlobFn`` -> ``DecodeImageFn`` -> ``BatchElements`` ->
+``DetectNsfwFn`` inside the composite :class:`FingerprintImages` (no I/O of its own beyond the blob
+reads and the training-JPEG writes it exists for); :func:`build_features` prepares inputs, runs the
+pipeline and commits the outputs; :func:`run` is the command line.
+
+Decisions
+---------
+- Hash input: the decoded image in ``L`` mode, box-reduced by the integer factor
+  ``min(width, height) // 128`` when that is >= 2, then ``imagehash.phash`` / ``imagehash.dhash``.
+  Every image takes this one path. It is ~3x cheaper than hashing at full resolution and within
+  2 bits (pHash) / 3 bits (dHash) of it. Bit order: ``ImageHash.hash.flatten()`` most significant
+  first, i.e. ``int(str(hash), 16)``.
+- ``nsfw_max[c]`` is the maximum raw score of class ``c`` over all 2,100 anchors (never null, also
+  below NudeNet's 0.2 detection threshold); ``nsfw_detections`` is exactly what
+  ``NudeDetector.detect()`` returns (class, score, box x/y/w/h). ``nsfw_flagged`` counts images whose
+  ``nsfw_max`` reaches 0.5 in an explicit class (``pipelines.nsfw.EXPLICIT_CLASSES``).
+- Training JPEG key: ``blobs/train/s<train_size>q<jpeg_quality>/<sha[:2]>/<sha256 of original>.jpg``
+  (relative to the home). Identical originals share one file; an existing non-empty file is kept.
+  Each file is written under a temporary name and renamed (readers never see half a file); the
+  driver calls ``os.sync()`` once before committing the Parquet outputs that reference them, instead
+  of one fsync per image (~4 ms each here).
+- Incremental: an input uid already present in an image_features partition of this day or an
+  earlier one is never read: its row is copied (same day: unchanged, so a re-run writes the same
+  bytes; earlier day: ``dt``/``blob_path`` updated and ``reused_from = image_uid``). A new uid whose
+  bytes (sha256) equal an earlier day's image is read and hashed but not decoded: the row of the
+  earliest ``(dt, image_uid)`` with that sha256 is copied with ``reused_from`` = that uid. Two new uids
+  with identical bytes on the same day are both computed (identical features, ``reused_from`` null).
+  Cost per night: compute is O(new images). The lookup reads two columns (``image_uid``, ``sha256``)
+  of the earlier image_features partitions -- no separate index dataset to keep in sync -- which is
+  ~100 bytes per historical image (~0.1 s per million here) and ships the known digests to workers
+  as one sorted ``.npy`` file of 32-byte digests (binary search per image).
+- Rejects (policies in ``pipelines.imagedecode``) are recomputed on every run, because a missing blob
+  may arrive later; they cost a read and a header parse.
+- Determinism: outputs are sorted by ``image_uid`` and written with fixed Parquet options. onnxruntime
+  on one intra-op thread gives bit-identical outputs for any batch split (tested), so results do not
+  depend on how a runner bundles elements; they may differ in the last bits on another CPU type.
+
+Running it
+----------
+Locally (DirectRunner, 2 worker processes, each with one onnxruntime thread)::
+
+    python -m pipelines.features --home ./data --day 2023-03-22 --workers 2
+
+Any option this module does not know goes to Beam's ``PipelineOptions`` unchanged. Workers must be
+able to read the blobs and write the training JPEGs, so on a remote runner put the raw zone and the
+store in a bucket and point ``--blob-base`` at it (the driver still reads and writes the warehouse
+under ``--home``; ``--staging`` defaults to ``<blob-base>/.staging/features/dt=<day>``)::
+
+    # Dataflow: package this project and its dependencies for the workers.
+    python -m build --wheel              # -> dist/pickapic_pipeline-0.1.0-py3-none-any.whl
+    python -m pipelines.features --home ./data --day 2023-03-22 \\
+        --blob-base gs://BUCKET/pickapic \\
+        --runner=DataflowRunner --project=PROJECT --region=europe-west1 \\
+        --temp_location=gs://BUCKET/tmp --staging_location=gs://BUCKET/staging \\
+        --extra_package=dist/pickapic_pipeline-0.1.0-py3-none-any.whl \\
+        --requirements_file=requirements-worker.txt \\
+        --machine_type=n2-standard-4 --number_of_worker_harness_threads=4 --experiments=use_runner_v2
+
+    # requirements-worker.txt: apache-beam[gcp]==2.77.*, nudenet==3.4.2, onnxruntime, imagehash==4.3.2,
+    # pillow, numpy, pyarrow. The NudeNet model file (320n.onnx) ships inside the nudenet wheel, so
+    # installing nudenet on the workers is all the model needs (no download at run time). One
+    # onnxruntime thread per SDK harness thread: set --number_of_worker_harness_threads to the vCPUs.
+    # For faster start-up, bake the same into a container: --sdk_container_image=REGION-docker.pkg.dev/...
+
+    # Flink (portable runner; the job server starts from the Beam release, workers run in Docker
+    # containers built from apache/beam_python3.11_sdk:2.77.0 plus the wheel and requirements above):
+    python -m pipelines.features --home ./data --day 2023-03-22 \\
+        --blob-base s3://BUCKET/pickapic \\
+        --runner=FlinkRunner --flink_master=flink-jobmanager:8081 --flink_version=1.18 \\
+        --environment_type=DOCKER --environment_config=REGISTRY/pickapic-beam-worker:0.1.0 \\
+        --parallelism=16
+
+With ``--environment_type=PROCESS`` or ``LOOPBACK`` (local Flink for testing) the workers use the
+driver's Python environment and the local home works as is.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import apache_beam as beam
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines import imagedecode
+from pipelines.home import DataHome
+from pipelines.imagedecode import ImageRejected
+from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
+from pipelines.storage import cast_to_schema, write_parquet_atomic
+from schemas import get_schema
+from schemas.features import NSFW_CLASSES
+
+FEATURES = "image_features"
+REJECTS = "image_rejects"
+REUSED = "reused"
+INPUT_COLUMNS = ("image_uid", "blob_path")
+HASH_FLOOR = 128
+PILLOW_BLOCKS_MAX = 64
+
+# Reuse candidates found by the pipeline (bytes identical to an earlier image): resolved by the driver.
+REUSED_SCHEMA = pa.schema([
+    pa.field("image_uid", pa.string(), nullable=False),
+    pa.field("blob_path", pa.string(), nullable=False),
+    pa.field("sha256", pa.string(), nullable=False),
+    pa.field("num_bytes", pa.int64(), nullable=False),
+])
+# Everything the pipeline emits goes through one sink (each extra file sink costs ~1 s of Beam
+# overhead); rows travel as JSON, which round-trips every value here exactly (floats via repr).
+STAGED_KINDS = ("features", "rejects", "reused")
+STAGED_SCHEMA = pa.schema([
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("image_uid", pa.string(), nullable=False),
+    pa.field("payload", pa.string(), nullable=False),
+])
+TODO_SCHEMA = pa.schema([
+    pa.field("image_uid", pa.string(), nullable=False),
+    pa.field("blob_path", pa.string(), nullable=False),
+    pa.field("dt", pa.date32(), nullable=False),
+])
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """Knobs of the feature stage (validated by :meth:`validate`)."""
+
+    train_size: int = 512                 # shortest side of the training JPEG; never upscaled
+    jpeg_quality: int = 90                # training JPEG quality (1-95)
+    max_pixels: int = 4096 * 4096         # decompression-bomb limit on width*height from the header
+    max_bytes: int = 64 * 1024 * 1024     # larger blobs are rejected (file_too_large) without loading
+    min_side: int = 8                     # shortest side below this -> too_small
+    nsfw_batch_size: int = 8              # images per session.run (batching gains 4-10%)
+    nsfw_threads: int = 1                 # onnxruntime intra-op threads per worker process
+    workers: int = 2                      # DirectRunner multi_processing workers; 0 = in-process
+    in_process_below: int = 32            # DirectRunner jobs with fewer images run in-process
+    runner: str = "DirectRunner"          # used when beam_args has no --runner
+    blob_zone: str = "raw"                # blob paths must stay inside this folder of the home
+    blob_base: str | None = None          # where blob paths and the JPEG store resolve; default: home
+    staging: str | None = None            # scratch for the run; default <base>/.staging/features/dt=<day>
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        checks = [
+            ("train_size", self.train_size >= 16), ("jpeg_quality", 1 <= self.jpeg_quality <= 95),
+            ("max_pixels", self.max_pixels >= 1), ("max_bytes", self.max_bytes >= 1),
+            ("min_side", self.min_side >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
+            ("nsfw_threads", self.nsfw_threads >= 1), ("workers", self.workers >= 0),
+            ("in_process_below", self.in_process_below >= 0),
+            ("runner", bool(self.runner)), ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone
+                                             and self.blob_zone not in (".", "..")),
+        ]
+        for name, ok in checks:
+            if not ok:
+                raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
+
+    @property
+    def train_prefix(self) -> str:
+        """Folder of the training JPEGs for this size/quality, relative to the home."""
+        return f"blobs/train/s{self.train_size}q{self.jpeg_quality}"
+
+
+@dataclass
+class FeaturesReport:
+    """Counters of one run of the feature stage."""
+
+    day: str
+    inputs: int
+    processed: int
+    reused: int
+    reused_by_uid: int
+    reused_by_sha256: int
+    rejected: dict[str, int]
+    nsfw_flagged: int
+    bytes_read: int
+    stage_seconds: float
+    total_seconds: float
+    images_per_second: float
+    features_rows: int
+    rejects_rows: int
+    runner: str
+    workers: int
+    features_path: str
+    rejects_path: str
+
+    @property
+    def rejected_total(self) -> int:
+        return sum(self.rejected.values())
+
+    def metadata(self) -> dict[str, Any]:
+        """JSON-able values plus a markdown ``summary`` table, for Dagster asset metadata."""
+        values: dict[str, Any] = asdict(self)
+        values["rejected"] = dict(sorted(self.rejected.items()))
+        values["rejected_total"] = self.rejected_total
+        values["reconciled"] = self.features_rows + self.rejects_rows == self.inputs
+        lines = ["| counter | value |", "|---|---|"]
+        for key in ("inputs", "processed", "reused", "reused_by_uid", "reused_by_sha256", "rejected_total",
+                    "nsfw_flagged", "bytes_read", "images_per_second", "stage_seconds"):
+            lines.append(f"| {key} | {values[key]} |")
+        for reason, count in values["rejected"].items():
+            lines.append(f"| rejected: {reason} | {count} |")
+        values["summary"] = "\n".join(lines)
+        return values
+
+
+# ---------------------------------------------------------------------------------------- paths
+
+def join_url(base: str, relpath: str) -> str:
+    """``base`` + ``/`` + ``relpath`` for local paths and ``scheme://`` URLs alike."""
+    return base.rstrip("/") + "/" + relpath
+
+
+def is_local(base: str) -> bool:
+    """True for a local path (no ``scheme://``)."""
+    return "://" not in base
+
+
+def train_jpg_key(prefix: str, sha256: str) -> str:
+    """Content-addressed key of a training JPEG, relative to the home."""
+    return f"{prefix}/{sha256[:2]}/{sha256}.jpg"
+
+
+def write_blob_atomic(base: str, key: str, data: bytes) -> None:
+    """Write ``data`` at ``base/key`` unless a non-empty file is already there; readers never see a partial file."""
+    url = join_url(base, key)
+    if is_local(base):
+        if os.path.exists(url) and os.path.getsize(url) > 0:
+            return
+        folder = os.path.dirname(url)
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+            os.replace(tmp, url)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return
+    if FileSystems.exists(url):
+        return
+    with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)   # object stores make the object visible only when the upload completes
+
+
+# ------------------------------------------------------------------------------ per-image steps
+
+def perceptual_hashes(rgb) -> tuple[int, int]:
+    """(pHash, dHash) as unsigned 64-bit integers, from the hash input described in the module docstring."""
+    import imagehash
+
+    gray = rgb.convert("L")
+    factor = min(gray.size) // HASH_FLOOR
+    if factor >= 2:
+        gray = gray.reduce(factor)
+    return _hash_int(imagehash.phash(gray)), _hash_int(imagehash.dhash(gray))
+
+
+def _hash_int(value) -> int:
+    bits = value.hash.flatten()
+    return int("".join("1" if bit else "0" for bit in bits), 2)
+
+
+def train_size_of(width: int, height: int, train_size: int) -> tuple[int, int]:
+    """Size with shortest side ``train_size`` (rounded half up), or the original size if already smaller."""
+    if min(width, height) <= train_size:
+        return width, height
+    if width <= height:
+        return train_size, (height * train_size + width // 2) // width
+    return (width * train_size + height // 2) // height, train_size
+
+
+def encode_train_jpeg(rgb, train_size: int, quality: int) -> tuple[bytes, int, int]:
+    """Training JPEG bytes and their size: bicubic downscale (never up), baseline JPEG at ``quality``."""
+    from PIL import Image
+
+    width, height = train_size_of(rgb.width, rgb.height, train_size)
+    image = rgb if (width, height) == rgb.size else rgb.resize((width, height), Image.Resampling.BICUBIC, reducing_gap=3.0)
+    out = io.BytesIO()
+    image.save(out, "JPEG", quality=quality, optimize=False, progressive=False)
+    return out.getvalue(), width, height
+
+
+def reject_row(row: dict, reason: str, detail: str, sha256: str | None = None, num_bytes: int | None = None) -> dict:
+    """A dead-letter row for ``image_rejects``."""
+    return {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": str(row["blob_path"]),
+            "reason": reason, "detail": detail, "sha256": sha256, "num_bytes": num_bytes}
+
+
+def load_known_digests(path: str | None) -> np.ndarray:
+    """Sorted ``S32`` array of known sha256 digests from an ``.npy`` file (empty when ``path`` is None)."""
+    if not path:
+        return np.empty(0, dtype="S32")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        digests = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+    if digests.dtype != np.dtype("S32"):
+        raise ValueError(f"known digests file {path} has dtype {digests.dtype}, expected S32")
+    return digests
+
+
+def contains_digest(digests: np.ndarray, digest: bytes) -> bool:
+    """Binary search for ``digest`` in the sorted array."""
+    if digests.size == 0:
+        return False
+    index = int(np.searchsorted(digests, np.bytes_(digest)))
+    return index < digests.size and digests[index] == digest
+
+
+# ---------------------------------------------------------------------------------------- DoFns
+
+class ReadBlobFn(beam.DoFn):
+    """Check the blob path, read the bytes once (capped), sha256 them; known bytes go to ``reused``."""
+
+    def __init__(self, base: str, zone: str, max_bytes: int, known_digests: str | None = None) -> None:
+        self.base, self.zone, self.max_bytes, self.known_digests_path = base, zone, max_bytes, known_digests
+        self.bytes_read = Metrics.counter("features", "bytes_read")
+        self.rejected = Metrics.counter("features", "rejected")
+
+    def setup(self) -> None:
+        self.known = load_known_digests(self.known_digests_path)
+
+    def process(self, row: dict) -> Iterator[Any]:
+        relpath = row["blob_path"]
+        try:
+            data = self._read(relpath)
+        except ImageRejected as rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, reject_row(row, rejected.reason, rejected.detail))
+            return
+        self.bytes_read.inc(len(data))
+        digest = hashlib.sha256(data)
+        if contains_digest(self.known, digest.digest()):
+            yield beam.pvalue.TaggedOutput(REUSED, {"image_uid": row["image_uid"], "blob_path": relpath,
+                                                    "sha256": digest.hexdigest(), "num_bytes": len(data)})
+            return
+        yield {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": relpath, "data": data,
+               "sha256": digest.hexdigest()}
+
+    def _read(self, relpath: object) -> bytes:
+        relpath = imagedecode.check_blob_path(relpath, self.zone)
+        if is_local(self.base):
+            url = imagedecode.check_local_target(self.base, relpath, self.zone)
+        else:
+            url = join_url(self.base, relpath)
+            if not FileSystems.exists(url):
+                raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
+        try:
+            with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return imagedecode.read_capped(handle, relpath, self.max_bytes)
+        except FileNotFoundError:
+            raise ImageRejected(imagedecode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
+
+
+class DecodeImageFn(beam.DoFn):
+    """Decode once; derive hashes, the training JPEG (written to the store) and the NSFW model input."""
+
+    def __init__(self, base: str, config: FeaturesConfig) -> None:
+        self.base, self.config = base, config
+        self.decoded = Metrics.counter("features", "decoded")
+        self.rejected = Metrics.counter("features", "rejected")
+
+    def setup(self) -> None:
+        configure_worker()
+
+    def process(self, element: dict) -> Iterator[Any]:
+        data, config = element["data"], self.config
+        try:
+            decoded = imagedecode.decode_image(data, element["blob_path"], max_pixels=config.max_pixels,
+                                               min_side=config.min_side)
+        except ImageRejected as rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,
+                                                               element["sha256"], len(data)))
+            return
+        phash, dhash = perceptual_hashes(decoded.rgb)
+        jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+        key = train_jpg_key(config.train_prefix, element["sha256"])
+        write_blob_atomic(self.base, key, jpeg)
+        self.decoded.inc()
+        yield {
+            "image_uid": element["image_uid"], "dt": element["dt"], "blob_path": element["blob_path"],
+            "sha256": element["sha256"], "num_bytes": len(data), "width": decoded.width,
+            "height": decoded.height, "mode": decoded.mode, "format": decoded.format,
+            "phash": phash, "dhash": dhash, "train_jpg_key": key, "train_width": train_width,
+            "train_height": train_height, "train_jpg_bytes": len(jpeg), "reused_from": None,
+            "_nsfw_input": prepare_image(np.asarray(decoded.rgb)),
+        }
+
+
+class DetectNsfwFn(beam.DoFn):
+    """Run the NSFW detector on a batch of decoded images; the model loads once per worker (setup)."""
+
+    def __init__(self, detector_factory: Callable[[], NsfwDetector]) -> None:
+        self.detector_factory = detector_factory
+        self.flagged = Metrics.counter("features", "nsfw_flagged")
+        self.processed = Metrics.counter("features", "processed")
+
+    def setup(self) -> None:
+        configure_worker()
+        self.detector = self.detector_factory()
+
+    def process(self, batch: Sequence[dict]) -> Iterator[dict]:
+        inputs: list[PreparedImage] = [element["_nsfw_input"] for element in batch]
+        results = self.detector.detect_prepared(inputs)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+        for element, result in zip(batch, results):
+            row = {key: value for key, value in element.items() if key != "_nsfw_input"}
+            row.update(nsfw_columns(result))
+            self.processed.inc()
+            if is_flagged(result.class_max):
+                self.flagged.inc()
+            yield row
+
+
+def nsfw_columns(result: NsfwResult) -> dict:
+    """``nsfw_detections`` and ``nsfw_max`` column values of one result."""
+    return {"nsfw_detections": [d.as_row() for d in result.detections],
+            "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+
+
+def configure_worker() -> None:
+    """Per-process settings: Pillow's block allocator (PILLOW_BLOCKS_MAX=64) and one OpenCV thread."""
+    import cv2
+    from PIL import Image
+
+    os.environ.setdefault("PILLOW_BLOCKS_MAX", str(PILLOW_BLOCKS_MAX))
+    Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)
+    cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class DetectorFactory:
+    """Picklable factory of the default detector (workers build it in ``setup``)."""
+
+    threads: int = 1
+
+    def __call__(self) -> NsfwDetector:
+        return FastNudeDetector(intra_op_threads=self.threads)
+
+
+# ----------------------------------------------------------------------------------- transforms
+
+class FingerprintImages(beam.PTransform):
+    """Rows (image_uid, blob_path, dt) -> ``{"features", "rejects", "reused"}`` PCollections."""
+
+    def __init__(self, base: str, config: FeaturesConfig, known_digests: str | None = None,
+                 detector_factory: Callable[[], NsfwDetector] | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.base, self.config, self.known_digests = base, config, known_digests
+        self.detector_factory = detector_factory or DetectorFactory(config.nsfw_threads)
+
+    def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
+        config = self.config
+        read = rows | "ReadBlob" >> beam.ParDo(
+            ReadBlobFn(self.base, config.blob_zone, config.max_bytes, self.known_digests)
+        ).with_outputs(REJECTS, REUSED, main="blobs")
+        decoded = read.blobs | "DecodeImage" >> beam.ParDo(DecodeImageFn(self.base, config)).with_outputs(
+            REJECTS, main="decoded")
+        features = (
+            decoded.decoded
+            | "BatchForNsfw" >> beam.BatchElements(min_batch_size=config.nsfw_batch_size,
+                                                   max_batch_size=config.nsfw_batch_size)
+            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory))
+        )
+        rejects = (read[REJECTS], decoded[REJECTS]) | "AllRejects" >> beam.Flatten()
+        return {"features": features, "rejects": rejects, "reused": read[REUSED]}
+
+
+# ---------------------------------------------------------------------------------------- driver
+
+def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, num_images: int | None = None) -> PipelineOptions:
+    """Beam options from ``beam_args`` (unchanged) plus DirectRunner defaults; unknown flags raise.
+
+    On the DirectRunner without an explicit ``--direct_running_mode``: ``multi_processing`` with
+    ``config.workers`` processes, or ``in_memory`` when ``workers`` is 0 or the job is smaller than
+    ``config.in_process_below`` images (worker start-up costs ~3 s, more than a handful of images).
+    """
+    args = list(beam_args or [])
+    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+        args.append(f"--runner={config.runner}")
+    options = PipelineOptions(args)
+    try:
+        known = options.get_all_options()
+        retained = options.get_all_options(retain_unknown_options=True)
+    except SystemExit as exc:  # argparse rejects a bad value by exiting
+        raise ValueError(f"invalid Beam pipeline options {args}: see the argparse message above") from exc
+    unknown = sorted(set(retained) - set(known))
+    if unknown:
+        raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
+    runner = str(known.get("runner") or "")
+    if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
+        small = num_images is not None and num_images < config.in_process_below
+        if config.workers >= 1 and not small:
+            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.workers}"]
+        else:
+            args += ["--direct_running_mode=in_memory"]
+        if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
+            args.append("--default_sdk_harness_log_level=WARNING")
+        options = PipelineOptions(args)
+    return options
+
+
+def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesConfig(),
+                   beam_args: list[str] | None = None, progress: Callable[[str], None] | None = None,
+                   detector_factory: Callable[[], NsfwDetector] | None = None) -> FeaturesReport:
+    """Fingerprint the images of ``day``: write image_features and image_rejects for that partition."""
+    started = time.perf_counter()
+    say = progress or (lambda message: None)
+    config.validate()
+    day_date = _parse_day(day)
+    runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
+    base = config.blob_base or str(home.root)
+    staging = config.staging or join_url(base, f".staging/features/dt={day}")
+
+    inputs = read_inputs(home, day)
+    say(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
+    history = earlier_partitions(home, day)
+    by_uid = rows_reused_by_uid(home, day, inputs, history)
+    reused_uids = {row["image_uid"] for row in by_uid}
+    todo = inputs.filter(pc.invert(pc.is_in(inputs["image_uid"], pa.array(sorted(reused_uids), pa.string()))))
+    say(f"{len(by_uid)} reused by uid, {todo.num_rows} to read")
+
+    computed = get_schema(FEATURES).empty_table()
+    rejects = get_schema(REJECTS).empty_table()
+    candidates = REUSED_SCHEMA.empty_table()
+    stage_seconds = 0.0
+    if todo.num_rows:
+        _reset_dir(staging)
+        todo_path = join_url(staging, "todo.parquet")
+        _write_parquet_url(pa.table({"image_uid": todo["image_uid"], "blob_path": todo["blob_path"],
+                                     "dt": pa.array([day_date] * todo.num_rows, pa.date32())},
+                                    schema=TODO_SCHEMA), todo_path)
+        digests_path = join_url(staging, "known_sha256.npy")
+        _write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
+        stage_started = time.perf_counter()
+        with beam.Pipeline(options=pipeline_options(config, beam_args, todo.num_rows)) as pipeline:
+            rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
+            out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
+            staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]
+            (staged | "AllOutputs" >> beam.Flatten()
+             | "WriteStaged" >> beam.io.WriteToParquet(join_url(staging, "out/part"), STAGED_SCHEMA,
+                                                       file_name_suffix=".parquet"))
+        stage_seconds = time.perf_counter() - stage_started
+        say(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
+        computed, rejects, candidates = read_staged(join_url(staging, "out/part"), day_date)
+
+    by_sha = rows_reused_by_sha256(day_date, candidates, history)
+    copied = pa.Table.from_pylist(by_uid + by_sha, schema=get_schema(FEATURES))
+    features = pa.concat_tables([cast_to_schema(computed, get_schema(FEATURES)), copied])
+    features = features.sort_by("image_uid").combine_chunks()
+    rejects = cast_to_schema(rejects, get_schema(REJECTS)).sort_by("image_uid").combine_chunks()
+    _reconcile(inputs, features, rejects)
+
+    if is_local(base):
+        os.sync()   # training JPEGs were renamed into place without fsync; make them durable first
+    features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day), get_schema(FEATURES))
+    rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day), get_schema(REJECTS))
+    if todo.num_rows:
+        _remove_dir(staging)
+
+    flagged = sum(is_flagged(m) for m in features.column("nsfw_max").to_pylist())
+    bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
+    report = FeaturesReport(
+        day=day, inputs=inputs.num_rows, processed=computed.num_rows, reused=len(by_uid) + len(by_sha),
+        reused_by_uid=len(by_uid), reused_by_sha256=len(by_sha),
+        rejected=dict(sorted(Counter(rejects.column("reason").to_pylist()).items())),
+        nsfw_flagged=flagged, bytes_read=int(bytes_read), stage_seconds=round(stage_seconds, 3),
+        total_seconds=round(time.perf_counter() - started, 3),
+        images_per_second=round(todo.num_rows / stage_seconds, 2) if stage_seconds else 0.0,
+        features_rows=features.num_rows, rejects_rows=rejects.num_rows, runner=runner,
+        workers=config.workers, features_path=str(features_path), rejects_path=str(rejects_path))
+    say(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
+        f"rejects: {report.rejects_rows}")
+    return report
+
+
+def _parse_day(day: str) -> dt.date:
+    try:
+        return dt.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise ValueError(f"day {day!r} is not an ISO date YYYY-MM-DD") from None
+
+
+def read_inputs(home: DataHome, day: str) -> pa.Table:
+    """(image_uid, blob_path) of the day's images partition; raise naming the file if it is unusable."""
+    path = home.partition_file("images", day)
+    if not path.is_file():
+        raise FileNotFoundError(f"images partition for {day} not found at {path}; run the ingest first")
+    try:
+        table = pq.read_table(path, columns=list(INPUT_COLUMNS))
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise ValueError(f"cannot read columns {list(INPUT_COLUMNS)} from {path}: {exc}") from exc
+    for name in INPUT_COLUMNS:
+        if table[name].null_count:
+            raise ValueError(f"{path}: column {name!r} has {table[name].null_count} nulls")
+    uids = table["image_uid"]
+    if pc.count_distinct(uids).as_py() != table.num_rows:
+        counts = pc.value_counts(uids)
+        dupes = [c["values"] for c in counts.to_pylist() if c["counts"] > 1][:5]
+        raise ValueError(f"{path}: image_uid is not unique, e.g. {dupes}")
+    return table.sort_by("image_uid")
+
+
+def earlier_partitions(home: DataHome, day: str) -> list[tuple[str, Path]]:
+    """(day, file) of every image_features partition on or before ``day``, oldest first."""
+    root = home.table_dir(FEATURES)
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith("dt=") and child.name[3:] <= day:
+                path = child / "part-0.parquet"
+                if path.is_file():
+                    found.append((child.name[3:], path))
+    return sorted(found)
+
+
+def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=None) -> pa.Table:
+    if not history:
+        return pa.table({c: pa.array([], pa.string()) for c in columns} | {"dt_key": pa.array([], pa.string())})
+    tables = []
+    for key, path in history:
+        table = pq.read_table(path, columns=list(columns), filters=filter_expr)
+        tables.append(table.append_column("dt_key", pa.array([key] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
+def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
+    """Copies of already-fingerprinted rows for input uids (same day first, else the earliest day)."""
+    uids = inputs["image_uid"]
+    hits = _index(history, ["image_uid"], pc.field("image_uid").isin(uids))
+    if hits.num_rows == 0:
+        return []
+    blob_paths = dict(zip(inputs["image_uid"].to_pylist(), inputs["blob_path"].to_pylist()))
+    source_day: dict[str, str] = {}
+    for uid, key in zip(hits["image_uid"].to_pylist(), hits["dt_key"].to_pylist()):
+        if key == day or uid not in source_day or (source_day[uid] != day and key < source_day[uid]):
+            source_day[uid] = key
+    rows = []
+    day_date = _parse_day(day)
+    for key, path in history:
+        wanted = sorted(uid for uid, k in source_day.items() if k == key)
+        if not wanted:
+            continue
+        for row in pq.read_table(path, filters=pc.field("image_uid").isin(wanted)).to_pylist():
+            if key != day:
+                row.update(dt=day_date, reused_from=row["image_uid"])
+            row["blob_path"] = blob_paths[row["image_uid"]]
+            rows.append(row)
+    return rows
+
+
+def known_digests(history: list[tuple[str, Path]]) -> np.ndarray:
+    """Sorted unique sha256 digests (``S32``) of the given partitions."""
+    table = _index(history, ["sha256"])
+    if table.num_rows == 0:
+        return np.empty(0, dtype="S32")
+    digests = np.array([bytes.fromhex(h) for h in pc.unique(table["sha256"]).to_pylist()], dtype="S32")
+    digests.sort()
+    return digests
+
+
+def rows_reused_by_sha256(day: dt.date, candidates: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
+    """Copies of the earliest (dt, image_uid) row with the same sha256, for each reuse candidate."""
+    if candidates.num_rows == 0:
+        return []
+    earlier = [item for item in history if item[0] < day.isoformat()]
+    shas = pc.unique(candidates["sha256"])
+    hits = _index(earlier, ["image_uid", "sha256"], pc.field("sha256").isin(shas))
+    source: dict[str, tuple[str, str]] = {}
+    for uid, sha, key in zip(hits["image_uid"].to_pylist(), hits["sha256"].to_pylist(), hits["dt_key"].to_pylist()):
+        if sha not in source or (key, uid) < source[sha]:
+            source[sha] = (key, uid)
+    missing = sorted(set(shas.to_pylist()) - set(source))
+    if missing:
+        raise RuntimeError(f"reuse candidates with sha256 {missing[:3]} have no source row in earlier partitions")
+    source_rows: dict[str, dict] = {}
+    paths = dict(earlier)
+    for key in sorted({k for k, _ in source.values()}):
+        wanted = sorted(uid for k, uid in source.values() if k == key)
+        for row in pq.read_table(paths[key], filters=pc.field("image_uid").isin(wanted)).to_pylist():
+            source_rows[row["image_uid"]] = row
+    rows = []
+    for candidate in candidates.to_pylist():
+        _, source_uid = source[candidate["sha256"]]
+        row = dict(source_rows[source_uid])
+        row.update(image_uid=candidate["image_uid"], dt=day, blob_path=candidate["blob_path"],
+                   reused_from=source_uid)
+        rows.append(row)
+    return rows
+
+
+def _reconcile(inputs: pa.Table, features: pa.Table, rejects: pa.Table) -> None:
+    expected = set(inputs["image_uid"].to_pylist())
+    got_features = features["image_uid"].to_pylist()
+    got_rejects = rejects["image_uid"].to_pylist()
+    both = set(got_features) & set(got_rejects)
+    union = set(got_features) | set(got_rejects)
+    if both or union != expected or len(got_features) + len(got_rejects) != len(expected):
+        raise RuntimeError(
+            f"feature outputs do not reconcile with {len(expected)} inputs: {len(got_features)} features, "
+            f"{len(got_rejects)} rejects, in both {sorted(both)[:5]}, missing {sorted(expected - union)[:5]}, "
+            f"unexpected {sorted(union - expected)[:5]}")
+
+
+def _reset_dir(url: str) -> None:
+    _remove_dir(url)
+    if is_local(url):
+        os.makedirs(url, exist_ok=True)
+
+
+def _remove_dir(url: str) -> None:
+    if is_local(url):
+        if os.path.isdir(url):
+            shutil.rmtree(url)
+        for parent in (os.path.dirname(url.rstrip("/")), os.path.dirname(os.path.dirname(url.rstrip("/")))):
+            if os.path.basename(parent) in ("features", ".staging") and os.path.isdir(parent) and not os.listdir(parent):
+                os.rmdir(parent)
+        return
+    matches = FileSystems.match([join_url(url, "**")])[0].metadata_list
+    if matches:
+        FileSystems.delete([m.path for m in matches])
+
+
+def _write_parquet_url(table: pa.Table, url: str) -> None:
+    if is_local(url):
+        pq.write_table(table, url)
+        return
+    with FileSystems.create(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        pq.write_table(table, handle)
+
+
+def _write_npy_url(array: np.ndarray, url: str) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    with FileSystems.create(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(buffer.getvalue())
+
+
+def staged_record(row: dict, kind: str) -> dict:
+    """One pipeline output row as a staging record: kind, uid and the row as JSON (``dt`` dropped)."""
+    return {"kind": kind, "image_uid": row["image_uid"],
+            "payload": json.dumps({k: v for k, v in row.items() if k != "dt"}, sort_keys=True, allow_nan=False)}
+
+
+def read_staged(prefix: str, day: dt.date) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """(computed features, rejects, reuse candidates) from the staging files the pipeline wrote."""
+    matches = FileSystems.match([prefix + "*.parquet"])[0].metadata_list
+    rows: dict[str, list[dict]] = {kind: [] for kind in STAGED_KINDS}
+    for meta in sorted(matches, key=lambda m: m.path):
+        with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            table = pq.read_table(io.BytesIO(handle.read()))
+        for kind, payload in zip(table["kind"].to_pylist(), table["payload"].to_pylist()):
+            rows[kind].append(json.loads(payload) | ({"dt": day} if kind != "reused" else {}))
+    return (pa.Table.from_pylist(rows["features"], schema=get_schema(FEATURES)),
+            pa.Table.from_pylist(rows["rejects"], schema=get_schema(REJECTS)),
+            pa.Table.from_pylist(rows["reused"], schema=REUSED_SCHEMA))
+
+
+# -------------------------------------------------------------------------------------- command
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipelines.features", allow_abbrev=False,
+                                     description=build_features.__doc__,
+                                     epilog="Unknown options are passed to Beam's PipelineOptions unchanged.")
+    defaults = FeaturesConfig()
+    parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
+    parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
+    for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
+                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int),
+                       ("blob_base", str), ("staging", str)):
+        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
+    return parser
+
+
+def run(argv: Sequence[str] | None = None) -> FeaturesReport:
+    """Command line: parse our options, pass the rest to Beam, print the report as JSON."""
+    args, beam_args = _parser().parse_known_args(argv)
+    fields = {k: v for k, v in vars(args).items() if k not in ("home", "day")}
+    report = build_features(DataHome.at(args.home), args.day, FeaturesConfig(**fields), beam_args,
+                            progress=lambda message: print(message, flush=True))
+    print(json.dumps({k: v for k, v in report.metadata().items() if k != "summary"}, indent=2, sort_keys=True))
+    return report
+
+
+if __name__ == "__main__":
+    run()

@@ -1,0 +1,183 @@
+"""Safe handling of one untrusted image blob: path checks, bounded read, one careful decode.
+
+Policies (each failure is a reject row with one of these reasons, never an exception):
+
+==================  ===========================================================================
+unsafe_path         blob path is empty, absolute, has a scheme, ``..``/``.``/empty components,
+                    a backslash, NUL or another control character, lies outside the blob zone
+                    (``raw/`` by default), or (local files) resolves through a symlink to a target
+                    outside that zone, or is not a regular file (directory, FIFO, device).
+missing_blob        nothing at the blob path.
+file_too_large      more than ``max_bytes`` bytes (read is capped: a huge file is never loaded).
+empty_file          zero bytes.
+not_an_image        bytes that no accepted decoder recognises (PNG, JPEG, WEBP, GIF, BMP, TIFF
+                    are probed; nothing else is ever parsed).
+extension_mismatch  the bytes are an image of another format than the extension promises
+                    (``.png`` must be PNG; ``.jpg``/``.jpeg`` JPEG; ``.webp`` WEBP), or the
+                    extension is none of these.
+decompression_bomb  the header declares more than ``max_pixels`` pixels (default 4096 x 4096),
+                    checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits.
+too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
+animated_image      more than one frame (APNG, animated WEBP/GIF): there is no single image to
+                    train on.
+unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillow's RGB conversion
+                    clips them, so pixels would be wrong) or CMYK/YCbCr/LAB (no colour
+                    management here). 8-bit modes ``1, L, LA, P, PA, RGB, RGBA`` are converted to
+                    RGB by dropping alpha, exactly as ``cv2.imread`` (and so NudeNet) does.
+truncated_image     a header that parses but pixel data that does not decode completely
+                    (truncated, corrupt stream, bad CRC), or a known signature with an unreadable
+                    header.
+==================  ===========================================================================
+
+Checks run in that order, so a file gets the first reason that applies. EXIF orientation is not
+applied: the stored pixels are the image (generated images carry no EXIF).
+"""
+from __future__ import annotations
+
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+
+from PIL import Image, UnidentifiedImageError
+
+UNSAFE_PATH = "unsafe_path"
+MISSING_BLOB = "missing_blob"
+FILE_TOO_LARGE = "file_too_large"
+EMPTY_FILE = "empty_file"
+NOT_AN_IMAGE = "not_an_image"
+EXTENSION_MISMATCH = "extension_mismatch"
+DECOMPRESSION_BOMB = "decompression_bomb"
+TOO_SMALL = "too_small"
+ANIMATED_IMAGE = "animated_image"
+UNSUPPORTED_MODE = "unsupported_mode"
+TRUNCATED_IMAGE = "truncated_image"
+
+REJECT_REASONS = (
+    UNSAFE_PATH, MISSING_BLOB, FILE_TOO_LARGE, EMPTY_FILE, NOT_AN_IMAGE, EXTENSION_MISMATCH,
+    DECOMPRESSION_BOMB, TOO_SMALL, ANIMATED_IMAGE, UNSUPPORTED_MODE, TRUNCATED_IMAGE,
+)
+
+PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+EXTENSION_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",)}
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
+SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+
+
+class ImageRejected(Exception):
+    """One blob cannot be used; ``reason`` is one of ``REJECT_REASONS``."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        if reason not in REJECT_REASONS:
+            raise ValueError(f"unknown reject reason {reason!r}")
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A fully decoded image in RGB plus what the header said about the original."""
+
+    rgb: Image.Image
+    width: int
+    height: int
+    mode: str
+    format: str
+
+
+def check_blob_path(relpath: object, zone: str = "raw") -> str:
+    """Return ``relpath`` if it is a plain relative path inside ``zone``; raise ``unsafe_path`` otherwise."""
+    if not isinstance(relpath, str) or not relpath:
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is empty or not a string")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in relpath) or "\\" in relpath:
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} contains a control character or backslash")
+    if relpath.startswith("/") or "://" in relpath or (len(relpath) > 1 and relpath[1] == ":"):
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is absolute")
+    parts = relpath.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} has an empty, '.' or '..' component")
+    if parts[0] != zone or len(parts) < 2:
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is outside the {zone}/ zone")
+    return relpath
+
+
+def check_local_target(base: str, relpath: str, zone: str = "raw") -> str:
+    """Resolve a checked ``relpath`` under local ``base``; refuse symlinks leaving ``base/zone`` and non-files."""
+    zone_root = os.path.realpath(os.path.join(base, zone))
+    target = os.path.realpath(os.path.join(base, relpath))
+    if os.path.commonpath([zone_root, target]) != zone_root:
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} resolves to {target}, outside {zone_root}")
+    try:
+        info = os.stat(target)
+    except FileNotFoundError:
+        raise ImageRejected(MISSING_BLOB, f"no file at {relpath!r}") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is not a regular file")
+    return target
+
+
+def read_capped(handle: io.RawIOBase | io.BufferedIOBase, relpath: str, max_bytes: int) -> bytes:
+    """Read at most ``max_bytes`` from ``handle``; raise ``file_too_large`` / ``empty_file``."""
+    chunks, total = [], 0
+    while total <= max_bytes:
+        chunk = handle.read(min(1 << 20, max_bytes + 1 - total))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    if total > max_bytes:
+        raise ImageRejected(FILE_TOO_LARGE, f"{relpath!r} is larger than max_bytes={max_bytes}")
+    if total == 0:
+        raise ImageRejected(EMPTY_FILE, f"{relpath!r} has zero bytes")
+    return b"".join(chunks)
+
+
+def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -> DecodedImage:
+    """Decode ``data`` (the blob at ``relpath``) once, applying every policy in the module docstring."""
+    if not data:
+        raise ImageRejected(EMPTY_FILE, f"{relpath!r} has zero bytes")
+    extension = os.path.splitext(relpath)[1].lower()
+    expected = EXTENSION_FORMATS.get(extension)
+    if expected is None:
+        raise ImageRejected(EXTENSION_MISMATCH, f"extension {extension!r} of {relpath!r} is not one of {sorted(EXTENSION_FORMATS)}")
+    # Pillow parsers run on hostile bytes here: any error they raise is this image's fault, so it
+    # becomes a reject row (with the exception type in the detail) instead of failing the run.
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data), formats=PROBED_FORMATS)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {exc}") from None
+    except UnidentifiedImageError:
+        if data.startswith(SIGNATURES):
+            raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r} starts with an image signature but its header does not parse") from None
+        raise ImageRejected(NOT_AN_IMAGE, f"{relpath!r} ({len(data)} bytes, starts {data[:8]!r}) is not a {'/'.join(PROBED_FORMATS)} image") from None
+    except Exception as exc:  # noqa: BLE001 - see comment above
+        reason = TRUNCATED_IMAGE if data.startswith(SIGNATURES) else NOT_AN_IMAGE
+        raise ImageRejected(reason, f"{relpath!r}: header failed to parse: {type(exc).__name__}: {exc}") from None
+
+    fmt = image.format or "unknown"
+    if fmt not in expected:
+        raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {fmt} bytes, extension {extension!r} expects {'/'.join(expected)}")
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r} declares {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageRejected(TOO_SMALL, f"{relpath!r} is {width}x{height}, shortest side < min_side={min_side}")
+    try:
+        frames = getattr(image, "n_frames", 1)
+    except Exception as exc:  # noqa: BLE001 - counting frames parses the whole file
+        raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r}: frames unreadable: {type(exc).__name__}: {exc}") from None
+    if frames != 1:
+        raise ImageRejected(ANIMATED_IMAGE, f"{relpath!r} has {frames} frames")
+    mode = image.mode
+    if mode not in CONVERTIBLE_MODES:
+        raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
+    try:
+        image.load()
+    except Exception as exc:  # noqa: BLE001 - see comment above
+        raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return DecodedImage(rgb, width, height, mode, fmt)

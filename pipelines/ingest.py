@@ -1,0 +1,624 @@
+"""Daily ingest: one day of raw app exports -> validated Parquet tables + quarantine, nothing lost.
+
+``ingest_day(home, day)`` reads ``raw/app_logs/dt=DAY/{users,images,rankings,downloads}.jsonl.gz``
+and writes, for that day, ``warehouse/{users,images,rankings,downloads,quarantine,ingest_files}/dt=DAY/
+part-0.parquet``. Every input line ends in exactly one place: its table or ``quarantine`` (with the
+table, day, file, 1-based line number, reason, detail, the first 64 KiB of the line as lossy UTF-8,
+its byte length and sha256). Outputs are sorted by primary key, so the same raw files and config
+always give byte-identical Parquet; all six files are written under temporary names and renamed
+only once every one of them is complete, so a crash leaves the previous version readable.
+
+Line rules, checked in this order (the first failing check is the line's reason):
+
+- ``line_too_long``: more bytes than ``max_line_bytes`` (default 1 MiB); never decoded.
+- ``invalid_utf8``: the line is not valid UTF-8, or a string holds a lone surrogate escape (``\\ud800``).
+- ``malformed_json``: not parseable as JSON (also a blank line, a duplicate key, nesting too deep,
+  or an integer with more than 4,300 digits).
+- ``invalid_value`` for ``NaN``/``Infinity``/``-Infinity`` tokens (not JSON).
+- ``not_an_object``: a JSON array, string, number, boolean or null.
+- ``missing_field``: a column of the table is absent, or null where the column is required.
+- ``unexpected_field``: a key that is not a column of the table.
+- ``wrong_type``: a string/boolean/fractional number where an integer is expected, a non-number
+  where a number is expected, a non-string where a string is expected. A float with no fraction
+  (``5.0``) is accepted as the integer 5.
+- ``invalid_value``: ids (``user_id``, ``image_id``, ``ranking_id``, ``download_id``) outside
+  [1, ``max_id`` = 2^53]; ``seed`` outside [0, 2^63-1]; ``gs`` outside [``min_gs``, ``max_gs``] = [0, 50]
+  (also a number that overflows to infinity); ``steps`` outside [1, 1000]; ``idx`` outside [0, 999] or
+  not below ``num_generated``; ``num_generated`` outside [1, 1000]; ``model_id``/``scheduler_cls``
+  empty or longer than ``max_name_chars`` (256).
+- ``bad_timestamp``: ``created_at`` not exactly ``YYYY-MM-DD HH:MM:SS`` with an optional 1-6 digit
+  fraction (naive UTC, ASCII digits), not a real calendar time, before ``earliest_created_at``
+  (2022-01-01), or at/after the end of the partition day plus ``future_tolerance_days`` (2). Rows from
+  earlier days (late arrivals) are accepted.
+- ``invalid_uid``: an image uid that is not a canonical lowercase UUID (8-4-4-4-12 hex digits); this
+  rejects path tricks (``../``, ``/``, ``\\``, NUL), so ``blob_path`` always stays in ``raw/images/``.
+- ``prompt_too_long``: ``prompt``/``negative_prompt`` longer than ``max_prompt_chars`` (2000) characters.
+- ``control_characters``: a C0/C1 control character (tab and newline included), a bidi embedding,
+  override, isolate or mark (U+061C, U+200E/F, U+202A-E, U+2066-9), U+2028/9 or U+FEFF in a prompt,
+  ``model_id`` or ``scheduler_cls``.
+- ``invalid_ranking``: ``image_2_uid``/``image_3_uid`` not both set or both null, the same image
+  shown twice, or ``best_image_uid`` neither ``'none'`` nor one of the shown uids.
+
+Then, per file, on the lines that passed (primary keys: users ``user_id``, images ``image_uid``,
+rankings ``ranking_id``, downloads ``download_id``; values compared after typing, so ``5`` and
+``5.0`` are the same):
+
+- ``duplicate_row``: an exact repeat of an earlier line's object; the first is kept.
+- ``conflicting_primary_key``: one key with two or more different objects; every version of that
+  key is quarantined, none is guessed. Keys are unique within one day's file; repeats across days
+  are left to the downstream stages, which see every partition.
+- ``unknown_image_reference`` (rankings' shown uids, downloads' ``image_uid``): the uid appears as an
+  ``"image_uid"`` member in none of the raw images files of this day or any earlier day in the raw
+  zone. Only the raw bytes are searched (quarantined image lines count as exported), so the answer
+  depends on the raw zone alone, not on what was ingested before.
+
+File rules (``ingest_files`` has one row per table and day; file-level quarantine rows have line 0):
+
+- missing file: status ``missing``, one quarantine row ``missing_file``.
+- not gzip / truncated / corrupt / not a regular file / a link out of the data home: status
+  ``unreadable``, one quarantine row ``unreadable_file``; lines decoded before the damage are ingested
+  normally, and the text after the last newline counts as a line (usually ``malformed_json``).
+- empty file (zero bytes, or a gzip of nothing): status ``empty``, no rows.
+
+Transformations of accepted rows: ``[single_quote]`` -> ``'`` in prompts and negative prompts; each
+``[bracketed]`` part of a prompt (after unescaping) moves to ``bracket_negative_prompt`` (parts
+stripped, joined with ``", "``, null when there are none) and is replaced by one space, then the
+prompt is stripped of surrounding whitespace (downloads get the same prompt cleaning, without the
+bracket column); ``created_at`` -> ``timestamp[us]``; rankings get ``num_shown`` (2 or 4),
+``best_image_uid = 'none'`` -> null with ``is_tie = true``; images get ``blob_path =
+raw/images/<image_uid>.png``; users keep only ``user_id`` and ``created_at`` (email and name never
+leave the raw zone); every table gets ``dt``.
+
+Reconciliation: for every table, lines_in = accepted + quarantined (line-level rows), stated by
+``IngestReport.reconciled`` and checked again from the written files by the ``ingest_files`` contract.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import json
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import rawparse as rp
+from pipelines.home import DataHome
+from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema
+from schemas import get_schema
+from schemas.raw import PRIMARY_KEYS, RAW_TABLES
+
+OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+_REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
+                     "downloads": ("image_uid",)}
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Limits of the daily ingest; every field is documented in the module docstring."""
+
+    max_line_bytes: int = 1 << 20          # longer lines -> line_too_long
+    max_prompt_chars: int = 2000           # longer prompt/negative_prompt -> prompt_too_long
+    max_name_chars: int = 256              # model_id / scheduler_cls length limit
+    max_id: int = 2**53                    # ids above -> invalid_value (JSON-safe integers)
+    min_gs: float = 0.0
+    max_gs: float = 50.0
+    earliest_created_at: str = "2022-01-01 00:00:00"
+    future_tolerance_days: int = 2         # created_at must be before end of day + this many days
+    workers: int = 2                       # processes for a large day (output does not depend on it)
+    parallel_min_bytes: int = 64 << 20     # compressed raw bytes of a day from which workers are used
+
+    def __post_init__(self) -> None:
+        for name in ("max_line_bytes", "max_prompt_chars", "max_name_chars", "max_id", "workers", "parallel_min_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"IngestConfig.{name} must be a positive integer, got {value!r}")
+        if not 0 <= self.future_tolerance_days <= 3650:
+            raise ValueError(f"IngestConfig.future_tolerance_days must be in [0, 3650], got {self.future_tolerance_days!r}")
+        if not self.min_gs <= self.max_gs:
+            raise ValueError(f"IngestConfig.min_gs {self.min_gs!r} must not exceed max_gs {self.max_gs!r}")
+        try:
+            dt.datetime.fromisoformat(self.earliest_created_at)
+        except (TypeError, ValueError):
+            raise ValueError(f"IngestConfig.earliest_created_at {self.earliest_created_at!r} is not an ISO timestamp") from None
+
+    def timestamp_range(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
+        """[earliest, end of ``day`` + tolerance) for ``created_at``."""
+        end = dt.datetime.combine(day, dt.time()) + dt.timedelta(days=1 + self.future_tolerance_days)
+        return dt.datetime.fromisoformat(self.earliest_created_at), end
+
+
+@dataclass
+class TableReport:
+    """What happened to one raw file of one day."""
+
+    table: str
+    file: str
+    status: str = "ok"
+    file_sha256: str | None = None
+    file_bytes: int = 0
+    lines_in: int = 0
+    accepted: int = 0
+    quarantined: int = 0                       # line-level quarantine rows
+    reasons: dict[str, int] = field(default_factory=dict)  # every quarantine row, file-level included
+    error: str | None = None
+
+    @property
+    def reconciled(self) -> bool:
+        return self.lines_in == self.accepted + self.quarantined
+
+
+@dataclass
+class IngestReport:
+    """Counts of one ingested day; ``metadata()`` gives JSON-able values for the orchestrator."""
+
+    day: str
+    tables: dict[str, TableReport]
+    outputs: dict[str, str]
+    seconds: float = 0.0
+
+    @property
+    def lines_in(self) -> int:
+        return sum(t.lines_in for t in self.tables.values())
+
+    @property
+    def accepted(self) -> int:
+        return sum(t.accepted for t in self.tables.values())
+
+    @property
+    def quarantined(self) -> int:
+        return sum(t.quarantined for t in self.tables.values())
+
+    @property
+    def reconciled(self) -> bool:
+        return all(t.reconciled for t in self.tables.values())
+
+    def quarantine_by_reason(self) -> dict[str, int]:
+        """Quarantine rows per reason over all tables (file-level rows included), sorted by reason."""
+        total: dict[str, int] = {}
+        for report in self.tables.values():
+            for reason, count in report.reasons.items():
+                total[reason] = total.get(reason, 0) + count
+        return dict(sorted(total.items()))
+
+    def reasons_markdown(self) -> str:
+        """Markdown table of quarantine rows by table and reason."""
+        lines = ["| table | reason | rows |", "|---|---|---:|"]
+        for table, report in self.tables.items():
+            for reason, count in sorted(report.reasons.items()):
+                lines.append(f"| {table} | {reason} | {count} |")
+        if len(lines) == 2:
+            lines.append("| - | (none) | 0 |")
+        return "\n".join(lines)
+
+    def metadata(self) -> dict[str, object]:
+        """JSON-able summary: totals, per-table counts, reasons, file statuses, markdown table."""
+        return {
+            "day": self.day,
+            "lines_in": self.lines_in,
+            "rows_accepted": self.accepted,
+            "rows_quarantined": self.quarantined,
+            "file_problems": sum(1 for t in self.tables.values() if t.status in ("missing", "unreadable")),
+            "reconciled": self.reconciled,
+            "accepted_by_table": {t: r.accepted for t, r in self.tables.items()},
+            "quarantined_by_table": {t: r.quarantined for t, r in self.tables.items()},
+            "quarantine_by_reason": self.quarantine_by_reason(),
+            "file_status": {t: r.status for t, r in self.tables.items()},
+            "files": {t: asdict(r) for t, r in self.tables.items()},
+            "outputs": dict(self.outputs),
+            "seconds": round(self.seconds, 3),
+            "quarantine_reasons_md": self.reasons_markdown(),
+        }
+
+
+# ---------------------------------------------------------------------------------------------
+class _TableRun:
+    """Mutable state of one table while its file is read: kept rows, quarantine rows, pending raws."""
+
+    def __init__(self, home: DataHome, day: str, table: str):
+        self.table = table
+        self.path = home.raw_file(day, table)
+        self.report = TableReport(table, self.path.relative_to(home.root).as_posix())
+        self.rows: dict[object, tuple[int, tuple]] = {}     # primary key -> (line number, values)
+        self.quarantine: list[tuple] = []                   # (line, reason, detail, text, length, sha)
+        self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
+
+    def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
+        if data is None:
+            self.pending[number] = (reason, detail)
+            return
+        text, length, sha = rp.raw_fields(data)
+        self.quarantine.append((number, reason, detail, text, length, sha))
+
+    def file_row(self, reason: str, detail: str, length: int, sha: str | None) -> None:
+        self.quarantine.append((0, reason, detail, None, length, sha or _EMPTY_SHA256))
+
+
+def _open_raw(home: DataHome, path: Path) -> rp.RawFile:
+    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely."""
+    raw = rp.RawFile(path)
+    if raw.check():
+        try:
+            home.resolve_inside(path.relative_to(home.root).as_posix())
+        except ValueError as exc:
+            raw.status, raw.error = "unreadable", str(exc)
+    return raw
+
+
+def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
+                uid_sink: set[str] | None = None) -> _TableRun:
+    """Validate every line of one raw file, then resolve exact duplicates and key conflicts."""
+    run = _TableRun(home, day, table)
+    report = run.report
+    raw = _open_raw(home, run.path)
+    if raw.status == "ok":
+        chunks = raw.chunks()
+        if uid_sink is not None:
+            chunks = rp.tap_image_uids(chunks, uid_sink)
+        pk_index = parser.names.index(PRIMARY_KEYS[table])
+        rows = run.rows
+        repeats: dict[object, list] = {}
+        parse = parser.parse
+        max_bytes = config.max_line_bytes
+        number = 0
+        for number, data in rp.iter_lines(chunks, max_bytes):
+            if type(data) is not bytes:
+                run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                continue
+            try:
+                values = parse(data)
+            except rp.Reject as exc:
+                run.reject(number, exc.reason, exc.detail, data)
+                continue
+            key = values[pk_index]
+            if key in rows:
+                repeats.setdefault(key, []).append((number, values, data))
+            else:
+                rows[key] = (number, values)
+        report.lines_in = number
+        _resolve_repeats(run, repeats, PRIMARY_KEYS[table])
+    report.status = raw.status
+    report.error = raw.error
+    report.file_sha256 = raw.file_sha256
+    report.file_bytes = raw.file_bytes
+    if raw.status == "missing":
+        run.file_row(rp.MISSING_FILE, raw.error or "missing", 0, None)
+    elif raw.status == "unreadable":
+        run.file_row(rp.UNREADABLE_FILE, raw.error or "unreadable", raw.file_bytes, raw.file_sha256)
+    return run
+
+
+def _resolve_repeats(run: _TableRun, repeats: dict[object, list], key_name: str) -> None:
+    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting."""
+    for key, extra in repeats.items():
+        first_line, first_values = run.rows[key]
+        if all(values == first_values for _, values, _ in extra):
+            for number, _, data in extra:
+                run.reject(number, rp.DUPLICATE_ROW, f"exact duplicate of line {first_line}", data)
+            continue
+        del run.rows[key]
+        lines = [first_line] + [number for number, _, _ in extra]
+        detail = f"{key_name} {key!r} has {len(lines)} lines with different content (lines {_line_list(lines)})"
+        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, detail, None)
+        for number, _, data in extra:
+            run.reject(number, rp.CONFLICTING_PRIMARY_KEY, detail, data)
+
+
+def _line_list(lines: list[int], limit: int = 10) -> str:
+    text = ", ".join(str(n) for n in lines[:limit])
+    return text + (f", ... {len(lines) - limit} more" if len(lines) > limit else "")
+
+
+def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LineParser],
+                      known_today: set[str] | None, home: DataHome, day: str) -> None:
+    """Quarantine rankings/downloads rows whose image uid no images export of this day or before has.
+
+    ``known_today`` holds the uids found while the same process read today's images file; without
+    it, today's file is scanned like the earlier ones (the same byte-level search either way).
+    """
+    tables = [t for t in _REFERENCE_FIELDS if t in runs]
+    positions = {t: [parsers[t].names.index(name) for name in _REFERENCE_FIELDS[t]] for t in tables}
+    referenced: set[str] = set()
+    for table in tables:
+        for _, values in runs[table].rows.values():
+            referenced.update(values[i] for i in positions[table] if values[i] is not None)
+    unresolved = referenced - known_today if known_today is not None else referenced
+    scan_days = {d for d in home.raw_days() if d < day}
+    if known_today is None:
+        scan_days.add(day)
+    for other in sorted(scan_days, reverse=True):
+        if not unresolved:
+            break
+        raw = _open_raw(home, home.raw_file(other, "images"))
+        if raw.status != "ok":
+            continue
+        found: set[str] = set()
+        for _ in rp.tap_image_uids(raw.chunks(), found, unresolved):
+            pass
+        unresolved -= found
+    if not unresolved:
+        return
+    for table in tables:
+        run = runs[table]
+        bad = []
+        for key, (number, values) in run.rows.items():
+            for name, i in zip(_REFERENCE_FIELDS[table], positions[table]):
+                if values[i] in unresolved:
+                    bad.append(key)
+                    run.reject(number, rp.UNKNOWN_IMAGE_REFERENCE,
+                               f"{name} = {values[i]} is in no images export of {day} or earlier", None)
+                    break
+        for key in bad:
+            del run.rows[key]
+
+
+def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
+    """Re-read the file for the raw bytes of lines quarantined after the first pass."""
+    if not run.pending:
+        return
+    raw = rp.RawFile(run.path)
+    wanted = run.pending
+    for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
+        if number in wanted:
+            reason, detail = wanted.pop(number)
+            text, length, sha = rp.raw_fields(data)
+            run.quarantine.append((number, reason, detail, text, length, sha))
+            if not wanted:
+                break
+    if wanted:
+        raise RuntimeError(f"{run.path} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
+
+
+# ---------------------------------------------------------------------------------------------
+def _dt_column(day: dt.date, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(day, pa.date32()), n)
+
+
+def _timestamps(texts: Sequence[str]) -> pa.Array:
+    """Validated ``YYYY-MM-DD HH:MM:SS[.f]`` strings -> timestamp[us] (Arrow's ISO-8601 cast)."""
+    return pa.array(texts, pa.string()).cast(pa.timestamp("us"))
+
+
+def _users_table(rows: list[tuple], day: dt.date) -> pa.Table:
+    cols = list(zip(*rows)) or [()] * 4
+    return pa.table({"user_id": pa.array(cols[0], pa.int64()),
+                     "created_at": _timestamps(cols[1]),
+                     "dt": _dt_column(day, len(rows))})
+
+
+def _images_table(home: DataHome, rows: list[tuple], day: dt.date) -> pa.Table:
+    cols = list(zip(*rows)) or [()] * 13
+    split = [rp.split_prompt(p) for p in cols[4]]
+    return pa.table({
+        "image_id": pa.array(cols[0], pa.int64()),
+        "created_at": _timestamps(cols[1]),
+        "image_uid": pa.array(cols[2], pa.string()),
+        "user_id": pa.array(cols[3], pa.int64()),
+        "prompt": pa.array([s[0] for s in split], pa.string()),
+        "bracket_negative_prompt": pa.array([s[1] for s in split], pa.string()),
+        "negative_prompt": pa.array([None if p is None else rp.unescape(p) for p in cols[5]], pa.string()),
+        "seed": pa.array(cols[6], pa.int64()),
+        "gs": pa.array(cols[7], pa.float64()),
+        "steps": pa.array(cols[8], pa.int32()),
+        "idx": pa.array(cols[9], pa.int32()),
+        "num_generated": pa.array(cols[10], pa.int32()),
+        "scheduler_cls": pa.array(cols[11], pa.string()),
+        "model_id": pa.array(cols[12], pa.string()),
+        "blob_path": pa.array([home.raw_image_relpath(uid) for uid in cols[2]], pa.string()),
+        "dt": _dt_column(day, len(rows)),
+    })
+
+
+def _rankings_table(rows: list[tuple], day: dt.date) -> pa.Table:
+    cols = list(zip(*rows)) or [()] * 9
+    split = [rp.split_prompt(p) for p in cols[8]]
+    return pa.table({
+        "ranking_id": pa.array(cols[0], pa.int64()),
+        "created_at": _timestamps(cols[1]),
+        "user_id": pa.array(cols[2], pa.int64()),
+        "image_0_uid": pa.array(cols[3], pa.string()),
+        "image_1_uid": pa.array(cols[4], pa.string()),
+        "image_2_uid": pa.array(cols[5], pa.string()),
+        "image_3_uid": pa.array(cols[6], pa.string()),
+        "num_shown": pa.array([2 if u is None else 4 for u in cols[5]], pa.int8()),
+        "best_image_uid": pa.array([None if b == rp.TIE else b for b in cols[7]], pa.string()),
+        "is_tie": pa.array([b == rp.TIE for b in cols[7]], pa.bool_()),
+        "prompt": pa.array([s[0] for s in split], pa.string()),
+        "bracket_negative_prompt": pa.array([s[1] for s in split], pa.string()),
+        "dt": _dt_column(day, len(rows)),
+    })
+
+
+def _downloads_table(rows: list[tuple], day: dt.date) -> pa.Table:
+    cols = list(zip(*rows)) or [()] * 5
+    return pa.table({
+        "download_id": pa.array(cols[0], pa.int64()),
+        "created_at": _timestamps(cols[1]),
+        "user_id": pa.array(cols[2], pa.int64()),
+        "image_uid": pa.array(cols[3], pa.string()),
+        "prompt": pa.array([None if p is None else rp.split_prompt(p)[0] for p in cols[4]], pa.string()),
+        "dt": _dt_column(day, len(rows)),
+    })
+
+
+def _quarantine_table(rows: list[tuple], day: dt.date) -> pa.Table:
+    rows = sorted(rows, key=lambda r: (r[0], r[2]))
+    cols = list(zip(*rows)) or [()] * 8
+    return pa.table({
+        "table": pa.array(cols[0], pa.string()),
+        "dt": _dt_column(day, len(rows)),
+        "file": pa.array(cols[1], pa.string()),
+        "line_number": pa.array(cols[2], pa.int64()),
+        "reason": pa.array(cols[3], pa.string()),
+        "detail": pa.array(cols[4], pa.string()),
+        "raw_text": pa.array(cols[5], pa.string()),
+        "raw_length": pa.array(cols[6], pa.int64()),
+        "raw_sha256": pa.array(cols[7], pa.string()),
+    })
+
+
+def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
+    reports = sorted(reports, key=lambda r: r.table)
+    return pa.table({
+        "table": pa.array([r.table for r in reports], pa.string()),
+        "dt": _dt_column(day, len(reports)),
+        "file": pa.array([r.file for r in reports], pa.string()),
+        "file_sha256": pa.array([r.file_sha256 if r.status != "missing" else None for r in reports], pa.string()),
+        "file_bytes": pa.array([r.file_bytes for r in reports], pa.int64()),
+        "status": pa.array([r.status for r in reports], pa.string()),
+        "lines_in": pa.array([r.lines_in for r in reports], pa.int64()),
+        "accepted": pa.array([r.accepted for r in reports], pa.int64()),
+        "quarantined": pa.array([r.quarantined for r in reports], pa.int64()),
+    })
+
+
+def _kept_values(run: _TableRun) -> list[tuple]:
+    return [values for _, values in run.rows.values()]
+
+
+def write_tables_atomic(paths_tables: dict[Path, tuple[pa.Table, pa.Schema]]) -> None:
+    """Write every table under a temporary name first; rename them all only when all are written."""
+    with contextlib.ExitStack() as stack:
+        for final, (table, schema) in paths_tables.items():
+            tmp = stack.enter_context(atomic_path(final))
+            pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
+
+
+def parse_day(day: str) -> dt.date:
+    """``YYYY-MM-DD`` -> date; errors name the value."""
+    try:
+        if len(day) != 10:
+            raise ValueError
+        return dt.date.fromisoformat(day)
+    except (TypeError, ValueError):
+        raise ValueError(f"day {day!r} is not a YYYY-MM-DD date") from None
+
+
+_BUILDERS = {
+    "users": lambda home, rows, date: _users_table(rows, date),
+    "images": _images_table,
+    "rankings": lambda home, rows, date: _rankings_table(rows, date),
+    "downloads": lambda home, rows, date: _downloads_table(rows, date),
+}
+
+
+def _ingest_tables(home: DataHome, day: str, tables: Sequence[str],
+                   config: IngestConfig) -> dict[str, tuple[pa.Table, list[tuple], TableReport]]:
+    """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
+
+    Returns, per table, its sorted Arrow table, its quarantine rows and its report. Runs in a worker
+    process when the day is large; the result does not depend on how tables are grouped.
+    """
+    date = parse_day(day)
+    ts_range = config.timestamp_range(date)
+    parsers = {table: rp.LineParser(table, max_id=config.max_id, max_prompt_chars=config.max_prompt_chars,
+                                    max_name_chars=config.max_name_chars, gs_range=(config.min_gs, config.max_gs),
+                                    ts_range=ts_range) for table in tables}
+    known_today: set[str] | None = set() if "images" in tables else None
+    runs = {}
+    for table in tables:
+        sink = known_today if table == "images" else None
+        runs[table] = _read_table(home, day, table, parsers[table], config, sink)
+    _check_references(runs, parsers, known_today, home, day)
+    results = {}
+    for table, run in runs.items():
+        _fill_pending(run, config.max_line_bytes)
+        report = run.report
+        report.accepted = len(run.rows)
+        report.quarantined = sum(1 for q in run.quarantine if q[0] > 0)
+        for q in run.quarantine:
+            report.reasons[q[1]] = report.reasons.get(q[1], 0) + 1
+        report.reasons = dict(sorted(report.reasons.items()))
+        built = _BUILDERS[table](home, _kept_values(run), date).sort_by(PRIMARY_KEYS[table])
+        results[table] = (built, [(table, report.file, *q) for q in run.quarantine], report)
+    return results
+
+
+def _raw_size(home: DataHome, day: str) -> int:
+    return sum(path.stat().st_size for path in (home.raw_file(day, t) for t in RAW_TABLES) if path.is_file())
+
+
+def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) -> IngestReport:
+    """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts."""
+    started = time.perf_counter()
+    date = parse_day(day)
+    if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
+        # images (the biggest file) in one process, the other tables in another
+        groups = [("images",), ("rankings", "downloads", "users")]
+        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold Arrow threads
+        with ProcessPoolExecutor(max_workers=min(config.workers, len(groups)), mp_context=context) as pool:
+            futures = [pool.submit(_ingest_tables, home, day, group, config) for group in groups]
+            results = {k: v for future in futures for k, v in future.result().items()}
+    else:
+        results = _ingest_tables(home, day, RAW_TABLES, config)
+
+    tables = {table: results[table][0] for table in RAW_TABLES}
+    quarantine_rows = [row for table in RAW_TABLES for row in results[table][1]]
+    reports = {table: results[table][2] for table in RAW_TABLES}
+    tables["quarantine"] = _quarantine_table(quarantine_rows, date)
+    tables["ingest_files"] = _ingest_files_table(list(reports.values()), date)
+    outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
+    write_tables_atomic({outputs[name]: (tables[name], get_schema(name)) for name in OUTPUT_DATASETS})
+    return IngestReport(
+        day=day,
+        tables=reports,
+        outputs={name: path.relative_to(home.root).as_posix() for name, path in outputs.items()},
+        seconds=time.perf_counter() - started,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ingest's command-line options (``--home``, ``--day``, limits) to ``parser``."""
+    defaults = IngestConfig()
+    parser.add_argument("--home", default=None, help="data home (default: $PICKAPIC_HOME, else ./data)")
+    parser.add_argument("--day", action="append", default=None, metavar="YYYY-MM-DD",
+                        help="day to ingest (repeatable; default: every day in the raw zone)")
+    parser.add_argument("--max-line-bytes", type=int, default=defaults.max_line_bytes,
+                        help=f"longest accepted line in bytes (default {defaults.max_line_bytes})")
+    parser.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars,
+                        help=f"longest accepted prompt in characters (default {defaults.max_prompt_chars})")
+    parser.add_argument("--future-tolerance-days", type=int, default=defaults.future_tolerance_days,
+                        help="days after the partition day a created_at may lie "
+                             f"(default {defaults.future_tolerance_days})")
+    parser.add_argument("--workers", type=int, default=defaults.workers,
+                        help=f"processes for a large day; output does not depend on it (default {defaults.workers})")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Ingest the days named by ``args``; print one JSON summary per day; 0 when every day reconciles."""
+    home = DataHome.at(args.home)
+    config = IngestConfig(max_line_bytes=args.max_line_bytes, max_prompt_chars=args.max_prompt_chars,
+                          future_tolerance_days=args.future_tolerance_days, workers=args.workers)
+    days = args.day or home.raw_days()
+    if not days:
+        print(f"no raw days under {home.raw_logs}", file=sys.stderr)
+        return 1
+    status = 0
+    for day in days:
+        report = ingest_day(home, day, config)
+        summary = {k: v for k, v in report.metadata().items() if k not in ("files", "quarantine_reasons_md")}
+        print(json.dumps(summary, sort_keys=True))
+        if not report.reconciled:
+            print(f"day {day}: counts do not reconcile", file=sys.stderr)
+            status = 1
+    return status
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m pipelines.ingest --home DIR --day YYYY-MM-DD``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.ingest", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

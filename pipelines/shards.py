@@ -1,0 +1,275 @@
+"""WebDataset shards: seeded sample order, balanced shard plan, and a byte-exact tar writer.
+
+A shard is ``pickapic-<split>-NNNNNN.tar`` (members ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``,
+``KEY.txt`` per sample, in that order), its Parquet sidecar ``...-NNNNNN.parquet`` (one row per
+sample: member offsets/sizes + every split_pairs column) and ``...-NNNNNN_stats.json``, written
+last as the shard's commit marker. Tar headers are built here (ustar, fixed mtime/uid/gid/mode,
+byte-identical to :mod:`tarfile`'s) and JPEG bytes are copied verbatim: the writer is a loop of
+``read`` + ``join`` + ``write`` so one process keeps up with the disk (webdataset's ``TarWriter``
+spends most of its time in ``tarfile``).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from pipelines.storage import sha256_file, write_bytes_atomic, write_parquet_atomic
+from schemas import get_schema
+
+SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+UNIQUE_SUFFIX = "_u"                 # unique splits repeat parent rows: their keys get a suffix
+TAR_MTIME = 1672531200               # 2023-01-01T00:00:00Z, fixed so equal input gives equal tars
+BLOCK = 512
+RECORD = 20 * BLOCK                  # tarfile pads the archive to whole records; so do we
+MEMBERS = ("0.jpg", "1.jpg", "json", "txt")
+
+# ustar header pieces that never change (mode 0444, uid/gid 0, empty uname/gname, regular file).
+_MODE_UID_GID = b"0000444\0" + b"0000000\0" + b"0000000\0"
+_MTIME = b"%011o\0" % TAR_MTIME
+_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 32 + b"\0" * 32
+         + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)  # devmajor/minor empty, as tarfile writes them
+_TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as eight spaces
+assert 148 + 8 + len(_TAIL) == BLOCK
+
+
+def shard_name(split: str, index: int) -> str:
+    """Base name (no extension) of shard ``index`` of ``split``."""
+    return f"pickapic-{split}-{index:06d}"
+
+
+def tar_header(name: bytes, size: int) -> bytes:
+    """The 512-byte ustar header of a regular file ``name`` of ``size`` bytes."""
+    if len(name) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
+    if not 0 <= size < 8 ** 11:
+        raise ValueError(f"tar member {name!r}: size {size} does not fit a ustar header")
+    head = name.ljust(100, b"\0") + _MODE_UID_GID + b"%011o\0" % size + _MTIME
+    return head + b"%06o\0 " % (sum(head) + _TAIL_SUM) + _TAIL
+
+
+def padded(size: int) -> int:
+    """Bytes a member of ``size`` bytes takes in a tar, header included."""
+    return BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def tar_size(member_bytes: int) -> int:
+    """Size of a tar whose members take ``member_bytes``: end-of-archive blocks, padded to a record."""
+    return -(-(member_bytes + 2 * BLOCK) // RECORD) * RECORD
+
+
+def sample_key(pair_id: str, split: str) -> str:
+    """WebDataset key of a pair in ``split``: the pair id, suffixed in the ``_unique`` splits."""
+    key = pair_id + UNIQUE_SUFFIX if split.endswith("_unique") else pair_id
+    if not key or "." in key or "/" in key or not key.isascii() or not key.isprintable() or len(key) > 90:
+        raise ValueError(f"pair_id {pair_id!r} cannot be a WebDataset key (no dots, slashes, non-ASCII; <= 90 chars)")
+    return key
+
+
+def shuffle_order(keys: list[str], seed: int) -> np.ndarray:
+    """Deterministic seeded permutation of ``keys`` (independent of their input order)."""
+    salt = f"pickapic-shuffle:{seed}:".encode()
+    digests = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(salt + k.encode(), digest_size=8).digest(), "big") for k in keys),
+        dtype=np.uint64, count=len(keys))
+    by_key = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
+    return by_key[np.argsort(digests[by_key], kind="stable")]
+
+
+def plan_bounds(sample_bytes: np.ndarray, max_samples: int, max_bytes: int, min_shards: int) -> list[tuple[int, int]]:
+    """Cut ``n`` samples into the fewest equal-count shards (sizes differ by at most one) that
+    respect ``max_samples`` and ``max_bytes`` and number at least ``min(min_shards, n)``."""
+    n = len(sample_bytes)
+    if n == 0:
+        return []
+    if max_samples < 1 or max_bytes < 1 or min_shards < 1:
+        raise ValueError(f"shard limits must be positive: max_samples={max_samples}, max_bytes={max_bytes}, min_shards={min_shards}")
+    cum = np.concatenate([[0], np.cumsum(sample_bytes, dtype=np.int64)])
+    k = min(n, max(math.ceil(n / max_samples), math.ceil(int(cum[-1]) / max_bytes), min_shards))
+    while True:
+        edges = [n * i // k for i in range(k + 1)]
+        sizes = [tar_size(int(cum[b] - cum[a])) for a, b in zip(edges, edges[1:])]
+        too_big = any(s > max_bytes and b - a > 1 for s, a, b in zip(sizes, edges, edges[1:]))
+        if not too_big or k >= n:
+            return list(zip(edges, edges[1:]))
+        k += 1
+
+
+def estimate_sample_bytes(table: pa.Table, jpg_sizes: dict[str, int]) -> np.ndarray:
+    """Tar bytes each row will take (exact for JPEGs; the JSON is an upper estimate)."""
+    jpg0 = np.array([jpg_sizes[k] for k in table.column("jpg_0_key").to_pylist()], dtype=np.int64)
+    jpg1 = np.array([jpg_sizes[k] for k in table.column("jpg_1_key").to_pylist()], dtype=np.int64)
+    text = np.zeros(table.num_rows, dtype=np.int64)
+    for field in table.schema:
+        if pa.types.is_string(field.type):
+            text += pc.fill_null(pc.binary_length(table.column(field.name)), 0).to_numpy()
+    caption = pc.binary_length(table.column("caption")).to_numpy().astype(np.int64)
+    json_est = text + 40 * table.num_columns
+    ceil = lambda a: -(-a // BLOCK) * BLOCK  # noqa: E731
+    return 4 * BLOCK + ceil(jpg0) + ceil(jpg1) + ceil(caption) + ceil(json_est)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one worker needs to write one shard (rows already in shard order, with ``key``)."""
+
+    split: str
+    index: int
+    out_dir: str
+    home_root: str
+    rows: pa.Table
+    plan_sha256: str
+    fsync: bool = True
+
+
+def plan_digest(keys: list[str], jpg_keys: list[str], extra: str) -> str:
+    """sha256 naming exactly what a shard will contain; a resumed build reuses a shard only on a match."""
+    digest = hashlib.sha256(extra.encode())
+    for key in keys:
+        digest.update(key.encode() + b"\0")
+    for key in jpg_keys:
+        digest.update(key.encode() + b"\0")
+    return digest.hexdigest()
+
+
+def _json_rows(rows: pa.Table) -> list[dict]:
+    """Rows as JSON-ready dicts: timestamps and dates as ISO strings, numbers stay numbers."""
+    columns = {}
+    for field in rows.schema:
+        column = rows.column(field.name)
+        if pa.types.is_timestamp(field.type):
+            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S")
+        elif pa.types.is_date(field.type):
+            column = column.cast(pa.string())
+        columns[field.name] = column
+    return pa.table(columns).to_pylist()
+
+
+def write_shard(task: ShardTask) -> dict:
+    """Write one shard's tar, sidecar and stats (last); return the stats dict.
+
+    A shard whose stats file already names the same plan and whose files have the recorded
+    sizes is kept as is: that is how a rerun after a crash resumes.
+    """
+    out_dir = Path(task.out_dir)
+    base = shard_name(task.split, task.index)
+    tar_path, sidecar_path, stats_path = (out_dir / f"{base}.tar", out_dir / f"{base}.parquet", out_dir / f"{base}_stats.json")
+    existing = _committed_stats(stats_path, task.plan_sha256)
+    if existing is not None:
+        return existing
+    out_dir.mkdir(parents=True, exist_ok=True)
+    home = task.home_root
+    rows = task.rows
+    offsets = {m: [] for m in MEMBERS}
+    sizes = {m: [] for m in MEMBERS}
+    digest = hashlib.sha256()
+    position = 0
+    jpg_bytes = 0
+    tmp_tar = out_dir / f".{base}.tar.tmp"
+    with open(tmp_tar, "wb", buffering=0) as out:
+        for record in _json_rows(rows):
+            key = record.pop("key")
+            payloads = (
+                _read_jpg(home, record["jpg_0_key"], key),
+                _read_jpg(home, record["jpg_1_key"], key),
+                _dump_json(record, key),
+                record["caption"].encode("utf-8"),
+            )
+            pieces = []
+            for member, data in zip(MEMBERS, payloads):
+                size = len(data)
+                pieces.append(tar_header(f"{key}.{member}".encode(), size))
+                pieces.append(data)
+                pad = -size % BLOCK
+                if pad:
+                    pieces.append(b"\0" * pad)
+                offsets[member].append(position + BLOCK)
+                sizes[member].append(size)
+                position += BLOCK + size + pad
+            jpg_bytes += len(payloads[0]) + len(payloads[1])
+            blob = b"".join(pieces)
+            digest.update(blob)
+            out.write(blob)
+        end = tar_size(position) - position
+        out.write(b"\0" * end)
+        digest.update(b"\0" * end)
+        position += end
+        if task.fsync:
+            os.fsync(out.fileno())
+    os.replace(tmp_tar, tar_path)
+
+    n = rows.num_rows
+    tar_name = f"{base}.tar"
+    sidecar = pa.table({
+        "key": rows.column("key"),
+        "shard": pa.array([tar_name] * n, pa.string()),
+        "shard_index": pa.array([task.index] * n, pa.int32()),
+        "sample_index": pa.array(range(n), pa.int32()),
+        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
+           for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
+           for what, values in (("offset", offsets), ("size", sizes))},
+        **{name: rows.column(name) for name in rows.column_names if name != "key"},
+    })
+    write_parquet_atomic(sidecar, sidecar_path, get_schema("shard_samples"))
+    keys = rows.column("key")
+    stats = {
+        "split": task.split,
+        "shard": tar_name,
+        "shard_index": task.index,
+        "num_samples": n,
+        "num_bytes": position,
+        "jpg_bytes": jpg_bytes,
+        "sha256": digest.hexdigest(),
+        "sidecar": sidecar_path.name,
+        "sidecar_bytes": sidecar_path.stat().st_size,
+        "sidecar_sha256": sha256_file(sidecar_path),
+        "first_key": keys[0].as_py() if n else "",
+        "last_key": keys[n - 1].as_py() if n else "",
+        "plan_sha256": task.plan_sha256,
+    }
+    write_bytes_atomic(stats_path, (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    return stats
+
+
+def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
+    """The stats of a shard already written for the same plan with intact file sizes, else None."""
+    if not stats_path.is_file():
+        return None
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    tar_path = stats_path.with_name(stats["shard"])
+    sidecar_path = stats_path.with_name(stats["sidecar"])
+    if (stats.get("plan_sha256") == plan_sha256 and tar_path.is_file() and sidecar_path.is_file()
+            and tar_path.stat().st_size == stats["num_bytes"] and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
+        return stats
+    return None
+
+
+def _read_jpg(home: str, relpath: str, key: str) -> bytes:
+    """Bytes of a training JPEG (copied verbatim, never decoded)."""
+    try:
+        with open(os.path.join(home, relpath), "rb", buffering=0) as handle:
+            return handle.readall()
+    except OSError as exc:
+        raise FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}") from exc
+
+
+def _dump_json(record: dict, key: str) -> bytes:
+    """Compact UTF-8 JSON of one sample's pair columns; NaN/Infinity are refused, not written."""
+    try:
+        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    except ValueError as exc:
+        raise ValueError(f"sample {key!r}: pair columns are not valid JSON ({exc})") from exc
+
+
+def jpg_key_is_safe(relpath: str) -> bool:
+    """A training JPEG key must be a plain relative path inside the home (no ``..``, no root)."""
+    if not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath:
+        return False
+    return all(part not in ("", ".", "..") for part in relpath.split("/"))

@@ -1,0 +1,57 @@
+-- Inputs: images, rankings, image_features, image_rejects (every partition), duplicate_clusters.
+-- Output: image drop decisions (subject 'image', one row per image and reason): content_filtered,
+--         missing_image_row, feature_rejected, missing_features, nsfw, nsfw_cluster (a flagged cluster mate).
+-- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE).
+WITH img AS (
+    SELECT image_uid, arg_min(model_id, dt) AS model_id FROM images GROUP BY image_uid
+),
+shown AS (
+    SELECT DISTINCT unnest([image_0_uid, image_1_uid, image_2_uid, image_3_uid]) AS image_uid FROM rankings
+),
+universe AS (
+    SELECT image_uid FROM img UNION SELECT image_uid FROM shown WHERE image_uid IS NOT NULL
+),
+feat AS (
+    SELECT image_uid, arg_min(nsfw_detections, dt) AS detections FROM image_features GROUP BY image_uid
+),
+rej AS (
+    SELECT image_uid,
+           list(struct_pack(reason := reason, detail := detail, dt := strftime(dt, '%Y-%m-%d'))
+                ORDER BY dt, reason, detail) AS rejects
+    FROM image_rejects GROUP BY image_uid
+),
+nsfw AS (
+    SELECT image_uid,
+           list_sort(list_transform(
+               list_filter(detections, lambda d: list_contains($nsfw_classes::VARCHAR[], d.class) AND d.score >= $nsfw_threshold),
+               lambda d: struct_pack(class := d.class, score := round(d.score, 4)))) AS hits
+    FROM feat
+),
+flagged AS (SELECT image_uid, hits FROM nsfw WHERE len(hits) > 0),
+flagged_clusters AS (
+    SELECT c.cluster_id, list(c.image_uid ORDER BY c.image_uid) AS flagged_members
+    FROM duplicate_clusters c JOIN flagged f USING (image_uid)
+    GROUP BY c.cluster_id
+)
+SELECT 'image' AS subject, image_uid AS subject_id, FALSE AS keep, 'content_filtered' AS reason,
+       to_json(struct_pack(model_id := model_id))::VARCHAR AS evidence
+FROM img WHERE model_id = 'CONTENT_FILTERED'
+UNION ALL
+SELECT 'image', u.image_uid, FALSE, 'missing_image_row', '{"detail":"shown in a ranking but absent from images"}'
+FROM universe u ANTI JOIN img USING (image_uid)
+UNION ALL
+SELECT 'image', image_uid, FALSE, 'feature_rejected', to_json(struct_pack(rejects := rejects))::VARCHAR
+FROM rej
+UNION ALL
+SELECT 'image', u.image_uid, FALSE, 'missing_features', '{"detail":"no image_features row and no image_rejects row"}'
+FROM universe u ANTI JOIN feat USING (image_uid) ANTI JOIN rej USING (image_uid)
+UNION ALL
+SELECT 'image', image_uid, FALSE, 'nsfw',
+       to_json(struct_pack(detections := hits, threshold := $nsfw_threshold))::VARCHAR
+FROM flagged
+UNION ALL
+SELECT 'image', c.image_uid, FALSE, 'nsfw_cluster',
+       to_json(struct_pack(cluster_id := c.cluster_id, flagged_members := fc.flagged_members))::VARCHAR
+FROM duplicate_clusters c JOIN flagged_clusters fc USING (cluster_id)
+ANTI JOIN flagged f ON f.image_uid = c.image_uid
+ORDER BY subject_id, reason

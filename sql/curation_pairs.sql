@@ -1,0 +1,46 @@
+-- Inputs: ranking_base, candidate_pairs, decisions, images, image_features, duplicate_clusters,
+--         user_pseudonyms (user_id, pseudonym), model_names (model_id, short_name).
+-- Output: pairs: every candidate pair whose ranking and pair have no drop decision, in the released
+--         Pick-a-Pic columns plus cluster ids, sha256s and training-JPEG keys.
+-- Parameters: none. Unknown model ids fall back to the id without its organisation prefix.
+WITH dropped_rankings AS (
+    SELECT DISTINCT TRY_CAST(subject_id AS BIGINT) AS ranking_id FROM decisions WHERE subject = 'ranking' AND NOT keep
+),
+dropped_pairs AS (
+    SELECT DISTINCT subject_id AS pair_id FROM decisions WHERE subject = 'pair' AND NOT keep
+),
+img AS (SELECT image_uid, arg_min(model_id, dt) AS model_id FROM images GROUP BY image_uid),
+feat AS (
+    SELECT image_uid, arg_min(sha256, dt) AS sha256, arg_min(train_jpg_key, dt) AS train_jpg_key
+    FROM image_features GROUP BY image_uid
+),
+model_short AS (
+    SELECT i.image_uid, i.model_id,
+           coalesce(m.short_name, regexp_replace(i.model_id, '^.*/', '')) AS short_name
+    FROM img i LEFT JOIN model_names m USING (model_id)
+)
+SELECT cp.pair_id, cp.ranking_id, cp.pair_index,
+       u.pseudonym AS user_id,
+       r.prompt AS caption,
+       r.created_at,
+       cp.image_0_uid, cp.image_1_uid, cp.label_0, cp.label_1,
+       CASE WHEN r.is_tie THEN NULL ELSE r.best_image_uid END AS best_image_uid,
+       TRUE AS has_label,
+       m0.model_id <> m1.model_id AS are_different,
+       m0.short_name AS model_0, m1.short_name AS model_1,
+       c0.cluster_id AS cluster_0, c1.cluster_id AS cluster_1,
+       f0.sha256 AS sha256_0, f1.sha256 AS sha256_1,
+       f0.train_jpg_key AS jpg_0_key, f1.train_jpg_key AS jpg_1_key,
+       r.dt
+FROM candidate_pairs cp
+JOIN ranking_base r USING (ranking_id)
+ANTI JOIN dropped_rankings USING (ranking_id)
+ANTI JOIN dropped_pairs dp ON dp.pair_id = cp.pair_id
+LEFT JOIN user_pseudonyms u ON u.user_id = r.user_id
+LEFT JOIN model_short m0 ON m0.image_uid = cp.image_0_uid
+LEFT JOIN model_short m1 ON m1.image_uid = cp.image_1_uid
+LEFT JOIN duplicate_clusters c0 ON c0.image_uid = cp.image_0_uid
+LEFT JOIN duplicate_clusters c1 ON c1.image_uid = cp.image_1_uid
+LEFT JOIN feat f0 ON f0.image_uid = cp.image_0_uid
+LEFT JOIN feat f1 ON f1.image_uid = cp.image_1_uid
+ORDER BY cp.ranking_id, cp.pair_index

@@ -1,0 +1,49 @@
+-- Inputs: pairs, prompt_keys (caption, prompt_key).
+-- Output: every pair with prompt_key, its user's home split (a pure function of the pseudonym and $salt),
+--         and drop_reason (prompt_conflict | cluster_conflict | NULL) with the conflicting keys as JSON.
+--         A key (normalized prompt, duplicate cluster) belongs to one split (its owner); a row is kept
+--         only if every key it carries is owned by its home split, so no key spans two splits.
+-- Parameters: $salt, $heldout_fraction, $owner_mode ('first_use' | 'heldout_wins').
+WITH users AS (
+    SELECT user_id, sha256($salt || ':' || user_id) AS digest FROM (SELECT DISTINCT user_id FROM pairs)
+),
+homes AS (
+    SELECT user_id,
+           CASE WHEN ('0x' || substr(digest, 1, 13))::UBIGINT < ($heldout_fraction * 4503599627370496)::UBIGINT
+                THEN CASE WHEN ('0x' || substr(digest, 14, 1))::INTEGER % 2 = 0 THEN 'validation' ELSE 'test' END
+                ELSE 'train' END AS home
+    FROM users
+),
+rows AS (
+    SELECT p.*, k.prompt_key, h.home
+    FROM pairs p JOIN prompt_keys k ON k.caption = p.caption JOIN homes h USING (user_id)
+),
+keys AS (
+    SELECT pair_id, 'prompt' AS kind, prompt_key AS key, home, dt, created_at, ranking_id, pair_index FROM rows
+    UNION ALL
+    SELECT pair_id, 'cluster', cluster_0, home, dt, created_at, ranking_id, pair_index FROM rows
+    UNION ALL
+    SELECT pair_id, 'cluster', cluster_1, home, dt, created_at, ranking_id, pair_index FROM rows
+),
+owners AS (
+    SELECT kind, key,
+           CASE WHEN $owner_mode = 'first_use' THEN arg_min(home, (dt, created_at, ranking_id, pair_index))
+                WHEN bool_or(home = 'test') THEN 'test'
+                WHEN bool_or(home = 'validation') THEN 'validation'
+                ELSE 'train' END AS owner
+    FROM keys GROUP BY kind, key
+),
+conflicts AS (
+    SELECT k.pair_id,
+           list(DISTINCT struct_pack(kind := k.kind, key := k.key, owner := o.owner)) AS conflicts,
+           bool_or(k.kind = 'prompt') AS prompt_conflict
+    FROM keys k JOIN owners o USING (kind, key)
+    WHERE o.owner <> k.home
+    GROUP BY k.pair_id
+)
+SELECT r.*,
+       CASE WHEN c.pair_id IS NULL THEN NULL WHEN c.prompt_conflict THEN 'prompt_conflict' ELSE 'cluster_conflict' END
+           AS drop_reason,
+       to_json(struct_pack(home := r.home, conflicts := list_sort(c.conflicts)))::VARCHAR AS evidence
+FROM rows r LEFT JOIN conflicts c USING (pair_id)
+ORDER BY r.ranking_id, r.pair_index

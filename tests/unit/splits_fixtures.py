@@ -1,0 +1,79 @@
+"""Seeded pairs tables for split tests (pairs schema, written into a data home)."""
+from __future__ import annotations
+
+import datetime as dt
+import random
+
+import pyarrow as pa
+
+from pipelines.home import DataHome
+from pipelines.splits import user_home
+from pipelines.storage import write_parquet_atomic
+from schemas import get_schema
+
+T0 = dt.datetime(2023, 3, 1)
+
+
+def pair_row(ranking_id: int, user: str, caption: str, cluster_0: str, cluster_1: str, *, pair_index: int = 0,
+             day: int = 0, tie: bool = False, seconds: int | None = None) -> dict:
+    """One pairs row with the given keys; everything else filled deterministically."""
+    created = T0 + dt.timedelta(days=day, seconds=seconds if seconds is not None else ranking_id)
+    return dict(
+        pair_id=f"{ranking_id}_{pair_index}", ranking_id=ranking_id, pair_index=pair_index, user_id=user,
+        caption=caption, created_at=created, image_0_uid=f"{ranking_id}-{pair_index}-a",
+        image_1_uid=f"{ranking_id}-{pair_index}-b", label_0=0.5 if tie else 1.0, label_1=0.5 if tie else 0.0,
+        best_image_uid=None if tie else f"{ranking_id}-{pair_index}-a", has_label=True, are_different=True,
+        model_0="sd-2.1", model_1="sd-2.1-768", cluster_0=cluster_0, cluster_1=cluster_1, sha256_0="0" * 64,
+        sha256_1="1" * 64, jpg_0_key=f"blobs/{ranking_id}a.jpg", jpg_1_key=f"blobs/{ranking_id}b.jpg",
+        dt=(T0 + dt.timedelta(days=day)).date())
+
+
+def write_pairs(home: DataHome, rows: list[dict]) -> None:
+    """Write ``rows`` as the home's pairs table."""
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("pairs")), home.table_file("pairs"))
+
+
+def users_by_home(salt: str, fraction: float, wanted: dict[str, int]) -> dict[str, list[str]]:
+    """Pseudonym-like user ids whose home split is known: ``{'train': [...], 'validation': [...], 'test': [...]}``."""
+    found: dict[str, list[str]] = {k: [] for k in wanted}
+    i = 0
+    while any(len(found[k]) < n for k, n in wanted.items()):
+        user = f"{i:016x}"
+        home = user_home(user, salt, fraction)
+        if home in found and len(found[home]) < wanted[home]:
+            found[home].append(user)
+        i += 1
+    return found
+
+
+def realistic_pairs(users: int, days: int, per_day: int, seed: int = 0, popular: int = 40,
+                    reuse_rate: float = 0.05, self_repeat: float = 0.15, dup_rate: float = 0.02) -> list[dict]:
+    """Rankings with realistic prompt reuse: a popular pool shared across users, users retyping their own prompts,
+    a few images re-used (duplicate clusters) across rankings."""
+    rng = random.Random(seed)
+    people = [f"{rng.getrandbits(64):016x}" for _ in range(users)]
+    weights = [1.0 / (1 + i) ** 0.8 for i in range(users)]  # a few heavy users, many light ones
+    pool = [f"Popular prompt number {i}, trending art" for i in range(popular)]
+    last: dict[str, str] = {}
+    rows, clusters = [], []
+    rid = 0
+    for day in range(days):
+        for _ in range(per_day):
+            rid += 1
+            user = rng.choices(people, weights)[0]
+            roll = rng.random()
+            if roll < reuse_rate:
+                caption = rng.choice(pool)
+                if rng.random() < 0.3:
+                    caption = caption.upper() + "!"
+            elif roll < reuse_rate + self_repeat and user in last:
+                caption = last[user]
+            else:
+                caption = f"{user[:4]} private prompt {rid}"
+            last[user] = caption
+            c0, c1 = f"c{rid}a", f"c{rid}b"
+            if clusters and rng.random() < dup_rate:
+                c0 = rng.choice(clusters)
+            clusters += [c0, c1]
+            rows.append(pair_row(rid, user, caption, c0, c1, day=day, tie=rng.random() < 0.13, seconds=rid))
+    return rows

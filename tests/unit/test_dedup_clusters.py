@@ -1,0 +1,98 @@
+"""Duplicate clusters: precision/recall on planted duplicates, banding, capping, components, determinism."""
+from __future__ import annotations
+
+import datetime
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dedup_fixtures import planted_features
+from pipelines.dedup import DedupConfig, band_table, build_clusters, cluster_features
+from pipelines.home import DataHome
+from pipelines.sqlrun import connect
+
+DC = 1 << 63
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    features, truth = planted_features(140, seed=3, size=128)
+    home = DataHome(tmp_path_factory.mktemp("dedup_home"))
+    target = home.partition_file("image_features", "2023-03-01")
+    target.parent.mkdir(parents=True)
+    pq.write_table(features, target)
+    home.ground_truth.mkdir(parents=True)
+    pq.write_table(truth, home.ground_truth / "duplicates.parquet")
+    return home, truth
+
+
+def test_precision_and_recall_on_planted_duplicates(planted):
+    home, truth = planted
+    report = build_clusters(home, DedupConfig())
+    t = report.truth
+    assert t["planted_exact"] > 0 and t["planted_near"] == 140
+    assert t["recall_exact"] == 1.0
+    assert t["recall_near"] >= 0.99, t
+    assert t["precision"] >= 0.99 and t["precision_near"] >= 0.99, t
+    meta = report.metadata()
+    assert meta["truth_recall_near"] == t["recall_near"] and "| cluster size |" in meta["cluster_size_histogram"]
+
+
+def test_rebuild_is_byte_identical(planted):
+    home, _ = planted
+    build_clusters(home)
+    first = home.table_file("duplicate_clusters").read_bytes()
+    build_clusters(home)
+    assert home.table_file("duplicate_clusters").read_bytes() == first
+
+
+def _features(rows):
+    return pa.table({
+        "image_uid": [r[0] for r in rows], "sha256": [r[1] for r in rows],
+        "phash": pa.array([r[2] for r in rows], pa.uint64()), "dhash": pa.array([r[3] for r in rows], pa.uint64()),
+        "dt": pa.array([datetime.date(2023, 3, 1)] * len(rows), pa.date32()),
+        "blob_path": [f"raw/images/{r[0]}.png" for r in rows],
+    })
+
+
+def _sha(uid):
+    return hashlib.sha256(uid.encode()).hexdigest()
+
+
+def test_chain_is_one_component_with_smallest_uid_canonical():
+    base = 0x0F0F_0F0F_0F0F_0F0F | DC
+    # c differs from b by 4 bits, b from a by 4 bits, a from c by 8 > k: one cluster through b
+    a, b, c = base, base ^ 0b1111, base ^ 0b1111 ^ (0b1111 << 20)
+    far = base ^ ((1 << 40) - 1)
+    rows = [("m-c", _sha("c"), c, 1), ("m-a", _sha("a"), a, 2), ("m-b", _sha("b"), b, 3),
+            ("z-far", _sha("far"), far, 4), ("y-copy", _sha("a"), far ^ 0xFFFF, 5)]
+    con = connect({"image_features": _features(rows)})
+    clusters, report = cluster_features(con, DedupConfig(k=4, dhash_bands=False))
+    got = {r["image_uid"]: r for r in clusters.to_pylist()}
+    assert {got[u]["cluster_id"] for u in ("m-a", "m-b", "m-c")} == {"m-a"}
+    # y-copy is byte-identical to m-a (same sha256) although its hash is far: exact edge joins it
+    assert got["y-copy"]["cluster_id"] == "m-a" and got["m-a"]["cluster_size"] == 4
+    assert got["z-far"]["cluster_id"] == "z-far" and got["z-far"]["cluster_size"] == 1
+    assert sorted(u for u, r in got.items() if r["is_canonical"]) == ["m-a", "z-far"]
+    assert report.near_edges == 2 and report.exact_duplicate_images == 1
+
+
+def test_dc_bit_masked_and_bands_cover_63_bits():
+    bands = band_table(DedupConfig(bands=4, dhash_bands=False)).to_pylist()
+    widths = [bin(b["mask"]).count("1") for b in bands]
+    assert sum(widths) == 63 and max(widths) - min(widths) <= 1
+    assert bands[-1]["shift"] + widths[-1] == 63  # bit 63 (the DC term) is in no band
+
+
+def test_giant_bucket_is_capped_and_reported():
+    blank = 0x5555_5555_5555_5555 | DC
+    rows = [(f"blank-{i:03d}", _sha(f"blank{i}"), blank ^ (1 << (i % 60)) if i % 2 else blank, 7) for i in range(30)]
+    rows += [("p-1", _sha("p1"), 0x1234_5678_9ABC_DEF0 | DC, 11), ("p-2", _sha("p2"), (0x1234_5678_9ABC_DEF0 | DC) ^ 0b11, 12)]
+    con = connect({"image_features": _features(rows)})
+    clusters, report = cluster_features(con, DedupConfig(k=4, min_bucket_cap=10, dhash_bands=False))
+    assert report.giant_buckets and all(b["size"] > 10 for b in report.giant_buckets)
+    got = {r["image_uid"]: r["cluster_id"] for r in clusters.to_pylist()}
+    assert got["p-2"] == "p-1"  # small buckets still join
+    assert "giant_bucket_table" in report.metadata()

@@ -1,0 +1,174 @@
+"""build_features: reconciled outputs, incremental reuse, determinism, and stage-level errors."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from pipelines import features
+from pipelines.features import FeaturesConfig, build_features, pipeline_options
+from pipelines.home import DataHome
+from schemas import get_schema
+from test_features_fixtures import bad_blobs, fake_detector, natural_image, encode, png, write_day
+
+DAY1, DAY2 = "2023-03-01", "2023-03-02"
+CONFIG = FeaturesConfig(workers=0)
+
+
+def build(home: DataHome, day: str, config: FeaturesConfig = CONFIG):
+    return build_features(home, day, config, detector_factory=fake_detector)
+
+
+def read(home: DataHome, dataset: str, day: str):
+    return pq.read_table(home.partition_file(dataset, day))
+
+
+def day_one(home: DataHome, tmp_path: Path) -> dict[str, bytes]:
+    blobs = {"a": png(1), "b": png(2), "c": encode(natural_image(3, (90, 60)).convert("RGB"), "PNG"),
+             "red": encode(natural_image(4, (64, 64)).point(lambda v: 255).convert("RGB").split()[0].convert("RGB"))}
+    blobs.update({f"x_{reason}": data for reason, data in bad_blobs().items()})
+    blobs["x_missing"] = None
+    (tmp_path / "outside.png").write_bytes(png(5))
+    extra = {"x_dots": "raw/images/../../outside.png"}
+    write_day(home, DAY1, blobs, extra)
+    home.raw_images.joinpath("x_link.png").symlink_to(tmp_path / "outside.png")
+    write_day(home, DAY1, blobs | {"x_link": None}, extra)
+    return blobs
+
+
+def test_day_one_rerun_and_day_two(tmp_path: Path) -> None:
+    """One home through the nightly sequence: day one, its re-run, day two, its re-run."""
+    home = DataHome(tmp_path / "home")
+    blobs = day_one(home, tmp_path)
+    report = build(home, DAY1)
+    feats, rejects = read(home, "image_features", DAY1), read(home, "image_rejects", DAY1)
+    assert feats.schema == get_schema("image_features") and rejects.schema == get_schema("image_rejects")
+    assert feats["image_uid"].to_pylist() == ["a", "b", "c", "red"]
+    reasons = dict(zip(rejects["image_uid"].to_pylist(), rejects["reason"].to_pylist()))
+    expected = {f"x_{r}": r for r in bad_blobs()} | {"x_missing": "missing_blob", "x_dots": "unsafe_path",
+                                                      "x_link": "unsafe_path"}
+    assert reasons == expected
+    assert report.inputs == len(blobs) + 2 == report.features_rows + report.rejects_rows
+    assert (report.processed, report.reused, report.rejected_total) == (4, 0, len(expected))
+    assert report.nsfw_flagged == 1                    # the fake flags the all-red image only
+    assert report.bytes_read == sum(len(b) for b in blobs.values() if b is not None)
+    for row in feats.to_pylist():
+        assert (home.root / row["train_jpg_key"]).is_file()
+    metadata = report.metadata()
+    json.dumps(metadata)
+    assert metadata["reconciled"] and "| processed | 4 |" in metadata["summary"]
+    assert not (home.root / ".staging").exists()
+
+    # Re-run of the same day: nothing recomputed, same bytes.
+    first = {ds: home.partition_file(ds, DAY1).read_bytes() for ds in ("image_features", "image_rejects")}
+    report = build(home, DAY1)
+    assert (report.processed, report.reused_by_uid, report.reused_by_sha256) == (0, 4, 0)
+    assert {ds: home.partition_file(ds, DAY1).read_bytes() for ds in first} == first
+
+    # A new day: only the new image is computed; a known uid and known bytes are copied.
+    write_day(home, DAY2, {"new": png(10), "copy_of_b": png(2), "a": png(1)})
+    report = build(home, DAY2)
+    assert (report.processed, report.reused_by_uid, report.reused_by_sha256, report.rejected_total) == (1, 1, 1, 0)
+    rows = {r["image_uid"]: r for r in read(home, "image_features", DAY2).to_pylist()}
+    old = {r["image_uid"]: r for r in read(home, "image_features", DAY1).to_pylist()}
+    assert rows["copy_of_b"]["reused_from"] == "b" and rows["a"]["reused_from"] == "a"
+    assert rows["new"]["reused_from"] is None
+    for uid, source in (("copy_of_b", "b"), ("a", "a")):
+        same = {k: v for k, v in rows[uid].items() if k not in ("image_uid", "dt", "blob_path", "reused_from")}
+        assert same == {k: v for k, v in old[source].items() if k not in ("image_uid", "dt", "blob_path", "reused_from")}
+        assert str(rows[uid]["dt"]) == DAY2 and rows[uid]["blob_path"] == f"raw/images/{uid}.png"
+    second = home.partition_file("image_features", DAY2).read_bytes()
+    again = build(home, DAY2)
+    assert (again.processed, again.reused_by_uid, again.stage_seconds) == (0, 3, 0.0)
+    assert home.partition_file("image_features", DAY2).read_bytes() == second
+
+
+def test_outputs_are_byte_identical_across_homes(tmp_path: Path) -> None:
+    outputs = []
+    for name in ("one", "two"):
+        home = DataHome(tmp_path / name)
+        write_day(home, DAY1, {"a": png(1), "b": png(2), "bad": b"nope"})
+        build(home, DAY1, FeaturesConfig(workers=0, nsfw_batch_size=1 if name == "one" else 8))
+        outputs.append([home.partition_file(ds, DAY1).read_bytes() for ds in ("image_features", "image_rejects")])
+        outputs[-1].append(sorted(p.relative_to(home.root).as_posix() for p in home.blobs.rglob("*.jpg")))
+    assert outputs[0] == outputs[1]
+
+
+def test_stage_failures_name_the_cause(tmp_path: Path) -> None:
+    home = DataHome(tmp_path / "home")
+    with pytest.raises(FileNotFoundError, match="images partition for 2023-03-01"):
+        build(home, DAY1)
+    write_day(home, DAY1, {"a": png(1)})
+    with pytest.raises(ValueError, match="not an ISO date"):
+        build(home, "2023-13-01")
+    with pytest.raises(ValueError, match="--no_such_option"):
+        build_features(home, DAY1, CONFIG, ["--no_such_option=1"])
+    with pytest.raises(ValueError, match="workers"):
+        build(home, DAY1, FeaturesConfig(workers=-1))
+    home.partition_file("images", DAY1).write_bytes(b"not parquet")
+    with pytest.raises(ValueError, match="cannot read columns"):
+        build(home, DAY1)
+
+
+def test_duplicate_input_uids_fail_the_stage(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1)})
+    table = read(home, "images", DAY1)
+    pq.write_table(pa.concat_tables([table, table]), home.partition_file("images", DAY1))
+    with pytest.raises(ValueError, match="not unique"):
+        build(home, DAY1)
+
+
+def test_beam_options_pass_through_unchanged() -> None:
+    options = pipeline_options(FeaturesConfig(workers=3), ["--runner=DataflowRunner", "--project=p", "--temp_location=gs://b/t",
+                                                           "--region=europe-west1", "--setup_file=./setup.py"])
+    values = options.get_all_options()
+    assert (values["runner"], values["project"], values["temp_location"], values["setup_file"]) == \
+        ("DataflowRunner", "p", "gs://b/t", "./setup.py")
+    assert values["direct_running_mode"] != "multi_processing"
+    local = pipeline_options(FeaturesConfig(workers=3), [], num_images=100).get_all_options()
+    assert (local["direct_running_mode"], local["direct_num_workers"]) == ("multi_processing", 3)
+    flink = pipeline_options(FeaturesConfig(), ["--runner=FlinkRunner", "--flink_master=host:8081"]).get_all_options()
+    assert flink["flink_master"] == "host:8081"
+
+
+def test_command_line_passes_unknown_args_to_beam(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1), "b": b""})
+    report = features.run(["--home", str(home.root), "--day", DAY1, "--workers", "0",
+                           "--direct_running_mode=in_memory", "--train-size", "64"])
+    assert (report.processed, report.rejected) == (1, {"empty_file": 1})
+    printed = capsys.readouterr().out
+    assert json.loads(printed[printed.index("\n{") + 1:])["processed"] == 1
+    assert read(home, "image_features", DAY1)["train_jpg_key"][0].as_py().startswith("blobs/train/s64q90/")
+    assert os.path.isdir(home.blobs / "train" / "s64q90")
+
+
+def test_contracts_pass_on_real_output_and_catch_planted_violations(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from data_contracts.engine import evaluate, load_contract
+    from pipelines.sqlrun import connect
+
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1), "b": png(2), "bad": b"", "gone": None})
+    build(home, DAY1)
+    views = {name: read(home, name, DAY1) for name in ("images", "image_features", "image_rejects")}
+    for dataset in ("image_features", "image_rejects"):
+        failed = [r.rule.name for r in evaluate(load_contract(dataset), connect(views)) if not r.passed]
+        assert failed == [], dataset
+    feats = views["image_features"]
+    broken = feats.set_column(feats.schema.get_field_index("train_width"), "train_width",
+                              pc.add(feats["train_width"], pa.scalar(1000, pa.int32())))
+    broken = pa.concat_tables([broken, broken.slice(0, 1)])
+    results = {r.rule.name: r.passed for r in evaluate(load_contract("image_features"), connect(views | {"image_features": broken}))}
+    assert not results["image_features_never_upscaled"] and not results["image_features_key_unique"]
+    dropped = {r.rule.name: r.passed for r in evaluate(load_contract("image_features"),
+                                                       connect(views | {"image_features": feats.slice(1)}))}
+    assert not dropped["image_features_reconcile_with_images"]

@@ -1,0 +1,125 @@
+"""Safe decode policies and blob-path checks (pipelines/imagedecode.py), one reason at a time."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines import imagedecode
+from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
+from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png
+
+LIMITS = dict(max_pixels=4096 * 4096, min_side=8)
+
+
+@pytest.mark.parametrize("reason", sorted(bad_blobs()))
+def test_every_planted_blob_gets_its_reason(reason: str) -> None:
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(bad_blobs()[reason], f"raw/images/{reason}.png", **LIMITS)
+    assert caught.value.reason == reason
+    assert reason in str(caught.value) and f"{reason}.png" in caught.value.detail
+
+
+def test_real_bomb_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(bomb_png(), "raw/images/bomb.png", **LIMITS)
+    assert caught.value.reason == "decompression_bomb" and "25000000" in caught.value.detail
+
+
+def test_good_png_decodes_to_rgb_with_header_facts() -> None:
+    decoded = decode_image(png(1, (90, 70)), "raw/images/a.png", **LIMITS)
+    assert (decoded.width, decoded.height, decoded.mode, decoded.format) == (90, 70, "RGB", "PNG")
+    assert decoded.rgb.mode == "RGB" and decoded.rgb.size == (90, 70)
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "1"])
+def test_eight_bit_modes_are_converted_not_rejected(mode: str) -> None:
+    image = natural_image(4, (40, 30)).convert(mode)
+    decoded = decode_image(encode(image), "raw/images/m.png", **LIMITS)
+    assert decoded.mode == mode and decoded.rgb.mode == "RGB"
+    assert decoded.rgb.tobytes() == image.convert("RGB").tobytes()
+
+
+def test_cmyk_jpeg_is_unsupported_mode_and_jpeg_extension_is_accepted() -> None:
+    cmyk = encode(natural_image(5, (40, 30)).convert("CMYK"), "JPEG")
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(cmyk, "raw/images/c.jpg", **LIMITS)
+    assert caught.value.reason == "unsupported_mode"
+    assert decode_image(encode(natural_image(5, (40, 30)), "JPEG"), "raw/images/c.jpeg", **LIMITS).format == "JPEG"
+
+
+def test_unknown_extension_and_header_only_truncation() -> None:
+    with pytest.raises(ImageRejected, match="extension_mismatch"):
+        decode_image(png(1), "raw/images/a.gif", **LIMITS)
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(png(1)[:20], "raw/images/a.png", **LIMITS)
+    assert caught.value.reason == "truncated_image"
+
+
+def test_limits_are_configurable() -> None:
+    data = png(2, (64, 64))
+    with pytest.raises(ImageRejected, match="decompression_bomb"):
+        decode_image(data, "raw/images/a.png", max_pixels=64 * 63, min_side=8)
+    with pytest.raises(ImageRejected, match="too_small"):
+        decode_image(data, "raw/images/a.png", max_pixels=10**6, min_side=65)
+
+
+@pytest.mark.parametrize("path", ["", "/etc/passwd", "raw/images/../../etc/passwd.png", "raw/./a.png", "raw//a.png",
+                                  "raw\\images\\a.png", "raw/images/a\x00.png", "raw/images/a\n.png", "gs://b/raw/a.png",
+                                  "ground_truth/x.png", "raw", "C:/raw/a.png", None, 5])
+def test_unsafe_paths_are_refused(path: object) -> None:
+    with pytest.raises(ImageRejected) as caught:
+        check_blob_path(path)
+    assert caught.value.reason == "unsafe_path"
+
+
+def test_plain_path_passes() -> None:
+    assert check_blob_path("raw/images/0a1b-2c.png") == "raw/images/0a1b-2c.png"
+
+
+def test_symlinks_leaving_the_zone_are_refused_inside_allowed(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "raw" / "images").mkdir(parents=True)
+    outside = tmp_path / "secret.png"
+    outside.write_bytes(png(1))
+    (home / "ground_truth").mkdir()
+    (home / "ground_truth" / "g.png").write_bytes(png(2))
+    (home / "raw" / "images" / "real.png").write_bytes(png(3))
+    os.symlink(outside, home / "raw" / "images" / "out.png")
+    os.symlink(home / "ground_truth" / "g.png", home / "raw" / "images" / "gt.png")
+    os.symlink(home / "raw" / "images" / "real.png", home / "raw" / "images" / "in.png")
+    os.symlink(tmp_path, home / "raw" / "escape")
+    (home / "raw" / "images" / "dir.png").mkdir()
+    for name in ("images/out.png", "images/gt.png", "escape/secret.png", "images/dir.png"):
+        with pytest.raises(ImageRejected) as caught:
+            check_local_target(str(home), f"raw/{name}")
+        assert caught.value.reason == "unsafe_path", name
+    assert check_local_target(str(home), "raw/images/in.png") == str(home / "raw" / "images" / "real.png")
+    with pytest.raises(ImageRejected, match="missing_blob"):
+        check_local_target(str(home), "raw/images/none.png")
+
+
+def test_read_is_capped() -> None:
+    assert read_capped(io.BytesIO(b"x" * 10), "p", 10) == b"x" * 10
+    with pytest.raises(ImageRejected, match="file_too_large"):
+        read_capped(io.BytesIO(b"x" * 11), "p", 10)
+    with pytest.raises(ImageRejected, match="empty_file"):
+        read_capped(io.BytesIO(b""), "p", 10)
+
+
+def test_reasons_are_closed() -> None:
+    with pytest.raises(ValueError):
+        ImageRejected("bad_reason", "x")
+    assert len(set(imagedecode.REJECT_REASONS)) == 11
+
+
+def test_animated_webp_is_animated() -> None:
+    frames = [natural_image(1, (32, 32)), natural_image(2, (32, 32))]
+    out = io.BytesIO()
+    frames[0].save(out, "WEBP", save_all=True, append_images=frames[1:], duration=50)
+    with pytest.raises(ImageRejected, match="animated_image"):
+        decode_image(out.getvalue(), "raw/images/a.webp", **LIMITS)
+    assert Image.open(io.BytesIO(out.getvalue())).n_frames == 2

@@ -1,0 +1,165 @@
+"""Beam transforms of the feature stage, each on TestPipeline with assert_that."""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+from pathlib import Path
+
+import apache_beam as beam
+import imagehash
+import numpy as np
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.testing.util import assert_that, equal_to, is_empty
+from PIL import Image
+
+from pipelines import features
+from pipelines.features import (DecodeImageFn, DetectNsfwFn, FeaturesConfig, FingerprintImages, ReadBlobFn,
+                                perceptual_hashes, train_size_of)
+from pipelines.nsfw import prepare_image
+from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png
+
+DAY = dt.date(2023, 3, 1)
+
+
+def row(uid: str, path: str | None = None) -> dict:
+    return {"image_uid": uid, "blob_path": path or f"raw/images/{uid}.png", "dt": DAY}
+
+
+@pytest.fixture()
+def home(tmp_path: Path) -> Path:
+    root = tmp_path / "home"
+    (root / "raw" / "images").mkdir(parents=True)
+    return root
+
+
+def put(home: Path, uid: str, data: bytes, ext: str = "png") -> None:
+    (home / "raw" / "images" / f"{uid}.{ext}").write_bytes(data)
+
+
+def digests_file(tmp_path: Path, blobs: list[bytes]) -> str:
+    path = tmp_path / "known.npy"
+    array = np.array(sorted(hashlib.sha256(b).digest() for b in blobs), dtype="S32")
+    np.save(path, array)
+    return str(path)
+
+
+def reasons(pcoll):
+    return pcoll | beam.Map(lambda r: (r["image_uid"], r["reason"]))
+
+
+def test_read_blob_routes_unsafe_missing_empty_known_and_good(home: Path, tmp_path: Path) -> None:
+    put(home, "good", png(1))
+    put(home, "empty", b"")
+    put(home, "known", png(2))
+    put(home, "big", b"x" * 20_000)
+    (tmp_path / "outside.png").write_bytes(png(3))
+    os.symlink(tmp_path / "outside.png", home / "raw" / "images" / "link.png")
+    known = digests_file(tmp_path, [png(2), png(9)])
+    rows = [row("good"), row("empty"), row("known"), row("missing"), row("big"), row("link"),
+            row("dots", "raw/images/../../outside.png"), row("abs", str(tmp_path / "outside.png"))]
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create(rows)
+               | beam.ParDo(ReadBlobFn(str(home), "raw", 10_000, known)).with_outputs("image_rejects", "reused", main="blobs"))
+        assert_that(out.blobs | beam.Map(lambda e: (e["image_uid"], e["sha256"], len(e["data"]))),
+                    equal_to([("good", hashlib.sha256(png(1)).hexdigest(), len(png(1)))]), label="blobs")
+        assert_that(out.reused | beam.Map(lambda e: (e["image_uid"], e["sha256"])),
+                    equal_to([("known", hashlib.sha256(png(2)).hexdigest())]), label="reused")
+        assert_that(reasons(out.image_rejects), equal_to([
+            ("empty", "empty_file"), ("missing", "missing_blob"), ("big", "file_too_large"), ("link", "unsafe_path"),
+            ("dots", "unsafe_path"), ("abs", "unsafe_path")]), label="rejects")
+
+
+def decode_rows(home: Path, blobs: dict[str, bytes], ext: str = "png") -> list[dict]:
+    out = []
+    for uid, data in sorted(blobs.items()):
+        out.append({"image_uid": uid, "dt": DAY, "blob_path": f"raw/images/{uid}.{ext}", "data": data,
+                    "sha256": hashlib.sha256(data).hexdigest()})
+    return out
+
+
+def test_decode_rejects_every_bad_blob_with_its_reason(home: Path) -> None:
+    blobs = dict(bad_blobs())
+    blobs["real_bomb"] = bomb_png()
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create(decode_rows(home, blobs))
+               | beam.ParDo(DecodeImageFn(str(home), FeaturesConfig())).with_outputs("image_rejects", main="decoded"))
+        assert_that(out.decoded, is_empty(), label="nothing decodes")
+        expected = [(uid, uid) for uid in bad_blobs()] + [("real_bomb", "decompression_bomb")]
+        assert_that(reasons(out.image_rejects), equal_to(expected), label="reasons")
+        assert_that(out.image_rejects | beam.Map(lambda r: (r["image_uid"], r["num_bytes"] == len(blobs[r["image_uid"]]),
+                                                            r["sha256"] is not None)),
+                    equal_to([(uid, True, True) for uid in blobs]), label="sizes")
+
+
+def test_decode_derives_hashes_jpeg_and_model_input_from_one_decode(home: Path) -> None:
+    big = natural_image(7, (800, 600))
+    blobs = {"big": encode(big), "small": png(8, (100, 60))}
+    config = FeaturesConfig(train_size=256, jpeg_quality=80)
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create(decode_rows(home, blobs))
+               | beam.ParDo(DecodeImageFn(str(home), config)).with_outputs("image_rejects", main="decoded"))
+        assert_that(out.image_rejects, is_empty(), label="no rejects")
+        assert_that(out.decoded | beam.Map(lambda e: (e["image_uid"], e["width"], e["height"], e["train_width"],
+                                                      e["train_height"], e["mode"], e["format"], e["_nsfw_input"].width)),
+                    equal_to([("big", 800, 600, 341, 256, "RGB", "PNG", 800), ("small", 100, 60, 100, 60, "RGB", "PNG", 100)]))
+    sha = hashlib.sha256(blobs["big"]).hexdigest()
+    stored = home / "blobs" / "train" / "s256q80" / sha[:2] / f"{sha}.jpg"
+    jpeg = Image.open(stored)
+    assert jpeg.format == "JPEG" and jpeg.size == (341, 256)
+    assert not [p for p in stored.parent.iterdir() if p.name.endswith(".tmp")]
+    phash, dhash = perceptual_hashes(big)
+    assert bin(phash ^ int(str(imagehash.phash(big)), 16)).count("1") <= 2
+    assert bin(dhash ^ int(str(imagehash.dhash(big)), 16)).count("1") <= 3
+
+
+def test_train_size_never_upscales() -> None:
+    assert train_size_of(512, 512, 512) == (512, 512)
+    assert train_size_of(300, 200, 512) == (300, 200)
+    assert train_size_of(768, 1024, 512) == (512, 683)
+    assert train_size_of(1000, 600, 512) == (853, 512)
+
+
+def test_detect_nsfw_batches_and_fills_columns() -> None:
+    red = np.zeros((40, 30, 3), np.uint8)
+    red[..., 0] = 250
+    grey = np.full((20, 50, 3), 90, np.uint8)
+    elements = [{"image_uid": "red", "_nsfw_input": prepare_image(red)}, {"image_uid": "grey", "_nsfw_input": prepare_image(grey)}]
+    with BeamTestPipeline() as p:
+        rows = p | beam.Create([elements]) | beam.ParDo(DetectNsfwFn(fake_detector))
+        assert_that(rows | beam.Map(lambda r: (r["image_uid"], sorted(r), [d["class"] for d in r["nsfw_detections"]],
+                                               r["nsfw_max"]["FACE_FEMALE"] > 0.6)),
+                    equal_to([("red", ["image_uid", "nsfw_detections", "nsfw_max"], ["FACE_FEMALE"], True),
+                              ("grey", ["image_uid", "nsfw_detections", "nsfw_max"], [], False)]))
+
+
+def test_fingerprint_images_composite_with_fake_detector(home: Path, tmp_path: Path) -> None:
+    for uid, data in {"a": png(1), "b": png(2), "c": bad_blobs()["truncated_image"], "d": png(4)}.items():
+        put(home, uid, data)
+    known = digests_file(tmp_path, [png(4)])
+    rows = [row("a"), row("b"), row("c"), row("d"), row("gone")]
+    config = FeaturesConfig(nsfw_batch_size=2)
+    with BeamTestPipeline() as p:
+        out = p | beam.Create(rows) | FingerprintImages(str(home), config, known, fake_detector)
+        assert_that(out["features"] | beam.Map(lambda r: (r["image_uid"], r["train_jpg_key"].startswith("blobs/train/s512q90/"),
+                                                          set(r) == set(features.get_schema("image_features").names))),
+                    equal_to([("a", True, True), ("b", True, True)]), label="features")
+        assert_that(reasons(out["rejects"]), equal_to([("c", "truncated_image"), ("gone", "missing_blob")]), label="rejects")
+        assert_that(out["reused"] | beam.Map(lambda r: r["image_uid"]), equal_to(["d"]), label="reused")
+
+
+def test_fingerprint_images_with_real_model_one_image(home: Path) -> None:
+    put(home, "a", png(1, (64, 64)))
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([row("a")]) | FingerprintImages(str(home), FeaturesConfig())
+        assert_that(out["features"] | beam.Map(lambda r: (len(r["nsfw_max"]), all(0 <= v <= 1 for v in r["nsfw_max"].values()))),
+                    equal_to([(18, True)]))
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="jpeg_quality"):
+        FeaturesConfig(jpeg_quality=0).validate()
+    with pytest.raises(ValueError, match="blob_zone"):
+        FeaturesConfig(blob_zone="..").validate()

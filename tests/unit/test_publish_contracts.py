@@ -1,0 +1,50 @@
+"""The publish stage's contracts hold on a built version and catch planted violations."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from test_publish_fixtures import make_home
+
+from data_contracts.engine import evaluate, load_contract
+from pipelines import export
+from pipelines.publish import PublishConfig, check_contracts, publish_dataset, version_views
+from pipelines.sqlrun import connect
+from schemas import get_schema
+
+DATASETS = ("shard_samples", "shards", "splits_summary", "published_quarantine", "pickscore_export")
+
+
+def test_contracts_match_schemas() -> None:
+    for dataset in DATASETS:
+        contract = load_contract(dataset)
+        schema = get_schema(dataset)
+        assert list(contract.columns) == schema.names
+        for field in schema:
+            column = contract.columns[field.name]
+            assert column["physicalType"] == str(field.type) and column.get("required", False) == (not field.nullable)
+
+
+def test_every_rule_passes_on_a_built_version(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=60, seed=41)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    export.export_pickscore_parquet(home, None, tmp_path / "x")
+    views = {**version_views(report.path), "pickscore_export": str(tmp_path / "x" / "*.parquet")}
+    con = connect(views)
+    for dataset in DATASETS:
+        results = evaluate(load_contract(dataset), con)
+        assert results and all(r.passed for r in results), [(r.rule.name, r.value, r.error) for r in results if not r.passed]
+
+
+def test_planted_violations_block_publishing(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=40, seed=42)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    sidecar = sorted(report.path.glob("train/*.parquet"))[0]
+    table = pq.read_table(sidecar)
+    bad = table.set_column(0, "key", pa.array(["a.b"] + table.column("key").to_pylist()[1:]))
+    bad = bad.set_column(bad.schema.get_field_index("label_0"), "label_0", pa.array([0.7] * bad.num_rows))
+    pq.write_table(bad, sidecar)
+    with pytest.raises(RuntimeError, match="key_has_no_dot.*labels_valid|labels_valid.*key_has_no_dot"):
+        check_contracts(report.path)

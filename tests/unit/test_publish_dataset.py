@@ -1,0 +1,299 @@
+"""Publishing a version: round trips, determinism, atomic switch, crash safety, retention, privacy."""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import tarfile
+import threading
+from pathlib import Path
+
+import duckdb
+import pyarrow.parquet as pq
+import pytest
+import webdataset as wds
+from PIL import Image
+from test_publish_fixtures import SECRET_EMAIL, SECRET_NAME, make_home
+
+from pipelines import shards
+from pipelines.publish import PublishConfig, list_versions, publish_dataset, resolve_version
+
+FAST = PublishConfig(workers=1, fsync=False)
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory):
+    home = make_home(tmp_path_factory.mktemp("pub") / "home", num_rankings=120, seed=0)
+    report = publish_dataset(home, PublishConfig(workers=2, verify_checksums=True))
+    return home, report
+
+
+def _split_pairs(home) -> dict[tuple[str, str], dict]:
+    table = pq.read_table(home.table_file("split_pairs")).to_pylist()
+    return {(r["split"], r["pair_id"]): r for r in table}
+
+
+def test_report_and_layout(published) -> None:
+    home, report = published
+    root = resolve_version(home)
+    assert root.name == report.version and (home.datasets / "latest").is_symlink()
+    assert os.readlink(home.datasets / "latest") == report.version          # relative link
+    expected = {}
+    for r in _split_pairs(home).values():
+        expected[r["split"]] = expected.get(r["split"], 0) + 1
+    assert report.pairs == expected
+    assert list(report.pairs) == [s for s in shards.SPLITS if s in expected]
+    assert all(n == 4 for n in report.shards.values())                      # min_shards_per_split
+    meta = report.metadata()
+    json.dumps(meta)
+    assert meta["num_pairs"] == sum(expected.values()) and meta["shards_written"] == 20
+    manifest = json.loads((root / "manifest.json").read_text())
+    assert manifest["version"] == report.version and manifest["sources"]["split_pairs"]["days"] == ["2023-03-01", "2023-03-02"]
+    for split, info in manifest["splits"].items():
+        sizes = json.loads((root / split / "sizes.json").read_text())
+        assert sum(sizes.values()) == info["pairs"] and len(sizes) == info["shards"]
+        assert all((root / split / name).is_file() for name in sizes)
+    for rel, info in manifest["files"].items():
+        data = (root / rel).read_bytes()
+        assert len(data) == info["bytes"] and hashlib.sha256(data).hexdigest() == info["sha256"], rel
+    assert report.version.startswith("2023-03-02-") and len(report.version) == len("2023-03-02-") + 10
+
+
+def test_webdataset_round_trip(published) -> None:
+    home, _ = published
+    root = resolve_version(home)
+    rows = _split_pairs(home)
+    seen = 0
+    for split in json.loads((root / "manifest.json").read_text())["splits"]:
+        urls = sorted(str(p) for p in (root / split).glob("*.tar"))
+        for sample in wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil"):
+            meta = sample["json"]
+            row = rows[(split, meta["pair_id"])]
+            assert sample["__key__"] == shards.sample_key(row["pair_id"], split)
+            assert sample["txt"] == row["caption"]
+            assert meta["ranking_id"] == row["ranking_id"] and meta["label_0"] == row["label_0"]
+            assert isinstance(meta["num_example_per_prompt"], int) and isinstance(meta["has_label"], bool)
+            assert meta["created_at"] == row["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%f")
+            assert meta["dt"] == row["dt"].isoformat() and meta["split"] == split
+            for side in ("0", "1"):
+                image = sample[f"{side}.jpg"]
+                assert isinstance(image, Image.Image) and image.size == (48, 48)
+                original = Image.open(home.root / row[f"jpg_{side}_key"])
+                assert image.convert("RGB").tobytes() == original.convert("RGB").tobytes()
+            seen += 1
+    assert seen == len(rows)
+
+
+def test_sidecar_offsets_point_at_the_member_bytes(published) -> None:
+    home, _ = published
+    root = resolve_version(home)
+    rows = _split_pairs(home)
+    for sidecar in sorted(root.glob("*/pickapic-*.parquet")):
+        tar_bytes = sidecar.with_suffix(".tar").read_bytes()
+        table = pq.read_table(sidecar).to_pylist()
+        assert [r["sample_index"] for r in table] == list(range(len(table)))
+        with tarfile.open(sidecar.with_suffix(".tar")) as tar:
+            names = tar.getnames()
+            assert {(m.uid, m.gid, m.mtime, m.uname) for m in tar.getmembers()} == {(0, 0, shards.TAR_MTIME, "")}
+        assert names == [f"{r['key']}.{m}" for r in table for m in shards.MEMBERS]
+        for r in table:
+            cut = lambda what: tar_bytes[r[f"{what}_offset"]: r[f"{what}_offset"] + r[f"{what}_size"]]  # noqa: E731
+            assert cut("jpg_0") == (home.root / r["jpg_0_key"]).read_bytes()       # verbatim copy
+            assert cut("jpg_1") == (home.root / r["jpg_1_key"]).read_bytes()
+            assert cut("txt").decode() == r["caption"]
+            assert json.loads(cut("json"))["pair_id"] == r["pair_id"]
+            assert r["shard"] == sidecar.with_suffix(".tar").name
+            assert r["caption"] == rows[(r["split"], r["pair_id"])]["caption"]
+        stats = json.loads(sidecar.with_name(sidecar.stem + "_stats.json").read_text())
+        assert stats["num_samples"] == len(table) and stats["num_bytes"] == len(tar_bytes)
+        assert stats["sha256"] == hashlib.sha256(tar_bytes).hexdigest()
+
+
+def test_plain_duckdb_one_liner_reads_every_sample_and_no_meta(published) -> None:
+    home, report = published
+    glob = f"{home.datasets}/latest/*/pickapic-*.parquet"
+    count, splits = duckdb.sql(f"SELECT count(*), count(DISTINCT split) FROM read_parquet('{glob}')").fetchall()[0]
+    assert count == sum(report.pairs.values()) and splits == len(report.pairs)
+
+
+def test_balanced_shards(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=160, seed=4)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False, max_samples_per_shard=15, min_shards_per_split=2))
+    root = resolve_version(home)
+    for split, n in report.pairs.items():
+        counts = list(json.loads((root / split / "sizes.json").read_text()).values())
+        assert sum(counts) == n and max(counts) - min(counts) <= 1 and max(counts) <= 15
+        assert len(counts) == max(-(-n // 15), min(2, n))
+    # a byte limit: every shard of several samples stays under it
+    limit = 40_000
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False, max_shard_bytes=limit))
+    root = resolve_version(home)
+    for stats_file in root.glob("*/*_stats.json"):
+        stats = json.loads(stats_file.read_text())
+        assert stats["num_bytes"] <= limit or stats["num_samples"] == 1, stats
+
+
+def test_determinism_across_homes_and_worker_counts(tmp_path: Path) -> None:
+    a = make_home(tmp_path / "a", num_rankings=80, seed=9)
+    b = make_home(tmp_path / "b", num_rankings=80, seed=9)
+    report_a = publish_dataset(a, PublishConfig(workers=2, fsync=False))
+    report_b = publish_dataset(b, FAST)
+    assert report_a.version == report_b.version
+    files_a = json.loads((resolve_version(a) / "manifest.json").read_bytes())
+    assert (resolve_version(a) / "manifest.json").read_bytes() == (resolve_version(b) / "manifest.json").read_bytes()
+    assert any(rel.endswith(".tar") for rel in files_a["files"])
+    # idempotent: publishing again reuses the complete version
+    again = publish_dataset(a, PublishConfig(verify_checksums=True))
+    assert again.reused and again.version == report_a.version and again.shards_written == 0
+    # a config that changes the bytes gives another version
+    other = publish_dataset(a, PublishConfig(workers=1, fsync=False, seed=7))
+    assert other.version != report_a.version and list_versions(a)[-1] == other.version
+
+
+def _visible(home) -> set[str]:
+    return {p.name for p in home.datasets.iterdir() if not p.name.startswith(".")}
+
+
+def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = make_home(tmp_path / "h", num_rankings=100, seed=1)
+    first = publish_dataset(home, FAST)
+    make_home(home.root, num_rankings=120, seed=2)          # the next day's inputs
+    real_write = shards.write_shard
+    calls = []
+
+    def flaky(task):
+        calls.append(task.index)
+        if len(calls) == 7:
+            # half a tar on disk, then the crash
+            (Path(task.out_dir)).mkdir(parents=True, exist_ok=True)
+            (Path(task.out_dir) / f"{shards.shard_name(task.split, task.index)}.tar").write_bytes(b"partial")
+            raise RuntimeError("simulated crash")
+        return real_write(task)
+
+    monkeypatch.setattr(shards, "write_shard", flaky)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        publish_dataset(home, FAST)
+    assert _visible(home) == {"latest", first.version}
+    assert resolve_version(home).name == first.version
+    assert [p.name for p in home.datasets.glob(".partial-*")]      # hidden, resumable
+    monkeypatch.setattr(shards, "write_shard", real_write)
+    resumed = publish_dataset(home, FAST)
+    assert resumed.shards_resumed == 6 and resumed.shards_written == 14
+    assert not list(home.datasets.glob(".partial-*"))
+    # byte-identical to an uninterrupted build of the same inputs
+    clean = make_home(tmp_path / "clean", num_rankings=100, seed=1)
+    make_home(clean.root, num_rankings=120, seed=2)
+    uninterrupted = publish_dataset(clean, FAST)
+    assert uninterrupted.version == resumed.version
+    assert (resolve_version(clean) / "manifest.json").read_bytes() == (resolve_version(home) / "manifest.json").read_bytes()
+
+
+def test_crash_before_switch_keeps_old_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pipelines.publish as publish
+
+    home = make_home(tmp_path / "h", num_rankings=60, seed=1)
+    first = publish_dataset(home, FAST)
+    make_home(home.root, num_rankings=70, seed=3)
+    real_manifest = publish._write_manifest
+
+    def crash_after_manifest(*args, **kwargs):
+        real_manifest(*args, **kwargs)
+        raise RuntimeError("killed between manifest and switch")
+
+    monkeypatch.setattr(publish, "_write_manifest", crash_after_manifest)
+    with pytest.raises(RuntimeError, match="killed"):
+        publish_dataset(home, FAST)
+    assert _visible(home) == {"latest", first.version} and resolve_version(home).name == first.version
+    monkeypatch.setattr(publish, "_write_manifest", real_manifest)
+    second = publish_dataset(home, FAST)
+    assert second.shards_resumed == sum(second.shards.values())      # every shard was committed
+    assert resolve_version(home).name == second.version != first.version
+
+
+def test_readers_never_fail_during_rebuilds(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=50, seed=5)
+    publish_dataset(home, FAST)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    versions_seen: set[str] = set()
+    iterations = [0]
+
+    def reader() -> None:
+        while not stop.is_set() or iterations[0] < 3:
+            try:
+                root = resolve_version(home)                 # resolve once, read through the real path
+                versions_seen.add(root.name)
+                sizes = json.loads((root / "train" / "sizes.json").read_text())
+                name = sorted(sizes)[0]
+                stats = json.loads((root / "train" / name.replace(".tar", "_stats.json")).read_text())
+                data = (root / "train" / name).read_bytes()
+                assert len(data) == stats["num_bytes"] and hashlib.sha256(data).hexdigest() == stats["sha256"]
+                with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+                    assert len(tar.getnames()) == 4 * sizes[name]
+                # a naive reader that always goes through the `latest` link also never fails
+                (home.datasets / "latest" / "manifest.json").read_bytes()
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+                return
+            iterations[0] += 1
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for seed in (6, 7, 8):
+            make_home(home.root, num_rankings=50 + seed, seed=seed)
+            publish_dataset(home, PublishConfig(workers=1, fsync=False, keep_versions=2))
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    assert not errors, errors
+    assert iterations[0] >= 3 and len(versions_seen) >= 2
+    assert len(list_versions(home)) == 2                      # retention ran during the reads
+
+
+def test_retention_keeps_latest_and_newest(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=40, seed=10)
+    versions = [publish_dataset(home, PublishConfig(workers=1, fsync=False, keep_versions=2, seed=s)).version
+                for s in (1, 2, 3)]
+    assert list_versions(home) == versions[1:] and resolve_version(home).name == versions[2]
+    # re-publishing an older version makes it latest again and it is kept
+    back = publish_dataset(home, PublishConfig(workers=1, fsync=False, keep_versions=2, seed=2))
+    assert back.reused and resolve_version(home).name == versions[1]
+    assert set(list_versions(home)) == {versions[1], versions[2]}
+    assert resolve_version(home, versions[2]).name == versions[2]
+    with pytest.raises(FileNotFoundError, match="available"):
+        resolve_version(home, versions[0])
+    with pytest.raises(ValueError, match="not a version name"):
+        resolve_version(home, "../x")
+
+
+def test_nothing_personal_is_published(published) -> None:
+    home, _ = published
+    root = resolve_version(home)
+    quarantine = pq.read_table(root / "meta" / "quarantine.parquet")
+    assert "raw_text" not in quarantine.column_names and quarantine.num_rows == 2
+    for path in root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in (SECRET_EMAIL, SECRET_NAME, "alice.secret"):
+                assert secret.encode() not in data, (path, secret)
+    assert pq.read_table(root / "meta" / "images.parquet").num_rows > 0
+    assert pq.read_table(root / "meta" / "decisions.parquet").num_rows == 3
+
+
+def test_bad_inputs_are_named(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=30, seed=11)
+    table = pq.read_table(home.table_file("split_pairs"))
+    key = table.column("jpg_0_key")[0].as_py()
+    (home.root / key).unlink()
+    with pytest.raises(FileNotFoundError, match=key):
+        publish_dataset(home, FAST)
+    bad = table.set_column(table.schema.get_field_index("jpg_1_key"), "jpg_1_key",
+                           [["../../etc/passwd"] * table.num_rows])
+    pq.write_table(bad, home.table_file("split_pairs"))
+    with pytest.raises(ValueError, match=r"\.\./\.\./etc/passwd"):
+        publish_dataset(home, FAST)
+    with pytest.raises(FileNotFoundError, match="split_pairs"):
+        publish_dataset(make_home(tmp_path / "x", num_rankings=4).__class__(tmp_path / "empty"), FAST)
+    assert not (home.datasets / "latest").exists()

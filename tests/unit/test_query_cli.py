@@ -1,0 +1,146 @@
+"""``pickapic query``: views over one version, named queries, formats, errors, and no writes."""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+import pytest
+from test_publish_fixtures import SECRET_EMAIL, make_home
+
+from pipelines import query
+from pipelines.publish import PublishConfig, publish_dataset, resolve_version
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory):
+    home = make_home(tmp_path_factory.mktemp("query") / "home", num_rankings=90, seed=21)
+    old = publish_dataset(home, PublishConfig(workers=1, fsync=False, seed=1))
+    new = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    return home, old, new
+
+
+def _run(home, *args, **kwargs) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    code = query.run_query(home, *args, stdout=out, stderr=err, **kwargs)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_views_cover_the_version(built) -> None:
+    home, _, new = built
+    counts = query.execute(home, "SELECT (SELECT count(*) FROM pairs) AS pairs, (SELECT count(*) FROM shards) AS shards, "
+                                 "(SELECT count(*) FROM splits_summary) AS splits, (SELECT count(*) FROM images) AS images, "
+                                 "(SELECT count(*) FROM decisions) AS decisions, (SELECT count(*) FROM quarantine) AS q").to_pylist()[0]
+    assert counts["pairs"] == sum(new.pairs.values()) and counts["shards"] == sum(new.shards.values())
+    assert counts["splits"] == len(new.pairs) and counts["images"] > 0 and counts["decisions"] == 3 and counts["q"] == 2
+    summary = query.execute(home, "SELECT split, num_pairs FROM splits_summary").to_pylist()
+    per_split = {r["split"]: r["num_pairs"] for r in summary}
+    assert per_split == new.pairs
+    columns = query.execute(home, "DESCRIBE quarantine").column("column_name").to_pylist()
+    assert "raw_text" not in columns
+
+
+def test_every_named_query_runs(built) -> None:
+    home, _, _ = built
+    names = query.named_queries()
+    for required in ("win_rate_by_model", "tie_rate_by_split", "users_prompts_per_split", "leakage_audit", "drop_reasons"):
+        assert required in names and names[required]
+    for name in names:
+        code, out, err = _run(home, named=name)
+        assert code == 0, (name, err)
+        assert "┃" in out and "row" in out, name
+    leakage = query.execute(home, query.sql_text("queries/leakage_audit")).to_pylist()
+    assert [(r["split_a"], r["split_b"]) for r in leakage] == [("train", "validation"), ("train", "test"), ("validation", "test")]
+    assert all(r["shared_prompts"] == 0 for r in leakage)        # the fixture splits by prompt
+    ties = {r["split"]: r for r in query.execute(home, query.sql_text("queries/tie_rate_by_split")).to_pylist()}
+    direct = query.execute(home, "SELECT split, count(*) FILTER (WHERE label_0 = 0.5) AS t FROM pairs GROUP BY split").to_pylist()
+    assert {r["split"]: r["t"] for r in direct} == {s: r["ties"] for s, r in ties.items()}
+
+
+def test_formats(built, tmp_path: Path) -> None:
+    home, _, new = built
+    sql = "SELECT split, key, created_at, label_0, jpg_0_size FROM pairs ORDER BY key"
+    code, out, _ = _run(home, sql, fmt="csv")
+    assert code == 0 and pacsv.read_csv(io.BytesIO(out.encode())).num_rows == sum(new.pairs.values())
+    code, out, _ = _run(home, sql, fmt="json")
+    rows = json.loads(out)
+    assert code == 0 and len(rows) == sum(new.pairs.values()) and isinstance(rows[0]["label_0"], float)
+    assert "T" in rows[0]["created_at"]
+    target = tmp_path / "out.parquet"
+    assert _run(home, sql, fmt="parquet", output=target)[0] == 0
+    assert pq.read_table(target).num_rows == sum(new.pairs.values())
+    assert _run(home, sql, fmt="parquet")[0] == 2                    # parquet needs --output
+    text_file = tmp_path / "t.txt"
+    assert _run(home, "SELECT * FROM images LIMIT 3", fmt="csv", output=text_file)[0] == 0
+    assert text_file.read_text().count("\n") == 4                    # header + 3 rows; nested columns as JSON
+    code, out, _ = _run(home, "SELECT 1 AS a, 'x' AS b")
+    lines = out.splitlines()
+    assert code == 0 and len({len(line) for line in lines[:-1]}) == 1     # aligned
+
+
+def test_version_selection(built) -> None:
+    home, old, new = built
+    assert resolve_version(home).name == new.version
+    code, out, _ = _run(home, "SELECT count(*) AS n FROM shards", version=old.version, fmt="json")
+    assert code == 0 and json.loads(out)[0]["n"] == sum(old.shards.values())
+    code, _, err = _run(home, "SELECT 1", version="2020-01-01-nothere")
+    assert code == 2 and "not a complete published version" in err
+
+
+def test_sql_errors_exit_nonzero_with_duckdb_message(built) -> None:
+    home, _, _ = built
+    code, out, err = _run(home, "SELECT no_such_column FROM pairs")
+    assert code == 1 and out == "" and "no_such_column" in err and "Binder Error" in err
+    code, _, err = _run(home, "SELEC 1")
+    assert code == 1 and "Parser Error" in err
+    code, _, err = _run(home, named="no_such_query")
+    assert code == 2 and "win_rate_by_model" in err
+
+
+@pytest.mark.parametrize("sql", [
+    "COPY (SELECT * FROM pairs) TO '{root}/leak.csv'",
+    "COPY (SELECT * FROM pairs) TO '/tmp/pickapic-leak.csv'",
+    "CREATE TABLE t AS SELECT * FROM pairs",
+    "CREATE TABLE t AS SELECT * FROM read_csv('{root}/../../../../../etc/passwd')",
+    "ATTACH '{root}/x.duckdb' AS x",
+    "INSTALL httpfs",
+    "SET enable_external_access = true",
+    "EXPORT DATABASE '{root}/dump'",
+    "SELECT * FROM read_csv('/etc/passwd')",
+    "SELECT * FROM read_text('/etc/hostname')",
+    "SELECT * FROM read_parquet('{home}/warehouse/split_pairs/data.parquet')",
+    "SELECT * FROM glob('/etc/*')",
+    "SELECT 1; COPY (SELECT 1) TO '/tmp/pickapic-leak2.csv'",
+])
+def test_writes_and_outside_reads_are_refused(built, sql: str) -> None:
+    home, _, _ = built
+    root = resolve_version(home)
+    before = sorted(p.name for p in root.rglob("*"))
+    code, out, err = _run(home, sql.format(root=root, home=home.root))
+    assert code != 0 and out == "" and err.startswith("error:")
+    assert sorted(p.name for p in root.rglob("*")) == before
+    assert not Path("/tmp/pickapic-leak.csv").exists() and not Path("/tmp/pickapic-leak2.csv").exists()
+
+
+def test_query_results_hold_no_personal_data(built) -> None:
+    home, _, _ = built
+    code, out, _ = _run(home, "SELECT * FROM quarantine", fmt="json")
+    assert code == 0 and SECRET_EMAIL not in out
+    code, out, _ = _run(home, "SELECT * FROM decisions", fmt="json")
+    assert code == 0 and SECRET_EMAIL not in out and "<email>" in out
+
+
+def test_argparse_entry_point(built, capsys: pytest.CaptureFixture) -> None:
+    home, _, new = built
+    parser = argparse.ArgumentParser()
+    query.add_arguments(parser)
+    assert query.run_from_args(parser.parse_args(["--list"]), home) == 0
+    assert "leakage_audit" in capsys.readouterr().out
+    args = parser.parse_args(["SELECT count(*) AS n FROM pairs WHERE split = $s", "--param", "s=train", "--format", "json"])
+    assert query.run_from_args(args, home) == 0
+    assert json.loads(capsys.readouterr().out)[0]["n"] == new.pairs["train"]
+    assert query.main(["--home", str(home.root), "--named", "tie_rate_by_split", "--format", "csv"]) == 0
+    assert capsys.readouterr().out.startswith('"split","pairs","ties","tie_rate"')

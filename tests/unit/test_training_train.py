@@ -1,0 +1,95 @@
+"""A few trainer steps on tiny shards: loss goes down, outputs are written, resume is exact."""
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from training.config import TrainConfig, preset
+from training.evaluate import evaluate_model
+from training.train import STATE_FILE, add_arguments, config_from_args, train
+from training.synthetic import tiny_config, write_synthetic_version
+
+
+@pytest.fixture(scope="module")
+def version(tmp_path_factory):
+    root = tmp_path_factory.mktemp("home") / "datasets" / "pickapic" / "v1"
+    sizes = {"train": 96, "validation": 8, "test": 8, "validation_unique": 32, "test_unique": 32}
+    write_synthetic_version(root, sizes, image_px=40, seed=1, shards_per_split=3)
+    return root.parent / "latest"  # through the 'latest' link, as the lead passes it
+
+
+@pytest.fixture(scope="module")
+def trained(version, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    events = []
+    result = train(tiny_config(version, out, max_steps=12, eval_every=6), progress=events.append)
+    return result, events
+
+
+def test_few_steps_reduce_the_loss(trained):
+    result, events = trained
+    evals = [e for e in events if e["event"] == "eval"]
+    assert [e["step"] for e in evals] == [0, 6, 12]
+    assert evals[-1]["val_loss"] < evals[0]["val_loss"]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3
+    assert result.steps == 12 and result.best_step in (0, 6, 12)
+
+
+def test_outputs_metrics_curve_and_best_checkpoint(trained, version):
+    result, _ = trained
+    metrics = json.loads(result.metrics_path.read_text())
+    assert metrics["steps"] == 12 and metrics["config"]["max_steps"] == 12
+    assert {"test_accuracy", "threshold", "random_baseline"} <= set(metrics["test"])
+    assert result.curve_path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert TrainConfig.load(result.best_dir).max_steps == 12  # config saved inside the checkpoint
+    assert 0 <= result.test.test_accuracy <= 1 and result.test.n_test == 32
+    ev = evaluate_model(result.best_dir, version, num_workers=0, device="cpu")
+    assert ev.test_accuracy == pytest.approx(result.test.test_accuracy)
+    assert ev.untrained_test_accuracy is not None
+    meta = ev.metadata()
+    assert "| test accuracy (trained) |" in meta["metrics_table"]
+    json.dumps(meta)
+    json.dumps(result.metadata())
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_continues_exactly(version, tmp_path):
+    straight = train(tiny_config(version, tmp_path / "a", max_steps=8, eval_every=4))
+
+    def crash_after_checkpoint(event):
+        if event["event"] == "train" and event["step"] == 6:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4), progress=crash_after_checkpoint)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last" / STATE_FILE, weights_only=False)
+    assert state["step"] == 4 and state["optimizer"]["state"]  # Adam moments saved
+    resumed = train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4))
+    assert resumed.resumed_from_step == 4 and resumed.steps == 8
+    final_a = load_file(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors")
+    final_b = load_file(tmp_path / "b" / "checkpoints" / "last" / "model.safetensors")
+    for name, value in final_a.items():
+        assert torch.equal(value, final_b[name]), name  # same data order, optimizer state and schedule
+    def losses(result):
+        return [(h["step"], h["loss"]) for h in result.history if "loss" in h]
+    assert losses(resumed) == losses(straight)
+    # a finished run only re-evaluates; a changed recipe refuses to resume
+    again = train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4))
+    assert again.resumed_from_step == 8
+    with pytest.raises(ValueError, match="learning_rate"):
+        train(tiny_config(version, tmp_path / "b", learning_rate=1.0))
+
+
+def test_cli_flags_map_onto_presets():
+    import argparse
+    args = add_arguments(argparse.ArgumentParser()).parse_args(
+        ["--data-dir", "d", "--output-dir", "o", "--preset", "paper", "--max-steps", "3", "--init-from", "/m"])
+    config = config_from_args(args)
+    assert config == preset("paper", data_dir="d", output_dir="o", max_steps=3, init_from="/m")
+    assert (config.learning_rate, config.weight_decay, config.warmup_steps, config.batch_size, config.seed,
+            config.eval_every, config.grad_clip) == (3e-6, 0.3, 500, 128, 42, 100, 1.0)

@@ -1,0 +1,149 @@
+"""One frozen config object holding every trainer knob, with the paper's recipe and a CPU demo as presets.
+
+The config is saved as ``train_config.json`` inside every checkpoint, so a model directory always says
+how it was made. ``paper`` is the PickScore recipe (arXiv 2305.01569 / BRIEF section 3), meant to be used
+with ``init_from`` pointing at a local CLIP-H or PickScore checkpoint on a GPU; ``demo`` trains the tiny
+``scratch`` CLIP on CPU in about a minute.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+CONFIG_FILE = "train_config.json"
+
+# Fields that may change between an interrupted run and its resumption (they do not change the math
+# already done, or only extend it).
+RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
+                              "device"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every hyperparameter of a preference-model training run (see module docstring for presets)."""
+
+    data_dir: str = field(default="", metadata={"help": "published version dir (holds train/, validation_unique/, ...)"})
+    output_dir: str = field(default="", metadata={"help": "run dir: checkpoints/, best/, metrics.json, curve.png"})
+    init_from: str = field(default="scratch", metadata={"help": "'scratch' or a local HF CLIP/PickScore dir"})
+    preset: str = field(default="demo", metadata={"help": "name of the preset these values started from"})
+    # optimisation (paper: AdamW lr 3e-6, wd 0.3, 500 warmup, batch 128, 4000 steps, clip 1.0, seed 42)
+    learning_rate: float = 5e-4
+    weight_decay: float = 0.3
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_eps: float = 1e-8
+    warmup_steps: int = 20
+    max_steps: int = 250
+    batch_size: int = field(default=16, metadata={"help": "GLOBAL batch (pairs); split evenly over DDP ranks"})
+    grad_clip: float = 1.0
+    seed: int = 42
+    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA; CPU always runs fp32"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    cpu_threads: int = field(default=0, metadata={"help": "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))"})
+    # evaluation / checkpointing
+    eval_every: int = 50
+    eval_split: str = "validation_unique"
+    test_split: str = "test_unique"
+    eval_batch_size: int = 64
+    log_every: int = 10
+    # data loading
+    num_workers: int = field(default=1, metadata={"help": "loader processes per rank (1 keeps up on 2 cores)"})
+    shuffle_buffer: int = 1000
+    shuffle_initial: int = 100
+    resampled: bool = field(default=True, metadata={"help": "draw shards with replacement per rank/worker"})
+    draft_decode: bool = field(default=True, metadata={"help": "PIL JPEG draft (DCT-scaled) decode"})
+    max_length: int = 77
+    # 'scratch' model (ignored when init_from is a directory)
+    image_size: int = 64
+    patch_size: int = 8
+    text_width: int = 64
+    vision_width: int = 64
+    layers: int = 2
+    heads: int = 2
+    projection_dim: int = 64
+    tokenizer_vocab_size: int = 2048
+    tokenizer_max_captions: int = 200_000
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "log_every", "image_size",
+                     "patch_size", "layers", "heads", "projection_dim", "max_length", "shuffle_buffer"):
+            if getattr(self, name) <= 0:
+                problems.append(f"{name}={getattr(self, name)!r} must be > 0")
+        for name in ("warmup_steps", "num_workers", "cpu_threads", "shuffle_initial", "weight_decay", "grad_clip"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
+        if self.learning_rate <= 0:
+            problems.append(f"learning_rate={self.learning_rate!r} must be > 0")
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        for name in ("text_width", "vision_width"):
+            if getattr(self, name) % self.heads:
+                problems.append(f"{name}={getattr(self, name)} is not a multiple of heads={self.heads}")
+        if self.tokenizer_vocab_size < 600:
+            problems.append(f"tokenizer_vocab_size={self.tokenizer_vocab_size} must be >= 600 (514 byte tokens + merges)")
+        if self.device not in ("auto", "cpu", "cuda"):
+            problems.append(f"device={self.device!r} must be auto, cpu or cuda")
+        for name in ("eval_split", "test_split"):
+            if getattr(self, name) not in SPLITS:
+                problems.append(f"{name}={getattr(self, name)!r} is not one of {SPLITS}")
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        """A copy with ``changes`` applied (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict of every field."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
+        """Inverse of ``to_dict``; unknown keys are an error that names them."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        return cls(**values)
+
+    def save(self, directory: Path) -> Path:
+        """Write ``train_config.json`` into ``directory``."""
+        path = Path(directory) / CONFIG_FILE
+        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, directory: Path) -> "TrainConfig":
+        """Read ``train_config.json`` from a checkpoint directory."""
+        path = Path(directory) / CONFIG_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
+        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # PickScore recipe (BRIEF section 3). batch 128 = 16 per GPU x 8 GPUs.
+    "paper": dict(learning_rate=3e-6, weight_decay=0.3, warmup_steps=500, batch_size=128, max_steps=4000,
+                  grad_clip=1.0, seed=42, bf16=True, eval_every=100, num_workers=4, shuffle_buffer=10_000,
+                  shuffle_initial=1000, image_size=224, patch_size=32, text_width=256, vision_width=256,
+                  layers=4, heads=4, projection_dim=256, tokenizer_vocab_size=49408),
+    # Tiny scratch CLIP on CPU, about a minute on 2 cores (see training/README.md for measured numbers).
+    "demo": dict(learning_rate=5e-4, weight_decay=0.3, warmup_steps=20, batch_size=16, max_steps=250,
+                 grad_clip=1.0, seed=42, bf16=True, eval_every=50, num_workers=1, shuffle_buffer=1000,
+                 shuffle_initial=100, image_size=64, patch_size=8, text_width=64, vision_width=64, layers=2,
+                 heads=2, projection_dim=64, tokenizer_vocab_size=2048),
+}
+
+
+def preset(name: str, **overrides: Any) -> TrainConfig:
+    """The ``name`` preset (``paper`` or ``demo``) with ``overrides`` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[name], "preset": name}
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig(**values)

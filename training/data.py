@@ -1,0 +1,292 @@
+"""Reading published Pick-a-Pic shards with webdataset: shard discovery, fast CLIP preprocessing, batches.
+
+Pipeline per loader worker (a list of small stages, as webdataset likes it):
+shard urls (resampled per rank/worker, or split_by_node + split_by_worker per epoch) -> tar samples ->
+seeded shuffle buffer -> skip (exact resume) -> decode (JSON + 2 JPEGs -> CLIP tensors) -> batch + tokenize.
+
+Image preprocessing equals ``CLIPImageProcessor`` (shortest edge -> bicubic resize, center crop, CLIP
+mean/std) except that, with ``draft=True``, the JPEG is first decoded at a reduced DCT scale (PIL
+``Image.draft``) that still leaves the image at least ``DRAFT_MARGIN`` x the target size. The measured
+difference to a full decode is documented in training/README.md (benchmarks/loader.py prints it).
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+import webdataset as wds
+from PIL import Image
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
+SHARD_GLOB = "pickapic-{split}-*.tar"
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """Geometry and normalisation of a CLIP image processor."""
+
+    shortest_edge: int = 224
+    crop: int = 224
+    mean: tuple[float, float, float] = CLIP_MEAN
+    std: tuple[float, float, float] = CLIP_STD
+
+    @classmethod
+    def from_processor(cls, image_processor: Any) -> "ImageSpec":
+        """Read size / crop / mean / std off a transformers CLIP image processor."""
+        size, crop = image_processor.size, image_processor.crop_size
+        edge = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+        if edge is None:
+            raise ValueError(f"image processor size {size!r} has no shortest_edge; only CLIP-style processors are supported")
+        height = crop["height"] if isinstance(crop, dict) else crop.height
+        width = crop["width"] if isinstance(crop, dict) else crop.width
+        if height != width:
+            raise ValueError(f"non-square crop_size {crop!r} is not supported")
+        if not (getattr(image_processor, "do_resize", True) and getattr(image_processor, "do_center_crop", True)
+                and getattr(image_processor, "do_normalize", True)):
+            raise ValueError(f"image processor {type(image_processor).__name__} disables resize/crop/normalize")
+        return cls(int(edge), int(height), tuple(float(v) for v in image_processor.image_mean),
+                   tuple(float(v) for v in image_processor.image_std))
+
+
+def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True) -> np.ndarray:
+    """JPEG/PNG bytes -> float32 ``(3, crop, crop)`` CLIP tensor (resize shortest edge bicubic, center crop)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if draft and img.format == "JPEG":
+            img.draft("RGB", (spec.shortest_edge * DRAFT_MARGIN, spec.shortest_edge * DRAFT_MARGIN))
+        img = img.convert("RGB")
+    width, height = img.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(spec.shortest_edge * long / short)  # same rounding as transformers
+    size = (spec.shortest_edge, new_long) if width <= height else (new_long, spec.shortest_edge)
+    if size != img.size:
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    left, top = (size[0] - spec.crop) // 2, (size[1] - spec.crop) // 2
+    if left < 0 or top < 0:
+        raise ValueError(f"image {width}x{height} resized to {size} is smaller than the crop {spec.crop}")
+    img = img.crop((left, top, left + spec.crop, top + spec.crop))
+    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
+    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+# --------------------------------------------------------------------------- shard discovery
+def resolve_version_dir(data_dir: str | os.PathLike) -> Path:
+    """The published version dir (``latest`` links resolved); errors name the path."""
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset dir {str(path)!r} does not exist")
+    path = path.resolve()
+    if not (path / "train").is_dir() and (path / "latest").exists():
+        path = (path / "latest").resolve()
+    return path
+
+
+def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
+    """Sorted shard paths of ``split``; checks them against ``sizes.json`` when present."""
+    split_dir = resolve_version_dir(data_dir) / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"split {split!r} not found: {split_dir} is not a directory")
+    shards = sorted(split_dir.glob(SHARD_GLOB.format(split=split)))
+    sizes_file = split_dir / "sizes.json"
+    if sizes_file.is_file():
+        sizes = json.loads(sizes_file.read_text(encoding="utf-8"))
+        missing = sorted(set(sizes) - {p.name for p in shards})
+        if missing:
+            raise FileNotFoundError(f"{sizes_file} lists shards that do not exist: {missing[:5]}")
+        shards = [p for p in shards if p.name in sizes]
+    return shards
+
+
+def split_size(data_dir: str | os.PathLike, split: str) -> int:
+    """Number of samples in ``split`` from its ``sizes.json``."""
+    sizes_file = resolve_version_dir(data_dir) / split / "sizes.json"
+    if not sizes_file.is_file():
+        raise FileNotFoundError(f"{sizes_file} missing: cannot size split {split!r}")
+    return int(sum(json.loads(sizes_file.read_text(encoding="utf-8")).values()))
+
+
+def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
+    """Captions of ``split`` in shard order, read without decoding images."""
+    urls = [{"url": str(p)} for p in split_shards(data_dir, split)]
+    samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter(urls))
+    for sample in islice(samples, limit):
+        yield _caption(sample)
+
+
+# --------------------------------------------------------------------------- stages
+def _caption(sample: dict[str, Any]) -> str:
+    if "txt" in sample:
+        return sample["txt"].decode("utf-8")
+    return json.loads(sample["json"])["caption"]
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from a sha256 of ``parts`` (never Python's ``hash``)."""
+    digest = hashlib.sha256(":".join(str(p) for p in parts).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def shuffled(samples: Iterable[dict], bufsize: int, initial: int, seed: int) -> Iterator[dict]:
+    """Shuffle buffer with an explicit seed (webdataset's ``shuffle``: starts after ``initial``, grows to ``bufsize``)."""
+    rng = random.Random(seed)
+    initial = min(initial, bufsize)
+    buf: list[dict] = []
+    it = iter(samples)
+    for sample in it:
+        buf.append(sample)
+        if len(buf) < bufsize:
+            extra = next(it, None)  # read two per yield until the buffer is full
+            if extra is not None:
+                buf.append(extra)
+        if len(buf) < initial:
+            continue
+        idx = rng.randrange(len(buf))
+        buf[idx], buf[-1] = buf[-1], buf[idx]
+        yield buf.pop()
+    rng.shuffle(buf)
+    yield from buf
+
+
+def decode_pair(sample: dict[str, Any], spec: ImageSpec, draft: bool) -> dict[str, Any]:
+    """Raw tar sample -> dict with CLIP pixels ``(2, 3, S, S)``, caption, label, weight and metadata."""
+    key = sample["__key__"]
+    missing = [m for m in ("0.jpg", "1.jpg", "json") if m not in sample]
+    if missing:
+        raise KeyError(f"sample {key!r} in {sample.get('__url__')!r} lacks members {missing}")
+    meta = json.loads(sample["json"])
+    n = meta.get("num_example_per_prompt")
+    if not n or n <= 0:
+        raise ValueError(f"sample {key!r}: num_example_per_prompt={n!r} must be a positive count")
+    return {
+        "key": key,
+        "pixel_values": np.stack([preprocess_image(sample["0.jpg"], spec, draft),
+                                  preprocess_image(sample["1.jpg"], spec, draft)]),
+        "caption": sample["txt"].decode("utf-8") if "txt" in sample else meta["caption"],
+        "label": (float(meta["label_0"]), float(meta["label_1"])),
+        "weight": 1.0 / float(n),
+        "model_0": str(meta.get("model_0", "")),
+        "model_1": str(meta.get("model_1", "")),
+    }
+
+
+class PairCollator:
+    """Stack decoded pairs and tokenize their captions the way PickScore does (pad, truncate to 77)."""
+
+    def __init__(self, tokenizer: Any, max_length: int = 77):
+        self.tokenizer, self.max_length = tokenizer, max_length
+
+    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        text = self.tokenizer([s["caption"] for s in samples], padding=True, truncation=True,
+                              max_length=self.max_length, return_tensors="pt")
+        return {
+            "pixel_values": torch.from_numpy(np.stack([s["pixel_values"] for s in samples])),
+            "input_ids": text["input_ids"],
+            "attention_mask": text["attention_mask"],
+            "labels": torch.tensor([s["label"] for s in samples], dtype=torch.float32),
+            "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
+            "keys": [s["key"] for s in samples],
+            "model_0": [s["model_0"] for s in samples],
+            "model_1": [s["model_1"] for s in samples],
+        }
+
+
+def batched(samples: Iterable[dict], size: int, collate: Callable, partial: bool) -> Iterator[dict]:
+    """Group ``samples`` into lists of ``size`` and collate them."""
+    it = iter(samples)
+    while batch := list(islice(it, size)):
+        if len(batch) < size and not partial:
+            return
+        yield collate(batch)
+
+
+def worker_init(_: int = 0) -> None:
+    """Loader worker set-up: one torch thread, Pillow's block allocator sized for 512 px JPEGs (PERF.md)."""
+    torch.set_num_threads(1)
+    Image.core.set_blocks_max(64)
+
+
+# --------------------------------------------------------------------------- datasets
+class TrainPairStream(torch.utils.data.IterableDataset):
+    """Endless, seeded stream of training batches for one DDP rank (each loader worker yields whole batches).
+
+    ``resampled=True`` draws shards with replacement from a per-(rank, worker) seed (webdataset's
+    ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
+    ``split_by_node`` / ``split_by_worker`` and needs at least ranks x workers shards. ``skip_batches`` is
+    the number of batches this rank already consumed: each worker drops its share of raw samples before
+    decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
+    """
+
+    def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, *, seed: int,
+                 shuffle_buffer: int, shuffle_initial: int, resampled: bool, draft: bool, num_workers: int,
+                 skip_batches: int = 0):
+        super().__init__()
+        if not shards:
+            raise ValueError("no training shards given")
+        self.urls = [str(p) for p in shards]
+        self.batch_size, self.collate, self.spec, self.seed = batch_size, collate, spec, seed
+        self.shuffle_buffer, self.shuffle_initial = shuffle_buffer, shuffle_initial
+        self.resampled, self.draft = resampled, draft
+        self.num_workers, self.skip_batches = max(num_workers, 1), skip_batches
+
+    def _shard_urls(self, rank: int, world: int, worker: int) -> Iterator[dict[str, str]]:
+        if self.resampled:
+            rng = random.Random(stable_seed("shards", self.seed, rank, world, worker, self.num_workers))
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        if len(self.urls) < world * self.num_workers:
+            raise ValueError(f"{len(self.urls)} shards < {world} ranks x {self.num_workers} workers: "
+                             "use resampled=True or fewer workers")
+        epoch = 0
+        while True:
+            order = list(self.urls)
+            random.Random(stable_seed("epoch", self.seed, epoch)).shuffle(order)
+            yield from wds.split_by_worker(wds.split_by_node({"url": u} for u in order))
+            epoch += 1
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        if workers != self.num_workers:
+            raise RuntimeError(f"stream built for {self.num_workers} workers runs in {workers}")
+        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(self._shard_urls(rank, world, worker))
+        samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
+                           stable_seed("shuffle", self.seed, rank, world, worker, workers))
+        # batches are handed out round-robin over workers, so worker w produced ceil((k - w) / W) of the first k
+        mine = max(0, -(-(self.skip_batches - worker) // workers))
+        samples = islice(samples, mine * self.batch_size, None)
+        decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
+        return batched(decoded, self.batch_size, self.collate, partial=False)
+
+
+class EvalPairStream(torch.utils.data.IterableDataset):
+    """One ordered pass over a split (shards split over loader workers), in batches; the last may be short."""
+
+    def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, draft: bool):
+        super().__init__()
+        self.urls = [str(p) for p in shards]
+        self.batch_size, self.collate, self.spec, self.draft = batch_size, collate, spec, draft
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        urls = wds.split_by_worker({"url": u} for u in self.urls)
+        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(urls)
+        decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
+        return batched(decoded, self.batch_size, self.collate, partial=True)
+
+
+def make_loader(stream: torch.utils.data.IterableDataset, num_workers: int) -> torch.utils.data.DataLoader:
+    """A DataLoader over a stream that already yields batches."""
+    if isinstance(stream, EvalPairStream):
+        num_workers = min(num_workers, len(stream.urls))
+    return torch.utils.data.DataLoader(
+        stream, batch_size=None, num_workers=num_workers, worker_init_fn=worker_init if num_workers else None,
+        persistent_workers=False, prefetch_factor=4 if num_workers else None)

@@ -1,0 +1,202 @@
+"""Evaluation: score a split, choose the tie threshold on validation_unique, report test_unique accuracy."""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from training import data as D
+from training.config import TrainConfig
+from training.metric import (THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline,
+                             tie_aware_accuracy)
+from training.model import PairScorer, build_model, load_model
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` -> cuda when available else cpu."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' requested but torch.cuda.is_available() is False")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    """bf16 autocast on CUDA when asked; plain fp32 on CPU."""
+    if device.type == "cuda" and bf16:
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@dataclass
+class SplitScores:
+    """Scores of every pair of a split, sorted by sample key."""
+
+    keys: list[str]
+    scores: np.ndarray   # [N, 2] logit_scale * cosine
+    labels: np.ndarray   # [N, 2]
+    weights: np.ndarray  # [N]
+    model_0: list[str]
+    model_1: list[str]
+
+
+@torch.no_grad()
+def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike, split: str, *,
+                batch_size: int = 64, num_workers: int = 1, draft: bool = True,
+                device: torch.device | None = None, bf16: bool = True) -> SplitScores:
+    """Scores of every pair in ``split`` with the model's own preprocessing geometry."""
+    device = device or next(scorer.parameters()).device
+    shards = D.split_shards(data_dir, split)
+    if not shards:
+        raise FileNotFoundError(f"split {split!r} of {data_dir} has no shards")
+    stream = D.EvalPairStream(shards, batch_size, D.PairCollator(processor.tokenizer),
+                              D.ImageSpec.from_processor(processor.image_processor), draft)
+    was_training = scorer.training
+    scorer.eval()
+    keys, scores, labels, weights, m0, m1 = [], [], [], [], [], []
+    for batch in D.make_loader(stream, num_workers):
+        with autocast(device, bf16):
+            out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                         batch["pixel_values"].to(device))
+        scores.append(out.float().cpu().numpy())
+        labels.append(batch["labels"].numpy())
+        weights.append(batch["weights"].numpy())
+        keys += batch["keys"]
+        m0 += batch["model_0"]
+        m1 += batch["model_1"]
+    scorer.train(was_training)
+    order = sorted(range(len(keys)), key=keys.__getitem__)
+    if len(set(keys)) != len(keys):
+        raise ValueError(f"split {split!r} holds duplicate sample keys")
+    return SplitScores([keys[i] for i in order], np.concatenate(scores)[order], np.concatenate(labels)[order],
+                       np.concatenate(weights)[order], [m0[i] for i in order], [m1[i] for i in order])
+
+
+def read_bayes_optimal(ground_truth: str | os.PathLike | None, split: str = "test_unique") -> float | None:
+    """``bayes_optimal_accuracy`` from the simulator's ``summary.json`` (a file or the ground_truth dir)."""
+    if ground_truth is None:
+        return None
+    path = Path(ground_truth)
+    path = path / "summary.json" if path.is_dir() else path
+    if not path.is_file():
+        return None
+    value = json.loads(path.read_text(encoding="utf-8")).get("bayes_optimal_accuracy")
+    if isinstance(value, dict):  # tolerate a per-split mapping
+        value = value.get(split, value.get("overall"))
+    if value is None:
+        return None
+    if not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"{path}: bayes_optimal_accuracy={value!r} is not a probability")
+    return float(value)
+
+
+@dataclass
+class EvalResult:
+    """Tie-aware accuracy of a model on the test split at the threshold chosen on the selection split."""
+
+    split_for_threshold: str
+    split: str
+    n_selection: int
+    n_test: int
+    test_ties: int
+    threshold: float
+    selection_accuracy: float
+    test_accuracy: float
+    random_baseline: float
+    random_threshold: float
+    random_baseline_at_threshold: float
+    test_accuracy_by_threshold: dict[float, float] = field(default_factory=dict)
+    model_dir: str = ""
+    untrained_test_accuracy: float | None = None
+    untrained_threshold: float | None = None
+    bayes_optimal_accuracy: float | None = None
+    fraction_of_bayes: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able dict (threshold keys as strings)."""
+        out = asdict(self)
+        out["test_accuracy_by_threshold"] = {f"{t:.1f}": v for t, v in self.test_accuracy_by_threshold.items()}
+        return out
+
+    def metadata(self) -> dict[str, Any]:
+        """Dagster-ready metadata: numbers plus a markdown metrics table."""
+        rows = [("test accuracy (trained)", self.test_accuracy), ("tie threshold (chosen on "
+                f"{self.split_for_threshold})", self.threshold), ("random baseline", self.random_baseline),
+                ("untrained model accuracy", self.untrained_test_accuracy),
+                ("Bayes-optimal accuracy", self.bayes_optimal_accuracy), ("fraction of Bayes", self.fraction_of_bayes)]
+        table = "| metric | value |\n|---|---|\n" + "\n".join(
+            f"| {name} | {'n/a' if v is None else f'{v:.4f}'} |" for name, v in rows)
+        meta = {k: v for k, v in self.to_dict().items() if k != "test_accuracy_by_threshold"}
+        meta["metrics_table"] = table
+        return meta
+
+
+def evaluate_scores(selection: SplitScores, test: SplitScores, split_for_threshold: str, split: str) -> EvalResult:
+    """Choose the threshold on ``selection``, apply it to ``test``; random baseline chosen the same way."""
+    choice = choose_threshold(selection.scores, selection.labels)
+    random_t = choose_random_threshold(selection.labels)
+    ties = int((test.labels[:, 0] == test.labels[:, 1]).sum())
+    return EvalResult(
+        split_for_threshold=split_for_threshold, split=split, n_selection=len(selection.keys), n_test=len(test.keys),
+        test_ties=ties, threshold=choice.threshold, selection_accuracy=choice.accuracy,
+        test_accuracy=tie_aware_accuracy(test.scores, test.labels, choice.threshold),
+        random_baseline=random_baseline(test.labels, random_t), random_threshold=random_t,
+        random_baseline_at_threshold=random_baseline(test.labels, choice.threshold),
+        test_accuracy_by_threshold={t: tie_aware_accuracy(test.scores, test.labels, t) for t in THRESHOLDS})
+
+
+def evaluate_loaded(clip: Any, processor: Any, data_dir: str | os.PathLike, split_for_threshold: str = "validation_unique",
+                    split: str = "test_unique", *, batch_size: int = 64, num_workers: int = 1, draft: bool = True,
+                    device: str = "auto") -> EvalResult:
+    """``evaluate_model`` for an in-memory CLIP model + processor."""
+    dev = resolve_device(device)
+    scorer = PairScorer(clip).to(dev)
+    kwargs = dict(batch_size=batch_size, num_workers=num_workers, draft=draft, device=dev)
+    return evaluate_scores(score_split(scorer, processor, data_dir, split_for_threshold, **kwargs),
+                           score_split(scorer, processor, data_dir, split, **kwargs), split_for_threshold, split)
+
+
+def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validation_unique",
+                       split: str = "test_unique", tokenizer: Any = None) -> EvalResult:
+    """The same evaluation for the initial model of ``config`` (seeded scratch init or the init checkpoint).
+
+    For 'scratch', pass the trained model's ``tokenizer`` to skip retraining it (it is a pure function of
+    the train captions, so the initial model is the same either way).
+    """
+    captions = (D.iter_captions(config.data_dir, "train", config.tokenizer_max_captions)
+                if config.init_from == "scratch" and tokenizer is None else None)
+    clip, processor = build_model(config, captions, tokenizer)
+    result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,
+                             batch_size=config.eval_batch_size, num_workers=config.num_workers,
+                             draft=config.draft_decode, device=config.device)
+    result.model_dir = f"untrained:{config.init_from}"
+    return result
+
+
+def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
+                   split_for_threshold: str = "validation_unique", split: str = "test_unique", *,
+                   ground_truth: str | os.PathLike | None = None, include_untrained: bool = True,
+                   batch_size: int = 64, num_workers: int = 1, device: str = "auto") -> EvalResult:
+    """Evaluate a saved model; with its ``train_config.json``, also its untrained initial model."""
+    clip, processor = load_model(model_dir)
+    config_file = Path(model_dir) / "train_config.json"
+    config = TrainConfig.load(Path(model_dir)) if config_file.is_file() else None
+    draft = config.draft_decode if config else True
+    result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,
+                             num_workers=num_workers, draft=draft, device=device)
+    result.model_dir = str(model_dir)
+    if include_untrained and config is not None:
+        untrained = evaluate_untrained(config.replace(data_dir=str(data_dir), num_workers=num_workers,
+                                                      eval_batch_size=batch_size, device=device),
+                                       split_for_threshold, split, tokenizer=processor.tokenizer)
+        result.untrained_test_accuracy, result.untrained_threshold = untrained.test_accuracy, untrained.threshold
+    result.bayes_optimal_accuracy = read_bayes_optimal(ground_truth, split)
+    if result.bayes_optimal_accuracy:
+        result.fraction_of_bayes = result.test_accuracy / result.bayes_optimal_accuracy
+    return result

@@ -1,0 +1,144 @@
+"""The preference model: a ``transformers.CLIPModel`` (local checkpoint or tiny 'scratch' one) + its processor.
+
+'scratch' = a tiny CLIPConfig (demo preset: ViT 64 px / patch 8, 2 layers, width 64; text 2 layers, width
+64; projection 64; about 0.33 M parameters with the 2,048-token vocabulary: ``count_parameters``) plus a
+byte-level BPE tokenizer trained offline with ``tokenizers`` on the train captions, laid out like CLIP's
+own vocabulary (256 bytes, 256 bytes + ``</w>``, merges in order, then ``<|startoftext|>``,
+``<|endoftext|>``) so the id assignment is deterministic. It is saved as a plain ``CLIPTokenizer``, so
+``AutoProcessor`` / ``AutoModel.from_pretrained(dir)`` load it like any CLIP / PickScore checkpoint.
+Nothing is ever downloaded: every load passes ``local_files_only=True``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers.utils import logging as hf_logging
+from transformers import (AutoProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor,
+                          CLIPTokenizer)
+
+from training.config import TrainConfig
+
+hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
+
+BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# CLIP's own pre-tokenization (transformers' CLIPTokenizer): words, digits, punctuation runs.
+_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+def _bpe_pipeline() -> Tokenizer:
+    tok = Tokenizer(models.BPE(unk_token=EOS, end_of_word_suffix="</w>", continuing_subword_prefix=""))
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_CLIP_SPLIT), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    return tok
+
+
+def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 77) -> CLIPTokenizer:
+    """Train a CLIP-style byte-level BPE on ``captions`` (offline) and wrap it as a ``CLIPTokenizer``."""
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    n_merges = vocab_size - 2 * len(alphabet) - 2
+    if n_merges <= 0:
+        raise ValueError(f"vocab_size={vocab_size} leaves no room for merges (needs > {2 * len(alphabet) + 2})")
+    tok = _bpe_pipeline()
+    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_merges + 2, special_tokens=[BOS, EOS],
+                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
+    tok.train_from_iterator(captions, trainer)
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
+              json.loads(tok.to_str())["model"]["merges"]][:n_merges]
+    # the trainer's ids depend on hash-map order; CLIP's layout makes them a function of the merges only
+    vocab: dict[str, int] = {}
+    for token in [*alphabet, *(a + "</w>" for a in alphabet), *(a + b for a, b in merges), BOS, EOS]:
+        vocab.setdefault(token, len(vocab))
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def scratch_clip_config(config: TrainConfig, tokenizer: CLIPTokenizer) -> CLIPConfig:
+    """The tiny CLIPConfig of the 'scratch' model (sizes from ``config``)."""
+    return CLIPConfig(
+        text_config=dict(vocab_size=len(tokenizer), hidden_size=config.text_width,
+                         intermediate_size=4 * config.text_width, num_hidden_layers=config.layers,
+                         num_attention_heads=config.heads, max_position_embeddings=config.max_length,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(image_size=config.image_size, patch_size=config.patch_size,
+                           hidden_size=config.vision_width, intermediate_size=4 * config.vision_width,
+                           num_hidden_layers=config.layers, num_attention_heads=config.heads),
+        projection_dim=config.projection_dim)
+
+
+def scratch_processor(config: TrainConfig, tokenizer: CLIPTokenizer) -> CLIPProcessor:
+    """CLIP processor (bicubic, shortest edge + center crop at ``image_size``, CLIP mean/std) + tokenizer."""
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": config.image_size},
+                                            crop_size={"height": config.image_size, "width": config.image_size})
+    return CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer)
+
+
+def build_model(config: TrainConfig, captions: Iterable[str] | None = None,
+                tokenizer: CLIPTokenizer | None = None) -> tuple[CLIPModel, CLIPProcessor]:
+    """The initial model: 'scratch' (seeded init; tokenizer given or trained on ``captions``) or a local checkpoint."""
+    if config.init_from == "scratch":
+        if tokenizer is None:
+            if captions is None:
+                raise ValueError("init_from='scratch' needs the train captions to train its tokenizer")
+            tokenizer = train_tokenizer(captions, config.tokenizer_vocab_size, config.max_length)
+        torch.manual_seed(config.seed)
+        return CLIPModel(scratch_clip_config(config, tokenizer)), scratch_processor(config, tokenizer)
+    return load_model(config.init_from)
+
+
+def load_model(model_dir: str | Path) -> tuple[CLIPModel, Any]:
+    """Load a CLIP / PickScore checkpoint and its processor from a local directory (never downloads)."""
+    path = Path(model_dir).expanduser()
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"init_from/model dir {str(path)!r} holds no config.json (not a saved HF model; "
+                                "nothing is downloaded: pass a local directory or 'scratch')")
+    model = CLIPModel.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    return model, processor
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    """Number of parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _embeds(output: Any) -> torch.Tensor:
+    # transformers >= 5 returns a ModelOutput whose pooler_output is the projected embedding
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class PairScorer(torch.nn.Module):
+    """``forward(input_ids, attention_mask, pixel_values[B, 2, 3, H, W]) -> scores[B, 2]`` (wrap this in DDP)."""
+
+    def __init__(self, clip: CLIPModel):
+        super().__init__()
+        self.clip = clip
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch = pixel_values.shape[0]
+        image = _embeds(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
+        text = _embeds(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        image = image / image.norm(dim=-1, keepdim=True)
+        text = text / text.norm(dim=-1, keepdim=True)
+        scores = torch.einsum("bd,bkd->bk", text, image.view(batch, 2, -1))
+        return self.clip.logit_scale.exp() * scores
+
+
+@torch.no_grad()
+def score_prompt_images(model: CLIPModel, processor: Any, prompt: str, images: Sequence[Any],
+                        device: str = "cpu") -> list[float]:
+    """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred."""
+    image_inputs = processor(images=list(images), return_tensors="pt").to(device)
+    text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+    image_embs = _embeds(model.get_image_features(**image_inputs))
+    image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
+    text_embs = _embeds(model.get_text_features(**text_inputs))
+    text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
+    scores = model.logit_scale.exp() * (text_embs @ image_embs.T)[0]
+    return torch.softmax(scores, dim=-1).cpu().tolist()

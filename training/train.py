@@ -1,0 +1,418 @@
+"""PickScore-style preference training of a CLIP model on published Pick-a-Pic shards (plain PyTorch + DDP).
+
+Run: ``python -m training.train --data-dir HOME/datasets/pickapic/latest --output-dir HOME/models/run1``
+(one process, CPU or one GPU) or ``torchrun --nproc_per_node N -m training.train ...`` (DDP; gloo on
+CPU, nccl on CUDA). Output dir layout::
+
+    init/                   scratch runs: the untrained initial model (model + processor + train_config.json)
+    checkpoints/last/       latest state for resuming (model, processor, trainer_state.pt, train_config.json)
+    best/                   best model by validation_unique tie-aware accuracy (save_pretrained + config)
+    metrics.json            history (train loss, lr, validation accuracy) + final test_unique evaluation
+    curve.png               training curve
+
+Rerunning the same command resumes from ``checkpoints/last`` (optimizer, scheduler, step and data
+position restored; a finished run only re-evaluates).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from pipelines.storage import write_bytes_atomic
+from training import data as D
+from training.config import RESUMABLE_FIELDS, TrainConfig, preset
+from training.evaluate import EvalResult, SplitScores, autocast, evaluate_scores, resolve_device, score_split
+from training.loss import global_weight_sum, pair_kl, preference_loss
+from training.metric import choose_threshold
+from training.model import PairScorer, build_model, count_parameters, load_model
+
+STATE_FILE = "trainer_state.pt"
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class TrainResult:
+    """Where a run wrote its outputs and what it measured."""
+
+    output_dir: Path
+    best_dir: Path
+    metrics_path: Path
+    curve_path: Path
+    steps: int
+    best_step: int
+    best_val_accuracy: float
+    final_train_loss: float
+    test: EvalResult
+    n_parameters: int
+    resumed_from_step: int
+    wall_s: float
+    world_size: int = 1
+    pairs_per_s: float = 0.0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def metadata(self) -> dict[str, Any]:
+        """Dagster-ready metadata (JSON-able values, markdown table)."""
+        return {
+            "output_dir": str(self.output_dir), "best_dir": str(self.best_dir), "metrics_json": str(self.metrics_path),
+            "curve_png": str(self.curve_path), "steps": self.steps, "best_step": self.best_step,
+            "best_val_accuracy": self.best_val_accuracy, "final_train_loss": self.final_train_loss,
+            "test_accuracy": self.test.test_accuracy, "threshold": self.test.threshold,
+            "random_baseline": self.test.random_baseline, "n_parameters": self.n_parameters,
+            "resumed_from_step": self.resumed_from_step, "wall_s": round(self.wall_s, 2),
+            "world_size": self.world_size, "pairs_per_s": round(self.pairs_per_s, 1),
+            "metrics_table": self.test.metadata()["metrics_table"],
+        }
+
+
+# --------------------------------------------------------------------------- distributed helpers
+def _init_distributed(device_pref: str) -> tuple[int, int, int, bool]:
+    """(rank, world, local_rank, created): join the torchrun process group when WORLD_SIZE > 1."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, 0, False
+    created = False
+    if not dist.is_initialized():
+        use_cuda = device_pref != "cpu" and torch.cuda.is_available()
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        created = True
+    return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
+
+
+def _barrier(world: int) -> None:
+    if world > 1:
+        dist.barrier()
+
+
+def _all_mean(value: torch.Tensor, world: int) -> float:
+    value = value.detach().float().clone()
+    if world > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        value /= world
+    return float(value)
+
+
+# --------------------------------------------------------------------------- checkpoint io
+def _save_dir_atomic(final: Path, write: Callable[[Path], None]) -> None:
+    """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one)."""
+    tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        final.rename(old)
+    tmp.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _recover_dir(final: Path) -> None:
+    """After a crash between the two renames of ``_save_dir_atomic``, restore the previous directory."""
+    old = final.with_name(f".{final.name}.old")
+    if not final.exists() and old.exists():
+        old.rename(final)
+
+
+def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig) -> None:
+    clip.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    config.save(directory)
+
+
+def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
+    changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
+                     if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name))
+    if changed:
+        raise ValueError(f"cannot resume {config.output_dir}: config fields {changed} differ from the checkpoint "
+                         "(use a new output_dir)")
+
+
+def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup  # step 0 already trains at lr / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return factor
+
+
+def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW; weight decay on matrices only (biases, norms, logit_scale and embeddings' 1-D params excluded)."""
+    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=config.learning_rate,
+                             betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+
+
+# --------------------------------------------------------------------------- outputs
+def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
+    choice = choose_threshold(scores.scores, scores.labels)
+    kl = pair_kl(torch.from_numpy(scores.scores), torch.from_numpy(scores.labels)).numpy()
+    return {"step": step, "val_accuracy": choice.accuracy, "val_threshold": choice.threshold,
+            "val_loss": float((scores.weights * kl).sum() / scores.weights.sum())}
+
+
+def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
+    """Training curve PNG: train loss and validation accuracy against step (matplotlib Agg)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [h for h in history if "loss" in h]
+    val = [h for h in history if "val_accuracy" in h]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
+    ax_loss.plot([h["step"] for h in train], [h["loss"] for h in train], label="train (weighted KL)")
+    ax_loss.plot([h["step"] for h in val], [h["val_loss"] for h in val], "o-", label="validation_unique")
+    ax_loss.set(xlabel="step", ylabel="loss", title="loss")
+    ax_loss.legend()
+    ax_acc.plot([h["step"] for h in val], [h["val_accuracy"] for h in val], "o-", color="C2")
+    ax_acc.set(xlabel="step", ylabel="tie-aware accuracy", title="validation_unique accuracy")
+    fig.suptitle(title)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
+    plt.close(fig)
+    write_bytes_atomic(path, buf.getvalue())
+    return path
+
+
+# --------------------------------------------------------------------------- training
+def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+    """Train (or resume) a preference model per ``config``; rank 0 writes every output."""
+    if not config.output_dir or not config.data_dir:
+        raise ValueError(f"TrainConfig needs data_dir and output_dir (got {config.data_dir!r}, {config.output_dir!r})")
+    started = time.perf_counter()
+    rank, world, local_rank, created_group = _init_distributed(config.device)
+    threads = torch.get_num_threads()
+    if resolve_device(config.device).type == "cpu":
+        # loader workers need their cores; on 2 vCPUs 2 intra-op threads are slower than 1 (training/README.md)
+        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // (world * (1 + config.num_workers))))
+    try:
+        return _train(config, progress, rank, world, local_rank, started)
+    finally:
+        torch.set_num_threads(threads)
+        if created_group:
+            dist.destroy_process_group()
+
+
+def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int, local_rank: int,
+           started: float) -> TrainResult:
+    device = resolve_device(config.device)
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    if config.batch_size % world:
+        raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
+    out = Path(config.output_dir)
+    last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
+    data_dir = D.resolve_version_dir(config.data_dir)
+    emit = progress if (progress is not None and rank == 0) else (lambda _: None)
+
+    # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        _recover_dir(last_dir)
+        _recover_dir(best_dir)
+    _barrier(world)
+    state = None
+    if (last_dir / STATE_FILE).is_file():
+        _check_resumable(TrainConfig.load(last_dir), config)
+        clip, processor = load_model(last_dir)
+        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=False)
+    elif config.init_from == "scratch":
+        if rank == 0 and not (init_dir / "config.json").is_file():
+            clip, processor = build_model(config, D.iter_captions(data_dir, "train", config.tokenizer_max_captions))
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config))
+        _barrier(world)
+        clip, processor = load_model(init_dir)
+    else:
+        clip, processor = load_model(config.init_from)
+
+    scorer = PairScorer(clip).to(device)
+    model = (torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[local_rank] if device.type == "cuda"
+                                                       else None) if world > 1 else scorer)
+    optimizer = _optimizer(scorer, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(config.warmup_steps, config.max_steps))
+    step, history, best = 0, [], {"step": -1, "val_accuracy": -1.0}
+    torch.manual_seed(config.seed + rank)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step, history, best = state["step"], state["history"], state["best"]
+        torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
+    resumed_from = step
+    spec = D.ImageSpec.from_processor(processor.image_processor)
+    collate = D.PairCollator(processor.tokenizer, config.max_length)
+
+    def validate() -> dict[str, Any] | None:
+        if rank != 0:
+            return None
+        scores = score_split(scorer, processor, data_dir, config.eval_split, batch_size=config.eval_batch_size,
+                             num_workers=config.num_workers, draft=config.draft_decode, device=device,
+                             bf16=config.bf16)
+        return _validation_entry(step, scores)
+
+    def checkpoint(improved: bool) -> None:
+        if rank == 0:
+            if improved:
+                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config))
+            rngs = [torch.get_rng_state()]
+            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "history": history, "best": best, "torch_rng": rngs}
+
+            def write(d: Path) -> None:
+                _save_model(d, clip, processor, config)
+                torch.save(trainer_state, d / STATE_FILE)
+            _save_dir_atomic(last_dir, write)
+        _barrier(world)
+
+    def record_eval() -> None:
+        nonlocal best
+        entry = validate()
+        improved = False
+        if rank == 0:
+            history.append(entry)
+            improved = entry["val_accuracy"] > best["val_accuracy"]
+            if improved:
+                best = {"step": step, "val_accuracy": entry["val_accuracy"]}
+            emit({"event": "eval", **entry})
+        checkpoint(improved)
+
+    if step == 0 and state is None:
+        record_eval()  # step 0 = the untrained model on validation_unique
+
+    shards = D.split_shards(data_dir, "train")
+    per_rank = config.batch_size // world
+    loop_started, loop_steps = time.perf_counter(), 0
+    running, running_n = 0.0, 0
+    if step < config.max_steps:
+        stream = D.TrainPairStream(shards, per_rank, collate, spec, seed=config.seed,
+                                   shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,
+                                   resampled=config.resampled, draft=config.draft_decode,
+                                   num_workers=config.num_workers, skip_batches=step)
+        scorer.train()
+        for batch in D.make_loader(stream, config.num_workers):
+            labels, weights = batch["labels"].to(device), batch["weights"].to(device)
+            with autocast(device, config.bf16):
+                scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                               batch["pixel_values"].to(device, non_blocking=True))
+            loss = preference_loss(scores.float(), labels, weights, global_weight_sum(weights), world)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loop_steps += 1
+            running += _all_mean(loss, world)  # global weighted loss of this step
+            running_n += 1
+            if step % config.log_every == 0 or step == config.max_steps:
+                entry = {"step": step, "loss": running / running_n, "lr": lr}
+                if rank == 0:
+                    history.append(entry)
+                emit({"event": "train", **entry})
+                running, running_n = 0.0, 0
+            if step % config.eval_every == 0 or step == config.max_steps:
+                record_eval()
+            if step >= config.max_steps:
+                break
+    loop_s = time.perf_counter() - loop_started
+
+    # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
+    result = None
+    if rank == 0:
+        best_clip, best_processor = load_model(best_dir)
+        best_scorer = PairScorer(best_clip).to(device)
+        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, draft=config.draft_decode,
+                      device=device, bf16=config.bf16)
+        test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
+                               score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
+                               config.eval_split, config.test_split)
+        test.model_dir = str(best_dir)
+        train_losses = [h["loss"] for h in history if "loss" in h]
+        metrics = {"config": config.to_dict(), "n_parameters": count_parameters(clip), "world_size": world,
+                   "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+                   "final_train_loss": train_losses[-1] if train_losses else None,
+                   "test": test.to_dict(), "history": history}
+        metrics_path = out / "metrics.json"
+        write_bytes_atomic(metrics_path, (json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode())
+        curve_path = write_curve(history, out / "curve.png",
+                                 f"{config.preset} preset, init {Path(config.init_from).name}: "
+                                 f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
+        pairs = loop_steps * config.batch_size
+        result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
+                             metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
+                             time.perf_counter() - started, world, pairs / loop_s if loop_s > 0 else 0.0, history)
+        emit({"event": "done", **result.metadata()})
+    _barrier(world)
+    if result is None:  # non-zero ranks: a light result naming the shared outputs
+        result = TrainResult(out, best_dir, out / "metrics.json", out / "curve.png", step, best["step"],
+                             best["val_accuracy"], float("nan"), EvalResult("", "", 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
+                             count_parameters(clip), resumed_from, time.perf_counter() - started, world)
+    return result
+
+
+# --------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Trainer flags (mounted by the lead as ``pickapic train``)."""
+    parser.add_argument("--data-dir", required=True, help="published version dir or datasets/pickapic/latest")
+    parser.add_argument("--output-dir", required=True, help="run dir (rerun the same command to resume)")
+    parser.add_argument("--preset", default="demo", choices=["demo", "paper"])
+    parser.add_argument("--init-from", default=None, help="'scratch' or a local HF CLIP / PickScore dir")
+    for name, kind in (("max-steps", int), ("batch-size", int), ("learning-rate", float), ("weight-decay", float),
+                       ("warmup-steps", int), ("eval-every", int), ("num-workers", int), ("seed", int),
+                       ("shuffle-buffer", int), ("eval-batch-size", int), ("log-every", int), ("image-size", int),
+                       ("patch-size", int), ("tokenizer-vocab-size", int)):
+        parser.add_argument(f"--{name}", type=kind, default=None)
+    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--no-resampled", dest="resampled", action="store_false", default=None,
+                        help="walk epochs with split_by_node/split_by_worker instead of resampling shards")
+    parser.add_argument("--no-draft", dest="draft_decode", action="store_false", default=None,
+                        help="full JPEG decode instead of the DCT-scaled draft")
+    parser.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig from parsed flags (preset values, then the flags given)."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
+    return preset(args.preset, **overrides)
+
+
+def run_from_args(args: argparse.Namespace) -> TrainResult:
+    """Train from parsed flags; rank 0 prints a JSON summary."""
+    def show(event: dict[str, Any]) -> None:
+        if event["event"] != "done":
+            print(json.dumps(event), flush=True)
+
+    result = train(config_from_args(args), progress=show)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(json.dumps(result.metadata(), indent=1), flush=True)
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.train``."""
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    run_from_args(parser.parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
