@@ -553,7 +553,10 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
     if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
         # images (the biggest file) in one process, the other tables in another
         groups = [("images",), ("rankings", "downloads", "users")]
-        context = multiprocessing.get_context("spawn")  # no fork of a process that may hold Arrow threads
+        # fork: a spawned child would re-import the caller's __main__; the child only parses and
+        # builds Arrow arrays (Arrow re-creates its thread pools after fork)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
         with ProcessPoolExecutor(max_workers=min(config.workers, len(groups)), mp_context=context) as pool:
             futures = [pool.submit(_ingest_tables, home, day, group, config) for group in groups]
             results = {k: v for future in futures for k, v in future.result().items()}

@@ -251,19 +251,23 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         while True:
             order = list(self.urls)
             random.Random(stable_seed("epoch", self.seed, epoch)).shuffle(order)
-            yield from wds.split_by_worker(wds.split_by_node({"url": u} for u in order))
+            # wds.split_by_worker, but on the logical worker id (see __iter__)
+            yield from islice(wds.split_by_node({"url": u} for u in order), worker, None, self.num_workers)
             epoch += 1
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rank, world, physical, workers = wds.utils.pytorch_worker_info()
         if workers != self.num_workers:
             raise RuntimeError(f"stream built for {self.num_workers} workers runs in {workers}")
+        # The DataLoader takes batch k from worker k % W and always starts at worker 0. After skipping s
+        # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
+        # logical worker w has already produced ceil((s - w) / W) batches.
+        worker = (physical + self.skip_batches) % workers
         samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(self._shard_urls(rank, world, worker))
         samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
-        # batches are handed out round-robin over workers, so worker w produced ceil((k - w) / W) of the first k
-        mine = max(0, -(-(self.skip_batches - worker) // workers))
-        samples = islice(samples, mine * self.batch_size, None)
+        done = max(0, -(-(self.skip_batches - worker) // workers))
+        samples = islice(samples, done * self.batch_size, None)
         decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
         return batched(decoded, self.batch_size, self.collate, partial=False)
 

@@ -1,5 +1,4 @@
 """Curation group: duplicate clusters, keep/drop decisions, preference pairs (metadata only, no bytes)."""
-from __future__ import annotations
 
 import dagster as dg
 

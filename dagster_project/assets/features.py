@@ -1,5 +1,4 @@
 """Features group: the Apache Beam fingerprinting job for one day's images."""
-from __future__ import annotations
 
 import shlex
 

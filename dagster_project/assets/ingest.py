@@ -1,5 +1,4 @@
 """Ingest group: one day's raw export -> validated Parquet tables + quarantine."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,5 +1,4 @@
 """Publish group: WebDataset shards + Parquet sidecars, switched to `latest` atomically."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -1,5 +1,4 @@
 """Splits group: leak-free train / validation / test (+ _unique) by user, prompt and duplicate cluster."""
-from __future__ import annotations
 
 import dagster as dg
 

@@ -21,7 +21,7 @@ DAY1, DAY2 = "2023-03-01", "2023-03-02"
 
 def test_two_generated_days(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
-    blobs = {f"img{i:02d}": png(i, (512, 512) if i % 3 else (768, 640)) for i in range(24)}
+    blobs = {f"img{i:02d}": png(i, (512, 512) if i % 3 else (768, 640)) for i in range(12)}
     blobs.update({f"face{i}": encode(image) for i, image in enumerate(face_variants())})
     blobs.update({f"bad_{reason}": data for reason, data in bad_blobs().items()})
     blobs["bad_bomb"] = bomb_png()
@@ -33,7 +33,7 @@ def test_two_generated_days(tmp_path: Path) -> None:
     feats = pq.read_table(home.partition_file("image_features", DAY1))
     rejects = pq.read_table(home.partition_file("image_rejects", DAY1))
     assert report.inputs == len(uids) == feats.num_rows + rejects.num_rows
-    assert report.processed == 24 + len(face_variants())
+    assert report.processed == 12 + len(face_variants())
     assert set(rejects["image_uid"].to_pylist()) == {u for u in uids if u.startswith("bad_")}
     assert report.rejected["decompression_bomb"] == 2 and report.rejected["unsafe_path"] == 1
     rows = {r["image_uid"]: r for r in feats.to_pylist()}
@@ -51,12 +51,12 @@ def test_two_generated_days(tmp_path: Path) -> None:
 
     # The next night: two new images, one re-upload of known bytes; nothing else is recomputed.
     write_day(home, DAY2, {"new1": png(500), "new2": png(501), "reupload": blobs["img05"]})
-    second = build_features(home, DAY2, config)
+    second = build_features(home, DAY2, FeaturesConfig(workers=2))
     assert (second.processed, second.reused_by_sha256, second.rejected_total) == (2, 1, 0)
     copied = {r["image_uid"]: r for r in pq.read_table(home.partition_file("image_features", DAY2)).to_pylist()}
     assert copied["reupload"]["reused_from"] == "img05" and copied["reupload"]["phash"] == rows["img05"]["phash"]
 
     before = home.partition_file("image_features", DAY1).read_bytes()
-    rerun = build_features(home, DAY1, config)
+    rerun = build_features(home, DAY1, FeaturesConfig(workers=2))
     assert rerun.processed == 0 and rerun.reused_by_uid == len(rows)
     assert home.partition_file("image_features", DAY1).read_bytes() == before

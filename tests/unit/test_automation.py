@@ -18,9 +18,15 @@ def _land_day(home: DataHome, day: str, tables=automation.RAW_TABLE_FILES) -> No
             handle.write(b"")
 
 
+def _sensor_context(root):
+    return dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(root))},
+                                   repository_def=defs.get_repository_def())
+
+
 def test_nightly_schedule_requests_yesterday_partition():
     context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2023, 3, 5, 2, 0, tzinfo=dt.timezone.utc))
+        scheduled_execution_time=dt.datetime(2023, 3, 5, 2, 0, tzinfo=dt.timezone.utc),
+        repository_def=defs.get_repository_def())
     request = automation.nightly_schedule.evaluate_tick(context).run_requests[0]
     assert request.partition_key == "2023-03-04"
     assert request.run_key == "nightly-2023-03-04"
@@ -38,7 +44,7 @@ def test_raw_partition_sensor_requests_complete_days_only(tmp_path):
     _land_day(home, "2023-02-13")
     _land_day(home, "2023-02-14")
     _land_day(home, "2023-02-15", tables=automation.RAW_TABLE_FILES[:2])  # still landing
-    context = dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(tmp_path))})
+    context = _sensor_context(tmp_path)
     result = automation.raw_partition_sensor.evaluate_tick(context)
     assert [r.partition_key for r in result.run_requests] == ["2023-02-13", "2023-02-14"]
     keys = [r.run_key for r in result.run_requests]
@@ -46,18 +52,18 @@ def test_raw_partition_sensor_requests_complete_days_only(tmp_path):
 
     # the same files give the same run keys (Dagster skips them); a re-export changes the key
     again = automation.raw_partition_sensor.evaluate_tick(
-        dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(tmp_path))}))
+        _sensor_context(tmp_path))
     assert [r.run_key for r in again.run_requests] == keys
     with gzip.open(home.raw_file("2023-02-14", "rankings"), "wb") as handle:
         handle.write(b'{"x": 1}\n')
     changed = automation.raw_partition_sensor.evaluate_tick(
-        dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(tmp_path))}))
+        _sensor_context(tmp_path))
     assert changed.run_requests[0].run_key == keys[0]
     assert changed.run_requests[1].run_key != keys[1]
 
 
 def test_raw_partition_sensor_skips_when_nothing_landed(tmp_path):
-    context = dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(tmp_path))})
+    context = _sensor_context(tmp_path)
     result = automation.raw_partition_sensor.evaluate_tick(context)
     assert not result.run_requests
     assert "no complete raw partition" in result.skip_message

@@ -1,0 +1,92 @@
+"""Model group: the CLIP preference trainer, its tie-aware evaluation and the generator leaderboard."""
+
+import json
+from pathlib import Path
+
+import dagster as dg
+
+from dagster_project.metadata import png_markdown, report_metadata, to_metadata
+from dagster_project.resources import PickapicHome
+from dagster_project.runconfig import config_class, to_dataclass
+from pipelines.home import DataHome
+from training.config import TrainConfig
+
+_BaseTrainRunConfig = config_class(TrainConfig, "_BaseTrainRunConfig")
+
+
+class TrainRunConfig(_BaseTrainRunConfig):
+    """Trainer knobs (demo preset by default); data_dir/output_dir default to `latest` and HOME/models."""
+
+
+def latest_version_dir(home: DataHome) -> Path:
+    """The version directory `latest` points to, or a clear error when nothing is published."""
+    link = home.datasets / "latest"
+    if not link.exists():
+        raise FileNotFoundError(f"no published dataset at {link}; materialize published_dataset first")
+    return link.resolve()
+
+
+def model_run_dir(home: DataHome, version_dir: Path) -> Path:
+    """One training run directory per published dataset version (resumable in place)."""
+    return home.models / "preference_model" / version_dir.name
+
+
+def _trained_model_dir(home: DataHome) -> tuple[Path, Path]:
+    version_dir = latest_version_dir(home)
+    best = model_run_dir(home, version_dir) / "best"
+    if not best.is_dir():
+        raise FileNotFoundError(f"no trained model for {version_dir.name} at {best}; materialize preference_model first")
+    return version_dir, best
+
+
+@dg.asset(deps=["published_dataset"], group_name="model", kinds={"pytorch", "webdataset"})
+def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, data_home: PickapicHome):
+    """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
+    home = data_home.home()
+    version_dir = latest_version_dir(home)
+    train_config = to_dataclass(TrainConfig, config)
+    train_config = train_config.replace(
+        data_dir=train_config.data_dir or str(version_dir),
+        output_dir=train_config.output_dir or str(model_run_dir(home, version_dir)),
+    )
+    from training.train import train
+
+    def progress(event: dict) -> None:
+        if "step" in event and "loss" in event:
+            context.log.info(f"step {event['step']}: loss {event['loss']:.4f}")
+
+    result = train(train_config, progress=progress)
+    metadata = report_metadata(result)
+    metadata["training_curve"] = png_markdown(result.curve_path, "training curve")
+    metadata["dataset_version"] = version_dir.name
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})
+def preference_model_eval(data_home: PickapicHome):
+    """Tie-aware test_unique accuracy vs the random baseline, the untrained model and the Bayes optimum."""
+    from training.evaluate import evaluate_model
+
+    home = data_home.home()
+    version_dir, best = _trained_model_dir(home)
+    summary = home.ground_truth / "summary.json"
+    result = evaluate_model(best, version_dir, ground_truth=summary if summary.is_file() else None)
+    out = best.parent / "eval.json"
+    out.write_text(json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n")
+    return dg.MaterializeResult(metadata={**report_metadata(result), "eval_json": str(out)})
+
+
+@dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})
+def generator_leaderboard(data_home: PickapicHome):
+    """Bradley-Terry ratings of the generator models: humans vs the trained scorer vs (simulated) truth."""
+    from training.leaderboard import generator_leaderboard as rank_generators
+
+    home = data_home.home()
+    version_dir, best = _trained_model_dir(home)
+    truth = home.ground_truth / "models.json"
+    result = rank_generators(version_dir, best, truth if truth.is_file() else None,
+                             chart_path=best.parent / "leaderboard.png")
+    metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "chart_png"})
+    if result.chart_path:
+        metadata["chart"] = png_markdown(result.chart_path, "generator leaderboard")
+    return dg.MaterializeResult(metadata=metadata)
