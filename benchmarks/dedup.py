@@ -63,9 +63,9 @@ def brute_force_pairs(phash: np.ndarray, k: int, tile: int = 256) -> tuple[set[t
     started = time.perf_counter()
     found = set()
     for i in range(0, len(masked), tile):
-        distance = np.bitwise_count(masked[i:i + tile, None] ^ masked[None, :])
+        distance = np.bitwise_count(masked[i:i + tile, None] ^ masked[None, i:])
         rows, cols = np.nonzero(distance <= k)
-        found.update((i + r, c) for r, c in zip(rows.tolist(), cols.tolist()) if i + r < c)
+        found.update((i + r, i + c) for r, c in zip(rows.tolist(), cols.tolist()) if r < c)
     return found, time.perf_counter() - started
 
 

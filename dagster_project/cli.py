@@ -121,10 +121,20 @@ def _status_printer() -> Callable[[str], None]:
     return note
 
 
+def _quiet_logging(debug: bool) -> None:
+    """Keep library chatter (Beam's optional-dependency warnings) off the console unless --debug."""
+    import logging
+
+    logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    if not debug:
+        logging.getLogger().setLevel(logging.ERROR)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pickapic` console script."""
     parser = _build_parser()
     args = parser.parse_args(argv)
+    _quiet_logging(args.debug)
     try:
         if hasattr(args, "_module"):
             outcome = importlib.import_module(args._module).run_from_args(args)

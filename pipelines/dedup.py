@@ -8,7 +8,7 @@ How it works (every step is a ``sql/dedup_*.sql`` file):
    finds every candidate without comparing all pairs. The dHash is banded too (second opinion: a
    candidate found only by its dHash bands still has to pass the pHash check), which recovers
    pairs whose pHash changed in more bands than the pigeonhole guarantees.
-3. Images with equal (pHash, dHash) (blank or solid images, re-encodes) are linked to their group's
+3. Images with an equal pHash (distance 0: blank or solid images, lossless re-encodes) are linked to their group's
    smallest member directly, so the join runs on distinct hash values only and a blank-image group
    costs O(n), not O(n^2). Buckets still holding more than ``max(min_bucket_cap,
    max_bucket_fraction * N)`` distinct values are left out of the join and reported.

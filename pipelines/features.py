@@ -330,8 +330,11 @@ def contains_digest(digests: np.ndarray, digest: bytes) -> bool:
     """Binary search for ``digest`` in the sorted array."""
     if digests.size == 0:
         return False
-    index = int(np.searchsorted(digests, np.bytes_(digest)))
-    return index < digests.size and digests[index] == digest
+    # numpy compares S32 values without trailing NUL bytes; comparing two S32 values is still exact
+    # (same length), comparing one with raw ``bytes`` would not be.
+    key = np.array(digest, dtype="S32")
+    index = int(np.searchsorted(digests, key))
+    return index < digests.size and bool(digests[index] == key)
 
 
 # ---------------------------------------------------------------------------------------- DoFns
@@ -680,13 +683,17 @@ def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list
 
 
 def known_digests(history: list[tuple[str, Path]]) -> np.ndarray:
-    """Sorted unique sha256 digests (``S32``) of the given partitions."""
+    """Sorted unique sha256 digests (``S32``) of the given partitions (hex decoded with numpy)."""
     table = _index(history, ["sha256"])
     if table.num_rows == 0:
         return np.empty(0, dtype="S32")
-    digests = np.array([bytes.fromhex(h) for h in pc.unique(table["sha256"]).to_pylist()], dtype="S32")
-    digests.sort()
-    return digests
+    hexes = np.asarray(pc.unique(table["sha256"]).to_numpy(zero_copy_only=False), dtype="S64")
+    chars = np.frombuffer(hexes.tobytes(), dtype=np.uint8).reshape(-1, 64).astype(np.int16)
+    nibbles = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0"))
+    if ((nibbles < 0) | (nibbles > 15)).any():
+        raise ValueError("image_features.sha256 holds a value that is not 64 lowercase hex characters")
+    digests = np.ascontiguousarray(((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)).view("S32").ravel()
+    return np.sort(digests)
 
 
 def rows_reused_by_sha256(day: dt.date, candidates: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:

@@ -61,7 +61,7 @@ def run_sql(con: duckdb.DuckDBPyConnection, name: str, params: Mapping[str, obje
     """Run ``sql/<name>.sql`` with named ``$params`` and return an Arrow table."""
     text = sql_text(name)
     try:
-        return con.execute(text, dict(params or {})).fetch_arrow_table()
+        return con.sql(text, params=dict(params or {})).to_arrow_table()
     except duckdb.Error as exc:
         raise RuntimeError(f"sql/{name}.sql failed: {exc}") from exc
 

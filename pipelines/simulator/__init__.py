@@ -11,11 +11,12 @@ kappa_u in [0, 0.5], and a tie propensity (lognormal multiplier). A few percent 
 
 *Prompts.* A prompt asks for attributes: colour (12), shape (8), count (1-4), background colour
 (12, != colour), style (flat, outlined, gradient, textured), written with one of six templates
-(three contain an apostrophe, exported as ``[single_quote]``); 10% end with a bracketed negative
-prompt such as ``[blurry, low quality]``. A session's prompt is fresh, or (5%) drawn from a shared
-pool of popular prompts with Zipf(1.1) popularity (30% of those retyped with case, whitespace or
-punctuation changes), or (15%) the user's own previous prompt retyped; 2% of sessions carry a
-listed NSFW phrase.
+(three contain an apostrophe, exported as ``[single_quote]``), followed by 0-3 of 20 style words
+("highly detailed", "8k", ...) so that, as in the real app, most fresh prompts are unique; 10% end
+with a bracketed negative prompt such as ``[blurry, low quality]``. A session's prompt is fresh, or
+(2%) drawn from a shared pool of ``users / 2`` popular prompts with Zipf(1.1) popularity (30% of
+those retyped with case, whitespace or punctuation changes), or (15%) the user's own previous
+prompt, retyped the same way 30% of the time; 2% of fresh sessions carry a listed NSFW phrase.
 
 *Sessions, images, rankings.* A session (user, prompt) holds a geometric number of rankings
 (mean 2.2). Each ranking shows 2 images (4 in a 60% share of rankings before 2023-02-15), freshly

@@ -51,8 +51,8 @@ class PromptPool:
 
 
 def make_pool(users: int, rng: np.random.Generator) -> PromptPool:
-    """A pool of ``max(20, users // 4)`` popular prompts with Zipf(1.1) popularity."""
-    size = max(20, users // 4)
+    """A pool of ``max(20, users // 2)`` popular prompts with Zipf(1.1) popularity."""
+    size = max(20, users // 2)
     weights = 1.0 / np.arange(1, size + 1) ** 1.1
     bracket = np.where(rng.random(size) < 0.1, rng.integers(0, len(world.NEGATIVE_BRACKETS), size), -1)
     return PromptPool(world.draw_attributes(size, rng), bracket, weights / weights.sum())
@@ -100,7 +100,7 @@ def new_state(config: SimConfig) -> State:
     tie_weight = world.calibrate_tie_weight(config.tie_rate, np.random.default_rng([config.seed, 4]))
     n = config.users
     return State(population=population, pool=pool, tie_weight=tie_weight,
-                 user_id=np.full(n, -1, dtype=np.int64), last_attrs=np.zeros((n, 6), dtype=np.int64),
+                 user_id=np.full(n, -1, dtype=np.int64), last_attrs=np.zeros((n, world.PROMPT_COLUMNS), dtype=np.int64),
                  last_text=[None] * n, last_canonical=[None] * n)
 
 
@@ -142,7 +142,7 @@ def _session_prompts(n_s: int, users: np.ndarray, starts: np.ndarray, config: Si
     canonical, text = [], []
     for s in range(n_s):
         a = attrs[s]
-        base = world.compose_prompt(int(a[0]), int(a[1]), int(a[2]), int(a[3]), int(a[4]), int(a[5]))
+        base = world.compose_prompt(*a.tolist())
         canonical.append(base)
         t = base
         if nsfw[s]:

@@ -35,7 +35,7 @@ class SimConfig:
     near_duplicate_rate: float = 0.02     # share of generated images that are a near copy of an earlier one
     four_image_share: float = 0.6     # share of 4-image rankings before 2023-02-15
     late_rate: float = 0.02           # share of a day's rankings exported in the next day's file
-    prompt_reuse_rate: float = 0.05   # share of sessions whose prompt comes from the shared popular pool
+    prompt_reuse_rate: float = 0.02   # share of sessions whose prompt comes from the shared popular pool
     prompt_variant_rate: float = 0.3  # share of reused prompts retyped with case/space/punctuation changes
     self_repeat_rate: float = 0.15    # share of sessions that retype the user's previous prompt
     tie_rate: float = 0.13            # target share of 2-image ties (calibrates the tie propensity)

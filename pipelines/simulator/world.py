@@ -30,6 +30,10 @@ TEMPLATES = (
     "an artist's {s} rendering of {n} {c} {sp} on a {b} backdrop",
     "{n} {c} {sp} floating on a {b} background, {s}, it's beautiful",
 )
+# Style words appended to a prompt (0-3 of them); they make most fresh prompts unique, as real ones are.
+MODIFIERS = ("highly detailed", "digital art", "minimalist", "centered", "symmetrical", "8k", "studio lighting",
+             "vector art", "award winning", "clean lines", "soft shadows", "isometric", "poster", "bold colors",
+             "simple", "icon", "wallpaper", "sharp focus", "matte finish", "geometric")
 NEGATIVE_BRACKETS = ("[blurry, low quality]", "[text, watermark]", "[ugly]", "[deformed, extra shapes]",
                      "[dark]")
 DEFAULT_NEGATIVE_PROMPT = "ugly, blurry, poor quality"
@@ -178,11 +182,17 @@ def user_identity(user_id: int) -> tuple[str, str]:
 
 
 # --- prompts -----------------------------------------------------------------------------------
-def compose_prompt(colour: int, shape: int, count: int, background: int, style: int, template: int) -> str:
-    """The canonical prompt text of an attribute combination (count is 1..4)."""
-    return TEMPLATES[template].format(
+def compose_prompt(colour: int, shape: int, count: int, background: int, style: int, template: int,
+                   *modifiers: int) -> str:
+    """The canonical prompt text of an attribute combination (count is 1..4; modifier index len(MODIFIERS) = none)."""
+    text = TEMPLATES[template].format(
         n=COUNT_WORDS[count - 1], c=COLOURS[colour], sp=SHAPE_PLURALS[shape] if count > 1 else SHAPES[shape],
         b=COLOURS[background], s=STYLES[style])
+    extra = []
+    for m in modifiers:
+        if m < len(MODIFIERS) and MODIFIERS[m] not in extra:
+            extra.append(MODIFIERS[m])
+    return ", ".join([text, *extra])
 
 
 def variant_of(text: str, op: int) -> str:
@@ -208,12 +218,19 @@ def escape_quotes(text: str) -> str:
     return text.replace("'", "[single_quote]")
 
 
+PROMPT_COLUMNS = 9
+
+
 def draw_attributes(n: int, rng: np.random.Generator) -> np.ndarray:
-    """(n, 6) int array: colour, shape, count (1..4), background (!= colour), style, template."""
+    """(n, 9) int array: colour, shape, count (1..4), background (!= colour), style, template, 3 modifiers."""
     colour = rng.integers(0, len(COLOURS), n)
     background = (colour + rng.integers(1, len(COLOURS), n)) % len(COLOURS)
-    return np.stack([colour, rng.integers(0, len(SHAPES), n), rng.integers(1, 5, n), background,
-                     rng.integers(0, len(STYLES), n), rng.integers(0, len(TEMPLATES), n)], axis=1)
+    n_modifiers = rng.choice(4, size=n, p=[0.25, 0.35, 0.25, 0.15])
+    modifiers = rng.integers(0, len(MODIFIERS), (n, 3))
+    modifiers = np.where(np.arange(3)[None, :] < n_modifiers[:, None], modifiers, len(MODIFIERS))
+    return np.concatenate([np.stack([colour, rng.integers(0, len(SHAPES), n), rng.integers(1, 5, n), background,
+                                     rng.integers(0, len(STYLES), n), rng.integers(0, len(TEMPLATES), n)], axis=1),
+                           modifiers], axis=1)
 
 
 def render_attributes(target: np.ndarray, model: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -294,11 +294,11 @@ def test_quirks_present(run):
 
 def test_nsfw_phrases_never_in_clean_vocabulary():
     vocabulary = " ".join([*world.TEMPLATES, *world.COLOURS, *world.SHAPES, *world.SHAPE_PLURALS,
-                           *world.COUNT_WORDS, *world.STYLES, *world.NEGATIVE_BRACKETS]).lower()
+                           *world.COUNT_WORDS, *world.STYLES, *world.NEGATIVE_BRACKETS, *world.MODIFIERS]).lower()
     for phrase in world.NSFW_PHRASES:
         assert phrase not in vocabulary
-    for combo in itertools.islice(itertools.product(range(12), range(8), range(1, 5), range(12), range(4), range(6)),
-                                  0, None, 97):
+    for combo in itertools.islice(itertools.product(range(12), range(8), range(1, 5), range(12), range(4), range(6),
+                                                    range(len(world.MODIFIERS) + 1)), 0, None, 97):
         if combo[0] != combo[3]:
             text = world.compose_prompt(*combo)
             assert not any(p in text for p in world.NSFW_PHRASES)

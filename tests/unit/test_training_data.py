@@ -81,13 +81,14 @@ def test_train_stream_batches_and_exact_skip(version, collate, workers):
 
 
 def test_epoch_mode_splits_shards_over_workers(version, collate):
-    keys = _keys(D.make_loader(_stream(version, collate, 2, resampled=False), 2), 10)
-    first_epoch = [k for batch in keys for k in batch][:40]
-    assert len(set(first_epoch)) >= 36  # worker shares are disjoint; partial batches at shard ends are dropped
-    with pytest.raises(ValueError, match="shards <"):
-        next(iter(D.make_loader(_stream(version, collate, 0, resampled=False).__class__(
-            D.split_shards(version, "train")[:1], 4, collate, D.ImageSpec(32, 32), seed=0, shuffle_buffer=4,
-            shuffle_initial=1, resampled=False, draft=True, num_workers=2), 2)))
+    def stream(shards, workers):
+        return D.TrainPairStream(shards, 4, collate, D.ImageSpec(32, 32), seed=0, shuffle_buffer=1, shuffle_initial=1,
+                                 resampled=False, draft=True, num_workers=workers)
+    shards = D.split_shards(version, "train")  # 4 shards x 10 samples; each of 2 workers gets 2 per epoch
+    keys = [k for batch in _keys(D.make_loader(stream(shards, 2), 2), 10) for k in batch]
+    assert sorted(keys) == sorted(f"tr{i:06d}" for i in range(40))  # one epoch: every sample exactly once
+    with pytest.raises(ValueError, match="1 shards < 1 ranks x 2 workers"):
+        next(iter(D.make_loader(stream(shards[:1], 2), 2)))
 
 
 def test_eval_stream_reads_everything_once(version, collate):
