@@ -82,14 +82,21 @@ def _execute(job_name: str, instance: dg.DagsterInstance, run_config: dict, part
     result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=partition_key,
                                     raise_on_error=False, tags={"pickapic/launched_by": "pickapic build"})
     if not result.success:
-        failures = [event for event in result.all_events if event.is_failure]
-        detail = "; ".join(
-            f"{e.step_key}: {e.event_specific_data.error.message.strip().splitlines()[-1]}"
-            for e in failures if getattr(e.event_specific_data, "error", None)
-        ) or "see the run in `pickapic ui`"
+        failures = [event for event in result.all_events if event.is_step_failure]
+        detail = "; ".join(f"{e.step_key}: {_root_cause(e.event_specific_data.error)}"
+                           for e in failures if getattr(e.event_specific_data, "error", None))
+        detail = detail or "see the run in `pickapic ui`"
         where = f" for partition {partition_key}" if partition_key else ""
         raise BuildError(f"{job_name}{where} failed (run {result.run_id}): {detail}")
     return result.run_id
+
+
+def _root_cause(error) -> str:
+    """The innermost error message of a Dagster SerializableErrorInfo chain, on one line."""
+    while getattr(error, "cause", None) is not None:
+        error = error.cause
+    lines = error.message.strip().splitlines()
+    return lines[-1] if lines else error.cls_name or "unknown error"
 
 
 def run_build(

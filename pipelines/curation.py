@@ -41,7 +41,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipelines.curation_sql import run_sql, run_to_parquet
+from pipelines.sqlrun import run_sql, run_to_parquet
 from pipelines.home import DataHome
 from pipelines.pseudonym import DEFAULT_SECRET, pseudonym_table
 from pipelines.sqlrun import connect

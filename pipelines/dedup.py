@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.home import DataHome
-from pipelines.curation_sql import run_sql
+from pipelines.sqlrun import run_sql
 from pipelines.sqlrun import connect
 from pipelines.storage import cast_to_schema, write_parquet_atomic
 from schemas import get_schema

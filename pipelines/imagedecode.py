@@ -87,6 +87,15 @@ class DecodedImage:
     format: str
 
 
+def _reason_for(exc: Exception, default: str) -> str:
+    """Pillow's own limits (compressed text chunks, text memory) are bombs too; other errors get ``default``."""
+    message = str(exc).lower()
+    if isinstance(exc, Image.DecompressionBombError) or (
+            isinstance(exc, ValueError) and ("decompressed data too large" in message or "too much memory" in message)):
+        return DECOMPRESSION_BOMB
+    return default
+
+
 def check_blob_path(relpath: object, zone: str = "raw") -> str:
     """Return ``relpath`` if it is a plain relative path inside ``zone``; raise ``unsafe_path`` otherwise."""
     if not isinstance(relpath, str) or not relpath:
@@ -155,7 +164,7 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -
             raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r} starts with an image signature but its header does not parse") from None
         raise ImageRejected(NOT_AN_IMAGE, f"{relpath!r} ({len(data)} bytes, starts {data[:8]!r}) is not a {'/'.join(PROBED_FORMATS)} image") from None
     except Exception as exc:  # noqa: BLE001 - see comment above
-        reason = TRUNCATED_IMAGE if data.startswith(SIGNATURES) else NOT_AN_IMAGE
+        reason = _reason_for(exc, TRUNCATED_IMAGE if data.startswith(SIGNATURES) else NOT_AN_IMAGE)
         raise ImageRejected(reason, f"{relpath!r}: header failed to parse: {type(exc).__name__}: {exc}") from None
 
     fmt = image.format or "unknown"
@@ -178,6 +187,7 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -
     try:
         image.load()
     except Exception as exc:  # noqa: BLE001 - see comment above
-        raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
+        raise ImageRejected(_reason_for(exc, TRUNCATED_IMAGE),
+                            f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(rgb, width, height, mode, fmt)

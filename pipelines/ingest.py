@@ -113,16 +113,21 @@ _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "
 class IngestConfig:
     """Limits of the daily ingest; every field is documented in the module docstring."""
 
-    max_line_bytes: int = 1 << 20          # longer lines -> line_too_long
-    max_prompt_chars: int = 2000           # longer prompt/negative_prompt -> prompt_too_long
-    max_name_chars: int = 256              # model_id / scheduler_cls length limit
-    max_id: int = 2**53                    # ids above -> invalid_value (JSON-safe integers)
-    min_gs: float = 0.0
-    max_gs: float = 50.0
-    earliest_created_at: str = "2022-01-01 00:00:00"
-    future_tolerance_days: int = 2         # created_at must be before end of day + this many days
-    workers: int = 2                       # processes for a large day (output does not depend on it)
-    parallel_min_bytes: int = 64 << 20     # compressed raw bytes of a day from which workers are used
+    max_line_bytes: int = field(default=1 << 20, metadata={"help": "longer lines -> line_too_long (bytes)"})
+    max_prompt_chars: int = field(default=2000, metadata={
+        "help": "longer prompt / negative_prompt -> prompt_too_long (characters)"})
+    max_name_chars: int = field(default=256, metadata={"help": "longest model_id / scheduler_cls (characters)"})
+    max_id: int = field(default=2**53, metadata={"help": "ids above this -> invalid_value (JSON-safe integers)"})
+    min_gs: float = field(default=0.0, metadata={"help": "lowest accepted guidance scale"})
+    max_gs: float = field(default=50.0, metadata={"help": "highest accepted guidance scale"})
+    earliest_created_at: str = field(default="2022-01-01 00:00:00", metadata={
+        "help": "created_at before this -> bad_timestamp"})
+    future_tolerance_days: int = field(default=2, metadata={
+        "help": "created_at at/after the end of the partition day + this many days -> bad_timestamp"})
+    workers: int = field(default=2, metadata={
+        "help": "processes for a large day (images in one, other tables in another); output does not depend on it"})
+    parallel_min_bytes: int = field(default=64 << 20, metadata={
+        "help": "compressed raw bytes of a day from which the worker processes are used"})
 
     def __post_init__(self) -> None:
         for name in ("max_line_bytes", "max_prompt_chars", "max_name_chars", "max_id", "workers", "parallel_min_bytes"):
@@ -206,6 +211,32 @@ class IngestReport:
         if len(lines) == 2:
             lines.append("| - | (none) | 0 |")
         return "\n".join(lines)
+
+    def asset_metadata(self, dataset: str) -> dict[str, object]:
+        """Metadata for one output dataset: its own counts for a table, the totals for quarantine/ingest_files."""
+        if dataset in self.tables:
+            report = self.tables[dataset]
+            return {
+                "day": self.day,
+                "dagster/row_count": report.accepted,
+                "rows_accepted": report.accepted,
+                "rows_quarantined": report.quarantined,
+                "lines_in": report.lines_in,
+                "reconciled": report.reconciled,
+                "file": report.file,
+                "file_status": report.status,
+                "file_sha256": report.file_sha256,
+                "quarantine_by_reason": dict(report.reasons),
+                "path": self.outputs.get(dataset),
+            }
+        meta = self.metadata()
+        meta.pop("files", None)
+        meta["path"] = self.outputs.get(dataset)
+        if dataset == "quarantine":
+            meta["dagster/row_count"] = sum(sum(r.reasons.values()) for r in self.tables.values())
+        elif dataset == "ingest_files":
+            meta["dagster/row_count"] = len(self.tables)
+        return meta
 
     def metadata(self) -> dict[str, object]:
         """JSON-able summary: totals, per-table counts, reasons, file statuses, markdown table."""

@@ -94,10 +94,11 @@ def prepare_image(rgb: np.ndarray, size: int = MODEL_SIZE) -> PreparedImage:
         raise ValueError(f"expected an RGB uint8 array (h, w, 3), got shape {rgb.shape} dtype {rgb.dtype}")
     height, width = rgb.shape[:2]
     side = max(height, width)
-    padded = cv2.copyMakeBorder(rgb, 0, side - height, 0, side - width, cv2.BORDER_CONSTANT)
+    padded = rgb if side == width == height else cv2.copyMakeBorder(rgb, 0, side - height, 0, side - width,
+                                                                     cv2.BORDER_CONSTANT)
     if side != size:
         padded = cv2.resize(padded, (size, size), interpolation=cv2.INTER_LINEAR)
-    return PreparedImage(np.ascontiguousarray(padded[:, :, ::-1]), width, height)
+    return PreparedImage(cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), width, height)
 
 
 def to_model_input(batch: Sequence[PreparedImage]) -> np.ndarray:

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from pipelines import shards
 from pipelines.home import DataHome
-from pipelines.sqlrun import connect, sql_text
+from pipelines.sqlrun import connect, run_sql
 from pipelines.storage import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
 from schemas import get_schema
 
@@ -413,18 +413,10 @@ def _write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[P
     try:
         for table_name, sql_name in (("images", "publish_images"), ("decisions", "publish_decisions"),
                                      ("quarantine", "publish_quarantine"), ("splits_summary", "publish_splits_summary")):
-            result = run_sql_file(con, sql_name)
+            result = run_sql(con, sql_name)
             write_parquet_atomic(result, meta / f"{table_name}.parquet", get_schema(META_SCHEMAS[table_name]))
     finally:
         con.close()
-
-
-def run_sql_file(con: duckdb.DuckDBPyConnection, name: str) -> pa.Table:
-    """Run ``sql/<name>.sql`` and return Arrow (``sqlrun.run_sql`` calls the pre-2.0 DuckDB API)."""
-    try:
-        return con.sql(sql_text(name)).to_arrow_table()
-    except duckdb.Error as exc:
-        raise RuntimeError(f"sql/{name}.sql failed: {exc}") from exc
 
 
 def _glob_of(files: list[Path]) -> str | pa.Table:

@@ -105,13 +105,10 @@ class RawFile:
         self.file_sha256: str | None = None
         self.output_bytes = 0
 
-    def check(self, inside: Callable[[Path], bool] | None = None) -> bool:
+    def check(self) -> bool:
         """Set ``missing``/``unreadable`` for a path that cannot be opened; True when it can be read."""
         if not self.path.exists() and not self.path.is_symlink():
             self.status, self.error = "missing", f"no file at {self.path}"
-            return False
-        if self.path.is_symlink() and inside is not None and not inside(self.path):
-            self.status, self.error = "unreadable", f"{self.path} is a link that resolves outside the data home"
             return False
         if not self.path.is_file():
             self.status, self.error = "unreadable", f"{self.path} is not a regular file"

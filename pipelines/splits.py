@@ -36,7 +36,7 @@ from dataclasses import asdict, dataclass, field
 
 import pyarrow as pa
 
-from pipelines.curation_sql import run_sql, run_to_parquet
+from pipelines.sqlrun import run_sql, run_to_parquet
 from pipelines.home import DataHome
 from pipelines.sqlrun import connect
 

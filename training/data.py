@@ -1,7 +1,8 @@
 """Reading published Pick-a-Pic shards with webdataset: shard discovery, fast CLIP preprocessing, batches.
 
 Pipeline per loader worker (a list of small stages, as webdataset likes it):
-shard urls (resampled per rank/worker, or split_by_node + split_by_worker per epoch) -> tar samples ->
+shard urls (resampled per rank/worker, or split_by_node + split_by_worker per epoch) -> tar samples
+(``tar_samples``: webdataset's grouping, a faster reader) ->
 seeded shuffle buffer -> skip (exact resume) -> decode (JSON + 2 JPEGs -> CLIP tensors) -> batch + tokenize.
 
 Image preprocessing equals ``CLIPImageProcessor`` (shortest edge -> bicubic resize, center crop, CLIP
@@ -118,13 +119,58 @@ def split_size(data_dir: str | os.PathLike, split: str) -> int:
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
     """Captions of ``split`` in shard order, read without decoding images."""
-    urls = [{"url": str(p)} for p in split_shards(data_dir, split)]
-    samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(iter(urls))
+    samples = tar_samples({"url": str(p)} for p in split_shards(data_dir, split))
     for sample in islice(samples, limit):
         yield _caption(sample)
 
 
 # --------------------------------------------------------------------------- stages
+_BLOCK = 512
+
+
+def tar_samples(urls: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
+    """webdataset samples (``__key__``, ``__url__``, one field per extension) from plain ustar shards.
+
+    Same grouping as ``wds.tarfile_to_samples`` (key = member name before the first dot), 4x cheaper
+    per sample than Python's ``tarfile`` (0.05 vs 0.21 ms): that matters at small crops, where decoding
+    a pair costs only ~2 ms. Pax / GNU extension members are refused (the publish writer never makes them).
+    """
+    for item in urls:
+        url = item["url"]
+        current: dict[str, Any] | None = None
+        with open(url, "rb") as handle:
+            while True:
+                header = handle.read(_BLOCK)
+                if len(header) < _BLOCK or header == bytes(_BLOCK):
+                    break
+                name = header[:100].split(b"\0", 1)[0].decode("utf-8")
+                prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8") if header[257:262] == b"ustar" else ""
+                name = f"{prefix}/{name}" if prefix else name
+                size = int(header[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+                kind = header[156:157]
+                if kind == b"5":
+                    continue
+                if kind not in (b"0", b"\0"):
+                    raise ValueError(f"{url}: member {name!r} has tar type {kind!r}; only plain ustar files are read")
+                payload = handle.read(size)
+                handle.seek((-size) % _BLOCK, os.SEEK_CUR)
+                if len(payload) != size:
+                    raise ValueError(f"{url}: member {name!r} is truncated ({len(payload)} of {size} bytes)")
+                base = name.rsplit("/", 1)[-1]
+                if "." not in base:
+                    raise ValueError(f"{url}: member {name!r} has no extension")
+                key, ext = base.split(".", 1)
+                if current is None or current["__key__"] != key:
+                    if current is not None:
+                        yield current
+                    current = {"__key__": key, "__url__": url}
+                if ext in current:
+                    raise ValueError(f"{url}: sample {key!r} repeats member {ext!r}")
+                current[ext] = payload
+        if current is not None:
+            yield current
+
+
 def _caption(sample: dict[str, Any]) -> str:
     if "txt" in sample:
         return sample["txt"].decode("utf-8")
@@ -263,7 +309,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
         # logical worker w has already produced ceil((s - w) / W) batches.
         worker = (physical + self.skip_batches) % workers
-        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(self._shard_urls(rank, world, worker))
+        samples = tar_samples(self._shard_urls(rank, world, worker))
         samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
         done = max(0, -(-(self.skip_batches - worker) // workers))
@@ -281,8 +327,7 @@ class EvalPairStream(torch.utils.data.IterableDataset):
         self.batch_size, self.collate, self.spec, self.draft = batch_size, collate, spec, draft
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        urls = wds.split_by_worker({"url": u} for u in self.urls)
-        samples = wds.tarfile_to_samples(handler=wds.reraise_exception)(urls)
+        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls))
         decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
         return batched(decoded, self.batch_size, self.collate, partial=True)
 

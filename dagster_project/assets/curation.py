@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dagster_project.charts import cluster_size_histogram
 from dagster_project.contracts import check_specs, run_checks, warehouse_views
 from dagster_project.metadata import report_metadata, spec_metadata
 from dagster_project.resources import PickapicHome
@@ -21,7 +22,9 @@ def duplicate_clusters(config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
     report = build_clusters(home, to_dataclass(DedupConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report))
+    metadata = report_metadata(report)
+    metadata["cluster_size_chart"] = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
+    yield dg.MaterializeResult(metadata=metadata)
     yield from run_checks(["duplicate_clusters"], warehouse_views(home))
 
 

@@ -5,6 +5,7 @@ import shlex
 import dagster as dg
 from pydantic import Field
 
+from dagster_project.charts import nsfw_histogram
 from dagster_project.contracts import check_specs, run_checks, warehouse_views
 from dagster_project.metadata import report_metadata, spec_metadata
 from dagster_project.partitions import daily
@@ -40,5 +41,8 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     stage_config = to_dataclass(FeaturesConfig, config)
     report = build_features(home, day, stage_config, beam_args=shlex.split(config.beam_args))
     for dataset in FEATURE_DATASETS:
-        yield dg.MaterializeResult(asset_key=dataset, metadata=report_metadata(report, dataset))
+        metadata = report_metadata(report, dataset)
+        if dataset == "image_features" and home.partition_file(dataset, day).exists():
+            metadata["nsfw_score_histogram"] = nsfw_histogram(str(home.partition_file(dataset, day)))
+        yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)
     yield from run_checks(FEATURE_DATASETS, warehouse_views(home, day))

@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from dagster_project.charts import split_sizes
 from dagster_project.contracts import check_specs, run_checks, warehouse_views
 from dagster_project.metadata import report_metadata, spec_metadata
 from dagster_project.resources import PickapicHome
@@ -19,5 +20,7 @@ def split_pairs(config: SplitRunConfig, data_home: PickapicHome):
     """Pairs assigned to splits; held-out users are a pure function of their pseudonym and a salt."""
     home = data_home.home()
     report = build_splits(home, to_dataclass(SplitConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report))
+    metadata = report_metadata(report)
+    metadata["split_sizes_chart"] = split_sizes(str(home.table_file("split_pairs")))
+    yield dg.MaterializeResult(metadata=metadata)
     yield from run_checks(["split_pairs"], warehouse_views(home))

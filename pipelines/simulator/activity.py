@@ -6,7 +6,6 @@ prompt texts are Python strings, one per session.
 from __future__ import annotations
 
 import datetime as dt
-import json
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -376,8 +375,3 @@ def simulate_day(day_index: int, config: SimConfig, state: State) -> Day:
         "entity": slot_entity[d_rank, d_slot], "session": r_session[d_rank], "ranking": d_rank,
     }
     return out
-
-
-def json_string(text: str) -> str:
-    """JSON literal of a string (the app's escaping applied first by the caller)."""
-    return json.dumps(text)

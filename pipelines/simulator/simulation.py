@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -407,7 +408,8 @@ def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None
         note("images", 0, total)
         workers = min(config.workers, os.cpu_count() or 1)
         if workers > 1 and total >= 64:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            # spawn, not fork: the caller may be a threaded orchestrator process
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
                 results = pool.map(_render_group, run.tasks, chunksize=8)
                 for done, result in enumerate(results, 1):
                     for uid, detail, distance, written in result:

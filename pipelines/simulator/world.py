@@ -260,7 +260,10 @@ def match_score(target: np.ndarray, rendered: np.ndarray) -> np.ndarray:
 
 
 def calibrate_tie_weight(target_rate: float, rng: np.random.Generator, n: int = 20000) -> float:
-    """Global Davidson tie weight nu giving ``target_rate`` ties on a reference sample of 2-image rankings."""
+    """Global Davidson tie weight nu giving ``target_rate`` ties on a reference sample of 2-image rankings.
+
+    The sample depends only on ``rng`` (never on the run's days), so longer runs keep earlier days.
+    """
     pop = make_population(n, 0.0, rng)
     target = draw_attributes(n, rng)
     u = np.empty((n, 2))
@@ -274,7 +277,7 @@ def calibrate_tie_weight(target_rate: float, rng: np.random.Generator, n: int = 
                                       + pop.quality_weight * quality_of(blur, noise, arte)
                                       + pop.style_bonus * (rendered[:, 4] == pop.favourite_style))
     lo, hi = 1e-4, 100.0
-    for _ in range(80):
+    for _ in range(48):  # bisection in log space: far below float noise in the tie rate
         mid = np.sqrt(lo * hi)
         _, _, tie = pairwise_probabilities(u[:, 0], u[:, 1], mid * pop.tie_propensity)
         if tie.mean() < target_rate:

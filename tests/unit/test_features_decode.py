@@ -10,7 +10,7 @@ from PIL import Image
 
 from pipelines import imagedecode
 from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
-from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png
+from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png
 
 LIMITS = dict(max_pixels=4096 * 4096, min_side=8)
 
@@ -27,6 +27,14 @@ def test_real_bomb_is_refused_before_decoding() -> None:
     with pytest.raises(ImageRejected) as caught:
         decode_image(bomb_png(), "raw/images/bomb.png", **LIMITS)
     assert caught.value.reason == "decompression_bomb" and "25000000" in caught.value.detail
+
+
+def test_compressed_text_bomb_is_a_bomb() -> None:
+    data = text_bomb_png()
+    assert len(data) < 10_000
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data, "raw/images/t.png", **LIMITS)
+    assert caught.value.reason == "decompression_bomb"
 
 
 def test_good_png_decodes_to_rgb_with_header_facts() -> None:

@@ -97,6 +97,13 @@ def bad_blobs() -> dict[str, bytes]:
     }
 
 
+def text_bomb_png() -> bytes:
+    """A small valid PNG with a zTXt chunk that inflates to 4 MB (Pillow's text-chunk limit is 1 MB)."""
+    good = png(98, (32, 32))
+    ztxt = _chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 4_000_000, 9))
+    return good[:33] + ztxt + good[33:]
+
+
 def bomb_png() -> bytes:
     """A real decompression bomb: 5000 x 5000 pixels (25 M > the 16.7 M limit) in a few KB."""
     return encode(Image.new("1", (5000, 5000)))

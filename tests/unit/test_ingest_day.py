@@ -242,3 +242,13 @@ def test_worker_processes_give_identical_output(tmp_path):
     parallel = ingest_day(home, DAY, IngestConfig(workers=2, parallel_min_bytes=1))
     assert snapshot(home) == expected
     assert parallel.metadata()["quarantine_by_reason"] == serial.metadata()["quarantine_by_reason"]
+
+
+def test_asset_metadata_per_dataset(hostile_day):
+    home, b, expected, report = hostile_day
+    for dataset in OUTPUT_DATASETS:
+        meta = report.asset_metadata(dataset)
+        json.dumps(meta)
+        assert meta["dagster/row_count"] == pq.read_metadata(home.partition_file(dataset, DAY)).num_rows
+    rankings = report.asset_metadata("rankings")
+    assert rankings["lines_in"] == len(b.lines["rankings"]) and rankings["reconciled"] is True

@@ -95,3 +95,12 @@ def test_eval_stream_reads_everything_once(version, collate):
     stream = D.EvalPairStream(D.split_shards(version, "validation_unique"), 3, collate, D.ImageSpec(32, 32), True)
     keys = [k for b in D.make_loader(stream, 2) for k in b["keys"]]
     assert len(keys) == len(set(keys)) == 10 and all(k.endswith("_u") for k in keys)
+
+
+def test_fast_tar_reader_equals_webdataset(version):
+    urls = [{"url": str(p)} for p in D.split_shards(version, "train")]
+    ours = list(D.tar_samples(iter(urls)))
+    theirs = list(wds.tarfile_to_samples()(iter(urls)))
+    assert len(ours) == 40
+    assert [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"} for s in ours] == \
+           [{k: v for k, v in s.items() if not k.startswith("__") or k == "__key__"} for s in theirs]

@@ -1,0 +1,61 @@
+"""Pictures for the Dagster UI: NSFW score histogram, duplicate-cluster sizes, split sizes."""
+from __future__ import annotations
+
+import base64
+import io
+
+import dagster as dg
+import duckdb
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from schemas.features import NSFW_CLASSES  # noqa: E402
+
+
+def _embed(fig, title: str) -> dg.MetadataValue:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight")
+    plt.close(fig)
+    data = base64.b64encode(buf.getvalue()).decode()
+    return dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{data})")
+
+
+def nsfw_histogram(features_path: str) -> dg.MetadataValue:
+    """Histogram of each image's highest NudeNet score over all classes (log-count axis)."""
+    greatest = ", ".join(f'coalesce(nsfw_max."{name}", 0)' for name in NSFW_CLASSES)
+    scores = [row[0] for row in duckdb.sql(
+        f"SELECT greatest({greatest}) FROM read_parquet('{features_path}')").fetchall()]
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=True)
+    ax.set_xlabel("max NudeNet score per image")
+    ax.set_ylabel("images")
+    return _embed(fig, "NSFW score histogram")
+
+
+def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
+    """How many duplicate clusters of each size (singletons excluded)."""
+    rows = duckdb.sql(
+        f"SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet('{clusters_path}') "
+        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1").fetchall()
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    ax.bar([str(size) for size, _ in rows] or ["none"], [n for _, n in rows] or [0], color="#0ea5e9")
+    ax.set_xlabel("images in cluster")
+    ax.set_ylabel("clusters")
+    return _embed(fig, "duplicate-cluster sizes")
+
+
+def split_sizes(split_pairs_path: str) -> dg.MetadataValue:
+    """Rows per split, ties shaded."""
+    rows = duckdb.sql(
+        f"SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet('{split_pairs_path}') "
+        "GROUP BY 1 ORDER BY 1").fetchall()
+    fig, ax = plt.subplots(figsize=(5, 2.6))
+    names = [r[0] for r in rows]
+    ax.barh(names, [r[1] for r in rows], color="#22c55e", label="pairs")
+    ax.barh(names, [r[2] for r in rows], color="#f59e0b", label="ties")
+    ax.set_xscale("log")
+    ax.set_xlabel("rows (log)")
+    ax.legend(loc="lower right", fontsize=7)
+    return _embed(fig, "split sizes")

@@ -1,0 +1,48 @@
+"""One small simulated-and-built data home shared by the end-to-end tests (built once per session).
+
+Under pytest-xdist every worker asks for the same home; a file lock makes the first one build it and
+the others reuse it. Tests must treat it as read-only (copy it with ``copy_home`` to mutate).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from filelock import FileLock
+
+from pipelines.home import DataHome
+
+# The shared home is made by `pickapic demo` itself (a smaller sample than the default demo), so the
+# demo command is exercised end to end and every other e2e test reads a fully built home.
+DEMO_ARGS = ["--days", "2", "--users", "24", "--rankings-per-day", "50", "--image-size", "64",
+             "--train-steps", "30", "--seed", "7"]
+
+
+def _build(root: Path) -> None:
+    from dagster_project.cli import main
+
+    code = main(["demo", "--home", str(root), *DEMO_ARGS])
+    if code != 0:
+        raise RuntimeError(f"pickapic demo exited {code}")
+    (root / ".built").write_text(json.dumps(DEMO_ARGS))
+
+
+@pytest.fixture(scope="session")
+def built_home(tmp_path_factory) -> DataHome:
+    """A data home with 2 simulated days built by `pickapic demo` through Dagster, model included (read-only)."""
+    shared = tmp_path_factory.getbasetemp().parent
+    root = shared / "pickapic-built-home"
+    with FileLock(str(shared / "pickapic-built-home.lock")):
+        if not (root / ".built").exists():
+            if root.exists():
+                shutil.rmtree(root)
+            _build(root)
+    return DataHome(root)
+
+
+def copy_home(home: DataHome, destination: Path) -> DataHome:
+    """A private, writable copy of a data home (symlinks such as `latest` kept as links)."""
+    shutil.copytree(home.root, destination, symlinks=True)
+    return DataHome(destination)

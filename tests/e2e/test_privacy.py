@@ -1,0 +1,2 @@
+def test_placeholder(built_home):
+    assert built_home.root.exists()
