@@ -44,6 +44,24 @@ from schemas import get_schema  # noqa: E402
 DAY = "2023-03-01"
 
 
+class Clock:
+    """Wall time and CPU time (this process plus reaped children) of a block."""
+
+    def __enter__(self) -> "Clock":
+        self.wall, self.cpu = time.perf_counter(), _cpu()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall, self.cpu = time.perf_counter() - self.wall, _cpu() - self.cpu
+
+
+def _cpu() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def picture(seed: int, size: int) -> Image.Image:
     """A generated picture that compresses like a real one (blurred noisy gradients and shapes)."""
     rng = np.random.default_rng(seed)
@@ -88,34 +106,34 @@ def make_home(root: Path, raw: Path, paths: list[str]) -> DataHome:
     return home
 
 
-def bare_session_run(folder: Path, paths: list[str], threads: int, batch: int) -> float:
-    """Images/s of session.run alone on prepared inputs."""
+def bare_session_run(folder: Path, paths: list[str], threads: int, batch: int) -> tuple[float, float]:
+    """(images per wall second, images per CPU second) of session.run alone on prepared inputs."""
     detector = FastNudeDetector(intra_op_threads=threads)
     prepared = [prepare_image(np.asarray(Image.open(folder / p).convert("RGB"))) for p in paths]
     detector.run(prepared[:batch])
-    started = time.perf_counter()
-    for i in range(0, len(prepared), batch):
-        detector.run(prepared[i:i + batch])
-    return len(prepared) / (time.perf_counter() - started)
+    with Clock() as clock:
+        for i in range(0, len(prepared), batch):
+            detector.run(prepared[i:i + batch])
+    return len(prepared) / clock.wall, len(prepared) / clock.cpu
 
 
-def obvious_code(folder: Path, paths: list[str]) -> float:
-    """Images/s of NudeDetector().detect(path) + imagehash on the full decode."""
+def obvious_code(folder: Path, paths: list[str]) -> tuple[float, float]:
+    """(img/wall s, img/CPU s) of NudeDetector().detect(path) + imagehash on the full decode (stock threads)."""
     import imagehash
     from nudenet import NudeDetector
 
     detector = NudeDetector()
     detector.detect(str(folder / paths[0]))
-    started = time.perf_counter()
-    for p in paths:
-        detector.detect(str(folder / p))
-        image = Image.open(folder / p)
-        imagehash.phash(image), imagehash.dhash(image)
-    return len(paths) / (time.perf_counter() - started)
+    with Clock() as clock:
+        for p in paths:
+            detector.detect(str(folder / p))
+            image = Image.open(folder / p)
+            imagehash.phash(image), imagehash.dhash(image)
+    return len(paths) / clock.wall, len(paths) / clock.cpu
 
 
-def stage_in_process(home: DataHome, paths: list[str], batch: int) -> float:
-    """Images/s of this stage's DoFns called directly in one process, one onnxruntime thread."""
+def stage_in_process(home: DataHome, paths: list[str], batch: int) -> tuple[float, float]:
+    """(img/wall s, img/CPU s) of this stage's DoFns called directly in one process, one onnxruntime thread."""
     config = FeaturesConfig(nsfw_batch_size=batch)
     read = ReadBlobFn(str(home.root), "raw", config.max_bytes, None)
     decode = DecodeImageFn(str(home.root), config)
@@ -123,25 +141,26 @@ def stage_in_process(home: DataHome, paths: list[str], batch: int) -> float:
     for fn in (read, decode, detect):
         fn.setup()
     day = dt.date.fromisoformat(DAY)
-    started = time.perf_counter()
-    buffer, done = [], 0
-    for i, p in enumerate(paths):
-        for blob in read.process({"image_uid": f"{i:06d}", "blob_path": p, "dt": day}):
-            buffer.extend(decode.process(blob))
-        if len(buffer) >= batch:
-            done += len(list(detect.process(buffer)))
-            buffer = []
-    done += len(list(detect.process(buffer))) if buffer else 0
+    with Clock() as clock:
+        buffer, done = [], 0
+        for i, p in enumerate(paths):
+            for blob in read.process({"image_uid": f"{i:06d}", "blob_path": p, "dt": day}):
+                buffer.extend(decode.process(blob))
+            if len(buffer) >= batch:
+                done += len(list(detect.process(buffer)))
+                buffer = []
+        done += len(list(detect.process(buffer))) if buffer else 0
     assert done == len(paths), done
-    return len(paths) / (time.perf_counter() - started)
+    return len(paths) / clock.wall, len(paths) / clock.cpu
 
 
-def beam_run(root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> float:
-    """Seconds of the Beam stage of build_features (multi_processing, ``workers`` processes)."""
+def beam_run(root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> tuple[float, float]:
+    """(Beam stage wall seconds, CPU seconds of driver + workers) of build_features, multi_processing."""
     home = make_home(root, raw, paths)
-    report = build_features(home, DAY, FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch))
+    with Clock() as clock:
+        report = build_features(home, DAY, FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch))
     assert report.processed == len(paths), report
-    return report.stage_seconds
+    return report.stage_seconds, clock.cpu
 
 
 def breakdown(folder: Path, paths: list[str], batch: int) -> dict[str, float]:
@@ -184,6 +203,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of bare 1-thread vs stage")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
@@ -194,40 +214,57 @@ def main(argv: list[str] | None = None) -> dict:
                          "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
                          "load_average_before": os.getloadavg()[0]}
         results["breakdown_ms_per_image"] = breakdown(shared, paths, args.batch)
-        results["bare_session_run_1t"] = bare_session_run(shared, paths, 1, args.batch)
-        results["bare_session_run_2t"] = bare_session_run(shared, paths, 2, args.batch)
-        results["obvious_code"] = obvious_code(shared, paths)
-        results["stage_in_process_1t"] = stage_in_process(make_home(folder / "inproc", raw, paths), paths, args.batch)
+        # Alternate the one-thread baseline and the stage so that load drift hits both; report medians.
+        # CPU-time rates (images per CPU second) are robust to other processes on a shared machine.
+        rounds: dict[str, list[float]] = {k: [] for k in ("bare_1t_wall", "bare_1t_cpu", "stage_1t_wall", "stage_1t_cpu")}
+        for r in range(args.rounds):
+            wall, cpu = bare_session_run(shared, paths, 1, args.batch)
+            rounds["bare_1t_wall"].append(wall); rounds["bare_1t_cpu"].append(cpu)
+            wall, cpu = stage_in_process(make_home(folder / f"inproc{r}", raw, paths), paths, args.batch)
+            rounds["stage_1t_wall"].append(wall); rounds["stage_1t_cpu"].append(cpu)
+        results["rounds"] = rounds
+        for key, values in rounds.items():
+            results[key] = statistics.median(values)
+        results["bare_2t_wall"], results["bare_2t_cpu"] = bare_session_run(shared, paths, 2, args.batch)
+        results["obvious_wall"], results["obvious_cpu"] = obvious_code(shared, paths)
         quarter = max(1, args.images // 4)
         small = {w: beam_run(folder / f"small{w}", raw, paths[:quarter], w, args.batch) for w in (1, 2)}
         beam = {w: beam_run(folder / f"beam{w}", raw, paths, w, args.batch) for w in (1, 2)}
         for w in (1, 2):
-            results[f"beam_{w}w_wall"] = args.images / beam[w]
+            results[f"beam_{w}w_wall"] = args.images / beam[w][0]
             # Marginal rate between a quarter-size run and the full run: worker start-up cancels out.
-            delta = beam[w] - small[w]
+            delta = beam[w][0] - small[w][0]
             results[f"beam_{w}w_steady"] = (args.images - quarter) / delta if delta > 0 else float("nan")
-            results[f"beam_{w}w_small_run_s"] = small[w]
+            cpu_delta = beam[w][1] - small[w][1]
+            results[f"beam_{w}w_cpu"] = (args.images - quarter) / cpu_delta if cpu_delta > 0 else float("nan")
+            results[f"beam_{w}w_seconds"] = beam[w][0]
+            results[f"beam_{w}w_small_run_seconds"] = small[w][0]
         results["load_average_after"] = os.getloadavg()[0]
     ratios = {
-        "stage_in_process_1t / bare_session_run_1t": results["stage_in_process_1t"] / results["bare_session_run_1t"],
-        "stage_in_process_1t / obvious_code": results["stage_in_process_1t"] / results["obvious_code"],
-        "beam_1w_steady / bare_session_run_1t": results["beam_1w_steady"] / results["bare_session_run_1t"],
-        "beam_2w_steady / bare_session_run_2t": results["beam_2w_steady"] / results["bare_session_run_2t"],
-        "beam_2w_steady / obvious_code": results["beam_2w_steady"] / results["obvious_code"],
-        "beam scaling 2w / 1w (steady)": results["beam_2w_steady"] / results["beam_1w_steady"],
-        "beam scaling 2w / 1w (wall)": results["beam_2w_wall"] / results["beam_1w_wall"],
+        "stage / bare session.run, 1 thread, CPU time": results["stage_1t_cpu"] / results["bare_1t_cpu"],
+        "stage / bare session.run, 1 thread, wall (median rounds)": results["stage_1t_wall"] / results["bare_1t_wall"],
+        "stage / obvious code, CPU time": results["stage_1t_cpu"] / results["obvious_cpu"],
+        "stage 1 thread / obvious code (stock threads), wall": results["stage_1t_wall"] / results["obvious_wall"],
+        "beam 1 worker / bare 1 thread, CPU time (marginal)": results["beam_1w_cpu"] / results["bare_1t_cpu"],
+        "beam 2 workers / bare 2 threads, wall (marginal)": results["beam_2w_steady"] / results["bare_2t_wall"],
+        "beam 2 workers / obvious code, wall (marginal)": results["beam_2w_steady"] / results["obvious_wall"],
+        "beam scaling 2 / 1 workers, wall (marginal)": results["beam_2w_steady"] / results["beam_1w_steady"],
+        "beam scaling 2 / 1 workers, wall (whole stage)": results["beam_2w_wall"] / results["beam_1w_wall"],
     }
     results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
     print(f"{args.images} generated {args.size}px {args.format.upper()} images, batch {args.batch}, "
           f"{results['cpus']} CPUs, load {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}")
     print("per-image ms:", json.dumps(results["breakdown_ms_per_image"]))
-    for key in ("bare_session_run_1t", "bare_session_run_2t", "obvious_code", "stage_in_process_1t",
-                "beam_1w_wall", "beam_1w_steady", "beam_2w_wall", "beam_2w_steady"):
-        print(f"  {key:28s} {results[key]:8.1f} img/s")
-    print(f"  Beam stage seconds: 1 worker {beam[1]:.1f} s ({quarter} images: {small[1]:.1f} s), "
-          f"2 workers {beam[2]:.1f} s ({quarter} images: {small[2]:.1f} s)")
+    for key in ("bare_1t_wall", "bare_1t_cpu", "bare_2t_wall", "obvious_wall", "obvious_cpu", "stage_1t_wall",
+                "stage_1t_cpu", "beam_1w_wall", "beam_1w_steady", "beam_1w_cpu", "beam_2w_wall", "beam_2w_steady",
+                "beam_2w_cpu"):
+        unit = "img/CPU-s" if key.endswith("cpu") else "img/s"
+        print(f"  {key:16s} {results[key]:8.1f} {unit}")
+    print(f"  Beam stage seconds: 1 worker {results['beam_1w_seconds']:.1f} s ({quarter} images: "
+          f"{results['beam_1w_small_run_seconds']:.1f} s), 2 workers {results['beam_2w_seconds']:.1f} s "
+          f"({quarter} images: {results['beam_2w_small_run_seconds']:.1f} s)")
     for key, value in results["ratios"].items():
-        print(f"  {key:45s} {value:6.3f}")
+        print(f"  {key:58s} {value:6.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
     return results

@@ -60,6 +60,13 @@ MODEL_SHORT_NAMES = {
     "stable-diffusion-xl-beta-v2-2": "sdxl-beta-v2.2",
 }
 
+
+
+def short_model_name(model_id: str) -> str:
+    """The ``model_0`` / ``model_1`` name of a generator (Python mirror of sql/curation_pairs.sql)."""
+    return MODEL_SHORT_NAMES.get(model_id, re.sub(r"^.*/", "", model_id))
+
+
 _WORD = r"[^\pL\pN_]"  # RE2: a character that is not a letter, digit or underscore (Unicode-aware)
 
 

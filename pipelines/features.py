@@ -200,17 +200,17 @@ class FeaturesReport:
     """Counters of one run of the feature stage."""
 
     day: str
-    inputs: int
-    processed: int
-    reused: int
-    reused_by_uid: int
-    reused_by_sha256: int
-    rejected: dict[str, int]
-    nsfw_flagged: int
-    bytes_read: int
-    stage_seconds: float
-    total_seconds: float
-    images_per_second: float
+    inputs: int                   # rows of the day's images partition
+    processed: int                # images fingerprinted by this run (decoded + NSFW model)
+    reused: int                   # rows copied instead of computed (by uid + by sha256)
+    reused_by_uid: int            # uid already in this day's or an earlier partition (never read)
+    reused_by_sha256: int         # new uid, bytes identical to an earlier day's image (read, not decoded)
+    rejected: dict[str, int]      # reject reason -> count (this day's image_rejects)
+    nsfw_flagged: int             # feature rows with nsfw_max >= 0.5 in an explicit class
+    bytes_read: int               # blob bytes read by this run
+    stage_seconds: float          # wall time of the Beam pipeline (0 when nothing had to be read)
+    total_seconds: float          # wall time of build_features
+    images_per_second: float      # images read by the Beam stage / stage_seconds (start-up included)
     features_rows: int
     rejects_rows: int
     runner: str

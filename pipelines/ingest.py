@@ -97,6 +97,7 @@ from typing import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipelines import faults
 from pipelines import rawparse as rp
 from pipelines.home import DataHome
 from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema
@@ -525,8 +526,12 @@ def _kept_values(run: _TableRun) -> list[tuple]:
 
 def write_tables_atomic(paths_tables: dict[Path, tuple[pa.Table, pa.Schema]]) -> None:
     """Write every table under a temporary name first; rename them all only when all are written."""
+    items = list(paths_tables.items())
     with contextlib.ExitStack() as stack:
-        for final, (table, schema) in paths_tables.items():
+        for index, (final, (table, schema)) in enumerate(items):
+            if index == len(items) - 1 and index > 0:
+                # exits run last-in first-out: this fires after the last file's rename, before the others'
+                stack.callback(faults.maybe_crash, "ingest.after_first_rename")
             tmp = stack.enter_context(atomic_path(final))
             pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
 

@@ -59,7 +59,7 @@ class Detection:
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """The model input of one image (uint8, 320x320x3, B-G-R order) and its original size."""
+    """One image padded and resized for the model (uint8, 320x320x3, RGB) and its original size."""
 
     pixels: np.ndarray
     width: int
@@ -87,7 +87,7 @@ class NsfwDetector(Protocol):
 
 
 def prepare_image(rgb: np.ndarray, size: int = MODEL_SIZE) -> PreparedImage:
-    """NudeNet's pre-processing up to the float conversion: pad to a square, resize, RGB -> BGR."""
+    """NudeNet's pre-processing up to the channel swap and float conversion: pad to a square, resize."""
     import cv2
 
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
@@ -98,13 +98,13 @@ def prepare_image(rgb: np.ndarray, size: int = MODEL_SIZE) -> PreparedImage:
                                                                      cv2.BORDER_CONSTANT)
     if side != size:
         padded = cv2.resize(padded, (size, size), interpolation=cv2.INTER_LINEAR)
-    return PreparedImage(cv2.cvtColor(padded, cv2.COLOR_RGB2BGR), width, height)
+    return PreparedImage(padded, width, height)
 
 
 def to_model_input(batch: Sequence[PreparedImage]) -> np.ndarray:
-    """Stack prepared images into the float32 NCHW tensor NudeNet feeds the model (scaled by 1/255)."""
-    stacked = np.stack([item.pixels for item in batch])            # (n, 320, 320, 3) uint8
-    tensor = stacked.transpose(0, 3, 1, 2).astype(np.float32)
+    """Stack prepared images into the float32 NCHW B-G-R tensor NudeNet feeds the model (scaled by 1/255)."""
+    stacked = np.stack([item.pixels for item in batch])            # (n, 320, 320, 3) uint8, RGB
+    tensor = stacked[..., ::-1].transpose(0, 3, 1, 2).astype(np.float32)   # B, G, R planes
     tensor *= np.float32(1 / 255.0)
     return tensor
 

@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import shards
+from pipelines import faults, shards
 from pipelines.home import DataHome
 from pipelines.sqlrun import connect, run_sql
 from pipelines.storage import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
@@ -167,6 +167,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         write_started = time.perf_counter()
         stats, resumed = _write_shards(tasks, config, progress)
         write_seconds = time.perf_counter() - write_started
+        faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest
 
         for split in _splits_in(table):
             split_stats = [s for s in stats if s["split"] == split]
@@ -177,8 +178,10 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         verify_version(staging, checksums=config.verify_checksums)
         check_contracts(staging)
         _fsync_tree(staging, config.fsync)
+        faults.maybe_crash("publish.before_rename")  # tests: staged version complete, not in place
         os.rename(staging, final)
         _fsync_dir(home.datasets, config.fsync)
+        faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
         switch_latest(home, version)
         deleted = apply_retention(home, config.keep_versions)
         manifest = json.loads((final / "manifest.json").read_text(encoding="utf-8"))

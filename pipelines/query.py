@@ -8,8 +8,10 @@ Views (all over the chosen version only; ``latest`` is resolved once, at start):
   ``splits_summary``: one row per split.
 
 The connection can read only the version's own directory (``allowed_directories`` +
-``enable_external_access = false`` + ``lock_configuration``) and only ``SELECT`` / ``EXPLAIN``
-statements run, so a query can neither write files nor read anything else.
+``enable_external_access = false`` + ``lock_configuration``) and only ``SELECT`` statements
+(``DESCRIBE``, ``SUMMARIZE``, ``FROM ...`` included) and ``EXPLAIN [ANALYZE]`` of a ``SELECT`` run
+(``EXPLAIN ANALYZE`` executes what it explains), so a query can neither write files nor read anything
+else; ``--output`` may not point into the published datasets.
 
 Plain DuckDB, no pipeline installed::
 
@@ -80,6 +82,33 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     kind = statements[0].type.name
     if kind not in ALLOWED_STATEMENTS:
         raise QueryRefused(f"{kind} statements are refused: queries are read-only (allowed: {', '.join(ALLOWED_STATEMENTS)})")
+    if kind == "EXPLAIN":
+        # EXPLAIN ANALYZE executes what it explains (EXPLAIN ANALYZE COPY ... TO writes a file), so the
+        # explained statement itself must be a SELECT.
+        inner = con.extract_statements(_explained_text(sql))
+        inner_kind = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
+        if inner_kind != "SELECT":
+            raise QueryRefused(f"EXPLAIN of {inner_kind} is refused: only SELECT statements may be explained")
+
+
+def _explained_text(sql: str) -> str:
+    """The statement after ``EXPLAIN [ANALYZE | (options)]`` (comments skipped by DuckDB's tokenizer)."""
+    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
+    ends = [pos for pos, _ in tokens[1:]] + [len(sql)]
+    words = [sql[pos:end].strip() for (pos, _), end in zip(tokens, ends)]
+    operator = duckdb.token_type.operator
+    i = 1  # tokens[0] is EXPLAIN
+    if i < len(words) and words[i].upper() in ("ANALYZE", "ANALYSE"):
+        i += 1
+    elif i < len(words) and tokens[i][1] == operator and words[i].startswith("("):
+        depth = 0
+        while i < len(words):
+            if tokens[i][1] == operator:  # parentheses inside string literals do not count
+                depth += words[i].count("(") - words[i].count(")")
+            i += 1
+            if depth <= 0:
+                break
+    return sql[tokens[i][0]:] if i < len(tokens) else ""
 
 
 def execute(home: DataHome, sql: str, version: str | None = None,
@@ -108,6 +137,10 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     if fmt == "parquet" and output is None:
         print("error: --format parquet needs --output FILE", file=stderr)
         return 2
+    if output is not None and _inside(Path(output), home.datasets):
+        print(f"error: --output {output} is inside the published datasets {home.datasets}: "
+              "published versions are read-only; write the result elsewhere", file=stderr)
+        return 2
     if named is not None:
         known = named_queries()
         if named not in known:
@@ -124,6 +157,12 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
         return 1
     write_result(result, fmt, output, stdout)
     return 0
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    """True when ``path`` (links resolved, need not exist) is ``folder`` or lies under it."""
+    target, root = path.resolve(), folder.resolve()
+    return target == root or root in target.parents
 
 
 def write_result(table: pa.Table, fmt: str, output: Path | None, stdout: TextIO) -> None:

@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipelines import faults
 from pipelines.storage import sha256_file, write_bytes_atomic, write_parquet_atomic
 from schemas import get_schema
 
@@ -204,6 +205,7 @@ def write_shard(task: ShardTask) -> dict:
         if task.fsync:
             os.fsync(out.fileno())
     os.replace(tmp_tar, tar_path)
+    faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
 
     n = rows.num_rows
     tar_name = f"{base}.tar"

@@ -3,7 +3,7 @@
 Pipeline per loader worker (a list of small stages, as webdataset likes it):
 shard urls (resampled per rank/worker, or split_by_node + split_by_worker per epoch) -> tar samples
 (``tar_samples``: webdataset's grouping, a faster reader) ->
-seeded shuffle buffer -> skip (exact resume) -> decode (JSON + 2 JPEGs -> CLIP tensors) -> batch + tokenize.
+seeded shuffle buffer -> skip (exact resume) -> batch: decode JSON + 2 JPEGs into one pixel tensor, tokenize.
 
 Image preprocessing equals ``CLIPImageProcessor`` (shortest edge -> bicubic resize, center crop, CLIP
 mean/std) except that, with ``draft=True``, the JPEG is first decoded at a reduced DCT scale (PIL
@@ -60,8 +60,11 @@ class ImageSpec:
                    tuple(float(v) for v in image_processor.image_std))
 
 
-def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True) -> np.ndarray:
-    """JPEG/PNG bytes -> float32 ``(3, crop, crop)`` CLIP tensor (resize shortest edge bicubic, center crop)."""
+def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True, out: np.ndarray | None = None) -> np.ndarray:
+    """JPEG/PNG bytes -> float32 ``(3, crop, crop)`` CLIP tensor (resize shortest edge bicubic, center crop).
+
+    With ``out`` the result is written there (no temporaries: one cast, two in-place ops).
+    """
     with Image.open(io.BytesIO(data)) as img:
         if draft and img.format == "JPEG":
             img.draft("RGB", (spec.shortest_edge * DRAFT_MARGIN, spec.shortest_edge * DRAFT_MARGIN))
@@ -76,9 +79,14 @@ def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True) -> np.nda
     if left < 0 or top < 0:
         raise ValueError(f"image {width}x{height} resized to {size} is smaller than the crop {spec.crop}")
     img = img.crop((left, top, left + spec.crop, top + spec.crop))
-    arr = np.asarray(img, dtype=np.float32) * np.float32(1 / 255)
-    arr = (arr - np.asarray(spec.mean, dtype=np.float32)) / np.asarray(spec.std, dtype=np.float32)
-    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    if out is None:
+        out = np.empty((3, spec.crop, spec.crop), dtype=np.float32)
+    out[...] = np.asarray(img).transpose(2, 0, 1)
+    # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std
+    std = np.asarray(spec.std, dtype=np.float64)
+    out *= (1.0 / (255.0 * std)).astype(np.float32)[:, None, None]
+    out -= (np.asarray(spec.mean, dtype=np.float64) / std).astype(np.float32)[:, None, None]
+    return out
 
 
 # --------------------------------------------------------------------------- shard discovery
@@ -204,8 +212,8 @@ def shuffled(samples: Iterable[dict], bufsize: int, initial: int, seed: int) -> 
     yield from buf
 
 
-def decode_pair(sample: dict[str, Any], spec: ImageSpec, draft: bool) -> dict[str, Any]:
-    """Raw tar sample -> dict with CLIP pixels ``(2, 3, S, S)``, caption, label, weight and metadata."""
+def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
+    """Caption, label, weight (1 / num_example_per_prompt) and generator names of a raw tar sample."""
     key = sample["__key__"]
     missing = [m for m in ("0.jpg", "1.jpg", "json") if m not in sample]
     if missing:
@@ -216,8 +224,6 @@ def decode_pair(sample: dict[str, Any], spec: ImageSpec, draft: bool) -> dict[st
         raise ValueError(f"sample {key!r}: num_example_per_prompt={n!r} must be a positive count")
     return {
         "key": key,
-        "pixel_values": np.stack([preprocess_image(sample["0.jpg"], spec, draft),
-                                  preprocess_image(sample["1.jpg"], spec, draft)]),
         "caption": sample["txt"].decode("utf-8") if "txt" in sample else meta["caption"],
         "label": (float(meta["label_0"]), float(meta["label_1"])),
         "weight": 1.0 / float(n),
@@ -227,23 +233,33 @@ def decode_pair(sample: dict[str, Any], spec: ImageSpec, draft: bool) -> dict[st
 
 
 class PairCollator:
-    """Stack decoded pairs and tokenize their captions the way PickScore does (pad, truncate to 77)."""
+    """Raw tar samples -> a batch: both images decoded straight into one pixel tensor, captions tokenized
+    the way PickScore does (pad, truncate to 77). In a loader worker the tensor is allocated in shared
+    memory, so handing it to the trainer copies nothing."""
 
     def __init__(self, tokenizer: Any, max_length: int = 77):
         self.tokenizer, self.max_length = tokenizer, max_length
 
-    def __call__(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
-        text = self.tokenizer([s["caption"] for s in samples], padding=True, truncation=True,
+    def __call__(self, samples: list[dict[str, Any]], spec: ImageSpec, draft: bool) -> dict[str, Any]:
+        metas = [pair_meta(s) for s in samples]
+        pixels = torch.empty((len(samples), 2, 3, spec.crop, spec.crop), dtype=torch.float32)
+        if torch.utils.data.get_worker_info() is not None:
+            pixels.share_memory_()
+        target = pixels.numpy()
+        for i, sample in enumerate(samples):
+            for j in (0, 1):
+                preprocess_image(sample[f"{j}.jpg"], spec, draft, out=target[i, j])
+        text = self.tokenizer([m["caption"] for m in metas], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt")
         return {
-            "pixel_values": torch.from_numpy(np.stack([s["pixel_values"] for s in samples])),
+            "pixel_values": pixels,
             "input_ids": text["input_ids"],
             "attention_mask": text["attention_mask"],
-            "labels": torch.tensor([s["label"] for s in samples], dtype=torch.float32),
-            "weights": torch.tensor([s["weight"] for s in samples], dtype=torch.float32),
-            "keys": [s["key"] for s in samples],
-            "model_0": [s["model_0"] for s in samples],
-            "model_1": [s["model_1"] for s in samples],
+            "labels": torch.tensor([m["label"] for m in metas], dtype=torch.float32),
+            "weights": torch.tensor([m["weight"] for m in metas], dtype=torch.float32),
+            "keys": [m["key"] for m in metas],
+            "model_0": [m["model_0"] for m in metas],
+            "model_1": [m["model_1"] for m in metas],
         }
 
 
@@ -314,8 +330,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
         done = max(0, -(-(self.skip_batches - worker) // workers))
         samples = islice(samples, done * self.batch_size, None)
-        decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
-        return batched(decoded, self.batch_size, self.collate, partial=False)
+        return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=False)
 
 
 class EvalPairStream(torch.utils.data.IterableDataset):
@@ -328,8 +343,7 @@ class EvalPairStream(torch.utils.data.IterableDataset):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls))
-        decoded = (decode_pair(s, self.spec, self.draft) for s in samples)
-        return batched(decoded, self.batch_size, self.collate, partial=True)
+        return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=True)
 
 
 def make_loader(stream: torch.utils.data.IterableDataset, num_workers: int) -> torch.utils.data.DataLoader:

@@ -166,12 +166,16 @@ def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validati
                        split: str = "test_unique", tokenizer: Any = None) -> EvalResult:
     """The same evaluation for the initial model of ``config`` (seeded scratch init or the init checkpoint).
 
-    For 'scratch', pass the trained model's ``tokenizer`` to skip retraining it (it is a pure function of
-    the train captions, so the initial model is the same either way).
+    For 'scratch' the trainer's saved ``output_dir/init`` is used when present; otherwise the seeded init is
+    rebuilt, with ``tokenizer`` (e.g. the trained model's) or one trained again on the train captions.
     """
-    captions = (D.iter_captions(config.data_dir, "train", config.tokenizer_max_captions)
-                if config.init_from == "scratch" and tokenizer is None else None)
-    clip, processor = build_model(config, captions, tokenizer)
+    init_dir = Path(config.output_dir) / "init" if config.output_dir else None
+    if config.init_from == "scratch" and init_dir is not None and (init_dir / "config.json").is_file():
+        clip, processor = load_model(init_dir)  # the exact initial model the trainer saved
+    else:
+        captions = (D.iter_captions(config.data_dir, "train", config.tokenizer_max_captions)
+                    if config.init_from == "scratch" and tokenizer is None else None)
+        clip, processor = build_model(config, captions, tokenizer)
     result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,
                              batch_size=config.eval_batch_size, num_workers=config.num_workers,
                              draft=config.draft_decode, device=config.device)

@@ -68,7 +68,8 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
 
 
 def load_true_quality(path: str | os.PathLike | None, names: Sequence[str]) -> dict[str, float] | None:
-    """Simulator quality per pair model name from ``models.json`` (keys or model_id / short_name / name fields)."""
+    """Simulator quality per pair model name from ``models.json`` (keys or model_id / short_name / name fields;
+    ``quality`` or ``true_quality``, else ``-rank``)."""
     if path is None or not Path(path).is_file():
         return None
     raw = json.loads(Path(path).read_text(encoding="utf-8"))
@@ -78,8 +79,8 @@ def load_true_quality(path: str | os.PathLike | None, names: Sequence[str]) -> d
         if isinstance(entry, (int, float)):
             value, aliases = float(entry), [key]
         elif isinstance(entry, dict):
-            if "quality" in entry:
-                value = float(entry["quality"])
+            if entry.get("quality", entry.get("true_quality")) is not None:
+                value = float(entry.get("quality", entry.get("true_quality")))
             elif "rank" in entry:
                 value = -float(entry["rank"])  # only a rank: better rank -> higher value
             else:

@@ -3,8 +3,9 @@
 'scratch' = a tiny CLIPConfig (demo preset: ViT 64 px / patch 8, 2 layers, width 64; text 2 layers, width
 64; projection 64; about 0.33 M parameters with the 2,048-token vocabulary: ``count_parameters``) plus a
 byte-level BPE tokenizer trained offline with ``tokenizers`` on the train captions, laid out like CLIP's
-own vocabulary (256 bytes, 256 bytes + ``</w>``, merges in order, then ``<|startoftext|>``,
-``<|endoftext|>``) so the id assignment is deterministic. It is saved as a plain ``CLIPTokenizer``, so
+own vocabulary (256 bytes, 256 bytes + ``</w>``, merged tokens, then ``<|startoftext|>``,
+``<|endoftext|>``), merged tokens numbered in sorted order so that ids do not depend on the order in
+which the trainer emitted merges of equal count (the only nondeterminism of the ``tokenizers`` trainer). It is saved as a plain ``CLIPTokenizer``, so
 ``AutoProcessor`` / ``AutoModel.from_pretrained(dir)`` load it like any CLIP / PickScore checkpoint.
 Nothing is ever downloaded: every load passes ``local_files_only=True``.
 """
@@ -51,9 +52,10 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     tok.train_from_iterator(captions, trainer)
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
               json.loads(tok.to_str())["model"]["merges"]][:n_merges]
-    # the trainer's ids depend on hash-map order; CLIP's layout makes them a function of the merges only
+    # The trainer's ids depend on hash-map order, and merges of equal count may come in either order.
+    # Ids of merged tokens are therefore assigned in sorted order: they depend on the set of merges only.
     vocab: dict[str, int] = {}
-    for token in [*alphabet, *(a + "</w>" for a in alphabet), *(a + b for a, b in merges), BOS, EOS]:
+    for token in [*alphabet, *(a + "</w>" for a in alphabet), *sorted({a + b for a, b in merges}), BOS, EOS]:
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 

@@ -39,6 +39,20 @@ def _trained_model_dir(home: DataHome) -> tuple[Path, Path]:
     return version_dir, best
 
 
+def true_quality_by_pair_name(home: DataHome, out: Path) -> Path | None:
+    """The simulator's model quality keyed by the short names pairs use (None without ground truth)."""
+    from pipelines.curation import short_model_name
+
+    source = home.ground_truth / "models.json"
+    if not source.is_file():
+        return None
+    models = json.loads(source.read_text())
+    table = {short_model_name(model_id): {"quality": entry["true_quality"], "model_id": model_id}
+             for model_id, entry in sorted(models.items()) if entry.get("true_quality") is not None}
+    out.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")
+    return out
+
+
 @dg.asset(deps=["published_dataset"], group_name="model", kinds={"pytorch", "webdataset"})
 def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, data_home: PickapicHome):
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
@@ -83,9 +97,8 @@ def generator_leaderboard(data_home: PickapicHome):
 
     home = data_home.home()
     version_dir, best = _trained_model_dir(home)
-    truth = home.ground_truth / "models.json"
-    result = rank_generators(version_dir, best, truth if truth.is_file() else None,
-                             chart_path=best.parent / "leaderboard.png")
+    truth = true_quality_by_pair_name(home, best.parent / "true_quality.json")
+    result = rank_generators(version_dir, best, truth, chart_path=best.parent / "leaderboard.png")
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "chart_png"})
     if result.chart_path:
         metadata["chart"] = png_markdown(result.chart_path, "generator leaderboard")

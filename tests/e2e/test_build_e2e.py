@@ -93,7 +93,7 @@ def test_demo_summary_tells_the_story(built_home):
     assert summary["raw_lines"] == summary["accepted_rows"] + sum(
         v for k, v in summary["quarantine_reasons"].items()) - _file_level(summary)
     assert summary["images_in_duplicate_clusters"] > 0
-    assert {"banned_user", "content_filtered"} <= set(summary["drop_reasons"])
+    assert {"content_filtered", "feature_rejected"} <= set(summary["drop_reasons"])
     assert set(summary["pairs_per_split"]) == {"train", "validation", "test", "validation_unique", "test_unique"}
     assert summary["shards_written"] >= 5
     assert 0.0 <= summary["test_accuracy"] <= 1.0

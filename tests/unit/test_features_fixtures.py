@@ -142,7 +142,7 @@ class FakeDetector:
     def detect_prepared(self, batch: Sequence[PreparedImage]) -> list[NsfwResult]:
         results = []
         for item in batch:
-            blue, green, red = (float(item.pixels[..., c].mean()) / 255 for c in range(3))
+            red, green, blue = (float(item.pixels[..., c].mean()) / 255 for c in range(3))
             scores = {name: 0.0 for name in NSFW_CLASSES}
             scores["FACE_FEMALE"] = round(red, 4)
             scores["FEMALE_BREAST_EXPOSED"] = round(red * 0.9 if red > 0.6 else 0.0, 4)
