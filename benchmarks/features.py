@@ -45,7 +45,7 @@ DAY = "2023-03-01"
 
 
 class Clock:
-    """Wall time and CPU time (this process plus reaped children) of a block."""
+    """Wall time and CPU time of this process (all its threads) for a block."""
 
     def __enter__(self) -> "Clock":
         self.wall, self.cpu = time.perf_counter(), _cpu()
@@ -58,8 +58,8 @@ class Clock:
 def _cpu() -> float:
     import resource
 
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return own.ru_utime + own.ru_stime
 
 
 def picture(seed: int, size: int) -> Image.Image:
@@ -154,13 +154,12 @@ def stage_in_process(home: DataHome, paths: list[str], batch: int) -> tuple[floa
     return len(paths) / clock.wall, len(paths) / clock.cpu
 
 
-def beam_run(root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> tuple[float, float]:
-    """(Beam stage wall seconds, CPU seconds of driver + workers) of build_features, multi_processing."""
+def beam_run(root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> float:
+    """Wall seconds of the Beam stage of build_features (DirectRunner multi_processing, ``workers`` processes)."""
     home = make_home(root, raw, paths)
-    with Clock() as clock:
-        report = build_features(home, DAY, FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch))
+    report = build_features(home, DAY, FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch))
     assert report.processed == len(paths), report
-    return report.stage_seconds, clock.cpu
+    return report.stage_seconds
 
 
 def breakdown(folder: Path, paths: list[str], batch: int) -> dict[str, float]:
@@ -231,21 +230,19 @@ def main(argv: list[str] | None = None) -> dict:
         small = {w: beam_run(folder / f"small{w}", raw, paths[:quarter], w, args.batch) for w in (1, 2)}
         beam = {w: beam_run(folder / f"beam{w}", raw, paths, w, args.batch) for w in (1, 2)}
         for w in (1, 2):
-            results[f"beam_{w}w_wall"] = args.images / beam[w][0]
+            results[f"beam_{w}w_wall"] = args.images / beam[w]
             # Marginal rate between a quarter-size run and the full run: worker start-up cancels out.
-            delta = beam[w][0] - small[w][0]
+            delta = beam[w] - small[w]
             results[f"beam_{w}w_steady"] = (args.images - quarter) / delta if delta > 0 else float("nan")
-            cpu_delta = beam[w][1] - small[w][1]
-            results[f"beam_{w}w_cpu"] = (args.images - quarter) / cpu_delta if cpu_delta > 0 else float("nan")
-            results[f"beam_{w}w_seconds"] = beam[w][0]
-            results[f"beam_{w}w_small_run_seconds"] = small[w][0]
+            results[f"beam_{w}w_seconds"] = beam[w]
+            results[f"beam_{w}w_small_run_seconds"] = small[w]
         results["load_average_after"] = os.getloadavg()[0]
     ratios = {
         "stage / bare session.run, 1 thread, CPU time": results["stage_1t_cpu"] / results["bare_1t_cpu"],
         "stage / bare session.run, 1 thread, wall (median rounds)": results["stage_1t_wall"] / results["bare_1t_wall"],
         "stage / obvious code, CPU time": results["stage_1t_cpu"] / results["obvious_cpu"],
         "stage 1 thread / obvious code (stock threads), wall": results["stage_1t_wall"] / results["obvious_wall"],
-        "beam 1 worker / bare 1 thread, CPU time (marginal)": results["beam_1w_cpu"] / results["bare_1t_cpu"],
+        "beam 1 worker / bare 1 thread, wall (marginal)": results["beam_1w_steady"] / results["bare_1t_wall"],
         "beam 2 workers / bare 2 threads, wall (marginal)": results["beam_2w_steady"] / results["bare_2t_wall"],
         "beam 2 workers / obvious code, wall (marginal)": results["beam_2w_steady"] / results["obvious_wall"],
         "beam scaling 2 / 1 workers, wall (marginal)": results["beam_2w_steady"] / results["beam_1w_steady"],
@@ -256,8 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
           f"{results['cpus']} CPUs, load {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}")
     print("per-image ms:", json.dumps(results["breakdown_ms_per_image"]))
     for key in ("bare_1t_wall", "bare_1t_cpu", "bare_2t_wall", "obvious_wall", "obvious_cpu", "stage_1t_wall",
-                "stage_1t_cpu", "beam_1w_wall", "beam_1w_steady", "beam_1w_cpu", "beam_2w_wall", "beam_2w_steady",
-                "beam_2w_cpu"):
+                "stage_1t_cpu", "beam_1w_wall", "beam_1w_steady", "beam_2w_wall", "beam_2w_steady"):
         unit = "img/CPU-s" if key.endswith("cpu") else "img/s"
         print(f"  {key:16s} {results[key]:8.1f} {unit}")
     print(f"  Beam stage seconds: 1 worker {results['beam_1w_seconds']:.1f} s ({quarter} images: "

@@ -10,8 +10,10 @@ Views (all over the chosen version only; ``latest`` is resolved once, at start):
 The connection can read only the version's own directory (``allowed_directories`` +
 ``enable_external_access = false`` + ``lock_configuration``) and only ``SELECT`` statements
 (``DESCRIBE``, ``SUMMARIZE``, ``FROM ...`` included) and ``EXPLAIN [ANALYZE]`` of a ``SELECT`` run
-(``EXPLAIN ANALYZE`` executes what it explains), so a query can neither write files nor read anything
-else; ``--output`` may not point into the published datasets.
+(``EXPLAIN ANALYZE`` executes what it explains), and the parsed tree of the statement may hold only
+SELECT nodes (DuckDB runs ``WITH x AS (COPY ... TO 'f') SELECT ...`` although it calls it a SELECT),
+so a query can neither write files nor read anything else; ``--output`` may not point into the
+published datasets.
 
 Plain DuckDB, no pipeline installed::
 
@@ -85,10 +87,40 @@ def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     if kind == "EXPLAIN":
         # EXPLAIN ANALYZE executes what it explains (EXPLAIN ANALYZE COPY ... TO writes a file), so the
         # explained statement itself must be a SELECT.
-        inner = con.extract_statements(_explained_text(sql))
+        sql = _explained_text(sql)
+        inner = con.extract_statements(sql)
         inner_kind = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
         if inner_kind != "SELECT":
             raise QueryRefused(f"EXPLAIN of {inner_kind} is refused: only SELECT statements may be explained")
+    _check_query_tree(con, sql)
+
+
+# Query nodes a read-only SELECT is made of. DuckDB types `WITH x AS (COPY ... TO 'f') SELECT ...` and
+# `WITH x AS (INSERT ... RETURNING *) SELECT ...` as SELECT statements and runs the COPY / INSERT, so
+# the parsed tree is checked too: anything else (COPY_QUERY_NODE, INSERT_QUERY_NODE, ...) is refused.
+READ_ONLY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
+
+
+def _check_query_tree(con: duckdb.DuckDBPyConnection, sql: str) -> None:
+    """Refuse a SELECT whose parsed tree holds a data-modifying node (a writing WITH clause)."""
+    tree = json.loads(con.execute("SELECT json_serialize_sql($sql)", {"sql": sql}).fetchone()[0])
+    if tree.get("error"):
+        raise QueryRefused(f"cannot verify that the statement is read-only: {tree.get('error_message')}")
+    found: set[str] = set()
+    stack: list[Any] = [tree]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            kind = item.get("type")
+            if isinstance(kind, str) and kind.endswith("_NODE"):
+                found.add(kind)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    writing = sorted(found - READ_ONLY_NODES)
+    if writing:
+        names = ", ".join(k.removesuffix("_NODE").removesuffix("_QUERY") for k in writing)
+        raise QueryRefused(f"{names} inside a query is refused: queries are read-only (a WITH clause may only SELECT)")
 
 
 def _explained_text(sql: str) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
+import hashlib
 import io
 import json
 import os
@@ -405,7 +406,6 @@ def plant_hostile_corpus(home: DataHome, outside: Path, seed: int = 0) -> Corpus
     home.raw_file(day3, "downloads").write_bytes(rng.bytes(2048))
     corpus.files.append(FileCase("random_bytes", "downloads", day3, "unreadable", "unreadable_file"))
 
-    import hashlib
     corpus.outside_sha256 = sorted(hashlib.sha256(p.read_bytes()).hexdigest()
                                    for p in outside.rglob("*") if p.is_file())
     return corpus

@@ -6,7 +6,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -25,6 +25,21 @@ def resolve_device(name: str = "auto") -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device='cuda' requested but torch.cuda.is_available() is False")
     return torch.device(name)
+
+
+@contextlib.contextmanager
+def cpu_threads(device: torch.device, threads: int = 0, num_workers: int = 1, world: int = 1) -> Iterator[None]:
+    """On CPU, run with ``threads`` torch threads (0 = cores / (ranks x (1 + loader workers))), then restore.
+
+    On this 2-vCPU machine 2 intra-op threads are several times slower than 1 for these small models.
+    """
+    before = torch.get_num_threads()
+    if device.type == "cpu":
+        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // (world * (1 + num_workers))))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
@@ -158,8 +173,9 @@ def evaluate_loaded(clip: Any, processor: Any, data_dir: str | os.PathLike, spli
     dev = resolve_device(device)
     scorer = PairScorer(clip).to(dev)
     kwargs = dict(batch_size=batch_size, num_workers=num_workers, draft=draft, device=dev)
-    return evaluate_scores(score_split(scorer, processor, data_dir, split_for_threshold, **kwargs),
-                           score_split(scorer, processor, data_dir, split, **kwargs), split_for_threshold, split)
+    with cpu_threads(dev, num_workers=num_workers):
+        return evaluate_scores(score_split(scorer, processor, data_dir, split_for_threshold, **kwargs),
+                               score_split(scorer, processor, data_dir, split, **kwargs), split_for_threshold, split)
 
 
 def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validation_unique",

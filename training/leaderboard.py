@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from pipelines.storage import write_bytes_atomic
-from training.evaluate import resolve_device, score_split
+from training.evaluate import cpu_threads, resolve_device, score_split
 from training.model import PairScorer, load_model
 
 
@@ -197,10 +197,12 @@ def generator_leaderboard(data_dir: str | os.PathLike, model_dir: str | os.PathL
                           device: str = "auto") -> LeaderboardResult:
     """Leaderboard over the held-out ``splits`` of ``data_dir``, scored by the model in ``model_dir``."""
     clip, processor = load_model(model_dir)
-    scorer = PairScorer(clip).to(resolve_device(device))
+    dev = resolve_device(device)
+    scorer = PairScorer(clip).to(dev)
     model_0, model_1, human, scores = [], [], [], []
     for split in splits:
-        got = score_split(scorer, processor, data_dir, split, batch_size=batch_size, num_workers=num_workers)
+        with cpu_threads(dev, num_workers=num_workers):
+            got = score_split(scorer, processor, data_dir, split, batch_size=batch_size, num_workers=num_workers)
         model_0 += got.model_0
         model_1 += got.model_1
         human.append(got.labels[:, 0])  # label_0: 1 / 0 / 0.5 is exactly model_0's BT outcome

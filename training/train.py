@@ -34,7 +34,7 @@ import torch.distributed as dist
 from pipelines.storage import write_bytes_atomic
 from training import data as D
 from training.config import RESUMABLE_FIELDS, TrainConfig, preset
-from training.evaluate import EvalResult, SplitScores, autocast, evaluate_scores, resolve_device, score_split
+from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
 from training.loss import global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model
@@ -195,14 +195,10 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
         raise ValueError(f"TrainConfig needs data_dir and output_dir (got {config.data_dir!r}, {config.output_dir!r})")
     started = time.perf_counter()
     rank, world, local_rank, created_group = _init_distributed(config.device)
-    threads = torch.get_num_threads()
-    if resolve_device(config.device).type == "cpu":
-        # loader workers need their cores; on 2 vCPUs 2 intra-op threads are slower than 1 (training/README.md)
-        torch.set_num_threads(config.cpu_threads or max(1, (os.cpu_count() or 1) // (world * (1 + config.num_workers))))
     try:
-        return _train(config, progress, rank, world, local_rank, started)
+        with cpu_threads(resolve_device(config.device), config.cpu_threads, config.num_workers, world):
+            return _train(config, progress, rank, world, local_rank, started)
     finally:
-        torch.set_num_threads(threads)
         if created_group:
             dist.destroy_process_group()
 
@@ -232,6 +228,8 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         clip, processor = load_model(last_dir)
         state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=False)
     elif config.init_from == "scratch":
+        if rank == 0 and (init_dir / "config.json").is_file():
+            _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
         if rank == 0 and not (init_dir / "config.json").is_file():
             clip, processor = build_model(config, D.iter_captions(data_dir, "train", config.tokenizer_max_captions))
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config))

@@ -6,6 +6,7 @@ the others reuse it. Tests must treat it as read-only (copy it with ``copy_home`
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -32,7 +33,10 @@ def _build(root: Path) -> None:
 @pytest.fixture(scope="session")
 def built_home(tmp_path_factory) -> DataHome:
     """A data home with 2 simulated days built by `pickapic demo` through Dagster, model included (read-only)."""
-    shared = tmp_path_factory.getbasetemp().parent
+    # Under xdist each worker's basetemp is <session dir>/popen-gwN: share the session dir, never a
+    # folder that outlives this test session.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
     root = shared / "pickapic-built-home"
     with FileLock(str(shared / "pickapic-built-home.lock")):
         if not (root / ".built").exists():

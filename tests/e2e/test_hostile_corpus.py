@@ -9,20 +9,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
+import re
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-from dagster_project.build import run_build, select_days
+from dagster_project.build import BuildResult, run_build, select_days
 from pipelines.home import DataHome
 from pipelines.simulator import SimConfig, simulate
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from hostile_corpus import Corpus, plant_hostile_corpus  # noqa: E402
+from tests.hostile_corpus import Corpus, plant_hostile_corpus
 
 SEED = 11
 
@@ -51,29 +50,43 @@ def _table(home: DataHome, dataset: str) -> list[dict]:
     return rows
 
 
+@dataclass
+class Built:
+    """The hostile home after a full build, and what the test recorded before it."""
+
+    home: DataHome
+    corpus: Corpus
+    base: Path                         # tmp folder holding the home and its sibling `outside`
+    outside: Path
+    outside_before: dict[str, tuple]
+    base_before: list[str]
+    days: list[str]
+    result: BuildResult
+
+
 @pytest.fixture(scope="module")
-def hostile(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataHome, Corpus, Path, dict, dict, list]:
+def hostile(tmp_path_factory: pytest.TempPathFactory) -> Built:
     base = tmp_path_factory.mktemp("hostile")
     home = DataHome(base / "home")
     simulate(home, SimConfig(days=1, users=10, rankings_per_day=20, image_size=64, seed=SEED))
     outside = base / "outside"
     corpus = plant_hostile_corpus(home, outside, seed=SEED)
-    before_outside = _snapshot(outside)
-    before_base = sorted(p.name for p in base.iterdir())
+    outside_before = _snapshot(outside)
+    base_before = sorted(p.name for p in base.iterdir())
     days = select_days(home)
     result = run_build(home, days)
-    return home, corpus, outside, before_outside, {"base": before_base, "days": days, "result": result}, [base]
+    return Built(home, corpus, base, outside, outside_before, base_before, days, result)
 
 
-def test_build_succeeds_over_every_day(hostile) -> None:
-    home, corpus, _, _, info, _ = hostile
-    assert info["days"] == [corpus.day] + sorted({f.day for f in corpus.files})
-    assert set(info["result"].run_ids) == set(info["days"]) | {"rebuild"}
+def test_build_succeeds_over_every_day(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
+    assert hostile.days == [corpus.day] + sorted({f.day for f in corpus.files})
+    assert set(hostile.result.run_ids) == set(hostile.days) | {"rebuild"}
     assert (home.datasets / "latest" / "manifest.json").is_file()
 
 
-def test_every_hostile_line_is_quarantined_with_its_reason(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_every_hostile_line_is_quarantined_with_its_reason(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     quarantine = _table(home, "quarantine")
     by_line = {(r["table"], r["dt"].isoformat(), r["line_number"]): r for r in quarantine}
     wrong = []
@@ -90,8 +103,8 @@ def test_every_hostile_line_is_quarantined_with_its_reason(hostile) -> None:
     assert {c.reason for c in corpus.lines} <= {r["reason"] for r in quarantine}
 
 
-def test_hostile_files_get_status_and_file_level_rows(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_hostile_files_get_status_and_file_level_rows(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     files = {(r["table"], r["dt"].isoformat()): r for r in _table(home, "ingest_files")}
     quarantine = _table(home, "quarantine")
     file_rows = {(r["table"], r["dt"].isoformat()): r for r in quarantine if r["line_number"] == 0}
@@ -111,8 +124,8 @@ def test_hostile_files_get_status_and_file_level_rows(hostile) -> None:
     assert "outside the data home" in file_rows[(link_row.table, link_row.day)]["detail"]
 
 
-def test_ingest_counts_reconcile_per_file(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_ingest_counts_reconcile_per_file(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     quarantine = _table(home, "quarantine")
     line_rows = Counter((r["table"], r["dt"].isoformat()) for r in quarantine if r["line_number"] > 0)
     accepted = Counter()
@@ -133,8 +146,8 @@ def test_ingest_counts_reconcile_per_file(hostile) -> None:
     assert truncated["accepted"] >= 1
 
 
-def test_every_hostile_blob_is_rejected_with_its_reason(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_every_hostile_blob_is_rejected_with_its_reason(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     rejects = {r["image_uid"]: r for r in _table(home, "image_rejects")}
     wrong = [(b.name, b.reason, rejects.get(b.image_uid, {}).get("reason"), rejects.get(b.image_uid, {}).get("detail"))
              for b in corpus.blobs if rejects.get(b.image_uid, {}).get("reason") != b.reason]
@@ -143,8 +156,8 @@ def test_every_hostile_blob_is_rejected_with_its_reason(hostile) -> None:
     assert not features & {b.image_uid for b in corpus.blobs}
 
 
-def test_features_reconcile_with_images(hostile) -> None:
-    home, _, _, _, _, _ = hostile
+def test_features_reconcile_with_images(hostile: Built) -> None:
+    home = hostile.home
     for day_dir in sorted(home.table_dir("images").glob("dt=*")):
         day = day_dir.name[3:]
         images = pq.read_table(home.partition_file("images", day)).column("image_uid").to_pylist()
@@ -154,8 +167,8 @@ def test_features_reconcile_with_images(hostile) -> None:
         assert not set(feats) & set(rejects)
 
 
-def test_ranking_over_rejected_images_has_decisions(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_ranking_over_rejected_images_has_decisions(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     decisions = pq.read_table(home.table_file("decisions")).to_pylist()
     reasons = {(d["subject"], d["subject_id"], d["reason"]) for d in decisions}
     for uid in corpus.rejected_pair_uids:
@@ -167,25 +180,27 @@ def test_ranking_over_rejected_images_has_decisions(hostile) -> None:
     assert corpus.ranking_over_rejects not in pairs
 
 
-def test_nothing_outside_the_home_was_read_or_written(hostile) -> None:
-    home, corpus, outside, before_outside, info, (base,) = hostile
-    assert _snapshot(outside) == before_outside
-    assert sorted(p.name for p in base.iterdir()) == info["base"]
+def test_nothing_outside_the_home_was_read_or_written(hostile: Built) -> None:
+    home, outside = hostile.home, hostile.outside
+    assert _snapshot(outside) == hostile.outside_before
+    assert sorted(p.name for p in hostile.base.iterdir()) == hostile.base_before
     # the sentinel PNG behind the symlinked blob never reached the features, the store or a shard
     sentinel = hashlib.sha256((outside / "sentinel.png").read_bytes()).hexdigest()
+    assert sentinel in hostile.corpus.outside_sha256
     shas = {r["sha256"] for r in _table(home, "image_features")} | {r["sha256"] for r in _table(home, "image_rejects")}
     assert sentinel not in shas
-    assert not [p for p in home.blobs.rglob(f"{sentinel}.jpg")]
-    # every path the pipeline recorded stays inside the home's raw image zone
+    assert not list(home.blobs.rglob(f"{sentinel}.jpg"))
+    # every blob path the pipeline recorded is a plain path in the raw image zone
     for r in _table(home, "images"):
-        resolved = (home.root / r["blob_path"]).resolve(strict=False)
-        assert r["blob_path"].startswith("raw/images/") and ".." not in r["blob_path"]
-        assert home.raw_images.resolve() in resolved.parents or not resolved.exists() or r["image_uid"] in {
-            b.image_uid for b in corpus.blobs}
+        assert r["blob_path"] == f"raw/images/{r['image_uid']}.png", r["blob_path"]
+    # and every training JPEG it wrote lies inside the home
+    for r in _table(home, "image_features"):
+        target = (home.root / r["train_jpg_key"]).resolve()
+        assert home.blobs.resolve() in target.parents and target.is_file()
 
 
-def test_published_dataset_excludes_hostile_items(hostile) -> None:
-    home, corpus, _, _, _, _ = hostile
+def test_published_dataset_excludes_hostile_items(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
     version = (home.datasets / "latest").resolve()
     pairs = pads.dataset(sorted(version.glob("*/pickapic-*.parquet")), format="parquet").to_table()
     shown = set(pairs.column("image_0_uid").to_pylist()) | set(pairs.column("image_1_uid").to_pylist())
@@ -193,5 +208,11 @@ def test_published_dataset_excludes_hostile_items(hostile) -> None:
     published_q = pq.read_table(version / "meta" / "quarantine.parquet")
     assert "raw_text" not in published_q.column_names
     assert published_q.num_rows == len(_table(home, "quarantine"))
+    # hostile users lines carry an email and a name, and some lines put user ids in odd types: the
+    # published details name the problem without the value
+    details = published_q.column("detail").to_pylist()
+    assert not [d for d in details if re.search(r"hostile@example\.org|Hos Tile", d)]
+    assert not [d for d in details if re.search(r"""user_id(?::\s*[a-z]+\s+|\s*=\s*|\s+)['"]?-?\d""", d)]
+    assert "user_id: string <value>, expected integer" in details
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["files"]

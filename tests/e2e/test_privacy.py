@@ -7,7 +7,6 @@ tests/unit/test_query_cli.py; here the real CLI runs over a real build).
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import subprocess
@@ -25,7 +24,8 @@ from pipelines.export import export_pickscore_parquet
 from pipelines.home import DataHome
 from pipelines.publish import resolve_version
 
-USER_ID_IN_TEXT = re.compile(r"user_id\W{0,24}?(-?\d+)")
+# "user_id: string '24'", "user_id = 24", "user_id 24 has", '"user_id": 24' (a number right after the field name)
+USER_ID_IN_TEXT = re.compile(r"""user_id['"]?(?::\s*[a-z]+\s+|\s*[:=]\s*|\s+)['"]?(-?\d+)""")
 PSEUDONYM = re.compile(r"[0-9a-f]{16}")
 
 
@@ -212,9 +212,18 @@ OUTSIDE = [
     ("EXPLAIN ANALYZE COPY executes the COPY", "EXPLAIN ANALYZE COPY (SELECT 1) TO '{root}/leak.csv'", "EXPLAIN of COPY is refused"),
     ("EXPLAIN (ANALYZE) COPY", "EXPLAIN (ANALYZE) COPY (SELECT 1) TO '{tmp}/leak.csv'", "EXPLAIN of COPY is refused"),
     ("ATTACH the warehouse", "ATTACH '{home}/warehouse/x.duckdb' AS w", "ATTACH statements are refused"),
-    ("INSTALL", "INSTALL httpfs", "INSTALL statements are refused"),
+    ("INSTALL", "INSTALL httpfs", "statements are refused"),
     ("LOAD", "LOAD httpfs", "LOAD statements are refused"),
-    ("a CTE that writes", "WITH x AS (SELECT * FROM pairs) COPY (SELECT * FROM x) TO '{tmp}/cte.csv'", "Parser Error"),
+    ("a CTE before COPY", "WITH x AS (SELECT * FROM pairs) COPY (SELECT * FROM x) TO '{tmp}/cte.csv'", "Parser Error"),
+    # DuckDB types these as SELECT statements and runs the COPY / INSERT inside the WITH clause
+    ("a CTE that copies into the version", "WITH x AS (COPY (SELECT * FROM pairs) TO '{root}/leak.csv') SELECT 1",
+     "COPY inside a query is refused"),
+    ("a CTE that copies outside", "WITH x AS (COPY (SELECT * FROM pairs) TO '{tmp}/cte.csv') SELECT * FROM pairs",
+     "COPY inside a query is refused"),
+    ("a CTE that inserts", "WITH x AS (INSERT INTO pairs SELECT * FROM pairs RETURNING *) SELECT count(*) FROM x",
+     "INSERT inside a query is refused"),
+    ("EXPLAIN ANALYZE of a CTE that copies", "EXPLAIN ANALYZE WITH x AS (COPY (SELECT 1) TO '{root}/leak.csv') SELECT 1",
+     "COPY inside a query is refused"),
     ("a writing statement inside query()", "SELECT * FROM query('COPY (SELECT 1) TO ''{tmp}/q.csv''')", "Error"),
     ("SET re-enabling access", "SET enable_external_access = true", "SET statements are refused"),
     ("SELECT then COPY", "SELECT 1; COPY (SELECT 1) TO '{tmp}/two.csv'", "exactly one statement"),
@@ -243,7 +252,7 @@ def test_query_cli_output_cannot_overwrite_the_published_version(built_home: Dat
     assert _snapshot(built_home.datasets) == before
     ok = tmp_path / "result.csv"
     assert _cli(built_home, "SELECT 1 AS a", "--format", "csv", "--output", str(ok), capsys=capsys)[0] == 0
-    assert ok.read_text().splitlines() == ["a", "1"]
+    assert ok.read_text().splitlines() == ['"a"', "1"]
 
 
 def test_read_only_queries_still_work(built_home: DataHome, capsys: pytest.CaptureFixture) -> None:

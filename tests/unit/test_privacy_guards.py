@@ -66,7 +66,26 @@ def test_explain_of_anything_but_select_is_refused(sql: str) -> None:
         query.check_read_only(con, sql)
 
 
+@pytest.mark.parametrize("sql,word", [
+    ("WITH x AS (COPY (SELECT 1) TO 'x.csv') SELECT 1", "COPY"),
+    ("WITH a AS (SELECT 1), x AS (COPY (SELECT 1) TO 'x.csv') SELECT * FROM a", "COPY"),
+    ("WITH x AS (INSERT INTO t VALUES (1) RETURNING *) SELECT * FROM x", "INSERT"),
+    ("EXPLAIN ANALYZE WITH x AS (COPY (SELECT 1) TO 'x.csv') SELECT 1", "COPY"),
+])
+def test_a_with_clause_that_writes_is_refused(tmp_path, sql: str, word: str) -> None:
+    """DuckDB calls these SELECT statements and would run the COPY / INSERT: the parsed tree is checked."""
+    con = duckdb.connect()
+    con.execute("CREATE TABLE t (a INTEGER)")
+    assert con.extract_statements(sql)[0].type.name in ("SELECT", "EXPLAIN")
+    with pytest.raises(query.QueryRefused, match=f"{word} inside a query is refused"):
+        query.check_read_only(con, sql)
+    assert con.sql("SELECT count(*) FROM t").fetchone()[0] == 0
+
+
 @pytest.mark.parametrize("sql", [
+    "WITH RECURSIVE r(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM r WHERE n < 3) SELECT * FROM r",
+    "WITH a AS MATERIALIZED (SELECT 1 AS x) SELECT * FROM a WHERE x IN (SELECT 1 UNION SELECT 2)",
+    "SELECT * FROM query('SELECT 1')", "SELECT $p AS p", "SHOW TABLES",
     "EXPLAIN SELECT 1", "EXPLAIN ANALYZE SELECT 1", "EXPLAIN (FORMAT json) SELECT 1",
     "EXPLAIN ANALYZE SELECT '(' AS a", "DESCRIBE SELECT 1", "SUMMARIZE SELECT 1", "FROM (SELECT 1)",
 ])

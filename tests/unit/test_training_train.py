@@ -93,3 +93,11 @@ def test_cli_flags_map_onto_presets():
     assert config == preset("paper", data_dir="d", output_dir="o", max_steps=3, init_from="/m")
     assert (config.learning_rate, config.weight_decay, config.warmup_steps, config.batch_size, config.seed,
             config.eval_every, config.grad_clip) == (3e-6, 0.3, 500, 128, 42, 100, 1.0)
+
+
+def test_dataclass_defaults_are_the_demo_preset():
+    assert TrainConfig() == preset("demo")  # the Dagster run config defaults come from the dataclass
+    with pytest.raises(ValueError, match="image_size=30 is not a multiple of patch_size=8"):
+        preset("demo", image_size=30)
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        preset("huge")
