@@ -103,7 +103,7 @@ READ_ONLY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE
 
 def _check_query_tree(con: duckdb.DuckDBPyConnection, sql: str) -> None:
     """Refuse a SELECT whose parsed tree holds a data-modifying node (a writing WITH clause)."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql($sql)", {"sql": sql}).fetchone()[0])
+    tree = json.loads(con.execute("SELECT json_serialize_sql($sql)", {"sql": sql}).fetchall()[0][0])
     if tree.get("error"):
         raise QueryRefused(f"cannot verify that the statement is read-only: {tree.get('error_message')}")
     found: set[str] = set()

@@ -122,6 +122,8 @@ def hostile_blobs(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
     huge_header = png_from_rows(20_000, 20_000, b"\x00" * 64)  # header only: the pixels are not there
     return {
         "png_that_is_jpeg": (_encode(good, "JPEG", quality=90), "extension_mismatch"),
+        # PNG cannot hold CMYK and every blob path ends in .png, so a CMYK image (a JPEG here) is refused
+        # for its format before its mode is looked at; the 16-bit PNG below reaches the mode check
         "cmyk_jpeg": (_encode(good.convert("CMYK"), "JPEG"), "extension_mismatch"),
         "decompression_bomb": (bomb, "decompression_bomb"),
         "one_by_one": (_encode(Image.new("RGB", (1, 1), (200, 10, 10)), "PNG"), "too_small"),

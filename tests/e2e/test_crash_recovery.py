@@ -377,7 +377,7 @@ PUBLISH_ONLY = """
 import sys
 from pipelines.home import DataHome
 from pipelines.publish import publish_dataset
-report = publish_dataset(DataHome(sys.argv[1]))
+report = publish_dataset(DataHome.at(sys.argv[1]))
 print(report.version, report.shards_written, report.shards_resumed)
 """
 
