@@ -28,7 +28,7 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
     scores = [row[0] for row in duckdb.sql(
         f"SELECT greatest({greatest}) FROM read_parquet('{features_path}')").fetchall()]
     fig, ax = plt.subplots(figsize=(5, 2.6))
-    ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=True)
+    ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=bool(scores))
     ax.set_xlabel("max NudeNet score per image")
     ax.set_ylabel("images")
     return _embed(fig, "NSFW score histogram")

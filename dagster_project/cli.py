@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 from pipelines.home import DEFAULT_HOME, ENV_VAR, DataHome
 
@@ -81,7 +82,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     home = DataHome.at(args.home)
     days = select_days(home, args.start, args.end)
     started = time.perf_counter()
-    result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=_status_printer())
+    with build_progress(len(days) + 1 + int(args.with_model)) as note:
+        result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=note)
     print(f"built {len(days)} day(s) {days[0]}..{days[-1]} in {time.perf_counter() - started:.0f}s; "
           f"{len(result.run_ids)} Dagster runs recorded in {home.dagster_home} (see them with `pickapic ui`)")
     return 0
@@ -109,16 +111,27 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     return 0  # unreachable: execv replaces this process
 
 
-def _status_printer() -> Callable[[str], None]:
-    from rich.console import Console
+@contextlib.contextmanager
+def build_progress(total_steps: int) -> Iterator[Callable[[str], None]]:
+    """A rich progress bar over a build's runs; each call names the step that starts now."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-    console = Console(stderr=True)
-    started = time.perf_counter()
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
+               TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("starting", total=total_steps)
+        started = [False]
 
-    def note(message: str) -> None:
-        console.print(f"[dim]{time.perf_counter() - started:6.1f}s[/dim] {message}")
+        def note(message: str) -> None:
+            if started[0]:
+                bar.advance(task)
+            started[0] = True
+            bar.update(task, description=message)
 
-    return note
+        yield note
+        if started[0]:
+            bar.advance(task)
+        bar.update(task, description="done")
 
 
 def _quiet_logging(debug: bool) -> None:

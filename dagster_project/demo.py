@@ -110,8 +110,10 @@ def run_demo(args: argparse.Namespace) -> int:
     days = select_days(home)
     console.print(f"[bold]2/3[/bold] building {len(days)} partitions through Dagster (ingest, Beam features, "
                   "curation, splits, shards) and training the preference model")
-    run_build(home, days, with_model=True, run_config=run_config,
-              progress=lambda message: console.print(f"    [dim]{time.perf_counter() - started:6.1f}s[/dim] {message}"))
+    from dagster_project.cli import build_progress
+
+    with build_progress(len(days) + 2) as note:
+        run_build(home, days, with_model=True, run_config=run_config, progress=note)
     console.print("[bold]3/3[/bold] summary")
     summary = demo_summary(home)
     _print_summary(Console(), home, summary, time.perf_counter() - started)

@@ -39,7 +39,6 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipelines.sqlrun import run_sql, run_to_parquet
 from pipelines.home import DataHome

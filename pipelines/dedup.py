@@ -35,7 +35,6 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import duckdb
 import pyarrow as pa
