@@ -104,15 +104,14 @@ import shutil
 import tempfile
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -810,7 +809,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
     for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int),
+                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
                        ("blob_base", str), ("staging", str)):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
     return parser
