@@ -665,7 +665,9 @@ def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=
 
 def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
     """Copies of already-fingerprinted rows for input uids (same day first, else the earliest day)."""
-    uids = inputs["image_uid"]
+    if inputs.num_rows == 0:  # an empty chunked array reads as type null in ``isin``
+        return []
+    uids = inputs["image_uid"].combine_chunks()
     hits = _index(history, ["image_uid"], pc.field("image_uid").isin(uids))
     if hits.num_rows == 0:
         return []
