@@ -534,7 +534,7 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
         else:
             args += ["--direct_running_mode=in_memory"]
         if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
-            args.append("--default_sdk_harness_log_level=WARNING")
+            args.append("--default_sdk_harness_log_level=ERROR")
         options = PipelineOptions(args)
     return options
 

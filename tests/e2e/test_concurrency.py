@@ -29,7 +29,7 @@ from pipelines.home import DataHome
 from pipelines.publish import list_versions, resolve_version, verify_version
 from pipelines.query import execute
 from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and scratch are fixtures)
-    DAY3, REPO, LatestWatcher, build_command, crash_reference, finish, fresh_home, run_build, scratch,
+    DAY3, REPO, LatestWatcher, build_command, crash_reference, finish, run_build, scratch,
     start_process, tail, wait_until,
 )
 
@@ -165,16 +165,18 @@ def test_readers_never_fail_or_mix_versions_during_nightly_rebuild(crash_referen
 
 def test_second_build_refuses_or_waits(crash_reference, scratch: Path, tmp_path: Path) -> None:
     """A build while another holds the lock exits non-zero naming the holder; with --wait it waits, then succeeds."""
-    raw, _ = crash_reference
-    home = fresh_home(raw, scratch / "home")
+    _, reference = crash_reference
+    shutil.copytree(reference.root, scratch / "home", symlinks=True)
+    home = DataHome(scratch / "home")
+    nightly = ("--from", DAY3, "--to", DAY3)   # holds the lock for a day's ingest + fingerprints + the rebuild
     first_log, refused_log, waiting_log = (tmp_path / f"{n}.log" for n in ("first", "refused", "waiting"))
-    first = start_process(build_command(home), first_log)
+    first = start_process(build_command(home, *nightly), first_log)
     refused = waiting = None
     try:
         wait_until(lambda: home.lock_file.exists() and home.lock_file.read_text().strip() == str(first.pid),
                    first, first_log, "the first build to take the lock", poll=0.05)
-        refused = start_process(build_command(home), refused_log)
-        waiting = start_process(build_command(home, "--wait"), waiting_log)
+        refused = start_process(build_command(home, *nightly), refused_log)
+        waiting = start_process(build_command(home, *nightly, "--wait"), waiting_log)
         refused_code = finish(refused, refused_log, timeout=120)
         assert first.poll() is None, "the first build ended before the second one tried the lock: no contention tested"
         message = refused_log.read_text()
@@ -198,8 +200,10 @@ def test_second_build_refuses_or_waits(crash_reference, scratch: Path, tmp_path:
             if proc is not None and proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-    assert "built 3 day(s)" in waiting_log.read_text()
+    assert f"built 1 day(s) {DAY3}..{DAY3}" in waiting_log.read_text()
+    old = os.readlink(reference.datasets / "latest")
     versions = list_versions(home)
-    assert len(versions) == 1 and os.readlink(home.datasets / "latest") == versions[0]
+    assert len(versions) == 2 and old in versions, versions
+    assert os.readlink(home.datasets / "latest") == versions[-1] != old
     verify_version(resolve_version(home), checksums=True)
     assert not list(home.datasets.glob(".partial-*"))

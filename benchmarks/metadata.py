@@ -1,0 +1,281 @@
+"""Metadata stages at Pick-a-Pic scale: ingest, curation, splits and sidecars on simulated rankings.
+
+    .venv/bin/python -m benchmarks.metadata [--rankings 1000000] [--days 10] [--dir DIR] [--json-out F]
+
+1. Setup (timed, not part of the goal): ``pickapic simulate --no-images`` (the same ``simulate`` call)
+   writes ``--days`` days with ``--rankings`` rankings in all; then, because there are no image blobs,
+   an ``image_features`` partition is synthesized per day for every ingested image: sha256, pHash and
+   dHash are random (seeded digests of the uid, so there are no duplicates), no NSFW detection, a
+   512x512 training JPEG key that does not exist; ``image_rejects`` partitions are empty. The
+   simulator's planted-duplicate ground truth is removed (it describes image bytes that do not exist).
+2. Measured, each stage exactly as the pipeline runs it: ``ingest_day`` per day; curation =
+   ``build_clusters`` (dedup) + ``build_decisions`` + ``build_pairs``; ``build_splits``; sidecars =
+   the publish stage without image bytes: sample keys, the seeded shuffle and the balanced shard plan
+   (``publish._with_keys`` / ``publish._plan``), then per shard the per-sample JSON and the Parquet
+   sidecar with the member offsets a tar would have (``shards._json_rows`` / ``shards._dump_json``,
+   JPEG sizes from the features table; no tar written), one process per CPU, and the query snapshots
+   under ``meta/`` (``publish._write_meta``). Tar writing is measured by ``benchmarks.shards``.
+3. Baselines, in the same run: ingest vs a bare single-process ``gzip`` + ``json.loads`` of the same raw
+   lines; each DuckDB stage vs reading its input Parquet files into Arrow; sidecars vs writing the
+   same ``split_pairs`` rows as one Parquet file.
+Goal: the measured stages together under 120 s for 1M rankings on this 2-core machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gzip
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipelines import publish, shards
+from pipelines.curation import build_decisions, build_pairs
+from pipelines.dedup import PHASH_DC_BIT, build_clusters
+from pipelines.home import DataHome
+from pipelines.ingest import ingest_day
+from pipelines.simulator import SimConfig, simulate
+from pipelines.splits import build_splits
+from pipelines.storage import PARQUET_OPTIONS, cast_to_schema, write_parquet_atomic
+from schemas import get_schema
+
+GOAL_SECONDS = 120.0
+RAW_TABLES = ("users", "images", "rankings", "downloads")
+TRAIN_JPG_BYTES = 50_000
+_JPG_SIZES: dict[str, int] = {}   # set before the sidecar workers fork
+
+
+def sim_config(rankings: int, days: int, users: int | None, seed: int) -> SimConfig:
+    """The simulator config for ``rankings`` rankings over ``days`` days, metadata only."""
+    per_day = max(10, rankings // days)
+    return SimConfig(days=days, rankings_per_day=per_day, users=users or max(40, rankings // 50),
+                     seed=seed, no_images=True)
+
+
+def synthesize_features(home: DataHome, day: str, seed: int = 0) -> int:
+    """Write ``image_features`` (random hashes, no NSFW) and an empty ``image_rejects`` for ``day``."""
+    images = pq.read_table(home.partition_file("images", day), columns=["image_uid", "blob_path"])
+    n = images.num_rows
+    salt = f"bench-features:{seed}:".encode()
+    digests = [hashlib.blake2b(salt + uid.encode(), digest_size=32).digest()
+               for uid in images.column("image_uid").to_pylist()]
+    sha = [d.hex() for d in digests]
+    packed = np.frombuffer(b"".join(d[:16] for d in digests), dtype=">u8").reshape(-1, 2).astype(np.uint64)
+    schema = get_schema("image_features")
+    nsfw_type = schema.field("nsfw_max").type
+    zeros = pa.array(np.zeros(n, dtype=np.float32))
+    detections_type = schema.field("nsfw_detections").type
+    empty_lists = pa.ListArray.from_arrays(pa.array(np.zeros(n + 1, dtype=np.int32)),
+                                           pa.array([], type=detections_type.value_type))
+    table = pa.table({
+        "image_uid": images.column("image_uid"),
+        "dt": pa.array([dt.date.fromisoformat(day)] * n, pa.date32()),
+        "blob_path": images.column("blob_path"),
+        "sha256": pa.array(sha, pa.string()),
+        "num_bytes": pa.array(np.full(n, 400_000, dtype=np.int64)),
+        "width": pa.array(np.full(n, 512, dtype=np.int32)),
+        "height": pa.array(np.full(n, 512, dtype=np.int32)),
+        "mode": pa.array(["RGB"] * n, pa.string()),
+        "format": pa.array(["PNG"] * n, pa.string()),
+        "phash": pa.array(packed[:, 0] | np.uint64(PHASH_DC_BIT)),
+        "dhash": pa.array(packed[:, 1]),
+        "nsfw_detections": empty_lists.cast(detections_type),
+        "nsfw_max": pa.StructArray.from_arrays([zeros] * nsfw_type.num_fields,
+                                               fields=[nsfw_type.field(i) for i in range(nsfw_type.num_fields)]),
+        "train_jpg_key": pa.array([f"blobs/train/s512q90/{s[:2]}/{s}.jpg" for s in sha], pa.string()),
+        "train_width": pa.array(np.full(n, 512, dtype=np.int32)),
+        "train_height": pa.array(np.full(n, 512, dtype=np.int32)),
+        "train_jpg_bytes": pa.array(np.full(n, TRAIN_JPG_BYTES, dtype=np.int64)),
+        "reused_from": pa.nulls(n, pa.string()),
+    })
+    write_parquet_atomic(table, home.partition_file("image_features", day), schema)
+    write_parquet_atomic(get_schema("image_rejects").empty_table(), home.partition_file("image_rejects", day))
+    return n
+
+
+def bare_parse(home: DataHome, days: list[str]) -> int:
+    """Baseline for ingest: decompress and ``json.loads`` every raw line in one process; returns lines."""
+    lines = 0
+    for day in days:
+        for table in RAW_TABLES:
+            path = home.raw_file(day, table)
+            if not path.exists():
+                continue
+            with gzip.open(path, "rb") as handle:
+                for line in handle:
+                    try:
+                        json.loads(line)
+                    except ValueError:
+                        pass  # the simulator's malformed lines: parsing them is the work being measured
+                    lines += 1
+    return lines
+
+
+def read_inputs(paths: list[Path]) -> int:
+    """Baseline for a DuckDB stage: read its input Parquet files into Arrow; returns rows."""
+    return sum(pq.read_table(p, partitioning=None).num_rows for p in paths)
+
+
+def _sidecar_only(task: shards.ShardTask) -> dict:
+    """One shard's per-sample JSON and Parquet sidecar, laid out as ``shards.write_shard`` would; no tar."""
+    rows = task.rows
+    offsets = {m: [] for m in shards.MEMBERS}
+    sizes = {m: [] for m in shards.MEMBERS}
+    position = 0
+    for record in shards._json_rows(rows):
+        key = record.pop("key")
+        member_sizes = (_JPG_SIZES[record["jpg_0_key"]], _JPG_SIZES[record["jpg_1_key"]],
+                        len(shards._dump_json(record, key)), len(record["caption"].encode("utf-8")))
+        for member, size in zip(shards.MEMBERS, member_sizes):
+            offsets[member].append(position + shards.BLOCK)
+            sizes[member].append(size)
+            position += shards.padded(size)
+    n = rows.num_rows
+    base = shards.shard_name(task.split, task.index)
+    sidecar = pa.table({
+        "key": rows.column("key"),
+        "shard": pa.array([f"{base}.tar"] * n, pa.string()),
+        "shard_index": pa.array([task.index] * n, pa.int32()),
+        "sample_index": pa.array(range(n), pa.int32()),
+        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
+           for m, prefix in zip(shards.MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
+           for what, values in (("offset", offsets), ("size", sizes))},
+        **{name: rows.column(name) for name in rows.column_names if name != "key"},
+    })
+    path = Path(task.out_dir) / f"{base}.parquet"
+    write_parquet_atomic(sidecar, path, get_schema("shard_samples"))
+    keys = rows.column("key")
+    return {"split": task.split, "shard": f"{base}.tar", "shard_index": task.index, "num_samples": n,
+            "num_bytes": shards.tar_size(position), "jpg_bytes": sum(sizes["0.jpg"]) + sum(sizes["1.jpg"]),
+            "sha256": "", "sidecar": path.name, "sidecar_bytes": path.stat().st_size, "sidecar_sha256": "",
+            "first_key": keys[0].as_py() if n else "", "last_key": keys[n - 1].as_py() if n else ""}
+
+
+def sidecars_without_images(home: DataHome, out: Path, config: publish.PublishConfig = publish.PublishConfig()) -> int:
+    """The publish stage's metadata work (keys, shuffle, plan, JSON, sidecars, meta snapshots); returns samples."""
+    global _JPG_SIZES
+    table = cast_to_schema(pq.read_table(home.table_file("split_pairs")), get_schema("split_pairs"))
+    table = publish._with_keys(table)
+    features = pq.read_table(_files(home, "image_features"), columns=["train_jpg_key", "train_jpg_bytes"],
+                             partitioning=None)
+    _JPG_SIZES = dict(zip(features.column("train_jpg_key").to_pylist(), features.column("train_jpg_bytes").to_pylist()))
+    tasks = publish._plan(home, table, _JPG_SIZES, out, config)
+    for split in {t.split for t in tasks}:
+        (out / split).mkdir(parents=True, exist_ok=True)
+    workers = config.workers or os.cpu_count() or 1
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        stats = pool.map(_sidecar_only, tasks, chunksize=1)
+    publish._write_meta(out, stats, publish._meta_sources(home))
+    return table.num_rows
+
+
+def _timed(fn, *args) -> tuple[float, object]:
+    started = time.perf_counter()
+    value = fn(*args)
+    return time.perf_counter() - started, value
+
+
+def _files(home: DataHome, *datasets: str) -> list[Path]:
+    return [p for ds in datasets for p in sorted(home.table_dir(ds).glob("**/*.parquet"))]
+
+
+def run(rankings: int = 1_000_000, days: int = 10, users: int | None = None, seed: int = 0,
+        root: Path | None = None, keep: bool = False) -> dict:
+    """Simulate, synthesize features, time every metadata stage and its baseline; return the numbers."""
+    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-metadata-"))
+    home = DataHome(base / "home")
+    if home.root.exists():
+        shutil.rmtree(home.root)
+    config = sim_config(rankings, days, users, seed)
+    result: dict = {"benchmark": "metadata", "rankings_requested": rankings, "days": days,
+                    "users": config.users, "cpus": os.cpu_count(), "goal_seconds": GOAL_SECONDS,
+                    "load_average_before": round(os.getloadavg()[0], 2)}
+    setup = {}
+    setup["simulate_s"], _ = _timed(simulate, home, config)
+    (home.ground_truth / "duplicates.parquet").unlink(missing_ok=True)
+    day_list = home.raw_days()
+    stages: dict[str, dict] = {}
+
+    seconds, _ = _timed(lambda: [ingest_day(home, d) for d in day_list])
+    ingested = {name: sum(pq.read_metadata(p).num_rows for p in _files(home, name)) for name in RAW_TABLES + ("quarantine",)}
+    lines = sum(ingested.values())
+    base_s, base_lines = _timed(bare_parse, home, day_list)
+    stages["ingest"] = {"seconds": seconds, "rows": lines, "baseline": "gzip + json.loads, 1 process",
+                        "baseline_seconds": base_s, "baseline_rows": base_lines}
+    result["ingested_rows"] = ingested
+
+    setup["synthesize_features_s"], images = _timed(lambda: sum(synthesize_features(home, d, seed) for d in day_list))
+    result["images"] = images
+
+    for name, fn, inputs in (
+        ("dedup", build_clusters, ("image_features",)),
+        ("decisions", build_decisions, ("rankings", "images", "image_features", "duplicate_clusters")),
+        ("pairs", build_pairs, ("rankings", "images", "image_features", "duplicate_clusters", "decisions")),
+        ("splits", build_splits, ("pairs",)),
+    ):
+        files = _files(home, *inputs)
+        seconds, _ = _timed(fn, home)
+        base_s, rows = _timed(read_inputs, files)
+        stages[name] = {"seconds": seconds, "rows": rows, "baseline": "read the input Parquet into Arrow",
+                        "baseline_seconds": base_s, "baseline_rows": rows}
+    result["pairs"] = pq.read_metadata(home.table_file("pairs")).num_rows
+    result["split_pairs"] = pq.read_metadata(home.table_file("split_pairs")).num_rows
+
+    out = base / "sidecars"
+    seconds, samples = _timed(sidecars_without_images, home, out)
+    split_pairs = pq.read_table(home.table_file("split_pairs"))
+    base_s, _ = _timed(lambda: pq.write_table(split_pairs, base / "copy.parquet", **PARQUET_OPTIONS))
+    stages["sidecars"] = {"seconds": seconds, "rows": samples, "baseline": "write split_pairs as one Parquet file",
+                          "baseline_seconds": base_s, "baseline_rows": split_pairs.num_rows}
+
+    for values in stages.values():
+        values["rows_per_s"] = round(values["rows"] / values["seconds"], 1)
+        values["baseline_rows_per_s"] = round(values["baseline_rows"] / values["baseline_seconds"], 1)
+        values["ratio_vs_baseline"] = round(values["rows_per_s"] / values["baseline_rows_per_s"], 3)
+        values["seconds"] = round(values["seconds"], 2)
+        values["baseline_seconds"] = round(values["baseline_seconds"], 2)
+    total = sum(v["seconds"] for v in stages.values())
+    curation = sum(stages[k]["seconds"] for k in ("dedup", "decisions", "pairs"))
+    result.update({
+        "setup_seconds": {k: round(v, 2) for k, v in setup.items()},
+        "stages": stages,
+        "curation_seconds": round(curation, 2),
+        "total_seconds": round(total, 2),
+        "ratio_goal_vs_total": round(GOAL_SECONDS / total, 3),
+        "meets_goal": total <= GOAL_SECONDS,
+        "load_average_after": round(os.getloadavg()[0], 2),
+    })
+    if not keep and root is None:
+        shutil.rmtree(base)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Command line: run, print JSON, optionally write it."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rankings", type=int, default=1_000_000)
+    parser.add_argument("--days", type=int, default=10)
+    parser.add_argument("--users", type=int, default=None, help="default: rankings / 50")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    result = run(args.rankings, args.days, args.users, args.seed, args.dir)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if args.json_out:
+        args.json_out.write_text(text + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()

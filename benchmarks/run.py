@@ -1,0 +1,260 @@
+"""Every benchmark in one run and one report: each stage's throughput next to its baseline, as ratios.
+
+    .venv/bin/python -m benchmarks.run [--quick] [--only features,dedup,...] [--out FILE]   (`make bench`)
+
+Runs, in this order, each in this process and each with its baseline measured in the same run:
+
+- ``features``: the feature stage vs bare onnxruntime ``session.run`` of NudeNet 320n (goal >= 0.9x),
+  vs the obvious code, and the Beam scaling from 1 to 2 workers (benchmarks/features.py);
+- ``dedup``: banded near-duplicate search vs brute force at 1M hashes (goal < 10 s) (benchmarks/dedup.py);
+- ``shards``: shard writing vs raw sequential disk write (goal >= 0.5x) (benchmarks/shards.py);
+- ``loader``: the trainer's loader vs decode+preprocess alone (goal >= 0.9x) (benchmarks/loader.py);
+- ``metadata``: ingest, curation, splits and sidecars on 1M simulated rankings (goal < 120 s in all)
+  (benchmarks/metadata.py);
+- ``incremental``: a nightly `pickapic build` of day N+1 vs the first build of N days
+  (benchmarks/incremental.py).
+
+Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
+(no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
+smoke check. A benchmark that fails is reported as such; the others still run (exit status 1).
+Absolute numbers drift on a shared machine; the ratios come from one run and are what to compare.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental")
+
+
+@dataclass
+class Row:
+    """One line of the report: a measure, its baseline from the same run, and their ratio."""
+
+    benchmark: str
+    measure: str
+    value: float
+    unit: str
+    baseline: str
+    baseline_value: float
+    ratio: float
+    goal: str
+
+
+def _ratio(a: float, b: float) -> float:
+    return round(a / b, 3) if b else float("nan")
+
+
+# --- runners (one per benchmark module; each returns that module's own result dict) -------------
+
+def run_features(quick: bool) -> dict:
+    from benchmarks import features
+
+    return features.main(["--images", "32", "--size", "256", "--rounds", "1"] if quick else [])
+
+
+def run_dedup(quick: bool) -> dict:
+    from benchmarks import dedup
+    from pipelines.dedup import DedupConfig
+
+    return dedup.run(100_000, 10_000, DedupConfig()) if quick else dedup.run(1_000_000, 50_000, DedupConfig())
+
+
+def run_shards(quick: bool) -> dict:
+    from benchmarks import shards
+
+    return shards.run(600, 1, 0, True, None) if quick else shards.run(3000, 3, 0, True, None)
+
+
+def run_loader(quick: bool) -> dict:
+    from benchmarks import loader
+
+    return loader.main(["--pairs", "128", "--repeats", "1"] if quick else [])
+
+
+def run_metadata(quick: bool) -> dict:
+    from benchmarks import metadata
+
+    return metadata.run(rankings=50_000, days=2) if quick else metadata.run(rankings=1_000_000, days=10)
+
+
+def run_incremental(quick: bool) -> dict:
+    from benchmarks import incremental
+
+    if quick:
+        return incremental.run(days=2, users=12, rankings_per_day=25, image_size=64)
+    return incremental.run()
+
+
+RUNNERS: dict[str, Callable[[bool], dict]] = {
+    "features": run_features, "dedup": run_dedup, "shards": run_shards, "loader": run_loader,
+    "metadata": run_metadata, "incremental": run_incremental,
+}
+
+
+# --- rows: what each result means next to its baseline -----------------------------------------
+
+def rows_features(r: dict) -> list[Row]:
+    return [
+        Row("features", "feature stage, 1 thread (wall)", r["stage_1t_wall"], "img/s",
+            "bare session.run, 1 thread", r["bare_1t_wall"], _ratio(r["stage_1t_wall"], r["bare_1t_wall"]), ">= 0.9"),
+        Row("features", "feature stage, 1 thread (CPU time)", r["stage_1t_cpu"], "img/CPU-s",
+            "bare session.run, 1 thread", r["bare_1t_cpu"], _ratio(r["stage_1t_cpu"], r["bare_1t_cpu"]), ">= 0.9"),
+        Row("features", "Beam 2 workers (marginal)", r["beam_2w_steady"], "img/s",
+            "bare session.run, 2 threads", r["bare_2t_wall"], _ratio(r["beam_2w_steady"], r["bare_2t_wall"]), ">= 0.9"),
+        Row("features", "feature stage, 1 thread (wall)", r["stage_1t_wall"], "img/s",
+            "NudeDetector.detect + imagehash", r["obvious_wall"], _ratio(r["stage_1t_wall"], r["obvious_wall"]), "> 1"),
+        Row("features", "Beam 2 workers (marginal)", r["beam_2w_steady"], "img/s",
+            "Beam 1 worker (marginal)", r["beam_1w_steady"], _ratio(r["beam_2w_steady"], r["beam_1w_steady"]), "~2 (scaling)"),
+    ]
+
+
+def rows_dedup(r: dict) -> list[Row]:
+    n = r["n"]
+    return [
+        Row("dedup", f"banded search, {n:,} hashes ({r['banded_seconds']} s)", round(n / r["banded_seconds"]), "hashes/s",
+            "numpy brute force (extrapolated)", round(n / r["brute_seconds_extrapolated"]),
+            r["speedup_vs_brute_force"], "< 10 s at 1M"),
+    ]
+
+
+def rows_shards(r: dict) -> list[Row]:
+    return [
+        Row("shards", "publish, shard phase", r["publish_shards_mb_s"], "MB/s",
+            "raw sequential write", r["raw_write_mb_s"], r["ratio_publish_shards_vs_raw"], ">= 0.5"),
+        Row("shards", "publish, end to end", r["publish_total_mb_s"], "MB/s",
+            "raw sequential write", r["raw_write_mb_s"], r["ratio_publish_total_vs_raw"], ""),
+        Row("shards", "webdataset TarWriter, 1 core", r["webdataset_tarwriter_1core_mb_s"], "MB/s",
+            "raw sequential write", r["raw_write_mb_s"], r["ratio_tarwriter_vs_raw"], "(reference)"),
+    ]
+
+
+def rows_loader(r: dict) -> list[Row]:
+    return [
+        Row("loader", "train loader, 1 worker, draft decode (wall)", r["draft_loader_1worker_pairs_per_s"], "pairs/s",
+            "decode + preprocess alone", r["draft_alone_pairs_per_s"], r["draft_ratio_loader_1worker_vs_alone_wall"], ">= 0.9"),
+        Row("loader", "train loader, draft decode (CPU time)", float("nan"), "",
+            "decode + preprocess alone", float("nan"), r["draft_ratio_loader_vs_alone_cpu"], ">= 0.9"),
+        Row("loader", "train loader, 1 worker, full decode (wall)", r["full_loader_1worker_pairs_per_s"], "pairs/s",
+            "decode + preprocess alone", r["full_alone_pairs_per_s"], r["full_ratio_loader_1worker_vs_alone_wall"], ">= 0.9"),
+    ]
+
+
+def rows_metadata(r: dict) -> list[Row]:
+    rows = [Row("metadata", f"{name} ({s['seconds']} s)", s["rows_per_s"], "rows/s", s["baseline"],
+                s["baseline_rows_per_s"], s["ratio_vs_baseline"], "") for name, s in r["stages"].items()]
+    rows.append(Row("metadata", f"all stages, {r['rankings_requested']:,} rankings", r["total_seconds"], "s",
+                    "goal", r["goal_seconds"], r["ratio_goal_vs_total"], "< 120 s (ratio >= 1)"))
+    return rows
+
+
+def rows_incremental(r: dict) -> list[Row]:
+    return [
+        Row("incremental", f"nightly build of day {r['days'] + 1}", r["nightly_build_seconds"], "s",
+            f"first build of {r['days']} days", r["first_build_seconds"], r["ratio_nightly_vs_first"],
+            f"~{r['ideal_ratio']} (1/N)"),
+        Row("incremental", "same nightly, nothing new (fixed cost)", r["nightly_rerun_nothing_new_seconds"], "s",
+            "nightly build", r["nightly_build_seconds"], r["ratio_fixed_cost_vs_nightly"], "small"),
+    ]
+
+
+ROWS: dict[str, Callable[[dict], list[Row]]] = {
+    "features": rows_features, "dedup": rows_dedup, "shards": rows_shards, "loader": rows_loader,
+    "metadata": rows_metadata, "incremental": rows_incremental,
+}
+
+
+# --- report -------------------------------------------------------------------------------------
+
+def git_name() -> str:
+    """``<short sha>`` plus ``-dirty`` when the working tree has changes ('nogit' outside git)."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True,
+                             check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "nogit"
+    return sha + ("-dirty" if dirty else "")
+
+
+def _fmt(value: float) -> str:
+    if value != value:  # NaN
+        return "-"
+    return f"{value:,.1f}" if abs(value) < 1e5 else f"{value:,.0f}"
+
+
+def render(rows: list[Row], errors: dict[str, str]) -> str:
+    """The report as an aligned text table."""
+    header = ("benchmark", "measure", "value", "unit", "baseline (same run)", "baseline", "ratio", "goal")
+    cells = [header] + [(r.benchmark, r.measure, _fmt(r.value), r.unit, r.baseline, _fmt(r.baseline_value),
+                         f"{r.ratio:.3f}" if r.ratio == r.ratio else "-", r.goal) for r in rows]
+    widths = [max(len(str(c[i])) for c in cells) for i in range(len(header))]
+    numeric = {2, 5, 6}
+    lines = []
+    for n, row in enumerate(cells):
+        lines.append("  ".join(str(c).rjust(w) if i in numeric else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(row, widths))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    for name, error in errors.items():
+        lines.append(f"{name}: FAILED: {error.strip().splitlines()[-1]}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the selected benchmarks, print the report, write the JSON; 1 if any benchmark failed."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke check, not the reported numbers")
+    parser.add_argument("--only", default=",".join(ORDER), help=f"comma-separated subset of {','.join(ORDER)}")
+    parser.add_argument("--out", type=Path, help="JSON path (default: benchmarks/results/bench-<git sha>.json)")
+    args = parser.parse_args(argv)
+    chosen = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(chosen) - set(ORDER))
+    if unknown:
+        parser.error(f"unknown benchmark(s) {unknown}; choose from {', '.join(ORDER)}")
+
+    version = git_name()
+    results: dict[str, dict] = {}
+    seconds: dict[str, float] = {}
+    errors: dict[str, str] = {}
+    rows: list[Row] = []
+    for name in (n for n in ORDER if n in chosen):
+        print(f"== {name}", file=sys.stderr, flush=True)
+        started = time.perf_counter()
+        try:
+            results[name] = RUNNERS[name](args.quick)
+            rows += ROWS[name](results[name])
+        except Exception:  # noqa: BLE001 -- report the failure, run the other benchmarks, exit 1 at the end
+            errors[name] = traceback.format_exc()
+            print(errors[name], file=sys.stderr)
+        seconds[name] = round(time.perf_counter() - started, 1)
+
+    report = render(rows, errors)
+    print(f"\npickapic benchmarks @ {version} ({'quick' if args.quick else 'full'} scale), "
+          f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
+    print(report)
+    out = args.out or RESULTS / f"bench-{version}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"version": version, "scale": "quick" if args.quick else "full", "cpus": os.cpu_count(),
+               "machine": platform.platform(), "python": platform.python_version(),
+               "benchmark_seconds": seconds, "rows": [asdict(r) for r in rows], "results": results,
+               "errors": errors}
+    out.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
+    print(f"\nJSON: {out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
