@@ -39,7 +39,7 @@ def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
                 raise
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise BuildError(f"another build is running on {home.root} (pid {holder}); "
+            raise BuildError(f"another build is running on {home.root} (pid {holder}, lock {home.lock_file}); "
                              "wait for it to finish or pass --wait") from None
         handle.seek(0)
         handle.truncate()

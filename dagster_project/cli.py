@@ -27,7 +27,8 @@ def _add_home(parser: argparse.ArgumentParser) -> None:
         parser.add_argument("--home", default=None, help=HOME_HELP)
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser; only the chosen mounted subcommand's module is imported (torch is slow)."""
     parser = argparse.ArgumentParser(prog="pickapic", description=(
         "Raw Pick-a-Pic app logs -> validated tables -> fingerprints -> curated, leak-free splits -> "
         "WebDataset shards -> a PickScore-style preference model. Every command takes --home."))
@@ -37,7 +38,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for name, (module, help_text) in MOUNTED.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module)
-        _mount(sub_parser, module)
+        if name == chosen:
+            _mount(sub_parser, module)
 
     build = sub.add_parser("build", help="materialize every asset for the raw partitions present",
                            description="Ingest + fingerprint every raw day (or --from/--to), then curate, split "
@@ -145,7 +147,9 @@ def _quiet_logging(debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pickapic` console script."""
-    parser = _build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    parser = _build_parser(chosen)
     args = parser.parse_args(argv)
     _quiet_logging(args.debug)
     try:

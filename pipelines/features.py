@@ -119,6 +119,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipelines import imagedecode
+from pipelines import faults
 from pipelines.home import DataHome
 from pipelines.imagedecode import ImageRejected
 from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
@@ -580,6 +581,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
              | "WriteStaged" >> beam.io.WriteToParquet(join_url(staging, "out/part"), STAGED_SCHEMA,
                                                        file_name_suffix=".parquet"))
         stage_seconds = time.perf_counter() - stage_started
+        faults.maybe_crash("features.after_beam")  # tests: Beam finished, outputs not committed
         say(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
         computed, rejects, candidates = read_staged(join_url(staging, "out/part"), day_date)
 

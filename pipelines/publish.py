@@ -161,6 +161,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             shutil.rmtree(stale)
         staging = home.datasets / f".partial-{version}"
         staging.mkdir(exist_ok=True)
+        for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
+            leftover.unlink()
 
         tasks = _plan(home, table, jpg_sizes, staging, config)
         write_started = time.perf_counter()

@@ -181,7 +181,7 @@ def test_second_build_refuses_or_waits(crash_reference, scratch: Path, tmp_path:
         assert first.poll() is None, "the first build ended before the second one tried the lock: no contention tested"
         message = refused_log.read_text()
         assert refused_code != 0, message
-        assert f"another build is running on {home.root} (pid {first.pid})" in message, message
+        assert f"another build is running on {home.root} (pid {first.pid}, lock {home.lock_file})" in message, message
         assert "--wait" in message and "Traceback" not in message, message
         # the waiting build gets the lock (and writes its pid there) only once the first build has published
         while first.poll() is None:
