@@ -4,7 +4,11 @@
 --         invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster),
 --         ranking_export rows (duplicate_ranking) and user rows (banned_user). One row per subject and reason.
 -- Parameters: $phrase_regex (every phrase in one word-bounded, case-insensitive RE2), $four_image_ties.
-WITH ranking_reasons AS (
+WITH phrase_hits AS MATERIALIZED (
+    -- one compiled (constant) regex over every prompt first; the per-phrase patterns below only run on hits
+    SELECT ranking_id, prompt FROM ranking_base WHERE regexp_matches(prompt, $phrase_regex)
+),
+ranking_reasons AS (
     SELECT ranking_id, 'conflicting_ranking' AS reason,
            to_json(struct_pack(export_days := export_days, variants := n_variants))::VARCHAR AS evidence
     FROM ranking_base WHERE n_variants > 1
@@ -14,8 +18,10 @@ WITH ranking_reasons AS (
     UNION ALL
     SELECT r.ranking_id, 'prompt_phrase',
            to_json(struct_pack(phrases := list(ph.phrase ORDER BY ph.phrase)))::VARCHAR
-    FROM ranking_base r JOIN phrases ph ON regexp_matches(r.prompt, ph.pattern)
-    WHERE regexp_matches(r.prompt, $phrase_regex)
+    FROM phrase_hits r
+    -- a cheap necessary condition first (phrase whitespace matches any run): a per-row pattern is compiled per row
+    JOIN phrases ph ON contains(regexp_replace(lower(r.prompt), '\s+', ' ', 'g'), regexp_replace(lower(ph.phrase), '\s+', ' ', 'g'))
+                   AND regexp_matches(r.prompt, ph.pattern)
     GROUP BY r.ranking_id
     UNION ALL
     SELECT ranking_id, 'invalid_best_image',
@@ -42,8 +48,10 @@ pair_reasons AS (
     SELECT lp.pair_id, lp.ranking_id, 'image_dropped',
            to_json(struct_pack(images := list(struct_pack(image_uid := d.subject_id, reason := d.reason)
                                               ORDER BY d.subject_id, d.reason)))::VARCHAR
-    FROM live_pairs lp
-    JOIN image_decisions d ON d.subject_id IN (lp.image_0_uid, lp.image_1_uid) AND NOT d.keep
+    FROM (SELECT pair_id, ranking_id, image_0_uid AS image_uid FROM live_pairs
+          UNION
+          SELECT pair_id, ranking_id, image_1_uid FROM live_pairs) lp
+    JOIN image_decisions d ON d.subject_id = lp.image_uid AND NOT d.keep   -- an equi-join, not a nested loop
     GROUP BY lp.pair_id, lp.ranking_id
 ),
 ranking_pair_counts AS (
