@@ -40,6 +40,9 @@ class TrainConfig:
     max_steps: int = 250
     batch_size: int = field(default=16, metadata={"help": "GLOBAL batch (pairs); split evenly over DDP ranks"})
     grad_clip: float = 1.0
+    contrastive_weight: float = field(default=0.0, metadata={"help": "weight of the in-batch caption-vs-all-images "
+                                                                       "term added to the PickScore loss (0 = off)"})
+    hflip: bool = field(default=False, metadata={"help": "random horizontal flip of training images (per image)"})
     seed: int = 42
     bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA; CPU always runs fp32"})
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
@@ -74,7 +77,8 @@ class TrainConfig:
                      "patch_size", "layers", "heads", "projection_dim", "max_length", "shuffle_buffer"):
             if getattr(self, name) <= 0:
                 problems.append(f"{name}={getattr(self, name)!r} must be > 0")
-        for name in ("warmup_steps", "num_workers", "cpu_threads", "shuffle_initial", "weight_decay", "grad_clip"):
+        for name in ("warmup_steps", "num_workers", "cpu_threads", "shuffle_initial", "weight_decay", "grad_clip",
+                     "contrastive_weight"):
             if getattr(self, name) < 0:
                 problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
         if self.learning_rate <= 0:

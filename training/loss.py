@@ -34,3 +34,22 @@ def preference_loss(scores: torch.Tensor, labels: torch.Tensor, weights: torch.T
                          f"weights {tuple(weights.shape)} do not describe a batch of pairs")
     total = global_weight_sum(weights) if weight_sum is None else weight_sum
     return (weights.float() * pair_kl(scores, labels)).sum() * world_size / total
+
+
+def contrastive_loss(all_scores: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor,
+                     weight_sum: torch.Tensor | None = None, world_size: int = 1) -> torch.Tensor:
+    """In-batch CLIP-style term: each caption against all 2B images of the (local) batch, soft target = its
+    pair's label on its own two images (0 elsewhere); cross-entropy weighted like ``preference_loss``.
+
+    Other prompts' images are negatives, which teaches caption/attribute matching from every batch (the
+    pairwise objective alone only compares two images made for the same prompt).
+    """
+    batch = labels.shape[0]
+    if all_scores.shape != (batch, 2 * batch) or weights.shape != (batch,):
+        raise ValueError(f"shapes all_scores {tuple(all_scores.shape)}, labels {tuple(labels.shape)}, "
+                         f"weights {tuple(weights.shape)} do not describe a batch of pairs")
+    target = torch.zeros_like(all_scores, dtype=torch.float32)
+    target.view(batch, batch, 2)[torch.arange(batch), torch.arange(batch)] = labels.float()
+    ce = -(target * torch.log_softmax(all_scores.float(), dim=-1)).sum(dim=-1)
+    total = global_weight_sum(weights) if weight_sum is None else weight_sum
+    return (weights.float() * ce).sum() * world_size / total

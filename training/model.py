@@ -122,14 +122,25 @@ class PairScorer(torch.nn.Module):
         super().__init__()
         self.clip = clip
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
+                all_images: bool = False) -> torch.Tensor:
+        """Scores [B, 2] of each caption against its own two images; ``all_images``: [B, 2B] against every
+        image of the batch (pair b's own images are columns 2b, 2b + 1), for the in-batch contrastive term."""
         batch = pixel_values.shape[0]
         image = _embeds(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
         text = _embeds(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         image = image / image.norm(dim=-1, keepdim=True)
         text = text / text.norm(dim=-1, keepdim=True)
+        if all_images:
+            return self.clip.logit_scale.exp() * (text @ image.T)
         scores = torch.einsum("bd,bkd->bk", text, image.view(batch, 2, -1))
         return self.clip.logit_scale.exp() * scores
+
+
+def own_pair_scores(all_scores: torch.Tensor) -> torch.Tensor:
+    """[B, 2B] caption-vs-every-image scores -> [B, 2] scores of each caption's own two images."""
+    batch = all_scores.shape[0]
+    return all_scores.view(batch, batch, 2)[torch.arange(batch), torch.arange(batch)]
 
 
 @torch.no_grad()

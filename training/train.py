@@ -34,9 +34,9 @@ from pipelines.storage import write_bytes_atomic
 from training import data as D
 from training.config import RESUMABLE_FIELDS, TrainConfig, preset
 from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
-from training.loss import global_weight_sum, pair_kl, preference_loss
+from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
-from training.model import PairScorer, build_model, count_parameters, load_model
+from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores
 
 STATE_FILE = "trainer_state.pt"
 Progress = Callable[[dict[str, Any]], None]
@@ -302,10 +302,21 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         scorer.train()
         for batch in D.make_loader(stream, config.num_workers):
             labels, weights = batch["labels"].to(device), batch["weights"].to(device)
+            pixels = batch["pixel_values"].to(device, non_blocking=True)
+            if config.hflip:  # per image, from the (checkpointed) torch RNG: resumes stay bit-identical
+                flip = torch.rand(pixels.shape[:2]) < 0.5
+                pixels = torch.where(flip.to(device)[:, :, None, None, None], pixels.flip(-1), pixels)
+            contrastive = config.contrastive_weight > 0
             with autocast(device, config.bf16):
-                scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                               batch["pixel_values"].to(device, non_blocking=True))
-            loss = preference_loss(scores.float(), labels, weights, global_weight_sum(weights), world)
+                scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
+                               all_images=contrastive)
+            weight_sum = global_weight_sum(weights)
+            if contrastive:
+                all_scores, scores = scores.float(), own_pair_scores(scores.float())
+            pref_loss = preference_loss(scores.float(), labels, weights, weight_sum, world)
+            loss = pref_loss
+            if contrastive:
+                loss = loss + config.contrastive_weight * contrastive_loss(all_scores, labels, weights, weight_sum, world)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -315,7 +326,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
             scheduler.step()
             step += 1
             loop_steps += 1
-            running += _all_mean(loss, world)  # global weighted loss of this step
+            running += _all_mean(pref_loss, world)  # global weighted PickScore loss of this step (curve)
             running_n += 1
             if step % config.log_every == 0 or step == config.max_steps:
                 entry = {"step": step, "loss": running / running_n, "lr": lr}
@@ -373,13 +384,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     for name, kind in (("max-steps", int), ("batch-size", int), ("learning-rate", float), ("weight-decay", float),
                        ("warmup-steps", int), ("eval-every", int), ("num-workers", int), ("seed", int),
                        ("shuffle-buffer", int), ("eval-batch-size", int), ("log-every", int), ("image-size", int),
-                       ("patch-size", int), ("tokenizer-vocab-size", int)):
+                       ("patch-size", int), ("tokenizer-vocab-size", int), ("contrastive-weight", float),
+                       ("vision-width", int), ("text-width", int), ("projection-dim", int), ("layers", int),
+                       ("heads", int)):
         parser.add_argument(f"--{name}", type=kind, default=None)
     parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
     parser.add_argument("--no-resampled", dest="resampled", action="store_false", default=None,
                         help="walk epochs with split_by_node/split_by_worker instead of resampling shards")
     parser.add_argument("--no-draft", dest="draft_decode", action="store_false", default=None,
                         help="full JPEG decode instead of the DCT-scaled draft")
+    parser.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, default=None,
+                        help="random horizontal flips of training images (--no-hflip turns a preset's off)")
     parser.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
     return parser
 

@@ -250,7 +250,6 @@ def simulate_day(day_index: int, config: SimConfig, state: State) -> Day:
 
     # --- image entities: model, CONTENT_FILTERED, rendered attributes, degradations -------
     e_session = r_session[e_rank]
-    e_user = s_user[e_session]
     model = rng.choice(len(world.MODELS), size=n_e, p=world.MIX)
     cf_p = np.where(nsfw[e_session], 0.35, config.content_filtered_rate)
     is_cf = rng.random(n_e) < cf_p

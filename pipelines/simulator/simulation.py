@@ -319,7 +319,6 @@ class _Run:
     def _ground_truth(self, d, index, last_day, slot_uid, best_uid, expected, model_ids, img_ts, r_ts, blob_of):
         cfg = self.config
         img, rk = d.images, d.rankings
-        n_r = len(rk["ranking_id"])
         uid_arr = np.asarray(img["uid"], dtype=object)
         shown = np.arange(activity.SLOTS)[None, :] < rk["n_shown"][:, None]
         offsets = np.concatenate([[0], np.cumsum(rk["n_shown"])]).astype(np.int32)
