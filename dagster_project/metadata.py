@@ -57,10 +57,18 @@ def to_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def report_metadata(report: Any, dataset: str | None = None) -> dict[str, Any]:
-    """Metadata for one asset from a stage report (per-dataset when the report offers it)."""
+def report_metadata(report: Any, dataset: str | None = None, output: Path | None = None) -> dict[str, Any]:
+    """Metadata for one asset from a stage report (per-dataset when the report offers it).
+
+    With ``output`` (the Parquet file the asset wrote) the row count comes from the file itself.
+    """
     if dataset is not None and hasattr(report, "asset_metadata"):
-        values = report.asset_metadata(dataset)
+        values = dict(report.asset_metadata(dataset))
     else:
-        values = report.metadata()
+        values = dict(report.metadata())
+    if output is not None and Path(output).is_file():
+        import pyarrow.parquet as pq
+
+        values["dagster/row_count"] = pq.ParquetFile(output).metadata.num_rows
+        values["path"] = str(output)
     return to_metadata(values)

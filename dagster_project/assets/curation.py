@@ -22,7 +22,7 @@ def duplicate_clusters(config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
     report = build_clusters(home, to_dataclass(DedupConfig, config))
-    metadata = report_metadata(report)
+    metadata = report_metadata(report, output=home.table_file("duplicate_clusters"))
     metadata["cluster_size_chart"] = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
     yield dg.MaterializeResult(metadata=metadata)
     yield from run_checks(["duplicate_clusters"], warehouse_views(home))
@@ -37,7 +37,7 @@ def decisions(config: CurationRunConfig, data_home: PickapicHome):
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
     report = build_decisions(home, to_dataclass(CurationConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report))
+    yield dg.MaterializeResult(metadata=report_metadata(report, output=home.table_file("decisions")))
     yield from run_checks(["decisions"], warehouse_views(home))
 
 
@@ -49,5 +49,5 @@ def pairs(config: CurationRunConfig, data_home: PickapicHome):
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
     report = build_pairs(home, to_dataclass(CurationConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report))
+    yield dg.MaterializeResult(metadata=report_metadata(report, output=home.table_file("pairs")))
     yield from run_checks(["pairs"], warehouse_views(home))

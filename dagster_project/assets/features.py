@@ -41,7 +41,7 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     stage_config = to_dataclass(FeaturesConfig, config)
     report = build_features(home, day, stage_config, beam_args=shlex.split(config.beam_args))
     for dataset in FEATURE_DATASETS:
-        metadata = report_metadata(report, dataset)
+        metadata = report_metadata(report, dataset, output=home.partition_file(dataset, day))
         if dataset == "image_features" and home.partition_file(dataset, day).exists():
             metadata["nsfw_score_histogram"] = nsfw_histogram(str(home.partition_file(dataset, day)))
         yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)

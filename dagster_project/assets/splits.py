@@ -20,7 +20,7 @@ def split_pairs(config: SplitRunConfig, data_home: PickapicHome):
     """Pairs assigned to splits; held-out users are a pure function of their pseudonym and a salt."""
     home = data_home.home()
     report = build_splits(home, to_dataclass(SplitConfig, config))
-    metadata = report_metadata(report)
+    metadata = report_metadata(report, output=home.table_file("split_pairs"))
     metadata["split_sizes_chart"] = split_sizes(str(home.table_file("split_pairs")))
     yield dg.MaterializeResult(metadata=metadata)
     yield from run_checks(["split_pairs"], warehouse_views(home))

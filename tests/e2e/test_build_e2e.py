@@ -9,6 +9,8 @@ from dagster_project.contracts import warehouse_views
 from dagster_project.definitions import defs
 from pipelines.sqlrun import connect
 
+WAREHOUSE = {"users", "images", "rankings", "downloads", "quarantine", "image_features", "image_rejects",
+             "duplicate_clusters", "decisions", "pairs", "split_pairs"}
 PARTITIONED = {"users", "images", "rankings", "downloads", "quarantine", "ingest_files", "image_features", "image_rejects"}
 
 
@@ -37,6 +39,8 @@ def test_every_asset_materialized_with_metadata(built_home):
             assert event.asset_materialization.metadata, f"{key.to_user_string()} has no metadata"
             if key.to_user_string() in PARTITIONED:
                 assert set(instance.get_materialized_partitions(key)) == days
+            if key.to_user_string() in WAREHOUSE:
+                assert "dagster/row_count" in event.asset_materialization.metadata, key.to_user_string()
 
 
 def test_every_contract_check_ran_and_passed(built_home):
