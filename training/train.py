@@ -155,6 +155,24 @@ def _optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.AdamW
                              betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
 
 
+def augment_images(pixels: torch.Tensor, kind: str, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random per-image flips (``hflip``) or dihedral transforms (``dihedral``: flip + 0-3 quarter turns) of
+    [B, 2, C, H, W] square images, drawn from ``generator`` (the trainer seeds one per (seed, rank, step), so
+    resumes stay bit-identical). Every simulator attribute (colour, shape, count, background, style) and
+    quality cue survives them."""
+    if kind == "none":
+        return pixels
+    if kind not in ("hflip", "dihedral"):
+        raise ValueError(f"unknown augment {kind!r}")
+    flat = pixels.flatten(0, 1)
+    flip = (torch.rand(flat.shape[0], generator=generator) < 0.5).to(flat.device)[:, None, None, None]
+    flat = torch.where(flip, flat.flip(-1), flat)
+    if kind == "dihedral":
+        turns = torch.randint(0, 4, (flat.shape[0],), generator=generator)
+        flat = torch.stack([torch.rot90(img, int(k), dims=(-2, -1)) for img, k in zip(flat, turns)])
+    return flat.view_as(pixels)
+
+
 # --------------------------------------------------------------------------- outputs
 def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
     choice = choose_threshold(scores.scores, scores.labels)
@@ -303,9 +321,9 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         for batch in D.make_loader(stream, config.num_workers):
             labels, weights = batch["labels"].to(device), batch["weights"].to(device)
             pixels = batch["pixel_values"].to(device, non_blocking=True)
-            if config.hflip:  # per image, from the (checkpointed) torch RNG: resumes stay bit-identical
-                flip = torch.rand(pixels.shape[:2]) < 0.5
-                pixels = torch.where(flip.to(device)[:, :, None, None, None], pixels.flip(-1), pixels)
+            if config.augment != "none":
+                pixels = augment_images(pixels, config.augment,
+                                        torch.Generator().manual_seed(D.stable_seed("augment", config.seed, rank, step)))
             contrastive = config.contrastive_weight > 0
             with autocast(device, config.bf16):
                 scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
@@ -393,8 +411,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
                         help="walk epochs with split_by_node/split_by_worker instead of resampling shards")
     parser.add_argument("--no-draft", dest="draft_decode", action="store_false", default=None,
                         help="full JPEG decode instead of the DCT-scaled draft")
-    parser.add_argument("--hflip", dest="hflip", action=argparse.BooleanOptionalAction, default=None,
-                        help="random horizontal flips of training images (--no-hflip turns a preset's off)")
+    parser.add_argument("--augment", default=None, choices=["none", "hflip", "dihedral"],
+                        help="per-image train augmentation: flips, or flips + quarter turns")
     parser.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
     return parser
 
