@@ -362,7 +362,8 @@ def _plan(home: DataHome, table: pa.Table, jpg_sizes: dict[str, int], staging: P
         bounds = shards.plan_bounds(sample_bytes, config.max_samples_per_shard, config.max_shard_bytes,
                                     config.min_shards_per_split)
         for index, (start, stop) in enumerate(bounds):
-            part = rows.slice(start, stop - start)
+            # take, not slice: a pickled slice carries its parent's whole buffers to the worker
+            part = rows.take(pa.array(range(start, stop), pa.int64()))
             digest = shards.plan_digest(part.column("key").to_pylist(),
                                         part.column("jpg_0_key").to_pylist() + part.column("jpg_1_key").to_pylist(),
                                         config_text)
