@@ -22,6 +22,16 @@ MOUNTED = {
 }
 
 
+def _day(text: str) -> str:
+    """An argparse type for YYYY-MM-DD days (a bad value exits 2 naming it)."""
+    import datetime as dt
+
+    try:
+        return dt.date.fromisoformat(text).isoformat()
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a day in YYYY-MM-DD form") from None
+
+
 def _add_home(parser: argparse.ArgumentParser) -> None:
     if not any("--home" in action.option_strings for action in parser._actions):
         parser.add_argument("--home", default=None, help=HOME_HELP)
@@ -45,8 +55,8 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
                            description="Ingest + fingerprint every raw day (or --from/--to), then curate, split "
                                        "and publish; runs are recorded in HOME/dagster and show in `pickapic ui`.")
     _add_home(build)
-    build.add_argument("--from", dest="start", metavar="DATE", help="first raw day to (re)build, YYYY-MM-DD")
-    build.add_argument("--to", dest="end", metavar="DATE", help="last raw day to (re)build, YYYY-MM-DD")
+    build.add_argument("--from", dest="start", metavar="DATE", type=_day, help="first raw day to (re)build, YYYY-MM-DD")
+    build.add_argument("--to", dest="end", metavar="DATE", type=_day, help="last raw day to (re)build, YYYY-MM-DD")
     build.add_argument("--with-model", action="store_true", help="also train and evaluate the preference model")
     build.add_argument("--wait", action="store_true", help="wait for a running build instead of refusing")
     build.set_defaults(_run=_cmd_build)

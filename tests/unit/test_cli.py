@@ -54,3 +54,10 @@ def test_second_build_refuses_while_one_holds_the_lock(tmp_path):
                 pass
     with build_lock(home):  # released after the first build ends
         pass
+
+
+def test_build_rejects_a_malformed_day(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["build", "--from", "2023-13-01"])
+    assert exit_info.value.code == 2
+    assert "'2023-13-01' is not a day" in capsys.readouterr().err
