@@ -72,6 +72,13 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     if not chosen:
         raise BuildError(f"no raw partition between {start or 'the first day'} and {end or 'the last day'}; "
                          f"present: {days[0]} .. {days[-1]}")
+    from dagster_project.partitions import PARTITIONS_START, daily
+
+    valid = set(daily.get_partition_keys())
+    outside = [d for d in chosen if d not in valid]
+    if outside:
+        raise BuildError(f"raw day(s) {', '.join(outside)} fall outside the daily partitions ({PARTITIONS_START} "
+                         "up to yesterday, UTC): set PICKAPIC_PARTITIONS_START or wait until the day has ended")
     return chosen
 
 

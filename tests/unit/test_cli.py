@@ -61,3 +61,10 @@ def test_build_rejects_a_malformed_day(capsys):
         main(["build", "--from", "2023-13-01"])
     assert exit_info.value.code == 2
     assert "'2023-13-01' is not a day" in capsys.readouterr().err
+
+
+def test_build_refuses_days_outside_the_partitions(tmp_path, capsys):
+    (tmp_path / "raw" / "app_logs" / "dt=2022-06-01").mkdir(parents=True)
+    assert main(["build", "--home", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "2022-06-01 fall outside the daily partitions" in err and "PICKAPIC_PARTITIONS_START" in err
