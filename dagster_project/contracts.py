@@ -1,10 +1,11 @@
 """Contract quality rules as Dagster asset checks: one check per rule, generated from the YAML."""
 from __future__ import annotations
 
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator, Mapping
 
 import dagster as dg
 
+from dagster_project.metadata import report_metadata
 from data_contracts.engine import evaluate, load_contract
 from pipelines.home import DataHome
 from pipelines.sqlrun import connect
@@ -56,3 +57,20 @@ def run_checks(datasets: Iterable[str], views: dict[str, str]) -> Iterator[dg.As
                 )
     finally:
         con.close()
+
+
+def materialize_and_check(
+    home: DataHome,
+    datasets: Iterable[str],
+    report: Any,
+    partition: str | None = None,
+    extra: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
+    """One result per dataset a stage wrote (row count read from its file), then every contract check."""
+    datasets = list(datasets)
+    for dataset in datasets:
+        output = home.partition_file(dataset, partition) if partition else home.table_file(dataset)
+        metadata = report_metadata(report, dataset, output=output)
+        metadata.update((extra or {}).get(dataset, {}))
+        yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)
+    yield from run_checks(datasets, warehouse_views(home, partition))

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from dagster_project.charts import cluster_size_histogram
-from dagster_project.contracts import check_specs, run_checks, warehouse_views
-from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, to_dataclass
 from pipelines.curation import CurationConfig, build_decisions, build_pairs
@@ -22,10 +22,9 @@ def duplicate_clusters(config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
     report = build_clusters(home, to_dataclass(DedupConfig, config))
-    metadata = report_metadata(report, output=home.table_file("duplicate_clusters"))
-    metadata["cluster_size_chart"] = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
-    yield dg.MaterializeResult(metadata=metadata)
-    yield from run_checks(["duplicate_clusters"], warehouse_views(home))
+    chart = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
+    yield from materialize_and_check(home, ["duplicate_clusters"], report,
+                                     extra={"duplicate_clusters": {"cluster_size_chart": chart}})
 
 
 @dg.asset(
@@ -37,8 +36,7 @@ def decisions(config: CurationRunConfig, data_home: PickapicHome):
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
     report = build_decisions(home, to_dataclass(CurationConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report, output=home.table_file("decisions")))
-    yield from run_checks(["decisions"], warehouse_views(home))
+    yield from materialize_and_check(home, ["decisions"], report)
 
 
 @dg.asset(
@@ -49,5 +47,4 @@ def pairs(config: CurationRunConfig, data_home: PickapicHome):
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
     report = build_pairs(home, to_dataclass(CurationConfig, config))
-    yield dg.MaterializeResult(metadata=report_metadata(report, output=home.table_file("pairs")))
-    yield from run_checks(["pairs"], warehouse_views(home))
+    yield from materialize_and_check(home, ["pairs"], report)

@@ -6,8 +6,8 @@ import dagster as dg
 from pydantic import Field
 
 from dagster_project.charts import nsfw_histogram
-from dagster_project.contracts import check_specs, run_checks, warehouse_views
-from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, to_dataclass
@@ -40,9 +40,6 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     day = context.partition_key
     stage_config = to_dataclass(FeaturesConfig, config)
     report = build_features(home, day, stage_config, beam_args=shlex.split(config.beam_args))
-    for dataset in FEATURE_DATASETS:
-        metadata = report_metadata(report, dataset, output=home.partition_file(dataset, day))
-        if dataset == "image_features" and home.partition_file(dataset, day).exists():
-            metadata["nsfw_score_histogram"] = nsfw_histogram(str(home.partition_file(dataset, day)))
-        yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)
-    yield from run_checks(FEATURE_DATASETS, warehouse_views(home, day))
+    features_file = home.partition_file("image_features", day)
+    extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
+    yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra)

@@ -2,8 +2,8 @@
 
 import dagster as dg
 
-from dagster_project.contracts import check_specs, run_checks, warehouse_views
-from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, to_dataclass
@@ -33,6 +33,4 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
     home = data_home.home()
     day = context.partition_key
     report = ingest_day(home, day, to_dataclass(IngestConfig, config))
-    for dataset in INGEST_DATASETS:
-        yield dg.MaterializeResult(asset_key=dataset, metadata=report_metadata(report, dataset))
-    yield from run_checks(INGEST_DATASETS, warehouse_views(home, day))
+    yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day)

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from dagster_project.charts import split_sizes
-from dagster_project.contracts import check_specs, run_checks, warehouse_views
-from dagster_project.metadata import report_metadata, spec_metadata
+from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, to_dataclass
 from pipelines.splits import SplitConfig, build_splits
@@ -20,7 +20,5 @@ def split_pairs(config: SplitRunConfig, data_home: PickapicHome):
     """Pairs assigned to splits; held-out users are a pure function of their pseudonym and a salt."""
     home = data_home.home()
     report = build_splits(home, to_dataclass(SplitConfig, config))
-    metadata = report_metadata(report, output=home.table_file("split_pairs"))
-    metadata["split_sizes_chart"] = split_sizes(str(home.table_file("split_pairs")))
-    yield dg.MaterializeResult(metadata=metadata)
-    yield from run_checks(["split_pairs"], warehouse_views(home))
+    chart = split_sizes(str(home.table_file("split_pairs")))
+    yield from materialize_and_check(home, ["split_pairs"], report, extra={"split_pairs": {"split_sizes_chart": chart}})
