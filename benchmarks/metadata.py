@@ -12,7 +12,7 @@
    ``build_clusters`` (dedup) + ``build_decisions`` + ``build_pairs``; ``build_splits``; sidecars =
    the publish stage without image bytes: sample keys, the seeded shuffle and the balanced shard plan
    (``publish._with_keys`` / ``publish._plan``), then per shard the per-sample JSON and the Parquet
-   sidecar with the member offsets a tar would have (``shards._json_rows`` / ``shards._dump_json``,
+   sidecar with the member offsets a tar would have (``shards.sample_json``,
    JPEG sizes from the features table; no tar written), one process per CPU, and the query snapshots
    under ``meta/`` (``publish._write_meta``). Tar writing is measured by ``benchmarks.shards``.
 3. Baselines, in the same run: ingest vs a bare single-process ``gzip`` + ``json.loads`` of the same raw
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import publish, shards
@@ -128,17 +129,18 @@ def read_inputs(paths: list[Path]) -> int:
 def _sidecar_only(task: shards.ShardTask) -> dict:
     """One shard's per-sample JSON and Parquet sidecar, laid out as ``shards.write_shard`` would; no tar."""
     rows = task.rows
-    offsets = {m: [] for m in shards.MEMBERS}
-    sizes = {m: [] for m in shards.MEMBERS}
-    position = 0
-    for record in shards._json_rows(rows):
-        key = record.pop("key")
-        member_sizes = (_JPG_SIZES[record["jpg_0_key"]], _JPG_SIZES[record["jpg_1_key"]],
-                        len(shards._dump_json(record, key)), len(record["caption"].encode("utf-8")))
-        for member, size in zip(shards.MEMBERS, member_sizes):
-            offsets[member].append(position + shards.BLOCK)
-            sizes[member].append(size)
-            position += shards.padded(size)
+    texts = shards.sample_json(rows)
+    member_sizes = np.stack([  # (samples, members) in tar order: 0.jpg, 1.jpg, json, txt
+        np.array([_JPG_SIZES[k] for k in rows.column("jpg_0_key").to_pylist()], dtype=np.int64),
+        np.array([_JPG_SIZES[k] for k in rows.column("jpg_1_key").to_pylist()], dtype=np.int64),
+        pc.binary_length(texts).to_numpy().astype(np.int64),
+        pc.binary_length(rows.column("caption")).to_numpy().astype(np.int64),
+    ], axis=1)
+    spans = shards.BLOCK + -(-member_sizes // shards.BLOCK) * shards.BLOCK   # header + padded data
+    starts = np.cumsum(spans.ravel()).reshape(spans.shape) - spans             # each member's header
+    position = int(spans.sum())
+    offsets = {m: starts[:, i] + shards.BLOCK for i, m in enumerate(shards.MEMBERS)}
+    sizes = {m: member_sizes[:, i] for i, m in enumerate(shards.MEMBERS)}
     n = rows.num_rows
     base = shards.shard_name(task.split, task.index)
     sidecar = pa.table({
@@ -155,7 +157,7 @@ def _sidecar_only(task: shards.ShardTask) -> dict:
     write_parquet_atomic(sidecar, path, get_schema("shard_samples"))
     keys = rows.column("key")
     return {"split": task.split, "shard": f"{base}.tar", "shard_index": task.index, "num_samples": n,
-            "num_bytes": shards.tar_size(position), "jpg_bytes": sum(sizes["0.jpg"]) + sum(sizes["1.jpg"]),
+            "num_bytes": shards.tar_size(position), "jpg_bytes": int(sizes["0.jpg"].sum() + sizes["1.jpg"].sum()),
             "sha256": "", "sidecar": path.name, "sidecar_bytes": path.stat().st_size, "sidecar_sha256": "",
             "first_key": keys[0].as_py() if n else "", "last_key": keys[n - 1].as_py() if n else ""}
 

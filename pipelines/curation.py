@@ -221,8 +221,8 @@ def _moderation_file(configured: str, default: Path, what: str) -> Path:
     return path
 
 
-def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, str]:
-    """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrase RE2."""
+def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
+    """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrases."""
     clusters = home.table_file("duplicate_clusters")
     if not clusters.exists():
         raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.dedup first")
@@ -242,7 +242,6 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     banned = read_id_list(_moderation_file(config.banned_users_file, home.banned_users_file, "banned users"))
     phrases = read_phrases(_moderation_file(config.phrases_file, home.nsfw_phrases_file, "NSFW phrase"))
     con.register("banned_users", pa.table({"user_id": pa.array(banned, pa.int64())}))
-    con.register("phrases", phrases_table(phrases))
     user_ids = [row[0] for row in con.sql("SELECT DISTINCT user_id FROM rankings ORDER BY 1").fetchall()]
     con.register("user_pseudonyms", pseudonym_table(user_ids, config.pseudonym_secret))
     con.register("model_names", pa.table({
@@ -252,17 +251,31 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     con.register("ranking_base", run_sql(con, "curation_rankings"))
     con.register("candidate_pairs", run_sql(con, "curation_candidate_pairs",
                                             {"four_image_ties": config.four_image_ties}))
-    return con, phrase_pattern(phrases)
+    return con, phrases
+
+
+def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Table:
+    """(ranking_id, phrase) for every prompt of ``ranking_base`` holding a moderation phrase.
+
+    One combined RE2 finds the candidate prompts, then each phrase's own RE2 runs as a constant over
+    those few prompts (DuckDB compiles a pattern taken from a joined column once per row: 30 s at
+    1M rankings instead of 0.2 s)."""
+    con.register("phrase_hits", run_sql(con, "curation_phrase_hits", {"phrase_regex": phrase_pattern(phrases)}))
+    found = [run_sql(con, "curation_phrase_matches", {"phrase": row["phrase"], "pattern": row["pattern"]})
+             for row in phrases_table(phrases).to_pylist()]
+    schema = pa.schema([("ranking_id", pa.int64()), ("phrase", pa.string())])
+    return pa.concat_tables([t.cast(schema) for t in found]) if found else schema.empty_table()
 
 
 def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -> CurationReport:
     """Write ``decisions``: every drop with its reason and JSON evidence."""
-    con, phrase_regex = _connect(home, config)
+    con, phrases = _connect(home, config)
+    con.register("phrase_matches", phrase_matches(con, phrases))
     image_decisions = run_sql(con, "curation_image_decisions", {
         "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold)})
     con.register("image_decisions", image_decisions)
     table = run_to_parquet(con, "curation_decisions", "decisions", home.table_file("decisions"), {
-        "phrase_regex": phrase_regex, "four_image_ties": config.four_image_ties})
+        "four_image_ties": config.four_image_ties})
     con.register("decisions", table)
     by_reason = con.sql(
         "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()

@@ -104,6 +104,15 @@ class DataHome:
     def dagster_home(self) -> Path:
         return self.root / "dagster"
 
+    # disposable caches: deleting them changes no output, only speed
+    @property
+    def cache(self) -> Path:
+        return self.root / "cache"
+
+    def raw_image_uid_index(self, day: str) -> Path:
+        """Every ``image_uid`` member of one day's raw images file (``ingest``'s reference check)."""
+        return self.cache / "raw_image_uids" / f"dt={day}.parquet"
+
     @property
     def lock_file(self) -> Path:
         return self.root / ".build.lock"

@@ -74,7 +74,7 @@ Reconciliation: for every table, lines_in = accepted + quarantined (line-level r
 
 Speed: each line is decoded with the standard ``json`` scanner and checked by a compiled fast path
 (falling back to the reference rules for anything unusual); a day whose raw files total at least
-``parallel_min_bytes`` (64 MiB compressed) is read by ``workers`` (2) forked processes, images in one
+``parallel_min_bytes`` (16 MiB compressed, about 60,000 rankings) is read by ``workers`` (2) forked processes, images in one
 and the other tables in the other. Neither setting changes a byte of the output.
 
 Command line: ``python -m pipelines.ingest --home DIR [--day YYYY-MM-DD ...]`` (default: every raw day);
@@ -95,12 +95,13 @@ from pathlib import Path
 from typing import Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines import faults
 from pipelines import rawparse as rp
 from pipelines.home import DataHome
-from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema
+from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
 
@@ -127,7 +128,7 @@ class IngestConfig:
         "help": "created_at at/after the end of the partition day + this many days -> bad_timestamp"})
     workers: int = field(default=2, metadata={
         "help": "processes for a large day (images in one, other tables in another); output does not depend on it"})
-    parallel_min_bytes: int = field(default=64 << 20, metadata={
+    parallel_min_bytes: int = field(default=16 << 20, metadata={
         "help": "compressed raw bytes of a day from which the worker processes are used"})
 
     def __post_init__(self) -> None:
@@ -362,7 +363,9 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
     """Quarantine rankings/downloads rows whose image uid no images export of this day or before has.
 
     ``known_today`` holds the uids found while the same process read today's images file; without
-    it, today's file is scanned like the earlier ones (the same byte-level search either way).
+    it, today's file is searched like the earlier ones (the same byte-level search either way).
+    Earlier days are searched through their uid index (``raw_image_uids``), so a day's check costs
+    one small Parquet read per earlier day, not a decompression of every earlier images file.
     """
     tables = [t for t in _REFERENCE_FIELDS if t in runs]
     positions = {t: [parsers[t].names.index(name) for name in _REFERENCE_FIELDS[t]] for t in tables}
@@ -377,13 +380,7 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
     for other in sorted(scan_days, reverse=True):
         if not unresolved:
             break
-        raw = _open_raw(home, home.raw_file(other, "images"))
-        if raw.status != "ok":
-            continue
-        found: set[str] = set()
-        for _ in rp.tap_image_uids(raw.chunks(), found, unresolved):
-            pass
-        unresolved -= found
+        unresolved -= raw_image_uids(home, other, unresolved)
     if not unresolved:
         return
     for table in tables:
@@ -398,6 +395,60 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
                     break
         for key in bad:
             del run.rows[key]
+
+
+_UID_INDEX_VERSION = "1"
+
+
+def _stat_key(path: Path) -> str | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
+
+
+def raw_image_uids(home: DataHome, day: str, wanted: set[str]) -> set[str]:
+    """The uids of ``wanted`` that appear as an ``"image_uid"`` member in ``day``'s raw images file.
+
+    Answered from the day's uid index when it describes the file as it is now (same size and
+    times, else the same sha256); otherwise the file is searched and the index (re)written. The
+    answer depends only on the raw bytes: the index is a cache of the byte search, nothing more.
+    """
+    path = home.raw_file(day, "images")
+    index = home.raw_image_uid_index(day)
+    if index.is_file():
+        try:
+            meta = pq.read_schema(index).metadata or {}
+            if meta.get(b"version") == _UID_INDEX_VERSION.encode():
+                fresh = meta.get(b"stat") == (_stat_key(path) or "").encode()
+                if not fresh and path.is_file():
+                    fresh = meta.get(b"raw_sha256") == sha256_file(path).encode()
+                if fresh:
+                    uids = pq.read_table(index).column("image_uid")
+                    hits = uids.filter(pc.is_in(uids, value_set=pa.array(sorted(wanted), pa.string())))
+                    return set(hits.to_pylist())
+        except (OSError, pa.ArrowException):
+            pass  # an unreadable cache is searched around and rewritten
+    raw = _open_raw(home, path)
+    if raw.status != "ok":
+        return set()
+    stat = _stat_key(path)
+    found: set[str] = set()
+    for _ in rp.tap_image_uids(raw.chunks(), found):
+        pass
+    write_uid_index(home, day, found, raw.file_sha256, stat)
+    return found & wanted
+
+
+def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | None, stat: str | None) -> None:
+    """Record the uids found in ``day``'s raw images file, keyed by the file's sha256 and stat."""
+    path = home.raw_file(day, "images")
+    if raw_sha256 is None or stat is None or _stat_key(path) != stat:
+        return  # not read, or changed while it was read: leave no index
+    table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
+    table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat})
+    write_parquet_atomic(table, home.raw_image_uid_index(day))
 
 
 def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
@@ -570,7 +621,10 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str],
     runs = {}
     for table in tables:
         sink = known_today if table == "images" else None
+        stat = _stat_key(home.raw_file(day, table))
         runs[table] = _read_table(home, day, table, parsers[table], config, sink)
+        if table == "images":
+            write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     _check_references(runs, parsers, known_today, home, day)
     results = {}
     for table, run in runs.items():

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -354,16 +355,20 @@ def _plan(home: DataHome, table: pa.Table, jpg_sizes: dict[str, int], staging: P
     tasks = []
     config_text = json.dumps(config.output_fields(), sort_keys=True) + FORMAT_VERSION
     split_column = table.column("split")
+    all_sample_bytes = shards.estimate_sample_bytes(table, jpg_sizes)
     for split in _splits_in(table):
-        rows = table.filter(pc.equal(split_column, split))
-        order = shards.shuffle_order(rows.column("key").to_pylist(), config.seed)
-        rows = rows.take(pa.array(order))
-        sample_bytes = shards.estimate_sample_bytes(rows, jpg_sizes)
+        members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
+        order = members[shards.shuffle_order(table.column("key").take(pa.array(members)).to_pylist(), config.seed)]
+        # one contiguous copy in shard order, column by column (a take from a chunked table
+        # concatenates it on every call; a whole-table take is slower than its columns' takes)
+        indices = pa.array(order)
+        rows = pa.table({name: table.column(name).take(indices).combine_chunks() for name in table.column_names},
+                        schema=table.schema)
+        sample_bytes = all_sample_bytes[order]
         bounds = shards.plan_bounds(sample_bytes, config.max_samples_per_shard, config.max_shard_bytes,
                                     config.min_shards_per_split)
         for index, (start, stop) in enumerate(bounds):
-            # take, not slice: a pickled slice carries its parent's whole buffers to the worker
-            part = rows.take(pa.array(range(start, stop), pa.int64()))
+            part = rows.slice(start, stop - start)  # zero-copy; ShardTask pickles only the slice
             digest = shards.plan_digest(part.column("key").to_pylist(),
                                         part.column("jpg_0_key").to_pylist() + part.column("jpg_1_key").to_pylist(),
                                         config_text)

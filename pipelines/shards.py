@@ -105,8 +105,14 @@ def plan_bounds(sample_bytes: np.ndarray, max_samples: int, max_bytes: int, min_
 
 def estimate_sample_bytes(table: pa.Table, jpg_sizes: dict[str, int]) -> np.ndarray:
     """Tar bytes each row will take (exact for JPEGs; the JSON is an upper estimate)."""
-    jpg0 = np.array([jpg_sizes[k] for k in table.column("jpg_0_key").to_pylist()], dtype=np.int64)
-    jpg1 = np.array([jpg_sizes[k] for k in table.column("jpg_1_key").to_pylist()], dtype=np.int64)
+    known = pa.array(list(jpg_sizes), pa.string())
+    known_sizes = np.fromiter(jpg_sizes.values(), dtype=np.int64, count=len(jpg_sizes))
+
+    wanted = pa.chunked_array(table.column("jpg_0_key").chunks + table.column("jpg_1_key").chunks, pa.string())
+    index = pc.index_in(wanted, value_set=known)  # one hash table for both columns
+    if index.null_count:
+        raise KeyError(wanted.filter(pc.is_null(index))[0].as_py())
+    jpg0, jpg1 = np.split(known_sizes[index.to_numpy()], 2)
     text = np.zeros(table.num_rows, dtype=np.int64)
     for field in table.schema:
         if pa.types.is_string(field.type):
@@ -119,7 +125,11 @@ def estimate_sample_bytes(table: pa.Table, jpg_sizes: dict[str, int]) -> np.ndar
 
 @dataclass(frozen=True)
 class ShardTask:
-    """Everything one worker needs to write one shard (rows already in shard order, with ``key``)."""
+    """Everything one worker needs to write one shard (rows already in shard order, with ``key``).
+
+    ``rows`` may be a zero-copy slice of the whole split: a task pickles its rows as an Arrow IPC
+    stream, which holds only the slice (pickling a slice directly copies the parent's buffers).
+    """
 
     split: str
     index: int
@@ -129,28 +139,82 @@ class ShardTask:
     plan_sha256: str
     fsync: bool = True
 
+    def __reduce__(self):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.rows.schema) as writer:
+            writer.write_table(self.rows)
+        return (_task_from_ipc, (self.split, self.index, self.out_dir, self.home_root, sink.getvalue(),
+                                 self.plan_sha256, self.fsync))
+
+
+def _task_from_ipc(split: str, index: int, out_dir: str, home_root: str, rows: pa.Buffer,
+                   plan_sha256: str, fsync: bool) -> ShardTask:
+    return ShardTask(split, index, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync)
+
 
 def plan_digest(keys: list[str], jpg_keys: list[str], extra: str) -> str:
-    """sha256 naming exactly what a shard will contain; a resumed build reuses a shard only on a match."""
+    """sha256 naming exactly what a shard will contain; a resumed build reuses a shard only on a match.
+
+    The bytes hashed: ``extra``, then every key and every JPEG key, each followed by a NUL."""
     digest = hashlib.sha256(extra.encode())
-    for key in keys:
-        digest.update(key.encode() + b"\0")
-    for key in jpg_keys:
-        digest.update(key.encode() + b"\0")
+    for names in (keys, jpg_keys):
+        if names:
+            digest.update(("\0".join(names) + "\0").encode())
     return digest.hexdigest()
 
 
-def _json_rows(rows: pa.Table) -> list[dict]:
-    """Rows as JSON-ready dicts: timestamps and dates as ISO strings, numbers stay numbers."""
-    columns = {}
+def sample_json(rows: pa.Table) -> pa.Array:
+    """Each row's ``.json`` member: compact UTF-8 JSON of every column but ``key``, in column order.
+
+    Timestamps become ``YYYY-MM-DDTHH:MM:SS.ffffff`` and dates ``YYYY-MM-DD`` text; numbers stay
+    numbers; NaN/Infinity are refused. DuckDB's ``to_json`` writes a whole shard in one call, about
+    8x faster than ``json.dumps`` per row, with the same bytes as ``json.dumps(..., ensure_ascii=False,
+    separators=(",", ":"))`` for these columns (a unit test compares them row by row).
+    """
     for field in rows.schema:
-        column = rows.column(field.name)
+        if pa.types.is_floating(field.type):
+            finite = pc.is_finite(rows.column(field.name))
+            if not pc.all(pc.fill_null(finite, True)).as_py():
+                bad = rows.filter(pc.invert(pc.fill_null(finite, True))).column("key")[0].as_py()
+                raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
+    members = []
+    for field in rows.schema:
+        if field.name == "key":
+            continue
+        name = '"' + field.name.replace('"', '""') + '"'
         if pa.types.is_timestamp(field.type):
-            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S")
+            value = f"strftime({name}, '%Y-%m-%dT%H:%M:%S.%f')"
         elif pa.types.is_date(field.type):
-            column = column.cast(pa.string())
-        columns[field.name] = column
-    return pa.table(columns).to_pylist()
+            value = f"strftime({name}, '%Y-%m-%d')"
+        else:
+            value = name
+        members.append(f"{name} := {value}")
+    con = _duckdb()
+    con.register("samples", rows)
+    try:
+        result = con.sql(f"SELECT to_json(struct_pack({', '.join(members)}))::VARCHAR FROM samples").to_arrow_table()
+    finally:
+        con.unregister("samples")
+    return result.column(0).combine_chunks().cast(pa.string())
+
+
+_DUCKDB: dict[int, object] = {}
+
+
+def _duckdb():
+    """One in-memory DuckDB per process (a forked worker opens its own; connecting costs ~20 ms).
+
+    A connection inherited through fork is never closed or freed in the child: its threads do not
+    exist there, and tearing it down crashes the process.
+    """
+    import duckdb
+
+    pid = os.getpid()
+    if pid not in _DUCKDB:
+        con = duckdb.connect(":memory:")
+        con.execute("SET threads = 1")  # one per worker process: the pool already uses every core
+        _DUCKDB[pid] = con
+    return _DUCKDB[pid]
 
 
 def write_shard(task: ShardTask) -> dict:
@@ -175,13 +239,13 @@ def write_shard(task: ShardTask) -> dict:
     jpg_bytes = 0
     tmp_tar = out_dir / f".{base}.tar.tmp"
     with open(tmp_tar, "wb", buffering=0) as out:
-        for record in _json_rows(rows):
-            key = record.pop("key")
+        columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
+        for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, sample_json(rows).to_pylist()):
             payloads = (
-                _read_jpg(home, record["jpg_0_key"], key),
-                _read_jpg(home, record["jpg_1_key"], key),
-                _dump_json(record, key),
-                record["caption"].encode("utf-8"),
+                _read_jpg(home, jpg_0_key, key),
+                _read_jpg(home, jpg_1_key, key),
+                text.encode("utf-8"),
+                caption.encode("utf-8"),
             )
             pieces = []
             for member, data in zip(MEMBERS, payloads):
@@ -260,14 +324,6 @@ def _read_jpg(home: str, relpath: str, key: str) -> bytes:
             return handle.readall()
     except OSError as exc:
         raise FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}") from exc
-
-
-def _dump_json(record: dict, key: str) -> bytes:
-    """Compact UTF-8 JSON of one sample's pair columns; NaN/Infinity are refused, not written."""
-    try:
-        return json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode("utf-8")
-    except ValueError as exc:
-        raise ValueError(f"sample {key!r}: pair columns are not valid JSON ({exc})") from exc
 
 
 def jpg_key_is_safe(relpath: str) -> bool:

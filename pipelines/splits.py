@@ -28,9 +28,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import re
+import sys
 import unicodedata
 from dataclasses import asdict, dataclass, field
 
@@ -69,12 +71,19 @@ class SplitConfig:
             raise ValueError("SplitConfig.salt must not be empty")
 
 
+@functools.cache
+def _punctuation_to_space() -> dict[int, str]:
+    """``str.translate`` table: every punctuation (P*) and math/modifier symbol (Sm, Sk) -> space."""
+    category = unicodedata.category
+    return {cp: " " for cp in range(sys.maxunicode + 1)
+            if (c := category(chr(cp)))[0] == "P" or c in ("Sm", "Sk")}
+
+
 def normalize_prompt(text: str) -> str:
     """The prompt key: NFKC, casefold, brackets removed, punctuation to spaces, whitespace collapsed."""
     folded = unicodedata.normalize("NFKC", text).casefold()
     stripped = _BRACKETS.sub(" ", folded)
-    spaced = "".join(" " if unicodedata.category(ch)[0] == "P" or unicodedata.category(ch) in ("Sm", "Sk") else ch
-                     for ch in stripped)
+    spaced = stripped.translate(_punctuation_to_space())
     key = " ".join(spaced.split())
     return key if key else "#" + " ".join(folded.split())
 

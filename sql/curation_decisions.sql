@@ -1,14 +1,11 @@
 -- Inputs: ranking_base (curation_rankings), candidate_pairs, image_decisions, duplicate_clusters,
---         banned_users (user_id), phrases (phrase, pattern), user_pseudonyms (user_id, pseudonym).
+--         banned_users (user_id), phrase_matches (ranking_id, phrase: curation_phrase_matches),
+--         user_pseudonyms (user_id, pseudonym).
 -- Output: the decisions table: image rows, ranking rows (banned_user, prompt_phrase, conflicting_ranking,
 --         invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster),
 --         ranking_export rows (duplicate_ranking) and user rows (banned_user). One row per subject and reason.
--- Parameters: $phrase_regex (every phrase in one word-bounded, case-insensitive RE2), $four_image_ties.
-WITH phrase_hits AS MATERIALIZED (
-    -- one compiled (constant) regex over every prompt first; the per-phrase patterns below only run on hits
-    SELECT ranking_id, prompt FROM ranking_base WHERE regexp_matches(prompt, $phrase_regex)
-),
-ranking_reasons AS (
+-- Parameters: $four_image_ties.
+WITH ranking_reasons AS (
     SELECT ranking_id, 'conflicting_ranking' AS reason,
            to_json(struct_pack(export_days := export_days, variants := n_variants))::VARCHAR AS evidence
     FROM ranking_base WHERE n_variants > 1
@@ -16,13 +13,10 @@ ranking_reasons AS (
     SELECT r.ranking_id, 'banned_user', to_json(struct_pack(user_id := p.pseudonym))::VARCHAR
     FROM ranking_base r SEMI JOIN banned_users b USING (user_id) JOIN user_pseudonyms p USING (user_id)
     UNION ALL
-    SELECT r.ranking_id, 'prompt_phrase',
-           to_json(struct_pack(phrases := list(ph.phrase ORDER BY ph.phrase)))::VARCHAR
-    FROM phrase_hits r
-    -- a cheap necessary condition first (phrase whitespace matches any run): a per-row pattern is compiled per row
-    JOIN phrases ph ON contains(regexp_replace(lower(r.prompt), '\s+', ' ', 'g'), regexp_replace(lower(ph.phrase), '\s+', ' ', 'g'))
-                   AND regexp_matches(r.prompt, ph.pattern)
-    GROUP BY r.ranking_id
+    SELECT ranking_id, 'prompt_phrase',
+           to_json(struct_pack(phrases := list(phrase ORDER BY phrase)))::VARCHAR
+    FROM phrase_matches
+    GROUP BY ranking_id
     UNION ALL
     SELECT ranking_id, 'invalid_best_image',
            to_json(struct_pack(best_image_uid := best_image_uid, shown := shown))::VARCHAR

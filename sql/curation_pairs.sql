@@ -14,10 +14,19 @@ feat AS (
     SELECT image_uid, arg_min(sha256, dt) AS sha256, arg_min(train_jpg_key, dt) AS train_jpg_key
     FROM image_features GROUP BY image_uid
 ),
-model_short AS (
-    SELECT i.image_uid, i.model_id,
-           coalesce(m.short_name, regexp_replace(i.model_id, '^.*/', '')) AS short_name
-    FROM img i LEFT JOIN model_names m USING (model_id)
+shown AS (
+    SELECT image_0_uid AS image_uid FROM candidate_pairs UNION SELECT image_1_uid FROM candidate_pairs
+),
+-- everything a pair needs about one image, in one row: two joins per pair instead of six
+per_image AS (
+    SELECT s.image_uid, i.model_id,
+           coalesce(m.short_name, regexp_replace(i.model_id, '^.*/', '')) AS short_name,
+           c.cluster_id, f.sha256, f.train_jpg_key
+    FROM shown s
+    LEFT JOIN img i USING (image_uid)
+    LEFT JOIN model_names m USING (model_id)
+    LEFT JOIN duplicate_clusters c USING (image_uid)
+    LEFT JOIN feat f USING (image_uid)
 )
 SELECT cp.pair_id, cp.ranking_id, cp.pair_index,
        u.pseudonym AS user_id,
@@ -26,21 +35,17 @@ SELECT cp.pair_id, cp.ranking_id, cp.pair_index,
        cp.image_0_uid, cp.image_1_uid, cp.label_0, cp.label_1,
        CASE WHEN r.is_tie THEN NULL ELSE r.best_image_uid END AS best_image_uid,
        TRUE AS has_label,
-       m0.model_id <> m1.model_id AS are_different,
-       m0.short_name AS model_0, m1.short_name AS model_1,
-       c0.cluster_id AS cluster_0, c1.cluster_id AS cluster_1,
-       f0.sha256 AS sha256_0, f1.sha256 AS sha256_1,
-       f0.train_jpg_key AS jpg_0_key, f1.train_jpg_key AS jpg_1_key,
+       i0.model_id <> i1.model_id AS are_different,
+       i0.short_name AS model_0, i1.short_name AS model_1,
+       i0.cluster_id AS cluster_0, i1.cluster_id AS cluster_1,
+       i0.sha256 AS sha256_0, i1.sha256 AS sha256_1,
+       i0.train_jpg_key AS jpg_0_key, i1.train_jpg_key AS jpg_1_key,
        r.dt
 FROM candidate_pairs cp
 JOIN ranking_base r USING (ranking_id)
 ANTI JOIN dropped_rankings USING (ranking_id)
 ANTI JOIN dropped_pairs dp ON dp.pair_id = cp.pair_id
 LEFT JOIN user_pseudonyms u ON u.user_id = r.user_id
-LEFT JOIN model_short m0 ON m0.image_uid = cp.image_0_uid
-LEFT JOIN model_short m1 ON m1.image_uid = cp.image_1_uid
-LEFT JOIN duplicate_clusters c0 ON c0.image_uid = cp.image_0_uid
-LEFT JOIN duplicate_clusters c1 ON c1.image_uid = cp.image_1_uid
-LEFT JOIN feat f0 ON f0.image_uid = cp.image_0_uid
-LEFT JOIN feat f1 ON f1.image_uid = cp.image_1_uid
+LEFT JOIN per_image i0 ON i0.image_uid = cp.image_0_uid
+LEFT JOIN per_image i1 ON i1.image_uid = cp.image_1_uid
 ORDER BY cp.ranking_id, cp.pair_index

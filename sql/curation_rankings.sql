@@ -4,8 +4,10 @@
 -- Parameters: none.
 WITH exports AS (
     SELECT r.*,
-           md5(to_json(struct_pack(created_at, user_id, image_0_uid, image_1_uid, image_2_uid, image_3_uid,
-                                   best_image_uid, is_tie, prompt, bracket_negative_prompt))::VARCHAR) AS content_digest
+           -- compared only within one ranking_id (a few exports), never written out: DuckDB's 64-bit
+           -- hash of the row is enough and 4x cheaper than md5 of its JSON
+           hash(struct_pack(created_at, user_id, image_0_uid, image_1_uid, image_2_uid, image_3_uid,
+                            best_image_uid, is_tie, prompt, bracket_negative_prompt)) AS content_digest
     FROM rankings r
 ),
 per_id AS (

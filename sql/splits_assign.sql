@@ -1,6 +1,7 @@
 -- Inputs: pairs, prompt_keys (caption, prompt_key).
 -- Output: every pair with prompt_key, its user's home split (a pure function of the pseudonym and $salt),
---         and drop_reason (prompt_conflict | cluster_conflict | NULL) with the conflicting keys as JSON.
+--         and drop_reason (prompt_conflict | cluster_conflict | NULL) with the conflicting keys as JSON
+--         (evidence; NULL on kept rows).
 --         A key (normalized prompt, duplicate cluster) belongs to one split (its owner); a row is kept
 --         only if every key it carries is owned by its home split, so no key spans two splits.
 -- Parameters: $salt, $heldout_fraction, $owner_mode ('first_use' | 'heldout_wins').
@@ -44,6 +45,7 @@ conflicts AS (
 SELECT r.*,
        CASE WHEN c.pair_id IS NULL THEN NULL WHEN c.prompt_conflict THEN 'prompt_conflict' ELSE 'cluster_conflict' END
            AS drop_reason,
-       to_json(struct_pack(home := r.home, conflicts := list_sort(c.conflicts)))::VARCHAR AS evidence
+       CASE WHEN c.pair_id IS NOT NULL   -- evidence only where a row is dropped (split_rejects)
+            THEN to_json(struct_pack(home := r.home, conflicts := list_sort(c.conflicts)))::VARCHAR END AS evidence
 FROM rows r LEFT JOIN conflicts c USING (pair_id)
 ORDER BY r.ranking_id, r.pair_index

@@ -96,3 +96,45 @@ def test_giant_bucket_is_capped_and_reported():
     got = {r["image_uid"]: r["cluster_id"] for r in clusters.to_pylist()}
     assert got["p-2"] == "p-1"  # small buckets still join
     assert "giant_bucket_table" in report.metadata()
+
+
+def test_near_candidates_match_a_brute_force_bucket_scan():
+    """Every pair sharing a band value outside the skipped buckets, within distance k, exactly once."""
+    import itertools
+
+    import numpy as np
+    import pyarrow as pa
+
+    from pipelines.dedup import DedupConfig, band_table, near_candidates
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 2**63, 60, dtype=np.uint64)
+    near = base[rng.integers(0, 60, 240)] ^ (np.uint64(1) << rng.integers(0, 63, 240).astype(np.uint64))
+    near ^= (np.uint64(1) << rng.integers(0, 63, 240).astype(np.uint64))
+    phash = np.unique(np.concatenate([base, near, base & np.uint64(0xFFFF)]))  # some shared low bands too
+    dhash = rng.integers(0, 2**63, len(phash), dtype=np.uint64)
+    rid = rng.permutation(len(phash)).astype(np.int64) + 1
+    nodes = pa.table({"rid": rid, "phash": phash, "dhash": dhash})
+    config = DedupConfig(k=4, bands=4)
+    bands = band_table(config)
+    skipped = {(0, int(phash[0] & np.uint64(0xFFFF)))}
+    giant = pa.table({"band": pa.array([b for b, _ in skipped], pa.int32()),
+                      "value": pa.array([v for _, v in skipped], pa.uint64())})
+    rows = bands.to_pylist()
+
+    def keys(i):
+        return {(r["band"], int(((phash if r["hash_kind"] == "phash" else dhash)[i] >> np.uint64(r["shift"]))
+                                & np.uint64(r["mask"]))) for r in rows}
+
+    expected = set()
+    for i, j in itertools.combinations(range(len(phash)), 2):
+        shared = (keys(i) & keys(j)) - skipped
+        if shared and bin(int(phash[i] ^ phash[j])).count("1") <= config.k:
+            expected.add((min(rid[i], rid[j]), max(rid[i], rid[j])))
+    got = near_candidates(nodes, bands, giant, config.k)
+    pairs = list(zip(got.column("r0").to_pylist(), got.column("r1").to_pylist()))
+    assert pairs == sorted(expected) and len(expected) > 100
+    by_rid = {int(r): (int(p), int(d)) for r, p, d in zip(rid, phash, dhash)}
+    for row in got.to_pylist():
+        (p0, d0), (p1, d1) = by_rid[row["r0"]], by_rid[row["r1"]]
+        assert row["phash_distance"] == bin(p0 ^ p1).count("1") and row["dhash_distance"] == bin(d0 ^ d1).count("1")

@@ -176,6 +176,45 @@ def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
     assert snapshot(home, "2023-03-02") == before
 
 
+def test_uid_index_is_a_cache_of_the_raw_bytes_only(tmp_path):
+    """Earlier days are searched through their uid index; a changed raw file or a broken index
+    falls back to the bytes, so the answer never depends on a stale cache."""
+    home = DataHome(tmp_path / "home")
+    day1 = DayBuilder("2023-03-01", seed=1).populate(users=2, images=6, rankings=2, downloads=0)
+    day1.write(home)
+    day2 = DayBuilder("2023-03-02", seed=2, id_base=5_000).populate(users=2, images=4, rankings=1, downloads=0)
+    old = day1.image_uids[0]
+    line = day2.add("rankings", day2.ranking(image_0_uid=old, image_1_uid=day2.image_uids[0], best_image_uid=old))
+    day2.write(home)
+    index = home.raw_image_uid_index("2023-03-01")
+
+    ingest_day(home, "2023-03-01")
+    assert index.is_file() and old in pq.read_table(index).column("image_uid").to_pylist()
+    assert ingest_day(home, "2023-03-02").tables["rankings"].accepted == 2
+    accepted = snapshot(home, "2023-03-02")
+
+    index.write_bytes(b"not parquet")  # a broken index is searched around and rewritten
+    ingest_day(home, "2023-03-02")
+    assert snapshot(home, "2023-03-02") == accepted
+    assert old in pq.read_table(index).column("image_uid").to_pylist()
+
+    # day 1 is re-exported without that image: the index no longer describes the file
+    day1.lines["images"] = [text for text in day1.lines["images"] if old.encode() not in text]
+    day1.write(home)
+    report = ingest_day(home, "2023-03-02")
+    [q] = read(home, "quarantine", "2023-03-02")
+    assert (q["line_number"], q["reason"]) == (line, "unknown_image_reference")
+    assert report.tables["rankings"].accepted == 1
+    assert old not in pq.read_table(index).column("image_uid").to_pylist()
+
+    # deleting the cache changes nothing but speed
+    import shutil
+    quarantined = snapshot(home, "2023-03-02")
+    shutil.rmtree(home.cache)
+    ingest_day(home, "2023-03-02")
+    assert snapshot(home, "2023-03-02") == quarantined
+
+
 def test_rerun_is_byte_identical_and_independent_of_the_home_path(tmp_path):
     home_a, _ = clean_home(tmp_path / "a", seed=4)
     home_b, _ = clean_home(tmp_path / "b", seed=4)

@@ -81,3 +81,68 @@ def test_jpg_key_safety() -> None:
     assert shards.jpg_key_is_safe("blobs/ab/abc.jpg")
     for bad in ("../etc/passwd", "/etc/passwd", "blobs/../../x.jpg", "blobs//x.jpg", "a\\b.jpg", "a\0b", ""):
         assert not shards.jpg_key_is_safe(bad), bad
+
+
+def _rows_for_json():
+    import datetime as dt
+
+    import pyarrow as pa
+
+    strings = ["plain", 'quote " back \\ slash /', "tab\there", "nl\nx", "uni é 漢字 😀", "\u2028 \u200e rtl",
+               "\x7f del", "\x01ctl", "", "it's"]
+    n = len(strings)
+    return pa.table({
+        "pair_id": pa.array([f"{i}_0" for i in range(n)]),
+        "ranking_id": pa.array(range(n), pa.int64()),
+        "pair_index": pa.array([0] * n, pa.int8()),
+        "caption": pa.array(strings),
+        "created_at": pa.array([dt.datetime(2023, 3, 1, 12, 0, i, 123456 * (i % 2)) for i in range(n)],
+                               pa.timestamp("us")),
+        "label_0": pa.array([1.0, 0.0, 0.5] * 3 + [1.0], pa.float64()),
+        "best_image_uid": pa.array([None, "x"] * (n // 2), pa.string()),
+        "has_label": pa.array([True, False] * (n // 2)),
+        "dt": pa.array([dt.date(2023, 3, 1)] * n, pa.date32()),
+        "num_example_per_prompt": pa.array(range(1, n + 1), pa.int64()),
+        "key": pa.array([f"{i}_0" for i in range(n)]),
+    })
+
+
+def test_sample_json_matches_json_dumps_row_by_row() -> None:
+    import json
+
+    import pyarrow.compute as pc
+
+    rows = _rows_for_json()
+    texts = shards.sample_json(rows).to_pylist()
+    columns = {f.name: rows.column(f.name) for f in rows.schema if f.name != "key"}
+    columns["created_at"] = pc.strftime(columns["created_at"], "%Y-%m-%dT%H:%M:%S")  # Arrow: seconds.ffffff
+    columns["dt"] = columns["dt"].cast("string")
+    expected = [json.dumps(r, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                for r in __import__("pyarrow").table(columns).to_pylist()]
+    assert texts == expected
+    assert json.loads(texts[1])["created_at"] == "2023-03-01T12:00:01.123456"
+    assert json.loads(texts[0])["created_at"] == "2023-03-01T12:00:00.000000"
+
+
+def test_sample_json_refuses_non_finite_numbers() -> None:
+    import pyarrow as pa
+
+    rows = _rows_for_json()
+    labels = rows.column("label_0").to_pylist()
+    labels[3] = float("nan")
+    rows = rows.set_column(rows.schema.get_field_index("label_0"), "label_0", pa.array(labels, pa.float64()))
+    with pytest.raises(ValueError, match="'3_0'.*label_0 is not finite"):
+        shards.sample_json(rows)
+
+
+def test_a_pickled_task_carries_only_its_slice() -> None:
+    import pickle
+
+    import pyarrow as pa
+
+    whole = pa.table({"key": pa.array([f"k{i}" * 20 for i in range(20_000)])}).combine_chunks()
+    task = shards.ShardTask("train", 3, "/out", "/home", whole.slice(100, 50), "digest", False)
+    data = pickle.dumps(task)
+    assert len(data) < 20_000 < len(pickle.dumps(whole))
+    back = pickle.loads(data)
+    assert back == task and back.rows.equals(task.rows) and back.rows.num_rows == 50
