@@ -73,9 +73,16 @@ Reconciliation: for every table, lines_in = accepted + quarantined (line-level r
 ``IngestReport.reconciled`` and checked again from the written files by the ``ingest_files`` contract.
 
 Speed: each line is decoded with the standard ``json`` scanner and checked by a compiled fast path
-(falling back to the reference rules for anything unusual); a day whose raw files total at least
-``parallel_min_bytes`` (16 MiB compressed, about 60,000 rankings) is read by ``workers`` (2) forked processes, images in one
-and the other tables in the other. Neither setting changes a byte of the output.
+(falling back to the reference rules for anything unusual). A day whose raw files total at least
+``parallel_min_bytes`` (16 MiB compressed, about 60,000 rankings) is read by ``workers`` (2) forked
+processes: each reads every file but validates only the lines whose primary key, as written in the
+raw bytes, routes to it (crc32 of the key; a line whose key cannot be read that way goes to worker
+0), and the parent merges the parts. If versions of one key still reach two workers, that table is
+redone in one process. The reference check reads earlier days through a per-day index of their raw
+images files' uids (``cache/raw_image_uids/dt=DAY.parquet``, written by that day's ingest, trusted
+while the raw file has the recorded size and times, else its recorded sha256; otherwise the file is
+searched again), so a day's check does not decompress the whole history. None of this changes a
+byte of the output.
 
 Command line: ``python -m pipelines.ingest --home DIR [--day YYYY-MM-DD ...]`` (default: every raw day);
 prints one JSON summary per day and exits 1 if a day does not reconcile.
@@ -87,8 +94,10 @@ import contextlib
 import datetime as dt
 import json
 import multiprocessing
+import re
 import sys
 import time
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,7 +136,7 @@ class IngestConfig:
     future_tolerance_days: int = field(default=2, metadata={
         "help": "created_at at/after the end of the partition day + this many days -> bad_timestamp"})
     workers: int = field(default=2, metadata={
-        "help": "processes for a large day (images in one, other tables in another); output does not depend on it"})
+        "help": "processes for a large day (lines split between them by primary key); output does not depend on it"})
     parallel_min_bytes: int = field(default=16 << 20, metadata={
         "help": "compressed raw bytes of a day from which the worker processes are used"})
 
@@ -271,6 +280,7 @@ class _TableRun:
         self.rows: dict[object, tuple[int, tuple]] = {}     # primary key -> (line number, values)
         self.quarantine: list[tuple] = []                   # (line, reason, detail, text, length, sha)
         self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
+        self.seen: set = set()                              # every primary key of a line that parsed
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
         if data is None:
@@ -294,10 +304,26 @@ def _open_raw(home: DataHome, path: Path) -> rp.RawFile:
     return raw
 
 
+# A worker of a large day reads every file but validates only the lines routed to it: routed by
+# the primary key as written in the raw bytes, so every version of a key normally meets the same
+# worker. A line whose key cannot be read this way goes to part 0; if versions of one key still end
+# up in two parts, ``ingest_day`` notices (``seen`` keys intersect) and redoes that table in one process.
+_ROUTE_RE = {table: re.compile(rb'"' + key.encode() + rb'"[ \t\r]{0,16}:[ \t\r]{0,16}("[0-9a-f-]{1,64}"|[0-9]{1,20})[ \t\r]{0,16}[,}]')
+             for table, key in PRIMARY_KEYS.items()}
+
+
+def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
+    match = pattern.search(data)
+    return zlib.crc32(match.group(1)) % parts if match else 0
+
+
 def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
-                uid_sink: set[str] | None = None) -> _TableRun:
-    """Validate every line of one raw file, then resolve exact duplicates and key conflicts."""
+                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1)) -> _TableRun:
+    """Validate every line of one raw file (of ``part`` = (index, parts): only the lines routed to
+    it), then resolve exact duplicates and key conflicts."""
     run = _TableRun(home, day, table)
+    index, parts = part
+    route = _ROUTE_RE[table]
     report = run.report
     raw = _open_raw(home, run.path)
     if raw.status == "ok":
@@ -312,7 +338,10 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
         number = 0
         for number, data in rp.iter_lines(chunks, max_bytes):
             if type(data) is not bytes:
-                run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                if index == 0:
+                    run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                continue
+            if parts > 1 and _route(data, route, parts) != index:
                 continue
             try:
                 values = parse(data)
@@ -325,6 +354,7 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
             else:
                 rows[key] = (number, values)
         report.lines_in = number
+        run.seen = set(rows)
         _resolve_repeats(run, repeats, PRIMARY_KEYS[table])
     report.status = raw.status
     report.error = raw.error
@@ -487,7 +517,7 @@ def _users_table(rows: list[tuple], day: dt.date) -> pa.Table:
 
 def _images_table(home: DataHome, rows: list[tuple], day: dt.date) -> pa.Table:
     cols = list(zip(*rows)) or [()] * 13
-    split = [rp.split_prompt(p) for p in cols[4]]
+    split = [(p.strip(), None) if "[" not in p else rp.split_prompt(p) for p in cols[4]]  # no '[': nothing to unescape or move
     return pa.table({
         "image_id": pa.array(cols[0], pa.int64()),
         "created_at": _timestamps(cols[1]),
@@ -510,7 +540,7 @@ def _images_table(home: DataHome, rows: list[tuple], day: dt.date) -> pa.Table:
 
 def _rankings_table(rows: list[tuple], day: dt.date) -> pa.Table:
     cols = list(zip(*rows)) or [()] * 9
-    split = [rp.split_prompt(p) for p in cols[8]]
+    split = [(p.strip(), None) if "[" not in p else rp.split_prompt(p) for p in cols[8]]
     return pa.table({
         "ranking_id": pa.array(cols[0], pa.int64()),
         "created_at": _timestamps(cols[1]),
@@ -605,12 +635,13 @@ _BUILDERS = {
 }
 
 
-def _ingest_tables(home: DataHome, day: str, tables: Sequence[str],
-                   config: IngestConfig) -> dict[str, tuple[pa.Table, list[tuple], TableReport]]:
+def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig,
+                   part: tuple[int, int] = (0, 1)) -> dict[str, tuple[pa.Table, list[tuple], TableReport, set]]:
     """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
 
-    Returns, per table, its sorted Arrow table, its quarantine rows and its report. Runs in a worker
-    process when the day is large; the result does not depend on how tables are grouped.
+    Returns, per table, its sorted Arrow table, its quarantine rows, its report and the primary keys
+    it saw. With ``part`` = (index, parts) only the lines routed to that part are validated (a worker
+    of a large day); ``_merge_parts`` combines the parts.
     """
     date = parse_day(day)
     ts_range = config.timestamp_range(date)
@@ -622,8 +653,8 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str],
     for table in tables:
         sink = known_today if table == "images" else None
         stat = _stat_key(home.raw_file(day, table))
-        runs[table] = _read_table(home, day, table, parsers[table], config, sink)
-        if table == "images":
+        runs[table] = _read_table(home, day, table, parsers[table], config, sink, part)
+        if table == "images" and part[0] == 0:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     _check_references(runs, parsers, known_today, home, day)
     results = {}
@@ -636,8 +667,36 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str],
             report.reasons[q[1]] = report.reasons.get(q[1], 0) + 1
         report.reasons = dict(sorted(report.reasons.items()))
         built = _BUILDERS[table](home, _kept_values(run), date).sort_by(PRIMARY_KEYS[table])
-        results[table] = (built, [(table, report.file, *q) for q in run.quarantine], report)
+        results[table] = (built, [(table, report.file, *q) for q in run.quarantine], report, run.seen)
     return results
+
+
+def _merge_parts(table: str, parts: list[tuple[pa.Table, list[tuple], TableReport, set]]
+                 ) -> tuple[pa.Table, list[tuple], TableReport]:
+    """One table's result from its parts: rows and line-level quarantine rows of every part, the
+    file-level rows and file facts once (every part read the whole file)."""
+    built = pa.concat_tables([p[0] for p in parts]).sort_by(PRIMARY_KEYS[table])
+    quarantine = [q for q in parts[0][1] if q[2] == 0] + [q for p in parts for q in p[1] if q[2] > 0]
+    report = parts[0][2]
+    if any(p[2].lines_in != report.lines_in for p in parts):
+        raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
+    report.accepted = built.num_rows
+    report.quarantined = sum(1 for q in quarantine if q[2] > 0)
+    reasons: dict[str, int] = {}
+    for q in quarantine:
+        reasons[q[3]] = reasons.get(q[3], 0) + 1
+    report.reasons = dict(sorted(reasons.items()))
+    return built, quarantine, report
+
+
+def _split_keys(parts: list[tuple[pa.Table, list[tuple], TableReport, set]]) -> bool:
+    """True when one primary key was seen by two parts (the parts cannot be merged)."""
+    seen: set = set()
+    for part in parts:
+        if not seen.isdisjoint(part[3]):
+            return True
+        seen |= part[3]
+    return False
 
 
 def _raw_size(home: DataHome, day: str) -> int:
@@ -649,17 +708,24 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
     started = time.perf_counter()
     date = parse_day(day)
     if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
-        # images (the biggest file) in one process, the other tables in another
-        groups = [("images",), ("rankings", "downloads", "users")]
+        # every worker reads every file and validates the lines whose primary key routes to it
         # fork: a spawned child would re-import the caller's __main__; the child only parses and
         # builds Arrow arrays (Arrow re-creates its thread pools after fork)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        with ProcessPoolExecutor(max_workers=min(config.workers, len(groups)), mp_context=context) as pool:
-            futures = [pool.submit(_ingest_tables, home, day, group, config) for group in groups]
-            results = {k: v for future in futures for k, v in future.result().items()}
+        n = config.workers
+        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, (i, n)) for i in range(n)]
+            parts = [future.result() for future in futures]
+        results = {}
+        for table in RAW_TABLES:
+            table_parts = [p[table] for p in parts]
+            if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
+                results[table] = _ingest_tables(home, day, (table,), config)[table][:3]
+            else:
+                results[table] = _merge_parts(table, table_parts)
     else:
-        results = _ingest_tables(home, day, RAW_TABLES, config)
+        results = {table: value[:3] for table, value in _ingest_tables(home, day, RAW_TABLES, config).items()}
 
     tables = {table: results[table][0] for table in RAW_TABLES}
     quarantine_rows = [row for table in RAW_TABLES for row in results[table][1]]

@@ -529,10 +529,12 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
             bad = f"type({v}) is not str or UIDM({v}) is None"
         else:
             bad = f"type({v}) is not str or (not {v}.isascii() and not UTF8OK({v}))"
+            # for ASCII text, CONTROL_RE matches exactly what str.isprintable() refuses (C0 and DEL)
+            ctrl = f"(not {v}.isprintable() if {v}.isascii() else CTRL({v}) is not None)"
             if kind is PROMPT:
-                bad += f" or len({v}) > MAXP or CTRL({v}) is not None"
+                bad += f" or len({v}) > MAXP or {ctrl}"
             elif kind is NAME:
-                bad += f" or not {v} or len({v}) > MAXN or CTRL({v}) is not None"
+                bad += f" or not {v} or len({v}) > MAXN or {ctrl}"
         if required:
             body.append(f"    if {bad}: return None")
         else:

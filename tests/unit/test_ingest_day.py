@@ -283,6 +283,37 @@ def test_worker_processes_give_identical_output(tmp_path):
     assert parallel.metadata()["quarantine_by_reason"] == serial.metadata()["quarantine_by_reason"]
 
 
+def test_worker_parts_split_by_key_and_redo_a_table_whose_key_met_two_workers(tmp_path, monkeypatch):
+    """Each worker validates the lines whose primary key (read from the raw bytes) routes to it; a key
+    whose versions still reach two workers (here: an escaped uid the router cannot read) makes
+    ingest_day redo that table in one process, so the output never depends on the split."""
+    home = DataHome(tmp_path / "home")
+    b = DayBuilder(DAY, seed=9).populate(users=4, images=40, rankings=30, downloads=6)
+    routed_to_1 = next(u for u in b.image_uids
+                       if ingest._route(f'"image_uid": "{u}",'.encode(), ingest._ROUTE_RE["images"], 2) == 1)
+    version = json.loads(next(line for line in b.lines["images"] if routed_to_1.encode() in line))
+    escaped = json.dumps(dict(version, prompt="another prompt")).replace(routed_to_1, "\\u00" + routed_to_1[:1].encode().hex() + routed_to_1[1:])
+    assert ingest._ROUTE_RE["images"].search(escaped.encode()) is None and json.loads(escaped)["image_uid"] == routed_to_1
+    b.add("images", escaped.encode())
+    b.write(home)
+    serial = ingest_day(home, DAY, IngestConfig(workers=1))
+    expected = snapshot(home)
+    assert serial.tables["images"].reasons.get("conflicting_primary_key") == 2
+
+    verdicts = []
+    real = ingest._split_keys
+
+    def spy(parts):
+        verdicts.append(real(parts))
+        return verdicts[-1]
+
+    monkeypatch.setattr(ingest, "_split_keys", spy)   # runs in the parent, once per table
+    parallel = ingest_day(home, DAY, IngestConfig(workers=2, parallel_min_bytes=1))
+    assert snapshot(home) == expected
+    assert dict(zip(ingest.RAW_TABLES, verdicts)) == {"users": False, "images": True, "rankings": False, "downloads": False}
+    assert parallel.metadata()["quarantine_by_reason"] == serial.metadata()["quarantine_by_reason"]
+
+
 def test_asset_metadata_per_dataset(hostile_day):
     home, b, expected, report = hostile_day
     for dataset in OUTPUT_DATASETS:
