@@ -113,7 +113,8 @@ def test_sample_json_matches_json_dumps_row_by_row() -> None:
     import pyarrow.compute as pc
 
     rows = _rows_for_json()
-    texts = shards.sample_json(rows).to_pylist()
+    texts = shards.sample_json(rows, min_rows_for_duckdb=1).to_pylist()
+    assert shards.sample_json(rows, min_rows_for_duckdb=10**9).to_pylist() == texts   # the small-shard path
     columns = {f.name: rows.column(f.name) for f in rows.schema if f.name != "key"}
     columns["created_at"] = pc.strftime(columns["created_at"], "%Y-%m-%dT%H:%M:%S")  # Arrow: seconds.ffffff
     columns["dt"] = columns["dt"].cast("string")
@@ -131,8 +132,9 @@ def test_sample_json_refuses_non_finite_numbers() -> None:
     labels = rows.column("label_0").to_pylist()
     labels[3] = float("nan")
     rows = rows.set_column(rows.schema.get_field_index("label_0"), "label_0", pa.array(labels, pa.float64()))
-    with pytest.raises(ValueError, match="'3_0'.*label_0 is not finite"):
-        shards.sample_json(rows)
+    for min_rows in (1, 10**9):
+        with pytest.raises(ValueError, match="'3_0'.*label_0 is not finite"):
+            shards.sample_json(rows, min_rows_for_duckdb=min_rows)
 
 
 def test_a_pickled_task_carries_only_its_slice() -> None:
