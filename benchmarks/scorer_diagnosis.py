@@ -7,7 +7,9 @@ Prints, for one published version of a simulated home:
   (score = 1.5 * (match + quality), match only, quality only; threshold chosen on the same rankings),
   next to the Bayes-optimal accuracy, all from the simulator's outcome probabilities;
 - the trained model's score difference on each pair of ``--split`` regressed on the pair's true
-  differences in attribute match and image quality (the simulator's utility weights them equally).
+  differences in attribute match and image quality (the simulator's utility weights them equally);
+- how much of the true image quality a held-out ridge regression reads from hand-made high-frequency
+  statistics of the model's own input, and from the model's pooled vision features.
 """
 from __future__ import annotations
 
@@ -69,6 +71,53 @@ def score_regression(home: Path, model_dir: Path, split: str) -> dict[str, float
             "corr_quality": float(np.corrcoef(d_score, d_quality)[0, 1])}
 
 
+def _cv_r2(features: np.ndarray, target: np.ndarray, ridge: float) -> float:
+    """R^2 on a held-out half of a ridge regression fitted on the other half (fixed split)."""
+    order = np.random.default_rng(0).permutation(len(target))
+    fit, held = order[: len(order) // 2], order[len(order) // 2:]
+    design = np.c_[features[fit], np.ones(len(fit))]
+    weights = np.linalg.solve(design.T @ design + ridge * np.eye(design.shape[1]), design.T @ target[fit])
+    predicted = np.c_[features[held], np.ones(len(held))] @ weights
+    return float(1 - ((target[held] - predicted) ** 2).mean() / target[held].var())
+
+
+def quality_probe(home: Path, model_dir: Path, split: str, limit: int = 3000) -> dict[str, float]:
+    """Can image quality be read linearly from the model's input, and from its vision features?
+
+    For the first image of up to ``limit`` pairs of ``split``: the true quality regressed on (a) a few
+    hand-made high-frequency statistics of the preprocessed model input (mean |Laplacian|, its square,
+    pixel std, mean |horizontal difference|, per channel) and (b) the vision tower's pooled output.
+    """
+    import tarfile
+
+    import torch
+
+    from training import data as D
+    from training.model import load_model
+
+    clip, processor = load_model(model_dir)
+    clip.eval()
+    spec = D.ImageSpec.from_processor(processor.image_processor)
+    images = pq.read_table(home / "ground_truth" / "images.parquet").to_pandas().set_index("image_uid")
+    pixels, quality = [], []
+    for tar in sorted(glob.glob(str(home / "datasets" / "pickapic" / "latest" / split / "*.tar"))):
+        uids = pq.read_table(tar[:-4] + ".parquet", columns=["key", "image_0_uid"]).to_pandas().set_index("key")
+        with tarfile.open(tar) as archive:
+            for member in archive:
+                if member.name.endswith(".0.jpg") and len(pixels) < limit:
+                    pixels.append(D.preprocess_image(archive.extractfile(member).read(), spec))
+                    quality.append(images.loc[uids.loc[member.name[:-6]].image_0_uid].quality)
+    x = np.stack(pixels)
+    target = np.array(quality)
+    lap = np.abs(4 * x[:, :, 1:-1, 1:-1] - x[:, :, :-2, 1:-1] - x[:, :, 2:, 1:-1] - x[:, :, 1:-1, :-2] - x[:, :, 1:-1, 2:])
+    hand = np.c_[lap.mean((2, 3)), (lap ** 2).mean((2, 3)), x.std((2, 3)), np.abs(np.diff(x, axis=3)).mean((2, 3))]
+    with torch.no_grad():
+        pooled = clip.vision_model(pixel_values=torch.from_numpy(x)).pooler_output.numpy()
+    return {"images": len(target), "input_size": int(x.shape[-1]),
+            "r2_quality_from_input_statistics": _cv_r2(hand, target, 1e-3),
+            "r2_quality_from_vision_features": _cv_r2(pooled, target, 1.0)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True, help="a simulated data home with ground_truth/")
@@ -78,6 +127,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"oracle": oracle_accuracy(args.home)}
     if args.model:
         result["regression"] = score_regression(args.home, args.model, args.split)
+        result["quality_probe"] = quality_probe(args.home, args.model, args.split)
     print(json.dumps(result, indent=1))
     return result
 
