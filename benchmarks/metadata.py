@@ -143,16 +143,7 @@ def _sidecar_only(task: shards.ShardTask) -> dict:
     sizes = {m: member_sizes[:, i] for i, m in enumerate(shards.MEMBERS)}
     n = rows.num_rows
     base = shards.shard_name(task.split, task.index)
-    sidecar = pa.table({
-        "key": rows.column("key"),
-        "shard": pa.array([f"{base}.tar"] * n, pa.string()),
-        "shard_index": pa.array([task.index] * n, pa.int32()),
-        "sample_index": pa.array(range(n), pa.int32()),
-        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
-           for m, prefix in zip(shards.MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
-           for what, values in (("offset", offsets), ("size", sizes))},
-        **{name: rows.column(name) for name in rows.column_names if name != "key"},
-    })
+    sidecar = shards.sidecar_table(rows, f"{base}.tar", task.index, offsets, sizes)
     path = Path(task.out_dir) / f"{base}.parquet"
     write_parquet_atomic(sidecar, path, get_schema("shard_samples"))
     keys = rows.column("key")

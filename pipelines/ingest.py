@@ -517,7 +517,7 @@ def _users_table(rows: list[tuple], day: dt.date) -> pa.Table:
 
 def _images_table(home: DataHome, rows: list[tuple], day: dt.date) -> pa.Table:
     cols = list(zip(*rows)) or [()] * 13
-    split = [(p.strip(), None) if "[" not in p else rp.split_prompt(p) for p in cols[4]]  # no '[': nothing to unescape or move
+    split = [rp.split_prompt(p) for p in cols[4]]
     return pa.table({
         "image_id": pa.array(cols[0], pa.int64()),
         "created_at": _timestamps(cols[1]),
@@ -540,7 +540,7 @@ def _images_table(home: DataHome, rows: list[tuple], day: dt.date) -> pa.Table:
 
 def _rankings_table(rows: list[tuple], day: dt.date) -> pa.Table:
     cols = list(zip(*rows)) or [()] * 9
-    split = [(p.strip(), None) if "[" not in p else rp.split_prompt(p) for p in cols[8]]
+    split = [rp.split_prompt(p) for p in cols[8]]
     return pa.table({
         "ranking_id": pa.array(cols[0], pa.int64()),
         "created_at": _timestamps(cols[1]),
@@ -652,9 +652,10 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     runs = {}
     for table in tables:
         sink = known_today if table == "images" else None
-        stat = _stat_key(home.raw_file(day, table))
+        indexing = sink is not None and part[0] == 0   # one part writes today's uid index
+        stat = _stat_key(home.raw_file(day, table)) if indexing else None
         runs[table] = _read_table(home, day, table, parsers[table], config, sink, part)
-        if table == "images" and part[0] == 0:
+        if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     _check_references(runs, parsers, known_today, home, day)
     results = {}
@@ -662,12 +663,10 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         _fill_pending(run, config.max_line_bytes)
         report = run.report
         report.accepted = len(run.rows)
-        report.quarantined = sum(1 for q in run.quarantine if q[0] > 0)
-        for q in run.quarantine:
-            report.reasons[q[1]] = report.reasons.get(q[1], 0) + 1
-        report.reasons = dict(sorted(report.reasons.items()))
+        quarantine = [(table, report.file, *q) for q in run.quarantine]
+        _tally(report, quarantine)
         built = _BUILDERS[table](home, _kept_values(run), date).sort_by(PRIMARY_KEYS[table])
-        results[table] = (built, [(table, report.file, *q) for q in run.quarantine], report, run.seen)
+        results[table] = (built, quarantine, report, run.seen)
     return results
 
 
@@ -681,12 +680,18 @@ def _merge_parts(table: str, parts: list[tuple[pa.Table, list[tuple], TableRepor
     if any(p[2].lines_in != report.lines_in for p in parts):
         raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
     report.accepted = built.num_rows
+    _tally(report, quarantine)
+    return built, quarantine, report
+
+
+def _tally(report: TableReport, quarantine: list[tuple]) -> None:
+    """Set ``report``'s line-level quarantine count and its rows per reason (file-level rows included)
+    from quarantine rows (table, file, line, reason, ...)."""
     report.quarantined = sum(1 for q in quarantine if q[2] > 0)
     reasons: dict[str, int] = {}
     for q in quarantine:
         reasons[q[3]] = reasons.get(q[3], 0) + 1
     report.reasons = dict(sorted(reasons.items()))
-    return built, quarantine, report
 
 
 def _split_keys(parts: list[tuple[pa.Table, list[tuple], TableReport, set]]) -> bool:

@@ -480,6 +480,8 @@ def unescape(text: str) -> str:
 
 def split_prompt(raw: str) -> tuple[str, str | None]:
     """(prompt, bracket_negative_prompt): unescape, move ``[bracketed]`` text out, strip whitespace."""
+    if "[" not in raw:  # the common case: nothing to unescape or move
+        return raw.strip(), None
     text = unescape(raw)
     if "[" not in text:
         return text.strip(), None

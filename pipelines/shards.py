@@ -174,14 +174,14 @@ def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS)
     the whole shard in one call, about 8x faster than ``json.dumps`` per row; both give the same bytes
     (``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``; a unit test compares them row by row).
     """
-    if rows.num_rows < min_rows_for_duckdb:
-        return _json_dumps_rows(rows)
     for field in rows.schema:
         if pa.types.is_floating(field.type):
             finite = pc.is_finite(rows.column(field.name))
             if not pc.all(pc.fill_null(finite, True)).as_py():
                 bad = rows.filter(pc.invert(pc.fill_null(finite, True))).column("key")[0].as_py()
                 raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
+    if rows.num_rows < min_rows_for_duckdb:
+        return _json_dumps_rows(rows)
     members = []
     for field in rows.schema:
         if field.name == "key":
@@ -204,7 +204,7 @@ def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS)
 
 
 def _json_dumps_rows(rows: pa.Table) -> pa.Array:
-    """``sample_json`` with the standard library, one row at a time."""
+    """``sample_json`` with the standard library, one row at a time (numbers already checked finite)."""
     columns = {}
     for field in rows.schema:
         if field.name == "key":
@@ -215,14 +215,8 @@ def _json_dumps_rows(rows: pa.Table) -> pa.Array:
         elif pa.types.is_date(field.type):
             column = column.cast(pa.string())
         columns[field.name] = column
-    texts = []
-    for key, record in zip(rows.column("key").to_pylist(), pa.table(columns).to_pylist()):
-        try:
-            texts.append(json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False))
-        except ValueError as exc:
-            bad = next((name for name, value in record.items() if isinstance(value, float) and not math.isfinite(value)), "?")
-            raise ValueError(f"sample {key!r}: pair columns are not valid JSON ({bad} is not finite)") from exc
-    return pa.array(texts, pa.string())
+    return pa.array([json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                     for record in pa.table(columns).to_pylist()], pa.string())
 
 
 _DUCKDB: dict[int, object] = {}
@@ -242,6 +236,22 @@ def _duckdb():
         con.execute("SET threads = 1")  # one per worker process: the pool already uses every core
         _DUCKDB[pid] = con
     return _DUCKDB[pid]
+
+
+def sidecar_table(rows: pa.Table, tar_name: str, index: int, offsets: dict, sizes: dict) -> pa.Table:
+    """A shard's sidecar: per sample its key, shard, position, each member's offset and size (per
+    ``MEMBERS``, sequences in sample order) and every split_pairs column."""
+    n = rows.num_rows
+    return pa.table({
+        "key": rows.column("key"),
+        "shard": pa.array([tar_name] * n, pa.string()),
+        "shard_index": pa.array([index] * n, pa.int32()),
+        "sample_index": pa.array(range(n), pa.int32()),
+        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
+           for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
+           for what, values in (("offset", offsets), ("size", sizes))},
+        **{name: rows.column(name) for name in rows.column_names if name != "key"},
+    })
 
 
 def write_shard(task: ShardTask) -> dict:
@@ -300,17 +310,8 @@ def write_shard(task: ShardTask) -> dict:
 
     n = rows.num_rows
     tar_name = f"{base}.tar"
-    sidecar = pa.table({
-        "key": rows.column("key"),
-        "shard": pa.array([tar_name] * n, pa.string()),
-        "shard_index": pa.array([task.index] * n, pa.int32()),
-        "sample_index": pa.array(range(n), pa.int32()),
-        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
-           for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
-           for what, values in (("offset", offsets), ("size", sizes))},
-        **{name: rows.column(name) for name in rows.column_names if name != "key"},
-    })
-    write_parquet_atomic(sidecar, sidecar_path, get_schema("shard_samples"))
+    write_parquet_atomic(sidecar_table(rows, tar_name, task.index, offsets, sizes), sidecar_path,
+                         get_schema("shard_samples"))
     keys = rows.column("key")
     stats = {
         "split": task.split,
