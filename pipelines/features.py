@@ -117,6 +117,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.runner import PipelineRunner
 
 from pipelines import imagedecode
 from pipelines import faults
@@ -508,6 +509,9 @@ class FingerprintImages(beam.PTransform):
 
 # ---------------------------------------------------------------------------------------- driver
 
+LOCAL_RUNNER_NAMES = ("DirectRunner", "direct", "SwitchingDirectRunner")  # run by pipeline_runner's FnApiRunner
+
+
 def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, num_images: int | None = None) -> PipelineOptions:
     """Beam options from ``beam_args`` (unchanged) plus DirectRunner defaults; unknown flags raise.
 
@@ -528,7 +532,7 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
-    if runner in ("DirectRunner", "direct") and not any(a.startswith("--direct_running_mode") for a in args):
+    if runner in LOCAL_RUNNER_NAMES and not any(a.startswith("--direct_running_mode") for a in args):
         small = num_images is not None and num_images < config.in_process_below
         if config.workers >= 1 and not small:
             args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.workers}"]
@@ -538,6 +542,27 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
             args.append("--default_sdk_harness_log_level=ERROR")
         options = PipelineOptions(args)
     return options
+
+
+def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
+    """The runner object for ``options``: for the DirectRunner names, Beam's batch ``FnApiRunner`` built
+    exactly as the DirectRunner builds it; else None (Beam resolves ``--runner`` itself).
+
+    Beam's ``DirectRunner`` (2.6x-2.77) first tries the Prism runner, whose binary it downloads from GitHub
+    at run time: a network call this pipeline must never make (on a connected machine it would also
+    silently switch runners), and, offline, a failed start that leaves a ``beam-temp*`` folder behind in
+    the system temp dir on every run. Its fallback for a batch pipeline like this one is this
+    ``FnApiRunner``, which honours ``--direct_running_mode`` and ``--direct_num_workers``.
+    """
+    if str(options.get_all_options().get("runner") or "") not in LOCAL_RUNNER_NAMES:
+        return None
+    from apache_beam.portability.api import beam_provision_api_pb2
+    from apache_beam.runners.portability.fn_api_runner import fn_runner
+    from apache_beam.runners.portability.portable_runner import JobServiceHandle
+
+    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    return fn_runner.FnApiRunner(provision_info=provision)
 
 
 def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesConfig(),
@@ -573,7 +598,8 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
         digests_path = join_url(staging, "known_sha256.npy")
         _write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
         stage_started = time.perf_counter()
-        with beam.Pipeline(options=pipeline_options(config, beam_args, todo.num_rows)) as pipeline:
+        options = pipeline_options(config, beam_args, todo.num_rows)
+        with beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
             rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
             out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
             staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]

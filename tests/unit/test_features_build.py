@@ -124,6 +124,34 @@ def test_duplicate_input_uids_fail_the_stage(tmp_path: Path) -> None:
         build(home, DAY1)
 
 
+def test_direct_runner_never_tries_the_prism_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beam's DirectRunner would first try Prism, downloading its binary at run time; ours never does."""
+    import tempfile
+    import urllib.request
+
+    from apache_beam.runners.portability import prism_runner
+
+    attempts: list[str] = []
+
+    def refuse(name: str):
+        def call(*args, **kwargs):
+            attempts.append(name)
+            raise RuntimeError(f"{name} must not be used")
+        return call
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse("PrismRunner.run_pipeline"))
+    monkeypatch.setattr(urllib.request, "urlopen", refuse("urlopen"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1), "b": png(2)})
+    report = build(home, DAY1)
+    assert attempts == [] and report.runner == "DirectRunner" and report.features_rows == 2
+    assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("beam-temp")]
+    assert features.pipeline_runner(pipeline_options(CONFIG, ["--runner=DataflowRunner", "--project=p",
+                                                              "--temp_location=gs://b/t", "--region=r"])) is None
+
+
 def test_beam_options_pass_through_unchanged() -> None:
     options = pipeline_options(FeaturesConfig(workers=3), ["--runner=DataflowRunner", "--project=p", "--temp_location=gs://b/t",
                                                            "--region=europe-west1", "--setup_file=./setup.py"])

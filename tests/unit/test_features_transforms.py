@@ -10,7 +10,8 @@ import apache_beam as beam
 import imagehash
 import numpy as np
 import pytest
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.testing.test_pipeline import TestPipeline as _BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_empty
 from PIL import Image
 
@@ -21,6 +22,12 @@ from pipelines.nsfw import prepare_image
 from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png
 
 DAY = dt.date(2023, 3, 1)
+
+
+def BeamTestPipeline() -> _BeamTestPipeline:
+    """Beam's TestPipeline on the runner the stage itself uses for DirectRunner (no Prism download)."""
+    options = PipelineOptions(["--runner=DirectRunner"])
+    return _BeamTestPipeline(runner=features.pipeline_runner(options), options=options)
 
 
 def row(uid: str, path: str | None = None) -> dict:
