@@ -17,7 +17,10 @@ RELEASED = ["ranking_id", "user_id", "caption", "created_at", "image_0_uid", "im
             "has_label", "are_different", "num_example_per_prompt"]
 
 
-def test_export_reads_back_with_datasets(tmp_path: Path) -> None:
+def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
+    # offline: load_dataset would otherwise ping S3 to count the load (HF_UPDATE_DOWNLOAD_COUNTS)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_UPDATE_DOWNLOAD_COUNTS", False)
     home = make_home(tmp_path / "home", num_rankings=70, seed=31)
     published = publish_dataset(home, PublishConfig(workers=1, fsync=False))
     out = tmp_path / "export"
