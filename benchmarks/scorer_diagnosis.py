@@ -35,6 +35,11 @@ from pipelines.simulator import world
 from training import metric
 
 
+def _attributes_right(images: pd.DataFrame) -> dict[str, np.ndarray]:
+    """Per simulator attribute, 1.0 where an image drew it as its prompt asked, else 0.0."""
+    return {a: (images[f"rendered_{a}"].values == images[f"target_{a}"].values).astype(float) for a in world.ATTRIBUTES}
+
+
 def oracle_accuracy(home: Path) -> dict[str, float]:
     """Expected tie-aware accuracy of the oracle scorers and of the Bayes-optimal rule."""
     images = pq.read_table(home / "ground_truth" / "images.parquet").to_pandas().set_index("image_uid")
@@ -43,8 +48,8 @@ def oracle_accuracy(home: Path) -> dict[str, float]:
     p0, p1, pt = rankings.p_0.values, rankings.p_1.values, rankings.p_tie.values
     uids = np.array(rankings.image_uids.tolist())
     out = {"bayes_optimal": float(np.mean(np.maximum.reduce([p0 + 0.5 * pt, p1 + 0.5 * pt, pt + 0.5 * (p0 + p1)])))}
-    right = {a: w * (images[f"rendered_{a}"] == images[f"target_{a}"]).astype(float)
-             for a, w in zip(world.ATTRIBUTES, world.MATCH_WEIGHTS)}
+    right = {a: pd.Series(w * drawn, index=images.index)
+             for (a, drawn), w in zip(_attributes_right(images).items(), world.MATCH_WEIGHTS)}
     terms = {"match_and_quality": images.match + images.quality, "match_only": images.match,
              "quality_only": images.quality,
              # what a scorer that reads only colours (prompt colour and background) would reach, then + quality,
@@ -85,9 +90,8 @@ def score_regression(home: Path, model_dir: Path, split: str) -> dict[str, float
     residual = d_score - design @ coef
     # per term: each attribute drawn as asked (0/1) and each degradation, against the simulator's weights
     first, second = images.loc[rows.image_0_uid], images.loc[rows.image_1_uid]
-    terms = {f"{a}_right": (first[f"rendered_{a}"].values == first[f"target_{a}"].values).astype(float)
-             - (second[f"rendered_{a}"].values == second[f"target_{a}"].values).astype(float)
-             for a in world.ATTRIBUTES}
+    first_right, second_right = _attributes_right(first), _attributes_right(second)
+    terms = {f"{a}_right": first_right[a] - second_right[a] for a in world.ATTRIBUTES}
     terms.update({name: first[name].values.astype(float) - second[name].values.astype(float)
                   for name in ("blur", "noise", "artefacts")})
     design = np.stack([*terms.values(), np.ones_like(d_score)], axis=1)
@@ -113,7 +117,7 @@ def _cv_r2(features: np.ndarray, target: np.ndarray, ridge: float) -> float:
 
 
 def _inputs_and_truth(home: Path, split: str, processor, limit: int,
-                      images_per_pair: tuple[str, ...] = ("0",)) -> tuple[np.ndarray, "pd.DataFrame"]:
+                      images_per_pair: tuple[str, ...] = ("0",)) -> tuple[np.ndarray, pd.DataFrame]:
     """Preprocessed model inputs [N, 3, H, W] of up to ``limit`` images of ``split``, and each one's
     ground-truth row (``ground_truth/images.parquet``) in the same order."""
     import tarfile

@@ -554,13 +554,14 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
     the system temp dir on every run. Its fallback for a batch pipeline like this one is this
     ``FnApiRunner``, which honours ``--direct_running_mode`` and ``--direct_num_workers``.
     """
-    if str(options.get_all_options().get("runner") or "") not in LOCAL_RUNNER_NAMES:
+    values = options.get_all_options()
+    if str(values.get("runner") or "") not in LOCAL_RUNNER_NAMES:
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
     from apache_beam.runners.portability.portable_runner import JobServiceHandle
 
-    encoded = JobServiceHandle.encode_pipeline_options(options.get_all_options())
+    encoded = JobServiceHandle.encode_pipeline_options(values)
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
     return fn_runner.FnApiRunner(provision_info=provision)
 
