@@ -14,12 +14,14 @@ the first check still cannot redirect the write.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
+import re
 import secrets
 import stat
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator, Sequence
+from typing import BinaryIO, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -84,13 +86,25 @@ def atomic_path(final: Path, private: bool = False) -> Iterator[Path]:
     os.close(fd)
     tmp = final.parent / tmp_name
     try:
-        yield tmp
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
+        with _naming_full_disk(final):
+            yield tmp
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
         os.replace(tmp, final)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextlib.contextmanager
+def _naming_full_disk(final: Path) -> Iterator[None]:
+    """Re-raise a full disk while writing ``final`` as ENOSPC naming it (Arrow and plain writes name no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and (exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
 
 
 def write_bytes_atomic(final: Path, data: bytes, private: bool = False) -> None:
@@ -109,8 +123,9 @@ def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None 
 
 
 def honour_umask(folder: Path) -> None:
-    """Give every file and folder under ``folder`` the umask's mode (libraries such as safetensors write 0600)."""
+    """Give ``folder`` and every file and folder under it the umask's mode (safetensors writes 0600)."""
     mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
     for root, dirs, files in os.walk(folder):
         for name in dirs:
             if not os.path.islink(os.path.join(root, name)):
@@ -139,12 +154,12 @@ def enclosing_home(path: Path, homes: Sequence[Path] = ()) -> Path | None:
 
 def _kind(mode: int) -> str:
     """What a non-regular file is, in words."""
-    for test, word in ((stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+    for test, word in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
                        (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
             return word
-    return "not a regular file"
+    return "of an unknown kind"
 
 
 def _absolute(path: str | os.PathLike) -> Path:
@@ -156,20 +171,25 @@ def _absolute(path: str | os.PathLike) -> Path:
     return given.parent.resolve() / given.name
 
 
-def _refuse_inside_home(final: Path, homes: Sequence[Path], flag: str, given: object,
-                        allowed: Callable[[DataHome], Path] | None = None) -> None:
+def pipeline_zones(home: DataHome) -> list[Path]:
+    """The folders of a data home that only the pipeline writes (``models/`` holds user-started runs too)."""
+    return [home.raw, home.warehouse, home.blobs, home.datasets.parent, home.dagster_home, home.cache,
+            home.ground_truth]
+
+
+def _refuse_inside_home(final: Path, homes: Sequence[Path], flag: str, given: object, zones_only: bool = False) -> None:
+    """Refuse ``final`` inside a data home (with ``zones_only``: inside one of its :func:`pipeline_zones`, or the home itself)."""
     home = enclosing_home(final, homes)
     if home is None:
         return
-    if allowed is not None:
-        zone = allowed(DataHome(home))
-        if final != zone and zone in final.parents:
+    if zones_only:
+        zone = next((z for z in pipeline_zones(DataHome(home)) if final == z or z in final.parents), None)
+        if zone is None and final != home:
             return
-        where = f"; inside a data home only under {zone}"
-    else:
-        where = ""
+        raise RefusedOutput(f"{flag} {given}: {final} is {'the data home' if zone is None else 'inside ' + str(zone)}, "
+                            f"which only the pipeline writes; give a folder outside it (or under {DataHome(home).models})")
     raise RefusedOutput(f"{flag} {given}: {final} is inside the data home {home}, whose files only the pipeline "
-                        f"writes (published versions are read-only){where}; write the result elsewhere")
+                        "writes (published versions are read-only); write the result elsewhere")
 
 
 def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output") -> Path:
@@ -181,7 +201,7 @@ def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag:
     _refuse_inside_home(final, homes, flag, path)
     try:
         info = os.lstat(final)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         info = None
     if info is not None and not stat.S_ISREG(info.st_mode):
         raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; the output must be a new path or a "
@@ -227,7 +247,7 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     tmp = None
     try:
         fd, tmp = create_temp(final.parent, final.name, private, dir_fd=dir_fd)
-        with os.fdopen(fd, "wb") as handle:
+        with _naming_full_disk(final), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
@@ -242,17 +262,18 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
 
 
 def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output-dir",
-                     markers: Sequence[str] = (), allowed: Callable[[DataHome], Path] | None = None) -> Path:
+                     markers: Sequence[str] = (), in_home: bool = False) -> Path:
     """Validate a user-given output folder: new, empty, or a previous output of this command; never a link.
 
     A non-empty folder counts as a previous output when it holds one of ``markers`` (paths relative to it).
-    It may not lie inside a data home, except under ``allowed(home)`` when given. Returns the absolute path.
+    It may not lie inside a data home; with ``in_home`` only not inside its :func:`pipeline_zones`.
+    Returns the absolute path.
     """
     final = _absolute(path)
-    _refuse_inside_home(final, homes, flag, path, allowed)
+    _refuse_inside_home(final, homes, flag, path, zones_only=in_home)
     try:
         info = os.lstat(final)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         _refuse_non_folder_ancestor(final, flag, path)
         return final
     if not stat.S_ISDIR(info.st_mode):
@@ -285,6 +306,59 @@ def check_home_dir(home: DataHome, flag: str = "--home") -> Path:
     if outer is not None:
         raise RefusedOutput(f"{flag} {root} lies inside the data home {outer}; a data home cannot hold another one")
     return root
+
+
+# --------------------------------------------------------------------------- full disks
+_FULL_WORDS = ("no space left on device", "database or disk is full", "errno 28]")
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``path``'s filesystem (its nearest existing ancestor's)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    with contextlib.suppress(OSError):
+        info = os.statvfs(path)
+        return info.f_bavail * info.f_frsize
+    return None
+
+
+def no_space_message(error: BaseException | str, where: Sequence[Path] = (), databases: Path | None = None,
+                     full_below: int = 1 << 20) -> str | None:
+    """``no space left on device at PATH ...`` when ``error`` (or an exception behind it) is a full disk, else None.
+
+    Recognises ENOSPC from any OSError, its text in wrapped messages (Arrow, Dagster step failures), SQLite's
+    "database or disk is full", and SQLite's "disk I/O error" when one of ``where`` has under ``full_below``
+    bytes free. PATH is the file named by the error, ``databases`` for a SQLite error (the Dagster
+    instance storage), else the fullest of ``where``.
+    """
+    chain: list[BaseException | str] = []
+    item: BaseException | str | None = error
+    while item is not None and len(chain) < 20 and all(item is not seen for seen in chain):
+        chain.append(item)
+        item = (item.__cause__ or item.__context__) if isinstance(item, BaseException) else None
+    full_where = [Path(p) for p in where if (_free_bytes(Path(p)) or 0) < full_below]
+    path: str | None = None
+    full = False
+    for item in chain:
+        text = str(item)
+        if databases is not None and type(item).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
+            path = path or str(databases)
+        if isinstance(item, OSError) and item.errno == errno.ENOSPC:
+            full, path = True, path or (os.fsdecode(item.filename) if item.filename else None)
+        elif any(word in text.lower() for word in _FULL_WORDS):
+            full = True
+            quoted = re.search(r"No space left on device:? '([^']+)'", text)
+            path = path or (quoted.group(1) if quoted else None)
+        elif "disk I/O error" in text and full_where:
+            full = True
+    if not full:
+        return None  # (a SQLite path noted above only matters when the disk is full)
+    path = path or (str(full_where[0]) if full_where else str(where[0]) if where else "(unknown path)")
+    free = _free_bytes(Path(path))
+    left = f"; {free:,} bytes free there now" if free is not None else ""
+    return (f"no space left on device at {path}{left}. Free some space and rerun: writes are atomic, so nothing "
+            "half-written was published")
 
 
 # --------------------------------------------------------------------------- tables
