@@ -228,7 +228,8 @@ class _Deadline:
 
 @contextlib.contextmanager
 def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping[str, Any] | None = None,
-           limits: QueryLimits | None = None, batch_rows: int = BATCH_ROWS) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+           limits: QueryLimits | None = None,
+           batch_rows: int | None = None) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
     """Run one read-only statement under ``limits``; yield its schema and its record batches as they come.
 
     Raises QueryRefused (not read-only), FileNotFoundError (no such version) or QueryFailed (DuckDB error,
@@ -243,7 +244,7 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
         with _Deadline(con, limits.timeout_s) as deadline:
             try:
                 relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
-                reader = relation.to_arrow_reader(batch_rows)
+                reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
             except duckdb.Error as exc:
                 raise deadline.failure(exc, limits) from None
 

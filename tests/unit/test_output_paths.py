@@ -10,7 +10,6 @@ import contextlib
 import io
 import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from pipelines.home import DataHome
 from pipelines.publish import PublishConfig, publish_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
+from tests.accounts import read_as_other_account  # noqa: E402
 from tests.hostile_corpus import plant_hostile_outputs  # noqa: E402
 
 
@@ -221,20 +221,6 @@ def test_written_files_take_the_umask_mode(tmp_path: Path, mask: int, expected: 
         assert stat.S_IMODE((tmp_path / name_).stat().st_mode) == expected, name_
     assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "lib").stat().st_mode) == 0o777 & ~mask
-
-
-def read_as_other_account(path: Path) -> bytes | None:
-    """The bytes another account reads from ``path``, or None when it may not (``runuser -u nobody cat``).
-
-    Without root there is no second account to switch to; then the permission bits decide, as the
-    kernel would for ``nobody``: read on the file, search on every folder above it.
-    """
-    if os.geteuid() == 0:
-        done = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(path)], capture_output=True, timeout=30)
-        assert done.returncode == 0 or b"Permission denied" in done.stderr, done.stderr
-        return done.stdout if done.returncode == 0 else None
-    readable = path.stat().st_mode & stat.S_IROTH and all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
-    return path.read_bytes() if readable else None
 
 
 @pytest.fixture()
