@@ -133,7 +133,9 @@ def test_export_output_folder(published: DataHome, tmp_path: Path) -> None:
     assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "elsewhere").exists()
     assert not (published.root / "exports").exists()
     out = tmp_path / "export"
-    export.export_pickscore_parquet(published, None, out)
+    with umask(0o022):
+        export.export_pickscore_parquet(published, None, out)
+    assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     (out / "train.parquet").unlink()
     (out / "train.parquet").symlink_to(a_file)              # a previous export with a planted link inside
     with pytest.raises(storage.RefusedOutput, match="symbolic link"):
