@@ -29,6 +29,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import re
 import shutil
 import sys
@@ -299,8 +300,12 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     try:
         with stream(home, sql, version, params, limits) as (schema, batches):
             if output is None:
-                rows = write_result(schema, batches, fmt, _TextSink(stdout), to_terminal=stdout.isatty())
-                stdout.flush()
+                try:
+                    write_result(schema, batches, fmt, _TextSink(stdout), to_terminal=stdout.isatty())
+                    stdout.flush()
+                except BrokenPipeError:  # the reader stopped early (`| head`): what it wanted was delivered
+                    _silence(stdout)
+                return 0
             else:
                 with open_output_file(output, [home.root], "--output") as handle:
                     rows = write_result(schema, batches, fmt, handle)
@@ -313,6 +318,12 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     if output is not None:
         print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
     return 0
+
+
+def _silence(stdout: TextIO) -> None:
+    """Point a closed pipe's stdout at /dev/null so the interpreter's final flush does not fail again."""
+    with contextlib.suppress(OSError, ValueError):  # a StringIO has no descriptor
+        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
 
 
 class _TextSink(io.RawIOBase):

@@ -259,3 +259,14 @@ def test_output_says_how_many_rows_it_wrote(built, tmp_path: Path, capsys: pytes
     total = sum(new.pairs.values())
     assert captured.out == "" and captured.err == f"wrote {total} rows (csv) to {target}\n"
     assert len(target.read_text().splitlines()) == total + 1
+
+
+def test_reader_that_stops_early_is_not_an_error(built) -> None:
+    """`pickapic query ... | head -2`: streaming meets a closed pipe; exit 0, no traceback."""
+    home, _, _ = built
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.query", "--home", str(home.root), "--format", "csv",
+                             "SELECT range FROM range(5000000)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = [proc.stdout.readline(), proc.stdout.readline()]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and first == [b'"range"\n', b"0\n"] and err == b"", err[-2000:]
