@@ -103,14 +103,18 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dagster_project.demo import run_demo
+    from pipelines.storage import check_home_dir
 
+    check_home_dir(DataHome.at(args.home))  # the demo simulates into it: a new, empty or existing data home only
     return run_demo(args)
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dagster_project.build import use_home
+    from pipelines.storage import check_home_dir
 
     home = DataHome.at(args.home)
+    check_home_dir(home)  # use_home writes dagster/dagster.yaml there
     use_home(home)
     if args.with_daemon:
         command = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
@@ -170,10 +174,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError) as exc:
-        if args.debug:
+    except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
+        from pipelines.storage import no_space_message
+
+        home = DataHome.at(getattr(args, "home", None)).root
+        full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
+        known = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError)
+        if args.debug or (full is None and not isinstance(exc, known)):
             raise
-        print(f"pickapic {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pickapic {args.command}: error: {full or exc}", file=sys.stderr)
         return 1
 
 

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pipelines.home import DataHome
 from pipelines.publish import resolve_version
 from pipelines.shards import SPLITS
-from pipelines.storage import atomic_path, cast_to_schema
+from pipelines.storage import cast_to_schema, check_output_dir, open_output_file
 from schemas import get_schema
 
 FORMATS = ("pickscore-parquet",)
@@ -57,7 +57,8 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     root = resolve_version(home, version)
     manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
     schema = get_schema("pickscore_export")
-    output_dir = Path(output_dir)
+    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
+    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[f"{s}.parquet" for s in SPLITS])
     output_dir.mkdir(parents=True, exist_ok=True)
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
@@ -72,7 +73,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                                f"{manifest['splits'][split]['shards']}")
         final = output_dir / f"{split}.parquet"
         count = 0
-        with atomic_path(final) as tmp:
+        with open_output_file(final, [home.root], "--output") as tmp:
             with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
                                                             for name in schema.names},
                                   use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:

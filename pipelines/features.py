@@ -101,7 +101,6 @@ import io
 import json
 import os
 import shutil
-import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
@@ -124,7 +123,7 @@ from pipelines import faults
 from pipelines.home import DataHome
 from pipelines.imagedecode import ImageRejected
 from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
-from pipelines.storage import cast_to_schema, write_parquet_atomic
+from pipelines.storage import cast_to_schema, create_temp, write_parquet_atomic
 from schemas import get_schema
 from schemas.features import NSFW_CLASSES
 
@@ -264,7 +263,8 @@ def write_blob_atomic(base: str, key: str, data: bytes) -> None:
             return
         folder = os.path.dirname(url)
         os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
+        fd, tmp = create_temp(folder, os.path.basename(url))  # the umask's mode (mkstemp's is always 0600)
+        tmp = os.path.join(folder, tmp)
         try:
             with os.fdopen(fd, "wb") as handle:
                 handle.write(data)

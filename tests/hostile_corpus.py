@@ -411,3 +411,65 @@ def plant_hostile_corpus(home: DataHome, outside: Path, seed: int = 0) -> Corpus
     corpus.outside_sha256 = sorted(hashlib.sha256(p.read_bytes()).hexdigest()
                                    for p in outside.rglob("*") if p.is_file())
     return corpus
+
+
+# --------------------------------------------------------------------------- hostile user-given outputs and queries
+@dataclass(frozen=True)
+class OutputCase:
+    """A user-given output path that must be refused (``words`` in the message) with ``guarded`` left unchanged."""
+
+    name: str
+    path: Path
+    words: str
+    guarded: Path          # what a careless writer would have replaced or written through
+
+
+def plant_hostile_outputs(home: DataHome, scratch: Path) -> list[OutputCase]:
+    """Output targets an adversary passes to ``query --output`` / ``export --output`` (``home`` holds a published version).
+
+    Devices, links, FIFOs, sockets, folders, the data home's own files (directly, through a linked folder,
+    through ``..``) and a path whose folder is a file. Everything is made under ``scratch``.
+    """
+    import socket
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    victim = scratch / "victim.txt"
+    victim.write_text("not the tool's file\n")
+    (scratch / "to_victim").symlink_to(victim)
+    (scratch / "dangling").symlink_to(scratch / "created-through-a-link.csv")
+    (scratch / "a_folder").mkdir()
+    os.mkfifo(scratch / "a_fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(scratch / "a_socket"))
+    sock.close()
+    (scratch / "into_home").symlink_to(home.warehouse)
+    partition = next(home.warehouse.rglob("*.parquet"))
+    relative_up = Path(os.path.relpath(partition, scratch))
+    return [
+        OutputCase("dev_null", Path("/dev/null"), "character device", Path("/dev/null")),
+        OutputCase("dev_stdout_link", Path("/dev/stdout"), "symbolic link", Path("/dev/stdout")),
+        OutputCase("symlink_to_file", scratch / "to_victim", "symbolic link", victim),
+        OutputCase("dangling_symlink", scratch / "dangling", "symbolic link", scratch / "created-through-a-link.csv"),
+        OutputCase("directory", scratch / "a_folder", "directory", scratch / "a_folder"),
+        OutputCase("fifo", scratch / "a_fifo", "FIFO", scratch / "a_fifo"),
+        OutputCase("socket", scratch / "a_socket", "socket", scratch / "a_socket"),
+        OutputCase("warehouse_partition", partition, "inside the data home", partition),
+        OutputCase("published_sidecar", next(home.datasets.rglob("*.parquet")), "inside the data home",
+                   next(home.datasets.rglob("*.parquet"))),
+        OutputCase("new_file_in_home_root", home.root / "result.csv", "inside the data home", home.root / "result.csv"),
+        OutputCase("through_linked_folder", scratch / "into_home" / "x.csv", "inside the data home",
+                   home.warehouse / "x.csv"),
+        OutputCase("dot_dot_into_home", scratch / relative_up, "inside the data home", partition),
+        OutputCase("folder_is_a_file", victim / "x.csv", "not a folder", victim),
+    ]
+
+
+# Queries an adversary runs: (name, SQL, words the refusal / failure must contain). The `.tmp` ones are run
+# from a working directory holding `.tmp/secret.txt` (or `.tmp -> /etc`), the heavy ones under a small time limit.
+HOSTILE_QUERIES = [
+    ("read_cwd_tmp", "SELECT * FROM read_text('.tmp/secret.txt')", "Permission Error"),
+    ("glob_cwd_tmp_link", "SELECT * FROM glob('.tmp/*')", "Permission Error"),
+    ("read_cwd_tmp_absolute", "SELECT * FROM read_text('{cwd}/.tmp/secret.txt')", "Permission Error"),
+    ("never_ending_count", "SELECT count(*) FROM range(10000000000000::BIGINT)", "time limit"),
+    ("never_ending_cross_join", "SELECT count(*) FROM range(10000000) a, range(10000000) b", "time limit"),
+]

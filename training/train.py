@@ -30,7 +30,8 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from pipelines.storage import write_bytes_atomic
+from pipelines.home import DataHome
+from pipelines.storage import check_output_dir, honour_umask, write_bytes_atomic
 from training import data as D
 from training.config import RESUMABLE_FIELDS, TrainConfig, preset
 from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
@@ -110,6 +111,7 @@ def _save_dir_atomic(final: Path, write: Callable[[Path], None]) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     write(tmp)
+    honour_umask(tmp)  # safetensors writes 0600 whatever the umask; other accounts must read the weights
     if final.exists():
         shutil.rmtree(old, ignore_errors=True)
         final.rename(old)
@@ -430,6 +432,10 @@ def run_from_args(args: argparse.Namespace) -> TrainResult:
         if event["event"] != "done":
             print(json.dumps(event), flush=True)
 
+    # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home
+    check_output_dir(args.output_dir, [DataHome.at(getattr(args, "home", None)).root], "--output-dir", in_home=True,
+                     markers=[f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")]
+                     + [".init.tmp", ".best.tmp", "checkpoints/.last.tmp"])
     result = train(config_from_args(args), progress=show)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result.metadata(), indent=1), flush=True)

@@ -63,6 +63,7 @@ from typing import Callable
 from pipelines.home import DataHome
 from pipelines.simulator.config import SimConfig, config_from_dict
 from pipelines.simulator.simulation import SimReport, simulate
+from pipelines.storage import check_home_dir
 
 MODEL_DESCRIPTION = __doc__.split("Model\n-----\n", 1)[1].strip()
 
@@ -127,6 +128,7 @@ def run_from_args(args: argparse.Namespace) -> SimReport:
     """Run the simulator from parsed flags, with a rich progress bar unless ``--quiet``."""
     config = config_from_args(args)
     home = DataHome.at(args.home)
+    check_home_dir(home)  # new, empty or a data home: never a folder of other files, never inside another home
     if getattr(args, "quiet", False):
         return simulate(home, config)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

@@ -4,7 +4,13 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
+import sys
+import tempfile
+import time
 from pathlib import Path
+
+import duckdb
 
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
@@ -13,6 +19,9 @@ from test_publish_fixtures import SECRET_EMAIL, make_home
 
 from pipelines import query
 from pipelines.publish import PublishConfig, publish_dataset, resolve_version
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
+from tests.hostile_corpus import HOSTILE_QUERIES  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +153,120 @@ def test_argparse_entry_point(built, capsys: pytest.CaptureFixture) -> None:
     assert json.loads(capsys.readouterr().out)[0]["n"] == new.pairs["train"]
     assert query.main(["--home", str(home.root), "--named", "tie_rate_by_split", "--format", "csv"]) == 0
     assert capsys.readouterr().out.startswith('"split","pairs","ties","tie_rate"')
+
+
+# --------------------------------------------------------------------------- limits, spill folder, streaming
+def test_working_directory_tmp_is_not_readable(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """DuckDB's default spill folder `.tmp` (relative to the working directory) is readable by default; ours is private."""
+    home, _, _ = built
+    plain = tmp_path / "plain"
+    (plain / ".tmp").mkdir(parents=True)
+    (plain / ".tmp" / "secret.txt").write_text("top secret\n")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / ".tmp").symlink_to("/etc")
+    for cwd in (plain, linked):
+        monkeypatch.chdir(cwd)
+        for name, sql, words in HOSTILE_QUERIES:
+            if "cwd_tmp" not in name:
+                continue
+            code, out, err = _run(home, sql.format(cwd=cwd))
+            assert code == 1 and out == "" and words in err, (cwd.name, name, err)
+            assert "top secret" not in out + err and "passwd" not in out + err
+        assert sorted(p.name for p in cwd.iterdir()) == [".tmp"]
+
+
+def test_time_limit_stops_never_ending_queries(built) -> None:
+    home, _, _ = built
+    for name, sql, words in HOSTILE_QUERIES:
+        if words != "time limit":
+            continue
+        started = time.monotonic()
+        code, out, err = _run(home, sql, limits=query.QueryLimits(timeout_s=1))
+        assert code == 1 and out == "" and "time limit of 1 s" in err and "--timeout" in err, (name, err)
+        assert time.monotonic() - started < 30, name
+
+
+def test_memory_limit_and_private_spill_folder(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, _, _ = built
+    spill_root = tmp_path / "tmp"
+    spill_root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spill_root))
+    code, _, err = _run(home, "SELECT list(range) AS l FROM range(60000000)",
+                        limits=query.QueryLimits(memory_limit="64MB", spill_limit="64MB"))
+    assert code == 1 and "Out of Memory" in err and "--memory-limit 64MB" in err, err
+    # a sort larger than the memory limit spills to the private folder and finishes
+    code, out, err = _run(home, "SELECT sum(r * i) AS s FROM (SELECT range AS r, row_number() OVER (ORDER BY hash(range)) AS i "
+                                "FROM range(3000000))", fmt="json", limits=query.QueryLimits(memory_limit="48MB"))
+    assert code == 0, err
+    expected = duckdb.sql("SELECT sum(r * i) AS s FROM (SELECT range AS r, row_number() OVER (ORDER BY hash(range)) AS i "
+                          "FROM range(3000000))").fetchall()[0][0]
+    assert int(json.loads(out)[0]["s"]) == expected
+    assert list(spill_root.iterdir()) == []                           # the spill folder went with the query
+
+
+def test_bad_limits_name_the_flag(built) -> None:
+    home, _, _ = built
+    code, _, err = _run(home, "SELECT 1", limits=query.QueryLimits(memory_limit="lots"))
+    assert code == 2 and "--memory-limit" in err and "'lots'" in err
+    code, _, err = _run(home, "SELECT 1", limits=query.QueryLimits(timeout_s=-1))
+    assert code == 2 and "--timeout" in err
+
+
+def test_table_output_streams(built, tmp_path: Path) -> None:
+    """A 100M-row result printed as a table holds 1,000 rows, not 100M (measured as the child's peak RSS)."""
+    home, _, _ = built
+    probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
+             "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
+             "print(done.stdout[-300:]); print(done.stderr[-500:])")
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "pipelines.query", "--home", str(home.root),
+                           "SELECT range FROM range(100000000)"], capture_output=True, text=True, timeout=300)
+    code, peak_mb = map(int, done.stdout.split("\n", 1)[0].split())
+    assert code == 0 and "100000000 rows, first 1000 shown" in done.stdout, done.stdout
+    assert peak_mb < 450, f"peak RSS {peak_mb} MB for a streamed 100M-row table"
+
+
+def test_streamed_formats_match_whole_table_writers(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Batch-by-batch CSV / JSON / Parquet give what writing the whole table at once gave."""
+    home, _, _ = built
+    monkeypatch.setattr(query, "BATCH_ROWS", 7)                      # many batches
+    sql = "SELECT * FROM pairs ORDER BY key"
+    whole = query.execute(home, sql)
+    code, out, _ = _run(home, sql, fmt="json")
+    assert code == 0 and out == json.dumps(whole.to_pylist(), ensure_ascii=False, default=query._json_default,
+                                           indent=1) + "\n"
+    code, out, _ = _run(home, sql, fmt="csv")
+    buffer = io.BytesIO()
+    pacsv.write_csv(query._flatten_nested(whole), buffer)
+    assert code == 0 and out == buffer.getvalue().decode("utf-8")
+    target = tmp_path / "all.parquet"
+    assert _run(home, sql, fmt="parquet", output=target)[0] == 0
+    assert pq.read_table(target).equals(whole)
+    empty = "SELECT key, label_0 FROM pairs WHERE false"
+    assert _run(home, empty, fmt="json")[1] == "[]\n"
+    assert _run(home, empty, fmt="csv")[1] == '"key","label_0"\n'
+    assert _run(home, empty)[1].endswith("0 rows\n")
+
+
+def test_output_says_how_many_rows_it_wrote(built, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    home, _, new = built
+    parser = argparse.ArgumentParser()
+    query.add_arguments(parser)
+    target = tmp_path / "pairs.csv"
+    assert query.run_from_args(parser.parse_args(["SELECT key FROM pairs", "--format", "csv", "--output", str(target),
+                                                  "--timeout", "60", "--memory-limit", "512MB"]), home) == 0
+    captured = capsys.readouterr()
+    total = sum(new.pairs.values())
+    assert captured.out == "" and captured.err == f"wrote {total} rows (csv) to {target}\n"
+    assert len(target.read_text().splitlines()) == total + 1
+
+
+def test_reader_that_stops_early_is_not_an_error(built) -> None:
+    """`pickapic query ... | head -2`: streaming meets a closed pipe; exit 0, no traceback."""
+    home, _, _ = built
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.query", "--home", str(home.root), "--format", "csv",
+                             "SELECT range FROM range(5000000)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    first = [proc.stdout.readline(), proc.stdout.readline()]
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and first == [b'"range"\n', b"0\n"] and err == b"", err[-2000:]
