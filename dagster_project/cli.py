@@ -18,7 +18,7 @@ MOUNTED = {
     "simulate": ("pipelines.simulator", "generate sample app logs (the raw zone) and their ground truth"),
     "query": ("pipelines.query", "read-only DuckDB SQL over a published dataset version"),
     "export": ("pipelines.export", "export a published version in another format (pickscore-parquet)"),
-    "train": ("training.train", "train the CLIP preference model on a published version"),
+    "train": ("training.cli", "train the CLIP preference model on a published version"),
 }
 
 

@@ -77,7 +77,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                                                             for name in schema.names},
                                   use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
                 for sidecar in sidecars:
-                    table = _export_rows(sidecar, schema)
+                    table = _export_rows(sidecar, schema, first_index=count)
                     for start in range(0, table.num_rows, ROWS_PER_GROUP):
                         writer.write_table(table.slice(start, ROWS_PER_GROUP))
                     count += table.num_rows
@@ -88,8 +88,9 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
 
 
-def _export_rows(sidecar: Path, schema: pa.Schema) -> pa.Table:
-    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset."""
+def _export_rows(sidecar: Path, schema: pa.Schema, first_index: int) -> pa.Table:
+    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset, numbered
+    (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
     side = pq.read_table(sidecar)
     tar = sidecar.with_suffix(".tar")
     jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
@@ -109,6 +110,7 @@ def _export_rows(sidecar: Path, schema: pa.Schema) -> pa.Table:
     columns["image_1_url"] = side.column("jpg_1_key")
     columns["jpg_0"] = pa.array(jpgs["jpg_0"], pa.binary())
     columns["jpg_1"] = pa.array(jpgs["jpg_1"], pa.binary())
+    columns["__index_level_0__"] = pa.array(range(first_index, first_index + side.num_rows), pa.int64())
     return cast_to_schema(pa.table(columns), schema)
 
 

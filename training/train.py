@@ -32,11 +32,12 @@ import torch.distributed as dist
 
 from pipelines.storage import write_bytes_atomic
 from training import data as D
-from training.config import RESUMABLE_FIELDS, TrainConfig, preset
+from training.cli import add_arguments, config_from_args, run_from_args  # noqa: F401 (the CLI of this module)
+from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
-from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores
+from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
 Progress = Callable[[dict[str, Any]], None]
@@ -125,8 +126,7 @@ def _recover_dir(final: Path) -> None:
 
 
 def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig) -> None:
-    clip.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_checkpoint(directory, clip, processor)
     config.save(directory)
 
 
@@ -275,7 +275,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         if rank != 0:
             return None
         scores = score_split(scorer, processor, data_dir, config.eval_split, batch_size=config.eval_batch_size,
-                             num_workers=config.num_workers, draft=config.draft_decode, device=device,
+                             num_workers=config.num_workers, device=device,
                              bf16=config.bf16)
         return _validation_entry(step, scores)
 
@@ -363,8 +363,8 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
     if rank == 0:
         best_clip, best_processor = load_model(best_dir)
         best_scorer = PairScorer(best_clip).to(device)
-        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, draft=config.draft_decode,
-                      device=device, bf16=config.bf16)
+        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
+                      bf16=config.bf16)
         test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
                                score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
                                config.eval_split, config.test_split)
@@ -393,49 +393,6 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
 
 
 # --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Trainer flags (mounted by the lead as ``pickapic train``)."""
-    parser.add_argument("--data-dir", required=True, help="published version dir or datasets/pickapic/latest")
-    parser.add_argument("--output-dir", required=True, help="run dir (rerun the same command to resume)")
-    parser.add_argument("--preset", default="demo", choices=["demo", "paper"])
-    parser.add_argument("--init-from", default=None, help="'scratch' or a local HF CLIP / PickScore dir")
-    for name, kind in (("max-steps", int), ("batch-size", int), ("learning-rate", float), ("weight-decay", float),
-                       ("warmup-steps", int), ("eval-every", int), ("num-workers", int), ("seed", int),
-                       ("shuffle-buffer", int), ("eval-batch-size", int), ("log-every", int), ("image-size", int),
-                       ("patch-size", int), ("tokenizer-vocab-size", int), ("contrastive-weight", float),
-                       ("vision-width", int), ("text-width", int), ("projection-dim", int), ("layers", int),
-                       ("heads", int)):
-        parser.add_argument(f"--{name}", type=kind, default=None)
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--no-resampled", dest="resampled", action="store_false", default=None,
-                        help="walk epochs with split_by_node/split_by_worker instead of resampling shards")
-    parser.add_argument("--no-draft", dest="draft_decode", action="store_false", default=None,
-                        help="full JPEG decode instead of the DCT-scaled draft")
-    parser.add_argument("--augment", default=None, choices=["none", "hflip", "dihedral"],
-                        help="per-image train augmentation: flips, or flips + quarter turns")
-    parser.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed flags (preset values, then the flags given)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
-    return preset(args.preset, **overrides)
-
-
-def run_from_args(args: argparse.Namespace) -> TrainResult:
-    """Train from parsed flags; rank 0 prints a JSON summary."""
-    def show(event: dict[str, Any]) -> None:
-        if event["event"] != "done":
-            print(json.dumps(event), flush=True)
-
-    result = train(config_from_args(args), progress=show)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result.metadata(), indent=1), flush=True)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.train``."""
     parser = add_arguments(argparse.ArgumentParser(prog="python -m training.train", description=__doc__,

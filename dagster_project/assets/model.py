@@ -70,8 +70,10 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
             context.log.info(f"step {event['step']}: loss {event['loss']:.4f}")
 
     result = train(train_config, progress=progress)
-    metadata = report_metadata(result)
+    # the curve once, as a picture (``curve_png`` would embed it a second time)
+    metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "curve_png"})
     metadata["training_curve"] = png_markdown(result.curve_path, "training curve")
+    metadata["curve_path"] = dg.MetadataValue.path(str(result.curve_path))
     metadata["dataset_version"] = version_dir.name
     return dg.MaterializeResult(metadata=metadata)
 

@@ -12,9 +12,12 @@ from pipelines import export
 from pipelines.publish import PublishConfig, publish_dataset
 from schemas import get_schema
 
-RELEASED = ["ranking_id", "user_id", "caption", "created_at", "image_0_uid", "image_1_uid", "image_0_url",
-            "image_1_url", "jpg_0", "jpg_1", "label_0", "label_1", "best_image_uid", "model_0", "model_1",
-            "has_label", "are_different", "num_example_per_prompt"]
+# yuvalkirstain/pickapic_v1's dataset card, in its order, with its types (user_id differs by design: a pseudonym)
+RELEASED = {"are_different": "bool", "best_image_uid": "string", "caption": "string", "created_at": "timestamp[ns]",
+            "has_label": "bool", "image_0_uid": "string", "image_0_url": "string", "image_1_uid": "string",
+            "image_1_url": "string", "jpg_0": "binary", "jpg_1": "binary", "label_0": "double", "label_1": "double",
+            "model_0": "string", "model_1": "string", "ranking_id": "int64", "user_id": "string",
+            "num_example_per_prompt": "int64", "__index_level_0__": "int64"}
 
 
 def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
@@ -26,7 +29,8 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
     out = tmp_path / "export"
     report = export.export_pickscore_parquet(home, None, out)
     assert report.version == published.version and report.rows == published.pairs
-    assert get_schema("pickscore_export").names == RELEASED
+    assert {f.name: str(f.type) for f in get_schema("pickscore_export")} == RELEASED
+    assert get_schema("pickscore_export").names == list(RELEASED)
     for split, n in published.pairs.items():
         table = pq.read_table(out / f"{split}.parquet")
         assert table.schema == get_schema("pickscore_export") and table.num_rows == n
@@ -38,7 +42,8 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
         for r in pq.read_table(sidecar).to_pylist():
             sidecar_rows[r["ranking_id"]] = r
     train = loaded["train"]
-    assert list(train.features) == RELEASED
+    assert list(train.features) == list(RELEASED)
+    assert train["__index_level_0__"] == list(range(train.num_rows))
     for row in train.select(range(10)):
         source = sidecar_rows[row["ranking_id"]]
         assert row["jpg_0"] == (home.root / source["jpg_0_key"]).read_bytes()
