@@ -149,14 +149,17 @@ class Scorer:
         """Scores of ``images`` for ``prompt`` and their softmax preference among them (errors as rows)."""
         return self.score_pairs([(prompt, image) for image in images])
 
-    def score_pairs(self, pairs: Iterable[tuple[str, ImageInput]]) -> list[ImageScore]:
-        """One ``ImageScore`` per (prompt, image), in input order; preference and rank within each prompt."""
+    def score_pairs(self, pairs: Iterable[tuple[str, ImageInput]], groups: Sequence[str] | None = None) -> list[ImageScore]:
+        """One ``ImageScore`` per (prompt, image), in input order; preference and rank within each prompt
+        (or within each of ``groups``, one label per pair: candidate sets that share a prompt text stay apart)."""
         pairs = list(pairs)
+        if groups is not None and len(groups) != len(pairs):
+            raise ValueError(f"{len(groups)} group labels for {len(pairs)} pairs")
         rows = [ImageScore(prompt=str(prompt), image=_image_name(image, i)) for i, (prompt, image) in enumerate(pairs)]
         prompts = sorted({row.prompt for row in rows})
         texts = self.embed_texts(prompts)
         text_of = {p: i for i, p in enumerate(prompts)}
-        scale = float(self.clip.logit_scale.exp())
+        scale = float(self.clip.logit_scale.detach().exp())
         buffer = np.empty((self.batch_size, 3, self.spec.crop, self.spec.crop), dtype=np.float32)
         pending: list[int] = []
 
@@ -180,7 +183,7 @@ class Scorer:
             if len(pending) == self.batch_size:
                 flush()
         flush()
-        groups = [row.prompt for row in rows]
+        groups = list(groups) if groups is not None else [row.prompt for row in rows]
         scores = [row.score for row in rows]
         for row, p, r in zip(rows, softmax_within(groups, scores), ranks_within(groups, scores)):
             row.preference, row.rank = p, r
