@@ -15,7 +15,6 @@ minus that of a random pick (0 at k = 1 by construction); ``oracle_gain`` is the
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import sys
@@ -28,6 +27,7 @@ import pyarrow.parquet as pq
 
 from pipelines.simulator import candidates as C
 from pipelines.storage import write_bytes_atomic
+from training.figures import pyplot, save_figure
 from training.rerank import read_candidate_folder, rerank
 from training.score_cli import score_rows
 
@@ -122,10 +122,7 @@ def _aligned(truth: dict[str, list], scored: Sequence[dict[str, Any]], folder: P
 
 def write_chart(result: BestOfNResult, path: Path) -> Path:
     """Line chart: gain over a random pick against n, per scorer and for the oracle."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.6))
     ax.plot(result.ns, [result.oracle_utility[k] - result.random_utility[k] for k in result.ns], "k--o", label="oracle")
     for name in result.chosen_utility:
@@ -136,11 +133,7 @@ def write_chart(result: BestOfNResult, path: Path) -> Path:
     ax.set_xticks(result.ns, [str(k) for k in result.ns])
     ax.legend()
     fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 def run_best_of_n(home_root: Path, version_dir: Path, model_dir: Path, output_dir: Path, *,

@@ -85,14 +85,19 @@ def load_rgb(image: ImageInput, name: str) -> Image.Image:
         raise ImageError("unreadable_image", f"{name}: {exc}") from None
 
 
-def softmax_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[float | None]:
-    """Softmax of ``scores`` within each group (rows without a score get None), as PickScore's ``calc_probs``."""
-    out: list[float | None] = [None] * len(scores)
+def _scored_groups(groups: Sequence[str], scores: Sequence[float | None]) -> dict[str, list[int]]:
+    """Row indices with a score, per group, in input order."""
     members: dict[str, list[int]] = {}
     for i, (group, score) in enumerate(zip(groups, scores)):
         if score is not None:
             members.setdefault(group, []).append(i)
-    for rows in members.values():
+    return members
+
+
+def softmax_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[float | None]:
+    """Softmax of ``scores`` within each group (rows without a score get None), as PickScore's ``calc_probs``."""
+    out: list[float | None] = [None] * len(scores)
+    for rows in _scored_groups(groups, scores).values():
         values = np.array([scores[i] for i in rows], dtype=np.float64)
         exp = np.exp(values - values.max())
         for i, p in zip(rows, exp / exp.sum()):
@@ -103,11 +108,7 @@ def softmax_within(groups: Sequence[str], scores: Sequence[float | None]) -> lis
 def ranks_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[int | None]:
     """1-based rank of each score within its group (highest first; equal scores keep input order)."""
     out: list[int | None] = [None] * len(scores)
-    members: dict[str, list[int]] = {}
-    for i, (group, score) in enumerate(zip(groups, scores)):
-        if score is not None:
-            members.setdefault(group, []).append(i)
-    for rows in members.values():
+    for rows in _scored_groups(groups, scores).values():
         for rank, i in enumerate(sorted(rows, key=lambda r: (-scores[r], r)), 1):
             out[i] = rank
     return out

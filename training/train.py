@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ import torch
 import torch.distributed as dist
 
 from pipelines.storage import write_bytes_atomic
+from training.figures import pyplot, save_figure
 from training import data as D
 from training.cli import add_arguments, config_from_args, run_from_args  # noqa: F401 (the CLI of this module)
 from training.config import RESUMABLE_FIELDS, TrainConfig
@@ -183,10 +183,7 @@ def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
 
 def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Training curve PNG: train loss and validation accuracy against step (matplotlib Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [h for h in history if "loss" in h]
     val = [h for h in history if "val_accuracy" in h]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -198,11 +195,7 @@ def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     ax_acc.set(xlabel="step", ylabel="tie-aware accuracy", title="validation_unique accuracy")
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- training
