@@ -211,8 +211,15 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
                    split_for_threshold: str = "validation_unique", split: str = "test_unique", *,
                    ground_truth: str | os.PathLike | None = None, include_untrained: bool = True,
                    batch_size: int = 64, num_workers: int = 1, device: str = "auto") -> EvalResult:
-    """Evaluate a saved model; with its ``train_config.json``, also its untrained initial model."""
-    clip, processor = load_model(model_dir)
+    """Evaluate a saved model; with its ``train_config.json``, also its untrained initial model.
+
+    The model is loaded by ``training.scoring.Scorer``, the API ``pickapic score`` / ``rerank`` use, so the
+    evaluation asset and the scoring commands read a checkpoint the same way (and refuse the same folders).
+    """
+    from training.scoring import Scorer  # scoring imports this module
+
+    scorer = Scorer(model_dir, device=device)
+    clip, processor = scorer.clip, scorer.processor
     config_file = Path(model_dir) / "train_config.json"
     config = TrainConfig.load(Path(model_dir)) if config_file.is_file() else None
     result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,

@@ -194,8 +194,8 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _embeds(output: Any) -> torch.Tensor:
-    # transformers >= 5 returns a ModelOutput whose pooler_output is the projected embedding
+def pooled_embeddings(output: Any) -> torch.Tensor:
+    """The projected embedding of ``get_*_features`` (transformers >= 5 wraps it in a ModelOutput's pooler_output)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -211,8 +211,8 @@ class PairScorer(torch.nn.Module):
         """Scores [B, 2] of each caption against its own two images; ``all_images``: [B, 2B] against every
         image of the batch (pair b's own images are columns 2b, 2b + 1), for the in-batch contrastive term."""
         batch = pixel_values.shape[0]
-        image = _embeds(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
-        text = _embeds(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        image = pooled_embeddings(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
+        text = pooled_embeddings(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         image = image / image.norm(dim=-1, keepdim=True)
         text = text / text.norm(dim=-1, keepdim=True)
         if all_images:
@@ -233,9 +233,9 @@ def score_prompt_images(model: CLIPModel, processor: Any, prompt: str, images: S
     """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred."""
     image_inputs = processor(images=list(images), return_tensors="pt").to(device)
     text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
-    image_embs = _embeds(model.get_image_features(**image_inputs))
+    image_embs = pooled_embeddings(model.get_image_features(**image_inputs))
     image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
-    text_embs = _embeds(model.get_text_features(**text_inputs))
+    text_embs = pooled_embeddings(model.get_text_features(**text_inputs))
     text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
     scores = model.logit_scale.exp() * (text_embs @ image_embs.T)[0]
     return torch.softmax(scores, dim=-1).cpu().tolist()

@@ -24,7 +24,7 @@ from PIL import Image
 
 from training import data as D
 from training.evaluate import resolve_device
-from training.model import load_model
+from training.model import load_model, pooled_embeddings
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 MAX_IMAGE_BYTES = 256 << 20   # a candidate image file larger than this is refused unread
@@ -192,9 +192,7 @@ class Scorer:
 
 
 def _normalised(output: Any) -> torch.Tensor:
-    # transformers >= 5 returns a ModelOutput whose pooler_output is the projected embedding
-    embeds = output if isinstance(output, torch.Tensor) else output.pooler_output
-    embeds = embeds.float()
+    embeds = pooled_embeddings(output).float()
     return embeds / embeds.norm(dim=-1, keepdim=True)
 
 
