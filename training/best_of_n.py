@@ -35,7 +35,8 @@ DEFAULT_NS = (1, 2, 4, 8)
 
 
 def pick_utilities(utility: np.ndarray, scores: np.ndarray, k: int) -> dict[str, float]:
-    """Mean true utility of the scorer's pick, a random pick and the best candidate over groups of ``k``.
+    """Mean true utility of the scorer's pick, a random pick and the best candidate over groups of ``k``, and
+    the standard error of the scorer's gain (over prompts: each prompt's gain averaged over its groups).
 
     ``utility`` and ``scores`` are [prompts, n]; unscored candidates (NaN) are never picked, and a group without
     any score falls back to a random pick.
@@ -52,7 +53,10 @@ def pick_utilities(utility: np.ndarray, scores: np.ndarray, k: int) -> dict[str,
         chosen.append(np.where(none, u.mean(axis=1), u[np.arange(prompts), pick]))
         random.append(u.mean(axis=1))
         oracle.append(u.max(axis=1))
-    return {"chosen": float(np.mean(chosen)), "random": float(np.mean(random)), "oracle": float(np.mean(oracle))}
+    per_prompt = np.mean(np.asarray(chosen) - np.asarray(random), axis=0)
+    gain_se = float(per_prompt.std(ddof=1) / np.sqrt(prompts)) if prompts > 1 else float("nan")
+    return {"chosen": float(np.mean(chosen)), "random": float(np.mean(random)), "oracle": float(np.mean(oracle)),
+            "gain_se": gain_se}
 
 
 @dataclass
@@ -66,6 +70,7 @@ class BestOfNResult:
     random_utility: dict[int, float]
     oracle_utility: dict[int, float]
     chosen_utility: dict[str, dict[int, float]]        # scorer name -> k -> mean utility of its pick
+    gain_se: dict[str, dict[int, float]] = field(default_factory=dict)  # standard error of each gain
     unscored: dict[str, int] = field(default_factory=dict)
     output_dir: str = ""
     chart_path: str | None = None
@@ -81,7 +86,7 @@ class BestOfNResult:
         lines = ["| n | " + " | ".join(f"{name} gain" for name in names) + " | oracle gain | random pick utility |",
                  "|---|" + "---|" * (len(names) + 2)]
         for k in self.ns:
-            cells = [f"{self.gain(name, k):+.3f}" for name in names]
+            cells = [f"{self.gain(name, k):+.3f} ± {self.gain_se[name][k]:.3f}" if k > 1 else "0" for name in names]
             lines.append(f"| {k} | " + " | ".join(cells) + f" | {self.oracle_utility[k] - self.random_utility[k]:+.3f} | "
                          f"{self.random_utility[k]:.3f} |")
         return "\n".join(lines)
@@ -91,7 +96,8 @@ class BestOfNResult:
         out = asdict(self)
         for key in ("random_utility", "oracle_utility"):
             out[key] = {str(k): v for k, v in out[key].items()}
-        out["chosen_utility"] = {name: {str(k): v for k, v in by.items()} for name, by in self.chosen_utility.items()}
+        for key in ("chosen_utility", "gain_se"):
+            out[key] = {name: {str(k): v for k, v in by.items()} for name, by in getattr(self, key).items()}
         out["gain"] = {name: {str(k): self.gain(name, k) for k in self.ns} for name in self.chosen_utility}
         out["oracle_gain"] = {str(k): self.oracle_utility[k] - self.random_utility[k] for k in self.ns}
         return out
@@ -128,7 +134,9 @@ def write_chart(result: BestOfNResult, path: Path) -> Path:
     for name in result.chosen_utility:
         ax.plot(result.ns, [result.gain(name, k) for k in result.ns], "o-", label=f"{name} scorer")
     ax.axhline(0, color="grey", linewidth=0.6)
-    ax.set(xscale="log", xlabel="candidates per prompt (n)", ylabel="true utility gain over a random pick",
+    ax.set_xscale("log", base=2)
+    ax.minorticks_off()
+    ax.set(xlabel="candidates per prompt (n)", ylabel="true utility gain over a random pick",
            title=f"best-of-n, {result.generator.rsplit('/', 1)[-1]}, {result.prompts} prompts")
     ax.set_xticks(result.ns, [str(k) for k in result.ns])
     ax.legend()
@@ -163,6 +171,7 @@ def run_best_of_n(home_root: Path, version_dir: Path, model_dir: Path, output_di
     rows = read_candidate_folder(folder)
     scorers = {"trained": model_dir, **({"untrained": untrained_dir} if untrained_dir is not None else {})}
     chosen: dict[str, dict[int, float]] = {}
+    gain_se: dict[str, dict[int, float]] = {}
     unscored: dict[str, int] = {}
     random_u: dict[int, float] = {}
     oracle_u: dict[int, float] = {}
@@ -177,13 +186,13 @@ def run_best_of_n(home_root: Path, version_dir: Path, model_dir: Path, output_di
             scored = score_rows(scorer, rows)
         utility, scores = _aligned(truth, scored, folder)
         unscored[name] = int(np.isnan(scores).sum())
-        chosen[name] = {}
+        chosen[name], gain_se[name] = {}, {}
         for k in ns:
             picked = pick_utilities(utility, scores, k)
-            chosen[name][k] = picked["chosen"]
+            chosen[name][k], gain_se[name][k] = picked["chosen"], picked["gain_se"]
             random_u[k], oracle_u[k] = picked["random"], picked["oracle"]
     result = BestOfNResult(C.world.MODELS[C.generator_index(generator)].model_id, len(prompts), n, list(ns), random_u,
-                           oracle_u, chosen, unscored, str(output_dir), contact_sheet=sheet)
+                           oracle_u, chosen, gain_se, unscored, str(output_dir), contact_sheet=sheet)
     result.chart_path = str(write_chart(result, output_dir / "best_of_n.png"))
     write_bytes_atomic(output_dir / "best_of_n.json", (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return result
