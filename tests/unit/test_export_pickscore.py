@@ -8,7 +8,9 @@ import datasets
 import pyarrow.parquet as pq
 from test_publish_fixtures import make_home
 
+from data_contracts.engine import evaluate, load_contract
 from pipelines import export
+from pipelines.sqlrun import connect
 from pipelines.publish import PublishConfig, publish_dataset
 from schemas import get_schema
 
@@ -140,5 +142,8 @@ def test_eval_prompts_export(tmp_path: Path, capsys) -> None:
         assert row["caption"] == source["caption"] and row["prompt_key"] == source["prompt_key"]
         assert row["count"] == sum(t["prompt_key"] == row["prompt_key"] for t in test_rows) >= 1
         assert row["dataset_version"] == published.version and len(row["prompt_id"]) == 16
+    con = connect({"eval_prompts": str(tmp_path / "prompts" / "eval_prompts.parquet")})
+    results = evaluate(load_contract("eval_prompts"), con)
+    assert results and all(r.passed for r in results), [(r.rule.name, r.value) for r in results if not r.passed]
     again = export.export_eval_prompts(home, published.version, tmp_path / "again")
     assert Path(again.files["test_unique"]).read_bytes() == (tmp_path / "prompts" / "eval_prompts.parquet").read_bytes()

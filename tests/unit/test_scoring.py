@@ -17,10 +17,13 @@ from PIL import Image
 from transformers import AutoModel, AutoProcessor
 
 from dagster_project.cli import main as pickapic
+from data_contracts.engine import evaluate, load_contract
+from pipelines.sqlrun import connect
 from training import data as D
 from training.evaluate import score_split
 from training.model import NotAClipCheckpoint, PairScorer, build_model, save_checkpoint
 from training.scoring import Scorer
+from tests.hostile_corpus import png_from_rows
 from training.synthetic import tiny_config, write_synthetic_version
 
 
@@ -111,14 +114,16 @@ def test_bad_images_become_rows_not_crashes(model_dir, tmp_path):
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "text.jpg").write_text("not an image")
     (tmp_path / "folder.png").mkdir()
-    names = ["good.png", "missing.png", "truncated.png", "empty.png", "text.jpg", "folder.png", "good.png"]
+    (tmp_path / "bomb.png").write_bytes(png_from_rows(20_000, 20_000, b"\x00" * 64))  # a header, no pixels
+    names = ["good.png", "missing.png", "truncated.png", "empty.png", "text.jpg", "folder.png", "bomb.png", "good.png"]
     rows = Scorer(model_dir, device="cpu", batch_size=2).score("two blue stars", [tmp_path / n for n in names])
     reasons = [r.error.split(":", 1)[0] if r.error else None for r in rows]
-    assert reasons == [None, "missing_file", "unreadable_image", "empty_file", "unreadable_image", "not_a_file", None]
+    assert reasons == [None, "missing_file", "unreadable_image", "empty_file", "unreadable_image", "not_a_file",
+                       "decompression_bomb", None]
     assert "missing.png" in rows[1].error
-    assert rows[0].score == pytest.approx(rows[6].score, abs=1e-5)
-    assert rows[0].preference + rows[6].preference == pytest.approx(1.0)
-    assert all(r.score is None and r.preference is None for r in rows[1:6])
+    assert rows[0].score == pytest.approx(rows[7].score, abs=1e-5)
+    assert rows[0].preference + rows[7].preference == pytest.approx(1.0)
+    assert all(r.score is None and r.preference is None for r in rows[1:7])
 
 
 def test_a_directory_that_is_not_a_clip_checkpoint_says_so(tmp_path, model_dir):
@@ -200,6 +205,10 @@ def test_rerank_picks_the_argmax(model_dir, tmp_path):
     assert choices["no_prompt"]["best_image"] is None and "missing_prompt" in choices["no_prompt"]["errors"][0]
     with Image.open(out / "contact_sheet.png") as sheet:
         assert sheet.width > 4 * 128 and sheet.height > 3 * 128
+    con = connect({"rerank_choices": str(out / "choices.parquet"), "image_scores": str(out / "scores.parquet")})
+    for dataset in ("rerank_choices", "image_scores"):
+        results = evaluate(load_contract(dataset), con)
+        assert results and all(r.passed for r in results), [(r.rule.name, r.value) for r in results if not r.passed]
     # the same candidates as a table give the same choices
     table = pa.table({"prompt_id": [r["prompt_id"] for r in scores], "prompt": [r["prompt"] or "x" for r in scores],
                       "image": [r["image"] for r in scores]})
