@@ -17,8 +17,10 @@ HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
 MOUNTED = {
     "simulate": ("pipelines.simulator", "generate sample app logs (the raw zone) and their ground truth"),
     "query": ("pipelines.query", "read-only DuckDB SQL over a published dataset version"),
-    "export": ("pipelines.export", "export a published version in another format (pickscore-parquet)"),
-    "train": ("training.train", "train the CLIP preference model on a published version"),
+    "export": ("pipelines.export", "export a published version in another format (pickscore-parquet, eval-prompts)"),
+    "train": ("training.cli", "train the CLIP preference model on a published version"),
+    "score": ("training.score_cli", "score (prompt, image) pairs with a preference model (PickScore scores)"),
+    "rerank": ("training.rerank", "best-of-n: keep the candidate a preference model scores highest per prompt"),
 }
 
 

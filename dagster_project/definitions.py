@@ -18,6 +18,7 @@ ALL_ASSETS = [
     model.preference_model,
     model.preference_model_eval,
     model.generator_leaderboard,
+    model.best_of_n,
 ]
 
 defs = dg.Definitions(

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import base64
+import math
+import re
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -40,20 +42,50 @@ def png_markdown(path: Path, title: str) -> dg.MetadataValue:
     return dg.MetadataValue.md(f"**{title}**\n\n![{title}](data:image/png;base64,{data})")
 
 
+def display_float(value: float, digits: int = 4) -> float:
+    """``value`` rounded for display: ``digits`` significant digits, at least one decimal (1031.9, 0.8, 0.0001235).
+
+    Only what the UI shows is rounded; files (metrics.json, eval.json, Parquet) keep full precision.
+    """
+    if not math.isfinite(value) or value == 0:
+        return value
+    return round(value, max(1, digits - 1 - math.floor(math.log10(abs(value)))))
+
+
+def rounded(value: Any) -> Any:
+    """``value`` with every float inside (dicts and lists too) rounded by ``display_float``."""
+    if isinstance(value, float):
+        return display_float(value)
+    if isinstance(value, dict):
+        return {key: rounded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [rounded(item) for item in value]
+    return value
+
+
+# A float literal with 5+ decimals in markdown text (e.g. a table cell printed with str(float)).
+_LONG_FLOAT = re.compile(r"(?<![\w.])-?\d+\.\d{5,}(?![\w.])")
+
+
+def rounded_markdown(text: str) -> str:
+    """Markdown with long float literals rounded by ``display_float`` (everything else untouched)."""
+    return _LONG_FLOAT.sub(lambda m: repr(display_float(float(m.group()))), text)
+
+
 def to_metadata(values: Mapping[str, Any]) -> dict[str, Any]:
-    """Convert a report's ``metadata()`` dict: markdown strings, PNG paths, plain values."""
+    """Convert a report's ``metadata()`` dict: markdown strings, PNG paths, plain values (floats rounded for display)."""
     out: dict[str, Any] = {}
     for key, value in values.items():
         if isinstance(value, Path) or (isinstance(value, str) and value.endswith(".png") and Path(value).is_file()):
             out[key] = png_markdown(Path(value), key)
         elif isinstance(value, str) and ("\n" in value or value.startswith("|")):
-            out[key] = dg.MetadataValue.md(value)
+            out[key] = dg.MetadataValue.md(rounded_markdown(value))
         elif isinstance(value, (dict, list)):
-            out[key] = dg.MetadataValue.json(value)
+            out[key] = dg.MetadataValue.json(rounded(value))
         elif value is None:
             out[key] = dg.MetadataValue.text("")
         else:
-            out[key] = value
+            out[key] = rounded(value)
     return out
 
 

@@ -1,16 +1,22 @@
-"""``pickapic export --format pickscore-parquet``: a published version in the released Pick-a-Pic schema.
+"""``pickapic export``: a published version in the released Pick-a-Pic schema, or its benchmark prompt set.
 
-One Parquet file per split (``<output>/<split>.parquet``, columns of ``schemas.publish.PICKSCORE_EXPORT``,
+``--format pickscore-parquet``: one Parquet file per split (``<output>/<split>.parquet``, columns of ``schemas.publish.PICKSCORE_EXPORT``,
 ``jpg_0`` / ``jpg_1`` as JPEG bytes) so existing PickScore code can do::
 
     datasets.load_dataset("parquet", data_files={"train": "OUT/train.parquet", "test_unique": "OUT/test_unique.parquet"})
 
 The rows are read from the version's sidecars and the image bytes straight out of its tar shards
 (via the sidecar offsets), so an export always matches the shards of that version exactly.
+
+``--format eval-prompts``: ``<output>/eval_prompts.parquet`` (``schemas.scoring.EVAL_PROMPTS``), the
+test_unique prompts with their normalized key, how often the test split asked them and the dataset version:
+the held-out prompt set the paper proposes for evaluating generators (instead of MS-COCO captions). Its
+users and prompts never reach train, so a scorer trained on the same version has not seen them.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -27,7 +33,8 @@ from pipelines.shards import SPLITS
 from pipelines.storage import cast_to_schema, check_output_dir, open_output_file
 from schemas import get_schema
 
-FORMATS = ("pickscore-parquet",)
+FORMATS = ("pickscore-parquet", "eval-prompts")
+EVAL_PROMPTS_FILE = "eval_prompts.parquet"
 ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
 Progress = Callable[[str, int, int], None]
 
@@ -78,7 +85,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                                                             for name in schema.names},
                                   use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
                 for sidecar in sidecars:
-                    table = _export_rows(sidecar, schema)
+                    table = _export_rows(sidecar, schema, first_index=count)
                     for start in range(0, table.num_rows, ROWS_PER_GROUP):
                         writer.write_table(table.slice(start, ROWS_PER_GROUP))
                     count += table.num_rows
@@ -89,8 +96,9 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
 
 
-def _export_rows(sidecar: Path, schema: pa.Schema) -> pa.Table:
-    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset."""
+def _export_rows(sidecar: Path, schema: pa.Schema, first_index: int) -> pa.Table:
+    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset, numbered
+    (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
     side = pq.read_table(sidecar)
     tar = sidecar.with_suffix(".tar")
     jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
@@ -110,14 +118,54 @@ def _export_rows(sidecar: Path, schema: pa.Schema) -> pa.Table:
     columns["image_1_url"] = side.column("jpg_1_key")
     columns["jpg_0"] = pa.array(jpgs["jpg_0"], pa.binary())
     columns["jpg_1"] = pa.array(jpgs["jpg_1"], pa.binary())
+    columns["__index_level_0__"] = pa.array(range(first_index, first_index + side.num_rows), pa.int64())
     return cast_to_schema(pa.table(columns), schema)
+
+
+def _sidecars(root: Path, split: str, columns: list[str]) -> pa.Table:
+    files = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"version {root.name} has no {split} sidecars in {root / split}")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -> ExportReport:
+    """Write the test_unique prompts of ``version`` (default ``latest``) as ``eval_prompts.parquet``."""
+    started = time.perf_counter()
+    root = resolve_version(home, version)
+    unique = _sidecars(root, "test_unique", ["key", "caption", "prompt_key"])
+    counts: dict[str, int] = {}
+    for key in _sidecars(root, "test", ["prompt_key"]).column("prompt_key").to_pylist():
+        counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for key, caption, prompt_key in sorted(zip(*(unique.column(c).to_pylist() for c in ("key", "caption", "prompt_key"))),
+                                           key=lambda r: r[2]):
+        if prompt_key not in counts:
+            raise RuntimeError(f"version {root.name}: test_unique prompt {prompt_key!r} ({key}) is not in the test split")
+        rows.append({"prompt_id": hashlib.sha256(prompt_key.encode("utf-8")).hexdigest()[:16], "prompt_key": prompt_key,
+                     "caption": caption, "count": counts[prompt_key], "test_unique_key": key,
+                     "dataset_version": root.name})
+    if len({r["prompt_key"] for r in rows}) != len(rows):
+        raise RuntimeError(f"version {root.name}: test_unique holds a prompt_key twice")
+    schema = get_schema("eval_prompts")
+    table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({"dataset_version": root.name})
+    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
+    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[EVAL_PROMPTS_FILE])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / EVAL_PROMPTS_FILE
+    with open_output_file(final, [home.root], "--output") as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return ExportReport(root.name, output_dir, {"test_unique": len(rows)}, {"test_unique": str(final)},
+                        {"test_unique": final.stat().st_size}, time.perf_counter() - started)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``pickapic export``."""
     parser.add_argument("--format", dest="fmt", choices=FORMATS, default="pickscore-parquet",
-                        help="export format (default: pickscore-parquet)")
-    parser.add_argument("--output", type=Path, required=True, metavar="DIR", help="folder for <split>.parquet files")
+                        help="pickscore-parquet: <split>.parquet in the released schema (default); eval-prompts: "
+                             "eval_prompts.parquet, the test_unique prompts to evaluate generators on")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="folder for the <split>.parquet files or eval_prompts.parquet")
     parser.add_argument("--version", dest="dataset_version", metavar="V", help="published version (default: latest)")
 
 
@@ -125,12 +173,13 @@ def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int
     """Entry point for ``pickapic export``; prints what was written, returns the exit code."""
     home = home or DataHome.at(getattr(args, "home", None))
     try:
-        report = export_pickscore_parquet(home, args.dataset_version, args.output)
+        write = export_eval_prompts if args.fmt == "eval-prompts" else export_pickscore_parquet
+        report = write(home, args.dataset_version, args.output)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for split, path in report.files.items():
-        print(f"{split:18s} {report.rows[split]:>9d} rows  {path}")
+        print(f"{split:18s} {report.rows[split]:>9d} {'prompts' if args.fmt == 'eval-prompts' else 'rows'}  {path}")
     return 0
 
 

@@ -11,7 +11,7 @@ from schemas import raw, warehouse
 
 _MODULES = [raw, warehouse]
 
-for _optional in ("features", "curation", "publish"):
+for _optional in ("features", "curation", "publish", "scoring"):
     try:
         _MODULES.append(__import__(f"schemas.{_optional}", fromlist=["SCHEMAS"]))
     except ModuleNotFoundError as exc:  # a stage module that does not exist yet

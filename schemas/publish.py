@@ -56,26 +56,32 @@ SPLITS_SUMMARY = pa.schema([
 # The quarantine snapshot in a published version: no raw line text (it may hold emails and names).
 PUBLISHED_QUARANTINE = pa.schema([field for field in QUARANTINE if field.name != "raw_text"])
 
-# The released Pick-a-Pic / PickScore column set (``pickapic export --format pickscore-parquet``).
+# The released Pick-a-Pic / PickScore column set (``pickapic export --format pickscore-parquet``), in the
+# release's column order and types (yuvalkirstain/pickapic_v1 dataset card). Two differences by design:
+# ``user_id`` is the keyed pseudonym (a string, never the app's int64 id) and ``num_example_per_prompt`` counts
+# rows per normalized prompt (``prompt_key``) within the split, where the release counted exact captions.
 PICKSCORE_EXPORT = pa.schema([
-    pa.field("ranking_id", pa.int64(), nullable=False),
-    pa.field("user_id", pa.string(), nullable=False),          # pseudonym, never the app's user id
+    pa.field("are_different", pa.bool_(), nullable=False),
+    pa.field("best_image_uid", pa.string()),                   # null for a tie
     pa.field("caption", pa.string(), nullable=False),
-    pa.field("created_at", TS, nullable=False),
+    pa.field("created_at", pa.timestamp("ns"), nullable=False),  # the release's timestamp[ns] (naive UTC)
+    pa.field("has_label", pa.bool_(), nullable=False),
     pa.field("image_0_uid", pa.string(), nullable=False),
-    pa.field("image_1_uid", pa.string(), nullable=False),
     pa.field("image_0_url", pa.string()),                      # training JPEG key relative to the data home
+    pa.field("image_1_uid", pa.string(), nullable=False),
     pa.field("image_1_url", pa.string()),
     pa.field("jpg_0", pa.binary(), nullable=False),
     pa.field("jpg_1", pa.binary(), nullable=False),
     pa.field("label_0", pa.float64(), nullable=False),
     pa.field("label_1", pa.float64(), nullable=False),
-    pa.field("best_image_uid", pa.string()),                   # null for a tie
     pa.field("model_0", pa.string(), nullable=False),
     pa.field("model_1", pa.string(), nullable=False),
-    pa.field("has_label", pa.bool_(), nullable=False),
-    pa.field("are_different", pa.bool_(), nullable=False),
+    pa.field("ranking_id", pa.int64(), nullable=False),
+    pa.field("user_id", pa.string(), nullable=False),          # pseudonym, never the app's user id
     pa.field("num_example_per_prompt", pa.int64(), nullable=False),
+    # the pandas index column the release carries (PickScore's limit_examples_per_prompt drops it by name):
+    # here the row's position in its split file
+    pa.field("__index_level_0__", pa.int64(), nullable=False),
 ])
 
 SCHEMAS = {

@@ -23,55 +23,62 @@ RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output
                               "device"})
 
 
+def _knob(default: Any, help_text: str) -> Any:
+    """A config field with its help text (shown by ``--help`` and as the Dagster run-config description)."""
+    return field(default=default, metadata={"help": help_text})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of a preference-model training run (see module docstring for presets)."""
 
-    data_dir: str = field(default="", metadata={"help": "published version dir (holds train/, validation_unique/, ...)"})
-    output_dir: str = field(default="", metadata={"help": "run dir: checkpoints/, best/, metrics.json, curve.png"})
-    init_from: str = field(default="scratch", metadata={"help": "'scratch' or a local HF CLIP/PickScore dir"})
-    preset: str = field(default="demo", metadata={"help": "name of the preset these values started from"})
+    data_dir: str = _knob("", "published version dir (holds train/, validation_unique/, ...) or datasets/pickapic/latest")
+    output_dir: str = _knob("", "run dir: init/, checkpoints/, best/, metrics.json, curve.png (rerun to resume)")
+    init_from: str = _knob("scratch", "'scratch' (tiny CLIP + BPE trained on the captions) or a local HF CLIP / "
+                           "PickScore dir")
+    preset: str = _knob("demo", "name of the preset these values started from (demo | paper)")
     # optimisation (paper: AdamW lr 3e-6, wd 0.3, 500 warmup, batch 128, 4000 steps, clip 1.0, seed 42)
-    learning_rate: float = 5e-4
-    weight_decay: float = 0.3
-    adam_beta1: float = 0.9
-    adam_beta2: float = 0.999
-    adam_eps: float = 1e-8
-    warmup_steps: int = 20
-    max_steps: int = 250
-    batch_size: int = field(default=16, metadata={"help": "GLOBAL batch (pairs); split evenly over DDP ranks"})
-    grad_clip: float = 1.0
-    contrastive_weight: float = field(default=1.0, metadata={"help": "weight of the in-batch caption-vs-all-images "
-                                                                       "term added to the PickScore loss (0 = off)"})
-    augment: str = field(default="hflip", metadata={"help": "train-image augmentation, per image: none | hflip | "
-                                                            "dihedral (random flips and 90-degree turns)"})
-    seed: int = 42
-    bf16: bool = field(default=True, metadata={"help": "bf16 autocast on CUDA; CPU always runs fp32"})
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    cpu_threads: int = field(default=0, metadata={"help": "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))"})
+    learning_rate: float = _knob(5e-4, "AdamW peak learning rate (after warmup, then linear decay to 0)")
+    weight_decay: float = _knob(0.3, "AdamW weight decay, on matrices only (biases, norms, logit_scale excluded)")
+    adam_beta1: float = _knob(0.9, "AdamW beta1")
+    adam_beta2: float = _knob(0.999, "AdamW beta2")
+    adam_eps: float = _knob(1e-8, "AdamW epsilon")
+    warmup_steps: int = _knob(20, "linear warmup steps from lr / warmup to lr")
+    max_steps: int = _knob(250, "optimizer steps in total (a resumed run may raise it)")
+    batch_size: int = _knob(16, "GLOBAL batch (pairs); split evenly over DDP ranks")
+    grad_clip: float = _knob(1.0, "clip the gradient norm to this (0 = off)")
+    contrastive_weight: float = _knob(1.0, "weight of the in-batch caption-vs-all-images term added to the "
+                                           "PickScore loss (0 = off)")
+    augment: str = _knob("hflip", "train-image augmentation, per image: none | hflip | dihedral (random flips "
+                                  "and 90-degree turns)")
+    seed: int = _knob(42, "seed of the init, data order, shuffle buffer and augmentation")
+    bf16: bool = _knob(True, "bf16 autocast on CUDA; CPU always runs fp32")
+    device: str = _knob("auto", "auto | cpu | cuda")
+    cpu_threads: int = _knob(0, "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))")
     # evaluation / checkpointing
-    eval_every: int = 50
-    eval_split: str = "validation_unique"
-    test_split: str = "test_unique"
-    eval_batch_size: int = 64
-    log_every: int = 10
+    eval_every: int = _knob(50, "evaluate on eval_split (and checkpoint) every N steps")
+    eval_split: str = _knob("validation_unique", "split for checkpoint selection and the tie threshold")
+    test_split: str = _knob("test_unique", "split the final accuracy is reported on")
+    eval_batch_size: int = _knob(64, "pairs per evaluation batch")
+    log_every: int = _knob(10, "record the mean train loss every N steps")
     # data loading
-    num_workers: int = field(default=1, metadata={"help": "loader processes per rank (1 keeps up on 2 cores)"})
-    shuffle_buffer: int = 1000
-    shuffle_initial: int = 100
-    resampled: bool = field(default=True, metadata={"help": "draw shards with replacement per rank/worker"})
-    draft_decode: bool = field(default=True, metadata={"help": "PIL JPEG draft (DCT-scaled) decode"})
-    max_length: int = 77
+    num_workers: int = _knob(1, "loader processes per rank (1 keeps up on 2 cores)")
+    shuffle_buffer: int = _knob(1000, "samples in the seeded shuffle buffer")
+    shuffle_initial: int = _knob(100, "samples buffered before the first one is yielded")
+    resampled: bool = _knob(True, "draw shards with replacement per rank/worker (else seeded epochs)")
+    draft_decode: bool = _knob(True, "PIL JPEG draft (DCT-scaled) decode of TRAIN images; evaluation always "
+                                     "decodes exactly")
+    max_length: int = _knob(77, "caption tokens (pad + truncate), as CLIP")
     # 'scratch' model (ignored when init_from is a directory)
-    image_size: int = 64
-    patch_size: int = 8
-    text_width: int = 64
-    vision_width: int = 64
-    layers: int = 2
-    heads: int = 2
-    projection_dim: int = 64
-    tokenizer_vocab_size: int = 2048
-    tokenizer_max_captions: int = 200_000
+    image_size: int = _knob(64, "scratch model: input size in px (shortest edge resize + center crop)")
+    patch_size: int = _knob(8, "scratch model: ViT patch size")
+    text_width: int = _knob(64, "scratch model: text transformer width")
+    vision_width: int = _knob(64, "scratch model: vision transformer width")
+    layers: int = _knob(2, "scratch model: layers of each tower")
+    heads: int = _knob(2, "scratch model: attention heads")
+    projection_dim: int = _knob(64, "scratch model: joint embedding size")
+    tokenizer_vocab_size: int = _knob(2048, "scratch model: BPE vocabulary size (>= 600)")
+    tokenizer_max_captions: int = _knob(200_000, "scratch model: train captions the BPE is trained on")
 
     def __post_init__(self) -> None:
         problems = []

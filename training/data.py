@@ -69,6 +69,11 @@ def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True, out: np.n
         if draft and img.format == "JPEG":
             img.draft("RGB", (spec.shortest_edge * DRAFT_MARGIN, spec.shortest_edge * DRAFT_MARGIN))
         img = img.convert("RGB")
+    return preprocess_rgb(img, spec, out)
+
+
+def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
+    """A decoded RGB PIL image -> float32 ``(3, crop, crop)`` CLIP tensor (the second half of ``preprocess_image``)."""
     width, height = img.size
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(spec.shortest_edge * long / short)  # same rounding as transformers

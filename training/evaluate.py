@@ -63,9 +63,13 @@ class SplitScores:
 
 @torch.no_grad()
 def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike, split: str, *,
-                batch_size: int = 64, num_workers: int = 1, draft: bool = True,
+                batch_size: int = 64, num_workers: int = 1, draft: bool = False,
                 device: torch.device | None = None, bf16: bool = True) -> SplitScores:
-    """Scores of every pair in ``split`` with the model's own preprocessing geometry."""
+    """Scores of every pair in ``split`` with the model's own preprocessing geometry.
+
+    Evaluation decodes every JPEG exactly (``draft=False``, the preprocessing ``CLIPImageProcessor`` and
+    ``training.scoring.Scorer`` apply); the DCT-scaled draft decode is a training-speed trade only.
+    """
     device = device or next(scorer.parameters()).device
     shards = D.split_shards(data_dir, split)
     if not shards:
@@ -123,9 +127,9 @@ class EvalResult:
     threshold: float
     selection_accuracy: float
     test_accuracy: float
-    random_baseline: float
-    random_threshold: float
-    random_baseline_at_threshold: float
+    random_baseline: float           # a random scorer at the model's threshold: the number to compare with
+    random_threshold: float          # the threshold a random scorer would choose itself (1.0 with any ties)
+    random_baseline_best: float      # a random scorer at that threshold (the paper's "random 56.8")
     test_accuracy_by_threshold: dict[float, float] = field(default_factory=dict)
     model_dir: str = ""
     untrained_test_accuracy: float | None = None
@@ -140,20 +144,24 @@ class EvalResult:
         return out
 
     def metadata(self) -> dict[str, Any]:
-        """Dagster-ready metadata: numbers plus a markdown metrics table."""
-        rows = [("test accuracy (trained)", self.test_accuracy), ("tie threshold (chosen on "
-                f"{self.split_for_threshold})", self.threshold), ("random baseline", self.random_baseline),
+        """Dagster-ready metadata: numbers plus a markdown metrics table (rows this result measured)."""
+        rows = [(f"test accuracy on {self.split} (trained)", self.test_accuracy),
+                (f"tie threshold (chosen on {self.split_for_threshold})", self.threshold),
+                (f"random baseline at that threshold (t = {self.threshold:.1f})", self.random_baseline),
+                (f"random baseline at its own best threshold (t = {self.random_threshold:.1f})",
+                 self.random_baseline_best),
                 ("untrained model accuracy", self.untrained_test_accuracy),
                 ("Bayes-optimal accuracy", self.bayes_optimal_accuracy), ("fraction of Bayes", self.fraction_of_bayes)]
         table = "| metric | value |\n|---|---|\n" + "\n".join(
-            f"| {name} | {'n/a' if v is None else f'{v:.4f}'} |" for name, v in rows)
+            f"| {name} | {value:.4f} |" for name, value in rows if value is not None)
         meta = {k: v for k, v in self.to_dict().items() if k != "test_accuracy_by_threshold"}
         meta["metrics_table"] = table
         return meta
 
 
 def evaluate_scores(selection: SplitScores, test: SplitScores, split_for_threshold: str, split: str) -> EvalResult:
-    """Choose the threshold on ``selection``, apply it to ``test``; random baseline chosen the same way."""
+    """Choose the threshold on ``selection``, apply it to ``test``; the random baseline at that threshold, and at
+    the threshold a random scorer would choose on ``selection`` itself."""
     choice = choose_threshold(selection.scores, selection.labels)
     random_t = choose_random_threshold(selection.labels)
     ties = int((test.labels[:, 0] == test.labels[:, 1]).sum())
@@ -161,18 +169,18 @@ def evaluate_scores(selection: SplitScores, test: SplitScores, split_for_thresho
         split_for_threshold=split_for_threshold, split=split, n_selection=len(selection.keys), n_test=len(test.keys),
         test_ties=ties, threshold=choice.threshold, selection_accuracy=choice.accuracy,
         test_accuracy=tie_aware_accuracy(test.scores, test.labels, choice.threshold),
-        random_baseline=random_baseline(test.labels, random_t), random_threshold=random_t,
-        random_baseline_at_threshold=random_baseline(test.labels, choice.threshold),
+        random_baseline=random_baseline(test.labels, choice.threshold), random_threshold=random_t,
+        random_baseline_best=random_baseline(test.labels, random_t),
         test_accuracy_by_threshold={t: tie_aware_accuracy(test.scores, test.labels, t) for t in THRESHOLDS})
 
 
 def evaluate_loaded(clip: Any, processor: Any, data_dir: str | os.PathLike, split_for_threshold: str = "validation_unique",
-                    split: str = "test_unique", *, batch_size: int = 64, num_workers: int = 1, draft: bool = True,
+                    split: str = "test_unique", *, batch_size: int = 64, num_workers: int = 1,
                     device: str = "auto") -> EvalResult:
     """``evaluate_model`` for an in-memory CLIP model + processor."""
     dev = resolve_device(device)
     scorer = PairScorer(clip).to(dev)
-    kwargs = dict(batch_size=batch_size, num_workers=num_workers, draft=draft, device=dev)
+    kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=dev)
     with cpu_threads(dev, num_workers=num_workers):
         return evaluate_scores(score_split(scorer, processor, data_dir, split_for_threshold, **kwargs),
                                score_split(scorer, processor, data_dir, split, **kwargs), split_for_threshold, split)
@@ -194,7 +202,7 @@ def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validati
         clip, processor = build_model(config, captions, tokenizer)
     result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,
                              batch_size=config.eval_batch_size, num_workers=config.num_workers,
-                             draft=config.draft_decode, device=config.device)
+                             device=config.device)
     result.model_dir = f"untrained:{config.init_from}"
     return result
 
@@ -203,13 +211,19 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
                    split_for_threshold: str = "validation_unique", split: str = "test_unique", *,
                    ground_truth: str | os.PathLike | None = None, include_untrained: bool = True,
                    batch_size: int = 64, num_workers: int = 1, device: str = "auto") -> EvalResult:
-    """Evaluate a saved model; with its ``train_config.json``, also its untrained initial model."""
-    clip, processor = load_model(model_dir)
+    """Evaluate a saved model; with its ``train_config.json``, also its untrained initial model.
+
+    The model is loaded by ``training.scoring.Scorer``, the API ``pickapic score`` / ``rerank`` use, so the
+    evaluation asset and the scoring commands read a checkpoint the same way (and refuse the same folders).
+    """
+    from training.scoring import Scorer  # scoring imports this module
+
+    scorer = Scorer(model_dir, device=device)
+    clip, processor = scorer.clip, scorer.processor
     config_file = Path(model_dir) / "train_config.json"
     config = TrainConfig.load(Path(model_dir)) if config_file.is_file() else None
-    draft = config.draft_decode if config else True
     result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,
-                             num_workers=num_workers, draft=draft, device=device)
+                             num_workers=num_workers, device=device)
     result.model_dir = str(model_dir)
     if include_untrained and config is not None:
         untrained = evaluate_untrained(config.replace(data_dir=str(data_dir), num_workers=num_workers,

@@ -8,7 +8,6 @@ geometric mean strength 1). The paper's PickScore-to-human Elo correlation was 0
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from pipelines.storage import write_bytes_atomic
+from training.figures import pyplot, save_figure
 from training.evaluate import cpu_threads, resolve_device, score_split
 from training.model import PairScorer, load_model
 
@@ -161,10 +160,7 @@ def leaderboard_from_outcomes(model_0: Sequence[str], model_1: Sequence[str], hu
 
 def write_chart(result: LeaderboardResult, path: Path) -> Path:
     """Grouped bar chart of human / scorer Elo (and true quality on a second axis) per generator."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     models = sorted(result.models, key=lambda m: (-result.human_elo[m], m))
     x = np.arange(len(models))
     fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(models)), 4))
@@ -183,11 +179,7 @@ def write_chart(result: LeaderboardResult, path: Path) -> Path:
                  f"{'n/a' if rho is None else f'{rho:.2f}'})")
     ax.legend(loc="lower left")
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(Path(path), buf.getvalue())
-    return Path(path)
+    return save_figure(fig, path)
 
 
 def generator_leaderboard(data_dir: str | os.PathLike, model_dir: str | os.PathLike,

@@ -21,6 +21,7 @@ from transformers.utils import logging as hf_logging
 from transformers import (AutoProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor,
                           CLIPTokenizer)
 
+from pipelines.storage import write_bytes_atomic
 from training.config import TrainConfig
 
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
@@ -94,15 +95,98 @@ def build_model(config: TrainConfig, captions: Iterable[str] | None = None,
     return load_model(config.init_from)
 
 
-def load_model(model_dir: str | Path) -> tuple[CLIPModel, Any]:
-    """Load a CLIP / PickScore checkpoint and its processor from a local directory (never downloads)."""
+class NotAClipCheckpoint(ValueError):
+    """A model directory that holds no CLIP checkpoint (the message names the directory and what is wrong)."""
+
+
+def check_clip_dir(model_dir: str | Path, what: str = "model dir") -> Path:
+    """``model_dir`` as a Path once it holds a CLIP ``config.json``; a clear error otherwise (never downloads)."""
     path = Path(model_dir).expanduser()
-    if not (path / "config.json").is_file():
-        raise FileNotFoundError(f"init_from/model dir {str(path)!r} holds no config.json (not a saved HF model; "
-                                "nothing is downloaded: pass a local directory or 'scratch')")
+    config_file = path / "config.json"
+    if not path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} is not a directory (nothing is downloaded: pass a local "
+                                "CLIP / PickScore checkpoint directory)")
+    if not config_file.is_file():
+        raise NotAClipCheckpoint(f"{what} {str(path)!r} holds no config.json: not a saved Hugging Face model (nothing "
+                                 "is downloaded: pass a local CLIP / PickScore checkpoint directory or 'scratch')")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json is not valid JSON ({exc})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "clip":
+        raise NotAClipCheckpoint(f"{what} {str(path)!r} is not a CLIP checkpoint: config.json has model_type="
+                                 f"{model_type!r} (architectures {config.get('architectures') if isinstance(config, dict) else None}); "
+                                 "PickScore and CLIP checkpoints have model_type 'clip'")
+    return path
+
+
+def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -> tuple[CLIPModel, Any]:
+    """Load a CLIP / PickScore checkpoint and its processor from local directories (never downloads).
+
+    ``processor_dir`` defaults to ``model_dir``; PickScore_v1's own repository, for one, holds no processor
+    (its README loads the processor of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``).
+    """
+    path = check_clip_dir(model_dir)
+    processor_path = Path(processor_dir).expanduser() if processor_dir else path
+    if not processor_path.is_dir():
+        raise FileNotFoundError(f"processor dir {str(processor_path)!r} is not a directory")
+    if not any((processor_path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
+        raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no preprocessor_config.json / processor_config.json: "
+                                 "no CLIP processor to preprocess with (pass --processor DIR with one)")
     model = CLIPModel.from_pretrained(path, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(path, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(processor_path, local_files_only=True)
     return model, processor
+
+
+def save_checkpoint(directory: Path, clip: CLIPModel, processor: Any) -> None:
+    """``save_pretrained`` the model and processor, plus the files older transformers read (``write_legacy_files``)."""
+    clip.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    write_legacy_files(Path(directory))
+
+
+def write_legacy_files(directory: Path) -> list[str]:
+    """Make a saved checkpoint loadable by transformers 4.2x (PickScore pins 4.27.3) as well as 5.x.
+
+    transformers 5 saves the image processor inside ``processor_config.json`` and a ``tokenizer.json`` whose BPE
+    merges are ``[a, b]`` pairs. transformers 4.27 reads the image processor only from ``preprocessor_config.json``,
+    and its tokenizers (0.13) parses merges only as ``"a b"`` strings, which every later version reads too. This
+    writes ``preprocessor_config.json``, rewrites the merges as strings, and adds the slow tokenizer's
+    ``vocab.json`` + ``merges.txt`` (CLIP's layout). Returns the names of the files written.
+    """
+    written = []
+    processor_config = directory / "processor_config.json"
+    if processor_config.is_file() and not (directory / "preprocessor_config.json").is_file():
+        image = json.loads(processor_config.read_text(encoding="utf-8")).get("image_processor")
+        if image is not None:
+            # the class name 4.x knows (5.x may record a backend-specific one such as CLIPImageProcessorPil)
+            image = {**image, "image_processor_type": "CLIPImageProcessor", "processor_class": "CLIPProcessor"}
+            _write_json(directory / "preprocessor_config.json", image)
+            written.append("preprocessor_config.json")
+    tokenizer_file = directory / "tokenizer.json"
+    if tokenizer_file.is_file():
+        tokenizer = json.loads(tokenizer_file.read_text(encoding="utf-8"))
+        model = tokenizer.get("model", {})
+        if model.get("type") == "BPE":
+            merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+            if any(len(m.split(" ")) != 2 for m in merges):
+                raise ValueError(f"{tokenizer_file}: a BPE merge holds a space; it cannot be written as 'a b'")
+            if merges != model["merges"]:
+                model["merges"] = merges
+                _write_json(tokenizer_file, tokenizer)
+                written.append("tokenizer.json")
+            if not (directory / "vocab.json").is_file():
+                _write_json(directory / "vocab.json", model["vocab"])
+                written.append("vocab.json")
+            if not (directory / "merges.txt").is_file():
+                write_bytes_atomic(directory / "merges.txt", ("#version: 0.2\n" + "\n".join(merges) + "\n").encode())
+                written.append("merges.txt")
+    return written
+
+
+def _write_json(path: Path, value: Any) -> None:
+    write_bytes_atomic(path, (json.dumps(value, indent=2, ensure_ascii=False) + "\n").encode("utf-8"))
 
 
 def count_parameters(model: torch.nn.Module) -> int:
@@ -110,8 +194,8 @@ def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _embeds(output: Any) -> torch.Tensor:
-    # transformers >= 5 returns a ModelOutput whose pooler_output is the projected embedding
+def pooled_embeddings(output: Any) -> torch.Tensor:
+    """The projected embedding of ``get_*_features`` (transformers >= 5 wraps it in a ModelOutput's pooler_output)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
@@ -127,8 +211,8 @@ class PairScorer(torch.nn.Module):
         """Scores [B, 2] of each caption against its own two images; ``all_images``: [B, 2B] against every
         image of the batch (pair b's own images are columns 2b, 2b + 1), for the in-batch contrastive term."""
         batch = pixel_values.shape[0]
-        image = _embeds(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
-        text = _embeds(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
+        image = pooled_embeddings(self.clip.get_image_features(pixel_values=pixel_values.flatten(0, 1)))
+        text = pooled_embeddings(self.clip.get_text_features(input_ids=input_ids, attention_mask=attention_mask))
         image = image / image.norm(dim=-1, keepdim=True)
         text = text / text.norm(dim=-1, keepdim=True)
         if all_images:
@@ -149,9 +233,9 @@ def score_prompt_images(model: CLIPModel, processor: Any, prompt: str, images: S
     """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred."""
     image_inputs = processor(images=list(images), return_tensors="pt").to(device)
     text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
-    image_embs = _embeds(model.get_image_features(**image_inputs))
+    image_embs = pooled_embeddings(model.get_image_features(**image_inputs))
     image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
-    text_embs = _embeds(model.get_text_features(**text_inputs))
+    text_embs = pooled_embeddings(model.get_text_features(**text_inputs))
     text_embs = text_embs / torch.norm(text_embs, dim=-1, keepdim=True)
     scores = model.logit_scale.exp() * (text_embs @ image_embs.T)[0]
     return torch.softmax(scores, dim=-1).cpu().tolist()

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import io
 import json
 import os
 import shutil
@@ -30,14 +29,15 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from pipelines.home import DataHome
-from pipelines.storage import check_output_dir, honour_umask, write_bytes_atomic
+from pipelines.storage import honour_umask, write_bytes_atomic
+from training.figures import pyplot, save_figure
 from training import data as D
-from training.config import RESUMABLE_FIELDS, TrainConfig, preset
+from training.cli import add_arguments, config_from_args, run_from_args  # noqa: F401 (the CLI of this module)
+from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
-from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores
+from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
 Progress = Callable[[dict[str, Any]], None]
@@ -127,8 +127,7 @@ def _recover_dir(final: Path) -> None:
 
 
 def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig) -> None:
-    clip.save_pretrained(directory)
-    processor.save_pretrained(directory)
+    save_checkpoint(directory, clip, processor)
     config.save(directory)
 
 
@@ -185,10 +184,7 @@ def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
 
 def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> Path:
     """Training curve PNG: train loss and validation accuracy against step (matplotlib Agg)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     train = [h for h in history if "loss" in h]
     val = [h for h in history if "val_accuracy" in h]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 3.6))
@@ -200,11 +196,7 @@ def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> P
     ax_acc.set(xlabel="step", ylabel="tie-aware accuracy", title="validation_unique accuracy")
     fig.suptitle(title)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, metadata={"Software": None})
-    plt.close(fig)
-    write_bytes_atomic(path, buf.getvalue())
-    return path
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------- training
@@ -277,7 +269,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         if rank != 0:
             return None
         scores = score_split(scorer, processor, data_dir, config.eval_split, batch_size=config.eval_batch_size,
-                             num_workers=config.num_workers, draft=config.draft_decode, device=device,
+                             num_workers=config.num_workers, device=device,
                              bf16=config.bf16)
         return _validation_entry(step, scores)
 
@@ -365,8 +357,8 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
     if rank == 0:
         best_clip, best_processor = load_model(best_dir)
         best_scorer = PairScorer(best_clip).to(device)
-        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, draft=config.draft_decode,
-                      device=device, bf16=config.bf16)
+        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
+                      bf16=config.bf16)
         test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
                                score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
                                config.eval_split, config.test_split)
@@ -395,53 +387,6 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
 
 
 # --------------------------------------------------------------------------- CLI
-def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Trainer flags (mounted by the lead as ``pickapic train``)."""
-    parser.add_argument("--data-dir", required=True, help="published version dir or datasets/pickapic/latest")
-    parser.add_argument("--output-dir", required=True, help="run dir (rerun the same command to resume)")
-    parser.add_argument("--preset", default="demo", choices=["demo", "paper"])
-    parser.add_argument("--init-from", default=None, help="'scratch' or a local HF CLIP / PickScore dir")
-    for name, kind in (("max-steps", int), ("batch-size", int), ("learning-rate", float), ("weight-decay", float),
-                       ("warmup-steps", int), ("eval-every", int), ("num-workers", int), ("seed", int),
-                       ("shuffle-buffer", int), ("eval-batch-size", int), ("log-every", int), ("image-size", int),
-                       ("patch-size", int), ("tokenizer-vocab-size", int), ("contrastive-weight", float),
-                       ("vision-width", int), ("text-width", int), ("projection-dim", int), ("layers", int),
-                       ("heads", int)):
-        parser.add_argument(f"--{name}", type=kind, default=None)
-    parser.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--no-resampled", dest="resampled", action="store_false", default=None,
-                        help="walk epochs with split_by_node/split_by_worker instead of resampling shards")
-    parser.add_argument("--no-draft", dest="draft_decode", action="store_false", default=None,
-                        help="full JPEG decode instead of the DCT-scaled draft")
-    parser.add_argument("--augment", default=None, choices=["none", "hflip", "dihedral"],
-                        help="per-image train augmentation: flips, or flips + quarter turns")
-    parser.add_argument("--fp32", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
-    return parser
-
-
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    """TrainConfig from parsed flags (preset values, then the flags given)."""
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
-    overrides = {k: v for k, v in vars(args).items() if k in names and k != "preset" and v is not None}
-    return preset(args.preset, **overrides)
-
-
-def run_from_args(args: argparse.Namespace) -> TrainResult:
-    """Train from parsed flags; rank 0 prints a JSON summary."""
-    def show(event: dict[str, Any]) -> None:
-        if event["event"] != "done":
-            print(json.dumps(event), flush=True)
-
-    # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home
-    check_output_dir(args.output_dir, [DataHome.at(getattr(args, "home", None)).root], "--output-dir", in_home=True,
-                     markers=[f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")]
-                     + [".init.tmp", ".best.tmp", "checkpoints/.last.tmp"])
-    result = train(config_from_args(args), progress=show)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result.metadata(), indent=1), flush=True)
-    return result
-
-
 def main(argv: list[str] | None = None) -> int:
     """``python -m training.train``."""
     parser = add_arguments(argparse.ArgumentParser(prog="python -m training.train", description=__doc__,

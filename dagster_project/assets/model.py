@@ -1,4 +1,4 @@
-"""Model group: the CLIP preference trainer, its tie-aware evaluation and the generator leaderboard."""
+"""Model group: the CLIP preference trainer, its tie-aware evaluation, the generator leaderboard and best-of-n."""
 
 import json
 from pathlib import Path
@@ -70,8 +70,10 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
             context.log.info(f"step {event['step']}: loss {event['loss']:.4f}")
 
     result = train(train_config, progress=progress)
-    metadata = report_metadata(result)
+    # the curve once, as a picture (``curve_png`` would embed it a second time)
+    metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "curve_png"})
     metadata["training_curve"] = png_markdown(result.curve_path, "training curve")
+    metadata["curve_path"] = dg.MetadataValue.path(str(result.curve_path))
     metadata["dataset_version"] = version_dir.name
     return dg.MaterializeResult(metadata=metadata)
 
@@ -102,4 +104,23 @@ def generator_leaderboard(data_home: PickapicHome):
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "chart_png"})
     if result.chart_path:
         metadata["chart"] = png_markdown(result.chart_path, "generator leaderboard")
+    return dg.MaterializeResult(metadata=metadata)
+
+
+@dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})
+def best_of_n(data_home: PickapicHome):
+    """Best-of-n on simulated candidates: true utility the trained scorer's pick gains over a random pick."""
+    from training.best_of_n import run_best_of_n, untrained_model_dir
+
+    home = data_home.home()
+    version_dir, best = _trained_model_dir(home)
+    if not (home.ground_truth / "images.parquet").is_file():
+        return dg.MaterializeResult(metadata={"status": dg.MetadataValue.text(
+            f"not measured: {home.ground_truth / 'images.parquet'} is missing (best-of-n needs the simulator's "
+            "ground truth to know each candidate's true utility)")})
+    result = run_best_of_n(home.root, version_dir, best, best.parent / "best_of_n", untrained_dir=untrained_model_dir(best))
+    metadata = to_metadata(result.metadata())
+    metadata["chart"] = png_markdown(Path(result.chart_path), "best-of-n gain over a random pick")
+    if result.contact_sheet:
+        metadata["contact_sheet"] = png_markdown(Path(result.contact_sheet), "trained scorer's best-of-n choices")
     return dg.MaterializeResult(metadata=metadata)

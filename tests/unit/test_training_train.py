@@ -49,7 +49,12 @@ def test_outputs_metrics_curve_and_best_checkpoint(trained, version):
     assert ev.test_accuracy == pytest.approx(result.test.test_accuracy)
     assert ev.untrained_test_accuracy is not None
     meta = ev.metadata()
-    assert "| test accuracy (trained) |" in meta["metrics_table"]
+    assert "| test accuracy on test_unique (trained) |" in meta["metrics_table"] and "n/a" not in meta["metrics_table"]
+    # the baseline printed next to the accuracy is a random scorer's at the SAME threshold
+    ties = ev.test_ties / ev.n_test
+    assert ev.random_baseline == pytest.approx(ties * (ev.threshold + (1 - ev.threshold) / 2) + 0.5 * (1 - ties))
+    assert ev.random_baseline_best == pytest.approx(ties * (ev.random_threshold + (1 - ev.random_threshold) / 2)
+                                                    + 0.5 * (1 - ties))
     json.dumps(meta)
     json.dumps(result.metadata())
 

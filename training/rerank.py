@@ -1,0 +1,190 @@
+"""``pickapic rerank``: best-of-n with a preference model: per prompt, keep the candidate it scores highest.
+
+    pickapic rerank --model RUN/best --candidates CANDIDATES/ --output OUT/
+
+Candidates come as a folder with one subfolder per prompt (``prompt.txt`` holding the prompt, the candidate
+images beside it: ``.png``, ``.jpg``, ``.jpeg``, ``.webp``, ``.bmp``, sorted by name) or as a table
+(``.parquet`` / ``.csv`` / ``.jsonl``; ``prompt`` and ``image`` columns, optional ``prompt_id`` to group).
+``OUT/`` receives ``choices.parquet`` (one row per prompt: the choice, its score and softmax preference,
+its margin over the runner-up, the candidates that could not be scored; ``schemas.scoring.RERANK_CHOICES``),
+``scores.parquet`` (every candidate, ``IMAGE_SCORES``) and ``contact_sheet.png`` (the first prompts, their
+candidates best first, the choice framed). A candidate that cannot be read is reported, never fatal.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any, Sequence
+
+from PIL import Image, ImageDraw, ImageFont, ImageOps
+
+from pipelines.home import DataHome
+from pipelines.storage import check_output_dir, write_bytes_atomic
+from schemas import get_schema
+from training.score_cli import (PairRow, add_model_arguments, error_summary, read_pairs_table, score_rows,
+                                write_rows)
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+PROMPT_FILE = "prompt.txt"
+
+
+def read_candidate_folder(folder: Path) -> list[PairRow]:
+    """Candidates of a folder of prompt subfolders; a subfolder without ``prompt.txt`` yields error rows."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"candidates {str(folder)!r} is neither a folder nor a table")
+    rows: list[PairRow] = []
+    subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+    if not subfolders:
+        raise ValueError(f"candidates folder {str(folder)!r} has no prompt subfolders (each holds prompt.txt + images)")
+    for sub in subfolders:
+        images = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        prompt_file = sub / PROMPT_FILE
+        error, prompt = None, ""
+        try:
+            prompt = prompt_file.read_text(encoding="utf-8").strip()
+        except FileNotFoundError:
+            error = f"missing_prompt: {sub.name}/ has no {PROMPT_FILE}"
+        except (OSError, UnicodeDecodeError) as exc:
+            error = f"missing_prompt: {prompt_file} cannot be read ({exc})"
+        if error is None and not prompt:
+            error = f"missing_prompt: {prompt_file} is empty"
+        if not images:
+            rows.append(PairRow(sub.name, prompt, str(sub), error or f"no_candidates: {sub.name}/ holds no images"))
+        rows += [PairRow(sub.name, prompt, str(image), error) for image in images]
+    return rows
+
+
+def read_candidates(source: Path) -> list[PairRow]:
+    """Candidates from a folder or a table (by what ``source`` is)."""
+    source = Path(source)
+    if source.is_file():
+        return read_pairs_table(source)
+    return read_candidate_folder(source)
+
+
+def choose(scored: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per prompt group (input order), the best-of-n choice: the highest score (first on ties), its margins."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in scored:
+        groups.setdefault(row["prompt_id"], []).append(row)
+    choices = []
+    for prompt_id, rows in groups.items():
+        ok = sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])  # stable: input order on ties
+        best = ok[0] if ok else None
+        second = ok[1] if len(ok) > 1 else None
+        choices.append({
+            "prompt_id": prompt_id, "prompt": rows[0]["prompt"], "num_candidates": len(rows), "num_scored": len(ok),
+            "best_image": best["image"] if best else None, "best_score": best["score"] if best else None,
+            "best_preference": best["preference"] if best else None,
+            "runner_up_image": second["image"] if second else None,
+            "margin": best["score"] - second["score"] if second else None,
+            "preference_margin": best["preference"] - second["preference"] if second else None,
+            "errors": [f"{r['image']}: {r['error']}" for r in rows if r["score"] is None],
+        })
+    return choices
+
+
+def contact_sheet(scored: Sequence[dict[str, Any]], path: Path, prompts: int = 8, thumb: int = 128,
+                  max_candidates: int = 8) -> Path:
+    """PNG: one row per prompt (the first ``prompts``), its candidates best first with score and preference,
+    the choice framed green, unreadable candidates as grey tiles naming the reason."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in scored:
+        groups.setdefault(row["prompt_id"], []).append(row)
+    chosen = list(groups.items())[:prompts]
+    font = ImageFont.load_default(size=11)
+    pad, caption_h, label_h = 8, 30, 28
+    columns = max([min(len(rows), max_candidates) for _, rows in chosen] or [1])
+    width = pad + columns * (thumb + pad)
+    row_h = caption_h + thumb + label_h + pad
+    sheet = Image.new("RGB", (max(width, 320), pad + row_h * max(len(chosen), 1)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for r, (prompt_id, rows) in enumerate(chosen):
+        top = pad + r * row_h
+        title = textwrap.shorten(f"{prompt_id}: {rows[0]['prompt']}", width=max(20, width // 6), placeholder="…")
+        draw.text((pad, top), title, fill="black", font=font)
+        ordered = sorted(rows, key=lambda x: (x["score"] is None, -(x["score"] or 0.0)))[:max_candidates]
+        for c, row in enumerate(ordered):
+            left, y = pad + c * (thumb + pad), top + caption_h
+            tile = _thumbnail(row["image"], thumb) if row["score"] is not None else None
+            if tile is None:
+                draw.rectangle((left, y, left + thumb - 1, y + thumb - 1), fill=(200, 200, 200))
+                reason = (row["error"] or "unreadable").split(":", 1)[0]
+                draw.text((left + 4, y + thumb // 2 - 6), reason, fill="black", font=font)
+            else:
+                sheet.paste(tile, (left + (thumb - tile.width) // 2, y + (thumb - tile.height) // 2))
+            if c == 0 and row["score"] is not None:
+                draw.rectangle((left - 3, y - 3, left + thumb + 2, y + thumb + 2), outline=(20, 160, 40), width=3)
+            label = "-" if row["score"] is None else f"{row['score']:.2f}  p={row['preference']:.2f}"
+            draw.text((left, y + thumb + 4), label, fill="black", font=font)
+            draw.text((left, y + thumb + 15), textwrap.shorten(Path(row["image"]).name, 22, placeholder="…"),
+                      fill=(90, 90, 90), font=font)
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    write_bytes_atomic(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def _thumbnail(path: str, size: int) -> Image.Image | None:
+    try:
+        with Image.open(path) as img:
+            return ImageOps.contain(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return None  # the scorer read it; a later change of the file only costs the picture
+
+
+def rerank(scorer: Any, candidates: Sequence[PairRow], output_dir: Path, sheet_prompts: int = 8) -> dict[str, Any]:
+    """Score ``candidates``, choose per prompt, write choices.parquet, scores.parquet and contact_sheet.png."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scored = score_rows(scorer, candidates)
+    choices = choose(scored)
+    write_rows(scored, get_schema("image_scores"), output_dir / "scores.parquet")
+    write_rows(choices, get_schema("rerank_choices"), output_dir / "choices.parquet")
+    sheet = contact_sheet(scored, output_dir / "contact_sheet.png", prompts=sheet_prompts)
+    return {"prompts": len(choices), "candidates": len(scored), "unscored": sum(r["score"] is None for r in scored),
+            "choices": str(output_dir / "choices.parquet"), "scores": str(output_dir / "scores.parquet"),
+            "contact_sheet": str(sheet), "summary": error_summary(scored)}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pickapic rerank``."""
+    add_model_arguments(parser)
+    parser.add_argument("--candidates", type=Path, required=True, metavar="FOLDER|TABLE",
+                        help="a folder of prompt subfolders (prompt.txt + images) or a .parquet/.csv/.jsonl table "
+                             "with prompt, image (and optional prompt_id) columns")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="folder for choices.parquet, scores.parquet and contact_sheet.png")
+    parser.add_argument("--sheet-prompts", type=int, default=8, help="prompts on the contact sheet (default 8)")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Entry point of ``pickapic rerank``; returns the exit code."""
+    candidates = read_candidates(args.candidates)
+    # a new or empty folder or an earlier rerank's, never a link, a file or a folder inside a data home
+    check_output_dir(args.output, [DataHome.at(getattr(args, "home", None)).root], "--output",
+                     markers=["choices.parquet", "scores.parquet"])
+    from training.scoring import Scorer
+
+    scorer = Scorer(args.model, args.processor, device=args.device, batch_size=args.batch_size)
+    report = rerank(scorer, candidates, args.output, args.sheet_prompts)
+    print(f"{report['prompts']} prompts, {report['candidates']} candidates -> {report['choices']}, "
+          f"{report['contact_sheet']}")
+    if report["summary"]:
+        print(report["summary"], file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.rerank``."""
+    parser = argparse.ArgumentParser(prog="python -m training.rerank", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""``pickapic score``: PickScore scores of (prompt, image) pairs from the command line, and the pair tables
+``pickapic score`` and ``pickapic rerank`` read and write.
+
+    pickapic score --model RUN/best --prompt "two red stars" a.png b.png c.png
+    pickapic score --model RUN/best --input pairs.parquet --output scores.parquet
+
+Input: one prompt and image files, or a table (``.parquet``, ``.csv``, ``.jsonl``) with a ``prompt`` and an
+``image`` column (paths; relative ones are taken relative to the table's folder) and optionally a
+``prompt_id`` column that groups candidate sets. Output: one row per pair (``schemas.scoring.IMAGE_SCORES``:
+score, softmax preference and rank within its prompt, or the error that kept it from being scored), printed
+as a table or written to ``--output`` (``.parquet``, ``.csv`` or ``.jsonl``). Building the parser imports
+no torch; the model loads when a command runs.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.json as pajson
+import pyarrow.parquet as pq
+
+from pipelines.home import DataHome
+from pipelines.storage import atomic_path, check_output_file, open_output_file
+from schemas import get_schema
+
+TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
+
+
+@dataclass(frozen=True)
+class PairRow:
+    """One (prompt, image) to score, from the command line or a table row; ``error`` when the row itself is bad."""
+
+    prompt_id: str
+    prompt: str
+    image: str
+    error: str | None = None
+
+
+def prompt_digest(prompt: str) -> str:
+    """A stable id for a prompt: the first 16 hex digits of its sha256."""
+    return hashlib.sha256(prompt.encode("utf-8")).hexdigest()[:16]
+
+
+def _table_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        suffix = ".jsonl"
+    if suffix not in TABLE_FORMATS:
+        raise ValueError(f"{path}: unknown table format {path.suffix!r}; use one of {', '.join(TABLE_FORMATS)}")
+    return suffix
+
+
+def read_table(path: Path) -> pa.Table:
+    """A Parquet / CSV / JSONL table; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"input table {str(path)!r} does not exist or is not a file")
+    fmt = _table_format(path)
+    try:
+        if fmt == ".parquet":
+            return pq.read_table(path)
+        if fmt == ".csv":
+            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        return pajson.read_json(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise ValueError(f"input table {str(path)!r} cannot be read as {fmt[1:]}: {exc}") from None
+
+
+def read_pairs_table(path: Path, prompt_column: str = "prompt", image_column: str = "image",
+                     prompt_id_column: str | None = "prompt_id") -> list[PairRow]:
+    """The (prompt, image) rows of a table; a row without a prompt or image path becomes an error row."""
+    path = Path(path)
+    table = read_table(path)
+    for column in (prompt_column, image_column):
+        if column not in table.column_names:
+            raise ValueError(f"input table {str(path)!r} has no column {column!r} (columns: {table.column_names})")
+    ids = (table.column(prompt_id_column).to_pylist() if prompt_id_column and prompt_id_column in table.column_names
+           else [None] * table.num_rows)
+    base = path.parent
+    rows = []
+    for number, (prompt, image, prompt_id) in enumerate(zip(table.column(prompt_column).to_pylist(),
+                                                            table.column(image_column).to_pylist(), ids), 1):
+        error = None
+        if not isinstance(prompt, str) or not prompt:
+            error, prompt = f"missing_prompt: row {number} of {path.name} has no {prompt_column}", str(prompt or "")
+        if not isinstance(image, str) or not image:
+            error, image = error or f"missing_image_path: row {number} of {path.name} has no {image_column}", ""
+        elif not Path(image).is_absolute():
+            image = str(base / image)
+        rows.append(PairRow(str(prompt_id) if prompt_id is not None else prompt_digest(prompt), prompt, image, error))
+    return rows
+
+
+def score_rows(scorer: Any, rows: Sequence[PairRow]) -> list[dict[str, Any]]:
+    """Score the rows that have no error yet; every input row comes back, in order, as an IMAGE_SCORES dict."""
+    good = [i for i, row in enumerate(rows) if row.error is None]
+    scored = scorer.score_pairs([(rows[i].prompt, rows[i].image) for i in good], groups=[rows[i].prompt_id for i in good])
+    out = [{"prompt_id": row.prompt_id, "prompt": row.prompt, "image": row.image, "score": None, "preference": None,
+            "rank": None, "error": row.error} for row in rows]
+    for i, result in zip(good, scored):
+        out[i].update(score=result.score, preference=result.preference, rank=result.rank, error=result.error)
+    return out
+
+
+def write_rows(rows: list[dict[str, Any]], schema: pa.Schema, path: Path,
+               user_given: Sequence[Path] | None = None) -> Path:
+    """Write ``rows`` (dicts with ``schema``'s columns) to ``path`` as Parquet, CSV or JSONL, atomically.
+
+    ``user_given`` (the data homes to stay out of) marks ``path`` as a user-given ``--output``: it must be
+    a new path or a regular file, never a link, device or a file inside a data home.
+    """
+    path = Path(path)
+    fmt = _table_format(path)
+    table = pa.Table.from_pylist(rows, schema=schema)
+    if user_given is None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+            _write_table(table, schema, fmt, handle)
+    else:
+        with open_output_file(path, user_given) as handle:
+            _write_table(table, schema, fmt, handle)
+    return path
+
+
+def _write_table(table: pa.Table, schema: pa.Schema, fmt: str, handle: Any) -> None:
+    if fmt == ".parquet":
+        pq.write_table(table, handle, compression="zstd")
+    elif fmt == ".csv":
+        if any(pa.types.is_list(f.type) for f in schema):
+            table = pa.table({f.name: (pa.array([json.dumps(v) for v in table.column(f.name).to_pylist()])
+                                       if pa.types.is_list(f.type) else table.column(f.name)) for f in schema})
+        pacsv.write_csv(table, handle)
+    else:
+        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()).encode("utf-8"))
+
+
+def print_rows(rows: list[dict[str, Any]], out: Any = None) -> None:
+    """An aligned text table of score rows (prompt shortened), errors last in each line."""
+    out = out or sys.stdout
+    lines = [("rank", "score", "preference", "image", "prompt / error")]
+    for row in rows:
+        scored = row["score"] is not None
+        lines.append((str(row["rank"]) if scored else "-", f"{row['score']:.4f}" if scored else "-",
+                      f"{row['preference']:.4f}" if scored else "-", row["image"],
+                      _shorten(row["prompt"], 48) if scored else f"error {row['error']}"))
+    widths = [max(len(line[k]) for line in lines) for k in range(4)]
+    for line in lines:
+        print("  ".join(value.rjust(w) if k < 3 else value.ljust(w) for k, (value, w) in
+                        enumerate(zip(line[:4], widths))) + "  " + line[4], file=out)
+
+
+def _shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def error_summary(rows: list[dict[str, Any]]) -> str:
+    """'N of M images could not be scored (reason n, ...)', or '' when every image was scored."""
+    reasons = Counter(row["error"].split(":", 1)[0] for row in rows if row["error"])
+    if not reasons:
+        return ""
+    return (f"{sum(reasons.values())} of {len(rows)} images could not be scored ("
+            + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) + "); see the error column")
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--model``, ``--processor``, ``--device``, ``--batch-size`` (shared with ``pickapic rerank``)."""
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="a trained best/ directory or any local PickScore / CLIP checkpoint (never downloads)")
+    parser.add_argument("--processor", metavar="DIR", default=None,
+                        help="processor directory when the model directory has none (PickScore_v1 uses CLIP-H's); "
+                             "default: the model directory")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (cuda if present)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pickapic score``."""
+    add_model_arguments(parser)
+    parser.add_argument("--prompt", help="the prompt to score IMAGES against")
+    parser.add_argument("images", nargs="*", metavar="IMAGE", help="image files (with --prompt)")
+    parser.add_argument("--input", type=Path, metavar="TABLE",
+                        help="a .parquet / .csv / .jsonl table with prompt and image columns (instead of --prompt)")
+    parser.add_argument("--prompt-column", default="prompt", help="prompt column of --input (default prompt)")
+    parser.add_argument("--image-column", default="image", help="image path column of --input (default image)")
+    parser.add_argument("--output", type=Path, metavar="FILE",
+                        help="write the scores to a .parquet / .csv / .jsonl file instead of printing them")
+
+
+def rows_from_args(args: argparse.Namespace) -> list[PairRow]:
+    """The pairs named on the command line (``--prompt`` + images, or ``--input``); errors name the flag."""
+    if args.input is not None:
+        if args.prompt or args.images:
+            raise ValueError("give either --input TABLE or --prompt with image files, not both")
+        return read_pairs_table(args.input, args.prompt_column, args.image_column)
+    if not args.prompt or not args.images:
+        raise ValueError("nothing to score: give --prompt TEXT with one or more image files, or --input TABLE")
+    return [PairRow(prompt_digest(args.prompt), args.prompt, image) for image in args.images]
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    """Entry point of ``pickapic score``; returns the exit code."""
+    rows = rows_from_args(args)
+    homes = [DataHome.at(getattr(args, "home", None)).root]
+    if args.output is not None:
+        check_output_file(args.output, homes)  # refuse a bad --output before the model loads
+    from training.scoring import Scorer
+
+    scorer = Scorer(args.model, args.processor, device=args.device, batch_size=args.batch_size)
+    results = score_rows(scorer, rows)
+    if args.output is not None:
+        write_rows(results, get_schema("image_scores"), args.output, user_given=homes)
+        print(f"{len(results)} rows -> {args.output}", file=sys.stderr)
+    else:
+        print_rows(results)
+    summary = error_summary(results)
+    if summary:
+        print(summary, file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training.score_cli``."""
+    parser = argparse.ArgumentParser(prog="python -m training.score_cli", description=__doc__.splitlines()[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

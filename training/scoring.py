@@ -1,0 +1,204 @@
+"""Score (prompt, image) pairs with a preference model exactly as the evaluation does: ``Scorer``.
+
+``Scorer(model_dir).score(prompt, images)`` returns one ``ImageScore`` per image: the PickScore score
+``logit_scale.exp() * cos(text, image)`` and the softmax preference among the prompt's images (PickScore's
+README ``calc_probs``). Images go through the evaluation's preprocessing (``training.data.preprocess_image``
+with an exact decode: shortest edge bicubic, center crop, CLIP mean/std), captions through the processor's
+tokenizer (pad, truncate to 77), so a score here equals ``training.evaluate.score_split``'s for the same pair.
+
+A missing or unreadable image becomes a row with ``error`` set (``missing_file``, ``not_a_file``,
+``unreadable_image``, ``decompression_bomb``, ``empty_file``) and never stops the batch. Work is batched:
+each distinct prompt is embedded once, images ``batch_size`` at a time; only the small embeddings are kept.
+"""
+from __future__ import annotations
+
+import io
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training import data as D
+from training.evaluate import resolve_device
+from training.model import load_model, pooled_embeddings
+
+ImageInput = Union[str, os.PathLike, bytes, Image.Image]
+MAX_IMAGE_BYTES = 256 << 20   # a candidate image file larger than this is refused unread
+
+
+@dataclass
+class ImageScore:
+    """The score of one image for one prompt (or why it has none)."""
+
+    prompt: str
+    image: str                      # the path as given, or "<bytes #i>" / "<image #i>" for in-memory inputs
+    score: float | None = None      # logit_scale.exp() * cosine(text, image)
+    preference: float | None = None  # softmax of the scores among the prompt's scored images
+    rank: int | None = None          # 1 = highest score among the prompt's scored images
+    error: str | None = None         # reason the image has no score
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (one output row)."""
+        return {"prompt": self.prompt, "image": self.image, "score": self.score, "preference": self.preference,
+                "rank": self.rank, "error": self.error}
+
+
+class ImageError(Exception):
+    """An image that cannot be scored; ``reason`` is the short category stored in ``ImageScore.error``."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+
+
+def load_rgb(image: ImageInput, name: str) -> Image.Image:
+    """The RGB image behind a path, bytes or PIL image; ``ImageError`` names what is wrong with it."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, (bytes, bytearray)):
+        data = bytes(image)
+    else:
+        path = Path(image)
+        if not path.exists():
+            raise ImageError("missing_file", f"{name} does not exist")
+        if not path.is_file():
+            raise ImageError("not_a_file", f"{name} is not a regular file")
+        size = path.stat().st_size
+        if size > MAX_IMAGE_BYTES:
+            raise ImageError("unreadable_image", f"{name} has {size} bytes (more than {MAX_IMAGE_BYTES})")
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError("unreadable_image", f"{name}: {exc.strerror or exc}") from None
+    if not data:
+        raise ImageError("empty_file", f"{name} has no bytes")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            return img.convert("RGB")
+    except Image.DecompressionBombError as exc:
+        raise ImageError("decompression_bomb", f"{name}: {exc}") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not a (whole) image"
+        raise ImageError("unreadable_image", f"{name}: {exc}") from None
+
+
+def _scored_groups(groups: Sequence[str], scores: Sequence[float | None]) -> dict[str, list[int]]:
+    """Row indices with a score, per group, in input order."""
+    members: dict[str, list[int]] = {}
+    for i, (group, score) in enumerate(zip(groups, scores)):
+        if score is not None:
+            members.setdefault(group, []).append(i)
+    return members
+
+
+def softmax_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[float | None]:
+    """Softmax of ``scores`` within each group (rows without a score get None), as PickScore's ``calc_probs``."""
+    out: list[float | None] = [None] * len(scores)
+    for rows in _scored_groups(groups, scores).values():
+        values = np.array([scores[i] for i in rows], dtype=np.float64)
+        exp = np.exp(values - values.max())
+        for i, p in zip(rows, exp / exp.sum()):
+            out[i] = float(p)
+    return out
+
+
+def ranks_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[int | None]:
+    """1-based rank of each score within its group (highest first; equal scores keep input order)."""
+    out: list[int | None] = [None] * len(scores)
+    for rows in _scored_groups(groups, scores).values():
+        for rank, i in enumerate(sorted(rows, key=lambda r: (-scores[r], r)), 1):
+            out[i] = rank
+    return out
+
+
+class Scorer:
+    """A loaded preference model that scores prompts against images (CPU or CUDA, batched, exact decoding)."""
+
+    def __init__(self, model_dir: str | os.PathLike, processor_dir: str | os.PathLike | None = None, *,
+                 device: str = "auto", batch_size: int = 32):
+        if batch_size <= 0:
+            raise ValueError(f"batch_size={batch_size} must be > 0")
+        self.model_dir = str(model_dir)
+        self.device = resolve_device(device)
+        clip, self.processor = load_model(model_dir, processor_dir)
+        self.clip = clip.eval().to(self.device)
+        self.spec = D.ImageSpec.from_processor(self.processor.image_processor)
+        self.batch_size = batch_size
+
+    @torch.no_grad()
+    def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
+        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate 77)."""
+        chunks = []
+        for start in range(0, len(prompts), self.batch_size):
+            tokens = self.processor.tokenizer(list(prompts[start:start + self.batch_size]), padding=True,
+                                              truncation=True, max_length=77, return_tensors="pt")
+            out = self.clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
+                                              attention_mask=tokens["attention_mask"].to(self.device))
+            chunks.append(_normalised(out))
+        return torch.cat(chunks) if chunks else torch.empty(0)
+
+    @torch.no_grad()
+    def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
+        """Normalised image embeddings of preprocessed ``pixels`` [N, 3, crop, crop]."""
+        out = self.clip.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
+        return _normalised(out)
+
+    def score(self, prompt: str, images: Sequence[ImageInput]) -> list[ImageScore]:
+        """Scores of ``images`` for ``prompt`` and their softmax preference among them (errors as rows)."""
+        return self.score_pairs([(prompt, image) for image in images])
+
+    def score_pairs(self, pairs: Iterable[tuple[str, ImageInput]], groups: Sequence[str] | None = None) -> list[ImageScore]:
+        """One ``ImageScore`` per (prompt, image), in input order; preference and rank within each prompt
+        (or within each of ``groups``, one label per pair: candidate sets that share a prompt text stay apart)."""
+        pairs = list(pairs)
+        if groups is not None and len(groups) != len(pairs):
+            raise ValueError(f"{len(groups)} group labels for {len(pairs)} pairs")
+        rows = [ImageScore(prompt=str(prompt), image=_image_name(image, i)) for i, (prompt, image) in enumerate(pairs)]
+        prompts = sorted({row.prompt for row in rows})
+        texts = self.embed_texts(prompts)
+        text_of = {p: i for i, p in enumerate(prompts)}
+        scale = float(self.clip.logit_scale.detach().exp())
+        buffer = np.empty((self.batch_size, 3, self.spec.crop, self.spec.crop), dtype=np.float32)
+        pending: list[int] = []
+
+        def flush() -> None:
+            if not pending:
+                return
+            images = self.embed_pixels(buffer[:len(pending)])
+            index = torch.tensor([text_of[rows[i].prompt] for i in pending], device=images.device)
+            values = scale * (texts[index] * images).sum(dim=-1)
+            for i, value in zip(pending, values.cpu().tolist()):
+                rows[i].score = float(value)
+            pending.clear()
+
+        for i, (_, image) in enumerate(pairs):
+            try:
+                D.preprocess_rgb(load_rgb(image, rows[i].image), self.spec, out=buffer[len(pending)])
+            except ImageError as exc:
+                rows[i].error = str(exc)
+                continue
+            pending.append(i)
+            if len(pending) == self.batch_size:
+                flush()
+        flush()
+        groups = list(groups) if groups is not None else [row.prompt for row in rows]
+        scores = [row.score for row in rows]
+        for row, p, r in zip(rows, softmax_within(groups, scores), ranks_within(groups, scores)):
+            row.preference, row.rank = p, r
+        return rows
+
+
+def _normalised(output: Any) -> torch.Tensor:
+    embeds = pooled_embeddings(output).float()
+    return embeds / embeds.norm(dim=-1, keepdim=True)
+
+
+def _image_name(image: ImageInput, index: int) -> str:
+    if isinstance(image, (bytes, bytearray)):
+        return f"<bytes #{index}>"
+    if isinstance(image, Image.Image):
+        return f"<image #{index}>"
+    return os.fspath(image)
