@@ -19,6 +19,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
+
 SUPERUSER = "postgres"
 
 
@@ -124,3 +126,32 @@ def start_server(auth: str = "scram-sha-256", superuser_password: str = "postgre
     server._run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"),
                  "-w", "-t", "60", "start"])
     return server
+
+
+def create_database(server: PostgresServer, name: str, *, owner_password: str | None = None,
+                    encoding: str = "UTF8") -> str:
+    """Create database ``name`` (owned by a new role ``name`` when ``owner_password`` is given); returns its DSN."""
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server.dsn(password="postgres"), autocommit=True) as conn:
+        owner = SUPERUSER
+        if owner_password is not None:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(name),
+                                                                             sql.Literal(owner_password)))
+            owner = name
+        conn.execute(f'CREATE DATABASE "{name}" OWNER "{owner}" TEMPLATE template0 ENCODING \'{encoding}\' '
+                     "LC_COLLATE 'C' LC_CTYPE 'C'")
+    if owner_password is None:
+        return server.dsn(name, password="postgres")
+    return server.dsn(name, user=name, password=owner_password)
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """One throwaway server per test process (xdist worker), stopped at the end of the session."""
+    server = start_server()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -14,11 +14,14 @@ import psycopg
 from psycopg import IsolationLevel
 from psycopg.conninfo import conninfo_to_dict
 
+# Where the deployment puts the app database's DSN and the app's image storage location.
+DSN_ENV = "PICKAPIC_APP_DB_DSN"
+IMAGE_STORE_ENV = "PICKAPIC_APP_IMAGE_STORE"
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "pickapic-app-export"
 # Session settings the export's SQL relies on: UTC day bounds for timestamptz columns, shortest exact
-# float text (extra_float_digits >= 1), text sent as UTF-8 (no conversion for SQL_ASCII databases).
-SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET extra_float_digits = 1", "SET client_encoding = 'UTF8'")
+# float text (extra_float_digits >= 1).
+SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET extra_float_digits = 1")
 
 
 class AppDatabaseError(RuntimeError):
@@ -53,6 +56,16 @@ def _secrets(dsn: str) -> list[str]:
         if value:
             found.append(str(value))
     return found
+
+
+def dsn_from_env(variable: str = DSN_ENV) -> str:
+    """The DSN held by environment variable ``variable``; raises naming the variable when it is unset."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise AppDatabaseError(f"environment variable {variable} is not set: put the app database's DSN there "
+                               "(e.g. 'host=db.internal port=5432 dbname=app user=export'; the password may "
+                               "come from PGPASSWORD or ~/.pgpass)")
+    return value
 
 
 def redact(text: str, dsn: str) -> str:
@@ -121,11 +134,21 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
             conn.read_only = True
         for statement in SESSION_SETTINGS:
             conn.execute(statement)
+        # Text arrives as UTF-8, converted by the server; a SQL_ASCII database's bytes arrive unconverted
+        # (the server would refuse to convert bytes that are not UTF-8), so they reach the file as they are.
+        server_encoding = conn.execute("SHOW server_encoding").fetchone()[0]  # bytes under SQL_ASCII
+        conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding in ("SQL_ASCII", b"SQL_ASCII")
+                     else "SET client_encoding = 'UTF8'")
     except psycopg.Error as exc:
         conn.close()
         raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "
                                f"{_reason(exc, dsn)}") from None
     return conn
+
+
+def as_text(value: str | bytes | None) -> str | None:
+    """A catalog value as text (a SQL_ASCII session returns text columns as bytes)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
 def database_error(exc: psycopg.Error, dsn: str, name: ServerName, doing: str) -> AppDatabaseError:

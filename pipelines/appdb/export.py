@@ -29,7 +29,9 @@ from typing import Callable, Iterable
 import psycopg
 
 from pipelines import rawlines
-from pipelines.appdb.connection import AppDatabaseError, ServerName, connect, database_error, server_name
+from pipelines.appdb.connection import (
+    AppDatabaseError, ServerName, as_text, connect, database_error, server_name,
+)
 from pipelines.appdb.tables import check_tables, statement
 from pipelines.home import DataHome
 from schemas.raw import RAW_TABLES
@@ -298,7 +300,7 @@ def app_day_range(dsn: str, source: str = "the DSN") -> tuple[str, str] | None:
     conn = connect(dsn, source=source)
     try:
         check_tables(conn, str(name))
-        first, last = conn.execute(statement("day_bounds")).fetchone()
+        first, last = (as_text(v) for v in conn.execute(statement("day_bounds")).fetchone())
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, "reading the app's first and last day") from None
     finally:

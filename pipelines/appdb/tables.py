@@ -6,9 +6,12 @@ timestamp (naive, as the app stores it, or with time zone, read in UTC). Extra c
 """
 from __future__ import annotations
 
+import re
+
 import pyarrow as pa
 import psycopg
 
+from pipelines.appdb.connection import as_text
 from pipelines.sqlrun import sql_text
 from schemas import get_schema
 from schemas.raw import RAW_TABLES
@@ -48,7 +51,8 @@ def check_tables(conn: psycopg.Connection, where: str = "the app database") -> N
     seen: set[str] = set()
     with conn.cursor() as cursor:
         cursor.execute(statement("columns"), {"tables": list(RAW_TABLES)})
-        for table, column, data_type in cursor:
+        for row in cursor:
+            table, column, data_type = (as_text(v) for v in row)
             found[table][column] = data_type
             seen.add(table)
     for table in RAW_TABLES:
@@ -68,7 +72,5 @@ def check_tables(conn: psycopg.Connection, where: str = "the app database") -> N
 
 def statement(name: str) -> str:
     """``sql/app_db/<name>.sql`` with its ``$parameters`` as psycopg placeholders (``%(name)s``)."""
-    import re
-
     text = sql_text(f"app_db/{name}").replace("%", "%%")
     return re.sub(r"\$([A-Za-z_][A-Za-z0-9_]*)", r"%(\1)s", text)
