@@ -223,3 +223,33 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
     # at 01:00 with a 90-minute lag, 2023-03-04 is not closed yet: the newest is 2023-03-03
     assert [r.partition_key for r in requests] == ["2023-03-01", "2023-03-02", "2023-03-03"]
     assert requests[0].run_config["ops"]["app_export"]["config"] == {"lag_minutes": 90, "lookback_days": 2}
+
+
+def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):
+    import gzip
+
+    import pyarrow.parquet as pq
+
+    home = DataHome.at(tmp_path / "home")
+    report = simulate(home, CONFIG)
+    planted = set(pq.read_table(home.ground_truth / "defects.parquet").column("defect").to_pylist())
+    assert planted.isdisjoint({"malformed_json", "wrong_type", "duplicate_row", "conflicting_primary_key",
+                               "duplicate_ranking", "late_arrival"})
+    assert "unknown_image_reference" in planted  # data-level defects a database can hold stay
+    assert report.rankings_pending == 0
+    for day in DAYS:
+        for table in ("users", "images", "rankings", "downloads"):
+            lines = gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()
+            keys = [_parser(table).parse(line)[0] for line in lines]  # raises Reject on any planted line damage
+            assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    truth = pq.read_table(home.ground_truth / "rankings.parquet", columns=["created_at", "dt"]).to_pylist()
+    assert all(row["created_at"][:10] == row["dt"] for row in truth)
+
+
+def test_simulate_to_postgres_refuses_an_image_store_inside_the_data_home(tmp_path, capsys):
+    from dagster_project.cli import main
+
+    home = tmp_path / "home"
+    code = main(["simulate", "--home", str(home), "--days", "1", "--to-postgres", "host=/nonexistent dbname=app",
+                 "--image-store", str(home / "store"), "--quiet"])
+    assert code == 1 and "is inside the data home" in capsys.readouterr().err
