@@ -15,7 +15,6 @@ change) and each changed file is renamed over its old version, only once all fou
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -34,6 +33,7 @@ from pipelines.appdb.connection import (
 )
 from pipelines.appdb.tables import check_tables, statement
 from pipelines.home import DataHome
+from pipelines.storage import sha256_file
 from schemas.raw import RAW_TABLES
 
 BATCH_LINES = 4096
@@ -212,15 +212,7 @@ def _write_table(cursor: psycopg.Cursor, table: str, params: dict, path: Path) -
         gz.close()
         raw.flush()
         os.fsync(raw.fileno())
-    return TableExport(rows=rows, bytes=path.stat().st_size, sha256=_sha256(path))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return TableExport(rows=rows, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
 def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -> None:
@@ -238,7 +230,7 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     for table, export in report.tables.items():
         target = home.raw_file(day, table)
         same = target.is_file() and not target.is_symlink() and target.stat().st_size == export.bytes \
-            and _sha256(target) == export.sha256
+            and sha256_file(target) == export.sha256
         export.changed = not same
         if export.changed:
             moves.append((staging / target.name, target))

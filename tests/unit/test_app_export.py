@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import json
 import os
 
 import dagster as dg
 import psycopg
+import pyarrow.parquet as pq
 import pytest
 
 from dagster_project import automation
@@ -104,9 +106,9 @@ def test_export_gives_the_simulator_files_byte_for_byte(app_db, tmp_path):
         assert _files(exported, day) == _files(files, day)
     snapshot = DataHome.at(tmp_path / "snapshot")
     export_day(snapshot, app_db, DAYS[1])
-    users = [json.loads(x) for x in __import__("gzip").decompress(snapshot.raw_file(DAYS[1], "users").read_bytes())
+    users = [json.loads(x) for x in gzip.decompress(snapshot.raw_file(DAYS[1], "users").read_bytes())
              .decode().splitlines()]
-    expected = [json.loads(x) for day in DAYS for x in __import__("gzip").decompress(
+    expected = [json.loads(x) for day in DAYS for x in gzip.decompress(
         files.raw_file(day, "users").read_bytes()).decode().splitlines()]
     assert users == expected  # the snapshot: every account created up to the day's end, by user_id
 
@@ -138,7 +140,7 @@ def test_reexport_is_idempotent_and_a_late_row_makes_the_sensor_reingest(app_db,
     assert new_keys[DAYS[0]] != keys[DAYS[0]] and new_keys[DAYS[1]] == keys[DAYS[1]]
     report = ingest_day(home, DAYS[0])
     assert report.reconciled
-    assert b"a late tie" in __import__("gzip").decompress(home.raw_file(DAYS[0], "rankings").read_bytes())
+    assert b"a late tie" in gzip.decompress(home.raw_file(DAYS[0], "rankings").read_bytes())
 
 
 def test_a_day_is_not_exported_before_its_lag_has_passed(app_db, tmp_path):
@@ -197,8 +199,6 @@ def test_bytes_a_sql_ascii_database_holds_are_quarantined_by_the_ingest(postgres
     home = DataHome.at(tmp_path / "home")
     export_day(home, dsn, DAYS[0])
     ingest_day(home, DAYS[0])
-    import pyarrow.parquet as pq
-
     quarantine = pq.read_table(home.partition_file("quarantine", DAYS[0])).to_pylist()
     reasons = {(q["table"], q["reason"]) for q in quarantine}
     assert ("rankings", rp.INVALID_UTF8) in reasons and ("rankings", rp.CONTROL_CHARACTERS) in reasons
@@ -226,10 +226,6 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
 
 
 def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):
-    import gzip
-
-    import pyarrow.parquet as pq
-
     home = DataHome.at(tmp_path / "home")
     report = simulate(home, CONFIG)
     planted = set(pq.read_table(home.ground_truth / "defects.parquet").column("defect").to_pylist())
