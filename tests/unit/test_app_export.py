@@ -36,12 +36,22 @@ def _parser(table: str) -> rp.LineParser:
                          ts_range=(dt.datetime(2022, 1, 1), dt.datetime(2030, 1, 1)))
 
 
+@pytest.fixture(scope="module")
+def simulated_template(postgres_server, tmp_path_factory):  # noqa: F811 - pytest fixture injection
+    """A database holding the simulated history (export defects off), simulated once per module."""
+    name = f"template_{os.getpid()}"
+    simulate(DataHome.at(tmp_path_factory.mktemp("sim")), CONFIG,
+             sink=AppDatabaseSink(create_database(postgres_server, name), None))
+    return name
+
+
 @pytest.fixture
-def app_db(postgres_server, tmp_path):  # noqa: F811 - pytest fixture injection
-    """A fresh database holding the simulated history (export defects off), and its DSN."""
-    dsn = create_database(postgres_server, f"app{next(_counter)}_{os.getpid()}")
-    simulate(DataHome.at(tmp_path / "sim"), CONFIG, sink=AppDatabaseSink(dsn, None))
-    return dsn
+def app_db(postgres_server, simulated_template):  # noqa: F811
+    """A fresh copy of the simulated app database (tests may change it), and its DSN."""
+    name = f"app{next(_counter)}_{os.getpid()}"
+    with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{simulated_template}"')
+    return postgres_server.dsn(name, password="postgres")
 
 
 def _files(home: DataHome, day: str) -> dict[str, bytes]:
@@ -249,3 +259,23 @@ def test_simulate_to_postgres_refuses_an_image_store_inside_the_data_home(tmp_pa
     code = main(["simulate", "--home", str(home), "--days", "1", "--to-postgres", "host=/nonexistent dbname=app",
                  "--image-store", str(home / "store"), "--quiet"])
     assert code == 1 and "is inside the data home" in capsys.readouterr().err
+
+
+def test_blobs_are_copied_once_and_a_uid_is_never_a_path(app_db, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    with psycopg.connect(app_db) as conn:
+        uids = [u for (u,) in conn.execute("SELECT image_uid FROM images WHERE created_at < %s ORDER BY image_id",
+                                           (DAYS[1],))]
+        conn.execute("INSERT INTO images (created_at, image_uid, user_id, prompt, model_id) "
+                     "VALUES ('2023-02-13 12:00:00', '../../escaped', 1, 'p', 'm')")
+    (store / f"{uids[0]}.png").write_bytes(b"\x89PNG first blob")
+    (tmp_path / "escaped.png").write_bytes(b"must never be copied")
+    home = DataHome.at(tmp_path / "home")
+    first = export_day(home, app_db, DAYS[0], image_store=str(store)).blobs
+    assert (first["copied"], first["missing"], first["invalid_uid"]) == (1, len(uids) - 1, 1)
+    assert (home.raw_images / f"{uids[0]}.png").read_bytes() == b"\x89PNG first blob"
+    assert sorted(p.name for p in home.raw_images.iterdir()) == [f"{uids[0]}.png"]
+    assert [p.name for p in home.root.rglob("escaped*")] == []
+    again = export_day(home, app_db, DAYS[0], image_store=str(store)).blobs
+    assert (again["copied"], again["present"]) == (0, 1)
