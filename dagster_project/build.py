@@ -92,7 +92,8 @@ def select_app_db_days(start: str | None = None, end: str | None = None) -> list
     if bounds is None:
         raise BuildError(f"the app database in ${DSN_ENV} has no rows in users, images, rankings or downloads")
     first, last = max(bounds[0], start or bounds[0]), min(bounds[1], end or bounds[1])
-    days = [d for d in closed_days(first, last, AppExportConfig().lag_minutes) if d in set(daily.get_partition_keys())]
+    valid = set(daily.get_partition_keys())
+    days = [d for d in closed_days(first, last, AppExportConfig().lag_minutes) if d in valid]
     if not days:
         raise BuildError(f"no day of the app database ({bounds[0]} .. {bounds[1]}) between {start or 'the first day'} "
                          f"and {end or 'the last day'} is closed for the export lag and inside the daily partitions")
