@@ -63,8 +63,10 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
     return "copied"
 
 
-def copy_day_blobs(cursor: psycopg.Cursor, params: dict, store: str, home: DataHome, workers: int) -> dict:
+def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int) -> dict:
     """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome."""
+    from pipelines.appdb.export import read_rows
+
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
     counts = {"store": store, "copied": 0, "present": 0, "missing": 0, "invalid_uid": 0}
@@ -76,18 +78,9 @@ def copy_day_blobs(cursor: psycopg.Cursor, params: dict, store: str, home: DataH
             counts[outcome] += 1
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        batch: list[str] = []
-        with cursor.copy(f"COPY ({statement('export_image_uids')}) TO STDOUT (FORMAT BINARY)", params) as copy:
-            copy.set_types(["bytea"])
-            for (raw,) in copy.rows():
-                uid = raw.decode("utf-8", "replace")
-                if not UID_RE.fullmatch(uid):
-                    counts["invalid_uid"] += 1
-                    continue
-                batch.append(uid)
-                if len(batch) >= BATCH:
-                    flush(batch)
-                    batch = []
-        if batch:
-            flush(batch)
+        for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
+            uids = [raw.decode("utf-8", "replace") for (raw,) in rows]
+            valid = [uid for uid in uids if UID_RE.fullmatch(uid)]
+            counts["invalid_uid"] += len(uids) - len(valid)
+            flush(valid)
     return counts

@@ -1,7 +1,7 @@
 """One day of the app database -> ``raw/app_logs/dt=DAY/{users,images,rankings,downloads}.jsonl.gz``.
 
-Each table is streamed with ``COPY (SELECT ...) TO STDOUT (FORMAT BINARY)`` (``sql/app_db/export_*.sql``)
-from one REPEATABLE READ READ ONLY transaction, formatted row by row with ``pipelines.rawlines`` (the
+Each table is streamed from a server-side cursor (``sql/app_db/export_*.sql``, fetched in batches of
+binary rows) in one REPEATABLE READ READ ONLY transaction, formatted row by row with ``pipelines.rawlines`` (the
 functions the simulator writes with) and gzip-compressed into a staging folder beside the day, so
 memory does not grow with the day. Text the JSON layer cannot carry (bytes that are not UTF-8, which a
 ``SQL_ASCII`` database can hold) is written as the same raw bytes, so the ingest quarantines that line
@@ -23,9 +23,10 @@ import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import psycopg
+from psycopg.types.string import ByteaBinaryLoader
 
 from pipelines import rawlines
 from pipelines.appdb.connection import (
@@ -170,18 +171,8 @@ FORMATS: dict[str, Callable[[list, rawlines.Encoder], str]] = {
     "rankings": lambda v, enc: rawlines.ranking_line(v[0], v[1], v[2], v[3:7], v[7], enc(v[8]), enc),
     "downloads": lambda v, enc: rawlines.download_line(v[0], v[1], v[2], v[3], enc(v[4]), enc),
 }
-# Server types of the SELECT's columns, for the binary COPY loaders: int8, or text read as raw bytes.
-COPY_TYPES = {
-    "users": ("int8", "bytea", "bytea", "bytea"),
-    "images": ("int8", "bytea", "bytea", "int8", "bytea", "bytea", "int8", "bytea", "int8", "int8", "int8",
-               "bytea", "bytea"),
-    "rankings": ("int8", "bytea", "int8", "bytea", "bytea", "bytea", "bytea", "bytea", "bytea"),
-    "downloads": ("int8", "bytea", "int8", "bytea", "bytea"),
-}
-
-
 def format_row(table: str, row: Iterable) -> bytes:
-    """One raw line (without the newline) for a row of ``table`` as the binary COPY yields it."""
+    """One raw line (without the newline) for a row of ``table`` as ``read_rows`` yields it."""
     fmt = FORMATS[table]
     try:
         values = [v.decode("utf-8") if type(v) is bytes else v for v in row]
@@ -193,22 +184,23 @@ def format_row(table: str, row: Iterable) -> bytes:
 
 # --- reading and writing --------------------------------------------------------------------------
 
-def _write_table(cursor: psycopg.Cursor, table: str, params: dict, path: Path) -> TableExport:
-    """Stream one table's COPY into a gzip file; returns rows, bytes and sha256 of the file."""
+def read_rows(conn: psycopg.Connection, query: str, params: dict, batch: int = BATCH_LINES) -> Iterator[list[tuple]]:
+    """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent."""
+    with conn.cursor(name="pickapic_export", binary=True) as cursor:
+        # Text as bytes: a SQL_ASCII database may hold bytes that are not UTF-8 (format_row handles them).
+        cursor.adapters.register_loader("text", ByteaBinaryLoader)
+        cursor.execute(query, params)
+        while rows := cursor.fetchmany(batch):
+            yield rows
+
+
+def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path) -> TableExport:
+    """Stream one table into a gzip file; returns rows, bytes and sha256 of the file."""
     rows = 0
     with open(path, "wb") as raw, rawlines.gzip_writer(raw) as gz:
-        with cursor.copy(f"COPY ({statement('export_' + table)}) TO STDOUT (FORMAT BINARY)", params) as copy:
-            copy.set_types(list(COPY_TYPES[table]))
-            batch: list[bytes] = []
-            for row in copy.rows():
-                batch.append(format_row(table, row))
-                if len(batch) >= BATCH_LINES:
-                    rows += len(batch)
-                    gz.write(b"\n".join(batch) + b"\n")
-                    batch = []
-            if batch:
-                rows += len(batch)
-                gz.write(b"\n".join(batch) + b"\n")
+        for batch in read_rows(conn, statement("export_" + table), params):
+            rows += len(batch)
+            gz.write(b"\n".join([format_row(table, row) for row in batch]) + b"\n")
         gz.close()
         raw.flush()
         os.fsync(raw.fileno())
@@ -262,18 +254,17 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         home.raw_logs.mkdir(parents=True, exist_ok=True)
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
-        with conn.cursor() as cursor:
-            for table in RAW_TABLES:
-                table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
-                    else params
-                report.tables[table] = _write_table(cursor, table, table_params, staging / f"{table}.jsonl.gz")
-                note(f"{table}: {report.tables[table].rows} rows")
-            if image_store:
-                from pipelines.appdb.blobs import copy_day_blobs
+        for table in RAW_TABLES:
+            table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
+                else params
+            report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz")
+            note(f"{table}: {report.tables[table].rows} rows")
+        if image_store:
+            from pipelines.appdb.blobs import copy_day_blobs
 
-                report.blobs = copy_day_blobs(cursor, params, image_store, home, config.blob_workers)
-            else:
-                report.blobs = {"store": "none configured: no blob copied"}
+            report.blobs = copy_day_blobs(conn, params, image_store, home, config.blob_workers)
+        else:
+            report.blobs = {"store": "none configured: no blob copied"}
         conn.rollback()  # read-only: nothing to commit
         _publish(home, day, staging, report)
     except psycopg.Error as exc:
