@@ -8,8 +8,8 @@
 2. Measured, each in a fresh child process that reports its own peak RSS: ``export_day`` of that day
    (four tables streamed from a server-side cursor, formatted, gzip-compressed, staged, published).
 3. Baselines, in the same run: the same four queries read through the same server-side cursor with
-   every row discarded (what the server and the driver alone cost), in a child process too; and the small day's export, whose
-   peak RSS should equal the big day's (memory flat in the day's size).
+   every row discarded (what the server and the driver alone cost), in a child process too; and the
+   small day's export, whose peak RSS should equal the big day's (memory flat in the day's size).
 """
 from __future__ import annotations
 
@@ -45,7 +45,8 @@ started = time.perf_counter()
 cpu = time.process_time()
 report = export_day(DataHome.at(home), dsn, "%s", AppExportConfig(lag_minutes=0))
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu, "rows": {t: e.rows for t, e in report.tables.items()},
+print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu,
+                  "rows": {t: e.rows for t, e in report.tables.items()},
                   "bytes": sum(e.bytes for e in report.tables.values()),
                   "peak_rss_mb": peak_rss_mb()}))
 """ % DAY
@@ -62,7 +63,8 @@ started, cpu = time.perf_counter(), time.process_time()
 rows = {}
 conn = connect(dsn)
 for table in ("users", "images", "rankings", "downloads"):
-    rows[table] = sum(len(b) for b in read_rows(conn, statement("export_" + table), snapshot if table == "users" else day))
+    params = snapshot if table == "users" else day
+    rows[table] = sum(len(b) for b in read_rows(conn, statement("export_" + table), params))
 conn.close()
 print(json.dumps({"seconds": time.perf_counter() - started, "cpu_seconds": time.process_time() - cpu, "rows": rows,
                   "peak_rss_mb": peak_rss_mb()}))
@@ -111,7 +113,8 @@ def run(rankings: int = 1_000_000, small: int = 100_000) -> dict:
         server.stop()
     rows = sum(export_big["rows"].values())
     return {
-        "rankings_requested": rankings, "load_average_1m_at_end": round(os.getloadavg()[0], 2), "rows": export_big["rows"], "rows_total": rows,
+        "rankings_requested": rankings, "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+        "rows": export_big["rows"], "rows_total": rows,
         "setup_fill_seconds": {"big": round(fill_big, 1), "small": round(fill_small, 1)},
         "export_seconds": round(export_big["seconds"], 2),
         "export_rows_per_s": round(rows / export_big["seconds"]),

@@ -1,4 +1,4 @@
-"""Jobs, the nightly schedules (export, ingest), the weekly training schedule, the raw-partition sensor, freshness checks."""
+"""Jobs, the nightly export and ingest schedules, weekly training, the raw-partition sensor, freshness checks."""
 from __future__ import annotations
 
 import datetime as dt
