@@ -265,6 +265,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.blobs = copy_day_blobs(conn, params, image_store, home, config.blob_workers)
         else:
             report.blobs = {"store": "none configured: no blob copied"}
+            note("no image store configured: no blob copied (the feature stage will reject the images as missing)")
         conn.rollback()  # read-only: nothing to commit
         _publish(home, day, staging, report)
     except psycopg.Error as exc:

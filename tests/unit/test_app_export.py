@@ -279,3 +279,16 @@ def test_blobs_are_copied_once_and_a_uid_is_never_a_path(app_db, tmp_path):
     assert [p.name for p in home.root.rglob("escaped*")] == []
     again = export_day(home, app_db, DAYS[0], image_store=str(store)).blobs
     assert (again["copied"], again["present"]) == (0, 1)
+
+
+def test_command_line_exports_with_the_dsn_from_the_environment(app_db, tmp_path, monkeypatch, capsys):
+    from pipelines.appdb.__main__ import main
+
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", app_db)
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "--day", DAYS[0], "--day", DAYS[1], "--no-users-snapshot"]) == 0
+    summaries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(s["day"], s["published"]) for s in summaries] == [(DAYS[0], "new day"), (DAYS[1], "new day")]
+    monkeypatch.delenv("PICKAPIC_APP_DB_DSN")
+    assert main(["--home", str(home), "--day", DAYS[0]]) == 1
+    assert "PICKAPIC_APP_DB_DSN is not set" in capsys.readouterr().err
