@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import queue
 import re
 import secrets
 import shutil
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -194,13 +196,50 @@ def read_rows(conn: psycopg.Connection, query: str, params: dict, batch: int = B
             yield rows
 
 
+class _CompressingWriter:
+    """Feeds one gzip stream from a thread (zlib releases the GIL), so formatting and compressing overlap.
+
+    One stream fed in order gives the same bytes as writing inline; the queue is bounded, so memory
+    stays a few batches whatever the day's size.
+    """
+
+    def __init__(self, gz) -> None:
+        self.gz, self.error = gz, None
+        self.queue: queue.Queue = queue.Queue(maxsize=4)
+        self.thread = threading.Thread(target=self._run, name="export-gzip", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (chunk := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.gz.write(chunk)
+                except BaseException as exc:  # handed to the caller by write()/close()
+                    self.error = exc
+
+    def write(self, chunk: bytes) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(chunk)
+
+    def close(self) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path) -> TableExport:
     """Stream one table into a gzip file; returns rows, bytes and sha256 of the file."""
     rows = 0
     with open(path, "wb") as raw, rawlines.gzip_writer(raw) as gz:
-        for batch in read_rows(conn, statement("export_" + table), params):
-            rows += len(batch)
-            gz.write(b"\n".join([format_row(table, row) for row in batch]) + b"\n")
+        writer = _CompressingWriter(gz)
+        try:
+            for batch in read_rows(conn, statement("export_" + table), params):
+                rows += len(batch)
+                writer.write(b"\n".join([format_row(table, row) for row in batch]) + b"\n")
+        finally:
+            writer.close()
         gz.close()
         raw.flush()
         os.fsync(raw.fileno())
