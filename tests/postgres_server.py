@@ -82,15 +82,32 @@ class PostgresServer:
         if self.run_as:
             entry = pwd.getpwnam(self.run_as)
             extra = {"user": entry.pw_uid, "group": entry.pw_gid, "extra_groups": []}
-        return subprocess.run(args, capture_output=True, text=True, check=True, **extra, **kwargs)
+        done = subprocess.run(args, capture_output=True, text=True, **extra, **kwargs)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:1])} exited {done.returncode}: {done.stderr.strip()[-2000:]}")
+        return done
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete its files."""
         try:
             self._run([str(self.bindir / "pg_ctl"), "-D", str(self.root / "data"), "-m", "fast", "-w", "stop"])
-        except subprocess.CalledProcessError:
+        except RuntimeError:
             pass  # already stopped; the files go either way
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _copy_install(bindir: Path, destination: Path) -> Path:
+    """Copy an install (``.../<pkg>/<install>/bin``) keeping the layout its RPATH expects; returns the new bin.
+
+    The wheel's binaries find their vendored libraries at ``$ORIGIN/../../../<pkg>.libs``, so the
+    ``*.libs`` folders beside the package are copied to the same place relative to the new bin.
+    """
+    install = bindir.parent
+    target = destination / install.parent.name / install.name
+    shutil.copytree(install, target, symlinks=True)
+    for libs in install.parent.parent.glob("*.libs"):
+        shutil.copytree(libs, destination / libs.name, symlinks=True)
+    return target / bindir.name
 
 
 def _free_port_number() -> int:
@@ -108,9 +125,7 @@ def start_server(auth: str = "scram-sha-256", superuser_password: str = "postgre
     if run_as:
         entry = pwd.getpwnam(run_as)
         if not _reachable_by_others(bindir):
-            copied = root / "pginstall"
-            shutil.copytree(bindir.parent, copied, symlinks=True)
-            bindir = copied / "bin"
+            bindir = _copy_install(bindir, root / "pgcopy")
         os.chmod(root, 0o755)
         os.chown(root, entry.pw_uid, entry.pw_gid)
     server = PostgresServer(root=root, socket_dir=root, port=_free_port_number(), bindir=bindir, run_as=run_as)
