@@ -122,24 +122,28 @@ def start_server(auth: str = "scram-sha-256", superuser_password: str = "postgre
     bindir = find_bindir()
     run_as = "nobody" if os.geteuid() == 0 else None
     root = Path(tempfile.mkdtemp(prefix="pg-"))
-    if run_as:
-        entry = pwd.getpwnam(run_as)
-        if not _reachable_by_others(bindir):
-            bindir = _copy_install(bindir, root / "pgcopy")
-        os.chmod(root, 0o755)
-        os.chown(root, entry.pw_uid, entry.pw_gid)
-    server = PostgresServer(root=root, socket_dir=root, port=_free_port_number(), bindir=bindir, run_as=run_as)
-    pwfile = root / "pwfile"
-    pwfile.write_text(superuser_password + "\n")
-    if run_as:
-        os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
-    server._run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", SUPERUSER, f"--pwfile={pwfile}",
-                 f"--auth-local={auth}", f"--auth-host={auth}", "-E", "UTF8", "--locale=C", "--no-sync"])
-    pwfile.unlink()
-    options = (f"-c listen_addresses='' -c unix_socket_directories='{root}' -c port={server.port} "
-               "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
-    server._run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"),
-                 "-w", "-t", "60", "start"])
+    try:
+        if run_as:
+            entry = pwd.getpwnam(run_as)
+            if not _reachable_by_others(bindir):
+                bindir = _copy_install(bindir, root / "pgcopy")
+            os.chmod(root, 0o755)
+            os.chown(root, entry.pw_uid, entry.pw_gid)
+        server = PostgresServer(root=root, socket_dir=root, port=_free_port_number(), bindir=bindir, run_as=run_as)
+        pwfile = root / "pwfile"
+        pwfile.write_text(superuser_password + "\n")
+        if run_as:
+            os.chown(pwfile, pwd.getpwnam(run_as).pw_uid, -1)
+        server._run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", SUPERUSER, f"--pwfile={pwfile}",
+                     f"--auth-local={auth}", f"--auth-host={auth}", "-E", "UTF8", "--locale=C", "--no-sync"])
+        pwfile.unlink()
+        options = (f"-c listen_addresses='' -c unix_socket_directories='{root}' -c port={server.port} "
+                   "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
+        server._run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"),
+                     "-w", "-t", "60", "start"])
+    except BaseException:
+        shutil.rmtree(root, ignore_errors=True)
+        raise
     return server
 
 
