@@ -12,7 +12,9 @@ Runs, in this order, each in this process and each with its baseline measured in
 - ``metadata``: ingest, curation, splits and sidecars on 1M simulated rankings (goal < 120 s in all)
   (benchmarks/metadata.py);
 - ``incremental``: a nightly `pickapic build` of day N+1 vs the first build of N days
-  (benchmarks/incremental.py).
+  (benchmarks/incremental.py);
+- ``app_export``: one day of 1M rankings exported from a throwaway PostgreSQL server vs a bare read of
+  the same rows, and its peak RSS vs a 10x smaller day (benchmarks/app_export.py).
 
 Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
 (no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
@@ -35,7 +37,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental")
+ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "app_export")
 
 
 @dataclass
@@ -97,9 +99,15 @@ def run_incremental(quick: bool) -> dict:
     return incremental.run()
 
 
+def run_app_export(quick: bool) -> dict:
+    from benchmarks import app_export
+
+    return app_export.run(20_000, 2_000) if quick else app_export.run()
+
+
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "features": run_features, "dedup": run_dedup, "shards": run_shards, "loader": run_loader,
-    "metadata": run_metadata, "incremental": run_incremental,
+    "metadata": run_metadata, "incremental": run_incremental, "app_export": run_app_export,
 }
 
 
@@ -169,9 +177,20 @@ def rows_incremental(r: dict) -> list[Row]:
     ]
 
 
+def rows_app_export(r: dict) -> list[Row]:
+    return [
+        Row("app_export", f"export of {r['rankings_requested']:,} rankings ({r['export_seconds']} s)",
+            r["export_rows_per_s"], "rows/s", "bare read of the same rows", r["read_only_rows_per_s"],
+            r["ratio_export_vs_read_only"], "(formatting cost)"),
+        Row("app_export", f"peak RSS, {r['rankings_requested']:,} rankings", r["export_peak_rss_mb"], "MB",
+            f"peak RSS, {r['small_rankings']:,} rankings", r["small_export_peak_rss_mb"],
+            r["ratio_peak_rss_big_vs_small"], "~1 (flat in the day's size)"),
+    ]
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "features": rows_features, "dedup": rows_dedup, "shards": rows_shards, "loader": rows_loader,
-    "metadata": rows_metadata, "incremental": rows_incremental,
+    "metadata": rows_metadata, "incremental": rows_incremental, "app_export": rows_app_export,
 }
 
 

@@ -1,4 +1,4 @@
-"""Jobs, the nightly schedule, the weekly training schedule, the raw-partition sensor, freshness checks."""
+"""Jobs, the nightly export and ingest schedules, weekly training, the raw-partition sensor, freshness checks."""
 from __future__ import annotations
 
 import datetime as dt
@@ -13,6 +13,7 @@ from dagster_project.resources import PickapicHome
 from pipelines.home import DataHome
 
 NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")
+APP_EXPORT_CRON = os.environ.get("PICKAPIC_APP_EXPORT_CRON", "0 1 * * *")
 TRAIN_CRON = os.environ.get("PICKAPIC_TRAIN_CRON", "0 4 * * 0")
 RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
 
@@ -23,6 +24,10 @@ daily_partition_job = dg.define_asset_job(
 rebuild_dataset_job = dg.define_asset_job(
     "rebuild_dataset_job", selection=dg.AssetSelection.groups("curation", "splits", "publish"),
     description="Re-cluster, re-decide, re-split over all days and publish a new dataset version.",
+)
+app_export_job = dg.define_asset_job(
+    "app_export_job", selection=dg.AssetSelection.groups("app_export"),
+    description="Export one day of the app's PostgreSQL database into the raw zone (the raw sensor ingests it).",
 )
 train_model_job = dg.define_asset_job(
     "train_model_job", selection=dg.AssetSelection.groups("model"),
@@ -36,6 +41,42 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext):
     """Request yesterday's partition (the day that just ended in UTC)."""
     day = (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
     return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
+
+
+def app_export_settings() -> dict:
+    """Lag and lookback of the scheduled export: $PICKAPIC_APP_EXPORT_LAG_MINUTES / _LOOKBACK_DAYS or the defaults."""
+    from pipelines.appdb.export import AppExportConfig
+
+    defaults = AppExportConfig()
+    values = {}
+    for name, variable in (("lag_minutes", "PICKAPIC_APP_EXPORT_LAG_MINUTES"),
+                           ("lookback_days", "PICKAPIC_APP_EXPORT_LOOKBACK_DAYS")):
+        text = os.environ.get(variable, "").strip()
+        try:
+            values[name] = int(text) if text else getattr(defaults, name)
+        except ValueError:
+            raise ValueError(f"{variable} must be an integer, got {text!r}") from None
+    AppExportConfig(**values).validate()
+    return values
+
+
+@dg.schedule(job=app_export_job, cron_schedule=APP_EXPORT_CRON, execution_timezone="UTC",
+             description="Nightly (PICKAPIC_APP_EXPORT_CRON, 01:00 UTC): export the newest day closed for the lag "
+                         "and re-export the lookback days before it; skipped unless PICKAPIC_APP_DB_DSN is set.")
+def app_export_schedule(context: dg.ScheduleEvaluationContext):
+    """One run per day: the newest day that ended at least lag_minutes ago and the lookback days before it."""
+    from pipelines.appdb.connection import DSN_ENV
+
+    if not os.environ.get(DSN_ENV, "").strip():
+        return dg.SkipReason(f"{DSN_ENV} is not set: the app database is not a source of this deployment")
+    settings = app_export_settings()
+    tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
+    newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
+    valid = set(daily.get_partition_keys(current_time=tick))
+    days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
+    run_config = {"ops": {"app_export": {"config": settings}}}
+    return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)
+            for day in days if day in valid]
 
 
 train_schedule = dg.ScheduleDefinition(

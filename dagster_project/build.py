@@ -82,6 +82,24 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     return chosen
 
 
+def select_app_db_days(start: str | None = None, end: str | None = None) -> list[str]:
+    """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within [start, end]."""
+    from dagster_project.partitions import daily
+    from pipelines.appdb.connection import DSN_ENV, dsn_from_env
+    from pipelines.appdb.export import AppExportConfig, app_day_range, closed_days
+
+    bounds = app_day_range(dsn_from_env(), source=f"${DSN_ENV}")
+    if bounds is None:
+        raise BuildError(f"the app database in ${DSN_ENV} has no rows in users, images, rankings or downloads")
+    first, last = max(bounds[0], start or bounds[0]), min(bounds[1], end or bounds[1])
+    valid = set(daily.get_partition_keys())
+    days = [d for d in closed_days(first, last, AppExportConfig().lag_minutes) if d in valid]
+    if not days:
+        raise BuildError(f"no day of the app database ({bounds[0]} .. {bounds[1]}) between {start or 'the first day'} "
+                         f"and {end or 'the last day'} is closed for the export lag and inside the daily partitions")
+    return days
+
+
 def _execute(job_name: str, instance: dg.DagsterInstance, run_config: dict, partition_key: str | None = None) -> str:
     from dagster_project.definitions import defs
 
@@ -114,14 +132,22 @@ def run_build(
     run_config: dict | None = None,
     wait: bool = False,
     progress: Callable[[str], None] | None = None,
+    from_app_db: bool = False,
 ) -> BuildResult:
-    """Materialize every daily partition in ``days``, then the global rebuild (and the model if asked)."""
+    """Materialize every daily partition in ``days``, then the global rebuild (and the model if asked).
+
+    ``from_app_db``: export each day from the app database (``app_export_job``) before ingesting it.
+    """
     run_config = run_config or {}
     note = progress or (lambda message: None)
     use_home(home)
     result = BuildResult(days=list(days))
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
         for day in days:
+            if from_app_db:
+                note(f"export {day} from the app database")
+                result.run_ids[f"export-{day}"] = _execute("app_export_job", instance,
+                                                           _config_for(run_config, "app_export"), day)
             note(f"ingest + fingerprint {day}")
             result.run_ids[day] = _execute("daily_partition_job", instance, _config_for(run_config, "daily"), day)
         note("curate, split and publish")
@@ -133,6 +159,7 @@ def run_build(
 
 
 _OPS = {
+    "app_export": ("app_export",),
     "daily": ("ingest_day", "fingerprint_images"),
     "rebuild": ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset"),
     "model": ("preference_model", "preference_model_eval", "generator_leaderboard"),

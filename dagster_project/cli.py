@@ -61,6 +61,9 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     build.add_argument("--to", dest="end", metavar="DATE", type=_day, help="last raw day to (re)build, YYYY-MM-DD")
     build.add_argument("--with-model", action="store_true", help="also train and evaluate the preference model")
     build.add_argument("--wait", action="store_true", help="wait for a running build instead of refusing")
+    build.add_argument("--from-app-db", action="store_true",
+                       help="first export each day from the app's PostgreSQL database ($PICKAPIC_APP_DB_DSN, blobs "
+                            "from $PICKAPIC_APP_IMAGE_STORE) into the raw zone; days = the database's closed days")
     build.set_defaults(_run=_cmd_build)
 
     demo = sub.add_parser("demo", help="simulate a small sample, build, train briefly, print a summary",
@@ -91,13 +94,14 @@ def _mount(sub_parser: argparse.ArgumentParser, module: str) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from dagster_project.build import run_build, select_days
+    from dagster_project.build import run_build, select_app_db_days, select_days
 
     home = DataHome.at(args.home)
-    days = select_days(home, args.start, args.end)
+    days = select_app_db_days(args.start, args.end) if args.from_app_db else select_days(home, args.start, args.end)
     started = time.perf_counter()
-    with build_progress(len(days) + 1 + int(args.with_model)) as note:
-        result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=note)
+    with build_progress(len(days) * (1 + int(args.from_app_db)) + 1 + int(args.with_model)) as note:
+        result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=note,
+                           from_app_db=args.from_app_db)
     print(f"built {len(days)} day(s) {days[0]}..{days[-1]} in {time.perf_counter() - started:.0f}s; "
           f"{len(result.run_ids)} Dagster runs recorded in {home.dagster_home} (see them with `pickapic ui`)")
     return 0

@@ -4,10 +4,11 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project import automation
-from dagster_project.assets import curation, features, ingest, model, publish, splits
-from dagster_project.resources import PickapicHome
+from dagster_project.assets import app_export, curation, features, ingest, model, publish, splits
+from dagster_project.resources import AppDatabase, PickapicHome
 
 ALL_ASSETS = [
+    app_export.app_export,
     ingest.ingest_day_assets,
     features.fingerprint_images,
     curation.duplicate_clusters,
@@ -24,8 +25,10 @@ ALL_ASSETS = [
 defs = dg.Definitions(
     assets=ALL_ASSETS,
     asset_checks=[*automation.freshness_checks],
-    jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job],
-    schedules=[automation.nightly_schedule, automation.train_schedule],
+    jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job,
+          automation.app_export_job],
+    schedules=[automation.nightly_schedule, automation.train_schedule, automation.app_export_schedule],
     sensors=[automation.raw_partition_sensor, automation.rebuild_after_daily_partition, automation.freshness_sensor],
-    resources={"data_home": PickapicHome()},
+    # The DSN is read from the environment when an export runs; Dagster shows the variable's name only.
+    resources={"data_home": PickapicHome(), "app_db": AppDatabase(dsn=dg.EnvVar("PICKAPIC_APP_DB_DSN"))},
 )

@@ -23,7 +23,7 @@ IngestRunConfig = config_class(IngestConfig, "IngestRunConfig")
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(ds, description=_DESCRIPTIONS[ds], group_name="ingest", kinds={"python", "parquet"},
-                        metadata=spec_metadata(ds)) for ds in INGEST_DATASETS],
+                        metadata=spec_metadata(ds), deps=["app_export"]) for ds in INGEST_DATASETS],
     check_specs=check_specs(INGEST_DATASETS),
     partitions_def=daily,
     name="ingest_day",

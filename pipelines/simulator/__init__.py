@@ -58,6 +58,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+from pathlib import Path
 from typing import Callable
 
 from pipelines.home import DataHome
@@ -114,6 +115,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="write metadata only (no PNG blobs): for scale tests up to 1M rankings")
     parser.add_argument("--workers", type=_positive_int("--workers"), default=defaults.workers,
                         help=f"processes rendering images; output does not depend on it (default {defaults.workers})")
+    parser.add_argument("--no-export-defects", action="store_true",
+                        help="plant no defects of a file exporter (malformed/mistyped/repeated lines, re-exports, "
+                             "next-day rankings): what a database source gives; implied by --to-postgres")
+    parser.add_argument("--to-postgres", metavar="DSN", default=None,
+                        help="play the app: write the history into the app's PostgreSQL tables (schema created in "
+                             "an empty database) instead of the raw zone; the password may come from PGPASSWORD")
+    parser.add_argument("--image-store", metavar="DIR", default=None,
+                        help="with --to-postgres: the app's storage folder for {image_uid}.png blobs (outside the "
+                             "data home; required unless --no-images)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -121,7 +131,30 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     """The validated ``SimConfig`` described by parsed flags."""
     return SimConfig(days=args.days, start_date=args.start_date, users=args.users,
                      rankings_per_day=args.rankings_per_day, image_size=args.image_size, seed=args.seed,
-                     no_images=bool(args.no_images), workers=getattr(args, "workers", SimConfig.workers)).validate()
+                     no_images=bool(args.no_images), workers=getattr(args, "workers", SimConfig.workers),
+                     export_defects=not (getattr(args, "no_export_defects", False)
+                                         or getattr(args, "to_postgres", None))).validate()
+
+
+def _sink(args: argparse.Namespace, config: SimConfig, home: DataHome):
+    """The app-database sink for ``--to-postgres`` (None: the raw zone's files)."""
+    if not getattr(args, "to_postgres", None):
+        if getattr(args, "image_store", None):
+            raise ValueError("--image-store is only used with --to-postgres")
+        return None
+    store = None
+    if not config.no_images:
+        if not args.image_store:
+            raise ValueError("--to-postgres needs --image-store DIR for the image blobs (or --no-images)")
+        store = Path(args.image_store).expanduser().resolve()
+        if store == home.root or home.root in store.parents:
+            raise ValueError(f"--image-store {args.image_store} is inside the data home {home.root}: the app's "
+                             "storage is the export's source, not part of the pipeline's home")
+        if store.exists() and not store.is_dir():
+            raise ValueError(f"--image-store {args.image_store} exists and is not a folder")
+    from pipelines.appdb.load import AppDatabaseSink
+
+    return AppDatabaseSink(args.to_postgres, store)
 
 
 def run_from_args(args: argparse.Namespace) -> SimReport:
@@ -129,8 +162,9 @@ def run_from_args(args: argparse.Namespace) -> SimReport:
     config = config_from_args(args)
     home = DataHome.at(args.home)
     check_home_dir(home)  # new, empty or a data home: never a folder of other files, never inside another home
+    sink = _sink(args, config, home)
     if getattr(args, "quiet", False):
-        return simulate(home, config)
+        return simulate(home, config, sink=sink)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     with Progress(TextColumn("{task.description:>8}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -142,4 +176,4 @@ def run_from_args(args: argparse.Namespace) -> SimReport:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)
 
-        return simulate(home, config, progress)
+        return simulate(home, config, progress, sink=sink)

@@ -40,6 +40,10 @@ class SimConfig:
     self_repeat_rate: float = 0.15    # share of sessions that retype the user's previous prompt
     tie_rate: float = 0.13            # target share of 2-image ties (calibrates the tie propensity)
     workers: int = 2                  # processes rendering PNGs (output does not depend on it)
+    # Plant the defects of a fragile file exporter (malformed lines, wrong types, repeated and
+    # conflicting lines, re-exports, rankings in the next day's file). A typed database cannot hold
+    # them, so `--to-postgres` turns this off; data-level defects stay (see README, database source).
+    export_defects: bool = True
 
     def validate(self) -> "SimConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
@@ -67,6 +71,8 @@ class SimConfig:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= upper:
                 raise ValueError(f"{name} must be a fraction in 0..{upper}, got {value!r}")
+        if not isinstance(self.export_defects, bool):
+            raise ValueError(f"export_defects must be true or false, got {self.export_defects!r}")
         if not 0.01 <= self.tie_rate <= 0.5:
             raise ValueError(f"tie_rate must be in 0.01..0.5, got {self.tie_rate!r}")
         return self

@@ -83,11 +83,34 @@ def _render_group(task: tuple) -> list[tuple[str, str | None, int | None, bool]]
     return written
 
 
+# Line defects a typed database with primary keys cannot hold (export_defects=False leaves them out).
+EXPORT_LINE_DEFECTS = ("malformed_json", "wrong_type", "duplicate_row", "conflicting_primary_key")
+
+
+class RawZoneSink:
+    """Where simulated days go by default: the raw zone's JSON-lines files and ``raw/images``."""
+
+    def __init__(self, home: DataHome):
+        self.home = home
+        self.image_root = home.raw_images
+
+    def write_table(self, day: str, table: str, lines: list[str]) -> None:
+        """Write one day's file of ``table``."""
+        export.write_jsonl_gz(self.home.raw_file(day, table), lines)
+
+    def finish(self) -> None:
+        """Nothing to do: every file was written atomically."""
+
+    def abort(self) -> None:
+        """Nothing to undo: the files written so far are complete days."""
+
+
 class _Run:
     """Mutable state of one run (kept out of the public interface)."""
 
-    def __init__(self, home: DataHome, config: SimConfig):
+    def __init__(self, home: DataHome, config: SimConfig, sink=None):
         self.home, self.config = home, config
+        self.sink = sink or RawZoneSink(home)
         self.state = activity.new_state(config)
         self.carry: list[tuple[int, str, list[defects.Record]]] = []
         self.defect_rows: list[dict] = []
@@ -101,10 +124,16 @@ class _Run:
         self.pending = 0
         self.downloads = 0
 
+    def kinds(self, *names: str) -> tuple[str, ...]:
+        """The line defects to plant among ``names`` (only data-level ones without export defects)."""
+        return names if self.config.export_defects else tuple(n for n in names if n not in EXPORT_LINE_DEFECTS)
+
     # --- one day ------------------------------------------------------------------------------
     def day(self, index: int) -> None:
         cfg = self.config
         d = activity.simulate_day(index, cfg, self.state)
+        if not cfg.export_defects:  # a database holds every ranking under its own day
+            d.rankings["late"][:] = False
         rng = np.random.default_rng([cfg.seed, 2, index])
         last_day = index == cfg.days - 1
         prompt_json = [json.dumps(world.escape_quotes(t)) for t in d.session_text]
@@ -118,9 +147,9 @@ class _Run:
             export.user_line(int(i), t, e, n) for i, t, (e, n) in zip(u["user_id"], u_ts, identities)])
         keys = [str(int(i)) for i in u["user_id"]]
         mask = u["member"] < 0
-        defects.plant_lines(user_lines, keys, mask, ("malformed_json", "wrong_type"), rate, rng)
+        defects.plant_lines(user_lines, keys, mask, self.kinds("malformed_json", "wrong_type"), rate, rng)
         rest = ~(u["member"] < 0) | mask
-        defects.plant_lines(user_lines, keys, rest, ("duplicate_row",), rate, rng)
+        defects.plant_lines(user_lines, keys, rest, self.kinds("duplicate_row"), rate, rng)
         pop = self.state.population
         for i, (uid, ts, (email, name), member) in enumerate(zip(u["user_id"], u_ts, identities, u["member"])):
             m = int(member)
@@ -157,10 +186,11 @@ class _Run:
         entry_of_image[img_order] = np.arange(n_img)
         keys = [img["uid"][e] for e in img_order.tolist()]
         orphan_entries = img["orphan"][img_order].copy()
-        used = defects.plant_lines(image_lines, keys, orphan_entries, ("malformed_json", "wrong_type"), rate, rng)
+        used = defects.plant_lines(image_lines, keys, orphan_entries, self.kinds("malformed_json", "wrong_type"), rate,
+                                    rng)
         rest = np.ones(n_img, dtype=bool)
         rest[used] = False
-        defects.plant_lines(image_lines, keys, rest, ("duplicate_row",), rate, rng)
+        defects.plant_lines(image_lines, keys, rest, self.kinds("duplicate_row"), rate, rng)
         for e in np.flatnonzero(img["is_cf"]).tolist():
             image_lines.tag(int(entry_of_image[e]), defects.Record(
                 "content_filtered", img["uid"][e], defects.DECISIONS["content_filtered"], "provider safety filter"))
@@ -219,12 +249,13 @@ class _Run:
 
         avail = clean[today].copy()
         avail_before = avail.copy()
-        defects.plant_lines(ranking_lines, keys, avail, ("malformed_json", "wrong_type", "conflicting_primary_key"),
-                            rate, rng, conflicting=conflicting_ranking)
+        defects.plant_lines(ranking_lines, keys, avail,
+                            self.kinds("malformed_json", "wrong_type", "conflicting_primary_key"), rate, rng,
+                            conflicting=conflicting_ranking)
         for entry in np.flatnonzero(avail_before & ~avail).tolist():
             for rec in ranking_lines.records.get(entry, []):
                 expected[today[entry]] = min(expected[today[entry]], CODE[rec.expected])
-        defects.plant_lines(ranking_lines, keys, avail, ("duplicate_row",), rate, rng)
+        defects.plant_lines(ranking_lines, keys, avail, self.kinds("duplicate_row"), rate, rng)
         # decisions on today's lines
         for entry, r in enumerate(today.tolist()):
             for rec in self._decisions(rk, r, keys[entry]):
@@ -240,7 +271,7 @@ class _Run:
                 ranking_lines.tag(entry, rec)
         # tomorrow's carry: today's late rankings and a few re-exports of clean lines
         self.carry = []
-        reexport = defects.pick(avail, rate, rng)
+        reexport = defects.pick(avail, rate, rng) if cfg.export_defects else np.zeros(0, dtype=np.int64)
         for entry in reexport.tolist():
             self.carry.append((int(rk["ranking_id"][today[entry]]), ranking_lines.texts[entry], [defects.Record(
                 "duplicate_ranking", keys[entry], defects.DECISIONS["duplicate_ranking"],
@@ -290,14 +321,14 @@ class _Run:
                                          prompt_json[dl["session"][i]]), f"created_at {shifted} vs {d_ts[i]}")
 
         defects.plant_lines(download_lines, keys, avail,
-                            ("malformed_json", "wrong_type", "conflicting_primary_key", "duplicate_row"), rate, rng,
+                            self.kinds("malformed_json", "wrong_type", "conflicting_primary_key", "duplicate_row"), rate, rng,
                             conflicting=conflicting_download)
 
         # write the day's files ---------------------------------------------------------------
         for table, lines in (("users", user_lines), ("images", image_lines), ("rankings", ranking_lines),
                              ("downloads", download_lines)):
             final, rows = lines.finish()
-            export.write_jsonl_gz(self.home.raw_file(d.day, table), final)
+            self.sink.write_table(d.day, table, final)
             self.lines[table] += len(final)
             self.defect_rows.extend(rows)
 
@@ -382,14 +413,28 @@ class _Run:
             spec = (int(img["rendered"][e][0]), int(img["rendered"][e][1]), int(img["rendered"][e][2]),
                     int(img["rendered"][e][3]), int(img["rendered"][e][4]), float(img["blur"][e]),
                     float(img["noise"][e]), int(img["artefacts"][e]), int(img["layout"][e]), bool(img["is_cf"][e]))
-            self.tasks.append((str(self.home.raw_images), cfg.image_size, uid_arr[e], spec, blob_of.get(e),
+            self.tasks.append((str(self.sink.image_root), cfg.image_size, uid_arr[e], spec, blob_of.get(e),
                                members.get(e, [])))
 
 
-def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None) -> SimReport:
-    """Write a simulated raw zone and its ground truth under ``home.root``; deterministic in ``config``."""
+def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None, sink=None) -> SimReport:
+    """Write a simulated raw zone and its ground truth under ``home.root``; deterministic in ``config``.
+
+    ``sink`` receives each day's tables and names the blob folder (default: the raw zone's files);
+    ``pipelines.appdb.load.AppDatabaseSink`` writes into the app's database instead.
+    """
     config.validate()
-    run = _Run(home, config)
+    run = _Run(home, config, sink)
+    try:
+        report = _simulate(home, config, run, progress)
+    except BaseException:
+        run.sink.abort()
+        raise
+    run.sink.finish()
+    return report
+
+
+def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress | None) -> SimReport:
     note = progress or (lambda stage, done, total: None)
     for index in range(config.days):
         run.day(index)
@@ -402,7 +447,7 @@ def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None
     rendered: dict[str, tuple] = {}
     blobs = 0
     if not config.no_images:
-        home.raw_images.mkdir(parents=True, exist_ok=True)
+        run.sink.image_root.mkdir(parents=True, exist_ok=True)
         total = len(run.tasks)
         note("images", 0, total)
         workers = min(config.workers, os.cpu_count() or 1)

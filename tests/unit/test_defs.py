@@ -3,12 +3,12 @@ import dagster as dg
 
 from dagster_project.definitions import defs
 
-GROUPS = {"ingest", "features", "curation", "splits", "publish", "model"}
+GROUPS = {"app_export", "ingest", "features", "curation", "splits", "publish", "model"}
 
 
 def test_definitions_load():
     dg.Definitions.validate_loadable(defs)
-    for job in ("daily_partition_job", "rebuild_dataset_job", "train_model_job"):
+    for job in ("daily_partition_job", "rebuild_dataset_job", "train_model_job", "app_export_job"):
         assert defs.resolve_job_def(job) is not None
 
 
@@ -29,3 +29,10 @@ def test_contract_rules_become_checks():
     for dataset in ("rankings", "quarantine", "image_features", "pairs", "split_pairs"):
         for rule in load_contract(dataset).rules:
             assert (dataset, rule.name) in check_keys
+
+
+def test_app_export_is_upstream_of_ingest_and_reads_the_dsn_from_the_environment():
+    graph = defs.resolve_asset_graph()
+    assert dg.AssetKey("app_export") in graph.get(dg.AssetKey("rankings")).parent_keys
+    resource = defs.resources["app_db"]
+    assert isinstance(resource.dsn, dg.EnvVar) and resource.dsn.env_var_name == "PICKAPIC_APP_DB_DSN"

@@ -1,0 +1,86 @@
+"""Copy one day's image blobs from the app's storage into ``raw/images/{image_uid}.png``.
+
+The store is a local folder or any URL Beam's ``FileSystems`` reads (``s3://bucket/images`` with
+``apache-beam[aws]``, ``gs://bucket/images`` with ``apache-beam[gcp]``), holding ``{image_uid}.png``
+as the app wrote them. Blobs are copied, not referenced in place: the ingest's ``blob_path`` is
+relative to the data home, and a copy freezes the bytes that were exported (the app's storage may
+delete or overwrite objects later), so the raw zone alone rebuilds every dataset.
+A blob already in the raw zone with the store's size is not copied again (re-exports stay cheap);
+a missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
+a uid that is not a canonical UUID is never used as a file name (the ingest quarantines its row).
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psycopg
+
+from pipelines.appdb.tables import statement
+from pipelines.home import DataHome
+from pipelines.rawparse import UID_RE
+from pipelines.storage import atomic_path
+
+BATCH = 256
+CHUNK = 1 << 20
+
+
+def _is_local(store: str) -> bool:
+    return "://" not in store
+
+
+def _source_size(store: str, name: str) -> int | None:
+    """Size of ``name`` in the store, or None when it is not there."""
+    if _is_local(store):
+        path = Path(store) / name
+        return path.stat().st_size if path.is_file() else None
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([store.rstrip("/") + "/" + name])[0].metadata_list
+    return found[0].size_in_bytes if found else None
+
+
+def _copy_one(store: str, uid: str, target_dir: Path) -> str:
+    """Copy one blob; returns 'copied', 'present' or 'missing'."""
+    name = f"{uid}.png"
+    size = _source_size(store, name)
+    if size is None:
+        return "missing"
+    target = target_dir / name
+    if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+        return "present"
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        if _is_local(store):
+            source = open(Path(store) / name, "rb")
+        else:
+            from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+            source = FileSystems.open(store.rstrip("/") + "/" + name,
+                                      compression_type=CompressionTypes.UNCOMPRESSED)
+        with source:
+            while block := source.read(CHUNK):
+                out.write(block)
+    return "copied"
+
+
+def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int) -> dict:
+    """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome."""
+    from pipelines.appdb.export import read_rows
+
+    if _is_local(store) and not Path(store).is_dir():
+        raise FileNotFoundError(f"image store {store!r} is not a folder")
+    counts = {"store": store, "copied": 0, "present": 0, "missing": 0, "invalid_uid": 0}
+    target_dir = home.raw_images
+    target_dir.mkdir(parents=True, exist_ok=True)
+
+    def flush(batch: list[str]) -> None:
+        for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir), batch):
+            counts[outcome] += 1
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
+            uids = [raw.decode("utf-8", "replace") for (raw,) in rows]
+            valid = [uid for uid in uids if UID_RE.fullmatch(uid)]
+            counts["invalid_uid"] += len(uids) - len(valid)
+            flush(valid)
+    return counts

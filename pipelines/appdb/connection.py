@@ -1,0 +1,156 @@
+"""Connecting to the app's PostgreSQL database without ever showing its password.
+
+The DSN (a libpq key/value string or a ``postgresql://`` URL) is parsed only to name the server in
+messages: host, port, database and user, never the password. Every error raised here is built from
+those parts and from libpq's reason with any password text removed, and is raised ``from None`` so
+no driver exception (whose text may quote the DSN) travels along in a traceback or the Dagster UI.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import IsolationLevel
+from psycopg.conninfo import conninfo_to_dict
+
+# Where the deployment puts the app database's DSN and the app's image storage location.
+DSN_ENV = "PICKAPIC_APP_DB_DSN"
+IMAGE_STORE_ENV = "PICKAPIC_APP_IMAGE_STORE"
+CONNECT_TIMEOUT_S = 10
+APPLICATION_NAME = "pickapic-app-export"
+# Session settings the export's SQL relies on: UTC day bounds for timestamptz columns, shortest exact
+# float text (extra_float_digits >= 1).
+SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET extra_float_digits = 1")
+
+
+class AppDatabaseError(RuntimeError):
+    """The app database cannot be reached or used; the message names host, port and database only."""
+
+
+@dataclass(frozen=True)
+class ServerName:
+    """Where a DSN points, without its secrets (what messages and metadata may show)."""
+
+    host: str
+    port: str
+    dbname: str
+    user: str
+
+    def __str__(self) -> str:
+        return f"database {self.dbname!r} on host {self.host!r} port {self.port} as user {self.user!r}"
+
+    def as_metadata(self) -> dict[str, str]:
+        """JSON-able host, port, database and user."""
+        return {"host": self.host, "port": self.port, "database": self.dbname, "user": self.user}
+
+
+def _secrets(dsn: str) -> list[str]:
+    """Password texts that must never appear in a message (from the DSN and libpq's environment)."""
+    found = []
+    try:
+        password = conninfo_to_dict(dsn).get("password")
+    except psycopg.Error:
+        password = None
+    for value in (password, os.environ.get("PGPASSWORD")):
+        if value:
+            found.append(str(value))
+    return found
+
+
+def dsn_from_env(variable: str = DSN_ENV) -> str:
+    """The DSN held by environment variable ``variable``; raises naming the variable when it is unset."""
+    value = os.environ.get(variable, "").strip()
+    if not value:
+        raise AppDatabaseError(f"environment variable {variable} is not set: put the app database's DSN there "
+                               "(e.g. 'host=db.internal port=5432 dbname=app user=export'; the password may "
+                               "come from PGPASSWORD or ~/.pgpass)")
+    return value
+
+
+def redact(text: str, dsn: str) -> str:
+    """``text`` with every password text replaced by ``***``."""
+    for secret in sorted(_secrets(dsn), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return text
+
+
+def server_name(dsn: str, source: str = "the DSN") -> ServerName:
+    """Host, port, database and user a DSN names (libpq's environment defaults filled in)."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        # The driver's message quotes the offending fragment, which may be the password: never show it.
+        raise AppDatabaseError(f"{source} is not a valid libpq connection string or postgresql:// URL "
+                               "(its text is not shown because it may hold a password)") from None
+    user = parts.get("user") or os.environ.get("PGUSER") or _os_user()
+    return ServerName(
+        host=str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST") or "the default socket"),
+        port=str(parts.get("port") or os.environ.get("PGPORT") or 5432),
+        dbname=str(parts.get("dbname") or os.environ.get("PGDATABASE") or user),
+        user=str(user),
+    )
+
+
+def _os_user() -> str:
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return "the login user"
+
+
+def _reason(exc: BaseException, dsn: str) -> str:
+    """libpq's reason on one line (its last non-empty line, e.g. 'FATAL: password authentication failed ...')."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    reason = lines[-1] if lines else type(exc).__name__
+    for prefix in ("connection failed: ",):
+        reason = reason.removeprefix(prefix)
+    return redact(reason, dsn)[:300]
+
+
+def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
+            autocommit: bool = False) -> psycopg.Connection:
+    """Open a connection with the export's session settings; errors name the server, never the password.
+
+    ``read_only`` connections run one REPEATABLE READ READ ONLY transaction, so every table of a day
+    is read from the same snapshot (an image and the ranking that shows it are committed together).
+    """
+    name = server_name(dsn, source)
+    kwargs = {}
+    parts = conninfo_to_dict(dsn)
+    if "connect_timeout" not in parts:
+        kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
+    if "application_name" not in parts:
+        kwargs["application_name"] = APPLICATION_NAME
+    try:
+        conn = psycopg.connect(dsn, autocommit=autocommit, **kwargs)
+    except psycopg.Error as exc:
+        raise AppDatabaseError(f"cannot connect to the app {name} (from {source}): {_reason(exc, dsn)}") from None
+    try:
+        if read_only:
+            conn.isolation_level = IsolationLevel.REPEATABLE_READ
+            conn.read_only = True
+        for statement in SESSION_SETTINGS:
+            conn.execute(statement)
+        # Text arrives as UTF-8, converted by the server; a SQL_ASCII database's bytes arrive unconverted
+        # (the server would refuse to convert bytes that are not UTF-8), so they reach the file as they are.
+        server_encoding = conn.execute("SHOW server_encoding").fetchone()[0]  # bytes under SQL_ASCII
+        conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding in ("SQL_ASCII", b"SQL_ASCII")
+                     else "SET client_encoding = 'UTF8'")
+    except psycopg.Error as exc:
+        conn.close()
+        raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "
+                               f"{_reason(exc, dsn)}") from None
+    return conn
+
+
+def as_text(value: str | bytes | None) -> str | None:
+    """A catalog value as text (a SQL_ASCII session returns text columns as bytes)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def database_error(exc: psycopg.Error, dsn: str, name: ServerName, doing: str) -> AppDatabaseError:
+    """An ``AppDatabaseError`` for a driver error raised while ``doing`` something on the server."""
+    return AppDatabaseError(f"{doing} failed on the app {name}: {_reason(exc, dsn)}")

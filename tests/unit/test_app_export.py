@@ -1,0 +1,294 @@
+"""The app-database export against a real throwaway PostgreSQL server: format, idempotence, late rows, errors."""
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import json
+import os
+
+import dagster as dg
+import psycopg
+import pyarrow.parquet as pq
+import pytest
+
+from dagster_project import automation
+from dagster_project.definitions import defs
+from dagster_project.resources import PickapicHome
+from pipelines import rawlines
+from pipelines import rawparse as rp
+from pipelines.appdb.connection import AppDatabaseError, server_name
+from pipelines.appdb.export import AppExportConfig, ExportTooEarly, export_day, format_row
+from pipelines.appdb.load import AppDatabaseSink
+from pipelines.appdb.tables import AppSchemaError
+from pipelines.home import DataHome
+from pipelines.ingest import ingest_day
+from pipelines.simulator import SimConfig, simulate
+from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
+
+DAYS = ("2023-02-13", "2023-02-14")
+CONFIG = SimConfig(days=2, users=14, rankings_per_day=40, seed=9, no_images=True, export_defects=False)
+BY_DAY = AppExportConfig(users_snapshot=False)
+_counter = iter(range(10**6))
+
+
+def _parser(table: str) -> rp.LineParser:
+    return rp.LineParser(table, max_id=2**53, max_prompt_chars=2000, max_name_chars=256, gs_range=(0.0, 50.0),
+                         ts_range=(dt.datetime(2022, 1, 1), dt.datetime(2030, 1, 1)))
+
+
+@pytest.fixture(scope="module")
+def simulated_template(postgres_server, tmp_path_factory):  # noqa: F811 - pytest fixture injection
+    """A database holding the simulated history (export defects off), simulated once per module."""
+    name = f"template_{os.getpid()}"
+    simulate(DataHome.at(tmp_path_factory.mktemp("sim")), CONFIG,
+             sink=AppDatabaseSink(create_database(postgres_server, name), None))
+    return name
+
+
+@pytest.fixture
+def app_db(postgres_server, simulated_template):  # noqa: F811
+    """A fresh copy of the simulated app database (tests may change it), and its DSN."""
+    name = f"app{next(_counter)}_{os.getpid()}"
+    with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{simulated_template}"')
+    return postgres_server.dsn(name, password="postgres")
+
+
+def _files(home: DataHome, day: str) -> dict[str, bytes]:
+    return {t: home.raw_file(day, t).read_bytes() for t in ("users", "images", "rankings", "downloads")}
+
+
+def _stats(home: DataHome, day: str) -> dict[str, tuple[int, int]]:
+    return {t: (home.raw_file(day, t).stat().st_ino, home.raw_file(day, t).stat().st_mtime_ns)
+            for t in ("users", "images", "rankings", "downloads")}
+
+
+def _sensor_keys(home: DataHome) -> dict[str, str]:
+    context = dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(home.root))},
+                                      repository_def=defs.get_repository_def())
+    result = automation.raw_partition_sensor.evaluate_tick(context)
+    return {r.partition_key: r.run_key for r in result.run_requests}
+
+
+# --- the line format, without a server ----------------------------------------------------------
+
+def test_lines_keep_the_simulator_format_and_write_null_for_sql_null():
+    line = rawlines.image_line(7, "2023-02-13 00:00:01.000000", "u", 3, rawlines.jstr("a [single_quote] b"),
+                               "null", None, 7.5, None, 0, 1, None, "m")
+    assert line == ('{"image_id": 7, "created_at": "2023-02-13 00:00:01.000000", "image_uid": "u", "user_id": 3, '
+                    '"prompt": "a [single_quote] b", "negative_prompt": null, "seed": null, "gs": 7.5, "steps": null, '
+                    '"idx": 0, "num_generated": 1, "scheduler_cls": null, "model_id": "m"}')
+    assert json.loads(rawlines.user_line(1, "t", 'say "hi"\\', None))["email"] == 'say "hi"\\'
+    assert '"gs": NaN' in rawlines.image_line(1, "t", "u", 1, "null", "null", 1, float("nan"), 1, 0, 1, "s", "m")
+
+
+def test_text_json_cannot_carry_reaches_the_ingest_as_a_quarantined_line():
+    uid = "0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f10"
+    row = [5, b"2023-02-13 10:00:00.000000", 2, uid.encode(), uid.replace("0b", "1c").encode(), None, None, b"none"]
+    bad_bytes = format_row("rankings", [*row, b"a cat \xff\xed\xa0\x80 on a mat"])
+    assert b"\xff\xed\xa0\x80" in bad_bytes  # the raw bytes, not a replacement character
+    with pytest.raises(rp.Reject) as rejected:
+        _parser("rankings").parse(bad_bytes)
+    assert rejected.value.reason == rp.INVALID_UTF8
+    nul = format_row("rankings", [*row, "a cat\x00 on a mat".encode()])
+    assert b"\\u0000" in nul
+    with pytest.raises(rp.Reject) as rejected:
+        _parser("rankings").parse(nul)
+    assert rejected.value.reason == rp.CONTROL_CHARACTERS
+    assert _parser("rankings").parse(format_row("rankings", [*row, b"caf\xc3\xa9 [single_quote]"]))[-1] == \
+        "caf\u00e9 [single_quote]"
+
+
+def test_a_dsn_that_does_not_parse_is_refused_without_quoting_it():
+    with pytest.raises(AppDatabaseError) as error:
+        server_name("host=db port=5432 dbname=app passwordhunter2-secret")
+    assert "hunter2" not in str(error.value)
+
+
+# --- against the server -----------------------------------------------------------------------
+
+def test_export_gives_the_simulator_files_byte_for_byte(app_db, tmp_path):
+    files, exported = DataHome.at(tmp_path / "files"), DataHome.at(tmp_path / "db")
+    simulate(files, CONFIG)
+    for day in DAYS:
+        report = export_day(exported, app_db, day, BY_DAY)
+        assert report.published == "new day"
+        assert _files(exported, day) == _files(files, day)
+    snapshot = DataHome.at(tmp_path / "snapshot")
+    export_day(snapshot, app_db, DAYS[1])
+    users = [json.loads(x) for x in gzip.decompress(snapshot.raw_file(DAYS[1], "users").read_bytes())
+             .decode().splitlines()]
+    expected = [json.loads(x) for day in DAYS for x in gzip.decompress(
+        files.raw_file(day, "users").read_bytes()).decode().splitlines()]
+    assert users == expected  # the snapshot: every account created up to the day's end, by user_id
+
+
+def test_reexport_is_idempotent_and_a_late_row_makes_the_sensor_reingest(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    for day in DAYS:
+        export_day(home, app_db, day)
+    before, keys = _stats(home, DAYS[0]), _sensor_keys(home)
+    assert set(keys) == set(DAYS)
+
+    again = export_day(home, app_db, DAYS[0])
+    assert again.published == "unchanged" and again.changed_tables == []
+    assert _stats(home, DAYS[0]) == before  # same inodes and mtimes: nothing rewritten
+    assert _sensor_keys(home) == keys       # so the raw-day sensor does not fire
+    assert not [p for p in home.raw_logs.iterdir() if p.name.startswith(".")]  # staging removed
+
+    with psycopg.connect(app_db) as conn:  # a click committed after the day was exported
+        uids = conn.execute("SELECT image_uid FROM images WHERE created_at < %s ORDER BY image_id LIMIT 2",
+                            (DAYS[1],)).fetchall()
+        conn.execute("INSERT INTO rankings (created_at, user_id, image_0_uid, image_1_uid, best_image_uid, prompt) "
+                     "VALUES ('2023-02-13 23:59:59.5', 1, %s, %s, 'none', 'a late tie')", (uids[0][0], uids[1][0]))
+    late = export_day(home, app_db, DAYS[0])
+    assert late.published == "updated" and late.changed_tables == ["rankings"]
+    after = _stats(home, DAYS[0])
+    assert {t: after[t] == before[t] for t in after} == {"users": True, "images": True, "rankings": False,
+                                                         "downloads": True}
+    new_keys = _sensor_keys(home)
+    assert new_keys[DAYS[0]] != keys[DAYS[0]] and new_keys[DAYS[1]] == keys[DAYS[1]]
+    report = ingest_day(home, DAYS[0])
+    assert report.reconciled
+    assert b"a late tie" in gzip.decompress(home.raw_file(DAYS[0], "rankings").read_bytes())
+
+
+def test_a_day_is_not_exported_before_its_lag_has_passed(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    ended = dt.datetime(2023, 2, 14, 0, 30, tzinfo=dt.timezone.utc)  # day one ended 30 minutes ago
+    with pytest.raises(ExportTooEarly, match="2023-02-13 is still open for late commits until 2023-02-14 01:00"):
+        export_day(home, app_db, DAYS[0], AppExportConfig(lag_minutes=60), now=ended)
+    assert not home.raw.exists()
+    assert export_day(home, app_db, DAYS[0], AppExportConfig(lag_minutes=20), now=ended).published == "new day"
+
+
+def test_unreachable_database_and_refused_login_name_the_server_never_the_password(postgres_server, tmp_path):  # noqa: F811
+    home = DataHome.at(tmp_path / "home")
+    secret = f"pw-{os.getpid()}-unreachable-7f3a"
+    with pytest.raises(AppDatabaseError) as error:
+        export_day(home, f"host=127.0.0.1 port=1 dbname=appdb user=export password={secret} connect_timeout=3",
+                   DAYS[0], source="$PICKAPIC_APP_DB_DSN")
+    message = str(error.value)
+    assert "'127.0.0.1'" in message and "port 1" in message and "'appdb'" in message and secret not in message
+    assert "$PICKAPIC_APP_DB_DSN" in message and error.value.__cause__ is None
+
+    secret = f"pw-{os.getpid()}-refused-{next(_counter)}"
+    dsn = create_database(postgres_server, f"auth{next(_counter)}", owner_password="right-" + secret)
+    wrong = dsn.replace("right-" + secret, secret)
+    with pytest.raises(AppDatabaseError) as error:
+        export_day(home, wrong, DAYS[0])
+    message = str(error.value)
+    assert "password authentication failed" in message and str(postgres_server.port) in message
+    assert secret not in message and "auth" in message
+    assert not home.raw.exists()  # nothing written
+
+
+def test_a_missing_column_or_unexpected_type_fails_naming_table_column_and_type(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE rankings ALTER COLUMN best_image_uid TYPE integer USING 0")
+    with pytest.raises(AppSchemaError, match="'rankings'.*'best_image_uid' has type 'integer', expected type text"):
+        export_day(home, app_db, DAYS[0])
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE rankings ALTER COLUMN best_image_uid TYPE text")
+        conn.execute("ALTER TABLE images DROP COLUMN gs")
+    with pytest.raises(AppSchemaError, match="'images'.*no column 'gs' \\(expected type float"):
+        export_day(home, app_db, DAYS[0])
+    assert not home.raw.exists()
+
+
+def test_bytes_a_sql_ascii_database_holds_are_quarantined_by_the_ingest(postgres_server, tmp_path):  # noqa: F811
+    dsn = create_database(postgres_server, f"ascii{next(_counter)}", encoding="SQL_ASCII")
+    simulate(DataHome.at(tmp_path / "sim"), CONFIG, sink=AppDatabaseSink(dsn, None))
+    with psycopg.connect(dsn) as conn:
+        first, second = conn.execute("SELECT ranking_id FROM rankings WHERE created_at < %s ORDER BY ranking_id "
+                                     "LIMIT 2", (DAYS[1],)).fetchall()
+        conn.execute("UPDATE rankings SET prompt = convert_from('\\x61ff62'::bytea, 'SQL_ASCII') WHERE ranking_id = %s",
+                     first)
+        conn.execute("UPDATE rankings SET prompt = 'tab' || chr(9) || 'bed' WHERE ranking_id = %s", second)
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, dsn, DAYS[0])
+    ingest_day(home, DAYS[0])
+    quarantine = pq.read_table(home.partition_file("quarantine", DAYS[0])).to_pylist()
+    reasons = {(q["table"], q["reason"]) for q in quarantine}
+    assert ("rankings", rp.INVALID_UTF8) in reasons and ("rankings", rp.CONTROL_CHARACTERS) in reasons
+    kept = pq.read_table(home.partition_file("rankings", DAYS[0]), columns=["ranking_id"]).column(0).to_pylist()
+    assert first[0] not in kept and second[0] not in kept
+
+
+def test_simulating_into_a_database_that_holds_rows_is_refused(app_db, tmp_path):
+    with pytest.raises(ValueError, match="already holds .* rows"):
+        AppDatabaseSink(app_db, None)
+
+
+def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(monkeypatch):
+    context = dg.build_schedule_context(
+        scheduled_execution_time=dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc),
+        repository_def=defs.get_repository_def())
+    monkeypatch.delenv("PICKAPIC_APP_DB_DSN", raising=False)
+    assert "PICKAPIC_APP_DB_DSN is not set" in automation.app_export_schedule.evaluate_tick(context).skip_message
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "90")
+    requests = automation.app_export_schedule.evaluate_tick(context).run_requests
+    # at 01:00 with a 90-minute lag, 2023-03-04 is not closed yet: the newest is 2023-03-03
+    assert [r.partition_key for r in requests] == ["2023-03-01", "2023-03-02", "2023-03-03"]
+    assert requests[0].run_config["ops"]["app_export"]["config"] == {"lag_minutes": 90, "lookback_days": 2}
+
+
+def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    report = simulate(home, CONFIG)
+    planted = set(pq.read_table(home.ground_truth / "defects.parquet").column("defect").to_pylist())
+    assert planted.isdisjoint({"malformed_json", "wrong_type", "duplicate_row", "conflicting_primary_key",
+                               "duplicate_ranking", "late_arrival"})
+    assert "unknown_image_reference" in planted  # data-level defects a database can hold stay
+    assert report.rankings_pending == 0
+    for day in DAYS:
+        for table in ("users", "images", "rankings", "downloads"):
+            lines = gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()
+            keys = [_parser(table).parse(line)[0] for line in lines]  # raises Reject on any planted line damage
+            assert keys == sorted(keys) and len(set(keys)) == len(keys)
+    truth = pq.read_table(home.ground_truth / "rankings.parquet", columns=["created_at", "dt"]).to_pylist()
+    assert all(row["created_at"][:10] == row["dt"] for row in truth)
+
+
+def test_simulate_to_postgres_refuses_an_image_store_inside_the_data_home(tmp_path, capsys):
+    from dagster_project.cli import main
+
+    home = tmp_path / "home"
+    code = main(["simulate", "--home", str(home), "--days", "1", "--to-postgres", "host=/nonexistent dbname=app",
+                 "--image-store", str(home / "store"), "--quiet"])
+    assert code == 1 and "is inside the data home" in capsys.readouterr().err
+
+
+def test_blobs_are_copied_once_and_a_uid_is_never_a_path(app_db, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    with psycopg.connect(app_db) as conn:
+        uids = [u for (u,) in conn.execute("SELECT image_uid FROM images WHERE created_at < %s ORDER BY image_id",
+                                           (DAYS[1],))]
+        conn.execute("INSERT INTO images (created_at, image_uid, user_id, prompt, model_id) "
+                     "VALUES ('2023-02-13 12:00:00', '../../escaped', 1, 'p', 'm')")
+    (store / f"{uids[0]}.png").write_bytes(b"\x89PNG first blob")
+    (tmp_path / "escaped.png").write_bytes(b"must never be copied")
+    home = DataHome.at(tmp_path / "home")
+    first = export_day(home, app_db, DAYS[0], image_store=str(store)).blobs
+    assert (first["copied"], first["missing"], first["invalid_uid"]) == (1, len(uids) - 1, 1)
+    assert (home.raw_images / f"{uids[0]}.png").read_bytes() == b"\x89PNG first blob"
+    assert sorted(p.name for p in home.raw_images.iterdir()) == [f"{uids[0]}.png"]
+    assert [p.name for p in home.root.rglob("escaped*")] == []
+    again = export_day(home, app_db, DAYS[0], image_store=str(store)).blobs
+    assert (again["copied"], again["present"]) == (0, 1)
+
+
+def test_command_line_exports_with_the_dsn_from_the_environment(app_db, tmp_path, monkeypatch, capsys):
+    from pipelines.appdb.__main__ import main
+
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", app_db)
+    home = tmp_path / "home"
+    assert main(["--home", str(home), "--day", DAYS[0], "--day", DAYS[1], "--no-users-snapshot"]) == 0
+    summaries = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(s["day"], s["published"]) for s in summaries] == [(DAYS[0], "new day"), (DAYS[1], "new day")]
+    monkeypatch.delenv("PICKAPIC_APP_DB_DSN")
+    assert main(["--home", str(home), "--day", DAYS[0]]) == 1
+    assert "PICKAPIC_APP_DB_DSN is not set" in capsys.readouterr().err
