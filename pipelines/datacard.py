@@ -1,9 +1,11 @@
 """The dataset card (``README.md``) of a published version: Hugging Face ``configs`` and a datasheet.
 
 The YAML header declares the data files, so ``datasets.load_dataset(<version folder>)`` reads the
-five splits from the tar shards (config ``default``) instead of guessing a builder from every file
-it finds (the ``meta/`` tables would be mixed in); config ``sidecars`` reads the Parquet sidecars
-and ``prompt_counts`` the per-split prompt counts. The datasheet below it is written from the
+five splits from the tar shards instead of guessing a builder from every file it finds (the
+``meta/`` tables would be mixed in). It declares no second config for the Parquet sidecars:
+``datasets`` infers one builder per folder from the first config's files (``LocalDatasetModuleFactory``
+in ``datasets/load.py``), so a Parquet config beside the tar one is read by the webdataset builder
+and fails; the card shows the ``load_dataset("parquet", data_files=...)`` call instead. The datasheet below it is written from the
 version's own meta tables (how the data was collected and curated, every filter with its count,
 split method and sizes, tie rate, known limits), so it is a pure function of the version's inputs.
 """
@@ -29,18 +31,10 @@ class CardSources:
 
 
 def configs_yaml(splits: list[str]) -> str:
-    """The ``configs`` block: tars (default), sidecars, prompt counts; one data_files entry per split."""
-    lines = ["configs:"]
-    for name, pattern in (("default", "{split}/pickapic-{split}-*.tar"),
-                          ("sidecars", "{split}/pickapic-{split}-*.parquet"),
-                          ("prompt_counts", "{split}/prompt_counts.parquet")):
-        lines.append(f"- config_name: {name}")
-        if name == "default":
-            lines.append("  default: true")
-        lines.append("  data_files:")
-        for split in splits:
-            lines.append(f"  - split: {split}")
-            lines.append(f"    path: \"{pattern.format(split=split)}\"")
+    """The ``configs`` block: the tar shards of each split (one builder per folder: webdataset)."""
+    lines = ["configs:", "- config_name: default", "  default: true", "  data_files:"]
+    for split in splits:
+        lines += [f"  - split: {split}", f"    path: \"{split}/pickapic-{split}-*.tar\""]
     return "\n".join(lines) + "\n"
 
 
@@ -103,9 +97,11 @@ pickapic-pipeline. Every file of this folder is listed with its sha256 in `manif
 
 ```python
 import datasets
-ds = datasets.load_dataset("path/to/this/folder")               # the tar shards: columns __key__, 0.jpg, 1.jpg, json, txt
-pairs = datasets.load_dataset("path/to/this/folder", "sidecars")  # one row per pair, no image bytes
-counts = datasets.load_dataset("path/to/this/folder", "prompt_counts")
+folder = "path/to/this/folder"
+ds = datasets.load_dataset(folder)     # the tar shards: columns 0.jpg, 1.jpg, json, txt, __key__, __url__
+pairs = datasets.load_dataset("parquet", data_files={{s: f"{{folder}}/{{s}}/pickapic-{{s}}-*.parquet"
+                                                     for s in ("train", "validation", "test")}})  # sidecars: no image bytes
+counts = datasets.load_dataset("parquet", data_files={{"train": f"{{folder}}/train/prompt_counts.parquet"}})
 ```
 
 With `webdataset`: the shard names of a split are the keys of `<split>/sizes.json` (with their

@@ -12,6 +12,7 @@ difference to a full decode is documented in training/README.md (benchmarks/load
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
 SHARD_GLOB = "pickapic-{split}-*.tar"
+PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,8 @@ def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
         raise KeyError(f"sample {key!r} in {sample.get('__url__')!r} lacks members {missing}")
     meta = json.loads(sample["json"])
     n = meta.get("num_example_per_prompt")
+    if n is None and "prompt_key" in meta and "__url__" in sample:
+        n = prompt_counts(os.path.dirname(sample["__url__"])).get(meta["prompt_key"])
     if not n or n <= 0:
         raise ValueError(f"sample {key!r}: num_example_per_prompt={n!r} must be a positive count")
     return {
@@ -230,6 +234,22 @@ def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
         "model_0": str(meta.get("model_0", "")),
         "model_1": str(meta.get("model_1", "")),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def prompt_counts(split_dir: str) -> dict[str, int]:
+    """``prompt_key -> num_example_per_prompt`` of the split whose shards are in ``split_dir``.
+
+    The publish stage keeps the count outside the shards (a new day changes it for old pairs, the
+    shards stay byte-identical), in ``prompt_counts.parquet`` beside them.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(split_dir) / PROMPT_COUNTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
+    table = pq.read_table(path, columns=["prompt_key", "num_example_per_prompt"])
+    return dict(zip(table.column("prompt_key").to_pylist(), table.column("num_example_per_prompt").to_pylist()))
 
 
 class PairCollator:
