@@ -64,7 +64,7 @@ def render(version_dir: Path, version: str, splits: list[str], sources: CardSour
     """The card's text."""
     meta = version_dir / "meta"
     summary = {row["split"]: row for row in pq.read_table(meta / "splits_summary.parquet").to_pylist()}
-    images = pq.read_metadata(meta / "images.parquet").num_rows
+    images = sum(pq.read_metadata(p).num_rows for p in sorted((meta / "images").glob("*.parquet")))
     dropped = _counts(meta / "decisions.parquet", ["subject", "reason"], ("keep", False))
     quarantined = _counts(meta / "quarantine.parquet", ["table", "reason"])
     size_rows = []

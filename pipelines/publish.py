@@ -4,7 +4,7 @@ Layout of ``HOME/datasets/pickapic/``::
 
     <version>/<split>/pickapic-<split>-<segment>-<digest>.{tar,parquet,_stats.json}
     <version>/<split>/sizes.json, prompt_counts.parquet
-    <version>/meta/{shards,images,decisions,quarantine,splits_summary}.parquet
+    <version>/meta/{shards,decisions,quarantine,splits_summary}.parquet, meta/images/images-<day>.parquet
     <version>/README.md              dataset card (Hugging Face ``configs`` + datasheet)
     <version>/manifest.json          counts, sources, config, contract versions, sha256 of every file
     latest -> <version>              a relative symlink, replaced with os.replace
@@ -50,7 +50,7 @@ import pyarrow.parquet as pq
 
 from pipelines import datacard, faults, jpgdigests, shardplan, shards
 from pipelines.home import DataHome
-from pipelines.sqlrun import connect, run_sql
+from pipelines.sqlrun import connect, run_sql, sql_text
 from pipelines.storage import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
 from schemas import get_schema
 from schemas.publish import SAMPLE_COLUMNS
@@ -181,7 +181,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},
                                  workers=config.worker_count())
     meta_sources = _meta_sources(home)
-    version = _version_id(table, source, jpgs, meta_sources, config, home.warehouse)
+    sources = _source_digests(home, meta_sources)
+    version = _version_id(table, source, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
     with _publish_lock(home):
@@ -202,7 +203,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
             leftover.unlink()
         try:
-            written = _stage_version(home, table, jpgs, meta_sources, staging, version, config, progress)
+            written = _stage_version(home, table, jpgs, meta_sources, sources, staging, version, config, progress)
         except BaseException as exc:
             _clean_failed_staging(staging)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc):
@@ -219,7 +220,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
-                   staging: Path, version: str, config: PublishConfig, progress: Progress | None) -> _Written:
+                   sources: dict[str, dict[str, str]], staging: Path, version: str, config: PublishConfig,
+                   progress: Progress | None) -> _Written:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts."""
     tasks = _plan(home, _sample_table(table, jpgs), jpgs, staging, config)
     previous = _previous_versions(home, version) if config.reuse_shards else []
@@ -230,9 +232,9 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
         sizes = {s["shard"]: s["num_samples"] for s in written.stats if s["split"] == split}
         write_bytes_atomic(staging / split / "sizes.json", (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode())
         write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE, get_schema("prompt_counts"))
-    _write_meta(staging, written.stats, meta_sources)
+    plans = _write_meta(staging, written.stats, meta_sources, sources["image_features"], previous, config.fsync)
     datacard.write_card(staging, version, _splits_in(table), _card_sources(table, meta_sources))
-    _write_manifest(staging, version, table, written.stats, meta_sources, config)
+    _write_manifest(staging, version, table, written.stats, sources, plans, config)
     verify_version(staging, checksums=config.verify_checksums)
     check_contracts(staging)
     _fsync_tree(staging, config.fsync)
@@ -386,16 +388,21 @@ def _meta_sources(home: DataHome) -> dict[str, list[Path]]:
             for name in ("image_features", "decisions", "quarantine", "split_rejects")}
 
 
+def _source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[str, dict[str, str]]:
+    """sha256 of every warehouse file the snapshots are built from: dataset -> {path in the dataset: sha256}."""
+    return {name: {str(path.relative_to(home.table_dir(name))): sha256_file(path) for path in files}
+            for name, files in meta_sources.items()}
+
+
 def _version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
-                meta_sources: dict[str, list[Path]], config: PublishConfig, warehouse: Path) -> str:
+                sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
     """``<max dt>-<sha256[:10]>`` over the input bytes, the JPEGs' sizes and sha256s, config and format version."""
     digest = hashlib.sha256(FORMAT_VERSION.encode())
     digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
     digest.update(b"split_pairs\0" + sha256_file(source).encode())
-    for name, files in meta_sources.items():
-        for path in files:
-            digest.update(f"{name}\0{path.relative_to(warehouse)}\0".encode())
-            digest.update(sha256_file(path).encode())
+    for name, files in sources.items():
+        for rel, sha in files.items():
+            digest.update(f"{name}\0{rel}\0{sha}\0".encode())
     jpgs.digest_update(digest)
     max_dt = max(table.column("dt").to_pylist()).isoformat()
     return f"{max_dt}-{digest.hexdigest()[:10]}"
@@ -555,8 +562,14 @@ def _clean_failed_staging(staging: Path) -> None:
 
 # --- meta, card, manifest -------------------------------------------------------------------------
 
-def _write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]]) -> None:
-    """Snapshot the query tables under ``meta/`` (no raw text, no emails)."""
+def _write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]],
+                image_sources: dict[str, str] | None = None, previous: list[Path] = (), fsync: bool = True) -> dict[str, str]:
+    """Snapshot the query tables under ``meta/`` (no raw text, no emails); return the images files' plan digests.
+
+    ``images`` is one file per export day (``meta/images/images-<day>.parquet``, from that day's
+    features partition): a day whose partition is unchanged is hard-linked from an older version, so
+    the snapshot of a growing history costs a nightly version only its new day.
+    """
     meta = staging / "meta"
     ordered = sorted(stats, key=lambda s: (shards.SPLITS.index(s["split"]), s["shard"]))
     shard_rows = []
@@ -566,17 +579,56 @@ def _write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[P
     shards_table = pa.Table.from_pylist(shard_rows, schema=get_schema("shards")) if shard_rows else \
         get_schema("shards").empty_table()
     write_parquet_atomic(shards_table, meta / "shards.parquet", get_schema("shards"))
-    views = {name: _glob_of(files) for name, files in meta_sources.items() if name != "split_rejects"}
+    if image_sources is None:
+        image_sources = {str(p.relative_to(p.parent.parent)): sha256_file(p) for p in meta_sources["image_features"]}
+    plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], image_sources, list(previous), fsync)
+    views = {name: _glob_of(files) for name, files in meta_sources.items() if name not in ("split_rejects", "image_features")}
     views["pairs"] = str(staging / "*" / "pickapic-*.parquet")
     views["shards"] = shards_table
     con = connect(views)
     try:
-        for table_name, sql_name in (("images", "publish_images"), ("decisions", "publish_decisions"),
-                                     ("quarantine", "publish_quarantine"), ("splits_summary", "publish_splits_summary")):
+        for table_name, sql_name in (("decisions", "publish_decisions"), ("quarantine", "publish_quarantine"),
+                                     ("splits_summary", "publish_splits_summary")):
             result = run_sql(con, sql_name)
             write_parquet_atomic(result, meta / f"{table_name}.parquet", get_schema(META_SCHEMAS[table_name]))
     finally:
         con.close()
+    return plans
+
+
+def _write_image_snapshots(folder: Path, files: list[Path], digests: dict[str, str], previous: list[Path],
+                           fsync: bool) -> dict[str, str]:
+    """``images-<day>.parquet`` per features partition, linked from an older version when its plan is equal."""
+    sql = sql_text("publish_images")
+    earlier = [(version_dir, _manifest_plans(version_dir)) for version_dir in previous]
+    plans = {}
+    for path in files or [None]:
+        day = path.parent.name.removeprefix("dt=") if path is not None else "none"
+        name = f"images-{day}.parquet"
+        rel = f"meta/images/{name}"
+        source = digests[str(path.relative_to(path.parent.parent))] if path is not None else ""
+        plans[rel] = hashlib.sha256(f"{FORMAT_VERSION}\0{rel}\0{source}\0{sql}".encode()).hexdigest()
+        target = folder / name
+        match = next((d / rel for d, p in earlier if p.get(rel) == plans[rel] and (d / rel).is_file()), None)
+        if match is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            link_or_copy(match, target, fsync)
+            continue
+        con = connect({"image_features": str(path) if path is not None else "/nonexistent-pickapic-empty/*.parquet"})
+        try:
+            write_parquet_atomic(run_sql(con, "publish_images"), target, get_schema("image_features"))
+        finally:
+            con.close()
+    return plans
+
+
+def _manifest_plans(version_dir: Path) -> dict[str, str]:
+    """The plan digests recorded in a complete version's manifest (empty for older formats)."""
+    try:
+        manifest = json.loads((version_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return manifest.get("plans", {}) if manifest.get("format") == FORMAT_VERSION else {}
 
 
 def _glob_of(files: list[Path]) -> str | pa.Table:
@@ -599,7 +651,7 @@ def _card_sources(table: pa.Table, meta_sources: dict[str, list[Path]]) -> datac
 
 
 def _write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dict],
-                    meta_sources: dict[str, list[Path]], config: PublishConfig) -> None:
+                    sources: dict[str, dict[str, str]], plans: dict[str, str], config: PublishConfig) -> None:
     """``manifest.json``: counts, source partitions, config, contract versions, sha256 of every file."""
     known = {}
     for s in stats:
@@ -625,8 +677,9 @@ def _write_manifest(staging: Path, version: str, table: pa.Table, stats: list[di
         "splits": splits,
         "sources": {
             "split_pairs": {"days": days, "rows": table.num_rows},
-            **{name: sorted(str(p.parent.name) for p in files) for name, files in meta_sources.items()},
+            **{name: dict(sorted(files.items())) for name, files in sources.items()},
         },
+        "plans": dict(sorted(plans.items())),
         "config": config.output_fields(),
         "contracts": _contract_versions(),
         "read_parquet": f"SELECT * FROM read_parquet('HOME/datasets/pickapic/{version}/*/pickapic-*.parquet')",

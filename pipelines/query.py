@@ -63,8 +63,9 @@ def open_version(home: DataHome, version: str | None = None) -> tuple[duckdb.Duc
                     f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
     else:
         con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{root}/*/pickapic-*.parquet')")
-    for name in META_VIEWS:
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{root}/meta/{name}.parquet')")
+    for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
+        source = f"{root}/meta/{name}/*.parquet" if (path / "meta" / name).is_dir() else f"{root}/meta/{name}.parquet"
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
     con.execute(f"SET allowed_directories = ['{root}/']")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")

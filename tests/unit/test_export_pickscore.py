@@ -34,9 +34,13 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
                                    cache_dir=str(tmp_path / "hf-cache"))
     assert {s: loaded[s].num_rows for s in loaded} == published.pairs
     sidecar_rows = {}
-    for sidecar in sorted((published.path / "train").glob("*.parquet")):
+    for sidecar in sorted((published.path / "train").glob("pickapic-train-*.parquet")):
         for r in pq.read_table(sidecar).to_pylist():
             sidecar_rows[r["ranking_id"]] = r
+    counts = {r["prompt_key"]: r["num_example_per_prompt"]
+              for r in pq.read_table(published.path / "train" / "prompt_counts.parquet").to_pylist()}
+    assert counts == {r["prompt_key"]: r["num_example_per_prompt"]
+                      for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if r["split"] == "train"}
     train = loaded["train"]
     assert list(train.features) == RELEASED
     for row in train.select(range(10)):
@@ -46,7 +50,7 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
         assert row["image_0_url"] == source["jpg_0_key"] and row["caption"] == source["caption"]
         assert (row["label_0"], row["label_1"]) in {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
         assert (row["best_image_uid"] is None) == (row["label_0"] == 0.5)
-        assert row["num_example_per_prompt"] == source["num_example_per_prompt"]
+        assert row["num_example_per_prompt"] == counts[source["prompt_key"]]   # kept beside the shards
     # the export is deterministic
     again = export.export_pickscore_parquet(home, published.version, tmp_path / "again")
     assert all((out / f"{s}.parquet").read_bytes() == Path(again.files[s]).read_bytes() for s in published.pairs)
