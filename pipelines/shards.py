@@ -292,7 +292,7 @@ def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int,
     digest = hashlib.sha256()
     position = 0
     jpg_bytes = 0
-    with open(path, "wb", buffering=0) as out:
+    with _open_output(path) as out:
         columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
         for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, sample_json(rows).to_pylist()):
             payloads = (
@@ -323,6 +323,11 @@ def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int,
         if fsync:
             os.fsync(out.fileno())
     return position, jpg_bytes, digest.hexdigest(), offsets, sizes
+
+
+def _open_output(path: Path):
+    """The tar's output file, unbuffered: the writer hands it whole samples."""
+    return open(path, "wb", buffering=0)
 
 
 def no_space_error(exc: OSError, path: Path) -> OSError:
