@@ -14,10 +14,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.storage import write_bytes_atomic
+from schemas.publish import SAMPLE_COLUMNS
 
 CARD_FILE = "README.md"
 
@@ -36,6 +38,34 @@ def configs_yaml(splits: list[str]) -> str:
     for split in splits:
         lines += [f"  - split: {split}", f"    path: \"{split}/pickapic-{split}-*.tar\""]
     return "\n".join(lines) + "\n"
+
+
+def dataset_info_yaml(pairs: dict[str, int]) -> str:
+    """The ``dataset_info`` block: the features of a sample and each split's size (``datasets`` checks both).
+
+    Declared rather than inferred: ``datasets`` would guess them from five samples, and five ties in a
+    row would type ``best_image_uid`` as null.
+    """
+    lines = ["dataset_info:", "  features:", "  - name: 0.jpg", "    dtype: image", "  - name: 1.jpg",
+             "    dtype: image", "  - name: json", "    struct:"]
+    for column in SAMPLE_COLUMNS:
+        lines += [f"    - name: {column.name}", f"      dtype: {_hf_dtype(column.type)}"]
+    lines += ["  - name: txt", "    dtype: string", "  - name: __key__", "    dtype: string", "  - name: __url__",
+              "    dtype: string", "  splits:"]
+    for split, count in pairs.items():
+        lines += [f"  - name: {split}", f"    num_examples: {count}"]
+    return "\n".join(lines) + "\n"
+
+
+def _hf_dtype(arrow_type: pa.DataType) -> str:
+    """The ``datasets`` dtype a JSON member value of ``arrow_type`` reads back as."""
+    if pa.types.is_integer(arrow_type):
+        return "int64"
+    if pa.types.is_floating(arrow_type):
+        return "float64"
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    return "string"       # strings, and timestamps / dates written as ISO text
 
 
 def write_card(version_dir: Path, version: str, splits: list[str], sources: CardSources) -> Path:
@@ -84,7 +114,7 @@ tags:
 - human-preference
 - webdataset
 - pickscore
-{configs_yaml(splits)}---
+{configs_yaml(splits)}{dataset_info_yaml({split: summary[split]["num_pairs"] for split in splits})}---
 
 # Pick-a-Pic preference pairs, version `{version}`
 
