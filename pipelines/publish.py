@@ -509,6 +509,7 @@ def _write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: P
         source = _reusable(task, previous)
         if source is not None:
             results[i], out.linked = _link_shard(source, task, config.fsync), out.linked + 1
+            faults.maybe_crash("publish.after_link")  # tests: die with some unchanged shards linked
             continue
         todo.append(i)
     done = len(tasks) - len(todo)

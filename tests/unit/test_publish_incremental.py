@@ -295,3 +295,43 @@ def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
     metas = [D.pair_meta(sample) for sample in D.tar_samples(urls)]
     assert len(metas) == len(expected)
     assert all(m["weight"] == 1.0 / expected[m["key"]] for m in metas)
+
+
+KILLED_PUBLISH = """
+import sys
+from pipelines.home import DataHome
+from pipelines.publish import PublishConfig, publish_dataset
+report = publish_dataset(DataHome.at(sys.argv[1]), PublishConfig(workers=1, fsync=False, min_shards_per_split=1,
+                                                                  max_samples_per_shard=10**6, max_shard_bytes=10**12))
+print(report.version, report.shards_written, report.shards_linked, report.shards_resumed)
+"""
+
+
+@pytest.mark.parametrize("fault", ["publish.after_link:2", "shards.after_tar"])
+def test_a_nightly_publish_killed_while_linking_or_writing_resumes_byte_identical(tmp_path: Path, fault: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, _without_last_day(full))
+    write_split_pairs(home, full)
+    env = {k: v for k, v in os.environ.items() if k != "PICKAPIC_FAULT"}
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-c", KILLED_PUBLISH, str(home.root)]
+    killed = subprocess.run(command, cwd=repo, env={**env, "PICKAPIC_FAULT": fault}, capture_output=True, text=True,
+                            start_new_session=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert resolve_version(home) == first.path and list_versions(home) == [first.version]
+    (staging,) = home.datasets.glob(".partial-*")
+    assert list(staging.rglob("*_stats.json")), "something was committed before the kill"
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    version, written, linked, resumed = done.stdout.split()
+    assert int(resumed) > 0 and int(linked) + int(written) + int(resumed) == sum(1 for _ in (home.datasets / version).glob("*/*.tar"))
+    final = home.datasets / version
+    assert _linked(first.path, final), "resumed links still share the older version's inodes"
+    scratch, _ = _history(tmp_path / "scratch")
+    write_split_pairs(scratch, full)
+    clean = publish_dataset(scratch, CONFIG)
+    assert clean.version == version and _digests(clean.path) == _digests(final)
