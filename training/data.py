@@ -119,6 +119,18 @@ def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return shards
 
 
+def shard_weights(shards: list[Path]) -> list[float]:
+    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+    sizes: dict[Path, dict] = {}
+    weights = []
+    for shard in map(Path, shards):
+        if shard.parent not in sizes:
+            sizes_file = shard.parent / "sizes.json"
+            sizes[shard.parent] = json.loads(sizes_file.read_text(encoding="utf-8")) if sizes_file.is_file() else {}
+        weights.append(float(sizes[shard.parent].get(shard.name, 1)))
+    return weights
+
+
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
     """Number of samples in ``split`` from its ``sizes.json``."""
     sizes_file = resolve_version_dir(data_dir) / split / "sizes.json"
@@ -302,8 +314,8 @@ def worker_init(_: int = 0) -> None:
 class TrainPairStream(torch.utils.data.IterableDataset):
     """Endless, seeded stream of training batches for one DDP rank (each loader worker yields whole batches).
 
-    ``resampled=True`` draws shards with replacement from a per-(rank, worker) seed (webdataset's
-    ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
+    ``resampled=True`` draws shards with replacement, weighted by their sample counts, from a
+    per-(rank, worker) seed (webdataset's ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
     ``split_by_node`` / ``split_by_worker`` and needs at least ranks x workers shards. ``skip_batches`` is
     the number of batches this rank already consumed: each worker drops its share of raw samples before
     decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
@@ -316,6 +328,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         if not shards:
             raise ValueError("no training shards given")
         self.urls = [str(p) for p in shards]
+        self.weights = shard_weights(shards)
         self.batch_size, self.collate, self.spec, self.seed = batch_size, collate, spec, seed
         self.shuffle_buffer, self.shuffle_initial = shuffle_buffer, shuffle_initial
         self.resampled, self.draft = resampled, draft
@@ -324,8 +337,8 @@ class TrainPairStream(torch.utils.data.IterableDataset):
     def _shard_urls(self, rank: int, world: int, worker: int) -> Iterator[dict[str, str]]:
         if self.resampled:
             rng = random.Random(stable_seed("shards", self.seed, rank, world, worker, self.num_workers))
-            while True:
-                yield {"url": rng.choice(self.urls)}
+            while True:   # by sample count: published shards differ in size (one export day each)
+                yield {"url": rng.choices(self.urls, weights=self.weights)[0]}
         if len(self.urls) < world * self.num_workers:
             raise ValueError(f"{len(self.urls)} shards < {world} ranks x {self.num_workers} workers: "
                              "use resampled=True or fewer workers")

@@ -335,3 +335,23 @@ def test_a_nightly_publish_killed_while_linking_or_writing_resumes_byte_identica
     write_split_pairs(scratch, full)
     clean = publish_dataset(scratch, CONFIG)
     assert clean.version == version and _digests(clean.path) == _digests(final)
+
+
+def test_the_trainer_draws_shards_by_their_sample_counts(tmp_path: Path) -> None:
+    """Shards of one export day differ in size; drawing them uniformly would over-sample small days."""
+    from itertools import islice
+
+    from training import data as D
+
+    home, full = _history(tmp_path / "h")
+    report = _publish_nightly(home, full)
+    shards_ = D.split_shards(report.path, "train")
+    sizes = json.loads((report.path / "train" / "sizes.json").read_text())
+    assert len(set(sizes.values())) > 1, "the fixture's days must differ in size"
+    stream = D.TrainPairStream(shards_, 4, None, D.ImageSpec(32, 32), seed=3, shuffle_buffer=1, shuffle_initial=1,
+                               resampled=True, draft=True, num_workers=1)
+    assert stream.weights == [sizes[p.name] for p in shards_]
+    draws = [Path(d["url"]).name for d in islice(stream._shard_urls(0, 1, 0), 6000)]
+    total = sum(sizes.values())
+    for name, count in sizes.items():
+        assert abs(draws.count(name) / len(draws) - count / total) < 0.03, (name, draws.count(name), count)
