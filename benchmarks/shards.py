@@ -1,6 +1,6 @@
 """Benchmark: publishing WebDataset shards vs raw sequential disk write, measured in the same run.
 
-    python -m benchmarks.shards [--samples 3000] [--days 10] [--repeats 3] [--json-out results.json]
+    python -m benchmarks.shards [--samples 3000] [--days 3] [--repeats 3] [--json-out results.json]
 
 Builds a synthetic data home (distinct ~70 KB JPEGs, a split_pairs table over ``--days`` export
 days), then per repeat measures
@@ -130,7 +130,7 @@ def _publish_with_days(home: DataHome, table: pa.Table, days: int, config: Publi
     return publish_dataset(home, config)
 
 
-def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 10) -> dict:
+def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3) -> dict:
     """Run every measurement ``repeats`` times and return medians and ratios."""
     import pyarrow.parquet as pq
 
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: print the results, optionally write them as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000)
-    parser.add_argument("--days", type=int, default=10, help="export days of the history (the nightly adds one)")
+    parser.add_argument("--days", type=int, default=3, help="export days of the history (the nightly adds one)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
     parser.add_argument("--no-fsync", action="store_true", help="measure page-cache speed (both sides)")
