@@ -135,8 +135,7 @@ counts = datasets.load_dataset("parquet", data_files={{"train": f"{{folder}}/tra
 ```
 
 With `webdataset`: the shard names of a split are the keys of `<split>/sizes.json` (with their
-sample counts). A train / validation / test shard holds pairs of one export day in time order, so
-shuffle when reading:
+sample counts). A shard holds pairs of one export day in time order, so shuffle when reading:
 `wds.WebDataset(urls, shardshuffle=len(urls)).shuffle(5000)`. The loss weight of the PickScore
 objective, `num_example_per_prompt` (rows with the same `prompt_key` in the split), is in
 `<split>/prompt_counts.parquet`, not in the shards: it changes for old pairs whenever a new day reuses

@@ -72,7 +72,7 @@ class PublishConfig:
     """Knobs of the publish stage (the ones marked 'output' change the version id)."""
 
     seed: int = field(default=42, metadata={
-        "help": "output: salt of the content-defined shard boundaries and of the unique splits' buckets"})
+        "help": "output: salt of the content-defined shard boundaries"})
     max_samples_per_shard: int = field(default=10_000, metadata={"help": "output: most samples in one shard"})
     max_shard_bytes: int = field(default=256 * 1024 * 1024, metadata={"help": "output: most tar bytes in one shard"})
     min_shards_per_split: int = field(default=4, metadata={

@@ -1,9 +1,9 @@
 """Content-stable shard plan: which samples form which shard, as a pure function of the samples.
 
-A split's samples are ordered by (segment, created_at, key). The segment of a train / validation /
-test sample is its export day (``dt``); of a validation_unique / test_unique sample a salted hash
-bucket of its key (one bucket per ``min_shards_per_split``). A shard never spans two segments, so a
-new export day only adds shards and leaves every older one as it was.
+A split's samples are ordered by (segment, created_at, key); the segment of a sample is its export
+day (``dt``), in every split. A shard never spans two segments, so a new export day only adds shards
+and leaves every older one as it was. (The unique splits hold at most 500 pairs: their daily shards
+are small, but a prompt entering or leaving them rewrites only one day's shard.)
 
 Inside a segment the boundaries are content-defined, as in rsync or restic: a sample starts a new
 shard when a salted hash of its key falls under its *anchor rate* (about two anchors per shard
@@ -27,7 +27,6 @@ import pyarrow.compute as pc
 from pipelines import shards
 
 ANCHOR_RATE = 2.0            # expected anchors per shard limit: shards average ~0.43 of the limit
-UNIQUE_SPLITS = ("validation_unique", "test_unique")
 
 
 @dataclass(frozen=True)
@@ -40,11 +39,8 @@ class ShardPlan:
     stop: int
 
 
-def segment_labels(samples: pa.Table, split: str, buckets: int, seed: int) -> pa.Array:
-    """Each sample's segment: ``YYYYMMDD`` of its export day, or ``bNN`` (a key bucket) in a unique split."""
-    if split in UNIQUE_SPLITS:
-        draws = key_draws(samples.column("key").to_pylist(), f"pickapic-bucket:{seed}")
-        return pa.array([f"b{int(d * buckets):02d}" for d in draws], pa.string())
+def segment_labels(samples: pa.Table) -> pa.Array:
+    """Each sample's segment: ``YYYYMMDD`` of its export day."""
     return pc.strftime(samples.column("dt").cast(pa.timestamp("s")), "%Y%m%d")
 
 
@@ -118,7 +114,7 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
     Returns the indices that put ``samples`` in shard order and one :class:`ShardPlan` per shard over
     that order.
     """
-    segments = segment_labels(samples, split, min_shards, seed)
+    segments = segment_labels(samples)
     indices = order(samples, segments)
     ordered_segments = segments.take(indices).to_pylist()
     ordered_keys = samples.column("key").take(indices).to_pylist()

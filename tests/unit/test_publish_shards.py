@@ -111,7 +111,7 @@ def test_shard_names_come_from_segment_and_first_key() -> None:
     assert name != shardplan.shard_name("train", "20230301", "18_0")
 
 
-def test_plan_split_orders_by_day_then_time_and_buckets_unique_splits() -> None:
+def test_plan_split_orders_by_day_then_time() -> None:
     import datetime as dt
 
     import pyarrow as pa
@@ -131,9 +131,13 @@ def test_plan_split_orders_by_day_then_time_and_buckets_unique_splits() -> None:
     for plan in plans:                                       # time order inside a day
         times = ordered.column("created_at").to_pylist()[plan.start:plan.stop]
         assert times == sorted(times)
-    _, unique_plans = shardplan.plan_split(rows.slice(0, 20), "test_unique", sizes[:20], max_samples=1000,
-                                           max_bytes=10**9, min_shards=4, seed=1)
-    assert len(unique_plans) >= 4 and all(p.name.split("-")[2].startswith("b") for p in unique_plans)
+    # a split of fewer days than min_shards: its largest shards are halved (still one day each)
+    _, few = shardplan.plan_split(rows.slice(0, 2), "test_unique", sizes[:2], max_samples=10**6,
+                                  max_bytes=10**9, min_shards=4, seed=1)
+    assert len(few) == 2
+    _, halved = shardplan.plan_split(rows.filter(pa.array([i % 3 == 0 for i in range(n)])), "test_unique",
+                                     sizes[: (n + 2) // 3], max_samples=10**6, max_bytes=10**9, min_shards=4, seed=1)
+    assert len(halved) == 4 and {p.name.split("-")[2] for p in halved} == {"20230301"}
 
 
 def test_sample_keys() -> None:
