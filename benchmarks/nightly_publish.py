@@ -18,7 +18,10 @@ older kept version), by kind, divided by the tar bytes of the new day's samples 
 old shards rewritten next to the old shards that hold a sample that changed, left or was added (they
 must be equal); the shard writers' throughput on what they wrote next to a raw sequential write of
 the same bytes measured right after (fsync on both; goal >= 0.5, but at 64 px a night writes about a
-megabyte, too little to time well: ``benchmarks.shards`` measures the same ratio at hundreds of MB).
+megabyte, too little to time well: ``benchmarks.shards`` measures the same ratio at tens of MB).
+An old shard is rewritten when it holds a sample that changed or left, or its day gained one; with
+shards smaller than a day, a shard after such a sample may also be rewritten when a limit cut moves
+(``rewritten_by_ripple``, up to the next anchor).
 Then the disk the three kept versions take (distinct inodes) divided by the newest version (goal <= 1.3).
 :func:`run` returns the numbers, for ``benchmarks.nightly`` to call.
 """
@@ -139,11 +142,9 @@ def _files(version: Path) -> dict[str, os.stat_result]:
 
 
 def _samples(version: Path) -> dict[str, tuple]:
-    """key -> (shard, every sample column) of the parent splits' sidecars."""
+    """key -> (shard, every sample column) of every sidecar."""
     out = {}
     for sidecar in sorted(version.glob("*/pickapic-*.parquet")):
-        if sidecar.parent.name.endswith("_unique"):
-            continue
         table = pq.read_table(sidecar)
         columns = [c for c in table.column_names if c not in ("shard", "sample_index") and not c.endswith(("_offset", "_size"))]
         for row in table.select(columns).to_pylist():
@@ -170,8 +171,7 @@ def measure_night(old: Path, new: Path, older: list[Path], day: str, report: Pub
                                                  if (shard.split("/")[0], shard.split("-")[2]) in added_to_old}
     old_inodes = {st.st_ino for rel, st in _files(old).items() if rel.endswith(".tar")}
     kept = {rel for rel, st in _files(new).items() if st.st_ino in old_inodes}
-    rewritten = {rel for rel in _files(old) if rel.endswith(".tar") and not rel.split("/")[0].endswith("_unique")
-                 and rel not in kept}
+    rewritten = {rel for rel in _files(old) if rel.endswith(".tar") and rel not in kept}
     total = sum(written.values())
     raw_seconds = raw_write(new.parent / ".bench-raw.bin", max(report.bytes_written, 1), fsync=True) \
         if report.bytes_written else 0.0
@@ -186,8 +186,9 @@ def measure_night(old: Path, new: Path, older: list[Path], day: str, report: Pub
         "ratio_without_late_changes": round((total - written.get("rewritten_old_shards", 0)) / new_day, 3) if new_day else None,
         "shards_written": report.shards_written, "shards_linked": report.shards_linked,
         "old_shards_rewritten": len(rewritten),
-        "old_shards_holding_a_changed_removed_or_added_sample": len(touched - {r for r in touched if r.split("/")[0].endswith("_unique")}),
-        "rewritten_equals_touched": rewritten == {t for t in touched if not t.split("/")[0].endswith("_unique")},
+        "old_shards_holding_a_changed_removed_or_added_sample": len(touched),
+        "touched_but_not_rewritten": len(touched - rewritten),          # must be 0
+        "rewritten_by_ripple": len(rewritten - touched),                # boundaries shifted up to the next anchor
         "shard_phase_mb_s": round(shard_mb_s, 1), "raw_write_same_bytes_mb_s": round(raw_mb_s, 1),
         "ratio_shard_write_vs_raw": round(shard_mb_s / raw_mb_s, 3) if raw_mb_s else None,
         "publish_seconds": round(report.total_seconds, 2), "shard_phase_seconds": round(report.write_seconds, 3),
