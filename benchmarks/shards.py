@@ -84,7 +84,8 @@ def build_home(root: Path, samples: int, seed: int = 0, days: int = 1) -> DataHo
             "dt": dt.date(2023, 3, 1) + dt.timedelta(days=i * days // samples),
             "split": split, "prompt_key": f"thing {i % 700}", "num_example_per_prompt": 1,
         })
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("split_pairs")), home.table_file("split_pairs"))
+    write_parquet_atomic(with_prompt_counts(pa.Table.from_pylist(rows, schema=get_schema("split_pairs"))),
+                         home.table_file("split_pairs"), get_schema("split_pairs"))
     return home
 
 
@@ -125,9 +126,16 @@ def tarwriter_write(home: DataHome, out_dir: Path, max_count: int) -> tuple[floa
 def _publish_with_days(home: DataHome, table: pa.Table, days: int, config: PublishConfig):
     """Publish the rows of the first ``days`` export days of ``table``."""
     last = dt.date(2023, 3, 1) + dt.timedelta(days=days - 1)
-    write_parquet_atomic(table.filter(pc.less_equal(table.column("dt"), pa.scalar(last, pa.date32()))),
-                         home.table_file("split_pairs"), get_schema("split_pairs"))
+    rows = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last, pa.date32())))
+    write_parquet_atomic(with_prompt_counts(rows), home.table_file("split_pairs"), get_schema("split_pairs"))
     return publish_dataset(home, config)
+
+
+def with_prompt_counts(rows: pa.Table) -> pa.Table:
+    """``rows`` with ``num_example_per_prompt`` = rows of the same (split, prompt_key), as the splits stage counts."""
+    counts = rows.group_by(["split", "prompt_key"]).aggregate([([], "count_all")])
+    joined = rows.drop_columns(["num_example_per_prompt"]).join(counts, ["split", "prompt_key"])
+    return joined.rename_columns([("num_example_per_prompt" if n == "count_all" else n) for n in joined.column_names])
 
 
 def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3) -> dict:
