@@ -6,7 +6,9 @@ Simulates N+1 days (with images), then times, as separate ``pickapic build`` pro
 the first build of days 1..N (``--to DAY_N``), the nightly build of day N+1 (``--from/--to DAY_N+1``:
 ingest + fingerprints of the new day, then curation, splits and publish over everything), and the same
 nightly command again with nothing new (the fixed cost: Dagster runs, checks, the global stages). The
-CLI start-up (``pickapic build --help``) is timed too. Ideal: nightly / first close to 1 / N.
+CLI start-up (``pickapic build --help``) is timed too. Ideal: nightly / first close to 1 / N. It also
+reports the bytes the nightly publish wrote (files of the new version sharing no inode with the first
+one) against the new version's size: unchanged shards are hard-linked, not written again.
 """
 from __future__ import annotations
 
@@ -37,6 +39,11 @@ def _build(home: DataHome, *args: str) -> float:
     return seconds
 
 
+def _inodes(home: DataHome) -> set[int]:
+    """Inodes of every file of every published version."""
+    return {p.stat().st_ino for p in home.datasets.rglob("*") if p.is_file() and not p.is_symlink()}
+
+
 def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size: int = 256, seed: int = 0,
         root: Path | None = None) -> dict:
     """Time the first build of ``days`` days, the nightly build of the next day and a no-op rerun."""
@@ -52,7 +59,12 @@ def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size:
                    capture_output=True, check=True)
     startup = time.perf_counter() - started
     first = _build(home, "--to", last)
+    first_inodes = _inodes(home)
     nightly = _build(home, "--from", new, "--to", new)
+    latest = (home.datasets / "latest").resolve()
+    files = [p for p in latest.rglob("*") if p.is_file()]
+    version_bytes = sum(p.stat().st_size for p in files)
+    written = sum(p.stat().st_size for p in files if p.stat().st_ino not in first_inodes)
     noop = _build(home, "--from", new, "--to", new)
     if root is None:
         shutil.rmtree(base)
@@ -66,6 +78,9 @@ def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size:
         "ratio_nightly_vs_first": round(nightly / first, 3),
         "ideal_ratio": round(1 / days, 3),
         "ratio_fixed_cost_vs_nightly": round(noop / nightly, 3),
+        "nightly_publish_bytes_written": written,
+        "nightly_version_bytes": version_bytes,
+        "ratio_publish_written_vs_version": round(written / version_bytes, 3),
     }
 
 

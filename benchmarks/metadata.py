@@ -10,8 +10,8 @@
    simulator's planted-duplicate ground truth is removed (it describes image bytes that do not exist).
 2. Measured, each stage exactly as the pipeline runs it: ``ingest_day`` per day; curation =
    ``build_clusters`` (dedup) + ``build_decisions`` + ``build_pairs``; ``build_splits``; sidecars =
-   the publish stage without image bytes: sample keys, the seeded shuffle and the balanced shard plan
-   (``publish._with_keys`` / ``publish._plan``), then per shard the per-sample JSON and the Parquet
+   the publish stage without image bytes: sample keys, the content-stable shard plan with its
+   per-sample JSON digests (``publish._with_keys`` / ``publish._plan``), then per shard the per-sample JSON and the Parquet
    sidecar with the member offsets a tar would have (``shards.sample_json``,
    JPEG sizes from the features table; no tar written), one process per CPU, and the query snapshots
    under ``meta/`` (``publish._write_meta``). Tar writing is measured by ``benchmarks.shards``.
@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import publish, shards
+from pipelines import jpgdigests, publish, shards
 from pipelines.curation import build_decisions, build_pairs
 from pipelines.dedup import PHASH_DC_BIT, build_clusters
 from pipelines.home import DataHome
@@ -142,12 +142,12 @@ def _sidecar_only(task: shards.ShardTask) -> dict:
     offsets = {m: starts[:, i] + shards.BLOCK for i, m in enumerate(shards.MEMBERS)}
     sizes = {m: member_sizes[:, i] for i, m in enumerate(shards.MEMBERS)}
     n = rows.num_rows
-    base = shards.shard_name(task.split, task.index)
-    sidecar = shards.sidecar_table(rows, f"{base}.tar", task.index, offsets, sizes)
+    base = task.name
+    sidecar = shards.sidecar_table(rows, f"{base}.tar", offsets, sizes)
     path = Path(task.out_dir) / f"{base}.parquet"
     write_parquet_atomic(sidecar, path, get_schema("shard_samples"))
     keys = rows.column("key")
-    return {"split": task.split, "shard": f"{base}.tar", "shard_index": task.index, "num_samples": n,
+    return {"split": task.split, "shard": f"{base}.tar", "num_samples": n,
             "num_bytes": shards.tar_size(position), "jpg_bytes": int(sizes["0.jpg"].sum() + sizes["1.jpg"].sum()),
             "sha256": "", "sidecar": path.name, "sidecar_bytes": path.stat().st_size, "sidecar_sha256": "",
             "first_key": keys[0].as_py() if n else "", "last_key": keys[n - 1].as_py() if n else ""}
@@ -158,10 +158,16 @@ def sidecars_without_images(home: DataHome, out: Path, config: publish.PublishCo
     global _JPG_SIZES
     table = cast_to_schema(pq.read_table(home.table_file("split_pairs")), get_schema("split_pairs"))
     table = publish._with_keys(table)
-    features = pq.read_table(_files(home, "image_features"), columns=["train_jpg_key", "train_jpg_bytes"],
+    features = pq.read_table(_files(home, "image_features"), columns=["train_jpg_key", "train_jpg_bytes", "sha256"],
                              partitioning=None)
     _JPG_SIZES = dict(zip(features.column("train_jpg_key").to_pylist(), features.column("train_jpg_bytes").to_pylist()))
-    tasks = publish._plan(home, table, _JPG_SIZES, out, config)
+    # no JPEG exists: the synthetic source sha256 stands in for the JPEG's own digest
+    unique = features.group_by("train_jpg_key").aggregate([("train_jpg_bytes", "max"), ("sha256", "max")])
+    unique = unique.take(pc.sort_indices(unique, sort_keys=[("train_jpg_key", "ascending")]))
+    jpgs = jpgdigests.JpgIndex(unique.column("train_jpg_key").combine_chunks(),
+                               unique.column("train_jpg_bytes_max").to_numpy(), unique.column("sha256_max").combine_chunks(),
+                               0, 0)
+    tasks = publish._plan(home, publish._sample_table(table, jpgs), jpgs, out, config)
     for split in {t.split for t in tasks}:
         (out / split).mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1

@@ -1,12 +1,19 @@
 """Benchmark: publishing WebDataset shards vs raw sequential disk write, measured in the same run.
 
-    python -m benchmarks.shards [--samples 3000] [--repeats 3] [--json-out results.json]
+    python -m benchmarks.shards [--samples 3000] [--days 3] [--repeats 3] [--json-out results.json]
 
-Builds a synthetic data home (distinct ~70 KB JPEGs, a split_pairs table), then per repeat measures
-(1) a raw sequential write of as many bytes as the shards take (1 MiB blocks from memory, fsync at
-the end), (2) the publish stage (``publish_dataset``: shard phase alone and end to end), and
-(3) webdataset's ``TarWriter`` alone on one core, writing the same samples. Reports medians and the
-ratios to the raw write (goal for the publish stage: >= 0.5).
+Builds a synthetic data home (distinct ~70 KB JPEGs, a split_pairs table over ``--days`` export
+days), then per repeat measures
+(1) the publish stage from scratch (``publish_dataset`` into an empty dataset folder, every JPEG
+hashed: shard phase alone and end to end) and a raw sequential write of as many bytes as its shard
+phase wrote (1 MiB blocks from memory, fsync at the end), right after it;
+(2) the nightly publish: the same home with one more export day (``samples / days`` more pairs),
+published on top of the previous version: only the new day's shards are written, the rest hard-linked.
+Its shard phase (the bytes it writes) and the whole stage against a raw write of the same bytes;
+(3) webdataset's ``TarWriter`` alone on one core, writing the from-scratch samples.
+Reports medians and the ratios to the raw write (goal for the shard phase: >= 0.5), and, because
+the machine is shared, the same from scratch per CPU-second (the writer pool's user + system time
+against the raw write's), which other jobs on the machine do not change.
 """
 from __future__ import annotations
 
@@ -17,6 +24,7 @@ import io
 import json
 import os
 import random
+import resource
 import shutil
 import statistics
 import sys
@@ -26,6 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from PIL import Image
 
 from pipelines.home import DataHome
@@ -49,8 +58,8 @@ def _base_jpegs(count: int, seed: int) -> list[bytes]:
     return out
 
 
-def build_home(root: Path, samples: int, seed: int = 0) -> DataHome:
-    """A data home with ``samples`` pairs over ``2 * samples`` distinct JPEG files."""
+def build_home(root: Path, samples: int, seed: int = 0, days: int = 1) -> DataHome:
+    """A data home with ``samples`` pairs over ``2 * samples`` distinct JPEG files, ``days`` export days."""
     home = DataHome(root)
     bases = _base_jpegs(24, seed)
     rng = random.Random(seed)
@@ -74,16 +83,22 @@ def build_home(root: Path, samples: int, seed: int = 0) -> DataHome:
             "image_0_uid": s0[:32], "image_1_uid": s1[:32], "label_0": label[0], "label_1": label[1],
             "best_image_uid": None if label[0] == 0.5 else (s0[:32] if label[0] else s1[:32]), "has_label": True,
             "are_different": True, "model_0": "sd-2-1", "model_1": "sdxl", "cluster_0": s0[:32], "cluster_1": s1[:32],
-            "sha256_0": s0, "sha256_1": s1, "jpg_0_key": k0, "jpg_1_key": k1, "dt": dt.date(2023, 3, 1),
+            "sha256_0": s0, "sha256_1": s1, "jpg_0_key": k0, "jpg_1_key": k1,
+            "dt": dt.date(2023, 3, 1) + dt.timedelta(days=i * days // samples),
             "split": split, "prompt_key": f"thing {i % 700}", "num_example_per_prompt": 1,
         })
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("split_pairs")), home.table_file("split_pairs"))
+    write_parquet_atomic(with_prompt_counts(pa.Table.from_pylist(rows, schema=get_schema("split_pairs"))),
+                         home.table_file("split_pairs"), get_schema("split_pairs"))
     return home
 
 
-def raw_write(path: Path, total_bytes: int, fsync: bool) -> float:
-    """Seconds to write ``total_bytes`` sequentially in 1 MiB blocks (the machine's baseline)."""
+def raw_write(path: Path, total_bytes: int, fsync: bool, cpu: list | None = None) -> float:
+    """Seconds to write ``total_bytes`` sequentially in 1 MiB blocks (the machine's baseline).
+
+    ``cpu``, when given, receives the CPU seconds (user + system) the write took.
+    """
     block = os.urandom(1 << 20)
+    cpu_started = time.process_time()
     started = time.perf_counter()
     with open(path, "wb", buffering=0) as out:
         left = total_bytes
@@ -92,8 +107,16 @@ def raw_write(path: Path, total_bytes: int, fsync: bool) -> float:
         if fsync:
             os.fsync(out.fileno())
     seconds = time.perf_counter() - started
+    if cpu is not None:
+        cpu.append(time.process_time() - cpu_started)
     path.unlink()
     return seconds
+
+
+def _children_cpu() -> float:
+    """CPU seconds (user + system) of the finished child processes: the shard writer pool."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def tarwriter_write(home: DataHome, out_dir: Path, max_count: int) -> tuple[float, int]:
@@ -115,36 +138,81 @@ def tarwriter_write(home: DataHome, out_dir: Path, max_count: int) -> tuple[floa
     return seconds, size
 
 
-def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None) -> dict:
+def _publish_with_days(home: DataHome, table: pa.Table, days: int, config: PublishConfig):
+    """Publish the rows of the first ``days`` export days of ``table``."""
+    last = dt.date(2023, 3, 1) + dt.timedelta(days=days - 1)
+    rows = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last, pa.date32())))
+    write_parquet_atomic(with_prompt_counts(rows), home.table_file("split_pairs"), get_schema("split_pairs"))
+    return publish_dataset(home, config)
+
+
+def with_prompt_counts(rows: pa.Table) -> pa.Table:
+    """``rows`` with ``num_example_per_prompt`` = rows of the same (split, prompt_key), as the splits stage counts."""
+    counts = rows.group_by(["split", "prompt_key"]).aggregate([([], "count_all")])
+    joined = rows.drop_columns(["num_example_per_prompt"]).join(counts, ["split", "prompt_key"])
+    return joined.rename_columns([("num_example_per_prompt" if n == "count_all" else n) for n in joined.column_names])
+
+
+def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3) -> dict:
     """Run every measurement ``repeats`` times and return medians and ratios."""
+    import pyarrow.parquet as pq
+
     base = Path(root or tempfile.mkdtemp(prefix="bench-shards-"))
-    home = build_home(base / "home", samples)
+    per_day = samples // days
+    home = build_home(base / "home", samples + per_day, days=days + 1)   # the last day is the nightly one
+    table = pq.read_table(home.table_file("split_pairs"))
     config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000)
-    raw, shard_phase, total, tarwriter = [], [], [], []
-    tar_bytes = 0
+    m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
+                                                 "nightly_total", "tarwriter", "shards_cpu", "raw_cpu")}
+    tar_bytes = nightly_bytes = 0
+    nightly = None
     for _ in range(repeats):
         shutil.rmtree(home.datasets, ignore_errors=True)
-        report = publish_dataset(home, config)
+        shutil.rmtree(home.cache, ignore_errors=True)
+        children = _children_cpu()
+        report = _publish_with_days(home, table, days, config)
+        writers_cpu = _children_cpu() - children     # the pool's writers (workers > 1): the shard phase's CPU
         tar_bytes = report.total_bytes
-        shard_phase.append(tar_bytes / 1e6 / report.write_seconds)
-        total.append(tar_bytes / 1e6 / report.total_seconds)
-        raw.append(tar_bytes / 1e6 / raw_write(base / "raw.bin", tar_bytes, fsync))
+        m["shards"].append(report.bytes_written / 1e6 / report.write_seconds)
+        m["total"].append(report.bytes_written / 1e6 / report.total_seconds)
+        raw_cpu: list[float] = []
+        m["raw"].append(report.bytes_written / 1e6 / raw_write(base / "raw.bin", report.bytes_written, fsync, raw_cpu))
+        if writers_cpu > 0:
+            m["shards_cpu"].append(report.bytes_written / 1e6 / writers_cpu)
+            m["raw_cpu"].append(report.bytes_written / 1e6 / raw_cpu[0])
+        nightly = _publish_with_days(home, table, days + 1, config)
+        nightly_bytes = nightly.bytes_written
+        m["nightly_shards"].append(nightly_bytes / 1e6 / nightly.write_seconds)
+        m["nightly_total"].append(nightly_bytes / 1e6 / nightly.total_seconds)
+        m["nightly_raw"].append(nightly_bytes / 1e6 / raw_write(base / "raw.bin", nightly_bytes, fsync))
         seconds, size = tarwriter_write(home, base / "wds", 1000)
-        tarwriter.append(size / 1e6 / seconds)
+        m["tarwriter"].append(size / 1e6 / seconds)
     if root is None:
         shutil.rmtree(base)
-    raw_mb_s = statistics.median(raw)
+    med = {k: statistics.median(v) if v else float("nan") for k, v in m.items()}
     return {
         "benchmark": "shards",
-        "samples": samples, "repeats": repeats, "workers": workers or os.cpu_count(), "fsync": fsync,
+        "samples": samples, "days": days, "repeats": repeats, "workers": workers or os.cpu_count(), "fsync": fsync,
         "tar_mb": round(tar_bytes / 1e6, 1),
-        "raw_write_mb_s": round(raw_mb_s, 1),
-        "publish_shards_mb_s": round(statistics.median(shard_phase), 1),
-        "publish_total_mb_s": round(statistics.median(total), 1),
-        "webdataset_tarwriter_1core_mb_s": round(statistics.median(tarwriter), 1),
-        "ratio_publish_shards_vs_raw": round(statistics.median(shard_phase) / raw_mb_s, 3),
-        "ratio_publish_total_vs_raw": round(statistics.median(total) / raw_mb_s, 3),
-        "ratio_tarwriter_vs_raw": round(statistics.median(tarwriter) / raw_mb_s, 3),
+        "raw_write_mb_s": round(med["raw"], 1),
+        "publish_shards_mb_s": round(med["shards"], 1),
+        "publish_total_mb_s": round(med["total"], 1),
+        "webdataset_tarwriter_1core_mb_s": round(med["tarwriter"], 1),
+        "ratio_publish_shards_vs_raw": round(med["shards"] / med["raw"], 3),
+        "ratio_publish_total_vs_raw": round(med["total"] / med["raw"], 3),
+        "ratio_tarwriter_vs_raw": round(med["tarwriter"] / med["raw"], 3),
+        "publish_shards_mb_per_cpu_s": round(med["shards_cpu"], 1),
+        "raw_write_mb_per_cpu_s": round(med["raw_cpu"], 1),
+        "ratio_publish_shards_vs_raw_per_cpu_s": round(med["shards_cpu"] / med["raw_cpu"], 3),
+        "load_average": round(os.getloadavg()[0], 2),
+        "nightly_shards_written": nightly.shards_written if nightly else 0,
+        "nightly_shards_linked": nightly.shards_linked if nightly else 0,
+        "nightly_written_mb": round(nightly_bytes / 1e6, 1),
+        "nightly_raw_write_mb_s": round(med["nightly_raw"], 1),
+        "nightly_shards_mb_s": round(med["nightly_shards"], 1),
+        "nightly_total_mb_s": round(med["nightly_total"], 1),
+        "ratio_nightly_shards_vs_raw": round(med["nightly_shards"] / med["nightly_raw"], 3),
+        "ratio_nightly_total_vs_raw": round(med["nightly_total"] / med["nightly_raw"], 3),
         "goal_ratio": 0.5,
     }
 
@@ -153,13 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     """Command line: print the results, optionally write them as JSON."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--samples", type=int, default=3000)
+    parser.add_argument("--days", type=int, default=3, help="export days of the history (the nightly adds one)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
     parser.add_argument("--no-fsync", action="store_true", help="measure page-cache speed (both sides)")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir)
+    result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir, args.days)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:

@@ -25,10 +25,11 @@ from pathlib import Path
 from typing import Callable
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pipelines.home import DataHome
-from pipelines.publish import resolve_version
+from pipelines.publish import PROMPT_COUNTS_FILE, resolve_version
 from pipelines.shards import SPLITS
 from pipelines.storage import cast_to_schema, check_output_dir, open_output_file
 from schemas import get_schema
@@ -84,8 +85,11 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
             with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
                                                             for name in schema.names},
                                   use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
+                counts_file = root / split / PROMPT_COUNTS_FILE   # absent in versions of format pickapic-wds/1
+                counts = pq.read_table(counts_file, columns=["prompt_key", "num_example_per_prompt"]) \
+                    if counts_file.is_file() else None
                 for sidecar in sidecars:
-                    table = _export_rows(sidecar, schema, first_index=count)
+                    table = _export_rows(sidecar, schema, counts, first_index=count)
                     for start in range(0, table.num_rows, ROWS_PER_GROUP):
                         writer.write_table(table.slice(start, ROWS_PER_GROUP))
                     count += table.num_rows
@@ -96,10 +100,16 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
 
 
-def _export_rows(sidecar: Path, schema: pa.Schema, first_index: int) -> pa.Table:
-    """The export rows of one shard: sidecar columns plus both JPEGs read from the tar by offset, numbered
-    (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
+def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
+    """The export rows of one shard: sidecar columns, the prompt's count, both JPEGs read from the tar by offset,
+    numbered (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
     side = pq.read_table(sidecar)
+    if "num_example_per_prompt" not in side.column_names and counts is not None:   # kept outside the shards
+        position = pc.index_in(side.column("prompt_key"), value_set=counts.column("prompt_key"))
+        if position.null_count:
+            raise RuntimeError(f"{sidecar}: prompt_key {side.column('prompt_key').filter(pc.is_null(position))[0]!r} "
+                               f"is missing from {PROMPT_COUNTS_FILE}")
+        side = side.append_column("num_example_per_prompt", counts.column("num_example_per_prompt").take(position))
     tar = sidecar.with_suffix(".tar")
     jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
     members = [(name, side.column(f"{name}_offset").to_pylist(), side.column(f"{name}_size").to_pylist())

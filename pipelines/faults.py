@@ -14,6 +14,8 @@ Points (module: where):
   other five still under their temporary names.
 - ``shards.after_tar`` (shards, in a writer process): a shard's ``.tar`` renamed into place, its
   sidecar and its ``_stats.json`` commit marker not written (mid-shard).
+- ``publish.after_link`` (publish): an unchanged shard hard-linked from an older version into the
+  staged one (its stats, the commit marker, last), the other shards not yet linked or written.
 - ``publish.after_shards`` (publish): every shard committed, ``sizes.json``, ``meta/`` and the
   manifest not written.
 - ``publish.before_rename`` (publish): the staged version complete and verified, not yet renamed

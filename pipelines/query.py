@@ -3,7 +3,7 @@
 Views (all over the chosen version only; ``latest`` is resolved once, at start):
 
 - ``pairs``: every sidecar (one row per sample: key, shard, member offsets, every pair column,
-  ``split``), ``shards``: one row per tar shard, ``images``: per-image features (no personal
+  ``split``) with its ``num_example_per_prompt`` from ``<split>/prompt_counts.parquet``, ``shards``: one row per tar shard, ``images``: per-image features (no personal
   data), ``decisions``: keep/drop decisions, ``quarantine``: rejected raw lines (no raw text),
   ``splits_summary``: one row per split.
 
@@ -103,9 +103,16 @@ def connect(home: DataHome, version: str | None = None,
         con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
         con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
         con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
-        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{root}/*/pickapic-*.parquet')")
-        for name in META_VIEWS:
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{root}/meta/{name}.parquet')")
+        if any(path.glob("*/prompt_counts.parquet")):   # the loss weight's count lives outside the shards
+            con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
+                        f"FROM read_parquet('{root}/*/pickapic-*.parquet') AS p "
+                        f"LEFT JOIN read_parquet('{root}/*/prompt_counts.parquet') AS c "
+                        f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
+        else:
+            con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{root}/*/pickapic-*.parquet')")
+        for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
+            source = f"{root}/meta/{name}/*.parquet" if (path / "meta" / name).is_dir() else f"{root}/meta/{name}.parquet"
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
         con.execute(f"SET allowed_directories = ['{root}/']")
         con.execute("SET enable_external_access = false")
         con.execute("SET lock_configuration = true")

@@ -1,18 +1,19 @@
-"""WebDataset shards: seeded sample order, balanced shard plan, and a byte-exact tar writer.
+"""WebDataset shards: the byte-exact tar writer, its sidecar and its commit marker.
 
-A shard is ``pickapic-<split>-NNNNNN.tar`` (members ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``,
-``KEY.txt`` per sample, in that order), its Parquet sidecar ``...-NNNNNN.parquet`` (one row per
-sample: member offsets/sizes + every split_pairs column) and ``...-NNNNNN_stats.json``, written
-last as the shard's commit marker. Tar headers are built here (ustar, fixed mtime/uid/gid/mode,
+A shard is ``<name>.tar`` (members ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, ``KEY.txt`` per
+sample, in that order; the name comes from :mod:`pipelines.shardplan`), its Parquet sidecar
+``<name>.parquet`` (one row per sample: member offsets/sizes + every sample column) and
+``<name>_stats.json``, written last as the shard's commit marker. Tar headers are built here (ustar, fixed mtime/uid/gid/mode,
 byte-identical to :mod:`tarfile`'s) and JPEG bytes are copied verbatim: the writer is a loop of
 ``read`` + ``join`` + ``write`` so one process keeps up with the disk (webdataset's ``TarWriter``
 spends most of its time in ``tarfile``).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ from pipelines.storage import sha256_file, write_bytes_atomic, write_parquet_ato
 from schemas import get_schema
 
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+FORMAT_VERSION = "pickapic-wds/2"     # bump when the bytes written for equal input change
 UNIQUE_SUFFIX = "_u"                 # unique splits repeat parent rows: their keys get a suffix
 TAR_MTIME = 1672531200               # 2023-01-01T00:00:00Z, fixed so equal input gives equal tars
 BLOCK = 512
@@ -39,11 +41,6 @@ _TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 32 + b"\0" * 32
          + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)  # devmajor/minor empty, as tarfile writes them
 _TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as eight spaces
 assert 148 + 8 + len(_TAIL) == BLOCK
-
-
-def shard_name(split: str, index: int) -> str:
-    """Base name (no extension) of shard ``index`` of ``split``."""
-    return f"pickapic-{split}-{index:06d}"
 
 
 def tar_header(name: bytes, size: int) -> bytes:
@@ -74,53 +71,16 @@ def sample_key(pair_id: str, split: str) -> str:
     return key
 
 
-def shuffle_order(keys: list[str], seed: int) -> np.ndarray:
-    """Deterministic seeded permutation of ``keys`` (independent of their input order)."""
-    salt = f"pickapic-shuffle:{seed}:".encode()
-    digests = np.fromiter(
-        (int.from_bytes(hashlib.blake2b(salt + k.encode(), digest_size=8).digest(), "big") for k in keys),
-        dtype=np.uint64, count=len(keys))
-    by_key = np.array(sorted(range(len(keys)), key=keys.__getitem__), dtype=np.int64)
-    return by_key[np.argsort(digests[by_key], kind="stable")]
-
-
-def plan_bounds(sample_bytes: np.ndarray, max_samples: int, max_bytes: int, min_shards: int) -> list[tuple[int, int]]:
-    """Cut ``n`` samples into the fewest equal-count shards (sizes differ by at most one) that
-    respect ``max_samples`` and ``max_bytes`` and number at least ``min(min_shards, n)``."""
-    n = len(sample_bytes)
-    if n == 0:
-        return []
-    if max_samples < 1 or max_bytes < 1 or min_shards < 1:
-        raise ValueError(f"shard limits must be positive: max_samples={max_samples}, max_bytes={max_bytes}, min_shards={min_shards}")
-    cum = np.concatenate([[0], np.cumsum(sample_bytes, dtype=np.int64)])
-    k = min(n, max(math.ceil(n / max_samples), math.ceil(int(cum[-1]) / max_bytes), min_shards))
-    while True:
-        edges = [n * i // k for i in range(k + 1)]
-        sizes = [tar_size(int(cum[b] - cum[a])) for a, b in zip(edges, edges[1:])]
-        too_big = any(s > max_bytes and b - a > 1 for s, a, b in zip(sizes, edges, edges[1:]))
-        if not too_big or k >= n:
-            return list(zip(edges, edges[1:]))
-        k += 1
-
-
-def estimate_sample_bytes(table: pa.Table, jpg_sizes: dict[str, int]) -> np.ndarray:
-    """Tar bytes each row will take (exact for JPEGs; the JSON is an upper estimate)."""
-    known = pa.array(list(jpg_sizes), pa.string())
-    known_sizes = np.fromiter(jpg_sizes.values(), dtype=np.int64, count=len(jpg_sizes))
-
-    wanted = pa.chunked_array(table.column("jpg_0_key").chunks + table.column("jpg_1_key").chunks, pa.string())
-    index = pc.index_in(wanted, value_set=known)  # one hash table for both columns
-    if index.null_count:
-        raise KeyError(wanted.filter(pc.is_null(index))[0].as_py())
-    jpg0, jpg1 = np.split(known_sizes[index.to_numpy()], 2)
-    text = np.zeros(table.num_rows, dtype=np.int64)
-    for field in table.schema:
+def estimate_sample_bytes(samples: pa.Table, jpg_0_bytes: np.ndarray, jpg_1_bytes: np.ndarray) -> np.ndarray:
+    """Tar bytes each sample will take (exact for the JPEGs, whose sizes are given; the JSON is an upper estimate)."""
+    text = np.zeros(samples.num_rows, dtype=np.int64)
+    for field in samples.schema:
         if pa.types.is_string(field.type):
-            text += pc.fill_null(pc.binary_length(table.column(field.name)), 0).to_numpy()
-    caption = pc.binary_length(table.column("caption")).to_numpy().astype(np.int64)
-    json_est = text + 40 * table.num_columns
+            text += pc.fill_null(pc.binary_length(samples.column(field.name)), 0).to_numpy()
+    caption = pc.binary_length(samples.column("caption")).to_numpy().astype(np.int64)
+    json_est = text + 40 * samples.num_columns
     ceil = lambda a: -(-a // BLOCK) * BLOCK  # noqa: E731
-    return 4 * BLOCK + ceil(jpg0) + ceil(jpg1) + ceil(caption) + ceil(json_est)
+    return 4 * BLOCK + ceil(jpg_0_bytes.astype(np.int64)) + ceil(jpg_1_bytes.astype(np.int64)) + ceil(caption) + ceil(json_est)
 
 
 @dataclass(frozen=True)
@@ -132,7 +92,7 @@ class ShardTask:
     """
 
     split: str
-    index: int
+    name: str
     out_dir: str
     home_root: str
     rows: pa.Table
@@ -143,27 +103,25 @@ class ShardTask:
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.rows.schema) as writer:
             writer.write_table(self.rows)
-        return (_task_from_ipc, (self.split, self.index, self.out_dir, self.home_root, sink.getvalue(),
+        return (_task_from_ipc, (self.split, self.name, self.out_dir, self.home_root, sink.getvalue(),
                                  self.plan_sha256, self.fsync))
 
+    def paths(self) -> tuple[Path, Path, Path]:
+        """The shard's tar, sidecar and stats paths."""
+        return shard_paths(Path(self.out_dir), self.name)
 
-def _task_from_ipc(split: str, index: int, out_dir: str, home_root: str, rows: pa.Buffer,
+
+def _task_from_ipc(split: str, name: str, out_dir: str, home_root: str, rows: pa.Buffer,
                    plan_sha256: str, fsync: bool) -> ShardTask:
-    return ShardTask(split, index, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync)
+    return ShardTask(split, name, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync)
 
 
-def plan_digest(keys: list[str], jpg_keys: list[str], extra: str) -> str:
-    """sha256 naming exactly what a shard will contain; a resumed build reuses a shard only on a match.
-
-    The bytes hashed: ``extra``, then every key and every JPEG key, each followed by a NUL."""
-    digest = hashlib.sha256(extra.encode())
-    for names in (keys, jpg_keys):
-        if names:
-            digest.update(("\0".join(names) + "\0").encode())
-    return digest.hexdigest()
+def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """``<name>.tar``, ``<name>.parquet`` and ``<name>_stats.json`` in ``folder``."""
+    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}_stats.json"
 
 
-DUCKDB_JSON_MIN_ROWS = 1000   # below this, DuckDB's fixed cost per call (a connection per worker, a plan per call) loses
+DUCKDB_JSON_MIN_ROWS = 200    # below this, DuckDB's fixed cost per call (a plan, ~8 ms) loses: measured crossover ~200 rows
 
 
 def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS) -> pa.Array:
@@ -174,16 +132,32 @@ def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS)
     the whole shard in one call, about 8x faster than ``json.dumps`` per row; both give the same bytes
     (``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``; a unit test compares them row by row).
     """
+    _check_finite(rows)
+    if rows.num_rows < min_rows_for_duckdb:
+        return _json_dumps_rows(rows)
+    return _duckdb_select(rows, f"{_json_sql(rows.schema)}::VARCHAR")
+
+
+def json_digests(rows: pa.Table) -> list[str]:
+    """md5 (hex) of each row's ``.json`` member, computed in DuckDB without keeping the texts."""
+    _check_finite(rows)
+    return _duckdb_select(rows, f"md5({_json_sql(rows.schema)}::VARCHAR)").to_pylist()
+
+
+def _check_finite(rows: pa.Table) -> None:
+    """NaN / Infinity cannot be JSON: refuse them, naming the first sample that holds one."""
     for field in rows.schema:
         if pa.types.is_floating(field.type):
             finite = pc.is_finite(rows.column(field.name))
             if not pc.all(pc.fill_null(finite, True)).as_py():
                 bad = rows.filter(pc.invert(pc.fill_null(finite, True))).column("key")[0].as_py()
                 raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
-    if rows.num_rows < min_rows_for_duckdb:
-        return _json_dumps_rows(rows)
+
+
+def _json_sql(schema: pa.Schema) -> str:
+    """DuckDB expression of a row's JSON text (every column but ``key``; json.dumps' formatting)."""
     members = []
-    for field in rows.schema:
+    for field in schema:
         if field.name == "key":
             continue
         name = '"' + field.name.replace('"', '""') + '"'
@@ -194,10 +168,15 @@ def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS)
         else:
             value = name
         members.append(f"{name} := {value}")
+    return f"to_json(struct_pack({', '.join(members)}))"
+
+
+def _duckdb_select(rows: pa.Table, expression: str) -> pa.Array:
+    """One string column: ``expression`` evaluated per row of ``rows``, in row order."""
     con = _duckdb()
     con.register("samples", rows)
     try:
-        result = con.sql(f"SELECT to_json(struct_pack({', '.join(members)}))::VARCHAR FROM samples").to_arrow_table()
+        result = con.sql(f"SELECT {expression} FROM samples").to_arrow_table()
     finally:
         con.unregister("samples")
     return result.column(0).combine_chunks().cast(pa.string())
@@ -238,14 +217,13 @@ def _duckdb():
     return _DUCKDB[pid]
 
 
-def sidecar_table(rows: pa.Table, tar_name: str, index: int, offsets: dict, sizes: dict) -> pa.Table:
+def sidecar_table(rows: pa.Table, tar_name: str, offsets: dict, sizes: dict) -> pa.Table:
     """A shard's sidecar: per sample its key, shard, position, each member's offset and size (per
-    ``MEMBERS``, sequences in sample order) and every split_pairs column."""
+    ``MEMBERS``, sequences in sample order) and every sample column."""
     n = rows.num_rows
     return pa.table({
         "key": rows.column("key"),
         "shard": pa.array([tar_name] * n, pa.string()),
-        "shard_index": pa.array([index] * n, pa.int32()),
         "sample_index": pa.array(range(n), pa.int32()),
         **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
            for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
@@ -258,24 +236,63 @@ def write_shard(task: ShardTask) -> dict:
     """Write one shard's tar, sidecar and stats (last); return the stats dict.
 
     A shard whose stats file already names the same plan and whose files have the recorded
-    sizes is kept as is: that is how a rerun after a crash resumes.
+    sizes is kept as is: that is how a rerun after a crash resumes. Every file is written under a
+    temporary name and renamed (a file may be hard-linked from an older version: never write one in
+    place); on any error the temporary tar is removed, and a full disk is reported with the path.
     """
-    out_dir = Path(task.out_dir)
-    base = shard_name(task.split, task.index)
-    tar_path, sidecar_path, stats_path = (out_dir / f"{base}.tar", out_dir / f"{base}.parquet", out_dir / f"{base}_stats.json")
+    tar_path, sidecar_path, stats_path = task.paths()
     existing = _committed_stats(stats_path, task.plan_sha256)
     if existing is not None:
         return existing
-    out_dir.mkdir(parents=True, exist_ok=True)
-    home = task.home_root
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
     rows = task.rows
-    offsets = {m: [] for m in MEMBERS}
-    sizes = {m: [] for m in MEMBERS}
+    tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp")
+    try:
+        position, jpg_bytes, tar_sha256, offsets, sizes = _write_tar(rows, task.home_root, tmp_tar, task.fsync)
+        os.replace(tmp_tar, tar_path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_tar.unlink()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise no_space_error(exc, tar_path) from exc
+        raise
+    faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
+
+    n = rows.num_rows
+    try:
+        write_parquet_atomic(sidecar_table(rows, tar_path.name, offsets, sizes), sidecar_path,
+                             get_schema("shard_samples"))
+        keys = rows.column("key")
+        stats = {
+            "split": task.split,
+            "shard": tar_path.name,
+            "num_samples": n,
+            "num_bytes": position,
+            "jpg_bytes": jpg_bytes,
+            "sha256": tar_sha256,
+            "sidecar": sidecar_path.name,
+            "sidecar_bytes": sidecar_path.stat().st_size,
+            "sidecar_sha256": sha256_file(sidecar_path),
+            "first_key": keys[0].as_py() if n else "",
+            "last_key": keys[n - 1].as_py() if n else "",
+            "plan_sha256": task.plan_sha256,
+        }
+        write_bytes_atomic(stats_path, (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise no_space_error(exc, Path(exc.filename) if exc.filename else sidecar_path) from exc
+        raise
+    return stats
+
+
+def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int, int, str, dict, dict]:
+    """Write the tar of ``rows`` to ``path``: (bytes, JPEG bytes, sha256, member offsets, member sizes)."""
+    offsets: dict[str, list[int]] = {m: [] for m in MEMBERS}
+    sizes: dict[str, list[int]] = {m: [] for m in MEMBERS}
     digest = hashlib.sha256()
     position = 0
     jpg_bytes = 0
-    tmp_tar = out_dir / f".{base}.tar.tmp"
-    with open(tmp_tar, "wb", buffering=0) as out:
+    with _open_output(path) as out:
         columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
         for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, sample_json(rows).to_pylist()):
             payloads = (
@@ -303,33 +320,31 @@ def write_shard(task: ShardTask) -> dict:
         out.write(b"\0" * end)
         digest.update(b"\0" * end)
         position += end
-        if task.fsync:
+        if fsync:
             os.fsync(out.fileno())
-    os.replace(tmp_tar, tar_path)
-    faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
+    return position, jpg_bytes, digest.hexdigest(), offsets, sizes
 
-    n = rows.num_rows
-    tar_name = f"{base}.tar"
-    write_parquet_atomic(sidecar_table(rows, tar_name, task.index, offsets, sizes), sidecar_path,
-                         get_schema("shard_samples"))
-    keys = rows.column("key")
-    stats = {
-        "split": task.split,
-        "shard": tar_name,
-        "shard_index": task.index,
-        "num_samples": n,
-        "num_bytes": position,
-        "jpg_bytes": jpg_bytes,
-        "sha256": digest.hexdigest(),
-        "sidecar": sidecar_path.name,
-        "sidecar_bytes": sidecar_path.stat().st_size,
-        "sidecar_sha256": sha256_file(sidecar_path),
-        "first_key": keys[0].as_py() if n else "",
-        "last_key": keys[n - 1].as_py() if n else "",
-        "plan_sha256": task.plan_sha256,
-    }
-    write_bytes_atomic(stats_path, (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
-    return stats
+
+def _open_output(path: Path):
+    """The tar's output file, unbuffered: the writer hands it whole samples."""
+    return open(path, "wb", buffering=0)
+
+
+def no_space_error(exc: OSError, path: Path) -> OSError:
+    """``OSError(ENOSPC)`` saying which file could not be written (the caller chains ``exc``)."""
+    return OSError(errno.ENOSPC, f"no space left on device at {path}")
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete the writers' temporary files (``.NAME.tmp``, any depth) under ``folder``; return them."""
+    removed = []
+    if folder.is_dir():
+        for path in sorted(folder.rglob(".*.tmp")):
+            if path.is_file() or path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:

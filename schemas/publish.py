@@ -6,11 +6,22 @@ from schemas.warehouse import QUARANTINE
 
 TS = pa.timestamp("us")
 
-# One row per sample of one tar shard: where each member's bytes are, then every split_pairs column.
+# Every pair column a published sample carries, in its ``KEY.json`` member and its sidecar row: the
+# split_pairs columns except the per-split count ``num_example_per_prompt`` (it changes for old samples
+# whenever a new day reuses their prompt, so it lives in PROMPT_COUNTS, outside the content-stable
+# shards), plus the sha256 of each training JPEG exactly as stored in the tar.
+SAMPLE_COLUMNS = pa.schema(
+    [field for field in SPLIT_PAIRS if field.name not in ("dt", "split", "prompt_key", "num_example_per_prompt")]
+    + [
+        pa.field("jpg_0_sha256", pa.string(), nullable=False),  # sha256 of the KEY.0.jpg bytes in the tar
+        pa.field("jpg_1_sha256", pa.string(), nullable=False),
+    ]
+    + [SPLIT_PAIRS.field(name) for name in ("dt", "split", "prompt_key")])
+
+# One row per sample of one tar shard: where each member's bytes are, then every sample column.
 SHARD_SAMPLES = pa.schema([
     pa.field("key", pa.string(), nullable=False),              # WebDataset key: no dots, unique in the version
-    pa.field("shard", pa.string(), nullable=False),            # tar file name, e.g. pickapic-train-000003.tar
-    pa.field("shard_index", pa.int32(), nullable=False),
+    pa.field("shard", pa.string(), nullable=False),            # tar file name, e.g. pickapic-train-20230301-3f9a1c22b0.tar
     pa.field("sample_index", pa.int32(), nullable=False),      # position of the sample inside the shard
     pa.field("jpg_0_offset", pa.int64(), nullable=False),      # byte offset of KEY.0.jpg's data in the tar
     pa.field("jpg_0_size", pa.int64(), nullable=False),
@@ -20,13 +31,20 @@ SHARD_SAMPLES = pa.schema([
     pa.field("json_size", pa.int64(), nullable=False),
     pa.field("txt_offset", pa.int64(), nullable=False),
     pa.field("txt_size", pa.int64(), nullable=False),
-] + list(SPLIT_PAIRS))
+] + list(SAMPLE_COLUMNS))
+
+# One row per (split, prompt_key) of a version (<split>/prompt_counts.parquet): the loss weight's count.
+PROMPT_COUNTS = pa.schema([
+    pa.field("split", pa.string(), nullable=False),
+    pa.field("prompt_key", pa.string(), nullable=False),
+    pa.field("num_example_per_prompt", pa.int64(), nullable=False),  # rows of this prompt_key in the split
+])
 
 # One row per tar shard of a version (meta/shards.parquet).
 SHARDS = pa.schema([
     pa.field("split", pa.string(), nullable=False),
     pa.field("shard", pa.string(), nullable=False),
-    pa.field("shard_index", pa.int32(), nullable=False),
+    pa.field("shard_index", pa.int32(), nullable=False),       # position in the split's shards, sorted by name
     pa.field("num_samples", pa.int64(), nullable=False),
     pa.field("num_bytes", pa.int64(), nullable=False),         # size of the tar file
     pa.field("jpg_bytes", pa.int64(), nullable=False),         # image payload inside it
@@ -86,6 +104,7 @@ PICKSCORE_EXPORT = pa.schema([
 
 SCHEMAS = {
     "shard_samples": SHARD_SAMPLES,
+    "prompt_counts": PROMPT_COUNTS,
     "shards": SHARDS,
     "splits_summary": SPLITS_SUMMARY,
     "published_quarantine": PUBLISHED_QUARANTINE,

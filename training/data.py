@@ -12,6 +12,7 @@ difference to a full decode is documented in training/README.md (benchmarks/load
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -31,6 +32,7 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
 SHARD_GLOB = "pickapic-{split}-*.tar"
+PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,18 @@ def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
             raise FileNotFoundError(f"{sizes_file} lists shards that do not exist: {missing[:5]}")
         shards = [p for p in shards if p.name in sizes]
     return shards
+
+
+def shard_weights(shards: list[Path]) -> list[float]:
+    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+    sizes: dict[Path, dict] = {}
+    weights = []
+    for shard in map(Path, shards):
+        if shard.parent not in sizes:
+            sizes_file = shard.parent / "sizes.json"
+            sizes[shard.parent] = json.loads(sizes_file.read_text(encoding="utf-8")) if sizes_file.is_file() else {}
+        weights.append(float(sizes[shard.parent].get(shard.name, 1)))
+    return weights
 
 
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
@@ -225,6 +239,8 @@ def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
         raise KeyError(f"sample {key!r} in {sample.get('__url__')!r} lacks members {missing}")
     meta = json.loads(sample["json"])
     n = meta.get("num_example_per_prompt")
+    if n is None and "prompt_key" in meta and "__url__" in sample:
+        n = prompt_counts(os.path.dirname(sample["__url__"])).get(meta["prompt_key"])
     if not n or n <= 0:
         raise ValueError(f"sample {key!r}: num_example_per_prompt={n!r} must be a positive count")
     return {
@@ -235,6 +251,22 @@ def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
         "model_0": str(meta.get("model_0", "")),
         "model_1": str(meta.get("model_1", "")),
     }
+
+
+@functools.lru_cache(maxsize=8)
+def prompt_counts(split_dir: str) -> dict[str, int]:
+    """``prompt_key -> num_example_per_prompt`` of the split whose shards are in ``split_dir``.
+
+    The publish stage keeps the count outside the shards (a new day changes it for old pairs, the
+    shards stay byte-identical), in ``prompt_counts.parquet`` beside them.
+    """
+    import pyarrow.parquet as pq
+
+    path = Path(split_dir) / PROMPT_COUNTS_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
+    table = pq.read_table(path, columns=["prompt_key", "num_example_per_prompt"])
+    return dict(zip(table.column("prompt_key").to_pylist(), table.column("num_example_per_prompt").to_pylist()))
 
 
 class PairCollator:
@@ -287,8 +319,8 @@ def worker_init(_: int = 0) -> None:
 class TrainPairStream(torch.utils.data.IterableDataset):
     """Endless, seeded stream of training batches for one DDP rank (each loader worker yields whole batches).
 
-    ``resampled=True`` draws shards with replacement from a per-(rank, worker) seed (webdataset's
-    ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
+    ``resampled=True`` draws shards with replacement, weighted by their sample counts, from a
+    per-(rank, worker) seed (webdataset's ``ResampledShards``), so ranks never run dry at different times; ``False`` walks seeded epochs with
     ``split_by_node`` / ``split_by_worker`` and needs at least ranks x workers shards. ``skip_batches`` is
     the number of batches this rank already consumed: each worker drops its share of raw samples before
     decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
@@ -301,6 +333,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         if not shards:
             raise ValueError("no training shards given")
         self.urls = [str(p) for p in shards]
+        self.weights = shard_weights(shards)
         self.batch_size, self.collate, self.spec, self.seed = batch_size, collate, spec, seed
         self.shuffle_buffer, self.shuffle_initial = shuffle_buffer, shuffle_initial
         self.resampled, self.draft = resampled, draft
@@ -309,8 +342,8 @@ class TrainPairStream(torch.utils.data.IterableDataset):
     def _shard_urls(self, rank: int, world: int, worker: int) -> Iterator[dict[str, str]]:
         if self.resampled:
             rng = random.Random(stable_seed("shards", self.seed, rank, world, worker, self.num_workers))
-            while True:
-                yield {"url": rng.choice(self.urls)}
+            while True:   # by sample count: published shards differ in size (one export day each)
+                yield {"url": rng.choices(self.urls, weights=self.weights)[0]}
         if len(self.urls) < world * self.num_workers:
             raise ValueError(f"{len(self.urls)} shards < {world} ranks x {self.num_workers} workers: "
                              "use resampled=True or fewer workers")

@@ -38,7 +38,7 @@ def test_eval_prompts_are_the_test_unique_prompts(built_home, tmp_path):
                      "--output", str(tmp_path / "prompts")]) == 0
     prompts = pq.read_table(tmp_path / "prompts" / "eval_prompts.parquet").to_pylist()
     latest = (built_home.datasets / "latest").resolve()
-    unique = [r for f in sorted((latest / "test_unique").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    unique = [r for f in sorted((latest / "test_unique").glob("pickapic-*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert sorted(p["test_unique_key"] for p in prompts) == sorted(r["key"] for r in unique)
     assert {p["dataset_version"] for p in prompts} == {latest.name}
     run = next((built_home.models / "preference_model").iterdir())

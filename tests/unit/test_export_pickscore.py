@@ -40,9 +40,13 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
                                    cache_dir=str(tmp_path / "hf-cache"))
     assert {s: loaded[s].num_rows for s in loaded} == published.pairs
     sidecar_rows = {}
-    for sidecar in sorted((published.path / "train").glob("*.parquet")):
+    for sidecar in sorted((published.path / "train").glob("pickapic-train-*.parquet")):
         for r in pq.read_table(sidecar).to_pylist():
             sidecar_rows[r["ranking_id"]] = r
+    counts = {r["prompt_key"]: r["num_example_per_prompt"]
+              for r in pq.read_table(published.path / "train" / "prompt_counts.parquet").to_pylist()}
+    assert counts == {r["prompt_key"]: r["num_example_per_prompt"]
+                      for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if r["split"] == "train"}
     train = loaded["train"]
     assert list(train.features) == list(RELEASED)
     assert train["__index_level_0__"] == list(range(train.num_rows))
@@ -53,7 +57,7 @@ def test_export_reads_back_with_datasets(tmp_path: Path, monkeypatch) -> None:
         assert row["image_0_url"] == source["jpg_0_key"] and row["caption"] == source["caption"]
         assert (row["label_0"], row["label_1"]) in {(1.0, 0.0), (0.0, 1.0), (0.5, 0.5)}
         assert (row["best_image_uid"] is None) == (row["label_0"] == 0.5)
-        assert row["num_example_per_prompt"] == source["num_example_per_prompt"]
+        assert row["num_example_per_prompt"] == counts[source["prompt_key"]]   # kept beside the shards
     # the export is deterministic
     again = export.export_pickscore_parquet(home, published.version, tmp_path / "again")
     assert all((out / f"{s}.parquet").read_bytes() == Path(again.files[s]).read_bytes() for s in published.pairs)
@@ -132,8 +136,8 @@ def test_eval_prompts_export(tmp_path: Path, capsys) -> None:
     assert table.schema.remove_metadata() == get_schema("eval_prompts")
     assert table.schema.metadata[b"dataset_version"].decode() == published.version
     rows = table.to_pylist()
-    sidecars = [r for f in sorted((published.path / "test_unique").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
-    test_rows = [r for f in sorted((published.path / "test").glob("*.parquet")) for r in pq.read_table(f).to_pylist()]
+    sidecars = [r for f in sorted((published.path / "test_unique").glob("pickapic-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    test_rows = [r for f in sorted((published.path / "test").glob("pickapic-*.parquet")) for r in pq.read_table(f).to_pylist()]
     assert len(rows) == len(sidecars) == published.pairs["test_unique"] > 0
     assert [r["prompt_key"] for r in rows] == sorted(r["prompt_key"] for r in sidecars)
     by_key = {r["key"]: r for r in sidecars}

@@ -47,13 +47,18 @@ def test_report_and_layout(published) -> None:
     assert all(n == 4 for n in report.shards.values())                      # min_shards_per_split
     meta = report.metadata()
     json.dumps(meta)
-    assert meta["num_pairs"] == sum(expected.values()) and meta["shards_written"] == 20
+    assert meta["num_pairs"] == sum(expected.values()) and meta["shards_written"] == 20 and meta["shards_linked"] == 0
+    assert (root / "README.md").is_file()
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["version"] == report.version and manifest["sources"]["split_pairs"]["days"] == ["2023-03-01", "2023-03-02"]
     for split, info in manifest["splits"].items():
         sizes = json.loads((root / split / "sizes.json").read_text())
         assert sum(sizes.values()) == info["pairs"] and len(sizes) == info["shards"]
         assert all((root / split / name).is_file() for name in sizes)
+        assert all(name.startswith(f"pickapic-{split}-") and name.endswith(".tar") for name in sizes)
+        counts = pq.read_table(root / split / "prompt_counts.parquet").to_pylist()
+        assert sum(c["num_example_per_prompt"] ** 0 for c in counts) == len({r["prompt_key"] for (s, _), r
+                                                                           in _split_pairs(home).items() if s == split})
     for rel, info in manifest["files"].items():
         data = (root / rel).read_bytes()
         assert len(data) == info["bytes"] and hashlib.sha256(data).hexdigest() == info["sha256"], rel
@@ -64,6 +69,8 @@ def test_webdataset_round_trip(published) -> None:
     home, _ = published
     root = resolve_version(home)
     rows = _split_pairs(home)
+    counts = {(c["split"], c["prompt_key"]): c["num_example_per_prompt"]
+              for c in pq.read_table(sorted(root.glob("*/prompt_counts.parquet"))).to_pylist()}
     seen = 0
     for split in json.loads((root / "manifest.json").read_text())["splits"]:
         urls = sorted(str(p) for p in (root / split).glob("*.tar"))
@@ -73,7 +80,9 @@ def test_webdataset_round_trip(published) -> None:
             assert sample["__key__"] == shards.sample_key(row["pair_id"], split)
             assert sample["txt"] == row["caption"]
             assert meta["ranking_id"] == row["ranking_id"] and meta["label_0"] == row["label_0"]
-            assert isinstance(meta["num_example_per_prompt"], int) and isinstance(meta["has_label"], bool)
+            assert isinstance(meta["has_label"], bool)
+            assert "num_example_per_prompt" not in meta                      # per split, outside the shards
+            assert counts[(split, meta["prompt_key"])] == row["num_example_per_prompt"]
             assert meta["created_at"] == row["created_at"].strftime("%Y-%m-%dT%H:%M:%S.%f")
             assert meta["dt"] == row["dt"].isoformat() and meta["split"] == split
             for side in ("0", "1"):
@@ -81,6 +90,7 @@ def test_webdataset_round_trip(published) -> None:
                 assert isinstance(image, Image.Image) and image.size == (48, 48)
                 original = Image.open(home.root / row[f"jpg_{side}_key"])
                 assert image.convert("RGB").tobytes() == original.convert("RGB").tobytes()
+                assert meta[f"jpg_{side}_sha256"] == hashlib.sha256((home.root / row[f"jpg_{side}_key"]).read_bytes()).hexdigest()
             seen += 1
     assert seen == len(rows)
 
@@ -101,6 +111,9 @@ def test_sidecar_offsets_point_at_the_member_bytes(published) -> None:
             cut = lambda what: tar_bytes[r[f"{what}_offset"]: r[f"{what}_offset"] + r[f"{what}_size"]]  # noqa: E731
             assert cut("jpg_0") == (home.root / r["jpg_0_key"]).read_bytes()       # verbatim copy
             assert cut("jpg_1") == (home.root / r["jpg_1_key"]).read_bytes()
+            # the sidecar verifies the tar's own bytes (sha256_0/1 are the original PNGs' digests)
+            assert hashlib.sha256(cut("jpg_0")).hexdigest() == r["jpg_0_sha256"]
+            assert hashlib.sha256(cut("jpg_1")).hexdigest() == r["jpg_1_sha256"]
             assert cut("txt").decode() == r["caption"]
             assert json.loads(cut("json"))["pair_id"] == r["pair_id"]
             assert r["shard"] == sidecar.with_suffix(".tar").name
@@ -117,14 +130,17 @@ def test_plain_duckdb_one_liner_reads_every_sample_and_no_meta(published) -> Non
     assert count == sum(report.pairs.values()) and splits == len(report.pairs)
 
 
-def test_balanced_shards(tmp_path: Path) -> None:
-    home = make_home(tmp_path / "h", num_rankings=160, seed=4)
+def test_shard_limits_and_days(tmp_path: Path) -> None:
+    home = make_home(tmp_path / "h", num_rankings=160, seed=4, days=3)
     report = publish_dataset(home, PublishConfig(workers=1, fsync=False, max_samples_per_shard=15, min_shards_per_split=2))
     root = resolve_version(home)
     for split, n in report.pairs.items():
-        counts = list(json.loads((root / split / "sizes.json").read_text()).values())
-        assert sum(counts) == n and max(counts) - min(counts) <= 1 and max(counts) <= 15
-        assert len(counts) == max(-(-n // 15), min(2, n))
+        counts = json.loads((root / split / "sizes.json").read_text())
+        assert sum(counts.values()) == n and max(counts.values()) <= 15 and len(counts) >= min(2, n)
+        for sidecar in sorted((root / split).glob("pickapic-*.parquet")):
+            days = set(pq.read_table(sidecar, columns=["dt"]).column("dt").to_pylist())
+            if not split.endswith("_unique"):                # one export day per shard, named after it
+                assert len(days) == 1 and sidecar.name.split("-")[2] == next(iter(days)).strftime("%Y%m%d")
     # a byte limit: every shard of several samples stays under it
     limit = 40_000
     report = publish_dataset(home, PublishConfig(workers=1, fsync=False, max_shard_bytes=limit))
@@ -163,11 +179,11 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
     calls = []
 
     def flaky(task):
-        calls.append(task.index)
+        calls.append(task.name)
         if len(calls) == 7:
             # half a tar on disk, then the crash
             (Path(task.out_dir)).mkdir(parents=True, exist_ok=True)
-            (Path(task.out_dir) / f"{shards.shard_name(task.split, task.index)}.tar").write_bytes(b"partial")
+            task.paths()[0].write_bytes(b"partial")
             raise RuntimeError("simulated crash")
         return real_write(task)
 
@@ -176,7 +192,10 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
         publish_dataset(home, FAST)
     assert _visible(home) == {"latest", first.version}
     assert resolve_version(home).name == first.version
-    assert [p.name for p in home.datasets.glob(".partial-*")]      # hidden, resumable
+    (partial,) = home.datasets.glob(".partial-*")                   # hidden, resumable
+    # the failure cleaned up: no temp file, no shard without its commit marker (the planted half tar)
+    assert not [p for p in partial.rglob("*") if p.name.endswith(".tmp")]
+    assert all(shards.shard_paths(t.parent, t.stem)[2].is_file() for t in partial.rglob("*.tar"))
     monkeypatch.setattr(shards, "write_shard", real_write)
     resumed = publish_dataset(home, FAST)
     assert resumed.shards_resumed == 6 and resumed.shards_written == 14
@@ -278,7 +297,7 @@ def test_nothing_personal_is_published(published) -> None:
             data = path.read_bytes()
             for secret in (SECRET_EMAIL, SECRET_NAME, "alice.secret"):
                 assert secret.encode() not in data, (path, secret)
-    assert pq.read_table(root / "meta" / "images.parquet").num_rows > 0
+    assert pq.read_table(sorted((root / "meta" / "images").glob("images-*.parquet"))).num_rows > 0
     assert pq.read_table(root / "meta" / "decisions.parquet").num_rows == 3
 
 

@@ -90,6 +90,20 @@ def make_home(root: Path, num_rankings: int = 120, seed: int = 0, days: int = 2)
     return home
 
 
+def write_split_pairs(home: DataHome, table: pa.Table) -> pa.Table:
+    """Write ``table`` as split_pairs with ``num_example_per_prompt`` recounted per (split, prompt_key)."""
+    import pyarrow.compute as pc
+
+    counts = table.group_by(["split", "prompt_key"]).aggregate([([], "count_all")])
+    lookup = {(r["split"], r["prompt_key"]): r["count_all"] for r in counts.to_pylist()}
+    recounted = pa.array([lookup[(s, p)] for s, p in zip(table.column("split").to_pylist(),
+                                                          table.column("prompt_key").to_pylist())], pa.int64())
+    table = table.set_column(table.schema.get_field_index("num_example_per_prompt"), "num_example_per_prompt", recounted)
+    table = table.take(pc.sort_indices(table, sort_keys=[("split", "ascending"), ("pair_id", "ascending")]))
+    write_parquet_atomic(table, home.table_file("split_pairs"), get_schema("split_pairs"))
+    return table
+
+
 def _write_side_tables(home: DataHome, images: list[tuple], days: int) -> None:
     """image_features per day, decisions and quarantine (with planted personal data)."""
     features = get_schema("image_features")

@@ -1,4 +1,4 @@
-"""Shard building blocks: tar headers, the balanced plan, the seeded order, keys."""
+"""Shard building blocks: tar headers, the content-stable plan (segments, anchors, limits, names), keys."""
 from __future__ import annotations
 
 import io
@@ -7,7 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines import shards
+from pipelines import shardplan, shards
 
 
 @pytest.mark.parametrize("name,size", [("1_0.0.jpg", 0), ("12345_1.json", 511), ("9_0_u.txt", 512),
@@ -38,35 +38,106 @@ def test_tarfile_reads_our_headers() -> None:
         assert {(m.uid, m.gid, m.mtime, m.mode) for m in members} == {(0, 0, shards.TAR_MTIME, 0o444)}
 
 
-def test_plan_bounds_equal_counts_and_limits() -> None:
-    rng = np.random.default_rng(0)
-    sample_bytes = rng.integers(1_000, 5_000, size=1003)
-    bounds = shards.plan_bounds(sample_bytes, max_samples=100, max_bytes=10**9, min_shards=4)
-    counts = [b - a for a, b in bounds]
-    assert len(bounds) == 11 and max(counts) - min(counts) <= 1 and sum(counts) == 1003
-    assert bounds[0][0] == 0 and bounds[-1][1] == 1003
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    by_bytes = shards.plan_bounds(sample_bytes, max_samples=10**6, max_bytes=200_000, min_shards=1)
-    assert all(int(sample_bytes[a:b].sum()) <= 200_000 for a, b in by_bytes)
-    assert len(by_bytes) >= int(sample_bytes.sum()) // 200_000 + 1
+def _plan_keys(n: int, seed: int = 0) -> list[str]:
+    return [f"{i * 7 + seed}_0" for i in range(n)]
 
 
-def test_plan_bounds_min_shards_for_small_splits() -> None:
-    assert len(shards.plan_bounds(np.full(500, 1000), 10_000, 10**9, 4)) == 4
-    assert len(shards.plan_bounds(np.full(3, 1000), 10_000, 10**9, 4)) == 3   # not enough samples for 4
-    assert shards.plan_bounds(np.array([], dtype=np.int64), 10, 10, 4) == []
+def test_chunk_bounds_cut_at_segments_anchors_and_limits() -> None:
+    segments = ["a"] * 5 + ["b"] * 7
+    sizes = np.full(12, 1000)
+    anchors = np.zeros(12, dtype=bool)
+    anchors[2] = anchors[5] = anchors[9] = True          # 5 is also a segment start
+    bounds = shardplan.chunk_bounds(segments, sizes, anchors, max_samples=100, max_bytes=10**9)
+    assert bounds == [(0, 2), (2, 5), (5, 9), (9, 12)]
+    # the sample limit forces a cut; so does the byte limit (the tar's size, padding included)
+    assert shardplan.chunk_bounds(["a"] * 7, np.full(7, 1000), np.zeros(7, bool), 3, 10**9) == [(0, 3), (3, 6), (6, 7)]
+    by_bytes = shardplan.chunk_bounds(["a"] * 7, np.full(7, 5000), np.zeros(7, bool), 100, 3 * 10240)
+    assert by_bytes == [(0, 5), (5, 7)] and shards.tar_size(5 * 5000) <= 3 * 10240 < shards.tar_size(6 * 5000)
     # a single sample larger than the byte limit gets a shard of its own instead of looping forever
-    assert shards.plan_bounds(np.array([5, 10**6, 5]), 10, 100, 1) == [(0, 1), (1, 2), (2, 3)]
+    assert shardplan.chunk_bounds(["a"] * 3, np.array([5, 10**6, 5]), np.zeros(3, bool), 10, 100) == [(0, 1), (1, 2), (2, 3)]
+    assert shardplan.chunk_bounds([], np.array([], dtype=np.int64), np.array([], dtype=bool), 10, 10) == []
 
 
-def test_shuffle_is_seeded_and_independent_of_input_order() -> None:
-    keys = [f"{i}_0" for i in range(500)]
-    order = shards.shuffle_order(keys, seed=42)
-    assert sorted(order.tolist()) == list(range(500))
-    assert order.tolist() != list(range(500))
-    reversed_keys = keys[::-1]
-    assert [reversed_keys[i] for i in shards.shuffle_order(reversed_keys, 42)] == [keys[i] for i in order]
-    assert shards.shuffle_order(keys, seed=7).tolist() != order.tolist()
+def test_removing_a_sample_moves_no_boundary_after_the_next_anchor() -> None:
+    """Bounded ripple: only the shards up to the next anchor after the removed sample change."""
+    rng = np.random.default_rng(0)
+    n = 3000
+    keys = _plan_keys(n)
+    sizes = rng.integers(2_000, 6_000, size=n)
+    draws = shardplan.key_draws(keys, "t")
+    is_anchor = shardplan.anchors(draws, sizes, max_samples=100, max_bytes=10**9)
+    assert 30 < is_anchor.sum() < 90                        # about 2 per 100 samples
+    before = shardplan.chunk_bounds(["d"] * n, sizes, is_anchor, 100, 10**9)
+    named_before = {tuple(keys[a:b]) for a, b in before}
+    for removed in (0, 17, 1234, n - 1):
+        keep = np.array([i != removed for i in range(n)])
+        kept_keys = [k for k, flag in zip(keys, keep) if flag]
+        after = shardplan.chunk_bounds(["d"] * (n - 1), sizes[keep], is_anchor[keep], 100, 10**9)
+        changed = [(a, b) for a, b in after if tuple(kept_keys[a:b]) not in named_before]
+        next_anchor = next((i for i in range(removed + 1, n) if is_anchor[i]), n)
+        assert changed, "the shard that lost a sample must change"
+        # every changed shard lies between the removed sample's shard start and the next anchor
+        start_of_removed = max(a for a, _ in before if a <= removed)
+        assert all(a >= start_of_removed and b <= next_anchor - 1 for a, b in changed), (removed, changed)
+        assert len(changed) <= 3
+
+
+def test_anchor_rate_depends_only_on_the_sample() -> None:
+    draws = np.array([0.001, 0.5, 0.015, 0.03])
+    sizes = np.array([1_000, 1_000, 1_000, 3_000_000])
+    # 2 anchors per 200 samples -> rate 0.01; a 3 MB sample in a 100 MB limit -> rate 0.06
+    assert shardplan.anchors(draws, sizes, max_samples=200, max_bytes=100_000_000).tolist() == [True, False, False, True]
+
+
+def test_ensure_min_chunks_halves_the_largest() -> None:
+    assert shardplan.ensure_min_chunks([(0, 10)], 4) == [(0, 2), (2, 5), (5, 7), (7, 10)]
+    assert shardplan.ensure_min_chunks([(0, 3), (3, 4)], 4) == [(0, 1), (1, 2), (2, 3), (3, 4)]
+    assert shardplan.ensure_min_chunks([(0, 1), (1, 2)], 4) == [(0, 1), (1, 2)]   # nothing left to halve
+    assert shardplan.ensure_min_chunks([(0, 5), (5, 9)], 2) == [(0, 5), (5, 9)]
+
+
+def test_key_draws_are_stable_and_salted() -> None:
+    keys = _plan_keys(200)
+    a = shardplan.key_draws(keys, "s")
+    assert ((a >= 0) & (a < 1)).all() and len(set(a.tolist())) == 200
+    assert shardplan.key_draws(keys[::-1], "s").tolist() == a[::-1].tolist()   # per key, not per position
+    assert shardplan.key_draws(keys, "other").tolist() != a.tolist()
+
+
+def test_shard_names_come_from_segment_and_first_key() -> None:
+    name = shardplan.shard_name("train", "20230301", "17_0")
+    assert name.startswith("pickapic-train-20230301-") and len(name) == len("pickapic-train-20230301-") + 10
+    assert name == shardplan.shard_name("train", "20230301", "17_0")
+    assert name != shardplan.shard_name("train", "20230301", "18_0")
+
+
+def test_plan_split_orders_by_day_then_time() -> None:
+    import datetime as dt
+
+    import pyarrow as pa
+
+    n = 40
+    rows = pa.table({
+        "key": [f"{i}_0" for i in range(n)],
+        "dt": pa.array([dt.date(2023, 3, 1 + (i % 3)) for i in range(n)], pa.date32()),
+        "created_at": pa.array([dt.datetime(2023, 3, 1) + dt.timedelta(minutes=(n - i)) for i in range(n)],
+                               pa.timestamp("us")),
+    })
+    sizes = np.full(n, 2048)
+    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=10**6, max_bytes=10**9, min_shards=2, seed=1)
+    ordered = rows.take(indices)
+    days = ordered.column("dt").to_pylist()
+    assert days == sorted(days) and [p.name.split("-")[2] for p in plans] == ["20230301", "20230302", "20230303"]
+    for plan in plans:                                       # time order inside a day
+        times = ordered.column("created_at").to_pylist()[plan.start:plan.stop]
+        assert times == sorted(times)
+    # a split of fewer days than min_shards: its largest shards are halved (still one day each)
+    _, few = shardplan.plan_split(rows.slice(0, 2), "test_unique", sizes[:2], max_samples=10**6,
+                                  max_bytes=10**9, min_shards=4, seed=1)
+    assert len(few) == 2
+    _, halved = shardplan.plan_split(rows.filter(pa.array([i % 3 == 0 for i in range(n)])), "test_unique",
+                                     sizes[: (n + 2) // 3], max_samples=10**6, max_bytes=10**9, min_shards=4, seed=1)
+    assert len(halved) == 4 and {p.name.split("-")[2] for p in halved} == {"20230301"}
 
 
 def test_sample_keys() -> None:
@@ -143,7 +214,7 @@ def test_a_pickled_task_carries_only_its_slice() -> None:
     import pyarrow as pa
 
     whole = pa.table({"key": pa.array([f"k{i}" * 20 for i in range(20_000)])}).combine_chunks()
-    task = shards.ShardTask("train", 3, "/out", "/home", whole.slice(100, 50), "digest", False)
+    task = shards.ShardTask("train", "pickapic-train-x", "/out", "/home", whole.slice(100, 50), "digest", False)
     data = pickle.dumps(task)
     assert len(data) < 20_000 < len(pickle.dumps(whole))
     back = pickle.loads(data)

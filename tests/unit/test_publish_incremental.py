@@ -1,0 +1,357 @@
+"""Nightly publishing writes what changed: content-stable shards, hard-linked reuse, late changes, retention."""
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from test_publish_fixtures import make_home, write_split_pairs
+
+from pipelines import publish, shards
+from pipelines.home import DataHome
+from pipelines.publish import PublishConfig, list_versions, publish_dataset, resolve_version, verify_version
+
+# One shard per (split, export day): no limit or anchor cuts inside these small days, no min-shards halving.
+DAYS = 6
+CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, max_samples_per_shard=10**6,
+                       max_shard_bytes=10**12)
+
+
+def _split_pairs(home: DataHome) -> pa.Table:
+    return pq.read_table(home.table_file("split_pairs"))
+
+
+def _history(root: Path, seed: int = 7) -> tuple[DataHome, pa.Table]:
+    """A home with DAYS export days of split_pairs; returns it and the full table (the last day not yet published)."""
+    home = make_home(root, num_rankings=150, seed=seed, days=DAYS)
+    return home, _split_pairs(home)
+
+
+def _last_day(table: pa.Table):
+    return max(table.column("dt").to_pylist())
+
+
+def _without_last_day(table: pa.Table) -> pa.Table:
+    return table.filter(pc.not_equal(table.column("dt"), pa.scalar(_last_day(table), pa.date32())))
+
+
+def _files(version: Path) -> dict[str, os.stat_result]:
+    return {p.relative_to(version).as_posix(): p.stat() for p in sorted(version.rglob("*")) if p.is_file()}
+
+
+def _digests(version: Path) -> dict[str, str]:
+    return {rel: hashlib.sha256((version / rel).read_bytes()).hexdigest() for rel in _files(version)}
+
+
+def _shards_by_key(version: Path) -> dict[str, str]:
+    """sample key -> relative path of the tar holding it."""
+    out = {}
+    for sidecar in version.glob("*/pickapic-*.parquet"):
+        for key in pq.read_table(sidecar, columns=["key"]).column("key").to_pylist():
+            out[key] = f"{sidecar.parent.name}/{sidecar.stem}.tar"
+    return out
+
+
+def _linked(old: Path, new: Path) -> set[str]:
+    """Relative paths of new's tars that are the very same file (inode) as a tar in old."""
+    old_inodes = {st.st_ino for rel, st in _files(old).items() if rel.endswith(".tar")}
+    return {rel for rel, st in _files(new).items() if rel.endswith(".tar") and st.st_ino in old_inodes}
+
+
+def _publish_nightly(home: DataHome, table: pa.Table, config: PublishConfig = CONFIG):
+    write_split_pairs(home, table)
+    return publish_dataset(home, config)
+
+
+def test_incremental_equals_from_scratch_and_reuses_by_hard_link(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "inc")
+    first = _publish_nightly(home, _without_last_day(full))
+    nightly = _publish_nightly(home, full)
+    new_day = _last_day(full).strftime("%Y%m%d")
+    # only the new day's shards (and unique-split buckets that gained a row) are written; the rest is linked
+    assert nightly.shards_linked > 0 and nightly.shards_written + nightly.shards_linked == sum(nightly.shards.values())
+    written = {rel for rel in _files(nightly.path) if rel.endswith(".tar")} - _linked(first.path, nightly.path)
+    assert written and all(new_day in rel or "_unique/" in rel for rel in written), written
+    # a reused shard is a hard link: same inode, a link count of at least 2, identical bytes
+    for rel in _linked(first.path, nightly.path):
+        a, b = (first.path / rel).stat(), (nightly.path / rel).stat()
+        assert a.st_ino == b.st_ino and b.st_nlink >= 2
+    # the same inputs published from scratch give the same version, byte for byte, file for file
+    scratch, _ = _history(tmp_path / "scratch")
+    write_split_pairs(scratch, full)
+    clean = publish_dataset(scratch, CONFIG)
+    assert clean.version == nightly.version and clean.shards_linked == 0
+    assert _digests(clean.path) == _digests(nightly.path)
+
+
+def test_a_new_day_reusing_old_prompts_changes_counts_not_shards(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    history = _without_last_day(full)
+    first = _publish_nightly(home, history)
+    # the new day types prompts already in the history: their counts change, their old samples do not
+    last = full.filter(pc.equal(full.column("dt"), pa.scalar(_last_day(full), pa.date32())))
+    old_prompts = set(history.column("prompt_key").to_pylist())
+    reused = [p for p in set(last.column("prompt_key").to_pylist()) if p in old_prompts]
+    assert reused, "the fixture's new day must reuse an old prompt"
+    nightly = _publish_nightly(home, full)
+    old_tars = {rel for rel in _files(first.path) if rel.endswith(".tar") and "_unique/" not in rel}
+    assert old_tars <= _linked(first.path, nightly.path)
+    before = {(r["split"], r["prompt_key"]): r["num_example_per_prompt"]
+              for r in pq.read_table(sorted(first.path.glob("*/prompt_counts.parquet"))).to_pylist()}
+    after = {(r["split"], r["prompt_key"]): r["num_example_per_prompt"]
+             for r in pq.read_table(sorted(nightly.path.glob("*/prompt_counts.parquet"))).to_pylist()}
+    assert any(after[k] > before[k] for k in before if k[1] in reused and k in after)
+
+
+def _assert_only_touched_rewritten(first: Path, nightly: Path, touched_keys: set[str],
+                                   gained: set[tuple[str, str]] = frozenset()) -> set[str]:
+    """Every old shard holding a touched key is replaced; every other old shard is linked, except those of
+    a (split, day) that ``gained`` samples. Returns the touched shards."""
+    by_key = _shards_by_key(first)
+    touched = {by_key[k] for k in touched_keys if k in by_key}
+    old_tars = {rel for rel in _files(first) if rel.endswith(".tar")}
+    growing = {rel for rel in old_tars if (rel.split("/")[0], rel.split("-")[2]) in gained}
+    linked = _linked(first, nightly)
+    assert touched and not (touched & linked), touched & linked
+    assert old_tars - touched - growing <= linked, sorted(old_tars - touched - growing - linked)
+    return touched
+
+
+def test_late_ban_rewrites_only_the_shards_holding_that_users_pairs(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, full)
+    users = full.group_by("user_id").aggregate([("dt", "count_distinct")]).sort_by([("dt_count_distinct", "descending"),
+                                                                                   ("user_id", "ascending")])
+    banned = users.column("user_id")[0].as_py()           # active on several old days
+    keys = {shards.sample_key(p, s) for p, s, u in zip(full.column("pair_id").to_pylist(), full.column("split").to_pylist(),
+                                                       full.column("user_id").to_pylist()) if u == banned}
+    nightly = _publish_nightly(home, full.filter(pc.not_equal(full.column("user_id"), banned)))
+    touched = _assert_only_touched_rewritten(first.path, nightly.path, keys)
+    assert len(touched) >= 2
+    assert not set(_shards_by_key(nightly.path)) & keys                 # the user is gone from every shard
+    assert nightly.shards_written == sum(1 for rel in _files(nightly.path) if rel.endswith(".tar")) \
+        - len(_linked(first.path, nightly.path))
+
+
+def test_cluster_merge_and_a_prompt_becoming_held_out_rewrite_only_their_shards(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, full)
+    rows = full.to_pylist()
+    train = [r for r in rows if r["split"] == "train"]
+    # a duplicate cluster merges two old clusters: the members of one take the other's id
+    merged_from, merged_into = train[0]["cluster_0"], train[-1]["cluster_1"]
+    # a prompt becomes held out: all its train rows move to validation
+    moved_prompt = next(r["prompt_key"] for r in reversed(train) if r["prompt_key"] != train[0]["prompt_key"])
+    touched, segments = set(), set()
+    for r in rows:
+        changed = False
+        for side in ("cluster_0", "cluster_1"):
+            if r[side] == merged_from:
+                r[side], changed = merged_into, True
+        old_split = r["split"]
+        if r["split"] == "train" and r["prompt_key"] == moved_prompt:
+            r["split"], changed = "validation", True
+        if changed:
+            touched.add(shards.sample_key(r["pair_id"], old_split))
+            segments |= {(old_split, r["dt"].strftime("%Y%m%d")), (r["split"], r["dt"].strftime("%Y%m%d"))}
+    nightly = _publish_nightly(home, pa.Table.from_pylist(rows, schema=full.schema))
+    _assert_only_touched_rewritten(first.path, nightly.path, touched, gained=segments)
+    written = {rel for rel in _files(nightly.path) if rel.endswith(".tar")} - _linked(first.path, nightly.path)
+    assert any(rel.startswith("validation/") for rel in written), "the moved rows form new validation shards"
+    for rel in written:
+        split, name = rel.split("/")
+        assert split.endswith("_unique") or (split, name.split("-")[2]) in segments, rel
+
+
+def test_deleting_old_versions_leaves_newer_ones_intact(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    days = sorted(set(full.column("dt").to_pylist()))
+    versions = []
+    for last in days[-3:]:
+        versions.append(_publish_nightly(home, full.filter(pc.less_equal(full.column("dt"), pa.scalar(last, pa.date32())))))
+    assert list_versions(home) == [v.version for v in versions]
+    shared = _linked(versions[0].path, versions[2].path)
+    assert shared, "the oldest and the newest version share shards"
+    # retention (and a plain delete) of older versions never breaks a newer one's hard links
+    shutil.rmtree(versions[0].path)
+    publish.apply_retention(home, keep=1)
+    assert list_versions(home) == [versions[2].version] and resolve_version(home) == versions[2].path
+    verify_version(versions[2].path, checksums=True)
+    for rel in shared:
+        assert (versions[2].path / rel).stat().st_nlink == 1
+
+
+def test_three_versions_take_little_more_disk_than_one(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    days = sorted(set(full.column("dt").to_pylist()))
+    for last in days[-3:]:
+        report = _publish_nightly(home, full.filter(pc.less_equal(full.column("dt"), pa.scalar(last, pa.date32()))))
+    inodes: dict[int, int] = {}
+    for name in list_versions(home):
+        for st in _files(home.datasets / name).values():
+            inodes[st.st_ino] = st.st_size
+    one = sum(st.st_size for st in _files(report.path).values())
+    assert sum(inodes.values()) < 1.6 * one      # a day is ~1/6 of this history: 3 versions ~ 1 + 2 days' deltas
+
+
+def test_link_falls_back_to_a_copy_across_file_systems(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, _without_last_day(full))
+
+    def cross_device(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    nightly = _publish_nightly(home, full)
+    assert nightly.shards_linked > 0 and not _linked(first.path, nightly.path)   # copies, not links
+    verify_version(nightly.path, checksums=True)
+    reused = [rel for rel in _files(nightly.path) if rel.endswith("_stats.json") and (first.path / rel).is_file()
+              and json.loads((first.path / rel).read_text())["plan_sha256"]
+              == json.loads((nightly.path / rel).read_text())["plan_sha256"]]
+    assert len(reused) == nightly.shards_linked
+    for stats in reused:
+        for rel in (stats, stats.replace("_stats.json", ".tar"), stats.replace("_stats.json", ".parquet")):
+            assert (first.path / rel).read_bytes() == (nightly.path / rel).read_bytes()
+
+
+def test_a_full_disk_in_a_shard_writer_cleans_up_and_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, _without_last_day(full))
+    write_split_pairs(home, full)
+    real_open = shards._open_output
+
+    class FullDisk:
+        """A tar output that takes 1,000 bytes, then reports a full disk."""
+
+        def __init__(self, path):
+            self.handle, self.left = real_open(path), 1000
+
+        def write(self, data):
+            if len(data) > self.left:
+                self.handle.write(data[: self.left])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            self.left -= len(data)
+            return self.handle.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(shards, "_open_output", FullDisk)
+    with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*pickapic-.*\.tar") as caught:
+        publish_dataset(home, CONFIG)
+    assert caught.value.errno == errno.ENOSPC
+    (staging,) = home.datasets.glob(".partial-*")
+    assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")], "a temp file still holds the space"
+    assert resolve_version(home) == first.path
+    monkeypatch.setattr(shards, "_open_output", real_open)
+    again = publish_dataset(home, CONFIG)
+    assert again.version != first.version and resolve_version(home) == again.path
+    verify_version(again.path, checksums=True)
+
+
+def test_a_full_disk_after_the_shards_cleans_up_and_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home, full = _history(tmp_path / "h")
+    write_split_pairs(home, full)
+    real_meta = publish._write_meta
+
+    def meta_then_full(staging, *args, **kwargs):
+        (staging / "meta").mkdir(parents=True, exist_ok=True)
+        (staging / "meta" / ".decisions.parquet.abc.tmp").write_bytes(b"half")   # a writer's temp file
+        raise OSError(errno.ENOSPC, "No space left on device", str(staging / "meta" / ".decisions.parquet.abc.tmp"))
+
+    monkeypatch.setattr(publish, "_write_meta", meta_then_full)
+    with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*/meta/"):
+        publish_dataset(home, CONFIG)
+    (staging,) = home.datasets.glob(".partial-*")
+    assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")]
+    assert list(staging.glob("*/*_stats.json")), "committed shards stay for the rerun"
+    monkeypatch.setattr(publish, "_write_meta", real_meta)
+    report = publish_dataset(home, CONFIG)
+    assert report.shards_resumed == sum(report.shards.values()) and report.shards_written == 0
+
+
+def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
+    from training import data as D
+
+    home, full = _history(tmp_path / "h")
+    report = _publish_nightly(home, full)
+    split_dir = report.path / "train"
+    urls = [{"url": str(split_dir / name)} for name in json.loads((split_dir / "sizes.json").read_text())]
+    expected = {shards.sample_key(r["pair_id"], "train"): r["num_example_per_prompt"]
+                for r in _split_pairs(home).to_pylist() if r["split"] == "train"}
+    metas = [D.pair_meta(sample) for sample in D.tar_samples(urls)]
+    assert len(metas) == len(expected)
+    assert all(m["weight"] == 1.0 / expected[m["key"]] for m in metas)
+
+
+KILLED_PUBLISH = """
+import sys
+from pipelines.home import DataHome
+from pipelines.publish import PublishConfig, publish_dataset
+report = publish_dataset(DataHome.at(sys.argv[1]), PublishConfig(workers=1, fsync=False, min_shards_per_split=1,
+                                                                  max_samples_per_shard=10**6, max_shard_bytes=10**12))
+print(report.version, report.shards_written, report.shards_linked, report.shards_resumed)
+"""
+
+
+@pytest.mark.parametrize("fault", ["publish.after_link:2", "shards.after_tar"])
+def test_a_nightly_publish_killed_while_linking_or_writing_resumes_byte_identical(tmp_path: Path, fault: str) -> None:
+    import signal
+    import subprocess
+    import sys
+
+    home, full = _history(tmp_path / "h")
+    first = _publish_nightly(home, _without_last_day(full))
+    write_split_pairs(home, full)
+    env = {k: v for k, v in os.environ.items() if k != "PICKAPIC_FAULT"}
+    repo = Path(__file__).resolve().parents[2]
+    command = [sys.executable, "-c", KILLED_PUBLISH, str(home.root)]
+    killed = subprocess.run(command, cwd=repo, env={**env, "PICKAPIC_FAULT": fault}, capture_output=True, text=True,
+                            start_new_session=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert resolve_version(home) == first.path and list_versions(home) == [first.version]
+    (staging,) = home.datasets.glob(".partial-*")
+    assert list(staging.rglob("*_stats.json")), "something was committed before the kill"
+    done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    version, written, linked, resumed = done.stdout.split()
+    assert int(resumed) > 0 and int(linked) + int(written) + int(resumed) == sum(1 for _ in (home.datasets / version).glob("*/*.tar"))
+    final = home.datasets / version
+    assert _linked(first.path, final), "resumed links still share the older version's inodes"
+    scratch, _ = _history(tmp_path / "scratch")
+    write_split_pairs(scratch, full)
+    clean = publish_dataset(scratch, CONFIG)
+    assert clean.version == version and _digests(clean.path) == _digests(final)
+
+
+def test_the_trainer_draws_shards_by_their_sample_counts(tmp_path: Path) -> None:
+    """Shards of one export day differ in size; drawing them uniformly would over-sample small days."""
+    from itertools import islice
+
+    from training import data as D
+
+    home, full = _history(tmp_path / "h")
+    report = _publish_nightly(home, full)
+    shards_ = D.split_shards(report.path, "train")
+    sizes = json.loads((report.path / "train" / "sizes.json").read_text())
+    assert len(set(sizes.values())) > 1, "the fixture's days must differ in size"
+    stream = D.TrainPairStream(shards_, 4, None, D.ImageSpec(32, 32), seed=3, shuffle_buffer=1, shuffle_initial=1,
+                               resampled=True, draft=True, num_workers=1)
+    assert stream.weights == [sizes[p.name] for p in shards_]
+    draws = [Path(d["url"]).name for d in islice(stream._shard_urls(0, 1, 0), 6000)]
+    total = sum(sizes.values())
+    for name, count in sizes.items():
+        assert abs(draws.count(name) / len(draws) - count / total) < 0.03, (name, draws.count(name), count)
