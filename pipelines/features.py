@@ -99,6 +99,7 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -166,6 +167,8 @@ class FeaturesConfig:
     max_pixels: int = 4096 * 4096         # decompression-bomb limit on width*height from the header
     max_bytes: int = 64 * 1024 * 1024     # larger blobs are rejected (file_too_large) without loading
     min_side: int = 8                     # shortest side below this -> too_small
+    max_side: int = 4096                  # longest side above this -> bad_dimensions (bounds NudeNet's padded square)
+    max_aspect: float = 4.0               # longest / shortest side above this -> bad_dimensions
     nsfw_batch_size: int = 8              # images per session.run (batching gains 4-10%)
     nsfw_threads: int = 1                 # onnxruntime intra-op threads per worker process
     workers: int = 2                      # DirectRunner multi_processing workers; 0 = in-process
@@ -180,7 +183,8 @@ class FeaturesConfig:
         checks = [
             ("train_size", self.train_size >= 16), ("jpeg_quality", 1 <= self.jpeg_quality <= 95),
             ("max_pixels", self.max_pixels >= 1), ("max_bytes", self.max_bytes >= 1),
-            ("min_side", self.min_side >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
+            ("min_side", self.min_side >= 1), ("max_side", self.max_side >= self.min_side),
+            ("max_aspect", self.max_aspect >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
             ("nsfw_threads", self.nsfw_threads >= 1), ("workers", self.workers >= 0),
             ("in_process_below", self.in_process_below >= 0),
             ("runner", bool(self.runner)), ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone
@@ -189,6 +193,11 @@ class FeaturesConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
+
+    def decode_limits(self) -> dict[str, Any]:
+        """Keyword limits of :func:`pipelines.imagedecode.decode_image`."""
+        return {"max_pixels": self.max_pixels, "min_side": self.min_side, "max_side": self.max_side,
+                "max_aspect": self.max_aspect}
 
     @property
     def train_prefix(self) -> str:
@@ -323,6 +332,18 @@ def reject_row(row: dict, reason: str, detail: str, sha256: str | None = None, n
             "reason": reason, "detail": detail, "sha256": sha256, "num_bytes": num_bytes}
 
 
+def describe_error(exc: BaseException, base: str) -> str:
+    """``Type: message`` of an exception, with ``base`` (the home or bucket) cut from any path it names."""
+    message = str(exc).replace(base.rstrip("/") + "/", "") if base else str(exc)
+    return f"{type(exc).__name__}: {message}"
+
+
+def processing_error_row(row: dict, step: str, exc: BaseException, base: str, num_bytes: int) -> dict:
+    """The reject row of an image whose per-image work raised at ``step`` (reason ``processing_error``)."""
+    return reject_row(row, imagedecode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
+                      row["sha256"], num_bytes)
+
+
 def load_known_digests(path: str | None) -> np.ndarray:
     """Sorted ``S32`` array of known sha256 digests from an ``.npy`` file (empty when ``path`` is None)."""
     if not path:
@@ -377,17 +398,22 @@ class ReadBlobFn(beam.DoFn):
 
     def _read(self, relpath: object) -> bytes:
         relpath = imagedecode.check_blob_path(relpath, self.zone)
-        if is_local(self.base):
-            url = imagedecode.check_local_target(self.base, relpath, self.zone)
-        else:
-            url = join_url(self.base, relpath)
-            if not FileSystems.exists(url):
-                raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
         try:
+            if is_local(self.base):
+                url = imagedecode.check_local_target(self.base, relpath, self.zone)
+            else:
+                url = join_url(self.base, relpath)
+                if not FileSystems.exists(url):
+                    raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
             with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 return imagedecode.read_capped(handle, relpath, self.max_bytes)
+        except ImageRejected:
+            raise
         except FileNotFoundError:
             raise ImageRejected(imagedecode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
+        except Exception as exc:  # noqa: BLE001 - one unreadable blob is a reject row, never a failed run
+            raise ImageRejected(imagedecode.UNREADABLE_BLOB,
+                                f"{relpath!r}: {describe_error(exc, self.base)}") from None
 
 
 class DecodeImageFn(beam.DoFn):
@@ -403,18 +429,26 @@ class DecodeImageFn(beam.DoFn):
 
     def process(self, element: dict) -> Iterator[Any]:
         data, config = element["data"], self.config
+        step = "decode"
         try:
-            decoded = imagedecode.decode_image(data, element["blob_path"], max_pixels=config.max_pixels,
-                                               min_side=config.min_side)
+            decoded = imagedecode.decode_image(data, element["blob_path"], **config.decode_limits())
+            step = "hashes"
+            phash, dhash = perceptual_hashes(decoded.rgb)
+            step = "train_jpeg"
+            jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+            step = "nsfw_input"
+            nsfw_input = prepare_image(np.asarray(decoded.rgb))
         except ImageRejected as rejected:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,
                                                                element["sha256"], len(data)))
             return
-        phash, dhash = perceptual_hashes(decoded.rgb)
-        jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+        except Exception as exc:  # noqa: BLE001 - dead letter: one image never fails the run (imagedecode: processing_error)
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(element, step, exc, self.base, len(data)))
+            return
         key = train_jpg_key(config.train_prefix, element["sha256"])
-        write_blob_atomic(self.base, key, jpeg)
+        write_blob_atomic(self.base, key, jpeg)   # a store that cannot be written fails the stage, not the image
         self.decoded.inc()
         yield {
             "image_uid": element["image_uid"], "dt": element["dt"], "blob_path": element["blob_path"],
@@ -422,40 +456,64 @@ class DecodeImageFn(beam.DoFn):
             "height": decoded.height, "mode": decoded.mode, "format": decoded.format,
             "phash": phash, "dhash": dhash, "train_jpg_key": key, "train_width": train_width,
             "train_height": train_height, "train_jpg_bytes": len(jpeg), "reused_from": None,
-            "_nsfw_input": prepare_image(np.asarray(decoded.rgb)),
+            "_nsfw_input": nsfw_input,
         }
 
 
 class DetectNsfwFn(beam.DoFn):
     """Run the NSFW detector on a batch of decoded images; the model loads once per worker (setup)."""
 
-    def __init__(self, detector_factory: Callable[[], NsfwDetector]) -> None:
-        self.detector_factory = detector_factory
+    def __init__(self, detector_factory: Callable[[], NsfwDetector], base: str = "") -> None:
+        self.detector_factory, self.base = detector_factory, base
         self.flagged = Metrics.counter("features", "nsfw_flagged")
         self.processed = Metrics.counter("features", "processed")
+        self.rejected = Metrics.counter("features", "rejected")
 
     def setup(self) -> None:
         configure_worker()
         self.detector = self.detector_factory()
 
-    def process(self, batch: Sequence[dict]) -> Iterator[dict]:
-        inputs: list[PreparedImage] = [element["_nsfw_input"] for element in batch]
-        results = self.detector.detect_prepared(inputs)
-        if len(results) != len(inputs):
-            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+    def process(self, batch: Sequence[dict]) -> Iterator[Any]:
+        try:
+            results: list[NsfwResult | Exception] = list(self._detect([element["_nsfw_input"] for element in batch]))
+        except Exception:  # noqa: BLE001 - find the image at fault: run each one alone
+            results = []
+            for element in batch:
+                try:
+                    results.extend(self._detect([element["_nsfw_input"]]))
+                except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                    results.append(exc)
         for element, result in zip(batch, results):
             row = {key: value for key, value in element.items() if key != "_nsfw_input"}
-            row.update(nsfw_columns(result))
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                row.update(nsfw_columns(result))
+            except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(row, "nsfw", exc, self.base,
+                                                                             row["num_bytes"]))
+                continue
             self.processed.inc()
             if is_flagged(result.class_max):
                 self.flagged.inc()
             yield row
 
+    def _detect(self, inputs: list[PreparedImage]) -> list[NsfwResult]:
+        results = self.detector.detect_prepared(inputs)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+        return results
+
 
 def nsfw_columns(result: NsfwResult) -> dict:
-    """``nsfw_detections`` and ``nsfw_max`` column values of one result."""
-    return {"nsfw_detections": [d.as_row() for d in result.detections],
-            "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+    """``nsfw_detections`` and ``nsfw_max`` column values of one result; raise on a non-finite score."""
+    columns = {"nsfw_detections": [d.as_row() for d in result.detections],
+               "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+    scores = list(columns["nsfw_max"].values()) + [d["score"] for d in columns["nsfw_detections"]]
+    if not all(math.isfinite(score) for score in scores):
+        raise ValueError(f"the NSFW model gave a non-finite score: {columns['nsfw_max']}")
+    return columns
 
 
 def configure_worker() -> None:
@@ -501,10 +559,11 @@ class FingerprintImages(beam.PTransform):
             decoded.decoded
             | "BatchForNsfw" >> beam.BatchElements(min_batch_size=config.nsfw_batch_size,
                                                    max_batch_size=config.nsfw_batch_size)
-            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory))
+            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory, self.base)).with_outputs(
+                REJECTS, main="features")
         )
-        rejects = (read[REJECTS], decoded[REJECTS]) | "AllRejects" >> beam.Flatten()
-        return {"features": features, "rejects": rejects, "reused": read[REUSED]}
+        rejects = (read[REJECTS], decoded[REJECTS], features[REJECTS]) | "AllRejects" >> beam.Flatten()
+        return {"features": features.features, "rejects": rejects, "reused": read[REUSED]}
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -840,7 +899,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
     for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
+                       ("min_side", int), ("max_side", int), ("max_aspect", float), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
                        ("blob_base", str), ("staging", str)):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
     return parser

@@ -8,6 +8,7 @@ unsafe_path         blob path is empty, absolute, has a scheme, ``..``/``.``/emp
                     (``raw/`` by default), or (local files) resolves through a symlink to a target
                     outside that zone, or is not a regular file (directory, FIFO, device).
 missing_blob        nothing at the blob path.
+unreadable_blob     the blob is there but reading it failed (permission, I/O or storage error).
 file_too_large      more than ``max_bytes`` bytes (read is capped: a huge file is never loaded).
 empty_file          zero bytes.
 not_an_image        bytes that no accepted decoder recognises (PNG, JPEG, WEBP, GIF, BMP, TIFF
@@ -18,6 +19,12 @@ extension_mismatch  the bytes are an image of another format than the extension 
 decompression_bomb  the header declares more than ``max_pixels`` pixels (default 4096 x 4096),
                     checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits.
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
+bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
+                    above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
+                    a thin strip is both unjudgeable (under 80 of the model's 320 rows at 4:1) and
+                    expensive (a 70000 x 8 PNG pads to 14 GB; the JPEG encoder cannot even write
+                    a side above 65,535). Bounding the longest side bounds the padded square at
+                    max_side^2 x 3 bytes (48 MiB at 4096).
 animated_image      more than one frame (APNG, animated WEBP/GIF): there is no single image to
                     train on.
 unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillow's RGB conversion
@@ -27,10 +34,14 @@ unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillo
 truncated_image     a header that parses but pixel data that does not decode completely
                     (truncated, corrupt stream, bad CRC), or a known signature with an unreadable
                     header.
+processing_error    the bytes passed every check above, yet a later step (hashing, the training
+                    JPEG, the NSFW model) raised: a case no policy foresaw. The detail names the
+                    step and the exception; the run goes on.
 ==================  ===========================================================================
 
-Checks run in that order, so a file gets the first reason that applies. EXIF orientation is not
-applied: the stored pixels are the image (generated images carry no EXIF).
+Checks run in that order, so a file gets the first reason that applies. Rejects are recomputed on
+every run, so a transient read error or a fixed bug heals on the next run of the day. EXIF
+orientation is not applied: the stored pixels are the image (generated images carry no EXIF).
 """
 from __future__ import annotations
 
@@ -44,20 +55,26 @@ from PIL import Image, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
 MISSING_BLOB = "missing_blob"
+UNREADABLE_BLOB = "unreadable_blob"
 FILE_TOO_LARGE = "file_too_large"
 EMPTY_FILE = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
 EXTENSION_MISMATCH = "extension_mismatch"
 DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
+BAD_DIMENSIONS = "bad_dimensions"
 ANIMATED_IMAGE = "animated_image"
 UNSUPPORTED_MODE = "unsupported_mode"
 TRUNCATED_IMAGE = "truncated_image"
+PROCESSING_ERROR = "processing_error"
 
 REJECT_REASONS = (
-    UNSAFE_PATH, MISSING_BLOB, FILE_TOO_LARGE, EMPTY_FILE, NOT_AN_IMAGE, EXTENSION_MISMATCH,
-    DECOMPRESSION_BOMB, TOO_SMALL, ANIMATED_IMAGE, UNSUPPORTED_MODE, TRUNCATED_IMAGE,
+    UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EMPTY_FILE, NOT_AN_IMAGE, EXTENSION_MISMATCH,
+    DECOMPRESSION_BOMB, TOO_SMALL, BAD_DIMENSIONS, ANIMATED_IMAGE, UNSUPPORTED_MODE, TRUNCATED_IMAGE,
+    PROCESSING_ERROR,
 )
+# Reasons given before the bytes were read: their rows carry no sha256 / num_bytes.
+UNREAD_REASONS = (UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EMPTY_FILE)
 
 PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 EXTENSION_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",)}
@@ -143,7 +160,22 @@ def read_capped(handle: io.RawIOBase | io.BufferedIOBase, relpath: str, max_byte
     return b"".join(chunks)
 
 
-def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -> DecodedImage:
+def check_dimensions(width: int, height: int, relpath: str, *, max_pixels: int, min_side: int,
+                     max_side: int, max_aspect: float) -> None:
+    """Raise ``decompression_bomb`` / ``too_small`` / ``bad_dimensions`` for a header's size, in that order."""
+    if width * height > max_pixels:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r} declares {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageRejected(TOO_SMALL, f"{relpath!r} is {width}x{height}, shortest side < min_side={min_side}")
+    if max(width, height) > max_side:
+        raise ImageRejected(BAD_DIMENSIONS, f"{relpath!r} is {width}x{height}, longest side > max_side={max_side}")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageRejected(BAD_DIMENSIONS, f"{relpath!r} is {width}x{height}, aspect ratio "
+                                            f"{max(width, height) / min(width, height):.1f} > max_aspect={max_aspect:g}")
+
+
+def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, max_side: int,
+                 max_aspect: float) -> DecodedImage:
     """Decode ``data`` (the blob at ``relpath``) once, applying every policy in the module docstring."""
     if not data:
         raise ImageRejected(EMPTY_FILE, f"{relpath!r} has zero bytes")
@@ -171,10 +203,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -
     if fmt not in expected:
         raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {fmt} bytes, extension {extension!r} expects {'/'.join(expected)}")
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r} declares {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
-    if min(width, height) < min_side:
-        raise ImageRejected(TOO_SMALL, f"{relpath!r} is {width}x{height}, shortest side < min_side={min_side}")
+    check_dimensions(width, height, relpath, max_pixels=max_pixels, min_side=min_side, max_side=max_side,
+                     max_aspect=max_aspect)
     try:
         frames = getattr(image, "n_frames", 1)
     except Exception as exc:  # noqa: BLE001 - counting frames parses the whole file

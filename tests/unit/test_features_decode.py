@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from pipelines import imagedecode
+from pipelines.features import FeaturesConfig
 from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
 from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png
 
-LIMITS = dict(max_pixels=4096 * 4096, min_side=8)
+LIMITS = FeaturesConfig().decode_limits()
 
 
 @pytest.mark.parametrize("reason", sorted(bad_blobs()))
@@ -70,9 +71,50 @@ def test_unknown_extension_and_header_only_truncation() -> None:
 def test_limits_are_configurable() -> None:
     data = png(2, (64, 64))
     with pytest.raises(ImageRejected, match="decompression_bomb"):
-        decode_image(data, "raw/images/a.png", max_pixels=64 * 63, min_side=8)
+        decode_image(data, "raw/images/a.png", **LIMITS | {"max_pixels": 64 * 63})
     with pytest.raises(ImageRejected, match="too_small"):
-        decode_image(data, "raw/images/a.png", max_pixels=10**6, min_side=65)
+        decode_image(data, "raw/images/a.png", **LIMITS | {"min_side": 65})
+    with pytest.raises(ImageRejected, match="bad_dimensions"):
+        decode_image(data, "raw/images/a.png", **LIMITS | {"max_side": 63})
+
+
+def thin_png(width: int, height: int) -> bytes:
+    """A real, fully decodable PNG of a thin gradient (compresses to a few KB even at 70000 px)."""
+    import numpy as np
+
+    ramp = (np.arange(max(width, height)) % 256).astype(np.uint8)
+    pixels = np.broadcast_to(ramp[None, :, None] if width >= height else ramp[:, None, None], (height, width, 3))
+    return encode(Image.fromarray(np.ascontiguousarray(pixels)))
+
+
+@pytest.mark.parametrize("size", [(70000, 8), (8, 70000), (30000, 8), (8, 30000), (4097, 1100), (1100, 4097),
+                                  (2000, 499), (499, 2000)])
+def test_extreme_shapes_are_bad_dimensions_before_any_pixel_is_decoded(size: tuple[int, int]) -> None:
+    """A 70000x8 PNG is under max_pixels, yet it pads to 14 GB for NudeNet and breaks the JPEG encoder."""
+    data = thin_png(*size)
+    assert Image.open(io.BytesIO(data)).size == size and len(data) < 200_000
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data, "raw/images/thin.png", **LIMITS)
+    assert caught.value.reason == "bad_dimensions"
+    assert f"{size[0]}x{size[1]}" in caught.value.detail and "thin.png" in caught.value.detail
+
+
+@pytest.mark.parametrize("size", [(4096, 1024), (1024, 4096), (64, 16), (16, 64)])
+def test_shapes_at_the_limits_decode(size: tuple[int, int]) -> None:
+    decoded = decode_image(thin_png(*size), "raw/images/ok.png", **LIMITS)
+    assert (decoded.width, decoded.height) == size
+
+
+def test_contract_lists_exactly_the_reject_reasons() -> None:
+    """The image_rejects contract's reason rule and its no-bytes exemption name the reasons of imagedecode."""
+    import re
+
+    import yaml
+
+    contract = yaml.safe_load((Path(__file__).resolve().parents[2] / "data_contracts" / "image_rejects.yaml").read_text())
+    rules = {rule["name"]: rule["query"] for rule in contract["schema"][0]["quality"]}
+    assert set(re.findall(r"'([a-z_]+)'", rules["image_rejects_known_reason"])) == set(imagedecode.REJECT_REASONS)
+    assert set(re.findall(r"'([a-z_]+)'", rules["image_rejects_bytes_when_read"])) == set(imagedecode.UNREAD_REASONS)
 
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "raw/images/../../etc/passwd.png", "raw/./a.png", "raw//a.png",
@@ -121,7 +163,8 @@ def test_read_is_capped() -> None:
 def test_reasons_are_closed() -> None:
     with pytest.raises(ValueError):
         ImageRejected("bad_reason", "x")
-    assert len(set(imagedecode.REJECT_REASONS)) == 11
+    assert len(set(imagedecode.REJECT_REASONS)) == len(imagedecode.REJECT_REASONS) == 14
+    assert set(imagedecode.UNREAD_REASONS) < set(imagedecode.REJECT_REASONS)
 
 
 def test_animated_webp_is_animated() -> None:
