@@ -102,8 +102,8 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -266,26 +266,29 @@ def train_jpg_key(prefix: str, sha256: str) -> str:
 
 
 def write_blob_atomic(base: str, key: str, data: bytes) -> None:
-    """Write ``data`` at ``base/key`` unless a non-empty file is already there; readers never see a partial file."""
+    """Write ``data`` at ``base/key`` through Beam's ``FileSystems`` unless a non-empty file is already there.
+
+    Readers never see a partial file: a local file is written under a unique temporary name in the same
+    folder and renamed into place (with the umask's permissions); an object store makes an object
+    visible only when its upload completes.
+    """
     url = join_url(base, key)
-    if is_local(base):
-        if os.path.exists(url) and os.path.getsize(url) > 0:
-            return
-        folder = os.path.dirname(url)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".", suffix=".tmp", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, url)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    matches = FileSystems.match([url])[0].metadata_list
+    if matches and matches[0].size_in_bytes > 0:
         return
-    if FileSystems.exists(url):
+    if not is_local(base):
+        with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
         return
-    with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)   # object stores make the object visible only when the upload completes
+    folder, name = url.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with FileSystems.create(temporary, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
+        FileSystems.rename([temporary], [url])
+    finally:
+        if FileSystems.exists(temporary):
+            FileSystems.delete([temporary])
 
 
 # ------------------------------------------------------------------------------ per-image steps

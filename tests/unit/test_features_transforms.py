@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import apache_beam as beam
@@ -116,6 +117,9 @@ def test_decode_derives_hashes_jpeg_and_model_input_from_one_decode(home: Path) 
     jpeg = Image.open(stored)
     assert jpeg.format == "JPEG" and jpeg.size == (341, 256)
     assert not [p for p in stored.parent.iterdir() if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask     # readable by other accounts, as the umask says
     phash, dhash = perceptual_hashes(big)
     assert bin(phash ^ int(str(imagehash.phash(big)), 16)).count("1") <= 2
     assert bin(dhash ^ int(str(imagehash.dhash(big)), 16)).count("1") <= 3
