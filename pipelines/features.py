@@ -109,6 +109,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
+# First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
+from pipelines.beamworker import QuietFnApiRunner  # isort: skip
+
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
@@ -625,7 +628,7 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
 
     encoded = JobServiceHandle.encode_pipeline_options(values)
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return QuietFnApiRunner(provision_info=provision)
 
 
 def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesConfig(),
