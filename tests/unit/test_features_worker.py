@@ -38,3 +38,18 @@ def test_worker_commands_are_rerouted_through_the_quiet_entry_point() -> None:
     stock = f"{sys.executable} -m apache_beam.runners.worker.sdk_worker_main"
     assert quiet_worker_command(stock) == f"{sys.executable} -m {QUIET_WORKER_MODULE}"
     assert quiet_worker_command("/opt/apache/beam/boot --id=1") == "/opt/apache/beam/boot --id=1"
+
+
+def test_worker_requirements_are_the_pyproject_entries() -> None:
+    """requirements-worker.txt pins each package exactly as pyproject.toml does (one version policy)."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    declared = {canonicalize_name(Requirement(entry).name): entry
+                for entry in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]}
+    lines = [line.split("#")[0].strip() for line in (REPO / "requirements-worker.txt").read_text().splitlines()]
+    worker = [line for line in lines if line]
+    assert {"apache-beam", "nudenet", "onnxruntime"} <= {canonicalize_name(Requirement(line).name) for line in worker}
+    assert [line for line in worker if declared.get(canonicalize_name(Requirement(line).name)) != line] == []
