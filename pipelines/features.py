@@ -443,7 +443,7 @@ class DecodeImageFn(beam.DoFn):
             step = "train_jpeg"
             jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
             step = "nsfw_input"
-            nsfw_input = prepare_image(np.asarray(decoded.rgb))
+            nsfw_input = prepare_image(decoded.pixels)
         except ImageRejected as rejected:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,

@@ -39,7 +39,12 @@ processing_error    the bytes passed every check above, yet a later step (hashin
                     step and the exception; the run goes on.
 ==================  ===========================================================================
 
-Checks run in that order, so a file gets the first reason that applies. Rejects are recomputed on
+Checks run in that order, so a file gets the first reason that applies. Pillow parses every header;
+the pixels of an 8-bit PNG whose image data is its last chunk (nothing after it but ``IEND``) are
+decoded by libspng (``pyspng``), about twice as fast as Pillow on generated 512 px images and equal to
+Pillow's ``convert("RGB")`` pixel for pixel (tested for every 8-bit colour type); any other file,
+including one with chunks after its image data (text there is Pillow's to police), is decoded by
+Pillow. Rejects are recomputed on
 every run, so a transient read error or a fixed bug heals on the next run of the day. EXIF
 orientation is not applied: the stored pixels are the image (generated images carry no EXIF).
 """
@@ -51,6 +56,7 @@ import stat
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
@@ -95,9 +101,10 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A fully decoded image in RGB plus what the header said about the original."""
+    """A fully decoded image in RGB (as a Pillow image and as an (h, w, 3) uint8 array) plus its header facts."""
 
     rgb: Image.Image
+    pixels: np.ndarray
     width: int
     height: int
     mode: str
@@ -215,9 +222,31 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     if mode not in CONVERTIBLE_MODES:
         raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
     try:
+        if fmt == "PNG" and libspng_decodes(data):
+            import pyspng
+
+            pixels = pyspng.load(data, format="RGB")
+            return DecodedImage(Image.fromarray(pixels), pixels, width, height, mode, fmt)
         image.load()
     except Exception as exc:  # noqa: BLE001 - see comment above
         raise ImageRejected(_reason_for(exc, TRUNCATED_IMAGE),
                             f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return DecodedImage(rgb, width, height, mode, fmt)
+    return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
+
+
+def libspng_decodes(data: bytes) -> bool:
+    """True for a PNG of at most 8 bits per sample whose chunks after the first IDAT are IDATs and one IEND."""
+    if data[12:16] != b"IHDR" or len(data) < 33 or data[24] > 8:
+        return False
+    position, image_data = 8, False
+    while position + 8 <= len(data):
+        length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
+        if kind == b"IEND":
+            return image_data
+        if kind == b"IDAT":
+            image_data = True
+        elif image_data:
+            return False
+        position += 12 + length
+    return False   # no IEND: Pillow reports the truncation

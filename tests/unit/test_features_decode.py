@@ -174,3 +174,54 @@ def test_animated_webp_is_animated() -> None:
     with pytest.raises(ImageRejected, match="animated_image"):
         decode_image(out.getvalue(), "raw/images/a.webp", **LIMITS)
     assert Image.open(io.BytesIO(out.getvalue())).n_frames == 2
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _pngs_of_every_8_bit_colour_type() -> dict[str, bytes]:
+    import numpy as np
+
+    base = natural_image(12, (53, 37))
+    alpha = Image.fromarray(np.dstack([np.asarray(base), np.asarray(natural_image(13, (53, 37)).convert("L"))]), "RGBA")
+    return {"RGB": encode(base), "RGBA": encode(alpha), "L": encode(base.convert("L")), "LA": encode(alpha.convert("LA")),
+            "P": encode(base.convert("P")), "P+tRNS": encode(base.convert("P"), transparency=3), "1": encode(base.convert("1")),
+            "RGB+tRNS": encode(base, transparency=(10, 20, 30))}
+
+
+@pytest.mark.parametrize("kind", sorted(_pngs_of_every_8_bit_colour_type()))
+def test_libspng_decodes_exactly_what_pillow_decodes(kind: str) -> None:
+    import numpy as np
+
+    data = _pngs_of_every_8_bit_colour_type()[kind]
+    assert imagedecode.libspng_decodes(data)
+    decoded = decode_image(data, "raw/images/a.png", **LIMITS)
+    expected = Image.open(io.BytesIO(data)).convert("RGB")
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (37, 53, 3)
+    assert np.array_equal(decoded.pixels, np.asarray(expected)) and decoded.rgb.tobytes() == expected.tobytes()
+    assert decoded.rgb.mode == "RGB" and decoded.mode == Image.open(io.BytesIO(data)).mode
+
+
+def test_other_pngs_go_to_pillow_with_the_same_outcome() -> None:
+    import zlib
+
+    import numpy as np
+
+    good = png(14, (40, 30))
+    end = good.rindex(b"IEND") - 4
+    text_after = good[:end] + _png_chunk(b"tEXt", b"Comment\x00hello") + good[end:]
+    bomb_after = good[:end] + _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 4_000_000, 9)) + good[end:]
+    assert imagedecode.libspng_decodes(good)
+    for data in (text_after, bomb_after, good[: len(good) // 2], good[: end + 4]):
+        assert not imagedecode.libspng_decodes(data)
+    assert np.array_equal(decode_image(text_after, "raw/images/t.png", **LIMITS).pixels, np.asarray(Image.open(io.BytesIO(good))))
+    with pytest.raises(ImageRejected) as caught:            # Pillow inflates text after the image data: a bomb
+        decode_image(bomb_after, "raw/images/b.png", **LIMITS)
+    assert caught.value.reason == "decompression_bomb"
+    sixteen_bit = bytearray(good)
+    sixteen_bit[24] = 16                                      # bit depth in IHDR: 16 bits are never libspng's
+    assert not imagedecode.libspng_decodes(bytes(sixteen_bit))
