@@ -57,6 +57,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pyspng
 from PIL import Image, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
@@ -223,8 +224,6 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
         raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
     try:
         if fmt == "PNG" and libspng_decodes(data):
-            import pyspng
-
             pixels = pyspng.load(data, format="RGB")
             return DecodedImage(Image.fromarray(pixels), pixels, width, height, mode, fmt)
         image.load()

@@ -129,6 +129,25 @@ class LocalPortableCluster:
                 "--environment_type=EXTERNAL", f"--environment_config=localhost:{self.pool_port}",
                 f"--direct_num_workers={workers}", "--requirements_cache=skip"]
 
+    def cpu_seconds(self) -> float:
+        """CPU time so far of the job service, the worker pool and every SDK harness (Linux ``/proc``).
+
+        Live processes of both process groups count with their reaped children, so harnesses the pool
+        already stopped still count; call it before the cluster stops.
+        """
+        groups = {process.pid for process in self.processes.values()}
+        ticks = 0
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:            # the process ended meanwhile
+                continue
+            if int(fields[2]) in groups:                      # pgrp; then utime, stime, cutime, cstime
+                ticks += sum(int(value) for value in fields[11:15])
+        return ticks / os.sysconf("SC_CLK_TCK")
+
     def log(self, name: str) -> str:
         """The output so far of ``jobservice`` or ``workerpool`` (for error messages)."""
         path = self.workdir / f"{name}.log"
