@@ -15,82 +15,11 @@ Shape (Beam's ``complete/game`` style): ``ReadBlobFn`` -> ``DecodeImageFn`` -> `
 reads and the training-JPEG writes it exists for); :func:`build_features` prepares inputs, runs the
 pipeline and commits the outputs; :func:`run` is the command line.
 
-Decisions
----------
-- Hash input: the decoded image in ``L`` mode, box-reduced by the integer factor
-  ``min(width, height) // 128`` when that is >= 2, then ``imagehash.phash`` / ``imagehash.dhash``.
-  Every image takes this one path. It is ~3x cheaper than hashing at full resolution and within
-  2 bits (pHash) / 3 bits (dHash) of it. Bit order: ``ImageHash.hash.flatten()`` most significant
-  first, i.e. ``int(str(hash), 16)``.
-- ``nsfw_max[c]`` is the maximum raw score of class ``c`` over all 2,100 anchors (never null, also
-  below NudeNet's 0.2 detection threshold); ``nsfw_detections`` is exactly what
-  ``NudeDetector.detect()`` returns (class, score, box x/y/w/h). ``nsfw_flagged`` counts images whose
-  ``nsfw_max`` reaches 0.5 in an explicit class (``pipelines.nsfw.EXPLICIT_CLASSES``).
-- Training JPEG key: ``blobs/train/s<train_size>q<jpeg_quality>/<sha[:2]>/<sha256 of original>.jpg``
-  (relative to the home). Identical originals share one file; an existing non-empty file is kept.
-  Each file is written under a temporary name and renamed (readers never see half a file); the
-  driver calls ``os.sync()`` once before committing the Parquet outputs that reference them, instead
-  of one fsync per image (~4 ms each here).
-- Incremental: an input uid already present in an image_features partition of this day or an
-  earlier one is never read: its row is copied (same day: unchanged, so a re-run writes the same
-  bytes; earlier day: ``dt``/``blob_path`` updated and ``reused_from = image_uid``). A new uid whose
-  bytes (sha256) equal an earlier day's image is read and hashed but not decoded: the row of the
-  earliest ``(dt, image_uid)`` with that sha256 is copied with ``reused_from`` = that uid. Two new uids
-  with identical bytes on the same day are both computed (identical features, ``reused_from`` null).
-  Cost per night: compute is O(new images). The lookup reads two columns (``image_uid``, ``sha256``)
-  of the earlier image_features partitions -- no separate index dataset to keep in sync -- i.e.
-  ~100 bytes per historical image (~1-2 s per million on this 2-core machine, against ~30 ms of
-  compute per new image), and ships the known digests to the workers as one sorted ``.npy`` file of
-  32-byte digests (32 MB per million; binary search per image).
-- Rejects (policies in ``pipelines.imagedecode``) are recomputed on every run, because a missing blob
-  may arrive later; they cost a read and a header parse.
-- Determinism: outputs are sorted by ``image_uid`` and written with fixed Parquet options. onnxruntime
-  on one intra-op thread gives bit-identical outputs for any batch split (tested), so results do not
-  depend on how a runner bundles elements; they may differ in the last bits on another CPU type.
-
-Running it
-----------
-Locally (DirectRunner, 2 worker processes, each with one onnxruntime thread)::
-
-    python -m pipelines.features --home ./data --day 2023-03-22 --workers 2
-
-Any option this module does not know goes to Beam's ``PipelineOptions`` unchanged. Workers must be
-able to read the blobs and write the training JPEGs, so on a remote runner put the raw zone and the
-store in a bucket and point ``--blob-base`` at it (the driver still reads and writes the warehouse
-under ``--home``; ``--staging`` defaults to ``<blob-base>/.staging/features/dt=<day>``)::
-
-    # Dataflow: package this project and its dependencies for the workers.
-    python -m build --wheel              # -> dist/pickapic_pipeline-0.1.0-py3-none-any.whl
-    python -m pipelines.features --home ./data --day 2023-03-22 \\
-        --blob-base gs://BUCKET/pickapic \\
-        --runner=DataflowRunner --project=PROJECT --region=europe-west1 \\
-        --temp_location=gs://BUCKET/tmp --staging_location=gs://BUCKET/staging \\
-        --extra_package=dist/pickapic_pipeline-0.1.0-py3-none-any.whl \\
-        --requirements_file=requirements-worker.txt \\
-        --machine_type=n2-standard-4 --number_of_worker_harness_threads=4
-
-    # requirements-worker.txt (one per line): apache-beam[gcp]==2.77.*, nudenet==3.4.2,
-    # onnxruntime>=1.17, opencv-python-headless, imagehash==4.3.2, pillow>=10, numpy>=1.26, pyarrow>=16.
-    # The NudeNet model file (320n.onnx) ships inside the nudenet wheel, so installing nudenet on the
-    # workers is all the model needs (no download at run time). Each DoFn instance runs onnxruntime
-    # with --nsfw-threads (default 1) threads: set --number_of_worker_harness_threads to the vCPUs.
-    # Faster start-up: bake the wheel and requirements into a custom container and pass
-    # --sdk_container_image=REGION-docker.pkg.dev/PROJECT/REPO/pickapic-beam-worker:0.1.0 instead.
-
-    # Flink (portable runner; the job server starts from the Beam release, workers run in Docker
-    # containers built from apache/beam_python3.11_sdk:2.77.0 plus the wheel and requirements above):
-    python -m pipelines.features --home ./data --day 2023-03-22 \\
-        --blob-base s3://BUCKET/pickapic \\
-        --runner=FlinkRunner --flink_master=flink-jobmanager:8081 --flink_version=1.20 \\
-        --environment_type=DOCKER --environment_config=REGISTRY/pickapic-beam-worker:0.1.0 \\
-        --parallelism=16
-
-With ``--environment_type=LOOPBACK`` (local Flink for testing) the workers use the driver's Python
-environment and the local home works as is. With a remote ``--blob-base`` the training JPEGs land in
-``<blob-base>/blobs/train/...`` (``train_jpg_key`` stays relative to the home, so the same key works
-after ``gsutil -m rsync -r gs://BUCKET/pickapic/blobs ./data/blobs`` or for a publish stage that
-reads from the bucket). ``gs://`` needs ``apache-beam[gcp]`` and ``s3://`` ``apache-beam[aws]`` on
-the driver too (the driver writes the staging inputs and reads the staged outputs there).
+Workers read the blobs and write the training JPEGs through Beam ``FileSystems`` paths under the
+blob base (the home, or a bucket with ``--blob-base``); only the driver touches the warehouse. The
+decisions behind each column (hash input, NSFW columns, the JPEG store, incremental reuse,
+determinism) and the runbook for other runners (portable, Dataflow, Flink, Spark) are in the README,
+section 3.
 """
 from __future__ import annotations
 
@@ -300,7 +229,7 @@ def write_blob_atomic(base: str, key: str, data: bytes) -> None:
 # ------------------------------------------------------------------------------ per-image steps
 
 def perceptual_hashes(rgb) -> tuple[int, int]:
-    """(pHash, dHash) as unsigned 64-bit integers, from the hash input described in the module docstring."""
+    """(pHash, dHash) as unsigned 64-bit integers of the hash input (README section 3, "Decisions")."""
     import imagehash
 
     gray = rgb.convert("L")
