@@ -839,7 +839,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
     for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("max_side", int), ("max_aspect", float), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
+                       ("min_side", int), ("max_side", int), ("max_aspect", float), ("nsfw_batch_size", int),
+                       ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
                        ("blob_base", str), ("staging", str)):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
     return parser
