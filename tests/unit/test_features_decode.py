@@ -5,13 +5,14 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from pipelines import imagedecode
 from pipelines.features import FeaturesConfig
 from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
-from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png
+from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png, thin_png
 
 LIMITS = FeaturesConfig().decode_limits()
 
@@ -76,15 +77,6 @@ def test_limits_are_configurable() -> None:
         decode_image(data, "raw/images/a.png", **LIMITS | {"min_side": 65})
     with pytest.raises(ImageRejected, match="bad_dimensions"):
         decode_image(data, "raw/images/a.png", **LIMITS | {"max_side": 63})
-
-
-def thin_png(width: int, height: int) -> bytes:
-    """A real, fully decodable PNG of a thin gradient (compresses to a few KB even at 70000 px)."""
-    import numpy as np
-
-    ramp = (np.arange(max(width, height)) % 256).astype(np.uint8)
-    pixels = np.broadcast_to(ramp[None, :, None] if width >= height else ramp[:, None, None], (height, width, 3))
-    return encode(Image.fromarray(np.ascontiguousarray(pixels)))
 
 
 @pytest.mark.parametrize("size", [(70000, 8), (8, 70000), (30000, 8), (8, 30000), (4097, 1100), (1100, 4097),
@@ -184,8 +176,6 @@ def _png_chunk(kind: bytes, data: bytes) -> bytes:
 
 
 def _pngs_of_every_8_bit_colour_type() -> dict[str, bytes]:
-    import numpy as np
-
     base = natural_image(12, (53, 37))
     alpha = Image.fromarray(np.dstack([np.asarray(base), np.asarray(natural_image(13, (53, 37)).convert("L"))]), "RGBA")
     return {"RGB": encode(base), "RGBA": encode(alpha), "L": encode(base.convert("L")), "LA": encode(alpha.convert("LA")),
@@ -195,8 +185,6 @@ def _pngs_of_every_8_bit_colour_type() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("kind", sorted(_pngs_of_every_8_bit_colour_type()))
 def test_libspng_decodes_exactly_what_pillow_decodes(kind: str) -> None:
-    import numpy as np
-
     data = _pngs_of_every_8_bit_colour_type()[kind]
     assert imagedecode.libspng_decodes(data)
     decoded = decode_image(data, "raw/images/a.png", **LIMITS)
@@ -208,8 +196,6 @@ def test_libspng_decodes_exactly_what_pillow_decodes(kind: str) -> None:
 
 def test_other_pngs_go_to_pillow_with_the_same_outcome() -> None:
     import zlib
-
-    import numpy as np
 
     good = png(14, (40, 30))
     end = good.rindex(b"IEND") - 4

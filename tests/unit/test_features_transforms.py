@@ -20,7 +20,7 @@ from pipelines import features
 from pipelines.features import (DecodeImageFn, DetectNsfwFn, FeaturesConfig, FingerprintImages, ReadBlobFn,
                                 perceptual_hashes, train_size_of)
 from pipelines.nsfw import prepare_image
-from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png
+from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png, thin_png
 
 DAY = dt.date(2023, 3, 1)
 
@@ -173,13 +173,6 @@ def test_config_validation_names_the_field() -> None:
         FeaturesConfig(jpeg_quality=0).validate()
     with pytest.raises(ValueError, match="blob_zone"):
         FeaturesConfig(blob_zone="..").validate()
-
-
-def thin_png(width: int, height: int) -> bytes:
-    """A real 8-bit RGB PNG of a thin gradient (a few KB even at 70000 px)."""
-    ramp = (np.arange(max(width, height)) % 256).astype(np.uint8)
-    pixels = np.broadcast_to(ramp[None, :, None] if width >= height else ramp[:, None, None], (height, width, 3))
-    return encode(Image.fromarray(np.ascontiguousarray(pixels)))
 
 
 def test_extreme_shapes_are_rejects_not_a_failed_run(home: Path) -> None:
