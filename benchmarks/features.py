@@ -242,8 +242,10 @@ def stage_alone(home: DataHome, paths: list[str], batch: int) -> float:
     return clock.cpu * 1000 / len(paths)
 
 
-def beam_run(runner: str, root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> tuple[float, float]:
-    """(wall seconds of the Beam stage, CPU seconds of every process involved) of one build_features run.
+def beam_run(runner: str, root: Path, raw: Path, paths: list[str], workers: int, batch: int
+             ) -> tuple[float, float, float | None]:
+    """(wall seconds of the Beam stage, CPU seconds of every process involved, peak RSS of the largest
+    cluster process in MiB or None) of one build_features run.
 
     The CPU time counts this driver and, on the DirectRunner, its reaped worker processes; on the
     portable runner, the job service, the worker pool and its SDK harnesses (a fresh cluster per run,
@@ -254,14 +256,14 @@ def beam_run(runner: str, root: Path, raw: Path, paths: list[str], workers: int,
     cpu = _cpu() + _children_cpu()
     if runner == "direct":
         report = build_features(home, DAY, config)
-        cluster_cpu = 0.0
+        cluster_cpu, peak = 0.0, None
     else:
         with LocalPortableCluster(root.parent / f"{root.name}-cluster", pythonpath=[str(REPO)]) as cluster:
             started = cluster.cpu_seconds()
             report = build_features(home, DAY, config, cluster.beam_args(workers))
-            cluster_cpu = cluster.cpu_seconds() - started
+            cluster_cpu, peak = cluster.cpu_seconds() - started, cluster.peak_rss_mib()
     assert report.processed == len(paths), report
-    return report.stage_seconds, _cpu() + _children_cpu() - cpu + cluster_cpu
+    return report.stage_seconds, _cpu() + _children_cpu() - cpu + cluster_cpu, peak
 
 
 def breakdown(folder: Path, paths: list[str], batch: int) -> dict[str, float]:
@@ -341,8 +343,10 @@ def main(argv: list[str] | None = None) -> dict:
         results["obvious_wall"], results["obvious_cpu"] = obvious_code(shared, paths)
         quarter = max(1, args.images // 4)
         for w in worker_counts:
-            small_wall, small_cpu = beam_run(args.runner, folder / f"small{w}", raw, paths[:quarter], w, args.batch)
-            full_wall, full_cpu = beam_run(args.runner, folder / f"beam{w}", raw, paths, w, args.batch)
+            small_wall, small_cpu, _ = beam_run(args.runner, folder / f"small{w}", raw, paths[:quarter], w, args.batch)
+            full_wall, full_cpu, peak = beam_run(args.runner, folder / f"beam{w}", raw, paths, w, args.batch)
+            if peak is not None:
+                results[f"beam_{w}w_cluster_peak_rss_mib"] = round(peak, 1)
             results[f"beam_{w}w_wall"] = args.images / full_wall
             # Marginal rate between a quarter-size run and the full run: start-up cancels out.
             delta = full_wall - small_wall
@@ -369,8 +373,9 @@ def main(argv: list[str] | None = None) -> dict:
         ratios["beam scaling 2 / 1 workers, wall (marginal)"] = results["beam_2w_steady"] / results["beam_1w_steady"]
         ratios["beam scaling 2 / 1 workers, wall (whole stage)"] = results["beam_2w_wall"] / results["beam_1w_wall"]
     results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
-    results["peak_rss_mib"] = {"driver": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                               "largest_child": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    # A forked child starts with its parent's resident set, so RUSAGE_CHILDREN's peak says nothing
+    # about the workers: the portable runs read each cluster process's own peak from /proc instead.
+    results["driver_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(f"{args.images} generated {args.size}px {args.format.upper()} images, batch {args.batch}, "
           f"{results['cpus']} CPUs, load {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}, "
           f"Beam runner {args.runner}")
@@ -392,7 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
               f"{results['stage_alone_cpu_ms']:.1f} ms): {results['beam_overhead_cpu_ms_per_image']:.2f} ms")
     for key, value in results["ratios"].items():
         print(f"  {key:72s} {value:6.3f}")
-    print(f"  peak RSS: driver {results['peak_rss_mib']['driver']} MiB, largest child {results['peak_rss_mib']['largest_child']} MiB")
+    peaks = {w: results[f"beam_{w}w_cluster_peak_rss_mib"] for w in worker_counts if f"beam_{w}w_cluster_peak_rss_mib" in results}
+    print(f"  peak RSS: driver (this benchmark process) {results['driver_peak_rss_mib']} MiB"
+          + (f"; largest process of the cluster alive when the job ended, by worker count: {peaks} MiB" if peaks else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
     return results

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Sequence
+from typing import Iterator, Sequence
 
 WORKER_POOL_MODULE = "apache_beam.runners.worker.worker_pool_main"
 START_TIMEOUT_S = 120.0
@@ -129,24 +129,41 @@ class LocalPortableCluster:
                 "--environment_type=EXTERNAL", f"--environment_config=localhost:{self.pool_port}",
                 f"--direct_num_workers={workers}", "--requirements_cache=skip"]
 
+    def _group_processes(self) -> Iterator[Path]:
+        """``/proc/<pid>`` of every live process in the job service's and the worker pool's process groups."""
+        groups = {process.pid for process in self.processes.values()}
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(")", 1)[1].split()[2]) in groups:
+                    yield entry
+            except OSError:            # the process ended meanwhile
+                continue
+
     def cpu_seconds(self) -> float:
         """CPU time so far of the job service, the worker pool and every SDK harness (Linux ``/proc``).
 
-        Live processes of both process groups count with their reaped children, so harnesses the pool
-        already stopped still count; call it before the cluster stops.
+        Live processes count with their reaped children, so harnesses the pool already stopped still
+        count; call it before the cluster stops.
         """
-        groups = {process.pid for process in self.processes.values()}
         ticks = 0
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
+        for entry in self._group_processes():
             try:
                 fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:            # the process ended meanwhile
+            except OSError:
                 continue
-            if int(fields[2]) in groups:                      # pgrp; then utime, stime, cutime, cstime
-                ticks += sum(int(value) for value in fields[11:15])
+            ticks += sum(int(value) for value in fields[11:15])       # utime, stime, cutime, cstime
         return ticks / os.sysconf("SC_CLK_TCK")
+
+    def peak_rss_mib(self) -> float:
+        """The largest peak resident set (``VmHWM``) among the cluster's live processes, in MiB (harnesses the pool already stopped are not seen)."""
+        peaks = [0.0]
+        for entry in self._group_processes():
+            try:
+                status = (entry / "status").read_text()
+            except OSError:
+                continue
+            peaks += [int(line.split()[1]) / 1024 for line in status.splitlines() if line.startswith("VmHWM:")]
+        return max(peaks)
 
     def log(self, name: str) -> str:
         """The output so far of ``jobservice`` or ``workerpool`` (for error messages)."""
