@@ -155,7 +155,10 @@ class LocalPortableCluster:
         return ticks / os.sysconf("SC_CLK_TCK")
 
     def peak_rss_mib(self) -> float:
-        """The largest peak resident set (``VmHWM``) among the cluster's live processes, in MiB (harnesses the pool already stopped are not seen)."""
+        """The largest peak resident set (``VmHWM``) among the cluster's live processes, in MiB.
+
+        Harnesses the pool already stopped are not seen.
+        """
         peaks = [0.0]
         for entry in self._group_processes():
             try:
