@@ -1,15 +1,23 @@
-"""Feature-stage benchmark (run by hand): the stage vs bare onnxruntime vs the obvious code, same images.
+"""Feature-stage benchmark (run by hand): the stage vs its per-image limit, the obvious code, and Beam's scaling.
 
-    .venv/bin/python benchmarks/features.py [--images 240] [--size 512] [--format png|jpeg] [--json out.json]
+    .venv/bin/python benchmarks/features.py [--images 240] [--size 512] [--format png|jpeg]
+        [--runner direct|portable] [--workers 1,2] [--json out.json]
 
 Prints, in one run on the same generated images:
 - bare ``session.run`` throughput of NudeNet 320n (batched, 1 and 2 intra-op threads; input tensors
   prepared beforehand, so only the model is timed);
+- the decode of the same files by Pillow, OpenCV and libspng (``pyspng``), CPU time per image;
+- the per-image limit: the model's forward plus the fastest of those decodes, per CPU-second; no
+  implementation that decodes the PNG can beat it, and the stage's goal is 0.9x of it;
 - the obvious code: ``NudeDetector().detect(path)`` + ``imagehash.phash/dhash(Image.open(path))``;
 - this stage's per-image work in one process with one onnxruntime thread (read, sha256, safe decode,
-  hashes, training JPEG, batched NSFW, post-processing) -- the number the 0.9x goal is about;
-- ``build_features`` on the DirectRunner with ``multi_processing`` and 1 and 2 workers (wall time of
-  the Beam stage with worker start-up, and the marginal rate between a quarter-size and a full run);
+  hashes, training JPEG, batched NSFW, post-processing), alternated with the model and the decoders
+  round by round so that load drift hits all of them;
+- ``build_features`` on Beam with 1 and 2 worker processes: ``--runner direct`` (the DirectRunner's
+  ``multi_processing``) or ``--runner portable`` (PortableRunner, Beam's job service and worker pool
+  as separate processes, :mod:`pipelines.portable`): wall time with start-up, the marginal rate
+  between a quarter-size and a full run (start-up cancels out), and the CPU time of every process per
+  image against the in-process stage's (Beam's overhead per element);
 - a per-image cost breakdown of the stage's steps.
 Absolute numbers drift on shared machines; compare the ratios, which come from the same run.
 """
@@ -21,27 +29,32 @@ import io
 import json
 import os
 import platform
+import resource
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
 from pipelines import imagedecode  # noqa: E402
 from pipelines.features import (DecodeImageFn, DetectNsfwFn, DetectorFactory, FeaturesConfig, ReadBlobFn,  # noqa: E402
                                 build_features, configure_worker, encode_train_jpeg, perceptual_hashes)
 from pipelines.home import DataHome  # noqa: E402
 from pipelines.nsfw import FastNudeDetector, postprocess, prepare_image  # noqa: E402
+from pipelines.portable import LocalPortableCluster  # noqa: E402
 from pipelines.storage import write_parquet_atomic  # noqa: E402
 from schemas import get_schema  # noqa: E402
 
 DAY = "2023-03-01"
+LIMITS = FeaturesConfig().decode_limits()
 
 
 class Clock:
@@ -56,10 +69,14 @@ class Clock:
 
 
 def _cpu() -> float:
-    import resource
-
     own = resource.getrusage(resource.RUSAGE_SELF)
     return own.ru_utime + own.ru_stime
+
+
+def _children_cpu() -> float:
+    """CPU seconds of every terminated and reaped descendant process (Beam workers, job service, worker pool)."""
+    done = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return done.ru_utime + done.ru_stime
 
 
 def picture(seed: int, size: int) -> Image.Image:
@@ -117,6 +134,26 @@ def bare_session_run(folder: Path, paths: list[str], threads: int, batch: int) -
     return len(prepared) / clock.wall, len(prepared) / clock.cpu
 
 
+def _decode_pillow(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def _decode_opencv(data: bytes) -> np.ndarray:
+    import cv2
+
+    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+
+
+def _decode_libspng(data: bytes) -> np.ndarray:
+    import pyspng
+
+    return pyspng.load(data, format="RGB")
+
+
+DECODERS: dict[str, Callable[[bytes], np.ndarray]] = {
+    "pillow": _decode_pillow, "opencv": _decode_opencv, "libspng": _decode_libspng}
+
+
 def obvious_code(folder: Path, paths: list[str]) -> tuple[float, float]:
     """(img/wall s, img/CPU s) of NudeDetector().detect(path) + imagehash on the full decode (stock threads)."""
     import imagehash
@@ -132,8 +169,63 @@ def obvious_code(folder: Path, paths: list[str]) -> tuple[float, float]:
     return len(paths) / clock.wall, len(paths) / clock.cpu
 
 
-def stage_in_process(home: DataHome, paths: list[str], batch: int) -> tuple[float, float]:
-    """(img/wall s, img/CPU s) of this stage's DoFns called directly in one process, one onnxruntime thread."""
+def interleaved(folder: Path, home_for_round: Callable[[int], DataHome], paths: list[str], batch: int,
+                rounds: int, decoders: bool) -> dict[str, dict[str, float]]:
+    """Wall and CPU milliseconds per image of the bare model, each PNG decoder and the whole stage.
+
+    They take turns batch by batch (``batch`` images each), so that a shared machine's changing load
+    hits all of them alike; each round runs over every image, the stage into a fresh home. The model
+    runs on tensors prepared beforehand and the decoders on bytes in memory: only they are timed.
+    The stage is its DoFns called directly in one process (one onnxruntime thread), set up first.
+    """
+    configure_worker()
+    blobs = [(folder / p).read_bytes() for p in paths]
+    for name, decode in DECODERS.items():
+        if decoders and not np.array_equal(decode(blobs[0]), _decode_pillow(blobs[0])):
+            raise AssertionError(f"decoder {name} does not give Pillow's pixels")
+    prepared = [prepare_image(_decode_pillow(data)) for data in blobs]
+    model = FastNudeDetector(intra_op_threads=1)
+    model.run(prepared[:batch])
+    kinds = ["model", "stage"] + ([f"decode_{name}" for name in DECODERS] if decoders else [])
+    wall = {kind: 0.0 for kind in kinds}
+    cpu = dict(wall)
+    day = dt.date.fromisoformat(DAY)
+    config = FeaturesConfig(nsfw_batch_size=batch)
+    for r in range(rounds):
+        home = home_for_round(r)
+        read = ReadBlobFn(str(home.root), "raw", config.max_bytes, None)
+        decode_fn = DecodeImageFn(str(home.root), config)
+        detect = DetectNsfwFn(DetectorFactory(1))
+        for fn in (read, decode_fn, detect):
+            fn.setup()
+        for start in range(0, len(paths), batch):
+            chunk = range(start, min(start + batch, len(paths)))
+            with Clock() as clock:
+                model.run([prepared[i] for i in chunk])
+            wall["model"] += clock.wall; cpu["model"] += clock.cpu
+            if decoders:
+                for name, decode in DECODERS.items():
+                    with Clock() as clock:
+                        for i in chunk:
+                            decode(blobs[i])
+                    wall[f"decode_{name}"] += clock.wall; cpu[f"decode_{name}"] += clock.cpu
+            with Clock() as clock:
+                decoded = [out for i in chunk
+                           for blob in read.process({"image_uid": f"{i:06d}", "blob_path": paths[i], "dt": day})
+                           for out in decode_fn.process(blob)]
+                done = list(detect.process(decoded))
+            wall["stage"] += clock.wall; cpu["stage"] += clock.cpu
+            assert len(done) == len(chunk), done
+    count = rounds * len(paths)
+    return {"wall_ms": {k: v * 1000 / count for k, v in wall.items()},
+            "cpu_ms": {k: v * 1000 / count for k, v in cpu.items()}}
+
+
+def stage_alone(home: DataHome, paths: list[str], batch: int) -> float:
+    """CPU milliseconds per image of the stage's DoFns called directly in one process, nothing interleaved.
+
+    The baseline of Beam's overhead per element: a Beam worker runs exactly this, plus Beam.
+    """
     config = FeaturesConfig(nsfw_batch_size=batch)
     read = ReadBlobFn(str(home.root), "raw", config.max_bytes, None)
     decode = DecodeImageFn(str(home.root), config)
@@ -142,24 +234,36 @@ def stage_in_process(home: DataHome, paths: list[str], batch: int) -> tuple[floa
         fn.setup()
     day = dt.date.fromisoformat(DAY)
     with Clock() as clock:
-        buffer, done = [], 0
-        for i, p in enumerate(paths):
-            for blob in read.process({"image_uid": f"{i:06d}", "blob_path": p, "dt": day}):
-                buffer.extend(decode.process(blob))
-            if len(buffer) >= batch:
-                done += len(list(detect.process(buffer)))
-                buffer = []
-        done += len(list(detect.process(buffer))) if buffer else 0
-    assert done == len(paths), done
-    return len(paths) / clock.wall, len(paths) / clock.cpu
+        for start in range(0, len(paths), batch):
+            decoded = [out for i in range(start, min(start + batch, len(paths)))
+                       for blob in read.process({"image_uid": f"{i:06d}", "blob_path": paths[i], "dt": day})
+                       for out in decode.process(blob)]
+            assert len(list(detect.process(decoded))) == len(decoded)
+    return clock.cpu * 1000 / len(paths)
 
 
-def beam_run(root: Path, raw: Path, paths: list[str], workers: int, batch: int) -> float:
-    """Wall seconds of the Beam stage of build_features (DirectRunner multi_processing, ``workers`` processes)."""
+def beam_run(runner: str, root: Path, raw: Path, paths: list[str], workers: int, batch: int
+             ) -> tuple[float, float, float | None]:
+    """(wall seconds of the Beam stage, CPU seconds of every process involved, peak RSS of the largest
+    cluster process in MiB or None) of one build_features run.
+
+    The CPU time counts this driver and, on the DirectRunner, its reaped worker processes; on the
+    portable runner, the job service, the worker pool and its SDK harnesses (a fresh cluster per run,
+    read from ``/proc`` just before it stops).
+    """
     home = make_home(root, raw, paths)
-    report = build_features(home, DAY, FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch))
+    config = FeaturesConfig(workers=workers, in_process_below=0, nsfw_batch_size=batch)
+    cpu = _cpu() + _children_cpu()
+    if runner == "direct":
+        report = build_features(home, DAY, config)
+        cluster_cpu, peak = 0.0, None
+    else:
+        with LocalPortableCluster(root.parent / f"{root.name}-cluster", pythonpath=[str(REPO)]) as cluster:
+            started = cluster.cpu_seconds()
+            report = build_features(home, DAY, config, cluster.beam_args(workers))
+            cluster_cpu, peak = cluster.cpu_seconds() - started, cluster.peak_rss_mib()
     assert report.processed == len(paths), report
-    return report.stage_seconds
+    return report.stage_seconds, _cpu() + _children_cpu() - cpu + cluster_cpu, peak
 
 
 def breakdown(folder: Path, paths: list[str], batch: int) -> dict[str, float]:
@@ -174,10 +278,10 @@ def breakdown(folder: Path, paths: list[str], batch: int) -> dict[str, float]:
     for p in paths[:64]:
         t0 = time.perf_counter(); data = (folder / p).read_bytes()
         t1 = time.perf_counter(); hashlib.sha256(data).digest()
-        t2 = time.perf_counter(); decoded = imagedecode.decode_image(data, p, max_pixels=1 << 24, min_side=8)
+        t2 = time.perf_counter(); decoded = imagedecode.decode_image(data, p, **LIMITS)
         t3 = time.perf_counter(); perceptual_hashes(decoded.rgb)
         t4 = time.perf_counter(); encode_train_jpeg(decoded.rgb, 512, 90)
-        t5 = time.perf_counter(); prepared.append(prepare_image(np.asarray(decoded.rgb)))
+        t5 = time.perf_counter(); prepared.append(prepare_image(decoded.pixels))
         t6 = time.perf_counter()
         for key, a, b in (("read", t0, t1), ("sha256", t1, t2), ("decode", t2, t3), ("hashes", t3, t4),
                           ("train_jpeg", t4, t5), ("prepare", t5, t6)):
@@ -202,65 +306,100 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--format", choices=("png", "jpeg"), default="png")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds of bare 1-thread vs stage")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all images of the model, decoders and stage, "
+                                                                 "taking turns batch by batch")
+    parser.add_argument("--runner", choices=("direct", "portable"), default="direct",
+                        help="Beam runner of the scaling runs: DirectRunner multi_processing, or PortableRunner "
+                             "with a local job service and worker pool")
+    parser.add_argument("--workers", default="1,2", help="worker process counts of the scaling runs, e.g. 1,2 (empty: none)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args(argv)
+    worker_counts = sorted({int(w) for w in args.workers.split(",") if w.strip()})
     with tempfile.TemporaryDirectory(prefix="bench-features-") as tmp:
         folder = Path(tmp)
         raw, paths = make_raw(folder / "shared", args.images, args.size, args.format)
         shared = folder / "shared"
         results: dict = {"images": args.images, "size": args.size, "format": args.format, "batch": args.batch,
-                         "cpus": os.cpu_count(), "machine": platform.processor() or platform.machine(),
+                         "runner": args.runner, "cpus": os.cpu_count(),
+                         "machine": platform.processor() or platform.machine(),
                          "load_average_before": os.getloadavg()[0]}
         results["breakdown_ms_per_image"] = breakdown(shared, paths, args.batch)
-        # Alternate the one-thread baseline and the stage so that load drift hits both; report medians.
-        # CPU-time rates (images per CPU second) are robust to other processes on a shared machine.
-        rounds: dict[str, list[float]] = {k: [] for k in ("bare_1t_wall", "bare_1t_cpu", "stage_1t_wall", "stage_1t_cpu")}
-        for r in range(args.rounds):
-            wall, cpu = bare_session_run(shared, paths, 1, args.batch)
-            rounds["bare_1t_wall"].append(wall); rounds["bare_1t_cpu"].append(cpu)
-            wall, cpu = stage_in_process(make_home(folder / f"inproc{r}", raw, paths), paths, args.batch)
-            rounds["stage_1t_wall"].append(wall); rounds["stage_1t_cpu"].append(cpu)
-        results["rounds"] = rounds
-        for key, values in rounds.items():
-            results[key] = statistics.median(values)
+        png = args.format == "png"
+        timed = interleaved(shared, lambda r: make_home(folder / f"inproc{r}", raw, paths), paths, args.batch,
+                            args.rounds, decoders=png)
+        results["interleaved_ms_per_image"] = {k: {n: round(v, 3) for n, v in d.items()} for k, d in timed.items()}
+        wall_ms, cpu_ms = timed["wall_ms"], timed["cpu_ms"]
+        results["bare_1t_wall"], results["bare_1t_cpu"] = 1000 / wall_ms["model"], 1000 / cpu_ms["model"]
+        results["stage_1t_wall"], results["stage_1t_cpu"] = 1000 / wall_ms["stage"], 1000 / cpu_ms["stage"]
+        if png:
+            fastest = min(DECODERS, key=lambda name: cpu_ms[f"decode_{name}"])
+            results["fastest_decoder"] = fastest
+            for name in DECODERS:
+                results[f"decode_{name}_cpu_ms"] = cpu_ms[f"decode_{name}"]
+            # The per-image limit: the model's forward plus the fastest decode of the same file, per CPU-second.
+            results["limit_cpu"] = 1000 / (cpu_ms["model"] + cpu_ms[f"decode_{fastest}"])
+        results["stage_alone_cpu_ms"] = stage_alone(make_home(folder / "alone", raw, paths), paths, args.batch)
         results["bare_2t_wall"], results["bare_2t_cpu"] = bare_session_run(shared, paths, 2, args.batch)
         results["obvious_wall"], results["obvious_cpu"] = obvious_code(shared, paths)
         quarter = max(1, args.images // 4)
-        small = {w: beam_run(folder / f"small{w}", raw, paths[:quarter], w, args.batch) for w in (1, 2)}
-        beam = {w: beam_run(folder / f"beam{w}", raw, paths, w, args.batch) for w in (1, 2)}
-        for w in (1, 2):
-            results[f"beam_{w}w_wall"] = args.images / beam[w]
-            # Marginal rate between a quarter-size run and the full run: worker start-up cancels out.
-            delta = beam[w] - small[w]
+        for w in worker_counts:
+            small_wall, small_cpu, _ = beam_run(args.runner, folder / f"small{w}", raw, paths[:quarter], w, args.batch)
+            full_wall, full_cpu, peak = beam_run(args.runner, folder / f"beam{w}", raw, paths, w, args.batch)
+            if peak is not None:
+                results[f"beam_{w}w_cluster_peak_rss_mib"] = round(peak, 1)
+            results[f"beam_{w}w_wall"] = args.images / full_wall
+            # Marginal rate between a quarter-size run and the full run: start-up cancels out.
+            delta = full_wall - small_wall
             results[f"beam_{w}w_steady"] = (args.images - quarter) / delta if delta > 0 else float("nan")
-            results[f"beam_{w}w_seconds"] = beam[w]
-            results[f"beam_{w}w_small_run_seconds"] = small[w]
+            results[f"beam_{w}w_cpu_ms_per_image"] = (full_cpu - small_cpu) * 1000 / (args.images - quarter)
+            results[f"beam_{w}w_seconds"] = full_wall
+            results[f"beam_{w}w_small_run_seconds"] = small_wall
         results["load_average_after"] = os.getloadavg()[0]
     ratios = {
         "stage / bare session.run, 1 thread, CPU time": results["stage_1t_cpu"] / results["bare_1t_cpu"],
-        "stage / bare session.run, 1 thread, wall (median rounds)": results["stage_1t_wall"] / results["bare_1t_wall"],
+        "stage / bare session.run, 1 thread, wall": results["stage_1t_wall"] / results["bare_1t_wall"],
         "stage / obvious code, CPU time": results["stage_1t_cpu"] / results["obvious_cpu"],
         "stage 1 thread / obvious code (stock threads), wall": results["stage_1t_wall"] / results["obvious_wall"],
-        "beam 1 worker / bare 1 thread, wall (marginal)": results["beam_1w_steady"] / results["bare_1t_wall"],
-        "beam 2 workers / bare 2 threads, wall (marginal)": results["beam_2w_steady"] / results["bare_2t_wall"],
-        "beam 2 workers / obvious code, wall (marginal)": results["beam_2w_steady"] / results["obvious_wall"],
-        "beam scaling 2 / 1 workers, wall (marginal)": results["beam_2w_steady"] / results["beam_1w_steady"],
-        "beam scaling 2 / 1 workers, wall (whole stage)": results["beam_2w_wall"] / results["beam_1w_wall"],
     }
+    if "limit_cpu" in results:
+        ratios["stage / limit (model + fastest PNG decode), CPU time"] = results["stage_1t_cpu"] / results["limit_cpu"]
+    if 1 in worker_counts:
+        results["beam_overhead_cpu_ms_per_image"] = results["beam_1w_cpu_ms_per_image"] - results["stage_alone_cpu_ms"]
+        ratios["beam 1 worker / bare 1 thread, wall (marginal)"] = results["beam_1w_steady"] / results["bare_1t_wall"]
+    if 2 in worker_counts:
+        ratios["beam 2 workers / bare 2 threads, wall (marginal)"] = results["beam_2w_steady"] / results["bare_2t_wall"]
+        ratios["beam 2 workers / obvious code, wall (marginal)"] = results["beam_2w_steady"] / results["obvious_wall"]
+    if {1, 2} <= set(worker_counts):
+        ratios["beam scaling 2 / 1 workers, wall (marginal)"] = results["beam_2w_steady"] / results["beam_1w_steady"]
+        ratios["beam scaling 2 / 1 workers, wall (whole stage)"] = results["beam_2w_wall"] / results["beam_1w_wall"]
     results["ratios"] = {k: round(v, 3) for k, v in ratios.items()}
+    # A forked child starts with its parent's resident set, so RUSAGE_CHILDREN's peak says nothing
+    # about the workers: the portable runs read each cluster process's own peak from /proc instead.
+    results["driver_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     print(f"{args.images} generated {args.size}px {args.format.upper()} images, batch {args.batch}, "
-          f"{results['cpus']} CPUs, load {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}")
+          f"{results['cpus']} CPUs, load {results['load_average_before']:.1f} -> {results['load_average_after']:.1f}, "
+          f"Beam runner {args.runner}")
     print("per-image ms:", json.dumps(results["breakdown_ms_per_image"]))
-    for key in ("bare_1t_wall", "bare_1t_cpu", "bare_2t_wall", "obvious_wall", "obvious_cpu", "stage_1t_wall",
-                "stage_1t_cpu", "beam_1w_wall", "beam_1w_steady", "beam_2w_wall", "beam_2w_steady"):
-        unit = "img/CPU-s" if key.endswith("cpu") else "img/s"
-        print(f"  {key:16s} {results[key]:8.1f} {unit}")
-    print(f"  Beam stage seconds: 1 worker {results['beam_1w_seconds']:.1f} s ({quarter} images: "
-          f"{results['beam_1w_small_run_seconds']:.1f} s), 2 workers {results['beam_2w_seconds']:.1f} s "
-          f"({quarter} images: {results['beam_2w_small_run_seconds']:.1f} s)")
+    if "limit_cpu" in results:
+        print("decode CPU ms per image:", {name: round(results[f"decode_{name}_cpu_ms"], 2) for name in DECODERS},
+              f"fastest {results['fastest_decoder']}")
+    for key in ("bare_1t_wall", "bare_1t_cpu", "limit_cpu", "bare_2t_wall", "obvious_wall", "obvious_cpu",
+                "stage_1t_wall", "stage_1t_cpu"):
+        if key in results:
+            unit = "img/CPU-s" if key.endswith("cpu") else "img/s"
+            print(f"  {key:16s} {results[key]:8.1f} {unit}")
+    for w in worker_counts:
+        print(f"  beam {w} worker(s): {results[f'beam_{w}w_wall']:.1f} img/s whole stage ({results[f'beam_{w}w_seconds']:.1f} s; "
+              f"{quarter} images: {results[f'beam_{w}w_small_run_seconds']:.1f} s), {results[f'beam_{w}w_steady']:.1f} img/s "
+              f"marginal, {results[f'beam_{w}w_cpu_ms_per_image']:.1f} CPU ms per image (all processes, marginal)")
+    if "beam_overhead_cpu_ms_per_image" in results:
+        print(f"  Beam overhead per element (1 worker, marginal CPU ms vs the same DoFns called in one process, "
+              f"{results['stage_alone_cpu_ms']:.1f} ms): {results['beam_overhead_cpu_ms_per_image']:.2f} ms")
     for key, value in results["ratios"].items():
-        print(f"  {key:58s} {value:6.3f}")
+        print(f"  {key:72s} {value:6.3f}")
+    peaks = {w: results[f"beam_{w}w_cluster_peak_rss_mib"] for w in worker_counts if f"beam_{w}w_cluster_peak_rss_mib" in results}
+    print(f"  peak RSS: driver (this benchmark process) {results['driver_peak_rss_mib']} MiB"
+          + (f"; largest process of the cluster alive when the job ended, by worker count: {peaks} MiB" if peaks else ""))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, sort_keys=True))
     return results

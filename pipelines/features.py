@@ -15,82 +15,11 @@ Shape (Beam's ``complete/game`` style): ``ReadBlobFn`` -> ``DecodeImageFn`` -> `
 reads and the training-JPEG writes it exists for); :func:`build_features` prepares inputs, runs the
 pipeline and commits the outputs; :func:`run` is the command line.
 
-Decisions
----------
-- Hash input: the decoded image in ``L`` mode, box-reduced by the integer factor
-  ``min(width, height) // 128`` when that is >= 2, then ``imagehash.phash`` / ``imagehash.dhash``.
-  Every image takes this one path. It is ~3x cheaper than hashing at full resolution and within
-  2 bits (pHash) / 3 bits (dHash) of it. Bit order: ``ImageHash.hash.flatten()`` most significant
-  first, i.e. ``int(str(hash), 16)``.
-- ``nsfw_max[c]`` is the maximum raw score of class ``c`` over all 2,100 anchors (never null, also
-  below NudeNet's 0.2 detection threshold); ``nsfw_detections`` is exactly what
-  ``NudeDetector.detect()`` returns (class, score, box x/y/w/h). ``nsfw_flagged`` counts images whose
-  ``nsfw_max`` reaches 0.5 in an explicit class (``pipelines.nsfw.EXPLICIT_CLASSES``).
-- Training JPEG key: ``blobs/train/s<train_size>q<jpeg_quality>/<sha[:2]>/<sha256 of original>.jpg``
-  (relative to the home). Identical originals share one file; an existing non-empty file is kept.
-  Each file is written under a temporary name and renamed (readers never see half a file); the
-  driver calls ``os.sync()`` once before committing the Parquet outputs that reference them, instead
-  of one fsync per image (~4 ms each here).
-- Incremental: an input uid already present in an image_features partition of this day or an
-  earlier one is never read: its row is copied (same day: unchanged, so a re-run writes the same
-  bytes; earlier day: ``dt``/``blob_path`` updated and ``reused_from = image_uid``). A new uid whose
-  bytes (sha256) equal an earlier day's image is read and hashed but not decoded: the row of the
-  earliest ``(dt, image_uid)`` with that sha256 is copied with ``reused_from`` = that uid. Two new uids
-  with identical bytes on the same day are both computed (identical features, ``reused_from`` null).
-  Cost per night: compute is O(new images). The lookup reads two columns (``image_uid``, ``sha256``)
-  of the earlier image_features partitions -- no separate index dataset to keep in sync -- i.e.
-  ~100 bytes per historical image (~1-2 s per million on this 2-core machine, against ~30 ms of
-  compute per new image), and ships the known digests to the workers as one sorted ``.npy`` file of
-  32-byte digests (32 MB per million; binary search per image).
-- Rejects (policies in ``pipelines.imagedecode``) are recomputed on every run, because a missing blob
-  may arrive later; they cost a read and a header parse.
-- Determinism: outputs are sorted by ``image_uid`` and written with fixed Parquet options. onnxruntime
-  on one intra-op thread gives bit-identical outputs for any batch split (tested), so results do not
-  depend on how a runner bundles elements; they may differ in the last bits on another CPU type.
-
-Running it
-----------
-Locally (DirectRunner, 2 worker processes, each with one onnxruntime thread)::
-
-    python -m pipelines.features --home ./data --day 2023-03-22 --workers 2
-
-Any option this module does not know goes to Beam's ``PipelineOptions`` unchanged. Workers must be
-able to read the blobs and write the training JPEGs, so on a remote runner put the raw zone and the
-store in a bucket and point ``--blob-base`` at it (the driver still reads and writes the warehouse
-under ``--home``; ``--staging`` defaults to ``<blob-base>/.staging/features/dt=<day>``)::
-
-    # Dataflow: package this project and its dependencies for the workers.
-    python -m build --wheel              # -> dist/pickapic_pipeline-0.1.0-py3-none-any.whl
-    python -m pipelines.features --home ./data --day 2023-03-22 \\
-        --blob-base gs://BUCKET/pickapic \\
-        --runner=DataflowRunner --project=PROJECT --region=europe-west1 \\
-        --temp_location=gs://BUCKET/tmp --staging_location=gs://BUCKET/staging \\
-        --extra_package=dist/pickapic_pipeline-0.1.0-py3-none-any.whl \\
-        --requirements_file=requirements-worker.txt \\
-        --machine_type=n2-standard-4 --number_of_worker_harness_threads=4
-
-    # requirements-worker.txt (one per line): apache-beam[gcp]==2.77.*, nudenet==3.4.2,
-    # onnxruntime>=1.17, opencv-python-headless, imagehash==4.3.2, pillow>=10, numpy>=1.26, pyarrow>=16.
-    # The NudeNet model file (320n.onnx) ships inside the nudenet wheel, so installing nudenet on the
-    # workers is all the model needs (no download at run time). Each DoFn instance runs onnxruntime
-    # with --nsfw-threads (default 1) threads: set --number_of_worker_harness_threads to the vCPUs.
-    # Faster start-up: bake the wheel and requirements into a custom container and pass
-    # --sdk_container_image=REGION-docker.pkg.dev/PROJECT/REPO/pickapic-beam-worker:0.1.0 instead.
-
-    # Flink (portable runner; the job server starts from the Beam release, workers run in Docker
-    # containers built from apache/beam_python3.11_sdk:2.77.0 plus the wheel and requirements above):
-    python -m pipelines.features --home ./data --day 2023-03-22 \\
-        --blob-base s3://BUCKET/pickapic \\
-        --runner=FlinkRunner --flink_master=flink-jobmanager:8081 --flink_version=1.20 \\
-        --environment_type=DOCKER --environment_config=REGISTRY/pickapic-beam-worker:0.1.0 \\
-        --parallelism=16
-
-With ``--environment_type=LOOPBACK`` (local Flink for testing) the workers use the driver's Python
-environment and the local home works as is. With a remote ``--blob-base`` the training JPEGs land in
-``<blob-base>/blobs/train/...`` (``train_jpg_key`` stays relative to the home, so the same key works
-after ``gsutil -m rsync -r gs://BUCKET/pickapic/blobs ./data/blobs`` or for a publish stage that
-reads from the bucket). ``gs://`` needs ``apache-beam[gcp]`` and ``s3://`` ``apache-beam[aws]`` on
-the driver too (the driver writes the staging inputs and reads the staged outputs there).
+Workers read the blobs and write the training JPEGs through Beam ``FileSystems`` paths under the
+blob base (the home, or a bucket with ``--blob-base``); only the driver touches the warehouse. The
+decisions behind each column (hash input, NSFW columns, the JPEG store, incremental reuse,
+determinism) and the runbook for other runners (portable, Dataflow, Flink, Spark) are in the README,
+section 3.
 """
 from __future__ import annotations
 
@@ -99,20 +28,25 @@ import datetime as dt
 import hashlib
 import io
 import json
+import math
 import os
 import shutil
 import time
+import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
+
+# First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
+from pipelines.beamworker import QuietFnApiRunner  # isort: skip
 
 import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -123,7 +57,7 @@ from pipelines import faults
 from pipelines.home import DataHome
 from pipelines.imagedecode import ImageRejected
 from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
-from pipelines.storage import cast_to_schema, create_temp, write_parquet_atomic
+from pipelines.storage import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
 from schemas.features import NSFW_CLASSES
 
@@ -165,6 +99,8 @@ class FeaturesConfig:
     max_pixels: int = 4096 * 4096         # decompression-bomb limit on width*height from the header
     max_bytes: int = 64 * 1024 * 1024     # larger blobs are rejected (file_too_large) without loading
     min_side: int = 8                     # shortest side below this -> too_small
+    max_side: int = 4096                  # longest side above this -> bad_dimensions (bounds NudeNet's padded square)
+    max_aspect: float = 4.0               # longest / shortest side above this -> bad_dimensions
     nsfw_batch_size: int = 8              # images per session.run (batching gains 4-10%)
     nsfw_threads: int = 1                 # onnxruntime intra-op threads per worker process
     workers: int = 2                      # DirectRunner multi_processing workers; 0 = in-process
@@ -179,7 +115,8 @@ class FeaturesConfig:
         checks = [
             ("train_size", self.train_size >= 16), ("jpeg_quality", 1 <= self.jpeg_quality <= 95),
             ("max_pixels", self.max_pixels >= 1), ("max_bytes", self.max_bytes >= 1),
-            ("min_side", self.min_side >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
+            ("min_side", self.min_side >= 1), ("max_side", self.max_side >= self.min_side),
+            ("max_aspect", self.max_aspect >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
             ("nsfw_threads", self.nsfw_threads >= 1), ("workers", self.workers >= 0),
             ("in_process_below", self.in_process_below >= 0),
             ("runner", bool(self.runner)), ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone
@@ -188,6 +125,11 @@ class FeaturesConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
+
+    def decode_limits(self) -> dict[str, Any]:
+        """Keyword limits of :func:`pipelines.imagedecode.decode_image`."""
+        return {"max_pixels": self.max_pixels, "min_side": self.min_side, "max_side": self.max_side,
+                "max_aspect": self.max_aspect}
 
     @property
     def train_prefix(self) -> str:
@@ -256,33 +198,38 @@ def train_jpg_key(prefix: str, sha256: str) -> str:
 
 
 def write_blob_atomic(base: str, key: str, data: bytes) -> None:
-    """Write ``data`` at ``base/key`` unless a non-empty file is already there; readers never see a partial file."""
+    """Write ``data`` at ``base/key`` through Beam's ``FileSystems`` unless a non-empty file is already there.
+
+    Readers never see a partial file: a local file is written under a unique temporary name in the same
+    folder and renamed into place (with the umask's permissions); an object store makes an object
+    visible only when its upload completes.
+    """
     url = join_url(base, key)
-    if is_local(base):
-        if os.path.exists(url) and os.path.getsize(url) > 0:
+    try:   # metadata of one path; FileSystems.match would compile a glob per image (~2 ms)
+        if FileSystems.get_filesystem(url).metadata(url).size_in_bytes > 0:
             return
-        folder = os.path.dirname(url)
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = create_temp(folder, os.path.basename(url))  # the umask's mode (mkstemp's is always 0600)
-        tmp = os.path.join(folder, tmp)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-            os.replace(tmp, url)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+    except BeamIOError:
+        pass   # not there yet
+    if not is_local(base):
+        with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
         return
-    if FileSystems.exists(url):
-        return
-    with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(data)   # object stores make the object visible only when the upload completes
+    folder, name = url.rsplit("/", 1)
+    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with FileSystems.create(temporary, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+            handle.write(data)
+        FileSystems.rename([temporary], [url])
+    except BaseException:
+        if FileSystems.exists(temporary):
+            FileSystems.delete([temporary])
+        raise
 
 
 # ------------------------------------------------------------------------------ per-image steps
 
 def perceptual_hashes(rgb) -> tuple[int, int]:
-    """(pHash, dHash) as unsigned 64-bit integers, from the hash input described in the module docstring."""
+    """(pHash, dHash) as unsigned 64-bit integers of the hash input (README section 3, "Decisions")."""
     import imagehash
 
     gray = rgb.convert("L")
@@ -321,6 +268,18 @@ def reject_row(row: dict, reason: str, detail: str, sha256: str | None = None, n
     """A dead-letter row for ``image_rejects``."""
     return {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": str(row["blob_path"]),
             "reason": reason, "detail": detail, "sha256": sha256, "num_bytes": num_bytes}
+
+
+def describe_error(exc: BaseException, base: str) -> str:
+    """``Type: message`` of an exception, with ``base`` (the home or bucket) cut from any path it names."""
+    message = str(exc).replace(base.rstrip("/") + "/", "") if base else str(exc)
+    return f"{type(exc).__name__}: {message}"
+
+
+def processing_error_row(row: dict, step: str, exc: BaseException, base: str, num_bytes: int) -> dict:
+    """The reject row of an image whose per-image work raised at ``step`` (reason ``processing_error``)."""
+    return reject_row(row, imagedecode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
+                      row["sha256"], num_bytes)
 
 
 def load_known_digests(path: str | None) -> np.ndarray:
@@ -377,17 +336,22 @@ class ReadBlobFn(beam.DoFn):
 
     def _read(self, relpath: object) -> bytes:
         relpath = imagedecode.check_blob_path(relpath, self.zone)
-        if is_local(self.base):
-            url = imagedecode.check_local_target(self.base, relpath, self.zone)
-        else:
-            url = join_url(self.base, relpath)
-            if not FileSystems.exists(url):
-                raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
         try:
+            if is_local(self.base):
+                url = imagedecode.check_local_target(self.base, relpath, self.zone)
+            else:
+                url = join_url(self.base, relpath)
+                if not FileSystems.exists(url):
+                    raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
             with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 return imagedecode.read_capped(handle, relpath, self.max_bytes)
+        except ImageRejected:
+            raise
         except FileNotFoundError:
             raise ImageRejected(imagedecode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
+        except Exception as exc:  # noqa: BLE001 - one unreadable blob is a reject row, never a failed run
+            raise ImageRejected(imagedecode.UNREADABLE_BLOB,
+                                f"{relpath!r}: {describe_error(exc, self.base)}") from None
 
 
 class DecodeImageFn(beam.DoFn):
@@ -399,22 +363,33 @@ class DecodeImageFn(beam.DoFn):
         self.rejected = Metrics.counter("features", "rejected")
 
     def setup(self) -> None:
+        import imagehash  # noqa: F401
+        import scipy.fftpack  # noqa: F401 - imagehash.phash imports it on its first call (~0.3 s): once per worker, here
+
         configure_worker()
 
     def process(self, element: dict) -> Iterator[Any]:
         data, config = element["data"], self.config
+        step = "decode"
         try:
-            decoded = imagedecode.decode_image(data, element["blob_path"], max_pixels=config.max_pixels,
-                                               min_side=config.min_side)
+            decoded = imagedecode.decode_image(data, element["blob_path"], **config.decode_limits())
+            step = "hashes"
+            phash, dhash = perceptual_hashes(decoded.rgb)
+            step = "train_jpeg"
+            jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+            step = "nsfw_input"
+            nsfw_input = prepare_image(decoded.pixels)
         except ImageRejected as rejected:
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,
                                                                element["sha256"], len(data)))
             return
-        phash, dhash = perceptual_hashes(decoded.rgb)
-        jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+        except Exception as exc:  # noqa: BLE001 - dead letter: one image never fails the run (imagedecode: processing_error)
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(element, step, exc, self.base, len(data)))
+            return
         key = train_jpg_key(config.train_prefix, element["sha256"])
-        write_blob_atomic(self.base, key, jpeg)
+        write_blob_atomic(self.base, key, jpeg)   # a store that cannot be written fails the stage, not the image
         self.decoded.inc()
         yield {
             "image_uid": element["image_uid"], "dt": element["dt"], "blob_path": element["blob_path"],
@@ -422,40 +397,64 @@ class DecodeImageFn(beam.DoFn):
             "height": decoded.height, "mode": decoded.mode, "format": decoded.format,
             "phash": phash, "dhash": dhash, "train_jpg_key": key, "train_width": train_width,
             "train_height": train_height, "train_jpg_bytes": len(jpeg), "reused_from": None,
-            "_nsfw_input": prepare_image(np.asarray(decoded.rgb)),
+            "_nsfw_input": nsfw_input,
         }
 
 
 class DetectNsfwFn(beam.DoFn):
     """Run the NSFW detector on a batch of decoded images; the model loads once per worker (setup)."""
 
-    def __init__(self, detector_factory: Callable[[], NsfwDetector]) -> None:
-        self.detector_factory = detector_factory
+    def __init__(self, detector_factory: Callable[[], NsfwDetector], base: str = "") -> None:
+        self.detector_factory, self.base = detector_factory, base
         self.flagged = Metrics.counter("features", "nsfw_flagged")
         self.processed = Metrics.counter("features", "processed")
+        self.rejected = Metrics.counter("features", "rejected")
 
     def setup(self) -> None:
         configure_worker()
         self.detector = self.detector_factory()
 
-    def process(self, batch: Sequence[dict]) -> Iterator[dict]:
-        inputs: list[PreparedImage] = [element["_nsfw_input"] for element in batch]
-        results = self.detector.detect_prepared(inputs)
-        if len(results) != len(inputs):
-            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+    def process(self, batch: Sequence[dict]) -> Iterator[Any]:
+        try:
+            results: list[NsfwResult | Exception] = list(self._detect([element["_nsfw_input"] for element in batch]))
+        except Exception:  # noqa: BLE001 - find the image at fault: run each one alone
+            results = []
+            for element in batch:
+                try:
+                    results.extend(self._detect([element["_nsfw_input"]]))
+                except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                    results.append(exc)
         for element, result in zip(batch, results):
             row = {key: value for key, value in element.items() if key != "_nsfw_input"}
-            row.update(nsfw_columns(result))
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                row.update(nsfw_columns(result))
+            except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(row, "nsfw", exc, self.base,
+                                                                             row["num_bytes"]))
+                continue
             self.processed.inc()
             if is_flagged(result.class_max):
                 self.flagged.inc()
             yield row
 
+    def _detect(self, inputs: list[PreparedImage]) -> list[NsfwResult]:
+        results = self.detector.detect_prepared(inputs)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+        return results
+
 
 def nsfw_columns(result: NsfwResult) -> dict:
-    """``nsfw_detections`` and ``nsfw_max`` column values of one result."""
-    return {"nsfw_detections": [d.as_row() for d in result.detections],
-            "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+    """``nsfw_detections`` and ``nsfw_max`` column values of one result; raise on a non-finite score."""
+    columns = {"nsfw_detections": [d.as_row() for d in result.detections],
+               "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+    scores = list(columns["nsfw_max"].values()) + [d["score"] for d in columns["nsfw_detections"]]
+    if not all(math.isfinite(score) for score in scores):
+        raise ValueError(f"the NSFW model gave a non-finite score: {columns['nsfw_max']}")
+    return columns
 
 
 def configure_worker() -> None:
@@ -501,10 +500,11 @@ class FingerprintImages(beam.PTransform):
             decoded.decoded
             | "BatchForNsfw" >> beam.BatchElements(min_batch_size=config.nsfw_batch_size,
                                                    max_batch_size=config.nsfw_batch_size)
-            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory))
+            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory, self.base)).with_outputs(
+                REJECTS, main="features")
         )
-        rejects = (read[REJECTS], decoded[REJECTS]) | "AllRejects" >> beam.Flatten()
-        return {"features": features, "rejects": rejects, "reused": read[REUSED]}
+        rejects = (read[REJECTS], decoded[REJECTS], features[REJECTS]) | "AllRejects" >> beam.Flatten()
+        return {"features": features.features, "rejects": rejects, "reused": read[REUSED]}
 
 
 # ---------------------------------------------------------------------------------------- driver
@@ -563,7 +563,7 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
 
     encoded = JobServiceHandle.encode_pipeline_options(values)
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
-    return fn_runner.FnApiRunner(provision_info=provision)
+    return QuietFnApiRunner(provision_info=provision)
 
 
 def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesConfig(),
@@ -840,7 +840,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
     for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
+                       ("min_side", int), ("max_side", int), ("max_aspect", float), ("nsfw_batch_size", int),
+                       ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
                        ("blob_base", str), ("staging", str)):
         parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
     return parser

@@ -8,6 +8,7 @@ unsafe_path         blob path is empty, absolute, has a scheme, ``..``/``.``/emp
                     (``raw/`` by default), or (local files) resolves through a symlink to a target
                     outside that zone, or is not a regular file (directory, FIFO, device).
 missing_blob        nothing at the blob path.
+unreadable_blob     the blob is there but reading it failed (permission, I/O or storage error).
 file_too_large      more than ``max_bytes`` bytes (read is capped: a huge file is never loaded).
 empty_file          zero bytes.
 not_an_image        bytes that no accepted decoder recognises (PNG, JPEG, WEBP, GIF, BMP, TIFF
@@ -18,6 +19,12 @@ extension_mismatch  the bytes are an image of another format than the extension 
 decompression_bomb  the header declares more than ``max_pixels`` pixels (default 4096 x 4096),
                     checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits.
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
+bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
+                    above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
+                    a thin strip is both unjudgeable (under 80 of the model's 320 rows at 4:1) and
+                    expensive (a 70000 x 8 PNG pads to 14 GB; the JPEG encoder cannot even write
+                    a side above 65,535). Bounding the longest side bounds the padded square at
+                    max_side^2 x 3 bytes (48 MiB at 4096).
 animated_image      more than one frame (APNG, animated WEBP/GIF): there is no single image to
                     train on.
 unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillow's RGB conversion
@@ -27,10 +34,19 @@ unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillo
 truncated_image     a header that parses but pixel data that does not decode completely
                     (truncated, corrupt stream, bad CRC), or a known signature with an unreadable
                     header.
+processing_error    the bytes passed every check above, yet a later step (hashing, the training
+                    JPEG, the NSFW model) raised: a case no policy foresaw. The detail names the
+                    step and the exception; the run goes on.
 ==================  ===========================================================================
 
-Checks run in that order, so a file gets the first reason that applies. EXIF orientation is not
-applied: the stored pixels are the image (generated images carry no EXIF).
+Checks run in that order, so a file gets the first reason that applies. Pillow parses every header;
+the pixels of an 8-bit PNG whose image data is its last chunk (nothing after it but ``IEND``) are
+decoded by libspng (``pyspng``), about twice as fast as Pillow on generated 512 px images and equal to
+Pillow's ``convert("RGB")`` pixel for pixel (tested for every 8-bit colour type); any other file,
+including one with chunks after its image data (text there is Pillow's to police), is decoded by
+Pillow. Rejects are recomputed on
+every run, so a transient read error or a fixed bug heals on the next run of the day. EXIF
+orientation is not applied: the stored pixels are the image (generated images carry no EXIF).
 """
 from __future__ import annotations
 
@@ -40,24 +56,32 @@ import stat
 import warnings
 from dataclasses import dataclass
 
+import numpy as np
+import pyspng
 from PIL import Image, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
 MISSING_BLOB = "missing_blob"
+UNREADABLE_BLOB = "unreadable_blob"
 FILE_TOO_LARGE = "file_too_large"
 EMPTY_FILE = "empty_file"
 NOT_AN_IMAGE = "not_an_image"
 EXTENSION_MISMATCH = "extension_mismatch"
 DECOMPRESSION_BOMB = "decompression_bomb"
 TOO_SMALL = "too_small"
+BAD_DIMENSIONS = "bad_dimensions"
 ANIMATED_IMAGE = "animated_image"
 UNSUPPORTED_MODE = "unsupported_mode"
 TRUNCATED_IMAGE = "truncated_image"
+PROCESSING_ERROR = "processing_error"
 
 REJECT_REASONS = (
-    UNSAFE_PATH, MISSING_BLOB, FILE_TOO_LARGE, EMPTY_FILE, NOT_AN_IMAGE, EXTENSION_MISMATCH,
-    DECOMPRESSION_BOMB, TOO_SMALL, ANIMATED_IMAGE, UNSUPPORTED_MODE, TRUNCATED_IMAGE,
+    UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EMPTY_FILE, NOT_AN_IMAGE, EXTENSION_MISMATCH,
+    DECOMPRESSION_BOMB, TOO_SMALL, BAD_DIMENSIONS, ANIMATED_IMAGE, UNSUPPORTED_MODE, TRUNCATED_IMAGE,
+    PROCESSING_ERROR,
 )
+# Reasons given before the bytes were read: their rows carry no sha256 / num_bytes.
+UNREAD_REASONS = (UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EMPTY_FILE)
 
 PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
 EXTENSION_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",)}
@@ -78,9 +102,10 @@ class ImageRejected(Exception):
 
 @dataclass(frozen=True)
 class DecodedImage:
-    """A fully decoded image in RGB plus what the header said about the original."""
+    """A fully decoded image in RGB (as a Pillow image and as an (h, w, 3) uint8 array) plus its header facts."""
 
     rgb: Image.Image
+    pixels: np.ndarray
     width: int
     height: int
     mode: str
@@ -143,7 +168,22 @@ def read_capped(handle: io.RawIOBase | io.BufferedIOBase, relpath: str, max_byte
     return b"".join(chunks)
 
 
-def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -> DecodedImage:
+def check_dimensions(width: int, height: int, relpath: str, *, max_pixels: int, min_side: int,
+                     max_side: int, max_aspect: float) -> None:
+    """Raise ``decompression_bomb`` / ``too_small`` / ``bad_dimensions`` for a header's size, in that order."""
+    if width * height > max_pixels:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r} declares {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
+    if min(width, height) < min_side:
+        raise ImageRejected(TOO_SMALL, f"{relpath!r} is {width}x{height}, shortest side < min_side={min_side}")
+    if max(width, height) > max_side:
+        raise ImageRejected(BAD_DIMENSIONS, f"{relpath!r} is {width}x{height}, longest side > max_side={max_side}")
+    if max(width, height) > max_aspect * min(width, height):
+        raise ImageRejected(BAD_DIMENSIONS, f"{relpath!r} is {width}x{height}, aspect ratio "
+                                            f"{max(width, height) / min(width, height):.1f} > max_aspect={max_aspect:g}")
+
+
+def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, max_side: int,
+                 max_aspect: float) -> DecodedImage:
     """Decode ``data`` (the blob at ``relpath``) once, applying every policy in the module docstring."""
     if not data:
         raise ImageRejected(EMPTY_FILE, f"{relpath!r} has zero bytes")
@@ -171,10 +211,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -
     if fmt not in expected:
         raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {fmt} bytes, extension {extension!r} expects {'/'.join(expected)}")
     width, height = image.size
-    if width * height > max_pixels:
-        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r} declares {width}x{height} = {width * height} pixels > max_pixels={max_pixels}")
-    if min(width, height) < min_side:
-        raise ImageRejected(TOO_SMALL, f"{relpath!r} is {width}x{height}, shortest side < min_side={min_side}")
+    check_dimensions(width, height, relpath, max_pixels=max_pixels, min_side=min_side, max_side=max_side,
+                     max_aspect=max_aspect)
     try:
         frames = getattr(image, "n_frames", 1)
     except Exception as exc:  # noqa: BLE001 - counting frames parses the whole file
@@ -185,9 +223,29 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int) -
     if mode not in CONVERTIBLE_MODES:
         raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
     try:
+        if fmt == "PNG" and libspng_decodes(data):
+            pixels = pyspng.load(data, format="RGB")
+            return DecodedImage(Image.fromarray(pixels), pixels, width, height, mode, fmt)
         image.load()
     except Exception as exc:  # noqa: BLE001 - see comment above
         raise ImageRejected(_reason_for(exc, TRUNCATED_IMAGE),
                             f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return DecodedImage(rgb, width, height, mode, fmt)
+    return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
+
+
+def libspng_decodes(data: bytes) -> bool:
+    """True for a PNG of at most 8 bits per sample whose chunks after the first IDAT are IDATs and one IEND."""
+    if data[12:16] != b"IHDR" or len(data) < 33 or data[24] > 8:
+        return False
+    position, image_data = 8, False
+    while position + 8 <= len(data):
+        length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
+        if kind == b"IEND":
+            return image_data
+        if kind == b"IDAT":
+            image_data = True
+        elif image_data:
+            return False
+        position += 12 + length
+    return False   # no IEND: Pillow reports the truncation

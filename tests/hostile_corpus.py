@@ -133,6 +133,10 @@ def hostile_blobs(rng: np.random.Generator) -> dict[str, tuple[bytes, str]]:
         "truncated_png": (png[: len(png) // 2], "truncated_image"),
         "random_bytes": (rng.bytes(4096), "not_an_image"),
         "zero_bytes": (b"", "empty_file"),
+        # thin strips under max_pixels: a full decode would pad to 14 GB for NudeNet and break the JPEG encoder
+        "thin_70000x8": (png_from_rows(70_000, 8, (b"\x00" + bytes(i % 256 for i in range(70_000))) * 8), "bad_dimensions"),
+        "thin_8x70000": (png_from_rows(8, 70_000, b"".join(b"\x00" + bytes([i % 256]) * 8 for i in range(70_000))),
+                         "bad_dimensions"),
     }
 
 

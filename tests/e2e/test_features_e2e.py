@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import io
+import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -17,6 +20,7 @@ from pipelines.sqlrun import connect  # noqa: E402
 from test_features_fixtures import bad_blobs, bomb_png, encode, face_variants, png, write_day  # noqa: E402
 
 DAY1, DAY2 = "2023-03-01", "2023-03-02"
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_two_generated_days(tmp_path: Path) -> None:
@@ -60,3 +64,31 @@ def test_two_generated_days(tmp_path: Path) -> None:
     rerun = build_features(home, DAY1, FeaturesConfig(workers=2))
     assert rerun.processed == 0 and rerun.reused_by_uid == len(rows)
     assert home.partition_file("image_features", DAY1).read_bytes() == before
+
+
+NOISE = ("apitools not found", "Logging handler created")
+
+
+def test_cli_run_prints_no_beam_start_up_noise(tmp_path: Path) -> None:
+    """A real run on 2 worker processes prints its progress and report, and none of Beam's start-up lines."""
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1, (64, 64)), "b": png(2, (64, 64)), "bad": b"not an image"})
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "pipelines.features", "--home", str(home.root), "--day", DAY1,
+                           "--workers", "2", "--in-process-below", "0"], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert not [line for line in (done.stdout + done.stderr).splitlines() if any(n in line for n in NOISE)]
+    assert done.stderr == ""
+    report = json.loads(done.stdout[done.stdout.index("\n{") + 1:])
+    assert (report["processed"], report["rejected"], report["workers"]) == (2, {"not_an_image": 1}, 2)
+
+
+def test_dagster_run_logs_carry_no_beam_start_up_noise(built_home: DataHome) -> None:
+    """Nothing under the instance (compute logs of every run, the event log) holds Beam's start-up lines."""
+    files = [p for p in built_home.dagster_home.rglob("*") if p.is_file()]
+    compute_logs = [p for p in files if p.parent.name == "compute_logs" and p.suffix == ".err"]
+    assert len(compute_logs) >= 3            # the daily runs (multi_processing Beam workers), rebuild, model
+    noisy = [p.relative_to(built_home.root).as_posix() for p in files
+             if any(n.encode() in p.read_bytes() for n in NOISE)]
+    assert noisy == []

@@ -5,14 +5,16 @@ import io
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from pipelines import imagedecode
+from pipelines.features import FeaturesConfig
 from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
-from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png
+from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png, thin_png
 
-LIMITS = dict(max_pixels=4096 * 4096, min_side=8)
+LIMITS = FeaturesConfig().decode_limits()
 
 
 @pytest.mark.parametrize("reason", sorted(bad_blobs()))
@@ -70,9 +72,41 @@ def test_unknown_extension_and_header_only_truncation() -> None:
 def test_limits_are_configurable() -> None:
     data = png(2, (64, 64))
     with pytest.raises(ImageRejected, match="decompression_bomb"):
-        decode_image(data, "raw/images/a.png", max_pixels=64 * 63, min_side=8)
+        decode_image(data, "raw/images/a.png", **LIMITS | {"max_pixels": 64 * 63})
     with pytest.raises(ImageRejected, match="too_small"):
-        decode_image(data, "raw/images/a.png", max_pixels=10**6, min_side=65)
+        decode_image(data, "raw/images/a.png", **LIMITS | {"min_side": 65})
+    with pytest.raises(ImageRejected, match="bad_dimensions"):
+        decode_image(data, "raw/images/a.png", **LIMITS | {"max_side": 63})
+
+
+@pytest.mark.parametrize("size", [(70000, 8), (8, 70000), (30000, 8), (8, 30000), (4097, 1100), (1100, 4097),
+                                  (2000, 499), (499, 2000)])
+def test_extreme_shapes_are_bad_dimensions_before_any_pixel_is_decoded(size: tuple[int, int]) -> None:
+    """A 70000x8 PNG is under max_pixels, yet it pads to 14 GB for NudeNet and breaks the JPEG encoder."""
+    data = thin_png(*size)
+    assert Image.open(io.BytesIO(data)).size == size and len(data) < 200_000
+    with pytest.raises(ImageRejected) as caught:
+        decode_image(data, "raw/images/thin.png", **LIMITS)
+    assert caught.value.reason == "bad_dimensions"
+    assert f"{size[0]}x{size[1]}" in caught.value.detail and "thin.png" in caught.value.detail
+
+
+@pytest.mark.parametrize("size", [(4096, 1024), (1024, 4096), (64, 16), (16, 64)])
+def test_shapes_at_the_limits_decode(size: tuple[int, int]) -> None:
+    decoded = decode_image(thin_png(*size), "raw/images/ok.png", **LIMITS)
+    assert (decoded.width, decoded.height) == size
+
+
+def test_contract_lists_exactly_the_reject_reasons() -> None:
+    """The image_rejects contract's reason rule and its no-bytes exemption name the reasons of imagedecode."""
+    import re
+
+    import yaml
+
+    contract = yaml.safe_load((Path(__file__).resolve().parents[2] / "data_contracts" / "image_rejects.yaml").read_text())
+    rules = {rule["name"]: rule["query"] for rule in contract["schema"][0]["quality"]}
+    assert set(re.findall(r"'([a-z_]+)'", rules["image_rejects_known_reason"])) == set(imagedecode.REJECT_REASONS)
+    assert set(re.findall(r"'([a-z_]+)'", rules["image_rejects_bytes_when_read"])) == set(imagedecode.UNREAD_REASONS)
 
 
 @pytest.mark.parametrize("path", ["", "/etc/passwd", "raw/images/../../etc/passwd.png", "raw/./a.png", "raw//a.png",
@@ -121,7 +155,8 @@ def test_read_is_capped() -> None:
 def test_reasons_are_closed() -> None:
     with pytest.raises(ValueError):
         ImageRejected("bad_reason", "x")
-    assert len(set(imagedecode.REJECT_REASONS)) == 11
+    assert len(set(imagedecode.REJECT_REASONS)) == len(imagedecode.REJECT_REASONS) == 14
+    assert set(imagedecode.UNREAD_REASONS) < set(imagedecode.REJECT_REASONS)
 
 
 def test_animated_webp_is_animated() -> None:
@@ -131,3 +166,48 @@ def test_animated_webp_is_animated() -> None:
     with pytest.raises(ImageRejected, match="animated_image"):
         decode_image(out.getvalue(), "raw/images/a.webp", **LIMITS)
     assert Image.open(io.BytesIO(out.getvalue())).n_frames == 2
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _pngs_of_every_8_bit_colour_type() -> dict[str, bytes]:
+    base = natural_image(12, (53, 37))
+    alpha = Image.fromarray(np.dstack([np.asarray(base), np.asarray(natural_image(13, (53, 37)).convert("L"))]), "RGBA")
+    return {"RGB": encode(base), "RGBA": encode(alpha), "L": encode(base.convert("L")), "LA": encode(alpha.convert("LA")),
+            "P": encode(base.convert("P")), "P+tRNS": encode(base.convert("P"), transparency=3), "1": encode(base.convert("1")),
+            "RGB+tRNS": encode(base, transparency=(10, 20, 30))}
+
+
+@pytest.mark.parametrize("kind", sorted(_pngs_of_every_8_bit_colour_type()))
+def test_libspng_decodes_exactly_what_pillow_decodes(kind: str) -> None:
+    data = _pngs_of_every_8_bit_colour_type()[kind]
+    assert imagedecode.libspng_decodes(data)
+    decoded = decode_image(data, "raw/images/a.png", **LIMITS)
+    expected = Image.open(io.BytesIO(data)).convert("RGB")
+    assert decoded.pixels.dtype == np.uint8 and decoded.pixels.shape == (37, 53, 3)
+    assert np.array_equal(decoded.pixels, np.asarray(expected)) and decoded.rgb.tobytes() == expected.tobytes()
+    assert decoded.rgb.mode == "RGB" and decoded.mode == Image.open(io.BytesIO(data)).mode
+
+
+def test_other_pngs_go_to_pillow_with_the_same_outcome() -> None:
+    import zlib
+
+    good = png(14, (40, 30))
+    end = good.rindex(b"IEND") - 4
+    text_after = good[:end] + _png_chunk(b"tEXt", b"Comment\x00hello") + good[end:]
+    bomb_after = good[:end] + _png_chunk(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"\x00" * 4_000_000, 9)) + good[end:]
+    assert imagedecode.libspng_decodes(good)
+    for data in (text_after, bomb_after, good[: len(good) // 2], good[: end + 4]):
+        assert not imagedecode.libspng_decodes(data)
+    assert np.array_equal(decode_image(text_after, "raw/images/t.png", **LIMITS).pixels, np.asarray(Image.open(io.BytesIO(good))))
+    with pytest.raises(ImageRejected) as caught:            # Pillow inflates text after the image data: a bomb
+        decode_image(bomb_after, "raw/images/b.png", **LIMITS)
+    assert caught.value.reason == "decompression_bomb"
+    sixteen_bit = bytearray(good)
+    sixteen_bit[24] = 16                                      # bit depth in IHDR: 16 bits are never libspng's
+    assert not imagedecode.libspng_decodes(bytes(sixteen_bit))

@@ -48,6 +48,13 @@ def png(seed: int, size: tuple[int, int] = (96, 80)) -> bytes:
     return encode(natural_image(seed, size))
 
 
+def thin_png(width: int, height: int) -> bytes:
+    """A real 8-bit RGB PNG of a gradient along its long side (a few KB even at 70000 px)."""
+    ramp = (np.arange(max(width, height)) % 256).astype(np.uint8)
+    pixels = np.broadcast_to(ramp[None, :, None] if width >= height else ramp[:, None, None], (height, width, 3))
+    return encode(Image.fromarray(np.ascontiguousarray(pixels)))
+
+
 def face_image() -> Image.Image:
     """A real photograph with a face (matplotlib's sample Grace Hopper portrait, RGB)."""
     from matplotlib import cbook

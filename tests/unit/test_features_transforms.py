@@ -4,6 +4,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import apache_beam as beam
@@ -19,7 +20,7 @@ from pipelines import features
 from pipelines.features import (DecodeImageFn, DetectNsfwFn, FeaturesConfig, FingerprintImages, ReadBlobFn,
                                 perceptual_hashes, train_size_of)
 from pipelines.nsfw import prepare_image
-from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png
+from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png, thin_png
 
 DAY = dt.date(2023, 3, 1)
 
@@ -116,6 +117,9 @@ def test_decode_derives_hashes_jpeg_and_model_input_from_one_decode(home: Path) 
     jpeg = Image.open(stored)
     assert jpeg.format == "JPEG" and jpeg.size == (341, 256)
     assert not [p for p in stored.parent.iterdir() if p.name.endswith(".tmp")]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o666 & ~umask     # readable by other accounts, as the umask says
     phash, dhash = perceptual_hashes(big)
     assert bin(phash ^ int(str(imagehash.phash(big)), 16)).count("1") <= 2
     assert bin(dhash ^ int(str(imagehash.dhash(big)), 16)).count("1") <= 3
@@ -169,3 +173,84 @@ def test_config_validation_names_the_field() -> None:
         FeaturesConfig(jpeg_quality=0).validate()
     with pytest.raises(ValueError, match="blob_zone"):
         FeaturesConfig(blob_zone="..").validate()
+
+
+def test_extreme_shapes_are_rejects_not_a_failed_run(home: Path) -> None:
+    """70000x8 and 8x70000 PNGs (under max_pixels) used to break the JPEG encoder and pad to 14 GB for NudeNet."""
+    for uid, size in {"wide": (70000, 8), "tall": (8, 70000), "ok": (96, 80)}.items():
+        put(home, uid, thin_png(*size))
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([row("wide"), row("tall"), row("ok")]) | FingerprintImages(str(home), FeaturesConfig(), None, fake_detector)
+        assert_that(out["features"] | beam.Map(lambda r: r["image_uid"]), equal_to(["ok"]), label="features")
+        assert_that(reasons(out["rejects"]), equal_to([("wide", "bad_dimensions"), ("tall", "bad_dimensions")]),
+                    label="rejects")
+
+
+def test_an_exception_in_the_per_image_work_is_a_reject_row(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any error of one image (here the JPEG encoder's 'broken data stream') is a processing_error row."""
+    real_encode = features.encode_train_jpeg
+
+    def encoder(rgb, train_size, quality):
+        if rgb.size == (90, 70):
+            raise OSError(f"broken data stream when writing image file {home}/raw/images/b.png")
+        return real_encode(rgb, train_size, quality)
+
+    monkeypatch.setattr(features, "encode_train_jpeg", encoder)
+    put(home, "a", png(1))
+    put(home, "b", png(2, (90, 70)))
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([row("a"), row("b")]) | FingerprintImages(str(home), FeaturesConfig(), None, fake_detector)
+        assert_that(out["features"] | beam.Map(lambda r: r["image_uid"]), equal_to(["a"]), label="features")
+        assert_that(out["rejects"] | beam.Map(lambda r: (r["image_uid"], r["reason"], r["detail"], r["sha256"], r["num_bytes"])),
+                    equal_to([("b", "processing_error", "'raw/images/b.png': train_jpeg raised OSError: broken data stream "
+                               "when writing image file raw/images/b.png", hashlib.sha256(png(2, (90, 70))).hexdigest(),
+                               len(png(2, (90, 70))))]), label="rejects")
+
+
+class FailsOnGrey:
+    """A detector that raises whenever a batch holds the grey test image (the only one 50 px wide)."""
+
+    def detect_prepared(self, batch):
+        if any(item.width == 50 for item in batch):
+            raise RuntimeError("model failed")
+        return fake_detector().detect_prepared(batch)
+
+
+def fails_on_grey() -> FailsOnGrey:
+    return FailsOnGrey()
+
+
+def test_a_model_error_rejects_only_the_image_at_fault() -> None:
+    red = np.zeros((40, 30, 3), np.uint8)
+    red[..., 0] = 250
+    grey = np.full((20, 50, 3), 90, np.uint8)
+    elements = [{"image_uid": uid, "dt": DAY, "blob_path": f"raw/images/{uid}.png", "sha256": "0" * 64, "num_bytes": 10,
+                 "_nsfw_input": prepare_image(pixels)} for uid, pixels in (("red", red), ("grey", grey), ("red2", red))]
+    with BeamTestPipeline() as p:
+        out = p | beam.Create([elements]) | beam.ParDo(DetectNsfwFn(fails_on_grey)).with_outputs("image_rejects", main="rows")
+        assert_that(out.rows | beam.Map(lambda r: r["image_uid"]), equal_to(["red", "red2"]), label="rows")
+        assert_that(out.image_rejects | beam.Map(lambda r: (r["image_uid"], r["reason"], r["detail"])),
+                    equal_to([("grey", "processing_error", "'raw/images/grey.png': nsfw raised RuntimeError: model failed")]),
+                    label="rejects")
+
+
+def test_an_unreadable_blob_is_a_reject_row(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    real_open = FileSystems.open
+
+    def opener(path, *args, **kwargs):
+        if path.endswith("locked.png"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(FileSystems, "open", staticmethod(opener))
+    put(home, "locked", png(1))
+    put(home, "fine", png(2))
+    with BeamTestPipeline() as p:
+        out = (p | beam.Create([row("locked"), row("fine")])
+               | beam.ParDo(ReadBlobFn(str(home), "raw", 10**6)).with_outputs("image_rejects", "reused", main="blobs"))
+        assert_that(out.blobs | beam.Map(lambda e: e["image_uid"]), equal_to(["fine"]), label="blobs")
+        assert_that(out.image_rejects | beam.Map(lambda r: (r["image_uid"], r["reason"], r["detail"], r["sha256"])),
+                    equal_to([("locked", "unreadable_blob", "'raw/images/locked.png': PermissionError: [Errno 13] "
+                               "Permission denied: 'raw/images/locked.png'", None)]), label="rejects")
