@@ -54,7 +54,7 @@ def test_another_account_reads_every_file(built_home: DataHome, shared_copy: Pat
     others_read = not current_umask() & 0o004
     latest = shared_copy / "datasets" / "pickapic" / "latest"
     for path in (latest / "manifest.json", latest / "train" / "sizes.json", next(latest.glob("train/*_stats.json")),
-                 next(latest.glob("train/*.parquet")), latest / "meta" / "images.parquet",
+                 next(latest.glob("train/*.parquet")), next(latest.glob("meta/images/*.parquet")),
                  next(shared_copy.glob("models/preference_model/*/best/model.safetensors")),
                  next(shared_copy.glob("models/preference_model/*/metrics.json"))):
         assert read_as_other_account(path) == (path.read_bytes() if others_read else None), path
