@@ -110,6 +110,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines import rawparse as rp
 from pipelines.home import DataHome
+from pipelines.rawzone import RawZoneScan
 from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -188,6 +189,7 @@ class IngestReport:
     tables: dict[str, TableReport]
     outputs: dict[str, str]
     seconds: float = 0.0
+    raw_zone_problems: list[str] = field(default_factory=list)   # one line per skipped raw-zone entry
 
     @property
     def lines_in(self) -> int:
@@ -266,6 +268,7 @@ class IngestReport:
             "outputs": dict(self.outputs),
             "seconds": round(self.seconds, 3),
             "quarantine_reasons_md": self.reasons_markdown(),
+            "raw_zone_problems": list(self.raw_zone_problems),
         }
 
 
@@ -294,11 +297,13 @@ class _TableRun:
 
 
 def _open_raw(home: DataHome, path: Path) -> rp.RawFile:
-    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely."""
-    raw = rp.RawFile(path)
+    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely
+    (a link that leaves the raw zone is never followed)."""
+    rel = path.relative_to(home.root).as_posix()
+    raw = rp.RawFile(path, name=rel)
     if raw.check():
         try:
-            home.resolve_inside(path.relative_to(home.root).as_posix())
+            home.resolve_inside(rel, zone="raw")
         except ValueError as exc:
             raw.status, raw.error = "unreadable", str(exc)
     return raw
@@ -389,7 +394,7 @@ def _line_list(lines: list[int], limit: int = 10) -> str:
 
 
 def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LineParser],
-                      known_today: set[str] | None, home: DataHome, day: str) -> None:
+                      known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str]) -> None:
     """Quarantine rankings/downloads rows whose image uid no images export of this day or before has.
 
     ``known_today`` holds the uids found while the same process read today's images file; without
@@ -404,7 +409,7 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
         for _, values in runs[table].rows.values():
             referenced.update(values[i] for i in positions[table] if values[i] is not None)
     unresolved = referenced - known_today if known_today is not None else referenced
-    scan_days = {d for d in home.raw_days() if d < day}
+    scan_days = {d for d in raw_days if d < day}
     if known_today is None:
         scan_days.add(day)
     for other in sorted(scan_days, reverse=True):
@@ -485,7 +490,7 @@ def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
-    raw = rp.RawFile(run.path)
+    raw = rp.RawFile(run.path, name=run.report.file)
     wanted = run.pending
     for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
         if number in wanted:
@@ -495,7 +500,7 @@ def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
             if not wanted:
                 break
     if wanted:
-        raise RuntimeError(f"{run.path} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
+        raise RuntimeError(f"{run.report.file} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -605,6 +610,19 @@ def _kept_values(run: _TableRun) -> list[tuple]:
     return [values for _, values in run.rows.values()]
 
 
+def write_raw_zone_problems(home: DataHome, scan: RawZoneScan) -> Path:
+    """Record the raw zone's skipped entries (``warehouse/raw_zone_problems/data.parquet``), sorted by path."""
+    problems = scan.problems
+    table = pa.table({
+        "path": pa.array([p.path for p in problems], pa.string()),
+        "entry": pa.array([p.entry for p in problems], pa.string()),
+        "reason": pa.array([p.reason for p in problems], pa.string()),
+        "detail": pa.array([p.detail for p in problems], pa.string()),
+        "file_bytes": pa.array([p.file_bytes for p in problems], pa.int64()),
+    })
+    return write_parquet_atomic(table, home.table_file("raw_zone_problems"), get_schema("raw_zone_problems"))
+
+
 def write_tables_atomic(paths_tables: dict[Path, tuple[pa.Table, pa.Schema]]) -> None:
     """Write every table under a temporary name first; rename them all only when all are written."""
     items = list(paths_tables.items())
@@ -635,7 +653,7 @@ _BUILDERS = {
 }
 
 
-def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig,
+def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig, raw_days: Sequence[str],
                    part: tuple[int, int] = (0, 1)) -> dict[str, tuple[pa.Table, list[tuple], TableReport, set]]:
     """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
 
@@ -657,7 +675,7 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         runs[table] = _read_table(home, day, table, parsers[table], config, sink, part)
         if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
-    _check_references(runs, parsers, known_today, home, day)
+    _check_references(runs, parsers, known_today, home, day, raw_days)
     results = {}
     for table, run in runs.items():
         _fill_pending(run, config.max_line_bytes)
@@ -712,6 +730,9 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
     """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts."""
     started = time.perf_counter()
     date = parse_day(day)
+    scan = home.scan_raw_zone()
+    write_raw_zone_problems(home, scan)
+    raw_days = scan.days
     if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
         # every worker reads every file and validates the lines whose primary key routes to it
         # fork: a spawned child would re-import the caller's __main__; the child only parses and
@@ -720,17 +741,17 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
         context = multiprocessing.get_context(method)
         n = config.workers
         with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
-            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, (i, n)) for i in range(n)]
+            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n)) for i in range(n)]
             parts = [future.result() for future in futures]
         results = {}
         for table in RAW_TABLES:
             table_parts = [p[table] for p in parts]
             if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
-                results[table] = _ingest_tables(home, day, (table,), config)[table][:3]
+                results[table] = _ingest_tables(home, day, (table,), config, raw_days)[table][:3]
             else:
                 results[table] = _merge_parts(table, table_parts)
     else:
-        results = {table: value[:3] for table, value in _ingest_tables(home, day, RAW_TABLES, config).items()}
+        results = {table: value[:3] for table, value in _ingest_tables(home, day, RAW_TABLES, config, raw_days).items()}
 
     tables = {table: results[table][0] for table in RAW_TABLES}
     quarantine_rows = [row for table in RAW_TABLES for row in results[table][1]]
@@ -744,6 +765,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
         tables=reports,
         outputs={name: path.relative_to(home.root).as_posix() for name, path in outputs.items()},
         seconds=time.perf_counter() - started,
+        raw_zone_problems=scan.summary(),
     )
 
 
@@ -770,7 +792,10 @@ def run_from_args(args: argparse.Namespace) -> int:
     home = DataHome.at(args.home)
     config = IngestConfig(max_line_bytes=args.max_line_bytes, max_prompt_chars=args.max_prompt_chars,
                           future_tolerance_days=args.future_tolerance_days, workers=args.workers)
-    days = args.day or home.raw_days()
+    scan = home.scan_raw_zone()
+    for line in scan.summary():
+        print(f"warning: skipped {line}", file=sys.stderr)
+    days = args.day or scan.days
     if not days:
         print(f"no raw days under {home.raw_logs}", file=sys.stderr)
         return 1

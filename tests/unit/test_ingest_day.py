@@ -143,7 +143,7 @@ def test_link_out_of_the_home_is_not_read(tmp_path):
     os.symlink(outside, target)
     report = ingest_day(home, DAY)
     assert report.tables["users"].status == "unreadable" and report.tables["users"].lines_in == 0
-    assert "outside the data home" in report.tables["users"].error
+    assert report.tables["users"].error == f"path 'raw/app_logs/dt={DAY}/users.jsonl.gz' resolves outside the raw zone"
 
 
 def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
