@@ -94,14 +94,16 @@ import contextlib
 import datetime as dt
 import json
 import multiprocessing
+import pickle
 import re
 import sys
+import tempfile
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,6 +112,7 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines import rawparse as rp
 from pipelines.home import DataHome
+from pipelines.quarantine import QuarantineSink, SinkLimits, write_quarantine
 from pipelines.rawzone import RawZoneScan
 from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from schemas import get_schema
@@ -117,6 +120,7 @@ from schemas.raw import PRIMARY_KEYS, RAW_TABLES
 
 OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+SINK_LIMITS = SinkLimits()   # memory bounds of each table's quarantine before it spills to disk
 _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                      "downloads": ("image_uid",)}
 
@@ -190,6 +194,7 @@ class IngestReport:
     outputs: dict[str, str]
     seconds: float = 0.0
     raw_zone_problems: list[str] = field(default_factory=list)   # one line per skipped raw-zone entry
+    quarantine_rows: int = 0          # rows of the quarantine file (identical bad lines share a row)
 
     @property
     def lines_in(self) -> int:
@@ -246,7 +251,7 @@ class IngestReport:
         meta.pop("files", None)
         meta["path"] = self.outputs.get(dataset)
         if dataset == "quarantine":
-            meta["dagster/row_count"] = sum(sum(r.reasons.values()) for r in self.tables.values())
+            meta["dagster/row_count"] = self.quarantine_rows
         elif dataset == "ingest_files":
             meta["dagster/row_count"] = len(self.tables)
         return meta
@@ -274,26 +279,80 @@ class IngestReport:
 
 # ---------------------------------------------------------------------------------------------
 class _TableRun:
-    """Mutable state of one table while its file is read: kept rows, quarantine rows, pending raws."""
+    """Mutable state of one table while its file is read: kept rows, quarantine sink, pending raws."""
 
-    def __init__(self, home: DataHome, day: str, table: str):
+    def __init__(self, home: DataHome, day: str, table: str, spill_dir: Path | None):
         self.table = table
         self.path = home.raw_file(day, table)
         self.report = TableReport(table, self.path.relative_to(home.root).as_posix())
         self.rows: dict[object, tuple[int, tuple]] = {}     # primary key -> (line number, values)
-        self.quarantine: list[tuple] = []                   # (line, reason, detail, text, length, sha)
+        self.quarantine = QuarantineSink(table, self.report.file, spill_dir, SINK_LIMITS)
         self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
         self.seen: set = set()                              # every primary key of a line that parsed
+        self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
+        self.conflicting: set = set()                       # keys with two or more different versions
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
         if data is None:
             self.pending[number] = (reason, detail)
             return
-        text, length, sha = rp.raw_fields(data)
-        self.quarantine.append((number, reason, detail, text, length, sha))
+        self.quarantine.add_line(number, reason, detail, data)
 
     def file_row(self, reason: str, detail: str, length: int, sha: str | None) -> None:
-        self.quarantine.append((0, reason, detail, None, length, sha or _EMPTY_SHA256))
+        self.quarantine.add(0, reason, detail, None, length, sha or _EMPTY_SHA256)
+
+
+class _RepeatLog:
+    """Lines whose primary key was already seen, in line order, as (line, key, raw text, length, sha256):
+    kept in memory up to a bound, then appended to a spill file in pickled batches; read back in order."""
+
+    max_events = 4096
+    max_text_bytes = 8 << 20
+
+    def __init__(self, spill_dir: Path | None, table: str):
+        self.spill_dir = spill_dir
+        self.table = table
+        self.batch: list[tuple] = []
+        self.text_bytes = 0
+        self.path: Path | None = None
+        self.count = 0
+
+    def add(self, number: int, key: object, data: bytes) -> None:
+        text, length, sha = rp.raw_fields(data)
+        self.batch.append((number, key, text, length, sha))
+        self.count += 1
+        self.text_bytes += len(text)
+        if len(self.batch) >= self.max_events or self.text_bytes >= self.max_text_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.spill_dir is None:
+            raise RuntimeError(f"repeated keys of {self.table} outgrew memory and no spill folder was given")
+        if self.path is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix=f"{self.table}-repeats-", delete=False)
+            handle.close()
+            self.path = Path(handle.name)
+        with open(self.path, "ab") as out:
+            pickle.dump(self.batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.batch = []
+        self.text_bytes = 0
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self.path is not None:
+            with open(self.path, "rb") as spilled:   # our own file, written above
+                while True:
+                    try:
+                        yield from pickle.load(spilled)
+                    except EOFError:
+                        break
+        yield from self.batch
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+        self.batch = []
 
 
 def _open_raw(home: DataHome, path: Path) -> rp.RawFile:
@@ -323,10 +382,11 @@ def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
 
 
 def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
-                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1)) -> _TableRun:
+                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1),
+                spill_dir: Path | None = None) -> _TableRun:
     """Validate every line of one raw file (of ``part`` = (index, parts): only the lines routed to
     it), then resolve exact duplicates and key conflicts."""
-    run = _TableRun(home, day, table)
+    run = _TableRun(home, day, table, spill_dir)
     index, parts = part
     route = _ROUTE_RE[table]
     report = run.report
@@ -337,7 +397,7 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
             chunks = rp.tap_image_uids(chunks, uid_sink)
         pk_index = parser.names.index(PRIMARY_KEYS[table])
         rows = run.rows
-        repeats: dict[object, list] = {}
+        repeats, conflicting = run.repeats, run.conflicting
         parse = parser.parse
         max_bytes = config.max_line_bytes
         number = 0
@@ -354,43 +414,63 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
                 run.reject(number, exc.reason, exc.detail, data)
                 continue
             key = values[pk_index]
-            if key in rows:
-                repeats.setdefault(key, []).append((number, values, data))
-            else:
+            first = rows.get(key)
+            if first is None:
                 rows[key] = (number, values)
+            else:
+                if values != first[1]:
+                    conflicting.add(key)
+                repeats.add(number, key, data)
         report.lines_in = number
         run.seen = set(rows)
-        _resolve_repeats(run, repeats, PRIMARY_KEYS[table])
+        _resolve_repeats(run, PRIMARY_KEYS[table])
     report.status = raw.status
     report.error = raw.error
     report.file_sha256 = raw.file_sha256
     report.file_bytes = raw.file_bytes
-    if raw.status == "missing":
+    if index == 0 and raw.status == "missing":   # every part reads the file; part 0 reports it
         run.file_row(rp.MISSING_FILE, raw.error or "missing", 0, None)
-    elif raw.status == "unreadable":
+    elif index == 0 and raw.status == "unreadable":
         run.file_row(rp.UNREADABLE_FILE, raw.error or "unreadable", raw.file_bytes, raw.file_sha256)
     return run
 
 
-def _resolve_repeats(run: _TableRun, repeats: dict[object, list], key_name: str) -> None:
-    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting."""
-    for key, extra in repeats.items():
-        first_line, first_values = run.rows[key]
-        if all(values == first_values for _, values, _ in extra):
-            for number, _, data in extra:
-                run.reject(number, rp.DUPLICATE_ROW, f"exact duplicate of line {first_line}", data)
-            continue
-        del run.rows[key]
-        lines = [first_line] + [number for number, _, _ in extra]
-        detail = f"{key_name} {key!r} has {len(lines)} lines with different content (lines {_line_list(lines)})"
-        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, detail, None)
-        for number, _, data in extra:
-            run.reject(number, rp.CONFLICTING_PRIMARY_KEY, detail, data)
+def _resolve_repeats(run: _TableRun, key_name: str) -> None:
+    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting.
+
+    The repeats come back from ``run.repeats`` in line order; only the conflicting keys get state
+    here (their line count and first lines, for the detail), so exact duplicates cost no memory.
+    """
+    if not run.repeats.count:
+        return
+    rows, conflicting, sink = run.rows, run.conflicting, run.quarantine
+    lines = {key: [rows[key][0]] for key in conflicting}
+    totals = dict.fromkeys(conflicting, 1)
+    if conflicting:
+        for number, key, *_ in run.repeats:
+            if key in conflicting:
+                totals[key] += 1
+                if len(lines[key]) < _LISTED_LINES:
+                    lines[key].append(number)
+    details = {key: f"{key_name} {key!r} has {totals[key]} lines with different content "
+                    f"(lines {_line_list(lines[key], totals[key])})" for key in conflicting}
+    for number, key, text, length, sha in run.repeats:
+        if key in conflicting:
+            sink.add(number, rp.CONFLICTING_PRIMARY_KEY, details[key], text, length, sha)
+        else:
+            sink.add(number, rp.DUPLICATE_ROW, f"exact duplicate of line {rows[key][0]}", text, length, sha)
+    run.repeats.discard()
+    for key in sorted(conflicting, key=repr):
+        first_line = rows.pop(key)[0]
+        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, details[key], None)
 
 
-def _line_list(lines: list[int], limit: int = 10) -> str:
-    text = ", ".join(str(n) for n in lines[:limit])
-    return text + (f", ... {len(lines) - limit} more" if len(lines) > limit else "")
+_LISTED_LINES = 10
+
+
+def _line_list(lines: list[int], total: int) -> str:
+    text = ", ".join(str(n) for n in lines[:_LISTED_LINES])
+    return text + (f", ... {total - _LISTED_LINES} more" if total > _LISTED_LINES else "")
 
 
 def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LineParser],
@@ -495,8 +575,7 @@ def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
     for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
         if number in wanted:
             reason, detail = wanted.pop(number)
-            text, length, sha = rp.raw_fields(data)
-            run.quarantine.append((number, reason, detail, text, length, sha))
+            run.quarantine.add_line(number, reason, detail, data)
             if not wanted:
                 break
     if wanted:
@@ -575,22 +654,6 @@ def _downloads_table(rows: list[tuple], day: dt.date) -> pa.Table:
     })
 
 
-def _quarantine_table(rows: list[tuple], day: dt.date) -> pa.Table:
-    rows = sorted(rows, key=lambda r: (r[0], r[2]))
-    cols = list(zip(*rows)) or [()] * 8
-    return pa.table({
-        "table": pa.array(cols[0], pa.string()),
-        "dt": _dt_column(day, len(rows)),
-        "file": pa.array(cols[1], pa.string()),
-        "line_number": pa.array(cols[2], pa.int64()),
-        "reason": pa.array(cols[3], pa.string()),
-        "detail": pa.array(cols[4], pa.string()),
-        "raw_text": pa.array(cols[5], pa.string()),
-        "raw_length": pa.array(cols[6], pa.int64()),
-        "raw_sha256": pa.array(cols[7], pa.string()),
-    })
-
-
 def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
     reports = sorted(reports, key=lambda r: r.table)
     return pa.table({
@@ -606,10 +669,6 @@ def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
     })
 
 
-def _kept_values(run: _TableRun) -> list[tuple]:
-    return [values for _, values in run.rows.values()]
-
-
 def write_raw_zone_problems(home: DataHome, scan: RawZoneScan) -> Path:
     """Record the raw zone's skipped entries (``warehouse/raw_zone_problems/data.parquet``), sorted by path."""
     problems = scan.problems
@@ -623,16 +682,24 @@ def write_raw_zone_problems(home: DataHome, scan: RawZoneScan) -> Path:
     return write_parquet_atomic(table, home.table_file("raw_zone_problems"), get_schema("raw_zone_problems"))
 
 
-def write_tables_atomic(paths_tables: dict[Path, tuple[pa.Table, pa.Schema]]) -> None:
-    """Write every table under a temporary name first; rename them all only when all are written."""
-    items = list(paths_tables.items())
+_Writer = tuple[pa.Table, pa.Schema] | Callable[[Path], None]
+
+
+def write_tables_atomic(paths_writers: dict[Path, _Writer]) -> None:
+    """Write every file under a temporary name first (a table cast to its schema, or a function that
+    writes the temporary path itself); rename them all only when all are written."""
+    items = list(paths_writers.items())
     with contextlib.ExitStack() as stack:
-        for index, (final, (table, schema)) in enumerate(items):
+        for index, (final, writer) in enumerate(items):
             if index == len(items) - 1 and index > 0:
                 # exits run last-in first-out: this fires after the last file's rename, before the others'
                 stack.callback(faults.maybe_crash, "ingest.after_first_rename")
             tmp = stack.enter_context(atomic_path(final))
-            pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
+            if callable(writer):
+                writer(tmp)
+            else:
+                table, schema = writer
+                pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
 
 
 def parse_day(day: str) -> dt.date:
@@ -653,13 +720,16 @@ _BUILDERS = {
 }
 
 
+_TableResult = tuple[pa.Table, QuarantineSink, TableReport, set]
+
+
 def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig, raw_days: Sequence[str],
-                   part: tuple[int, int] = (0, 1)) -> dict[str, tuple[pa.Table, list[tuple], TableReport, set]]:
+                   part: tuple[int, int] = (0, 1), spill_dir: Path | None = None) -> dict[str, _TableResult]:
     """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
 
-    Returns, per table, its sorted Arrow table, its quarantine rows, its report and the primary keys
-    it saw. With ``part`` = (index, parts) only the lines routed to that part are validated (a worker
-    of a large day); ``_merge_parts`` combines the parts.
+    Returns, per table, its sorted Arrow table, its quarantine sink (closed: spilled rows are in
+    ``spill_dir``), its report and the primary keys it saw. With ``part`` = (index, parts) only the
+    lines routed to that part are validated (a worker of a large day); ``_merge_parts`` combines them.
     """
     date = parse_day(day)
     ts_range = config.timestamp_range(date)
@@ -669,50 +739,48 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     known_today: set[str] | None = set() if "images" in tables else None
     runs = {}
     for table in tables:
-        sink = known_today if table == "images" else None
-        indexing = sink is not None and part[0] == 0   # one part writes today's uid index
+        uid_sink = known_today if table == "images" else None
+        indexing = uid_sink is not None and part[0] == 0   # one part writes today's uid index
         stat = _stat_key(home.raw_file(day, table)) if indexing else None
-        runs[table] = _read_table(home, day, table, parsers[table], config, sink, part)
+        runs[table] = _read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
         if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     _check_references(runs, parsers, known_today, home, day, raw_days)
     results = {}
     for table, run in runs.items():
         _fill_pending(run, config.max_line_bytes)
+        run.quarantine.close()
         report = run.report
         report.accepted = len(run.rows)
-        quarantine = [(table, report.file, *q) for q in run.quarantine]
-        _tally(report, quarantine)
-        built = _BUILDERS[table](home, _kept_values(run), date).sort_by(PRIMARY_KEYS[table])
-        results[table] = (built, quarantine, report, run.seen)
+        _tally(report, run.quarantine)
+        built = _BUILDERS[table](home, [values for _, values in run.rows.values()], date).sort_by(PRIMARY_KEYS[table])
+        results[table] = (built, run.quarantine, report, run.seen)
     return results
 
 
-def _merge_parts(table: str, parts: list[tuple[pa.Table, list[tuple], TableReport, set]]
-                 ) -> tuple[pa.Table, list[tuple], TableReport]:
-    """One table's result from its parts: rows and line-level quarantine rows of every part, the
-    file-level rows and file facts once (every part read the whole file)."""
+def _merge_parts(table: str, parts: list[_TableResult]) -> tuple[pa.Table, QuarantineSink, TableReport]:
+    """One table's result from its parts: rows and quarantine rows of every part (only part 0
+    reports file-level problems), the file facts once (every part read the whole file)."""
     built = pa.concat_tables([p[0] for p in parts]).sort_by(PRIMARY_KEYS[table])
-    quarantine = [q for q in parts[0][1] if q[2] == 0] + [q for p in parts for q in p[1] if q[2] > 0]
+    sink = parts[0][1]
+    for other in parts[1:]:
+        sink.merge(other[1])
+    sink.close()
     report = parts[0][2]
     if any(p[2].lines_in != report.lines_in for p in parts):
         raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
     report.accepted = built.num_rows
-    _tally(report, quarantine)
-    return built, quarantine, report
+    _tally(report, sink)
+    return built, sink, report
 
 
-def _tally(report: TableReport, quarantine: list[tuple]) -> None:
-    """Set ``report``'s line-level quarantine count and its rows per reason (file-level rows included)
-    from quarantine rows (table, file, line, reason, ...)."""
-    report.quarantined = sum(1 for q in quarantine if q[2] > 0)
-    reasons: dict[str, int] = {}
-    for q in quarantine:
-        reasons[q[3]] = reasons.get(q[3], 0) + 1
-    report.reasons = dict(sorted(reasons.items()))
+def _tally(report: TableReport, sink: QuarantineSink) -> None:
+    """Set ``report``'s quarantined line count and its lines per reason (one per file-level row)."""
+    report.quarantined = sink.lines
+    report.reasons = dict(sorted(sink.reasons.items()))
 
 
-def _split_keys(parts: list[tuple[pa.Table, list[tuple], TableReport, set]]) -> bool:
+def _split_keys(parts: list[_TableResult]) -> bool:
     """True when one primary key was seen by two parts (the parts cannot be merged)."""
     seen: set = set()
     for part in parts:
@@ -726,6 +794,15 @@ def _raw_size(home: DataHome, day: str) -> int:
     return sum(path.stat().st_size for path in (home.raw_file(day, t) for t in RAW_TABLES) if path.is_file())
 
 
+@contextlib.contextmanager
+def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
+    """A private scratch folder inside the data home's ``cache/`` for quarantine spills; removed after."""
+    scratch = home.cache / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"ingest-{day}-", dir=scratch) as folder:
+        yield Path(folder)
+
+
 def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) -> IngestReport:
     """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts."""
     started = time.perf_counter()
@@ -733,39 +810,49 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
     scan = home.scan_raw_zone()
     write_raw_zone_problems(home, scan)
     raw_days = scan.days
-    if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
-        # every worker reads every file and validates the lines whose primary key routes to it
-        # fork: a spawned child would re-import the caller's __main__; the child only parses and
-        # builds Arrow arrays (Arrow re-creates its thread pools after fork)
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        n = config.workers
-        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
-            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n)) for i in range(n)]
-            parts = [future.result() for future in futures]
-        results = {}
-        for table in RAW_TABLES:
-            table_parts = [p[table] for p in parts]
-            if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
-                results[table] = _ingest_tables(home, day, (table,), config, raw_days)[table][:3]
-            else:
-                results[table] = _merge_parts(table, table_parts)
-    else:
-        results = {table: value[:3] for table, value in _ingest_tables(home, day, RAW_TABLES, config, raw_days).items()}
+    with _spill_folder(home, day) as spill_dir:
+        if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
+            # every worker reads every file and validates the lines whose primary key routes to it
+            # fork: a spawned child would re-import the caller's __main__; the child only parses and
+            # builds Arrow arrays (Arrow re-creates its thread pools after fork)
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            n = config.workers
+            with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+                futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
+                           for i in range(n)]
+                parts = [future.result() for future in futures]
+            results = {}
+            for table in RAW_TABLES:
+                table_parts = [p[table] for p in parts]
+                if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
+                    results[table] = _ingest_tables(home, day, (table,), config, raw_days,
+                                                    spill_dir=spill_dir)[table][:3]
+                else:
+                    results[table] = _merge_parts(table, table_parts)
+        else:
+            results = {table: value[:3] for table, value
+                       in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
 
-    tables = {table: results[table][0] for table in RAW_TABLES}
-    quarantine_rows = [row for table in RAW_TABLES for row in results[table][1]]
-    reports = {table: results[table][2] for table in RAW_TABLES}
-    tables["quarantine"] = _quarantine_table(quarantine_rows, date)
-    tables["ingest_files"] = _ingest_files_table(list(reports.values()), date)
-    outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
-    write_tables_atomic({outputs[name]: (tables[name], get_schema(name)) for name in OUTPUT_DATASETS})
+        reports = {table: results[table][2] for table in RAW_TABLES}
+        sinks = [results[table][1] for table in RAW_TABLES]
+        outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
+        written: dict[str, int] = {}
+
+        def quarantine_writer(tmp: Path) -> None:
+            written["quarantine"] = write_quarantine(sinks, date, tmp)
+
+        writers: dict[Path, _Writer] = {outputs[table]: (results[table][0], get_schema(table)) for table in RAW_TABLES}
+        writers[outputs["quarantine"]] = quarantine_writer
+        writers[outputs["ingest_files"]] = (_ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
+        write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
     return IngestReport(
         day=day,
         tables=reports,
         outputs={name: path.relative_to(home.root).as_posix() for name, path in outputs.items()},
         seconds=time.perf_counter() - started,
         raw_zone_problems=scan.summary(),
+        quarantine_rows=written["quarantine"],
     )
 
 

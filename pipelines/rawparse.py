@@ -66,9 +66,12 @@ class Reject(Exception):
     """A line that cannot be ingested: ``reason`` is one of ``REASONS``; ``detail`` names the value."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 @dataclass(frozen=True)

@@ -52,10 +52,22 @@ def hostile_day(tmp_path_factory):
     return home, b, expected, report
 
 
+def first_and_last_lines(rows: list[dict]) -> dict[tuple[str, int], str]:
+    """(table, line) -> reason for the first and the last line of every (collapsed) quarantine row."""
+    out = {}
+    for q in rows:
+        out[(q["table"], q["line_number"])] = out[(q["table"], q["last_line_number"])] = q["reason"]
+    return out
+
+
 def test_every_planted_line_lands_in_quarantine_with_its_reason(hostile_day):
     home, _, expected, report = hostile_day
-    got = {(q["table"], q["line_number"]): q["reason"] for q in read(home, "quarantine")}
-    assert got == expected
+    rows = read(home, "quarantine")
+    assert first_and_last_lines(rows) == expected
+    assert sum(q["line_count"] for q in rows) == len(expected)
+    # the two byte-identical versions of one conflicting image key (lines 4 and 49) share one row
+    [both] = [q for q in rows if q["line_count"] > 1]
+    assert (both["table"], both["line_number"], both["last_line_number"], both["line_count"]) == ("images", 4, 49, 2)
     assert set(report.quarantine_by_reason()) == set(expected.values())
 
 
