@@ -144,12 +144,16 @@ class IngestConfig:
         "help": "processes for a large day (lines split between them by primary key); output does not depend on it"})
     parallel_min_bytes: int = field(default=16 << 20, metadata={
         "help": "compressed raw bytes of a day from which the worker processes are used"})
+    late_image_days: int = field(default=2, metadata={
+        "help": "a ranking/download may name an image first exported up to this many days later (0: none)"})
 
     def __post_init__(self) -> None:
         for name in ("max_line_bytes", "max_prompt_chars", "max_name_chars", "max_id", "workers", "parallel_min_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"IngestConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.late_image_days, int) or not 0 <= self.late_image_days <= 30:
+            raise ValueError(f"IngestConfig.late_image_days must be in [0, 30], got {self.late_image_days!r}")
         if not 0 <= self.future_tolerance_days <= 3650:
             raise ValueError(f"IngestConfig.future_tolerance_days must be in [0, 3650], got {self.future_tolerance_days!r}")
         if not self.min_gs <= self.max_gs:
@@ -176,7 +180,8 @@ class TableReport:
     file_bytes: int = 0
     lines_in: int = 0
     accepted: int = 0
-    quarantined: int = 0                       # line-level quarantine rows
+    quarantined: int = 0                       # quarantined lines (identical ones share a row)
+    accepted_late_image: int = 0               # accepted rows whose image only a later day's export has
     reasons: dict[str, int] = field(default_factory=dict)  # every quarantine row, file-level included
     error: str | None = None
 
@@ -195,6 +200,7 @@ class IngestReport:
     seconds: float = 0.0
     raw_zone_problems: list[str] = field(default_factory=list)   # one line per skipped raw-zone entry
     quarantine_rows: int = 0          # rows of the quarantine file (identical bad lines share a row)
+    refreshed: dict[str, "IngestReport"] = field(default_factory=dict)  # earlier days ingested again
 
     @property
     def lines_in(self) -> int:
@@ -210,7 +216,11 @@ class IngestReport:
 
     @property
     def reconciled(self) -> bool:
-        return all(t.reconciled for t in self.tables.values())
+        return all(t.reconciled for t in self.tables.values()) and all(r.reconciled for r in self.refreshed.values())
+
+    @property
+    def accepted_late_image(self) -> int:
+        return sum(t.accepted_late_image for t in self.tables.values())
 
     def quarantine_by_reason(self) -> dict[str, int]:
         """Quarantine rows per reason over all tables (file-level rows included), sorted by reason."""
@@ -239,6 +249,7 @@ class IngestReport:
                 "dagster/row_count": report.accepted,
                 "rows_accepted": report.accepted,
                 "rows_quarantined": report.quarantined,
+                "accepted_late_image": report.accepted_late_image,
                 "lines_in": report.lines_in,
                 "reconciled": report.reconciled,
                 "file": report.file,
@@ -266,6 +277,10 @@ class IngestReport:
             "file_problems": sum(1 for t in self.tables.values() if t.status in ("missing", "unreadable")),
             "reconciled": self.reconciled,
             "accepted_by_table": {t: r.accepted for t, r in self.tables.items()},
+            "accepted_late_image": self.accepted_late_image,
+            "refreshed_days": {d: {"accepted_late_image": r.accepted_late_image,
+                                   "unknown_image_reference": r.quarantine_by_reason().get(rp.UNKNOWN_IMAGE_REFERENCE, 0)}
+                               for d, r in sorted(self.refreshed.items())},
             "quarantined_by_table": {t: r.quarantined for t, r in self.tables.items()},
             "quarantine_by_reason": self.quarantine_by_reason(),
             "file_status": {t: r.status for t, r in self.tables.items()},
@@ -474,13 +489,15 @@ def _line_list(lines: list[int], total: int) -> str:
 
 
 def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LineParser],
-                      known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str]) -> None:
-    """Quarantine rankings/downloads rows whose image uid no images export of this day or before has.
+                      known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str],
+                      late_days: int) -> None:
+    """Quarantine rankings/downloads rows whose image uid no images export of this day, an earlier
+    day or the ``late_days`` days after it has; count the rows only a later export resolved.
 
     ``known_today`` holds the uids found while the same process read today's images file; without
-    it, today's file is searched like the earlier ones (the same byte-level search either way).
-    Earlier days are searched through their uid index (``raw_image_uids``), so a day's check costs
-    one small Parquet read per earlier day, not a decompression of every earlier images file.
+    it, today's file is searched like the others (the same byte-level search either way). Other days
+    are searched through their uid index (``raw_image_uids``), so a day's check costs one small
+    Parquet read per day, not a decompression of every images file.
     """
     tables = [t for t in _REFERENCE_FIELDS if t in runs]
     positions = {t: [parsers[t].names.index(name) for name in _REFERENCE_FIELDS[t]] for t in tables}
@@ -496,20 +513,38 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
         if not unresolved:
             break
         unresolved -= raw_image_uids(home, other, unresolved)
-    if not unresolved:
+    late: set[str] = set()
+    last_day = late_window_end(day, late_days)
+    for later in sorted(d for d in raw_days if day < d <= last_day):
+        if not unresolved:
+            break
+        found = raw_image_uids(home, later, unresolved)
+        late |= found
+        unresolved -= found
+    if not unresolved and not late:
         return
+    # the text names the window, never which later days exist yet: it must not change when one lands
+    where = (f"of {day}, an earlier day or the {late_days} day(s) after it (up to {last_day})" if late_days
+             else f"of {day} or earlier")
     for table in tables:
         run = runs[table]
         bad = []
         for key, (number, values) in run.rows.items():
-            for name, i in zip(_REFERENCE_FIELDS[table], positions[table]):
-                if values[i] in unresolved:
-                    bad.append(key)
-                    run.reject(number, rp.UNKNOWN_IMAGE_REFERENCE,
-                               f"{name} = {values[i]} is in no images export of {day} or earlier", None)
-                    break
+            uids = [(name, values[i]) for name, i in zip(_REFERENCE_FIELDS[table], positions[table])]
+            missing = next(((name, uid) for name, uid in uids if uid in unresolved), None)
+            if missing is not None:
+                bad.append(key)
+                run.reject(number, rp.UNKNOWN_IMAGE_REFERENCE, f"{missing[0]} = {missing[1]} is in no images export "
+                                                               f"{where}", None)
+            elif any(uid in late for _, uid in uids):
+                run.report.accepted_late_image += 1
         for key in bad:
             del run.rows[key]
+
+
+def late_window_end(day: str, late_days: int) -> str:
+    """The last day whose images export may still resolve a reference of ``day``."""
+    return (parse_day(day) + dt.timedelta(days=late_days)).isoformat()
 
 
 _UID_INDEX_VERSION = "1"
@@ -665,6 +700,7 @@ def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
         "status": pa.array([r.status for r in reports], pa.string()),
         "lines_in": pa.array([r.lines_in for r in reports], pa.int64()),
         "accepted": pa.array([r.accepted for r in reports], pa.int64()),
+        "accepted_late_image": pa.array([r.accepted_late_image for r in reports], pa.int64()),
         "quarantined": pa.array([r.quarantined for r in reports], pa.int64()),
     })
 
@@ -745,7 +781,7 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         runs[table] = _read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
         if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
-    _check_references(runs, parsers, known_today, home, day, raw_days)
+    _check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days)
     results = {}
     for table, run in runs.items():
         _fill_pending(run, config.max_line_bytes)
@@ -770,6 +806,7 @@ def _merge_parts(table: str, parts: list[_TableResult]) -> tuple[pa.Table, Quara
     if any(p[2].lines_in != report.lines_in for p in parts):
         raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
     report.accepted = built.num_rows
+    report.accepted_late_image = sum(p[2].accepted_late_image for p in parts)
     _tally(report, sink)
     return built, sink, report
 
@@ -803,8 +840,14 @@ def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
         yield Path(folder)
 
 
-def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) -> IngestReport:
-    """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts."""
+def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), *,
+               refresh_earlier: bool = True) -> IngestReport:
+    """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts.
+
+    With ``refresh_earlier``, the earlier days within ``late_image_days`` whose quarantine waits for
+    an image this day's export brings are ingested again (``refresh_late_references``), so a day's
+    partitions never depend on the order in which the days were ingested.
+    """
     started = time.perf_counter()
     date = parse_day(day)
     scan = home.scan_raw_zone()
@@ -853,7 +896,41 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) 
         seconds=time.perf_counter() - started,
         raw_zone_problems=scan.summary(),
         quarantine_rows=written["quarantine"],
+        refreshed=refresh_late_references(home, day, config, raw_days) if refresh_earlier else {},
     )
+
+
+_WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) is in no images export")
+
+
+def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
+                            raw_days: Sequence[str] | None = None) -> dict[str, IngestReport]:
+    """Ingest again each ingested day in [day - late_image_days, day) whose quarantine names, as the
+    missing image of a ranking or download, a uid that ``day``'s raw images export holds.
+
+    Exact: a later export changes an earlier day's output only by resolving the uid that one of its
+    ``unknown_image_reference`` rows names (the first unknown image of the row), so every other day
+    is already what a build over all days gives. Returns the new reports by day.
+    """
+    if not config.late_image_days:
+        return {}
+    days = home.raw_days() if raw_days is None else raw_days
+    first = (parse_day(day) - dt.timedelta(days=config.late_image_days)).isoformat()
+    refreshed: dict[str, IngestReport] = {}
+    for earlier in (d for d in days if first <= d < day):
+        path = home.partition_file("quarantine", earlier)
+        if not path.is_file():
+            continue   # never ingested: its own ingest will look ahead
+        try:
+            rows = pq.read_table(path, columns=["reason", "detail"],
+                                 filters=[("reason", "=", rp.UNKNOWN_IMAGE_REFERENCE)])
+        except (OSError, pa.ArrowException):
+            rows = None   # unreadable partition: ingesting it again repairs it
+        waiting = set() if rows is None else {
+            m.group(1) for detail in rows.column("detail").to_pylist() if (m := _WAITING_UID.search(detail))}
+        if rows is None or (waiting and raw_image_uids(home, day, waiting)):
+            refreshed[earlier] = ingest_day(home, earlier, config, refresh_earlier=False)
+    return refreshed
 
 
 # ---------------------------------------------------------------------------------------------

@@ -90,6 +90,8 @@ INGEST_FILES = pa.schema([
     pa.field("status", pa.string(), nullable=False),            # ok | missing | unreadable | empty
     pa.field("lines_in", pa.int64(), nullable=False),
     pa.field("accepted", pa.int64(), nullable=False),           # rows in the table's partition
+    pa.field("accepted_late_image", pa.int64(), nullable=False),  # of those, rows whose image only a later
+                                                                # day's export (within late_image_days) has
     pa.field("quarantined", pa.int64(), nullable=False),        # quarantined lines: sum(line_count), line_number > 0
 ])
 

@@ -158,7 +158,7 @@ def test_link_out_of_the_home_is_not_read(tmp_path):
     assert report.tables["users"].error == f"path 'raw/app_logs/dt={DAY}/users.jsonl.gz' resolves outside the raw zone"
 
 
-def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
+def test_references_resolve_against_this_earlier_and_late_days(tmp_path):
     home = DataHome(tmp_path / "home")
     day1 = DayBuilder("2023-03-01", seed=1).populate(users=2, images=6, rankings=2, downloads=1)
     late_image = day1.image(created_at="2019-01-01 00:00:00")  # quarantined itself, but it was exported
@@ -175,17 +175,24 @@ def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
                                                     best_image_uid="none"))
     day2.add("downloads", day2.download(image_uid=old))
     day2.write(home)
-    report = ingest_day(home, "2023-03-02")
+    no_wait = IngestConfig(late_image_days=0)
+    report = ingest_day(home, "2023-03-02", no_wait)
     assert report.reconciled
     assert report.tables["rankings"].accepted == 4 and report.tables["downloads"].accepted == 1
     [q] = read(home, "quarantine", "2023-03-02")
     assert (q["table"], q["line_number"], q["reason"]) == ("rankings", future_line, "unknown_image_reference")
     # the result depends on the raw zone only: ingesting other days first changes nothing
     before = snapshot(home, "2023-03-02")
-    ingest_day(home, "2023-03-01")
-    ingest_day(home, "2023-03-03")
-    ingest_day(home, "2023-03-02")
+    ingest_day(home, "2023-03-01", no_wait)
+    ingest_day(home, "2023-03-03", no_wait)
+    ingest_day(home, "2023-03-02", no_wait)
     assert snapshot(home, "2023-03-02") == before
+    # by default an image exported up to 2 days later resolves the reference: accepted, counted as late
+    report = ingest_day(home, "2023-03-02")
+    assert report.tables["rankings"].accepted == 5 and report.tables["rankings"].accepted_late_image == 1
+    assert read(home, "quarantine", "2023-03-02") == []
+    assert {f["table"]: f["accepted_late_image"] for f in read(home, "ingest_files", "2023-03-02")} == \
+        {"users": 0, "images": 0, "rankings": 1, "downloads": 0}
 
 
 def test_uid_index_is_a_cache_of_the_raw_bytes_only(tmp_path):
