@@ -4,9 +4,15 @@
 and writes, for that day, ``warehouse/{users,images,rankings,downloads,quarantine,ingest_files}/dt=DAY/
 part-0.parquet``. Every input line ends in exactly one place: its table or ``quarantine`` (with the
 table, day, file, 1-based line number, reason, detail, the first 64 KiB of the line as lossy UTF-8,
-its byte length and sha256). Outputs are sorted by primary key, so the same raw files and config
-always give byte-identical Parquet; all six files are written under temporary names and renamed
-only once every one of them is complete, so a crash leaves the previous version readable.
+its byte length and sha256). Identical bad lines (same reason, detail, length and sha256) share one
+quarantine row: ``line_number`` is the first, ``last_line_number`` the last, ``line_count`` how many
+(``pipelines.quarantine``: rows stream to ``cache/tmp`` in bounded batches, so memory is flat in the
+number of bad lines). Outputs are sorted by primary key, so the same raw files and config always give
+byte-identical Parquet; all six files are written under temporary names and renamed only once every
+one of them is complete, so a crash leaves the previous version readable. Every stored path and
+detail names files relative to the data home, never its absolute location. Each ingest also rewrites
+``warehouse/raw_zone_problems/data.parquet``: the raw-zone entries that are not days
+(``pipelines.rawzone``: misnamed or linked-out ``dt=`` folders, stray files), skipped, never fatal.
 
 Line rules, checked in this order (the first failing check is the line's reason):
 
@@ -48,14 +54,20 @@ rankings ``ranking_id``, downloads ``download_id``; values compared after typing
   key is quarantined, none is guessed. Keys are unique within one day's file; repeats across days
   are left to the downstream stages, which see every partition.
 - ``unknown_image_reference`` (rankings' shown uids, downloads' ``image_uid``): the uid appears as an
-  ``"image_uid"`` member in none of the raw images files of this day or any earlier day in the raw
-  zone. Only the raw bytes are searched (quarantined image lines count as exported), so the answer
-  depends on the raw zone alone, not on what was ingested before.
+  ``"image_uid"`` member in none of the raw images files of this day, any earlier day, or the
+  ``late_image_days`` (2) days after it in the raw zone. Only the raw bytes are searched (quarantined
+  image lines count as exported), so the answer depends on the raw zone alone, not on what was
+  ingested before. A row resolved only by a later day's export is accepted and counted in
+  ``ingest_files.accepted_late_image``; the detail names the first unknown image and the window, never
+  which later days exist yet. When day D is ingested, each ingested day in [D - late_image_days, D)
+  whose ``unknown_image_reference`` rows name an image D's export holds is ingested again
+  (``refresh_late_references``, reported in ``IngestReport.refreshed``), so ingesting day by day as
+  the days land gives the same bytes as ingesting all of them at once, in any order.
 
 File rules (``ingest_files`` has one row per table and day; file-level quarantine rows have line 0):
 
 - missing file: status ``missing``, one quarantine row ``missing_file``.
-- not gzip / truncated / corrupt / not a regular file / a link out of the data home: status
+- not gzip / truncated / corrupt / not a regular file / a link out of the raw zone: status
   ``unreadable``, one quarantine row ``unreadable_file``; lines decoded before the damage are ingested
   normally, and the text after the last newline counts as a line (usually ``malformed_json``).
 - empty file (zero bytes, or a gzip of nothing): status ``empty``, no rows.
@@ -69,8 +81,9 @@ bracket column); ``created_at`` -> ``timestamp[us]``; rankings get ``num_shown``
 raw/images/<image_uid>.png``; users keep only ``user_id`` and ``created_at`` (email and name never
 leave the raw zone); every table gets ``dt``.
 
-Reconciliation: for every table, lines_in = accepted + quarantined (line-level rows), stated by
-``IngestReport.reconciled`` and checked again from the written files by the ``ingest_files`` contract.
+Reconciliation: for every table, lines_in = accepted + quarantined (quarantined = the summed
+``line_count`` of its line-level rows), stated by ``IngestReport.reconciled`` and checked again from
+the written files by the ``ingest_files`` contract.
 
 Speed: each line is decoded with the standard ``json`` scanner and checked by a compiled fast path
 (falling back to the reference rules for anything unusual). A day whose raw files total at least
@@ -947,6 +960,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-tolerance-days", type=int, default=defaults.future_tolerance_days,
                         help="days after the partition day a created_at may lie "
                              f"(default {defaults.future_tolerance_days})")
+    parser.add_argument("--late-image-days", type=int, default=defaults.late_image_days,
+                        help="days after a ranking's day in which its image may first be exported "
+                             f"(default {defaults.late_image_days})")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help=f"processes for a large day; output does not depend on it (default {defaults.workers})")
 
@@ -955,7 +971,8 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Ingest the days named by ``args``; print one JSON summary per day; 0 when every day reconciles."""
     home = DataHome.at(args.home)
     config = IngestConfig(max_line_bytes=args.max_line_bytes, max_prompt_chars=args.max_prompt_chars,
-                          future_tolerance_days=args.future_tolerance_days, workers=args.workers)
+                          future_tolerance_days=args.future_tolerance_days, workers=args.workers,
+                          late_image_days=args.late_image_days)
     scan = home.scan_raw_zone()
     for line in scan.summary():
         print(f"warning: skipped {line}", file=sys.stderr)

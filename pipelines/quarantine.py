@@ -53,7 +53,7 @@ class SinkLimits:
 
     max_rows: int = 20_000
     max_text_bytes: int = 16 << 20
-    duckdb_memory: str = "256MB"
+    duckdb_memory: str = "128MB"
     fetch_rows: int = 512
 
 
@@ -159,6 +159,7 @@ class QuarantineSink:
             scratch = self.spills[0].parent / "duckdb"
             con.execute(f"SET memory_limit = '{self.limits.duckdb_memory}'")
             con.execute("SET threads = 1")
+            con.execute("SET enable_progress_bar = false")
             con.execute("SET preserve_insertion_order = false")
             con.execute(f"SET temp_directory = '{_sql_text(str(scratch))}'")
             files = "[" + ", ".join(f"'{_sql_text(str(p))}'" for p in self.spills) + "]"
