@@ -4,22 +4,25 @@ A ``QuarantineSink`` takes the bad lines of one raw file (one table of one day).
 (reason, detail, raw_sha256, raw_length) are one quarantine row: ``line_number`` is the first such
 line, ``last_line_number`` the last, ``line_count`` how many (a million blank lines are one row, not
 a million). The sink holds at most ``SinkLimits.max_rows`` collapsed rows and ``max_text_bytes`` of
-raw text in memory; past that it appends them to a spill file (Parquet, one row group per flush,
-inside the data home's ``cache/``) and starts afresh. ``write_quarantine`` combines each sink's rows:
-in memory when nothing spilled, else with DuckDB (a GROUP BY under a memory limit, spilling to disk
-itself), and writes them sorted by (table, line_number) in row groups cut by row count and raw-text
-bytes, so the file's bytes never depend on where the batches were cut or whether anything spilled.
-Memory is flat in the number of bad lines.
+raw text in memory; past that it writes them, sorted by that key, as a run file (Arrow IPC, small
+batches) in the ingest's scratch folder under ``cache/tmp`` and starts afresh. At the end the runs
+are merged by key, combining the rows of one key (first line, last line, summed count), and the
+combined rows are sorted by line number the same way: sorted chunks of bounded size spilled as runs,
+then merged. Every merge reads at most ``FAN_IN`` runs at once, one small batch of each (more runs
+are merged in passes), so memory is bounded by constants, never by the number of bad lines, and the
+rows come out exactly as the in-memory path gives them. ``write_quarantine`` writes them sorted by
+(table, line_number) in row groups cut by row count and raw-text bytes, so the file's bytes never
+depend on where batches were cut or whether anything spilled.
 """
 from __future__ import annotations
 
 import datetime as dt
+import heapq
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
-import duckdb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -29,32 +32,40 @@ from pipelines import rawparse as rp
 from pipelines.storage import PARQUET_OPTIONS, cast_to_schema
 from schemas import get_schema
 
-_SPILL_SCHEMA = pa.schema([
-    pa.field("line_number", pa.int64()), pa.field("last_line_number", pa.int64()), pa.field("line_count", pa.int64()),
-    pa.field("reason", pa.string()), pa.field("detail", pa.string()), pa.field("raw_text", pa.string()),
-    pa.field("raw_length", pa.int64()), pa.field("raw_sha256", pa.string()),
+# A collapsed row while it is being combined: (reason, detail, raw_sha256, raw_length, line_number,
+# last_line_number, line_count, raw_text); the first four are the key identical lines share.
+_RUN_SCHEMA = pa.schema([
+    pa.field("reason", pa.string()), pa.field("detail", pa.string()), pa.field("raw_sha256", pa.string()),
+    pa.field("raw_length", pa.int64()), pa.field("line_number", pa.int64()),
+    pa.field("last_line_number", pa.int64()), pa.field("line_count", pa.int64()), pa.field("raw_text", pa.string()),
 ])
-_COMBINE_SQL = """
-SELECT min(line_number) AS line_number, max(last_line_number) AS last_line_number,
-       sum(line_count)::BIGINT AS line_count, reason, detail, min(raw_text) AS raw_text, raw_length, raw_sha256
-FROM read_parquet({files})
-GROUP BY reason, detail, raw_sha256, raw_length
-ORDER BY line_number
-"""
+_ROW_COLUMNS = ("line_number", "last_line_number", "line_count", "reason", "detail", "raw_text", "raw_length",
+                "raw_sha256")
 _MEMO_LINE_BYTES = 512
 _MEMO_ENTRIES = 1024
+FAN_IN = 32                      # runs merged at once
+RUN_BATCH_ROWS = 256             # rows per batch of a run file (what a merge holds per run)
+RUN_BATCH_TEXT_BYTES = 2 << 20   # raw_text bytes per batch of a run file, at most (one row may pass it)
 ROW_GROUP_ROWS = 65_536          # rows per Parquet row group of the quarantine file, at most
 ROW_GROUP_TEXT_BYTES = 32 << 20  # raw_text bytes per row group, at most (one row may pass it)
 
 
+def _key(row: tuple) -> tuple:
+    return row[:4]
+
+
+def _line(row: tuple) -> int:
+    return row[4]
+
+
 @dataclass(frozen=True)
 class SinkLimits:
-    """How much of the quarantine a sink keeps in memory before spilling (and DuckDB's budget)."""
+    """How much of the quarantine a sink, and the final sort, keep in memory before spilling."""
 
     max_rows: int = 20_000
     max_text_bytes: int = 16 << 20
-    duckdb_memory: str = "128MB"
-    fetch_rows: int = 512
+    sort_rows: int = 100_000
+    sort_text_bytes: int = 32 << 20
 
 
 class QuarantineSink:
@@ -67,8 +78,7 @@ class QuarantineSink:
         self.limits = limits
         self.rows: dict[tuple, list] = {}   # (reason, detail, sha256, length) -> [first, last, count, text]
         self.text_bytes = 0
-        self.spills: list[Path] = []
-        self._writer: pq.ParquetWriter | None = None
+        self.spills: list[Path] = []           # run files, each sorted by key
         self.lines = 0                      # quarantined lines (line_number > 0)
         self.reasons: dict[str, int] = {}   # lines per reason; a file-level row counts 1
         self._memo: dict[bytes, tuple] = {}  # short line bytes -> raw fields (bounded)
@@ -113,63 +123,123 @@ class QuarantineSink:
         self.reasons = {r: reasons.get(r, 0) + other.reasons.get(r, 0) for r in sorted({*reasons, *other.reasons})}
 
     def close(self) -> None:
-        """Close the spill file being written (before the sink is pickled or combined)."""
+        """Drop the line memo (before the sink is pickled to the parent or combined)."""
         self._memo = {}
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
-
-    def _table(self) -> pa.Table:
-        items = sorted(self.rows.items(), key=lambda item: item[1][0])
-        return pa.table({
-            "line_number": pa.array([v[0] for _, v in items], pa.int64()),
-            "last_line_number": pa.array([v[1] for _, v in items], pa.int64()),
-            "line_count": pa.array([v[2] for _, v in items], pa.int64()),
-            "reason": pa.array([k[0] for k, _ in items], pa.string()),
-            "detail": pa.array([k[1] for k, _ in items], pa.string()),
-            "raw_text": pa.array([v[3] for _, v in items], pa.string()),
-            "raw_length": pa.array([k[3] for k, _ in items], pa.int64()),
-            "raw_sha256": pa.array([k[2] for k, _ in items], pa.string()),
-        }, schema=_SPILL_SCHEMA)
 
     def _flush(self) -> None:
         if self.spill_dir is None:
             raise RuntimeError(f"quarantine of {self.file} outgrew memory and no spill folder was given")
-        if self._writer is None:
-            self.spill_dir.mkdir(parents=True, exist_ok=True)
-            handle = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix=f"{self.table}-", suffix=".parquet",
-                                                 delete=False)
-            handle.close()
-            self.spills.append(Path(handle.name))
-            self._writer = pq.ParquetWriter(handle.name, _SPILL_SCHEMA, compression="lz4")
-        self._writer.write_table(self._table())
+        rows = sorted((key + tuple(value) for key, value in self.rows.items()), key=_key)
+        self.spills.append(_write_run(rows, self.spill_dir, f"{self.table}-"))
         self.rows.clear()
         self.text_bytes = 0
 
-    def batches(self) -> Iterator[pa.RecordBatch]:
-        """The combined rows, sorted by line_number (spill files and memory together)."""
+    def rows_in_line_order(self) -> Iterator[tuple]:
+        """The combined rows (memory and spilled runs together), sorted by line_number."""
         if not self.spills:
-            yield from self._table().to_batches()
+            yield from sorted((key + tuple(value) for key, value in self.rows.items()), key=_line)
             return
         if self.rows:
             self._flush()
-        self.close()
-        con = duckdb.connect(":memory:")
-        try:
-            scratch = self.spills[0].parent / "duckdb"
-            con.execute(f"SET memory_limit = '{self.limits.duckdb_memory}'")
-            con.execute("SET threads = 1")
-            con.execute("SET enable_progress_bar = false")
-            con.execute("SET preserve_insertion_order = false")
-            con.execute(f"SET temp_directory = '{_sql_text(str(scratch))}'")
-            files = "[" + ", ".join(f"'{_sql_text(str(p))}'" for p in self.spills) + "]"
-            yield from con.sql(_COMBINE_SQL.format(files=files)).to_arrow_reader(self.limits.fetch_rows)
-        finally:
-            con.close()
+        folder = self.spill_dir
+        combined = _merged(self.spills, _key, folder, combine=True)
+        self.spills = []
+        yield from _sorted_by_line(combined, folder, self.limits)
+
+    def batches(self) -> Iterator[pa.RecordBatch]:
+        """The combined rows as record batches of the quarantine columns, sorted by line_number."""
+        chunk: list[tuple] = []
+        for row in self.rows_in_line_order():
+            chunk.append(row)
+            if len(chunk) >= RUN_BATCH_ROWS:
+                yield _batch(chunk).select(list(_ROW_COLUMNS))
+                chunk = []
+        if chunk:
+            yield _batch(chunk).select(list(_ROW_COLUMNS))
 
 
-def _sql_text(text: str) -> str:
-    return text.replace("'", "''")
+def _batch(rows: list[tuple]) -> pa.RecordBatch:
+    columns = list(zip(*rows))
+    return pa.record_batch([pa.array(column, field.type) for column, field in zip(columns, _RUN_SCHEMA)],
+                           schema=_RUN_SCHEMA)
+
+
+def _write_run(rows: Iterable[tuple], folder: Path, prefix: str = "run-") -> Path:
+    """Write ``rows`` (already in the run's order) as an Arrow IPC file of small batches."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=folder, prefix=prefix, suffix=".arrow", delete=False)
+    handle.close()
+    path = Path(handle.name)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_file(sink, _RUN_SCHEMA) as writer:
+        chunk: list[tuple] = []
+        text = 0
+        for row in rows:
+            chunk.append(row)
+            text += len(row[7]) if row[7] else 0
+            if len(chunk) >= RUN_BATCH_ROWS or text >= RUN_BATCH_TEXT_BYTES:
+                writer.write_batch(_batch(chunk))
+                chunk, text = [], 0
+        if chunk:
+            writer.write_batch(_batch(chunk))
+    return path
+
+
+def _read_run(path: Path) -> Iterator[tuple]:
+    """The rows of a run file, one batch in memory at a time; the file is deleted once read."""
+    with pa.OSFile(str(path), "rb") as source:
+        reader = pa.ipc.open_file(source)
+        for index in range(reader.num_record_batches):
+            batch = reader.get_batch(index)
+            yield from zip(*(column.to_pylist() for column in batch.columns))
+    path.unlink()
+
+
+def _merge_once(paths: list[Path], order: Callable[[tuple], object], combine: bool) -> Iterator[tuple]:
+    stream = heapq.merge(*(_read_run(path) for path in paths), key=order)
+    if not combine:
+        yield from stream
+        return
+    current = None
+    for row in stream:
+        if current is not None and row[:4] == current[:4]:
+            current = (*current[:4], min(current[4], row[4]), max(current[5], row[5]), current[6] + row[6], current[7])
+            continue
+        if current is not None:
+            yield current
+        current = row
+    if current is not None:
+        yield current
+
+
+def _merged(paths: list[Path], order: Callable[[tuple], object], folder: Path, combine: bool) -> Iterator[tuple]:
+    """Rows of runs sorted by ``order``, merged (rows of one key combined when ``combine``); at most
+    ``FAN_IN`` runs are open at once, more are merged into intermediate runs first."""
+    paths = list(paths)
+    while len(paths) > FAN_IN:
+        paths = [_write_run(_merge_once(paths[i:i + FAN_IN], order, combine), folder)
+                 for i in range(0, len(paths), FAN_IN)]
+    yield from _merge_once(paths, order, combine)
+
+
+def _sorted_by_line(rows: Iterable[tuple], folder: Path, limits: SinkLimits) -> Iterator[tuple]:
+    """``rows`` in line_number order: sorted chunks of bounded size spilled as runs, then merged."""
+    runs: list[Path] = []
+    chunk: list[tuple] = []
+    text = 0
+    for row in rows:
+        chunk.append(row)
+        text += len(row[7]) if row[7] else 0
+        if len(chunk) >= limits.sort_rows or text >= limits.sort_text_bytes:
+            chunk.sort(key=_line)
+            runs.append(_write_run(chunk, folder))
+            chunk, text = [], 0
+    chunk.sort(key=_line)
+    if not runs:
+        yield from chunk
+        return
+    if chunk:
+        runs.append(_write_run(chunk, folder))
+    yield from _merged(runs, _line, folder, combine=False)
 
 
 def _row_groups(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:

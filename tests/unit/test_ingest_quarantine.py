@@ -79,7 +79,7 @@ def test_identical_bad_lines_share_one_row(tmp_path):
 
 
 def test_spilling_changes_no_byte(tmp_path, monkeypatch):
-    """Tiny memory bounds (every few rows spilled, combined by DuckDB) give the same files as the default."""
+    """Tiny memory bounds (every few rows spilled, merged in passes) give the same files as the default."""
     home = DataHome(tmp_path / "home")
     noisy_day(home)
     ingest_day(home, DAY, IngestConfig(workers=1))
@@ -92,12 +92,14 @@ def test_spilling_changes_no_byte(tmp_path, monkeypatch):
         return real_batches(self)
 
     monkeypatch.setattr(quarantine.QuarantineSink, "batches", counting)
-    monkeypatch.setattr(ingest, "SINK_LIMITS", quarantine.SinkLimits(max_rows=3, max_text_bytes=64, fetch_rows=5))
+    monkeypatch.setattr(ingest, "SINK_LIMITS", quarantine.SinkLimits(max_rows=3, max_text_bytes=64, sort_rows=4,
+                                                                      sort_text_bytes=64))
     monkeypatch.setattr(ingest._RepeatLog, "max_events", 4)
-    monkeypatch.setattr(quarantine, "ROW_GROUP_ROWS", 65_536)
+    monkeypatch.setattr(quarantine, "FAN_IN", 2)           # merges in several passes
+    monkeypatch.setattr(quarantine, "RUN_BATCH_ROWS", 2)
     ingest_day(home, DAY, IngestConfig(workers=1))
     assert snapshot(home) == expected
-    assert spills and all(spills)      # every table went through the spill files and DuckDB
+    assert spills and all(n > 2 for n in spills)   # every table went through several spilled runs
     ingest_day(home, DAY, IngestConfig(workers=2, parallel_min_bytes=1))
     assert snapshot(home) == expected
 
@@ -151,3 +153,28 @@ def test_memory_is_flat_in_the_number_of_bad_lines(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["lines"] == 400_000 and result["rows"] == 2
     assert result["growth_kib"] < 60 * 1024, result
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_spilled_merge_equals_the_in_memory_rows(tmp_path, monkeypatch, seed):
+    """Random bad lines, many repeated far apart: tiny bounds and 2-way merges give the same rows."""
+    import random
+
+    rng = random.Random(seed)
+    lines = [(n, rng.choice(["malformed_json", "wrong_type"]), f"detail {rng.randrange(5)}",
+              rng.choice([None, "x" * rng.randrange(40)]), rng.randrange(50)) for n in range(1, 800)]
+    events = [(n, reason, detail, text, length, f"{length:064x}") for n, reason, detail, text, length in lines]
+    big = quarantine.QuarantineSink("users", "f", tmp_path / "big")
+    monkeypatch.setattr(quarantine, "FAN_IN", 3)
+    monkeypatch.setattr(quarantine, "RUN_BATCH_ROWS", 3)
+    small = quarantine.QuarantineSink("users", "f", tmp_path / "small",
+                                      quarantine.SinkLimits(max_rows=20, max_text_bytes=200, sort_rows=30,
+                                                            sort_text_bytes=300))
+    for n, reason, detail, text, length, sha in events:
+        text = (text or "") + str(length)          # one text per (sha, length), as for real lines
+        big.add(n, reason, detail, text, length, sha)
+        small.add(n, reason, detail, text, length, sha)
+    assert small.spills and not big.spills
+    assert list(small.rows_in_line_order()) == list(big.rows_in_line_order())
+    assert small.lines == big.lines == len(events) and small.reasons == big.reasons
+    assert not list((tmp_path / "small").iterdir())   # every run file was removed once read
