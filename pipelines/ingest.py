@@ -450,7 +450,7 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
                     conflicting.add(key)
                 repeats.add(number, key, data)
         report.lines_in = number
-        run.seen = set(rows)
+        run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
         _resolve_repeats(run, PRIMARY_KEYS[table])
     report.status = raw.status
     report.error = raw.error

@@ -290,9 +290,8 @@ def test_the_same_raw_files_elsewhere_publish_the_same_bytes(hostile: Built, tmp
     ours, theirs = (home.datasets / "latest").resolve(), (other.datasets / "latest").resolve()
     assert ours.name == theirs.name
     assert _tree(ours) == _tree(theirs)
-    for dataset in ("quarantine", "ingest_files", "image_rejects", "decisions", "raw_zone_problems"):
-        mine = {p.relative_to(home.warehouse).as_posix(): p.read_bytes() for p in home.table_dir(dataset).rglob("*.parquet")}
-        copy = {p.relative_to(other.warehouse).as_posix(): p.read_bytes() for p in other.table_dir(dataset).rglob("*.parquet")}
-        assert mine == copy, dataset
+    # every warehouse table too: quarantine, rejects, features, clusters, decisions, pairs, splits
+    assert _tree(home.warehouse) == _tree(other.warehouse)
+    assert (other.table_dir("raw_zone_problems") / "data.parquet").is_file()
     published = " ".join(str(v) for v in pq.read_table(ours / "meta" / "quarantine.parquet").column("detail").to_pylist())
     assert str(hostile.base) not in published and "outside the raw zone" in published
