@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import itertools
 import json
 import shutil
 import subprocess
@@ -34,8 +35,16 @@ DAY = "2023-03-01"
 GOAL_MB = 500.0
 KINDS = ("blank", "repeats", "distinct")
 
+# Peak RSS is the child's own VmHWM: ru_maxrss survives fork and exec, so a child would report its
+# parent's peak (the runner that wrote a 3 GB file) instead of its own.
 _CHILD = textwrap.dedent("""
     import json, resource, sys, time
+    def peak_mb():
+        try:
+            with open("/proc/self/status") as status:
+                return next(int(l.split()[1]) for l in status if l.startswith("VmHWM:")) / 1024
+        except (OSError, StopIteration):
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     started = time.perf_counter()
     mode, root = sys.argv[1], sys.argv[2]
     if mode == "ingest":
@@ -52,7 +61,7 @@ _CHILD = textwrap.dedent("""
                 lines += len(block.split(b"\\n")) - 1
         out = {"lines_in": lines}
     out["seconds"] = time.perf_counter() - started
-    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["peak_rss_mb"] = peak_mb()
     print(json.dumps(out))
 """)
 
@@ -91,8 +100,8 @@ def make_day(root: Path, kind: str, lines: int) -> Path:
         _write_gz(target, (b"\n" * min(batch, lines - i) for i in range(0, lines, batch)))
     elif kind == "repeats":
         target = folder / "rankings.jsonl.gz"
-        _write_gz(target, [_CLEAN["rankings"]] + [_CLEAN["rankings"] * min(batch, lines - i)
-                                                  for i in range(0, lines, batch)])
+        _write_gz(target, itertools.chain([_CLEAN["rankings"]], (_CLEAN["rankings"] * min(batch, lines - i)
+                                                                  for i in range(0, lines, batch))))
     elif kind == "distinct":
         target = folder / "downloads.jsonl.gz"
         _write_gz(target, (b"".join(b'{"download_id": %d}\n' % n for n in range(i, min(i + batch, lines)))

@@ -345,8 +345,8 @@ class _RepeatLog:
         self.path: Path | None = None
         self.count = 0
 
-    def add(self, number: int, key: object, data: bytes) -> None:
-        text, length, sha = rp.raw_fields(data)
+    def add(self, number: int, key: object, fields: tuple[str | None, int, str]) -> None:
+        text, length, sha = fields
         self.batch.append((number, key, text, length, sha))
         self.count += 1
         self.text_bytes += len(text)
@@ -448,7 +448,7 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
             else:
                 if values != first[1]:
                     conflicting.add(key)
-                repeats.add(number, key, data)
+                repeats.add(number, key, run.quarantine.raw_fields(data))
         report.lines_in = number
         run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
         _resolve_repeats(run, PRIMARY_KEYS[table])

@@ -102,16 +102,19 @@ class QuarantineSink:
 
     def add_line(self, line: int, reason: str, detail: str, data: bytes | rp.OverlongLine) -> None:
         """One bad line given by its raw bytes (text, length and sha256 are taken from them)."""
-        if type(data) is bytes and len(data) <= _MEMO_LINE_BYTES:
-            # repeated short bad lines (the cheap way to make millions) are hashed once
-            fields = self._memo.get(data)
-            if fields is None:
-                if len(self._memo) >= _MEMO_ENTRIES:
-                    self._memo.clear()
-                fields = self._memo[data] = rp.raw_fields(data)
-        else:
-            fields = rp.raw_fields(data)
-        self.add(line, reason, detail, *fields)
+        self.add(line, reason, detail, *self.raw_fields(data))
+
+    def raw_fields(self, data: bytes | rp.OverlongLine) -> tuple[str | None, int, str]:
+        """``rawparse.raw_fields``, remembered for short lines: repeated bad lines (the cheap way to
+        make millions) are decoded and hashed once."""
+        if type(data) is not bytes or len(data) > _MEMO_LINE_BYTES:
+            return rp.raw_fields(data)
+        fields = self._memo.get(data)
+        if fields is None:
+            if len(self._memo) >= _MEMO_ENTRIES:
+                self._memo.clear()
+            fields = self._memo[data] = rp.raw_fields(data)
+        return fields
 
     def merge(self, other: "QuarantineSink") -> None:
         """Take over ``other``'s rows, spill files and counts (another part of the same raw file)."""
