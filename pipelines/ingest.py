@@ -91,7 +91,7 @@ Speed: each line is decoded with the standard ``json`` scanner and checked by a 
 processes: each reads every file but validates only the lines whose primary key, as written in the
 raw bytes, routes to it (crc32 of the key; a line whose key cannot be read that way goes to worker
 0), and the parent merges the parts. If versions of one key still reach two workers, that table is
-redone in one process. The reference check reads earlier days through a per-day index of their raw
+redone in one process. The reference check reads other days through a per-day index of their raw
 images files' uids (``cache/raw_image_uids/dt=DAY.parquet``, written by that day's ingest, trusted
 while the raw file has the recorded size and times, else its recorded sha256; otherwise the file is
 searched again), so a day's check does not decompress the whole history. None of this changes a
