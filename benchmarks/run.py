@@ -15,6 +15,8 @@ Runs, in this order, each in this process and each with its baseline measured in
   (benchmarks/incremental.py);
 - ``app_export``: one day of 1M rankings exported from a throwaway PostgreSQL server vs a bare read of
   the same rows, and its peak RSS vs a 10x smaller day (benchmarks/app_export.py).
+- ``quarantine``: ingest of a day of 10M bad lines (blank, repeated, all different) vs a bare gzip
+  read of the same file and a clean day's ingest (goal: peak RSS < 500 MB) (benchmarks/quarantine.py).
 
 Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
 (no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
@@ -37,7 +39,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "app_export")
+ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "app_export", "quarantine")
 
 
 @dataclass
@@ -104,10 +106,16 @@ def run_app_export(quick: bool) -> dict:
 
     return app_export.run(20_000, 2_000) if quick else app_export.run()
 
+def run_quarantine(quick: bool) -> dict:
+    from benchmarks import quarantine
+
+    return quarantine.run(lines=200_000 if quick else 10_000_000)
+
 
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "features": run_features, "dedup": run_dedup, "shards": run_shards, "loader": run_loader,
     "metadata": run_metadata, "incremental": run_incremental, "app_export": run_app_export,
+    "quarantine": run_quarantine,
 }
 
 
@@ -192,10 +200,22 @@ def rows_app_export(r: dict) -> list[Row]:
             r["ratio_peak_rss_big_vs_small"], "~1 (flat in the day's size)"),
     ]
 
+def rows_quarantine(r: dict) -> list[Row]:
+    rows = []
+    floor = r["clean_day_ingest"]["peak_rss_mb"]
+    for kind, k in r["kinds"].items():
+        rows.append(Row("quarantine", f"{kind}: ingest of {r['lines']:,} bad lines ({k['ingest_seconds']} s)",
+                        k["ingest_peak_rss_mb"], "MB peak", "clean day's ingest", floor, k["ratio_rss_vs_clean_day"],
+                        f"< {r['goal_peak_rss_mb']:.0f} MB"))
+        rows.append(Row("quarantine", f"{kind}: ingest time", k["ingest_seconds"], "s", "bare gzip + line split",
+                        k["bare_read_seconds"], k["ratio_time_vs_bare_read"], ""))
+    return rows
+
 
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "features": rows_features, "dedup": rows_dedup, "shards": rows_shards, "loader": rows_loader,
     "metadata": rows_metadata, "incremental": rows_incremental, "app_export": rows_app_export,
+    "quarantine": rows_quarantine,
 }
 
 

@@ -113,13 +113,19 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     home = data_home.home()
     valid = set(daily.get_partition_keys())
     requests = []
-    for day in home.raw_days():
+    scan = home.scan_raw_zone()
+    problems = scan.summary()
+    for line in problems:   # skipped, never fatal to the other days; the ingest records them too
+        context.log.warning(f"raw zone entry skipped: {line}")
+    for day in scan.days:
         fingerprint = raw_partition_fingerprint(home, day)
         if fingerprint is None or day not in valid:
             continue
         requests.append(dg.RunRequest(run_key=f"raw-{day}-{fingerprint}", partition_key=day))
     if not requests:
-        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}")
+        skipped = f"; skipped {len(problems)} raw zone entries that are not days: {'; '.join(problems[:3])}" \
+            if problems else ""
+        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}{skipped}")
     return requests
 
 

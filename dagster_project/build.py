@@ -62,12 +62,23 @@ def use_home(home: DataHome) -> Path:
     return home.dagster_home
 
 
-def select_days(home: DataHome, start: str | None = None, end: str | None = None) -> list[str]:
-    """Raw days present, limited to [start, end]; errors when there are none."""
-    days = home.raw_days()
+def select_days(home: DataHome, start: str | None = None, end: str | None = None,
+                warn: Callable[[str], None] | None = None) -> list[str]:
+    """Raw days present, limited to [start, end]; errors when there are none.
+
+    Raw-zone entries that are not days (misnamed or linked-out folders, stray files) and days outside
+    the daily partitions are skipped, each named through ``warn``; they never stop the other days.
+    """
+    warn = warn or (lambda message: None)
+    scan = home.scan_raw_zone()
+    for line in scan.summary():
+        warn(f"skipped {line}")
+    days = scan.days
     if not days:
-        raise BuildError(f"no raw partitions under {home.raw_logs}; run `pickapic simulate --home {home.root}` "
-                         "or copy an app export there first")
+        problems = f" ({len(scan.summary())} entries there are not days: {'; '.join(scan.summary()[:3])})" \
+            if scan.problems else ""
+        raise BuildError(f"no raw partitions under {home.raw_logs}{problems}; run `pickapic simulate --home "
+                         f"{home.root}` or copy an app export there first")
     chosen = [d for d in days if (start is None or d >= start) and (end is None or d <= end)]
     if not chosen:
         raise BuildError(f"no raw partition between {start or 'the first day'} and {end or 'the last day'}; "
@@ -76,10 +87,13 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
 
     valid = set(daily.get_partition_keys())
     outside = [d for d in chosen if d not in valid]
+    message = (f"raw day(s) {', '.join(outside)} fall outside the daily partitions ({PARTITIONS_START} up to "
+               "yesterday, UTC): set PICKAPIC_PARTITIONS_START or wait until the day has ended")
+    if outside and len(outside) == len(chosen):
+        raise BuildError(message)
     if outside:
-        raise BuildError(f"raw day(s) {', '.join(outside)} fall outside the daily partitions ({PARTITIONS_START} "
-                         "up to yesterday, UTC): set PICKAPIC_PARTITIONS_START or wait until the day has ended")
-    return chosen
+        warn(f"skipped {message}")
+    return [d for d in chosen if d in valid]
 
 
 def select_app_db_days(start: str | None = None, end: str | None = None) -> list[str]:

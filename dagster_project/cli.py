@@ -97,7 +97,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from dagster_project.build import run_build, select_app_db_days, select_days
 
     home = DataHome.at(args.home)
-    days = select_app_db_days(args.start, args.end) if args.from_app_db else select_days(home, args.start, args.end)
+    days = (select_app_db_days(args.start, args.end) if args.from_app_db else
+            select_days(home, args.start, args.end, warn=lambda message: print(f"warning: {message}", file=sys.stderr)))
     started = time.perf_counter()
     with build_progress(len(days) * (1 + int(args.from_app_db)) + 1 + int(args.with_model)) as note:
         result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=note,

@@ -74,3 +74,23 @@ def materialize_and_check(
         metadata.update((extra or {}).get(dataset, {}))
         yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)
     yield from run_checks(datasets, warehouse_views(home, partition))
+
+
+def log_refreshed_partition(context: dg.AssetExecutionContext, home: DataHome, datasets: Iterable[str], report: Any,
+                            partition: str, cause: str) -> None:
+    """Record that a run rewrote another partition of its assets (one materialization event each),
+    after evaluating that partition's contract rules; a failed blocking rule fails the run."""
+    datasets = list(datasets)
+    con = connect(warehouse_views(home, partition))
+    try:
+        results = [r for dataset in datasets for r in evaluate(load_contract(dataset), con)]
+    finally:
+        con.close()
+    failed = [f"{r.rule.dataset}.{r.rule.name} = {r.value}" for r in results if r.rule.blocking and not r.passed]
+    if failed:
+        raise RuntimeError(f"partition {partition}, ingested again after {cause}, fails its contracts: {'; '.join(failed)}")
+    for dataset in datasets:
+        metadata = report_metadata(report, dataset, output=home.partition_file(dataset, partition))
+        metadata["refreshed_by_partition"] = cause
+        metadata["contract_rules_passed"] = sum(1 for r in results if r.rule.dataset == dataset and r.passed)
+        context.log_event(dg.AssetMaterialization(asset_key=dataset, partition=partition, metadata=metadata))

@@ -29,9 +29,11 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
     summary: dict[str, Any] = {
         "raw_lines": int(_scalar(con, "SELECT coalesce(sum(lines_in), 0) FROM ingest_files")),
         "accepted_rows": int(_scalar(con, "SELECT coalesce(sum(accepted), 0) FROM ingest_files")),
-        "quarantined_rows": int(_scalar(con, "SELECT count(*) FROM quarantine")),
-        "quarantine_reasons": dict(con.execute(
-            "SELECT reason, count(*) FROM quarantine GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()),
+        # identical bad lines share a quarantine row (line_count): lines are what reconcile with raw_lines
+        "quarantined_lines": int(_scalar(con, "SELECT coalesce(sum(line_count), 0) FROM quarantine")),
+        "quarantine_rows": int(_scalar(con, "SELECT count(*) FROM quarantine")),
+        "quarantine_reasons": {reason: int(lines) for reason, lines in con.execute(
+            "SELECT reason, sum(line_count) FROM quarantine GROUP BY 1 ORDER BY 2 DESC, 1").fetchall()},
         "images_fingerprinted": int(_scalar(con, "SELECT count(*) FROM image_features")),
         "images_rejected": int(_scalar(con, "SELECT count(*) FROM image_rejects")),
         "duplicate_clusters": int(_scalar(con, "SELECT count(DISTINCT cluster_id) FROM duplicate_clusters WHERE cluster_size > 1")),
@@ -73,7 +75,8 @@ def _print_summary(console: Console, home: DataHome, summary: dict[str, Any], se
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
     table.add_row("raw lines in", f"{summary['raw_lines']} ({summary['accepted_rows']} accepted)")
-    table.add_row("quarantined", f"{summary['quarantined_rows']}: {reasons(summary['quarantine_reasons'])}")
+    table.add_row("quarantined", f"{summary['quarantined_lines']} lines in {summary['quarantine_rows']} rows: "
+                                 f"{reasons(summary['quarantine_reasons'])}")
     table.add_row("images", f"{summary['images_fingerprinted']} fingerprinted, {summary['images_rejected']} rejected")
     table.add_row("duplicates", f"{summary['duplicate_clusters']} clusters holding {summary['images_in_duplicate_clusters']} images")
     table.add_row("policy drops", reasons(summary["drop_reasons"]))

@@ -1,15 +1,14 @@
 """The data home: one object that knows where every dataset lives (and nothing else does)."""
 from __future__ import annotations
 
-import datetime as dt
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipelines.rawzone import RawZoneScan, scan_raw_zone
+
 DEFAULT_HOME = "./data"
 ENV_VAR = "PICKAPIC_HOME"
-_DAY = re.compile(r"^dt=(\d{4}-\d{2}-\d{2})$")
 
 
 def resolve_home(home: str | os.PathLike | None = None) -> Path:
@@ -118,20 +117,20 @@ class DataHome:
         return self.root / ".build.lock"
 
     def raw_days(self) -> list[str]:
-        """Every ``dt=YYYY-MM-DD`` folder present in the raw zone, sorted."""
-        if not self.raw_logs.is_dir():
-            return []
-        days = []
-        for child in self.raw_logs.iterdir():
-            match = _DAY.match(child.name)
-            if match and child.is_dir():
-                dt.date.fromisoformat(match.group(1))  # rejects 2023-02-30 loudly
-                days.append(match.group(1))
-        return sorted(days)
+        """Every valid ``dt=YYYY-MM-DD`` day folder of the raw zone, sorted; other entries are
+        skipped here and reported by ``scan_raw_zone`` (``pipelines.rawzone``), never fatal."""
+        return self.scan_raw_zone().days
 
-    def resolve_inside(self, relpath: str) -> Path:
-        """Resolve ``relpath`` under the home, refusing anything that escapes it (``..``, links)."""
+    def scan_raw_zone(self) -> RawZoneScan:
+        """The raw zone's days and the entries that are not days (misnamed, links out, stray files)."""
+        return scan_raw_zone(self.root)
+
+    def resolve_inside(self, relpath: str, zone: str | None = None) -> Path:
+        """Resolve ``relpath`` under the home (under its ``zone`` folder, e.g. ``raw``, if given),
+        refusing anything that escapes it (``..``, links); the error names no absolute path."""
+        base = (self.root / zone).resolve() if zone else self.root.resolve()
         candidate = (self.root / relpath).resolve()
-        if candidate != self.root and self.root not in candidate.parents:
-            raise ValueError(f"path {relpath!r} resolves outside the data home {self.root}")
+        if candidate != base and base not in candidate.parents:
+            where = f"the {zone} zone" if zone else "the data home"
+            raise ValueError(f"path {relpath!r} resolves outside {where}")
         return candidate

@@ -142,7 +142,7 @@ def check_local_target(base: str, relpath: str, zone: str = "raw") -> str:
     zone_root = os.path.realpath(os.path.join(base, zone))
     target = os.path.realpath(os.path.join(base, relpath))
     if os.path.commonpath([zone_root, target]) != zone_root:
-        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} resolves to {target}, outside {zone_root}")
+        raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} resolves outside the {zone}/ zone")
     try:
         info = os.stat(target)
     except FileNotFoundError:

@@ -4,9 +4,15 @@
 and writes, for that day, ``warehouse/{users,images,rankings,downloads,quarantine,ingest_files}/dt=DAY/
 part-0.parquet``. Every input line ends in exactly one place: its table or ``quarantine`` (with the
 table, day, file, 1-based line number, reason, detail, the first 64 KiB of the line as lossy UTF-8,
-its byte length and sha256). Outputs are sorted by primary key, so the same raw files and config
-always give byte-identical Parquet; all six files are written under temporary names and renamed
-only once every one of them is complete, so a crash leaves the previous version readable.
+its byte length and sha256). Identical bad lines (same reason, detail, length and sha256) share one
+quarantine row: ``line_number`` is the first, ``last_line_number`` the last, ``line_count`` how many
+(``pipelines.quarantine``: rows stream to ``cache/tmp`` in bounded batches, so memory is flat in the
+number of bad lines). Outputs are sorted by primary key, so the same raw files and config always give
+byte-identical Parquet; all six files are written under temporary names and renamed only once every
+one of them is complete, so a crash leaves the previous version readable. Every stored path and
+detail names files relative to the data home, never its absolute location. Each ingest also rewrites
+``warehouse/raw_zone_problems/data.parquet``: the raw-zone entries that are not days
+(``pipelines.rawzone``: misnamed or linked-out ``dt=`` folders, stray files), skipped, never fatal.
 
 Line rules, checked in this order (the first failing check is the line's reason):
 
@@ -48,14 +54,20 @@ rankings ``ranking_id``, downloads ``download_id``; values compared after typing
   key is quarantined, none is guessed. Keys are unique within one day's file; repeats across days
   are left to the downstream stages, which see every partition.
 - ``unknown_image_reference`` (rankings' shown uids, downloads' ``image_uid``): the uid appears as an
-  ``"image_uid"`` member in none of the raw images files of this day or any earlier day in the raw
-  zone. Only the raw bytes are searched (quarantined image lines count as exported), so the answer
-  depends on the raw zone alone, not on what was ingested before.
+  ``"image_uid"`` member in none of the raw images files of this day, any earlier day, or the
+  ``late_image_days`` (2) days after it in the raw zone. Only the raw bytes are searched (quarantined
+  image lines count as exported), so the answer depends on the raw zone alone, not on what was
+  ingested before. A row resolved only by a later day's export is accepted and counted in
+  ``ingest_files.accepted_late_image``; the detail names the first unknown image and the window, never
+  which later days exist yet. When day D is ingested, each ingested day in [D - late_image_days, D)
+  whose ``unknown_image_reference`` rows name an image D's export holds is ingested again
+  (``refresh_late_references``, reported in ``IngestReport.refreshed``), so ingesting day by day as
+  the days land gives the same bytes as ingesting all of them at once, in any order.
 
 File rules (``ingest_files`` has one row per table and day; file-level quarantine rows have line 0):
 
 - missing file: status ``missing``, one quarantine row ``missing_file``.
-- not gzip / truncated / corrupt / not a regular file / a link out of the data home: status
+- not gzip / truncated / corrupt / not a regular file / a link out of the raw zone: status
   ``unreadable``, one quarantine row ``unreadable_file``; lines decoded before the damage are ingested
   normally, and the text after the last newline counts as a line (usually ``malformed_json``).
 - empty file (zero bytes, or a gzip of nothing): status ``empty``, no rows.
@@ -69,8 +81,9 @@ bracket column); ``created_at`` -> ``timestamp[us]``; rankings get ``num_shown``
 raw/images/<image_uid>.png``; users keep only ``user_id`` and ``created_at`` (email and name never
 leave the raw zone); every table gets ``dt``.
 
-Reconciliation: for every table, lines_in = accepted + quarantined (line-level rows), stated by
-``IngestReport.reconciled`` and checked again from the written files by the ``ingest_files`` contract.
+Reconciliation: for every table, lines_in = accepted + quarantined (quarantined = the summed
+``line_count`` of its line-level rows), stated by ``IngestReport.reconciled`` and checked again from
+the written files by the ``ingest_files`` contract.
 
 Speed: each line is decoded with the standard ``json`` scanner and checked by a compiled fast path
 (falling back to the reference rules for anything unusual). A day whose raw files total at least
@@ -78,7 +91,7 @@ Speed: each line is decoded with the standard ``json`` scanner and checked by a 
 processes: each reads every file but validates only the lines whose primary key, as written in the
 raw bytes, routes to it (crc32 of the key; a line whose key cannot be read that way goes to worker
 0), and the parent merges the parts. If versions of one key still reach two workers, that table is
-redone in one process. The reference check reads earlier days through a per-day index of their raw
+redone in one process. The reference check reads other days through a per-day index of their raw
 images files' uids (``cache/raw_image_uids/dt=DAY.parquet``, written by that day's ingest, trusted
 while the raw file has the recorded size and times, else its recorded sha256; otherwise the file is
 searched again), so a day's check does not decompress the whole history. None of this changes a
@@ -94,14 +107,16 @@ import contextlib
 import datetime as dt
 import json
 import multiprocessing
+import pickle
 import re
 import sys
+import tempfile
 import time
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -110,12 +125,15 @@ import pyarrow.parquet as pq
 from pipelines import faults
 from pipelines import rawparse as rp
 from pipelines.home import DataHome
+from pipelines.quarantine import QuarantineSink, SinkLimits, write_quarantine
+from pipelines.rawzone import RawZoneScan
 from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
 
 OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+SINK_LIMITS = SinkLimits()   # memory bounds of each table's quarantine before it spills to disk
 _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                      "downloads": ("image_uid",)}
 
@@ -139,12 +157,16 @@ class IngestConfig:
         "help": "processes for a large day (lines split between them by primary key); output does not depend on it"})
     parallel_min_bytes: int = field(default=16 << 20, metadata={
         "help": "compressed raw bytes of a day from which the worker processes are used"})
+    late_image_days: int = field(default=2, metadata={
+        "help": "a ranking/download may name an image first exported up to this many days later (0: none)"})
 
     def __post_init__(self) -> None:
         for name in ("max_line_bytes", "max_prompt_chars", "max_name_chars", "max_id", "workers", "parallel_min_bytes"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"IngestConfig.{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.late_image_days, int) or not 0 <= self.late_image_days <= 30:
+            raise ValueError(f"IngestConfig.late_image_days must be in [0, 30], got {self.late_image_days!r}")
         if not 0 <= self.future_tolerance_days <= 3650:
             raise ValueError(f"IngestConfig.future_tolerance_days must be in [0, 3650], got {self.future_tolerance_days!r}")
         if not self.min_gs <= self.max_gs:
@@ -171,7 +193,8 @@ class TableReport:
     file_bytes: int = 0
     lines_in: int = 0
     accepted: int = 0
-    quarantined: int = 0                       # line-level quarantine rows
+    quarantined: int = 0                       # quarantined lines (identical ones share a row)
+    accepted_late_image: int = 0               # accepted rows whose image only a later day's export has
     reasons: dict[str, int] = field(default_factory=dict)  # every quarantine row, file-level included
     error: str | None = None
 
@@ -188,6 +211,9 @@ class IngestReport:
     tables: dict[str, TableReport]
     outputs: dict[str, str]
     seconds: float = 0.0
+    raw_zone_problems: list[str] = field(default_factory=list)   # one line per skipped raw-zone entry
+    quarantine_rows: int = 0          # rows of the quarantine file (identical bad lines share a row)
+    refreshed: dict[str, "IngestReport"] = field(default_factory=dict)  # earlier days ingested again
 
     @property
     def lines_in(self) -> int:
@@ -203,7 +229,11 @@ class IngestReport:
 
     @property
     def reconciled(self) -> bool:
-        return all(t.reconciled for t in self.tables.values())
+        return all(t.reconciled for t in self.tables.values()) and all(r.reconciled for r in self.refreshed.values())
+
+    @property
+    def accepted_late_image(self) -> int:
+        return sum(t.accepted_late_image for t in self.tables.values())
 
     def quarantine_by_reason(self) -> dict[str, int]:
         """Quarantine rows per reason over all tables (file-level rows included), sorted by reason."""
@@ -232,6 +262,7 @@ class IngestReport:
                 "dagster/row_count": report.accepted,
                 "rows_accepted": report.accepted,
                 "rows_quarantined": report.quarantined,
+                "accepted_late_image": report.accepted_late_image,
                 "lines_in": report.lines_in,
                 "reconciled": report.reconciled,
                 "file": report.file,
@@ -244,7 +275,7 @@ class IngestReport:
         meta.pop("files", None)
         meta["path"] = self.outputs.get(dataset)
         if dataset == "quarantine":
-            meta["dagster/row_count"] = sum(sum(r.reasons.values()) for r in self.tables.values())
+            meta["dagster/row_count"] = self.quarantine_rows
         elif dataset == "ingest_files":
             meta["dagster/row_count"] = len(self.tables)
         return meta
@@ -259,6 +290,10 @@ class IngestReport:
             "file_problems": sum(1 for t in self.tables.values() if t.status in ("missing", "unreadable")),
             "reconciled": self.reconciled,
             "accepted_by_table": {t: r.accepted for t, r in self.tables.items()},
+            "accepted_late_image": self.accepted_late_image,
+            "refreshed_days": {d: {"accepted_late_image": r.accepted_late_image,
+                                   "unknown_image_reference": r.quarantine_by_reason().get(rp.UNKNOWN_IMAGE_REFERENCE, 0)}
+                               for d, r in sorted(self.refreshed.items())},
             "quarantined_by_table": {t: r.quarantined for t, r in self.tables.items()},
             "quarantine_by_reason": self.quarantine_by_reason(),
             "file_status": {t: r.status for t, r in self.tables.items()},
@@ -266,39 +301,96 @@ class IngestReport:
             "outputs": dict(self.outputs),
             "seconds": round(self.seconds, 3),
             "quarantine_reasons_md": self.reasons_markdown(),
+            "raw_zone_problems": list(self.raw_zone_problems),
         }
 
 
 # ---------------------------------------------------------------------------------------------
 class _TableRun:
-    """Mutable state of one table while its file is read: kept rows, quarantine rows, pending raws."""
+    """Mutable state of one table while its file is read: kept rows, quarantine sink, pending raws."""
 
-    def __init__(self, home: DataHome, day: str, table: str):
+    def __init__(self, home: DataHome, day: str, table: str, spill_dir: Path | None):
         self.table = table
         self.path = home.raw_file(day, table)
         self.report = TableReport(table, self.path.relative_to(home.root).as_posix())
         self.rows: dict[object, tuple[int, tuple]] = {}     # primary key -> (line number, values)
-        self.quarantine: list[tuple] = []                   # (line, reason, detail, text, length, sha)
+        self.quarantine = QuarantineSink(table, self.report.file, spill_dir, SINK_LIMITS)
         self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
         self.seen: set = set()                              # every primary key of a line that parsed
+        self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
+        self.conflicting: set = set()                       # keys with two or more different versions
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
         if data is None:
             self.pending[number] = (reason, detail)
             return
-        text, length, sha = rp.raw_fields(data)
-        self.quarantine.append((number, reason, detail, text, length, sha))
+        self.quarantine.add_line(number, reason, detail, data)
 
     def file_row(self, reason: str, detail: str, length: int, sha: str | None) -> None:
-        self.quarantine.append((0, reason, detail, None, length, sha or _EMPTY_SHA256))
+        self.quarantine.add(0, reason, detail, None, length, sha or _EMPTY_SHA256)
+
+
+class _RepeatLog:
+    """Lines whose primary key was already seen, in line order, as (line, key, raw text, length, sha256):
+    kept in memory up to a bound, then appended to a spill file in pickled batches; read back in order."""
+
+    max_events = 4096
+    max_text_bytes = 8 << 20
+
+    def __init__(self, spill_dir: Path | None, table: str):
+        self.spill_dir = spill_dir
+        self.table = table
+        self.batch: list[tuple] = []
+        self.text_bytes = 0
+        self.path: Path | None = None
+        self.count = 0
+
+    def add(self, number: int, key: object, fields: tuple[str | None, int, str]) -> None:
+        text, length, sha = fields
+        self.batch.append((number, key, text, length, sha))
+        self.count += 1
+        self.text_bytes += len(text)
+        if len(self.batch) >= self.max_events or self.text_bytes >= self.max_text_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.spill_dir is None:
+            raise RuntimeError(f"repeated keys of {self.table} outgrew memory and no spill folder was given")
+        if self.path is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix=f"{self.table}-repeats-", delete=False)
+            handle.close()
+            self.path = Path(handle.name)
+        with open(self.path, "ab") as out:
+            pickle.dump(self.batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.batch = []
+        self.text_bytes = 0
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self.path is not None:
+            with open(self.path, "rb") as spilled:   # our own file, written above
+                while True:
+                    try:
+                        yield from pickle.load(spilled)
+                    except EOFError:
+                        break
+        yield from self.batch
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+        self.batch = []
 
 
 def _open_raw(home: DataHome, path: Path) -> rp.RawFile:
-    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely."""
-    raw = rp.RawFile(path)
+    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely
+    (a link that leaves the raw zone is never followed)."""
+    rel = path.relative_to(home.root).as_posix()
+    raw = rp.RawFile(path, name=rel)
     if raw.check():
         try:
-            home.resolve_inside(path.relative_to(home.root).as_posix())
+            home.resolve_inside(rel, zone="raw")
         except ValueError as exc:
             raw.status, raw.error = "unreadable", str(exc)
     return raw
@@ -318,10 +410,11 @@ def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
 
 
 def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
-                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1)) -> _TableRun:
+                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1),
+                spill_dir: Path | None = None) -> _TableRun:
     """Validate every line of one raw file (of ``part`` = (index, parts): only the lines routed to
     it), then resolve exact duplicates and key conflicts."""
-    run = _TableRun(home, day, table)
+    run = _TableRun(home, day, table, spill_dir)
     index, parts = part
     route = _ROUTE_RE[table]
     report = run.report
@@ -332,7 +425,7 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
             chunks = rp.tap_image_uids(chunks, uid_sink)
         pk_index = parser.names.index(PRIMARY_KEYS[table])
         rows = run.rows
-        repeats: dict[object, list] = {}
+        repeats, conflicting = run.repeats, run.conflicting
         parse = parser.parse
         max_bytes = config.max_line_bytes
         number = 0
@@ -349,53 +442,75 @@ def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, con
                 run.reject(number, exc.reason, exc.detail, data)
                 continue
             key = values[pk_index]
-            if key in rows:
-                repeats.setdefault(key, []).append((number, values, data))
-            else:
+            first = rows.get(key)
+            if first is None:
                 rows[key] = (number, values)
+            else:
+                if values != first[1]:
+                    conflicting.add(key)
+                repeats.add(number, key, run.quarantine.raw_fields(data))
         report.lines_in = number
-        run.seen = set(rows)
-        _resolve_repeats(run, repeats, PRIMARY_KEYS[table])
+        run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
+        _resolve_repeats(run, PRIMARY_KEYS[table])
     report.status = raw.status
     report.error = raw.error
     report.file_sha256 = raw.file_sha256
     report.file_bytes = raw.file_bytes
-    if raw.status == "missing":
+    if index == 0 and raw.status == "missing":   # every part reads the file; part 0 reports it
         run.file_row(rp.MISSING_FILE, raw.error or "missing", 0, None)
-    elif raw.status == "unreadable":
+    elif index == 0 and raw.status == "unreadable":
         run.file_row(rp.UNREADABLE_FILE, raw.error or "unreadable", raw.file_bytes, raw.file_sha256)
     return run
 
 
-def _resolve_repeats(run: _TableRun, repeats: dict[object, list], key_name: str) -> None:
-    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting."""
-    for key, extra in repeats.items():
-        first_line, first_values = run.rows[key]
-        if all(values == first_values for _, values, _ in extra):
-            for number, _, data in extra:
-                run.reject(number, rp.DUPLICATE_ROW, f"exact duplicate of line {first_line}", data)
-            continue
-        del run.rows[key]
-        lines = [first_line] + [number for number, _, _ in extra]
-        detail = f"{key_name} {key!r} has {len(lines)} lines with different content (lines {_line_list(lines)})"
-        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, detail, None)
-        for number, _, data in extra:
-            run.reject(number, rp.CONFLICTING_PRIMARY_KEY, detail, data)
+def _resolve_repeats(run: _TableRun, key_name: str) -> None:
+    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting.
+
+    The repeats come back from ``run.repeats`` in line order; only the conflicting keys get state
+    here (their line count and first lines, for the detail), so exact duplicates cost no memory.
+    """
+    if not run.repeats.count:
+        return
+    rows, conflicting, sink = run.rows, run.conflicting, run.quarantine
+    lines = {key: [rows[key][0]] for key in conflicting}
+    totals = dict.fromkeys(conflicting, 1)
+    if conflicting:
+        for number, key, *_ in run.repeats:
+            if key in conflicting:
+                totals[key] += 1
+                if len(lines[key]) < _LISTED_LINES:
+                    lines[key].append(number)
+    details = {key: f"{key_name} {key!r} has {totals[key]} lines with different content "
+                    f"(lines {_line_list(lines[key], totals[key])})" for key in conflicting}
+    for number, key, text, length, sha in run.repeats:
+        if key in conflicting:
+            sink.add(number, rp.CONFLICTING_PRIMARY_KEY, details[key], text, length, sha)
+        else:
+            sink.add(number, rp.DUPLICATE_ROW, f"exact duplicate of line {rows[key][0]}", text, length, sha)
+    run.repeats.discard()
+    for key in sorted(conflicting, key=repr):
+        first_line = rows.pop(key)[0]
+        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, details[key], None)
 
 
-def _line_list(lines: list[int], limit: int = 10) -> str:
-    text = ", ".join(str(n) for n in lines[:limit])
-    return text + (f", ... {len(lines) - limit} more" if len(lines) > limit else "")
+_LISTED_LINES = 10
+
+
+def _line_list(lines: list[int], total: int) -> str:
+    text = ", ".join(str(n) for n in lines[:_LISTED_LINES])
+    return text + (f", ... {total - _LISTED_LINES} more" if total > _LISTED_LINES else "")
 
 
 def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LineParser],
-                      known_today: set[str] | None, home: DataHome, day: str) -> None:
-    """Quarantine rankings/downloads rows whose image uid no images export of this day or before has.
+                      known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str],
+                      late_days: int) -> None:
+    """Quarantine rankings/downloads rows whose image uid no images export of this day, an earlier
+    day or the ``late_days`` days after it has; count the rows only a later export resolved.
 
     ``known_today`` holds the uids found while the same process read today's images file; without
-    it, today's file is searched like the earlier ones (the same byte-level search either way).
-    Earlier days are searched through their uid index (``raw_image_uids``), so a day's check costs
-    one small Parquet read per earlier day, not a decompression of every earlier images file.
+    it, today's file is searched like the others (the same byte-level search either way). Other days
+    are searched through their uid index (``raw_image_uids``), so a day's check costs one small
+    Parquet read per day, not a decompression of every images file.
     """
     tables = [t for t in _REFERENCE_FIELDS if t in runs]
     positions = {t: [parsers[t].names.index(name) for name in _REFERENCE_FIELDS[t]] for t in tables}
@@ -404,27 +519,45 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
         for _, values in runs[table].rows.values():
             referenced.update(values[i] for i in positions[table] if values[i] is not None)
     unresolved = referenced - known_today if known_today is not None else referenced
-    scan_days = {d for d in home.raw_days() if d < day}
+    scan_days = {d for d in raw_days if d < day}
     if known_today is None:
         scan_days.add(day)
     for other in sorted(scan_days, reverse=True):
         if not unresolved:
             break
         unresolved -= raw_image_uids(home, other, unresolved)
-    if not unresolved:
+    late: set[str] = set()
+    last_day = late_window_end(day, late_days)
+    for later in sorted(d for d in raw_days if day < d <= last_day):
+        if not unresolved:
+            break
+        found = raw_image_uids(home, later, unresolved)
+        late |= found
+        unresolved -= found
+    if not unresolved and not late:
         return
+    # the text names the window, never which later days exist yet: it must not change when one lands
+    where = (f"of {day}, an earlier day or the {late_days} day(s) after it (up to {last_day})" if late_days
+             else f"of {day} or earlier")
     for table in tables:
         run = runs[table]
         bad = []
         for key, (number, values) in run.rows.items():
-            for name, i in zip(_REFERENCE_FIELDS[table], positions[table]):
-                if values[i] in unresolved:
-                    bad.append(key)
-                    run.reject(number, rp.UNKNOWN_IMAGE_REFERENCE,
-                               f"{name} = {values[i]} is in no images export of {day} or earlier", None)
-                    break
+            uids = [(name, values[i]) for name, i in zip(_REFERENCE_FIELDS[table], positions[table])]
+            missing = next(((name, uid) for name, uid in uids if uid in unresolved), None)
+            if missing is not None:
+                bad.append(key)
+                run.reject(number, rp.UNKNOWN_IMAGE_REFERENCE, f"{missing[0]} = {missing[1]} is in no images export "
+                                                               f"{where}", None)
+            elif any(uid in late for _, uid in uids):
+                run.report.accepted_late_image += 1
         for key in bad:
             del run.rows[key]
+
+
+def late_window_end(day: str, late_days: int) -> str:
+    """The last day whose images export may still resolve a reference of ``day``."""
+    return (parse_day(day) + dt.timedelta(days=late_days)).isoformat()
 
 
 _UID_INDEX_VERSION = "1"
@@ -485,17 +618,16 @@ def _fill_pending(run: _TableRun, max_line_bytes: int) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
-    raw = rp.RawFile(run.path)
+    raw = rp.RawFile(run.path, name=run.report.file)
     wanted = run.pending
     for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
         if number in wanted:
             reason, detail = wanted.pop(number)
-            text, length, sha = rp.raw_fields(data)
-            run.quarantine.append((number, reason, detail, text, length, sha))
+            run.quarantine.add_line(number, reason, detail, data)
             if not wanted:
                 break
     if wanted:
-        raise RuntimeError(f"{run.path} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
+        raise RuntimeError(f"{run.report.file} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -570,22 +702,6 @@ def _downloads_table(rows: list[tuple], day: dt.date) -> pa.Table:
     })
 
 
-def _quarantine_table(rows: list[tuple], day: dt.date) -> pa.Table:
-    rows = sorted(rows, key=lambda r: (r[0], r[2]))
-    cols = list(zip(*rows)) or [()] * 8
-    return pa.table({
-        "table": pa.array(cols[0], pa.string()),
-        "dt": _dt_column(day, len(rows)),
-        "file": pa.array(cols[1], pa.string()),
-        "line_number": pa.array(cols[2], pa.int64()),
-        "reason": pa.array(cols[3], pa.string()),
-        "detail": pa.array(cols[4], pa.string()),
-        "raw_text": pa.array(cols[5], pa.string()),
-        "raw_length": pa.array(cols[6], pa.int64()),
-        "raw_sha256": pa.array(cols[7], pa.string()),
-    })
-
-
 def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
     reports = sorted(reports, key=lambda r: r.table)
     return pa.table({
@@ -597,24 +713,42 @@ def _ingest_files_table(reports: list[TableReport], day: dt.date) -> pa.Table:
         "status": pa.array([r.status for r in reports], pa.string()),
         "lines_in": pa.array([r.lines_in for r in reports], pa.int64()),
         "accepted": pa.array([r.accepted for r in reports], pa.int64()),
+        "accepted_late_image": pa.array([r.accepted_late_image for r in reports], pa.int64()),
         "quarantined": pa.array([r.quarantined for r in reports], pa.int64()),
     })
 
 
-def _kept_values(run: _TableRun) -> list[tuple]:
-    return [values for _, values in run.rows.values()]
+def write_raw_zone_problems(home: DataHome, scan: RawZoneScan) -> Path:
+    """Record the raw zone's skipped entries (``warehouse/raw_zone_problems/data.parquet``), sorted by path."""
+    problems = scan.problems
+    table = pa.table({
+        "path": pa.array([p.path for p in problems], pa.string()),
+        "entry": pa.array([p.entry for p in problems], pa.string()),
+        "reason": pa.array([p.reason for p in problems], pa.string()),
+        "detail": pa.array([p.detail for p in problems], pa.string()),
+        "file_bytes": pa.array([p.file_bytes for p in problems], pa.int64()),
+    })
+    return write_parquet_atomic(table, home.table_file("raw_zone_problems"), get_schema("raw_zone_problems"))
 
 
-def write_tables_atomic(paths_tables: dict[Path, tuple[pa.Table, pa.Schema]]) -> None:
-    """Write every table under a temporary name first; rename them all only when all are written."""
-    items = list(paths_tables.items())
+_Writer = tuple[pa.Table, pa.Schema] | Callable[[Path], None]
+
+
+def write_tables_atomic(paths_writers: dict[Path, _Writer]) -> None:
+    """Write every file under a temporary name first (a table cast to its schema, or a function that
+    writes the temporary path itself); rename them all only when all are written."""
+    items = list(paths_writers.items())
     with contextlib.ExitStack() as stack:
-        for index, (final, (table, schema)) in enumerate(items):
+        for index, (final, writer) in enumerate(items):
             if index == len(items) - 1 and index > 0:
                 # exits run last-in first-out: this fires after the last file's rename, before the others'
                 stack.callback(faults.maybe_crash, "ingest.after_first_rename")
             tmp = stack.enter_context(atomic_path(final))
-            pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
+            if callable(writer):
+                writer(tmp)
+            else:
+                table, schema = writer
+                pq.write_table(cast_to_schema(table, schema), tmp, **PARQUET_OPTIONS)
 
 
 def parse_day(day: str) -> dt.date:
@@ -635,13 +769,16 @@ _BUILDERS = {
 }
 
 
-def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig,
-                   part: tuple[int, int] = (0, 1)) -> dict[str, tuple[pa.Table, list[tuple], TableReport, set]]:
+_TableResult = tuple[pa.Table, QuarantineSink, TableReport, set]
+
+
+def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig, raw_days: Sequence[str],
+                   part: tuple[int, int] = (0, 1), spill_dir: Path | None = None) -> dict[str, _TableResult]:
     """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
 
-    Returns, per table, its sorted Arrow table, its quarantine rows, its report and the primary keys
-    it saw. With ``part`` = (index, parts) only the lines routed to that part are validated (a worker
-    of a large day); ``_merge_parts`` combines the parts.
+    Returns, per table, its sorted Arrow table, its quarantine sink (closed: spilled rows are in
+    ``spill_dir``), its report and the primary keys it saw. With ``part`` = (index, parts) only the
+    lines routed to that part are validated (a worker of a large day); ``_merge_parts`` combines them.
     """
     date = parse_day(day)
     ts_range = config.timestamp_range(date)
@@ -651,50 +788,49 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     known_today: set[str] | None = set() if "images" in tables else None
     runs = {}
     for table in tables:
-        sink = known_today if table == "images" else None
-        indexing = sink is not None and part[0] == 0   # one part writes today's uid index
+        uid_sink = known_today if table == "images" else None
+        indexing = uid_sink is not None and part[0] == 0   # one part writes today's uid index
         stat = _stat_key(home.raw_file(day, table)) if indexing else None
-        runs[table] = _read_table(home, day, table, parsers[table], config, sink, part)
+        runs[table] = _read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
         if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
-    _check_references(runs, parsers, known_today, home, day)
+    _check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days)
     results = {}
     for table, run in runs.items():
         _fill_pending(run, config.max_line_bytes)
+        run.quarantine.close()
         report = run.report
         report.accepted = len(run.rows)
-        quarantine = [(table, report.file, *q) for q in run.quarantine]
-        _tally(report, quarantine)
-        built = _BUILDERS[table](home, _kept_values(run), date).sort_by(PRIMARY_KEYS[table])
-        results[table] = (built, quarantine, report, run.seen)
+        _tally(report, run.quarantine)
+        built = _BUILDERS[table](home, [values for _, values in run.rows.values()], date).sort_by(PRIMARY_KEYS[table])
+        results[table] = (built, run.quarantine, report, run.seen)
     return results
 
 
-def _merge_parts(table: str, parts: list[tuple[pa.Table, list[tuple], TableReport, set]]
-                 ) -> tuple[pa.Table, list[tuple], TableReport]:
-    """One table's result from its parts: rows and line-level quarantine rows of every part, the
-    file-level rows and file facts once (every part read the whole file)."""
+def _merge_parts(table: str, parts: list[_TableResult]) -> tuple[pa.Table, QuarantineSink, TableReport]:
+    """One table's result from its parts: rows and quarantine rows of every part (only part 0
+    reports file-level problems), the file facts once (every part read the whole file)."""
     built = pa.concat_tables([p[0] for p in parts]).sort_by(PRIMARY_KEYS[table])
-    quarantine = [q for q in parts[0][1] if q[2] == 0] + [q for p in parts for q in p[1] if q[2] > 0]
+    sink = parts[0][1]
+    for other in parts[1:]:
+        sink.merge(other[1])
+    sink.close()
     report = parts[0][2]
     if any(p[2].lines_in != report.lines_in for p in parts):
         raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
     report.accepted = built.num_rows
-    _tally(report, quarantine)
-    return built, quarantine, report
+    report.accepted_late_image = sum(p[2].accepted_late_image for p in parts)
+    _tally(report, sink)
+    return built, sink, report
 
 
-def _tally(report: TableReport, quarantine: list[tuple]) -> None:
-    """Set ``report``'s line-level quarantine count and its rows per reason (file-level rows included)
-    from quarantine rows (table, file, line, reason, ...)."""
-    report.quarantined = sum(1 for q in quarantine if q[2] > 0)
-    reasons: dict[str, int] = {}
-    for q in quarantine:
-        reasons[q[3]] = reasons.get(q[3], 0) + 1
-    report.reasons = dict(sorted(reasons.items()))
+def _tally(report: TableReport, sink: QuarantineSink) -> None:
+    """Set ``report``'s quarantined line count and its lines per reason (one per file-level row)."""
+    report.quarantined = sink.lines
+    report.reasons = dict(sorted(sink.reasons.items()))
 
 
-def _split_keys(parts: list[tuple[pa.Table, list[tuple], TableReport, set]]) -> bool:
+def _split_keys(parts: list[_TableResult]) -> bool:
     """True when one primary key was seen by two parts (the parts cannot be merged)."""
     seen: set = set()
     for part in parts:
@@ -708,43 +844,106 @@ def _raw_size(home: DataHome, day: str) -> int:
     return sum(path.stat().st_size for path in (home.raw_file(day, t) for t in RAW_TABLES) if path.is_file())
 
 
-def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig()) -> IngestReport:
-    """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts."""
+@contextlib.contextmanager
+def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
+    """A private scratch folder inside the data home's ``cache/`` for quarantine spills; removed after."""
+    scratch = home.cache / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f"ingest-{day}-", dir=scratch) as folder:
+        yield Path(folder)
+
+
+def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), *,
+               refresh_earlier: bool = True) -> IngestReport:
+    """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts.
+
+    With ``refresh_earlier``, the earlier days within ``late_image_days`` whose quarantine waits for
+    an image this day's export brings are ingested again (``refresh_late_references``), so a day's
+    partitions never depend on the order in which the days were ingested.
+    """
     started = time.perf_counter()
     date = parse_day(day)
-    if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
-        # every worker reads every file and validates the lines whose primary key routes to it
-        # fork: a spawned child would re-import the caller's __main__; the child only parses and
-        # builds Arrow arrays (Arrow re-creates its thread pools after fork)
-        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        context = multiprocessing.get_context(method)
-        n = config.workers
-        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
-            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, (i, n)) for i in range(n)]
-            parts = [future.result() for future in futures]
-        results = {}
-        for table in RAW_TABLES:
-            table_parts = [p[table] for p in parts]
-            if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
-                results[table] = _ingest_tables(home, day, (table,), config)[table][:3]
-            else:
-                results[table] = _merge_parts(table, table_parts)
-    else:
-        results = {table: value[:3] for table, value in _ingest_tables(home, day, RAW_TABLES, config).items()}
+    scan = home.scan_raw_zone()
+    write_raw_zone_problems(home, scan)
+    raw_days = scan.days
+    with _spill_folder(home, day) as spill_dir:
+        if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
+            # every worker reads every file and validates the lines whose primary key routes to it
+            # fork: a spawned child would re-import the caller's __main__; the child only parses and
+            # builds Arrow arrays (Arrow re-creates its thread pools after fork)
+            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+            context = multiprocessing.get_context(method)
+            n = config.workers
+            with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+                futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
+                           for i in range(n)]
+                parts = [future.result() for future in futures]
+            results = {}
+            for table in RAW_TABLES:
+                table_parts = [p[table] for p in parts]
+                if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
+                    results[table] = _ingest_tables(home, day, (table,), config, raw_days,
+                                                    spill_dir=spill_dir)[table][:3]
+                else:
+                    results[table] = _merge_parts(table, table_parts)
+        else:
+            results = {table: value[:3] for table, value
+                       in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
 
-    tables = {table: results[table][0] for table in RAW_TABLES}
-    quarantine_rows = [row for table in RAW_TABLES for row in results[table][1]]
-    reports = {table: results[table][2] for table in RAW_TABLES}
-    tables["quarantine"] = _quarantine_table(quarantine_rows, date)
-    tables["ingest_files"] = _ingest_files_table(list(reports.values()), date)
-    outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
-    write_tables_atomic({outputs[name]: (tables[name], get_schema(name)) for name in OUTPUT_DATASETS})
+        reports = {table: results[table][2] for table in RAW_TABLES}
+        sinks = [results[table][1] for table in RAW_TABLES]
+        outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
+        written: dict[str, int] = {}
+
+        def quarantine_writer(tmp: Path) -> None:
+            written["quarantine"] = write_quarantine(sinks, date, tmp)
+
+        writers: dict[Path, _Writer] = {outputs[table]: (results[table][0], get_schema(table)) for table in RAW_TABLES}
+        writers[outputs["quarantine"]] = quarantine_writer
+        writers[outputs["ingest_files"]] = (_ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
+        write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
     return IngestReport(
         day=day,
         tables=reports,
         outputs={name: path.relative_to(home.root).as_posix() for name, path in outputs.items()},
         seconds=time.perf_counter() - started,
+        raw_zone_problems=scan.summary(),
+        quarantine_rows=written["quarantine"],
+        refreshed=refresh_late_references(home, day, config, raw_days) if refresh_earlier else {},
     )
+
+
+_WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) is in no images export")
+
+
+def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
+                            raw_days: Sequence[str] | None = None) -> dict[str, IngestReport]:
+    """Ingest again each ingested day in [day - late_image_days, day) whose quarantine names, as the
+    missing image of a ranking or download, a uid that ``day``'s raw images export holds.
+
+    Exact: a later export changes an earlier day's output only by resolving the uid that one of its
+    ``unknown_image_reference`` rows names (the first unknown image of the row), so every other day
+    is already what a build over all days gives. Returns the new reports by day.
+    """
+    if not config.late_image_days:
+        return {}
+    days = home.raw_days() if raw_days is None else raw_days
+    first = (parse_day(day) - dt.timedelta(days=config.late_image_days)).isoformat()
+    refreshed: dict[str, IngestReport] = {}
+    for earlier in (d for d in days if first <= d < day):
+        path = home.partition_file("quarantine", earlier)
+        if not path.is_file():
+            continue   # never ingested: its own ingest will look ahead
+        try:
+            rows = pq.read_table(path, columns=["reason", "detail"],
+                                 filters=[("reason", "=", rp.UNKNOWN_IMAGE_REFERENCE)])
+        except (OSError, pa.ArrowException):
+            rows = None   # unreadable partition: ingesting it again repairs it
+        waiting = set() if rows is None else {
+            m.group(1) for detail in rows.column("detail").to_pylist() if (m := _WAITING_UID.search(detail))}
+        if rows is None or (waiting and raw_image_uids(home, day, waiting)):
+            refreshed[earlier] = ingest_day(home, earlier, config, refresh_earlier=False)
+    return refreshed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -761,6 +960,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--future-tolerance-days", type=int, default=defaults.future_tolerance_days,
                         help="days after the partition day a created_at may lie "
                              f"(default {defaults.future_tolerance_days})")
+    parser.add_argument("--late-image-days", type=int, default=defaults.late_image_days,
+                        help="days after a ranking's day in which its image may first be exported "
+                             f"(default {defaults.late_image_days})")
     parser.add_argument("--workers", type=int, default=defaults.workers,
                         help=f"processes for a large day; output does not depend on it (default {defaults.workers})")
 
@@ -769,8 +971,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Ingest the days named by ``args``; print one JSON summary per day; 0 when every day reconciles."""
     home = DataHome.at(args.home)
     config = IngestConfig(max_line_bytes=args.max_line_bytes, max_prompt_chars=args.max_prompt_chars,
-                          future_tolerance_days=args.future_tolerance_days, workers=args.workers)
-    days = args.day or home.raw_days()
+                          future_tolerance_days=args.future_tolerance_days, workers=args.workers,
+                          late_image_days=args.late_image_days)
+    scan = home.scan_raw_zone()
+    for line in scan.summary():
+        print(f"warning: skipped {line}", file=sys.stderr)
+    days = args.day or scan.days
     if not days:
         print(f"no raw days under {home.raw_logs}", file=sys.stderr)
         return 1

@@ -66,9 +66,12 @@ class Reject(Exception):
     """A line that cannot be ingested: ``reason`` is one of ``REASONS``; ``detail`` names the value."""
 
     def __init__(self, reason: str, detail: str):
-        super().__init__(f"{reason}: {detail}")
+        super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
         self.reason = reason
         self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -91,12 +94,15 @@ class RawFile:
     """Stream one gzip JSON-lines file; after ``chunks()`` is exhausted, ``status``/``error`` say how it went.
 
     ``status``: ``ok``, ``missing`` (no file), ``empty`` (no bytes after decompression), ``unreadable``
-    (not gzip, truncated, corrupt, not a regular file, or a link out of the data home). Every byte that
+    (not gzip, truncated, corrupt, not a regular file, or a link out of the raw zone). Every byte that
     decompressed before an error is yielded, so the lines before the damage are still ingested.
+    ``error`` names the file by ``name`` (its path relative to the data home), never by its absolute
+    path: the message is stored in the quarantine and published.
     """
 
-    def __init__(self, path: Path, *, read_bytes: int = 1 << 20, max_chunk: int = 8 << 20):
+    def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20):
         self.path = Path(path)
+        self.name = name if name is not None else self.path.name
         self.read_bytes = read_bytes
         self.max_chunk = max_chunk
         self.status = "ok"
@@ -108,10 +114,10 @@ class RawFile:
     def check(self) -> bool:
         """Set ``missing``/``unreadable`` for a path that cannot be opened; True when it can be read."""
         if not self.path.exists() and not self.path.is_symlink():
-            self.status, self.error = "missing", f"no file at {self.path}"
+            self.status, self.error = "missing", f"no file at {self.name}"
             return False
         if not self.path.is_file():
-            self.status, self.error = "unreadable", f"{self.path} is not a regular file"
+            self.status, self.error = "unreadable", f"{self.name} is not a regular file"
             return False
         return True
 
@@ -121,7 +127,7 @@ class RawFile:
         try:
             handle = open(self.path, "rb")
         except OSError as exc:
-            self.status, self.error = "unreadable", f"cannot open {self.path}: {exc}"
+            self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
             return
         with handle:
             decomp = None
@@ -144,7 +150,7 @@ class RawFile:
             except zlib.error as exc:
                 self._fail(f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}")
             except OSError as exc:
-                self._fail(f"read error after {self.file_bytes} compressed bytes: {exc}")
+                self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
             if self.status == "ok" and decomp is not None and not decomp.eof:
                 try:
                     tail = decomp.flush()
@@ -167,10 +173,15 @@ class RawFile:
                 self.file_bytes += len(block)
                 digest.update(block)
         except OSError as exc:
-            self.error = f"{self.error}; read error while hashing: {exc}"
+            self.error = f"{self.error}; read error while hashing: {_os_reason(exc)}"
 
     def _fail(self, message: str) -> None:
         self.status, self.error = "unreadable", message
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError's reason without the file name it carries (an absolute path)."""
+    return exc.strerror or type(exc).__name__
 
 
 def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | OverlongLine]]:

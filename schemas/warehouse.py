@@ -61,7 +61,10 @@ QUARANTINE = pa.schema([
     pa.field("table", pa.string(), nullable=False),             # users | images | rankings | downloads
     pa.field("dt", pa.date32(), nullable=False),
     pa.field("file", pa.string(), nullable=False),              # relative to the data home
-    pa.field("line_number", pa.int64(), nullable=False),        # 1-based; 0 = the whole file
+    pa.field("line_number", pa.int64(), nullable=False),        # 1-based; 0 = the whole file; the first of
+                                                                # line_count identical bad lines
+    pa.field("last_line_number", pa.int64(), nullable=False),   # the last of them (= line_number when one)
+    pa.field("line_count", pa.int64(), nullable=False),         # identical lines (same reason, detail, bytes)
     pa.field("reason", pa.string(), nullable=False),
     pa.field("detail", pa.string(), nullable=False),
     pa.field("raw_text", pa.string()),                          # first 64 KiB, lossy UTF-8
@@ -87,7 +90,21 @@ INGEST_FILES = pa.schema([
     pa.field("status", pa.string(), nullable=False),            # ok | missing | unreadable | empty
     pa.field("lines_in", pa.int64(), nullable=False),
     pa.field("accepted", pa.int64(), nullable=False),           # rows in the table's partition
-    pa.field("quarantined", pa.int64(), nullable=False),        # line-level quarantine rows (line_number > 0)
+    pa.field("accepted_late_image", pa.int64(), nullable=False),  # of those, rows whose image only a later
+                                                                # day's export (within late_image_days) has
+    pa.field("quarantined", pa.int64(), nullable=False),        # quarantined lines: sum(line_count), line_number > 0
 ])
 
 SCHEMAS["ingest_files"] = INGEST_FILES
+
+# Entries of the raw zone that are not ingested (pipelines/rawzone.py): misnamed or linked-out day
+# folders, stray files; one row per file under a skipped folder. Rewritten by every ingest.
+RAW_ZONE_PROBLEMS = pa.schema([
+    pa.field("path", pa.string(), nullable=False),              # relative to the data home
+    pa.field("entry", pa.string(), nullable=False),             # the raw/app_logs child it lies under
+    pa.field("reason", pa.string(), nullable=False),            # see pipelines/rawzone.py
+    pa.field("detail", pa.string(), nullable=False),
+    pa.field("file_bytes", pa.int64()),                         # null for folders, links, other kinds
+])
+
+SCHEMAS["raw_zone_problems"] = RAW_ZONE_PROBLEMS

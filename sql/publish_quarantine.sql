@@ -1,5 +1,6 @@
 -- Snapshot of quarantined raw lines for a published version (query view `quarantine`).
--- Inputs: quarantine (every daily partition). Output: schema published_quarantine: no raw_text;
+-- Inputs: quarantine (every daily partition). Output: schema published_quarantine: no raw_text
+-- (line_count identical lines per row, as in the warehouse);
 -- in `detail`, emails become '<email>', the quoted value of any user_id (any table) and of any field
 -- of a users line becomes '<value>', and quoted text of a users line becomes '<value>'. Parameters: none.
 WITH emails AS (
@@ -23,6 +24,8 @@ SELECT
     dt,
     file,
     line_number,
+    last_line_number,
+    line_count,
     reason,
     CASE WHEN personal THEN regexp_replace(d2, '''[^'']*''|"[^"]*"', '<value>', 'g') ELSE d2 END AS detail,
     raw_length,

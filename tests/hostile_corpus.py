@@ -10,7 +10,14 @@ deterministically:
 - a second day whose files are broken (not gzip, truncated gzip, empty, missing) and a third day with
   a raw file that is a symlink out of the home, one that is a directory and a gzip of nothing,
 - symlinked blobs pointing outside the raw zone and outside the home, into ``outside`` (a sibling
-  folder the test snapshots: nothing there may be read into the dataset or changed).
+  folder the test snapshots: nothing there may be read into the dataset or changed);
+- floods of identical bad lines (100,000 blank lines in a few hundred bytes of gzip, 2,000 exact
+  repeats of one accepted row), each expected as one quarantine row with its ``line_count``;
+- raw-zone entries that are not days (``dt=2023-02-30``, ``dt=2023-2-1``, ``dt=garbage``, a file named
+  like a day, a day folder linked outside the home, a dangling link, a stray file, a non-UTF-8 name),
+  each expected in ``raw_zone_problems`` and none read;
+- a ranking and a download of the first day whose image is first exported on the second day (late),
+  expected accepted and counted in ``ingest_files.accepted_late_image``.
 
 Everything is generated from ``seed``; no hand-edited blobs.
 """
@@ -69,6 +76,19 @@ class FileCase:
     reason: str | None
 
 
+@dataclass(frozen=True)
+class FloodCase:
+    """``count`` identical bad lines from ``first_line`` on: one quarantine row with that line_count."""
+
+    name: str
+    table: str
+    day: str
+    first_line: int
+    last_line: int
+    count: int
+    reason: str
+
+
 @dataclass
 class Corpus:
     """What was planted, and what each item must become."""
@@ -82,6 +102,11 @@ class Corpus:
     outside_sha256: list[str] = field(default_factory=list)   # sha256 of every file under ``outside``
     outside_user_id: int | None = None              # a user id that exists only in a file outside the home
     expected_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (day, table) -> lines readable
+    floods: list[FloodCase] = field(default_factory=list)
+    raw_zone: dict[str, str] = field(default_factory=dict)   # raw_zone_problems entry -> reason
+    raw_zone_user_ids: list[int] = field(default_factory=list)  # users only in entries that must not be read
+    late_ranking_id: int | None = None               # day-1 ranking whose image day 2's export brings
+    late_download_id: int | None = None
 
 
 # ------------------------------------------------------------------------------------------ images
@@ -372,6 +397,22 @@ def plant_hostile_corpus(home: DataHome, outside: Path, seed: int = 0) -> Corpus
     corpus.ranking_over_rejects = over["ranking_id"]
     corpus.rejected_pair_uids = pair
 
+    # a ranking and a download naming an image that only day 2's export holds (a late image)
+    late_uid = str(uuid.UUID(bytes=hashlib.sha256(b"pickapic hostile late image").digest()[:16], version=4))
+    late = gen.ranking(image_0_uid=late_uid, image_1_uid=known[1], best_image_uid="none")
+    late_download = gen.download(image_uid=late_uid)
+    appended["rankings"].append(_dump(late))
+    appended["downloads"].append(_dump(late_download))
+    corpus.late_ranking_id, corpus.late_download_id = late["ranking_id"], late_download["download_id"]
+
+    # floods of identical bad lines: each is one quarantine row, however many lines
+    for name, table, line, count, reason in (
+            ("blank_flood", "downloads", b"", 100_000, "malformed_json"),
+            ("repeat_flood", "rankings", _dump(over), 2_000, "duplicate_row")):
+        first = _lines_of(contents[table]) + len(appended[table]) + 1
+        appended[table].extend([line] * count)
+        corpus.floods.append(FloodCase(name, table, day, first, first + count - 1, count, reason))
+
     for table, data in contents.items():
         full = data + b"".join(line + b"\n" for line in appended[table])
         _write_gz(home.raw_file(day, table), full)
@@ -384,12 +425,14 @@ def plant_hostile_corpus(home: DataHome, outside: Path, seed: int = 0) -> Corpus
     home.raw_day(day2).mkdir(parents=True)
     home.raw_file(day2, "users").write_bytes(b"".join(_dump(g2.user()) + b"\n" for _ in range(3)))
     corpus.files.append(FileCase("not_gzip", "users", day2, "unreadable", "unreadable_file"))
-    truncated_rows = [g2.image() for _ in range(4)]
+    truncated_rows = [g2.image(image_uid=late_uid)] + [g2.image() for _ in range(3)]
     for row in truncated_rows:
         (home.raw_images / f"{row['image_uid']}.png").write_bytes(_encode(noise_image(rng), "PNG"))
     payload = b"".join(_dump(r) + b"\n" for r in truncated_rows)
     compressed = gzip.compress(payload, mtime=0)
     home.raw_file(day2, "images").write_bytes(compressed[: len(compressed) * 2 // 3])
+    readable = zlib.decompressobj(wbits=31).decompress(compressed[: len(compressed) * 2 // 3])
+    assert late_uid.encode() in readable, "the late image must lie before the truncation"
     corpus.files.append(FileCase("truncated_gzip", "images", day2, "unreadable", "unreadable_file"))
     home.raw_file(day2, "rankings").write_bytes(b"")
     corpus.files.append(FileCase("empty_file", "rankings", day2, "empty", None))
@@ -411,6 +454,30 @@ def plant_hostile_corpus(home: DataHome, outside: Path, seed: int = 0) -> Corpus
     corpus.files.append(FileCase("gzip_of_nothing", "rankings", day3, "empty", None))
     home.raw_file(day3, "downloads").write_bytes(rng.bytes(2048))
     corpus.files.append(FileCase("random_bytes", "downloads", day3, "unreadable", "unreadable_file"))
+
+    # raw-zone entries that are not days: reported in raw_zone_problems, never read, never fatal
+    logs = home.raw_logs
+    hidden_users = [g3.user() for _ in range(3)]
+    corpus.raw_zone_user_ids = [u["user_id"] for u in hidden_users]
+    for name, user in zip(("dt=2023-02-30", "dt=2023-2-1", "dt=garbage"), hidden_users):
+        (logs / name).mkdir()
+        _write_gz(logs / name / "users.jsonl.gz", _dump(user) + b"\n")
+        corpus.raw_zone[f"raw/app_logs/{name}"] = "invalid_day_name"
+    (logs / f"dt={_next_day(day, 5)}").write_bytes(b"not a folder")
+    corpus.raw_zone[f"raw/app_logs/dt={_next_day(day, 5)}"] = "not_a_folder"
+    exports = outside / "exports"
+    exports.mkdir()
+    _write_gz(exports / "users.jsonl.gz", _dump(g3.user(user_id=corpus.outside_user_id)) + b"\n")
+    (logs / f"dt={_next_day(day, 6)}").symlink_to(exports, target_is_directory=True)
+    corpus.raw_zone[f"raw/app_logs/dt={_next_day(day, 6)}"] = "link_outside_raw_zone"
+    (logs / f"dt={_next_day(day, 7)}").symlink_to(outside / "no-such-folder")
+    corpus.raw_zone[f"raw/app_logs/dt={_next_day(day, 7)}"] = "link_outside_raw_zone"
+    (logs / "README.txt").write_text("app exports land here\n")
+    corpus.raw_zone["raw/app_logs/README.txt"] = "unexpected_entry"
+    os.mkdir(os.fsencode(logs / "dt=") + b"\xff\xfe")
+    corpus.raw_zone["raw/app_logs/dt=\\xff\\xfe"] = "invalid_day_name"
+    (home.raw_day(day) / "rankings.jsonl").write_bytes(b"{}\n")
+    corpus.raw_zone[f"raw/app_logs/dt={day}"] = "unexpected_file"
 
     corpus.outside_sha256 = sorted(hashlib.sha256(p.read_bytes()).hexdigest()
                                    for p in outside.rglob("*") if p.is_file())

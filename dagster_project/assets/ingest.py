@@ -2,7 +2,7 @@
 
 import dagster as dg
 
-from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.contracts import check_specs, log_refreshed_partition, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
@@ -33,4 +33,7 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
     home = data_home.home()
     day = context.partition_key
     report = ingest_day(home, day, to_dataclass(IngestConfig, config))
+    for earlier, refreshed in sorted(report.refreshed.items()):
+        # this day's images resolved references an earlier partition waited for: it was ingested again
+        log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, earlier, cause=day)
     yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day)

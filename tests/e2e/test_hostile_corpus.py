@@ -10,6 +10,8 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import stat
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,6 +105,41 @@ def test_every_hostile_line_is_quarantined_with_its_reason(hostile: Built) -> No
     assert {c.reason for c in corpus.lines} <= {r["reason"] for r in quarantine}
 
 
+def test_floods_of_identical_bad_lines_are_one_row_each(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
+    quarantine = _table(home, "quarantine")
+    for flood in corpus.floods:
+        rows = [r for r in quarantine if (r["table"], r["dt"].isoformat(), r["line_number"]) ==
+                (flood.table, flood.day, flood.first_line)]
+        assert len(rows) == 1, flood
+        row = rows[0]
+        assert (row["reason"], row["line_count"], row["last_line_number"]) == (flood.reason, flood.count,
+                                                                               flood.last_line), (flood, row)
+    # the whole corpus is a few hundred rows, not a row per line
+    assert len(quarantine) < 500 and sum(r["line_count"] for r in quarantine) > 100_000
+
+
+def test_raw_zone_entries_that_are_not_days_are_recorded_and_never_read(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
+    problems = pq.read_table(home.table_file("raw_zone_problems")).to_pylist()
+    assert {p["entry"]: p["reason"] for p in problems} == corpus.raw_zone
+    listed = {p["path"] for p in problems}
+    assert "raw/app_logs/dt=2023-02-30/users.jsonl.gz" in listed and "raw/app_logs/README.txt" in listed
+    assert not [p for p in problems if str(hostile.base) in p["detail"] or p["path"].startswith("/")]
+    users = {r["user_id"] for r in _table(home, "users")}
+    assert not users & set(corpus.raw_zone_user_ids)
+    assert corpus.outside_user_id not in users
+
+
+def test_a_late_image_resolves_its_ranking_and_download(hostile: Built) -> None:
+    home, corpus = hostile.home, hostile.corpus
+    day_rankings = pq.read_table(home.partition_file("rankings", corpus.day)).column("ranking_id").to_pylist()
+    day_downloads = pq.read_table(home.partition_file("downloads", corpus.day)).column("download_id").to_pylist()
+    assert corpus.late_ranking_id in day_rankings and corpus.late_download_id in day_downloads
+    files = {r["table"]: r for r in pq.read_table(home.partition_file("ingest_files", corpus.day)).to_pylist()}
+    assert files["rankings"]["accepted_late_image"] == 1 and files["downloads"]["accepted_late_image"] == 1
+
+
 def test_hostile_files_get_status_and_file_level_rows(hostile: Built) -> None:
     home, corpus = hostile.home, hostile.corpus
     files = {(r["table"], r["dt"].isoformat()): r for r in _table(home, "ingest_files")}
@@ -121,13 +158,16 @@ def test_hostile_files_get_status_and_file_level_rows(hostile: Built) -> None:
     assert corpus.outside_user_id not in users
     link_row = next(c for c in corpus.files if c.name == "raw_symlink_outside_home")
     assert files[(link_row.table, link_row.day)]["lines_in"] == 0
-    assert "outside the data home" in file_rows[(link_row.table, link_row.day)]["detail"]
+    assert file_rows[(link_row.table, link_row.day)]["detail"].endswith("resolves outside the raw zone")
 
 
 def test_ingest_counts_reconcile_per_file(hostile: Built) -> None:
     home, corpus = hostile.home, hostile.corpus
     quarantine = _table(home, "quarantine")
-    line_rows = Counter((r["table"], r["dt"].isoformat()) for r in quarantine if r["line_number"] > 0)
+    line_rows = Counter()
+    for r in quarantine:
+        if r["line_number"] > 0:
+            line_rows[(r["table"], r["dt"].isoformat())] += r["line_count"]
     accepted = Counter()
     for table in ("users", "images", "rankings", "downloads"):
         for r in _table(home, table):
@@ -216,3 +256,42 @@ def test_published_dataset_excludes_hostile_items(hostile: Built) -> None:
     assert "user_id: string <value>, expected integer" in details
     manifest = json.loads((version / "manifest.json").read_text())
     assert manifest["files"]
+
+
+def _copy_entry(source: str, target: str) -> None:
+    """copy2, except that a FIFO (a hostile blob) is made again instead of read."""
+    if stat.S_ISFIFO(os.lstat(source).st_mode):
+        os.mkfifo(target)
+    else:
+        shutil.copy2(source, target)
+
+
+def _tree(folder: Path) -> dict[str, str]:
+    """Relative path -> sha256 (or link target) of everything under ``folder``."""
+    out = {}
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder).as_posix()
+        if path.is_symlink():
+            out[rel] = "link:" + os.readlink(path)
+        elif path.is_file():
+            out[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return out
+
+
+def test_the_same_raw_files_elsewhere_publish_the_same_bytes(hostile: Built, tmp_path_factory) -> None:
+    """Nothing stored or published names where the data home lives: a copy of the raw zone in a
+    folder at another depth builds the same version id and byte-identical published files."""
+    home = hostile.home
+    other = DataHome(tmp_path_factory.mktemp("elsewhere") / "a" / "much" / "longer" / "path" / "home")
+    other.root.mkdir(parents=True)
+    for folder in ("raw", "ground_truth"):
+        shutil.copytree(home.root / folder, other.root / folder, symlinks=True, copy_function=_copy_entry)
+    run_build(other, select_days(other))
+    ours, theirs = (home.datasets / "latest").resolve(), (other.datasets / "latest").resolve()
+    assert ours.name == theirs.name
+    assert _tree(ours) == _tree(theirs)
+    # every warehouse table too: quarantine, rejects, features, clusters, decisions, pairs, splits
+    assert _tree(home.warehouse) == _tree(other.warehouse)
+    assert (other.table_dir("raw_zone_problems") / "data.parquet").is_file()
+    published = " ".join(str(v) for v in pq.read_table(ours / "meta" / "quarantine.parquet").column("detail").to_pylist())
+    assert str(hostile.base) not in published and "outside the raw zone" in published

@@ -52,10 +52,22 @@ def hostile_day(tmp_path_factory):
     return home, b, expected, report
 
 
+def first_and_last_lines(rows: list[dict]) -> dict[tuple[str, int], str]:
+    """(table, line) -> reason for the first and the last line of every (collapsed) quarantine row."""
+    out = {}
+    for q in rows:
+        out[(q["table"], q["line_number"])] = out[(q["table"], q["last_line_number"])] = q["reason"]
+    return out
+
+
 def test_every_planted_line_lands_in_quarantine_with_its_reason(hostile_day):
     home, _, expected, report = hostile_day
-    got = {(q["table"], q["line_number"]): q["reason"] for q in read(home, "quarantine")}
-    assert got == expected
+    rows = read(home, "quarantine")
+    assert first_and_last_lines(rows) == expected
+    assert sum(q["line_count"] for q in rows) == len(expected)
+    # the two byte-identical versions of one conflicting image key (lines 4 and 49) share one row
+    [both] = [q for q in rows if q["line_count"] > 1]
+    assert (both["table"], both["line_number"], both["last_line_number"], both["line_count"]) == ("images", 4, 49, 2)
     assert set(report.quarantine_by_reason()) == set(expected.values())
 
 
@@ -143,10 +155,10 @@ def test_link_out_of_the_home_is_not_read(tmp_path):
     os.symlink(outside, target)
     report = ingest_day(home, DAY)
     assert report.tables["users"].status == "unreadable" and report.tables["users"].lines_in == 0
-    assert "outside the data home" in report.tables["users"].error
+    assert report.tables["users"].error == f"path 'raw/app_logs/dt={DAY}/users.jsonl.gz' resolves outside the raw zone"
 
 
-def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
+def test_references_resolve_against_this_earlier_and_late_days(tmp_path):
     home = DataHome(tmp_path / "home")
     day1 = DayBuilder("2023-03-01", seed=1).populate(users=2, images=6, rankings=2, downloads=1)
     late_image = day1.image(created_at="2019-01-01 00:00:00")  # quarantined itself, but it was exported
@@ -163,17 +175,24 @@ def test_references_resolve_against_this_and_earlier_days_only(tmp_path):
                                                     best_image_uid="none"))
     day2.add("downloads", day2.download(image_uid=old))
     day2.write(home)
-    report = ingest_day(home, "2023-03-02")
+    no_wait = IngestConfig(late_image_days=0)
+    report = ingest_day(home, "2023-03-02", no_wait)
     assert report.reconciled
     assert report.tables["rankings"].accepted == 4 and report.tables["downloads"].accepted == 1
     [q] = read(home, "quarantine", "2023-03-02")
     assert (q["table"], q["line_number"], q["reason"]) == ("rankings", future_line, "unknown_image_reference")
     # the result depends on the raw zone only: ingesting other days first changes nothing
     before = snapshot(home, "2023-03-02")
-    ingest_day(home, "2023-03-01")
-    ingest_day(home, "2023-03-03")
-    ingest_day(home, "2023-03-02")
+    ingest_day(home, "2023-03-01", no_wait)
+    ingest_day(home, "2023-03-03", no_wait)
+    ingest_day(home, "2023-03-02", no_wait)
     assert snapshot(home, "2023-03-02") == before
+    # by default an image exported up to 2 days later resolves the reference: accepted, counted as late
+    report = ingest_day(home, "2023-03-02")
+    assert report.tables["rankings"].accepted == 5 and report.tables["rankings"].accepted_late_image == 1
+    assert read(home, "quarantine", "2023-03-02") == []
+    assert {f["table"]: f["accepted_late_image"] for f in read(home, "ingest_files", "2023-03-02")} == \
+        {"users": 0, "images": 0, "rankings": 1, "downloads": 0}
 
 
 def test_uid_index_is_a_cache_of_the_raw_bytes_only(tmp_path):

@@ -40,7 +40,8 @@ def test_published_quarantine_redacts_user_ids_and_users_values() -> None:
     n = len(DETAILS)
     table = pa.table({
         "table": [d[0] for d in DETAILS], "dt": [dt.date(2023, 2, 13)] * n, "file": ["f"] * n,
-        "line_number": list(range(1, n + 1)), "reason": ["wrong_type"] * n, "detail": [d[1] for d in DETAILS],
+        "line_number": list(range(1, n + 1)), "last_line_number": list(range(1, n + 1)), "line_count": [1] * n,
+        "reason": ["wrong_type"] * n, "detail": [d[1] for d in DETAILS],
         "raw_text": ["secret"] * n, "raw_length": [1] * n, "raw_sha256": ["0" * 64] * n,
     })
     con = duckdb.connect()

@@ -126,11 +126,11 @@ def _write_side_tables(home: DataHome, images: list[tuple], days: int) -> None:
     write_parquet_atomic(pa.Table.from_pylist(decisions, schema=get_schema("decisions")), home.table_file("decisions"))
     quarantine = [
         {"table": "users", "dt": dt.date(2023, 3, 1), "file": "raw/app_logs/dt=2023-03-01/users.jsonl.gz",
-         "line_number": 3, "reason": "bad_email", "detail": f"email {SECRET_EMAIL} is duplicated",
+         "line_number": 3, "last_line_number": 3, "line_count": 1, "reason": "bad_email", "detail": f"email {SECRET_EMAIL} is duplicated",
          "raw_text": f'{{"user_id": 5, "email": "{SECRET_EMAIL}", "name": "{SECRET_NAME}"}}',
          "raw_length": 80, "raw_sha256": "0" * 64},
         {"table": "rankings", "dt": dt.date(2023, 3, 2), "file": "raw/app_logs/dt=2023-03-02/rankings.jsonl.gz",
-         "line_number": 9, "reason": "not_an_object", "detail": "line is a JSON array", "raw_text": "[1, 2]",
+         "line_number": 9, "last_line_number": 9, "line_count": 1, "reason": "not_an_object", "detail": "line is a JSON array", "raw_text": "[1, 2]",
          "raw_length": 6, "raw_sha256": "1" * 64},
     ]
     write_parquet_atomic(pa.Table.from_pylist(quarantine, schema=get_schema("quarantine")),

@@ -1,0 +1,172 @@
+"""The raw zone's folder layout: which ``dt=`` folders are days, and every entry that is not one.
+
+``scan_raw_zone(root)`` lists ``root/raw/app_logs/``: a child named ``dt=YYYY-MM-DD`` (a real calendar
+date, zero-padded) that is a folder, or a link to a folder inside the raw zone, is a day. Every other
+entry is a ``RawZoneProblem``, never read and never fatal to the other days:
+
+- ``invalid_day_name``: a ``dt=`` name that is not ``YYYY-MM-DD`` with a real date (``dt=2023-02-30``,
+  ``dt=2023-2-1``, ``dt=garbage``, ``dt=``);
+- ``not_a_folder``: a well-named ``dt=`` entry that is a file, FIFO or other non-folder;
+- ``link_outside_raw_zone``: a ``dt=`` link that leaves the raw zone or dangles (never followed);
+- ``unexpected_entry``: a child of ``app_logs/`` not named ``dt=...``;
+- ``unexpected_file``: an entry of a day folder other than the four ``<table>.jsonl.gz`` files.
+
+The files under a skipped folder are recorded one row each (up to ``MAX_LISTED_FILES`` per entry, then
+one row counting the rest), so nothing in the raw zone is silently ignored. Paths are relative to the
+data home and names that are not UTF-8 are shown with backslash escapes; no absolute path is stored.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+DAY_FOLDER = re.compile(r"dt=([0-9]{4}-[0-9]{2}-[0-9]{2})")
+RAW_FILE_NAMES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
+MAX_LISTED_FILES = 1000
+
+INVALID_DAY_NAME = "invalid_day_name"
+NOT_A_FOLDER = "not_a_folder"
+LINK_OUTSIDE_RAW_ZONE = "link_outside_raw_zone"
+UNEXPECTED_ENTRY = "unexpected_entry"
+UNEXPECTED_FILE = "unexpected_file"
+REASONS = (INVALID_DAY_NAME, NOT_A_FOLDER, LINK_OUTSIDE_RAW_ZONE, UNEXPECTED_ENTRY, UNEXPECTED_FILE)
+
+
+@dataclass(frozen=True)
+class RawZoneProblem:
+    """One entry of the raw zone that is not ingested: where it is, why, and its size if it is a file."""
+
+    path: str                 # relative to the data home
+    entry: str                # the child of raw/app_logs it lies under (the day folder for unexpected_file)
+    reason: str
+    detail: str
+    file_bytes: int | None    # a regular file's size; None for folders, links and other kinds
+
+
+@dataclass(frozen=True)
+class RawZoneScan:
+    """The days of the raw zone and its problems, both sorted."""
+
+    days: list[str]
+    problems: list[RawZoneProblem]
+
+    def summary(self) -> list[str]:
+        """One line per problem entry (not per file), naming it and saying what was skipped."""
+        lines: dict[str, list[RawZoneProblem]] = {}
+        for problem in self.problems:
+            lines.setdefault(problem.entry, []).append(problem)
+        out = []
+        for entry, problems in lines.items():
+            files = sum(1 for p in problems if p.file_bytes is not None)
+            first = problems[0]
+            what = f"; {files} file(s) not ingested" if files else ""
+            out.append(f"{entry}: {first.reason}: {first.detail}{what}")
+        return out
+
+
+def display_name(name: str) -> str:
+    """A file name as valid UTF-8 text: undecodable bytes become backslash escapes."""
+    return os.fsencode(name).decode("utf-8", "backslashreplace")
+
+
+def day_of_folder(name: str) -> tuple[str | None, str | None]:
+    """``(day, None)`` for a valid ``dt=YYYY-MM-DD`` folder name, else ``(None, why it is not)``."""
+    match = DAY_FOLDER.fullmatch(name)
+    if match is None:
+        return None, f"{display_name(name)!r} is not dt=YYYY-MM-DD"
+    try:
+        dt.date.fromisoformat(match.group(1))
+    except ValueError as exc:
+        return None, f"{display_name(name)!r} is not a calendar date ({exc})"
+    return match.group(1), None
+
+
+def _inside(path: Path, zone: Path) -> bool:
+    try:
+        target = path.resolve(strict=True)
+    except (OSError, RuntimeError):   # dangling link, loop
+        return False
+    return target == zone or zone in target.parents
+
+
+def _rel(path: Path, root: Path) -> str:
+    return display_name(path.relative_to(root).as_posix())
+
+
+def _listed(folder: Path, root: Path, entry: str, reason: str, detail: str) -> list[RawZoneProblem]:
+    """One row per entry under ``folder`` (links not followed), capped; the folder itself if empty."""
+    rows: list[RawZoneProblem] = []
+    extra_files = extra_bytes = 0
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        dirnames.sort()
+        for name in sorted(filenames) + sorted(d for d in dirnames if os.path.islink(os.path.join(dirpath, d))):
+            path = Path(dirpath) / name
+            try:
+                info = path.lstat()
+            except OSError:
+                continue   # vanished while listed
+            size = info.st_size if stat.S_ISREG(info.st_mode) else None
+            if len(rows) < MAX_LISTED_FILES:
+                rows.append(RawZoneProblem(_rel(path, root), entry, reason, detail, size))
+            else:
+                extra_files += 1
+                extra_bytes += size or 0
+    if extra_files:
+        rows.append(RawZoneProblem(_rel(folder, root), entry, reason,
+                                   f"{detail}; and {extra_files} more entries ({extra_bytes} bytes) not listed", None))
+    if not rows:
+        rows.append(RawZoneProblem(_rel(folder, root), entry, reason, f"{detail}; the folder is empty", None))
+    return rows
+
+
+def _entry_problems(child: Path, root: Path, entry: str, reason: str, detail: str) -> list[RawZoneProblem]:
+    """Rows for one skipped entry: its files if it is a real folder, else the entry itself."""
+    if not child.is_symlink() and child.is_dir():
+        return _listed(child, root, entry, reason, detail)
+    try:
+        info = child.lstat()
+        size = info.st_size if stat.S_ISREG(info.st_mode) else None
+    except OSError:
+        size = None
+    return [RawZoneProblem(_rel(child, root), entry, reason, detail, size)]
+
+
+def scan_raw_zone(root: Path) -> RawZoneScan:
+    """Days and problems of the raw zone under data home ``root`` (see the module docstring)."""
+    logs = root / "raw" / "app_logs"
+    if not logs.is_dir():
+        return RawZoneScan([], [])
+    zone = (root / "raw").resolve()
+    if not _inside(logs, zone):
+        entry = _rel(logs, root)
+        return RawZoneScan([], [RawZoneProblem(entry, entry, LINK_OUTSIDE_RAW_ZONE,
+                                               "app_logs links outside the raw zone; nothing under it is read", None)])
+    days: list[str] = []
+    problems: list[RawZoneProblem] = []
+    for child in sorted(logs.iterdir(), key=lambda p: p.name):
+        entry = _rel(child, root)
+        if not child.name.startswith("dt="):
+            problems += _entry_problems(child, root, entry, UNEXPECTED_ENTRY,
+                                        f"{display_name(child.name)!r} is not a dt=YYYY-MM-DD day folder; not ingested")
+            continue
+        day, why = day_of_folder(child.name)
+        if day is None:
+            problems += _entry_problems(child, root, entry, INVALID_DAY_NAME, f"{why}; not ingested")
+        elif child.is_symlink() and not _inside(child, zone):
+            problems.append(RawZoneProblem(entry, entry, LINK_OUTSIDE_RAW_ZONE,
+                                           "the day folder links outside the raw zone (or dangles); not followed", None))
+        elif not child.is_dir():
+            problems += _entry_problems(child, root, entry, NOT_A_FOLDER, "a day must be a folder; not ingested")
+        else:
+            days.append(day)
+            for inner in sorted(child.iterdir(), key=lambda p: p.name):
+                if inner.name not in RAW_FILE_NAMES:
+                    problems += _entry_problems(
+                        inner, root, entry, UNEXPECTED_FILE,
+                        f"{display_name(inner.name)!r} is not one of {', '.join(RAW_FILE_NAMES)}; not ingested")
+    problems.sort(key=lambda p: (p.path, p.reason))
+    return RawZoneScan(sorted(days), problems)
