@@ -36,8 +36,8 @@
   pair_id), up to ``unique_prompts`` prompts chosen by salted prompt digest; rows repeat their
   parents. ``num_example_per_prompt`` counts rows with the same prompt_key within the split.
 - Trainable: :func:`trainability_problems` says which split a trainer would miss (empty, or a ``_unique``
-  split under ``min_unique_rows``) and why (fewer than ``MIN_USERS`` users with labelled rankings, or too
-  few distinct held-out prompts yet). The splits asset's blocking check and the publish stage refuse such
+  split under ``min_unique_rows``, fewer than ``min_users`` users with labelled rankings) and why (too
+  few users, or too few distinct held-out prompts yet). The splits asset's blocking check and the publish stage refuse such
   a version, so ``latest`` stays on the last version a trainer can use.
 """
 from __future__ import annotations
@@ -65,9 +65,6 @@ from schemas import get_schema
 
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
 HELDOUT = ("validation", "test")
-# Fewest users with labelled rankings for which every split can be filled: the fill gives train the first
-# user and validation/test at most two users for each train user, so 10 users give each of them 3 or more.
-MIN_USERS = 10
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 _IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
 
@@ -85,6 +82,10 @@ class SplitConfig:
                                 "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
     owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster: 'first_use' or 'heldout_wins'.",
                            choices=("first_use", "heldout_wins"))
+    # The fill gives train the first user and validation/test at most two users per train user, so 10 users
+    # give each parent split at least one user and usually three.
+    min_users: int = knob(10, "Fewest users with labelled rankings a published version needs (an evaluation on "
+                          "two or three users says little).", min=3)
     unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
 
@@ -183,20 +184,20 @@ class NotEnoughData(ValueError):
     """The splits cannot feed a trainer yet; the message says which split and why."""
 
 
-def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int = 1,
+def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int = 1, min_users: int = 1,
                           heldout_prompts: dict[str, int] | None = None) -> list[str]:
     """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause."""
     need = max(1, min_unique_rows)
-    problems = []
+    few_users = (f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs "
+                 f"at least {max(min_users, 3)} (splits.min_users)")
+    problems = [few_users] if users < min_users else []
     for split in SPLITS:
         n = rows.get(split, 0)
-        unique = split.endswith("_unique")
-        if n >= (need if unique else 1):
+        if n >= (need if split.endswith("_unique") else 1):
             continue
         what = f"split '{split}' is empty" if n == 0 else f"split '{split}' has {n} rows, fewer than the {need} required"
-        if users < MIN_USERS:
-            why = (f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs "
-                   f"at least {MIN_USERS}")
+        if users < max(min_users, 3):
+            why = few_users
         elif split == "train":
             why = "every user so far is held out or every train row conflicts with a held-out key"
         else:
@@ -209,12 +210,11 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
     return problems
 
 
-def require_trainable(table: pa.Table, min_unique_rows: int = 1) -> None:
-    """Refuse a split_pairs table a trainer cannot use (empty split or small _unique split), saying why."""
-    splits = table.column("split").to_pylist()
-    rows = Counter(splits)
+def require_trainable(table: pa.Table, min_unique_rows: int = 1, min_users: int = 1) -> None:
+    """Refuse a split_pairs table a trainer cannot use (empty split, small _unique split, few users), saying why."""
+    rows = Counter(table.column("split").to_pylist())
     users = len(set(table.column("user_id").to_pylist()))
-    problems = trainability_problems(dict(rows), users, min_unique_rows)
+    problems = trainability_problems(dict(rows), users, min_unique_rows, min_users)
     if problems:
         raise NotEnoughData("not enough data for a dataset a trainer can use, nothing published: " + "; ".join(problems))
 
@@ -346,7 +346,8 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig()) -> SplitRe
     return SplitReport(per_split=per_split, rejects=[tuple(r) for r in by_reason], pairs=pairs,
                        train_home_rows=train_home, sacrificed_train_rows=sacrificed, users=labelled_users,
                        new_users={s: new_users[s] for s in HELDOUT + ("train",) if new_users[s]},
-                       problems=trainability_problems(rows, labelled_users, config.min_unique_rows, dict(owned)),
+                       problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
+                                                      dict(owned)),
                        config=asdict(config))
 
 
