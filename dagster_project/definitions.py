@@ -4,10 +4,11 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project import automation
-from dagster_project.assets import curation, features, ingest, model, publish, splits
+from dagster_project.assets import curation, features, ingest, model, publish, raw, splits
 from dagster_project.resources import PickapicHome
 
 ALL_ASSETS = [
+    raw.raw_app_logs,
     ingest.ingest_day_assets,
     features.fingerprint_images,
     curation.duplicate_clusters,
@@ -25,6 +26,6 @@ defs = dg.Definitions(
     asset_checks=[*automation.freshness_checks],
     jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job],
     schedules=[automation.nightly_schedule, automation.train_schedule],
-    sensors=[automation.raw_partition_sensor, automation.rebuild_after_daily_partition, automation.freshness_sensor],
+    sensors=[automation.raw_partition_sensor, automation.rebuild_automation, automation.freshness_sensor],
     resources={"data_home": PickapicHome()},
 )

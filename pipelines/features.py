@@ -123,6 +123,7 @@ from pipelines import imagedecode
 from pipelines import faults
 from pipelines.home import DataHome
 from pipelines.imagedecode import ImageRejected
+from pipelines.settings import add_flags, stage_config
 from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
 from pipelines.storage import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
@@ -836,21 +837,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.features", allow_abbrev=False,
                                      description=build_features.__doc__,
                                      epilog="Unknown options are passed to Beam's PipelineOptions unchanged.")
-    defaults = FeaturesConfig()
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
-    for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("nsfw_batch_size", int), ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
-                       ("blob_base", str), ("staging", str)):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
+    add_flags(parser, "features", exclude=("runner",))  # --runner stays Beam's own option
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> FeaturesReport:
-    """Command line: parse our options, pass the rest to Beam, print the report as JSON."""
+    """Command line: parse our options (over the home's settings file), pass the rest to Beam, print the report."""
     args, beam_args = _parser().parse_known_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("home", "day")}
-    report = build_features(DataHome.at(args.home), args.day, FeaturesConfig(**fields), beam_args,
+    home = DataHome.at(args.home)
+    report = build_features(home, args.day, stage_config(home.root, "features", args), beam_args,
                             progress=lambda message: print(message, flush=True))
     print(json.dumps({k: v for k, v in report.metadata().items() if k != "summary"}, indent=2, sort_keys=True))
     return report

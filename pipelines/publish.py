@@ -43,6 +43,7 @@ import pyarrow.parquet as pq
 
 from pipelines import faults, shards
 from pipelines.home import DataHome
+from pipelines.splits import require_trainable
 from pipelines.sqlrun import connect, run_sql
 from pipelines.storage import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
 from schemas import get_schema
@@ -141,6 +142,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     table = cast_to_schema(pq.read_table(source), get_schema("split_pairs"))
     if table.num_rows == 0:
         raise ValueError(f"{source} has no rows: refusing to publish an empty dataset")
+    require_trainable(table)  # an empty split is no version at all for a trainer: latest stays where it is
     table = _with_keys(table)
     jpg_sizes = _jpg_sizes(home, table)
     meta_sources = _meta_sources(home)

@@ -432,17 +432,23 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         path = Path(config_file)
         if not path.is_file():
             raise SettingsError(f"--config {path}: no such file")
-        settings = settings.with_values(read_file(path, f"--config {path}"), f"--config {path}")
+        settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
+                                        f"--config {path}")
     pairs = dict(parse_assignment(a) for a in assignments)
     if pairs:
-        for key in pairs:
-            if knob_for(key, "--set").secret:
-                raise SettingsError(f"--set {key}: a secret is not taken from the command line (it would show in "
-                                    f"run records and shell history); put it in HOME/{SETTINGS_FILE}")
-        settings = settings.with_values(pairs, "--set")
+        settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
     if overrides:
         settings = settings.with_values(overrides, "override")
     return settings
+
+
+def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Refuse secrets given for one run: they would be stored with the run and show in shell history."""
+    for key in values:
+        if knob_for(key, source).secret:
+            raise SettingsError(f"{source} sets {key}: a secret is only read from HOME/{SETTINGS_FILE} (a one-run "
+                                f"value would be stored with the run and show in shell history)")
+    return values
 
 
 def write_settings(home_root: Path, values: Mapping[str, Any], header: str | None = None) -> Path:

@@ -3,7 +3,7 @@ import dagster as dg
 
 from dagster_project.definitions import defs
 
-GROUPS = {"ingest", "features", "curation", "splits", "publish", "model"}
+GROUPS = {"raw", "ingest", "features", "curation", "splits", "publish", "model"}
 
 
 def test_definitions_load():
