@@ -2,8 +2,8 @@
 
 - Held-out users: a ledger (``split_ledger``) holds every user's split, decided once, when the user first
   appears, by folding over the history in order (:func:`assign_users`): the first user goes to train;
-  while validation or test own fewer than ``min_unique_rows`` prompts, new users fill them (at most two
-  held-out users for each train user); after that a user is held out iff the first 52 bits of
+  while validation or test own fewer than ``min_unique_rows`` prompts, new users fill them (at most one
+  held-out user for each train user); after that a user is held out iff the first 52 bits of
   ``sha256(salt + ':' + pseudonym)``, read as a fraction, fall under ``heldout_fraction`` (digest hex
   character 14, even/odd, picks validation or test). A decision depends only on the history before the
   user's first pair, so appending days never changes it, and a rebuild from scratch on the same history
@@ -82,8 +82,8 @@ class SplitConfig:
                                 "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
     owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster: 'first_use' or 'heldout_wins'.",
                            choices=("first_use", "heldout_wins"))
-    # The fill gives train the first user and validation/test at most two users per train user, so 10 users
-    # give each parent split at least one user and usually three.
+    # The fill gives train the first user and validation/test at most one user per train user, so 10 users
+    # give validation and test two or three users each.
     min_users: int = knob(10, "Fewest users with labelled rankings a published version needs (an evaluation on "
                           "two or three users says little).", min=3)
     unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
@@ -200,6 +200,8 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
             why = few_users
         elif split == "train":
             why = "every user so far is held out or every train row conflicts with a held-out key"
+        elif rows.get(split.removesuffix("_unique"), 0) == 0:
+            why = "no user is held out for it yet; new users fill it as they arrive"
         else:
             parent = split.removesuffix("_unique")
             owned = (heldout_prompts or {}).get(parent)
@@ -269,8 +271,8 @@ def _new_user_split(user: str, users: Counter, owned: Counter, config: SplitConf
         if users["train"] == 0:
             return "train", "first_user"
         short = [s for s in HELDOUT if owned[s] < need]
-        # at most two held-out users per train user while filling, so train keeps a third of the newcomers
-        if short and users["validation"] + users["test"] < 2 * users["train"]:
+        # at most one held-out user per train user while filling: train keeps half of the newcomers
+        if short and users["validation"] + users["test"] < users["train"]:
             return max(short, key=lambda s: (need - owned[s], s == "validation")), "fill"
     return user_home(user, config.salt, config.heldout_fraction), "hash"
 

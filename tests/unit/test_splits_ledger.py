@@ -48,28 +48,25 @@ def _build_day_by_day(root: Path, rows: list[dict], config: SplitConfig) -> tupl
 
 
 def test_first_user_trains_then_validation_and_test_fill():
-    config = SplitConfig(min_unique_rows=2)
-    # each new user types one new prompt; nobody has reached the minimum, so the fill alternates
-    events = [(f"u{i}", f"p{i}", True, True, None) for i in range(7)]
+    config = SplitConfig(min_unique_rows=2, heldout_fraction=0.0)  # the fraction alone would hold out nobody
+    # each new user types one new prompt: the fill alternates held-out and train users until both own 2
+    events = [(f"u{i}", f"p{i}", True, True, None) for i in range(10)]
     assigned, owned = assign_users(events, {}, config)
-    assert [assigned[f"u{i}"].split for i in range(7)] == [
-        "train", "validation", "test", "train" if assigned["u3"].rule == "hash" else assigned["u3"].split,
-        "validation", "test", assigned["u6"].split]
-    assert [assigned[f"u{i}"].rule for i in (0, 1, 2, 4, 5)] == ["first_user", "fill", "fill", "fill", "fill"]
-    assert assigned["u3"].rule == "hash" and assigned["u6"].rule == "hash"  # a third of newcomers stay free
+    assert [assigned[f"u{i}"].split for i in range(10)] == [
+        "train", "validation", "train", "test", "train", "validation", "train", "test", "train", "train"]
+    assert [assigned[f"u{i}"].rule for i in range(10)] == [
+        "first_user", "fill", "hash", "fill", "hash", "fill", "hash", "fill", "hash", "hash"]
     assert owned["validation"] == 2 and owned["test"] == 2
-    # both minimums reached: from now on only the held-out fraction decides
-    more, _ = assign_users(events + [("late", "p-late", True, True, None)], {}, config)
-    assert more["late"].rule == "hash"
 
 
 def test_fill_counts_prompts_the_split_owns_not_retyped_ones():
-    config = SplitConfig(min_unique_rows=1)
-    events = [("a", "shared", True, True, None), ("b", "shared", True, False, None), ("c", "own", True, True, None)]
+    config = SplitConfig(min_unique_rows=1, heldout_fraction=0.0)
+    events = [("a", "shared", True, True, None), ("b", "shared", True, False, None),
+              ("c", "c-own", True, True, None), ("d", "d-own", True, True, None)]
     assigned, owned = assign_users(events, {}, config)
-    # b retyped train's prompt (owned by train): validation still owns nothing, so c fills validation too
-    assert [assigned[u].split for u in "abc"] == ["train", "validation", "validation"] or assigned["c"].rule == "hash"
-    assert owned["train"] == 1
+    # b retyped train's prompt, which train owns: validation still owns nothing, so d fills validation too
+    assert [assigned[u].split for u in "abcd"] == ["train", "validation", "train", "validation"]
+    assert owned == {"train": 2, "validation": 1}
 
 
 def test_ledger_entries_win_over_the_fold():
@@ -166,7 +163,8 @@ def test_three_users_is_not_enough_and_says_why(tmp_path):
     table = pq.read_table(home.table_file("split_pairs"))
     with pytest.raises(NotEnoughData, match=r"nothing published: too few users: the home has 3 users"):
         require_trainable(table, SplitConfig().min_unique_rows, SplitConfig().min_users)
-    require_trainable(table)  # each split has a row: a trainer could run (publish's own floor)
+    with pytest.raises(NotEnoughData, match="split 'test' is empty: no user is held out for it yet"):
+        require_trainable(table)  # publish's own floor: no empty split
 
 
 def test_trainability_names_each_short_split():
