@@ -97,6 +97,8 @@ def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, days: se
 def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """Plan like `pickapic build` and request the runs that make the home fresh."""
     home = data_home.home()
+    if not home.raw_days():
+        return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
     plan = plan_build(home, load(home.root), context.instance)
     complete = {day for day in plan.days if raw_day_complete(home, day)}
     _record(context.instance, plan, complete)

@@ -84,7 +84,8 @@ _OVERLAY: dict[str, dict[str, dict[str, Any]]] = {
     "train": {
         **{name: _POSITIVE for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "log_every",
                                          "image_size", "patch_size", "layers", "heads", "projection_dim",
-                                         "max_length", "shuffle_buffer")},
+                                         "max_length", "shuffle_buffer", "text_width", "vision_width",
+                                         "tokenizer_max_captions")},
         **{name: {"min": 0} for name in ("warmup_steps", "num_workers", "cpu_threads", "shuffle_initial",
                                           "weight_decay", "grad_clip", "contrastive_weight")},
         "learning_rate": {"min": 0, "min_exclusive": True},
@@ -94,9 +95,10 @@ _OVERLAY: dict[str, dict[str, dict[str, Any]]] = {
         "augment": {"choices": ("none", "hflip", "dihedral")},
         "eval_split": {"choices": ("train", "validation", "test", "validation_unique", "test_unique")},
         "test_split": {"choices": ("train", "validation", "test", "validation_unique", "test_unique")},
-        **{name: _NOT_OUTPUT for name in ("num_workers", "cpu_threads", "log_every", "eval_batch_size", "device")},
     },
 }
+for _name in ("num_workers", "cpu_threads", "log_every", "eval_batch_size", "device"):  # how, not what, it trains
+    _OVERLAY["train"][_name] = {**_OVERLAY["train"][_name], **_NOT_OUTPUT}
 
 
 class SettingsError(ValueError):
