@@ -24,7 +24,9 @@ from dagster_project.versions import STAGES
 from pipelines.home import DataHome
 from pipelines.settings import SETTINGS_FILE, Settings, load
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
+# the run's record for `pickapic ui`), not as Dagster's console stack traces.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 _DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 _HOME_SOURCE = f"{SETTINGS_FILE} of the data home"
 

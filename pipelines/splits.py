@@ -188,17 +188,18 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
                           heldout_prompts: dict[str, int] | None = None) -> list[str]:
     """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause."""
     need = max(1, min_unique_rows)
-    few_users = (f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs "
-                 f"at least {max(min_users, 3)} (splits.min_users)")
-    problems = [few_users] if users < min_users else []
+    few = users < max(min_users, 3)
+    problems = [f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs at "
+                f"least {max(min_users, 3)} (splits.min_users)"] if few else []
     for split in SPLITS:
         n = rows.get(split, 0)
         if n >= (need if split.endswith("_unique") else 1):
             continue
         what = f"split '{split}' is empty" if n == 0 else f"split '{split}' has {n} rows, fewer than the {need} required"
-        if users < max(min_users, 3):
-            why = few_users
-        elif split == "train":
+        if few:
+            problems.append(what)  # the first problem already says why
+            continue
+        if split == "train":
             why = "every user so far is held out or every train row conflicts with a held-out key"
         elif rows.get(split.removesuffix("_unique"), 0) == 0:
             why = "no user is held out for it yet; new users fill it as they arrive"

@@ -20,6 +20,7 @@ import pytest
 
 from dagster_project.build import BuildResult, run_build, select_days
 from pipelines.home import DataHome
+from pipelines.settings import write_settings
 from pipelines.simulator import SimConfig, simulate
 from tests.hostile_corpus import LOOKALIKE_PROMPTS, Corpus, plant_hostile_corpus, plant_lookalike_prompts
 
@@ -69,6 +70,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Built:
     base = tmp_path_factory.mktemp("hostile")
     home = DataHome(base / "home")
     simulate(home, SimConfig(days=1, users=10, rankings_per_day=20, image_size=64, seed=SEED))
+    write_settings(home.root, {"splits.min_users": 3, "splits.min_unique_rows": 1})  # tiny home: hostile input is the point
     outside = base / "outside"
     corpus = plant_hostile_corpus(home, outside, seed=SEED)
     plant_lookalike_prompts(home, seed=SEED)
