@@ -12,7 +12,9 @@ Runs, in this order, each in this process and each with its baseline measured in
 - ``metadata``: ingest, curation, splits and sidecars on 1M simulated rankings (goal < 120 s in all)
   (benchmarks/metadata.py);
 - ``incremental``: a nightly `pickapic build` of day N+1 vs the first build of N days
-  (benchmarks/incremental.py).
+  (benchmarks/incremental.py);
+- ``nightly``: the nightly path stage by stage after 3, 10 and 30 days, and the "up to date" build
+  (benchmarks/nightly.py).
 
 Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
 (no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
@@ -35,7 +37,7 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental")
+ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "nightly")
 
 
 @dataclass
@@ -97,9 +99,17 @@ def run_incremental(quick: bool) -> dict:
     return incremental.run()
 
 
+def run_nightly(quick: bool) -> dict:
+    from benchmarks import nightly
+
+    if quick:
+        return nightly.run(days=(2, 4), users=12, rankings_per_day=25)
+    return nightly.run()
+
+
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "features": run_features, "dedup": run_dedup, "shards": run_shards, "loader": run_loader,
-    "metadata": run_metadata, "incremental": run_incremental,
+    "metadata": run_metadata, "incremental": run_incremental, "nightly": run_nightly,
 }
 
 
@@ -169,9 +179,22 @@ def rows_incremental(r: dict) -> list[Row]:
     ]
 
 
+def rows_nightly(r: dict) -> list[Row]:
+    small, large = r["histories"][0], r["histories"][-1]
+    n0, n1 = small["days"], large["days"]
+    return [
+        Row("nightly", f"daily partition of day {n1 + 1}", large["daily_seconds"], "s",
+            f"the same after {n0} days", small["daily_seconds"], r["ratio_daily"], "<= 1.2 (flat)"),
+        Row("nightly", f"global rebuild after {n1} days", large["global_seconds"], "s",
+            f"the same after {n0} days", small["global_seconds"], r["ratio_global"], "(grows with history)"),
+        Row("nightly", f"unchanged home, {n1} days", large["up_to_date_seconds"], "s",
+            "goal", 5.0, _ratio(large["up_to_date_seconds"], 5.0), "< 5 s (ratio < 1)"),
+    ]
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "features": rows_features, "dedup": rows_dedup, "shards": rows_shards, "loader": rows_loader,
-    "metadata": rows_metadata, "incremental": rows_incremental,
+    "metadata": rows_metadata, "incremental": rows_incremental, "nightly": rows_nightly,
 }
 
 

@@ -168,12 +168,34 @@ def test_a_setting_changes_the_version_and_a_useless_version_is_never_published(
     assert bad.returncode == 1 and "dedup.k = 99 (--set) is out of range: allowed an integer, 0 <= value <= 63" in bad.stderr
 
 
+def _keep_rankings_of(home: DataHome, day: str, users: int) -> set[int]:
+    """Rewrite a raw day's rankings so that only the first ``users`` ranking users remain (bad lines stay)."""
+    import gzip
+
+    path = home.raw_file(day, "rankings")
+    kept_users: list[int] = []
+    out = []
+    for line in gzip.decompress(path.read_bytes()).splitlines(keepends=True):
+        try:
+            user = json.loads(line).get("user_id")
+        except (ValueError, AttributeError):
+            out.append(line)
+            continue
+        if user not in kept_users and len(kept_users) < users and isinstance(user, int):
+            kept_users.append(user)
+        if user in kept_users:
+            out.append(line)
+    path.write_bytes(gzip.compress(b"".join(out), mtime=0))
+    return set(kept_users)
+
+
 def test_three_users_get_a_plain_not_enough_data(tmp_path):
     home = DataHome(tmp_path / "home")
-    simulate(home, SimConfig(days=1, users=3, rankings_per_day=30, image_size=64, seed=2))
+    simulate(home, SimConfig(days=1, users=6, rankings_per_day=40, image_size=64, seed=2))
+    assert len(_keep_rankings_of(home, home.raw_days()[0], 3)) == 3
     done = pickapic(home, "build")
     assert done.returncode == 1
-    assert "error: not enough data to publish: too few users: the home has" in done.stderr
+    assert "error: not enough data to publish: too few users: the home has 3 users" in done.stderr
     assert "needs at least 10 (splits.min_users)" in done.stderr
     assert "Nothing was published; no version has been published yet." in done.stderr
     assert not (home.datasets / "latest").exists()
