@@ -25,7 +25,7 @@ import warnings
 import dagster as dg
 
 from dagster_project.resources import PickapicHome
-from dagster_project.staleness import BuildPlan, PlannedRun, plan_build, raw_observation
+from dagster_project.staleness import BuildPlan, PlannedRun, plan_build, raw_observation, record_observations
 from dagster_project.versions import BY_NAME, PARTITIONS
 from pipelines.home import DataHome
 from pipelines.settings import load
@@ -115,8 +115,6 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
 
 def _record(instance: dg.DagsterInstance, plan: BuildPlan, days: set[str]) -> None:
     """Add the complete raw days as partitions and record their content versions."""
-    from dagster_project.staleness import record_observations
-
     record_observations(instance, {day: version for day, version in plan.observations.items() if day in days})
     instance.add_dynamic_partitions(PARTITIONS, sorted(days))
 

@@ -20,7 +20,7 @@ import dagster as dg
 
 from dagster_project import buildstamp
 from dagster_project.staleness import BuildPlan, PlannedRun, plan_build, record_observations
-from dagster_project.versions import STAGES
+from dagster_project.versions import PARTITIONS, STAGES
 from pipelines.home import DataHome
 from pipelines.settings import SETTINGS_FILE, Settings, load
 
@@ -125,7 +125,7 @@ def build(
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
         plan = plan_build(home, settings, instance, selected_days=selected, force=force, with_model=with_model)
         record_observations(instance, plan.observations)
-        instance.add_dynamic_partitions("raw_days", plan.days)
+        instance.add_dynamic_partitions(PARTITIONS, plan.days)
         result = BuildResult(days=[r.partition for r in plan.runs if r.partition], plan=plan.describe(),
                              up_to_date=plan.up_to_date)
         if plan_note:

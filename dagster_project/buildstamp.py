@@ -12,24 +12,17 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from pathlib import Path
 from typing import Iterable
 
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.home import DataHome
-from pipelines.provenance import combine, raw_stats
+from pipelines.provenance import combine, raw_stats, stat_key
 from pipelines.settings import settings_path
 from pipelines.storage import write_bytes_atomic
 
 STAMP = "build_stamp.json"
-
-
-def _stat(path: Path) -> list | None:
-    try:
-        info = path.stat()
-    except FileNotFoundError:
-        return None
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
 
 
 def _file_text(path: Path | None) -> str | None:
@@ -50,15 +43,25 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
             for name in sorted(files):
                 if name.endswith(".parquet"):
                     path = Path(folder) / name
-                    outputs.append([str(path.relative_to(home.warehouse)), _stat(path)])
+                    outputs.append([str(path.relative_to(home.warehouse)), stat_key(path)])
     latest = home.datasets / "latest"
     target = os.readlink(latest) if latest.is_symlink() else None
     model = None
     if with_model and target:
-        model = _stat(home.models / "preference_model" / target / "eval.json")
+        model = stat_key(home.models / "preference_model" / target / "eval.json")
     return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), sorted(assignments),
-                   _file_text(config_file), with_model, raw_stats(home), outputs, target,
-                   _stat(latest / "manifest.json") if target else None, model)
+                   _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home), outputs, target,
+                   stat_key(latest / "manifest.json") if target else None, model)
+
+
+def _moderation_elsewhere(home: DataHome) -> list:
+    """Moderation lists the settings file points outside the home's raw zone, by size/mtime/inode."""
+    try:
+        curation = tomllib.loads(settings_path(home.root).read_text(encoding="utf-8")).get("curation", {})
+    except (OSError, ValueError):
+        return []
+    return [[name, stat_key(Path(curation[name]))] for name in ("phrases_file", "banned_users_file")
+            if isinstance(curation.get(name), str) and curation[name]]
 
 
 def is_up_to_date(home: DataHome, key: str) -> bool:

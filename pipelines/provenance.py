@@ -34,7 +34,8 @@ def combine(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def _stat_key(path: Path) -> list | None:
+def stat_key(path: Path) -> list | None:
+    """[size, mtime_ns, inode] of a file (None when missing, a marker when not a regular file)."""
     try:
         info = path.stat()
     except FileNotFoundError:
@@ -59,7 +60,7 @@ class RawDigests:
     def file(self, path: Path) -> str:
         """Content digest of one file ("missing" / "not-a-file" for those)."""
         rel = str(path.relative_to(self.home.root))
-        stat = _stat_key(path)
+        stat = stat_key(path)
         if stat is None:
             return "missing"
         if stat[0] == "not-a-file":
@@ -102,6 +103,6 @@ def raw_stats(home: DataHome) -> list:
     if home.raw_logs.is_dir():
         for folder in sorted(os.scandir(home.raw_logs), key=lambda e: e.name):
             if folder.is_dir():
-                out.append([folder.name, [_stat_key(Path(folder.path) / f"{t}.jsonl.gz") for t in RAW_TABLES]])
-    out.append(["moderation", [_stat_key(p) for p in (home.banned_users_file, home.nsfw_phrases_file)]])
+                out.append([folder.name, [stat_key(Path(folder.path) / f"{t}.jsonl.gz") for t in RAW_TABLES]])
+    out.append(["moderation", [stat_key(p) for p in (home.banned_users_file, home.nsfw_phrases_file)]])
     return out
