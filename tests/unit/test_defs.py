@@ -29,3 +29,13 @@ def test_contract_rules_become_checks():
     for dataset in ("rankings", "quarantine", "image_features", "pairs", "split_pairs"):
         for rule in load_contract(dataset).rules:
             assert (dataset, rule.name) in check_keys
+
+
+def test_every_asset_has_a_code_version_and_the_globals_rebuild_by_themselves():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.is_materializable and node.group_name != "model" or key.to_user_string() == "preference_model":
+            assert node.code_version, f"{key.to_user_string()} has no code version"
+        rebuilds = node.automation_condition is not None
+        assert rebuilds == (node.group_name in ("curation", "splits", "publish")), key.to_user_string()
