@@ -1,14 +1,17 @@
 """Cost of the nightly path as history grows: N days built, one more day lands, the nightly build runs.
 
-    .venv/bin/python -m benchmarks.nightly [--days 3,10,30] [--users 40] [--rankings-per-day 60] [--image-size 64]
+    .venv/bin/python -m benchmarks.nightly [--days 3,10,30] [--rounds 3] [--users 40] [--rankings-per-day 60]
+                                           [--image-size 64] [--dir DIR]
 
-For each N: simulate N+1 days, keep the last day aside, build the N days with ``pickapic build`` (not
-timed as the nightly path), land day N+1 and time the plain ``pickapic build`` that follows: the daily
-partition of the new day plus the rebuild of the global stages. Each stage's time comes from the
-Dagster run's step statistics. Then two builds of the unchanged home are timed: the plain one (the
-"up to date" stamp answers) and one with the stamp removed (the full plan against Dagster's records).
-Prints per-stage seconds per N and the ratio of the largest N to the smallest (the baseline measured
-in the same run), plus the peak RSS of any build process.
+For each N: simulate N+1 days, keep the last day aside and build the N days with ``pickapic build``
+(a snapshot, not timed as the nightly path). Then, in ``--rounds`` rounds that visit every N in a
+rotating order (so load on a shared machine falls on every N alike), a copy of each snapshot gets
+day N+1 and the plain ``pickapic build`` that follows is timed: the daily partition of the new day
+plus the rebuild of the global stages, each stage's time from the Dagster run's step statistics.
+After it, two builds of the unchanged home are timed: the plain one (the "up to date" stamp answers)
+and one with the stamp removed (the full plan against Dagster's records). Prints the median per stage
+and N, the ratio of the largest N to the smallest (the baseline measured in the same run), and the
+peak RSS of any build process. ``--dir`` keeps the snapshots, and a later run reuses them.
 """
 from __future__ import annotations
 
@@ -64,17 +67,31 @@ def run_count(home: DataHome) -> int:
         return len(instance.get_runs())
 
 
-def one_history(days: int, users: int, rankings_per_day: int, image_size: int, root: Path) -> dict:
-    """Build ``days`` days, land one more, time the nightly build and two no-op builds."""
-    home = DataHome(root / f"home-{days}")
+def prepare(days: int, users: int, rankings_per_day: int, image_size: int, root: Path) -> tuple[Path, Path]:
+    """(a home with ``days`` days built, the raw folder of the next day), reused when already there."""
+    snapshot, spare = root / f"snapshot-{days}", root / f"next-{days}"  # spare holds the dt=DAY folder
+    if (snapshot / ".built").is_file():
+        return snapshot, spare
+    for stale in (snapshot, spare):
+        shutil.rmtree(stale, ignore_errors=True)
+    home = DataHome(snapshot)
     config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=0)
     simulate(home, config)
-    new_day = config.day(days)
-    spare = root / f"spare-{days}"
-    shutil.move(str(home.raw_day(new_day)), spare)
-    first, _ = timed_build(home)
+    spare.mkdir(parents=True)
+    shutil.move(str(home.raw_day(config.day(days))), spare)
+    timed_build(home)
+    (snapshot / ".built").write_text("ok\n")
+    return snapshot, spare
+
+
+def one_night(days: int, snapshot: Path, spare: Path, work: Path) -> dict:
+    """Land the next day on a copy of ``snapshot``; time the nightly build and two builds with nothing new."""
+    shutil.rmtree(work, ignore_errors=True)
+    shutil.copytree(snapshot, work, symlinks=True)
+    home = DataHome(work)
     before = run_count(home)
-    shutil.move(str(spare), home.raw_day(new_day))
+    for folder in spare.iterdir():  # the export of the next day lands
+        shutil.copytree(folder, home.raw_logs / folder.name)
     nightly, _ = timed_build(home)
     steps = step_seconds(home, before)
     up_to_date, out = timed_build(home)
@@ -82,33 +99,51 @@ def one_history(days: int, users: int, rankings_per_day: int, image_size: int, r
     (home.cache / "build_stamp.json").unlink()
     full_plan, out = timed_build(home)
     assert "up to date" in out, out
+    runs = run_count(home) - before
+    shutil.rmtree(work)
     return {
-        "days": days, "first_build_seconds": round(first, 2), "nightly_build_seconds": round(nightly, 2),
+        "days": days, "nightly_build_seconds": round(nightly, 2),
         "daily_seconds": round(sum(steps.get(s, 0.0) for s in DAILY_STEPS), 2),
         "global_seconds": round(sum(steps.get(s, 0.0) for s in GLOBAL_STEPS), 2),
-        "steps": {k: round(v, 2) for k, v in sorted(steps.items())},
+        "steps": {k: round(v, 2) for k, v in sorted(steps.items()) if k in DAILY_STEPS + GLOBAL_STEPS},
         "up_to_date_seconds": round(up_to_date, 2), "full_plan_up_to_date_seconds": round(full_plan, 2),
-        "runs_of_nightly": run_count(home) - before,
+        "runs_of_nightly": runs,
     }
 
 
 def run(days: tuple[int, ...] = (3, 10, 30), users: int = 40, rankings_per_day: int = 60, image_size: int = 64,
-        root: Path | None = None) -> dict:
-    """Every history length, then the ratios of the longest to the shortest."""
+        rounds: int = 3, root: Path | None = None) -> dict:
+    """Every history length, measured in rotating rounds; medians and the ratios of the longest to the shortest."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-nightly-"))
-    results = [one_history(n, users, rankings_per_day, image_size, base) for n in days]
+    base.mkdir(parents=True, exist_ok=True)
+    prepared = {n: prepare(n, users, rankings_per_day, image_size, base) for n in days}
+    nights: dict[int, list[dict]] = {n: [] for n in days}
+    for round_index in range(rounds):
+        order = list(days[round_index % len(days):]) + list(days[: round_index % len(days)])
+        for n in order:
+            nights[n].append(one_night(n, *prepared[n], base / "work"))
     if root is None:
         shutil.rmtree(base)
+
+    def median(values: list[float]) -> float:
+        values = sorted(values)
+        middle = len(values) // 2
+        return round(values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2, 2)
+
+    keys = ("nightly_build_seconds", "daily_seconds", "global_seconds", "up_to_date_seconds",
+            "full_plan_up_to_date_seconds")
+    results = [{"days": n, "rounds": nights[n], **{k: median([r[k] for r in nights[n]]) for k in keys},
+                "steps": {s: median([r["steps"].get(s, 0.0) for r in nights[n]]) for s in DAILY_STEPS + GLOBAL_STEPS}}
+               for n in days]
     small, large = results[0], results[-1]
 
     def ratio(key: str) -> float:
         return round(large[key] / small[key], 3) if small[key] else float("nan")
 
-    steps = sorted(set().union(*(r["steps"] for r in results)))
     return {
         "benchmark": "nightly", "users": users, "rankings_per_day": rankings_per_day, "image_size": image_size,
-        "cpus": os.cpu_count(), "histories": results,
-        "per_step_seconds": {step: [r["steps"].get(step, 0.0) for r in results] for step in steps},
+        "rounds": rounds, "cpus": os.cpu_count(), "histories": results,
+        "per_step_seconds": {step: [r["steps"][step] for r in results] for step in DAILY_STEPS + GLOBAL_STEPS},
         "ratio_nightly": ratio("nightly_build_seconds"), "ratio_daily": ratio("daily_seconds"),
         "ratio_global": ratio("global_seconds"),
         "peak_rss_mb_any_build": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
@@ -122,10 +157,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--rankings-per-day", type=int, default=60)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--dir", type=Path, help="keep the homes here")
+    parser.add_argument("--rounds", type=int, default=3, help="nightly builds per N (median reported)")
+    parser.add_argument("--dir", type=Path, help="keep (and reuse) the built snapshots here")
     args = parser.parse_args(argv)
     days = tuple(int(d) for d in args.days.split(","))
-    result = run(days, args.users, args.rankings_per_day, args.image_size, root=args.dir)
+    result = run(days, args.users, args.rankings_per_day, args.image_size, args.rounds, root=args.dir)
     header = "stage".ljust(22) + "".join(f"N={n}".rjust(10) for n in days) + f"   N={days[-1]} / N={days[0]}"
     print(header)
     for step, values in result["per_step_seconds"].items():

@@ -95,7 +95,7 @@ def run_incremental(quick: bool) -> dict:
     from benchmarks import incremental
 
     if quick:
-        return incremental.run(days=2, users=12, rankings_per_day=25, image_size=64)
+        return incremental.run(days=2, users=40, rankings_per_day=60, image_size=64)
     return incremental.run()
 
 
@@ -103,7 +103,7 @@ def run_nightly(quick: bool) -> dict:
     from benchmarks import nightly
 
     if quick:
-        return nightly.run(days=(2, 4), users=12, rankings_per_day=25)
+        return nightly.run(days=(3, 5), users=40, rankings_per_day=60, rounds=1)
     return nightly.run()
 
 
