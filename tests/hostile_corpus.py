@@ -436,11 +436,14 @@ class LookalikeCase:
     prompts: dict[int, str] = field(default_factory=dict)
 
 
-def plant_lookalike_prompts(home: DataHome, seed: int = 0) -> LookalikeCase:
-    """Append, to the first raw day, one new user per look-alike prompt with two images and one ranking."""
+def plant_lookalike_prompts(home: DataHome, seed: int = 0, corpus: Corpus | None = None) -> LookalikeCase:
+    """Append, to the first raw day, one new user per look-alike prompt with two images and one ranking.
+
+    With ``corpus`` (planted first), its expected line counts grow by the lines added here.
+    """
     rng = np.random.default_rng(seed + 1)
     day = home.raw_days()[0]
-    gen = _Lines(day, rng, 0, [])
+    gen = _Lines(day, rng, 0, ["", ""])  # every ranking below names its own two images
     gen.next_id = ID_BASE + 50_000
     added: dict[str, list[bytes]] = {"users": [], "images": [], "rankings": []}
     case = LookalikeCase(day=day)
@@ -461,4 +464,6 @@ def plant_lookalike_prompts(home: DataHome, seed: int = 0) -> LookalikeCase:
         if data and not data.endswith(b"\n"):
             data += b"\n"
         _write_gz(home.raw_file(day, table), data + b"".join(line + b"\n" for line in lines))
+        if corpus is not None and (day, table) in corpus.expected_lines:
+            corpus.expected_lines[(day, table)] += len(lines)
     return case

@@ -73,7 +73,7 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Built:
     write_settings(home.root, {"splits.min_users": 3, "splits.min_unique_rows": 1})  # tiny home: hostile input is the point
     outside = base / "outside"
     corpus = plant_hostile_corpus(home, outside, seed=SEED)
-    plant_lookalike_prompts(home, seed=SEED)
+    plant_lookalike_prompts(home, seed=SEED, corpus=corpus)
     outside_before = _snapshot(outside)
     base_before = sorted(p.name for p in base.iterdir())
     days = select_days(home)
