@@ -1,14 +1,15 @@
-"""Nightly incremental cost vs a first build: `pickapic build` of day N+1 after N days vs the first N days.
+"""Nightly incremental cost vs a first build: `pickapic build` after day N+1 lands vs the first N days.
 
     .venv/bin/python -m benchmarks.incremental [--days 3] [--users 40] [--rankings-per-day 120] [--image-size 256]
 
-Simulates N+1 days (with images), then times, as separate ``pickapic build`` processes on one data home:
-the first build of days 1..N (``--to DAY_N``), the nightly build of day N+1 (``--from/--to DAY_N+1``:
-ingest + fingerprints of the new day, then curation, splits and publish over everything), and the same
-nightly command again with nothing new (the fixed cost: Dagster runs, checks, the global stages). The
-CLI start-up (``pickapic build --help``) is timed too. Ideal: nightly / first close to 1 / N. It also
-reports the bytes the nightly publish wrote (files of the new version sharing no inode with the first
-one) against the new version's size: unchanged shards are hard-linked, not written again.
+Simulates N+1 days (with images) and keeps the last one aside, then times, as separate plain
+``pickapic build`` processes on one data home: the first build of days 1..N, the nightly build once day
+N+1 has landed (ingest + fingerprints of the new day, then curation, splits and publish over
+everything), and the same command again with nothing new (the "up to date" answer). The CLI start-up
+(``pickapic build --help``) is timed too. Ideal: nightly / first close to 1 / N. It also reports the
+bytes the nightly publish wrote (files of the new version sharing no inode with the first one) against
+the new version's size: unchanged shards are hard-linked, not written again. ``benchmarks.nightly``
+follows the same path over several history lengths, stage by stage.
 """
 from __future__ import annotations
 
@@ -22,21 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchmarks.nightly import timed_build
 from pipelines.home import DataHome
 from pipelines.simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _build(home: DataHome, *args: str) -> float:
-    """Wall seconds of one `pickapic build` process (raises with its output if it fails)."""
-    command = [sys.executable, "-m", "dagster_project.cli", "build", "--home", str(home.root), *args]
-    started = time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
-    return seconds
 
 
 def _inodes(home: DataHome) -> set[int]:
@@ -53,19 +44,22 @@ def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size:
         shutil.rmtree(home.root)
     config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
     simulate(home, config)
-    last, new = config.day(days - 1), config.day(days)
+    new = config.day(days)
+    spare = base / "spare"
+    shutil.move(str(home.raw_day(new)), spare)
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "dagster_project.cli", "build", "--help"], cwd=REPO,
                    capture_output=True, check=True)
     startup = time.perf_counter() - started
-    first = _build(home, "--to", last)
+    first = timed_build(home)[0]
     first_inodes = _inodes(home)
-    nightly = _build(home, "--from", new, "--to", new)
+    shutil.move(str(spare), home.raw_day(new))
+    nightly = timed_build(home)[0]
     latest = (home.datasets / "latest").resolve()
     files = [p for p in latest.rglob("*") if p.is_file()]
     version_bytes = sum(p.stat().st_size for p in files)
     written = sum(p.stat().st_size for p in files if p.stat().st_ino not in first_inodes)
-    noop = _build(home, "--from", new, "--to", new)
+    noop = timed_build(home)[0]
     if root is None:
         shutil.rmtree(base)
     return {

@@ -17,6 +17,8 @@ Runs, in this order, each in this process and each with its baseline measured in
   the same rows, and its peak RSS vs a 10x smaller day (benchmarks/app_export.py).
 - ``quarantine``: ingest of a day of 10M bad lines (blank, repeated, all different) vs a bare gzip
   read of the same file and a clean day's ingest (goal: peak RSS < 500 MB) (benchmarks/quarantine.py).
+- ``nightly``: the nightly path stage by stage after 3, 10 and 30 days, and the "up to date" build
+  (benchmarks/nightly.py).
 
 Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
 (no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
@@ -39,7 +41,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "app_export", "quarantine")
+ORDER = ("features", "dedup", "shards", "loader", "metadata", "incremental", "nightly", "app_export",
+         "quarantine")
 
 
 @dataclass
@@ -97,7 +100,7 @@ def run_incremental(quick: bool) -> dict:
     from benchmarks import incremental
 
     if quick:
-        return incremental.run(days=2, users=12, rankings_per_day=25, image_size=64)
+        return incremental.run(days=2, users=40, rankings_per_day=60, image_size=64)
     return incremental.run()
 
 
@@ -106,16 +109,25 @@ def run_app_export(quick: bool) -> dict:
 
     return app_export.run(20_000, 2_000) if quick else app_export.run()
 
+
 def run_quarantine(quick: bool) -> dict:
     from benchmarks import quarantine
 
     return quarantine.run(lines=200_000 if quick else 10_000_000)
 
 
+def run_nightly(quick: bool) -> dict:
+    from benchmarks import nightly
+
+    if quick:
+        return nightly.run(days=(3, 5), users=40, rankings_per_day=60, rounds=1)
+    return nightly.run()
+
+
 RUNNERS: dict[str, Callable[[bool], dict]] = {
     "features": run_features, "dedup": run_dedup, "shards": run_shards, "loader": run_loader,
-    "metadata": run_metadata, "incremental": run_incremental, "app_export": run_app_export,
-    "quarantine": run_quarantine,
+    "metadata": run_metadata, "incremental": run_incremental, "nightly": run_nightly,
+    "app_export": run_app_export, "quarantine": run_quarantine,
 }
 
 
@@ -190,6 +202,19 @@ def rows_incremental(r: dict) -> list[Row]:
     ]
 
 
+def rows_nightly(r: dict) -> list[Row]:
+    small, large = r["histories"][0], r["histories"][-1]
+    n0, n1 = small["days"], large["days"]
+    return [
+        Row("nightly", f"daily partition of day {n1 + 1}", large["daily_seconds"], "s",
+            f"the same after {n0} days", small["daily_seconds"], r["ratio_daily"], "<= 1.2 (flat)"),
+        Row("nightly", f"global rebuild after {n1} days", large["global_seconds"], "s",
+            f"the same after {n0} days", small["global_seconds"], r["ratio_global"], "(grows with history)"),
+        Row("nightly", f"unchanged home, {n1} days", large["up_to_date_seconds"], "s",
+            "goal", 5.0, _ratio(large["up_to_date_seconds"], 5.0), "< 5 s (ratio < 1)"),
+    ]
+
+
 def rows_app_export(r: dict) -> list[Row]:
     return [
         Row("app_export", f"export of {r['rankings_requested']:,} rankings ({r['export_seconds']} s)",
@@ -199,6 +224,7 @@ def rows_app_export(r: dict) -> list[Row]:
             f"peak RSS, {r['small_rankings']:,} rankings", r["small_export_peak_rss_mb"],
             r["ratio_peak_rss_big_vs_small"], "~1 (flat in the day's size)"),
     ]
+
 
 def rows_quarantine(r: dict) -> list[Row]:
     rows = []
@@ -214,8 +240,8 @@ def rows_quarantine(r: dict) -> list[Row]:
 
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "features": rows_features, "dedup": rows_dedup, "shards": rows_shards, "loader": rows_loader,
-    "metadata": rows_metadata, "incremental": rows_incremental, "app_export": rows_app_export,
-    "quarantine": rows_quarantine,
+    "metadata": rows_metadata, "incremental": rows_incremental, "nightly": rows_nightly,
+    "app_export": rows_app_export, "quarantine": rows_quarantine,
 }
 
 

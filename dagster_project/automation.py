@@ -1,21 +1,56 @@
-"""Jobs, the nightly export and ingest schedules, weekly training, the raw-partition sensor, freshness checks."""
+"""Jobs, the nightly schedule, the raw-day sensor, the rebuild automation, weekly training, freshness checks.
+
+The nightly path runs by itself wherever a Dagster daemon runs for the home (``pickapic serve``):
+
+- ``raw_partition_sensor`` (every minute): a complete raw day that is new, or whose files changed, is
+  added as a partition, observed (``raw_app_logs``) and ingested + fingerprinted;
+- ``rebuild_when_inputs_change`` (an automation-condition sensor): once a daily run changed an input's
+  data version and no input is still being computed, curation, splits and publish run once;
+- ``nightly_schedule`` (02:00 UTC, ``PICKAPIC_NIGHTLY_CRON``): the catch-all. It plans exactly as
+  ``pickapic build`` does and requests what is missing or stale: the daily partitions first, then (on a
+  night with none) the global stages a changed setting or code version made stale;
+- ``weekly_training_schedule`` (Sunday 04:00 UTC, ``PICKAPIC_TRAIN_CRON``): trains on ``latest`` when no
+  model exists for it yet;
+- ``app_export_schedule`` (01:00 UTC, ``PICKAPIC_APP_EXPORT_CRON``): where the app's PostgreSQL database
+  is the source (``PICKAPIC_APP_DB_DSN`` set), exports the newest closed day and the lookback days into
+  the raw zone, adding them as partitions; the raw-day sensor then ingests the days whose files changed.
+
+All of them start switched on. ``PICKAPIC_AUTOMATION=off`` in the environment of the webserver and the
+daemon (``pickapic serve --no-automation``) starts them switched off; a switch flipped in the UI is
+stored in the home's instance and wins over either default.
+"""
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import os
 import warnings
 
 import dagster as dg
 
-from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
+from dagster_project.staleness import (
+    BuildPlan, PlannedRun, begun_days, plan_build, raw_observation, record_observations,
+)
+from dagster_project.versions import BY_NAME, PARTITIONS
 from pipelines.home import DataHome
+from pipelines.settings import load
 
 NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")
 APP_EXPORT_CRON = os.environ.get("PICKAPIC_APP_EXPORT_CRON", "0 1 * * *")
 TRAIN_CRON = os.environ.get("PICKAPIC_TRAIN_CRON", "0 4 * * 0")
+AUTOMATION_ENV = "PICKAPIC_AUTOMATION"
 RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
+_UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+               dg.DagsterRunStatus.STARTED]
+
+
+def automation_on() -> bool:
+    """Whether schedules and sensors start switched on (``PICKAPIC_AUTOMATION=off`` turns them off)."""
+    return os.environ.get(AUTOMATION_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
+
+
+SENSOR_STATUS = dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED
+SCHEDULE_STATUS = dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED
 
 daily_partition_job = dg.define_asset_job(
     "daily_partition_job", selection=dg.AssetSelection.groups("ingest", "features"),
@@ -35,98 +70,144 @@ train_model_job = dg.define_asset_job(
 )
 
 
-@dg.schedule(job=daily_partition_job, cron_schedule=NIGHTLY_CRON, execution_timezone="UTC",
-             description="Nightly: ingest and fingerprint yesterday's partition (the rebuild follows on success).")
-def nightly_schedule(context: dg.ScheduleEvaluationContext):
-    """Request yesterday's partition (the day that just ended in UTC)."""
-    day = (context.scheduled_execution_time.astimezone(dt.timezone.utc).date() - dt.timedelta(days=1)).isoformat()
-    return dg.RunRequest(run_key=f"nightly-{day}", partition_key=day)
+def raw_day_complete(home: DataHome, day: str) -> bool:
+    """All four table files of a raw day are there (an export still landing is left alone)."""
+    return all((home.raw_day(day) / name).is_file() for name in RAW_TABLE_FILES)
 
 
-def app_export_settings() -> dict:
-    """Lag and lookback of the scheduled export: $PICKAPIC_APP_EXPORT_LAG_MINUTES / _LOOKBACK_DAYS or the defaults."""
-    from pipelines.appdb.export import AppExportConfig
-
-    defaults = AppExportConfig()
+def app_export_settings(home: DataHome) -> dict:
+    """Lag and lookback of the scheduled export: $PICKAPIC_APP_EXPORT_LAG_MINUTES / _LOOKBACK_DAYS, else the
+    home's ``[app_export]`` settings (validated like every setting)."""
+    settings = load(home.root)
     values = {}
     for name, variable in (("lag_minutes", "PICKAPIC_APP_EXPORT_LAG_MINUTES"),
                            ("lookback_days", "PICKAPIC_APP_EXPORT_LOOKBACK_DAYS")):
         text = os.environ.get(variable, "").strip()
-        try:
-            values[name] = int(text) if text else getattr(defaults, name)
-        except ValueError:
-            raise ValueError(f"{variable} must be an integer, got {text!r}") from None
-    AppExportConfig(**values).validate()
+        if text:
+            settings = settings.with_values({f"app_export.{name}": text}, f"${variable}")
+        values[name] = getattr(settings.config("app_export"), name)
     return values
 
 
-@dg.schedule(job=app_export_job, cron_schedule=APP_EXPORT_CRON, execution_timezone="UTC",
+@dg.schedule(job=app_export_job, cron_schedule=APP_EXPORT_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
              description="Nightly (PICKAPIC_APP_EXPORT_CRON, 01:00 UTC): export the newest day closed for the lag "
                          "and re-export the lookback days before it; skipped unless PICKAPIC_APP_DB_DSN is set.")
-def app_export_schedule(context: dg.ScheduleEvaluationContext):
+def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One run per day: the newest day that ended at least lag_minutes ago and the lookback days before it."""
     from pipelines.appdb.connection import DSN_ENV
 
     if not os.environ.get(DSN_ENV, "").strip():
         return dg.SkipReason(f"{DSN_ENV} is not set: the app database is not a source of this deployment")
-    settings = app_export_settings()
+    settings = app_export_settings(data_home.home())
     tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
     newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
-    valid = set(daily.get_partition_keys(current_time=tick))
     days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
+    context.instance.add_dynamic_partitions(PARTITIONS, days)  # the export's partitions are the raw days it makes
     run_config = {"ops": {"app_export": {"config": settings}}}
     return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)
-            for day in days if day in valid]
+            for day in days]
 
 
-train_schedule = dg.ScheduleDefinition(
-    name="weekly_training_schedule", job=train_model_job, cron_schedule=TRAIN_CRON, execution_timezone="UTC",
-    description="Weekly (configurable with PICKAPIC_TRAIN_CRON): retrain and re-evaluate on `latest`.",
+def unfinished_partitions(instance: dg.DagsterInstance) -> set[str | None]:
+    """Partitions (None: unpartitioned) of runs that are queued or running."""
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
+    return {run.tags.get("dagster/partition") for run in runs}
+
+
+def asset_keys(run: PlannedRun) -> list[dg.AssetKey]:
+    """The asset keys a planned run materializes."""
+    by_op = {stage.op: stage.assets for stage in BY_NAME.values()}
+    return [dg.AssetKey(asset) for op in run.ops for asset in by_op.get(op, (op,))]
+
+
+def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, days: set[str] | None = None) -> list[dg.RunRequest]:
+    """One run request per stale or missing day (not already running), keyed by what it will produce."""
+    requests = []
+    for run in plan.runs:
+        if run.partition is None or run.partition in busy or (days is not None and run.partition not in days):
+            continue
+        version = plan.expected.get(("features", run.partition), "")
+        requests.append(dg.RunRequest(run_key=f"{prefix}-{run.partition}-{version}", partition_key=run.partition,
+                                      asset_selection=asset_keys(run), tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
+    return requests
+
+
+@dg.schedule(cron_schedule=NIGHTLY_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
+             target=dg.AssetSelection.groups("ingest", "features", "curation", "splits", "publish"),
+             description="Nightly: request what is missing or stale, the daily partitions first, then the global "
+                         "stages made stale by a setting or code change (the rebuild after new days follows by "
+                         "itself).")
+def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
+    """Plan like `pickapic build` and request the runs that make the home fresh."""
+    home = data_home.home()
+    if not home.raw_days():
+        return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
+    plan = plan_build(home, load(home.root), context.instance)
+    complete = {day for day in plan.days if raw_day_complete(home, day)}
+    _record(context.instance, plan, complete)
+    busy = unfinished_partitions(context.instance)
+    requests = daily_requests(plan, busy, "nightly", complete)
+    pending_daily = any(run.partition is not None for run in plan.runs)
+    rebuild = next((run for run in plan.runs if run.job == "rebuild_dataset_job"), None)
+    if not pending_daily and rebuild is not None and None not in busy:
+        version = plan.expected.get(("publish", None), "")
+        requests.append(dg.RunRequest(run_key=f"nightly-rebuild-{version}", asset_selection=asset_keys(rebuild),
+                                      tags={"pickapic/why": "; ".join(rebuild.reasons)[:200]}))
+    return requests or dg.SkipReason(f"{home.root} is up to date (or its stale parts are already running)")
+
+
+def _record(instance: dg.DagsterInstance, plan: BuildPlan, days: set[str]) -> None:
+    """Add the complete raw days as partitions and record their content versions."""
+    record_observations(instance, {day: version for day, version in plan.observations.items() if day in days})
+    instance.add_dynamic_partitions(PARTITIONS, sorted(days))
+
+
+@dg.sensor(job=daily_partition_job, minimum_interval_seconds=60, default_status=SENSOR_STATUS,
+           description="Starts the daily run when a raw day lands complete, or when its files change.")
+def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
+    """Partitions, observations and one run request for each complete raw day that is new or changed."""
+    home = data_home.home()
+    scan = home.scan_raw_zone()
+    skipped = scan.summary() + [f"dt={day}: the day has not begun (UTC); not ingested"
+                                for day in sorted(set(scan.days) - set(begun_days(scan.days)))]
+    for line in skipped:   # skipped, never fatal to the other days; the ingest records the raw zone's too
+        context.log.warning(f"raw zone entry skipped: {line}")
+    note = f"; skipped {len(skipped)} raw zone entries that are not days: {'; '.join(skipped[:3])}" if skipped else ""
+    complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
+    if not complete:
+        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}{note}")
+    plan = plan_build(home, load(home.root), context.instance)
+    known = set(context.instance.get_dynamic_partitions(PARTITIONS))
+    new_days = [day for day in complete if day not in known]
+    events = [raw_observation(day, version) for day, version in sorted(plan.observations.items()) if day in complete]
+    requests = daily_requests(plan, unfinished_partitions(context.instance), "raw", set(complete))
+    return dg.SensorResult(
+        run_requests=requests, asset_events=events,
+        dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(PARTITIONS, new_days)] if new_days else [],
+        skip_reason=None if requests else f"every complete raw day under {home.raw_logs} is ingested and fresh{note}",
+    )
+
+
+rebuild_automation = dg.AutomationConditionSensorDefinition(
+    "rebuild_when_inputs_change", target=dg.AssetSelection.groups("curation", "splits", "publish"),
+    default_status=SENSOR_STATUS, minimum_interval_seconds=60,
+    description="Runs curation, splits and publish once the daily runs changed an input's data version.",
 )
 
 
-@dg.run_status_sensor(run_status=dg.DagsterRunStatus.SUCCESS, monitored_jobs=[daily_partition_job],
-                      request_job=rebuild_dataset_job, name="rebuild_after_daily_partition",
-                      description="After a day is ingested and fingerprinted, rebuild curation, splits and shards.")
-def rebuild_after_daily_partition(context: dg.RunStatusSensorContext):
-    """Start one dataset rebuild per successful daily run."""
-    return dg.RunRequest(run_key=f"rebuild-after-{context.dagster_run.run_id}")
-
-
-def raw_partition_fingerprint(home: DataHome, day: str) -> str | None:
-    """Digest of a complete raw day (all four table files present), else None."""
-    folder = home.raw_day(day)
-    digest = hashlib.sha256(day.encode())
-    for name in RAW_TABLE_FILES:
-        path = folder / name
-        if not path.is_file():
-            return None
-        stat = path.stat()
-        digest.update(f"{name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    return digest.hexdigest()[:16]
-
-
-@dg.sensor(job=daily_partition_job, minimum_interval_seconds=60,
-           description="Starts the daily run when a new (or re-exported) raw partition lands.")
-def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
-    """One run request per complete raw day; the run key changes when the export is replaced."""
+@dg.schedule(job=train_model_job, cron_schedule=TRAIN_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
+             name="weekly_training_schedule",
+             description="Weekly (PICKAPIC_TRAIN_CRON): train and evaluate on `latest` when it has no model yet.")
+def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
+    """One training run per published version (none while nothing is published)."""
     home = data_home.home()
-    valid = set(daily.get_partition_keys())
-    requests = []
-    scan = home.scan_raw_zone()
-    problems = scan.summary()
-    for line in problems:   # skipped, never fatal to the other days; the ingest records them too
-        context.log.warning(f"raw zone entry skipped: {line}")
-    for day in scan.days:
-        fingerprint = raw_partition_fingerprint(home, day)
-        if fingerprint is None or day not in valid:
-            continue
-        requests.append(dg.RunRequest(run_key=f"raw-{day}-{fingerprint}", partition_key=day))
-    if not requests:
-        skipped = f"; skipped {len(problems)} raw zone entries that are not days: {'; '.join(problems[:3])}" \
-            if problems else ""
-        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}{skipped}")
-    return requests
+    latest = home.datasets / "latest"
+    if not (latest / "manifest.json").is_file():
+        return dg.SkipReason(f"nothing published yet at {latest}: no dataset to train on")
+    version = latest.resolve().name
+    if (home.models / "preference_model" / version / "eval.json").is_file():
+        return dg.SkipReason(f"version {version} already has a trained and evaluated model")
+    return dg.RunRequest(run_key=f"train-{version}")
 
 
 # Freshness checks (rather than the newer FreshnessPolicy, still behind a feature flag in OSS) give a
@@ -137,4 +218,5 @@ with warnings.catch_warnings():
         assets=["published_dataset"], lower_bound_delta=dt.timedelta(hours=26), blocking=False,
     )
     freshness_sensor = dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks,
-                                                            name="published_dataset_freshness")
+                                                            name="published_dataset_freshness",
+                                                            default_status=SENSOR_STATUS)

@@ -1,30 +1,50 @@
-"""Run the asset graph for the raw partitions present, recorded in the data home's Dagster instance."""
+"""Run what is missing or stale in a data home, recorded in the home's own Dagster instance.
+
+``build`` plans against the data versions Dagster recorded (``dagster_project.staleness``): raw days that
+were never ingested or whose files changed are (re)ingested and fingerprinted, one run per day; the
+global stages (curation, splits, publish) run once, and only those whose inputs changed; an unchanged
+home starts no run. ``force`` and a ``--from/--to`` range recompute on request.
+"""
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
 import dagster as dg
 
+from dagster_project import buildstamp
+from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
+from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from pipelines.home import DataHome
+from pipelines.settings import SETTINGS_FILE, Settings, load
 
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
+# the run's record for `pickapic ui`), not as Dagster's console stack traces.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 _DAGSTER_YAML = "telemetry:\n  enabled: false\n"
+_HOME_SOURCE = f"{SETTINGS_FILE} of the data home"
 
 
 class BuildError(RuntimeError):
     """A build could not start or one of its runs failed; the message says which and why."""
 
 
+class NotEnoughDataError(BuildError):
+    """The data cannot feed a trainer yet: nothing was published; the message says what is missing."""
+
+
 @dataclass
 class BuildResult:
     days: list[str]
     run_ids: dict[str, str] = field(default_factory=dict)   # run label -> Dagster run id
+    plan: list[str] = field(default_factory=list)            # what ran and why
+    up_to_date: bool = False                                  # nothing had to run
 
 
 @contextlib.contextmanager
@@ -66,8 +86,9 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
                 warn: Callable[[str], None] | None = None) -> list[str]:
     """Raw days present, limited to [start, end]; errors when there are none.
 
-    Raw-zone entries that are not days (misnamed or linked-out folders, stray files) and days outside
-    the daily partitions are skipped, each named through ``warn``; they never stop the other days.
+    Raw-zone entries that are not days (misnamed or linked-out folders, stray files) and day folders of
+    days that have not begun (UTC) are skipped, each named through ``warn``; they never stop the other
+    days (only a selection of nothing but days to come is an error).
     """
     warn = warn or (lambda message: None)
     scan = home.scan_raw_zone()
@@ -83,51 +104,167 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     if not chosen:
         raise BuildError(f"no raw partition between {start or 'the first day'} and {end or 'the last day'}; "
                          f"present: {days[0]} .. {days[-1]}")
-    from dagster_project.partitions import PARTITIONS_START, daily
-
-    valid = set(daily.get_partition_keys())
-    outside = [d for d in chosen if d not in valid]
-    message = (f"raw day(s) {', '.join(outside)} fall outside the daily partitions ({PARTITIONS_START} up to "
-               "yesterday, UTC): set PICKAPIC_PARTITIONS_START or wait until the day has ended")
-    if outside and len(outside) == len(chosen):
-        raise BuildError(message)
-    if outside:
+    begun = begun_days(chosen)
+    future = [d for d in chosen if d not in begun]
+    if future:
+        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        message = (f"raw day(s) {', '.join(future)} lie in the future (today is {today}, UTC): a day is ingested "
+                   "once its export exists and the day has begun; check the export's folder names")
+        if not begun:
+            raise BuildError(message)
         warn(f"skipped {message}")
-    return [d for d in chosen if d in valid]
+    return begun
 
 
-def select_app_db_days(start: str | None = None, end: str | None = None) -> list[str]:
+def select_app_db_days(settings: Settings, start: str | None = None, end: str | None = None) -> list[str]:
     """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within [start, end]."""
-    from dagster_project.partitions import daily
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
-    from pipelines.appdb.export import AppExportConfig, app_day_range, closed_days
+    from pipelines.appdb.export import app_day_range, closed_days
 
     bounds = app_day_range(dsn_from_env(), source=f"${DSN_ENV}")
     if bounds is None:
         raise BuildError(f"the app database in ${DSN_ENV} has no rows in users, images, rankings or downloads")
     first, last = max(bounds[0], start or bounds[0]), min(bounds[1], end or bounds[1])
-    valid = set(daily.get_partition_keys())
-    days = [d for d in closed_days(first, last, AppExportConfig().lag_minutes) if d in valid]
+    lag = settings.config("app_export").lag_minutes
+    days = closed_days(first, last, lag) if first <= last else []
     if not days:
         raise BuildError(f"no day of the app database ({bounds[0]} .. {bounds[1]}) between {start or 'the first day'} "
-                         f"and {end or 'the last day'} is closed for the export lag and inside the daily partitions")
+                         f"and {end or 'the last day'} is closed for the export lag (app_export.lag_minutes = {lag})")
     return days
 
 
-def _execute(job_name: str, instance: dg.DagsterInstance, run_config: dict, partition_key: str | None = None) -> str:
+def build(
+    home: DataHome,
+    *,
+    start: str | None = None,
+    end: str | None = None,
+    days: list[str] | None = None,
+    force: bool = False,
+    with_model: bool = False,
+    assignments: Iterable[str] = (),
+    config_file: Path | None = None,
+    overrides: dict | None = None,
+    wait: bool = False,
+    progress: Callable[[str], None] | None = None,
+    plan_note: Callable[[list[str]], None] | None = None,
+    from_app_db: bool = False,
+    warn: Callable[[str], None] | None = None,
+) -> BuildResult:
+    """Plan, then run what is missing or stale (``days`` / ``start``-``end``: recompute those days).
+
+    ``from_app_db``: first export each day of the app database (``days``, else its days closed for the
+    export lag within ``start``-``end``) into the raw zone, one ``app_export_job`` run per day, each day
+    added as a partition first; the plan that follows runs what the new or changed raw days make stale.
+    ``warn`` hears about raw-zone entries that are skipped (never fatal).
+    """
+    assignments = list(assignments)
+    settings = load(home.root, config_file=config_file, assignments=assignments, overrides=overrides)
+    exports: list[str] = []
+    if from_app_db:
+        exports = list(days) if days is not None else select_app_db_days(settings, start, end)
+        selected = None
+    else:
+        selected = days if days is not None else (select_days(home, start, end, warn) if start or end else None)
+        if selected is None:
+            select_days(home, warn=warn)  # a home without raw days is an error, not "up to date"
+    use_home(home)
+    note = progress or (lambda message: None)
+    with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
+        run_config = _override_config(settings)
+        run_ids = {}
+        if exports:
+            buildstamp.clear_stamp(home)
+            instance.add_dynamic_partitions(PARTITIONS, exports)   # the days exist once the database has them
+            for day in exports:
+                note(f"export {day} from the app database")
+                run = PlannedRun(EXPORT.job, [EXPORT.op], day, ["--from-app-db"])
+                run_ids[f"export-{day}"] = _execute(run, instance, run_config, home)
+        plan = plan_build(home, settings, instance, selected_days=selected, force=force, with_model=with_model)
+        record_observations(instance, plan.observations)
+        instance.add_dynamic_partitions(PARTITIONS, plan.days)
+        result = BuildResult(days=[r.partition for r in plan.runs if r.partition],
+                             plan=[f"export {day} from the app database" for day in exports] + plan.describe(),
+                             up_to_date=plan.up_to_date and not exports, run_ids=run_ids)
+        if plan_note:
+            plan_note(result.plan)
+        if plan.runs:
+            buildstamp.clear_stamp(home)
+        for run in plan.runs:
+            note(_describe(run))
+            result.run_ids[run.label] = _execute(run, instance, run_config, home)
+    if not selected or set(selected) == set(home.raw_days()):
+        buildstamp.write_stamp(home, buildstamp.stamp_key(home, assignments=assignments, config_file=config_file,
+                                                          with_model=with_model))
+    return result
+
+
+def run_build(home: DataHome, days: list[str], *, with_model: bool = False, wait: bool = False,
+              progress: Callable[[str], None] | None = None, **settings) -> BuildResult:
+    """Recompute ``days`` and then whatever they make stale (the build of exactly these days).
+
+    With ``from_app_db=True`` the days are exported from the app database first, and then whatever
+    their new or changed raw files make stale runs.
+    """
+    return build(home, days=days, with_model=with_model, wait=wait, progress=progress, **settings)
+
+
+def _describe(run: PlannedRun) -> str:
+    if run.partition:
+        return f"ingest + fingerprint {run.partition}"
+    if run.job == "rebuild_dataset_job":
+        return f"curate, split and publish ({', '.join(run.ops)})"
+    return "train, evaluate, rank generators"
+
+
+def _override_config(settings: Settings) -> dict[str, dict]:
+    """section -> the settings this command overrides (--set, --config): passed as run config."""
+    from dagster_project.runconfig import run_config_for
+
+    by_section: dict[str, dict] = {}
+    for key, source in settings.sources.items():
+        if source == _HOME_SOURCE:
+            continue
+        section, name = key.split(".", 1)
+        by_section.setdefault(section, {})[name] = settings.explicit[section][name]
+    return {section: run_config_for(section, values) for section, values in by_section.items()}
+
+
+def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome) -> str:
+    from dagster_project.automation import asset_keys
     from dagster_project.definitions import defs
 
-    job = defs.resolve_job_def(job_name)
-    result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=partition_key,
-                                    raise_on_error=False, tags={"pickapic/launched_by": "pickapic build"})
+    sections = {stage.op: stage.section for stage in STAGES}
+    ops = {op: {"config": overrides[sections[op]]} for op in run.ops if sections.get(op) in overrides}
+    run_config = {**QUIET_LOGS, **({"ops": ops} if ops else {})}
+    job = defs.resolve_job_def(run.job)
+    result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
+                                    asset_selection=asset_keys(run), raise_on_error=False,
+                                    tags={"pickapic/launched_by": "pickapic build",
+                                          "pickapic/why": "; ".join(run.reasons)[:200]})
     if not result.success:
+        _raise_not_enough_data(result, home)
         failures = [event for event in result.all_events if event.is_step_failure]
         detail = "; ".join(f"{e.step_key}: {_root_cause(e.event_specific_data.error)}"
                            for e in failures if getattr(e.event_specific_data, "error", None))
         detail = detail or "see the run in `pickapic ui`"
-        where = f" for partition {partition_key}" if partition_key else ""
-        raise BuildError(f"{job_name}{where} failed (run {result.run_id}): {detail}")
+        where = f" for partition {run.partition}" if run.partition else ""
+        raise BuildError(f"{run.job}{where} failed (run {result.run_id}): {detail}")
     return result.run_id
+
+
+def _raise_not_enough_data(result, home: DataHome) -> None:
+    """Turn a failed trainability check into the plain "not enough data" message."""
+    from dagster_project.assets.splits import TRAINABLE_CHECK
+
+    for event in result.all_events:
+        data = event.event_specific_data
+        if event.event_type_value == "ASSET_CHECK_EVALUATION" and getattr(data, "check_name", None) == TRAINABLE_CHECK \
+                and not data.passed:
+            latest = home.datasets / "latest"
+            kept = (f"latest stays at {latest.resolve().name}" if (latest / "manifest.json").is_file()
+                    else "no version has been published yet")
+            why = data.description or "a split is empty"
+            raise NotEnoughDataError(f"{why}. Nothing was published; {kept}.")
 
 
 def _root_cause(error) -> str:
@@ -138,49 +275,9 @@ def _root_cause(error) -> str:
     return lines[-1] if lines else error.cls_name or "unknown error"
 
 
-def run_build(
-    home: DataHome,
-    days: list[str],
-    *,
-    with_model: bool = False,
-    run_config: dict | None = None,
-    wait: bool = False,
-    progress: Callable[[str], None] | None = None,
-    from_app_db: bool = False,
-) -> BuildResult:
-    """Materialize every daily partition in ``days``, then the global rebuild (and the model if asked).
-
-    ``from_app_db``: export each day from the app database (``app_export_job``) before ingesting it.
-    """
-    run_config = run_config or {}
-    note = progress or (lambda message: None)
+def plan_only(home: DataHome, **kwargs) -> BuildPlan:
+    """The plan a build would run now (nothing runs, nothing is recorded)."""
+    settings = load(home.root, config_file=kwargs.pop("config_file", None), assignments=kwargs.pop("assignments", ()))
     use_home(home)
-    result = BuildResult(days=list(days))
-    with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
-        for day in days:
-            if from_app_db:
-                note(f"export {day} from the app database")
-                result.run_ids[f"export-{day}"] = _execute("app_export_job", instance,
-                                                           _config_for(run_config, "app_export"), day)
-            note(f"ingest + fingerprint {day}")
-            result.run_ids[day] = _execute("daily_partition_job", instance, _config_for(run_config, "daily"), day)
-        note("curate, split and publish")
-        result.run_ids["rebuild"] = _execute("rebuild_dataset_job", instance, _config_for(run_config, "rebuild"))
-        if with_model:
-            note("train, evaluate, rank generators")
-            result.run_ids["model"] = _execute("train_model_job", instance, _config_for(run_config, "model"))
-    return result
-
-
-_OPS = {
-    "app_export": ("app_export",),
-    "daily": ("ingest_day", "fingerprint_images"),
-    "rebuild": ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset"),
-    "model": ("preference_model", "preference_model_eval", "generator_leaderboard"),
-}
-
-
-def _config_for(run_config: dict, job: str) -> dict:
-    """Quiet console logs plus the op configs (keyed by op name) that belong to ``job``."""
-    ops = {name: cfg for name, cfg in run_config.get("ops", {}).items() if name in _OPS[job]}
-    return {**QUIET_LOGS, **({"ops": ops} if ops else {})}
+    with dg.DagsterInstance.get() as instance:
+        return plan_build(home, settings, instance, **kwargs)

@@ -1,4 +1,4 @@
-"""The `pickapic` command: simulate, build, query, export, train, demo, ui."""
+"""The `pickapic` command: simulate, build, settings, query, export, train, demo, serve, ui."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,8 @@ import importlib
 import os
 import sys
 import time
-from typing import Callable, Iterator
+from pathlib import Path
+from typing import Iterator
 
 from pipelines.home import DEFAULT_HOME, ENV_VAR, DataHome
 
@@ -53,18 +54,36 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         if name == chosen:
             _mount(sub_parser, module)
 
-    build = sub.add_parser("build", help="materialize every asset for the raw partitions present",
-                           description="Ingest + fingerprint every raw day (or --from/--to), then curate, split "
-                                       "and publish; runs are recorded in HOME/dagster and show in `pickapic ui`.")
+    build = sub.add_parser("build", help="run what is missing or stale for the raw partitions present",
+                           description="Ingest + fingerprint every raw day that is new or changed, then curate, "
+                                       "split and publish if an input changed; an unchanged home is a no-op. Runs "
+                                       "are recorded in HOME/dagster and show in `pickapic ui`. Settings come from "
+                                       "HOME/pickapic.toml (see `pickapic settings`).")
     _add_home(build)
-    build.add_argument("--from", dest="start", metavar="DATE", type=_day, help="first raw day to (re)build, YYYY-MM-DD")
-    build.add_argument("--to", dest="end", metavar="DATE", type=_day, help="last raw day to (re)build, YYYY-MM-DD")
+    build.add_argument("--from", dest="start", metavar="DATE", type=_day, help="first raw day to recompute, YYYY-MM-DD")
+    build.add_argument("--to", dest="end", metavar="DATE", type=_day, help="last raw day to recompute, YYYY-MM-DD")
+    build.add_argument("--force", action="store_true", help="recompute every selected day and the global stages")
+    build.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                       help="override one setting for this run (repeatable), e.g. --set splits.heldout_fraction=0.1")
+    build.add_argument("--config", dest="config_file", metavar="FILE", type=Path,
+                       help="a TOML file of settings overriding HOME/pickapic.toml for this run")
+    build.add_argument("--dry-run", action="store_true", help="print what would run and why, run nothing")
     build.add_argument("--with-model", action="store_true", help="also train and evaluate the preference model")
     build.add_argument("--wait", action="store_true", help="wait for a running build instead of refusing")
     build.add_argument("--from-app-db", action="store_true",
                        help="first export each day from the app's PostgreSQL database ($PICKAPIC_APP_DB_DSN, blobs "
                             "from $PICKAPIC_APP_IMAGE_STORE) into the raw zone; days = the database's closed days")
     build.set_defaults(_run=_cmd_build)
+
+    settings = sub.add_parser("settings", help="show (or change) the data home's settings",
+                              description="Every setting of HOME/pickapic.toml with its value, default, source and "
+                                          "allowed values; --set validates values and --write stores them.")
+    _add_home(settings)
+    settings.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.NAME=VALUE",
+                          help="a value to validate (and with --write, to store)")
+    settings.add_argument("--write", action="store_true", help="store the --set values in HOME/pickapic.toml")
+    settings.add_argument("--section", help="show only this section")
+    settings.set_defaults(_run=_cmd_settings)
 
     demo = sub.add_parser("demo", help="simulate a small sample, build, train briefly, print a summary",
                           description="The one-command tour: simulate -> build -> train (demo preset) -> summary.")
@@ -77,11 +96,24 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="simulator seed (default 0)")
     demo.set_defaults(_run=_cmd_demo)
 
+    serve = sub.add_parser("serve", help="run the Dagster UI and daemon: the nightly path runs by itself",
+                           description="dagster-webserver on 127.0.0.1 plus dagster-daemon for this data home; the "
+                                       "nightly schedule, the raw-day sensor and the rebuild automation are on by "
+                                       "default (--no-automation starts them off). Run it as a service to keep "
+                                       "the home fresh (README: Running it every night).")
+    _add_home(serve)
+    serve.add_argument("--port", type=int, default=3000, help="port (default 3000)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--no-automation", action="store_true",
+                       help="start schedules and sensors switched off (PICKAPIC_AUTOMATION=off)")
+    serve.set_defaults(_run=_cmd_serve)
+
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 for this data home",
-                        description="Runs dagster-webserver with DAGSTER_HOME=HOME/dagster (the builds' instance).")
+                        description="Runs dagster-webserver with DAGSTER_HOME=HOME/dagster (the builds' instance); "
+                                    "`pickapic serve` also runs the daemon.")
     _add_home(ui)
     ui.add_argument("--port", type=int, default=3000, help="port (default 3000)")
-    ui.add_argument("--with-daemon", action="store_true", help="also run the daemon (schedules and sensors)")
+    ui.add_argument("--with-daemon", action="store_true", help="also run the daemon (the same as `pickapic serve`)")
     ui.set_defaults(_run=_cmd_ui)
     return parser
 
@@ -94,17 +126,69 @@ def _mount(sub_parser: argparse.ArgumentParser, module: str) -> None:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from dagster_project.build import run_build, select_app_db_days, select_days
+    home = DataHome.at(args.home)
+    started = time.perf_counter()
+    # the database may have changed without a trace in the home: --from-app-db always exports and plans
+    plain = not (args.force or args.start or args.end or args.dry_run or args.from_app_db)
+    if plain:
+        from dagster_project import buildstamp
+
+        key = buildstamp.stamp_key(home, assignments=args.assignments, config_file=args.config_file,
+                                   with_model=args.with_model)
+        if buildstamp.is_up_to_date(home, key):
+            print(f"up to date: nothing changed in {home.root} since the last build "
+                  f"(checked in {time.perf_counter() - started:.1f}s); nothing ran")
+            return 0
+    from dagster_project.build import BuildError, build, plan_only, select_days
+
+    def warn(message: str) -> None:
+        print(f"warning: {message}", file=sys.stderr)
+
+    if args.dry_run:
+        if args.from_app_db:
+            raise BuildError("--dry-run plans from the raw zone; with --from-app-db the days are only known once "
+                             "the database is exported: run `pickapic build --from-app-db` without --dry-run")
+        selected = select_days(home, args.start, args.end, warn) if args.start or args.end else None
+        plan = plan_only(home, assignments=args.assignments, config_file=args.config_file, selected_days=selected,
+                         force=args.force, with_model=args.with_model)
+        print("\n".join(plan.describe()) or f"up to date: every asset of {home.root} is fresh")
+        return 0
+    shown: list[list[str]] = []
+    with build_progress(None) as note:
+        result = build(home, start=args.start, end=args.end, force=args.force, with_model=args.with_model,
+                       assignments=args.assignments, config_file=args.config_file, wait=args.wait, progress=note,
+                       plan_note=lambda lines: (shown.append(lines), note.total(len(lines))),
+                       from_app_db=args.from_app_db, warn=warn)
+    seconds = time.perf_counter() - started
+    if result.up_to_date:
+        print(f"up to date: every asset of {home.root} is fresh ({len(home.raw_days())} raw days, checked in "
+              f"{seconds:.1f}s); nothing ran")
+        return 0
+    for line in shown[0] if shown else []:
+        print(f"  ran {line}")
+    days = f"{len(result.days)} day(s) {result.days[0]}..{result.days[-1]}" if result.days else "no day"
+    print(f"built {days} in {seconds:.0f}s; {len(result.run_ids)} Dagster runs recorded in {home.dagster_home} "
+          "(see them with `pickapic ui`)")
+    return 0
+
+
+def _cmd_settings(args: argparse.Namespace) -> int:
+    from pipelines.settings import SettingsError, load, parse_assignment, write_settings
 
     home = DataHome.at(args.home)
-    days = (select_app_db_days(args.start, args.end) if args.from_app_db else
-            select_days(home, args.start, args.end, warn=lambda message: print(f"warning: {message}", file=sys.stderr)))
-    started = time.perf_counter()
-    with build_progress(len(days) * (1 + int(args.from_app_db)) + 1 + int(args.with_model)) as note:
-        result = run_build(home, days, with_model=args.with_model, wait=args.wait, progress=note,
-                           from_app_db=args.from_app_db)
-    print(f"built {len(days)} day(s) {days[0]}..{days[-1]} in {time.perf_counter() - started:.0f}s; "
-          f"{len(result.run_ids)} Dagster runs recorded in {home.dagster_home} (see them with `pickapic ui`)")
+    settings = load(home.root, assignments=args.assignments)
+    if args.write:
+        from pipelines.storage import check_home_dir
+
+        if not args.assignments:
+            raise SettingsError("--write needs at least one --set SECTION.NAME=VALUE")
+        check_home_dir(home)  # pickapic.toml goes there: a new, empty or existing data home only
+        path = write_settings(home.root, dict(parse_assignment(a) for a in args.assignments))
+        print(f"wrote {path}")
+    for row in settings.describe():
+        if args.section and not row["key"].startswith(args.section + "."):
+            continue
+        print(f"{row['key']} = {row['value']!r}  [{row['source']}; default {row['default']!r}; {row['allowed']}]")
     return 0
 
 
@@ -116,44 +200,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dagster_project.serve import serve
+    from pipelines.storage import check_home_dir
+
+    home = DataHome.at(args.home)
+    check_home_dir(home)  # serve writes dagster/dagster.yaml there
+    return serve(home, host=args.host, port=args.port, automation=not args.no_automation)
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dagster_project.build import use_home
     from pipelines.storage import check_home_dir
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # use_home writes dagster/dagster.yaml there
-    use_home(home)
     if args.with_daemon:
-        command = [sys.executable, "-m", "dagster", "dev", "-m", "dagster_project.definitions",
-                   "-h", "127.0.0.1", "-p", str(args.port)]
-    else:
-        command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
-                   "-h", "127.0.0.1", "-p", str(args.port)]
+        from dagster_project.serve import serve
+
+        return serve(home, port=args.port)
+    use_home(home)
+    command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
+               "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI for {home.root} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)
     return 0  # unreachable: execv replaces this process
 
 
+class _Progress:
+    """The callable a build reports to: each call names the run that starts now."""
+
+    def __init__(self, bar, task) -> None:
+        self.bar, self.task, self.started = bar, task, False
+
+    def __call__(self, message: str) -> None:
+        if self.started:
+            self.bar.advance(self.task)
+        self.started = True
+        self.bar.update(self.task, description=message)
+
+    def total(self, steps: int) -> None:
+        """Set the number of runs once the plan is known."""
+        self.bar.update(self.task, total=max(steps, 1))
+
+
 @contextlib.contextmanager
-def build_progress(total_steps: int) -> Iterator[Callable[[str], None]]:
+def build_progress(total_steps: int | None) -> Iterator[_Progress]:
     """A rich progress bar over a build's runs; each call names the step that starts now."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("starting", total=total_steps)
-        started = [False]
-
-        def note(message: str) -> None:
-            if started[0]:
-                bar.advance(task)
-            started[0] = True
-            bar.update(task, description=message)
-
+        task = bar.add_task("planning", total=total_steps or 1)
+        note = _Progress(bar, task)
         yield note
-        if started[0]:
-            bar.advance(task)
+        if note.started:
+            bar.advance(note.task)
         bar.update(task, description="done")
 
 

@@ -6,6 +6,7 @@ from typing import Any, Iterable, Iterator, Mapping
 import dagster as dg
 
 from dagster_project.metadata import report_metadata
+from dagster_project.versions import DATA_VERSION_TAG, FAILED_SUFFIX
 from data_contracts.engine import evaluate, load_contract
 from pipelines.home import DataHome
 from pipelines.sqlrun import connect
@@ -65,21 +66,30 @@ def materialize_and_check(
     report: Any,
     partition: str | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
+    data_version: str | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
-    """One result per dataset a stage wrote (row count read from its file), then every contract check."""
+    """One result per dataset a stage wrote (row count read from its file), then every contract check.
+
+    ``data_version`` is recorded on each dataset; when a blocking check fails it is recorded with the
+    ``-failed-checks`` suffix, so the next build sees the asset as stale and runs it again.
+    """
     datasets = list(datasets)
+    checks = list(run_checks(datasets, warehouse_views(home, partition)))
+    if data_version is not None and any(not c.passed and c.severity == dg.AssetCheckSeverity.ERROR for c in checks):
+        data_version += FAILED_SUFFIX
     for dataset in datasets:
         output = home.partition_file(dataset, partition) if partition else home.table_file(dataset)
         metadata = report_metadata(report, dataset, output=output)
         metadata.update((extra or {}).get(dataset, {}))
-        yield dg.MaterializeResult(asset_key=dataset, metadata=metadata)
-    yield from run_checks(datasets, warehouse_views(home, partition))
+        yield dg.MaterializeResult(asset_key=dataset, metadata=metadata,
+                                   data_version=dg.DataVersion(data_version) if data_version else None)
+    yield from checks
 
 
 def log_refreshed_partition(context: dg.AssetExecutionContext, home: DataHome, datasets: Iterable[str], report: Any,
-                            partition: str, cause: str) -> None:
-    """Record that a run rewrote another partition of its assets (one materialization event each),
-    after evaluating that partition's contract rules; a failed blocking rule fails the run."""
+                            partition: str, cause: str, data_version: str | None = None) -> None:
+    """Record that a run rewrote another partition of its assets (one materialization event each, with
+    ``data_version``), after evaluating that partition's contract rules; a failed blocking rule fails the run."""
     datasets = list(datasets)
     con = connect(warehouse_views(home, partition))
     try:
@@ -89,8 +99,9 @@ def log_refreshed_partition(context: dg.AssetExecutionContext, home: DataHome, d
     failed = [f"{r.rule.dataset}.{r.rule.name} = {r.value}" for r in results if r.rule.blocking and not r.passed]
     if failed:
         raise RuntimeError(f"partition {partition}, ingested again after {cause}, fails its contracts: {'; '.join(failed)}")
+    tags = {DATA_VERSION_TAG: data_version} if data_version else None
     for dataset in datasets:
         metadata = report_metadata(report, dataset, output=home.partition_file(dataset, partition))
         metadata["refreshed_by_partition"] = cause
         metadata["contract_rules_passed"] = sum(1 for r in results if r.rule.dataset == dataset and r.passed)
-        context.log_event(dg.AssetMaterialization(asset_key=dataset, partition=partition, metadata=metadata))
+        context.log_event(dg.AssetMaterialization(asset_key=dataset, partition=partition, metadata=metadata, tags=tags))

@@ -4,11 +4,12 @@ from __future__ import annotations
 import dagster as dg
 
 from dagster_project import automation
-from dagster_project.assets import app_export, curation, features, ingest, model, publish, splits
+from dagster_project.assets import app_export, curation, features, ingest, model, publish, raw, splits
 from dagster_project.resources import AppDatabase, PickapicHome
 
 ALL_ASSETS = [
     app_export.app_export,
+    raw.raw_app_logs,
     ingest.ingest_day_assets,
     features.fingerprint_images,
     curation.duplicate_clusters,
@@ -28,7 +29,7 @@ defs = dg.Definitions(
     jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job,
           automation.app_export_job],
     schedules=[automation.nightly_schedule, automation.train_schedule, automation.app_export_schedule],
-    sensors=[automation.raw_partition_sensor, automation.rebuild_after_daily_partition, automation.freshness_sensor],
+    sensors=[automation.raw_partition_sensor, automation.rebuild_automation, automation.freshness_sensor],
     # The DSN is read from the environment when an export runs; Dagster shows the variable's name only.
     resources={"data_home": PickapicHome(), "app_db": AppDatabase(dsn=dg.EnvVar("PICKAPIC_APP_DB_DSN"))},
 )

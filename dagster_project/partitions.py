@@ -1,9 +1,12 @@
-"""The daily partitioning of the raw exports."""
-import os
+"""The partitions of the daily assets: one per raw day the data home has received.
 
+Partitions are added as raw days land (by ``pickapic build``, the raw-day sensor and the nightly
+schedule), so the UI shows the home's real days only: a home started on 2023-02-13 with three days of
+exports shows three partitions, not every day since some fixed start date.
+"""
 import dagster as dg
 
-# The first day a partition may exist for; simulated and real exports start after it.
-PARTITIONS_START = os.environ.get("PICKAPIC_PARTITIONS_START", "2023-01-01")
+from dagster_project.versions import PARTITIONS
 
-daily = dg.DailyPartitionsDefinition(start_date=PARTITIONS_START, timezone="UTC")
+raw_days = dg.DynamicPartitionsDefinition(name=PARTITIONS)
+daily = raw_days  # the daily assets' partitions (the name the asset modules use)

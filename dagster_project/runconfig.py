@@ -1,53 +1,63 @@
-"""Run config for assets, generated from each stage's frozen config dataclass (one place per knob)."""
+"""Dagster run config of a stage, generated from the stage's settings (``pipelines.settings``).
+
+Every field of a stage's config dataclass becomes an optional run-config field whose default is ``None``,
+meaning "the data home's ``pickapic.toml`` value at run time" (then the dataclass default): so scheduled,
+sensor and automation runs always use the settings file as it is when they run, and a value typed in the
+launchpad (or passed by ``pickapic build --set``) overrides it for that run only. Each field's description
+shows the help text, the allowed values and the home's value when the definitions were loaded. Secrets
+are never run config (it is stored with every run and shown in the UI): they come from the file only.
+"""
 from __future__ import annotations
 
-import dataclasses
 import typing
 from typing import Any
 
 import dagster as dg
 import pydantic
 
-_ALLOWED = (bool, int, float, str)
+from pipelines.home import DataHome, resolve_home
+from pipelines.settings import Settings, SettingsError, knobs, load
+
+_TYPES = {int: int, float: float, bool: bool, str: str, tuple: list[str]}
 
 
-def _annotation(tp: Any) -> Any:
-    """Map a dataclass field type to one Dagster config accepts (tuples become lists)."""
-    origin = typing.get_origin(tp)
-    args = typing.get_args(tp)
-    if tp in _ALLOWED:
-        return tp
-    if origin in (tuple, list) and args:
-        return list[args[0]]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(None) in args:
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return typing.Optional[_annotation(inner[0])]
-    if origin is typing.Literal:
-        return str
-    raise TypeError(f"config field type {tp!r} is not supported in Dagster run config")
+def _home_settings() -> tuple[Settings, str]:
+    """The settings of the home these definitions load for ($PICKAPIC_HOME), or defaults if unreadable."""
+    root = resolve_home(None)
+    try:
+        return load(root), f"{root}/pickapic.toml"
+    except (SettingsError, OSError) as exc:  # the UI still loads; every run will report the bad file
+        return Settings(), f"unreadable settings ({exc})"
 
 
-def config_class(dc: type, name: str) -> type[dg.Config]:
-    """A ``dg.Config`` subclass with one optional field per field of dataclass ``dc``."""
-    hints = typing.get_type_hints(dc)
+def config_class(section: str, name: str) -> type[dg.Config]:
+    """A ``dg.Config`` with one optional field per non-secret setting of ``section``."""
+    settings, where = _home_settings()
+    current = settings.section(section)
     fields: dict[str, Any] = {}
-    for field in dataclasses.fields(dc):
-        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()  # type: ignore[misc]
-        if isinstance(default, tuple):
-            default = list(default)
-        description = field.metadata.get("help") or f"default: {default!r}"
-        fields[field.name] = (_annotation(hints[field.name]), pydantic.Field(default=default, description=description))
-    return pydantic.create_model(name, __base__=dg.Config, __doc__=f"Run config for {dc.__name__}.", **fields)
+    for field_name, spec in knobs(section).items():
+        if spec.secret:
+            continue
+        now = f"; {where}: {current[field_name]!r}" if field_name in current else ""
+        description = (f"{spec.help + ' ' if spec.help else ''}(allowed: {spec.allowed()}; default "
+                       f"{list(spec.default) if isinstance(spec.default, tuple) else spec.default!r}{now}). "
+                       f"Empty: the home's pickapic.toml value when the run starts.")
+        fields[field_name] = (typing.Optional[_TYPES[spec.kind]], pydantic.Field(default=None, description=description))
+    return pydantic.create_model(name, __base__=dg.Config, __doc__=f"Run config of the {section} stage.", **fields)
 
 
-def to_dataclass(dc: type, config: dg.Config) -> Any:
-    """Build the stage's frozen config from the run config (lists back to tuples)."""
-    hints = typing.get_type_hints(dc)
-    values = {}
-    for field in dataclasses.fields(dc):
-        value = getattr(config, field.name)
-        if isinstance(value, list) and typing.get_origin(hints[field.name]) is tuple:
-            value = tuple(value)
-        values[field.name] = value
-    return dc(**values)
+def stage_config(section: str, config: dg.Config, home: DataHome) -> Any:
+    """The stage's dataclass for this run: the home's settings file now, then the values set in run config."""
+    overrides = {name: getattr(config, name) for name in knobs(section) if getattr(config, name, None) is not None}
+    return load(home.root).config(section, overrides, "run config")
+
+
+def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:
+    """Run-config values (JSON-able) for settings of ``section`` (tuples become lists; secrets refused)."""
+    out = {}
+    for name, value in values.items():
+        spec = knobs(section)[name]
+        if spec.secret:
+            raise SettingsError(f"{spec.key} is a secret and is never passed as run config")
+        out[name] = list(value) if isinstance(value, tuple) else value
+    return out

@@ -42,13 +42,11 @@ import pyarrow as pa
 
 from pipelines.sqlrun import run_sql, run_to_parquet
 from pipelines.home import DataHome
+from pipelines.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
 from pipelines.pseudonym import DEFAULT_SECRET, pseudonym_table
+from pipelines.settings import add_flags, check_fields, knob, stage_config
+from schemas.features import NSFW_CLASSES
 from pipelines.sqlrun import connect
-
-DEFAULT_NSFW_CLASSES = (
-    "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED",
-    "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
-)
 
 MODEL_SHORT_NAMES = {
     "stabilityai/stable-diffusion-2-1": "sd-2.1",
@@ -69,34 +67,24 @@ def short_model_name(model_id: str) -> str:
 _WORD = r"[^\pL\pN_]"  # RE2: a character that is not a letter, digit or underscore (Unicode-aware)
 
 
-def _knob(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class CurationConfig:
     """Policy knobs of the decisions and pairs builds."""
 
-    nsfw_classes: tuple[str, ...] = _knob(DEFAULT_NSFW_CLASSES, "NudeNet classes that make an image NSFW.")
-    nsfw_threshold: float = _knob(0.5, "Minimum NudeNet detection score of a listed class to flag an image.")
-    phrases_file: str = _knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt.")
-    banned_users_file: str = _knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt.")
-    four_image_ties: str = _knob("all_pairs", "4-image tie: 'all_pairs' (6 tie pairs) or 'drop'.")
-    pseudonym_secret: str = _knob(DEFAULT_SECRET, "HMAC secret for user pseudonyms (set your own for a release).")
-    threads: int = _knob(0, "DuckDB threads (0: one per core).")
+    nsfw_classes: tuple[str, ...] = knob(EXPLICIT_CLASSES, "NudeNet classes that make an image NSFW.", choices=NSFW_CLASSES)
+    # NudeNet drops every detection scored below its own cut-off, so a lower threshold would silently act as it.
+    nsfw_threshold: float = knob(FLAG_THRESHOLD, "Minimum NudeNet detection score of a listed class to flag an image "
+                                 "(NudeNet keeps no detection below 0.25).", min=NMS_SCORE_THRESHOLD, max=1)
+    phrases_file: str = knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt.")
+    banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt.")
+    four_image_ties: str = knob("all_pairs", "4-image tie: 'all_pairs' (6 tie pairs) or 'drop'.", choices=("all_pairs", "drop"))
+    pseudonym_secret: str = knob(DEFAULT_SECRET, "HMAC secret for user pseudonyms (set your own for a release).", secret=True)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
 
     def __post_init__(self) -> None:
-        if self.four_image_ties not in ("all_pairs", "drop"):
-            raise ValueError(f"CurationConfig.four_image_ties={self.four_image_ties!r}: expected 'all_pairs' or 'drop'")
-        if not 0.0 <= self.nsfw_threshold <= 1.0:
-            raise ValueError(f"CurationConfig.nsfw_threshold={self.nsfw_threshold} must be within [0, 1]")
+        check_fields(self)
         if not self.pseudonym_secret:
             raise ValueError("CurationConfig.pseudonym_secret must not be empty")
-        from schemas.features import NSFW_CLASSES
-
-        unknown = sorted(set(self.nsfw_classes) - set(NSFW_CLASSES))
-        if unknown:
-            raise ValueError(f"CurationConfig.nsfw_classes has unknown NudeNet classes {unknown}")
 
 
 def _table_md(header: tuple[str, ...], rows: list[tuple]) -> str:
@@ -306,10 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m pipelines.curation --home DIR``: build decisions then pairs and print both reports."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", default=None)
+    add_flags(parser, "curation")
     args = parser.parse_args(argv)
     home = DataHome.at(args.home)
-    print(json.dumps(build_decisions(home).metadata(), indent=2))
-    print(json.dumps(build_pairs(home).metadata(), indent=2))
+    config = stage_config(home.root, "curation", args)
+    print(json.dumps(build_decisions(home, config).metadata(), indent=2))
+    print(json.dumps(build_pairs(home, config).metadata(), indent=2))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.home import DataHome
+from pipelines.settings import add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import run_sql
 from pipelines.sqlrun import connect
 from pipelines.storage import cast_to_schema, write_parquet_atomic
@@ -54,30 +55,22 @@ from schemas import get_schema
 PHASH_DC_BIT = 1 << 63  # imagehash puts the DCT's [0, 0] term in the most significant bit
 
 
-def _knob(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass(frozen=True)
 class DedupConfig:
     """Knobs of the duplicate-cluster build (field help is shown as Dagster run-config descriptions)."""
 
-    k: int = _knob(6, "Maximum pHash Hamming distance for two images to be near duplicates.")
-    bands: int = _knob(4, "Bands per hash in the candidate join; exact for distances <= bands - 1.")
-    dhash_bands: bool = _knob(True, "Also band the dHash to find candidates (still verified on pHash).")
-    mask_dc_bit: bool = _knob(True, "Mask the pHash DC bit (always 1) so bands cover the 63 informative bits.")
-    max_bucket_fraction: float = _knob(0.01, "Cap band buckets larger than this fraction of all images.")
-    min_bucket_cap: int = _knob(1000, "Never cap a bucket at or below this size (small homes).")
-    max_iterations: int = _knob(64, "Upper bound on label-propagation rounds; hitting it is an error.")
-    threads: int = _knob(0, "DuckDB threads (0: one per core).")
+    k: int = knob(6, "Maximum pHash Hamming distance for two images to be near duplicates.", min=0, max=63)
+    bands: int = knob(4, "Bands per hash in the candidate join; exact for distances <= bands - 1.", min=1, max=16)
+    dhash_bands: bool = knob(True, "Also band the dHash to find candidates (still verified on pHash).")
+    mask_dc_bit: bool = knob(True, "Mask the pHash DC bit (always 1) so bands cover the 63 informative bits.")
+    max_bucket_fraction: float = knob(0.01, "Cap band buckets larger than this fraction of all images.",
+                                      min=0, min_exclusive=True, max=1)
+    min_bucket_cap: int = knob(1000, "Never cap a bucket at or below this size (small homes).", min=1)
+    max_iterations: int = knob(64, "Upper bound on label-propagation rounds; hitting it is an error.", min=1)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
 
     def __post_init__(self) -> None:
-        if not 0 <= self.k <= 63:
-            raise ValueError(f"DedupConfig.k={self.k} must be within 0..63")
-        if not 1 <= self.bands <= 16:
-            raise ValueError(f"DedupConfig.bands={self.bands} must be within 1..16")
-        if not 0 < self.max_bucket_fraction <= 1:
-            raise ValueError(f"DedupConfig.max_bucket_fraction={self.max_bucket_fraction} must be in (0, 1]")
+        check_fields(self)
 
     @property
     def constant_mask(self) -> int:
@@ -312,9 +305,10 @@ def main(argv: list[str] | None = None) -> None:
     """``python -m pipelines.dedup --home DIR [--k 6]``: build duplicate_clusters and print the report."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", default=None)
-    parser.add_argument("--k", type=int, default=DedupConfig.k)
+    add_flags(parser, "dedup")
     args = parser.parse_args(argv)
-    report = build_clusters(DataHome.at(args.home), DedupConfig(k=args.k))
+    home = DataHome.at(args.home)
+    report = build_clusters(home, stage_config(home.root, "dedup", args))
     print(json.dumps(report.metadata(), indent=2, default=str))
 
 

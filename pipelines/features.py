@@ -56,6 +56,7 @@ from pipelines import imagedecode
 from pipelines import faults
 from pipelines.home import DataHome
 from pipelines.imagedecode import ImageRejected
+from pipelines.settings import add_flags, check_fields, knob, stage_config
 from pipelines.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
 from pipelines.storage import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
@@ -94,33 +95,31 @@ TODO_SCHEMA = pa.schema([
 class FeaturesConfig:
     """Knobs of the feature stage (validated by :meth:`validate`)."""
 
-    train_size: int = 512                 # shortest side of the training JPEG; never upscaled
-    jpeg_quality: int = 90                # training JPEG quality (1-95)
-    max_pixels: int = 4096 * 4096         # decompression-bomb limit on width*height from the header
-    max_bytes: int = 64 * 1024 * 1024     # larger blobs are rejected (file_too_large) without loading
-    min_side: int = 8                     # shortest side below this -> too_small
-    max_side: int = 4096                  # longest side above this -> bad_dimensions (bounds NudeNet's padded square)
-    max_aspect: float = 4.0               # longest / shortest side above this -> bad_dimensions
-    nsfw_batch_size: int = 8              # images per session.run (batching gains 4-10%)
-    nsfw_threads: int = 1                 # onnxruntime intra-op threads per worker process
-    workers: int = 2                      # DirectRunner multi_processing workers; 0 = in-process
-    in_process_below: int = 32            # DirectRunner jobs with fewer images run in-process
-    runner: str = "DirectRunner"          # used when beam_args has no --runner
-    blob_zone: str = "raw"                # blob paths must stay inside this folder of the home
-    blob_base: str | None = None          # where blob paths and the JPEG store resolve; default: home
-    staging: str | None = None            # scratch for the run; default <base>/.staging/features/dt=<day>
+    train_size: int = knob(512, "shortest side of the training JPEG in px (never upscaled)", min=16)
+    jpeg_quality: int = knob(90, "training JPEG quality", min=1, max=95)
+    max_pixels: int = knob(4096 * 4096, "decompression-bomb limit on width x height from the header", min=1)
+    max_bytes: int = knob(64 * 1024 * 1024, "larger blobs are rejected (file_too_large) without being loaded", min=1)
+    min_side: int = knob(8, "images whose shortest side is below this are rejected (too_small)", min=1)
+    max_side: int = knob(4096, "images whose longest side is above this are rejected (bad_dimensions); bounds "
+                               "NudeNet's padded square", min=1)
+    max_aspect: float = knob(4.0, "images whose longest / shortest side is above this are rejected (bad_dimensions)",
+                             min=1)
+    nsfw_batch_size: int = knob(8, "images per NudeNet session.run (batching gains 4-10%)", min=1, output=False)
+    nsfw_threads: int = knob(1, "onnxruntime intra-op threads per worker process", min=1, output=False)
+    workers: int = knob(2, "DirectRunner multi_processing workers (0: in-process)", min=0, output=False)
+    in_process_below: int = knob(32, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
+    runner: str = knob("DirectRunner", "Beam runner used when beam_args names none", output=False)
+    blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
+    blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
+    staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>)",
+                               output=False)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
+        check_fields(self)   # types and ranges of every setting
         checks = [
-            ("train_size", self.train_size >= 16), ("jpeg_quality", 1 <= self.jpeg_quality <= 95),
-            ("max_pixels", self.max_pixels >= 1), ("max_bytes", self.max_bytes >= 1),
-            ("min_side", self.min_side >= 1), ("max_side", self.max_side >= self.min_side),
-            ("max_aspect", self.max_aspect >= 1), ("nsfw_batch_size", self.nsfw_batch_size >= 1),
-            ("nsfw_threads", self.nsfw_threads >= 1), ("workers", self.workers >= 0),
-            ("in_process_below", self.in_process_below >= 0),
-            ("runner", bool(self.runner)), ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone
-                                             and self.blob_zone not in (".", "..")),
+            ("max_side", self.max_side >= self.min_side), ("runner", bool(self.runner)),
+            ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone and self.blob_zone not in (".", "..")),
         ]
         for name, ok in checks:
             if not ok:
@@ -836,22 +835,17 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipelines.features", allow_abbrev=False,
                                      description=build_features.__doc__,
                                      epilog="Unknown options are passed to Beam's PipelineOptions unchanged.")
-    defaults = FeaturesConfig()
     parser.add_argument("--home", default=None, help="data home (default $PICKAPIC_HOME or ./data)")
     parser.add_argument("--day", required=True, help="partition day YYYY-MM-DD")
-    for name, kind in (("train_size", int), ("jpeg_quality", int), ("max_pixels", int), ("max_bytes", int),
-                       ("min_side", int), ("max_side", int), ("max_aspect", float), ("nsfw_batch_size", int),
-                       ("nsfw_threads", int), ("workers", int), ("in_process_below", int),
-                       ("blob_base", str), ("staging", str)):
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=getattr(defaults, name))
+    add_flags(parser, "features", exclude=("runner",))  # --runner stays Beam's own option
     return parser
 
 
 def run(argv: Sequence[str] | None = None) -> FeaturesReport:
-    """Command line: parse our options, pass the rest to Beam, print the report as JSON."""
+    """Command line: parse our options (over the home's settings file), pass the rest to Beam, print the report."""
     args, beam_args = _parser().parse_known_args(argv)
-    fields = {k: v for k, v in vars(args).items() if k not in ("home", "day")}
-    report = build_features(DataHome.at(args.home), args.day, FeaturesConfig(**fields), beam_args,
+    home = DataHome.at(args.home)
+    report = build_features(home, args.day, stage_config(home.root, "features", args), beam_args,
                             progress=lambda message: print(message, flush=True))
     print(json.dumps({k: v for k, v in report.metadata().items() if k != "summary"}, indent=2, sort_keys=True))
     return report

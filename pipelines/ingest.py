@@ -127,6 +127,7 @@ from pipelines import rawparse as rp
 from pipelines.home import DataHome
 from pipelines.quarantine import QuarantineSink, SinkLimits, write_quarantine
 from pipelines.rawzone import RawZoneScan
+from pipelines.settings import add_flags, check_fields, knob, stage_config
 from pipelines.storage import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -142,33 +143,24 @@ _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "
 class IngestConfig:
     """Limits of the daily ingest; every field is documented in the module docstring."""
 
-    max_line_bytes: int = field(default=1 << 20, metadata={"help": "longer lines -> line_too_long (bytes)"})
-    max_prompt_chars: int = field(default=2000, metadata={
-        "help": "longer prompt / negative_prompt -> prompt_too_long (characters)"})
-    max_name_chars: int = field(default=256, metadata={"help": "longest model_id / scheduler_cls (characters)"})
-    max_id: int = field(default=2**53, metadata={"help": "ids above this -> invalid_value (JSON-safe integers)"})
-    min_gs: float = field(default=0.0, metadata={"help": "lowest accepted guidance scale"})
-    max_gs: float = field(default=50.0, metadata={"help": "highest accepted guidance scale"})
-    earliest_created_at: str = field(default="2022-01-01 00:00:00", metadata={
-        "help": "created_at before this -> bad_timestamp"})
-    future_tolerance_days: int = field(default=2, metadata={
-        "help": "created_at at/after the end of the partition day + this many days -> bad_timestamp"})
-    workers: int = field(default=2, metadata={
-        "help": "processes for a large day (lines split between them by primary key); output does not depend on it"})
-    parallel_min_bytes: int = field(default=16 << 20, metadata={
-        "help": "compressed raw bytes of a day from which the worker processes are used"})
-    late_image_days: int = field(default=2, metadata={
-        "help": "a ranking/download may name an image first exported up to this many days later (0: none)"})
+    max_line_bytes: int = knob(1 << 20, "longer lines -> line_too_long (bytes)", min=1)
+    max_prompt_chars: int = knob(2000, "longer prompt / negative_prompt -> prompt_too_long (characters)", min=1)
+    max_name_chars: int = knob(256, "longest model_id / scheduler_cls (characters)", min=1)
+    max_id: int = knob(2**53, "ids above this -> invalid_value (JSON-safe integers)", min=1)
+    min_gs: float = knob(0.0, "lowest accepted guidance scale")
+    max_gs: float = knob(50.0, "highest accepted guidance scale")
+    earliest_created_at: str = knob("2022-01-01 00:00:00", "created_at before this -> bad_timestamp")
+    future_tolerance_days: int = knob(2, "created_at at/after the end of the partition day + this many days -> "
+                                         "bad_timestamp", min=0, max=3650)
+    workers: int = knob(2, "processes for a large day (lines split between them by primary key); output does not "
+                           "depend on it", min=1, output=False)
+    parallel_min_bytes: int = knob(16 << 20, "compressed raw bytes of a day from which the worker processes are used",
+                                   min=1, output=False)
+    late_image_days: int = knob(2, "a ranking/download may name an image first exported up to this many days later "
+                                   "(0: none)", min=0, max=30)
 
     def __post_init__(self) -> None:
-        for name in ("max_line_bytes", "max_prompt_chars", "max_name_chars", "max_id", "workers", "parallel_min_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"IngestConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.late_image_days, int) or not 0 <= self.late_image_days <= 30:
-            raise ValueError(f"IngestConfig.late_image_days must be in [0, 30], got {self.late_image_days!r}")
-        if not 0 <= self.future_tolerance_days <= 3650:
-            raise ValueError(f"IngestConfig.future_tolerance_days must be in [0, 3650], got {self.future_tolerance_days!r}")
+        check_fields(self)
         if not self.min_gs <= self.max_gs:
             raise ValueError(f"IngestConfig.min_gs {self.min_gs!r} must not exceed max_gs {self.max_gs!r}")
         try:
@@ -195,6 +187,7 @@ class TableReport:
     accepted: int = 0
     quarantined: int = 0                       # quarantined lines (identical ones share a row)
     accepted_late_image: int = 0               # accepted rows whose image only a later day's export has
+    late_image_days: list[str] = field(default_factory=list)   # later days whose images export was used
     reasons: dict[str, int] = field(default_factory=dict)  # every quarantine row, file-level included
     error: str | None = None
 
@@ -234,6 +227,11 @@ class IngestReport:
     @property
     def accepted_late_image(self) -> int:
         return sum(t.accepted_late_image for t in self.tables.values())
+
+    @property
+    def late_image_days(self) -> list[str]:
+        """The later days whose images export this day's output depends on (inputs of the day, too)."""
+        return sorted({d for t in self.tables.values() for d in t.late_image_days})
 
     def quarantine_by_reason(self) -> dict[str, int]:
         """Quarantine rows per reason over all tables (file-level rows included), sorted by reason."""
@@ -291,6 +289,7 @@ class IngestReport:
             "reconciled": self.reconciled,
             "accepted_by_table": {t: r.accepted for t, r in self.tables.items()},
             "accepted_late_image": self.accepted_late_image,
+            "late_image_days": self.late_image_days,
             "refreshed_days": {d: {"accepted_late_image": r.accepted_late_image,
                                    "unknown_image_reference": r.quarantine_by_reason().get(rp.UNKNOWN_IMAGE_REFERENCE, 0)}
                                for d, r in sorted(self.refreshed.items())},
@@ -527,6 +526,7 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
             break
         unresolved -= raw_image_uids(home, other, unresolved)
     late: set[str] = set()
+    used: list[str] = []
     last_day = late_window_end(day, late_days)
     for later in sorted(d for d in raw_days if day < d <= last_day):
         if not unresolved:
@@ -534,6 +534,10 @@ def _check_references(runs: dict[str, _TableRun], parsers: dict[str, rp.LinePars
         found = raw_image_uids(home, later, unresolved)
         late |= found
         unresolved -= found
+        if found:
+            used.append(later)
+    for table in tables:
+        runs[table].report.late_image_days = used
     if not unresolved and not late:
         return
     # the text names the window, never which later days exist yet: it must not change when one lands
@@ -820,6 +824,7 @@ def _merge_parts(table: str, parts: list[_TableResult]) -> tuple[pa.Table, Quara
         raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
     report.accepted = built.num_rows
     report.accepted_late_image = sum(p[2].accepted_late_image for p in parts)
+    report.late_image_days = sorted({d for p in parts for d in p[2].late_image_days})
     _tally(report, sink)
     return built, sink, report
 
@@ -948,31 +953,17 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
 
 # ---------------------------------------------------------------------------------------------
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ingest's command-line options (``--home``, ``--day``, limits) to ``parser``."""
-    defaults = IngestConfig()
+    """Add the ingest's command-line options (``--home``, ``--day``, one per setting) to ``parser``."""
     parser.add_argument("--home", default=None, help="data home (default: $PICKAPIC_HOME, else ./data)")
     parser.add_argument("--day", action="append", default=None, metavar="YYYY-MM-DD",
                         help="day to ingest (repeatable; default: every day in the raw zone)")
-    parser.add_argument("--max-line-bytes", type=int, default=defaults.max_line_bytes,
-                        help=f"longest accepted line in bytes (default {defaults.max_line_bytes})")
-    parser.add_argument("--max-prompt-chars", type=int, default=defaults.max_prompt_chars,
-                        help=f"longest accepted prompt in characters (default {defaults.max_prompt_chars})")
-    parser.add_argument("--future-tolerance-days", type=int, default=defaults.future_tolerance_days,
-                        help="days after the partition day a created_at may lie "
-                             f"(default {defaults.future_tolerance_days})")
-    parser.add_argument("--late-image-days", type=int, default=defaults.late_image_days,
-                        help="days after a ranking's day in which its image may first be exported "
-                             f"(default {defaults.late_image_days})")
-    parser.add_argument("--workers", type=int, default=defaults.workers,
-                        help=f"processes for a large day; output does not depend on it (default {defaults.workers})")
+    add_flags(parser, "ingest")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
     """Ingest the days named by ``args``; print one JSON summary per day; 0 when every day reconciles."""
     home = DataHome.at(args.home)
-    config = IngestConfig(max_line_bytes=args.max_line_bytes, max_prompt_chars=args.max_prompt_chars,
-                          future_tolerance_days=args.future_tolerance_days, workers=args.workers,
-                          late_image_days=args.late_image_days)
+    config = stage_config(home.root, "ingest", args)   # the home's settings file, then the flags given
     scan = home.scan_raw_zone()
     for line in scan.summary():
         print(f"warning: skipped {line}", file=sys.stderr)

@@ -39,7 +39,7 @@ import os
 import shutil
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -50,6 +50,8 @@ import pyarrow.parquet as pq
 
 from pipelines import datacard, faults, jpgdigests, shardplan, shards
 from pipelines.home import DataHome
+from pipelines.settings import check_fields, knob
+from pipelines.splits import require_trainable
 from pipelines.sqlrun import connect, run_sql, sql_text
 from pipelines.storage import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
 from schemas import get_schema
@@ -71,31 +73,25 @@ Progress = Callable[[str, int, int], None]  # (phase, done, total)
 class PublishConfig:
     """Knobs of the publish stage (the ones marked 'output' change the version id)."""
 
-    seed: int = field(default=42, metadata={
-        "help": "output: salt of the content-defined shard boundaries"})
-    max_samples_per_shard: int = field(default=10_000, metadata={"help": "output: most samples in one shard"})
-    max_shard_bytes: int = field(default=256 * 1024 * 1024, metadata={"help": "output: most tar bytes in one shard"})
-    min_shards_per_split: int = field(default=4, metadata={
-        "help": "output: least shards per split (when it has that many samples), for GPUs x loader workers"})
-    keep_versions: int = field(default=3, metadata={"help": "complete versions kept; older ones are deleted after the switch"})
-    workers: int = field(default=0, metadata={"help": "shard writer processes; 0 = one per CPU, 1 = in-process"})
-    fsync: bool = field(default=True, metadata={"help": "fsync every file before it is renamed into place"})
-    verify_checksums: bool = field(default=False, metadata={
-        "help": "re-read every file and compare its sha256 with the manifest before switching latest"})
-    reuse_shards: bool = field(default=True, metadata={
-        "help": "hard-link shards whose content is unchanged from an older version (False: write every shard)"})
+    seed: int = knob(42, "salt of the content-defined shard boundaries")
+    max_samples_per_shard: int = knob(10_000, "most samples in one shard", min=1)
+    max_shard_bytes: int = knob(256 * 1024 * 1024, "most tar bytes in one shard", min=1)
+    min_shards_per_split: int = knob(4, "least shards per split (when it has that many samples), for GPUs x loader "
+                                        "workers", min=1)
+    keep_versions: int = knob(3, "complete versions kept; older ones are deleted after the switch", min=1, output=False)
+    workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, output=False)
+    fsync: bool = knob(True, "fsync every file before it is renamed into place", output=False)
+    verify_checksums: bool = knob(False, "re-read every file and compare its sha256 with the manifest before "
+                                         "switching latest", output=False)
+    reuse_shards: bool = knob(True, "hard-link shards whose content is unchanged from an older version (false: "
+                                    "write every shard)", output=False)
 
     def __post_init__(self) -> None:
-        for name in ("max_samples_per_shard", "max_shard_bytes", "min_shards_per_split", "keep_versions"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PublishConfig.{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.workers < 0:
-            raise ValueError(f"PublishConfig.workers must be >= 0, got {self.workers!r}")
+        check_fields(self)
 
     def output_fields(self) -> dict:
         """The fields that change the bytes written (they go into the version id)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-                if str(f.metadata.get("help", "")).startswith("output:")}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("output")}
 
     def worker_count(self) -> int:
         """Processes (and hashing threads) to use."""
@@ -176,6 +172,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     table = cast_to_schema(pq.read_table(source), get_schema("split_pairs"))
     if table.num_rows == 0:
         raise ValueError(f"{source} has no rows: refusing to publish an empty dataset")
+    require_trainable(table)  # an empty split is no version at all for a trainer: latest stays where it is
     table = _with_keys(table)
     _splits_in(table)
     jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},

@@ -137,13 +137,14 @@ def honour_umask(folder: Path) -> None:
 
 # --------------------------------------------------------------------------- user-given output paths
 def looks_like_home(folder: Path) -> bool:
-    """True when ``folder`` holds a data home's own entries (raw logs, datasets, Dagster state, build lock).
+    """True when ``folder`` holds a data home's own entries (raw logs, datasets, Dagster state, build lock,
+    settings file ``pickapic.toml``).
 
     Names specific to this tool only: a ``ground_truth/`` or ``warehouse/`` alone is common elsewhere.
     """
     home = DataHome(Path(folder))
     return (home.raw_logs.is_dir() or home.datasets.is_dir() or (home.dagster_home / "dagster.yaml").is_file()
-            or home.lock_file.is_file())
+            or home.lock_file.is_file() or (home.root / "pickapic.toml").is_file())
 
 
 def enclosing_home(path: Path, homes: Sequence[Path] = ()) -> Path | None:
@@ -304,7 +305,8 @@ def check_home_dir(home: DataHome, flag: str = "--home") -> Path:
             empty = next(entries, None) is None
         if not empty and not looks_like_home(root):
             raise RefusedOutput(f"{flag} {root} is a folder that holds other files and is not a data home (no "
-                                "raw/app_logs, datasets/pickapic, dagster/dagster.yaml); give a new or empty folder")
+                                "raw/app_logs, datasets/pickapic, dagster/dagster.yaml, pickapic.toml); give a new "
+                                "or empty folder")
     outer = next((p for p in root.parents if looks_like_home(p)), None)
     if outer is not None:
         raise RefusedOutput(f"{flag} {root} lies inside the data home {outer}; a data home cannot hold another one")

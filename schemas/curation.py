@@ -60,10 +60,20 @@ SPLIT_REJECTS = pa.schema([
     pa.field("evidence", pa.string(), nullable=False),         # JSON: conflicting keys and their owner split
 ])
 
+SPLIT_LEDGER = pa.schema([
+    pa.field("user_id", pa.string(), nullable=False),          # pseudonym
+    pa.field("split", pa.string(), nullable=False),            # train | validation | test: never changes once written
+    pa.field("rule", pa.string(), nullable=False),            # first_user | fill | hash: why the user got it
+    pa.field("position", pa.int64(), nullable=False),          # order of first appearance (0-based)
+    pa.field("first_dt", pa.date32(), nullable=False),         # export day of the user's first pair
+    pa.field("salt", pa.string(), nullable=False),             # SplitConfig.salt the entry was made under
+])
+
 SCHEMAS = {
     "duplicate_clusters": DUPLICATE_CLUSTERS,
     "decisions": DECISIONS,
     "pairs": PAIRS,
     "split_pairs": SPLIT_PAIRS,
     "split_rejects": SPLIT_REJECTS,
+    "split_ledger": SPLIT_LEDGER,
 }

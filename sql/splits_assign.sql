@@ -1,23 +1,13 @@
--- Inputs: pairs, prompt_keys (caption, prompt_key).
--- Output: every pair with prompt_key, its user's home split (a pure function of the pseudonym and $salt),
+-- Inputs: pairs, prompt_keys (caption, prompt_key), user_splits (user_id, home: the split ledger).
+-- Output: every pair with prompt_key, its user's home split (from the ledger),
 --         and drop_reason (prompt_conflict | cluster_conflict | NULL) with the conflicting keys as JSON
 --         (evidence; NULL on kept rows).
 --         A key (normalized prompt, duplicate cluster) belongs to one split (its owner); a row is kept
 --         only if every key it carries is owned by its home split, so no key spans two splits.
--- Parameters: $salt, $heldout_fraction, $owner_mode ('first_use' | 'heldout_wins').
-WITH users AS (
-    SELECT user_id, sha256($salt || ':' || user_id) AS digest FROM (SELECT DISTINCT user_id FROM pairs)
-),
-homes AS (
-    SELECT user_id,
-           CASE WHEN ('0x' || substr(digest, 1, 13))::UBIGINT < ($heldout_fraction * 4503599627370496)::UBIGINT
-                THEN CASE WHEN ('0x' || substr(digest, 14, 1))::INTEGER % 2 = 0 THEN 'validation' ELSE 'test' END
-                ELSE 'train' END AS home
-    FROM users
-),
-rows AS (
+-- Parameters: $owner_mode ('first_use' | 'heldout_wins').
+WITH rows AS (
     SELECT p.*, k.prompt_key, h.home
-    FROM pairs p JOIN prompt_keys k ON k.caption = p.caption JOIN homes h USING (user_id)
+    FROM pairs p JOIN prompt_keys k ON k.caption = p.caption JOIN user_splits h USING (user_id)
 ),
 keys AS (
     SELECT pair_id, 'prompt' AS kind, prompt_key AS key, home, dt, created_at, ranking_id, pair_index FROM rows

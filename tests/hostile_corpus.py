@@ -544,3 +544,59 @@ HOSTILE_QUERIES = [
     ("never_ending_count", "SELECT count(*) FROM range(10000000000000::BIGINT)", "time limit"),
     ("never_ending_cross_join", "SELECT count(*) FROM range(10000000) a, range(10000000) b", "time limit"),
 ]
+
+
+# ---------------------------------------------------------------------------- look-alike prompts
+
+# One prompt typed by different users with invisible characters and letters from other scripts mixed in:
+# they must share one prompt key (so no two of them sit in different splits) while each caption stays as typed.
+LOOKALIKE_PROMPTS = (
+    "a red circle on white",
+    "a red\u200b circle on white",             # zero-width space (the reported leak)
+    "a red\u200d circle\u200c on white",       # zero-width joiner / non-joiner
+    "a red circle\u2060 on\u00ad white",       # word joiner, soft hyphen
+    "a red\ufe0f circle on white\U000e0041",   # variation selector, tag character
+    "a r\u0435d \u0441ircle \u043en white",    # Cyrillic e, c, o
+    "a red circle \u03bfn wh\u0456te",         # Greek omicron, Cyrillic i
+)
+
+
+@dataclass
+class LookalikeCase:
+    """The rankings typed with look-alike prompts, ranking id -> the prompt as typed."""
+
+    day: str
+    prompts: dict[int, str] = field(default_factory=dict)
+
+
+def plant_lookalike_prompts(home: DataHome, seed: int = 0, corpus: Corpus | None = None) -> LookalikeCase:
+    """Append, to the first raw day, one new user per look-alike prompt with two images and one ranking.
+
+    With ``corpus`` (planted first), its expected line counts grow by the lines added here.
+    """
+    rng = np.random.default_rng(seed + 1)
+    day = home.raw_days()[0]
+    gen = _Lines(day, rng, 0, ["", ""])  # every ranking below names its own two images
+    gen.next_id = ID_BASE + 50_000
+    added: dict[str, list[bytes]] = {"users": [], "images": [], "rankings": []}
+    case = LookalikeCase(day=day)
+    for prompt in LOOKALIKE_PROMPTS:
+        user = gen.user(email=f"lookalike{gen.next_id}@example.org", name="Look Alike")
+        gen.user_id = user["user_id"]
+        images = [gen.image(prompt=prompt, user_id=user["user_id"]) for _ in range(2)]
+        for row in images:
+            (home.raw_images / f"{row['image_uid']}.png").write_bytes(_encode(noise_image(rng), "PNG"))
+        ranking = gen.ranking(prompt=prompt, user_id=user["user_id"], image_0_uid=images[0]["image_uid"],
+                              image_1_uid=images[1]["image_uid"], best_image_uid=images[0]["image_uid"])
+        added["users"].append(_dump(user))
+        added["images"].extend(_dump(r) for r in images)
+        added["rankings"].append(_dump(ranking))
+        case.prompts[ranking["ranking_id"]] = prompt
+    for table, lines in added.items():
+        data = _read_gz(home.raw_file(day, table))
+        if data and not data.endswith(b"\n"):
+            data += b"\n"
+        _write_gz(home.raw_file(day, table), data + b"".join(line + b"\n" for line in lines))
+        if corpus is not None and (day, table) in corpus.expected_lines:
+            corpus.expected_lines[(day, table)] += len(lines)
+    return case

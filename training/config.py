@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pipelines.settings import knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
@@ -23,62 +25,59 @@ RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output
                               "device"})
 
 
-def _knob(default: Any, help_text: str) -> Any:
-    """A config field with its help text (shown by ``--help`` and as the Dagster run-config description)."""
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class TrainConfig:
     """Every hyperparameter of a preference-model training run (see module docstring for presets)."""
 
-    data_dir: str = _knob("", "published version dir (holds train/, validation_unique/, ...) or datasets/pickapic/latest")
-    output_dir: str = _knob("", "run dir: init/, checkpoints/, best/, metrics.json, curve.png (rerun to resume)")
-    init_from: str = _knob("scratch", "'scratch' (tiny CLIP + BPE trained on the captions) or a local HF CLIP / "
-                           "PickScore dir")
-    preset: str = _knob("demo", "name of the preset these values started from (demo | paper)")
+    data_dir: str = knob("", "published version dir (holds train/, validation_unique/, ...) or datasets/pickapic/latest")
+    output_dir: str = knob("", "run dir: init/, checkpoints/, best/, metrics.json, curve.png (rerun to resume)")
+    init_from: str = knob("scratch", "'scratch' (tiny CLIP + BPE trained on the captions) or a local HF CLIP / "
+                          "PickScore dir")
+    preset: str = knob("demo", "name of the preset these values started from (demo | paper)", choices=("demo", "paper"))
     # optimisation (paper: AdamW lr 3e-6, wd 0.3, 500 warmup, batch 128, 4000 steps, clip 1.0, seed 42)
-    learning_rate: float = _knob(5e-4, "AdamW peak learning rate (after warmup, then linear decay to 0)")
-    weight_decay: float = _knob(0.3, "AdamW weight decay, on matrices only (biases, norms, logit_scale excluded)")
-    adam_beta1: float = _knob(0.9, "AdamW beta1")
-    adam_beta2: float = _knob(0.999, "AdamW beta2")
-    adam_eps: float = _knob(1e-8, "AdamW epsilon")
-    warmup_steps: int = _knob(20, "linear warmup steps from lr / warmup to lr")
-    max_steps: int = _knob(250, "optimizer steps in total (a resumed run may raise it)")
-    batch_size: int = _knob(16, "GLOBAL batch (pairs); split evenly over DDP ranks")
-    grad_clip: float = _knob(1.0, "clip the gradient norm to this (0 = off)")
-    contrastive_weight: float = _knob(1.0, "weight of the in-batch caption-vs-all-images term added to the "
-                                           "PickScore loss (0 = off)")
-    augment: str = _knob("hflip", "train-image augmentation, per image: none | hflip | dihedral (random flips "
-                                  "and 90-degree turns)")
-    seed: int = _knob(42, "seed of the init, data order, shuffle buffer and augmentation")
-    bf16: bool = _knob(True, "bf16 autocast on CUDA; CPU always runs fp32")
-    device: str = _knob("auto", "auto | cpu | cuda")
-    cpu_threads: int = _knob(0, "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))")
+    learning_rate: float = knob(5e-4, "AdamW peak learning rate (after warmup, then linear decay to 0)", min=0,
+                                min_exclusive=True)
+    weight_decay: float = knob(0.3, "AdamW weight decay, on matrices only (biases, norms, logit_scale excluded)", min=0)
+    adam_beta1: float = knob(0.9, "AdamW beta1")
+    adam_beta2: float = knob(0.999, "AdamW beta2")
+    adam_eps: float = knob(1e-8, "AdamW epsilon")
+    warmup_steps: int = knob(20, "linear warmup steps from lr / warmup to lr", min=0)
+    max_steps: int = knob(250, "optimizer steps in total (a resumed run may raise it)", min=1)
+    batch_size: int = knob(16, "GLOBAL batch (pairs); split evenly over DDP ranks", min=1)
+    grad_clip: float = knob(1.0, "clip the gradient norm to this (0 = off)", min=0)
+    contrastive_weight: float = knob(1.0, "weight of the in-batch caption-vs-all-images term added to the "
+                                          "PickScore loss (0 = off)", min=0)
+    augment: str = knob("hflip", "train-image augmentation, per image: none | hflip | dihedral (random flips "
+                                 "and 90-degree turns)", choices=AUGMENTS)
+    seed: int = knob(42, "seed of the init, data order, shuffle buffer and augmentation")
+    bf16: bool = knob(True, "bf16 autocast on CUDA; CPU always runs fp32")
+    device: str = knob("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"), output=False)
+    cpu_threads: int = knob(0, "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))", min=0,
+                            output=False)
     # evaluation / checkpointing
-    eval_every: int = _knob(50, "evaluate on eval_split (and checkpoint) every N steps")
-    eval_split: str = _knob("validation_unique", "split for checkpoint selection and the tie threshold")
-    test_split: str = _knob("test_unique", "split the final accuracy is reported on")
-    eval_batch_size: int = _knob(64, "pairs per evaluation batch")
-    log_every: int = _knob(10, "record the mean train loss every N steps")
+    eval_every: int = knob(50, "evaluate on eval_split (and checkpoint) every N steps", min=1)
+    eval_split: str = knob("validation_unique", "split for checkpoint selection and the tie threshold", choices=SPLITS)
+    test_split: str = knob("test_unique", "split the final accuracy is reported on", choices=SPLITS)
+    eval_batch_size: int = knob(64, "pairs per evaluation batch", min=1, output=False)
+    log_every: int = knob(10, "record the mean train loss every N steps", min=1, output=False)
     # data loading
-    num_workers: int = _knob(1, "loader processes per rank (1 keeps up on 2 cores)")
-    shuffle_buffer: int = _knob(1000, "samples in the seeded shuffle buffer")
-    shuffle_initial: int = _knob(100, "samples buffered before the first one is yielded")
-    resampled: bool = _knob(True, "draw shards with replacement per rank/worker (else seeded epochs)")
-    draft_decode: bool = _knob(True, "PIL JPEG draft (DCT-scaled) decode of TRAIN images; evaluation always "
-                                     "decodes exactly")
-    max_length: int = _knob(77, "caption tokens (pad + truncate), as CLIP")
+    num_workers: int = knob(1, "loader processes per rank (1 keeps up on 2 cores)", min=0, output=False)
+    shuffle_buffer: int = knob(1000, "samples in the seeded shuffle buffer", min=1)
+    shuffle_initial: int = knob(100, "samples buffered before the first one is yielded", min=0)
+    resampled: bool = knob(True, "draw shards with replacement per rank/worker (else seeded epochs)")
+    draft_decode: bool = knob(True, "PIL JPEG draft (DCT-scaled) decode of TRAIN images; evaluation always "
+                                    "decodes exactly")
+    max_length: int = knob(77, "caption tokens (pad + truncate), as CLIP", min=1)
     # 'scratch' model (ignored when init_from is a directory)
-    image_size: int = _knob(64, "scratch model: input size in px (shortest edge resize + center crop)")
-    patch_size: int = _knob(8, "scratch model: ViT patch size")
-    text_width: int = _knob(64, "scratch model: text transformer width")
-    vision_width: int = _knob(64, "scratch model: vision transformer width")
-    layers: int = _knob(2, "scratch model: layers of each tower")
-    heads: int = _knob(2, "scratch model: attention heads")
-    projection_dim: int = _knob(64, "scratch model: joint embedding size")
-    tokenizer_vocab_size: int = _knob(2048, "scratch model: BPE vocabulary size (>= 600)")
-    tokenizer_max_captions: int = _knob(200_000, "scratch model: train captions the BPE is trained on")
+    image_size: int = knob(64, "scratch model: input size in px (shortest edge resize + center crop)", min=1)
+    patch_size: int = knob(8, "scratch model: ViT patch size", min=1)
+    text_width: int = knob(64, "scratch model: text transformer width", min=1)
+    vision_width: int = knob(64, "scratch model: vision transformer width", min=1)
+    layers: int = knob(2, "scratch model: layers of each tower", min=1)
+    heads: int = knob(2, "scratch model: attention heads", min=1)
+    projection_dim: int = knob(64, "scratch model: joint embedding size", min=1)
+    tokenizer_vocab_size: int = knob(2048, "scratch model: BPE vocabulary size (>= 600)", min=600)
+    tokenizer_max_captions: int = knob(200_000, "scratch model: train captions the BPE is trained on", min=1)
 
     def __post_init__(self) -> None:
         problems = []

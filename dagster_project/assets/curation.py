@@ -6,45 +6,56 @@ from dagster_project.charts import cluster_size_histogram
 from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, to_dataclass
-from pipelines.curation import CurationConfig, build_decisions, build_pairs
-from pipelines.dedup import DedupConfig, build_clusters
+from dagster_project.runconfig import config_class, stage_config
+from dagster_project.staleness import REBUILD_CONDITION, runtime_version
+from dagster_project.versions import CODE_VERSIONS
+from pipelines.curation import build_decisions, build_pairs
+from pipelines.dedup import build_clusters
 
-DedupRunConfig = config_class(DedupConfig, "DedupRunConfig")
-CurationRunConfig = config_class(CurationConfig, "CurationRunConfig")
+DedupRunConfig = config_class("dedup", "DedupRunConfig")
+CurationRunConfig = config_class("curation", "CurationRunConfig")
 
 
 @dg.asset(
     deps=["image_features"], group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("duplicate_clusters"), check_specs=check_specs(["duplicate_clusters"]),
+    code_version=CODE_VERSIONS["dedup"], automation_condition=REBUILD_CONDITION,
 )
-def duplicate_clusters(config: DedupRunConfig, data_home: PickapicHome):
+def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
-    report = build_clusters(home, to_dataclass(DedupConfig, config))
+    settings = stage_config("dedup", config, home)
+    report = build_clusters(home, settings)
     chart = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
     yield from materialize_and_check(home, ["duplicate_clusters"], report,
-                                     extra={"duplicate_clusters": {"cluster_size_chart": chart}})
+                                     extra={"duplicate_clusters": {"cluster_size_chart": chart}},
+                                     data_version=runtime_version(context.instance, "dedup", home, settings))
 
 
 @dg.asset(
     deps=["duplicate_clusters", "rankings", "images", "image_features", "image_rejects"],
     group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("decisions"), check_specs=check_specs(["decisions"]),
+    code_version=CODE_VERSIONS["decisions"], automation_condition=REBUILD_CONDITION,
 )
-def decisions(config: CurationRunConfig, data_home: PickapicHome):
+def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
-    report = build_decisions(home, to_dataclass(CurationConfig, config))
-    yield from materialize_and_check(home, ["decisions"], report)
+    settings = stage_config("curation", config, home)
+    report = build_decisions(home, settings)
+    yield from materialize_and_check(home, ["decisions"], report,
+                                     data_version=runtime_version(context.instance, "decisions", home, settings))
 
 
 @dg.asset(
     deps=["decisions"], group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("pairs"), check_specs=check_specs(["pairs"]),
+    code_version=CODE_VERSIONS["pairs"], automation_condition=REBUILD_CONDITION,
 )
-def pairs(config: CurationRunConfig, data_home: PickapicHome):
+def pairs(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
-    report = build_pairs(home, to_dataclass(CurationConfig, config))
-    yield from materialize_and_check(home, ["pairs"], report)
+    settings = stage_config("curation", config, home)
+    report = build_pairs(home, settings)
+    yield from materialize_and_check(home, ["pairs"], report,
+                                     data_version=runtime_version(context.instance, "pairs", home, settings))

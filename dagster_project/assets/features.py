@@ -10,11 +10,12 @@ from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, to_dataclass
-from pipelines.features import FeaturesConfig, build_features
+from dagster_project.runconfig import config_class, stage_config
+from dagster_project.staleness import runtime_version
+from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
+from pipelines.features import build_features
 
-FEATURE_DATASETS = ("image_features", "image_rejects")
-_BaseFeaturesRunConfig = config_class(FeaturesConfig, "_BaseFeaturesRunConfig")
+_BaseFeaturesRunConfig = config_class("features", "_BaseFeaturesRunConfig")
 
 
 class FeaturesRunConfig(_BaseFeaturesRunConfig):
@@ -24,9 +25,11 @@ class FeaturesRunConfig(_BaseFeaturesRunConfig):
 @dg.multi_asset(
     specs=[
         dg.AssetSpec("image_features", deps=["images"], group_name="features", kinds={"beam", "onnx", "parquet"},
+                     code_version=CODE_VERSIONS["features"],
                      description="Per-image sha256, pHash/dHash, NudeNet detections and the training JPEG key.",
                      metadata=spec_metadata("image_features")),
         dg.AssetSpec("image_rejects", deps=["images"], group_name="features", kinds={"beam", "parquet"},
+                     code_version=CODE_VERSIONS["features"],
                      description="Images the feature stage could not process, with the reason (dead letter).",
                      metadata=spec_metadata("image_rejects")),
     ],
@@ -38,8 +41,9 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     """Run the Beam feature pipeline (in-process DirectRunner by default) for one day."""
     home = data_home.home()
     day = context.partition_key
-    stage_config = to_dataclass(FeaturesConfig, config)
-    report = build_features(home, day, stage_config, beam_args=shlex.split(config.beam_args))
+    settings = stage_config("features", config, home)
+    report = build_features(home, day, settings, beam_args=shlex.split(config.beam_args))
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
-    yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra)
+    version = runtime_version(context.instance, "features", home, settings, day)
+    yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra, data_version=version)

@@ -6,10 +6,11 @@ from dagster_project.contracts import check_specs, log_refreshed_partition, mate
 from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, to_dataclass
-from pipelines.ingest import IngestConfig, ingest_day
+from dagster_project.runconfig import config_class, stage_config
+from dagster_project.staleness import runtime_version
+from dagster_project.versions import CODE_VERSIONS, INGEST_DATASETS, RAW_ASSET
+from pipelines.ingest import ingest_day
 
-INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 _DESCRIPTIONS = {
     "users": "App users of the day (id and sign-up time only: emails and names stay in the raw zone).",
     "images": "Generated images of the day, prompts unescaped and bracketed negatives split off.",
@@ -18,12 +19,14 @@ _DESCRIPTIONS = {
     "quarantine": "Every raw line that was not accepted, with table, file, line number and reason.",
     "ingest_files": "One row per raw file of the day with line counts that must reconcile.",
 }
-IngestRunConfig = config_class(IngestConfig, "IngestRunConfig")
+IngestRunConfig = config_class("ingest", "IngestRunConfig")
 
 
 @dg.multi_asset(
     specs=[dg.AssetSpec(ds, description=_DESCRIPTIONS[ds], group_name="ingest", kinds={"python", "parquet"},
-                        metadata=spec_metadata(ds), deps=["app_export"]) for ds in INGEST_DATASETS],
+                        deps=[RAW_ASSET, "app_export"], code_version=CODE_VERSIONS["ingest"],
+                        metadata=spec_metadata(ds))
+           for ds in INGEST_DATASETS],
     check_specs=check_specs(INGEST_DATASETS),
     partitions_def=daily,
     name="ingest_day",
@@ -32,8 +35,12 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
     """Validate one day's raw export into partitioned Parquet tables plus quarantine."""
     home = data_home.home()
     day = context.partition_key
-    report = ingest_day(home, day, to_dataclass(IngestConfig, config))
+    settings = stage_config("ingest", config, home)
+    report = ingest_day(home, day, settings)
     for earlier, refreshed in sorted(report.refreshed.items()):
-        # this day's images resolved references an earlier partition waited for: it was ingested again
-        log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, earlier, cause=day)
-    yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day)
+        # this day's images resolved references an earlier partition waited for: it was ingested again, and
+        # its version now names this day as an input (a later change of this day's export makes it stale)
+        version = runtime_version(context.instance, "ingest", home, settings, earlier, refreshed.late_image_days)
+        log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, earlier, cause=day, data_version=version)
+    version = runtime_version(context.instance, "ingest", home, settings, day, report.late_image_days)
+    yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day, data_version=version)

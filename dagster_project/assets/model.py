@@ -7,11 +7,12 @@ import dagster as dg
 
 from dagster_project.metadata import png_markdown, report_metadata, to_metadata
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, to_dataclass
+from dagster_project.runconfig import config_class, stage_config
+from dagster_project.staleness import runtime_version
+from dagster_project.versions import CODE_VERSIONS
 from pipelines.home import DataHome
-from training.config import TrainConfig
 
-_BaseTrainRunConfig = config_class(TrainConfig, "_BaseTrainRunConfig")
+_BaseTrainRunConfig = config_class("train", "_BaseTrainRunConfig")
 
 
 class TrainRunConfig(_BaseTrainRunConfig):
@@ -53,12 +54,13 @@ def true_quality_by_pair_name(home: DataHome, out: Path) -> Path | None:
     return out
 
 
-@dg.asset(deps=["published_dataset"], group_name="model", kinds={"pytorch", "webdataset"})
+@dg.asset(deps=["published_dataset"], group_name="model", kinds={"pytorch", "webdataset"},
+          code_version=CODE_VERSIONS["model"])
 def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, data_home: PickapicHome):
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
     home = data_home.home()
     version_dir = latest_version_dir(home)
-    train_config = to_dataclass(TrainConfig, config)
+    train_config = stage_config("train", config, home)
     train_config = train_config.replace(
         data_dir=train_config.data_dir or str(version_dir),
         output_dir=train_config.output_dir or str(model_run_dir(home, version_dir)),
@@ -75,7 +77,8 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
     metadata["training_curve"] = png_markdown(result.curve_path, "training curve")
     metadata["curve_path"] = dg.MetadataValue.path(str(result.curve_path))
     metadata["dataset_version"] = version_dir.name
-    return dg.MaterializeResult(metadata=metadata)
+    version = runtime_version(context.instance, "model", home, train_config)
+    return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 
 
 @dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})

@@ -6,19 +6,39 @@ from dagster_project.charts import split_sizes
 from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, to_dataclass
-from pipelines.splits import SplitConfig, build_splits
+from dagster_project.runconfig import config_class, stage_config
+from dagster_project.staleness import REBUILD_CONDITION, runtime_version
+from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
+from pipelines.splits import build_splits
 
-SplitRunConfig = config_class(SplitConfig, "SplitRunConfig")
+SplitRunConfig = config_class("splits", "SplitRunConfig")
+TRAINABLE_CHECK = "split_pairs_trainable"
 
 
 @dg.asset(
     deps=["pairs"], group_name="splits", kinds={"duckdb", "parquet"},
-    metadata=spec_metadata("split_pairs"), check_specs=check_specs(["split_pairs"]),
+    metadata=spec_metadata("split_pairs"),
+    check_specs=[*check_specs(["split_pairs"]), dg.AssetCheckSpec(
+        TRAINABLE_CHECK, asset="split_pairs", blocking=True,
+        description="Every split can feed the trainer: none empty, validation_unique and test_unique hold at least "
+                    "splits.min_unique_rows rows, at least splits.min_users users; else nothing is published.")],
+    code_version=CODE_VERSIONS["splits"], automation_condition=REBUILD_CONDITION,
 )
-def split_pairs(config: SplitRunConfig, data_home: PickapicHome):
-    """Pairs assigned to splits; held-out users are a pure function of their pseudonym and a salt."""
+def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_home: PickapicHome):
+    """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance."""
     home = data_home.home()
-    report = build_splits(home, to_dataclass(SplitConfig, config))
+    settings = stage_config("splits", config, home)
+    report = build_splits(home, settings)
     chart = split_sizes(str(home.table_file("split_pairs")))
-    yield from materialize_and_check(home, ["split_pairs"], report, extra={"split_pairs": {"split_sizes_chart": chart}})
+    version = runtime_version(context.instance, "splits", home, settings)
+    if report.problems:  # a version no trainer can use must not flow on to publish
+        version += FAILED_SUFFIX
+        context.log.error("not enough data to publish: " + "; ".join(report.problems))
+    yield from materialize_and_check(home, ["split_pairs"], report, data_version=version,
+                                     extra={"split_pairs": {"split_sizes_chart": chart}})
+    yield dg.AssetCheckResult(
+        asset_key="split_pairs", check_name=TRAINABLE_CHECK, passed=not report.problems,
+        severity=dg.AssetCheckSeverity.ERROR,
+        description="not enough data to publish: " + "; ".join(report.problems) if report.problems else None,
+        metadata={"problems": dg.MetadataValue.md("\n".join(f"- {p}" for p in report.problems) or "none"),
+                  "rows_per_split": dg.MetadataValue.json(report.rows), "users": report.users})

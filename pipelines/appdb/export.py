@@ -36,6 +36,7 @@ from pipelines.appdb.connection import (
 )
 from pipelines.appdb.tables import check_tables, statement
 from pipelines.home import DataHome
+from pipelines.settings import check_fields, knob
 from pipelines.storage import sha256_file
 from schemas.raw import RAW_TABLES
 
@@ -43,31 +44,23 @@ BATCH_LINES = 4096
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 
 
-def _knob(default, help_text: str):
-    return field(default=default, metadata={"help": help_text})
-
-
 @dataclass(frozen=True)
 class AppExportConfig:
-    """Knobs of the app-database export (the Dagster run config and the CLI flags come from here)."""
+    """Settings of the app-database export (``[app_export]`` of HOME/pickapic.toml; Dagster run config, CLI flags)."""
 
-    lag_minutes: int = _knob(60, "Minutes after a day ends (UTC) before it may be exported: late commits land first.")
-    lookback_days: int = _knob(2, "Days before the newest closed day that each scheduled export re-exports, so rows "
-                                  "committed late reach their day (an unchanged day is not rewritten).")
-    users_snapshot: bool = _knob(True, "users file = every account created up to the day's end (a snapshot); "
-                                       "false = only the accounts created that day, like the simulator's files.")
-    blob_workers: int = _knob(8, "Threads copying image blobs from the app's storage into raw/images.")
+    lag_minutes: int = knob(60, "Minutes after a day ends (UTC) before it may be exported: late commits land first.",
+                            min=0, max=7 * 24 * 60, output=False)
+    lookback_days: int = knob(2, "Days before the newest closed day that each scheduled export re-exports, so rows "
+                                 "committed late reach their day (an unchanged day is not rewritten).",
+                              min=0, max=31, output=False)
+    users_snapshot: bool = knob(True, "users file = every account created up to the day's end (a snapshot); "
+                                      "false = only the accounts created that day, like the simulator's files.")
+    blob_workers: int = knob(8, "Threads copying image blobs from the app's storage into raw/images.",
+                             min=1, max=64, output=False)
 
     def validate(self) -> "AppExportConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
-        if not isinstance(self.lag_minutes, int) or not 0 <= self.lag_minutes <= 7 * 24 * 60:
-            raise ValueError(f"lag_minutes must be an integer in 0..10080, got {self.lag_minutes!r}")
-        if not isinstance(self.lookback_days, int) or not 0 <= self.lookback_days <= 31:
-            raise ValueError(f"lookback_days must be an integer in 0..31, got {self.lookback_days!r}")
-        if not isinstance(self.users_snapshot, bool):
-            raise ValueError(f"users_snapshot must be true or false, got {self.users_snapshot!r}")
-        if not isinstance(self.blob_workers, int) or not 1 <= self.blob_workers <= 64:
-            raise ValueError(f"blob_workers must be an integer in 1..64, got {self.blob_workers!r}")
+        check_fields(self)
         return self
 
 

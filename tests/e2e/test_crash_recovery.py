@@ -30,6 +30,7 @@ from filelock import FileLock
 
 from pipelines.home import DataHome
 from pipelines.publish import list_versions, verify_version
+from pipelines.settings import write_settings
 from pipelines.simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,6 +40,7 @@ SIM = SimConfig(days=3, users=12, rankings_per_day=25, image_size=64, seed=3)
 DAY1, DAY2, DAY3 = (SIM.day(i) for i in range(3))
 INGEST_OUTPUTS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 BUILD_TIMEOUT = 240
+SMALL_HOME_SETTINGS = {"splits.min_users": 3, "splits.min_unique_rows": 1}
 
 
 # --- helpers shared with test_concurrency.py ----------------------------------------------------
@@ -252,6 +254,8 @@ def crash_reference(tmp_path_factory: pytest.TempPathFactory):
                 if stale.exists():
                     shutil.rmtree(stale)
             simulate(DataHome(raw), SIM)
+            # a home this small (12 users) is below the publish minimums; these tests are about crashes
+            write_settings(raw, SMALL_HOME_SETTINGS)
             shutil.copytree(raw, ref, symlinks=True)
             log = shared / "reference.log"
             code = run_build(DataHome(ref), log, "--to", DAY2)

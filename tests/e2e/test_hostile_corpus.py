@@ -22,8 +22,9 @@ import pytest
 
 from dagster_project.build import BuildResult, run_build, select_days
 from pipelines.home import DataHome
+from pipelines.settings import write_settings
 from pipelines.simulator import SimConfig, simulate
-from tests.hostile_corpus import Corpus, plant_hostile_corpus
+from tests.hostile_corpus import LOOKALIKE_PROMPTS, Corpus, plant_hostile_corpus, plant_lookalike_prompts
 
 SEED = 11
 
@@ -71,8 +72,10 @@ def hostile(tmp_path_factory: pytest.TempPathFactory) -> Built:
     base = tmp_path_factory.mktemp("hostile")
     home = DataHome(base / "home")
     simulate(home, SimConfig(days=1, users=10, rankings_per_day=20, image_size=64, seed=SEED))
+    write_settings(home.root, {"splits.min_users": 3, "splits.min_unique_rows": 1})  # tiny home: hostile input is the point
     outside = base / "outside"
     corpus = plant_hostile_corpus(home, outside, seed=SEED)
+    plant_lookalike_prompts(home, seed=SEED, corpus=corpus)
     outside_before = _snapshot(outside)
     base_before = sorted(p.name for p in base.iterdir())
     days = select_days(home)
@@ -295,3 +298,15 @@ def test_the_same_raw_files_elsewhere_publish_the_same_bytes(hostile: Built, tmp
     assert (other.table_dir("raw_zone_problems") / "data.parquet").is_file()
     published = " ".join(str(v) for v in pq.read_table(ours / "meta" / "quarantine.parquet").column("detail").to_pylist())
     assert str(hostile.base) not in published and "outside the raw zone" in published
+
+
+def test_lookalike_prompts_share_one_key_and_one_split(hostile: Built) -> None:
+    home = hostile.home
+    typed = {r["ranking_id"]: r["prompt"] for r in _table(home, "rankings") if r["prompt"] in LOOKALIKE_PROMPTS}
+    assert len(typed) == len(LOOKALIKE_PROMPTS)
+    kept = [r for r in _table(home, "split_pairs") if r["ranking_id"] in typed]
+    dropped = [r for r in _table(home, "split_rejects") if r["ranking_id"] in typed]
+    assert len({r["pair_id"] for r in kept} | {r["pair_id"] for r in dropped}) == len(typed)
+    assert {r["prompt_key"] for r in kept + dropped} == {"a red circle on white"}
+    assert len({r["split"] for r in kept if not r["split"].endswith("_unique")}) == 1  # never two splits
+    assert all(r["caption"] == typed[r["ranking_id"]] for r in kept)  # the caption stays as typed

@@ -64,9 +64,14 @@ def _stats(home: DataHome, day: str) -> dict[str, tuple[int, int]]:
 
 
 def _sensor_keys(home: DataHome) -> dict[str, str]:
-    context = dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(home.root))},
-                                      repository_def=defs.get_repository_def())
-    result = automation.raw_partition_sensor.evaluate_tick(context)
+    """The raw-day sensor's run key per day, seen by a new instance (a key follows the day's content)."""
+    folder = home.root.parent / f"dagster-{next(_counter)}"
+    folder.mkdir()
+    with dg.instance_for_test(temp_dir=str(folder)) as instance:
+        context = dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                          resources={"data_home": PickapicHome(root=str(home.root))},
+                                          repository_def=defs.get_repository_def())
+        result = automation.raw_partition_sensor.evaluate_tick(context)
     return {r.partition_key: r.run_key for r in result.run_requests}
 
 
@@ -221,18 +226,34 @@ def test_simulating_into_a_database_that_holds_rows_is_refused(app_db, tmp_path)
         AppDatabaseSink(app_db, None)
 
 
-def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(monkeypatch):
-    context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc),
-        repository_def=defs.get_repository_def())
-    monkeypatch.delenv("PICKAPIC_APP_DB_DSN", raising=False)
-    assert "PICKAPIC_APP_DB_DSN is not set" in automation.app_export_schedule.evaluate_tick(context).skip_message
-    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
-    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "90")
-    requests = automation.app_export_schedule.evaluate_tick(context).run_requests
-    # at 01:00 with a 90-minute lag, 2023-03-04 is not closed yet: the newest is 2023-03-03
-    assert [r.partition_key for r in requests] == ["2023-03-01", "2023-03-02", "2023-03-03"]
-    assert requests[0].run_config["ops"]["app_export"]["config"] == {"lag_minutes": 90, "lookback_days": 2}
+def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(monkeypatch, tmp_path):
+    from pipelines.settings import write_settings
+
+    home = DataHome.at(tmp_path / "home")
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        def tick():
+            return automation.app_export_schedule.evaluate_tick(dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc),
+                resources={"data_home": PickapicHome(root=str(home.root))}, repository_def=defs.get_repository_def()))
+
+        monkeypatch.delenv("PICKAPIC_APP_DB_DSN", raising=False)
+        assert "PICKAPIC_APP_DB_DSN is not set" in tick().skip_message
+        monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
+        monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "90")
+        requests = tick().run_requests
+        # at 01:00 with a 90-minute lag, 2023-03-04 is not closed yet: the newest is 2023-03-03
+        assert [r.partition_key for r in requests] == ["2023-03-01", "2023-03-02", "2023-03-03"]
+        assert requests[0].run_config["ops"]["app_export"]["config"] == {"lag_minutes": 90, "lookback_days": 2}
+        assert set(instance.get_dynamic_partitions("raw_days")) == {"2023-03-01", "2023-03-02", "2023-03-03"}
+        monkeypatch.delenv("PICKAPIC_APP_EXPORT_LAG_MINUTES")
+        write_settings(home.root, {"app_export.lookback_days": 0})   # the home's settings file, when no variable
+        assert [r.partition_key for r in tick().run_requests] == ["2023-03-04"]
+        monkeypatch.setenv("PICKAPIC_APP_EXPORT_LOOKBACK_DAYS", "40")
+        with pytest.raises(dg.DagsterError) as error:
+            tick()
+        assert "app_export.lookback_days = 40 ($PICKAPIC_APP_EXPORT_LOOKBACK_DAYS) is out of range" in \
+            str(error.value.__cause__)
 
 
 def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):

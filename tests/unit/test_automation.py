@@ -1,74 +1,225 @@
-"""The nightly schedule, the raw-partition sensor and the rebuild chaining produce the right requests."""
-import datetime as dt
+"""The build plan, the nightly schedule, the raw-day sensor and the rebuild automation, against a real instance.
+
+Stage runs are replaced by recorded materializations carrying the data versions the plan expects (and
+empty output files), so every rule of "missing or stale" is checked in seconds; the end-to-end tests
+run the real stages.
+"""
 import gzip
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import dagster as dg
+import pytest
 
-from dagster_project import automation
+from dagster_project import automation, versions
 from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
+from dagster_project.staleness import DATA_VERSION_TAG, plan_build, record_observations
+from dagster_project.versions import BY_NAME, PARTITIONS
 from pipelines.home import DataHome
+from pipelines.settings import load
+
+DAYS = ("2023-02-13", "2023-02-14")
 
 
-def _land_day(home: DataHome, day: str, tables=automation.RAW_TABLE_FILES) -> None:
+def _land_day(home: DataHome, day: str, tables=automation.RAW_TABLE_FILES, payload: bytes = b"") -> None:
     folder = home.raw_day(day)
     folder.mkdir(parents=True, exist_ok=True)
     for name in tables:
-        with gzip.open(folder / name, "wb") as handle:
-            handle.write(b"")
+        (folder / name).write_bytes(gzip.compress(payload, mtime=0))
 
 
-def _sensor_context(root):
-    return dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(root))},
+@pytest.fixture()
+def home(tmp_path) -> DataHome:
+    home = DataHome(tmp_path / "home")
+    for day in DAYS:
+        _land_day(home, day)
+    return home
+
+
+@pytest.fixture()
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield instance
+
+
+def _pretend_built(home: DataHome, instance: dg.DagsterInstance, plan, stages=None) -> None:
+    """Record what the plan's runs would record, and leave their output files."""
+    record_observations(instance, plan.observations)
+    instance.add_dynamic_partitions(PARTITIONS, list(plan.days))
+    for (stage_name, day), version in plan.expected.items():
+        if stages is not None and stage_name not in stages:
+            continue
+        stage = BY_NAME[stage_name]
+        for asset in stage.assets:
+            instance.report_runless_asset_event(dg.AssetMaterialization(
+                asset_key=asset, partition=day, tags={DATA_VERSION_TAG: version}))
+            path = home.partition_file(asset, day) if day else home.table_file(asset)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.touch()
+    for extra in ("split_rejects", "split_ledger"):
+        home.table_file(extra).parent.mkdir(parents=True, exist_ok=True)
+        home.table_file(extra).touch()
+    version = home.datasets / "v1"
+    version.mkdir(parents=True, exist_ok=True)
+    (version / "manifest.json").write_text("{}")
+    if not (home.datasets / "latest").exists():
+        (home.datasets / "latest").symlink_to("v1")
+
+
+def _plan(home, instance, *assignments, **kwargs):
+    return plan_build(home, load(home.root, assignments=assignments), instance, **kwargs)
+
+
+def _summary(plan) -> list[tuple]:
+    return [(run.partition or run.job, tuple(run.ops)) for run in plan.runs]
+
+
+def test_fresh_home_needs_every_day_then_one_rebuild(home, instance):
+    plan = _plan(home, instance)
+    assert _summary(plan) == [(DAYS[0], ("ingest_day", "fingerprint_images")),
+                              (DAYS[1], ("ingest_day", "fingerprint_images")),
+                              ("rebuild_dataset_job", ("duplicate_clusters", "decisions", "pairs", "split_pairs",
+                                                       "published_dataset"))]
+    assert all("never built" in reason for run in plan.runs for reason in run.reasons)
+    assert set(plan.observations) == set(DAYS)
+
+
+def test_built_home_is_up_to_date(home, instance):
+    _pretend_built(home, instance, _plan(home, instance))
+    plan = _plan(home, instance)
+    assert plan.up_to_date and plan.observations == {}
+
+
+def test_a_new_day_runs_that_day_and_the_rebuild(home, instance):
+    _pretend_built(home, instance, _plan(home, instance))
+    _land_day(home, "2023-02-15")
+    plan = _plan(home, instance)
+    assert _summary(plan)[0] == ("2023-02-15", ("ingest_day", "fingerprint_images"))
+    assert [run.job for run in plan.runs] == ["daily_partition_job", "rebuild_dataset_job"]
+
+
+def test_changed_bytes_rerun_a_day_the_same_bytes_do_not(home, instance):
+    _pretend_built(home, instance, _plan(home, instance))
+    _land_day(home, DAYS[1])  # rewritten with identical bytes: a new mtime only
+    assert _plan(home, instance).up_to_date
+    _land_day(home, DAYS[1], payload=b'{"user_id": 1}\n')
+    plan = _plan(home, instance)
+    assert plan.runs[0].partition == DAYS[1] and "ingest: raw files changed" in plan.runs[0].reasons
+    assert [run.partition for run in plan.runs] == [DAYS[1], None]
+
+
+def test_settings_rerun_exactly_the_stages_they_change(home, instance):
+    _pretend_built(home, instance, _plan(home, instance))
+    assert _summary(_plan(home, instance, "publish.max_samples_per_shard=50")) == [
+        ("rebuild_dataset_job", ("published_dataset",))]
+    assert _summary(_plan(home, instance, "splits.heldout_fraction=0.2"))[0][1] == ("split_pairs", "published_dataset")
+    assert _plan(home, instance, "dedup.threads=1", "publish.workers=1").up_to_date  # no output changes
+    assert [r.partition for r in _plan(home, instance, "features.jpeg_quality=80").runs] == [*DAYS, None]
+    (home.root / "pickapic.toml").write_text("[dedup]\nk = 4\n")
+    assert _summary(_plan(home, instance))[0][1][0] == "duplicate_clusters"
+
+
+def test_missing_outputs_failed_checks_code_versions_and_force(home, instance, monkeypatch):
+    _pretend_built(home, instance, _plan(home, instance))
+    home.table_file("decisions").unlink()
+    plan = _plan(home, instance)
+    assert plan.runs[0].reasons[0] == "decisions: output files missing"
+    home.table_file("decisions").touch()
+    expected = _plan(home, instance, "dedup.k=4").expected[("pairs", None)]
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key="pairs", tags={DATA_VERSION_TAG: _plan(home, instance).expected[("pairs", None)] + "-failed-checks"}))
+    assert _plan(home, instance).runs[0].reasons[0] == "pairs: its last run failed a blocking check"
+    assert expected
+    monkeypatch.setitem(versions.CODE_VERSIONS, "dedup", "999")  # a code change that alters dedup's output
+    assert _plan(home, instance).runs[0].ops[0] == "duplicate_clusters"
+    forced = _plan(home, instance, selected_days=[DAYS[0]])
+    assert forced.runs[0].partition == DAYS[0] and forced.runs[0].reasons[0] == "ingest: recompute requested"
+
+
+def _sensor_context(home: DataHome, instance):
+    return dg.build_sensor_context(instance=instance, instance_ref=instance.get_ref(),
+                                   resources={"data_home": PickapicHome(root=str(home.root))},
                                    repository_def=defs.get_repository_def())
 
 
-def test_nightly_schedule_requests_yesterday_partition():
-    context = dg.build_schedule_context(
-        scheduled_execution_time=dt.datetime(2023, 3, 5, 2, 0, tzinfo=dt.timezone.utc),
-        repository_def=defs.get_repository_def())
-    request = automation.nightly_schedule.evaluate_tick(context).run_requests[0]
-    assert request.partition_key == "2023-03-04"
-    assert request.run_key == "nightly-2023-03-04"
-    assert automation.nightly_schedule.cron_schedule == "0 2 * * *"
-    assert automation.nightly_schedule.execution_timezone == "UTC"
-
-
-def test_nightly_schedule_targets_the_daily_partition_job():
-    assert automation.nightly_schedule.job_name == "daily_partition_job"
-    assert automation.train_schedule.job_name == "train_model_job"
-
-
-def test_raw_partition_sensor_requests_complete_days_only(tmp_path):
-    home = DataHome(tmp_path)
-    _land_day(home, "2023-02-13")
-    _land_day(home, "2023-02-14")
+def test_raw_sensor_adds_partitions_observes_and_requests_complete_days_only(home, instance):
     _land_day(home, "2023-02-15", tables=automation.RAW_TABLE_FILES[:2])  # still landing
-    context = _sensor_context(tmp_path)
-    result = automation.raw_partition_sensor.evaluate_tick(context)
-    assert [r.partition_key for r in result.run_requests] == ["2023-02-13", "2023-02-14"]
+    result = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
+    assert [r.partition_key for r in result.run_requests] == list(DAYS)
+    assert [r.partition for r in result.asset_events] == list(DAYS)
+    assert result.dynamic_partitions_requests[0].partition_keys == list(DAYS)
     keys = [r.run_key for r in result.run_requests]
-    assert len(set(keys)) == 2
-
-    # the same files give the same run keys (Dagster skips them); a re-export changes the key
-    again = automation.raw_partition_sensor.evaluate_tick(
-        _sensor_context(tmp_path))
-    assert [r.run_key for r in again.run_requests] == keys
-    with gzip.open(home.raw_file("2023-02-14", "rankings"), "wb") as handle:
-        handle.write(b'{"x": 1}\n')
-    changed = automation.raw_partition_sensor.evaluate_tick(
-        _sensor_context(tmp_path))
-    assert changed.run_requests[0].run_key == keys[0]
-    assert changed.run_requests[1].run_key != keys[1]
+    again = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
+    assert [r.run_key for r in again.run_requests] == keys  # Dagster skips a run key it has seen
+    _land_day(home, DAYS[1], payload=b'{"x": 1}\n')  # a re-export with other bytes: a new run key
+    changed = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
+    assert [r.run_key for r in changed.run_requests][0] == keys[0]
+    assert [r.run_key for r in changed.run_requests][1] != keys[1]
 
 
-def test_raw_partition_sensor_skips_when_nothing_landed(tmp_path):
-    context = _sensor_context(tmp_path)
-    result = automation.raw_partition_sensor.evaluate_tick(context)
-    assert not result.run_requests
-    assert "no complete raw partition" in result.skip_message
+def test_raw_sensor_skips_when_nothing_landed_or_all_fresh(tmp_path, home, instance):
+    empty = automation.raw_partition_sensor.evaluate_tick(_sensor_context(DataHome(tmp_path / "empty"), instance))
+    assert not empty.run_requests and "no complete raw partition" in empty.skip_message
+    _pretend_built(home, instance, _plan(home, instance))
+    fresh = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
+    assert not fresh.run_requests and "ingested and fresh" in fresh.skip_message
 
 
-def test_rebuild_sensor_is_chained_to_the_daily_job():
-    sensor = defs.resolve_sensor_def("rebuild_after_daily_partition")
-    assert sensor.job_name == "rebuild_dataset_job"
+def _schedule_context(home: DataHome, instance):
+    return dg.build_schedule_context(instance=instance, resources={"data_home": PickapicHome(root=str(home.root))},
+                                     repository_def=defs.get_repository_def())
+
+
+def test_nightly_schedule_requests_stale_days_then_a_settings_rebuild(home, instance):
+    first = automation.nightly_schedule.evaluate_tick(_schedule_context(home, instance))
+    assert [r.partition_key for r in first.run_requests] == list(DAYS)  # the rebuild waits for them
+    assert set(instance.get_dynamic_partitions(PARTITIONS)) == set(DAYS)
+    _pretend_built(home, instance, _plan(home, instance))
+    assert automation.nightly_schedule.evaluate_tick(_schedule_context(home, instance)).skip_message
+    (home.root / "pickapic.toml").write_text("[publish]\nmax_samples_per_shard = 50\n")
+    rebuild = automation.nightly_schedule.evaluate_tick(_schedule_context(home, instance)).run_requests
+    assert [(r.partition_key, r.asset_selection) for r in rebuild] == [(None, [dg.AssetKey("published_dataset")])]
+
+
+def test_train_schedule_waits_for_a_published_version(home, instance):
+    skipped = automation.train_schedule.evaluate_tick(_schedule_context(home, instance))
+    assert "nothing published yet" in skipped.skip_message
+    _pretend_built(home, instance, _plan(home, instance))
+    assert automation.train_schedule.evaluate_tick(_schedule_context(home, instance)).run_requests[0].run_key == "train-v1"
+
+
+def test_rebuild_automation_fires_once_when_a_daily_version_changes(home, instance):
+    _pretend_built(home, instance, _plan(home, instance))
+    globals_ = dg.AssetSelection.groups("curation", "splits", "publish")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_)
+    assert result.total_requested == 0  # the first tick only learns the current versions
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key="image_features", partition=DAYS[0], tags={DATA_VERSION_TAG: "changed"}))
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_, cursor=result.cursor)
+    globals_requested = {a: result.get_num_requested(dg.AssetKey(a)) for a in
+                         ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")}
+    assert globals_requested == dict.fromkeys(globals_requested, 1) and result.total_requested == 5
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_, cursor=result.cursor)
+    assert result.total_requested == 0  # nothing changed since
+
+
+def test_automation_starts_on_and_can_start_off():
+    assert automation.nightly_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
+    assert automation.raw_partition_sensor.default_status == dg.DefaultSensorStatus.RUNNING
+    assert automation.rebuild_automation.default_status == dg.DefaultSensorStatus.RUNNING
+    code = ("from dagster_project import automation as a; import dagster as dg; "
+            "assert a.nightly_schedule.default_status == dg.DefaultScheduleStatus.STOPPED; "
+            "assert a.raw_partition_sensor.default_status == dg.DefaultSensorStatus.STOPPED")
+    env = {**os.environ, "PICKAPIC_AUTOMATION": "off", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+
+
+def test_partitions_are_the_homes_raw_days():
+    graph = defs.resolve_asset_graph()
+    for asset in ("raw_app_logs", "users", "image_features"):
+        partitions = graph.get(dg.AssetKey(asset)).partitions_def
+        assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == PARTITIONS

@@ -3,7 +3,7 @@ import pytest
 
 from dagster_project.cli import main
 
-SUBCOMMANDS = ["simulate", "build", "query", "export", "train", "demo", "ui"]
+SUBCOMMANDS = ["simulate", "build", "settings", "query", "export", "train", "demo", "serve", "ui"]
 
 
 @pytest.mark.parametrize("sub", [None, *SUBCOMMANDS])
@@ -63,8 +63,31 @@ def test_build_rejects_a_malformed_day(capsys):
     assert "'2023-13-01' is not a day" in capsys.readouterr().err
 
 
-def test_build_refuses_days_outside_the_partitions(tmp_path, capsys):
-    (tmp_path / "raw" / "app_logs" / "dt=2022-06-01").mkdir(parents=True)
+def test_build_refuses_days_in_the_future(tmp_path, capsys):
+    (tmp_path / "raw" / "app_logs" / "dt=2999-06-01").mkdir(parents=True)
     assert main(["build", "--home", str(tmp_path)]) == 1
     err = capsys.readouterr().err
-    assert "2022-06-01 fall outside the daily partitions" in err and "PICKAPIC_PARTITIONS_START" in err
+    assert "raw day(s) 2999-06-01 lie in the future" in err
+
+
+def test_build_refuses_a_bad_setting_before_anything_runs(tmp_path, capsys):
+    (tmp_path / "raw" / "app_logs" / "dt=2023-02-13").mkdir(parents=True)
+    assert main(["build", "--home", str(tmp_path), "--set", "splits.heldout_fraction=1.5"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["pickapic build: error: setting splits.heldout_fraction = 1.5 (--set) is out of range: "
+                   "allowed a number, 0 <= value < 1"]
+    assert not (tmp_path / "dagster").exists()  # refused before any Dagster instance was made
+    (tmp_path / "pickapic.toml").write_text("[dedup]\nbands = 99\n")
+    assert main(["build", "--home", str(tmp_path)]) == 1
+    assert "dedup.bands = 99 (pickapic.toml of the data home) is out of range: allowed an integer, 1 <= value <= 16" \
+        in capsys.readouterr().err
+
+
+def test_settings_command_lists_validates_and_writes(tmp_path, capsys):
+    assert main(["settings", "--home", str(tmp_path), "--section", "splits"]) == 0
+    out = capsys.readouterr().out
+    assert "splits.heldout_fraction = 0.06  [default; default 0.06; a number, 0 <= value < 1]" in out
+    assert main(["settings", "--home", str(tmp_path), "--set", "splits.min_unique_rows=5", "--write"]) == 0
+    assert "min_unique_rows = 5" in (tmp_path / "pickapic.toml").read_text()
+    assert main(["settings", "--home", str(tmp_path), "--set", "dedup.k=64"]) == 1
+    assert "dedup.k = 64 (--set) is out of range" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import dagster as dg
 
 from dagster_project.definitions import defs
 
-GROUPS = {"app_export", "ingest", "features", "curation", "splits", "publish", "model"}
+GROUPS = {"app_export", "raw", "ingest", "features", "curation", "splits", "publish", "model"}
 
 
 def test_definitions_load():
@@ -36,3 +36,13 @@ def test_app_export_is_upstream_of_ingest_and_reads_the_dsn_from_the_environment
     assert dg.AssetKey("app_export") in graph.get(dg.AssetKey("rankings")).parent_keys
     resource = defs.resources["app_db"]
     assert isinstance(resource.dsn, dg.EnvVar) and resource.dsn.env_var_name == "PICKAPIC_APP_DB_DSN"
+
+
+def test_every_asset_has_a_code_version_and_the_globals_rebuild_by_themselves():
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        if node.is_materializable and node.group_name != "model" or key.to_user_string() == "preference_model":
+            assert node.code_version, f"{key.to_user_string()} has no code version"
+        rebuilds = node.automation_condition is not None
+        assert rebuilds == (node.group_name in ("curation", "splits", "publish")), key.to_user_string()

@@ -156,19 +156,21 @@ def test_build_selects_the_real_days_and_names_every_skipped_entry(bad_zone):
     assert select_days(home, warn=warnings.append) == [DAY]
     assert select_days(home, "2023-02-01", "2023-03-31") == [DAY]
     assert sorted(w.split(":")[0] for w in warnings) == sorted(f"skipped {entry}" for entry in expected)
-    (home.raw_logs / "dt=2022-06-01").mkdir()          # a real day before the partitions: skipped, named
+    (home.raw_logs / "dt=2999-06-01").mkdir()          # a well-named day that has not begun: skipped, named
     warnings.clear()
     assert select_days(home, warn=warnings.append) == [DAY]
-    assert any("2022-06-01 fall outside the daily partitions" in w for w in warnings)
+    assert any("2999-06-01 lie in the future" in w for w in warnings)
     for path in sorted(home.raw_day(DAY).iterdir()):
         path.unlink()
     home.raw_day(DAY).rmdir()
-    (home.raw_logs / "dt=2022-06-01").rmdir()
+    with pytest.raises(BuildError, match="2999-06-01 lie in the future"):   # nothing else left: an error
+        select_days(home)
+    (home.raw_logs / "dt=2999-06-01").rmdir()
     with pytest.raises(BuildError, match=r"no raw partitions under .*entries there are not days: raw/app_logs/"):
         select_days(home)
 
 
-def test_sensor_requests_the_real_days_beside_bad_entries(bad_zone):
+def test_sensor_requests_the_real_days_beside_bad_entries(bad_zone, tmp_path):
     import dagster as dg
 
     from dagster_project import automation
@@ -176,14 +178,18 @@ def test_sensor_requests_the_real_days_beside_bad_entries(bad_zone):
     from dagster_project.resources import PickapicHome
 
     home, _ = bad_zone
-    context = dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(home.root))},
-                                      repository_def=defs.get_repository_def())
-    result = automation.raw_partition_sensor.evaluate_tick(context)
-    assert [r.partition_key for r in result.run_requests] == [DAY]
-    for path in sorted(home.raw_day(DAY).iterdir()):
-        path.unlink()
-    home.raw_day(DAY).rmdir()
-    skipped = automation.raw_partition_sensor.evaluate_tick(
-        dg.build_sensor_context(resources={"data_home": PickapicHome(root=str(home.root))},
-                                repository_def=defs.get_repository_def()))
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        def tick():
+            return automation.raw_partition_sensor.evaluate_tick(dg.build_sensor_context(
+                instance=instance, instance_ref=instance.get_ref(),
+                resources={"data_home": PickapicHome(root=str(home.root))},
+                repository_def=defs.get_repository_def()))
+
+        result = tick()
+        assert [r.partition_key for r in result.run_requests] == [DAY]
+        for path in sorted(home.raw_day(DAY).iterdir()):
+            path.unlink()
+        home.raw_day(DAY).rmdir()
+        skipped = tick()
     assert not skipped.run_requests and "raw zone entries that are not days" in skipped.skip_message

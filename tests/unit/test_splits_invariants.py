@@ -15,7 +15,7 @@ from pipelines.splits import SplitConfig, build_splits, normalize_prompt, user_h
 from pipelines.sqlrun import connect
 from splits_fixtures import pair_row, realistic_pairs, users_by_home, write_pairs
 
-CFG = SplitConfig(heldout_fraction=0.5, unique_prompts=3)
+CFG = SplitConfig(heldout_fraction=0.5, unique_prompts=3, min_unique_rows=0)  # pure held-out fraction: no filling
 USERS = users_by_home(CFG.salt, CFG.heldout_fraction, {"train": 4, "validation": 3, "test": 3})
 
 
@@ -82,7 +82,7 @@ def test_heldout_wins_mode_drops_train_rows_instead(tmp_path):
     tr, va = USERS["train"], USERS["validation"]
     rows = [pair_row(1, tr[0], "mountain lake", "k1", "k2", seconds=1),
             pair_row(2, va[0], "mountain lake", "k3", "k4", seconds=2)]
-    _, split, rejects = _split(home, rows, SplitConfig(heldout_fraction=0.5, owner_mode="heldout_wins"))
+    _, split, rejects = _split(home, rows, SplitConfig(heldout_fraction=0.5, min_unique_rows=0, owner_mode="heldout_wins"))
     assert [(r["pair_id"], r["home_split"]) for r in rejects] == [("1_0", "train")]
     assert _where(split, "2_0")[0] == "validation"
     assert _failures(home) == []
@@ -127,7 +127,7 @@ def test_invariants_hold_on_random_datasets(spec, mode):
             for i, (u, p, c0, c1, d, tie, _) in enumerate(spec)]
     with tempfile.TemporaryDirectory() as tmp:
         home = DataHome(Path(tmp))
-        _, split, rejects = _split(home, rows, SplitConfig(heldout_fraction=0.5, unique_prompts=2, owner_mode=mode))
+        _, split, rejects = _split(home, rows, SplitConfig(heldout_fraction=0.5, unique_prompts=2, min_unique_rows=0, owner_mode=mode))
         assert _failures(home) == [], mode
         parents = [r for r in split if not r["split"].endswith("_unique")]
         assert len(parents) + len(rejects) == len(rows)
@@ -154,8 +154,9 @@ def test_stability_when_a_day_is_added(tmp_path):
 
 def test_sacrifice_under_two_percent_with_realistic_prompt_reuse(tmp_path):
     rows = realistic_pairs(users=400, days=5, per_day=1200, seed=5)
-    first = _split(DataHome(tmp_path / "a"), rows, SplitConfig())[0].metadata()
-    greedy = _split(DataHome(tmp_path / "b"), rows, SplitConfig(owner_mode="heldout_wins"))[0].metadata()
+    # the held-out fraction alone (no filling: the fill's first users own their prompts first, see README)
+    first = _split(DataHome(tmp_path / "a"), rows, SplitConfig(min_unique_rows=0))[0].metadata()
+    greedy = _split(DataHome(tmp_path / "b"), rows, SplitConfig(min_unique_rows=0, owner_mode="heldout_wins"))[0].metadata()
     assert first["sacrificed_train_fraction"] < 0.02, first["leakage_drops"]
     assert greedy["sacrificed_train_fraction"] > first["sacrificed_train_fraction"]
     rows_per = first["rows_per_split"]

@@ -1,0 +1,69 @@
+"""`pickapic serve`: the Dagster UI and daemon of one data home, so the nightly path runs by itself.
+
+Two processes on this machine, both with ``DAGSTER_HOME=HOME/dagster`` and ``PICKAPIC_HOME=HOME``:
+``dagster-daemon run`` (schedules, sensors, the automation sensor, the run queue) and
+``dagster-webserver`` on 127.0.0.1. If either exits, the other is stopped and serve exits with its
+status, so a service manager (systemd, see the README) restarts the pair. SIGTERM / Ctrl-C stop both.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from typing import Callable
+
+from pipelines.home import DataHome
+
+MODULE = "dagster_project.definitions"
+
+
+def commands(host: str, port: int) -> dict[str, list[str]]:
+    """The daemon and webserver command lines."""
+    return {
+        "daemon": [sys.executable, "-m", "dagster._daemon", "run", "-m", MODULE],
+        "webserver": [sys.executable, "-m", "dagster_webserver", "-m", MODULE, "-h", host, "-p", str(port)],
+    }
+
+
+def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
+          say: Callable[[str], None] = print) -> int:
+    """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives."""
+    from dagster_project.automation import AUTOMATION_ENV
+    from dagster_project.build import use_home
+
+    use_home(home)
+    env = dict(os.environ)
+    env[AUTOMATION_ENV] = "on" if automation else "off"
+    processes = {name: subprocess.Popen(command, env=env) for name, command in commands(host, port).items()}
+    stopping = []
+
+    def stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature
+        stopping.append(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
+    say(f"pickapic serve: {home.root} at http://{host}:{port} (daemon pid {processes['daemon'].pid}, webserver pid "
+        f"{processes['webserver'].pid}); schedules and sensors {'on' if automation else 'off'} by default; "
+        "Ctrl-C stops both")
+    try:
+        while not stopping:
+            exited = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
+            if exited:
+                name, code = next(iter(exited.items()))
+                say(f"pickapic serve: the {name} exited with status {code}; stopping")
+                return code or 1
+            time.sleep(0.5)
+        return 0
+    finally:
+        for process in processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in processes.values():
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

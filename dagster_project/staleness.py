@@ -1,0 +1,281 @@
+"""What is missing or stale in a data home: the data versions its inputs give now vs what Dagster recorded.
+
+Every asset records a data version (``dagster/data_version``) when it materializes: a digest of its code
+version, its output-affecting settings and the data versions of its inputs (``dagster_project.versions``,
+``pipelines.provenance``). Raw days are observed as ``raw_app_logs`` partitions whose data version is the
+content digest of their files. An asset is
+
+- *missing* when it never materialized (or its output files are gone),
+- *stale* when the version its inputs give now differs from the recorded one: a raw file changed, a
+  setting that changes its output changed, its code version was bumped, an upstream asset changed, or
+  its last materialization failed a blocking check (recorded as ``<version>-failed-checks``),
+- *fresh* otherwise, and then a build leaves it alone.
+
+:func:`plan_build` turns that into the Dagster runs a build needs; the assets call :func:`runtime_version`
+to record their own version from the versions Dagster recorded for their inputs.
+"""
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import dagster as dg
+from dagster._core.events import DagsterEventType
+
+from dagster_project.versions import (
+    BY_NAME, DAILY, DATA_VERSION_TAG, FAILED_SUFFIX, GLOBAL, LATE_MARK, PARTITIONS, RAW_ASSET, STAGES, Stage, late_days_of,
+)
+from pipelines.home import DataHome
+from pipelines.provenance import RawDigests, combine, files_digest
+from pipelines.settings import Settings, config_digest
+
+# The global stages rerun by themselves (the automation sensor) once an input's data version changed and
+# no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
+# changed nothing. Settings changes are the nightly schedule's (it compares the full data versions).
+REBUILD_CONDITION = (
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested()
+    ).since_last_handled()
+    & ~dg.AutomationCondition.any_deps_in_progress()
+    & ~dg.AutomationCondition.in_progress()
+).with_label("an input's data version changed")
+Lookup = Callable[[str, "str | None"], "str | None"]
+
+
+def moderation_files(home: DataHome, curation_config) -> list[Path]:
+    """The moderation lists the decisions stage reads under ``curation_config``."""
+    return [Path(curation_config.banned_users_file) if curation_config.banned_users_file else home.banned_users_file,
+            Path(curation_config.phrases_file) if curation_config.phrases_file else home.nsfw_phrases_file]
+
+
+def stage_version(stage: Stage, home: DataHome, stage_config, upstream: Lookup, days: Iterable[str],
+                  raw: RawDigests, day: str | None = None, late: Sequence[str] = ()) -> str:
+    """The data version of ``stage`` (for ``day`` when partitioned) given its inputs' versions.
+
+    ``late``: for ingest, the later raw days whose images export the day's rankings or downloads used
+    (``ingest.late_image_days``); they are inputs of the day and are named in its version (``LATE_MARK``).
+    """
+    days = sorted(days)
+    late = sorted(set(late))
+    if stage.name == "app_export":
+        inputs: list = [raw.day(day)]   # what it wrote: the database is only known by exporting it
+    elif stage.name == "ingest":
+        inputs = [raw.day(day)] + ([[d, raw.day(d)] for d in late] if late else [])
+    elif stage.name == "features":
+        inputs = [upstream("ingest", day)]
+    elif stage.name == "dedup":
+        inputs = [[d, upstream("features", d)] for d in days]
+    elif stage.name == "decisions":
+        inputs = [files_digest(moderation_files(home, stage_config)), upstream("dedup", None),
+                  [[d, upstream("ingest", d), upstream("features", d)] for d in days]]
+    else:
+        previous = STAGES[STAGES.index(stage) - 1]
+        inputs = [upstream(previous.name, None)]
+    version = combine(stage.name, stage.code_version, config_digest(stage.section, stage_config), inputs)
+    return version + LATE_MARK + ",".join(late) if stage.name == "ingest" and late else version
+
+
+class RecordedVersions:
+    """The data versions Dagster recorded, per stage (and day), read in a few queries."""
+
+    def __init__(self, instance: dg.DagsterInstance) -> None:
+        self.instance = instance
+        self._daily: dict[str, dict[str, str | None]] = {}
+        self._global: dict[str, str | None] = {}
+
+    def days(self, stage_name: str) -> dict[str, str | None]:
+        """day -> recorded version of a daily stage (None when its assets disagree)."""
+        if stage_name not in self._daily:
+            per_asset = [self._tags(asset, DagsterEventType.ASSET_MATERIALIZATION) for asset in BY_NAME[stage_name].assets]
+            days = set().union(*per_asset)
+            self._daily[stage_name] = {d: _same([tags.get(d) for tags in per_asset]) for d in days}
+        return self._daily[stage_name]
+
+    def get(self, stage_name: str, day: str | None) -> str | None:
+        """The recorded version of a stage (of ``day`` for a daily stage); None when missing."""
+        stage = BY_NAME[stage_name]
+        if stage.partitioned:
+            return self.days(stage_name).get(day)
+        if stage_name not in self._global:
+            event = self.instance.get_latest_materialization_event(dg.AssetKey(stage.assets[0]))
+            tags = event.asset_materialization.tags if event and event.asset_materialization else None
+            self._global[stage_name] = (tags or {}).get(DATA_VERSION_TAG)
+        return self._global[stage_name]
+
+    def observed_raw(self) -> dict[str, str]:
+        """day -> the raw day's last observed content version."""
+        return self._tags(RAW_ASSET, DagsterEventType.ASSET_OBSERVATION)
+
+    def _tags(self, asset: str, event_type: DagsterEventType) -> dict[str, str]:
+        tags = self.instance.event_log_storage.get_latest_tags_by_partition(
+            dg.AssetKey(asset), event_type, [DATA_VERSION_TAG])
+        return {day: values[DATA_VERSION_TAG] for day, values in tags.items() if DATA_VERSION_TAG in values}
+
+
+def _same(values: list[str | None]) -> str | None:
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def runtime_version(instance: dg.DagsterInstance, stage_name: str, home: DataHome, stage_config,
+                    day: str | None = None, late: Sequence[str] = ()) -> str:
+    """The version an asset records now: its inputs are what Dagster recorded for its upstream assets."""
+    stage = BY_NAME[stage_name]
+    recorded = RecordedVersions(instance)
+    raw = RawDigests(home)
+    days = sorted(set(recorded.days("features")) | set(recorded.days("ingest"))) if not stage.partitioned else []
+    version = stage_version(stage, home, stage_config, recorded.get, days, raw, day, late)
+    raw.save()
+    return version
+
+
+def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
+    """Whether the files a fresh record stands for are still there."""
+    if stage.partitioned:
+        return all(home.partition_file(dataset, day).is_file() for dataset in stage.assets)
+    if stage.name == "publish":
+        return (home.datasets / "latest" / "manifest.json").is_file()
+    if stage.name == "model":
+        latest = home.datasets / "latest"
+        return latest.exists() and (home.models / "preference_model" / latest.resolve().name / "eval.json").is_file()
+    if stage.name == "splits":
+        return all(home.table_file(d).is_file() for d in ("split_pairs", "split_rejects", "split_ledger"))
+    return home.table_file(stage.assets[0]).is_file()
+
+
+@dataclass
+class PlannedRun:
+    """One Dagster run a build launches: its job, partition, the ops to run and why."""
+
+    job: str
+    ops: list[str]
+    partition: str | None = None
+    reasons: list[str] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return self.partition or {"rebuild_dataset_job": "rebuild", "train_model_job": "model"}[self.job]
+
+
+@dataclass
+class BuildPlan:
+    """What a build must run, and the raw observations to record first."""
+
+    days: list[str]                                  # raw days of the home
+    runs: list[PlannedRun]
+    observations: dict[str, str]                     # day -> raw content version to record
+    expected: dict[tuple[str, str | None], str]
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.runs
+
+    def describe(self) -> list[str]:
+        """One line per run: what and why."""
+        return [f"{run.label}: {', '.join(run.ops)} ({'; '.join(run.reasons)})" for run in self.runs]
+
+
+def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance, *, selected_days: list[str] | None = None,
+               force: bool = False, with_model: bool = False) -> BuildPlan:
+    """The runs that make every asset fresh (``selected_days`` and ``force`` recompute on request)."""
+    recorded = RecordedVersions(instance)
+    raw = RawDigests(home)
+    raw_days = begun_days(home.raw_days())
+    configs = {stage.section: settings.config(stage.section) for stage in STAGES}
+    built_days = set(recorded.days("features")) | set(recorded.days("ingest"))
+    all_days = sorted(set(raw_days) | built_days)
+    expected: dict[tuple[str, str | None], str] = {}
+
+    def lookup(stage_name: str, day: str | None) -> str | None:
+        key = (stage_name, day)
+        return expected[key] if key in expected else recorded.get(stage_name, day)
+
+    observed = recorded.observed_raw()
+    observations = {}
+    forced_days = set(raw_days if force and selected_days is None else selected_days or [])
+    runs: list[PlannedRun] = []
+    for day in all_days:
+        if day not in raw_days:
+            continue  # its raw folder is gone: keep what was built from it (lookup falls back to the record)
+        raw_version = raw.day(day)
+        if observed.get(day) != raw_version:
+            observations[day] = raw_version
+        ops, reasons, versions = [], [], {}
+        for stage in DAILY:
+            late = late_days_of(recorded.get(stage.name, day)) if stage.name == "ingest" else ()
+            version = stage_version(stage, home, configs[stage.section], lambda n, d: versions.get(n) or lookup(n, d),
+                                    all_days, raw, day, late)
+            versions[stage.name] = version
+            reason = _why(recorded.get(stage.name, day), version, home, stage, day, bool(ops),
+                          day in forced_days, raw_changed=day in observations and day in observed)
+            if reason:
+                ops.append(stage.op)
+                reasons.append(f"{stage.name}: {reason}")
+        if ops and selected_days is not None and day not in selected_days:
+            continue  # stale but outside --from/--to: the global stages will read what was built before
+        expected.update({(name, day): version for name, version in versions.items()})
+        if ops:
+            runs.append(PlannedRun("daily_partition_job", ops, day, reasons))
+    upstream_runs = False
+    global_ops, global_reasons = [], []
+    for stage in GLOBAL:
+        version = stage_version(stage, home, configs[stage.section], lookup, all_days, raw)
+        expected[(stage.name, None)] = version
+        reason = _why(recorded.get(stage.name, None), version, home, stage, None, upstream_runs, force)
+        if reason:
+            global_ops.append(stage.op)
+            global_reasons.append(f"{stage.name}: {reason}")
+            upstream_runs = True
+    if global_ops:
+        runs.append(PlannedRun("rebuild_dataset_job", global_ops, None, global_reasons))
+    if with_model:
+        stage = BY_NAME["model"]
+        version = stage_version(stage, home, configs[stage.section], lookup, all_days, raw)
+        expected[("model", None)] = version
+        reason = _why(recorded.get("model", None), version, home, stage, None, upstream_runs, force)
+        if reason:
+            runs.append(PlannedRun("train_model_job", ["preference_model", "preference_model_eval",
+                                                       "generator_leaderboard"], None, [f"model: {reason}"]))
+    raw.save()
+    return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
+
+
+def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
+    """The days that have begun (UTC): a folder named after a later day is an export error, never ingested."""
+    today = today or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    return [d for d in days if d <= today]
+
+
+def _why(recorded: str | None, expected: str, home: DataHome, stage: Stage, day: str | None, upstream_runs: bool,
+         forced: bool, raw_changed: bool = False) -> str | None:
+    """Why a stage must run (None: it is fresh)."""
+    if forced:
+        return "recompute requested"
+    if recorded is None:
+        return "never built"
+    if recorded.endswith(FAILED_SUFFIX):
+        return "its last run failed a blocking check"
+    if upstream_runs:
+        return "an input is recomputed"
+    if recorded != expected:
+        if stage.name == "ingest" and raw_changed:
+            return "raw files changed"
+        return "inputs changed (an upstream version, a setting or the code version)"
+    if not outputs_present(home, stage, day):
+        return "output files missing"
+    return None
+
+
+def raw_observation(day: str, version: str) -> dg.AssetObservation:
+    """The observation recording a raw day's content version."""
+    return dg.AssetObservation(asset_key=RAW_ASSET, partition=day, tags={DATA_VERSION_TAG: version},
+                               metadata={"raw_day": day})
+
+
+def record_observations(instance: dg.DagsterInstance, observations: dict[str, str]) -> None:
+    """Register the raw days as partitions and record their content versions (no run needed)."""
+    if observations:
+        instance.add_dynamic_partitions(PARTITIONS, sorted(observations))
+    for day, version in sorted(observations.items()):
+        instance.report_runless_asset_event(raw_observation(day, version))

@@ -1,0 +1,80 @@
+"""The stages of the asset graph, their code versions and their data versions (no Dagster import: cheap).
+
+Each stage's data version is :func:`pipelines.provenance.combine` of its name, its code version, the
+digest of its output-affecting settings and the data versions of its inputs (see
+``pipelines/provenance.py``). Bump a stage's code version whenever a code change alters what the stage
+writes for the same input: every build after that recomputes the stage and everything downstream.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# stage -> code version (bump on a change of output for the same input)
+CODE_VERSIONS: dict[str, str] = {
+    "app_export": "1",
+    "ingest": "1",
+    "features": "1",
+    "dedup": "1",
+    "decisions": "1",
+    "pairs": "1",
+    "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
+    "publish": "1",
+    "model": "1",
+}
+INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
+FEATURE_DATASETS = ("image_features", "image_rejects")
+RAW_ASSET = "raw_app_logs"
+DATA_VERSION_TAG = "dagster/data_version"   # the tag of an asset event that holds its data version
+PARTITIONS = "raw_days"
+# Appended to the data version of an output whose blocking contract check failed: never "fresh".
+FAILED_SUFFIX = "-failed-checks"
+# A day's ingest may accept a ranking or download through an image first exported on a later day (within
+# ingest.late_image_days): those days are inputs of the day too. Their names ride in the day's ingest
+# version after this mark ("<digest>+late:2023-02-14"), so a plan recomputes the version from the raw zone
+# without reading the day's data, and a changed later export makes the earlier day stale.
+LATE_MARK = "+late:"
+
+
+def late_days_of(version: str | None) -> list[str]:
+    """The later raw days a recorded ingest version says the day's output depends on."""
+    if not version:
+        return []
+    _, mark, days = version.removesuffix(FAILED_SUFFIX).partition(LATE_MARK)
+    return [d for d in days.split(",") if d] if mark else []
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One step of the graph: the op that runs it, the assets it writes, its settings section and job."""
+
+    name: str
+    op: str
+    assets: tuple[str, ...]
+    section: str
+    partitioned: bool
+    job: str
+
+    @property
+    def code_version(self) -> str:
+        return CODE_VERSIONS[self.name]
+
+
+STAGES: tuple[Stage, ...] = (
+    # The app database's day -> the raw zone. Its version is the content of the files it wrote, which is
+    # also what ingest reads (raw_app_logs), so ingest never waits for it: a home fed by files has none.
+    Stage("app_export", "app_export", ("app_export",), "app_export", True, "app_export_job"),
+    Stage("ingest", "ingest_day", INGEST_DATASETS, "ingest", True, "daily_partition_job"),
+    Stage("features", "fingerprint_images", FEATURE_DATASETS, "features", True, "daily_partition_job"),
+    Stage("dedup", "duplicate_clusters", ("duplicate_clusters",), "dedup", False, "rebuild_dataset_job"),
+    Stage("decisions", "decisions", ("decisions",), "curation", False, "rebuild_dataset_job"),
+    Stage("pairs", "pairs", ("pairs",), "curation", False, "rebuild_dataset_job"),
+    Stage("splits", "split_pairs", ("split_pairs",), "splits", False, "rebuild_dataset_job"),
+    Stage("publish", "published_dataset", ("published_dataset",), "publish", False, "rebuild_dataset_job"),
+    Stage("model", "preference_model", ("preference_model",), "train", False, "train_model_job"),
+)
+BY_NAME = {stage.name: stage for stage in STAGES}
+EXPORT = BY_NAME["app_export"]
+# The daily stages a build plans. The export runs only when asked (``pickapic build --from-app-db``, its
+# schedule): what the database holds is unknown until it is read.
+DAILY = tuple(s for s in STAGES if s.partitioned and s is not EXPORT)
+GLOBAL = tuple(s for s in STAGES if not s.partitioned and s.name != "model")

@@ -1,0 +1,492 @@
+"""Stage settings: one frozen dataclass per stage feeds the home's settings file, the flags and Dagster's config.
+
+Every stage has one config dataclass (``IngestConfig``, ``FeaturesConfig``, ``DedupConfig``,
+``CurationConfig``, ``SplitConfig``, ``PublishConfig``, ``TrainConfig``). Its fields are the stage's
+settings, and a field's ``metadata`` says what the setting means (``help``), which values it accepts
+(``min`` / ``max`` / ``choices``), whether it changes what the stage writes (``output``) and whether it is
+a ``secret``; :func:`knob` builds such a field. From that one description this module makes:
+
+- one section of the data home's settings file, ``HOME/pickapic.toml`` (``[splits]``
+  ``heldout_fraction = 0.1``), read by every build, schedule, sensor and Dagster run of the home;
+- command-line flags for ``python -m pipelines.<stage>`` (:func:`add_flags`), and ``KEY=VALUE``
+  overrides for ``pickapic build --set``;
+- (in ``dagster_project.runconfig``, the only Dagster-aware part) the stage's Dagster run-config class.
+
+Values from any of them are validated the same way: an unknown key, a value of the wrong type or one
+outside its range is refused with a message naming the key, where the value came from and what is
+allowed. :meth:`Settings.digest` fingerprints the settings that change a stage's output (secrets only
+through a slow key derivation, never in clear), so a changed setting changes the data versions and the
+published version id, and a changed worker count does not.
+
+``app_export`` holds the settings of the app-database export (``pickapic build --from-app-db`` and the
+export schedule); the database's DSN is never a setting: it stays in ``$PICKAPIC_APP_DB_DSN``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import difflib
+import functools
+import hashlib
+import importlib
+import json
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+SETTINGS_FILE = "pickapic.toml"
+# section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
+SECTIONS: dict[str, str] = {
+    "app_export": "pipelines.appdb.export:AppExportConfig",
+    "ingest": "pipelines.ingest:IngestConfig",
+    "features": "pipelines.features:FeaturesConfig",
+    "dedup": "pipelines.dedup:DedupConfig",
+    "curation": "pipelines.curation:CurationConfig",
+    "splits": "pipelines.splits:SplitConfig",
+    "publish": "pipelines.publish:PublishConfig",
+    "train": "training.config:TrainConfig",
+}
+# Fields that are not settings of a data home: the home itself decides them.
+_NOT_IN_FILE = {"train": frozenset({"data_dir", "output_dir"})}
+_SECRET_SALT = b"pickapic-settings-digest-v1"
+
+class SettingsError(ValueError):
+    """A setting was refused; the message names the key, its source and what is allowed."""
+
+
+def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
+         min_exclusive: bool = False, max_exclusive: bool = False, choices: Sequence[Any] | None = None,
+         output: bool = True, secret: bool = False) -> Any:
+    """A dataclass field that is a stage setting: help text, allowed values, output and secret flags."""
+    metadata = {"help": help, "output": output, "secret": secret}
+    for name, value in (("min", min), ("max", max), ("choices", tuple(choices) if choices else None)):
+        if value is not None:
+            metadata[name] = value
+    if min_exclusive:
+        metadata["min_exclusive"] = True
+    if max_exclusive:
+        metadata["max_exclusive"] = True
+    return field(default=default, metadata=metadata)
+
+
+# ------------------------------------------------------------------------------------- one setting
+
+@dataclass(frozen=True)
+class Knob:
+    """One setting of one stage, as described by its dataclass field."""
+
+    section: str
+    name: str
+    kind: type                     # int, float, bool, str or tuple (of str)
+    optional: bool                 # None is allowed
+    default: Any
+    help: str
+    minimum: float | None = None
+    maximum: float | None = None
+    min_exclusive: bool = False
+    max_exclusive: bool = False
+    choices: tuple | None = None
+    output: bool = True
+    secret: bool = False
+    in_file: bool = True
+
+    @property
+    def key(self) -> str:
+        return f"{self.section}.{self.name}"
+
+    def allowed(self) -> str:
+        """What values this setting accepts, in words."""
+        if self.choices:
+            text = ("a list of " if self.kind is tuple else "one of ") + ", ".join(repr(c) for c in self.choices)
+        elif self.kind is tuple:
+            text = "a list of strings"
+        elif self.kind is bool:
+            text = "true or false"
+        elif self.minimum is not None or self.maximum is not None:
+            noun = "an integer" if self.kind is int else "a number"
+            low = "" if self.minimum is None else f"{_fmt(self.minimum)} {'<' if self.min_exclusive else '<='} "
+            high = "" if self.maximum is None else f" {'<' if self.max_exclusive else '<='} {_fmt(self.maximum)}"
+            text = f"{noun}, {low}value{high}"
+        else:
+            text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
+        return text + (" (or empty for none)" if self.optional else "")
+
+    def coerce(self, value: Any, source: str) -> Any:
+        """A typed, range-checked value from a TOML value or a command-line string."""
+        try:
+            typed = self._typed(value)
+        except (TypeError, ValueError):
+            raise SettingsError(f"setting {self.key} = {value!r} ({source}) is refused: expected {self.allowed()}") from None
+        if typed is not None:
+            self._check_range(typed, source)
+        return typed
+
+    def _typed(self, value: Any) -> Any:
+        if self.optional and (value is None or value == "" or (isinstance(value, str) and value.lower() == "none")):
+            return None
+        if self.kind is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _BOOLS:
+                return _BOOLS[value.lower()]
+            raise TypeError
+        if self.kind is int:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise TypeError
+            return int(value.replace("_", "")) if isinstance(value, str) else int(value)
+        if self.kind is float:
+            if isinstance(value, bool):
+                raise TypeError
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+            return number
+        if self.kind is tuple:
+            if isinstance(value, str):
+                value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
+            if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                raise TypeError
+            return tuple(value)
+        if not isinstance(value, str):
+            raise TypeError
+        return value
+
+    def _check_range(self, value: Any, source: str) -> None:
+        bad = False
+        if self.choices:
+            members = value if self.kind is tuple else (value,)
+            bad = any(member not in self.choices for member in members)
+        if self.kind in (int, float):
+            if self.minimum is not None and (value < self.minimum or (self.min_exclusive and value == self.minimum)):
+                bad = True
+            if self.maximum is not None and (value > self.maximum or (self.max_exclusive and value == self.maximum)):
+                bad = True
+        if bad:
+            raise SettingsError(f"setting {self.key} = {value!r} ({source}) is out of range: allowed {self.allowed()}")
+
+
+_BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "on": True, "off": False}
+
+
+def _fmt(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def config_class(section: str) -> type:
+    """The stage's config dataclass (imported on first use)."""
+    if section not in SECTIONS:
+        raise SettingsError(f"unknown settings section [{section}]; sections: {', '.join(SECTIONS)}")
+    module, name = SECTIONS[section].split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+@functools.cache
+def knobs(section: str) -> dict[str, Knob]:
+    """name -> Knob for every field of the section's dataclass."""
+    dc = config_class(section)
+    hints = typing.get_type_hints(dc)
+    out = {}
+    for f in dataclasses.fields(dc):
+        kind, optional = _kind(hints[f.name], f"{dc.__name__}.{f.name}")
+        meta = f.metadata
+        help_text = str(meta.get("help", ""))
+        output = meta.get("output", True)
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        out[f.name] = Knob(
+            section=section, name=f.name, kind=kind, optional=optional, default=default, help=help_text,
+            minimum=meta.get("min"), maximum=meta.get("max"), min_exclusive=bool(meta.get("min_exclusive")),
+            max_exclusive=bool(meta.get("max_exclusive")), choices=tuple(meta["choices"]) if meta.get("choices") else None,
+            output=bool(output), secret=bool(meta.get("secret")), in_file=f.name not in _NOT_IN_FILE.get(section, ()))
+    return out
+
+
+def _kind(tp: Any, where: str) -> tuple[type, bool]:
+    """(base type, optional) of a config field annotation."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType) and type(None) in args:
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _kind(inner[0], where)[0], True
+    if tp in (int, float, bool, str):
+        return tp, False
+    if origin in (tuple, list) and args and args[0] is str:
+        return tuple, False
+    if origin is typing.Literal:
+        return str, False
+    raise TypeError(f"config field {where} has type {tp!r}, which a settings file cannot hold")
+
+
+def check_fields(config: Any) -> None:
+    """Check every field of a stage config against its setting's type and range (from ``__post_init__``)."""
+    cls = type(config)
+    # a module run as a script (python -m pipelines.ingest) defines its classes in __main__
+    section = next((s for s, path in SECTIONS.items() if path == f"{cls.__module__}:{cls.__name__}"
+                    or (cls.__module__ == "__main__" and path.endswith(f":{cls.__name__}"))), None)
+    if section is None:
+        raise TypeError(f"{cls.__name__} is not a stage config of pipelines.settings.SECTIONS")
+    for name, spec in knobs(section).items():
+        spec.coerce(getattr(config, name), cls.__name__)
+
+
+def knob_for(key: str, source: str) -> Knob:
+    """The Knob of ``section.name``; an unknown key is refused with the nearest known ones."""
+    section, _, name = key.partition(".")
+    if section not in SECTIONS or not name:
+        near = difflib.get_close_matches(section, SECTIONS, n=1)
+        hint = f" (did you mean [{near[0]}]?)" if near else ""
+        raise SettingsError(f"unknown setting {key!r} ({source}): settings are SECTION.NAME with SECTION one of "
+                            f"{', '.join(SECTIONS)}{hint}")
+    known = knobs(section)
+    if name not in known or not known[name].in_file:
+        names = [n for n, k in known.items() if k.in_file]
+        near = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {section}.{near[0]}? " if near else ""
+        raise SettingsError(f"unknown setting {key!r} ({source}): {hint}[{section}] has {', '.join(names)}")
+    return known[name]
+
+
+# ------------------------------------------------------------------------------------- all settings
+
+@dataclass(frozen=True)
+class Settings:
+    """The settings of one data home: explicit values (file, then overrides) over the dataclass defaults."""
+
+    explicit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def section(self, section: str) -> dict[str, Any]:
+        """The explicit values of one section."""
+        return dict(self.explicit.get(section, {}))
+
+    def with_values(self, values: Mapping[str, Any], source: str) -> "Settings":
+        """A copy with ``{"section.name": value}`` applied (each value validated)."""
+        explicit = {s: dict(v) for s, v in self.explicit.items()}
+        sources = dict(self.sources)
+        for key, value in values.items():
+            spec = knob_for(key, source)
+            explicit.setdefault(spec.section, {})[spec.name] = spec.coerce(value, source)
+            sources[key] = source
+        updated = Settings(explicit, sources)
+        for section in {knob_for(k, source).section for k in values}:
+            updated.config(section)  # cross-field validation
+        return updated
+
+    def config(self, section: str, overrides: Mapping[str, Any] | None = None, source: str = "run config") -> Any:
+        """The stage's dataclass: defaults, then this home's values, then ``overrides`` (None = not given)."""
+        values = self.section(section)
+        for name, value in (overrides or {}).items():
+            if value is None:
+                continue
+            spec = knobs(section).get(name)
+            if spec is None:
+                raise SettingsError(f"unknown setting {section}.{name} ({source})")
+            values[name] = spec.coerce(value, source)
+        where = ", ".join(sorted({self.sources.get(f"{section}.{n}", source) for n in values})) or "defaults"
+        try:
+            if section == "train":
+                from training.config import preset
+
+                name = values.pop("preset", "demo")
+                built = preset(name, **values)
+            else:
+                built = config_class(section)(**values)
+            if hasattr(built, "validate"):
+                built.validate()
+        except (TypeError, ValueError) as exc:
+            raise SettingsError(f"settings of [{section}] ({where}) are refused: {exc}") from None
+        return built
+
+    def digest(self, section: str, config: Any | None = None) -> str:
+        """Fingerprint of the settings that change the section's output (secrets through a slow hash)."""
+        return config_digest(section, config if config is not None else self.config(section))
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One row per setting: key, effective value (secrets masked), default, source, allowed values, help."""
+        rows = []
+        for section in SECTIONS:
+            effective = self.config(section)
+            for name, spec in knobs(section).items():
+                if not spec.in_file:
+                    continue
+                value = getattr(effective, name)
+                rows.append({"key": spec.key, "value": "***" if spec.secret else _plain(value),
+                             "default": "***" if spec.secret else _plain(spec.default),
+                             "source": self.sources.get(spec.key, "default"), "allowed": spec.allowed(),
+                             "help": spec.help, "output": spec.output})
+        return rows
+
+
+def config_digest(section: str, config: Any) -> str:
+    """sha256 (16 hex) of the output-affecting fields of a stage config."""
+    values = {}
+    for name, spec in knobs(section).items():
+        if not spec.output or not spec.in_file:
+            continue
+        value = getattr(config, name)
+        values[name] = _secret_digest(value) if spec.secret and value is not None else _plain(value)
+    return hashlib.sha256(json.dumps([section, values], sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _secret_digest(secret: str) -> str:
+    """A slow, salted derivation: a digest that leaves the machine says nothing usable about the secret."""
+    return hashlib.pbkdf2_hmac("sha256", secret.encode("utf-8"), _SECRET_SALT, 200_000).hex()[:32]
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def settings_path(home_root: Path) -> Path:
+    """``HOME/pickapic.toml``."""
+    return Path(home_root) / SETTINGS_FILE
+
+
+def read_file(path: Path, source: str | None = None) -> dict[str, Any]:
+    """``{"section.name": raw value}`` from a settings TOML file (syntax errors name the file and line)."""
+    source = source or str(path)
+    try:
+        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {source} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise SettingsError(f"settings file {source} is not UTF-8 text: {exc}") from None
+    values = {}
+    for section, table in document.items():
+        if not isinstance(table, dict):
+            raise SettingsError(f"settings file {source}: {section!r} must be a [section] table, e.g. "
+                                f"[splits] then heldout_fraction = 0.1")
+        for name, value in table.items():
+            values[f"{section}.{name}"] = value
+    return values
+
+
+def parse_assignment(text: str) -> tuple[str, str]:
+    """``section.name=value`` -> (key, value); anything else is refused with an example."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SettingsError(f"--set {text!r}: expected SECTION.NAME=VALUE, e.g. --set splits.heldout_fraction=0.1")
+    return key.strip(), value.strip()
+
+
+def load(home_root: Path | None, *, config_file: Path | None = None,
+         assignments: Iterable[str] = (), overrides: Mapping[str, Any] | None = None) -> Settings:
+    """The home's settings file, then ``config_file``, then ``--set`` assignments, each validated."""
+    settings = Settings()
+    if home_root is not None:
+        path = settings_path(home_root)
+        if path.is_file():
+            settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
+                                            f"{SETTINGS_FILE} of the data home")
+    if config_file is not None:
+        path = Path(config_file)
+        if not path.is_file():
+            raise SettingsError(f"--config {path}: no such file")
+        settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
+                                        f"--config {path}")
+    pairs = dict(parse_assignment(a) for a in assignments)
+    if pairs:
+        settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
+    if overrides:
+        settings = settings.with_values(overrides, "override")
+    return settings
+
+
+def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
+    """Refuse secrets given for one run: they would be stored with the run and show in shell history."""
+    for key in values:
+        if knob_for(key, source).secret:
+            raise SettingsError(f"{source} sets {key}: a secret is only read from HOME/{SETTINGS_FILE} (a one-run "
+                                f"value would be stored with the run and show in shell history)")
+    return values
+
+
+def write_settings(home_root: Path, values: Mapping[str, Any], header: str | None = None) -> Path:
+    """Set ``{"section.name": value}`` in ``HOME/pickapic.toml`` (created if absent, comments kept)."""
+    import tomlkit
+
+    from pipelines.storage import atomic_path
+
+    path = settings_path(home_root)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise SettingsError(f"{path} is not a regular file; refusing to replace it")
+    current = load(home_root)  # the file as it is must be valid before it is changed
+    updated = current.with_values(values, "new values")
+    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
+    if not path.exists():
+        for line in (header or _HEADER).strip().splitlines():
+            document.add(tomlkit.comment(line.lstrip("# ").rstrip()))
+        document.add(tomlkit.nl())
+    for key in values:
+        spec = knob_for(key, "new values")
+        value = updated.explicit[spec.section][spec.name]
+        if spec.section not in document:
+            document.add(spec.section, tomlkit.table())
+        document[spec.section][spec.name] = list(value) if isinstance(value, tuple) else value
+    secret = any(knob_for(k, "new values").secret for k in read_file_text(tomlkit.dumps(document)))
+    mode = 0o600 if secret else 0o666 & ~_umask()
+    with atomic_path(path) as tmp:
+        tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
+        os.chmod(tmp, mode)
+    return path
+
+
+def read_file_text(text: str) -> dict[str, Any]:
+    """``{"section.name": value}`` of TOML text."""
+    return {f"{s}.{n}": v for s, table in tomllib.loads(text).items() if isinstance(table, dict) for n, v in table.items()}
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_HEADER = """
+Settings of this pickapic data home: read by `pickapic build`, the nightly schedule, the sensors and
+every Dagster run of the home. `pickapic settings --home HOME` lists every key with its value, default
+and allowed range; `pickapic build --set SECTION.NAME=VALUE` overrides one for a single run.
+"""
+
+
+# ------------------------------------------------------------------------------------------ flags
+
+def add_flags(parser: argparse.ArgumentParser, section: str, *, exclude: Iterable[str] = ()) -> None:
+    """One ``--name`` flag per setting of ``section`` (default: the home's settings file, then the default)."""
+    skip = set(exclude)
+    for name, spec in knobs(section).items():
+        if name in skip or spec.secret or not spec.in_file:
+            continue
+        flag = "--" + name.replace("_", "-")
+        text = f"{spec.help + '; ' if spec.help else ''}default {_plain(spec.default)!r}; {spec.allowed()}"
+        text = text.replace("%", "%%")
+        if spec.kind is bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text,
+                                type=_flag_type(spec))
+
+
+def _flag_type(spec: Knob):
+    def parse(text: str) -> Any:
+        try:
+            return spec.coerce(text, "command line")
+        except SettingsError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    parse.__name__ = spec.name  # argparse names the flag's type in its messages
+    return parse
+
+
+def stage_config(home_root: Path | None, section: str, args: argparse.Namespace | None = None) -> Any:
+    """The config of a command-line run of a stage: the home's settings file, then the flags given."""
+    return load(home_root).config(section, flag_values(section, args) if args is not None else None, "command line")
+
+
+def flag_values(section: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The settings of ``section`` given as flags (those left out are absent)."""
+    return {name: getattr(args, name) for name in knobs(section)
+            if getattr(args, name, None) is not None}

@@ -1,0 +1,53 @@
+"""The build stamp: any change a plan would see changes the key; the same state keeps it."""
+import os
+
+from dagster_project import buildstamp
+from pipelines.home import DataHome
+
+
+def _home(tmp_path) -> DataHome:
+    home = DataHome(tmp_path / "home")
+    home.raw_day("2023-02-13").mkdir(parents=True)
+    for table in ("users", "images", "rankings", "downloads"):
+        home.raw_file("2023-02-13", table).write_bytes(b"x")
+    home.table_file("pairs").parent.mkdir(parents=True)
+    home.table_file("pairs").write_bytes(b"p")
+    (home.datasets / "v1").mkdir(parents=True)
+    (home.datasets / "v1" / "manifest.json").write_text("{}")
+    (home.datasets / "latest").symlink_to("v1")
+    return home
+
+
+def test_same_state_same_key_and_every_input_changes_it(tmp_path):
+    home = _home(tmp_path)
+    key = buildstamp.stamp_key(home)
+    assert buildstamp.stamp_key(home) == key and not buildstamp.is_up_to_date(home, key)
+    buildstamp.write_stamp(home, key)
+    assert buildstamp.is_up_to_date(home, key)
+    changes = []
+    assert buildstamp.stamp_key(home, assignments=["dedup.k=4"]) != key
+    assert buildstamp.stamp_key(home, with_model=True) != key
+    (home.root / "pickapic.toml").write_text("[dedup]\nk = 4\n")
+    changes.append(buildstamp.stamp_key(home))
+    home.raw_file("2023-02-13", "rankings").write_bytes(b"y")
+    changes.append(buildstamp.stamp_key(home))
+    home.raw_day("2023-02-14").mkdir()
+    changes.append(buildstamp.stamp_key(home))
+    tmp = home.table_file("pairs").with_suffix(".tmp")
+    tmp.write_bytes(b"p")
+    os.replace(tmp, home.table_file("pairs"))  # rewritten by a run from the UI or the daemon: a new inode
+    changes.append(buildstamp.stamp_key(home))
+    (home.datasets / "v2").mkdir()
+    (home.datasets / "v2" / "manifest.json").write_text("{}")
+    (home.datasets / "latest").unlink()
+    (home.datasets / "latest").symlink_to("v2")
+    changes.append(buildstamp.stamp_key(home))
+    outside = tmp_path / "phrases.txt"
+    outside.write_text("nsfw\n")
+    (home.root / "pickapic.toml").write_text(f"[curation]\nphrases_file = '{outside}'\n")
+    before = buildstamp.stamp_key(home)
+    outside.write_text("nsfw\nmore\n")
+    changes.append(buildstamp.stamp_key(home))
+    assert len({key, before, *changes}) == len(changes) + 2
+    buildstamp.clear_stamp(home)
+    assert not buildstamp.is_up_to_date(home, key)
