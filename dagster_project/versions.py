@@ -12,13 +12,13 @@ from dataclasses import dataclass
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
-    "ingest": "1",
-    "features": "1",
+    "ingest": "2",        # 2: quarantine line_count / last_line_number, relative paths, late images
+    "features": "2",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode
     "dedup": "1",
     "decisions": "1",
     "pairs": "1",
     "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
-    "publish": "1",
+    "publish": "2",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

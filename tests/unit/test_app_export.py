@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gc
 import gzip
 import json
 import os
@@ -72,6 +73,8 @@ def _sensor_keys(home: DataHome) -> dict[str, str]:
                                           resources={"data_home": PickapicHome(root=str(home.root))},
                                           repository_def=defs.get_repository_def())
         result = automation.raw_partition_sensor.evaluate_tick(context)
+        del context
+        gc.collect()   # close the instance the sensor context opened from the ref while this one is current
     return {r.partition_key: r.run_key for r in result.run_requests}
 
 
@@ -254,6 +257,8 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
             tick()
         assert "app_export.lookback_days = 40 ($PICKAPIC_APP_EXPORT_LOOKBACK_DAYS) is out of range" in \
             str(error.value.__cause__)
+        del error
+        gc.collect()   # close the instances the schedule contexts opened from the ref while this one is current
 
 
 def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):

@@ -4,6 +4,7 @@ Stage runs are replaced by recorded materializations carrying the data versions 
 empty output files), so every rule of "missing or stale" is checked in seconds; the end-to-end tests
 run the real stages.
 """
+import gc
 import gzip
 import os
 import subprocess
@@ -44,6 +45,10 @@ def instance(tmp_path):
     (tmp_path / "dagster").mkdir()
     with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
         yield instance
+        # A sensor or schedule context rebuilt with its resources opens its own instance from the ref and
+        # never closes it; closed later by the garbage collector, it would leave Dagster's current state
+        # storage pointing at a closed instance for the next Definitions load (another test's). Close it now.
+        gc.collect()
 
 
 def _pretend_built(home: DataHome, instance: dg.DagsterInstance, plan, stages=None) -> None:
