@@ -39,7 +39,7 @@ def peak_rss_mb():
 _CHILD_EXPORT = _PEAK + """
 import json, sys, time
 from pipelines.appdb.export import AppExportConfig, export_day
-from pipelines.home import DataHome
+from formats.home import DataHome
 dsn, home = sys.argv[1], sys.argv[2]
 started = time.perf_counter()
 cpu = time.process_time()
@@ -81,9 +81,9 @@ def _child(code: str, *args: str) -> dict:
 
 def _fill(server, name: str, rankings: int, work: Path) -> tuple[str, float]:
     """A database holding one simulated day of ``rankings`` rankings (metadata only); returns (dsn, seconds)."""
+    from formats.home import DataHome
     from pipelines.appdb.load import AppDatabaseSink
-    from pipelines.home import DataHome
-    from pipelines.simulator import SimConfig, simulate
+    from simulator import SimConfig, simulate
     from tests.postgres_server import create_database
 
     dsn = create_database(server, name)

@@ -2,7 +2,7 @@
 
 ``python -m benchmarks.dedup [--n 1000000] [--brute-n 50000]``: builds ``n`` synthetic 64-bit pHashes
 (uniform 63 informative bits + the constant DC bit, planted near duplicates at distance <= 6, byte-identical
-copies and one blank-image bucket), runs the full cluster build (``pipelines.dedup.cluster_features``:
+copies and one blank-image bucket), runs the full cluster build (``pipelines.curation.dedup.cluster_features``:
 banding, capping, verification, components) and times a tiled numpy brute force on a ``brute_n`` subsample,
 extrapolated to ``n`` by (n / brute_n)^2. On the subsample it also checks that the banded search finds
 every pair the brute force finds within distance ``bands - 1`` (the pigeonhole guarantee). Writes
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipelines.dedup import PHASH_DC_BIT, DedupConfig, cluster_features
+from pipelines.curation.dedup import PHASH_DC_BIT, DedupConfig, cluster_features
 from pipelines.sqlrun import connect
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"

@@ -15,7 +15,7 @@ Prints, in one run on the same generated images:
   round by round so that load drift hits all of them;
 - ``build_features`` on Beam with 1 and 2 worker processes: ``--runner direct`` (the DirectRunner's
   ``multi_processing``) or ``--runner portable`` (PortableRunner, Beam's job service and worker pool
-  as separate processes, :mod:`pipelines.portable`): wall time with start-up, the marginal rate
+  as separate processes, :mod:`pipelines.features.portable`): wall time with start-up, the marginal rate
   between a quarter-size and a full run (start-up cancels out), and the CPU time of every process per
   image against the in-process stage's (Beam's overhead per element);
 - a per-image cost breakdown of the stage's steps.
@@ -44,13 +44,22 @@ from PIL import Image, ImageDraw, ImageFilter
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from formats.files import write_parquet_atomic  # noqa: E402
+from formats.home import DataHome  # noqa: E402
 from pipelines import imagedecode  # noqa: E402
-from pipelines.features import (DecodeImageFn, DetectNsfwFn, DetectorFactory, FeaturesConfig, ReadBlobFn,  # noqa: E402
-                                build_features, configure_worker, encode_train_jpeg, perceptual_hashes)
-from pipelines.home import DataHome  # noqa: E402
-from pipelines.nsfw import FastNudeDetector, postprocess, prepare_image  # noqa: E402
-from pipelines.portable import LocalPortableCluster  # noqa: E402
-from pipelines.storage import write_parquet_atomic  # noqa: E402
+from pipelines.features.job import (  # noqa: E402
+    DecodeImageFn,
+    DetectNsfwFn,
+    DetectorFactory,
+    FeaturesConfig,
+    ReadBlobFn,
+    build_features,
+    configure_worker,
+    encode_train_jpeg,
+    perceptual_hashes,
+)
+from pipelines.features.nsfw import FastNudeDetector, postprocess, prepare_image  # noqa: E402
+from pipelines.features.portable import LocalPortableCluster  # noqa: E402
 from schemas import get_schema  # noqa: E402
 
 DAY = "2023-03-01"

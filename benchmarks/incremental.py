@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 
 from benchmarks.nightly import timed_build
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -39,15 +39,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from pipelines import jpgdigests, publish, shards
-from pipelines.curation import build_decisions, build_pairs
-from pipelines.dedup import PHASH_DC_BIT, build_clusters
-from pipelines.home import DataHome
-from pipelines.ingest import ingest_day
-from pipelines.simulator import SimConfig, simulate
-from pipelines.splits import build_splits
-from pipelines.storage import PARQUET_OPTIONS, cast_to_schema, write_parquet_atomic
+from formats import dataset
+from formats.files import PARQUET_OPTIONS, cast_to_schema, write_parquet_atomic
+from formats.home import DataHome
+from pipelines.curation.decisions import build_decisions, build_pairs
+from pipelines.curation.dedup import PHASH_DC_BIT, build_clusters
+from pipelines.ingest.day import ingest_day
+from pipelines.publish import jpgdigests, shards
+from pipelines.publish import version as publish
+from pipelines.splits.assign import build_splits
 from schemas import get_schema
+from simulator import SimConfig, simulate
 
 GOAL_SECONDS = 120.0
 RAW_TABLES = ("users", "images", "rankings", "downloads")
@@ -139,8 +141,8 @@ def _sidecar_only(task: shards.ShardTask) -> dict:
     spans = shards.BLOCK + -(-member_sizes // shards.BLOCK) * shards.BLOCK   # header + padded data
     starts = np.cumsum(spans.ravel()).reshape(spans.shape) - spans             # each member's header
     position = int(spans.sum())
-    offsets = {m: starts[:, i] + shards.BLOCK for i, m in enumerate(shards.MEMBERS)}
-    sizes = {m: member_sizes[:, i] for i, m in enumerate(shards.MEMBERS)}
+    offsets = {m: starts[:, i] + shards.BLOCK for i, m in enumerate(dataset.MEMBERS)}
+    sizes = {m: member_sizes[:, i] for i, m in enumerate(dataset.MEMBERS)}
     n = rows.num_rows
     base = task.name
     sidecar = shards.sidecar_table(rows, f"{base}.tar", offsets, sizes)

@@ -26,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[1]
 DAILY_STEPS = ("ingest_day", "fingerprint_images")

@@ -42,16 +42,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.shards import raw_write
-from pipelines.curation import build_decisions, build_pairs, read_id_list
-from pipelines.dedup import build_clusters
-from pipelines.features import FeaturesConfig, build_features
-from pipelines.home import DataHome
-from pipelines.ingest import ingest_day
-from pipelines.publish import PublishConfig, PublishReport, list_versions, publish_dataset
-from pipelines.simulator import SimConfig, simulate
-from pipelines.splits import build_splits
-from pipelines.storage import write_parquet_atomic
+from formats.dataset import list_versions
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.curation.decisions import build_decisions, build_pairs, read_id_list
+from pipelines.curation.dedup import build_clusters
+from pipelines.features.job import FeaturesConfig, build_features
+from pipelines.ingest.day import ingest_day
+from pipelines.publish.version import PublishConfig, PublishReport, publish_dataset
+from pipelines.splits.assign import build_splits
 from schemas import get_schema
+from simulator import SimConfig, simulate
 
 GOALS = {"bytes_written_vs_new_day": 1.5, "disk_3_versions_vs_one": 1.3, "shard_write_vs_raw": 0.5}
 BUILT_MARKER = ".bench-nightly-history"

@@ -48,8 +48,8 @@ _CHILD = textwrap.dedent("""
     started = time.perf_counter()
     mode, root = sys.argv[1], sys.argv[2]
     if mode == "ingest":
-        from pipelines.home import DataHome
-        from pipelines.ingest import ingest_day
+        from formats.home import DataHome
+        from pipelines.ingest.day import ingest_day
         report = ingest_day(DataHome(__import__("pathlib").Path(root)), sys.argv[3])
         out = {"lines_in": report.lines_in, "quarantined": report.quarantined, "rows": report.quarantine_rows,
                "reconciled": report.reconciled}

@@ -73,7 +73,7 @@ def run_features(quick: bool) -> dict:
 
 def run_dedup(quick: bool) -> dict:
     from benchmarks import dedup
-    from pipelines.dedup import DedupConfig
+    from pipelines.curation.dedup import DedupConfig
 
     return dedup.run(100_000, 10_000, DedupConfig()) if quick else dedup.run(1_000_000, 50_000, DedupConfig())
 

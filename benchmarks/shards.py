@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from pipelines.home import DataHome
-from pipelines.publish import PublishConfig, publish_dataset
-from pipelines.storage import write_parquet_atomic
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.publish.version import PublishConfig, publish_dataset
 from schemas import get_schema
 
 

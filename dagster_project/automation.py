@@ -29,10 +29,15 @@ import dagster as dg
 
 from dagster_project.resources import PickapicHome
 from dagster_project.staleness import (
-    BuildPlan, PlannedRun, begun_days, plan_build, raw_observation, record_observations,
+    BuildPlan,
+    PlannedRun,
+    begun_days,
+    plan_build,
+    raw_observation,
+    record_observations,
 )
 from dagster_project.versions import BY_NAME, PARTITIONS
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.settings import load
 
 NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")

@@ -21,7 +21,7 @@ import dagster as dg
 from dagster_project import buildstamp
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.settings import SETTINGS_FILE, Settings, load
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in

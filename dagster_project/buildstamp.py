@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Iterable
 
 from dagster_project.versions import CODE_VERSIONS
-from pipelines.home import DataHome
+from formats.files import write_bytes_atomic
+from formats.home import DataHome
 from pipelines.provenance import combine, raw_stats, stat_key
 from pipelines.settings import settings_path
-from pipelines.storage import write_bytes_atomic
 
 STAMP = "build_stamp.json"
 

@@ -10,15 +10,15 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from pipelines.home import DEFAULT_HOME, ENV_VAR, DataHome
+from formats.home import DEFAULT_HOME, ENV_VAR, DataHome
 
 HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
 
 # Subcommands whose flags and behaviour live in a stage module: (module, help).
 MOUNTED = {
-    "simulate": ("pipelines.simulator", "generate sample app logs (the raw zone) and their ground truth"),
-    "query": ("pipelines.query", "read-only DuckDB SQL over a published dataset version"),
-    "export": ("pipelines.export", "export a published version in another format (pickscore-parquet, eval-prompts)"),
+    "simulate": ("simulator", "generate sample app logs (the raw zone) and their ground truth"),
+    "query": ("pipelines.query.engine", "read-only DuckDB SQL over a published dataset version"),
+    "export": ("pipelines.query.export", "export a published version in another format (pickscore-parquet, eval-prompts)"),
     "train": ("training.cli", "train the CLIP preference model on a published version"),
     "score": ("training.score_cli", "score (prompt, image) pairs with a preference model (PickScore scores)"),
     "rerank": ("training.rerank", "best-of-n: keep the candidate a preference model scores highest per prompt"),
@@ -178,7 +178,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     home = DataHome.at(args.home)
     settings = load(home.root, assignments=args.assignments)
     if args.write:
-        from pipelines.storage import check_home_dir
+        from formats.outputs import check_home_dir
 
         if not args.assignments:
             raise SettingsError("--write needs at least one --set SECTION.NAME=VALUE")
@@ -194,7 +194,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dagster_project.demo import run_demo
-    from pipelines.storage import check_home_dir
+    from formats.outputs import check_home_dir
 
     check_home_dir(DataHome.at(args.home))  # the demo simulates into it: a new, empty or existing data home only
     return run_demo(args)
@@ -202,7 +202,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dagster_project.serve import serve
-    from pipelines.storage import check_home_dir
+    from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # serve writes dagster/dagster.yaml there
@@ -211,7 +211,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dagster_project.build import use_home
-    from pipelines.storage import check_home_dir
+    from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # use_home writes dagster/dagster.yaml there
@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
-        from pipelines.storage import no_space_message
+        from formats.files import no_space_message
 
         home = DataHome.at(getattr(args, "home", None)).root
         full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)

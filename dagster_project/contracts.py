@@ -8,7 +8,7 @@ import dagster as dg
 from dagster_project.metadata import report_metadata
 from dagster_project.versions import DATA_VERSION_TAG, FAILED_SUFFIX
 from data_contracts.engine import evaluate, load_contract
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.sqlrun import connect
 from schemas import SCHEMAS
 

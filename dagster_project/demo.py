@@ -11,7 +11,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 # The demo's settings, written to HOME/pickapic.toml so that every later build of the home keeps them.
 # 40 users would pass at the nightly default of 6% too (the ledger fills validation and test first);
@@ -99,7 +99,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Simulate -> write the demo settings -> build (all assets, model included) -> print the summary."""
     from dagster_project.build import build, select_days
     from pipelines.settings import write_settings
-    from pipelines.simulator import SimConfig, simulate
+    from simulator import SimConfig, simulate
 
     console = Console(stderr=True)
     home = DataHome.at(args.home)

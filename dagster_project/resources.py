@@ -4,7 +4,7 @@ from __future__ import annotations
 import dagster as dg
 from pydantic import Field
 
-from pipelines.home import DataHome, resolve_home
+from formats.home import DataHome, resolve_home
 
 
 class PickapicHome(dg.ConfigurableResource):

@@ -15,7 +15,7 @@ from typing import Any
 import dagster as dg
 import pydantic
 
-from pipelines.home import DataHome, resolve_home
+from formats.home import DataHome, resolve_home
 from pipelines.settings import Settings, SettingsError, knobs, load
 
 _TYPES = {int: int, float: float, bool: bool, str: str, tuple: list[str]}

@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Callable
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 MODULE = "dagster_project.definitions"
 

@@ -25,9 +25,19 @@ import dagster as dg
 from dagster._core.events import DagsterEventType
 
 from dagster_project.versions import (
-    BY_NAME, DAILY, DATA_VERSION_TAG, FAILED_SUFFIX, GLOBAL, LATE_MARK, PARTITIONS, RAW_ASSET, STAGES, Stage, late_days_of,
+    BY_NAME,
+    DAILY,
+    DATA_VERSION_TAG,
+    FAILED_SUFFIX,
+    GLOBAL,
+    LATE_MARK,
+    PARTITIONS,
+    RAW_ASSET,
+    STAGES,
+    Stage,
+    late_days_of,
 )
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.provenance import RawDigests, combine, files_digest
 from pipelines.settings import Settings, config_digest
 

@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from pipelines.home import DataHome
-from pipelines.storage import sha256_file, write_bytes_atomic
+from formats.files import sha256_file, write_bytes_atomic
+from formats.home import DataHome
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
 _CACHE = "raw_day_digests.json"

@@ -42,12 +42,12 @@ SETTINGS_FILE = "pickapic.toml"
 # section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
 SECTIONS: dict[str, str] = {
     "app_export": "pipelines.appdb.export:AppExportConfig",
-    "ingest": "pipelines.ingest:IngestConfig",
-    "features": "pipelines.features:FeaturesConfig",
-    "dedup": "pipelines.dedup:DedupConfig",
-    "curation": "pipelines.curation:CurationConfig",
-    "splits": "pipelines.splits:SplitConfig",
-    "publish": "pipelines.publish:PublishConfig",
+    "ingest": "pipelines.ingest.day:IngestConfig",
+    "features": "pipelines.features.job:FeaturesConfig",
+    "dedup": "pipelines.curation.dedup:DedupConfig",
+    "curation": "pipelines.curation.decisions:CurationConfig",
+    "splits": "pipelines.splits.assign:SplitConfig",
+    "publish": "pipelines.publish.version:PublishConfig",
     "train": "training.config:TrainConfig",
 }
 # Fields that are not settings of a data home: the home itself decides them.
@@ -223,7 +223,7 @@ def _kind(tp: Any, where: str) -> tuple[type, bool]:
 def check_fields(config: Any) -> None:
     """Check every field of a stage config against its setting's type and range (from ``__post_init__``)."""
     cls = type(config)
-    # a module run as a script (python -m pipelines.ingest) defines its classes in __main__
+    # a module run as a script (python -m pipelines.ingest.day) defines its classes in __main__
     section = next((s for s, path in SECTIONS.items() if path == f"{cls.__module__}:{cls.__name__}"
                     or (cls.__module__ == "__main__" and path.endswith(f":{cls.__name__}"))), None)
     if section is None:
@@ -409,7 +409,7 @@ def write_settings(home_root: Path, values: Mapping[str, Any], header: str | Non
     """Set ``{"section.name": value}`` in ``HOME/pickapic.toml`` (created if absent, comments kept)."""
     import tomlkit
 
-    from pipelines.storage import atomic_path
+    from formats.files import atomic_path
 
     path = settings_path(home_root)
     if path.is_symlink() or (path.exists() and not path.is_file()):

@@ -8,7 +8,7 @@ from typing import Mapping
 import duckdb
 import pyarrow as pa
 
-from pipelines.storage import cast_to_schema, write_parquet_atomic
+from formats.files import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
 
 

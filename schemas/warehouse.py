@@ -97,12 +97,12 @@ INGEST_FILES = pa.schema([
 
 SCHEMAS["ingest_files"] = INGEST_FILES
 
-# Entries of the raw zone that are not ingested (pipelines/rawzone.py): misnamed or linked-out day
+# Entries of the raw zone that are not ingested (formats/rawzone.py): misnamed or linked-out day
 # folders, stray files; one row per file under a skipped folder. Rewritten by every ingest.
 RAW_ZONE_PROBLEMS = pa.schema([
     pa.field("path", pa.string(), nullable=False),              # relative to the data home
     pa.field("entry", pa.string(), nullable=False),             # the raw/app_logs child it lies under
-    pa.field("reason", pa.string(), nullable=False),            # see pipelines/rawzone.py
+    pa.field("reason", pa.string(), nullable=False),            # see formats/rawzone.py
     pa.field("detail", pa.string(), nullable=False),
     pa.field("file_bytes", pa.int64()),                         # null for folders, links, other kinds
 ])

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 # Ids far above anything the small simulated day uses, so planted rows never collide with its keys.
 ID_BASE = 900_000

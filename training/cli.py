@@ -13,7 +13,8 @@ import os
 import typing
 from typing import Any
 
-from training.config import AUGMENTS, PRESETS, SPLITS, TrainConfig, preset
+from formats.dataset import SPLITS
+from training.config import AUGMENTS, PRESETS, TrainConfig, preset
 
 # Booleans keep the spelling users already type: each flag turns its field off.
 _OFF_FLAGS = {"resampled": ("--no-resampled", "walk seeded epochs with split_by_node/split_by_worker instead of "
@@ -67,8 +68,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_from_args(args: argparse.Namespace) -> Any:
     """Train from parsed flags; rank 0 prints each event and a JSON summary."""
-    from pipelines.home import DataHome
-    from pipelines.storage import check_output_dir
+    from formats.home import DataHome
+    from formats.outputs import check_output_dir
     from training.train import train
 
     # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home

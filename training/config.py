@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from formats.dataset import SPLITS
 from pipelines.settings import knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
-SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
 CONFIG_FILE = "train_config.json"
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math

@@ -28,11 +28,11 @@ import torch
 import webdataset as wds
 from PIL import Image
 
+from formats import dataset
+
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
-SHARD_GLOB = "pickapic-{split}-*.tar"
-PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 
 
 @dataclass(frozen=True)
@@ -99,29 +99,12 @@ def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = N
 # --------------------------------------------------------------------------- shard discovery
 def resolve_version_dir(data_dir: str | os.PathLike) -> Path:
     """The published version dir (``latest`` links resolved); errors name the path."""
-    path = Path(data_dir).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"dataset dir {str(path)!r} does not exist")
-    path = path.resolve()
-    if not (path / "train").is_dir() and (path / "latest").exists():
-        path = (path / "latest").resolve()
-    return path
+    return dataset.resolve_data_dir(data_dir)
 
 
 def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     """Sorted shard paths of ``split``; checks them against ``sizes.json`` when present."""
-    split_dir = resolve_version_dir(data_dir) / split
-    if not split_dir.is_dir():
-        raise FileNotFoundError(f"split {split!r} not found: {split_dir} is not a directory")
-    shards = sorted(split_dir.glob(SHARD_GLOB.format(split=split)))
-    sizes_file = split_dir / "sizes.json"
-    if sizes_file.is_file():
-        sizes = json.loads(sizes_file.read_text(encoding="utf-8"))
-        missing = sorted(set(sizes) - {p.name for p in shards})
-        if missing:
-            raise FileNotFoundError(f"{sizes_file} lists shards that do not exist: {missing[:5]}")
-        shards = [p for p in shards if p.name in sizes]
-    return shards
+    return dataset.split_shards(resolve_version_dir(data_dir), split)
 
 
 def shard_weights(shards: list[Path]) -> list[float]:
@@ -130,18 +113,18 @@ def shard_weights(shards: list[Path]) -> list[float]:
     weights = []
     for shard in map(Path, shards):
         if shard.parent not in sizes:
-            sizes_file = shard.parent / "sizes.json"
-            sizes[shard.parent] = json.loads(sizes_file.read_text(encoding="utf-8")) if sizes_file.is_file() else {}
+            sizes[shard.parent] = dataset.read_sizes(shard.parent) or {}
         weights.append(float(sizes[shard.parent].get(shard.name, 1)))
     return weights
 
 
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
     """Number of samples in ``split`` from its ``sizes.json``."""
-    sizes_file = resolve_version_dir(data_dir) / split / "sizes.json"
-    if not sizes_file.is_file():
-        raise FileNotFoundError(f"{sizes_file} missing: cannot size split {split!r}")
-    return int(sum(json.loads(sizes_file.read_text(encoding="utf-8")).values()))
+    split_dir = resolve_version_dir(data_dir) / split
+    sizes = dataset.read_sizes(split_dir)
+    if sizes is None:
+        raise FileNotFoundError(f"{split_dir / dataset.SIZES_FILE} missing: cannot size split {split!r}")
+    return int(sum(sizes.values()))
 
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
@@ -262,7 +245,7 @@ def prompt_counts(split_dir: str) -> dict[str, int]:
     """
     import pyarrow.parquet as pq
 
-    path = Path(split_dir) / PROMPT_COUNTS_FILE
+    path = Path(split_dir) / dataset.PROMPT_COUNTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
     table = pq.read_table(path, columns=["prompt_key", "num_example_per_prompt"])

@@ -13,8 +13,7 @@ import torch
 
 from training import data as D
 from training.config import TrainConfig
-from training.metric import (THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline,
-                             tie_aware_accuracy)
+from training.metric import THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline, tie_aware_accuracy
 from training.model import PairScorer, build_model, load_model
 
 

@@ -5,7 +5,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from pipelines.storage import write_bytes_atomic
+from formats.files import write_bytes_atomic
 
 
 def pyplot() -> Any:

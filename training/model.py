@@ -17,11 +17,10 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from transformers import AutoProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
-from transformers import (AutoProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor,
-                          CLIPTokenizer)
 
-from pipelines.storage import write_bytes_atomic
+from formats.files import write_bytes_atomic
 from training.config import TrainConfig
 
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs

@@ -21,11 +21,11 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from pipelines.home import DataHome
-from pipelines.storage import check_output_dir, write_bytes_atomic
+from formats.files import write_bytes_atomic
+from formats.home import DataHome
+from formats.outputs import check_output_dir
 from schemas import get_schema
-from training.score_cli import (PairRow, add_model_arguments, error_summary, read_pairs_table, score_rows,
-                                write_rows)
+from training.score_cli import PairRow, add_model_arguments, error_summary, read_pairs_table, score_rows, write_rows
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE = "prompt.txt"

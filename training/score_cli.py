@@ -27,8 +27,9 @@ import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
 
-from pipelines.home import DataHome
-from pipelines.storage import atomic_path, check_output_file, open_output_file
+from formats.files import atomic_path
+from formats.home import DataHome
+from formats.outputs import check_output_file, open_output_file
 from schemas import get_schema
 
 TABLE_FORMATS = (".parquet", ".csv", ".jsonl")

@@ -21,6 +21,8 @@ import numpy as np
 import webdataset as wds
 from PIL import Image
 
+from formats import dataset
+
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
     "purple": (140, 50, 170), "orange": (240, 140, 30), "white": (235, 235, 235), "black": (25, 25, 25)}
@@ -111,20 +113,20 @@ def write_synthetic_version(version_dir: str | os.PathLike, sizes: dict[str, int
         n_shards = max(1, min(shards_per_split, len(rows)))
         edges = np.linspace(0, len(rows), n_shards + 1).astype(int)
         for s in range(n_shards):
-            name = f"pickapic-{split}-{s:06d}.tar"
+            name = f"{dataset.SHARD_PREFIX}{split}-{s:06d}.tar"
             with wds.TarWriter(str(split_dir / name), encoder=False, mtime=0) as sink:
                 for row in rows[edges[s]:edges[s + 1]]:
                     colors, noise = row.pop("_colors"), row.pop("_noise")
-                    key = row["pair_id"] + ("_u" if split.endswith("_unique") else "")
+                    key = row["pair_id"] + (dataset.UNIQUE_SUFFIX if split.endswith("_unique") else "")
                     sink.write({"__key__": key,
                                 "0.jpg": _image(COLORS[colors[0]], noise[0], image_px, img_rng),
                                 "1.jpg": _image(COLORS[colors[1]], noise[1], image_px, img_rng),
                                 "json": json.dumps(row, sort_keys=True).encode(),
                                 "txt": row["caption"].encode()})
             counts[name] = int(edges[s + 1] - edges[s])
-        (split_dir / "sizes.json").write_text(json.dumps(counts, indent=1, sort_keys=True) + "\n")
+        (split_dir / dataset.SIZES_FILE).write_bytes(dataset.sizes_json(counts))
     if link_latest:
-        latest = version_dir.parent / "latest"
+        latest = version_dir.parent / dataset.LATEST
         if latest.is_symlink() or latest.exists():
             latest.unlink()
         latest.symlink_to(version_dir.name)

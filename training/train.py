@@ -29,12 +29,20 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
-from pipelines.storage import honour_umask, write_bytes_atomic
-from training.figures import pyplot, save_figure
+from formats.files import honour_umask, write_bytes_atomic
 from training import data as D
 from training.cli import add_arguments, config_from_args, run_from_args  # noqa: F401 (the CLI of this module)
 from training.config import RESUMABLE_FIELDS, TrainConfig
-from training.evaluate import EvalResult, SplitScores, autocast, cpu_threads, evaluate_scores, resolve_device, score_split
+from training.evaluate import (
+    EvalResult,
+    SplitScores,
+    autocast,
+    cpu_threads,
+    evaluate_scores,
+    resolve_device,
+    score_split,
+)
+from training.figures import pyplot, save_figure
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint

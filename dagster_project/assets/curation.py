@@ -9,8 +9,8 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import REBUILD_CONDITION, runtime_version
 from dagster_project.versions import CODE_VERSIONS
-from pipelines.curation import build_decisions, build_pairs
-from pipelines.dedup import build_clusters
+from pipelines.curation.decisions import build_decisions, build_pairs
+from pipelines.curation.dedup import build_clusters
 
 DedupRunConfig = config_class("dedup", "DedupRunConfig")
 CurationRunConfig = config_class("curation", "CurationRunConfig")

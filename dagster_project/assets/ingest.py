@@ -9,7 +9,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
 from dagster_project.versions import CODE_VERSIONS, INGEST_DATASETS, RAW_ASSET
-from pipelines.ingest import ingest_day
+from pipelines.ingest.day import ingest_day
 
 _DESCRIPTIONS = {
     "users": "App users of the day (id and sign-up time only: emails and names stay in the raw zone).",

@@ -10,7 +10,8 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
 from dagster_project.versions import CODE_VERSIONS
-from pipelines.home import DataHome
+from formats import dataset
+from formats.home import DataHome
 
 _BaseTrainRunConfig = config_class("train", "_BaseTrainRunConfig")
 
@@ -21,10 +22,10 @@ class TrainRunConfig(_BaseTrainRunConfig):
 
 def latest_version_dir(home: DataHome) -> Path:
     """The version directory `latest` points to, or a clear error when nothing is published."""
-    link = home.datasets / "latest"
-    if not link.exists():
-        raise FileNotFoundError(f"no published dataset at {link}; materialize published_dataset first")
-    return link.resolve()
+    try:
+        return dataset.resolve_version(home)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"{error}; materialize published_dataset first") from None
 
 
 def model_run_dir(home: DataHome, version_dir: Path) -> Path:
@@ -42,7 +43,7 @@ def _trained_model_dir(home: DataHome) -> tuple[Path, Path]:
 
 def true_quality_by_pair_name(home: DataHome, out: Path) -> Path | None:
     """The simulator's model quality keyed by the short names pairs use (None without ground truth)."""
-    from pipelines.curation import short_model_name
+    from pipelines.curation.decisions import short_model_name
 
     source = home.ground_truth / "models.json"
     if not source.is_file():
@@ -113,7 +114,7 @@ def generator_leaderboard(data_home: PickapicHome):
 @dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})
 def best_of_n(data_home: PickapicHome):
     """Best-of-n on simulated candidates: true utility the trained scorer's pick gains over a random pick."""
-    from training.best_of_n import run_best_of_n, untrained_model_dir
+    from simulator.best_of_n import run_best_of_n, untrained_model_dir
 
     home = data_home.home()
     version_dir, best = _trained_model_dir(home)

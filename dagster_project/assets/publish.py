@@ -7,7 +7,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import REBUILD_CONDITION, runtime_version
 from dagster_project.versions import CODE_VERSIONS
-from pipelines.publish import publish_dataset
+from pipelines.publish.version import publish_dataset
 
 PublishRunConfig = config_class("publish", "PublishRunConfig")
 

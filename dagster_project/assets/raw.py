@@ -8,7 +8,6 @@ from dagster_project.partitions import raw_days
 from dagster_project.versions import PARTITIONS, RAW_ASSET
 from pipelines.provenance import RawDigests
 
-
 warnings.filterwarnings("ignore", message=".*observable_source_asset.*", category=dg.BetaWarning)
 
 

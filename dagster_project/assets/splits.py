@@ -9,7 +9,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import REBUILD_CONDITION, runtime_version
 from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
-from pipelines.splits import build_splits
+from pipelines.splits.assign import build_splits
 
 SplitRunConfig = config_class("splits", "SplitRunConfig")
 TRAINABLE_CHECK = "split_pairs_trainable"

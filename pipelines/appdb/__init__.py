@@ -4,7 +4,7 @@
   never the password.
 - ``tables``: the four tables' expected columns and type families (from ``schemas.raw``), checked
   before anything is read; ``sql/app_db/*.sql`` statements with ``$parameters``.
-- ``export``: one day -> ``raw/app_logs/dt=DAY/*.jsonl.gz`` through ``pipelines.rawlines``, streamed
+- ``export``: one day -> ``raw/app_logs/dt=DAY/*.jsonl.gz`` through ``formats.rawlines``, streamed
   (a server-side cursor of binary rows), staged and published only when complete; unchanged files
   are left untouched.
 - ``blobs``: the day's image blobs from the app's storage (a folder or a Beam ``FileSystems`` URL)

@@ -6,9 +6,9 @@ import json
 import os
 import sys
 
+from formats.home import DataHome
 from pipelines.appdb.connection import DSN_ENV, IMAGE_STORE_ENV, AppDatabaseError, dsn_from_env
 from pipelines.appdb.export import AppExportConfig, export_day
-from pipelines.home import DataHome
 
 
 def main(argv: list[str] | None = None) -> int:

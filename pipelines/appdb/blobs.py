@@ -16,10 +16,10 @@ from pathlib import Path
 
 import psycopg
 
+from formats.files import atomic_path
+from formats.home import DataHome
 from pipelines.appdb.tables import statement
-from pipelines.home import DataHome
-from pipelines.rawparse import UID_RE
-from pipelines.storage import atomic_path
+from pipelines.ingest.parse import UID_RE
 
 BATCH = 256
 CHUNK = 1 << 20

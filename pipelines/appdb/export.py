@@ -1,7 +1,7 @@
 """One day of the app database -> ``raw/app_logs/dt=DAY/{users,images,rankings,downloads}.jsonl.gz``.
 
 Each table is streamed from a server-side cursor (``sql/app_db/export_*.sql``, fetched in batches of
-binary rows) in one REPEATABLE READ READ ONLY transaction, formatted row by row with ``pipelines.rawlines`` (the
+binary rows) in one REPEATABLE READ READ ONLY transaction, formatted row by row with ``formats.rawlines`` (the
 functions the simulator writes with) and gzip-compressed into a staging folder beside the day, so
 memory does not grow with the day. Text the JSON layer cannot carry (bytes that are not UTF-8, which a
 ``SQL_ASCII`` database can hold) is written as the same raw bytes, so the ingest quarantines that line
@@ -30,14 +30,12 @@ from typing import Callable, Iterable, Iterator
 import psycopg
 from psycopg.types.string import ByteaBinaryLoader
 
-from pipelines import rawlines
-from pipelines.appdb.connection import (
-    AppDatabaseError, ServerName, as_text, connect, database_error, server_name,
-)
+from formats import rawlines
+from formats.files import sha256_file
+from formats.home import DataHome
+from pipelines.appdb.connection import AppDatabaseError, ServerName, as_text, connect, database_error, server_name
 from pipelines.appdb.tables import check_tables, statement
-from pipelines.home import DataHome
 from pipelines.settings import check_fields, knob
-from pipelines.storage import sha256_file
 from schemas.raw import RAW_TABLES
 
 BATCH_LINES = 4096

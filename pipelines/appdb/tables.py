@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import re
 
-import pyarrow as pa
 import psycopg
+import pyarrow as pa
 
 from pipelines.appdb.connection import as_text
 from pipelines.sqlrun import sql_text

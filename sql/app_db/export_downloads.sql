@@ -1,4 +1,4 @@
--- One day's downloads export, in the raw line's column order (pipelines.rawlines.download_line).
+-- One day's downloads export, in the raw line's column order (formats.rawlines.download_line).
 -- Inputs: table downloads. Output: every column, ids as int8, created_at as 'YYYY-MM-DD HH24:MI:SS.US'
 -- text, for rows created in [$start, $end), ordered by download_id, then every column (stable even
 -- without a primary key). Parameters: $start, $end (timestamp text, UTC).

@@ -1,4 +1,4 @@
--- One day's images export, in the raw line's column order (pipelines.rawlines.image_line).
+-- One day's images export, in the raw line's column order (formats.rawlines.image_line).
 -- Inputs: table images. Output: every column, ids as int8, created_at as 'YYYY-MM-DD HH24:MI:SS.US'
 -- text, gs as its shortest exact text, for rows created in [$start, $end), ordered by image_id, then
 -- every column (stable even without a primary key). Parameters: $start, $end (timestamp text, UTC).

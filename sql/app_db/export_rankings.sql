@@ -1,4 +1,4 @@
--- One day's rankings export, in the raw line's column order (pipelines.rawlines.ranking_line).
+-- One day's rankings export, in the raw line's column order (formats.rawlines.ranking_line).
 -- Inputs: table rankings. Output: every column, ids as int8, created_at as 'YYYY-MM-DD HH24:MI:SS.US'
 -- text, for rows created in [$start, $end), ordered by ranking_id, then every column (stable even
 -- without a primary key). Parameters: $start, $end (timestamp text, UTC).

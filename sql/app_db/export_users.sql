@@ -1,4 +1,4 @@
--- Accounts for one day's users export, in the raw line's column order (pipelines.rawlines.user_line).
+-- Accounts for one day's users export, in the raw line's column order (formats.rawlines.user_line).
 -- Inputs: table users. Output: user_id, created_at as 'YYYY-MM-DD HH24:MI:SS.US' text, email, name,
 -- for accounts created in [$start, $end) ($start = '-infinity' for the snapshot of all accounts up to
 -- the day's end), ordered by user_id, then every column (stable even without a primary key).

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from filelock import FileLock
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 # The shared home is made by `pickapic demo` itself (a smaller sample than the default demo), so the
 # demo command is exercised end to end and every other e2e test reads a fully built home.

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.cli import main
-from pipelines.home import DataHome
+from formats.home import DataHome
 from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
 
 SIM = ["--days", "2", "--users", "12", "--rankings-per-day", "24", "--image-size", "32", "--seed", "3", "--quiet"]

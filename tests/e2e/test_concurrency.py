@@ -1,6 +1,6 @@
 """Concurrency: readers during a nightly rebuild, and two builds started at once on one data home.
 
-Readers: a loop of `pickapic query` processes (``python -m pipelines.query``, the module the
+Readers: a loop of `pickapic query` processes (``python -m pipelines.query.engine``, the module the
 subcommand mounts) and a WebDataset reader over ``latest`` (resolved once per pass, every sample of
 the train split read) run while a nightly build publishes day 3 -- first killed between its new
 version and the ``latest`` switch, then rerun to completion. No reader may fail, and every pass must
@@ -25,12 +25,22 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import webdataset as wds
 
-from pipelines.home import DataHome
-from pipelines.publish import list_versions, resolve_version, verify_version
-from pipelines.query import execute
-from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and scratch are fixtures)
-    DAY3, REPO, LatestWatcher, build_command, crash_reference, finish, run_build, scratch,
-    start_process, tail, wait_until,
+from formats.dataset import list_versions, resolve_version
+from formats.home import DataHome
+from pipelines.publish.version import verify_version
+from pipelines.query.engine import execute
+from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and scratch are fixtures
+    DAY3,
+    REPO,
+    LatestWatcher,
+    build_command,
+    crash_reference,
+    finish,
+    run_build,
+    scratch,
+    start_process,
+    tail,
+    wait_until,
 )
 
 QUERY = "SELECT count(*) AS n, md5(string_agg(key || '/' || split, ',' ORDER BY key, split)) AS keys_md5 FROM pairs"
@@ -75,7 +85,7 @@ class QueryProcessReader(Reader):
 
     def __init__(self, home: DataHome) -> None:
         super().__init__("query")
-        self.command = [sys.executable, "-m", "pipelines.query", "--home", str(home.root), "--format", "json", QUERY]
+        self.command = [sys.executable, "-m", "pipelines.query.engine", "--home", str(home.root), "--format", "json", QUERY]
 
     def one_pass(self) -> tuple:
         done = subprocess.run(self.command, cwd=REPO, capture_output=True, text=True, timeout=120)

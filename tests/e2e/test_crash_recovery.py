@@ -28,10 +28,11 @@ from typing import Callable
 import pytest
 from filelock import FileLock
 
-from pipelines.home import DataHome
-from pipelines.publish import list_versions, verify_version
+from formats.dataset import list_versions
+from formats.home import DataHome
+from pipelines.publish.version import verify_version
 from pipelines.settings import write_settings
-from pipelines.simulator import SimConfig, simulate
+from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[2]
 # Three simulated days: the reference and the crash tests build the first two; the concurrency tests
@@ -121,7 +122,7 @@ def lock_is_free(home: DataHome) -> bool:
 
 def file_digests(root: Path) -> dict[str, str]:
     """sha256 of every visible file under ``root`` (no part of the relative path starts with '.')."""
-    from pipelines.storage import sha256_file
+    from formats.files import sha256_file
 
     out = {}
     for path in sorted(root.rglob("*")):
@@ -375,8 +376,8 @@ def test_killed_build_resumes_to_identical_result(crash_reference, scratch: Path
 
 PUBLISH_ONLY = """
 import sys
-from pipelines.home import DataHome
-from pipelines.publish import publish_dataset
+from formats.home import DataHome
+from pipelines.publish.version import publish_dataset
 report = publish_dataset(DataHome.at(sys.argv[1]))
 print(report.version, report.shards_written, report.shards_resumed)
 """

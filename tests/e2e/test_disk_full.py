@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.home import DataHome
-from pipelines.publish import PublishConfig, publish_dataset
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from pipelines.publish.version import PublishConfig, publish_dataset
+from simulator import SimConfig, simulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))
 from test_publish_fixtures import make_home  # noqa: E402

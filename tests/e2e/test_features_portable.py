@@ -20,9 +20,9 @@ import pyarrow.parquet as pq
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from pipelines.features import FeaturesConfig, build_features
-from pipelines.home import DataHome
-from pipelines.portable import LocalPortableCluster
+from formats.home import DataHome
+from pipelines.features.job import FeaturesConfig, build_features
+from pipelines.features.portable import LocalPortableCluster
 
 REPO = Path(__file__).resolve().parents[2]
 WHEEL_SOURCES = ("pyproject.toml", "README.md", "dagster_project", "pipelines", "schemas", "sql", "data_contracts",
@@ -120,8 +120,8 @@ def worker_site(root: Path) -> tuple[Path, Path, Path]:
 
 def simulated_day(root: Path) -> DataHome:
     """One small simulated day (64 px images, the simulator's planted defects included), ingested."""
-    from pipelines.ingest import main as ingest
-    from pipelines.simulator.__main__ import main as simulate
+    from pipelines.ingest.day import main as ingest
+    from simulator.__main__ import main as simulate
 
     assert simulate(["--home", str(root), "--days", "1", "--start-date", DAY, "--users", "8", "--rankings-per-day", "12",
                      "--image-size", "64", "--seed", "11", "--quiet", "--workers", "1"]) == 0

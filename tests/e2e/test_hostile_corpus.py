@@ -21,9 +21,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from dagster_project.build import BuildResult, run_build, select_days
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.settings import write_settings
-from pipelines.simulator import SimConfig, simulate
+from simulator import SimConfig, simulate
 from tests.hostile_corpus import LOOKALIKE_PROMPTS, Corpus, plant_hostile_corpus, plant_lookalike_prompts
 
 SEED = 11

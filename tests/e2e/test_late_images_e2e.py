@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the seeded day builders
 from test_ingest_late_images import DAYS, build_days  # noqa: E402

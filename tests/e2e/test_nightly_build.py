@@ -17,8 +17,8 @@ import pytest
 from filelock import FileLock
 
 from dagster_project.staleness import record_observations
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from simulator import SimConfig, simulate
 from tests.e2e.conftest import copy_home
 
 REPO = Path(__file__).resolve().parents[2]
@@ -132,6 +132,7 @@ def test_new_day_then_reexports(night_base, tmp_path):
     rankings.write_bytes(gzip.compress(b"".join(lines[:-1]), mtime=0))  # the export lost its last line
     from dagster._core.definitions.data_version import CachingStaleStatusResolver, StaleStatus
     from dagster._core.loader import LoadingContextForTest
+
     from dagster_project.build import plan_only
     from dagster_project.definitions import defs
 

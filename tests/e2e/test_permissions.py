@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.home import DataHome
-from pipelines.storage import current_umask
+from formats.files import current_umask
+from formats.home import DataHome
 from tests.accounts import read_as_other_account, unreadable_by_other_account
 
 

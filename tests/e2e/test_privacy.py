@@ -19,10 +19,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines import query
-from pipelines.export import export_pickscore_parquet
-from pipelines.home import DataHome
-from pipelines.publish import resolve_version
+from formats.dataset import resolve_version
+from formats.home import DataHome
+from pipelines.query import engine as query
+from pipelines.query.export import export_pickscore_parquet
 
 # "user_id: string '24'", "user_id = 24", "user_id 24 has", '"user_id": 24' (a number right after the field name)
 USER_ID_IN_TEXT = re.compile(r"""user_id['"]?(?::\s*[a-z]+\s+|\s*[:=]\s*|\s+)['"]?(-?\d+)""")

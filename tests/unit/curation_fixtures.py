@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from pipelines.home import DataHome
-from pipelines.storage import write_parquet_atomic
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
 from schemas import get_schema
 from schemas.features import NSFW_CLASSES
 
@@ -100,8 +100,8 @@ class HomeBuilder:
 
 def build_all(home: DataHome, **curation_kwargs):
     """Run dedup, decisions and pairs on ``home``; returns (dedup, decisions, pairs) reports."""
-    from pipelines.curation import CurationConfig, build_decisions, build_pairs
-    from pipelines.dedup import DedupConfig, build_clusters
+    from pipelines.curation.decisions import CurationConfig, build_decisions, build_pairs
+    from pipelines.curation.dedup import DedupConfig, build_clusters
 
     config = CurationConfig(**curation_kwargs)
     return build_clusters(home, DedupConfig()), build_decisions(home, config), build_pairs(home, config)

@@ -56,8 +56,8 @@ def planted_features(n_sources: int, seed: int = 0, exact_every: int = 5, size: 
     Every source gets one near duplicate per transform in rotation, every ``exact_every``-th
     source also a byte-identical copy.
     """
-    import hashlib
     import datetime as dt
+    import hashlib
 
     rng = random.Random(seed)
     names = sorted(TRANSFORMS)

@@ -6,9 +6,9 @@ import random
 
 import pyarrow as pa
 
-from pipelines.home import DataHome
-from pipelines.splits import user_home
-from pipelines.storage import write_parquet_atomic
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.splits.assign import user_home
 from schemas import get_schema
 
 T0 = dt.datetime(2023, 3, 1)

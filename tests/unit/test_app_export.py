@@ -15,15 +15,15 @@ import pytest
 from dagster_project import automation
 from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
-from pipelines import rawlines
-from pipelines import rawparse as rp
+from formats import rawlines
+from formats.home import DataHome
 from pipelines.appdb.connection import AppDatabaseError, server_name
 from pipelines.appdb.export import AppExportConfig, ExportTooEarly, export_day, format_row
 from pipelines.appdb.load import AppDatabaseSink
 from pipelines.appdb.tables import AppSchemaError
-from pipelines.home import DataHome
-from pipelines.ingest import ingest_day
-from pipelines.simulator import SimConfig, simulate
+from pipelines.ingest import parse as rp
+from pipelines.ingest.day import ingest_day
+from simulator import SimConfig, simulate
 from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
 
 DAYS = ("2023-02-13", "2023-02-14")

@@ -19,7 +19,7 @@ from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
 from dagster_project.staleness import DATA_VERSION_TAG, plan_build, record_observations
 from dagster_project.versions import BY_NAME, PARTITIONS
-from pipelines.home import DataHome
+from formats.home import DataHome
 from pipelines.settings import load
 
 DAYS = ("2023-02-13", "2023-02-14")

@@ -9,10 +9,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from pipelines.simulator import candidates as C
-from pipelines.simulator import world
+from simulator import candidates as C
+from simulator import world
+from simulator.best_of_n import pick_utilities, run_best_of_n
 from training import data as D
-from training.best_of_n import pick_utilities, run_best_of_n
 from training.model import build_model, save_checkpoint
 from training.synthetic import tiny_config, write_synthetic_version
 

@@ -2,7 +2,7 @@
 import os
 
 from dagster_project import buildstamp
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 
 def _home(tmp_path) -> DataHome:

@@ -45,7 +45,7 @@ def test_home_defaults_to_environment(tmp_path, monkeypatch, capsys):
 
 def test_second_build_refuses_while_one_holds_the_lock(tmp_path):
     from dagster_project.build import BuildError, build_lock
-    from pipelines.home import DataHome
+    from formats.home import DataHome
 
     home = DataHome(tmp_path)
     with build_lock(home):

@@ -1,7 +1,8 @@
 """Every contract is valid ODCS v3 and its columns equal its pyarrow schema exactly."""
+from importlib import resources
+
 import pytest
 import yaml
-from importlib import resources
 
 from data_contracts.engine import contract_names, evaluate, load_contract
 from pipelines.sqlrun import connect

@@ -5,11 +5,11 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-
 from curation_fixtures import SD21, HomeBuilder, build_all, phash_of
+
 from data_contracts.engine import evaluate, load_contract
-from pipelines.curation import CurationConfig, phrase_pattern, read_id_list
-from pipelines.pseudonym import DEFAULT_SECRET, pseudonymize
+from pipelines.curation.decisions import CurationConfig, phrase_pattern, read_id_list
+from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonymize
 from pipelines.sqlrun import connect
 
 

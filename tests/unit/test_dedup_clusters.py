@@ -7,10 +7,10 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from dedup_fixtures import planted_features
-from pipelines.dedup import DedupConfig, band_table, build_clusters, cluster_features
-from pipelines.home import DataHome
+
+from formats.home import DataHome
+from pipelines.curation.dedup import DedupConfig, band_table, build_clusters, cluster_features
 from pipelines.sqlrun import connect
 
 DC = 1 << 63
@@ -105,7 +105,7 @@ def test_near_candidates_match_a_brute_force_bucket_scan():
     import numpy as np
     import pyarrow as pa
 
-    from pipelines.dedup import DedupConfig, band_table, near_candidates
+    from pipelines.curation.dedup import DedupConfig, band_table, near_candidates
 
     rng = np.random.default_rng(3)
     base = rng.integers(0, 2**63, 60, dtype=np.uint64)

@@ -14,9 +14,9 @@ from test_publish_fixtures import make_home
 
 from dagster_project.build import BuildError
 from dagster_project.cli import main as pickapic
-from pipelines import query
-from pipelines.publish import PublishConfig, publish_dataset
-from pipelines.storage import no_space_message
+from formats.files import no_space_message
+from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.query import engine as query
 
 
 def _chained(outer: BaseException, inner: BaseException) -> BaseException:

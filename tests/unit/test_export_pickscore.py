@@ -9,9 +9,9 @@ import pyarrow.parquet as pq
 from test_publish_fixtures import make_home
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines import export
+from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.query import export
 from pipelines.sqlrun import connect
-from pipelines.publish import PublishConfig, publish_dataset
 from schemas import get_schema
 
 # yuvalkirstain/pickapic_v1's dataset card, in its order, with its types (user_id differs by design: a pseudonym)
@@ -79,9 +79,9 @@ def test_pickscore_dataset_processing_runs_on_the_export(tmp_path: Path, monkeyp
     """The calls of PickScore's trainer/datasetss/clip_hf_dataset.py (yuvalkirstain/PickScore), in its order,
     on our export: filters, limit_examples_per_prompt (drops `__index_level_0__` by name), only_on_best
     (selects by the pandas index) and __getitem__'s decoding. The real file was also run by hand (README §6)."""
-    import pandas as pd
     from io import BytesIO
 
+    import pandas as pd
     from PIL import Image
 
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_features_fixtures import bad_blobs, encode, fake_detector, natural_image, png, write_day
 
-from pipelines import features
-from pipelines.features import FeaturesConfig, build_features, pipeline_options
-from pipelines.home import DataHome
+from formats.home import DataHome
+from pipelines.features import job as features
+from pipelines.features.job import FeaturesConfig, build_features, pipeline_options
 from schemas import get_schema
-from test_features_fixtures import bad_blobs, fake_detector, natural_image, encode, png, write_day
 
 DAY1, DAY2 = "2023-03-01", "2023-03-02"
 CONFIG = FeaturesConfig(workers=0)

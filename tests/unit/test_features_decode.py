@@ -1,4 +1,4 @@
-"""Safe decode policies and blob-path checks (pipelines/imagedecode.py), one reason at a time."""
+"""Safe decode policies and blob-path checks (pipelines/features/decode.py), one reason at a time."""
 from __future__ import annotations
 
 import io
@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-
-from pipelines import imagedecode
-from pipelines.features import FeaturesConfig
-from pipelines.imagedecode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
 from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png, thin_png
+
+from pipelines.features import decode as imagedecode
+from pipelines.features.decode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
+from pipelines.features.job import FeaturesConfig
 
 LIMITS = FeaturesConfig().decode_limits()
 

@@ -13,9 +13,9 @@ import numpy as np
 import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFilter
 
-from pipelines.home import DataHome
-from pipelines.nsfw import Detection, NsfwResult, PreparedImage
-from pipelines.storage import write_parquet_atomic
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.features.nsfw import Detection, NsfwResult, PreparedImage
 from schemas import get_schema
 from schemas.features import NSFW_CLASSES
 

@@ -8,9 +8,9 @@ import pytest
 from nudenet import NudeDetector
 from nudenet.nudenet import _postprocess, _read_image
 from PIL import Image
-
-from pipelines.nsfw import FastNudeDetector, is_flagged, postprocess, prepare_image, to_model_input
 from test_features_fixtures import face_variants, natural_image
+
+from pipelines.features.nsfw import FastNudeDetector, is_flagged, postprocess, prepare_image, to_model_input
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,19 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.testing.test_pipeline import TestPipeline as _BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to, is_empty
 from PIL import Image
-
-from pipelines import features
-from pipelines.features import (DecodeImageFn, DetectNsfwFn, FeaturesConfig, FingerprintImages, ReadBlobFn,
-                                perceptual_hashes, train_size_of)
-from pipelines.nsfw import prepare_image
 from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png, thin_png
+
+from pipelines.features import job as features
+from pipelines.features.job import (
+    DecodeImageFn,
+    DetectNsfwFn,
+    FeaturesConfig,
+    FingerprintImages,
+    ReadBlobFn,
+    perceptual_hashes,
+    train_size_of,
+)
+from pipelines.features.nsfw import prepare_image
 
 DAY = dt.date(2023, 3, 1)
 

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipelines.beamworker import QUIET_WORKER_MODULE, quiet_worker_command
+from pipelines.features.beamworker import QUIET_WORKER_MODULE, quiet_worker_command
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +19,7 @@ def run_python(code: str) -> subprocess.CompletedProcess:
 def test_quiet_import_drops_only_the_apitools_notice_and_leaves_no_handler() -> None:
     done = run_python(
         "import logging\n"
-        "import pipelines.beamworker\n"
+        "import pipelines.features.beamworker\n"
         "import apache_beam\n"
         "assert logging.getLogger().handlers == [], logging.getLogger().handlers\n"
         "logging.getLogger('pickapic.test').warning('a real warning')\n"

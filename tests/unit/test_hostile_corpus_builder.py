@@ -6,8 +6,8 @@ import hashlib
 import sys
 from pathlib import Path
 
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from simulator import SimConfig, simulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.hostile_corpus import plant_hostile_corpus  # noqa: E402

@@ -6,13 +6,13 @@ import datetime as dt
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from test_ingest_fixtures import DayBuilder, hostile_lines
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.home import DataHome
-from pipelines.ingest import OUTPUT_DATASETS, ingest_day
+from formats.home import DataHome
+from pipelines.ingest.day import OUTPUT_DATASETS, ingest_day
 from pipelines.sqlrun import connect
 from schemas import get_schema
-from test_ingest_fixtures import DayBuilder, hostile_lines
 
 DAY = "2023-03-01"
 RAW = ("raw_users", "raw_images", "raw_rankings", "raw_downloads")

@@ -8,11 +8,11 @@ import os
 
 import pyarrow.parquet as pq
 import pytest
-
-from pipelines import ingest
-from pipelines.home import DataHome
-from pipelines.ingest import OUTPUT_DATASETS, IngestConfig, ingest_day
 from test_ingest_fixtures import DayBuilder, clean_home, hostile_lines
+
+from formats.home import DataHome
+from pipelines.ingest import day as ingest
+from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
 
 DAY = "2023-03-01"
 

@@ -7,7 +7,7 @@ import random
 import uuid
 from pathlib import Path
 
-from pipelines.home import DataHome
+from formats.home import DataHome
 
 MODELS = ("stabilityai/stable-diffusion-2-1", "yuvalkirstain/dreamlike-photoreal-2-flax", "CONTENT_FILTERED")
 WORDS = ("red", "blue", "cube", "cat", "dog", "forest", "city", "oil painting", "photo", "three", "two")

@@ -7,10 +7,10 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
-from pipelines.home import DataHome
-from pipelines.ingest import OUTPUT_DATASETS, IngestConfig, ingest_day
 from test_ingest_fixtures import DayBuilder
+
+from formats.home import DataHome
+from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
 
 DAYS = ["2023-03-01", "2023-03-02", "2023-03-03", "2023-03-04"]
 

@@ -6,9 +6,9 @@ import gzip
 import json
 
 import pytest
-
-from pipelines import rawparse as rp
 from test_ingest_fixtures import DayBuilder, hostile_lines
+
+from pipelines.ingest import parse as rp
 
 DAY = "2023-03-01"
 

@@ -12,11 +12,12 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
-from pipelines import ingest, quarantine
-from pipelines.home import DataHome
-from pipelines.ingest import OUTPUT_DATASETS, IngestConfig, ingest_day
 from test_ingest_fixtures import DayBuilder, hostile_lines
+
+from formats.home import DataHome
+from pipelines.ingest import day as ingest
+from pipelines.ingest import quarantine
+from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
 
 DAY = "2023-03-01"
 REPO = Path(__file__).resolve().parents[2]
@@ -131,8 +132,8 @@ _MEASURE = textwrap.dedent("""
     def peak_kib():
         with open("/proc/self/status") as status:
             return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-    from pipelines.home import DataHome
-    from pipelines.ingest import ingest_day
+    from formats.home import DataHome
+    from pipelines.ingest.day import ingest_day
     home, day, n = DataHome(Path(sys.argv[1])), "2023-03-01", int(sys.argv[2])
     folder = home.raw_day(day)
     folder.mkdir(parents=True)

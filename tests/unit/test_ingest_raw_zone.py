@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from test_ingest_fixtures import DayBuilder
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.home import DataHome
-from pipelines.ingest import OUTPUT_DATASETS, ingest_day
-from pipelines.rawzone import scan_raw_zone
+from formats.home import DataHome
+from formats.rawzone import scan_raw_zone
+from pipelines.ingest.day import OUTPUT_DATASETS, ingest_day
 from pipelines.sqlrun import connect
-from test_ingest_fixtures import DayBuilder
 
 DAY = "2023-03-01"
 

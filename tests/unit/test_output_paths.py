@@ -18,9 +18,11 @@ import pytest
 from test_publish_fixtures import make_home
 
 from dagster_project.cli import main as pickapic
-from pipelines import export, query, storage
-from pipelines.home import DataHome
-from pipelines.publish import PublishConfig, publish_dataset
+from formats import files, outputs
+from formats.home import DataHome
+from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.query import engine as query
+from pipelines.query import export
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.accounts import read_as_other_account  # noqa: E402
@@ -64,16 +66,16 @@ def test_hostile_outputs_are_refused_and_left_alone(published: DataHome, tmp_pat
         code = query.run_query(published, "SELECT 1 AS a", fmt="csv", output=case.path, stdout=out, stderr=err)
         assert code == 2 and case.words in err.getvalue() and out.getvalue() == "", (case.name, err.getvalue())
         assert (_state(case.path), _state(case.guarded)) == before, case.name
-        with pytest.raises(storage.RefusedOutput, match=case.words):
-            storage.check_output_file(case.path, [published.root])
+        with pytest.raises(outputs.RefusedOutput, match=case.words):
+            outputs.check_output_file(case.path, [published.root])
     assert not list((tmp_path / "scratch").glob(".*.tmp"))
 
 
 def test_data_home_found_without_being_named(published: DataHome, tmp_path: Path) -> None:
     """A warehouse file of *another* home (not --home) is refused too: any folder that looks like a home counts."""
     partition = next(published.warehouse.rglob("*.parquet"))
-    with pytest.raises(storage.RefusedOutput, match="inside the data home"):
-        storage.check_output_file(partition, homes=[tmp_path / "some-other-home"])
+    with pytest.raises(outputs.RefusedOutput, match="inside the data home"):
+        outputs.check_output_file(partition, homes=[tmp_path / "some-other-home"])
 
 
 def test_regular_file_is_replaced_atomically_with_the_umask_mode(published: DataHome, tmp_path: Path) -> None:
@@ -97,8 +99,8 @@ def test_swap_for_a_link_before_the_rename_is_caught(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("keep me")
     final = tmp_path / "out.bin"
-    with pytest.raises(storage.RefusedOutput, match="became a symbolic link"):
-        with storage.open_output_file(final) as handle:
+    with pytest.raises(outputs.RefusedOutput, match="became a symbolic link"):
+        with outputs.open_output_file(final) as handle:
             handle.write(b"payload")
             final.symlink_to(victim)
     assert victim.read_text() == "keep me" and final.is_symlink() and os.readlink(final) == str(victim)
@@ -109,7 +111,7 @@ def test_folder_swapped_for_a_link_into_the_home_is_caught(published: DataHome, 
     """The folder is held open: swapping it for a link into the home afterwards does not redirect the write."""
     folder = tmp_path / "out"
     folder.mkdir()
-    with storage.open_output_file(folder / "r.csv", [published.root]) as handle:
+    with outputs.open_output_file(folder / "r.csv", [published.root]) as handle:
         handle.write(b"x\n")
         folder.rename(tmp_path / "moved")
         folder.symlink_to(published.warehouse)
@@ -128,7 +130,7 @@ def test_export_output_folder(published: DataHome, tmp_path: Path) -> None:
     for target, words in ((foreign, "not a previous output"), (link, "symbolic link"), (a_file, "regular file"),
                           (published.datasets / "exports", "inside the data home"),
                           (published.root / "exports", "inside the data home")):
-        with pytest.raises(storage.RefusedOutput, match=words):
+        with pytest.raises(outputs.RefusedOutput, match=words):
             export.export_pickscore_parquet(published, None, target)
     assert (foreign / "notes.txt").read_text() == "mine" and not (tmp_path / "elsewhere").exists()
     assert not (published.root / "exports").exists()
@@ -138,7 +140,7 @@ def test_export_output_folder(published: DataHome, tmp_path: Path) -> None:
     assert {stat.S_IMODE(p.stat().st_mode) for p in out.iterdir()} == {0o644}
     (out / "train.parquet").unlink()
     (out / "train.parquet").symlink_to(a_file)              # a previous export with a planted link inside
-    with pytest.raises(storage.RefusedOutput, match="symbolic link"):
+    with pytest.raises(outputs.RefusedOutput, match="symbolic link"):
         export.export_pickscore_parquet(published, None, out)
     assert a_file.read_text() == "x"
     (out / "train.parquet").unlink()
@@ -152,25 +154,25 @@ def test_output_dir_rules(published: DataHome, tmp_path: Path) -> None:
     run = tmp_path / "run"
     (run / "init").mkdir(parents=True)
     (run / "init" / "train_config.json").write_text("{}")
-    assert storage.check_output_dir(run, markers=markers) == run           # a previous run: resumed
-    assert storage.check_output_dir(tmp_path / "new" / "run", markers=markers) == tmp_path / "new" / "run"
+    assert outputs.check_output_dir(run, markers=markers) == run           # a previous run: resumed
+    assert outputs.check_output_dir(tmp_path / "new" / "run", markers=markers) == tmp_path / "new" / "run"
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert storage.check_output_dir(empty, markers=markers) == empty
+    assert outputs.check_output_dir(empty, markers=markers) == empty
     (tmp_path / "link").symlink_to(run)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "thesis.tex").write_text("x")
     for target, words in ((tmp_path / "link", "symbolic link"), (tmp_path / "other", "not a previous output"),
                           (run / "init" / "train_config.json", "regular file"), (Path("/dev/null"), "character device")):
-        with pytest.raises(storage.RefusedOutput, match=words):
-            storage.check_output_dir(target, markers=markers)
+        with pytest.raises(outputs.RefusedOutput, match=words):
+            outputs.check_output_dir(target, markers=markers)
     # inside a data home: only outside the pipeline's own folders when in_home is allowed
-    assert storage.check_output_dir(published.models / "run1", in_home=True) == published.models / "run1"
+    assert outputs.check_output_dir(published.models / "run1", in_home=True) == published.models / "run1"
     for target in (published.warehouse / "run1", published.datasets / "run1", published.root):
-        with pytest.raises(storage.RefusedOutput, match="only the pipeline writes"):
-            storage.check_output_dir(target, in_home=True)
-    with pytest.raises(storage.RefusedOutput, match="inside the data home"):
-        storage.check_output_dir(published.models / "run1")
+        with pytest.raises(outputs.RefusedOutput, match="only the pipeline writes"):
+            outputs.check_output_dir(target, in_home=True)
+    with pytest.raises(outputs.RefusedOutput, match="inside the data home"):
+        outputs.check_output_dir(published.models / "run1")
 
 
 def test_train_cli_refuses_foreign_output_dirs(published: DataHome, tmp_path: Path,
@@ -199,26 +201,26 @@ def test_home_rules_for_simulate(published: DataHome, tmp_path: Path, capsys: py
                          "--image-size", "32", "--quiet"])
         assert code == 1 and words in capsys.readouterr().err, target
     assert sorted(p.name for p in other.iterdir()) == ["letter.txt"] and a_file.read_text() == "x"
-    assert storage.check_home_dir(published) == published.root                 # an existing home is fine
-    assert storage.check_home_dir(DataHome(tmp_path / "fresh")) == tmp_path / "fresh"
+    assert outputs.check_home_dir(published) == published.root                 # an existing home is fine
+    assert outputs.check_home_dir(DataHome(tmp_path / "fresh")) == tmp_path / "fresh"
 
 
 # --------------------------------------------------------------------------- modes
 @pytest.mark.parametrize("mask,expected", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
 def test_written_files_take_the_umask_mode(tmp_path: Path, mask: int, expected: int) -> None:
     with umask(mask):
-        assert storage.current_umask() == mask
-        storage.write_bytes_atomic(tmp_path / "a.json", b"{}")
-        storage.write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "sub" / "b.parquet")
-        storage.write_bytes_atomic(tmp_path / "secret", b"s", private=True)
-        with storage.open_output_file(tmp_path / "c.csv") as handle:
+        assert files.current_umask() == mask
+        files.write_bytes_atomic(tmp_path / "a.json", b"{}")
+        files.write_parquet_atomic(pa.table({"x": [1]}), tmp_path / "sub" / "b.parquet")
+        files.write_bytes_atomic(tmp_path / "secret", b"s", private=True)
+        with outputs.open_output_file(tmp_path / "c.csv") as handle:
             handle.write(b"x")
-        fd, name = storage.create_temp(tmp_path, "d")
+        fd, name = files.create_temp(tmp_path, "d")
         os.close(fd)
         (tmp_path / "lib").mkdir(mode=0o700)
         (tmp_path / "lib" / "w.safetensors").write_bytes(b"w")
         os.chmod(tmp_path / "lib" / "w.safetensors", 0o600)
-        storage.honour_umask(tmp_path / "lib")
+        files.honour_umask(tmp_path / "lib")
     for name_ in ("a.json", "sub/b.parquet", "c.csv", name, "lib/w.safetensors"):
         assert stat.S_IMODE((tmp_path / name_).stat().st_mode) == expected, name_
     assert stat.S_IMODE((tmp_path / "secret").stat().st_mode) == 0o600
@@ -239,12 +241,12 @@ def shared_folder():
 
 def test_another_account_reads_what_the_tool_writes(published: DataHome, shared_folder: Path) -> None:
     with umask(0o022):
-        storage.write_bytes_atomic(shared_folder / "sizes.json", b'{"a": 1}\n')
-        storage.write_bytes_atomic(shared_folder / "secret.key", b"hidden", private=True)
+        files.write_bytes_atomic(shared_folder / "sizes.json", b'{"a": 1}\n')
+        files.write_bytes_atomic(shared_folder / "secret.key", b"hidden", private=True)
         assert query.run_query(published, "SELECT 7 AS n", fmt="csv", output=shared_folder / "q" / "r.csv",
                                stderr=io.StringIO()) == 0
     with umask(0o077):
-        storage.write_bytes_atomic(shared_folder / "private-by-umask.json", b"{}")
+        files.write_bytes_atomic(shared_folder / "private-by-umask.json", b"{}")
     assert read_as_other_account(shared_folder / "sizes.json") == b'{"a": 1}\n'
     assert read_as_other_account(shared_folder / "q" / "r.csv").splitlines() == [b'"n"', b"7"]
     assert read_as_other_account(shared_folder / "secret.key") is None

@@ -8,8 +8,8 @@ import duckdb
 import pyarrow as pa
 import pytest
 
-from pipelines import query
-from pipelines.home import DataHome
+from formats.home import DataHome
+from pipelines.query import engine as query
 from pipelines.sqlrun import sql_text
 
 DETAILS = [

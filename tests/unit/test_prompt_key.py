@@ -7,10 +7,10 @@ import pyarrow.parquet as pq
 import regex
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from pipelines.home import DataHome
-from pipelines.splits import SplitConfig, build_splits, normalize_prompt
 from splits_fixtures import pair_row, write_pairs
+
+from formats.home import DataHome
+from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
 
 # Every default-ignorable code point (the Unicode property, as the regex package knows it).
 _IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}")

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from test_publish_fixtures import make_home, write_split_pairs
 
-from pipelines.publish import PublishConfig, publish_dataset
+from pipelines.publish.version import PublishConfig, publish_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,8 +9,8 @@ import pytest
 from test_publish_fixtures import make_home
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines import export
-from pipelines.publish import PublishConfig, check_contracts, publish_dataset, version_views
+from pipelines.publish.version import PublishConfig, check_contracts, publish_dataset, version_views
+from pipelines.query import export
 from pipelines.sqlrun import connect
 from schemas import get_schema
 

@@ -16,8 +16,10 @@ import webdataset as wds
 from PIL import Image
 from test_publish_fixtures import SECRET_EMAIL, SECRET_NAME, make_home
 
-from pipelines import shards
-from pipelines.publish import PublishConfig, list_versions, publish_dataset, resolve_version
+from formats import dataset
+from formats.dataset import list_versions, resolve_version
+from pipelines.publish import shards
+from pipelines.publish.version import PublishConfig, publish_dataset
 
 FAST = PublishConfig(workers=1, fsync=False)
 
@@ -43,7 +45,7 @@ def test_report_and_layout(published) -> None:
     for r in _split_pairs(home).values():
         expected[r["split"]] = expected.get(r["split"], 0) + 1
     assert report.pairs == expected
-    assert list(report.pairs) == [s for s in shards.SPLITS if s in expected]
+    assert list(report.pairs) == [s for s in dataset.SPLITS if s in expected]
     assert all(n == 4 for n in report.shards.values())                      # min_shards_per_split
     meta = report.metadata()
     json.dumps(meta)
@@ -106,7 +108,7 @@ def test_sidecar_offsets_point_at_the_member_bytes(published) -> None:
         with tarfile.open(sidecar.with_suffix(".tar")) as tar:
             names = tar.getnames()
             assert {(m.uid, m.gid, m.mtime, m.uname) for m in tar.getmembers()} == {(0, 0, shards.TAR_MTIME, "")}
-        assert names == [f"{r['key']}.{m}" for r in table for m in shards.MEMBERS]
+        assert names == [f"{r['key']}.{m}" for r in table for m in dataset.MEMBERS]
         for r in table:
             cut = lambda what: tar_bytes[r[f"{what}_offset"]: r[f"{what}_offset"] + r[f"{what}_size"]]  # noqa: E731
             assert cut("jpg_0") == (home.root / r["jpg_0_key"]).read_bytes()       # verbatim copy
@@ -195,7 +197,7 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
     (partial,) = home.datasets.glob(".partial-*")                   # hidden, resumable
     # the failure cleaned up: no temp file, no shard without its commit marker (the planted half tar)
     assert not [p for p in partial.rglob("*") if p.name.endswith(".tmp")]
-    assert all(shards.shard_paths(t.parent, t.stem)[2].is_file() for t in partial.rglob("*.tar"))
+    assert all(dataset.shard_paths(t.parent, t.stem)[2].is_file() for t in partial.rglob("*.tar"))
     monkeypatch.setattr(shards, "write_shard", real_write)
     resumed = publish_dataset(home, FAST)
     assert resumed.shards_resumed == 6 and resumed.shards_written == 14
@@ -209,7 +211,7 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
 
 
 def test_crash_before_switch_keeps_old_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.publish as publish
+    import pipelines.publish.version as publish
 
     home = make_home(tmp_path / "h", num_rankings=60, seed=1)
     first = publish_dataset(home, FAST)

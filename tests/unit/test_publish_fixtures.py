@@ -10,8 +10,8 @@ from pathlib import Path
 import pyarrow as pa
 from PIL import Image
 
-from pipelines.home import DataHome
-from pipelines.storage import write_parquet_atomic
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
 from schemas import get_schema
 
 MODELS = ("stabilityai/stable-diffusion-2-1", "yuvalkirstain/dreamlike-photoreal-2-flax", "stable-diffusion-xl-beta-v2-2-2")

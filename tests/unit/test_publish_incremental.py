@@ -14,9 +14,11 @@ import pyarrow.parquet as pq
 import pytest
 from test_publish_fixtures import make_home, write_split_pairs
 
-from pipelines import publish, shards
-from pipelines.home import DataHome
-from pipelines.publish import PublishConfig, list_versions, publish_dataset, resolve_version, verify_version
+from formats.dataset import list_versions, resolve_version
+from formats.home import DataHome
+from pipelines.publish import shards
+from pipelines.publish import version as publish
+from pipelines.publish.version import PublishConfig, publish_dataset, verify_version
 
 # One shard per (split, export day): no limit or anchor cuts inside these small days, no min-shards halving.
 DAYS = 6
@@ -299,8 +301,8 @@ def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
 
 KILLED_PUBLISH = """
 import sys
-from pipelines.home import DataHome
-from pipelines.publish import PublishConfig, publish_dataset
+from formats.home import DataHome
+from pipelines.publish.version import PublishConfig, publish_dataset
 report = publish_dataset(DataHome.at(sys.argv[1]), PublishConfig(workers=1, fsync=False, min_shards_per_split=1,
                                                                   max_samples_per_shard=10**6, max_shard_bytes=10**12))
 print(report.version, report.shards_written, report.shards_linked, report.shards_resumed)

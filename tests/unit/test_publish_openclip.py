@@ -15,8 +15,8 @@ import pytest
 import webdataset as wds
 from test_publish_fixtures import make_home
 
-from pipelines import openclip
-from pipelines.publish import PublishConfig, publish_dataset
+from pipelines.publish import openclip
+from pipelines.publish.version import PublishConfig, publish_dataset
 
 
 def filter_no_caption_or_no_image(sample):

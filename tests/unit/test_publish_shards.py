@@ -7,7 +7,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipelines import shardplan, shards
+from pipelines.publish import plan as shardplan
+from pipelines.publish import shards
 
 
 @pytest.mark.parametrize("name,size", [("1_0.0.jpg", 0), ("12345_1.json", 511), ("9_0_u.txt", 512),

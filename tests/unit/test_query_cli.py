@@ -11,14 +11,14 @@ import time
 from pathlib import Path
 
 import duckdb
-
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
 from test_publish_fixtures import SECRET_EMAIL, make_home
 
-from pipelines import query
-from pipelines.publish import PublishConfig, publish_dataset, resolve_version
+from formats.dataset import resolve_version
+from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.query import engine as query
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.hostile_corpus import HOSTILE_QUERIES  # noqa: E402
@@ -219,7 +219,7 @@ def test_table_output_streams(built, tmp_path: Path) -> None:
     probe = ("import resource, subprocess, sys; done = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
              "print(done.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // 1024); "
              "print(done.stdout[-300:]); print(done.stderr[-500:])")
-    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "pipelines.query", "--home", str(home.root),
+    done = subprocess.run([sys.executable, "-c", probe, sys.executable, "-m", "pipelines.query.engine", "--home", str(home.root),
                            "SELECT range FROM range(100000000)"], capture_output=True, text=True, timeout=300)
     code, peak_mb = map(int, done.stdout.split("\n", 1)[0].split())
     assert code == 0 and "100000000 rows, first 1000 shown" in done.stdout, done.stdout
@@ -264,7 +264,7 @@ def test_output_says_how_many_rows_it_wrote(built, tmp_path: Path, capsys: pytes
 def test_reader_that_stops_early_is_not_an_error(built) -> None:
     """`pickapic query ... | head -2`: streaming meets a closed pipe; exit 0, no traceback."""
     home, _, _ = built
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.query", "--home", str(home.root), "--format", "csv",
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.query.engine", "--home", str(home.root), "--format", "csv",
                              "SELECT range FROM range(5000000)"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     first = [proc.stdout.readline(), proc.stdout.readline()]
     proc.stdout.close()

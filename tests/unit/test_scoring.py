@@ -19,11 +19,11 @@ from transformers import AutoModel, AutoProcessor
 from dagster_project.cli import main as pickapic
 from data_contracts.engine import evaluate, load_contract
 from pipelines.sqlrun import connect
+from tests.hostile_corpus import png_from_rows
 from training import data as D
 from training.evaluate import score_split
 from training.model import NotAClipCheckpoint, PairScorer, build_model, save_checkpoint
 from training.scoring import Scorer
-from tests.hostile_corpus import png_from_rows
 from training.synthetic import tiny_config, write_synthetic_version
 
 

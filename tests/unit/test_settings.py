@@ -7,10 +7,19 @@ import stat
 
 import pytest
 
-from pipelines.curation import CurationConfig
-from pipelines.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
-from pipelines.settings import (SECTIONS, SettingsError, add_flags, config_digest, flag_values, knobs, load,
-                                settings_path, write_settings)
+from pipelines.curation.decisions import CurationConfig
+from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
+from pipelines.settings import (
+    SECTIONS,
+    SettingsError,
+    add_flags,
+    config_digest,
+    flag_values,
+    knobs,
+    load,
+    settings_path,
+    write_settings,
+)
 
 
 def test_every_section_describes_every_field_with_a_checkable_type():
@@ -129,7 +138,7 @@ def test_flags_come_from_the_same_description(tmp_path, capsys):
 
 
 def test_stage_command_lines_read_the_home_file(tmp_path):
-    from pipelines import splits
+    from pipelines.splits import assign as splits
 
     settings_path(tmp_path).write_text("[splits]\nunique_prompts = 70\n")
     parser = argparse.ArgumentParser()

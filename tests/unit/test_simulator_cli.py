@@ -7,9 +7,9 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, add_arguments, run_from_args, simulate
-from pipelines.simulator.__main__ import main
+from formats.home import DataHome
+from simulator import SimConfig, add_arguments, run_from_args, simulate
+from simulator.__main__ import main
 
 
 @pytest.mark.parametrize("flags, message", [

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
+from formats.home import DataHome
+from simulator import SimConfig, simulate
 
 
 def snapshot(root: Path) -> dict[str, bytes]:

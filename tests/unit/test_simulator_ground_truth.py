@@ -13,10 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.home import DataHome
-from pipelines.simulator import SimConfig, simulate
-from pipelines.simulator import world
+from formats.home import DataHome
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
+from simulator import SimConfig, simulate, world
 
 CONFIG = SimConfig(days=3, start_date="2023-02-13", users=30, rankings_per_day=80, image_size=64, seed=7, workers=1)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, UnidentifiedImageError
 
-from pipelines.simulator import defects, render, world
+from simulator import defects, render, world
 
 
 def specs(n: int, seed: int) -> list[render.ImageSpec]:

@@ -8,12 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from splits_fixtures import pair_row, realistic_pairs, users_by_home, write_pairs
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.home import DataHome
-from pipelines.splits import SplitConfig, build_splits, normalize_prompt, user_home
+from formats.home import DataHome
+from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt, user_home
 from pipelines.sqlrun import connect
-from splits_fixtures import pair_row, realistic_pairs, users_by_home, write_pairs
 
 CFG = SplitConfig(heldout_fraction=0.5, unique_prompts=3, min_unique_rows=0)  # pure held-out fraction: no filling
 USERS = users_by_home(CFG.salt, CFG.heldout_fraction, {"train": 4, "validation": 3, "test": 3})

@@ -8,13 +8,19 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from splits_fixtures import pair_row, realistic_pairs, write_pairs
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.home import DataHome
-from pipelines.splits import (NotEnoughData, SplitConfig, assign_users, build_splits, require_trainable,
-                              trainability_problems)
+from formats.home import DataHome
+from pipelines.splits.assign import (
+    NotEnoughData,
+    SplitConfig,
+    assign_users,
+    build_splits,
+    require_trainable,
+    trainability_problems,
+)
 from pipelines.sqlrun import connect
-from splits_fixtures import pair_row, realistic_pairs, write_pairs
 
 
 def _ledger(home: DataHome) -> dict[str, str]:

@@ -4,8 +4,13 @@ import json
 import numpy as np
 import pytest
 
-from training.leaderboard import (bradley_terry, generator_leaderboard, leaderboard_from_outcomes,
-                                  load_true_quality, spearman)
+from training.leaderboard import (
+    bradley_terry,
+    generator_leaderboard,
+    leaderboard_from_outcomes,
+    load_true_quality,
+    spearman,
+)
 from training.model import build_model
 from training.synthetic import tiny_config, write_synthetic_version
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 
 from training.loss import pair_kl, preference_loss
-from training.metric import (choose_random_threshold, choose_threshold, pair_credit, random_baseline,
-                             tie_aware_accuracy)
+from training.metric import choose_random_threshold, choose_threshold, pair_credit, random_baseline, tie_aware_accuracy
 
 
 def test_loss_matches_hand_computed_kl_with_tie_and_weights():

@@ -7,8 +7,8 @@ from safetensors.torch import load_file
 
 from training.config import TrainConfig, preset
 from training.evaluate import evaluate_model
-from training.train import STATE_FILE, add_arguments, config_from_args, train
 from training.synthetic import tiny_config, write_synthetic_version
+from training.train import STATE_FILE, add_arguments, config_from_args, train
 
 
 @pytest.fixture(scope="module")

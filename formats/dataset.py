@@ -1,0 +1,116 @@
+"""The published dataset's format, in one place: every writer (``pipelines.publish``) and every reader
+(``training``, ``pipelines.query``, the Dagster assets, the benchmarks) takes these facts from here.
+
+A data home's ``datasets/pickapic/`` holds complete versions and a ``latest`` link::
+
+    datasets/pickapic/<version>/manifest.json          every file with its sha256
+    datasets/pickapic/<version>/<split>/pickapic-<split>-<segment>-<digest>.{tar,parquet,_stats.json}
+    datasets/pickapic/<version>/<split>/sizes.json      {shard.tar: samples}
+    datasets/pickapic/<version>/<split>/prompt_counts.parquet
+    datasets/pickapic/<version>/meta/                   decisions, images, quarantine, ...
+    datasets/pickapic/latest -> <version>
+
+A shard ``<name>.tar`` holds ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, ``KEY.txt`` per sample;
+``<name>.parquet`` (its sidecar) holds one row per sample with the tar offsets. The ``pickapic-``
+prefix keeps ``meta/*.parquet`` out of the sidecar glob.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from formats.home import DataHome
+
+FORMAT_VERSION = "pickapic-wds/2"     # bump when the bytes written for equal input change
+SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
+UNIQUE_SUFFIX = "_u"                  # unique splits repeat parent rows: their keys get a suffix
+LATEST = "latest"
+MANIFEST_FILE = "manifest.json"
+SIZES_FILE = "sizes.json"
+PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
+SHARD_PREFIX = "pickapic-"
+MEMBERS = ("0.jpg", "1.jpg", "json", "txt")   # per sample, in this order inside a tar
+
+
+def shard_glob(split: str = "*", suffix: str = ".tar") -> str:
+    """Glob of one split's shards (``.tar``) or sidecars (``.parquet``), inside the split's folder."""
+    return f"{SHARD_PREFIX}{split}-*{suffix}"
+
+
+def sidecar_glob(version_dir: str | os.PathLike) -> str:
+    """Glob of every split's sidecar Parquet files of a version (what DuckDB's ``read_parquet`` takes)."""
+    return f"{version_dir}/*/{SHARD_PREFIX}*.parquet"
+
+
+def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
+    """``<name>.tar``, ``<name>.parquet`` and ``<name>_stats.json`` in ``folder``."""
+    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}_stats.json"
+
+
+# --------------------------------------------------------------------------- versions and `latest`
+def list_versions(home: DataHome) -> list[str]:
+    """Complete version names (those with a manifest), oldest first (by the time they were last published)."""
+    if not home.datasets.is_dir():
+        return []
+    found = [p for p in home.datasets.iterdir()
+             if not p.name.startswith(".") and not p.is_symlink() and p.is_dir() and (p / MANIFEST_FILE).is_file()]
+    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))]
+
+
+def resolve_version(home: DataHome, version: str | None = None) -> Path:
+    """The real directory of ``version`` (default: what ``latest`` points to now); must be complete."""
+    if version is None:
+        link = home.datasets / LATEST
+        if not link.exists():
+            raise FileNotFoundError(f"no published dataset: {link} does not exist (run the publish stage)")
+        path = link.resolve()
+    else:
+        if not version or "/" in version or "\\" in version or version.startswith("."):
+            raise ValueError(f"version {version!r} is not a version name")
+        path = (home.datasets / version).resolve()
+    if path.parent != home.datasets.resolve() or not (path / MANIFEST_FILE).is_file():
+        available = ", ".join(list_versions(home)) or "none"
+        raise FileNotFoundError(f"version {version or LATEST!r} is not a complete published version (available: {available})")
+    return path
+
+
+def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
+    """A version directory given by a reader: a version dir itself, or a folder holding ``latest``
+    (``datasets/pickapic``); links resolved; errors name the path."""
+    path = Path(data_dir).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"dataset dir {str(path)!r} does not exist")
+    path = path.resolve()
+    if not (path / "train").is_dir() and (path / LATEST).exists():
+        path = (path / LATEST).resolve()
+    return path
+
+
+# --------------------------------------------------------------------------- splits
+def read_sizes(split_dir: Path) -> dict[str, int] | None:
+    """``{shard.tar: samples}`` from a split's ``sizes.json``, or None when it has none."""
+    sizes_file = split_dir / SIZES_FILE
+    if not sizes_file.is_file():
+        return None
+    return json.loads(sizes_file.read_text(encoding="utf-8"))
+
+
+def sizes_json(sizes: dict[str, int]) -> bytes:
+    """The bytes of a ``sizes.json`` (sorted keys, so equal sizes give equal bytes)."""
+    return (json.dumps(sizes, indent=1, sort_keys=True) + "\n").encode()
+
+
+def split_shards(version_dir: Path, split: str) -> list[Path]:
+    """Sorted shard paths of ``split``; checked against ``sizes.json`` when present."""
+    split_dir = version_dir / split
+    if not split_dir.is_dir():
+        raise FileNotFoundError(f"split {split!r} not found: {split_dir} is not a directory")
+    shards = sorted(split_dir.glob(shard_glob(split)))
+    sizes = read_sizes(split_dir)
+    if sizes is not None:
+        missing = sorted(set(sizes) - {p.name for p in shards})
+        if missing:
+            raise FileNotFoundError(f"{split_dir / SIZES_FILE} lists shards that do not exist: {missing[:5]}")
+        shards = [p for p in shards if p.name in sizes]
+    return shards

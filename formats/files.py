@@ -1,0 +1,211 @@
+"""Safe file writing: temp name in the same folder, fsync, rename; modes from the umask; full-disk messages.
+
+Everything the pipeline writes goes through :func:`atomic_path`: readers see the old file or the new one,
+and the new one gets the mode any other tool would give it (``0666 & ~umask``: 0644 under umask 022),
+so another account can read published files; only files marked ``private`` stay 0600. Paths a *user*
+names are checked by :mod:`formats.outputs` first.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import os
+import re
+import secrets
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+# Written into every Parquet file so identical tables give identical bytes.
+PARQUET_OPTIONS = dict(compression="zstd", use_dictionary=True, write_statistics=True)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux reports it (``/proc/self/status``)."""
+    with contextlib.suppress(OSError, ValueError):
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    mask = os.umask(0o022)  # older kernels: set and restore (not atomic, hence the fallback only)
+    os.umask(mask)
+    return mask
+
+
+def file_mode(private: bool = False) -> int:
+    """The permission bits a new file should get: ``0666 & ~umask``, or 0600 for a private file."""
+    return 0o600 if private else 0o666 & ~current_umask()
+
+
+def create_temp(folder: str | os.PathLike, name: str, private: bool = False,
+                dir_fd: int | None = None) -> tuple[int, str]:
+    """Create ``.<name>.<random>.tmp`` in ``folder`` (exclusive, no links followed); returns (fd, temp name).
+
+    Unlike ``tempfile.mkstemp`` (always 0600) the file gets the umask's mode, like ``open(.., "w")``.
+    With ``dir_fd`` the name is created relative to that open folder and ``folder`` is only for messages.
+    """
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        try:
+            fd = os.open(tmp if dir_fd is not None else os.path.join(folder, tmp), _CREATE,
+                         0o600 if private else 0o666, dir_fd=dir_fd)  # the kernel applies the umask to 0666
+        except FileExistsError:
+            continue
+        return fd, tmp
+    raise FileExistsError(f"no free temporary name for {name!r} in {folder}")
+
+
+@contextlib.contextmanager
+def atomic_path(final: Path, private: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``final``; on success rename it over ``final``.
+
+    Readers see the old file or the new one, never a half-written one. Temp names start with ``.``
+    and end in ``.tmp`` so globs such as ``*.parquet`` never match them. The file gets the umask's
+    mode (0600 when ``private``).
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = create_temp(final.parent, final.name, private)
+    os.close(fd)
+    tmp = final.parent / tmp_name
+    try:
+        with naming_full_disk(final):
+            yield tmp
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, final)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def naming_full_disk(final: Path) -> Iterator[None]:
+    """Re-raise a full disk while writing ``final`` as ENOSPC naming it (Arrow and plain writes name no file)."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and (exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
+
+
+def write_bytes_atomic(final: Path, data: bytes, private: bool = False) -> None:
+    """Write ``data`` to ``final`` atomically (0600 when ``private``, else the umask's mode)."""
+    with atomic_path(final, private) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None = None) -> Path:
+    """Cast ``table`` to ``schema`` (when given) and write it to ``final`` atomically."""
+    if schema is not None:
+        table = cast_to_schema(table, schema)
+    with atomic_path(final) as tmp:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+    return Path(final)
+
+
+def honour_umask(folder: Path) -> None:
+    """Give ``folder`` and every file and folder under it the umask's mode (safetensors writes 0600)."""
+    mask = current_umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+        for name in files:
+            if not os.path.islink(os.path.join(root, name)):
+                os.chmod(os.path.join(root, name), 0o666 & ~mask)
+
+
+# --------------------------------------------------------------------------- full disks
+_FULL_WORDS = ("no space left on device", "database or disk is full", "errno 28]")
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Bytes an unprivileged writer may still use on ``path``'s filesystem (its nearest existing ancestor's)."""
+    path = Path(path)
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    with contextlib.suppress(OSError):
+        info = os.statvfs(path)
+        return info.f_bavail * info.f_frsize
+    return None
+
+
+def no_space_message(error: BaseException | str, where: Sequence[Path] = (), databases: Path | None = None,
+                     full_below: int = 1 << 20) -> str | None:
+    """``no space left on device at PATH ...`` when ``error`` (or an exception behind it) is a full disk, else None.
+
+    Recognises ENOSPC from any OSError, its text in wrapped messages (Arrow, Dagster step failures), SQLite's
+    "database or disk is full", and SQLite's "disk I/O error" when one of ``where`` has under ``full_below``
+    bytes free. PATH is the file named by the error, ``databases`` for a SQLite error (the Dagster
+    instance storage), else the fullest of ``where``.
+    """
+    chain: list[BaseException | str] = []
+    item: BaseException | str | None = error
+    while item is not None and len(chain) < 20 and all(item is not seen for seen in chain):
+        chain.append(item)
+        item = (item.__cause__ or item.__context__) if isinstance(item, BaseException) else None
+    full_where = [Path(p) for p in where if (_free_bytes(Path(p)) or 0) < full_below]
+    path: str | None = None
+    full = False
+    for item in chain:
+        text = str(item)
+        if databases is not None and type(item).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
+            path = path or str(databases)
+        if isinstance(item, OSError) and item.errno == errno.ENOSPC:
+            full, path = True, path or (os.fsdecode(item.filename) if item.filename else None)
+        elif any(word in text.lower() for word in _FULL_WORDS):
+            full = True
+            quoted = re.search(r"No space left on device:? '([^']+)'", text)
+            path = path or (quoted.group(1) if quoted else None)
+        elif "disk I/O error" in text and full_where:
+            full = True
+    if not full:
+        return None  # (a SQLite path noted above only matters when the disk is full)
+    path = path or (str(full_where[0]) if full_where else str(where[0]) if where else "(unknown path)")
+    free = _free_bytes(Path(path))
+    left = f"; {free:,} bytes free there now" if free is not None else ""
+    return (f"no space left on device at {path}{left}. Free some space and rerun: writes are atomic, so nothing "
+            "half-written was published")
+
+
+# --------------------------------------------------------------------------- tables
+def cast_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """Select and order ``schema``'s columns from ``table`` and cast; errors name the column."""
+    missing = [name for name in schema.names if name not in table.column_names]
+    extra = [name for name in table.column_names if name not in schema.names]
+    if missing or extra:
+        raise ValueError(f"table columns do not match schema: missing {missing}, unexpected {extra}")
+    columns = []
+    for field in schema:
+        column = table.column(field.name)
+        try:
+            columns.append(column.cast(field.type))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+            raise ValueError(f"column {field.name!r}: cannot cast {column.type} to {field.type}: {exc}") from exc
+        if not field.nullable and columns[-1].null_count:
+            raise ValueError(f"column {field.name!r} is declared non-null but has {columns[-1].null_count} nulls")
+    return pa.Table.from_arrays(columns, schema=schema)
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_parquet_or_empty(path: Path, schema: pa.Schema) -> pa.Table:
+    """Read ``path`` if it exists, else an empty table of ``schema``."""
+    if Path(path).exists():
+        return pq.read_table(path, schema=schema)
+    return schema.empty_table()

@@ -1,0 +1,203 @@
+"""User-given output paths: refuse what the tool did not create.
+
+A path the *user* names (``query --output``, ``export --output``, ``train --output-dir``,
+``simulate --home``) may only name something new or something the tool itself wrote before: never a
+device, FIFO, socket, symbolic link or directory where a file is expected, and never a place inside a
+data home (the tool's own files are not outputs). :func:`open_output_file` re-checks the entry right
+before it renames over it, through a descriptor of the folder, so a swap of the folder for a link after
+the first check still cannot redirect the write.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
+
+from formats.files import create_temp, naming_full_disk
+from formats.home import DataHome
+
+
+class RefusedOutput(ValueError):
+    """A user-given output path that names something the tool did not create (the message says what)."""
+
+
+
+
+# --------------------------------------------------------------------------- user-given output paths
+def looks_like_home(folder: Path) -> bool:
+    """True when ``folder`` holds a data home's own entries (raw logs, datasets, Dagster state, build lock,
+    settings file ``pickapic.toml``).
+
+    Names specific to this tool only: a ``ground_truth/`` or ``warehouse/`` alone is common elsewhere.
+    """
+    home = DataHome(Path(folder))
+    return (home.raw_logs.is_dir() or home.datasets.is_dir() or (home.dagster_home / "dagster.yaml").is_file()
+            or home.lock_file.is_file() or (home.root / "pickapic.toml").is_file())
+
+
+def enclosing_home(path: Path, homes: Sequence[Path] = ()) -> Path | None:
+    """The data home ``path`` (absolute, links resolved) lies in or is: one of ``homes`` or any ancestor that looks like one."""
+    roots = [Path(h).resolve() for h in homes]
+    for candidate in (path, *path.parents):
+        if candidate in roots or looks_like_home(candidate):
+            return candidate
+    return None
+
+
+def _kind(mode: int) -> str:
+    """What a directory entry is, in words."""
+    for test, word in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return word
+    return "of an unknown kind"
+
+
+def _absolute(path: str | os.PathLike) -> Path:
+    """``path`` absolute, its folder's links resolved and its last component kept as given (never followed)."""
+    given = Path(path).expanduser()
+    given = given if given.is_absolute() else Path.cwd() / given
+    if given.name in ("", ".", ".."):
+        return given.resolve()  # "." and ".." are never links: resolving them follows none
+    return given.parent.resolve() / given.name
+
+
+def pipeline_zones(home: DataHome) -> list[Path]:
+    """The folders of a data home that only the pipeline writes (``models/`` holds user-started runs too)."""
+    return [home.raw, home.warehouse, home.blobs, home.datasets.parent, home.dagster_home, home.cache,
+            home.ground_truth]
+
+
+def _refuse_inside_home(final: Path, homes: Sequence[Path], flag: str, given: object, zones_only: bool = False) -> None:
+    """Refuse ``final`` inside a data home (with ``zones_only``: inside one of its :func:`pipeline_zones`, or the home itself)."""
+    home = enclosing_home(final, homes)
+    if home is None:
+        return
+    if zones_only:
+        zone = next((z for z in pipeline_zones(DataHome(home)) if final == z or z in final.parents), None)
+        if zone is None and final != home:
+            return
+        raise RefusedOutput(f"{flag} {given}: {final} is {'the data home' if zone is None else 'inside ' + str(zone)}, "
+                            f"which only the pipeline writes; give a folder outside it (or under {DataHome(home).models})")
+    raise RefusedOutput(f"{flag} {given}: {final} is inside the data home {home}, whose files only the pipeline "
+                        "writes (published versions are read-only); write the result elsewhere")
+
+
+def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output") -> Path:
+    """Validate a user-given output file: new or an existing regular file, not a link, outside every data home.
+
+    Returns the absolute path the write will replace (folder links resolved, last component never followed).
+    """
+    final = _absolute(path)
+    _refuse_inside_home(final, homes, flag, path)
+    try:
+        info = os.lstat(final)
+    except (FileNotFoundError, NotADirectoryError):
+        info = None
+    if info is not None and not stat.S_ISREG(info.st_mode):
+        raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; the output must be a new path or a "
+                            "regular file (devices, FIFOs, links and directories are never replaced)")
+    _refuse_non_folder_ancestor(final, flag, path)
+    return final
+
+
+def _refuse_non_folder_ancestor(final: Path, flag: str, given: object) -> None:
+    """The nearest existing ancestor of a new path must be a folder (the missing ones are created)."""
+    ancestor = final.parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise RefusedOutput(f"{flag} {given}: {ancestor} is {_kind(os.lstat(ancestor).st_mode)}, not a folder")
+
+
+def _recheck_entry(dir_fd: int, name: str, final: Path, homes: Sequence[Path], flag: str, given: object) -> None:
+    """Right before the rename: the entry is still absent or a regular file, and the folder still outside any home."""
+    with contextlib.suppress(OSError):
+        folder = Path(os.readlink(f"/proc/self/fd/{dir_fd}"))  # the folder actually held open (Linux)
+        _refuse_inside_home(folder / name, homes, flag, given)
+    try:
+        info = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(info.st_mode):
+        raise RefusedOutput(f"{flag} {given}: {final} became {_kind(info.st_mode)} while the result was written; "
+                            "nothing was replaced")
+
+
+@contextlib.contextmanager
+def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output",
+                     private: bool = False) -> Iterator[BinaryIO]:
+    """A binary handle on a new temp file beside the checked user-given ``path``, renamed over it on success.
+
+    The folder is opened once and every later step (create, re-check, rename) goes through that
+    descriptor; the entry is re-checked right before the rename, which itself never follows a link.
+    """
+    final = check_output_file(path, homes, flag)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    tmp = None
+    try:
+        fd, tmp = create_temp(final.parent, final.name, private, dir_fd=dir_fd)
+        with naming_full_disk(final), os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        _recheck_entry(dir_fd, final.name, final, homes, flag, path)
+        os.replace(tmp, final.name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+        os.close(dir_fd)
+
+
+def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output-dir",
+                     markers: Sequence[str] = (), in_home: bool = False) -> Path:
+    """Validate a user-given output folder: new, empty, or a previous output of this command; never a link.
+
+    A non-empty folder counts as a previous output when it holds one of ``markers`` (paths relative to it).
+    It may not lie inside a data home; with ``in_home`` only not inside its :func:`pipeline_zones`.
+    Returns the absolute path.
+    """
+    final = _absolute(path)
+    _refuse_inside_home(final, homes, flag, path, zones_only=in_home)
+    try:
+        info = os.lstat(final)
+    except (FileNotFoundError, NotADirectoryError):
+        _refuse_non_folder_ancestor(final, flag, path)
+        return final
+    if not stat.S_ISDIR(info.st_mode):
+        raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; give a new folder or one this command "
+                            "wrote before")
+    with os.scandir(final) as entries:
+        empty = next(entries, None) is None
+    if not empty and not any(os.path.lexists(final / marker) for marker in markers):
+        raise RefusedOutput(f"{flag} {path}: {final} already holds files that are not a previous output of this "
+                            f"command (none of {', '.join(markers) or 'its files'}); give a new or empty folder")
+    return final
+
+
+def check_home_dir(home: DataHome, flag: str = "--home") -> Path:
+    """Validate a data home about to be written: new, empty or already a data home, and not inside another one."""
+    root = home.root
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        if not stat.S_ISDIR(info.st_mode):
+            raise RefusedOutput(f"{flag} {root} is {_kind(info.st_mode)}, not a folder for a data home")
+        with os.scandir(root) as entries:
+            empty = next(entries, None) is None
+        if not empty and not looks_like_home(root):
+            raise RefusedOutput(f"{flag} {root} is a folder that holds other files and is not a data home (no "
+                                "raw/app_logs, datasets/pickapic, dagster/dagster.yaml, pickapic.toml); give a new "
+                                "or empty folder")
+    outer = next((p for p in root.parents if looks_like_home(p)), None)
+    if outer is not None:
+        raise RefusedOutput(f"{flag} {root} lies inside the data home {outer}; a data home cannot hold another one")
+    return root

@@ -1,0 +1,564 @@
+"""Raw app-export files: stream a ``*.jsonl.gz`` file into lines, validate each line into a row or a reject.
+
+This module holds the per-line rules of the daily ingest (see ``pipelines.ingest.day`` for the full list
+and the file-level rules). It does no writing: ``RawFile`` streams decompressed bytes, ``iter_lines``
+cuts them into numbered lines, ``LineParser`` turns one line into a tuple of typed values or raises
+``Reject(reason, detail)``, and ``split_prompt`` applies the prompt transformations.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import json.scanner
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+# Quarantine reasons, in the order the checks run (the first failing check names the line).
+LINE_TOO_LONG = "line_too_long"
+INVALID_UTF8 = "invalid_utf8"
+MALFORMED_JSON = "malformed_json"
+NOT_AN_OBJECT = "not_an_object"
+MISSING_FIELD = "missing_field"
+UNEXPECTED_FIELD = "unexpected_field"
+WRONG_TYPE = "wrong_type"
+INVALID_VALUE = "invalid_value"
+BAD_TIMESTAMP = "bad_timestamp"
+INVALID_UID = "invalid_uid"
+PROMPT_TOO_LONG = "prompt_too_long"
+CONTROL_CHARACTERS = "control_characters"
+INVALID_RANKING = "invalid_ranking"
+DUPLICATE_ROW = "duplicate_row"
+CONFLICTING_PRIMARY_KEY = "conflicting_primary_key"
+UNKNOWN_IMAGE_REFERENCE = "unknown_image_reference"
+MISSING_FILE = "missing_file"
+UNREADABLE_FILE = "unreadable_file"
+
+LINE_REASONS = (
+    LINE_TOO_LONG, INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNEXPECTED_FIELD,
+    WRONG_TYPE, INVALID_VALUE, BAD_TIMESTAMP, INVALID_UID, PROMPT_TOO_LONG, CONTROL_CHARACTERS,
+    INVALID_RANKING, DUPLICATE_ROW, CONFLICTING_PRIMARY_KEY, UNKNOWN_IMAGE_REFERENCE,
+)
+FILE_REASONS = (MISSING_FILE, UNREADABLE_FILE)
+REASONS = LINE_REASONS + FILE_REASONS
+
+RAW_TEXT_BYTES = 64 * 1024
+TIE = "none"
+SINGLE_QUOTE_TOKEN = "[single_quote]"
+
+UID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,6})?")
+# C0 and C1 controls (tab and newline included: a caption is one line), bidi embeddings/overrides/
+# isolates and marks, line/paragraph separators, BOM.
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
+BRACKET_RE = re.compile(r"\s*\[([^\[\]]*)\]\s*")
+# Finds every "image_uid": "<uuid>" member in raw bytes without parsing (reference check).
+IMAGE_UID_MEMBER_RE = re.compile(
+    rb'"image_uid"[ \t\r]{0,16}:[ \t\r]{0,16}"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"'
+)
+_UID_SCAN_OVERLAP = 128
+
+
+class Reject(Exception):
+    """A line that cannot be ingested: ``reason`` is one of ``REASONS``; ``detail`` names the value."""
+
+    def __init__(self, reason: str, detail: str):
+        super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
+        self.reason = reason
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.reason}: {self.detail}"
+
+
+@dataclass(frozen=True)
+class OverlongLine:
+    """A line longer than the limit: only its first bytes, length and digest are kept."""
+
+    prefix: bytes
+    length: int
+    sha256: str
+
+
+def raw_fields(data: bytes | OverlongLine) -> tuple[str | None, int, str]:
+    """(raw_text first 64 KiB as lossy UTF-8, raw_length, raw_sha256) of one line."""
+    if isinstance(data, OverlongLine):
+        return data.prefix[:RAW_TEXT_BYTES].decode("utf-8", "replace"), data.length, data.sha256
+    return data[:RAW_TEXT_BYTES].decode("utf-8", "replace"), len(data), hashlib.sha256(data).hexdigest()
+
+
+class RawFile:
+    """Stream one gzip JSON-lines file; after ``chunks()`` is exhausted, ``status``/``error`` say how it went.
+
+    ``status``: ``ok``, ``missing`` (no file), ``empty`` (no bytes after decompression), ``unreadable``
+    (not gzip, truncated, corrupt, not a regular file, or a link out of the raw zone). Every byte that
+    decompressed before an error is yielded, so the lines before the damage are still ingested.
+    ``error`` names the file by ``name`` (its path relative to the data home), never by its absolute
+    path: the message is stored in the quarantine and published.
+    """
+
+    def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20):
+        self.path = Path(path)
+        self.name = name if name is not None else self.path.name
+        self.read_bytes = read_bytes
+        self.max_chunk = max_chunk
+        self.status = "ok"
+        self.error: str | None = None
+        self.file_bytes = 0
+        self.file_sha256: str | None = None
+        self.output_bytes = 0
+
+    def check(self) -> bool:
+        """Set ``missing``/``unreadable`` for a path that cannot be opened; True when it can be read."""
+        if not self.path.exists() and not self.path.is_symlink():
+            self.status, self.error = "missing", f"no file at {self.name}"
+            return False
+        if not self.path.is_file():
+            self.status, self.error = "unreadable", f"{self.name} is not a regular file"
+            return False
+        return True
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield decompressed bytes (concatenated gzip members supported); never raises for bad data."""
+        digest = hashlib.sha256()
+        try:
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
+            return
+        with handle:
+            decomp = None
+            try:
+                while block := handle.read(self.read_bytes):
+                    self.file_bytes += len(block)
+                    digest.update(block)
+                    data, pending = block, False
+                    while data or pending:
+                        if decomp is None or decomp.eof:  # a new gzip member starts here
+                            decomp = zlib.decompressobj(wbits=31)
+                        out = decomp.decompress(data, self.max_chunk)
+                        if out:
+                            self.output_bytes += len(out)
+                            yield out
+                        if decomp.eof:
+                            data, pending = decomp.unused_data, False
+                        else:
+                            data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+            except zlib.error as exc:
+                self._fail(f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}")
+            except OSError as exc:
+                self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
+            if self.status == "ok" and decomp is not None and not decomp.eof:
+                try:
+                    tail = decomp.flush()
+                except zlib.error:
+                    tail = b""
+                if tail:
+                    self.output_bytes += len(tail)
+                    yield tail
+                self._fail(f"gzip stream truncated after {self.file_bytes} compressed bytes")
+            if self.status != "ok":
+                self._drain(handle, digest)
+            elif self.output_bytes == 0:
+                self.status = "empty"
+            self.file_sha256 = digest.hexdigest()
+
+    def _drain(self, handle, digest) -> None:
+        """Finish the file digest and size after a decompression error."""
+        try:
+            while block := handle.read(self.read_bytes):
+                self.file_bytes += len(block)
+                digest.update(block)
+        except OSError as exc:
+            self.error = f"{self.error}; read error while hashing: {_os_reason(exc)}"
+
+    def _fail(self, message: str) -> None:
+        self.status, self.error = "unreadable", message
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError's reason without the file name it carries (an absolute path)."""
+    return exc.strerror or type(exc).__name__
+
+
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | OverlongLine]]:
+    """Number the lines (1-based) of a byte stream; a line over ``max_line_bytes`` becomes ``OverlongLine``.
+
+    The text after the last newline counts as a line when it is not empty (a truncated file's tail).
+    """
+    number = 0
+    carry = b""
+    long_hash = None  # sha256 of the overlong line being skipped
+    long_prefix = b""
+    long_len = 0
+    for chunk in chunks:
+        if long_hash is not None:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                long_hash.update(chunk)
+                long_len += len(chunk)
+                continue
+            long_hash.update(chunk[:cut])
+            long_len += cut
+            number += 1
+            yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
+            long_hash = None
+            chunk = chunk[cut + 1:]
+            carry = b""
+        buf = carry + chunk if carry else chunk
+        parts = buf.split(b"\n")
+        carry = parts.pop()
+        for part in parts:
+            number += 1
+            if len(part) > max_line_bytes:
+                yield number, OverlongLine(part[:RAW_TEXT_BYTES], len(part), hashlib.sha256(part).hexdigest())
+            else:
+                yield number, part
+        if len(carry) > max_line_bytes:
+            long_hash = hashlib.sha256(carry)
+            long_prefix = carry[:RAW_TEXT_BYTES]
+            long_len = len(carry)
+            carry = b""
+    if long_hash is not None:
+        number += 1
+        yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
+    elif carry:
+        number += 1
+        if len(carry) > max_line_bytes:
+            yield number, OverlongLine(carry[:RAW_TEXT_BYTES], len(carry), hashlib.sha256(carry).hexdigest())
+        else:
+            yield number, carry
+
+
+def tap_image_uids(chunks: Iterable[bytes], sink: set[str], wanted: set[str] | None = None) -> Iterator[bytes]:
+    """Pass ``chunks`` through, adding every ``"image_uid": "<uuid>"`` found (only ``wanted`` ones if given) to ``sink``."""
+    tail = b""
+    for chunk in chunks:
+        window = tail + chunk
+        found = {m.decode("ascii") for m in IMAGE_UID_MEMBER_RE.findall(window)}
+        sink.update(found if wanted is None else found & wanted)
+        tail = window[-_UID_SCAN_OVERLAP:]
+        yield chunk
+
+
+# ---------------------------------------------------------------------------------------------
+# Field kinds
+ID, INT, FLOAT, TS, UID, PROMPT, NAME, FREE = "id", "int", "float", "ts", "uid", "prompt", "name", "free"
+
+# name, kind, required, (low, high) for numbers
+TABLE_FIELDS: dict[str, tuple[tuple[str, str, bool, tuple | None], ...]] = {
+    "users": (
+        ("user_id", ID, True, None),
+        ("created_at", TS, True, None),
+        ("email", FREE, False, None),
+        ("name", FREE, False, None),
+    ),
+    "images": (
+        ("image_id", ID, True, None),
+        ("created_at", TS, True, None),
+        ("image_uid", UID, True, None),
+        ("user_id", ID, True, None),
+        ("prompt", PROMPT, True, None),
+        ("negative_prompt", PROMPT, False, None),
+        ("seed", INT, False, (0, 2**63 - 1)),
+        ("gs", FLOAT, False, None),  # range from the config
+        ("steps", INT, False, (1, 1000)),
+        ("idx", INT, False, (0, 999)),
+        ("num_generated", INT, False, (1, 1000)),
+        ("scheduler_cls", NAME, False, None),
+        ("model_id", NAME, True, None),
+    ),
+    "rankings": (
+        ("ranking_id", ID, True, None),
+        ("created_at", TS, True, None),
+        ("user_id", ID, True, None),
+        ("image_0_uid", UID, True, None),
+        ("image_1_uid", UID, True, None),
+        ("image_2_uid", UID, False, None),
+        ("image_3_uid", UID, False, None),
+        ("best_image_uid", FREE, True, None),  # 'none' or one of the shown uids (checked per row)
+        ("prompt", PROMPT, True, None),
+    ),
+    "downloads": (
+        ("download_id", ID, True, None),
+        ("created_at", TS, True, None),
+        ("user_id", ID, True, None),
+        ("image_uid", UID, True, None),
+        ("prompt", PROMPT, False, None),
+    ),
+}
+
+
+class _NonFinite(ValueError):
+    pass
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> float:
+    raise _NonFinite(name)
+
+
+def _object_pairs(pairs: list) -> dict:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(key)
+            seen.add(key)
+    return obj
+
+
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs)
+_SCAN = json.scanner.make_scanner(_DECODER)
+_JSON_WS = " \t\n\r"
+
+
+def load_json(text: str) -> object:
+    """``json.loads`` without NaN/Infinity and duplicate keys; raises ``Reject`` for anything invalid."""
+    start = 0
+    if text[:1] in _JSON_WS:
+        stripped = text.lstrip(_JSON_WS)
+        if not stripped:
+            raise Reject(MALFORMED_JSON, "blank line")
+        start = len(text) - len(stripped)
+    try:
+        obj, end = _SCAN(text, start)
+    except StopIteration as exc:
+        raise Reject(MALFORMED_JSON, f"expecting a value at character {exc.value}") from None
+    except _NonFinite as exc:
+        raise Reject(INVALID_VALUE, f"non-finite number {exc.args[0]} is not valid JSON") from None
+    except _DuplicateKey as exc:
+        raise Reject(MALFORMED_JSON, f"duplicate key {_short(exc.args[0])}") from None
+    except RecursionError:
+        raise Reject(MALFORMED_JSON, "nesting too deep") from None
+    except ValueError as exc:  # json.JSONDecodeError, integer digit limit
+        raise Reject(MALFORMED_JSON, str(exc)[:200]) from None
+    if end != len(text) and text[end:].strip(_JSON_WS):
+        raise Reject(MALFORMED_JSON, f"extra data after the JSON value at character {end}")
+    return obj
+
+
+def _short(value: object, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _type_name(value: object) -> str:
+    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
+            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+class LineParser:
+    """Validate one JSON line of ``table`` into a tuple of typed values (raw column order) or raise ``Reject``."""
+
+    def __init__(self, table: str, *, max_id: int, max_prompt_chars: int, max_name_chars: int,
+                 gs_range: tuple[float, float], ts_range: tuple[dt.datetime, dt.datetime]):
+        if table not in TABLE_FIELDS:
+            raise ValueError(f"unknown raw table {table!r}; known: {sorted(TABLE_FIELDS)}")
+        self.table = table
+        self.fields = TABLE_FIELDS[table]
+        self.names = tuple(f[0] for f in self.fields)
+        self.keyset = frozenset(self.names)
+        self.max_id = max_id
+        self.max_prompt_chars = max_prompt_chars
+        self.max_name_chars = max_name_chars
+        self.gs_range = gs_range
+        self.ts_min, self.ts_max = ts_range
+        self._fast = _compile_fast_path(self)
+
+    def parse(self, data: bytes) -> tuple:
+        """Typed values of one line, in raw column order; raises ``Reject`` naming the first problem."""
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}") from None
+        obj = load_json(text)
+        if type(obj) is dict:
+            try:
+                values = self._fast(obj)
+            except ValueError:  # fromisoformat on a well-shaped but impossible time: the slow path names it
+                values = None
+            if values is not None:
+                return values
+        return self.validate(obj)
+
+    def validate(self, obj: object) -> tuple:
+        """The reference rules on a parsed JSON value (``parse`` takes a compiled fast path first)."""
+        if type(obj) is not dict:
+            raise Reject(NOT_AN_OBJECT, f"top-level JSON {_type_name(obj)}, expected an object")
+        if obj.keys() != self.keyset:
+            missing = [name for name in self.names if name not in obj]
+            if missing:
+                raise Reject(MISSING_FIELD, f"missing {', '.join(missing)}")
+            extra = sorted(key for key in obj if key not in self.keyset)
+            raise Reject(UNEXPECTED_FIELD, f"unexpected {', '.join(_short(k, 40) for k in extra)}")
+        values = []
+        append = values.append
+        for name, kind, required, bounds in self.fields:
+            value = obj[name]
+            if value is None:
+                if required:
+                    raise Reject(MISSING_FIELD, f"{name} is null")
+                append(None)
+                continue
+            kind_type = type(value)
+            if kind is ID or kind is INT:
+                if kind_type is not int:
+                    if kind_type is float and value.is_integer():
+                        value = int(value)
+                    else:
+                        raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected integer")
+                low, high = (1, self.max_id) if kind is ID else bounds
+                if not low <= value <= high:
+                    raise Reject(INVALID_VALUE, f"{name} = {_short(value)} outside [{low}, {high}]")
+            elif kind is FLOAT:
+                if kind_type is not float and kind_type is not int:
+                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected number")
+                low, high = self.gs_range
+                if not low <= value <= high:  # also false for nan/inf (e.g. 1e400)
+                    raise Reject(INVALID_VALUE, f"{name} = {_short(value)} outside [{low}, {high}]")
+                value = float(value)
+            else:
+                if kind_type is not str:
+                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected string")
+                if not value.isascii():
+                    try:
+                        value.encode("utf-8")
+                    except UnicodeEncodeError:
+                        raise Reject(INVALID_UTF8, f"{name} holds a lone surrogate escape") from None
+                if kind is TS:
+                    value = self._timestamp(name, value)
+                elif kind is UID:
+                    if not UID_RE.fullmatch(value):
+                        raise Reject(INVALID_UID, f"{name} = {_short(value)} is not a lowercase canonical UUID")
+                elif kind is PROMPT:
+                    if len(value) > self.max_prompt_chars:
+                        raise Reject(PROMPT_TOO_LONG, f"{name} has {len(value)} characters (max {self.max_prompt_chars})")
+                    match = CONTROL_RE.search(value)
+                    if match:
+                        raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
+                elif kind is NAME:
+                    if not value or len(value) > self.max_name_chars:
+                        raise Reject(INVALID_VALUE, f"{name} has {len(value)} characters (want 1-{self.max_name_chars})")
+                    match = CONTROL_RE.search(value)
+                    if match:
+                        raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
+            append(value)
+        if self.table == "rankings":
+            self._check_ranking(values)
+        elif self.table == "images":
+            idx, num = values[9], values[10]
+            if idx is not None and num is not None and idx >= num:
+                raise Reject(INVALID_VALUE, f"idx = {idx} not below num_generated = {num}")
+        return tuple(values)
+
+    def _timestamp(self, name: str, value: str) -> str:
+        if not TS_RE.fullmatch(value):
+            raise Reject(BAD_TIMESTAMP, f"{name} = {_short(value)} is not 'YYYY-MM-DD HH:MM:SS[.ffffff]'")
+        try:
+            parsed = dt.datetime.fromisoformat(value)
+        except ValueError as exc:
+            raise Reject(BAD_TIMESTAMP, f"{name} = {_short(value)}: {exc}") from None
+        if parsed < self.ts_min:
+            raise Reject(BAD_TIMESTAMP, f"{name} = {value} is before {self.ts_min}")
+        if parsed >= self.ts_max:
+            raise Reject(BAD_TIMESTAMP, f"{name} = {value} is at or after {self.ts_max} (too far in the future)")
+        return value  # kept as text: Arrow casts a whole column to timestamp[us] much faster
+
+    @staticmethod
+    def _check_ranking(values: list) -> None:
+        shown2, shown3, best = values[5], values[6], values[7]
+        if (shown2 is None) != (shown3 is None):
+            raise Reject(INVALID_RANKING, "image_2_uid and image_3_uid must be both set or both null")
+        shown = values[3:7] if shown2 is not None else values[3:5]
+        if len(set(shown)) != len(shown):
+            raise Reject(INVALID_RANKING, "the same image is shown twice")
+        if best != TIE and best not in shown:
+            raise Reject(INVALID_RANKING, f"best_image_uid = {_short(best)} is neither 'none' nor a shown image")
+
+
+def unescape(text: str) -> str:
+    """Replace the app's ``[single_quote]`` token with ``'``."""
+    return text.replace(SINGLE_QUOTE_TOKEN, "'") if "[" in text else text
+
+
+def split_prompt(raw: str) -> tuple[str, str | None]:
+    """(prompt, bracket_negative_prompt): unescape, move ``[bracketed]`` text out, strip whitespace."""
+    if "[" not in raw:  # the common case: nothing to unescape or move
+        return raw.strip(), None
+    text = unescape(raw)
+    if "[" not in text:
+        return text.strip(), None
+    parts = [p.strip() for p in BRACKET_RE.findall(text)]
+    if not parts:
+        return text.strip(), None
+    prompt = BRACKET_RE.sub(" ", text).strip()
+    negative = ", ".join(p for p in parts if p)
+    return prompt, negative or None
+
+
+def _utf8_ok(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
+
+
+def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
+    """Compile straight-line checks for the common, valid case; ``None`` sends a line to ``validate``.
+
+    It only ever accepts what ``validate`` accepts and returns the same values (a unit test compares
+    both on every planted defect); anything unusual (nulls in required fields, floats for integers,
+    integers for floats, non-ASCII text that needs a surrogate check) simply takes the slow path.
+    """
+    low_gs, high_gs = parser.gs_range
+    env = {"KEYS": parser.keyset, "TSM": TS_RE.fullmatch, "UIDM": UID_RE.fullmatch, "CTRL": CONTROL_RE.search,
+           "UTF8OK": _utf8_ok, "FROMISO": dt.datetime.fromisoformat, "TMIN": parser.ts_min, "TMAX": parser.ts_max,
+           "MAXID": parser.max_id, "MAXP": parser.max_prompt_chars, "MAXN": parser.max_name_chars,
+           "LOGS": low_gs, "HIGS": high_gs, "TIE": TIE}
+    body = ["def fast(o):", "    if o.keys() != KEYS: return None"]
+    for i, (name, kind, required, bounds) in enumerate(parser.fields):
+        v = f"v{i}"
+        body.append(f"    {v} = o[{name!r}]")
+        if kind is ID:
+            bad = f"type({v}) is not int or not 1 <= {v} <= MAXID"
+        elif kind is INT:
+            env[f"LO{i}"], env[f"HI{i}"] = bounds
+            bad = f"type({v}) is not int or not LO{i} <= {v} <= HI{i}"
+        elif kind is FLOAT:
+            bad = f"type({v}) is not float or not LOGS <= {v} <= HIGS"
+        elif kind is TS:
+            body.append(f"    if type({v}) is not str or TSM({v}) is None: return None")
+            bad = f"not TMIN <= FROMISO({v}) < TMAX"
+        elif kind is UID:
+            bad = f"type({v}) is not str or UIDM({v}) is None"
+        else:
+            bad = f"type({v}) is not str or (not {v}.isascii() and not UTF8OK({v}))"
+            # for ASCII text, CONTROL_RE matches exactly what str.isprintable() refuses (C0 and DEL)
+            ctrl = f"(not {v}.isprintable() if {v}.isascii() else CTRL({v}) is not None)"
+            if kind is PROMPT:
+                bad += f" or len({v}) > MAXP or {ctrl}"
+            elif kind is NAME:
+                bad += f" or not {v} or len({v}) > MAXN or {ctrl}"
+        if required:
+            body.append(f"    if {bad}: return None")
+        else:
+            body.append(f"    if {v} is not None and ({bad}): return None")
+    if parser.table == "images":
+        body.append("    if v9 is not None and v10 is not None and v9 >= v10: return None")
+    elif parser.table == "rankings":
+        body += ["    if v5 is None:",
+                 "        if v6 is not None or v3 == v4 or (v7 != TIE and v7 != v3 and v7 != v4): return None",
+                 "    elif v6 is None or len({v3, v4, v5, v6}) != 4 or (v7 != TIE and v7 not in (v3, v4, v5, v6)):",
+                 "        return None"]
+    body.append("    return (" + ", ".join(f"v{i}" for i in range(len(parser.fields))) + ",)")
+    exec("\n".join(body), env)  # noqa: S102 - source built above from the static field table
+    return env["fast"]

@@ -1,0 +1,208 @@
+"""The dataset card (``README.md``) of a published version: Hugging Face ``configs`` and a datasheet.
+
+The YAML header declares the data files, so ``datasets.load_dataset(<version folder>)`` reads the
+five splits from the tar shards instead of guessing a builder from every file it finds (the
+``meta/`` tables would be mixed in). It declares no second config for the Parquet sidecars:
+``datasets`` infers one builder per folder from the first config's files (``LocalDatasetModuleFactory``
+in ``datasets/load.py``), so a Parquet config beside the tar one is read by the webdataset builder
+and fails; the card shows the ``load_dataset("parquet", data_files=...)`` call instead. The datasheet below it is written from the
+version's own meta tables (how the data was collected and curated, every filter with its count,
+split method and sizes, tie rate, known limits), so it is a pure function of the version's inputs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from formats.files import write_bytes_atomic
+from schemas.publish import SAMPLE_COLUMNS
+
+CARD_FILE = "README.md"
+
+
+@dataclass(frozen=True)
+class CardSources:
+    """Facts the card needs that are not in the version's meta tables."""
+
+    days: list[str]
+    split_rejects: dict[str, int] = field(default_factory=dict)   # reason -> rows dropped to keep splits leak-free
+
+
+def configs_yaml(splits: list[str]) -> str:
+    """The ``configs`` block: the tar shards of each split (one builder per folder: webdataset)."""
+    lines = ["configs:", "- config_name: default", "  default: true", "  data_files:"]
+    for split in splits:
+        lines += [f"  - split: {split}", f"    path: \"{split}/pickapic-{split}-*.tar\""]
+    return "\n".join(lines) + "\n"
+
+
+def dataset_info_yaml(pairs: dict[str, int]) -> str:
+    """The ``dataset_info`` block: the features of a sample and each split's size (``datasets`` checks both).
+
+    Declared rather than inferred: ``datasets`` would guess them from five samples, and five ties in a
+    row would type ``best_image_uid`` as null.
+    """
+    lines = ["dataset_info:", "  features:", "  - name: 0.jpg", "    dtype: image", "  - name: 1.jpg",
+             "    dtype: image", "  - name: json", "    struct:"]
+    for column in SAMPLE_COLUMNS:
+        lines += [f"    - name: {column.name}", f"      dtype: {_hf_dtype(column.type)}"]
+    lines += ["  - name: txt", "    dtype: string", "  - name: __key__", "    dtype: string", "  - name: __url__",
+              "    dtype: string", "  splits:"]
+    for split, count in pairs.items():
+        lines += [f"  - name: {split}", f"    num_examples: {count}"]
+    return "\n".join(lines) + "\n"
+
+
+def _hf_dtype(arrow_type: pa.DataType) -> str:
+    """The ``datasets`` dtype a JSON member value of ``arrow_type`` reads back as."""
+    if pa.types.is_integer(arrow_type):
+        return "int64"
+    if pa.types.is_floating(arrow_type):
+        return "float64"
+    if pa.types.is_boolean(arrow_type):
+        return "bool"
+    return "string"       # strings, and timestamps / dates written as ISO text
+
+
+def write_card(version_dir: Path, version: str, splits: list[str], sources: CardSources) -> Path:
+    """Write ``README.md`` into ``version_dir`` (its meta tables must already be there)."""
+    path = version_dir / CARD_FILE
+    write_bytes_atomic(path, render(version_dir, version, splits, sources).encode("utf-8"))
+    return path
+
+
+def _table(header: list[str], rows: list[list[object]]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return "\n".join(out)
+
+
+def _counts(path: Path, columns: list[str], where: tuple[str, object] | None = None) -> list[list[object]]:
+    """Row counts of a meta table grouped by ``columns``, sorted by the group."""
+    table = pq.read_table(path, columns=columns + ([where[0]] if where else []))
+    if where:
+        table = table.filter(pc.equal(table.column(where[0]), where[1]))
+    grouped = table.group_by(columns).aggregate([([], "count_all")]).to_pylist()
+    return sorted(([row[c] for c in columns] + [row["count_all"]] for row in grouped), key=lambda r: [str(v) for v in r])
+
+
+def render(version_dir: Path, version: str, splits: list[str], sources: CardSources) -> str:
+    """The card's text."""
+    meta = version_dir / "meta"
+    summary = {row["split"]: row for row in pq.read_table(meta / "splits_summary.parquet").to_pylist()}
+    images = sum(pq.read_metadata(p).num_rows for p in sorted((meta / "images").glob("*.parquet")))
+    dropped = _counts(meta / "decisions.parquet", ["subject", "reason"], ("keep", False))
+    quarantined = _counts(meta / "quarantine.parquet", ["table", "reason"])
+    size_rows = []
+    for split in splits:
+        s = summary[split]
+        size_rows.append([f"`{split}`", f"{s['num_pairs']:,}", f"{s['num_rankings']:,}", f"{s['num_users']:,}",
+                          f"{s['num_prompts']:,}", f"{s['tie_rate']:.1%}", s["num_shards"], f"{s['num_bytes'] / 1e6:,.1f}"])
+    pairs = sum(summary[s]["num_pairs"] for s in splits if not s.endswith("_unique"))
+    ties = sum(summary[s]["num_ties"] for s in splits if not s.endswith("_unique"))
+    first, last = (sources.days[0], sources.days[-1]) if sources.days else ("-", "-")
+    rejects = [[reason, f"{count:,}"] for reason, count in sources.split_rejects.items()]
+    return f"""---
+pretty_name: Pick-a-Pic preference pairs ({version})
+task_categories:
+- text-to-image
+tags:
+- human-preference
+- webdataset
+- pickscore
+{configs_yaml(splits)}{dataset_info_yaml({split: summary[split]["num_pairs"] for split in splits})}---
+
+# Pick-a-Pic preference pairs, version `{version}`
+
+Pairs of generated images shown to users of a text-to-image app for one prompt, with the user's
+choice (image 0 better, image 1 better, or a tie), from the app's exports of {first} to {last}.
+{pairs:,} pairs in train / validation / test ({ties / pairs if pairs else 0:.1%} ties), built by
+pickapic-pipeline. Every file of this folder is listed with its sha256 in `manifest.json`.
+
+## Loading
+
+```python
+import datasets
+folder = "path/to/this/folder"
+ds = datasets.load_dataset(folder)     # the tar shards: columns 0.jpg, 1.jpg, json, txt, __key__, __url__
+pairs = datasets.load_dataset("parquet", data_files={{s: f"{{folder}}/{{s}}/pickapic-{{s}}-*.parquet"
+                                                     for s in ("train", "validation", "test")}})  # sidecars: no image bytes
+counts = datasets.load_dataset("parquet", data_files={{"train": f"{{folder}}/train/prompt_counts.parquet"}})
+```
+
+With `webdataset`: the shard names of a split are the keys of `<split>/sizes.json` (with their
+sample counts). A shard holds pairs of one export day in time order, so shuffle when reading:
+`wds.WebDataset(urls, shardshuffle=len(urls)).shuffle(5000)`. The loss weight of the PickScore
+objective, `num_example_per_prompt` (rows with the same `prompt_key` in the split), is in
+`<split>/prompt_counts.parquet`, not in the shards: it changes for old pairs whenever a new day reuses
+their prompt, and the shards stay byte-identical from one nightly version to the next.
+
+## Sizes
+
+{_table(["split", "pairs", "rankings", "users", "prompts", "tie rate", "shards", "MB"], size_rows)}
+
+`validation_unique` / `test_unique` hold one labelled pair per prompt of their parent split, up to
+500 prompts each (the evaluation sets of the PickScore metric).
+
+## Fields
+
+Each sample: `KEY.0.jpg`, `KEY.1.jpg` (the two training JPEGs, at most 512 px on the short side,
+bytes as encoded by the feature stage), `KEY.txt` (the prompt), `KEY.json` (every pair column).
+Columns: `pair_id`, `ranking_id`, `pair_index`, `user_id` (a keyed HMAC pseudonym, never the app's
+id), `caption`, `created_at` (UTC), `image_0_uid`, `image_1_uid`, `label_0`, `label_1` (1/0, 0/1 or
+0.5/0.5 for a tie), `best_image_uid` (null for a tie), `has_label`, `are_different` (different
+generator models), `model_0`, `model_1`, `cluster_0`, `cluster_1` (near-duplicate cluster of each
+image), `sha256_0`, `sha256_1` (of each image's original PNG in the app's store), `jpg_0_key`,
+`jpg_1_key` (the training JPEG in the pipeline's store), `jpg_0_sha256`, `jpg_1_sha256` (of the JPEG
+bytes in this tar: verify a member with them), `dt` (export day), `split`, `prompt_key` (normalized
+prompt). Sidecars add the member offsets and sizes inside the tar.
+
+## Collection
+
+Users of the app wrote a prompt, were shown two (before mid-February 2023 sometimes four) images
+generated for it by different models and settings, and clicked the better one or declared a tie.
+The app's daily exports (users, images, rankings, downloads) were ingested with a contract per table;
+lines that break it were quarantined with a reason. Emails and names never leave the raw zone.
+A 4-image ranking with a chosen image gives one pair of the chosen image against each other shown
+image; a 4-image tie gives every pair as a tie.
+
+## Curation: every filter and its count
+
+Raw lines quarantined at ingest (table, reason, lines):
+
+{_table(["table", "reason", "lines"], quarantined) if quarantined else "none"}
+
+Decisions (subject, reason, subjects dropped), from {images:,} fingerprinted images (sha256, pHash,
+dHash, NudeNet):
+
+{_table(["subject", "reason", "dropped"], dropped) if dropped else "none"}
+
+Reasons: `nsfw` (NudeNet exposed-nudity classes at score >= 0.5) and `nsfw_cluster` (a duplicate of
+one), `content_filtered` (blanked by the provider's filter), `feature_rejected` (undecodable or
+unsafe image), `banned_user` (the app's moderation list), `prompt_phrase` (a listed NSFW phrase in the
+prompt), `conflicting_ranking`, `duplicate_ranking` (a re-export), `image_dropped` / `all_pairs_dropped`
+(a pair or ranking left without images), `same_cluster` (both images are duplicates of each other).
+
+## Splits
+
+No user, no normalized prompt and no duplicate-image cluster is in more than one of train /
+validation / test: a user is held out by a salted hash of their pseudonym (a configured fraction,
+6% by default, half validation and half test), each prompt and cluster belongs to the split of the first row that used it, and later rows that
+would leak it were dropped:
+
+{_table(["reason", "rows dropped"], rejects) if rejects else "none"}
+
+## Known limits
+
+- Labels are single clicks of app users, not expert ratings; about one pair in eight is a tie.
+- Users are pseudonymous but their prompts are free text and may identify them.
+- The NSFW filter is a classifier at a fixed threshold; it misses some images and drops some safe ones.
+- Near-duplicate detection uses perceptual hashes (Hamming distance <= 6): heavy edits are not caught.
+- Shards are time-ordered (one export day each): read them shuffled, or a batch sees one day only.
+- `validation_unique` / `test_unique` keep at most 500 prompts: their accuracy has about +-2 points of
+  sampling noise.
+"""

@@ -1,0 +1,143 @@
+"""Content-stable shard plan: which samples form which shard, as a pure function of the samples.
+
+A split's samples are ordered by (segment, created_at, key); the segment of a sample is its export
+day (``dt``), in every split. A shard never spans two segments, so a new export day only adds shards
+and leaves every older one as it was. (The unique splits hold at most 500 pairs: their daily shards
+are small, but a prompt entering or leaving them rewrites only one day's shard.)
+
+Inside a segment the boundaries are content-defined, as in rsync or restic: a sample starts a new
+shard when a salted hash of its key falls under its *anchor rate* (about two anchors per shard
+limit, by samples or by bytes), or when the open shard would pass the sample or byte limit. Removing
+or adding a sample therefore changes its own shard and at most the stretch of shards up to the next
+anchor; the boundaries after it do not move. A shard's name is made of its split, segment and a
+digest of its first key, never of a position, so an unchanged shard keeps its name and bytes.
+
+While a split has fewer shards than ``min_shards_per_split`` (only while it is tiny), its largest
+shards are halved until it has enough: the trainer needs at least GPUs x loader workers shards.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from formats.dataset import FORMAT_VERSION, SHARD_PREFIX
+from pipelines.publish import shards
+
+ANCHOR_RATE = 2.0            # expected anchors per shard limit: shards average ~0.43 of the limit
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    """One planned shard: its name and the rows ``start:stop`` of the split's ordered samples."""
+
+    split: str
+    name: str
+    start: int
+    stop: int
+
+
+def segment_labels(samples: pa.Table) -> pa.Array:
+    """Each sample's segment: ``YYYYMMDD`` of its export day."""
+    return pc.strftime(samples.column("dt").cast(pa.timestamp("s")), "%Y%m%d")
+
+
+def key_draws(keys: list[str], salt: str) -> np.ndarray:
+    """A uniform draw in [0, 1) per key: a salted blake2b of the key (stable across runs and machines)."""
+    prefix = f"{salt}:".encode()
+    ints = np.fromiter(
+        (int.from_bytes(hashlib.blake2b(prefix + k.encode(), digest_size=8).digest(), "big") >> 11 for k in keys),
+        dtype=np.int64, count=len(keys))
+    return ints / float(1 << 53)
+
+
+def order(samples: pa.Table, segments: pa.Array) -> pa.Array:
+    """Indices that sort the samples by (segment, created_at, key)."""
+    keyed = pa.table({"segment": segments, "created_at": samples.column("created_at"), "key": samples.column("key")})
+    return pc.sort_indices(keyed, sort_keys=[("segment", "ascending"), ("created_at", "ascending"), ("key", "ascending")])
+
+
+def anchors(draws: np.ndarray, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
+    """Whether each sample starts a new shard by itself: its draw under its anchor rate.
+
+    The rate depends only on the sample (about ``ANCHOR_RATE`` anchors per ``max_samples`` samples,
+    or per ``max_bytes`` of such samples), never on its neighbours, so anchors do not move when
+    other samples come or go.
+    """
+    rate = np.maximum(ANCHOR_RATE / max_samples, ANCHOR_RATE * sample_bytes.astype(np.float64) / max_bytes)
+    return draws < np.minimum(rate, 1.0)
+
+
+def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.ndarray,
+                 max_samples: int, max_bytes: int) -> list[tuple[int, int]]:
+    """Cut ordered samples into shards: at every segment change and anchor, and before the limits are passed."""
+    if max_samples < 1 or max_bytes < 1:
+        raise ValueError(f"shard limits must be positive: max_samples={max_samples}, max_bytes={max_bytes}")
+    bounds: list[tuple[int, int]] = []
+    start, count, used = 0, 0, 0
+    for i, (segment, size, anchor) in enumerate(zip(segments, sample_bytes.tolist(), is_anchor.tolist())):
+        if count and (anchor or segment != segments[start] or count >= max_samples
+                      or shards.tar_size(used + size) > max_bytes):
+            bounds.append((start, i))
+            start, count, used = i, 0, 0
+        count += 1
+        used += size
+    if count:
+        bounds.append((start, len(segments)))
+    return bounds
+
+
+def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple[int, int]]:
+    """Halve the largest shard (the first of equals) until there are ``minimum`` shards or no shard can split."""
+    bounds = list(bounds)
+    while len(bounds) < minimum:
+        widest = max(range(len(bounds)), key=lambda i: (bounds[i][1] - bounds[i][0], -i))
+        start, stop = bounds[widest]
+        if stop - start < 2:
+            break
+        middle = start + (stop - start) // 2
+        bounds[widest:widest + 1] = [(start, middle), (middle, stop)]
+    return bounds
+
+
+def shard_name(split: str, segment: str, first_key: str) -> str:
+    """Base name (no extension) of a shard: split, segment and a digest of its first sample's key."""
+    return f"{SHARD_PREFIX}{split}-{segment}-{hashlib.blake2b(first_key.encode(), digest_size=5).hexdigest()}"
+
+
+def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_samples: int, max_bytes: int,
+               min_shards: int, seed: int) -> tuple[pa.Array, list[ShardPlan]]:
+    """The order of a split's samples and its shards; ``sample_bytes`` is aligned with ``samples``.
+
+    Returns the indices that put ``samples`` in shard order and one :class:`ShardPlan` per shard over
+    that order.
+    """
+    segments = segment_labels(samples)
+    indices = order(samples, segments)
+    ordered_segments = segments.take(indices).to_pylist()
+    ordered_keys = samples.column("key").take(indices).to_pylist()
+    ordered_bytes = sample_bytes[indices.to_numpy()]
+    is_anchor = anchors(key_draws(ordered_keys, f"pickapic-anchor:{seed}"), ordered_bytes, max_samples, max_bytes)
+    bounds = chunk_bounds(ordered_segments, ordered_bytes, is_anchor, max_samples, max_bytes)
+    bounds = ensure_min_chunks(bounds, min(min_shards, len(ordered_keys)))
+    plans = [ShardPlan(split, shard_name(split, ordered_segments[a], ordered_keys[a]), a, b) for a, b in bounds]
+    names = [p.name for p in plans]
+    if len(set(names)) != len(names):
+        clash = next(n for n in names if names.count(n) > 1)
+        raise RuntimeError(f"shard name {clash!r} occurs twice in split {split!r} (a 40-bit digest collision)")
+    return indices, plans
+
+
+def plan_digest(name: str, keys: list[str], row_digests: list[str]) -> str:
+    """sha256 naming exactly what a shard holds: format version, name, keys and each sample's JSON digest.
+
+    Equal digests mean byte-identical tar, sidecar and stats files: the JSON member carries every
+    sample column, the JPEGs' own sha256 included, and the txt member is the caption.
+    """
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{name}\0".encode())
+    digest.update(("\0".join(keys) + "\0").encode())
+    digest.update("".join(row_digests).encode())
+    return digest.hexdigest()

@@ -1,0 +1,368 @@
+"""WebDataset shards: the byte-exact tar writer, its sidecar and its commit marker.
+
+A shard is ``<name>.tar`` (members ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, ``KEY.txt`` per
+sample, in that order; the name comes from :mod:`pipelines.publish.plan`), its Parquet sidecar
+``<name>.parquet`` (one row per sample: member offsets/sizes + every sample column) and
+``<name>_stats.json``, written last as the shard's commit marker. Tar headers are built here (ustar, fixed mtime/uid/gid/mode,
+byte-identical to :mod:`tarfile`'s) and JPEG bytes are copied verbatim: the writer is a loop of
+``read`` + ``join`` + ``write`` so one process keeps up with the disk (webdataset's ``TarWriter``
+spends most of its time in ``tarfile``).
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from formats.dataset import MEMBERS, UNIQUE_SUFFIX, shard_paths
+from formats.files import sha256_file, write_bytes_atomic, write_parquet_atomic
+from pipelines import faults
+from schemas import get_schema
+
+TAR_MTIME = 1672531200               # 2023-01-01T00:00:00Z, fixed so equal input gives equal tars
+BLOCK = 512
+RECORD = 20 * BLOCK                  # tarfile pads the archive to whole records; so do we
+
+# ustar header pieces that never change (mode 0444, uid/gid 0, empty uname/gname, regular file).
+_MODE_UID_GID = b"0000444\0" + b"0000000\0" + b"0000000\0"
+_MTIME = b"%011o\0" % TAR_MTIME
+_TAIL = (b"0" + b"\0" * 100 + b"ustar\x0000" + b"\0" * 32 + b"\0" * 32
+         + b"\0" * 16 + b"\0" * 155 + b"\0" * 12)  # devmajor/minor empty, as tarfile writes them
+_TAIL_SUM = sum(_TAIL) + 8 * ord(" ")  # the checksum field counts as eight spaces
+assert 148 + 8 + len(_TAIL) == BLOCK
+
+
+def tar_header(name: bytes, size: int) -> bytes:
+    """The 512-byte ustar header of a regular file ``name`` of ``size`` bytes."""
+    if len(name) > 100:
+        raise ValueError(f"tar member name {name!r} is longer than 100 bytes")
+    if not 0 <= size < 8 ** 11:
+        raise ValueError(f"tar member {name!r}: size {size} does not fit a ustar header")
+    head = name.ljust(100, b"\0") + _MODE_UID_GID + b"%011o\0" % size + _MTIME
+    return head + b"%06o\0 " % (sum(head) + _TAIL_SUM) + _TAIL
+
+
+def padded(size: int) -> int:
+    """Bytes a member of ``size`` bytes takes in a tar, header included."""
+    return BLOCK + -(-size // BLOCK) * BLOCK
+
+
+def tar_size(member_bytes: int) -> int:
+    """Size of a tar whose members take ``member_bytes``: end-of-archive blocks, padded to a record."""
+    return -(-(member_bytes + 2 * BLOCK) // RECORD) * RECORD
+
+
+def sample_key(pair_id: str, split: str) -> str:
+    """WebDataset key of a pair in ``split``: the pair id, suffixed in the ``_unique`` splits."""
+    key = pair_id + UNIQUE_SUFFIX if split.endswith("_unique") else pair_id
+    if not key or "." in key or "/" in key or not key.isascii() or not key.isprintable() or len(key) > 90:
+        raise ValueError(f"pair_id {pair_id!r} cannot be a WebDataset key (no dots, slashes, non-ASCII; <= 90 chars)")
+    return key
+
+
+def estimate_sample_bytes(samples: pa.Table, jpg_0_bytes: np.ndarray, jpg_1_bytes: np.ndarray) -> np.ndarray:
+    """Tar bytes each sample will take (exact for the JPEGs, whose sizes are given; the JSON is an upper estimate)."""
+    text = np.zeros(samples.num_rows, dtype=np.int64)
+    for field in samples.schema:
+        if pa.types.is_string(field.type):
+            text += pc.fill_null(pc.binary_length(samples.column(field.name)), 0).to_numpy()
+    caption = pc.binary_length(samples.column("caption")).to_numpy().astype(np.int64)
+    json_est = text + 40 * samples.num_columns
+    ceil = lambda a: -(-a // BLOCK) * BLOCK  # noqa: E731
+    return 4 * BLOCK + ceil(jpg_0_bytes.astype(np.int64)) + ceil(jpg_1_bytes.astype(np.int64)) + ceil(caption) + ceil(json_est)
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """Everything one worker needs to write one shard (rows already in shard order, with ``key``).
+
+    ``rows`` may be a zero-copy slice of the whole split: a task pickles its rows as an Arrow IPC
+    stream, which holds only the slice (pickling a slice directly copies the parent's buffers).
+    """
+
+    split: str
+    name: str
+    out_dir: str
+    home_root: str
+    rows: pa.Table
+    plan_sha256: str
+    fsync: bool = True
+
+    def __reduce__(self):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, self.rows.schema) as writer:
+            writer.write_table(self.rows)
+        return (_task_from_ipc, (self.split, self.name, self.out_dir, self.home_root, sink.getvalue(),
+                                 self.plan_sha256, self.fsync))
+
+    def paths(self) -> tuple[Path, Path, Path]:
+        """The shard's tar, sidecar and stats paths."""
+        return shard_paths(Path(self.out_dir), self.name)
+
+
+def _task_from_ipc(split: str, name: str, out_dir: str, home_root: str, rows: pa.Buffer,
+                   plan_sha256: str, fsync: bool) -> ShardTask:
+    return ShardTask(split, name, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync)
+
+
+DUCKDB_JSON_MIN_ROWS = 200    # below this, DuckDB's fixed cost per call (a plan, ~8 ms) loses: measured crossover ~200 rows
+
+
+def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS) -> pa.Array:
+    """Each row's ``.json`` member: compact UTF-8 JSON of every column but ``key``, in column order.
+
+    Timestamps become ``YYYY-MM-DDTHH:MM:SS.ffffff`` and dates ``YYYY-MM-DD`` text; numbers stay
+    numbers; NaN/Infinity are refused. From ``min_rows_for_duckdb`` rows DuckDB's ``to_json`` writes
+    the whole shard in one call, about 8x faster than ``json.dumps`` per row; both give the same bytes
+    (``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``; a unit test compares them row by row).
+    """
+    _check_finite(rows)
+    if rows.num_rows < min_rows_for_duckdb:
+        return _json_dumps_rows(rows)
+    return _duckdb_select(rows, f"{_json_sql(rows.schema)}::VARCHAR")
+
+
+def json_digests(rows: pa.Table) -> list[str]:
+    """md5 (hex) of each row's ``.json`` member, computed in DuckDB without keeping the texts."""
+    _check_finite(rows)
+    return _duckdb_select(rows, f"md5({_json_sql(rows.schema)}::VARCHAR)").to_pylist()
+
+
+def _check_finite(rows: pa.Table) -> None:
+    """NaN / Infinity cannot be JSON: refuse them, naming the first sample that holds one."""
+    for field in rows.schema:
+        if pa.types.is_floating(field.type):
+            finite = pc.is_finite(rows.column(field.name))
+            if not pc.all(pc.fill_null(finite, True)).as_py():
+                bad = rows.filter(pc.invert(pc.fill_null(finite, True))).column("key")[0].as_py()
+                raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
+
+
+def _json_sql(schema: pa.Schema) -> str:
+    """DuckDB expression of a row's JSON text (every column but ``key``; json.dumps' formatting)."""
+    members = []
+    for field in schema:
+        if field.name == "key":
+            continue
+        name = '"' + field.name.replace('"', '""') + '"'
+        if pa.types.is_timestamp(field.type):
+            value = f"strftime({name}, '%Y-%m-%dT%H:%M:%S.%f')"
+        elif pa.types.is_date(field.type):
+            value = f"strftime({name}, '%Y-%m-%d')"
+        else:
+            value = name
+        members.append(f"{name} := {value}")
+    return f"to_json(struct_pack({', '.join(members)}))"
+
+
+def _duckdb_select(rows: pa.Table, expression: str) -> pa.Array:
+    """One string column: ``expression`` evaluated per row of ``rows``, in row order."""
+    con = _duckdb()
+    con.register("samples", rows)
+    try:
+        result = con.sql(f"SELECT {expression} FROM samples").to_arrow_table()
+    finally:
+        con.unregister("samples")
+    return result.column(0).combine_chunks().cast(pa.string())
+
+
+def _json_dumps_rows(rows: pa.Table) -> pa.Array:
+    """``sample_json`` with the standard library, one row at a time (numbers already checked finite)."""
+    columns = {}
+    for field in rows.schema:
+        if field.name == "key":
+            continue
+        column = rows.column(field.name)
+        if pa.types.is_timestamp(field.type):
+            column = pc.strftime(column, "%Y-%m-%dT%H:%M:%S")  # Arrow writes the seconds as SS.ffffff
+        elif pa.types.is_date(field.type):
+            column = column.cast(pa.string())
+        columns[field.name] = column
+    return pa.array([json.dumps(record, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+                     for record in pa.table(columns).to_pylist()], pa.string())
+
+
+_DUCKDB: dict[int, object] = {}
+
+
+def _duckdb():
+    """One in-memory DuckDB per process (a forked worker opens its own; connecting costs ~20 ms).
+
+    A connection inherited through fork is never closed or freed in the child: its threads do not
+    exist there, and tearing it down crashes the process.
+    """
+    import duckdb
+
+    pid = os.getpid()
+    if pid not in _DUCKDB:
+        con = duckdb.connect(":memory:")
+        con.execute("SET threads = 1")  # one per worker process: the pool already uses every core
+        _DUCKDB[pid] = con
+    return _DUCKDB[pid]
+
+
+def sidecar_table(rows: pa.Table, tar_name: str, offsets: dict, sizes: dict) -> pa.Table:
+    """A shard's sidecar: per sample its key, shard, position, each member's offset and size (per
+    ``MEMBERS``, sequences in sample order) and every sample column."""
+    n = rows.num_rows
+    return pa.table({
+        "key": rows.column("key"),
+        "shard": pa.array([tar_name] * n, pa.string()),
+        "sample_index": pa.array(range(n), pa.int32()),
+        **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
+           for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
+           for what, values in (("offset", offsets), ("size", sizes))},
+        **{name: rows.column(name) for name in rows.column_names if name != "key"},
+    })
+
+
+def write_shard(task: ShardTask) -> dict:
+    """Write one shard's tar, sidecar and stats (last); return the stats dict.
+
+    A shard whose stats file already names the same plan and whose files have the recorded
+    sizes is kept as is: that is how a rerun after a crash resumes. Every file is written under a
+    temporary name and renamed (a file may be hard-linked from an older version: never write one in
+    place); on any error the temporary tar is removed, and a full disk is reported with the path.
+    """
+    tar_path, sidecar_path, stats_path = task.paths()
+    existing = _committed_stats(stats_path, task.plan_sha256)
+    if existing is not None:
+        return existing
+    tar_path.parent.mkdir(parents=True, exist_ok=True)
+    rows = task.rows
+    tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp")
+    try:
+        position, jpg_bytes, tar_sha256, offsets, sizes = _write_tar(rows, task.home_root, tmp_tar, task.fsync)
+        os.replace(tmp_tar, tar_path)
+    except BaseException as exc:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_tar.unlink()
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            raise no_space_error(exc, tar_path) from exc
+        raise
+    faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
+
+    n = rows.num_rows
+    try:
+        write_parquet_atomic(sidecar_table(rows, tar_path.name, offsets, sizes), sidecar_path,
+                             get_schema("shard_samples"))
+        keys = rows.column("key")
+        stats = {
+            "split": task.split,
+            "shard": tar_path.name,
+            "num_samples": n,
+            "num_bytes": position,
+            "jpg_bytes": jpg_bytes,
+            "sha256": tar_sha256,
+            "sidecar": sidecar_path.name,
+            "sidecar_bytes": sidecar_path.stat().st_size,
+            "sidecar_sha256": sha256_file(sidecar_path),
+            "first_key": keys[0].as_py() if n else "",
+            "last_key": keys[n - 1].as_py() if n else "",
+            "plan_sha256": task.plan_sha256,
+        }
+        write_bytes_atomic(stats_path, (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise no_space_error(exc, Path(exc.filename) if exc.filename else sidecar_path) from exc
+        raise
+    return stats
+
+
+def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int, int, str, dict, dict]:
+    """Write the tar of ``rows`` to ``path``: (bytes, JPEG bytes, sha256, member offsets, member sizes)."""
+    offsets: dict[str, list[int]] = {m: [] for m in MEMBERS}
+    sizes: dict[str, list[int]] = {m: [] for m in MEMBERS}
+    digest = hashlib.sha256()
+    position = 0
+    jpg_bytes = 0
+    with _open_output(path) as out:
+        columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
+        for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, sample_json(rows).to_pylist()):
+            payloads = (
+                _read_jpg(home, jpg_0_key, key),
+                _read_jpg(home, jpg_1_key, key),
+                text.encode("utf-8"),
+                caption.encode("utf-8"),
+            )
+            pieces = []
+            for member, data in zip(MEMBERS, payloads):
+                size = len(data)
+                pieces.append(tar_header(f"{key}.{member}".encode(), size))
+                pieces.append(data)
+                pad = -size % BLOCK
+                if pad:
+                    pieces.append(b"\0" * pad)
+                offsets[member].append(position + BLOCK)
+                sizes[member].append(size)
+                position += BLOCK + size + pad
+            jpg_bytes += len(payloads[0]) + len(payloads[1])
+            blob = b"".join(pieces)
+            digest.update(blob)
+            out.write(blob)
+        end = tar_size(position) - position
+        out.write(b"\0" * end)
+        digest.update(b"\0" * end)
+        position += end
+        if fsync:
+            os.fsync(out.fileno())
+    return position, jpg_bytes, digest.hexdigest(), offsets, sizes
+
+
+def _open_output(path: Path):
+    """The tar's output file, unbuffered: the writer hands it whole samples."""
+    return open(path, "wb", buffering=0)
+
+
+def no_space_error(exc: OSError, path: Path) -> OSError:
+    """``OSError(ENOSPC)`` saying which file could not be written (the caller chains ``exc``)."""
+    return OSError(errno.ENOSPC, f"no space left on device at {path}")
+
+
+def remove_temporary_files(folder: Path) -> list[Path]:
+    """Delete the writers' temporary files (``.NAME.tmp``, any depth) under ``folder``; return them."""
+    removed = []
+    if folder.is_dir():
+        for path in sorted(folder.rglob(".*.tmp")):
+            if path.is_file() or path.is_symlink():
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
+                    removed.append(path)
+    return removed
+
+
+def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
+    """The stats of a shard already written for the same plan with intact file sizes, else None."""
+    if not stats_path.is_file():
+        return None
+    stats = json.loads(stats_path.read_text(encoding="utf-8"))
+    tar_path = stats_path.with_name(stats["shard"])
+    sidecar_path = stats_path.with_name(stats["sidecar"])
+    if (stats.get("plan_sha256") == plan_sha256 and tar_path.is_file() and sidecar_path.is_file()
+            and tar_path.stat().st_size == stats["num_bytes"] and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
+        return stats
+    return None
+
+
+def _read_jpg(home: str, relpath: str, key: str) -> bytes:
+    """Bytes of a training JPEG (copied verbatim, never decoded)."""
+    try:
+        with open(os.path.join(home, relpath), "rb", buffering=0) as handle:
+            return handle.readall()
+    except OSError as exc:
+        raise FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}") from exc
+
+
+def jpg_key_is_safe(relpath: str) -> bool:
+    """A training JPEG key must be a plain relative path inside the home (no ``..``, no root)."""
+    if not relpath or relpath.startswith("/") or "\\" in relpath or "\0" in relpath:
+        return False
+    return all(part not in ("", ".", "..") for part in relpath.split("/"))

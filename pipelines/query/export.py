@@ -1,0 +1,205 @@
+"""``pickapic export``: a published version in the released Pick-a-Pic schema, or its benchmark prompt set.
+
+``--format pickscore-parquet``: one Parquet file per split (``<output>/<split>.parquet``, columns of ``schemas.publish.PICKSCORE_EXPORT``,
+``jpg_0`` / ``jpg_1`` as JPEG bytes) so existing PickScore code can do::
+
+    datasets.load_dataset("parquet", data_files={"train": "OUT/train.parquet", "test_unique": "OUT/test_unique.parquet"})
+
+The rows are read from the version's sidecars and the image bytes straight out of its tar shards
+(via the sidecar offsets), so an export always matches the shards of that version exactly.
+
+``--format eval-prompts``: ``<output>/eval_prompts.parquet`` (``schemas.scoring.EVAL_PROMPTS``), the
+test_unique prompts with their normalized key, how often the test split asked them and the dataset version:
+the held-out prompt set the paper proposes for evaluating generators (instead of MS-COCO captions). Its
+users and prompts never reach train, so a scorer trained on the same version has not seen them.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from formats.dataset import PROMPT_COUNTS_FILE, SPLITS, resolve_version
+from formats.files import cast_to_schema
+from formats.home import DataHome
+from formats.outputs import check_output_dir, open_output_file
+from schemas import get_schema
+
+FORMATS = ("pickscore-parquet", "eval-prompts")
+EVAL_PROMPTS_FILE = "eval_prompts.parquet"
+ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class ExportReport:
+    """What an export wrote: rows and bytes per split."""
+
+    version: str
+    output_dir: Path
+    rows: dict[str, int]
+    files: dict[str, str]
+    bytes: dict[str, int]
+    seconds: float
+
+    def metadata(self) -> dict:
+        """JSON-able values for Dagster / the CLI."""
+        return {"version": self.version, "output_dir": str(self.output_dir), "rows_per_split": dict(self.rows),
+                "files": dict(self.files), "num_rows": sum(self.rows.values()),
+                "num_bytes": sum(self.bytes.values()), "seconds": round(self.seconds, 3)}
+
+
+def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Path,
+                             progress: Progress | None = None) -> ExportReport:
+    """Write one PickScore-schema Parquet per split of ``version`` (default ``latest``) into ``output_dir``."""
+    started = time.perf_counter()
+    root = resolve_version(home, version)
+    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    schema = get_schema("pickscore_export")
+    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
+    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[f"{s}.parquet" for s in SPLITS])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows: dict[str, int] = {}
+    files: dict[str, str] = {}
+    sizes: dict[str, int] = {}
+    splits = [s for s in SPLITS if s in manifest["splits"]]
+    total = sum(manifest["splits"][s]["shards"] for s in splits)
+    done = 0
+    for split in splits:
+        sidecars = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+        if len(sidecars) != manifest["splits"][split]["shards"]:
+            raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
+                               f"{manifest['splits'][split]['shards']}")
+        final = output_dir / f"{split}.parquet"
+        count = 0
+        with open_output_file(final, [home.root], "--output") as tmp:
+            with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
+                                                            for name in schema.names},
+                                  use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
+                counts_file = root / split / PROMPT_COUNTS_FILE   # absent in versions of format pickapic-wds/1
+                counts = pq.read_table(counts_file, columns=["prompt_key", "num_example_per_prompt"]) \
+                    if counts_file.is_file() else None
+                for sidecar in sidecars:
+                    table = _export_rows(sidecar, schema, counts, first_index=count)
+                    for start in range(0, table.num_rows, ROWS_PER_GROUP):
+                        writer.write_table(table.slice(start, ROWS_PER_GROUP))
+                    count += table.num_rows
+                    done += 1
+                    if progress:
+                        progress("export", done, total)
+        rows[split], files[split], sizes[split] = count, str(final), final.stat().st_size
+    return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
+
+
+def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
+    """The export rows of one shard: sidecar columns, the prompt's count, both JPEGs read from the tar by offset,
+    numbered (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
+    side = pq.read_table(sidecar)
+    if "num_example_per_prompt" not in side.column_names and counts is not None:   # kept outside the shards
+        position = pc.index_in(side.column("prompt_key"), value_set=counts.column("prompt_key"))
+        if position.null_count:
+            raise RuntimeError(f"{sidecar}: prompt_key {side.column('prompt_key').filter(pc.is_null(position))[0]!r} "
+                               f"is missing from {PROMPT_COUNTS_FILE}")
+        side = side.append_column("num_example_per_prompt", counts.column("num_example_per_prompt").take(position))
+    tar = sidecar.with_suffix(".tar")
+    jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
+    members = [(name, side.column(f"{name}_offset").to_pylist(), side.column(f"{name}_size").to_pylist())
+               for name in ("jpg_0", "jpg_1")]
+    with open(tar, "rb") as handle:
+        for row in range(side.num_rows):
+            for name, offsets, sizes in members:  # in tar order: sequential reads
+                handle.seek(offsets[row])
+                data = handle.read(sizes[row])
+                if len(data) != sizes[row]:
+                    raise RuntimeError(f"{tar}: member at offset {offsets[row]} is truncated "
+                                       f"({len(data)} of {sizes[row]} bytes)")
+                jpgs[name].append(data)
+    columns = {name: side.column(name) for name in schema.names if name in side.column_names}
+    columns["image_0_url"] = side.column("jpg_0_key")
+    columns["image_1_url"] = side.column("jpg_1_key")
+    columns["jpg_0"] = pa.array(jpgs["jpg_0"], pa.binary())
+    columns["jpg_1"] = pa.array(jpgs["jpg_1"], pa.binary())
+    columns["__index_level_0__"] = pa.array(range(first_index, first_index + side.num_rows), pa.int64())
+    return cast_to_schema(pa.table(columns), schema)
+
+
+def _sidecars(root: Path, split: str, columns: list[str]) -> pa.Table:
+    files = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+    if not files:
+        raise FileNotFoundError(f"version {root.name} has no {split} sidecars in {root / split}")
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -> ExportReport:
+    """Write the test_unique prompts of ``version`` (default ``latest``) as ``eval_prompts.parquet``."""
+    started = time.perf_counter()
+    root = resolve_version(home, version)
+    unique = _sidecars(root, "test_unique", ["key", "caption", "prompt_key"])
+    counts: dict[str, int] = {}
+    for key in _sidecars(root, "test", ["prompt_key"]).column("prompt_key").to_pylist():
+        counts[key] = counts.get(key, 0) + 1
+    rows = []
+    for key, caption, prompt_key in sorted(zip(*(unique.column(c).to_pylist() for c in ("key", "caption", "prompt_key"))),
+                                           key=lambda r: r[2]):
+        if prompt_key not in counts:
+            raise RuntimeError(f"version {root.name}: test_unique prompt {prompt_key!r} ({key}) is not in the test split")
+        rows.append({"prompt_id": hashlib.sha256(prompt_key.encode("utf-8")).hexdigest()[:16], "prompt_key": prompt_key,
+                     "caption": caption, "count": counts[prompt_key], "test_unique_key": key,
+                     "dataset_version": root.name})
+    if len({r["prompt_key"] for r in rows}) != len(rows):
+        raise RuntimeError(f"version {root.name}: test_unique holds a prompt_key twice")
+    schema = get_schema("eval_prompts")
+    table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({"dataset_version": root.name})
+    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
+    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[EVAL_PROMPTS_FILE])
+    output_dir.mkdir(parents=True, exist_ok=True)
+    final = output_dir / EVAL_PROMPTS_FILE
+    with open_output_file(final, [home.root], "--output") as handle:
+        pq.write_table(table, handle, compression="zstd")
+    return ExportReport(root.name, output_dir, {"test_unique": len(rows)}, {"test_unique": str(final)},
+                        {"test_unique": final.stat().st_size}, time.perf_counter() - started)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``pickapic export``."""
+    parser.add_argument("--format", dest="fmt", choices=FORMATS, default="pickscore-parquet",
+                        help="pickscore-parquet: <split>.parquet in the released schema (default); eval-prompts: "
+                             "eval_prompts.parquet, the test_unique prompts to evaluate generators on")
+    parser.add_argument("--output", type=Path, required=True, metavar="DIR",
+                        help="folder for the <split>.parquet files or eval_prompts.parquet")
+    parser.add_argument("--version", dest="dataset_version", metavar="V", help="published version (default: latest)")
+
+
+def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int:
+    """Entry point for ``pickapic export``; prints what was written, returns the exit code."""
+    home = home or DataHome.at(getattr(args, "home", None))
+    try:
+        write = export_eval_prompts if args.fmt == "eval-prompts" else export_pickscore_parquet
+        report = write(home, args.dataset_version, args.output)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for split, path in report.files.items():
+        print(f"{split:18s} {report.rows[split]:>9d} {'prompts' if args.fmt == 'eval-prompts' else 'rows'}  {path}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m pipelines.query.export [--home HOME] --output DIR``."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.query.export", description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="data home (default: $PICKAPIC_HOME or ./data)")
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Leak-free train / validation / test splits by user, normalized prompt and duplicate cluster.
+
+- Held-out users: a ledger (``split_ledger``) holds every user's split, decided once, when the user first
+  appears, by folding over the history in order (:func:`assign_users`): the first user goes to train;
+  while validation or test own fewer than ``min_unique_rows`` prompts, new users fill them (at most one
+  held-out user for each train user); after that a user is held out iff the first 52 bits of
+  ``sha256(salt + ':' + pseudonym)``, read as a fraction, fall under ``heldout_fraction`` (digest hex
+  character 14, even/odd, picks validation or test). A decision depends only on the history before the
+  user's first pair, so appending days never changes it, and a rebuild from scratch on the same history
+  gives the same ledger; the stored ledger also keeps a user where they are when an older day is
+  re-exported. A young home of few users thus still gets validation and test users, and a large one
+  holds out ``heldout_fraction`` of its users as pickapic_v1 did.
+- Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
+  images. Every key has one owner split; a row is kept only when all its keys are owned by its
+  user's split, so no user, prompt or cluster spans two of train / validation / test (SQL contract
+  rules check it). Conflicting rows are dropped into ``split_rejects`` with the reason
+  (``prompt_conflict``, else ``cluster_conflict``): pairs = parent split rows + split_rejects.
+- Owner of a key (``owner_mode``): ``first_use`` (default): the split of the first row that used it,
+  ordered by (export day, created_at, ranking_id, pair_index). A prompt first typed by a held-out
+  user stays held out forever (held-out wins: later train rows with it are dropped); a popular prompt
+  first typed by a train user stays train, and a held-out user's later retyping of it is dropped
+  instead. Because new days only append later rows, no owner changes on a rebuild (only a backfill
+  of an older export day, or a cluster merge, can move a key). ``heldout_wins``: any held-out use
+  makes the key held out (test before validation); stable too, but popular prompts typed by many
+  users are then almost always held out, which costs train a large share of its rows (see the
+  ``sacrificed_train_rows`` metadata of both modes on the same data).
+- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): Unicode NFKC,
+  default-ignorable code points removed (the Unicode property: zero-width space/joiner/non-joiner,
+  U+2060, soft hyphen, variation selectors, tag characters, ...), case-folded, any ``[bracketed]``
+  text (negative prompt) removed, every non-ASCII character folded to its UTS #39 confusable prototype
+  (ICU's skeleton, so a Cyrillic or Greek look-alike of a Latin letter keys as that letter; ASCII is left
+  as typed, so ``rn`` and ``m`` stay apart), punctuation (Unicode P*) and math/modifier symbols (Sm, Sk)
+  turned into spaces, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys on its
+  NFKC-case-folded text instead (never on the empty string, which would join unrelated rows).
+- ``*_unique``: per held-out split, one labelled row per prompt_key (smallest salted digest of the
+  pair_id), up to ``unique_prompts`` prompts chosen by salted prompt digest; rows repeat their
+  parents. ``num_example_per_prompt`` counts rows with the same prompt_key within the split.
+- Trainable: :func:`trainability_problems` says which split a trainer would miss (empty, or a ``_unique``
+  split under ``min_unique_rows``, fewer than ``min_users`` users with labelled rankings) and why (too
+  few users, or too few distinct held-out prompts yet). The splits asset's blocking check and the publish stage refuse such
+  a version, so ``latest`` stays on the last version a trainer can use.
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import re
+import sys
+import unicodedata
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Iterable
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import regex
+
+from formats.dataset import SPLITS
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.settings import add_flags, check_fields, knob, stage_config
+from pipelines.sqlrun import connect, run_sql, run_to_parquet
+from schemas import get_schema
+
+HELDOUT = ("validation", "test")
+_BRACKETS = re.compile(r"\[[^\]]*\]")
+_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    """Knobs of the split build."""
+
+    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it starts a new ledger "
+                     "(every user reassigned).")
+    heldout_fraction: float = knob(0.06, "Share of users held out once the held-out splits are filled "
+                                   "(half validation, half test).", min=0, max=1, max_exclusive=True)
+    min_unique_rows: int = knob(10, "Prompts each of validation and test must own before new users are held out "
+                                "only by heldout_fraction; also the fewest rows validation_unique and test_unique "
+                                "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
+    owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster: 'first_use' or 'heldout_wins'.",
+                           choices=("first_use", "heldout_wins"))
+    # The fill gives train the first user and validation/test at most one user per train user, so 10 users
+    # give validation and test two or three users each.
+    min_users: int = knob(10, "Fewest users with labelled rankings a published version needs (an evaluation on "
+                          "two or three users says little).", min=3)
+    unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+        if not self.salt:
+            raise ValueError("SplitConfig.salt must not be empty")
+        if self.min_unique_rows > self.unique_prompts:
+            raise ValueError(f"SplitConfig.min_unique_rows={self.min_unique_rows} exceeds "
+                             f"unique_prompts={self.unique_prompts}, the most a _unique split holds")
+
+
+@functools.cache
+def _punctuation_to_space() -> dict[int, str]:
+    """``str.translate`` table: every punctuation (P*) and math/modifier symbol (Sm, Sk) -> space."""
+    category = unicodedata.category
+    return {cp: " " for cp in range(sys.maxunicode + 1)
+            if (c := category(chr(cp)))[0] == "P" or c in ("Sm", "Sk")}
+
+
+def normalize_prompt(text: str) -> str:
+    """The prompt key: NFKC, ignorables out, casefold, brackets out, confusables folded, punctuation to spaces."""
+    folded = _IGNORABLE.sub("", unicodedata.normalize("NFKC", text)).casefold()
+    spaced = _BRACKETS.sub(" ", folded).translate(_punctuation_to_space())
+    if not spaced.isascii():  # punctuation went first: a dash must not become a look-alike letter
+        spaced = "".join(c if c.isascii() else _prototype(c) for c in spaced).translate(_punctuation_to_space())
+    key = " ".join(spaced.split())
+    return key if key else "#" + " ".join(folded.split())
+
+
+@functools.lru_cache(maxsize=65536)
+def _prototype(char: str) -> str:
+    """A non-ASCII character's UTS #39 confusable prototype (ICU skeleton), NFKC and case-folded."""
+    return _IGNORABLE.sub("", unicodedata.normalize("NFKC", _spoof_checker().getSkeleton(0, char)).casefold())
+
+
+@functools.cache
+def _spoof_checker():
+    import icu  # PyICU (pyicu-wheels): ICU's own confusables data, shipped inside the wheel
+
+    return icu.SpoofChecker()
+
+
+def user_home(pseudonym: str, salt: str, heldout_fraction: float) -> str:
+    """The split the held-out fraction gives a user (the ``hash`` rule of the ledger)."""
+    digest = hashlib.sha256(f"{salt}:{pseudonym}".encode("utf-8")).hexdigest()
+    if int(digest[:13], 16) < int(heldout_fraction * (1 << 52)):
+        return "validation" if int(digest[13], 16) % 2 == 0 else "test"
+    return "train"
+
+
+@dataclass
+class SplitReport:
+    """Rows, users, prompts and tie rate per split, the rows dropped for leakage prevention, trainability."""
+
+    per_split: list[dict]
+    rejects: list[tuple[str, str, int]]
+    pairs: int
+    train_home_rows: int
+    sacrificed_train_rows: int
+    users: int = 0                                        # users with labelled pairs
+    new_users: dict[str, int] = field(default_factory=dict)   # split -> users added to the ledger by this run
+    problems: list[str] = field(default_factory=list)     # why a trainer could not use this split set
+    config: dict = field(default_factory=dict)
+
+    @property
+    def rows(self) -> dict[str, int]:
+        return {s["split"]: s["rows"] for s in self.per_split}
+
+    def metadata(self) -> dict:
+        """JSON-able values and markdown tables."""
+        split_rows = "\n".join(
+            f"| {s['split']} | {s['rows']} | {s['users']} | {s['prompts']} | {s['tie_rate']:.4f} |" for s in self.per_split)
+        reject_rows = "\n".join(f"| {home} | {reason} | {n} |" for home, reason, n in self.rejects)
+        sacrificed = self.sacrificed_train_rows / self.train_home_rows if self.train_home_rows else 0.0
+        return {
+            "pairs": self.pairs,
+            "users": self.users,
+            "rows_per_split": self.rows,
+            "users_per_split": {s["split"]: s["users"] for s in self.per_split},
+            "prompts_per_split": {s["split"]: s["prompts"] for s in self.per_split},
+            "tie_rate_per_split": {s["split"]: s["tie_rate"] for s in self.per_split},
+            "new_users_per_split": dict(self.new_users),
+            "split_rejects": sum(n for _, _, n in self.rejects),
+            "sacrificed_train_rows": self.sacrificed_train_rows,
+            "sacrificed_train_fraction": round(sacrificed, 6),
+            "trainable": not self.problems,
+            "trainability": "; ".join(self.problems) or "every split can feed the trainer",
+            "splits": "| split | rows | users | prompts | tie rate |\n|---|---:|---:|---:|---:|\n" + split_rows,
+            "leakage_drops": "| home split | reason | rows |\n|---|---|---:|\n" + reject_rows,
+            "config": json.dumps(self.config, sort_keys=True),
+        }
+
+
+class NotEnoughData(ValueError):
+    """The splits cannot feed a trainer yet; the message says which split and why."""
+
+
+def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int = 1, min_users: int = 1,
+                          heldout_prompts: dict[str, int] | None = None) -> list[str]:
+    """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause."""
+    need = max(1, min_unique_rows)
+    few = users < max(min_users, 3)
+    problems = [f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs at "
+                f"least {max(min_users, 3)} (splits.min_users)"] if few else []
+    for split in SPLITS:
+        n = rows.get(split, 0)
+        if n >= (need if split.endswith("_unique") else 1):
+            continue
+        what = f"split '{split}' is empty" if n == 0 else f"split '{split}' has {n} rows, fewer than the {need} required"
+        if few:
+            problems.append(what)  # the first problem already says why
+            continue
+        if split == "train":
+            why = "every user so far is held out or every train row conflicts with a held-out key"
+        elif rows.get(split.removesuffix("_unique"), 0) == 0:
+            why = "no user is held out for it yet; new users fill it as they arrive"
+        else:
+            parent = split.removesuffix("_unique")
+            owned = (heldout_prompts or {}).get(parent)
+            known = f" ({parent} owns {owned} prompt{'s' * (owned != 1)})" if owned is not None else ""
+            why = (f"its users have typed too few distinct prompts yet{known}; it fills as new users arrive "
+                   f"(or lower splits.min_unique_rows)")
+        problems.append(f"{what}: {why}")
+    return problems
+
+
+def require_trainable(table: pa.Table, min_unique_rows: int = 1, min_users: int = 1) -> None:
+    """Refuse a split_pairs table a trainer cannot use (empty split, small _unique split, few users), saying why."""
+    rows = Counter(table.column("split").to_pylist())
+    users = len(set(table.column("user_id").to_pylist()))
+    problems = trainability_problems(dict(rows), users, min_unique_rows, min_users)
+    if problems:
+        raise NotEnoughData("not enough data for a dataset a trainer can use, nothing published: " + "; ".join(problems))
+
+
+def prompt_key_table(captions: list[str]) -> pa.Table:
+    """(caption, prompt_key) for each distinct caption."""
+    distinct = sorted(set(captions))
+    return pa.table({"caption": pa.array(distinct, pa.string()),
+                     "prompt_key": pa.array([normalize_prompt(c) for c in distinct], pa.string())})
+
+
+@dataclass(frozen=True)
+class Assignment:
+    """One ledger entry: a user's split, why, and when the user first appeared."""
+
+    split: str
+    rule: str
+    position: int
+    first_dt: object
+    salt: str
+
+
+def assign_users(first_uses: Iterable[tuple[str, str, bool, bool, object]], ledger: dict[str, Assignment],
+                 config: SplitConfig) -> tuple[dict[str, Assignment], Counter]:
+    """Fold over first uses in history order: every user's split (ledger entries kept), and prompts owned per split.
+
+    ``first_uses`` yields (user_id, prompt_key, user_first, prompt_first, dt) for the rows where a user or a
+    prompt appears for the first time. A new user's split depends only on the rows before theirs.
+    """
+    assigned: dict[str, Assignment] = {}
+    users: Counter = Counter()
+    owned: Counter = Counter()
+    position = max((a.position for a in ledger.values()), default=-1) + 1
+    for user, prompt, user_first, prompt_first, day in first_uses:
+        if user_first:
+            entry = ledger.get(user)
+            if entry is None:
+                split, rule = _new_user_split(user, users, owned, config)
+                entry = Assignment(split, rule, position, day, config.salt)
+                position += 1
+            assigned[user] = entry
+            users[entry.split] += 1
+        if prompt_first:
+            owned[assigned[user].split] += 1
+    return assigned, owned
+
+
+def _new_user_split(user: str, users: Counter, owned: Counter, config: SplitConfig) -> tuple[str, str]:
+    """(split, rule) of a user appearing now, given the users and prompts each split holds so far."""
+    need = config.min_unique_rows
+    if need > 0:
+        if users["train"] == 0:
+            return "train", "first_user"
+        short = [s for s in HELDOUT if owned[s] < need]
+        # at most one held-out user per train user while filling: train keeps half of the newcomers
+        if short and users["validation"] + users["test"] < users["train"]:
+            return max(short, key=lambda s: (need - owned[s], s == "validation")), "fill"
+    return user_home(user, config.salt, config.heldout_fraction), "hash"
+
+
+def read_ledger(home: DataHome, salt: str) -> dict[str, Assignment]:
+    """The stored ledger's entries made under ``salt`` (another salt's entries are a reshuffle away)."""
+    path = home.table_file("split_ledger")
+    if not path.is_file():
+        return {}
+    table = pq.read_table(path, schema=get_schema("split_ledger"))
+    return {row["user_id"]: Assignment(row["split"], row["rule"], row["position"], row["first_dt"], row["salt"])
+            for row in table.to_pylist() if row["salt"] == salt}
+
+
+def ledger_table(ledger: dict[str, Assignment], assigned: dict[str, Assignment]) -> pa.Table:
+    """Every entry (old ones kept even when their user has no pair now), ordered by position."""
+    entries = {**ledger, **assigned}
+    rows = sorted(entries.items(), key=lambda item: item[1].position)
+    return pa.table({
+        "user_id": pa.array([u for u, _ in rows], pa.string()),
+        "split": pa.array([a.split for _, a in rows], pa.string()),
+        "rule": pa.array([a.rule for _, a in rows], pa.string()),
+        "position": pa.array([a.position for _, a in rows], pa.int64()),
+        "first_dt": pa.array([a.first_dt for _, a in rows], pa.date32()),
+        "salt": pa.array([a.salt for _, a in rows], pa.string()),
+    }, schema=get_schema("split_ledger"))
+
+
+def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None) -> tuple[pa.Table, dict[str, Assignment], Counter]:
+    """Register ``prompt_keys``, ``user_splits`` and ``split_assignments`` on ``con`` (with a ``pairs`` view)."""
+    captions = [row[0] for row in con.sql("SELECT DISTINCT caption FROM pairs").fetchall()]
+    con.register("prompt_keys", prompt_key_table(captions))
+    events = run_sql(con, "splits_first_uses")
+    columns = [events.column(name).to_pylist() for name in ("user_id", "prompt_key", "user_first", "prompt_first", "dt")]
+    assigned, owned = assign_users(zip(*columns), ledger or {}, config)
+    con.register("user_splits", pa.table({"user_id": pa.array(list(assigned), pa.string()),
+                                           "home": pa.array([a.split for a in assigned.values()], pa.string())}))
+    table = run_sql(con, "splits_assign", {"owner_mode": config.owner_mode})
+    con.register("split_assignments", table)
+    return table, assigned, owned
+
+
+def build_splits(home: DataHome, config: SplitConfig = SplitConfig()) -> SplitReport:
+    """Write ``split_pairs``, ``split_rejects`` and the grown ``split_ledger`` from ``pairs``."""
+    source = home.table_file("pairs")
+    if not source.exists():
+        raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
+    con = connect({"pairs": source}, threads=config.threads or None)
+    ledger = read_ledger(home, config.salt)
+    _, assigned, owned = assign(con, config, ledger)
+    split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
+                                 {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
+    rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
+    write_parquet_atomic(ledger_table(ledger, assigned), home.table_file("split_ledger"), get_schema("split_ledger"))
+    con.register("split_pairs", split_pairs)
+    con.register("split_rejects", rejects)
+    per_split = []
+    for split, rows, users, prompts, ties in con.sql("""
+            SELECT split, count(*), count(DISTINCT user_id), count(DISTINCT prompt_key), count(*) FILTER (label_0 = 0.5)
+            FROM split_pairs GROUP BY split""").fetchall():
+        per_split.append({"split": split, "rows": rows, "users": users, "prompts": prompts,
+                          "tie_rate": round(ties / rows, 6) if rows else 0.0})
+    present = {s["split"] for s in per_split}
+    per_split += [{"split": s, "rows": 0, "users": 0, "prompts": 0, "tie_rate": 0.0} for s in SPLITS if s not in present]
+    per_split.sort(key=lambda s: SPLITS.index(s["split"]))
+    by_reason = con.sql("SELECT home_split, reason, count(*) FROM split_rejects GROUP BY ALL ORDER BY 1, 2").fetchall()
+    train_home = con.sql("SELECT count(*) FROM split_assignments WHERE home = 'train'").fetchall()[0][0]
+    sacrificed = sum(n for home_split, _, n in by_reason if home_split == "train")
+    pairs = con.sql("SELECT count(*) FROM pairs").fetchall()[0][0]
+    labelled_users = con.sql("SELECT count(DISTINCT user_id) FROM pairs WHERE has_label").fetchall()[0][0]
+    rows = {s["split"]: s["rows"] for s in per_split}
+    new_users = Counter(a.split for u, a in assigned.items() if u not in ledger)
+    return SplitReport(per_split=per_split, rejects=[tuple(r) for r in by_reason], pairs=pairs,
+                       train_home_rows=train_home, sacrificed_train_rows=sacrificed, users=labelled_users,
+                       new_users={s: new_users[s] for s in HELDOUT + ("train",) if new_users[s]},
+                       problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
+                                                      dict(owned)),
+                       config=asdict(config))
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pipelines.splits.assign --home DIR``: build split_pairs, split_rejects and the ledger, print the report."""
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--home", default=None)
+    add_flags(parser, "splits")
+    args = parser.parse_args(argv)
+    home = DataHome.at(args.home)
+    report = build_splits(home, stage_config(home.root, "splits", args))
+    print(json.dumps(report.metadata(), indent=2))
+
+
+if __name__ == "__main__":
+    main()
