@@ -38,7 +38,7 @@ from dagster_project.staleness import (
 )
 from dagster_project.versions import BY_NAME, PARTITIONS
 from formats.home import DataHome
-from pipelines.settings import load
+from formats.settings import load
 
 NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")
 APP_EXPORT_CRON = os.environ.get("PICKAPIC_APP_EXPORT_CRON", "0 1 * * *")

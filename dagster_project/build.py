@@ -22,7 +22,7 @@ from dagster_project import buildstamp
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats.home import DataHome
-from pipelines.settings import SETTINGS_FILE, Settings, load
+from formats.settings import SETTINGS_FILE, Settings, load
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
 # the run's record for `pickapic ui`), not as Dagster's console stack traces.

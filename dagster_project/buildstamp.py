@@ -19,8 +19,8 @@ from typing import Iterable
 from dagster_project.versions import CODE_VERSIONS
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
+from formats.settings import settings_path
 from pipelines.provenance import combine, raw_stats, stat_key
-from pipelines.settings import settings_path
 
 STAMP = "build_stamp.json"
 

@@ -173,7 +173,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
-    from pipelines.settings import SettingsError, load, parse_assignment, write_settings
+    from formats.settings import SettingsError, load, parse_assignment, write_settings
 
     home = DataHome.at(args.home)
     settings = load(home.root, assignments=args.assignments)

@@ -98,7 +98,7 @@ def _print_summary(console: Console, home: DataHome, summary: dict[str, Any], se
 def run_demo(args: argparse.Namespace) -> int:
     """Simulate -> write the demo settings -> build (all assets, model included) -> print the summary."""
     from dagster_project.build import build, select_days
-    from pipelines.settings import write_settings
+    from formats.settings import write_settings
     from simulator import SimConfig, simulate
 
     console = Console(stderr=True)

@@ -1,4 +1,4 @@
-"""Dagster run config of a stage, generated from the stage's settings (``pipelines.settings``).
+"""Dagster run config of a stage, generated from the stage's settings (``formats.settings``).
 
 Every field of a stage's config dataclass becomes an optional run-config field whose default is ``None``,
 meaning "the data home's ``pickapic.toml`` value at run time" (then the dataclass default): so scheduled,
@@ -16,7 +16,7 @@ import dagster as dg
 import pydantic
 
 from formats.home import DataHome, resolve_home
-from pipelines.settings import Settings, SettingsError, knobs, load
+from formats.settings import Settings, SettingsError, knobs, load
 
 _TYPES = {int: int, float: float, bool: bool, str: str, tuple: list[str]}
 

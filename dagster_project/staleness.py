@@ -38,8 +38,8 @@ from dagster_project.versions import (
     late_days_of,
 )
 from formats.home import DataHome
+from formats.settings import Settings, config_digest
 from pipelines.provenance import RawDigests, combine, files_digest
-from pipelines.settings import Settings, config_digest
 
 # The global stages rerun by themselves (the automation sensor) once an input's data version changed and
 # no input is still being computed: one rebuild after a night's daily runs, none after a rerun that

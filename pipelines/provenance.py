@@ -1,7 +1,7 @@
 """Content digests of what the stages read, from which every asset's data version is derived.
 
 A data version here is a digest of what went into an output: the stage's code version, the settings
-that change its output (:func:`pipelines.settings.config_digest`) and the data versions of its inputs,
+that change its output (:func:`formats.settings.config_digest`) and the data versions of its inputs,
 the way Dagster derives a default data version from code and input versions, plus the settings. At
 the bottom sit the raw inputs, digested by content:
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.dataset import SPLITS
-from pipelines.settings import knob
+from formats.settings import knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
@@ -78,6 +78,11 @@ class TrainConfig:
     projection_dim: int = knob(64, "scratch model: joint embedding size", min=1)
     tokenizer_vocab_size: int = knob(2048, "scratch model: BPE vocabulary size (>= 600)", min=600)
     tokenizer_max_captions: int = knob(200_000, "scratch model: train captions the BPE is trained on", min=1)
+
+    @classmethod
+    def from_settings(cls, **values: Any) -> "TrainConfig":
+        """The config a data home's ``[train]`` settings give: its ``preset`` (default demo), then the values set."""
+        return preset(values.pop("preset", "demo"), **values)
 
     def __post_init__(self) -> None:
         problems = []

@@ -33,9 +33,9 @@ from psycopg.types.string import ByteaBinaryLoader
 from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
+from formats.settings import check_fields, knob
 from pipelines.appdb.connection import AppDatabaseError, ServerName, as_text, connect, database_error, server_name
 from pipelines.appdb.tables import check_tables, statement
-from pipelines.settings import check_fields, knob
 from schemas.raw import RAW_TABLES
 
 BATCH_LINES = 4096

@@ -41,9 +41,9 @@ import duckdb
 import pyarrow as pa
 
 from formats.home import DataHome
+from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
 from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
-from pipelines.settings import add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 

@@ -47,7 +47,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
-from pipelines.settings import add_flags, check_fields, knob, stage_config
+from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 

@@ -54,11 +54,11 @@ from apache_beam.runners.runner import PipelineRunner
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
+from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines import faults
 from pipelines.features import decode as imagedecode
 from pipelines.features.decode import ImageRejected
 from pipelines.features.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, is_flagged, prepare_image
-from pipelines.settings import add_flags, check_fields, knob, stage_config
 from schemas import get_schema
 from schemas.features import NSFW_CLASSES
 

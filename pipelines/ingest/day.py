@@ -125,10 +125,10 @@ import pyarrow.parquet as pq
 from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.rawzone import RawZoneScan
+from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines import faults
 from pipelines.ingest import parse as rp
 from pipelines.ingest.quarantine import QuarantineSink, SinkLimits, write_quarantine
-from pipelines.settings import add_flags, check_fields, knob, stage_config
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
 

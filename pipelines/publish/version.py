@@ -62,10 +62,10 @@ from formats.dataset import (
 )
 from formats.files import cast_to_schema, sha256_file, write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
+from formats.settings import check_fields, knob
 from pipelines import faults
 from pipelines.publish import datacard, jpgdigests, shards
 from pipelines.publish import plan as shardplan
-from pipelines.settings import check_fields, knob
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect, run_sql, sql_text
 from schemas import get_schema

@@ -60,7 +60,7 @@ import regex
 from formats.dataset import SPLITS
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from pipelines.settings import add_flags, check_fields, knob, stage_config
+from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
 

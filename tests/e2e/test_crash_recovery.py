@@ -30,8 +30,8 @@ from filelock import FileLock
 
 from formats.dataset import list_versions
 from formats.home import DataHome
+from formats.settings import write_settings
 from pipelines.publish.version import verify_version
-from pipelines.settings import write_settings
 from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[2]

@@ -22,7 +22,7 @@ import pytest
 
 from dagster_project.build import BuildResult, run_build, select_days
 from formats.home import DataHome
-from pipelines.settings import write_settings
+from formats.settings import write_settings
 from simulator import SimConfig, simulate
 from tests.hostile_corpus import LOOKALIKE_PROMPTS, Corpus, plant_hostile_corpus, plant_lookalike_prompts
 

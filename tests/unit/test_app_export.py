@@ -230,7 +230,7 @@ def test_simulating_into_a_database_that_holds_rows_is_refused(app_db, tmp_path)
 
 
 def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(monkeypatch, tmp_path):
-    from pipelines.settings import write_settings
+    from formats.settings import write_settings
 
     home = DataHome.at(tmp_path / "home")
     (tmp_path / "dagster").mkdir()

@@ -20,7 +20,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.staleness import DATA_VERSION_TAG, plan_build, record_observations
 from dagster_project.versions import BY_NAME, PARTITIONS
 from formats.home import DataHome
-from pipelines.settings import load
+from formats.settings import load
 
 DAYS = ("2023-02-13", "2023-02-14")
 

@@ -7,9 +7,7 @@ import stat
 
 import pytest
 
-from pipelines.curation.decisions import CurationConfig
-from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
-from pipelines.settings import (
+from formats.settings import (
     SECTIONS,
     SettingsError,
     add_flags,
@@ -20,6 +18,8 @@ from pipelines.settings import (
     settings_path,
     write_settings,
 )
+from pipelines.curation.decisions import CurationConfig
+from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
 
 
 def test_every_section_describes_every_field_with_a_checkable_type():
@@ -143,7 +143,7 @@ def test_stage_command_lines_read_the_home_file(tmp_path):
     settings_path(tmp_path).write_text("[splits]\nunique_prompts = 70\n")
     parser = argparse.ArgumentParser()
     add_flags(parser, "splits")
-    from pipelines.settings import stage_config
+    from formats.settings import stage_config
 
     assert stage_config(tmp_path, "splits", parser.parse_args([])).unique_prompts == 70
     assert stage_config(tmp_path, "splits", parser.parse_args(["--unique-prompts", "90"])).unique_prompts == 90

@@ -18,6 +18,9 @@ allowed. :meth:`Settings.digest` fingerprints the settings that change a stage's
 through a slow key derivation, never in clear), so a changed setting changes the data versions and the
 published version id, and a changed worker count does not.
 
+``SECTIONS`` names each stage's class as ``"module:Class"``, imported on first use, so this bottom-layer module imports
+no stage (the layering test checks it); a class may define ``from_settings`` to derive its values (``train``: presets).
+
 ``app_export`` holds the settings of the app-database export (``pickapic build --from-app-db`` and the
 export schedule); the database's DSN is never a setting: it stays in ``$PICKAPIC_APP_DB_DSN``.
 """
@@ -227,7 +230,7 @@ def check_fields(config: Any) -> None:
     section = next((s for s, path in SECTIONS.items() if path == f"{cls.__module__}:{cls.__name__}"
                     or (cls.__module__ == "__main__" and path.endswith(f":{cls.__name__}"))), None)
     if section is None:
-        raise TypeError(f"{cls.__name__} is not a stage config of pipelines.settings.SECTIONS")
+        raise TypeError(f"{cls.__name__} is not a stage config of formats.settings.SECTIONS")
     for name, spec in knobs(section).items():
         spec.coerce(getattr(config, name), cls.__name__)
 
@@ -287,13 +290,8 @@ class Settings:
             values[name] = spec.coerce(value, source)
         where = ", ".join(sorted({self.sources.get(f"{section}.{n}", source) for n in values})) or "defaults"
         try:
-            if section == "train":
-                from training.config import preset
-
-                name = values.pop("preset", "demo")
-                built = preset(name, **values)
-            else:
-                built = config_class(section)(**values)
+            cls = config_class(section)
+            built = getattr(cls, "from_settings", cls)(**values)   # a class may derive defaults (train: presets)
             if hasattr(built, "validate"):
                 built.validate()
         except (TypeError, ValueError) as exc:
