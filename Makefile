@@ -34,7 +34,7 @@ demo: install
 
 test: install-dev
 	@echo ">> [3/3] the whole test suite on 2 workers (about 10 minutes on 2 cores)"
-	$(BIN)/python -m pytest -n 2 -q tests
+	$(BIN)/python -m pytest -n 2 -q --durations=15 tests
 
 bench: install-dev
 	$(BIN)/python -m benchmarks.run

@@ -54,7 +54,7 @@ print(json.dumps({"seconds": seconds, "cpu_seconds": time.process_time() - cpu,
 _CHILD_READ_ONLY = _PEAK + """
 import json, sys, time
 from pipelines.appdb.connection import connect
-from pipelines.appdb.export import read_rows
+from pipelines.appdb.connection import read_rows
 from pipelines.appdb.tables import statement
 dsn = sys.argv[1]
 snapshot = {"start": "-infinity", "end": "%s 00:00:00"}

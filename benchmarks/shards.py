@@ -44,7 +44,7 @@ from schemas import get_schema
 
 
 def _base_jpegs(count: int, seed: int) -> list[bytes]:
-    """Noisy 512 px JPEGs of roughly 70 KB (the size PERF.md measured with)."""
+    """Noisy 512 px JPEGs of roughly 70 KB (the size of a Pick-a-Pic training JPEG)."""
     rng = np.random.default_rng(seed)
     out = []
     for _ in range(count):

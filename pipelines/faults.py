@@ -22,7 +22,7 @@ Points (module: where):
   from ``.partial-<version>`` to ``<version>``.
 - ``publish.before_switch`` (publish): the version directory complete and in place, ``latest``
   not yet switched to it.
-- ``features.after_beam`` (features; call site to be added there): the Beam pipeline finished and
+- ``features.after_beam`` (features): the Beam pipeline finished and
   its staged outputs written, the ``image_features`` partition not yet committed.
 
 Never set ``PICKAPIC_FAULT`` outside tests.

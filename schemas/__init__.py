@@ -7,16 +7,9 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from schemas import raw, warehouse
+from schemas import curation, features, publish, raw, scoring, warehouse
 
-_MODULES = [raw, warehouse]
-
-for _optional in ("features", "curation", "publish", "scoring"):
-    try:
-        _MODULES.append(__import__(f"schemas.{_optional}", fromlist=["SCHEMAS"]))
-    except ModuleNotFoundError as exc:  # a stage module that does not exist yet
-        if exc.name != f"schemas.{_optional}":
-            raise
+_MODULES = [raw, warehouse, features, curation, publish, scoring]
 
 SCHEMAS: dict[str, pa.Schema] = {}
 for _module in _MODULES:

@@ -1,6 +1,6 @@
-"""``python -m training`` = ``python -m training.train``."""
+"""``python -m training``: train (flags: ``python -m training --help``; ``torchrun ... -m training`` for DDP)."""
 import sys
 
-from training.train import main
+from training.cli import main
 
 sys.exit(main())

@@ -1,4 +1,4 @@
-"""``pickapic train`` / ``python -m training.train`` flags, generated from ``TrainConfig`` without importing torch.
+"""``pickapic train`` / ``python -m training`` flags, generated from ``TrainConfig`` without importing torch.
 
 Every ``TrainConfig`` field is a flag named after it (``--learning-rate``), typed and described by the
 field itself; a flag left out keeps the preset's value. Building the parser imports only the config
@@ -85,3 +85,11 @@ def run_from_args(args: argparse.Namespace) -> Any:
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result.metadata(), indent=1), flush=True)
     return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m training`` (also under ``torchrun ... -m training``)."""
+    parser = add_arguments(argparse.ArgumentParser(prog="python -m training", description=__doc__,
+                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
+    run_from_args(parser.parse_args(argv))
+    return 0

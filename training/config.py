@@ -1,7 +1,7 @@
 """One frozen config object holding every trainer knob, with the paper's recipe and a CPU demo as presets.
 
 The config is saved as ``train_config.json`` inside every checkpoint, so a model directory always says
-how it was made. ``paper`` is the PickScore recipe (arXiv 2305.01569 / BRIEF section 3), meant to be used
+how it was made. ``paper`` is the PickScore recipe (Kirstain et al. 2023, arXiv 2305.01569), meant to be used
 with ``init_from`` pointing at a local CLIP-H or PickScore checkpoint on a GPU; ``demo`` trains the tiny
 ``scratch`` CLIP on CPU in about a minute.
 """
@@ -146,7 +146,7 @@ class TrainConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # PickScore recipe (BRIEF section 3). batch 128 = 16 per GPU x 8 GPUs.
+    # PickScore recipe (arXiv 2305.01569). batch 128 = 16 per GPU x 8 GPUs.
     "paper": dict(learning_rate=3e-6, weight_decay=0.3, warmup_steps=500, batch_size=128, max_steps=4000,
                   grad_clip=1.0, seed=42, bf16=True, eval_every=100, num_workers=4, shuffle_buffer=10_000,
                   shuffle_initial=1000, image_size=224, patch_size=32, text_width=256, vision_width=256,

@@ -1,7 +1,7 @@
 """PickScore-style preference training of a CLIP model on published Pick-a-Pic shards (plain PyTorch + DDP).
 
-Run: ``python -m training.train --data-dir HOME/datasets/pickapic/latest --output-dir HOME/models/run1``
-(one process, CPU or one GPU) or ``torchrun --nproc_per_node N -m training.train ...`` (DDP; gloo on
+Run: ``python -m training --data-dir HOME/datasets/pickapic/latest --output-dir HOME/models/run1``
+(one process, CPU or one GPU) or ``torchrun --nproc_per_node N -m training ...`` (DDP; gloo on
 CPU, nccl on CUDA). Output dir layout::
 
     init/                   scratch runs: the untrained initial model (model + processor + train_config.json)
@@ -15,12 +15,10 @@ position restored; a finished run only re-evaluates).
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +29,6 @@ import torch.distributed as dist
 
 from formats.files import honour_umask, write_bytes_atomic
 from training import data as D
-from training.cli import add_arguments, config_from_args, run_from_args  # noqa: F401 (the CLI of this module)
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.evaluate import (
     EvalResult,
@@ -392,16 +389,3 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
                              best["val_accuracy"], float("nan"), EvalResult("", "", 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
                              count_parameters(clip), resumed_from, time.perf_counter() - started, world)
     return result
-
-
-# --------------------------------------------------------------------------- CLI
-def main(argv: list[str] | None = None) -> int:
-    """``python -m training.train``."""
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m training.train", description=__doc__,
-                                                   formatter_class=argparse.RawDescriptionHelpFormatter))
-    run_from_args(parser.parse_args(argv))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

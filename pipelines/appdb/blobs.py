@@ -18,6 +18,7 @@ import psycopg
 
 from formats.files import atomic_path
 from formats.home import DataHome
+from pipelines.appdb.connection import read_rows
 from pipelines.appdb.tables import statement
 from pipelines.ingest.parse import UID_RE
 
@@ -65,7 +66,6 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
 
 def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int) -> dict:
     """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome."""
-    from pipelines.appdb.export import read_rows
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Iterator
 
 import psycopg
 from psycopg import IsolationLevel
 from psycopg.conninfo import conninfo_to_dict
+from psycopg.types.string import ByteaBinaryLoader
 
 # Where the deployment puts the app database's DSN and the app's image storage location.
 DSN_ENV = "PICKAPIC_APP_DB_DSN"
@@ -154,3 +156,16 @@ def as_text(value: str | bytes | None) -> str | None:
 def database_error(exc: psycopg.Error, dsn: str, name: ServerName, doing: str) -> AppDatabaseError:
     """An ``AppDatabaseError`` for a driver error raised while ``doing`` something on the server."""
     return AppDatabaseError(f"{doing} failed on the app {name}: {_reason(exc, dsn)}")
+
+
+BATCH_LINES = 4096   # rows per server-side fetch
+
+
+def read_rows(conn: psycopg.Connection, query: str, params: dict, batch: int = BATCH_LINES) -> Iterator[list[tuple]]:
+    """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent."""
+    with conn.cursor(name="pickapic_export", binary=True) as cursor:
+        # Text as bytes: a SQL_ASCII database may hold bytes that are not UTF-8 (format_row handles them).
+        cursor.adapters.register_loader("text", ByteaBinaryLoader)
+        cursor.execute(query, params)
+        while rows := cursor.fetchmany(batch):
+            yield rows

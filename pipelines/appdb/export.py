@@ -25,20 +25,26 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import psycopg
-from psycopg.types.string import ByteaBinaryLoader
 
 from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
 from formats.settings import check_fields, knob
-from pipelines.appdb.connection import AppDatabaseError, ServerName, as_text, connect, database_error, server_name
+from pipelines.appdb.connection import (
+    AppDatabaseError,
+    ServerName,
+    as_text,
+    connect,
+    database_error,
+    read_rows,
+    server_name,
+)
 from pipelines.appdb.tables import check_tables, statement
 from schemas.raw import RAW_TABLES
 
-BATCH_LINES = 4096
 _SURROGATES = re.compile("[\udc80-\udcff]+")
 
 
@@ -176,16 +182,6 @@ def format_row(table: str, row: Iterable) -> bytes:
 
 
 # --- reading and writing --------------------------------------------------------------------------
-
-def read_rows(conn: psycopg.Connection, query: str, params: dict, batch: int = BATCH_LINES) -> Iterator[list[tuple]]:
-    """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent."""
-    with conn.cursor(name="pickapic_export", binary=True) as cursor:
-        # Text as bytes: a SQL_ASCII database may hold bytes that are not UTF-8 (format_row handles them).
-        cursor.adapters.register_loader("text", ByteaBinaryLoader)
-        cursor.execute(query, params)
-        while rows := cursor.fetchmany(batch):
-            yield rows
-
 
 class _CompressingWriter:
     """Feeds one gzip stream from a thread (zlib releases the GIL), so formatting and compressing overlap.

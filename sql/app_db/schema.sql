@@ -1,4 +1,4 @@
--- The app's own tables (BRIEF section 1), as `pickapic simulate --to-postgres` creates them.
+-- The app's own tables (as the Pick-a-Pic app's FastAPI + PostgreSQL backend kept them), as `pickapic simulate --to-postgres` creates them.
 -- Inputs: none. Output: tables users, images, rankings, downloads and an index on each created_at
 -- (the export reads one day at a time by created_at). Parameters: none. Several statements: the
 -- schema is one unit, applied in one transaction.

@@ -21,6 +21,15 @@ DEMO_ARGS = ["--days", "2", "--users", "24", "--rankings-per-day", "50", "--imag
              "--train-steps", "30", "--seed", "7"]
 
 
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test under tests/e2e/ carries the ``e2e`` marker: ``pytest -m "not e2e"`` is the fast lane."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.path).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
 def _build(root: Path) -> None:
     from dagster_project.cli import main
 

@@ -17,7 +17,7 @@ def test_two_process_gloo_run(tmp_path):
                             seed=4, shards_per_split=4)
     out = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "training.train", "--data-dir", str(version.parent / "latest"), "--output-dir", str(out),
+           "-m", "training", "--data-dir", str(version.parent / "latest"), "--output-dir", str(out),
            "--preset", "demo", "--max-steps", "3", "--eval-every", "3", "--batch-size", "8", "--image-size", "32",
            "--patch-size", "8", "--num-workers", "0", "--device", "cpu", "--tokenizer-vocab-size", "600",
            "--log-every", "1", "--eval-batch-size", "16"]

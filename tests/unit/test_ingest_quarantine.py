@@ -2,7 +2,6 @@
 lines, and the file's bytes do not depend on spilling, batching or the worker split."""
 from __future__ import annotations
 
-import gzip
 import json
 import subprocess
 import sys

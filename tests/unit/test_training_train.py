@@ -5,10 +5,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from training.cli import add_arguments, config_from_args
 from training.config import TrainConfig, preset
 from training.evaluate import evaluate_model
 from training.synthetic import tiny_config, write_synthetic_version
-from training.train import STATE_FILE, add_arguments, config_from_args, train
+from training.train import STATE_FILE, train
 
 
 @pytest.fixture(scope="module")
