@@ -24,15 +24,24 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from training import data as D
 from training.config import preset
+from training.data import (
+    ImageSpec,
+    PairCollator,
+    TrainPairStream,
+    iter_captions,
+    make_loader,
+    preprocess_image,
+    split_shards,
+    worker_init,
+)
 from training.model import scratch_processor, train_tokenizer
 from training.synthetic import write_synthetic_version
 
 
 def _images(version: Path, limit: int) -> list[tuple[bytes, bytes]]:
     import webdataset as wds
-    urls = [{"url": str(p)} for p in D.split_shards(version, "train")]
+    urls = [{"url": str(p)} for p in split_shards(version, "train")]
     pairs = []
     for sample in wds.tarfile_to_samples()(iter(urls)):
         pairs.append((sample["0.jpg"], sample["1.jpg"]))
@@ -41,13 +50,13 @@ def _images(version: Path, limit: int) -> list[tuple[bytes, bytes]]:
     return pairs
 
 
-def precision(pairs: list[tuple[bytes, bytes]], spec: D.ImageSpec, processor) -> dict[str, float]:
+def precision(pairs: list[tuple[bytes, bytes]], spec: ImageSpec, processor) -> dict[str, float]:
     """Draft vs full decode vs the HF processor, in 8-bit grey levels (mean / max absolute difference)."""
     scale = np.asarray(spec.std, dtype=np.float32)[:, None, None] * 255
     d_full, d_draft, d_proc = [], [], []
     for jpg, _ in pairs[:50]:
-        full = D.preprocess_image(jpg, spec, draft=False)
-        draft = D.preprocess_image(jpg, spec, draft=True)
+        full = preprocess_image(jpg, spec, draft=False)
+        draft = preprocess_image(jpg, spec, draft=True)
         hf = processor.image_processor(images=Image.open(io.BytesIO(jpg)), return_tensors="np")["pixel_values"][0]
         d_draft.append(np.abs(draft - full) * scale)
         d_proc.append(np.abs(full - hf) * scale)
@@ -56,24 +65,24 @@ def precision(pairs: list[tuple[bytes, bytes]], spec: D.ImageSpec, processor) ->
             "full_vs_hf_processor_max": float(np.max(d_proc)), "draft_vs_hf_processor_mean": float(np.mean(d_full))}
 
 
-def alone(pairs: list[tuple[bytes, bytes]], spec: D.ImageSpec, draft: bool, clock=time.perf_counter) -> float:
+def alone(pairs: list[tuple[bytes, bytes]], spec: ImageSpec, draft: bool, clock=time.perf_counter) -> float:
     """Pairs/s of decode + preprocess of both images, in-memory bytes, one process."""
-    D.worker_init()
+    worker_init()
     start = clock()
     for a, b in pairs:
-        D.preprocess_image(a, spec, draft)
-        D.preprocess_image(b, spec, draft)
+        preprocess_image(a, spec, draft)
+        preprocess_image(b, spec, draft)
     return len(pairs) / (clock() - start)
 
 
-def loader(version: Path, spec: D.ImageSpec, tokenizer, batch: int, workers: int, n_batches: int, draft: bool,
+def loader(version: Path, spec: ImageSpec, tokenizer, batch: int, workers: int, n_batches: int, draft: bool,
            clock=time.perf_counter) -> float:
     """Pairs/s delivered by the training loader in steady state (shuffle buffer already full)."""
     buffer = 100  # steady-state cost per sample does not depend on the buffer size once it is full
-    stream = D.TrainPairStream(D.split_shards(version, "train"), batch, D.PairCollator(tokenizer), spec, seed=0,
+    stream = TrainPairStream(split_shards(version, "train"), batch, PairCollator(tokenizer), spec, seed=0,
                                shuffle_buffer=buffer, shuffle_initial=buffer, resampled=True, draft=draft,
                                num_workers=max(workers, 1))
-    it = iter(D.make_loader(stream, workers))
+    it = iter(make_loader(stream, workers))
     for _ in range((buffer // batch + 2) * max(workers, 1)):
         next(it)
     start = clock()
@@ -97,9 +106,9 @@ def main(argv: list[str] | None = None) -> dict:
                                 link_latest=False)
         pairs = _images(version, args.pairs)
         cfg = preset("demo", image_size=args.crop, patch_size=args.crop // 4)
-        tokenizer = train_tokenizer(D.iter_captions(version, "train"), 1024)
+        tokenizer = train_tokenizer(iter_captions(version, "train"), 1024)
         processor = scratch_processor(cfg, tokenizer)
-        spec = D.ImageSpec.from_processor(processor.image_processor)
+        spec = ImageSpec.from_processor(processor.image_processor)
         n_batches = max(4, args.pairs // args.batch)
         report = {"pairs": args.pairs, "image_px": args.image_px, "crop": args.crop, "batch": args.batch,
                   "mean_jpeg_kb": round(float(np.mean([len(a) for a, _ in pairs])) / 1024, 1),

@@ -122,9 +122,9 @@ def _inputs_and_truth(home: Path, split: str, processor, limit: int,
     ground-truth row (``ground_truth/images.parquet``) in the same order."""
     import tarfile
 
-    from training import data as D
+    from training.data import ImageSpec, preprocess_image
 
-    spec = D.ImageSpec.from_processor(processor.image_processor)
+    spec = ImageSpec.from_processor(processor.image_processor)
     truth = pq.read_table(home / "ground_truth" / "images.parquet").to_pandas().set_index("image_uid")
     pixels, uids = [], []
     for tar in sorted(glob.glob(str(home / "datasets" / "pickapic" / "latest" / split / "*.tar"))):
@@ -134,7 +134,7 @@ def _inputs_and_truth(home: Path, split: str, processor, limit: int,
             for member in archive:
                 index = member.name[-5]
                 if member.name.endswith(".jpg") and index in images_per_pair and len(pixels) < limit:
-                    pixels.append(D.preprocess_image(archive.extractfile(member).read(), spec))
+                    pixels.append(preprocess_image(archive.extractfile(member).read(), spec))
                     uids.append(pair_uids.loc[member.name[:-6]][f"image_{index}_uid"])
     return np.stack(pixels), truth.loc[uids]
 

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training import data as D
+from training.data import ImageSpec, preprocess_rgb
 from training.evaluate import resolve_device
 from training.model import load_model, pooled_embeddings
 
@@ -125,7 +125,7 @@ class Scorer:
         self.device = resolve_device(device)
         clip, self.processor = load_model(model_dir, processor_dir)
         self.clip = clip.eval().to(self.device)
-        self.spec = D.ImageSpec.from_processor(self.processor.image_processor)
+        self.spec = ImageSpec.from_processor(self.processor.image_processor)
         self.batch_size = batch_size
 
     @torch.no_grad()
@@ -176,7 +176,7 @@ class Scorer:
 
         for i, (_, image) in enumerate(pairs):
             try:
-                D.preprocess_rgb(load_rgb(image, rows[i].image), self.spec, out=buffer[len(pending)])
+                preprocess_rgb(load_rgb(image, rows[i].image), self.spec, out=buffer[len(pending)])
             except ImageError as exc:
                 rows[i].error = str(exc)
                 continue

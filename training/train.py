@@ -28,8 +28,17 @@ import torch
 import torch.distributed as dist
 
 from formats.files import honour_umask, write_bytes_atomic
-from training import data as D
 from training.config import RESUMABLE_FIELDS, TrainConfig
+from training.data import (
+    ImageSpec,
+    PairCollator,
+    TrainPairStream,
+    iter_captions,
+    make_loader,
+    resolve_version_dir,
+    split_shards,
+    stable_seed,
+)
 from training.evaluate import (
     EvalResult,
     SplitScores,
@@ -229,7 +238,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
-    data_dir = D.resolve_version_dir(config.data_dir)
+    data_dir = resolve_version_dir(config.data_dir)
     emit = progress if (progress is not None and rank == 0) else (lambda _: None)
 
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
@@ -247,7 +256,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         if rank == 0 and (init_dir / "config.json").is_file():
             _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
         if rank == 0 and not (init_dir / "config.json").is_file():
-            clip, processor = build_model(config, D.iter_captions(data_dir, "train", config.tokenizer_max_captions))
+            clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config))
         _barrier(world)
         clip, processor = load_model(init_dir)
@@ -267,8 +276,8 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
         step, history, best = state["step"], state["history"], state["best"]
         torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
     resumed_from = step
-    spec = D.ImageSpec.from_processor(processor.image_processor)
-    collate = D.PairCollator(processor.tokenizer, config.max_length)
+    spec = ImageSpec.from_processor(processor.image_processor)
+    collate = PairCollator(processor.tokenizer, config.max_length)
 
     def validate() -> dict[str, Any] | None:
         if rank != 0:
@@ -307,22 +316,22 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
     if step == 0 and state is None:
         record_eval()  # step 0 = the untrained model on validation_unique
 
-    shards = D.split_shards(data_dir, "train")
+    shards = split_shards(data_dir, "train")
     per_rank = config.batch_size // world
     loop_started, loop_steps = time.perf_counter(), 0
     running, running_n = 0.0, 0
     if step < config.max_steps:
-        stream = D.TrainPairStream(shards, per_rank, collate, spec, seed=config.seed,
+        stream = TrainPairStream(shards, per_rank, collate, spec, seed=config.seed,
                                    shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,
                                    resampled=config.resampled, draft=config.draft_decode,
                                    num_workers=config.num_workers, skip_batches=step)
         scorer.train()
-        for batch in D.make_loader(stream, config.num_workers):
+        for batch in make_loader(stream, config.num_workers):
             labels, weights = batch["labels"].to(device), batch["weights"].to(device)
             pixels = batch["pixel_values"].to(device, non_blocking=True)
             if config.augment != "none":
                 pixels = augment_images(pixels, config.augment,
-                                        torch.Generator().manual_seed(D.stable_seed("augment", config.seed, rank, step)))
+                                        torch.Generator().manual_seed(stable_seed("augment", config.seed, rank, step)))
             contrastive = config.contrastive_weight > 0
             with autocast(device, config.bf16):
                 scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,

@@ -12,7 +12,7 @@ import torch
 from simulator import candidates as C
 from simulator import world
 from simulator.best_of_n import pick_utilities, run_best_of_n
-from training import data as D
+from training.data import iter_captions
 from training.model import build_model, save_checkpoint
 from training.synthetic import tiny_config, write_synthetic_version
 
@@ -70,7 +70,7 @@ def simulated(tmp_path_factory):
     data = write_synthetic_version(tmp_path_factory.mktemp("syn") / "v", {"train": 16, "validation": 2, "test": 2,
                                    "validation_unique": 2, "test_unique": 2}, image_px=32, seed=2).version_dir
     config = tiny_config(data, tmp_path_factory.mktemp("run"))
-    clip, processor = build_model(config, D.iter_captions(data, "train"))
+    clip, processor = build_model(config, iter_captions(data, "train"))
     model = root / "models" / "best"
     save_checkpoint(model, clip, processor)
     torch.manual_seed(0)

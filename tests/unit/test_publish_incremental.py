@@ -286,7 +286,7 @@ def test_a_full_disk_after_the_shards_cleans_up_and_names_the_path(tmp_path: Pat
 
 
 def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
-    from training import data as D
+    from training.data import pair_meta, tar_samples
 
     home, full = _history(tmp_path / "h")
     report = _publish_nightly(home, full)
@@ -294,7 +294,7 @@ def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
     urls = [{"url": str(split_dir / name)} for name in json.loads((split_dir / "sizes.json").read_text())]
     expected = {shards.sample_key(r["pair_id"], "train"): r["num_example_per_prompt"]
                 for r in _split_pairs(home).to_pylist() if r["split"] == "train"}
-    metas = [D.pair_meta(sample) for sample in D.tar_samples(urls)]
+    metas = [pair_meta(sample) for sample in tar_samples(urls)]
     assert len(metas) == len(expected)
     assert all(m["weight"] == 1.0 / expected[m["key"]] for m in metas)
 
@@ -343,14 +343,14 @@ def test_the_trainer_draws_shards_by_their_sample_counts(tmp_path: Path) -> None
     """Shards of one export day differ in size; drawing them uniformly would over-sample small days."""
     from itertools import islice
 
-    from training import data as D
+    from training.data import ImageSpec, TrainPairStream, split_shards
 
     home, full = _history(tmp_path / "h")
     report = _publish_nightly(home, full)
-    shards_ = D.split_shards(report.path, "train")
+    shards_ = split_shards(report.path, "train")
     sizes = json.loads((report.path / "train" / "sizes.json").read_text())
     assert len(set(sizes.values())) > 1, "the fixture's days must differ in size"
-    stream = D.TrainPairStream(shards_, 4, None, D.ImageSpec(32, 32), seed=3, shuffle_buffer=1, shuffle_initial=1,
+    stream = TrainPairStream(shards_, 4, None, ImageSpec(32, 32), seed=3, shuffle_buffer=1, shuffle_initial=1,
                                resampled=True, draft=True, num_workers=1)
     assert stream.weights == [sizes[p.name] for p in shards_]
     draws = [Path(d["url"]).name for d in islice(stream._shard_urls(0, 1, 0), 6000)]

@@ -20,7 +20,7 @@ from dagster_project.cli import main as pickapic
 from data_contracts.engine import evaluate, load_contract
 from pipelines.sqlrun import connect
 from tests.hostile_corpus import png_from_rows
-from training import data as D
+from training.data import iter_captions, preprocess_image, split_shards, tar_samples
 from training.evaluate import score_split
 from training.model import NotAClipCheckpoint, PairScorer, build_model, save_checkpoint
 from training.scoring import Scorer
@@ -39,7 +39,7 @@ def version(tmp_path_factory):
 def model_dir(version, tmp_path_factory):
     out = tmp_path_factory.mktemp("model")
     config = tiny_config(version, out / "run")
-    clip, processor = build_model(config, D.iter_captions(version, "train"))
+    clip, processor = build_model(config, iter_captions(version, "train"))
     torch.manual_seed(1)
     with torch.no_grad():  # a non-trivial logit scale, so preferences are far from uniform
         clip.logit_scale.fill_(3.0)
@@ -49,7 +49,7 @@ def model_dir(version, tmp_path_factory):
 
 
 def _pairs(version: Path, split: str) -> list[dict]:
-    return list(D.tar_samples({"url": str(p)} for p in D.split_shards(version, split)))
+    return list(tar_samples({"url": str(p)} for p in split_shards(version, split)))
 
 
 def _png(array: np.ndarray) -> bytes:
@@ -73,7 +73,7 @@ def test_scores_equal_the_evaluation_path(version, model_dir):
     # a draft decode would not have matched: the evaluation decodes exactly
     spec = scorer.spec
     jpg = samples[evaluated.keys[0]]["0.jpg"]
-    assert np.abs(D.preprocess_image(jpg, spec, draft=True) - D.preprocess_image(jpg, spec, draft=False)).max() > 1e-3
+    assert np.abs(preprocess_image(jpg, spec, draft=True) - preprocess_image(jpg, spec, draft=False)).max() > 1e-3
 
 
 def test_pickscore_readme_snippet_agrees_with_scorer(model_dir):

@@ -13,7 +13,7 @@ import pytest
 from tokenizers import Tokenizer
 from transformers import AutoProcessor, CLIPTokenizer
 
-from training import data as D
+from training.data import iter_captions
 from training.model import build_model, save_checkpoint, write_legacy_files
 from training.synthetic import tiny_config, write_synthetic_version
 
@@ -26,7 +26,7 @@ def saved(tmp_path_factory):
     version = write_synthetic_version(root, {"train": 24, "validation": 2, "test": 2, "validation_unique": 2,
                                              "test_unique": 2}, image_px=32, seed=9).version_dir
     config = tiny_config(version, tmp_path_factory.mktemp("run"))
-    clip, processor = build_model(config, D.iter_captions(version, "train"))
+    clip, processor = build_model(config, iter_captions(version, "train"))
     directory = tmp_path_factory.mktemp("ckpt")
     save_checkpoint(directory, clip, processor)
     return directory, processor

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from transformers import AutoModel, AutoProcessor, CLIPConfig, CLIPModel
 
-from training import data as D
+from training.data import ImageSpec, iter_captions, preprocess_image
 from training.model import PairScorer, build_model, count_parameters, score_prompt_images, train_tokenizer
 from training.synthetic import tiny_config, write_synthetic_version
 
@@ -20,7 +20,7 @@ def version(tmp_path_factory):
 
 
 def test_tokenizer_is_deterministic_and_clip_shaped(version):
-    captions = list(D.iter_captions(version, "train"))
+    captions = list(iter_captions(version, "train"))
     a, b = train_tokenizer(captions, 600), train_tokenizer(captions, 600)
     assert a.get_vocab() == b.get_vocab()  # ids independent of the trainer's order among equal-count merges
     assert [a(c)["input_ids"] for c in captions] == [b(c)["input_ids"] for c in captions]
@@ -31,7 +31,7 @@ def test_tokenizer_is_deterministic_and_clip_shaped(version):
 
 def test_save_pretrained_round_trip_scores_like_pickscore_readme(version, tmp_path):
     config = tiny_config(version, tmp_path / "run")
-    model, processor = build_model(config, D.iter_captions(version, "train"))
+    model, processor = build_model(config, iter_captions(version, "train"))
     assert 20_000 < count_parameters(model) < 200_000
     model.save_pretrained(tmp_path / "m")
     processor.save_pretrained(tmp_path / "m")
@@ -50,8 +50,8 @@ def test_save_pretrained_round_trip_scores_like_pickscore_readme(version, tmp_pa
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         pngs.append(buf.getvalue())
-    spec = D.ImageSpec.from_processor(processor2.image_processor)
-    pixels = torch.from_numpy(np.stack([D.preprocess_image(p, spec) for p in pngs]))[None]
+    spec = ImageSpec.from_processor(processor2.image_processor)
+    pixels = torch.from_numpy(np.stack([preprocess_image(p, spec) for p in pngs]))[None]
     readme_pixels = processor2(images=images, return_tensors="pt")["pixel_values"]
     assert torch.allclose(pixels[0], readme_pixels, atol=1e-4)
     text = processor2(text=["a red cube, photo"], padding=True, truncation=True, max_length=77, return_tensors="pt")
@@ -63,7 +63,7 @@ def test_save_pretrained_round_trip_scores_like_pickscore_readme(version, tmp_pa
 def test_init_from_local_dir(version, tmp_path):
     # a tiny CLIP + processor saved by save_pretrained stands in for a downloaded CLIP-H / PickScore dir
     config = tiny_config(version, tmp_path / "run")
-    _, processor = build_model(config, D.iter_captions(version, "train"))
+    _, processor = build_model(config, iter_captions(version, "train"))
     tok = processor.tokenizer
     clip = CLIPModel(CLIPConfig(
         text_config=dict(vocab_size=len(tok), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
