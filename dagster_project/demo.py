@@ -11,6 +11,7 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from dagster_project.progress import build_progress
 from formats.home import DataHome
 
 # The demo's settings, written to HOME/pickapic.toml so that every later build of the home keeps them.
@@ -116,10 +117,8 @@ def run_demo(args: argparse.Namespace) -> int:
     days = select_days(home)
     console.print(f"[bold]2/3[/bold] building {len(days)} partitions through Dagster (ingest, Beam features, "
                   "curation, splits, shards) and training the preference model")
-    from dagster_project.cli import build_progress
-
-    with build_progress(None) as note:
-        build(home, with_model=True, progress=note, plan_note=lambda lines: note.total(len(lines)))
+    with build_progress(None) as progress:
+        build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)))
     console.print("[bold]3/3[/bold] summary")
     summary = demo_summary(home)
     _print_summary(Console(), home, summary, time.perf_counter() - started)
