@@ -236,9 +236,9 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     sections = {stage.op: stage.section for stage in STAGES}
     ops = {op: {"config": overrides[sections[op]]} for op in run.ops if sections.get(op) in overrides}
     run_config = {**QUIET_LOGS, **({"ops": ops} if ops else {})}
-    job = defs.resolve_job_def(run.job)
+    job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
     result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
-                                    asset_selection=asset_keys(run), raise_on_error=False,
+                                    asset_selection=asset_keys(run, defs.resolve_asset_graph()), raise_on_error=False,
                                     tags={"pickapic/launched_by": "pickapic build",
                                           "pickapic/why": "; ".join(run.reasons)[:200]})
     if not result.success:
