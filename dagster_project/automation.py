@@ -46,6 +46,7 @@ from dagster_project.staleness import (
 from dagster_project.versions import PARTITIONS, STAGES
 from formats.home import DataHome
 from formats.settings import load
+from training import runs
 
 if TYPE_CHECKING:  # the type of Definitions.resolve_asset_graph(), not exported by dagster
     from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
@@ -250,7 +251,7 @@ def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHom
     if not (latest / "manifest.json").is_file():
         return dg.SkipReason(f"nothing published yet at {latest}: no dataset to train on")
     version = latest.resolve().name
-    if (home.models / "preference_model" / version / "eval.json").is_file():
+    if runs.is_evaluated(home):
         return dg.SkipReason(f"version {version} already has a trained and evaluated model")
     return dg.RunRequest(run_key=f"train-{version}")
 

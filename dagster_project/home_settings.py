@@ -101,3 +101,10 @@ class EvaluationConfig:
             raise FileNotFoundError(f"evaluation.ground_truth = {self.ground_truth!r}: {folder} is not a folder "
                                     "(simulate into this home, or set evaluation.ground_truth = \"\" for none)")
         return folder
+
+
+def ground_truth_dir(home: DataHome) -> Path | None:
+    """The home's configured ground-truth folder (``evaluation.ground_truth``), None in production."""
+    from formats.settings import load
+
+    return load(home.root).config("evaluation").truth_dir(home)

@@ -40,6 +40,7 @@ from dagster_project.versions import (
 from formats.home import DataHome
 from formats.settings import Settings, config_digest
 from pipelines.provenance import RawDigests, combine, files_digest
+from training import runs
 
 # The global stages rerun by themselves (the automation sensor) once an input's data version changed and
 # no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
@@ -147,8 +148,7 @@ def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     if stage.name == "publish":
         return (home.datasets / "latest" / "manifest.json").is_file()
     if stage.name == "model":
-        latest = home.datasets / "latest"
-        return latest.exists() and (home.models / "preference_model" / latest.resolve().name / "eval.json").is_file()
+        return runs.is_evaluated(home)
     if stage.name == "splits":
         return all(home.table_file(d).is_file() for d in ("split_pairs", "split_rejects", "split_ledger"))
     return home.table_file(stage.assets[0]).is_file()
