@@ -6,14 +6,19 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   added as a partition, observed (``raw_app_logs``) and ingested + fingerprinted;
 - ``rebuild_when_inputs_change`` (an automation-condition sensor): once a daily run changed an input's
   data version and no input is still being computed, curation, splits and publish run once;
-- ``nightly_schedule`` (02:00 UTC, ``PICKAPIC_NIGHTLY_CRON``): the catch-all. It plans exactly as
+- ``nightly_schedule`` (``schedules.nightly_cron``, 02:00 UTC): the catch-all. It plans exactly as
   ``pickapic build`` does and requests what is missing or stale: the daily partitions first, then (on a
   night with none) the global stages a changed setting or code version made stale;
-- ``weekly_training_schedule`` (Sunday 04:00 UTC, ``PICKAPIC_TRAIN_CRON``): trains on ``latest`` when no
+- ``weekly_training_schedule`` (``schedules.train_cron``, Sunday 04:00 UTC): trains on ``latest`` when no
   model exists for it yet;
-- ``app_export_schedule`` (01:00 UTC, ``PICKAPIC_APP_EXPORT_CRON``): where the app's PostgreSQL database
+- ``app_export_schedule`` (``schedules.app_export_cron``, 01:00 UTC): where the app's PostgreSQL database
   is the source (``PICKAPIC_APP_DB_DSN`` set), exports the newest closed day and the lookback days into
   the raw zone, adding them as partitions; the raw-day sensor then ingests the days whose files changed.
+
+The crons are settings of the home (``[schedules]`` of HOME/pickapic.toml, validated as five-field cron
+strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME); the environment
+variables ``PICKAPIC_NIGHTLY_CRON``, ``PICKAPIC_TRAIN_CRON`` and ``PICKAPIC_APP_EXPORT_CRON`` override
+them, validated the same way.
 
 All of them start switched on. ``PICKAPIC_AUTOMATION=off`` in the environment of the webserver and the
 daemon (``pickapic serve --no-automation``) starts them switched off; a switch flipped in the UI is
@@ -24,9 +29,11 @@ from __future__ import annotations
 import datetime as dt
 import os
 import warnings
+from typing import TYPE_CHECKING, Mapping
 
 import dagster as dg
 
+from dagster_project.home_settings import ScheduleConfig
 from dagster_project.resources import PickapicHome
 from dagster_project.staleness import (
     BuildPlan,
@@ -36,13 +43,17 @@ from dagster_project.staleness import (
     raw_observation,
     record_observations,
 )
-from dagster_project.versions import BY_NAME, PARTITIONS
+from dagster_project.versions import PARTITIONS, STAGES
 from formats.home import DataHome
 from formats.settings import load
+from training import runs
 
-NIGHTLY_CRON = os.environ.get("PICKAPIC_NIGHTLY_CRON", "0 2 * * *")
-APP_EXPORT_CRON = os.environ.get("PICKAPIC_APP_EXPORT_CRON", "0 1 * * *")
-TRAIN_CRON = os.environ.get("PICKAPIC_TRAIN_CRON", "0 4 * * 0")
+if TYPE_CHECKING:  # the type of Definitions.resolve_asset_graph(), not exported by dagster
+    from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+
+# schedules.<name> -> the environment variable that overrides it (documented in the README)
+CRON_ENV = {"nightly_cron": "PICKAPIC_NIGHTLY_CRON", "train_cron": "PICKAPIC_TRAIN_CRON",
+            "app_export_cron": "PICKAPIC_APP_EXPORT_CRON"}
 AUTOMATION_ENV = "PICKAPIC_AUTOMATION"
 RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -57,22 +68,44 @@ def automation_on() -> bool:
 SENSOR_STATUS = dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED
 SCHEDULE_STATUS = dg.DefaultScheduleStatus.RUNNING if automation_on() else dg.DefaultScheduleStatus.STOPPED
 
+# What each job runs: the one definition the jobs, the schedules, the sensors and `pickapic build` use.
+JOB_SELECTIONS: dict[str, dg.AssetSelection] = {
+    "daily_partition_job": dg.AssetSelection.groups("ingest", "features"),
+    "rebuild_dataset_job": dg.AssetSelection.groups("curation", "splits", "publish"),
+    "app_export_job": dg.AssetSelection.groups("app_export"),
+    "train_model_job": dg.AssetSelection.groups("model"),
+}
+
 daily_partition_job = dg.define_asset_job(
-    "daily_partition_job", selection=dg.AssetSelection.groups("ingest", "features"),
+    "daily_partition_job", selection=JOB_SELECTIONS["daily_partition_job"],
     description="Ingest and fingerprint one day's raw export.",
 )
 rebuild_dataset_job = dg.define_asset_job(
-    "rebuild_dataset_job", selection=dg.AssetSelection.groups("curation", "splits", "publish"),
+    "rebuild_dataset_job", selection=JOB_SELECTIONS["rebuild_dataset_job"],
     description="Re-cluster, re-decide, re-split over all days and publish a new dataset version.",
 )
 app_export_job = dg.define_asset_job(
-    "app_export_job", selection=dg.AssetSelection.groups("app_export"),
+    "app_export_job", selection=JOB_SELECTIONS["app_export_job"],
     description="Export one day of the app's PostgreSQL database into the raw zone (the raw sensor ingests it).",
 )
 train_model_job = dg.define_asset_job(
-    "train_model_job", selection=dg.AssetSelection.groups("model"),
+    "train_model_job", selection=JOB_SELECTIONS["train_model_job"],
     description="Train the preference model on `latest`, evaluate it and rank the generators.",
 )
+
+
+def home_crons(home: DataHome | None = None, environ: Mapping[str, str] = os.environ) -> ScheduleConfig:
+    """The schedules' crons: the home's ``[schedules]`` settings, then $PICKAPIC_*_CRON, each validated."""
+    settings = load((home or DataHome.at(None)).root)
+    for name, variable in CRON_ENV.items():
+        text = environ.get(variable, "").strip()
+        if text:
+            settings = settings.with_values({f"schedules.{name}": text}, f"${variable}")
+    return settings.config("schedules")
+
+
+# Read once, when Dagster loads these definitions for the home: a bad cron stops the load, naming the key.
+CRONS = home_crons()
 
 
 def raw_day_complete(home: DataHome, day: str) -> bool:
@@ -94,8 +127,9 @@ def app_export_settings(home: DataHome) -> dict:
     return values
 
 
-@dg.schedule(job=app_export_job, cron_schedule=APP_EXPORT_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
-             description="Nightly (PICKAPIC_APP_EXPORT_CRON, 01:00 UTC): export the newest day closed for the lag "
+@dg.schedule(job=app_export_job, cron_schedule=CRONS.app_export_cron, execution_timezone="UTC",
+             default_status=SCHEDULE_STATUS,
+             description=f"Nightly ({CRONS.app_export_cron} UTC, schedules.app_export_cron): export the newest day closed for the lag "
                          "and re-export the lookback days before it; skipped unless PICKAPIC_APP_DB_DSN is set.")
 def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One run per day: the newest day that ended at least lag_minutes ago and the lookback days before it."""
@@ -119,13 +153,18 @@ def unfinished_partitions(instance: dg.DagsterInstance) -> set[str | None]:
     return {run.tags.get("dagster/partition") for run in runs}
 
 
-def asset_keys(run: PlannedRun) -> list[dg.AssetKey]:
-    """The asset keys a planned run materializes."""
-    by_op = {stage.op: stage.assets for stage in BY_NAME.values()}
-    return [dg.AssetKey(asset) for op in run.ops for asset in by_op.get(op, (op,))]
+def asset_keys(run: PlannedRun, graph: BaseAssetGraph) -> list[dg.AssetKey]:
+    """The asset keys a planned run materializes: the assets of its stale stages, then the assets of its
+    job (``JOB_SELECTIONS``) downstream of them that no stage owns (the model's evaluation reports)."""
+    by_op = {stage.op: stage.assets for stage in STAGES}
+    planned = [dg.AssetKey(asset) for op in run.ops for asset in by_op.get(op, (op,))]
+    owned = dg.AssetSelection.assets(*(asset for stage in STAGES for asset in stage.assets))
+    followers = (dg.AssetSelection.assets(*planned).downstream() & JOB_SELECTIONS[run.job]) - owned
+    return planned + sorted(followers.resolve(graph) - set(planned), key=lambda key: key.to_user_string())
 
 
-def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, days: set[str] | None = None) -> list[dg.RunRequest]:
+def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, graph: BaseAssetGraph,
+                   days: set[str] | None = None) -> list[dg.RunRequest]:
     """One run request per stale or missing day (not already running), keyed by what it will produce."""
     requests = []
     for run in plan.runs:
@@ -133,13 +172,13 @@ def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, days: se
             continue
         version = plan.expected.get(("features", run.partition), "")
         requests.append(dg.RunRequest(run_key=f"{prefix}-{run.partition}-{version}", partition_key=run.partition,
-                                      asset_selection=asset_keys(run), tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
+                                      asset_selection=asset_keys(run, graph), tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
     return requests
 
 
-@dg.schedule(cron_schedule=NIGHTLY_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
-             target=dg.AssetSelection.groups("ingest", "features", "curation", "splits", "publish"),
-             description="Nightly: request what is missing or stale, the daily partitions first, then the global "
+@dg.schedule(cron_schedule=CRONS.nightly_cron, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
+             target=JOB_SELECTIONS["daily_partition_job"] | JOB_SELECTIONS["rebuild_dataset_job"],
+             description=f"Nightly ({CRONS.nightly_cron} UTC, schedules.nightly_cron): request what is missing or stale, the daily partitions first, then the global "
                          "stages made stale by a setting or code change (the rebuild after new days follows by "
                          "itself).")
 def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
@@ -151,12 +190,13 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     complete = {day for day in plan.days if raw_day_complete(home, day)}
     _record(context.instance, plan, complete)
     busy = unfinished_partitions(context.instance)
-    requests = daily_requests(plan, busy, "nightly", complete)
+    graph = context.repository_def.asset_graph
+    requests = daily_requests(plan, busy, "nightly", graph, complete)
     pending_daily = any(run.partition is not None for run in plan.runs)
     rebuild = next((run for run in plan.runs if run.job == "rebuild_dataset_job"), None)
     if not pending_daily and rebuild is not None and None not in busy:
         version = plan.expected.get(("publish", None), "")
-        requests.append(dg.RunRequest(run_key=f"nightly-rebuild-{version}", asset_selection=asset_keys(rebuild),
+        requests.append(dg.RunRequest(run_key=f"nightly-rebuild-{version}", asset_selection=asset_keys(rebuild, graph),
                                       tags={"pickapic/why": "; ".join(rebuild.reasons)[:200]}))
     return requests or dg.SkipReason(f"{home.root} is up to date (or its stale parts are already running)")
 
@@ -185,7 +225,8 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     known = set(context.instance.get_dynamic_partitions(PARTITIONS))
     new_days = [day for day in complete if day not in known]
     events = [raw_observation(day, version) for day, version in sorted(plan.observations.items()) if day in complete]
-    requests = daily_requests(plan, unfinished_partitions(context.instance), "raw", set(complete))
+    requests = daily_requests(plan, unfinished_partitions(context.instance), "raw", context.repository_def.asset_graph,
+                              set(complete))
     return dg.SensorResult(
         run_requests=requests, asset_events=events,
         dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(PARTITIONS, new_days)] if new_days else [],
@@ -194,15 +235,15 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
 
 
 rebuild_automation = dg.AutomationConditionSensorDefinition(
-    "rebuild_when_inputs_change", target=dg.AssetSelection.groups("curation", "splits", "publish"),
+    "rebuild_when_inputs_change", target=JOB_SELECTIONS["rebuild_dataset_job"],
     default_status=SENSOR_STATUS, minimum_interval_seconds=60,
     description="Runs curation, splits and publish once the daily runs changed an input's data version.",
 )
 
 
-@dg.schedule(job=train_model_job, cron_schedule=TRAIN_CRON, execution_timezone="UTC", default_status=SCHEDULE_STATUS,
-             name="weekly_training_schedule",
-             description="Weekly (PICKAPIC_TRAIN_CRON): train and evaluate on `latest` when it has no model yet.")
+@dg.schedule(job=train_model_job, cron_schedule=CRONS.train_cron, execution_timezone="UTC",
+             default_status=SCHEDULE_STATUS, name="weekly_training_schedule",
+             description=f"Weekly ({CRONS.train_cron} UTC, schedules.train_cron): train and evaluate on `latest` when it has no model yet.")
 def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One training run per published version (none while nothing is published)."""
     home = data_home.home()
@@ -210,7 +251,7 @@ def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHom
     if not (latest / "manifest.json").is_file():
         return dg.SkipReason(f"nothing published yet at {latest}: no dataset to train on")
     version = latest.resolve().name
-    if (home.models / "preference_model" / version / "eval.json").is_file():
+    if runs.is_evaluated(home):
         return dg.SkipReason(f"version {version} already has a trained and evaluated model")
     return dg.RunRequest(run_key=f"train-{version}")
 

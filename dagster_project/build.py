@@ -146,7 +146,7 @@ def build(
     overrides: dict | None = None,
     wait: bool = False,
     progress: Callable[[str], None] | None = None,
-    plan_note: Callable[[list[str]], None] | None = None,
+    on_plan: Callable[[list[str]], None] | None = None,
     from_app_db: bool = False,
     warn: Callable[[str], None] | None = None,
 ) -> BuildResult:
@@ -168,7 +168,7 @@ def build(
         if selected is None:
             select_days(home, warn=warn)  # a home without raw days is an error, not "up to date"
     use_home(home)
-    note = progress or (lambda message: None)
+    progress = progress or (lambda message: None)
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
         run_config = _override_config(settings)
         run_ids = {}
@@ -176,7 +176,7 @@ def build(
             buildstamp.clear_stamp(home)
             instance.add_dynamic_partitions(PARTITIONS, exports)   # the days exist once the database has them
             for day in exports:
-                note(f"export {day} from the app database")
+                progress(f"export {day} from the app database")
                 run = PlannedRun(EXPORT.job, [EXPORT.op], day, ["--from-app-db"])
                 run_ids[f"export-{day}"] = _execute(run, instance, run_config, home)
         plan = plan_build(home, settings, instance, selected_days=selected, force=force, with_model=with_model)
@@ -185,12 +185,12 @@ def build(
         result = BuildResult(days=[r.partition for r in plan.runs if r.partition],
                              plan=[f"export {day} from the app database" for day in exports] + plan.describe(),
                              up_to_date=plan.up_to_date and not exports, run_ids=run_ids)
-        if plan_note:
-            plan_note(result.plan)
+        if on_plan:
+            on_plan(result.plan)
         if plan.runs:
             buildstamp.clear_stamp(home)
         for run in plan.runs:
-            note(_describe(run))
+            progress(_describe(run))
             result.run_ids[run.label] = _execute(run, instance, run_config, home)
     if not selected or set(selected) == set(home.raw_days()):
         buildstamp.write_stamp(home, buildstamp.stamp_key(home, assignments=assignments, config_file=config_file,
@@ -236,9 +236,9 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     sections = {stage.op: stage.section for stage in STAGES}
     ops = {op: {"config": overrides[sections[op]]} for op in run.ops if sections.get(op) in overrides}
     run_config = {**QUIET_LOGS, **({"ops": ops} if ops else {})}
-    job = defs.resolve_job_def(run.job)
+    job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
     result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
-                                    asset_selection=asset_keys(run), raise_on_error=False,
+                                    asset_selection=asset_keys(run, defs.resolve_asset_graph()), raise_on_error=False,
                                     tags={"pickapic/launched_by": "pickapic build",
                                           "pickapic/why": "; ".join(run.reasons)[:200]})
     if not result.success:

@@ -25,8 +25,9 @@ def _embed(fig, title: str) -> dg.MetadataValue:
 def nsfw_histogram(features_path: str) -> dg.MetadataValue:
     """Histogram of each image's highest NudeNet score over all classes (log-count axis)."""
     greatest = ", ".join(f'coalesce(nsfw_max."{name}", 0)' for name in NSFW_CLASSES)
-    scores = [row[0] for row in duckdb.sql(
-        f"SELECT greatest({greatest}) FROM read_parquet('{features_path}')").fetchall()]
+    # column names come from the schema; the path is a bound parameter, never spliced into the SQL
+    scores = [row[0] for row in duckdb.execute(
+        f"SELECT greatest({greatest}) FROM read_parquet(?)", [features_path]).fetchall()]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=bool(scores))
     ax.set_xlabel("max NudeNet score per image")
@@ -36,9 +37,9 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
 
 def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
     """How many duplicate clusters of each size (singletons excluded)."""
-    rows = duckdb.sql(
-        f"SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet('{clusters_path}') "
-        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1").fetchall()
+    rows = duckdb.execute(
+        "SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet(?) "
+        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [clusters_path]).fetchall()
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.bar([str(size) for size, _ in rows] or ["none"], [n for _, n in rows] or [0], color="#0ea5e9")
     ax.set_xlabel("images in cluster")
@@ -48,9 +49,9 @@ def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
 
 def split_sizes(split_pairs_path: str) -> dg.MetadataValue:
     """Rows per split, ties shaded."""
-    rows = duckdb.sql(
-        f"SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet('{split_pairs_path}') "
-        "GROUP BY 1 ORDER BY 1").fetchall()
+    rows = duckdb.execute(
+        "SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet(?) "
+        "GROUP BY 1 ORDER BY 1", [split_pairs_path]).fetchall()
     fig, ax = plt.subplots(figsize=(5, 2.6))
     names = [r[0] for r in rows]
     ax.barh(names, [r[1] for r in rows], color="#22c55e", label="pairs")

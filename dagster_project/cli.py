@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
 
 from formats.home import DEFAULT_HOME, ENV_VAR, DataHome
 
@@ -153,11 +151,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
                          force=args.force, with_model=args.with_model)
         print("\n".join(plan.describe()) or f"up to date: every asset of {home.root} is fresh")
         return 0
+    from dagster_project.progress import build_progress
+
     shown: list[list[str]] = []
-    with build_progress(None) as note:
+    with build_progress(None) as progress:
         result = build(home, start=args.start, end=args.end, force=args.force, with_model=args.with_model,
-                       assignments=args.assignments, config_file=args.config_file, wait=args.wait, progress=note,
-                       plan_note=lambda lines: (shown.append(lines), note.total(len(lines))),
+                       assignments=args.assignments, config_file=args.config_file, wait=args.wait, progress=progress,
+                       on_plan=lambda lines: (shown.append(lines), progress.total(len(lines))),
                        from_app_db=args.from_app_db, warn=warn)
     seconds = time.perf_counter() - started
     if result.up_to_date:
@@ -225,39 +225,6 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     print(f"Dagster UI for {home.root} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)
     return 0  # unreachable: execv replaces this process
-
-
-class _Progress:
-    """The callable a build reports to: each call names the run that starts now."""
-
-    def __init__(self, bar, task) -> None:
-        self.bar, self.task, self.started = bar, task, False
-
-    def __call__(self, message: str) -> None:
-        if self.started:
-            self.bar.advance(self.task)
-        self.started = True
-        self.bar.update(self.task, description=message)
-
-    def total(self, steps: int) -> None:
-        """Set the number of runs once the plan is known."""
-        self.bar.update(self.task, total=max(steps, 1))
-
-
-@contextlib.contextmanager
-def build_progress(total_steps: int | None) -> Iterator[_Progress]:
-    """A rich progress bar over a build's runs; each call names the step that starts now."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
-               TimeElapsedColumn())
-    with Progress(*columns, transient=False) as bar:
-        task = bar.add_task("planning", total=total_steps or 1)
-        note = _Progress(bar, task)
-        yield note
-        if note.started:
-            bar.advance(note.task)
-        bar.update(task, description="done")
 
 
 def _quiet_logging(debug: bool) -> None:

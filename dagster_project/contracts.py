@@ -17,14 +17,23 @@ PARTITIONED = {"users", "images", "rankings", "downloads", "quarantine", "ingest
                "image_features", "image_rejects"}
 
 
-def check_specs(datasets: Iterable[str]) -> list[dg.AssetCheckSpec]:
-    """One ``AssetCheckSpec`` per contract rule; ``severity: error`` rules block downstream assets."""
+def check_name(rule: Any, asset: str | None) -> str:
+    """A rule's check name: the rule's own on its dataset's asset, ``<dataset>__<rule>`` on another asset."""
+    return rule.check_name if asset is None or asset == rule.dataset else f"{rule.dataset}__{rule.check_name}"
+
+
+def check_specs(datasets: Iterable[str], asset: str | None = None) -> list[dg.AssetCheckSpec]:
+    """One ``AssetCheckSpec`` per contract rule; ``severity: error`` rules block downstream assets.
+
+    ``asset``: the asset the checks belong to when it is not the dataset itself (``published_dataset``
+    holds the datasets of a version: shard samples, shards, prompt counts, ...).
+    """
     specs = []
     for dataset in datasets:
         for rule in load_contract(dataset).rules:
             specs.append(dg.AssetCheckSpec(
-                name=rule.check_name, asset=dataset, blocking=rule.blocking,
-                description=f"{rule.description} (contract rule, {rule.expectation()})",
+                name=check_name(rule, asset), asset=asset or dataset, blocking=rule.blocking,
+                description=f"{rule.description} ({dataset} contract rule, {rule.expectation()})",
             ))
     return specs
 
@@ -42,15 +51,16 @@ def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, s
     return views
 
 
-def run_checks(datasets: Iterable[str], views: dict[str, str]) -> Iterator[dg.AssetCheckResult]:
-    """Evaluate every rule of each dataset's contract on ``views`` and yield check results."""
+def run_checks(datasets: Iterable[str], views: dict[str, str], asset: str | None = None) -> Iterator[dg.AssetCheckResult]:
+    """Evaluate every rule of each dataset's contract on ``views`` and yield check results (on ``asset``
+    when given, else on each dataset's own asset)."""
     con = connect(views)
     try:
         for dataset in datasets:
             for result in evaluate(load_contract(dataset), con):
                 rule = result.rule
                 yield dg.AssetCheckResult(
-                    asset_key=dataset, check_name=rule.check_name, passed=result.passed,
+                    asset_key=asset or dataset, check_name=check_name(rule, asset), passed=result.passed,
                     severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
                     metadata={"value": result.value if result.value is not None else -1.0,
                               "expectation": rule.expectation(), "query": dg.MetadataValue.md(f"```sql\n{rule.sql()}\n```"),

@@ -11,12 +11,16 @@ import duckdb
 from rich.console import Console
 from rich.table import Table
 
+from dagster_project.progress import build_progress
 from formats.home import DataHome
+from training import runs
 
 # The demo's settings, written to HOME/pickapic.toml so that every later build of the home keeps them.
 # 40 users would pass at the nightly default of 6% too (the ledger fills validation and test first);
 # 30% gives the demo's evaluation more than a handful of rows.
-DEMO_SETTINGS = {"splits.heldout_fraction": 0.3}
+# The demo is a simulation: its model and dedup reports may read the simulator's ground truth (a production
+# home leaves evaluation.ground_truth empty, and nothing reads any).
+DEMO_SETTINGS = {"splits.heldout_fraction": 0.3, "evaluation.ground_truth": "ground_truth"}
 
 
 def _scalar(con: duckdb.DuckDBPyConnection, sql: str) -> Any:
@@ -55,8 +59,8 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
         summary["shards_written"] = sum(len(list((latest / split).glob("*.tar"))) for split in summary["pairs_per_split"])
         summary["manifest"] = str(latest / "manifest.json")
         summary["manifest_version"] = manifest.get("version")
-        run_dir = home.models / "preference_model" / latest.resolve().name
-        eval_file = run_dir / "eval.json"
+        run_dir = runs.run_dir(home, latest.resolve())
+        eval_file = run_dir / runs.EVAL_FILE
         if eval_file.is_file():
             result = json.loads(eval_file.read_text())
             summary.update({key: result.get(key) for key in (
@@ -116,10 +120,8 @@ def run_demo(args: argparse.Namespace) -> int:
     days = select_days(home)
     console.print(f"[bold]2/3[/bold] building {len(days)} partitions through Dagster (ingest, Beam features, "
                   "curation, splits, shards) and training the preference model")
-    from dagster_project.cli import build_progress
-
-    with build_progress(None) as note:
-        build(home, with_model=True, progress=note, plan_note=lambda lines: note.total(len(lines)))
+    with build_progress(None) as progress:
+        build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)))
     console.print("[bold]3/3[/bold] summary")
     summary = demo_summary(home)
     _print_summary(Console(), home, summary, time.perf_counter() - started)

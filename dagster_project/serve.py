@@ -28,7 +28,7 @@ def commands(host: str, port: int) -> dict[str, list[str]]:
 
 
 def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
-          say: Callable[[str], None] = print) -> int:
+          progress: Callable[[str], None] = print) -> int:
     """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives."""
     from dagster_project.automation import AUTOMATION_ENV
     from dagster_project.build import use_home
@@ -43,7 +43,7 @@ def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation:
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    say(f"pickapic serve: {home.root} at http://{host}:{port} (daemon pid {processes['daemon'].pid}, webserver pid "
+    progress(f"pickapic serve: {home.root} at http://{host}:{port} (daemon pid {processes['daemon'].pid}, webserver pid "
         f"{processes['webserver'].pid}); schedules and sensors {'on' if automation else 'off'} by default; "
         "Ctrl-C stops both")
     try:
@@ -51,7 +51,7 @@ def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation:
             exited = {name: p.returncode for name, p in processes.items() if p.poll() is not None}
             if exited:
                 name, code = next(iter(exited.items()))
-                say(f"pickapic serve: the {name} exited with status {code}; stopping")
+                progress(f"pickapic serve: the {name} exited with status {code}; stopping")
                 return code or 1
             time.sleep(0.5)
         return 0

@@ -40,6 +40,7 @@ from dagster_project.versions import (
 from formats.home import DataHome
 from formats.settings import Settings, config_digest
 from pipelines.provenance import RawDigests, combine, files_digest
+from training import runs
 
 # The global stages rerun by themselves (the automation sensor) once an input's data version changed and
 # no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
@@ -147,8 +148,7 @@ def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     if stage.name == "publish":
         return (home.datasets / "latest" / "manifest.json").is_file()
     if stage.name == "model":
-        latest = home.datasets / "latest"
-        return latest.exists() and (home.models / "preference_model" / latest.resolve().name / "eval.json").is_file()
+        return runs.is_evaluated(home)
     if stage.name == "splits":
         return all(home.table_file(d).is_file() for d in ("split_pairs", "split_rejects", "split_ledger"))
     return home.table_file(stage.assets[0]).is_file()
@@ -226,7 +226,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             continue  # stale but outside --from/--to: the global stages will read what was built before
         expected.update({(name, day): version for name, version in versions.items()})
         if ops:
-            runs.append(PlannedRun("daily_partition_job", ops, day, reasons))
+            runs.append(PlannedRun(DAILY[0].job, ops, day, reasons))
     upstream_runs = False
     global_ops, global_reasons = [], []
     for stage in GLOBAL:
@@ -238,15 +238,15 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             global_reasons.append(f"{stage.name}: {reason}")
             upstream_runs = True
     if global_ops:
-        runs.append(PlannedRun("rebuild_dataset_job", global_ops, None, global_reasons))
+        runs.append(PlannedRun(GLOBAL[0].job, global_ops, None, global_reasons))
     if with_model:
         stage = BY_NAME["model"]
         version = stage_version(stage, home, configs[stage.section], lookup, all_days, raw)
         expected[("model", None)] = version
         reason = _why(recorded.get("model", None), version, home, stage, None, upstream_runs, force)
         if reason:
-            runs.append(PlannedRun("train_model_job", ["preference_model", "preference_model_eval",
-                                                       "generator_leaderboard"], None, [f"model: {reason}"]))
+            # the run also materializes the job's reports on the model (automation.asset_keys)
+            runs.append(PlannedRun(stage.job, [stage.op], None, [f"model: {reason}"]))
     raw.save()
     return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
 

@@ -52,6 +52,8 @@ SECTIONS: dict[str, str] = {
     "splits": "pipelines.splits.assign:SplitConfig",
     "publish": "pipelines.publish.version:PublishConfig",
     "train": "training.config:TrainConfig",
+    "schedules": "dagster_project.home_settings:ScheduleConfig",
+    "evaluation": "dagster_project.home_settings:EvaluationConfig",
 }
 # Fields that are not settings of a data home: the home itself decides them.
 _NOT_IN_FILE = {"train": frozenset({"data_dir", "output_dir"})}

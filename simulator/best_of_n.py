@@ -10,7 +10,7 @@ same images); per group, the scorer's pick (highest score, first on ties), a ran
 utility, its expectation) and the oracle (the group's best) are compared. ``gain`` = mean utility of the pick
 minus that of a random pick (0 at k = 1 by construction); ``oracle_gain`` is the most any scorer could gain.
 
-    python -m simulator.best_of_n --home HOME --model RUN/best [--untrained RUN/init] [--n 8] [--generator G]
+    python -m simulator.best_of_n --home HOME --model RUN/best [--ground-truth DIR] [--untrained RUN/init] [--n 8]
 """
 from __future__ import annotations
 
@@ -146,21 +146,24 @@ def write_chart(result: BestOfNResult, path: Path) -> Path:
     return save_figure(fig, path)
 
 
-def run_best_of_n(home_root: Path, version_dir: Path, model_dir: Path, output_dir: Path, *,
+def run_best_of_n(ground_truth: Path, version_dir: Path, model_dir: Path, output_dir: Path, *,
                   untrained_dir: Path | None = None, n: int = 8, ns: Sequence[int] = DEFAULT_NS,
                   generator: str = C.DEFAULT_GENERATOR, image_size: int | None = None, seed: int = 0,
                   max_prompts: int | None = None, device: str = "auto") -> BestOfNResult:
-    """Render candidates for the test_unique prompts, rerank them with each scorer, measure the true gains."""
+    """Render candidates for the test_unique prompts, rerank them with each scorer, measure the true gains.
+
+    ``ground_truth``: the simulation's ground-truth folder (what each prompt asked for, the image size).
+    """
     from training.scoring import Scorer
 
     ns = [k for k in ns if k <= n]
     if not ns:
         raise ValueError(f"no group size in {list(ns)} fits n={n}")
-    home_root, output_dir = Path(home_root), Path(output_dir)
+    ground_truth, output_dir = Path(ground_truth), Path(output_dir)
     if image_size is None:
-        summary = json.loads((home_root / "ground_truth" / "summary.json").read_text(encoding="utf-8"))
+        summary = json.loads((ground_truth / "summary.json").read_text(encoding="utf-8"))
         image_size = int(summary["config"]["image_size"])
-    prompts = C.eval_prompts(home_root, version_dir)[:max_prompts]
+    prompts = C.eval_prompts(ground_truth, version_dir)[:max_prompts]
     if not prompts:
         raise ValueError(f"{version_dir} has no test_unique prompts to generate for")
     # candidates are rebuilt from scratch beside the old ones and swapped in: no stale files from a larger n
@@ -217,6 +220,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m simulator.best_of_n", description=__doc__.splitlines()[0])
     parser.add_argument("--home", type=Path, required=True, help="a simulated data home (with ground_truth/)")
     parser.add_argument("--model", type=Path, required=True, help="the trained model (RUN/best)")
+    parser.add_argument("--ground-truth", type=Path, default=None,
+                        help="the simulation's ground-truth folder (default: HOME/ground_truth)")
     parser.add_argument("--untrained", type=Path, default=None,
                         help="the untrained model to compare with (default: RUN/init or the run's init_from)")
     parser.add_argument("--version", default=None, help="dataset version (default: latest)")
@@ -229,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     version_dir = dataset.resolve_version(DataHome(args.home), args.version)
-    result = run_best_of_n(args.home, version_dir, args.model, args.output or args.model.parent / "best_of_n",
+    result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, args.output or args.model.parent / "best_of_n",
                            untrained_dir=args.untrained or untrained_model_dir(args.model), n=args.n,
                            generator=args.generator, image_size=args.image_size, seed=args.seed,
                            max_prompts=args.max_prompts, device=args.device)

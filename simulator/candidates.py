@@ -74,9 +74,10 @@ def generator_index(name: str) -> int:
     raise ValueError(f"unknown generator {name!r}; choose one of {[m.model_id for m in world.MODELS]}")
 
 
-def eval_prompts(home_root: Path, version_dir: Path, split: str = "test_unique") -> list[CandidatePrompt]:
-    """The prompts of ``split`` of a published version with what each asked for (from the simulator's ground truth)."""
-    truth_file = Path(home_root) / "ground_truth" / "images.parquet"
+def eval_prompts(ground_truth: Path, version_dir: Path, split: str = "test_unique") -> list[CandidatePrompt]:
+    """The prompts of ``split`` of a published version with what each asked for (from the simulation's
+    ground-truth folder, ``HOME/ground_truth`` of a simulated home)."""
+    truth_file = Path(ground_truth) / "images.parquet"
     if not truth_file.is_file():
         raise FileNotFoundError(f"{truth_file} is missing: best-of-n candidates need the simulator's ground truth")
     sidecars = sorted((Path(version_dir) / split).glob(f"pickapic-{split}-*.parquet"))

@@ -4,6 +4,7 @@ import dagster as dg
 
 from dagster_project.charts import cluster_size_histogram
 from dagster_project.contracts import check_specs, materialize_and_check
+from dagster_project.home_settings import ground_truth_dir
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
@@ -25,7 +26,9 @@ def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
     settings = stage_config("dedup", config, home)
-    report = build_clusters(home, settings)
+    truth = ground_truth_dir(home)
+    planted = truth / "duplicates.parquet" if truth is not None else None
+    report = build_clusters(home, settings, truth=planted if planted is not None and planted.is_file() else None)
     chart = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
     yield from materialize_and_check(home, ["duplicate_clusters"], report,
                                      extra={"duplicate_clusters": {"cluster_size_chart": chart}},

@@ -1,19 +1,30 @@
-"""Publish group: WebDataset shards + Parquet sidecars, switched to `latest` atomically."""
+"""Publish group: WebDataset shards + Parquet sidecars, switched to `latest` atomically.
+
+``publish_dataset`` refuses to switch `latest` to a version that fails a blocking contract rule; the
+rules of the version's datasets are also reported here as asset checks of ``published_dataset``.
+"""
+
+from pathlib import Path
 
 import dagster as dg
 
+from dagster_project.contracts import check_specs, run_checks
 from dagster_project.metadata import report_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import REBUILD_CONDITION, runtime_version
 from dagster_project.versions import CODE_VERSIONS
-from pipelines.publish.version import publish_dataset
+from pipelines.publish.version import publish_dataset, version_views
 
 PublishRunConfig = config_class("publish", "PublishRunConfig")
+ASSET = "published_dataset"
+# the datasets of one published version, each with its contract (views of the version's files)
+VERSION_DATASETS = tuple(version_views(Path(".")))
 
 
-@dg.asset(deps=["split_pairs"], group_name="publish", kinds={"webdataset", "parquet"},
-          code_version=CODE_VERSIONS["publish"], automation_condition=REBUILD_CONDITION)
+@dg.asset(name=ASSET, deps=["split_pairs"], group_name="publish", kinds={"webdataset", "parquet"},
+          code_version=CODE_VERSIONS["publish"], automation_condition=REBUILD_CONDITION,
+          check_specs=check_specs(VERSION_DATASETS, asset=ASSET))
 def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfig, data_home: PickapicHome):
     """A new dataset version: tar shards, sidecars, sizes.json, manifest; `latest` points to it."""
     home = data_home.home()
@@ -21,4 +32,5 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     report = publish_dataset(home, settings)
     context.log.info(f"published version {report.version}")
     version = runtime_version(context.instance, "publish", home, settings)
-    return dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
+    yield dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
+    yield from run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET)

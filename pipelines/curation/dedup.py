@@ -39,6 +39,7 @@ import argparse
 import json
 import time
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -289,25 +290,31 @@ def _ratio(num: int, den: int) -> float:
     return round(num / den, 6) if den else 1.0
 
 
-def build_clusters(home: DataHome, config: DedupConfig = DedupConfig()) -> DedupReport:
-    """Cluster every featurized image into ``duplicate_clusters`` (full global recompute)."""
+def build_clusters(home: DataHome, config: DedupConfig = DedupConfig(),
+                   truth: pa.Table | Path | None = None) -> DedupReport:
+    """Cluster every featurized image into ``duplicate_clusters`` (full global recompute).
+
+    ``truth`` (a simulation's planted duplicates, a table or its ``duplicates.parquet``) adds precision and
+    recall to the report; it is only ever given by the caller, never looked up in the home.
+    """
     con = connect({"image_features": home.table_glob("image_features")}, threads=config.threads or None)
     clusters, report = cluster_features(con, config)
     write_parquet_atomic(clusters, home.table_file("duplicate_clusters"))
-    truth_file = home.ground_truth / "duplicates.parquet"
-    if truth_file.exists():
-        report.truth = evaluate_truth(con, clusters, pq.read_table(truth_file))
+    if truth is not None:
+        report.truth = evaluate_truth(con, clusters, truth if isinstance(truth, pa.Table) else pq.read_table(truth))
     return report
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m pipelines.curation.dedup --home DIR [--k 6]``: build duplicate_clusters and print the report."""
+    """``python -m pipelines.curation.dedup --home DIR [--k 6] [--truth FILE]``: build duplicate_clusters and print the report."""
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--home", default=None)
+    parser.add_argument("--truth", type=Path, default=None,
+                        help="a simulation's duplicates.parquet: report precision and recall against it")
     add_flags(parser, "dedup")
     args = parser.parse_args(argv)
     home = DataHome.at(args.home)
-    report = build_clusters(home, stage_config(home.root, "dedup", args))
+    report = build_clusters(home, stage_config(home.root, "dedup", args), truth=args.truth)
     print(json.dumps(report.metadata(), indent=2, default=str))
 
 

@@ -48,6 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from data_contracts.engine import evaluate, load_contract
 from formats.dataset import (
     FORMAT_VERSION,
     LATEST,
@@ -307,8 +308,6 @@ def version_views(path: Path) -> dict[str, str]:
 
 def check_contracts(path: Path) -> None:
     """Evaluate the blocking contract rules of a version's datasets; raise naming every failure."""
-    from data_contracts.engine import evaluate, load_contract
-
     views = version_views(path)
     con = connect(views)
     try:
@@ -673,8 +672,6 @@ def _write_manifest(staging: Path, version: str, table: pa.Table, stats: list[di
 
 
 def _contract_versions() -> dict[str, str | None]:
-    from data_contracts.engine import load_contract
-
     versions: dict[str, str | None] = {}
     for dataset in CONTRACT_DATASETS:
         try:

@@ -17,10 +17,11 @@ import pytest
 from dagster_project import automation, versions
 from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
-from dagster_project.staleness import DATA_VERSION_TAG, plan_build, record_observations
+from dagster_project.home_settings import cron_problem
+from dagster_project.staleness import DATA_VERSION_TAG, PlannedRun, plan_build, record_observations
 from dagster_project.versions import BY_NAME, PARTITIONS
 from formats.home import DataHome
-from formats.settings import load
+from formats.settings import SettingsError, load
 
 DAYS = ("2023-02-13", "2023-02-14")
 
@@ -228,3 +229,62 @@ def test_partitions_are_the_homes_raw_days():
     for asset in ("raw_app_logs", "users", "image_features"):
         partitions = graph.get(dg.AssetKey(asset)).partitions_def
         assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == PARTITIONS
+
+
+def test_crons_come_from_the_homes_settings_then_the_environment(tmp_path):
+    home = DataHome(tmp_path / "home")
+    assert automation.home_crons(home, environ={}).nightly_cron == "0 2 * * *"
+    home.root.mkdir()
+    (home.root / "pickapic.toml").write_text('[schedules]\nnightly_cron = "30 3 * * *"\ntrain_cron = "0 5 * * sun"\n')
+    crons = automation.home_crons(home, environ={})
+    assert (crons.nightly_cron, crons.train_cron, crons.app_export_cron) == ("30 3 * * *", "0 5 * * sun", "0 1 * * *")
+    assert automation.home_crons(home, environ={"PICKAPIC_NIGHTLY_CRON": "15 2 * * *"}).nightly_cron == "15 2 * * *"
+    with pytest.raises(SettingsError, match=r"\$PICKAPIC_TRAIN_CRON.*schedules.train_cron = '0 24 \* \* \*' is not a "
+                                            r"cron string: hour field '24'"):
+        automation.home_crons(home, environ={"PICKAPIC_TRAIN_CRON": "0 24 * * *"})
+    (home.root / "pickapic.toml").write_text('[schedules]\nnightly_cron = "0 2 * *"\n')
+    with pytest.raises(SettingsError, match=r"pickapic.toml of the data home.*4 fields, expected 5"):
+        automation.home_crons(home, environ={})
+
+
+def test_definitions_load_the_homes_crons_and_refuse_a_bad_one(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "pickapic.toml").write_text('[schedules]\nnightly_cron = "45 1 * * *"\n')
+    code = ("from dagster_project.definitions import defs; "
+            "print(defs.resolve_schedule_def('nightly_schedule').cron_schedule)")
+    env = {**os.environ, "PICKAPIC_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    env.pop("PICKAPIC_NIGHTLY_CRON", None)
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "45 1 * * *"
+    (home / "pickapic.toml").write_text('[schedules]\nnightly_cron = "every night"\n')
+    failed = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert failed.returncode != 0 and "schedules.nightly_cron = 'every night' is not a cron string" in failed.stderr
+
+
+@pytest.mark.parametrize("cron", ["0 2 * * *", "*/15 1-5 * jan-mar mon-fri", "0 0 1,15 * *", "0 4 * * 7"])
+def test_cron_strings_dagster_accepts_are_valid(cron):
+    assert cron_problem(cron) is None
+    dg.ScheduleDefinition(name="probe", cron_schedule=cron, target=dg.AssetSelection.all())
+
+
+@pytest.mark.parametrize("cron", ["0 2 * *", "61 * * * *", "0 0 * * 8", "*/0 * * * *", "0 0 30 2 *", "@daily x"])
+def test_cron_strings_dagster_refuses_are_refused(cron):
+    assert cron_problem(cron)
+    with pytest.raises(Exception):
+        dg.ScheduleDefinition(name="probe", cron_schedule=cron, target=dg.AssetSelection.all())
+
+
+def test_a_model_run_materializes_its_jobs_reports_the_daily_run_only_its_stages():
+    graph = defs.resolve_asset_graph()
+    model = PlannedRun("train_model_job", ["preference_model"])
+    keys = automation.asset_keys(model, graph)
+    assert set(keys) == automation.JOB_SELECTIONS["train_model_job"].resolve(graph)
+    assert keys[0] == dg.AssetKey("preference_model")
+    features_only = automation.asset_keys(PlannedRun("daily_partition_job", ["fingerprint_images"], "2023-02-13"), graph)
+    assert set(features_only) == {dg.AssetKey("image_features"), dg.AssetKey("image_rejects")}
+    publish_only = automation.asset_keys(PlannedRun("rebuild_dataset_job", ["published_dataset"]), graph)
+    assert publish_only == [dg.AssetKey("published_dataset")]
+    for job in ("daily_partition_job", "rebuild_dataset_job", "train_model_job", "app_export_job"):
+        assert defs.resolve_job_def(job).asset_layer.executable_asset_keys == \
+            automation.JOB_SELECTIONS[job].resolve(graph) - {dg.AssetKey("raw_app_logs")}

@@ -79,16 +79,16 @@ def simulated(tmp_path_factory):
 
 def test_eval_prompts_join_the_ground_truth(simulated):
     root, version, _, captions = simulated
-    prompts = C.eval_prompts(root, version)
+    prompts = C.eval_prompts(root / "ground_truth", version)
     assert sorted(p.caption for p in prompts) == sorted(captions)
     assert [p.prompt_id for p in prompts] == sorted(p.prompt_id for p in prompts)
     with pytest.raises(FileNotFoundError, match="ground truth"):
-        C.eval_prompts(root / "nowhere", version)
+        C.eval_prompts(root / "nowhere" / "ground_truth", version)
 
 
 def test_best_of_n_runs_at_small_n(simulated, tmp_path):
     root, version, model, _ = simulated
-    result = run_best_of_n(root, version, model, tmp_path / "bon", untrained_dir=model, n=4, ns=(1, 2, 4),
+    result = run_best_of_n(root / "ground_truth", version, model, tmp_path / "bon", untrained_dir=model, n=4, ns=(1, 2, 4),
                            device="cpu")
     assert result.prompts == 5 and result.candidates_per_prompt == 4 and result.ns == [1, 2, 4]
     truth = pq.read_table(tmp_path / "bon" / "candidates" / "truth.parquet")
@@ -106,5 +106,5 @@ def test_best_of_n_runs_at_small_n(simulated, tmp_path):
         assert (tmp_path / "bon" / name).is_file(), name
     assert "| 4 |" in result.metadata()["best_of_n"]
     # a rerun with fewer candidates leaves no stale candidate behind
-    run_best_of_n(root, version, model, tmp_path / "bon", n=2, ns=(1, 2), device="cpu")
+    run_best_of_n(root / "ground_truth", version, model, tmp_path / "bon", n=2, ns=(1, 2), device="cpu")
     assert len(list((tmp_path / "bon" / "candidates").glob("*/cand-*.png"))) == 10

@@ -30,7 +30,7 @@ def planted(tmp_path_factory):
 
 def test_precision_and_recall_on_planted_duplicates(planted):
     home, truth = planted
-    report = build_clusters(home, DedupConfig())
+    report = build_clusters(home, DedupConfig(), truth=home.ground_truth / "duplicates.parquet")
     t = report.truth
     assert t["planted_exact"] > 0 and t["planted_near"] == 140
     assert t["recall_exact"] == 1.0
@@ -40,11 +40,19 @@ def test_precision_and_recall_on_planted_duplicates(planted):
     assert meta["truth_recall_near"] == t["recall_near"] and "| cluster size |" in meta["cluster_size_histogram"]
 
 
+def test_truth_is_only_what_the_caller_passes(planted):
+    home, truth = planted
+    assert home.ground_truth.is_dir()  # present in the home, but not passed: not read
+    report = build_clusters(home, DedupConfig())
+    assert report.truth is None and not any(k.startswith("truth_") for k in report.metadata())
+    assert build_clusters(home, DedupConfig(), truth=truth).truth["recall_exact"] == 1.0
+
+
 def test_rebuild_is_byte_identical(planted):
-    home, _ = planted
+    home, truth = planted
     build_clusters(home)
     first = home.table_file("duplicate_clusters").read_bytes()
-    build_clusters(home)
+    build_clusters(home, truth=truth)
     assert home.table_file("duplicate_clusters").read_bytes() == first
 
 
