@@ -1,51 +1,20 @@
 """Evaluation: score a split, choose the tie threshold on validation_unique, report test_unique accuracy."""
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-from training import data as D
 from training.config import TrainConfig
+from training.data import EvalPairStream, ImageSpec, PairCollator, iter_captions, make_loader, split_shards
+from training.device import autocast, cpu_threads, resolve_device
 from training.metric import THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline, tie_aware_accuracy
 from training.model import PairScorer, build_model, load_model
-
-
-def resolve_device(name: str = "auto") -> torch.device:
-    """``auto`` -> cuda when available else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' requested but torch.cuda.is_available() is False")
-    return torch.device(name)
-
-
-@contextlib.contextmanager
-def cpu_threads(device: torch.device, threads: int = 0, num_workers: int = 1, world: int = 1) -> Iterator[None]:
-    """On CPU, run with ``threads`` torch threads (0 = cores / (ranks x (1 + loader workers))), then restore.
-
-    On this 2-vCPU machine 2 intra-op threads are several times slower than 1 for these small models.
-    """
-    before = torch.get_num_threads()
-    if device.type == "cpu":
-        torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // (world * (1 + num_workers))))
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
-    """bf16 autocast on CUDA when asked; plain fp32 on CPU."""
-    if device.type == "cuda" and bf16:
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
 
 
 @dataclass
@@ -70,15 +39,15 @@ def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike,
     ``training.scoring.Scorer`` apply); the DCT-scaled draft decode is a training-speed trade only.
     """
     device = device or next(scorer.parameters()).device
-    shards = D.split_shards(data_dir, split)
+    shards = split_shards(data_dir, split)
     if not shards:
         raise FileNotFoundError(f"split {split!r} of {data_dir} has no shards")
-    stream = D.EvalPairStream(shards, batch_size, D.PairCollator(processor.tokenizer),
-                              D.ImageSpec.from_processor(processor.image_processor), draft)
+    stream = EvalPairStream(shards, batch_size, PairCollator(processor.tokenizer),
+                              ImageSpec.from_processor(processor.image_processor), draft)
     was_training = scorer.training
     scorer.eval()
     keys, scores, labels, weights, m0, m1 = [], [], [], [], [], []
-    for batch in D.make_loader(stream, num_workers):
+    for batch in make_loader(stream, num_workers):
         with autocast(device, bf16):
             out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
                          batch["pixel_values"].to(device))
@@ -196,7 +165,7 @@ def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validati
     if config.init_from == "scratch" and init_dir is not None and (init_dir / "config.json").is_file():
         clip, processor = load_model(init_dir)  # the exact initial model the trainer saved
     else:
-        captions = (D.iter_captions(config.data_dir, "train", config.tokenizer_max_captions)
+        captions = (iter_captions(config.data_dir, "train", config.tokenizer_max_captions)
                     if config.init_from == "scratch" and tokenizer is None else None)
         clip, processor = build_model(config, captions, tokenizer)
     result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,

@@ -16,7 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from training.evaluate import cpu_threads, resolve_device, score_split
+from training.device import cpu_threads, resolve_device
+from training.evaluate import score_split
 from training.figures import pyplot, save_figure
 from training.model import PairScorer, load_model
 

@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from training.data import ImageSpec, preprocess_rgb
-from training.evaluate import resolve_device
+from training.device import resolve_device
 from training.model import load_model, pooled_embeddings
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]

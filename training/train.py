@@ -39,15 +39,8 @@ from training.data import (
     split_shards,
     stable_seed,
 )
-from training.evaluate import (
-    EvalResult,
-    SplitScores,
-    autocast,
-    cpu_threads,
-    evaluate_scores,
-    resolve_device,
-    score_split,
-)
+from training.device import autocast, cpu_threads, resolve_device
+from training.evaluate import EvalResult, SplitScores, evaluate_scores, score_split
 from training.figures import pyplot, save_figure
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
