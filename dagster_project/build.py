@@ -22,6 +22,7 @@ from dagster_project import buildstamp
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats.home import DataHome
+from formats.progress import Progress
 from formats.settings import SETTINGS_FILE, Settings, load
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
@@ -145,7 +146,7 @@ def build(
     config_file: Path | None = None,
     overrides: dict | None = None,
     wait: bool = False,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
     on_plan: Callable[[list[str]], None] | None = None,
     from_app_db: bool = False,
     warn: Callable[[str], None] | None = None,
@@ -199,7 +200,7 @@ def build(
 
 
 def run_build(home: DataHome, days: list[str], *, with_model: bool = False, wait: bool = False,
-              progress: Callable[[str], None] | None = None, **settings) -> BuildResult:
+              progress: Progress | None = None, **settings) -> BuildResult:
     """Recompute ``days`` and then whatever they make stale (the build of exactly these days).
 
     With ``from_app_db=True`` the days are exported from the app database first, and then whatever

@@ -1,14 +1,12 @@
 """The progress bar a build reports to: `pickapic build` and `pickapic demo` both show it.
 
-Every progress callback in ``dagster_project`` has one signature, ``progress: Callable[[str], None]``:
-one human-readable line, called when the step it names starts.
+Every progress callback of the project has one signature, :class:`formats.progress.Progress`: here each
+call is one human-readable line, called when the step it names starts.
 """
 from __future__ import annotations
 
 import contextlib
-from typing import Callable, Iterator
-
-Progress = Callable[[str], None]
+from typing import Iterator
 
 
 class BuildProgress:
@@ -17,7 +15,7 @@ class BuildProgress:
     def __init__(self, bar, task) -> None:
         self.bar, self.task, self.started = bar, task, False
 
-    def __call__(self, message: str) -> None:
+    def __call__(self, message: str, done: int | None = None, total: int | None = None) -> None:
         if self.started:
             self.bar.advance(self.task)
         self.started = True
@@ -31,7 +29,8 @@ class BuildProgress:
 @contextlib.contextmanager
 def build_progress(total_steps: int | None) -> Iterator[BuildProgress]:
     """A rich progress bar over a build's runs; each call names the step that starts now."""
-    from rich.progress import BarColumn, Progress as RichProgress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as RichProgress
 
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total} runs"),
                TimeElapsedColumn())

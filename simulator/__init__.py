@@ -171,7 +171,9 @@ def run_from_args(args: argparse.Namespace) -> SimReport:
                   transient=False) as bar:
         tasks: dict[str, int] = {}
 
-        def progress(stage: str, done: int, total: int) -> None:
+        def progress(stage: str, done: int | None = None, total: int | None = None) -> None:
+            if done is None:   # a message: the simulator reports counts only
+                return
             if stage not in tasks:
                 tasks[stage] = bar.add_task(stage, total=total)
             bar.update(tasks[stage], completed=done, total=total)

@@ -6,7 +6,6 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -14,10 +13,10 @@ import pyarrow.compute as pc
 
 from formats.files import write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
+from formats.progress import Progress, silent
 from simulator import activity, defects, export, render, world
 from simulator.config import SimConfig
 
-Progress = Callable[[str, int, int], None]
 # Expected treatment of a whole ranking when several apply: the lowest code wins.
 TREATMENTS = (*defects.LINE_DEFECTS.values(), "decision:banned_user", "decision:nsfw_prompt",
               "decision:content_filtered", *defects.BLOB_DEFECTS.values(), "accept")
@@ -417,7 +416,7 @@ class _Run:
                                members.get(e, [])))
 
 
-def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None, sink=None) -> SimReport:
+def simulate(home: DataHome, config: SimConfig, progress: Progress = silent, sink=None) -> SimReport:
     """Write a simulated raw zone and its ground truth under ``home.root``; deterministic in ``config``.
 
     ``sink`` receives each day's tables and names the blob folder (default: the raw zone's files);
@@ -434,11 +433,10 @@ def simulate(home: DataHome, config: SimConfig, progress: Progress | None = None
     return report
 
 
-def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress | None) -> SimReport:
-    note = progress or (lambda stage, done, total: None)
+def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress) -> SimReport:
     for index in range(config.days):
         run.day(index)
-        note("days", index + 1, config.days)
+        progress("days", index + 1, config.days)
 
     banned = sorted(u["user_id"] for u in run.user_gt if u["is_banned"])
     export.write_text_lines(home.banned_users_file, [str(u) for u in banned])
@@ -449,7 +447,7 @@ def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress |
     if not config.no_images:
         run.sink.image_root.mkdir(parents=True, exist_ok=True)
         total = len(run.tasks)
-        note("images", 0, total)
+        progress("images", 0, total)
         workers = min(config.workers, os.cpu_count() or 1)
         if workers > 1 and total >= 64:
             # spawn, not fork: the caller may be a threaded orchestrator process
@@ -460,13 +458,13 @@ def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress |
                         rendered[uid] = (detail, distance)
                         blobs += written
                     if done % 16 == 0 or done == total:
-                        note("images", done, total)
+                        progress("images", done, total)
         else:
             for done, task in enumerate(run.tasks, 1):
                 for uid, detail, distance, written in _render_group(task):
                     rendered[uid] = (detail, distance)
                     blobs += written
-                note("images", done, total)
+                progress("images", done, total)
 
     summary = _write_ground_truth(home, config, run, rendered)
     report = SimReport(home=str(home.root), config=config.as_dict(),

@@ -81,7 +81,7 @@ def run_from_args(args: argparse.Namespace) -> Any:
         if event["event"] != "done":
             print(json.dumps(event), flush=True)
 
-    result = train(config_from_args(args), progress=show)
+    result = train(config_from_args(args), on_event=show)
     if int(os.environ.get("RANK", "0")) == 0:
         print(json.dumps(result.metadata(), indent=1), flush=True)
     return result

@@ -69,7 +69,7 @@ def train_latest(home: DataHome, config: "TrainConfig",
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
 
-    return version_dir, config, train(config, progress=on_event)
+    return version_dir, config, train(config, on_event=on_event)
 
 
 def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalResult", Path]:

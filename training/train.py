@@ -47,7 +47,7 @@ from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
-Progress = Callable[[dict[str, Any]], None]
+EventSink = Callable[[dict[str, Any]], None]   # metric events: train, eval, done
 
 
 @dataclass
@@ -207,7 +207,7 @@ def write_curve(history: list[dict[str, Any]], path: Path, title: str = "") -> P
 
 
 # --------------------------------------------------------------------------- training
-def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def train(config: TrainConfig, on_event: EventSink | None = None) -> TrainResult:
     """Train (or resume) a preference model per ``config``; rank 0 writes every output."""
     if not config.output_dir or not config.data_dir:
         raise ValueError(f"TrainConfig needs data_dir and output_dir (got {config.data_dir!r}, {config.output_dir!r})")
@@ -215,13 +215,13 @@ def train(config: TrainConfig, progress: Progress | None = None) -> TrainResult:
     rank, world, local_rank, created_group = _init_distributed(config.device)
     try:
         with cpu_threads(resolve_device(config.device), config.cpu_threads, config.num_workers, world):
-            return _train(config, progress, rank, world, local_rank, started)
+            return _train(config, on_event, rank, world, local_rank, started)
     finally:
         if created_group:
             dist.destroy_process_group()
 
 
-def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int, local_rank: int,
+def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: int, local_rank: int,
            started: float) -> TrainResult:
     device = resolve_device(config.device)
     if device.type == "cuda":
@@ -232,7 +232,7 @@ def _train(config: TrainConfig, progress: Progress | None, rank: int, world: int
     out = Path(config.output_dir)
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     data_dir = resolve_version_dir(config.data_dir)
-    emit = progress if (progress is not None and rank == 0) else (lambda _: None)
+    emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
 
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
     if rank == 0:

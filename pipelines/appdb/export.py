@@ -32,6 +32,7 @@ import psycopg
 from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
+from formats.progress import Progress, silent
 from formats.settings import check_fields, knob
 from pipelines.appdb.connection import (
     AppDatabaseError,
@@ -259,7 +260,7 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
 
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
                image_store: str = "", source: str = "the DSN", now: dt.datetime | None = None,
-               log: Callable[[str], None] | None = None) -> AppExportReport:
+               progress: Progress = silent) -> AppExportReport:
     """Export ``day`` (YYYY-MM-DD, UTC) from the app database into the raw zone; see the module docstring."""
     config = (config or AppExportConfig()).validate()
     try:
@@ -267,7 +268,6 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     except ValueError:
         raise ValueError(f"day must be YYYY-MM-DD, got {day!r}") from None
     check_lag(day, config.lag_minutes, now)
-    note = log or (lambda message: None)
     started = time.perf_counter()
     name: ServerName = server_name(dsn, source)
     report = AppExportReport(day=day, server=name.as_metadata())
@@ -284,14 +284,14 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
                 else params
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz")
-            note(f"{table}: {report.tables[table].rows} rows")
+            progress(f"{table}: {report.tables[table].rows} rows")
         if image_store:
             from pipelines.appdb.blobs import copy_day_blobs
 
             report.blobs = copy_day_blobs(conn, params, image_store, home, config.blob_workers)
         else:
             report.blobs = {"store": "none configured: no blob copied"}
-            note("no image store configured: no blob copied (the feature stage will reject the images as missing)")
+            progress("no image store configured: no blob copied (the feature stage will reject the images as missing)")
         conn.rollback()  # read-only: nothing to commit
         _publish(home, day, staging, report)
     except psycopg.Error as exc:

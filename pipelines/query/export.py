@@ -22,7 +22,6 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -32,12 +31,12 @@ from formats.dataset import PROMPT_COUNTS_FILE, SPLITS, resolve_version
 from formats.files import cast_to_schema
 from formats.home import DataHome
 from formats.outputs import check_output_dir, open_output_file
+from formats.progress import Progress
 from schemas import get_schema
 
 FORMATS = ("pickscore-parquet", "eval-prompts")
 EVAL_PROMPTS_FILE = "eval_prompts.parquet"
 ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
-Progress = Callable[[str, int, int], None]
 
 
 @dataclass

@@ -24,7 +24,7 @@ def version(tmp_path_factory):
 def trained(version, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
     events = []
-    result = train(tiny_config(version, out, max_steps=12, eval_every=6), progress=events.append)
+    result = train(tiny_config(version, out, max_steps=12, eval_every=6), on_event=events.append)
     return result, events
 
 
@@ -72,7 +72,7 @@ def test_resume_continues_exactly(version, tmp_path):
             raise Interrupt
 
     with pytest.raises(Interrupt):
-        train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4), progress=crash_after_checkpoint)
+        train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4), on_event=crash_after_checkpoint)
     state = torch.load(tmp_path / "b" / "checkpoints" / "last" / STATE_FILE, weights_only=False)
     assert state["step"] == 4 and state["optimizer"]["state"]  # Adam moments saved
     resumed = train(tiny_config(version, tmp_path / "b", max_steps=8, eval_every=4))
