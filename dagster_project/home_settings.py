@@ -7,43 +7,29 @@ feeds the model assets' metadata and the dedup report.
 """
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from formats.home import DataHome
 from formats.settings import check_fields, knob
 
-# field -> (low, high, names): minute, hour, day of month, month, day of week (0 and 7 are Sunday)
-_CRON_FIELDS = (
-    ("minute", 0, 59, ()),
-    ("hour", 0, 23, ()),
-    ("day of month", 1, 31, ()),
-    ("month", 1, 12, ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")),
-    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
-)
-_ITEM = re.compile(r"^(?P<range>\*|(?P<a>\w+)(?:-(?P<b>\w+))?)(?:/(?P<step>\d+))?$")
-
 
 def cron_problem(text: str) -> str | None:
-    """Why ``text`` is not a five-field cron string (minute hour day month weekday), or None when it is."""
+    """Why ``text`` is not a five-field cron string (minute hour day month weekday), or None when it is.
+
+    croniter (the parser Dagster's own schedules use) judges the fields; Dagster also refuses six- or
+    seven-field strings and a February 30/31 that never comes, and so does this check.
+    """
+    from croniter import CroniterError, croniter
+
     fields = text.split()
     if len(fields) != 5:
         return f"{len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
-    for value, (name, low, high, names) in zip(fields, _CRON_FIELDS):
-        for item in value.split(","):
-            match = _ITEM.match(item.lower())
-            if match is None:
-                return f"{name} field {value!r}: {item!r} is not N, N-M, *, or one of those with /STEP"
-            bounds = [match[key] for key in ("a", "b") if match[key] is not None]
-            for bound in bounds:
-                number = names.index(bound) + (low if name == "month" else 0) if bound in names else \
-                    int(bound) if bound.isdigit() else None
-                if number is None or not low <= number <= high:
-                    return f"{name} field {value!r}: {bound!r} is not in {low}..{high}"
-            if match["step"] is not None and int(match["step"]) == 0:
-                return f"{name} field {value!r}: a step of 0"
-    if fields[3] in ("2", "feb") and fields[2] in ("30", "31"):
+    try:
+        expanded = croniter.expand(text)[0]
+    except CroniterError as error:
+        return str(error)
+    if expanded[3] == [2] and set(expanded[2]) <= {30, 31}:
         return f"day {fields[2]} of February never comes"
     return None
 

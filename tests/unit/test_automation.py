@@ -240,7 +240,7 @@ def test_crons_come_from_the_homes_settings_then_the_environment(tmp_path):
     assert (crons.nightly_cron, crons.train_cron, crons.app_export_cron) == ("30 3 * * *", "0 5 * * sun", "0 1 * * *")
     assert automation.home_crons(home, environ={"PICKAPIC_NIGHTLY_CRON": "15 2 * * *"}).nightly_cron == "15 2 * * *"
     with pytest.raises(SettingsError, match=r"\$PICKAPIC_TRAIN_CRON.*schedules.train_cron = '0 24 \* \* \*' is not a "
-                                            r"cron string: hour field '24'"):
+                                            r"cron string: .*out of range"):
         automation.home_crons(home, environ={"PICKAPIC_TRAIN_CRON": "0 24 * * *"})
     (home.root / "pickapic.toml").write_text('[schedules]\nnightly_cron = "0 2 * *"\n')
     with pytest.raises(SettingsError, match=r"pickapic.toml of the data home.*4 fields, expected 5"):
