@@ -45,12 +45,12 @@ SETTINGS_FILE = "pickapic.toml"
 # section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
 SECTIONS: dict[str, str] = {
     "app_export": "pipelines.appdb.export:AppExportConfig",
-    "ingest": "pipelines.ingest.day:IngestConfig",
-    "features": "pipelines.features.job:FeaturesConfig",
+    "ingest": "pipelines.ingest.config:IngestConfig",
+    "features": "pipelines.features.config:FeaturesConfig",
     "dedup": "pipelines.curation.dedup:DedupConfig",
     "curation": "pipelines.curation.decisions:CurationConfig",
     "splits": "pipelines.splits.assign:SplitConfig",
-    "publish": "pipelines.publish.version:PublishConfig",
+    "publish": "pipelines.publish.config:PublishConfig",
     "train": "training.config:TrainConfig",
 }
 # Fields that are not settings of a data home: the home itself decides them.
