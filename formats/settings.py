@@ -226,7 +226,7 @@ def _kind(tp: Any, where: str) -> tuple[type, bool]:
 def check_fields(config: Any) -> None:
     """Check every field of a stage config against its setting's type and range (from ``__post_init__``)."""
     cls = type(config)
-    # a module run as a script (python -m pipelines.ingest.day) defines its classes in __main__
+    # a module run as a script (python -m pipelines.curation.dedup) defines its classes in __main__
     section = next((s for s, path in SECTIONS.items() if path == f"{cls.__module__}:{cls.__name__}"
                     or (cls.__module__ == "__main__" and path.endswith(f":{cls.__name__}"))), None)
     if section is None:

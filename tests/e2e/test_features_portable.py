@@ -26,7 +26,7 @@ from pipelines.features.portable import LocalPortableCluster
 from pipelines.features.stage import build_features
 
 REPO = Path(__file__).resolve().parents[2]
-WHEEL_SOURCES = ("pyproject.toml", "README.md", "dagster_project", "pipelines", "schemas", "sql", "data_contracts",
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "dagster_project", "formats", "pipelines", "schemas", "sql", "data_contracts",
                  "training")
 DAY = "2023-02-13"
 
