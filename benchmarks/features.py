@@ -46,20 +46,13 @@ sys.path.insert(0, str(REPO))
 
 from formats.files import write_parquet_atomic  # noqa: E402
 from formats.home import DataHome  # noqa: E402
-from pipelines import imagedecode  # noqa: E402
-from pipelines.features.job import (  # noqa: E402
-    DecodeImageFn,
-    DetectNsfwFn,
-    DetectorFactory,
-    FeaturesConfig,
-    ReadBlobFn,
-    build_features,
-    configure_worker,
-    encode_train_jpeg,
-    perceptual_hashes,
-)
+from pipelines.features import decode as imagedecode  # noqa: E402
+from pipelines.features.config import FeaturesConfig  # noqa: E402
+from pipelines.features.derive import encode_train_jpeg, perceptual_hashes  # noqa: E402
 from pipelines.features.nsfw import FastNudeDetector, postprocess, prepare_image  # noqa: E402
 from pipelines.features.portable import LocalPortableCluster  # noqa: E402
+from pipelines.features.stage import build_features  # noqa: E402
+from pipelines.features.transforms import DecodeImageFn, DetectNsfwFn, DetectorFactory, ReadBlobFn, configure_worker  # noqa: E402
 from schemas import get_schema  # noqa: E402
 
 DAY = "2023-03-01"

@@ -11,10 +11,10 @@
 2. Measured, each stage exactly as the pipeline runs it: ``ingest_day`` per day; curation =
    ``build_clusters`` (dedup) + ``build_decisions`` + ``build_pairs``; ``build_splits``; sidecars =
    the publish stage without image bytes: sample keys, the content-stable shard plan with its
-   per-sample JSON digests (``publish._with_keys`` / ``publish._plan``), then per shard the per-sample JSON and the Parquet
+   per-sample JSON digests (``samples.with_keys`` / ``samples.plan_tasks``), then per shard the per-sample JSON and the Parquet
    sidecar with the member offsets a tar would have (``shards.sample_json``,
    JPEG sizes from the features table; no tar written), one process per CPU, and the query snapshots
-   under ``meta/`` (``publish._write_meta``). Tar writing is measured by ``benchmarks.shards``.
+   under ``meta/`` (``meta.write_meta``). Tar writing is measured by ``benchmarks.shards``.
 3. Baselines, in the same run: ingest vs a bare single-process ``gzip`` + ``json.loads`` of the same raw
    lines; each DuckDB stage vs reading its input Parquet files into Arrow; sidecars vs writing the
    same ``split_pairs`` rows as one Parquet file.
@@ -45,8 +45,8 @@ from formats.home import DataHome
 from pipelines.curation.decisions import build_decisions, build_pairs
 from pipelines.curation.dedup import PHASH_DC_BIT, build_clusters
 from pipelines.ingest.day import ingest_day
-from pipelines.publish import jpgdigests, shards
-from pipelines.publish import version as publish
+from pipelines.publish import jpgdigests, meta, samples, shards
+from pipelines.publish.config import PublishConfig
 from pipelines.splits.assign import build_splits
 from schemas import get_schema
 from simulator import SimConfig, simulate
@@ -155,11 +155,11 @@ def _sidecar_only(task: shards.ShardTask) -> dict:
             "first_key": keys[0].as_py() if n else "", "last_key": keys[n - 1].as_py() if n else ""}
 
 
-def sidecars_without_images(home: DataHome, out: Path, config: publish.PublishConfig = publish.PublishConfig()) -> int:
+def sidecars_without_images(home: DataHome, out: Path, config: PublishConfig = PublishConfig()) -> int:
     """The publish stage's metadata work (keys, shuffle, plan, JSON, sidecars, meta snapshots); returns samples."""
     global _JPG_SIZES
     table = cast_to_schema(pq.read_table(home.table_file("split_pairs")), get_schema("split_pairs"))
-    table = publish._with_keys(table)
+    table = samples.with_keys(table)
     features = pq.read_table(_files(home, "image_features"), columns=["train_jpg_key", "train_jpg_bytes", "sha256"],
                              partitioning=None)
     _JPG_SIZES = dict(zip(features.column("train_jpg_key").to_pylist(), features.column("train_jpg_bytes").to_pylist()))
@@ -169,13 +169,13 @@ def sidecars_without_images(home: DataHome, out: Path, config: publish.PublishCo
     jpgs = jpgdigests.JpgIndex(unique.column("train_jpg_key").combine_chunks(),
                                unique.column("train_jpg_bytes_max").to_numpy(), unique.column("sha256_max").combine_chunks(),
                                0, 0)
-    tasks = publish._plan(home, publish._sample_table(table, jpgs), jpgs, out, config)
+    tasks = samples.plan_tasks(home, samples.sample_table(table, jpgs), jpgs, out, config)
     for split in {t.split for t in tasks}:
         (out / split).mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         stats = pool.map(_sidecar_only, tasks, chunksize=1)
-    publish._write_meta(out, stats, publish._meta_sources(home))
+    meta.write_meta(out, stats, samples.meta_sources(home))
     return table.num_rows
 
 

@@ -47,9 +47,11 @@ from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.curation.decisions import build_decisions, build_pairs, read_id_list
 from pipelines.curation.dedup import build_clusters
-from pipelines.features.job import FeaturesConfig, build_features
+from pipelines.features.config import FeaturesConfig
+from pipelines.features.stage import build_features
 from pipelines.ingest.day import ingest_day
-from pipelines.publish.version import PublishConfig, PublishReport, publish_dataset
+from pipelines.publish.config import PublishConfig, PublishReport
+from pipelines.publish.version import publish_dataset
 from pipelines.splits.assign import build_splits
 from schemas import get_schema
 from simulator import SimConfig, simulate

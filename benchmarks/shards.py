@@ -39,7 +39,8 @@ from PIL import Image
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from schemas import get_schema
 
 

@@ -23,7 +23,7 @@ RUN pip install --no-cache-dir -r /tmp/pickapic/requirements-worker.txt
 COPY dist/pickapic_pipeline-0.1.0-py3-none-any.whl /tmp/pickapic/
 RUN pip install --no-cache-dir --no-deps /tmp/pickapic/pickapic_pipeline-0.1.0-py3-none-any.whl \
     && rm -rf /tmp/pickapic \
-    && python -c "import pipelines.features.job, pipelines.features.nsfw; pipelines.features.nsfw.FastNudeDetector(intra_op_threads=1); print('NudeNet model:', pipelines.features.nsfw.model_path())"
+    && python -c "import pipelines.features.stage, pipelines.features.nsfw; pipelines.features.nsfw.FastNudeDetector(intra_op_threads=1); print('NudeNet model:', pipelines.features.nsfw.model_path())"
 
 # Unchanged from the base image: Beam's launcher fetches the pipeline options and starts the SDK harness.
 ENTRYPOINT ["/opt/apache/beam/boot"]

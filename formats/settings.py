@@ -45,12 +45,12 @@ SETTINGS_FILE = "pickapic.toml"
 # section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
 SECTIONS: dict[str, str] = {
     "app_export": "pipelines.appdb.export:AppExportConfig",
-    "ingest": "pipelines.ingest.day:IngestConfig",
-    "features": "pipelines.features.job:FeaturesConfig",
+    "ingest": "pipelines.ingest.config:IngestConfig",
+    "features": "pipelines.features.config:FeaturesConfig",
     "dedup": "pipelines.curation.dedup:DedupConfig",
     "curation": "pipelines.curation.decisions:CurationConfig",
     "splits": "pipelines.splits.assign:SplitConfig",
-    "publish": "pipelines.publish.version:PublishConfig",
+    "publish": "pipelines.publish.config:PublishConfig",
     "train": "training.config:TrainConfig",
     "schedules": "dagster_project.home_settings:ScheduleConfig",
     "evaluation": "dagster_project.home_settings:EvaluationConfig",
@@ -228,7 +228,7 @@ def _kind(tp: Any, where: str) -> tuple[type, bool]:
 def check_fields(config: Any) -> None:
     """Check every field of a stage config against its setting's type and range (from ``__post_init__``)."""
     cls = type(config)
-    # a module run as a script (python -m pipelines.ingest.day) defines its classes in __main__
+    # a module run as a script (python -m pipelines.curation.dedup) defines its classes in __main__
     section = next((s for s, path in SECTIONS.items() if path == f"{cls.__module__}:{cls.__name__}"
                     or (cls.__module__ == "__main__" and path.endswith(f":{cls.__name__}"))), None)
     if section is None:

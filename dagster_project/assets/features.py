@@ -13,7 +13,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
 from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
-from pipelines.features.job import build_features
+from pipelines.features.stage import build_features
 
 _BaseFeaturesRunConfig = config_class("features", "_BaseFeaturesRunConfig")
 

@@ -28,8 +28,10 @@ SCORE_THRESHOLD = 0.2          # NudeNet keeps anchors whose best class score is
 NMS_SCORE_THRESHOLD = 0.25     # ... then NMSBoxes(score_threshold=0.25, nms_threshold=0.45)
 NMS_IOU_THRESHOLD = 0.45
 
-# Classes that count as explicit nudity for the ``nsfw_flagged`` counter (covered parts, faces,
-# feet, bellies, armpits and male breasts do not).
+# The defaults of the one NSFW policy, ``curation.nsfw_classes`` / ``curation.nsfw_threshold``
+# (pipelines.curation.decisions): explicit nudity (covered parts, faces, feet, bellies, armpits and
+# male breasts are not). Only curation applies the policy, with the home's settings; this stage
+# records the scores it needs and decides nothing.
 EXPLICIT_CLASSES = (
     "FEMALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
     "MALE_GENITALIA_EXPOSED",
@@ -143,11 +145,6 @@ def postprocess(output: np.ndarray, width: int, height: int, size: int = MODEL_S
             detections.append(Detection(NSFW_CLASSES[int(class_ids[i])], float(scores[i]),
                                         (int(bx), int(by), int(bw), int(bh))))
     return NsfwResult(tuple(detections), {name: float(v) for name, v in zip(NSFW_CLASSES, class_max)})
-
-
-def is_flagged(class_max: dict[str, float], threshold: float = FLAG_THRESHOLD) -> bool:
-    """True when any explicit class reaches ``threshold``."""
-    return any((class_max.get(name) or 0.0) >= threshold for name in EXPLICIT_CLASSES)
 
 
 class FastNudeDetector:

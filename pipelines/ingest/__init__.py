@@ -1,6 +1,13 @@
 """Stage 1, ingest: one raw day's gzipped JSON lines -> validated warehouse tables + quarantine.
 
-- ``parse``: bounded line reading and field parsing of the raw files (hostile input never crashes).
+- ``day``: ``ingest_day``, one day end to end (read, check references, build, write atomically) and the
+  late-image refresh of earlier days.
+- ``config``: the ingest's limits (``IngestConfig``) and the counts of a day (``IngestReport``).
+- ``parse``: bounded line reading and the per-line rules (hostile input never crashes).
+- ``reader``: one raw file -> rows + quarantine rows, with the per-file rules (duplicates, key conflicts).
+- ``references``: rankings and downloads must name an image some images export holds (late images included).
+- ``uidindex``: the per-day cache of a raw images file's uids behind the reference check.
+- ``builders``: Arrow tables of the accepted rows (prompt cleaning, typed columns).
 - ``quarantine``: rows that fail, streamed to disk in bounded batches with a reason each.
-- ``day``: one day end to end (tables, references, late images, reconciliation) and its CLI.
+- ``__main__``: the command line, ``python -m pipelines.ingest --home H [--day D ...]``.
 """

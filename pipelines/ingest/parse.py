@@ -1,9 +1,41 @@
 """Raw app-export files: stream a ``*.jsonl.gz`` file into lines, validate each line into a row or a reject.
 
-This module holds the per-line rules of the daily ingest (see ``pipelines.ingest.day`` for the full list
-and the file-level rules). It does no writing: ``RawFile`` streams decompressed bytes, ``iter_lines``
-cuts them into numbered lines, ``LineParser`` turns one line into a tuple of typed values or raises
-``Reject(reason, detail)``, and ``split_prompt`` applies the prompt transformations.
+This module holds the per-line rules of the daily ingest (listed below; the per-file rules are in
+``pipelines.ingest.reader`` and ``pipelines.ingest.references``). It does no writing: ``RawFile``
+streams decompressed bytes, ``iter_lines`` cuts them into numbered lines, ``LineParser`` turns one
+line into a tuple of typed values or raises ``Reject(reason, detail)``, and ``split_prompt`` applies
+the prompt transformations.
+
+Line rules, checked in this order (the first failing check is the line's reason):
+
+- ``line_too_long``: more bytes than ``max_line_bytes`` (default 1 MiB); never decoded.
+- ``invalid_utf8``: the line is not valid UTF-8, or a string holds a lone surrogate escape (``\\ud800``).
+- ``malformed_json``: not parseable as JSON (also a blank line, a duplicate key, nesting too deep,
+  or an integer with more than 4,300 digits).
+- ``invalid_value`` for ``NaN``/``Infinity``/``-Infinity`` tokens (not JSON).
+- ``not_an_object``: a JSON array, string, number, boolean or null.
+- ``missing_field``: a column of the table is absent, or null where the column is required.
+- ``unexpected_field``: a key that is not a column of the table.
+- ``wrong_type``: a string/boolean/fractional number where an integer is expected, a non-number
+  where a number is expected, a non-string where a string is expected. A float with no fraction
+  (``5.0``) is accepted as the integer 5.
+- ``invalid_value``: ids (``user_id``, ``image_id``, ``ranking_id``, ``download_id``) outside
+  [1, ``max_id`` = 2^53]; ``seed`` outside [0, 2^63-1]; ``gs`` outside [``min_gs``, ``max_gs``] = [0, 50]
+  (also a number that overflows to infinity); ``steps`` outside [1, 1000]; ``idx`` outside [0, 999] or
+  not below ``num_generated``; ``num_generated`` outside [1, 1000]; ``model_id``/``scheduler_cls``
+  empty or longer than ``max_name_chars`` (256).
+- ``bad_timestamp``: ``created_at`` not exactly ``YYYY-MM-DD HH:MM:SS`` with an optional 1-6 digit
+  fraction (naive UTC, ASCII digits), not a real calendar time, before ``earliest_created_at``
+  (2022-01-01), or at/after the end of the partition day plus ``future_tolerance_days`` (2). Rows from
+  earlier days (late arrivals) are accepted.
+- ``invalid_uid``: an image uid that is not a canonical lowercase UUID (8-4-4-4-12 hex digits); this
+  rejects path tricks (``../``, ``/``, ``\\``, NUL), so ``blob_path`` always stays in ``raw/images/``.
+- ``prompt_too_long``: ``prompt``/``negative_prompt`` longer than ``max_prompt_chars`` (2000) characters.
+- ``control_characters``: a C0/C1 control character (tab and newline included), a bidi embedding,
+  override, isolate or mark (U+061C, U+200E/F, U+202A-E, U+2066-9), U+2028/9 or U+FEFF in a prompt,
+  ``model_id`` or ``scheduler_cls``.
+- ``invalid_ranking``: ``image_2_uid``/``image_3_uid`` not both set or both null, the same image
+  shown twice, or ``best_image_uid`` neither ``'none'`` nor one of the shown uids.
 """
 from __future__ import annotations
 

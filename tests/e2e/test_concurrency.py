@@ -27,7 +27,7 @@ import webdataset as wds
 
 from formats.dataset import list_versions, resolve_version
 from formats.home import DataHome
-from pipelines.publish.version import verify_version
+from pipelines.publish.manifest import verify_version
 from pipelines.query.engine import execute
 from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and scratch are fixtures
     DAY3,

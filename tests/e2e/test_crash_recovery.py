@@ -31,7 +31,7 @@ from filelock import FileLock
 from formats.dataset import list_versions
 from formats.home import DataHome
 from formats.settings import write_settings
-from pipelines.publish.version import verify_version
+from pipelines.publish.manifest import verify_version
 from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[2]

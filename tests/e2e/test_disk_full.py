@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from formats.home import DataHome
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from simulator import SimConfig, simulate
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))

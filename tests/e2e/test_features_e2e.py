@@ -17,7 +17,8 @@ from test_features_fixtures import bad_blobs, bomb_png, encode, face_variants, p
 
 from data_contracts.engine import evaluate, load_contract  # noqa: E402
 from formats.home import DataHome  # noqa: E402
-from pipelines.features.job import FeaturesConfig, build_features  # noqa: E402
+from pipelines.features.config import FeaturesConfig  # noqa: E402
+from pipelines.features.stage import build_features  # noqa: E402
 from pipelines.sqlrun import connect  # noqa: E402
 
 DAY1, DAY2 = "2023-03-01", "2023-03-02"
@@ -75,7 +76,7 @@ def test_cli_run_prints_no_beam_start_up_noise(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, DAY1, {"a": png(1, (64, 64)), "b": png(2, (64, 64)), "bad": b"not an image"})
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-m", "pipelines.features.job", "--home", str(home.root), "--day", DAY1,
+    done = subprocess.run([sys.executable, "-m", "pipelines.features", "--home", str(home.root), "--day", DAY1,
                            "--workers", "2", "--in-process-below", "0"], capture_output=True, text=True, env=env,
                           timeout=600)
     assert done.returncode == 0, done.stderr

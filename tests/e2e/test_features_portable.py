@@ -21,11 +21,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from formats.home import DataHome
-from pipelines.features.job import FeaturesConfig, build_features
+from pipelines.features.config import FeaturesConfig
 from pipelines.features.portable import LocalPortableCluster
+from pipelines.features.stage import build_features
 
 REPO = Path(__file__).resolve().parents[2]
-WHEEL_SOURCES = ("pyproject.toml", "README.md", "dagster_project", "pipelines", "schemas", "sql", "data_contracts",
+WHEEL_SOURCES = ("pyproject.toml", "README.md", "dagster_project", "formats", "pipelines", "schemas", "sql", "data_contracts",
                  "training")
 DAY = "2023-02-13"
 
@@ -120,7 +121,7 @@ def worker_site(root: Path) -> tuple[Path, Path, Path]:
 
 def simulated_day(root: Path) -> DataHome:
     """One small simulated day (64 px images, the simulator's planted defects included), ingested."""
-    from pipelines.ingest.day import main as ingest
+    from pipelines.ingest.__main__ import main as ingest
     from simulator.__main__ import main as simulate
 
     assert simulate(["--home", str(root), "--days", "1", "--start-date", DAY, "--users", "8", "--rankings-per-day", "12",

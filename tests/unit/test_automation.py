@@ -16,8 +16,8 @@ import pytest
 
 from dagster_project import automation, versions
 from dagster_project.definitions import defs
-from dagster_project.resources import PickapicHome
 from dagster_project.home_settings import cron_problem
+from dagster_project.resources import PickapicHome
 from dagster_project.staleness import DATA_VERSION_TAG, PlannedRun, plan_build, record_observations
 from dagster_project.versions import BY_NAME, PARTITIONS
 from formats.home import DataHome

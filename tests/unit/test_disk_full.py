@@ -15,7 +15,8 @@ from test_publish_fixtures import make_home
 from dagster_project.build import BuildError
 from dagster_project.cli import main as pickapic
 from formats.files import no_space_message
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from pipelines.query import engine as query
 
 

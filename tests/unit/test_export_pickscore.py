@@ -9,7 +9,8 @@ import pyarrow.parquet as pq
 from test_publish_fixtures import make_home
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from pipelines.query import export
 from pipelines.sqlrun import connect
 from schemas import get_schema

@@ -5,13 +5,16 @@ import json
 import os
 from pathlib import Path
 
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_features_fixtures import bad_blobs, encode, fake_detector, natural_image, png, write_day
 
 from formats.home import DataHome
-from pipelines.features import job as features
-from pipelines.features.job import FeaturesConfig, build_features, pipeline_options
+from pipelines.features.__main__ import run as features_cli
+from pipelines.features.config import FeaturesConfig
+from pipelines.features.runner import pipeline_options, pipeline_runner
+from pipelines.features.stage import build_features
 from schemas import get_schema
 
 DAY1, DAY2 = "2023-03-01", "2023-03-02"
@@ -53,13 +56,16 @@ def test_day_one_rerun_and_day_two(tmp_path: Path) -> None:
     assert reasons == expected
     assert report.inputs == len(blobs) + 2 == report.features_rows + report.rejects_rows
     assert (report.processed, report.reused, report.rejected_total) == (4, 0, len(expected))
-    assert report.nsfw_flagged == 1                    # the fake flags the all-red image only
     assert report.bytes_read == sum(len(b) for b in blobs.values() if b is not None)
     for row in feats.to_pylist():
         assert (home.root / row["train_jpg_key"]).is_file()
     metadata = report.metadata()
     json.dumps(metadata)
     assert metadata["reconciled"] and "| processed | 4 |" in metadata["summary"]
+    # One NSFW policy: curation applies the home's nsfw_threshold / nsfw_classes to these scores; the
+    # stage keeps no second, fixed-default count of its own.
+    assert "nsfw_flagged" not in metadata and "nsfw_flagged" not in metadata["summary"]
+    assert feats.filter(pc.equal(feats["image_uid"], "red"))["nsfw_max"].to_pylist()[0]["FEMALE_BREAST_EXPOSED"] > 0.5
     assert not (home.root / ".staging").exists()
 
     # Re-run of the same day: nothing recomputed, same bytes.
@@ -148,7 +154,7 @@ def test_direct_runner_never_tries_the_prism_download(tmp_path: Path, monkeypatc
     report = build(home, DAY1)
     assert attempts == [] and report.runner == "DirectRunner" and report.features_rows == 2
     assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("beam-temp")]
-    assert features.pipeline_runner(pipeline_options(CONFIG, ["--runner=DataflowRunner", "--project=p",
+    assert pipeline_runner(pipeline_options(CONFIG, ["--runner=DataflowRunner", "--project=p",
                                                               "--temp_location=gs://b/t", "--region=r"])) is None
 
 
@@ -168,7 +174,7 @@ def test_beam_options_pass_through_unchanged() -> None:
 def test_command_line_passes_unknown_args_to_beam(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, DAY1, {"a": png(1), "b": b""})
-    report = features.run(["--home", str(home.root), "--day", DAY1, "--workers", "0",
+    report = features_cli(["--home", str(home.root), "--day", DAY1, "--workers", "0",
                            "--direct_running_mode=in_memory", "--train-size", "64"])
     assert (report.processed, report.rejected) == (1, {"empty_file": 1})
     printed = capsys.readouterr().out

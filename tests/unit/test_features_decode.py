@@ -11,8 +11,8 @@ from PIL import Image
 from test_features_fixtures import bad_blobs, bomb_png, encode, natural_image, png, text_bomb_png, thin_png
 
 from pipelines.features import decode as imagedecode
+from pipelines.features.config import FeaturesConfig
 from pipelines.features.decode import ImageRejected, check_blob_path, check_local_target, decode_image, read_capped
-from pipelines.features.job import FeaturesConfig
 
 LIMITS = FeaturesConfig().decode_limits()
 

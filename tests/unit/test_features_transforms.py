@@ -17,17 +17,13 @@ from apache_beam.testing.util import assert_that, equal_to, is_empty
 from PIL import Image
 from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png, thin_png
 
-from pipelines.features import job as features
-from pipelines.features.job import (
-    DecodeImageFn,
-    DetectNsfwFn,
-    FeaturesConfig,
-    FingerprintImages,
-    ReadBlobFn,
-    perceptual_hashes,
-    train_size_of,
-)
+from pipelines.features import transforms
+from pipelines.features.config import FeaturesConfig
+from pipelines.features.derive import perceptual_hashes, train_size_of
 from pipelines.features.nsfw import prepare_image
+from pipelines.features.runner import pipeline_runner
+from pipelines.features.transforms import DecodeImageFn, DetectNsfwFn, FingerprintImages, ReadBlobFn
+from schemas import get_schema
 
 DAY = dt.date(2023, 3, 1)
 
@@ -35,7 +31,7 @@ DAY = dt.date(2023, 3, 1)
 def BeamTestPipeline() -> _BeamTestPipeline:
     """Beam's TestPipeline on the runner the stage itself uses for DirectRunner (no Prism download)."""
     options = PipelineOptions(["--runner=DirectRunner"])
-    return _BeamTestPipeline(runner=features.pipeline_runner(options), options=options)
+    return _BeamTestPipeline(runner=pipeline_runner(options), options=options)
 
 
 def row(uid: str, path: str | None = None) -> dict:
@@ -161,7 +157,7 @@ def test_fingerprint_images_composite_with_fake_detector(home: Path, tmp_path: P
     with BeamTestPipeline() as p:
         out = p | beam.Create(rows) | FingerprintImages(str(home), config, known, fake_detector)
         assert_that(out["features"] | beam.Map(lambda r: (r["image_uid"], r["train_jpg_key"].startswith("blobs/train/s512q90/"),
-                                                          set(r) == set(features.get_schema("image_features").names))),
+                                                          set(r) == set(get_schema("image_features").names))),
                     equal_to([("a", True, True), ("b", True, True)]), label="features")
         assert_that(reasons(out["rejects"]), equal_to([("c", "truncated_image"), ("gone", "missing_blob")]), label="rejects")
         assert_that(out["reused"] | beam.Map(lambda r: r["image_uid"]), equal_to(["d"]), label="reused")
@@ -195,14 +191,14 @@ def test_extreme_shapes_are_rejects_not_a_failed_run(home: Path) -> None:
 
 def test_an_exception_in_the_per_image_work_is_a_reject_row(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Any error of one image (here the JPEG encoder's 'broken data stream') is a processing_error row."""
-    real_encode = features.encode_train_jpeg
+    real_encode = transforms.encode_train_jpeg
 
     def encoder(rgb, train_size, quality):
         if rgb.size == (90, 70):
             raise OSError(f"broken data stream when writing image file {home}/raw/images/b.png")
         return real_encode(rgb, train_size, quality)
 
-    monkeypatch.setattr(features, "encode_train_jpeg", encoder)
+    monkeypatch.setattr(transforms, "encode_train_jpeg", encoder)
     put(home, "a", png(1))
     put(home, "b", png(2, (90, 70)))
     with BeamTestPipeline() as p:

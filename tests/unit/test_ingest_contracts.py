@@ -10,7 +10,8 @@ from test_ingest_fixtures import DayBuilder, hostile_lines
 
 from data_contracts.engine import evaluate, load_contract
 from formats.home import DataHome
-from pipelines.ingest.day import OUTPUT_DATASETS, ingest_day
+from pipelines.ingest.config import OUTPUT_DATASETS
+from pipelines.ingest.day import ingest_day
 from pipelines.sqlrun import connect
 from schemas import get_schema
 

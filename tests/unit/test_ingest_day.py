@@ -12,7 +12,10 @@ from test_ingest_fixtures import DayBuilder, clean_home, hostile_lines
 
 from formats.home import DataHome
 from pipelines.ingest import day as ingest
-from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
+from pipelines.ingest import reader
+from pipelines.ingest.__main__ import main as ingest_cli
+from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig
+from pipelines.ingest.day import ingest_day
 
 DAY = "2023-03-01"
 
@@ -282,7 +285,7 @@ def test_config_is_validated():
 
 def test_command_line(tmp_path, capsys):
     home, b = clean_home(tmp_path)
-    assert ingest.main(["--home", str(home.root), "--day", DAY]) == 0
+    assert ingest_cli(["--home", str(home.root), "--day", DAY]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["reconciled"] and summary["rows_accepted"] == sum(len(v) for v in b.lines.values())
     assert home.partition_file("ingest_files", DAY).exists()
@@ -309,10 +312,10 @@ def test_worker_parts_split_by_key_and_redo_a_table_whose_key_met_two_workers(tm
     home = DataHome(tmp_path / "home")
     b = DayBuilder(DAY, seed=9).populate(users=4, images=40, rankings=30, downloads=6)
     routed_to_1 = next(u for u in b.image_uids
-                       if ingest._route(f'"image_uid": "{u}",'.encode(), ingest._ROUTE_RE["images"], 2) == 1)
+                       if reader._route(f'"image_uid": "{u}",'.encode(), reader._ROUTE_RE["images"], 2) == 1)
     version = json.loads(next(line for line in b.lines["images"] if routed_to_1.encode() in line))
     escaped = json.dumps(dict(version, prompt="another prompt")).replace(routed_to_1, "\\u00" + routed_to_1[:1].encode().hex() + routed_to_1[1:])
-    assert ingest._ROUTE_RE["images"].search(escaped.encode()) is None and json.loads(escaped)["image_uid"] == routed_to_1
+    assert reader._ROUTE_RE["images"].search(escaped.encode()) is None and json.loads(escaped)["image_uid"] == routed_to_1
     b.add("images", escaped.encode())
     b.write(home)
     serial = ingest_day(home, DAY, IngestConfig(workers=1))

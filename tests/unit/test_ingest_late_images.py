@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
-from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
+from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig
+from pipelines.ingest.day import ingest_day
 
 DAYS = ["2023-03-01", "2023-03-02", "2023-03-03", "2023-03-04"]
 

@@ -14,9 +14,9 @@ import pytest
 from test_ingest_fixtures import DayBuilder, hostile_lines
 
 from formats.home import DataHome
-from pipelines.ingest import day as ingest
-from pipelines.ingest import quarantine
-from pipelines.ingest.day import OUTPUT_DATASETS, IngestConfig, ingest_day
+from pipelines.ingest import quarantine, reader
+from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig
+from pipelines.ingest.day import ingest_day
 
 DAY = "2023-03-01"
 REPO = Path(__file__).resolve().parents[2]
@@ -92,9 +92,9 @@ def test_spilling_changes_no_byte(tmp_path, monkeypatch):
         return real_batches(self)
 
     monkeypatch.setattr(quarantine.QuarantineSink, "batches", counting)
-    monkeypatch.setattr(ingest, "SINK_LIMITS", quarantine.SinkLimits(max_rows=3, max_text_bytes=64, sort_rows=4,
+    monkeypatch.setattr(reader, "SINK_LIMITS", quarantine.SinkLimits(max_rows=3, max_text_bytes=64, sort_rows=4,
                                                                       sort_text_bytes=64))
-    monkeypatch.setattr(ingest._RepeatLog, "max_events", 4)
+    monkeypatch.setattr(reader._RepeatLog, "max_events", 4)
     monkeypatch.setattr(quarantine, "FAN_IN", 2)           # merges in several passes
     monkeypatch.setattr(quarantine, "RUN_BATCH_ROWS", 2)
     ingest_day(home, DAY, IngestConfig(workers=1))

@@ -14,7 +14,8 @@ from test_ingest_fixtures import DayBuilder
 from data_contracts.engine import evaluate, load_contract
 from formats.home import DataHome
 from formats.rawzone import scan_raw_zone
-from pipelines.ingest.day import OUTPUT_DATASETS, ingest_day
+from pipelines.ingest.config import OUTPUT_DATASETS
+from pipelines.ingest.day import ingest_day
 from pipelines.sqlrun import connect
 
 DAY = "2023-03-01"

@@ -20,7 +20,8 @@ from test_publish_fixtures import make_home
 from dagster_project.cli import main as pickapic
 from formats import files, outputs
 from formats.home import DataHome
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from pipelines.query import engine as query
 from pipelines.query import export
 

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from test_publish_fixtures import make_home, write_split_pairs
 
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ import pytest
 from test_publish_fixtures import make_home
 
 from data_contracts.engine import evaluate, load_contract
-from pipelines.publish.version import PublishConfig, check_contracts, publish_dataset, version_views
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import check_contracts, publish_dataset, version_views
 from pipelines.query import export
 from pipelines.sqlrun import connect
 from schemas import get_schema

@@ -19,7 +19,8 @@ from test_publish_fixtures import SECRET_EMAIL, SECRET_NAME, make_home
 from formats import dataset
 from formats.dataset import list_versions, resolve_version
 from pipelines.publish import shards
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 
 FAST = PublishConfig(workers=1, fsync=False)
 
@@ -211,22 +212,22 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
 
 
 def test_crash_before_switch_keeps_old_latest(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import pipelines.publish.version as publish
+    from pipelines.publish import manifest
 
     home = make_home(tmp_path / "h", num_rankings=60, seed=1)
     first = publish_dataset(home, FAST)
     make_home(home.root, num_rankings=70, seed=3)
-    real_manifest = publish._write_manifest
+    real_manifest = manifest.write_manifest
 
     def crash_after_manifest(*args, **kwargs):
         real_manifest(*args, **kwargs)
         raise RuntimeError("killed between manifest and switch")
 
-    monkeypatch.setattr(publish, "_write_manifest", crash_after_manifest)
+    monkeypatch.setattr(manifest, "write_manifest", crash_after_manifest)
     with pytest.raises(RuntimeError, match="killed"):
         publish_dataset(home, FAST)
     assert _visible(home) == {"latest", first.version} and resolve_version(home).name == first.version
-    monkeypatch.setattr(publish, "_write_manifest", real_manifest)
+    monkeypatch.setattr(manifest, "write_manifest", real_manifest)
     second = publish_dataset(home, FAST)
     assert second.shards_resumed == sum(second.shards.values())      # every shard was committed
     assert resolve_version(home).name == second.version != first.version
@@ -318,3 +319,18 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="split_pairs"):
         publish_dataset(make_home(tmp_path / "x", num_rankings=4).__class__(tmp_path / "empty"), FAST)
     assert not (home.datasets / "latest").exists()
+
+
+def test_command_line_publishes_with_the_home_settings_then_the_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """``python -m pipelines.publish``: flags come from the publish settings; a flag beats the home's file."""
+    from pipelines.publish.__main__ import main
+
+    home = make_home(tmp_path / "h", num_rankings=60, seed=1)
+    (home.root / "pickapic.toml").write_text("[publish]\nmax_samples_per_shard = 7\nworkers = 1\nfsync = false\n")
+    report = main(["--home", str(home.root), "--max-samples-per-shard", "5", "--no-verify-checksums"])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["version"] == report.version and resolve_version(home) == report.path
+    assert json.loads((report.path / "manifest.json").read_text())["config"]["max_samples_per_shard"] == 5
+    assert report.version == publish_dataset(home, PublishConfig(max_samples_per_shard=5, workers=1, fsync=False)).version
+    with pytest.raises(SystemExit):
+        main(["--home", str(home.root), "--keep-versions", "0"])   # refused like every setting: 1 <= value

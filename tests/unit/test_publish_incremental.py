@@ -16,9 +16,11 @@ from test_publish_fixtures import make_home, write_split_pairs
 
 from formats.dataset import list_versions, resolve_version
 from formats.home import DataHome
-from pipelines.publish import shards
-from pipelines.publish import version as publish
-from pipelines.publish.version import PublishConfig, publish_dataset, verify_version
+from pipelines.publish import meta, shards
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.manifest import verify_version
+from pipelines.publish.version import publish_dataset
+from pipelines.publish.versions import apply_retention
 
 # One shard per (split, export day): no limit or anchor cuts inside these small days, no min-shards halving.
 DAYS = 6
@@ -183,7 +185,7 @@ def test_deleting_old_versions_leaves_newer_ones_intact(tmp_path: Path) -> None:
     assert shared, "the oldest and the newest version share shards"
     # retention (and a plain delete) of older versions never breaks a newer one's hard links
     shutil.rmtree(versions[0].path)
-    publish.apply_retention(home, keep=1)
+    apply_retention(home, keep=1)
     assert list_versions(home) == [versions[2].version] and resolve_version(home) == versions[2].path
     verify_version(versions[2].path, checksums=True)
     for rel in shared:
@@ -267,20 +269,20 @@ def test_a_full_disk_in_a_shard_writer_cleans_up_and_names_the_file(tmp_path: Pa
 def test_a_full_disk_after_the_shards_cleans_up_and_names_the_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home, full = _history(tmp_path / "h")
     write_split_pairs(home, full)
-    real_meta = publish._write_meta
+    real_meta = meta.write_meta
 
     def meta_then_full(staging, *args, **kwargs):
         (staging / "meta").mkdir(parents=True, exist_ok=True)
         (staging / "meta" / ".decisions.parquet.abc.tmp").write_bytes(b"half")   # a writer's temp file
         raise OSError(errno.ENOSPC, "No space left on device", str(staging / "meta" / ".decisions.parquet.abc.tmp"))
 
-    monkeypatch.setattr(publish, "_write_meta", meta_then_full)
+    monkeypatch.setattr(meta, "write_meta", meta_then_full)
     with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*/meta/"):
         publish_dataset(home, CONFIG)
     (staging,) = home.datasets.glob(".partial-*")
     assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")]
     assert list(staging.glob("*/*_stats.json")), "committed shards stay for the rerun"
-    monkeypatch.setattr(publish, "_write_meta", real_meta)
+    monkeypatch.setattr(meta, "write_meta", real_meta)
     report = publish_dataset(home, CONFIG)
     assert report.shards_resumed == sum(report.shards.values()) and report.shards_written == 0
 
@@ -302,7 +304,8 @@ def test_the_trainer_reads_the_weight_beside_the_shards(tmp_path: Path) -> None:
 KILLED_PUBLISH = """
 import sys
 from formats.home import DataHome
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 report = publish_dataset(DataHome.at(sys.argv[1]), PublishConfig(workers=1, fsync=False, min_shards_per_split=1,
                                                                   max_samples_per_shard=10**6, max_shard_bytes=10**12))
 print(report.version, report.shards_written, report.shards_linked, report.shards_resumed)

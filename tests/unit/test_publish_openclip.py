@@ -16,7 +16,8 @@ import webdataset as wds
 from test_publish_fixtures import make_home
 
 from pipelines.publish import openclip
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 
 
 def filter_no_caption_or_no_image(sample):

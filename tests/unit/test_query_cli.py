@@ -17,7 +17,8 @@ import pytest
 from test_publish_fixtures import SECRET_EMAIL, make_home
 
 from formats.dataset import resolve_version
-from pipelines.publish.version import PublishConfig, publish_dataset
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
 from pipelines.query import engine as query
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/

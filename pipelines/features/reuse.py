@@ -1,0 +1,141 @@
+"""Incremental reuse: rows already fingerprinted (same uid) or of identical bytes (same sha256) are copied.
+
+The driver finds both in the earlier ``image_features`` partitions; the workers get the known sha256
+digests as one sorted ``.npy`` file and look each image up by binary search.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+from pathlib import Path
+from typing import Sequence
+
+# First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
+from pipelines.features import beamworker  # noqa: F401  # isort: skip
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from formats.home import DataHome
+from pipelines.features.config import FEATURES, parse_day
+
+
+def load_known_digests(path: str | None) -> np.ndarray:
+    """Sorted ``S32`` array of known sha256 digests from an ``.npy`` file (empty when ``path`` is None)."""
+    if not path:
+        return np.empty(0, dtype="S32")
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        digests = np.load(io.BytesIO(handle.read()), allow_pickle=False)
+    if digests.dtype != np.dtype("S32"):
+        raise ValueError(f"known digests file {path} has dtype {digests.dtype}, expected S32")
+    return digests
+
+
+def contains_digest(digests: np.ndarray, digest: bytes) -> bool:
+    """Binary search for ``digest`` in the sorted array."""
+    if digests.size == 0:
+        return False
+    # numpy compares S32 values without trailing NUL bytes; comparing two S32 values is still exact
+    # (same length), comparing one with raw ``bytes`` would not be.
+    key = np.array(digest, dtype="S32")
+    index = int(np.searchsorted(digests, key))
+    return index < digests.size and bool(digests[index] == key)
+
+
+
+def earlier_partitions(home: DataHome, day: str) -> list[tuple[str, Path]]:
+    """(day, file) of every image_features partition on or before ``day``, oldest first."""
+    root = home.table_dir(FEATURES)
+    found = []
+    if root.is_dir():
+        for child in root.iterdir():
+            if child.name.startswith("dt=") and child.name[3:] <= day:
+                path = child / "part-0.parquet"
+                if path.is_file():
+                    found.append((child.name[3:], path))
+    return sorted(found)
+
+
+def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=None) -> pa.Table:
+    if not history:
+        return pa.table({c: pa.array([], pa.string()) for c in columns} | {"dt_key": pa.array([], pa.string())})
+    tables = []
+    for key, path in history:
+        table = pq.read_table(path, columns=list(columns), filters=filter_expr)
+        tables.append(table.append_column("dt_key", pa.array([key] * table.num_rows, pa.string())))
+    return pa.concat_tables(tables)
+
+
+def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
+    """Copies of already-fingerprinted rows for input uids (same day first, else the earliest day)."""
+    if inputs.num_rows == 0:  # an empty chunked array reads as type null in ``isin``
+        return []
+    uids = inputs["image_uid"].combine_chunks()
+    hits = _index(history, ["image_uid"], pc.field("image_uid").isin(uids))
+    if hits.num_rows == 0:
+        return []
+    blob_paths = dict(zip(inputs["image_uid"].to_pylist(), inputs["blob_path"].to_pylist()))
+    source_day: dict[str, str] = {}
+    for uid, key in zip(hits["image_uid"].to_pylist(), hits["dt_key"].to_pylist()):
+        if key == day or uid not in source_day or (source_day[uid] != day and key < source_day[uid]):
+            source_day[uid] = key
+    rows = []
+    day_date = parse_day(day)
+    for key, path in history:
+        wanted = sorted(uid for uid, k in source_day.items() if k == key)
+        if not wanted:
+            continue
+        for row in pq.read_table(path, filters=pc.field("image_uid").isin(wanted)).to_pylist():
+            if key != day:
+                row.update(dt=day_date, reused_from=row["image_uid"])
+            row["blob_path"] = blob_paths[row["image_uid"]]
+            rows.append(row)
+    return rows
+
+
+def known_digests(history: list[tuple[str, Path]]) -> np.ndarray:
+    """Sorted unique sha256 digests (``S32``) of the given partitions (hex decoded with numpy)."""
+    table = _index(history, ["sha256"])
+    if table.num_rows == 0:
+        return np.empty(0, dtype="S32")
+    hexes = np.asarray(pc.unique(table["sha256"]).to_numpy(zero_copy_only=False), dtype="S64")
+    chars = np.frombuffer(hexes.tobytes(), dtype=np.uint8).reshape(-1, 64).astype(np.int16)
+    nibbles = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0"))
+    if ((nibbles < 0) | (nibbles > 15)).any():
+        raise ValueError("image_features.sha256 holds a value that is not 64 lowercase hex characters")
+    digests = np.ascontiguousarray(((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)).view("S32").ravel()
+    return np.sort(digests)
+
+
+def rows_reused_by_sha256(day: dt.date, candidates: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
+    """Copies of the earliest (dt, image_uid) row with the same sha256, for each reuse candidate."""
+    if candidates.num_rows == 0:
+        return []
+    earlier = [item for item in history if item[0] < day.isoformat()]
+    shas = pc.unique(candidates["sha256"])
+    hits = _index(earlier, ["image_uid", "sha256"], pc.field("sha256").isin(shas))
+    source: dict[str, tuple[str, str]] = {}
+    for uid, sha, key in zip(hits["image_uid"].to_pylist(), hits["sha256"].to_pylist(), hits["dt_key"].to_pylist()):
+        if sha not in source or (key, uid) < source[sha]:
+            source[sha] = (key, uid)
+    missing = sorted(set(shas.to_pylist()) - set(source))
+    if missing:
+        raise RuntimeError(f"reuse candidates with sha256 {missing[:3]} have no source row in earlier partitions")
+    source_rows: dict[str, dict] = {}
+    paths = dict(earlier)
+    for key in sorted({k for k, _ in source.values()}):
+        wanted = sorted(uid for k, uid in source.values() if k == key)
+        for row in pq.read_table(paths[key], filters=pc.field("image_uid").isin(wanted)).to_pylist():
+            source_rows[row["image_uid"]] = row
+    rows = []
+    for candidate in candidates.to_pylist():
+        _, source_uid = source[candidate["sha256"]]
+        row = dict(source_rows[source_uid])
+        row.update(image_uid=candidate["image_uid"], dt=day, blob_path=candidate["blob_path"],
+                   reused_from=source_uid)
+        rows.append(row)
+    return rows

@@ -1,0 +1,155 @@
+"""``build_features``: one day's images -> ``image_features`` + ``image_rejects``, every input row in exactly one.
+
+The driver reads the day's ``images`` partition, copies what it can reuse, stages the rest for the
+Beam pipeline (:class:`~pipelines.features.transforms.FingerprintImages`), reads the staged outputs
+back, reconciles them with the inputs and commits both partitions atomically. Only the driver
+touches the warehouse; the workers see the blob base and the staging folder.
+"""
+from __future__ import annotations
+
+import os
+import time
+from collections import Counter
+from typing import Callable
+
+# First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
+from pipelines.features import beamworker  # noqa: F401  # isort: skip
+
+import apache_beam as beam
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from formats.files import cast_to_schema, write_parquet_atomic
+from formats.home import DataHome
+from formats.progress import Progress, silent
+from pipelines import faults
+from pipelines.features.blobs import is_local, join_url
+from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, parse_day
+from pipelines.features.nsfw import NsfwDetector
+from pipelines.features.reuse import earlier_partitions, known_digests, rows_reused_by_sha256, rows_reused_by_uid
+from pipelines.features.runner import pipeline_options, pipeline_runner
+from pipelines.features.staging import (
+    REUSED_SCHEMA,
+    STAGED_KINDS,
+    STAGED_SCHEMA,
+    TODO_SCHEMA,
+    read_staged,
+    remove_dir,
+    reset_dir,
+    staged_record,
+    write_npy_url,
+    write_parquet_url,
+)
+from pipelines.features.transforms import FingerprintImages
+from schemas import get_schema
+
+INPUT_COLUMNS = ("image_uid", "blob_path")
+
+
+def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesConfig(),
+                   beam_args: list[str] | None = None, progress: Progress = silent,
+                   detector_factory: Callable[[], NsfwDetector] | None = None) -> FeaturesReport:
+    """Fingerprint the images of ``day``: write image_features and image_rejects for that partition."""
+    started = time.perf_counter()
+    config.validate()
+    day_date = parse_day(day)
+    runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
+    base = config.blob_base or str(home.root)
+    staging = config.staging or join_url(base, f".staging/features/dt={day}")
+
+    inputs = read_inputs(home, day)
+    progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
+    history = earlier_partitions(home, day)
+    by_uid = rows_reused_by_uid(home, day, inputs, history)
+    reused_uids = {row["image_uid"] for row in by_uid}
+    todo = inputs.filter(pc.invert(pc.is_in(inputs["image_uid"], pa.array(sorted(reused_uids), pa.string()))))
+    progress(f"{len(by_uid)} reused by uid, {todo.num_rows} to read")
+
+    computed = get_schema(FEATURES).empty_table()
+    rejects = get_schema(REJECTS).empty_table()
+    candidates = REUSED_SCHEMA.empty_table()
+    stage_seconds = 0.0
+    if todo.num_rows:
+        reset_dir(staging)
+        todo_path = join_url(staging, "todo.parquet")
+        write_parquet_url(pa.table({"image_uid": todo["image_uid"], "blob_path": todo["blob_path"],
+                                    "dt": pa.array([day_date] * todo.num_rows, pa.date32())},
+                                   schema=TODO_SCHEMA), todo_path)
+        digests_path = join_url(staging, "known_sha256.npy")
+        write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
+        stage_started = time.perf_counter()
+        options = pipeline_options(config, beam_args, todo.num_rows)
+        with beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
+            rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
+            out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
+            staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]
+            (staged | "AllOutputs" >> beam.Flatten()
+             | "WriteStaged" >> beam.io.WriteToParquet(join_url(staging, "out/part"), STAGED_SCHEMA,
+                                                       file_name_suffix=".parquet"))
+        stage_seconds = time.perf_counter() - stage_started
+        faults.maybe_crash("features.after_beam")  # tests: Beam finished, outputs not committed
+        progress(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
+        computed, rejects, candidates = read_staged(join_url(staging, "out/part"), day_date)
+
+    by_sha = rows_reused_by_sha256(day_date, candidates, history)
+    copied = pa.Table.from_pylist(by_uid + by_sha, schema=get_schema(FEATURES))
+    features = pa.concat_tables([cast_to_schema(computed, get_schema(FEATURES)), copied])
+    features = features.sort_by("image_uid").combine_chunks()
+    rejects = cast_to_schema(rejects, get_schema(REJECTS)).sort_by("image_uid").combine_chunks()
+    _reconcile(inputs, features, rejects)
+
+    if is_local(base):
+        os.sync()   # training JPEGs were renamed into place without fsync; make them durable first
+    features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day), get_schema(FEATURES))
+    rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day), get_schema(REJECTS))
+    if todo.num_rows:
+        remove_dir(staging)
+
+    bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
+    report = FeaturesReport(
+        day=day, inputs=inputs.num_rows, processed=computed.num_rows, reused=len(by_uid) + len(by_sha),
+        reused_by_uid=len(by_uid), reused_by_sha256=len(by_sha),
+        rejected=dict(sorted(Counter(rejects.column("reason").to_pylist()).items())),
+        bytes_read=int(bytes_read), stage_seconds=round(stage_seconds, 3),
+        total_seconds=round(time.perf_counter() - started, 3),
+        images_per_second=round(todo.num_rows / stage_seconds, 2) if stage_seconds else 0.0,
+        features_rows=features.num_rows, rejects_rows=rejects.num_rows, runner=runner,
+        workers=config.workers, features_path=str(features_path), rejects_path=str(rejects_path))
+    progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
+        f"rejects: {report.rejects_rows}")
+    return report
+
+
+def read_inputs(home: DataHome, day: str) -> pa.Table:
+    """(image_uid, blob_path) of the day's images partition; raise naming the file if it is unusable."""
+    path = home.partition_file("images", day)
+    if not path.is_file():
+        raise FileNotFoundError(f"images partition for {day} not found at {path}; run the ingest first")
+    try:
+        table = pq.read_table(path, columns=list(INPUT_COLUMNS))
+    except (pa.ArrowInvalid, OSError, KeyError) as exc:
+        raise ValueError(f"cannot read columns {list(INPUT_COLUMNS)} from {path}: {exc}") from exc
+    for name in INPUT_COLUMNS:
+        if table[name].null_count:
+            raise ValueError(f"{path}: column {name!r} has {table[name].null_count} nulls")
+    uids = table["image_uid"]
+    if pc.count_distinct(uids).as_py() != table.num_rows:
+        counts = pc.value_counts(uids)
+        dupes = [c["values"] for c in counts.to_pylist() if c["counts"] > 1][:5]
+        raise ValueError(f"{path}: image_uid is not unique, e.g. {dupes}")
+    return table.sort_by("image_uid")
+
+
+
+def _reconcile(inputs: pa.Table, features: pa.Table, rejects: pa.Table) -> None:
+    expected = set(inputs["image_uid"].to_pylist())
+    got_features = features["image_uid"].to_pylist()
+    got_rejects = rejects["image_uid"].to_pylist()
+    both = set(got_features) & set(got_rejects)
+    union = set(got_features) | set(got_rejects)
+    if both or union != expected or len(got_features) + len(got_rejects) != len(expected):
+        raise RuntimeError(
+            f"feature outputs do not reconcile with {len(expected)} inputs: {len(got_features)} features, "
+            f"{len(got_rejects)} rejects, in both {sorted(both)[:5]}, missing {sorted(expected - union)[:5]}, "
+            f"unexpected {sorted(union - expected)[:5]}")

@@ -1,0 +1,248 @@
+"""The Beam side: ``ReadBlobFn`` -> ``DecodeImageFn`` -> ``BatchElements`` -> ``DetectNsfwFn``, composed by
+:class:`FingerprintImages` (no I/O of its own beyond the blob reads and the training-JPEG writes it exists for).
+
+Every image that cannot be used becomes one dead-letter row (``image_rejects``) with a reason; one
+image never fails the pipeline.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+# First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
+from pipelines.features import beamworker  # noqa: F401  # isort: skip
+
+import apache_beam as beam
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from pipelines.features import decode as imagedecode
+from pipelines.features.blobs import is_local, join_url, train_jpg_key, write_blob_atomic
+from pipelines.features.config import REJECTS, REUSED, FeaturesConfig
+from pipelines.features.decode import ImageRejected
+from pipelines.features.derive import encode_train_jpeg, perceptual_hashes
+from pipelines.features.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, prepare_image
+from pipelines.features.reuse import contains_digest, load_known_digests
+from schemas.features import NSFW_CLASSES
+
+PILLOW_BLOCKS_MAX = 64
+
+
+def reject_row(row: dict, reason: str, detail: str, sha256: str | None = None, num_bytes: int | None = None) -> dict:
+    """A dead-letter row for ``image_rejects``."""
+    return {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": str(row["blob_path"]),
+            "reason": reason, "detail": detail, "sha256": sha256, "num_bytes": num_bytes}
+
+
+def describe_error(exc: BaseException, base: str) -> str:
+    """``Type: message`` of an exception, with ``base`` (the home or bucket) cut from any path it names."""
+    message = str(exc).replace(base.rstrip("/") + "/", "") if base else str(exc)
+    return f"{type(exc).__name__}: {message}"
+
+
+def processing_error_row(row: dict, step: str, exc: BaseException, base: str, num_bytes: int) -> dict:
+    """The reject row of an image whose per-image work raised at ``step`` (reason ``processing_error``)."""
+    return reject_row(row, imagedecode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
+                      row["sha256"], num_bytes)
+
+
+class ReadBlobFn(beam.DoFn):
+    """Check the blob path, read the bytes once (capped), sha256 them; known bytes go to ``reused``."""
+
+    def __init__(self, base: str, zone: str, max_bytes: int, known_digests: str | None = None) -> None:
+        self.base, self.zone, self.max_bytes, self.known_digests_path = base, zone, max_bytes, known_digests
+        self.bytes_read = Metrics.counter("features", "bytes_read")
+        self.rejected = Metrics.counter("features", "rejected")
+
+    def setup(self) -> None:
+        self.known = load_known_digests(self.known_digests_path)
+
+    def process(self, row: dict) -> Iterator[Any]:
+        relpath = row["blob_path"]
+        try:
+            data = self._read(relpath)
+        except ImageRejected as rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, reject_row(row, rejected.reason, rejected.detail))
+            return
+        self.bytes_read.inc(len(data))
+        digest = hashlib.sha256(data)
+        if contains_digest(self.known, digest.digest()):
+            yield beam.pvalue.TaggedOutput(REUSED, {"image_uid": row["image_uid"], "blob_path": relpath,
+                                                    "sha256": digest.hexdigest(), "num_bytes": len(data)})
+            return
+        yield {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": relpath, "data": data,
+               "sha256": digest.hexdigest()}
+
+    def _read(self, relpath: object) -> bytes:
+        relpath = imagedecode.check_blob_path(relpath, self.zone)
+        try:
+            if is_local(self.base):
+                url = imagedecode.check_local_target(self.base, relpath, self.zone)
+            else:
+                url = join_url(self.base, relpath)
+                if not FileSystems.exists(url):
+                    raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
+            with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                return imagedecode.read_capped(handle, relpath, self.max_bytes)
+        except ImageRejected:
+            raise
+        except FileNotFoundError:
+            raise ImageRejected(imagedecode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
+        except Exception as exc:  # noqa: BLE001 - one unreadable blob is a reject row, never a failed run
+            raise ImageRejected(imagedecode.UNREADABLE_BLOB,
+                                f"{relpath!r}: {describe_error(exc, self.base)}") from None
+
+
+class DecodeImageFn(beam.DoFn):
+    """Decode once; derive hashes, the training JPEG (written to the store) and the NSFW model input."""
+
+    def __init__(self, base: str, config: FeaturesConfig) -> None:
+        self.base, self.config = base, config
+        self.decoded = Metrics.counter("features", "decoded")
+        self.rejected = Metrics.counter("features", "rejected")
+
+    def setup(self) -> None:
+        import imagehash  # noqa: F401
+        import scipy.fftpack  # noqa: F401 - imagehash.phash imports it on its first call (~0.3 s): once per worker, here
+
+        configure_worker()
+
+    def process(self, element: dict) -> Iterator[Any]:
+        data, config = element["data"], self.config
+        step = "decode"
+        try:
+            decoded = imagedecode.decode_image(data, element["blob_path"], **config.decode_limits())
+            step = "hashes"
+            phash, dhash = perceptual_hashes(decoded.rgb)
+            step = "train_jpeg"
+            jpeg, train_width, train_height = encode_train_jpeg(decoded.rgb, config.train_size, config.jpeg_quality)
+            step = "nsfw_input"
+            nsfw_input = prepare_image(decoded.pixels)
+        except ImageRejected as rejected:
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,
+                                                               element["sha256"], len(data)))
+            return
+        except Exception as exc:  # noqa: BLE001 - dead letter: one image never fails the run (imagedecode: processing_error)
+            self.rejected.inc()
+            yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(element, step, exc, self.base, len(data)))
+            return
+        key = train_jpg_key(config.train_prefix, element["sha256"])
+        write_blob_atomic(self.base, key, jpeg)   # a store that cannot be written fails the stage, not the image
+        self.decoded.inc()
+        yield {
+            "image_uid": element["image_uid"], "dt": element["dt"], "blob_path": element["blob_path"],
+            "sha256": element["sha256"], "num_bytes": len(data), "width": decoded.width,
+            "height": decoded.height, "mode": decoded.mode, "format": decoded.format,
+            "phash": phash, "dhash": dhash, "train_jpg_key": key, "train_width": train_width,
+            "train_height": train_height, "train_jpg_bytes": len(jpeg), "reused_from": None,
+            "_nsfw_input": nsfw_input,
+        }
+
+
+class DetectNsfwFn(beam.DoFn):
+    """Run the NSFW detector on a batch of decoded images; the model loads once per worker (setup)."""
+
+    def __init__(self, detector_factory: Callable[[], NsfwDetector], base: str = "") -> None:
+        self.detector_factory, self.base = detector_factory, base
+        self.processed = Metrics.counter("features", "processed")
+        self.rejected = Metrics.counter("features", "rejected")
+
+    def setup(self) -> None:
+        configure_worker()
+        self.detector = self.detector_factory()
+
+    def process(self, batch: Sequence[dict]) -> Iterator[Any]:
+        try:
+            results: list[NsfwResult | Exception] = list(self._detect([element["_nsfw_input"] for element in batch]))
+        except Exception:  # noqa: BLE001 - find the image at fault: run each one alone
+            results = []
+            for element in batch:
+                try:
+                    results.extend(self._detect([element["_nsfw_input"]]))
+                except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                    results.append(exc)
+        for element, result in zip(batch, results):
+            row = {key: value for key, value in element.items() if key != "_nsfw_input"}
+            try:
+                if isinstance(result, Exception):
+                    raise result
+                row.update(nsfw_columns(result))
+            except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(row, "nsfw", exc, self.base,
+                                                                             row["num_bytes"]))
+                continue
+            self.processed.inc()
+            yield row
+
+    def _detect(self, inputs: list[PreparedImage]) -> list[NsfwResult]:
+        results = self.detector.detect_prepared(inputs)
+        if len(results) != len(inputs):
+            raise RuntimeError(f"NSFW detector returned {len(results)} results for {len(inputs)} images")
+        return results
+
+
+def nsfw_columns(result: NsfwResult) -> dict:
+    """``nsfw_detections`` and ``nsfw_max`` column values of one result; raise on a non-finite score."""
+    columns = {"nsfw_detections": [d.as_row() for d in result.detections],
+               "nsfw_max": {name: float(result.class_max.get(name, 0.0)) for name in NSFW_CLASSES}}
+    scores = list(columns["nsfw_max"].values()) + [d["score"] for d in columns["nsfw_detections"]]
+    if not all(math.isfinite(score) for score in scores):
+        raise ValueError(f"the NSFW model gave a non-finite score: {columns['nsfw_max']}")
+    return columns
+
+
+def configure_worker() -> None:
+    """Per-process settings: Pillow's block allocator (PILLOW_BLOCKS_MAX=64) and one OpenCV thread."""
+    import cv2
+    from PIL import Image
+
+    os.environ.setdefault("PILLOW_BLOCKS_MAX", str(PILLOW_BLOCKS_MAX))
+    Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)
+    cv2.setNumThreads(1)
+
+
+@dataclass(frozen=True)
+class DetectorFactory:
+    """Picklable factory of the default detector (workers build it in ``setup``)."""
+
+    threads: int = 1
+
+    def __call__(self) -> NsfwDetector:
+        return FastNudeDetector(intra_op_threads=self.threads)
+
+
+# ----------------------------------------------------------------------------------- transforms
+
+class FingerprintImages(beam.PTransform):
+    """Rows (image_uid, blob_path, dt) -> ``{"features", "rejects", "reused"}`` PCollections."""
+
+    def __init__(self, base: str, config: FeaturesConfig, known_digests: str | None = None,
+                 detector_factory: Callable[[], NsfwDetector] | None = None) -> None:
+        super().__init__()
+        config.validate()
+        self.base, self.config, self.known_digests = base, config, known_digests
+        self.detector_factory = detector_factory or DetectorFactory(config.nsfw_threads)
+
+    def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
+        config = self.config
+        read = rows | "ReadBlob" >> beam.ParDo(
+            ReadBlobFn(self.base, config.blob_zone, config.max_bytes, self.known_digests)
+        ).with_outputs(REJECTS, REUSED, main="blobs")
+        decoded = read.blobs | "DecodeImage" >> beam.ParDo(DecodeImageFn(self.base, config)).with_outputs(
+            REJECTS, main="decoded")
+        features = (
+            decoded.decoded
+            | "BatchForNsfw" >> beam.BatchElements(min_batch_size=config.nsfw_batch_size,
+                                                   max_batch_size=config.nsfw_batch_size)
+            | "DetectNsfw" >> beam.ParDo(DetectNsfwFn(self.detector_factory, self.base)).with_outputs(
+                REJECTS, main="features")
+        )
+        rejects = (read[REJECTS], decoded[REJECTS], features[REJECTS]) | "AllRejects" >> beam.Flatten()
+        return {"features": features.features, "rejects": rejects, "reused": read[REUSED]}

@@ -1,0 +1,252 @@
+"""Reading one raw file of one day: every line validated into a row or a quarantine row, then the per-file rules.
+
+Per file, on the lines that passed (primary keys: users ``user_id``, images ``image_uid``,
+rankings ``ranking_id``, downloads ``download_id``; values compared after typing, so ``5`` and
+``5.0`` are the same):
+
+- ``duplicate_row``: an exact repeat of an earlier line's object; the first is kept.
+- ``conflicting_primary_key``: one key with two or more different objects; every version of that
+  key is quarantined, none is guessed. Keys are unique within one day's file; repeats across days
+  are left to the downstream stages, which see every partition.
+
+File rules (``ingest_files`` has one row per table and day; file-level quarantine rows have line 0):
+
+- missing file: status ``missing``, one quarantine row ``missing_file``.
+- not gzip / truncated / corrupt / not a regular file / a link out of the raw zone: status
+  ``unreadable``, one quarantine row ``unreadable_file``; lines decoded before the damage are ingested
+  normally, and the text after the last newline counts as a line (usually ``malformed_json``).
+- empty file (zero bytes, or a gzip of nothing): status ``empty``, no rows.
+
+Lines whose raw bytes are needed only later (a key found conflicting after its first line was kept)
+are re-read from the file at the end (:func:`fill_pending`). A worker of a large day validates only
+the lines whose primary key, as written in the raw bytes, routes to it (``_route``).
+"""
+from __future__ import annotations
+
+import pickle
+import re
+import tempfile
+import zlib
+from pathlib import Path
+from typing import Iterator
+
+from formats.home import DataHome
+from pipelines.ingest import parse as rp
+from pipelines.ingest.config import IngestConfig, TableReport
+from pipelines.ingest.quarantine import QuarantineSink, SinkLimits
+from schemas.raw import PRIMARY_KEYS
+
+_EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+SINK_LIMITS = SinkLimits()   # memory bounds of each table's quarantine before it spills to disk
+
+
+# ---------------------------------------------------------------------------------------------
+class TableRun:
+    """Mutable state of one table while its file is read: kept rows, quarantine sink, pending raws."""
+
+    def __init__(self, home: DataHome, day: str, table: str, spill_dir: Path | None):
+        self.table = table
+        self.path = home.raw_file(day, table)
+        self.report = TableReport(table, self.path.relative_to(home.root).as_posix())
+        self.rows: dict[object, tuple[int, tuple]] = {}     # primary key -> (line number, values)
+        self.quarantine = QuarantineSink(table, self.report.file, spill_dir, SINK_LIMITS)
+        self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
+        self.seen: set = set()                              # every primary key of a line that parsed
+        self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
+        self.conflicting: set = set()                       # keys with two or more different versions
+
+    def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
+        if data is None:
+            self.pending[number] = (reason, detail)
+            return
+        self.quarantine.add_line(number, reason, detail, data)
+
+    def file_row(self, reason: str, detail: str, length: int, sha: str | None) -> None:
+        self.quarantine.add(0, reason, detail, None, length, sha or _EMPTY_SHA256)
+
+
+class _RepeatLog:
+    """Lines whose primary key was already seen, in line order, as (line, key, raw text, length, sha256):
+    kept in memory up to a bound, then appended to a spill file in pickled batches; read back in order."""
+
+    max_events = 4096
+    max_text_bytes = 8 << 20
+
+    def __init__(self, spill_dir: Path | None, table: str):
+        self.spill_dir = spill_dir
+        self.table = table
+        self.batch: list[tuple] = []
+        self.text_bytes = 0
+        self.path: Path | None = None
+        self.count = 0
+
+    def add(self, number: int, key: object, fields: tuple[str | None, int, str]) -> None:
+        text, length, sha = fields
+        self.batch.append((number, key, text, length, sha))
+        self.count += 1
+        self.text_bytes += len(text)
+        if len(self.batch) >= self.max_events or self.text_bytes >= self.max_text_bytes:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.spill_dir is None:
+            raise RuntimeError(f"repeated keys of {self.table} outgrew memory and no spill folder was given")
+        if self.path is None:
+            self.spill_dir.mkdir(parents=True, exist_ok=True)
+            handle = tempfile.NamedTemporaryFile(dir=self.spill_dir, prefix=f"{self.table}-repeats-", delete=False)
+            handle.close()
+            self.path = Path(handle.name)
+        with open(self.path, "ab") as out:
+            pickle.dump(self.batch, out, protocol=pickle.HIGHEST_PROTOCOL)
+        self.batch = []
+        self.text_bytes = 0
+
+    def __iter__(self) -> Iterator[tuple]:
+        if self.path is not None:
+            with open(self.path, "rb") as spilled:   # our own file, written above
+                while True:
+                    try:
+                        yield from pickle.load(spilled)
+                    except EOFError:
+                        break
+        yield from self.batch
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+        self.batch = []
+
+
+def open_raw(home: DataHome, path: Path) -> rp.RawFile:
+    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely
+    (a link that leaves the raw zone is never followed)."""
+    rel = path.relative_to(home.root).as_posix()
+    raw = rp.RawFile(path, name=rel)
+    if raw.check():
+        try:
+            home.resolve_inside(rel, zone="raw")
+        except ValueError as exc:
+            raw.status, raw.error = "unreadable", str(exc)
+    return raw
+
+
+# A worker of a large day reads every file but validates only the lines routed to it: routed by
+# the primary key as written in the raw bytes, so every version of a key normally meets the same
+# worker. A line whose key cannot be read this way goes to part 0; if versions of one key still end
+# up in two parts, ``ingest_day`` notices (``seen`` keys intersect) and redoes that table in one process.
+_ROUTE_RE = {table: re.compile(rb'"' + key.encode() + rb'"[ \t\r]{0,16}:[ \t\r]{0,16}("[0-9a-f-]{1,64}"|[0-9]{1,20})[ \t\r]{0,16}[,}]')
+             for table, key in PRIMARY_KEYS.items()}
+
+
+def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
+    match = pattern.search(data)
+    return zlib.crc32(match.group(1)) % parts if match else 0
+
+
+def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
+               uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1),
+               spill_dir: Path | None = None) -> TableRun:
+    """Validate every line of one raw file (of ``part`` = (index, parts): only the lines routed to
+    it), then resolve exact duplicates and key conflicts."""
+    run = TableRun(home, day, table, spill_dir)
+    index, parts = part
+    route = _ROUTE_RE[table]
+    report = run.report
+    raw = open_raw(home, run.path)
+    if raw.status == "ok":
+        chunks = raw.chunks()
+        if uid_sink is not None:
+            chunks = rp.tap_image_uids(chunks, uid_sink)
+        pk_index = parser.names.index(PRIMARY_KEYS[table])
+        rows = run.rows
+        repeats, conflicting = run.repeats, run.conflicting
+        parse = parser.parse
+        max_bytes = config.max_line_bytes
+        number = 0
+        for number, data in rp.iter_lines(chunks, max_bytes):
+            if type(data) is not bytes:
+                if index == 0:
+                    run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                continue
+            if parts > 1 and _route(data, route, parts) != index:
+                continue
+            try:
+                values = parse(data)
+            except rp.Reject as exc:
+                run.reject(number, exc.reason, exc.detail, data)
+                continue
+            key = values[pk_index]
+            first = rows.get(key)
+            if first is None:
+                rows[key] = (number, values)
+            else:
+                if values != first[1]:
+                    conflicting.add(key)
+                repeats.add(number, key, run.quarantine.raw_fields(data))
+        report.lines_in = number
+        run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
+        _resolve_repeats(run, PRIMARY_KEYS[table])
+    report.status = raw.status
+    report.error = raw.error
+    report.file_sha256 = raw.file_sha256
+    report.file_bytes = raw.file_bytes
+    if index == 0 and raw.status == "missing":   # every part reads the file; part 0 reports it
+        run.file_row(rp.MISSING_FILE, raw.error or "missing", 0, None)
+    elif index == 0 and raw.status == "unreadable":
+        run.file_row(rp.UNREADABLE_FILE, raw.error or "unreadable", raw.file_bytes, raw.file_sha256)
+    return run
+
+
+def _resolve_repeats(run: TableRun, key_name: str) -> None:
+    """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting.
+
+    The repeats come back from ``run.repeats`` in line order; only the conflicting keys get state
+    here (their line count and first lines, for the detail), so exact duplicates cost no memory.
+    """
+    if not run.repeats.count:
+        return
+    rows, conflicting, sink = run.rows, run.conflicting, run.quarantine
+    lines = {key: [rows[key][0]] for key in conflicting}
+    totals = dict.fromkeys(conflicting, 1)
+    if conflicting:
+        for number, key, *_ in run.repeats:
+            if key in conflicting:
+                totals[key] += 1
+                if len(lines[key]) < _LISTED_LINES:
+                    lines[key].append(number)
+    details = {key: f"{key_name} {key!r} has {totals[key]} lines with different content "
+                    f"(lines {_line_list(lines[key], totals[key])})" for key in conflicting}
+    for number, key, text, length, sha in run.repeats:
+        if key in conflicting:
+            sink.add(number, rp.CONFLICTING_PRIMARY_KEY, details[key], text, length, sha)
+        else:
+            sink.add(number, rp.DUPLICATE_ROW, f"exact duplicate of line {rows[key][0]}", text, length, sha)
+    run.repeats.discard()
+    for key in sorted(conflicting, key=repr):
+        first_line = rows.pop(key)[0]
+        run.reject(first_line, rp.CONFLICTING_PRIMARY_KEY, details[key], None)
+
+
+_LISTED_LINES = 10
+
+
+def _line_list(lines: list[int], total: int) -> str:
+    text = ", ".join(str(n) for n in lines[:_LISTED_LINES])
+    return text + (f", ... {total - _LISTED_LINES} more" if total > _LISTED_LINES else "")
+
+
+def fill_pending(run: TableRun, max_line_bytes: int) -> None:
+    """Re-read the file for the raw bytes of lines quarantined after the first pass."""
+    if not run.pending:
+        return
+    raw = rp.RawFile(run.path, name=run.report.file)
+    wanted = run.pending
+    for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
+        if number in wanted:
+            reason, detail = wanted.pop(number)
+            run.quarantine.add_line(number, reason, detail, data)
+            if not wanted:
+                break
+    if wanted:
+        raise RuntimeError(f"{run.report.file} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")

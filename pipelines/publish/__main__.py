@@ -1,0 +1,32 @@
+"""``python -m pipelines.publish --home H [flags]``: publish ``split_pairs`` as a dataset version, switch ``latest``."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from formats.home import DataHome
+from formats.settings import add_flags, stage_config
+from pipelines.publish.config import PublishReport
+from pipelines.publish.version import publish_dataset
+
+
+def main(argv: Sequence[str] | None = None) -> PublishReport:
+    """Publish the home's ``split_pairs`` with its settings file's ``[publish]`` values, then the flags given."""
+    parser = argparse.ArgumentParser(prog="python -m pipelines.publish", allow_abbrev=False, description=__doc__)
+    parser.add_argument("--home", default=None, help="data home (default: $PICKAPIC_HOME, else ./data)")
+    add_flags(parser, "publish")
+    args = parser.parse_args(argv)
+    home = DataHome.at(args.home)
+
+    def progress(phase: str, done: int, total: int) -> None:
+        print(f"{phase}: {done}/{total}", file=sys.stderr, flush=True)
+
+    report = publish_dataset(home, stage_config(home.root, "publish", args), progress)
+    print(json.dumps({k: v for k, v in report.metadata().items() if k != "splits"}, indent=2, sort_keys=True))
+    return report
+
+
+if __name__ == "__main__":
+    main()

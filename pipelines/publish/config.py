@@ -1,0 +1,117 @@
+"""The publish stage's settings (:class:`PublishConfig`) and what one publish did (:class:`PublishReport`)."""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from formats.dataset import SPLITS
+from formats.settings import check_fields, knob
+
+
+@dataclass(frozen=True)
+class PublishConfig:
+    """Knobs of the publish stage (the ones marked 'output' change the version id)."""
+
+    seed: int = knob(42, "salt of the content-defined shard boundaries")
+    max_samples_per_shard: int = knob(10_000, "most samples in one shard", min=1)
+    max_shard_bytes: int = knob(256 * 1024 * 1024, "most tar bytes in one shard", min=1)
+    min_shards_per_split: int = knob(4, "least shards per split (when it has that many samples), for GPUs x loader "
+                                     "workers", min=1)
+    keep_versions: int = knob(3, "complete versions kept; older ones are deleted after the switch", min=1, output=False)
+    workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, output=False)
+    fsync: bool = knob(True, "fsync every file before it is renamed into place", output=False)
+    verify_checksums: bool = knob(False, "re-read every file and compare its sha256 with the manifest before "
+                                         "switching latest", output=False)
+    reuse_shards: bool = knob(True, "hard-link shards whose content is unchanged from an older version (false: "
+                                    "write every shard)", output=False)
+
+    def __post_init__(self) -> None:
+        check_fields(self)
+
+    def output_fields(self) -> dict:
+        """The fields that change the bytes written (they go into the version id)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("output")}
+
+    def worker_count(self) -> int:
+        """Processes (and hashing threads) to use."""
+        return self.workers or os.cpu_count() or 1
+
+
+@dataclass
+class PublishReport:
+    """What one publish did: the version, per-split counts, bytes and speed."""
+
+    version: str
+    path: Path
+    reused: bool
+    pairs: dict[str, int]
+    shards: dict[str, int]
+    bytes: dict[str, int]
+    shards_written: int
+    shards_resumed: int
+    write_seconds: float
+    total_seconds: float
+    deleted_versions: list[str]
+    shards_linked: int = 0           # hard-linked (or copied) unchanged from an older version
+    bytes_written: int = 0           # tar + sidecar bytes of the shards written by this run
+    jpgs_hashed: int = 0             # training JPEGs read to learn their sha256 (not in the digest cache)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.bytes.values())
+
+    @property
+    def mb_per_s(self) -> float:
+        """Shard bytes written per second of shard writing (0 when nothing was written)."""
+        return self.bytes_written / 1e6 / self.write_seconds if self.shards_written and self.write_seconds > 0 else 0.0
+
+    def metadata(self) -> dict:
+        """JSON-able values and a markdown table for Dagster."""
+        rows = "\n".join(f"| {s} | {self.pairs[s]} | {self.shards[s]} | {self.bytes[s] / 1e6:.1f} |" for s in self.pairs)
+        return {
+            "version": self.version,
+            "path": str(self.path),
+            "reused_existing_version": self.reused,
+            "num_pairs": sum(self.pairs.values()),
+            "num_shards": sum(self.shards.values()),
+            "num_bytes": self.total_bytes,
+            "pairs_per_split": dict(self.pairs),
+            "shards_per_split": dict(self.shards),
+            "shards_written": self.shards_written,
+            "shards_linked": self.shards_linked,
+            "shards_resumed": self.shards_resumed,
+            "bytes_written": self.bytes_written,
+            "jpgs_hashed": self.jpgs_hashed,
+            "write_mb_per_s": round(self.mb_per_s, 1),
+            "write_seconds": round(self.write_seconds, 3),
+            "total_seconds": round(self.total_seconds, 3),
+            "deleted_versions": list(self.deleted_versions),
+            "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
+        }
+
+
+def report_of(manifest: dict, path: Path, reused: bool, written: ShardsDone, total_seconds: float,
+              deleted: list[str], jpgs_hashed: int) -> PublishReport:
+    """The report of a publish, from the version's manifest and what the shard phase did."""
+    splits = dict(sorted(manifest["splits"].items(), key=lambda item: SPLITS.index(item[0])))
+    return PublishReport(
+        version=manifest["version"], path=path, reused=reused,
+        pairs={s: v["pairs"] for s, v in splits.items()}, shards={s: v["shards"] for s, v in splits.items()},
+        bytes={s: v["bytes"] for s, v in splits.items()}, shards_written=written.written,
+        shards_resumed=written.resumed, write_seconds=written.seconds, total_seconds=total_seconds,
+        deleted_versions=deleted, shards_linked=written.linked, bytes_written=written.bytes_written,
+        jpgs_hashed=jpgs_hashed)
+
+
+@dataclass
+class ShardsDone:
+    """What the shard phase did."""
+
+    stats: list[dict]
+    resumed: int = 0
+    linked: int = 0
+    written: int = 0
+    bytes_written: int = 0
+    seconds: float = 0.0

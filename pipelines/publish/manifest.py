@@ -1,0 +1,70 @@
+"""``manifest.json`` (counts, sources, config, contract versions, sha256 of every file) and its verification."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+
+from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, sidecar_glob
+from formats.files import sha256_file, write_bytes_atomic
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.samples import splits_in
+
+
+def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dict],
+                   sources: dict[str, dict[str, str]], plans: dict[str, str], config: PublishConfig,
+                   contracts: dict[str, str | None]) -> None:
+    """``manifest.json``: counts, source partitions, config, contract versions, sha256 of every file."""
+    known = {}
+    for s in stats:
+        split_dir = staging / s["split"]
+        known[str((split_dir / s["shard"]).relative_to(staging))] = (s["num_bytes"], s["sha256"])
+        known[str((split_dir / s["sidecar"]).relative_to(staging))] = (s["sidecar_bytes"], s["sidecar_sha256"])
+    files = {}
+    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(staging))
+        if rel == MANIFEST_FILE:
+            continue
+        size, digest = known.get(rel) or (path.stat().st_size, sha256_file(path))
+        files[rel] = {"bytes": size, "sha256": digest}
+    splits = {}
+    for split in splits_in(table):
+        split_stats = [s for s in stats if s["split"] == split]
+        splits[split] = {"pairs": sum(s["num_samples"] for s in split_stats), "shards": len(split_stats),
+                         "bytes": sum(s["num_bytes"] for s in split_stats)}
+    days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
+    manifest = {
+        "format": FORMAT_VERSION,
+        "version": version,
+        "splits": splits,
+        "sources": {
+            "split_pairs": {"days": days, "rows": table.num_rows},
+            **{name: dict(sorted(files.items())) for name, files in sources.items()},
+        },
+        "plans": dict(sorted(plans.items())),
+        "config": config.output_fields(),
+        "contracts": contracts,
+        "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}')",
+        "files": files,
+    }
+    write_bytes_atomic(staging / MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+
+
+
+def verify_version(path: Path, checksums: bool = False) -> dict:
+    """Check that ``path`` holds exactly the manifest's files with their sizes (and sha256s)."""
+    manifest_path = path / MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    expected = manifest["files"]
+    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_FILE}
+    missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
+    if missing or extra:
+        raise RuntimeError(f"version {path.name}: files differ from its manifest: missing {missing[:5]}, unexpected {extra[:5]}")
+    for rel, info in expected.items():
+        size = (path / rel).stat().st_size
+        if size != info["bytes"]:
+            raise RuntimeError(f"version {path.name}: {rel} has {size} bytes, manifest says {info['bytes']}")
+        if checksums and sha256_file(path / rel) != info["sha256"]:
+            raise RuntimeError(f"version {path.name}: {rel} does not match its manifest sha256")
+    return manifest

@@ -1,0 +1,118 @@
+"""What a version holds, decided before anything is written: the sample table, its splits, the version id
+and one task per shard of the content-stable plan (:mod:`pipelines.publish.plan`)."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from formats.dataset import FORMAT_VERSION, SPLITS
+from formats.files import cast_to_schema, sha256_file
+from formats.home import DataHome
+from pipelines.publish import jpgdigests, shards
+from pipelines.publish import plan as shardplan
+from pipelines.publish.config import PublishConfig
+from schemas.publish import SAMPLE_COLUMNS
+
+
+def splits_in(table: pa.Table) -> list[str]:
+    present = set(table.column("split").unique().to_pylist())
+    unknown = sorted(present - set(SPLITS))
+    if unknown:
+        raise ValueError(f"split_pairs has unknown split values {unknown}; expected {list(SPLITS)}")
+    return [s for s in SPLITS if s in present]
+
+
+def with_keys(table: pa.Table) -> pa.Table:
+    """Add the WebDataset ``key`` column; keys must be unique within the version."""
+    keys = [shards.sample_key(pair_id, split)
+            for pair_id, split in zip(table.column("pair_id").to_pylist(), table.column("split").to_pylist())]
+    if len(set(keys)) != len(keys):
+        seen: set[str] = set()
+        duplicate = next(k for k in keys if k in seen or seen.add(k))
+        raise ValueError(f"sample key {duplicate!r} occurs twice in split_pairs (pair_id repeated within a split)")
+    return table.append_column("key", pa.array(keys, pa.string()))
+
+
+def sample_table(table: pa.Table, jpgs: jpgdigests.JpgIndex) -> pa.Table:
+    """The published sample columns (``SAMPLE_COLUMNS``, with each JPEG's own sha256) plus ``key``."""
+    columns = {name: table.column(name) for name in SAMPLE_COLUMNS.names if name in table.column_names}
+    for side in ("0", "1"):
+        columns[f"jpg_{side}_sha256"] = jpgs.sha256.take(pa.array(jpgs.positions(table.column(f"jpg_{side}_key"))))
+    samples = cast_to_schema(pa.table(columns), SAMPLE_COLUMNS)
+    return samples.append_column("key", table.column("key"))
+
+
+def prompt_counts(table: pa.Table, split: str) -> pa.Table:
+    """``num_example_per_prompt`` of every prompt_key of ``split`` (it must be one value per prompt)."""
+    rows = table.filter(pc.equal(table.column("split"), split))
+    grouped = rows.group_by("prompt_key").aggregate([("num_example_per_prompt", "min"), ("num_example_per_prompt", "max")])
+    differ = pc.not_equal(grouped.column("num_example_per_prompt_min"), grouped.column("num_example_per_prompt_max"))
+    if pc.any(differ).as_py():
+        bad = grouped.filter(differ).column("prompt_key")[0].as_py()
+        raise ValueError(f"split_pairs: prompt_key {bad!r} has different num_example_per_prompt values in split {split!r}")
+    grouped = grouped.take(pc.sort_indices(grouped, sort_keys=[("prompt_key", "ascending")]))
+    return pa.table({"split": pa.array([split] * grouped.num_rows, pa.string()),
+                     "prompt_key": grouped.column("prompt_key"),
+                     "num_example_per_prompt": grouped.column("num_example_per_prompt_min")})
+
+
+def meta_sources(home: DataHome) -> dict[str, list[Path]]:
+    """Warehouse files the query snapshots and the dataset card are built from, sorted."""
+    return {name: sorted(home.table_dir(name).glob("**/*.parquet"))
+            for name in ("image_features", "decisions", "quarantine", "split_rejects")}
+
+
+def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[str, dict[str, str]]:
+    """sha256 of every warehouse file the snapshots are built from: dataset -> {path in the dataset: sha256}."""
+    return {name: {str(path.relative_to(home.table_dir(name))): sha256_file(path) for path in files}
+            for name, files in meta_sources.items()}
+
+
+def version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
+               sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
+    """``<max dt>-<sha256[:10]>`` over the input bytes, the JPEGs' sizes and sha256s, config and format version."""
+    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
+    digest.update(b"split_pairs\0" + sha256_file(source).encode())
+    for name, files in sources.items():
+        for rel, sha in files.items():
+            digest.update(f"{name}\0{rel}\0{sha}\0".encode())
+    jpgs.digest_update(digest)
+    max_dt = max(table.column("dt").to_pylist()).isoformat()
+    return f"{max_dt}-{digest.hexdigest()[:10]}"
+
+
+def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, staging: Path,
+               config: PublishConfig) -> list[shards.ShardTask]:
+    """One task per shard of the content-stable plan (:mod:`pipelines.publish.plan`), with its digest."""
+    tasks = []
+    split_column = samples.column("split")
+    all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[jpgs.positions(samples.column("jpg_0_key"))],
+                                                    jpgs.sizes[jpgs.positions(samples.column("jpg_1_key"))])
+    for split in splits_in(samples):
+        members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
+        part = _take(samples, pa.array(members))
+        indices, plans = shardplan.plan_split(
+            part, split, all_sample_bytes[members], max_samples=config.max_samples_per_shard,
+            max_bytes=config.max_shard_bytes, min_shards=config.min_shards_per_split, seed=config.seed)
+        rows = _take(part, indices)
+        digests = shards.json_digests(rows)
+        keys = rows.column("key").to_pylist()
+        for plan in plans:
+            digest = shardplan.plan_digest(plan.name, keys[plan.start:plan.stop], digests[plan.start:plan.stop])
+            part_rows = rows.slice(plan.start, plan.stop - plan.start)  # zero-copy; a task pickles only its slice
+            tasks.append(shards.ShardTask(split, plan.name, str(staging / split), str(home.root), part_rows, digest,
+                                          config.fsync))
+    return tasks
+
+
+def _take(table: pa.Table, indices: pa.Array) -> pa.Table:
+    """Rows ``indices`` as one contiguous copy, column by column (a take from a chunked table
+    concatenates it on every call; a whole-table take is slower than its columns' takes)."""
+    return pa.table({name: table.column(name).take(indices).combine_chunks() for name in table.column_names},
+                    schema=table.schema)

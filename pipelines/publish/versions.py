@@ -1,0 +1,66 @@
+"""The versions of a data home: the atomic ``latest`` switch, retention, one publish at a time, fsyncs."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+from formats.dataset import LATEST, list_versions
+from formats.home import DataHome
+
+
+def switch_latest(home: DataHome, version: str) -> None:
+    """Point ``latest`` at ``version`` atomically (a temp symlink renamed over the old one)."""
+    link = home.datasets / LATEST
+    if link.is_symlink() and os.readlink(link) == version:
+        return
+    tmp = home.datasets / f".latest.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(version, tmp)
+    os.replace(tmp, link)
+    fsync_dir(home.datasets, True)
+
+
+def apply_retention(home: DataHome, keep: int) -> list[str]:
+    """Delete complete versions beyond the newest ``keep`` (never the one ``latest`` points to)."""
+    link = home.datasets / LATEST
+    current = os.readlink(link) if link.is_symlink() else None
+    versions = [v for v in list_versions(home) if v != current]
+    doomed = versions[: max(0, len(versions) - (keep - 1 if current else keep))]
+    for name in doomed:
+        hidden = home.datasets / f".deleting-{name}"
+        os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
+        shutil.rmtree(hidden)
+    return doomed
+
+
+
+@contextlib.contextmanager
+def publish_lock(home: DataHome) -> Iterator[None]:
+    """One publish at a time per data home; a second one waits for the first."""
+    with open(home.datasets / ".publish.lock", "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def fsync_dir(path: Path, enabled: bool) -> None:
+    if not enabled:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path, enabled: bool) -> None:
+    """fsync every directory under ``root`` (files were fsynced as they were written)."""
+    for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+        fsync_dir(path, enabled)
