@@ -20,7 +20,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
-from pipelines.features import decode as imagedecode
+from pipelines.features import decode
 from pipelines.features.blobs import is_local, join_url, train_jpg_key, write_blob_atomic
 from pipelines.features.config import REJECTS, REUSED, FeaturesConfig
 from pipelines.features.decode import ImageRejected
@@ -46,7 +46,7 @@ def describe_error(exc: BaseException, base: str) -> str:
 
 def processing_error_row(row: dict, step: str, exc: BaseException, base: str, num_bytes: int) -> dict:
     """The reject row of an image whose per-image work raised at ``step`` (reason ``processing_error``)."""
-    return reject_row(row, imagedecode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
+    return reject_row(row, decode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
                       row["sha256"], num_bytes)
 
 
@@ -79,22 +79,22 @@ class ReadBlobFn(beam.DoFn):
                "sha256": digest.hexdigest()}
 
     def _read(self, relpath: object) -> bytes:
-        relpath = imagedecode.check_blob_path(relpath, self.zone)
+        relpath = decode.check_blob_path(relpath, self.zone)
         try:
             if is_local(self.base):
-                url = imagedecode.check_local_target(self.base, relpath, self.zone)
+                url = decode.check_local_target(self.base, relpath, self.zone)
             else:
                 url = join_url(self.base, relpath)
                 if not FileSystems.exists(url):
-                    raise ImageRejected(imagedecode.MISSING_BLOB, f"no object at {relpath!r}")
+                    raise ImageRejected(decode.MISSING_BLOB, f"no object at {relpath!r}")
             with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-                return imagedecode.read_capped(handle, relpath, self.max_bytes)
+                return decode.read_capped(handle, relpath, self.max_bytes)
         except ImageRejected:
             raise
         except FileNotFoundError:
-            raise ImageRejected(imagedecode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
+            raise ImageRejected(decode.MISSING_BLOB, f"{relpath!r} disappeared while being read") from None
         except Exception as exc:  # noqa: BLE001 - one unreadable blob is a reject row, never a failed run
-            raise ImageRejected(imagedecode.UNREADABLE_BLOB,
+            raise ImageRejected(decode.UNREADABLE_BLOB,
                                 f"{relpath!r}: {describe_error(exc, self.base)}") from None
 
 
@@ -116,7 +116,7 @@ class DecodeImageFn(beam.DoFn):
         data, config = element["data"], self.config
         step = "decode"
         try:
-            decoded = imagedecode.decode_image(data, element["blob_path"], **config.decode_limits())
+            decoded = decode.decode_image(data, element["blob_path"], **config.decode_limits())
             step = "hashes"
             phash, dhash = perceptual_hashes(decoded.rgb)
             step = "train_jpeg"
