@@ -44,6 +44,7 @@ from dagster_project.staleness import (
     record_observations,
 )
 from dagster_project.versions import PARTITIONS, STAGES
+from formats import dataset
 from formats.home import DataHome
 from formats.settings import load
 from training import runs
@@ -247,7 +248,7 @@ rebuild_automation = dg.AutomationConditionSensorDefinition(
 def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One training run per published version (none while nothing is published)."""
     home = data_home.home()
-    latest = home.datasets / "latest"
+    latest = dataset.latest_link(home)
     if not (latest / "manifest.json").is_file():
         return dg.SkipReason(f"nothing published yet at {latest}: no dataset to train on")
     version = latest.resolve().name

@@ -21,6 +21,7 @@ import dagster as dg
 from dagster_project import buildstamp
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
+from formats import dataset
 from formats.home import DataHome
 from formats.progress import Progress
 from formats.settings import SETTINGS_FILE, Settings, load
@@ -261,7 +262,7 @@ def _raise_not_enough_data(result, home: DataHome) -> None:
         data = event.event_specific_data
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and getattr(data, "check_name", None) == TRAINABLE_CHECK \
                 and not data.passed:
-            latest = home.datasets / "latest"
+            latest = dataset.latest_link(home)
             kept = (f"latest stays at {latest.resolve().name}" if (latest / "manifest.json").is_file()
                     else "no version has been published yet")
             why = data.description or "a split is empty"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Iterable
 
 from dagster_project.versions import CODE_VERSIONS
+from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import settings_path
@@ -44,7 +45,7 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
                 if name.endswith(".parquet"):
                     path = Path(folder) / name
                     outputs.append([str(path.relative_to(home.warehouse)), stat_key(path)])
-    latest = home.datasets / "latest"
+    latest = dataset.latest_link(home)
     target = os.readlink(latest) if latest.is_symlink() else None
     model = None
     if with_model and target:

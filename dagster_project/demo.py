@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from dagster_project.progress import build_progress
+from formats import dataset
 from formats.home import DataHome
 from training import runs
 
@@ -52,7 +53,7 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
             "SELECT split, count(*) FROM split_pairs GROUP BY 1 ORDER BY 1").fetchall()),
     }
     con.close()
-    latest = home.datasets / "latest"
+    latest = dataset.latest_link(home)
     if latest.exists():
         manifest = json.loads((latest / "manifest.json").read_text())
         summary["dataset_version"] = latest.resolve().name

@@ -37,6 +37,7 @@ from dagster_project.versions import (
     Stage,
     late_days_of,
 )
+from formats import dataset
 from formats.home import DataHome
 from formats.settings import Settings, config_digest
 from pipelines.provenance import RawDigests, combine, files_digest
@@ -146,7 +147,7 @@ def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     if stage.partitioned:
         return all(home.partition_file(dataset, day).is_file() for dataset in stage.assets)
     if stage.name == "publish":
-        return (home.datasets / "latest" / "manifest.json").is_file()
+        return (dataset.latest_link(home) / "manifest.json").is_file()
     if stage.name == "model":
         return runs.is_evaluated(home)
     if stage.name == "splits":

@@ -49,6 +49,11 @@ def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
 
 
 # --------------------------------------------------------------------------- versions and `latest`
+def latest_link(home: DataHome) -> Path:
+    """The ``latest`` symlink of a data home's datasets (it may not exist yet)."""
+    return home.datasets / LATEST
+
+
 def list_versions(home: DataHome) -> list[str]:
     """Complete version names (those with a manifest), oldest first (by the time they were last published)."""
     if not home.datasets.is_dir():
@@ -61,7 +66,7 @@ def list_versions(home: DataHome) -> list[str]:
 def resolve_version(home: DataHome, version: str | None = None) -> Path:
     """The real directory of ``version`` (default: what ``latest`` points to now); must be complete."""
     if version is None:
-        link = home.datasets / LATEST
+        link = latest_link(home)
         if not link.exists():
             raise FileNotFoundError(f"no published dataset: {link} does not exist (run the publish stage)")
         path = link.resolve()

@@ -39,7 +39,7 @@ def latest_version_dir(home: DataHome) -> Path:
 
 def is_evaluated(home: DataHome) -> bool:
     """Whether the `latest` version has a trained and evaluated model."""
-    latest = home.datasets / "latest"
+    latest = dataset.latest_link(home)
     return latest.exists() and (run_dir(home, latest.resolve()) / EVAL_FILE).is_file()
 
 

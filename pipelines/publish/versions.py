@@ -8,13 +8,13 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from formats.dataset import LATEST, list_versions
+from formats.dataset import latest_link, list_versions
 from formats.home import DataHome
 
 
 def switch_latest(home: DataHome, version: str) -> None:
     """Point ``latest`` at ``version`` atomically (a temp symlink renamed over the old one)."""
-    link = home.datasets / LATEST
+    link = latest_link(home)
     if link.is_symlink() and os.readlink(link) == version:
         return
     tmp = home.datasets / f".latest.{os.getpid()}.tmp"
@@ -27,7 +27,7 @@ def switch_latest(home: DataHome, version: str) -> None:
 
 def apply_retention(home: DataHome, keep: int) -> list[str]:
     """Delete complete versions beyond the newest ``keep`` (never the one ``latest`` points to)."""
-    link = home.datasets / LATEST
+    link = latest_link(home)
     current = os.readlink(link) if link.is_symlink() else None
     versions = [v for v in list_versions(home) if v != current]
     doomed = versions[: max(0, len(versions) - (keep - 1 if current else keep))]
