@@ -17,6 +17,7 @@ from pipelines.home import DataHome
 from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
 
 SIM = ["--days", "2", "--users", "12", "--rankings-per-day", "24", "--image-size", "32", "--seed", "3", "--quiet"]
+SMALL_HOME = ["--set", "splits.min_users=3", "--set", "splits.min_unique_rows=1", "--write"]  # 12 users, 2 days
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -40,12 +41,14 @@ def test_database_source_publishes_the_same_dataset_and_never_shows_the_password
     files_home, db_home, store = tmp_path / "files", tmp_path / "db", tmp_path / "app-storage"
 
     assert main(["simulate", "--home", str(files_home), *SIM, "--no-export-defects"]) == 0
+    assert main(["settings", "--home", str(files_home), *SMALL_HOME]) == 0
     assert main(["build", "--home", str(files_home)]) == 0
 
     monkeypatch.setenv("PGPASSWORD", secret)  # the simulator's DSN carries no password
     assert main(["simulate", "--home", str(db_home), *SIM, "--to-postgres", dsn.replace(f" password={secret}", ""),
                  "--image-store", str(store)]) == 0
     monkeypatch.delenv("PGPASSWORD")
+    assert main(["settings", "--home", str(db_home), *SMALL_HOME]) == 0
     assert not DataHome(db_home).raw_logs.exists()  # the history is in the database, not in the raw zone
     monkeypatch.setenv("PICKAPIC_APP_DB_DSN", dsn)
     monkeypatch.setenv("PICKAPIC_APP_IMAGE_STORE", str(store))
