@@ -236,7 +236,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
         reason = _why(recorded.get("model", None), version, home, stage, None, upstream_runs, force)
         if reason:
             runs.append(PlannedRun("train_model_job", ["preference_model", "preference_model_eval",
-                                                       "generator_leaderboard"], None, [f"model: {reason}"]))
+                                                       "generator_leaderboard", "best_of_n"], None, [f"model: {reason}"]))
     raw.save()
     return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
 

@@ -93,6 +93,14 @@ def test_fresh_home_needs_every_day_then_one_rebuild(home, instance):
     assert set(plan.observations) == set(DAYS)
 
 
+def test_a_model_run_materializes_the_whole_model_group(home, instance):
+    """`pickapic build --with-model` (and the demo) train, evaluate, rank generators and measure best-of-n."""
+    run = _plan(home, instance, with_model=True).runs[-1]
+    graph = defs.resolve_asset_graph()
+    model_group = {key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "model"}
+    assert run.job == "train_model_job" and set(automation.asset_keys(run)) == model_group
+
+
 def test_built_home_is_up_to_date(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     plan = _plan(home, instance)
