@@ -51,7 +51,7 @@ def _wait(what: str, check, timeout: float, log: Path):
         value = check()
         if value:
             return value
-        time.sleep(3)
+        time.sleep(0.5)
     pytest.fail(f"{what} not within {timeout:.0f}s; serve log:\n{log.read_text(errors='replace')[-4000:]}")
 
 
@@ -62,6 +62,7 @@ def test_serve_runs_the_nightly_path_by_itself(night_base, tmp_path):  # noqa: F
     port = _free_port()
     log = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_HOME", "DAGSTER_HOME", "PICKAPIC_AUTOMATION")}
+    env["PICKAPIC_SENSOR_INTERVAL_S"] = "2"  # the sensors tick every 2 s, not every minute: the same path, sooner
     with open(log, "wb") as out:
         serve = subprocess.Popen([sys.executable, "-m", "dagster_project.cli", "serve", "--home", str(home.root),
                                   "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT,

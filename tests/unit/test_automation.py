@@ -231,6 +231,16 @@ def test_automation_starts_on_and_can_start_off():
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
+def test_sensor_interval_comes_from_the_environment(monkeypatch):
+    assert automation.raw_partition_sensor.minimum_interval_seconds == 60  # the default: every minute
+    monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, "5")
+    assert automation.sensor_interval_s() == 5
+    for bad in ("0", "-3", "1.5", "soon"):
+        monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, bad)
+        with pytest.raises(ValueError, match=f"PICKAPIC_SENSOR_INTERVAL_S is '{bad}'"):
+            automation.sensor_interval_s()
+
+
 def test_partitions_are_the_homes_raw_days():
     graph = defs.resolve_asset_graph()
     for asset in ("raw_app_logs", "users", "image_features"):
