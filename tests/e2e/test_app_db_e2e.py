@@ -40,15 +40,15 @@ def test_database_source_publishes_the_same_dataset_and_never_shows_the_password
     dsn = create_database(postgres_server, "appe2e", owner_password=secret)
     files_home, db_home, store = tmp_path / "files", tmp_path / "db", tmp_path / "app-storage"
 
+    for home in (files_home, db_home):   # both homes: the same small-home settings, written before anything else
+        assert main(["settings", "--home", str(home), *SMALL_HOME]) == 0
     assert main(["simulate", "--home", str(files_home), *SIM, "--no-export-defects"]) == 0
-    assert main(["settings", "--home", str(files_home), *SMALL_HOME]) == 0
     assert main(["build", "--home", str(files_home)]) == 0
 
     monkeypatch.setenv("PGPASSWORD", secret)  # the simulator's DSN carries no password
     assert main(["simulate", "--home", str(db_home), *SIM, "--to-postgres", dsn.replace(f" password={secret}", ""),
                  "--image-store", str(store)]) == 0
     monkeypatch.delenv("PGPASSWORD")
-    assert main(["settings", "--home", str(db_home), *SMALL_HOME]) == 0
     assert not DataHome(db_home).raw_logs.exists()  # the history is in the database, not in the raw zone
     monkeypatch.setenv("PICKAPIC_APP_DB_DSN", dsn)
     monkeypatch.setenv("PICKAPIC_APP_IMAGE_STORE", str(store))
