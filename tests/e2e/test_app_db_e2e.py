@@ -17,6 +17,7 @@ from formats.home import DataHome
 from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
 
 SIM = ["--days", "2", "--users", "12", "--rankings-per-day", "24", "--image-size", "32", "--seed", "3", "--quiet"]
+SMALL_HOME = ["--set", "splits.min_users=3", "--set", "splits.min_unique_rows=1", "--write"]  # 12 users, 2 days
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -39,6 +40,8 @@ def test_database_source_publishes_the_same_dataset_and_never_shows_the_password
     dsn = create_database(postgres_server, "appe2e", owner_password=secret)
     files_home, db_home, store = tmp_path / "files", tmp_path / "db", tmp_path / "app-storage"
 
+    for home in (files_home, db_home):   # both homes: the same small-home settings, written before anything else
+        assert main(["settings", "--home", str(home), *SMALL_HOME]) == 0
     assert main(["simulate", "--home", str(files_home), *SIM, "--no-export-defects"]) == 0
     assert main(["build", "--home", str(files_home)]) == 0
 

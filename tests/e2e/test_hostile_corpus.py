@@ -22,7 +22,7 @@ import pytest
 
 from dagster_project.build import BuildResult, run_build, select_days
 from formats.home import DataHome
-from formats.settings import write_settings
+from formats.settings import settings_path, write_settings
 from simulator import SimConfig, simulate
 from tests.hostile_corpus import LOOKALIKE_PROMPTS, Corpus, plant_hostile_corpus, plant_lookalike_prompts
 
@@ -289,6 +289,7 @@ def test_the_same_raw_files_elsewhere_publish_the_same_bytes(hostile: Built, tmp
     other.root.mkdir(parents=True)
     for folder in ("raw", "ground_truth"):
         shutil.copytree(home.root / folder, other.root / folder, symlinks=True, copy_function=_copy_entry)
+    shutil.copyfile(settings_path(home.root), settings_path(other.root))  # the same small-home settings
     run_build(other, select_days(other))
     ours, theirs = (home.datasets / "latest").resolve(), (other.datasets / "latest").resolve()
     assert ours.name == theirs.name

@@ -18,6 +18,7 @@ def test_dagster_records_the_earlier_partition_it_rewrote(tmp_path: Path) -> Non
     import dagster as dg
 
     from dagster_project.assets.ingest import ingest_day_assets
+    from dagster_project.partitions import raw_days
     from dagster_project.resources import PickapicHome
 
     days = build_days()
@@ -26,6 +27,7 @@ def test_dagster_records_the_earlier_partition_it_rewrote(tmp_path: Path) -> Non
     with dg.instance_for_test() as instance:
         for day in DAYS[:2]:
             days[day].write(home)
+            instance.add_dynamic_partitions(raw_days.name, [day])  # a raw day lands: its partition exists
             result = dg.materialize([ingest_day_assets], partition_key=day, resources=resources, instance=instance)
             assert result.success
         events = instance.fetch_materializations(dg.AssetKey("rankings"), limit=10).records

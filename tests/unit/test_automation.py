@@ -94,6 +94,14 @@ def test_fresh_home_needs_every_day_then_one_rebuild(home, instance):
     assert set(plan.observations) == set(DAYS)
 
 
+def test_a_model_run_materializes_the_whole_model_group(home, instance):
+    """`pickapic build --with-model` (and the demo) train, evaluate, rank generators and measure best-of-n."""
+    run = _plan(home, instance, with_model=True).runs[-1]
+    graph = defs.resolve_asset_graph()
+    model_group = {key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "model"}
+    assert run.job == "train_model_job" and set(automation.asset_keys(run)) == model_group
+
+
 def test_built_home_is_up_to_date(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     plan = _plan(home, instance)
@@ -222,6 +230,16 @@ def test_automation_starts_on_and_can_start_off():
             "assert a.raw_partition_sensor.default_status == dg.DefaultSensorStatus.STOPPED")
     env = {**os.environ, "PICKAPIC_AUTOMATION": "off", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
+
+
+def test_sensor_interval_comes_from_the_environment(monkeypatch):
+    assert automation.raw_partition_sensor.minimum_interval_seconds == 60  # the default: every minute
+    monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, "5")
+    assert automation.sensor_interval_s() == 5
+    for bad in ("0", "-3", "1.5", "soon"):
+        monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, bad)
+        with pytest.raises(ValueError, match=f"PICKAPIC_SENSOR_INTERVAL_S is '{bad}'"):
+            automation.sensor_interval_s()
 
 
 def test_partitions_are_the_homes_raw_days():
