@@ -10,6 +10,7 @@ by quality is planted, so the leaderboard has a known answer.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import io
 import json
 import os
@@ -125,12 +126,26 @@ def write_synthetic_version(version_dir: str | os.PathLike, sizes: dict[str, int
                                 "txt": row["caption"].encode()})
             counts[name] = int(edges[s + 1] - edges[s])
         (split_dir / dataset.SIZES_FILE).write_bytes(dataset.sizes_json(counts))
+    _write_manifest(version_dir, sizes)
     if link_latest:
         latest = version_dir.parent / dataset.LATEST
         if latest.is_symlink() or latest.exists():
             latest.unlink()
         latest.symlink_to(version_dir.name)
     return SyntheticVersion(version_dir, sizes, models)
+
+
+def _write_manifest(version_dir: Path, sizes: dict[str, int]) -> None:
+    """A manifest as a published version has one: every file with its bytes and sha256, the splits."""
+    files = {}
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        files[str(path.relative_to(version_dir))] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    splits = {split: {"pairs": n, "shards": len(list((version_dir / split).glob(dataset.shard_glob(split))))}
+              for split, n in sorted(sizes.items())}
+    manifest = {"format": dataset.FORMAT_VERSION, "version": version_dir.name, "files": files, "splits": splits,
+                "synthetic": True}
+    (version_dir / dataset.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def write_models_json(path: str | os.PathLike, models: dict[str, float] | None = None) -> Path:
