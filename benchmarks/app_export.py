@@ -82,8 +82,8 @@ def _child(code: str, *args: str) -> dict:
 def _fill(server, name: str, rankings: int, work: Path) -> tuple[str, float]:
     """A database holding one simulated day of ``rankings`` rankings (metadata only); returns (dsn, seconds)."""
     from formats.home import DataHome
-    from pipelines.appdb.load import AppDatabaseSink
     from simulator import SimConfig, simulate
+    from simulator.appdb_sink import AppDatabaseSink
     from tests.postgres_server import create_database
 
     dsn = create_database(server, name)

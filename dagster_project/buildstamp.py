@@ -52,7 +52,7 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
         model = stat_key(home.models / "preference_model" / target / "eval.json")
     return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), sorted(assignments),
                    _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home), outputs, target,
-                   stat_key(latest / "manifest.json") if target else None, model)
+                   stat_key(latest / dataset.MANIFEST_FILE) if target else None, model)
 
 
 def _moderation_elsewhere(home: DataHome) -> list:

@@ -55,10 +55,10 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
     con.close()
     latest = dataset.latest_link(home)
     if latest.exists():
-        manifest = json.loads((latest / "manifest.json").read_text())
+        manifest = json.loads((latest / dataset.MANIFEST_FILE).read_text())
         summary["dataset_version"] = latest.resolve().name
-        summary["shards_written"] = sum(len(list((latest / split).glob("*.tar"))) for split in summary["pairs_per_split"])
-        summary["manifest"] = str(latest / "manifest.json")
+        summary["shards_written"] = sum(len(list((latest / split).glob(dataset.shard_glob(split)))) for split in summary["pairs_per_split"])
+        summary["manifest"] = str(latest / dataset.MANIFEST_FILE)
         summary["manifest_version"] = manifest.get("version")
         run_dir = runs.run_dir(home, latest.resolve())
         eval_file = run_dir / runs.EVAL_FILE
@@ -95,7 +95,7 @@ def _print_summary(console: Console, home: DataHome, summary: dict[str, Any], se
         table.add_row("test_unique accuracy",
                       f"{pct(summary['test_accuracy'])} (random {pct(summary['random_baseline'])}, untrained "
                       f"{pct(summary['untrained_test_accuracy'])}, Bayes-optimal {pct(summary['bayes_optimal_accuracy'])})")
-    table.add_row("where", f"shards {home.datasets / 'latest'}\nwarehouse {home.warehouse}\n"
+    table.add_row("where", f"shards {dataset.latest_link(home)}\nwarehouse {home.warehouse}\n"
                            f"model {summary.get('model_dir', 'n/a')}\nDagster runs: pickapic ui --home {home.root}")
     console.print(table)
 

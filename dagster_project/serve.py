@@ -12,9 +12,9 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Callable
 
 from formats.home import DataHome
+from formats.progress import Progress
 
 MODULE = "dagster_project.definitions"
 
@@ -28,7 +28,7 @@ def commands(host: str, port: int) -> dict[str, list[str]]:
 
 
 def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
-          progress: Callable[[str], None] = print) -> int:
+          progress: Progress = print) -> int:
     """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives."""
     from dagster_project.automation import AUTOMATION_ENV
     from dagster_project.build import use_home

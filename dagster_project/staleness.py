@@ -147,7 +147,7 @@ def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     if stage.partitioned:
         return all(home.partition_file(dataset, day).is_file() for dataset in stage.assets)
     if stage.name == "publish":
-        return (dataset.latest_link(home) / "manifest.json").is_file()
+        return dataset.is_published(home)
     if stage.name == "model":
         return runs.is_evaluated(home)
     if stage.name == "splits":

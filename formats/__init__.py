@@ -6,6 +6,11 @@
 - ``dataset``: the published WebDataset format (splits, shard names, ``sizes.json``, ``latest``).
 - ``files``: atomic writes with umask modes, sha256, Parquet options, full-disk messages.
 - ``outputs``: checks on paths a user names as outputs (never a device, link or a data home's file).
+- ``settings``: ``knob()`` fields and the home's settings file ``pickapic.toml`` (flags, validation).
+- ``progress``: the one progress callback signature.
 
-Imports nothing of this project but ``schemas``; everything else may import it.
+The bottom layer: everything may import it, and it imports no other package of this project. One
+deliberate exception, by name only: ``settings.SECTIONS`` names each stage's config class as a
+``"module:Class"`` string, imported when that section is read (a registry, like entry points), and
+those modules import no Dagster (``tests/unit/test_layering.py`` checks both).
 """

@@ -16,6 +16,7 @@ prefix keeps ``meta/*.parquet`` out of the sidecar glob.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -38,6 +39,11 @@ def shard_glob(split: str = "*", suffix: str = ".tar") -> str:
     return f"{SHARD_PREFIX}{split}-*{suffix}"
 
 
+def split_sidecars(version_dir: Path, split: str) -> list[Path]:
+    """Sorted sidecar Parquet files of one split of a version (``prompt_counts.parquet`` is not one)."""
+    return sorted((Path(version_dir) / split).glob(shard_glob(split, ".parquet")))
+
+
 def sidecar_glob(version_dir: str | os.PathLike) -> str:
     """Glob of every split's sidecar Parquet files of a version (what DuckDB's ``read_parquet`` takes)."""
     return f"{version_dir}/*/{SHARD_PREFIX}*.parquet"
@@ -52,6 +58,41 @@ def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
 def latest_link(home: DataHome) -> Path:
     """The ``latest`` symlink of a data home's datasets (it may not exist yet)."""
     return home.datasets / LATEST
+
+
+def switch_latest(datasets: Path, version: str, fsync: bool = True) -> None:
+    """Point ``datasets/latest`` at ``version`` atomically: a temp symlink renamed over the old one, so a
+    reader resolves the old version or the new one, never nothing."""
+    link = Path(datasets) / LATEST
+    if link.is_symlink() and os.readlink(link) == version:
+        return
+    tmp = Path(datasets) / f".latest.{os.getpid()}.tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+    os.symlink(version, tmp)
+    os.replace(tmp, link)
+    fsync_dir(Path(datasets), fsync)
+
+
+def fsync_dir(path: Path, enabled: bool = True) -> None:
+    """fsync a folder, so the renames and links made in it survive a power cut."""
+    if not enabled:
+        return
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def is_published(home: DataHome) -> bool:
+    """Whether ``latest`` names a complete version (one with its manifest)."""
+    return (latest_link(home) / MANIFEST_FILE).is_file()
+
+
+def prompt_counts_glob(version_dir: str | os.PathLike) -> str:
+    """Glob of every split's ``prompt_counts.parquet`` of a version."""
+    return f"{version_dir}/*/{PROMPT_COUNTS_FILE}"
 
 
 def list_versions(home: DataHome) -> list[str]:

@@ -468,10 +468,12 @@ def add_flags(parser: argparse.ArgumentParser, section: str, *, exclude: Iterabl
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
             parser.add_argument(flag, dest=name, default=None, metavar=name.upper(), help=text,
-                                type=_flag_type(spec))
+                                type=flag_type(spec))
 
 
-def _flag_type(spec: Knob):
+def flag_type(spec: Knob):
+    """An argparse ``type`` that coerces and validates a flag's text like a setting (range, choices)."""
+
     def parse(text: str) -> Any:
         try:
             return spec.coerce(text, "command line")

@@ -1,6 +1,6 @@
 """Pyarrow schemas: the single source of column names and types for every table.
 
-Each stage owns one module (``raw``, ``warehouse``, ``features``, ``curation``, ``publish``);
+Each stage owns one module (``raw``, ``warehouse``, ``features``, ``curation``, ``publish``, ``scoring``);
 this package exposes them by dataset name so contracts, SQL casts and writers agree.
 """
 from __future__ import annotations

@@ -152,7 +152,7 @@ def _sink(args: argparse.Namespace, config: SimConfig, home: DataHome):
                              "storage is the export's source, not part of the pipeline's home")
         if store.exists() and not store.is_dir():
             raise ValueError(f"--image-store {args.image_store} exists and is not a folder")
-    from pipelines.appdb.load import AppDatabaseSink
+    from simulator.appdb_sink import AppDatabaseSink
 
     return AppDatabaseSink(args.to_postgres, store)
 

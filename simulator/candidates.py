@@ -26,6 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from formats.dataset import split_sidecars
 from formats.files import write_bytes_atomic, write_parquet_atomic
 from simulator import render, world
 from simulator.config import SimConfig
@@ -80,7 +81,7 @@ def eval_prompts(ground_truth: Path, version_dir: Path, split: str = "test_uniqu
     truth_file = Path(ground_truth) / "images.parquet"
     if not truth_file.is_file():
         raise FileNotFoundError(f"{truth_file} is missing: best-of-n candidates need the simulator's ground truth")
-    sidecars = sorted((Path(version_dir) / split).glob(f"pickapic-{split}-*.parquet"))
+    sidecars = split_sidecars(Path(version_dir), split)
     if not sidecars:
         raise FileNotFoundError(f"no {split} sidecars in {Path(version_dir) / split}")
     rows = pa.concat_tables([pq.read_table(f, columns=["prompt_key", "caption", "image_0_uid"]) for f in sidecars])

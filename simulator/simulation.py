@@ -420,7 +420,7 @@ def simulate(home: DataHome, config: SimConfig, progress: Progress = silent, sin
     """Write a simulated raw zone and its ground truth under ``home.root``; deterministic in ``config``.
 
     ``sink`` receives each day's tables and names the blob folder (default: the raw zone's files);
-    ``pipelines.appdb.load.AppDatabaseSink`` writes into the app's database instead.
+    ``simulator.appdb_sink.AppDatabaseSink`` writes into the app's database instead.
     """
     config.validate()
     run = _Run(home, config, sink)

@@ -10,11 +10,10 @@ import argparse
 import dataclasses
 import json
 import os
-import typing
 from typing import Any
 
-from formats.dataset import SPLITS
-from training.config import AUGMENTS, PRESETS, TrainConfig, preset
+from formats.settings import flag_type, knobs
+from training.config import PRESETS, TrainConfig, preset
 
 # Booleans keep the spelling users already type: each flag turns its field off.
 _OFF_FLAGS = {"resampled": ("--no-resampled", "walk seeded epochs with split_by_node/split_by_worker instead of "
@@ -22,7 +21,6 @@ _OFF_FLAGS = {"resampled": ("--no-resampled", "walk seeded epochs with split_by_
               "draft_decode": ("--no-draft", "full JPEG decode of train images too (evaluation always decodes "
                                              "exactly)"),
               "bf16": ("--fp32", "no bf16 autocast on CUDA")}
-_CHOICES = {"device": ("auto", "cpu", "cuda"), "augment": AUGMENTS, "eval_split": SPLITS, "test_split": SPLITS}
 _REQUIRED = ("data_dir", "output_dir")
 
 
@@ -37,7 +35,7 @@ def _preset_values(name: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Trainer flags (mounted as ``pickapic train``): one per ``TrainConfig`` field, each with help text."""
-    hints = typing.get_type_hints(TrainConfig)
+    specs = knobs("train")   # type, range and choices of every field, as the settings file checks them
     parser.add_argument("--preset", default="demo", choices=sorted(PRESETS),
                         help="start from this recipe; the flags given override it (default demo)")
     for field in dataclasses.fields(TrainConfig):
@@ -54,8 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
         elif name == "init_from":
             parser.add_argument(flag, default=None, help=f"{text} (default scratch)")
         else:
-            parser.add_argument(flag, type=hints[name], default=None, choices=_CHOICES.get(name),
-                                help=f"{text} ({_preset_values(name)})")
+            parser.add_argument(flag, type=flag_type(specs[name]), default=None, metavar=name.upper(),
+                                help=f"{text} ({_preset_values(name)}; {specs[name].allowed()})".replace("%", "%%"))
     return parser
 
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
+from formats.progress import Progress
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -54,7 +55,7 @@ def trained_model(home: DataHome) -> tuple[Path, Path]:
 
 
 def train_latest(home: DataHome, config: "TrainConfig",
-                 progress: Callable[[str], None] | None = None) -> tuple[Path, "TrainConfig", "TrainResult"]:
+                 progress: Progress | None = None) -> tuple[Path, "TrainConfig", "TrainResult"]:
     """Train (or resume) on `latest` into its run folder unless ``config`` names other folders.
 
     Returns (version folder, the config the run used, the result); ``progress`` hears one line per logged step.

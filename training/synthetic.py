@@ -23,6 +23,7 @@ import webdataset as wds
 from PIL import Image
 
 from formats import dataset
+from formats.files import write_bytes_atomic
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40), "green": (40, 180, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40),
@@ -30,7 +31,7 @@ COLORS: dict[str, tuple[int, int, int]] = {
 OBJECTS = ("cube", "cat", "car", "house", "tree", "flower", "robot", "boat")
 STYLES = ("high quality", "oil painting", "photo", "trending on artstation", "4k", "watercolor")
 MODELS: dict[str, float] = {"sim-alpha": 0.9, "sim-beta": 0.7, "sim-gamma": 0.45, "sim-delta": 0.2}
-DEFAULT_SIZES = {"train": 600, "validation": 60, "test": 60, "validation_unique": 60, "test_unique": 60}
+DEFAULT_SIZES = {split: 600 if split == "train" else 60 for split in dataset.SPLITS}
 TIE_MARGIN = 6.0
 EPOCH = dt.datetime(2023, 3, 1, tzinfo=dt.timezone.utc)
 
@@ -128,10 +129,7 @@ def write_synthetic_version(version_dir: str | os.PathLike, sizes: dict[str, int
         (split_dir / dataset.SIZES_FILE).write_bytes(dataset.sizes_json(counts))
     _write_manifest(version_dir, sizes)
     if link_latest:
-        latest = version_dir.parent / dataset.LATEST
-        if latest.is_symlink() or latest.exists():
-            latest.unlink()
-        latest.symlink_to(version_dir.name)
+        dataset.switch_latest(version_dir.parent, version_dir.name, fsync=False)
     return SyntheticVersion(version_dir, sizes, models)
 
 
@@ -145,7 +143,7 @@ def _write_manifest(version_dir: Path, sizes: dict[str, int]) -> None:
               for split, n in sorted(sizes.items())}
     manifest = {"format": dataset.FORMAT_VERSION, "version": version_dir.name, "files": files, "splits": splits,
                 "synthetic": True}
-    (version_dir / dataset.MANIFEST_FILE).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    write_bytes_atomic(version_dir / dataset.MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 
 
 def write_models_json(path: str | os.PathLike, models: dict[str, float] | None = None) -> Path:

@@ -1,4 +1,4 @@
-"""The app's own PostgreSQL database as a source: export a day into the raw zone, or load simulated days.
+"""The app's own PostgreSQL database as a source: export a day into the raw zone.
 
 - ``connection``: connect with the export's session settings; errors name host, port and database,
   never the password.
@@ -9,7 +9,8 @@
   are left untouched.
 - ``blobs``: the day's image blobs from the app's storage (a folder or a Beam ``FileSystems`` URL)
   into ``raw/images/``.
-- ``load``: the simulator's sink for ``pickapic simulate --to-postgres``.
+
+(The simulator's sink that loads simulated days into the app's tables is ``simulator.appdb_sink``.)
 
 Command line: ``python -m pipelines.appdb --home DIR --day YYYY-MM-DD`` (DSN from ``$PICKAPIC_APP_DB_DSN``).
 """

@@ -43,7 +43,7 @@ import pyarrow as pa
 from formats.home import DataHome
 from formats.settings import add_flags, check_fields, knob, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
-from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
+from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -64,6 +64,16 @@ def short_model_name(model_id: str) -> str:
 
 
 _WORD = r"[^\pL\pN_]"  # RE2: a character that is not a letter, digit or underscore (Unicode-aware)
+
+
+# The defaults of the one NSFW policy (``curation.nsfw_classes`` / ``curation.nsfw_threshold``): explicit
+# nudity (covered parts, faces, feet, bellies, armpits and male breasts are not). The feature stage only
+# records NudeNet's scores; this stage applies the policy, with the home's settings.
+EXPLICIT_CLASSES = (
+    "FEMALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
+    "MALE_GENITALIA_EXPOSED",
+)
+FLAG_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 How it works (every step is a ``sql/dedup_*.sql`` file, except the bucket scan of step 2-4, which
 is ``near_candidates`` in numpy):
 1. ``dedup_hashes``: one row per image from ``image_features`` with a dense ``rid`` ordered by
-   ``image_uid``; the pHash DC bit (always 1, PERF.md) is masked off, leaving 63 informative bits.
+   ``image_uid``; the pHash DC bit (always 1: the DCT's DC term is above the median) is masked off, leaving 63 informative bits.
 2. Banding: the 63 bits are cut into ``bands`` bands. Two hashes within distance ``k`` share at least
    one identical band whenever ``bands >= k + 1`` (pigeonhole), so comparing only hashes that share
    a (band, value) bucket finds every candidate without comparing all pairs. ``near_candidates``
@@ -22,10 +22,10 @@ is ``near_candidates`` in numpy):
    nodes that have an edge); the canonical member of a cluster is its smallest ``image_uid``.
 
 Choice of ``k``: pHash of a 64-value DCT block thresholded at its median has exactly 32 set bits,
-so distances are even. Measured on generated images (tests/unit/test_dedup_quality.py and
+so distances are even. Measured on generated images (``tests/unit/test_dedup_clusters.py`` and
 ``benchmarks/dedup.py``): re-encoding, resizing and blurring move a pHash by 0-2 bits, q60 JPEG
 and +-5% brightness by up to 4, a 2% crop by up to 6, while distinct images stay >= 12 apart
-(PERF.md: ~16 on real images). ``k = 6`` recovers all of these with no false merges; 4 bands
+(~16 on real photographs). ``k = 6`` recovers all of these with no false merges; 4 bands
 (16 bits each) keep the scan at ~1 s per million hashes, are exact up to distance 3, and the
 dHash bands recover the rest of the distance-4..6 pairs (recall measured >= 99%).
 

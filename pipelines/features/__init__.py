@@ -1,4 +1,4 @@
-"""Stage 2, features: an Apache Beam job that fingerprints every image of a day.
+"""Stage 3, features: an Apache Beam job that fingerprints every image of a day.
 
 - ``config``: the stage's settings (``FeaturesConfig``) and the counters of a run (``FeaturesReport``).
 - ``stage``: ``build_features``, the driver: inputs, reuse, the pipeline run, reconciliation, atomic commit.

@@ -28,15 +28,6 @@ SCORE_THRESHOLD = 0.2          # NudeNet keeps anchors whose best class score is
 NMS_SCORE_THRESHOLD = 0.25     # ... then NMSBoxes(score_threshold=0.25, nms_threshold=0.45)
 NMS_IOU_THRESHOLD = 0.45
 
-# The defaults of the one NSFW policy, ``curation.nsfw_classes`` / ``curation.nsfw_threshold``
-# (pipelines.curation.decisions): explicit nudity (covered parts, faces, feet, bellies, armpits and
-# male breasts are not). Only curation applies the policy, with the home's settings; this stage
-# records the scores it needs and decides nothing.
-EXPLICIT_CLASSES = (
-    "FEMALE_GENITALIA_EXPOSED", "FEMALE_BREAST_EXPOSED", "BUTTOCKS_EXPOSED", "ANUS_EXPOSED",
-    "MALE_GENITALIA_EXPOSED",
-)
-FLAG_THRESHOLD = 0.5
 
 
 def model_path() -> str:

@@ -128,7 +128,7 @@ class DecodeImageFn(beam.DoFn):
             yield beam.pvalue.TaggedOutput(REJECTS, reject_row(element, rejected.reason, rejected.detail,
                                                                element["sha256"], len(data)))
             return
-        except Exception as exc:  # noqa: BLE001 - dead letter: one image never fails the run (imagedecode: processing_error)
+        except Exception as exc:  # noqa: BLE001 - dead letter: one image never fails the run (decode.PROCESSING_ERROR)
             self.rejected.inc()
             yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(element, step, exc, self.base, len(data)))
             return
@@ -165,7 +165,7 @@ class DetectNsfwFn(beam.DoFn):
             for element in batch:
                 try:
                     results.extend(self._detect([element["_nsfw_input"]]))
-                except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+                except Exception as exc:  # noqa: BLE001 - dead letter (decode.PROCESSING_ERROR)
                     results.append(exc)
         for element, result in zip(batch, results):
             row = {key: value for key, value in element.items() if key != "_nsfw_input"}
@@ -173,7 +173,7 @@ class DetectNsfwFn(beam.DoFn):
                 if isinstance(result, Exception):
                     raise result
                 row.update(nsfw_columns(result))
-            except Exception as exc:  # noqa: BLE001 - dead letter (imagedecode: processing_error)
+            except Exception as exc:  # noqa: BLE001 - dead letter (decode.PROCESSING_ERROR)
                 self.rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTS, processing_error_row(row, "nsfw", exc, self.base,
                                                                              row["num_bytes"]))

@@ -1,4 +1,4 @@
-"""Stage 1, ingest: one raw day's gzipped JSON lines -> validated warehouse tables + quarantine.
+"""Stage 2, ingest: one raw day's gzipped JSON lines -> validated warehouse tables + quarantine.
 
 - ``day``: ``ingest_day``, one day end to end (read, check references, build, write atomically) and the
   late-image refresh of earlier days.

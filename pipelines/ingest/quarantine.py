@@ -105,7 +105,7 @@ class QuarantineSink:
         self.add(line, reason, detail, *self.raw_fields(data))
 
     def raw_fields(self, data: bytes | rp.OverlongLine) -> tuple[str | None, int, str]:
-        """``rawparse.raw_fields``, remembered for short lines: repeated bad lines (the cheap way to
+        """``parse.raw_fields``, remembered for short lines: repeated bad lines (the cheap way to
         make millions) are decoded and hashed once."""
         if type(data) is not bytes or len(data) > _MEMO_LINE_BYTES:
             return rp.raw_fields(data)

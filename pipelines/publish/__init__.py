@@ -1,4 +1,4 @@
-"""Stage 5, publish: WebDataset shards + Parquet sidecars, written as one atomic version.
+"""Stage 6, publish: WebDataset shards + Parquet sidecars, written as one atomic version.
 
 - ``version``: ``publish_dataset``, the orchestration: stage, verify, check contracts, rename, switch ``latest``.
 - ``config``: the stage's settings (``PublishConfig``) and what a publish did (``PublishReport``).

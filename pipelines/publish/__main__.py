@@ -20,8 +20,8 @@ def main(argv: Sequence[str] | None = None) -> PublishReport:
     args = parser.parse_args(argv)
     home = DataHome.at(args.home)
 
-    def progress(phase: str, done: int, total: int) -> None:
-        print(f"{phase}: {done}/{total}", file=sys.stderr, flush=True)
+    def progress(message: str, done: int | None = None, total: int | None = None) -> None:
+        print(message if done is None else f"{message}: {done}/{total}", file=sys.stderr, flush=True)
 
     report = publish_dataset(home, stage_config(home.root, "publish", args), progress)
     print(json.dumps({k: v for k, v in report.metadata().items() if k != "splits"}, indent=2, sort_keys=True))

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from formats.dataset import shard_glob
 from formats.files import write_bytes_atomic
 from schemas.publish import SAMPLE_COLUMNS
 
@@ -36,7 +37,7 @@ def configs_yaml(splits: list[str]) -> str:
     """The ``configs`` block: the tar shards of each split (one builder per folder: webdataset)."""
     lines = ["configs:", "- config_name: default", "  default: true", "  data_files:"]
     for split in splits:
-        lines += [f"  - split: {split}", f"    path: \"{split}/pickapic-{split}-*.tar\""]
+        lines += [f"  - split: {split}", f"    path: \"{split}/{shard_glob(split)}\""]
     return "\n".join(lines) + "\n"
 
 

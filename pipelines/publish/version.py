@@ -39,7 +39,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from data_contracts.engine import evaluate, load_contract
-from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SIZES_FILE, sidecar_glob, sizes_json
+from formats.dataset import (
+    MANIFEST_FILE,
+    PROMPT_COUNTS_FILE,
+    SIZES_FILE,
+    fsync_dir,
+    sidecar_glob,
+    sizes_json,
+    switch_latest,
+)
 from formats.files import cast_to_schema, write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
 from formats.progress import Progress
@@ -59,7 +67,7 @@ from pipelines.publish.samples import (
     with_keys,
 )
 from pipelines.publish.shardphase import clean_failed_staging, write_shards
-from pipelines.publish.versions import apply_retention, fsync_dir, fsync_tree, publish_lock, switch_latest
+from pipelines.publish.versions import apply_retention, fsync_tree, publish_lock
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect
 from schemas import get_schema
@@ -92,7 +100,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         if (final / MANIFEST_FILE).is_file():
             recorded = verify_version(final, checksums=config.verify_checksums)
             os.utime(final)  # counts as the newest version for retention
-            switch_latest(home, version)
+            switch_latest(home.datasets, version)
             deleted = apply_retention(home, config.keep_versions)
             return report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted, jpgs.hashed)
         for stale in home.datasets.glob(".partial-*"):
@@ -115,7 +123,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         os.rename(staging, final)
         fsync_dir(home.datasets, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
-        switch_latest(home, version)
+        switch_latest(home.datasets, version)
         deleted = apply_retention(home, config.keep_versions)
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     return report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)

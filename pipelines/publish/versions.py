@@ -1,4 +1,4 @@
-"""The versions of a data home: the atomic ``latest`` switch, retention, one publish at a time, fsyncs."""
+"""The versions of a data home: retention, one publish at a time, fsyncs (the ``latest`` switch is in formats.dataset)."""
 from __future__ import annotations
 
 import contextlib
@@ -8,21 +8,8 @@ import shutil
 from pathlib import Path
 from typing import Iterator
 
-from formats.dataset import latest_link, list_versions
+from formats.dataset import fsync_dir, latest_link, list_versions
 from formats.home import DataHome
-
-
-def switch_latest(home: DataHome, version: str) -> None:
-    """Point ``latest`` at ``version`` atomically (a temp symlink renamed over the old one)."""
-    link = latest_link(home)
-    if link.is_symlink() and os.readlink(link) == version:
-        return
-    tmp = home.datasets / f".latest.{os.getpid()}.tmp"
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    os.symlink(version, tmp)
-    os.replace(tmp, link)
-    fsync_dir(home.datasets, True)
 
 
 def apply_retention(home: DataHome, keep: int) -> list[str]:
@@ -48,16 +35,6 @@ def publish_lock(home: DataHome) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def fsync_dir(path: Path, enabled: bool) -> None:
-    if not enabled:
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def fsync_tree(root: Path, enabled: bool) -> None:

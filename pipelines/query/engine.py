@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from formats.dataset import resolve_version, sidecar_glob
+from formats.dataset import PROMPT_COUNTS_FILE, prompt_counts_glob, resolve_version, sidecar_glob
 from formats.files import PARQUET_OPTIONS
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
@@ -100,14 +100,15 @@ def connect(home: DataHome, version: str | None = None,
         "autoload_known_extensions": False,
     })
     try:
-        con.execute(f"SET temp_directory = '{spill}'")
+        spill_sql = spill.replace("'", "''")   # a temp path: quoted like any other path put into SQL
+        con.execute(f"SET temp_directory = '{spill_sql}'")
         con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
         con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
         con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
-        if any(path.glob("*/prompt_counts.parquet")):   # the loss weight's count lives outside the shards
+        if any(path.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
             con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
                         f"FROM read_parquet('{sidecar_glob(root)}') AS p "
-                        f"LEFT JOIN read_parquet('{root}/*/prompt_counts.parquet') AS c "
+                        f"LEFT JOIN read_parquet('{prompt_counts_glob(root)}') AS c "
                         f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
         else:
             con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecar_glob(root)}')")

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.dataset import PROMPT_COUNTS_FILE, SPLITS, resolve_version
+from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SPLITS, resolve_version, split_sidecars
 from formats.files import cast_to_schema
 from formats.home import DataHome
 from formats.outputs import check_output_dir, open_output_file
@@ -62,7 +62,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     """Write one PickScore-schema Parquet per split of ``version`` (default ``latest``) into ``output_dir``."""
     started = time.perf_counter()
     root = resolve_version(home, version)
-    manifest = json.loads((root / "manifest.json").read_text(encoding="utf-8"))
+    manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
     schema = get_schema("pickscore_export")
     # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
     output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[f"{s}.parquet" for s in SPLITS])
@@ -74,7 +74,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     total = sum(manifest["splits"][s]["shards"] for s in splits)
     done = 0
     for split in splits:
-        sidecars = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+        sidecars = split_sidecars(root, split)
         if len(sidecars) != manifest["splits"][split]["shards"]:
             raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
                                f"{manifest['splits'][split]['shards']}")
@@ -132,7 +132,7 @@ def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, firs
 
 
 def _sidecars(root: Path, split: str, columns: list[str]) -> pa.Table:
-    files = sorted((root / split).glob(f"pickapic-{split}-*.parquet"))
+    files = split_sidecars(root, split)
     if not files:
         raise FileNotFoundError(f"version {root.name} has no {split} sidecars in {root / split}")
     return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])

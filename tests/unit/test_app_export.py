@@ -19,11 +19,11 @@ from formats import rawlines
 from formats.home import DataHome
 from pipelines.appdb.connection import AppDatabaseError, server_name
 from pipelines.appdb.export import AppExportConfig, ExportTooEarly, export_day, format_row
-from pipelines.appdb.load import AppDatabaseSink
 from pipelines.appdb.tables import AppSchemaError
 from pipelines.ingest import parse as rp
 from pipelines.ingest.day import ingest_day
 from simulator import SimConfig, simulate
+from simulator.appdb_sink import AppDatabaseSink
 from tests.postgres_server import create_database, postgres_server  # noqa: F401 - fixture
 
 DAYS = ("2023-02-13", "2023-02-14")

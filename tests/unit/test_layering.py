@@ -99,6 +99,24 @@ def test_no_module_imports_itself_back() -> None:
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
 
 
+def test_the_settings_registry_names_config_classes_that_pull_in_no_dagster() -> None:
+    """``formats.settings.SECTIONS`` is the bottom layer's one reference upward, by name: each entry must name
+    a config dataclass, and loading every section (what a stage's command line does when it reads the
+    home's settings file) must not import Dagster."""
+    import dataclasses
+    import subprocess
+    import sys
+
+    from formats.settings import SECTIONS, config_class
+
+    for section in SECTIONS:
+        assert dataclasses.is_dataclass(config_class(section)), section
+    probe = ("import sys; from formats.settings import SECTIONS, config_class; "
+             "[config_class(s) for s in SECTIONS]; print(sorted(m for m in sys.modules if m.split('.')[0] == 'dagster'))")
+    done = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
+
+
 @pytest.mark.parametrize("source, expected", [
     ("import dagster\n", ["dagster"]),
     ("def f():\n    from pipelines.publish import version\n", ["pipelines.publish", "pipelines.publish.version"]),

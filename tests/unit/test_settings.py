@@ -18,8 +18,8 @@ from formats.settings import (
     settings_path,
     write_settings,
 )
-from pipelines.curation.decisions import CurationConfig
-from pipelines.features.nsfw import EXPLICIT_CLASSES, FLAG_THRESHOLD, NMS_SCORE_THRESHOLD
+from pipelines.curation.decisions import EXPLICIT_CLASSES, FLAG_THRESHOLD, CurationConfig
+from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 
 
 def test_every_section_describes_every_field_with_a_checkable_type():
