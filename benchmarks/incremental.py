@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.nightly import timed_build
+from formats import dataset
 from formats.home import DataHome
 from simulator import SimConfig, simulate
 
@@ -55,7 +56,7 @@ def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size:
     first_inodes = _inodes(home)
     shutil.move(str(spare), home.raw_day(new))
     nightly = timed_build(home)[0]
-    latest = (home.datasets / "latest").resolve()
+    latest = dataset.latest_link(home).resolve()
     files = [p for p in latest.rglob("*") if p.is_file()]
     version_bytes = sum(p.stat().st_size for p in files)
     written = sum(p.stat().st_size for p in files if p.stat().st_ino not in first_inodes)

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import shutil
@@ -42,6 +43,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from benchmarks.shards import raw_write
+from formats import dataset
 from formats.dataset import list_versions
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
@@ -84,7 +86,7 @@ def plant_ban(home: DataHome, version: Path) -> dict:
     """Ban the user whose published train pairs span the median number of old days (at least two)."""
     rankings = _read(home, "rankings", ["ranking_id", "user_id"])
     owner = dict(zip(rankings.column("ranking_id").to_pylist(), rankings.column("user_id").to_pylist()))
-    sidecars = pq.read_table(sorted(version.glob("train/pickapic-*.parquet")), columns=["ranking_id", "dt"])
+    sidecars = pq.read_table(dataset.split_sidecars(version, "train"), columns=["ranking_id", "dt"])
     days: dict[int, set] = {}
     pairs: dict[int, int] = {}
     for ranking_id, day in zip(sidecars.column("ranking_id").to_pylist(), sidecars.column("dt").to_pylist()):
@@ -103,7 +105,7 @@ def plant_ban(home: DataHome, version: Path) -> dict:
 
 def plant_cluster_merge(home: DataHome, version: Path, day: str) -> dict:
     """Give one of ``day``'s feature rows the sha256 of an old image and the pHash of another, in other clusters."""
-    train = pq.read_table(sorted(version.glob("train/pickapic-*.parquet")),
+    train = pq.read_table(dataset.split_sidecars(version, "train"),
                           columns=["key", "dt", "image_0_uid", "cluster_0", "image_1_uid", "cluster_1"])
     train = train.take(pc.sort_indices(train, sort_keys=[("dt", "ascending"), ("key", "ascending")]))
     first, last = train.slice(0, 1).to_pylist()[0], train.slice(train.num_rows // 2, 1).to_pylist()[0]
@@ -133,11 +135,11 @@ def _kind(rel: str, day: str) -> str:
         return "meta"
     if len(parts) == 1:
         return "manifest_and_card"
-    if not parts[1].startswith("pickapic-"):
+    if not parts[1].startswith(dataset.SHARD_PREFIX):
         return "sizes_and_prompt_counts"
     if parts[0].endswith("_unique"):
         return "unique_split_shards"
-    return "new_day_shards" if parts[1].split("-")[2] == day else "rewritten_old_shards"
+    return "new_day_shards" if dataset.shard_segment(parts[1]) == day else "rewritten_old_shards"
 
 
 def _files(version: Path) -> dict[str, os.stat_result]:
@@ -147,7 +149,7 @@ def _files(version: Path) -> dict[str, os.stat_result]:
 def _samples(version: Path) -> dict[str, tuple]:
     """key -> (shard, every sample column) of every sidecar."""
     out = {}
-    for sidecar in sorted(version.glob("*/pickapic-*.parquet")):
+    for sidecar in sorted(Path(p) for p in glob.glob(dataset.sidecar_glob(version))):
         table = pq.read_table(sidecar)
         columns = [c for c in table.column_names if c not in ("shard", "sample_index") and not c.endswith(("_offset", "_size"))]
         for row in table.select(columns).to_pylist():
@@ -168,10 +170,10 @@ def measure_night(old: Path, new: Path, older: list[Path], day: str, report: Pub
                   if rel.endswith(".tar") and _kind(rel, segment) == "new_day_shards")
     before, after = _samples(old), _samples(new)
     changed = {k for k in before if k not in after or after[k][1] != before[k][1]}
-    added_to_old = {(after[k][0].split("/")[0], after[k][0].split("-")[2]) for k in after
-                    if k not in before and after[k][0].split("-")[2] != segment}
+    added_to_old = {(after[k][0].split("/")[0], dataset.shard_segment(after[k][0])) for k in after
+                    if k not in before and dataset.shard_segment(after[k][0]) != segment}
     touched = {before[k][0] for k in changed} | {shard for shard, _ in before.values()
-                                                 if (shard.split("/")[0], shard.split("-")[2]) in added_to_old}
+                                                 if (shard.split("/")[0], dataset.shard_segment(shard)) in added_to_old}
     old_inodes = {st.st_ino for rel, st in _files(old).items() if rel.endswith(".tar")}
     kept = {rel for rel, st in _files(new).items() if st.st_ino in old_inodes}
     rewritten = {rel for rel in _files(old) if rel.endswith(".tar") and rel not in kept}

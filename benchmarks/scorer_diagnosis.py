@@ -31,6 +31,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from formats import dataset
+from formats.home import DataHome
 from simulator import world
 from training import metric
 
@@ -77,9 +79,9 @@ def score_regression(home: Path, model_dir: Path, split: str) -> dict[str, float
     from training.model import PairScorer, load_model
 
     clip, processor = load_model(model_dir)
-    data = home / "datasets" / "pickapic" / "latest"
+    data = dataset.latest_link(DataHome(home))
     scores = score_split(PairScorer(clip), processor, data, split, bf16=False)
-    sidecars = pa.concat_tables([pq.read_table(f) for f in sorted(glob.glob(str(data / split / "*.parquet")))])
+    sidecars = pa.concat_tables([pq.read_table(f) for f in dataset.split_sidecars(data, split)])
     rows = sidecars.to_pandas().set_index("key").loc[scores.keys]
     images = pq.read_table(home / "ground_truth" / "images.parquet").to_pandas().set_index("image_uid")
     d_match = images.loc[rows.image_0_uid].match.values - images.loc[rows.image_1_uid].match.values
@@ -127,7 +129,7 @@ def _inputs_and_truth(home: Path, split: str, processor, limit: int,
     spec = ImageSpec.from_processor(processor.image_processor)
     truth = pq.read_table(home / "ground_truth" / "images.parquet").to_pandas().set_index("image_uid")
     pixels, uids = [], []
-    for tar in sorted(glob.glob(str(home / "datasets" / "pickapic" / "latest" / split / "*.tar"))):
+    for tar in sorted(glob.glob(str(dataset.latest_link(DataHome(home)) / split / dataset.shard_glob(split)))):
         pair_uids = pq.read_table(tar[:-4] + ".parquet", columns=["key", "image_0_uid", "image_1_uid"]).to_pandas()
         pair_uids = pair_uids.set_index("key")
         with tarfile.open(tar) as archive:

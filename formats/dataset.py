@@ -17,6 +17,7 @@ prefix keeps ``meta/*.parquet`` out of the sidecar glob.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -32,6 +33,17 @@ SIZES_FILE = "sizes.json"
 PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 SHARD_PREFIX = "pickapic-"
 MEMBERS = ("0.jpg", "1.jpg", "json", "txt")   # per sample, in this order inside a tar
+
+
+def shard_name(split: str, segment: str, first_key: str) -> str:
+    """Base name (no extension) of a shard: split, segment (an export day ``YYYYMMDD`` or a bucket) and a
+    digest of its first sample's key."""
+    return f"{SHARD_PREFIX}{split}-{segment}-{hashlib.blake2b(first_key.encode(), digest_size=5).hexdigest()}"
+
+
+def shard_segment(name: str) -> str:
+    """The segment of a shard's name (``pickapic-train-20230213-f8b177beaf.tar`` -> ``20230213``)."""
+    return Path(name).name.split("-")[2]
 
 
 def shard_glob(split: str = "*", suffix: str = ".tar") -> str:

@@ -24,7 +24,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from formats.dataset import FORMAT_VERSION, SHARD_PREFIX
+from formats.dataset import FORMAT_VERSION, shard_name
 from pipelines.publish import shards
 
 ANCHOR_RATE = 2.0            # expected anchors per shard limit: shards average ~0.43 of the limit
@@ -101,11 +101,6 @@ def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple
         middle = start + (stop - start) // 2
         bounds[widest:widest + 1] = [(start, middle), (middle, stop)]
     return bounds
-
-
-def shard_name(split: str, segment: str, first_key: str) -> str:
-    """Base name (no extension) of a shard: split, segment and a digest of its first sample's key."""
-    return f"{SHARD_PREFIX}{split}-{segment}-{hashlib.blake2b(first_key.encode(), digest_size=5).hexdigest()}"
 
 
 def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_samples: int, max_bytes: int,

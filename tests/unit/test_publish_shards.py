@@ -7,6 +7,7 @@ import tarfile
 import numpy as np
 import pytest
 
+from formats import dataset
 from pipelines.publish import plan as shardplan
 from pipelines.publish import shards
 
@@ -106,10 +107,11 @@ def test_key_draws_are_stable_and_salted() -> None:
 
 
 def test_shard_names_come_from_segment_and_first_key() -> None:
-    name = shardplan.shard_name("train", "20230301", "17_0")
+    name = dataset.shard_name("train", "20230301", "17_0")
     assert name.startswith("pickapic-train-20230301-") and len(name) == len("pickapic-train-20230301-") + 10
-    assert name == shardplan.shard_name("train", "20230301", "17_0")
-    assert name != shardplan.shard_name("train", "20230301", "18_0")
+    assert name == dataset.shard_name("train", "20230301", "17_0")
+    assert name != dataset.shard_name("train", "20230301", "18_0")
+    assert dataset.shard_segment(name + ".tar") == "20230301"
 
 
 def test_plan_split_orders_by_day_then_time() -> None:
