@@ -6,15 +6,14 @@ from typing import Any, Iterable, Iterator, Mapping
 import dagster as dg
 
 from dagster_project.metadata import report_metadata
-from dagster_project.versions import DATA_VERSION_TAG, FAILED_SUFFIX
+from dagster_project.versions import DATA_VERSION_TAG, FAILED_SUFFIX, FEATURE_DATASETS, INGEST_DATASETS
 from data_contracts.engine import evaluate, load_contract
 from formats.home import DataHome
 from pipelines.sqlrun import connect
 from schemas import SCHEMAS
 
 # Datasets written one file per daily partition; every other warehouse dataset is one file.
-PARTITIONED = {"users", "images", "rankings", "downloads", "quarantine", "ingest_files",
-               "image_features", "image_rejects"}
+PARTITIONED = {*INGEST_DATASETS, *FEATURE_DATASETS}
 
 
 def check_name(rule: Any, asset: str | None) -> str:
