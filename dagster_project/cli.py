@@ -14,7 +14,7 @@ HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
 
 # Subcommands whose flags and behaviour live in a stage module: (module, help).
 MOUNTED = {
-    "simulate": ("simulator", "generate sample app logs (the raw zone) and their ground truth"),
+    "simulate": ("simulator.cli", "generate sample app logs (the raw zone) and their ground truth"),
     "query": ("pipelines.query.engine", "read-only DuckDB SQL over a published dataset version"),
     "export": ("pipelines.query.export", "export a published version in another format (pickscore-parquet, eval-prompts)"),
     "train": ("training.cli", "train the CLIP preference model on a published version"),

@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from simulator import add_arguments, run_from_args
+from simulator.cli import add_arguments, run_from_args
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,8 +8,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from formats.home import DataHome
-from simulator import SimConfig, add_arguments, run_from_args, simulate
+from simulator import SimConfig, simulate
 from simulator.__main__ import main
+from simulator.cli import add_arguments, run_from_args
 
 
 @pytest.mark.parametrize("flags, message", [
