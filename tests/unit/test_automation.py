@@ -99,7 +99,7 @@ def test_a_model_run_materializes_the_whole_model_group(home, instance):
     run = _plan(home, instance, with_model=True).runs[-1]
     graph = defs.resolve_asset_graph()
     model_group = {key for key in graph.get_all_asset_keys() if graph.get(key).group_name == "model"}
-    assert run.job == "train_model_job" and set(automation.asset_keys(run)) == model_group
+    assert run.job == "train_model_job" and set(automation.asset_keys(run, graph)) == model_group
 
 
 def test_built_home_is_up_to_date(home, instance):
