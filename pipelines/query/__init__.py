@@ -1,1 +1,3 @@
-"""Reading a published version: read-only DuckDB SQL (``engine``) and exports to other formats (``export``)."""
+"""Stage 7, reading a published version: ``engine`` (the read-only DuckDB connection over one version, its
+limits and the ``pickapic query`` command), ``guard`` (one SELECT, nothing that writes), ``output``
+(table, CSV, JSON lines, Parquet, batch by batch) and ``export`` (PickScore Parquet, eval prompts)."""

@@ -27,9 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
-import json
-import os
 import re
 import shutil
 import sys
@@ -38,29 +35,21 @@ import threading
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO, Iterator, Mapping, TextIO
+from typing import Any, Iterator, Mapping, TextIO
 
 import duckdb
 import pyarrow as pa
-import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from formats.dataset import PROMPT_COUNTS_FILE, prompt_counts_glob, resolve_version, sidecar_glob
-from formats.files import PARQUET_OPTIONS
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
+from pipelines.query.guard import check_read_only
+from pipelines.query.output import FORMATS, TextSink, silence_closed_pipe, write_result
 from pipelines.sqlrun import sql_text
 
-FORMATS = ("table", "csv", "json", "parquet")
-ALLOWED_STATEMENTS = ("SELECT", "EXPLAIN")
 META_VIEWS = ("shards", "images", "decisions", "quarantine", "splits_summary")
-TABLE_MAX_ROWS = 1000
 BATCH_ROWS = 65_536
 _SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
-
-
-class QueryRefused(ValueError):
-    """A statement that is not a read-only query."""
 
 
 class QueryFailed(RuntimeError):
@@ -133,73 +122,6 @@ def named_queries() -> dict[str, str]:
             first = entry.read_text(encoding="utf-8").splitlines()[0]
             out[entry.name[: -len(".sql")]] = first.lstrip("- ").strip()
     return out
-
-
-def check_read_only(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse anything but one SELECT / EXPLAIN statement (COPY, ATTACH, CREATE, SET, INSTALL ...)."""
-    statements = con.extract_statements(sql)
-    if len(statements) != 1:
-        raise QueryRefused(f"expected exactly one statement, got {len(statements)}")
-    kind = statements[0].type.name
-    if kind not in ALLOWED_STATEMENTS:
-        raise QueryRefused(f"{kind} statements are refused: queries are read-only (allowed: {', '.join(ALLOWED_STATEMENTS)})")
-    if kind == "EXPLAIN":
-        # EXPLAIN ANALYZE executes what it explains (EXPLAIN ANALYZE COPY ... TO writes a file), so the
-        # explained statement itself must be a SELECT.
-        sql = _explained_text(sql)
-        inner = con.extract_statements(sql)
-        inner_kind = inner[0].type.name if len(inner) == 1 else f"{len(inner)} statements"
-        if inner_kind != "SELECT":
-            raise QueryRefused(f"EXPLAIN of {inner_kind} is refused: only SELECT statements may be explained")
-    _check_query_tree(con, sql)
-
-
-# Query nodes a read-only SELECT is made of. DuckDB types `WITH x AS (COPY ... TO 'f') SELECT ...` and
-# `WITH x AS (INSERT ... RETURNING *) SELECT ...` as SELECT statements and runs the COPY / INSERT, so
-# the parsed tree is checked too: anything else (COPY_QUERY_NODE, INSERT_QUERY_NODE, ...) is refused.
-READ_ONLY_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE", "RECURSIVE_CTE_NODE", "CTE_NODE"})
-
-
-def _check_query_tree(con: duckdb.DuckDBPyConnection, sql: str) -> None:
-    """Refuse a SELECT whose parsed tree holds a data-modifying node (a writing WITH clause)."""
-    tree = json.loads(con.execute("SELECT json_serialize_sql($sql)", {"sql": sql}).fetchall()[0][0])
-    if tree.get("error"):
-        raise QueryRefused(f"cannot verify that the statement is read-only: {tree.get('error_message')}")
-    found: set[str] = set()
-    stack: list[Any] = [tree]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, dict):
-            kind = item.get("type")
-            if isinstance(kind, str) and kind.endswith("_NODE"):
-                found.add(kind)
-            stack.extend(item.values())
-        elif isinstance(item, list):
-            stack.extend(item)
-    writing = sorted(found - READ_ONLY_NODES)
-    if writing:
-        names = ", ".join(k.removesuffix("_NODE").removesuffix("_QUERY") for k in writing)
-        raise QueryRefused(f"{names} inside a query is refused: queries are read-only (a WITH clause may only SELECT)")
-
-
-def _explained_text(sql: str) -> str:
-    """The statement after ``EXPLAIN [ANALYZE | (options)]`` (comments skipped by DuckDB's tokenizer)."""
-    tokens = [(pos, kind) for pos, kind in duckdb.tokenize(sql) if kind != duckdb.token_type.comment]
-    ends = [pos for pos, _ in tokens[1:]] + [len(sql)]
-    words = [sql[pos:end].strip() for (pos, _), end in zip(tokens, ends)]
-    operator = duckdb.token_type.operator
-    i = 1  # tokens[0] is EXPLAIN
-    if i < len(words) and words[i].upper() in ("ANALYZE", "ANALYSE"):
-        i += 1
-    elif i < len(words) and tokens[i][1] == operator and words[i].startswith("("):
-        depth = 0
-        while i < len(words):
-            if tokens[i][1] == operator:  # parentheses inside string literals do not count
-                depth += words[i].count("(") - words[i].count(")")
-            i += 1
-            if depth <= 0:
-                break
-    return sql[tokens[i][0]:] if i < len(tokens) else ""
 
 
 class _Deadline:
@@ -310,10 +232,10 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
         with stream(home, sql, version, params, limits) as (schema, batches):
             if output is None:
                 try:
-                    write_result(schema, batches, fmt, _TextSink(stdout), to_terminal=stdout.isatty())
+                    write_result(schema, batches, fmt, TextSink(stdout), to_terminal=stdout.isatty())
                     stdout.flush()
                 except BrokenPipeError:  # the reader stopped early (`| head`): what it wanted was delivered
-                    _silence(stdout)
+                    silence_closed_pipe(stdout)
                 return 0
             else:
                 with open_output_file(output, [home.root], "--output") as handle:
@@ -327,139 +249,6 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     if output is not None:
         print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
     return 0
-
-
-def _silence(stdout: TextIO) -> None:
-    """Point a closed pipe's stdout at /dev/null so the interpreter's final flush does not fail again."""
-    with contextlib.suppress(OSError, ValueError):  # a StringIO has no descriptor
-        os.dup2(os.open(os.devnull, os.O_WRONLY), stdout.fileno())
-
-
-class _TextSink(io.RawIOBase):
-    """A binary sink writing UTF-8 text to a text stream (stdout); writes always end on a character."""
-
-    def __init__(self, text: TextIO) -> None:
-        super().__init__()
-        self._text = text
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self._text.write(bytes(data).decode("utf-8"))
-        return len(data)
-
-
-def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, sink: BinaryIO,
-                 to_terminal: bool = False) -> int:
-    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the row count."""
-    if fmt == "parquet":
-        rows = 0
-        with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer:
-            for batch in batches:
-                writer.write_batch(batch)
-                rows += batch.num_rows
-        return rows
-    if fmt == "table":
-        shown, rows = [], 0
-        for batch in batches:  # keep the first rows, count the rest without holding them
-            if rows < TABLE_MAX_ROWS:
-                shown.append(batch.slice(0, TABLE_MAX_ROWS - rows))
-            rows += batch.num_rows
-        table = pa.Table.from_batches(shown, schema=schema)
-        sink.write(render_table(table, to_terminal, total_rows=rows).encode("utf-8"))
-        return rows
-    if fmt == "csv":
-        return _write_csv(schema, batches, sink)
-    return _write_json(batches, sink)
-
-
-def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
-    rows = 0
-    for batch in batches:
-        buffer = io.BytesIO()  # one complete CSV chunk per batch: text never splits inside a character
-        pacsv.write_csv(_flatten_nested(pa.Table.from_batches([batch])), buffer,
-                        pacsv.WriteOptions(include_header=rows == 0 and batch.num_rows > 0))
-        if batch.num_rows:
-            sink.write(buffer.getvalue())
-        rows += batch.num_rows
-    if rows == 0:
-        buffer = io.BytesIO()
-        pacsv.write_csv(_flatten_nested(schema.empty_table()), buffer)
-        sink.write(buffer.getvalue())
-    return rows
-
-
-def _write_json(batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
-    """``json.dumps(rows, indent=1)``, written one row at a time."""
-    rows = 0
-    for batch in batches:
-        for row in batch.to_pylist():
-            text = json.dumps(row, ensure_ascii=False, default=_json_default, indent=1)
-            sink.write((("[\n" if rows == 0 else ",\n") + " " + text.replace("\n", "\n ")).encode("utf-8"))
-            rows += 1
-    sink.write(b"[]\n" if rows == 0 else b"\n]\n")
-    return rows
-
-
-def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TABLE_MAX_ROWS,
-                 total_rows: int | None = None) -> str:
-    """An aligned text table (rich), at most ``max_rows`` rows, then the row count (``total_rows`` if given)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    shown = table.slice(0, max_rows)
-    cells = [[_cell(v) for v in row.values()] for row in shown.to_pylist()]
-    total = table.num_rows if total_rows is None else total_rows
-    out = Table(show_lines=False)
-    for i, name in enumerate(table.column_names):
-        kind = table.schema.field(i).type
-        numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
-        out.add_column(name, justify="right" if numeric else "left", overflow="fold")
-    for row in cells:
-        out.add_row(*row)
-    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(table.column_names)]
-    width = None if to_terminal else max(40, sum(widths) + 3 * len(widths) + 4)
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None,
-                      highlight=False, emoji=False, markup=False)
-    console.print(out)
-    # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
-    return console.file.getvalue() + _row_note(total, shown.num_rows) + "\n"
-
-
-def _row_note(total: int, shown: int) -> str:
-    if shown < total:
-        return f"{total} rows, first {shown} shown (use --format csv|json|parquet for all)"
-    return f"{total} row" + ("" if total == 1 else "s")
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, float):
-        return f"{value:.6g}"
-    if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, default=_json_default)
-    return str(value)
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    if hasattr(value, "isoformat"):
-        return value.isoformat()
-    return str(value)
-
-
-def _flatten_nested(table: pa.Table) -> pa.Table:
-    """CSV has no nested types: lists, structs and maps become JSON strings."""
-    columns = []
-    for field, column in zip(table.schema, table.columns):
-        if pa.types.is_nested(field.type):
-            column = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default)
-                               for v in column.to_pylist()], pa.string())
-        columns.append(column)
-    return pa.table(columns, names=table.column_names)
 
 
 def _parse_param(text: str) -> tuple[str, Any]:

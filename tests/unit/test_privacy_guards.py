@@ -10,6 +10,7 @@ import pytest
 
 from formats.home import DataHome
 from pipelines.query import engine as query
+from pipelines.query import guard
 from pipelines.sqlrun import sql_text
 
 DETAILS = [
@@ -63,8 +64,8 @@ def test_published_quarantine_redacts_user_ids_and_users_values() -> None:
 ])
 def test_explain_of_anything_but_select_is_refused(sql: str) -> None:
     con = duckdb.connect()
-    with pytest.raises(query.QueryRefused, match="only SELECT statements may be explained"):
-        query.check_read_only(con, sql)
+    with pytest.raises(guard.QueryRefused, match="only SELECT statements may be explained"):
+        guard.check_read_only(con, sql)
 
 
 @pytest.mark.parametrize("sql,word", [
@@ -78,8 +79,8 @@ def test_a_with_clause_that_writes_is_refused(tmp_path, sql: str, word: str) -> 
     con = duckdb.connect()
     con.execute("CREATE TABLE t (a INTEGER)")
     assert con.extract_statements(sql)[0].type.name in ("SELECT", "EXPLAIN")
-    with pytest.raises(query.QueryRefused, match=f"{word} inside a query is refused"):
-        query.check_read_only(con, sql)
+    with pytest.raises(guard.QueryRefused, match=f"{word} inside a query is refused"):
+        guard.check_read_only(con, sql)
     assert con.sql("SELECT count(*) FROM t").fetchall() == [(0,)]
 
 
@@ -91,7 +92,7 @@ def test_a_with_clause_that_writes_is_refused(tmp_path, sql: str, word: str) -> 
     "EXPLAIN ANALYZE SELECT '(' AS a", "DESCRIBE SELECT 1", "SUMMARIZE SELECT 1", "FROM (SELECT 1)",
 ])
 def test_read_only_statements_pass(sql: str) -> None:
-    query.check_read_only(duckdb.connect(), sql)
+    guard.check_read_only(duckdb.connect(), sql)
 
 
 def test_output_into_the_published_datasets_is_refused(tmp_path) -> None:

@@ -20,6 +20,7 @@ from formats.dataset import resolve_version
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
 from pipelines.query import engine as query
+from pipelines.query import output
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.hostile_corpus import HOSTILE_QUERIES  # noqa: E402
@@ -234,11 +235,11 @@ def test_streamed_formats_match_whole_table_writers(built, tmp_path: Path, monke
     sql = "SELECT * FROM pairs ORDER BY key"
     whole = query.execute(home, sql)
     code, out, _ = _run(home, sql, fmt="json")
-    assert code == 0 and out == json.dumps(whole.to_pylist(), ensure_ascii=False, default=query._json_default,
+    assert code == 0 and out == json.dumps(whole.to_pylist(), ensure_ascii=False, default=output._json_default,
                                            indent=1) + "\n"
     code, out, _ = _run(home, sql, fmt="csv")
     buffer = io.BytesIO()
-    pacsv.write_csv(query._flatten_nested(whole), buffer)
+    pacsv.write_csv(output._flatten_nested(whole), buffer)
     assert code == 0 and out == buffer.getvalue().decode("utf-8")
     target = tmp_path / "all.parquet"
     assert _run(home, sql, fmt="parquet", output=target)[0] == 0
