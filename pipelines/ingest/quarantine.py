@@ -29,6 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.files import PARQUET_OPTIONS, cast_to_schema
+from pipelines.ingest import lines
 from pipelines.ingest import parse as rp
 from schemas import get_schema
 
@@ -100,11 +101,11 @@ class QuarantineSink:
         else:
             row[0], row[1], row[2] = min(row[0], line), max(row[1], last), row[2] + count
 
-    def add_line(self, line: int, reason: str, detail: str, data: bytes | rp.OverlongLine) -> None:
+    def add_line(self, line: int, reason: str, detail: str, data: bytes | lines.OverlongLine) -> None:
         """One bad line given by its raw bytes (text, length and sha256 are taken from them)."""
         self.add(line, reason, detail, *self.raw_fields(data))
 
-    def raw_fields(self, data: bytes | rp.OverlongLine) -> tuple[str | None, int, str]:
+    def raw_fields(self, data: bytes | lines.OverlongLine) -> tuple[str | None, int, str]:
         """``parse.raw_fields``, remembered for short lines: repeated bad lines (the cheap way to
         make millions) are decoded and hashed once."""
         if type(data) is not bytes or len(data) > _MEMO_LINE_BYTES:

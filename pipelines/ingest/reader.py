@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Iterator
 
 from formats.home import DataHome
+from pipelines.ingest import lines
 from pipelines.ingest import parse as rp
 from pipelines.ingest.config import IngestConfig, TableReport
 from pipelines.ingest.quarantine import QuarantineSink, SinkLimits
@@ -55,7 +56,7 @@ class TableRun:
         self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
         self.conflicting: set = set()                       # keys with two or more different versions
 
-    def reject(self, number: int, reason: str, detail: str, data: bytes | rp.OverlongLine | None) -> None:
+    def reject(self, number: int, reason: str, detail: str, data: bytes | lines.OverlongLine | None) -> None:
         if data is None:
             self.pending[number] = (reason, detail)
             return
@@ -118,11 +119,11 @@ class _RepeatLog:
         self.batch = []
 
 
-def open_raw(home: DataHome, path: Path) -> rp.RawFile:
+def open_raw(home: DataHome, path: Path) -> lines.RawFile:
     """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely
     (a link that leaves the raw zone is never followed)."""
     rel = path.relative_to(home.root).as_posix()
-    raw = rp.RawFile(path, name=rel)
+    raw = lines.RawFile(path, name=rel)
     if raw.check():
         try:
             home.resolve_inside(rel, zone="raw")
@@ -157,14 +158,14 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
     if raw.status == "ok":
         chunks = raw.chunks()
         if uid_sink is not None:
-            chunks = rp.tap_image_uids(chunks, uid_sink)
+            chunks = lines.tap_image_uids(chunks, uid_sink)
         pk_index = parser.names.index(PRIMARY_KEYS[table])
         rows = run.rows
         repeats, conflicting = run.repeats, run.conflicting
         parse = parser.parse
         max_bytes = config.max_line_bytes
         number = 0
-        for number, data in rp.iter_lines(chunks, max_bytes):
+        for number, data in lines.iter_lines(chunks, max_bytes):
             if type(data) is not bytes:
                 if index == 0:
                     run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
@@ -240,9 +241,9 @@ def fill_pending(run: TableRun, max_line_bytes: int) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
-    raw = rp.RawFile(run.path, name=run.report.file)
+    raw = lines.RawFile(run.path, name=run.report.file)
     wanted = run.pending
-    for number, data in rp.iter_lines(raw.chunks(), max_line_bytes):
+    for number, data in lines.iter_lines(raw.chunks(), max_line_bytes):
         if number in wanted:
             reason, detail = wanted.pop(number)
             run.quarantine.add_line(number, reason, detail, data)

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 
 from formats.files import sha256_file, write_parquet_atomic
 from formats.home import DataHome
-from pipelines.ingest import parse as rp
+from pipelines.ingest import lines
 from pipelines.ingest.reader import open_raw
 
 _UID_INDEX_VERSION = "1"
@@ -52,7 +52,7 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str]) -> set[str]:
         return set()
     stat = stat_key(path)
     found: set[str] = set()
-    for _ in rp.tap_image_uids(raw.chunks(), found):
+    for _ in lines.tap_image_uids(raw.chunks(), found):
         pass
     write_uid_index(home, day, found, raw.file_sha256, stat)
     return found & wanted

@@ -8,6 +8,7 @@ import json
 import pytest
 from test_ingest_fixtures import DayBuilder, hostile_lines
 
+from pipelines.ingest import lines as raw_lines
 from pipelines.ingest import parse as rp
 
 DAY = "2023-03-01"
@@ -68,8 +69,8 @@ def test_every_hostile_line_gets_its_reason():
         data = as_bytes(line)
         if len(data) > (1 << 20):
             chunks = [data[i:i + 4096] for i in range(0, len(data), 4096)]
-            [(number, long_line)] = list(rp.iter_lines(chunks, 1 << 20))
-            assert isinstance(long_line, rp.OverlongLine) and long_line.length == len(data)
+            [(number, long_line)] = list(raw_lines.iter_lines(chunks, 1 << 20))
+            assert isinstance(long_line, raw_lines.OverlongLine) and long_line.length == len(data)
             continue
         with pytest.raises(rp.Reject) as caught:
             parser(table).parse(data)
@@ -117,24 +118,24 @@ def test_limits_come_from_the_config():
 
 def test_iter_lines_numbers_and_keeps_tail():
     chunks = [b'{"a"', b": 1}\n\n{", b'"b": 2}\n{"trunc']
-    lines = list(rp.iter_lines(chunks, 100))
+    lines = list(raw_lines.iter_lines(chunks, 100))
     assert lines == [(1, b'{"a": 1}'), (2, b""), (3, b'{"b": 2}'), (4, b'{"trunc')]
 
 
 def test_iter_lines_overlong_spanning_chunks():
     big = b"y" * 300
     chunks = [b"ok\n" + big[:100], big[100:250], big[250:] + b"\nnext\n"]
-    lines = list(rp.iter_lines(chunks, 64))
+    lines = list(raw_lines.iter_lines(chunks, 64))
     assert lines[0] == (1, b"ok")
     number, long_line = lines[1]
-    assert number == 2 and isinstance(long_line, rp.OverlongLine)
+    assert number == 2 and isinstance(long_line, raw_lines.OverlongLine)
     assert long_line.length == 300 and long_line.prefix.startswith(b"yyy")
     assert long_line.sha256 == rp.raw_fields(big)[2]
     assert lines[2] == (3, b"next")
 
 
-def read_all(path) -> tuple[rp.RawFile, bytes]:
-    raw = rp.RawFile(path, read_bytes=7, max_chunk=5)  # tiny buffers exercise every refill path
+def read_all(path) -> tuple[raw_lines.RawFile, bytes]:
+    raw = raw_lines.RawFile(path, read_bytes=7, max_chunk=5)  # tiny buffers exercise every refill path
     data = b"".join(raw.chunks())
     return raw, data
 
@@ -174,19 +175,19 @@ def test_rawfile_statuses(tmp_path):
         raw, data = read_all(path)
         assert (raw.status, data) == ("empty", b"")
 
-    missing = rp.RawFile(tmp_path / "absent.gz")
+    missing = raw_lines.RawFile(tmp_path / "absent.gz")
     assert not missing.check() and missing.status == "missing"
-    folder = rp.RawFile(tmp_path)
+    folder = raw_lines.RawFile(tmp_path)
     assert not folder.check() and folder.status == "unreadable"
 
 
 def test_decompression_bomb_streams_in_bounded_chunks(tmp_path):
     bomb = tmp_path / "bomb.gz"
     bomb.write_bytes(gzip.compress(b"\0" * (24 << 20), compresslevel=9, mtime=0))
-    raw = rp.RawFile(bomb)
+    raw = raw_lines.RawFile(bomb)
     sizes = [len(chunk) for chunk in raw.chunks()]
     assert sum(sizes) == 24 << 20 and max(sizes) <= raw.max_chunk
-    lines = list(rp.iter_lines(rp.RawFile(bomb).chunks(), 1 << 20))
+    lines = list(raw_lines.iter_lines(raw_lines.RawFile(bomb).chunks(), 1 << 20))
     assert len(lines) == 1 and lines[0][1].length == 24 << 20
 
 
@@ -195,5 +196,5 @@ def test_tap_image_uids_finds_members_across_chunk_borders():
     text = ('{"image_uid": "%s", "prompt": "\\"image_uid\\": \\"%s\\""}' % (uid, uid.replace("1", "2"))).encode()
     for cut in range(1, len(text)):
         sink: set[str] = set()
-        assert b"".join(rp.tap_image_uids([text[:cut], text[cut:]], sink)) == text
+        assert b"".join(raw_lines.tap_image_uids([text[:cut], text[cut:]], sink)) == text
         assert sink == {uid}  # the escaped look-alike inside the prompt is not a member

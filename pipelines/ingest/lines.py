@@ -1,0 +1,182 @@
+"""Raw export files as bytes: stream one ``*.jsonl.gz`` file (bounded memory, decompression limits),
+cut it into numbered lines (an overlong line keeps only its prefix, length and digest), and tap the
+``image_uid`` members of the raw bytes for the reference check. Nothing here decodes a line: the
+line rules are in :mod:`pipelines.ingest.parse`."""
+from __future__ import annotations
+
+import hashlib
+import re
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator
+
+RAW_TEXT_BYTES = 64 * 1024   # the first bytes of a rejected line kept in the quarantine's raw_text
+# Finds every "image_uid": "<uuid>" member in raw bytes without parsing (reference check).
+IMAGE_UID_MEMBER_RE = re.compile(
+    rb'"image_uid"[ \t\r]{0,16}:[ \t\r]{0,16}"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"'
+)
+_UID_SCAN_OVERLAP = 128
+
+
+@dataclass(frozen=True)
+class OverlongLine:
+    """A line longer than the limit: only its first bytes, length and digest are kept."""
+
+    prefix: bytes
+    length: int
+    sha256: str
+
+
+class RawFile:
+    """Stream one gzip JSON-lines file; after ``chunks()`` is exhausted, ``status``/``error`` say how it went.
+
+    ``status``: ``ok``, ``missing`` (no file), ``empty`` (no bytes after decompression), ``unreadable``
+    (not gzip, truncated, corrupt, not a regular file, or a link out of the raw zone). Every byte that
+    decompressed before an error is yielded, so the lines before the damage are still ingested.
+    ``error`` names the file by ``name`` (its path relative to the data home), never by its absolute
+    path: the message is stored in the quarantine and published.
+    """
+
+    def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20):
+        self.path = Path(path)
+        self.name = name if name is not None else self.path.name
+        self.read_bytes = read_bytes
+        self.max_chunk = max_chunk
+        self.status = "ok"
+        self.error: str | None = None
+        self.file_bytes = 0
+        self.file_sha256: str | None = None
+        self.output_bytes = 0
+
+    def check(self) -> bool:
+        """Set ``missing``/``unreadable`` for a path that cannot be opened; True when it can be read."""
+        if not self.path.exists() and not self.path.is_symlink():
+            self.status, self.error = "missing", f"no file at {self.name}"
+            return False
+        if not self.path.is_file():
+            self.status, self.error = "unreadable", f"{self.name} is not a regular file"
+            return False
+        return True
+
+    def chunks(self) -> Iterator[bytes]:
+        """Yield decompressed bytes (concatenated gzip members supported); never raises for bad data."""
+        digest = hashlib.sha256()
+        try:
+            handle = open(self.path, "rb")
+        except OSError as exc:
+            self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
+            return
+        with handle:
+            decomp = None
+            try:
+                while block := handle.read(self.read_bytes):
+                    self.file_bytes += len(block)
+                    digest.update(block)
+                    data, pending = block, False
+                    while data or pending:
+                        if decomp is None or decomp.eof:  # a new gzip member starts here
+                            decomp = zlib.decompressobj(wbits=31)
+                        out = decomp.decompress(data, self.max_chunk)
+                        if out:
+                            self.output_bytes += len(out)
+                            yield out
+                        if decomp.eof:
+                            data, pending = decomp.unused_data, False
+                        else:
+                            data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+            except zlib.error as exc:
+                self._fail(f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}")
+            except OSError as exc:
+                self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
+            if self.status == "ok" and decomp is not None and not decomp.eof:
+                try:
+                    tail = decomp.flush()
+                except zlib.error:
+                    tail = b""
+                if tail:
+                    self.output_bytes += len(tail)
+                    yield tail
+                self._fail(f"gzip stream truncated after {self.file_bytes} compressed bytes")
+            if self.status != "ok":
+                self._drain(handle, digest)
+            elif self.output_bytes == 0:
+                self.status = "empty"
+            self.file_sha256 = digest.hexdigest()
+
+    def _drain(self, handle, digest) -> None:
+        """Finish the file digest and size after a decompression error."""
+        try:
+            while block := handle.read(self.read_bytes):
+                self.file_bytes += len(block)
+                digest.update(block)
+        except OSError as exc:
+            self.error = f"{self.error}; read error while hashing: {_os_reason(exc)}"
+
+    def _fail(self, message: str) -> None:
+        self.status, self.error = "unreadable", message
+
+
+def _os_reason(exc: OSError) -> str:
+    """An OSError's reason without the file name it carries (an absolute path)."""
+    return exc.strerror or type(exc).__name__
+
+
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | OverlongLine]]:
+    """Number the lines (1-based) of a byte stream; a line over ``max_line_bytes`` becomes ``OverlongLine``.
+
+    The text after the last newline counts as a line when it is not empty (a truncated file's tail).
+    """
+    number = 0
+    carry = b""
+    long_hash = None  # sha256 of the overlong line being skipped
+    long_prefix = b""
+    long_len = 0
+    for chunk in chunks:
+        if long_hash is not None:
+            cut = chunk.find(b"\n")
+            if cut < 0:
+                long_hash.update(chunk)
+                long_len += len(chunk)
+                continue
+            long_hash.update(chunk[:cut])
+            long_len += cut
+            number += 1
+            yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
+            long_hash = None
+            chunk = chunk[cut + 1:]
+            carry = b""
+        buf = carry + chunk if carry else chunk
+        parts = buf.split(b"\n")
+        carry = parts.pop()
+        for part in parts:
+            number += 1
+            if len(part) > max_line_bytes:
+                yield number, OverlongLine(part[:RAW_TEXT_BYTES], len(part), hashlib.sha256(part).hexdigest())
+            else:
+                yield number, part
+        if len(carry) > max_line_bytes:
+            long_hash = hashlib.sha256(carry)
+            long_prefix = carry[:RAW_TEXT_BYTES]
+            long_len = len(carry)
+            carry = b""
+    if long_hash is not None:
+        number += 1
+        yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
+    elif carry:
+        number += 1
+        if len(carry) > max_line_bytes:
+            yield number, OverlongLine(carry[:RAW_TEXT_BYTES], len(carry), hashlib.sha256(carry).hexdigest())
+        else:
+            yield number, carry
+
+
+def tap_image_uids(chunks: Iterable[bytes], sink: set[str], wanted: set[str] | None = None) -> Iterator[bytes]:
+    """Pass ``chunks`` through, adding every ``"image_uid": "<uuid>"`` found (only ``wanted`` ones if given) to ``sink``."""
+    tail = b""
+    for chunk in chunks:
+        window = tail + chunk
+        found = {m.decode("ascii") for m in IMAGE_UID_MEMBER_RE.findall(window)}
+        sink.update(found if wanted is None else found & wanted)
+        tail = window[-_UID_SCAN_OVERLAP:]
+        yield chunk
