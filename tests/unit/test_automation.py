@@ -306,3 +306,12 @@ def test_a_model_run_materializes_its_jobs_reports_the_daily_run_only_its_stages
     for job in ("daily_partition_job", "rebuild_dataset_job", "train_model_job", "app_export_job"):
         assert defs.resolve_job_def(job).asset_layer.executable_asset_keys == \
             automation.JOB_SELECTIONS[job].resolve(graph) - {dg.AssetKey("raw_app_logs")}
+
+
+def test_every_stage_names_the_job_whose_selection_holds_its_assets():
+    """`versions.STAGES` says which job runs a stage; `automation.JOB_SELECTIONS` is what that job runs: they agree."""
+    from dagster_project.versions import STAGES
+
+    graph = defs.resolve_asset_graph()
+    for stage in STAGES:
+        assert {dg.AssetKey(a) for a in stage.assets} <= automation.JOB_SELECTIONS[stage.job].resolve(graph), stage.name
