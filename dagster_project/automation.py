@@ -2,7 +2,7 @@
 
 The nightly path runs by itself wherever a Dagster daemon runs for the home (``pickapic serve``):
 
-- ``raw_partition_sensor`` (every minute, ``PICKAPIC_SENSOR_INTERVAL_S``): a complete raw day that is new,
+- ``raw_partition_sensor`` (every minute, ``schedules.sensor_interval_s``): a complete raw day that is new,
   or whose files changed, is added as a partition, observed (``raw_app_logs``) and ingested + fingerprinted;
 - ``rebuild_when_inputs_change`` (an automation-condition sensor, same interval): once a daily run changed an input's
   data version and no input is still being computed, curation, splits and publish run once;
@@ -54,9 +54,8 @@ if TYPE_CHECKING:  # the type of Definitions.resolve_asset_graph(), not exported
 
 # schedules.<name> -> the environment variable that overrides it (documented in the README)
 CRON_ENV = {"nightly_cron": "PICKAPIC_NIGHTLY_CRON", "train_cron": "PICKAPIC_TRAIN_CRON",
-            "app_export_cron": "PICKAPIC_APP_EXPORT_CRON"}
+            "app_export_cron": "PICKAPIC_APP_EXPORT_CRON", "sensor_interval_s": "PICKAPIC_SENSOR_INTERVAL_S"}
 AUTOMATION_ENV = "PICKAPIC_AUTOMATION"
-SENSOR_INTERVAL_ENV = "PICKAPIC_SENSOR_INTERVAL_S"
 RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED]
@@ -65,14 +64,6 @@ _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.D
 def automation_on() -> bool:
     """Whether schedules and sensors start switched on (``PICKAPIC_AUTOMATION=off`` turns them off)."""
     return os.environ.get(AUTOMATION_ENV, "on").strip().lower() not in ("off", "0", "false", "no")
-
-
-def sensor_interval_s() -> int:
-    """Seconds between the raw-day and rebuild sensors' ticks (``PICKAPIC_SENSOR_INTERVAL_S``, default 60)."""
-    text = os.environ.get(SENSOR_INTERVAL_ENV, "60").strip()
-    if not text.isdigit() or int(text) < 1:
-        raise ValueError(f"${SENSOR_INTERVAL_ENV} is {text!r}: expected a whole number of seconds, at least 1")
-    return int(text)
 
 
 SENSOR_STATUS = dg.DefaultSensorStatus.RUNNING if automation_on() else dg.DefaultSensorStatus.STOPPED
@@ -105,7 +96,8 @@ train_model_job = dg.define_asset_job(
 
 
 def home_crons(home: DataHome | None = None, environ: Mapping[str, str] = os.environ) -> ScheduleConfig:
-    """The schedules' crons: the home's ``[schedules]`` settings, then $PICKAPIC_*_CRON, each validated."""
+    """The schedules' crons and the sensors' interval: the home's ``[schedules]`` settings, then $PICKAPIC_*_CRON
+    and $PICKAPIC_SENSOR_INTERVAL_S, each validated like a setting (the error names the variable)."""
     settings = load((home or DataHome.at(None)).root)
     for name, variable in CRON_ENV.items():
         text = environ.get(variable, "").strip()
@@ -217,7 +209,7 @@ def _record(instance: dg.DagsterInstance, plan: BuildPlan, days: set[str]) -> No
     instance.add_dynamic_partitions(PARTITIONS, sorted(days))
 
 
-@dg.sensor(job=daily_partition_job, minimum_interval_seconds=sensor_interval_s(), default_status=SENSOR_STATUS,
+@dg.sensor(job=daily_partition_job, minimum_interval_seconds=CRONS.sensor_interval_s, default_status=SENSOR_STATUS,
            description="Starts the daily run when a raw day lands complete, or when its files change.")
 def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
     """Partitions, observations and one run request for each complete raw day that is new or changed."""
@@ -246,7 +238,7 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
 
 rebuild_automation = dg.AutomationConditionSensorDefinition(
     "rebuild_when_inputs_change", target=JOB_SELECTIONS["rebuild_dataset_job"],
-    default_status=SENSOR_STATUS, minimum_interval_seconds=sensor_interval_s(),
+    default_status=SENSOR_STATUS, minimum_interval_seconds=CRONS.sensor_interval_s,
     description="Runs curation, splits and publish once the daily runs changed an input's data version.",
 )
 

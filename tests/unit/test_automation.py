@@ -232,14 +232,17 @@ def test_automation_starts_on_and_can_start_off():
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
-def test_sensor_interval_comes_from_the_environment(monkeypatch):
+def test_sensor_interval_comes_from_the_settings_then_the_environment(tmp_path):
     assert automation.raw_partition_sensor.minimum_interval_seconds == 60  # the default: every minute
-    monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, "5")
-    assert automation.sensor_interval_s() == 5
+    home = DataHome(tmp_path / "home")
+    home.root.mkdir()
+    assert automation.home_crons(home, environ={}).sensor_interval_s == 60
+    (home.root / "pickapic.toml").write_text("[schedules]\nsensor_interval_s = 30\n")
+    assert automation.home_crons(home, environ={}).sensor_interval_s == 30
+    assert automation.home_crons(home, environ={"PICKAPIC_SENSOR_INTERVAL_S": "5"}).sensor_interval_s == 5
     for bad in ("0", "-3", "1.5", "soon"):
-        monkeypatch.setenv(automation.SENSOR_INTERVAL_ENV, bad)
-        with pytest.raises(ValueError, match=f"PICKAPIC_SENSOR_INTERVAL_S is '{bad}'"):
-            automation.sensor_interval_s()
+        with pytest.raises(SettingsError, match=r"\$PICKAPIC_SENSOR_INTERVAL_S"):
+            automation.home_crons(home, environ={"PICKAPIC_SENSOR_INTERVAL_S": bad})
 
 
 def test_partitions_are_the_homes_raw_days():
