@@ -32,4 +32,8 @@ defs = dg.Definitions(
     sensors=[automation.raw_partition_sensor, automation.rebuild_automation, automation.freshness_sensor],
     # The DSN is read from the environment when an export runs; Dagster shows the variable's name only.
     resources={"data_home": PickapicHome(), "app_db": AppDatabase(dsn=dg.EnvVar("PICKAPIC_APP_DB_DSN"))},
+    # A run executes its steps in one process, as `pickapic build` does (execute_in_process): the steps of
+    # a job run one after another anyway (each waits for its input), and a process per step would pay the
+    # imports of Beam, NudeNet and torch again for every step. The Beam stage still fans out to its workers.
+    executor=dg.in_process_executor,
 )
