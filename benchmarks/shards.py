@@ -88,6 +88,14 @@ def build_home(root: Path, samples: int, seed: int = 0, days: int = 1) -> DataHo
             "dt": dt.date(2023, 3, 1) + dt.timedelta(days=i * days // samples),
             "split": split, "prompt_key": f"thing {i % 700}", "num_example_per_prompt": 1,
         })
+    # the unique splits repeat one pair per prompt of their parent split, as the splits stage writes them
+    # (a version without them is refused: no trainer could use it)
+    for parent in ("validation", "test"):
+        seen: set[str] = set()
+        for row in [r for r in rows if r["split"] == parent]:
+            if row["prompt_key"] not in seen:
+                seen.add(row["prompt_key"])
+                rows.append({**row, "split": f"{parent}_unique"})
     write_parquet_atomic(with_prompt_counts(pa.Table.from_pylist(rows, schema=get_schema("split_pairs"))),
                          home.table_file("split_pairs"), get_schema("split_pairs"))
     return home
