@@ -26,6 +26,7 @@ from pathlib import Path
 from benchmarks.nightly import timed_build
 from formats import dataset
 from formats.home import DataHome
+from formats.settings import write_settings
 from simulator import SimConfig, simulate
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,7 +38,7 @@ def _inodes(home: DataHome) -> set[int]:
 
 
 def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size: int = 256, seed: int = 0,
-        root: Path | None = None) -> dict:
+        root: Path | None = None, settings: dict | None = None) -> dict:
     """Time the first build of ``days`` days, the nightly build of the next day and a no-op rerun."""
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-incremental-"))
     home = DataHome(base / "home")
@@ -45,6 +46,8 @@ def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size:
         shutil.rmtree(home.root)
     config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
     simulate(home, config)
+    if settings:   # e.g. the small-home minimums a quick run needs to publish at all
+        write_settings(home.root, settings)
     new = config.day(days)
     spare = base / "spare"
     shutil.move(str(home.raw_day(new)), spare)

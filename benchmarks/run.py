@@ -100,7 +100,8 @@ def run_incremental(quick: bool) -> dict:
     from benchmarks import incremental
 
     if quick:
-        return incremental.run(days=2, users=40, rankings_per_day=60, image_size=64)
+        return incremental.run(days=2, users=40, rankings_per_day=60, image_size=64,
+                               settings={"splits.min_users": 3, "splits.min_unique_rows": 1})
     return incremental.run()
 
 
