@@ -8,7 +8,7 @@ a ``secret``; :func:`knob` builds such a field. From that one description this m
 
 - one section of the data home's settings file, ``HOME/pickapic.toml`` (``[splits]``
   ``heldout_fraction = 0.1``), read by every build, schedule, sensor and Dagster run of the home;
-- command-line flags for ``python -m pipelines.<stage>`` (:func:`add_flags`), and ``KEY=VALUE``
+- command-line flags of the stage's command (:func:`add_flags`; e.g. ``python -m pipelines.ingest``), and ``KEY=VALUE``
   overrides for ``pickapic build --set``;
 - (in ``dagster_project.runconfig``, the only Dagster-aware part) the stage's Dagster run-config class.
 
