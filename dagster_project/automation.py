@@ -250,7 +250,7 @@ def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHom
     """One training run per published version (none while nothing is published)."""
     home = data_home.home()
     latest = dataset.latest_link(home)
-    if not (latest / dataset.MANIFEST_FILE).is_file():
+    if not dataset.is_published(home):
         return dg.SkipReason(f"nothing published yet at {latest}: no dataset to train on")
     version = latest.resolve().name
     if runs.is_evaluated(home):

@@ -263,7 +263,7 @@ def _raise_not_enough_data(result, home: DataHome) -> None:
         if event.event_type_value == "ASSET_CHECK_EVALUATION" and getattr(data, "check_name", None) == TRAINABLE_CHECK \
                 and not data.passed:
             latest = dataset.latest_link(home)
-            kept = (f"latest stays at {latest.resolve().name}" if (latest / dataset.MANIFEST_FILE).is_file()
+            kept = (f"latest stays at {latest.resolve().name}" if dataset.is_published(home)
                     else "no version has been published yet")
             why = data.description or "a split is empty"
             raise NotEnoughDataError(f"{why}. Nothing was published; {kept}.")

@@ -22,6 +22,7 @@ import json
 import os
 from pathlib import Path
 
+from formats.files import sha256_file
 from formats.home import DataHome
 
 FORMAT_VERSION = "pickapic-wds/2"     # bump when the bytes written for equal input change
@@ -59,6 +60,20 @@ def split_sidecars(version_dir: Path, split: str) -> list[Path]:
 def sidecar_glob(version_dir: str | os.PathLike) -> str:
     """Glob of every split's sidecar Parquet files of a version (what DuckDB's ``read_parquet`` takes)."""
     return f"{version_dir}/*/{SHARD_PREFIX}*.parquet"
+
+
+def manifest_files(version_dir: Path, known: dict[str, tuple[int, str]] | None = None) -> dict[str, dict]:
+    """The manifest's ``files``: every file of a version but the manifest, ``{relpath: {bytes, sha256}}``;
+    ``known`` gives (bytes, sha256) already computed for some relpaths (they are not read again)."""
+    known = known or {}
+    files = {}
+    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
+        rel = str(path.relative_to(version_dir))
+        if rel == MANIFEST_FILE:
+            continue
+        size, digest = known.get(rel) or (path.stat().st_size, sha256_file(path))
+        files[rel] = {"bytes": size, "sha256": digest}
+    return files
 
 
 def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:

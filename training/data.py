@@ -97,14 +97,9 @@ def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = N
 
 
 # --------------------------------------------------------------------------- shard discovery
-def resolve_version_dir(data_dir: str | os.PathLike) -> Path:
-    """The published version dir (``latest`` links resolved); errors name the path."""
-    return dataset.resolve_data_dir(data_dir)
-
-
 def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     """Sorted shard paths of ``split``; checks them against ``sizes.json`` when present."""
-    return dataset.split_shards(resolve_version_dir(data_dir), split)
+    return dataset.split_shards(dataset.resolve_data_dir(data_dir), split)
 
 
 def shard_weights(shards: list[Path]) -> list[float]:
@@ -120,7 +115,7 @@ def shard_weights(shards: list[Path]) -> list[float]:
 
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
     """Number of samples in ``split`` from its ``sizes.json``."""
-    split_dir = resolve_version_dir(data_dir) / split
+    split_dir = dataset.resolve_data_dir(data_dir) / split
     sizes = dataset.read_sizes(split_dir)
     if sizes is None:
         raise FileNotFoundError(f"{split_dir / dataset.SIZES_FILE} missing: cannot size split {split!r}")

@@ -10,7 +10,6 @@ by quality is planted, so the leaderboard has a known answer.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
 import json
 import os
@@ -135,13 +134,9 @@ def write_synthetic_version(version_dir: str | os.PathLike, sizes: dict[str, int
 
 def _write_manifest(version_dir: Path, sizes: dict[str, int]) -> None:
     """A manifest as a published version has one: every file with its bytes and sha256, the splits."""
-    files = {}
-    for path in sorted(p for p in version_dir.rglob("*") if p.is_file()):
-        data = path.read_bytes()
-        files[str(path.relative_to(version_dir))] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
     splits = {split: {"pairs": n, "shards": len(list((version_dir / split).glob(dataset.shard_glob(split))))}
               for split, n in sorted(sizes.items())}
-    manifest = {"format": dataset.FORMAT_VERSION, "version": version_dir.name, "files": files, "splits": splits,
+    manifest = {"format": dataset.FORMAT_VERSION, "version": version_dir.name, "files": dataset.manifest_files(version_dir), "splits": splits,
                 "synthetic": True}
     write_bytes_atomic(version_dir / dataset.MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
 

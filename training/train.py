@@ -27,6 +27,7 @@ from typing import Any, Callable
 import torch
 import torch.distributed as dist
 
+from formats import dataset
 from formats.files import honour_umask, write_bytes_atomic
 from training.config import RESUMABLE_FIELDS, TrainConfig
 from training.data import (
@@ -35,7 +36,6 @@ from training.data import (
     TrainPairStream,
     iter_captions,
     make_loader,
-    resolve_version_dir,
     split_shards,
     stable_seed,
 )
@@ -231,7 +231,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
-    data_dir = resolve_version_dir(config.data_dir)
+    data_dir = dataset.resolve_data_dir(config.data_dir)
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
 
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint

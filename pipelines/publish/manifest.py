@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, sidecar_glob
+from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, manifest_files, sidecar_glob
 from formats.files import sha256_file, write_bytes_atomic
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.samples import splits_in
@@ -21,13 +21,7 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         split_dir = staging / s["split"]
         known[str((split_dir / s["shard"]).relative_to(staging))] = (s["num_bytes"], s["sha256"])
         known[str((split_dir / s["sidecar"]).relative_to(staging))] = (s["sidecar_bytes"], s["sidecar_sha256"])
-    files = {}
-    for path in sorted(p for p in staging.rglob("*") if p.is_file()):
-        rel = str(path.relative_to(staging))
-        if rel == MANIFEST_FILE:
-            continue
-        size, digest = known.get(rel) or (path.stat().st_size, sha256_file(path))
-        files[rel] = {"bytes": size, "sha256": digest}
+    files = manifest_files(staging, known)
     splits = {}
     for split in splits_in(table):
         split_stats = [s for s in stats if s["split"] == split]
