@@ -33,22 +33,23 @@ def write_blob_atomic(base: str, key: str, data: bytes) -> None:
     visible only when its upload completes.
     """
     url = join_url(base, key)
+    filesystem = FileSystems.get_filesystem(url)   # one plugin lookup per write, not one per call below
     try:   # metadata of one path; FileSystems.match would compile a glob per image (~2 ms)
-        if FileSystems.get_filesystem(url).metadata(url).size_in_bytes > 0:
+        if filesystem.metadata(url).size_in_bytes > 0:
             return
     except BeamIOError:
         pass   # not there yet
     if not is_local(base):
-        with FileSystems.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with filesystem.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             handle.write(data)
         return
     folder, name = url.rsplit("/", 1)
     temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
     try:
-        with FileSystems.create(temporary, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        with filesystem.create(temporary, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
             handle.write(data)
-        FileSystems.rename([temporary], [url])
+        filesystem.rename([temporary], [url])
     except BaseException:
-        if FileSystems.exists(temporary):
-            FileSystems.delete([temporary])
+        if filesystem.exists(temporary):
+            filesystem.delete([temporary])
         raise

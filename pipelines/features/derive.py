@@ -18,8 +18,10 @@ def perceptual_hashes(rgb) -> tuple[int, int]:
 
 
 def _hash_int(value) -> int:
-    bits = value.hash.flatten()
-    return int("".join("1" if bit else "0" for bit in bits), 2)
+    """The hash's bits, first bit most significant, as one integer."""
+    import numpy as np
+
+    return int.from_bytes(np.packbits(value.hash.flatten()).tobytes(), "big")
 
 
 def train_size_of(width: int, height: int, train_size: int) -> tuple[int, int]:

@@ -35,6 +35,7 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
     done = len(tasks) - len(todo)
     if progress:
         progress("shards", done, len(tasks))
+    todo.sort(key=lambda i: -tasks[i].rows.num_rows)   # largest first: small shards fill the pool's tail
     started = time.perf_counter()
     workers = max(1, min(config.worker_count(), len(todo)))
     if workers == 1:

@@ -43,6 +43,21 @@ def test_model_input_is_bit_identical(images) -> None:
         assert np.array_equal(to_model_input([prepare_image(rgb)]), expected), path.name
 
 
+def test_batched_model_input_equals_each_image_alone(images) -> None:
+    """A batch tensor holds each image's NudeNet tensor, in order (written plane by plane into one array)."""
+    prepared = [prepare_image(rgb) for _, rgb in images]
+    batch = to_model_input(prepared)
+    assert batch.shape == (len(images), 3, 320, 320) and batch.dtype == np.float32 and batch.flags.c_contiguous
+    for i, (path, _) in enumerate(images):
+        assert np.array_equal(batch[i], _read_image(str(path), 320)[0][0]), path.name
+
+
+def test_model_input_refuses_mixed_shapes() -> None:
+    small = prepare_image(np.zeros((10, 10, 3), np.uint8), size=32)
+    with pytest.raises(ValueError, match="shape"):
+        to_model_input([prepare_image(np.zeros((10, 10, 3), np.uint8)), small])
+
+
 def test_detections_match_nudedetector(images, reference: NudeDetector, fast: FastNudeDetector) -> None:
     ours = fast.detect_batch([rgb for _, rgb in images])        # one batch, as the pipeline runs it
     total = 0

@@ -222,3 +222,57 @@ def test_a_pickled_task_carries_only_its_slice() -> None:
     assert len(data) < 20_000 < len(pickle.dumps(whole))
     back = pickle.loads(data)
     assert back == task and back.rows.equals(task.rows) and back.rows.num_rows == 50
+
+
+def _tar_rows(home):
+    import pyarrow as pa
+
+    rows = _rows_for_json()
+    keys = []
+    for i in range(rows.num_rows):
+        for side in (0, 1):
+            relpath = f"blobs/{i}_{side}.jpg"
+            (home / "blobs").mkdir(exist_ok=True)
+            (home / relpath).write_bytes(bytes([i, side]) * (700 + 37 * i))   # odd sizes: tar padding is exercised
+            keys.append(relpath)
+    rows = rows.append_column("jpg_0_key", pa.array(keys[0::2])).append_column("jpg_1_key", pa.array(keys[1::2]))
+    return rows.drop_columns(["caption"]).append_column("caption", rows.column("caption"))
+
+
+def test_partial_writes_and_early_writeback_give_the_same_tar(tmp_path, monkeypatch) -> None:
+    """A writev that writes less than asked is continued; starting writeback early changes no byte."""
+    import os
+
+    rows = _tar_rows(tmp_path)
+    plain = tmp_path / "plain.tar"
+    expected = shards._write_tar(rows, str(tmp_path), plain, fsync=True)
+    with tarfile.open(plain) as archive:
+        names = archive.getnames()
+        assert names[:4] == ["0_0.0.jpg", "0_0.1.jpg", "0_0.json", "0_0.txt"]
+        assert archive.extractfile("3_0.1.jpg").read() == (tmp_path / "blobs/3_1.jpg").read_bytes()
+    real_writev = os.writev
+    calls = []
+
+    def short_writev(fd, buffers):   # at most 1000 bytes per call, as a signal or a pipe may cut a write
+        calls.append(len(buffers))
+        return real_writev(fd, [bytes(b"".join(bytes(b) for b in buffers)[:1000])])
+
+    monkeypatch.setattr(shards.os, "writev", short_writev)
+    monkeypatch.setattr(shards, "WRITEBACK_EVERY", 1)
+    started = []
+    real_start = shards.start_writeback
+    monkeypatch.setattr(shards, "start_writeback", lambda *a: (started.append(a), real_start(*a)))
+    short = tmp_path / "short.tar"
+    assert shards._write_tar(rows, str(tmp_path), short, fsync=True) == expected
+    assert short.read_bytes() == plain.read_bytes()
+    assert len(calls) > 2 * rows.num_rows and len(started) == rows.num_rows   # continued; one writeback a sample
+    assert [offset for _, offset, _ in started][:2] == [0, started[0][2]]    # consecutive ranges, from 0
+
+
+def test_start_writeback_is_harmless_on_any_range(tmp_path) -> None:
+    path = tmp_path / "f"
+    with open(path, "wb", buffering=0) as out:
+        out.write(b"x" * 10_000)
+        shards.start_writeback(out.fileno(), 0, 10_000)
+        shards.start_writeback(out.fileno(), 5_000, 1 << 30)   # past the end: nothing to write, no error
+    assert path.read_bytes() == b"x" * 10_000
