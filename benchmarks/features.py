@@ -10,6 +10,9 @@ Prints, in one run on the same generated images:
 - the per-image limit: the model's forward plus the fastest of those decodes, per CPU-second; no
   implementation that decodes the PNG can beat it, and the stage's goal is 0.9x of it;
 - the obvious code: ``NudeDetector().detect(path)`` + ``imagehash.phash/dhash(Image.open(path))``;
+- the same work as plain calls (PNG only: read, sha256, libspng, hashes, the training JPEG to a plain
+  file, the model's input, forward, post-processing; no DoFns, checks or Beam I/O), taking the same
+  turns: how much of the gap to the limit is the stage's own glue and how much is the work itself;
 - this stage's per-image work in one process with one onnxruntime thread (read, sha256, safe decode,
   hashes, training JPEG, batched NSFW, post-processing), alternated with the model and the decoders
   round by round so that load drift hits all of them;
@@ -188,7 +191,7 @@ def interleaved(folder: Path, home_for_round: Callable[[int], DataHome], paths: 
     prepared = [prepare_image(_decode_pillow(data)) for data in blobs]
     model = FastNudeDetector(intra_op_threads=1)
     model.run(prepared[:batch])
-    kinds = ["model", "stage"] + ([f"decode_{name}" for name in DECODERS] if decoders else [])
+    kinds = ["model", "stage"] + (["direct"] + [f"decode_{name}" for name in DECODERS] if decoders else [])
     wall = {kind: 0.0 for kind in kinds}
     cpu = dict(wall)
     day = dt.date.fromisoformat(DAY)
@@ -218,9 +221,41 @@ def interleaved(folder: Path, home_for_round: Callable[[int], DataHome], paths: 
                 done = list(detect.process(decoded))
             wall["stage"] += clock.wall; cpu["stage"] += clock.cpu
             assert len(done) == len(chunk), done
+            if decoders:   # PNG files: the same work as plain calls
+                with Clock() as clock:
+                    direct_work(folder, home.root / f"direct{r}", [paths[i] for i in chunk], model, config)
+                wall["direct"] += clock.wall; cpu["direct"] += clock.cpu
     count = rounds * len(paths)
     return {"wall_ms": {k: v * 1000 / count for k, v in wall.items()},
             "cpu_ms": {k: v * 1000 / count for k, v in cpu.items()}}
+
+
+def direct_work(folder: Path, out: Path, paths: list[str], model: FastNudeDetector, config: FeaturesConfig) -> None:
+    """The stage's work on ``paths`` as plain calls: no DoFns, no path or header checks, no Beam I/O.
+
+    Read, sha256, libspng decode, the RGB image into Pillow, the two hashes, the training JPEG written
+    to a plain file, NudeNet's 320 px input, the batched forward and its post-processing: what any
+    implementation producing the same outputs must do. It shows how much of the gap between the
+    stage and the limit is the stage's own glue and how much is this work.
+    """
+    import hashlib
+
+    import pyspng
+
+    out.mkdir(parents=True, exist_ok=True)
+    prepared = []
+    for p in paths:
+        data = (folder / p).read_bytes()
+        hashlib.sha256(data).hexdigest()
+        pixels = pyspng.load(data, format="RGB")
+        image = Image.fromarray(pixels)
+        perceptual_hashes(image)
+        jpeg = encode_train_jpeg(image, config.train_size, config.jpeg_quality)[0]
+        (out / (Path(p).stem + ".jpg")).write_bytes(jpeg)
+        prepared.append(prepare_image(pixels))
+    outputs = model.run(prepared)
+    for i, item in enumerate(prepared):
+        postprocess(outputs[i], item.width, item.height)
 
 
 def stage_alone(home: DataHome, paths: list[str], batch: int) -> float:
@@ -333,6 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
         wall_ms, cpu_ms = timed["wall_ms"], timed["cpu_ms"]
         results["bare_1t_wall"], results["bare_1t_cpu"] = 1000 / wall_ms["model"], 1000 / cpu_ms["model"]
         results["stage_1t_wall"], results["stage_1t_cpu"] = 1000 / wall_ms["stage"], 1000 / cpu_ms["stage"]
+        if "direct" in cpu_ms:
+            results["direct_1t_cpu"] = 1000 / cpu_ms["direct"]
         if png:
             fastest = min(DECODERS, key=lambda name: cpu_ms[f"decode_{name}"])
             results["fastest_decoder"] = fastest
@@ -365,6 +402,8 @@ def main(argv: list[str] | None = None) -> dict:
     }
     if "limit_cpu" in results:
         ratios["stage / limit (model + fastest PNG decode), CPU time"] = results["stage_1t_cpu"] / results["limit_cpu"]
+        ratios["the same work as plain calls / limit, CPU time"] = results["direct_1t_cpu"] / results["limit_cpu"]
+        ratios["stage / the same work as plain calls, CPU time"] = results["stage_1t_cpu"] / results["direct_1t_cpu"]
     if 1 in worker_counts:
         results["beam_overhead_cpu_ms_per_image"] = results["beam_1w_cpu_ms_per_image"] - results["stage_alone_cpu_ms"]
         ratios["beam 1 worker / bare 1 thread, wall (marginal)"] = results["beam_1w_steady"] / results["bare_1t_wall"]
@@ -386,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
         print("decode CPU ms per image:", {name: round(results[f"decode_{name}_cpu_ms"], 2) for name in DECODERS},
               f"fastest {results['fastest_decoder']}")
     for key in ("bare_1t_wall", "bare_1t_cpu", "limit_cpu", "bare_2t_wall", "obvious_wall", "obvious_cpu",
-                "stage_1t_wall", "stage_1t_cpu"):
+                "stage_1t_wall", "stage_1t_cpu", "direct_1t_cpu"):
         if key in results:
             unit = "img/CPU-s" if key.endswith("cpu") else "img/s"
             print(f"  {key:16s} {results[key]:8.1f} {unit}")
