@@ -338,7 +338,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     global _sync_file_range
     if _sync_file_range is None:
         _sync_file_range = False
-        with contextlib.suppress(OSError, AttributeError):
+        with contextlib.suppress(OSError, AttributeError, TypeError):   # no libc handle or no such call
             function = ctypes.CDLL(None, use_errno=True).sync_file_range
             function.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
             function.restype = ctypes.c_int

@@ -276,3 +276,16 @@ def test_start_writeback_is_harmless_on_any_range(tmp_path) -> None:
         shards.start_writeback(out.fileno(), 0, 10_000)
         shards.start_writeback(out.fileno(), 5_000, 1 << 30)   # past the end: nothing to write, no error
     assert path.read_bytes() == b"x" * 10_000
+
+
+def test_start_writeback_is_a_no_op_without_the_call(tmp_path, monkeypatch) -> None:
+    """Where libc has no sync_file_range (or no handle at all), nothing fails and nothing is asked."""
+    def no_libc(*args, **kwargs):
+        raise TypeError("no libc handle here")
+
+    monkeypatch.setattr(shards, "_sync_file_range", None)
+    monkeypatch.setattr(shards.ctypes, "CDLL", no_libc)
+    with open(tmp_path / "f", "wb", buffering=0) as out:
+        out.write(b"x" * 100)
+        shards.start_writeback(out.fileno(), 0, 100)
+    assert shards._sync_file_range is False          # looked up once, remembered as missing
