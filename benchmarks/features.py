@@ -240,14 +240,12 @@ def direct_work(folder: Path, out: Path, paths: list[str], model: FastNudeDetect
     """
     import hashlib
 
-    import pyspng
-
     out.mkdir(parents=True, exist_ok=True)
     prepared = []
     for p in paths:
         data = (folder / p).read_bytes()
         hashlib.sha256(data).hexdigest()
-        pixels = pyspng.load(data, format="RGB")
+        pixels = _decode_libspng(data)
         image = Image.fromarray(pixels)
         perceptual_hashes(image)
         jpeg = encode_train_jpeg(image, config.train_size, config.jpeg_quality)[0]

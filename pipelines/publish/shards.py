@@ -315,8 +315,9 @@ def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int,
                 start_writeback(out.fileno(), flushed, position - flushed)
                 flushed = position
         end = tar_size(position) - position
-        out.write(b"\0" * end)
-        digest.update(b"\0" * end)
+        tail = bytes(end)
+        digest.update(tail)
+        _write_all(out.fileno(), [tail], end)
         position += end
         if fsync:
             os.fsync(out.fileno())
@@ -326,6 +327,7 @@ def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int,
 WRITEBACK_EVERY = 8 << 20          # start the disk on every 8 MiB written, as RocksDB's bytes_per_sync does
 _SYNC_FILE_RANGE_WRITE = 2         # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
 _sync_file_range = None
+IOV_MAX = 1024                     # most buffers one writev takes (Linux)
 
 
 def start_writeback(fd: int, offset: int, length: int) -> None:
@@ -349,7 +351,7 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
 
 def _write_all(fd: int, pieces: list[bytes], total: int) -> None:
     """Write ``pieces`` (``total`` bytes) in order with ``os.writev``, continuing after a partial write."""
-    written = os.writev(fd, pieces)
+    written = os.writev(fd, pieces[:IOV_MAX])
     if written == total:
         return
     views = [memoryview(piece) for piece in pieces]
@@ -361,7 +363,7 @@ def _write_all(fd: int, pieces: list[bytes], total: int) -> None:
             return
         if written:
             views[0] = views[0][written:]
-        written = os.writev(fd, views[:1024])   # IOV_MAX
+        written = os.writev(fd, views[:IOV_MAX])
 
 
 def _open_output(path: Path):

@@ -229,38 +229,26 @@ def test_a_full_disk_in_a_shard_writer_cleans_up_and_names_the_file(tmp_path: Pa
     home, full = _history(tmp_path / "h")
     first = _publish_nightly(home, _without_last_day(full))
     write_split_pairs(home, full)
-    real_open = shards._open_output
+    real_writev = os.writev
+    left = [1000]
 
-    class FullDisk:
-        """A tar output that takes 1,000 bytes, then reports a full disk."""
+    def full_disk_writev(fd, buffers):
+        """The tar writer's writes: 1,000 bytes go through (the last call partly), then the disk is full."""
+        data = b"".join(bytes(buffer) for buffer in buffers)
+        if not left[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        taken = real_writev(fd, [data[: left[0]]])
+        left[0] -= taken
+        return taken
 
-        def __init__(self, path):
-            self.handle, self.left = real_open(path), 1000
-
-        def write(self, data):
-            if len(data) > self.left:
-                self.handle.write(data[: self.left])
-                raise OSError(errno.ENOSPC, "No space left on device")
-            self.left -= len(data)
-            return self.handle.write(data)
-
-        def __getattr__(self, name):
-            return getattr(self.handle, name)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            self.handle.close()
-
-    monkeypatch.setattr(shards, "_open_output", FullDisk)
+    monkeypatch.setattr(shards.os, "writev", full_disk_writev)
     with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*pickapic-.*\.tar") as caught:
         publish_dataset(home, CONFIG)
     assert caught.value.errno == errno.ENOSPC
     (staging,) = home.datasets.glob(".partial-*")
     assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")], "a temp file still holds the space"
     assert resolve_version(home) == first.path
-    monkeypatch.setattr(shards, "_open_output", real_open)
+    monkeypatch.setattr(shards.os, "writev", real_writev)
     again = publish_dataset(home, CONFIG)
     assert again.version != first.version and resolve_version(home) == again.path
     verify_version(again.path, checksums=True)

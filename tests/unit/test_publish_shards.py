@@ -289,3 +289,10 @@ def test_start_writeback_is_a_no_op_without_the_call(tmp_path, monkeypatch) -> N
         out.write(b"x" * 100)
         shards.start_writeback(out.fileno(), 0, 100)
     assert shards._sync_file_range is False          # looked up once, remembered as missing
+
+
+def test_write_all_takes_more_pieces_than_one_writev_can(tmp_path) -> None:
+    pieces = [bytes([i % 256]) * (1 + i % 7) for i in range(3 * shards.IOV_MAX + 5)]
+    with open(tmp_path / "f", "wb", buffering=0) as out:
+        shards._write_all(out.fileno(), pieces, sum(map(len, pieces)))
+    assert (tmp_path / "f").read_bytes() == b"".join(pieces)
