@@ -213,20 +213,23 @@ def disk_ratio(home: DataHome) -> dict:
 
 
 def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_size: int = 64, seed: int = 0,
-        root: Path | None = None, workers: int = 0, max_samples_per_shard: int | None = None) -> dict:
+        root: Path | None = None, workers: int = 0, max_samples_per_shard: int | None = None,
+        max_shard_bytes: int | None = None) -> dict:
     """Build the history, publish two nights (late changes, then plain), return the measurements.
 
-    ``max_samples_per_shard`` (default: the publish default) sets the shard size: a late change
-    rewrites whole shards, so smaller shards make it cheaper (and the version has more files).
+    ``max_samples_per_shard`` and ``max_shard_bytes`` (default: the publish defaults) set the shard
+    size: a late change rewrites whole shards, so smaller shards make it cheaper (and the version
+    has more files).
     """
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-nightly-publish-"))
     home = DataHome(base / "home")
     sim = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
-    config = PublishConfig(workers=workers, **({"max_samples_per_shard": max_samples_per_shard}
-                                               if max_samples_per_shard else {}))
+    limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes}
+    config = PublishConfig(workers=workers, **{k: v for k, v in limits.items() if v})
     marker = json.dumps(dataclasses.asdict(sim), sort_keys=True, default=str)
     result: dict = {"benchmark": "nightly_publish", "days": days, "users": users, "rankings_per_day": rankings_per_day,
                     "image_size": image_size, "max_samples_per_shard": config.max_samples_per_shard,
+                    "max_shard_bytes": config.max_shard_bytes,
                     "cpus": os.cpu_count(), "goals": GOALS}
     started = time.perf_counter()
     history_days = [sim.day(i) for i in range(days - 1)]
@@ -282,11 +285,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="publish writer processes (0 = one per CPU)")
     parser.add_argument("--max-samples-per-shard", type=int, default=None, help="shard size (default: publish's)")
+    parser.add_argument("--max-shard-bytes", type=int, default=None, help="shard byte limit (default: publish's)")
     parser.add_argument("--dir", type=Path, help="work folder, kept: a second run reuses its simulated history")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     result = run(args.days, args.users, args.rankings_per_day, args.image_size, args.seed, args.dir, args.workers,
-                 args.max_samples_per_shard)
+                 args.max_samples_per_shard, args.max_shard_bytes)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:

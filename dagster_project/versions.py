@@ -18,7 +18,8 @@ CODE_VERSIONS: dict[str, str] = {
     "decisions": "1",
     "pairs": "1",
     "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
-    "publish": "2",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "3",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+                          # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

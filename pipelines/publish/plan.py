@@ -1,14 +1,16 @@
 """Content-stable shard plan: which samples form which shard, as a pure function of the samples.
 
-A split's samples are ordered by (segment, created_at, key); the segment of a sample is its export
-day (``dt``), in every split. A shard never spans two segments, so a new export day only adds shards
-and leaves every older one as it was. (The unique splits hold at most 500 pairs: their daily shards
-are small, but a prompt entering or leaving them rewrites only one day's shard.)
+A split's samples are ordered by (segment, user_id, created_at, key); the segment of a sample is its
+export day (``dt``), in every split. A shard never spans two segments, so a new export day only adds
+shards and leaves every older one as it was. (The unique splits hold at most 500 pairs: their daily
+shards are small, but a prompt entering or leaving them rewrites only one day's shard.)
 
-Inside a segment the boundaries are content-defined, as in rsync or restic: a sample starts a new
-shard when a salted hash of its key falls under its *anchor rate* (about two anchors per shard
-limit, by samples or by bytes), or when the open shard would pass the sample or byte limit. Removing
-or adding a sample therefore changes its own shard and at most the stretch of shards up to the next
+Inside a segment a user's pairs of that day are one run, and the boundaries are content-defined, as
+in rsync or restic: a run starts a new shard when a salted hash of (segment, user) falls under the
+run's *anchor rate* (about two anchors per shard limit, by samples or by bytes, summed over the run),
+or a sample starts one when the open shard would pass the sample or byte limit. A user banned later
+therefore rewrites about one shard per day they were active, however many pairs they ranked that day;
+removing or adding a sample changes its own shard and at most the stretch of shards up to the next
 anchor; the boundaries after it do not move. A shard's name is made of its split, segment and a
 digest of its first key, never of a position, so an unchanged shard keeps its name and bytes.
 
@@ -55,32 +57,63 @@ def key_draws(keys: list[str], salt: str) -> np.ndarray:
 
 
 def order(samples: pa.Table, segments: pa.Array) -> pa.Array:
-    """Indices that sort the samples by (segment, created_at, key)."""
-    keyed = pa.table({"segment": segments, "created_at": samples.column("created_at"), "key": samples.column("key")})
-    return pc.sort_indices(keyed, sort_keys=[("segment", "ascending"), ("created_at", "ascending"), ("key", "ascending")])
+    """Indices that sort the samples by (segment, user_id, created_at, key)."""
+    keyed = pa.table({"segment": segments, "user_id": samples.column("user_id"),
+                      "created_at": samples.column("created_at"), "key": samples.column("key")})
+    return pc.sort_indices(keyed, sort_keys=[("segment", "ascending"), ("user_id", "ascending"),
+                                             ("created_at", "ascending"), ("key", "ascending")])
+
+
+def anchor_rates(sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
+    """Each sample's anchor rate: about ``ANCHOR_RATE`` anchors per ``max_samples`` samples, or per
+    ``max_bytes`` of such samples. It depends only on the sample, never on its neighbours."""
+    rate = np.maximum(ANCHOR_RATE / max_samples, ANCHOR_RATE * sample_bytes.astype(np.float64) / max_bytes)
+    return np.minimum(rate, 1.0)
 
 
 def anchors(draws: np.ndarray, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
-    """Whether each sample starts a new shard by itself: its draw under its anchor rate.
+    """Whether each sample starts a new shard by itself: its draw under its anchor rate, so anchors
+    do not move when other samples come or go."""
+    return draws < anchor_rates(sample_bytes, max_samples, max_bytes)
 
-    The rate depends only on the sample (about ``ANCHOR_RATE`` anchors per ``max_samples`` samples,
-    or per ``max_bytes`` of such samples), never on its neighbours, so anchors do not move when
-    other samples come or go.
+
+def run_anchors(runs: list[str], draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """Whether each sample starts a new shard by itself, deciding once per run of equal ``runs`` labels.
+
+    A run (one user's pairs of one day) is an anchor when the draw of its label falls under the
+    chance that any of its samples would be one (``1 - prod(1 - rate)``); only its first sample is
+    marked, so no anchor falls inside a run. The draw depends on the label alone and the rate on the
+    run's own samples, never on its neighbours.
     """
-    rate = np.maximum(ANCHOR_RATE / max_samples, ANCHOR_RATE * sample_bytes.astype(np.float64) / max_bytes)
-    return draws < np.minimum(rate, 1.0)
+    out = np.zeros(len(runs), dtype=bool)
+    if not runs:
+        return out
+    label = np.asarray(runs, dtype=object)
+    starts = np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
+    keep = np.log1p(-np.minimum(rates.astype(np.float64), 1.0 - 1e-12))       # log(1 - rate) per sample
+    run_rate = -np.expm1(np.add.reduceat(keep, starts))
+    out[starts] = draws[starts] < run_rate
+    return out
 
 
 def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.ndarray,
-                 max_samples: int, max_bytes: int) -> list[tuple[int, int]]:
-    """Cut ordered samples into shards: at every segment change and anchor, and before the limits are passed."""
+                 max_samples: int, max_bytes: int, runs: list[str] | None = None) -> list[tuple[int, int]]:
+    """Cut ordered samples into shards: at every segment change and anchor, and before the limits are passed.
+
+    With ``runs`` (a label per sample; equal neighbours form a run), a run that would pass a limit
+    of the open shard starts a new one, so a run is split only when it is larger than a shard.
+    """
     if max_samples < 1 or max_bytes < 1:
         raise ValueError(f"shard limits must be positive: max_samples={max_samples}, max_bytes={max_bytes}")
+    sizes = sample_bytes.tolist()
+    run_count, run_bytes = _run_totals(runs, sizes) if runs is not None else (None, None)
     bounds: list[tuple[int, int]] = []
     start, count, used = 0, 0, 0
-    for i, (segment, size, anchor) in enumerate(zip(segments, sample_bytes.tolist(), is_anchor.tolist())):
+    for i, (segment, size, anchor) in enumerate(zip(segments, sizes, is_anchor.tolist())):
         if count and (anchor or segment != segments[start] or count >= max_samples
-                      or shards.tar_size(used + size) > max_bytes):
+                      or shards.tar_size(used + size) > max_bytes
+                      or (run_count is not None and run_count[i]
+                          and (count + run_count[i] > max_samples or shards.tar_size(used + run_bytes[i]) > max_bytes))):
             bounds.append((start, i))
             start, count, used = i, 0, 0
         count += 1
@@ -88,6 +121,17 @@ def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.nd
     if count:
         bounds.append((start, len(segments)))
     return bounds
+
+
+def _run_totals(runs: list[str], sizes: list[int]) -> tuple[list[int], list[int]]:
+    """Samples and bytes of the run each sample starts (0 where a sample continues a run)."""
+    counts, totals = [0] * len(runs), [0] * len(runs)
+    first = 0
+    for i in range(1, len(runs) + 1):
+        if i == len(runs) or runs[i] != runs[first]:
+            counts[first], totals[first] = i - first, sum(sizes[first:i])
+            first = i
+    return counts, totals
 
 
 def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple[int, int]]:
@@ -114,9 +158,12 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
     indices = order(samples, segments)
     ordered_segments = segments.take(indices).to_pylist()
     ordered_keys = samples.column("key").take(indices).to_pylist()
+    ordered_users = samples.column("user_id").take(indices).to_pylist()
     ordered_bytes = sample_bytes[indices.to_numpy()]
-    is_anchor = anchors(key_draws(ordered_keys, f"pickapic-anchor:{seed}"), ordered_bytes, max_samples, max_bytes)
-    bounds = chunk_bounds(ordered_segments, ordered_bytes, is_anchor, max_samples, max_bytes)
+    runs = [f"{segment}/{user}" for segment, user in zip(ordered_segments, ordered_users)]
+    is_anchor = run_anchors(runs, key_draws(runs, f"pickapic-anchor:{seed}"),
+                            anchor_rates(ordered_bytes, max_samples, max_bytes))
+    bounds = chunk_bounds(ordered_segments, ordered_bytes, is_anchor, max_samples, max_bytes, runs)
     bounds = ensure_min_chunks(bounds, min(min_shards, len(ordered_keys)))
     plans = [ShardPlan(split, shard_name(split, ordered_segments[a], ordered_keys[a]), a, b) for a, b in bounds]
     names = [p.name for p in plans]

@@ -144,6 +144,51 @@ def test_late_ban_rewrites_only_the_shards_holding_that_users_pairs(tmp_path: Pa
         - len(_linked(first.path, nightly.path))
 
 
+def test_with_small_shards_a_late_ban_rewrites_about_one_shard_per_day_the_user_was_active(tmp_path: Path) -> None:
+    """A user's pairs of one day are one run inside a shard, so shards smaller than a day cost a ban
+    one shard per active day, plus at most a merge with the next shard of that day (bounded ripple)."""
+    home, full = _history(tmp_path / "h")
+    groups = full.group_by(["user_id", "split", "dt"]).aggregate([("pair_id", "count")])
+    per_user = groups.group_by("user_id").aggregate([("pair_id_count", "max"), ("pair_id_count", "sum"),
+                                                     ("dt", "count")])
+    per_user = per_user.filter(pc.greater(per_user.column("pair_id_count_sum"), per_user.column("dt_count")))
+    banned = per_user.sort_by([("dt_count", "descending"), ("user_id", "ascending")]).column("user_id")[0].as_py()
+    longest = max(c for u, c in zip(groups.column("user_id").to_pylist(), groups.column("pair_id_count").to_pylist())
+                  if u == banned)
+    config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, max_samples_per_shard=max(3, longest),
+                           max_shard_bytes=10**12)
+    first = _publish_nightly(home, full, config)
+    rows = [r for r in full.to_pylist() if r["user_id"] == banned]
+    by_key = _shards_by_key(first.path)
+    shard_of_day: dict[tuple, set] = {}
+    for r in rows:
+        shard_of_day.setdefault((r["split"], r["dt"]), set()).add(by_key[shards.sample_key(r["pair_id"], r["split"])])
+    assert len(rows) > len(shard_of_day) > 1                             # several pairs on some day, several days
+    assert all(len(s) == 1 for s in shard_of_day.values()), shard_of_day  # one run, one shard
+    touched = set().union(*shard_of_day.values())
+    old_tars = sorted(rel for rel in _files(first.path) if rel.endswith(".tar"))
+    assert len(old_tars) > 3 * len(touched)                              # shards much smaller than a day
+    nightly = _publish_nightly(home, full.filter(pc.not_equal(full.column("user_id"), banned)), config)
+    linked = _linked(first.path, nightly.path)
+    rewritten = set(old_tars) - linked
+    assert touched <= rewritten
+    # anything else rewritten is the next shard of a touched shard's day (a run that started a shard is gone)
+    order = {rel: i for i, rel in enumerate(sorted(old_tars, key=lambda rel: (rel.split("/")[0], rel.split("-")[2],
+                                                                           _first_key(first.path, rel))))}
+    after_touched = {rel for rel in old_tars for t in touched
+                     if order[rel] == order[t] + 1 and rel.split("-")[:3] == t.split("-")[:3]}
+    assert rewritten - touched <= after_touched, sorted(rewritten - touched - after_touched)
+    assert not set(_shards_by_key(nightly.path)) & {shards.sample_key(r["pair_id"], r["split"]) for r in rows}
+
+
+def _first_key(version: Path, tar_rel: str) -> tuple:
+    """The order of a shard inside its segment: (user_id, created_at, key) of its first sample."""
+    sidecar = (version / tar_rel).with_suffix(".parquet")
+    first = pq.read_table(sidecar, columns=["user_id", "created_at", "key", "sample_index"]).sort_by("sample_index").slice(0, 1)
+    row = first.to_pylist()[0]
+    return (row["user_id"], row["created_at"], row["key"])
+
+
 def test_cluster_merge_and_a_prompt_becoming_held_out_rewrite_only_their_shards(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h")
     first = _publish_nightly(home, full)

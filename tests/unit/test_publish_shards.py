@@ -98,6 +98,24 @@ def test_ensure_min_chunks_halves_the_largest() -> None:
     assert shardplan.ensure_min_chunks([(0, 5), (5, 9)], 2) == [(0, 5), (5, 9)]
 
 
+def test_run_anchors_mark_only_run_starts_and_depend_on_the_run_alone() -> None:
+    runs = ["d/a", "d/a", "d/b", "d/c", "d/c", "d/c", "e/a"]
+    draws = shardplan.key_draws(runs, "t")
+    assert draws[0] == draws[1] and draws[0] != draws[6]           # one draw per (segment, user)
+    every = shardplan.run_anchors(runs, draws, np.ones(len(runs)))
+    assert every.tolist() == [True, False, True, True, False, False, True]
+    assert not shardplan.run_anchors(runs, draws, np.zeros(len(runs))).any()
+    # the run's chance is 1 - prod(1 - rate) of its samples: c's three samples at 0.5 give 0.875
+    rates = np.full(len(runs), 0.5)
+    marked = shardplan.run_anchors(runs, np.array([0.7, 0.7, 0.7, 0.8, 0.8, 0.8, 0.2]), rates)
+    assert marked.tolist() == [True, False, False, True, False, False, True]
+    # a neighbour leaving does not change a run's decision
+    kept = [0, 1, 3, 4, 5, 6]
+    alone = shardplan.run_anchors([runs[i] for i in kept], draws[kept], rates[kept])
+    assert alone.tolist() == shardplan.run_anchors(runs, draws, rates)[kept].tolist()
+    assert shardplan.run_anchors([], np.array([]), np.array([])).tolist() == []
+
+
 def test_key_draws_are_stable_and_salted() -> None:
     keys = _plan_keys(200)
     a = shardplan.key_draws(keys, "s")
@@ -114,7 +132,7 @@ def test_shard_names_come_from_segment_and_first_key() -> None:
     assert dataset.shard_segment(name + ".tar") == "20230301"
 
 
-def test_plan_split_orders_by_day_then_time() -> None:
+def test_plan_split_orders_by_day_then_user_then_time() -> None:
     import datetime as dt
 
     import pyarrow as pa
@@ -123,6 +141,7 @@ def test_plan_split_orders_by_day_then_time() -> None:
     rows = pa.table({
         "key": [f"{i}_0" for i in range(n)],
         "dt": pa.array([dt.date(2023, 3, 1 + (i % 3)) for i in range(n)], pa.date32()),
+        "user_id": [f"u{(i * 7) % 5}" for i in range(n)],
         "created_at": pa.array([dt.datetime(2023, 3, 1) + dt.timedelta(minutes=(n - i)) for i in range(n)],
                                pa.timestamp("us")),
     })
@@ -131,9 +150,20 @@ def test_plan_split_orders_by_day_then_time() -> None:
     ordered = rows.take(indices)
     days = ordered.column("dt").to_pylist()
     assert days == sorted(days) and [p.name.split("-")[2] for p in plans] == ["20230301", "20230302", "20230303"]
-    for plan in plans:                                       # time order inside a day
+    for plan in plans:                                       # by user, then time, inside a day
+        users = ordered.column("user_id").to_pylist()[plan.start:plan.stop]
         times = ordered.column("created_at").to_pylist()[plan.start:plan.stop]
-        assert times == sorted(times)
+        assert users == sorted(users) and len(set(users)) > 1
+        assert list(zip(users, times)) == sorted(zip(users, times))
+    # small shards: a user's pairs of one day still share one shard (no anchor inside a run)
+    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=3, max_bytes=10**9, min_shards=2, seed=1)
+    ordered = rows.take(indices)
+    shard_of = {}
+    for number, plan in enumerate(plans):
+        for day, user in zip(ordered.column("dt").to_pylist()[plan.start:plan.stop],
+                             ordered.column("user_id").to_pylist()[plan.start:plan.stop]):
+            assert shard_of.setdefault((day, user), number) == number, (day, user)
+    assert len(plans) > 3
     # a split of fewer days than min_shards: its largest shards are halved (still one day each)
     _, few = shardplan.plan_split(rows.slice(0, 2), "test_unique", sizes[:2], max_samples=10**6,
                                   max_bytes=10**9, min_shards=4, seed=1)
