@@ -1,7 +1,11 @@
 """Nightly publish on a simulated history: bytes written, disk for the kept versions, shard write speed.
 
-    python -m benchmarks.nightly_publish [--days 30] [--users 150] [--rankings-per-day 120] [--image-size 64]
-                                         [--dir DIR] [--json-out F]
+    python -m benchmarks.nightly_publish [--days 30] [--users 150] [--rankings-per-day 120] [--image-size 512]
+                                         [--max-shard-bytes N] [--max-samples-per-shard N] [--dir DIR] [--json-out F]
+
+512 px by default, the size of the pipeline's training JPEGs (``features.train_size``) and of Pick-a-Pic's
+images: a pair is then ~100 KB, as in the released dataset. At 64 px a pair is ~10 KB and the
+per-version files (meta tables, manifest, sidecar footers) weigh about half a day.
 
 1. History: ``pickapic simulate`` (the same ``simulate`` call) writes ``days + 1`` days; days
    1..N-1 are built stage by stage as the pipeline runs them (``ingest_day``, the Beam feature stage,
@@ -17,11 +21,12 @@ Printed for each night: bytes the publish wrote (files of the new version that s
 older kept version), by kind, divided by the tar bytes of the new day's samples (goal <= 1.5); the
 old shards rewritten next to the old shards that hold a sample that changed, left or was added (they
 must be equal); the shard writers' throughput on what they wrote next to a raw sequential write of
-the same bytes measured right after (fsync on both; goal >= 0.5, but at 64 px a night writes about a
-megabyte, too little to time well: ``benchmarks.shards`` measures the same ratio at tens of MB).
+the same bytes measured right after (fsync on both; goal >= 0.5, but a plain night writes about ten
+megabytes, too little to time well: ``benchmarks.shards`` measures the same ratio at ~100 MB).
 An old shard is rewritten when it holds a sample that changed or left, or its day gained one; with
 shards smaller than a day, a shard after such a sample may also be rewritten when a limit cut moves
-(``rewritten_by_ripple``, up to the next anchor).
+or a removed user's run had started a shard (its followers join the shard before it), up to the next
+anchor (``rewritten_by_ripple``).
 Then the disk the three kept versions take (distinct inodes) divided by the newest version (goal <= 1.3).
 :func:`run` returns the numbers, for ``benchmarks.nightly`` to call.
 """
@@ -212,7 +217,7 @@ def disk_ratio(home: DataHome) -> dict:
             "ratio_disk_vs_one_version": round(sum(distinct.values()) / one, 3)}
 
 
-def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_size: int = 64, seed: int = 0,
+def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_size: int = 512, seed: int = 0,
         root: Path | None = None, workers: int = 0, max_samples_per_shard: int | None = None,
         max_shard_bytes: int | None = None) -> dict:
     """Build the history, publish two nights (late changes, then plain), return the measurements.
@@ -281,7 +286,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--days", type=int, default=30)
     parser.add_argument("--users", type=int, default=150)
     parser.add_argument("--rankings-per-day", type=int, default=120)
-    parser.add_argument("--image-size", type=int, default=64)
+    parser.add_argument("--image-size", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="publish writer processes (0 = one per CPU)")
     parser.add_argument("--max-samples-per-shard", type=int, default=None, help="shard size (default: publish's)")

@@ -136,7 +136,7 @@ counts = datasets.load_dataset("parquet", data_files={{"train": f"{{folder}}/tra
 ```
 
 With `webdataset`: the shard names of a split are the keys of `<split>/sizes.json` (with their
-sample counts). A shard holds pairs of one export day in time order, so shuffle when reading:
+sample counts). A shard holds pairs of one export day, grouped by user, so shuffle when reading:
 `wds.WebDataset(urls, shardshuffle=len(urls)).shuffle(5000)`. The loss weight of the PickScore
 objective, `num_example_per_prompt` (rows with the same `prompt_key` in the split), is in
 `<split>/prompt_counts.parquet`, not in the shards: it changes for old pairs whenever a new day reuses
@@ -203,7 +203,8 @@ would leak it were dropped:
 - Users are pseudonymous but their prompts are free text and may identify them.
 - The NSFW filter is a classifier at a fixed threshold; it misses some images and drops some safe ones.
 - Near-duplicate detection uses perceptual hashes (Hamming distance <= 6): heavy edits are not caught.
-- Shards are time-ordered (one export day each): read them shuffled, or a batch sees one day only.
+- Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day
+  (and a few users) only.
 - `validation_unique` / `test_unique` keep at most 500 prompts: their accuracy has about +-2 points of
   sampling noise.
 """
