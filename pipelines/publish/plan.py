@@ -124,14 +124,18 @@ def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.nd
 
 
 def _run_totals(runs: list[str], sizes: list[int]) -> tuple[list[int], list[int]]:
-    """Samples and bytes of the run each sample starts (0 where a sample continues a run)."""
-    counts, totals = [0] * len(runs), [0] * len(runs)
-    first = 0
-    for i in range(1, len(runs) + 1):
-        if i == len(runs) or runs[i] != runs[first]:
-            counts[first], totals[first] = i - first, sum(sizes[first:i])
-            first = i
-    return counts, totals
+    """Samples and bytes of the run each sample starts; 0 where a sample continues a run or is a run
+    by itself (then the per-sample limit check already decides the same)."""
+    if not runs:
+        return [], []
+    label = np.asarray(runs, dtype=object)
+    starts = np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
+    counts = np.zeros(len(runs), dtype=np.int64)
+    totals = np.zeros(len(runs), dtype=np.int64)
+    counts[starts] = np.diff(np.append(starts, len(runs)))
+    totals[starts] = np.add.reduceat(np.asarray(sizes, dtype=np.int64), starts)
+    counts[counts == 1] = 0
+    return counts.tolist(), totals.tolist()
 
 
 def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple[int, int]]:

@@ -60,6 +60,27 @@ def test_chunk_bounds_cut_at_segments_anchors_and_limits() -> None:
     assert shardplan.chunk_bounds([], np.array([], dtype=np.int64), np.array([], dtype=bool), 10, 10) == []
 
 
+def test_chunk_bounds_keep_a_run_together_unless_it_is_larger_than_a_shard() -> None:
+    none = np.zeros(7, bool)
+    runs = ["a", "b", "b", "b", "c", "d", "d"]
+    # without runs the limit of 3 cuts b's run; with runs b starts its own shard
+    assert shardplan.chunk_bounds(["s"] * 7, np.full(7, 10), none, 3, 10**9) == [(0, 3), (3, 6), (6, 7)]
+    assert shardplan.chunk_bounds(["s"] * 7, np.full(7, 10), none, 3, 10**9, runs) == [(0, 1), (1, 4), (4, 7)]
+    # by bytes as well: b's three samples do not fit after a's
+    big = np.full(7, 10240)
+    assert shardplan.chunk_bounds(["s"] * 7, big, none, 100, shards.tar_size(3 * 10240), runs) == \
+        [(0, 1), (1, 4), (4, 7)]
+    assert shardplan.chunk_bounds(["s"] * 8, np.full(8, 10240), np.zeros(8, bool), 100, shards.tar_size(3 * 10240),
+                                  runs[:4] + ["c", "c", "d", "d"]) == [(0, 1), (1, 4), (4, 6), (6, 8)]
+    # a run larger than a shard is split by the limit; one-sample runs change nothing
+    assert shardplan.chunk_bounds(["s"] * 5, np.full(5, 10), np.zeros(5, bool), 2, 10**9, ["x"] * 5) == \
+        [(0, 2), (2, 4), (4, 5)]
+    singles = [str(i) for i in range(7)]
+    assert shardplan.chunk_bounds(["s"] * 7, np.full(7, 10), none, 3, 10**9, singles) == \
+        shardplan.chunk_bounds(["s"] * 7, np.full(7, 10), none, 3, 10**9)
+    assert shardplan.chunk_bounds([], np.array([], dtype=np.int64), np.array([], dtype=bool), 3, 10, []) == []
+
+
 def test_removing_a_sample_moves_no_boundary_after_the_next_anchor() -> None:
     """Bounded ripple: only the shards up to the next anchor after the removed sample change."""
     rng = np.random.default_rng(0)
