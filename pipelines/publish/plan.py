@@ -71,12 +71,6 @@ def anchor_rates(sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> 
     return np.minimum(rate, 1.0)
 
 
-def anchors(draws: np.ndarray, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
-    """Whether each sample starts a new shard by itself: its draw under its anchor rate, so anchors
-    do not move when other samples come or go."""
-    return draws < anchor_rates(sample_bytes, max_samples, max_bytes)
-
-
 def run_anchors(runs: list[str], draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Whether each sample starts a new shard by itself, deciding once per run of equal ``runs`` labels.
 

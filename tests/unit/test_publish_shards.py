@@ -81,27 +81,36 @@ def test_chunk_bounds_keep_a_run_together_unless_it_is_larger_than_a_shard() -> 
     assert shardplan.chunk_bounds([], np.array([], dtype=np.int64), np.array([], dtype=bool), 3, 10, []) == []
 
 
-def test_removing_a_sample_moves_no_boundary_after_the_next_anchor() -> None:
-    """Bounded ripple: only the shards up to the next anchor after the removed sample change."""
+def test_removing_a_users_run_moves_no_boundary_after_the_next_anchor() -> None:
+    """Bounded ripple: a banned user's run leaves; only the shards from the one before its shard (which
+    takes over its followers when the run had started a shard) up to the next anchor change."""
     rng = np.random.default_rng(0)
-    n = 3000
-    keys = _plan_keys(n)
+    labels: list[str] = []
+    for user in range(1200):
+        labels += [f"d/u{user:05d}"] * int(rng.integers(1, 5))
+    n = len(labels)
+    keys = [f"k{i}" for i in range(n)]
     sizes = rng.integers(2_000, 6_000, size=n)
-    draws = shardplan.key_draws(keys, "t")
-    is_anchor = shardplan.anchors(draws, sizes, max_samples=100, max_bytes=10**9)
-    assert 30 < is_anchor.sum() < 90                        # about 2 per 100 samples
-    before = shardplan.chunk_bounds(["d"] * n, sizes, is_anchor, 100, 10**9)
+    draws = shardplan.key_draws(labels, "t")
+    is_anchor = shardplan.run_anchors(labels, draws, shardplan.anchor_rates(sizes, 100, 10**9))
+    assert 30 < is_anchor.sum() < 110                       # about 2 per 100 samples
+    before = shardplan.chunk_bounds(["d"] * n, sizes, is_anchor, 100, 10**9, labels)
     named_before = {tuple(keys[a:b]) for a, b in before}
-    for removed in (0, 17, 1234, n - 1):
-        keep = np.array([i != removed for i in range(n)])
+    for user in (0, 17, 600, 1199):
+        gone = [i for i, label in enumerate(labels) if label == f"d/u{user:05d}"]
+        keep = np.ones(n, dtype=bool)
+        keep[gone] = False
+        kept_labels = [label for label, flag in zip(labels, keep) if flag]
         kept_keys = [k for k, flag in zip(keys, keep) if flag]
-        after = shardplan.chunk_bounds(["d"] * (n - 1), sizes[keep], is_anchor[keep], 100, 10**9)
+        kept_anchor = shardplan.run_anchors(kept_labels, draws[keep], shardplan.anchor_rates(sizes[keep], 100, 10**9))
+        assert kept_anchor.tolist() == is_anchor[keep].tolist()   # no other run's decision moves
+        after = shardplan.chunk_bounds(["d"] * len(kept_keys), sizes[keep], kept_anchor, 100, 10**9, kept_labels)
         changed = [(a, b) for a, b in after if tuple(kept_keys[a:b]) not in named_before]
-        next_anchor = next((i for i in range(removed + 1, n) if is_anchor[i]), n)
-        assert changed, "the shard that lost a sample must change"
-        # every changed shard lies between the removed sample's shard start and the next anchor
-        start_of_removed = max(a for a, _ in before if a <= removed)
-        assert all(a >= start_of_removed and b <= next_anchor - 1 for a, b in changed), (removed, changed)
+        own = max(a for a, _ in before if a <= gone[0])
+        previous = max((a for a, _ in before if a < own), default=0)
+        next_anchor = next((i for i in range(gone[-1] + 1, n) if is_anchor[i]), n) - len(gone)
+        assert changed or own == gone[0], "the shard that lost the run changes (or was the run alone)"
+        assert all(a >= previous and b <= next_anchor for a, b in changed), (user, changed)
         assert len(changed) <= 3
 
 
@@ -109,7 +118,9 @@ def test_anchor_rate_depends_only_on_the_sample() -> None:
     draws = np.array([0.001, 0.5, 0.015, 0.03])
     sizes = np.array([1_000, 1_000, 1_000, 3_000_000])
     # 2 anchors per 200 samples -> rate 0.01; a 3 MB sample in a 100 MB limit -> rate 0.06
-    assert shardplan.anchors(draws, sizes, max_samples=200, max_bytes=100_000_000).tolist() == [True, False, False, True]
+    rates = shardplan.anchor_rates(sizes, max_samples=200, max_bytes=100_000_000)
+    assert rates.tolist() == [0.01, 0.01, 0.01, 0.06]
+    assert shardplan.run_anchors(["a", "b", "c", "d"], draws, rates).tolist() == [True, False, False, True]
 
 
 def test_ensure_min_chunks_halves_the_largest() -> None:
