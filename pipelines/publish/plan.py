@@ -71,23 +71,47 @@ def anchor_rates(sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> 
     return np.minimum(rate, 1.0)
 
 
-def run_anchors(runs: list[str], draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
+def run_starts(runs) -> np.ndarray:
+    """Indices where a run starts: ``runs`` holds a label per sample (a list, or an array of ints) and
+    equal neighbours form a run."""
+    if len(runs) == 0:
+        return np.zeros(0, dtype=np.int64)
+    label = runs if isinstance(runs, np.ndarray) else np.asarray(runs, dtype=object)
+    return np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
+
+
+def run_anchors(runs, draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
     """Whether each sample starts a new shard by itself, deciding once per run of equal ``runs`` labels.
 
-    A run (one user's pairs of one day) is an anchor when the draw of its label falls under the
-    chance that any of its samples would be one (``1 - prod(1 - rate)``); only its first sample is
-    marked, so no anchor falls inside a run. The draw depends on the label alone and the rate on the
-    run's own samples, never on its neighbours.
+    A run (one user's pairs of one day) is an anchor when the draw at its first sample (one per
+    label) falls under the chance that any of its samples would be one (``1 - prod(1 - rate)``; a
+    run holding a sample of rate 1 always is); only its first sample is marked. The draw depends on
+    the label alone and the rate on the run's own samples, never on its neighbours.
     """
     out = np.zeros(len(runs), dtype=bool)
-    if not runs:
+    starts = run_starts(runs)
+    if not starts.size:
         return out
-    label = np.asarray(runs, dtype=object)
-    starts = np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
-    keep = np.log1p(-np.minimum(rates.astype(np.float64), 1.0 - 1e-12))       # log(1 - rate) per sample
+    rates = rates.astype(np.float64)
+    keep = np.log1p(-np.minimum(rates, 1.0 - 1e-12))       # log(1 - rate) per sample
     run_rate = -np.expm1(np.add.reduceat(keep, starts))
+    run_rate[np.maximum.reduceat(rates, starts) >= 1.0] = 1.0
     out[starts] = draws[starts] < run_rate
     return out
+
+
+def long_runs(runs, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
+    """Whether each sample sits in a run that no single shard can hold (more than ``max_samples``
+    samples or ``max_bytes`` of tar): such a run (a bot's day) gets anchors inside, by key."""
+    n = len(runs)
+    starts = run_starts(runs)
+    if not starts.size:
+        return np.zeros(0, dtype=bool)
+    counts = np.diff(np.append(starts, n))
+    totals = np.add.reduceat(np.asarray(sample_bytes, dtype=np.int64), starts)   # tar bytes, headers included
+    tar_bytes = -(-(totals + 2 * shards.BLOCK) // shards.RECORD) * shards.RECORD       # shards.tar_size, vectorised
+    too_long = (counts > max_samples) | (tar_bytes > max_bytes)
+    return np.repeat(too_long, counts)
 
 
 def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.ndarray,
@@ -117,13 +141,12 @@ def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.nd
     return bounds
 
 
-def _run_totals(runs: list[str], sizes: list[int]) -> tuple[list[int], list[int]]:
+def _run_totals(runs, sizes: list[int]) -> tuple[list[int], list[int]]:
     """Samples and bytes of the run each sample starts; 0 where a sample continues a run or is a run
     by itself (then the per-sample limit check already decides the same)."""
-    if not runs:
+    starts = run_starts(runs)
+    if not starts.size:
         return [], []
-    label = np.asarray(runs, dtype=object)
-    starts = np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
     counts = np.zeros(len(runs), dtype=np.int64)
     totals = np.zeros(len(runs), dtype=np.int64)
     counts[starts] = np.diff(np.append(starts, len(runs)))
@@ -132,8 +155,13 @@ def _run_totals(runs: list[str], sizes: list[int]) -> tuple[list[int], list[int]
     return counts.tolist(), totals.tolist()
 
 
-def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple[int, int]]:
-    """Halve the largest shard (the first of equals) until there are ``minimum`` shards or no shard can split."""
+def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int,
+                      starts: np.ndarray | None = None) -> list[tuple[int, int]]:
+    """Halve the largest shard (the first of equals) until there are ``minimum`` shards or no shard can split.
+
+    With ``starts`` (sorted run start indices) a shard is cut at the run start nearest its middle
+    (the earlier of two), so runs stay whole where the shard holds more than one.
+    """
     bounds = list(bounds)
     while len(bounds) < minimum:
         widest = max(range(len(bounds)), key=lambda i: (bounds[i][1] - bounds[i][0], -i))
@@ -141,6 +169,10 @@ def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int) -> list[tuple
         if stop - start < 2:
             break
         middle = start + (stop - start) // 2
+        if starts is not None:
+            inside = starts[(starts > start) & (starts < stop)]
+            if inside.size:
+                middle = int(inside[np.argmin(np.abs(inside - middle))])
         bounds[widest:widest + 1] = [(start, middle), (middle, stop)]
     return bounds
 
@@ -158,11 +190,24 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
     ordered_keys = samples.column("key").take(indices).to_pylist()
     ordered_users = samples.column("user_id").take(indices).to_pylist()
     ordered_bytes = sample_bytes[indices.to_numpy()]
-    runs = [f"{segment}/{user}" for segment, user in zip(ordered_segments, ordered_users)]
-    is_anchor = run_anchors(runs, key_draws(runs, f"pickapic-anchor:{seed}"),
-                            anchor_rates(ordered_bytes, max_samples, max_bytes))
+    # runs: a user's pairs of one day; labelled by number, hashed once per run as "<segment>/<user_id>"
+    segment_array = np.asarray(ordered_segments, dtype=object)
+    user_array = np.asarray(ordered_users, dtype=object)
+    new_run = np.ones(len(ordered_keys), dtype=bool)
+    new_run[1:] = (segment_array[1:] != segment_array[:-1]) | (user_array[1:] != user_array[:-1])
+    runs = np.cumsum(new_run)
+    starts = np.flatnonzero(new_run)
+    draws = np.zeros(len(ordered_keys))
+    draws[starts] = key_draws([f"{ordered_segments[i]}/{ordered_users[i]}" for i in starts.tolist()],
+                              f"pickapic-anchor:{seed}")
+    rates = anchor_rates(ordered_bytes, max_samples, max_bytes)
+    is_anchor = run_anchors(runs, draws, rates)
+    inner = np.flatnonzero(long_runs(runs, ordered_bytes, max_samples, max_bytes) & ~new_run)
+    if inner.size:   # a run longer than a shard: anchors by key inside it, so one pair leaving moves no cut far
+        is_anchor[inner] = key_draws([ordered_keys[i] for i in inner.tolist()], f"pickapic-anchor-in-run:{seed}") \
+            < rates[inner]
     bounds = chunk_bounds(ordered_segments, ordered_bytes, is_anchor, max_samples, max_bytes, runs)
-    bounds = ensure_min_chunks(bounds, min(min_shards, len(ordered_keys)))
+    bounds = ensure_min_chunks(bounds, min(min_shards, len(ordered_keys)), starts)
     plans = [ShardPlan(split, shard_name(split, ordered_segments[a], ordered_keys[a]), a, b) for a, b in bounds]
     names = [p.name for p in plans]
     if len(set(names)) != len(names):

@@ -114,6 +114,54 @@ def test_removing_a_users_run_moves_no_boundary_after_the_next_anchor() -> None:
         assert len(changed) <= 3
 
 
+def test_a_run_longer_than_a_shard_gets_anchors_inside_so_one_pair_leaving_moves_no_cut_far() -> None:
+    """A bot's day (one run of 3,000 pairs, limit 100): one pair leaving changes its own shard and the
+    stretch up to the next anchor inside the run, not every limit cut after it."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    n = 3_000 + 40
+    rows = pa.table({
+        "key": [f"{i}_0" for i in range(n)],
+        "dt": pa.array([dt.date(2023, 3, 1)] * n, pa.date32()),
+        "user_id": ["bot"] * 3_000 + [f"u{i % 20:02d}" for i in range(40)],
+        "created_at": pa.array([dt.datetime(2023, 3, 1) + dt.timedelta(seconds=i) for i in range(n)], pa.timestamp("us")),
+    })
+    sizes = np.full(n, 4096)
+
+    def shards_of(table, sample_sizes):
+        indices, plans = shardplan.plan_split(table, "train", sample_sizes, max_samples=100, max_bytes=10**9,
+                                              min_shards=1, seed=3)
+        keys = table.column("key").take(indices).to_pylist()
+        return {tuple(keys[p.start:p.stop]) for p in plans}
+
+    before = shards_of(rows, sizes)
+    assert max(len(s) for s in before) <= 100 and len(before) > 30
+    assert shardplan.long_runs(np.array([1] * 3000 + [2] * 3), np.full(3003, 10), 100, 10**9).tolist() == \
+        [True] * 3000 + [False] * 3
+    for gone in (5, 1500):
+        keep = [i != gone for i in range(n)]
+        after = shards_of(rows.filter(pa.array(keep)), sizes[np.array(keep)])
+        assert len(after - before) <= 3, (gone, len(after - before))
+
+
+def test_halving_a_tiny_split_cuts_between_runs() -> None:
+    starts = np.array([0, 5])                       # user A has 5 pairs, user B 1
+    assert shardplan.ensure_min_chunks([(0, 6)], 2, starts) == [(0, 5), (5, 6)]
+    assert shardplan.ensure_min_chunks([(0, 6)], 4, starts) == [(0, 2), (2, 3), (3, 5), (5, 6)]  # then A's run, as it must
+    assert shardplan.ensure_min_chunks([(0, 6)], 2) == [(0, 3), (3, 6)]     # without runs: the middle
+
+
+def test_a_sample_of_rate_one_always_anchors_its_run() -> None:
+    runs = ["x", "x", "x", "y"]
+    marked = shardplan.run_anchors(runs, np.array([0.9999999999999, 0.1, 0.1, 0.9999999999999]),
+                                   np.array([0.0, 1.0, 0.0, 1.0]))
+    assert marked.tolist() == [True, False, False, True]
+    assert shardplan.run_anchors(np.array([7, 7, 9]), np.array([0.5, 0.5, 0.5]), np.array([0.4, 0.4, 0.1])).tolist() \
+        == [True, False, False]                    # integer labels work too: 1 - 0.6**2 = 0.64 > 0.5
+
+
 def test_anchor_rate_depends_only_on_the_sample() -> None:
     draws = np.array([0.001, 0.5, 0.015, 0.03])
     sizes = np.array([1_000, 1_000, 1_000, 3_000_000])
