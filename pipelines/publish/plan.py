@@ -100,26 +100,29 @@ def run_anchors(runs, draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
     return out
 
 
+def _run_sizes(runs, sample_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start index, samples and tar bytes (headers included) of every run."""
+    starts = run_starts(runs)
+    counts = np.diff(np.append(starts, len(runs)))
+    totals = np.add.reduceat(np.asarray(sample_bytes, dtype=np.int64), starts) if starts.size \
+        else np.zeros(0, dtype=np.int64)
+    return starts, counts, totals
+
+
 def long_runs(runs, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
     """Whether each sample sits in a run that no single shard can hold (more than ``max_samples``
     samples or ``max_bytes`` of tar): such a run (a bot's day) gets anchors inside, by key."""
-    n = len(runs)
-    starts = run_starts(runs)
-    if not starts.size:
-        return np.zeros(0, dtype=bool)
-    counts = np.diff(np.append(starts, n))
-    totals = np.add.reduceat(np.asarray(sample_bytes, dtype=np.int64), starts)   # tar bytes, headers included
-    tar_bytes = -(-(totals + 2 * shards.BLOCK) // shards.RECORD) * shards.RECORD       # shards.tar_size, vectorised
-    too_long = (counts > max_samples) | (tar_bytes > max_bytes)
-    return np.repeat(too_long, counts)
+    _, counts, totals = _run_sizes(runs, sample_bytes)
+    return np.repeat((counts > max_samples) | (shards.tar_size(totals) > max_bytes), counts)
 
 
 def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.ndarray,
-                 max_samples: int, max_bytes: int, runs: list[str] | None = None) -> list[tuple[int, int]]:
+                 max_samples: int, max_bytes: int, runs=None) -> list[tuple[int, int]]:
     """Cut ordered samples into shards: at every segment change and anchor, and before the limits are passed.
 
-    With ``runs`` (a label per sample; equal neighbours form a run), a run that would pass a limit
-    of the open shard starts a new one, so a run is split only when it is larger than a shard.
+    With ``runs`` (a label per sample, a list or an array; equal neighbours form a run), a run that
+    would pass a limit of the open shard starts a new one, so a run is split only when it is larger
+    than a shard.
     """
     if max_samples < 1 or max_bytes < 1:
         raise ValueError(f"shard limits must be positive: max_samples={max_samples}, max_bytes={max_bytes}")
@@ -144,13 +147,11 @@ def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.nd
 def _run_totals(runs, sizes: list[int]) -> tuple[list[int], list[int]]:
     """Samples and bytes of the run each sample starts; 0 where a sample continues a run or is a run
     by itself (then the per-sample limit check already decides the same)."""
-    starts = run_starts(runs)
-    if not starts.size:
-        return [], []
+    starts, run_counts, run_bytes = _run_sizes(runs, sizes)
     counts = np.zeros(len(runs), dtype=np.int64)
     totals = np.zeros(len(runs), dtype=np.int64)
-    counts[starts] = np.diff(np.append(starts, len(runs)))
-    totals[starts] = np.add.reduceat(np.asarray(sizes, dtype=np.int64), starts)
+    counts[starts] = run_counts
+    totals[starts] = run_bytes
     counts[counts == 1] = 0
     return counts.tolist(), totals.tolist()
 
