@@ -18,8 +18,9 @@ CODE_VERSIONS: dict[str, str] = {
     "decisions": "1",
     "pairs": "1",
     "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
-    "publish": "3",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "4",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
+                          # 4: pickapic-wds/4: a day is cut into shards_per_day shards at its heaviest-drawn runs
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

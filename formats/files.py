@@ -101,12 +101,14 @@ def write_bytes_atomic(final: Path, data: bytes, private: bool = False) -> None:
         tmp.write_bytes(data)
 
 
-def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None = None) -> Path:
-    """Cast ``table`` to ``schema`` (when given) and write it to ``final`` atomically."""
+def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None = None,
+                         options: dict | None = None) -> Path:
+    """Cast ``table`` to ``schema`` (when given) and write it to ``final`` atomically
+    (``PARQUET_OPTIONS``, with ``options`` over them)."""
     if schema is not None:
         table = cast_to_schema(table, schema)
     with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, **PARQUET_OPTIONS)
+        pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **(options or {})})
     return Path(final)
 
 

@@ -17,6 +17,11 @@ class PublishConfig:
     seed: int = knob(42, "salt of the content-defined shard boundaries")
     max_samples_per_shard: int = knob(10_000, "most samples in one shard", min=1)
     max_shard_bytes: int = knob(256 * 1024 * 1024, "most tar bytes in one shard", min=1)
+    shards_per_day: int = knob(64, "anchors per export day's volume (the rankings the app logged that day): about "
+                               "this many shards a day over all splits when a ranking gives one published pair; a "
+                               "late change rewrites about 1/shards_per_day of each day it touches", min=1)
+    min_shard_bytes: int = knob(256 * 1024, "at most one anchor per this many sample bytes: a quiet day gets fewer, "
+                                "larger shards", min=1)
     min_shards_per_split: int = knob(4, "least shards per split (when it has that many samples), for GPUs x loader "
                                      "workers", min=1)
     keep_versions: int = knob(3, "complete versions kept; older ones are deleted after the switch", min=1, output=False)

@@ -42,7 +42,23 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}')",
         "files": files,
     }
-    write_bytes_atomic(staging / MANIFEST_FILE, (json.dumps(manifest, indent=1, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(staging / MANIFEST_FILE, manifest_text(manifest).encode())
+
+
+FILES_PLACEHOLDER = "\0files\0"
+
+
+def manifest_text(manifest: dict) -> str:
+    """The manifest as JSON: indented, keys sorted, one line per file in ``files`` (a version has
+    thousands; the line form is about a fifth smaller and still diffs line by line)."""
+    text = json.dumps({**manifest, "files": FILES_PLACEHOLDER}, indent=1, sort_keys=True)
+    lines = ",\n".join(f"  {json.dumps(rel)}: {json.dumps(info, sort_keys=True, separators=(',', ':'))}"
+                        for rel, info in sorted(manifest["files"].items()))
+    block = "{\n" + lines + "\n }" if lines else "{}"
+    placeholder = json.dumps(FILES_PLACEHOLDER)
+    if text.count(placeholder) != 1:
+        raise RuntimeError("manifest: the files placeholder occurs in another field")
+    return text.replace(placeholder, block) + "\n"
 
 
 

@@ -7,12 +7,17 @@ shards are small, but a prompt entering or leaving them rewrites only one day's 
 
 Inside a segment a user's pairs of that day are one run, and the boundaries are content-defined, as
 in rsync or restic: a run starts a new shard when a salted hash of (segment, user) falls under the
-run's *anchor rate* (about two anchors per shard limit, by samples or by bytes, summed over the run),
-or a sample starts one when the open shard would pass the sample or byte limit. A user banned later
-therefore rewrites about one shard per day they were active, however many pairs they ranked that day;
-removing or adding a sample changes its own shard and at most the stretch of shards up to the next
-anchor; the boundaries after it do not move. A shard's name is made of its split, segment and a
-digest of its first key, never of a position, so an unchanged shard keeps its name and bytes.
+run's *anchor rate* (:func:`anchor_rates`: each sample adds its share, about ``shards_per_day``
+anchors per day's *volume* of rankings, the rankings the app logged that day, but no more than one per
+``min_shard_bytes`` of samples and no fewer than two per shard limit), or a sample starts one when the
+open shard would pass the sample or byte limit. The volume is what the app logged, not what curation
+kept, so a user banned later, a cluster merge or a prompt held out changes no other run's rate: a ban
+rewrites about one shard per day the user was active (about ``1 / shards_per_day`` of the day,
+however many pairs they ranked), plus the shard before theirs when their run had started one (it
+takes over the followers); no boundary after the next anchor moves. A run holding more than
+``LONG_RUN_SHARDS`` anchors' worth of samples (a bot's day) gets anchors inside, by key. A shard's
+name is made of its split, segment and a digest of its first key, never of a position, so an
+unchanged shard keeps its name and bytes.
 
 While a split has fewer shards than ``min_shards_per_split`` (only while it is tiny), its largest
 shards are halved until it has enough: the trainer needs at least GPUs x loader workers shards.
@@ -29,7 +34,8 @@ import pyarrow.compute as pc
 from formats.dataset import FORMAT_VERSION, shard_name
 from pipelines.publish import shards
 
-ANCHOR_RATE = 2.0            # expected anchors per shard limit: shards average ~0.43 of the limit
+ANCHOR_RATE = 2.0            # cuts per shard limit, at least: where the limits set a day's shard count
+LONG_RUN_SHARDS = 4          # a run holding more than this many anchors' worth of samples is cut inside
 
 
 @dataclass(frozen=True)
@@ -64,13 +70,6 @@ def order(samples: pa.Table, segments: pa.Array) -> pa.Array:
                                              ("created_at", "ascending"), ("key", "ascending")])
 
 
-def anchor_rates(sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
-    """Each sample's anchor rate: about ``ANCHOR_RATE`` anchors per ``max_samples`` samples, or per
-    ``max_bytes`` of such samples. It depends only on the sample, never on its neighbours."""
-    rate = np.maximum(ANCHOR_RATE / max_samples, ANCHOR_RATE * sample_bytes.astype(np.float64) / max_bytes)
-    return np.minimum(rate, 1.0)
-
-
 def run_starts(runs) -> np.ndarray:
     """Indices where a run starts: ``runs`` holds a label per sample (a list, or an array of ints) and
     equal neighbours form a run."""
@@ -78,6 +77,34 @@ def run_starts(runs) -> np.ndarray:
         return np.zeros(0, dtype=np.int64)
     label = runs if isinstance(runs, np.ndarray) else np.asarray(runs, dtype=object)
     return np.flatnonzero(np.concatenate(([True], label[1:] != label[:-1])))
+
+
+def _run_sizes(runs, sample_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Start index, samples and tar bytes (headers included) of every run."""
+    starts = run_starts(runs)
+    counts = np.diff(np.append(starts, len(runs)))
+    totals = np.add.reduceat(np.asarray(sample_bytes, dtype=np.int64), starts) if starts.size \
+        else np.zeros(0, dtype=np.int64)
+    return starts, counts, totals
+
+
+def anchor_rates(sample_bytes: np.ndarray, day_volume: np.ndarray, *, max_samples: int, max_bytes: int,
+                 shards_per_day: int, min_shard_bytes: int) -> np.ndarray:
+    """Each sample's anchor rate (the chance it would start a shard), from the sample and its day's volume alone.
+
+    ``day_volume`` is, per sample, the rankings the app logged on its export day (see
+    :func:`day_volumes`): ``shards_per_day / volume``, so a day is cut into about ``shards_per_day``
+    shards over its splits when each ranking gives one published pair, but no more than one anchor
+    per ``min_shard_bytes`` of such samples (a quiet day gets fewer, larger shards), and at least
+    ``ANCHOR_RATE`` per shard limit (``max_samples`` samples or ``max_bytes`` of such samples), so
+    the limits rarely have to cut. The volume counts what was logged, not what curation kept: a ban,
+    a merge or a held-out prompt changes no other sample's rate.
+    """
+    sample_bytes = np.asarray(sample_bytes, dtype=np.float64)
+    per_day = np.minimum(shards_per_day / np.maximum(np.asarray(day_volume, dtype=np.float64), 1.0),
+                         sample_bytes / min_shard_bytes)
+    by_limit = np.maximum(ANCHOR_RATE / max_samples, ANCHOR_RATE * sample_bytes / max_bytes)
+    return np.minimum(np.maximum(per_day, by_limit), 1.0)
 
 
 def run_anchors(runs, draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
@@ -100,20 +127,14 @@ def run_anchors(runs, draws: np.ndarray, rates: np.ndarray) -> np.ndarray:
     return out
 
 
-def _run_sizes(runs, sample_bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Start index, samples and tar bytes (headers included) of every run."""
-    starts = run_starts(runs)
-    counts = np.diff(np.append(starts, len(runs)))
-    totals = np.add.reduceat(np.asarray(sample_bytes, dtype=np.int64), starts) if starts.size \
-        else np.zeros(0, dtype=np.int64)
-    return starts, counts, totals
-
-
-def long_runs(runs, sample_bytes: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
+def long_runs(runs, sample_bytes: np.ndarray, rates: np.ndarray, max_samples: int, max_bytes: int) -> np.ndarray:
     """Whether each sample sits in a run that no single shard can hold (more than ``max_samples``
-    samples or ``max_bytes`` of tar): such a run (a bot's day) gets anchors inside, by key."""
-    _, counts, totals = _run_sizes(runs, sample_bytes)
-    return np.repeat((counts > max_samples) | (shards.tar_size(totals) > max_bytes), counts)
+    samples or ``max_bytes`` of tar) or that holds more than ``LONG_RUN_SHARDS`` anchors' worth of
+    samples (sum of its rates: a bot's day): such a run gets anchors inside, by key."""
+    starts, counts, totals = _run_sizes(runs, sample_bytes)
+    expected = np.add.reduceat(np.asarray(rates, dtype=np.float64), starts) if starts.size else np.zeros(0)
+    return np.repeat((counts > max_samples) | (shards.tar_size(totals) > max_bytes) | (expected > LONG_RUN_SHARDS),
+                     counts)
 
 
 def chunk_bounds(segments: list[str], sample_bytes: np.ndarray, is_anchor: np.ndarray,
@@ -179,18 +200,20 @@ def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int,
 
 
 def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_samples: int, max_bytes: int,
-               min_shards: int, seed: int) -> tuple[pa.Array, list[ShardPlan]]:
+               min_shards: int, seed: int, shards_per_day: int = 64, min_shard_bytes: int = 256 * 1024,
+               day_volume: dict[str, int] | None = None) -> tuple[pa.Array, list[ShardPlan]]:
     """The order of a split's samples and its shards; ``sample_bytes`` is aligned with ``samples``.
 
-    Returns the indices that put ``samples`` in shard order and one :class:`ShardPlan` per shard over
-    that order.
+    ``day_volume`` maps a segment (``YYYYMMDD``) to its day's volume (:func:`anchor_rates`); a day it
+    does not name counts this split's samples of that day. Returns the indices that put ``samples``
+    in shard order and one :class:`ShardPlan` per shard over that order.
     """
     segments = segment_labels(samples)
     indices = order(samples, segments)
     ordered_segments = segments.take(indices).to_pylist()
     ordered_keys = samples.column("key").take(indices).to_pylist()
     ordered_users = samples.column("user_id").take(indices).to_pylist()
-    ordered_bytes = sample_bytes[indices.to_numpy()]
+    ordered_bytes = np.asarray(sample_bytes[indices.to_numpy()], dtype=np.int64)
     # runs: a user's pairs of one day; labelled by number, hashed once per run as "<segment>/<user_id>"
     segment_array = np.asarray(ordered_segments, dtype=object)
     user_array = np.asarray(ordered_users, dtype=object)
@@ -198,12 +221,18 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
     new_run[1:] = (segment_array[1:] != segment_array[:-1]) | (user_array[1:] != user_array[:-1])
     runs = np.cumsum(new_run)
     starts = np.flatnonzero(new_run)
+    own = {}
+    for segment in ordered_segments:
+        own[segment] = own.get(segment, 0) + 1
+    volumes = {segment: (day_volume or {}).get(segment, count) for segment, count in own.items()}
+    rates = anchor_rates(ordered_bytes, np.array([volumes[s] for s in ordered_segments], dtype=np.float64),
+                         max_samples=max_samples, max_bytes=max_bytes, shards_per_day=shards_per_day,
+                         min_shard_bytes=min_shard_bytes)
     draws = np.zeros(len(ordered_keys))
     draws[starts] = key_draws([f"{ordered_segments[i]}/{ordered_users[i]}" for i in starts.tolist()],
                               f"pickapic-anchor:{seed}")
-    rates = anchor_rates(ordered_bytes, max_samples, max_bytes)
     is_anchor = run_anchors(runs, draws, rates)
-    inner = np.flatnonzero(long_runs(runs, ordered_bytes, max_samples, max_bytes) & ~new_run)
+    inner = np.flatnonzero(long_runs(runs, ordered_bytes, rates, max_samples, max_bytes) & ~new_run)
     if inner.size:   # a run longer than a shard: anchors by key inside it, so one pair leaving moves no cut far
         is_anchor[inner] = key_draws([ordered_keys[i] for i in inner.tolist()], f"pickapic-anchor-in-run:{seed}") \
             < rates[inner]

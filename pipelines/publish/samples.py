@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from formats.dataset import FORMAT_VERSION, SPLITS
 from formats.files import cast_to_schema, sha256_file
@@ -61,6 +62,21 @@ def prompt_counts(table: pa.Table, split: str) -> pa.Table:
                      "num_example_per_prompt": grouped.column("num_example_per_prompt_min")})
 
 
+def day_volumes(home: DataHome) -> dict[str, int]:
+    """Rankings the app logged on each export day (``YYYY-MM-DD`` -> rows of its ``rankings``
+    partition, read from the Parquet footers): the day's volume that sets its shard sizes
+    (:func:`pipelines.publish.plan.anchor_rates`). Curation never changes it. A home without
+    ingested rankings (a split table imported on its own) has none: each split then counts its own
+    samples of the day."""
+    out: dict[str, int] = {}
+    root = home.table_dir("rankings")
+    for folder in sorted(root.glob("dt=*")) if root.is_dir() else []:
+        files = sorted(folder.glob("*.parquet"))
+        if files:
+            out[folder.name[3:]] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+    return out
+
+
 def meta_sources(home: DataHome) -> dict[str, list[Path]]:
     """Warehouse files the query snapshots and the dataset card are built from, sorted."""
     return {name: sorted(home.table_dir(name).glob("**/*.parquet"))
@@ -88,18 +104,22 @@ def version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
 
 
 def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, staging: Path,
-               config: PublishConfig) -> list[shards.ShardTask]:
-    """One task per shard of the content-stable plan (:mod:`pipelines.publish.plan`), with its digest."""
+               config: PublishConfig, volumes: dict[str, int] | None = None) -> list[shards.ShardTask]:
+    """One task per shard of the content-stable plan (:mod:`pipelines.publish.plan`), with its digest.
+
+    ``volumes``: :func:`day_volumes` as the version id saw them (read from the home when not given)."""
     tasks = []
     split_column = samples.column("split")
     all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[jpgs.positions(samples.column("jpg_0_key"))],
                                                     jpgs.sizes[jpgs.positions(samples.column("jpg_1_key"))])
+    segment_volumes = {day.replace("-", ""): int(count) for day, count in (volumes or day_volumes(home)).items()}
     for split in splits_in(samples):
         members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
         part = _take(samples, pa.array(members))
         indices, plans = shardplan.plan_split(
             part, split, all_sample_bytes[members], max_samples=config.max_samples_per_shard,
-            max_bytes=config.max_shard_bytes, min_shards=config.min_shards_per_split, seed=config.seed)
+            max_bytes=config.max_shard_bytes, min_shards=config.min_shards_per_split, seed=config.seed,
+            shards_per_day=config.shards_per_day, min_shard_bytes=config.min_shard_bytes, day_volume=segment_volumes)
         rows = _take(part, indices)
         digests = shards.json_digests(rows)
         keys = rows.column("key").to_pylist()

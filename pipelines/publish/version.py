@@ -92,6 +92,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                                  workers=config.worker_count())
     meta_sources = samples.meta_sources(home)
     sources = source_digests(home, meta_sources)
+    sources["rankings_per_day"] = {day: str(count) for day, count in samples.day_volumes(home).items()}
     version = version_id(table, source, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
@@ -133,7 +134,8 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
                    sources: dict[str, dict[str, str]], staging: Path, version: str, config: PublishConfig,
                    progress: Progress | None) -> ShardsDone:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts."""
-    tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config)
+    tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config,
+                       {day: int(count) for day, count in sources["rankings_per_day"].items()})
     previous = previous_versions(home, version) if config.reuse_shards else []
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_publish_fixtures import make_home, write_split_pairs
 
+from formats import dataset
 from formats.dataset import list_versions, resolve_version
 from formats.home import DataHome
 from pipelines.publish import meta, shards
@@ -172,21 +173,62 @@ def test_with_small_shards_a_late_ban_rewrites_about_one_shard_per_day_the_user_
     linked = _linked(first.path, nightly.path)
     rewritten = set(old_tars) - linked
     assert touched <= rewritten
-    # anything else rewritten is the next shard of a touched shard's day (a run that started a shard is gone)
-    order = {rel: i for i, rel in enumerate(sorted(old_tars, key=lambda rel: (rel.split("/")[0], rel.split("-")[2],
-                                                                           _first_key(first.path, rel))))}
-    after_touched = {rel for rel in old_tars for t in touched
-                     if order[rel] == order[t] + 1 and rel.split("-")[:3] == t.split("-")[:3]}
-    assert rewritten - touched <= after_touched, sorted(rewritten - touched - after_touched)
+    # anything else rewritten lies in a day the user was active on, at most two shards a day: the run's
+    # followers join the shard before when the run started one, and the next-best run becomes a cut
+    # (or the day's shard count changes by one) somewhere in that day
+    def day_of(rel: str) -> tuple[str, str]:
+        return rel.split("/")[0], dataset.shard_segment(rel)
+
+    extra: dict[tuple[str, str], int] = {}
+    for rel in rewritten - touched:
+        extra[day_of(rel)] = extra.get(day_of(rel), 0) + 1
+    assert set(extra) <= {day_of(t) for t in touched}, sorted(rewritten - touched)
+    assert all(count <= 2 for count in extra.values()), extra
+    assert len(rewritten) < 3 * len(touched)
     assert not set(_shards_by_key(nightly.path)) & {shards.sample_key(r["pair_id"], r["split"]) for r in rows}
 
 
-def _first_key(version: Path, tar_rel: str) -> tuple:
-    """The order of a shard inside its segment: (user_id, created_at, key) of its first sample."""
-    sidecar = (version / tar_rel).with_suffix(".parquet")
-    first = pq.read_table(sidecar, columns=["user_id", "created_at", "key", "sample_index"]).sort_by("sample_index").slice(0, 1)
-    row = first.to_pylist()[0]
-    return (row["user_id"], row["created_at"], row["key"])
+def _write_rankings_volumes(home: DataHome, table: pa.Table, per_day: int) -> dict[str, int]:
+    """Rankings partitions of ``per_day`` rows for each export day of ``table`` (only their row count matters here)."""
+    volumes = {}
+    for day in sorted({d.isoformat() for d in table.column("dt").to_pylist()}):
+        path = home.partition_file("rankings", day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table({"ranking_id": pa.array(range(per_day), pa.int64())}), path)
+        volumes[day] = per_day
+    return volumes
+
+
+def test_the_days_logged_rankings_set_shard_sizes_and_a_ban_moves_no_other_cut(tmp_path: Path) -> None:
+    """With the app's rankings ingested, a day's volume is its rankings partition's row count: it is
+    in the manifest and the version id, it sets how many shards a day has, and a late ban (which
+    leaves the rankings as they were) rewrites only shards of the days the user was active on, at
+    most one more than those holding the user's pairs per day."""
+    home, full = _history(tmp_path / "h")
+    config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, shards_per_day=40, min_shard_bytes=1)
+    volumes = _write_rankings_volumes(home, full, 60)
+    first = _publish_nightly(home, full, config)
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["sources"]["rankings_per_day"] == {day: str(n) for day, n in volumes.items()}
+    busier = tmp_path / "busier"
+    shutil.copytree(home.root, busier, symlinks=True)
+    other = DataHome(busier)
+    shutil.rmtree(other.datasets)
+    _write_rankings_volumes(other, full, 6_000)          # the same samples on far busier days: fewer, larger shards
+    quiet = publish_dataset(other, config)
+    assert quiet.version != first.version and sum(quiet.shards.values()) < sum(first.shards.values()) / 3
+    users = full.column("user_id").to_pylist()
+    banned = max(set(users), key=lambda u: (len({d for d, v in zip(full.column("dt").to_pylist(), users) if v == u}), u))
+    rows = [r for r in full.to_pylist() if r["user_id"] == banned]
+    by_key = _shards_by_key(first.path)
+    touched = {by_key[shards.sample_key(r["pair_id"], r["split"])] for r in rows}
+    nightly = _publish_nightly(home, full.filter(pc.not_equal(full.column("user_id"), banned)), config)
+    old_tars = {rel for rel in _files(first.path) if rel.endswith(".tar")}
+    rewritten = old_tars - _linked(first.path, nightly.path)
+    days = {(rel.split("/")[0], dataset.shard_segment(rel)) for rel in touched}
+    assert touched <= rewritten and {(rel.split("/")[0], dataset.shard_segment(rel)) for rel in rewritten} <= days
+    assert len(rewritten - touched) <= len(days), sorted(rewritten - touched)
+    assert len(old_tars) > 4 * len(rewritten)
 
 
 def test_cluster_merge_and_a_prompt_becoming_held_out_rewrite_only_their_shards(tmp_path: Path) -> None:

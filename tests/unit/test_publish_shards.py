@@ -81,6 +81,12 @@ def test_chunk_bounds_keep_a_run_together_unless_it_is_larger_than_a_shard() -> 
     assert shardplan.chunk_bounds([], np.array([], dtype=np.int64), np.array([], dtype=bool), 3, 10, []) == []
 
 
+def _rates(sizes: np.ndarray) -> np.ndarray:
+    """Anchor rates at limits of 100 samples, no per-day term (a huge volume)."""
+    return shardplan.anchor_rates(sizes, np.full(len(sizes), 10**12), max_samples=100, max_bytes=10**9,
+                                  shards_per_day=1, min_shard_bytes=1)
+
+
 def test_removing_a_users_run_moves_no_boundary_after_the_next_anchor() -> None:
     """Bounded ripple: a banned user's run leaves; only the shards from the one before its shard (which
     takes over its followers when the run had started a shard) up to the next anchor change."""
@@ -92,7 +98,7 @@ def test_removing_a_users_run_moves_no_boundary_after_the_next_anchor() -> None:
     keys = [f"k{i}" for i in range(n)]
     sizes = rng.integers(2_000, 6_000, size=n)
     draws = shardplan.key_draws(labels, "t")
-    is_anchor = shardplan.run_anchors(labels, draws, shardplan.anchor_rates(sizes, 100, 10**9))
+    is_anchor = shardplan.run_anchors(labels, draws, _rates(sizes))
     assert 30 < is_anchor.sum() < 110                       # about 2 per 100 samples
     before = shardplan.chunk_bounds(["d"] * n, sizes, is_anchor, 100, 10**9, labels)
     named_before = {tuple(keys[a:b]) for a, b in before}
@@ -102,7 +108,7 @@ def test_removing_a_users_run_moves_no_boundary_after_the_next_anchor() -> None:
         keep[gone] = False
         kept_labels = [label for label, flag in zip(labels, keep) if flag]
         kept_keys = [k for k, flag in zip(keys, keep) if flag]
-        kept_anchor = shardplan.run_anchors(kept_labels, draws[keep], shardplan.anchor_rates(sizes[keep], 100, 10**9))
+        kept_anchor = shardplan.run_anchors(kept_labels, draws[keep], _rates(sizes[keep]))
         assert kept_anchor.tolist() == is_anchor[keep].tolist()   # no other run's decision moves
         after = shardplan.chunk_bounds(["d"] * len(kept_keys), sizes[keep], kept_anchor, 100, 10**9, kept_labels)
         changed = [(a, b) for a, b in after if tuple(kept_keys[a:b]) not in named_before]
@@ -132,14 +138,17 @@ def test_a_run_longer_than_a_shard_gets_anchors_inside_so_one_pair_leaving_moves
 
     def shards_of(table, sample_sizes):
         indices, plans = shardplan.plan_split(table, "train", sample_sizes, max_samples=100, max_bytes=10**9,
-                                              min_shards=1, seed=3)
+                                              min_shards=1, seed=3, shards_per_day=1, day_volume={"20230301": 10**6})
         keys = table.column("key").take(indices).to_pylist()
         return {tuple(keys[p.start:p.stop]) for p in plans}
 
     before = shards_of(rows, sizes)
     assert max(len(s) for s in before) <= 100 and len(before) > 30
-    assert shardplan.long_runs(np.array([1] * 3000 + [2] * 3), np.full(3003, 10), 100, 10**9).tolist() == \
-        [True] * 3000 + [False] * 3
+    assert shardplan.long_runs(np.array([1] * 3000 + [2] * 3), np.full(3003, 10), np.zeros(3003), 100,
+                               10**9).tolist() == [True] * 3000 + [False] * 3
+    # a run holding more than LONG_RUN_SHARDS anchors' worth of samples is long even where a shard could hold it
+    assert shardplan.long_runs(np.array([1] * 9 + [2] * 3), np.full(12, 10), np.full(12, 0.5), 100,
+                               10**9).tolist() == [True] * 9 + [False] * 3
     for gone in (5, 1500):
         keep = [i != gone for i in range(n)]
         after = shards_of(rows.filter(pa.array(keep)), sizes[np.array(keep)])
@@ -162,13 +171,56 @@ def test_a_sample_of_rate_one_always_anchors_its_run() -> None:
         == [True, False, False]                    # integer labels work too: 1 - 0.6**2 = 0.64 > 0.5
 
 
-def test_anchor_rate_depends_only_on_the_sample() -> None:
-    draws = np.array([0.001, 0.5, 0.015, 0.03])
-    sizes = np.array([1_000, 1_000, 1_000, 3_000_000])
-    # 2 anchors per 200 samples -> rate 0.01; a 3 MB sample in a 100 MB limit -> rate 0.06
-    rates = shardplan.anchor_rates(sizes, max_samples=200, max_bytes=100_000_000)
-    assert rates.tolist() == [0.01, 0.01, 0.01, 0.06]
-    assert shardplan.run_anchors(["a", "b", "c", "d"], draws, rates).tolist() == [True, False, False, True]
+def test_anchor_rate_depends_only_on_the_sample_and_its_days_volume() -> None:
+    sizes = np.array([100_000, 100_000, 100_000, 1_000, 3_000_000])
+    volume = np.array([640, 6_400, 64, 64, 10**9])
+    rates = shardplan.anchor_rates(sizes, volume, max_samples=200, max_bytes=100_000_000, shards_per_day=64,
+                                   min_shard_bytes=256_000)
+    # 64 shards per 640 rankings: 0.1; per 6,400: 0.01; per 64: 1, but one anchor per 256 KB of samples at most
+    # (100 KB -> 0.390625, 1 KB -> 0.00390625, below the limits' floor of 2 per 200 samples); a 3 MB sample
+    # in a 100 MB limit: 0.06 whatever the volume
+    assert rates.tolist() == [0.1, 0.01, 0.390625, 0.01, 0.06]
+    draws = np.array([0.05, 0.5, 0.2, 0.5, 0.05])
+    assert shardplan.run_anchors(["a", "b", "c", "d", "e"], draws, rates).tolist() == [True, False, True, False, True]
+    assert shardplan.anchor_rates(np.array([10]), np.array([0]), max_samples=10, max_bytes=10**9, shards_per_day=64,
+                                  min_shard_bytes=1).tolist() == [1.0]      # an empty volume counts as one ranking
+
+
+def test_a_late_ban_keeps_the_day_volume_so_no_other_run_moves() -> None:
+    """The day's volume (rankings logged) does not change when a user is banned: every other run keeps
+    its decision, so the shards away from the user's stay byte for byte; with the volume taken from
+    the split itself (a home without rankings) the shard count follows the samples."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    rng = np.random.default_rng(1)
+    users = [f"u{i:04d}" for i in range(300) for _ in range(int(rng.integers(1, 4)))]
+    n = len(users)
+    table = pa.table({
+        "key": [f"{i}_0" for i in range(n)],
+        "dt": pa.array([dt.date(2023, 3, 1)] * n, pa.date32()),
+        "user_id": users,
+        "created_at": pa.array([dt.datetime(2023, 3, 1) + dt.timedelta(seconds=i) for i in range(n)], pa.timestamp("us")),
+    })
+    sizes = np.full(n, 100_000)
+
+    def shards_of(rows, sample_sizes, volume):
+        indices, plans = shardplan.plan_split(rows, "train", sample_sizes, max_samples=10**6, max_bytes=10**12,
+                                              min_shards=1, seed=5, shards_per_day=64, min_shard_bytes=1,
+                                              day_volume=volume)
+        keys = rows.column("key").take(indices).to_pylist()
+        return [tuple(keys[p.start:p.stop]) for p in plans]
+
+    volume = {"20230301": 600}
+    before = shards_of(table, sizes, volume)
+    assert 40 <= len(before) <= 90                         # about 64 x (samples / volume) = 64 x n / 600
+    assert len(shards_of(table, sizes, {"20230301": 6_000})) < len(before) / 5
+    assert len(shards_of(table, sizes, None)) == len(shards_of(table, sizes, {"20230301": n}))
+    for banned in ("u0000", "u0150", "u0299"):
+        keep = np.array([u != banned for u in users])
+        after = shards_of(table.filter(pa.array(keep)), sizes[keep], volume)
+        assert len(set(after) - set(before)) <= 2 and len(set(before) - set(after)) <= 2, banned
 
 
 def test_ensure_min_chunks_halves_the_largest() -> None:
