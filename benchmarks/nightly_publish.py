@@ -1,7 +1,8 @@
 """Nightly publish on a simulated history: bytes written, disk for the kept versions, shard write speed.
 
     python -m benchmarks.nightly_publish [--days 30] [--users 150] [--rankings-per-day 120] [--image-size 512]
-                                         [--max-shard-bytes N] [--max-samples-per-shard N] [--dir DIR] [--json-out F]
+                                         [--max-shard-bytes N] [--max-samples-per-shard N] [--shards-per-day N]
+                                         [--min-shard-bytes N] [--dir DIR] [--json-out F]
 
 512 px by default, the size of the pipeline's training JPEGs (``features.train_size``) and of Pick-a-Pic's
 images: a pair is then ~100 KB, as in the released dataset. At 64 px a pair is ~10 KB and the
@@ -233,7 +234,8 @@ def disk_ratio(home: DataHome) -> dict:
 
 def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_size: int = 512, seed: int = 0,
         root: Path | None = None, workers: int = 0, max_samples_per_shard: int | None = None,
-        max_shard_bytes: int | None = None) -> dict:
+        max_shard_bytes: int | None = None, shards_per_day: int | None = None,
+        min_shard_bytes: int | None = None) -> dict:
     """Build the history, publish two nights (late changes, then plain), return the measurements.
 
     ``max_samples_per_shard`` and ``max_shard_bytes`` (default: the publish defaults) set the shard
@@ -243,12 +245,14 @@ def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_siz
     base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-nightly-publish-"))
     home = DataHome(base / "home")
     sim = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
-    limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes}
+    limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes,
+              "shards_per_day": shards_per_day, "min_shard_bytes": min_shard_bytes}
     config = PublishConfig(workers=workers, **{k: v for k, v in limits.items() if v})
     marker = json.dumps(dataclasses.asdict(sim), sort_keys=True, default=str)
     result: dict = {"benchmark": "nightly_publish", "days": days, "users": users, "rankings_per_day": rankings_per_day,
                     "image_size": image_size, "max_samples_per_shard": config.max_samples_per_shard,
-                    "max_shard_bytes": config.max_shard_bytes,
+                    "max_shard_bytes": config.max_shard_bytes, "shards_per_day": config.shards_per_day,
+                    "min_shard_bytes": config.min_shard_bytes,
                     "cpus": os.cpu_count(), "goals": GOALS}
     started = time.perf_counter()
     history_days = [sim.day(i) for i in range(days - 1)]
@@ -305,11 +309,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--workers", type=int, default=0, help="publish writer processes (0 = one per CPU)")
     parser.add_argument("--max-samples-per-shard", type=int, default=None, help="shard size (default: publish's)")
     parser.add_argument("--max-shard-bytes", type=int, default=None, help="shard byte limit (default: publish's)")
+    parser.add_argument("--shards-per-day", type=int, default=None, help="anchors per day's volume (default: publish's)")
+    parser.add_argument("--min-shard-bytes", type=int, default=None, help="(default: publish's)")
     parser.add_argument("--dir", type=Path, help="work folder, kept: a second run reuses its simulated history")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     result = run(args.days, args.users, args.rankings_per_day, args.image_size, args.seed, args.dir, args.workers,
-                 args.max_samples_per_shard, args.max_shard_bytes)
+                 args.max_samples_per_shard, args.max_shard_bytes, args.shards_per_day, args.min_shard_bytes)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:
