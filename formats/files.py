@@ -181,8 +181,10 @@ def no_space_message(error: BaseException | str, where: Sequence[Path] = (), dat
 # --------------------------------------------------------------------------- tables
 def cast_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     """Select and order ``schema``'s columns from ``table`` and cast; errors name the column."""
-    missing = [name for name in schema.names if name not in table.column_names]
-    extra = [name for name in table.column_names if name not in schema.names]
+    have, want = table.column_names, schema.names
+    have_set, want_set = set(have), set(want)
+    missing = [name for name in want if name not in have_set]
+    extra = [name for name in have if name not in want_set]
     if missing or extra:
         raise ValueError(f"table columns do not match schema: missing {missing}, unexpected {extra}")
     columns = []

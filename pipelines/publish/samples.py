@@ -63,17 +63,24 @@ def prompt_counts(table: pa.Table, split: str) -> pa.Table:
 
 
 def day_volumes(home: DataHome) -> dict[str, int]:
-    """Rankings the app logged on each export day (``YYYY-MM-DD`` -> rows of its ``rankings``
-    partition, read from the Parquet footers): the day's volume that sets its shard sizes
-    (:func:`pipelines.publish.plan.anchor_rates`). Curation never changes it. A home without
-    ingested rankings (a split table imported on its own) has none: each split then counts its own
-    samples of the day."""
+    """Rankings the app logged on each export day: ``YYYY-MM-DD`` -> lines of that day's raw rankings
+    export (``lines_in`` of the ``rankings`` rows of its ``ingest_files`` partition). It sets the day's
+    shard sizes (:func:`pipelines.publish.plan.anchor_rates`) and nothing after the export changes it:
+    not curation, not a late image that lets a quarantined ranking in. A home without ingest records
+    (a split table imported on its own) has none: each split then counts its own samples of the day."""
     out: dict[str, int] = {}
-    root = home.table_dir("rankings")
+    root = home.table_dir("ingest_files")
     for folder in sorted(root.glob("dt=*")) if root.is_dir() else []:
-        files = sorted(folder.glob("*.parquet"))
-        if files:
-            out[folder.name[3:]] = sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        lines = 0
+        found = False
+        for path in sorted(folder.glob("*.parquet")):
+            table = pq.ParquetFile(path).read(columns=["table", "lines_in"])
+            rankings = table.filter(pc.equal(table.column("table"), "rankings"))
+            if rankings.num_rows:
+                found = True
+                lines += int(pc.sum(rankings.column("lines_in")).as_py() or 0)
+        if found:
+            out[folder.name[3:]] = lines
     return out
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from formats.dataset import MEMBERS, UNIQUE_SUFFIX, shard_paths
-from formats.files import sha256_file, write_bytes_atomic, write_parquet_atomic
+from formats.files import PARQUET_OPTIONS, cast_to_schema, write_bytes_atomic
 from pipelines import faults
 from schemas import get_schema
 
@@ -233,6 +234,14 @@ def sidecar_table(rows: pa.Table, tar_name: str, offsets: dict, sizes: dict) -> 
 SIDECAR_PARQUET_OPTIONS = {"write_statistics": ["key", "dt", "user_id"], "use_dictionary": False}
 
 
+def sidecar_bytes(table: pa.Table) -> bytes:
+    """The sidecar's Parquet file, built in memory (it is hashed for the manifest and written in one call)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(cast_to_schema(table, get_schema("shard_samples")), sink,
+                   **{**PARQUET_OPTIONS, **SIDECAR_PARQUET_OPTIONS})
+    return sink.getvalue().to_pybytes()
+
+
 def write_shard(task: ShardTask) -> dict:
     """Write one shard's tar, sidecar and stats (last); return the stats dict.
 
@@ -261,8 +270,8 @@ def write_shard(task: ShardTask) -> dict:
 
     n = rows.num_rows
     try:
-        write_parquet_atomic(sidecar_table(rows, tar_path.name, offsets, sizes), sidecar_path,
-                             get_schema("shard_samples"), SIDECAR_PARQUET_OPTIONS)
+        sidecar = sidecar_bytes(sidecar_table(rows, tar_path.name, offsets, sizes))
+        write_bytes_atomic(sidecar_path, sidecar)
         keys = rows.column("key")
         stats = {
             "split": task.split,
@@ -272,8 +281,8 @@ def write_shard(task: ShardTask) -> dict:
             "jpg_bytes": jpg_bytes,
             "sha256": tar_sha256,
             "sidecar": sidecar_path.name,
-            "sidecar_bytes": sidecar_path.stat().st_size,
-            "sidecar_sha256": sha256_file(sidecar_path),
+            "sidecar_bytes": len(sidecar),
+            "sidecar_sha256": hashlib.sha256(sidecar).hexdigest(),
             "first_key": keys[0].as_py() if n else "",
             "last_key": keys[n - 1].as_py() if n else "",
             "plan_sha256": task.plan_sha256,

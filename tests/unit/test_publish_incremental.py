@@ -189,18 +189,24 @@ def test_with_small_shards_a_late_ban_rewrites_about_one_shard_per_day_the_user_
 
 
 def _write_rankings_volumes(home: DataHome, table: pa.Table, per_day: int) -> dict[str, int]:
-    """Rankings partitions of ``per_day`` rows for each export day of ``table`` (only their row count matters here)."""
+    """``ingest_files`` partitions saying each export day of ``table`` had a raw rankings export of
+    ``per_day`` lines (as the ingest writes them; the other tables' rows must not count)."""
+    from schemas import get_schema
+
     volumes = {}
-    for day in sorted({d.isoformat() for d in table.column("dt").to_pylist()}):
-        path = home.partition_file("rankings", day)
+    for day in sorted({d for d in table.column("dt").to_pylist()}):
+        rows = [{"table": name, "dt": day, "file": f"raw/app_logs/dt={day}/{name}.jsonl.gz", "file_sha256": None,
+                 "file_bytes": 1, "status": "ok", "lines_in": lines, "accepted": lines, "accepted_late_image": 0,
+                 "quarantined": 0} for name, lines in (("images", 7 * per_day), ("rankings", per_day))]
+        path = home.partition_file("ingest_files", day.isoformat())
         path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table({"ranking_id": pa.array(range(per_day), pa.int64())}), path)
-        volumes[day] = per_day
+        pq.write_table(pa.Table.from_pylist(rows, schema=get_schema("ingest_files")), path)
+        volumes[day.isoformat()] = per_day
     return volumes
 
 
 def test_the_days_logged_rankings_set_shard_sizes_and_a_ban_moves_no_other_cut(tmp_path: Path) -> None:
-    """With the app's rankings ingested, a day's volume is its rankings partition's row count: it is
+    """With the app's exports ingested, a day's volume is the line count of its raw rankings export: it is
     in the manifest and the version id, it sets how many shards a day has, and a late ban (which
     leaves the rankings as they were) rewrites only shards of the days the user was active on, at
     most one more than those holding the user's pairs per day."""
