@@ -14,7 +14,8 @@ open shard would pass the sample or byte limit. The volume is what the app logge
 kept, so a user banned later, a cluster merge or a prompt held out changes no other run's rate: a ban
 rewrites about one shard per day the user was active (about ``1 / shards_per_day`` of the day,
 however many pairs they ranked), plus the shard before theirs when their run had started one (it
-takes over the followers); no boundary after the next anchor moves. A run holding more than
+takes over the followers) and, where a limit rather than an anchor had cut after them, the shards up
+to the next anchor; no boundary after the next anchor moves. A run holding more than
 ``LONG_RUN_SHARDS`` anchors' worth of samples (a bot's day) gets anchors inside, by key. A shard's
 name is made of its split, segment and a digest of its first key, never of a position, so an
 unchanged shard keeps its name and bytes.

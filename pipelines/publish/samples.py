@@ -78,7 +78,10 @@ def day_volumes(home: DataHome) -> dict[str, int]:
             rankings = table.filter(pc.equal(table.column("table"), "rankings"))
             if rankings.num_rows:
                 found = True
-                lines += int(pc.sum(rankings.column("lines_in")).as_py() or 0)
+                if rankings.column("lines_in").null_count:   # outside the contract: no volume rather than 0
+                    found, lines = False, 0
+                    break
+                lines += int(pc.sum(rankings.column("lines_in")).as_py())
         if found:
             out[folder.name[3:]] = lines
     return out
@@ -119,7 +122,7 @@ def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, sta
     split_column = samples.column("split")
     all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[jpgs.positions(samples.column("jpg_0_key"))],
                                                     jpgs.sizes[jpgs.positions(samples.column("jpg_1_key"))])
-    segment_volumes = {day.replace("-", ""): int(count) for day, count in (volumes or day_volumes(home)).items()}
+    segment_volumes = {day.replace("-", ""): int(count) for day, count in (volumes if volumes is not None else day_volumes(home)).items()}
     for split in splits_in(samples):
         members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
         part = _take(samples, pa.array(members))

@@ -441,3 +441,60 @@ def test_the_trainer_draws_shards_by_their_sample_counts(tmp_path: Path) -> None
     total = sum(sizes.values())
     for name, count in sizes.items():
         assert abs(draws.count(name) / len(draws) - count / total) < 0.03, (name, draws.count(name), count)
+
+
+def test_day_volumes_read_the_raw_rankings_line_counts(tmp_path: Path) -> None:
+    """Only the rankings rows count; a day without ingest records, or with a null count (outside the
+    contract), has no volume (its splits fall back to their own counts), never a volume of 0."""
+    import datetime as dt
+
+    from pipelines.publish.samples import day_volumes
+    from schemas import get_schema
+
+    home = DataHome(tmp_path / "h")
+    assert day_volumes(home) == {}
+
+    def write(day: str, counts: dict[str, int | None]) -> None:
+        rows = [{"table": name, "dt": dt.date.fromisoformat(day), "file": f"raw/app_logs/dt={day}/{name}.jsonl.gz",
+                 "file_sha256": None, "file_bytes": 1, "status": "ok", "lines_in": lines, "accepted": 0,
+                 "accepted_late_image": 0, "quarantined": 0} for name, lines in counts.items()]
+        path = home.partition_file("ingest_files", day)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        schema = get_schema("ingest_files")
+        schema = schema.set(schema.get_field_index("lines_in"), schema.field("lines_in").with_nullable(True))
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+
+    write("2023-03-01", {"users": 5, "images": 200, "rankings": 120, "downloads": 9})
+    write("2023-03-02", {"rankings": 0})
+    write("2023-03-03", {"rankings": None})
+    write("2023-03-04", {"images": 3})
+    assert day_volumes(home) == {"2023-03-01": 120, "2023-03-02": 0}
+
+
+def test_the_plan_uses_the_volumes_the_version_id_saw_even_when_there_were_none(tmp_path: Path,
+                                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """An ingest landing between the version id and the plan must not change the plan: the volumes
+    read once (none here) are the ones planned with, so the same id always means the same shards."""
+    from pipelines.publish import samples
+
+    home, full = _history(tmp_path / "h")
+    calls = []
+    real = samples.day_volumes
+
+    def racing(h):
+        calls.append(1)
+        if len(calls) > 1:       # a second read would see a day's ingest records appear
+            _write_rankings_volumes(h, full, 5)
+        return real(h)
+
+    monkeypatch.setattr(samples, "day_volumes", racing)
+    raced = _publish_nightly(home, full, PublishConfig(workers=1, fsync=False))
+    assert len(calls) == 1
+    monkeypatch.undo()
+    clean = tmp_path / "clean"
+    shutil.copytree(home.root, clean, symlinks=True)
+    other = DataHome(clean)
+    shutil.rmtree(other.datasets)
+    shutil.rmtree(other.table_dir("ingest_files"), ignore_errors=True)
+    again = publish_dataset(other, PublishConfig(workers=1, fsync=False))
+    assert again.version == raced.version and again.shards == raced.shards
