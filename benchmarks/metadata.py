@@ -169,7 +169,7 @@ def sidecars_without_images(home: DataHome, out: Path, config: PublishConfig = P
     jpgs = jpgdigests.JpgIndex(unique.column("train_jpg_key").combine_chunks(),
                                unique.column("train_jpg_bytes_max").to_numpy(), unique.column("sha256_max").combine_chunks(),
                                0, 0)
-    tasks = samples.plan_tasks(home, samples.sample_table(table, jpgs), jpgs, out, config)
+    tasks = samples.plan_tasks(home, samples.sample_table(table, jpgs), jpgs, out, config, samples.day_volumes(home))
     for split in {t.split for t in tasks}:
         (out / split).mkdir(parents=True, exist_ok=True)
     workers = config.workers or os.cpu_count() or 1

@@ -20,7 +20,7 @@ CODE_VERSIONS: dict[str, str] = {
     "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
     "publish": "4",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
-                          # 4: pickapic-wds/4: a day is cut into shards_per_day shards at its heaviest-drawn runs
+                          # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

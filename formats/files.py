@@ -101,14 +101,12 @@ def write_bytes_atomic(final: Path, data: bytes, private: bool = False) -> None:
         tmp.write_bytes(data)
 
 
-def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None = None,
-                         options: dict | None = None) -> Path:
-    """Cast ``table`` to ``schema`` (when given) and write it to ``final`` atomically
-    (``PARQUET_OPTIONS``, with ``options`` over them)."""
+def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None = None) -> Path:
+    """Cast ``table`` to ``schema`` (when given) and write it to ``final`` atomically."""
     if schema is not None:
         table = cast_to_schema(table, schema)
     with atomic_path(final) as tmp:
-        pq.write_table(table, tmp, **{**PARQUET_OPTIONS, **(options or {})})
+        pq.write_table(table, tmp, **PARQUET_OPTIONS)
     return Path(final)
 
 

@@ -201,7 +201,7 @@ def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int,
 
 
 def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_samples: int, max_bytes: int,
-               min_shards: int, seed: int, shards_per_day: int = 64, min_shard_bytes: int = 256 * 1024,
+               min_shards: int, seed: int, shards_per_day: int, min_shard_bytes: int,
                day_volume: dict[str, int] | None = None) -> tuple[pa.Array, list[ShardPlan]]:
     """The order of a split's samples and its shards; ``sample_bytes`` is aligned with ``samples``.
 

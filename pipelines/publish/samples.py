@@ -71,19 +71,13 @@ def day_volumes(home: DataHome) -> dict[str, int]:
     out: dict[str, int] = {}
     root = home.table_dir("ingest_files")
     for folder in sorted(root.glob("dt=*")) if root.is_dir() else []:
-        lines = 0
-        found = False
-        for path in sorted(folder.glob("*.parquet")):
-            table = pq.ParquetFile(path).read(columns=["table", "lines_in"])
-            rankings = table.filter(pc.equal(table.column("table"), "rankings"))
-            if rankings.num_rows:
-                found = True
-                if rankings.column("lines_in").null_count:   # outside the contract: no volume rather than 0
-                    found, lines = False, 0
-                    break
-                lines += int(pc.sum(rankings.column("lines_in")).as_py())
-        if found:
-            out[folder.name[3:]] = lines
+        files = sorted(folder.glob("*.parquet"))
+        if not files:
+            continue
+        table = pa.concat_tables(pq.ParquetFile(path).read(columns=["table", "lines_in"]) for path in files)
+        lines = table.filter(pc.equal(table.column("table"), "rankings")).column("lines_in")
+        if len(lines) and not lines.null_count:   # a null is outside the contract: no volume rather than 0
+            out[folder.name[3:]] = int(pc.sum(lines).as_py())
     return out
 
 
@@ -114,15 +108,16 @@ def version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
 
 
 def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, staging: Path,
-               config: PublishConfig, volumes: dict[str, int] | None = None) -> list[shards.ShardTask]:
+               config: PublishConfig, volumes: dict[str, int]) -> list[shards.ShardTask]:
     """One task per shard of the content-stable plan (:mod:`pipelines.publish.plan`), with its digest.
 
-    ``volumes``: :func:`day_volumes` as the version id saw them (read from the home when not given)."""
+    ``volumes``: :func:`day_volumes` as the version id saw them (read once, so the same id always
+    means the same shards)."""
     tasks = []
     split_column = samples.column("split")
     all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[jpgs.positions(samples.column("jpg_0_key"))],
                                                     jpgs.sizes[jpgs.positions(samples.column("jpg_1_key"))])
-    segment_volumes = {day.replace("-", ""): int(count) for day, count in (volumes if volumes is not None else day_volumes(home)).items()}
+    segment_volumes = {day.replace("-", ""): count for day, count in volumes.items()}
     for split in splits_in(samples):
         members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
         part = _take(samples, pa.array(members))

@@ -92,7 +92,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                                  workers=config.worker_count())
     meta_sources = samples.meta_sources(home)
     sources = source_digests(home, meta_sources)
-    sources["rankings_per_day"] = {day: str(count) for day, count in samples.day_volumes(home).items()}
+    volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same
+    sources["rankings_per_day"] = {day: str(count) for day, count in volumes.items()}
     version = version_id(table, source, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
@@ -114,7 +115,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
             leftover.unlink()
         try:
-            written = _stage_version(home, table, jpgs, meta_sources, sources, staging, version, config, progress)
+            written = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version, config,
+                                     progress)
         except BaseException as exc:
             clean_failed_staging(staging)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc):
@@ -131,11 +133,10 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
-                   sources: dict[str, dict[str, str]], staging: Path, version: str, config: PublishConfig,
-                   progress: Progress | None) -> ShardsDone:
+                   sources: dict[str, dict[str, str]], volumes: dict[str, int], staging: Path, version: str,
+                   config: PublishConfig, progress: Progress | None) -> ShardsDone:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts."""
-    tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config,
-                       {day: int(count) for day, count in sources["rankings_per_day"].items()})
+    tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
     previous = previous_versions(home, version) if config.reuse_shards else []
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest

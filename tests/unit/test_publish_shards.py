@@ -138,7 +138,8 @@ def test_a_run_longer_than_a_shard_gets_anchors_inside_so_one_pair_leaving_moves
 
     def shards_of(table, sample_sizes):
         indices, plans = shardplan.plan_split(table, "train", sample_sizes, max_samples=100, max_bytes=10**9,
-                                              min_shards=1, seed=3, shards_per_day=1, day_volume={"20230301": 10**6})
+                                              min_shards=1, seed=3, shards_per_day=1, min_shard_bytes=256 * 1024,
+                                              day_volume={"20230301": 10**6})
         keys = table.column("key").take(indices).to_pylist()
         return {tuple(keys[p.start:p.stop]) for p in plans}
 
@@ -278,7 +279,7 @@ def test_plan_split_orders_by_day_then_user_then_time() -> None:
                                pa.timestamp("us")),
     })
     sizes = np.full(n, 2048)
-    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=10**6, max_bytes=10**9, min_shards=2, seed=1)
+    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=10**6, max_bytes=10**9, min_shards=2, seed=1, shards_per_day=64, min_shard_bytes=256 * 1024)
     ordered = rows.take(indices)
     days = ordered.column("dt").to_pylist()
     assert days == sorted(days) and [p.name.split("-")[2] for p in plans] == ["20230301", "20230302", "20230303"]
@@ -288,7 +289,7 @@ def test_plan_split_orders_by_day_then_user_then_time() -> None:
         assert users == sorted(users) and len(set(users)) > 1
         assert list(zip(users, times)) == sorted(zip(users, times))
     # small shards: a user's pairs of one day still share one shard (no anchor inside a run)
-    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=3, max_bytes=10**9, min_shards=2, seed=1)
+    indices, plans = shardplan.plan_split(rows, "train", sizes, max_samples=3, max_bytes=10**9, min_shards=2, seed=1, shards_per_day=64, min_shard_bytes=256 * 1024)
     ordered = rows.take(indices)
     shard_of = {}
     for number, plan in enumerate(plans):
@@ -298,10 +299,11 @@ def test_plan_split_orders_by_day_then_user_then_time() -> None:
     assert len(plans) > 3
     # a split of fewer days than min_shards: its largest shards are halved (still one day each)
     _, few = shardplan.plan_split(rows.slice(0, 2), "test_unique", sizes[:2], max_samples=10**6,
-                                  max_bytes=10**9, min_shards=4, seed=1)
+                                  max_bytes=10**9, min_shards=4, seed=1, shards_per_day=64, min_shard_bytes=256 * 1024)
     assert len(few) == 2
     _, halved = shardplan.plan_split(rows.filter(pa.array([i % 3 == 0 for i in range(n)])), "test_unique",
-                                     sizes[: (n + 2) // 3], max_samples=10**6, max_bytes=10**9, min_shards=4, seed=1)
+                                     sizes[: (n + 2) // 3], max_samples=10**6, max_bytes=10**9, min_shards=4, seed=1,
+                                     shards_per_day=64, min_shard_bytes=256 * 1024)
     assert len(halved) == 4 and {p.name.split("-")[2] for p in halved} == {"20230301"}
 
 
