@@ -18,9 +18,10 @@ CODE_VERSIONS: dict[str, str] = {
     "decisions": "1",
     "pairs": "1",
     "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
-    "publish": "4",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
+                          # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

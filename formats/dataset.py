@@ -25,7 +25,7 @@ from pathlib import Path
 from formats.files import sha256_file
 from formats.home import DataHome
 
-FORMAT_VERSION = "pickapic-wds/4"     # bump when the bytes written for equal input change
+FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
 UNIQUE_SUFFIX = "_u"                  # unique splits repeat parent rows: their keys get a suffix
 LATEST = "latest"

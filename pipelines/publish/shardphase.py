@@ -35,19 +35,20 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
     done = len(tasks) - len(todo)
     if progress:
         progress("shards", done, len(tasks))
-    todo.sort(key=lambda i: -tasks[i].rows.num_rows)   # largest first: small shards fill the pool's tail
     started = time.perf_counter()
     workers = max(1, min(config.worker_count(), len(todo)))
+    batches = make_batches([tasks[i].rows.num_rows for i in todo], workers)
     if workers == 1:
-        for i in todo:
-            results[i] = shards.write_shard(tasks[i])
-            done += 1
+        for batch in batches:
+            for i, stats in zip(batch, shards.write_batch([tasks[todo[b]] for b in batch])):
+                results[todo[i]] = stats
+            done += len(batch)
             if progress:
                 progress("shards", done, len(tasks))
     else:
         context = multiprocessing.get_context("fork")
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            futures = {pool.submit(shards.write_shard, tasks[i]): i for i in todo}
+            futures = {pool.submit(shards.write_batch, [tasks[todo[b]] for b in batch]): batch for batch in batches}
             pending = set(futures)
             while pending:
                 finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
@@ -57,14 +58,49 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
                         for other in pending:
                             other.cancel()
                         raise error
-                    results[futures[future]] = future.result()
+                    for b, stats in zip(futures[future], future.result()):
+                        results[todo[b]] = stats
+                    done += len(futures[future])
                 if progress:
-                    progress("shards", done + len(todo) - len(pending), len(tasks))
+                    progress("shards", done, len(tasks))
     out.seconds = time.perf_counter() - started
     out.written = len(todo)
     out.bytes_written = sum(results[i]["num_bytes"] + results[i]["sidecar_bytes"] for i in todo)
     out.stats = [r for r in results if r is not None]
     return out
+
+
+BATCHES_PER_WORKER = 4     # enough batches that the pool's workers finish close together
+MAX_BATCH_SHARDS = 64      # a batch holds its tars and sidecars open until their fsync round
+
+
+def make_batches(weights: list[int], workers: int) -> list[list[int]]:
+    """Consecutive positions of the shards to write, in batches of about equal weight (samples), heaviest first.
+
+    A batch is what one worker writes in one go (:func:`shards.write_batch`: one JSON and sidecar
+    build, one fsync round before its commit markers); about ``BATCHES_PER_WORKER`` per worker, so a
+    worker that drew a heavy batch is not left alone at the end, and never fewer batches than workers
+    (or shards). A shard heavier than the target is a batch of its own.
+    """
+    if not weights:
+        return []
+    target = max(1, -(-sum(weights) // (workers * BATCHES_PER_WORKER)))
+    batches: list[list[int]] = [[]]
+    weight = 0
+    for position, w in enumerate(weights):
+        if batches[-1] and (weight + w > target or len(batches[-1]) >= MAX_BATCH_SHARDS):
+            batches.append([])
+            weight = 0
+        batches[-1].append(position)
+        weight += w
+    while len(batches) < min(len(weights), workers):    # a few heavy shards took whole batches: split one
+        batches.sort(key=lambda batch: (len(batch) > 1, sum(weights[b] for b in batch)))
+        batch = batches.pop()
+        half, cut = sum(weights[b] for b in batch) / 2, 1
+        while cut < len(batch) - 1 and sum(weights[b] for b in batch[:cut + 1]) <= half:
+            cut += 1
+        batches += [batch[:cut], batch[cut:]]
+    return sorted(batches, key=lambda batch: -sum(weights[b] for b in batch))
 
 
 def clean_failed_staging(staging: Path) -> None:

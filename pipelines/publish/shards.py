@@ -16,6 +16,8 @@ import errno
 import hashlib
 import json
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.dataset import MEMBERS, UNIQUE_SUFFIX, shard_paths
-from formats.files import PARQUET_OPTIONS, cast_to_schema, write_bytes_atomic
+from formats.files import PARQUET_OPTIONS, cast_to_schema
 from pipelines import faults
 from schemas import get_schema
 
@@ -143,9 +145,9 @@ def _check_finite(rows: pa.Table) -> None:
     """NaN / Infinity cannot be JSON: refuse them, naming the first sample that holds one."""
     for field in rows.schema:
         if pa.types.is_floating(field.type):
-            finite = pc.is_finite(rows.column(field.name))
-            if not pc.all(pc.fill_null(finite, True)).as_py():
-                bad = rows.filter(pc.invert(pc.fill_null(finite, True))).column("key")[0].as_py()
+            finite = pc.is_finite(rows.column(field.name))   # null where the value is null: not a failure
+            if not pc.all(finite, skip_nulls=True).as_py():
+                bad = rows.filter(pc.invert(finite)).column("key")[0].as_py()   # the filter drops nulls
                 raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
 
 
@@ -215,11 +217,15 @@ def _duckdb():
 def sidecar_table(rows: pa.Table, tar_name: str, offsets: dict, sizes: dict) -> pa.Table:
     """A shard's sidecar: per sample its key, shard, position, each member's offset and size (per
     ``MEMBERS``, sequences in sample order) and every sample column."""
-    n = rows.num_rows
+    return _sidecars_table(rows, [tar_name], [rows.num_rows], offsets, sizes)
+
+
+def _sidecars_table(rows: pa.Table, tar_names: list[str], counts: list[int], offsets: dict, sizes: dict) -> pa.Table:
+    """The sidecar rows of consecutive shards at once (``counts[i]`` samples in ``tar_names[i]``)."""
     return pa.table({
         "key": rows.column("key"),
-        "shard": pa.array([tar_name] * n, pa.string()),
-        "sample_index": pa.array(range(n), pa.int32()),
+        "shard": pa.array([name for name, n in zip(tar_names, counts) for _ in range(n)], pa.string()),
+        "sample_index": pa.array([i for n in counts for i in range(n)], pa.int32()),
         **{f"{prefix}_{what}": pa.array(values[m], pa.int64())
            for m, prefix in zip(MEMBERS, ("jpg_0", "jpg_1", "json", "txt"))
            for what, values in (("offset", offsets), ("size", sizes))},
@@ -229,115 +235,245 @@ def sidecar_table(rows: pa.Table, tar_name: str, offsets: dict, sizes: dict) -> 
 
 # A sidecar holds a shard's few samples: min/max statistics of its 37 columns would be 40% of the
 # file. They are kept for the columns a query over every sidecar selects on, so DuckDB still skips
-# the files without a given key, day or user from their footers. No dictionary pages: on a few rows
-# zstd alone gives smaller files (8.2 vs 9.5 KB) and writes them in 0.9 ms instead of 1.4.
-SIDECAR_PARQUET_OPTIONS = {"write_statistics": ["key", "dt", "user_id"], "use_dictionary": False}
+# the files without a given key, day or user from their footers. No dictionary pages and no
+# compression: on a few rows neither makes the file much smaller (zstd: 8.3 KB instead of 8.8 for a
+# 16-sample sidecar), and zstd alone more than doubled the time to write one (1.2 ms instead of 0.55).
+SIDECAR_PARQUET_OPTIONS = {"write_statistics": ["key", "dt", "user_id"], "use_dictionary": False,
+                           "compression": "none"}
 
 
 def sidecar_bytes(table: pa.Table) -> bytes:
     """The sidecar's Parquet file, built in memory (it is hashed for the manifest and written in one call)."""
+    return _parquet_bytes(cast_to_schema(table, get_schema("shard_samples")))
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """``table`` (already in the sidecar schema) as a sidecar Parquet file."""
     sink = pa.BufferOutputStream()
-    pq.write_table(cast_to_schema(table, get_schema("shard_samples")), sink,
-                   **{**PARQUET_OPTIONS, **SIDECAR_PARQUET_OPTIONS})
+    pq.write_table(table, sink, **{**PARQUET_OPTIONS, **SIDECAR_PARQUET_OPTIONS})
     return sink.getvalue().to_pybytes()
 
 
 def write_shard(task: ShardTask) -> dict:
-    """Write one shard's tar, sidecar and stats (last); return the stats dict.
+    """Write one shard's tar, sidecar and stats (last); return the stats dict (see :func:`write_batch`)."""
+    return write_batch([task])[0]
 
-    A shard whose stats file already names the same plan and whose files have the recorded
-    sizes is kept as is: that is how a rerun after a crash resumes. Every file is written under a
-    temporary name and renamed (a file may be hard-linked from an older version: never write one in
-    place); on any error the temporary tar is removed, and a full disk is reported with the path.
+
+def write_batch(tasks: list[ShardTask]) -> list[dict]:
+    """Write the tars, sidecars and stats of several shards; return their stats dicts, in order.
+
+    A shard whose stats file already names the same plan and whose files have the recorded sizes is
+    kept as is: that is how a rerun after a crash resumes. The stats file is the commit marker, so it
+    is written only after the shard's tar and sidecar are on disk. A :class:`_Committer` thread does
+    that while this one goes on writing: it fsyncs the files handed to it (all that are waiting, in
+    one round: the first fsync commits the journal for all of them) and then writes the markers whose
+    files are synced. Markers get no fsync of their own: a lost or torn one only means the shard is
+    written again, and the publish fsyncs the whole version before it appears. The batch's JSON
+    members and its sidecar tables are built in one go, not per shard.
+
+    Every file is written under a temporary name and renamed (a file may be hard-linked from an
+    older version: never write one in place); on any error the temporary files are removed, and a
+    full disk is reported with the path.
     """
-    tar_path, sidecar_path, stats_path = task.paths()
-    existing = _committed_stats(stats_path, task.plan_sha256)
-    if existing is not None:
-        return existing
-    tar_path.parent.mkdir(parents=True, exist_ok=True)
-    rows = task.rows
-    tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp")
+    results: list[dict | None] = [None] * len(tasks)
+    todo = []
+    for i, task in enumerate(tasks):
+        results[i] = _committed_stats(task.paths()[2], task.plan_sha256)
+        if results[i] is None:
+            todo.append(i)
+    if not todo:
+        return results  # type: ignore[return-value]
+    rows = pa.concat_tables([tasks[i].rows for i in todo]) if len(todo) > 1 else tasks[todo[0]].rows
+    texts = sample_json(rows).to_pylist()
+    committer = _Committer()
     try:
-        position, jpg_bytes, tar_sha256, offsets, sizes = _write_tar(rows, task.home_root, tmp_tar, task.fsync)
-        os.replace(tmp_tar, tar_path)
+        written = []
+        offsets: dict[str, list[int]] = {m: [] for m in MEMBERS}
+        sizes: dict[str, list[int]] = {m: [] for m in MEMBERS}
+        start = 0
+        for i in todo:
+            task = tasks[i]
+            n = task.rows.num_rows
+            tar_path = task.paths()[0]
+            tar_path.parent.mkdir(parents=True, exist_ok=True)
+            tar_info, fd = _write_new(tar_path, lambda fd: _write_tar(task.rows, texts[start:start + n], task.home_root,
+                                                                      fd, offsets, sizes, task.fsync), task.fsync)
+            committer.put(fd, tar_path)
+            faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
+            written.append((i, tar_info))
+            start += n
+        tables = cast_to_schema(_sidecars_table(rows, [tasks[i].paths()[0].name for i in todo],
+                                                [tasks[i].rows.num_rows for i in todo], offsets, sizes),
+                                get_schema("shard_samples"))
+        start = 0
+        for i, (position, jpg_bytes, tar_sha256) in written:
+            committer.check()
+            task = tasks[i]
+            n = task.rows.num_rows
+            tar_path, sidecar_path, stats_path = task.paths()
+            sidecar = _parquet_bytes(tables.slice(start, n))
+            start += n
+            _, fd = _write_new(sidecar_path, lambda fd: _write_all(fd, [sidecar], len(sidecar)), task.fsync)
+            keys = task.rows.column("key")
+            results[i] = {
+                "split": task.split,
+                "shard": tar_path.name,
+                "num_samples": n,
+                "num_bytes": position,
+                "jpg_bytes": jpg_bytes,
+                "sha256": tar_sha256,
+                "sidecar": sidecar_path.name,
+                "sidecar_bytes": len(sidecar),
+                "sidecar_sha256": hashlib.sha256(sidecar).hexdigest(),
+                "first_key": keys[0].as_py() if n else "",
+                "last_key": keys[n - 1].as_py() if n else "",
+                "plan_sha256": task.plan_sha256,
+            }
+            committer.put(fd, sidecar_path, stats_path, (json.dumps(results[i], indent=1, sort_keys=True) + "\n").encode())
+    except BaseException:
+        committer.close(raise_error=False)   # the shards completed before the error still get their markers
+        raise
+    committer.close()
+    return results  # type: ignore[return-value]
+
+
+class _Committer:
+    """A thread that fsyncs a writer's finished files and then writes the commit markers that follow them.
+
+    ``put(fd, path)`` hands over the open file written at ``path`` to fsync and close (``fd`` None:
+    nothing to sync); ``put(fd, path, marker, data)`` also a marker to write at ``marker`` once that
+    file and everything handed over before it are synced. The first error stops all further syncing
+    and every later marker; ``check`` and ``close`` raise it in the writer (a full disk names its file).
+    """
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="shard-committer", daemon=True)
+        self._thread.start()
+
+    def put(self, fd: int | None, path: Path, marker: Path | None = None, data: bytes = b"") -> None:
+        self._queue.put((fd, path, marker, data))
+
+    def check(self) -> None:
+        """Raise the thread's error, if it had one."""
+        if self._error is not None:
+            raise self._error
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until everything handed over is synced and committed (or the thread failed)."""
+        self._queue.put(None)
+        self._thread.join()
+        if raise_error:
+            self.check()
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            items = [self._queue.get()]
+            with contextlib.suppress(queue.Empty):
+                while items[-1] is not None:
+                    items.append(self._queue.get_nowait())
+            if items[-1] is None:
+                items.pop()
+                done = True
+            for fd, path, _, _ in items:
+                if fd is None:
+                    continue
+                try:
+                    if self._error is None:
+                        os.fsync(fd)
+                except OSError as exc:
+                    self._error = no_space_error(exc, path) if exc.errno == errno.ENOSPC else exc
+                finally:
+                    os.close(fd)
+            for _, _, marker, data in items:
+                if marker is None or self._error is not None:
+                    continue
+                try:
+                    _write_new(marker, lambda fd: _write_all(fd, [data], len(data)), False)
+                except BaseException as exc:   # noqa: BLE001 - handed to the writer thread
+                    self._error = exc
+
+
+_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write_new(path: Path, write, keep_open: bool):
+    """Write a new file at ``path``: ``write(fd)`` into ``.<name>.tmp`` beside it, then rename over ``path``.
+
+    Returns ``(write's result, fd)``: the fd still open when ``keep_open`` (the caller fsyncs and
+    closes it), else None. The temporary file is removed on any error (a full disk names ``path``).
+    A leftover temporary file of a killed writer is replaced, never written into. The file gets the
+    umask's mode.
+    """
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, _CREATE_NEW, 0o666)
+    except FileExistsError:
+        tmp.unlink()
+        fd = os.open(tmp, _CREATE_NEW, 0o666)
+    try:
+        result = write(fd)
+        os.replace(tmp, path)
     except BaseException as exc:
+        os.close(fd)
         with contextlib.suppress(FileNotFoundError):
-            tmp_tar.unlink()
+            tmp.unlink()
         if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
-            raise no_space_error(exc, tar_path) from exc
+            raise no_space_error(exc, path) from exc
         raise
-    faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
-
-    n = rows.num_rows
-    try:
-        sidecar = sidecar_bytes(sidecar_table(rows, tar_path.name, offsets, sizes))
-        write_bytes_atomic(sidecar_path, sidecar)
-        keys = rows.column("key")
-        stats = {
-            "split": task.split,
-            "shard": tar_path.name,
-            "num_samples": n,
-            "num_bytes": position,
-            "jpg_bytes": jpg_bytes,
-            "sha256": tar_sha256,
-            "sidecar": sidecar_path.name,
-            "sidecar_bytes": len(sidecar),
-            "sidecar_sha256": hashlib.sha256(sidecar).hexdigest(),
-            "first_key": keys[0].as_py() if n else "",
-            "last_key": keys[n - 1].as_py() if n else "",
-            "plan_sha256": task.plan_sha256,
-        }
-        write_bytes_atomic(stats_path, (json.dumps(stats, indent=1, sort_keys=True) + "\n").encode())
-    except OSError as exc:
-        if exc.errno == errno.ENOSPC:
-            raise no_space_error(exc, Path(exc.filename) if exc.filename else sidecar_path) from exc
-        raise
-    return stats
+    if keep_open:
+        return result, fd
+    os.close(fd)
+    return result, None
 
 
-def _write_tar(rows: pa.Table, home: str, path: Path, fsync: bool) -> tuple[int, int, str, dict, dict]:
-    """Write the tar of ``rows`` to ``path``: (bytes, JPEG bytes, sha256, member offsets, member sizes)."""
-    offsets: dict[str, list[int]] = {m: [] for m in MEMBERS}
-    sizes: dict[str, list[int]] = {m: [] for m in MEMBERS}
+def _write_tar(rows: pa.Table, texts: list[str], home: str, fd: int, offsets: dict, sizes: dict,
+               writeback: bool) -> tuple[int, int, str]:
+    """Write the tar of ``rows`` (JSON members ``texts``) to ``fd``: (bytes, JPEG bytes, sha256).
+
+    Appends each member's offset and size to ``offsets`` / ``sizes``. With ``writeback`` the disk
+    is started on every ``WRITEBACK_EVERY`` bytes and on the whole file at the end (the caller fsyncs).
+    """
     digest = hashlib.sha256()
     position = flushed = 0
     jpg_bytes = 0
-    with _open_output(path) as out:
-        columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
-        for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, sample_json(rows).to_pylist()):
-            payloads = (
-                _read_jpg(home, jpg_0_key, key),
-                _read_jpg(home, jpg_1_key, key),
-                text.encode("utf-8"),
-                caption.encode("utf-8"),
-            )
-            pieces = []
-            start = position
-            for member, data in zip(MEMBERS, payloads):
-                size = len(data)
-                pieces.append(tar_header(f"{key}.{member}".encode(), size))
-                pieces.append(data)
-                pad = -size % BLOCK
-                if pad:
-                    pieces.append(_ZEROS[:pad])
-                offsets[member].append(position + BLOCK)
-                sizes[member].append(size)
-                position += BLOCK + size + pad
-            jpg_bytes += len(payloads[0]) + len(payloads[1])
-            for piece in pieces:
-                digest.update(piece)
-            _write_all(out.fileno(), pieces, position - start)  # one writev per sample: no join copies the JPEGs
-            if fsync and position - flushed >= WRITEBACK_EVERY:
-                start_writeback(out.fileno(), flushed, position - flushed)
-                flushed = position
-        end = tar_size(position) - position
-        tail = bytes(end)
-        digest.update(tail)
-        _write_all(out.fileno(), [tail], end)
-        position += end
-        if fsync:
-            os.fsync(out.fileno())
-    return position, jpg_bytes, digest.hexdigest(), offsets, sizes
+    columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
+    for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, texts):
+        payloads = (
+            _read_jpg(home, jpg_0_key, key),
+            _read_jpg(home, jpg_1_key, key),
+            text.encode("utf-8"),
+            caption.encode("utf-8"),
+        )
+        pieces = []
+        start = position
+        for member, data in zip(MEMBERS, payloads):
+            size = len(data)
+            pieces.append(tar_header(f"{key}.{member}".encode(), size))
+            pieces.append(data)
+            pad = -size % BLOCK
+            if pad:
+                pieces.append(_ZEROS[:pad])
+            offsets[member].append(position + BLOCK)
+            sizes[member].append(size)
+            position += BLOCK + size + pad
+        jpg_bytes += len(payloads[0]) + len(payloads[1])
+        for piece in pieces:
+            digest.update(piece)
+        _write_all(fd, pieces, position - start)  # one writev per sample: no join copies the JPEGs
+        if writeback and position - flushed >= WRITEBACK_EVERY:
+            start_writeback(fd, flushed, position - flushed)
+            flushed = position
+    end = tar_size(position) - position
+    tail = bytes(end)
+    digest.update(tail)
+    _write_all(fd, [tail], end)
+    position += end
+    if writeback:
+        start_writeback(fd, flushed, position - flushed)
+    return position, jpg_bytes, digest.hexdigest()
 
 
 WRITEBACK_EVERY = 8 << 20          # start the disk on every 8 MiB written, as RocksDB's bytes_per_sync does
@@ -382,11 +518,6 @@ def _write_all(fd: int, pieces: list[bytes], total: int) -> None:
         written = os.writev(fd, views[:IOV_MAX])
 
 
-def _open_output(path: Path):
-    """The tar's output file, unbuffered: the writer hands it whole samples."""
-    return open(path, "wb", buffering=0)
-
-
 def no_space_error(exc: OSError, path: Path) -> OSError:
     """``OSError(ENOSPC)`` saying which file could not be written (the caller chains ``exc``)."""
     return OSError(errno.ENOSPC, f"no space left on device at {path}")
@@ -408,12 +539,16 @@ def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
     """The stats of a shard already written for the same plan with intact file sizes, else None."""
     if not stats_path.is_file():
         return None
-    stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    tar_path = stats_path.with_name(stats["shard"])
-    sidecar_path = stats_path.with_name(stats["sidecar"])
-    if (stats.get("plan_sha256") == plan_sha256 and tar_path.is_file() and sidecar_path.is_file()
-            and tar_path.stat().st_size == stats["num_bytes"] and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
-        return stats
+    try:
+        stats = json.loads(stats_path.read_text(encoding="utf-8"))
+        tar_path = stats_path.with_name(stats["shard"])
+        sidecar_path = stats_path.with_name(stats["sidecar"])
+        if (stats.get("plan_sha256") == plan_sha256 and tar_path.is_file() and sidecar_path.is_file()
+                and tar_path.stat().st_size == stats["num_bytes"]
+                and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
+            return stats
+    except (ValueError, KeyError, TypeError):   # a marker torn by a power loss (it has no fsync of its own)
+        return None
     return None
 
 

@@ -178,19 +178,22 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
     home = make_home(tmp_path / "h", num_rankings=100, seed=1)
     first = publish_dataset(home, FAST)
     make_home(home.root, num_rankings=120, seed=2)          # the next day's inputs
-    real_write = shards.write_shard
+    real_write = shards.write_batch
     calls = []
 
-    def flaky(task):
-        calls.append(task.name)
-        if len(calls) == 7:
-            # half a tar on disk, then the crash
-            (Path(task.out_dir)).mkdir(parents=True, exist_ok=True)
-            task.paths()[0].write_bytes(b"partial")
-            raise RuntimeError("simulated crash")
-        return real_write(task)
+    def flaky(batch):
+        results = []
+        for task in batch:
+            calls.append(task.name)
+            if len(calls) == 7:
+                # half a tar on disk, then the crash
+                (Path(task.out_dir)).mkdir(parents=True, exist_ok=True)
+                task.paths()[0].write_bytes(b"partial")
+                raise RuntimeError("simulated crash")
+            results += real_write([task])
+        return results
 
-    monkeypatch.setattr(shards, "write_shard", flaky)
+    monkeypatch.setattr(shards, "write_batch", flaky)
     with pytest.raises(RuntimeError, match="simulated crash"):
         publish_dataset(home, FAST)
     assert _visible(home) == {"latest", first.version}
@@ -199,7 +202,7 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
     # the failure cleaned up: no temp file, no shard without its commit marker (the planted half tar)
     assert not [p for p in partial.rglob("*") if p.name.endswith(".tmp")]
     assert all(dataset.shard_paths(t.parent, t.stem)[2].is_file() for t in partial.rglob("*.tar"))
-    monkeypatch.setattr(shards, "write_shard", real_write)
+    monkeypatch.setattr(shards, "write_batch", real_write)
     resumed = publish_dataset(home, FAST)
     assert resumed.shards_resumed == 6 and resumed.shards_written == 14
     assert not list(home.datasets.glob(".partial-*"))

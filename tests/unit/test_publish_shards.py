@@ -403,13 +403,27 @@ def _tar_rows(home):
     return rows.drop_columns(["caption"]).append_column("caption", rows.column("caption"))
 
 
+def _tar_to(rows, home, path, writeback):
+    """``shards._write_tar`` of ``rows`` into a new file at ``path``: (its result, member offsets, sizes)."""
+    import os
+
+    offsets = {m: [] for m in shards.MEMBERS}
+    sizes = {m: [] for m in shards.MEMBERS}
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        result = shards._write_tar(rows, shards.sample_json(rows).to_pylist(), str(home), fd, offsets, sizes, writeback)
+    finally:
+        os.close(fd)
+    return result, offsets, sizes
+
+
 def test_partial_writes_and_early_writeback_give_the_same_tar(tmp_path, monkeypatch) -> None:
     """A writev that writes less than asked is continued; starting writeback early changes no byte."""
     import os
 
     rows = _tar_rows(tmp_path)
     plain = tmp_path / "plain.tar"
-    expected = shards._write_tar(rows, str(tmp_path), plain, fsync=True)
+    expected = _tar_to(rows, tmp_path, plain, writeback=True)
     with tarfile.open(plain) as archive:
         names = archive.getnames()
         assert names[:4] == ["0_0.0.jpg", "0_0.1.jpg", "0_0.json", "0_0.txt"]
@@ -427,10 +441,12 @@ def test_partial_writes_and_early_writeback_give_the_same_tar(tmp_path, monkeypa
     real_start = shards.start_writeback
     monkeypatch.setattr(shards, "start_writeback", lambda *a: (started.append(a), real_start(*a)))
     short = tmp_path / "short.tar"
-    assert shards._write_tar(rows, str(tmp_path), short, fsync=True) == expected
+    assert _tar_to(rows, tmp_path, short, writeback=True) == expected
     assert short.read_bytes() == plain.read_bytes()
-    assert len(calls) > 2 * rows.num_rows and len(started) == rows.num_rows   # continued; one writeback a sample
+    # continued; one writeback a sample and one for the end-of-archive blocks
+    assert len(calls) > 2 * rows.num_rows and len(started) == rows.num_rows + 1
     assert [offset for _, offset, _ in started][:2] == [0, started[0][2]]    # consecutive ranges, from 0
+    assert started[-1][1] + started[-1][2] == short.stat().st_size            # up to the end of the file
 
 
 def test_start_writeback_is_harmless_on_any_range(tmp_path) -> None:

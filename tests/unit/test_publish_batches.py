@@ -1,0 +1,170 @@
+"""The shard writer's batches: same bytes as one shard at a time, commit markers only after their files
+are synced, errors that stop a batch leave no marker and no temporary file."""
+from __future__ import annotations
+
+import dataclasses
+import errno
+import json
+import os
+from pathlib import Path
+
+import pytest
+from test_publish_fixtures import make_home
+
+from formats import dataset
+from pipelines.publish import shardphase, shards, version
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
+
+
+@pytest.fixture(scope="module")
+def planned(tmp_path_factory) -> list[shards.ShardTask]:
+    """The shard tasks of a real publish of a small home (captured, then the publish goes on)."""
+    home = make_home(tmp_path_factory.mktemp("batches") / "h", num_rankings=160, seed=3)
+    captured: list[shards.ShardTask] = []
+    real = version.write_shards
+
+    def grab(tasks, previous, config, progress):
+        captured.extend(tasks)
+        return real(tasks, previous, config, progress)
+
+    version.write_shards = grab
+    try:
+        publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    finally:
+        version.write_shards = real
+    assert len(captured) >= 6
+    return captured
+
+
+def _into(tasks: list[shards.ShardTask], folder: Path, fsync: bool = False) -> list[shards.ShardTask]:
+    return [dataclasses.replace(t, out_dir=str(folder / t.split), fsync=fsync) for t in tasks]
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_batch_writes_the_same_bytes_as_one_shard_at_a_time(planned, tmp_path, monkeypatch) -> None:
+    one_by_one = [shards.write_shard(t) for t in _into(planned, tmp_path / "single")]
+    # a batch this large takes DuckDB's JSON path; the single shards took json.dumps
+    monkeypatch.setattr(shards, "DUCKDB_JSON_MIN_ROWS", 1)
+    batched = shards.write_batch(_into(planned, tmp_path / "batch", fsync=True))
+    assert batched == one_by_one
+    single, batch = _files(tmp_path / "single"), _files(tmp_path / "batch")
+    assert single == batch and len(single) == 3 * len(planned)
+    assert not [name for name in batch if name.rsplit("/", 1)[-1].startswith(".")]   # no temporary file left
+
+
+def test_a_committed_shard_in_a_batch_is_kept_and_the_others_written(planned, tmp_path) -> None:
+    tasks = _into(planned[:4], tmp_path)
+    first = shards.write_shard(tasks[1])
+    marker = tasks[1].paths()[2]
+    before = marker.stat().st_mtime_ns, tasks[1].paths()[0].stat().st_ino
+    assert shards.write_batch(tasks)[1] == first
+    assert (marker.stat().st_mtime_ns, tasks[1].paths()[0].stat().st_ino) == before   # not rewritten
+    assert all(t.paths()[2].is_file() for t in tasks)
+
+
+def test_markers_are_written_only_after_their_tar_and_sidecar_are_synced(planned, tmp_path, monkeypatch) -> None:
+    events: list[tuple[str, str]] = []
+    real_fsync, real_write_new = os.fsync, shards._write_new
+
+    def fsync(fd):
+        events.append(("sync", os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    def write_new(path, write, keep_open):
+        result = real_write_new(path, write, keep_open)
+        events.append(("file", str(path)))
+        return result
+
+    monkeypatch.setattr(shards.os, "fsync", fsync)
+    monkeypatch.setattr(shards, "_write_new", write_new)
+    tasks = _into(planned, tmp_path, fsync=True)
+    shards.write_batch(tasks)
+    order = {(kind, path): i for i, (kind, path) in enumerate(events)}
+    for task in tasks:
+        tar, sidecar, stats = (str(p) for p in task.paths())
+        assert order[("sync", tar)] < order[("file", stats)] and order[("sync", sidecar)] < order[("file", stats)]
+        assert ("sync", stats) not in order      # markers need no fsync of their own
+
+
+def test_without_fsync_nothing_is_synced(planned, tmp_path, monkeypatch) -> None:
+    synced = []
+    monkeypatch.setattr(shards.os, "fsync", synced.append)
+    shards.write_batch(_into(planned, tmp_path, fsync=False))
+    assert synced == []
+
+
+def test_a_torn_marker_means_the_shard_is_written_again(planned, tmp_path) -> None:
+    (task,) = _into(planned[:1], tmp_path)
+    stats = shards.write_shard(task)
+    for torn in (b"", b'{"shard": "x', b'{"sidecar": 3}', b"[]"):
+        task.paths()[2].write_bytes(torn)    # what a power cut may leave of a marker that had no fsync
+        assert shards._committed_stats(task.paths()[2], task.plan_sha256) is None
+        assert shards.write_shard(task) == stats
+        assert json.loads(task.paths()[2].read_text()) == stats
+
+
+def test_a_full_disk_while_syncing_names_the_file_and_commits_nothing_after_it(planned, tmp_path, monkeypatch) -> None:
+    tasks = _into(planned, tmp_path, fsync=True)
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(shards.os, "fsync", full)
+    with pytest.raises(OSError, match="no space left on device at .*pickapic-") as caught:
+        shards.write_batch(tasks)
+    assert caught.value.errno == errno.ENOSPC
+    assert not [t for t in tasks if t.paths()[2].exists()]             # no marker: nothing counts as written
+    assert not list(tmp_path.rglob(".*.tmp"))
+    # the failed publish's cleanup removes the uncommitted files; a rerun writes every shard
+    shardphase.clean_failed_staging(tmp_path)
+    assert not list(tmp_path.rglob("*.tar"))
+    monkeypatch.undo()
+    assert len(shards.write_batch(tasks)) == len(tasks) and all(t.paths()[2].is_file() for t in tasks)
+
+
+def test_a_missing_jpeg_fails_the_batch_without_markers_or_temporary_files(planned, tmp_path) -> None:
+    home = tmp_path / "home"
+    tasks = _into(planned[:5], tmp_path / "out")
+    for task in tasks:                        # a private copy of the JPEGs these shards read
+        for relpath in task.rows.column("jpg_0_key").to_pylist() + task.rows.column("jpg_1_key").to_pylist():
+            target = home / relpath
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes((Path(task.home_root) / relpath).read_bytes())
+    tasks = [dataclasses.replace(t, home_root=str(home)) for t in tasks]
+    missing = tasks[3].rows.column("jpg_1_key")[0].as_py()
+    (home / missing).unlink()
+    with pytest.raises(FileNotFoundError, match=missing):
+        shards.write_batch(tasks)
+    assert not list((tmp_path / "out").rglob("*_stats.json")) and not list((tmp_path / "out").rglob(".*.tmp"))
+
+
+def test_batches_cover_every_shard_once_in_consecutive_runs_heaviest_first() -> None:
+    import random
+
+    rng = random.Random(5)
+    for _ in range(300):
+        weights = [rng.choice([1, 2, 5, 40, 300]) for _ in range(rng.randint(0, 400))]
+        workers = rng.randint(1, 8)
+        batches = shardphase.make_batches(weights, workers)
+        assert sorted(p for b in batches for p in b) == list(range(len(weights)))
+        assert all(b == list(range(b[0], b[-1] + 1)) for b in batches)
+        sums = [sum(weights[p] for p in b) for b in batches]
+        assert sums == sorted(sums, reverse=True)
+        target = -(-sum(weights) // (workers * shardphase.BATCHES_PER_WORKER)) if weights else 0
+        assert all(s <= target or len(b) == 1 for s, b in zip(sums, batches))
+        assert all(len(b) <= shardphase.MAX_BATCH_SHARDS for b in batches)
+        if weights:
+            assert len(batches) >= min(len(weights), workers)     # every worker gets work
+
+
+def test_the_pool_writes_the_same_version_as_one_process(tmp_path) -> None:
+    homes = [make_home(tmp_path / name, num_rankings=160, seed=3) for name in ("one", "pool")]
+    one = publish_dataset(homes[0], PublishConfig(workers=1, fsync=False))
+    pool = publish_dataset(homes[1], PublishConfig(workers=3, fsync=True))
+    assert one.version == pool.version and pool.shards_written == one.shards_written > 3
+    manifests = [(dataset.resolve_version(h) / dataset.MANIFEST_FILE).read_bytes() for h in homes]
+    assert manifests[0] == manifests[1]
