@@ -26,7 +26,8 @@ class PublishConfig:
                                      "workers", min=1)
     keep_versions: int = knob(3, "complete versions kept; older ones are deleted after the switch", min=1, output=False)
     workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, output=False)
-    fsync: bool = knob(True, "fsync every file before it is renamed into place", output=False)
+    fsync: bool = knob(True, "make what a publish writes durable: each shard's tar and sidecar before its "
+                            "commit marker, the whole version before it is renamed into place", output=False)
     verify_checksums: bool = knob(False, "re-read every file and compare its sha256 with the manifest before "
                                          "switching latest", output=False)
     reuse_shards: bool = knob(True, "hard-link shards whose content is unchanged from an older version (false: "
