@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
@@ -46,8 +47,10 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
             if progress:
                 progress("shards", done, len(tasks))
     else:
+        # gc.freeze in each worker: the collector never walks (and so never copies on write) the
+        # parent's objects the fork gave it
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=gc.freeze) as pool:
             futures = {pool.submit(shards.write_batch, [tasks[todo[b]] for b in batch]): batch for batch in batches}
             pending = set(futures)
             while pending:
