@@ -191,6 +191,7 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     tar_bytes = nightly_bytes = 0
     nightly = None
     trash = base / "trash"
+    shutil.rmtree(trash, ignore_errors=True)     # an interrupted earlier run's (holds up to a version per repeat)
     for repeat in range(repeats):
         _set_aside(home, trash / str(repeat))
         children = _children_cpu()

@@ -121,18 +121,44 @@ def _task_from_ipc(split: str, name: str, out_dir: str, home_root: str, rows: pa
 DUCKDB_JSON_MIN_ROWS = 200    # below this, DuckDB's fixed cost per call (a plan, ~8 ms) loses: measured crossover ~200 rows
 
 
-def sample_json(rows: pa.Table, min_rows_for_duckdb: int = DUCKDB_JSON_MIN_ROWS) -> pa.Array:
+def sample_json(rows: pa.Table, min_rows_for_duckdb: int | None = None) -> pa.Array:
     """Each row's ``.json`` member: compact UTF-8 JSON of every column but ``key``, in column order.
 
     Timestamps become ``YYYY-MM-DDTHH:MM:SS.ffffff`` and dates ``YYYY-MM-DD`` text; numbers stay
     numbers; NaN/Infinity are refused. From ``min_rows_for_duckdb`` rows DuckDB's ``to_json`` writes
     the whole shard in one call, about 8x faster than ``json.dumps`` per row; both give the same bytes
     (``json.dumps(..., ensure_ascii=False, separators=(",", ":"))``; a unit test compares them row by row).
+    ``min_rows_for_duckdb`` defaults to ``DUCKDB_JSON_MIN_ROWS`` as it is when called.
+
+    Not for every value: floats from 1e16 or below 1e-4 and control characters written as ``\\u00XX``
+    with a hex letter come out differently. So the path is chosen per shard, from the shard's own
+    rows (:func:`batch_json`), never from a batch, and a shard's bytes never depend on its batch.
     """
     _check_finite(rows)
-    if rows.num_rows < min_rows_for_duckdb:
+    if rows.num_rows < (DUCKDB_JSON_MIN_ROWS if min_rows_for_duckdb is None else min_rows_for_duckdb):
         return _json_dumps_rows(rows)
     return _duckdb_select(rows, f"{_json_sql(rows.schema)}::VARCHAR")
+
+
+def batch_json(shard_rows: list[pa.Table]) -> list[list[str]]:
+    """The ``.json`` members of several shards, each as :func:`sample_json` gives it for that shard
+    alone: shards below the DuckDB threshold go through ``json.dumps`` together (row by row, so the
+    same text), larger ones through DuckDB one by one."""
+    out: list[list[str] | None] = [None] * len(shard_rows)
+    small = [i for i, rows in enumerate(shard_rows) if rows.num_rows < DUCKDB_JSON_MIN_ROWS]
+    for i, rows in enumerate(shard_rows):
+        if i not in small:
+            out[i] = sample_json(rows).to_pylist()
+    if small:
+        together = (pa.concat_tables([shard_rows[i] for i in small], promote_options="default") if len(small) > 1
+                    else shard_rows[small[0]])
+        _check_finite(together)
+        texts = _json_dumps_rows(together).to_pylist()
+        start = 0
+        for i in small:
+            out[i] = texts[start:start + shard_rows[i].num_rows]
+            start += shard_rows[i].num_rows
+    return out  # type: ignore[return-value]
 
 
 def json_digests(rows: pa.Table) -> list[str]:
@@ -146,7 +172,7 @@ def _check_finite(rows: pa.Table) -> None:
     for field in rows.schema:
         if pa.types.is_floating(field.type):
             finite = pc.is_finite(rows.column(field.name))   # null where the value is null: not a failure
-            if not pc.all(finite, skip_nulls=True).as_py():
+            if pc.all(finite, skip_nulls=True, min_count=0).as_py() is False:
                 bad = rows.filter(pc.invert(finite)).column("key")[0].as_py()   # the filter drops nulls
                 raise ValueError(f"sample {bad!r}: pair columns are not valid JSON ({field.name} is not finite)")
 
@@ -283,25 +309,23 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
             todo.append(i)
     if not todo:
         return results  # type: ignore[return-value]
-    rows = pa.concat_tables([tasks[i].rows for i in todo]) if len(todo) > 1 else tasks[todo[0]].rows
-    texts = sample_json(rows).to_pylist()
+    rows = pa.concat_tables([tasks[i].rows for i in todo], promote_options="default") if len(todo) > 1 else tasks[todo[0]].rows
+    texts = batch_json([tasks[i].rows for i in todo])
     committer = _Committer()
     try:
         written = []
         offsets: dict[str, list[int]] = {m: [] for m in MEMBERS}
         sizes: dict[str, list[int]] = {m: [] for m in MEMBERS}
-        start = 0
-        for i in todo:
+        for i, shard_texts in zip(todo, texts):
+            committer.check()
             task = tasks[i]
-            n = task.rows.num_rows
             tar_path = task.paths()[0]
             tar_path.parent.mkdir(parents=True, exist_ok=True)
-            tar_info, fd = _write_new(tar_path, lambda fd: _write_tar(task.rows, texts[start:start + n], task.home_root,
+            tar_info, fd = _write_new(tar_path, lambda fd: _write_tar(task.rows, shard_texts, task.home_root,
                                                                       fd, offsets, sizes, task.fsync), task.fsync)
             committer.put(fd, tar_path)
             faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
             written.append((i, tar_info))
-            start += n
         tables = cast_to_schema(_sidecars_table(rows, [tasks[i].paths()[0].name for i in todo],
                                                 [tasks[i].rows.num_rows for i in todo], offsets, sizes),
                                 get_schema("shard_samples"))
@@ -313,7 +337,6 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
             tar_path, sidecar_path, stats_path = task.paths()
             sidecar = _parquet_bytes(tables.slice(start, n))
             start += n
-            _, fd = _write_new(sidecar_path, lambda fd: _write_all(fd, [sidecar], len(sidecar)), task.fsync)
             keys = task.rows.column("key")
             results[i] = {
                 "split": task.split,
@@ -329,7 +352,9 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
                 "last_key": keys[n - 1].as_py() if n else "",
                 "plan_sha256": task.plan_sha256,
             }
-            committer.put(fd, sidecar_path, stats_path, (json.dumps(results[i], indent=1, sort_keys=True) + "\n").encode())
+            marker = (json.dumps(results[i], indent=1, sort_keys=True) + "\n").encode()
+            _, fd = _write_new(sidecar_path, lambda fd: _write_all(fd, [sidecar], len(sidecar)), task.fsync)
+            committer.put(fd, sidecar_path, stats_path, marker)     # the open fd is the committer's from here
     except BaseException:
         committer.close(raise_error=False)   # the shards completed before the error still get their markers
         raise
@@ -349,6 +374,7 @@ class _Committer:
     def __init__(self) -> None:
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._error: BaseException | None = None
+        self._finished = False
         self._thread = threading.Thread(target=self._run, name="shard-committer", daemon=True)
         self._thread.start()
 
@@ -364,10 +390,20 @@ class _Committer:
         """Wait until everything handed over is synced and committed (or the thread failed)."""
         self._queue.put(None)
         self._thread.join()
+        if not self._finished and self._error is None:
+            self._error = RuntimeError("the shard committer thread stopped before its work was done")
         if raise_error:
             self.check()
 
+    def _fail(self, exc: BaseException, path: Path) -> None:
+        """Keep the first error (a full disk names ``path``)."""
+        if self._error is None:
+            is_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc)
+            self._error = no_space_error(exc, path) if is_full else exc
+
     def _run(self) -> None:
+        """Until the sentinel: sync and close what was handed over, then write its markers; after an
+        error, only close (every fd is closed, whatever fails)."""
         done = False
         while not done:
             items = [self._queue.get()]
@@ -383,17 +419,20 @@ class _Committer:
                 try:
                     if self._error is None:
                         os.fsync(fd)
-                except OSError as exc:
-                    self._error = no_space_error(exc, path) if exc.errno == errno.ENOSPC else exc
-                finally:
-                    os.close(fd)
+                except BaseException as exc:   # noqa: BLE001 - handed to the writer thread
+                    self._fail(exc, path)
+                try:
+                    os.close(fd)                # close may report a write error too (NFS): not committed
+                except BaseException as exc:   # noqa: BLE001
+                    self._fail(exc, path)
             for _, _, marker, data in items:
                 if marker is None or self._error is not None:
                     continue
                 try:
                     _write_new(marker, lambda fd: _write_all(fd, [data], len(data)), False)
-                except BaseException as exc:   # noqa: BLE001 - handed to the writer thread
-                    self._error = exc
+                except BaseException as exc:   # noqa: BLE001
+                    self._fail(exc, marker)
+        self._finished = True
 
 
 _CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -539,17 +578,26 @@ def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
     """The stats of a shard already written for the same plan with intact file sizes, else None."""
     if not stats_path.is_file():
         return None
+    name = stats_path.name[: -len(STATS_SUFFIX)]
     try:
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
-        tar_path = stats_path.with_name(stats["shard"])
-        sidecar_path = stats_path.with_name(stats["sidecar"])
-        if (stats.get("plan_sha256") == plan_sha256 and tar_path.is_file() and sidecar_path.is_file()
-                and tar_path.stat().st_size == stats["num_bytes"]
-                and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
-            return stats
-    except (ValueError, KeyError, TypeError):   # a marker torn by a power loss (it has no fsync of its own)
+    except (ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
         return None
+    if (not isinstance(stats, dict) or set(stats) != STATS_KEYS or stats["plan_sha256"] != plan_sha256
+            or stats["shard"] != f"{name}.tar" or stats["sidecar"] != f"{name}.parquet"
+            or not all(type(stats[key]) is int for key in STATS_INT_KEYS)):
+        return None
+    tar_path, sidecar_path = stats_path.with_name(stats["shard"]), stats_path.with_name(stats["sidecar"])
+    if (tar_path.is_file() and sidecar_path.is_file() and tar_path.stat().st_size == stats["num_bytes"]
+            and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
+        return stats
     return None
+
+
+STATS_SUFFIX = "_stats.json"
+STATS_KEYS = {"split", "shard", "num_samples", "num_bytes", "jpg_bytes", "sha256", "sidecar", "sidecar_bytes",
+              "sidecar_sha256", "first_key", "last_key", "plan_sha256"}
+STATS_INT_KEYS = ("num_samples", "num_bytes", "jpg_bytes", "sidecar_bytes")
 
 
 def _read_jpg(home: str, relpath: str, key: str) -> bytes:

@@ -45,15 +45,73 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_batch_writes_the_same_bytes_as_one_shard_at_a_time(planned, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("duckdb_from", [None, "median", 1])
+def test_a_batch_writes_the_same_bytes_as_one_shard_at_a_time(planned, tmp_path, monkeypatch, duckdb_from) -> None:
+    """Each shard's JSON path (DuckDB or json.dumps) follows its own rows, never its batch's."""
+    sizes = sorted(t.rows.num_rows for t in planned)
+    threshold = {None: shards.DUCKDB_JSON_MIN_ROWS, "median": sizes[len(sizes) // 2], 1: 1}[duckdb_from]
+    monkeypatch.setattr(shards, "DUCKDB_JSON_MIN_ROWS", threshold)
+    calls = []
+    real_select = shards._duckdb_select
+    monkeypatch.setattr(shards, "_duckdb_select", lambda rows, sql: (calls.append(rows.num_rows), real_select(rows, sql))[1])
     one_by_one = [shards.write_shard(t) for t in _into(planned, tmp_path / "single")]
-    # a batch this large takes DuckDB's JSON path; the single shards took json.dumps
-    monkeypatch.setattr(shards, "DUCKDB_JSON_MIN_ROWS", 1)
+    assert sorted(calls) == [n for n in sizes if n >= threshold]     # the DuckDB path ran where it should
+    calls.clear()
     batched = shards.write_batch(_into(planned, tmp_path / "batch", fsync=True))
+    assert sorted(calls) == [n for n in sizes if n >= threshold]
     assert batched == one_by_one
     single, batch = _files(tmp_path / "single"), _files(tmp_path / "batch")
     assert single == batch and len(single) == 3 * len(planned)
     assert not [name for name in batch if name.rsplit("/", 1)[-1].startswith(".")]   # no temporary file left
+
+
+def test_a_shards_json_does_not_depend_on_its_batch_even_where_the_two_paths_differ(planned, tmp_path,
+                                                                                      monkeypatch) -> None:
+    """A caption with a control character written as \\u00XX with a hex letter: DuckDB and json.dumps
+    spell it differently, so a shard must take the same path alone and inside a larger batch."""
+    import pyarrow as pa
+
+    task = _into(planned[:1], tmp_path / "single")[0]
+    captions = ["red \x1b car"] * task.rows.num_rows
+    field = task.rows.schema.field("caption")
+    rows = task.rows.set_column(task.rows.schema.get_field_index("caption"), field, pa.array(captions, field.type))
+    task = dataclasses.replace(task, rows=rows)
+    default = shards.DUCKDB_JSON_MIN_ROWS
+    monkeypatch.setattr(shards, "DUCKDB_JSON_MIN_ROWS", task.rows.num_rows + 1)   # alone: json.dumps
+    alone = shards.write_shard(task)
+    others = _into(planned[1:], tmp_path / "batch") + _into(planned[1:], tmp_path / "batch2")
+    batched = shards.write_batch([dataclasses.replace(task, out_dir=str(tmp_path / "batch" / task.split))] + others)
+    # the batch as a whole would have taken DuckDB's path, at the patched and at the default threshold
+    assert sum(t.rows.num_rows for t in others) + task.rows.num_rows >= max(default, task.rows.num_rows + 1)
+    assert batched[0] == alone
+
+
+def test_the_committer_closes_every_file_and_reports_a_failed_close(planned, tmp_path, monkeypatch) -> None:
+    """close() can report a write error (NFS): the shard is not committed, the error reaches the writer,
+    and every other file is still closed."""
+    tasks = _into(planned, tmp_path, fsync=True)
+    before = len(os.listdir("/proc/self/fd"))
+    real_close, closes = os.close, []
+
+    def failing_close(fd):
+        closes.append(fd)
+        real_close(fd)
+        if len(closes) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(shards.os, "close", failing_close)
+    with pytest.raises(OSError, match="Input/output error"):
+        shards.write_batch(tasks)
+    monkeypatch.undo()
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert not [t for t in tasks[1:] if t.paths()[2].exists()]
+    assert not list(tmp_path.rglob(".*.tmp"))
+
+
+def test_a_committer_that_stops_without_an_error_is_still_an_error(planned, tmp_path, monkeypatch) -> None:
+    monkeypatch.setattr(shards._Committer, "_run", lambda self: None)    # a thread that died at once
+    with pytest.raises(RuntimeError, match="committer thread stopped"):
+        shards.write_batch(_into(planned[:2], tmp_path))
 
 
 def test_a_committed_shard_in_a_batch_is_kept_and_the_others_written(planned, tmp_path) -> None:
@@ -100,7 +158,11 @@ def test_without_fsync_nothing_is_synced(planned, tmp_path, monkeypatch) -> None
 def test_a_torn_marker_means_the_shard_is_written_again(planned, tmp_path) -> None:
     (task,) = _into(planned[:1], tmp_path)
     stats = shards.write_shard(task)
-    for torn in (b"", b'{"shard": "x', b'{"sidecar": 3}', b"[]"):
+    wrong = [json.dumps({**stats, **change}).encode() for change in (
+        {"shard": "../outside.tar"}, {"sidecar": planned[1].name + ".parquet"}, {"num_bytes": float(stats["num_bytes"])},
+        {"shard": "x" * 300}, {"plan_sha256": "0" * 64})]
+    missing = json.dumps({k: v for k, v in stats.items() if k != "sha256"}).encode()
+    for torn in (b"", b'{"shard": "x', b'{"sidecar": 3}', b"[]", b"[" * 100_000, b"\xff\xfe", missing, *wrong):
         task.paths()[2].write_bytes(torn)    # what a power cut may leave of a marker that had no fsync
         assert shards._committed_stats(task.paths()[2], task.plan_sha256) is None
         assert shards.write_shard(task) == stats

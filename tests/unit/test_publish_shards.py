@@ -375,6 +375,20 @@ def test_sample_json_refuses_non_finite_numbers() -> None:
             shards.sample_json(rows, min_rows_for_duckdb=min_rows)
 
 
+def test_sample_json_takes_null_and_empty_float_columns() -> None:
+    """A float column that is all null (or a table with no rows) has nothing non-finite in it."""
+    import json
+
+    import pyarrow as pa
+
+    rows = _rows_for_json()
+    rows = rows.set_column(rows.schema.get_field_index("label_0"), "label_0", pa.nulls(rows.num_rows, pa.float64()))
+    for min_rows in (1, 10**9):
+        texts = shards.sample_json(rows, min_rows_for_duckdb=min_rows).to_pylist()
+        assert [json.loads(t)["label_0"] for t in texts] == [None] * rows.num_rows
+        assert shards.sample_json(rows.slice(0, 0), min_rows_for_duckdb=min_rows).to_pylist() == []
+
+
 def test_a_pickled_task_carries_only_its_slice() -> None:
     import pickle
 
