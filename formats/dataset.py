@@ -78,7 +78,10 @@ def manifest_files(version_dir: Path, known: dict[str, tuple[int, str]] | None =
 
 def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
     """``<name>.tar``, ``<name>.parquet`` and ``<name>_stats.json`` in ``folder``."""
-    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}_stats.json"
+    return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}{STATS_SUFFIX}"
+
+
+STATS_SUFFIX = "_stats.json"          # a shard's commit marker: <name>_stats.json
 
 
 # --------------------------------------------------------------------------- versions and `latest`

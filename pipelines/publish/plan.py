@@ -26,6 +26,7 @@ shards are halved until it has enough: the trainer needs at least GPUs x loader 
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -222,10 +223,8 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
     new_run[1:] = (segment_array[1:] != segment_array[:-1]) | (user_array[1:] != user_array[:-1])
     runs = np.cumsum(new_run)
     starts = np.flatnonzero(new_run)
-    own = {}
-    for segment in ordered_segments:
-        own[segment] = own.get(segment, 0) + 1
-    volumes = {segment: (day_volume or {}).get(segment, count) for segment, count in own.items()}
+    volumes = {segment: (day_volume or {}).get(segment, count)
+               for segment, count in Counter(ordered_segments).items()}
     rates = anchor_rates(ordered_bytes, np.array([volumes[s] for s in ordered_segments], dtype=np.float64),
                          max_samples=max_samples, max_bytes=max_bytes, shards_per_day=shards_per_day,
                          min_shard_bytes=min_shard_bytes)

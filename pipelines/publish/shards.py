@@ -26,8 +26,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.dataset import MEMBERS, UNIQUE_SUFFIX, shard_paths
-from formats.files import PARQUET_OPTIONS, cast_to_schema
+from formats.dataset import MEMBERS, STATS_SUFFIX, UNIQUE_SUFFIX, shard_paths
+from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp
 from pipelines import faults
 from schemas import get_schema
 
@@ -145,9 +145,11 @@ def batch_json(shard_rows: list[pa.Table]) -> list[list[str]]:
     alone: shards below the DuckDB threshold go through ``json.dumps`` together (row by row, so the
     same text), larger ones through DuckDB one by one."""
     out: list[list[str] | None] = [None] * len(shard_rows)
-    small = [i for i, rows in enumerate(shard_rows) if rows.num_rows < DUCKDB_JSON_MIN_ROWS]
+    small = []
     for i, rows in enumerate(shard_rows):
-        if i not in small:
+        if rows.num_rows < DUCKDB_JSON_MIN_ROWS:
+            small.append(i)
+        else:
             out[i] = sample_json(rows).to_pylist()
     if small:
         together = (pa.concat_tables([shard_rows[i] for i in small], promote_options="default") if len(small) > 1
@@ -294,8 +296,9 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
     that while this one goes on writing: it fsyncs the files handed to it (all that are waiting, in
     one round: the first fsync commits the journal for all of them) and then writes the markers whose
     files are synced. Markers get no fsync of their own: a lost or torn one only means the shard is
-    written again, and the publish fsyncs the whole version before it appears. The batch's JSON
-    members and its sidecar tables are built in one go, not per shard.
+    written again, and the publish fsyncs the whole version before it appears. The batch's sidecar
+    tables are built in one go, and its small shards' JSON members together (:func:`batch_json`:
+    each shard's JSON still as it would be alone).
 
     Every file is written under a temporary name and renamed (a file may be hard-linked from an
     older version: never write one in place); on any error the temporary files are removed, and a
@@ -309,7 +312,8 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
             todo.append(i)
     if not todo:
         return results  # type: ignore[return-value]
-    rows = pa.concat_tables([tasks[i].rows for i in todo], promote_options="default") if len(todo) > 1 else tasks[todo[0]].rows
+    rows = (pa.concat_tables([tasks[i].rows for i in todo], promote_options="default") if len(todo) > 1
+            else tasks[todo[0]].rows)
     texts = batch_json([tasks[i].rows for i in todo])
     committer = _Committer()
     try:
@@ -398,7 +402,8 @@ class _Committer:
     def _fail(self, exc: BaseException, path: Path) -> None:
         """Keep the first error (a full disk names ``path``)."""
         if self._error is None:
-            is_full = isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc)
+            is_full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+                       and "no space left on device at" not in str(exc))
             self._error = no_space_error(exc, path) if is_full else exc
 
     def _run(self) -> None:
@@ -435,23 +440,16 @@ class _Committer:
         self._finished = True
 
 
-_CREATE_NEW = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-
-
 def _write_new(path: Path, write, keep_open: bool):
-    """Write a new file at ``path``: ``write(fd)`` into ``.<name>.tmp`` beside it, then rename over ``path``.
+    """Write a new file at ``path``: ``write(fd)`` into a new temporary file beside it
+    (:func:`formats.files.create_temp`: exclusive, no links followed, the umask's mode), then rename
+    it over ``path``.
 
     Returns ``(write's result, fd)``: the fd still open when ``keep_open`` (the caller fsyncs and
     closes it), else None. The temporary file is removed on any error (a full disk names ``path``).
-    A leftover temporary file of a killed writer is replaced, never written into. The file gets the
-    umask's mode.
     """
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        fd = os.open(tmp, _CREATE_NEW, 0o666)
-    except FileExistsError:
-        tmp.unlink()
-        fd = os.open(tmp, _CREATE_NEW, 0o666)
+    fd, name = create_temp(path.parent, path.name)
+    tmp = path.parent / name
     try:
         result = write(fd)
         os.replace(tmp, path)
@@ -578,23 +576,21 @@ def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
     """The stats of a shard already written for the same plan with intact file sizes, else None."""
     if not stats_path.is_file():
         return None
-    name = stats_path.name[: -len(STATS_SUFFIX)]
+    tar_path, sidecar_path, _ = shard_paths(stats_path.parent, stats_path.name[: -len(STATS_SUFFIX)])
     try:
         stats = json.loads(stats_path.read_text(encoding="utf-8"))
     except (ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
         return None
     if (not isinstance(stats, dict) or set(stats) != STATS_KEYS or stats["plan_sha256"] != plan_sha256
-            or stats["shard"] != f"{name}.tar" or stats["sidecar"] != f"{name}.parquet"
+            or stats["shard"] != tar_path.name or stats["sidecar"] != sidecar_path.name
             or not all(type(stats[key]) is int for key in STATS_INT_KEYS)):
         return None
-    tar_path, sidecar_path = stats_path.with_name(stats["shard"]), stats_path.with_name(stats["sidecar"])
     if (tar_path.is_file() and sidecar_path.is_file() and tar_path.stat().st_size == stats["num_bytes"]
             and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
         return stats
     return None
 
 
-STATS_SUFFIX = "_stats.json"
 STATS_KEYS = {"split", "shard", "num_samples", "num_bytes", "jpg_bytes", "sha256", "sidecar", "sidecar_bytes",
               "sidecar_sha256", "first_key", "last_key", "plan_sha256"}
 STATS_INT_KEYS = ("num_samples", "num_bytes", "jpg_bytes", "sidecar_bytes")

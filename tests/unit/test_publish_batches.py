@@ -53,7 +53,8 @@ def test_a_batch_writes_the_same_bytes_as_one_shard_at_a_time(planned, tmp_path,
     monkeypatch.setattr(shards, "DUCKDB_JSON_MIN_ROWS", threshold)
     calls = []
     real_select = shards._duckdb_select
-    monkeypatch.setattr(shards, "_duckdb_select", lambda rows, sql: (calls.append(rows.num_rows), real_select(rows, sql))[1])
+    monkeypatch.setattr(shards, "_duckdb_select",
+                        lambda rows, sql: (calls.append(rows.num_rows), real_select(rows, sql))[1])
     one_by_one = [shards.write_shard(t) for t in _into(planned, tmp_path / "single")]
     assert sorted(calls) == [n for n in sizes if n >= threshold]     # the DuckDB path ran where it should
     calls.clear()
@@ -159,7 +160,8 @@ def test_a_torn_marker_means_the_shard_is_written_again(planned, tmp_path) -> No
     (task,) = _into(planned[:1], tmp_path)
     stats = shards.write_shard(task)
     wrong = [json.dumps({**stats, **change}).encode() for change in (
-        {"shard": "../outside.tar"}, {"sidecar": planned[1].name + ".parquet"}, {"num_bytes": float(stats["num_bytes"])},
+        {"shard": "../outside.tar"}, {"sidecar": planned[1].name + ".parquet"},
+        {"num_bytes": float(stats["num_bytes"])},
         {"shard": "x" * 300}, {"plan_sha256": "0" * 64})]
     missing = json.dumps({k: v for k, v in stats.items() if k != "sha256"}).encode()
     for torn in (b"", b'{"shard": "x', b'{"sidecar": 3}', b"[]", b"[" * 100_000, b"\xff\xfe", missing, *wrong):
