@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,7 +67,8 @@ def cache_dir(home: DataHome) -> Path:
 def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int = 1) -> JpgIndex:
     """Size and sha256 of every JPEG named in ``columns`` (column name -> keys), cached by size/mtime/inode.
 
-    Unsafe keys, then missing files, are errors naming the key and its column.
+    Unsafe keys, then missing files and what is not a regular file (a FIFO, a device, a folder; a
+    symlink counts as what it points to), are errors naming the key and its column.
     """
     unique = {name: pc.unique(column) for name, column in columns.items()}
     for name, values in unique.items():
@@ -85,6 +87,8 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
             st = os.stat(home.root / rel)
         except OSError as exc:
             raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column_of[rel]}) is missing: {exc}") from exc
+        if not stat.S_ISREG(st.st_mode):    # a FIFO would block the reader forever, a device never end
+            raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column_of[rel]}) is not a regular file")
         stats[i] = (st.st_size, st.st_mtime_ns, st.st_ino)
 
     cached = _read_cache(home)

@@ -324,6 +324,42 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
     assert not (home.datasets / "latest").exists()
 
 
+@pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
+def test_a_training_jpeg_that_is_not_a_regular_file_is_named_and_never_read(tmp_path: Path, kind: str) -> None:
+    """A FIFO in the blob store would block the publish forever, a link to a device (/dev/zero) would
+    never end: each is an error naming the key, before anything is written."""
+    import contextlib
+    import os
+    import threading
+
+    home = make_home(tmp_path / "h", num_rankings=30, seed=11)
+    key = pq.read_table(home.table_file("split_pairs")).column("jpg_1_key")[0].as_py()
+    (home.root / key).unlink()
+    if kind == "fifo":
+        os.mkfifo(home.root / key)
+        done = threading.Event()
+
+        def unblock() -> None:   # should the check regress: end every reader blocked on the FIFO, fail, not hang
+            wait = 30.0
+            while not done.wait(wait):
+                wait = 0.2
+                with contextlib.suppress(OSError):
+                    os.close(os.open(home.root / key, os.O_WRONLY | os.O_NONBLOCK))
+
+        threading.Thread(target=unblock, daemon=True).start()
+    elif kind == "folder":
+        (home.root / key).mkdir()
+    else:
+        (home.root / key).symlink_to("/dev/null")    # a device (/dev/null: a regression fails, not hangs)
+    try:
+        with pytest.raises(FileNotFoundError, match=rf"training JPEG '{key}' \(split_pairs\.jpg_[01]_key\) is not a regular file"):
+            publish_dataset(home, FAST)
+    finally:
+        if kind == "fifo":
+            done.set()
+    assert not (home.datasets / "latest").exists()
+
+
 def test_command_line_publishes_with_the_home_settings_then_the_flags(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """``python -m pipelines.publish``: flags come from the publish settings; a flag beats the home's file."""
     from pipelines.publish.__main__ import main
