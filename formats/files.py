@@ -10,9 +10,11 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import re
 import secrets
+import stat
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -198,12 +200,27 @@ def cast_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a regular file's bytes (anything else is refused: :func:`open_regular_file`)."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    with open_regular_file(path) as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def open_regular_file(path: Path | str) -> io.FileIO:
+    """``path`` opened to read (unbuffered) if it is a regular file, following symlinks; anything else
+    raises ``OSError(EINVAL)``. The type is checked on the open file, so a FIFO swapped in after an
+    earlier check is never waited on (``O_NONBLOCK``, which changes nothing for a regular file) and a
+    device that never ends is never read."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_parquet_or_empty(path: Path, schema: pa.Schema) -> pa.Table:

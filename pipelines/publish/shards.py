@@ -27,7 +27,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.dataset import MEMBERS, STATS_SUFFIX, UNIQUE_SUFFIX, shard_paths
-from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp
+from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp, open_regular_file
 from pipelines import faults
 from schemas import get_schema
 
@@ -597,9 +597,9 @@ STATS_INT_KEYS = ("num_samples", "num_bytes", "jpg_bytes", "sidecar_bytes")
 
 
 def _read_jpg(home: str, relpath: str, key: str) -> bytes:
-    """Bytes of a training JPEG (copied verbatim, never decoded)."""
+    """Bytes of a training JPEG (copied verbatim, never decoded; a regular file, checked once open)."""
     try:
-        with open(os.path.join(home, relpath), "rb", buffering=0) as handle:
+        with open_regular_file(os.path.join(home, relpath)) as handle:
             return handle.readall()
     except OSError as exc:
         raise FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}") from exc

@@ -1,0 +1,38 @@
+"""The shard benchmark's bare reference writer: forked readers that sha256 and append the JPEG bytes."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import shards as bench
+
+
+def test_bare_write_reads_every_file_once_and_leaves_nothing(tmp_path, monkeypatch) -> None:
+    paths = []
+    for i in range(7):
+        path = tmp_path / f"{i}.jpg"
+        path.write_bytes(bytes([i]) * (1000 + i))
+        paths.append(path)
+    (tmp_path / "bare").mkdir()
+    (tmp_path / "bare" / "keep.txt").write_text("not the benchmark's")   # a folder of that name is not touched
+    kept = {}
+    real_rmtree = bench.shutil.rmtree
+
+    def keep_then_remove(folder, **kwargs):   # look at what the children wrote before it goes
+        kept.update({p.name: p.read_bytes() for p in folder.iterdir()})
+        real_rmtree(folder, **kwargs)
+
+    monkeypatch.setattr(bench.shutil, "rmtree", keep_then_remove)
+    seconds = bench.bare_write(paths, tmp_path, workers=2, fsync=True)
+    assert seconds > 0
+    # worker w appends files w, w + 2, ... in order: every byte read once, by one worker
+    assert kept == {f"bare-{w}.bin": b"".join(p.read_bytes() for p in paths[w::2]) for w in range(2)}
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([p.name for p in paths] + ["bare"])
+    assert (tmp_path / "bare" / "keep.txt").read_text() == "not the benchmark's"
+
+
+def test_bare_write_reports_a_failed_reader_with_its_error(tmp_path, capfd) -> None:
+    (tmp_path / "a.jpg").write_bytes(b"x")
+    with pytest.raises(RuntimeError, match="bare writer processes"):
+        bench.bare_write([tmp_path / "a.jpg", tmp_path / "missing.jpg"], tmp_path, workers=2, fsync=False)
+    assert "missing.jpg" in capfd.readouterr().err          # the child printed why
+    assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
