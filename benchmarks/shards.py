@@ -138,7 +138,6 @@ def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> fl
     them and append them to one new file each under a new folder in ``parent`` (removed after)."""
     out_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=parent))
     children: list[int] = []
-    failed: list[int] = []
     try:
         started = time.perf_counter()
         # SIGINT blocked while forking: a KeyboardInterrupt between fork and the child's own
@@ -227,11 +226,20 @@ def _set_aside(home: DataHome, folder: Path) -> None:
             os.rename(path, folder / path.name)
 
 
+def _day(n: int) -> pa.Scalar:
+    """The ``n``-th export day (from 1) of :func:`build_home`'s history."""
+    return pa.scalar(dt.date(2023, 3, 1) + dt.timedelta(days=n - 1), pa.date32())
+
+
+def _rows_through(table: pa.Table, days: int) -> pa.Table:
+    """The rows of the first ``days`` export days of ``table``."""
+    return table.filter(pc.less_equal(table.column("dt"), _day(days)))
+
+
 def _publish_with_days(home: DataHome, table: pa.Table, days: int, config: PublishConfig):
     """Publish the rows of the first ``days`` export days of ``table``."""
-    last = dt.date(2023, 3, 1) + dt.timedelta(days=days - 1)
-    rows = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last, pa.date32())))
-    write_parquet_atomic(with_prompt_counts(rows), home.table_file("split_pairs"), get_schema("split_pairs"))
+    write_parquet_atomic(with_prompt_counts(_rows_through(table, days)), home.table_file("split_pairs"),
+                         get_schema("split_pairs"))
     return publish_dataset(home, config)
 
 
@@ -254,9 +262,8 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
                                                  "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
                                                  "bare", "nightly_bare")}
-    last_day = dt.date(2023, 3, 1) + dt.timedelta(days=days)
-    scratch_jpegs = _jpeg_paths(home, table.filter(pc.less(table.column("dt"), pa.scalar(last_day, pa.date32()))))
-    nightly_jpegs = _jpeg_paths(home, table.filter(pc.equal(table.column("dt"), pa.scalar(last_day, pa.date32()))))
+    scratch_jpegs = _jpeg_paths(home, _rows_through(table, days))      # what the two publishes write
+    nightly_jpegs = _jpeg_paths(home, table.filter(pc.greater(table.column("dt"), _day(days))))
     bare_workers = workers or os.cpu_count() or 1
     tar_bytes = nightly_bytes = 0
     nightly = None

@@ -1,10 +1,12 @@
 """Publishing a version: round trips, determinism, atomic switch, crash safety, retention, privacy."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -21,6 +23,9 @@ from formats.dataset import list_versions, resolve_version
 from pipelines.publish import shards
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
+from tests.fifos import fifo_that_fails_not_hangs  # noqa: E402
 
 FAST = PublishConfig(workers=1, fsync=False)
 
@@ -326,37 +331,19 @@ def test_bad_inputs_are_named(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "folder", "device"])
 def test_a_training_jpeg_that_is_not_a_regular_file_is_named_and_never_read(tmp_path: Path, kind: str) -> None:
-    """A FIFO in the blob store would block the publish forever, a link to a device (/dev/zero) would
-    never end: each is an error naming the key, before anything is written."""
-    import contextlib
-    import os
-    import threading
-
+    """A FIFO in the blob store would block the publish forever, a link to a device such as /dev/zero
+    would never end (/dev/null here: a regression fails, not hangs): each is an error naming the key,
+    before anything is written."""
     home = make_home(tmp_path / "h", num_rankings=30, seed=11)
     key = pq.read_table(home.table_file("split_pairs")).column("jpg_1_key")[0].as_py()
     (home.root / key).unlink()
-    if kind == "fifo":
-        os.mkfifo(home.root / key)
-        done = threading.Event()
-
-        def unblock() -> None:   # should the check regress: end every reader blocked on the FIFO, fail, not hang
-            wait = 30.0
-            while not done.wait(wait):
-                wait = 0.2
-                with contextlib.suppress(OSError):
-                    os.close(os.open(home.root / key, os.O_WRONLY | os.O_NONBLOCK))
-
-        threading.Thread(target=unblock, daemon=True).start()
-    elif kind == "folder":
+    if kind == "folder":
         (home.root / key).mkdir()
-    else:
-        (home.root / key).symlink_to("/dev/null")    # a device (/dev/null: a regression fails, not hangs)
-    try:
+    elif kind == "device":
+        (home.root / key).symlink_to("/dev/null")
+    with fifo_that_fails_not_hangs(home.root / key) if kind == "fifo" else contextlib.nullcontext():
         with pytest.raises(FileNotFoundError, match=rf"training JPEG '{key}' \(split_pairs\.jpg_[01]_key\) is not a regular file"):
             publish_dataset(home, FAST)
-    finally:
-        if kind == "fifo":
-            done.set()
     assert not (home.datasets / "latest").exists()
 
 

@@ -4,31 +4,16 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import threading
+import sys
+from pathlib import Path
 
 import pytest
 
 from formats.files import open_regular_file, sha256_file
 from pipelines.publish import shards
 
-
-@contextlib.contextmanager
-def _fifo_never_hangs(path):
-    """Should the check regress: after 30 s, end every reader blocked on the FIFO ``path`` (fail, not hang)."""
-    done = threading.Event()
-
-    def unblock() -> None:
-        wait = 30.0
-        while not done.wait(wait):
-            wait = 0.2
-            with contextlib.suppress(OSError):
-                os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
-
-    threading.Thread(target=unblock, daemon=True).start()
-    try:
-        yield
-    finally:
-        done.set()
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
+from tests.fifos import fifo_that_fails_not_hangs  # noqa: E402
 
 
 def test_a_regular_file_and_a_link_to_one_are_read(tmp_path) -> None:
@@ -43,15 +28,13 @@ def test_a_regular_file_and_a_link_to_one_are_read(tmp_path) -> None:
 @pytest.mark.parametrize("kind", ["fifo", "folder", "device", "link to a device"])
 def test_anything_else_is_refused_without_reading_or_waiting(tmp_path, kind) -> None:
     path = tmp_path / "x.jpg"
-    if kind == "fifo":
-        os.mkfifo(path)
-    elif kind == "folder":
+    if kind == "folder":
         path.mkdir()
     elif kind == "device":
         path = "/dev/null"
-    else:
+    elif kind == "link to a device":
         path.symlink_to("/dev/null")       # /dev/zero would never end; /dev/null: a regression fails, not hangs
-    with _fifo_never_hangs(path) if kind == "fifo" else contextlib.nullcontext():
+    with fifo_that_fails_not_hangs(path) if kind == "fifo" else contextlib.nullcontext():
         with pytest.raises(OSError, match="not a regular file") as caught:
             open_regular_file(path)
         assert caught.value.errno == errno.EINVAL
