@@ -250,7 +250,8 @@ def with_prompt_counts(rows: pa.Table) -> pa.Table:
     return joined.rename_columns([("num_example_per_prompt" if n == "count_all" else n) for n in joined.column_names])
 
 
-def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3) -> dict:
+def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3,
+        direct_io: bool = True) -> dict:
     """Run every measurement ``repeats`` times and return medians and ratios."""
     import pyarrow.parquet as pq
 
@@ -258,7 +259,7 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     per_day = samples // days
     home = build_home(base / "home", samples + per_day, days=days + 1)   # the last day is the nightly one
     table = pq.read_table(home.table_file("split_pairs"))
-    config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000)
+    config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000, direct_io=direct_io)
     m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
                                                  "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
                                                  "bare", "nightly_bare")}
@@ -298,6 +299,7 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     return {
         "benchmark": "shards",
         "samples": samples, "days": days, "repeats": repeats, "workers": workers or os.cpu_count(), "fsync": fsync,
+        "direct_io": direct_io,
         "tar_mb": round(tar_bytes / 1e6, 1),
         "raw_write_mb_s": round(med["raw"], 1),
         "publish_shards_mb_s": round(med["shards"], 1),
@@ -338,10 +340,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
     parser.add_argument("--no-fsync", action="store_true", help="measure page-cache speed (both sides)")
+    parser.add_argument("--no-direct-io", action="store_true", help="the publish writes its tars through the page cache")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
-    result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir, args.days)
+    result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir, args.days,
+                 not args.no_direct_io)
     text = json.dumps(result, indent=1)
     print(text)
     if args.json_out:

@@ -28,6 +28,9 @@ class PublishConfig:
     workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, output=False)
     fsync: bool = knob(True, "make what a publish writes durable: each shard's tar and sidecar before its "
                             "commit marker, the whole version before it is renamed into place", output=False)
+    direct_io: bool = knob(True, "with fsync, write shard tars with O_DIRECT where the file system takes it: from the "
+                                 "writer's buffer to the disk, no page-cache copy (false: through the page cache)",
+                           output=False)
     verify_checksums: bool = knob(False, "re-read every file and compare its sha256 with the manifest before "
                                          "switching latest", output=False)
     reuse_shards: bool = knob(True, "hard-link shards whose content is unchanged from an older version (false: "

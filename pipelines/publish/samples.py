@@ -132,7 +132,7 @@ def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, sta
             digest = shardplan.plan_digest(plan.name, keys[plan.start:plan.stop], digests[plan.start:plan.stop])
             part_rows = rows.slice(plan.start, plan.stop - plan.start)  # zero-copy; a task pickles only its slice
             tasks.append(shards.ShardTask(split, plan.name, str(staging / split), str(home.root), part_rows, digest,
-                                          config.fsync))
+                                          config.fsync, config.fsync and config.direct_io))
     return tasks
 
 

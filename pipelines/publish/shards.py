@@ -4,8 +4,9 @@ A shard is ``<name>.tar`` (members ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, `
 sample, in that order; the name comes from :mod:`pipelines.publish.plan`), its Parquet sidecar
 ``<name>.parquet`` (one row per sample: member offsets/sizes + every sample column) and
 ``<name>_stats.json``, written last as the shard's commit marker. Tar headers are built here (ustar, fixed mtime/uid/gid/mode,
-byte-identical to :mod:`tarfile`'s) and JPEG bytes are copied verbatim: the writer is a loop of
-``read`` + ``join`` + ``write`` so one process keeps up with the disk (webdataset's ``TarWriter``
+byte-identical to :mod:`tarfile`'s) and JPEG bytes are copied verbatim, read straight into the
+writer's buffer (:mod:`pipelines.publish.chunkwriter`, which writes it a chunk at a time, with
+``O_DIRECT`` where it can), so one process keeps up with the disk (webdataset's ``TarWriter``
 spends most of its time in ``tarfile``).
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ import pyarrow.parquet as pq
 from formats.dataset import MEMBERS, STATS_SUFFIX, UNIQUE_SUFFIX, shard_paths
 from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp, open_regular_file
 from pipelines import faults
+from pipelines.publish.chunkwriter import ChunkWriter
 from schemas import get_schema
 
 TAR_MTIME = 1672531200               # 2023-01-01T00:00:00Z, fixed so equal input gives equal tars
@@ -100,13 +102,14 @@ class ShardTask:
     rows: pa.Table
     plan_sha256: str
     fsync: bool = True
+    direct: bool = False     # write the tar with O_DIRECT where the file system takes it
 
     def __reduce__(self):
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.rows.schema) as writer:
             writer.write_table(self.rows)
         return (_task_from_ipc, (self.split, self.name, self.out_dir, self.home_root, sink.getvalue(),
-                                 self.plan_sha256, self.fsync))
+                                 self.plan_sha256, self.fsync, self.direct))
 
     def paths(self) -> tuple[Path, Path, Path]:
         """The shard's tar, sidecar and stats paths."""
@@ -114,8 +117,9 @@ class ShardTask:
 
 
 def _task_from_ipc(split: str, name: str, out_dir: str, home_root: str, rows: pa.Buffer,
-                   plan_sha256: str, fsync: bool) -> ShardTask:
-    return ShardTask(split, name, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync)
+                   plan_sha256: str, fsync: bool, direct: bool) -> ShardTask:
+    return ShardTask(split, name, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync,
+                     direct)
 
 
 DUCKDB_JSON_MIN_ROWS = 200    # below this, DuckDB's fixed cost per call (a plan, ~8 ms) loses: measured crossover ~200 rows
@@ -326,7 +330,8 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
             tar_path = task.paths()[0]
             tar_path.parent.mkdir(parents=True, exist_ok=True)
             tar_info, fd = _write_new(tar_path, lambda fd: _write_tar(task.rows, shard_texts, task.home_root,
-                                                                      fd, offsets, sizes, task.fsync), task.fsync)
+                                                                      fd, offsets, sizes, task.fsync, task.direct),
+                                         task.fsync)
             committer.put(fd, tar_path)
             faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
             written.append((i, tar_info))
@@ -467,53 +472,42 @@ def _write_new(path: Path, write, keep_open: bool):
 
 
 def _write_tar(rows: pa.Table, texts: list[str], home: str, fd: int, offsets: dict, sizes: dict,
-               writeback: bool) -> tuple[int, int, str]:
+               writeback: bool, direct: bool = False) -> tuple[int, int, str]:
     """Write the tar of ``rows`` (JSON members ``texts``) to ``fd``: (bytes, JPEG bytes, sha256).
 
-    Appends each member's offset and size to ``offsets`` / ``sizes``. With ``writeback`` the disk
-    is started on every ``WRITEBACK_EVERY`` bytes and on the whole file at the end (the caller fsyncs).
+    Appends each member's offset and size to ``offsets`` / ``sizes``. The tar is built in a
+    :class:`~pipelines.publish.chunkwriter.ChunkWriter` (JPEGs read straight into its buffer) and
+    written a chunk at a time: with ``direct`` by ``O_DIRECT`` where the file system takes it, else
+    through the page cache, where ``writeback`` starts the disk on each chunk (the caller fsyncs).
     """
-    digest = hashlib.sha256()
-    position = flushed = 0
     jpg_bytes = 0
     columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
-    for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, texts):
-        payloads = (
-            _read_jpg(home, jpg_0_key, key),
-            _read_jpg(home, jpg_1_key, key),
-            text.encode("utf-8"),
-            caption.encode("utf-8"),
-        )
-        pieces = []
-        start = position
-        for member, data in zip(MEMBERS, payloads):
-            size = len(data)
-            pieces.append(tar_header(f"{key}.{member}".encode(), size))
-            pieces.append(data)
-            pad = -size % BLOCK
-            if pad:
-                pieces.append(_ZEROS[:pad])
-            offsets[member].append(position + BLOCK)
-            sizes[member].append(size)
-            position += BLOCK + size + pad
-        jpg_bytes += len(payloads[0]) + len(payloads[1])
-        for piece in pieces:
-            digest.update(piece)
-        _write_all(fd, pieces, position - start)  # one writev per sample: no join copies the JPEGs
-        if writeback and position - flushed >= WRITEBACK_EVERY:
-            start_writeback(fd, flushed, position - flushed)
-            flushed = position
-    end = tar_size(position) - position
-    tail = bytes(end)
-    digest.update(tail)
-    _write_all(fd, [tail], end)
-    position += end
-    if writeback:
-        start_writeback(fd, flushed, position - flushed)
-    return position, jpg_bytes, digest.hexdigest()
+    on_written = (lambda offset, length: start_writeback(fd, offset, length)) if writeback else None
+    with ChunkWriter(fd, direct, on_written) as out:
+        for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, texts):
+            for member, payload in zip(MEMBERS, (jpg_0_key, jpg_1_key, text.encode("utf-8"), caption.encode("utf-8"))):
+                if isinstance(payload, str):
+                    size = _read_jpg_into(out, home, payload, key)
+                    jpg_bytes += size
+                else:
+                    size = len(payload)
+                    out.reserve(2 * BLOCK + size)          # header, bytes, padding
+                    out.view[out.fill + BLOCK:out.fill + BLOCK + size] = payload
+                view = out.view
+                at = out.fill
+                view[at:at + BLOCK] = tar_header(f"{key}.{member}".encode(), size)
+                pad = -size % BLOCK
+                if pad:
+                    view[at + BLOCK + size:at + BLOCK + size + pad] = _ZEROS[:pad]
+                offsets[member].append(out.position + BLOCK)
+                sizes[member].append(size)
+                out.advance(BLOCK + size + pad)
+            out.maybe_write()
+        out.add_bytes(bytes(tar_size(out.position) - out.position))
+        position, sha256 = out.close()
+    return position, jpg_bytes, sha256
 
 
-WRITEBACK_EVERY = 8 << 20          # start the disk on every 8 MiB written, as RocksDB's bytes_per_sync does
 _SYNC_FILE_RANGE_WRITE = 2         # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
 _sync_file_range = None
 IOV_MAX = 1024                     # most buffers one writev takes (Linux)
@@ -596,13 +590,30 @@ STATS_KEYS = {"split", "shard", "num_samples", "num_bytes", "jpg_bytes", "sha256
 STATS_INT_KEYS = ("num_samples", "num_bytes", "jpg_bytes", "sidecar_bytes")
 
 
-def _read_jpg(home: str, relpath: str, key: str) -> bytes:
-    """Bytes of a training JPEG (copied verbatim, never decoded; a regular file, checked once open)."""
+def _read_jpg_into(out: ChunkWriter, home: str, relpath: str, key: str) -> int:
+    """Read a training JPEG (copied verbatim, never decoded; a regular file, checked once open) into
+    ``out``'s buffer, a header's length past its end; return its size.
+
+    Only the JPEG's own errors say it cannot be read: a write that making room sets off (a full
+    disk) keeps its own error.
+    """
+    def unreadable(exc: OSError) -> FileNotFoundError:
+        return FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}")
+
+    def readinto(view: memoryview) -> int:
+        try:
+            return handle.readinto(view)
+        except OSError as exc:
+            raise unreadable(exc) from exc
+
     try:
-        with open_regular_file(os.path.join(home, relpath)) as handle:
-            return handle.readall()
+        handle = open_regular_file(os.path.join(home, relpath))
     except OSError as exc:
-        raise FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}") from exc
+        raise unreadable(exc) from exc
+    with handle:
+        size_hint = os.fstat(handle.fileno()).st_size
+        out.reserve(2 * BLOCK + size_hint)             # header, bytes, padding (add_file keeps its room)
+        return out.add_file(readinto, BLOCK, size_hint)
 
 
 def jpg_key_is_safe(relpath: str) -> bool:

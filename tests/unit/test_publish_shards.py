@@ -417,7 +417,7 @@ def _tar_rows(home):
     return rows.drop_columns(["caption"]).append_column("caption", rows.column("caption"))
 
 
-def _tar_to(rows, home, path, writeback):
+def _tar_to(rows, home, path, writeback, direct=False):
     """``shards._write_tar`` of ``rows`` into a new file at ``path``: (its result, member offsets, sizes)."""
     import os
 
@@ -425,42 +425,111 @@ def _tar_to(rows, home, path, writeback):
     sizes = {m: [] for m in shards.MEMBERS}
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
-        result = shards._write_tar(rows, shards.sample_json(rows).to_pylist(), str(home), fd, offsets, sizes, writeback)
+        result = shards._write_tar(rows, shards.sample_json(rows).to_pylist(), str(home), fd, offsets, sizes,
+                                   writeback, direct)
     finally:
         os.close(fd)
     return result, offsets, sizes
 
 
-def test_partial_writes_and_early_writeback_give_the_same_tar(tmp_path, monkeypatch) -> None:
-    """A writev that writes less than asked is continued; starting writeback early changes no byte."""
+@pytest.mark.parametrize("direct", [False, True])
+def test_chunked_short_and_direct_writes_give_the_same_tar(tmp_path, monkeypatch, direct) -> None:
+    """Small chunks, writes cut short, O_DIRECT (where the file system takes it) and early writeback
+    change no byte: the tar is tarfile's, member for member."""
+    import fcntl
     import os
+
+    from pipelines.publish import chunkwriter
 
     rows = _tar_rows(tmp_path)
     plain = tmp_path / "plain.tar"
-    expected = _tar_to(rows, tmp_path, plain, writeback=True)
+    expected = _tar_to(rows, tmp_path, plain, writeback=False)
     with tarfile.open(plain) as archive:
         names = archive.getnames()
         assert names[:4] == ["0_0.0.jpg", "0_0.1.jpg", "0_0.json", "0_0.txt"]
         assert archive.extractfile("3_0.1.jpg").read() == (tmp_path / "blobs/3_1.jpg").read_bytes()
-    real_writev = os.writev
-    calls = []
+        assert len(names) == 4 * rows.num_rows
+    try:    # does this file system take O_DIRECT? (asked here, not through the code under test)
+        os.close(os.open(tmp_path / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT, 0o644))
+        takes_direct = True
+    except OSError:
+        takes_direct = False
 
-    def short_writev(fd, buffers):   # at most 1000 bytes per call, as a signal or a pipe may cut a write
-        calls.append(len(buffers))
-        return real_writev(fd, [bytes(b"".join(bytes(b) for b in buffers)[:1000])])
+    cut = tmp_path / "cut.tar"
+    real_write = os.write
+    calls = []    # (bytes asked, O_DIRECT on) of each write to the tar
 
-    monkeypatch.setattr(shards.os, "writev", short_writev)
-    monkeypatch.setattr(shards, "WRITEBACK_EVERY", 1)
+    def short_write(fd, data):   # a write cut short, as a signal may cut one: at most a page (1,000 bytes buffered)
+        if os.readlink(f"/proc/self/fd/{fd}") != str(cut):
+            return real_write(fd, data)
+        on = bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_DIRECT)
+        calls.append((len(data), on))
+        return real_write(fd, data[: 4096 if on else 1000])
+
+    monkeypatch.setattr(chunkwriter.os, "write", short_write)
+    monkeypatch.setattr(chunkwriter, "CHUNK", 8192)
+    monkeypatch.setattr(chunkwriter, "_free", [])        # a buffer of 2 chunks: making room writes too
     started = []
     real_start = shards.start_writeback
     monkeypatch.setattr(shards, "start_writeback", lambda *a: (started.append(a), real_start(*a)))
-    short = tmp_path / "short.tar"
-    assert _tar_to(rows, tmp_path, short, writeback=True) == expected
-    assert short.read_bytes() == plain.read_bytes()
-    # continued; one writeback a sample and one for the end-of-archive blocks
-    assert len(calls) > 2 * rows.num_rows and len(started) == rows.num_rows + 1
-    assert [offset for _, offset, _ in started][:2] == [0, started[0][2]]    # consecutive ranges, from 0
-    assert started[-1][1] + started[-1][2] == short.stat().st_size            # up to the end of the file
+    assert _tar_to(rows, tmp_path, cut, writeback=True, direct=direct) == expected
+    assert cut.read_bytes() == plain.read_bytes()
+    size = cut.stat().st_size
+    assert size > 3 * 8192 and len(calls) > size // 8192    # chunked, and the short writes were continued
+    if direct and takes_direct:
+        assert calls[0][1] and not started       # straight to the disk: nothing left for writeback
+    else:
+        assert not any(on for _, on in calls)
+        # one writeback per chunk written, consecutive ranges from 0 to the end of the file
+        assert [offset for _, offset, _ in started] == list(np.cumsum([0] + [n for _, _, n in started[:-1]]))
+        assert started[-1][1] + started[-1][2] == size and len(started) > 3
+
+
+@pytest.mark.parametrize("jpg_bytes", [3000, 3 << 20])     # the write due in maybe_write, or in making room
+def test_a_full_disk_while_writing_a_tar_is_not_blamed_on_a_jpeg(tmp_path, monkeypatch, jpg_bytes) -> None:
+    import errno
+    import os
+
+    from pipelines.publish import chunkwriter
+
+    rows = _tar_rows(tmp_path)
+    for relpath in rows.column("jpg_0_key").to_pylist():
+        (tmp_path / relpath).write_bytes(b"j" * jpg_bytes)
+
+    def full(fd, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(chunkwriter.os, "write", full)
+    with pytest.raises(OSError) as caught:
+        _tar_to(rows, tmp_path, tmp_path / "full.tar", writeback=False, direct=True)
+    assert caught.type is OSError and caught.value.errno == errno.ENOSPC
+
+
+def test_a_jpeg_that_fails_to_read_is_named(tmp_path, monkeypatch) -> None:
+    import errno
+
+    rows = _tar_rows(tmp_path)
+    real_open = shards.open_regular_file
+
+    class Failing:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def fileno(self):
+            return self.handle.fileno()
+
+        def readinto(self, view):
+            raise OSError(errno.EIO, "Input/output error")
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.handle.close()
+
+    monkeypatch.setattr(shards, "open_regular_file", lambda path: Failing(real_open(path)))
+    with pytest.raises(FileNotFoundError, match=r"sample '0_0': cannot read training JPEG 'blobs/0_0.jpg': .*Input/output"):
+        _tar_to(rows, tmp_path, tmp_path / "eio.tar", writeback=False)
 
 
 def test_start_writeback_is_harmless_on_any_range(tmp_path) -> None:

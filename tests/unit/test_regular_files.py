@@ -11,6 +11,7 @@ import pytest
 
 from formats.files import open_regular_file, sha256_file
 from pipelines.publish import shards
+from pipelines.publish.chunkwriter import ChunkWriter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.fifos import fifo_that_fails_not_hangs  # noqa: E402
@@ -42,8 +43,9 @@ def test_anything_else_is_refused_without_reading_or_waiting(tmp_path, kind) -> 
             sha256_file(path)
         if kind != "device":
             # the shard writer's read: a FIFO swapped into the blob store after the digest step
-            with pytest.raises(FileNotFoundError, match=r"sample 'k': cannot read training JPEG 'x.jpg': .*not a regular file"):
-                shards._read_jpg(str(tmp_path), "x.jpg", "k")
+            with ChunkWriter(-1) as out, pytest.raises(
+                    FileNotFoundError, match=r"sample 'k': cannot read training JPEG 'x.jpg': .*not a regular file"):
+                shards._read_jpg_into(out, str(tmp_path), "x.jpg", "k")
 
 
 def test_no_descriptor_is_left_open(tmp_path) -> None:
