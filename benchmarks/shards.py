@@ -1,6 +1,6 @@
 """Benchmark: publishing WebDataset shards vs raw sequential disk write, measured in the same run.
 
-    python -m benchmarks.shards [--samples 3000] [--days 3] [--repeats 3] [--json-out results.json]
+    python -m benchmarks.shards [--samples 3000] [--days 3] [--repeats 3] [--no-direct-io] [--json-out results.json]
 
 Builds a synthetic data home (distinct ~70 KB JPEGs, a split_pairs table over ``--days`` export
 days), then per repeat measures
@@ -18,6 +18,9 @@ shard writer's per-byte work without tar headers, JSON, sidecars, per-shard file
 writeback. Its rate is given in the shard phase's bytes (the phase's bytes over the bare writer's
 seconds), so every ratio with it compares times for the same samples. It is a reference, not a
 bound: the phase starts writeback early, and the bare writer runs at another moment.
+The publish writes its tars by ``O_DIRECT`` (``publish.direct_io``, the default) unless
+``--no-direct-io``; the ratios then move with the page cache's memory as much as with the code (a
+buffered publish leaves the raw write after it only fresh pages: see the README's *Direct writes*).
 Reports medians and the ratios to the raw write (goal for the shard phase: >= 0.5) and to the
 bare writer, every repeat's numbers (``runs_mb_s``), and, because the machine is shared, the
 from-scratch phase per CPU-second (the writer pool's user + system time against the raw write's),

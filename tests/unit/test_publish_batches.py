@@ -226,9 +226,28 @@ def test_batches_cover_every_shard_once_in_consecutive_runs_heaviest_first() -> 
 
 
 def test_the_pool_writes_the_same_version_as_one_process(tmp_path) -> None:
+    """Also direct I/O against the page cache: the pool's tars go by O_DIRECT (fsync on), the one
+    process's through the page cache (fsync off)."""
     homes = [make_home(tmp_path / name, num_rankings=160, seed=3) for name in ("one", "pool")]
     one = publish_dataset(homes[0], PublishConfig(workers=1, fsync=False))
     pool = publish_dataset(homes[1], PublishConfig(workers=3, fsync=True))
     assert one.version == pool.version and pool.shards_written == one.shards_written > 3
     manifests = [(dataset.resolve_version(h) / dataset.MANIFEST_FILE).read_bytes() for h in homes]
     assert manifests[0] == manifests[1]
+
+
+@pytest.mark.parametrize("fsync,direct_io,expected", [(True, True, True), (True, False, False), (False, True, False)])
+def test_the_tars_go_by_o_direct_only_with_fsync_and_direct_io(tmp_path, monkeypatch, fsync, direct_io, expected) -> None:
+    from pipelines.publish import chunkwriter
+
+    asked = []
+    real_init = chunkwriter.ChunkWriter.__init__
+
+    def recording_init(self, fd, direct=False, on_written=None):
+        asked.append(direct)
+        real_init(self, fd, direct, on_written)
+
+    monkeypatch.setattr(chunkwriter.ChunkWriter, "__init__", recording_init)
+    home = make_home(tmp_path / "h", num_rankings=40, seed=5)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=fsync, direct_io=direct_io))
+    assert len(asked) == report.shards_written > 0 and set(asked) == {expected}
