@@ -24,6 +24,8 @@ from pathlib import Path
 
 import psycopg
 
+from benchmarks import report
+
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2023-02-13"
 
@@ -142,10 +144,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json-out", default=None, help="also write the result here")
     args = parser.parse_args(argv)
     result = run(args.rankings, args.small)
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.json_out:
-        Path(args.json_out).write_text(text + "\n")
+    report(result, args.json_out, indent=2)
     return result
 
 

@@ -17,7 +17,6 @@ nightly runs right after the from-scratch publish, as it would after the stages 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import shutil
 import statistics
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from benchmarks import report
 from benchmarks.shards import _children_cpu, _publish_with_days, _set_aside, build_home
 from pipelines.publish.config import PublishConfig
 
@@ -93,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
-    text = json.dumps(run(args.samples, args.days, args.repeats, args.workers, args.dir), indent=1)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    report(run(args.samples, args.days, args.repeats, args.workers, args.dir), args.json_out)
     return 0
 
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks import report
 from formats import dataset
 from formats.files import PARQUET_OPTIONS, cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
@@ -271,10 +272,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     result = run(args.rankings, args.days, args.users, args.seed, args.dir)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    report(result, args.json_out)
     return result
 
 

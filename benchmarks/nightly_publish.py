@@ -50,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from benchmarks import report
 from benchmarks.shards import raw_write
 from formats import dataset
 from formats.dataset import list_versions
@@ -316,10 +317,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     result = run(args.days, args.users, args.rankings_per_day, args.image_size, args.seed, args.dir, args.workers,
                  args.max_samples_per_shard, args.max_shard_bytes, args.shards_per_day, args.min_shard_bytes)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    report(result, args.json_out)
     return result
 
 

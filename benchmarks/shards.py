@@ -32,7 +32,6 @@ import argparse
 import datetime as dt
 import hashlib
 import io
-import json
 import os
 import random
 import resource
@@ -51,6 +50,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
+from benchmarks import report
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.publish.config import PublishConfig
@@ -349,10 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir, args.days,
                  not args.no_direct_io)
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.json_out:
-        args.json_out.write_text(text + "\n")
+    report(result, args.json_out)
     return 0
 
 

@@ -488,7 +488,6 @@ def test_chunked_short_and_direct_writes_give_the_same_tar(tmp_path, monkeypatch
 @pytest.mark.parametrize("jpg_bytes", [3000, 3 << 20])     # the write due in maybe_write, or in making room
 def test_a_full_disk_while_writing_a_tar_is_not_blamed_on_a_jpeg(tmp_path, monkeypatch, jpg_bytes) -> None:
     import errno
-    import os
 
     from pipelines.publish import chunkwriter
 
