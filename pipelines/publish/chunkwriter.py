@@ -4,7 +4,7 @@ The shard writer builds each tar in a :class:`ChunkWriter`: tar headers, JPEG by
 into the buffer (``readinto``: no intermediate ``bytes``), padding. Every ``CHUNK`` bytes it hashes
 the filled part and writes it. With ``direct`` the file is switched to ``O_DIRECT`` and the chunk
 goes from this buffer to the disk: no copy into the page cache, no page-cache memory to allocate,
-and so no writeback left for the ``fsync`` (on this project's VMs a buffered write's speed swings
+and so only the file's metadata left for the ``fsync`` (on this project's VMs a buffered write's speed swings
 5x with the page cache's memory temperature, a direct one does not: see the README's benchmark
 notes). Direct writes are cut at ``ALIGN`` bytes; the rest of a chunk moves to the buffer's front
 and goes with the next one. A write the kernel refuses for its alignment (``EINVAL``: a file
@@ -13,7 +13,7 @@ the page cache and is repeated there, so the bytes on disk are the same either w
 
 The buffer is an anonymous ``mmap`` (page-aligned, as ``O_DIRECT`` needs), kept between files of
 the same process (a forked child starts without its parent's): touching fresh memory costs far more
-than reusing it. It grows only to hold a member bigger than a chunk (a member is always whole in the
+than reusing it. It grows only to hold a member of more than about a chunk (a member is always whole in the
 buffer, its header written after its bytes), and a buffer grown past ``KEEP_MAX`` is freed after.
 """
 from __future__ import annotations
