@@ -24,10 +24,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 from benchmarks import report
-from benchmarks.shards import _children_cpu, _publish_with_days, _set_aside, build_home
+from benchmarks.shards import _children_cpu, _publish_with_days, _set_aside, build_history
 from pipelines.publish.config import PublishConfig
 
 
@@ -42,9 +40,7 @@ def page_cache_mib() -> float:
 
 def run(samples: int, days: int, repeats: int, workers: int, root: Path | None) -> dict:
     base = Path(root or tempfile.mkdtemp(prefix="bench-direct-io-"))
-    per_day = samples // days
-    home = build_home(base / "home", samples + per_day, days=days + 1)
-    table = pq.read_table(home.table_file("split_pairs"))
+    home, table = build_history(base / "home", samples, days)
     runs: dict[str, dict[str, list[float]]] = {
         mode: {k: [] for k in ("scratch_mb_s", "scratch_mb_per_cpu_s", "page_cache_growth_mib", "nightly_mb_s")}
         for mode in ("direct", "buffered")}

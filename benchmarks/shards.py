@@ -115,6 +115,15 @@ def build_home(root: Path, samples: int, seed: int = 0, days: int = 1) -> DataHo
     return home
 
 
+def build_history(root: Path, samples: int, days: int) -> tuple[DataHome, pa.Table]:
+    """:func:`build_home` with ``samples`` pairs over ``days`` export days plus one more day of
+    ``samples // days`` pairs (the nightly one), and its whole split_pairs table."""
+    import pyarrow.parquet as pq
+
+    home = build_home(root, samples + samples // days, days=days + 1)
+    return home, pq.read_table(home.table_file("split_pairs"))
+
+
 def raw_write(path: Path, total_bytes: int, fsync: bool, cpu: list | None = None) -> float:
     """Seconds to write ``total_bytes`` sequentially in 1 MiB blocks (the machine's baseline).
 
@@ -256,12 +265,8 @@ def with_prompt_counts(rows: pa.Table) -> pa.Table:
 def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3,
         direct_io: bool = True) -> dict:
     """Run every measurement ``repeats`` times and return medians and ratios."""
-    import pyarrow.parquet as pq
-
     base = Path(root or tempfile.mkdtemp(prefix="bench-shards-"))
-    per_day = samples // days
-    home = build_home(base / "home", samples + per_day, days=days + 1)   # the last day is the nightly one
-    table = pq.read_table(home.table_file("split_pairs"))
+    home, table = build_history(base / "home", samples, days)
     config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000, direct_io=direct_io)
     m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
                                                  "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
