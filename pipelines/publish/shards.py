@@ -485,27 +485,31 @@ def _write_tar(rows: pa.Table, texts: list[str], home: str, fd: int, offsets: di
     on_written = (lambda offset, length: start_writeback(fd, offset, length)) if writeback else None
     with ChunkWriter(fd, direct, on_written) as out:
         for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, texts):
-            for member, payload in zip(MEMBERS, (jpg_0_key, jpg_1_key, text.encode("utf-8"), caption.encode("utf-8"))):
-                if isinstance(payload, str):
-                    size = _read_jpg_into(out, home, payload, key)
-                    jpg_bytes += size
-                else:
-                    size = len(payload)
-                    out.reserve(2 * BLOCK + size)          # header, bytes, padding
-                    out.view[out.fill + BLOCK:out.fill + BLOCK + size] = payload
-                view = out.view
-                at = out.fill
-                view[at:at + BLOCK] = tar_header(f"{key}.{member}".encode(), size)
-                pad = -size % BLOCK
-                if pad:
-                    view[at + BLOCK + size:at + BLOCK + size + pad] = _ZEROS[:pad]
-                offsets[member].append(out.position + BLOCK)
-                sizes[member].append(size)
-                out.advance(BLOCK + size + pad)
+            for member, relpath in zip(MEMBERS[:2], (jpg_0_key, jpg_1_key)):
+                size = _read_jpg_into(out, home, relpath, key)
+                jpg_bytes += size
+                _finish_member(out, f"{key}.{member}", size, offsets[member], sizes[member])
+            for member, data in zip(MEMBERS[2:], (text.encode("utf-8"), caption.encode("utf-8"))):
+                out.reserve(2 * BLOCK + len(data))          # header, bytes, padding
+                out.view[out.fill + BLOCK:out.fill + BLOCK + len(data)] = data
+                _finish_member(out, f"{key}.{member}", len(data), offsets[member], sizes[member])
             out.maybe_write()
         out.add_bytes(bytes(tar_size(out.position) - out.position))
         position, sha256 = out.close()
     return position, jpg_bytes, sha256
+
+
+def _finish_member(out: ChunkWriter, name: str, size: int, offsets: list[int], sizes: list[int]) -> None:
+    """Put the header in front of the ``size`` bytes already placed a block past ``out``'s end, pad
+    them to a block, count them as filled, and note where the bytes start and how many there are."""
+    at = out.fill
+    out.view[at:at + BLOCK] = tar_header(name.encode(), size)
+    pad = -size % BLOCK
+    if pad:
+        out.view[at + BLOCK + size:at + BLOCK + size + pad] = _ZEROS[:pad]
+    offsets.append(out.position + BLOCK)
+    sizes.append(size)
+    out.advance(BLOCK + size + pad)
 
 
 _SYNC_FILE_RANGE_WRITE = 2         # <linux/fs.h>: start writeback of the range's dirty pages, do not wait
