@@ -20,6 +20,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 
 from formats.files import sha256_file
@@ -34,6 +35,7 @@ SIZES_FILE = "sizes.json"
 PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 SHARD_PREFIX = "pickapic-"
 MEMBERS = ("0.jpg", "1.jpg", "json", "txt")   # per sample, in this order inside a tar
+VERSION_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-[0-9a-f]{10}")   # <last export day>-<sha256[:10]>: what a publish names its folder
 
 
 def shard_name(split: str, segment: str, first_key: str) -> str:
@@ -126,12 +128,25 @@ def prompt_counts_glob(version_dir: str | os.PathLike) -> str:
 
 
 def list_versions(home: DataHome) -> list[str]:
-    """Complete version names (those with a manifest), oldest first (by the time they were last published)."""
+    """Complete version names, oldest first (by the time they were last published).
+
+    A version is a real folder (not a link) named as a publish names one (``VERSION_NAME``) that holds
+    a manifest. Anything else beside them (a backup copy, a user's folder) is not a version: retention
+    never deletes it and no publish reuses files from it. A folder this account cannot look into is
+    skipped too.
+    """
     if not home.datasets.is_dir():
         return []
-    found = [p for p in home.datasets.iterdir()
-             if not p.name.startswith(".") and not p.is_symlink() and p.is_dir() and (p / MANIFEST_FILE).is_file()]
-    return [p.name for p in sorted(found, key=lambda p: (p.stat().st_mtime_ns, p.name))]
+    found = []
+    for path in home.datasets.iterdir():
+        if not VERSION_NAME.fullmatch(path.name):
+            continue
+        try:
+            if not path.is_symlink() and path.is_dir() and (path / MANIFEST_FILE).is_file():
+                found.append((path.lstat().st_mtime_ns, path.name))
+        except OSError:          # EACCES: another account's version under a strict umask
+            continue
+    return [name for _, name in sorted(found)]
 
 
 def resolve_version(home: DataHome, version: str | None = None) -> Path:

@@ -66,6 +66,8 @@ class PublishReport:
     shards_linked: int = 0           # hard-linked (or copied) unchanged from an older version
     bytes_written: int = 0           # tar + sidecar bytes of the shards written by this run
     jpgs_hashed: int = 0             # training JPEGs read to learn their sha256 (not in the digest cache)
+    shards_repaired: list[str] = dataclasses.field(default_factory=list)   # linked shards whose older copy failed
+    #                                 its checksum (verify_checksums), written again: "<split>/<shard> from <version>"
 
     @property
     def total_bytes(self) -> int:
@@ -97,6 +99,7 @@ class PublishReport:
             "write_seconds": round(self.write_seconds, 3),
             "total_seconds": round(self.total_seconds, 3),
             "deleted_versions": list(self.deleted_versions),
+            "shards_repaired": list(self.shards_repaired),
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 
@@ -111,7 +114,7 @@ def report_of(manifest: dict, path: Path, reused: bool, written: ShardsDone, tot
         bytes={s: v["bytes"] for s, v in splits.items()}, shards_written=written.written,
         shards_resumed=written.resumed, write_seconds=written.seconds, total_seconds=total_seconds,
         deleted_versions=deleted, shards_linked=written.linked, bytes_written=written.bytes_written,
-        jpgs_hashed=jpgs_hashed)
+        jpgs_hashed=jpgs_hashed, shards_repaired=list(written.repaired))
 
 
 @dataclass
@@ -124,3 +127,5 @@ class ShardsDone:
     written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
+    sources: dict[str, Path] = dataclasses.field(default_factory=dict)   # "split/shard" -> the version it was linked from
+    repaired: list[str] = dataclasses.field(default_factory=list)        # linked shards that failed their checksum, written again

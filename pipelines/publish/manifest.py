@@ -9,6 +9,7 @@ import pyarrow as pa
 from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, manifest_files, sidecar_glob
 from formats.files import sha256_file, write_bytes_atomic
 from pipelines.publish.config import PublishConfig
+from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
 
 
@@ -30,6 +31,7 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
     days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
     manifest = {
         "format": FORMAT_VERSION,
+        "writers": WRITERS,
         "version": version,
         "splits": splits,
         "sources": {
@@ -62,19 +64,35 @@ def manifest_text(manifest: dict) -> str:
 
 
 
+class ManifestMismatch(RuntimeError):
+    """A version's files differ from its manifest; ``paths``: every file that does (relative)."""
+
+    def __init__(self, message: str, paths: list[str]) -> None:
+        super().__init__(message)
+        self.paths = paths
+
+
 def verify_version(path: Path, checksums: bool = False) -> dict:
-    """Check that ``path`` holds exactly the manifest's files with their sizes (and sha256s)."""
+    """Check that ``path`` holds exactly the manifest's files with their sizes (and sha256s).
+
+    Raises :class:`ManifestMismatch` naming the first difference and listing every file that differs.
+    """
     manifest_path = path / MANIFEST_FILE
     manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     expected = manifest["files"]
     present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_FILE}
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
     if missing or extra:
-        raise RuntimeError(f"version {path.name}: files differ from its manifest: missing {missing[:5]}, unexpected {extra[:5]}")
+        raise ManifestMismatch(f"version {path.name}: files differ from its manifest: missing {missing[:5]}, "
+                               f"unexpected {extra[:5]}", missing + extra)
+    problems = []
     for rel, info in expected.items():
         size = (path / rel).stat().st_size
         if size != info["bytes"]:
-            raise RuntimeError(f"version {path.name}: {rel} has {size} bytes, manifest says {info['bytes']}")
-        if checksums and sha256_file(path / rel) != info["sha256"]:
-            raise RuntimeError(f"version {path.name}: {rel} does not match its manifest sha256")
+            problems.append((rel, f"{rel} has {size} bytes, manifest says {info['bytes']}"))
+        elif checksums and sha256_file(path / rel) != info["sha256"]:
+            problems.append((rel, f"{rel} does not match its manifest sha256"))
+    if problems:
+        more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+        raise ManifestMismatch(f"version {path.name}: {problems[0][1]}{more}", [rel for rel, _ in problems])
     return manifest

@@ -10,7 +10,8 @@ import pyarrow.parquet as pq
 from formats.dataset import FORMAT_VERSION, SPLITS, sidecar_glob
 from formats.files import sha256_file, write_parquet_atomic
 from pipelines.publish import datacard
-from pipelines.publish.reuse import link_or_copy, manifest_plans
+from pipelines.publish.plan import WRITERS
+from pipelines.publish.reuse import NotReusable, link_or_copy, read_manifest
 from pipelines.sqlrun import connect, run_sql, sql_text
 from schemas import get_schema
 
@@ -57,19 +58,22 @@ def _write_image_snapshots(folder: Path, files: list[Path], digests: dict[str, s
                            fsync: bool) -> dict[str, str]:
     """``images-<day>.parquet`` per features partition, linked from an older version when its plan is equal."""
     sql = sql_text("publish_images")
-    earlier = [(version_dir, manifest_plans(version_dir)) for version_dir in previous]
+    earlier = []
+    for version_dir in previous:
+        recorded = read_manifest(version_dir)
+        plans_of, files_of = recorded.get("plans"), recorded.get("files")
+        if isinstance(plans_of, dict) and isinstance(files_of, dict):
+            earlier.append((version_dir, plans_of, files_of))
     plans = {}
     for path in files or [None]:
         day = path.parent.name.removeprefix("dt=") if path is not None else "none"
         name = f"images-{day}.parquet"
         rel = f"meta/images/{name}"
         source = digests[str(path.relative_to(path.parent.parent))] if path is not None else ""
-        plans[rel] = hashlib.sha256(f"{FORMAT_VERSION}\0{rel}\0{source}\0{sql}".encode()).hexdigest()
+        plans[rel] = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{rel}\0{source}\0{sql}".encode()).hexdigest()
         target = folder / name
-        match = next((d / rel for d, p in earlier if p.get(rel) == plans[rel] and (d / rel).is_file()), None)
-        if match is not None:
-            folder.mkdir(parents=True, exist_ok=True)
-            link_or_copy(match, target, fsync)
+        if any(_reuse_snapshot(d / rel, target, entries.get(rel), fsync)
+               for d, p, entries in earlier if p.get(rel) == plans[rel]):
             continue
         con = connect({"image_features": str(path) if path is not None else "/nonexistent-pickapic-empty/*.parquet"})
         try:
@@ -78,6 +82,23 @@ def _write_image_snapshots(folder: Path, files: list[Path], digests: dict[str, s
             con.close()
     return plans
 
+
+
+def _reuse_snapshot(source: Path, target: Path, entry: dict | None, fsync: bool) -> bool:
+    """Link (or copy) an older version's snapshot to ``target`` if it still has the size and sha256
+    its manifest recorded (a snapshot is small: checked every time); False, and nothing at
+    ``target``, if it does not."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("bytes"), int):
+        return False
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link_or_copy(source, target, fsync, size=entry["bytes"])
+    except NotReusable:
+        return False
+    if sha256_file(target) == entry.get("sha256"):
+        return True
+    target.unlink()
+    return False
 
 
 def _glob_of(files: list[Path]) -> str | pa.Table:

@@ -34,6 +34,19 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from formats.dataset import FORMAT_VERSION, shard_name
+
+
+def _writer_versions() -> str:
+    """The libraries whose versions change the bytes a publish writes for equal input: pyarrow writes
+    the sidecars and meta tables (and names its version in every Parquet footer), DuckDB the JSON
+    members of large shards and the meta queries. Part of every plan digest and of the version id, so
+    after an upgrade nothing is reused and a nightly equals a build from scratch byte for byte."""
+    from importlib.metadata import version
+
+    return f"pyarrow {version('pyarrow')}; duckdb {version('duckdb')}"
+
+
+WRITERS = _writer_versions()
 from pipelines.publish import shards
 
 ANCHOR_RATE = 2.0            # cuts per shard limit, at least: where the limits set a day's shard count
@@ -247,12 +260,13 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
 
 
 def plan_digest(name: str, keys: list[str], row_digests: list[str]) -> str:
-    """sha256 naming exactly what a shard holds: format version, name, keys and each sample's JSON digest.
+    """sha256 naming exactly what a shard holds: format version, writer libraries, name, keys and each
+    sample's JSON digest.
 
     Equal digests mean byte-identical tar, sidecar and stats files: the JSON member carries every
     sample column, the JPEGs' own sha256 included, and the txt member is the caption.
     """
-    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{name}\0".encode())
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{name}\0".encode())
     digest.update(("\0".join(keys) + "\0").encode())
     digest.update("".join(row_digests).encode())
     return digest.hexdigest()

@@ -1,5 +1,9 @@
 """Reuse of unchanged files: a shard (or an images snapshot) whose plan equals one of an older complete
-version is hard-linked from it (copied across file systems), so older versions share their bytes."""
+version is hard-linked from it, so older versions share their bytes.
+
+Only a regular file (never a symlink followed) with the recorded size is reused; it is copied instead
+of linked when it belongs to another account, has another mode than this run gives new files, or the
+file system refuses the link. See :func:`link_or_copy`."""
 from __future__ import annotations
 
 import contextlib
@@ -7,9 +11,11 @@ import errno
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 from formats.dataset import FORMAT_VERSION, LATEST, MANIFEST_FILE, list_versions, shard_paths
+from formats.files import create_temp, file_mode
 from formats.home import DataHome
 from pipelines.publish import shards
 
@@ -27,54 +33,129 @@ def previous_versions(home: DataHome, version: str) -> list[Path]:
     return [home.datasets / name for name in names]
 
 
-def reusable(task: shards.ShardTask, previous: list[Path]) -> Path | None:
-    """The stats file of an identical, intact shard in an older version, if there is one."""
+class NotReusable(Exception):
+    """An older version's file that cannot be reused: not a regular file (a symlink is never
+    followed), not the recorded size, or not readable by this account. The caller writes its own."""
+
+
+def reusable(task: shards.ShardTask, previous: list[Path]) -> tuple[Path, dict] | None:
+    """The stats file (and its stats) of an identical, intact shard in an older version, if there is one."""
     for version_dir in previous:
         stats_path = shard_paths(version_dir / task.split, task.name)[2]
-        if shards._committed_stats(stats_path, task.plan_sha256) is not None:
-            return stats_path
+        stats = shards._committed_stats(stats_path, task.plan_sha256)
+        if stats is not None:
+            return stats_path, stats
     return None
 
 
-def link_shard(stats_path: Path, task: shards.ShardTask, fsync: bool) -> dict:
-    """Hard-link (or copy) a shard's tar, sidecar and stats (last: the commit marker) into the staging folder."""
+def link_shard(source: tuple[Path, dict], task: shards.ShardTask, fsync: bool, mode: int) -> dict | None:
+    """Hard-link (or copy) a shard's tar, sidecar and stats (last: the commit marker) into the staging
+    folder; return its stats, or None (nothing left in staging) when a file turned out not reusable."""
+    stats_path, stats = source
     Path(task.out_dir).mkdir(parents=True, exist_ok=True)
-    for source, target in zip(shard_paths(stats_path.parent, task.name), task.paths()):
-        link_or_copy(source, target, fsync)
-    return json.loads(stats_path.read_text(encoding="utf-8"))
-
-
-def link_or_copy(source: Path, target: Path, fsync: bool = True) -> bool:
-    """Make ``target`` a hard link to ``source`` (a copy where the file system refuses); True if linked.
-
-    The link is made under a temporary name and renamed, so ``target`` is never half there and no
-    existing file is written into.
-    """
-    if target.exists() and os.path.samefile(source, target):
-        return True
-    tmp = target.with_name(f".{target.name}.tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
-    linked = True
+    sizes = (stats["num_bytes"], stats["sidecar_bytes"], None)
+    done = []
     try:
-        os.link(source, tmp)
+        for origin, target, size in zip(shard_paths(stats_path.parent, task.name), task.paths(), sizes):
+            link_or_copy(origin, target, fsync, size=size, mode=mode)
+            done.append(target)
+    except NotReusable:
+        for target in done:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
+        return None
+    return stats
+
+
+def link_or_copy(source: Path, target: Path, fsync: bool = True, size: int | None = None,
+                 mode: int | None = None) -> bool:
+    """Make ``target`` a hard link to ``source``, or a copy of it; True if linked.
+
+    Linked only when ``source`` is a regular file this account owns with ``mode`` (default: the
+    mode this process gives a new file, ``0666 & ~umask``): a file of another account could be
+    changed by it under the new version, and a file of another mode (an earlier run's umask, a
+    ``chmod``) would carry that mode into it. Otherwise, and where the file system refuses a link,
+    ``target`` is a copy with ``mode``. :class:`NotReusable` when ``source`` is not a regular file (a
+    symlink is never followed), has not ``size`` bytes, or cannot be read.
+
+    Made under a temporary name and renamed, so ``target`` is never half there and no existing file
+    is written into.
+    """
+    mode = file_mode() if mode is None else mode
+    with contextlib.suppress(OSError):
+        have, want = os.lstat(target), os.lstat(source)
+        if stat.S_ISREG(have.st_mode) and (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
+            return True                                  # linked by an earlier, interrupted run
+    try:
+        info = os.lstat(source)
     except OSError as exc:
-        if exc.errno not in LINK_FALLBACK_ERRORS:
+        raise NotReusable(f"{source}: {exc}") from exc
+    _check(source, info, size)
+    if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == mode:
+        tmp = target.with_name(f".{target.name}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        try:
+            os.link(source, tmp, follow_symlinks=False)   # links the name itself: a swapped-in symlink stays one
+        except FileNotFoundError as exc:
+            raise NotReusable(f"{source}: {exc}") from exc
+        except OSError as exc:
+            if exc.errno not in LINK_FALLBACK_ERRORS:
+                raise
+        else:
+            linked = os.lstat(tmp)                        # the inode now linked, whatever the name held before
+            if (stat.S_ISREG(linked.st_mode) and (size is None or linked.st_size == size)
+                    and linked.st_uid == os.geteuid() and stat.S_IMODE(linked.st_mode) == mode):
+                os.replace(tmp, target)
+                return True
+            tmp.unlink()
+            _check(source, linked, size)
+    _copy(source, target, fsync, size)
+    return False
+
+
+def _check(source: Path, info: os.stat_result, size: int | None) -> None:
+    if not stat.S_ISREG(info.st_mode):
+        raise NotReusable(f"{source} is not a regular file")
+    if size is not None and info.st_size != size:
+        raise NotReusable(f"{source} has {info.st_size} bytes, not {size}")
+
+
+def _copy(source: Path, target: Path, fsync: bool, size: int | None) -> None:
+    """``target`` as a new file (the umask's mode) holding ``source``'s bytes, renamed into place."""
+    try:
+        src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        raise NotReusable(f"{source}: {exc}") from exc
+    try:
+        _check(source, os.fstat(src), size)
+        fd, name = create_temp(target.parent, target.name)
+        tmp = target.parent / name
+        try:
+            with open(src, "rb", closefd=False) as reader, open(fd, "wb", closefd=False) as writer:
+                shutil.copyfileobj(reader, writer, 1 << 20)
+            if size is not None and os.fstat(fd).st_size != size:
+                raise NotReusable(f"{source} changed while it was copied")
+            if fsync:
+                os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, target)
+        except BaseException:
+            if fd >= 0:
+                os.close(fd)
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
             raise
-        linked = False
-        shutil.copyfile(source, tmp)
-        if fsync:
-            with open(tmp, "rb") as handle:
-                os.fsync(handle.fileno())
-    os.replace(tmp, target)
-    return linked
+    finally:
+        os.close(src)
 
 
-
-def manifest_plans(version_dir: Path) -> dict[str, str]:
-    """The plan digests recorded in a complete version's manifest (empty for older formats)."""
+def read_manifest(version_dir: Path) -> dict:
+    """A complete version's manifest, if it is of this format (else, or unreadable, empty)."""
     try:
         manifest = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return {}
-    return manifest.get("plans", {}) if manifest.get("format") == FORMAT_VERSION else {}
+    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else {}
+

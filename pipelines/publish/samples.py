@@ -95,8 +95,9 @@ def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[
 
 def version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
                sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
-    """``<max dt>-<sha256[:10]>`` over the input bytes, the JPEGs' sizes and sha256s, config and format version."""
-    digest = hashlib.sha256(FORMAT_VERSION.encode())
+    """``<max dt>-<sha256[:10]>`` over the input bytes, the JPEGs' sizes and sha256s, config, format
+    version and the versions of the libraries that write its bytes (``plan.WRITERS``)."""
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{shardplan.WRITERS}".encode())
     digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
     digest.update(b"split_pairs\0" + sha256_file(source).encode())
     for name, files in sources.items():

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import gc
 import multiprocessing
+import os
 import time
 from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from formats.dataset import shard_paths
+from formats.files import file_mode
 from formats.progress import Progress
 from pipelines import faults
 from pipelines.publish import shards
@@ -22,16 +24,23 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
     results: list[dict | None] = [None] * len(tasks)
     out = ShardsDone([])
     todo = []
+    mode = file_mode()
     for i, task in enumerate(tasks):
         committed = shards._committed_stats(task.paths()[2], task.plan_sha256)
         if committed is not None:
-            results[i], out.resumed = committed, out.resumed + 1
-            continue
+            if config.reuse_shards or not _shared(task):
+                results[i], out.resumed = committed, out.resumed + 1
+                continue
+            for path in task.paths()[::-1]:       # linked by an interrupted run: only our names go
+                path.unlink(missing_ok=True)
         source = reusable(task, previous)
         if source is not None:
-            results[i], out.linked = link_shard(source, task, config.fsync), out.linked + 1
-            faults.maybe_crash("publish.after_link")  # tests: die with some unchanged shards linked
-            continue
+            results[i] = link_shard(source, task, config.fsync, mode)
+            if results[i] is not None:
+                out.linked += 1
+                out.sources[task.split + "/" + task.name] = source[0].parent.parent
+                faults.maybe_crash("publish.after_link")  # tests: die with some unchanged shards linked
+                continue
         todo.append(i)
     done = len(tasks) - len(todo)
     if progress:
@@ -71,6 +80,15 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
     out.bytes_written = sum(results[i]["num_bytes"] + results[i]["sidecar_bytes"] for i in todo)
     out.stats = [r for r in results if r is not None]
     return out
+
+
+def _shared(task: shards.ShardTask) -> bool:
+    """Whether a staged shard's tar is hard-linked from elsewhere (an older version): a publish with
+    ``reuse_shards = false`` writes it again rather than resuming it."""
+    try:
+        return os.lstat(task.paths()[0]).st_nlink > 1
+    except OSError:
+        return False
 
 
 BATCHES_PER_WORKER = 4     # enough batches that the pool's workers finish close together

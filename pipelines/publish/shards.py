@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import queue
+import stat
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -571,22 +572,41 @@ def remove_temporary_files(folder: Path) -> list[Path]:
 
 
 def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
-    """The stats of a shard already written for the same plan with intact file sizes, else None."""
-    if not stats_path.is_file():
-        return None
+    """The stats of a shard already written for the same plan with intact file sizes, else None.
+
+    Only regular files count (a symlink put in place of one is never followed), and a shard this
+    account cannot read (another account's version under a strict umask) is simply not there.
+    """
     tar_path, sidecar_path, _ = shard_paths(stats_path.parent, stats_path.name[: -len(STATS_SUFFIX)])
     try:
-        stats = json.loads(stats_path.read_text(encoding="utf-8"))
-    except (ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
+        fd = os.open(stats_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:            # absent, a symlink (ELOOP), unreadable
         return None
+    try:
+        with open(fd, "rb", closefd=False) as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return None
+            stats = json.loads(handle.read(1 << 20).decode("utf-8"))
+    except (OSError, ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
+        return None
+    finally:
+        os.close(fd)
     if (not isinstance(stats, dict) or set(stats) != STATS_KEYS or stats["plan_sha256"] != plan_sha256
             or stats["shard"] != tar_path.name or stats["sidecar"] != sidecar_path.name
             or not all(type(stats[key]) is int for key in STATS_INT_KEYS)):
         return None
-    if (tar_path.is_file() and sidecar_path.is_file() and tar_path.stat().st_size == stats["num_bytes"]
-            and sidecar_path.stat().st_size == stats["sidecar_bytes"]):
+    if regular_size(tar_path) == stats["num_bytes"] and regular_size(sidecar_path) == stats["sidecar_bytes"]:
         return stats
     return None
+
+
+def regular_size(path: Path) -> int | None:
+    """The size of ``path`` if it is a regular file itself (not a link to one), else None."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 STATS_KEYS = {"split", "shard", "num_samples", "num_bytes", "jpg_bytes", "sha256", "sidecar", "sidecar_bytes",

@@ -148,10 +148,48 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
     plans = meta.write_meta(staging, written.stats, meta_sources, sources["image_features"], previous, config.fsync)
     datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources))
     manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
-    verify_version(staging, checksums=config.verify_checksums)
+    try:
+        verify_version(staging, checksums=config.verify_checksums)
+    except manifest.ManifestMismatch as exc:
+        _repair_linked_shards(exc, tasks, written, config)
+        verify_version(staging, checksums=config.verify_checksums)
     check_contracts(staging)
     fsync_tree(staging, config.fsync)
     return written
+
+
+def _repair_linked_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
+                          config: PublishConfig) -> None:
+    """Write again, from the JPEGs, the linked shards whose files failed verification (an older
+    version's copy rotted or was changed in place); re-raise ``exc`` if any other file failed.
+
+    A shard's bytes follow from its plan, so the rewritten files have the stats (sha256s, sizes) the
+    manifest already holds; a difference is raised. The older version keeps its damaged file (it is
+    not this publish's to change): ``shards_repaired`` in the report names it.
+    """
+    by_file = {}
+    for task in tasks:
+        key = f"{task.split}/{task.name}"
+        if key in written.sources:
+            for path in task.paths():
+                by_file[f"{task.split}/{path.name}"] = task
+    damaged = {by_file[rel].split + "/" + by_file[rel].name: by_file[rel] for rel in exc.paths if rel in by_file}
+    if not damaged or any(rel not in by_file for rel in exc.paths):
+        raise exc
+    expected = {f"{s['split']}/{s['shard'][: -len('.tar')]}": s for s in written.stats}
+    for task in damaged.values():
+        for path in task.paths():
+            path.unlink(missing_ok=True)
+    again = write_shards(list(damaged.values()), [], config, None)
+    for stats in again.stats:
+        key = f"{stats['split']}/{stats['shard'][: -len('.tar')]}"
+        if stats != expected[key]:
+            raise RuntimeError(f"shard {key} written again differs from its linked copy's stats: "
+                               f"{stats} != {expected[key]}") from exc
+        written.repaired.append(f"{key} from {written.sources[key].name}")
+    written.written += again.written
+    written.linked -= again.written
+    written.bytes_written += again.bytes_written
 
 
 def version_views(path: Path) -> dict[str, str]:

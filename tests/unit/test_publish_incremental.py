@@ -303,7 +303,7 @@ def test_link_falls_back_to_a_copy_across_file_systems(tmp_path: Path, monkeypat
     home, full = _history(tmp_path / "h")
     first = _publish_nightly(home, _without_last_day(full))
 
-    def cross_device(source, target):
+    def cross_device(source, target, **_):
         raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
 
     monkeypatch.setattr(os, "link", cross_device)

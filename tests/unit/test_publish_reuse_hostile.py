@@ -1,0 +1,283 @@
+"""Reuse of an older version's files when it was tampered with, damaged, or is not this tool's.
+
+Found by a hostile review of the nightly publish (December 2026): a symlink put in place of an old
+shard got a foreign file hard-linked into the new version; a truncated images snapshot was linked
+and blessed by the new manifest; reused files kept an earlier run's umask; retention deleted a
+backup folder beside the versions; a rotted old shard failed every later publish; an unreadable
+older version crashed the nightly; a library upgrade would have mixed old and new sidecar bytes.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from test_publish_fixtures import make_home, write_split_pairs
+
+from formats.dataset import list_versions
+from formats.home import DataHome
+from pipelines import faults
+from pipelines.publish import manifest as manifest_module
+from pipelines.publish import meta, plan, reuse, shards
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.manifest import verify_version
+from pipelines.publish.reuse import NotReusable, link_or_copy
+from pipelines.publish.version import publish_dataset
+
+DAYS = 4
+CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
+
+
+def _history(root: Path) -> tuple[DataHome, pa.Table]:
+    home = make_home(root, num_rankings=80, seed=7, days=DAYS)
+    return home, pq.read_table(home.table_file("split_pairs"))
+
+
+def _publish(home: DataHome, table: pa.Table, config: PublishConfig = CONFIG, last_day=None):
+    if last_day is not None:
+        table = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last_day, pa.date32())))
+    write_split_pairs(home, table)
+    return publish_dataset(home, config)
+
+
+def _days(table: pa.Table) -> list:
+    return sorted(set(table.column("dt").to_pylist()))
+
+
+def _old_tar(version: Path, new_day) -> Path:
+    """A train tar of an older day: the next nightly reuses it."""
+    day = new_day.strftime("%Y%m%d")
+    return sorted(p for p in (version / "train").glob("*.tar") if day not in p.name)[0]
+
+
+def _inode(path: Path) -> tuple[int, int]:
+    info = os.lstat(path)
+    return info.st_dev, info.st_ino
+
+
+# --------------------------------------------------------------------------- link_or_copy itself
+def test_link_or_copy_links_own_files_of_this_mode_and_refuses_what_is_not_a_regular_file(tmp_path: Path) -> None:
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 100)
+    os.chmod(source, 0o644)
+    assert link_or_copy(source, tmp_path / "linked", False, size=100, mode=0o644) is True
+    assert _inode(tmp_path / "linked") == _inode(source)
+    assert link_or_copy(source, tmp_path / "linked", False, size=100, mode=0o644) is True   # a rerun: already there
+
+    # another mode (an earlier run's umask, a chmod): a copy with the mode of this run's new files
+    old = os.umask(0o022)
+    try:
+        assert link_or_copy(source, tmp_path / "copied", False, size=100, mode=0o640) is False
+    finally:
+        os.umask(old)
+    assert _inode(tmp_path / "copied") != _inode(source) and (tmp_path / "copied").read_bytes() == b"x" * 100
+    assert stat.S_IMODE(os.stat(tmp_path / "copied").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(source).st_mode) == 0o644          # the older file is left as it was
+
+    link = tmp_path / "link.bin"
+    link.symlink_to(source)
+    for bad, size in ((link, 100), (source, 99), (tmp_path / "absent", None), (tmp_path, None)):
+        with pytest.raises(NotReusable):
+            link_or_copy(bad, tmp_path / "refused", False, size=size, mode=0o644)
+        assert not (tmp_path / "refused").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+# --------------------------------------------------------------------------- foreign files
+def test_a_symlink_in_an_older_version_is_not_followed_into_the_new_one(tmp_path: Path) -> None:
+    """Someone replaced an old tar by a symlink to a file of their own, of the same size: the nightly
+    writes that shard itself instead of linking the foreign file, and its manifest matches."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    foreign = tmp_path / "someone-elses.tar"
+    foreign.write_bytes(b"x" * tar.stat().st_size)
+    tar.unlink()
+    tar.symlink_to(foreign)
+    nightly = _publish(home, full)
+    new_tar = nightly.path / "train" / tar.name
+    assert not new_tar.is_symlink() and _inode(new_tar) != _inode(foreign)
+    assert nightly.shards_linked > 0 and nightly.shards_written >= 2      # the new day's shards and this one
+    verify_version(nightly.path, checksums=True)
+    assert foreign.read_bytes() == b"x" * len(foreign.read_bytes())       # never written into
+
+
+def test_an_images_snapshot_that_changed_since_its_version_is_written_again(tmp_path: Path) -> None:
+    """A truncated old snapshot, and one changed in place at the same size, are not linked: the new
+    version gets a fresh one equal to what a build from scratch writes."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    snapshots = sorted((first.path / "meta" / "images").glob("images-*.parquet"))
+    assert len(snapshots) >= 2
+    truncated, flipped = snapshots[0], snapshots[1]
+    good = {p.name: p.read_bytes() for p in snapshots}
+    truncated.write_bytes(good[truncated.name][: len(good[truncated.name]) // 2])
+    data = bytearray(good[flipped.name])
+    data[len(data) // 2] ^= 0xFF
+    flipped.write_bytes(bytes(data))
+    nightly = _publish(home, full)
+    for name in (truncated.name, flipped.name):
+        assert (nightly.path / "meta" / "images" / name).read_bytes() == good[name]
+    untouched = snapshots[2:]
+    for path in untouched:    # the intact ones are still linked
+        assert _inode(nightly.path / "meta" / "images" / path.name) == _inode(path)
+    verify_version(nightly.path, checksums=True)
+
+
+# --------------------------------------------------------------------------- modes
+def test_reused_files_get_the_mode_of_the_publish_that_reuses_them(tmp_path: Path) -> None:
+    """A version written under umask 077, the nightly under 022: the new version's files are 0644
+    (copies, the old 0600 files untouched); the next nightly under 022 links again."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    old = os.umask(0o077)
+    try:
+        first = _publish(home, full, last_day=days[-3])
+        os.umask(0o022)
+        second = _publish(home, full, last_day=days[-2])
+        third = _publish(home, full)
+    finally:
+        os.umask(old)
+    files = [p for p in second.path.rglob("*") if p.is_file()]
+    wrong = sorted(f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(second.path)}" for p in files
+                   if stat.S_IMODE(p.stat().st_mode) != 0o644)
+    assert not wrong, wrong[:5]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in first.path.rglob("*") if p.is_file())
+    # reused (shards_linked counts copies too) but copied, then linked between the two 0644 versions
+    assert second.shards_linked > 0 and third.shards_linked > 0
+    tar = _old_tar(first.path, days[-2])
+    assert (second.path / "train" / tar.name).read_bytes() == tar.read_bytes()
+    assert _inode(second.path / "train" / tar.name) != _inode(tar)
+    assert _inode(third.path / "train" / tar.name) == _inode(second.path / "train" / tar.name)
+
+
+# --------------------------------------------------------------------------- retention
+def test_retention_and_reuse_only_see_folders_named_as_versions(tmp_path: Path) -> None:
+    """A copy of a version kept beside them under another name is not a version: retention leaves it,
+    and no publish links from it."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, keep_versions=2)
+    first = _publish(home, full, config, last_day=days[-3])
+    backup = home.datasets / "my-backup-of-march"
+    shutil.copytree(first.path, backup)                      # keeps the old mtimes
+    assert first.version not in [p.name for p in backup.parents]
+    second = _publish(home, full, config, last_day=days[-2])
+    third = _publish(home, full, config)
+    assert backup.is_dir() and list_versions(home) == [second.version, third.version]
+    backup_inodes = {_inode(p) for p in backup.rglob("*") if p.is_file()}
+    assert not any(_inode(p) in backup_inodes for p in third.path.rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------- damaged shards
+def _rot(path: Path) -> None:
+    """Bit rot: one byte flipped in place, the size unchanged."""
+    with open(path, "r+b") as handle:
+        handle.seek(600)
+        byte = handle.read(1)
+        handle.seek(600)
+        handle.write(bytes([byte[0] ^ 0xFF]))
+
+
+def test_a_rotted_older_shard_is_written_again_when_checksums_are_verified(tmp_path: Path) -> None:
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    _rot(tar)
+    checked = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
+    nightly = _publish(home, full, checked)
+    assert nightly.shards_repaired == [f"train/{tar.name[:-4]} from {first.version}"]
+    assert nightly.shards_linked > 0 and _inode(nightly.path / "train" / tar.name) != _inode(tar)
+    verify_version(nightly.path, checksums=True)
+    with pytest.raises(manifest_module.ManifestMismatch, match="does not match its manifest sha256") as caught:
+        verify_version(first.path, checksums=True)          # the older version keeps its damage: not ours to change
+    assert caught.value.paths == [f"train/{tar.name}"]
+
+    scratch = make_home(tmp_path / "scratch", num_rankings=80, seed=7, days=DAYS)
+    fresh = _publish(scratch, full, checked)
+    assert fresh.version == nightly.version
+    assert (fresh.path / "train" / tar.name).read_bytes() == (nightly.path / "train" / tar.name).read_bytes()
+    assert (fresh.path / "manifest.json").read_bytes() == (nightly.path / "manifest.json").read_bytes()
+
+
+def test_a_failed_file_that_was_not_linked_still_fails_the_publish(tmp_path: Path, monkeypatch) -> None:
+    """Only linked shards are written again: a file this publish wrote that fails its check is an error."""
+    home, full = _history(tmp_path / "h")
+    checked = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
+    real = manifest_module.write_manifest
+
+    def then_rot(staging, *args, **kwargs):
+        real(staging, *args, **kwargs)
+        _rot(sorted((staging / "train").glob("*.tar"))[0])
+
+    monkeypatch.setattr(manifest_module, "write_manifest", then_rot)
+    with pytest.raises(manifest_module.ManifestMismatch, match="does not match its manifest sha256"):
+        _publish(home, full, checked)
+    assert list_versions(home) == []
+
+
+def test_a_publish_without_reuse_does_not_resume_shards_an_interrupted_run_linked(tmp_path: Path, monkeypatch) -> None:
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    _publish(home, full, last_day=days[-2])
+
+    def die(point: str) -> None:
+        if point == "publish.after_shards":
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(faults, "maybe_crash", die)
+    with pytest.raises(RuntimeError, match="killed"):
+        _publish(home, full)
+    monkeypatch.undo()
+    (staging,) = home.datasets.glob(".partial-*")
+    linked = [p for p in staging.rglob("*.tar") if p.stat().st_nlink > 1]
+    assert linked
+    again = _publish(home, full, PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False))
+    assert again.shards_linked == 0 and again.shards_resumed > 0       # its own shards resumed, linked ones written
+    assert all(p.stat().st_nlink == 1 for p in again.path.rglob("*.tar"))
+    verify_version(again.path, checksums=True)
+
+
+# --------------------------------------------------------------------------- another account's version
+def test_an_older_version_this_account_cannot_read_is_not_reused(tmp_path: Path, monkeypatch) -> None:
+    """Another account's version under umask 077: its commit markers cannot be opened (EACCES,
+    simulated: the tests run as root). Its shards are not reusable; the nightly writes its own."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    real_open = os.open
+
+    def denied(path, flags, *args, **kwargs):
+        if str(path).endswith("_stats.json") and str(path).startswith(str(first.path)):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(shards.os, "open", denied)
+    nightly = _publish(home, full)
+    assert nightly.shards_linked == 0 and nightly.shards_written > 0
+    verify_version(nightly.path, checksums=True)
+
+
+# --------------------------------------------------------------------------- library upgrades
+def test_another_writer_library_version_reuses_nothing(tmp_path: Path, monkeypatch) -> None:
+    """Sidecars name the pyarrow that wrote them: after an upgrade a nightly must not mix old and new
+    files, so the version id and every plan digest carry the writer libraries' versions."""
+    home, full = _history(tmp_path / "h")
+    first = _publish(home, full)
+    upgraded = plan.WRITERS + " (upgraded)"
+    for module in (plan, meta, manifest_module):
+        monkeypatch.setattr(module, "WRITERS", upgraded)
+    again = _publish(home, full)
+    assert again.version != first.version and again.shards_linked == 0
+    assert not any(_inode(p) in {_inode(q) for q in first.path.rglob("*.parquet")}
+                   for p in (again.path / "meta" / "images").glob("*.parquet"))
+    assert reuse.read_manifest(again.path)["writers"] == upgraded
