@@ -127,5 +127,6 @@ class ShardsDone:
     written: int = 0
     bytes_written: int = 0
     seconds: float = 0.0
-    sources: dict[str, Path] = dataclasses.field(default_factory=dict)   # "split/shard" -> the version it was linked from
-    repaired: list[str] = dataclasses.field(default_factory=list)        # linked shards that failed their checksum, written again
+    # "split/shard" -> the version it was linked from, or None: resumed from an interrupted run's staging
+    sources: dict[str, Path | None] = dataclasses.field(default_factory=dict)
+    repaired: list[str] = dataclasses.field(default_factory=list)   # reused shards that failed their checksum, written again

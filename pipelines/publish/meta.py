@@ -11,7 +11,7 @@ from formats.dataset import FORMAT_VERSION, SPLITS, sidecar_glob
 from formats.files import sha256_file, write_parquet_atomic
 from pipelines.publish import datacard
 from pipelines.publish.plan import WRITERS
-from pipelines.publish.reuse import NotReusable, link_or_copy, read_manifest
+from pipelines.publish.reuse import NotReusable, link_or_copy, read_manifest, real_folder
 from pipelines.sqlrun import connect, run_sql, sql_text
 from schemas import get_schema
 
@@ -73,7 +73,7 @@ def _write_image_snapshots(folder: Path, files: list[Path], digests: dict[str, s
         plans[rel] = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{rel}\0{source}\0{sql}".encode()).hexdigest()
         target = folder / name
         if any(_reuse_snapshot(d / rel, target, entries.get(rel), fsync)
-               for d, p, entries in earlier if p.get(rel) == plans[rel]):
+               for d, p, entries in earlier if p.get(rel) == plans[rel] and real_folder(d, "meta/images")):
             continue
         con = connect({"image_features": str(path) if path is not None else "/nonexistent-pickapic-empty/*.parquet"})
         try:

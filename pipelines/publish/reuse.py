@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -38,14 +39,44 @@ class NotReusable(Exception):
     followed), not the recorded size, or not readable by this account. The caller writes its own."""
 
 
-def reusable(task: shards.ShardTask, previous: list[Path]) -> tuple[Path, dict] | None:
-    """The stats file (and its stats) of an identical, intact shard in an older version, if there is one."""
+def reusable(task: shards.ShardTask, previous: list[Path], manifests: dict[Path, dict] | None = None
+             ) -> tuple[Path, dict] | None:
+    """The stats file (and its stats) of an identical, intact shard in an older version, if there is one.
+
+    Intact: its split folder is a real folder of the version (not a link to one elsewhere), its files
+    regular files of the recorded sizes, and its stats file (the commit marker, whose numbers and
+    sha256s go into the new manifest unchecked) has the sha256 the version's manifest recorded for
+    it. ``manifests`` caches :func:`read_manifest` per version (filled as needed).
+    """
+    manifests = {} if manifests is None else manifests
     for version_dir in previous:
+        if not real_folder(version_dir, task.split):
+            continue
         stats_path = shard_paths(version_dir / task.split, task.name)[2]
-        stats = shards._committed_stats(stats_path, task.plan_sha256)
-        if stats is not None:
+        raw: list[bytes] = []
+        stats = shards._committed_stats(stats_path, task.plan_sha256, raw)
+        if stats is None:
+            continue
+        if version_dir not in manifests:
+            manifests[version_dir] = read_manifest(version_dir)
+        entry = (manifests[version_dir].get("files") or {}).get(f"{task.split}/{stats_path.name}")
+        if isinstance(entry, dict) and entry.get("sha256") == hashlib.sha256(raw[0]).hexdigest():
             return stats_path, stats
     return None
+
+
+def real_folder(version_dir: Path, rel: str) -> bool:
+    """Whether every folder of ``rel`` under ``version_dir`` is a real folder, not a symlink (whose
+    files, linked into a new version, would be another folder's)."""
+    path = version_dir
+    for part in rel.split("/"):
+        path = path / part
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                return False
+        except OSError:
+            return False
+    return True
 
 
 def link_shard(source: tuple[Path, dict], task: shards.ShardTask, fsync: bool, mode: int) -> dict | None:
@@ -82,16 +113,16 @@ def link_or_copy(source: Path, target: Path, fsync: bool = True, size: int | Non
     is written into.
     """
     mode = file_mode() if mode is None else mode
-    with contextlib.suppress(OSError):
-        have, want = os.lstat(target), os.lstat(source)
-        if stat.S_ISREG(have.st_mode) and (have.st_dev, have.st_ino) == (want.st_dev, want.st_ino):
-            return True                                  # linked by an earlier, interrupted run
     try:
         info = os.lstat(source)
     except OSError as exc:
         raise NotReusable(f"{source}: {exc}") from exc
     _check(source, info, size)
     if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == mode:
+        with contextlib.suppress(OSError):
+            have = os.lstat(target)
+            if (have.st_dev, have.st_ino) == (info.st_dev, info.st_ino):
+                return True                              # linked by an earlier, interrupted run
         tmp = target.with_name(f".{target.name}.tmp")
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
@@ -103,14 +134,19 @@ def link_or_copy(source: Path, target: Path, fsync: bool = True, size: int | Non
             if exc.errno not in LINK_FALLBACK_ERRORS:
                 raise
         else:
-            linked = os.lstat(tmp)                        # the inode now linked, whatever the name held before
-            if (stat.S_ISREG(linked.st_mode) and (size is None or linked.st_size == size)
-                    and linked.st_uid == os.geteuid() and stat.S_IMODE(linked.st_mode) == mode):
-                os.replace(tmp, target)
-                return True
+            try:
+                linked = os.lstat(tmp)                    # the inode now linked, whatever the name held before
+                if (stat.S_ISREG(linked.st_mode) and (size is None or linked.st_size == size)
+                        and linked.st_uid == os.geteuid() and stat.S_IMODE(linked.st_mode) == mode):
+                    os.replace(tmp, target)
+                    return True
+            except BaseException:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                raise
             tmp.unlink()
             _check(source, linked, size)
-    _copy(source, target, fsync, size)
+    _copy(source, target, fsync, size, mode)
     return False
 
 
@@ -121,8 +157,8 @@ def _check(source: Path, info: os.stat_result, size: int | None) -> None:
         raise NotReusable(f"{source} has {info.st_size} bytes, not {size}")
 
 
-def _copy(source: Path, target: Path, fsync: bool, size: int | None) -> None:
-    """``target`` as a new file (the umask's mode) holding ``source``'s bytes, renamed into place."""
+def _copy(source: Path, target: Path, fsync: bool, size: int | None, mode: int) -> None:
+    """``target`` as a new file of ``mode`` holding ``source``'s bytes, renamed into place."""
     try:
         src = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -136,6 +172,7 @@ def _copy(source: Path, target: Path, fsync: bool, size: int | None) -> None:
                 shutil.copyfileobj(reader, writer, 1 << 20)
             if size is not None and os.fstat(fd).st_size != size:
                 raise NotReusable(f"{source} changed while it was copied")
+            os.fchmod(fd, mode)
             if fsync:
                 os.fsync(fd)
             os.close(fd)

@@ -20,25 +20,34 @@ from pipelines.publish.reuse import link_shard, reusable
 
 def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: PublishConfig,
                  progress: Progress | None) -> ShardsDone:
-    """Resume committed shards, link unchanged ones, write the rest (a process pool unless ``workers == 1``)."""
+    """Resume committed shards, link unchanged ones, write the rest (a process pool unless ``workers == 1``).
+
+    ``previous``: the older complete versions (:func:`reuse.previous_versions`). With
+    ``config.reuse_shards`` off nothing is linked from them, and a staged shard that an interrupted
+    run may have linked or copied from one (it is shared, or an older version holds the same shard)
+    is written again rather than resumed.
+    """
     results: list[dict | None] = [None] * len(tasks)
     out = ShardsDone([])
     todo = []
     mode = file_mode()
+    manifests: dict[Path, dict] = {}
     for i, task in enumerate(tasks):
+        key = f"{task.split}/{task.name}"
         committed = shards._committed_stats(task.paths()[2], task.plan_sha256)
         if committed is not None:
-            if config.reuse_shards or not _shared(task):
+            if config.reuse_shards or not (_shared(task) or reusable(task, previous, manifests)):
                 results[i], out.resumed = committed, out.resumed + 1
+                out.sources[key] = None        # an earlier run's: verified with the version, repaired if it fails
                 continue
-            for path in task.paths()[::-1]:       # linked by an interrupted run: only our names go
+            for path in task.paths()[::-1]:       # maybe reused by an interrupted run: only our names go
                 path.unlink(missing_ok=True)
-        source = reusable(task, previous)
+        source = reusable(task, previous, manifests) if config.reuse_shards else None
         if source is not None:
             results[i] = link_shard(source, task, config.fsync, mode)
             if results[i] is not None:
                 out.linked += 1
-                out.sources[task.split + "/" + task.name] = source[0].parent.parent
+                out.sources[key] = source[0].parent.parent
                 faults.maybe_crash("publish.after_link")  # tests: die with some unchanged shards linked
                 continue
         todo.append(i)

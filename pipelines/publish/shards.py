@@ -571,11 +571,12 @@ def remove_temporary_files(folder: Path) -> list[Path]:
     return removed
 
 
-def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
+def _committed_stats(stats_path: Path, plan_sha256: str, raw: list[bytes] | None = None) -> dict | None:
     """The stats of a shard already written for the same plan with intact file sizes, else None.
 
     Only regular files count (a symlink put in place of one is never followed), and a shard this
     account cannot read (another account's version under a strict umask) is simply not there.
+    ``raw``, when given, receives the stats file's bytes.
     """
     tar_path, sidecar_path, _ = shard_paths(stats_path.parent, stats_path.name[: -len(STATS_SUFFIX)])
     try:
@@ -586,7 +587,8 @@ def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
         with open(fd, "rb", closefd=False) as handle:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return None
-            stats = json.loads(handle.read(1 << 20).decode("utf-8"))
+            data = handle.read(1 << 20)
+            stats = json.loads(data.decode("utf-8"))
     except (OSError, ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
         return None
     finally:
@@ -596,6 +598,8 @@ def _committed_stats(stats_path: Path, plan_sha256: str) -> dict | None:
             or not all(type(stats[key]) is int for key in STATS_INT_KEYS)):
         return None
     if regular_size(tar_path) == stats["num_bytes"] and regular_size(sidecar_path) == stats["sidecar_bytes"]:
+        if raw is not None:
+            raw.append(data)
         return stats
     return None
 

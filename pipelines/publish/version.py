@@ -137,58 +137,65 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
                    config: PublishConfig, progress: Progress | None) -> ShardsDone:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts."""
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
-    previous = previous_versions(home, version) if config.reuse_shards else []
+    previous = previous_versions(home, version)
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest
-
-    for split in splits_in(table):
-        sizes = {s["shard"]: s["num_samples"] for s in written.stats if s["split"] == split}
-        write_bytes_atomic(staging / split / SIZES_FILE, sizes_json(sizes))
-        write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE, get_schema("prompt_counts"))
-    plans = meta.write_meta(staging, written.stats, meta_sources, sources["image_features"], previous, config.fsync)
-    datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources))
-    manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
-    try:
-        verify_version(staging, checksums=config.verify_checksums)
-    except manifest.ManifestMismatch as exc:
-        _repair_linked_shards(exc, tasks, written, config)
-        verify_version(staging, checksums=config.verify_checksums)
+    for attempt in (1, 2):
+        for split in splits_in(table):
+            sizes = {s["shard"]: s["num_samples"] for s in written.stats if s["split"] == split}
+            write_bytes_atomic(staging / split / SIZES_FILE, sizes_json(sizes))
+            write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE,
+                                 get_schema("prompt_counts"))
+        plans = meta.write_meta(staging, written.stats, meta_sources, sources["image_features"],
+                                previous if config.reuse_shards else [], config.fsync)
+        datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources))
+        manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
+        try:
+            verify_version(staging, checksums=config.verify_checksums)
+            break
+        except manifest.ManifestMismatch as exc:
+            if attempt == 2:
+                raise
+            _repair_reused_shards(exc, tasks, written, config)   # then the files built from their stats again
     check_contracts(staging)
     fsync_tree(staging, config.fsync)
     return written
 
 
-def _repair_linked_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
+def _repair_reused_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
                           config: PublishConfig) -> None:
-    """Write again, from the JPEGs, the linked shards whose files failed verification (an older
-    version's copy rotted or was changed in place); re-raise ``exc`` if any other file failed.
+    """Write again, from the JPEGs, the shards this run did not write (linked from an older version,
+    or resumed from an interrupted run) whose files failed verification: an older version's copy
+    rotted or was changed in place (the bytes are shared). Re-raise ``exc`` if a file this run wrote
+    failed, or any file that is not a shard's.
 
-    A shard's bytes follow from its plan, so the rewritten files have the stats (sha256s, sizes) the
-    manifest already holds; a difference is raised. The older version keeps its damaged file (it is
-    not this publish's to change): ``shards_repaired`` in the report names it.
+    The rewritten shards' stats replace the reused ones in ``written`` (the caller then writes the
+    files built from them again and verifies once more). The older version keeps its damaged file:
+    not this publish's to change; ``written.repaired`` names it.
     """
     by_file = {}
     for task in tasks:
         key = f"{task.split}/{task.name}"
         if key in written.sources:
             for path in task.paths():
-                by_file[f"{task.split}/{path.name}"] = task
-    damaged = {by_file[rel].split + "/" + by_file[rel].name: by_file[rel] for rel in exc.paths if rel in by_file}
-    if not damaged or any(rel not in by_file for rel in exc.paths):
+                by_file[f"{task.split}/{path.name}"] = (key, task)
+    if any(rel not in by_file for rel in exc.paths):
         raise exc
-    expected = {f"{s['split']}/{s['shard'][: -len('.tar')]}": s for s in written.stats}
+    damaged = dict(by_file[rel] for rel in exc.paths)
     for task in damaged.values():
-        for path in task.paths():
+        for path in task.paths()[::-1]:
             path.unlink(missing_ok=True)
     again = write_shards(list(damaged.values()), [], config, None)
-    for stats in again.stats:
-        key = f"{stats['split']}/{stats['shard'][: -len('.tar')]}"
-        if stats != expected[key]:
-            raise RuntimeError(f"shard {key} written again differs from its linked copy's stats: "
-                               f"{stats} != {expected[key]}") from exc
-        written.repaired.append(f"{key} from {written.sources[key].name}")
+    fresh = {f"{s['split']}/{s['shard'][: -len('.tar')]}": s for s in again.stats}
+    written.stats = [fresh.get(f"{s['split']}/{s['shard'][: -len('.tar')]}", s) for s in written.stats]
+    for key in damaged:
+        source = written.sources.pop(key)
+        written.repaired.append(f"{key} from {source.name if source is not None else 'an interrupted run'}")
+        if source is not None:
+            written.linked -= 1
+        else:
+            written.resumed -= 1
     written.written += again.written
-    written.linked -= again.written
     written.bytes_written += again.bytes_written
 
 

@@ -1,14 +1,16 @@
 """Reuse of an older version's files when it was tampered with, damaged, or is not this tool's.
 
-Found by a hostile review of the nightly publish (December 2026): a symlink put in place of an old
-shard got a foreign file hard-linked into the new version; a truncated images snapshot was linked
-and blessed by the new manifest; reused files kept an earlier run's umask; retention deleted a
-backup folder beside the versions; a rotted old shard failed every later publish; an unreadable
-older version crashed the nightly; a library upgrade would have mixed old and new sidecar bytes.
+Found by two hostile reviews of the nightly publish (December 2026): a symlink put in place of an
+old shard (or of a split folder) got a foreign file hard-linked into the new version; a truncated
+images snapshot was linked and blessed by the new manifest; reused files kept an earlier run's
+umask; retention deleted a backup folder beside the versions; a rotted old shard (or its stats
+file) failed every later publish or slipped into it; an unreadable older version crashed the
+nightly; a library upgrade would have mixed old and new sidecar bytes.
 """
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 import stat
@@ -32,6 +34,8 @@ from pipelines.publish.version import publish_dataset
 
 DAYS = 4
 CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
+CHECKED = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
+NO_REUSE = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False)
 
 
 def _history(root: Path) -> tuple[DataHome, pa.Table]:
@@ -71,13 +75,9 @@ def test_link_or_copy_links_own_files_of_this_mode_and_refuses_what_is_not_a_reg
     assert link_or_copy(source, tmp_path / "linked", False, size=100, mode=0o644) is True   # a rerun: already there
 
     # another mode (an earlier run's umask, a chmod): a copy with the mode of this run's new files
-    old = os.umask(0o022)
-    try:
-        assert link_or_copy(source, tmp_path / "copied", False, size=100, mode=0o640) is False
-    finally:
-        os.umask(old)
+    assert link_or_copy(source, tmp_path / "copied", False, size=100, mode=0o640) is False
     assert _inode(tmp_path / "copied") != _inode(source) and (tmp_path / "copied").read_bytes() == b"x" * 100
-    assert stat.S_IMODE(os.stat(tmp_path / "copied").st_mode) == 0o644
+    assert stat.S_IMODE(os.stat(tmp_path / "copied").st_mode) == 0o640
     assert stat.S_IMODE(os.stat(source).st_mode) == 0o644          # the older file is left as it was
 
     link = tmp_path / "link.bin"
@@ -178,12 +178,12 @@ def test_retention_and_reuse_only_see_folders_named_as_versions(tmp_path: Path) 
 
 
 # --------------------------------------------------------------------------- damaged shards
-def _rot(path: Path) -> None:
+def _rot(path: Path, offset: int = 600) -> None:
     """Bit rot: one byte flipped in place, the size unchanged."""
     with open(path, "r+b") as handle:
-        handle.seek(600)
+        handle.seek(offset)
         byte = handle.read(1)
-        handle.seek(600)
+        handle.seek(offset)
         handle.write(bytes([byte[0] ^ 0xFF]))
 
 
@@ -281,3 +281,144 @@ def test_another_writer_library_version_reuses_nothing(tmp_path: Path, monkeypat
     assert not any(_inode(p) in {_inode(q) for q in first.path.rglob("*.parquet")}
                    for p in (again.path / "meta" / "images").glob("*.parquet"))
     assert reuse.read_manifest(again.path)["writers"] == upgraded
+
+
+def _rot_stats_field(stats_path: Path, field: str) -> None:
+    """Bit rot in a ``_stats.json``: bit 0 of the last decimal digit of one field's value flipped in
+    place ('0'<->'1', '8'<->'9': same size, still valid JSON, a hex digest stays hex; every field that
+    _committed_stats checks is intact)."""
+    data = bytearray(stats_path.read_bytes())
+    text = data.decode()
+    start = text.index(f'"{field}": ') + len(f'"{field}": ')
+    end = start
+    while text[end] not in ",}\n":
+        end += 1
+    pos = max(i for i in range(start, end) if text[i].isdigit())
+    data[pos] ^= 0x01
+    stats_path.write_bytes(bytes(data))
+    json.loads(stats_path.read_text())      # still parses
+
+
+def _crash_after_shards(monkeypatch, home, table, config=CONFIG):
+    def die(point: str) -> None:
+        if point == "publish.after_shards":
+            raise RuntimeError("killed")
+
+    monkeypatch.setattr(faults, "maybe_crash", die)
+    with pytest.raises(RuntimeError, match="killed"):
+        _publish(home, table, config)
+    monkeypatch.undo()
+
+
+# --------------------------------------------------------------------------- found by a second review
+def test_a_rotted_shard_linked_by_an_interrupted_run_is_repaired_on_the_rerun(tmp_path: Path, monkeypatch) -> None:
+    """An older shard rots; a verified nightly links it and is killed before its verification: the
+    rerun resumes the linked (rotted) shard from staging, and repairs it (it did not write it)."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    _rot(tar)
+    _crash_after_shards(monkeypatch, home, full, CHECKED)
+    again = _publish(home, full, CHECKED)            # ManifestMismatch here, and on every later rerun
+    assert again.shards_repaired
+
+
+def test_a_rotted_stats_file_of_an_older_shard_does_not_reach_a_verified_nightly(tmp_path: Path) -> None:
+    """Bit rot in an older shard's ``_stats.json`` (num_samples 1 bit off, still valid JSON): its
+    numbers would go into the new manifest unchecked, so the stats file must have the sha256 its
+    version's manifest recorded to be reused; the nightly equals a build from scratch."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    stats_path = tar.with_name(tar.name[:-4] + "_stats.json")
+    _rot_stats_field(stats_path, "num_samples")
+    nightly = _publish(home, full, CHECKED)
+
+    scratch = make_home(tmp_path / "scratch", num_rankings=80, seed=7, days=DAYS)
+    fresh = _publish(scratch, full, CHECKED)
+    assert fresh.version == nightly.version
+    assert (nightly.path / "train" / "sizes.json").read_bytes() == (fresh.path / "train" / "sizes.json").read_bytes()
+    assert (nightly.path / "manifest.json").read_bytes() == (fresh.path / "manifest.json").read_bytes()
+
+
+def test_a_rotted_sha256_in_an_older_stats_file_does_not_fail_every_verified_nightly(tmp_path: Path) -> None:
+    """Same rot in the ``sha256`` field: not reused (its sha256 is not the manifest's), so the
+    verified nightly does not fail on it, tonight or any night."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    _rot_stats_field(tar.with_name(tar.name[:-4] + "_stats.json"), "sha256")
+    nightly = _publish(home, full, CHECKED)
+    verify_version(nightly.path, checksums=True)
+
+
+def test_reuse_shards_false_writes_shards_an_interrupted_run_copied(tmp_path: Path, monkeypatch) -> None:
+    """reuse_shards=false after an interrupted publish writes what that run reused, copies included
+    (another umask or account, another file system): a rotted older shard copied by the interrupted
+    run does not end up in the version published without reuse."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    tar = _old_tar(first.path, days[-1])
+    _rot(tar)
+
+    def cross_device(source, target, **_):
+        raise OSError(errno.EXDEV, "Invalid cross-device link", str(source))
+
+    monkeypatch.setattr(os, "link", cross_device)
+    _crash_after_shards(monkeypatch, home, full)       # undoes both patches
+    again = _publish(home, full, NO_REUSE)
+    assert again.shards_linked == 0
+    verify_version(again.path, checksums=True)
+
+
+def test_link_or_copy_checks_size_and_mode_even_when_the_target_is_already_that_inode(tmp_path: Path) -> None:
+    """A target already linked to the source (by an interrupted run) is still checked: size, mode."""
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 100)
+    os.chmod(source, 0o644)
+    os.link(source, tmp_path / "t")
+    with pytest.raises(NotReusable):
+        link_or_copy(source, tmp_path / "t", False, size=99, mode=0o644)
+
+
+def test_link_or_copy_mode_of_a_file_already_linked_from_another_umask(tmp_path: Path) -> None:
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 100)
+    os.chmod(source, 0o644)
+    os.link(source, tmp_path / "t")
+    link_or_copy(source, tmp_path / "t", False, size=100, mode=0o600)
+    assert oct(os.stat(tmp_path / "t").st_mode & 0o777) == oct(0o600)
+
+
+def test_link_or_copy_leaves_no_temporary_name_when_the_rename_fails(tmp_path: Path) -> None:
+    """The link path makes ``.<name>.tmp`` and renames it; a failing rename removes it."""
+    source = tmp_path / "a.bin"
+    source.write_bytes(b"x" * 100)
+    os.chmod(source, 0o644)
+    target = tmp_path / "out" / "t"
+    target.mkdir(parents=True)
+    (target / "occupied").write_bytes(b"")            # a non-empty folder where the file goes
+    with pytest.raises(OSError):
+        link_or_copy(source, target, False, size=100, mode=0o644)
+    assert not [p.name for p in target.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_symlinked_split_folder_of_an_older_version_is_not_followed_into_the_new_one(tmp_path: Path) -> None:
+    """An older version whose ``train`` folder was replaced by a symlink to a folder elsewhere: no
+    file of that folder is linked into the new version (an edit there would edit the published one)."""
+    home, full = _history(tmp_path / "h")
+    days = _days(full)
+    first = _publish(home, full, last_day=days[-2])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.rename(first.path / "train", elsewhere / "train")
+    (first.path / "train").symlink_to(elsewhere / "train")
+    nightly = _publish(home, full)
+    foreign = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in elsewhere.rglob("*") if p.is_file()}
+    shared = sorted(str(p.relative_to(nightly.path)) for p in nightly.path.rglob("*")
+                    if p.is_file() and (os.lstat(p).st_dev, os.lstat(p).st_ino) in foreign)
+    assert not shared, shared[:3]
