@@ -35,7 +35,7 @@ SIZES_FILE = "sizes.json"
 PROMPT_COUNTS_FILE = "prompt_counts.parquet"  # per split: prompt_key -> num_example_per_prompt (not in the shards)
 SHARD_PREFIX = "pickapic-"
 MEMBERS = ("0.jpg", "1.jpg", "json", "txt")   # per sample, in this order inside a tar
-VERSION_NAME = re.compile(r"\d{4}-\d{2}-\d{2}-[0-9a-f]{10}")   # <last export day>-<sha256[:10]>: what a publish names its folder
+VERSION_NAME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9a-f]{10}")   # <last export day>-<sha256[:10]>: what a publish names its folder
 
 
 def shard_name(split: str, segment: str, first_key: str) -> str:

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_publish_fixtures import make_home, write_split_pairs
 
-from formats.dataset import list_versions
+from formats.dataset import VERSION_NAME, list_versions
 from formats.home import DataHome
 from pipelines import faults
 from pipelines.publish import manifest as manifest_module
@@ -173,6 +173,8 @@ def test_retention_and_reuse_only_see_folders_named_as_versions(tmp_path: Path) 
     second = _publish(home, full, config, last_day=days[-2])
     third = _publish(home, full, config)
     assert backup.is_dir() and list_versions(home) == [second.version, third.version]
+    assert VERSION_NAME.fullmatch(third.version)
+    assert not VERSION_NAME.fullmatch("\uff12023-03-01-0123456789abc"[:len(third.version)])   # a full-width digit
     backup_inodes = {_inode(p) for p in backup.rglob("*") if p.is_file()}
     assert not any(_inode(p) in backup_inodes for p in third.path.rglob("*") if p.is_file())
 
