@@ -66,8 +66,9 @@ class PublishReport:
     shards_linked: int = 0           # hard-linked (or copied) unchanged from an older version
     bytes_written: int = 0           # tar + sidecar bytes of the shards written by this run
     jpgs_hashed: int = 0             # training JPEGs read to learn their sha256 (not in the digest cache)
-    shards_repaired: list[str] = dataclasses.field(default_factory=list)   # linked shards whose older copy failed
-    #                                 its checksum (verify_checksums), written again: "<split>/<shard> from <version>"
+    # reused shards (linked from an older version, or resumed from an interrupted run) that failed their
+    # check before the switch and were written again: "<split>/<shard> from <version | an interrupted run>"
+    shards_repaired: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
