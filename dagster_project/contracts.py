@@ -1,7 +1,7 @@
 """Contract quality rules as Dagster asset checks: one check per rule, generated from the YAML."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Collection, Iterable, Iterator, Mapping
 
 import dagster as dg
 
@@ -50,10 +50,12 @@ def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, s
     return views
 
 
-def run_checks(datasets: Iterable[str], views: dict[str, str], asset: str | None = None) -> Iterator[dg.AssetCheckResult]:
+def run_checks(datasets: Iterable[str], views: dict[str, str], asset: str | None = None,
+               uniform: Collection[str] = ()) -> Iterator[dg.AssetCheckResult]:
     """Evaluate every rule of each dataset's contract on ``views`` and yield check results (on ``asset``
-    when given, else on each dataset's own asset)."""
-    con = connect(views)
+    when given, else on each dataset's own asset). ``uniform``: views whose files share one schema
+    (:func:`pipelines.sqlrun.register_views`)."""
+    con = connect(views, uniform=uniform)
     try:
         for dataset in datasets:
             for result in evaluate(load_contract(dataset), con):

@@ -33,4 +33,4 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     context.log.info(f"published version {report.version}")
     version = runtime_version(context.instance, "publish", home, settings)
     yield dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
-    yield from run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET)
+    yield from run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET, uniform=VERSION_DATASETS)

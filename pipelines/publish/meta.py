@@ -43,7 +43,7 @@ def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Pa
     views = {name: _glob_of(files) for name, files in meta_sources.items() if name not in ("split_rejects", "image_features")}
     views["pairs"] = sidecar_glob(staging)
     views["shards"] = shards_table
-    con = connect(views)
+    con = connect(views, uniform=("pairs",))      # this version's sidecars: one schema
     try:
         for table_name, sql_name in (("decisions", "publish_decisions"), ("quarantine", "publish_quarantine"),
                                      ("splits_summary", "publish_splits_summary")):

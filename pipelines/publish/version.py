@@ -213,7 +213,7 @@ def version_views(path: Path) -> dict[str, str]:
 def check_contracts(path: Path) -> None:
     """Evaluate the blocking contract rules of a version's datasets; raise naming every failure."""
     views = version_views(path)
-    con = connect(views)
+    con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
         failures = [f"{r.rule.dataset}.{r.rule.name} = {r.value} ({r.error or r.rule.expectation()})"
                     for dataset in views for r in evaluate(load_contract(dataset), con)

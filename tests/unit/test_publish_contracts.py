@@ -49,3 +49,17 @@ def test_planted_violations_block_publishing(tmp_path: Path) -> None:
     pq.write_table(bad, sidecar)
     with pytest.raises(RuntimeError, match="key_has_no_dot.*labels_valid|labels_valid.*key_has_no_dot"):
         check_contracts(report.path)
+
+
+def test_a_sidecar_with_another_schema_blocks_publishing(tmp_path: Path) -> None:
+    """A version's sidecars are read as one schema (no union by name: for a year of sidecars that
+    read every footer up front, 2 GB): a sidecar that lost a column is a failed rule, not nulls."""
+    home = make_home(tmp_path / "h", num_rankings=40, seed=43)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    check_contracts(report.path)
+    sidecars = sorted(report.path.glob("*/pickapic-*.parquet"))
+    assert len(sidecars) > 1
+    table = pq.read_table(sidecars[-1])
+    pq.write_table(table.drop_columns(["label_0"]), sidecars[-1])
+    with pytest.raises(RuntimeError, match=r"fails its contracts.*query failed"):
+        check_contracts(report.path)

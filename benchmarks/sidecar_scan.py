@@ -1,0 +1,99 @@
+"""Benchmark: the contract rules over a year of sidecars, read by column name (before) or as one schema.
+
+    python -m benchmarks.sidecar_scan [--files 23000] [--json-out results.json]
+
+Publishes a small synthetic version (:func:`benchmarks.shards.build_home`, 300 pairs), then fills a
+folder with ``--files`` hard links to its train sidecars (23,000 is about a year of sidecars at
+Pick-a-Pic's volume: ~4 MB shards, ~64 a day). Each of the ``shard_samples`` contract's rules then
+runs in a fresh process over that folder, through :func:`pipelines.sqlrun.connect`, twice: with the
+view reading by column name (``union_by_name``, what every version view did before) and as one schema
+(``uniform``, what the publish's contract check, its Dagster checks and ``meta/`` use now). Prints each
+mode's seconds (all rules) and the largest peak RSS of its processes, and the ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks import report
+
+
+def _child(mode: str, glob: str, rule: str) -> None:
+    """One rule over ``glob`` in this process: print seconds and peak RSS (MiB) as JSON."""
+    import resource
+
+    from data_contracts.engine import load_contract
+    from pipelines.sqlrun import connect
+
+    (found,) = [r for r in load_contract("shard_samples").rules if r.name == rule]
+    con = connect({"shard_samples": glob}, uniform=("shard_samples",) if mode == "uniform" else ())
+    started = time.perf_counter()
+    value = con.execute(found.sql()).fetchone()[0]
+    seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "value": value,
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run(files: int, root: Path | None = None) -> dict:
+    from benchmarks.shards import build_home
+    from data_contracts.engine import load_contract
+    from pipelines.publish.config import PublishConfig
+    from pipelines.publish.version import publish_dataset
+
+    base = Path(root or tempfile.mkdtemp(prefix="bench-sidecars-"))
+    try:
+        home = build_home(base / "home", 300, days=3)
+        version = publish_dataset(home, PublishConfig(workers=1, fsync=False)).path
+        sources = sorted(version.glob("train/pickapic-*.parquet"))
+        folder = base / "year" / "train"
+        folder.mkdir(parents=True)
+        for n in range(files):
+            os.link(sources[n % len(sources)], folder / f"pickapic-train-{n:06d}.parquet")
+        glob = str(base / "year" / "*" / "pickapic-*.parquet")
+        rules = [r.name for r in load_contract("shard_samples").rules]
+        out: dict[str, dict] = {}
+        for mode in ("union_by_name", "uniform"):
+            seconds, peak, per_rule = 0.0, 0.0, {}
+            for rule in rules:
+                done = subprocess.run([sys.executable, "-m", "benchmarks.sidecar_scan", "--child", mode, glob, rule],
+                                      check=True, capture_output=True, text=True)
+                result = json.loads(done.stdout.strip().splitlines()[-1])
+                seconds += result["seconds"]
+                peak = max(peak, result["peak_rss_mib"])
+                per_rule[rule] = round(result["seconds"], 2)
+            out[mode] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak), "per_rule_s": per_rule}
+    finally:
+        if root is None:
+            shutil.rmtree(base, ignore_errors=True)
+    return {
+        "benchmark": "sidecar_scan", "files": files, "sidecar_files_published": len(sources),
+        **{f"{mode}_{k}": v for mode, r in out.items() for k, v in r.items()},
+        "ratio_seconds_uniform_vs_union": round(out["uniform"]["seconds"] / out["union_by_name"]["seconds"], 3),
+        "ratio_peak_rss_uniform_vs_union": round(out["uniform"]["peak_rss_mib"] / out["union_by_name"]["peak_rss_mib"], 3),
+        "load_average": round(os.getloadavg()[0], 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--child"]:
+        _child(*argv[1:4])
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=23000)
+    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--json-out", type=Path)
+    args = parser.parse_args(argv)
+    report(run(args.files, args.dir), args.json_out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
