@@ -7,7 +7,7 @@ import dagster as dg
 
 from dagster_project.metadata import report_metadata
 from dagster_project.versions import DATA_VERSION_TAG, FAILED_SUFFIX, FEATURE_DATASETS, INGEST_DATASETS
-from data_contracts.engine import evaluate, load_contract
+from data_contracts.engine import RuleResult, evaluate, load_contract
 from formats.home import DataHome
 from pipelines.sqlrun import connect
 from schemas import SCHEMAS
@@ -58,17 +58,23 @@ def run_checks(datasets: Iterable[str], views: dict[str, str], asset: str | None
     con = connect(views, uniform=uniform)
     try:
         for dataset in datasets:
-            for result in evaluate(load_contract(dataset), con):
-                rule = result.rule
-                yield dg.AssetCheckResult(
-                    asset_key=asset or dataset, check_name=check_name(rule, asset), passed=result.passed,
-                    severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
-                    metadata={"value": result.value if result.value is not None else -1.0,
-                              "expectation": rule.expectation(), "query": dg.MetadataValue.md(f"```sql\n{rule.sql()}\n```"),
-                              **({"error": result.error} if result.error else {})},
-                )
+            yield from check_results(evaluate(load_contract(dataset), con), asset)
     finally:
         con.close()
+
+
+def check_results(results: Iterable[RuleResult], asset: str | None = None) -> Iterator[dg.AssetCheckResult]:
+    """Asset check results of rule results already evaluated (on ``asset`` when given, else on each
+    rule's dataset's own asset)."""
+    for result in results:
+        rule = result.rule
+        yield dg.AssetCheckResult(
+            asset_key=asset or rule.dataset, check_name=check_name(rule, asset), passed=result.passed,
+            severity=dg.AssetCheckSeverity.ERROR if rule.blocking else dg.AssetCheckSeverity.WARN,
+            metadata={"value": result.value if result.value is not None else -1.0,
+                      "expectation": rule.expectation(), "query": dg.MetadataValue.md(f"```sql\n{rule.sql()}\n```"),
+                      **({"error": result.error} if result.error else {})},
+        )
 
 
 def materialize_and_check(

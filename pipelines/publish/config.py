@@ -69,6 +69,9 @@ class PublishReport:
     # reused shards (linked from an older version, or resumed from an interrupted run) that failed their
     # check before the switch and were written again: "<split>/<shard> from <version | an interrupted run>"
     shards_repaired: list[str] = dataclasses.field(default_factory=list)
+    # every contract rule's result (data_contracts.engine.RuleResult) on this version's files, as the
+    # gate before the switch evaluated them; empty when an existing version was switched to again
+    contract_results: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def total_bytes(self) -> int:

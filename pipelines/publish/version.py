@@ -38,7 +38,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from data_contracts.engine import evaluate, load_contract
+from data_contracts.engine import RuleResult, evaluate, load_contract
 from formats.dataset import (
     MANIFEST_FILE,
     PROMPT_COUNTS_FILE,
@@ -115,8 +115,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
             leftover.unlink()
         try:
-            written = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version, config,
-                                     progress)
+            written, results = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
+                                              config, progress)
         except BaseException as exc:
             clean_failed_staging(staging)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc):
@@ -129,13 +129,16 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         switch_latest(home.datasets, version)
         deleted = apply_retention(home, config.keep_versions)
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
-    return report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
+    report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
+    report.contract_results = results
+    return report
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
                    sources: dict[str, dict[str, str]], volumes: dict[str, int], staging: Path, version: str,
-                   config: PublishConfig, progress: Progress | None) -> ShardsDone:
-    """Write every file of ``version`` into ``staging``, verified and checked against its contracts."""
+                   config: PublishConfig, progress: Progress | None) -> tuple[ShardsDone, list[RuleResult]]:
+    """Write every file of ``version`` into ``staging``, verified and checked against its contracts;
+    return what the shard phase did and every rule's result."""
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
     previous = previous_versions(home, version)
     written = write_shards(tasks, previous, config, progress)
@@ -157,9 +160,9 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             if attempt == 2:
                 raise
             _repair_reused_shards(exc, tasks, written, config)   # then the files built from their stats again
-    check_contracts(staging)
+    results = check_contracts(staging)
     fsync_tree(staging, config.fsync)
-    return written
+    return written, results
 
 
 def _repair_reused_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
@@ -210,18 +213,20 @@ def version_views(path: Path) -> dict[str, str]:
     }
 
 
-def check_contracts(path: Path) -> None:
-    """Evaluate the blocking contract rules of a version's datasets; raise naming every failure."""
+def check_contracts(path: Path) -> list[RuleResult]:
+    """Evaluate every contract rule of a version's datasets and return the results; raise naming
+    every blocking rule that failed."""
     views = version_views(path)
     con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
-        failures = [f"{r.rule.dataset}.{r.rule.name} = {r.value} ({r.error or r.rule.expectation()})"
-                    for dataset in views for r in evaluate(load_contract(dataset), con)
-                    if r.rule.blocking and not r.passed]
+        results = [r for dataset in views for r in evaluate(load_contract(dataset), con)]
     finally:
         con.close()
+    failures = [f"{r.rule.dataset}.{r.rule.name} = {r.value} ({r.error or r.rule.expectation()})"
+                for r in results if r.rule.blocking and not r.passed]
     if failures:
         raise RuntimeError(f"version {path.name} fails its contracts, not publishing: {'; '.join(failures)}")
+    return results
 
 
 def _contract_versions() -> dict[str, str | None]:

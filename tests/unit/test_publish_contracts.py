@@ -63,3 +63,24 @@ def test_a_sidecar_with_another_schema_blocks_publishing(tmp_path: Path) -> None
     pq.write_table(table.drop_columns(["label_0"]), sidecars[-1])
     with pytest.raises(RuntimeError, match=r"fails its contracts.*query failed"):
         check_contracts(report.path)
+
+
+def test_the_gates_results_are_the_assets_checks_and_a_reused_version_is_checked_again(tmp_path: Path) -> None:
+    """``published_dataset`` reports the results the gate evaluated before the switch (one pass over
+    the sidecars a night, not two); switched to again, an existing version has none, and the asset
+    evaluates its files itself."""
+    from dagster_project.assets.publish import ASSET, VERSION_DATASETS
+    from dagster_project.contracts import check_results, check_specs, run_checks
+
+    home = make_home(tmp_path / "h", num_rankings=40, seed=44)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    assert not report.reused and report.contract_results
+    from_gate = list(check_results(report.contract_results, asset=ASSET))
+    evaluated = list(run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET, uniform=VERSION_DATASETS))
+    specs = sorted(spec.name for spec in check_specs(VERSION_DATASETS, asset=ASSET))
+    assert sorted(c.check_name for c in from_gate) == specs == sorted(c.check_name for c in evaluated)
+    assert [(c.check_name, c.passed, c.metadata["value"]) for c in from_gate] == \
+           [(c.check_name, c.passed, c.metadata["value"]) for c in evaluated]
+    assert all(c.passed and c.asset_key.to_user_string() == ASSET for c in from_gate)
+    again = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    assert again.reused and again.version == report.version and again.contract_results == []
