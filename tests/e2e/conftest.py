@@ -85,3 +85,11 @@ def copy_home(home: DataHome, destination: Path) -> DataHome:
     """A private, writable copy of a data home (symlinks such as `latest` kept as links)."""
     shutil.copytree(home.root, destination, symlinks=True)
     return DataHome(destination)
+
+
+@pytest.fixture(scope="module")
+def private_home(built_home: DataHome, tmp_path_factory) -> DataHome:
+    """A module's own copy of the shared home, for what must not touch the shared one: opening its
+    Dagster instance (SQLite's ``-wal`` / ``-shm`` files come and go under tests that copy or walk the
+    shared home on the other worker) or snapshotting the whole home (which would see those files)."""
+    return copy_home(built_home, tmp_path_factory.mktemp("private") / "home")

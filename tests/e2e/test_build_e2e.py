@@ -4,12 +4,10 @@ import json
 
 import dagster as dg
 import duckdb
-import pytest
 
 from dagster_project.contracts import warehouse_views
 from dagster_project.definitions import defs
 from pipelines.sqlrun import connect
-from tests.e2e.conftest import copy_home
 
 WAREHOUSE = {"users", "images", "rankings", "downloads", "quarantine", "image_features", "image_rejects",
              "duplicate_clusters", "decisions", "pairs", "split_pairs"}
@@ -20,16 +18,8 @@ def _instance(home) -> dg.DagsterInstance:
     return dg.DagsterInstance.from_config(str(home.dagster_home))
 
 
-@pytest.fixture(scope="module")
-def instance_home(built_home, tmp_path_factory):
-    """A private copy of the shared home, to open its Dagster instance: opening the shared one makes
-    SQLite's ``-wal`` / ``-shm`` files come and go under the tests that copy or walk the shared home
-    on the other worker."""
-    return copy_home(built_home, tmp_path_factory.mktemp("instance") / "home")
-
-
-def test_runs_recorded_and_successful(built_home, instance_home):
-    with _instance(instance_home) as instance:
+def test_runs_recorded_and_successful(built_home, private_home):
+    with _instance(private_home) as instance:
         runs = instance.get_runs()
         days = built_home.raw_days()
         assert len(runs) == len(days) + 2  # one daily run per day, the rebuild, the model
@@ -39,10 +29,10 @@ def test_runs_recorded_and_successful(built_home, instance_home):
         assert "rebuild_dataset_job" in jobs and "train_model_job" in jobs
 
 
-def test_every_asset_materialized_with_metadata(built_home, instance_home):
+def test_every_asset_materialized_with_metadata(built_home, private_home):
     graph = defs.resolve_asset_graph()
     days = set(built_home.raw_days())
-    with _instance(instance_home) as instance:
+    with _instance(private_home) as instance:
         for key in graph.get_all_asset_keys():
             if graph.get(key).group_name == "app_export":
                 continue  # the demo's raw zone comes from the simulator's files (tests/e2e/test_app_db_e2e.py)
@@ -62,11 +52,11 @@ def test_every_asset_materialized_with_metadata(built_home, instance_home):
                 assert "dagster/row_count" in event.asset_materialization.metadata, key.to_user_string()
 
 
-def test_every_contract_check_ran_and_passed(built_home, instance_home):
+def test_every_contract_check_ran_and_passed(built_home, private_home):
     graph = defs.resolve_asset_graph()
     contract_checks = [k for k in graph.asset_check_keys if "freshness" not in k.name]
     assert len(contract_checks) > 50
-    with _instance(instance_home) as instance:
+    with _instance(private_home) as instance:
         records = instance.event_log_storage.get_latest_asset_check_execution_by_key(contract_checks)
         missing = [k for k in contract_checks if k not in records]
         assert not missing, f"checks never executed: {missing[:5]}"

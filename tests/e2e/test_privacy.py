@@ -23,7 +23,6 @@ from formats.dataset import resolve_version
 from formats.home import DataHome
 from pipelines.query import engine as query
 from pipelines.query.export import export_pickscore_parquet
-from tests.e2e.conftest import copy_home
 
 # "user_id: string '24'", "user_id = 24", "user_id 24 has", '"user_id": 24' (a number right after the field name)
 USER_ID_IN_TEXT = re.compile(r"""user_id['"]?(?::\s*[a-z]+\s+|\s*[:=]\s*|\s+)['"]?(-?\d+)""")
@@ -230,14 +229,6 @@ OUTSIDE = [
     ("SELECT then COPY", "SELECT 1; COPY (SELECT 1) TO '{tmp}/two.csv'", "exactly one statement"),
     ("CREATE a table from a file", "CREATE TABLE t AS SELECT * FROM read_csv('/etc/passwd')", "CREATE statements are refused"),
 ]
-
-
-@pytest.fixture(scope="module")
-def private_home(built_home: DataHome, tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    """A copy of the shared home that no other test process opens. A snapshot of the whole home must
-    change only by what the query CLI does: a test on another worker that opens the shared home's
-    Dagster instance makes SQLite's ``-wal`` / ``-shm`` files come and go under it."""
-    return copy_home(built_home, tmp_path_factory.mktemp("privacy") / "home")
 
 
 @pytest.mark.parametrize("label,sql,message", OUTSIDE, ids=[o[0] for o in OUTSIDE])

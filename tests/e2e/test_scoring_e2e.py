@@ -1,10 +1,8 @@
 """Using the demo's trained model: the best_of_n asset, `pickapic rerank` on its candidates, the eval prompts."""
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 
 from dagster_project.cli import main as pickapic
-from tests.e2e.conftest import copy_home
 
 
 def _metadata(home, asset: str) -> dict:
@@ -13,14 +11,8 @@ def _metadata(home, asset: str) -> dict:
         return {k: getattr(v, "value", v) for k, v in event.asset_materialization.metadata.items()}
 
 
-@pytest.fixture(scope="module")
-def instance_home(built_home, tmp_path_factory):
-    """A private copy of the shared home, to open its Dagster instance (see test_build_e2e)."""
-    return copy_home(built_home, tmp_path_factory.mktemp("instance") / "home")
-
-
-def test_best_of_n_asset_measured_gains(instance_home):
-    meta = _metadata(instance_home, "best_of_n")
+def test_best_of_n_asset_measured_gains(private_home):
+    meta = _metadata(private_home, "best_of_n")
     assert meta["candidates_per_prompt"] == 8 and meta["prompts"] > 0
     assert meta["gain_trained_n1"] == 0 and meta["gain_untrained_n1"] == 0
     oracle = [meta[f"gain_oracle_n{k}"] for k in (1, 2, 4, 8)]
