@@ -1,4 +1,4 @@
-"""Benchmark: the contract rules over a year of sidecars, read by column name (before) or as one schema.
+"""Benchmark: the contract rules over a year of sidecars: by column name, as one schema, and fused.
 
     python -m benchmarks.sidecar_scan [--files 23000] [--json-out results.json]
 
@@ -7,8 +7,11 @@ folder with ``--files`` hard links to its train sidecars (23,000 is about a year
 Pick-a-Pic's volume: ~4 MB shards, ~64 a day). Each of the ``shard_samples`` contract's rules then
 runs in a fresh process over that folder, through :func:`pipelines.sqlrun.connect`, twice: with the
 view reading by column name (``union_by_name``, what every version view did before) and as one schema
-(``uniform``, what the publish's contract check, its Dagster checks and ``meta/`` use now). Prints each
-mode's seconds (all rules) and the largest peak RSS of its processes, and the ratios.
+(``uniform``, what the publish's contract check, its Dagster checks and ``meta/`` use now). Then the
+whole contract once more in one fresh process, as the publish evaluates it
+(:func:`data_contracts.engine.evaluate`: the eight row-count rules in one fused scan, then
+``key_unique``), over the same one-schema view. Prints each mode's seconds (all rules) and the largest
+peak RSS of its processes, and the ratios; the fused mode's values must equal the per-rule ones.
 """
 from __future__ import annotations
 
@@ -32,11 +35,18 @@ def _child(mode: str, glob: str, rule: str) -> None:
     from data_contracts.engine import load_contract
     from pipelines.sqlrun import connect
 
-    (found,) = [r for r in load_contract("shard_samples").rules if r.name == rule]
-    con = connect({"shard_samples": glob}, uniform=("shard_samples",) if mode == "uniform" else ())
-    started = time.perf_counter()
-    value = con.execute(found.sql()).fetchone()[0]
-    seconds = time.perf_counter() - started
+    con = connect({"shard_samples": glob}, uniform=("shard_samples",) if mode in ("uniform", "fused") else ())
+    if mode == "fused":                     # the whole contract, as the publish's gate evaluates it
+        from data_contracts.engine import evaluate
+
+        started = time.perf_counter()
+        value = {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con)}
+        seconds = time.perf_counter() - started
+    else:
+        (found,) = [r for r in load_contract("shard_samples").rules if r.name == rule]
+        started = time.perf_counter()
+        value = con.execute(found.sql()).fetchone()[0]
+        seconds = time.perf_counter() - started
     print(json.dumps({"seconds": seconds, "value": value,
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -59,8 +69,9 @@ def run(files: int, root: Path | None = None) -> dict:
         glob = str(base / "year" / "*" / "pickapic-*.parquet")
         rules = [r.name for r in load_contract("shard_samples").rules]
         out: dict[str, dict] = {}
+        values: dict[str, dict] = {}
         for mode in ("union_by_name", "uniform"):
-            seconds, peak, per_rule = 0.0, 0.0, {}
+            seconds, peak, per_rule, per_value = 0.0, 0.0, {}, {}
             for rule in rules:
                 done = subprocess.run([sys.executable, "-m", "benchmarks.sidecar_scan", "--child", mode, glob, rule],
                                       check=True, capture_output=True, text=True)
@@ -68,7 +79,15 @@ def run(files: int, root: Path | None = None) -> dict:
                 seconds += result["seconds"]
                 peak = max(peak, result["peak_rss_mib"])
                 per_rule[rule] = round(result["seconds"], 2)
+                per_value[rule] = result["value"]
             out[mode] = {"seconds": round(seconds, 1), "peak_rss_mib": round(peak), "per_rule_s": per_rule}
+            values[mode] = per_value
+        done = subprocess.run([sys.executable, "-m", "benchmarks.sidecar_scan", "--child", "fused", glob, ""],
+                              check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        out["fused"] = {"seconds": round(result["seconds"], 1), "peak_rss_mib": round(result["peak_rss_mib"])}
+        if {k: float(v) for k, v in values["uniform"].items()} != result["value"]:
+            raise AssertionError(f"fused values {result['value']} differ from per-rule {values['uniform']}")
     finally:
         if root is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -77,6 +96,8 @@ def run(files: int, root: Path | None = None) -> dict:
         **{f"{mode}_{k}": v for mode, r in out.items() for k, v in r.items()},
         "ratio_seconds_uniform_vs_union": round(out["uniform"]["seconds"] / out["union_by_name"]["seconds"], 3),
         "ratio_peak_rss_uniform_vs_union": round(out["uniform"]["peak_rss_mib"] / out["union_by_name"]["peak_rss_mib"], 3),
+        "ratio_seconds_fused_vs_uniform": round(out["fused"]["seconds"] / out["uniform"]["seconds"], 3),
+        "ratio_peak_rss_fused_vs_uniform": round(out["fused"]["peak_rss_mib"] / out["uniform"]["peak_rss_mib"], 3),
         "load_average": round(os.getloadavg()[0], 2),
     }
 

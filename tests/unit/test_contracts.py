@@ -54,3 +54,132 @@ def test_contract_files_ship_as_package_data():
     for name in names:
         if name.endswith(".yaml"):
             yaml.safe_load(resources.files("data_contracts").joinpath(name).read_text())
+
+
+# --- rules answered together (engine.evaluate fuses the row-count rules of a contract) ---------------
+
+def _pool_array(field, rows: int, rng):
+    """``rows`` values of ``field``'s type drawn from small pools (so joins and equalities hit), with nulls."""
+    import datetime as dt
+
+    import pyarrow as pa
+
+    t = field.type
+    pools = {
+        "string": ["", "a", "b", "train", "test", "validation", "test_unique", "x.y", "0" * 64, "f" * 64,
+                   "pickapic-train-000000.tar", "u1", "banned", "nsfw"],
+        "int": [-1, 0, 1, 2, 3, 512, 1024],
+        "float": [0.0, 0.5, 1.0, -1.0, 0.25, float("nan")],
+        "date": [dt.date(2023, 3, 1), dt.date(2023, 3, 2), dt.date(1970, 1, 1)],
+        "timestamp": [dt.datetime(2023, 3, 1, 12), dt.datetime(2023, 3, 2), dt.datetime(1999, 1, 1)],
+        "bool": [True, False],
+    }
+    if pa.types.is_string(t) or pa.types.is_binary(t):
+        kind = "string"
+    elif pa.types.is_integer(t):
+        kind = "int"
+    elif pa.types.is_floating(t):
+        kind = "float"
+    elif pa.types.is_date(t):
+        kind = "date"
+    elif pa.types.is_timestamp(t):
+        kind = "timestamp"
+    elif pa.types.is_boolean(t):
+        kind = "bool"
+    else:
+        return pa.nulls(rows, t)
+    values = [None if rng.random() < 0.15 else rng.choice(pools[kind]) for _ in range(rows)]
+    if pa.types.is_unsigned_integer(t):
+        values = [None if v is None else abs(v) for v in values]
+    if kind == "int" and t.bit_width == 8:
+        values = [None if v is None else max(-1, min(v, 100)) for v in values]
+    if pa.types.is_binary(t):
+        values = [None if v is None else v.encode() for v in values]
+    return pa.array(values, t)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fused_rules_give_each_rules_own_value(seed):
+    """On tables of pooled values (nulls, duplicates, out-of-range labels, bad splits...), every rule of
+    every contract has the value its own query gives, alone, whether or not it was answered in a fused scan."""
+    import random
+
+    import duckdb
+    import pyarrow as pa
+
+    from data_contracts.engine import row_condition
+
+    rng = random.Random(seed)
+    views = {name: pa.table({f.name: _pool_array(f, 80, rng) for f in schema}) for name, schema in SCHEMAS.items()}
+    con = connect(views)
+    fused_rules = compared = failed = 0
+    for dataset in CONTRACTS:
+        contract = load_contract(dataset)
+        for result in evaluate(contract, con):
+            try:
+                alone = con.execute(result.rule.sql()).fetchone()[0]
+            except duckdb.Error as exc:     # e.g. a JSON column holding a pooled non-JSON string
+                assert result.value is None and result.error == f"query failed: {exc}", (dataset, result.rule.name)
+                failed += 1
+            else:
+                assert result.error is None, (dataset, result.rule.name, result.error)
+                assert result.value == float(alone or 0), (dataset, result.rule.name, result.value, alone)
+            compared += 1
+            fused_rules += row_condition(result.rule) is not None
+    assert fused_rules == 90 and compared == 140 and failed < 10
+    nonzero = [r for d in CONTRACTS for r in evaluate(load_contract(d), con) if row_condition(r.rule) and r.value]
+    assert len(nonzero) > 20        # the pooled values break many rules: the comparison is not all zeros
+
+
+def _rule(query: str, dataset: str = "shard_samples", name: str = "r"):
+    from data_contracts.engine import Rule
+
+    return Rule(dataset, name, name, query, "mustBe", 0, True)
+
+
+@pytest.mark.parametrize("query", [
+    "SELECT count(*) FROM {object} WHERE key = 'a' GROUP BY split",
+    "SELECT count(*) FROM {object} WHERE key = 'a' LIMIT 0",
+    "SELECT count(*) FROM {object} WHERE key = 'a' ORDER BY 1",
+    "SELECT count(*) FROM {object} WHERE key = 'a' HAVING count(*) > 1",
+    "SELECT count(*) FROM {object} WHERE key = 'a' UNION ALL SELECT 1",
+    "SELECT count(*) FROM {object} WHERE key = 'a' QUALIFY true",
+    "SELECT count(*) FROM {object} WHERE key = 'a' USING SAMPLE 50%",
+    "SELECT count(*) FROM {object} WHERE key = 'a'; SELECT 1",
+    "WITH x AS (SELECT 1) SELECT count(*) FROM {object} WHERE key = 'a'",
+    "SELECT count(DISTINCT key) FROM {object} WHERE key = 'a'",
+    "SELECT count(*) FROM {object} AS s WHERE s.key = 'a'",
+    "SELECT count(*) FROM {object}, shards WHERE key = 'a'",
+    "SELECT count(*) FROM shards WHERE shard = 'a'",
+    "SELECT count(*) FROM {object}",
+    "SELECT count(*) FROM {object} WHERE",
+])
+def test_only_plain_row_counts_are_fused(query):
+    from data_contracts.engine import row_condition
+
+    assert row_condition(_rule(query)) is None
+
+
+def test_fused_rules_keep_comments_subqueries_and_errors_to_themselves():
+    """A trailing comment ends with its line; a subquery on another view works inside the filter; a rule
+    whose condition fails reports its own error while the others keep their values."""
+    import pyarrow as pa
+
+    from data_contracts.engine import Contract, fused_query, row_condition
+
+    table = pa.table({"key": ["a", "b", "b", None], "split": ["train", "test", "oops", "train"]})
+    con = connect({"shard_samples": table, "shards": pa.table({"shard": ["b"]})})
+    rules = (
+        _rule("SELECT count(*) FROM {object} WHERE split NOT IN ('train', 'test') -- a comment", name="comment"),
+        _rule("SELECT count(*)\nFROM {object}\nWHERE key IN (SELECT shard FROM shards)", name="subquery"),
+        _rule("SELECT count(*) FROM {object} WHERE key IS NULL OR key IN (SELECT key FROM {object} WHERE split = 'test')",
+              name="self"),
+    )
+    assert all(row_condition(r) for r in rules)
+    assert con.execute(fused_query(list(rules))).fetchone() == (1, 2, 3)
+    broken = _rule("SELECT count(*) FROM {object} WHERE no_such_column > 0", name="broken")
+    contract = Contract("shard_samples", "1", "", {}, rules + (broken,), None)
+    results = {r.rule.name: r for r in evaluate(contract, con)}
+    assert [results[n].value for n in ("comment", "subquery", "self")] == [1.0, 2.0, 3.0]
+    assert results["broken"].value is None and "no_such_column" in results["broken"].error
+    assert not results["broken"].passed
