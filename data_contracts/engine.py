@@ -10,6 +10,7 @@ Conventions used by every contract here:
 from __future__ import annotations
 
 import json
+import os
 import re
 import threading
 from dataclasses import dataclass
@@ -175,7 +176,22 @@ def fused_query(rules: list[Rule]) -> str:
 
 
 _parser_lock = threading.Lock()
-_parser: list[duckdb.DuckDBPyConnection] = []
+_parser: list[duckdb.DuckDBPyConnection] = []      # this process's connection for parsing rules
+
+
+_inherited: list[duckdb.DuckDBPyConnection] = []   # a forked child's parent connections: kept, never used
+
+
+def _forget_parser_after_fork() -> None:
+    """In a forked child: a fresh lock and no parser. The parent's connection stays referenced, never
+    used or freed: its threads do not exist in the child, and tearing it down there crashes the
+    process (see ``pipelines.publish.shards._duckdb``)."""
+    global _parser_lock, _parser
+    _inherited.extend(_parser)
+    _parser_lock, _parser = threading.Lock(), []
+
+
+os.register_at_fork(after_in_child=_forget_parser_after_fork)
 
 
 @lru_cache(maxsize=None)

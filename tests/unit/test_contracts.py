@@ -183,3 +183,30 @@ def test_fused_rules_keep_comments_subqueries_and_errors_to_themselves():
     assert [results[n].value for n in ("comment", "subquery", "self")] == [1.0, 2.0, 3.0]
     assert results["broken"].value is None and "no_such_column" in results["broken"].error
     assert not results["broken"].passed
+
+
+def _parse_in_child(query: str) -> tuple[bool, bool, int]:
+    import duckdb
+
+    from data_contracts import engine
+
+    fresh = not engine._parser
+    return fresh, engine.row_condition(_rule(query)) is not None, duckdb.connect().execute("SELECT 1").fetchone()[0]
+
+
+def test_rule_parser_is_not_shared_with_a_forked_child():
+    """The engine's parsing connection is per process. A forked pool worker (the shard writers fork the
+    publishing process) starts without it, parses with its own, and lives: freeing the inherited
+    connection in the child killed every worker of the pool."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from data_contracts import engine
+
+    assert engine.row_condition(_rule("SELECT count(*) FROM {object} WHERE key = 'parent'")) is not None
+    parent = id(engine._parser[0])       # no reference here: the child must keep the connection alive itself
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("fork")) as pool:
+        results = list(pool.map(_parse_in_child, [f"SELECT count(*) FROM {{object}} WHERE key = 'c{i}'" for i in range(4)]))
+    assert any(fresh for fresh, _, _ in results)                 # each worker's first task found no parser
+    assert all(ok and one == 1 for _, ok, one in results)
+    assert id(engine._parser[0]) == parent
