@@ -10,8 +10,10 @@ view reading by column name (``union_by_name``, what every version view did befo
 (``uniform``, what the publish's contract check, its Dagster checks and ``meta/`` use now). Then the
 whole contract once more in one fresh process, as the publish evaluates it
 (:func:`data_contracts.engine.evaluate`: the eight row-count rules in one fused scan, then
-``key_unique``), over the same one-schema view. Prints each mode's seconds (all rules) and the largest
-peak RSS of its processes, and the ratios; the fused mode's values must equal the per-rule ones.
+``key_unique``), over the same one-schema view; and once more with the row-count cache of
+:mod:`pipelines.publish.rulecache`, as a night after a version of all but ``--new`` of the files
+(64: a night's sidecars). Prints each mode's seconds (all rules) and the largest peak RSS of its
+processes, and the ratios; the fused and incremental values must equal the per-rule ones.
 """
 from __future__ import annotations
 
@@ -35,7 +37,10 @@ def _child(mode: str, glob: str, rule: str) -> None:
     from data_contracts.engine import load_contract
     from pipelines.sqlrun import connect
 
-    con = connect({"shard_samples": glob}, uniform=("shard_samples",) if mode in ("uniform", "fused") else ())
+    con = connect({"shard_samples": glob}, uniform=("shard_samples",) if mode != "union_by_name" else ())
+    if mode == "incremental":
+        _incremental(con, glob, int(rule))
+        return
     if mode == "fused":                     # the whole contract, as the publish's gate evaluates it
         from data_contracts.engine import evaluate
 
@@ -51,7 +56,37 @@ def _child(mode: str, glob: str, rule: str) -> None:
                       "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run(files: int, root: Path | None = None) -> dict:
+def _incremental(con, glob: str, new: int) -> None:
+    """The gate with the row-count cache (:mod:`pipelines.publish.rulecache`): first every file but the
+    last ``new`` is counted and recorded (a first version), then the whole contract is evaluated over
+    every file as a night does (the ``new`` files read for the row-local rules, the rest from the
+    cache, ``key_unique`` over all). Each hard link gets its own identity (the sha256 of its name):
+    in a real version a sidecar's identity is its content's sha256 from the manifest."""
+    import glob as globbing
+    import hashlib
+    import resource
+    import tempfile
+
+    from data_contracts.engine import evaluate, load_contract
+    from pipelines.publish import rulecache
+
+    paths = sorted(Path(p) for p in globbing.glob(glob))
+    sidecars = {p: hashlib.sha256(p.name.encode()).hexdigest() for p in paths}
+    with tempfile.TemporaryDirectory() as folder:
+        cache = Path(folder) / "counts.parquet"
+        started = time.perf_counter()
+        first = rulecache.row_local_values(dict(list(sidecars.items())[:-new]), cache)
+        first_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        night = rulecache.row_local_values(sidecars, cache)
+        value = {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con, night.values)}
+        seconds = time.perf_counter() - started
+    print(json.dumps({"seconds": seconds, "value": value, "first_seconds": first_seconds,
+                      "scanned": [first.scanned, night.scanned], "cached": [first.cached, night.cached],
+                      "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run(files: int, root: Path | None = None, new: int = 64) -> dict:
     from benchmarks.shards import build_home
     from data_contracts.engine import load_contract
     from pipelines.publish.config import PublishConfig
@@ -88,6 +123,14 @@ def run(files: int, root: Path | None = None) -> dict:
         out["fused"] = {"seconds": round(result["seconds"], 1), "peak_rss_mib": round(result["peak_rss_mib"])}
         if {k: float(v) for k, v in values["uniform"].items()} != result["value"]:
             raise AssertionError(f"fused values {result['value']} differ from per-rule {values['uniform']}")
+        done = subprocess.run([sys.executable, "-m", "benchmarks.sidecar_scan", "--child", "incremental", glob, str(new)],
+                              check=True, capture_output=True, text=True)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        out["incremental"] = {"seconds": round(result["seconds"], 1), "peak_rss_mib": round(result["peak_rss_mib"]),
+                              "first_version_count_seconds": round(result["first_seconds"], 1),
+                              "sidecars_scanned": result["scanned"], "sidecars_cached": result["cached"]}
+        if {k: float(v) for k, v in values["uniform"].items()} != result["value"]:
+            raise AssertionError(f"incremental values {result['value']} differ from per-rule {values['uniform']}")
     finally:
         if root is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -98,6 +141,8 @@ def run(files: int, root: Path | None = None) -> dict:
         "ratio_peak_rss_uniform_vs_union": round(out["uniform"]["peak_rss_mib"] / out["union_by_name"]["peak_rss_mib"], 3),
         "ratio_seconds_fused_vs_uniform": round(out["fused"]["seconds"] / out["uniform"]["seconds"], 3),
         "ratio_peak_rss_fused_vs_uniform": round(out["fused"]["peak_rss_mib"] / out["uniform"]["peak_rss_mib"], 3),
+        "new_sidecars": new,
+        "ratio_seconds_incremental_vs_fused": round(out["incremental"]["seconds"] / out["fused"]["seconds"], 3),
         "load_average": round(os.getloadavg()[0], 2),
     }
 
@@ -109,10 +154,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=23000)
+    parser.add_argument("--new", type=int, default=64, help="sidecars a night adds (incremental mode)")
     parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
-    report(run(args.files, args.dir), args.json_out)
+    report(run(args.files, args.dir, args.new), args.json_out)
     return 0
 
 

@@ -112,8 +112,12 @@ def load_contract(dataset: str) -> Contract:
     return Contract(dataset, model.version, obj.description or model.description or "", columns, tuple(rules), model)
 
 
-def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection) -> list[RuleResult]:
+def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection,
+             given: dict[str, float] | None = None) -> list[RuleResult]:
     """Run every rule of ``contract`` on ``con`` (views already registered by dataset name).
+
+    ``given``: rule name -> value already known for these views (e.g. summed from earlier
+    per-file counts, see :func:`row_local`); those rules are judged on it and not run.
 
     The rules that count the dataset's rows matching a condition (``SELECT count(*) FROM {object}
     WHERE ...``: 90 of the 140 rules here) are answered together, by one scan of the dataset
@@ -122,15 +126,15 @@ def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection) -> list[RuleRes
     eight passes (``benchmarks/sidecar_scan.py``). Should the fused query fail, each of its rules runs
     alone, so an error is reported against the rule that causes it.
     """
-    values: dict[str, object] = {}
-    fused = [rule for rule in contract.rules if row_condition(rule) is not None]
+    values: dict[str, object] = dict(given or {})
+    fused = [rule for rule in contract.rules if rule.name not in values and row_condition(rule) is not None]
     if len(fused) > 1:
         try:
             row = con.execute(fused_query(fused)).fetchone()
         except duckdb.Error:
             pass                                    # each rule runs alone below, and reports its own error
         else:
-            values = {rule.name: value for rule, value in zip(fused, row)}
+            values.update({rule.name: value for rule, value in zip(fused, row)})
     results = []
     for rule in contract.rules:
         if rule.name in values:
@@ -142,8 +146,7 @@ def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection) -> list[RuleRes
                 results.append(RuleResult(rule, None, False, f"query failed: {exc}"))
                 continue
             value = row[0] if row else None
-        value = 0 if value is None else value
-        results.append(RuleResult(rule, float(value), bool(_COMPARATORS[rule.comparator](value, rule.target))))
+        results.append(result_of(rule, value))
     return results
 
 
@@ -164,6 +167,58 @@ def row_condition(rule: Rule) -> str | None:
     if match is None or not _plain_count_where(rule.sql(), rule.dataset):
         return None
     return match.group("condition").replace("{object}", rule.dataset)
+
+
+def row_local(rule: Rule) -> bool:
+    """Whether the rule's value over several files is the sum of its values over each of them.
+
+    True for a :func:`row_condition` rule whose condition reads only the row it is judging: no
+    subquery (nothing else of the dataset or of another view) and only functions of which DuckDB
+    declares an overload ``CONSISTENT`` (the same result for the same arguments, at any time: not
+    ``random()``, ``now()``, ``current_date``, whose every overload is volatile or fixed per query
+    only). Operators such as ``+`` also have overloads fixed per query (time-zone arithmetic, which
+    reads the session's ``TimeZone``: no connection here changes it). A row's verdict then depends on
+    its own values alone, so a count made once for a file's bytes holds for those bytes in any
+    later version read by the same DuckDB.
+    """
+    if row_condition(rule) is None:
+        return False
+    return _reads_only_the_row(rule.sql())
+
+
+@lru_cache(maxsize=None)
+def _reads_only_the_row(sql: str) -> bool:
+    with _parser_lock:
+        if not _parser:
+            _parser.append(duckdb.connect(":memory:"))
+        con = _parser[0]
+        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        where = tree["statements"][0]["node"]["where_clause"]
+        functions = set()
+        stack = [where]
+        while stack:
+            node = stack.pop()
+            if isinstance(node, list):
+                stack.extend(node)
+            elif isinstance(node, dict):
+                kind = node.get("class")
+                if kind in ("SUBQUERY", "WINDOW", "PARAMETER", "LAMBDA"):
+                    return False
+                if kind == "FUNCTION":
+                    functions.add(str(node.get("function_name")))
+                stack.extend(node.values())
+        for name in functions:
+            stability = {row[0] for row in con.execute(
+                "SELECT DISTINCT stability FROM duckdb_functions() WHERE function_name = ?", [name]).fetchall()}
+            if "CONSISTENT" not in stability:      # unknown, or only volatile / per-query overloads
+                return False
+    return True
+
+
+def result_of(rule: Rule, value: object) -> RuleResult:
+    """The rule judged on a value it already has (None counts as 0, as from a query)."""
+    value = 0 if value is None else value
+    return RuleResult(rule, float(value), bool(_COMPARATORS[rule.comparator](value, rule.target)))
 
 
 def fused_query(rules: list[Rule]) -> str:

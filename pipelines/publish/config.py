@@ -72,6 +72,9 @@ class PublishReport:
     # every contract rule's result (data_contracts.engine.RuleResult) on this version's files, as the
     # gate before the switch evaluated them; empty when an existing version was switched to again
     contract_results: list = dataclasses.field(default_factory=list, repr=False)
+    # sidecars the gate read for its row-local rules, and those whose counts it had recorded (rulecache)
+    contract_sidecars_scanned: int = 0
+    contract_sidecars_cached: int = 0
 
     @property
     def total_bytes(self) -> int:
@@ -104,6 +107,8 @@ class PublishReport:
             "total_seconds": round(self.total_seconds, 3),
             "deleted_versions": list(self.deleted_versions),
             "shards_repaired": list(self.shards_repaired),
+            "contract_sidecars_scanned": self.contract_sidecars_scanned,
+            "contract_sidecars_cached": self.contract_sidecars_cached,
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 

@@ -52,7 +52,7 @@ from formats.files import cast_to_schema, write_bytes_atomic, write_parquet_atom
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
-from pipelines.publish import datacard, jpgdigests, manifest, meta, samples, shards
+from pipelines.publish import datacard, jpgdigests, manifest, meta, rulecache, samples, shards
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.meta import card_sources
@@ -115,7 +115,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
             leftover.unlink()
         try:
-            written, results = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
+            written, results, counted = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
                                               config, progress)
         except BaseException as exc:
             clean_failed_staging(staging)
@@ -131,14 +131,16 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
+    report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
     return report
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
                    sources: dict[str, dict[str, str]], volumes: dict[str, int], staging: Path, version: str,
-                   config: PublishConfig, progress: Progress | None) -> tuple[ShardsDone, list[RuleResult]]:
+                   config: PublishConfig, progress: Progress | None
+                   ) -> tuple[ShardsDone, list[RuleResult], rulecache.SidecarCounts]:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts;
-    return what the shard phase did and every rule's result."""
+    return what the shard phase did, every rule's result and what the row-local rules read."""
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
     previous = previous_versions(home, version)
     written = write_shards(tasks, previous, config, progress)
@@ -160,9 +162,10 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             if attempt == 2:
                 raise
             _repair_reused_shards(exc, tasks, written, config)   # then the files built from their stats again
-    results = check_contracts(staging)
+    counted = rulecache.SidecarCounts({})
+    results = check_contracts(staging, rulecache.cache_file(home.cache), counted)
     fsync_tree(staging, config.fsync)
-    return written, results
+    return written, results, counted
 
 
 def _repair_reused_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
@@ -213,13 +216,26 @@ def version_views(path: Path) -> dict[str, str]:
     }
 
 
-def check_contracts(path: Path) -> list[RuleResult]:
+def check_contracts(path: Path, counts_cache: Path | None = None,
+                    counted: rulecache.SidecarCounts | None = None) -> list[RuleResult]:
     """Evaluate every contract rule of a version's datasets and return the results; raise naming
-    every blocking rule that failed."""
+    every blocking rule that failed.
+
+    With ``counts_cache`` (a file, see :mod:`pipelines.publish.rulecache`) the row-local
+    ``shard_samples`` rules read only the sidecars whose counts are not recorded there yet (the path
+    needs a manifest); ``counted``, when given, receives what that did.
+    """
     views = version_views(path)
+    given = rulecache.SidecarCounts({})
+    if counts_cache is not None:
+        given = rulecache.row_local_values(rulecache.version_sidecars(path), counts_cache)
+    if counted is not None:
+        counted.values, counted.scanned, counted.cached = given.values, given.scanned, given.cached
     con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
-        results = [r for dataset in views for r in evaluate(load_contract(dataset), con)]
+        results = [r for dataset in views
+                   for r in evaluate(load_contract(dataset), con,
+                                     given.values if dataset == rulecache.DATASET else None)]
     finally:
         con.close()
     failures = [f"{r.rule.dataset}.{r.rule.name} = {r.value} ({r.error or r.rule.expectation()})"

@@ -1,0 +1,29 @@
+"""The sidecar-scan benchmark's incremental mode: a first version recorded, then a night of new files."""
+from __future__ import annotations
+
+import json
+import os
+
+from test_publish_fixtures import make_home
+
+from benchmarks import sidecar_scan
+from data_contracts.engine import evaluate, load_contract
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
+from pipelines.sqlrun import connect
+
+
+def test_incremental_mode_reads_only_the_new_files_and_gets_every_rules_value(tmp_path, capsys) -> None:
+    home = make_home(tmp_path / "h", num_rankings=40, seed=3)
+    version = publish_dataset(home, PublishConfig(workers=1, fsync=False)).path
+    sources = sorted(version.glob("train/pickapic-*.parquet"))
+    folder = tmp_path / "year" / "train"
+    folder.mkdir(parents=True)
+    for n in range(12):
+        os.link(sources[n % len(sources)], folder / f"pickapic-train-{n:06d}.parquet")
+    glob = str(tmp_path / "year" / "*" / "pickapic-*.parquet")
+    con = connect({"shard_samples": glob}, uniform=("shard_samples",))
+    sidecar_scan._incremental(con, glob, 3)
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert result["scanned"] == [9, 3] and result["cached"] == [0, 9]
+    assert result["value"] == {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con)}
