@@ -121,10 +121,15 @@ def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection,
 
     The rules that count the dataset's rows matching a condition (``SELECT count(*) FROM {object}
     WHERE ...``: 90 of the 140 rules here) are answered together, by one scan of the dataset
-    (:func:`fused_query`), and each rule's value is what its own query returns. For a published
-    version's sidecars (thousands of files) that is one pass over them for eight rules instead of
-    eight passes (``benchmarks/sidecar_scan.py``). Should the fused query fail, each of its rules runs
-    alone, so an error is reported against the rule that causes it.
+    (:func:`fused_query`). For a published version's sidecars (thousands of files) that is one pass
+    over them for eight rules instead of eight passes (``benchmarks/sidecar_scan.py``). Such a rule's
+    value is always its ``count(*) FILTER (WHERE <condition>)``, fused or alone, so it never depends
+    on the rules beside it. That is its own query's count, except where DuckDB's Parquet min/max
+    statistics, which leave out NaN, let the ``WHERE`` form skip a row group holding a NaN the
+    condition matches (``WHERE isnan(x)`` gives 0 on a file with a NaN; DuckDB 2.0.1): the filter
+    form reads every row. Should the fused query fail, each rule runs alone in that form, and if that
+    fails too, as its own query (a ``WHERE`` may avoid an error the filter meets, e.g. a cast guarded
+    by an ``AND``), so an error is reported against the rule that causes it.
     """
     values: dict[str, object] = dict(given or {})
     fused = [rule for rule in contract.rules if rule.name not in values and row_condition(rule) is not None]
@@ -138,19 +143,23 @@ def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection,
     results = []
     for rule in contract.rules:
         if rule.name in values:
-            value = values[rule.name]
-        else:
+            results.append(result_of(rule, values[rule.name]))
+            continue
+        queries = ([fused_query([rule])] if row_condition(rule) is not None else []) + [rule.sql()]
+        for query in queries:
             try:
-                row = con.execute(rule.sql()).fetchone()
+                row = con.execute(query).fetchone()
             except duckdb.Error as exc:
-                results.append(RuleResult(rule, None, False, f"query failed: {exc}"))
+                error = exc
                 continue
-            value = row[0] if row else None
-        results.append(result_of(rule, value))
+            results.append(result_of(rule, row[0] if row else None))
+            break
+        else:
+            results.append(RuleResult(rule, None, False, f"query failed: {error}"))
     return results
 
 
-_COUNT_WHERE = re.compile(r"\s*SELECT\s+count\s*\(\s*\*\s*\)\s+FROM\s+\{object\}\s+WHERE\s+(?P<condition>.*\S)\s*",
+_COUNT_WHERE = re.compile(r"\s*SELECT\s+count\s*\(\s*\*\s*\)\s+FROM\s+\{object\}\s+WHERE\s+(?P<condition>.*[^\s;])\s*",
                           re.DOTALL | re.IGNORECASE)
 
 
@@ -166,34 +175,54 @@ def row_condition(rule: Rule) -> str | None:
     match = _COUNT_WHERE.fullmatch(rule.query)
     if match is None or not _plain_count_where(rule.sql(), rule.dataset):
         return None
-    return match.group("condition").replace("{object}", rule.dataset)
+    condition = match.group("condition").replace("{object}", rule.dataset)
+    # the condition must also parse on its own inside a filter (a WINDOW clause, say, vanishes from
+    # the parse of the whole query but leaves the text after WHERE no expression)
+    if not _parses(f"SELECT count(*) FILTER (WHERE (\n{condition}\n)) FROM {rule.dataset}"):
+        return None
+    return condition
 
 
 def row_local(rule: Rule) -> bool:
-    """Whether the rule's value over several files is the sum of its values over each of them.
+    """Whether the rule's value over several files is the sum of its values over each of them, and
+    a file's value depends on its bytes alone.
 
-    True for a :func:`row_condition` rule whose condition reads only the row it is judging: no
-    subquery (nothing else of the dataset or of another view) and only functions of which DuckDB
-    declares an overload ``CONSISTENT`` (the same result for the same arguments, at any time: not
-    ``random()``, ``now()``, ``current_date``, whose every overload is volatile or fixed per query
-    only). Operators such as ``+`` also have overloads fixed per query (time-zone arithmetic, which
-    reads the session's ``TimeZone``: no connection here changes it). A row's verdict then depends on
-    its own values alone, so a count made once for a file's bytes holds for those bytes in any
-    later version read by the same DuckDB.
+    True for a :func:`row_condition` rule whose condition reads only the row it is judging:
+    - every column it names is a column of its dataset's contract (so not ``current_date``,
+      ``CURRENT_TIMESTAMP`` or ``localtimestamp``, which parse as names, nor a reader's virtual
+      columns such as ``file_row_number``), unqualified, and no ``*`` / ``COLUMNS(*)``;
+    - no subquery (nothing else of the dataset or of another view), window, parameter or lambda;
+    - every function it calls is one whose every overload DuckDB declares ``CONSISTENT`` (the same
+      result for the same arguments at any time: not ``random()``, ``now()``, one-argument
+      ``age()``), except the arithmetic operators, whose other overloads are time-zone arithmetic;
+    - no cast to a type with a time zone.
+    What is left can still meet the session's ``TimeZone`` through an implicit cast, so the cache of
+    counts (:mod:`pipelines.publish.rulecache`) keys them by that setting too.
     """
     if row_condition(rule) is None:
         return False
-    return _reads_only_the_row(rule.sql())
+    try:
+        columns = frozenset(name.lower() for name in load_contract(rule.dataset).columns)
+    except (FileNotFoundError, ValueError):
+        return False
+    return _reads_only_the_row(rule.sql(), columns)
+
+
+_ARITHMETIC = frozenset({"+", "-", "*", "/", "//", "%"})
+_TIME_ZONE_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIME WITH TIME ZONE", "TIMESTAMPTZ", "TIMETZ")
 
 
 @lru_cache(maxsize=None)
-def _reads_only_the_row(sql: str) -> bool:
+def _reads_only_the_row(sql: str, columns: frozenset[str]) -> bool:
     with _parser_lock:
         if not _parser:
             _parser.append(duckdb.connect(":memory:"))
         con = _parser[0]
-        tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        where = tree["statements"][0]["node"]["where_clause"]
+        try:
+            tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+            where = tree["statements"][0]["node"]["where_clause"]
+        except (duckdb.Error, ValueError, TypeError, KeyError, IndexError, RecursionError):
+            return False
         functions = set()
         stack = [where]
         while stack:
@@ -202,15 +231,23 @@ def _reads_only_the_row(sql: str) -> bool:
                 stack.extend(node)
             elif isinstance(node, dict):
                 kind = node.get("class")
-                if kind in ("SUBQUERY", "WINDOW", "PARAMETER", "LAMBDA"):
+                if kind in ("SUBQUERY", "WINDOW", "PARAMETER", "LAMBDA", "STAR", "LAMBDA_REF", "POSITIONAL_REFERENCE"):
                     return False
+                if kind == "COLUMN_REF":              # one unqualified name, a column of the dataset
+                    names = node.get("column_names") or []
+                    if len(names) != 1 or str(names[0]).lower() not in columns:
+                        return False
                 if kind == "FUNCTION":
                     functions.add(str(node.get("function_name")))
+                if kind == "CAST":
+                    target = json.dumps({k: v for k, v in node.items() if k != "child"}).upper()
+                    if any(t in target for t in _TIME_ZONE_TYPES):
+                        return False
                 stack.extend(node.values())
-        for name in functions:
+        for name in functions - _ARITHMETIC:
             stability = {row[0] for row in con.execute(
                 "SELECT DISTINCT stability FROM duckdb_functions() WHERE function_name = ?", [name]).fetchall()}
-            if "CONSISTENT" not in stability:      # unknown, or only volatile / per-query overloads
+            if stability != {"CONSISTENT"}:          # unknown, or some overload volatile / fixed per query only
                 return False
     return True
 
@@ -250,6 +287,19 @@ os.register_at_fork(after_in_child=_forget_parser_after_fork)
 
 
 @lru_cache(maxsize=None)
+def _parses(sql: str) -> bool:
+    """Whether DuckDB parses ``sql`` as one statement."""
+    with _parser_lock:
+        if not _parser:
+            _parser.append(duckdb.connect(":memory:"))
+        try:
+            tree = json.loads(_parser[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
+        except (duckdb.Error, ValueError, TypeError, RecursionError):
+            return False
+    return isinstance(tree, dict) and not tree.get("error") and len(tree.get("statements") or []) == 1
+
+
+@lru_cache(maxsize=None)
 def _plain_count_where(sql: str, dataset: str) -> bool:
     """Whether DuckDB parses ``sql`` as ``SELECT count(*) FROM <dataset> WHERE ...`` and nothing more."""
     with _parser_lock:
@@ -257,7 +307,7 @@ def _plain_count_where(sql: str, dataset: str) -> bool:
             _parser.append(duckdb.connect(":memory:"))
         try:
             tree = json.loads(_parser[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        except (duckdb.Error, ValueError, TypeError):
+        except (duckdb.Error, ValueError, TypeError, RecursionError):    # a condition nested too deep
             return False
     statements = tree.get("statements") if isinstance(tree, dict) and not tree.get("error") else None
     if not statements or len(statements) != 1:
@@ -275,4 +325,5 @@ def _plain_count_where(sql: str, dataset: str) -> bool:
             and not source.get("sample")
             and node.get("where_clause") is not None
             and not node.get("group_expressions") and not node.get("group_sets")
-            and node.get("having") is None and node.get("qualify") is None and node.get("sample") is None)
+            and node.get("having") is None and node.get("qualify") is None and node.get("sample") is None
+            and node.get("aggregate_handling", "STANDARD_HANDLING") == "STANDARD_HANDLING")   # not GROUP BY ALL

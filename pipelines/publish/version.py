@@ -132,6 +132,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
     report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
+    report.contract_counts_fallback = counted.fallback
     return report
 
 
@@ -228,9 +229,12 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
     views = version_views(path)
     given = rulecache.SidecarCounts({})
     if counts_cache is not None:
-        given = rulecache.row_local_values(rulecache.version_sidecars(path), counts_cache)
+        sidecars = rulecache.version_sidecars(path)
+        given = (rulecache.row_local_values(sidecars, counts_cache) if sidecars is not None else
+                 rulecache.SidecarCounts({}, fallback="the view reads a file the manifest does not list"))
     if counted is not None:
-        counted.values, counted.scanned, counted.cached = given.values, given.scanned, given.cached
+        counted.values, counted.scanned, counted.cached, counted.fallback = (given.values, given.scanned,
+                                                                             given.cached, given.fallback)
     con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
         results = [r for dataset in views

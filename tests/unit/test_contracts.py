@@ -153,6 +153,9 @@ def _rule(query: str, dataset: str = "shard_samples", name: str = "r"):
     "SELECT count(*) FROM shards WHERE shard = 'a'",
     "SELECT count(*) FROM {object}",
     "SELECT count(*) FROM {object} WHERE",
+    "SELECT count(*) FROM {object} WHERE key = 'a' GROUP BY ALL",
+    "SELECT count(*) FROM {object} WHERE key = 'a';",
+    "SELECT count(*) FROM {object} WHERE key = 'a' WINDOW w AS (ORDER BY key)",
 ])
 def test_only_plain_row_counts_are_fused(query):
     from data_contracts.engine import row_condition
@@ -210,3 +213,68 @@ def test_rule_parser_is_not_shared_with_a_forked_child():
     assert any(fresh for fresh, _, _ in results)                 # each worker's first task found no parser
     assert all(ok and one == 1 for _, ok, one in results)
     assert id(engine._parser[0]) == parent
+
+
+def test_a_rules_value_never_depends_on_the_rules_beside_it(tmp_path):
+    """DuckDB's Parquet min/max statistics leave out NaN, so a WHERE can skip a row group holding a NaN
+    its condition matches; a rule of the row-count form is therefore always counted with FILTER, alone
+    or fused, and a sibling that breaks the fused query does not change it. A condition that only a
+    WHERE can evaluate (a cast guarded by AND) falls back to the rule's own query."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from data_contracts.engine import Contract
+
+    pq.write_table(pa.table({"x": [0.0, float("nan"), 1.0], "s": ["1", "b", "3"]}), tmp_path / "t.parquet")
+    con = connect({"shard_samples": str(tmp_path / "t.parquet")})
+    assert con.execute("SELECT count(*) FROM shard_samples WHERE isnan(x)").fetchone()[0] == 0   # DuckDB 2.0.1
+    nan = _rule("SELECT count(*) FROM {object} WHERE isnan(x)", name="nan")
+    guarded = _rule("SELECT count(*) FROM {object} WHERE x > 4000 AND CAST(s AS INT) < 0", name="guarded")
+    plain = _rule("SELECT count(*) FROM {object} WHERE x >= 1", name="plain")      # NaN sorts above every number
+    for rules in ((nan,), (nan, plain), (nan, guarded), (nan, guarded, plain)):
+        values = {r.rule.name: (r.value, r.error) for r in evaluate(Contract("shard_samples", "1", "", {}, rules, None), con)}
+        assert values["nan"] == (1.0, None), rules
+        if "guarded" in values:
+            assert values["guarded"] == (0.0, None)
+        if "plain" in values:
+            assert values["plain"] == (2.0, None)
+
+
+def test_a_deeply_nested_condition_is_not_fused_and_breaks_nothing():
+    from data_contracts.engine import row_condition, row_local
+
+    deep = _rule("SELECT count(*) FROM {object} WHERE " + " + ".join(["sample_index"] * 600) + " < 0")
+    assert row_condition(deep) is None and not row_local(deep)
+    assert [r.passed for r in evaluate(load_contract("shard_samples"), connect({"shard_samples": get_schema(
+        "shard_samples").empty_table()}))] == [True] * len(load_contract("shard_samples").rules)
+
+
+@pytest.mark.parametrize("condition", [
+    "dt < current_date - INTERVAL 400 DAY",          # parses as a column name
+    "CURRENT_TIMESTAMP IS NULL",
+    "localtimestamp IS NULL",
+    "random() < 2",
+    "now() IS NULL",
+    "age(CAST(dt AS TIMESTAMP)) > INTERVAL 1 DAY",   # one argument: against the clock
+    "CAST(dt AS TIMESTAMPTZ) > TIMESTAMP '2024-01-01'",
+    "strftime(CAST(dt AS TIMESTAMP), '%Y') = '2024'",
+    "concat_ws('|', *COLUMNS(*)) LIKE '%.parquet%'",
+    "sample_index <> file_row_number",                # a reader's virtual column
+    "shard_samples.key = 'a'",
+    "key IN (SELECT key FROM {object} WHERE split = 'test')",
+    "EXISTS (SELECT 1 FROM shards)",
+    "list_filter([1, 2], v -> v > sample_index) = []",
+    "getvariable('x') IS NULL",
+    "current_setting('TimeZone') = 'UTC'",
+])
+def test_row_local_refuses_what_depends_on_more_than_the_row(condition):
+    from data_contracts.engine import row_local
+
+    assert not row_local(_rule(f"SELECT count(*) FROM {{object}} WHERE {condition}"))
+
+
+def test_row_local_accepts_the_sidecar_rules():
+    from data_contracts.engine import row_local
+
+    local = [r.name for r in load_contract("shard_samples").rules if row_local(r)]
+    assert local == [r.name for r in load_contract("shard_samples").rules if r.name != "key_unique"]

@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import struct
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,7 +56,7 @@ def test_the_nightly_gate_reads_only_the_new_sidecars_and_gets_the_full_results(
     cache = pq.read_table(rulecache.cache_file(home.cache))
     shas = {info["sha256"] for rel, info in json.loads((nightly.path / MANIFEST_FILE).read_text())["files"].items()
             if rel.endswith(".parquet") and "/pickapic-" in rel}
-    assert set(cache.column("sha256").to_pylist()) == shas
+    assert {sidecar.split("/")[0] for sidecar in cache.column("sidecar").to_pylist()} == shas
     assert cache.num_rows == len(sidecars(nightly)) * len(LOCAL)
     metadata = nightly.metadata()
     assert metadata["contract_sidecars_scanned"] == nightly.shards_written
@@ -67,13 +69,19 @@ def _rewrite_sidecar(version: Path, sidecar: Path, table: pa.Table) -> None:
     manifest = json.loads((version / MANIFEST_FILE).read_text())
     rel = str(sidecar.relative_to(version))
     manifest["files"][rel] = {"bytes": sidecar.stat().st_size, "sha256": sha256_file(sidecar)}
+    (version / MANIFEST_FILE).unlink()
     (version / MANIFEST_FILE).write_text(json.dumps(manifest))
+
+
+def _link_copy(version: Path, to: Path) -> Path:
+    """The version again under ``to``, every file a hard link (the same inodes, as a nightly shares them)."""
+    shutil.copytree(version, to, copy_function=os.link)
+    return to
 
 
 def test_a_bad_row_in_a_sidecar_without_counts_is_caught_and_counted(tmp_path: Path) -> None:
     home, _, nightly = _nights(tmp_path)
-    copy = tmp_path / "copy"
-    shutil.copytree(nightly.path, copy)
+    copy = _link_copy(nightly.path, tmp_path / "copy")
     sidecar = sorted(copy.glob("train/pickapic-*.parquet"))[0]
     table = pq.read_table(sidecar)
     bad = table.set_column(table.schema.get_field_index("jpg_0_size"), "jpg_0_size",
@@ -92,8 +100,7 @@ def test_a_sidecar_the_scan_cannot_read_falls_back_to_the_whole_view(tmp_path: P
     """A new sidecar that lost a column: the per-file scan fails, nothing is recorded, and the rules
     run over the whole view, which names them as failed queries (as without the cache)."""
     home, _, nightly = _nights(tmp_path)
-    copy = tmp_path / "copy"
-    shutil.copytree(nightly.path, copy)
+    copy = _link_copy(nightly.path, tmp_path / "copy")
     sidecar = sorted(copy.glob("train/pickapic-*.parquet"))[-1]
     _rewrite_sidecar(copy, sidecar, pq.read_table(sidecar).drop_columns(["jpg_1_size"]))
     before = rulecache.cache_file(home.cache).read_bytes()
@@ -101,6 +108,7 @@ def test_a_sidecar_the_scan_cannot_read_falls_back_to_the_whole_view(tmp_path: P
     with pytest.raises(RuntimeError, match=r"jpgs_not_empty = None \(query failed"):
         check_contracts(copy, rulecache.cache_file(home.cache), counted)
     assert counted.values == {} and rulecache.cache_file(home.cache).read_bytes() == before
+    assert "jpg_1_size" in counted.fallback            # the reason is reported (PublishReport.contract_counts_fallback)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "symlink", "folder", "wrong_schema"])
@@ -171,3 +179,71 @@ def test_versions_stay_byte_identical_with_or_without_the_cache(tmp_path: Path) 
     assert after == before
     assert again.contract_sidecars_scanned + again.contract_sidecars_cached == len(
         list(again.path.glob("*/pickapic-*.parquet")))
+
+
+@pytest.mark.parametrize("damage", ["negative", "missing", "twice"])
+def test_bad_cache_rows_mean_reading_every_sidecar(tmp_path: Path, damage: str) -> None:
+    """A negative or missing count, or a sidecar and rule recorded twice (which one to believe?),
+    makes the whole cache untrusted: every sidecar is read, the results are the full ones, and the
+    rewritten cache is the one a clean run writes."""
+    home, _, nightly = _nights(tmp_path)
+    cache = rulecache.cache_file(home.cache)
+    table = pq.read_table(cache)
+    rows = table.to_pylist()
+    if damage == "negative":
+        rows[0]["rows"] = -5
+    elif damage == "missing":
+        rows[0]["rows"] = None
+    else:
+        rows.append({**rows[0], "rows": rows[0]["rows"] + 3})
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(f.name, f.type) for f in rulecache.SCHEMA])), cache)
+    counted = rulecache.SidecarCounts({})
+    results = check_contracts(nightly.path, cache, counted)
+    assert counted.scanned == len(list(nightly.path.glob("*/pickapic-*.parquet"))) and counted.cached == 0
+    assert _values(results) == _values(check_contracts(nightly.path))
+    assert pq.read_table(cache).equals(table)
+
+
+def test_a_sidecar_changed_in_place_is_read_again(tmp_path: Path) -> None:
+    """Same size, same manifest entry, but written in place (another mtime): its counts are not
+    taken from the cache, and the bad rows in it fail the gate."""
+    home, _, nightly = _nights(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(nightly.path, copy)
+    counted = rulecache.SidecarCounts({})
+    check_contracts(copy, rulecache.cache_file(home.cache), counted)       # the copies: new inodes, read once
+    assert counted.scanned == len(list(copy.glob("*/pickapic-*.parquet")))
+    sidecar = sorted(copy.glob("train/pickapic-*.parquet"))[0]
+    # the first sample's jpg_0_size, an int64 stored plainly (no dictionary, no compression, no
+    # statistics for it): overwrite its 8 bytes inside that column's chunk with 0, in place
+    meta = pq.read_metadata(sidecar)
+    column = meta.row_group(0).column(meta.schema.names.index("jpg_0_size"))
+    first = pq.read_table(sidecar, columns=["jpg_0_size"]).column(0)[0].as_py()
+    raw = bytearray(sidecar.read_bytes())
+    start = column.data_page_offset
+    at = raw.find(struct.pack("<q", first), start, start + column.total_compressed_size)
+    assert at >= 0
+    with open(sidecar, "r+b") as handle:
+        handle.seek(at)
+        handle.write(bytes(8))
+    assert pq.read_table(sidecar, columns=["jpg_0_size"]).column(0)[0].as_py() == 0
+    assert sidecar.stat().st_size == len(raw)
+    with pytest.raises(RuntimeError, match="jpgs_not_empty"):
+        check_contracts(copy, rulecache.cache_file(home.cache), counted)
+    assert counted.scanned == 1
+
+
+def test_a_file_the_view_reads_but_the_manifest_does_not_list_turns_the_cache_off(tmp_path: Path) -> None:
+    """DuckDB's glob reads hidden folders (Python's skips them): such a file is not the version's,
+    so the row-local rules run over the whole view, as without the cache, and find its bad rows."""
+    home, _, nightly = _nights(tmp_path)
+    copy = _link_copy(nightly.path, tmp_path / "copy")
+    sidecar = sorted(copy.glob("train/pickapic-*.parquet"))[0]
+    (copy / ".stale").mkdir()
+    table = pq.read_table(sidecar)
+    pq.write_table(table.set_column(table.schema.get_field_index("jpg_0_size"), "jpg_0_size",
+                                    pa.array([0] * table.num_rows, pa.int64())), copy / ".stale" / sidecar.name)
+    counted = rulecache.SidecarCounts({})
+    with pytest.raises(RuntimeError, match="jpgs_not_empty"):
+        check_contracts(copy, rulecache.cache_file(home.cache), counted)
+    assert counted.values == {} and "manifest" in counted.fallback
