@@ -25,5 +25,5 @@ def test_incremental_mode_reads_only_the_new_files_and_gets_every_rules_value(tm
     con = connect({"shard_samples": glob}, uniform=("shard_samples",))
     sidecar_scan._incremental(con, glob, 3)
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert result["scanned"] == [9, 3] and result["cached"] == [0, 9]
+    assert result["first_scanned"] == 9 and result["scanned"] == 3 and result["cached"] == 9
     assert result["value"] == {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con)}
