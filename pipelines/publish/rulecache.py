@@ -8,8 +8,8 @@ publish keeps each sidecar's counts and only the sidecars without recorded count
 those rules: one night's, instead of a year's. The rules that need the whole version
 (``key_unique``, and the others that are not row-local) still read every sidecar.
 
-The counts live in ``HOME/cache/contract_counts/shard_samples.parquet``, one row per (sidecar,
-rule key, rows):
+The counts live in ``HOME/cache/contract_counts/shard_samples.parquet``, one row per sidecar and
+a count column per rule (``rows_<rule key>``):
 - a sidecar is its sha256 in the version's manifest together with its file's inode, size and
   modification time, so a file written again (another inode) or changed in place (another mtime
   or size) is read again;
@@ -18,7 +18,8 @@ rule key, rows):
   time zone counts afresh.
 The file holds the sidecars of the last version checked (rewritten, pruned, after each check). It
 is a cache: deleting it only costs time (every sidecar is read once more). A cache that cannot be
-read (damaged, a symlink, another schema, a sidecar and rule recorded twice) counts as empty.
+read (damaged, a symlink, another layout, a negative count, a sidecar recorded twice) counts as
+empty; a missing count only means that sidecar is read again.
 
 Trust: what the cache cannot see is a sidecar's bytes changing with its inode, size and mtime
 kept (bit rot, or a writer that restores the mtime); the gate then judges the recorded counts.
@@ -46,8 +47,7 @@ from formats.dataset import MANIFEST_FILE, sidecar_glob
 from formats.files import write_parquet_atomic
 
 DATASET = "shard_samples"
-SCHEMA = pa.schema([pa.field("sidecar", pa.string(), nullable=False), pa.field("rule_key", pa.string(), nullable=False),
-                    pa.field("rows", pa.int64(), nullable=False)])
+RULE_PREFIX = "rows_"                     # a rule's column in the cache: rows_<rule key>
 FILE_COLUMN = "_contract_sidecar_file"   # the file name column of the per-file scan (no sidecar column has it)
 
 
@@ -111,48 +111,44 @@ def version_sidecars(version: Path) -> dict[Path, str] | None:
 
 
 def row_local_values(sidecars: dict[Path, str], cache: Path, rules: list[Rule] | None = None) -> SidecarCounts:
-    """The value over ``sidecars`` (path -> sha256) of every row-local ``shard_samples`` rule.
+    """The value over ``sidecars`` (path -> identity) of every row-local ``shard_samples`` rule.
 
     Sidecars with recorded counts for every such rule are not read; the others are read in one scan
     (a count per file and rule) and their counts recorded. The cache is then rewritten with exactly
     the counts of ``sidecars``. If that scan fails (a sidecar that lacks a column, say), nothing is
     returned and nothing recorded: the caller runs those rules over the whole view, which reports
-    the error against its rule. The lookups are Arrow arrays, not Python objects: a year of
-    sidecars (23,000, 8 rules) costs a few tens of MB.
+    the error against its rule. The cache is one row per sidecar and a column per rule key, and the
+    lookups are Arrow arrays: a year of sidecars (23,000, 8 rules) is a few MB.
     """
     rules = [r for r in (load_contract(DATASET).rules if rules is None else rules) if row_local(r)]
     if not rules or not sidecars:
         return SidecarCounts({})
     settings = session_settings()
-    keys = [rule_key(r, settings) for r in rules]
+    columns = [f"{RULE_PREFIX}{rule_key(r, settings)}" for r in rules]
     paths = list(sidecars)
-    shas = pa.array([sidecars[p] for p in paths], pa.string())   # each sidecar's identity
+    ids = pa.array([sidecars[p] for p in paths], pa.string())
     known = _read(cache)
-    counts = []                                   # per rule: each sidecar's recorded count, null if none
-    for key in keys:
-        recorded = known.filter(pc.equal(known.column("rule_key"), key))
-        at = pc.index_in(shas, value_set=recorded.column("sidecar"))
-        counts.append(pc.take(recorded.column("rows"), at))
+    at = pc.index_in(ids, value_set=known.column("sidecar"))
+    counts = [pc.take(known.column(c), at) if c in known.column_names else pa.nulls(len(paths), pa.int64())
+              for c in columns]                # per rule: each sidecar's recorded count, null if none
     missing = np.zeros(len(paths), dtype=bool)
     for column in counts:
         missing |= column.is_null().to_numpy(zero_copy_only=False)
     fresh = [paths[i] for i in np.flatnonzero(missing)]
     have = pa.array(~missing)
     totals = [int(pc.sum(pc.filter(column, have)).as_py() or 0) for column in counts]
-    parts = [pa.table({"sidecar": pc.filter(shas, have), "rule_key": pa.array([key] * int((~missing).sum()), pa.string()),
-                       "rows": pc.filter(column, have).cast(pa.int64())}, schema=SCHEMA)
-             for key, column in zip(keys, counts)]
+    parts = [pa.table({"sidecar": pc.filter(ids, have),
+                       **{c: pc.filter(column, have).cast(pa.int64()) for c, column in zip(columns, counts)}})]
     if fresh:
         try:
             scanned = _scan(fresh, rules)
         except (duckdb.Error, OSError, pa.ArrowException, ValueError) as exc:
             return SidecarCounts({}, fallback=f"{type(exc).__name__}: {exc}")
-        fresh_shas = pa.array([sidecars[path] for path in fresh], pa.string())
-        for i, key in enumerate(keys):
-            values = [row[i] for row in scanned]
-            totals[i] += sum(values)
-            parts.append(pa.table({"sidecar": fresh_shas, "rule_key": pa.array([key] * len(fresh), pa.string()),
-                                   "rows": pa.array(values, pa.int64())}, schema=SCHEMA))
+        for i in range(len(rules)):
+            totals[i] += sum(row[i] for row in scanned)
+        parts.append(pa.table({"sidecar": pa.array([sidecars[path] for path in fresh], pa.string()),
+                               **{c: pa.array([row[i] for row in scanned], pa.int64())
+                                  for i, c in enumerate(columns)}}))
     _write(cache, pa.concat_tables(parts))
     return SidecarCounts({r.name: float(t) for r, t in zip(rules, totals)}, scanned=len(fresh),
                          cached=len(paths) - len(fresh))
@@ -184,27 +180,33 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
 
 
 def _read(cache: Path) -> pa.Table:
-    """The recorded counts, one row per (sidecar, rule key); empty if there are none or the file is
-    not a trustworthy cache: a symlink, a folder, damaged bytes, another schema, a missing or
-    negative count, or a sidecar and rule recorded twice."""
+    """The recorded counts: a ``sidecar`` column and an int64 column per rule key; empty if there are
+    none or the file is not a trustworthy cache: a symlink, a folder, damaged bytes, another layout,
+    a missing sidecar, a negative count, or a sidecar recorded twice (a missing count only means
+    that sidecar is read again)."""
+    empty = pa.table({"sidecar": pa.array([], pa.string())})
     try:
         if not stat.S_ISREG(os.lstat(cache).st_mode):
-            return SCHEMA.empty_table()
-        table = pq.read_table(cache, schema=SCHEMA)
+            return empty
+        table = pq.read_table(cache, use_threads=False)
     except (OSError, pa.ArrowException, ValueError):
-        return SCHEMA.empty_table()
-    if table.num_rows == 0:
-        return SCHEMA.empty_table()
-    valid = pc.and_kleene(pc.and_kleene(pc.is_valid(table.column("sidecar")), pc.is_valid(table.column("rule_key"))),
-                          pc.greater_equal(table.column("rows"), 0))
-    if not pc.all(pc.fill_null(valid, False)).as_py():
-        return SCHEMA.empty_table()
-    distinct = table.group_by(["sidecar", "rule_key"], use_threads=False).aggregate([]).num_rows
-    return table if distinct == table.num_rows else SCHEMA.empty_table()
+        return empty
+    schema = table.schema
+    if (schema.names[:1] != ["sidecar"] or not pa.types.is_string(schema.field("sidecar").type)
+            or len(set(schema.names)) != len(schema.names)
+            or any(not (f.name.startswith(RULE_PREFIX) and pa.types.is_int64(f.type)) for f in list(schema)[1:])):
+        return empty
+    sidecar = table.column("sidecar")
+    if sidecar.null_count or pc.count_distinct(sidecar).as_py() != table.num_rows:
+        return empty
+    for column in table.columns[1:]:
+        if pc.any(pc.less(column, 0)).as_py():
+            return empty
+    return table
 
 
 def _write(cache: Path, table: pa.Table) -> None:
-    """Replace the cache with ``table``, sorted (atomically; the folder is made if need be)."""
-    table = table.sort_by([("sidecar", "ascending"), ("rule_key", "ascending")])
+    """Replace the cache with ``table``, sorted by sidecar (atomically; the folder is made if need be)."""
+    table = table.sort_by([("sidecar", "ascending")])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(table, cache, SCHEMA)
+    write_parquet_atomic(table, cache)

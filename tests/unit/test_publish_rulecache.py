@@ -57,7 +57,7 @@ def test_the_nightly_gate_reads_only_the_new_sidecars_and_gets_the_full_results(
     shas = {info["sha256"] for rel, info in json.loads((nightly.path / MANIFEST_FILE).read_text())["files"].items()
             if rel.endswith(".parquet") and "/pickapic-" in rel}
     assert {sidecar.split("/")[0] for sidecar in cache.column("sidecar").to_pylist()} == shas
-    assert cache.num_rows == len(sidecars(nightly)) * len(LOCAL)
+    assert cache.num_rows == len(sidecars(nightly)) and cache.num_columns == 1 + len(LOCAL)
     metadata = nightly.metadata()
     assert metadata["contract_sidecars_scanned"] == nightly.shards_written
 
@@ -120,7 +120,7 @@ def test_an_unreadable_cache_means_reading_every_sidecar(tmp_path: Path, damage:
         cache.write_bytes(b"PAR1 not parquet at all")
     elif damage == "symlink":
         target = tmp_path / "elsewhere.parquet"
-        pq.write_table(pa.table({"sha256": ["x"], "rule_key": ["y"], "rows": [1]}), target)
+        pq.write_table(pa.table({"sidecar": ["x"], "rows_y": [1]}), target)
         cache.symlink_to(target)
     elif damage == "folder":
         cache.mkdir()
@@ -181,26 +181,44 @@ def test_versions_stay_byte_identical_with_or_without_the_cache(tmp_path: Path) 
         list(again.path.glob("*/pickapic-*.parquet")))
 
 
-@pytest.mark.parametrize("damage", ["negative", "missing", "twice"])
+@pytest.mark.parametrize("damage", ["negative", "twice", "no_sidecar", "other_column"])
 def test_bad_cache_rows_mean_reading_every_sidecar(tmp_path: Path, damage: str) -> None:
-    """A negative or missing count, or a sidecar and rule recorded twice (which one to believe?),
-    makes the whole cache untrusted: every sidecar is read, the results are the full ones, and the
-    rewritten cache is the one a clean run writes."""
+    """A negative count, a sidecar recorded twice (which row to believe?), a row without its sidecar
+    or a column that is not a rule's count makes the whole cache untrusted: every sidecar is read,
+    the results are the full ones, and the rewritten cache is the one a clean run writes."""
     home, _, nightly = _nights(tmp_path)
     cache = rulecache.cache_file(home.cache)
     table = pq.read_table(cache)
     rows = table.to_pylist()
+    rule = table.column_names[1]
     if damage == "negative":
-        rows[0]["rows"] = -5
-    elif damage == "missing":
-        rows[0]["rows"] = None
-    else:
-        rows.append({**rows[0], "rows": rows[0]["rows"] + 3})
-    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(f.name, f.type) for f in rulecache.SCHEMA])), cache)
+        rows[0][rule] = -5
+    elif damage == "twice":
+        rows.append({**rows[0], rule: rows[0][rule] + 3})
+    elif damage == "no_sidecar":
+        rows[0]["sidecar"] = None
+    schema = table.schema if damage != "no_sidecar" else pa.schema([(f.name, f.type) for f in table.schema])
+    damaged = pa.Table.from_pylist(rows, schema=schema)
+    if damage == "other_column":
+        damaged = damaged.append_column("note", pa.array(["x"] * damaged.num_rows))
+    pq.write_table(damaged, cache)
     counted = rulecache.SidecarCounts({})
     results = check_contracts(nightly.path, cache, counted)
     assert counted.scanned == len(list(nightly.path.glob("*/pickapic-*.parquet"))) and counted.cached == 0
     assert _values(results) == _values(check_contracts(nightly.path))
+    assert pq.read_table(cache).equals(table)
+
+
+def test_a_missing_count_means_reading_that_sidecar_again(tmp_path: Path) -> None:
+    home, _, nightly = _nights(tmp_path)
+    cache = rulecache.cache_file(home.cache)
+    table = pq.read_table(cache)
+    rows = table.to_pylist()
+    rows[0][table.column_names[1]] = None
+    pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([(f.name, f.type) for f in table.schema])), cache)
+    counted = rulecache.SidecarCounts({})
+    results = check_contracts(nightly.path, cache, counted)
+    assert counted.scanned == 1 and _values(results) == _values(check_contracts(nightly.path))
     assert pq.read_table(cache).equals(table)
 
 
