@@ -21,8 +21,14 @@ META_SCHEMAS = {"shards": "shards", "images": "image_features", "decisions": "de
 
 
 def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]],
-               image_sources: dict[str, str] | None = None, previous: list[Path] = (), fsync: bool = True) -> dict[str, str]:
+               image_sources: dict[str, str] | None = None, previous: list[Path] = (), fsync: bool = True,
+               pairs: pa.Table | None = None) -> dict[str, str]:
     """Snapshot the query tables under ``meta/`` (no raw text, no emails); return the images files' plan digests.
+
+    ``pairs``: the version's pairs as the publish holds them (its ``split_pairs`` rows, which the
+    shards hold one each), for ``splits_summary``; without it the version's sidecars are read, which
+    for a year of history is every sidecar twice a night. The gate checks the summary against the
+    shards' own counts (``splits_summary.pairs_match_shards``).
 
     ``images`` is one file per export day (``meta/images/images-<day>.parquet``, from that day's
     features partition): a day whose partition is unchanged is hard-linked from an older version, so
@@ -41,7 +47,7 @@ def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Pa
         image_sources = {str(p.relative_to(p.parent.parent)): sha256_file(p) for p in meta_sources["image_features"]}
     plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], image_sources, list(previous), fsync)
     views = {name: _glob_of(files) for name, files in meta_sources.items() if name not in ("split_rejects", "image_features")}
-    views["pairs"] = sidecar_glob(staging)
+    views["pairs"] = pairs if pairs is not None else sidecar_glob(staging)
     views["shards"] = shards_table
     con = connect(views, uniform=("pairs",))      # this version's sidecars: one schema
     try:

@@ -153,7 +153,7 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE,
                                  get_schema("prompt_counts"))
         plans = meta.write_meta(staging, written.stats, meta_sources, sources["image_features"],
-                                previous if config.reuse_shards else [], config.fsync)
+                                previous if config.reuse_shards else [], config.fsync, pairs=table)
         datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources))
         manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
         try:

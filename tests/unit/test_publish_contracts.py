@@ -1,6 +1,7 @@
 """The publish stage's contracts hold on a built version and catch planted violations."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pyarrow as pa
@@ -84,3 +85,31 @@ def test_the_gates_results_are_the_assets_checks_and_a_reused_version_is_checked
     assert all(c.passed and c.asset_key.to_user_string() == ASSET for c in from_gate)
     again = publish_dataset(home, PublishConfig(workers=1, fsync=False))
     assert again.reused and again.version == report.version and again.contract_results == []
+
+
+def test_splits_summary_from_the_pairs_in_hand_equals_the_one_from_the_sidecars(tmp_path: Path) -> None:
+    """The publish summarises the splits from the rows it published (no pass over every sidecar, which
+    grows with the history); written from the version's sidecars instead, the file is the same bytes.
+    The gate ties it to the shard index: a summary whose counts differ fails pairs_match_shards."""
+    from formats.dataset import MANIFEST_FILE
+    from pipelines.publish import meta, samples
+
+    home = make_home(tmp_path / "h", num_rankings=80, seed=45, days=3)
+    report = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    stats = [json.loads(p.read_text()) for p in sorted(report.path.glob("*/*_stats.json"))]
+    assert stats
+    again = tmp_path / "again"
+    (again / "meta").mkdir(parents=True)
+    for split in {s["split"] for s in stats}:
+        (again / split).symlink_to(report.path / split)            # the same sidecars
+    meta.write_meta(again, stats, samples.meta_sources(home), fsync=False)
+    name = "meta/splits_summary.parquet"
+    assert (again / name).read_bytes() == (report.path / name).read_bytes()
+    assert name in json.loads((report.path / MANIFEST_FILE).read_text())["files"]
+    summary = pq.read_table(report.path / name)
+    rows = summary.to_pylist()
+    rows[0]["num_pairs"] += 1
+    (report.path / name).unlink()
+    pq.write_table(pa.Table.from_pylist(rows, schema=summary.schema), report.path / name)
+    with pytest.raises(RuntimeError, match="splits_summary.pairs_match_shards"):
+        check_contracts(report.path)
