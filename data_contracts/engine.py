@@ -192,9 +192,11 @@ def row_local(rule: Rule) -> bool:
       ``CURRENT_TIMESTAMP`` or ``localtimestamp``, which parse as names, nor a reader's virtual
       columns such as ``file_row_number``), unqualified, and no ``*`` / ``COLUMNS(*)``;
     - no subquery (nothing else of the dataset or of another view), window, parameter or lambda;
-    - every function it calls is one whose every overload DuckDB declares ``CONSISTENT`` (the same
-      result for the same arguments at any time: not ``random()``, ``now()``, one-argument
-      ``age()``), except the arithmetic operators, whose other overloads are time-zone arithmetic;
+    - every function it calls is in ``PURE_FUNCTIONS`` (string, number and list functions of their
+      arguments alone) and has only overloads DuckDB declares ``CONSISTENT``, or is an arithmetic
+      operator (whose other overloads are time-zone arithmetic). The flag alone is not enough:
+      DuckDB calls ``json_serialize_plan`` consistent, and it plans SQL against the catalog and
+      reads files;
     - no cast to a type with a time zone.
     What is left can still meet the session's ``TimeZone`` through an implicit cast, so the cache of
     counts (:mod:`pipelines.publish.rulecache`) keys them by that setting too.
@@ -209,7 +211,18 @@ def row_local(rule: Rule) -> bool:
 
 
 _ARITHMETIC = frozenset({"+", "-", "*", "/", "//", "%"})
-_TIME_ZONE_TYPES = ("TIMESTAMP WITH TIME ZONE", "TIME WITH TIME ZONE", "TIMESTAMPTZ", "TIMETZ")
+# Functions a row-local condition may call: pure functions of their arguments. DuckDB's stability
+# flag alone is not enough (it calls json_serialize_plan CONSISTENT, which plans SQL against the
+# catalog and reads files), so a function must be listed here *and* have only CONSISTENT overloads.
+PURE_FUNCTIONS = frozenset({
+    "~~", "!~~", "~~*", "!~~*", "~~~", "like_escape", "not_like_escape", "ilike_escape", "not_ilike_escape",
+    "regexp_full_match", "regexp_matches", "starts_with", "ends_with", "prefix", "suffix", "contains",
+    "length", "strlen", "octet_length", "lower", "upper", "lcase", "ucase", "||", "concat", "substring",
+    "substr", "left", "right", "trim", "ltrim", "rtrim", "replace", "strpos", "instr", "position",
+    "abs", "sign", "round", "floor", "ceil", "ceiling", "isnan", "isinf", "isfinite", "greatest", "least",
+    "md5", "sha256", "len", "array_length", "list_contains", "list_has",
+})
+_TIME_ZONE_TYPES = ("TIME ZONE", "TZ")      # TIMESTAMP WITH TIME ZONE, TIMESTAMPTZ, TIMESTAMP_TZ, TIMETZ
 
 
 @lru_cache(maxsize=None)
@@ -240,10 +253,12 @@ def _reads_only_the_row(sql: str, columns: frozenset[str]) -> bool:
                 if kind == "FUNCTION":
                     functions.add(str(node.get("function_name")))
                 if kind == "CAST":
-                    target = json.dumps({k: v for k, v in node.items() if k != "child"}).upper()
+                    target = json.dumps([node.get("type_expr"), node.get("cast_type")]).upper()
                     if any(t in target for t in _TIME_ZONE_TYPES):
                         return False
                 stack.extend(node.values())
+        if functions - _ARITHMETIC - PURE_FUNCTIONS:
+            return False
         for name in functions - _ARITHMETIC:
             stability = {row[0] for row in con.execute(
                 "SELECT DISTINCT stability FROM duckdb_functions() WHERE function_name = ?", [name]).fetchall()}

@@ -75,7 +75,8 @@ class PublishReport:
     # sidecars the gate read for its row-local rules, and those whose counts it had recorded (rulecache)
     contract_sidecars_scanned: int = 0
     contract_sidecars_cached: int = 0
-    contract_counts_fallback: str = ""    # why the row-local rules read every sidecar instead (empty: they did not)
+    # why the gate's row-local rules read every sidecar instead, or why their counts were not recorded
+    contract_counts_note: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -110,7 +111,7 @@ class PublishReport:
             "shards_repaired": list(self.shards_repaired),
             "contract_sidecars_scanned": self.contract_sidecars_scanned,
             "contract_sidecars_cached": self.contract_sidecars_cached,
-            "contract_counts_fallback": self.contract_counts_fallback,
+            "contract_counts_note": self.contract_counts_note,
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 

@@ -9,7 +9,7 @@ those rules: one night's, instead of a year's. The rules that need the whole ver
 (``key_unique``, and the others that are not row-local) still read every sidecar.
 
 The counts live in ``HOME/cache/contract_counts/shard_samples.parquet``, one row per sidecar and
-a count column per rule (``rows_<rule key>``):
+its rows and a count column per rule (``rule_<rule key>``), written with page checksums:
 - a sidecar is its sha256 in the version's manifest together with its file's inode, size and
   modification time, so a file written again (another inode) or changed in place (another mtime
   or size) is read again;
@@ -18,8 +18,9 @@ a count column per rule (``rows_<rule key>``):
   time zone counts afresh.
 The file holds the sidecars of the last version checked (rewritten, pruned, after each check). It
 is a cache: deleting it only costs time (every sidecar is read once more). A cache that cannot be
-read (damaged, a symlink, another layout, a negative count, a sidecar recorded twice) counts as
-empty; a missing count only means that sidecar is read again.
+read or trusted (failing its checksums, a symlink, another layout, a count below 0 or above the
+sidecar's rows, a sidecar recorded twice) counts as empty; a missing count only means that sidecar
+is read again. One that cannot be written (a folder in its place, a full disk) is noted and skipped.
 
 Trust: what the cache cannot see is a sidecar's bytes changing with its inode, size and mtime
 kept (bit rot, or a writer that restores the mtime); the gate then judges the recorded counts.
@@ -29,6 +30,7 @@ against its sha256 before the gate.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -44,23 +46,24 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, load_contract, row_condition, row_local
 from formats.dataset import MANIFEST_FILE, sidecar_glob
-from formats.files import write_parquet_atomic
+from formats.files import PARQUET_OPTIONS, atomic_path
 
 DATASET = "shard_samples"
-RULE_PREFIX = "rows_"                     # a rule's column in the cache: rows_<rule key>
+ROWS_COLUMN = "rows"                      # a sidecar's rows, the bound of every count
+RULE_PREFIX = "rule_"                     # a rule's column in the cache: rule_<rule key>
 FILE_COLUMN = "_contract_sidecar_file"   # the file name column of the per-file scan (no sidecar column has it)
 
 
 @dataclass
 class SidecarCounts:
     """What :func:`row_local_values` did: rule name -> value over the version, sidecars read for
-    those rules, sidecars whose counts came from the cache, and why nothing was counted (the rules
-    then run over the whole view), if that happened."""
+    those rules, sidecars whose counts came from the cache, and a note when something fell short:
+    why every sidecar was read instead (no values), or why the counts were not recorded."""
 
     values: dict[str, float]
     scanned: int = 0
     cached: int = 0
-    fallback: str = ""
+    note: str = ""
 
 
 def session_settings() -> str:
@@ -89,13 +92,16 @@ def cache_file(cache_root: Path) -> Path:
 def version_sidecars(version: Path) -> dict[Path, str] | None:
     """Every file the version's ``shard_samples`` view reads (DuckDB's own glob of it), each with its
     identity: its sha256 in the version's manifest, inode, size and mtime. None if the view reads a
-    file the manifest does not list as that version's."""
+    file the manifest does not list as that version's, or if DuckDB's glob and Python's (which
+    :func:`pipelines.sqlrun.register_views` asks whether anything matches) disagree."""
     files = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
     con = duckdb.connect(":memory:")
     try:
         names = sorted(row[0] for row in con.execute("SELECT file FROM glob(?)", [sidecar_glob(version)]).fetchall())
     finally:
         con.close()
+    if set(names) != set(glob.glob(sidecar_glob(version))):
+        return None      # the view decides "no files" by Python's glob, which skips hidden folders
     out = {}
     for name in names:
         path = Path(name)
@@ -114,11 +120,12 @@ def row_local_values(sidecars: dict[Path, str], cache: Path, rules: list[Rule] |
     """The value over ``sidecars`` (path -> identity) of every row-local ``shard_samples`` rule.
 
     Sidecars with recorded counts for every such rule are not read; the others are read in one scan
-    (a count per file and rule) and their counts recorded. The cache is then rewritten with exactly
-    the counts of ``sidecars``. If that scan fails (a sidecar that lacks a column, say), nothing is
-    returned and nothing recorded: the caller runs those rules over the whole view, which reports
-    the error against its rule. The cache is one row per sidecar and a column per rule key, and the
-    lookups are Arrow arrays: a year of sidecars (23,000, 8 rules) is a few MB.
+    (their rows and a count per rule) and recorded. The cache is then rewritten with exactly the
+    counts of ``sidecars``; if it cannot be written, the values still hold and ``note`` says why. If
+    the scan fails (a sidecar that lacks a column, say), nothing is returned and nothing recorded:
+    the caller runs those rules over the whole view, which reports the error against its rule. The
+    cache is one row per sidecar (its rows, then a count column per rule key), and the lookups are
+    Arrow arrays: a year of sidecars (23,000, 8 rules) is under a MB on disk.
     """
     rules = [r for r in (load_contract(DATASET).rules if rules is None else rules) if row_local(r)]
     if not rules or not sidecars:
@@ -130,37 +137,41 @@ def row_local_values(sidecars: dict[Path, str], cache: Path, rules: list[Rule] |
     known = _read(cache)
     at = pc.index_in(ids, value_set=known.column("sidecar"))
     counts = [pc.take(known.column(c), at) if c in known.column_names else pa.nulls(len(paths), pa.int64())
-              for c in columns]                # per rule: each sidecar's recorded count, null if none
+              for c in [ROWS_COLUMN] + columns]   # each sidecar's rows and recorded counts, null if none
     missing = np.zeros(len(paths), dtype=bool)
     for column in counts:
         missing |= column.is_null().to_numpy(zero_copy_only=False)
     fresh = [paths[i] for i in np.flatnonzero(missing)]
     have = pa.array(~missing)
-    totals = [int(pc.sum(pc.filter(column, have)).as_py() or 0) for column in counts]
-    parts = [pa.table({"sidecar": pc.filter(ids, have),
-                       **{c: pc.filter(column, have).cast(pa.int64()) for c, column in zip(columns, counts)}})]
+    kept = [pc.filter(column, have).cast(pa.int64()) for column in counts]
+    totals = [sum(column.to_pylist()) for column in kept[1:]]     # Python integers: no wrap-around
+    parts = [pa.table({"sidecar": pc.filter(ids, have), **dict(zip([ROWS_COLUMN] + columns, kept))})]
     if fresh:
         try:
             scanned = _scan(fresh, rules)
         except (duckdb.Error, OSError, pa.ArrowException, ValueError) as exc:
-            return SidecarCounts({}, fallback=f"{type(exc).__name__}: {exc}")
+            return SidecarCounts({}, note=f"every sidecar read instead: {type(exc).__name__}: {exc}")
         for i in range(len(rules)):
-            totals[i] += sum(row[i] for row in scanned)
+            totals[i] += sum(row[1 + i] for row in scanned)
         parts.append(pa.table({"sidecar": pa.array([sidecars[path] for path in fresh], pa.string()),
                                **{c: pa.array([row[i] for row in scanned], pa.int64())
-                                  for i, c in enumerate(columns)}}))
-    _write(cache, pa.concat_tables(parts))
+                                  for i, c in enumerate([ROWS_COLUMN] + columns)}}))
+    note = ""
+    try:
+        _write(cache, pa.concat_tables(parts))
+    except OSError as exc:              # a folder in its place, a full disk: only the next night pays
+        note = f"counts not recorded: {exc}"
     return SidecarCounts({r.name: float(t) for r, t in zip(rules, totals)}, scanned=len(fresh),
-                         cached=len(paths) - len(fresh))
+                         cached=len(paths) - len(fresh), note=note)
 
 
 def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
-    """Per file of ``files`` (read as one schema, as the version's view), each rule's count.
+    """Per file of ``files`` (read as one schema, as the version's view), its rows and each rule's count.
 
     A file the result does not name must have no rows (its Parquet footer says so): anything else
     (DuckDB naming the files otherwise) is an error, never a count of 0.
     """
-    counts = ",\n".join(f"count(*) FILTER (WHERE (\n{row_condition(rule)}\n))" for rule in rules)
+    counts = ",\n".join(["count(*)"] + [f"count(*) FILTER (WHERE (\n{row_condition(rule)}\n))" for rule in rules])
     con = duckdb.connect(":memory:")
     try:
         rows = con.execute(
@@ -175,38 +186,44 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
     for path in files:
         if str(path) not in per_file and pq.read_metadata(path).num_rows != 0:
             raise ValueError(f"the scan returned no counts for {path}, which has rows")
-        out.append(per_file.get(str(path), [0] * len(rules)))
+        out.append(per_file.get(str(path), [0] * (1 + len(rules))))
     return out
 
 
 def _read(cache: Path) -> pa.Table:
-    """The recorded counts: a ``sidecar`` column and an int64 column per rule key; empty if there are
-    none or the file is not a trustworthy cache: a symlink, a folder, damaged bytes, another layout,
-    a missing sidecar, a negative count, or a sidecar recorded twice (a missing count only means
-    that sidecar is read again)."""
+    """The recorded counts: ``sidecar``, ``rows`` (the sidecar's rows) and an int64 column per rule
+    key. Empty if there are none or the file is not a trustworthy cache: a symlink, a folder, bytes
+    that fail their page checksums or do not parse, another layout, a missing sidecar or row count,
+    a negative count or one above the sidecar's rows, a sidecar recorded twice. (A missing rule count
+    only means that sidecar is read again.)"""
     empty = pa.table({"sidecar": pa.array([], pa.string())})
     try:
         if not stat.S_ISREG(os.lstat(cache).st_mode):
             return empty
-        table = pq.read_table(cache, use_threads=False)
-    except (OSError, pa.ArrowException, ValueError):
-        return empty
-    schema = table.schema
-    if (schema.names[:1] != ["sidecar"] or not pa.types.is_string(schema.field("sidecar").type)
-            or len(set(schema.names)) != len(schema.names)
-            or any(not (f.name.startswith(RULE_PREFIX) and pa.types.is_int64(f.type)) for f in list(schema)[1:])):
-        return empty
-    sidecar = table.column("sidecar")
-    if sidecar.null_count or pc.count_distinct(sidecar).as_py() != table.num_rows:
-        return empty
-    for column in table.columns[1:]:
-        if pc.any(pc.less(column, 0)).as_py():
+        table = pq.read_table(cache, use_threads=False, page_checksum_verification=True)
+        names = table.schema.names
+        if (names[:2] != ["sidecar", ROWS_COLUMN] or not pa.types.is_string(table.schema.field("sidecar").type)
+                or len(set(names)) != len(names)
+                or any(not pa.types.is_int64(f.type) for f in list(table.schema)[1:])
+                or any(not n.startswith(RULE_PREFIX) for n in names[2:])):
             return empty
+        sidecar, rows = table.column("sidecar"), table.column(ROWS_COLUMN)
+        if sidecar.null_count or rows.null_count or pc.count_distinct(sidecar).as_py() != table.num_rows:
+            return empty
+        if table.num_rows and pc.min(rows).as_py() < 0:
+            return empty
+        for column in table.columns[2:]:
+            if pc.any(pc.or_kleene(pc.less(column, 0), pc.greater(column, rows))).as_py():
+                return empty
+    except Exception:   # noqa: BLE001 - whatever a damaged file raises, it is no cache
+        return empty
     return table
 
 
 def _write(cache: Path, table: pa.Table) -> None:
-    """Replace the cache with ``table``, sorted by sidecar (atomically; the folder is made if need be)."""
+    """Replace the cache with ``table``, sorted by sidecar, with page checksums (atomically; the
+    folder is made if need be)."""
     table = table.sort_by([("sidecar", "ascending")])
     cache.parent.mkdir(parents=True, exist_ok=True)
-    write_parquet_atomic(table, cache)
+    with atomic_path(cache) as tmp:
+        pq.write_table(table, tmp, **PARQUET_OPTIONS, write_page_checksum=True)

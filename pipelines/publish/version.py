@@ -132,7 +132,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
     report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
-    report.contract_counts_fallback = counted.fallback
+    report.contract_counts_note = counted.note
     return report
 
 
@@ -231,10 +231,11 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
     if counts_cache is not None:
         sidecars = rulecache.version_sidecars(path)
         given = (rulecache.row_local_values(sidecars, counts_cache) if sidecars is not None else
-                 rulecache.SidecarCounts({}, fallback="the view reads a file the manifest does not list"))
+                 rulecache.SidecarCounts({}, note="every sidecar read instead: the view's files are not the "
+                                                  "manifest's sidecars"))
     if counted is not None:
-        counted.values, counted.scanned, counted.cached, counted.fallback = (given.values, given.scanned,
-                                                                             given.cached, given.fallback)
+        counted.values, counted.scanned, counted.cached, counted.note = (given.values, given.scanned,
+                                                                         given.cached, given.note)
     con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
         results = [r for dataset in views
