@@ -227,44 +227,36 @@ _TIME_ZONE_TYPES = ("TIME ZONE", "TZ")      # TIMESTAMP WITH TIME ZONE, TIMESTAM
 
 @lru_cache(maxsize=None)
 def _reads_only_the_row(sql: str, columns: frozenset[str]) -> bool:
-    with _parser_lock:
-        if not _parser:
-            _parser.append(duckdb.connect(":memory:"))
-        con = _parser[0]
-        try:
-            tree = json.loads(con.execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-            where = tree["statements"][0]["node"]["where_clause"]
-        except (duckdb.Error, ValueError, TypeError, KeyError, IndexError, RecursionError):
-            return False
-        functions = set()
-        stack = [where]
-        while stack:
-            node = stack.pop()
-            if isinstance(node, list):
-                stack.extend(node)
-            elif isinstance(node, dict):
-                kind = node.get("class")
-                if kind in ("SUBQUERY", "WINDOW", "PARAMETER", "LAMBDA", "STAR", "LAMBDA_REF", "POSITIONAL_REFERENCE"):
-                    return False
-                if kind == "COLUMN_REF":              # one unqualified name, a column of the dataset
-                    names = node.get("column_names") or []
-                    if len(names) != 1 or str(names[0]).lower() not in columns:
-                        return False
-                if kind == "FUNCTION":
-                    functions.add(str(node.get("function_name")))
-                if kind == "CAST":
-                    target = json.dumps([node.get("type_expr"), node.get("cast_type")]).upper()
-                    if any(t in target for t in _TIME_ZONE_TYPES):
-                        return False
-                stack.extend(node.values())
-        if functions - _ARITHMETIC - PURE_FUNCTIONS:
-            return False
-        for name in functions - _ARITHMETIC:
-            stability = {row[0] for row in con.execute(
-                "SELECT DISTINCT stability FROM duckdb_functions() WHERE function_name = ?", [name]).fetchall()}
-            if stability != {"CONSISTENT"}:          # unknown, or some overload volatile / fixed per query only
+    statements = _statements(sql)
+    try:
+        where = statements[0]["node"]["where_clause"]
+    except (TypeError, KeyError, IndexError):
+        return False
+    functions = set()
+    stack = [where]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+        elif isinstance(node, dict):
+            kind = node.get("class")
+            if kind in ("SUBQUERY", "WINDOW", "PARAMETER", "LAMBDA", "STAR", "LAMBDA_REF", "POSITIONAL_REFERENCE"):
                 return False
-    return True
+            if kind == "COLUMN_REF":              # one unqualified name, a column of the dataset
+                names = node.get("column_names") or []
+                if len(names) != 1 or str(names[0]).lower() not in columns:
+                    return False
+            if kind == "FUNCTION":
+                functions.add(str(node.get("function_name")))
+            if kind == "CAST":
+                target = json.dumps([node.get("type_expr"), node.get("cast_type")]).upper()
+                if any(t in target for t in _TIME_ZONE_TYPES):
+                    return False
+            stack.extend(node.values())
+    if functions - _ARITHMETIC - PURE_FUNCTIONS:
+        return False
+    # unknown, or some overload volatile / fixed per query only
+    return all(_stability(name) == {"CONSISTENT"} for name in functions - _ARITHMETIC)
 
 
 def result_of(rule: Rule, value: object) -> RuleResult:
@@ -275,11 +267,16 @@ def result_of(rule: Rule, value: object) -> RuleResult:
 
 def fused_query(rules: list[Rule]) -> str:
     """One query over the rules' dataset: per rule (each with a :func:`row_condition`), in order, the
-    number of rows where its condition holds. Each condition stands on lines of its own, in
-    parentheses, so a trailing ``--`` comment in one ends with its line."""
+    number of rows where its condition holds."""
     (dataset,) = {rule.dataset for rule in rules}
-    counts = ",\n".join(f"count(*) FILTER (WHERE (\n{row_condition(rule)}\n))" for rule in rules)
-    return f"SELECT\n{counts}\nFROM {dataset}"
+    return f"SELECT\n{filter_counts(rules)}\nFROM {dataset}"
+
+
+def filter_counts(rules: list[Rule]) -> str:
+    """The select list of :func:`fused_query`: ``count(*) FILTER (WHERE (<condition>))`` per rule, in
+    order. Each condition stands on lines of its own, in parentheses, so a trailing ``--`` comment
+    in one ends with its line."""
+    return ",\n".join(f"count(*) FILTER (WHERE (\n{row_condition(rule)}\n))" for rule in rules)
 
 
 _parser_lock = threading.Lock()
@@ -301,31 +298,43 @@ def _forget_parser_after_fork() -> None:
 os.register_at_fork(after_in_child=_forget_parser_after_fork)
 
 
-@lru_cache(maxsize=None)
-def _parses(sql: str) -> bool:
-    """Whether DuckDB parses ``sql`` as one statement."""
+def _parser_query(sql: str, params: list) -> list[tuple]:
+    """Run a query on this process's parsing connection (made on first use)."""
     with _parser_lock:
         if not _parser:
             _parser.append(duckdb.connect(":memory:"))
-        try:
-            tree = json.loads(_parser[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        except (duckdb.Error, ValueError, TypeError, RecursionError):
-            return False
-    return isinstance(tree, dict) and not tree.get("error") and len(tree.get("statements") or []) == 1
+        return _parser[0].execute(sql, params).fetchall()
+
+
+def _statements(sql: str) -> list[dict]:
+    """DuckDB's parse of ``sql`` (``json_serialize_sql``): its statements, empty where it does not
+    parse (or is nested too deep for the JSON reader)."""
+    try:
+        tree = json.loads(_parser_query("SELECT json_serialize_sql(?)", [sql])[0][0])
+    except (duckdb.Error, ValueError, TypeError, RecursionError):
+        return []
+    statements = tree.get("statements") if isinstance(tree, dict) and not tree.get("error") else None
+    return statements if isinstance(statements, list) else []
+
+
+@lru_cache(maxsize=None)
+def _stability(function: str) -> frozenset[str]:
+    """The stabilities DuckDB declares for the overloads of ``function`` (empty: no such function)."""
+    return frozenset(row[0] for row in _parser_query(
+        "SELECT DISTINCT stability FROM duckdb_functions() WHERE function_name = ?", [function]))
+
+
+@lru_cache(maxsize=None)
+def _parses(sql: str) -> bool:
+    """Whether DuckDB parses ``sql`` as one statement."""
+    return len(_statements(sql)) == 1
 
 
 @lru_cache(maxsize=None)
 def _plain_count_where(sql: str, dataset: str) -> bool:
     """Whether DuckDB parses ``sql`` as ``SELECT count(*) FROM <dataset> WHERE ...`` and nothing more."""
-    with _parser_lock:
-        if not _parser:
-            _parser.append(duckdb.connect(":memory:"))
-        try:
-            tree = json.loads(_parser[0].execute("SELECT json_serialize_sql(?)", [sql]).fetchone()[0])
-        except (duckdb.Error, ValueError, TypeError, RecursionError):    # a condition nested too deep
-            return False
-    statements = tree.get("statements") if isinstance(tree, dict) and not tree.get("error") else None
-    if not statements or len(statements) != 1:
+    statements = _statements(sql)
+    if len(statements) != 1:
         return False
     node = statements[0].get("node") or {}
     select = node.get("select_list") or []

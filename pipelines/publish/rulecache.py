@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import glob
 import hashlib
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -44,9 +43,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from data_contracts.engine import Rule, load_contract, row_condition, row_local
-from formats.dataset import MANIFEST_FILE, sidecar_glob
+from data_contracts.engine import Rule, filter_counts, load_contract, row_condition, row_local
+from formats.dataset import sidecar_glob
 from formats.files import PARQUET_OPTIONS, atomic_path
+from pipelines.publish.reuse import read_manifest
 
 DATASET = "shard_samples"
 ROWS_COLUMN = "rows"                      # a sidecar's rows, the bound of every count
@@ -94,7 +94,9 @@ def version_sidecars(version: Path) -> dict[Path, str] | None:
     identity: its sha256 in the version's manifest, inode, size and mtime. None if the view reads a
     file the manifest does not list as that version's, or if DuckDB's glob and Python's (which
     :func:`pipelines.sqlrun.register_views` asks whether anything matches) disagree."""
-    files = json.loads((version / MANIFEST_FILE).read_text(encoding="utf-8"))["files"]
+    files = read_manifest(version).get("files")
+    if not isinstance(files, dict):
+        return None
     con = duckdb.connect(":memory:")
     try:
         names = sorted(row[0] for row in con.execute("SELECT file FROM glob(?)", [sidecar_glob(version)]).fetchall())
@@ -114,6 +116,15 @@ def version_sidecars(version: Path) -> dict[Path, str] | None:
             return None
         out[path] = f"{files[rel]['sha256']}/{info.st_ino}/{info.st_size}/{info.st_mtime_ns}"
     return out
+
+
+def version_counts(version: Path, cache: Path) -> SidecarCounts:
+    """:func:`row_local_values` over a version's sidecars, or, where :func:`version_sidecars` cannot
+    name them, nothing (every sidecar is read) and a note saying why."""
+    sidecars = version_sidecars(version)
+    if sidecars is None:
+        return SidecarCounts({}, note="every sidecar read instead: the view's files are not the manifest's sidecars")
+    return row_local_values(sidecars, cache)
 
 
 def row_local_values(sidecars: dict[Path, str], cache: Path, rules: list[Rule] | None = None) -> SidecarCounts:
@@ -171,7 +182,7 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
     A file the result does not name must have no rows (its Parquet footer says so): anything else
     (DuckDB naming the files otherwise) is an error, never a count of 0.
     """
-    counts = ",\n".join(["count(*)"] + [f"count(*) FILTER (WHERE (\n{row_condition(rule)}\n))" for rule in rules])
+    counts = f"count(*),\n{filter_counts(rules)}"
     con = duckdb.connect(":memory:")
     try:
         rows = con.execute(

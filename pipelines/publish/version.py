@@ -227,12 +227,7 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
     needs a manifest); ``counted``, when given, receives what that did.
     """
     views = version_views(path)
-    given = rulecache.SidecarCounts({})
-    if counts_cache is not None:
-        sidecars = rulecache.version_sidecars(path)
-        given = (rulecache.row_local_values(sidecars, counts_cache) if sidecars is not None else
-                 rulecache.SidecarCounts({}, note="every sidecar read instead: the view's files are not the "
-                                                  "manifest's sidecars"))
+    given = rulecache.version_counts(path, counts_cache) if counts_cache is not None else rulecache.SidecarCounts({})
     if counted is not None:
         counted.values, counted.scanned, counted.cached, counted.note = (given.values, given.scanned,
                                                                          given.cached, given.note)
