@@ -118,20 +118,26 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     return begun
 
 
-def select_app_db_days(settings: Settings, start: str | None = None, end: str | None = None) -> list[str]:
-    """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within [start, end]."""
+def select_app_db_days(settings: Settings, start: str | None = None, end: str | None = None,
+                       warn: Callable[[str], None] | None = None) -> list[str]:
+    """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within
+    [start, end]; ``warn`` hears about rows that belong to no day (NULL or out-of-range created_at)."""
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
-    from pipelines.appdb.export import app_day_range, closed_days
+    from pipelines.appdb.export import app_days, is_closed
 
-    bounds = app_day_range(dsn_from_env(), source=f"${DSN_ENV}")
-    if bounds is None:
-        raise BuildError(f"the app database in ${DSN_ENV} has no rows in users, images, rankings or downloads")
-    first, last = max(bounds[0], start or bounds[0]), min(bounds[1], end or bounds[1])
+    found = app_days(dsn_from_env(), source=f"${DSN_ENV}")
+    if found.undated and warn is not None:
+        warn(found.warning())
+    if not found.days:
+        raise BuildError(f"the app database in ${DSN_ENV} has no dated rows in users, images, rankings or downloads"
+                         + (f" ({found.warning()})" if found.undated else ""))
     lag = settings.config("app_export").lag_minutes
-    days = closed_days(first, last, lag) if first <= last else []
+    days = [d for d in found.days if (start is None or d >= start) and (end is None or d <= end)
+            and is_closed(d, lag)]
     if not days:
-        raise BuildError(f"no day of the app database ({bounds[0]} .. {bounds[1]}) between {start or 'the first day'} "
-                         f"and {end or 'the last day'} is closed for the export lag (app_export.lag_minutes = {lag})")
+        raise BuildError(f"no day of the app database ({found.days[0]} .. {found.days[-1]}) between "
+                         f"{start or 'the first day'} and {end or 'the last day'} has rows and is closed for the "
+                         f"export lag (app_export.lag_minutes = {lag})")
     return days
 
 
@@ -163,7 +169,7 @@ def build(
     settings = load(home.root, config_file=config_file, assignments=assignments, overrides=overrides)
     exports: list[str] = []
     if from_app_db:
-        exports = list(days) if days is not None else select_app_db_days(settings, start, end)
+        exports = list(days) if days is not None else select_app_db_days(settings, start, end, warn)
         selected = None
     else:
         selected = days if days is not None else (select_days(home, start, end, warn) if start or end else None)

@@ -11,6 +11,9 @@ entry is a ``RawZoneProblem``, never read and never fatal to the other days:
 - ``unexpected_entry``: a child of ``app_logs/`` not named ``dt=...``;
 - ``unexpected_file``: an entry of a day folder other than the four ``<table>.jsonl.gz`` files.
 
+The app export's own staging folders (``.dt=YYYY-MM-DD.export-PID-HEX``: a day being written, or one
+left by an export that was killed, which the next export removes) are not entries of the raw zone.
+
 The files under a skipped folder are recorded one row each (up to ``MAX_LISTED_FILES`` per entry, then
 one row counting the rest), so nothing in the raw zone is silently ignored. Paths are relative to the
 data home and names that are not UTF-8 are shown with backslash escapes; no absolute path is stored.
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DAY_FOLDER = re.compile(r"dt=([0-9]{4}-[0-9]{2}-[0-9]{2})")
+EXPORT_STAGING = re.compile(r"\.dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.export-([0-9]+)-[0-9a-f]+")   # group 1: the PID
 RAW_FILE_NAMES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
 MAX_LISTED_FILES = 1000
 
@@ -149,6 +153,8 @@ def scan_raw_zone(root: Path) -> RawZoneScan:
     problems: list[RawZoneProblem] = []
     for child in sorted(logs.iterdir(), key=lambda p: p.name):
         entry = _rel(child, root)
+        if EXPORT_STAGING.fullmatch(child.name) and not child.is_symlink() and child.is_dir():
+            continue                     # the app export's staging (see the module docstring)
         if not child.name.startswith("dt="):
             problems += _entry_problems(child, root, entry, UNEXPECTED_ENTRY,
                                         f"{display_name(child.name)!r} is not a dt=YYYY-MM-DD day folder; not ingested")

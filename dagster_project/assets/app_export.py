@@ -22,6 +22,8 @@ def app_export(context: dg.AssetExecutionContext, config: AppExportRunConfig, ap
     settings = stage_config("app_export", config, home)
     report = export_day(home, app_db.dsn, context.partition_key, settings, image_store=app_db.store(),
                         source=app_db.dsn_source, progress=context.log.info)
+    for warning in report.warnings:
+        context.log.warning(warning)
     metadata = report.metadata()
     metadata["files"] = dg.MetadataValue.md(metadata["files"])
     # the content of the day's files: equal to the raw day's version that ingest reads, whatever wrote them

@@ -5,12 +5,15 @@ The store is a local folder or any URL Beam's ``FileSystems`` reads (``s3://buck
 as the app wrote them. Blobs are copied, not referenced in place: the ingest's ``blob_path`` is
 relative to the data home, and a copy freezes the bytes that were exported (the app's storage may
 delete or overwrite objects later), so the raw zone alone rebuilds every dataset.
-A blob already in the raw zone with the store's size is not copied again (re-exports stay cheap);
+A blob already in the raw zone is never copied again (re-exports stay cheap, and the copy stays what
+was exported: one whose size differs from the store's now is counted as ``differs_in_store``);
 a missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
 a uid that is not a canonical UUID is never used as a file name (the ingest quarantines its row).
 """
 from __future__ import annotations
 
+import os
+import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -42,14 +45,20 @@ def _source_size(store: str, name: str) -> int | None:
 
 
 def _copy_one(store: str, uid: str, target_dir: Path) -> str:
-    """Copy one blob; returns 'copied', 'present' or 'missing'."""
+    """Copy one blob; returns 'copied', 'present', 'differs_in_store' or 'missing'."""
     name = f"{uid}.png"
     size = _source_size(store, name)
     if size is None:
         return "missing"
     target = target_dir / name
-    if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
-        return "present"
+    try:
+        info = os.lstat(target)
+    except FileNotFoundError:
+        info = None
+    if info is not None:
+        if not stat.S_ISREG(info.st_mode):
+            raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
+        return "present" if info.st_size == size else "differs_in_store"
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
         if _is_local(store):
             source = open(Path(store) / name, "rb")
@@ -69,9 +78,8 @@ def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: Dat
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
-    counts = {"store": store, "copied": 0, "present": 0, "missing": 0, "invalid_uid": 0}
-    target_dir = home.raw_images
-    target_dir.mkdir(parents=True, exist_ok=True)
+    counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": 0}
+    target_dir = home.raw_images       # a real folder of the home (export_day checked it)
 
     def flush(batch: list[str]) -> None:
         for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir), batch):

@@ -8,8 +8,9 @@ no driver exception (whose text may quote the DSN) travels along in a traceback 
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import psycopg
 from psycopg import IsolationLevel
@@ -77,8 +78,30 @@ def redact(text: str, dsn: str) -> str:
     return text
 
 
+_URL = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
+
+
+def _misplaced_url_secret(dsn: str) -> bool:
+    """Whether a ``postgresql://`` URL has an ``@`` that libpq would not read as the end of its user
+    and password: a second one in the authority, or one in the database path. That is a password (or
+    user name) holding ``@``, ``/`` or ``?`` unescaped; libpq then takes the rest of the password as the
+    host, port or database name, which every message would show."""
+    match = _URL.match(dsn)
+    if not match:
+        return False
+    rest = dsn[match.end():]
+    authority = re.split(r"[/?]", rest, maxsplit=1)[0]
+    path = rest[len(authority):].split("?", 1)[0]
+    return authority.count("@") > 1 or "@" in path
+
+
 def server_name(dsn: str, source: str = "the DSN") -> ServerName:
     """Host, port, database and user a DSN names (libpq's environment defaults filled in)."""
+    if _misplaced_url_secret(dsn):
+        raise AppDatabaseError(f"{source} is a postgresql:// URL with an '@' where libpq does not expect one: "
+                               "percent-encode '@', '/', '?', ':' and '%' in its user name and password (e.g. "
+                               "'@' as %40, '/' as %2F), or give a key/value string "
+                               "(its text is not shown because it may hold a password)")
     try:
         parts = conninfo_to_dict(dsn)
     except psycopg.Error:
@@ -104,8 +127,17 @@ def _os_user() -> str:
 
 
 def _reason(exc: BaseException, dsn: str) -> str:
-    """libpq's reason on one line (its last non-empty line, e.g. 'FATAL: password authentication failed ...')."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    """libpq's reason on one line: the server's primary message where it sent one (e.g. 'canceling
+    statement due to lock timeout'), else the last non-empty line of the driver's text (e.g. 'FATAL:
+    password authentication failed ...'), never the statement excerpt and caret of a positioned error."""
+    diag = getattr(exc, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    if primary:
+        severity = getattr(diag, "severity_nonlocalized", None) or getattr(diag, "severity", None)
+        reason = f"{severity}: {primary}" if severity else primary
+        return redact(" ".join(reason.split()), dsn)[:300]
+    lines = [line.strip() for line in str(exc).splitlines()
+             if line.strip() and not line.strip().startswith(("LINE ", "^"))]
     reason = lines[-1] if lines else type(exc).__name__
     for prefix in ("connection failed: ",):
         reason = reason.removeprefix(prefix)
@@ -158,14 +190,21 @@ def database_error(exc: psycopg.Error, dsn: str, name: ServerName, doing: str) -
     return AppDatabaseError(f"{doing} failed on the app {name}: {_reason(exc, dsn)}")
 
 
-BATCH_LINES = 4096   # rows per server-side fetch
+BATCH_LINES = 4096   # most rows per server-side fetch
+BATCH_BYTES = 4 << 20   # about this many bytes of formatted lines per fetch (huge rows: fewer rows a fetch)
 
 
-def read_rows(conn: psycopg.Connection, query: str, params: dict, batch: int = BATCH_LINES) -> Iterator[list[tuple]]:
-    """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent."""
+def read_rows(conn: psycopg.Connection, query: str, params: dict,
+              batch: int | Callable[[], int] = BATCH_LINES) -> Iterator[list[tuple]]:
+    """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent.
+
+    ``batch``: rows per fetch, or a function giving the next fetch's rows (the caller sizes fetches
+    by the bytes the last one made, so memory stays bounded however large the rows are).
+    """
+    size = batch if callable(batch) else (lambda: batch)
     with conn.cursor(name="pickapic_export", binary=True) as cursor:
         # Text as bytes: a SQL_ASCII database may hold bytes that are not UTF-8 (format_row handles them).
         cursor.adapters.register_loader("text", ByteaBinaryLoader)
         cursor.execute(query, params)
-        while rows := cursor.fetchmany(batch):
+        while rows := cursor.fetchmany(max(1, size())):
             yield rows

@@ -14,13 +14,17 @@ change) and each changed file is renamed over its old version, only once all fou
 """
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as dt
+import errno
 import json
 import os
 import queue
 import re
 import secrets
 import shutil
+import stat
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,8 +37,11 @@ from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
+from formats.rawzone import EXPORT_STAGING
 from formats.settings import check_fields, knob
 from pipelines.appdb.connection import (
+    BATCH_BYTES,
+    BATCH_LINES,
     AppDatabaseError,
     ServerName,
     as_text,
@@ -93,6 +100,8 @@ class AppExportReport:
     published: str = ""                      # "new day", "updated", "unchanged"
     blobs: dict = field(default_factory=dict)
     seconds: float = 0.0
+    undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def changed_tables(self) -> list[str]:
@@ -109,6 +118,8 @@ class AppExportReport:
             **{f"server_{k}": v for k, v in self.server.items()},
             **{f"blobs_{k}": v for k, v in self.blobs.items()},
             "seconds": round(self.seconds, 3),
+            "undated_rows": sum(info["rows"] for info in self.undated.values()),
+            "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
 
@@ -125,24 +136,23 @@ def day_bounds(day: str) -> tuple[dt.datetime, dt.datetime]:
 def check_lag(day: str, lag_minutes: int, now: dt.datetime | None = None) -> None:
     """Raise ``ExportTooEarly`` unless ``day`` ended at least ``lag_minutes`` ago (UTC)."""
     now = (now or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc).replace(tzinfo=None)
-    ready = day_bounds(day)[1] + dt.timedelta(minutes=lag_minutes)
+    try:
+        ready = day_bounds(day)[1] + dt.timedelta(minutes=lag_minutes)
+    except OverflowError:
+        raise ExportTooEarly(f"day {day} ends past the last date this exporter can represent; it is never "
+                             "closed for export") from None
     if now < ready:
         raise ExportTooEarly(f"day {day} is still open for late commits until {ready:%Y-%m-%d %H:%M} UTC "
                              f"(lag_minutes = {lag_minutes}); export it after that or lower lag_minutes")
 
 
-def closed_days(first: str, last: str, lag_minutes: int, now: dt.datetime | None = None) -> list[str]:
-    """Every day in [first, last] that has been closed for ``lag_minutes``."""
-    days = []
-    day = dt.date.fromisoformat(first)
-    while day <= dt.date.fromisoformat(last):
-        try:
-            check_lag(day.isoformat(), lag_minutes, now)
-        except ExportTooEarly:
-            break
-        days.append(day.isoformat())
-        day += dt.timedelta(days=1)
-    return days
+def is_closed(day: str, lag_minutes: int, now: dt.datetime | None = None) -> bool:
+    """Whether ``day`` ended at least ``lag_minutes`` ago (UTC)."""
+    try:
+        check_lag(day, lag_minutes, now)
+    except ExportTooEarly:
+        return False
+    return True
 
 
 # --- formatting -----------------------------------------------------------------------------------
@@ -217,15 +227,26 @@ class _CompressingWriter:
             raise self.error
 
 
+FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
+
+
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path) -> TableExport:
     """Stream one table into a gzip file; returns rows, bytes and sha256 of the file."""
-    rows = 0
+    rows, fetch = 0, FIRST_FETCH
+
+    def next_fetch() -> int:
+        return fetch
+
     with open(path, "wb") as raw, rawlines.gzip_writer(raw) as gz:
         writer = _CompressingWriter(gz)
         try:
-            for batch in read_rows(conn, statement("export_" + table), params):
+            for batch in read_rows(conn, statement("export_" + table), params, next_fetch):
                 rows += len(batch)
-                writer.write(b"\n".join([format_row(table, row) for row in batch]) + b"\n")
+                chunk = b"\n".join([format_row(table, row) for row in batch]) + b"\n"
+                # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
+                # this one's rows (a fetch still holds whatever size its rows have: see the README)
+                fetch = max(1, min(BATCH_LINES, 2 * len(batch), len(batch) * BATCH_BYTES // len(chunk)))
+                writer.write(chunk)
         finally:
             writer.close()
         gz.close()
@@ -234,10 +255,43 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path)
     return TableExport(rows=rows, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
+_RENAME_EXCHANGE = 2        # <linux/fs.h>: renameat2 swaps the two paths atomically
+_AT_FDCWD = -100
+_renameat2 = None
+
+
+def exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system or file system does not offer it (nothing was changed then)."""
+    global _renameat2
+    if _renameat2 is None:
+        _renameat2 = False
+        with contextlib.suppress(OSError, AttributeError):
+            function = ctypes.CDLL(None, use_errno=True).renameat2
+            function.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+            function.restype = ctypes.c_int
+            _renameat2 = function
+    if not _renameat2:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
+        return False
+    raise OSError(code, f"cannot swap {first} and {second}: {os.strerror(code)}")
+
+
 def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -> None:
-    """Move the staged files into ``raw/app_logs/dt=DAY/``: the folder at once, or only the changed files."""
+    """Move the staged files into ``raw/app_logs/dt=DAY/``: the folder at once, or only the changed files.
+
+    A day already there whose files changed is replaced in one step where the system can swap two
+    folders: its unchanged files are hard-linked into the staging folder (same inode and mtime), and
+    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. Elsewhere,
+    or when the day's folder holds anything but the export's regular files (never deleted), each changed
+    file is renamed over its old version, once every target is known to be replaceable.
+    """
     final = home.raw_day(day)
-    if not final.exists():
+    if not os.path.lexists(final):
         for export in report.tables.values():
             export.changed = True
         os.rename(staging, final)
@@ -245,17 +299,85 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         return
     if final.is_symlink() or not final.is_dir():
         raise FileExistsError(f"{final} exists and is not a folder: refusing to replace it")
-    moves = []
+    moves, keep = [], []
     for table, export in report.tables.items():
         target = home.raw_file(day, table)
-        same = target.is_file() and not target.is_symlink() and target.stat().st_size == export.bytes \
-            and sha256_file(target) == export.sha256
+        try:
+            info = os.lstat(target)
+        except FileNotFoundError:
+            info = None
+        if info is not None and not stat.S_ISREG(info.st_mode):
+            raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
+        same = info is not None and info.st_size == export.bytes and sha256_file(target) == export.sha256
         export.changed = not same
-        if export.changed:
-            moves.append((staging / target.name, target))
-    for source, target in moves:  # every file is complete before the first rename
+        (moves if export.changed else keep).append((staging / target.name, target))
+    if not moves:
+        report.published = "unchanged"
+        return
+    report.published = "updated"
+    ours = {target.name for _, target in moves + keep}
+    if all(entry.name in ours and entry.is_file(follow_symlinks=False) for entry in os.scandir(final)):
+        for staged, target in keep:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            if os.path.lexists(target):
+                os.link(target, staged, follow_symlinks=False)
+        if exchange(staging, final):
+            return                              # the old day is now at ``staging``, removed by the caller
+        for staged, target in keep:             # no swap here: the unchanged files stay where they are
+            staged.unlink(missing_ok=True)
+    for source, target in moves:  # every file is complete and every target replaceable before the first rename
         os.replace(source, target)
-    report.published = "updated" if moves else "unchanged"
+
+
+def remove_stale_staging(home: DataHome) -> list[str]:
+    """Remove the staging folders of exports that died (killed before their cleanup ran): those whose
+    process no longer exists on this machine. A live export's folder stays. Returns the names removed."""
+    removed = []
+    for entry in os.scandir(home.raw_logs):
+        match = EXPORT_STAGING.fullmatch(entry.name)
+        if not match or not entry.is_dir(follow_symlinks=False) or _alive(int(match.group(1))):
+            continue
+        shutil.rmtree(entry.path, ignore_errors=True)
+        removed.append(entry.name)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists here (another account's process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
+def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
+    """Raise when one of ``folders`` (inside the data home), or a folder between the home and them, is
+    a symlink or not a folder: the export writes only into the home's own folders, never through a
+    link to somewhere else (the ingest would not read there either). With ``create`` the missing ones
+    are made (the umask applies); without, a missing folder ends the check of its path."""
+    if create:
+        home.root.mkdir(parents=True, exist_ok=True)    # the home itself may be a link (a deployment's choice)
+    for folder in folders:
+        path = home.root
+        for part in folder.relative_to(home.root).parts:
+            path = path / part
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                if not create:
+                    break
+                path.mkdir(mode=0o777, exist_ok=True)
+                info = os.lstat(path)
+            if not stat.S_ISDIR(info.st_mode):
+                kind = "a symlink" if stat.S_ISLNK(info.st_mode) else "not a folder"
+                raise FileExistsError(f"{path} is {kind}: the app export writes only into real folders of the "
+                                      "data home; move it away (and its files into a real folder) to export")
 
 
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
@@ -273,11 +395,14 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     report = AppExportReport(day=day, server=name.as_metadata())
     start, end = day_bounds(day)
     params = {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}
+    folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
+    real_folders(home, folders, create=False)
     conn = connect(dsn, source=source)  # raises before anything is written
     staging = None
     try:
         check_tables(conn, str(name))
-        home.raw_logs.mkdir(parents=True, exist_ok=True)
+        real_folders(home, folders, create=True)
+        remove_stale_staging(home)
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
         for table in RAW_TABLES:
@@ -285,6 +410,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 else params
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz")
             progress(f"{table}: {report.tables[table].rows} rows")
+        report.undated = undated_rows(conn)
+        if report.undated:
+            report.warnings.append(undated_warning(report.undated))
         if image_store:
             from pipelines.appdb.blobs import copy_day_blobs
 
@@ -294,6 +422,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             progress("no image store configured: no blob copied (the feature stage will reject the images as missing)")
         conn.rollback()  # read-only: nothing to commit
         _publish(home, day, staging, report)
+        report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
     finally:
@@ -304,19 +433,69 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     return report
 
 
-def app_day_range(dsn: str, source: str = "the DSN") -> tuple[str, str] | None:
-    """(first, last) day with any row in the app tables, or None when they are all empty."""
+def blob_warnings(day: str, report: AppExportReport) -> list[str]:
+    """What an operator must hear about the day's blobs after a re-export: objects that changed in the
+    store since they were copied (the copy stays frozen), and objects copied only now for a day whose
+    files did not change (the feature stage, which ran on that day without them, does not see them
+    until the day is rebuilt)."""
+    out = []
+    changed = report.blobs.get("differs_in_store", 0)
+    if changed:
+        out.append(f"{changed} image blob(s) of day {day} differ in the store from the copy in raw/images; the "
+                   "copy is kept (the raw zone freezes what was exported)")
+    if report.published == "unchanged" and report.blobs.get("copied", 0):
+        out.append(f"{report.blobs['copied']} image blob(s) of day {day} reached the store only after the day was "
+                   f"exported; they are copied now, but the day's files did not change, so nothing reruns by "
+                   f"itself: rebuild the day (pickapic build --force --from {day} --to {day})")
+    return out
+
+
+@dataclass
+class AppDays:
+    """The app database's days with activity, and the rows that belong to no day."""
+
+    days: list[str]
+    undated: dict[str, dict]      # table -> {"rows": n, "first_ids": [...]} for tables with undated rows
+
+    def warning(self) -> str:
+        """One line naming the undated rows ('' when there are none)."""
+        return undated_warning(self.undated)
+
+
+def undated_rows(conn: psycopg.Connection) -> dict[str, dict]:
+    """Per table, the rows whose ``created_at`` is NULL, infinite or outside years 1..9999 (no export
+    holds them) and their first primary keys; tables without any are left out."""
+    found = {}
+    for table, rows, first_ids in conn.execute(statement("undated_rows")).fetchall():
+        if rows:
+            found[as_text(table)] = {"rows": int(rows), "first_ids": [as_text(i) for i in first_ids or []]}
+    return found
+
+
+def undated_warning(undated: dict[str, dict]) -> str:
+    """A line telling the operator which rows no day's export holds, and how to find them."""
+    if not undated:
+        return ""
+    parts = [f"{table}: {info['rows']} (ids {', '.join(info['first_ids'])}{', ...' if info['rows'] > len(info['first_ids']) else ''})"
+             for table, info in undated.items()]
+    return ("app rows with a NULL, infinite or out-of-range created_at belong to no day and are not exported: "
+            + "; ".join(parts) + " -- give them a real created_at in the app database")
+
+
+def app_days(dsn: str, source: str = "the DSN") -> AppDays:
+    """Every day with a row in the app tables (in order), and the undated rows (see :func:`undated_rows`)."""
     name = server_name(dsn, source)
     conn = connect(dsn, source=source)
     try:
         check_tables(conn, str(name))
-        first, last = (as_text(v) for v in conn.execute(statement("day_bounds")).fetchone())
+        days = [as_text(day) for (day,) in conn.execute(statement("export_days")).fetchall()]
+        undated = undated_rows(conn)
     except psycopg.Error as exc:
-        raise database_error(exc, dsn, name, "reading the app's first and last day") from None
+        raise database_error(exc, dsn, name, "reading the app's days") from None
     finally:
         conn.close()
-    return None if first is None else (first, last)
+    return AppDays(days, undated)
 
 
 __all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "export_day",
-           "app_day_range", "check_lag", "closed_days", "format_row"]
+           "app_days", "check_lag", "is_closed", "format_row"]

@@ -1,0 +1,211 @@
+"""The app-database export against what a hostile review planted: undated rows, misparsed DSN URLs,
+positioned server errors, linked output folders, killed exports, half-replaced days, huge rows and blobs
+that change in the store. Each test failed on the code before its fix (a real throwaway server)."""
+from __future__ import annotations
+
+import gzip
+import os
+import signal
+import subprocess
+import sys
+
+import psycopg
+import pytest
+
+from formats.home import DataHome
+from formats.rawzone import scan_raw_zone
+from pipelines.appdb import export as export_module
+from pipelines.appdb.connection import AppDatabaseError, server_name
+from pipelines.appdb.export import app_days, export_day
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
+from tests.unit.test_app_export import BY_DAY, DAYS, _stats, app_db, simulated_template  # noqa: F401 - fixtures
+
+
+def _lines(home: DataHome, day: str, table: str) -> list[bytes]:
+    return gzip.decompress(home.raw_file(day, table).read_bytes()).splitlines()
+
+
+@pytest.mark.parametrize("url,secret", [
+    ("postgresql://export:Sup3r@s3cretTail@db.internal:5432/app", "s3cretTail"),
+    ("postgresql://export:hunter2/s3cretTail@db.internal/app", "hunter2"),
+    ("POSTGRES://export:a/b@c@db/app", "b@c"),
+])
+def test_a_url_whose_password_holds_an_unescaped_at_or_slash_is_refused_without_showing_it(url, secret):
+    # libpq would read the password's tail as the host (or the head as the port): every message shows those
+    with pytest.raises(AppDatabaseError) as error:
+        server_name(url)
+    message = str(error.value)
+    assert "percent-encode" in message and secret not in message and "s3cret" not in message
+
+
+def test_urls_that_libpq_reads_right_are_still_taken():
+    assert server_name("postgresql://u:p%40ss@host:5432/db?sslmode=disable").host == "host"
+    assert server_name("postgresql://host/db?user=a@b").user == "a@b"      # '@' in a query value is fine
+
+
+def test_a_positioned_server_error_reports_its_reason_not_the_caret(app_db, tmp_path):
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER DATABASE " + conn.info.dbname + " SET lock_timeout = '300ms'")
+    locker = psycopg.connect(app_db)
+    try:
+        locker.execute("LOCK TABLE rankings IN ACCESS EXCLUSIVE MODE")     # a migration holding the table
+        with pytest.raises(AppDatabaseError) as error:
+            export_day(DataHome.at(tmp_path / "home"), app_db, DAYS[0])
+    finally:
+        locker.close()
+    message = str(error.value)
+    assert "lock timeout" in message and not message.rstrip().endswith("^") and "LINE " not in message
+
+
+def test_rows_no_day_can_hold_are_counted_named_and_never_make_a_day(app_db, tmp_path):
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("ALTER TABLE rankings ALTER COLUMN created_at DROP NOT NULL")
+        ids = [conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES (%s::timestamp, 1, 'x') "
+                            "RETURNING ranking_id", (value,)).fetchone()[0]
+               for value in (None, "infinity", "-infinity", "0044-03-15 12:00 BC", "10000-01-01")]
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) "
+                     "VALUES ('1970-01-01 00:00:00', 1, 'u', 'an epoch row is a real, dated row')")
+    found = app_days(app_db)
+    # one probe per day with rows: the epoch row adds its own day, never the 19,000 days between
+    assert found.days == ["1970-01-01", *DAYS]
+    assert found.undated["rankings"]["rows"] == 5
+    assert found.undated["rankings"]["first_ids"] == [str(i) for i in sorted(ids)]
+    assert set(found.undated) == {"rankings"} and "ids " + ", ".join(map(str, sorted(ids))) in found.warning()
+    report = export_day(DataHome.at(tmp_path / "home"), app_db, DAYS[0], BY_DAY)
+    assert report.undated == found.undated and report.metadata()["undated_rows"] == 5
+    assert report.warnings == [found.warning()]
+
+
+def test_the_build_warns_about_undated_rows_and_exports_only_days_with_rows(app_db, monkeypatch, tmp_path):
+    from dagster_project.build import select_app_db_days
+    from formats.settings import load
+
+    with psycopg.connect(app_db, autocommit=True) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('infinity', 1, 'x')")
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-03-20 10:00', 1, 'x')")
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", app_db)
+    warnings: list[str] = []
+    days = select_app_db_days(load(tmp_path), warn=warnings.append)
+    assert days == [*DAYS, "2023-03-20"]       # no empty day between them is exported
+    assert len(warnings) == 1 and "rankings: 1" in warnings[0]
+
+
+@pytest.mark.parametrize("linked", ["raw/app_logs", "raw/images"])
+def test_a_linked_output_folder_is_refused_and_nothing_is_written_through_it(app_db, tmp_path, linked):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    home = DataHome.at(tmp_path / "home")
+    (home.root / "raw").mkdir(parents=True)
+    os.symlink(outside, home.root / linked)
+    store = tmp_path / "store"
+    store.mkdir()
+    with pytest.raises(FileExistsError, match="is a symlink"):
+        export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert list(outside.iterdir()) == []
+
+
+def test_a_killed_exports_staging_is_invisible_to_the_ingest_and_removed_by_the_next_export(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = home.raw_logs / f".dt={DAYS[1]}.export-{child.pid}-0badc0de"
+        live.mkdir()
+        (live / "rankings.jsonl.gz").write_bytes(b"half")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        running = home.raw_logs / f".dt={DAYS[1]}.export-{alive.pid}-0000beef"
+        running.mkdir()
+        scan = scan_raw_zone(home.root)
+        assert scan.days == [DAYS[0]] and scan.problems == []     # staging is not a raw-zone entry
+        export_day(home, app_db, DAYS[1])
+        assert not live.exists()            # its process is gone: an interrupted export's leftovers
+        assert running.exists()             # a live export's staging is never touched
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_a_changed_day_is_swapped_whole_and_unchanged_files_keep_their_inode(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    before = _stats(home, DAYS[0])
+    folder = os.lstat(home.raw_day(DAYS[0])).st_ino
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    assert export_day(home, app_db, DAYS[0]).changed_tables == ["rankings"]
+    after = _stats(home, DAYS[0])
+    assert {t: after[t] == before[t] for t in after} == {"users": True, "images": True, "rankings": False,
+                                                         "downloads": True}
+    assert os.lstat(home.raw_day(DAYS[0])).st_ino != folder        # one rename of the whole day
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+
+
+def test_a_target_that_cannot_be_replaced_stops_the_update_before_any_file_moves(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    rankings = _lines(home, DAYS[0], "rankings")
+    with psycopg.connect(app_db) as conn:
+        uid = conn.execute("SELECT image_uid FROM images ORDER BY image_id LIMIT 1").fetchone()[0]
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) "
+                     "VALUES ('2023-02-13 23:00', 1, %s, 'late')", (uid,))
+    downloads = home.raw_file(DAYS[0], "downloads")
+    downloads.unlink()
+    downloads.mkdir()                      # something else's folder where the export's file was
+    (downloads / "keep").write_text("not the export's")
+    with pytest.raises(FileExistsError, match="not a regular file"):
+        export_day(home, app_db, DAYS[0])
+    assert _lines(home, DAYS[0], "rankings") == rankings and (downloads / "keep").exists()
+
+
+def test_fetches_follow_bytes_not_rows_once_huge_rows_arrive(app_db, tmp_path, monkeypatch):
+    with psycopg.connect(app_db) as conn:
+        for _ in range(40):
+            conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 12:00', 1, %s)",
+                         ("p" * (1 << 20),))
+    fetches: list[tuple[int, int]] = []      # (rows asked, text bytes got) per fetch of the rankings query
+    real = export_module.read_rows
+
+    def recording(conn, query, params, batch=4096):
+        def asked():
+            fetches.append((batch(), 0))
+            return fetches[-1][0]
+        for rows in real(conn, query, params, asked):
+            if "FROM rankings" in query:
+                fetches[-1] = (fetches[-1][0], sum(len(v) for row in rows for v in row if isinstance(v, bytes)))
+            yield rows
+
+    monkeypatch.setattr(export_module, "read_rows", recording)
+    report = export_day(DataHome.at(tmp_path / "home"), app_db, DAYS[0], BY_DAY)
+    assert report.tables["rankings"].rows >= 40
+    rankings = [f for f in fetches if f[1]]
+    assert sum(got for _, got in rankings) >= 40 << 20 and rankings[0][0] == export_module.FIRST_FETCH
+    # a fetch that brought megabyte rows makes the next ask for about BATCH_BYTES of them, however
+    # many more there are (before the fix: 4,096 rows a fetch whatever their size)
+    per_mb = export_module.BATCH_BYTES >> 20
+    for (rows, got), (next_rows, _) in zip(rankings, rankings[1:]):
+        if got >= rows << 20 >> 1:
+            assert next_rows <= 2 * per_mb + 1
+    assert max(got for _, got in rankings[1:]) <= 2 * export_module.FIRST_FETCH << 20
+
+
+def test_blobs_once_copied_stay_frozen_and_late_ones_are_announced(app_db, tmp_path):
+    store = tmp_path / "store"
+    store.mkdir()
+    with psycopg.connect(app_db) as conn:
+        uids = [u for (u,) in conn.execute("SELECT image_uid FROM images WHERE created_at < %s ORDER BY image_id "
+                                           "LIMIT 2", (DAYS[1],))]
+    (store / f"{uids[0]}.png").write_bytes(b"\x89PNG as exported")
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0], image_store=str(store))
+    (store / f"{uids[0]}.png").write_bytes(b"\x89PNG replaced in the store later, longer")
+    (store / f"{uids[1]}.png").write_bytes(b"\x89PNG uploaded after the export")
+    again = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (again.blobs["differs_in_store"], again.blobs["copied"]) == (1, 1)
+    assert (home.raw_images / f"{uids[0]}.png").read_bytes() == b"\x89PNG as exported"
+    text = "\n".join(again.warnings)
+    assert "differ in the store" in text and f"pickapic build --force --from {DAYS[0]} --to {DAYS[0]}" in text
