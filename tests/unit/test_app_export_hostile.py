@@ -209,3 +209,19 @@ def test_blobs_once_copied_stay_frozen_and_late_ones_are_announced(app_db, tmp_p
     assert (home.raw_images / f"{uids[0]}.png").read_bytes() == b"\x89PNG as exported"
     text = "\n".join(again.warnings)
     assert "differ in the store" in text and f"pickapic build --force --from {DAYS[0]} --to {DAYS[0]}" in text
+
+
+def test_without_a_folder_swap_changed_files_are_renamed_one_by_one(app_db, tmp_path, monkeypatch):
+    # a file system or kernel without renameat2(RENAME_EXCHANGE): the per-file path, same result
+    monkeypatch.setattr(export_module, "exchange", lambda first, second: False)
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    before, folder = _stats(home, DAYS[0]), os.lstat(home.raw_day(DAYS[0])).st_ino
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    assert export_day(home, app_db, DAYS[0]).changed_tables == ["rankings"]
+    after = _stats(home, DAYS[0])
+    assert [t for t in after if after[t] != before[t]] == ["rankings"]
+    assert os.lstat(home.raw_day(DAYS[0])).st_ino == folder and b"late" in b"".join(_lines(home, DAYS[0], "rankings"))
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+    assert sorted(p.name for p in home.raw_day(DAYS[0]).iterdir()) == sorted(f"{t}.jsonl.gz" for t in before)
