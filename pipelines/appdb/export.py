@@ -356,6 +356,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def database_now(conn: psycopg.Connection) -> dt.datetime:
+    """The database server's clock (its transaction start, UTC): what the app's rows are committed by."""
+    return conn.execute("SELECT now()").fetchone()[0]
+
+
 def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
     """Raise when one of ``folders`` (inside the data home), or a folder between the home and them, is
     a symlink or not a folder: the export writes only into the home's own folders, never through a
@@ -400,6 +405,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     conn = connect(dsn, source=source)  # raises before anything is written
     staging = None
     try:
+        if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
+            try:
+                check_lag(day, config.lag_minutes, database_now(conn))
+            except ExportTooEarly as exc:
+                raise ExportTooEarly(f"{exc} (by the app database's clock, which is behind this machine's)") from None
         check_tables(conn, str(name))
         real_folders(home, folders, create=True)
         remove_stale_staging(home)

@@ -225,3 +225,21 @@ def test_without_a_folder_swap_changed_files_are_renamed_one_by_one(app_db, tmp_
     assert os.lstat(home.raw_day(DAYS[0])).st_ino == folder and b"late" in b"".join(_lines(home, DAYS[0], "rankings"))
     assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
     assert sorted(p.name for p in home.raw_day(DAYS[0]).iterdir()) == sorted(f"{t}.jsonl.gz" for t in before)
+
+
+def test_the_lag_also_holds_by_the_database_clock(app_db, tmp_path, monkeypatch):
+    # this machine's clock says the day closed long ago; the database, which stamps the commits, is behind
+    import datetime as dt
+
+    from pipelines.appdb.export import ExportTooEarly
+
+    monkeypatch.setattr(export_module, "database_now",
+                        lambda conn: dt.datetime(2023, 2, 14, 0, 30, tzinfo=dt.timezone.utc))
+    home = DataHome.at(tmp_path / "home")
+    with pytest.raises(ExportTooEarly, match="by the app database's clock"):
+        export_day(home, app_db, DAYS[0])
+    assert not home.raw_logs.exists()
+    monkeypatch.undo()
+    with psycopg.connect(app_db) as conn:
+        assert export_module.database_now(conn).tzinfo is not None
+    assert export_day(home, app_db, DAYS[0]).published == "new day"
