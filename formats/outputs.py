@@ -3,9 +3,11 @@
 A path the *user* names (``query --output``, ``export --output``, ``train --output-dir``,
 ``simulate --home``) may only name something new or something the tool itself wrote before: never a
 device, FIFO, socket, symbolic link or directory where a file is expected, and never a place inside a
-data home (the tool's own files are not outputs). :func:`open_output_file` re-checks the entry right
-before it renames over it, through a descriptor of the folder, so a swap of the folder for a link after
-the first check still cannot redirect the write.
+data home (the tool's own files are not outputs), and never a path through a folder that is a symbolic link
+(dangling or not): see :func:`_refuse_linked_folder` for which folders of the path are checked.
+:func:`open_output_file` re-checks the entry right before it renames over it, through a descriptor of the
+folder, so a swap of the folder for a link after the first check still cannot redirect the write;
+:func:`open_output_files` writes several files of one folder all or nothing.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import contextlib
 import os
 import stat
 from pathlib import Path
-from typing import BinaryIO, Iterator, Sequence
+from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
 from formats.files import create_temp, naming_full_disk
 from formats.home import DataHome
@@ -65,6 +67,38 @@ def _absolute(path: str | os.PathLike) -> Path:
     return given.parent.resolve() / given.name
 
 
+def _refuse_linked_folder(path: str | os.PathLike, flag: str, given: object) -> None:
+    """Refuse a symbolic link (live or dangling) among the existing folders of a user-given path.
+
+    Checked, with ``lstat``: every folder component the user typed, down to the path's parent (the last
+    component is checked by the caller). Not checked: a relative path's working directory, the folder ``~``
+    stands for, and a component right under ``/`` (system layout such as macOS's ``/tmp -> private/tmp``
+    or a merged ``/lib -> usr/lib``; only an administrator makes those). The walk stops at the first
+    missing component: that one and the ones below it are created, as plain folders.
+    """
+    raw = Path(path)
+    parts = raw.parts
+    if parts and parts[0].startswith("~"):
+        current, rest, skip = Path(parts[0]).expanduser(), parts[1:], 0
+    elif raw.is_absolute():
+        current, rest, skip = Path(parts[0]), parts[1:], 1
+    else:
+        current, rest, skip = Path.cwd(), parts, 0
+    for index, part in enumerate(rest[:-1]):
+        current = current / part
+        if index < skip or part == "..":
+            continue
+        try:
+            info = os.lstat(current)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        if stat.S_ISLNK(info.st_mode):
+            raise RefusedOutput(f"{flag} {given}: {current} is a symbolic link; outputs are never written through a "
+                                "linked folder (give the real folder instead)")
+        if not stat.S_ISDIR(info.st_mode):
+            return  # reported by _refuse_non_folder_ancestor
+
+
 def pipeline_zones(home: DataHome) -> list[Path]:
     """The folders of a data home that only the pipeline writes (``models/`` holds user-started runs too)."""
     return [home.raw, home.warehouse, home.blobs, home.datasets.parent, home.dagster_home, home.cache,
@@ -93,6 +127,7 @@ def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag:
     """
     final = _absolute(path)
     _refuse_inside_home(final, homes, flag, path)
+    _refuse_linked_folder(path, flag, path)
     try:
         info = os.lstat(final)
     except (FileNotFoundError, NotADirectoryError):
@@ -155,6 +190,57 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         os.close(dir_fd)
 
 
+@contextlib.contextmanager
+def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] = (),
+                      flag: str = "--output") -> Iterator[Callable[[str], ContextManager[BinaryIO]]]:
+    """Write several files of one user-given folder all or nothing; yields ``open(name)``, a binary temp handle.
+
+    Every target (``folder / name``) is checked before anything is written; each file goes to a temp name
+    in the folder, and only once the block ends without error are the entries re-checked and the temp files
+    renamed over them. On an error the temp files are removed, and the folders this call made (empty) too,
+    so the folder is left as it was. ``folder`` is an absolute folder already checked by :func:`check_output_dir`.
+    """
+    folder = Path(folder)
+    targets = {name: check_output_file(folder / name, homes, flag) for name in names}
+    made = []                                       # folders created here, outermost last
+    missing = folder
+    while not os.path.lexists(missing):
+        made.append(missing)
+        missing = missing.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    temps: dict[str, str] = {}
+    done = False
+
+    @contextlib.contextmanager
+    def open_one(name: str) -> Iterator[BinaryIO]:
+        if name not in targets or name in temps:
+            raise ValueError(f"{name!r} is not one of the files to write ({', '.join(targets)}), or written twice")
+        fd, temps[name] = create_temp(folder, name, dir_fd=dir_fd)
+        with naming_full_disk(targets[name]), os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    try:
+        yield open_one
+        for name in temps:
+            _recheck_entry(dir_fd, name, targets[name], homes, flag, folder / name)
+        for name in list(temps):
+            os.replace(temps[name], name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            del temps[name]
+        done = True
+    finally:
+        for tmp in temps.values():
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp, dir_fd=dir_fd)
+        os.close(dir_fd)
+        if not done:
+            for created in made:                    # innermost first; a folder holding anything stays
+                with contextlib.suppress(OSError):
+                    os.rmdir(created)
+
+
 def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output-dir",
                      markers: Sequence[str] = (), in_home: bool = False) -> Path:
     """Validate a user-given output folder: new, empty, or a previous output of this command; never a link.
@@ -165,6 +251,7 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     """
     final = _absolute(path)
     _refuse_inside_home(final, homes, flag, path, zones_only=in_home)
+    _refuse_linked_folder(path, flag, path)
     try:
         info = os.lstat(final)
     except (FileNotFoundError, NotADirectoryError):

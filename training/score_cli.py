@@ -68,8 +68,11 @@ def read_table(path: Path) -> pa.Table:
     try:
         if fmt == ".parquet":
             return pq.read_table(path)
-        if fmt == ".csv":
-            return pacsv.read_csv(path, convert_options=pacsv.ConvertOptions(strings_can_be_null=True))
+        if fmt == ".csv":   # every column as text, as written: no number guessed, no NA / null read as missing
+            as_text = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
+            with pacsv.open_csv(path, convert_options=as_text) as reader:   # the header's column names
+                as_text.column_types = {name: pa.string() for name in reader.schema.names}
+            return pacsv.read_csv(path, convert_options=as_text)
         return pajson.read_json(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"input table {str(path)!r} cannot be read as {fmt[1:]}: {exc}") from None
@@ -96,7 +99,8 @@ def read_pairs_table(path: Path, prompt_column: str = "prompt", image_column: st
             error, image = error or f"missing_image_path: row {number} of {path.name} has no {image_column}", ""
         elif not Path(image).is_absolute():
             image = str(base / image)
-        rows.append(PairRow(str(prompt_id) if prompt_id is not None else prompt_digest(prompt), prompt, image, error))
+        rows.append(PairRow(str(prompt_id) if prompt_id not in (None, "") else prompt_digest(prompt), prompt, image,
+                            error))
     return rows
 
 
@@ -210,8 +214,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     """Entry point of ``pickapic score``; returns the exit code."""
     rows = rows_from_args(args)
     homes = [DataHome.at(getattr(args, "home", None)).root]
-    if args.output is not None:
-        check_output_file(args.output, homes)  # refuse a bad --output before the model loads
+    if args.output is not None:   # refuse a bad --output (place or format) before the model loads
+        check_output_file(args.output, homes)
+        try:
+            _table_format(Path(args.output))
+        except ValueError as exc:
+            raise ValueError(f"--output {exc}") from None
     from training.scoring import Scorer
 
     scorer = Scorer(args.model, args.processor, device=args.device, batch_size=args.batch_size)

@@ -49,7 +49,11 @@ from pipelines.sqlrun import sql_text
 
 META_VIEWS = ("shards", "images", "decisions", "quarantine", "splits_summary")
 BATCH_ROWS = 65_536
-_SIZE = re.compile(r"^\d+(\.\d+)?\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*(B|KB|MB|GB|TB|KiB|MiB|GiB|TiB)$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "tb": 1000**4,
+          "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+MIN_MEMORY = 16 * 1000**2       # below it DuckDB may fail to even open the version's views
+MAX_SIZE = 1024**5              # 1 PiB: far beyond any machine, well inside what DuckDB can parse
 
 
 class QueryFailed(RuntimeError):
@@ -66,11 +70,17 @@ class QueryLimits:
 
     def validate(self) -> "QueryLimits":
         """Raise ValueError naming the flag of a bad limit."""
-        if not self.timeout_s >= 0:
-            raise ValueError(f"--timeout must be >= 0 seconds (0: none), got {self.timeout_s}")
-        for flag, value in (("--memory-limit", self.memory_limit), ("--spill-limit", self.spill_limit)):
-            if not _SIZE.match(str(value).strip()):
+        if not 0 <= self.timeout_s <= threading.TIMEOUT_MAX:   # NaN and inf too: a timer cannot wait that long
+            raise ValueError(f"--timeout must be between 0 and {threading.TIMEOUT_MAX:.0f} seconds (0: none), "
+                             f"got {self.timeout_s}")
+        for flag, value, least in (("--memory-limit", self.memory_limit, MIN_MEMORY),
+                                   ("--spill-limit", self.spill_limit, 0)):
+            match = _SIZE.match(str(value).strip())
+            if not match:
                 raise ValueError(f"{flag} must be a size such as 512MB or 4GB, got {value!r}")
+            size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+            if not least <= size <= MAX_SIZE:
+                raise ValueError(f"{flag} must be between {least // 1000**2}MB and 1024TiB, got {value!r}")
         return self
 
 
@@ -89,28 +99,38 @@ def connect(home: DataHome, version: str | None = None,
         "autoload_known_extensions": False,
     })
     try:
-        spill_sql = spill.replace("'", "''")   # a temp path: quoted like any other path put into SQL
-        con.execute(f"SET temp_directory = '{spill_sql}'")
-        con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
-        con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
-        con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
-        if any(path.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
-            con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
-                        f"FROM read_parquet('{sidecar_glob(root)}') AS p "
-                        f"LEFT JOIN read_parquet('{prompt_counts_glob(root)}') AS c "
-                        f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
-        else:
-            con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecar_glob(root)}')")
-        for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
-            source = f"{root}/meta/{name}/*.parquet" if (path / "meta" / name).is_dir() else f"{root}/meta/{name}.parquet"
-            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
-        con.execute(f"SET allowed_directories = ['{root}/']")
-        con.execute("SET enable_external_access = false")
-        con.execute("SET lock_configuration = true")
+        try:
+            _prepare(con, path, root, spill, limits)
+        except duckdb.Error as exc:   # a limit DuckDB rejects, too little memory to open the views
+            raise QueryFailed(f"the version could not be opened for queries: {str(exc).splitlines()[0]} "
+                              f"(limits: --memory-limit {limits.memory_limit}, --spill-limit {limits.spill_limit})"
+                              ) from None
         yield con, path
     finally:
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, path: Path, root: str, spill: str, limits: QueryLimits) -> None:
+    """Set the limits and the private spill folder, create the views, then lock the connection down."""
+    spill_sql = spill.replace("'", "''")   # a temp path: quoted like any other path put into SQL
+    con.execute(f"SET temp_directory = '{spill_sql}'")
+    con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
+    con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
+    con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
+    if any(path.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
+        con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
+                    f"FROM read_parquet('{sidecar_glob(root)}') AS p "
+                    f"LEFT JOIN read_parquet('{prompt_counts_glob(root)}') AS c "
+                    f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
+    else:
+        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecar_glob(root)}')")
+    for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
+        source = f"{root}/meta/{name}/*.parquet" if (path / "meta" / name).is_dir() else f"{root}/meta/{name}.parquet"
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
+    con.execute(f"SET allowed_directories = ['{root}/']")
+    con.execute("SET enable_external_access = false")
+    con.execute("SET lock_configuration = true")
 
 
 def named_queries() -> dict[str, str]:

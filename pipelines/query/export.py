@@ -12,12 +12,19 @@ The rows are read from the version's sidecars and the image bytes straight out o
 test_unique prompts with their normalized key, how often the test split asked them and the dataset version:
 the held-out prompt set the paper proposes for evaluating generators (instead of MS-COCO captions). Its
 users and prompts never reach train, so a scorer trained on the same version has not seen them.
+
+``--output`` is a new folder, an empty one, or an earlier export: one holding ``pickapic-export.json``, the
+list of files the exports into it wrote. Only those files are ever replaced; a folder holding other files
+and no such list is refused. Every file of an export is checked first, written under a temp name, and
+renamed into place only once all are written, so a failed export leaves the folder as it was.
 """
 from __future__ import annotations
 
 import argparse
 import hashlib
 import json
+import os
+import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -30,12 +37,13 @@ import pyarrow.parquet as pq
 from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SPLITS, resolve_version, split_sidecars
 from formats.files import cast_to_schema
 from formats.home import DataHome
-from formats.outputs import check_output_dir, open_output_file
+from formats.outputs import RefusedOutput, check_output_dir, open_output_files
 from formats.progress import Progress
 from schemas import get_schema
 
 FORMATS = ("pickscore-parquet", "eval-prompts")
 EVAL_PROMPTS_FILE = "eval_prompts.parquet"
+EXPORT_MARKER = "pickapic-export.json"   # the files the exports into a folder wrote: the only ones a later one replaces
 ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
 
 
@@ -64,39 +72,88 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     root = resolve_version(home, version)
     manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
     schema = get_schema("pickscore_export")
-    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
-    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[f"{s}.parquet" for s in SPLITS])
-    output_dir.mkdir(parents=True, exist_ok=True)
+    splits = [s for s in SPLITS if s in manifest["splits"]]
+    names = {split: f"{split}.parquet" for split in splits}
+    # a new or empty folder, or an earlier export; never a link, a file or a place inside a data home
+    output_dir, listed = _prepare_output(home, output_dir, list(names.values()))
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
-    sizes: dict[str, int] = {}
-    splits = [s for s in SPLITS if s in manifest["splits"]]
     total = sum(manifest["splits"][s]["shards"] for s in splits)
     done = 0
-    for split in splits:
-        sidecars = split_sidecars(root, split)
-        if len(sidecars) != manifest["splits"][split]["shards"]:
-            raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
-                               f"{manifest['splits'][split]['shards']}")
-        final = output_dir / f"{split}.parquet"
-        count = 0
-        with open_output_file(final, [home.root], "--output") as tmp:
-            with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
-                                                            for name in schema.names},
-                                  use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
-                counts_file = root / split / PROMPT_COUNTS_FILE   # absent in versions of format pickapic-wds/1
-                counts = pq.read_table(counts_file, columns=["prompt_key", "num_example_per_prompt"]) \
-                    if counts_file.is_file() else None
-                for sidecar in sidecars:
-                    table = _export_rows(sidecar, schema, counts, first_index=count)
-                    for start in range(0, table.num_rows, ROWS_PER_GROUP):
-                        writer.write_table(table.slice(start, ROWS_PER_GROUP))
-                    count += table.num_rows
-                    done += 1
-                    if progress:
-                        progress("export", done, total)
-        rows[split], files[split], sizes[split] = count, str(final), final.stat().st_size
+    with open_output_files(output_dir, [*names.values(), EXPORT_MARKER], [home.root], "--output") as open_file:
+        for split in splits:
+            sidecars = split_sidecars(root, split)
+            if len(sidecars) != manifest["splits"][split]["shards"]:
+                raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
+                                   f"{manifest['splits'][split]['shards']}")
+            count = 0
+            with open_file(names[split]) as tmp:
+                with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
+                                                                for name in schema.names},
+                                      use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
+                    counts_file = root / split / PROMPT_COUNTS_FILE   # absent in versions of format pickapic-wds/1
+                    counts = pq.read_table(counts_file, columns=["prompt_key", "num_example_per_prompt"]) \
+                        if counts_file.is_file() else None
+                    for sidecar in sidecars:
+                        table = _export_rows(sidecar, schema, counts, first_index=count)
+                        for start in range(0, table.num_rows, ROWS_PER_GROUP):
+                            writer.write_table(table.slice(start, ROWS_PER_GROUP))
+                        count += table.num_rows
+                        done += 1
+                        if progress:
+                            progress("export", done, total)
+            rows[split], files[split] = count, str(output_dir / names[split])
+        _write_marker(open_file, listed)
+    sizes = {split: Path(path).stat().st_size for split, path in files.items()}
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
+
+
+def _prepare_output(home: DataHome, given: Path, names: list[str]) -> tuple[Path, list[str]]:
+    """Check ``given`` as an export folder for ``names``; returns it (absolute) and the files its new record lists.
+
+    Refused: anything :func:`check_output_dir` refuses, a folder with other files but no export record, and
+    any of ``names`` already there but not listed in the record (the export did not write it).
+    """
+    output_dir = check_output_dir(given, [home.root], "--output", markers=[EXPORT_MARKER])
+    earlier = _earlier_export_files(output_dir, given)
+    foreign = [name for name in names if os.path.lexists(output_dir / name) and name not in earlier]
+    if foreign:
+        raise RefusedOutput(f"--output {given}: {', '.join(foreign)} in {output_dir} "
+                            f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier export (not listed "
+                            f"in its {EXPORT_MARKER}); nothing was replaced, give a new or empty folder")
+    kept = {name for name in earlier if os.path.lexists(output_dir / name)}
+    return output_dir, sorted(kept | set(names))
+
+
+def _earlier_export_files(folder: Path, given: Path) -> set[str]:
+    """The file names an earlier export's record in ``folder`` lists (none when there is no record)."""
+    record = folder / EXPORT_MARKER
+    try:
+        info = os.lstat(record)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    problem = None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+        problem = "not a regular file of at most 1 MiB"
+    else:
+        try:
+            listed = json.loads(record.read_bytes()).get("files")
+        except (ValueError, AttributeError, OSError):
+            listed = None
+        if not isinstance(listed, list) or not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..")
+                                                   for n in listed):
+            problem = "not an export record this tool wrote"
+    if problem:
+        raise RefusedOutput(f"--output {given}: {record} is {problem}; nothing was replaced, give a new or empty "
+                            "folder")
+    return set(listed) - {EXPORT_MARKER}
+
+
+def _write_marker(open_file, files: list[str]) -> None:
+    """Write the folder's export record: the files exports into it wrote (the only ones a later export replaces)."""
+    record = {"written_by": "pickapic export", "files": files}
+    with open_file(EXPORT_MARKER) as handle:
+        handle.write((json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
 
 def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
@@ -158,12 +215,13 @@ def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -
         raise RuntimeError(f"version {root.name}: test_unique holds a prompt_key twice")
     schema = get_schema("eval_prompts")
     table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({"dataset_version": root.name})
-    # a new or empty folder, or a previous export; never a link, a file or a place inside a data home
-    output_dir = check_output_dir(output_dir, [home.root], "--output", markers=[EVAL_PROMPTS_FILE])
-    output_dir.mkdir(parents=True, exist_ok=True)
+    # a new or empty folder, or an earlier export; never a link, a file or a place inside a data home
+    output_dir, listed = _prepare_output(home, output_dir, [EVAL_PROMPTS_FILE])
     final = output_dir / EVAL_PROMPTS_FILE
-    with open_output_file(final, [home.root], "--output") as handle:
-        pq.write_table(table, handle, compression="zstd")
+    with open_output_files(output_dir, [EVAL_PROMPTS_FILE, EXPORT_MARKER], [home.root], "--output") as open_file:
+        with open_file(EVAL_PROMPTS_FILE) as handle:
+            pq.write_table(table, handle, compression="zstd")
+        _write_marker(open_file, listed)
     return ExportReport(root.name, output_dir, {"test_unique": len(rows)}, {"test_unique": str(final)},
                         {"test_unique": final.stat().st_size}, time.perf_counter() - started)
 

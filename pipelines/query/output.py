@@ -9,6 +9,7 @@ import os
 from typing import Any, BinaryIO, Iterator, TextIO
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
@@ -60,7 +61,7 @@ def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str,
         return rows
     if fmt == "csv":
         return _write_csv(schema, batches, sink)
-    return _write_json(batches, sink)
+    return _write_json(schema, batches, sink)
 
 
 def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
@@ -79,11 +80,17 @@ def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Binar
     return rows
 
 
-def _write_json(batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
-    """``json.dumps(rows, indent=1)``, written one row at a time."""
+def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
+    """``json.dumps(rows, indent=1)``, written one row at a time; refuses (ValueError) duplicate column names,
+    which a JSON object cannot hold (the last would silently win)."""
+    seen: set[str] = set()
+    twice = sorted({name for name in schema.names if name in seen or seen.add(name)})
+    if twice:
+        raise ValueError(f"--format json: the result has more than one column named {', '.join(map(repr, twice))}, "
+                         "which a JSON object cannot hold; give each column its own name (... AS name)")
     rows = 0
     for batch in batches:
-        for row in batch.to_pylist():
+        for row in _rows(batch):
             text = json.dumps(row, ensure_ascii=False, default=_json_default, indent=1)
             sink.write((("[\n" if rows == 0 else ",\n") + " " + text.replace("\n", "\n ")).encode("utf-8"))
             rows += 1
@@ -98,7 +105,8 @@ def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TAB
     from rich.table import Table
 
     shown = table.slice(0, max_rows)
-    cells = [[_cell(v) for v in row.values()] for row in shown.to_pylist()]
+    columns = [_to_python(column) for column in shown.columns]   # by position: duplicate names are kept
+    cells = [[_cell(v) for v in row] for row in zip(*columns)]
     total = table.num_rows if total_rows is None else total_rows
     out = Table(show_lines=False)
     for i, name in enumerate(table.column_names):
@@ -141,11 +149,108 @@ def _json_default(value: Any) -> Any:
 
 
 def _flatten_nested(table: pa.Table) -> pa.Table:
-    """CSV has no nested types: lists, structs and maps become JSON strings."""
+    """CSV has no nested types: lists, structs and maps become JSON strings; a date / timestamp column holding
+    values Python cannot represent becomes text (Arrow would write ``<value out of range: N>``)."""
     columns = []
     for field, column in zip(table.schema, table.columns):
-        if pa.types.is_nested(field.type):
+        if _beyond_python(column):
+            text = pc.cast(column, pa.string()).to_pylist()
+            column = pa.array([v if isinstance(v, str) else t for v, t in zip(_to_python(column), text)], pa.string())
+        elif pa.types.is_nested(field.type):
             column = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default)
-                               for v in column.to_pylist()], pa.string())
+                               for v in _to_python(column)], pa.string())
         columns.append(column)
     return pa.table(columns, names=table.column_names)
+
+
+def _rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+    """``batch.to_pylist()``, with dates and timestamps Python cannot hold as text (see :func:`_to_python`)."""
+    columns = [_to_python(column) for column in batch.columns]
+    for values in zip(*columns):
+        yield dict(zip(batch.schema.names, values))
+
+
+def _to_python(array: pa.Array | pa.ChunkedArray) -> list:
+    """``array.to_pylist()``; dates and timestamps Python cannot hold (DuckDB's ``infinity``, years past 9999)
+    become text, also inside lists and structs: ``infinity`` / ``-infinity`` or the proleptic Gregorian date."""
+    try:
+        return array.to_pylist()
+    except (OverflowError, ValueError):
+        pass
+    if isinstance(array, pa.ChunkedArray):
+        return [value for chunk in array.chunks for value in _to_python(chunk)]
+    kind, valid = array.type, array.is_valid().to_pylist()
+    if pa.types.is_date32(kind) or pa.types.is_date64(kind) or pa.types.is_timestamp(kind):
+        raw = array.view(pa.int32() if pa.types.is_date32(kind) else pa.int64()).to_pylist()
+        return [_temporal(array[i], raw[i], kind) if valid[i] else None for i in range(len(array))]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_map(kind):
+        values, offsets = _to_python(array.values), array.offsets.to_pylist()
+        if pa.types.is_map(kind):   # as to_pylist: a list of (key, value) pairs
+            values = [(entry["key"], entry["value"]) for entry in values]
+        return [values[offsets[i]:offsets[i + 1]] if valid[i] else None for i in range(len(array))]
+    if pa.types.is_struct(kind):
+        fields = [_to_python(child) for child in array.flatten()]
+        names = [kind.field(i).name for i in range(kind.num_fields)]
+        return [dict(zip(names, values)) if valid[i] else None for i, values in enumerate(zip(*fields))] \
+            if fields else [{} if ok else None for ok in valid]
+    return [_scalar(array[i]) for i in range(len(array))]   # fixed-size lists, unions: value by value
+
+
+_FIRST_DAY, _LAST_DAY = -719_162, 2_932_896   # 0001-01-01 and 9999-12-31, in days since 1970-01-01
+
+
+def _beyond_python(column: pa.Array | pa.ChunkedArray) -> bool:
+    """True for a date / timestamp column holding a value outside Python's years 1-9999 (DuckDB's infinity)."""
+    kind = column.type
+    if not (pa.types.is_date(kind) or pa.types.is_timestamp(kind)) or len(column) == column.null_count:
+        return False
+    per_day = 1 if pa.types.is_date32(kind) else _PER_DAY["ms" if pa.types.is_date64(kind) else kind.unit]
+    chunks = column.chunks if isinstance(column, pa.ChunkedArray) else [column]
+    raw = [chunk.view(pa.int32() if pa.types.is_date32(kind) else pa.int64()) for chunk in chunks]
+    bounds = pc.min_max(pa.chunked_array(raw)).as_py()
+    return bounds["min"] < _FIRST_DAY * per_day or bounds["max"] >= (_LAST_DAY + 1) * per_day
+
+
+def _scalar(scalar: pa.Scalar) -> Any:
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        return f"<a {scalar.type} value Python cannot represent>"
+
+
+_INFINITE = {2**63 - 1: "infinity", -(2**63 - 1): "-infinity"}   # DuckDB's infinite timestamps (date32: 2**31 - 1)
+_PER_DAY = {"s": 86_400, "ms": 86_400_000, "us": 86_400_000_000, "ns": 86_400_000_000_000}
+
+
+def _temporal(scalar: pa.Scalar, raw: int, kind: pa.DataType) -> Any:
+    """A date or timestamp as Python, or as text when Python cannot hold it."""
+    try:
+        return scalar.as_py()
+    except (OverflowError, ValueError):
+        pass
+    if pa.types.is_date32(kind):
+        return {2**31 - 1: "infinity", -(2**31 - 1): "-infinity"}.get(raw) or _civil_text(raw)
+    if raw in _INFINITE:
+        return _INFINITE[raw]
+    unit = "ms" if pa.types.is_date64(kind) else kind.unit
+    days, rest = divmod(raw, _PER_DAY[unit])
+    if pa.types.is_date64(kind):
+        return _civil_text(days)
+    per_second = _PER_DAY[unit] // 86_400
+    seconds, fraction = divmod(rest, per_second)
+    text = f"{_civil_text(days)} {seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    if fraction:
+        text += "." + f"{fraction:0{len(str(per_second)) - 1}d}".rstrip("0")
+    return text
+
+
+def _civil_text(days: int) -> str:
+    """Days since 1970-01-01 as a proleptic Gregorian YYYY-MM-DD, for any year (H. Hinnant's civil_from_days)."""
+    era, day_of_era = divmod(days + 719_468, 146_097)
+    year_of_era = (day_of_era - day_of_era // 1460 + day_of_era // 36_524 - day_of_era // 146_096) // 365
+    day_of_year = day_of_era - (365 * year_of_era + year_of_era // 4 - year_of_era // 100)
+    shifted = (5 * day_of_year + 2) // 153
+    day = day_of_year - (153 * shifted + 2) // 5 + 1
+    month = shifted + 3 if shifted < 10 else shifted - 9
+    year = year_of_era + era * 400 + (month <= 2)
+    return f"{year:04d}-{month:02d}-{day:02d}"

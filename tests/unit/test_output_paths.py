@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import stat
 import sys
@@ -252,3 +253,95 @@ def test_another_account_reads_what_the_tool_writes(published: DataHome, shared_
     assert read_as_other_account(shared_folder / "q" / "r.csv").splitlines() == [b'"n"', b"7"]
     assert read_as_other_account(shared_folder / "secret.key") is None
     assert read_as_other_account(shared_folder / "private-by-umask.json") is None
+
+
+# --------------------------------------------------------------------------- linked folders, foreign files, all or nothing
+def test_linked_parent_folders_are_refused(published: DataHome, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A link among the folders of an output path (live or dangling) is refused, nothing is made at its target."""
+    real = tmp_path / "real"
+    real.mkdir()
+    (tmp_path / "live").symlink_to(real, target_is_directory=True)
+    (tmp_path / "dangling").symlink_to(tmp_path / "ghost" / "deep", target_is_directory=True)
+    monkeypatch.chdir(tmp_path)
+    for link in ("live", "dangling"):
+        for given in (tmp_path / link / "out.csv", Path(link) / "out.csv", tmp_path / link / "sub" / "out.csv"):
+            with pytest.raises(outputs.RefusedOutput, match="symbolic link"):
+                outputs.check_output_file(given, [published.root])
+            with pytest.raises(outputs.RefusedOutput, match="symbolic link"):
+                outputs.check_output_dir(given, [published.root])
+            err = io.StringIO()
+            assert query.run_query(published, "SELECT 1 AS a", fmt="csv", output=given, stderr=err) == 2
+            assert "symbolic link" in err.getvalue()
+            with pytest.raises(outputs.RefusedOutput, match="symbolic link"):
+                export.export_eval_prompts(published, None, given)
+    assert list(real.iterdir()) == [] and not (tmp_path / "ghost").exists()
+    # a path without links still works, folders made as needed
+    assert outputs.check_output_file(Path("real") / "new" / "x.csv") == real / "new" / "x.csv"
+
+
+def test_export_replaces_only_files_an_earlier_export_wrote(published: DataHome, tmp_path: Path) -> None:
+    """A folder merely holding files named like an export's is refused; an earlier export lists its files."""
+    mine = tmp_path / "project"
+    mine.mkdir()
+    for name, text in (("train.parquet", "MY TRAIN"), ("test.parquet", "MY TEST"), ("notes.txt", "notes")):
+        (mine / name).write_text(text)
+    evals = tmp_path / "evals"
+    evals.mkdir()
+    (evals / "eval_prompts.parquet").write_text("MINE")
+    (evals / "other.txt").write_text("x")
+    before = {p.name: _state(p) for folder in (mine, evals) for p in folder.iterdir()}
+    with pytest.raises(outputs.RefusedOutput, match="not a previous output"):
+        export.export_pickscore_parquet(published, None, mine)
+    with pytest.raises(outputs.RefusedOutput, match="not a previous output"):
+        export.export_eval_prompts(published, None, evals)
+    assert {p.name: _state(p) for folder in (mine, evals) for p in folder.iterdir()} == before
+    out = tmp_path / "export"
+    report = export.export_pickscore_parquet(published, None, out)
+    record = json.loads((out / export.EXPORT_MARKER).read_text())
+    assert record["files"] == sorted(Path(f).name for f in report.files.values())
+    (out / "notes.txt").write_text("the user's")                  # a file of the user's beside an export stays
+    export.export_eval_prompts(published, None, out)               # the other format into the same folder
+    export.export_pickscore_parquet(published, None, out)          # and the first one again
+    assert (out / "notes.txt").read_text() == "the user's"
+    assert json.loads((out / export.EXPORT_MARKER).read_text())["files"] == sorted(record["files"] + ["eval_prompts.parquet"])
+    # a file the record does not list is never replaced, even in an earlier export
+    (out / "eval_prompts.parquet").unlink()
+    export.export_pickscore_parquet(published, None, out)          # the record drops what is gone
+    (out / "eval_prompts.parquet").write_text("MINE")
+    with pytest.raises(outputs.RefusedOutput, match="not written by an earlier export"):
+        export.export_eval_prompts(published, None, out)
+    assert (out / "eval_prompts.parquet").read_text() == "MINE"
+    (out / export.EXPORT_MARKER).write_text("[1, 2]")               # a record the tool did not write
+    with pytest.raises(outputs.RefusedOutput, match="not an export record"):
+        export.export_pickscore_parquet(published, None, out)
+
+
+def test_failed_export_leaves_the_folder_as_it_was(published: DataHome, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "export"
+    export.export_pickscore_parquet(published, None, out)
+    before = {p.name: _state(p) for p in out.iterdir()}
+    (out / "test.parquet").unlink()
+    (out / "test.parquet").symlink_to(tmp_path / "elsewhere")     # every target is checked before any is written
+    with pytest.raises(outputs.RefusedOutput, match="symbolic link"):
+        export.export_pickscore_parquet(published, None, out)
+    assert {p.name: _state(p) for p in out.iterdir() if p.name != "test.parquet"} == \
+        {k: v for k, v in before.items() if k != "test.parquet"}
+    (out / "test.parquet").unlink()
+    before = {p.name: _state(p) for p in out.iterdir()}
+    calls = []
+    real_rows = export._export_rows
+
+    def failing(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise OSError("disk gone")
+        return real_rows(*args, **kwargs)
+
+    monkeypatch.setattr(export, "_export_rows", failing)
+    for target in (out, tmp_path / "new" / "export"):               # an earlier export, a new folder
+        calls.clear()
+        with pytest.raises(OSError, match="disk gone"):
+            export.export_pickscore_parquet(published, None, target)
+    assert {p.name: _state(p) for p in out.iterdir()} == before    # no file replaced, no temp file left
+    assert not (tmp_path / "new").exists()

@@ -272,3 +272,50 @@ def test_reader_that_stops_early_is_not_an_error(built) -> None:
     proc.stdout.close()
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 0 and first == [b'"range"\n', b"0\n"] and err == b"", err[-2000:]
+
+
+def test_limits_out_of_range_are_one_line_errors(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Limits DuckDB cannot parse, too little memory to open the views, timers past threading's limit: refused up front."""
+    home, _, _ = built
+    for limits, flag in ((query.QueryLimits(memory_limit="99999999999999999999TB"), "--memory-limit"),
+                         (query.QueryLimits(spill_limit="99999999999999999999TB"), "--spill-limit"),
+                         (query.QueryLimits(memory_limit="0GB"), "--memory-limit"),
+                         (query.QueryLimits(memory_limit="1KiB"), "--memory-limit"),
+                         (query.QueryLimits(timeout_s=float("inf")), "--timeout"),
+                         (query.QueryLimits(timeout_s=1e10), "--timeout"),
+                         (query.QueryLimits(timeout_s=float("nan")), "--timeout")):
+        code, out, err = _run(home, "SELECT 1 AS a", limits=limits)
+        assert code == 2 and out == "" and err.startswith(f"error: {flag} must be") and err.count("\n") == 1, err
+    assert query.QueryLimits(timeout_s=0, memory_limit="16MB", spill_limit="0GB").validate()
+    # whatever DuckDB still refuses while the connection is set up is a one-line QueryFailed, not a traceback
+    monkeypatch.setattr(query.QueryLimits, "validate", lambda self: self)
+    code, _, err = _run(home, "SELECT 1 AS a", limits=query.QueryLimits(memory_limit="99999999999999999999TB"))
+    assert code == 1 and "could not be opened" in err and err.count("\n") == 1, err
+
+
+def test_dates_python_cannot_hold_are_written_as_text(built) -> None:
+    home, _, _ = built
+    sql = ("SELECT 'infinity'::TIMESTAMP AS ts, '-infinity'::DATE AS d, '12000-01-02 03:04:05.5'::TIMESTAMP AS far, "
+           "['infinity'::TIMESTAMP, '2020-01-01'::TIMESTAMP] AS l, {'a': 'infinity'::DATE} AS s")
+    code, out, err = _run(home, sql, fmt="json")
+    assert code == 0, err
+    assert json.loads(out) == [{"ts": "infinity", "d": "-infinity", "far": "12000-01-02 03:04:05.5",
+                                "l": ["infinity", "2020-01-01T00:00:00"], "s": {"a": "infinity"}}]
+    code, out, err = _run(home, sql, fmt="table")
+    assert code == 0 and "infinity" in out and "12000-01-02" in out, err
+    code, out, err = _run(home, sql, fmt="csv")
+    assert code == 0, err
+    assert out.splitlines()[1].startswith('"infinity","-infinity","12000-01-02 03:04:05.5",'
+                                          '"[""infinity"", ""2020-01-01T00:00:00""]",')
+
+
+def test_json_refuses_duplicate_column_names(built, tmp_path: Path) -> None:
+    home, _, _ = built
+    code, out, err = _run(home, "SELECT 1 AS a, 2 AS a, 3 AS b", fmt="json")
+    assert code == 2 and out == "" and "more than one column named 'a'" in err and err.count("\n") == 1, err
+    code, _, err = _run(home, "SELECT 1 AS a, 2 AS a", fmt="json", output=tmp_path / "r.json")
+    assert code == 2 and not (tmp_path / "r.json").exists() and not list(tmp_path.iterdir())
+    code, out, _ = _run(home, "SELECT 1 AS a, 2 AS a", fmt="csv")     # CSV keeps both
+    assert code == 0 and out.splitlines() == ['"a","a"', "1,2"]
+    code, out, _ = _run(home, "SELECT 1 AS a, 2 AS a", fmt="table")
+    assert code == 0 and "│ 1 │ 2 │" in out

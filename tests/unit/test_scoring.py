@@ -267,3 +267,33 @@ def test_score_and_rerank_refuse_outputs_they_must_not_replace(model_dir, tmp_pa
         assert code == 1, bad
         assert "--output" in capsys.readouterr().err
     assert not (tmp_path / "candidates" / "choices.parquet").exists()
+
+
+def test_csv_prompts_are_read_as_written(tmp_path):
+    """Prompts that look like numbers or like NA / null are prompts; only an empty cell is a missing one."""
+    from training.score_cli import read_pairs_table
+
+    (tmp_path / "pairs.csv").write_text('prompt,image,prompt_id\n1984,a.png,7\nNA,b.png,\nnull,c.png,\n"",d.png,x\n')
+    rows = read_pairs_table(tmp_path / "pairs.csv")
+    assert [(r.prompt, r.error is None) for r in rows] == [("1984", True), ("NA", True), ("null", True), ("", False)]
+    assert rows[0].prompt_id == "7" and rows[1].prompt_id != rows[2].prompt_id     # an empty id: the prompt's digest
+    assert rows[3].error.startswith("missing_prompt") and rows[1].image == str(tmp_path / "b.png")
+
+
+def test_score_refuses_an_unknown_output_format_before_loading_the_model(tmp_path, monkeypatch):
+    import argparse
+
+    import training.scoring
+    from training import score_cli
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before --output was checked")
+
+    monkeypatch.setattr(training.scoring, "Scorer", no_model)
+    parser = argparse.ArgumentParser()
+    score_cli.add_arguments(parser)
+    args = parser.parse_args(["--model", str(tmp_path / "model"), "--prompt", "a cube", str(tmp_path / "0.png"),
+                              "--output", str(tmp_path / "scores.txt")])
+    with pytest.raises(ValueError, match="unknown table format '.txt'"):
+        score_cli.run_from_args(args)
+    assert not (tmp_path / "scores.txt").exists()
