@@ -202,6 +202,8 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
 
             def batches() -> Iterator[pa.RecordBatch]:
                 while True:
+                    if deadline.fired:   # the time also counts while the caller writes what it was given
+                        raise deadline.failure(TimeoutError(), limits)
                     try:
                         batch = reader.read_next_batch()
                     except StopIteration:

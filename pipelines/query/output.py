@@ -130,14 +130,21 @@ def _row_note(total: int, shown: int) -> str:
     return f"{total} row" + ("" if total == 1 else "s")
 
 
+TABLE_MAX_CELL = 1000   # characters of one value a table shows (csv, json and parquet write every value whole)
+
+
 def _cell(value: Any) -> str:
     if value is None:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, dict)):
-        return json.dumps(value, ensure_ascii=False, default=_json_default)
-    return str(value)
+        text = json.dumps(value, ensure_ascii=False, default=_json_default)
+    else:
+        text = str(value)
+    if len(text) > TABLE_MAX_CELL:
+        return f"{text[:TABLE_MAX_CELL]}... ({len(text)} characters; --format csv|json|parquet for all)"
+    return text
 
 
 def _json_default(value: Any) -> Any:

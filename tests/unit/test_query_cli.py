@@ -189,6 +189,27 @@ def test_time_limit_stops_never_ending_queries(built) -> None:
         assert time.monotonic() - started < 30, name
 
 
+def test_the_time_limit_also_counts_while_the_result_is_written(built) -> None:
+    # DuckDB may be done long before the caller has written what it produced (a hostile review: 22 s of
+    # rendering under --timeout 2): the next batch asked for after the limit is refused
+    home, _, _ = built
+    limits = query.QueryLimits(timeout_s=0.5)
+    got = 0
+    with pytest.raises(query.QueryFailed, match="time limit of 0.5 s"):
+        with query.stream(home, "SELECT range FROM range(100000)", limits=limits, batch_rows=1000) as (_, batches):
+            for batch in batches:
+                got += batch.num_rows
+                time.sleep(0.3)        # a slow writer
+    assert 0 < got < 100000
+
+
+def test_a_table_shows_at_most_a_thousand_characters_of_a_value() -> None:
+    import pyarrow as pa
+
+    text = output.render_table(pa.table({"s": ["x" * 2_000_000, "short"]}))
+    assert len(text) < 20_000 and "(2000000 characters; --format csv|json|parquet for all)" in text and "short" in text
+
+
 def test_memory_limit_and_private_spill_folder(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home, _, _ = built
     spill_root = tmp_path / "tmp"
