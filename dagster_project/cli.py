@@ -4,7 +4,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -236,6 +238,19 @@ def _quiet_logging(debug: bool) -> None:
         logging.getLogger().setLevel(logging.ERROR)
 
 
+# Commands that write a user-given output: SIGTERM (kill, timeout(1), a stopped service) ends them like
+# Ctrl-C, so their temporary files and spill folders are removed on the way out instead of left behind.
+TERMINABLE = ("query", "export", "score", "rerank")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread (a KeyboardInterrupt, so DuckDB stops its query as for Ctrl-C)."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `pickapic` console script."""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -243,12 +258,18 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser(chosen)
     args = parser.parse_args(argv)
     _quiet_logging(args.debug)
+    if args.command in TERMINABLE and threading.current_thread() is threading.main_thread() \
+            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _terminate)
     try:
         if hasattr(args, "_module"):
             outcome = importlib.import_module(args._module).run_from_args(args)
             return outcome if isinstance(outcome, int) else 0
         return int(args._run(args) or 0)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:
+        if isinstance(stop, Terminated):
+            print("terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback

@@ -340,3 +340,26 @@ def test_json_refuses_duplicate_column_names(built, tmp_path: Path) -> None:
     assert code == 0 and out.splitlines() == ['"a","a"', "1,2"]
     code, out, _ = _run(home, "SELECT 1 AS a, 2 AS a", fmt="table")
     assert code == 0 and "│ 1 │ 2 │" in out
+
+
+def test_sigterm_during_a_query_removes_its_temporary_file_and_spill_folder(built, tmp_path: Path) -> None:
+    # kill, timeout(1), a stopped service: before, a 790 MB temp file and the spill folder stayed behind
+    import os
+    import signal
+
+    home, _, _ = built
+    out_dir, spill_root = tmp_path / "out", tmp_path / "tmp"
+    out_dir.mkdir()
+    spill_root.mkdir()
+    code = ("import sys; from dagster_project.cli import main; sys.exit(main(['query', '--home', sys.argv[1], "
+            "'SELECT * FROM range(10000000000)', '--format', 'csv', '--output', sys.argv[2]]))")
+    child = subprocess.Popen([sys.executable, "-c", code, str(home.root), str(out_dir / "out.csv")],
+                             env={**os.environ, "TMPDIR": str(spill_root)}, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(out_dir.iterdir()) and time.monotonic() < deadline:   # the temp file is being written
+        time.sleep(0.1)
+    assert any(out_dir.iterdir()) and list(spill_root.iterdir())
+    child.send_signal(signal.SIGTERM)
+    _, err = child.communicate(timeout=60)
+    assert child.returncode == 143 and "terminated" in err
+    assert list(out_dir.iterdir()) == [] and list(spill_root.iterdir()) == []
