@@ -75,7 +75,14 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
         metadata["min_exclusive"] = True
     if max_exclusive:
         metadata["max_exclusive"] = True
-    return field(default=default, metadata=metadata)
+    return field(default=default, metadata=metadata, repr=not secret)   # a secret is never in a repr
+
+
+def public_fields(config: Any) -> dict[str, Any]:
+    """``dataclasses.asdict(config)`` with every secret setting shown as ``***``: what metadata, logs and
+    reports may carry."""
+    return {f.name: ("***" if f.metadata.get("secret") else value)
+            for f, value in zip(dataclasses.fields(config), dataclasses.asdict(config).values())}
 
 
 # ------------------------------------------------------------------------------------- one setting

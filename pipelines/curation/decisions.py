@@ -34,14 +34,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
 import pyarrow as pa
 
 from formats.home import DataHome
-from formats.settings import add_flags, check_fields, knob, stage_config
+from formats.settings import add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
@@ -279,7 +279,7 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
     rankings, exports = con.sql("SELECT count(DISTINCT ranking_id), count(*) FROM rankings").fetchall()[0]
     dropped = con.sql("SELECT count(DISTINCT subject_id) FROM decisions WHERE subject = 'ranking'").fetchall()[0][0]
     return CurationReport(rankings=rankings, ranking_exports=exports, rankings_dropped=dropped,
-                          decisions=table.num_rows, by_reason=[tuple(r) for r in by_reason], config=asdict(config))
+                          decisions=table.num_rows, by_reason=[tuple(r) for r in by_reason], config=public_fields(config))
 
 
 def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> PairsReport:

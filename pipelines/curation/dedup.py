@@ -38,7 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -48,7 +48,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
-from formats.settings import add_flags, check_fields, knob, stage_config
+from formats.settings import add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
@@ -245,7 +245,7 @@ def _report(con, clusters, images, exact, near, giant, iterations, config) -> De
         iterations=iterations,
         size_histogram=_histogram(sizes),
         giant_buckets=[{k: (int(v) if not isinstance(v, str) else v) for k, v in row.items()} for row in giant.to_pylist()],
-        config=asdict(config),
+        config=public_fields(config),
     )
 
 

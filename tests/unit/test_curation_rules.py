@@ -216,3 +216,15 @@ def test_moderation_list_errors_name_the_line(tmp_path):
     with pytest.raises(ValueError, match="four_image_ties"):
         CurationConfig(four_image_ties="some")
     assert SD21.startswith("stabilityai/")
+
+
+def test_the_pseudonym_secret_never_reaches_metadata_or_a_repr(tmp_path):
+    # a hostile review found it in the decisions asset's "config" metadata (the Dagster run database, the UI)
+    b = HomeBuilder(tmp_path)
+    b.pair(1, user=7)
+    secret = "release-secret-do-not-show"
+    _, (_, decisions, _), _, _ = _run(b, pseudonym_secret=secret)
+    metadata = decisions.metadata()
+    assert secret not in json.dumps(metadata) and json.loads(metadata["config"])["pseudonym_secret"] == "***"
+    assert json.loads(metadata["config"])["nsfw_threshold"] == CurationConfig().nsfw_threshold   # the rest stays
+    assert secret not in repr(CurationConfig(pseudonym_secret=secret))
