@@ -12,6 +12,7 @@ folder, so a swap of the folder for a link after the first check still cannot re
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import stat
 from pathlib import Path
@@ -266,6 +267,58 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         raise RefusedOutput(f"{flag} {path}: {final} already holds files that are not a previous output of this "
                             f"command (none of {', '.join(markers) or 'its files'}); give a new or empty folder")
     return final
+
+
+def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: str, record: str,
+                        names: Sequence[str]) -> tuple[Path, list[str]]:
+    """A user-given folder for a command that keeps a record of what it wrote there (``record``, e.g.
+    ``pickapic-export.json``); returns the folder (absolute) and the file names its new record lists.
+
+    Refused: anything :func:`check_output_dir` refuses (a folder is an earlier output only when it holds
+    ``record``), a record that is not one this tool wrote, and any of ``names`` already there but not
+    listed in the record: only files an earlier run of the command wrote are ever replaced.
+    """
+    folder = check_output_dir(given, homes, flag, markers=[record])
+    earlier = _recorded_files(folder, record, flag, given)
+    foreign = [name for name in names if os.path.lexists(folder / name) and name not in earlier]
+    if foreign:
+        raise RefusedOutput(f"{flag} {given}: {', '.join(foreign)} in {folder} "
+                            f"{'was' if len(foreign) == 1 else 'were'} not written by this command before (not "
+                            f"listed in its {record}); nothing was replaced, give a new or empty folder")
+    kept = {name for name in earlier if os.path.lexists(folder / name)}
+    return folder, sorted(kept | set(names))
+
+
+def _recorded_files(folder: Path, record: str, flag: str, given: object) -> set[str]:
+    """The file names an earlier run's ``record`` in ``folder`` lists (none when there is no record)."""
+    path = folder / record
+    try:
+        info = os.lstat(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return set()
+    problem = None
+    listed = None
+    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
+        problem = "not a regular file of at most 1 MiB"
+    else:
+        try:
+            listed = json.loads(path.read_bytes()).get("files")
+        except (ValueError, AttributeError, OSError):
+            listed = None
+        if not isinstance(listed, list) or not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..")
+                                                   for n in listed):
+            problem = "not a record this tool wrote"
+    if problem:
+        raise RefusedOutput(f"{flag} {given}: {path} is {problem}; nothing was replaced, give a new or empty folder")
+    return set(listed) - {record}
+
+
+def write_output_record(open_file: Callable[[str], ContextManager[BinaryIO]], record: str, files: Sequence[str],
+                        written_by: str) -> None:
+    """Write the folder's record (through :func:`open_output_files`' ``open``): the files runs of the
+    command wrote into it, the only ones a later run replaces."""
+    with open_file(record) as handle:
+        handle.write((json.dumps({"written_by": written_by, "files": list(files)}, indent=1) + "\n").encode("utf-8"))
 
 
 def check_home_dir(home: DataHome, flag: str = "--home") -> Path:

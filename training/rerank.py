@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
-from formats.outputs import check_output_dir
+from formats.outputs import recorded_output_dir
 from schemas import get_schema
 from training.score_cli import PairRow, add_model_arguments, error_summary, read_pairs_table, score_rows, write_rows
 
@@ -137,12 +138,24 @@ def _thumbnail(path: str, size: int) -> Image.Image | None:
         return None  # the scorer read it; a later change of the file only costs the picture
 
 
-def rerank(scorer: Any, candidates: Sequence[PairRow], output_dir: Path, sheet_prompts: int = 8) -> dict[str, Any]:
-    """Score ``candidates``, choose per prompt, write choices.parquet, scores.parquet and contact_sheet.png."""
+RERANK_RECORD = "pickapic-rerank.json"    # the files reranks into a folder wrote: the only ones a later one replaces
+RERANK_FILES = ("scores.parquet", "choices.parquet", "contact_sheet.png")
+
+
+def rerank(scorer: Any, candidates: Sequence[PairRow], output_dir: Path, sheet_prompts: int = 8,
+           record: Sequence[str] | None = None) -> dict[str, Any]:
+    """Score ``candidates``, choose per prompt, write choices.parquet, scores.parquet and contact_sheet.png.
+
+    ``record``: the files to list in the folder's ``pickapic-rerank.json`` (a user-given ``--output``
+    checked by :func:`formats.outputs.recorded_output_dir`), written before them.
+    """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     scored = score_rows(scorer, candidates)
     choices = choose(scored)
+    if record is not None:
+        write_bytes_atomic(output_dir / RERANK_RECORD, (json.dumps(
+            {"written_by": "pickapic rerank", "files": list(record)}, indent=1) + "\n").encode("utf-8"))
     write_rows(scored, get_schema("image_scores"), output_dir / "scores.parquet")
     write_rows(choices, get_schema("rerank_choices"), output_dir / "choices.parquet")
     sheet = contact_sheet(scored, output_dir / "contact_sheet.png", prompts=sheet_prompts)
@@ -165,13 +178,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point of ``pickapic rerank``; returns the exit code."""
     candidates = read_candidates(args.candidates)
-    # a new or empty folder or an earlier rerank's, never a link, a file or a folder inside a data home
-    check_output_dir(args.output, [DataHome.at(getattr(args, "home", None)).root], "--output",
-                     markers=["choices.parquet", "scores.parquet"])
+    # a new or empty folder or an earlier rerank's (its record lists what it wrote: only those files are
+    # replaced), never a link, a file or a folder inside a data home
+    output, listed = recorded_output_dir(args.output, [DataHome.at(getattr(args, "home", None)).root], "--output",
+                                         RERANK_RECORD, RERANK_FILES)
     from training.scoring import Scorer
 
     scorer = Scorer(args.model, args.processor, device=args.device, batch_size=args.batch_size)
-    report = rerank(scorer, candidates, args.output, args.sheet_prompts)
+    report = rerank(scorer, candidates, output, args.sheet_prompts, record=listed)
     print(f"{report['prompts']} prompts, {report['candidates']} candidates -> {report['choices']}, "
           f"{report['contact_sheet']}")
     if report["summary"]:

@@ -23,8 +23,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
-import stat
 import sys
 import time
 from dataclasses import dataclass
@@ -37,7 +35,7 @@ import pyarrow.parquet as pq
 from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SPLITS, resolve_version, split_sidecars
 from formats.files import cast_to_schema
 from formats.home import DataHome
-from formats.outputs import RefusedOutput, check_output_dir, open_output_files
+from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from formats.progress import Progress
 from schemas import get_schema
 
@@ -75,7 +73,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     splits = [s for s in SPLITS if s in manifest["splits"]]
     names = {split: f"{split}.parquet" for split in splits}
     # a new or empty folder, or an earlier export; never a link, a file or a place inside a data home
-    output_dir, listed = _prepare_output(home, output_dir, list(names.values()))
+    output_dir, listed = recorded_output_dir(output_dir, [home.root], "--output", EXPORT_MARKER, list(names.values()))
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
     total = sum(manifest["splits"][s]["shards"] for s in splits)
@@ -103,57 +101,9 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                         if progress:
                             progress("export", done, total)
             rows[split], files[split] = count, str(output_dir / names[split])
-        _write_marker(open_file, listed)
+        write_output_record(open_file, EXPORT_MARKER, listed, "pickapic export")
     sizes = {split: Path(path).stat().st_size for split, path in files.items()}
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
-
-
-def _prepare_output(home: DataHome, given: Path, names: list[str]) -> tuple[Path, list[str]]:
-    """Check ``given`` as an export folder for ``names``; returns it (absolute) and the files its new record lists.
-
-    Refused: anything :func:`check_output_dir` refuses, a folder with other files but no export record, and
-    any of ``names`` already there but not listed in the record (the export did not write it).
-    """
-    output_dir = check_output_dir(given, [home.root], "--output", markers=[EXPORT_MARKER])
-    earlier = _earlier_export_files(output_dir, given)
-    foreign = [name for name in names if os.path.lexists(output_dir / name) and name not in earlier]
-    if foreign:
-        raise RefusedOutput(f"--output {given}: {', '.join(foreign)} in {output_dir} "
-                            f"{'was' if len(foreign) == 1 else 'were'} not written by an earlier export (not listed "
-                            f"in its {EXPORT_MARKER}); nothing was replaced, give a new or empty folder")
-    kept = {name for name in earlier if os.path.lexists(output_dir / name)}
-    return output_dir, sorted(kept | set(names))
-
-
-def _earlier_export_files(folder: Path, given: Path) -> set[str]:
-    """The file names an earlier export's record in ``folder`` lists (none when there is no record)."""
-    record = folder / EXPORT_MARKER
-    try:
-        info = os.lstat(record)
-    except (FileNotFoundError, NotADirectoryError):
-        return set()
-    problem = None
-    if not stat.S_ISREG(info.st_mode) or info.st_size > 1 << 20:
-        problem = "not a regular file of at most 1 MiB"
-    else:
-        try:
-            listed = json.loads(record.read_bytes()).get("files")
-        except (ValueError, AttributeError, OSError):
-            listed = None
-        if not isinstance(listed, list) or not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..")
-                                                   for n in listed):
-            problem = "not an export record this tool wrote"
-    if problem:
-        raise RefusedOutput(f"--output {given}: {record} is {problem}; nothing was replaced, give a new or empty "
-                            "folder")
-    return set(listed) - {EXPORT_MARKER}
-
-
-def _write_marker(open_file, files: list[str]) -> None:
-    """Write the folder's export record: the files exports into it wrote (the only ones a later export replaces)."""
-    record = {"written_by": "pickapic export", "files": files}
-    with open_file(EXPORT_MARKER) as handle:
-        handle.write((json.dumps(record, indent=1) + "\n").encode("utf-8"))
 
 
 def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
@@ -216,12 +166,12 @@ def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -
     schema = get_schema("eval_prompts")
     table = pa.Table.from_pylist(rows, schema=schema).replace_schema_metadata({"dataset_version": root.name})
     # a new or empty folder, or an earlier export; never a link, a file or a place inside a data home
-    output_dir, listed = _prepare_output(home, output_dir, [EVAL_PROMPTS_FILE])
+    output_dir, listed = recorded_output_dir(output_dir, [home.root], "--output", EXPORT_MARKER, [EVAL_PROMPTS_FILE])
     final = output_dir / EVAL_PROMPTS_FILE
     with open_output_files(output_dir, [EVAL_PROMPTS_FILE, EXPORT_MARKER], [home.root], "--output") as open_file:
         with open_file(EVAL_PROMPTS_FILE) as handle:
             pq.write_table(table, handle, compression="zstd")
-        _write_marker(open_file, listed)
+        write_output_record(open_file, EXPORT_MARKER, listed, "pickapic export")
     return ExportReport(root.name, output_dir, {"test_unique": len(rows)}, {"test_unique": str(final)},
                         {"test_unique": final.stat().st_size}, time.perf_counter() - started)
 

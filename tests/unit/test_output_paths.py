@@ -308,11 +308,11 @@ def test_export_replaces_only_files_an_earlier_export_wrote(published: DataHome,
     (out / "eval_prompts.parquet").unlink()
     export.export_pickscore_parquet(published, None, out)          # the record drops what is gone
     (out / "eval_prompts.parquet").write_text("MINE")
-    with pytest.raises(outputs.RefusedOutput, match="not written by an earlier export"):
+    with pytest.raises(outputs.RefusedOutput, match="not written by this command before"):
         export.export_eval_prompts(published, None, out)
     assert (out / "eval_prompts.parquet").read_text() == "MINE"
     (out / export.EXPORT_MARKER).write_text("[1, 2]")               # a record the tool did not write
-    with pytest.raises(outputs.RefusedOutput, match="not an export record"):
+    with pytest.raises(outputs.RefusedOutput, match="not a record this tool wrote"):
         export.export_pickscore_parquet(published, None, out)
 
 

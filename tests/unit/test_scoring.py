@@ -297,3 +297,23 @@ def test_score_refuses_an_unknown_output_format_before_loading_the_model(tmp_pat
     with pytest.raises(ValueError, match="unknown table format '.txt'"):
         score_cli.run_from_args(args)
     assert not (tmp_path / "scores.txt").exists()
+
+
+def test_rerank_replaces_only_files_an_earlier_rerank_wrote(model_dir, tmp_path, capsys):
+    # a hostile review: a folder holding the user's own scores.parquet counted as an earlier rerank's
+    image = tmp_path / "0.png"
+    image.write_bytes(_png(np.full((40, 40, 3), 90, dtype=np.uint8)))
+    folder = tmp_path / "candidates" / "p0"
+    folder.mkdir(parents=True)
+    (folder / "prompt.txt").write_text("a cube\n")
+    (folder / "c0.png").write_bytes(image.read_bytes())
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scores.parquet").write_bytes(b"my own scores")
+    args = ["rerank", "--model", str(model_dir), "--candidates", str(tmp_path / "candidates"), "--output"]
+    assert pickapic([*args, str(mine)]) == 1
+    assert "not a previous output" in capsys.readouterr().err and (mine / "scores.parquet").read_bytes() == b"my own scores"
+    out = tmp_path / "out"
+    assert pickapic([*args, str(out)]) == 0 and pickapic([*args, str(out)]) == 0   # its own output: replaced
+    assert sorted(p.name for p in out.iterdir()) == ["choices.parquet", "contact_sheet.png", "pickapic-rerank.json",
+                                                     "scores.parquet"]
