@@ -17,7 +17,7 @@ CODE_VERSIONS: dict[str, str] = {
     "dedup": "1",
     "decisions": "1",
     "pairs": "1",
-    "splits": "2",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded
+    "splits": "3",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold
     "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -19,19 +19,21 @@
   ordered by (export day, created_at, ranking_id, pair_index). A prompt first typed by a held-out
   user stays held out forever (held-out wins: later train rows with it are dropped); a popular prompt
   first typed by a train user stays train, and a held-out user's later retyping of it is dropped
-  instead. Because new days only append later rows, no owner changes on a rebuild (only a backfill
-  of an older export day, or a cluster merge, can move a key). ``heldout_wins``: any held-out use
-  makes the key held out (test before validation); stable too, but popular prompts typed by many
-  users are then almost always held out, which costs train a large share of its rows (see the
-  ``sacrificed_train_rows`` metadata of both modes on the same data).
+  instead. Owners are computed from the rows present, not stored: new days only append later rows, but
+  a backfill of an older export day, a cluster merge, or the first row leaving ``pairs`` (its user
+  banned later) moves a key. ``heldout_wins``: any held-out use makes the key held out (test before
+  validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
+  popular prompts typed by many users are then almost always held out, which costs train a large
+  share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
 - Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): Unicode NFKC,
-  default-ignorable code points removed (the Unicode property: zero-width space/joiner/non-joiner,
-  U+2060, soft hyphen, variation selectors, tag characters, ...), case-folded, any ``[bracketed]``
-  text (negative prompt) removed, every non-ASCII character folded to its UTS #39 confusable prototype
-  (ICU's skeleton, so a Cyrillic or Greek look-alike of a Latin letter keys as that letter; ASCII is left
-  as typed, so ``rn`` and ``m`` stay apart), punctuation (Unicode P*) and math/modifier symbols (Sm, Sk)
-  turned into spaces, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys on its
-  NFKC-case-folded text instead (never on the empty string, which would join unrelated rows).
+  invisible characters removed (default-ignorable code points and format characters, Cf), blank-looking
+  ones (Braille blank, Hangul fillers) read as spaces, NFC, any ``[bracketed]`` text (negative prompt)
+  removed, punctuation (Unicode P*) and math/modifier symbols (Sm, Sk) turned into spaces, every
+  non-ASCII character folded to its UTS #39 confusable prototype before case folding (ICU's skeleton, as
+  the ASCII letter of the same case where one has it: a Cyrillic or Greek look-alike of a Latin letter,
+  capital or not, keys as that letter; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
+  case-folded, folded again, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys
+  on its case-folded visible text instead (never on the empty string, which would join unrelated rows).
 - ``*_unique``: per held-out split, one labelled row per prompt_key (smallest salted digest of the
   pair_id), up to ``unique_prompts`` prompts chosen by salted prompt digest; rows repeat their
   parents. ``num_example_per_prompt`` counts rows with the same prompt_key within the split.
@@ -66,15 +68,14 @@ from schemas import get_schema
 
 HELDOUT = ("validation", "test")
 _BRACKETS = re.compile(r"\[[^\]]*\]")
-_IGNORABLE = regex.compile(r"\p{Default_Ignorable_Code_Point}+")
 
 
 @dataclass(frozen=True)
 class SplitConfig:
     """Knobs of the split build."""
 
-    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it starts a new ledger "
-                     "(every user reassigned).")
+    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it assigns every user afresh "
+                     "under the new salt (the ledger keeps the other salts' entries: going back finds them).")
     heldout_fraction: float = knob(0.06, "Share of users held out once the held-out splits are filled "
                                    "(half validation, half test).", min=0, max=1, max_exclusive=True)
     min_unique_rows: int = knob(10, "Prompts each of validation and test must own before new users are held out "
@@ -107,19 +108,63 @@ def _punctuation_to_space() -> dict[int, str]:
 
 
 def normalize_prompt(text: str) -> str:
-    """The prompt key: NFKC, ignorables out, casefold, brackets out, confusables folded, punctuation to spaces."""
-    folded = _IGNORABLE.sub("", unicodedata.normalize("NFKC", text)).casefold()
-    spaced = _BRACKETS.sub(" ", folded).translate(_punctuation_to_space())
-    if not spaced.isascii():  # punctuation went first: a dash must not become a look-alike letter
-        spaced = "".join(c if c.isascii() else _prototype(c) for c in spaced).translate(_punctuation_to_space())
-    key = " ".join(spaced.split())
-    return key if key else "#" + " ".join(folded.split())
+    """The prompt key: NFKC, invisibles out, NFC, brackets out, punctuation to spaces, confusables folded
+    (before case folding: a Cyrillic capital is folded as the Latin capital it looks like), NFC,
+    case-folded, NFC, whitespace collapsed."""
+    visible = unicodedata.normalize("NFC", _BLANK.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))))
+    spaced = _BRACKETS.sub(" ", visible).translate(_punctuation_to_space())
+    # punctuation went first: a dash must not become a look-alike letter; folded again after case folding,
+    # which can make a new non-ASCII letter (final sigma to sigma)
+    key = " ".join(_fold_case(_fold_confusables(_fold_case(_fold_confusables(spaced)))).split())
+    return key if key else "#" + " ".join(_fold_case(visible).split())
+
+
+def _fold_confusables(text: str) -> str:
+    """Every non-ASCII character as its confusable prototype (:func:`_prototype`), NFC, punctuation to spaces."""
+    if text.isascii():
+        return text
+    folded = "".join(c if c.isascii() else _prototype(c) for c in text)
+    return unicodedata.normalize("NFC", folded).translate(_punctuation_to_space())
+
+
+def _fold_case(text: str) -> str:
+    """Case-folded, then NFC (a folded letter may decompose: the capital I with dot becomes i + U+0307,
+    which reads as the i it is)."""
+    return unicodedata.normalize("NFC", text.casefold().replace("i\u0307", "i"))
+
+
+# Removed from a key: default-ignorable code points and every other format character (Cf: interlinear
+# annotation marks, Egyptian hieroglyph format controls, Arabic number signs, ...), which render as
+# nothing or as a mark on their neighbour.
+_INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
+# Read as a space: characters that render as a blank but are not whitespace (Braille pattern blank, the
+# Hangul fillers, the musical null notehead's space).
+_BLANK = regex.compile("[\u2800\u3164\uffa0\u115f\u1160\U0001D159]")
 
 
 @functools.lru_cache(maxsize=65536)
 def _prototype(char: str) -> str:
-    """A non-ASCII character's UTS #39 confusable prototype (ICU skeleton), NFKC and case-folded."""
-    return _IGNORABLE.sub("", unicodedata.normalize("NFKC", _spoof_checker().getSkeleton(0, char)).casefold())
+    """A non-ASCII character's UTS #39 confusable prototype (ICU skeleton), as the ASCII letter or digit with
+    the same skeleton where there is one (ICU's skeleton of ASCII ``m`` is ``rn``: a look-alike of ``m``
+    keys as ``m``), else NFKC of the skeleton without invisibles. Not case-folded (the key folds case after)."""
+    if unicodedata.normalize("NFD", char)[0].isascii():
+        return char          # an ASCII letter with marks (é, İ): case folding and NFC handle it
+    skeleton = _spoof_checker().getSkeleton(0, char)
+    twins = _ascii_by_skeleton().get(skeleton)
+    if twins:                # the twin of the same case: a Greek capital iota is I, not l
+        same_case = [t for t in twins if (t.isupper(), t.islower()) == (char.isupper(), char.islower())]
+        return (same_case or [t for t in twins if t == skeleton] or twins)[0]
+    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", skeleton))
+
+
+@functools.cache
+def _ascii_by_skeleton() -> dict[str, list[str]]:
+    """ICU skeleton -> the ASCII letters and digits that have it (``l``: ``1``, ``I`` and ``l``)."""
+    checker = _spoof_checker()
+    out: dict[str, list[str]] = {}
+    for char in (chr(c) for c in range(0x30, 0x7F) if chr(c).isalnum()):
+        out.setdefault(checker.getSkeleton(0, char), []).append(char)
+    return out
 
 
 @functools.cache
@@ -278,20 +323,31 @@ def _new_user_split(user: str, users: Counter, owned: Counter, config: SplitConf
     return user_home(user, config.salt, config.heldout_fraction), "hash"
 
 
-def read_ledger(home: DataHome, salt: str) -> dict[str, Assignment]:
-    """The stored ledger's entries made under ``salt`` (another salt's entries are a reshuffle away)."""
+def read_ledger(home: DataHome, salt: str, others: list | None = None) -> dict[str, Assignment]:
+    """The stored ledger's entries made under ``salt``; ``others``, when given, receives the entries made
+    under other salts as (user_id, Assignment), so a build under another salt writes them back untouched
+    (a one-off ``--set splits.salt=...`` never wipes the ledger a later build under the old salt needs)."""
     path = home.table_file("split_ledger")
     if not path.is_file():
         return {}
     table = pq.read_table(path, schema=get_schema("split_ledger"))
-    return {row["user_id"]: Assignment(row["split"], row["rule"], row["position"], row["first_dt"], row["salt"])
-            for row in table.to_pylist() if row["salt"] == salt}
+    mine = {}
+    for row in table.to_pylist():
+        entry = Assignment(row["split"], row["rule"], row["position"], row["first_dt"], row["salt"])
+        if row["salt"] == salt:
+            mine[row["user_id"]] = entry
+        elif others is not None:
+            others.append((row["user_id"], entry))
+    return mine
 
 
-def ledger_table(ledger: dict[str, Assignment], assigned: dict[str, Assignment]) -> pa.Table:
-    """Every entry (old ones kept even when their user has no pair now), ordered by position."""
+def ledger_table(ledger: dict[str, Assignment], assigned: dict[str, Assignment],
+                 others: list | None = None) -> pa.Table:
+    """Every entry (old ones kept even when their user has no pair now), ordered by position; then the
+    entries of other salts (``others``), by salt and position."""
     entries = {**ledger, **assigned}
     rows = sorted(entries.items(), key=lambda item: item[1].position)
+    rows += sorted(others or [], key=lambda item: (item[1].salt, item[1].position))
     return pa.table({
         "user_id": pa.array([u for u, _ in rows], pa.string()),
         "split": pa.array([a.split for _, a in rows], pa.string()),
@@ -322,12 +378,14 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig()) -> SplitRe
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
     con = connect({"pairs": source}, threads=config.threads or None)
-    ledger = read_ledger(home, config.salt)
+    other_salts: list = []
+    ledger = read_ledger(home, config.salt, other_salts)
     _, assigned, owned = assign(con, config, ledger)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
-    write_parquet_atomic(ledger_table(ledger, assigned), home.table_file("split_ledger"), get_schema("split_ledger"))
+    write_parquet_atomic(ledger_table(ledger, assigned, other_salts), home.table_file("split_ledger"),
+                         get_schema("split_ledger"))
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
     per_split = []

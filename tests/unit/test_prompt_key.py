@@ -67,3 +67,61 @@ def test_the_caption_keeps_what_was_typed(tmp_path):
     assert {r["prompt_key"] for r in rows + rejects} == {"a red circle on white"}
     assert {r["caption"] for r in rows} <= set(variants)
     assert len({r["split"] for r in rows if not r["split"].endswith("_unique")}) == 1  # one owner, no leak
+
+
+# Capital homoglyphs (a hostile review: case folding ran first, so Cyrillic М became м, no look-alike of m).
+CAPITAL_LOOKALIKES = {"A": "АΑ", "B": "ВΒ", "C": "С", "E": "ЕΕ", "H": "НΗ", "I": "ІΙ", "K": "КΚ", "M": "МΜ",
+                      "N": "Ν", "O": "ОΟ", "P": "РΡ", "T": "ТΤ", "X": "ХΧ", "Y": "Υ", "Z": "Ζ"}
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet="ABCEHIKMNOPTXYZ abc", min_size=1, max_size=40), st.lists(st.integers(0, 60), max_size=8),
+       st.integers(0, 2))
+def test_capital_lookalikes_from_other_scripts_give_one_key(prompt, positions, pick):
+    typed = list(prompt)
+    for position in positions:
+        at = position % len(typed)
+        options = CAPITAL_LOOKALIKES.get(typed[at])
+        if options:
+            typed[at] = options[pick % len(options)]
+    assert normalize_prompt("".join(typed)) == normalize_prompt(prompt)
+
+
+def test_what_the_hostile_review_typed_keys_as_the_plain_prompt():
+    plain = normalize_prompt("a cafe on the moon at night")
+    cases = {
+        "capitals": ("THE MOON AND HONEY", "ТНЕ МОО\u039d А\u039dD НО\u039dЕ\u03a5"),
+        "greek capitals": ("NIKE SHOES", "\u039d\u0399\u039a\u0395 SHOES"),
+        "turkish capital dotted I": ("istanbul gece", "\u0130STANBUL GECE"),
+        "joiner inside an accent": ("café", "cafe\u034f\u0301"),
+        "zero width space inside an accent": ("café", "cafe\u200b\u0301"),
+        "cyrillic e with a combining acute": ("café", "caf\u0435\u0301"),
+        "braille blank as spaces": ("a cafe on the moon", "a\u2800cafe\u2800on\u2800the\u2800moon"),
+        "interlinear annotation": ("a cafe", "a \ufff9cafe"),
+        "egyptian format control": ("a cafe", "a cafe\U00013430"),
+    }
+    for name, (typed, lookalike) in cases.items():
+        assert normalize_prompt(lookalike) == normalize_prompt(typed), name
+    assert plain != normalize_prompt("a cafe on the moon at noon")
+
+
+def test_icu_lookalike_letters_key_as_their_ascii_twin():
+    """Every non-ASCII letter ICU's confusables data ties to an ASCII letter or digit keys as that character,
+    but for a few whose NFKC or case folding says otherwise (long s is s; the lunate sigmas are sigmas)."""
+    import unicodedata
+
+    import icu
+
+    checker = icu.SpoofChecker()
+    twins: dict[str, list[str]] = {}
+    for char in (chr(c) for c in range(0x30, 0x7F) if chr(c).isalnum()):
+        twins.setdefault(checker.getSkeleton(0, char), []).append(char)
+    missed = []
+    for cp in range(0x80, sys.maxunicode + 1):
+        char = chr(cp)
+        if not unicodedata.category(char).startswith("L"):
+            continue
+        targets = twins.get(checker.getSkeleton(0, char))
+        if targets and normalize_prompt(f"x{char}x") not in {normalize_prompt(f"x{t}x") for t in targets}:
+            missed.append(char)
+    assert set(missed) <= {"\u017f", "\u03f2", "\u03f9", "\u037a"}, [f"U+{ord(c):04X}" for c in missed]

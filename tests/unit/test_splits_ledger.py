@@ -4,6 +4,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute  # noqa: F401 - pa.compute
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -137,13 +139,25 @@ def test_a_user_whose_rows_vanish_keeps_the_ledger_entry(tmp_path):
     assert _ledger(home) == before
 
 
-def test_a_new_salt_starts_a_new_ledger(tmp_path):
+def test_a_new_salt_starts_a_new_ledger_and_keeps_the_old_one(tmp_path):
+    # a hostile review: a one-off build under another salt wiped the ledger, so the next build under the
+    # old salt reassigned every user it had held (23 users changed split after one ban)
+    from data_contracts.engine import evaluate, load_contract
+    from pipelines.sqlrun import connect
+
     home = DataHome(tmp_path)
     write_pairs(home, realistic_pairs(users=30, days=1, per_day=60, seed=4))
     build_splits(home, SplitConfig())
-    salts = set(pq.read_table(home.table_file("split_ledger")).column("salt").to_pylist())
+    first = pq.read_table(home.table_file("split_ledger"))
     build_splits(home, SplitConfig(salt="another-salt"))
-    assert set(pq.read_table(home.table_file("split_ledger")).column("salt").to_pylist()) == {"another-salt"} != salts
+    both = pq.read_table(home.table_file("split_ledger"))
+    assert set(both.column("salt").to_pylist()) == {"another-salt", SplitConfig().salt}
+    assert both.filter(pa.compute.equal(both.column("salt"), SplitConfig().salt)).equals(first)   # untouched
+    con = connect({"split_ledger": str(home.table_file("split_ledger"))})
+    assert [r.rule.name for r in evaluate(load_contract("split_ledger"), con) if not r.passed] == []
+    build_splits(home, SplitConfig())                          # back under the first salt: the same ledger
+    again = pq.read_table(home.table_file("split_ledger"))
+    assert again.filter(pa.compute.equal(again.column("salt"), SplitConfig().salt)).equals(first)
 
 
 def test_forty_users_three_days_fill_every_split_to_the_minimum(tmp_path):
@@ -186,3 +200,26 @@ def test_trainability_names_each_short_split():
 def test_min_unique_rows_cannot_exceed_the_unique_cap():
     with pytest.raises(ValueError, match="min_unique_rows=20 exceeds unique_prompts=10"):
         SplitConfig(min_unique_rows=20, unique_prompts=10)
+
+
+def test_the_ledger_contract_catches_repeated_positions_under_a_salt(tmp_path):
+    # the rule used to read count - distinct + (max + 1 - count): positions 0, 0, 1 passed
+    import datetime as dt
+
+    from data_contracts.engine import evaluate, load_contract
+    from formats.files import write_parquet_atomic
+    from pipelines.sqlrun import connect
+    from schemas import get_schema
+
+    def failures(positions_by_salt):
+        rows = [{"user_id": f"{salt}-{i}", "split": "train", "rule": "hash", "position": p,
+                 "first_dt": dt.date(2023, 3, 1), "salt": salt}
+                for salt, positions in positions_by_salt.items() for i, p in enumerate(positions)]
+        path = tmp_path / "ledger.parquet"
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("split_ledger")), path)
+        con = connect({"split_ledger": str(path)})
+        return [r.rule.name for r in evaluate(load_contract("split_ledger"), con) if not r.passed]
+
+    assert failures({"a": [0, 1, 2], "b": [0, 1]}) == []
+    for bad in ({"a": [0, 0, 1]}, {"a": [1, 2]}, {"a": [0, 1], "b": [0, 2]}):
+        assert failures(bad) == ["split_ledger_positions_dense"], bad
