@@ -11,8 +11,10 @@ entry is a ``RawZoneProblem``, never read and never fatal to the other days:
 - ``unexpected_entry``: a child of ``app_logs/`` not named ``dt=...``;
 - ``unexpected_file``: an entry of a day folder other than the four ``<table>.jsonl.gz`` files.
 
-The app export's own staging folders (``.dt=YYYY-MM-DD.export-PID-HEX``: a day being written, or one
-left by an export that was killed, which the next export removes) are not entries of the raw zone.
+A staging folder of an app export that is running on this machine (``.dt=YYYY-MM-DD.export-PID-HEX``,
+its process alive) is not an entry of the raw zone: a day being written. One whose process is gone (an
+export that was killed; the next export removes it) is an ``unexpected_entry`` like any other folder,
+so a folder given such a name by anything else is never silently ignored.
 
 The files under a skipped folder are recorded one row each (up to ``MAX_LISTED_FILES`` per entry, then
 one row counting the rest), so nothing in the raw zone is silently ignored. Paths are relative to the
@@ -38,6 +40,21 @@ LINK_OUTSIDE_RAW_ZONE = "link_outside_raw_zone"
 UNEXPECTED_ENTRY = "unexpected_entry"
 UNEXPECTED_FILE = "unexpected_file"
 REASONS = (INVALID_DAY_NAME, NOT_A_FOLDER, LINK_OUTSIDE_RAW_ZONE, UNEXPECTED_ENTRY, UNEXPECTED_FILE)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (another account's process counts as alive)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OverflowError:          # no process can have it
+        return False
+    except PermissionError:        # another account's process
+        return pid > 0
+    return pid > 0
 
 
 @dataclass(frozen=True)
@@ -153,8 +170,9 @@ def scan_raw_zone(root: Path) -> RawZoneScan:
     problems: list[RawZoneProblem] = []
     for child in sorted(logs.iterdir(), key=lambda p: p.name):
         entry = _rel(child, root)
-        if EXPORT_STAGING.fullmatch(child.name) and not child.is_symlink() and child.is_dir():
-            continue                     # the app export's staging (see the module docstring)
+        staging = EXPORT_STAGING.fullmatch(child.name)
+        if staging and not child.is_symlink() and child.is_dir() and process_alive(int(staging.group(1))):
+            continue                     # a running export's staging (see the module docstring)
         if not child.name.startswith("dt="):
             problems += _entry_problems(child, root, entry, UNEXPECTED_ENTRY,
                                         f"{display_name(child.name)!r} is not a dt=YYYY-MM-DD day folder; not ingested")

@@ -37,7 +37,7 @@ from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
-from formats.rawzone import EXPORT_STAGING
+from formats.rawzone import EXPORT_STAGING, process_alive
 from formats.settings import check_fields, knob
 from pipelines.appdb.connection import (
     BATCH_BYTES,
@@ -336,24 +336,11 @@ def remove_stale_staging(home: DataHome) -> list[str]:
     removed = []
     for entry in os.scandir(home.raw_logs):
         match = EXPORT_STAGING.fullmatch(entry.name)
-        if not match or not entry.is_dir(follow_symlinks=False) or _alive(int(match.group(1))):
+        if not match or not entry.is_dir(follow_symlinks=False) or process_alive(int(match.group(1))):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists here (another account's process counts as alive)."""
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
 
 
 def database_now(conn: psycopg.Connection) -> dt.datetime:

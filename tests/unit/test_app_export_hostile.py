@@ -119,10 +119,17 @@ def test_a_killed_exports_staging_is_invisible_to_the_ingest_and_removed_by_the_
     try:
         running = home.raw_logs / f".dt={DAYS[1]}.export-{alive.pid}-0000beef"
         running.mkdir()
+        huge = home.raw_logs / f".dt={DAYS[1]}.export-{10**30}-00000bad"   # no process can have this id
+        huge.mkdir()
+        (huge / "rankings.jsonl.gz").write_bytes(b"hidden?")
         scan = scan_raw_zone(home.root)
-        assert scan.days == [DAYS[0]] and scan.problems == []     # staging is not a raw-zone entry
+        # a running export's staging is not a raw-zone entry; one whose process is gone is reported like any
+        # folder (a name alone never hides data from the ingest)
+        assert scan.days == [DAYS[0]]
+        assert sorted({p.entry for p in scan.problems}) == sorted(
+            str(path.relative_to(home.root)) for path in (live, huge))
         export_day(home, app_db, DAYS[1])
-        assert not live.exists()            # its process is gone: an interrupted export's leftovers
+        assert not live.exists() and not huge.exists()   # their process is gone: interrupted exports' leftovers
         assert running.exists()             # a live export's staging is never touched
     finally:
         alive.kill()
