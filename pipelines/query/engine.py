@@ -84,6 +84,16 @@ class QueryLimits:
         return self
 
 
+ACTIVE: set = set()   # this process's open query connections (a SIGTERM interrupts them: dagster_project.cli)
+
+
+def interrupt_active() -> None:
+    """Interrupt every running query of this process (thread-safe; the queries then raise)."""
+    for con in list(ACTIVE):
+        with contextlib.suppress(Exception):
+            con.interrupt()
+
+
 @contextlib.contextmanager
 def connect(home: DataHome, version: str | None = None,
             limits: QueryLimits | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
@@ -98,6 +108,7 @@ def connect(home: DataHome, version: str | None = None,
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     })
+    ACTIVE.add(con)
     try:
         try:
             _prepare(con, path, root, spill, limits)
@@ -107,6 +118,7 @@ def connect(home: DataHome, version: str | None = None,
                               ) from None
         yield con, path
     finally:
+        ACTIVE.discard(con)
         con.close()
         shutil.rmtree(spill, ignore_errors=True)
 

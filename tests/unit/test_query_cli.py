@@ -351,15 +351,22 @@ def test_sigterm_during_a_query_removes_its_temporary_file_and_spill_folder(buil
     out_dir, spill_root = tmp_path / "out", tmp_path / "tmp"
     out_dir.mkdir()
     spill_root.mkdir()
-    code = ("import sys; from dagster_project.cli import main; sys.exit(main(['query', '--home', sys.argv[1], "
+    code = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "from dagster_project.cli import main; sys.exit(main(['query', '--home', sys.argv[1], "
             "'SELECT * FROM range(10000000000)', '--format', 'csv', '--output', sys.argv[2]]))")
     child = subprocess.Popen([sys.executable, "-c", code, str(home.root), str(out_dir / "out.csv")],
                              env={**os.environ, "TMPDIR": str(spill_root)}, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 180      # a loaded CI machine starts Python slowly
     while not any(out_dir.iterdir()) and time.monotonic() < deadline:   # the temp file is being written
         time.sleep(0.1)
     assert any(out_dir.iterdir()) and list(spill_root.iterdir())
     child.send_signal(signal.SIGTERM)
-    _, err = child.communicate(timeout=60)
+    try:
+        _, err = child.communicate(timeout=120)
+    except subprocess.TimeoutExpired:      # say where it hangs
+        child.send_signal(signal.SIGUSR1)
+        time.sleep(2)
+        child.kill()
+        pytest.fail("no exit after SIGTERM:\n" + child.communicate()[1][-5000:])
     assert child.returncode == 143 and "terminated" in err
     assert list(out_dir.iterdir()) == [] and list(spill_root.iterdir()) == []
