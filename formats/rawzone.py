@@ -11,8 +11,8 @@ entry is a ``RawZoneProblem``, never read and never fatal to the other days:
 - ``unexpected_entry``: a child of ``app_logs/`` not named ``dt=...``;
 - ``unexpected_file``: an entry of a day folder other than the four ``<table>.jsonl.gz`` files.
 
-A staging folder of an app export that is running on this machine (``.dt=YYYY-MM-DD.export-PID-HEX``,
-its process alive) is not an entry of the raw zone: a day being written. One whose process is gone (an
+A staging folder an app export is writing (``.dt=YYYY-MM-DD.export-PID-HEX`` that the export holds an
+exclusive ``flock`` on) is not an entry of the raw zone: a day being written. One nobody holds (an
 export that was killed; the next export removes it) is an ``unexpected_entry`` like any other folder,
 so a folder given such a name by anything else is never silently ignored.
 
@@ -23,6 +23,7 @@ data home and names that are not UTF-8 are shown with backslash escapes; no abso
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import os
 import re
 import stat
@@ -42,19 +43,22 @@ UNEXPECTED_FILE = "unexpected_file"
 REASONS = (INVALID_DAY_NAME, NOT_A_FOLDER, LINK_OUTSIDE_RAW_ZONE, UNEXPECTED_ENTRY, UNEXPECTED_FILE)
 
 
-def process_alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this machine (another account's process counts as alive)."""
-    if pid == os.getpid():
-        return True
+def staging_in_use(path: Path) -> bool:
+    """Whether an app export holds ``path`` (a staging folder) now: it keeps an exclusive ``flock`` on the
+    folder while it writes, which any process on this kernel sees, whatever its PID namespace."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
         return False
-    except OverflowError:          # no process can have it
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    except OSError:
         return False
-    except PermissionError:        # another account's process
-        return pid > 0
-    return pid > 0
+    finally:
+        os.close(fd)        # also releases the lock taken just now
+    return False
 
 
 @dataclass(frozen=True)
@@ -170,8 +174,7 @@ def scan_raw_zone(root: Path) -> RawZoneScan:
     problems: list[RawZoneProblem] = []
     for child in sorted(logs.iterdir(), key=lambda p: p.name):
         entry = _rel(child, root)
-        staging = EXPORT_STAGING.fullmatch(child.name)
-        if staging and not child.is_symlink() and child.is_dir() and process_alive(int(staging.group(1))):
+        if EXPORT_STAGING.fullmatch(child.name) and not child.is_symlink() and child.is_dir() and staging_in_use(child):
             continue                     # a running export's staging (see the module docstring)
         if not child.name.startswith("dt="):
             problems += _entry_problems(child, root, entry, UNEXPECTED_ENTRY,

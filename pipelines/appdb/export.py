@@ -18,6 +18,7 @@ import contextlib
 import ctypes
 import datetime as dt
 import errno
+import fcntl
 import json
 import os
 import queue
@@ -37,7 +38,7 @@ from formats import rawlines
 from formats.files import sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
-from formats.rawzone import EXPORT_STAGING, process_alive
+from formats.rawzone import EXPORT_STAGING, staging_in_use
 from formats.settings import check_fields, knob
 from pipelines.appdb.connection import (
     BATCH_BYTES,
@@ -276,8 +277,8 @@ def exchange(first: Path, second: Path) -> bool:
     if _renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
         return True
     code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV):
-        return False
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EXDEV, errno.EPERM, errno.EACCES, errno.EBUSY):
+        return False            # not here, or not for this account (a sticky folder): the per-file path
     raise OSError(code, f"cannot swap {first} and {second}: {os.strerror(code)}")
 
 
@@ -317,12 +318,16 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     report.published = "updated"
     ours = {target.name for _, target in moves + keep}
     if all(entry.name in ours and entry.is_file(follow_symlinks=False) for entry in os.scandir(final)):
-        for staged, target in keep:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()
-            if os.path.lexists(target):
-                os.link(target, staged, follow_symlinks=False)
-        if exchange(staging, final):
+        try:
+            for staged, target in keep:
+                with contextlib.suppress(FileNotFoundError):
+                    staged.unlink()
+                if os.path.lexists(target):
+                    os.link(target, staged, follow_symlinks=False)
+            swapped = exchange(staging, final)
+        except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
+            swapped = False
+        if swapped:
             return                              # the old day is now at ``staging``, removed by the caller
         for staged, target in keep:             # no swap here: the unchanged files stay where they are
             staged.unlink(missing_ok=True)
@@ -330,13 +335,31 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         os.replace(source, target)
 
 
-def remove_stale_staging(home: DataHome) -> list[str]:
-    """Remove the staging folders of exports that died (killed before their cleanup ran): those whose
-    process no longer exists on this machine. A live export's folder stays. Returns the names removed."""
+STALE_AFTER_S = 60    # a staging folder unlocked and untouched this long is an interrupted export's
+
+
+def hold_staging(staging: Path) -> int:
+    """Take an exclusive ``flock`` on the staging folder for as long as the returned descriptor is open:
+    other exports and the raw-zone scan see the folder in use (any PID namespace on this kernel)."""
+    fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def remove_stale_staging(home: DataHome, now: float | None = None) -> list[str]:
+    """Remove the staging folders of exports that died (killed before their cleanup ran): real folders
+    with a staging name that no export holds locked and that were not touched for ``STALE_AFTER_S``
+    (the moment between an export's ``mkdir`` and its lock). Returns the names removed."""
     removed = []
+    now = time.time() if now is None else now
     for entry in os.scandir(home.raw_logs):
-        match = EXPORT_STAGING.fullmatch(entry.name)
-        if not match or not entry.is_dir(follow_symlinks=False) or process_alive(int(match.group(1))):
+        if not EXPORT_STAGING.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        if now - entry.stat(follow_symlinks=False).st_mtime < STALE_AFTER_S or staging_in_use(Path(entry.path)):
             continue
         shutil.rmtree(entry.path, ignore_errors=True)
         removed.append(entry.name)
@@ -378,6 +401,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     """Export ``day`` (YYYY-MM-DD, UTC) from the app database into the raw zone; see the module docstring."""
     config = (config or AppExportConfig()).validate()
     try:
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", day):   # fromisoformat also takes 20230301, 2023-W09-3
+            raise ValueError(day)
         dt.date.fromisoformat(day)
     except ValueError:
         raise ValueError(f"day must be YYYY-MM-DD, got {day!r}") from None
@@ -390,7 +415,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
     real_folders(home, folders, create=False)
     conn = connect(dsn, source=source)  # raises before anything is written
-    staging = None
+    staging, held = None, None
     try:
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
@@ -402,6 +427,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         remove_stale_staging(home)
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
+        held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
         for table in RAW_TABLES:
             table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
                 else params
@@ -426,6 +452,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         conn.close()
         if staging is not None and staging.exists():
             shutil.rmtree(staging)
+        if held is not None:
+            os.close(held)
     report.seconds = time.perf_counter() - started
     return report
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import signal
 import subprocess
 import sys
 
@@ -104,36 +103,36 @@ def test_a_linked_output_folder_is_refused_and_nothing_is_written_through_it(app
     assert list(outside.iterdir()) == []
 
 
-def test_a_killed_exports_staging_is_invisible_to_the_ingest_and_removed_by_the_next_export(app_db, tmp_path):
+def test_only_a_held_staging_folder_is_skipped_and_a_dead_one_is_removed_by_the_next_export(app_db, tmp_path):
+    # staging ownership is an flock on the folder (a PID alone is wrong across PID namespaces, and a name
+    # alone must never hide data from the ingest)
     home = DataHome.at(tmp_path / "home")
     export_day(home, app_db, DAYS[0])
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    dead = home.raw_logs / f".dt={DAYS[1]}.export-12345-0badc0de"      # an export killed mid-way
+    huge = home.raw_logs / f".dt={DAYS[1]}.export-{10**30}-00000bad"   # a name anything could make
+    fresh = home.raw_logs / f".dt={DAYS[1]}.export-1-0000f00d"         # just made, not locked yet
+    held = home.raw_logs / f".dt={DAYS[1]}.export-1-0000beef"          # a running export's, in any PID namespace
+    for folder in (dead, huge, fresh, held):
+        folder.mkdir()
+        (folder / "rankings.jsonl.gz").write_bytes(b"half")
+    for folder in (dead, huge):
+        os.utime(folder, (1, 1))
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDONLY); "
+                               "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); time.sleep(60)", str(held)],
+                              stdout=subprocess.PIPE, text=True)
     try:
-        live = home.raw_logs / f".dt={DAYS[1]}.export-{child.pid}-0badc0de"
-        live.mkdir()
-        (live / "rankings.jsonl.gz").write_bytes(b"half")
-    finally:
-        child.send_signal(signal.SIGKILL)
-        child.wait()
-    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
-    try:
-        running = home.raw_logs / f".dt={DAYS[1]}.export-{alive.pid}-0000beef"
-        running.mkdir()
-        huge = home.raw_logs / f".dt={DAYS[1]}.export-{10**30}-00000bad"   # no process can have this id
-        huge.mkdir()
-        (huge / "rankings.jsonl.gz").write_bytes(b"hidden?")
+        assert holder.stdout.readline().strip() == "held"
+        os.utime(held, (1, 1))
         scan = scan_raw_zone(home.root)
-        # a running export's staging is not a raw-zone entry; one whose process is gone is reported like any
-        # folder (a name alone never hides data from the ingest)
         assert scan.days == [DAYS[0]]
         assert sorted({p.entry for p in scan.problems}) == sorted(
-            str(path.relative_to(home.root)) for path in (live, huge))
+            str(path.relative_to(home.root)) for path in (dead, huge, fresh))
         export_day(home, app_db, DAYS[1])
-        assert not live.exists() and not huge.exists()   # their process is gone: interrupted exports' leftovers
-        assert running.exists()             # a live export's staging is never touched
+        assert not dead.exists() and not huge.exists()     # nobody holds them: interrupted exports' leftovers
+        assert fresh.exists() and held.exists()            # too new to judge / held by a running export
     finally:
-        alive.kill()
-        alive.wait()
+        holder.kill()
+        holder.wait()
 
 
 def test_a_changed_day_is_swapped_whole_and_unchanged_files_keep_their_inode(app_db, tmp_path):
@@ -250,3 +249,39 @@ def test_the_lag_also_holds_by_the_database_clock(app_db, tmp_path, monkeypatch)
     with psycopg.connect(app_db) as conn:
         assert export_module.database_now(conn).tzinfo is not None
     assert export_day(home, app_db, DAYS[0]).published == "new day"
+
+
+@pytest.mark.parametrize("refusal", ["link", "swap"])
+def test_a_refused_link_or_swap_falls_back_to_renaming_each_changed_file(app_db, tmp_path, monkeypatch, refusal):
+    # protected_hardlinks refuses a link to another account's file; a sticky shared folder refuses the swap
+    import ctypes
+    import errno
+
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    before = _stats(home, DAYS[0])
+    if refusal == "link":
+        def refused(*args, **kwargs):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(export_module.os, "link", refused)
+    else:
+        def refused_swap(*args):
+            ctypes.set_errno(errno.EPERM)
+            return -1
+        monkeypatch.setattr(export_module, "_renameat2", refused_swap)
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    assert export_day(home, app_db, DAYS[0]).changed_tables == ["rankings"]
+    after = _stats(home, DAYS[0])
+    assert [t for t in after if after[t] != before[t]] == ["rankings"]
+    assert b"late" in b"".join(_lines(home, DAYS[0], "rankings"))
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+
+
+@pytest.mark.parametrize("day", ["20230213", "2023-W07-1", "2023-044"])
+def test_a_day_not_written_yyyy_mm_dd_is_refused(app_db, tmp_path, day):
+    # Python 3.11's date.fromisoformat takes these; the raw zone's dt= folders would never be ingested
+    home = DataHome.at(tmp_path / "home")
+    with pytest.raises(ValueError, match="day must be YYYY-MM-DD"):
+        export_day(home, app_db, day)
+    assert not home.raw.exists()
