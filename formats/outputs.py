@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
@@ -278,6 +279,7 @@ def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: s
     ``record``), a record that is not one this tool wrote, and any of ``names`` already there but not
     listed in the record: only files an earlier run of the command wrote are ever replaced.
     """
+    _remove_own_leftovers(given, [*names, record])
     folder = check_output_dir(given, homes, flag, markers=[record])
     earlier = _recorded_files(folder, record, flag, given)
     foreign = [name for name in names if os.path.lexists(folder / name) and name not in earlier]
@@ -287,6 +289,27 @@ def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: s
                             f"listed in its {record}); nothing was replaced, give a new or empty folder")
     kept = {name for name in earlier if os.path.lexists(folder / name)}
     return folder, sorted(kept | set(names))
+
+
+def _remove_own_leftovers(given: str | os.PathLike, names: Sequence[str]) -> list[str]:
+    """Delete the temporary files a killed run of the command left in folder ``given`` (``.NAME.HEX.tmp``,
+    as :func:`formats.files.create_temp` names them, for the command's own ``names``; regular files only,
+    in a real folder), so the rerun of a crashed command is not refused for its own debris."""
+    folder = _absolute(given)
+    try:
+        if not stat.S_ISDIR(os.lstat(folder).st_mode):
+            return []
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    own = re.compile("|".join(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp" for name in names))
+    removed = []
+    for entry in entries:
+        if own.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed
 
 
 def _recorded_files(folder: Path, record: str, flag: str, given: object) -> set[str]:

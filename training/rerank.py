@@ -14,19 +14,27 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import sys
 import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
+import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
-from formats.outputs import recorded_output_dir
+from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from schemas import get_schema
-from training.score_cli import PairRow, add_model_arguments, error_summary, read_pairs_table, score_rows, write_rows
+from training.score_cli import (
+    PairRow,
+    _write_table,
+    add_model_arguments,
+    error_summary,
+    read_pairs_table,
+    score_rows,
+    write_rows,
+)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE = "prompt.txt"
@@ -91,6 +99,13 @@ def choose(scored: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def contact_sheet(scored: Sequence[dict[str, Any]], path: Path, prompts: int = 8, thumb: int = 128,
                   max_candidates: int = 8) -> Path:
+    """Write :func:`contact_sheet_png` to ``path`` (atomically); returns the path."""
+    write_bytes_atomic(Path(path), contact_sheet_png(scored, prompts, thumb, max_candidates))
+    return Path(path)
+
+
+def contact_sheet_png(scored: Sequence[dict[str, Any]], prompts: int = 8, thumb: int = 128,
+                      max_candidates: int = 8) -> bytes:
     """PNG: one row per prompt (the first ``prompts``), its candidates best first with score and preference,
     the choice framed green, unreadable candidates as grey tiles naming the reason."""
     groups: dict[str, list[dict[str, Any]]] = {}
@@ -126,8 +141,7 @@ def contact_sheet(scored: Sequence[dict[str, Any]], path: Path, prompts: int = 8
                       fill=(90, 90, 90), font=font)
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    write_bytes_atomic(Path(path), buffer.getvalue())
-    return Path(path)
+    return buffer.getvalue()
 
 
 def _thumbnail(path: str, size: int) -> Image.Image | None:
@@ -143,22 +157,33 @@ RERANK_FILES = ("scores.parquet", "choices.parquet", "contact_sheet.png")
 
 
 def rerank(scorer: Any, candidates: Sequence[PairRow], output_dir: Path, sheet_prompts: int = 8,
-           record: Sequence[str] | None = None) -> dict[str, Any]:
+           record: Sequence[str] | None = None, homes: Sequence[Path] = ()) -> dict[str, Any]:
     """Score ``candidates``, choose per prompt, write choices.parquet, scores.parquet and contact_sheet.png.
 
-    ``record``: the files to list in the folder's ``pickapic-rerank.json`` (a user-given ``--output``
-    checked by :func:`formats.outputs.recorded_output_dir`), written before them.
+    ``record``: ``output_dir`` is a user-given ``--output`` checked by
+    :func:`formats.outputs.recorded_output_dir`; its files and the ``pickapic-rerank.json`` listing
+    ``record`` are written all or nothing (:func:`formats.outputs.open_output_files`: each entry checked
+    again before the renames, never through a link, out of ``homes``).
     """
     output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     scored = score_rows(scorer, candidates)
     choices = choose(scored)
     if record is not None:
-        write_bytes_atomic(output_dir / RERANK_RECORD, (json.dumps(
-            {"written_by": "pickapic rerank", "files": list(record)}, indent=1) + "\n").encode("utf-8"))
-    write_rows(scored, get_schema("image_scores"), output_dir / "scores.parquet")
-    write_rows(choices, get_schema("rerank_choices"), output_dir / "choices.parquet")
-    sheet = contact_sheet(scored, output_dir / "contact_sheet.png", prompts=sheet_prompts)
+        tables = {"scores.parquet": (scored, get_schema("image_scores")),
+                  "choices.parquet": (choices, get_schema("rerank_choices"))}
+        with open_output_files(output_dir, [*RERANK_FILES, RERANK_RECORD], homes, "--output") as open_file:
+            for name, (rows, schema) in tables.items():
+                with open_file(name) as handle:
+                    _write_table(pa.Table.from_pylist(rows, schema=schema), schema, ".parquet", handle)
+            with open_file("contact_sheet.png") as handle:
+                handle.write(contact_sheet_png(scored, prompts=sheet_prompts))
+            write_output_record(open_file, RERANK_RECORD, record, "pickapic rerank")
+        sheet = output_dir / "contact_sheet.png"
+    else:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        write_rows(scored, get_schema("image_scores"), output_dir / "scores.parquet")
+        write_rows(choices, get_schema("rerank_choices"), output_dir / "choices.parquet")
+        sheet = contact_sheet(scored, output_dir / "contact_sheet.png", prompts=sheet_prompts)
     return {"prompts": len(choices), "candidates": len(scored), "unscored": sum(r["score"] is None for r in scored),
             "choices": str(output_dir / "choices.parquet"), "scores": str(output_dir / "scores.parquet"),
             "contact_sheet": str(sheet), "summary": error_summary(scored)}
@@ -180,12 +205,12 @@ def run_from_args(args: argparse.Namespace) -> int:
     candidates = read_candidates(args.candidates)
     # a new or empty folder or an earlier rerank's (its record lists what it wrote: only those files are
     # replaced), never a link, a file or a folder inside a data home
-    output, listed = recorded_output_dir(args.output, [DataHome.at(getattr(args, "home", None)).root], "--output",
-                                         RERANK_RECORD, RERANK_FILES)
+    homes = [DataHome.at(getattr(args, "home", None)).root]
+    output, listed = recorded_output_dir(args.output, homes, "--output", RERANK_RECORD, RERANK_FILES)
     from training.scoring import Scorer
 
     scorer = Scorer(args.model, args.processor, device=args.device, batch_size=args.batch_size)
-    report = rerank(scorer, candidates, output, args.sheet_prompts, record=listed)
+    report = rerank(scorer, candidates, output, args.sheet_prompts, record=listed, homes=homes)
     print(f"{report['prompts']} prompts, {report['candidates']} candidates -> {report['choices']}, "
           f"{report['contact_sheet']}")
     if report["summary"]:

@@ -345,3 +345,17 @@ def test_failed_export_leaves_the_folder_as_it_was(published: DataHome, tmp_path
             export.export_pickscore_parquet(published, None, target)
     assert {p.name: _state(p) for p in out.iterdir()} == before    # no file replaced, no temp file left
     assert not (tmp_path / "new").exists()
+
+
+def test_a_killed_exports_own_temporary_files_do_not_block_its_rerun(published: DataHome, tmp_path: Path) -> None:
+    # a hostile review: SIGKILL mid-export left .train.parquet.<hex>.tmp; the same command was then refused
+    out = tmp_path / "export"
+    out.mkdir()
+    (out / ".train.parquet.0123456789ab.tmp").write_bytes(b"half a split")
+    (out / ".notes.txt.0123456789ab.tmp").write_bytes(b"not the export's")   # another name: kept, and refused
+    with pytest.raises(outputs.RefusedOutput):
+        export.export_pickscore_parquet(published, None, out)
+    (out / ".notes.txt.0123456789ab.tmp").unlink()
+    export.export_pickscore_parquet(published, None, out)
+    assert not [p.name for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert (out / "pickapic-export.json").is_file()

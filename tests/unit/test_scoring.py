@@ -317,3 +317,29 @@ def test_rerank_replaces_only_files_an_earlier_rerank_wrote(model_dir, tmp_path,
     assert pickapic([*args, str(out)]) == 0 and pickapic([*args, str(out)]) == 0   # its own output: replaced
     assert sorted(p.name for p in out.iterdir()) == ["choices.parquet", "contact_sheet.png", "pickapic-rerank.json",
                                                      "scores.parquet"]
+
+
+def test_rerank_writes_its_folder_all_or_nothing_and_never_through_a_swapped_in_link(tmp_path):
+    # a hostile review: the folder was checked once, then written by path minutes later (after scoring)
+    from types import SimpleNamespace
+
+    import pytest
+
+    import training.rerank as rr
+    from formats.outputs import RefusedOutput, recorded_output_dir
+    from training.score_cli import PairRow
+
+    out, victim = tmp_path / "out", tmp_path / "victim"
+    victim.mkdir()
+    (victim / "scores.parquet").write_text("the victim's own file\n")
+    folder, listed = recorded_output_dir(out, [], "--output", rr.RERANK_RECORD, rr.RERANK_FILES)
+
+    class SwappingScorer:
+        def score_pairs(self, pairs, groups=None):
+            out.symlink_to(victim)          # while the model scores, the output becomes a link
+            return [SimpleNamespace(score=1.0, preference=0.5, rank=1, error=None) for _ in pairs]
+
+    with pytest.raises(RefusedOutput, match="symbolic link"):
+        rr.rerank(SwappingScorer(), [PairRow("p", "a cat", "/x.png")], folder, record=listed)
+    assert sorted(p.name for p in victim.iterdir()) == ["scores.parquet"]
+    assert (victim / "scores.parquet").read_text() == "the victim's own file\n"
