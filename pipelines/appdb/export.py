@@ -282,6 +282,11 @@ def exchange(first: Path, second: Path) -> bool:
     raise OSError(code, f"cannot swap {first} and {second}: {os.strerror(code)}")
 
 
+def _foreign_entries(folder: Path, ours: set[str]) -> list[str]:
+    """Entries of ``folder`` that are not the export's own regular files."""
+    return [e.name for e in os.scandir(folder) if e.name not in ours or not e.is_file(follow_symlinks=False)]
+
+
 def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -> None:
     """Move the staged files into ``raw/app_logs/dt=DAY/``: the folder at once, or only the changed files.
 
@@ -317,18 +322,24 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         return
     report.published = "updated"
     ours = {target.name for _, target in moves + keep}
-    if all(entry.name in ours and entry.is_file(follow_symlinks=False) for entry in os.scandir(final)):
+    if not _foreign_entries(final, ours):
         try:
             for staged, target in keep:
                 with contextlib.suppress(FileNotFoundError):
                     staged.unlink()
                 if os.path.lexists(target):
                     os.link(target, staged, follow_symlinks=False)
+            kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
+            os.chmod(staging, stat.S_IMODE(kept.st_mode))
+            with contextlib.suppress(OSError):
+                os.chown(staging, -1, kept.st_gid)
             swapped = exchange(staging, final)
         except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
             swapped = False
-        if swapped:
+        if swapped and not _foreign_entries(staging, ours):
             return                              # the old day is now at ``staging``, removed by the caller
+        if swapped:                             # something was put into the day meanwhile: swap back, go per file
+            exchange(staging, final)
         for staged, target in keep:             # no swap here: the unchanged files stay where they are
             staged.unlink(missing_ok=True)
     for source, target in moves:  # every file is complete and every target replaceable before the first rename

@@ -285,3 +285,16 @@ def test_a_day_not_written_yyyy_mm_dd_is_refused(app_db, tmp_path, day):
     with pytest.raises(ValueError, match="day must be YYYY-MM-DD"):
         export_day(home, app_db, day)
     assert not home.raw.exists()
+
+
+def test_the_swapped_in_day_keeps_the_day_folders_mode(app_db, tmp_path):
+    # an operator's chmod 2750 on a day folder survived per-file renames; the swap must keep it too
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    os.chmod(home.raw_day(DAYS[0]), 0o2750)
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    folder = os.lstat(home.raw_day(DAYS[0])).st_ino
+    export_day(home, app_db, DAYS[0])
+    info = os.lstat(home.raw_day(DAYS[0]))
+    assert info.st_ino != folder and (info.st_mode & 0o7777) == 0o2750
