@@ -247,9 +247,13 @@ class Terminated(KeyboardInterrupt):
     """SIGTERM, raised in the main thread (a KeyboardInterrupt, so DuckDB stops its query as for Ctrl-C)."""
 
 
+_TERMINATED = threading.Event()
+
+
 def _terminate(signum: int, frame: object) -> None:
+    _TERMINATED.set()
     engine = sys.modules.get("pipelines.query.engine")
-    if engine is not None:   # a query blocked in DuckDB returns at once instead of at its next check
+    if engine is not None:   # a running query stops now, and at its next batch if DuckDB swallowed this
         engine.interrupt_active()
     raise Terminated()
 
@@ -270,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return outcome if isinstance(outcome, int) else 0
         return int(args._run(args) or 0)
     except KeyboardInterrupt as stop:
-        if isinstance(stop, Terminated):
+        if isinstance(stop, Terminated) or _TERMINATED.is_set():
             print("terminated", file=sys.stderr)
             return 128 + signal.SIGTERM
         print("interrupted", file=sys.stderr)

@@ -85,10 +85,14 @@ class QueryLimits:
 
 
 ACTIVE: set = set()   # this process's open query connections (a SIGTERM interrupts them: dagster_project.cli)
+STOP = threading.Event()   # set on SIGTERM: every query of this process ends at its next batch
 
 
 def interrupt_active() -> None:
-    """Interrupt every running query of this process (thread-safe; the queries then raise)."""
+    """Stop every query of this process: interrupt the running ones, and make the next batch any of them
+    asks for raise KeyboardInterrupt (DuckDB may swallow an exception a signal handler raised while it
+    planned, so the handler's own exception is not enough). Thread-safe."""
+    STOP.set()
     for con in list(ACTIVE):
         with contextlib.suppress(Exception):
             con.interrupt()
@@ -214,6 +218,8 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
 
             def batches() -> Iterator[pa.RecordBatch]:
                 while True:
+                    if STOP.is_set():
+                        raise KeyboardInterrupt("stopped by a signal")
                     if deadline.fired:   # the time also counts while the caller writes what it was given
                         raise deadline.failure(TimeoutError(), limits)
                     try:

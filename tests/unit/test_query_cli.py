@@ -370,3 +370,18 @@ def test_sigterm_during_a_query_removes_its_temporary_file_and_spill_folder(buil
         pytest.fail("no exit after SIGTERM:\n" + child.communicate()[1][-5000:])
     assert child.returncode == 143 and "terminated" in err
     assert list(out_dir.iterdir()) == [] and list(spill_root.iterdir()) == []
+
+
+def test_a_stop_request_ends_the_query_at_its_next_batch_even_if_duckdb_swallowed_the_signal(built) -> None:
+    # seen in CI: SIGTERM while DuckDB planned; its handler's exception was lost and the query ran on
+    home, _, _ = built
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with query.stream(home, "SELECT range FROM range(10000000000)", batch_rows=1000) as (_, batches):
+                next(batches)
+                query.interrupt_active()       # what the SIGTERM handler does, without its own exception
+                for _ in batches:
+                    pass
+    finally:
+        query.STOP.clear()
+    assert not query.ACTIVE
