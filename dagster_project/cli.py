@@ -268,6 +268,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in TERMINABLE and threading.current_thread() is threading.main_thread() \
             and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _terminate)
+        # a signal mask is inherited through fork and exec: a launcher thread that had SIGTERM blocked
+        # would leave it pending forever here
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         if hasattr(args, "_module"):
             outcome = importlib.import_module(args._module).run_from_args(args)

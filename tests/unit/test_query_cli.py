@@ -352,10 +352,15 @@ def test_sigterm_during_a_query_removes_its_temporary_file_and_spill_folder(buil
     out_dir.mkdir()
     spill_root.mkdir()
     code = ("import faulthandler, signal, sys; faulthandler.register(signal.SIGUSR1, all_threads=True); "
+            "print(*[l for l in open('/proc/self/status').read().splitlines() if l.startswith(('SigBlk', 'SigIgn'))],"
+            " file=sys.stderr); "
             "from dagster_project.cli import main; sys.exit(main(['query', '--home', sys.argv[1], "
             "'SELECT * FROM range(10000000000)', '--format', 'csv', '--output', sys.argv[2]]))")
+    # a signal's "ignored" disposition is inherited through exec: start the child as a shell would (the
+    # test worker may have been told to ignore SIGTERM); a blocked mask is left for the command to undo
     child = subprocess.Popen([sys.executable, "-c", code, str(home.root), str(out_dir / "out.csv")],
-                             env={**os.environ, "TMPDIR": str(spill_root)}, stderr=subprocess.PIPE, text=True)
+                             env={**os.environ, "TMPDIR": str(spill_root)}, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     deadline = time.monotonic() + 180      # a loaded CI machine starts Python slowly
     while not any(out_dir.iterdir()) and time.monotonic() < deadline:   # the temp file is being written
         time.sleep(0.1)
