@@ -20,6 +20,7 @@ import datetime as dt
 import errno
 import fcntl
 import json
+import math
 import os
 import queue
 import re
@@ -170,8 +171,23 @@ def jstr_raw(value: str | None) -> str:
     return '"' + "".join(parts) + '"'
 
 
-def _float(text: str | None) -> float | None:
-    return None if text is None else float(text)
+class _Unrepresentable(str):
+    """A number the app's column holds that a float64 cannot (``numeric`` 1e-400, 1e400): written as its
+    text in a JSON string, so the ingest quarantines the line (a string where a number belongs) instead
+    of the export turning it into 0.0 or Infinity unseen."""
+
+    def __repr__(self) -> str:   # what rawlines.jnum writes
+        return json.dumps(str(self))
+
+
+def _float(text: str | None) -> float | _Unrepresentable | None:
+    if text is None:
+        return None
+    value = float(text)
+    mantissa = re.split("[eE]", text, maxsplit=1)[0]
+    if (value == 0.0 and re.search("[1-9]", mantissa)) or (math.isinf(value) and "inf" not in text.lower()):
+        return _Unrepresentable(text)
+    return value
 
 
 # One formatter per table: values in the SELECT's column order (text already decoded) -> one line.

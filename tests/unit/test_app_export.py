@@ -318,3 +318,20 @@ def test_command_line_exports_with_the_dsn_from_the_environment(app_db, tmp_path
     monkeypatch.delenv("PICKAPIC_APP_DB_DSN")
     assert main(["--home", str(home), "--day", DAYS[0]]) == 1
     assert "PICKAPIC_APP_DB_DSN is not set" in capsys.readouterr().err
+
+
+def test_a_numeric_gs_no_float_can_hold_is_quarantined_not_rounded():
+    # a hostile review: numeric 1e-400 became 0.0 (and passed the ingest's range check); 1e400 became Infinity
+    uid = "0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f10"
+    for text in ("1e-400", "0." + "0" * 399 + "1",
+                 "1e400"):
+        row = [7, b"2023-02-13 10:00:00.000000", uid.encode(), 3, b"a cat", None, 1, text.encode(), 30, 0, 1,
+               b"s", b"m"]
+        line = format_row("images", row)
+        assert json.loads(line)["gs"] == text
+        with pytest.raises(rp.Reject):
+            _parser("images").parse(line)
+    for text, value in (("7.5", 7.5), ("0", 0.0), ("0.000", 0.0), ("-0.0", 0.0), ("Infinity", float("inf"))):
+        row = [7, b"2023-02-13 10:00:00.000000", uid.encode(), 3, b"a cat", None, 1, text.encode(), 30, 0, 1,
+               b"s", b"m"]
+        assert json.loads(format_row("images", row))["gs"] == value
