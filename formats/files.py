@@ -44,6 +44,14 @@ def file_mode(private: bool = False) -> int:
     return 0o600 if private else 0o666 & ~current_umask()
 
 
+_TEMP_TOKEN_BYTES = 6
+
+
+def temp_names(names: Sequence[str]) -> re.Pattern:
+    """What :func:`create_temp` names the temporary files of ``names`` (``.NAME.<12 hex>.tmp``)."""
+    return re.compile("|".join(rf"\.{re.escape(name)}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp" for name in names))
+
+
 def create_temp(folder: str | os.PathLike, name: str, private: bool = False,
                 dir_fd: int | None = None) -> tuple[int, str]:
     """Create ``.<name>.<random>.tmp`` in ``folder`` (exclusive, no links followed); returns (fd, temp name).
@@ -52,7 +60,7 @@ def create_temp(folder: str | os.PathLike, name: str, private: bool = False,
     With ``dir_fd`` the name is created relative to that open folder and ``folder`` is only for messages.
     """
     for _ in range(100):
-        tmp = f".{name}.{secrets.token_hex(6)}.tmp"
+        tmp = f".{name}.{secrets.token_hex(_TEMP_TOKEN_BYTES)}.tmp"
         try:
             fd = os.open(tmp if dir_fd is not None else os.path.join(folder, tmp), _CREATE,
                          0o600 if private else 0o666, dir_fd=dir_fd)  # the kernel applies the umask to 0666

@@ -14,12 +14,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
-from formats.files import create_temp, naming_full_disk
+from formats.files import create_temp, naming_full_disk, temp_names
 from formats.home import DataHome
 
 
@@ -302,7 +301,7 @@ def _remove_own_leftovers(given: str | os.PathLike, names: Sequence[str]) -> lis
         entries = list(os.scandir(folder))
     except OSError:
         return []
-    own = re.compile("|".join(rf"\.{re.escape(name)}\.[0-9a-f]{{12}}\.tmp" for name in names))
+    own = temp_names(names)
     removed = []
     for entry in entries:
         if own.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):

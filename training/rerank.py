@@ -19,7 +19,6 @@ import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
-import pyarrow as pa
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from formats.files import write_bytes_atomic
@@ -28,12 +27,12 @@ from formats.outputs import open_output_files, recorded_output_dir, write_output
 from schemas import get_schema
 from training.score_cli import (
     PairRow,
-    _write_table,
     add_model_arguments,
     error_summary,
     read_pairs_table,
     score_rows,
     write_rows,
+    write_rows_to,
 )
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -174,7 +173,7 @@ def rerank(scorer: Any, candidates: Sequence[PairRow], output_dir: Path, sheet_p
         with open_output_files(output_dir, [*RERANK_FILES, RERANK_RECORD], homes, "--output") as open_file:
             for name, (rows, schema) in tables.items():
                 with open_file(name) as handle:
-                    _write_table(pa.Table.from_pylist(rows, schema=schema), schema, ".parquet", handle)
+                    write_rows_to(handle, rows, schema)
             with open_file("contact_sheet.png") as handle:
                 handle.write(contact_sheet_png(scored, prompts=sheet_prompts))
             write_output_record(open_file, RERANK_RECORD, record, "pickapic rerank")

@@ -124,18 +124,19 @@ def write_rows(rows: list[dict[str, Any]], schema: pa.Schema, path: Path,
     """
     path = Path(path)
     fmt = _table_format(path)
-    table = pa.Table.from_pylist(rows, schema=schema)
     if user_given is None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-            _write_table(table, schema, fmt, handle)
+            write_rows_to(handle, rows, schema, fmt)
     else:
         with open_output_file(path, user_given) as handle:
-            _write_table(table, schema, fmt, handle)
+            write_rows_to(handle, rows, schema, fmt)
     return path
 
 
-def _write_table(table: pa.Table, schema: pa.Schema, fmt: str, handle: Any) -> None:
+def write_rows_to(handle: Any, rows: list[dict[str, Any]], schema: pa.Schema, fmt: str = ".parquet") -> None:
+    """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``)."""
+    table = pa.Table.from_pylist(rows, schema=schema)
     if fmt == ".parquet":
         pq.write_table(table, handle, compression="zstd")
     elif fmt == ".csv":

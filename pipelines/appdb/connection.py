@@ -199,7 +199,7 @@ def read_rows(conn: psycopg.Connection, query: str, params: dict,
     """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent.
 
     ``batch``: rows per fetch, or a function giving the next fetch's rows (the caller sizes fetches
-    by the bytes the last one made, so memory stays bounded however large the rows are).
+    by the bytes the last one made: huge rows are then fetched a few at a time).
     """
     size = batch if callable(batch) else (lambda: batch)
     with conn.cursor(name="pickapic_export", binary=True) as cursor:
