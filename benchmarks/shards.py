@@ -25,6 +25,16 @@ Reports medians and the ratios to the raw write (goal for the shard phase: >= 0.
 bare writer, every repeat's numbers (``runs_mb_s``), and, because the machine is shared, the
 from-scratch phase per CPU-second (the writer pool's user + system time against the raw write's),
 which other jobs on the machine do not change.
+
+During each nightly publish every file the shard writers create is timed (``create_us``: the
+median microseconds of one create, over the phase's files; per repeat in ``runs_create_us``, and
+the writers' creates summed in ``runs_create_ms_total``). On
+ext4 without a journal (this project's VMs) a new inode is found by skipping, one by one, the free
+inodes of its block group that were deleted in the last 5 seconds (5 minutes while their inode table
+block is dirty), so files deleted shortly before in the same block group (the previous run's work
+folder, when runs follow each other with ``--dir``) make every create of the phase slower, and a
+night creates 3 files per shard. Read the ratios next to this number (README, *Creating files on
+this VM*).
 """
 from __future__ import annotations
 
@@ -143,6 +153,40 @@ def raw_write(path: Path, total_bytes: int, fsync: bool, cpu: list | None = None
         cpu.append(time.process_time() - cpu_started)
     path.unlink()
     return seconds
+
+
+class CreateTimes:
+    """Times every file the shard writers create (``shards.create_temp``), in the pool's forked
+    workers too: each create appends its seconds to a log opened here (``O_APPEND``, inherited by
+    the fork), one small ``write`` per file."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def __enter__(self) -> CreateTimes:
+        from pipelines.publish import shards
+
+        self._shards, self._create = shards, shards.create_temp
+        fd = self._fd = os.open(self.log, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o644)
+        create = self._create
+
+        def timed(*args, **kwargs):
+            started = time.perf_counter()
+            try:
+                return create(*args, **kwargs)
+            finally:
+                os.write(fd, b"%.9f\n" % (time.perf_counter() - started))
+
+        shards.create_temp = timed
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._shards.create_temp = self._create
+        os.close(self._fd)
+
+    def seconds(self) -> list[float]:
+        """Each create's seconds, in the order they ended."""
+        return [float(x) for x in self.log.read_text().split()]
 
 
 def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> float:
@@ -271,6 +315,8 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
                                                  "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
                                                  "bare", "nightly_bare")}
+    creates_us: list[float | None] = []
+    creates_ms: list[float] = []
     scratch_jpegs = _jpeg_paths(home, _rows_through(table, days))      # what the two publishes write
     nightly_jpegs = _jpeg_paths(home, table.filter(pc.greater(table.column("dt"), _day(days))))
     bare_workers = workers or os.cpu_count() or 1
@@ -292,7 +338,11 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
         if writers_cpu > 0:
             m["shards_cpu"].append(report.bytes_written / 1e6 / writers_cpu)
             m["raw_cpu"].append(report.bytes_written / 1e6 / raw_cpu[0])
-        nightly = _publish_with_days(home, table, days + 1, config)
+        with CreateTimes(base / f"creates-{os.getpid()}-{repeat}.log") as creates:
+            nightly = _publish_with_days(home, table, days + 1, config)
+        times = creates.seconds()
+        creates_us.append(statistics.median(times) * 1e6 if times else None)
+        creates_ms.append(sum(times) * 1e3)
         nightly_bytes = nightly.bytes_written
         m["nightly_shards"].append(nightly_bytes / 1e6 / nightly.write_seconds)
         m["nightly_total"].append(nightly_bytes / 1e6 / nightly.total_seconds)
@@ -335,6 +385,10 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
         "ratio_nightly_bare_vs_raw": round(med["nightly_bare"] / med["nightly_raw"], 3),
         "ratio_nightly_shards_vs_bare": round(med["nightly_shards"] / med["nightly_bare"], 3),
         "goal_ratio": 0.5,
+        "create_us": round(statistics.median(x for x in creates_us if x is not None), 1)
+        if any(x is not None for x in creates_us) else None,
+        "runs_create_us": [None if x is None else round(x, 1) for x in creates_us],
+        "runs_create_ms_total": [round(x, 1) for x in creates_ms],    # all the writers' creates of the night, summed
         # per repeat, in order (shards_cpu and raw_cpu only where a pool ran: workers > 1)
         "runs_mb_s": {k: [round(x, 1) for x in v] for k, v in m.items()},
     }

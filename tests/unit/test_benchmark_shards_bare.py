@@ -36,3 +36,27 @@ def test_bare_write_reports_a_failed_reader_with_its_error(tmp_path, capfd) -> N
         bench.bare_write([tmp_path / "a.jpg", tmp_path / "missing.jpg"], tmp_path, workers=2, fsync=False)
     assert "missing.jpg" in capfd.readouterr().err          # the child printed why
     assert [p.name for p in tmp_path.iterdir()] == ["a.jpg"]
+
+
+def test_create_times_counts_every_create_in_this_process_and_forked_ones(tmp_path) -> None:
+    import os
+
+    from pipelines.publish import shards
+
+    original = shards.create_temp
+    with bench.CreateTimes(tmp_path / "creates.log") as creates:
+        fd, _ = shards.create_temp(tmp_path, "a")
+        os.close(fd)
+        pid = os.fork()
+        if pid == 0:      # a pool worker: the forked copy of the wrapper writes to the inherited log
+            code = 1
+            try:
+                os.close(shards.create_temp(tmp_path, "b")[0])
+                code = 0
+            finally:
+                os._exit(code)
+        assert os.waitpid(pid, 0)[1] == 0
+    assert shards.create_temp is original
+    times = creates.seconds()
+    assert len(times) == 2 and all(0 < t < 10 for t in times)
+    assert sorted(p.name.split(".")[1] for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == ["a", "b"]
