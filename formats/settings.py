@@ -244,8 +244,18 @@ def check_fields(config: Any) -> None:
         spec.coerce(getattr(config, name), cls.__name__)
 
 
+# Settings that existed once and were removed: a file or override that still names one is refused
+# with the reason (never silently ignored, never a bare "unknown setting").
+RETIRED = {
+    "dedup.max_iterations": "duplicate clusters are now connected components found in one pass, with no round "
+                            "limit (a chain of near duplicates longer than the limit failed the build)",
+}
+
+
 def knob_for(key: str, source: str) -> Knob:
     """The Knob of ``section.name``; an unknown key is refused with the nearest known ones."""
+    if key in RETIRED:
+        raise SettingsError(f"setting {key!r} ({source}) was removed: {RETIRED[key]}; delete it")
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
         near = difflib.get_close_matches(section, SECTIONS, n=1)
@@ -295,6 +305,7 @@ class Settings:
                 continue
             spec = knobs(section).get(name)
             if spec is None:
+                knob_for(f"{section}.{name}", source)     # raises, naming a retired setting's reason
                 raise SettingsError(f"unknown setting {section}.{name} ({source})")
             values[name] = spec.coerce(value, source)
         where = ", ".join(sorted({self.sources.get(f"{section}.{n}", source) for n in values})) or "defaults"

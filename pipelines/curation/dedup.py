@@ -18,8 +18,11 @@ is ``near_candidates`` in numpy):
    max_bucket_fraction * N)`` distinct values are left out of the join and reported.
 4. Candidates are verified on the full pHash distance (``<= k``); exact groups (same sha256) add
    edges to their smallest member.
-5. Connected components by iterative min-label propagation with pointer jumping (runs only on
-   nodes that have an edge); the canonical member of a cluster is its smallest ``image_uid``.
+5. Connected components of the edges (``scipy.sparse.csgraph.connected_components``: one pass,
+   O(images + edges), whatever the components' shape; only nodes that have an edge); the canonical
+   member of a cluster is its smallest ``image_uid``. (Iterated min-label propagation, used before,
+   needs about as many rounds as a chain of near duplicates is long when ids are random: a morph
+   of a few hundred images failed the build at its 64-round cap.)
 
 Choice of ``k``: pHash of a 64-value DCT block thresholded at its median has exactly 32 set bits,
 so distances are even. Measured on generated images (``tests/unit/test_dedup_clusters.py`` and
@@ -66,7 +69,6 @@ class DedupConfig:
     max_bucket_fraction: float = knob(0.01, "Cap band buckets larger than this fraction of all images.",
                                       min=0, min_exclusive=True, max=1)
     min_bucket_cap: int = knob(1000, "Never cap a bucket at or below this size (small homes).", min=1)
-    max_iterations: int = knob(64, "Upper bound on label-propagation rounds; hitting it is an error.", min=1)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
 
     def __post_init__(self) -> None:
@@ -89,7 +91,6 @@ class DedupReport:
     clusters_with_duplicates: int
     images_in_duplicate_clusters: int
     largest_cluster: int
-    iterations: int
     size_histogram: dict[str, int]
     giant_buckets: list[dict]
     truth: dict | None = None
@@ -108,7 +109,6 @@ class DedupReport:
             "clusters_with_duplicates": self.clusters_with_duplicates,
             "images_in_duplicate_clusters": self.images_in_duplicate_clusters,
             "largest_cluster": self.largest_cluster,
-            "propagation_rounds": self.iterations,
             "giant_buckets": len(self.giant_buckets),
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
@@ -208,27 +208,32 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     exact = run_sql(con, "dedup_exact_edges")
     edges = pa.concat_tables([near.select(["r0", "r1"]), exact.select(["r0", "r1"])])
     con.register("edges", edges)
-    labels = con.sql(
-        "SELECT rid, rid AS label FROM (SELECT r0 AS rid FROM edges UNION SELECT r1 FROM edges) ORDER BY rid"
-    ).to_arrow_table()
-    iterations = 0
-    while True:
-        if iterations >= config.max_iterations:
-            raise RuntimeError(f"label propagation did not converge in {config.max_iterations} rounds")
-        con.register("labels", labels)
-        step = run_sql(con, "dedup_labels_step")
-        iterations += 1
-        if step.equals(labels):
-            break
-        labels = step
+    labels = component_labels(edges.column("r0").to_numpy(), edges.column("r1").to_numpy())
     con.register("labels", labels)
     clusters = cast_to_schema(run_sql(con, "dedup_clusters"), get_schema("duplicate_clusters"))
-    report = _report(con, clusters, hashes.num_rows, exact, near, giant, iterations, config)
+    report = _report(con, clusters, hashes.num_rows, exact, near, giant, config)
     report.seconds = time.perf_counter() - started
     return clusters, report
 
 
-def _report(con, clusters, images, exact, near, giant, iterations, config) -> DedupReport:
+def component_labels(r0: np.ndarray, r1: np.ndarray) -> pa.Table:
+    """``(rid, label)`` for every node of the undirected edges ``r0[i] - r1[i]``, sorted by rid:
+    ``label`` is the smallest rid of the node's connected component."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    nodes, inverse = np.unique(np.concatenate([r0, r1]).astype(np.int64), return_inverse=True)
+    if not len(nodes):
+        return pa.table({"rid": pa.array([], pa.int64()), "label": pa.array([], pa.int64())})
+    a, b = inverse[:len(r0)], inverse[len(r0):]
+    graph = coo_matrix((np.ones(len(a), dtype=np.int8), (a, b)), shape=(len(nodes), len(nodes))).tocsr()
+    _, component = connected_components(graph, directed=True, connection="weak")
+    smallest = np.full(component.max() + 1, np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, component, nodes)          # nodes are sorted: this is each component's minimum
+    return pa.table({"rid": pa.array(nodes, pa.int64()), "label": pa.array(smallest[component], pa.int64())})
+
+
+def _report(con, clusters, images, exact, near, giant, config) -> DedupReport:
     con.register("duplicate_clusters", clusters)
     sizes = con.execute(
         "SELECT cluster_size, count(*) // cluster_size FROM duplicate_clusters GROUP BY 1 ORDER BY 1"
@@ -242,7 +247,6 @@ def _report(con, clusters, images, exact, near, giant, iterations, config) -> De
         clusters_with_duplicates=sum(n for _, n in dup),
         images_in_duplicate_clusters=sum(s * n for s, n in dup),
         largest_cluster=max((s for s, _ in sizes), default=0),
-        iterations=iterations,
         size_histogram=_histogram(sizes),
         giant_buckets=[{k: (int(v) if not isinstance(v, str) else v) for k, v in row.items()} for row in giant.to_pylist()],
         config=public_fields(config),

@@ -87,6 +87,68 @@ def test_chain_is_one_component_with_smallest_uid_canonical():
     assert report.near_edges == 2 and report.exact_duplicate_images == 1
 
 
+def test_a_long_chain_of_near_duplicates_with_random_uids_is_one_cluster():
+    """A morph of 600 images, each 4 pHash bits from the one before (and farther from every other),
+    under random uids: min-label propagation needed ~1 round per 3 images here and failed the build
+    at its 64-round cap; connected components take one pass."""
+    import numpy as np
+
+    rng = np.random.default_rng(1)
+    h = int(rng.integers(0, 2 ** 63)) | DC
+    hashes, recent = [h], []
+    for _ in range(599):
+        band = int(rng.integers(0, 4))
+        bits = rng.choice([b for b in range(band * 15, band * 15 + 15) if b not in recent], 4, replace=False)
+        recent = (recent + [int(b) for b in bits])[-8:]
+        for b in bits:
+            h ^= 1 << int(b)
+        hashes.append(h)
+    uids = [hashlib.sha256(f"u{i}".encode()).hexdigest()[:32] for i in range(len(hashes))]   # random order
+    rows = [(uid, _sha(uid), ph, i) for i, (uid, ph) in enumerate(zip(uids, hashes))]
+    con = connect({"image_features": _features(rows)})
+    clusters, report = cluster_features(con, DedupConfig(dhash_bands=False))
+    assert report.largest_cluster == 600 and report.clusters_with_duplicates == 1
+    assert set(clusters.column("cluster_id").to_pylist()) == {min(uids)}
+    assert report.near_edges >= 599
+
+
+def test_component_labels_match_a_union_find_on_random_graphs():
+    import numpy as np
+
+    from pipelines.curation.dedup import component_labels
+
+    rng = np.random.default_rng(7)
+    for nodes, edges in ((1, 1), (50, 30), (400, 380), (2000, 1500)):
+        r0, r1 = rng.integers(0, nodes * 3, edges), rng.integers(0, nodes * 3, edges)   # sparse ids, self loops
+        parent = {}
+
+        def find(x):
+            while parent.setdefault(x, x) != x:
+                parent[x] = parent[parent[x]]
+                x = parent[x]
+            return x
+
+        for a, b in zip(r0.tolist(), r1.tolist()):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+        got = component_labels(r0, r1).to_pylist()
+        assert [g["rid"] for g in got] == sorted(set(r0.tolist()) | set(r1.tolist()))
+        members: dict[int, list[int]] = {}
+        for x in parent:
+            members.setdefault(find(x), []).append(x)
+        expected = {x: min(group) for group in members.values() for x in group}
+        assert {g["rid"]: g["label"] for g in got} == expected
+    assert component_labels(np.array([], np.int64), np.array([], np.int64)).num_rows == 0
+
+
+def test_the_removed_round_limit_setting_is_refused_with_its_reason():
+    from formats.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="dedup.max_iterations.*was removed: duplicate clusters are now"):
+        Settings().with_values({"dedup.max_iterations": 64}, "pickapic.toml")
+
+
 def test_dc_bit_masked_and_bands_cover_63_bits():
     bands = band_table(DedupConfig(bands=4, dhash_bands=False)).to_pylist()
     widths = [bin(b["mask"]).count("1") for b in bands]
