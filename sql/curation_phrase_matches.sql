@@ -1,7 +1,9 @@
--- Inputs: phrase_hits (ranking_id, prompt: the prompts matching the combined phrase RE2).
--- Output: (ranking_id, phrase) for every hit whose prompt matches this one phrase's word-bounded RE2.
--- Parameters: $phrase, $pattern (one phrase and its RE2). Run once per phrase, so the pattern is a
---             constant compiled once; a pattern read from a joined column is compiled per row.
+-- Inputs: phrase_hits (ranking_id, prompt, moderation_key: the prompts matching a combined phrase RE2).
+-- Output: (ranking_id, phrase) for every hit whose prompt matches this one phrase's word-bounded RE2, or
+--         whose moderation key matches the phrase's key's.
+-- Parameters: $phrase, $pattern, $key_pattern (one phrase, its RE2, its key's RE2). Run once per phrase,
+--             so the patterns are constants compiled once; a pattern read from a joined column is
+--             compiled per row.
 SELECT ranking_id, $phrase::VARCHAR AS phrase
 FROM phrase_hits
-WHERE regexp_matches(prompt, $pattern)
+WHERE regexp_matches(prompt, $pattern) OR regexp_matches(moderation_key, $key_pattern)

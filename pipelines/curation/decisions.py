@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -44,6 +45,7 @@ from formats.home import DataHome
 from formats.settings import add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
+from pipelines.splits.assign import moderation_key
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -161,7 +163,7 @@ class PairsReport:
 def read_id_list(path: Path) -> list[int]:
     """Integer ids, one per line; blank lines and ``#`` comments skipped; errors name the file and line."""
     ids = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
@@ -175,7 +177,7 @@ def read_id_list(path: Path) -> list[int]:
 def read_phrases(path: Path) -> list[str]:
     """Moderation phrases, one per line, whitespace collapsed; blank lines and ``#`` comments skipped."""
     phrases = set()
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
         text = " ".join(line.split("#", 1)[0].split())
         if text:
             phrases.add(text)
@@ -251,15 +253,35 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     return con, phrases
 
 
+def _is_words(phrase: str) -> bool:
+    """Whether ``phrase`` (NFKC) holds no punctuation (P*) nor math or modifier symbol (Sm, Sk)."""
+    return not any((c := unicodedata.category(ch))[0] == "P" or c in ("Sm", "Sk")
+                   for ch in unicodedata.normalize("NFKC", phrase))
+
+
 def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Table:
     """(ranking_id, phrase) for every prompt of ``ranking_base`` holding a moderation phrase.
 
-    One combined RE2 finds the candidate prompts, then each phrase's own RE2 runs as a constant over
-    those few prompts (DuckDB compiles a pattern taken from a joined column once per row: 30 s at
-    1M rankings instead of 0.2 s)."""
-    con.register("phrase_hits", run_sql(con, "curation_phrase_hits", {"phrase_regex": phrase_pattern(phrases)}))
-    found = [run_sql(con, "curation_phrase_matches", {"phrase": row["phrase"], "pattern": row["pattern"]})
-             for row in phrases_table(phrases).to_pylist()]
+    A prompt holds a phrase when the phrase's word-bounded, case-insensitive RE2 matches the prompt
+    as typed, or, for a phrase of words only (no punctuation or symbol, which the key turns into
+    spaces: ``18+`` would match any ``18``), when the phrase's
+    :func:`~pipelines.splits.assign.moderation_key` matches (the same way) the prompt's key:
+    zero-width characters, look-alike letters (Cyrillic ``е``), fullwidth or styled letters,
+    non-ASCII spaces and punctuation between words do not hide such a phrase.
+    One combined RE2 per form finds the candidate prompts, then each phrase's own RE2 runs as a
+    constant over those few prompts (DuckDB compiles a pattern taken from a joined column once per
+    row: 30 s at 1M rankings instead of 0.2 s)."""
+    keys = {phrase: moderation_key(phrase) if _is_words(phrase) else "" for phrase in phrases}
+    prompts = [row[0] for row in con.sql("SELECT DISTINCT prompt FROM ranking_base WHERE prompt IS NOT NULL").fetchall()]
+    con.register("prompt_moderation_keys", pa.table({"prompt": pa.array(prompts, pa.string()),
+                                                     "moderation_key": pa.array([moderation_key(p) for p in prompts],
+                                                                                pa.string())}))
+    con.register("phrase_hits", run_sql(con, "curation_phrase_hits", {
+        "phrase_regex": phrase_pattern(phrases), "key_regex": phrase_pattern(sorted({k for k in keys.values() if k}))}))
+    found = [run_sql(con, "curation_phrase_matches", {
+        "phrase": row["phrase"], "pattern": row["pattern"],
+        "key_pattern": phrase_pattern([keys[row["phrase"]]] if keys[row["phrase"]] else [])})
+        for row in phrases_table(phrases).to_pylist()]
     schema = pa.schema([("ranking_id", pa.int64()), ("phrase", pa.string())])
     return pa.concat_tables([t.cast(schema) for t in found]) if found else schema.empty_table()
 

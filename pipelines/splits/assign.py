@@ -107,16 +107,41 @@ def _punctuation_to_space() -> dict[int, str]:
             if (c := category(chr(cp)))[0] == "P" or c in ("Sm", "Sk")}
 
 
+@functools.cache
+def _ascii_punctuation_to_space() -> bytes:
+    """``bytes.translate`` table of :func:`_punctuation_to_space` for the ASCII bytes."""
+    table = _punctuation_to_space()
+    return bytes(ord(" ") if b in table else b for b in range(256))
+
+
 def normalize_prompt(text: str) -> str:
     """The prompt key: NFKC, invisibles out, NFC, brackets out, punctuation to spaces, confusables folded
     (before case folding: a Cyrillic capital is folded as the Latin capital it looks like), NFC,
     case-folded, NFC, whitespace collapsed."""
-    visible = unicodedata.normalize("NFC", _BLANK.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))))
-    spaced = _BRACKETS.sub(" ", visible).translate(_punctuation_to_space())
-    # punctuation went first: a dash must not become a look-alike letter; folded again after case folding,
-    # which can make a new non-ASCII letter (final sigma to sigma)
-    key = " ".join(_fold_case(_fold_confusables(_fold_case(_fold_confusables(spaced)))).split())
+    visible = _visible(text)
+    key = _folded(_BRACKETS.sub(" ", visible).translate(_punctuation_to_space()))
     return key if key else "#" + " ".join(_fold_case(visible).split())
+
+
+def moderation_key(text: str) -> str:
+    """What a moderation phrase is matched against (:mod:`pipelines.curation.decisions`): the prompt key
+    of :func:`normalize_prompt` with bracketed text kept (a phrase inside brackets is still a phrase),
+    so zero-width and format characters, look-alike letters, fullwidth and styled letters, non-ASCII
+    spaces and punctuation between words change nothing. Empty for a prompt of nothing but those."""
+    if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
+        return " ".join(text.encode("ascii").translate(_ascii_punctuation_to_space()).decode("ascii").lower().split())
+    return _folded(_visible(text).translate(_punctuation_to_space()))
+
+
+def _visible(text: str) -> str:
+    """NFKC, invisibles out, blank-looking characters to spaces, NFC."""
+    return unicodedata.normalize("NFC", _BLANK.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))))
+
+
+def _folded(spaced: str) -> str:
+    """Confusables folded, case folded (twice: case folding can make a new non-ASCII letter, final sigma
+    to sigma), whitespace collapsed. Punctuation already went: a dash must not become a look-alike letter."""
+    return " ".join(_fold_case(_fold_confusables(_fold_case(_fold_confusables(spaced)))).split())
 
 
 def _fold_confusables(text: str) -> str:

@@ -101,6 +101,38 @@ def test_phrase_match_only_at_word_boundaries(tmp_path):
     assert phrase_pattern([]) == r"[^\s\S]"
 
 
+def test_phrases_are_not_hidden_by_invisible_look_alike_styled_or_spaced_characters(tmp_path):
+    b = HomeBuilder(tmp_path)
+    b.phrases = ["nude", "hot dog", "18+"]
+    prompts = {1: "a nu\u200bde statue", 2: "a nu\xadde statue", 3: "a nud\u0435 statue",
+               4: "\uff41 \uff4e\uff55\uff44\uff45 statue", 5: "a hot\xa0dog", 6: "a hot\u3000dog",
+               7: "a \U0001d427\U0001d42e\U0001d41d\U0001d41e statue", 8: "nude_statue", 9: "a [nu\u200bde] statue",
+               10: "hot-dog stand", 11: "NUD\u0415 art",
+               # no hit: a phrase with a symbol is matched as typed only ("18" alone is not "18+"), and a
+               # longer word still hides nothing it should not
+               12: "rated 18 only", 13: "nud\u0435s of mountains", 14: "a hotdog"}
+    for rid, prompt in prompts.items():
+        b.pair(rid, prompt=prompt)
+    _, _, decisions, pairs = _run(b)
+    dropped = sorted(int(d["subject_id"]) for d in decisions if d["reason"] == "prompt_phrase")
+    assert dropped == list(range(1, 12))
+    evidence = {int(d["subject_id"]): json.loads(d["evidence"]) for d in decisions if d["reason"] == "prompt_phrase"}
+    assert evidence[3] == {"phrases": ["nude"]} and evidence[6] == {"phrases": ["hot dog"]}
+    assert sorted(p["ranking_id"] for p in pairs) == [12, 13, 14]
+
+
+def test_a_phrase_list_saved_with_a_byte_order_mark_keeps_its_first_phrase(tmp_path):
+    b = HomeBuilder(tmp_path)
+    b.pair(1, prompt="a nude statue")
+    b.pair(2, prompt="a hot dog")
+    home = b.write()
+    home.nsfw_phrases_file.write_text("\ufeffnude\nhot dog\n", encoding="utf-8")
+    home.banned_users_file.write_text("\ufeff# banned\n", encoding="utf-8")     # a BOM before a comment
+    build_all(home)
+    decisions = pq.read_table(home.table_file("decisions")).to_pylist()
+    assert sorted(int(d["subject_id"]) for d in decisions if d["reason"] == "prompt_phrase") == [1, 2]
+
+
 def test_nsfw_flag_propagates_through_duplicate_cluster(tmp_path):
     b = HomeBuilder(tmp_path)
     flagged = phash_of(99)
