@@ -132,7 +132,8 @@ class Knob:
         try:
             typed = self._typed(value)
         except (TypeError, ValueError):
-            raise SettingsError(f"setting {self.key} = {value!r} ({source}) is refused: expected {self.allowed()}") from None
+            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is refused: "
+                                f"expected {self.allowed()}") from None
         if typed is not None:
             self._check_range(typed, source)
         return typed
@@ -178,7 +179,12 @@ class Knob:
             if self.maximum is not None and (value > self.maximum or (self.max_exclusive and value == self.maximum)):
                 bad = True
         if bad:
-            raise SettingsError(f"setting {self.key} = {value!r} ({source}) is out of range: allowed {self.allowed()}")
+            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is out of range: "
+                                f"allowed {self.allowed()}")
+
+    def _shown(self, value: Any) -> str:
+        """``value`` as an error message may show it: a secret setting's value never is."""
+        return "***" if self.secret else repr(value)
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "on": True, "off": False}

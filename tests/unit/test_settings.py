@@ -149,3 +149,15 @@ def test_stage_command_lines_read_the_home_file(tmp_path):
     assert stage_config(tmp_path, "splits", parser.parse_args(["--unique-prompts", "90"])).unique_prompts == 90
     with pytest.raises(FileNotFoundError, match="pairs not found"):
         splits.main(["--home", str(tmp_path)])
+
+
+def test_a_mistyped_secret_is_never_echoed_in_the_error(tmp_path) -> None:
+    """An unquoted number (or a list) given for a secret setting is refused without its value."""
+    from formats.settings import Settings, SettingsError
+
+    for value in (918273645546372819, ["hunter2-is-my-secret"], {"k": "hunter2-is-my-secret"}):
+        with pytest.raises(SettingsError) as caught:
+            Settings().with_values({"curation.pseudonym_secret": value}, "pickapic.toml")
+        message = str(caught.value)
+        assert "curation.pseudonym_secret = ***" in message and "expected a string" in message
+        assert "918273645546372819" not in message and "hunter2" not in message
