@@ -50,6 +50,7 @@ orientation is not applied: the stored pixels are the image (generated images ca
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
 import stat
@@ -150,6 +151,39 @@ def check_local_target(base: str, relpath: str, zone: str = "raw") -> str:
     if not stat.S_ISREG(info.st_mode):
         raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is not a regular file")
     return target
+
+
+def open_local_blob(base: str, target: str, relpath: str, zone: str = "raw") -> io.FileIO:
+    """Open ``target`` (what :func:`check_local_target` returned) to read, checking again on the open
+    file what the path checks said: something swapped in after them is refused, never waited on or
+    followed out of the zone.
+
+    ``O_NONBLOCK`` (a FIFO swapped in is never waited on; no effect on a regular file), ``O_NOFOLLOW``
+    (``target`` is already resolved: a link there now is a swap), then the open file must be a
+    regular file and, where ``/proc`` names it, inside ``base/zone`` (a folder swapped for a link).
+    """
+    try:
+        fd = os.open(target, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ImageRejected(MISSING_BLOB, f"no file at {relpath!r}") from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} became a symlink while being opened") from None
+        raise
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} is not a regular file")
+        try:
+            opened = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            opened = None          # no /proc: the path checks stand
+        zone_root = os.path.realpath(os.path.join(base, zone))
+        if opened is not None and opened.startswith("/") and os.path.commonpath([zone_root, opened]) != zone_root:
+            raise ImageRejected(UNSAFE_PATH, f"blob path {relpath!r} resolves outside the {zone}/ zone")
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_capped(handle: io.RawIOBase | io.BufferedIOBase, relpath: str, max_bytes: int) -> bytes:

@@ -82,11 +82,12 @@ class ReadBlobFn(beam.DoFn):
         relpath = decode.check_blob_path(relpath, self.zone)
         try:
             if is_local(self.base):
-                url = decode.check_local_target(self.base, relpath, self.zone)
-            else:
-                url = join_url(self.base, relpath)
-                if not FileSystems.exists(url):
-                    raise ImageRejected(decode.MISSING_BLOB, f"no object at {relpath!r}")
+                target = decode.check_local_target(self.base, relpath, self.zone)
+                with decode.open_local_blob(self.base, target, relpath, self.zone) as handle:
+                    return decode.read_capped(handle, relpath, self.max_bytes)
+            url = join_url(self.base, relpath)
+            if not FileSystems.exists(url):
+                raise ImageRejected(decode.MISSING_BLOB, f"no object at {relpath!r}")
             with FileSystems.open(url, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 return decode.read_capped(handle, relpath, self.max_bytes)
         except ImageRejected:

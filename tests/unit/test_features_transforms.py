@@ -238,16 +238,14 @@ def test_a_model_error_rejects_only_the_image_at_fault() -> None:
 
 
 def test_an_unreadable_blob_is_a_reject_row(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from apache_beam.io.filesystems import FileSystems
+    real_open = os.open
 
-    real_open = FileSystems.open
-
-    def opener(path, *args, **kwargs):
-        if path.endswith("locked.png"):
+    def opener(path, *args, **kwargs):   # the tests run as root, whom a mode of 000 does not stop
+        if str(path).endswith("locked.png"):
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, *args, **kwargs)
 
-    monkeypatch.setattr(FileSystems, "open", staticmethod(opener))
+    monkeypatch.setattr(os, "open", opener)
     put(home, "locked", png(1))
     put(home, "fine", png(2))
     with BeamTestPipeline() as p:
@@ -257,3 +255,44 @@ def test_an_unreadable_blob_is_a_reject_row(home: Path, monkeypatch: pytest.Monk
         assert_that(out.image_rejects | beam.Map(lambda r: (r["image_uid"], r["reason"], r["detail"], r["sha256"])),
                     equal_to([("locked", "unreadable_blob", "'raw/images/locked.png': PermissionError: [Errno 13] "
                                "Permission denied: 'raw/images/locked.png'", None)]), label="rejects")
+
+
+@pytest.mark.parametrize("swap", ["fifo", "link_out", "folder_link_out"])
+def test_a_blob_swapped_after_its_path_checks_is_refused_not_waited_on_or_followed(tmp_path, monkeypatch, swap):
+    """The checks look at the path, then the file is opened: whatever was swapped in between (a FIFO, a
+    link to a file outside the zone, a folder replaced by a link leading out) is an unsafe_path reject,
+    at once (a FIFO blocked the worker forever before)."""
+    import threading
+
+    from pipelines.features import decode
+
+    home = tmp_path / "home"
+    (home / "raw/images/sub").mkdir(parents=True)
+    (home / "raw/images/sub/a.png").write_bytes(png(1))
+    outside = tmp_path / "outside"
+    (outside / "sub").mkdir(parents=True)
+    (outside / "sub/a.png").write_bytes(png(2))
+    real_check = decode.check_local_target
+
+    def check_then_swap(base, relpath, zone="raw"):
+        target = real_check(base, relpath, zone)           # passes: a regular file inside the zone
+        if swap == "fifo":
+            os.unlink(target)
+            os.mkfifo(target)
+        elif swap == "link_out":
+            os.unlink(target)
+            os.symlink(outside / "sub/a.png", target)
+        else:
+            os.rename(home / "raw/images/sub", home / "raw/images/gone")
+            os.symlink(outside / "sub", home / "raw/images/sub")
+        return target
+
+    monkeypatch.setattr(decode, "check_local_target", check_then_swap)
+    fn = ReadBlobFn(str(home), "raw", 10**6)
+    fn.setup()
+    out: list = []
+    worker = threading.Thread(target=lambda: out.extend(fn.process(row("a", "raw/images/sub/a.png"))), daemon=True)
+    worker.start()
+    worker.join(20)
+    assert not worker.is_alive(), "the blob reader waited on a FIFO"
+    assert len(out) == 1 and out[0].tag == "image_rejects" and out[0].value["reason"] == "unsafe_path", out
