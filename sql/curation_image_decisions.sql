@@ -14,11 +14,14 @@ universe AS (
 feat AS (
     SELECT image_uid, arg_min(nsfw_detections, dt) AS detections FROM image_features GROUP BY image_uid
 ),
+-- An image with features on any day is not feature_rejected: a reject of another day (a blob that was
+-- missing when that day was fingerprinted, then landed and was fingerprinted with a later day) is stale,
+-- and the image's features (its earliest row) are what every other rule and the publish use.
 rej AS (
     SELECT image_uid,
            list(struct_pack(reason := reason, detail := detail, dt := strftime(dt, '%Y-%m-%d'))
                 ORDER BY dt, reason, detail) AS rejects
-    FROM image_rejects GROUP BY image_uid
+    FROM image_rejects ANTI JOIN feat USING (image_uid) GROUP BY image_uid
 ),
 nsfw AS (
     SELECT image_uid,

@@ -133,6 +133,25 @@ def test_a_phrase_list_saved_with_a_byte_order_mark_keeps_its_first_phrase(tmp_p
     assert sorted(int(d["subject_id"]) for d in decisions if d["reason"] == "prompt_phrase") == [1, 2]
 
 
+def test_a_reject_of_an_earlier_day_does_not_drop_an_image_fingerprinted_later(tmp_path):
+    """Day 1's blob was missing (a reject row); it landed, the image was re-exported on day 2 and
+    fingerprinted then: the image has features, so the stale reject drops nothing."""
+    b = HomeBuilder(tmp_path)
+    b.image("late", day="2023-03-01", features=False)
+    b.reject("late", reason="missing_blob", day="2023-03-01")
+    b.image("late", day="2023-03-02")              # the re-export: an images row and a features row on day 2
+    b.image("other", day="2023-03-02")
+    b.reject("gone", reason="missing_blob", day="2023-03-02")
+    b.image("gone", day="2023-03-02", features=False)
+    b.ranking(1, ["late", "other"], "late", day="2023-03-02")
+    b.ranking(2, ["gone", "other"], "other", day="2023-03-02")
+    home, _, decisions, pairs = _run(b)
+    assert _reasons(decisions, "image", "late") == []
+    assert _reasons(decisions, "image", "gone") == ["feature_rejected"]      # no features on any day
+    assert [p["ranking_id"] for p in pairs] == [1]
+    assert _contract_failures(home, "pairs") == [] and _contract_failures(home, "decisions") == []
+
+
 def test_nsfw_flag_propagates_through_duplicate_cluster(tmp_path):
     b = HomeBuilder(tmp_path)
     flagged = phash_of(99)
