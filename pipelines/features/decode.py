@@ -269,12 +269,17 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
 
 
 def libspng_decodes(data: bytes) -> bool:
-    """True for a PNG of at most 8 bits per sample whose chunks after the first IDAT are IDATs and one IEND."""
+    """True for a PNG of at most 8 bits per sample whose chunks after the first IDAT are IDATs and one
+    IEND, and that has no APNG chunk (``acTL``, ``fcTL``, ``fdAT``): Pillow reads an APNG's frames
+    and judges them (an animation, a frame that does not fit the image), libspng ignores them, so
+    such a file always goes to Pillow and gets Pillow's outcome whatever its chunk layout."""
     if data[12:16] != b"IHDR" or len(data) < 33 or data[24] > 8:
         return False
     position, image_data = 8, False
     while position + 8 <= len(data):
         length, kind = int.from_bytes(data[position:position + 4], "big"), data[position + 4:position + 8]
+        if kind in (b"acTL", b"fcTL", b"fdAT"):
+            return False
         if kind == b"IEND":
             return image_data
         if kind == b"IDAT":

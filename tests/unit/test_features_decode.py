@@ -211,3 +211,40 @@ def test_other_pngs_go_to_pillow_with_the_same_outcome() -> None:
     sixteen_bit = bytearray(good)
     sixteen_bit[24] = 16                                      # bit depth in IHDR: 16 bits are never libspng's
     assert not imagedecode.libspng_decodes(bytes(sixteen_bit))
+
+
+def test_an_apng_gets_pillows_outcome_whatever_its_chunk_layout() -> None:
+    """An APNG (acTL/fcTL) whose one frame does not fit the image: libspng ignores the frame chunks and
+    accepted it when the IDAT came last, Pillow refuses it; the fast path must never change an outcome."""
+    import struct
+
+    from test_features_fixtures import _chunk, encode, natural_image
+
+    from pipelines.features import decode as decode_module
+    from pipelines.features.config import FeaturesConfig
+
+    def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+        position, out = 8, []
+        while position < len(data):
+            length = int.from_bytes(data[position:position + 4], "big")
+            out.append((data[position + 4:position + 8], data[position + 8:position + 8 + length]))
+            position += 12 + length
+        return out
+
+    def build(parts: list[tuple[bytes, bytes]]) -> bytes:
+        return b"\x89PNG\r\n\x1a\n" + b"".join(_chunk(kind, body) for kind, body in parts)
+
+    parts = chunks(encode(natural_image(3, (64, 64))))
+    actl = (b"acTL", struct.pack(">II", 1, 0))
+    fctl = (b"fcTL", struct.pack(">IIIIIHHBB", 0, 32, 32, 0, 0, 1, 1, 0, 0))      # a 32x32 frame of a 64x64 image
+    idat_last = build([parts[0], actl, fctl] + parts[1:])
+    text_after = build([parts[0], actl, fctl] + parts[1:-1] + [(b"tEXt", b"a\x00b")] + parts[-1:])
+    limits = FeaturesConfig().decode_limits()
+    outcomes = []
+    for data in (idat_last, text_after):
+        assert not decode_module.libspng_decodes(data)
+        with pytest.raises(decode_module.ImageRejected) as caught:
+            decode_module.decode_image(data, "raw/images/x.png", **limits)
+        outcomes.append(caught.value.reason)
+    assert outcomes == ["truncated_image", "truncated_image"]
+    assert decode_module.libspng_decodes(build(parts))        # a plain PNG keeps the fast path
