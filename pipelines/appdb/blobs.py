@@ -9,6 +9,10 @@ A blob already in the raw zone is never copied again (re-exports stay cheap, and
 was exported: one whose size differs from the store's now is counted as ``differs_in_store``);
 a missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
 a uid that is not a canonical UUID is never used as a file name (the ingest quarantines its row).
+In a local store only regular files are copied: a symlink (which could name any file the export
+can read), a FIFO, a device or a folder is counted as ``not_a_file_in_store`` and left out (the
+feature stage then rejects the image as ``missing_blob``), and a file is copied up to the size it
+had when opened, so one that keeps growing cannot fill the disk.
 """
 from __future__ import annotations
 
@@ -33,11 +37,20 @@ def _is_local(store: str) -> bool:
     return "://" not in store
 
 
+class NotAFile(Exception):
+    """A local store entry that is not a regular file (a symlink is not followed)."""
+
+
 def _source_size(store: str, name: str) -> int | None:
-    """Size of ``name`` in the store, or None when it is not there."""
+    """Size of ``name`` in the store, or None when it is not there (:class:`NotAFile`: not a regular file)."""
     if _is_local(store):
-        path = Path(store) / name
-        return path.stat().st_size if path.is_file() else None
+        try:
+            info = os.lstat(Path(store) / name)
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            raise NotAFile(name)
+        return info.st_size
     from apache_beam.io.filesystems import FileSystems
 
     found = FileSystems.match([store.rstrip("/") + "/" + name])[0].metadata_list
@@ -45,9 +58,12 @@ def _source_size(store: str, name: str) -> int | None:
 
 
 def _copy_one(store: str, uid: str, target_dir: Path) -> str:
-    """Copy one blob; returns 'copied', 'present', 'differs_in_store' or 'missing'."""
+    """Copy one blob; returns 'copied', 'present', 'differs_in_store', 'missing' or 'not_a_file_in_store'."""
     name = f"{uid}.png"
-    size = _source_size(store, name)
+    try:
+        size = _source_size(store, name)
+    except NotAFile:
+        return "not_a_file_in_store"
     if size is None:
         return "missing"
     target = target_dir / name
@@ -59,15 +75,27 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
         if not stat.S_ISREG(info.st_mode):
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
         return "present" if info.st_size == size else "differs_in_store"
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        if _is_local(store):
-            source = open(Path(store) / name, "rb")
-        else:
-            from apache_beam.io.filesystems import CompressionTypes, FileSystems
+    if _is_local(store):
+        try:
+            fd = os.open(Path(store) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return "missing"
+        except OSError:                  # ELOOP: swapped for a link since the lstat
+            return "not_a_file_in_store"
+        with open(fd, "rb", closefd=True) as source:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                return "not_a_file_in_store"
+            with atomic_path(target) as tmp, open(tmp, "wb") as out:
+                left = info.st_size          # what it held when opened: a file that keeps growing stops here
+                while left > 0 and (block := source.read(min(CHUNK, left))):
+                    out.write(block)
+                    left -= len(block)
+        return "copied"
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
 
-            source = FileSystems.open(store.rstrip("/") + "/" + name,
-                                      compression_type=CompressionTypes.UNCOMPRESSED)
-        with source:
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        with FileSystems.open(store.rstrip("/") + "/" + name, compression_type=CompressionTypes.UNCOMPRESSED) as source:
             while block := source.read(CHUNK):
                 out.write(block)
     return "copied"
@@ -78,7 +106,8 @@ def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: Dat
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
-    counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": 0}
+    counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": 0,
+              "not_a_file_in_store": 0}
     target_dir = home.raw_images       # a real folder of the home (export_day checked it)
 
     def flush(batch: list[str]) -> None:

@@ -491,6 +491,10 @@ def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     files did not change (the feature stage, which ran on that day without them, does not see them
     until the day is rebuilt)."""
     out = []
+    odd = report.blobs.get("not_a_file_in_store", 0)
+    if odd:
+        out.append(f"{odd} image object(s) of day {day} in the local store are not regular files (a symlink, a FIFO, "
+                   "a device, a folder): not copied; the feature stage rejects those images as missing_blob")
     changed = report.blobs.get("differs_in_store", 0)
     if changed:
         out.append(f"{changed} image blob(s) of day {day} differ in the store from the copy in raw/images; the "

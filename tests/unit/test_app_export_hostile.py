@@ -217,6 +217,26 @@ def test_blobs_once_copied_stay_frozen_and_late_ones_are_announced(app_db, tmp_p
     assert "differ in the store" in text and f"pickapic build --force --from {DAYS[0]} --to {DAYS[0]}" in text
 
 
+def test_only_regular_files_of_a_local_store_are_copied(app_db, tmp_path):
+    """A symlink in the app's store could name any file the export can read (it was followed and the
+    file copied into the raw zone); a FIFO would block the copy. Neither is copied: counted and warned."""
+    store = tmp_path / "store"
+    store.mkdir()
+    secret = tmp_path / "not-an-image.txt"
+    secret.write_text("private key material")
+    with psycopg.connect(app_db) as conn:
+        uids = [u for (u,) in conn.execute("SELECT image_uid FROM images WHERE created_at < %s ORDER BY image_id "
+                                           "LIMIT 3", (DAYS[1],))]
+    os.symlink(secret, store / f"{uids[0]}.png")
+    os.mkfifo(store / f"{uids[1]}.png")
+    (store / f"{uids[2]}.png").write_bytes(b"\x89PNG a real one")
+    home = DataHome.at(tmp_path / "home")
+    report = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (report.blobs["not_a_file_in_store"], report.blobs["copied"]) == (2, 1)
+    assert sorted(p.name for p in home.raw_images.iterdir()) == [f"{uids[2]}.png"]
+    assert "are not regular files" in "\n".join(report.warnings)
+
+
 def test_without_a_folder_swap_changed_files_are_renamed_one_by_one(app_db, tmp_path, monkeypatch):
     # a file system or kernel without renameat2(RENAME_EXCHANGE): the per-file path, same result
     monkeypatch.setattr(export_module, "exchange", lambda first, second: False)
