@@ -2,7 +2,7 @@
 
 Nothing the tool writes may replace what it did not create: devices, links, FIFOs, sockets, folders and
 the data home's own files are refused, and published files honour the umask (read back as another
-account with ``runuser``).
+account: a child process that drops root's uid, gid and groups to ``nobody``).
 """
 from __future__ import annotations
 
