@@ -18,12 +18,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -138,6 +140,39 @@ def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig)
     config.save(directory)
 
 
+_STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "history": list, "best": dict, "torch_rng": list}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as data ``torch.load(weights_only=True)`` accepts: numpy scalars/arrays become numbers/tensors."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state at ``path``, loaded as plain data only (tensors, dicts, lists, numbers, strings):
+    a state that needs any other class is refused, since unpickling it could run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f"refusing to resume from {path}: it does not load as plain data (tensors, dicts, lists, "
+                         f"numbers, strings) and was not written by this trainer ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); move it away to start over") from None
+    wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
+    if wrong:
+        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
+    if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
+        raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
+    return state
+
+
 def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
     changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
                      if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name))
@@ -244,7 +279,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     if (last_dir / STATE_FILE).is_file():
         _check_resumable(TrainConfig.load(last_dir), config)
         clip, processor = load_model(last_dir)
-        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(last_dir / STATE_FILE)
     elif config.init_from == "scratch":
         if rank == 0 and (init_dir / "config.json").is_file():
             _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
@@ -285,8 +320,8 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
             if improved:
                 _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config))
             rngs = [torch.get_rng_state()]
-            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs}
+            trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "history": history, "best": best, "torch_rng": rngs})
 
             def write(d: Path) -> None:
                 _save_model(d, clip, processor, config)
