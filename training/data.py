@@ -102,15 +102,54 @@ def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return dataset.split_shards(dataset.resolve_data_dir(data_dir), split)
 
 
-def shard_weights(shards: list[Path]) -> list[float]:
-    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+def shard_sizes(shards: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """``{shard path: sample count}`` from the ``sizes.json`` beside each shard (shards it does not list are left out)."""
     sizes: dict[Path, dict] = {}
-    weights = []
+    counts = {}
     for shard in map(Path, shards):
         if shard.parent not in sizes:
             sizes[shard.parent] = dataset.read_sizes(shard.parent) or {}
-        weights.append(float(sizes[shard.parent].get(shard.name, 1)))
-    return weights
+        if shard.name in sizes[shard.parent]:
+            counts[str(shard)] = int(sizes[shard.parent][shard.name])
+    return counts
+
+
+def shard_weights(shards: list[Path]) -> list[float]:
+    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+    counts = shard_sizes(shards)
+    return [float(counts.get(str(shard), 1)) for shard in shards]
+
+
+def check_tar_end(path: str | os.PathLike) -> None:
+    """Refuse a shard that does not end with tar's two zero end-of-archive blocks (a truncated or 0-byte file)."""
+    size = os.stat(path).st_size
+    if size < 2 * _BLOCK or size % _BLOCK:
+        raise ValueError(f"shard {path} is {size} bytes: not a complete tar (truncated?); republish the version")
+    with open(path, "rb") as handle:
+        handle.seek(size - 2 * _BLOCK)
+        if handle.read(2 * _BLOCK).strip(b"\0"):
+            raise ValueError(f"shard {path} does not end with tar's end-of-archive blocks (truncated?); "
+                             "republish the version")
+
+
+def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
+    """Check before a run that ``split`` has shards, that its ``sizes.json`` (when present) lists samples and
+    that every shard is a complete tar; returns the listed sample count (None without ``sizes.json``)."""
+    version = dataset.resolve_data_dir(data_dir)
+    split_dir = version / split
+    shards = dataset.split_shards(version, split)
+    if not shards:
+        raise ValueError(f"split {split!r} has no shards in {split_dir}")
+    sizes = dataset.read_sizes(split_dir)
+    total = None if sizes is None else int(sum(sizes.values()))
+    if total is not None and total <= 0:
+        raise ValueError(f"split {split!r} is empty: {split_dir / dataset.SIZES_FILE} lists {total} samples")
+    for shard in shards:
+        try:
+            check_tar_end(shard)
+        except ValueError as err:
+            raise ValueError(f"split {split!r} of {version}: {err}") from None
+    return total
 
 
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
@@ -313,6 +352,9 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             raise ValueError("no training shards given")
         self.urls = [str(p) for p in shards]
         self.weights = shard_weights(shards)
+        self.where = f"split {Path(self.urls[0]).parent.name!r} in {Path(self.urls[0]).parent}"
+        if resampled and sum(self.weights) <= 0:
+            raise ValueError(f"{self.where}: sizes.json lists no samples in any shard, nothing to train on")
         self.batch_size, self.collate, self.spec, self.seed = batch_size, collate, spec, seed
         self.shuffle_buffer, self.shuffle_initial = shuffle_buffer, shuffle_initial
         self.resampled, self.draft = resampled, draft
@@ -334,6 +376,22 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             yield from islice(wds.split_by_node({"url": u} for u in order), worker, None, self.num_workers)
             epoch += 1
 
+    def _samples(self, urls: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        """Samples of the endless shard sequence ``urls``; once every shard has been read and none gave a
+        sample, an error (the stream would otherwise spin forever)."""
+        empty: set[str] = set()
+        productive = False
+        for item in urls:
+            count = 0
+            for sample in tar_samples([item]):
+                count += 1
+                yield sample
+            productive = productive or count > 0
+            if not productive:
+                empty.add(item["url"])
+                if len(empty) == len(set(self.urls)):
+                    raise ValueError(f"{self.where}: a full pass over its {len(empty)} shards yielded no samples")
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, physical, workers = wds.utils.pytorch_worker_info()
         if workers != self.num_workers:
@@ -342,7 +400,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
         # logical worker w has already produced ceil((s - w) / W) batches.
         worker = (physical + self.skip_batches) % workers
-        samples = tar_samples(self._shard_urls(rank, world, worker))
+        samples = self._samples(self._shard_urls(rank, world, worker))
         samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
         done = max(0, -(-(self.skip_batches - worker) // workers))

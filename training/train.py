@@ -36,6 +36,7 @@ from training.data import (
     ImageSpec,
     PairCollator,
     TrainPairStream,
+    check_split,
     iter_captions,
     make_loader,
     split_shards,
@@ -267,6 +268,8 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     out = Path(config.output_dir)
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     data_dir = dataset.resolve_data_dir(config.data_dir)
+    for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
+        check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
 
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint

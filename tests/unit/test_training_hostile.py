@@ -1,9 +1,11 @@
 """Hostile inputs to the trainer and the dataset readers: planted files, broken shards, links, odd images."""
-import shutil
+import json
 
 import pytest
 import torch
 
+from training.data import ImageSpec, PairCollator, TrainPairStream, split_shards
+from training.model import train_tokenizer
 from training.synthetic import tiny_config, write_synthetic_version
 from training.train import STATE_FILE, train
 
@@ -45,3 +47,46 @@ def test_resume_never_unpickles_code(version, tmp_path):
     with pytest.raises(ValueError, match=f"refusing to resume from .*{STATE_FILE}.*plain data"):
         train(tiny_config(version, out, max_steps=4))
     assert not marker.exists()
+
+
+def _empty_tars(split_dir, keep_sizes=False):
+    """Replace every shard of ``split_dir`` with a valid tar holding no member."""
+    for tar in split_dir.glob("*.tar"):
+        tar.write_bytes(bytes(10240))
+    if not keep_sizes:
+        (split_dir / "sizes.json").unlink()
+
+
+@pytest.mark.parametrize("split", ["train", "validation_unique", "test_unique"])
+def test_a_zero_byte_split_fails_before_training(fresh_version, tmp_path, split):
+    for tar in (fresh_version / split).glob("*.tar"):
+        tar.write_bytes(b"")
+    with pytest.raises(ValueError, match=f"split '{split}' of {fresh_version}: shard .*{split}.*is 0 bytes"):
+        train(tiny_config(fresh_version, tmp_path / "run"))
+    assert not (tmp_path / "run" / "init").exists()  # refused before the model was even built
+
+
+def test_a_split_whose_sizes_list_nothing_is_refused(fresh_version, tmp_path):
+    (fresh_version / "validation_unique" / "sizes.json").write_text(
+        json.dumps({p.name: 0 for p in (fresh_version / "validation_unique").glob("*.tar")}))
+    with pytest.raises(ValueError, match=r"split 'validation_unique' is empty: .*validation_unique/sizes.json lists 0"):
+        train(tiny_config(fresh_version, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_train_stream_with_no_samples_raises_instead_of_spinning(fresh_version, resampled):
+    _empty_tars(fresh_version / "train")
+    processor = PairCollator(train_tokenizer(["a red star", "two blue circles"], 600), 77)
+    stream = TrainPairStream(split_shards(fresh_version, "train"), 4, processor, ImageSpec(32, 32), seed=0,
+                             shuffle_buffer=8, shuffle_initial=2, resampled=resampled, draft=True, num_workers=0)
+    with pytest.raises(ValueError, match=f"split 'train' in {fresh_version / 'train'}: a full pass over its 2 "
+                                         "shards yielded no samples"):
+        next(iter(stream))
+
+
+def test_an_eval_split_with_no_samples_fails_at_the_first_evaluation(fresh_version, tmp_path):
+    _empty_tars(fresh_version / "validation_unique")
+    events = []
+    with pytest.raises(ValueError, match="split 'validation_unique' of .* yielded no samples from its 2 shards"):
+        train(tiny_config(fresh_version, tmp_path / "run"), on_event=events.append)
+    assert not [e for e in events if e["event"] == "train"]  # not after the whole training
