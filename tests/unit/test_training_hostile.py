@@ -90,3 +90,28 @@ def test_an_eval_split_with_no_samples_fails_at_the_first_evaluation(fresh_versi
     with pytest.raises(ValueError, match="split 'validation_unique' of .* yielded no samples from its 2 shards"):
         train(tiny_config(fresh_version, tmp_path / "run"), on_event=events.append)
     assert not [e for e in events if e["event"] == "train"]  # not after the whole training
+
+
+def test_rerank_prompt_files_that_are_not_small_regular_files_are_error_rows(tmp_path):
+    import os
+
+    from training.rerank import MAX_PROMPT_BYTES, read_candidate_folder
+
+    png = tmp_path / "x.png"
+    from PIL import Image
+    Image.new("RGB", (4, 4)).save(png)
+    prompts = {"fifo": None, "zero": None, "long": "a" * (MAX_PROMPT_BYTES + 1), "ok": "two red stars"}
+    for name, text in prompts.items():
+        sub = tmp_path / "candidates" / name
+        sub.mkdir(parents=True)
+        (sub / "a.png").write_bytes(png.read_bytes())
+        if text is not None:
+            (sub / "prompt.txt").write_text(text)
+    os.mkfifo(tmp_path / "candidates" / "fifo" / "prompt.txt")  # nobody ever writes it: reading would wait forever
+    (tmp_path / "candidates" / "zero" / "prompt.txt").symlink_to("/dev/zero")  # never ends
+    rows = {row.prompt_id: row for row in read_candidate_folder(tmp_path / "candidates")}
+    assert rows["fifo"].error.startswith("missing_prompt:") and "not a regular file" in rows["fifo"].error
+    assert rows["zero"].error.startswith("missing_prompt:") and "not a regular file" in rows["zero"].error
+    assert rows["long"].error == (f"missing_prompt: {tmp_path / 'candidates' / 'long' / 'prompt.txt'} is longer "
+                                  f"than {MAX_PROMPT_BYTES} bytes")
+    assert rows["ok"].error is None and rows["ok"].prompt == "two red stars"
