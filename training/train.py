@@ -20,6 +20,7 @@ import json
 import os
 import pickle
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,24 +116,51 @@ def _all_mean(value: torch.Tensor, world: int) -> float:
 
 
 # --------------------------------------------------------------------------- checkpoint io
-def _save_dir_atomic(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one)."""
+def _refuse_links(root: Path, final: Path) -> None:
+    """Refuse when ``final``, its ``.tmp`` / ``.old`` siblings or a folder between ``root`` and them is a
+    symbolic link (checked with ``lstat``): the trainer never writes, renames or deletes through a link."""
+    for target in (final, final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")):
+        path = root
+        for part in target.relative_to(root).parts:
+            path = path / part
+            if path.is_symlink():
+                raise ValueError(f"{path} is a symbolic link: the trainer writes and replaces {final} and never "
+                                 "does so through a link (remove the link or use a new output_dir)")
+
+
+def _remove_own(path: Path) -> None:
+    """Delete a folder or file the trainer made (never following a link: one is unlinked, not its target)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _save_dir_atomic(final: Path, write: Callable[[Path], None], root: Path | None = None) -> None:
+    """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one); refused when
+    anything between ``root`` (default: ``final``'s parent) and ``final`` is a link."""
+    _refuse_links(final.parent if root is None else root, final)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_own(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
     honour_umask(tmp)  # safetensors writes 0600 whatever the umask; other accounts must read the weights
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(final):
+        _remove_own(old)
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_own(old)
 
 
-def _recover_dir(final: Path) -> None:
+def _recover_dir(root: Path, final: Path) -> None:
     """After a crash between the two renames of ``_save_dir_atomic``, restore the previous directory."""
+    _refuse_links(root, final)
     old = final.with_name(f".{final.name}.old")
-    if not final.exists() and old.exists():
+    if not os.path.lexists(final) and os.path.lexists(old):
         old.rename(final)
 
 
@@ -275,8 +303,8 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
-        _recover_dir(last_dir)
-        _recover_dir(best_dir)
+        for folder in (last_dir, best_dir, init_dir):
+            _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
     _barrier(world)
     state = None
     if (last_dir / STATE_FILE).is_file():
@@ -288,7 +316,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
             _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
         if rank == 0 and not (init_dir / "config.json").is_file():
             clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config))
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config), out)
         _barrier(world)
         clip, processor = load_model(init_dir)
     else:
@@ -321,7 +349,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     def checkpoint(improved: bool) -> None:
         if rank == 0:
             if improved:
-                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config))
+                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config), out)
             rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "history": history, "best": best, "torch_rng": rngs})
@@ -329,7 +357,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
             def write(d: Path) -> None:
                 _save_model(d, clip, processor, config)
                 torch.save(trainer_state, d / STATE_FILE)
-            _save_dir_atomic(last_dir, write)
+            _save_dir_atomic(last_dir, write, out)
         _barrier(world)
 
     def record_eval() -> None:

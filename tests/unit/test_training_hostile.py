@@ -115,3 +115,40 @@ def test_rerank_prompt_files_that_are_not_small_regular_files_are_error_rows(tmp
     assert rows["long"].error == (f"missing_prompt: {tmp_path / 'candidates' / 'long' / 'prompt.txt'} is longer "
                                   f"than {MAX_PROMPT_BYTES} bytes")
     assert rows["ok"].error is None and rows["ok"].prompt == "two red stars"
+
+
+def _victim(tmp_path):
+    victim = tmp_path / "victim"
+    (victim / "last").mkdir(parents=True)
+    (victim / "last" / "train_config.json").write_text("{}")
+    (victim / "last" / "precious.txt").write_text("not written by pickapic\n")
+    return victim
+
+
+def test_the_train_command_refuses_a_run_folder_with_a_linked_checkpoints_folder(version, tmp_path, monkeypatch):
+    from training.cli import main
+
+    monkeypatch.setenv("PICKAPIC_HOME", str(tmp_path / "home"))
+    victim = _victim(tmp_path)
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoints").symlink_to(victim)
+    args = ["--data-dir", str(version), "--output-dir", str(out), "--image-size", "32", "--patch-size", "8",
+            "--text-width", "32", "--vision-width", "32", "--layers", "1", "--heads", "2", "--projection-dim", "32",
+            "--tokenizer-vocab-size", "600", "--batch-size", "8", "--num-workers", "0", "--device", "cpu",
+            "--cpu-threads", "1", "--max-steps", "2", "--eval-every", "2"]
+    with pytest.raises(ValueError, match=f"{out / 'checkpoints'} is a symbolic link"):
+        main(args)
+    assert sorted(p.name for p in (victim / "last").iterdir()) == ["precious.txt", "train_config.json"]
+
+
+@pytest.mark.parametrize("link", ["checkpoints", "best", "init", "checkpoints/last", "checkpoints/.last.tmp"])
+def test_the_trainer_never_writes_or_deletes_through_a_link(version, tmp_path, link):
+    victim = _victim(tmp_path)
+    out = tmp_path / "run"
+    (out / link).parent.mkdir(parents=True, exist_ok=True)
+    (out / link).symlink_to(victim / "last" if link.count("/") else victim)
+    with pytest.raises(ValueError, match=f"{out / link} is a symbolic link"):
+        train(tiny_config(version, out, max_steps=2))
+    assert sorted(p.name for p in (victim / "last").iterdir()) == ["precious.txt", "train_config.json"]
+    assert sorted(p.name for p in victim.iterdir()) == ["last"]
