@@ -32,6 +32,8 @@ from formats import dataset
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_ASPECT = 50                # longest / shortest side; published images are <= 4 (features.max_aspect)
+MAX_RESIZED_PIXELS = 1 << 26   # pixels after the shortest-edge resize (64 M, ~200 MB as RGB)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
 
 
@@ -74,9 +76,29 @@ def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True, out: np.n
     return preprocess_rgb(img, spec, out)
 
 
+class ImageGeometryError(ValueError):
+    """An image whose shape the CLIP preprocessing cannot take without blowing up memory."""
+
+
+def check_geometry(width: int, height: int, spec: ImageSpec) -> None:
+    """Refuse an image whose longest / shortest side exceeds ``MAX_ASPECT`` or whose shortest-edge resize
+    would exceed ``MAX_RESIZED_PIXELS`` (a 1 x 200,000 strip resized to a 224 px short side is 45 G pixels)."""
+    short, long = min(width, height), max(width, height)
+    if short <= 0:
+        raise ImageGeometryError(f"image is {width}x{height}")
+    if long > MAX_ASPECT * short:
+        raise ImageGeometryError(f"image is {width}x{height}, aspect ratio {long / short:.1f} > {MAX_ASPECT}")
+    resized = spec.shortest_edge * int(spec.shortest_edge * long / short)
+    if resized > MAX_RESIZED_PIXELS:
+        raise ImageGeometryError(f"image is {width}x{height}; resized to a {spec.shortest_edge} px short side it "
+                                 f"would be {resized} pixels (more than {MAX_RESIZED_PIXELS})")
+
+
 def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """A decoded RGB PIL image -> float32 ``(3, crop, crop)`` CLIP tensor (the second half of ``preprocess_image``)."""
+    """A decoded RGB PIL image -> float32 ``(3, crop, crop)`` CLIP tensor (the second half of ``preprocess_image``);
+    ``ImageGeometryError`` for an image :func:`check_geometry` refuses."""
     width, height = img.size
+    check_geometry(width, height, spec)
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(spec.shortest_edge * long / short)  # same rounding as transformers
     size = (spec.shortest_edge, new_long) if width <= height else (new_long, spec.shortest_edge)
