@@ -1,5 +1,6 @@
 """Hostile inputs to the trainer and the dataset readers: planted files, broken shards, links, odd images."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -152,3 +153,40 @@ def test_the_trainer_never_writes_or_deletes_through_a_link(version, tmp_path, l
         train(tiny_config(version, out, max_steps=2))
     assert sorted(p.name for p in (victim / "last").iterdir()) == ["precious.txt", "train_config.json"]
     assert sorted(p.name for p in victim.iterdir()) == ["last"]
+
+
+@pytest.fixture(scope="module")
+def saved_model(version, tmp_path_factory):
+    from training.data import iter_captions
+    from training.model import build_model, save_checkpoint
+
+    out = tmp_path_factory.mktemp("model") / "best"
+    clip, processor = build_model(tiny_config(version, out.parent / "run"), iter_captions(version, "train"))
+    save_checkpoint(out, clip, processor)
+    return out
+
+
+def test_a_model_folder_without_tokenizer_files_is_refused(saved_model, tmp_path):
+    from training.model import NotAClipCheckpoint, load_model
+    from training.scoring import Scorer
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    for name in ("config.json", "model.safetensors", "preprocessor_config.json"):
+        shutil.copy(saved_model / name, bare / name)
+    with pytest.raises(NotAClipCheckpoint, match=r"holds no tokenizer \(tokenizer.json, or vocab.json \+ merges.txt\)"
+                                                 r".*--processor DIR holding preprocessor_config.json and the tokenizer"):
+        Scorer(bare, device="cpu")
+    model, processor = load_model(bare, saved_model)  # its own processor folder next to it is fine
+    assert len(processor.tokenizer) == model.config.text_config.vocab_size
+
+
+def test_a_tokenizer_of_another_vocabulary_size_is_refused(saved_model, tmp_path):
+    from training.model import NotAClipCheckpoint, load_model, scratch_processor, train_tokenizer
+
+    other = tmp_path / "other"
+    tokenizer = train_tokenizer(["a red star", "two blue circles on green", "three yellow squares"] * 20, 620)
+    scratch_processor(tiny_config("d", "o"), tokenizer).save_pretrained(other)
+    with pytest.raises(NotAClipCheckpoint, match=f"the tokenizer in '{other}' has {len(tokenizer)} tokens but the "
+                                                 r"model .* has text_config.vocab_size=\d+"):
+        load_model(saved_model, other)
