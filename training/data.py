@@ -185,7 +185,8 @@ def split_size(data_dir: str | os.PathLike, split: str) -> int:
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
     """Captions of ``split`` in shard order, read without decoding images."""
-    samples = tar_samples({"url": str(p)} for p in split_shards(data_dir, split))
+    shards = split_shards(data_dir, split)
+    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards))
     for sample in islice(samples, limit):
         yield _caption(sample)
 
@@ -194,21 +195,28 @@ def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int 
 _BLOCK = 512
 
 
-def tar_samples(urls: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
+def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """webdataset samples (``__key__``, ``__url__``, one field per extension) from plain ustar shards.
 
     Same grouping as ``wds.tarfile_to_samples`` (key = member name before the first dot), 4x cheaper
     per sample than Python's ``tarfile`` (0.05 vs 0.21 ms): that matters at small crops, where decoding
     a pair costs only ~2 ms. Pax / GNU extension members are refused (the publish writer never makes them).
+    A shard that ends without tar's end-of-archive block (truncated, even at a member boundary) raises, and
+    so does one whose sample count differs from ``expected[url]`` (its ``sizes.json`` entry, see
+    :func:`shard_sizes`), once the shard has been read to its end.
     """
     for item in urls:
         url = item["url"]
         current: dict[str, Any] | None = None
+        count = 0
         with open(url, "rb") as handle:
             while True:
                 header = handle.read(_BLOCK)
-                if len(header) < _BLOCK or header == bytes(_BLOCK):
+                if header == bytes(_BLOCK):
                     break
+                if len(header) < _BLOCK:
+                    raise ValueError(f"{url}: ends after {handle.tell()} bytes without tar's end-of-archive "
+                                     "block (truncated?); samples would be lost, republish the version")
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8")
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8") if header[257:262] == b"ustar" else ""
                 name = f"{prefix}/{name}" if prefix else name
@@ -228,13 +236,18 @@ def tar_samples(urls: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
                 key, ext = base.split(".", 1)
                 if current is None or current["__key__"] != key:
                     if current is not None:
+                        count += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if ext in current:
                     raise ValueError(f"{url}: sample {key!r} repeats member {ext!r}")
                 current[ext] = payload
         if current is not None:
+            count += 1
             yield current
+        if expected is not None and url in expected and count != expected[url]:
+            raise ValueError(f"{url}: holds {count} samples but {dataset.SIZES_FILE} beside it lists {expected[url]}; "
+                             "republish the version")
 
 
 def _caption(sample: dict[str, Any]) -> str:
@@ -374,6 +387,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             raise ValueError("no training shards given")
         self.urls = [str(p) for p in shards]
         self.weights = shard_weights(shards)
+        self.expected = shard_sizes(shards)
         self.where = f"split {Path(self.urls[0]).parent.name!r} in {Path(self.urls[0]).parent}"
         if resampled and sum(self.weights) <= 0:
             raise ValueError(f"{self.where}: sizes.json lists no samples in any shard, nothing to train on")
@@ -405,7 +419,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         productive = False
         for item in urls:
             count = 0
-            for sample in tar_samples([item]):
+            for sample in tar_samples([item], self.expected):
                 count += 1
                 yield sample
             productive = productive or count > 0
@@ -436,10 +450,11 @@ class EvalPairStream(torch.utils.data.IterableDataset):
     def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, draft: bool):
         super().__init__()
         self.urls = [str(p) for p in shards]
+        self.expected = shard_sizes(shards)
         self.batch_size, self.collate, self.spec, self.draft = batch_size, collate, spec, draft
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls))
+        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls), self.expected)
         return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=True)
 
 

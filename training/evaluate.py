@@ -62,6 +62,10 @@ def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike,
     if not keys:
         raise ValueError(f"split {split!r} of {dataset.resolve_data_dir(data_dir)} yielded no samples "
                          f"from its {len(shards)} shards in {shards[0].parent}")
+    sizes = dataset.read_sizes(shards[0].parent)
+    if sizes is not None and len(keys) != sum(sizes.values()):
+        raise ValueError(f"split {split!r} of {dataset.resolve_data_dir(data_dir)}: read {len(keys)} samples but "
+                         f"{shards[0].parent / dataset.SIZES_FILE} lists {sum(sizes.values())}")
     order = sorted(range(len(keys)), key=keys.__getitem__)
     if len(set(keys)) != len(keys):
         raise ValueError(f"split {split!r} holds duplicate sample keys")

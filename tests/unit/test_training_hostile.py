@@ -190,3 +190,65 @@ def test_a_tokenizer_of_another_vocabulary_size_is_refused(saved_model, tmp_path
     with pytest.raises(NotAClipCheckpoint, match=f"the tokenizer in '{other}' has {len(tokenizer)} tokens but the "
                                                  r"model .* has text_config.vocab_size=\d+"):
         load_model(saved_model, other)
+
+
+def _member_offsets(tar):
+    """Offsets of every member header of a ustar file, in order."""
+    data, offsets, offset = tar.read_bytes(), [], 0
+    while data[offset:offset + 512] != bytes(512):
+        offsets.append(offset)
+        size = int(data[offset + 124:offset + 136].split(b"\0", 1)[0].strip() or b"0", 8)
+        offset += 512 + -(-size // 512) * 512
+    return offsets
+
+
+def _members_per_sample(tar):
+    from training.data import tar_samples
+    return len(next(tar_samples([{"url": str(tar)}]))) - 2  # minus __key__ and __url__
+
+
+def test_a_tar_cut_at_a_sample_boundary_is_refused_not_silently_shorter(fresh_version):
+    from training.data import tar_samples
+
+    tar = sorted((fresh_version / "train").glob("*.tar"))[0]
+    per_sample = _members_per_sample(tar)
+    with open(tar, "r+b") as handle:
+        handle.truncate(_member_offsets(tar)[2 * per_sample])  # exactly two whole samples left
+    with pytest.raises(ValueError, match=f"{tar}: ends after .* bytes without tar's end-of-archive block"):
+        list(tar_samples({"url": str(p)} for p in split_shards(fresh_version, "train")))
+
+
+def _keep_first_samples(tar, n):
+    """Rewrite ``tar`` as a complete archive holding only its first ``n`` samples (sizes.json left as it was)."""
+    import io
+    import tarfile
+    data = tar.read_bytes()
+    cut = _member_offsets(tar)[n * _members_per_sample(tar)]
+    with tarfile.open(fileobj=io.BytesIO(data[:cut] + bytes(1024))) as src:
+        members = [(m, src.extractfile(m).read()) for m in src.getmembers()]
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.USTAR_FORMAT) as dst:
+        for member, payload in members:
+            dst.addfile(member, io.BytesIO(payload))
+    tar.write_bytes(out.getvalue())
+
+
+@pytest.mark.parametrize("resampled", [True, False])
+def test_a_train_shard_with_fewer_samples_than_sizes_json_raises(fresh_version, resampled):
+    tar = sorted((fresh_version / "train").glob("*.tar"))[0]
+    _keep_first_samples(tar, 2)
+    processor = PairCollator(train_tokenizer(["a red star", "two blue circles"], 600), 77)
+    stream = TrainPairStream([tar], 4, processor, ImageSpec(32, 32), seed=0, shuffle_buffer=8, shuffle_initial=2,
+                             resampled=resampled, draft=True, num_workers=0)
+    listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
+    with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
+        for _ in zip(range(100), stream):
+            pass
+
+
+def test_an_eval_split_shorter_than_sizes_json_is_refused(fresh_version, tmp_path):
+    tar = sorted((fresh_version / "validation_unique").glob("*.tar"))[0]
+    _keep_first_samples(tar, 2)
+    listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
+    with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
+        train(tiny_config(fresh_version, tmp_path / "run"))
