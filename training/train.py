@@ -197,6 +197,8 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
     if wrong:
         raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
+    if not isinstance(state.get("data_version_dir", ""), str):
+        raise ValueError(f"refusing to resume from {path}: data_version_dir must be a string")
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
         raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
     return state
@@ -311,6 +313,11 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
         _check_resumable(TrainConfig.load(last_dir), config)
         clip, processor = load_model(last_dir)
         state = load_trainer_state(last_dir / STATE_FILE)
+        trained_on = state.get("data_version_dir")
+        if trained_on and trained_on != str(data_dir):
+            raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
+                             f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
+                             f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
     elif config.init_from == "scratch":
         if rank == 0 and (init_dir / "config.json").is_file():
             _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
@@ -352,7 +359,8 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
                 _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config), out)
             rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs})
+                             "history": history, "best": best, "torch_rng": rngs,
+                             "data_version_dir": str(data_dir)})  # the resolved version: a resume must not switch
 
             def write(d: Path) -> None:
                 _save_model(d, clip, processor, config)
@@ -437,7 +445,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
                                config.eval_split, config.test_split)
         test.model_dir = str(best_dir)
         train_losses = [h["loss"] for h in history if "loss" in h]
-        metrics = {"config": config.to_dict(), "n_parameters": count_parameters(clip), "world_size": world,
+        metrics = {"config": config.to_dict(), "data_version_dir": str(data_dir), "n_parameters": count_parameters(clip), "world_size": world,
                    "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
                    "final_train_loss": train_losses[-1] if train_losses else None,
                    "test": test.to_dict(), "history": history}

@@ -252,3 +252,22 @@ def test_an_eval_split_shorter_than_sizes_json_is_refused(fresh_version, tmp_pat
     listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
     with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
         train(tiny_config(fresh_version, tmp_path / "run"))
+
+
+def test_a_resume_never_switches_to_the_version_latest_now_names(tmp_path):
+    home = tmp_path / "home"
+    first = _version(home)
+    latest = first.parent / "latest"
+    assert latest.resolve() == first
+    out = tmp_path / "run"
+    train(tiny_config(latest, out, max_steps=2))
+    second = write_synthetic_version(first.parent / "2023-03-02-0000000000", SIZES, image_px=32, shards_per_split=2,
+                                     seed=7).version_dir
+    assert latest.resolve() == second  # a nightly publish moved latest
+    with pytest.raises(ValueError, match=f"cannot resume {out}: it was trained on the dataset version {first}, but "
+                                         f"data_dir {latest} now resolves to {second}"):
+        train(tiny_config(latest, out, max_steps=4))
+    assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == str(first)
+    resumed = train(tiny_config(first, out, max_steps=4))  # the version it started on: resumes
+    assert resumed.resumed_from_step == 2 and resumed.steps == 4
+    assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == str(first)
