@@ -15,7 +15,9 @@ position restored; a finished run only re-evaluates).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
 import pickle
@@ -51,6 +53,7 @@ from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
+LOCK_FILE = ".train.lock"   # held (flock) by the trainer writing a run folder; a second one is refused
 EventSink = Callable[[dict[str, Any]], None]   # metric events: train, eval, done
 
 
@@ -116,6 +119,33 @@ def _all_mean(value: torch.Tensor, world: int) -> float:
 
 
 # --------------------------------------------------------------------------- checkpoint io
+@contextlib.contextmanager
+def run_lock(out: Path) -> Any:
+    """Hold an exclusive ``flock`` on ``out/.train.lock`` while a trainer writes ``out``; a second trainer on the
+    same folder is refused at once (two would overwrite each other's checkpoints). The kernel drops the lock
+    when the process dies, so a killed run never leaves a stale one."""
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ValueError(f"cannot lock {path}: {exc.strerror or exc} (a link or something else is there)") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"cannot lock {path}: not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another trainer is writing to {out} (it holds {path}); wait for it to finish or "
+                            "use another output_dir") from None
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class RunLocked(RuntimeError):
+    """A run folder another trainer is writing to."""
+
+
 def _refuse_links(root: Path, final: Path) -> None:
     """Refuse when ``final``, its ``.tmp`` / ``.old`` siblings or a folder between ``root`` and them is a
     symbolic link (checked with ``lstat``): the trainer never writes, renames or deletes through a link."""
@@ -195,10 +225,10 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
                          f"numbers, strings) and was not written by this trainer ({type(err).__name__}: "
                          f"{str(err).splitlines()[0] if str(err) else ''}); move it away to start over") from None
     wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
+    if isinstance(state, dict) and not isinstance(state.get("data_version_dir", ""), str):
+        wrong.append("data_version_dir")  # optional: states written before it was recorded lack it
     if wrong:
         raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
-    if not isinstance(state.get("data_version_dir", ""), str):
-        raise ValueError(f"refusing to resume from {path}: data_version_dir must be a string")
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
         raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
     return state
@@ -296,15 +326,22 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
-    last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     data_dir = dataset.resolve_data_dir(config.data_dir)
     for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
         check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
+    with contextlib.ExitStack() as held:  # rank 0 writes every output: it alone holds the run folder's lock
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run_lock(out))
+        return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir)
 
+
+def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
+                  device: torch.device, out: Path, data_dir: Path) -> TrainResult:
+    last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
         for folder in (last_dir, best_dir, init_dir):
             _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
     _barrier(world)

@@ -157,7 +157,7 @@ def test_eval_prompts_export(tmp_path: Path, capsys) -> None:
 def test_export_refuses_image_bytes_that_differ_from_the_sidecar_sha256(tmp_path: Path, capsys) -> None:
     home = make_home(tmp_path / "home", num_rankings=30, seed=33)
     published = publish_dataset(home, PublishConfig(workers=1, fsync=False))
-    sidecar = sorted((published.path / "test_unique").glob("pickapic-test_unique-*.parquet"))[0]
+    sidecar = min((published.path / "test_unique").glob("pickapic-test_unique-*.parquet"))
     first = pq.read_table(sidecar).to_pylist()[0]
     tar = sidecar.with_suffix(".tar")
     tar.chmod(0o644)

@@ -210,7 +210,7 @@ def _members_per_sample(tar):
 def test_a_tar_cut_at_a_sample_boundary_is_refused_not_silently_shorter(fresh_version):
     from training.data import tar_samples
 
-    tar = sorted((fresh_version / "train").glob("*.tar"))[0]
+    tar = min((fresh_version / "train").glob("*.tar"))
     per_sample = _members_per_sample(tar)
     with open(tar, "r+b") as handle:
         handle.truncate(_member_offsets(tar)[2 * per_sample])  # exactly two whole samples left
@@ -235,7 +235,7 @@ def _keep_first_samples(tar, n):
 
 @pytest.mark.parametrize("resampled", [True, False])
 def test_a_train_shard_with_fewer_samples_than_sizes_json_raises(fresh_version, resampled):
-    tar = sorted((fresh_version / "train").glob("*.tar"))[0]
+    tar = min((fresh_version / "train").glob("*.tar"))
     _keep_first_samples(tar, 2)
     processor = PairCollator(train_tokenizer(["a red star", "two blue circles"], 600), 77)
     stream = TrainPairStream([tar], 4, processor, ImageSpec(32, 32), seed=0, shuffle_buffer=8, shuffle_initial=2,
@@ -247,7 +247,7 @@ def test_a_train_shard_with_fewer_samples_than_sizes_json_raises(fresh_version, 
 
 
 def test_an_eval_split_shorter_than_sizes_json_is_refused(fresh_version, tmp_path):
-    tar = sorted((fresh_version / "validation_unique").glob("*.tar"))[0]
+    tar = min((fresh_version / "validation_unique").glob("*.tar"))
     _keep_first_samples(tar, 2)
     listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
     with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
@@ -271,3 +271,28 @@ def test_a_resume_never_switches_to_the_version_latest_now_names(tmp_path):
     resumed = train(tiny_config(first, out, max_steps=4))  # the version it started on: resumes
     assert resumed.resumed_from_step == 2 and resumed.steps == 4
     assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == str(first)
+
+
+def test_a_second_trainer_on_the_same_output_dir_is_refused(version, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import training
+    from training.train import LOCK_FILE, RunLocked
+
+    out = tmp_path / "run"
+    out.mkdir()
+    holder = subprocess.Popen(  # another process inside a trainer's lock, as a running `pickapic train` is
+        [sys.executable, "-c", "import sys, time\nfrom pathlib import Path\nfrom training.train import run_lock\n"
+         "with run_lock(Path(sys.argv[1])):\n    print('held', flush=True)\n    sys.stdin.read()\n", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(training.__file__).parents[1])
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(RunLocked, match=f"another trainer is writing to {out} \\(it holds {out / LOCK_FILE}\\)"):
+            train(tiny_config(version, out, max_steps=2))
+        assert sorted(p.name for p in out.iterdir()) == [LOCK_FILE]  # it wrote nothing
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert train(tiny_config(version, out, max_steps=2)).steps == 2  # once the other one is gone
