@@ -261,12 +261,29 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     if not stat.S_ISDIR(info.st_mode):
         raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; give a new folder or one this command "
                             "wrote before")
+    _refuse_linked_subfolders(final, markers, flag, path)
     with os.scandir(final) as entries:
         empty = next(entries, None) is None
     if not empty and not any(os.path.lexists(final / marker) for marker in markers):
         raise RefusedOutput(f"{flag} {path}: {final} already holds files that are not a previous output of this "
                             f"command (none of {', '.join(markers) or 'its files'}); give a new or empty folder")
     return final
+
+
+def _refuse_linked_subfolders(final: Path, markers: Sequence[str], flag: str, given: object) -> None:
+    """Refuse an earlier output whose known subfolders (every folder on the way to a marker, e.g. a run's
+    ``checkpoints/``, ``best/``, ``init/``) include a symbolic link: the command would write and delete
+    there, inside whatever the link points to."""
+    folders = sorted({Path(*Path(marker).parts[:i]) for marker in markers
+                      for i in range(1, len(Path(marker).parts))}, key=lambda p: len(p.parts))
+    for folder in folders:
+        try:
+            info = os.lstat(final / folder)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            raise RefusedOutput(f"{flag} {given}: {final / folder} is a symbolic link; this command writes and "
+                                "replaces files there and never does so through a link (give a new folder)")
 
 
 def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: str, record: str,

@@ -73,7 +73,7 @@ def run_from_args(args: argparse.Namespace) -> Any:
     # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home
     check_output_dir(args.output_dir, [DataHome.at(getattr(args, "home", None)).root], "--output-dir", in_home=True,
                      markers=[f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")]
-                     + [".init.tmp", ".best.tmp", "checkpoints/.last.tmp"])
+                     + [".init.tmp", ".best.tmp", "checkpoints/.last.tmp", ".train.lock"])
 
     def show(event: dict[str, Any]) -> None:
         if event["event"] != "done":

@@ -32,6 +32,8 @@ from formats import dataset
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+MAX_ASPECT = 50                # longest / shortest side; published images are <= 4 (features.max_aspect)
+MAX_RESIZED_PIXELS = 1 << 26   # pixels after the shortest-edge resize (64 M, ~200 MB as RGB)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
 
 
@@ -74,9 +76,29 @@ def preprocess_image(data: bytes, spec: ImageSpec, draft: bool = True, out: np.n
     return preprocess_rgb(img, spec, out)
 
 
+class ImageGeometryError(ValueError):
+    """An image whose shape the CLIP preprocessing cannot take without blowing up memory."""
+
+
+def check_geometry(width: int, height: int, spec: ImageSpec) -> None:
+    """Refuse an image whose longest / shortest side exceeds ``MAX_ASPECT`` or whose shortest-edge resize
+    would exceed ``MAX_RESIZED_PIXELS`` (a 1 x 200,000 strip resized to a 224 px short side is 45 G pixels)."""
+    short, long = min(width, height), max(width, height)
+    if short <= 0:
+        raise ImageGeometryError(f"image is {width}x{height}")
+    if long > MAX_ASPECT * short:
+        raise ImageGeometryError(f"image is {width}x{height}, aspect ratio {long / short:.1f} > {MAX_ASPECT}")
+    resized = spec.shortest_edge * int(spec.shortest_edge * long / short)
+    if resized > MAX_RESIZED_PIXELS:
+        raise ImageGeometryError(f"image is {width}x{height}; resized to a {spec.shortest_edge} px short side it "
+                                 f"would be {resized} pixels (more than {MAX_RESIZED_PIXELS})")
+
+
 def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = None) -> np.ndarray:
-    """A decoded RGB PIL image -> float32 ``(3, crop, crop)`` CLIP tensor (the second half of ``preprocess_image``)."""
+    """A decoded RGB PIL image -> float32 ``(3, crop, crop)`` CLIP tensor (the second half of ``preprocess_image``);
+    ``ImageGeometryError`` for an image :func:`check_geometry` refuses."""
     width, height = img.size
+    check_geometry(width, height, spec)
     short, long = (width, height) if width <= height else (height, width)
     new_long = int(spec.shortest_edge * long / short)  # same rounding as transformers
     size = (spec.shortest_edge, new_long) if width <= height else (new_long, spec.shortest_edge)
@@ -102,15 +124,54 @@ def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
     return dataset.split_shards(dataset.resolve_data_dir(data_dir), split)
 
 
-def shard_weights(shards: list[Path]) -> list[float]:
-    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+def shard_sizes(shards: Iterable[str | os.PathLike]) -> dict[str, int]:
+    """``{shard path: sample count}`` from the ``sizes.json`` beside each shard (shards it does not list are left out)."""
     sizes: dict[Path, dict] = {}
-    weights = []
+    counts = {}
     for shard in map(Path, shards):
         if shard.parent not in sizes:
             sizes[shard.parent] = dataset.read_sizes(shard.parent) or {}
-        weights.append(float(sizes[shard.parent].get(shard.name, 1)))
-    return weights
+        if shard.name in sizes[shard.parent]:
+            counts[str(shard)] = int(sizes[shard.parent][shard.name])
+    return counts
+
+
+def shard_weights(shards: list[Path]) -> list[float]:
+    """Each shard's sample count from the ``sizes.json`` beside it (1 for a shard it does not list)."""
+    counts = shard_sizes(shards)
+    return [float(counts.get(str(shard), 1)) for shard in shards]
+
+
+def check_tar_end(path: str | os.PathLike) -> None:
+    """Refuse a shard that does not end with tar's two zero end-of-archive blocks (a truncated or 0-byte file)."""
+    size = os.stat(path).st_size
+    if size < 2 * _BLOCK or size % _BLOCK:
+        raise ValueError(f"shard {path} is {size} bytes: not a complete tar (truncated?); republish the version")
+    with open(path, "rb") as handle:
+        handle.seek(size - 2 * _BLOCK)
+        if handle.read(2 * _BLOCK).strip(b"\0"):
+            raise ValueError(f"shard {path} does not end with tar's end-of-archive blocks (truncated?); "
+                             "republish the version")
+
+
+def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
+    """Check before a run that ``split`` has shards, that its ``sizes.json`` (when present) lists samples and
+    that every shard is a complete tar; returns the listed sample count (None without ``sizes.json``)."""
+    version = dataset.resolve_data_dir(data_dir)
+    split_dir = version / split
+    shards = dataset.split_shards(version, split)
+    if not shards:
+        raise ValueError(f"split {split!r} has no shards in {split_dir}")
+    sizes = dataset.read_sizes(split_dir)
+    total = None if sizes is None else int(sum(sizes.values()))
+    if total is not None and total <= 0:
+        raise ValueError(f"split {split!r} is empty: {split_dir / dataset.SIZES_FILE} lists {total} samples")
+    for shard in shards:
+        try:
+            check_tar_end(shard)
+        except ValueError as err:
+            raise ValueError(f"split {split!r} of {version}: {err}") from None
+    return total
 
 
 def split_size(data_dir: str | os.PathLike, split: str) -> int:
@@ -124,7 +185,8 @@ def split_size(data_dir: str | os.PathLike, split: str) -> int:
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
     """Captions of ``split`` in shard order, read without decoding images."""
-    samples = tar_samples({"url": str(p)} for p in split_shards(data_dir, split))
+    shards = split_shards(data_dir, split)
+    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards))
     for sample in islice(samples, limit):
         yield _caption(sample)
 
@@ -133,21 +195,28 @@ def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int 
 _BLOCK = 512
 
 
-def tar_samples(urls: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
+def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """webdataset samples (``__key__``, ``__url__``, one field per extension) from plain ustar shards.
 
     Same grouping as ``wds.tarfile_to_samples`` (key = member name before the first dot), 4x cheaper
     per sample than Python's ``tarfile`` (0.05 vs 0.21 ms): that matters at small crops, where decoding
     a pair costs only ~2 ms. Pax / GNU extension members are refused (the publish writer never makes them).
+    A shard that ends without tar's end-of-archive block (truncated, even at a member boundary) raises, and
+    so does one whose sample count differs from ``expected[url]`` (its ``sizes.json`` entry, see
+    :func:`shard_sizes`), once the shard has been read to its end.
     """
     for item in urls:
         url = item["url"]
         current: dict[str, Any] | None = None
+        count = 0
         with open(url, "rb") as handle:
             while True:
                 header = handle.read(_BLOCK)
-                if len(header) < _BLOCK or header == bytes(_BLOCK):
+                if header == bytes(_BLOCK):
                     break
+                if len(header) < _BLOCK:
+                    raise ValueError(f"{url}: ends after {handle.tell()} bytes without tar's end-of-archive "
+                                     "block (truncated?); samples would be lost, republish the version")
                 name = header[:100].split(b"\0", 1)[0].decode("utf-8")
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8") if header[257:262] == b"ustar" else ""
                 name = f"{prefix}/{name}" if prefix else name
@@ -167,13 +236,18 @@ def tar_samples(urls: Iterable[dict[str, str]]) -> Iterator[dict[str, Any]]:
                 key, ext = base.split(".", 1)
                 if current is None or current["__key__"] != key:
                     if current is not None:
+                        count += 1
                         yield current
                     current = {"__key__": key, "__url__": url}
                 if ext in current:
                     raise ValueError(f"{url}: sample {key!r} repeats member {ext!r}")
                 current[ext] = payload
         if current is not None:
+            count += 1
             yield current
+        if expected is not None and url in expected and count != expected[url]:
+            raise ValueError(f"{url}: holds {count} samples but {dataset.SIZES_FILE} beside it lists {expected[url]}; "
+                             "republish the version")
 
 
 def _caption(sample: dict[str, Any]) -> str:
@@ -313,6 +387,10 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             raise ValueError("no training shards given")
         self.urls = [str(p) for p in shards]
         self.weights = shard_weights(shards)
+        self.expected = shard_sizes(shards)
+        self.where = f"split {Path(self.urls[0]).parent.name!r} in {Path(self.urls[0]).parent}"
+        if resampled and sum(self.weights) <= 0:
+            raise ValueError(f"{self.where}: sizes.json lists no samples in any shard, nothing to train on")
         self.batch_size, self.collate, self.spec, self.seed = batch_size, collate, spec, seed
         self.shuffle_buffer, self.shuffle_initial = shuffle_buffer, shuffle_initial
         self.resampled, self.draft = resampled, draft
@@ -334,6 +412,22 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             yield from islice(wds.split_by_node({"url": u} for u in order), worker, None, self.num_workers)
             epoch += 1
 
+    def _samples(self, urls: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+        """Samples of the endless shard sequence ``urls``; once every shard has been read and none gave a
+        sample, an error (the stream would otherwise spin forever)."""
+        empty: set[str] = set()
+        productive = False
+        for item in urls:
+            count = 0
+            for sample in tar_samples([item], self.expected):
+                count += 1
+                yield sample
+            productive = productive or count > 0
+            if not productive:
+                empty.add(item["url"])
+                if len(empty) == len(set(self.urls)):
+                    raise ValueError(f"{self.where}: a full pass over its {len(empty)} shards yielded no samples")
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         rank, world, physical, workers = wds.utils.pytorch_worker_info()
         if workers != self.num_workers:
@@ -342,7 +436,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
         # logical worker w has already produced ceil((s - w) / W) batches.
         worker = (physical + self.skip_batches) % workers
-        samples = tar_samples(self._shard_urls(rank, world, worker))
+        samples = self._samples(self._shard_urls(rank, world, worker))
         samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
         done = max(0, -(-(self.skip_batches - worker) // workers))
@@ -356,10 +450,11 @@ class EvalPairStream(torch.utils.data.IterableDataset):
     def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, draft: bool):
         super().__init__()
         self.urls = [str(p) for p in shards]
+        self.expected = shard_sizes(shards)
         self.batch_size, self.collate, self.spec, self.draft = batch_size, collate, spec, draft
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls))
+        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls), self.expected)
         return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=True)
 
 

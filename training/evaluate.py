@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from formats import dataset
 from training.config import TrainConfig
 from training.data import EvalPairStream, ImageSpec, PairCollator, iter_captions, make_loader, split_shards
 from training.device import autocast, cpu_threads, resolve_device
@@ -58,6 +59,13 @@ def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike,
         m0 += batch["model_0"]
         m1 += batch["model_1"]
     scorer.train(was_training)
+    if not keys:
+        raise ValueError(f"split {split!r} of {dataset.resolve_data_dir(data_dir)} yielded no samples "
+                         f"from its {len(shards)} shards in {shards[0].parent}")
+    sizes = dataset.read_sizes(shards[0].parent)
+    if sizes is not None and len(keys) != sum(sizes.values()):
+        raise ValueError(f"split {split!r} of {dataset.resolve_data_dir(data_dir)}: read {len(keys)} samples but "
+                         f"{shards[0].parent / dataset.SIZES_FILE} lists {sum(sizes.values())}")
     order = sorted(range(len(keys)), key=keys.__getitem__)
     if len(set(keys)) != len(keys):
         raise ValueError(f"split {split!r} holds duplicate sample keys")

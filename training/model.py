@@ -94,6 +94,9 @@ def build_model(config: TrainConfig, captions: Iterable[str] | None = None,
     return load_model(config.init_from)
 
 
+PROCESSOR_FILES = "preprocessor_config.json and the tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
+
+
 class NotAClipCheckpoint(ValueError):
     """A model directory that holds no CLIP checkpoint (the message names the directory and what is wrong)."""
 
@@ -132,9 +135,19 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
         raise FileNotFoundError(f"processor dir {str(processor_path)!r} is not a directory")
     if not any((processor_path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
         raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no preprocessor_config.json / processor_config.json: "
-                                 "no CLIP processor to preprocess with (pass --processor DIR with one)")
+                                 f"no CLIP processor to preprocess with (pass --processor DIR holding {PROCESSOR_FILES})")
+    if not ((processor_path / "tokenizer.json").is_file()
+            or all((processor_path / name).is_file() for name in ("vocab.json", "merges.txt"))):
+        raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no tokenizer (tokenizer.json, or vocab.json + "
+                                 "merges.txt): every prompt would get the same embedding (pass --processor DIR "
+                                 f"holding {PROCESSOR_FILES})")
     model = CLIPModel.from_pretrained(path, local_files_only=True)
     processor = AutoProcessor.from_pretrained(processor_path, local_files_only=True)
+    vocab, tokens = model.config.text_config.vocab_size, len(processor.tokenizer)
+    if tokens != vocab:
+        raise NotAClipCheckpoint(f"the tokenizer in {str(processor_path)!r} has {tokens} tokens but the model in "
+                                 f"{str(path)!r} has text_config.vocab_size={vocab}: they do not belong together "
+                                 f"(pass --processor DIR holding the model's own {PROCESSOR_FILES})")
     return model, processor
 
 

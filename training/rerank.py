@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from formats.files import write_bytes_atomic
+from formats.files import open_regular_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from schemas import get_schema
@@ -37,6 +37,28 @@ from training.score_cli import (
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE = "prompt.txt"
+MAX_PROMPT_BYTES = 64 * 1024  # far above any real prompt; a longer prompt.txt is an error row, never read whole
+
+
+def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
+    """(prompt, error) of a candidate subfolder's ``prompt.txt``: only a regular file of at most
+    ``MAX_PROMPT_BYTES`` UTF-8 bytes is read (a FIFO is never waited on, ``/dev/zero`` never read)."""
+    try:
+        with open_regular_file(prompt_file) as handle:
+            data = b""
+            while len(data) <= MAX_PROMPT_BYTES and (chunk := handle.read(MAX_PROMPT_BYTES + 1 - len(data))):
+                data += chunk
+    except FileNotFoundError:
+        return "", f"missing_prompt: {prompt_file.parent.name}/ has no {PROMPT_FILE}"
+    except OSError as exc:
+        return "", f"missing_prompt: {prompt_file} cannot be read ({exc.strerror or exc})"
+    if len(data) > MAX_PROMPT_BYTES:
+        return "", f"missing_prompt: {prompt_file} is longer than {MAX_PROMPT_BYTES} bytes"
+    try:
+        prompt = data.decode("utf-8").strip()
+    except UnicodeDecodeError as exc:
+        return "", f"missing_prompt: {prompt_file} cannot be read ({exc})"
+    return prompt, None if prompt else f"missing_prompt: {prompt_file} is empty"
 
 
 def read_candidate_folder(folder: Path) -> list[PairRow]:
@@ -50,16 +72,7 @@ def read_candidate_folder(folder: Path) -> list[PairRow]:
         raise ValueError(f"candidates folder {str(folder)!r} has no prompt subfolders (each holds prompt.txt + images)")
     for sub in subfolders:
         images = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-        prompt_file = sub / PROMPT_FILE
-        error, prompt = None, ""
-        try:
-            prompt = prompt_file.read_text(encoding="utf-8").strip()
-        except FileNotFoundError:
-            error = f"missing_prompt: {sub.name}/ has no {PROMPT_FILE}"
-        except (OSError, UnicodeDecodeError) as exc:
-            error = f"missing_prompt: {prompt_file} cannot be read ({exc})"
-        if error is None and not prompt:
-            error = f"missing_prompt: {prompt_file} is empty"
+        prompt, error = read_prompt(sub / PROMPT_FILE)
         if not images:
             rows.append(PairRow(sub.name, prompt, str(sub), error or f"no_candidates: {sub.name}/ holds no images"))
         rows += [PairRow(sub.name, prompt, str(image), error) for image in images]

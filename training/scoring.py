@@ -7,7 +7,8 @@ with an exact decode: shortest edge bicubic, center crop, CLIP mean/std), captio
 tokenizer (pad, truncate to 77), so a score here equals ``training.evaluate.score_split``'s for the same pair.
 
 A missing or unreadable image becomes a row with ``error`` set (``missing_file``, ``not_a_file``,
-``unreadable_image``, ``decompression_bomb``, ``empty_file``) and never stops the batch. Work is batched:
+``unreadable_image``, ``decompression_bomb``, ``empty_file``, ``bad_dimensions``: aspect ratio above
+``training.data.MAX_ASPECT`` or a resize above ``MAX_RESIZED_PIXELS``) and never stops the batch. Work is batched:
 each distinct prompt is embedded once, images ``batch_size`` at a time; only the small embeddings are kept.
 """
 from __future__ import annotations
@@ -22,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.data import ImageSpec, preprocess_rgb
+from training.data import ImageGeometryError, ImageSpec, preprocess_rgb
 from training.device import resolve_device
 from training.model import load_model, pooled_embeddings
 
@@ -179,6 +180,9 @@ class Scorer:
                 preprocess_rgb(load_rgb(image, rows[i].image), self.spec, out=buffer[len(pending)])
             except ImageError as exc:
                 rows[i].error = str(exc)
+                continue
+            except ImageGeometryError as exc:  # an extreme strip: its resize alone would take gigabytes
+                rows[i].error = f"bad_dimensions: {rows[i].image}: {exc}"
                 continue
             pending.append(i)
             if len(pending) == self.batch_size:

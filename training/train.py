@@ -15,15 +15,20 @@ position restored; a finished run only re-evaluates).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
 import json
 import os
+import pickle
 import shutil
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -34,6 +39,7 @@ from training.data import (
     ImageSpec,
     PairCollator,
     TrainPairStream,
+    check_split,
     iter_captions,
     make_loader,
     split_shards,
@@ -47,6 +53,7 @@ from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
+LOCK_FILE = ".train.lock"   # held (flock) by the trainer writing a run folder; a second one is refused
 EventSink = Callable[[dict[str, Any]], None]   # metric events: train, eval, done
 
 
@@ -112,30 +119,119 @@ def _all_mean(value: torch.Tensor, world: int) -> float:
 
 
 # --------------------------------------------------------------------------- checkpoint io
-def _save_dir_atomic(final: Path, write: Callable[[Path], None]) -> None:
-    """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one)."""
+@contextlib.contextmanager
+def run_lock(out: Path) -> Any:
+    """Hold an exclusive ``flock`` on ``out/.train.lock`` while a trainer writes ``out``; a second trainer on the
+    same folder is refused at once (two would overwrite each other's checkpoints). The kernel drops the lock
+    when the process dies, so a killed run never leaves a stale one."""
+    path = out / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        raise ValueError(f"cannot lock {path}: {exc.strerror or exc} (a link or something else is there)") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"cannot lock {path}: not a regular file")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"another trainer is writing to {out} (it holds {path}); wait for it to finish or "
+                            "use another output_dir") from None
+        yield path
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+class RunLocked(RuntimeError):
+    """A run folder another trainer is writing to."""
+
+
+def _refuse_links(root: Path, final: Path) -> None:
+    """Refuse when ``final``, its ``.tmp`` / ``.old`` siblings or a folder between ``root`` and them is a
+    symbolic link (checked with ``lstat``): the trainer never writes, renames or deletes through a link."""
+    for target in (final, final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")):
+        path = root
+        for part in target.relative_to(root).parts:
+            path = path / part
+            if path.is_symlink():
+                raise ValueError(f"{path} is a symbolic link: the trainer writes and replaces {final} and never "
+                                 "does so through a link (remove the link or use a new output_dir)")
+
+
+def _remove_own(path: Path) -> None:
+    """Delete a folder or file the trainer made (never following a link: one is unlinked, not its target)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path)
+    else:
+        path.unlink()
+
+
+def _save_dir_atomic(final: Path, write: Callable[[Path], None], root: Path | None = None) -> None:
+    """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one); refused when
+    anything between ``root`` (default: ``final``'s parent) and ``final`` is a link."""
+    _refuse_links(final.parent if root is None else root, final)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
-    shutil.rmtree(tmp, ignore_errors=True)
+    _remove_own(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
     honour_umask(tmp)  # safetensors writes 0600 whatever the umask; other accounts must read the weights
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(final):
+        _remove_own(old)
         final.rename(old)
     tmp.rename(final)
-    shutil.rmtree(old, ignore_errors=True)
+    _remove_own(old)
 
 
-def _recover_dir(final: Path) -> None:
+def _recover_dir(root: Path, final: Path) -> None:
     """After a crash between the two renames of ``_save_dir_atomic``, restore the previous directory."""
+    _refuse_links(root, final)
     old = final.with_name(f".{final.name}.old")
-    if not final.exists() and old.exists():
+    if not os.path.lexists(final) and os.path.lexists(old):
         old.rename(final)
 
 
 def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig) -> None:
     save_checkpoint(directory, clip, processor)
     config.save(directory)
+
+
+_STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "history": list, "best": dict, "torch_rng": list}
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as data ``torch.load(weights_only=True)`` accepts: numpy scalars/arrays become numbers/tensors."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_plain(v) for v in value)
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return torch.from_numpy(value.copy())
+    return value
+
+
+def load_trainer_state(path: Path) -> dict[str, Any]:
+    """The trainer state at ``path``, loaded as plain data only (tensors, dicts, lists, numbers, strings):
+    a state that needs any other class is refused, since unpickling it could run code."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as err:
+        raise ValueError(f"refusing to resume from {path}: it does not load as plain data (tensors, dicts, lists, "
+                         f"numbers, strings) and was not written by this trainer ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0] if str(err) else ''}); move it away to start over") from None
+    wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
+    if isinstance(state, dict) and not isinstance(state.get("data_version_dir", ""), str):
+        wrong.append("data_version_dir")  # optional: states written before it was recorded lack it
+    if wrong:
+        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
+    if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
+        raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
+    return state
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
@@ -230,27 +326,41 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
-    last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     data_dir = dataset.resolve_data_dir(config.data_dir)
+    for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
+        check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
+    with contextlib.ExitStack() as held:  # rank 0 writes every output: it alone holds the run folder's lock
+        if rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            held.enter_context(run_lock(out))
+        return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir)
 
+
+def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
+                  device: torch.device, out: Path, data_dir: Path) -> TrainResult:
+    last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        _recover_dir(last_dir)
-        _recover_dir(best_dir)
+        for folder in (last_dir, best_dir, init_dir):
+            _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
     _barrier(world)
     state = None
     if (last_dir / STATE_FILE).is_file():
         _check_resumable(TrainConfig.load(last_dir), config)
         clip, processor = load_model(last_dir)
-        state = torch.load(last_dir / STATE_FILE, map_location="cpu", weights_only=False)
+        state = load_trainer_state(last_dir / STATE_FILE)
+        trained_on = state.get("data_version_dir")
+        if trained_on and trained_on != str(data_dir):
+            raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
+                             f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
+                             f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
     elif config.init_from == "scratch":
         if rank == 0 and (init_dir / "config.json").is_file():
             _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
         if rank == 0 and not (init_dir / "config.json").is_file():
             clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config))
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config), out)
         _barrier(world)
         clip, processor = load_model(init_dir)
     else:
@@ -283,15 +393,16 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     def checkpoint(improved: bool) -> None:
         if rank == 0:
             if improved:
-                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config))
+                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config), out)
             rngs = [torch.get_rng_state()]
-            trainer_state = {"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs}
+            trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                             "history": history, "best": best, "torch_rng": rngs,
+                             "data_version_dir": str(data_dir)})  # the resolved version: a resume must not switch
 
             def write(d: Path) -> None:
                 _save_model(d, clip, processor, config)
                 torch.save(trainer_state, d / STATE_FILE)
-            _save_dir_atomic(last_dir, write)
+            _save_dir_atomic(last_dir, write, out)
         _barrier(world)
 
     def record_eval() -> None:
@@ -371,7 +482,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
                                config.eval_split, config.test_split)
         test.model_dir = str(best_dir)
         train_losses = [h["loss"] for h in history if "loss" in h]
-        metrics = {"config": config.to_dict(), "n_parameters": count_parameters(clip), "world_size": world,
+        metrics = {"config": config.to_dict(), "data_version_dir": str(data_dir), "n_parameters": count_parameters(clip), "world_size": world,
                    "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
                    "final_train_loss": train_losses[-1] if train_losses else None,
                    "test": test.to_dict(), "history": history}

@@ -6,7 +6,8 @@
     datasets.load_dataset("parquet", data_files={"train": "OUT/train.parquet", "test_unique": "OUT/test_unique.parquet"})
 
 The rows are read from the version's sidecars and the image bytes straight out of its tar shards
-(via the sidecar offsets), so an export always matches the shards of that version exactly.
+(via the sidecar offsets), so an export always matches the shards of that version exactly; bytes whose
+sha256 differs from the sidecar's ``jpg_0_sha256`` / ``jpg_1_sha256`` stop the export, naming the sample.
 
 ``--format eval-prompts``: ``<output>/eval_prompts.parquet`` (``schemas.scoring.EVAL_PROMPTS``), the
 test_unique prompts with their normalized key, how often the test split asked them and the dataset version:
@@ -43,6 +44,10 @@ FORMATS = ("pickscore-parquet", "eval-prompts")
 EVAL_PROMPTS_FILE = "eval_prompts.parquet"
 EXPORT_MARKER = "pickapic-export.json"   # the files the exports into a folder wrote: the only ones a later one replaces
 ROWS_PER_GROUP = 256          # ~70 MB of 2 x 140 KB JPEGs: row groups a reader can stream
+
+
+class CorruptShard(ValueError):
+    """A shard whose image bytes differ from the sha256 its sidecar records (the message names the sample)."""
 
 
 @dataclass
@@ -118,16 +123,22 @@ def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, firs
         side = side.append_column("num_example_per_prompt", counts.column("num_example_per_prompt").take(position))
     tar = sidecar.with_suffix(".tar")
     jpgs: dict[str, list[bytes]] = {"jpg_0": [], "jpg_1": []}
-    members = [(name, side.column(f"{name}_offset").to_pylist(), side.column(f"{name}_size").to_pylist())
-               for name in ("jpg_0", "jpg_1")]
+    members = [(name, side.column(f"{name}_offset").to_pylist(), side.column(f"{name}_size").to_pylist(),
+                side.column(f"{name}_sha256").to_pylist()) for name in ("jpg_0", "jpg_1")]
+    keys = side.column("key").to_pylist()
     with open(tar, "rb") as handle:
         for row in range(side.num_rows):
-            for name, offsets, sizes in members:  # in tar order: sequential reads
+            for name, offsets, sizes, digests in members:  # in tar order: sequential reads
                 handle.seek(offsets[row])
                 data = handle.read(sizes[row])
                 if len(data) != sizes[row]:
                     raise RuntimeError(f"{tar}: member at offset {offsets[row]} is truncated "
                                        f"({len(data)} of {sizes[row]} bytes)")
+                digest = hashlib.sha256(data).hexdigest()
+                if digest != digests[row]:  # the export promises the shard's images: never pass on damaged ones
+                    raise CorruptShard(f"{tar}: sample {keys[row]!r}: the {name} bytes at offset {offsets[row]} have "
+                                       f"sha256 {digest}, but {sidecar.name} records {digests[row]}; the shard is "
+                                       "damaged, nothing was exported (republish the version)")
                 jpgs[name].append(data)
     columns = {name: side.column(name) for name in schema.names if name in side.column_names}
     columns["image_0_url"] = side.column("jpg_0_key")

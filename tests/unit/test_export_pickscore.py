@@ -152,3 +152,23 @@ def test_eval_prompts_export(tmp_path: Path, capsys) -> None:
     assert results and all(r.passed for r in results), [(r.rule.name, r.value) for r in results if not r.passed]
     again = export.export_eval_prompts(home, published.version, tmp_path / "again")
     assert Path(again.files["test_unique"]).read_bytes() == (tmp_path / "prompts" / "eval_prompts.parquet").read_bytes()
+
+
+def test_export_refuses_image_bytes_that_differ_from_the_sidecar_sha256(tmp_path: Path, capsys) -> None:
+    home = make_home(tmp_path / "home", num_rankings=30, seed=33)
+    published = publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    sidecar = min((published.path / "test_unique").glob("pickapic-test_unique-*.parquet"))
+    first = pq.read_table(sidecar).to_pylist()[0]
+    tar = sidecar.with_suffix(".tar")
+    tar.chmod(0o644)
+    with open(tar, "r+b") as handle:  # zeros over the middle of the first JPEG: same length, other bytes
+        handle.seek(first["jpg_0_offset"] + first["jpg_0_size"] // 2)
+        handle.write(bytes(64))
+    parser = argparse.ArgumentParser()
+    export.add_arguments(parser)
+    out = tmp_path / "export"
+    assert export.run_from_args(parser.parse_args(["--output", str(out)]), home) == 2
+    err = capsys.readouterr().err
+    assert f"{tar}: sample {first['key']!r}: the jpg_0 bytes at offset {first['jpg_0_offset']} have sha256" in err
+    assert f"but {sidecar.name} records {first['jpg_0_sha256']}" in err
+    assert not out.exists() or not any(out.iterdir())  # nothing half-written

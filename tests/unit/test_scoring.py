@@ -343,3 +343,26 @@ def test_rerank_writes_its_folder_all_or_nothing_and_never_through_a_swapped_in_
         rr.rerank(SwappingScorer(), [PairRow("p", "a cat", "/x.png")], folder, record=listed)
     assert sorted(p.name for p in victim.iterdir()) == ["scores.parquet"]
     assert (victim / "scores.parquet").read_text() == "the victim's own file\n"
+
+
+def test_extremely_thin_images_are_error_rows_not_a_memory_blow_up(model_dir, tmp_path):
+    good = tmp_path / "good.png"
+    good.write_bytes(_png(np.full((40, 40, 3), 200, dtype=np.uint8)))
+    Image.new("RGB", (1, 2000), (90, 20, 20)).save(tmp_path / "strip.png")      # aspect 2000
+    Image.new("RGB", (3000, 2), (90, 20, 20)).save(tmp_path / "band.png")       # aspect 1500
+    Image.new("RGB", (40, 2000), (90, 20, 20)).save(tmp_path / "tall.png")     # aspect 50, the bound: scored
+    names = ["good.png", "strip.png", "band.png", "tall.png"]
+    rows = Scorer(model_dir, device="cpu", batch_size=2).score("two blue stars", [tmp_path / n for n in names])
+    assert [r.error.split(":", 1)[0] if r.error else None for r in rows] == [None, "bad_dimensions", "bad_dimensions",
+                                                                               None]
+    from training.data import MAX_ASPECT, ImageGeometryError, ImageSpec, check_geometry
+
+    assert MAX_ASPECT == 50
+    assert f"{tmp_path / 'strip.png'}: image is 1x2000, aspect ratio 2000.0 > {MAX_ASPECT}" in rows[1].error
+    assert rows[0].score is not None and rows[3].score is not None
+    assert rows[0].preference + rows[3].preference == pytest.approx(1.0)
+    # the hostile review's 1 x 200,000 PNG (862 bytes) would have been resized to 224 x 44.8 M pixels
+    with pytest.raises(ImageGeometryError, match="1x200000"):
+        check_geometry(1, 200_000, ImageSpec())
+    with pytest.raises(ImageGeometryError, match="would be .* pixels"):
+        check_geometry(8000, 8000 * 40, ImageSpec(shortest_edge=4096, crop=4096))
