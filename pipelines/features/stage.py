@@ -25,7 +25,7 @@ from formats.home import DataHome
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features.blobs import is_local, join_url
-from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, parse_day
+from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
 from pipelines.features.reuse import earlier_partitions, known_digests, rows_reused_by_sha256, rows_reused_by_uid
 from pipelines.features.runner import pipeline_options, pipeline_runner
@@ -52,11 +52,12 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
                    detector_factory: Callable[[], NsfwDetector] | None = None) -> FeaturesReport:
     """Fingerprint the images of ``day``: write image_features and image_rejects for that partition."""
     started = time.perf_counter()
-    config.validate()
+    config.validate(home.root)   # also refuses a blob base or staging folder the stage must not write or delete
     day_date = parse_day(day)
     runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
-    base = config.blob_base or str(home.root)
-    staging = config.staging or join_url(base, f".staging/features/dt={day}")
+    base = config.base(home.root)
+    staging = config.staging_url(home.root, day)
+    check_staging(staging, base, home.root)
 
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
@@ -71,7 +72,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     candidates = REUSED_SCHEMA.empty_table()
     stage_seconds = 0.0
     if todo.num_rows:
-        reset_dir(staging)
+        reset_dir(staging, base)
         todo_path = join_url(staging, "todo.parquet")
         write_parquet_url(pa.table({"image_uid": todo["image_uid"], "blob_path": todo["blob_path"],
                                     "dt": pa.array([day_date] * todo.num_rows, pa.date32())},
@@ -104,7 +105,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day), get_schema(FEATURES))
     rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day), get_schema(REJECTS))
     if todo.num_rows:
-        remove_dir(staging)
+        remove_dir(staging, base)
 
     bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
     report = FeaturesReport(

@@ -1,0 +1,138 @@
+"""Defects of the Dagster layer found by a hostile review, each run through a real Dagster materialization
+where the behaviour is Dagster's (run config typed in the launchpad, a UI materialization of a partition)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from test_features_fixtures import fake_detector, png, write_day
+
+from dagster_project.assets.features import fingerprint_images
+from dagster_project.resources import PickapicHome
+from formats.home import DataHome
+from pipelines.features.config import STAGING_MARKER, FeaturesConfig, StagingRefused
+from pipelines.features.stage import build_features
+from pipelines.features.staging import remove_dir, reset_dir
+
+DAY = "2023-03-01"
+
+
+@pytest.fixture()
+def instance(tmp_path):
+    (tmp_path / "dagster").mkdir()
+    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+        yield instance
+
+
+def _features_home(tmp_path: Path) -> DataHome:
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY, {"a": png(1), "b": png(2)})
+    (home.root / "warehouse" / "rankings" / f"dt={DAY}").mkdir(parents=True)
+    (home.root / "warehouse" / "rankings" / f"dt={DAY}" / "part-0.parquet").write_bytes(b"keep me")
+    return home
+
+
+def _tree(folder: Path) -> list[str]:
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+# 1. features.staging is deleted and recreated by the stage: only a folder the stage created may be
+
+
+def test_launchpad_staging_at_the_warehouse_is_refused_and_nothing_is_deleted(tmp_path, instance):
+    home = _features_home(tmp_path)
+    before = _tree(home.root)
+    instance.add_dynamic_partitions("raw_days", [DAY])
+    result = dg.materialize(
+        [fingerprint_images], instance=instance, partition_key=DAY, raise_on_error=False,
+        resources={"data_home": PickapicHome(root=str(home.root))},
+        run_config={"ops": {"fingerprint_images": {"config": {"staging": str(home.root / "warehouse"),
+                                                              "workers": 0}}}})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert "lies inside" in str(failure.event_specific_data.error) and ".staging/features" in str(failure.event_specific_data.error)
+    assert _tree(home.root) == before     # every table still there, nothing written
+
+
+@pytest.mark.parametrize("where", ["home", "warehouse", "parent", "others", "symlink", "file", "device",
+                                   "area_itself", "nested_in_area"])
+def test_a_staging_folder_the_stage_did_not_create_is_refused(tmp_path, where):
+    home = _features_home(tmp_path)
+    others = tmp_path / "someones_files"
+    others.mkdir()
+    (others / "thesis.txt").write_text("mine\n")
+    (tmp_path / "link").symlink_to(others)
+    (tmp_path / "a_file").write_text("x")
+    staging = {"home": home.root, "warehouse": home.root / "warehouse", "parent": tmp_path,
+               "others": others, "symlink": tmp_path / "link", "file": tmp_path / "a_file", "device": Path("/dev/null"),
+               "area_itself": home.root / ".staging" / "features",
+               "nested_in_area": home.root / ".staging" / "features" / "x" / "y"}[where]
+    before = _tree(tmp_path)
+    with pytest.raises(StagingRefused):
+        build_features(home, DAY, FeaturesConfig(workers=0, staging=str(staging)), detector_factory=fake_detector)
+    assert _tree(tmp_path) == before
+    assert (others / "thesis.txt").read_text() == "mine\n"
+
+
+def test_the_filesystem_root_is_refused_without_running_anything(tmp_path):
+    # checked on the config alone: a test must never hand "/" to code that may delete it
+    home = _features_home(tmp_path)
+    with pytest.raises(StagingRefused, match="is or holds"):
+        FeaturesConfig(staging="/").validate(home.root)
+    with pytest.raises(StagingRefused, match="bucket's root"):
+        FeaturesConfig(staging="gs://bucket/").validate(home.root)
+
+
+def test_a_symlinked_staging_area_is_refused(tmp_path):
+    home = _features_home(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "features").mkdir()
+    (tmp_path / "elsewhere" / "features" / f"dt={DAY}").mkdir()
+    (tmp_path / "elsewhere" / "features" / f"dt={DAY}" / "precious").write_text("x")
+    (home.root / ".staging").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(StagingRefused, match="symlink"):
+        build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+    assert (tmp_path / "elsewhere" / "features" / f"dt={DAY}" / "precious").exists()
+
+
+@pytest.mark.parametrize("where", ["inside_home", "holds_home", "file"])
+def test_a_blob_base_holding_or_inside_the_home_or_not_a_folder_is_refused(tmp_path, where):
+    home = _features_home(tmp_path)
+    (tmp_path / "a_file").write_text("x")
+    base = {"inside_home": home.root / "warehouse", "holds_home": tmp_path, "file": tmp_path / "a_file"}[where]
+    with pytest.raises(StagingRefused):
+        FeaturesConfig(blob_base=str(base)).validate(home.root)
+
+
+def test_a_new_staging_folder_or_the_default_area_still_work_and_only_they_are_removed(tmp_path):
+    home = _features_home(tmp_path)
+    scratch = tmp_path / "scratch" / "run1"      # a new folder outside the home: created, marked, removed
+    report = build_features(home, DAY, FeaturesConfig(workers=0, staging=str(scratch)), detector_factory=fake_detector)
+    assert report.processed == 2 and not scratch.exists() and (tmp_path / "scratch").is_dir()
+    # an interrupted run's leftover in the stage's own area (no marker: an older version's) is replaced
+    leftover = home.root / ".staging" / "features" / "dt=2023-03-02"
+    leftover.mkdir(parents=True)
+    (leftover / "todo.parquet").write_text("half")
+    write_day(home, "2023-03-02", {"c": png(3)})
+    build_features(home, "2023-03-02", FeaturesConfig(workers=0), detector_factory=fake_detector)
+    assert not (home.root / ".staging").exists()
+
+
+def test_reset_and_remove_delete_only_a_marked_folder(tmp_path):
+    base = str(tmp_path / "base")
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    reset_dir(str(ours), base)
+    assert (ours / STAGING_MARKER).is_file()
+    (ours / "todo.parquet").write_text("x")
+    reset_dir(str(ours), base)                       # emptied and marked again
+    assert os.listdir(ours) == [STAGING_MARKER]
+    remove_dir(str(ours), base)
+    assert not ours.exists()
+    theirs.mkdir()
+    (theirs / "keep").write_text("x")
+    for call in (reset_dir, remove_dir):
+        with pytest.raises(StagingRefused, match="not created by the feature stage"):
+            call(str(theirs), base)
+    assert (theirs / "keep").exists()
