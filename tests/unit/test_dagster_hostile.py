@@ -6,10 +6,13 @@ import os
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.parquet as pq
 import pytest
 from test_features_fixtures import fake_detector, png, write_day
+from test_ingest_fixtures import clean_home
 
 from dagster_project.assets.features import fingerprint_images
+from dagster_project.assets.ingest import ingest_day_assets
 from dagster_project.resources import PickapicHome
 from formats.home import DataHome
 from pipelines.features.config import STAGING_MARKER, FeaturesConfig, StagingRefused
@@ -136,3 +139,31 @@ def test_reset_and_remove_delete_only_a_marked_folder(tmp_path):
         with pytest.raises(StagingRefused, match="not created by the feature stage"):
             call(str(theirs), base)
     assert (theirs / "keep").exists()
+
+
+# 2. a UI materialization of a partition whose raw folder is gone must not replace its tables with empty ones
+
+
+def _ingest(home: DataHome, instance, day: str):
+    return dg.materialize([ingest_day_assets], instance=instance, partition_key=day, raise_on_error=False,
+                          resources={"data_home": PickapicHome(root=str(home.root))})
+
+
+def test_materializing_a_day_whose_raw_folder_is_gone_fails_and_rewrites_nothing(tmp_path, instance):
+    day = "2023-03-01"
+    home, _ = clean_home(tmp_path, day)
+    instance.add_dynamic_partitions("raw_days", [day])
+    assert _ingest(home, instance, day).success
+    built = {p: p.read_bytes() for p in sorted((home.root / "warehouse").rglob("*.parquet"))}
+    rows = pq.read_table(home.partition_file("rankings", day)).num_rows
+    assert rows > 0
+    materializations = len(instance.fetch_materializations(dg.AssetKey("rankings"), limit=100).records)
+    os.rename(home.raw_day(day), tmp_path / "archived")        # raw-zone retention moved the day away
+
+    result = _ingest(home, instance, day)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    message = str(failure.event_specific_data.error)
+    assert "its raw folder is gone: keep what was built from it" in message and "nothing was rewritten" in message
+    assert {p: p.read_bytes() for p in sorted((home.root / "warehouse").rglob("*.parquet"))} == built
+    assert len(instance.fetch_materializations(dg.AssetKey("rankings"), limit=100).records) == materializations
