@@ -199,6 +199,18 @@ def test_nightly_schedule_requests_stale_days_then_a_settings_rebuild(home, inst
     assert [(r.partition_key, r.asset_selection) for r in rebuild] == [(None, [dg.AssetKey("published_dataset")])]
 
 
+def test_an_incomplete_raw_day_does_not_hold_back_the_nightly_rebuild_and_is_named(home, instance):
+    # found by a hostile review: a day folder that never gets its 4th file kept the nightly silent forever
+    _pretend_built(home, instance, _plan(home, instance))
+    _land_day(home, "2023-02-15", tables=automation.RAW_TABLE_FILES[:3])     # exported without downloads
+    quiet = automation.nightly_schedule.evaluate_tick(_schedule_context(home, instance))
+    assert not quiet.run_requests
+    assert "dt=2023-02-15 lacks downloads.jsonl.gz" in quiet.skip_message and "up to date" not in quiet.skip_message
+    (home.root / "pickapic.toml").write_text("[publish]\nmax_samples_per_shard = 50\n")
+    rebuild = automation.nightly_schedule.evaluate_tick(_schedule_context(home, instance)).run_requests
+    assert [(r.partition_key, r.asset_selection) for r in rebuild] == [(None, [dg.AssetKey("published_dataset")])]
+
+
 def test_train_schedule_waits_for_a_published_version(home, instance):
     skipped = automation.train_schedule.evaluate_tick(_schedule_context(home, instance))
     assert "nothing published yet" in skipped.skip_message
