@@ -43,8 +43,8 @@ def home(tmp_path) -> DataHome:
 
 @pytest.fixture()
 def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
         yield instance
         # A sensor or schedule context rebuilt with its resources opens its own instance from the ref and
         # never closes it; closed later by the garbage collector, it would leave Dagster's current state

@@ -24,13 +24,14 @@ DAY = "2023-03-01"
 
 @pytest.fixture()
 def instance(tmp_path):
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
         yield instance
 
 
 def _features_home(tmp_path: Path) -> DataHome:
     home = DataHome(tmp_path / "home")
+    home.raw_logs.mkdir(parents=True)
     write_day(home, DAY, {"a": png(1), "b": png(2)})
     (home.root / "warehouse" / "rankings" / f"dt={DAY}").mkdir(parents=True)
     (home.root / "warehouse" / "rankings" / f"dt={DAY}" / "part-0.parquet").write_bytes(b"keep me")
@@ -167,3 +168,33 @@ def test_materializing_a_day_whose_raw_folder_is_gone_fails_and_rewrites_nothing
     assert "its raw folder is gone: keep what was built from it" in message and "nothing was rewritten" in message
     assert {p: p.read_bytes() for p in sorted((home.root / "warehouse").rglob("*.parquet"))} == built
     assert len(instance.fetch_materializations(dg.AssetKey("rankings"), limit=100).records) == materializations
+
+
+# 4. the launchpad's resources.data_home.config.root is checked as the CLI checks --home
+
+
+@pytest.mark.parametrize("where", ["others", "inside_home"])
+def test_a_launchpad_home_root_that_is_someones_folder_or_inside_a_home_is_refused(tmp_path, instance, where):
+    day = "2023-03-01"
+    home, _ = clean_home(tmp_path, day)
+    victim = tmp_path / "victim_docs" if where == "others" else home.root / "warehouse" / "nested"
+    victim.mkdir(parents=True)
+    (victim / "thesis.txt").write_text("my files\n")
+    instance.add_dynamic_partitions("raw_days", [day])
+    result = dg.materialize([ingest_day_assets], instance=instance, partition_key=day, raise_on_error=False,
+                            resources={"data_home": PickapicHome.configure_at_launch()},
+                            run_config={"resources": {"data_home": {"config": {"root": str(victim)}}}})
+    assert not result.success
+    assert "resources.data_home.config.root" in str([e.event_specific_data.error for e in result.all_events
+                                                     if e.is_step_failure])
+    assert _tree(victim) == ["thesis.txt"]
+
+
+def test_a_launchpad_home_root_that_is_a_home_or_a_new_folder_works(tmp_path, instance):
+    day = "2023-03-01"
+    home, _ = clean_home(tmp_path, day)
+    instance.add_dynamic_partitions("raw_days", [day])
+    result = dg.materialize([ingest_day_assets], instance=instance, partition_key=day,
+                            resources={"data_home": PickapicHome.configure_at_launch()},
+                            run_config={"resources": {"data_home": {"config": {"root": str(home.root)}}}})
+    assert result.success and home.partition_file("rankings", day).is_file()
