@@ -7,10 +7,14 @@ touches the warehouse; the workers see the blob base and the staging folder.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import time
 from collections import Counter
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
 from pipelines.features import beamworker  # noqa: F401  # isort: skip
@@ -58,7 +62,17 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     base = config.base(home.root)
     staging = config.staging_url(home.root, day)
     check_staging(staging, base, home.root)
+    # one feature stage per day at a time (they would share one staging folder), and per staging folder
+    # given in the settings (every day's run would use it)
+    with hold_day_lock(home, day, staging if config.staging else None):
+        return _build_day(home, day, day_date, config, beam_args, progress, detector_factory, started, runner,
+                          base, staging)
 
+
+def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_args: list[str] | None,
+               progress: Progress, detector_factory: Callable[[], NsfwDetector] | None, started: float, runner: str,
+               base: str, staging: str) -> FeaturesReport:
+    """The body of :func:`build_features`, run while this process holds the day's lock."""
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
     history = earlier_partitions(home, day)
@@ -120,6 +134,43 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
         f"rejects: {report.rejects_rows}")
     return report
+
+
+class DayAlreadyRunning(RuntimeError):
+    """Another process runs the feature stage of the same day (a sensor run and a UI materialization)."""
+
+
+def day_lock_file(home: DataHome, day: str) -> Path:
+    """The lock file of a day's feature stage (``cache/locks/features-dt=DAY.lock``)."""
+    return home.cache / "locks" / f"features-dt={day}.lock"
+
+
+@contextlib.contextmanager
+def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the day's lock file (and, for a ``staging`` folder that is not the
+    day's own, on one for that folder) for the stage's run, or raise :class:`DayAlreadyRunning` at once,
+    nothing read or written. The kernel drops a lock when its holder exits, killed or not, so a crash
+    never leaves the day locked."""
+    paths = [(day_lock_file(home, day), f"the feature stage of {day}")]
+    if staging is not None:
+        digest = hashlib.sha256(staging.encode()).hexdigest()[:16]
+        paths.append((home.cache / "locks" / f"features-staging-{digest}.lock",
+                      f"a feature stage using the staging folder {staging}"))
+    with contextlib.ExitStack() as stack:
+        for path, what in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            stack.callback(os.close, fd)   # closing releases the lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+                raise DayAlreadyRunning(
+                    f"{what} is already running (pid {holder} holds {path}); this run's feature stage changed "
+                    "nothing: materialize the day again once that run has finished, if it is still stale") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
 
 
 def read_inputs(home: DataHome, day: str) -> pa.Table:

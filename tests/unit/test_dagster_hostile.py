@@ -198,3 +198,66 @@ def test_a_launchpad_home_root_that_is_a_home_or_a_new_folder_works(tmp_path, in
                             resources={"data_home": PickapicHome.configure_at_launch()},
                             run_config={"resources": {"data_home": {"config": {"root": str(home.root)}}}})
     assert result.success and home.partition_file("rankings", day).is_file()
+
+
+# 5. two runs of one day's feature stage (the sensor's and a UI materialization) must not share one staging
+
+
+_HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT, 0o666)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.ftruncate(fd, 0); os.pwrite(fd, f"{os.getpid()}\\n".encode(), 0)
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+def _other_run_holds(lock: Path):
+    """A process holding ``lock`` as a running feature stage does, until its stdin closes."""
+    import subprocess
+    import sys
+
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    holder = subprocess.Popen([sys.executable, "-c", _HOLD, str(lock)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    assert holder.stdout.readline().strip() == "held"
+    return holder
+
+
+def test_a_second_run_of_a_days_feature_stage_fails_at_once_and_leaves_the_first_ones_staging(tmp_path, instance):
+    home = _features_home(tmp_path)
+    staging = home.root / ".staging" / "features" / f"dt={DAY}"     # the first run's, in the middle of its Beam stage
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARKER).touch()
+    (staging / "todo.parquet").write_bytes(b"being read by the first run's workers")
+    holder = _other_run_holds(home.cache / "locks" / f"features-dt={DAY}.lock")
+    try:
+        instance.add_dynamic_partitions("raw_days", [DAY])
+        result = dg.materialize(
+            [fingerprint_images], instance=instance, partition_key=DAY, raise_on_error=False,
+            resources={"data_home": PickapicHome(root=str(home.root))},
+            run_config={"ops": {"fingerprint_images": {"config": {"workers": 0}}}})
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert f"the feature stage of {DAY} is already running (pid {holder.pid} holds" in str(failure.event_specific_data.error)
+    assert (staging / "todo.parquet").read_bytes() == b"being read by the first run's workers"
+    assert not home.partition_file("image_features", DAY).exists()
+    # once the first run has finished, the day runs (the lock died with its holder)
+    report = build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+    assert report.processed == 2 and not staging.exists()
+
+
+def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(tmp_path):
+    from pipelines.features.stage import DayAlreadyRunning, hold_day_lock
+
+    home = _features_home(tmp_path)
+    shared = str(tmp_path / "scratch")
+    with hold_day_lock(home, "2023-03-02", shared):        # another day's run using the same staging folder
+        with pytest.raises(DayAlreadyRunning, match="using the staging folder"):
+            build_features(home, DAY, FeaturesConfig(workers=0, staging=shared), detector_factory=fake_detector)
+    assert build_features(home, DAY, FeaturesConfig(workers=0, staging=shared),
+                          detector_factory=fake_detector).processed == 2
