@@ -261,3 +261,22 @@ def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(
             build_features(home, DAY, FeaturesConfig(workers=0, staging=shared), detector_factory=fake_detector)
     assert build_features(home, DAY, FeaturesConfig(workers=0, staging=shared),
                           detector_factory=fake_detector).processed == 2
+
+
+# 6. every step's run config is checked before the run's first step writes anything
+
+
+@pytest.mark.parametrize("bad", [{"jpeg_quality": 500}, {"max_side": 4, "min_side": 8}, {"staging": "WAREHOUSE"}])
+def test_a_bad_value_for_a_later_step_fails_the_first_step_before_it_writes(tmp_path, instance, bad):
+    day = "2023-03-01"
+    home, _ = clean_home(tmp_path, day)
+    bad = {k: str(home.root / "warehouse") if v == "WAREHOUSE" else v for k, v in bad.items()}
+    instance.add_dynamic_partitions("raw_days", [day])
+    result = dg.materialize([ingest_day_assets, fingerprint_images], instance=instance, partition_key=day,
+                            raise_on_error=False, resources={"data_home": PickapicHome(root=str(home.root))},
+                            run_config={"ops": {"fingerprint_images": {"config": {"workers": 0, **bad}}}})
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.is_step_failure]
+    assert failure.step_key == "ingest_day" and "run config of fingerprint_images" in str(failure.event_specific_data.error)
+    assert not (home.root / "warehouse" / "rankings").exists()          # the ingest wrote nothing
+    assert not [e for e in result.all_events if e.event_type_value == "ASSET_MATERIALIZATION"]
