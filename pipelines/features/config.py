@@ -190,7 +190,7 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
     area ``<base>/.staging`` and ``<base>/.staging/features`` must not be symlinks either."""
     what = f"{where} {staging!r}"
     if _is_url(staging):
-        scheme, _, rest = staging.partition("://")
+        rest = staging.partition("://")[2]
         if not rest.strip("/") or "/" not in rest.strip("/"):
             raise StagingRefused(f"{what} is a bucket's root; give a folder inside it")
         if _is_url(base):

@@ -256,9 +256,9 @@ def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(
 
     home = _features_home(tmp_path)
     shared = str(tmp_path / "scratch")
-    with hold_day_lock(home, "2023-03-02", shared):        # another day's run using the same staging folder
-        with pytest.raises(DayAlreadyRunning, match="using the staging folder"):
-            build_features(home, DAY, FeaturesConfig(workers=0, staging=shared), detector_factory=fake_detector)
+    # another day's run using the same staging folder holds it
+    with hold_day_lock(home, "2023-03-02", shared), pytest.raises(DayAlreadyRunning, match="using the staging folder"):
+        build_features(home, DAY, FeaturesConfig(workers=0, staging=shared), detector_factory=fake_detector)
     assert build_features(home, DAY, FeaturesConfig(workers=0, staging=shared),
                           detector_factory=fake_detector).processed == 2
 
