@@ -1,10 +1,12 @@
 """The data-home resource: the one object assets ask for paths."""
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 from pydantic import Field
 
-from formats.home import DataHome, resolve_home
+from formats.home import ENV_VAR, DataHome, resolve_home
 
 
 class PickapicHome(dg.ConfigurableResource):
@@ -12,11 +14,19 @@ class PickapicHome(dg.ConfigurableResource):
 
     root: str = Field(
         default="",
-        description="Data home directory; empty means $PICKAPIC_HOME, then ./data.",
+        description="Data home directory; empty means $PICKAPIC_HOME, then ./data. Like the CLI's --home it must "
+                    "be a data home, or a new or empty folder, and not inside another data home.",
     )
 
     def home(self) -> DataHome:
-        return DataHome(resolve_home(self.root or None))
+        """The data home, checked as the CLI checks --home (``formats.outputs.check_home_dir``): a run never
+        writes its warehouse, cache or Dagster state into a folder of other files or inside another home."""
+        from formats.outputs import check_home_dir
+
+        home = DataHome(resolve_home(self.root or None))
+        source = "resources.data_home.config.root" if self.root else f"${ENV_VAR}" if os.environ.get(ENV_VAR) else "./data"
+        check_home_dir(home, source)
+        return home
 
 
 class AppDatabase(dg.ConfigurableResource):

@@ -10,11 +10,12 @@ are never run config (it is stored with every run and shown in the UI): they com
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import Any, Mapping
 
 import dagster as dg
 import pydantic
 
+from dagster_project.versions import STAGES
 from formats.home import DataHome, resolve_home
 from formats.settings import Settings, SettingsError, knobs, load
 
@@ -46,10 +47,47 @@ def config_class(section: str, name: str) -> type[dg.Config]:
     return pydantic.create_model(name, __base__=dg.Config, __doc__=f"Run config of the {section} stage.", **fields)
 
 
-def stage_config(section: str, config: dg.Config, home: DataHome) -> Any:
-    """The stage's dataclass for this run: the home's settings file now, then the values set in run config."""
+def stage_config(section: str, config: dg.Config, home: DataHome,
+                 context: dg.AssetExecutionContext | None = None) -> Any:
+    """The stage's dataclass for this run: the home's settings file now, then the values set in run config.
+
+    With ``context``, every stage's values in the run's run config are checked first
+    (:func:`check_run_config`), so a bad value for a later step fails the run's first step, before
+    anything is written.
+    """
+    if context is not None:
+        check_run_config(context.run_config, home)
     overrides = {name: getattr(config, name) for name in knobs(section) if getattr(config, name, None) is not None}
     return load(home.root).config(section, overrides, "run config")
+
+
+def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> None:
+    """Build every stage's settings from the run's run config (``ops.<op>.config``) as its step will, with
+    the ranges and cross-field checks of the stage's dataclass (and the feature stage's staging and blob
+    base checks against the home): raise ``SettingsError`` naming the op and the value if one is refused.
+
+    Dagster validates run config at launch only against types; each step ran its own stage's checks when
+    it started, after the earlier steps of the run had rewritten their tables (keep_versions=0 for the
+    last step, publish, failed after curation and splits had rewritten theirs).
+    """
+    sections = {stage.op: stage.section for stage in STAGES}
+    ops = (run_config or {}).get("ops") or {}
+    settings = None
+    for op, entry in sorted(ops.items()):
+        section = sections.get(op)
+        if section is None or not isinstance(entry, Mapping):
+            continue
+        given = entry.get("config") or {}
+        overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
+        if not overrides:
+            continue
+        settings = load(home.root) if settings is None else settings
+        built = settings.config(section, overrides, f"run config of {op}")
+        if section == "features":
+            try:
+                built.validate(home.root)
+            except ValueError as exc:
+                raise SettingsError(f"run config of {op} is refused: {exc}") from None
 
 
 def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -188,11 +188,16 @@ class BuildPlan:
 
 
 def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance, *, selected_days: list[str] | None = None,
-               force: bool = False, with_model: bool = False) -> BuildPlan:
-    """The runs that make every asset fresh (``selected_days`` and ``force`` recompute on request)."""
+               force: bool = False, with_model: bool = False, ignore_days: Iterable[str] = ()) -> BuildPlan:
+    """The runs that make every asset fresh (``selected_days`` and ``force`` recompute on request).
+
+    ``ignore_days``: raw days planned as if their folder were gone (what was built from them is kept and
+    nothing waits for them): the nightly schedule's incomplete days, which it never ingests.
+    """
     recorded = RecordedVersions(instance)
     raw = RawDigests(home)
-    raw_days = begun_days(home.raw_days())
+    ignored = set(ignore_days)
+    raw_days = [day for day in begun_days(home.raw_days()) if day not in ignored]
     configs = {stage.section: settings.config(stage.section) for stage in STAGES}
     built_days = set(recorded.days("features")) | set(recorded.days("ingest"))
     all_days = sorted(set(raw_days) | built_days)

@@ -19,7 +19,7 @@ def app_export(context: dg.AssetExecutionContext, config: AppExportRunConfig, ap
                data_home: PickapicHome) -> dg.MaterializeResult:
     """Export one day of the app database into the raw zone (unchanged files are left untouched)."""
     home = data_home.home()
-    settings = stage_config("app_export", config, home)
+    settings = stage_config("app_export", config, home, context)
     report = export_day(home, app_db.dsn, context.partition_key, settings, image_store=app_db.store(),
                         source=app_db.dsn_source, progress=context.log.info)
     for warning in report.warnings:

@@ -25,7 +25,7 @@ CurationRunConfig = config_class("curation", "CurationRunConfig")
 def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
     home = data_home.home()
-    settings = stage_config("dedup", config, home)
+    settings = stage_config("dedup", config, home, context)
     truth = ground_truth_dir(home)
     planted = truth / "duplicates.parquet" if truth is not None else None
     report = build_clusters(home, settings, truth=planted if planted is not None and planted.is_file() else None)
@@ -44,7 +44,7 @@ def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig
 def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
-    settings = stage_config("curation", config, home)
+    settings = stage_config("curation", config, home, context)
     report = build_decisions(home, settings)
     yield from materialize_and_check(home, ["decisions"], report,
                                      data_version=runtime_version(context.instance, "decisions", home, settings))
@@ -58,7 +58,7 @@ def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data
 def pairs(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
-    settings = stage_config("curation", config, home)
+    settings = stage_config("curation", config, home, context)
     report = build_pairs(home, settings)
     yield from materialize_and_check(home, ["pairs"], report,
                                      data_version=runtime_version(context.instance, "pairs", home, settings))

@@ -41,7 +41,7 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     """Run the Beam feature pipeline (in-process DirectRunner by default) for one day."""
     home = data_home.home()
     day = context.partition_key
-    settings = stage_config("features", config, home)
+    settings = stage_config("features", config, home, context)
     report = build_features(home, day, settings, beam_args=shlex.split(config.beam_args))
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}

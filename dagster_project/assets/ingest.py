@@ -35,7 +35,7 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
     """Validate one day's raw export into partitioned Parquet tables plus quarantine."""
     home = data_home.home()
     day = context.partition_key
-    settings = stage_config("ingest", config, home)
+    settings = stage_config("ingest", config, home, context)
     report = ingest_day(home, day, settings)
     for earlier, refreshed in sorted(report.refreshed.items()):
         # this day's images resolved references an earlier partition waited for: it was ingested again, and

@@ -33,7 +33,7 @@ def _truth_file(truth: Path | None, name: str) -> Path | None:
 def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, data_home: PickapicHome):
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
     home = data_home.home()
-    version_dir, train_config, result = runs.train_latest(home, stage_config("train", config, home),
+    version_dir, train_config, result = runs.train_latest(home, stage_config("train", config, home, context),
                                                           progress=context.log.info)
     # the curve once, as a picture (``curve_png`` would embed it a second time)
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "curve_png"})

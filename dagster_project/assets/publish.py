@@ -28,7 +28,7 @@ VERSION_DATASETS = tuple(version_views(Path(".")))
 def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfig, data_home: PickapicHome):
     """A new dataset version: tar shards, sidecars, sizes.json, manifest; `latest` points to it."""
     home = data_home.home()
-    settings = stage_config("publish", config, home)
+    settings = stage_config("publish", config, home, context)
     report = publish_dataset(home, settings)
     context.log.info(f"published version {report.version}")
     version = runtime_version(context.instance, "publish", home, settings)

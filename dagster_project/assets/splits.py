@@ -27,7 +27,7 @@ TRAINABLE_CHECK = "split_pairs_trainable"
 def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_home: PickapicHome):
     """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance."""
     home = data_home.home()
-    settings = stage_config("splits", config, home)
+    settings = stage_config("splits", config, home, context)
     report = build_splits(home, settings)
     chart = split_sizes(str(home.table_file("split_pairs")))
     version = runtime_version(context.instance, "splits", home, settings)

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
+import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -10,6 +12,13 @@ from formats.settings import check_fields, knob
 FEATURES = "image_features"   # the stage's two datasets ...
 REJECTS = "image_rejects"
 REUSED = "reused"             # ... and the pipeline's third output: bytes identical to an earlier image
+STAGING_AREA = ".staging/features"           # the stage's own scratch area under the blob base
+STAGING_MARKER = ".pickapic-features-staging"  # written into every staging folder the stage creates: only a
+                                               # folder holding it (or a folder of STAGING_AREA) is ever deleted
+
+
+class StagingRefused(ValueError):
+    """A staging folder or blob base the stage must not write into or delete."""
 
 
 @dataclass(frozen=True)
@@ -32,12 +41,18 @@ class FeaturesConfig:
     runner: str = knob("DirectRunner", "Beam runner used when beam_args names none", output=False)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
     blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
-    staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>)",
-                               output=False)
+    staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>); "
+                                     "deleted after the run, so a new folder outside the home or a subfolder "
+                                     "of <base>/.staging/features", output=False)
 
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first bad field."""
+    def validate(self, home: str | os.PathLike | None = None) -> None:
+        """Raise ``ValueError`` naming the first bad field; with ``home``, also check ``blob_base`` and
+        ``staging`` against that data home (:class:`StagingRefused`) before anything is written or deleted."""
         check_fields(self)   # types and ranges of every setting
+        for name in ("blob_base", "staging"):
+            value = getattr(self, name)
+            if value is not None and (not value.strip() or "\x00" in value):
+                raise ValueError(f"FeaturesConfig.{name}={value!r} is invalid")
         checks = [
             ("max_side", self.max_side >= self.min_side), ("runner", bool(self.runner)),
             ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone and self.blob_zone not in (".", "..")),
@@ -45,6 +60,18 @@ class FeaturesConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
+        if home is not None:
+            check_blob_base(self.blob_base, home)
+            if self.staging is not None:
+                check_staging(self.staging, self.base(home), home, "FeaturesConfig.staging")
+
+    def base(self, home: str | os.PathLike) -> str:
+        """The blob base: ``blob_base`` or the home."""
+        return self.blob_base or str(home)
+
+    def staging_url(self, home: str | os.PathLike, day: str) -> str:
+        """This run's scratch folder: ``staging`` or ``<base>/.staging/features/dt=<day>``."""
+        return self.staging or _join(self.base(home), f"{STAGING_AREA}/dt={day}")
 
     def decode_limits(self) -> dict[str, Any]:
         """Keyword limits of :func:`pipelines.features.decode.decode_image`."""
@@ -97,6 +124,110 @@ class FeaturesReport:
             lines.append(f"| rejected: {reason} | {count} |")
         values["summary"] = "\n".join(lines)
         return values
+
+
+def _join(base: str, relpath: str) -> str:
+    return base.rstrip("/") + "/" + relpath
+
+
+def _is_url(value: str) -> bool:
+    return "://" in value
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "a symlink"
+    if stat.S_ISREG(mode):
+        return "a file"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a folder" if not stat.S_ISDIR(mode) else "a folder"
+
+
+def _within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies below it (both absolute, normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")
+
+
+def in_staging_area(url: str, base: str) -> bool:
+    """``url`` is a direct subfolder of the stage's own area ``<base>/.staging/features`` (the default's place)."""
+    area = _join(base, STAGING_AREA)
+    if _is_url(url) or _is_url(base):
+        return url.rstrip("/").rsplit("/", 1)[0] == area.rstrip("/")
+    return os.path.dirname(os.path.realpath(url)) == os.path.realpath(area)
+
+
+def has_marker(path: str) -> bool:
+    """A local folder holds the marker file the stage writes into each staging folder it creates."""
+    try:
+        return stat.S_ISREG(os.lstat(os.path.join(path, STAGING_MARKER)).st_mode)
+    except OSError:
+        return False
+
+
+def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
+    """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
+    it (blobs/train and .staging are written there); a URL gets no check here."""
+    if blob_base is None or _is_url(blob_base):
+        return
+    where = f"FeaturesConfig.blob_base={blob_base!r}"
+    try:
+        info = os.lstat(blob_base)
+    except OSError as exc:
+        raise StagingRefused(f"{where}: not an existing folder ({exc.strerror})") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StagingRefused(f"{where} is {_kind(info.st_mode)}, not a folder")
+    real, home_real = os.path.realpath(blob_base), os.path.realpath(home)
+    if real != home_real and (_within(home_real, real) or _within(real, home_real)):
+        raise StagingRefused(f"{where} {'holds' if _within(home_real, real) else 'lies inside'} the data home "
+                             f"{home_real}; give the home itself or a folder outside it")
+
+
+def check_staging(staging: str, base: str, home: str | os.PathLike, where: str = "staging folder") -> None:
+    """Refuse a staging folder the stage must not delete and recreate: the home, the blob base or a folder
+    holding either; anything inside them but a subfolder of ``<base>/.staging/features``; a symlink, a file or
+    a device; an existing folder that holds no staging marker (not created by the stage). The stage's own
+    area ``<base>/.staging`` and ``<base>/.staging/features`` must not be symlinks either."""
+    what = f"{where} {staging!r}"
+    if _is_url(staging):
+        rest = staging.partition("://")[2]
+        if not rest.strip("/") or "/" not in rest.strip("/"):
+            raise StagingRefused(f"{what} is a bucket's root; give a folder inside it")
+        if _is_url(base):
+            s, b = staging.rstrip("/"), base.rstrip("/")
+            if s == b or b.startswith(s + "/"):
+                raise StagingRefused(f"{what} is or holds the blob base {base!r}")
+            if s.startswith(b + "/") and not in_staging_area(s, base):
+                raise StagingRefused(f"{what} lies inside the blob base {base!r}: only a subfolder of "
+                                     f"{_join(base, STAGING_AREA)} may be a staging folder there")
+        return
+    path = os.path.abspath(staging)
+    real = os.path.realpath(path)
+    roots = {os.path.realpath(home)} | ({os.path.realpath(base)} if not _is_url(base) else set())
+    for root in sorted(roots):
+        for sub in (".staging", STAGING_AREA):
+            try:
+                info = os.lstat(os.path.join(root, sub))
+            except OSError:
+                break
+            if not stat.S_ISDIR(info.st_mode):
+                raise StagingRefused(f"{os.path.join(root, sub)} is {_kind(info.st_mode)}; the feature stage "
+                                     "keeps its staging folders in a real folder there")
+        if _within(root, real):
+            raise StagingRefused(f"{what} is or holds {root}, the data home or blob base: the stage deletes its "
+                                 "staging folder")
+        if _within(real, root) and os.path.dirname(real) != os.path.join(root, STAGING_AREA):
+            raise StagingRefused(f"{what} lies inside {root}: only a subfolder of {os.path.join(root, STAGING_AREA)} "
+                                 "may be a staging folder there (or give a new folder outside it)")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        raise StagingRefused(f"{what} is {_kind(info.st_mode)}, not a staging folder")
+    if not has_marker(path) and not in_staging_area(path, base):
+        raise StagingRefused(f"{what} is an existing folder the feature stage did not create (no {STAGING_MARKER} "
+                             "in it); the stage deletes its staging folder, so give a new folder")
 
 
 def parse_day(day: str) -> dt.date:

@@ -7,10 +7,14 @@ touches the warehouse; the workers see the blob base and the staging folder.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import os
 import time
 from collections import Counter
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Iterator
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
 from pipelines.features import beamworker  # noqa: F401  # isort: skip
@@ -25,7 +29,7 @@ from formats.home import DataHome
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features.blobs import is_local, join_url
-from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, parse_day
+from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
 from pipelines.features.reuse import earlier_partitions, known_digests, rows_reused_by_sha256, rows_reused_by_uid
 from pipelines.features.runner import pipeline_options, pipeline_runner
@@ -52,12 +56,23 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
                    detector_factory: Callable[[], NsfwDetector] | None = None) -> FeaturesReport:
     """Fingerprint the images of ``day``: write image_features and image_rejects for that partition."""
     started = time.perf_counter()
-    config.validate()
+    config.validate(home.root)   # also refuses a blob base or staging folder the stage must not write or delete
     day_date = parse_day(day)
     runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
-    base = config.blob_base or str(home.root)
-    staging = config.staging or join_url(base, f".staging/features/dt={day}")
+    base = config.base(home.root)
+    staging = config.staging_url(home.root, day)
+    check_staging(staging, base, home.root)
+    # one feature stage per day at a time (they would share one staging folder), and per staging folder
+    # given in the settings (every day's run would use it)
+    with hold_day_lock(home, day, staging if config.staging else None):
+        return _build_day(home, day, day_date, config, beam_args, progress, detector_factory, started, runner,
+                          base, staging)
 
+
+def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_args: list[str] | None,
+               progress: Progress, detector_factory: Callable[[], NsfwDetector] | None, started: float, runner: str,
+               base: str, staging: str) -> FeaturesReport:
+    """The body of :func:`build_features`, run while this process holds the day's lock."""
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
     history = earlier_partitions(home, day)
@@ -71,7 +86,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     candidates = REUSED_SCHEMA.empty_table()
     stage_seconds = 0.0
     if todo.num_rows:
-        reset_dir(staging)
+        reset_dir(staging, base)
         todo_path = join_url(staging, "todo.parquet")
         write_parquet_url(pa.table({"image_uid": todo["image_uid"], "blob_path": todo["blob_path"],
                                     "dt": pa.array([day_date] * todo.num_rows, pa.date32())},
@@ -104,7 +119,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day), get_schema(FEATURES))
     rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day), get_schema(REJECTS))
     if todo.num_rows:
-        remove_dir(staging)
+        remove_dir(staging, base)
 
     bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
     report = FeaturesReport(
@@ -119,6 +134,43 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
         f"rejects: {report.rejects_rows}")
     return report
+
+
+class DayAlreadyRunning(RuntimeError):
+    """Another process runs the feature stage of the same day (a sensor run and a UI materialization)."""
+
+
+def day_lock_file(home: DataHome, day: str) -> Path:
+    """The lock file of a day's feature stage (``cache/locks/features-dt=DAY.lock``)."""
+    return home.cache / "locks" / f"features-dt={day}.lock"
+
+
+@contextlib.contextmanager
+def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the day's lock file (and, for a ``staging`` folder that is not the
+    day's own, on one for that folder) for the stage's run, or raise :class:`DayAlreadyRunning` at once,
+    nothing read or written. The kernel drops a lock when its holder exits, killed or not, so a crash
+    never leaves the day locked."""
+    paths = [(day_lock_file(home, day), f"the feature stage of {day}")]
+    if staging is not None:
+        digest = hashlib.sha256(staging.encode()).hexdigest()[:16]
+        paths.append((home.cache / "locks" / f"features-staging-{digest}.lock",
+                      f"a feature stage using the staging folder {staging}"))
+    with contextlib.ExitStack() as stack:
+        for path, what in paths:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            stack.callback(os.close, fd)   # closing releases the lock
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
+                raise DayAlreadyRunning(
+                    f"{what} is already running (pid {holder} holds {path}); this run's feature stage changed "
+                    "nothing: materialize the day again once that run has finished, if it is still stale") from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
 
 
 def read_inputs(home: DataHome, day: str) -> pa.Table:

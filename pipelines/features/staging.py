@@ -10,6 +10,7 @@ import io
 import json
 import os
 import shutil
+import stat
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
 from pipelines.features import beamworker  # noqa: F401  # isort: skip
@@ -21,7 +22,15 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipelines.features.blobs import is_local, join_url
-from pipelines.features.config import FEATURES, REJECTS
+from pipelines.features.config import (
+    FEATURES,
+    REJECTS,
+    STAGING_AREA,
+    STAGING_MARKER,
+    StagingRefused,
+    has_marker,
+    in_staging_area,
+)
 from schemas import get_schema
 
 # Reuse candidates found by the pipeline (bytes identical to an earlier image): resolved by the driver.
@@ -47,23 +56,53 @@ TODO_SCHEMA = pa.schema([
 
 
 
-def reset_dir(url: str) -> None:
-    remove_dir(url)
+def reset_dir(url: str, base: str) -> None:
+    """Empty the run's staging folder ``url`` (blob base ``base``) and create it with the stage's marker.
+
+    An existing folder is deleted only if the stage created it (it holds the marker) or it is a subfolder of
+    the stage's own area ``<base>/.staging/features``; anything else (a symlink, a file, someone's folder)
+    is refused with :class:`StagingRefused` and left untouched.
+    """
+    remove_dir(url, base)
     if is_local(url):
         os.makedirs(url, exist_ok=True)
+        fd = os.open(os.path.join(url, STAGING_MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+        os.close(fd)
+        return
+    with FileSystems.create(join_url(url, STAGING_MARKER), compression_type=CompressionTypes.UNCOMPRESSED):
+        pass
 
 
-def remove_dir(url: str) -> None:
+def remove_dir(url: str, base: str) -> None:
+    """Delete the staging folder ``url`` if the stage created it (see :func:`reset_dir`); refuse any other."""
     if is_local(url):
-        if os.path.isdir(url):
+        try:
+            info = os.lstat(url)
+        except FileNotFoundError:
+            info = None
+        if info is not None:
+            if not stat.S_ISDIR(info.st_mode):
+                raise StagingRefused(f"staging folder {url} is not a folder (a symlink, file or device): not deleted")
+            if not (has_marker(url) or in_staging_area(url, base)):
+                raise StagingRefused(f"staging folder {url} was not created by the feature stage (no {STAGING_MARKER} "
+                                     "in it): not deleted; give a new folder")
             shutil.rmtree(url)
-        for parent in (os.path.dirname(url.rstrip("/")), os.path.dirname(os.path.dirname(url.rstrip("/")))):
-            if os.path.basename(parent) in ("features", ".staging") and os.path.isdir(parent) and not os.listdir(parent):
-                os.rmdir(parent)
+        area = os.path.join(base, STAGING_AREA) if is_local(base) else None
+        for parent in ((area, os.path.dirname(area)) if area else ()):   # the stage's own area, once empty
+            try:
+                if stat.S_ISDIR(os.lstat(parent).st_mode) and not os.listdir(parent):
+                    os.rmdir(parent)
+            except OSError:
+                pass
         return
     matches = FileSystems.match([join_url(url, "**")])[0].metadata_list
-    if matches:
-        FileSystems.delete([m.path for m in matches])
+    if not matches:
+        return
+    marker = join_url(url, STAGING_MARKER)
+    if not (in_staging_area(url, base) or any(m.path.rstrip("/") == marker for m in matches)):
+        raise StagingRefused(f"staging folder {url} was not created by the feature stage (no {STAGING_MARKER} in it): "
+                             "not deleted; give a new folder")
+    FileSystems.delete([m.path for m in matches])
 
 
 def write_parquet_url(table: pa.Table, url: str) -> None:

@@ -196,6 +196,8 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     started = time.perf_counter()
     date = parse_day(day)
     scan = home.scan_raw_zone()
+    if day not in scan.days:
+        raise RawDayGone(_gone_message(home, day, scan))
     write_raw_zone_problems(home, scan)
     raw_days = scan.days
     with _spill_folder(home, day) as spill_dir:
@@ -243,6 +245,22 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         quarantine_rows=written["quarantine"],
         refreshed=refresh_late_references(home, day, config, raw_days) if refresh_earlier else {},
     )
+
+
+class RawDayGone(FileNotFoundError):
+    """The day has no raw folder in the raw zone (retention removed it, or it never landed): nothing is
+    ingested and nothing rewritten, as the build plan keeps what was built from a gone day."""
+
+
+def _gone_message(home: DataHome, day: str, scan: RawZoneScan) -> str:
+    folder = home.raw_day(day).relative_to(home.root).as_posix()
+    problem = next((p for p in scan.problems if p.path == folder), None)
+    why = f"{folder} is not a day of the raw zone ({problem.reason})" if problem else f"{folder} is gone"
+    built = [name for name in OUTPUT_DATASETS if home.partition_file(name, day).exists()]
+    if built:
+        return (f"cannot ingest {day}: {why}; its raw folder is gone: keep what was built from it "
+                f"(the {', '.join(built)} partitions of {day} were left as they are, nothing was rewritten)")
+    return f"cannot ingest {day}: {why}; nothing to ingest (nothing was written)"
 
 
 _WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) is in no images export")

@@ -233,8 +233,8 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
     from formats.settings import write_settings
 
     home = DataHome.at(tmp_path / "home")
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
         def tick():
             return automation.app_export_schedule.evaluate_tick(dg.build_schedule_context(
                 instance=instance, scheduled_execution_time=dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc),

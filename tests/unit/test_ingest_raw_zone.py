@@ -180,8 +180,8 @@ def test_sensor_requests_the_real_days_beside_bad_entries(bad_zone, tmp_path):
     from dagster_project.resources import PickapicHome
 
     home, _ = bad_zone
-    (tmp_path / "dagster").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "dagster")) as instance:
+    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
         def tick():
             return automation.raw_partition_sensor.evaluate_tick(dg.build_sensor_context(
                 instance=instance, instance_ref=instance.get_ref(),
