@@ -2,6 +2,12 @@
 
 The driver finds both in the earlier ``image_features`` partitions; the workers get the known sha256
 digests as one sorted ``.npy`` file and look each image up by binary search.
+
+Only partitions written under the same output settings are reused: each partition's Parquet footer
+holds :func:`output_key` of the settings that made it (``OUTPUT_KEY_FIELD``), and one with another key
+or none (written before the key existed) is never a source. So after a change of ``train_size``,
+``jpeg_quality``, ``max_side``, ... each day the stage reruns is computed afresh, exactly as a build
+from scratch with the new settings would compute it.
 """
 from __future__ import annotations
 
@@ -21,7 +27,36 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats.home import DataHome
-from pipelines.features.config import FEATURES, parse_day
+from pipelines.features.config import FEATURES, FeaturesConfig, parse_day
+
+OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # footer key-value metadata of image_features partitions
+OUTPUT_FORMAT = "features-output-1"                   # bump when the code changes what a row holds for equal settings
+
+
+def output_key(config: FeaturesConfig) -> str:
+    """Digest of the settings that change a feature row (the fields marked output) and ``OUTPUT_FORMAT``."""
+    import dataclasses
+    import hashlib
+    import json
+
+    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("output", True)}
+    text = json.dumps([OUTPUT_FORMAT, fields], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def with_output_key(schema: pa.Schema, key: str) -> pa.Schema:
+    """``schema`` carrying ``key`` in its metadata (written into the partition's footer)."""
+    return schema.with_metadata({**(schema.metadata or {}), OUTPUT_KEY_FIELD: key.encode("ascii")})
+
+
+def partition_output_key(path: Path) -> str | None:
+    """The output key in a partition's footer, or None (written before keys, or unreadable)."""
+    try:
+        metadata = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowException):
+        return None
+    value = metadata.get(OUTPUT_KEY_FIELD)
+    return value.decode("ascii", "replace") if value is not None else None
 
 
 def load_known_digests(path: str | None) -> np.ndarray:
@@ -47,15 +82,16 @@ def contains_digest(digests: np.ndarray, digest: bytes) -> bool:
 
 
 
-def earlier_partitions(home: DataHome, day: str) -> list[tuple[str, Path]]:
-    """(day, file) of every image_features partition on or before ``day``, oldest first."""
+def earlier_partitions(home: DataHome, day: str, key: str | None = None) -> list[tuple[str, Path]]:
+    """(day, file) of every image_features partition on or before ``day``, oldest first; with ``key``,
+    only those written under that :func:`output_key`."""
     root = home.table_dir(FEATURES)
     found = []
     if root.is_dir():
         for child in root.iterdir():
             if child.name.startswith("dt=") and child.name[3:] <= day:
                 path = child / "part-0.parquet"
-                if path.is_file():
+                if path.is_file() and (key is None or partition_output_key(path) == key):
                     found.append((child.name[3:], path))
     return sorted(found)
 

@@ -31,7 +31,14 @@ from pipelines import faults
 from pipelines.features.blobs import is_local, join_url
 from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
-from pipelines.features.reuse import earlier_partitions, known_digests, rows_reused_by_sha256, rows_reused_by_uid
+from pipelines.features.reuse import (
+    earlier_partitions,
+    known_digests,
+    output_key,
+    rows_reused_by_sha256,
+    rows_reused_by_uid,
+    with_output_key,
+)
 from pipelines.features.runner import pipeline_options, pipeline_runner
 from pipelines.features.staging import (
     REUSED_SCHEMA,
@@ -75,7 +82,8 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     """The body of :func:`build_features`, run while this process holds the day's lock."""
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
-    history = earlier_partitions(home, day)
+    key = output_key(config)
+    history = earlier_partitions(home, day, key)     # only rows made under these output settings are reused
     by_uid = rows_reused_by_uid(home, day, inputs, history)
     reused_uids = {row["image_uid"] for row in by_uid}
     todo = inputs.filter(pc.invert(pc.is_in(inputs["image_uid"], pa.array(sorted(reused_uids), pa.string()))))
@@ -116,8 +124,10 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
 
     if is_local(base):
         os.sync()   # training JPEGs were renamed into place without fsync; make them durable first
-    features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day), get_schema(FEATURES))
-    rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day), get_schema(REJECTS))
+    features_path = write_parquet_atomic(features, home.partition_file(FEATURES, day),
+                                         with_output_key(get_schema(FEATURES), key))
+    rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day),
+                                        with_output_key(get_schema(REJECTS), key))
     if todo.num_rows:
         remove_dir(staging, base)
 

@@ -92,6 +92,34 @@ def test_day_one_rerun_and_day_two(tmp_path: Path) -> None:
     assert home.partition_file("image_features", DAY2).read_bytes() == second
 
 
+def test_a_changed_output_setting_recomputes_instead_of_reusing_and_matches_a_build_from_scratch(tmp_path: Path) -> None:
+    """Rows made under other output settings are never reused (they were, by uid and sha256: a smaller
+    train_size or a tighter max_side never reached already-fingerprinted images, and an incremental
+    build then differed from one from scratch)."""
+    days = {DAY1: {"a": png(1), "b": png(2), "wide": encode(natural_image(7, (300, 100)).convert("RGB"))},
+            DAY2: {"a": png(1), "copy_of_b": png(2), "new": png(10)}}
+    tight = FeaturesConfig(workers=0, train_size=64, jpeg_quality=50, max_aspect=2.5)
+    incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
+    for home in (incremental, scratch):
+        for day, blobs in days.items():
+            write_day(home, day, blobs)
+    for day in days:                       # the defaults first, then the same days again under new settings
+        build(incremental, day)
+    reports = [build(incremental, day, tight) for day in days]
+    assert ([(r.processed, r.rejected_total, r.reused_by_uid, r.reused_by_sha256) for r in reports]
+            == [(2, 1, 0, 0), (1, 0, 1, 1)])
+    for day in days:
+        build(scratch, day, tight)
+    for day in days:
+        for dataset in ("image_features", "image_rejects"):
+            assert incremental.partition_file(dataset, day).read_bytes() == scratch.partition_file(dataset, day).read_bytes()
+    assert read(incremental, "image_rejects", DAY1)["reason"].to_pylist() == ["bad_dimensions"]      # 3:1 > 2.5
+    keys = {r["train_jpg_key"].split("/")[2] for r in read(incremental, "image_features", DAY2).to_pylist()}
+    assert keys == {"s64q50"}
+    again = build(incremental, DAY2, tight)     # same settings: reused as before
+    assert (again.processed, again.reused_by_uid) == (0, 3)
+
+
 def test_outputs_are_byte_identical_across_homes(tmp_path: Path) -> None:
     outputs = []
     for name in ("one", "two"):
