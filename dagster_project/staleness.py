@@ -142,6 +142,21 @@ def runtime_version(instance: dg.DagsterInstance, stage_name: str, home: DataHom
     return version
 
 
+def settled_version(context, before: str, after: str) -> str:
+    """The version a step records: ``before``, computed from its upstream assets' records when it
+    started, not ``after``, computed when it ended.
+
+    Another run (a UI launch beside the nightly) may record a new upstream version while this step runs;
+    recording ``after`` would claim inputs the step never read, and the asset would look fresh while
+    built from older ones. ``before`` is what it read, or older: at worst the asset looks stale and
+    runs once more. A difference is logged."""
+    if before != after:
+        context.log.warning("the inputs' recorded versions changed while this step ran (another run "
+                            "materialized an upstream asset): recording the versions it started from, so the "
+                            "asset shows stale and the next build or tick runs it again")
+    return before
+
+
 def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     """Whether the files a fresh record stands for are still there."""
     if stage.partitioned:

@@ -8,7 +8,7 @@ from dagster_project.home_settings import ground_truth_dir
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, runtime_version
+from dagster_project.staleness import REBUILD_CONDITION, runtime_version, settled_version
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.curation.decisions import build_decisions, build_pairs
 from pipelines.curation.dedup import build_clusters
@@ -28,11 +28,13 @@ def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig
     settings = stage_config("dedup", config, home, context)
     truth = ground_truth_dir(home)
     planted = truth / "duplicates.parquet" if truth is not None else None
+    before = runtime_version(context.instance, "dedup", home, settings)
     report = build_clusters(home, settings, truth=planted if planted is not None and planted.is_file() else None)
     chart = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
     yield from materialize_and_check(home, ["duplicate_clusters"], report,
                                      extra={"duplicate_clusters": {"cluster_size_chart": chart}},
-                                     data_version=runtime_version(context.instance, "dedup", home, settings))
+                                     data_version=settled_version(
+                                         context, before, runtime_version(context.instance, "dedup", home, settings)))
 
 
 @dg.asset(
@@ -45,9 +47,11 @@ def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
     settings = stage_config("curation", config, home, context)
+    before = runtime_version(context.instance, "decisions", home, settings)
     report = build_decisions(home, settings)
     yield from materialize_and_check(home, ["decisions"], report,
-                                     data_version=runtime_version(context.instance, "decisions", home, settings))
+                                     data_version=settled_version(
+                                         context, before, runtime_version(context.instance, "decisions", home, settings)))
 
 
 @dg.asset(
@@ -59,6 +63,8 @@ def pairs(context: dg.AssetExecutionContext, config: CurationRunConfig, data_hom
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
     settings = stage_config("curation", config, home, context)
+    before = runtime_version(context.instance, "pairs", home, settings)
     report = build_pairs(home, settings)
     yield from materialize_and_check(home, ["pairs"], report,
-                                     data_version=runtime_version(context.instance, "pairs", home, settings))
+                                     data_version=settled_version(
+                                         context, before, runtime_version(context.instance, "pairs", home, settings)))

@@ -330,3 +330,29 @@ def test_every_stage_names_the_job_whose_selection_holds_its_assets():
     graph = defs.resolve_asset_graph()
     for stage in STAGES:
         assert {dg.AssetKey(a) for a in stage.assets} <= automation.JOB_SELECTIONS[stage.job].resolve(graph), stage.name
+
+
+def test_a_step_records_the_versions_its_inputs_had_when_it_started(home, instance):
+    """Another run may record a new upstream version while a step runs (a UI launch of split_pairs during
+    the nightly's publish): the step records the version computed when it started, so the plan sees it
+    stale and runs it again; recording the one computed at its end claimed inputs it never read."""
+    from types import SimpleNamespace
+
+    from dagster_project.staleness import runtime_version, settled_version
+
+    _pretend_built(home, instance, _plan(home, instance))
+    settings = load(home.root).config("publish")
+    before = runtime_version(instance, "publish", home, settings)
+    instance.report_runless_asset_event(dg.AssetMaterialization(      # the other run, mid-publish
+        asset_key="split_pairs", tags={DATA_VERSION_TAG: "split_pairs-from-another-run"}))
+    after = runtime_version(instance, "publish", home, settings)
+    assert after != before
+    warnings: list[str] = []
+    context = SimpleNamespace(log=SimpleNamespace(warning=warnings.append))
+    recorded = settled_version(context, before, after)
+    assert recorded == before and len(warnings) == 1 and "changed while this step ran" in warnings[0]
+    instance.report_runless_asset_event(dg.AssetMaterialization(
+        asset_key="published_dataset", tags={DATA_VERSION_TAG: recorded}))
+    plan = _plan(home, instance)          # split_pairs looks changed to the plan as well: both rerun
+    assert "published_dataset" in {op for run in plan.runs for op in run.ops}
+    assert settled_version(context, after, after) == after and len(warnings) == 1
