@@ -56,7 +56,7 @@ def stage_config(section: str, config: dg.Config, home: DataHome,
     anything is written.
     """
     if context is not None:
-        check_run_config(context.run_config, home)
+        check_run_config(context.run.run_config, home)   # (context.run_config is deprecated)
     overrides = {name: getattr(config, name) for name in knobs(section) if getattr(config, name, None) is not None}
     return load(home.root).config(section, overrides, "run config")
 
