@@ -227,6 +227,10 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
     if isinstance(state, dict) and not isinstance(state.get("data_version_dir", ""), str):
         wrong.append("data_version_dir")  # optional: states written before it was recorded lack it
+    running = state.get("running_loss", [0.0, 0]) if isinstance(state, dict) else None
+    if not (isinstance(running, list) and len(running) == 2 and isinstance(running[0], float)
+            and type(running[1]) is int and running[1] >= 0):
+        wrong.append("running_loss")      # optional too: [loss summed since the last log line, steps in it]
     if wrong:
         raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
@@ -378,6 +382,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         scheduler.load_state_dict(state["scheduler"])
         step, history, best = state["step"], state["history"], state["best"]
         torch.set_rng_state(state["torch_rng"][rank] if rank < len(state["torch_rng"]) else state["torch_rng"][0])
+    # the loss summed since the last log line: checkpointed with the state, so a resumed run logs the same
+    # losses as an uninterrupted one when eval_every is not a multiple of log_every
+    running, running_n = (state.get("running_loss", [0.0, 0]) if state is not None else [0.0, 0])
     resumed_from = step
     spec = ImageSpec.from_processor(processor.image_processor)
     collate = PairCollator(processor.tokenizer, config.max_length)
@@ -397,6 +404,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "history": history, "best": best, "torch_rng": rngs,
+                             "running_loss": [float(running), int(running_n)],
                              "data_version_dir": str(data_dir)})  # the resolved version: a resume must not switch
 
             def write(d: Path) -> None:
@@ -423,7 +431,6 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     shards = split_shards(data_dir, "train")
     per_rank = config.batch_size // world
     loop_started, loop_steps = time.perf_counter(), 0
-    running, running_n = 0.0, 0
     if step < config.max_steps:
         stream = TrainPairStream(shards, per_rank, collate, spec, seed=config.seed,
                                    shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,

@@ -91,6 +91,29 @@ def test_resume_continues_exactly(version, tmp_path):
         train(tiny_config(version, tmp_path / "b", learning_rate=1.0))
 
 
+def test_a_resumed_run_logs_the_same_losses_when_checkpoints_fall_inside_a_logging_window(version, tmp_path):
+    """eval_every 4 and log_every 3: the checkpoint at step 8 falls inside the window 7-9. The loss summed
+    since the last log line is in the trainer state, so the resumed run logs step 9's mean over steps
+    7-9 as the uninterrupted run does (it logged step 9 alone before)."""
+    kwargs = dict(max_steps=12, eval_every=4, log_every=3)
+    straight = train(tiny_config(version, tmp_path / "a", **kwargs))
+
+    def crash_after_step_nine(event):
+        if event["event"] == "train" and event["step"] == 9:
+            raise Interrupt
+
+    with pytest.raises(Interrupt):
+        train(tiny_config(version, tmp_path / "b", **kwargs), on_event=crash_after_step_nine)
+    state = torch.load(tmp_path / "b" / "checkpoints" / "last" / STATE_FILE, weights_only=True)
+    assert state["step"] == 8 and state["running_loss"][1] == 2          # steps 7 and 8 summed, not yet logged
+    resumed = train(tiny_config(version, tmp_path / "b", **kwargs))
+    assert resumed.resumed_from_step == 8
+
+    def losses(result):
+        return [(h["step"], h["loss"]) for h in result.history if "loss" in h]
+    assert losses(resumed) == losses(straight) and [s for s, _ in losses(straight)] == [3, 6, 9, 12]
+
+
 def test_cli_flags_map_onto_presets():
     import argparse
     args = add_arguments(argparse.ArgumentParser()).parse_args(
