@@ -207,6 +207,14 @@ def cast_to_schema(table: pa.Table, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(columns, schema=schema)
 
 
+def lstat_or_none(path: str | os.PathLike) -> os.stat_result | None:
+    """``os.lstat(path)`` (a link is not followed), or None when nothing is there."""
+    try:
+        return os.lstat(path)
+    except FileNotFoundError:
+        return None
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     """Hex sha256 of a regular file's bytes (anything else is refused: :func:`open_regular_file`)."""
     digest = hashlib.sha256()

@@ -18,7 +18,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
-from formats.files import create_temp, naming_full_disk, temp_names
+from formats.files import create_temp, lstat_or_none, naming_full_disk, temp_names
 from formats.home import DataHome
 
 
@@ -49,7 +49,7 @@ def enclosing_home(path: Path, homes: Sequence[Path] = ()) -> Path | None:
     return None
 
 
-def _kind(mode: int) -> str:
+def entry_kind(mode: int) -> str:
     """What a directory entry is, in words."""
     for test, word in ((stat.S_ISREG, "a regular file"), (stat.S_ISLNK, "a symbolic link"), (stat.S_ISDIR, "a directory"),
                        (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
@@ -134,7 +134,7 @@ def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag:
     except (FileNotFoundError, NotADirectoryError):
         info = None
     if info is not None and not stat.S_ISREG(info.st_mode):
-        raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; the output must be a new path or a "
+        raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; the output must be a new path or a "
                             "regular file (devices, FIFOs, links and directories are never replaced)")
     _refuse_non_folder_ancestor(final, flag, path)
     return final
@@ -146,7 +146,7 @@ def _refuse_non_folder_ancestor(final: Path, flag: str, given: object) -> None:
     while not os.path.lexists(ancestor):
         ancestor = ancestor.parent
     if not ancestor.is_dir():
-        raise RefusedOutput(f"{flag} {given}: {ancestor} is {_kind(os.lstat(ancestor).st_mode)}, not a folder")
+        raise RefusedOutput(f"{flag} {given}: {ancestor} is {entry_kind(os.lstat(ancestor).st_mode)}, not a folder")
 
 
 def _recheck_entry(dir_fd: int, name: str, final: Path, homes: Sequence[Path], flag: str, given: object) -> None:
@@ -159,7 +159,7 @@ def _recheck_entry(dir_fd: int, name: str, final: Path, homes: Sequence[Path], f
     except FileNotFoundError:
         return
     if not stat.S_ISREG(info.st_mode):
-        raise RefusedOutput(f"{flag} {given}: {final} became {_kind(info.st_mode)} while the result was written; "
+        raise RefusedOutput(f"{flag} {given}: {final} became {entry_kind(info.st_mode)} while the result was written; "
                             "nothing was replaced")
 
 
@@ -259,7 +259,7 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         _refuse_non_folder_ancestor(final, flag, path)
         return final
     if not stat.S_ISDIR(info.st_mode):
-        raise RefusedOutput(f"{flag} {path}: {final} is {_kind(info.st_mode)}; give a new folder or one this command "
+        raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; give a new folder or one this command "
                             "wrote before")
     _refuse_linked_subfolders(final, markers, flag, path)
     with os.scandir(final) as entries:
@@ -363,13 +363,10 @@ def write_output_record(open_file: Callable[[str], ContextManager[BinaryIO]], re
 def check_home_dir(home: DataHome, flag: str = "--home") -> Path:
     """Validate a data home about to be written: new, empty or already a data home, and not inside another one."""
     root = home.root
-    try:
-        info = os.lstat(root)
-    except FileNotFoundError:
-        info = None
+    info = lstat_or_none(root)
     if info is not None:
         if not stat.S_ISDIR(info.st_mode):
-            raise RefusedOutput(f"{flag} {root} is {_kind(info.st_mode)}, not a folder for a data home")
+            raise RefusedOutput(f"{flag} {root} is {entry_kind(info.st_mode)}, not a folder for a data home")
         with os.scandir(root) as entries:
             empty = next(entries, None) is None
         if not empty and not looks_like_home(root):

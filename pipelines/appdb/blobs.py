@@ -23,7 +23,7 @@ from pathlib import Path
 
 import psycopg
 
-from formats.files import atomic_path
+from formats.files import atomic_path, lstat_or_none
 from formats.home import DataHome
 from pipelines.appdb.connection import read_rows
 from pipelines.appdb.tables import statement
@@ -67,10 +67,7 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
     if size is None:
         return "missing"
     target = target_dir / name
-    try:
-        info = os.lstat(target)
-    except FileNotFoundError:
-        info = None
+    info = lstat_or_none(target)
     if info is not None:
         if not stat.S_ISREG(info.st_mode):
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")

@@ -36,7 +36,7 @@ from typing import Callable, Iterable
 import psycopg
 
 from formats import rawlines
-from formats.files import sha256_file
+from formats.files import lstat_or_none, sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
@@ -324,10 +324,7 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     moves, keep = [], []
     for table, export in report.tables.items():
         target = home.raw_file(day, table)
-        try:
-            info = os.lstat(target)
-        except FileNotFoundError:
-            info = None
+        info = lstat_or_none(target)
         if info is not None and not stat.S_ISREG(info.st_mode):
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
         same = info is not None and info.st_size == export.bytes and sha256_file(target) == export.sha256

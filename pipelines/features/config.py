@@ -7,6 +7,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from formats.outputs import entry_kind
 from formats.settings import check_fields, knob
 
 FEATURES = "image_features"   # the stage's two datasets ...
@@ -134,16 +135,6 @@ def _is_url(value: str) -> bool:
     return "://" in value
 
 
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "a symlink"
-    if stat.S_ISREG(mode):
-        return "a file"
-    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
-        return "a device"
-    return "not a folder" if not stat.S_ISDIR(mode) else "a folder"
-
-
 def _within(path: str, root: str) -> bool:
     """``path`` is ``root`` or lies below it (both absolute, normalised)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
@@ -176,7 +167,7 @@ def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     except OSError as exc:
         raise StagingRefused(f"{where}: not an existing folder ({exc.strerror})") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise StagingRefused(f"{where} is {_kind(info.st_mode)}, not a folder")
+        raise StagingRefused(f"{where} is {entry_kind(info.st_mode)}, not a folder")
     real, home_real = os.path.realpath(blob_base), os.path.realpath(home)
     if real != home_real and (_within(home_real, real) or _within(real, home_real)):
         raise StagingRefused(f"{where} {'holds' if _within(home_real, real) else 'lies inside'} the data home "
@@ -211,7 +202,7 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
             except OSError:
                 break
             if not stat.S_ISDIR(info.st_mode):
-                raise StagingRefused(f"{os.path.join(root, sub)} is {_kind(info.st_mode)}; the feature stage "
+                raise StagingRefused(f"{os.path.join(root, sub)} is {entry_kind(info.st_mode)}; the feature stage "
                                      "keeps its staging folders in a real folder there")
         if _within(root, real):
             raise StagingRefused(f"{what} is or holds {root}, the data home or blob base: the stage deletes its "
@@ -224,7 +215,7 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
     except FileNotFoundError:
         return
     if not stat.S_ISDIR(info.st_mode):
-        raise StagingRefused(f"{what} is {_kind(info.st_mode)}, not a staging folder")
+        raise StagingRefused(f"{what} is {entry_kind(info.st_mode)}, not a staging folder")
     if not has_marker(path) and not in_staging_area(path, base):
         raise StagingRefused(f"{what} is an existing folder the feature stage did not create (no {STAGING_MARKER} "
                              "in it); the stage deletes its staging folder, so give a new folder")

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from formats.files import lstat_or_none
 from pipelines.features.blobs import is_local, join_url
 from pipelines.features.config import (
     FEATURES,
@@ -76,10 +77,7 @@ def reset_dir(url: str, base: str) -> None:
 def remove_dir(url: str, base: str) -> None:
     """Delete the staging folder ``url`` if the stage created it (see :func:`reset_dir`); refuse any other."""
     if is_local(url):
-        try:
-            info = os.lstat(url)
-        except FileNotFoundError:
-            info = None
+        info = lstat_or_none(url)
         if info is not None:
             if not stat.S_ISDIR(info.st_mode):
                 raise StagingRefused(f"staging folder {url} is not a folder (a symlink, file or device): not deleted")
