@@ -27,6 +27,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from formats.home import DataHome
+from formats.settings import config_digest
 from pipelines.features.config import FEATURES, FeaturesConfig, parse_day
 
 OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # footer key-value metadata of image_features partitions
@@ -34,14 +35,9 @@ OUTPUT_FORMAT = "features-output-1"                   # bump when the code chang
 
 
 def output_key(config: FeaturesConfig) -> str:
-    """Digest of the settings that change a feature row (the fields marked output) and ``OUTPUT_FORMAT``."""
-    import dataclasses
-    import hashlib
-    import json
-
-    fields = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("output", True)}
-    text = json.dumps([OUTPUT_FORMAT, fields], sort_keys=True, default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+    """``OUTPUT_FORMAT`` and the digest of the settings that change a feature row (the stage's output
+    settings, :func:`formats.settings.config_digest`, as in the stage's data version)."""
+    return f"{OUTPUT_FORMAT}/{config_digest('features', config)}"
 
 
 def with_output_key(schema: pa.Schema, key: str) -> pa.Schema:

@@ -68,7 +68,8 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
     base = config.base(home.root)
     staging = config.staging_url(home.root, day)
-    check_staging(staging, base, home.root)
+    if not config.staging:       # a staging folder from the settings was checked by validate; the default here
+        check_staging(staging, base, home.root)
     # one feature stage per day at a time (they would share one staging folder), and per staging folder
     # given in the settings (every day's run would use it)
     with hold_day_lock(home, day, staging if config.staging else None):
