@@ -157,6 +157,13 @@ def settled_version(context, before: str, after: str) -> str:
     return before
 
 
+def version_at_start(context, stage_name: str, home: DataHome, stage_config, day: str | None = None) -> Callable[[], str]:
+    """Compute the step's version now, before it reads its inputs; the returned function, called when the
+    step ends, gives the version to record (:func:`settled_version` of this one and one computed then)."""
+    before = runtime_version(context.instance, stage_name, home, stage_config, day)
+    return lambda: settled_version(context, before, runtime_version(context.instance, stage_name, home, stage_config, day))
+
+
 def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     """Whether the files a fresh record stands for are still there."""
     if stage.partitioned:

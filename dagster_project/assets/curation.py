@@ -8,7 +8,7 @@ from dagster_project.home_settings import ground_truth_dir
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, runtime_version, settled_version
+from dagster_project.staleness import REBUILD_CONDITION, version_at_start
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.curation.decisions import build_decisions, build_pairs
 from pipelines.curation.dedup import build_clusters
@@ -28,13 +28,12 @@ def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig
     settings = stage_config("dedup", config, home, context)
     truth = ground_truth_dir(home)
     planted = truth / "duplicates.parquet" if truth is not None else None
-    before = runtime_version(context.instance, "dedup", home, settings)
+    settle = version_at_start(context, "dedup", home, settings)
     report = build_clusters(home, settings, truth=planted if planted is not None and planted.is_file() else None)
     chart = cluster_size_histogram(str(home.table_file("duplicate_clusters")))
     yield from materialize_and_check(home, ["duplicate_clusters"], report,
                                      extra={"duplicate_clusters": {"cluster_size_chart": chart}},
-                                     data_version=settled_version(
-                                         context, before, runtime_version(context.instance, "dedup", home, settings)))
+                                     data_version=settle())
 
 
 @dg.asset(
@@ -47,11 +46,10 @@ def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
     home = data_home.home()
     settings = stage_config("curation", config, home, context)
-    before = runtime_version(context.instance, "decisions", home, settings)
+    settle = version_at_start(context, "decisions", home, settings)
     report = build_decisions(home, settings)
     yield from materialize_and_check(home, ["decisions"], report,
-                                     data_version=settled_version(
-                                         context, before, runtime_version(context.instance, "decisions", home, settings)))
+                                     data_version=settle())
 
 
 @dg.asset(
@@ -63,8 +61,7 @@ def pairs(context: dg.AssetExecutionContext, config: CurationRunConfig, data_hom
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""
     home = data_home.home()
     settings = stage_config("curation", config, home, context)
-    before = runtime_version(context.instance, "pairs", home, settings)
+    settle = version_at_start(context, "pairs", home, settings)
     report = build_pairs(home, settings)
     yield from materialize_and_check(home, ["pairs"], report,
-                                     data_version=settled_version(
-                                         context, before, runtime_version(context.instance, "pairs", home, settings)))
+                                     data_version=settle())

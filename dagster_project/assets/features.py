@@ -11,7 +11,7 @@ from dagster_project.metadata import spec_metadata
 from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import runtime_version, settled_version
+from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
 from pipelines.features.stage import build_features
 
@@ -42,9 +42,9 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     home = data_home.home()
     day = context.partition_key
     settings = stage_config("features", config, home, context)
-    before = runtime_version(context.instance, "features", home, settings, day)
+    settle = version_at_start(context, "features", home, settings, day)
     report = build_features(home, day, settings, beam_args=shlex.split(config.beam_args))
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
-    version = settled_version(context, before, runtime_version(context.instance, "features", home, settings, day))
+    version = settle()
     yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra, data_version=version)

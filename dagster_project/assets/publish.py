@@ -12,7 +12,7 @@ from dagster_project.contracts import check_results, check_specs, run_checks
 from dagster_project.metadata import report_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, runtime_version, settled_version
+from dagster_project.staleness import REBUILD_CONDITION, version_at_start
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.publish.version import publish_dataset, version_views
 
@@ -29,10 +29,10 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     """A new dataset version: tar shards, sidecars, sizes.json, manifest; `latest` points to it."""
     home = data_home.home()
     settings = stage_config("publish", config, home, context)
-    before = runtime_version(context.instance, "publish", home, settings)
+    settle = version_at_start(context, "publish", home, settings)
     report = publish_dataset(home, settings)
     context.log.info(f"published version {report.version}")
-    version = settled_version(context, before, runtime_version(context.instance, "publish", home, settings))
+    version = settle()
     yield dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
     if report.contract_results:   # the gate's own results, on these very files: every rule once a night, not twice
         yield from check_results(report.contract_results, asset=ASSET)

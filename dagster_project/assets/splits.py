@@ -7,7 +7,7 @@ from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, runtime_version, settled_version
+from dagster_project.staleness import REBUILD_CONDITION, version_at_start
 from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
 from pipelines.splits.assign import build_splits
 
@@ -28,10 +28,10 @@ def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_
     """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance."""
     home = data_home.home()
     settings = stage_config("splits", config, home, context)
-    before = runtime_version(context.instance, "splits", home, settings)
+    settle = version_at_start(context, "splits", home, settings)
     report = build_splits(home, settings)
     chart = split_sizes(str(home.table_file("split_pairs")))
-    version = settled_version(context, before, runtime_version(context.instance, "splits", home, settings))
+    version = settle()
     if report.problems:  # a version no trainer can use must not flow on to publish
         version += FAILED_SUFFIX
         context.log.error("not enough data to publish: " + "; ".join(report.problems))
