@@ -29,7 +29,7 @@ def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_
     home = data_home.home()
     settings = stage_config("splits", config, home, context)
     settle = version_at_start(context, "splits", home, settings)
-    report = build_splits(home, settings)
+    report = build_splits(home, settings, log=context.log.warning)  # says so when it waits for another run
     chart = split_sizes(str(home.table_file("split_pairs")))
     version = settle()
     if report.problems:  # a version no trainer can use must not flow on to publish

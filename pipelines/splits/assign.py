@@ -37,6 +37,12 @@
 - ``*_unique``: per held-out split, one labelled row per prompt_key (smallest salted digest of the
   pair_id), up to ``unique_prompts`` prompts chosen by salted prompt digest; rows repeat their
   parents. ``num_example_per_prompt`` counts rows with the same prompt_key within the split.
+- One build at a time per home (:func:`hold_ledger_lock`): a build reads the ledger, assigns and writes it
+  back, so two at once (a UI run during the nightly one) would each write the ledger they read plus their
+  own new users, and the later write would drop the earlier run's published held-out users (who then fall
+  wherever the fold puts them on a changed history: a leak). The whole stage holds an exclusive ``flock``
+  from before it reads ``pairs`` and the ledger until its three tables are written; a second build waits,
+  says so, and then builds on the first one's ledger.
 - Trainable: :func:`trainability_problems` says which split a trainer would miss (empty, or a ``_unique``
   split under ``min_unique_rows``, fewer than ``min_users`` users with labelled rankings) and why (too
   few users, or too few distinct held-out prompts yet). The splits asset's blocking check and the publish stage refuse such
@@ -45,15 +51,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
+import os
 import re
+import stat
 import sys
+import time
 import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Iterable
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -397,11 +409,71 @@ def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None
     return table, assigned, owned
 
 
-def build_splits(home: DataHome, config: SplitConfig = SplitConfig()) -> SplitReport:
-    """Write ``split_pairs``, ``split_rejects`` and the grown ``split_ledger`` from ``pairs``."""
+def ledger_lock_file(home: DataHome) -> Path:
+    """The lock file of the home's splits stage (``cache/locks/split-ledger.lock``)."""
+    return home.cache / "locks" / "split-ledger.lock"
+
+
+_PID_RECORD = re.compile(rb"[0-9]*\n?")
+
+
+@contextlib.contextmanager
+def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the home's split-ledger lock file for the ``with`` block; when another
+    splits build holds it, say so through ``log`` and wait for it.
+
+    Waiting, not refusing: the stage takes seconds to minutes, and the waiting build (a UI run during the
+    nightly one, or the nightly one behind it) then reads the ledger the first one wrote and the newest
+    ``pairs``, so both runs succeed and the last output is the newest. No other lock is taken while this one
+    is held, so no build waits for one holding it (``pickapic build`` takes the home's build lock before
+    it). The kernel drops the lock when its holder exits, killed or not. The lock file is opened without
+    following a link and never truncated unless it holds nothing but a pid (what the stage writes there):
+    a link, a folder, a FIFO or a file of other content at its path is refused, untouched."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    path = ledger_lock_file(home)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ValueError(f"cannot lock the split ledger: {path}: {exc.strerror or exc} (a symbolic link or "
+                         "something else is there; remove it)") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"cannot lock the split ledger: {path} is not a regular file (remove it)")
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).strip().decode("ascii", "replace")
+            holder = holder if holder.isdigit() else "unknown"
+            log(f"waiting for another splits build on this home (pid {holder} holds {path}); this one reads the "
+                "split ledger once that one has written it")
+            started = time.monotonic()
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            log(f"split ledger lock taken after {time.monotonic() - started:.1f} s of waiting")
+        record = os.pread(fd, 33, 0)
+        if len(record) > 32 or not _PID_RECORD.fullmatch(record):
+            raise ValueError(f"cannot lock the split ledger: {path} holds something the splits stage did not "
+                             "write (it only writes its pid there); move it away")
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
+                 log: Callable[[str], None] | None = None) -> SplitReport:
+    """Write ``split_pairs``, ``split_rejects`` and the grown ``split_ledger`` from ``pairs``, one build at a
+    time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
     source = home.table_file("pairs")
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
+    with hold_ledger_lock(home, log):
+        return _build_splits(home, config, source)
+
+
+def _build_splits(home: DataHome, config: SplitConfig, source: Path) -> SplitReport:
+    """:func:`build_splits` under the ledger lock: pairs and the ledger are read only here."""
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     ledger = read_ledger(home, config.salt, other_salts)
