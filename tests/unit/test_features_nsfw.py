@@ -86,7 +86,8 @@ def as_tuples(result) -> list[tuple]:
 def anchor_of(output: np.ndarray, cls: str, score: float) -> int:
     """The one anchor whose best class is ``cls`` with score ``score`` (float32, exact)."""
     scores = output[4:]
-    found = np.flatnonzero((scores.argmax(axis=0) == NSFW_CLASSES.index(cls)) & (scores.max(axis=0) == np.float32(score)))
+    found = np.flatnonzero((scores.argmax(axis=0) == NSFW_CLASSES.index(cls))
+                           & (scores.max(axis=0) == np.float32(score)))
     assert found.size == 1, (cls, score, found)
     return int(found[0])
 
