@@ -13,7 +13,7 @@ from dataclasses import dataclass
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
     "ingest": "2",        # 2: quarantine line_count / last_line_number, relative paths, late images
-    "features": "2",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode
+    "features": "3",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
     "dedup": "1",
     "decisions": "1",
     "pairs": "1",

@@ -31,7 +31,8 @@ from formats.settings import config_digest
 from pipelines.features.config import FEATURES, FeaturesConfig, parse_day
 
 OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # footer key-value metadata of image_features partitions
-OUTPUT_FORMAT = "features-output-1"                   # bump when the code changes what a row holds for equal settings
+OUTPUT_FORMAT = "features-output-2"                   # bump when the code changes what a row holds for equal settings
+                                                      # 2: NudeNet NMS per class (nsfw.class_aware_nms)
 
 
 def output_key(config: FeaturesConfig) -> str:

@@ -11,6 +11,7 @@ import pytest
 from test_features_fixtures import bad_blobs, encode, fake_detector, natural_image, png, write_day
 
 from formats.home import DataHome
+from pipelines.features import reuse
 from pipelines.features.__main__ import run as features_cli
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.runner import pipeline_options, pipeline_runner
@@ -118,6 +119,23 @@ def test_a_changed_output_setting_recomputes_instead_of_reusing_and_matches_a_bu
     assert keys == {"s64q50"}
     again = build(incremental, DAY2, tight)     # same settings: reused as before
     assert (again.processed, again.reused_by_uid) == (0, 3)
+
+
+def test_rows_of_the_agnostic_nms_format_are_not_reused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Partitions stamped ``features-output-1`` hold NudeNet's class-agnostic NMS detections, which could
+    hide an exposed box under a covered one: same settings, but recomputed rather than copied."""
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1), "b": png(2)})
+    write_day(home, DAY2, {"a": png(1), "copy_of_b": png(2)})
+    with monkeypatch.context() as patch:
+        patch.setattr(reuse, "OUTPUT_FORMAT", "features-output-1")      # what the code before per-class NMS stamped
+        build(home, DAY1)
+    assert reuse.partition_output_key(home.partition_file("image_features", DAY1)).startswith("features-output-1/")
+    report = build(home, DAY2)
+    assert (report.processed, report.reused_by_uid, report.reused_by_sha256) == (2, 0, 0)
+    report = build(home, DAY1)
+    assert (report.processed, report.reused_by_uid) == (2, 0)
+    assert reuse.partition_output_key(home.partition_file("image_features", DAY1)) == reuse.output_key(CONFIG)
 
 
 def test_outputs_are_byte_identical_across_homes(tmp_path: Path) -> None:
