@@ -5,9 +5,11 @@ The store is a local folder or any URL Beam's ``FileSystems`` reads (``s3://buck
 as the app wrote them. Blobs are copied, not referenced in place: the ingest's ``blob_path`` is
 relative to the data home, and a copy freezes the bytes that were exported (the app's storage may
 delete or overwrite objects later), so the raw zone alone rebuilds every dataset.
-A blob already in the raw zone is never copied again (re-exports stay cheap, and the copy stays what
-was exported: one whose size differs from the store's now is counted as ``differs_in_store``);
-a missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
+A blob already in the raw zone is never copied again (the copy stays what was exported): it is
+compared with the store's object, by size and then byte for byte (a blob replaced by other bytes of
+the same size is no match), and one that differs is counted as ``differs_in_store``: a re-export
+reads each object of the copy's size once (nothing is written), up to the first difference. A
+missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
 a uid that is not a canonical UUID is never used as a file name (the ingest quarantines its row).
 In a local store only regular files are copied: a symlink (which could name any file the export
 can read), a FIFO, a device or a folder is counted as ``not_a_file_in_store`` and left out (the
@@ -20,12 +22,13 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import psycopg
 
-from formats.files import atomic_path, lstat_or_none
+from formats.files import atomic_path, lstat_or_none, open_regular_file
 from formats.home import DataHome
-from pipelines.appdb.connection import read_rows
+from pipelines.appdb.connection import as_text, read_rows
 from pipelines.appdb.tables import statement
 from pipelines.ingest.parse import UID_RE
 
@@ -57,6 +60,62 @@ def _source_size(store: str, name: str) -> int | None:
     return found[0].size_in_bytes if found else None
 
 
+def _open_local(store: str, name: str) -> BinaryIO:
+    """The local store's regular file ``name``, open to read; a link is not followed (:class:`NotAFile`,
+    as for anything but a regular file); FileNotFoundError when it is gone."""
+    try:
+        fd = os.open(Path(store) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise
+    except OSError:                  # ELOOP: swapped for a link since the lstat
+        raise NotAFile(name) from None
+    source = open(fd, "rb", closefd=True)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        source.close()
+        raise NotAFile(name)
+    return source
+
+
+def _read_full(handle: BinaryIO, size: int) -> bytes:
+    """Up to ``size`` bytes, fewer only at the end (a stream may return less than asked before it)."""
+    parts, left = [], size
+    while left > 0 and (block := handle.read(left)):
+        parts.append(block)
+        left -= len(block)
+    return b"".join(parts)
+
+
+def _same_bytes(source: BinaryIO, copy: BinaryIO) -> bool:
+    """Whether two open files hold the same bytes: read side by side, stopping at the first difference,
+    and at the copy's end plus one byte of the source however long the source keeps growing."""
+    while True:
+        mine = _read_full(copy, CHUNK)
+        if _read_full(source, len(mine) or 1) != mine:
+            return False
+        if not mine:
+            return True
+
+
+def _matches_copy(store: str, name: str, target: Path) -> str:
+    """'present' when the store's object holds the bytes of the copy (of the same size), else
+    'differs_in_store' (or 'missing' / 'not_a_file_in_store' when the object went since it was sized)."""
+    with open_regular_file(target) as copy:
+        if not _is_local(store):
+            from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+            with FileSystems.open(store.rstrip("/") + "/" + name,
+                                  compression_type=CompressionTypes.UNCOMPRESSED) as source:
+                return "present" if _same_bytes(source, copy) else "differs_in_store"
+        try:
+            source = _open_local(store, name)
+        except FileNotFoundError:
+            return "missing"
+        except NotAFile:
+            return "not_a_file_in_store"
+        with source:
+            return "present" if _same_bytes(source, copy) else "differs_in_store"
+
+
 def _copy_one(store: str, uid: str, target_dir: Path) -> str:
     """Copy one blob; returns 'copied', 'present', 'differs_in_store', 'missing' or 'not_a_file_in_store'."""
     name = f"{uid}.png"
@@ -71,18 +130,16 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
     if info is not None:
         if not stat.S_ISREG(info.st_mode):
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
-        return "present" if info.st_size == size else "differs_in_store"
+        return _matches_copy(store, name, target) if info.st_size == size else "differs_in_store"
     if _is_local(store):
         try:
-            fd = os.open(Path(store) / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            source = _open_local(store, name)
         except FileNotFoundError:
             return "missing"
-        except OSError:                  # ELOOP: swapped for a link since the lstat
+        except NotAFile:
             return "not_a_file_in_store"
-        with open(fd, "rb", closefd=True) as source:
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode):
-                return "not_a_file_in_store"
+        with source:
+            info = os.fstat(source.fileno())
             with atomic_path(target) as tmp, open(tmp, "wb") as out:
                 left = info.st_size          # what it held when opened: a file that keeps growing stops here
                 while left > 0 and (block := source.read(min(CHUNK, left))):
@@ -113,7 +170,7 @@ def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: Dat
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
-            uids = [raw.decode("utf-8", "replace") for (raw,) in rows]
+            uids = [as_text(raw) for (raw,) in rows]   # Unconvertible text is already a str
             valid = [uid for uid in uids if UID_RE.fullmatch(uid)]
             counts["invalid_uid"] += len(uids) - len(valid)
             flush(valid)

@@ -168,11 +168,15 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
             conn.read_only = True
         for statement in SESSION_SETTINGS:
             conn.execute(statement)
-        # Text arrives as UTF-8, converted by the server; a SQL_ASCII database's bytes arrive unconverted
-        # (the server would refuse to convert bytes that are not UTF-8), so they reach the file as they are.
-        server_encoding = conn.execute("SHOW server_encoding").fetchone()[0]  # bytes under SQL_ASCII
-        conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding in ("SQL_ASCII", b"SQL_ASCII")
-                     else "SET client_encoding = 'UTF8'")
+        # A UTF8 database's text arrives as it is stored. Any other database's text is read unconverted
+        # (SQL_ASCII as client encoding turns the server's conversion off): a SQL_ASCII database's bytes
+        # reach the file as they are, and the export reads another encoding's text as its stored bytes and
+        # converts it batch by batch (read_rows), because the server converting while it streams rows fails
+        # the whole fetch, and with it the day, on one character with no UTF-8 equivalent (WIN1252 0x81).
+        # The simulator's sink (read_only=False) writes UTF-8 text, which the server converts on the way in.
+        server_encoding = conn.info.parameter_status("server_encoding")
+        conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding == "SQL_ASCII"
+                     or (read_only and server_encoding != "UTF8") else "SET client_encoding = 'UTF8'")
     except psycopg.Error as exc:
         conn.close()
         raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "
@@ -194,17 +198,73 @@ BATCH_LINES = 4096   # most rows per server-side fetch
 BATCH_BYTES = 4 << 20   # about this many bytes of formatted lines per fetch (huge rows: fewer rows a fetch)
 
 
+class Unconvertible(str):
+    """Text the app database holds that its encoding has no UTF-8 for (a WIN1252 byte 0x81, undefined
+    there): its stored bytes, ASCII as itself and every other byte as the lone surrogate U+DC80 + byte
+    (Python's ``surrogateescape``). A JSON line carries those as ``\\udcXX`` escapes, so the ingest
+    quarantines the line as ``invalid_utf8`` ('... holds a lone surrogate escape') and its raw text
+    keeps the stored bytes; nothing is guessed or dropped."""
+
+
+# The server's own conversion, of many values in one statement (values keep their order).
+_CONVERT = "SELECT convert(v, %s::name, 'UTF8') FROM unnest(%s::bytea[]) WITH ORDINALITY AS u(v, n) ORDER BY n"
+
+
+def text_encoding(conn: psycopg.Connection) -> str | None:
+    """The server encoding whose text ``read_rows`` must convert (text arrives unconverted from a
+    database that is neither UTF8 nor SQL_ASCII: see ``connect``), or None."""
+    server = conn.info.parameter_status("server_encoding")
+    if server in ("UTF8", "SQL_ASCII") or conn.info.parameter_status("client_encoding") != "SQL_ASCII":
+        return None
+    return server
+
+
+def convert_values(conn: psycopg.Connection, encoding: str, values: list[bytes]) -> list[bytes | Unconvertible]:
+    """``values`` (text stored in ``encoding``) as UTF-8 bytes, converted by the server as it would convert
+    them itself; a value it cannot convert becomes :class:`Unconvertible`. One statement converts them all;
+    when it fails, each half is tried again until the failing values stand alone (a few statements per bad
+    value). Each attempt runs in a savepoint, so a failure leaves the transaction, its snapshot and the
+    server-side cursor reading the rows usable."""
+    conn.execute("SAVEPOINT pickapic_convert")
+    try:
+        converted = [v for (v,) in conn.execute(_CONVERT, (encoding, values), binary=True)]
+    except psycopg.errors.DataError:   # 22P05 no equivalent in UTF8, 22021 invalid byte sequence
+        conn.execute("ROLLBACK TO SAVEPOINT pickapic_convert")
+        converted = None
+    conn.execute("RELEASE SAVEPOINT pickapic_convert")
+    if converted is not None:
+        return converted
+    if len(values) == 1:
+        return [Unconvertible(values[0].decode("ascii", "surrogateescape"))]
+    half = len(values) // 2
+    return convert_values(conn, encoding, values[:half]) + convert_values(conn, encoding, values[half:])
+
+
+def _convert_rows(conn: psycopg.Connection, encoding: str, rows: list[tuple]) -> list[tuple]:
+    """``rows`` with each text value in UTF-8 (see :func:`convert_values`). Every server encoding but
+    UTF8 keeps ASCII bytes as ASCII (the encodings that do not are client-only in PostgreSQL), so only
+    the batch's distinct values with a byte past 0x7F go to the server, once each."""
+    pending = {v: None for row in rows for v in row if type(v) is bytes and not v.isascii()}
+    if not pending:
+        return rows
+    mapping = dict(zip(pending, convert_values(conn, encoding, list(pending))))
+    return [tuple(mapping.get(v, v) if type(v) is bytes else v for v in row) for row in rows]
+
+
 def read_rows(conn: psycopg.Connection, query: str, params: dict,
               batch: int | Callable[[], int] = BATCH_LINES) -> Iterator[list[tuple]]:
     """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent.
 
     ``batch``: rows per fetch, or a function giving the next fetch's rows (the caller sizes fetches
-    by the bytes the last one made: huge rows are then fetched a few at a time).
+    by the bytes the last one made: huge rows are then fetched a few at a time). Text of a database
+    that is neither UTF8 nor SQL_ASCII comes converted to UTF-8 bytes, or as :class:`Unconvertible`
+    where its encoding has no UTF-8 for it (memory: one batch, however many values fail).
     """
     size = batch if callable(batch) else (lambda: batch)
+    encoding = text_encoding(conn)
     with conn.cursor(name="pickapic_export", binary=True) as cursor:
         # Text as bytes: a SQL_ASCII database may hold bytes that are not UTF-8 (format_row handles them).
         cursor.adapters.register_loader("text", ByteaBinaryLoader)
         cursor.execute(query, params)
         while rows := cursor.fetchmany(max(1, size())):
-            yield rows
+            yield rows if encoding is None else _convert_rows(conn, encoding, rows)

@@ -5,8 +5,11 @@ binary rows) in one REPEATABLE READ READ ONLY transaction, formatted row by row 
 functions the simulator writes with) and gzip-compressed into a staging folder beside the day, so
 memory does not grow with the day. Text the JSON layer cannot carry (bytes that are not UTF-8, which a
 ``SQL_ASCII`` database can hold) is written as the same raw bytes, so the ingest quarantines that line
-as ``invalid_utf8``; NUL and other control characters are JSON escapes (``\\u0000``) that the ingest
-quarantines as ``control_characters`` in a prompt. Nothing is changed silently.
+as ``invalid_utf8``; text of a database in another encoding that has no UTF-8 equivalent (a WIN1252
+byte 0x81) is written as ``\\udcXX`` escapes of its stored bytes (``connection.Unconvertible``), which
+the ingest quarantines as ``invalid_utf8`` too, and the report counts those rows per table; NUL and
+other control characters are JSON escapes (``\\u0000``) that the ingest quarantines as
+``control_characters`` in a prompt. Nothing is changed silently.
 
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
@@ -46,11 +49,13 @@ from pipelines.appdb.connection import (
     BATCH_LINES,
     AppDatabaseError,
     ServerName,
+    Unconvertible,
     as_text,
     connect,
     database_error,
     read_rows,
     server_name,
+    text_encoding,
 )
 from pipelines.appdb.tables import check_tables, statement
 from schemas.raw import RAW_TABLES
@@ -103,6 +108,7 @@ class AppExportReport:
     blobs: dict = field(default_factory=dict)
     seconds: float = 0.0
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
+    unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -121,6 +127,7 @@ class AppExportReport:
             **{f"blobs_{k}": v for k, v in self.blobs.items()},
             "seconds": round(self.seconds, 3),
             "undated_rows": sum(info["rows"] for info in self.undated.values()),
+            "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -247,9 +254,17 @@ class _CompressingWriter:
 FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
 
 
-def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path) -> TableExport:
-    """Stream one table into a gzip file; returns rows, bytes and sha256 of the file."""
+FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
+
+
+def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
+                 unconvertible: dict | None = None) -> TableExport:
+    """Stream one table into a gzip file; returns rows, bytes and sha256 of the file. Rows holding
+    :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
+    when there are some)."""
     rows, fetch = 0, FIRST_FETCH
+    converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
+    bad, first_ids = 0, []
 
     def next_fetch() -> int:
         return fetch
@@ -259,6 +274,12 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path)
         try:
             for batch in read_rows(conn, statement("export_" + table), params, next_fetch):
                 rows += len(batch)
+                if converting:
+                    for row in batch:
+                        if any(type(v) is Unconvertible for v in row):
+                            bad += 1
+                            if len(first_ids) < FIRST_IDS:
+                                first_ids.append(str(row[0]))
                 chunk = b"\n".join([format_row(table, row) for row in batch]) + b"\n"
                 # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
                 # this one's rows (a fetch still holds whatever size its rows have: see the README)
@@ -269,6 +290,8 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path)
         gz.close()
         raw.flush()
         os.fsync(raw.fileno())
+    if bad and unconvertible is not None:
+        unconvertible[table] = {"rows": bad, "first_ids": first_ids}
     return TableExport(rows=rows, bytes=path.stat().st_size, sha256=sha256_file(path))
 
 
@@ -455,11 +478,14 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         for table in RAW_TABLES:
             table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
                 else params
-            report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz")
+            report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
+                                                report.unconvertible)
             progress(f"{table}: {report.tables[table].rows} rows")
         report.undated = undated_rows(conn)
         if report.undated:
             report.warnings.append(undated_warning(report.undated))
+        if report.unconvertible:
+            report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if image_store:
             from pipelines.appdb.blobs import copy_day_blobs
 
@@ -525,14 +551,25 @@ def undated_rows(conn: psycopg.Connection) -> dict[str, dict]:
     return found
 
 
+def _rows_named(found: dict[str, dict]) -> str:
+    """'table: rows (ids 1, 2, ...)' per table of ``found`` (table -> {"rows", "first_ids"})."""
+    return "; ".join(f"{table}: {info['rows']} (ids {', '.join(info['first_ids'])}"
+                     f"{', ...' if info['rows'] > len(info['first_ids']) else ''})" for table, info in found.items())
+
+
+def unconvertible_warning(day: str, unconvertible: dict[str, dict]) -> str:
+    """A line naming the rows of ``day`` whose text the database's encoding has no UTF-8 for."""
+    return (f"app rows of day {day} hold text that the database's encoding has no UTF-8 equivalent for (e.g. "
+            "WIN1252 byte 0x81): written with \\udcXX escapes of the stored bytes, so the ingest quarantines "
+            "them as invalid_utf8: " + _rows_named(unconvertible) + " -- correct the text in the app database")
+
+
 def undated_warning(undated: dict[str, dict]) -> str:
     """A line telling the operator which rows no day's export holds, and how to find them."""
     if not undated:
         return ""
-    parts = [f"{table}: {info['rows']} (ids {', '.join(info['first_ids'])}{', ...' if info['rows'] > len(info['first_ids']) else ''})"
-             for table, info in undated.items()]
     return ("app rows with a NULL, infinite or out-of-range created_at belong to no day and are not exported: "
-            + "; ".join(parts) + " -- give them a real created_at in the app database")
+            + _rows_named(undated) + " -- give them a real created_at in the app database")
 
 
 def app_days(dsn: str, source: str = "the DSN") -> AppDays:

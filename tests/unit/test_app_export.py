@@ -17,7 +17,7 @@ from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
 from formats import rawlines
 from formats.home import DataHome
-from pipelines.appdb.connection import AppDatabaseError, server_name
+from pipelines.appdb.connection import AppDatabaseError, Unconvertible, connect, convert_values, server_name
 from pipelines.appdb.export import AppExportConfig, ExportTooEarly, export_day, format_row
 from pipelines.appdb.tables import AppSchemaError
 from pipelines.ingest import parse as rp
@@ -222,6 +222,82 @@ def test_bytes_a_sql_ascii_database_holds_are_quarantined_by_the_ingest(postgres
     assert ("rankings", rp.INVALID_UTF8) in reasons and ("rankings", rp.CONTROL_CHARACTERS) in reasons
     kept = pq.read_table(home.partition_file("rankings", DAYS[0]), columns=["ranking_id"]).column(0).to_pylist()
     assert first[0] not in kept and second[0] not in kept
+
+
+def _lines_by_id(home: DataHome, day: str, table: str) -> dict[int, bytes]:
+    with gzip.open(home.raw_file(day, table)) as handle:
+        return {json.loads(line.decode("utf-8"))[f"{table[:-1]}_id"]: line for line in handle.read().splitlines()}
+
+
+def test_text_a_win1252_database_has_no_utf8_for_is_quarantined_and_the_day_goes_on(
+        app_db, postgres_server, tmp_path):  # noqa: F811
+    # The same simulated history in a UTF8 database (app_db) and a WIN1252 one; in both, ranking 2 and
+    # download 1 get text WIN1252 converts ('café €': bytes E9 and 80); in the WIN1252 one, ranking 1 (the
+    # same fetch as ranking 2: more fetches follow it) and download 2 get bytes WIN1252 leaves undefined.
+    dsn = create_database(postgres_server, f"win{next(_counter)}", encoding="WIN1252")
+    simulate(DataHome.at(tmp_path / "sim"), CONFIG, sink=AppDatabaseSink(dsn, None))
+    ranking_ids = {}
+    for target in (app_db, dsn):
+        with psycopg.connect(target) as conn:
+            ranking_ids[target] = [i for (i,) in conn.execute(
+                "SELECT ranking_id FROM rankings WHERE created_at < %s ORDER BY ranking_id LIMIT 2", (DAYS[1],))]
+            download_ids = [i for (i,) in conn.execute(
+                "SELECT download_id FROM downloads WHERE created_at < %s ORDER BY download_id LIMIT 2", (DAYS[1],))]
+            conn.execute("UPDATE rankings SET prompt = 'caf\u00e9 \u20ac' WHERE ranking_id = %s",
+                         (ranking_ids[target][1],))
+            conn.execute("UPDATE downloads SET prompt = 'caf\u00e9 \u20ac' WHERE download_id = %s",
+                         (download_ids[0],))
+    assert ranking_ids[app_db] == ranking_ids[dsn]
+    first, second = ranking_ids[dsn]
+    with psycopg.connect(dsn) as conn:
+        # bytes in the database's own encoding are stored as they are (WIN1252 takes any byte but NUL)
+        conn.execute("UPDATE rankings SET prompt = convert_from('\\x63616ee9812081'::bytea, 'WIN1252') "
+                     "WHERE ranking_id = %s", (first,))
+        conn.execute("UPDATE downloads SET prompt = convert_from('\\x8d8f909d'::bytea, 'WIN1252') "
+                     "WHERE download_id = %s", (download_ids[1],))
+    utf8_home, home = DataHome.at(tmp_path / "utf8"), DataHome.at(tmp_path / "home")
+    export_day(utf8_home, app_db, DAYS[0], BY_DAY)
+    report = export_day(home, dsn, DAYS[0], BY_DAY)   # failed whole before: 0x81 has no equivalent in UTF8
+
+    assert report.unconvertible == {"rankings": {"rows": 1, "first_ids": [str(first)]},
+                                    "downloads": {"rows": 1, "first_ids": [str(download_ids[1])]}}
+    assert "has no UTF-8 equivalent" in "\n".join(report.warnings) and report.metadata()["unconvertible_rows"] == 2
+    # Every other line is what the UTF8 database gives (converted by the server, 'café €' included);
+    # the bad ones carry the stored bytes as \udcXX escapes.
+    for table, bad in (("rankings", first), ("downloads", download_ids[1])):
+        mine, theirs = _lines_by_id(home, DAYS[0], table), _lines_by_id(utf8_home, DAYS[0], table)
+        assert mine.keys() == theirs.keys() and report.tables[table].rows == len(mine)
+        assert {i: line for i, line in mine.items() if i != bad} == {i: line for i, line in theirs.items() if i != bad}
+    assert b'"prompt": "can\\udce9\\udc81 \\udc81"' in _lines_by_id(home, DAYS[0], "rankings")[first]
+    assert b'"prompt": "caf\\u00e9 \\u20ac"' in _lines_by_id(home, DAYS[0], "rankings")[second]
+    assert b'"prompt": "\\udc8d\\udc8f\\udc90\\udc9d"' in _lines_by_id(home, DAYS[0], "downloads")[download_ids[1]]
+
+    # The ingest quarantines exactly those rows, with the reason; the counts reconcile.
+    ingest_day(home, DAYS[0])
+    quarantine = pq.read_table(home.partition_file("quarantine", DAYS[0])).to_pylist()
+    utf8 = [(q["table"], q["detail"], json.loads(q["raw_text"])[f"{q['table'][:-1]}_id"])
+            for q in quarantine if q["reason"] == rp.INVALID_UTF8]
+    assert sorted(utf8) == [("downloads", "prompt holds a lone surrogate escape", download_ids[1]),
+                            ("rankings", "prompt holds a lone surrogate escape", first)]
+    for table in ("rankings", "downloads"):
+        kept = pq.read_table(home.partition_file(table, DAYS[0])).num_rows
+        held = sum(q["line_count"] for q in quarantine if q["table"] == table)
+        assert kept + held == report.tables[table].rows
+
+
+def test_the_server_converts_values_and_names_each_one_it_cannot(postgres_server):  # noqa: F811
+    dsn = create_database(postgres_server, f"win{next(_counter)}", encoding="WIN1252")
+    values = [b"caf\xe9", b"a \x81 b", b"\x80 ok", *[b"x%d\xe9" % i for i in range(40)], b"\x8d", b"\xe9\x90"]
+    conn = connect(dsn)
+    try:
+        converted = convert_values(conn, "WIN1252", values)
+        assert conn.execute("SELECT 1").fetchone() == (1,)   # the transaction is still usable
+    finally:
+        conn.close()
+    assert converted[:3] == [b"caf\xc3\xa9", "a \udc81 b", "\u20ac ok".encode()]
+    assert converted[3:-2] == ["x%d\u00e9".encode() % i for i in range(40)]
+    assert converted[-2:] == ["\udc8d", "\udce9\udc90"]
+    assert [type(v) is Unconvertible for v in converted] == [False, True, *[False] * 41, True, True]
 
 
 def test_simulating_into_a_database_that_holds_rows_is_refused(app_db, tmp_path):

@@ -10,9 +10,11 @@ import sys
 
 import psycopg
 import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
 
 from formats.home import DataHome
 from formats.rawzone import scan_raw_zone
+from pipelines.appdb import blobs
 from pipelines.appdb import export as export_module
 from pipelines.appdb.connection import AppDatabaseError, server_name
 from pipelines.appdb.export import app_days, export_day
@@ -215,6 +217,48 @@ def test_blobs_once_copied_stay_frozen_and_late_ones_are_announced(app_db, tmp_p
     assert (home.raw_images / f"{uids[0]}.png").read_bytes() == b"\x89PNG as exported"
     text = "\n".join(again.warnings)
     assert "differ in the store" in text and f"pickapic build --force --from {DAYS[0]} --to {DAYS[0]}" in text
+
+
+class _SchemeStore(LocalFileSystem):
+    """Beam's local file system behind a URL scheme: the store's URL branch (``s3://``, ``gs://``) on
+    real files, through Beam's own ``FileSystems`` dispatch."""
+
+    PREFIX = "pickapic-test-store://"
+
+    @classmethod
+    def scheme(cls) -> str:
+        return cls.PREFIX.split(":")[0]
+
+    def match(self, patterns, limits=None):
+        return super().match([p.removeprefix(self.PREFIX) for p in patterns], limits)
+
+    def open(self, path, *args, **kwargs):
+        return super().open(path.removeprefix(self.PREFIX), *args, **kwargs)
+
+
+@pytest.mark.parametrize("url", [False, True], ids=["local", "url"])
+def test_a_blob_replaced_by_other_bytes_of_the_same_size_differs_in_store(tmp_path, url):
+    """The copy was compared with the store's object by size only: an object replaced by other bytes of
+    the same size counted as 'present'. Now the bytes are compared (also past the first read chunk)."""
+    store, images = tmp_path / "store", tmp_path / "images"
+    store.mkdir()
+    images.mkdir()
+    where = _SchemeStore.PREFIX + str(store) if url else str(store)
+    exported = bytes(range(256)) * (3 * blobs.CHUNK // 256) + b"tail"
+    cases = {"0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f1%d" % i: exported for i in range(4)}
+    for uid, data in cases.items():
+        (store / f"{uid}.png").write_bytes(data)
+        assert blobs._copy_one(where, uid, images) == "copied"
+    first, last, longer, same = cases
+    (store / f"{first}.png").write_bytes(b"X" + exported[1:])                      # same size, first byte
+    (store / f"{last}.png").write_bytes(exported[:-1] + b"!")                      # same size, last chunk
+    (store / f"{longer}.png").write_bytes(exported + b"more")                      # another size
+    (store / f"{same}.png").write_bytes(bytes(exported))                           # rewritten, same bytes
+    outcomes = {uid: blobs._copy_one(where, uid, images) for uid in cases}
+    assert outcomes == {first: "differs_in_store", last: "differs_in_store", longer: "differs_in_store",
+                        same: "present"}
+    assert all((images / f"{uid}.png").read_bytes() == exported for uid in cases)   # the copies stay frozen
+    assert sorted(p.name for p in images.iterdir()) == sorted(f"{uid}.png" for uid in cases)
 
 
 def test_only_regular_files_of_a_local_store_are_copied(app_db, tmp_path):
