@@ -42,6 +42,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 SETTINGS_FILE = "pickapic.toml"
+# Upper bounds of the parallelism settings: a typo or a hostile launchpad value (workers = 100000) would
+# otherwise fork or spawn that many processes or threads on the machine before anything failed.
+MAX_PROCESSES = 256
+MAX_THREADS = 1024
 # section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
 SECTIONS: dict[str, str] = {
     "app_export": "pipelines.appdb.export:AppExportConfig",

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.dataset import SPLITS
-from formats.settings import knob
+from formats.settings import MAX_PROCESSES, MAX_THREADS, knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
@@ -53,7 +53,7 @@ class TrainConfig:
     bf16: bool = knob(True, "bf16 autocast on CUDA; CPU always runs fp32")
     device: str = knob("auto", "auto | cpu | cuda", choices=("auto", "cpu", "cuda"), output=False)
     cpu_threads: int = knob(0, "torch threads per rank on CPU; 0 = cores / (ranks x (1 + workers))", min=0,
-                            output=False)
+                            max=MAX_THREADS, output=False)
     # evaluation / checkpointing
     eval_every: int = knob(50, "evaluate on eval_split (and checkpoint) every N steps", min=1)
     eval_split: str = knob("validation_unique", "split for checkpoint selection and the tie threshold", choices=SPLITS)
@@ -61,7 +61,7 @@ class TrainConfig:
     eval_batch_size: int = knob(64, "pairs per evaluation batch", min=1, output=False)
     log_every: int = knob(10, "record the mean train loss every N steps", min=1, output=False)
     # data loading
-    num_workers: int = knob(1, "loader processes per rank (1 keeps up on 2 cores)", min=0, output=False)
+    num_workers: int = knob(1, "loader processes per rank (1 keeps up on 2 cores)", min=0, max=MAX_PROCESSES, output=False)
     shuffle_buffer: int = knob(1000, "samples in the seeded shuffle buffer", min=1)
     shuffle_initial: int = knob(100, "samples buffered before the first one is yielded", min=0)
     resampled: bool = knob(True, "draw shards with replacement per rank/worker (else seeded epochs)")

@@ -42,7 +42,7 @@ import duckdb
 import pyarrow as pa
 
 from formats.home import DataHome
-from formats.settings import add_flags, check_fields, knob, public_fields, stage_config
+from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.splits.assign import moderation_key
@@ -90,7 +90,7 @@ class CurationConfig:
     banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt.")
     four_image_ties: str = knob("all_pairs", "4-image tie: 'all_pairs' (6 tie pairs) or 'drop'.", choices=("all_pairs", "drop"))
     pseudonym_secret: str = knob(DEFAULT_SECRET, "HMAC secret for user pseudonyms (set your own for a release).", secret=True)
-    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
     def __post_init__(self) -> None:
         check_fields(self)

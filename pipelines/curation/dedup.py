@@ -51,7 +51,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
-from formats.settings import add_flags, check_fields, knob, public_fields, stage_config
+from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
@@ -69,7 +69,7 @@ class DedupConfig:
     max_bucket_fraction: float = knob(0.01, "Cap band buckets larger than this fraction of all images.",
                                       min=0, min_exclusive=True, max=1)
     min_bucket_cap: int = knob(1000, "Never cap a bucket at or below this size (small homes).", min=1)
-    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
     def __post_init__(self) -> None:
         check_fields(self)

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from formats.outputs import entry_kind
-from formats.settings import check_fields, knob
+from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
 
 FEATURES = "image_features"   # the stage's two datasets ...
 REJECTS = "image_rejects"
@@ -36,8 +36,8 @@ class FeaturesConfig:
     max_aspect: float = knob(4.0, "images whose longest / shortest side is above this are rejected (bad_dimensions)",
                              min=1)
     nsfw_batch_size: int = knob(8, "images per NudeNet session.run (batching gains 4-10%)", min=1, output=False)
-    nsfw_threads: int = knob(1, "onnxruntime intra-op threads per worker process", min=1, output=False)
-    workers: int = knob(2, "DirectRunner multi_processing workers (0: in-process)", min=0, output=False)
+    nsfw_threads: int = knob(1, "onnxruntime intra-op threads per worker process", min=1, max=MAX_THREADS, output=False)
+    workers: int = knob(2, "DirectRunner multi_processing workers (0: in-process)", min=0, max=MAX_PROCESSES, output=False)
     in_process_below: int = knob(32, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
     runner: str = knob("DirectRunner", "Beam runner used when beam_args names none", output=False)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")

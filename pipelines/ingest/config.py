@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
-from formats.settings import check_fields, knob
+from formats.settings import MAX_PROCESSES, check_fields, knob
 from pipelines.ingest import parse as rp
 
 OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
@@ -25,7 +25,7 @@ class IngestConfig:
     future_tolerance_days: int = knob(2, "created_at at/after the end of the partition day + this many days -> "
                                          "bad_timestamp", min=0, max=3650)
     workers: int = knob(2, "processes for a large day (lines split between them by primary key); output does not "
-                           "depend on it", min=1, output=False)
+                           "depend on it", min=1, max=MAX_PROCESSES, output=False)
     parallel_min_bytes: int = knob(16 << 20, "compressed raw bytes of a day from which the worker processes are used",
                                    min=1, output=False)
     late_image_days: int = knob(2, "a ranking/download may name an image first exported up to this many days later "

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from formats.dataset import SPLITS
-from formats.settings import check_fields, knob
+from formats.settings import MAX_PROCESSES, check_fields, knob
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class PublishConfig:
     min_shards_per_split: int = knob(4, "least shards per split (when it has that many samples), for GPUs x loader "
                                      "workers", min=1)
     keep_versions: int = knob(3, "complete versions kept; older ones are deleted after the switch", min=1, output=False)
-    workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, output=False)
+    workers: int = knob(0, "shard writer processes; 0 = one per CPU, 1 = in-process", min=0, max=MAX_PROCESSES, output=False)
     fsync: bool = knob(True, "make what a publish writes durable: each shard's tar and sidecar before its "
                             "commit marker, the whole version before it is renamed into place", output=False)
     direct_io: bool = knob(True, "with fsync, write shard tars with O_DIRECT where the file system takes it: from the "

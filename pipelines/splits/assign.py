@@ -74,7 +74,7 @@ import regex
 from formats.dataset import SPLITS
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from formats.settings import add_flags, check_fields, knob, stage_config
+from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
 
@@ -100,7 +100,7 @@ class SplitConfig:
     min_users: int = knob(10, "Fewest users with labelled rankings a published version needs (an evaluation on "
                           "two or three users says little).", min=3)
     unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
-    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, output=False)
+    threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
     def __post_init__(self) -> None:
         check_fields(self)

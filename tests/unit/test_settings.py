@@ -8,6 +8,8 @@ import stat
 import pytest
 
 from formats.settings import (
+    MAX_PROCESSES,
+    MAX_THREADS,
     SECTIONS,
     SettingsError,
     add_flags,
@@ -45,6 +47,25 @@ def test_home_file_then_config_file_then_set(tmp_path):
     assert settings.sources["dedup.k"] == "--set"
     assert settings.config("publish").max_samples_per_shard == 10_000  # untouched sections keep their defaults
 
+
+
+def test_every_process_and_thread_count_has_an_upper_bound():
+    """A launchpad or settings value of workers = 100000 would start that many processes or threads
+    before anything failed: every parallelism setting is bounded."""
+    counted = [spec for section in SECTIONS for spec in knobs(section).values()
+               if spec.kind is int and ("worker" in spec.name or "thread" in spec.name)]
+    assert len(counted) >= 9, [spec.key for spec in counted]
+    for spec in counted:
+        assert spec.maximum is not None and spec.maximum <= MAX_THREADS, f"{spec.key} has no upper bound"
+        if "worker" in spec.name:
+            assert spec.maximum <= MAX_PROCESSES, spec.key
+
+
+@pytest.mark.parametrize("assignment", ["publish.workers=100000", "features.workers=5000", "ingest.workers=300",
+                                        "features.nsfw_threads=100000", "dedup.threads=1000000"])
+def test_a_huge_worker_count_is_refused(tmp_path, assignment):
+    with pytest.raises(SettingsError, match="is out of range"):
+        load(tmp_path, assignments=[assignment])
 
 @pytest.mark.parametrize("assignment, message", [
     ("splits.heldout_fraction=1.5", "splits.heldout_fraction = 1.5 (--set) is out of range: allowed a number, 0 <= value < 1"),
