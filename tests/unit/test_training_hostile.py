@@ -50,12 +50,24 @@ def test_resume_never_unpickles_code(version, tmp_path):
     assert not marker.exists()
 
 
+def _record_in_manifest(version_dir):
+    """Rewrite the manifest's ``files`` for what the version now holds: as if a faulty publish had written
+    these bytes (a damaged file the manifest does not know is another test's case)."""
+    from formats import dataset
+
+    path = version_dir / dataset.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["files"] = dataset.manifest_files(version_dir)
+    path.write_text(json.dumps(manifest))
+
+
 def _empty_tars(split_dir, keep_sizes=False):
-    """Replace every shard of ``split_dir`` with a valid tar holding no member."""
+    """Replace every shard of ``split_dir`` with a valid tar holding no member (recorded in the manifest)."""
     for tar in split_dir.glob("*.tar"):
         tar.write_bytes(bytes(10240))
     if not keep_sizes:
         (split_dir / "sizes.json").unlink()
+    _record_in_manifest(split_dir.parent)
 
 
 @pytest.mark.parametrize("split", ["train", "validation_unique", "test_unique"])
@@ -249,6 +261,7 @@ def test_a_train_shard_with_fewer_samples_than_sizes_json_raises(fresh_version, 
 def test_an_eval_split_shorter_than_sizes_json_is_refused(fresh_version, tmp_path):
     tar = min((fresh_version / "validation_unique").glob("*.tar"))
     _keep_first_samples(tar, 2)
+    _record_in_manifest(fresh_version)
     listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
     with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
         train(tiny_config(fresh_version, tmp_path / "run"))
