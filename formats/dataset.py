@@ -195,6 +195,15 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
     return path
 
 
+def home_of(version_dir: str | os.PathLike) -> Path | None:
+    """The data home a version directory lies in (``HOME/datasets/pickapic/<version>``), or None when it is
+    not laid out as a home's version (a copy elsewhere)."""
+    path = Path(version_dir)
+    if path.parent.name == "pickapic" and path.parent.parent.name == "datasets" and path.is_absolute():
+        return path.parents[2]
+    return None
+
+
 # --------------------------------------------------------------------------- splits
 def read_sizes(split_dir: Path) -> dict[str, int] | None:
     """``{shard.tar: samples}`` from a split's ``sizes.json``, or None when it has none."""

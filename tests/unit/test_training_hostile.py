@@ -280,10 +280,11 @@ def test_a_resume_never_switches_to_the_version_latest_now_names(tmp_path):
     with pytest.raises(ValueError, match=f"cannot resume {out}: it was trained on the dataset version {first}, but "
                                          f"data_dir {latest} now resolves to {second}"):
         train(tiny_config(latest, out, max_steps=4))
-    assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == str(first)
+    recorded = f"datasets/pickapic/{first.name}"  # relative to the home
+    assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == recorded
     resumed = train(tiny_config(first, out, max_steps=4))  # the version it started on: resumes
     assert resumed.resumed_from_step == 2 and resumed.steps == 4
-    assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == str(first)
+    assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == recorded
 
 
 def test_a_second_trainer_on_the_same_output_dir_is_refused(version, tmp_path):
