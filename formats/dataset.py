@@ -78,6 +78,23 @@ def manifest_files(version_dir: Path, known: dict[str, tuple[int, str]] | None =
     return files
 
 
+def read_manifest(version_dir: str | os.PathLike) -> dict:
+    """A version's ``manifest.json`` (its ``files``: ``{relpath: {bytes, sha256}}``, every file but itself).
+
+    ``FileNotFoundError`` without one (not a complete version), ``ValueError`` when it is not a JSON object
+    with a ``files`` object; both name the path."""
+    path = Path(version_dir) / MANIFEST_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} missing: {Path(version_dir)} is not a complete published version")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON ({type(exc).__name__})") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        raise ValueError(f"{path} is not a manifest: no 'files' object")
+    return manifest
+
+
 def shard_paths(folder: Path, name: str) -> tuple[Path, Path, Path]:
     """``<name>.tar``, ``<name>.parquet`` and ``<name>_stats.json`` in ``folder``."""
     return folder / f"{name}.tar", folder / f"{name}.parquet", folder / f"{name}{STATS_SUFFIX}"
@@ -176,6 +193,15 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
     if not (path / "train").is_dir() and (path / LATEST).exists():
         path = (path / LATEST).resolve()
     return path
+
+
+def home_of(version_dir: str | os.PathLike) -> Path | None:
+    """The data home a version directory lies in (``HOME/datasets/pickapic/<version>``), or None when it is
+    not laid out as a home's version (a copy elsewhere)."""
+    path = Path(version_dir)
+    if path.parent.name == "pickapic" and path.parent.parent.name == "datasets" and path.is_absolute():
+        return path.parents[2]
+    return None
 
 
 # --------------------------------------------------------------------------- splits

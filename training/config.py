@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,42 @@ CONFIG_FILE = "train_config.json"
 # already done, or only extend it).
 RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
                               "device"})
+PATH_FIELDS = ("data_dir", "output_dir", "init_from")   # stored relative to the data home when inside it
+
+
+def home_relative(path: str, home: Path | None) -> str:
+    """``path`` (as given: absolute, or relative to the working directory) as it is stored in a run's files:
+    relative to the data ``home`` when it lies inside it (``datasets/pickapic/<version>``,
+    ``models/preference_model/<version>``), else unchanged. ``scratch`` and ``""`` stay as they are.
+
+    Runs are shared with other accounts and tools, and homes move: an absolute path would leak the
+    account's layout and name a place that may not exist for the reader."""
+    if not path or path == "scratch" or home is None:
+        return path
+    home = Path(home)
+    for candidate, root in ((os.path.abspath(os.path.expanduser(path)), os.path.abspath(home)),
+                            (os.path.realpath(os.path.expanduser(path)), os.path.realpath(home))):
+        try:
+            rel = Path(candidate).relative_to(root)
+        except ValueError:
+            continue
+        return rel.as_posix() if rel.parts else "."
+    return path
+
+
+def locate_home(directory: Path, output_dir: str) -> Path | None:
+    """The data home of a run folder's file in ``directory`` (``init/``, ``best/``, ``checkpoints/last/`` or the
+    run folder itself), found from the stored home-relative ``output_dir``: the ancestor of ``directory``
+    whose path ends with it is the run folder, and the home holds it. None when ``output_dir`` is absolute
+    (a run outside any home, or a file written before paths were stored relative) or no ancestor matches."""
+    rel = Path(output_dir)
+    if not output_dir or rel.is_absolute() or output_dir == "." or ".." in rel.parts:
+        return None
+    directory = Path(os.path.abspath(directory))
+    for run in (directory, *list(directory.parents)[:2]):
+        if len(run.parts) > len(rel.parts) and run.parts[-len(rel.parts):] == rel.parts:
+            return run.parents[len(rel.parts) - 1]
+    return None
 
 
 @dataclass(frozen=True)
@@ -121,6 +158,21 @@ class TrainConfig:
         """JSON-able dict of every field."""
         return dataclasses.asdict(self)
 
+    def stored_dict(self, home: Path | None) -> dict[str, Any]:
+        """``to_dict`` as a run's files store it: paths inside the data ``home`` relative to it (``home_relative``)."""
+        values = self.to_dict()
+        values.update({name: home_relative(values[name], home) for name in PATH_FIELDS})
+        return values
+
+    def with_home(self, home: Path | None) -> "TrainConfig":
+        """A config read from a run's files with its home-relative paths made absolute again (under ``home``;
+        absolute ones, as files written before this change hold, stay as they are)."""
+        if home is None:
+            return self
+        changes = {name: str(Path(home) / getattr(self, name)) for name in PATH_FIELDS
+                   if getattr(self, name) not in ("", "scratch") and not Path(getattr(self, name)).is_absolute()}
+        return self.replace(**changes) if changes else self
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict``; unknown keys are an error that names them."""
@@ -130,19 +182,24 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {unknown}")
         return cls(**values)
 
-    def save(self, directory: Path) -> Path:
-        """Write ``train_config.json`` into ``directory``."""
+    def save(self, directory: Path, home: Path | None = None) -> Path:
+        """Write ``train_config.json`` into ``directory``, paths inside the data ``home`` relative to it."""
         path = Path(directory) / CONFIG_FILE
-        path.write_text(json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        path.write_text(json.dumps(self.stored_dict(home), indent=1, sort_keys=True) + "\n", encoding="utf-8")
         return path
 
     @classmethod
-    def load(cls, directory: Path) -> "TrainConfig":
-        """Read ``train_config.json`` from a checkpoint directory."""
+    def load(cls, directory: Path, home: Path | None = None, resolve: bool = True) -> "TrainConfig":
+        """Read ``train_config.json`` from a checkpoint directory; with ``resolve``, its home-relative paths made
+        absolute under the home the run folder lies in (:func:`locate_home`), else under ``home``. Files
+        written before paths were stored relative hold absolute ones: they are read as they are."""
         path = Path(directory) / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-        return cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        config = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        if not resolve:
+            return config
+        return config.with_home(locate_home(Path(directory), config.output_dir) or home)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -142,6 +142,38 @@ def shard_weights(shards: list[Path]) -> list[float]:
     return [float(counts.get(str(shard), 1)) for shard in shards]
 
 
+class ShardChecksumError(ValueError):
+    """A shard whose bytes differ from the sha256 its version's manifest records (or that it does not list)."""
+
+
+def shard_digests(shards: Iterable[str | os.PathLike]) -> dict[str, str]:
+    """``{shard path: sha256}`` from the ``manifest.json`` of each shard's version (``<version>/<split>/<shard>``).
+
+    The readers hash every shard as they stream it and compare at its end (:func:`tar_samples`). A version
+    without a manifest, or a shard its manifest does not list, is an error here, before anything is read.
+    """
+    manifests: dict[Path, dict] = {}
+    digests = {}
+    for shard in map(Path, shards):
+        version_dir = shard.parent.parent
+        if version_dir not in manifests:
+            manifests[version_dir] = dataset.read_manifest(version_dir)["files"]
+        rel = f"{shard.parent.name}/{shard.name}"
+        info = manifests[version_dir].get(rel)
+        if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+            raise ShardChecksumError(f"shard {rel} of dataset version {version_dir.name} ({shard}) is not listed in "
+                                     f"its {dataset.MANIFEST_FILE}: not a file that version published; "
+                                     f"{REPUBLISH}")
+        digests[str(shard)] = info["sha256"]
+    return digests
+
+
+REPUBLISH = ("check the version with `python -m pipelines.publish --home HOME --verify-checksums` (it names every "
+             "file that differs from the manifest), then publish it again: move the version folder aside and "
+             "publish with publish.verify_checksums = true, which rewrites a damaged shard an older version shares "
+             "instead of linking it")
+
+
 def check_tar_end(path: str | os.PathLike) -> None:
     """Refuse a shard that does not end with tar's two zero end-of-archive blocks (a truncated or 0-byte file)."""
     size = os.stat(path).st_size
@@ -155,8 +187,9 @@ def check_tar_end(path: str | os.PathLike) -> None:
 
 
 def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
-    """Check before a run that ``split`` has shards, that its ``sizes.json`` (when present) lists samples and
-    that every shard is a complete tar; returns the listed sample count (None without ``sizes.json``)."""
+    """Check before a run that ``split`` has shards, that its ``sizes.json`` (when present) lists samples,
+    that every shard is a complete tar, listed in the version's manifest with its size; returns the listed
+    sample count (None without ``sizes.json``). The bytes themselves are hashed as they are read."""
     version = dataset.resolve_data_dir(data_dir)
     split_dir = version / split
     shards = dataset.split_shards(version, split)
@@ -171,6 +204,15 @@ def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
             check_tar_end(shard)
         except ValueError as err:
             raise ValueError(f"split {split!r} of {version}: {err}") from None
+    listed = dataset.read_manifest(version)["files"]
+    shard_digests(shards)  # every shard listed
+    for shard in shards:  # a size the manifest does not record fails now; equal sizes are hashed while read
+        rel = f"{split}/{shard.name}"
+        size = os.stat(shard).st_size
+        if size != listed[rel].get("bytes"):
+            raise ShardChecksumError(f"shard {rel} of dataset version {version.name} ({shard}) is {size} bytes, its "
+                                     f"{dataset.MANIFEST_FILE} records {listed[rel].get('bytes')}: it changed after "
+                                     f"publishing; {REPUBLISH}")
     return total
 
 
@@ -184,9 +226,10 @@ def split_size(data_dir: str | os.PathLike, split: str) -> int:
 
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
-    """Captions of ``split`` in shard order, read without decoding images."""
+    """Captions of ``split`` in shard order, read without decoding images (each shard read to its end is
+    checked against its manifest sha256)."""
     shards = split_shards(data_dir, split)
-    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards))
+    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards), shard_digests(shards))
     for sample in islice(samples, limit):
         yield _caption(sample)
 
@@ -195,7 +238,8 @@ def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int 
 _BLOCK = 512
 
 
-def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
+def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None = None,
+                digests: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
     """webdataset samples (``__key__``, ``__url__``, one field per extension) from plain ustar shards.
 
     Same grouping as ``wds.tarfile_to_samples`` (key = member name before the first dot), 4x cheaper
@@ -204,14 +248,29 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
     A shard that ends without tar's end-of-archive block (truncated, even at a member boundary) raises, and
     so does one whose sample count differs from ``expected[url]`` (its ``sizes.json`` entry, see
     :func:`shard_sizes`), once the shard has been read to its end.
+
+    With ``digests`` (:func:`shard_digests`), every byte read is hashed as it streams by (padding and the
+    tail after the end-of-archive block included, so no second pass) and a shard whose sha256 differs
+    from ``digests[url]`` raises :class:`ShardChecksumError` once read to its end; its samples were
+    already yielded by then, so the error stops a run at the end of the first damaged shard. A reader
+    that stops inside a shard never learns its digest. A url missing from ``digests`` is an error.
     """
     for item in urls:
         url = item["url"]
         current: dict[str, Any] | None = None
         count = 0
+        if digests is not None and url not in digests:
+            raise ShardChecksumError(f"shard {url} is not listed in its version's {dataset.MANIFEST_FILE}; {REPUBLISH}")
+        sha = hashlib.sha256() if digests is not None else None
         with open(url, "rb") as handle:
+            def read(n: int) -> bytes:
+                data = handle.read(n)
+                if sha is not None:
+                    sha.update(data)
+                return data
+
             while True:
-                header = handle.read(_BLOCK)
+                header = read(_BLOCK)
                 if header == bytes(_BLOCK):
                     break
                 if len(header) < _BLOCK:
@@ -226,8 +285,8 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
                     continue
                 if kind not in (b"0", b"\0"):
                     raise ValueError(f"{url}: member {name!r} has tar type {kind!r}; only plain ustar files are read")
-                payload = handle.read(size)
-                handle.seek((-size) % _BLOCK, os.SEEK_CUR)
+                payload = read(size)
+                read((-size) % _BLOCK)  # padding: hashed, not skipped
                 if len(payload) != size:
                     raise ValueError(f"{url}: member {name!r} is truncated ({len(payload)} of {size} bytes)")
                 base = name.rsplit("/", 1)[-1]
@@ -242,12 +301,20 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
                 if ext in current:
                     raise ValueError(f"{url}: sample {key!r} repeats member {ext!r}")
                 current[ext] = payload
-        if current is not None:
-            count += 1
-            yield current
+            while sha is not None and read(1 << 16):  # the second zero block and the record padding
+                pass
+        count += current is not None  # the last sample waits for the checks
         if expected is not None and url in expected and count != expected[url]:
             raise ValueError(f"{url}: holds {count} samples but {dataset.SIZES_FILE} beside it lists {expected[url]}; "
                              "republish the version")
+        if sha is not None and sha.hexdigest() != digests[url]:
+            path = Path(url)
+            raise ShardChecksumError(
+                f"shard {path.parent.name}/{path.name} of dataset version {path.parent.parent.name} ({url}) has "
+                f"sha256 {sha.hexdigest()} but its {dataset.MANIFEST_FILE} records {digests[url]}: its bytes changed "
+                f"after publishing (bit rot, an edit, a swapped file) and its samples cannot be trusted; {REPUBLISH}")
+        if current is not None:
+            yield current
 
 
 def _caption(sample: dict[str, Any]) -> str:
@@ -388,6 +455,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         self.urls = [str(p) for p in shards]
         self.weights = shard_weights(shards)
         self.expected = shard_sizes(shards)
+        self.digests = shard_digests(shards)
         self.where = f"split {Path(self.urls[0]).parent.name!r} in {Path(self.urls[0]).parent}"
         if resampled and sum(self.weights) <= 0:
             raise ValueError(f"{self.where}: sizes.json lists no samples in any shard, nothing to train on")
@@ -419,7 +487,7 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         productive = False
         for item in urls:
             count = 0
-            for sample in tar_samples([item], self.expected):
+            for sample in tar_samples([item], self.expected, self.digests):
                 count += 1
                 yield sample
             productive = productive or count > 0
@@ -451,10 +519,11 @@ class EvalPairStream(torch.utils.data.IterableDataset):
         super().__init__()
         self.urls = [str(p) for p in shards]
         self.expected = shard_sizes(shards)
+        self.digests = shard_digests(shards)
         self.batch_size, self.collate, self.spec, self.draft = batch_size, collate, spec, draft
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls), self.expected)
+        samples = tar_samples(wds.split_by_worker({"url": u} for u in self.urls), self.expected, self.digests)
         return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=True)
 
 

@@ -197,7 +197,9 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     scorer = Scorer(model_dir, device=device)
     clip, processor = scorer.clip, scorer.processor
     config_file = Path(model_dir) / "train_config.json"
-    config = TrainConfig.load(Path(model_dir)) if config_file.is_file() else None
+    # paths in it are home-relative: the home is the run folder's, else the data's
+    config = (TrainConfig.load(Path(model_dir), home=dataset.home_of(dataset.resolve_data_dir(data_dir)))
+              if config_file.is_file() else None)
     result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,
                              num_workers=num_workers, device=device)
     result.model_dir = str(model_dir)

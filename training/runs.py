@@ -78,10 +78,12 @@ def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalR
 
     ``summary``: a simulation's ``summary.json``, for the Bayes-optimal accuracy (None: not reported).
     """
+    from training.config import home_relative
     from training.evaluate import evaluate_model
 
     version_dir, best = trained_model(home)
     result = evaluate_model(best, version_dir, ground_truth=summary)
+    result.model_dir = home_relative(str(best), home.root)  # as metrics.json: no absolute path of the home
     out = best.parent / EVAL_FILE
     write_bytes_atomic(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return result, out

@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from formats import dataset
 from formats.files import honour_umask, write_bytes_atomic
-from training.config import RESUMABLE_FIELDS, TrainConfig
+from training.config import RESUMABLE_FIELDS, TrainConfig, home_relative
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -194,9 +194,9 @@ def _recover_dir(root: Path, final: Path) -> None:
         old.rename(final)
 
 
-def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig) -> None:
+def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig, home: Path | None) -> None:
     save_checkpoint(directory, clip, processor)
-    config.save(directory)
+    config.save(directory, home)
 
 
 _STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "history": list, "best": dict, "torch_rng": list}
@@ -238,9 +238,16 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     return state
 
 
-def _check_resumable(saved: TrainConfig, config: TrainConfig) -> None:
+def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
+    """Refuse a resume whose recipe changed; ``saved`` as stored (``TrainConfig.load(resolve=False)``): its
+    ``init_from`` is home-relative, or absolute (as given) in files written before paths were stored relative."""
     changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
-                     if f.name not in RESUMABLE_FIELDS and getattr(saved, f.name) != getattr(config, f.name))
+                     if f.name not in RESUMABLE_FIELDS and f.name != "init_from"
+                     and getattr(saved, f.name) != getattr(config, f.name))
+    if saved.init_from not in (config.init_from, home_relative(config.init_from, home)) and not (
+            Path(saved.init_from).is_absolute()
+            and home_relative(saved.init_from, home) == home_relative(config.init_from, home)):
+        changed = sorted([*changed, "init_from"])
     if changed:
         raise ValueError(f"cannot resume {config.output_dir}: config fields {changed} differ from the checkpoint "
                          "(use a new output_dir)")
@@ -331,6 +338,7 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
     data_dir = dataset.resolve_data_dir(config.data_dir)
+    home = dataset.home_of(data_dir)  # the run's files store paths inside it relative to it
     for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
         check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
@@ -338,11 +346,11 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(run_lock(out))
-        return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir)
+        return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir, home)
 
 
 def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
-                  device: torch.device, out: Path, data_dir: Path) -> TrainResult:
+                  device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
     if rank == 0:
@@ -351,20 +359,22 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     _barrier(world)
     state = None
     if (last_dir / STATE_FILE).is_file():
-        _check_resumable(TrainConfig.load(last_dir), config)
+        _check_resumable(TrainConfig.load(last_dir, resolve=False), config, home)
         clip, processor = load_model(last_dir)
         state = load_trainer_state(last_dir / STATE_FILE)
-        trained_on = state.get("data_version_dir")
-        if trained_on and trained_on != str(data_dir):
+        trained_on = state.get("data_version_dir")  # home-relative; absolute in states written before
+        if trained_on and trained_on not in (str(data_dir), home_relative(str(data_dir), home)):
+            if home is not None and not Path(trained_on).is_absolute():
+                trained_on = str(home / trained_on)
             raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
                              f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
                              f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
     elif config.init_from == "scratch":
         if rank == 0 and (init_dir / "config.json").is_file():
-            _check_resumable(TrainConfig.load(init_dir), config)  # a stale init/ from another recipe
+            _check_resumable(TrainConfig.load(init_dir, resolve=False), config, home)  # a stale init/ from another recipe
         if rank == 0 and not (init_dir / "config.json").is_file():
             clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config), out)
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config, home), out)
         _barrier(world)
         clip, processor = load_model(init_dir)
     else:
@@ -400,15 +410,16 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     def checkpoint(improved: bool) -> None:
         if rank == 0:
             if improved:
-                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config), out)
+                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config, home), out)
             rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "history": history, "best": best, "torch_rng": rngs,
                              "running_loss": [float(running), int(running_n)],
-                             "data_version_dir": str(data_dir)})  # the resolved version: a resume must not switch
+                             # the resolved version (home-relative): a resume must not switch
+                             "data_version_dir": home_relative(str(data_dir), home)})
 
             def write(d: Path) -> None:
-                _save_model(d, clip, processor, config)
+                _save_model(d, clip, processor, config, home)
                 torch.save(trainer_state, d / STATE_FILE)
             _save_dir_atomic(last_dir, write, out)
         _barrier(world)
@@ -487,9 +498,10 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
                                score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
                                config.eval_split, config.test_split)
-        test.model_dir = str(best_dir)
+        test.model_dir = home_relative(str(best_dir), home)
         train_losses = [h["loss"] for h in history if "loss" in h]
-        metrics = {"config": config.to_dict(), "data_version_dir": str(data_dir), "n_parameters": count_parameters(clip), "world_size": world,
+        metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
+                   "n_parameters": count_parameters(clip), "world_size": world,
                    "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
                    "final_train_loss": train_losses[-1] if train_losses else None,
                    "test": test.to_dict(), "history": history}

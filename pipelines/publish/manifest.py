@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, manifest_files, sidecar_glob
+from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, manifest_files, read_manifest, sidecar_glob
 from formats.files import sha256_file, write_bytes_atomic
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.plan import WRITERS
@@ -77,8 +77,7 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
 
     Raises :class:`ManifestMismatch` naming the first difference and listing every file that differs.
     """
-    manifest_path = path / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    manifest = read_manifest(path)
     expected = manifest["files"]
     present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_FILE}
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))

@@ -9,13 +9,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
-import json
 import os
 import shutil
 import stat
 from pathlib import Path
 
-from formats.dataset import FORMAT_VERSION, LATEST, MANIFEST_FILE, list_versions, shard_paths
+from formats.dataset import FORMAT_VERSION, LATEST, list_versions, shard_paths
+from formats.dataset import read_manifest as dataset_manifest
 from formats.files import create_temp, file_mode
 from formats.home import DataHome
 from pipelines.publish import shards
@@ -191,8 +191,8 @@ def _copy(source: Path, target: Path, fsync: bool, size: int | None, mode: int) 
 def read_manifest(version_dir: Path) -> dict:
     """A complete version's manifest, if it is of this format (else, or unreadable, empty)."""
     try:
-        manifest = json.loads((version_dir / MANIFEST_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError, RecursionError):
+        manifest = dataset_manifest(version_dir)
+    except (OSError, ValueError):
         return {}
-    return manifest if isinstance(manifest, dict) and manifest.get("format") == FORMAT_VERSION else {}
+    return manifest if manifest.get("format") == FORMAT_VERSION else {}
 

@@ -50,12 +50,24 @@ def test_resume_never_unpickles_code(version, tmp_path):
     assert not marker.exists()
 
 
+def _record_in_manifest(version_dir):
+    """Rewrite the manifest's ``files`` for what the version now holds: as if a faulty publish had written
+    these bytes (a damaged file the manifest does not know is another test's case)."""
+    from formats import dataset
+
+    path = version_dir / dataset.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["files"] = dataset.manifest_files(version_dir)
+    path.write_text(json.dumps(manifest))
+
+
 def _empty_tars(split_dir, keep_sizes=False):
-    """Replace every shard of ``split_dir`` with a valid tar holding no member."""
+    """Replace every shard of ``split_dir`` with a valid tar holding no member (recorded in the manifest)."""
     for tar in split_dir.glob("*.tar"):
         tar.write_bytes(bytes(10240))
     if not keep_sizes:
         (split_dir / "sizes.json").unlink()
+    _record_in_manifest(split_dir.parent)
 
 
 @pytest.mark.parametrize("split", ["train", "validation_unique", "test_unique"])
@@ -249,6 +261,7 @@ def test_a_train_shard_with_fewer_samples_than_sizes_json_raises(fresh_version, 
 def test_an_eval_split_shorter_than_sizes_json_is_refused(fresh_version, tmp_path):
     tar = min((fresh_version / "validation_unique").glob("*.tar"))
     _keep_first_samples(tar, 2)
+    _record_in_manifest(fresh_version)
     listed = json.loads((tar.parent / "sizes.json").read_text())[tar.name]
     with pytest.raises(ValueError, match=f"{tar}: holds 2 samples but sizes.json beside it lists {listed}"):
         train(tiny_config(fresh_version, tmp_path / "run"))
@@ -267,10 +280,11 @@ def test_a_resume_never_switches_to_the_version_latest_now_names(tmp_path):
     with pytest.raises(ValueError, match=f"cannot resume {out}: it was trained on the dataset version {first}, but "
                                          f"data_dir {latest} now resolves to {second}"):
         train(tiny_config(latest, out, max_steps=4))
-    assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == str(first)
+    recorded = f"datasets/pickapic/{first.name}"  # relative to the home
+    assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == recorded
     resumed = train(tiny_config(first, out, max_steps=4))  # the version it started on: resumes
     assert resumed.resumed_from_step == 2 and resumed.steps == 4
-    assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == str(first)
+    assert json.loads(resumed.metrics_path.read_text())["data_version_dir"] == recorded
 
 
 def test_a_second_trainer_on_the_same_output_dir_is_refused(version, tmp_path):

@@ -1,0 +1,134 @@
+"""The trainer and its evaluation check every shard they read against its version's manifest sha256.
+
+A real published version (``make_home`` + ``publish_dataset``), copied per test, gets one byte of one shard
+changed in place (same size: bit rot, an edit); training and evaluation must stop with an error naming the
+shard, the version and what to do, also when the shard is read in a loader worker process.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from itertools import islice
+from pathlib import Path
+
+import pytest
+from test_publish_fixtures import make_home
+
+from formats import dataset
+from formats.home import DataHome
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
+from training.data import (
+    ImageSpec,
+    PairCollator,
+    ShardChecksumError,
+    TrainPairStream,
+    make_loader,
+    shard_digests,
+    split_shards,
+)
+from training.evaluate import evaluate_model
+from training.model import train_tokenizer
+from training.synthetic import tiny_config
+from training.train import train
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
+    home = make_home(tmp_path_factory.mktemp("checksums") / "home", num_rankings=80, seed=3)
+    publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    return home
+
+
+def _copy(published: DataHome, tmp_path: Path) -> Path:
+    """A copy of the published version a test may damage (its own files, never the fixture's)."""
+    version = dataset.resolve_version(published)
+    target = tmp_path / "home" / "datasets" / "pickapic" / version.name
+    shutil.copytree(version, target)
+    dataset.switch_latest(target.parent, version.name, fsync=False)
+    return target
+
+
+def _flip_caption_byte(shard: Path) -> None:
+    """Change one letter of the first caption in ``shard`` in place: same size, still valid JSON and UTF-8."""
+    data = bytearray(shard.read_bytes())
+    at = data.index(b"painting")
+    data[at] = ord("P")
+    with open(shard, "r+b") as handle:  # in place, as bit rot or an editor would
+        handle.write(data)
+    assert shard.stat().st_size == len(data)
+
+
+def _error(version: Path, shard: Path) -> str:
+    return (f"shard {shard.parent.name}/{shard.name} of dataset version {version.name} .*has sha256 [0-9a-f]{{64}} "
+            r"but its manifest.json records [0-9a-f]{64}: its bytes changed after publishing.*--verify-checksums")
+
+
+def test_an_intact_published_version_trains_and_evaluates(published, tmp_path):
+    version = _copy(published, tmp_path)
+    result = train(tiny_config(version.parent / "latest", tmp_path / "run", max_steps=3, eval_every=3,
+                               num_workers=1))
+    assert result.steps == 3 and 0 <= result.test.test_accuracy <= 1
+    assert evaluate_model(result.best_dir, version, num_workers=1, include_untrained=False).n_test > 0
+
+
+@pytest.mark.parametrize("split", ["train", "validation_unique", "test_unique"])
+def test_a_changed_byte_in_a_shard_stops_the_run(published, tmp_path, split):
+    """train: read by the tokenizer's caption pass and the train stream; validation_unique: the step-0
+    evaluation, in a loader worker process; test_unique: the final evaluation."""
+    version = _copy(published, tmp_path)
+    shard = split_shards(version, split)[1]
+    _flip_caption_byte(shard)
+    events = []
+    with pytest.raises(ShardChecksumError, match=_error(version, shard)):
+        train(tiny_config(version, tmp_path / "run", max_steps=2, eval_every=2, num_workers=1),
+              on_event=events.append)
+    if split != "test_unique":
+        assert not [e for e in events if e["event"] == "train"]  # stopped before any step trained on it
+
+
+def test_the_train_stream_checks_shards_in_resampled_workers(published, tmp_path):
+    """An endless resampled stream in a loader worker process: the error reaches the trainer, no hang."""
+    version = _copy(published, tmp_path)
+    shards = split_shards(version, "train")
+    _flip_caption_byte(shards[0])
+    collate = PairCollator(train_tokenizer(["a painting of a cat", "a robot"], 600), 77)
+    stream = TrainPairStream(shards, 2, collate, ImageSpec(32, 32), seed=0, shuffle_buffer=4, shuffle_initial=1,
+                             resampled=True, draft=True, num_workers=1)
+    with pytest.raises(ShardChecksumError, match=_error(version, shards[0])):
+        for _ in islice(make_loader(stream, 1), 1000):
+            pass
+
+
+def test_evaluating_a_model_reads_only_checked_shards(published, tmp_path):
+    version = _copy(published, tmp_path)
+    result = train(tiny_config(version, tmp_path / "run", max_steps=2, eval_every=2))
+    shard = split_shards(version, "test_unique")[0]
+    _flip_caption_byte(shard)
+    with pytest.raises(ShardChecksumError, match=_error(version, shard)):
+        evaluate_model(result.best_dir, version, num_workers=0, include_untrained=False)
+
+
+def test_a_shard_the_manifest_does_not_list_or_sizes_differently_is_refused_before_training(published, tmp_path):
+    version = _copy(published, tmp_path)
+    shard = split_shards(version, "validation_unique")[0]
+    rel = f"validation_unique/{shard.name}"
+    manifest_path = version / dataset.MANIFEST_FILE
+    manifest = json.loads(manifest_path.read_text())
+    listed = manifest["files"].pop(rel)
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ShardChecksumError, match=f"shard {rel} of dataset version {version.name} .* is not listed "
+                                                 "in its manifest.json"):
+        shard_digests([shard])
+    with pytest.raises(ShardChecksumError, match=f"shard {rel} .* is not listed in its manifest.json"):
+        train(tiny_config(version, tmp_path / "run"))
+    assert not (tmp_path / "run" / "init").exists()  # refused before the model was built
+    manifest["files"][rel] = {**listed, "bytes": listed["bytes"] + 512}
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(ShardChecksumError, match=f"shard {rel} of dataset version {version.name} .* is "
+                                                 f"{listed['bytes']} bytes, its manifest.json records "
+                                                 f"{listed['bytes'] + 512}"):
+        train(tiny_config(version, tmp_path / "run"))
+    (version / dataset.MANIFEST_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="manifest.json missing: .* is not a complete published version"):
+        train(tiny_config(version, tmp_path / "run"))
