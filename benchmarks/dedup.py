@@ -7,12 +7,18 @@ banding, capping, verification, components) and times a tiled numpy brute force 
 extrapolated to ``n`` by (n / brute_n)^2. On the subsample it also checks that the banded search finds
 every pair the brute force finds within distance ``bands - 1`` (the pigeonhole guarantee). Writes
 ``benchmarks/results/dedup.json`` and prints it.
+
+``python -m benchmarks.dedup --flood 2000,5000,10000,20000``: instead, the cluster build on floods of
+distinct hashes within 3 and within 6 bits of one centre (every pair of the first within ``k``), with
+and without the bucket cap: seconds, peak numpy memory (tracemalloc) and clusters; writes
+``benchmarks/results/dedup_flood.json``.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +28,7 @@ from pipelines.curation.dedup import PHASH_DC_BIT, DedupConfig, cluster_features
 from pipelines.sqlrun import connect
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
+FLOOD_RESULTS = RESULTS.with_name("dedup_flood.json")
 
 
 def synthetic_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -101,12 +108,53 @@ def run(n: int, brute_n: int, config: DedupConfig) -> dict:
     }
 
 
+def flood_hashes(n: int, radius: int, seed: int = 0) -> np.ndarray:
+    """``n`` distinct pHashes (DC bit set) within ``radius`` bits of one random centre, in random order."""
+    rng = np.random.default_rng(seed)
+    centre = np.uint64(int(rng.integers(0, 1 << 63)))
+    flips = np.uint64(1) << rng.integers(0, 63, (8 * n, radius)).astype(np.uint64)
+    used = np.arange(radius) < rng.integers(1, radius + 1, 8 * n)[:, None]
+    hashes = np.unique(centre ^ np.bitwise_or.reduce(np.where(used, flips, np.uint64(0)), axis=1))
+    if len(hashes) < n:
+        raise ValueError(f"only {len(hashes)} distinct hashes within {radius} bits were drawn for {n}")
+    return hashes[rng.permutation(len(hashes))[:n]] | np.uint64(PHASH_DC_BIT)
+
+
+def run_flood(sizes: list[int]) -> list[dict]:
+    """The cluster build on each flood size and kind, capped (the defaults) and uncapped."""
+    results = []
+    for n in sizes:
+        for radius in (3, 6):
+            phash = flood_hashes(n, radius)
+            dhash = np.random.default_rng(1).integers(0, 1 << 63, n, dtype=np.uint64)
+            for capped in (True, False):
+                config = DedupConfig() if capped else DedupConfig(min_bucket_cap=n)
+                con = connect({"image_features": features_table(phash, dhash, np.arange(n))})
+                tracemalloc.start()
+                started = time.perf_counter()
+                _, report = cluster_features(con, config)
+                seconds = time.perf_counter() - started
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+                results.append({"n": n, "radius": radius, "capped": capped, "seconds": round(seconds, 2),
+                                "peak_numpy_mb": round(peak / 2**20, 1), "near_edges": report.near_edges,
+                                "giant_buckets": len(report.giant_buckets), "largest_cluster": report.largest_cluster})
+                print(json.dumps(results[-1]), flush=True)
+    return results
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the benchmark and write benchmarks/results/dedup.json."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--brute-n", type=int, default=50_000)
+    parser.add_argument("--flood", default=None, help="comma-separated flood sizes: run the flood benchmark instead")
     args = parser.parse_args(argv)
+    if args.flood:
+        flood = run_flood([int(n) for n in args.flood.split(",")])
+        FLOOD_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        FLOOD_RESULTS.write_text(json.dumps(flood, indent=2) + "\n")
+        return
     result = run(args.n, args.brute_n, DedupConfig())
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")

@@ -1,12 +1,12 @@
 """Duplicate clusters: exact (sha256) and near (pHash Hamming distance) duplicates, across all days.
 
 How it works (every step is a ``sql/dedup_*.sql`` file, except the bucket scan of step 2-4, which
-is ``near_candidates`` in numpy):
+is ``near_links`` in numpy):
 1. ``dedup_hashes``: one row per image from ``image_features`` with a dense ``rid`` ordered by
    ``image_uid``; the pHash DC bit (always 1: the DCT's DC term is above the median) is masked off, leaving 63 informative bits.
 2. Banding: the 63 bits are cut into ``bands`` bands. Two hashes within distance ``k`` share at least
    one identical band whenever ``bands >= k + 1`` (pigeonhole), so comparing only hashes that share
-   a (band, value) bucket finds every candidate without comparing all pairs. ``near_candidates``
+   a (band, value) bucket finds every candidate without comparing all pairs. ``near_links``
    sorts each band's values (a radix sort) and scans the buckets as runs of the sorted array, on
    contiguous slices (2.8 s at 2M random hashes, where DuckDB's hash self-join of the same buckets
    took 12.7 s: ~268M pairs share a 16-bit band value at that size). The dHash is banded too (second opinion: a
@@ -16,9 +16,17 @@ is ``near_candidates`` in numpy):
    smallest member directly, so the join runs on distinct hash values only and a blank-image group
    costs O(n), not O(n^2). Buckets still holding more than ``max(min_bucket_cap,
    max_bucket_fraction * N)`` distinct values are left out of the join and reported.
-4. Candidates are verified on the full pHash distance (``<= k``); exact groups (same sha256) add
-   edges to their smallest member.
-5. Connected components of the edges (``scipy.sparse.csgraph.connected_components``: one pass,
+4. Candidates are verified on the full pHash distance (``<= k``) and merged into connected components
+   ``PAIR_CHUNK`` pairs at a time, never all held, and a bucket of more than ``SETTLE_BUCKET``
+   nodes leaves the scan once it is one component: a flood of distinct hashes within ``k`` of each
+   other (a hostile uploader, a generator stuck on one image) has a quadratic number of verified
+   pairs: held in full they took 4 GB at 10,000 such images and ran out of memory at 20,000, though
+   all but a spanning tree of them join nothing. What is kept is one link per node to its
+   component's smallest rid (``near_edges`` counts these). Memory is O(nodes + PAIR_CHUNK); time is
+   still the candidate comparisons of buckets that never become one component (far-apart images
+   sharing a band value), bounded by the bucket cap as before. Exact groups (same sha256) add edges
+   to their smallest member.
+5. Connected components of the links and exact edges (``scipy.sparse.csgraph.connected_components``: one pass,
    O(images + edges), whatever the components' shape; only nodes that have an edge); the canonical
    member of a cluster is its smallest ``image_uid``. (Iterated min-label propagation, used before,
    needs about as many rounds as a chain of near duplicates is long when ids are random: a morph
@@ -140,15 +148,105 @@ def band_table(config: DedupConfig) -> pa.Table:
     })
 
 
-def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -> pa.Table:
-    """Near-duplicate edges (r0 < r1, distinct) between nodes sharing a band value, pHash distance <= ``k``.
+PAIR_CHUNK = 1 << 18  # verified pairs held (16 bytes each) before they are merged into the components
+SETTLE_BUCKET = 64    # buckets above this size are dropped from the scan once they are one component
+
+
+class _Components:
+    """Connected components of nodes ``0..n-1``, fed verified pairs in batches.
+
+    ``root[i]`` is the smallest node of i's component as far as merged (a star: a root is its own root).
+    Pairs are held until ``max(chunk, n)`` of them (so a merge's O(n) relabel is paid for by at least n
+    pairs) and then reduced to their components: memory is O(n + chunk), whatever the number of pairs.
+    """
+
+    def __init__(self, n: int, chunk: int):
+        self.root = np.arange(n, dtype=np.int64)
+        self.limit = max(chunk, n)
+        self.held: list[tuple[np.ndarray, np.ndarray]] = []
+        self.size = 0
+
+    def add(self, a: np.ndarray, b: np.ndarray) -> None:
+        if len(a):
+            self.held.append((a, b))
+            self.size += len(a)
+            if self.size >= self.limit:
+                self.merge()
+
+    def merge(self) -> None:
+        if not self.held:
+            return
+        a = self.root[np.concatenate([pair[0] for pair in self.held])]
+        b = self.root[np.concatenate([pair[1] for pair in self.held])]
+        self.held, self.size = [], 0
+        cross = a != b
+        if cross.any():
+            merged = component_labels(a[cross], b[cross])
+            relabel = np.arange(len(self.root), dtype=np.int64)
+            relabel[merged.column("rid").to_numpy()] = merged.column("label").to_numpy()
+            self.root = relabel[self.root]
+
+
+def _open_buckets(sorted_values: np.ndarray, roots: np.ndarray, d: int) -> np.ndarray:
+    """Mask of the positions whose bucket (run of equal ``sorted_values``) still has pairs more than
+    ``d`` apart and is not yet one component: the rest of a finished bucket can join nothing new."""
+    if not len(sorted_values):
+        return np.zeros(0, dtype=bool)
+    starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+    sizes = np.diff(np.r_[starts, len(sorted_values)])
+    spread = np.minimum.reduceat(roots, starts) != np.maximum.reduceat(roots, starts)
+    return np.repeat((sizes > d) & spread, sizes)
+
+
+def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarray, k: int,
+                  links: _Components, settle: bool) -> None:
+    """Add to ``links`` the pairs (i, i + d), d = 1, 2, ..., of ``order`` within runs of equal
+    ``sorted_values`` whose pHashes are within ``k``. With ``settle``, at d = 0, 1, 2, 4, ... the
+    links are merged and the buckets that are one component (or have no pairs left) are dropped."""
+    d = 0
+    while True:
+        if d == 0 or (settle and d & (d - 1) == 0):
+            if settle:
+                links.merge()
+                kept = _open_buckets(sorted_values, links.root[order], d)
+                order, sorted_values = order[kept], sorted_values[kept]
+            n = len(order)
+            if n < 2:
+                return
+            near = phash[order]
+            starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
+            # members after each position in its bucket
+            after = (np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n])) - np.arange(n) - 1).astype(np.int32)
+            pairing = np.cumsum(np.bincount(after)[::-1])[::-1]   # pairing[d]: positions with a mate d ahead
+            active = None
+        d += 1
+        if d >= len(pairing):
+            return
+        if pairing[d] * 4 > n:   # most positions pair at this distance: contiguous slices, no gathers
+            left = np.flatnonzero((after[:n - d] >= d) & (np.bitwise_count(near[:n - d] ^ near[d:]) <= k))
+            right = left + d
+        else:
+            active = np.flatnonzero(after >= d) if active is None else active[after[active] >= d]
+            other = active + d
+            close = np.bitwise_count(near[active] ^ near[other]) <= k
+            left, right = active[close], other[close]
+        links.add(order[left], order[right])
+
+
+def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None) -> pa.Table:
+    """Near-duplicate links (r0 < r1): the nodes joined by pairs that share a band value and are within
+    pHash distance ``k``, as one link from each such node (r1) to its component's smallest rid (r0).
 
     ``nodes`` (rid, phash, dhash): one row per distinct pHash (``sql/dedup_nodes.sql``). For each
     band the nodes are sorted by band value; a bucket is a run of equal values, and its pairs are
-    visited as (i, i + d) for d = 1, 2, ... within runs, on contiguous arrays (no pair table is
-    built: at 2M random hashes the buckets hold ~268M pairs, which a hash self-join materialises).
-    Buckets listed in ``giant`` (band, value) are skipped. Returns (r0, r1, phash_distance,
-    dhash_distance) ordered by (r0, r1).
+    visited as (i, i + d) for d = 1, 2, ... within runs, on contiguous arrays. Buckets listed in
+    ``giant`` (band, value) are skipped. The links have the components of all those pairs, but the
+    pairs are never all held: they are merged into ``_Components`` ``chunk`` (default ``PAIR_CHUNK``) at a time, and a bucket
+    of more than ``SETTLE_BUCKET`` nodes is dropped once it is one component (checked at d = 0, 1, 2,
+    4, ...), since its remaining pairs cannot join anything. A flood of close hashes (thousands of
+    distinct images within ``k`` of one another) made the full pair list, every pair of the flood,
+    grow quadratically: 10,000 such hashes took 4 GB and 158 s, 20,000 ran out of memory.
+    Returns (r0, r1) ordered by (r0, r1).
     """
     rid = nodes.column("rid").to_numpy().astype(np.int64)
     hashes = {"phash": nodes.column("phash").to_numpy().astype(np.uint64),
@@ -156,7 +254,7 @@ def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -
     skip: dict[int, list[int]] = {}
     for band, value in zip(giant.column("band").to_pylist(), giant.column("value").to_pylist()):
         skip.setdefault(int(band), []).append(int(value))
-    found = []
+    links = _Components(len(rid), PAIR_CHUNK if chunk is None else chunk)
     for band, kind, shift, mask in zip(*(bands.column(c).to_pylist() for c in ("band", "hash_kind", "shift", "mask"))):
         values = (hashes[kind] >> np.uint64(shift)) & np.uint64(mask)
         if mask < 1 << 16:
@@ -164,34 +262,23 @@ def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -
         keep = ~np.isin(values, np.array(skip[band], dtype=values.dtype)) if band in skip else None
         members = np.flatnonzero(keep) if keep is not None else np.arange(len(values))
         order = members[np.argsort(values[members], kind="stable")]
-        sorted_values, phash, node_rid = values[order], hashes["phash"][order], rid[order]
-        n = len(order)
-        if n < 2:
+        sorted_values = values[order]
+        if len(order) < 2:
             continue
         starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
-        # members after each position in its bucket
-        after = (np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n])) - np.arange(n) - 1).astype(np.int32)
-        pairing = np.cumsum(np.bincount(after)[::-1])[::-1]   # pairing[d]: positions with a mate d ahead
-        active = None
-        for d in range(1, len(pairing)):
-            if pairing[d] * 4 > n:   # most positions pair at this distance: contiguous slices, no gathers
-                left = np.flatnonzero((after[:n - d] >= d) & (np.bitwise_count(phash[:n - d] ^ phash[d:]) <= k))
-                right = left + d
-            else:
-                active = np.flatnonzero(after >= d) if active is None else active[after[active] >= d]
-                other = active + d
-                close = np.bitwise_count(phash[active] ^ phash[other]) <= k
-                left, right = active[close], other[close]
-            a, b = node_rid[left], node_rid[right]
-            found.append((np.minimum(a, b).astype(np.uint64) << np.uint64(32)) | np.maximum(a, b).astype(np.uint64))
-    pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
-    r0, r1 = (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
-    index = np.argsort(rid)
-    at0, at1 = index[np.searchsorted(rid, r0, sorter=index)], index[np.searchsorted(rid, r1, sorter=index)]
-    distance = {kind: np.bitwise_count(h[at0] ^ h[at1]).astype(np.int32) for kind, h in hashes.items()}
-    return pa.table({"r0": pa.array(r0, pa.int64()), "r1": pa.array(r1, pa.int64()),
-                     "phash_distance": pa.array(distance["phash"], pa.int32()),
-                     "dhash_distance": pa.array(distance["dhash"], pa.int32())})
+        sizes = np.diff(np.r_[starts, len(order)])
+        big = np.repeat(sizes > SETTLE_BUCKET, sizes)
+        # small buckets cost at most SETTLE_BUCKET / 2 comparisons a node: not worth the checks
+        _scan_buckets(order[~big], sorted_values[~big], hashes["phash"], k, links, settle=False)
+        _scan_buckets(order[big], sorted_values[big], hashes["phash"], k, links, settle=True)
+    links.merge()
+    smallest = np.full(len(rid), np.iinfo(np.int64).max, dtype=np.int64)
+    np.minimum.at(smallest, links.root, rid)
+    r0 = smallest[links.root]
+    linked = np.flatnonzero(r0 != rid)
+    r0, r1 = r0[linked], rid[linked]
+    by = np.lexsort((r1, r0))
+    return pa.table({"r0": pa.array(r0[by], pa.int64()), "r1": pa.array(r1[by], pa.int64())})
 
 
 def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, DedupReport]:
@@ -204,9 +291,9 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * hashes.num_rows))
     giant = run_sql(con, "dedup_band_buckets", {"cap": cap})
     con.register("giant_buckets", giant)
-    near = near_candidates(run_sql(con, "dedup_nodes"), bands, giant, config.k)
+    near = near_links(run_sql(con, "dedup_nodes"), bands, giant, config.k)
     exact = run_sql(con, "dedup_exact_edges")
-    edges = pa.concat_tables([near.select(["r0", "r1"]), exact.select(["r0", "r1"])])
+    edges = pa.concat_tables([near, exact.select(["r0", "r1"])])
     con.register("edges", edges)
     labels = component_labels(edges.column("r0").to_numpy(), edges.column("r1").to_numpy())
     con.register("labels", labels)
