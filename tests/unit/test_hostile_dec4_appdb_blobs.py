@@ -1,0 +1,49 @@
+"""Hostile review of December 4, 2026: blobs compared byte for byte with a URL store (``blobs._matches_copy``).
+
+Reproduces a defect on main; marked ``xfail(strict=True)`` until it is fixed.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from apache_beam.io.localfilesystem import LocalFileSystem
+
+from pipelines.appdb import blobs
+
+
+class _VanishingStore(LocalFileSystem):
+    """Beam's local file system behind a URL scheme (as ``s3://`` / ``gs://`` are reached), whose object is
+    deleted by the app right after the export sized it (the app's storage deletes or rewrites objects)."""
+
+    PREFIX = "pickapic-vanishing-store://"
+
+    @classmethod
+    def scheme(cls) -> str:
+        return cls.PREFIX.split(":")[0]
+
+    def match(self, patterns, limits=None):
+        found = super().match([p.removeprefix(self.PREFIX) for p in patterns], limits)
+        for pattern in patterns:
+            Path(pattern.removeprefix(self.PREFIX)).unlink(missing_ok=True)
+        return found
+
+    def open(self, path, *args, **kwargs):
+        return super().open(path.removeprefix(self.PREFIX), *args, **kwargs)
+
+
+@pytest.mark.xfail(strict=True, reason="_matches_copy's URL branch does not handle an object gone since it was "
+                   "sized: FileNotFoundError fails every blob of the day (the local branch counts it 'missing')")
+def test_an_object_deleted_after_sizing_is_counted_not_a_crash(tmp_path):
+    """Before the byte comparison a present copy of the same size never opened the object; now it does, and a
+    URL store's object deleted in between raises out of ``_copy_one`` (through ``pool.map``, the whole
+    ``copy_day_blobs`` and the day's export) instead of being counted like the local store's 'missing'."""
+    store, images = tmp_path / "store", tmp_path / "images"
+    store.mkdir()
+    images.mkdir()
+    uid = "0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f10"
+    (store / f"{uid}.png").write_bytes(b"png bytes" * 100)
+    (images / f"{uid}.png").write_bytes(b"png bytes" * 100)        # copied by an earlier export
+    assert blobs._copy_one(str(store), uid, images) == "present"    # the local branch
+    assert blobs._copy_one(_VanishingStore.PREFIX + str(store), uid, images) in ("missing", "present")
+    assert (images / f"{uid}.png").read_bytes() == b"png bytes" * 100
