@@ -9,7 +9,8 @@ A blob already in the raw zone is never copied again (the copy stays what was ex
 compared with the store's object, by size and then byte for byte (a blob replaced by other bytes of
 the same size is no match), and one that differs is counted as ``differs_in_store``: a re-export
 reads each object of the copy's size once (nothing is written), up to the first difference. A
-missing object is counted and left to the feature stage, which rejects it as ``missing_blob``;
+missing object (also one deleted between its sizing and its read) is counted and left to the feature
+stage, which rejects it as ``missing_blob``;
 a uid that is not a canonical UUID is never used as a file name (the ingest quarantines its row).
 In a local store only regular files are copied: a symlink (which could name any file the export
 can read), a FIFO, a device or a folder is counted as ``not_a_file_in_store`` and left out (the
@@ -101,11 +102,13 @@ def _matches_copy(store: str, name: str, target: Path) -> str:
     'differs_in_store' (or 'missing' / 'not_a_file_in_store' when the object went since it was sized)."""
     with open_regular_file(target) as copy:
         if not _is_local(store):
-            from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
-            with FileSystems.open(store.rstrip("/") + "/" + name,
-                                  compression_type=CompressionTypes.UNCOMPRESSED) as source:
-                return "present" if _same_bytes(source, copy) else "differs_in_store"
+            try:
+                with _open_url(store, name) as source:
+                    return "present" if _same_bytes(source, copy) else "differs_in_store"
+            except Exception:
+                if _url_gone(store, name):
+                    return "missing"
+                raise
         try:
             source = _open_local(store, name)
         except FileNotFoundError:
@@ -146,13 +149,34 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
                     out.write(block)
                     left -= len(block)
         return "copied"
-    from apache_beam.io.filesystems import CompressionTypes, FileSystems
-
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        with FileSystems.open(store.rstrip("/") + "/" + name, compression_type=CompressionTypes.UNCOMPRESSED) as source:
+    try:
+        with atomic_path(target) as tmp, open(tmp, "wb") as out, _open_url(store, name) as source:
             while block := source.read(CHUNK):
                 out.write(block)
+    except Exception:
+        if _url_gone(store, name):
+            return "missing"
+        raise
     return "copied"
+
+
+def _open_url(store: str, name: str) -> BinaryIO:
+    """The URL store's object ``name``, open to read (through Beam's ``FileSystems``)."""
+    from apache_beam.io.filesystems import CompressionTypes, FileSystems
+
+    return FileSystems.open(store.rstrip("/") + "/" + name, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _url_gone(store: str, name: str) -> bool:
+    """Whether the URL store's object ``name`` is no longer there: after a failed open or read, an object the
+    app deleted since it was sized is counted 'missing' like a local one, whatever error its file system
+    raised for it (``FileNotFoundError``, ``BeamIOError``, a client's 404); any other failure is raised."""
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return not FileSystems.exists(store.rstrip("/") + "/" + name)
+    except Exception:        # noqa: BLE001 - the store cannot say: the original error is raised
+        return False
 
 
 def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int) -> dict:

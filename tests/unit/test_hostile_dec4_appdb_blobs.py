@@ -1,6 +1,6 @@
 """Hostile review of December 4, 2026: blobs compared byte for byte with a URL store (``blobs._matches_copy``).
 
-Reproduces a defect on main; marked ``xfail(strict=True)`` until it is fixed.
+Reproduced a defect of that day's code, fixed the same day.
 """
 from __future__ import annotations
 
@@ -32,8 +32,6 @@ class _VanishingStore(LocalFileSystem):
         return super().open(path.removeprefix(self.PREFIX), *args, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason="_matches_copy's URL branch does not handle an object gone since it was "
-                   "sized: FileNotFoundError fails every blob of the day (the local branch counts it 'missing')")
 def test_an_object_deleted_after_sizing_is_counted_not_a_crash(tmp_path):
     """Before the byte comparison a present copy of the same size never opened the object; now it does, and a
     URL store's object deleted in between raises out of ``_copy_one`` (through ``pool.map``, the whole
@@ -47,3 +45,40 @@ def test_an_object_deleted_after_sizing_is_counted_not_a_crash(tmp_path):
     assert blobs._copy_one(str(store), uid, images) == "present"    # the local branch
     assert blobs._copy_one(_VanishingStore.PREFIX + str(store), uid, images) in ("missing", "present")
     assert (images / f"{uid}.png").read_bytes() == b"png bytes" * 100
+
+
+def test_an_object_deleted_before_its_first_copy_is_counted_and_leaves_no_file(tmp_path):
+    """The copy branch had the same race: an object gone between its sizing and its read is 'missing', and no
+    partial or temporary file is left in the raw zone."""
+    store, images = tmp_path / "store", tmp_path / "images"
+    store.mkdir()
+    images.mkdir()
+    uid = "0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f11"
+    (store / f"{uid}.png").write_bytes(b"png bytes" * 100)
+    assert blobs._copy_one(_VanishingStore.PREFIX + str(store), uid, images) == "missing"
+    assert list(images.iterdir()) == []
+
+
+def test_a_read_error_of_an_object_still_there_is_raised(tmp_path, monkeypatch):
+    """Only a vanished object is counted: any other failure of the store (the object still exists) is raised."""
+    store, images = tmp_path / "store", tmp_path / "images"
+    store.mkdir()
+    images.mkdir()
+    uid = "0b6c3c40-6b0f-4c5e-9a7e-3d8a3b1e2f12"
+    (store / f"{uid}.png").write_bytes(b"png bytes" * 100)
+
+    class _BrokenStore(_VanishingStore):
+        PREFIX = "pickapic-broken-store://"
+
+        def match(self, patterns, limits=None):
+            return LocalFileSystem.match(self, [p.removeprefix(self.PREFIX) for p in patterns], limits)
+
+        def exists(self, path):
+            return LocalFileSystem.exists(self, path.removeprefix(self.PREFIX))
+
+        def open(self, path, *args, **kwargs):
+            raise OSError("connection reset by the store")
+
+    with pytest.raises(OSError, match="connection reset"):
+        blobs._copy_one(_BrokenStore.PREFIX + str(store), uid, images)
+    assert list(images.iterdir()) == []
