@@ -23,6 +23,7 @@ from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_bu
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
+from formats.locks import lock_holder, open_lock_file, record_holder
 from formats.progress import Progress
 from formats.settings import SETTINGS_FILE, Settings, load
 
@@ -51,26 +52,23 @@ class BuildResult:
 
 @contextlib.contextmanager
 def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
-    """Hold an exclusive lock on the data home; a second build waits (``wait``) or refuses."""
-    home.root.mkdir(parents=True, exist_ok=True)
-    with open(home.lock_file, "a+") as handle:
+    """Hold an exclusive lock on the data home; a second build waits (``wait``) or refuses. The lock file
+    ``.build.lock`` is opened without following a link and holds only a pid: a link, a hard link or a file
+    of other content there is refused, untouched (:mod:`formats.locks`)."""
+    what = f"the data home {home.root}"
+    fd = open_lock_file(home.lock_file, what)
+    try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-            handle.seek(0)
-            holder = handle.read().strip() or "unknown"
-            raise BuildError(f"another build is running on {home.root} (pid {holder}, lock {home.lock_file}); "
-                             "wait for it to finish or pass --wait") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            raise BuildError(f"another build is running on {home.root} (pid {lock_holder(fd)}, lock "
+                             f"{home.lock_file}); wait for it to finish or pass --wait") from None
+        record_holder(fd, home.lock_file, what)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
 
 
 def use_home(home: DataHome) -> Path:

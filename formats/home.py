@@ -112,9 +112,16 @@ class DataHome:
         """Every ``image_uid`` member of one day's raw images file (``ingest``'s reference check)."""
         return self.cache / "raw_image_uids" / f"dt={day}.parquet"
 
+    # locks (formats.locks): beside the home, never in the disposable cache, whose deletion while one is
+    # held would let a second holder in
     @property
     def lock_file(self) -> Path:
         return self.root / ".build.lock"
+
+    @property
+    def locks(self) -> Path:
+        """The stages' lock files (splits ledger, feature stage per day and per staging folder)."""
+        return self.root / ".locks"
 
     def raw_days(self) -> list[str]:
         """Every valid ``dt=YYYY-MM-DD`` day folder of the raw zone, sorted; other entries are

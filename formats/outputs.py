@@ -103,7 +103,7 @@ def _refuse_linked_folder(path: str | os.PathLike, flag: str, given: object) -> 
 def pipeline_zones(home: DataHome) -> list[Path]:
     """The folders of a data home that only the pipeline writes (``models/`` holds user-started runs too)."""
     return [home.raw, home.warehouse, home.blobs, home.datasets.parent, home.dagster_home, home.cache,
-            home.ground_truth]
+            home.locks, home.ground_truth]
 
 
 def _refuse_inside_home(final: Path, homes: Sequence[Path], flag: str, given: object, zones_only: bool = False) -> None:

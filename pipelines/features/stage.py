@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
+from formats.locks import lock_holder, open_lock_file, record_holder
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features.blobs import is_local, join_url
@@ -152,8 +153,8 @@ class DayAlreadyRunning(RuntimeError):
 
 
 def day_lock_file(home: DataHome, day: str) -> Path:
-    """The lock file of a day's feature stage (``cache/locks/features-dt=DAY.lock``)."""
-    return home.cache / "locks" / f"features-dt={day}.lock"
+    """The lock file of a day's feature stage (``.locks/features-dt=DAY.lock``, outside the disposable cache)."""
+    return home.locks / f"features-dt={day}.lock"
 
 
 @contextlib.contextmanager
@@ -161,26 +162,27 @@ def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Itera
     """Hold an exclusive ``flock`` on the day's lock file (and, for a ``staging`` folder that is not the
     day's own, on one for that folder) for the stage's run, or raise :class:`DayAlreadyRunning` at once,
     nothing read or written. The kernel drops a lock when its holder exits, killed or not, so a crash
-    never leaves the day locked."""
+    never leaves the day locked. The files live in ``.locks/``, not in ``cache/``: deleting the disposable
+    cache while a run held one let a second run of the day create a new file and start beside it. A link,
+    a hard link, a non-file or a file of other content than a pid at a lock path is refused, untouched
+    (:mod:`formats.locks`)."""
     paths = [(day_lock_file(home, day), f"the feature stage of {day}")]
     if staging is not None:
         digest = hashlib.sha256(staging.encode()).hexdigest()[:16]
-        paths.append((home.cache / "locks" / f"features-staging-{digest}.lock",
+        paths.append((home.locks / f"features-staging-{digest}.lock",
                       f"a feature stage using the staging folder {staging}"))
     with contextlib.ExitStack() as stack:
         for path, what in paths:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+            fd = open_lock_file(path, what)
             stack.callback(os.close, fd)   # closing releases the lock
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "another process"
                 raise DayAlreadyRunning(
-                    f"{what} is already running (pid {holder} holds {path}); this run's feature stage changed "
-                    "nothing: materialize the day again once that run has finished, if it is still stale") from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+                    f"{what} is already running (pid {lock_holder(fd)} holds {path}); this run's feature stage "
+                    "changed nothing: materialize the day again once that run has finished, if it is still "
+                    "stale") from None
+            record_holder(fd, path, what)
         yield
 
 

@@ -58,7 +58,6 @@ import hashlib
 import json
 import os
 import re
-import stat
 import sys
 import time
 import unicodedata
@@ -74,6 +73,7 @@ import regex
 from formats.dataset import SPLITS
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
+from formats.locks import lock_holder, open_lock_file, record_holder
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
@@ -410,11 +410,8 @@ def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None
 
 
 def ledger_lock_file(home: DataHome) -> Path:
-    """The lock file of the home's splits stage (``cache/locks/split-ledger.lock``)."""
-    return home.cache / "locks" / "split-ledger.lock"
-
-
-_PID_RECORD = re.compile(rb"[0-9]*\n?")
+    """The lock file of the home's splits stage (``.locks/split-ledger.lock``, outside the disposable cache)."""
+    return home.locks / "split-ledger.lock"
 
 
 @contextlib.contextmanager
@@ -426,36 +423,25 @@ def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -
     nightly one, or the nightly one behind it) then reads the ledger the first one wrote and the newest
     ``pairs``, so both runs succeed and the last output is the newest. No other lock is taken while this one
     is held, so no build waits for one holding it (``pickapic build`` takes the home's build lock before
-    it). The kernel drops the lock when its holder exits, killed or not. The lock file is opened without
-    following a link and never truncated unless it holds nothing but a pid (what the stage writes there):
-    a link, a folder, a FIFO or a file of other content at its path is refused, untouched."""
+    it). The kernel drops the lock when its holder exits, killed or not. The file lives in ``.locks/``, not
+    in ``cache/``: deleting the disposable cache while a build held it let a second build create a new
+    lock file and run beside it. It is opened without following a link and never truncated unless it holds
+    nothing but a pid (what the stage writes there): a link, a hard link, a folder, a FIFO or a file of other
+    content at its path is refused, untouched (:mod:`formats.locks`)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     path = ledger_lock_file(home)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    what = "the split ledger"
+    fd = open_lock_file(path, what)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        raise ValueError(f"cannot lock the split ledger: {path}: {exc.strerror or exc} (a symbolic link or "
-                         "something else is there; remove it)") from None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ValueError(f"cannot lock the split ledger: {path} is not a regular file (remove it)")
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).strip().decode("ascii", "replace")
-            holder = holder if holder.isdigit() else "unknown"
-            log(f"waiting for another splits build on this home (pid {holder} holds {path}); this one reads the "
-                "split ledger once that one has written it")
+            log(f"waiting for another splits build on this home (pid {lock_holder(fd)} holds {path}); this one "
+                "reads the split ledger once that one has written it")
             started = time.monotonic()
             fcntl.flock(fd, fcntl.LOCK_EX)
             log(f"split ledger lock taken after {time.monotonic() - started:.1f} s of waiting")
-        record = os.pread(fd, 33, 0)
-        if len(record) > 32 or not _PID_RECORD.fullmatch(record):
-            raise ValueError(f"cannot lock the split ledger: {path} holds something the splits stage did not "
-                             "write (it only writes its pid there); move it away")
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        record_holder(fd, path, what)
         yield
     finally:
         os.close(fd)  # closing releases the lock

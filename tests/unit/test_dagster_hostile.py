@@ -16,7 +16,7 @@ from dagster_project.assets.ingest import ingest_day_assets
 from dagster_project.resources import PickapicHome
 from formats.home import DataHome
 from pipelines.features.config import STAGING_MARKER, FeaturesConfig, StagingRefused
-from pipelines.features.stage import build_features
+from pipelines.features.stage import build_features, day_lock_file
 from pipelines.features.staging import remove_dir, reset_dir
 
 DAY = "2023-03-01"
@@ -231,7 +231,7 @@ def test_a_second_run_of_a_days_feature_stage_fails_at_once_and_leaves_the_first
     staging.mkdir(parents=True)
     (staging / STAGING_MARKER).touch()
     (staging / "todo.parquet").write_bytes(b"being read by the first run's workers")
-    holder = _other_run_holds(home.cache / "locks" / f"features-dt={DAY}.lock")
+    holder = _other_run_holds(day_lock_file(home, DAY))
     try:
         instance.add_dynamic_partitions("raw_days", [DAY])
         result = dg.materialize(

@@ -1,6 +1,6 @@
 """Hostile review of December 4, 2026: the splits stage's ledger lock (``hold_ledger_lock``).
 
-Each test reproduces a defect on main and is marked ``xfail(strict=True)`` until it is fixed.
+Each test reproduced a defect on main (marked ``xfail(strict=True)`` until it was fixed).
 """
 from __future__ import annotations
 
@@ -9,7 +9,6 @@ import shutil
 import threading
 import time
 
-import pytest
 from splits_fixtures import pair_row, write_pairs
 
 from formats.home import DataHome
@@ -19,14 +18,13 @@ DAY0 = [pair_row(1, "u1", "p one", "c1a", "c1b", day=0), pair_row(2, "u2", "p tw
         pair_row(3, "u3", "p three", "c3a", "c3b", day=0)]
 
 
-@pytest.mark.xfail(strict=True, reason="the ledger lock lives in HOME/cache, which the README calls disposable: "
-                   "deleting cache/ while a build holds the lock lets a second build run at once (lost ledger update)")
 def test_deleting_the_disposable_cache_does_not_let_a_second_build_run(tmp_path):
     """README: 'cache/ is disposable: deleting it changes only speed'. An operator (or a clean-up job) removes
     it while build A holds the ledger lock; build B then creates a new lock file (another inode), takes an
     exclusive flock on it at once, and reads and writes the ledger while A still holds the one it read."""
     home = DataHome(tmp_path / "home")
     write_pairs(home, DAY0)
+    (home.cache / "raw_image_uids").mkdir(parents=True, exist_ok=True)   # a home's cache, whatever holds the lock
     said: list[str] = []
     done = threading.Event()
     with splits_assign.hold_ledger_lock(home):          # build A, between reading and writing the ledger
@@ -42,11 +40,9 @@ def test_deleting_the_disposable_cache_does_not_let_a_second_build_run(tmp_path)
     assert said and said[0].startswith("waiting for another splits build")
 
 
-@pytest.mark.xfail(strict=True, reason="the lock file is opened O_NOFOLLOW but a hard link is not refused: "
-                   "a pid file elsewhere (same file system) hard-linked at the lock path is truncated and rewritten")
 def test_a_hard_link_at_the_lock_path_is_not_written_through(tmp_path):
     """The lock file 'is never truncated unless it holds nothing but a pid' -- but another program's pid file
-    holds exactly that. Hard-linked into cache/locks (anyone who can write the home's cache can do it; no
+    holds exactly that. Hard-linked at the lock path (anyone who can write the home's lock folder can do it; no
     symlink, so O_NOFOLLOW does not see it), the stage overwrites that program's pid file with its own pid
     (a later ``kill $(cat other.pid)`` then signals the wrong process)."""
     home = DataHome(tmp_path / "home")

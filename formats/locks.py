@@ -1,0 +1,66 @@
+"""The lock files of a data home: ``.build.lock`` and ``.locks/`` (never under the disposable ``cache/``).
+
+Each lock is an exclusive ``flock`` on a small file that holds its holder's pid. The file must outlive every
+holder: a lock file deleted while held (say with ``cache/``, which the README calls disposable) lets the next
+process create a new one, another inode, and lock it at once beside the holder. So they live beside the
+home's build lock, in folders no clean-up removes.
+
+Opening one must not write into a file the tool did not create: :func:`open_lock_file` follows no link,
+never blocks on a FIFO, and refuses anything but a regular file with one name (a hard link of another
+program's pid file at the lock path would otherwise be truncated and get our pid); :func:`record_holder`
+replaces nothing but a pid.
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+from pathlib import Path
+
+
+class LockFileRefused(ValueError):
+    """Something at a lock file's path that the tool did not create (the message says what, and what to do)."""
+
+
+_PID_RECORD = re.compile(rb"[0-9]*\n?")
+
+
+def open_lock_file(path: Path, what: str) -> int:
+    """Open (creating it and its folder) the lock file ``path`` for reading and writing, or raise
+    :class:`LockFileRefused` naming ``what`` it locks; the caller closes the descriptor (which releases
+    its lock). Nothing is written here: no ``O_TRUNC``, so a refused file keeps its bytes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc} (a symbolic link or something "
+                              "else is there; remove it)") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise LockFileRefused(f"cannot lock {what}: {path} is not a regular file (remove it)")
+        if info.st_nlink != 1:
+            # O_NOFOLLOW sees symbolic links only; a hard link is the other program's file itself
+            raise LockFileRefused(f"cannot lock {what}: {path} has {info.st_nlink} names (a hard link: the file "
+                                  "may be another program's, and locking writes a pid into it); remove this name")
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def lock_holder(fd: int) -> str:
+    """The pid a lock file's holder recorded, or ``unknown``."""
+    holder = os.pread(fd, 32, 0).strip().decode("ascii", "replace")
+    return holder if holder.isdigit() else "unknown"
+
+
+def record_holder(fd: int, path: Path, what: str) -> None:
+    """Replace the pid in a lock file this process holds by its own; refuse (:class:`LockFileRefused`) a file
+    that holds anything else, untouched."""
+    record = os.pread(fd, 33, 0)
+    if len(record) > 32 or not _PID_RECORD.fullmatch(record):
+        raise LockFileRefused(f"cannot lock {what}: {path} holds something this tool did not write (it only "
+                              "writes its pid there); move it away")
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)

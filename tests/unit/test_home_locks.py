@@ -1,0 +1,99 @@
+"""The data home's lock files (``formats.locks``): outside the disposable cache, and never written through a link.
+
+The feature stage's day locks, the splits ledger lock and the build lock. Deleting ``cache/`` while a run
+holds its lock must not let a second run in; a hard link (or, for the build lock, a symbolic link) of another
+program's file at a lock path is refused with a clear error and that file keeps its bytes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from test_features_fixtures import fake_detector, png, write_day
+
+from dagster_project.build import build_lock
+from formats.home import DataHome
+from formats.locks import LockFileRefused
+from pipelines.features.config import FeaturesConfig
+from pipelines.features.stage import DayAlreadyRunning, build_features, day_lock_file, hold_day_lock
+from pipelines.splits import assign as splits_assign
+
+DAY = "2023-03-01"
+
+
+def _features_home(tmp_path) -> DataHome:
+    home = DataHome(tmp_path / "home")
+    home.raw_logs.mkdir(parents=True)
+    write_day(home, DAY, {"a": png(1), "b": png(2)})
+    (home.cache / "raw_image_uids").mkdir(parents=True, exist_ok=True)   # a home's cache, whatever holds the locks
+    return home
+
+
+def test_deleting_the_cache_does_not_let_a_second_run_of_a_day_in(tmp_path):
+    """A run of the day (and of a staging folder from the settings) holds its locks; an operator deletes the
+    disposable cache; a second run of that day must still fail at once, changing nothing."""
+    home = _features_home(tmp_path)
+    shared = str(tmp_path / "scratch")
+    with hold_day_lock(home, DAY, shared):                  # the first run, in the middle of its Beam stage
+        shutil.rmtree(home.cache)                           # "disposable: deleting it changes only speed"
+        with pytest.raises(DayAlreadyRunning, match=f"the feature stage of {DAY} is already running"):
+            build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+        with pytest.raises(DayAlreadyRunning, match="using the staging folder"):
+            with hold_day_lock(home, "2023-03-02", shared):  # another day's run sharing that staging folder
+                pass
+        assert not home.partition_file("image_features", DAY).exists()
+    assert not day_lock_file(home, DAY).is_relative_to(home.cache)
+    assert build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector).processed == 2
+
+
+def _hard_link_another_programs_pid_file(tmp_path, path):
+    other = tmp_path / "other-daemon.pid"                   # not created by the tool
+    other.write_text("4242\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.link(other, path)
+    return other
+
+
+def test_a_hard_link_at_a_day_lock_path_is_refused_untouched(tmp_path):
+    home = _features_home(tmp_path)
+    other = _hard_link_another_programs_pid_file(tmp_path, day_lock_file(home, DAY))
+    with pytest.raises(LockFileRefused, match=rf"cannot lock the feature stage of {DAY}: .* has 2 names \(a hard link"):
+        build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+    assert other.read_text() == "4242\n"
+    assert not home.partition_file("image_features", DAY).exists()
+    day_lock_file(home, DAY).unlink()                      # removing the name leaves the other file alone
+    assert build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector).processed == 2
+    assert other.read_text() == "4242\n"
+
+
+def test_a_hard_link_at_the_ledger_lock_path_is_refused_with_a_clear_error(tmp_path):
+    home = DataHome(tmp_path / "home")
+    other = _hard_link_another_programs_pid_file(tmp_path, splits_assign.ledger_lock_file(home))
+    with pytest.raises(ValueError, match="cannot lock the split ledger: .* has 2 names"):
+        with splits_assign.hold_ledger_lock(home):
+            pass
+    assert other.read_text() == "4242\n"
+
+
+def test_the_build_lock_is_never_written_through_a_link_or_into_another_file(tmp_path):
+    """``.build.lock`` was opened with ``open(.., "a+")``: it followed a symbolic link and truncated whatever
+    file was there (a hard link, or notes someone kept under that name)."""
+    home = DataHome(tmp_path / "home")
+    other = _hard_link_another_programs_pid_file(tmp_path, home.lock_file)
+    with pytest.raises(LockFileRefused, match="has 2 names"), build_lock(home):
+        pass
+    assert other.read_text() == "4242\n"
+    home.lock_file.unlink()
+    home.lock_file.symlink_to(other)
+    with pytest.raises(LockFileRefused, match="symbolic link"), build_lock(home):
+        pass
+    assert other.read_text() == "4242\n" and home.lock_file.is_symlink()
+    home.lock_file.unlink()
+    home.lock_file.write_text("notes someone keeps here\n")
+    with pytest.raises(LockFileRefused, match="did not write"), build_lock(home):
+        pass
+    assert home.lock_file.read_text() == "notes someone keeps here\n"
+    home.lock_file.write_text("12345")                      # a pid an older build left (no newline): replaced
+    with build_lock(home):
+        assert home.lock_file.read_text() == f"{os.getpid()}\n"
