@@ -17,6 +17,7 @@ prefix keeps ``meta/*.parquet`` out of the sidecar glob.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import hashlib
 import json
 import os
@@ -205,12 +206,46 @@ def home_of(version_dir: str | os.PathLike) -> Path | None:
 
 
 # --------------------------------------------------------------------------- splits
-def read_sizes(split_dir: Path) -> dict[str, int] | None:
-    """``{shard.tar: samples}`` from a split's ``sizes.json``, or None when it has none."""
+class ChecksumError(ValueError):
+    """A file of a published version whose bytes differ from the sha256 its manifest records, or one the
+    manifest does not list."""
+
+
+REPUBLISH = ("check the version with `python -m pipelines.publish --home HOME --verify-checksums` (it names every "
+             "file that differs from the manifest), then publish it again: move the version folder aside and "
+             "publish with publish.verify_checksums = true, which rewrites a damaged shard an older version shares "
+             "instead of linking it")
+
+
+def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | None:
+    """``{shard.tar: samples}`` from a split's ``sizes.json``, or None when it has none.
+
+    The bytes read must have the sha256 the version's manifest (``files``: its ``files``, read when not
+    given) records for ``<split>/sizes.json``, else :class:`ChecksumError`: the file decides the shards'
+    expected counts and the weights of resampled training, so an edited one would skew or hide data. A
+    ``sizes.json`` the manifest does not list is refused; one it lists but that is missing is an error."""
+    split_dir = Path(split_dir)
     sizes_file = split_dir / SIZES_FILE
-    if not sizes_file.is_file():
+    version_dir = split_dir.parent
+    if files is None:
+        files = read_manifest(version_dir)["files"]
+    info = files.get(f"{split_dir.name}/{SIZES_FILE}")
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        if os.path.lexists(sizes_file):
+            raise ChecksumError(f"{sizes_file} is not listed in the {MANIFEST_FILE} of dataset version "
+                                f"{version_dir.name}: not a file that version published; {REPUBLISH}")
         return None
-    return json.loads(sizes_file.read_text(encoding="utf-8"))
+    try:
+        data = sizes_file.read_bytes()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{sizes_file} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
+                                f"lists it; {REPUBLISH}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info["sha256"]:
+        raise ChecksumError(f"{sizes_file} of dataset version {version_dir.name} has sha256 {digest} but its "
+                            f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing (an edited "
+                            f"sizes.json can hide shards or skew their weights); {REPUBLISH}")
+    return json.loads(data.decode("utf-8"))
 
 
 def sizes_json(sizes: dict[str, int]) -> bytes:
@@ -219,15 +254,30 @@ def sizes_json(sizes: dict[str, int]) -> bytes:
 
 
 def split_shards(version_dir: Path, split: str) -> list[Path]:
-    """Sorted shard paths of ``split``; checked against ``sizes.json`` when present."""
-    split_dir = version_dir / split
+    """Sorted shard paths of ``split``: exactly the ``<split>/pickapic-<split>-*.tar`` files the version's
+    manifest lists. Every one must exist, and the split's ``sizes.json`` (checked against its manifest
+    sha256, :func:`read_sizes`) must name exactly these shards.
+
+    The manifest decides, not a glob of the folder nor ``sizes.json``: a shard deleted from the folder,
+    or dropped from an edited ``sizes.json``, would otherwise silently leave training or evaluation (a
+    hard test shard hidden raises the test accuracy). A shard file the manifest does not list is not
+    returned (``training.data.check_split`` refuses the split for it)."""
+    split_dir = Path(version_dir) / split
     if not split_dir.is_dir():
         raise FileNotFoundError(f"split {split!r} not found: {split_dir} is not a directory")
-    shards = sorted(split_dir.glob(shard_glob(split)))
-    sizes = read_sizes(split_dir)
-    if sizes is not None:
-        missing = sorted(set(sizes) - {p.name for p in shards})
-        if missing:
-            raise FileNotFoundError(f"{split_dir / SIZES_FILE} lists shards that do not exist: {missing[:5]}")
-        shards = [p for p in shards if p.name in sizes]
+    files = read_manifest(version_dir)["files"]
+    pattern = shard_glob(split)
+    names = sorted(rel[len(split) + 1:] for rel in files
+                   if rel.startswith(f"{split}/") and "/" not in rel[len(split) + 1:]
+                   and fnmatch.fnmatchcase(rel[len(split) + 1:], pattern))
+    shards = [split_dir / name for name in names]
+    missing = [p.name for p in shards if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"{split_dir}: {len(missing)} shards the {MANIFEST_FILE} of dataset version "
+                                f"{Path(version_dir).name} lists do not exist: {missing[:5]}; {REPUBLISH}")
+    sizes = read_sizes(split_dir, files)
+    if sizes is not None and set(sizes) != set(names):
+        unlisted, absent = sorted(set(names) - set(sizes)), sorted(set(sizes) - set(names))
+        raise ValueError(f"{split_dir / SIZES_FILE} does not name the shards the {MANIFEST_FILE} lists (shards it "
+                         f"leaves out: {unlisted[:5]}; names the manifest does not list: {absent[:5]}); {REPUBLISH}")
     return shards

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.dataset import SPLITS
-from formats.settings import MAX_PROCESSES, MAX_THREADS, knob
+from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
@@ -25,33 +25,63 @@ CONFIG_FILE = "train_config.json"
 RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
                               "device"})
 PATH_FIELDS = ("data_dir", "output_dir", "init_from")   # stored relative to the data home when inside it
+HOME_PREFIX = "home:"   # marks a stored path as relative to the data home ("home:datasets/pickapic/<version>")
+
+
+def _absolute(path: str) -> str:
+    """``path`` (absolute, or relative to the working directory) as an absolute path naming the same place.
+    Lexically normalised (a ``latest`` link stays a link) unless it holds ``..``, which only the file system
+    can follow correctly (``link/..`` is the link target's parent): then resolved."""
+    path = os.path.expanduser(path)
+    return os.path.realpath(path) if ".." in Path(path).parts else os.path.abspath(path)
 
 
 def home_relative(path: str, home: Path | None) -> str:
     """``path`` (as given: absolute, or relative to the working directory) as it is stored in a run's files:
-    relative to the data ``home`` when it lies inside it (``datasets/pickapic/<version>``,
-    ``models/preference_model/<version>``), else unchanged. ``scratch`` and ``""`` stay as they are.
+    ``home:<relative path>`` when it lies inside the data ``home`` (``home:datasets/pickapic/<version>``,
+    ``home:models/preference_model/<version>``), else absolute. ``scratch`` and ``""`` stay as they are.
 
-    Runs are shared with other accounts and tools, and homes move: an absolute path would leak the
-    account's layout and name a place that may not exist for the reader."""
-    if not path or path == "scratch" or home is None:
+    Runs are shared with other accounts and tools, and homes move: an absolute path of the home would leak
+    the account's layout and name a place that may not exist for the reader. A path outside the home is
+    stored absolute, never as given: a working-directory-relative path means nothing to a later reader, and
+    only marked paths are joined to the home again (:func:`from_home`)."""
+    if not path or path == "scratch":
         return path
-    home = Path(home)
-    for candidate, root in ((os.path.abspath(os.path.expanduser(path)), os.path.abspath(home)),
-                            (os.path.realpath(os.path.expanduser(path)), os.path.realpath(home))):
-        try:
-            rel = Path(candidate).relative_to(root)
-        except ValueError:
-            continue
-        return rel.as_posix() if rel.parts else "."
-    return path
+    absolute = _absolute(path)
+    if home is not None:
+        for candidate, root in ((absolute, os.path.abspath(home)), (os.path.realpath(absolute), os.path.realpath(home))):
+            try:
+                rel = Path(candidate).relative_to(root)
+            except ValueError:
+                continue
+            return HOME_PREFIX + (rel.as_posix() if rel.parts else ".")
+    return absolute
+
+
+def from_home(stored: str, home: Path | None) -> str:
+    """A path as a run's file stores it, made usable: ``home:<rel>`` joined to ``home`` (left as stored when
+    no home is known); anything else (absolute, ``scratch``, or a path as given in files written before
+    paths were marked) as it is. A marked path that is absolute or climbs out of the home with ``..`` is
+    refused: no file the trainer writes holds one."""
+    if not stored.startswith(HOME_PREFIX):
+        return stored
+    rel = stored[len(HOME_PREFIX):]
+    if not rel or Path(rel).is_absolute() or ".." in Path(rel).parts:
+        raise ValueError(f"stored path {stored!r} is not a path inside the data home (absolute, empty or with '..')")
+    if home is None:
+        return stored
+    return str(Path(home) / rel) if rel != "." else str(Path(home))
 
 
 def locate_home(directory: Path, output_dir: str) -> Path | None:
     """The data home of a run folder's file in ``directory`` (``init/``, ``best/``, ``checkpoints/last/`` or the
-    run folder itself), found from the stored home-relative ``output_dir``: the ancestor of ``directory``
-    whose path ends with it is the run folder, and the home holds it. None when ``output_dir`` is absolute
-    (a run outside any home, or a file written before paths were stored relative) or no ancestor matches."""
+    run folder itself), found from the stored ``home:``-relative ``output_dir``: the ancestor of ``directory``
+    whose path ends with it is the run folder, and the home holds it. None when ``output_dir`` is not
+    marked relative to the home (a run outside any home, or a file written before paths were stored
+    relative) or no ancestor matches."""
+    if not output_dir.startswith(HOME_PREFIX):
+        return None
+    output_dir = output_dir[len(HOME_PREFIX):]
     rel = Path(output_dir)
     if not output_dir or rel.is_absolute() or output_dir == "." or ".." in rel.parts:
         return None
@@ -122,31 +152,13 @@ class TrainConfig:
         return preset(values.pop("preset", "demo"), **values)
 
     def __post_init__(self) -> None:
+        check_fields(self)   # type, range and choices of every field, as the settings file checks them
         problems = []
-        for name in ("max_steps", "batch_size", "eval_every", "eval_batch_size", "log_every", "image_size",
-                     "patch_size", "layers", "heads", "projection_dim", "max_length", "shuffle_buffer"):
-            if getattr(self, name) <= 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be > 0")
-        for name in ("warmup_steps", "num_workers", "cpu_threads", "shuffle_initial", "weight_decay", "grad_clip",
-                     "contrastive_weight"):
-            if getattr(self, name) < 0:
-                problems.append(f"{name}={getattr(self, name)!r} must be >= 0")
-        if self.learning_rate <= 0:
-            problems.append(f"learning_rate={self.learning_rate!r} must be > 0")
         if self.image_size % self.patch_size:
             problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         for name in ("text_width", "vision_width"):
             if getattr(self, name) % self.heads:
                 problems.append(f"{name}={getattr(self, name)} is not a multiple of heads={self.heads}")
-        if self.tokenizer_vocab_size < 600:
-            problems.append(f"tokenizer_vocab_size={self.tokenizer_vocab_size} must be >= 600 (514 byte tokens + merges)")
-        if self.device not in ("auto", "cpu", "cuda"):
-            problems.append(f"device={self.device!r} must be auto, cpu or cuda")
-        if self.augment not in AUGMENTS:
-            problems.append(f"augment={self.augment!r} must be one of {AUGMENTS}")
-        for name in ("eval_split", "test_split"):
-            if getattr(self, name) not in SPLITS:
-                problems.append(f"{name}={getattr(self, name)!r} is not one of {SPLITS}")
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
@@ -159,18 +171,18 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     def stored_dict(self, home: Path | None) -> dict[str, Any]:
-        """``to_dict`` as a run's files store it: paths inside the data ``home`` relative to it (``home_relative``)."""
+        """``to_dict`` as a run's files store it: paths inside the data ``home`` marked relative to it, others
+        absolute (``home_relative``)."""
         values = self.to_dict()
         values.update({name: home_relative(values[name], home) for name in PATH_FIELDS})
         return values
 
     def with_home(self, home: Path | None) -> "TrainConfig":
-        """A config read from a run's files with its home-relative paths made absolute again (under ``home``;
-        absolute ones, as files written before this change hold, stay as they are)."""
-        if home is None:
-            return self
-        changes = {name: str(Path(home) / getattr(self, name)) for name in PATH_FIELDS
-                   if getattr(self, name) not in ("", "scratch") and not Path(getattr(self, name)).is_absolute()}
+        """A config read from a run's files with its ``home:`` paths made absolute again under ``home``
+        (:func:`from_home`); every other path (absolute; as given in files written before paths were marked)
+        stays as it is."""
+        changes = {name: from_home(getattr(self, name), home) for name in PATH_FIELDS}
+        changes = {name: value for name, value in changes.items() if value != getattr(self, name)}
         return self.replace(**changes) if changes else self
 
     @classmethod
@@ -190,9 +202,10 @@ class TrainConfig:
 
     @classmethod
     def load(cls, directory: Path, home: Path | None = None, resolve: bool = True) -> "TrainConfig":
-        """Read ``train_config.json`` from a checkpoint directory; with ``resolve``, its home-relative paths made
+        """Read ``train_config.json`` from a checkpoint directory; with ``resolve``, its ``home:`` paths made
         absolute under the home the run folder lies in (:func:`locate_home`), else under ``home``. Files
-        written before paths were stored relative hold absolute ones: they are read as they are."""
+        written before paths were stored relative hold paths as given (absolute, or relative to the working
+        directory of the run): they are read as they are."""
         path = Path(directory) / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")

@@ -29,6 +29,7 @@ import webdataset as wds
 from PIL import Image
 
 from formats import dataset
+from formats.files import sha256_file
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -120,7 +121,7 @@ def preprocess_rgb(img: Image.Image, spec: ImageSpec, out: np.ndarray | None = N
 
 # --------------------------------------------------------------------------- shard discovery
 def split_shards(data_dir: str | os.PathLike, split: str) -> list[Path]:
-    """Sorted shard paths of ``split``; checks them against ``sizes.json`` when present."""
+    """Sorted shard paths of ``split``: exactly the ones its version's manifest lists (``dataset.split_shards``)."""
     return dataset.split_shards(dataset.resolve_data_dir(data_dir), split)
 
 
@@ -142,7 +143,7 @@ def shard_weights(shards: list[Path]) -> list[float]:
     return [float(counts.get(str(shard), 1)) for shard in shards]
 
 
-class ShardChecksumError(ValueError):
+class ShardChecksumError(dataset.ChecksumError):
     """A shard whose bytes differ from the sha256 its version's manifest records (or that it does not list)."""
 
 
@@ -168,10 +169,61 @@ def shard_digests(shards: Iterable[str | os.PathLike]) -> dict[str, str]:
     return digests
 
 
-REPUBLISH = ("check the version with `python -m pipelines.publish --home HOME --verify-checksums` (it names every "
-             "file that differs from the manifest), then publish it again: move the version folder aside and "
-             "publish with publish.verify_checksums = true, which rewrites a damaged shard an older version shares "
-             "instead of linking it")
+REPUBLISH = dataset.REPUBLISH
+
+
+def _mismatch(url: str, digest: str, recorded: str) -> str:
+    path = Path(url)
+    return (f"shard {path.parent.name}/{path.name} of dataset version {path.parent.parent.name} ({url}) has "
+            f"sha256 {digest} but its {dataset.MANIFEST_FILE} records {recorded}: its bytes changed "
+            f"after publishing (bit rot, an edit, a swapped file) and its samples cannot be trusted; {REPUBLISH}")
+
+
+def verify_shards(urls: Iterable[str], digests: dict[str, str]) -> None:
+    """Hash each of ``urls`` whole and compare with ``digests`` (:func:`shard_digests`): the check for a shard
+    a reader in another process (a loader worker) started but did not read to its end."""
+    for url in sorted(set(urls)):
+        digest = sha256_file(Path(url))
+        if digest != digests[url]:
+            raise ShardChecksumError(_mismatch(url, digest, digests[url]))
+
+
+class OpenShard:
+    """The shard a :func:`tar_samples` reader is inside: started, not yet read to its end, so not yet
+    verified (``url`` is None between shards and once a shard passed its checks).
+
+    A reader that stops inside a shard calls :meth:`finish`, explicitly: a generator's ``close()`` (or a
+    ``finally`` in it) may never run, and an exception there would be lost. Only ``url`` crosses
+    processes; the open file and the running sha256 stay in the process reading the shard."""
+
+    def __init__(self) -> None:
+        self.url: str | None = None
+        self._digest: str | None = None
+        self._handle: Any = None
+        self._sha: Any = None
+
+    def _enter(self, url: str, digest: str, handle: Any, sha: Any) -> None:
+        self.url, self._digest, self._handle, self._sha = url, digest, handle, sha
+
+    def _leave(self) -> None:
+        self.url = self._digest = self._handle = self._sha = None
+
+    def finish(self) -> None:
+        """Verify the shard the reader stopped inside (none: nothing to do): hash the rest of it, continuing the
+        running sha256, or the whole file when the reader's file is already closed; then compare with the
+        manifest's digest (:class:`ShardChecksumError`). The reader must not be resumed afterwards."""
+        if self.url is None:
+            return
+        url, recorded, handle, sha = self.url, self._digest, self._handle, self._sha
+        self._leave()
+        if handle is None or handle.closed:
+            digest = sha256_file(Path(url))
+        else:
+            while data := handle.read(1 << 16):
+                sha.update(data)
+            digest = sha.hexdigest()
+        if digest != recorded:
+            raise ShardChecksumError(_mismatch(url, digest, recorded))
 
 
 def check_tar_end(path: str | os.PathLike) -> None:
@@ -187,15 +239,22 @@ def check_tar_end(path: str | os.PathLike) -> None:
 
 
 def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
-    """Check before a run that ``split`` has shards, that its ``sizes.json`` (when present) lists samples,
-    that every shard is a complete tar, listed in the version's manifest with its size; returns the listed
-    sample count (None without ``sizes.json``). The bytes themselves are hashed as they are read."""
+    """Check before a run that ``split`` has shards (exactly the ones its version's manifest lists: a shard
+    file in the folder that it does not list is refused too), that its ``sizes.json`` (when present) has
+    its manifest sha256 and lists samples, that every shard is a complete tar of the size the manifest
+    records; returns the listed sample count (None without ``sizes.json``). The shards' bytes are hashed
+    as they are read."""
     version = dataset.resolve_data_dir(data_dir)
     split_dir = version / split
+    listed = dataset.read_manifest(version)["files"]
+    if split_dir.is_dir():
+        for shard in sorted(split_dir.glob(dataset.shard_glob(split))):
+            if f"{split}/{shard.name}" not in listed:
+                shard_digests([shard])  # raises, naming the shard
     shards = dataset.split_shards(version, split)
     if not shards:
         raise ValueError(f"split {split!r} has no shards in {split_dir}")
-    sizes = dataset.read_sizes(split_dir)
+    sizes = dataset.read_sizes(split_dir, listed)
     total = None if sizes is None else int(sum(sizes.values()))
     if total is not None and total <= 0:
         raise ValueError(f"split {split!r} is empty: {split_dir / dataset.SIZES_FILE} lists {total} samples")
@@ -204,7 +263,6 @@ def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
             check_tar_end(shard)
         except ValueError as err:
             raise ValueError(f"split {split!r} of {version}: {err}") from None
-    listed = dataset.read_manifest(version)["files"]
     shard_digests(shards)  # every shard listed
     for shard in shards:  # a size the manifest does not record fails now; equal sizes are hashed while read
         rel = f"{split}/{shard.name}"
@@ -226,12 +284,16 @@ def split_size(data_dir: str | os.PathLike, split: str) -> int:
 
 
 def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int | None = None) -> Iterator[str]:
-    """Captions of ``split`` in shard order, read without decoding images (each shard read to its end is
-    checked against its manifest sha256)."""
+    """Captions of ``split`` in shard order, read without decoding images. Every shard they come from is
+    checked against its manifest sha256: each read to its end as it is read, and the one ``limit`` stops
+    inside once the last caption has been yielded (the rest of it hashed then), so a caller that reads the
+    captions to the end (the tokenizer's trainer) gets :class:`ShardChecksumError` for a changed caption."""
     shards = split_shards(data_dir, split)
-    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards), shard_digests(shards))
+    inside = OpenShard()
+    samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards), shard_digests(shards), inside)
     for sample in islice(samples, limit):
         yield _caption(sample)
+    inside.finish()
 
 
 # --------------------------------------------------------------------------- stages
@@ -239,7 +301,7 @@ _BLOCK = 512
 
 
 def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None = None,
-                digests: dict[str, str] | None = None) -> Iterator[dict[str, Any]]:
+                digests: dict[str, str] | None = None, inside: OpenShard | None = None) -> Iterator[dict[str, Any]]:
     """webdataset samples (``__key__``, ``__url__``, one field per extension) from plain ustar shards.
 
     Same grouping as ``wds.tarfile_to_samples`` (key = member name before the first dot), 4x cheaper
@@ -253,7 +315,9 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
     tail after the end-of-archive block included, so no second pass) and a shard whose sha256 differs
     from ``digests[url]`` raises :class:`ShardChecksumError` once read to its end; its samples were
     already yielded by then, so the error stops a run at the end of the first damaged shard. A reader
-    that stops inside a shard never learns its digest. A url missing from ``digests`` is an error.
+    that stops inside a shard learns its digest only through ``inside`` (an :class:`OpenShard`, which
+    names the shard being read until it passed its checks): it calls ``inside.finish()``. A url missing
+    from ``digests`` is an error.
     """
     for item in urls:
         url = item["url"]
@@ -263,6 +327,9 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
             raise ShardChecksumError(f"shard {url} is not listed in its version's {dataset.MANIFEST_FILE}; {REPUBLISH}")
         sha = hashlib.sha256() if digests is not None else None
         with open(url, "rb") as handle:
+            if inside is not None and sha is not None:
+                inside._enter(url, digests[url], handle, sha)
+
             def read(n: int) -> bytes:
                 data = handle.read(n)
                 if sha is not None:
@@ -308,11 +375,9 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
             raise ValueError(f"{url}: holds {count} samples but {dataset.SIZES_FILE} beside it lists {expected[url]}; "
                              "republish the version")
         if sha is not None and sha.hexdigest() != digests[url]:
-            path = Path(url)
-            raise ShardChecksumError(
-                f"shard {path.parent.name}/{path.name} of dataset version {path.parent.parent.name} ({url}) has "
-                f"sha256 {sha.hexdigest()} but its {dataset.MANIFEST_FILE} records {digests[url]}: its bytes changed "
-                f"after publishing (bit rot, an edit, a swapped file) and its samples cannot be trusted; {REPUBLISH}")
+            raise ShardChecksumError(_mismatch(url, sha.hexdigest(), digests[url]))
+        if inside is not None and inside.url == url:
+            inside._leave()  # verified
         if current is not None:
             yield current
 
@@ -444,6 +509,11 @@ class TrainPairStream(torch.utils.data.IterableDataset):
     ``split_by_node`` / ``split_by_worker`` and needs at least ranks x workers shards. ``skip_batches`` is
     the number of batches this rank already consumed: each worker drops its share of raw samples before
     decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
+
+    Each batch also names the loader ``worker`` that made it and the shard that worker was inside
+    (``inside_shard``: started, not yet verified; None between shards). A consumer that stops (the trainer
+    at ``max_steps``) verifies, with :func:`verify_shards`, the ``inside_shard`` of the last batch it took
+    from each worker: the only shards its batches drew samples from that no check has passed yet.
     """
 
     def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, *, seed: int,
@@ -480,14 +550,14 @@ class TrainPairStream(torch.utils.data.IterableDataset):
             yield from islice(wds.split_by_node({"url": u} for u in order), worker, None, self.num_workers)
             epoch += 1
 
-    def _samples(self, urls: Iterator[dict[str, str]]) -> Iterator[dict[str, Any]]:
+    def _samples(self, urls: Iterator[dict[str, str]], inside: OpenShard) -> Iterator[dict[str, Any]]:
         """Samples of the endless shard sequence ``urls``; once every shard has been read and none gave a
         sample, an error (the stream would otherwise spin forever)."""
         empty: set[str] = set()
         productive = False
         for item in urls:
             count = 0
-            for sample in tar_samples([item], self.expected, self.digests):
+            for sample in tar_samples([item], self.expected, self.digests, inside):
                 count += 1
                 yield sample
             productive = productive or count > 0
@@ -504,12 +574,20 @@ class TrainPairStream(torch.utils.data.IterableDataset):
         # batches the next one belongs to logical worker s % W, so physical worker p plays logical (p + s) % W;
         # logical worker w has already produced ceil((s - w) / W) batches.
         worker = (physical + self.skip_batches) % workers
-        samples = self._samples(self._shard_urls(rank, world, worker))
+        inside = OpenShard()
+        samples = self._samples(self._shard_urls(rank, world, worker), inside)
         samples = shuffled(samples, self.shuffle_buffer, self.shuffle_initial,
                            stable_seed("shuffle", self.seed, rank, world, worker, workers))
         done = max(0, -(-(self.skip_batches - worker) // workers))
         samples = islice(samples, done * self.batch_size, None)
-        return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=False)
+
+        def collate(raw: list[dict[str, Any]]) -> dict[str, Any]:
+            batch = self.collate(raw, self.spec, self.draft)
+            # Every shard this worker read to its end passed its checks (or its error follows this batch),
+            # so of the shards its batches so far drew samples from only this one can be unverified.
+            batch["worker"], batch["inside_shard"] = physical, inside.url
+            return batch
+        return batched(samples, self.batch_size, collate, partial=False)
 
 
 class EvalPairStream(torch.utils.data.IterableDataset):

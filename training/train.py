@@ -34,7 +34,7 @@ import torch.distributed as dist
 
 from formats import dataset
 from formats.files import honour_umask, write_bytes_atomic
-from training.config import RESUMABLE_FIELDS, TrainConfig, home_relative
+from training.config import RESUMABLE_FIELDS, TrainConfig, from_home, home_relative
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -44,6 +44,7 @@ from training.data import (
     make_loader,
     split_shards,
     stable_seed,
+    verify_shards,
 )
 from training.device import autocast, cpu_threads, resolve_device
 from training.evaluate import EvalResult, SplitScores, evaluate_scores, score_split
@@ -240,7 +241,8 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
     """Refuse a resume whose recipe changed; ``saved`` as stored (``TrainConfig.load(resolve=False)``): its
-    ``init_from`` is home-relative, or absolute (as given) in files written before paths were stored relative."""
+    ``init_from`` is ``home:``-relative or absolute, or as given in files written before paths were stored
+    relative (then it must be given the same way again)."""
     changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
                      if f.name not in RESUMABLE_FIELDS and f.name != "init_from"
                      and getattr(saved, f.name) != getattr(config, f.name))
@@ -362,10 +364,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         _check_resumable(TrainConfig.load(last_dir, resolve=False), config, home)
         clip, processor = load_model(last_dir)
         state = load_trainer_state(last_dir / STATE_FILE)
-        trained_on = state.get("data_version_dir")  # home-relative; absolute in states written before
+        trained_on = state.get("data_version_dir")  # home:-relative; absolute in states written before
         if trained_on and trained_on not in (str(data_dir), home_relative(str(data_dir), home)):
-            if home is not None and not Path(trained_on).is_absolute():
-                trained_on = str(home / trained_on)
+            trained_on = from_home(trained_on, home)
             raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
                              f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
                              f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
@@ -448,7 +449,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                                    resampled=config.resampled, draft=config.draft_decode,
                                    num_workers=config.num_workers, skip_batches=step)
         scorer.train()
+        inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
         for batch in make_loader(stream, config.num_workers):
+            inside[batch["worker"]] = batch["inside_shard"]
             labels, weights = batch["labels"].to(device), batch["weights"].to(device)
             pixels = batch["pixel_values"].to(device, non_blocking=True)
             if config.augment != "none":
@@ -482,6 +485,10 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                     history.append(entry)
                 emit({"event": "train", **entry})
                 running, running_n = 0.0, 0
+            if step >= config.max_steps:
+                # the shards the workers were inside have not been verified: hash them whole now, before the
+                # final checkpoint, so a run that stops here is not resumed as finished
+                verify_shards([url for url in inside.values() if url], stream.digests)
             if step % config.eval_every == 0 or step == config.max_steps:
                 record_eval()
             if step >= config.max_steps:

@@ -12,6 +12,7 @@ from itertools import islice
 from pathlib import Path
 
 import pytest
+import torch
 from test_publish_fixtures import make_home
 
 from formats import dataset
@@ -23,14 +24,19 @@ from training.data import (
     PairCollator,
     ShardChecksumError,
     TrainPairStream,
+    check_split,
+    iter_captions,
     make_loader,
     shard_digests,
+    shard_sizes,
     split_shards,
+    split_size,
+    tar_samples,
 )
 from training.evaluate import evaluate_model
 from training.model import train_tokenizer
 from training.synthetic import tiny_config
-from training.train import train
+from training.train import STATE_FILE, train
 
 
 @pytest.fixture(scope="module")
@@ -132,3 +138,72 @@ def test_a_shard_the_manifest_does_not_list_or_sizes_differently_is_refused_befo
     (version / dataset.MANIFEST_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="manifest.json missing: .* is not a complete published version"):
         train(tiny_config(version, tmp_path / "run"))
+
+
+@pytest.mark.parametrize("edit", ["reformatted", "unlisted", "deleted"])
+def test_a_sizes_json_that_differs_from_the_manifest_is_refused_by_every_reader(published, tmp_path, edit):
+    """``sizes.json`` decides each shard's expected count and the resampled weights: it is read only with the
+    sha256 its manifest records. Even a change no count check notices (the same counts, reformatted) is
+    refused, by the up-front check, the shard listing, the sizing helpers and an evaluation alike."""
+    version = _copy(published, tmp_path)
+    split = "train"
+    sizes_path = version / split / dataset.SIZES_FILE
+    if edit == "reformatted":
+        sizes_path.write_text(json.dumps(json.loads(sizes_path.read_text())))
+        error, match = ValueError, "sizes.json of dataset version .* has sha256 [0-9a-f]{64} but its manifest"
+    elif edit == "unlisted":
+        manifest = json.loads((version / dataset.MANIFEST_FILE).read_text())
+        del manifest["files"][f"{split}/{dataset.SIZES_FILE}"]
+        (version / dataset.MANIFEST_FILE).write_text(json.dumps(manifest))
+        error, match = ValueError, "sizes.json is not listed in the manifest.json"
+    else:
+        sizes_path.unlink()
+        error, match = FileNotFoundError, "sizes.json missing: the manifest.json of dataset version .* lists it"
+    shards = sorted((version / split).glob(dataset.shard_glob(split)))
+    with pytest.raises(error, match=match) as refused:
+        check_split(version, split)
+    assert edit == "deleted" or type(refused.value).__name__ == "ChecksumError"
+    with pytest.raises(error, match=match):
+        split_shards(version, split)
+    with pytest.raises(error, match=match):
+        split_size(version, split)
+    with pytest.raises(error, match=match):
+        shard_sizes(shards)
+    with pytest.raises(error, match=match):
+        list(iter_captions(version, split))
+    if edit == "reformatted":
+        with pytest.raises(error, match=match):
+            train(tiny_config(version, tmp_path / "run"))
+        assert not (tmp_path / "run" / "init").exists()   # refused before the model was built
+
+
+def _change_last_caption(shard: Path) -> None:
+    """Change one letter of the last sample's ``txt`` in ``shard`` in place (same size, valid UTF-8)."""
+    *_, last = tar_samples([{"url": str(shard)}])
+    data = bytearray(shard.read_bytes())
+    at = data.rindex(last["txt"])
+    data[at + last["txt"].index(b"a")] = ord("A")
+    with open(shard, "r+b") as handle:
+        handle.write(data)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_a_run_that_stops_inside_a_damaged_shard_fails_before_its_final_checkpoint(published, tmp_path, num_workers):
+    """The train stream reaches ``max_steps`` inside a shard (every train shard holds 11-15 samples, the run
+    reads a few); the changed caption at that shard's end was never checked by the reader. The trainer
+    hashes, before its final checkpoint, each shard its loader workers were inside (named by their
+    batches): the run fails, and is not recorded as finished (a rerun would not silently skip the check)."""
+    version = _copy(published, tmp_path)
+    base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1, num_workers=0))
+    for shard in split_shards(version, "train"):       # no caption pass: the run starts from a checkpoint
+        _change_last_caption(shard)
+    run = tmp_path / "run"
+    config = tiny_config(version, run, init_from=str(base.best_dir), max_steps=1, eval_every=1, batch_size=2,
+                         shuffle_buffer=1, shuffle_initial=0, num_workers=num_workers)
+    with pytest.raises(ShardChecksumError, match="shard train/pickapic-train-.* has sha256 .* but its manifest.json "
+                                                 "records"):
+        train(config)
+    state = torch.load(run / "checkpoints" / "last" / STATE_FILE, weights_only=True)
+    assert state["step"] == 0 and not (run / "metrics.json").exists()   # the step-0 checkpoint only
+    with pytest.raises(ShardChecksumError):
+        train(config)                                    # the rerun reads the same shard and fails again

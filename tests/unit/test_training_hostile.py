@@ -82,6 +82,7 @@ def test_a_zero_byte_split_fails_before_training(fresh_version, tmp_path, split)
 def test_a_split_whose_sizes_list_nothing_is_refused(fresh_version, tmp_path):
     (fresh_version / "validation_unique" / "sizes.json").write_text(
         json.dumps({p.name: 0 for p in (fresh_version / "validation_unique").glob("*.tar")}))
+    _record_in_manifest(fresh_version)  # a faulty publish: an edited sizes.json is the checksum test's case
     with pytest.raises(ValueError, match=r"split 'validation_unique' is empty: .*validation_unique/sizes.json lists 0"):
         train(tiny_config(fresh_version, tmp_path / "run"))
 
@@ -280,7 +281,7 @@ def test_a_resume_never_switches_to_the_version_latest_now_names(tmp_path):
     with pytest.raises(ValueError, match=f"cannot resume {out}: it was trained on the dataset version {first}, but "
                                          f"data_dir {latest} now resolves to {second}"):
         train(tiny_config(latest, out, max_steps=4))
-    recorded = f"datasets/pickapic/{first.name}"  # relative to the home
+    recorded = f"home:datasets/pickapic/{first.name}"  # relative to the home
     assert torch.load(out / "checkpoints" / "last" / STATE_FILE, weights_only=True)["data_version_dir"] == recorded
     resumed = train(tiny_config(first, out, max_steps=4))  # the version it started on: resumes
     assert resumed.resumed_from_step == 2 and resumed.steps == 4

@@ -5,8 +5,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from formats.settings import SettingsError
 from training.cli import add_arguments, config_from_args
-from training.config import TrainConfig, preset
+from training.config import PRESETS, TrainConfig, preset
 from training.evaluate import evaluate_model
 from training.synthetic import tiny_config, write_synthetic_version
 from training.train import STATE_FILE, train
@@ -130,3 +131,26 @@ def test_dataclass_defaults_are_the_demo_preset():
         preset("demo", image_size=30)
     with pytest.raises(ValueError, match="unknown preset 'huge'"):
         preset("huge")
+
+
+@pytest.mark.parametrize("build", [
+    lambda: TrainConfig(num_workers=100_000),
+    lambda: TrainConfig.from_dict({**TrainConfig().to_dict(), "cpu_threads": 5000}),   # a train_config.json
+    lambda: preset("paper", num_workers=257),
+    lambda: TrainConfig.from_settings(preset="paper", cpu_threads=10**6),
+    lambda: TrainConfig(heads=0),          # was a ZeroDivisionError in the width checks
+    lambda: TrainConfig(preset="huge"),
+    lambda: TrainConfig(learning_rate=0.0),
+    lambda: TrainConfig(shuffle_buffer=True),
+])
+def test_every_field_is_checked_as_the_settings_file_checks_it(build):
+    """``__post_init__`` runs ``check_fields`` (types, ranges, choices of every field, also the ones a home's
+    settings file does not hold): a config built in code, from a stored ``train_config.json`` or from a
+    preset is refused above the process and thread bounds, as ``pickapic.toml`` and the flags are."""
+    with pytest.raises(SettingsError, match=r"setting train\.\w+ = .* \(TrainConfig\) is (out of range|refused)"):
+        build()
+
+
+def test_every_preset_passes_the_field_checks():
+    for name in PRESETS:
+        assert preset(name, data_dir="d", output_dir="o").preset == name
