@@ -1,8 +1,8 @@
 """Hostile review of December 4, 2026: the trainer's shard checksums and its home-relative run files.
 
 A real published version (``make_home`` + ``publish_dataset``), copied per test, is damaged the way a hostile
-or careless user would. Each test reproduces a defect on main and is marked ``xfail(strict=True)`` until it
-is fixed.
+or careless user would. Each test reproduced a defect of that
+day's code (marked ``xfail(strict=True)`` until it was fixed the same day).
 """
 from __future__ import annotations
 
