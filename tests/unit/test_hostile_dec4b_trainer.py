@@ -1,0 +1,112 @@
+"""Second hostile review of December 4, 2026: the trainer fixes merged in f13f7d4 (a reader stopping inside a
+shard verifies it; run files store ``home:`` paths).
+
+A real published version (``make_home`` + ``publish_dataset``), copied per test into a home of its own. Each test
+reproduces a defect of main at 691940a and is marked ``xfail(strict=True)`` until it is fixed.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from test_publish_fixtures import make_home
+
+from formats import dataset
+from formats.home import DataHome
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
+from training.config import CONFIG_FILE, HOME_PREFIX
+from training.data import ShardChecksumError, split_shards, tar_samples
+from training.synthetic import tiny_config
+from training.train import STATE_FILE, train
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
+    home = make_home(tmp_path_factory.mktemp("hostile_dec4b") / "home", num_rankings=80, seed=3)
+    publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    return home
+
+
+def _copy(published: DataHome, home: Path) -> Path:
+    """A copy of the published version inside ``home`` (``datasets/pickapic/<version>``) a test may damage."""
+    version = dataset.resolve_version(published)
+    target = home / "datasets" / "pickapic" / version.name
+    shutil.copytree(version, target)
+    dataset.switch_latest(target.parent, version.name, fsync=False)
+    return target
+
+
+def _change_last_caption(shard: Path) -> None:
+    """Change one letter of the last sample's ``txt`` in ``shard`` in place (same size, valid UTF-8)."""
+    *_, last = tar_samples([{"url": str(shard)}])
+    data = bytearray(shard.read_bytes())
+    at = data.rindex(last["txt"])
+    data[at + last["txt"].index(b"a")] = ord("A")
+    with open(shard, "r+b") as handle:
+        handle.write(data)
+
+
+class _Killed(Exception):
+    """Stands for the run being killed (preempted, OOM, Ctrl-C) after a checkpoint."""
+
+
+def _kill_at(step: int):
+    def on_event(event: dict) -> None:
+        if event["event"] == "train" and event["step"] == step:
+            raise _Killed(step)
+    return on_event
+
+
+@pytest.mark.xfail(strict=True, reason="a resume whose max_steps is the checkpoint's step skips the training loop, "
+                                       "so the shard the killed run was inside is never verified")
+def test_a_resume_that_ends_at_its_checkpoint_still_verifies_the_shard_it_stopped_inside(published, tmp_path):
+    """``max_steps`` is a resumable field. A run trained steps 1-2 from inside a train shard whose end was changed
+    (every train shard holds 11-15 samples; 2 batches of 2 read 4 of them), checkpointed at step 2 and was killed.
+    Resumed with ``--max-steps 2`` ("finish now"), the trainer finds ``step >= max_steps``, skips the loop and
+    its ``verify_shards`` call, evaluates and writes ``metrics.json``: the finished run's model was trained on
+    samples of a shard that no check ever passed. The same run with ``max_steps=2`` from the start raises
+    ``ShardChecksumError`` (test_training_checksums)."""
+    version = _copy(published, tmp_path / "home")
+    base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1, num_workers=0))
+    for shard in split_shards(version, "train"):       # no caption pass: the run starts from a checkpoint
+        _change_last_caption(shard)
+    run = tmp_path / "run"
+    config = tiny_config(version, run, init_from=str(base.best_dir), max_steps=10, eval_every=2, log_every=1,
+                         batch_size=2, shuffle_buffer=1, shuffle_initial=0, num_workers=0)
+    with pytest.raises(_Killed):
+        train(config, on_event=_kill_at(3))
+    assert torch.load(run / "checkpoints" / "last" / STATE_FILE, weights_only=True)["step"] == 2
+    with pytest.raises(ShardChecksumError):
+        train(config.replace(max_steps=2))
+    assert not (run / "metrics.json").exists()
+
+
+@pytest.mark.xfail(strict=True, reason="run files written by 429faa5 (home-relative paths without the home: mark) "
+                                       "are read as working-directory paths: an interrupted run cannot be resumed")
+def test_a_run_interrupted_under_the_first_home_relative_format_can_be_resumed(published, tmp_path):
+    """429faa5 (merged to main at 15:45 today) stored paths inside the home relative to it, unmarked
+    (``datasets/pickapic/<version>``); f13f7d4 marks them ``home:`` and reads unmarked relative paths as given,
+    i.e. relative to the working directory. A run interrupted under 429faa5 then refuses to resume: its
+    state's ``data_version_dir`` no longer matches (``cannot resume ... trained on the dataset version
+    datasets/pickapic/<version>``) and there is no ``--data-dir`` that satisfies the check. The run's files are
+    written by today's trainer and then rewritten to exactly what 429faa5's ``home_relative`` wrote."""
+    home = tmp_path / "home"
+    version = _copy(published, home)
+    run = home / "models" / "preference_model" / "run"
+    config = tiny_config(version, run, max_steps=4, eval_every=2, log_every=1, num_workers=0)
+    with pytest.raises(_Killed):
+        train(config, on_event=_kill_at(3))
+    last = run / "checkpoints" / "last"
+    state = torch.load(last / STATE_FILE, weights_only=False)
+    assert state["data_version_dir"].startswith(HOME_PREFIX)
+    state["data_version_dir"] = state["data_version_dir"][len(HOME_PREFIX):]     # as 429faa5 stored it
+    torch.save(state, last / STATE_FILE)
+    for folder in (last, run / "best", run / "init"):
+        if (folder / CONFIG_FILE).is_file():
+            text = (folder / CONFIG_FILE).read_text()
+            (folder / CONFIG_FILE).write_text(text.replace(f'"{HOME_PREFIX}', '"'))
+    result = train(config)
+    assert result.steps == 4 and result.resumed_from == 2
