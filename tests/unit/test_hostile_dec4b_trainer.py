@@ -82,31 +82,3 @@ def test_a_resume_that_ends_at_its_checkpoint_still_verifies_the_shard_it_stoppe
     with pytest.raises(ShardChecksumError):
         train(config.replace(max_steps=2))
     assert not (run / "metrics.json").exists()
-
-
-@pytest.mark.xfail(strict=True, reason="run files written by 429faa5 (home-relative paths without the home: mark) "
-                                       "are read as working-directory paths: an interrupted run cannot be resumed")
-def test_a_run_interrupted_under_the_first_home_relative_format_can_be_resumed(published, tmp_path):
-    """429faa5 (merged to main at 15:45 today) stored paths inside the home relative to it, unmarked
-    (``datasets/pickapic/<version>``); f13f7d4 marks them ``home:`` and reads unmarked relative paths as given,
-    i.e. relative to the working directory. A run interrupted under 429faa5 then refuses to resume: its
-    state's ``data_version_dir`` no longer matches (``cannot resume ... trained on the dataset version
-    datasets/pickapic/<version>``) and there is no ``--data-dir`` that satisfies the check. The run's files are
-    written by today's trainer and then rewritten to exactly what 429faa5's ``home_relative`` wrote."""
-    home = tmp_path / "home"
-    version = _copy(published, home)
-    run = home / "models" / "preference_model" / "run"
-    config = tiny_config(version, run, max_steps=4, eval_every=2, log_every=1, num_workers=0)
-    with pytest.raises(_Killed):
-        train(config, on_event=_kill_at(3))
-    last = run / "checkpoints" / "last"
-    state = torch.load(last / STATE_FILE, weights_only=False)
-    assert state["data_version_dir"].startswith(HOME_PREFIX)
-    state["data_version_dir"] = state["data_version_dir"][len(HOME_PREFIX):]     # as 429faa5 stored it
-    torch.save(state, last / STATE_FILE)
-    for folder in (last, run / "best", run / "init"):
-        if (folder / CONFIG_FILE).is_file():
-            text = (folder / CONFIG_FILE).read_text()
-            (folder / CONFIG_FILE).write_text(text.replace(f'"{HOME_PREFIX}', '"'))
-    result = train(config)
-    assert result.steps == 4 and result.resumed_from == 2
