@@ -17,7 +17,6 @@ from formats import dataset
 from formats.home import DataHome
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
-from training.config import CONFIG_FILE, HOME_PREFIX
 from training.data import ShardChecksumError, split_shards, tar_samples
 from training.synthetic import tiny_config
 from training.train import STATE_FILE, train
