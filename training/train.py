@@ -42,6 +42,7 @@ from training.data import (
     check_split,
     iter_captions,
     make_loader,
+    shard_digests,
     split_shards,
     stable_seed,
     verify_shards,
@@ -228,6 +229,9 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     wrong = sorted(k for k, kind in _STATE_KEYS.items() if not isinstance(state, dict) or not isinstance(state.get(k), kind))
     if isinstance(state, dict) and not isinstance(state.get("data_version_dir", ""), str):
         wrong.append("data_version_dir")  # optional: states written before it was recorded lack it
+    open_shards = state.get("open_shards", []) if isinstance(state, dict) else None
+    if not (isinstance(open_shards, list) and all(isinstance(rel, str) for rel in open_shards)):
+        wrong.append("open_shards")       # optional: [train shards the workers were inside, "train/<name>"]
     running = state.get("running_loss", [0.0, 0]) if isinstance(state, dict) else None
     if not (isinstance(running, list) and len(running) == 2 and isinstance(running[0], float)
             and type(running[1]) is int and running[1] >= 0):
@@ -237,6 +241,24 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
         raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
     return state
+
+
+def _verify_open_shards(state: dict[str, Any], data_dir: Path, path: Path, rank: int, world: int) -> None:
+    """Hash whole the train shards the checkpointed run's workers were inside (``open_shards``: started, not
+    read to their end, so not verified; their samples may already be in the checkpoint's weights). A resume
+    whose ``max_steps`` is already reached never reads them again, and one that goes on could stop inside
+    another shard first; so every resume checks them before anything else, ranks sharing the list. States
+    written before they were recorded have none."""
+    recorded = state.get("open_shards", [])
+    if not recorded:
+        return
+    digests = shard_digests(split_shards(data_dir, "train"))
+    urls = [str(data_dir / rel) for rel in recorded]
+    unknown = sorted(rel for rel, url in zip(recorded, urls) if url not in digests)
+    if unknown:  # checked before any file is opened: the state names only shards of the version's manifest
+        raise ValueError(f"refusing to resume from {path}: its open_shards {unknown} are not train shards of "
+                         f"{data_dir}'s manifest")
+    verify_shards(urls[rank::world], digests)
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
@@ -370,6 +392,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
                              f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
                              f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
+        _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
     elif config.init_from == "scratch":
         if rank == 0 and (init_dir / "config.json").is_file():
             _check_resumable(TrainConfig.load(init_dir, resolve=False), config, home)  # a stale init/ from another recipe
@@ -408,14 +431,22 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                              bf16=config.bf16)
         return _validation_entry(step, scores)
 
+    inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
+
     def checkpoint(improved: bool) -> None:
+        # every rank's unverified shards, for a resume to verify (_verify_open_shards): "train/<name>"
+        opened = sorted({f"{Path(url).parent.name}/{Path(url).name}" for url in inside.values() if url})
+        if world > 1:
+            gathered: list[Any] = [None] * world
+            dist.all_gather_object(gathered, opened)
+            opened = sorted({rel for part in gathered for rel in part})
         if rank == 0:
             if improved:
                 _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config, home), out)
             rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "history": history, "best": best, "torch_rng": rngs,
-                             "running_loss": [float(running), int(running_n)],
+                             "running_loss": [float(running), int(running_n)], "open_shards": opened,
                              # the resolved version (home-relative): a resume must not switch
                              "data_version_dir": home_relative(str(data_dir), home)})
 
@@ -449,7 +480,6 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                                    resampled=config.resampled, draft=config.draft_decode,
                                    num_workers=config.num_workers, skip_batches=step)
         scorer.train()
-        inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
         for batch in make_loader(stream, config.num_workers):
             inside[batch["worker"]] = batch["inside_shard"]
             labels, weights = batch["labels"].to(device), batch["weights"].to(device)

@@ -1,9 +1,11 @@
-"""DistributedDataParallel under torchrun on CPU: 2 processes, gloo backend, 3 steps."""
+"""DistributedDataParallel under torchrun on CPU: 2 processes, gloo backend, 3 steps; then resumed."""
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 from training.config import TrainConfig
 from training.synthetic import write_synthetic_version
@@ -31,3 +33,17 @@ def test_two_process_gloo_run(tmp_path):
     assert (out / "curve.png").is_file() and (out / "checkpoints" / "last" / "trainer_state.pt").is_file()
     summary = json.loads(proc.stdout[proc.stdout.index("{\n"):])  # rank 0's final JSON summary
     assert summary["world_size"] == 2 and summary["steps"] == 3
+
+    # the checkpoint records the train shards both ranks' workers were inside; a resume (here of the finished
+    # run, which only re-evaluates) verifies them, split over the ranks, and fails when one changed
+    state = torch.load(out / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["open_shards"] and all(rel.startswith("train/") for rel in state["open_shards"])
+    again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    for rel in state["open_shards"]:
+        shard = version / rel
+        data = bytearray(shard.read_bytes())
+        data[1024 + 10] ^= 1  # inside the first member's payload: same size, tar still well formed
+        shard.write_bytes(bytes(data))
+    failed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert failed.returncode != 0 and "ShardChecksumError" in failed.stderr, failed.stderr[-3000:]

@@ -2,7 +2,7 @@
 shard verifies it; run files store ``home:`` paths).
 
 A real published version (``make_home`` + ``publish_dataset``), copied per test into a home of its own. Each test
-reproduces a defect of main at 691940a and is marked ``xfail(strict=True)`` until it is fixed.
+reproduces a defect of main at 691940a and was marked ``xfail(strict=True)`` until it was fixed.
 """
 from __future__ import annotations
 
@@ -59,8 +59,6 @@ def _kill_at(step: int):
     return on_event
 
 
-@pytest.mark.xfail(strict=True, reason="a resume whose max_steps is the checkpoint's step skips the training loop, "
-                                       "so the shard the killed run was inside is never verified")
 def test_a_resume_that_ends_at_its_checkpoint_still_verifies_the_shard_it_stopped_inside(published, tmp_path):
     """``max_steps`` is a resumable field. A run trained steps 1-2 from inside a train shard whose end was changed
     (every train shard holds 11-15 samples; 2 batches of 2 read 4 of them), checkpointed at step 2 and was killed.
@@ -77,7 +75,32 @@ def test_a_resume_that_ends_at_its_checkpoint_still_verifies_the_shard_it_stoppe
                          batch_size=2, shuffle_buffer=1, shuffle_initial=0, num_workers=0)
     with pytest.raises(_Killed):
         train(config, on_event=_kill_at(3))
-    assert torch.load(run / "checkpoints" / "last" / STATE_FILE, weights_only=True)["step"] == 2
+    state = torch.load(run / "checkpoints" / "last" / STATE_FILE, weights_only=True)
+    assert state["step"] == 2 and len(state["open_shards"]) == 1 and state["open_shards"][0].startswith("train/")
     with pytest.raises(ShardChecksumError):
         train(config.replace(max_steps=2))
     assert not (run / "metrics.json").exists()
+
+
+def test_a_state_without_open_shards_still_resumes_and_a_mistyped_or_foreign_one_is_refused(published, tmp_path):
+    """``open_shards`` (the train shards the workers were inside at the checkpoint, ``train/<name>``) is plain
+    data: the state still loads with ``weights_only=True``. A state written before it was recorded resumes (with
+    nothing to verify); one whose entry is not a list of strings, or names a file that is not a train shard of
+    the version's manifest, is refused before any file is opened."""
+    version = dataset.resolve_version(published)
+    run = tmp_path / "run"
+    config = tiny_config(version, run, max_steps=2, eval_every=2, num_workers=0)
+    train(config)
+    state_path = run / "checkpoints" / "last" / STATE_FILE
+    state = torch.load(state_path, weights_only=True)
+    assert state["open_shards"] and all(rel.startswith("train/") for rel in state["open_shards"])
+    for bad, match in (([1], r"mistyped trainer state entries \['open_shards'\]"),
+                       ("train/x.tar", r"mistyped trainer state entries \['open_shards'\]"),
+                       (["../manifest.json"], r"open_shards \['../manifest.json'\] are not train shards")):
+        torch.save({**state, "open_shards": bad}, state_path)
+        with pytest.raises(ValueError, match=match):
+            train(config.replace(max_steps=3))
+    del state["open_shards"]  # as written before it was recorded
+    torch.save(state, state_path)
+    assert train(config.replace(max_steps=3)).steps == 3
+    assert torch.load(state_path, weights_only=True)["open_shards"]
