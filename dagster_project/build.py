@@ -54,9 +54,10 @@ class BuildResult:
 def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on the data home; a second build waits (``wait``) or refuses. The lock file
     ``.build.lock`` is opened without following a link and holds only a pid: a link, a hard link or a file
-    of other content there is refused, untouched (:mod:`formats.locks`)."""
+    of other content there is refused, untouched (:mod:`formats.locks`). Its folder is the home root, which
+    may be a link (a home on another disk), unlike the stages' ``.locks/``."""
     what = f"the data home {home.root}"
-    fd = open_lock_file(home.lock_file, what)
+    fd = open_lock_file(home.lock_file, what, linked_folder=True)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))

@@ -7,11 +7,12 @@ home's build lock, in folders no clean-up removes.
 
 Opening one must not write into a file the tool did not create: :func:`open_lock_file` follows no link,
 never blocks on a FIFO, and refuses anything but a regular file with one name (a hard link of another
-program's pid file at the lock path would otherwise be truncated and get our pid); :func:`record_holder`
-replaces nothing but a pid.
+program's pid file at the lock path would otherwise be truncated and get our pid) in a real folder (a link at
+``.locks`` would put the locks wherever it points); :func:`record_holder` replaces nothing but a pid.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import stat
@@ -25,16 +26,40 @@ class LockFileRefused(ValueError):
 _PID_RECORD = re.compile(rb"[0-9]*\n?")
 
 
-def open_lock_file(path: Path, what: str) -> int:
+def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int:
     """Open (creating it and its folder) the lock file ``path`` for reading and writing, or raise
     :class:`LockFileRefused` naming ``what`` it locks; the caller closes the descriptor (which releases
-    its lock). Nothing is written here: no ``O_TRUNC``, so a refused file keeps its bytes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    its lock). Nothing is written here: no ``O_TRUNC``, so a refused file keeps its bytes.
+
+    The lock file's folder is opened first, and the file relative to it, so nothing is created through a link
+    there: the tool's own ``HOME/.locks`` must be a real folder (a symbolic link, even a dangling one, or a
+    file there is refused); otherwise every stage would create and lock files wherever it points. Only
+    ``linked_folder`` (the build lock's folder, the home root itself, which may be a link to another disk)
+    lets the folder's path be followed."""
+    folder = path.parent
+    if linked_folder:
+        folder.mkdir(parents=True, exist_ok=True)
+    else:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):   # whatever is there is checked below, without following it
+            os.mkdir(folder)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666)
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+                            | (0 if linked_folder else os.O_NOFOLLOW))
     except OSError as exc:
-        raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc} (a symbolic link or something "
-                              "else is there; remove it)") from None
+        raise LockFileRefused(f"cannot lock {what}: {folder}: {exc.strerror or exc} (the lock files' folder must be a "
+                              "real folder, not a symbolic link or a file; remove what is there)") from None
+    try:
+        if not stat.S_ISDIR(os.fstat(folder_fd).st_mode):
+            raise LockFileRefused(f"cannot lock {what}: {folder} is not a folder (remove what is there)")
+        try:
+            fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666,
+                         dir_fd=folder_fd)
+        except OSError as exc:
+            raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc} (a symbolic link or something "
+                                  "else is there; remove it)") from None
+    finally:
+        os.close(folder_fd)
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):

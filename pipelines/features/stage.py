@@ -71,9 +71,9 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     staging = config.staging_url(home.root, day)
     if not config.staging:       # a staging folder from the settings was checked by validate; the default here
         check_staging(staging, base, home.root)
-    # one feature stage per day at a time (they would share one staging folder), and per staging folder
-    # given in the settings (every day's run would use it)
-    with hold_day_lock(home, day, staging if config.staging else None):
+    # one feature stage per day at a time, and per staging folder (the day's default one too: another day's
+    # run may be given it as its staging setting)
+    with hold_day_lock(home, day, staging):
         return _build_day(home, day, day_date, config, beam_args, progress, detector_factory, started, runner,
                           base, staging)
 
@@ -157,20 +157,34 @@ def day_lock_file(home: DataHome, day: str) -> Path:
     return home.locks / f"features-dt={day}.lock"
 
 
+def staging_lock_file(home: DataHome, staging: str) -> Path:
+    """The lock file of a staging folder (``.locks/features-staging-HASH.lock``), named after the folder, not
+    the spelling: a local folder by its real path (``/scratch/stage``, ``/scratch/stage/`` and a path through a
+    link to it are one folder), a URL without its trailing ``/``."""
+    return home.locks / f"features-staging-{hashlib.sha256(_staging_identity(staging).encode()).hexdigest()[:16]}.lock"
+
+
+def _staging_identity(staging: str) -> str:
+    return os.path.realpath(staging) if is_local(staging) else staging.rstrip("/")
+
+
 @contextlib.contextmanager
 def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on the day's lock file (and, for a ``staging`` folder that is not the
-    day's own, on one for that folder) for the stage's run, or raise :class:`DayAlreadyRunning` at once,
-    nothing read or written. The kernel drops a lock when its holder exits, killed or not, so a crash
-    never leaves the day locked. The files live in ``.locks/``, not in ``cache/``: deleting the disposable
-    cache while a run held one let a second run of the day create a new file and start beside it. A link,
-    a hard link, a non-file or a file of other content than a pid at a lock path is refused, untouched
+    """Hold an exclusive ``flock`` on the day's lock file and then on the lock file of the run's ``staging``
+    folder (default: the day's own under the home, ``HOME/.staging/features/dt=DAY``) for the stage's run, or
+    raise :class:`DayAlreadyRunning` at once, nothing read or written. Both, always: a run of one day given
+    another day's default folder as its staging setting would otherwise delete that day's staged files
+    (``reset_dir``). Always the day's first, without waiting, so two runs never wait on each other. The
+    kernel drops a lock when its holder exits, killed or not, so a crash never leaves the day locked. The
+    files live in ``.locks/``, not in ``cache/``: deleting the disposable cache while a run held one let a
+    second run of the day create a new file and start beside it. A link, a hard link, a non-file or a file
+    of other content than a pid at a lock path, or a link at ``.locks``, is refused, untouched
     (:mod:`formats.locks`)."""
-    paths = [(day_lock_file(home, day), f"the feature stage of {day}")]
-    if staging is not None:
-        digest = hashlib.sha256(staging.encode()).hexdigest()[:16]
-        paths.append((home.locks / f"features-staging-{digest}.lock",
-                      f"a feature stage using the staging folder {staging}"))
+    if staging is None:
+        staging = FeaturesConfig().staging_url(home.root, day)
+    folder = _staging_identity(staging)
+    paths = [(day_lock_file(home, day), f"the feature stage of {day}"),
+             (staging_lock_file(home, staging), f"a feature stage using the staging folder {folder}")]
     with contextlib.ExitStack() as stack:
         for path, what in paths:
             fd = open_lock_file(path, what)

@@ -15,7 +15,7 @@ from test_features_fixtures import fake_detector, png, write_day
 from dagster_project.build import build_lock
 from formats.home import DataHome
 from formats.locks import LockFileRefused
-from pipelines.features.config import FeaturesConfig
+from pipelines.features.config import STAGING_MARKER, FeaturesConfig
 from pipelines.features.stage import DayAlreadyRunning, build_features, day_lock_file, hold_day_lock
 from pipelines.splits import assign as splits_assign
 
@@ -97,3 +97,64 @@ def test_the_build_lock_is_never_written_through_a_link_or_into_another_file(tmp
     home.lock_file.write_text("12345")                      # a pid an older build left (no newline): replaced
     with build_lock(home):
         assert home.lock_file.read_text() == f"{os.getpid()}\n"
+
+
+def test_a_days_run_with_the_default_staging_folder_is_refused_while_another_day_stages_there(tmp_path):
+    """``build_features`` took only the day lock for the day's default staging folder, so a run of another day
+    given that folder as its staging setting (holding only a lock on that folder) ran beside it, and one run's
+    ``reset_dir`` deleted the other's staged files. Every run now takes its staging folder's lock too."""
+    home = _features_home(tmp_path)
+    staging = home.root / ".staging" / "features" / f"dt={DAY}"     # the other day's run, mid-Beam, stages here
+    staging.mkdir(parents=True)
+    (staging / STAGING_MARKER).touch()
+    (staging / "todo.parquet").write_bytes(b"being read by the other day's workers")
+    with hold_day_lock(home, "2023-03-02", str(staging)):
+        with pytest.raises(DayAlreadyRunning, match=f"using the staging folder {staging} is already running"):
+            build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+        assert (staging / "todo.parquet").read_bytes() == b"being read by the other day's workers"
+        assert not home.partition_file("image_features", DAY).exists()
+
+
+def test_one_staging_folder_reached_through_a_linked_folder_takes_one_lock(tmp_path):
+    """The staging lock is named after the folder (its real path), not after the spelling given."""
+    home = _features_home(tmp_path)
+    (tmp_path / "scratch").mkdir()
+    os.symlink(tmp_path / "scratch", tmp_path / "scratch-link")
+    with hold_day_lock(home, DAY, str(tmp_path / "scratch" / "stage")):
+        with pytest.raises(DayAlreadyRunning, match="using the staging folder"):
+            with hold_day_lock(home, "2023-03-02", str(tmp_path / "scratch-link" / "stage") + "//"):
+                pass
+        with hold_day_lock(home, "2023-03-02", str(tmp_path / "scratch" / "other")):   # another folder: runs
+            pass
+
+
+@pytest.mark.parametrize("there", ["a file", "a dangling link"])
+def test_something_else_than_a_folder_at_the_locks_folder_is_refused_untouched(tmp_path, there):
+    home = _features_home(tmp_path)
+    if there == "a file":
+        home.locks.write_text("notes\n")
+    else:
+        os.symlink(tmp_path / "nowhere", home.locks)
+    with pytest.raises(LockFileRefused, match=r"cannot lock the feature stage of 2023-03-01: .*\.locks: .*must be a "
+                                              r"real folder"):
+        build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
+    with pytest.raises(LockFileRefused, match=r"cannot lock the split ledger: .*\.locks"):
+        with splits_assign.hold_ledger_lock(home):
+            pass
+    assert not (tmp_path / "nowhere").exists()
+    if there == "a file":
+        assert home.locks.read_text() == "notes\n"
+    else:
+        assert os.readlink(home.locks) == str(tmp_path / "nowhere")
+    assert not home.partition_file("image_features", DAY).exists()
+
+
+def test_a_home_that_is_a_symbolic_link_keeps_its_locks(tmp_path):
+    """A home symlinked to another disk is not refused: only ``.locks`` itself must be a real folder."""
+    disk = tmp_path / "disk" / "home"
+    disk.mkdir(parents=True)
+    home = DataHome(tmp_path / "home")
+    os.symlink(disk, home.root)
+    with build_lock(home), hold_day_lock(home, DAY), splits_assign.hold_ledger_lock(home):
+        assert (disk / ".build.lock").read_text() == f"{os.getpid()}\n"
+        assert (disk / ".locks" / f"features-dt={DAY}.lock").read_text() == f"{os.getpid()}\n"

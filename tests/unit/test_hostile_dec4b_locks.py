@@ -18,15 +18,14 @@ DAY, OTHER_DAY = "2023-03-01", "2023-03-02"
 
 
 def _lock_args(home: DataHome, day: str, config: FeaturesConfig) -> tuple:
-    """What ``build_features`` passes to ``hold_day_lock`` (stage.py: ``staging if config.staging else None``),
-    after the same ``validate`` it runs first."""
+    """What ``build_features`` passed to ``hold_day_lock`` at 691940a (stage.py: ``staging if config.staging else
+    None``), after the same ``validate`` it runs first. It now passes ``staging`` always; ``None`` still means the
+    day's default folder under the home."""
     config.validate(home.root)
     staging = config.staging_url(home.root, day)
     return home, day, staging if config.staging else None
 
 
-@pytest.mark.xfail(strict=True, reason="the staging lock is keyed on the staging string as given, not on the folder: "
-                                       "two spellings of one folder take two locks")
 @pytest.mark.parametrize("spelling", ["trailing slash", "the day's default staging"])
 def test_two_feature_runs_sharing_one_staging_folder_exclude_each_other(tmp_path, spelling):
     """Two feature runs of different days on one home that stage into the same folder must not run together:
@@ -54,8 +53,6 @@ def test_two_feature_runs_sharing_one_staging_folder_exclude_each_other(tmp_path
                 pass
 
 
-@pytest.mark.xfail(strict=True, reason="open_lock_file follows a symbolic link at HOME/.locks and creates lock files "
-                                       "wherever it points")
 @pytest.mark.parametrize("lock", ["split ledger", "feature day"])
 def test_a_locks_folder_that_is_a_symbolic_link_is_refused(tmp_path, lock):
     """``open_lock_file`` refuses a link at the lock file's own path (``O_NOFOLLOW``) but ``mkdir(exist_ok=True)``
