@@ -1,6 +1,6 @@
 """Second hostile review of December 4, 2026: the home's lock files (``formats.locks``, ``HOME/.locks/``, 352fa2a).
 
-Each test reproduces a defect of main at 691940a and is marked ``xfail(strict=True)`` until it is fixed.
+Each test reproduced a defect of main at 691940a (marked ``xfail(strict=True)`` until it was fixed the same day).
 """
 from __future__ import annotations
 
