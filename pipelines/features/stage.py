@@ -71,6 +71,10 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     staging = config.staging_url(home.root, day)
     if not config.staging:       # a staging folder from the settings was checked by validate; the default here
         check_staging(staging, base, home.root)
+    if is_local(staging):
+        # resolved once: the lock and every later use name this folder, even if a link on its path moves
+        # while the run goes on (another run could then lock the folder the link names now)
+        staging = os.path.realpath(staging)
     # one feature stage per day at a time, and per staging folder (the day's default one too: another day's
     # run may be given it as its staging setting)
     with hold_day_lock(home, day, staging):
@@ -158,10 +162,19 @@ def day_lock_file(home: DataHome, day: str) -> Path:
 
 
 def staging_lock_file(home: DataHome, staging: str) -> Path:
-    """The lock file of a staging folder (``.locks/features-staging-HASH.lock``), named after the folder, not
-    the spelling: a local folder by its real path (``/scratch/stage``, ``/scratch/stage/`` and a path through a
-    link to it are one folder), a URL without its trailing ``/``."""
-    return home.locks / f"features-staging-{hashlib.sha256(_staging_identity(staging).encode()).hexdigest()[:16]}.lock"
+    """The lock file of a staging folder, named after the folder, not the spelling.
+
+    A local folder's lock lies beside it, ``.<name>.lock`` in the real folder that holds it (``/scratch/stage``,
+    ``/scratch/stage/`` and a path through a link to it are one folder): every data home that stages there
+    sees it, also two homes with one blob base (whose default staging folders are one) or one staging setting.
+    Not inside it: the run empties and deletes its staging folder. A URL's lock (a bucket cannot be locked)
+    is the home's ``.locks/features-staging-HASH.lock`` of the URL without its trailing ``/``: two homes must
+    not share a URL staging folder."""
+    folder = _staging_identity(staging)
+    if is_local(staging):
+        real = Path(folder)
+        return real.parent / f".{real.name}.lock"
+    return home.locks / f"features-staging-{hashlib.sha256(folder.encode()).hexdigest()[:16]}.lock"
 
 
 def _staging_identity(staging: str) -> str:
@@ -187,6 +200,8 @@ def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Itera
              (staging_lock_file(home, staging), f"a feature stage using the staging folder {folder}")]
     with contextlib.ExitStack() as stack:
         for path, what in paths:
+            if not path.is_relative_to(home.locks):
+                path.parent.mkdir(parents=True, exist_ok=True)   # a staging folder's parent (real: no link)
             fd = open_lock_file(path, what)
             stack.callback(os.close, fd)   # closing releases the lock
             try:

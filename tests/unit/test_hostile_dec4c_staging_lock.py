@@ -1,8 +1,8 @@
 """Third hostile review of December 4, 2026: the feature stage's staging lock (b84e2b0, merged as ab8bc27).
 
 The staging lock is named after the folder's real path when it is taken, in ``HOME/.locks``. Each test
-reproduces a way two runs still stage into one local folder under two different locks (marked
-``xfail(strict=True)`` until fixed).
+reproduced a way two runs still staged into one local folder under two different locks (marked
+``xfail(strict=True)`` until it was fixed the same day).
 """
 from __future__ import annotations
 
@@ -37,8 +37,6 @@ def _mid_beam(staging) -> None:
     (staging / "todo.parquet").write_bytes(THEIRS)
 
 
-@pytest.mark.xfail(strict=True, reason="staging locks live in each home's .locks, but a staging folder can be "
-                                       "shared by two homes: the default one per blob base, or one --staging")
 @pytest.mark.parametrize("shared", ["the blob base's default staging folder", "one --staging folder"])
 def test_two_homes_do_not_stage_one_day_in_one_folder(tmp_path, shared):
     """Two data homes, each run's locks in its own ``HOME/.locks``, so neither sees the other's:
@@ -75,8 +73,6 @@ def test_two_homes_do_not_stage_one_day_in_one_folder(tmp_path, shared):
         assert survived, "the second home's run deleted the first home's staged todo.parquet"
 
 
-@pytest.mark.xfail(strict=True, reason="the staging lock is named after the folder's real path once, but the run "
-                                       "re-resolves its staging path (through links) on every use")
 def test_a_run_keeps_staging_in_the_folder_it_locked_when_a_link_on_its_path_moves(tmp_path, monkeypatch):
     """``--staging /scratch/current/stage`` where ``current`` is a link an operator (or a rotation job) moves
     from ``a`` to ``b``. The run locks ``a/stage`` (the real path when it starts), but every later use of its
