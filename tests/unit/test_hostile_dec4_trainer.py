@@ -7,16 +7,13 @@ day's code (marked ``xfail(strict=True)`` until it was fixed the same day).
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
-from test_publish_fixtures import make_home
+from test_publish_fixtures import copy_version, published_home
 
 from formats import dataset
 from formats.home import DataHome
-from pipelines.publish.config import PublishConfig
-from pipelines.publish.version import publish_dataset
 from training.config import TrainConfig
 from training.data import ShardChecksumError, _caption, check_split, iter_captions, split_shards, tar_samples
 from training.evaluate import evaluate_model
@@ -26,18 +23,7 @@ from training.train import train
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    home = make_home(tmp_path_factory.mktemp("hostile_dec4") / "home", num_rankings=80, seed=3)
-    publish_dataset(home, PublishConfig(workers=1, fsync=False))
-    return home
-
-
-def _copy(published: DataHome, root: Path) -> Path:
-    """A copy of the published version, laid out as a home's version, that a test may damage."""
-    version = dataset.resolve_version(published)
-    target = root / "datasets" / "pickapic" / version.name
-    shutil.copytree(version, target)
-    dataset.switch_latest(target.parent, version.name, fsync=False)
-    return target
+    return published_home(tmp_path_factory.mktemp("hostile_dec4") / "home")
 
 
 @pytest.mark.parametrize("also_delete_the_shard", [False, True])
@@ -45,7 +31,7 @@ def test_a_shard_hidden_by_an_edited_sizes_json_is_refused(published, tmp_path, 
     """The manifest lists every shard and ``sizes.json`` with its sha256, but ``split_shards`` keeps only the
     shards ``sizes.json`` names and ``check_split`` only checks the shards it keeps: edit ``sizes.json`` and a
     shard (say the test_unique shard holding the pairs the model gets wrong) silently leaves the run."""
-    version = _copy(published, tmp_path / "home")
+    version = copy_version(published, tmp_path / "home")
     split = "test_unique"
     shards = split_shards(version, split)
     assert len(shards) >= 2
@@ -69,7 +55,7 @@ def test_the_caption_pass_verifies_the_shard_it_stops_in(published, tmp_path):
     """``iter_captions(..., limit)`` feeds ``build_model``'s BPE tokenizer (saved in init/ and best/); with
     ``tokenizer_max_captions`` below the first shard's samples it stops inside that shard, so a changed
     caption there trains the tokenizer and no ``ShardChecksumError`` is ever raised."""
-    version = _copy(published, tmp_path / "home")
+    version = copy_version(published, tmp_path / "home")
     shard = split_shards(version, "train")[0]
     first = next(tar_samples([{"url": str(shard)}]))           # the shard's first sample, read unchecked
     field = "txt" if "txt" in first else "json"
@@ -110,7 +96,7 @@ def test_evaluating_a_run_started_from_a_relative_checkpoint(published, tmp_path
     """A run fine-tuned from a local checkpoint given relative to the working directory (``--init-from
     base/best``), written outside the home: ``evaluate_model`` (with its untrained baseline) loads the
     checkpoint from ``HOME/base/best`` instead of ``./base/best``."""
-    version = _copy(published, tmp_path / "home")
+    version = copy_version(published, tmp_path / "home")
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)

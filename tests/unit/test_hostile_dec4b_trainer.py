@@ -6,17 +6,14 @@ reproduces a defect of main at 691940a and was marked ``xfail(strict=True)`` unt
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from test_publish_fixtures import make_home
+from test_publish_fixtures import copy_version, published_home
 
 from formats import dataset
 from formats.home import DataHome
-from pipelines.publish.config import PublishConfig
-from pipelines.publish.version import publish_dataset
 from training.data import ShardChecksumError, split_shards, tar_samples
 from training.synthetic import tiny_config
 from training.train import STATE_FILE, train
@@ -24,18 +21,7 @@ from training.train import STATE_FILE, train
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    home = make_home(tmp_path_factory.mktemp("hostile_dec4b") / "home", num_rankings=80, seed=3)
-    publish_dataset(home, PublishConfig(workers=1, fsync=False))
-    return home
-
-
-def _copy(published: DataHome, home: Path) -> Path:
-    """A copy of the published version inside ``home`` (``datasets/pickapic/<version>``) a test may damage."""
-    version = dataset.resolve_version(published)
-    target = home / "datasets" / "pickapic" / version.name
-    shutil.copytree(version, target)
-    dataset.switch_latest(target.parent, version.name, fsync=False)
-    return target
+    return published_home(tmp_path_factory.mktemp("hostile_dec4b") / "home")
 
 
 def _change_last_caption(shard: Path) -> None:
@@ -66,7 +52,7 @@ def test_a_resume_that_ends_at_its_checkpoint_still_verifies_the_shard_it_stoppe
     its ``verify_shards`` call, evaluates and writes ``metrics.json``: the finished run's model was trained on
     samples of a shard that no check ever passed. The same run with ``max_steps=2`` from the start raises
     ``ShardChecksumError`` (test_training_checksums)."""
-    version = _copy(published, tmp_path / "home")
+    version = copy_version(published, tmp_path / "home")
     base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1, num_workers=0))
     for shard in split_shards(version, "train"):       # no caption pass: the run starts from a checkpoint
         _change_last_caption(shard)

@@ -5,11 +5,13 @@ import datetime as dt
 import hashlib
 import io
 import random
+import shutil
 from pathlib import Path
 
 import pyarrow as pa
 from PIL import Image
 
+from formats import dataset
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from schemas import get_schema
@@ -89,6 +91,26 @@ def make_home(root: Path, num_rankings: int = 120, seed: int = 0, days: int = 2)
     _write_side_tables(home, images, days)
     return home
 
+
+
+def published_home(root: Path) -> DataHome:
+    """A seeded home (80 rankings) with one published version: what the trainer's checksum tests damage copies of."""
+    from pipelines.publish.config import PublishConfig
+    from pipelines.publish.version import publish_dataset
+
+    home = make_home(root, num_rankings=80, seed=3)
+    publish_dataset(home, PublishConfig(workers=1, fsync=False))
+    return home
+
+
+def copy_version(published: DataHome, home_root: Path) -> Path:
+    """A copy of ``published``'s current version at ``home_root/datasets/pickapic/<version>`` (with its
+    ``latest``), that a test may damage: its own files, never the fixture's."""
+    version = dataset.resolve_version(published)
+    target = home_root / "datasets" / "pickapic" / version.name
+    shutil.copytree(version, target)
+    dataset.switch_latest(target.parent, version.name, fsync=False)
+    return target
 
 def write_split_pairs(home: DataHome, table: pa.Table) -> pa.Table:
     """Write ``table`` as split_pairs with ``num_example_per_prompt`` recounted per (split, prompt_key)."""

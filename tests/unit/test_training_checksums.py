@@ -7,18 +7,15 @@ shard, the version and what to do, also when the shard is read in a loader worke
 from __future__ import annotations
 
 import json
-import shutil
 from itertools import islice
 from pathlib import Path
 
 import pytest
 import torch
-from test_publish_fixtures import make_home
+from test_publish_fixtures import copy_version, published_home
 
 from formats import dataset
 from formats.home import DataHome
-from pipelines.publish.config import PublishConfig
-from pipelines.publish.version import publish_dataset
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -41,18 +38,7 @@ from training.train import STATE_FILE, train
 
 @pytest.fixture(scope="module")
 def published(tmp_path_factory: pytest.TempPathFactory) -> DataHome:
-    home = make_home(tmp_path_factory.mktemp("checksums") / "home", num_rankings=80, seed=3)
-    publish_dataset(home, PublishConfig(workers=1, fsync=False))
-    return home
-
-
-def _copy(published: DataHome, tmp_path: Path) -> Path:
-    """A copy of the published version a test may damage (its own files, never the fixture's)."""
-    version = dataset.resolve_version(published)
-    target = tmp_path / "home" / "datasets" / "pickapic" / version.name
-    shutil.copytree(version, target)
-    dataset.switch_latest(target.parent, version.name, fsync=False)
-    return target
+    return published_home(tmp_path_factory.mktemp("checksums") / "home")
 
 
 def _flip_caption_byte(shard: Path) -> None:
@@ -71,7 +57,7 @@ def _error(version: Path, shard: Path) -> str:
 
 
 def test_an_intact_published_version_trains_and_evaluates(published, tmp_path):
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     result = train(tiny_config(version.parent / "latest", tmp_path / "run", max_steps=3, eval_every=3,
                                num_workers=1))
     assert result.steps == 3 and 0 <= result.test.test_accuracy <= 1
@@ -82,7 +68,7 @@ def test_an_intact_published_version_trains_and_evaluates(published, tmp_path):
 def test_a_changed_byte_in_a_shard_stops_the_run(published, tmp_path, split):
     """train: read by the tokenizer's caption pass and the train stream; validation_unique: the step-0
     evaluation, in a loader worker process; test_unique: the final evaluation."""
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     shard = split_shards(version, split)[1]
     _flip_caption_byte(shard)
     events = []
@@ -95,7 +81,7 @@ def test_a_changed_byte_in_a_shard_stops_the_run(published, tmp_path, split):
 
 def test_the_train_stream_checks_shards_in_resampled_workers(published, tmp_path):
     """An endless resampled stream in a loader worker process: the error reaches the trainer, no hang."""
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     shards = split_shards(version, "train")
     _flip_caption_byte(shards[0])
     collate = PairCollator(train_tokenizer(["a painting of a cat", "a robot"], 600), 77)
@@ -107,7 +93,7 @@ def test_the_train_stream_checks_shards_in_resampled_workers(published, tmp_path
 
 
 def test_evaluating_a_model_reads_only_checked_shards(published, tmp_path):
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     result = train(tiny_config(version, tmp_path / "run", max_steps=2, eval_every=2))
     shard = split_shards(version, "test_unique")[0]
     _flip_caption_byte(shard)
@@ -116,7 +102,7 @@ def test_evaluating_a_model_reads_only_checked_shards(published, tmp_path):
 
 
 def test_a_shard_the_manifest_does_not_list_or_sizes_differently_is_refused_before_training(published, tmp_path):
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     shard = split_shards(version, "validation_unique")[0]
     rel = f"validation_unique/{shard.name}"
     manifest_path = version / dataset.MANIFEST_FILE
@@ -145,7 +131,7 @@ def test_a_sizes_json_that_differs_from_the_manifest_is_refused_by_every_reader(
     """``sizes.json`` decides each shard's expected count and the resampled weights: it is read only with the
     sha256 its manifest records. Even a change no count check notices (the same counts, reformatted) is
     refused, by the up-front check, the shard listing, the sizing helpers and an evaluation alike."""
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     split = "train"
     sizes_path = version / split / dataset.SIZES_FILE
     if edit == "reformatted":
@@ -193,7 +179,7 @@ def test_a_run_that_stops_inside_a_damaged_shard_fails_before_its_final_checkpoi
     reads a few); the changed caption at that shard's end was never checked by the reader. The trainer
     hashes, before its final checkpoint, each shard its loader workers were inside (named by their
     batches): the run fails, and is not recorded as finished (a rerun would not silently skip the check)."""
-    version = _copy(published, tmp_path)
+    version = copy_version(published, tmp_path / "home")
     base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1, num_workers=0))
     for shard in split_shards(version, "train"):       # no caption pass: the run starts from a checkpoint
         _change_last_caption(shard)
