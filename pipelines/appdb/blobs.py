@@ -77,6 +77,17 @@ def _open_local(store: str, name: str) -> BinaryIO:
     return source
 
 
+def _open_local_or_outcome(store: str, name: str) -> BinaryIO | str:
+    """:func:`_open_local`, or the outcome to count when there is nothing to read: 'missing' (gone since it
+    was sized) or 'not_a_file_in_store'."""
+    try:
+        return _open_local(store, name)
+    except FileNotFoundError:
+        return "missing"
+    except NotAFile:
+        return "not_a_file_in_store"
+
+
 def _read_full(handle: BinaryIO, size: int) -> bytes:
     """Up to ``size`` bytes, fewer only at the end (a stream may return less than asked before it)."""
     parts, left = [], size
@@ -109,12 +120,9 @@ def _matches_copy(store: str, name: str, target: Path) -> str:
                 if _url_gone(store, name):
                     return "missing"
                 raise
-        try:
-            source = _open_local(store, name)
-        except FileNotFoundError:
-            return "missing"
-        except NotAFile:
-            return "not_a_file_in_store"
+        source = _open_local_or_outcome(store, name)
+        if isinstance(source, str):
+            return source
         with source:
             return "present" if _same_bytes(source, copy) else "differs_in_store"
 
@@ -135,12 +143,9 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
         return _matches_copy(store, name, target) if info.st_size == size else "differs_in_store"
     if _is_local(store):
-        try:
-            source = _open_local(store, name)
-        except FileNotFoundError:
-            return "missing"
-        except NotAFile:
-            return "not_a_file_in_store"
+        source = _open_local_or_outcome(store, name)
+        if isinstance(source, str):
+            return source
         with source:
             info = os.fstat(source.fileno())
             with atomic_path(target) as tmp, open(tmp, "wb") as out:
