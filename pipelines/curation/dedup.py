@@ -284,13 +284,7 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
 def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, DedupReport]:
     """Cluster the ``image_features`` view of ``con``; returns the duplicate_clusters table and counts."""
     started = time.perf_counter()
-    hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask})
-    con.register("hashes", hashes)
-    bands = band_table(config)
-    con.register("bands", bands)
-    cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * hashes.num_rows))
-    giant = run_sql(con, "dedup_band_buckets", {"cap": cap})
-    con.register("giant_buckets", giant)
+    hashes, bands, giant = register_band_inputs(con, config)
     near = near_links(run_sql(con, "dedup_nodes"), bands, giant, config.k)
     exact = run_sql(con, "dedup_exact_edges")
     edges = pa.concat_tables([near, exact.select(["r0", "r1"])])
@@ -301,6 +295,19 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     report = _report(con, clusters, hashes.num_rows, exact, near, giant, config)
     report.seconds = time.perf_counter() - started
     return clusters, report
+
+
+def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
+    """Compute and register in ``con`` what the near-duplicate search reads: the images' hashes
+    (``hashes``), the bands (``bands``) and the buckets over the cap (``giant_buckets``); returns the three."""
+    hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask})
+    con.register("hashes", hashes)
+    bands = band_table(config)
+    con.register("bands", bands)
+    cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * hashes.num_rows))
+    giant = run_sql(con, "dedup_band_buckets", {"cap": cap})
+    con.register("giant_buckets", giant)
+    return hashes, bands, giant
 
 
 def component_labels(r0: np.ndarray, r1: np.ndarray) -> pa.Table:

@@ -7,7 +7,7 @@ import numpy as np
 import pyarrow as pa
 
 from formats.files import cast_to_schema
-from pipelines.curation.dedup import band_table, component_labels
+from pipelines.curation.dedup import component_labels, register_band_inputs
 from pipelines.sqlrun import run_sql
 from schemas import get_schema
 
@@ -69,14 +69,9 @@ def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -
 
 def reference_clusters(con, config) -> tuple[pa.Table, pa.Table]:
     """(duplicate_clusters, verified near pairs) of the ``image_features`` view of ``con``, built with
-    ``near_candidates`` (the former ``cluster_features``)."""
-    hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask})
-    con.register("hashes", hashes)
-    bands = band_table(config)
-    con.register("bands", bands)
-    cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * hashes.num_rows))
-    giant = run_sql(con, "dedup_band_buckets", {"cap": cap})
-    con.register("giant_buckets", giant)
+    ``near_candidates`` (the former ``cluster_features``; the inputs it reads are computed as the build
+    computes them, by ``register_band_inputs``)."""
+    _, bands, giant = register_band_inputs(con, config)
     near = near_candidates(run_sql(con, "dedup_nodes"), bands, giant, config.k)
     exact = run_sql(con, "dedup_exact_edges")
     edges = pa.concat_tables([near.select(["r0", "r1"]), exact.select(["r0", "r1"])])
