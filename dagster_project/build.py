@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import errno
-import fcntl
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +21,7 @@ from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_bu
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
-from formats.locks import lock_holder, open_lock_file, record_holder
+from formats.locks import hold_lock
 from formats.progress import Progress
 from formats.settings import SETTINGS_FILE, Settings, load
 
@@ -56,20 +54,13 @@ def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
     ``.build.lock`` is opened without following a link and holds only a pid: a link, a hard link or a file
     of other content there is refused, untouched (:mod:`formats.locks`). Its folder is the home root, which
     may be a link (a home on another disk), unlike the stages' ``.locks/``."""
-    what = f"the data home {home.root}"
-    fd = open_lock_file(home.lock_file, what, linked_folder=True)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            raise BuildError(f"another build is running on {home.root} (pid {lock_holder(fd)}, lock "
-                             f"{home.lock_file}); wait for it to finish or pass --wait") from None
-        record_holder(fd, home.lock_file, what)
+    def busy(holder: str) -> None:
+        if not wait:
+            raise BuildError(f"another build is running on {home.root} (pid {holder}, lock {home.lock_file}); "
+                             "wait for it to finish or pass --wait")
+
+    with hold_lock(home.lock_file, f"the data home {home.root}", busy, linked_folder=True):
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def use_home(home: DataHome) -> Path:

@@ -13,10 +13,13 @@ program's pid file at the lock path would otherwise be truncated and get our pid
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import os
 import re
 import stat
 from pathlib import Path
+from typing import Callable, Iterator
 
 
 class LockFileRefused(ValueError):
@@ -89,3 +92,27 @@ def record_holder(fd: int, path: Path, what: str) -> None:
                               "writes its pid there); move it away")
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_folder: bool = False) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on the lock file ``path`` (:func:`open_lock_file`) for the ``with`` block,
+    its holder's pid recorded in it. When another process holds it, ``on_busy(holder_pid)`` decides: it
+    raises to refuse, or returns to wait for the lock. Closing the file at the end releases the lock (the
+    kernel also drops it when the holder dies, killed or not)."""
+    fd = open_lock_file(path, what, linked_folder=linked_folder)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            busy = False
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            busy = True
+        if busy:                 # outside the except: a refusal carries no BlockingIOError context
+            on_busy(lock_holder(fd))
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        record_holder(fd, path, what)
+        yield
+    finally:
+        os.close(fd)

@@ -8,7 +8,6 @@ touches the warehouse; the workers see the blob base and the staging folder.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import time
@@ -26,7 +25,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import lock_holder, open_lock_file, record_holder
+from formats.locks import hold_lock
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features.blobs import is_local, join_url
@@ -200,18 +199,12 @@ def hold_day_lock(home: DataHome, day: str, staging: str | None = None) -> Itera
              (staging_lock_file(home, staging), f"a feature stage using the staging folder {folder}")]
     with contextlib.ExitStack() as stack:
         for path, what in paths:
-            if not path.is_relative_to(home.locks):
-                path.parent.mkdir(parents=True, exist_ok=True)   # a staging folder's parent (real: no link)
-            fd = open_lock_file(path, what)
-            stack.callback(os.close, fd)   # closing releases the lock
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            def refuse(holder: str, path: Path = path, what: str = what) -> None:
                 raise DayAlreadyRunning(
-                    f"{what} is already running (pid {lock_holder(fd)} holds {path}); this run's feature stage "
-                    "changed nothing: materialize the day again once that run has finished, if it is still "
-                    "stale") from None
-            record_holder(fd, path, what)
+                    f"{what} is already running (pid {holder} holds {path}); this run's feature stage changed "
+                    "nothing: materialize the day again once that run has finished, if it is still stale")
+
+            stack.enter_context(hold_lock(path, what, refuse))
         yield
 
 

@@ -52,11 +52,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
-import os
 import re
 import sys
 import time
@@ -73,7 +71,7 @@ import regex
 from formats.dataset import SPLITS
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import lock_holder, open_lock_file, record_holder
+from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
@@ -430,21 +428,17 @@ def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -
     content at its path is refused, untouched (:mod:`formats.locks`)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     path = ledger_lock_file(home)
-    what = "the split ledger"
-    fd = open_lock_file(path, what)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"waiting for another splits build on this home (pid {lock_holder(fd)} holds {path}); this one "
-                "reads the split ledger once that one has written it")
-            started = time.monotonic()
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            log(f"split ledger lock taken after {time.monotonic() - started:.1f} s of waiting")
-        record_holder(fd, path, what)
+    waiting_since: list[float] = []
+
+    def busy(holder: str) -> None:
+        log(f"waiting for another splits build on this home (pid {holder} holds {path}); this one reads the split "
+            "ledger once that one has written it")
+        waiting_since.append(time.monotonic())
+
+    with hold_lock(path, "the split ledger", busy):
+        if waiting_since:
+            log(f"split ledger lock taken after {time.monotonic() - waiting_since[0]:.1f} s of waiting")
         yield
-    finally:
-        os.close(fd)  # closing releases the lock
 
 
 def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
