@@ -2,14 +2,16 @@
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import shutil
+import sys
+import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from formats.dataset import fsync_dir, latest_link, list_versions
 from formats.home import DataHome
+from formats.locks import hold_lock
 
 
 def apply_retention(home: DataHome, keep: int) -> list[str]:
@@ -26,15 +28,33 @@ def apply_retention(home: DataHome, keep: int) -> list[str]:
 
 
 
+def publish_lock_file(home: DataHome) -> Path:
+    """The lock file of the home's publish stage (``.locks/publish.lock``)."""
+    return home.locks / "publish.lock"
+
+
 @contextlib.contextmanager
-def publish_lock(home: DataHome) -> Iterator[None]:
-    """One publish at a time per data home; a second one waits for the first."""
-    with open(home.datasets / ".publish.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def publish_lock(home: DataHome, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """One publish at a time per data home; a second one says so through ``log`` (default stderr) and waits
+    for the first.
+
+    The lock file is ``HOME/.locks/publish.lock`` (:mod:`formats.locks`): opened without following a link and
+    never written unless it holds nothing but a pid, so a link, a hard link, a FIFO or another program's file
+    at its path is refused, untouched. It was ``datasets/pickapic/.publish.lock`` until December 2026, opened
+    by ``open(..., "a+")``, which followed a symbolic link planted there and created the file it pointed to,
+    wherever that was, and sat among the published versions that consumers sync."""
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    path = publish_lock_file(home)
+    waiting_since: list[float] = []
+
+    def busy(holder: str) -> None:
+        log(f"waiting for another publish on this home (pid {holder} holds {path})")
+        waiting_since.append(time.monotonic())
+
+    with hold_lock(path, "the publish stage", busy):
+        if waiting_since:
+            log(f"publish lock taken after {time.monotonic() - waiting_since[0]:.1f} s of waiting")
+        yield
 
 
 def fsync_tree(root: Path, enabled: bool) -> None:

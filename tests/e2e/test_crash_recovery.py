@@ -148,8 +148,7 @@ def hidden_leftovers(home: DataHome) -> list[str]:
     found = []
     for top in (home.warehouse, home.blobs, home.datasets):
         if top.is_dir():
-            found += [p.relative_to(home.root).as_posix() for p in top.rglob(".*")
-                      if p.name not in (".publish.lock",)]
+            found += [p.relative_to(home.root).as_posix() for p in top.rglob(".*")]
     return sorted(found)
 
 

@@ -158,3 +158,63 @@ def test_a_home_that_is_a_symbolic_link_keeps_its_locks(tmp_path):
     with build_lock(home), hold_day_lock(home, DAY), splits_assign.hold_ledger_lock(home):
         assert (disk / ".build.lock").read_text() == f"{os.getpid()}\n"
         assert (disk / ".locks" / f"features-dt={DAY}.lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_the_publish_lock_never_creates_a_file_through_a_link(tmp_path):
+    """The publish lock was ``datasets/pickapic/.publish.lock``, opened with ``open(.., "a+")``: a symbolic link
+    planted there made every publish create the file it pointed to, outside the home. It is now
+    ``.locks/publish.lock``, opened without following links; a link at that path is refused and its target is
+    never created."""
+    from pipelines.publish.versions import publish_lock, publish_lock_file
+
+    home = DataHome(tmp_path / "home")
+    home.datasets.mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside / "old-victim", home.datasets / ".publish.lock")   # the old path: no longer opened
+    with publish_lock(home):
+        assert publish_lock_file(home).read_text() == f"{os.getpid()}\n"
+    assert list(outside.iterdir()) == []
+    assert publish_lock_file(home).parent == home.locks
+    publish_lock_file(home).unlink()
+    os.symlink(outside / "victim", publish_lock_file(home))
+    with pytest.raises(LockFileRefused, match="cannot lock the publish stage: .*symbolic link"):
+        with publish_lock(home):
+            pass
+    assert list(outside.iterdir()) == []
+
+
+def test_a_second_publish_waits_for_the_first_and_says_so(tmp_path):
+    """Two processes: the second publish lock is granted only when the first holder exits, and the waiter
+    names the holder's pid."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    from pipelines.publish.versions import publish_lock, publish_lock_file
+
+    home = DataHome(tmp_path / "home")
+    held, done = tmp_path / "held", tmp_path / "done"
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import pathlib, time
+        from formats.home import DataHome
+        from pipelines.publish.versions import publish_lock
+        with publish_lock(DataHome(pathlib.Path({str(home.root)!r}))):
+            pathlib.Path({str(held)!r}).touch()
+            time.sleep(1.5)
+            pathlib.Path({str(done)!r}).touch()       # the last thing it does while holding the lock
+        """)], cwd=os.getcwd())
+    try:
+        deadline = time.monotonic() + 60
+        while not held.exists():
+            assert holder.poll() is None and time.monotonic() < deadline, "the first publisher never took the lock"
+            time.sleep(0.02)
+        said: list[str] = []
+        with publish_lock(home, log=said.append):
+            assert done.exists()                        # granted only once the holder let go
+            assert publish_lock_file(home).read_text() == f"{os.getpid()}\n"
+    finally:
+        holder.wait(timeout=60)
+    assert said[0] == f"waiting for another publish on this home (pid {holder.pid} holds {publish_lock_file(home)})"
+    assert said[1].startswith("publish lock taken after ")
