@@ -511,9 +511,10 @@ class TrainPairStream(torch.utils.data.IterableDataset):
     decoding, so a resumed run sees exactly the batches an uninterrupted one would have.
 
     Each batch also names the loader ``worker`` that made it and the shard that worker was inside
-    (``inside_shard``: started, not yet verified; None between shards). A consumer that stops (the trainer
-    at ``max_steps``) verifies, with :func:`verify_shards`, the ``inside_shard`` of the last batch it took
-    from each worker: the only shards its batches drew samples from that no check has passed yet.
+    (``inside_shard``: started, not yet verified; None between shards). A consumer that reports or keeps
+    what it trained on (the trainer, before each evaluation and checkpoint) verifies, with
+    :func:`verify_shards`, the ``inside_shard`` of the last batch it took from each worker: the only shards
+    its batches drew samples from that no check has passed yet.
     """
 
     def __init__(self, shards: list[Path], batch_size: int, collate: PairCollator, spec: ImageSpec, *, seed: int,

@@ -38,6 +38,7 @@ from training.config import RESUMABLE_FIELDS, TrainConfig, from_home, home_relat
 from training.data import (
     ImageSpec,
     PairCollator,
+    ShardChecksumError,
     TrainPairStream,
     check_split,
     iter_captions,
@@ -432,14 +433,40 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         return _validation_entry(step, scores)
 
     inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
+    train_digests: dict[str, str] = {}
 
-    def checkpoint(improved: bool) -> None:
-        # every rank's unverified shards, for a resume to verify (_verify_open_shards): "train/<name>"
+    def verify_trained() -> list[str]:
+        """Hash whole the train shards every rank's workers are inside (named by the last batch taken from each:
+        started, not read to their end, so not verified), split over the ranks, and fail every rank with the
+        checksum error if one is damaged. Every other shard the steps so far drew samples from passed its
+        check, or its error would have come before the batch; so after this no step trained so far came from
+        unverified bytes, and an evaluation or checkpoint may report or keep them. Returns the shards
+        (``train/<name>``, the checkpoint's ``open_shards``)."""
         opened = sorted({f"{Path(url).parent.name}/{Path(url).name}" for url in inside.values() if url})
         if world > 1:
             gathered: list[Any] = [None] * world
             dist.all_gather_object(gathered, opened)
             opened = sorted({rel for part in gathered for rel in part})
+        if not opened:
+            return opened
+        if not train_digests:
+            train_digests.update(shard_digests(split_shards(data_dir, "train")))
+        failed = None
+        try:
+            verify_shards([str(data_dir / rel) for rel in opened[rank::world]], train_digests)
+        except ShardChecksumError as err:
+            failed = str(err)
+        if world > 1:   # every rank learns of a damaged shard another rank hashed: none saves or goes on
+            failures: list[Any] = [None] * world
+            dist.all_gather_object(failures, failed)
+            failed = next((f for f in failures if f is not None), None)
+        if failed is not None:
+            raise ShardChecksumError(failed)
+        return opened
+
+    def checkpoint(improved: bool, opened: list[str]) -> None:
+        # opened: every rank's shards verify_trained just hashed; a resume hashes them again
+        # (_verify_open_shards: the state may come from a trainer that did not, or the file changed since)
         if rank == 0:
             if improved:
                 _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config, home), out)
@@ -458,6 +485,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
 
     def record_eval() -> None:
         nonlocal best
+        # before anything reports or keeps the steps trained so far: a damaged shard fails the run here, and
+        # checkpoints/last/ and best/ keep the previous checkpoint's steps, all of them verified
+        opened = verify_trained()
         entry = validate()
         improved = False
         if rank == 0:
@@ -466,7 +496,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             if improved:
                 best = {"step": step, "val_accuracy": entry["val_accuracy"]}
             emit({"event": "eval", **entry})
-        checkpoint(improved)
+        checkpoint(improved, opened)
 
     if step == 0 and state is None:
         record_eval()  # step 0 = the untrained model on validation_unique
@@ -515,12 +545,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                     history.append(entry)
                 emit({"event": "train", **entry})
                 running, running_n = 0.0, 0
-            if step >= config.max_steps:
-                # the shards the workers were inside have not been verified: hash them whole now, before the
-                # final checkpoint, so a run that stops here is not resumed as finished
-                verify_shards([url for url in inside.values() if url], stream.digests)
             if step % config.eval_every == 0 or step == config.max_steps:
-                record_eval()
+                record_eval()   # verifies first: a run that stops here is not resumed as finished
             if step >= config.max_steps:
                 break
     loop_s = time.perf_counter() - loop_started

@@ -6,11 +6,20 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file
 
 from training.config import TrainConfig
+from training.data import tar_samples
 from training.synthetic import write_synthetic_version
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _torchrun(version: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "training", "--data-dir", str(version), "--output-dir", str(out), "--preset", "demo",
+            "--batch-size", "8", "--image-size", "32", "--patch-size", "8", "--num-workers", "0", "--device", "cpu",
+            "--tokenizer-vocab-size", "600", "--log-every", "1", "--eval-batch-size", "16", *extra]
 
 
 def test_two_process_gloo_run(tmp_path):
@@ -47,3 +56,40 @@ def test_two_process_gloo_run(tmp_path):
         shard.write_bytes(bytes(data))
     failed = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
     assert failed.returncode != 0 and "ShardChecksumError" in failed.stderr, failed.stderr[-3000:]
+
+
+def test_a_checkpoint_waits_for_the_shard_another_rank_is_inside(tmp_path):
+    """Before each evaluation and checkpoint, the ranks hash whole the train shards all their workers are inside
+    (split over the ranks) and share the outcome. Here only the shard the second rank hashes is damaged (one
+    bit of its last JPEG, met by the stream only at the shard's end): both ranks fail at the step-1 check, and
+    rank 0 neither reports nor saves step 1 (checkpoints/last/ and best/ keep the step-0 model)."""
+    version = tmp_path / "datasets" / "pickapic" / "v1"
+    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
+                            seed=4, shards_per_split=4)   # 12 samples a shard; a rank takes 4 a step, in order
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    steps = ("--shuffle-buffer", "1", "--shuffle-initial", "0", "--eval-every", "1")
+    intact = tmp_path / "intact"
+    proc = subprocess.run(_torchrun(version, intact, "--max-steps", "1", *steps), cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    opened = torch.load(intact / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)["open_shards"]
+    assert len(opened) == 2 and opened == sorted(opened)   # one shard a rank, at step 1
+    shard = version / opened[1]                            # hashed by rank 1 (opened[rank::world])
+    *_, last = tar_samples([{"url": str(shard)}])
+    data = bytearray(shard.read_bytes())
+    data[data.rindex(last["1.jpg"]) + len(last["1.jpg"]) // 2] ^= 1
+    shard.write_bytes(bytes(data))
+
+    out = tmp_path / "run"   # from the intact run's model: a scratch run's caption pass would read the shard
+    failed = subprocess.run(_torchrun(version, out, "--max-steps", "3", "--init-from", str(intact / "best"), *steps),
+                            cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert failed.returncode != 0 and "ShardChecksumError" in failed.stderr, failed.stderr[-3000:]
+    assert f"[rank0]: training.data.ShardChecksumError: shard {opened[1]}" in failed.stderr, failed.stderr[-3000:]
+    events = [json.loads(line) for line in failed.stdout.splitlines() if line.startswith('{"event"')]
+    assert [(e["event"], e["step"]) for e in events] == [("eval", 0), ("train", 1)]   # step 1 never evaluated
+    state = torch.load(out / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 0 and not (out / "metrics.json").exists()
+    untrained = load_file(intact / "best" / "model.safetensors")
+    for folder in (out / "best", out / "checkpoints" / "last"):
+        weights = load_file(folder / "model.safetensors")
+        assert all(torch.equal(weights[k], untrained[k]) for k in untrained), folder

@@ -193,3 +193,47 @@ def test_a_run_that_stops_inside_a_damaged_shard_fails_before_its_final_checkpoi
     assert state["step"] == 0 and not (run / "metrics.json").exists()   # the step-0 checkpoint only
     with pytest.raises(ShardChecksumError):
         train(config)                                    # the rerun reads the same shard and fails again
+
+
+def _flip_last_jpeg_byte(shard: Path) -> None:
+    """Flip one bit in the middle of the last sample's ``1.jpg`` in ``shard``, in place (same size, the tar
+    still well formed): bytes a run reading the shard from its start meets only at the shard's end."""
+    *_, last = tar_samples([{"url": str(shard)}])
+    data = bytearray(shard.read_bytes())
+    at = data.rindex(last["1.jpg"]) + len(last["1.jpg"]) // 2
+    data[at] ^= 0x01
+    with open(shard, "r+b") as handle:
+        handle.write(data)
+    assert shard.stat().st_size == len(data)
+
+
+@pytest.mark.parametrize("num_workers", [0, 1])
+def test_no_checkpoint_holds_steps_trained_on_a_shard_not_yet_verified(published, tmp_path, num_workers):
+    """Every train shard holds 11-15 samples and has one bit of its last JPEG flipped; the run takes batches of
+    2 in order, so at its evaluation at step 2 the stream is inside the first shard (4 samples read), whose
+    end no check has reached. Before an evaluation or a checkpoint, the trainer hashes whole the shard each
+    worker's last batch came from: the run fails with the checksum error at step 2, reports no evaluation of
+    those steps, and ``checkpoints/last/`` and ``best/`` still hold the step-0 model (before, both were
+    written at step 2 with steps trained on the damaged shard, and the error came only at its end)."""
+    from safetensors.torch import load_file
+
+    version = copy_version(published, tmp_path / "home")
+    base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1, num_workers=0))
+    for shard in split_shards(version, "train"):       # no caption pass: the run starts from a checkpoint
+        _flip_last_jpeg_byte(shard)
+    run = tmp_path / "run"
+    events = []
+    with pytest.raises(ShardChecksumError, match="shard train/pickapic-train-.* has sha256 .* but its manifest.json "
+                                                 "records"):
+        train(tiny_config(version, run, init_from=str(base.best_dir), max_steps=10, eval_every=2, log_every=1,
+                          batch_size=2, shuffle_buffer=1, shuffle_initial=0, num_workers=num_workers),
+              on_event=events.append)
+    assert [e["step"] for e in events if e["event"] == "train"] == [1, 2]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [0]    # step 2 was never evaluated
+    state = torch.load(run / "checkpoints" / "last" / STATE_FILE, weights_only=True)
+    assert state["step"] == 0 and state["open_shards"] == [] and not (run / "metrics.json").exists()
+    untrained = load_file(base.best_dir / "model.safetensors")
+    for folder in (run / "best", run / "checkpoints" / "last"):
+        weights = load_file(folder / "model.safetensors")
+        assert weights.keys() == untrained.keys()
+        assert all(torch.equal(weights[k], untrained[k]) for k in untrained), folder
