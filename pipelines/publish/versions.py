@@ -114,18 +114,15 @@ def give_modes(root: Path, fsync: bool) -> int:
     is followed."""
     mask = current_umask()
     changed = 0
-    for top, dirs, files in os.walk(root):
-        for name in [None, *dirs]:
-            path = top if name is None else os.path.join(top, name)
-            info = os.lstat(path)
-            if (stat.S_ISDIR(info.st_mode) and info.st_uid == os.geteuid()
-                    and stat.S_IMODE(info.st_mode) != 0o777 & ~mask):
-                fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    os.fchmod(fd, 0o777 & ~mask)
-                finally:
-                    os.close(fd)
+    for top, _, files in os.walk(root):             # followlinks=False: every top is a real folder
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o777 & ~mask:
+                os.fchmod(fd, 0o777 & ~mask)
                 changed += 1
+        finally:
+            os.close(fd)
         for name in files:
             path = Path(top) / name
             if os.lstat(path).st_uid == os.geteuid():
