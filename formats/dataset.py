@@ -9,6 +9,7 @@ A data home's ``datasets/pickapic/`` holds complete versions and a ``latest`` li
     datasets/pickapic/<version>/<split>/prompt_counts.parquet
     datasets/pickapic/<version>/meta/                   decisions, images, quarantine, ...
     datasets/pickapic/latest -> <version>
+    datasets/pickapic.history                           the versions `latest` was switched to, oldest first
 
 A shard ``<name>.tar`` holds ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, ``KEY.txt`` per sample;
 ``<name>.parquet`` (its sidecar) holds one row per sample with the tar offsets. The ``pickapic-``
@@ -22,9 +23,10 @@ import hashlib
 import json
 import os
 import re
+import stat
 from pathlib import Path
 
-from formats.files import sha256_file
+from formats.files import sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
@@ -110,9 +112,51 @@ def latest_link(home: DataHome) -> Path:
     return home.datasets / LATEST
 
 
+class LatestRefused(ValueError):
+    """Something at ``datasets/pickapic/latest`` that is not a symbolic link: the publish switches only a link."""
+
+
+def describe(path: str | os.PathLike) -> str:
+    """What is at ``path``, without following it: "a symbolic link to 'x'", "a folder", "a regular file", ..."""
+    info = os.lstat(path)
+    if stat.S_ISLNK(info.st_mode):
+        return f"a symbolic link to {os.readlink(path)!r}"
+    if stat.S_ISDIR(info.st_mode):
+        return "a folder"
+    if stat.S_ISREG(info.st_mode):
+        return "a regular file"
+    return "neither a file nor a folder (a FIFO, a socket or a device)"
+
+
+def check_latest(datasets: Path) -> None:
+    """Raise :class:`LatestRefused` when ``datasets/latest`` exists and is not a symbolic link.
+
+    A folder there (a copy of the home made without keeping links: ``rsync -r`` without ``-l``, ``cp -r``)
+    would make every publish fail after its version is in place, with a bare ``IsADirectoryError`` from the
+    rename over it; a regular file would be silently replaced. Neither is the tool's: checked before any
+    work, and the message says what to do."""
+    link = Path(datasets) / LATEST
+    try:
+        info = os.lstat(link)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(info.st_mode):
+        return
+    if stat.S_ISDIR(info.st_mode):
+        hint = ("perhaps a copy of the home made without keeping symbolic links (rsync without -l, cp -r); "
+                "it may hold a version's files: move it aside (mv latest latest.copy) or delete it")
+    else:
+        hint = "move it aside or delete it"
+    raise LatestRefused(f"{link} is {describe(link)}, not the symbolic link to a version that the publish "
+                        f"switches: nothing was published and it was left as it is; {hint}, then publish again "
+                        f"(the publish makes `latest` a link to the new version)")
+
+
 def switch_latest(datasets: Path, version: str, fsync: bool = True) -> None:
     """Point ``datasets/latest`` at ``version`` atomically: a temp symlink renamed over the old one, so a
-    reader resolves the old version or the new one, never nothing."""
+    reader resolves the old version or the new one, never nothing. Only a link (or nothing) at ``latest`` is
+    replaced (:func:`check_latest`), and the temp link never stays behind."""
+    check_latest(datasets)
     link = Path(datasets) / LATEST
     if link.is_symlink() and os.readlink(link) == version:
         return
@@ -120,8 +164,83 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> None:
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
     os.symlink(version, tmp)
-    os.replace(tmp, link)
+    try:
+        os.replace(tmp, link)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
     fsync_dir(Path(datasets), fsync)
+
+
+# The order versions were published in, for retention: a folder's mtime is the wall clock of its night, and
+# after a night run with the clock behind, "the newest versions" by mtime are not the last ones published.
+HISTORY_HEADER = b"# pickapic publish history: the versions `latest` was switched to, oldest first\n"
+HISTORY_MAX_BYTES = 1 << 20
+
+
+def history_file(datasets: Path) -> Path:
+    """``datasets/pickapic.history``: beside the versions' folder, not in it, so whoever syncs that folder
+    gets versions and ``latest`` only."""
+    datasets = Path(datasets)
+    return datasets.parent / f"{datasets.name}.history"
+
+
+def read_history(datasets: Path) -> list[str] | None:
+    """The version names of the publish history, oldest first (a name switched to twice counts where it was
+    last), or None when there is no history this tool wrote: missing, unreadable, not a regular file (never
+    followed), too large, or without the header it writes. Lines that are not version names are skipped."""
+    path = history_file(datasets)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(HISTORY_MAX_BYTES + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    if len(data) > HISTORY_MAX_BYTES or not data.startswith(HISTORY_HEADER):
+        return None
+    order: dict[str, None] = {}
+    for line in data[len(HISTORY_HEADER):].decode("utf-8", "replace").splitlines():
+        if VERSION_NAME.fullmatch(line):
+            order.pop(line, None)
+            order[line] = None
+    return list(order)
+
+
+def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | None:
+    """Add ``version`` to the publish history as the newest (before ``latest`` is switched to it); the
+    versions no longer present are dropped. Return why the history was not written, or None.
+
+    Written under a temporary name and renamed; something at its path that this tool did not write (a link,
+    a folder, a file without its header) is left as it is and the history goes unwritten: versions are then
+    ordered by their folders' mtime (:func:`list_versions`). The history changes no published byte."""
+    datasets = Path(datasets)
+    path = history_file(datasets)
+    names = read_history(datasets)
+    if names is None and os.path.lexists(path):
+        return (f"{path} is {describe(path)} that is not a publish history this tool wrote: left as it is, so "
+                f"versions are ordered by their folders' modification time; remove it to let the publish keep "
+                f"the history again")
+
+    def present(name: str) -> bool:
+        with contextlib.suppress(OSError):
+            return stat.S_ISDIR(os.lstat(datasets / name).st_mode)
+        return False
+
+    kept = [name for name in names or [] if name != version and present(name)] + [version]
+    try:
+        write_bytes_atomic(path, HISTORY_HEADER + "".join(f"{name}\n" for name in kept).encode())
+        fsync_dir(path.parent, fsync)
+    except OSError as exc:
+        return f"the publish history {path} was not written ({exc}): versions not in it are ordered by mtime"
+    return None
 
 
 def fsync_dir(path: Path, enabled: bool = True) -> None:
@@ -146,25 +265,30 @@ def prompt_counts_glob(version_dir: str | os.PathLike) -> str:
 
 
 def list_versions(home: DataHome) -> list[str]:
-    """Complete version names, oldest first (by the time they were last published).
+    """Complete version names, oldest first (in the order they were last published).
 
     A version is a real folder (not a link) named as a publish names one (``VERSION_NAME``) that holds
     a manifest. Anything else beside them (a backup copy, a user's folder) is not a version: retention
     never deletes it and no publish reuses files from it. A folder this account cannot look into is
     skipped too.
+
+    The order is the publish history's (:func:`record_switch`), which no clock moves; versions it does not
+    name (published before it existed, or with it missing or damaged) come first, by their folder's mtime.
     """
     if not home.datasets.is_dir():
         return []
+    history = {name: position for position, name in enumerate(read_history(home.datasets) or [])}
     found = []
     for path in home.datasets.iterdir():
         if not VERSION_NAME.fullmatch(path.name):
             continue
         try:
             if not path.is_symlink() and path.is_dir() and (path / MANIFEST_FILE).is_file():
-                found.append((path.lstat().st_mtime_ns, path.name))
+                known = path.name in history
+                found.append((known, history[path.name] if known else path.lstat().st_mtime_ns, path.name))
         except OSError:          # EACCES: another account's version under a strict umask
             continue
-    return [name for _, name in sorted(found)]
+    return [name for _, _, name in sorted(found)]
 
 
 def resolve_version(home: DataHome, version: str | None = None) -> Path:

@@ -77,6 +77,8 @@ class PublishReport:
     contract_sidecars_cached: int = 0
     # why the gate's row-local rules read every sidecar instead, or why their counts were not recorded
     contract_counts_note: str = ""
+    # what the publish left alone on its way (a stray link named like a staging folder, a foreign history file)
+    notes: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -112,6 +114,7 @@ class PublishReport:
             "contract_sidecars_scanned": self.contract_sidecars_scanned,
             "contract_sidecars_cached": self.contract_sidecars_cached,
             "contract_counts_note": self.contract_counts_note,
+            "notes": list(self.notes),
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 

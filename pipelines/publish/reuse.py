@@ -150,6 +150,34 @@ def link_or_copy(source: Path, target: Path, fsync: bool = True, size: int | Non
     return False
 
 
+def give_mode(path: Path, mode: int, fsync: bool = True) -> bool:
+    """Give a version's regular file ``path`` (this account's) the ``mode`` this run gives new files;
+    True when it had another. Never follows a link (a link or non-file is left: False).
+
+    The same rule as :func:`link_or_copy`'s for a reused file of another mode: a file with one name is
+    chmodded (no other version sees it); one hard-linked into another version too is copied, with
+    ``mode``, and the copy renamed over ``path``. A chmod would change the file in every version that
+    shares it, and those keep the mode they were published with (one written under umask 077 was meant
+    to stay private); the copy costs its bytes once: the next nightly links from this version."""
+    info = os.lstat(path)
+    if not stat.S_ISREG(info.st_mode) or stat.S_IMODE(info.st_mode) == mode:
+        return False
+    if info.st_nlink == 1:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            have = os.fstat(fd)
+            if (have.st_dev, have.st_ino, have.st_nlink) == (info.st_dev, info.st_ino, 1):
+                os.fchmod(fd, mode)
+                return True
+        finally:
+            os.close(fd)
+    try:
+        _copy(path, path, fsync, info.st_size, mode)
+    except NotReusable as exc:
+        raise RuntimeError(f"cannot give {path} this run's mode {mode:o}: {exc}") from exc
+    return True
+
+
 def _check(source: Path, info: os.stat_result, size: int | None) -> None:
     if not stat.S_ISREG(info.st_mode):
         raise NotReusable(f"{source} is not a regular file")

@@ -8,6 +8,7 @@ Layout of ``HOME/datasets/pickapic/``::
     <version>/README.md              dataset card (Hugging Face ``configs`` + datasheet)
     <version>/manifest.json          counts, sources, config, contract versions, sha256 of every file
     latest -> <version>              a relative symlink, replaced with os.replace
+    ../pickapic.history              the versions latest was switched to, oldest first (retention's order)
 
 The version id is ``<max dt>-<sha256[:10] of inputs + config>``: equal inputs give the same
 version and byte-identical files. Shards are content-stable (:mod:`pipelines.publish.plan`): a shard
@@ -15,8 +16,10 @@ whose planned content equals a shard of an older complete version is hard-linked
 across file systems) with its sidecar and stats, so a nightly version writes only new and changed
 shards and older versions share the rest of their bytes. A version is written under
 ``.partial-<version>`` (hidden: no glob or reader sees it), verified, renamed into place, and only
-then does ``latest`` move. Older versions beyond ``keep_versions`` are deleted after the switch
-(deleting a name never touches a newer version's links). A crash leaves the previous ``latest``
+then does ``latest`` move. Older versions beyond ``keep_versions`` are deleted after the switch, in
+the order of the publish history, never by the clock (deleting a name never touches a newer version's
+links). The staging, its folders and ``latest`` are the tool's names: a link or a file there is never
+followed (:func:`versions.open_staging`, :func:`formats.dataset.check_latest`). A crash leaves the previous ``latest``
 untouched; the rerun resumes from the shards whose stats were committed.
 
 Readers resolve ``latest`` once (:func:`resolve_version`) and read through the resolved path, so
@@ -31,7 +34,7 @@ from __future__ import annotations
 import errno
 import json
 import os
-import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -43,7 +46,9 @@ from formats.dataset import (
     MANIFEST_FILE,
     PROMPT_COUNTS_FILE,
     SIZES_FILE,
+    check_latest,
     fsync_dir,
+    record_switch,
     sidecar_glob,
     sizes_json,
     switch_latest,
@@ -67,7 +72,16 @@ from pipelines.publish.samples import (
     with_keys,
 )
 from pipelines.publish.shardphase import clean_failed_staging, write_shards
-from pipelines.publish.versions import apply_retention, fsync_tree, publish_lock
+from pipelines.publish.versions import (
+    STAGING_PREFIX,
+    apply_retention,
+    check_version_name,
+    fsync_tree,
+    give_modes,
+    open_staging,
+    publish_lock,
+    sweep_stale,
+)
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect
 from schemas import get_schema
@@ -79,6 +93,7 @@ CONTRACT_DATASETS = ("split_pairs", "shard_samples", "prompt_counts", "shards", 
 def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), progress: Progress | None = None) -> PublishReport:
     """Publish ``split_pairs`` as a new dataset version and point ``latest`` at it (idempotent)."""
     started = time.perf_counter()
+    check_latest(home.datasets)   # a folder or file at `latest`: refused before any work
     source = home.table_file("split_pairs")
     if not source.is_file():
         raise FileNotFoundError(f"split_pairs not found at {source}: run the splits stage first")
@@ -97,23 +112,22 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     version = version_id(table, source, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
     with publish_lock(home):
+        check_latest(home.datasets)
         final = home.datasets / version
-        if (final / MANIFEST_FILE).is_file():
+        if check_version_name(home.datasets, version):
             recorded = verify_version(final, checksums=config.verify_checksums)
-            os.utime(final)  # counts as the newest version for retention
-            switch_latest(home.datasets, version)
+            give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
+            os.utime(final)  # the newest by mtime too, where the publish history is missing
+            _switch(home, version, config, notes)
             deleted = apply_retention(home, config.keep_versions)
-            return report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted, jpgs.hashed)
-        for stale in home.datasets.glob(".partial-*"):
-            if stale.name != f".partial-{version}":
-                shutil.rmtree(stale)
-        for stale in home.datasets.glob(".deleting-*"):
-            shutil.rmtree(stale)
-        staging = home.datasets / f".partial-{version}"
-        staging.mkdir(exist_ok=True)
-        for leftover in sorted(staging.rglob(".*"), reverse=True):  # temp files of a writer killed mid-write
-            leftover.unlink()
+            report = report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted,
+                               jpgs.hashed)
+            report.notes = notes
+            return report
+        notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")
+        staging = open_staging(home.datasets, version)
         try:
             written, results, counted = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
                                               config, progress)
@@ -126,14 +140,26 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         os.rename(staging, final)
         fsync_dir(home.datasets, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
-        switch_latest(home.datasets, version)
+        _switch(home, version, config, notes)
         deleted = apply_retention(home, config.keep_versions)
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
     report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
     report.contract_counts_note = counted.note
+    report.notes = notes
     return report
+
+
+def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str]) -> None:
+    """Record ``version`` as the newest in the publish history (retention's order), then point ``latest``
+    at it; what was left alone on the way goes to ``notes`` and stderr."""
+    note = record_switch(home.datasets, version, config.fsync)
+    if note:
+        notes.append(note)
+    for note in notes:
+        print(f"publish: {note}", file=sys.stderr, flush=True)
+    switch_latest(home.datasets, version, config.fsync)
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
@@ -165,6 +191,7 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             _repair_reused_shards(exc, tasks, written, config)   # then the files built from their stats again
     counted = rulecache.SidecarCounts({})
     results = check_contracts(staging, rulecache.cache_file(home.cache), counted)
+    give_modes(staging, config.fsync)   # files resumed from an interrupted run under another umask
     fsync_tree(staging, config.fsync)
     return written, results, counted
 

@@ -1,17 +1,135 @@
-"""The versions of a data home: retention, one publish at a time, fsyncs (the ``latest`` switch is in formats.dataset)."""
+"""The versions of a data home: their staging folder, retention, one publish at a time, fsyncs (the ``latest``
+switch and the publish history are in formats.dataset)."""
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+import stat
 import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from formats.dataset import fsync_dir, latest_link, list_versions
+from formats.dataset import MANIFEST_FILE, describe, fsync_dir, latest_link, list_versions
+from formats.files import current_umask
 from formats.home import DataHome
 from formats.locks import hold_lock
+from pipelines.publish.reuse import give_mode
+
+STAGING_PREFIX = ".partial-"      # a version being written: .partial-<version>
+DELETING_PREFIX = ".deleting-"    # a version being deleted by retention: .deleting-<version>
+
+
+class StagingRefused(RuntimeError):
+    """Something at a version's or its staging folder's name that no publish made (the message says what
+    is there and what to do); nothing was written or deleted through it."""
+
+
+def sweep_stale(datasets: Path, keep: str) -> list[str]:
+    """Remove what interrupted publishes left beside the versions: the ``.partial-*`` staging folders of
+    other versions than ``keep`` (a name) and the ``.deleting-*`` folders of a retention cut short.
+
+    Only real folders are removed (``shutil.rmtree`` follows no link inside them). Anything else under
+    such a name (a symbolic link, a file) is nothing a publish made: it is left as it is, never followed,
+    and named in the returned notes; a publish does not fail on it."""
+    notes = []
+    with os.scandir(datasets) as entries:
+        stale = sorted(entry.name for entry in entries if entry.name.startswith(DELETING_PREFIX)
+                       or (entry.name.startswith(STAGING_PREFIX) and entry.name != keep))
+    for name in stale:
+        path = datasets / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            shutil.rmtree(path)
+        else:
+            notes.append(f"{path} is {describe(path)}, not a folder a publish made: left as it is (not followed); "
+                         f"remove it by hand")
+    return notes
+
+
+def check_version_name(datasets: Path, version: str) -> bool:
+    """Whether ``datasets/<version>`` is a complete version already (a real folder with its manifest);
+    False when nothing is there. :class:`StagingRefused` for anything else at that name (a link, a file, a
+    folder without a manifest): the staged version could not be renamed into place, and a link would make
+    ``latest`` name a folder outside the home."""
+    final = datasets / version
+    try:
+        info = os.lstat(final)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(info.st_mode) and (final / MANIFEST_FILE).is_file():
+        return True
+    what = describe(final) + (f" without {MANIFEST_FILE}" if stat.S_ISDIR(info.st_mode) else "")
+    raise StagingRefused(f"{final} is {what}, not a version a publish made: nothing was published and it was "
+                         f"left as it is; move it aside (or remove it: a symbolic link's removal leaves what it "
+                         f"names) and publish again")
+
+
+def open_staging(datasets: Path, version: str) -> Path:
+    """``datasets/.partial-<version>``: made, or resumed from an interrupted run of the same version.
+
+    It must be a real folder: a symbolic link there (even a dangling one) or a file is refused with
+    :class:`StagingRefused`, and nothing is written or deleted through it (a link would put the version,
+    and the clean-up of hidden files, in whatever folder it names, and the rename would move the link
+    into place as the version). In a resumed staging every folder the publish writes into must be a real
+    folder too: a link or other non-file in it (the publish makes none) is unlinked, the name only, so the
+    writers make a real folder afresh; the temporary files of a writer killed mid-write go as well."""
+    staging = datasets / f"{STAGING_PREFIX}{version}"
+    try:
+        os.mkdir(staging)
+        return staging
+    except FileExistsError:
+        pass
+    if not stat.S_ISDIR(os.lstat(staging).st_mode):
+        raise StagingRefused(f"{staging} is {describe(staging)}, not the staging folder a publish makes: nothing "
+                             f"was written or deleted through it; remove it (a symbolic link's removal leaves "
+                             f"what it names) and publish again")
+    for root, dirs, files in os.walk(staging):       # followlinks=False: a linked folder is listed, never entered
+        for name in sorted(dirs + files):
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if stat.S_ISDIR(info.st_mode):
+                if name.startswith("."):
+                    shutil.rmtree(path)
+                    dirs.remove(name)
+            elif name.startswith(".") or not stat.S_ISREG(info.st_mode):
+                os.unlink(path)
+                if name in dirs:
+                    dirs.remove(name)
+    return staging
+
+
+def give_modes(root: Path, fsync: bool) -> int:
+    """Give every folder and file of a version (or of its staging) this account owns the modes this run
+    gives new ones (``0777`` / ``0666`` ``& ~umask``); return how many had another.
+
+    A version published again under a more permissive umask would otherwise keep the modes of the run that
+    wrote it (0600 under umask 077), and ``latest`` would name files other accounts cannot read. Files are
+    given their mode as :func:`reuse.give_mode` does (a file shared with another version is copied, not
+    chmodded). Another account's files and folders are left as they are: not this run's to change. No link
+    is followed."""
+    mask = current_umask()
+    changed = 0
+    for top, _, files in os.walk(root):             # followlinks=False: every top is a real folder
+        fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o777 & ~mask:
+                os.fchmod(fd, 0o777 & ~mask)
+                changed += 1
+        finally:
+            os.close(fd)
+        for name in files:
+            path = Path(top) / name
+            if os.lstat(path).st_uid == os.geteuid():
+                changed += give_mode(path, 0o666 & ~mask, fsync)
+    if changed:
+        fsync_tree(root, fsync)
+    return changed
 
 
 def apply_retention(home: DataHome, keep: int) -> list[str]:
@@ -21,7 +139,11 @@ def apply_retention(home: DataHome, keep: int) -> list[str]:
     versions = [v for v in list_versions(home) if v != current]
     doomed = versions[: max(0, len(versions) - (keep - 1 if current else keep))]
     for name in doomed:
-        hidden = home.datasets / f".deleting-{name}"
+        hidden = home.datasets / f"{DELETING_PREFIX}{name}"
+        for n in range(1, 100):
+            if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
+                break
+            hidden = home.datasets / f"{DELETING_PREFIX}{name}.{n}"
         os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
         shutil.rmtree(hidden)
     return doomed
@@ -59,5 +181,5 @@ def publish_lock(home: DataHome, log: Callable[[str], None] | None = None) -> It
 
 def fsync_tree(root: Path, enabled: bool) -> None:
     """fsync every directory under ``root`` (files were fsynced as they were written)."""
-    for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir())]:
+    for path in [root, *sorted(p for p in root.rglob("*") if p.is_dir() and not p.is_symlink())]:
         fsync_dir(path, enabled)

@@ -89,11 +89,6 @@ def _digest_mismatches(version: Path) -> list[tuple[str, str, int]]:
 
 
 # --------------------------------------------------------------------------- staging followed through links
-@pytest.mark.xfail(strict=True, reason=(
-    "publish_dataset takes an existing .partial-<version> as its staging without checking it is a real "
-    "folder: a symlink there (put in place of a crashed run's staging) is followed; the 'leftover' sweep "
-    "unlinks every hidden file in the link's target, the whole version is written into it, and "
-    "os.rename moves the link into place, so latest names a version that is a link outside the home"))
 def test_a_staging_folder_replaced_by_a_link_is_not_followed(tmp_path: Path, monkeypatch) -> None:
     home, full = _history(tmp_path / "h")
     days = _days(full)
@@ -112,11 +107,6 @@ def test_a_staging_folder_replaced_by_a_link_is_not_followed(tmp_path: Path, mon
     assert not (home.datasets / version).is_symlink(), "latest's version is a link out of the data home"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a split folder inside a crashed run's .partial-<version> staging replaced by a symlink is followed "
-    "by the rerun's shard writer (mkdir(exist_ok=True), then the tars, sidecars and stats written "
-    "through it): files land in the link's target outside the home before verify_version refuses the "
-    "link, and every later rerun writes there again"))
 def test_a_split_folder_of_a_staging_replaced_by_a_link_gets_no_files(tmp_path: Path, monkeypatch) -> None:
     home, full = _history(tmp_path / "h")
     days = _days(full)
@@ -134,10 +124,6 @@ def test_a_split_folder_of_a_staging_replaced_by_a_link_gets_no_files(tmp_path: 
         f"the rerun wrote {sorted(set(_listing(victim)) - set(before))[:3]} into a folder outside the home")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the sweep of stale '.partial-*' and '.deleting-*' entries calls shutil.rmtree on whatever matches: "
-    "a symlink there raises 'Cannot call rmtree on a symbolic link', a file NotADirectoryError, and "
-    "every publish of the home fails, night after night, until someone removes it by hand"))
 @pytest.mark.parametrize("planted", [".partial-someone link", ".partial-someone file", ".deleting-someone link"])
 def test_a_stray_non_folder_named_like_staging_does_not_stop_every_publish(tmp_path: Path, planted: str) -> None:
     home, full = _history(tmp_path / "h")
@@ -238,10 +224,6 @@ def test_the_jpeg_digest_cache_never_changes_a_published_byte(tmp_path: Path) ->
 
 
 # --------------------------------------------------------------------------- retention and modes
-@pytest.mark.xfail(strict=True, reason=(
-    "list_versions orders versions by their folder's mtime, the wall clock at publish time: after a "
-    "night published with the clock behind, the next retention deletes that night's version (the one "
-    "latest named until then) and keeps an older one, so 'the last keep_versions versions' are not kept"))
 def test_retention_keeps_the_newest_versions_after_the_clock_went_backwards(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h", days=5, rankings=100)
     days = _days(full)
@@ -257,11 +239,6 @@ def test_retention_keeps_the_newest_versions_after_the_clock_went_backwards(tmp_
         f"deleted {fourth.deleted_versions}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a publish whose version already exists only switches latest to it: a version first written under "
-    "umask 077 stays 0600/0700 when the same inputs are published again under umask 022, so latest "
-    "names files other accounts cannot read (a nightly that reuses shards copies them with its own "
-    "mode; this path does not)"))
 def test_publishing_an_existing_version_again_gives_it_this_runs_umask(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h")
     write_split_pairs(home, full)
