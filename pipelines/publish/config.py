@@ -77,6 +77,12 @@ class PublishReport:
     contract_sidecars_cached: int = 0
     # why the gate's row-local rules read every sidecar instead, or why their counts were not recorded
     contract_counts_note: str = ""
+    # the rules answered from the cached key/split/prompt_key columns (columncache), the sidecars whose
+    # columns the gate read and those taken from the cache, and why anything fell short
+    contract_column_rules: list[str] = dataclasses.field(default_factory=list)
+    contract_column_sidecars_scanned: int = 0
+    contract_column_sidecars_cached: int = 0
+    contract_columns_note: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -112,6 +118,10 @@ class PublishReport:
             "contract_sidecars_scanned": self.contract_sidecars_scanned,
             "contract_sidecars_cached": self.contract_sidecars_cached,
             "contract_counts_note": self.contract_counts_note,
+            "contract_column_rules": list(self.contract_column_rules),
+            "contract_column_sidecars_scanned": self.contract_column_sidecars_scanned,
+            "contract_column_sidecars_cached": self.contract_column_sidecars_cached,
+            "contract_columns_note": self.contract_columns_note,
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 
