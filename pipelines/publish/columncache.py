@@ -145,13 +145,19 @@ def narrow_table(sidecars: dict[Path, str], cache: Path) -> tuple[pa.Table | Non
         read, at = _read_fresh(fresh)
     except (duckdb.Error, OSError, pa.ArrowException, ValueError) as exc:
         return None, 0, f"every sidecar read instead: {type(exc).__name__}: {exc}"
-    base = known.data if known is not None else _empty()
-    spans = [known.runs[sidecars[path]] if path not in at else (base.num_rows + at[path][0], base.num_rows + at[path][1])
-             for path in paths]
-    lengths = np.array([stop - start for start, stop in spans], dtype=np.int64)
-    indices = (np.concatenate([np.arange(start, stop, dtype=np.int64) for start, stop in spans])
-               if spans else np.zeros(0, dtype=np.int64))
-    table = pa.concat_tables([base, read]).take(pa.array(indices)).combine_chunks()
+    # each sidecar's rows: (source, start, stop), the recorded table or the one just read; the
+    # sidecars kept from the last version are mostly neighbours there too, so their rows are joined
+    # into few slices and the table is those slices (no copy)
+    spans = [(1, *at[path]) if path in at else (0, *known.runs[sidecars[path]]) for path in paths]
+    lengths = np.array([stop - start for _, start, stop in spans], dtype=np.int64)
+    slices: list[list[int]] = []
+    for source, start, stop in spans:
+        if slices and slices[-1][0] == source and slices[-1][2] == start:
+            slices[-1][2] = stop
+        elif stop > start:
+            slices.append([source, start, stop])
+    sources = (known.data if known is not None else _empty(), read)
+    table = pa.concat_tables([_empty()] + [sources[source].slice(start, stop - start) for source, start, stop in slices])
     note = ""
     try:
         _write(cache, table, ids, lengths, schemas.pop() if schemas else b"")
@@ -210,7 +216,7 @@ def _read(cache: Path) -> _Cached | None:
     symlink, a folder, failing page checksums, not parsing (:func:`read_trusted`), another layout,
     no recorded schema, a row without its sidecar, a sidecar whose rows are not together (recorded
     twice)."""
-    table = read_trusted(cache, read_dictionary=[SIDECAR_COLUMN])
+    table = read_trusted(cache, use_threads=True, read_dictionary=[SIDECAR_COLUMN])
     if table is None:
         return None
     try:

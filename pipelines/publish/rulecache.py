@@ -230,14 +230,14 @@ def _read(cache: Path) -> pa.Table:
     return table
 
 
-def read_trusted(cache: Path, **options) -> pa.Table | None:
+def read_trusted(cache: Path, use_threads: bool = False, **options) -> pa.Table | None:
     """A cache file's table (``options`` go to ``pq.read_table``), or None where there is none or it
     cannot be trusted as bytes: a symlink, a folder, bytes that fail their page checksums or do not
     parse. Never raises: whatever a damaged file raises, it is no cache. The caller checks the layout."""
     try:
         if not stat.S_ISREG(os.lstat(cache).st_mode):
             return None
-        return pq.read_table(cache, use_threads=False, page_checksum_verification=True, **options)
+        return pq.read_table(cache, use_threads=use_threads, page_checksum_verification=True, **options)
     except Exception:   # noqa: BLE001
         return None
 

@@ -255,3 +255,35 @@ def test_a_column_cache_with_flipped_bits_never_changes_a_value(tmp_path: Path) 
                 assert known.data.slice(start, stop - start).equals(clean.data.slice(first, last - first)), at
     assert believed < 2 * len(range(0, len(good), 3))
     cache.write_bytes(good)
+
+
+def test_a_contract_rule_reading_star_or_a_reader_column_is_answered_by_the_whole_view(tmp_path: Path,
+                                                                                        monkeypatch) -> None:
+    """Rules added to the contracts that read ``*``, ``filename`` or in an order-dependent way are never
+    answered from the narrow view: the gate gives them the whole view's values (here failed queries
+    and order-free values alike), and the safe rules still come from the cache."""
+    home, _, nightly = _nights(tmp_path)
+    real = load_contract
+
+    def rule(name: str, query: str, dataset: str = "shard_samples") -> Rule:
+        return Rule(dataset, name, name, query, "mustBeGreaterOrEqualTo", 0, False)
+
+    extra = {"shard_samples": [rule("star", "SELECT count(*) FROM (SELECT * FROM {object} WHERE key <> '')"),
+                               rule("reader", "SELECT count(DISTINCT filename) FROM {object}"),
+                               rule("ordered", "SELECT length(first(key)) FROM {object}")],
+             "prompt_counts": [rule("columns", "SELECT count(*) FROM (SELECT COLUMNS(*) FROM shard_samples)",
+                                    "prompt_counts")]}
+
+    def with_extra(dataset: str):
+        contract = real(dataset)
+        return dataclasses.replace(contract, rules=contract.rules + tuple(extra.get(dataset, [])))
+
+    monkeypatch.setattr("pipelines.publish.version.load_contract", with_extra)
+    monkeypatch.setattr("pipelines.publish.columncache.load_contract", with_extra)
+    results, _, narrow = _check(nightly.path, home)
+    assert narrow.rules == NARROW and narrow.cached > 0
+    views = version_views(nightly.path)
+    con = connect(views, uniform=views)
+    full = _values([r for dataset in views for r in evaluate(with_extra(dataset), con)])
+    assert _values(results) == full
+    assert full["shard_samples.reader"] is None and full["shard_samples.star"] > 0   # filename: no such column
