@@ -12,8 +12,10 @@ whole contract once more in one fresh process, as the publish evaluates it
 (:func:`data_contracts.engine.evaluate`: the eight row-count rules in one fused scan, then
 ``key_unique``), over the same one-schema view; and once more with the row-count cache of
 :mod:`pipelines.publish.rulecache`, as a night after a version of all but ``--new`` of the files
-(64: a night's sidecars). Prints each mode's seconds (all rules) and the largest peak RSS of its
-processes, and the ratios; the fused and incremental values must equal the per-rule ones.
+(64: a night's sidecars); and that night once more with the column cache of
+:mod:`pipelines.publish.columncache` too (``key_unique`` over the recorded keys and the new files'),
+against the night without it. Prints each mode's seconds (all rules) and the largest peak RSS of its
+processes, and the ratios; the fused, incremental and column-cache values must equal the per-rule ones.
 """
 from __future__ import annotations
 
@@ -61,29 +63,50 @@ def _incremental(con, glob: str, new: int, phase: str = "both") -> None:
     but the last ``new`` is counted and recorded (a first version); ``night``, the whole contract is
     evaluated over every file as a night does (the ``new`` files read for the row-local rules, the
     rest from the cache, ``key_unique`` over all); ``both``, one after the other in this process.
-    The cache is ``counts.parquet`` beside the glob's folders. Each hard link gets its own identity
-    (the sha256 of its name): in a real version a sidecar's identity is its content's sha256 from the
-    manifest, with its inode, size and mtime."""
+    ``first-columns`` and ``night-columns`` do the same with the column cache as well
+    (:mod:`pipelines.publish.columncache`: ``key_unique`` over the cached keys and the new files'),
+    with caches of their own. The caches are beside the glob's folders. Each hard link gets its own
+    identity (the sha256 of its name): in a real version a sidecar's identity is its content's sha256
+    from the manifest, with its inode, size and mtime."""
     import glob as globbing
     import hashlib
     import resource
 
     from data_contracts.engine import evaluate, load_contract
-    from pipelines.publish import rulecache
+    from pipelines.publish import columncache, rulecache
 
     paths = sorted(Path(p) for p in globbing.glob(glob))
     sidecars = {p: hashlib.sha256(p.name.encode()).hexdigest() for p in paths}
-    cache = Path(glob).parent.parent / "counts.parquet"
+    columns = phase.endswith("-columns")
+    phase = phase.removesuffix("-columns")
+    root = Path(glob).parent.parent
+    cache = root / ("counts-with-columns.parquet" if columns else "counts.parquet")
+    column_cache = root / "columns.parquet"
+    views = {"shard_samples": glob}
     out: dict = {}
     if phase in ("first", "both"):
         cache.unlink(missing_ok=True)
+        column_cache.unlink(missing_ok=True)
         started = time.perf_counter()
         first = rulecache.row_local_values(dict(list(sidecars.items())[:-new]), cache)
         out.update(first_seconds=time.perf_counter() - started, first_scanned=first.scanned)
+        if columns:
+            started = time.perf_counter()
+            recorded = columncache.narrow_values(dict(list(sidecars.items())[:-new]), column_cache, {},
+                                                 columncache.narrow_rules(views, {f"shard_samples.{n}" for n in first.values}))
+            out.update(first_columns_seconds=time.perf_counter() - started, first_columns_scanned=recorded.scanned,
+                       first_columns_note=recorded.note)
     if phase in ("night", "both"):
         started = time.perf_counter()
         night = rulecache.row_local_values(sidecars, cache)
-        out["value"] = {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con, night.values)}
+        given = dict(night.values)
+        if columns:
+            narrow = columncache.narrow_values(sidecars, column_cache, {},
+                                               columncache.narrow_rules(views, {f"shard_samples.{n}" for n in given}))
+            given.update(narrow.values.get("shard_samples", {}))
+            out.update(columns_scanned=narrow.scanned, columns_cached=narrow.cached, columns_note=narrow.note,
+                       column_rules=narrow.rules, column_cache_bytes=column_cache.stat().st_size)
+        out["value"] = {r.rule.name: r.value for r in evaluate(load_contract("shard_samples"), con, given)}
         out.update(seconds=time.perf_counter() - started, scanned=night.scanned, cached=night.cached)
     out["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(json.dumps(out))
@@ -127,7 +150,7 @@ def run(files: int, root: Path | None = None, new: int = 64) -> dict:
         if {k: float(v) for k, v in values["uniform"].items()} != result["value"]:
             raise AssertionError(f"fused values {result['value']} differ from per-rule {values['uniform']}")
         runs = {}
-        for phase in ("first", "night"):      # each in a fresh process: the night's peak RSS is its own
+        for phase in ("first", "night", "first-columns", "night-columns"):   # each in a fresh process
             done = subprocess.run([sys.executable, "-m", "benchmarks.sidecar_scan", "--child", f"incremental:{phase}",
                                    glob, str(new)], check=True, capture_output=True, text=True)
             runs[phase] = json.loads(done.stdout.strip().splitlines()[-1])
@@ -139,6 +162,18 @@ def run(files: int, root: Path | None = None, new: int = 64) -> dict:
                               "sidecars_cached": [0, result["cached"]]}
         if {k: float(v) for k, v in values["uniform"].items()} != result["value"]:
             raise AssertionError(f"incremental values {result['value']} differ from per-rule {values['uniform']}")
+        result, first = runs["night-columns"], runs["first-columns"]
+        out["columns"] = {"seconds": round(result["seconds"], 2), "peak_rss_mib": round(result["peak_rss_mib"]),
+                          "rules": result["column_rules"], "note": result["columns_note"],
+                          "sidecars_scanned": [first["first_columns_scanned"], result["columns_scanned"]],
+                          "sidecars_cached": [0, result["columns_cached"]],
+                          "cache_mb": round(result["column_cache_bytes"] / 1e6, 1),
+                          "first_version_record_seconds": round(first["first_columns_seconds"], 1),
+                          "first_version_peak_rss_mib": round(first["peak_rss_mib"])}
+        if result["column_rules"] != ["shard_samples.key_unique"] or result["columns_note"]:
+            raise AssertionError(f"the column cache did not answer key_unique: {result}")
+        if {k: float(v) for k, v in values["uniform"].items()} != {k: float(v) for k, v in result["value"].items()}:
+            raise AssertionError(f"column-cache values {result['value']} differ from per-rule {values['uniform']}")
     finally:
         if root is None:
             shutil.rmtree(base, ignore_errors=True)
@@ -151,6 +186,9 @@ def run(files: int, root: Path | None = None, new: int = 64) -> dict:
         "ratio_peak_rss_fused_vs_uniform": round(out["fused"]["peak_rss_mib"] / out["uniform"]["peak_rss_mib"], 3),
         "new_sidecars": new,
         "ratio_seconds_incremental_vs_fused": round(out["incremental"]["seconds"] / out["fused"]["seconds"], 3),
+        "ratio_seconds_columns_vs_incremental": round(out["columns"]["seconds"] / out["incremental"]["seconds"], 3),
+        "ratio_peak_rss_columns_vs_incremental": round(out["columns"]["peak_rss_mib"] / out["incremental"]["peak_rss_mib"],
+                                                        3),
         "load_average": round(os.getloadavg()[0], 2),
     }
 

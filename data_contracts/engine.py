@@ -21,6 +21,8 @@ import duckdb
 import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 
+from schemas import get_schema
+
 _COMPARATORS = {
     "mustBe": lambda v, t: v == t,
     "mustNotBe": lambda v, t: v != t,
@@ -351,3 +353,149 @@ def _plain_count_where(sql: str, dataset: str) -> bool:
             and not node.get("group_expressions") and not node.get("group_sets")
             and node.get("having") is None and node.get("qualify") is None and node.get("sample") is None
             and node.get("aggregate_handling", "STANDARD_HANDLING") == "STANDARD_HANDLING")   # not GROUP BY ALL
+
+
+# What a rule may use to be answered from a view holding only some of its dataset's columns
+# (:func:`reads_only_columns`): aggregates whose value does not depend on the rows' order, the pure
+# functions of row-local rules, and the arithmetic operators. ``first``, ``list``, ``string_agg``,
+# ``any_value``, ``arg_min``... are refused: their value is the order the rows come in.
+ORDER_FREE_AGGREGATES = frozenset({"count_star", "count", "min", "max"})
+_ROW = frozenset({"row"})                  # (a, b): a row value, as in count(DISTINCT (a, b))
+_NARROW_EXPRESSIONS = frozenset({"COLUMN_REF", "CONSTANT", "FUNCTION", "COMPARISON", "CONJUNCTION", "OPERATOR",
+                                 "CASE", "CAST", "BETWEEN"})
+_NARROW_TABLE_REFS = frozenset({"BASE_TABLE", "SUBQUERY", "JOIN", "EMPTY"})
+_NARROW_NODES = frozenset({"SELECT_NODE", "SET_OPERATION_NODE"})
+READER_COLUMNS = frozenset({"filename", "file_row_number", "file_index", "rowid"})
+
+
+def reads_only_columns(rule: Rule, dataset: str, columns: frozenset[str], tables: frozenset[str]) -> bool:
+    """Whether ``rule`` (of any dataset) reads ``dataset`` and has the same value over a view of
+    ``dataset`` holding only ``columns`` (its rows in any order) as over the whole dataset, the other
+    views (``tables``) being the same. Conservative, from DuckDB's own parse (``json_serialize_sql``):
+    - one SELECT (set operations allowed) whose tables are views of ``tables`` (no schema, catalog,
+      sample, table function, VALUES list or time travel), joined plainly (no NATURAL, POSITIONAL or
+      ASOF join, which pair rows by their names or their order), or subqueries and CTEs of those;
+    - no ``*`` / ``COLUMNS(*)``, window, expression subquery, parameter or lambda; no ORDER BY,
+      LIMIT, DISTINCT ON or sample anywhere (which rows survive could depend on the order);
+    - every function an order-free aggregate (``ORDER_FREE_AGGREGATES``), a ``PURE_FUNCTIONS`` one
+      with only ``CONSISTENT`` overloads, or an arithmetic operator; no cast to a time zone type;
+    - no name in it (column reference or USING column) is one of ``dataset``'s columns outside
+      ``columns``, wherever it would bind: with those columns gone it could bind elsewhere (to an
+      outer query, a select alias, another view's column) instead of failing;
+    - every name is a column of a view's contract, a view, or an alias the query defines; none is a
+      reader's column (``READER_COLUMNS``).
+    The caller still runs the rule over the narrow view and falls back to the whole one if it fails
+    to bind there.
+    """
+    try:
+        contracts = {table: load_contract(table) for table in tables}
+    except (FileNotFoundError, ValueError):
+        return False
+    if dataset not in contracts:
+        return False
+    try:        # the files' own columns, beside the contract's
+        every = {name.lower() for name in get_schema(dataset).names}
+    except KeyError:
+        every = set()
+    every |= {name.lower() for name in contracts[dataset].columns}
+    narrow = frozenset(c.lower() for c in columns)
+    known = set(narrow) | {t.lower() for t in tables}
+    for table, contract in contracts.items():
+        if table != dataset:
+            known |= {name.lower() for name in contract.columns}
+    return _narrow_safe(rule.sql(), dataset, frozenset(every - narrow), frozenset(known))
+
+
+@lru_cache(maxsize=None)
+def _narrow_safe(sql: str, dataset: str, hidden: frozenset[str], known: frozenset[str]) -> bool:
+    statements = _statements(sql)
+    if len(statements) != 1 or not isinstance(statements[0].get("node"), dict):
+        return False
+    if not _one_row(statements[0]["node"]):
+        return False
+    names: set[str] = set()         # every name the query refers to
+    defined: set[str] = set()       # aliases and CTE names it defines
+    functions: set[str] = set()
+    reads = False
+    stack: list = [statements[0]["node"]]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, list):
+            stack.extend(node)
+            continue
+        if not isinstance(node, dict):
+            continue
+        kind = node.get("class")
+        if kind is not None:                                # an expression
+            if kind not in _NARROW_EXPRESSIONS:
+                return False
+            if node.get("alias"):
+                defined.add(str(node["alias"]).lower())
+            if kind == "COLUMN_REF":
+                names.update(str(n).lower() for n in node.get("column_names") or [])
+            elif kind == "FUNCTION":
+                if node.get("export_state") or (node.get("order_bys") or {}).get("orders"):
+                    return False
+                functions.add(str(node.get("function_name")))
+            elif kind == "CAST":
+                target = json.dumps([node.get("type_expr"), node.get("cast_type")]).upper()
+                if any(t in target for t in _TIME_ZONE_TYPES):
+                    return False
+        elif "type" in node:                                # a query node, a table, a modifier
+            kind = node["type"]
+            if kind in ("ORDER_MODIFIER", "DISTINCT_MODIFIER"):
+                if node.get("orders") or node.get("distinct_on_targets"):
+                    return False                            # ORDER BY; DISTINCT ON
+            elif kind in _NARROW_NODES:
+                if node.get("sample") is not None:
+                    return False
+                for entry in (node.get("cte_map") or {}).get("map") or []:
+                    defined.add(str(entry.get("key")).lower())
+                    defined.update(str(a).lower() for a in (entry.get("value") or {}).get("aliases") or [])
+            elif kind in _NARROW_TABLE_REFS:
+                if node.get("sample") is not None:
+                    return False
+                if node.get("alias"):
+                    defined.add(str(node["alias"]).lower())
+                defined.update(str(a).lower() for a in node.get("column_name_alias") or [])
+                if kind == "BASE_TABLE":
+                    table = str(node.get("table_name")).lower()
+                    if node.get("schema_name") or node.get("catalog_name") or node.get("at_clause") is not None:
+                        return False
+                    names.add(table)
+                    reads |= table == dataset.lower()
+                elif kind == "JOIN":
+                    if node.get("ref_type") not in ("REGULAR", "CROSS"):
+                        return False
+                    names.update(str(n).lower() for n in node.get("using_columns") or [])
+            else:                                           # LIMIT, a table function, VALUES, PIVOT...
+                return False
+        stack.extend(node.values())
+    if not reads or names & hidden or (names | defined) & READER_COLUMNS:
+        return False
+    if names - known - defined:
+        return False
+    if functions - _ARITHMETIC - PURE_FUNCTIONS - ORDER_FREE_AGGREGATES - _ROW:
+        return False
+    return all(_stability(name) == {"CONSISTENT"} for name in functions - _ARITHMETIC)
+
+
+def _one_row(node: dict) -> bool:
+    """Whether a query's rows are one aggregate row, or rows that are all alike: the rule's value is
+    its first row, so several different rows would make it the order's. A plain SELECT without GROUP
+    BY whose select list reads columns only inside aggregates."""
+    if (node.get("type") != "SELECT_NODE" or node.get("group_expressions") or node.get("group_sets")
+            or node.get("aggregate_handling", "STANDARD_HANDLING") != "STANDARD_HANDLING"):
+        return False
+    stack: list = list(node.get("select_list") or [])
+    while stack:
+        item = stack.pop()
+        if isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            if item.get("class") == "FUNCTION" and item.get("function_name") in ORDER_FREE_AGGREGATES:
+                continue
+            if item.get("class") == "COLUMN_REF":
+                return False
+            stack.extend(item.values())
+    return True

@@ -79,6 +79,12 @@ class PublishReport:
     contract_counts_note: str = ""
     # what the publish left alone on its way (a stray link named like a staging folder, a foreign history file)
     notes: list[str] = dataclasses.field(default_factory=list)
+    # the rules answered from the cached key/split/prompt_key columns (columncache), the sidecars whose
+    # columns the gate read and those taken from the cache, and why anything fell short
+    contract_column_rules: list[str] = dataclasses.field(default_factory=list)
+    contract_column_sidecars_scanned: int = 0
+    contract_column_sidecars_cached: int = 0
+    contract_columns_note: str = ""
 
     @property
     def total_bytes(self) -> int:
@@ -115,6 +121,10 @@ class PublishReport:
             "contract_sidecars_cached": self.contract_sidecars_cached,
             "contract_counts_note": self.contract_counts_note,
             "notes": list(self.notes),
+            "contract_column_rules": list(self.contract_column_rules),
+            "contract_column_sidecars_scanned": self.contract_column_sidecars_scanned,
+            "contract_column_sidecars_cached": self.contract_column_sidecars_cached,
+            "contract_columns_note": self.contract_columns_note,
             "splits": "| split | pairs | shards | MB |\n|---|---|---|---|\n" + rows,
         }
 

@@ -203,15 +203,14 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
 
 def _read(cache: Path) -> pa.Table:
     """The recorded counts: ``sidecar``, ``rows`` (the sidecar's rows) and an int64 column per rule
-    key. Empty if there are none or the file is not a trustworthy cache: a symlink, a folder, bytes
-    that fail their page checksums or do not parse, another layout, a missing sidecar or row count,
-    a negative count or one above the sidecar's rows, a sidecar recorded twice. (A missing rule count
-    only means that sidecar is read again.)"""
+    key. Empty if there are none or the file is not a trustworthy cache (:func:`read_trusted`, then
+    another layout, a missing sidecar or row count, a negative count or one above the sidecar's rows,
+    a sidecar recorded twice). (A missing rule count only means that sidecar is read again.)"""
     empty = pa.table({"sidecar": pa.array([], pa.string())})
+    table = read_trusted(cache)
+    if table is None:
+        return empty
     try:
-        if not stat.S_ISREG(os.lstat(cache).st_mode):
-            return empty
-        table = pq.read_table(cache, use_threads=False, page_checksum_verification=True)
         names = table.schema.names
         if (names[:2] != ["sidecar", ROWS_COLUMN] or not pa.types.is_string(table.schema.field("sidecar").type)
                 or len(set(names)) != len(names)
@@ -231,10 +230,26 @@ def _read(cache: Path) -> pa.Table:
     return table
 
 
+def read_trusted(cache: Path, use_threads: bool = False, **options) -> pa.Table | None:
+    """A cache file's table (``options`` go to ``pq.read_table``), or None where there is none or it
+    cannot be trusted as bytes: a symlink, a folder, bytes that fail their page checksums or do not
+    parse. Never raises: whatever a damaged file raises, it is no cache. The caller checks the layout."""
+    try:
+        if not stat.S_ISREG(os.lstat(cache).st_mode):
+            return None
+        return pq.read_table(cache, use_threads=use_threads, page_checksum_verification=True, **options)
+    except Exception:   # noqa: BLE001
+        return None
+
+
 def _write(cache: Path, table: pa.Table) -> None:
-    """Replace the cache with ``table``, sorted by sidecar, with page checksums (atomically; the
-    folder is made if need be)."""
-    table = table.sort_by([("sidecar", "ascending")])
+    """Replace the cache with ``table``, sorted by sidecar (:func:`write_trusted`)."""
+    write_trusted(cache, table.sort_by([("sidecar", "ascending")]))
+
+
+def write_trusted(cache: Path, table: pa.Table) -> None:
+    """Replace a cache file with ``table``, with page checksums (atomically; the folder is made if
+    need be). Raises OSError when it cannot be written."""
     cache.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(cache) as tmp:
         pq.write_table(table, tmp, **PARQUET_OPTIONS, write_page_checksum=True)

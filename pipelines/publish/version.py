@@ -57,7 +57,7 @@ from formats.files import cast_to_schema, write_bytes_atomic, write_parquet_atom
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
-from pipelines.publish import datacard, jpgdigests, manifest, meta, rulecache, samples, shards
+from pipelines.publish import columncache, datacard, jpgdigests, manifest, meta, rulecache, samples, shards
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.meta import card_sources
@@ -129,7 +129,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")
         staging = open_staging(home.datasets, version)
         try:
-            written, results, counted = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
+            written, results, counted, narrow = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
                                               config, progress)
         except BaseException as exc:
             clean_failed_staging(staging)
@@ -148,6 +148,9 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
     report.contract_counts_note = counted.note
     report.notes = notes
+    report.contract_column_rules = narrow.rules
+    report.contract_column_sidecars_scanned, report.contract_column_sidecars_cached = narrow.scanned, narrow.cached
+    report.contract_columns_note = narrow.note
     return report
 
 
@@ -165,9 +168,10 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
                    sources: dict[str, dict[str, str]], volumes: dict[str, int], staging: Path, version: str,
                    config: PublishConfig, progress: Progress | None
-                   ) -> tuple[ShardsDone, list[RuleResult], rulecache.SidecarCounts]:
+                   ) -> tuple[ShardsDone, list[RuleResult], rulecache.SidecarCounts, columncache.ColumnValues]:
     """Write every file of ``version`` into ``staging``, verified and checked against its contracts;
-    return what the shard phase did, every rule's result and what the row-local rules read."""
+    return what the shard phase did, every rule's result and what the row-local rules and the rules
+    answered from the cached columns read."""
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
     previous = previous_versions(home, version)
     written = write_shards(tasks, previous, config, progress)
@@ -189,11 +193,12 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             if attempt == 2:
                 raise
             _repair_reused_shards(exc, tasks, written, config)   # then the files built from their stats again
-    counted = rulecache.SidecarCounts({})
-    results = check_contracts(staging, rulecache.cache_file(home.cache), counted)
+    counted, narrow = rulecache.SidecarCounts({}), columncache.ColumnValues()
+    results = check_contracts(staging, rulecache.cache_file(home.cache), counted,
+                              columncache.cache_file(home.cache), narrow)
     give_modes(staging, config.fsync)   # files resumed from an interrupted run under another umask
     fsync_tree(staging, config.fsync)
-    return written, results, counted
+    return written, results, counted, narrow
 
 
 def _repair_reused_shards(exc: manifest.ManifestMismatch, tasks: list[shards.ShardTask], written: ShardsDone,
@@ -245,24 +250,34 @@ def version_views(path: Path) -> dict[str, str]:
 
 
 def check_contracts(path: Path, counts_cache: Path | None = None,
-                    counted: rulecache.SidecarCounts | None = None) -> list[RuleResult]:
+                    counted: rulecache.SidecarCounts | None = None, columns_cache: Path | None = None,
+                    narrow: columncache.ColumnValues | None = None) -> list[RuleResult]:
     """Evaluate every contract rule of a version's datasets and return the results; raise naming
     every blocking rule that failed.
 
     With ``counts_cache`` (a file, see :mod:`pipelines.publish.rulecache`) the row-local
     ``shard_samples`` rules read only the sidecars whose counts are not recorded there yet (the path
-    needs a manifest); ``counted``, when given, receives what that did.
+    needs a manifest); ``counted``, when given, receives what that did. With ``columns_cache`` (see
+    :mod:`pipelines.publish.columncache`) the other rules that read only a sidecar's ``key``,
+    ``split`` and ``prompt_key`` (``key_unique``, ``prompt_counts.counts_match_samples``) read only
+    the sidecars whose columns are not recorded there; ``narrow`` receives what that did.
     """
     views = version_views(path)
     given = rulecache.version_counts(path, counts_cache) if counts_cache is not None else rulecache.SidecarCounts({})
     if counted is not None:
         counted.values, counted.scanned, counted.cached, counted.note = (given.values, given.scanned,
                                                                          given.cached, given.note)
+    columns = (columncache.version_values(path, views, columns_cache, {f"{rulecache.DATASET}.{name}" for name in given.values})
+               if columns_cache is not None else columncache.ColumnValues())
+    if narrow is not None:
+        narrow.values, narrow.scanned, narrow.cached, narrow.note = (columns.values, columns.scanned,
+                                                                     columns.cached, columns.note)
+    known = {dataset: {**columns.values.get(dataset, {}), **(given.values if dataset == rulecache.DATASET else {})}
+             for dataset in views}
     con = connect(views, uniform=views)      # one version: every glob's files share one schema
     try:
         results = [r for dataset in views
-                   for r in evaluate(load_contract(dataset), con,
-                                     given.values if dataset == rulecache.DATASET else None)]
+                   for r in evaluate(load_contract(dataset), con, known[dataset])]
     finally:
         con.close()
     failures = [f"{r.rule.dataset}.{r.rule.name} = {r.value} ({r.error or r.rule.expectation()})"
