@@ -265,14 +265,14 @@ class _Cache:
         if any(column.null_count for column in table.columns):
             return "a missing value"
         if not table.num_rows:
-            return table
+            return CACHE_SCHEMA.empty_table()
         if pc.min(table.column("bytes")).as_py() < 0:
             return "a negative size"
         if not pc.all(pc.match_substring_regex(table.column("sha256"), "^[0-9a-f]{64}$")).as_py():
             return "a digest that is not 64 hex digits"
         if pc.count_distinct(table.column("key")).as_py() != table.num_rows:
             return "a key recorded twice"
-        return table
+        return pa.Table.from_arrays(table.columns, schema=CACHE_SCHEMA)    # the one schema every part shares
 
     def record(self, cached: pa.Table, new: pa.Table) -> None:
         """Add ``new`` entries as one more part, or, when there are too many parts or they were not
