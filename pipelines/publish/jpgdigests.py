@@ -3,15 +3,36 @@
 Each published sample carries the sha256 of its two JPEGs exactly as they sit in the tar (so a
 reader can verify the tar bytes from the sidecar), and the shard plan compares those digests to
 decide whether a shard changed. Hashing every JPEG on every publish would read the whole store each
-night (~100 GB at Pick-a-Pic size); a file whose size, mtime and inode are those recorded when it
-was hashed takes its digest from ``HOME/cache/train_jpg_sha256/`` instead, so a nightly publish hashes
-only the new day's JPEGs. The cache is disposable: without it every JPEG is hashed again, with the
-same result.
+night (~100 GB at Pick-a-Pic size); a file whose identity (size, mtime, ctime and inode:
+:func:`pipelines.publish.shards.file_identity`) is the one recorded when it was hashed takes its
+digest from ``HOME/cache/train_jpg_sha256/`` instead, so a nightly publish hashes only the new day's
+JPEGs. The ctime is what catches a file rewritten in place with its size kept and its mtime put
+back (``cp -p``, ``rsync -t --inplace``, ``touch -r``): ``utime`` cannot set it.
+
+The same identities go with the shard tasks, and the shard writer refuses a JPEG that is no longer
+that file when it copies it (``JpgChangedError``: a JPEG replaced or rewritten during the publish
+fails it, naming the key; a rerun hashes it again). A JPEG changing while it is hashed here fails
+the same way.
+
+The cache is disposable: without it every JPEG is hashed again, with the same result. It is Parquet
+parts written with page checksums (more than ``MAX_PARTS`` are merged into one). A cache that
+cannot be read or trusted (a part failing its checksums or not parsing, another layout, a null, a
+negative size, a digest that is not 64 hex digits, a key twice in one part, one identity recorded
+with two digests) counts as empty: every JPEG is hashed and the cache replaced. The folder must be
+a real folder, opened once without following a link: a symbolic link or a file there means no cache
+for the run (everything hashed, nothing written, read or deleted through it), said in
+:attr:`JpgIndex.note` and the publish report's ``notes``.
+
+Trust: what neither the cache nor the writer can see is a file's bytes changing with its size,
+mtime, ctime and inode all kept (bit rot, a write within the same clock tick as the file's last
+change); ``publish.verify_checksums`` re-reads the published files, not the JPEGs.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import re
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -22,18 +43,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import sha256_file, write_parquet_atomic
+from formats.files import PARQUET_OPTIONS, create_temp, open_regular_file
 from formats.home import DataHome
-from pipelines.publish.shards import jpg_key_is_safe
+from pipelines.publish.shards import JPG_IDENTITY_FIELDS, JpgChangedError, file_identity, jpg_key_is_safe
 
 CACHE_SCHEMA = pa.schema([
     pa.field("key", pa.string(), nullable=False),         # training JPEG key, relative to the data home
-    pa.field("bytes", pa.int64(), nullable=False),
-    pa.field("mtime_ns", pa.int64(), nullable=False),
-    pa.field("inode", pa.int64(), nullable=False),
+    *[pa.field(name, pa.int64(), nullable=False) for name in JPG_IDENTITY_FIELDS],   # bytes, mtime, ctime, inode
     pa.field("sha256", pa.string(), nullable=False),
 ])
 MAX_PARTS = 16     # more cache files than this are merged into one
+_PART = re.compile(r"part-([0-9]{6,})-[0-9a-f]{16}\.parquet")    # the only names the cache reads or removes
+_READ_CHUNK = 1 << 20
 
 
 @dataclass
@@ -45,6 +66,9 @@ class JpgIndex:
     sha256: pa.Array
     hashed: int
     hashed_bytes: int
+    # per key its identity (``JPG_IDENTITY_FIELDS``) when its sha256 was taken; the shard writer checks it
+    identities: np.ndarray | None = None
+    note: str = ""      # why the digest cache was not used, trusted or written, if it was not
 
     def positions(self, column: pa.ChunkedArray | pa.Array) -> np.ndarray:
         """Index into ``keys`` of every value of ``column`` (all must be known)."""
@@ -65,7 +89,7 @@ def cache_dir(home: DataHome) -> Path:
 
 
 def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int = 1) -> JpgIndex:
-    """Size and sha256 of every JPEG named in ``columns`` (column name -> keys), cached by size/mtime/inode.
+    """Size, sha256 and identity of every JPEG named in ``columns`` (column name -> keys), cached by identity.
 
     Unsafe keys, then missing files and what is not a regular file (a FIFO, a device, a folder; a
     symlink counts as what it points to), are errors naming the key and its column.
@@ -81,7 +105,7 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
     for name, values in unique.items():
         for rel in values.to_pylist():
             column_of.setdefault(rel, name)
-    stats = np.zeros((len(keys), 3), dtype=np.int64)
+    stats = np.zeros((len(keys), len(JPG_IDENTITY_FIELDS)), dtype=np.int64)
     for i, rel in enumerate(keys.to_pylist()):
         try:
             st = os.stat(home.root / rel)
@@ -89,54 +113,209 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
             raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column_of[rel]}) is missing: {exc}") from exc
         if not stat.S_ISREG(st.st_mode):    # a FIFO would block the reader forever, a device never end
             raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column_of[rel]}) is not a regular file")
-        stats[i] = (st.st_size, st.st_mtime_ns, st.st_ino)
+        stats[i] = file_identity(st)
 
-    cached = _read_cache(home)
-    hit = np.zeros(len(keys), dtype=bool)
-    known = pa.nulls(len(keys), pa.string())
-    if cached.num_rows:
-        where = pc.index_in(keys, value_set=cached.column("key"))
-        hit = pc.fill_null(pc.is_valid(where), False).to_numpy(zero_copy_only=False)
-        slots = np.asarray(pc.fill_null(where, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
-        for j, name in enumerate(("bytes", "mtime_ns", "inode")):
-            hit &= cached.column(name).to_numpy()[slots] == stats[:, j]
-        known = cached.column("sha256").take(pa.array(slots))
-    missing = np.flatnonzero(~hit)
-    key_list = keys.to_pylist()
-    with ThreadPoolExecutor(max(1, workers)) as pool:   # hashlib and file reads release the GIL
-        hashed = pa.array(list(pool.map(lambda i: sha256_file(home.root / key_list[i]), missing.tolist())), pa.string())
-    sha256 = pc.replace_with_mask(known, pa.array(~hit), hashed) if len(missing) else known
-    if len(missing):
-        _append_cache(home, cached, pa.table({
-            "key": keys.take(pa.array(missing)), "bytes": stats[missing, 0], "mtime_ns": stats[missing, 1],
-            "inode": stats[missing, 2], "sha256": hashed}, schema=CACHE_SCHEMA))
-    return JpgIndex(keys, stats[:, 0].copy(), sha256, int(len(missing)), int(stats[missing, 0].sum()))
+    with _Cache(home) as cache:
+        cached = cache.read()
+        hit = np.zeros(len(keys), dtype=bool)
+        known = pa.nulls(len(keys), pa.string())
+        if cached.num_rows:
+            where = pc.index_in(keys, value_set=cached.column("key"))
+            hit = pc.fill_null(pc.is_valid(where), False).to_numpy(zero_copy_only=False)
+            slots = np.asarray(pc.fill_null(where, 0).to_numpy(zero_copy_only=False), dtype=np.int64)
+            for j, name in enumerate(JPG_IDENTITY_FIELDS):
+                hit &= cached.column(name).to_numpy()[slots] == stats[:, j]
+            known = cached.column("sha256").take(pa.array(slots))
+        missing = np.flatnonzero(~hit)
+        key_list = keys.to_pylist()
+        with ThreadPoolExecutor(max(1, workers)) as pool:   # hashlib and file reads release the GIL
+            done = list(pool.map(lambda i: _hash(home.root / key_list[i], key_list[i], column_of[key_list[i]]),
+                                 missing.tolist()))
+        hashed = pa.array([sha for sha, _ in done], pa.string())
+        if len(missing):
+            stats[missing] = np.array([identity for _, identity in done], dtype=np.int64)  # as it was hashed
+        sha256 = pc.replace_with_mask(known, pa.array(~hit), hashed) if len(missing) else known
+        if len(missing):
+            cache.record(cached, pa.table({"key": keys.take(pa.array(missing)),
+                                           **{name: stats[missing, j] for j, name in enumerate(JPG_IDENTITY_FIELDS)},
+                                           "sha256": hashed}, schema=CACHE_SCHEMA))
+    return JpgIndex(keys, stats[:, 0].copy(), sha256, int(len(missing)), int(stats[missing, 0].sum()), stats,
+                    cache.note)
 
 
-def _read_cache(home: DataHome) -> pa.Table:
-    """Every cached entry, one per key (of repeated keys, the one in the part sorting last)."""
-    parts = sorted(cache_dir(home).glob("part-*.parquet"))
-    if not parts:
+def _hash(path: Path, rel: str, column: str) -> tuple[str, list[int]]:
+    """sha256 of a JPEG's bytes and its identity, the same before and after they were read (else
+    :class:`JpgChangedError`: the digest may mix two versions of the file)."""
+    try:
+        handle = open_regular_file(path)
+    except OSError as exc:
+        raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column}) cannot be read: {exc}") from exc
+    digest = hashlib.sha256()
+    read = 0
+    with handle:
+        before = file_identity(os.fstat(handle.fileno()))
+        while block := handle.read(_READ_CHUNK):
+            digest.update(block)
+            read += len(block)
+        after = file_identity(os.fstat(handle.fileno()))
+    if after != before or read != before[0]:
+        raise JpgChangedError(f"training JPEG {rel!r} (split_pairs.{column}) changed during the publish, while its "
+                              "sha256 was taken; run it again")
+    return digest.hexdigest(), before
+
+
+class _Cache:
+    """``HOME/cache/train_jpg_sha256``, opened once as a real folder (no link followed) and then used
+    only through that descriptor, so nothing is read, written or deleted anywhere else. ``note``
+    says why the cache was not used, not trusted or not written."""
+
+    def __init__(self, home: DataHome) -> None:
+        self.home = home
+        self.folder = cache_dir(home)
+        self.fd: int | None = None
+        self.usable = True          # False: no cache this run (a link or a file in its place)
+        self.trusted = True         # False: what is there counts as empty and is replaced
+        self.parts: list[str] = []  # the parts read, oldest first
+        self.notes: list[str] = []
+        self._open(create=False)
+
+    @property
+    def note(self) -> str:
+        return "; ".join(self.notes)
+
+    def __enter__(self) -> "_Cache":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def _open(self, create: bool) -> None:
+        """Open the folder (making it when ``create``); a link or a file there makes the cache unusable."""
+        try:
+            if create:
+                self.home.cache.mkdir(parents=True, exist_ok=True)
+                with contextlib.suppress(FileExistsError):     # whatever is there is checked by the open
+                    os.mkdir(self.folder)
+            self.fd = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            if create:
+                self._unusable("it vanished while it was made")
+        except OSError as exc:
+            self._unusable(exc.strerror or str(exc))
+
+    def _unusable(self, why: str) -> None:
+        self.usable = False
+        self.notes.append(f"JPEG digest cache not used: {self.folder}: {why} (it must be a real folder, not a "
+                          "symbolic link or a file; remove what is there): every JPEG hashed, nothing recorded")
+
+    def read(self) -> pa.Table:
+        """Every trusted entry, one per key (of a key in several parts, the newest part's); empty if
+        there are none or if any part cannot be trusted (then the next :meth:`record` replaces them all)."""
+        if self.fd is None:
+            return CACHE_SCHEMA.empty_table()
+        try:
+            names = [name for name in os.listdir(self.fd) if _PART.fullmatch(name)]
+        except OSError as exc:
+            return self._distrust(f"cannot list it: {exc}")
+        self.parts = sorted(names, key=lambda name: (int(_PART.fullmatch(name)[1]), name))
+        tables = []
+        for name in self.parts:
+            table = self._read_part(name)
+            if isinstance(table, str):
+                return self._distrust(f"{name}: {table}")
+            tables.append(table)
+        if not tables:
+            return CACHE_SCHEMA.empty_table()
+        table = pa.concat_tables(tables)
+        conflicts = table.group_by(["key", *JPG_IDENTITY_FIELDS]).aggregate([("sha256", "count_distinct")])
+        if conflicts.num_rows and pc.max(conflicts.column("sha256_count_distinct")).as_py() > 1:
+            return self._distrust("a file recorded with two digests")
+        rows = pa.table({"key": table.column("key"), "row": pa.array(np.arange(table.num_rows))})
+        table = table.take(pc.sort_indices(rows, sort_keys=[("key", "ascending"), ("row", "descending")]))
+        keys = table.column("key").to_numpy(zero_copy_only=False)
+        first = np.ones(len(keys), dtype=bool)
+        first[1:] = keys[1:] != keys[:-1]
+        return table.filter(pa.array(first))
+
+    def _distrust(self, why: str) -> pa.Table:
+        self.trusted = False
+        self.notes.append(f"JPEG digest cache not trusted ({why}): every JPEG hashed, the cache replaced")
         return CACHE_SCHEMA.empty_table()
-    table = pa.concat_tables([pq.read_table(p, schema=CACHE_SCHEMA) for p in parts])
-    rows = pa.table({"key": table.column("key"), "row": pa.array(np.arange(table.num_rows))})
-    table = table.take(pc.sort_indices(rows, sort_keys=[("key", "ascending"), ("row", "descending")]))
-    keys = table.column("key").to_numpy(zero_copy_only=False)
-    first = np.ones(len(keys), dtype=bool)
-    first[1:] = keys[1:] != keys[:-1]
-    return table.filter(pa.array(first))
 
+    def _read_part(self, name: str) -> pa.Table | str:
+        """A part's entries, or why it cannot be trusted (never raises: whatever a damaged file
+        raises, it is no cache)."""
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
+            try:
+                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                    return "not a regular file"
+                with open(fd, "rb", closefd=False) as handle:
+                    data = handle.read()
+            finally:
+                os.close(fd)
+            table = pq.read_table(pa.BufferReader(data), use_threads=False, page_checksum_verification=True)
+        except Exception as exc:   # noqa: BLE001
+            return f"unreadable: {type(exc).__name__}: {str(exc)[:200]}"
+        if table.schema.names != CACHE_SCHEMA.names or any(
+                field.type != want.type for field, want in zip(table.schema, CACHE_SCHEMA)):
+            return "another layout"
+        if any(column.null_count for column in table.columns):
+            return "a missing value"
+        if not table.num_rows:
+            return CACHE_SCHEMA.empty_table()
+        if pc.min(table.column("bytes")).as_py() < 0:
+            return "a negative size"
+        if not pc.all(pc.match_substring_regex(table.column("sha256"), "^[0-9a-f]{64}$")).as_py():
+            return "a digest that is not 64 hex digits"
+        if pc.count_distinct(table.column("key")).as_py() != table.num_rows:
+            return "a key recorded twice"
+        return pa.Table.from_arrays(table.columns, schema=CACHE_SCHEMA)    # the one schema every part shares
 
-def _append_cache(home: DataHome, cached: pa.Table, new: pa.Table) -> None:
-    """Add ``new`` entries as one more part; merge every part into one when there are too many."""
-    folder = cache_dir(home)
-    parts = sorted(folder.glob("part-*.parquet"))
-    number = max((int(p.name.split("-")[1]) for p in parts), default=-1) + 1
-    name = hashlib.sha256("\0".join(new.column("key").to_pylist()).encode()).hexdigest()[:16]
-    if len(parts) < MAX_PARTS:
-        write_parquet_atomic(new, folder / f"part-{number:06d}-{name}.parquet", CACHE_SCHEMA)
-        return
-    kept = cached.filter(pc.invert(pc.is_in(cached.column("key"), value_set=new.column("key"))))
-    write_parquet_atomic(pa.concat_tables([kept, new]), folder / f"part-{number:06d}-{name}.parquet", CACHE_SCHEMA)
-    for old in parts:   # the merged part holds every entry and sorts last
-        old.unlink()
+    def record(self, cached: pa.Table, new: pa.Table) -> None:
+        """Add ``new`` entries as one more part, or, when there are too many parts or they were not
+        trusted, write every entry as one part and remove the others. A failure to write is noted."""
+        if not self.usable:
+            return
+        if self.fd is None:
+            self._open(create=True)
+            if self.fd is None:
+                return
+        merge = not self.trusted or len(self.parts) >= MAX_PARTS
+        table = new
+        if merge:
+            kept = cached.filter(pc.invert(pc.is_in(cached.column("key"), value_set=new.column("key"))))
+            table = pa.concat_tables([kept, new])
+        try:
+            numbers = [int(m[1]) for name in os.listdir(self.fd) if (m := _PART.fullmatch(name))]
+            digest = hashlib.sha256("\0".join(new.column("key").to_pylist()).encode()).hexdigest()[:16]
+            self._write(f"part-{max(numbers, default=-1) + 1:06d}-{digest}.parquet", table)
+        except OSError as exc:            # a full disk: only the next publish pays
+            self.notes.append(f"JPEG digests not recorded: {exc}")
+            return
+        if merge:
+            for old in self.parts:        # the merged part holds every entry and sorts last
+                try:
+                    os.unlink(old, dir_fd=self.fd)    # a name in our own folder: never follows a link
+                except FileNotFoundError:
+                    pass
+                except OSError as exc:
+                    self.notes.append(f"JPEG digest cache part {old} not removed: {exc}")
+
+    def _write(self, name: str, table: pa.Table) -> None:
+        """Write ``table`` as the new part ``name``: a temporary file in the folder, page checksums,
+        fsync, renamed (all relative to the folder's descriptor)."""
+        fd, tmp = create_temp(self.folder, name, dir_fd=self.fd)
+        try:
+            with open(fd, "wb", closefd=False) as handle:
+                pq.write_table(table, handle, **PARQUET_OPTIONS, write_page_checksum=True)
+            os.fsync(fd)
+            os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=self.fd)
+            raise
+        finally:
+            os.close(fd)

@@ -116,8 +116,11 @@ def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, sta
     means the same shards)."""
     tasks = []
     split_column = samples.column("split")
-    all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[jpgs.positions(samples.column("jpg_0_key"))],
-                                                    jpgs.sizes[jpgs.positions(samples.column("jpg_1_key"))])
+    at = [jpgs.positions(samples.column(f"jpg_{side}_key")) for side in (0, 1)]
+    all_sample_bytes = shards.estimate_sample_bytes(samples, jpgs.sizes[at[0]], jpgs.sizes[at[1]])
+    # each row's two JPEG identities (when the digests were taken), checked by the writer
+    all_identities = (np.concatenate([jpgs.identities[at[0]], jpgs.identities[at[1]]], axis=1)
+                      if jpgs.identities is not None else None)
     segment_volumes = {day.replace("-", ""): count for day, count in volumes.items()}
     for split in splits_in(samples):
         members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
@@ -127,13 +130,15 @@ def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, sta
             max_bytes=config.max_shard_bytes, min_shards=config.min_shards_per_split, seed=config.seed,
             shards_per_day=config.shards_per_day, min_shard_bytes=config.min_shard_bytes, day_volume=segment_volumes)
         rows = _take(part, indices)
+        identities = all_identities[members[indices.to_numpy()]] if all_identities is not None else None
         digests = shards.json_digests(rows)
         keys = rows.column("key").to_pylist()
         for plan in plans:
             digest = shardplan.plan_digest(plan.name, keys[plan.start:plan.stop], digests[plan.start:plan.stop])
             part_rows = rows.slice(plan.start, plan.stop - plan.start)  # zero-copy; a task pickles only its slice
             tasks.append(shards.ShardTask(split, plan.name, str(staging / split), str(home.root), part_rows, digest,
-                                          config.fsync, config.fsync and config.direct_io))
+                                          config.fsync, config.fsync and config.direct_io,
+                                          identities[plan.start:plan.stop] if identities is not None else None))
     return tasks
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import hashlib
 import json
@@ -94,6 +95,11 @@ class ShardTask:
 
     ``rows`` may be a zero-copy slice of the whole split: a task pickles its rows as an Arrow IPC
     stream, which holds only the slice (pickling a slice directly copies the parent's buffers).
+    ``jpg_identities``, when given, holds per row the :func:`file_identity` of its two JPEGs as they
+    were when their sha256 was taken (``JPG_IDENTITY_FIELDS`` for ``jpg_0``, then for ``jpg_1``): the
+    writer refuses a JPEG that is no longer that file (:class:`JpgChangedError`), so the tar never
+    holds other bytes than the digests the sidecar publishes. A row slice of one int64 array: it
+    pickles as its own bytes.
     """
 
     split: str
@@ -104,13 +110,14 @@ class ShardTask:
     plan_sha256: str
     fsync: bool = True
     direct: bool = False     # write the tar with O_DIRECT where the file system takes it
+    jpg_identities: np.ndarray | None = dataclasses.field(default=None, compare=False, repr=False)   # (rows, 8) int64
 
     def __reduce__(self):
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, self.rows.schema) as writer:
             writer.write_table(self.rows)
         return (_task_from_ipc, (self.split, self.name, self.out_dir, self.home_root, sink.getvalue(),
-                                 self.plan_sha256, self.fsync, self.direct))
+                                 self.plan_sha256, self.fsync, self.direct, self.jpg_identities))
 
     def paths(self) -> tuple[Path, Path, Path]:
         """The shard's tar, sidecar and stats paths."""
@@ -118,9 +125,27 @@ class ShardTask:
 
 
 def _task_from_ipc(split: str, name: str, out_dir: str, home_root: str, rows: pa.Buffer,
-                   plan_sha256: str, fsync: bool, direct: bool) -> ShardTask:
+                   plan_sha256: str, fsync: bool, direct: bool, jpg_identities: np.ndarray | None = None) -> ShardTask:
     return ShardTask(split, name, out_dir, home_root, pa.ipc.open_stream(rows).read_all(), plan_sha256, fsync,
-                     direct)
+                     direct, jpg_identities)
+
+
+JPG_IDENTITY_FIELDS = ("bytes", "mtime_ns", "ctime_ns", "inode")
+
+
+def file_identity(info: os.stat_result) -> list[int]:
+    """What says a file is still the one whose sha256 was taken: size, mtime, ctime, inode
+    (``JPG_IDENTITY_FIELDS``). A new file renamed in has another inode (and ctime); a change in
+    place moves the ctime, which ``utime`` cannot put back. Each fits an int64 (an inode from 2**63
+    is taken as its two's complement)."""
+    inode = info.st_ino
+    return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, inode - (1 << 64) if inode >= 1 << 63 else inode]
+
+
+class JpgChangedError(RuntimeError):
+    """A training JPEG is no longer the file whose sha256 the version carries (replaced or written
+    since its digest was taken): the publish stops, nothing of it becomes visible, and a rerun
+    hashes the JPEG again."""
 
 
 DUCKDB_JSON_MIN_ROWS = 200    # below this, DuckDB's fixed cost per call (a plan, ~8 ms) loses: measured crossover ~200 rows
@@ -331,7 +356,8 @@ def write_batch(tasks: list[ShardTask]) -> list[dict]:
             tar_path = task.paths()[0]
             tar_path.parent.mkdir(parents=True, exist_ok=True)
             tar_info, fd = _write_new(tar_path, lambda fd: _write_tar(task.rows, shard_texts, task.home_root,
-                                                                      fd, offsets, sizes, task.fsync, task.direct),
+                                                                      fd, offsets, sizes, task.fsync, task.direct,
+                                                                      task.jpg_identities),
                                          task.fsync)
             committer.put(fd, tar_path)
             faults.maybe_crash("shards.after_tar")  # tests: die mid-shard (tar in place, no sidecar, no stats)
@@ -473,21 +499,24 @@ def _write_new(path: Path, write, keep_open: bool):
 
 
 def _write_tar(rows: pa.Table, texts: list[str], home: str, fd: int, offsets: dict, sizes: dict,
-               writeback: bool, direct: bool = False) -> tuple[int, int, str]:
+               writeback: bool, direct: bool = False, identities: np.ndarray | None = None) -> tuple[int, int, str]:
     """Write the tar of ``rows`` (JSON members ``texts``) to ``fd``: (bytes, JPEG bytes, sha256).
 
     Appends each member's offset and size to ``offsets`` / ``sizes``. The tar is built in a
     :class:`~pipelines.publish.chunkwriter.ChunkWriter` (JPEGs read straight into its buffer) and
     written a chunk at a time: with ``direct`` by ``O_DIRECT`` where the file system takes it, else
     through the page cache, where ``writeback`` starts the disk on each chunk (the caller fsyncs).
+    ``identities`` (see :class:`ShardTask`): each JPEG must still be that file, before and after it
+    is read (two ``fstat`` calls, no second pass over its bytes).
     """
     jpg_bytes = 0
     columns = [rows.column(name).to_pylist() for name in ("key", "jpg_0_key", "jpg_1_key", "caption")]
+    expected = identities.tolist() if identities is not None else [None] * rows.num_rows
     on_written = (lambda offset, length: start_writeback(fd, offset, length)) if writeback else None
     with ChunkWriter(fd, direct, on_written) as out:
-        for key, jpg_0_key, jpg_1_key, caption, text in zip(*columns, texts):
-            for member, relpath in zip(MEMBERS[:2], (jpg_0_key, jpg_1_key)):
-                size = _read_jpg_into(out, home, relpath, key)
+        for key, jpg_0_key, jpg_1_key, caption, text, ids in zip(*columns, texts, expected):
+            for side, member, relpath in zip((0, 4), MEMBERS[:2], (jpg_0_key, jpg_1_key)):
+                size = _read_jpg_into(out, home, relpath, key, ids[side:side + 4] if ids is not None else None)
                 jpg_bytes += size
                 _finish_member(out, f"{key}.{member}", size, offsets[member], sizes[member])
             for member, data in zip(MEMBERS[2:], (text.encode("utf-8"), caption.encode("utf-8"))):
@@ -618,13 +647,23 @@ STATS_KEYS = {"split", "shard", "num_samples", "num_bytes", "jpg_bytes", "sha256
 STATS_INT_KEYS = ("num_samples", "num_bytes", "jpg_bytes", "sidecar_bytes")
 
 
-def _read_jpg_into(out: ChunkWriter, home: str, relpath: str, key: str) -> int:
+def _read_jpg_into(out: ChunkWriter, home: str, relpath: str, key: str, expected: list[int] | None = None) -> int:
     """Read a training JPEG (copied verbatim, never decoded; a regular file, checked once open) into
     ``out``'s buffer, a header's length past its end; return its size.
+
+    ``expected``: the JPEG's :func:`file_identity` when its sha256 was taken. The open file must
+    have it, and still have it once read (with as many bytes read as its size), else
+    :class:`JpgChangedError`: the bytes copied might not be those the digest describes.
 
     Only the JPEG's own errors say it cannot be read: a write that making room sets off (a full
     disk) keeps its own error.
     """
+    def changed(now: list[int]) -> JpgChangedError:
+        was = dict(zip(JPG_IDENTITY_FIELDS, expected))
+        return JpgChangedError(f"sample {key!r}: training JPEG {relpath!r} changed during the publish (it is "
+                               f"{dict(zip(JPG_IDENTITY_FIELDS, now))}, its sha256 was taken of {was}); "
+                               "run it again")
+
     def unreadable(exc: OSError) -> FileNotFoundError:
         return FileNotFoundError(f"sample {key!r}: cannot read training JPEG {relpath!r}: {exc}")
 
@@ -639,9 +678,17 @@ def _read_jpg_into(out: ChunkWriter, home: str, relpath: str, key: str) -> int:
     except OSError as exc:
         raise unreadable(exc) from exc
     with handle:
-        size_hint = os.fstat(handle.fileno()).st_size
+        info = os.fstat(handle.fileno())
+        if expected is not None and file_identity(info) != expected:
+            raise changed(file_identity(info))
+        size_hint = info.st_size
         out.reserve(2 * BLOCK + size_hint)             # header, bytes, padding (add_file keeps its room)
-        return out.add_file(readinto, BLOCK, size_hint)
+        size = out.add_file(readinto, BLOCK, size_hint)
+        if expected is not None:
+            after = file_identity(os.fstat(handle.fileno()))
+            if after != expected or size != expected[0]:
+                raise changed(after if after != expected else [size, *after[1:]])
+        return size
 
 
 def jpg_key_is_safe(relpath: str) -> bool:

@@ -112,7 +112,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     version = version_id(table, source, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = []
+    notes: list[str] = [jpgs.note] if jpgs.note else []     # the JPEG digest cache not used, trusted or written
     with publish_lock(home):
         check_latest(home.datasets)
         final = home.datasets / version

@@ -148,11 +148,6 @@ def test_a_stray_non_folder_named_like_staging_does_not_stop_every_publish(tmp_p
 
 
 # --------------------------------------------------------------------------- the JPEG digests
-@pytest.mark.xfail(strict=True, reason=(
-    "a training JPEG replaced between jpgdigests.index_jpgs and the tar write is copied into the tar as "
-    "it is now, while the sample's JSON and sidecar carry the digest taken before: the published "
-    "jpg_N_sha256 no longer describe the tar bytes, and verify_checksums (which hashes the tar as "
-    "written) does not notice; the shard writer never compares what it copied with the digest"))
 def test_a_jpeg_replaced_during_the_publish_does_not_publish_a_wrong_digest(tmp_path: Path, monkeypatch) -> None:
     home, full = _history(tmp_path / "h")
     write_split_pairs(home, full)
@@ -176,11 +171,6 @@ def test_a_jpeg_replaced_during_the_publish_does_not_publish_a_wrong_digest(tmp_
     assert mismatches == [], f"sidecar jpg sha256 differ from the tar bytes: {mismatches[:3]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jpgdigests._read_cache reads every cache/train_jpg_sha256/part-*.parquet with pq.read_table and "
-    "no error handling: one damaged part (a torn write, a truncated copy) makes every publish fail "
-    "with ArrowInvalid until the disposable cache is deleted by hand (rulecache treats a damaged cache "
-    "as empty)"))
 def test_a_damaged_jpeg_digest_cache_is_treated_as_empty(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h")
     days = _days(full)
@@ -198,11 +188,6 @@ def test_a_damaged_jpeg_digest_cache_is_treated_as_empty(tmp_path: Path) -> None
     assert published == expected
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the JPEG digest cache trusts size, mtime and inode: a blob rewritten in place with the same size "
-    "and its mtime put back (cp -p / rsync -t --inplace / touch -r, or a rewrite within one mtime tick) "
-    "keeps its old digest, so the version id and the published bytes depend on whether the cache "
-    "exists (st_ctime_ns, which utime cannot set back, is not compared)"))
 def test_the_jpeg_digest_cache_never_changes_a_published_byte(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h")
     days = _days(full)
@@ -278,10 +263,6 @@ def test_a_linked_contract_cache_folder_is_not_written_through(tmp_path: Path, f
     assert all(r.passed for r in report.contract_results)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "jpgdigests globs, writes (and, past MAX_PARTS parts, deletes part-*.parquet) in "
-    "cache/train_jpg_sha256 without checking it is a real folder: a symlink planted there makes the "
-    "publish write its cache parts into the link's target, outside the home"))
 def test_a_linked_jpeg_digest_cache_folder_is_not_written_through(tmp_path: Path) -> None:
     home, full = _history(tmp_path / "h")
     write_split_pairs(home, full)

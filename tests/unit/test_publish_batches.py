@@ -198,7 +198,14 @@ def test_a_missing_jpeg_fails_the_batch_without_markers_or_temporary_files(plann
             target = home / relpath
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes((Path(task.home_root) / relpath).read_bytes())
-    tasks = [dataclasses.replace(t, home_root=str(home)) for t in tasks]
+    def copied(task):    # the copies are other files: the identities the writer checks are theirs
+        import numpy as np
+
+        keys = zip(task.rows.column("jpg_0_key").to_pylist(), task.rows.column("jpg_1_key").to_pylist())
+        return np.array([[*shards.file_identity(os.stat(home / a)), *shards.file_identity(os.stat(home / b))]
+                         for a, b in keys], dtype=np.int64)
+
+    tasks = [dataclasses.replace(t, home_root=str(home), jpg_identities=copied(t)) for t in tasks]
     missing = tasks[3].rows.column("jpg_1_key")[0].as_py()
     (home / missing).unlink()
     with pytest.raises(FileNotFoundError, match=missing):
