@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
+import decimal
 import errno
 import fcntl
 import json
@@ -179,22 +180,32 @@ def jstr_raw(value: str | None) -> str:
 
 
 class _Unrepresentable(str):
-    """A number the app's column holds that a float64 cannot (``numeric`` 1e-400, 1e400): written as its
-    text in a JSON string, so the ingest quarantines the line (a string where a number belongs) instead
-    of the export turning it into 0.0 or Infinity unseen."""
+    """A number the app's column holds that a float64 cannot hold as written (``numeric`` 1e-400, 1e400,
+    7.00000000000000000001): written as its text in a JSON string, so the ingest quarantines the line
+    (``wrong_type``: gs must be a JSON number, a float64) instead of the export writing 0.0, Infinity or
+    7.0 unseen."""
 
     def __repr__(self) -> str:   # what rawlines.jnum writes
         return json.dumps(str(self))
 
 
 def _float(text: str | None) -> float | _Unrepresentable | None:
+    """The float64 of a ``gs`` text, or the text itself (:class:`_Unrepresentable`) when the float's
+    shortest decimal is not the same number: a ``double precision`` / ``real`` column always round-trips
+    (the server writes its shortest exact text), a ``numeric`` one only when its digits fit a float64.
+    NaN and Infinity as written stay floats (the ingest quarantines them as ``invalid_value``)."""
     if text is None:
         return None
     value = float(text)
-    mantissa = re.split("[eE]", text, maxsplit=1)[0]
-    if (value == 0.0 and re.search("[1-9]", mantissa)) or (math.isinf(value) and "inf" not in text.lower()):
-        return _Unrepresentable(text)
-    return value
+    if not math.isfinite(value):
+        return value if ("inf" in text.lower() or "nan" in text.lower()) else _Unrepresentable(text)
+    if repr(value) == text:      # the usual case, without a Decimal
+        return value
+    try:
+        same = decimal.Decimal(repr(value)) == decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        same = False
+    return value if same else _Unrepresentable(text)
 
 
 # One formatter per table: values in the SELECT's column order (text already decoded) -> one line.
@@ -249,6 +260,12 @@ class _CompressingWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+
+# The snapshot of users starts at the first day a date names (undated_rows.sql's bound): an account
+# created '-infinity' or BC is one the report lists as undated, never a snapshot row (to_char has no
+# era: a BC date would read as the same date AD, '-infinity' as null).
+FIRST_DATED = "0001-01-01"
 
 
 FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
@@ -326,14 +343,23 @@ def _foreign_entries(folder: Path, ours: set[str]) -> list[str]:
     return [e.name for e in os.scandir(folder) if e.name not in ours or not e.is_file(follow_symlinks=False)]
 
 
+class DayFolderRefused(FileExistsError):
+    """The day's folder holds something the export did not write and cannot carry into the new day
+    (or changed while the new day was swapped in): nothing was replaced."""
+
+
 def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -> None:
     """Move the staged files into ``raw/app_logs/dt=DAY/``: the folder at once, or only the changed files.
 
     A day already there whose files changed is replaced in one step where the system can swap two
-    folders: its unchanged files are hard-linked into the staging folder (same inode and mtime), and
-    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. Elsewhere,
-    or when the day's folder holds anything but the export's regular files (never deleted), each changed
-    file is renamed over its old version, once every target is known to be replaceable.
+    folders: its unchanged files, and anything else the folder holds that the export did not write (an
+    operator's note), are hard-linked into the staging folder (same inode and mtime: untouched), and
+    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. A foreign
+    entry that cannot be hard-linked (a folder, another account's file under ``protected_hardlinks``)
+    refuses the update (:class:`DayFolderRefused`): renaming file by file beside it would leave a mixed
+    day if the export died between two renames. Only where the system cannot swap folders (or refuses
+    a link to the export's own files) is each changed file renamed over its old version, once every
+    target is known to be replaceable.
     """
     final = home.raw_day(day)
     if not os.path.lexists(final):
@@ -358,28 +384,51 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         return
     report.published = "updated"
     ours = {target.name for _, target in moves + keep}
-    if not _foreign_entries(final, ours):
-        try:
-            for staged, target in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    staged.unlink()
-                if os.path.lexists(target):
-                    os.link(target, staged, follow_symlinks=False)
-            kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
-            os.chmod(staging, stat.S_IMODE(kept.st_mode))
-            with contextlib.suppress(OSError):
-                os.chown(staging, -1, kept.st_gid)
-            swapped = exchange(staging, final)
-        except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
-            swapped = False
-        if swapped and not _foreign_entries(staging, ours):
-            return                              # the old day is now at ``staging``, removed by the caller
-        if swapped:                             # something was put into the day meanwhile: swap back, go per file
-            exchange(staging, final)
-        for staged, target in keep:             # no swap here: the unchanged files stay where they are
-            staged.unlink(missing_ok=True)
+    foreign = sorted(_foreign_entries(final, ours))
+    linked: list[Path] = []
+    try:
+        for staged, target in keep:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            if os.path.lexists(target):
+                os.link(target, staged, follow_symlinks=False)
+                linked.append(staged)
+        for name in foreign:               # carried over as the same inode: never copied, never replaced
+            try:
+                os.link(final / name, staging / name, follow_symlinks=False)
+            except OSError as exc:
+                _unlink_all(linked)
+                raise DayFolderRefused(
+                    f"{final} holds {name!r}, which the export did not write and cannot carry into the "
+                    f"updated day ({exc.strerror}: a folder, or a file this account may not hard-link); "
+                    "move it out of the day folder to export the day (the ingest skips it as "
+                    "unexpected_file anyway)") from None
+            linked.append(staging / name)
+        kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
+        os.chmod(staging, stat.S_IMODE(kept.st_mode))
+        with contextlib.suppress(OSError):
+            os.chown(staging, -1, kept.st_gid)
+        swapped = exchange(staging, final)
+    except DayFolderRefused:
+        raise
+    except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
+        swapped = False
+    if swapped and sorted(_foreign_entries(staging, ours)) == foreign:
+        return                              # the old day is now at ``staging``, removed by the caller
+    if swapped:                             # the day changed meanwhile: swap back, replace nothing
+        exchange(staging, final)
+        _unlink_all(linked)
+        raise DayFolderRefused(f"{final} changed while the updated day was swapped in (an entry was added or "
+                               "removed): nothing was replaced; run the export again")
+    _unlink_all(linked)                     # no swap here: the old files stay where they are
     for source, target in moves:  # every file is complete and every target replaceable before the first rename
         os.replace(source, target)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    """Remove the staging folder's hard links (the day folder's own names stay)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 STALE_AFTER_S = 60    # a staging folder unlocked and untouched this long is an interrupted export's
@@ -476,7 +525,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
         for table in RAW_TABLES:
-            table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
+            table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
                                                 report.unconvertible)

@@ -362,3 +362,22 @@ def test_the_swapped_in_day_keeps_the_day_folders_mode(app_db, tmp_path):
     export_day(home, app_db, DAYS[0])
     info = os.lstat(home.raw_day(DAYS[0]))
     assert info.st_ino != folder and (info.st_mode & 0o7777) == 0o2750
+
+
+def test_a_day_folder_holding_a_foreign_folder_is_refused_untouched(app_db, tmp_path):
+    # a foreign folder cannot be carried into the swapped-in day (no hard link to a folder), and renaming
+    # the changed files one by one beside it could leave a mixed day: the update is refused, nothing moves
+    from pipelines.appdb.export import DayFolderRefused
+
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    (home.raw_day(DAYS[0]) / "operator-notes").mkdir()
+    (home.raw_day(DAYS[0]) / "operator-notes" / "todo.txt").write_text("check the late clicks")
+    before = _stats(home, DAYS[0])
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    with pytest.raises(DayFolderRefused, match="'operator-notes', which the export did not write"):
+        export_day(home, app_db, DAYS[0])
+    assert _stats(home, DAYS[0]) == before
+    assert (home.raw_day(DAYS[0]) / "operator-notes" / "todo.txt").read_text() == "check the late clicks"
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
