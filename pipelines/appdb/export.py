@@ -567,12 +567,19 @@ def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     if odd:
         out.append(f"{odd} image object(s) of day {day} in the local store are not regular files (a symlink, a FIFO, "
                    "a device, a folder): not copied; the feature stage rejects those images as missing_blob")
+    large = report.blobs.get("too_large", 0)
+    if large:
+        cap = report.blobs.get("max_bytes")
+        out.append(f"{large} image object(s) of day {day} are larger than features.max_bytes ({cap} bytes): only "
+                   f"their first {cap + 1} bytes are copied into raw/images, which the feature stage rejects as "
+                   "file_too_large, as it would the whole object")
     changed = report.blobs.get("differs_in_store", 0)
     if changed:
         out.append(f"{changed} image blob(s) of day {day} differ in the store from the copy in raw/images; the "
                    "copy is kept (the raw zone freezes what was exported)")
-    if report.published == "unchanged" and report.blobs.get("copied", 0):
-        out.append(f"{report.blobs['copied']} image blob(s) of day {day} reached the store only after the day was "
+    late = report.blobs.get("copied", 0) + large
+    if report.published == "unchanged" and late:
+        out.append(f"{late} image blob(s) of day {day} reached the store only after the day was "
                    f"exported; they are copied now, but the day's files did not change, so nothing reruns by "
                    f"itself: rebuild the day (pickapic build --force --from {day} --to {day})")
     return out

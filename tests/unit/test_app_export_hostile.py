@@ -381,3 +381,21 @@ def test_a_day_folder_holding_a_foreign_folder_is_refused_untouched(app_db, tmp_
     assert _stats(home, DAYS[0]) == before
     assert (home.raw_day(DAYS[0]) / "operator-notes" / "todo.txt").read_text() == "check the late clicks"
     assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+
+
+def test_the_blob_cap_is_the_homes_features_max_bytes_and_is_warned_about(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "pickapic.toml").write_text("[features]\nmax_bytes = 1000\n")
+    store = tmp_path / "store"
+    store.mkdir()
+    with psycopg.connect(app_db) as conn:
+        uid = conn.execute("SELECT image_uid FROM images WHERE created_at >= %s AND created_at < %s "
+                           "ORDER BY image_id LIMIT 1", (DAYS[0], DAYS[1])).fetchone()[0]
+    (store / f"{uid}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
+    report = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (report.blobs["too_large"], report.blobs["max_bytes"]) == (1, 1000)
+    assert (home.raw_images / f"{uid}.png").stat().st_size == 1001
+    assert any("larger than features.max_bytes (1000 bytes)" in w for w in report.warnings)
+    again = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (again.blobs["present"], again.blobs["differs_in_store"], again.blobs["too_large"]) == (1, 0, 0)

@@ -127,10 +127,6 @@ def test_a_password_inside_an_expanded_dbname_is_never_shown(tmp_path):
     assert secret not in str(error.value)
 
 
-@pytest.mark.xfail(strict=True, reason="dec4e: a local store object of any size is copied whole into raw/images "
-                   "(a sparse 1 TB file reads and writes 1 TB and fills the raw zone's disk, failing every export), "
-                   "though no stage reads past features.max_bytes (64 MiB: file_too_large); the README's cap is "
-                   "only 'the size it had when opened'")
 def test_a_huge_store_object_does_not_grow_the_raw_zone_with_its_size(app_db, tmp_path):
     store = tmp_path / "store"
     store.mkdir()
