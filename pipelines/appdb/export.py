@@ -44,7 +44,7 @@ from formats.files import lstat_or_none, sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
-from formats.settings import check_fields, knob
+from formats.settings import check_fields, knob, load
 from pipelines.appdb.connection import (
     BATCH_BYTES,
     BATCH_LINES,
@@ -59,6 +59,7 @@ from pipelines.appdb.connection import (
     text_encoding,
 )
 from pipelines.appdb.tables import check_tables, statement
+from pipelines.ingest.config import IngestConfig
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -110,6 +111,7 @@ class AppExportReport:
     seconds: float = 0.0
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
+    oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -129,6 +131,7 @@ class AppExportReport:
             "seconds": round(self.seconds, 3),
             "undated_rows": sum(info["rows"] for info in self.undated.values()),
             "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
+            "oversized_rows": sum(info["rows"] for info in self.oversized.values()),
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -272,16 +275,41 @@ FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _
 
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
+DEFAULT_LINE_BYTES = IngestConfig().max_line_bytes   # the ingest's line limit (export_day: the home's)
+
+
+def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: int, found: dict) -> None:
+    """Cut, in place, the line of each row holding a text value of more than ``max_line_bytes``
+    (characters or bytes) to its first ``max_line_bytes + 1`` bytes, and count those rows into ``found``.
+
+    Such a value was fetched cut to ``max_line_bytes + 1`` characters (the export statements' ``left()``),
+    so the export never holds a huge value whole (a 100 MB prompt cost 4-5.5x its size in memory); its
+    line is longer than ``max_line_bytes`` whatever its escaping, so the ingest quarantines it as
+    ``line_too_long`` (keeping its first 64 KiB, as it would of the whole line). The written line stops
+    inside the JSON, so no later limit can take the cut value for the app's: it stays quarantined.
+    """
+    for i, line in enumerate(lines):
+        if len(line) > max_line_bytes and any(isinstance(v, (str, bytes)) and len(v) > max_line_bytes
+                                              for v in batch[i]):
+            lines[i] = line[:max_line_bytes + 1]
+            info = found.setdefault(table, {"rows": 0, "first_ids": []})
+            info["rows"] += 1
+            if len(info["first_ids"]) < FIRST_IDS:
+                info["first_ids"].append(str(batch[i][0]))
 
 
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
-                 unconvertible: dict | None = None) -> TableExport:
+                 unconvertible: dict | None = None, oversized: dict | None = None,
+                 max_line_bytes: int = DEFAULT_LINE_BYTES) -> TableExport:
     """Stream one table into a gzip file; returns rows, bytes and sha256 of the file. Rows holding
     :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
-    when there are some)."""
+    when there are some); rows whose text is over the ingest's ``max_line_bytes``, written as a cut line
+    (:func:`_cut_oversized`), into ``oversized``."""
     rows, fetch = 0, FIRST_FETCH
     converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
     bad, first_ids = 0, []
+    params = {**params, "max_chars": max_line_bytes + 1}
+    oversized = {} if oversized is None else oversized
 
     def next_fetch() -> int:
         return fetch
@@ -297,7 +325,10 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                             bad += 1
                             if len(first_ids) < FIRST_IDS:
                                 first_ids.append(str(row[0]))
-                chunk = b"\n".join([format_row(table, row) for row in batch]) + b"\n"
+                lines = [format_row(table, row) for row in batch]
+                if max(map(len, lines)) > max_line_bytes:
+                    _cut_oversized(table, batch, lines, max_line_bytes, oversized)
+                chunk = b"\n".join(lines) + b"\n"
                 # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
                 # this one's rows (a fetch still holds whatever size its rows have: see the README)
                 fetch = max(1, min(BATCH_LINES, 2 * len(batch), len(batch) * BATCH_BYTES // len(chunk)))
@@ -524,17 +555,20 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
+        line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
-                                                report.unconvertible)
+                                                report.unconvertible, report.oversized, line_limit)
             progress(f"{table}: {report.tables[table].rows} rows")
         report.undated = undated_rows(conn)
         if report.undated:
             report.warnings.append(undated_warning(report.undated))
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
+        if report.oversized:
+            report.warnings.append(oversized_warning(day, report.oversized, line_limit))
         if image_store:
             from pipelines.appdb.blobs import copy_day_blobs
 
@@ -618,6 +652,13 @@ def unconvertible_warning(day: str, unconvertible: dict[str, dict]) -> str:
     return (f"app rows of day {day} hold text that the database's encoding has no UTF-8 equivalent for (e.g. "
             "WIN1252 byte 0x81): written with \\udcXX escapes of the stored bytes, so the ingest quarantines "
             "them as invalid_utf8: " + _rows_named(unconvertible) + " -- correct the text in the app database")
+
+
+def oversized_warning(day: str, oversized: dict[str, dict], max_line_bytes: int) -> str:
+    """A line naming the rows of ``day`` whose text is longer than the ingest's line limit."""
+    return (f"app rows of day {day} hold a text value of more than ingest.max_line_bytes ({max_line_bytes}): "
+            f"each is written as the first {max_line_bytes + 1} bytes of its line, which the ingest quarantines "
+            "as line_too_long (the whole value stays in the app database): " + _rows_named(oversized))
 
 
 def undated_warning(undated: dict[str, dict]) -> str:

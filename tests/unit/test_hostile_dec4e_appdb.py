@@ -223,10 +223,6 @@ def _export_peak(dsn: str, home: Path) -> int:
     return int(done.stdout.split()[-1])
 
 
-@pytest.mark.xfail(strict=True, reason="dec4e: a huge text value costs about 4-5.5x its size in export memory "
-                   "(fetched bytes, decoded str, json.dumps, the line, its encoding, the joined chunk): a 100 MB "
-                   "prompt adds 400-550 MB of peak RSS, a 500 MB one 2-2.8 GB, for a line the ingest quarantines "
-                   "(line_too_long) keeping 64 KiB")
 def test_a_huge_text_value_costs_the_export_less_than_twice_its_size(app_db, tmp_path):
     size = 100 << 20
     baseline = _export_peak(app_db, tmp_path / "base")
