@@ -13,7 +13,7 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
-change) and each changed file is renamed over its old version, only once all four are complete.
+change) and the day is swapped in whole once all four files are complete (see :func:`_publish`).
 """
 from __future__ import annotations
 
@@ -541,6 +541,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     params = {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}
     folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
     real_folders(home, folders, create=False)
+    line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
@@ -555,7 +556,6 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
-        line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
