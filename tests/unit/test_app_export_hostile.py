@@ -399,3 +399,34 @@ def test_the_blob_cap_is_the_homes_features_max_bytes_and_is_warned_about(app_db
     assert any("larger than features.max_bytes (1000 bytes)" in w for w in report.warnings)
     again = export_day(home, app_db, DAYS[0], image_store=str(store))
     assert (again.blobs["present"], again.blobs["differs_in_store"], again.blobs["too_large"]) == (1, 0, 0)
+
+
+def test_an_entry_added_during_the_swap_sends_the_folders_back_and_refuses(app_db, tmp_path, monkeypatch):
+    # an operator's file landing in the day folder between the export's look at it and the swap would be
+    # deleted with the old folder: the folders are swapped back, nothing is replaced, the file stays
+    from pipelines.appdb.export import DayFolderRefused
+
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    (home.raw_day(DAYS[0]) / "NOTES.txt").write_text("carried")
+    before = _stats(home, DAYS[0])
+    real_exchange, calls = export_module.exchange, []
+
+    def racing_exchange(first, second):
+        if not calls:
+            (home.raw_day(DAYS[0]) / "late-note.txt").write_text("written during the swap")
+        calls.append(first)
+        return real_exchange(first, second)
+
+    monkeypatch.setattr(export_module, "exchange", racing_exchange)
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    with pytest.raises(DayFolderRefused, match="changed while the updated day was swapped in"):
+        export_day(home, app_db, DAYS[0])
+    assert len(calls) == 2 and _stats(home, DAYS[0]) == before
+    assert sorted(p.name for p in home.raw_day(DAYS[0]).iterdir()) == sorted(
+        ["NOTES.txt", "late-note.txt", *(f"{t}.jsonl.gz" for t in before)])
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+    monkeypatch.undo()
+    assert export_day(home, app_db, DAYS[0]).changed_tables == ["rankings"]      # the next export carries both
+    assert (home.raw_day(DAYS[0]) / "late-note.txt").read_text() == "written during the swap"
