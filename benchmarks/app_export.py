@@ -59,8 +59,8 @@ from pipelines.appdb.connection import connect
 from pipelines.appdb.connection import read_rows
 from pipelines.appdb.tables import statement
 dsn = sys.argv[1]
-snapshot = {"start": "-infinity", "end": "%s 00:00:00"}
-day = {"start": "%s 00:00:00", "end": "%s 00:00:00"}
+snapshot = {"start": "0001-01-01", "end": "%s 00:00:00", "max_chars": (1 << 20) + 1}
+day = {"start": "%s 00:00:00", "end": "%s 00:00:00", "max_chars": (1 << 20) + 1}
 started, cpu = time.perf_counter(), time.process_time()
 rows = {}
 conn = connect(dsn)

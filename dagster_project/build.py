@@ -111,7 +111,8 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
 def select_app_db_days(settings: Settings, start: str | None = None, end: str | None = None,
                        warn: Callable[[str], None] | None = None) -> list[str]:
     """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within
-    [start, end]; ``warn`` hears about rows that belong to no day (NULL or out-of-range created_at)."""
+    [start, end]; ``warn`` hears about rows that belong to no day (NULL or out-of-range created_at) and
+    about days that have not begun (UTC), which the app's rows name when its clock runs ahead."""
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
     from pipelines.appdb.export import app_days, is_closed
 
@@ -122,8 +123,15 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
         raise BuildError(f"the app database in ${DSN_ENV} has no dated rows in users, images, rankings or downloads"
                          + (f" ({found.warning()})" if found.undated else ""))
     lag = settings.config("app_export").lag_minutes
-    days = [d for d in found.days if (start is None or d >= start) and (end is None or d <= end)
-            and is_closed(d, lag)]
+    wanted = [d for d in found.days if (start is None or d >= start) and (end is None or d <= end)]
+    begun = set(begun_days(wanted))
+    future = [d for d in wanted if d not in begun]
+    if future and warn is not None:   # an app clock running ahead: these rows wait unseen otherwise
+        today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+        warn(f"app rows dated in the future are not exported: day(s) {', '.join(future[:10])}"
+             f"{f' and {len(future) - 10} more' if len(future) > 10 else ''} (today is {today}, UTC); a day is "
+             "exported once it has closed for the export lag -- check the app servers' clocks")
+    days = [d for d in wanted if is_closed(d, lag)]
     if not days:
         raise BuildError(f"no day of the app database ({found.days[0]} .. {found.days[-1]}) between "
                          f"{start or 'the first day'} and {end or 'the last day'} has rows and is closed for the "

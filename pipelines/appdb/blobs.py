@@ -16,6 +16,10 @@ In a local store only regular files are copied: a symlink (which could name any 
 can read), a FIFO, a device or a folder is counted as ``not_a_file_in_store`` and left out (the
 feature stage then rejects the image as ``missing_blob``), and a file is copied up to the size it
 had when opened, so one that keeps growing cannot fill the disk.
+An object larger than the feature stage's ``max_bytes`` (the home's ``features.max_bytes``, 64 MiB by
+default) is copied only up to ``max_bytes + 1`` bytes and counted as ``too_large``: no stage reads past
+that, the feature stage rejects the copy as ``file_too_large`` exactly as it would the whole object,
+and a 1 TB object (a sparse file costs its writer nothing) no longer fills the raw zone's disk.
 """
 from __future__ import annotations
 
@@ -29,12 +33,14 @@ import psycopg
 
 from formats.files import atomic_path, lstat_or_none, open_regular_file
 from formats.home import DataHome
+from formats.settings import load
 from pipelines.appdb.connection import as_text, read_rows
 from pipelines.appdb.tables import statement
 from pipelines.ingest.parse import UID_RE
 
 BATCH = 256
 CHUNK = 1 << 20
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024     # features.max_bytes's default (a test checks they agree)
 
 
 def _is_local(store: str) -> bool:
@@ -97,25 +103,27 @@ def _read_full(handle: BinaryIO, size: int) -> bytes:
     return b"".join(parts)
 
 
-def _same_bytes(source: BinaryIO, copy: BinaryIO) -> bool:
-    """Whether two open files hold the same bytes: read side by side, stopping at the first difference,
-    and at the copy's end plus one byte of the source however long the source keeps growing."""
+def _same_bytes(source: BinaryIO, copy: BinaryIO, whole: bool = True) -> bool:
+    """Whether two open files hold the same bytes (``whole=False``: the source starts with the copy's
+    bytes): read side by side, stopping at the first difference, and at the copy's end plus one byte of
+    the source however long the source keeps growing."""
     while True:
         mine = _read_full(copy, CHUNK)
-        if _read_full(source, len(mine) or 1) != mine:
-            return False
         if not mine:
-            return True
+            return not whole or not _read_full(source, 1)
+        if _read_full(source, len(mine)) != mine:
+            return False
 
 
-def _matches_copy(store: str, name: str, target: Path) -> str:
-    """'present' when the store's object holds the bytes of the copy (of the same size), else
-    'differs_in_store' (or 'missing' / 'not_a_file_in_store' when the object went since it was sized)."""
+def _matches_copy(store: str, name: str, target: Path, whole: bool = True) -> str:
+    """'present' when the store's object holds the bytes of the copy (of the same size; ``whole=False``:
+    a copy capped at ``max_bytes + 1`` is the object's start), else 'differs_in_store' (or 'missing' /
+    'not_a_file_in_store' when the object went since it was sized)."""
     with open_regular_file(target) as copy:
         if not _is_local(store):
             try:
                 with _open_url(store, name) as source:
-                    return "present" if _same_bytes(source, copy) else "differs_in_store"
+                    return "present" if _same_bytes(source, copy, whole) else "differs_in_store"
             except Exception:
                 if _url_gone(store, name):
                     return "missing"
@@ -124,12 +132,14 @@ def _matches_copy(store: str, name: str, target: Path) -> str:
         if isinstance(source, str):
             return source
         with source:
-            return "present" if _same_bytes(source, copy) else "differs_in_store"
+            return "present" if _same_bytes(source, copy, whole) else "differs_in_store"
 
 
-def _copy_one(store: str, uid: str, target_dir: Path) -> str:
-    """Copy one blob; returns 'copied', 'present', 'differs_in_store', 'missing' or 'not_a_file_in_store'."""
+def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+    """Copy one blob; returns 'copied', 'too_large' (copied up to ``max_bytes + 1`` bytes), 'present',
+    'differs_in_store', 'missing' or 'not_a_file_in_store'."""
     name = f"{uid}.png"
+    cap = max_bytes + 1           # one byte past what the feature stage accepts: it rejects the copy as too large
     try:
         size = _source_size(store, name)
     except NotAFile:
@@ -141,7 +151,11 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
     if info is not None:
         if not stat.S_ISREG(info.st_mode):
             raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
-        return _matches_copy(store, name, target) if info.st_size == size else "differs_in_store"
+        if info.st_size == size:
+            return _matches_copy(store, name, target)
+        if info.st_size == cap < size:                 # a capped copy: the object must still start with it
+            return _matches_copy(store, name, target, whole=False)
+        return "differs_in_store"
     if _is_local(store):
         source = _open_local_or_outcome(store, name)
         if isinstance(source, str):
@@ -149,20 +163,24 @@ def _copy_one(store: str, uid: str, target_dir: Path) -> str:
         with source:
             info = os.fstat(source.fileno())
             with atomic_path(target) as tmp, open(tmp, "wb") as out:
-                left = info.st_size          # what it held when opened: a file that keeps growing stops here
+                # what it held when opened (a file that keeps growing stops there), at most the cap
+                left = written = min(info.st_size, cap)
                 while left > 0 and (block := source.read(min(CHUNK, left))):
                     out.write(block)
                     left -= len(block)
-        return "copied"
+        return "too_large" if written - left == cap and info.st_size > cap else "copied"
     try:
         with atomic_path(target) as tmp, open(tmp, "wb") as out, _open_url(store, name) as source:
-            while block := source.read(CHUNK):
+            left = cap
+            while left > 0 and (block := source.read(min(CHUNK, left))):
                 out.write(block)
+                left -= len(block)
+            larger = left == 0 and bool(source.read(1))
     except Exception:
         if _url_gone(store, name):
             return "missing"
         raise
-    return "copied"
+    return "too_large" if larger else "copied"
 
 
 def _open_url(store: str, name: str) -> BinaryIO:
@@ -184,17 +202,21 @@ def _url_gone(store: str, name: str) -> bool:
         return False
 
 
-def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int) -> dict:
-    """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome."""
+def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int,
+                   max_bytes: int | None = None) -> dict:
+    """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome.
+    ``max_bytes``: the copy cap (None: the home's ``features.max_bytes``)."""
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
+    if max_bytes is None:
+        max_bytes = load(home.root).config("features").max_bytes
     counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": 0,
-              "not_a_file_in_store": 0}
+              "not_a_file_in_store": 0, "too_large": 0, "max_bytes": max_bytes}
     target_dir = home.raw_images       # a real folder of the home (export_day checked it)
 
     def flush(batch: list[str]) -> None:
-        for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir), batch):
+        for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes), batch):
             counts[outcome] += 1
 
     with ThreadPoolExecutor(max_workers=workers) as pool:

@@ -13,13 +13,14 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
-change) and each changed file is renamed over its old version, only once all four are complete.
+change) and the day is swapped in whole once all four files are complete (see :func:`_publish`).
 """
 from __future__ import annotations
 
 import contextlib
 import ctypes
 import datetime as dt
+import decimal
 import errno
 import fcntl
 import json
@@ -43,7 +44,7 @@ from formats.files import lstat_or_none, sha256_file
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
-from formats.settings import check_fields, knob
+from formats.settings import check_fields, knob, load
 from pipelines.appdb.connection import (
     BATCH_BYTES,
     BATCH_LINES,
@@ -58,6 +59,7 @@ from pipelines.appdb.connection import (
     text_encoding,
 )
 from pipelines.appdb.tables import check_tables, statement
+from pipelines.ingest.config import IngestConfig
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -109,6 +111,7 @@ class AppExportReport:
     seconds: float = 0.0
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
+    oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -128,6 +131,7 @@ class AppExportReport:
             "seconds": round(self.seconds, 3),
             "undated_rows": sum(info["rows"] for info in self.undated.values()),
             "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
+            "oversized_rows": sum(info["rows"] for info in self.oversized.values()),
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -179,22 +183,32 @@ def jstr_raw(value: str | None) -> str:
 
 
 class _Unrepresentable(str):
-    """A number the app's column holds that a float64 cannot (``numeric`` 1e-400, 1e400): written as its
-    text in a JSON string, so the ingest quarantines the line (a string where a number belongs) instead
-    of the export turning it into 0.0 or Infinity unseen."""
+    """A number the app's column holds that a float64 cannot hold as written (``numeric`` 1e-400, 1e400,
+    7.00000000000000000001): written as its text in a JSON string, so the ingest quarantines the line
+    (``wrong_type``: gs must be a JSON number, a float64) instead of the export writing 0.0, Infinity or
+    7.0 unseen."""
 
     def __repr__(self) -> str:   # what rawlines.jnum writes
         return json.dumps(str(self))
 
 
 def _float(text: str | None) -> float | _Unrepresentable | None:
+    """The float64 of a ``gs`` text, or the text itself (:class:`_Unrepresentable`) when the float's
+    shortest decimal is not the same number: a ``double precision`` / ``real`` column always round-trips
+    (the server writes its shortest exact text), a ``numeric`` one only when its digits fit a float64.
+    NaN and Infinity as written stay floats (the ingest quarantines them as ``invalid_value``)."""
     if text is None:
         return None
     value = float(text)
-    mantissa = re.split("[eE]", text, maxsplit=1)[0]
-    if (value == 0.0 and re.search("[1-9]", mantissa)) or (math.isinf(value) and "inf" not in text.lower()):
-        return _Unrepresentable(text)
-    return value
+    if not math.isfinite(value):
+        return value if ("inf" in text.lower() or "nan" in text.lower()) else _Unrepresentable(text)
+    if repr(value) == text:      # the usual case, without a Decimal
+        return value
+    try:
+        same = decimal.Decimal(repr(value)) == decimal.Decimal(text)
+    except decimal.InvalidOperation:
+        same = False
+    return value if same else _Unrepresentable(text)
 
 
 # One formatter per table: values in the SELECT's column order (text already decoded) -> one line.
@@ -251,20 +265,51 @@ class _CompressingWriter:
             raise self.error
 
 
+# The snapshot of users starts at the first day a date names (undated_rows.sql's bound): an account
+# created '-infinity' or BC is one the report lists as undated, never a snapshot row (to_char has no
+# era: a BC date would read as the same date AD, '-infinity' as null).
+FIRST_DATED = "0001-01-01"
+
+
 FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
 
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
+DEFAULT_LINE_BYTES = IngestConfig().max_line_bytes   # the ingest's line limit (export_day: the home's)
+
+
+def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: int, found: dict) -> None:
+    """Cut, in place, the line of each row holding a text value of more than ``max_line_bytes``
+    (characters or bytes) to its first ``max_line_bytes + 1`` bytes, and count those rows into ``found``.
+
+    Such a value was fetched cut to ``max_line_bytes + 1`` characters (the export statements' ``left()``),
+    so the export never holds a huge value whole (a 100 MB prompt cost 4-5.5x its size in memory); its
+    line is longer than ``max_line_bytes`` whatever its escaping, so the ingest quarantines it as
+    ``line_too_long`` (keeping its first 64 KiB, as it would of the whole line). The written line stops
+    inside the JSON, so no later limit can take the cut value for the app's: it stays quarantined.
+    """
+    for i, line in enumerate(lines):
+        if len(line) > max_line_bytes and any(isinstance(v, (str, bytes)) and len(v) > max_line_bytes
+                                              for v in batch[i]):
+            lines[i] = line[:max_line_bytes + 1]
+            info = found.setdefault(table, {"rows": 0, "first_ids": []})
+            info["rows"] += 1
+            if len(info["first_ids"]) < FIRST_IDS:
+                info["first_ids"].append(str(batch[i][0]))
 
 
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
-                 unconvertible: dict | None = None) -> TableExport:
+                 unconvertible: dict | None = None, oversized: dict | None = None,
+                 max_line_bytes: int = DEFAULT_LINE_BYTES) -> TableExport:
     """Stream one table into a gzip file; returns rows, bytes and sha256 of the file. Rows holding
     :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
-    when there are some)."""
+    when there are some); rows whose text is over the ingest's ``max_line_bytes``, written as a cut line
+    (:func:`_cut_oversized`), into ``oversized``."""
     rows, fetch = 0, FIRST_FETCH
     converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
     bad, first_ids = 0, []
+    params = {**params, "max_chars": max_line_bytes + 1}
+    oversized = {} if oversized is None else oversized
 
     def next_fetch() -> int:
         return fetch
@@ -280,7 +325,10 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                             bad += 1
                             if len(first_ids) < FIRST_IDS:
                                 first_ids.append(str(row[0]))
-                chunk = b"\n".join([format_row(table, row) for row in batch]) + b"\n"
+                lines = [format_row(table, row) for row in batch]
+                if max(map(len, lines)) > max_line_bytes:
+                    _cut_oversized(table, batch, lines, max_line_bytes, oversized)
+                chunk = b"\n".join(lines) + b"\n"
                 # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
                 # this one's rows (a fetch still holds whatever size its rows have: see the README)
                 fetch = max(1, min(BATCH_LINES, 2 * len(batch), len(batch) * BATCH_BYTES // len(chunk)))
@@ -326,14 +374,23 @@ def _foreign_entries(folder: Path, ours: set[str]) -> list[str]:
     return [e.name for e in os.scandir(folder) if e.name not in ours or not e.is_file(follow_symlinks=False)]
 
 
+class DayFolderRefused(FileExistsError):
+    """The day's folder holds something the export did not write and cannot carry into the new day
+    (or changed while the new day was swapped in): nothing was replaced."""
+
+
 def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -> None:
     """Move the staged files into ``raw/app_logs/dt=DAY/``: the folder at once, or only the changed files.
 
     A day already there whose files changed is replaced in one step where the system can swap two
-    folders: its unchanged files are hard-linked into the staging folder (same inode and mtime), and
-    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. Elsewhere,
-    or when the day's folder holds anything but the export's regular files (never deleted), each changed
-    file is renamed over its old version, once every target is known to be replaceable.
+    folders: its unchanged files, and anything else the folder holds that the export did not write (an
+    operator's note), are hard-linked into the staging folder (same inode and mtime: untouched), and
+    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. A foreign
+    entry that cannot be hard-linked (a folder, another account's file under ``protected_hardlinks``)
+    refuses the update (:class:`DayFolderRefused`): renaming file by file beside it would leave a mixed
+    day if the export died between two renames. Only where the system cannot swap folders (or refuses
+    a link to the export's own files) is each changed file renamed over its old version, once every
+    target is known to be replaceable.
     """
     final = home.raw_day(day)
     if not os.path.lexists(final):
@@ -358,28 +415,51 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         return
     report.published = "updated"
     ours = {target.name for _, target in moves + keep}
-    if not _foreign_entries(final, ours):
-        try:
-            for staged, target in keep:
-                with contextlib.suppress(FileNotFoundError):
-                    staged.unlink()
-                if os.path.lexists(target):
-                    os.link(target, staged, follow_symlinks=False)
-            kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
-            os.chmod(staging, stat.S_IMODE(kept.st_mode))
-            with contextlib.suppress(OSError):
-                os.chown(staging, -1, kept.st_gid)
-            swapped = exchange(staging, final)
-        except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
-            swapped = False
-        if swapped and not _foreign_entries(staging, ours):
-            return                              # the old day is now at ``staging``, removed by the caller
-        if swapped:                             # something was put into the day meanwhile: swap back, go per file
-            exchange(staging, final)
-        for staged, target in keep:             # no swap here: the unchanged files stay where they are
-            staged.unlink(missing_ok=True)
+    foreign = sorted(_foreign_entries(final, ours))
+    linked: list[Path] = []
+    try:
+        for staged, target in keep:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()
+            if os.path.lexists(target):
+                os.link(target, staged, follow_symlinks=False)
+                linked.append(staged)
+        for name in foreign:               # carried over as the same inode: never copied, never replaced
+            try:
+                os.link(final / name, staging / name, follow_symlinks=False)
+            except OSError as exc:
+                _unlink_all(linked)
+                raise DayFolderRefused(
+                    f"{final} holds {name!r}, which the export did not write and cannot carry into the "
+                    f"updated day ({exc.strerror}: a folder, or a file this account may not hard-link); "
+                    "move it out of the day folder to export the day (the ingest skips it as "
+                    "unexpected_file anyway)") from None
+            linked.append(staging / name)
+        kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
+        os.chmod(staging, stat.S_IMODE(kept.st_mode))
+        with contextlib.suppress(OSError):
+            os.chown(staging, -1, kept.st_gid)
+        swapped = exchange(staging, final)
+    except DayFolderRefused:
+        raise
+    except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
+        swapped = False
+    if swapped and sorted(_foreign_entries(staging, ours)) == foreign:
+        return                              # the old day is now at ``staging``, removed by the caller
+    if swapped:                             # the day changed meanwhile: swap back, replace nothing
+        exchange(staging, final)
+        _unlink_all(linked)
+        raise DayFolderRefused(f"{final} changed while the updated day was swapped in (an entry was added or "
+                               "removed): nothing was replaced; run the export again")
+    _unlink_all(linked)                     # no swap here: the old files stay where they are
     for source, target in moves:  # every file is complete and every target replaceable before the first rename
         os.replace(source, target)
+
+
+def _unlink_all(paths: list[Path]) -> None:
+    """Remove the staging folder's hard links (the day folder's own names stay)."""
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 STALE_AFTER_S = 60    # a staging folder unlocked and untouched this long is an interrupted export's
@@ -461,6 +541,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     params = {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}
     folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
     real_folders(home, folders, create=False)
+    line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
@@ -476,16 +557,18 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
         for table in RAW_TABLES:
-            table_params = {**params, "start": "-infinity"} if table == "users" and config.users_snapshot \
+            table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
-                                                report.unconvertible)
+                                                report.unconvertible, report.oversized, line_limit)
             progress(f"{table}: {report.tables[table].rows} rows")
         report.undated = undated_rows(conn)
         if report.undated:
             report.warnings.append(undated_warning(report.undated))
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
+        if report.oversized:
+            report.warnings.append(oversized_warning(day, report.oversized, line_limit))
         if image_store:
             from pipelines.appdb.blobs import copy_day_blobs
 
@@ -518,12 +601,19 @@ def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     if odd:
         out.append(f"{odd} image object(s) of day {day} in the local store are not regular files (a symlink, a FIFO, "
                    "a device, a folder): not copied; the feature stage rejects those images as missing_blob")
+    large = report.blobs.get("too_large", 0)
+    if large:
+        cap = report.blobs.get("max_bytes")
+        out.append(f"{large} image object(s) of day {day} are larger than features.max_bytes ({cap} bytes): only "
+                   f"their first {cap + 1} bytes are copied into raw/images, which the feature stage rejects as "
+                   "file_too_large, as it would the whole object")
     changed = report.blobs.get("differs_in_store", 0)
     if changed:
         out.append(f"{changed} image blob(s) of day {day} differ in the store from the copy in raw/images; the "
                    "copy is kept (the raw zone freezes what was exported)")
-    if report.published == "unchanged" and report.blobs.get("copied", 0):
-        out.append(f"{report.blobs['copied']} image blob(s) of day {day} reached the store only after the day was "
+    late = report.blobs.get("copied", 0) + large
+    if report.published == "unchanged" and late:
+        out.append(f"{late} image blob(s) of day {day} reached the store only after the day was "
                    f"exported; they are copied now, but the day's files did not change, so nothing reruns by "
                    f"itself: rebuild the day (pickapic build --force --from {day} --to {day})")
     return out
@@ -562,6 +652,13 @@ def unconvertible_warning(day: str, unconvertible: dict[str, dict]) -> str:
     return (f"app rows of day {day} hold text that the database's encoding has no UTF-8 equivalent for (e.g. "
             "WIN1252 byte 0x81): written with \\udcXX escapes of the stored bytes, so the ingest quarantines "
             "them as invalid_utf8: " + _rows_named(unconvertible) + " -- correct the text in the app database")
+
+
+def oversized_warning(day: str, oversized: dict[str, dict], max_line_bytes: int) -> str:
+    """A line naming the rows of ``day`` whose text is longer than the ingest's line limit."""
+    return (f"app rows of day {day} hold a text value of more than ingest.max_line_bytes ({max_line_bytes}): "
+            f"each is written as the first {max_line_bytes + 1} bytes of its line, which the ingest quarantines "
+            "as line_too_long (the whole value stays in the app database): " + _rows_named(oversized))
 
 
 def undated_warning(undated: dict[str, dict]) -> str:

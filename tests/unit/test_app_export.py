@@ -411,3 +411,33 @@ def test_a_numeric_gs_no_float_can_hold_is_quarantined_not_rounded():
         row = [7, b"2023-02-13 10:00:00.000000", uid.encode(), 3, b"a cat", None, 1, text.encode(), 30, 0, 1,
                b"s", b"m"]
         assert json.loads(format_row("images", row))["gs"] == value
+
+
+def test_a_value_over_the_ingests_line_limit_is_fetched_cut_and_quarantined(app_db, tmp_path):
+    # A value longer than the home's ingest.max_line_bytes is read only up to that + 1 characters (a 100 MB
+    # prompt cost 4-5.5x its size in export memory); its line is written cut, and the ingest quarantines it
+    # as line_too_long, as it would the whole line. A line long only by its escapes is written whole.
+    from pipelines.ingest.config import IngestConfig
+
+    home = DataHome.at(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "pickapic.toml").write_text("[ingest]\nmax_line_bytes = 4096\n")
+    with psycopg.connect(app_db) as conn:
+        huge, escaped = (i for (i,) in conn.execute("SELECT ranking_id FROM rankings WHERE created_at < %s "
+                                                    "ORDER BY ranking_id LIMIT 2", (DAYS[1],)))
+        conn.execute("UPDATE rankings SET prompt = repeat('a', 100000) WHERE ranking_id = %s", (huge,))
+        conn.execute("UPDATE rankings SET prompt = repeat('é', 1000) WHERE ranking_id = %s", (escaped,))
+    report = export_day(home, app_db, DAYS[0])
+    assert report.oversized == {"rankings": {"rows": 1, "first_ids": [str(huge)]}}
+    assert any("more than ingest.max_line_bytes (4096)" in w and f"rankings: 1 (ids {huge})" in w
+               for w in report.warnings)
+    lines = gzip.decompress(home.raw_file(DAYS[0], "rankings").read_bytes()).splitlines()
+    cut = next(line for line in lines if line.startswith(f'{{"ranking_id": {huge},'.encode()))
+    assert len(cut) == 4097 and cut.endswith(b"a" * 100)
+    whole = next(line for line in lines if line.startswith(f'{{"ranking_id": {escaped},'.encode()))
+    assert len(whole) > 4096 and json.loads(whole)["prompt"] == "é" * 1000
+    ingest_day(home, DAYS[0], IngestConfig(max_line_bytes=4096))
+    quarantine = pq.read_table(home.partition_file("quarantine", DAYS[0])).to_pylist()
+    too_long = sorted(q["line_number"] for q in quarantine if q["reason"] == rp.LINE_TOO_LONG)
+    assert too_long == sorted(lines.index(line) + 1 for line in (cut, whole))
+    assert report.metadata()["oversized_rows"] == 1

@@ -362,3 +362,71 @@ def test_the_swapped_in_day_keeps_the_day_folders_mode(app_db, tmp_path):
     export_day(home, app_db, DAYS[0])
     info = os.lstat(home.raw_day(DAYS[0]))
     assert info.st_ino != folder and (info.st_mode & 0o7777) == 0o2750
+
+
+def test_a_day_folder_holding_a_foreign_folder_is_refused_untouched(app_db, tmp_path):
+    # a foreign folder cannot be carried into the swapped-in day (no hard link to a folder), and renaming
+    # the changed files one by one beside it could leave a mixed day: the update is refused, nothing moves
+    from pipelines.appdb.export import DayFolderRefused
+
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    (home.raw_day(DAYS[0]) / "operator-notes").mkdir()
+    (home.raw_day(DAYS[0]) / "operator-notes" / "todo.txt").write_text("check the late clicks")
+    before = _stats(home, DAYS[0])
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    with pytest.raises(DayFolderRefused, match="'operator-notes', which the export did not write"):
+        export_day(home, app_db, DAYS[0])
+    assert _stats(home, DAYS[0]) == before
+    assert (home.raw_day(DAYS[0]) / "operator-notes" / "todo.txt").read_text() == "check the late clicks"
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+
+
+def test_the_blob_cap_is_the_homes_features_max_bytes_and_is_warned_about(app_db, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "pickapic.toml").write_text("[features]\nmax_bytes = 1000\n")
+    store = tmp_path / "store"
+    store.mkdir()
+    with psycopg.connect(app_db) as conn:
+        uid = conn.execute("SELECT image_uid FROM images WHERE created_at >= %s AND created_at < %s "
+                           "ORDER BY image_id LIMIT 1", (DAYS[0], DAYS[1])).fetchone()[0]
+    (store / f"{uid}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(5000))
+    report = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (report.blobs["too_large"], report.blobs["max_bytes"]) == (1, 1000)
+    assert (home.raw_images / f"{uid}.png").stat().st_size == 1001
+    assert any("larger than features.max_bytes (1000 bytes)" in w for w in report.warnings)
+    again = export_day(home, app_db, DAYS[0], image_store=str(store))
+    assert (again.blobs["present"], again.blobs["differs_in_store"], again.blobs["too_large"]) == (1, 0, 0)
+
+
+def test_an_entry_added_during_the_swap_sends_the_folders_back_and_refuses(app_db, tmp_path, monkeypatch):
+    # an operator's file landing in the day folder between the export's look at it and the swap would be
+    # deleted with the old folder: the folders are swapped back, nothing is replaced, the file stays
+    from pipelines.appdb.export import DayFolderRefused
+
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, app_db, DAYS[0])
+    (home.raw_day(DAYS[0]) / "NOTES.txt").write_text("carried")
+    before = _stats(home, DAYS[0])
+    real_exchange, calls = export_module.exchange, []
+
+    def racing_exchange(first, second):
+        if not calls:
+            (home.raw_day(DAYS[0]) / "late-note.txt").write_text("written during the swap")
+        calls.append(first)
+        return real_exchange(first, second)
+
+    monkeypatch.setattr(export_module, "exchange", racing_exchange)
+    with psycopg.connect(app_db) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-02-13 23:00', 1, 'late')")
+    with pytest.raises(DayFolderRefused, match="changed while the updated day was swapped in"):
+        export_day(home, app_db, DAYS[0])
+    assert len(calls) == 2 and _stats(home, DAYS[0]) == before
+    assert sorted(p.name for p in home.raw_day(DAYS[0]).iterdir()) == sorted(
+        ["NOTES.txt", "late-note.txt", *(f"{t}.jsonl.gz" for t in before)])
+    assert [p.name for p in home.raw_logs.iterdir()] == [f"dt={DAYS[0]}"]
+    monkeypatch.undo()
+    assert export_day(home, app_db, DAYS[0]).changed_tables == ["rankings"]      # the next export carries both
+    assert (home.raw_day(DAYS[0]) / "late-note.txt").read_text() == "written during the swap"
