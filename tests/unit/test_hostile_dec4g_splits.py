@@ -1,0 +1,197 @@
+"""Hostile review of December 4, 2026 (dec4g): the split assignment's no-leakage promise, attacked as hostile
+users and a growing history would.
+
+Each test reproduces a defect on main and is marked ``xfail(strict=True)`` until it is fixed. Every test asserts
+the violated property directly: a prompt (as the README's normalization describes it) in both train and a
+held-out split, or a user who was held out placed in train.
+"""
+from __future__ import annotations
+
+import unicodedata
+
+import pyarrow.parquet as pq
+import pytest
+from splits_fixtures import pair_row, users_by_home, write_pairs
+
+from formats.home import DataHome
+from pipelines.curation.pseudonym import pseudonymize
+from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
+
+CFG = SplitConfig(heldout_fraction=0.5, unique_prompts=3, min_unique_rows=0)  # pure held-out fraction: no filling
+USERS = users_by_home(CFG.salt, CFG.heldout_fraction, {"train": 2, "validation": 1, "test": 1})
+PLAIN = "a red fox in the snow"
+
+
+def _build(home: DataHome, rows: list[dict], config: SplitConfig = CFG) -> list[dict]:
+    write_pairs(home, rows)
+    build_splits(home, config)
+    return [r for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if not r["split"].endswith("_unique")]
+
+
+def _ledger(home: DataHome) -> dict[str, str]:
+    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
+
+
+def _test_typed_first_then_train(tmp_path, lookalike: str) -> list[dict]:
+    """A test user types PLAIN on day 0; a train user types ``lookalike`` on day 1. The split rows."""
+    rows = [pair_row(1, USERS["test"][0], PLAIN, "k1", "k2", day=0),
+            pair_row(2, USERS["train"][0], lookalike, "k3", "k4", day=1)]
+    return _build(DataHome(tmp_path), rows)
+
+
+# --- 1. Hangul fillers are removed, not read as spaces ------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: 'characters that render as a blank but are not whitespace (Braille blank U+2800, the Hangul "
+    "fillers) read as spaces'. The four Hangul fillers are Default_Ignorable_Code_Points, so _INVISIBLE removes "
+    "them before _BLANK can read them as spaces: 'fox\\u3164in' keys as 'foxin', not 'fox in', and a train user "
+    "who types a held-out prompt with a filler for one space keeps the row in train"))
+@pytest.mark.parametrize("filler", ["\u3164", "\uffa0", "\u115f", "\u1160"])
+def test_a_hangul_filler_between_words_reads_as_a_space(tmp_path, filler):
+    lookalike = f"a red fox{filler}in the snow"        # renders as 'a red fox in the snow'
+    split = _test_typed_first_then_train(tmp_path, lookalike)
+    held_out = {r["prompt_key"] for r in split if r["split"] in ("validation", "test")}
+    # the README's normalization: the filler is a space
+    train_as_documented = {normalize_prompt(r["caption"].replace(filler, " ")) for r in split if r["split"] == "train"}
+    assert held_out == {normalize_prompt(PLAIN)}
+    assert not held_out & train_as_documented, "the test prompt is in train, typed with a Hangul filler for a space"
+    assert normalize_prompt(lookalike) == normalize_prompt(PLAIN)
+
+
+# --- 2. Symbols other than math/modifier ones (emoji, stars, (c), currency) stay in the key --------------------------
+
+def _as_documented(caption: str) -> str:
+    """README: 'punctuation and symbols to spaces' ('as every symbol is'): every S* character as a space."""
+    return normalize_prompt("".join(" " if unicodedata.category(c).startswith("S") else c for c in caption))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: the prompt key turns 'punctuation and symbols to spaces' and symbols are separators 'as every "
+    "symbol is'; the code (_punctuation_to_space) maps only P*, Sm and Sk, so other symbols (So: emoji, stars, "
+    "(c), degree; Sc: currency) stay in the key. A train user appending an emoji to a held-out prompt keeps the "
+    "row in train (a trailing emoji is the commonest variant users type)"))
+@pytest.mark.parametrize("symbol", ["\U0001F98A", "\u2605", "\u00a9", "\u2728", "\u00b0"])
+def test_a_trailing_symbol_or_emoji_does_not_make_a_new_prompt(tmp_path, symbol):
+    split = _test_typed_first_then_train(tmp_path, f"{PLAIN} {symbol}")
+    held_out = {r["prompt_key"] for r in split if r["split"] in ("validation", "test")}
+    train_as_documented = {_as_documented(r["caption"]) for r in split if r["split"] == "train"}
+    assert held_out == {normalize_prompt(PLAIN)}
+    assert not held_out & train_as_documented, f"the test prompt is in train with {symbol!r} appended"
+
+
+# --- 3. Small-capital letters ("fancy text") are not folded ----------------------------------------------------------
+
+SMALL_CAPS = {"\u1d00": "a", "\u0280": "r", "\u1d07": "e", "\u1d05": "d", "\ua730": "f", "\u1d0f": "o",
+              "\u026a": "i", "\u0274": "n", "\u1d1b": "t", "\u029c": "h", "\ua731": "s", "\u1d21": "w"}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: look-alike letters are folded ('fullwidth or mathematical-bold letters' key as the plain prompt), "
+    "but the Latin small capitals that every 'fancy text' generator offers (U+1D00 \u1d00, U+0280 \u0280, "
+    "U+026A \u026a, ...) have no ICU confusable twin and are left as they are: '\u1d00 \u0280\u1d07\u1d05 "
+    "\ua730\u1d0fx' keys apart from 'a red fox', so a held-out prompt retyped in small capitals lands in train"))
+def test_a_prompt_in_small_capitals_keys_as_the_prompt(tmp_path):
+    fancy = "".join(next((s for s, a in SMALL_CAPS.items() if a == c), c) for c in PLAIN)
+    assert fancy == "\u1d00 \u0280\u1d07\u1d05 \ua730\u1d0fx \u026a\u0274 \u1d1b\u029c\u1d07 \ua731\u0274\u1d0f\u1d21"
+    split = _test_typed_first_then_train(tmp_path, fancy)
+    held_out = {r["prompt_key"] for r in split if r["split"] in ("validation", "test")}
+    train_read = {normalize_prompt("".join(SMALL_CAPS.get(c, c) for c in r["caption"]))
+                  for r in split if r["split"] == "train"}
+    assert held_out == {normalize_prompt(PLAIN)}
+    assert not held_out & train_read, "the test prompt is in train, typed in small capitals"
+
+
+# --- 4. Rotating the pseudonym secret reshuffles every hash-assigned user --------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "The ledger is keyed by pseudonym, and the pseudonym is HMAC(curation.pseudonym_secret, raw id). The README "
+    "says the default secret 'must be replaced in production' and, after the Dagster-metadata leak, to 'choose a "
+    "new secret'; doing so gives every user a new pseudonym the ledger has never seen, so every user after the "
+    "fill is assigned afresh by the hash rule: here 7 of 200 raw users published as validation/test land in train "
+    "(only splits.salt is documented as a reshuffle, and it keeps the old entries)"))
+def test_a_new_pseudonym_secret_keeps_held_out_users_held_out(tmp_path):
+    config = SplitConfig()
+    raw_users = range(1, 201)
+
+    def history(secret: str) -> list[dict]:   # the same raw history, pseudonymized under ``secret``
+        return [pair_row(u, pseudonymize(u, secret), f"prompt of user {u}", f"c{u}a", f"c{u}b", day=u // 50)
+                for u in raw_users]
+
+    home = DataHome(tmp_path)
+    _build(home, history("secret-before"), config)
+    before = {u: _ledger(home)[pseudonymize(u, "secret-before")] for u in raw_users}
+    _build(home, history("secret-after"), config)            # the same home, its ledger in place
+    after = {u: _ledger(home)[pseudonymize(u, "secret-after")] for u in raw_users}
+    assert any(s != "train" for s in before.values())
+    leaked = sorted(u for u in raw_users if before[u] != "train" and after[u] == "train")
+    assert leaked == [], f"raw users held out before the new secret and in train after it: {leaked}"
+
+
+# --- 5./6. The ledger cannot be rebuilt from the raw history ----------------------------------------------------------
+
+def _row(user: int, day: int) -> dict:
+    return pair_row(user, f"{user:016x}", f"prompt of user {user}", f"c{user}a", f"c{user}b", day=day)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: 'a rebuild from scratch on the same raw history gives the same ledger'. When a day arrives late "
+    "(days 0 and 2 built, then day 1), the nightly ledger fills validation with day 2's first user; a rebuild "
+    "from scratch (warehouse lost, or rebuilt from the raw zone) folds day 1 first and puts that user in train, "
+    "so a user published in validation moves to train"))
+def test_a_late_day_gives_the_same_ledger_as_a_build_from_scratch(tmp_path):
+    config = SplitConfig(min_unique_rows=1, heldout_fraction=0.0)
+    rows = [_row(1, 0), _row(2, 1), _row(3, 2)]
+    nightly = DataHome(tmp_path / "nightly")
+    _build(nightly, [r for r in rows if r["ranking_id"] != 2], config)   # day 1's export is late
+    _build(nightly, rows, config)                                      # it arrives the next night
+    scratch = DataHome(tmp_path / "scratch")
+    _build(scratch, rows, config)
+    nightly_ledger, scratch_ledger = _ledger(nightly), _ledger(scratch)
+    leaked = [u for u, s in nightly_ledger.items() if s != "train" and scratch_ledger.get(u) == "train"]
+    assert leaked == [], f"held out in the nightly ledger, train when rebuilt from the same raw history: {leaked}"
+    assert scratch_ledger == nightly_ledger
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README: the stored ledger keeps every user where they are 'even when ... a user's rows vanish (a ban)', and "
+    "a rebuild from scratch on the same raw history gives the same ledger. Both cannot hold: after a ban the "
+    "banned user's rows are dropped from pairs, so a rebuild from the raw zone (or a build whose split_ledger "
+    "went missing: it is silently re-derived, nothing compares it with the published splits) folds over a "
+    "different history; banning the first user turns every later fill decision over and a published "
+    "validation user lands in train"))
+def test_a_ban_then_a_rebuild_from_scratch_keeps_every_user_where_published(tmp_path):
+    config = SplitConfig(min_unique_rows=2, heldout_fraction=0.0)
+    rows = [_row(u, 0) for u in range(1, 9)]
+    nightly = DataHome(tmp_path / "nightly")
+    _build(nightly, rows, config)                       # published: user 2 in validation, user 4 in test
+    after_ban = rows[1:]                                # user 1 banned: its rows leave pairs
+    _build(nightly, after_ban, config)
+    published = _ledger(nightly)
+    scratch = DataHome(tmp_path / "scratch")            # the same raw zone and ban list, no ledger
+    _build(scratch, after_ban, config)
+    rebuilt = _ledger(scratch)
+    assert published[f"{2:016x}"] == "validation"
+    leaked = sorted(u for u, s in published.items() if s != "train" and rebuilt.get(u) == "train")
+    assert leaked == [], f"held-out users in train after a rebuild from the same raw history: {leaked}"
+
+
+# --- 7. Owners are recomputed each night: a ban moves a held-out prompt into train (README: known, not fixed) --------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "Known and documented ('Owners are computed each night from the rows present, not stored ... Not fixed'), "
+    "reproduced here against the stability promise: a test user types P first, a train user retypes it the next "
+    "day (rejected). Banning the test user makes P train-owned, so the next version trains on the prompt the "
+    "previous version tested on. The same happens when the first row leaves pairs for any other reason (a "
+    "conflicting re-export, a moderation rule) or a late day is backfilled before it"))
+def test_a_later_ban_never_moves_a_held_out_prompt_into_train(tmp_path):
+    home = DataHome(tmp_path)
+    te, tr = USERS["test"][0], USERS["train"][0]
+    rows = [pair_row(1, te, PLAIN, "k1", "k2", day=0),
+            pair_row(2, tr, "A red fox in the snow!", "k3", "k4", day=1),
+            pair_row(3, tr, "an owl at dusk", "k5", "k6", day=1)]
+    first = _build(home, rows)
+    held_out_before = {r["prompt_key"] for r in first if r["split"] in ("validation", "test")}
+    assert held_out_before == {normalize_prompt(PLAIN)}
+    second = _build(home, [r for r in rows if r["user_id"] != te])      # the test user is banned later
+    train_after = {r["prompt_key"] for r in second if r["split"] == "train"}
+    assert not held_out_before & train_after, "a prompt published in test is in train of the next version"
