@@ -415,6 +415,8 @@ def _narrow_safe(sql: str, dataset: str, hidden: frozenset[str], known: frozense
         return False
     names: set[str] = set()         # every name the query refers to
     defined: set[str] = set()       # aliases and CTE names it defines
+    last_parts: set[str] = set()    # what each column reference names last: a column, or a whole row
+    relations: set[str] = set()     # the names a row of a table, subquery or CTE goes by
     functions: set[str] = set()
     reads = False
     stack: list = [statements[0]["node"]]
@@ -432,7 +434,9 @@ def _narrow_safe(sql: str, dataset: str, hidden: frozenset[str], known: frozense
             if node.get("alias"):
                 defined.add(str(node["alias"]).lower())
             if kind == "COLUMN_REF":
-                names.update(str(n).lower() for n in node.get("column_names") or [])
+                parts = [str(n).lower() for n in node.get("column_names") or []]
+                names.update(parts)
+                last_parts.update(parts[-1:])
             elif kind == "FUNCTION":
                 if node.get("export_state") or (node.get("order_bys") or {}).get("orders"):
                     return False
@@ -451,15 +455,18 @@ def _narrow_safe(sql: str, dataset: str, hidden: frozenset[str], known: frozense
                     return False
                 for entry in (node.get("cte_map") or {}).get("map") or []:
                     defined.add(str(entry.get("key")).lower())
+                    relations.add(str(entry.get("key")).lower())
                     defined.update(str(a).lower() for a in (entry.get("value") or {}).get("aliases") or [])
             elif kind in _NARROW_TABLE_REFS:
                 if node.get("sample") is not None:
                     return False
                 if node.get("alias"):
                     defined.add(str(node["alias"]).lower())
+                    relations.add(str(node["alias"]).lower())
                 defined.update(str(a).lower() for a in node.get("column_name_alias") or [])
                 if kind == "BASE_TABLE":
                     table = str(node.get("table_name")).lower()
+                    relations.add(table)
                     if node.get("schema_name") or node.get("catalog_name") or node.get("at_clause") is not None:
                         return False
                     names.add(table)
@@ -473,6 +480,8 @@ def _narrow_safe(sql: str, dataset: str, hidden: frozenset[str], known: frozense
         stack.extend(node.values())
     if not reads or names & hidden or (names | defined) & READER_COLUMNS:
         return False
+    if last_parts & relations:
+        return False    # a whole row (``concat(shard_samples)``, ``count(DISTINCT s)``): the narrow view's has 3 columns
     if names - known - defined:
         return False
     if functions - _ARITHMETIC - PURE_FUNCTIONS - ORDER_FREE_AGGREGATES - _ROW:

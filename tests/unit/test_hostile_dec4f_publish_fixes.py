@@ -233,12 +233,6 @@ def test_a_sidecar_rewritten_in_place_with_its_mtime_put_back_is_not_answered_fr
                         columncache.cache_file(home.cache), columncache.ColumnValues())
 
 
-@pytest.mark.xfail(strict=True, reason="dec4f: reads_only_columns lets a rule name the dataset's view itself as a "
-                   "column (DuckDB's whole row as a struct: concat(shard_samples), count(DISTINCT shard_samples), "
-                   "a <> b): the view's name is a known name, not a hidden column, yet over the narrow view that row "
-                   "has 3 columns instead of every column, so the value differs from the full scan and a blocking "
-                   "rule over a whole row (here: no row longer than 400 characters) passes a version the full "
-                   "scan fails")
 def test_a_rule_reading_the_whole_row_is_not_answered_from_the_narrow_view(tmp_path: Path, monkeypatch) -> None:
     home, _, nightly = _nights(tmp_path)
     row = Rule("shard_samples", "rows_not_huge", "no sample row longer than 400 characters",
