@@ -30,6 +30,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -486,14 +487,24 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(undated_warning(report.undated))
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
-        if image_store:
-            from pipelines.appdb.blobs import copy_day_blobs
+        from pipelines.appdb.blobs import copy_blobs, read_day_uids
 
-            report.blobs = copy_day_blobs(conn, params, image_store, home, config.blob_workers)
-        else:
-            report.blobs = {"store": "none configured: no blob copied"}
-            progress("no image store configured: no blob copied (the feature stage will reject the images as missing)")
-        conn.rollback()  # read-only: nothing to commit
+        # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
+        # session end before any blob is copied (see blobs.read_day_uids).
+        spill = tempfile.TemporaryFile(dir=staging) if image_store else None
+        try:
+            invalid = read_day_uids(conn, params, spill) if spill is not None else 0
+            conn.rollback()  # read-only: nothing to commit
+            conn.close()
+            if spill is not None:
+                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers)
+            else:
+                report.blobs = {"store": "none configured: no blob copied"}
+                progress("no image store configured: no blob copied (the feature stage will reject the images as "
+                         "missing)")
+        finally:
+            if spill is not None:
+                spill.close()
         _publish(home, day, staging, report)
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
