@@ -491,8 +491,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
         # session end before any blob is copied (see blobs.read_day_uids).
-        spill = tempfile.TemporaryFile(dir=staging) if image_store else None
-        try:
+        with tempfile.TemporaryFile(dir=staging) if image_store else contextlib.nullcontext() as spill:
             invalid = read_day_uids(conn, params, spill) if spill is not None else 0
             conn.rollback()  # read-only: nothing to commit
             conn.close()
@@ -502,9 +501,6 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.blobs = {"store": "none configured: no blob copied"}
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
                          "missing)")
-        finally:
-            if spill is not None:
-                spill.close()
         _publish(home, day, staging, report)
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
