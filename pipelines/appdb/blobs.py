@@ -23,6 +23,7 @@ and a 1 TB object (a sparse file costs its writer nothing) no longer fills the r
 """
 from __future__ import annotations
 
+import itertools
 import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
@@ -202,27 +203,41 @@ def _url_gone(store: str, name: str) -> bool:
         return False
 
 
-def copy_day_blobs(conn: psycopg.Connection, params: dict, store: str, home: DataHome, workers: int,
-                   max_bytes: int | None = None) -> dict:
-    """Copy the blobs of the day's images (uids streamed from the database); returns counts per outcome.
-    ``max_bytes``: the copy cap (None: the home's ``features.max_bytes``)."""
+def read_day_uids(conn: psycopg.Connection, params: dict, spill: BinaryIO) -> int:
+    """Write the day's image uids that are canonical UUIDs to ``spill``, one per line in order, and return
+    how many were not (a uid that is not is never used as a file name).
+
+    Read from the export's snapshot before any blob is copied, so the export's transaction ends before
+    the slow part: kept open while a slow store copied, it idled (and a server's
+    ``idle_in_transaction_session_timeout`` ended the session, failing the day) and its snapshot held
+    back the app database's vacuum. A file rather than a list: memory stays one fetch however many
+    images the day has."""
+    invalid = 0
+    for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
+        uids = [as_text(raw) for (raw,) in rows]   # Unconvertible text is already a str
+        valid = [uid for uid in uids if UID_RE.fullmatch(uid)]
+        invalid += len(uids) - len(valid)
+        spill.write("".join(uid + "\n" for uid in valid).encode("ascii"))
+    return invalid
+
+
+def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, workers: int,
+               max_bytes: int | None = None) -> dict:
+    """Copy the blobs of the uids in ``spill`` (:func:`read_day_uids`, which found ``invalid`` uids that are
+    not UUIDs); returns counts per outcome. Needs no database connection. ``max_bytes``: the copy cap
+    (None: the home's ``features.max_bytes``)."""
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
     if max_bytes is None:
         max_bytes = load(home.root).config("features").max_bytes
-    counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": 0,
+    counts = {"store": store, "copied": 0, "present": 0, "differs_in_store": 0, "missing": 0, "invalid_uid": invalid,
               "not_a_file_in_store": 0, "too_large": 0, "max_bytes": max_bytes}
     target_dir = home.raw_images       # a real folder of the home (export_day checked it)
-
-    def flush(batch: list[str]) -> None:
-        for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes), batch):
-            counts[outcome] += 1
-
+    spill.flush()
+    spill.seek(0)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
-            uids = [as_text(raw) for (raw,) in rows]   # Unconvertible text is already a str
-            valid = [uid for uid in uids if UID_RE.fullmatch(uid)]
-            counts["invalid_uid"] += len(uids) - len(valid)
-            flush(valid)
+        while batch := [line.decode("ascii").rstrip("\n") for line in itertools.islice(spill, BATCH)]:
+            for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes), batch):
+                counts[outcome] += 1
     return counts

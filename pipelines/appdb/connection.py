@@ -4,6 +4,13 @@ The DSN (a libpq key/value string or a ``postgresql://`` URL) is parsed only to 
 messages: host, port, database and user, never the password. Every error raised here is built from
 those parts and from libpq's reason with any password text removed, and is raised ``from None`` so
 no driver exception (whose text may quote the DSN) travels along in a traceback or the Dagster UI.
+A ``dbname`` that is itself a connection string or URL (libpq's ``expand_dbname`` form) is searched for
+secrets too, and shown whole as ``***`` when its secrets cannot be told apart from the rest of it.
+
+The export's session is pinned as pg_dump pins its own, so the role's, database's or server's
+defaults cannot change what is read: time zone, float digits, DateStyle and IntervalStyle (psycopg
+parses only ISO dates), the schema the tables are looked up in, ``row_security = off`` (a policy
+that would hide rows makes the read fail instead of exporting a subset) and the timeouts.
 """
 from __future__ import annotations
 
@@ -13,7 +20,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterator
 
 import psycopg
-from psycopg import IsolationLevel
+from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import ByteaBinaryLoader
 
@@ -23,8 +30,26 @@ IMAGE_STORE_ENV = "PICKAPIC_APP_IMAGE_STORE"
 CONNECT_TIMEOUT_S = 10
 APPLICATION_NAME = "pickapic-app-export"
 # Session settings the export's SQL relies on: UTC day bounds for timestamptz columns, shortest exact
-# float text (extra_float_digits >= 1).
-SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET extra_float_digits = 1")
+# float text (extra_float_digits >= 1), dates and intervals in the only styles psycopg parses (a server
+# with DateStyle 'SQL, DMY' or 'German' failed every export reading the database's clock).
+SESSION_SETTINGS = ("SET TIME ZONE 'UTC'", "SET extra_float_digits = 1", "SET DateStyle = 'ISO, YMD'",
+                    "SET IntervalStyle = 'postgres'")
+# The schema holding the app's tables (as sql/app_db/schema.sql creates them). The session's search_path
+# is pinned to it: with the default ("$user", public) a schema named after the export's role would
+# shadow the app's tables.
+APP_SCHEMA = "public"
+# What the export's (read-only) session sets as pg_dump sets it for its own: row_security off, so a
+# row-level security policy that would hide rows from the role fails the read (see database_error)
+# instead of exporting a subset; no statement or idle-in-transaction timeout (a role default sized for
+# the app's own queries must not fail a nightly read of a whole day, and the transaction stays open only
+# while the tables are read); a lock wait bounded, so an export stuck behind an ACCESS EXCLUSIVE lock
+# (a migration left open) fails with that reason and the next run retries, instead of hanging.
+EXPORT_SETTINGS = ("SET row_security = off", "SET statement_timeout = 0",
+                   "SET idle_in_transaction_session_timeout = 0", "SET lock_timeout = '5min'")
+# PostgreSQL 17's transaction_timeout would end the export's transaction like the timeouts above.
+EXPORT_SETTINGS_17 = ("SET transaction_timeout = 0",)
+# libpq keys whose values are secrets (the password, and the passphrase of the client's SSL key).
+SECRET_KEYS = ("password", "sslpassword")
 
 
 class AppDatabaseError(RuntimeError):
@@ -48,16 +73,39 @@ class ServerName:
         return {"host": self.host, "port": self.port, "database": self.dbname, "user": self.user}
 
 
-def _secrets(dsn: str) -> list[str]:
-    """Password texts that must never appear in a message (from the DSN and libpq's environment)."""
-    found = []
+def _looks_like_conninfo(value: str) -> bool:
+    """Whether libpq would expand ``value``, given as a dbname, as a connection string: it holds ``=``
+    or starts with a ``postgresql://`` / ``postgres://`` URL prefix."""
+    return "=" in value or bool(_URL.match(value))
+
+
+def _dsn_secrets(dsn: str, nested: bool = False, depth: int = 0) -> list[str]:
+    """The secret values of a DSN, and of a connection string or URL in its ``dbname`` (recursively).
+
+    A nested string is shown as it is written (a server's 'database ... does not exist' quotes it, and
+    so does the name of the server in every message), so where its secrets are not there verbatim (a
+    quoted or escaped password, a percent-encoded one in a URL) or it does not parse, the whole string
+    is a secret."""
     try:
-        password = conninfo_to_dict(dsn).get("password")
+        parts = conninfo_to_dict(dsn)
     except psycopg.Error:
-        password = None
-    for value in (password, os.environ.get("PGPASSWORD")):
-        if value:
-            found.append(str(value))
+        return [dsn] if nested else []     # the top-level DSN: server_name refuses it without showing it
+    found = [str(parts[key]) for key in SECRET_KEYS if parts.get(key)]
+    if nested and (any(secret not in dsn for secret in found) or _misplaced_url_secret(dsn)):
+        return [dsn]
+    dbname = str(parts.get("dbname") or "")
+    if dbname and _looks_like_conninfo(dbname):
+        found += [dbname] if depth >= 3 else _dsn_secrets(dbname, nested=True, depth=depth + 1)
+    return found
+
+
+def _secrets(dsn: str) -> list[str]:
+    """Password texts that must never appear in a message (from the DSN, any connection string nested in
+    its dbname, and libpq's environment)."""
+    found = _dsn_secrets(dsn)
+    password = os.environ.get("PGPASSWORD")
+    if password:
+        found.append(password)
     return found
 
 
@@ -109,11 +157,13 @@ def server_name(dsn: str, source: str = "the DSN") -> ServerName:
         raise AppDatabaseError(f"{source} is not a valid libpq connection string or postgresql:// URL "
                                "(its text is not shown because it may hold a password)") from None
     user = parts.get("user") or os.environ.get("PGUSER") or _os_user()
+    # Each part without secrets: a dbname may be a whole connection string holding a password.
     return ServerName(
-        host=str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST") or "the default socket"),
-        port=str(parts.get("port") or os.environ.get("PGPORT") or 5432),
-        dbname=str(parts.get("dbname") or os.environ.get("PGDATABASE") or user),
-        user=str(user),
+        host=redact(str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST")
+                        or "the default socket"), dsn),
+        port=redact(str(parts.get("port") or os.environ.get("PGPORT") or 5432), dsn),
+        dbname=redact(str(parts.get("dbname") or os.environ.get("PGDATABASE") or user), dsn),
+        user=redact(str(user), dsn),
     )
 
 
@@ -161,13 +211,25 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
-        raise AppDatabaseError(f"cannot connect to the app {name} (from {source}): {_reason(exc, dsn)}") from None
+        hint = ""
+        if _looks_like_conninfo(str(parts.get("dbname") or "")):
+            hint = (" (its dbname is a connection string, which psycopg does not expand as libpq's "
+                    "expand_dbname would: give those keys in the DSN itself)")
+        raise AppDatabaseError(f"cannot connect to the app {name} (from {source}): {_reason(exc, dsn)}"
+                               f"{hint}") from None
     try:
         if read_only:
             conn.isolation_level = IsolationLevel.REPEATABLE_READ
             conn.read_only = True
         for statement in SESSION_SETTINGS:
             conn.execute(statement)
+        # pg_catalog first (a table or function in the app's schema never shadows a built-in); the sink
+        # creates the app's tables, so its path is the schema alone (pg_catalog is then searched first too).
+        path = [sql.Identifier("pg_catalog"), sql.Identifier(APP_SCHEMA)] if read_only else [sql.Identifier(APP_SCHEMA)]
+        conn.execute(sql.SQL("SET search_path = {}").format(sql.SQL(", ").join(path)))
+        if read_only:
+            for statement in EXPORT_SETTINGS + (EXPORT_SETTINGS_17 if conn.info.server_version >= 170000 else ()):
+                conn.execute(statement)
         # A UTF8 database's text arrives as it is stored. Any other database's text is read unconverted
         # (SQL_ASCII as client encoding turns the server's conversion off): a SQL_ASCII database's bytes
         # reach the file as they are, and the export reads another encoding's text as its stored bytes and
@@ -189,9 +251,18 @@ def as_text(value: str | bytes | None) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
 
 
+ROW_SECURITY_HINT = ("the export reads with row_security = off, as pg_dump does, so that a row-level security "
+                     "policy never hides rows from it: export as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS) "
+                     "or as the table's owner (where the table does not FORCE ROW LEVEL SECURITY)")
+
+
 def database_error(exc: psycopg.Error, dsn: str, name: ServerName, doing: str) -> AppDatabaseError:
     """An ``AppDatabaseError`` for a driver error raised while ``doing`` something on the server."""
-    return AppDatabaseError(f"{doing} failed on the app {name}: {_reason(exc, dsn)}")
+    reason = _reason(exc, dsn)
+    primary = getattr(getattr(exc, "diag", None), "message_primary", None) or ""
+    if isinstance(exc, psycopg.errors.InsufficientPrivilege) and "row-level security" in primary:
+        reason += f" ({ROW_SECURITY_HINT})"
+    return AppDatabaseError(f"{doing} failed on the app {name}: {reason}")
 
 
 BATCH_LINES = 4096   # most rows per server-side fetch

@@ -31,6 +31,7 @@ import re
 import secrets
 import shutil
 import stat
+import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -569,14 +570,20 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
-        if image_store:
-            from pipelines.appdb.blobs import copy_day_blobs
+        from pipelines.appdb.blobs import copy_blobs, read_day_uids
 
-            report.blobs = copy_day_blobs(conn, params, image_store, home, config.blob_workers)
-        else:
-            report.blobs = {"store": "none configured: no blob copied"}
-            progress("no image store configured: no blob copied (the feature stage will reject the images as missing)")
-        conn.rollback()  # read-only: nothing to commit
+        # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
+        # session end before any blob is copied (see blobs.read_day_uids).
+        with tempfile.TemporaryFile(dir=staging) if image_store else contextlib.nullcontext() as spill:
+            invalid = read_day_uids(conn, params, spill) if spill is not None else 0
+            conn.rollback()  # read-only: nothing to commit
+            conn.close()
+            if spill is not None:
+                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers)
+            else:
+                report.blobs = {"store": "none configured: no blob copied"}
+                progress("no image store configured: no blob copied (the feature stage will reject the images as "
+                         "missing)")
         _publish(home, day, staging, report)
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:

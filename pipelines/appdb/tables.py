@@ -11,7 +11,7 @@ import re
 import psycopg
 import pyarrow as pa
 
-from pipelines.appdb.connection import as_text
+from pipelines.appdb.connection import APP_SCHEMA, as_text
 from pipelines.sqlrun import sql_text
 from schemas import get_schema
 from schemas.raw import RAW_TABLES
@@ -57,7 +57,7 @@ def check_tables(conn: psycopg.Connection, where: str = "the app database") -> N
             seen.add(table)
     for table in RAW_TABLES:
         if table not in seen:
-            raise AppSchemaError(f"{where} has no table {table!r} on its search path; expected columns "
+            raise AppSchemaError(f"{where} has no table {table!r} in schema {APP_SCHEMA!r}; expected columns "
                                  + ", ".join(f"{c} ({f})" for c, f in expected_columns(table)))
         for column, kind in expected_columns(table):
             allowed = FAMILIES[kind]

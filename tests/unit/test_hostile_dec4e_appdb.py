@@ -65,9 +65,6 @@ def _reader(server, dsn: str) -> tuple[str, str]:
 
 # --- a hostile app database: rows hidden from the export -------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="dec4e: the export does not SET row_security = off (as pg_dump does), so a "
-                   "row-level security policy on an app table silently hides rows from the export role: the day "
-                   "is exported with half its rankings, no error, no warning")
 def test_a_row_level_security_policy_never_hides_rows_silently(app_db, postgres_server, tmp_path):
     role, reader_dsn = _reader(postgres_server, app_db)
     with psycopg.connect(app_db, autocommit=True) as conn:
@@ -83,10 +80,6 @@ def test_a_row_level_security_policy_never_hides_rows_silently(app_db, postgres_
     assert report.tables["rankings"].rows == expected == len(_lines(home, DAYS[0], "rankings"))
 
 
-@pytest.mark.xfail(strict=True, reason="dec4e: the export reads the app tables through the session's search_path "
-                   "(\"$user\", public): a schema named after the export role holding an empty 'rankings' "
-                   "(made by the app's owner, or by anyone with CREATE on the database) shadows public.rankings, "
-                   "and the re-export replaces the day's 40 rankings with an empty file, without a warning")
 def test_a_table_shadowing_public_on_the_search_path_never_replaces_the_day(app_db, postgres_server, tmp_path):
     role, reader_dsn = _reader(postgres_server, app_db)
     home = DataHome.at(tmp_path / "home")
@@ -105,10 +98,6 @@ def test_a_table_shadowing_public_on_the_search_path_never_replaces_the_day(app_
 
 # --- a hostile environment: server settings, DSN forms, store objects ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="dec4e: the export pins TimeZone and extra_float_digits but not DateStyle; "
-                   "on a server (or database, or role) with DateStyle 'SQL, DMY' or 'German' psycopg cannot parse "
-                   "the text timestamptz of SELECT now() (the database-clock lag check) and raises NotImplementedError (not a "
-                   "psycopg.Error, so not even an AppDatabaseError naming the server): every export fails")
 def test_a_server_with_another_datestyle_is_exported(app_db, tmp_path):
     with psycopg.connect(app_db, autocommit=True) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} SET DateStyle = 'SQL, DMY'").format(sql.Identifier(_dbname(app_db))))
@@ -116,9 +105,6 @@ def test_a_server_with_another_datestyle_is_exported(app_db, tmp_path):
     assert report.published == "new day"
 
 
-@pytest.mark.xfail(strict=True, reason="dec4e: a libpq DSN whose dbname holds a connection string (libpq expands it; "
-                   "psycopg 3 does not, so the connection fails) is shown whole in the error: 'cannot connect to "
-                   "the app database 'host=... password=SECRET' ...'; redact() only knows the top-level password")
 def test_a_password_inside_an_expanded_dbname_is_never_shown(tmp_path):
     secret = f"dbname-secret-{os.getpid()}-{next(_counter)}"
     dsn = f"dbname='host=127.0.0.1 port=1 dbname=app user=export password={secret} connect_timeout=2'"
@@ -236,11 +222,6 @@ def test_a_huge_text_value_costs_the_export_less_than_twice_its_size(app_db, tmp
 
 # --- a slow image store under a common server safeguard ----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="dec4e: the blob copy streams image uids from a server-side cursor inside the "
-                   "export's transaction, which sits idle while each batch of 256 blobs is copied: with "
-                   "idle_in_transaction_session_timeout (a usual DBA safeguard) shorter than one batch's copy, the "
-                   "server ends the session after every table was read and the blobs copied, and the whole day "
-                   "fails, on every retry while the store stays that slow")
 def test_a_slow_store_does_not_fail_the_day_under_an_idle_in_transaction_timeout(app_db, tmp_path, monkeypatch):
     from pipelines.appdb import blobs
 
