@@ -25,13 +25,16 @@
   validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
   popular prompts typed by many users are then almost always held out, which costs train a large
   share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
-- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): Unicode NFKC,
-  invisible characters removed (default-ignorable code points and format characters, Cf), blank-looking
-  ones (Braille blank, Hangul fillers) read as spaces, NFC, any ``[bracketed]`` text (negative prompt)
-  removed, punctuation (Unicode P*) and math/modifier symbols (Sm, Sk) turned into spaces, every
-  non-ASCII character folded to its UTS #39 confusable prototype before case folding (ICU's skeleton, as
-  the ASCII letter of the same case where one has it: a Cyrillic or Greek look-alike of a Latin letter,
-  capital or not, keys as that letter; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
+- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): emoji keycaps and
+  every symbol (S*, emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ,
+  🄰, ⒜), which reads as its letter; Unicode NFKC; blank-looking characters (Braille blank, Hangul
+  fillers) read as spaces, then invisible characters removed (default-ignorable code points and format
+  characters, Cf); NFC; any ``[bracketed]`` text (negative prompt) removed; punctuation and symbols
+  (P*, S*) turned into spaces and the marks left on a space dropped; every non-ASCII character folded to
+  its UTS #39 confusable prototype before case folding (ICU's skeleton, as the ASCII letter of the same
+  case where one has it: a Cyrillic or Greek look-alike of a Latin letter, capital or not, keys as that
+  letter; a small capital or a negative circled or squared letter, which ICU ties to nothing, as the
+  letter its Unicode name says; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
   case-folded, folded again, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys
   on its case-folded visible text instead (never on the empty string, which would join unrelated rows).
 - ``*_unique``: per held-out split, one labelled row per prompt_key (smallest salted digest of the
