@@ -254,9 +254,8 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
 
 
 def _is_words(phrase: str) -> bool:
-    """Whether ``phrase`` (NFKC) holds no punctuation (P*) nor math or modifier symbol (Sm, Sk)."""
-    return not any((c := unicodedata.category(ch))[0] == "P" or c in ("Sm", "Sk")
-                   for ch in unicodedata.normalize("NFKC", phrase))
+    """Whether ``phrase`` (NFKC) holds no punctuation (P*) nor symbol (S*: emoji too), which the key turns into spaces."""
+    return not any(unicodedata.category(ch)[0] in "PS" for ch in unicodedata.normalize("NFKC", phrase))
 
 
 def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Table:

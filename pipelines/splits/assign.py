@@ -25,13 +25,16 @@
   validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
   popular prompts typed by many users are then almost always held out, which costs train a large
   share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
-- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): Unicode NFKC,
-  invisible characters removed (default-ignorable code points and format characters, Cf), blank-looking
-  ones (Braille blank, Hangul fillers) read as spaces, NFC, any ``[bracketed]`` text (negative prompt)
-  removed, punctuation (Unicode P*) and math/modifier symbols (Sm, Sk) turned into spaces, every
-  non-ASCII character folded to its UTS #39 confusable prototype before case folding (ICU's skeleton, as
-  the ASCII letter of the same case where one has it: a Cyrillic or Greek look-alike of a Latin letter,
-  capital or not, keys as that letter; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
+- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): emoji keycaps and
+  every symbol (S*, emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ,
+  🄰, ⒜), which reads as its letter; Unicode NFKC; blank-looking characters (Braille blank, Hangul
+  fillers) read as spaces, then invisible characters removed (default-ignorable code points and format
+  characters, Cf); NFC; any ``[bracketed]`` text (negative prompt) removed; punctuation and symbols
+  (P*, S*) turned into spaces and the marks left on a space dropped; every non-ASCII character folded to
+  its UTS #39 confusable prototype before case folding (ICU's skeleton, as the ASCII letter of the same
+  case where one has it: a Cyrillic or Greek look-alike of a Latin letter, capital or not, keys as that
+  letter; a small capital or a negative circled or squared letter, which ICU ties to nothing, as the
+  letter its Unicode name says; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
   case-folded, folded again, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys
   on its case-folded visible text instead (never on the empty string, which would join unrelated rows).
 - ``*_unique``: per held-out split, one labelled row per prompt_key (smallest salted digest of the
@@ -111,10 +114,27 @@ class SplitConfig:
 
 @functools.cache
 def _punctuation_to_space() -> dict[int, str]:
-    """``str.translate`` table: every punctuation (P*) and math/modifier symbol (Sm, Sk) -> space."""
-    category = unicodedata.category
-    return {cp: " " for cp in range(sys.maxunicode + 1)
-            if (c := category(chr(cp)))[0] == "P" or c in ("Sm", "Sk")}
+    """``str.translate`` table: every separator (:data:`_SEPARATOR`: punctuation, symbols, emoji) -> space, but
+    the symbols :func:`_prototype` reads as a letter (:func:`_styled_letters`: negative squared 🅰)."""
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    styled = _styled_letters()
+    return {m.start(): " " for m in _SEPARATOR.finditer(every) if m.start() not in styled}
+
+
+@functools.cache
+def _symbol_readings() -> dict[int, str]:
+    """``str.translate`` table for the text as typed, before NFKC: every symbol (a separator but for punctuation,
+    which the bracket step needs) -> a space, or, for a letter or digit drawn in a shape, what NFKC reads in it
+    (circled ⓐ and squared 🄰 as the letter, parenthesized ⒜ as `` a ``, ℃ as `` C``): so a symbol NFKC spells
+    out in letters (™ as TM, ℠, ㎏) is a separator as every symbol is, instead of letters glued to the word."""
+    table = {}
+    for cp, space in _punctuation_to_space().items():
+        char = chr(cp)
+        if _PUNCTUATION.match(char):
+            continue
+        reading = unicodedata.normalize("NFKC", char).translate(_punctuation_to_space())
+        table[cp] = reading if len(reading.strip()) == 1 and _LETTER_OR_DIGIT.match(reading.strip()) else space
+    return table
 
 
 @functools.cache
@@ -125,12 +145,12 @@ def _ascii_punctuation_to_space() -> bytes:
 
 
 def normalize_prompt(text: str) -> str:
-    """The prompt key: NFKC, invisibles out, NFC, brackets out, punctuation to spaces, confusables folded
-    (before case folding: a Cyrillic capital is folded as the Latin capital it looks like), NFC,
+    """The prompt key: symbols to spaces (a letter drawn in a shape as the letter), NFKC, blanks to spaces,
+    invisibles out, NFC, brackets out, punctuation to spaces, confusables folded (before case folding: a
+    Cyrillic capital is folded as the Latin capital it looks like; small capitals as their letters), NFC,
     case-folded, NFC, whitespace collapsed."""
-    visible = _visible(text)
-    key = _folded(_BRACKETS.sub(" ", visible).translate(_punctuation_to_space()))
-    return key if key else "#" + " ".join(_fold_case(visible).split())
+    key = _folded(_spaced(_BRACKETS.sub(" ", _visible(_read_symbols(text)))))
+    return key if key else "#" + " ".join(_fold_case(_visible(text)).split())
 
 
 def moderation_key(text: str) -> str:
@@ -140,12 +160,25 @@ def moderation_key(text: str) -> str:
     spaces and punctuation between words change nothing. Empty for a prompt of nothing but those."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.encode("ascii").translate(_ascii_punctuation_to_space()).decode("ascii").lower().split())
-    return _folded(_visible(text).translate(_punctuation_to_space()))
+    return _folded(_spaced(_visible(_read_symbols(text))))
+
+
+def _read_symbols(text: str) -> str:
+    """Emoji keycaps (1️⃣, #️⃣) and every symbol to spaces, a letter or digit drawn in a shape as NFKC reads it
+    (:func:`_symbol_readings`); before NFKC, which would spell ™ as TM."""
+    return _KEYCAP.sub(" ", text).translate(_symbol_readings())
 
 
 def _visible(text: str) -> str:
-    """NFKC, invisibles out, blank-looking characters to spaces, NFC."""
-    return unicodedata.normalize("NFC", _BLANK.sub(" ", _INVISIBLE.sub("", unicodedata.normalize("NFKC", text))))
+    """NFKC, blank-looking characters to spaces, invisibles out, NFC. Blanks first: the Hangul fillers are
+    default-ignorable too, and they read as the space they render as."""
+    return unicodedata.normalize("NFC", _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", text))))
+
+
+def _spaced(text: str) -> str:
+    """Separators (punctuation, symbols, emoji) to spaces, and the marks left on a space out (a combining accent
+    or keycap typed on a symbol is drawn on nothing once the symbol is a space)."""
+    return _ORPHAN_MARKS.sub("", text.translate(_punctuation_to_space()))
 
 
 def _folded(spaced: str) -> str:
@@ -173,8 +206,18 @@ def _fold_case(text: str) -> str:
 # nothing or as a mark on their neighbour.
 _INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
 # Read as a space: characters that render as a blank but are not whitespace (Braille pattern blank, the
-# Hangul fillers, the musical null notehead's space).
+# Hangul fillers, the musical null notehead's space). Read before _INVISIBLE runs: the fillers are default-ignorable.
 _BLANK = regex.compile("[\u2800\u3164\uffa0\u115f\u1160\U0001D159]")
+# Separators: punctuation (P*), symbols (S*: math, currency, modifier and other symbols: emoji, skin-tone modifiers,
+# regional indicators, stars, (c), degree) and emoji code points (Extended_Pictographic, which also holds the emoji
+# blocks' code points not assigned yet), by the regex package's Unicode data; never a letter, digit or mark.
+_SEPARATOR = regex.compile(r"[[\p{P}\p{S}\p{Extended_Pictographic}]--[\p{L}\p{N}\p{M}]]", regex.V1)
+_PUNCTUATION = regex.compile(r"\p{P}")
+_LETTER_OR_DIGIT = regex.compile(r"[\p{L}\p{N}]")
+# An emoji keycap (a digit, # or * with the enclosing keycap U+20E3, U+FE0F or other invisibles between): one symbol.
+_KEYCAP = regex.compile(r"[0-9#*][\p{Default_Ignorable_Code_Point}\p{Cf}]*\u20e3")
+# Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
+_ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 
 
 @functools.lru_cache(maxsize=65536)
@@ -189,7 +232,31 @@ def _prototype(char: str) -> str:
     if twins:                # the twin of the same case: a Greek capital iota is I, not l
         same_case = [t for t in twins if (t.isupper(), t.islower()) == (char.isupper(), char.islower())]
         return (same_case or [t for t in twins if t == skeleton] or twins)[0]
+    styled = _styled_letters().get(ord(char))
+    if styled:               # "fancy text" ICU has no twin for: small capitals, negative squared letters
+        return styled
     return _INVISIBLE.sub("", unicodedata.normalize("NFKC", skeleton))
+
+
+# A Latin letter in a style: a small capital (LATIN LETTER SMALL CAPITAL R, modifier small capitals after NFKC),
+# the capital of one, a letter in a negative (white on black) circle or square, a squared small letter.
+_STYLED_NAME = re.compile(r"(?:NEGATIVE (?:CIRCLED|SQUARED) |SQUARED )?LATIN (CAPITAL |SMALL )?LETTER "
+                          r"(?:SMALL CAPITAL )?([A-Z])")
+
+
+@functools.cache
+def _styled_letters() -> dict[int, str]:
+    """Code point -> ASCII letter, for the letters in a style (:data:`_STYLED_NAME`, from the Unicode names of the
+    standard library's ``unicodedata``) that NFKC leaves as they are and ICU ties to no ASCII letter: the small
+    capitals of "fancy text" generators (ᴀ ʀᴇᴅ ꜰᴏx), 🅰 and 🅐. Lower case but for a capital letter's name."""
+    out = {}
+    for cp in range(0x80, sys.maxunicode + 1):
+        char = chr(cp)
+        match = _STYLED_NAME.fullmatch(unicodedata.name(char, ""))
+        if match and unicodedata.normalize("NFKC", char) == char:
+            letter = match.group(2)
+            out[cp] = letter if match.group(1) == "CAPITAL " else letter.lower()
+    return out
 
 
 @functools.cache
