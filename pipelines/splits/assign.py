@@ -6,9 +6,12 @@
   held-out user for each train user); after that a user is held out iff the first 52 bits of
   ``sha256(salt + ':' + pseudonym)``, read as a fraction, fall under ``heldout_fraction`` (digest hex
   character 14, even/odd, picks validation or test). A decision depends only on the history before the
-  user's first pair, so appending days never changes it, and a rebuild from scratch on the same history
-  gives the same ledger; the stored ledger also keeps a user where they are when an older day is
-  re-exported. A young home of few users thus still gets validation and test users, and a large one
+  user's first pair, so appending days never changes it; the stored ledger also keeps a user where they are
+  when an older day is re-exported or banned. The fill depends on the order days arrived in, so a fold from
+  scratch is no record: each build checks the ledger against the latest published version
+  (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in, and
+  refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
+  :mod:`pipelines.splits.rekey` re-keys it). A young home of few users thus still gets validation and test users, and a large one
   holds out ``heldout_fraction`` of its users as pickapic_v1 did.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
   images. Every key has one owner split; a row is kept only when all its keys are owned by its

@@ -69,16 +69,19 @@ def rekey_ledger(home: DataHome, user_ids: Iterable[int], old_secret: str, new_s
         others: list = []
         mine = read_ledger(home, salt, others)
         version, published = published_users(home)
-        seeded = seed_from_published(mine, unknown_published(mine, others, published), set(mapping), salt)
+        unknown = unknown_published(mine, others, published)
+        seeded = seed_from_published(mine, unknown, set(mapping), salt)
         entries = [(user, a) for user, a in {**mine, **seeded}.items()] + others
         old_keys = sum(1 for user, _ in entries if user in mapping)
         new_keys = set(mapping.values())
         if not old_keys:
             already = sum(1 for user, _ in entries if user in new_keys)
-            if entries and not already:
-                raise RekeyRefused(f"the old secret maps none of the split ledger's {len(entries)} entries to a raw user "
-                                   f"id of the warehouse ({len(ids)} users): is {OLD_SECRET_ENV} the secret the ledger "
-                                   "was built under? Nothing was written")
+            records = len(entries) + len(unknown)
+            if records and not already:
+                raise RekeyRefused(f"the old secret maps none of the split ledger's {len(entries)} entries nor of the "
+                                   f"{len(unknown)} users the latest published version holds beyond them to a raw "
+                                   f"user id of the warehouse ({len(ids)} users): is {OLD_SECRET_ENV} the secret they "
+                                   "were built under? Nothing was written")
             return {"entries": len(entries), "rekeyed": 0, "already_rekeyed": already, "reseeded": 0,
                     "kept_unmapped": len(entries) - already, "conflicts": 0, "published_version": version}
         by_salt: dict[str, dict[str, Assignment]] = {}
