@@ -6,9 +6,12 @@
   held-out user for each train user); after that a user is held out iff the first 52 bits of
   ``sha256(salt + ':' + pseudonym)``, read as a fraction, fall under ``heldout_fraction`` (digest hex
   character 14, even/odd, picks validation or test). A decision depends only on the history before the
-  user's first pair, so appending days never changes it, and a rebuild from scratch on the same history
-  gives the same ledger; the stored ledger also keeps a user where they are when an older day is
-  re-exported. A young home of few users thus still gets validation and test users, and a large one
+  user's first pair, so appending days never changes it; the stored ledger also keeps a user where they are
+  when an older day is re-exported or banned. The fill depends on the order days arrived in, so a fold from
+  scratch is no record: each build checks the ledger against the latest published version
+  (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in, and
+  refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
+  :mod:`pipelines.splits.rekey` re-keys it). A young home of few users thus still gets validation and test users, and a large one
   holds out ``heldout_fraction`` of its users as pickapic_v1 did.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
   images. Every key has one owner split; a row is kept only when all its keys are owned by its
@@ -71,7 +74,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import regex
 
-from formats.dataset import SPLITS
+from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, split_sidecars
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
@@ -297,6 +300,8 @@ class SplitReport:
     new_users: dict[str, int] = field(default_factory=dict)   # split -> users added to the ledger by this run
     problems: list[str] = field(default_factory=list)     # why a trainer could not use this split set
     config: dict = field(default_factory=dict)
+    reseeded_users: dict[str, int] = field(default_factory=dict)   # split -> ledger entries re-seeded from it
+    published_version: str | None = None                  # the version the ledger was checked against
 
     @property
     def rows(self) -> dict[str, int]:
@@ -316,6 +321,9 @@ class SplitReport:
             "prompts_per_split": {s["split"]: s["prompts"] for s in self.per_split},
             "tie_rate_per_split": {s["split"]: s["tie_rate"] for s in self.per_split},
             "new_users_per_split": dict(self.new_users),
+            "ledger_reseeded_users": sum(self.reseeded_users.values()),
+            "ledger_reseeded_per_split": dict(self.reseeded_users),
+            "ledger_checked_against": self.published_version or "nothing published yet",
             "split_rejects": sum(n for _, _, n in self.rejects),
             "sacrificed_train_rows": self.sacrificed_train_rows,
             "sacrificed_train_fraction": round(sacrificed, 6),
@@ -460,6 +468,88 @@ def ledger_table(ledger: dict[str, Assignment], assigned: dict[str, Assignment],
     }, schema=get_schema("split_ledger"))
 
 
+PUBLISHED_RULE = "published"   # a ledger entry re-seeded from the latest published version
+
+
+class LedgerKeysChanged(RuntimeError):
+    """The ledger's users are not the users of ``pairs``: the pseudonym secret changed (every user got a new
+    pseudonym) and the ledger was not re-keyed; building would assign every user afresh."""
+
+
+def published_users(home: DataHome) -> tuple[str | None, dict[str, tuple[str, object]]]:
+    """The latest published version's name and each of its users' (split, first export day), read from the
+    sidecars of train / validation / test (``user_id`` is the pseudonym the curation wrote, ``split`` the split
+    it was published in). ``(None, {})`` when nothing is published. A user in two splits (a version the
+    blocking rules would have refused) counts as held out: never moved into train."""
+    link = latest_link(home)
+    if not (link / MANIFEST_FILE).is_file():
+        return None, {}
+    version = link.resolve()
+    files = [str(f) for split in ("train",) + HELDOUT for f in split_sidecars(version, split)]
+    if not files:
+        return version.name, {}
+    con = connect({})
+    try:
+        rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
+                           "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
+    except Exception as exc:
+        raise RuntimeError(f"cannot read which split each user was published in from {version}: {exc}. The "
+                           "splits stage checks the split ledger against the latest published version; repair or "
+                           "republish that version first") from exc
+    found: dict[str, tuple[str, object]] = {}
+    for user, split, first in sorted(rows, key=lambda r: (r[0], r[1] == "train", r[1])):
+        found.setdefault(user, (split, first))
+    return version.name, found
+
+
+def unknown_published(ledger: dict[str, Assignment], others: list,
+                      published: dict[str, tuple[str, object]]) -> dict[str, tuple[str, object]]:
+    """The published users the ledger does not know under any salt (a lost or older ledger, or old pseudonyms).
+    A user the ledger holds under another salt only is not one: a new ``splits.salt`` is the deliberate
+    reshuffle."""
+    known = set(ledger) | {user for user, _ in others}
+    return {user: value for user, value in published.items() if user not in known}
+
+
+def seed_from_published(ledger: dict[str, Assignment], unknown: dict[str, tuple[str, object]],
+                        present: set[str], salt: str) -> dict[str, Assignment]:
+    """Ledger entries for the ``unknown`` published users who are in ``pairs`` (``present``), each in the split
+    it was published in (rule ``published``), under ``salt``, after the ledger's positions in order of (first
+    day, user). A published user absent from ``pairs`` (banned since, or an old pseudonym after a re-keying)
+    needs no entry: no row of theirs is assigned."""
+    missing = sorted((first, user) for user, (_, first) in unknown.items() if user in present)
+    position = max((a.position for a in ledger.values()), default=-1) + 1
+    return {user: Assignment(unknown[user][0], PUBLISHED_RULE, position + i, first, salt)
+            for i, (first, user) in enumerate(missing)}
+
+
+REKEYED_MIN_USERS = 10   # fewer known users than this: too few to tell a new secret from a quiet night
+
+
+def check_keys(pairs_users: set[str], ledger_users: set[str], published_users: set[str]) -> None:
+    """Refuse (:class:`LedgerKeysChanged`) when the users of ``pairs`` are not the users the ledger (under this
+    salt) and the published version (its users the ledger does not know) know: most of the known users are
+    absent from ``pairs`` and most of its users are unknown. That is what a new ``curation.pseudonym_secret``
+    looks like (``pairs`` is rebuilt, every user under a new pseudonym); growth adds users but keeps the old
+    ones, a ban removes some but adds none."""
+    known = ledger_users | published_users
+    if len(known) < REKEYED_MIN_USERS or not pairs_users:
+        return
+    for group in (ledger_users, published_users):
+        if len(group) >= REKEYED_MIN_USERS and 2 * len(group & pairs_users) >= len(group):
+            return          # most of this record's users are still in pairs: the same pseudonyms
+    if 2 * len(pairs_users & known) >= len(pairs_users):
+        return
+    raise LedgerKeysChanged(
+        f"the split ledger and the published dataset know {len(known)} users, of whom {len(known & pairs_users)} "
+        f"are in pairs, and {len(pairs_users - known)} of the {len(pairs_users)} users in pairs are unknown: the "
+        "pseudonym secret (curation.pseudonym_secret) seems to have changed. Building now would assign every user "
+        "afresh and move held-out users into train. Re-key the ledger with the old secret: "
+        "PICKAPIC_OLD_PSEUDONYM_SECRET=... python -m pipelines.splits.rekey --home HOME (README, section 5), then "
+        "build again. If the users really are new (or the old secret is lost), a new splits.salt assigns them "
+        "afresh on purpose. Nothing was written")
+
+
 def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None) -> tuple[pa.Table, dict[str, Assignment], Counter]:
     """Register ``prompt_keys``, ``user_splits`` and ``split_assignments`` on ``con`` (with a ``pairs`` view)."""
     captions = [row[0] for row in con.sql("SELECT DISTINCT caption FROM pairs").fetchall()]
@@ -515,15 +605,37 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
     source = home.table_file("pairs")
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
+    log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     with hold_ledger_lock(home, log):
-        return _build_splits(home, config, source)
+        return _build_splits(home, config, source, log)
 
 
-def _build_splits(home: DataHome, config: SplitConfig, source: Path) -> SplitReport:
-    """:func:`build_splits` under the ledger lock: pairs and the ledger are read only here."""
+def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
+                log: Callable[[str], None]) -> tuple[dict[str, Assignment], dict[str, Assignment], str | None]:
+    """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
+    lock): (entries with the published users it lacks re-seeded, the re-seeded entries, that version's name).
+    Refuses (:class:`LedgerKeysChanged`) when ``present`` (the users of ``pairs``) are not the users the ledger
+    and the published version know (a new pseudonym secret). ``others`` receives the other salts' entries."""
+    ledger = read_ledger(home, salt, others)
+    version, published = published_users(home)
+    unknown = unknown_published(ledger, others, published)
+    check_keys(present, set(ledger), set(unknown))
+    seeded = seed_from_published(ledger, unknown, present, salt)
+    if seeded:
+        held = Counter(a.split for a in seeded.values())
+        log(f"split ledger re-seeded from the published version {version}: {len(seeded)} users it published "
+            f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
+            f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
+            "split they were published in")
+    return {**ledger, **seeded}, seeded, version
+
+
+def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
+    """:func:`build_splits` under the ledger lock: pairs, the ledger and the published users are read only here."""
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
-    ledger = read_ledger(home, config.salt, other_salts)
+    present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
+    ledger, seeded, version = load_ledger(home, config.salt, present, other_salts, log)
     _, assigned, owned = assign(con, config, ledger)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
@@ -553,7 +665,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path) -> SplitRep
                        new_users={s: new_users[s] for s in HELDOUT + ("train",) if new_users[s]},
                        problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
                                                       dict(owned)),
-                       config=asdict(config))
+                       config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
+                       published_version=version)
 
 
 def main(argv: list[str] | None = None) -> None:

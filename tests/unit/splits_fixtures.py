@@ -77,3 +77,29 @@ def realistic_pairs(users: int, days: int, per_day: int, seed: int = 0, popular:
             clusters += [c0, c1]
             rows.append(pair_row(rid, user, caption, c0, c1, day=day, tie=rng.random() < 0.13, seconds=rid))
     return rows
+
+
+def publish_splits(home: DataHome, name: str) -> None:
+    """A stand-in for the publish stage: the home's ``split_pairs`` as version ``name``'s sidecars (one per split and
+    export day, the published sidecar schema, no tars) with a manifest, and ``latest`` switched to it. What the
+    splits stage reads of a published version is its sidecars' user_id, split and dt."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    from formats import dataset
+
+    rows = pq.read_table(home.table_file("split_pairs")).to_pylist()
+    version = home.datasets / name
+    columns = get_schema("shard_samples")
+    by_shard: dict[tuple[str, str], list[dict]] = {}
+    for row in rows:
+        by_shard.setdefault((row["split"], row["dt"].strftime("%Y%m%d")), []).append(row)
+    for (split, day), members in sorted(by_shard.items()):
+        shard = dataset.shard_name(split, day, members[0]["pair_id"])
+        samples = [dict(r, key=r["pair_id"], shard=f"{shard}.tar", sample_index=i, jpg_0_offset=0, jpg_0_size=0,
+                        jpg_1_offset=0, jpg_1_size=0, json_offset=0, json_size=0, txt_offset=0, txt_size=0,
+                        jpg_0_sha256="0" * 64, jpg_1_sha256="1" * 64) for i, r in enumerate(members)]
+        write_parquet_atomic(pa.Table.from_pylist(samples, schema=columns), version / split / f"{shard}.parquet", columns)
+    (version / dataset.MANIFEST_FILE).write_text(json.dumps({"version": name}))
+    dataset.switch_latest(home.datasets, name, fsync=False)
