@@ -215,8 +215,13 @@ def read_history(datasets: Path) -> list[str] | None:
 
 
 def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | None:
-    """Add ``version`` to the publish history as the newest (before ``latest`` is switched to it); the
-    versions no longer present are dropped. Return why the history was not written, or None.
+    """Add ``version`` to the publish history as the newest (before ``latest`` is switched to it), right after
+    the version ``latest`` names now; the versions no longer present are dropped. Return why the history was
+    not written, or None.
+
+    ``latest``'s version goes right before ``version`` because it is the last one switched to: a publish that
+    died between writing the history and switching left its version recorded as the newest though ``latest``
+    never named it, and retention would otherwise keep that one and delete the version readers were still on.
 
     Written under a temporary name and renamed; something at its path that this tool did not write (a link,
     a folder, a file without its header) is left as it is and the history goes unwritten: versions are then
@@ -234,7 +239,13 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
             return stat.S_ISDIR(os.lstat(datasets / name).st_mode)
         return False
 
-    kept = [name for name in names or [] if name != version and present(name)] + [version]
+    current = None
+    with contextlib.suppress(OSError):
+        link = datasets / LATEST
+        if link.is_symlink():
+            current = os.readlink(link)
+    last = [current] if current and "/" not in current and current != version and present(current) else []
+    kept = [name for name in names or [] if name != version and name not in last and present(name)] + last + [version]
     try:
         write_bytes_atomic(path, HISTORY_HEADER + "".join(f"{name}\n" for name in kept).encode())
         fsync_dir(path.parent, fsync)

@@ -3,6 +3,7 @@ switch and the publish history are in formats.dataset)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import stat
@@ -173,10 +174,42 @@ def publish_lock(home: DataHome, log: Callable[[str], None] | None = None) -> It
         log(f"waiting for another publish on this home (pid {holder} holds {path})")
         waiting_since.append(time.monotonic())
 
-    with hold_lock(path, "the publish stage", busy):
+    def old_busy(old: Path) -> None:
+        log(f"waiting for a publish of the code before December 4, 2026 on this home (it holds {old})")
+        waiting_since.append(time.monotonic())
+
+    with hold_lock(path, "the publish stage", busy), _hold_old_publish_lock(home, old_busy):
         if waiting_since:
             log(f"publish lock taken after {time.monotonic() - waiting_since[0]:.1f} s of waiting")
         yield
+
+
+OLD_PUBLISH_LOCK = ".publish.lock"    # in datasets/pickapic/: the publish lock of code before December 4, 2026
+
+
+@contextlib.contextmanager
+def _hold_old_publish_lock(home: DataHome, busy: Callable[[Path], None]) -> Iterator[None]:
+    """Also hold the publish lock of the code before the move to ``.locks/`` while it exists, so a Dagster
+    daemon or code server still running that code (started before an upgrade) and this one never publish at
+    once. Only a regular file with one name is locked, opened without following a link, without creating it
+    and without writing to it (the old code created it empty with ``open(.., "a+")``); anything else there is
+    left alone. Once no process runs the old code, the file may be deleted."""
+    try:
+        fd = os.open(home.datasets / OLD_PUBLISH_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        yield
+        return
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_nlink == 1:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                busy(home.datasets / OLD_PUBLISH_LOCK)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def fsync_tree(root: Path, enabled: bool) -> None:

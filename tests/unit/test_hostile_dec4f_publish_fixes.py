@@ -35,10 +35,6 @@ from pipelines.sqlrun import connect
 
 
 # --------------------------------------------------------------------------- the publish history
-@pytest.mark.xfail(strict=True, reason="dec4f: the publish history is written before `latest` moves; a publish that "
-                   "dies between the two leaves a version recorded as switched to that never was, and the next "
-                   "publish's retention counts it among the last keep_versions and deletes the version `latest` "
-                   "named until that very switch")
 def test_a_crash_between_the_history_and_the_switch_does_not_cost_the_version_latest_named(
         tmp_path: Path, monkeypatch) -> None:
     home, full = _history(tmp_path / "h", days=5, rankings=120)
@@ -65,11 +61,6 @@ def test_a_crash_between_the_history_and_the_switch_does_not_cost_the_version_la
 
 
 # --------------------------------------------------------------------------- the publish lock's new place
-@pytest.mark.xfail(strict=True, reason="dec4f: the publish lock moved from datasets/pickapic/.publish.lock to "
-                   ".locks/publish.lock with no overlap: a publish of the new code does not wait for one of the old "
-                   "code (a Dagster code server or daemon started before the upgrade keeps the old module) that "
-                   "holds the old lock, so two publishes run on one home at once (each sweeps the other's "
-                   ".partial-* staging)")
 def test_a_publish_waits_for_one_holding_the_lock_at_its_old_path(tmp_path: Path) -> None:
     home, _ = _history(tmp_path / "h", days=2)
     home.datasets.mkdir(parents=True, exist_ok=True)
@@ -88,6 +79,7 @@ def test_a_publish_waits_for_one_holding_the_lock_at_its_old_path(tmp_path: Path
         taken = entered.is_set()
     thread.join(10)
     assert not taken, "the new publish took its lock while the old code's publish held the old one"
+    assert entered.is_set() and messages[0].startswith("waiting for a publish of the code before December 4, 2026")
 
 
 # --------------------------------------------------------------------------- the JPEG digest cache
