@@ -15,12 +15,20 @@ fails it, naming the key; a rerun hashes it again). A JPEG changing while it is 
 the same way.
 
 The cache is disposable: without it every JPEG is hashed again, with the same result. It is Parquet
-parts written with page checksums (more than ``MAX_PARTS`` are merged into one). A cache that
-cannot be read or trusted (a part failing its checksums or not parsing, another layout, a null, a
-negative size, a digest that is not 64 hex digits, a key twice in one part, one identity recorded
-with two digests) counts as empty: every JPEG is hashed and the cache replaced. The folder must be
-a real folder, opened once without following a link: a symbolic link or a file there means no cache
-for the run (everything hashed, nothing written, read or deleted through it), said in
+parts written with page checksums. They are merged into one part holding only the entries of the
+keys this publish references (the index it builds) when there would be more than ``MAX_PARTS``, or
+when more than ``MAX_UNUSED`` of the rows read served this publish nothing (keys it no longer
+references, a deleted user's images, entries superseded by a newer part): so the cache, read whole
+every night, stays about the size of what is published instead of growing with every key ever
+recorded. An entry dropped only costs a re-hash if its key is published again (a publish with an
+earlier ``last_day`` may drop the later days' entries: the next publish hashes them again). A cache
+that cannot be read or trusted (a part failing its checksums or not parsing, another layout, a
+null, a negative size, a digest that is not 64 hex digits, a key twice in one part, one identity
+recorded with two digests) counts as empty: every JPEG is hashed and the cache replaced. Only parts
+owned by this process's effective uid are believed (as for reused shards and lock files): another
+account's part is not read, never removed, and noted each run (the rest of the cache is used). The
+folder must be a real folder, opened once without following a link: a symbolic link or a file there
+means no cache for the run (everything hashed, nothing written, read or deleted through it), said in
 :attr:`JpgIndex.note` and the publish report's ``notes``.
 
 Trust: what neither the cache nor the writer can see is a file's bytes changing with its size,
@@ -53,6 +61,7 @@ CACHE_SCHEMA = pa.schema([
     pa.field("sha256", pa.string(), nullable=False),
 ])
 MAX_PARTS = 16     # more cache files than this are merged into one
+MAX_UNUSED = 0.25  # more of the rows read than this serving the publish nothing, and the cache is merged
 _PART = re.compile(r"part-([0-9]{6,})-[0-9a-f]{16}\.parquet")    # the only names the cache reads or removes
 _READ_CHUNK = 1 << 20
 
@@ -135,12 +144,21 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
         if len(missing):
             stats[missing] = np.array([identity for _, identity in done], dtype=np.int64)  # as it was hashed
         sha256 = pc.replace_with_mask(known, pa.array(~hit), hashed) if len(missing) else known
-        if len(missing):
-            cache.record(cached, pa.table({"key": keys.take(pa.array(missing)),
-                                           **{name: stats[missing, j] for j, name in enumerate(JPG_IDENTITY_FIELDS)},
-                                           "sha256": hashed}, schema=CACHE_SCHEMA))
+        merge = cache.merge_due(int(hit.sum()))
+        if merge:     # every key this publish references, as it was found or hashed now: nothing else
+            cache.record(pa.table({"key": keys, **{name: stats[:, j] for j, name in enumerate(JPG_IDENTITY_FIELDS)},
+                                   "sha256": sha256}, schema=CACHE_SCHEMA), merge=True)
+        elif len(missing):
+            cache.record(pa.table({"key": keys.take(pa.array(missing)),
+                                   **{name: stats[missing, j] for j, name in enumerate(JPG_IDENTITY_FIELDS)},
+                                   "sha256": hashed}, schema=CACHE_SCHEMA), merge=False)
     return JpgIndex(keys, stats[:, 0].copy(), sha256, int(len(missing)), int(stats[missing, 0].sum()), stats,
                     cache.note)
+
+
+def _euid() -> int:
+    """This process's effective uid: the owner a cache part must have to be believed."""
+    return os.geteuid()
 
 
 def _hash(path: Path, rel: str, column: str) -> tuple[str, list[int]]:
@@ -175,7 +193,8 @@ class _Cache:
         self.fd: int | None = None
         self.usable = True          # False: no cache this run (a link or a file in its place)
         self.trusted = True         # False: what is there counts as empty and is replaced
-        self.parts: list[str] = []  # the parts read, oldest first
+        self.parts: list[str] = []  # the parts read (this account's), oldest first
+        self.rows = 0               # rows in them, superseded ones included
         self.notes: list[str] = []
         self._open(create=False)
 
@@ -219,7 +238,13 @@ class _Cache:
             names = [name for name in os.listdir(self.fd) if _PART.fullmatch(name)]
         except OSError as exc:
             return self._distrust(f"cannot list it: {exc}")
-        self.parts = sorted(names, key=lambda name: (int(_PART.fullmatch(name)[1]), name))
+        self.parts = []
+        for name in sorted(names, key=lambda name: (int(_PART.fullmatch(name)[1]), name)):
+            owner = self._foreign_owner(name)
+            if owner is None:
+                self.parts.append(name)
+            else:
+                self._foreign(name, owner)
         tables = []
         for name in self.parts:
             table = self._read_part(name)
@@ -229,6 +254,7 @@ class _Cache:
         if not tables:
             return CACHE_SCHEMA.empty_table()
         table = pa.concat_tables(tables)
+        self.rows = table.num_rows
         conflicts = table.group_by(["key", *JPG_IDENTITY_FIELDS]).aggregate([("sha256", "count_distinct")])
         if conflicts.num_rows and pc.max(conflicts.column("sha256_count_distinct")).as_py() > 1:
             return self._distrust("a file recorded with two digests")
@@ -238,6 +264,25 @@ class _Cache:
         first = np.ones(len(keys), dtype=bool)
         first[1:] = keys[1:] != keys[:-1]
         return table.filter(pa.array(first))
+
+    def _foreign_owner(self, name: str) -> int | None:
+        """The uid owning part ``name`` (not following a link) when it is not this process's effective
+        uid; None when it is ours or cannot be looked at (then reading it says what is wrong)."""
+        try:
+            uid = os.stat(name, dir_fd=self.fd, follow_symlinks=False).st_uid
+        except OSError:
+            return None
+        return None if uid == _euid() else uid
+
+    def _foreign(self, name: str, uid: int) -> None:
+        self.notes.append(f"JPEG digest cache part {name} belongs to uid {uid}, not to this account (uid {_euid()}): "
+                          "not read and left in place (not this account's to remove)")
+
+    def merge_due(self, used: int) -> bool:
+        """Whether the cache is to be rewritten as one part of this publish's keys only: it was not
+        trusted, it has ``MAX_PARTS`` parts, or more than ``MAX_UNUSED`` of its rows were not among the
+        ``used`` entries that gave this publish a digest."""
+        return not self.trusted or len(self.parts) >= MAX_PARTS or self.rows - used > MAX_UNUSED * self.rows
 
     def _distrust(self, why: str) -> pa.Table:
         self.trusted = False
@@ -250,8 +295,11 @@ class _Cache:
         try:
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=self.fd)
             try:
-                if not stat.S_ISREG(os.fstat(fd).st_mode):
+                info = os.fstat(fd)
+                if not stat.S_ISREG(info.st_mode):
                     return "not a regular file"
+                if info.st_uid != _euid():      # swapped in since it was looked at
+                    return f"owned by uid {info.st_uid}, not this account"
                 with open(fd, "rb", closefd=False) as handle:
                     data = handle.read()
             finally:
@@ -274,29 +322,28 @@ class _Cache:
             return "a key recorded twice"
         return pa.Table.from_arrays(table.columns, schema=CACHE_SCHEMA)    # the one schema every part shares
 
-    def record(self, cached: pa.Table, new: pa.Table) -> None:
-        """Add ``new`` entries as one more part, or, when there are too many parts or they were not
-        trusted, write every entry as one part and remove the others. A failure to write is noted."""
+    def record(self, table: pa.Table, merge: bool) -> None:
+        """Add ``table``'s entries as one more part or, when ``merge``, write them as the one part that
+        replaces the parts read (this account's: another's are left). A failure to write is noted."""
         if not self.usable:
             return
         if self.fd is None:
             self._open(create=True)
             if self.fd is None:
                 return
-        merge = not self.trusted or len(self.parts) >= MAX_PARTS
-        table = new
-        if merge:
-            kept = cached.filter(pc.invert(pc.is_in(cached.column("key"), value_set=new.column("key"))))
-            table = pa.concat_tables([kept, new])
         try:
             numbers = [int(m[1]) for name in os.listdir(self.fd) if (m := _PART.fullmatch(name))]
-            digest = hashlib.sha256("\0".join(new.column("key").to_pylist()).encode()).hexdigest()[:16]
+            digest = hashlib.sha256("\0".join(table.column("key").to_pylist()).encode()).hexdigest()[:16]
             self._write(f"part-{max(numbers, default=-1) + 1:06d}-{digest}.parquet", table)
         except OSError as exc:            # a full disk: only the next publish pays
             self.notes.append(f"JPEG digests not recorded: {exc}")
             return
         if merge:
-            for old in self.parts:        # the merged part holds every entry and sorts last
+            for old in self.parts:        # the merged part holds every entry still wanted and sorts last
+                owner = self._foreign_owner(old)
+                if owner is not None:     # replaced by another account's file since it was read
+                    self._foreign(old, owner)
+                    continue
                 try:
                     os.unlink(old, dir_fd=self.fd)    # a name in our own folder: never follows a link
                 except FileNotFoundError:

@@ -185,6 +185,29 @@ def test_many_parts_are_merged_into_one_that_holds_every_entry(tmp_path: Path) -
     assert (index.hashed, index.note, index.sha256.to_pylist()) == (0, "", _truth(home))
 
 
+def test_a_cache_replaced_after_damage_keeps_another_accounts_part(tmp_path: Path, monkeypatch) -> None:
+    home = _home(tmp_path / "h")
+    _index(home)
+    (ours,) = _parts(home)
+    theirs = ours.with_name("part-000007-0000000000000000.parquet")
+    shutil.copy(ours, theirs)
+    owner = 4242
+    if os.geteuid() == 0:
+        os.chown(theirs, owner, owner)
+    else:                    # a file cannot be given away: that one name is said to be another account's
+        real = jpgdigests._Cache._foreign_owner
+        monkeypatch.setattr(jpgdigests._Cache, "_foreign_owner",
+                            lambda self, name: owner if name == theirs.name else real(self, name))
+    _truncated(ours)
+
+    index = _index(home)
+    assert index.hashed == len(KEYS) and index.sha256.to_pylist() == _truth(home)
+    assert "not trusted" in index.note and f"{theirs.name} belongs to uid {owner}" in index.note
+    assert not ours.exists() and theirs.is_file()        # ours replaced; theirs not read, not removed
+    new = [part for part in _parts(home) if part != theirs]
+    assert len(new) == 1 and new[0].name > theirs.name   # numbered past every part there
+
+
 def test_a_jpeg_changing_while_it_is_hashed_fails(tmp_path: Path, monkeypatch) -> None:
     home = _home(tmp_path / "h")
     real = jpgdigests.file_identity
