@@ -93,13 +93,14 @@ def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[
             for name, files in meta_sources.items()}
 
 
-def version_id(table: pa.Table, source: Path, jpgs: jpgdigests.JpgIndex,
+def version_id(table: pa.Table, split_pairs_sha256: str, jpgs: jpgdigests.JpgIndex,
                sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
-    """``<max dt>-<sha256[:10]>`` over the input bytes, the JPEGs' sizes and sha256s, config, format
-    version and the versions of the libraries that write its bytes (``plan.WRITERS``)."""
+    """``<max dt>-<sha256[:10]>`` over the input bytes (``split_pairs_sha256``: the sha256 of the ``split_pairs``
+    bytes ``table`` was read from), the JPEGs' sizes and sha256s, config, format version and the versions of the
+    libraries that write its bytes (``plan.WRITERS``)."""
     digest = hashlib.sha256(f"{FORMAT_VERSION}\0{shardplan.WRITERS}".encode())
     digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
-    digest.update(b"split_pairs\0" + sha256_file(source).encode())
+    digest.update(b"split_pairs\0" + split_pairs_sha256.encode())
     for name, files in sources.items():
         for rel, sha in files.items():
             digest.update(f"{name}\0{rel}\0{sha}\0".encode())

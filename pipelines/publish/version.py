@@ -32,6 +32,7 @@ a switch during a read never mixes versions. Plain DuckDB over every sidecar of 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import sys
@@ -53,7 +54,7 @@ from formats.dataset import (
     sizes_json,
     switch_latest,
 )
-from formats.files import cast_to_schema, write_bytes_atomic, write_parquet_atomic
+from formats.files import cast_to_schema, open_regular_file, write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
@@ -82,6 +83,7 @@ from pipelines.publish.versions import (
     publish_lock,
     sweep_stale,
 )
+from pipelines.splits import coverage
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect
 from schemas import get_schema
@@ -97,7 +99,11 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     source = home.table_file("split_pairs")
     if not source.is_file():
         raise FileNotFoundError(f"split_pairs not found at {source}: run the splits stage first")
-    table = cast_to_schema(pq.read_table(source), get_schema("split_pairs"))
+    with open_regular_file(source) as handle:     # one read: the version is made of the bytes its id hashes
+        data = handle.readall()
+    split_pairs_sha256 = hashlib.sha256(data).hexdigest()
+    table = cast_to_schema(pq.read_table(pa.BufferReader(data)), get_schema("split_pairs"))
+    del data
     if table.num_rows == 0:
         raise ValueError(f"{source} has no rows: refusing to publish an empty dataset")
     require_trainable(table)  # an empty split is no version at all for a trainer: latest stays where it is
@@ -109,7 +115,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     sources = source_digests(home, meta_sources)
     volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same
     sources["rankings_per_day"] = {day: str(count) for day, count in volumes.items()}
-    version = version_id(table, source, jpgs, sources, config)
+    version = version_id(table, split_pairs_sha256, jpgs, sources, config)
 
     home.datasets.mkdir(parents=True, exist_ok=True)
     notes: list[str] = [jpgs.note] if jpgs.note else []     # the JPEG digest cache not used, trusted or written
@@ -120,7 +126,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             recorded = verify_version(final, checksums=config.verify_checksums)
             give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
             os.utime(final)  # the newest by mtime too, where the publish history is missing
-            _switch(home, version, config, notes)
+            _switch(home, version, config, notes, split_pairs_sha256)
             deleted = apply_retention(home, config.keep_versions)
             report = report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted,
                                jpgs.hashed)
@@ -140,7 +146,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         os.rename(staging, final)
         fsync_dir(home.datasets, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
-        _switch(home, version, config, notes)
+        _switch(home, version, config, notes, split_pairs_sha256)
         deleted = apply_retention(home, config.keep_versions)
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
@@ -154,15 +160,24 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     return report
 
 
-def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str]) -> None:
+def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str], split_pairs_sha256: str) -> None:
     """Record ``version`` as the newest in the publish history (retention's order), then point ``latest``
-    at it; what was left alone on the way goes to ``notes`` and stderr."""
+    at it, then record which ``split_pairs`` it was published from (outside the version, in ``cache/``: the
+    splits build then knows the split ledger holds its users without reading its sidecars,
+    :mod:`pipelines.splits.coverage`); what was left alone on the way goes to ``notes`` and stderr."""
     note = record_switch(home.datasets, version, config.fsync)
     if note:
         notes.append(note)
     for note in notes:
         print(f"publish: {note}", file=sys.stderr, flush=True)
     switch_latest(home.datasets, version, config.fsync)
+    try:
+        coverage.write_published_source(home, home.datasets / version, split_pairs_sha256)
+    except OSError as exc:
+        note = (f"which split_pairs the version was published from was not recorded in {coverage.record_file(home)} "
+                f"({exc}): the next splits build reads its sidecars")
+        notes.append(note)
+        print(f"publish: {note}", file=sys.stderr, flush=True)
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],

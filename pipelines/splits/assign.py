@@ -11,7 +11,8 @@
   scratch is no record: each build checks the ledger against the latest published version
   (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in, and
   refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
-  :mod:`pipelines.splits.rekey` re-keys it). A young home of few users thus still gets validation and test users, and a large one
+  :mod:`pipelines.splits.rekey` re-keys it). The version's sidecars are read only when they can hold a user the
+  ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
   holds out ``heldout_fraction`` of its users as pickapic_v1 did.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
   images. Every key has one owner split; a row is kept only when all its keys are owned by its
@@ -75,10 +76,11 @@ import pyarrow.parquet as pq
 import regex
 
 from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, split_sidecars
-from formats.files import write_parquet_atomic
+from formats.files import sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
+from pipelines.splits import coverage
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
 
@@ -302,6 +304,7 @@ class SplitReport:
     config: dict = field(default_factory=dict)
     reseeded_users: dict[str, int] = field(default_factory=dict)   # split -> ledger entries re-seeded from it
     published_version: str | None = None                  # the version the ledger was checked against
+    published_sidecars_read: bool = False                 # its sidecars were read (the ledger's record did not cover it)
 
     @property
     def rows(self) -> dict[str, int]:
@@ -324,6 +327,7 @@ class SplitReport:
             "ledger_reseeded_users": sum(self.reseeded_users.values()),
             "ledger_reseeded_per_split": dict(self.reseeded_users),
             "ledger_checked_against": self.published_version or "nothing published yet",
+            "ledger_published_sidecars_read": self.published_sidecars_read,
             "split_rejects": sum(n for _, _, n in self.rejects),
             "sacrificed_train_rows": self.sacrificed_train_rows,
             "sacrificed_train_fraction": round(sacrificed, 6),
@@ -610,14 +614,38 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
         return _build_splits(home, config, source, log)
 
 
+@dataclass
+class LedgerCheck:
+    """What :func:`load_ledger` found: the ledger with the re-seeded entries, those entries, the version it was
+    checked against, whether that version's sidecars were read, and the ``split_pairs`` digest of that version
+    when the ledger now holds all its users (for the ledger's record, :mod:`pipelines.splits.coverage`)."""
+
+    ledger: dict[str, Assignment]
+    seeded: dict[str, Assignment]
+    version: str | None
+    sidecars_read: bool
+    covered_source: str | None
+
+
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
-                log: Callable[[str], None]) -> tuple[dict[str, Assignment], dict[str, Assignment], str | None]:
+                log: Callable[[str], None]) -> LedgerCheck:
     """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
-    lock): (entries with the published users it lacks re-seeded, the re-seeded entries, that version's name).
-    Refuses (:class:`LedgerKeysChanged`) when ``present`` (the users of ``pairs``) are not the users the ledger
-    and the published version know (a new pseudonym secret). ``others`` receives the other salts' entries."""
+    lock), with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present``
+    (the users of ``pairs``) are not the users the ledger and the published version know (a new pseudonym
+    secret). ``others`` receives the other salts' entries.
+
+    The version's sidecars are read only when the ledger's record does not cover the ``split_pairs`` the
+    version was published from (:func:`pipelines.splits.coverage.latest_is_covered`): when it does, every
+    published user is in the ledger, and the read would find none to re-seed nor any for :func:`check_keys`."""
     ledger = read_ledger(home, salt, others)
-    version, published = published_users(home)
+    known = set(ledger) | {user for user, _ in others}
+    version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
+    if covered:
+        published: dict[str, tuple[str, object]] = {}
+    else:
+        scanned, published = published_users(home)
+        if scanned != version:          # latest switched in between: the record said nothing of this one
+            version, source = scanned, None
     unknown = unknown_published(ledger, others, published)
     check_keys(present, set(ledger), set(unknown))
     seeded = seed_from_published(ledger, unknown, present, salt)
@@ -627,7 +655,9 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
             f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
             "split they were published in")
-    return {**ledger, **seeded}, seeded, version
+    holds_all = covered or set(unknown) <= set(seeded)     # a published user absent from pairs gets no entry
+    return LedgerCheck({**ledger, **seeded}, seeded, version, not covered and version is not None,
+                       source if holds_all else None)
 
 
 def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
@@ -635,13 +665,19 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
-    ledger, seeded, version = load_ledger(home, config.salt, present, other_salts, log)
+    check = load_ledger(home, config.salt, present, other_salts, log)
+    ledger, seeded, version = check.ledger, check.seeded, check.version
     _, assigned, owned = assign(con, config, ledger)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
-    write_parquet_atomic(ledger_table(ledger, assigned, other_salts), home.table_file("split_ledger"),
-                         get_schema("split_ledger"))
+    ledger_rows = ledger_table(ledger, assigned, other_salts)
+    # the ledger's record: it holds every user of the split_pairs just written, and of latest's when checked so
+    covered = [sha256_file(home.table_file("split_pairs"))] + ([check.covered_source] if check.covered_source else [])
+    schema = get_schema("split_ledger")
+    write_parquet_atomic(ledger_rows, home.table_file("split_ledger"),
+                         schema.with_metadata(coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(),
+                                                                       covered)))
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
     per_split = []
@@ -666,7 +702,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                        problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
                                                       dict(owned)),
                        config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
-                       published_version=version)
+                       published_version=version, published_sidecars_read=check.sidecars_read)
 
 
 def main(argv: list[str] | None = None) -> None:

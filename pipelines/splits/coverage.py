@@ -1,0 +1,145 @@
+"""Whether the split ledger holds every user of the latest published version, told without reading its sidecars.
+
+The splits build re-seeds the users ``latest`` published that the ledger lacks (a lost or older ledger:
+:func:`pipelines.splits.assign.load_ledger`), which reads ``user_id``, ``split`` and ``dt`` of every train /
+validation / test sidecar of ``latest``: about 23,000 files after a year, every night. That read can find
+something only when ``latest`` holds a user the ledger does not know. Two records, neither in a version,
+tell when it cannot:
+
+- The publish records which ``split_pairs`` it published ``latest`` from: ``HOME/cache/published_split_pairs.json``
+  holds the version's name, the sha256 of its ``manifest.json`` and the sha256 of the ``split_pairs`` bytes it
+  read (the digest its version id is made of), rewritten at every switch of ``latest``
+  (:func:`write_published_source`). A version's users are exactly the users of the train / validation / test
+  rows of that ``split_pairs``.
+- The splits build records, in the ledger's own Parquet key-value metadata (``pickapic.covers_split_pairs``),
+  the sha256 of every ``split_pairs`` whose users the ledger holds: the one it just wrote (every user of
+  ``pairs`` gets an entry) and the one ``latest`` was published from when this build found (by the record or
+  by reading the sidecars and re-seeding) that the ledger holds all its users; with the sha256 of the
+  ledger's set of users (every salt's) when it was written.
+
+A ledger only grows: a build keeps every entry of every salt, so a ``split_pairs`` it covered once stays
+covered. The build skips the sidecars when the publish record names ``latest`` (its name and its manifest's
+sha256 as they are now) and the ledger's record, checked against the ledger's users as they are now,
+covers that ``split_pairs`` (:func:`latest_is_covered`). The skip is exact: every user the sidecars would
+give is in the ledger, so the read would re-seed nobody, and the users it would add to the pseudonym-secret
+check are none. Anything else reads the sidecars as before: no record (the cache deleted, a version
+``latest`` was switched to by other means, a home published before this record), a ledger restored from an
+older copy (its record names older ``split_pairs``), a ledger edited by hand or re-keyed
+(:mod:`pipelines.splits.rekey` writes no record), a record that does not parse. Neither record changes a
+published byte; deleting either costs one read of the sidecars.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Iterable
+
+import pyarrow.parquet as pq
+
+from formats.dataset import MANIFEST_FILE, latest_link
+from formats.files import sha256_file, write_bytes_atomic
+from formats.home import DataHome
+
+RECORD_FILE = "published_split_pairs.json"       # under HOME/cache/: which split_pairs latest was published from
+RECORD_MAX_BYTES = 4096
+LEDGER_KEY = b"pickapic.covers_split_pairs"      # the ledger's key-value metadata: the split_pairs it covers
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def record_file(home: DataHome) -> Path:
+    """The publish's record of the ``split_pairs`` ``latest`` was published from (disposable, under ``cache/``)."""
+    return home.cache / RECORD_FILE
+
+
+def write_published_source(home: DataHome, version_dir: Path, split_pairs_sha256: str) -> None:
+    """Record (publish, once ``latest`` points at ``version_dir``) that it was published from the ``split_pairs``
+    of sha256 ``split_pairs_sha256``. Raises OSError when it cannot be written (the next splits build then reads
+    the sidecars)."""
+    data = json.dumps({"version": version_dir.name, "manifest_sha256": sha256_file(version_dir / MANIFEST_FILE),
+                       "split_pairs_sha256": split_pairs_sha256}, sort_keys=True).encode()
+    home.cache.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(record_file(home), data)
+
+
+def _read_record(path: Path) -> dict | None:
+    """The publish record, or None where there is none this tool could have written: not a regular file (a link
+    is not followed, a FIFO never waited on), too large, not JSON of the three fields."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(RECORD_MAX_BYTES + 1)
+        record = json.loads(data) if len(data) <= RECORD_MAX_BYTES else None
+    except (OSError, ValueError):
+        return None
+    finally:
+        os.close(fd)
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in
+                                               ("version", "manifest_sha256", "split_pairs_sha256")):
+        return None
+    if not (_SHA256.fullmatch(record["manifest_sha256"]) and _SHA256.fullmatch(record["split_pairs_sha256"])):
+        return None
+    return record
+
+
+def latest_source(home: DataHome) -> tuple[str | None, str | None]:
+    """``latest``'s version name (None when nothing is published) and the sha256 of the ``split_pairs`` it was
+    published from, by the publish record when that names this version and its manifest's bytes as they are
+    now (else None)."""
+    link = latest_link(home)
+    if not (link / MANIFEST_FILE).is_file():
+        return None, None
+    version = link.resolve()
+    record = _read_record(record_file(home))
+    if record is None or record["version"] != version.name:
+        return version.name, None
+    try:
+        manifest = sha256_file(version / MANIFEST_FILE)
+    except OSError:
+        return version.name, None
+    return version.name, record["split_pairs_sha256"] if manifest == record["manifest_sha256"] else None
+
+
+def users_digest(users: Iterable[str]) -> str:
+    """sha256 of a set of user ids (sorted, each length-prefixed): what the ledger's record is checked against."""
+    digest = hashlib.sha256()
+    for user in sorted(set(users)):
+        data = user.encode("utf-8", "surrogatepass")
+        digest.update(b"%d:" % len(data) + data)
+    return digest.hexdigest()
+
+
+def ledger_metadata(users: Iterable[str], covered: Iterable[str]) -> dict[bytes, bytes]:
+    """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and its users' digest."""
+    record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users)}
+    return {LEDGER_KEY: json.dumps(record, sort_keys=True).encode()}
+
+
+def covered_split_pairs(ledger_file: Path, users: Iterable[str]) -> set[str]:
+    """The ``split_pairs`` digests the ledger file's record covers, when the record's users' digest is that of
+    ``users`` (the users read from that file, every salt's); else none. Never raises."""
+    try:
+        metadata = pq.read_schema(ledger_file).metadata or {}
+        record = json.loads(metadata[LEDGER_KEY])
+        if record["users_sha256"] != users_digest(users):
+            return set()
+        return {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+    except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
+        return set()
+
+
+def latest_is_covered(home: DataHome, ledger_file: Path, users: Iterable[str]) -> tuple[str | None, str | None, bool]:
+    """(``latest``'s name, the sha256 of the ``split_pairs`` it was published from or None, whether the ledger's
+    record covers it: every user of ``latest`` is among ``users``, the ledger's)."""
+    version, source = latest_source(home)
+    if source is None:
+        return version, None, False
+    return version, source, source in covered_split_pairs(ledger_file, users)
