@@ -32,7 +32,6 @@ from pipelines.splits.assign import LedgerKeysChanged, check_keys, normalize_pro
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 from tests.unit.test_app_export import DAYS, app_db, simulated_template  # noqa: F401 - fixtures
 
-
 # --- splits: the new-secret refusal ------------------------------------------------------------------
 
 @pytest.mark.xfail(strict=True, reason="check_keys takes a ban wave followed by a night of many new users for a "
@@ -136,7 +135,7 @@ def test_a_multibyte_text_over_the_line_limit_in_bytes_is_counted():
 
 @pytest.mark.xfail(strict=True, reason="max_chars = max_line_bytes + 1 is sent as a bigint for a limit of "
                    "2^31 - 1 or more, and left(text, bigint) does not exist: every day's export fails")
-def test_a_huge_ingest_line_limit_does_not_fail_every_export(app_db, tmp_path):  # noqa: F811
+def test_a_huge_ingest_line_limit_does_not_fail_every_export(app_db, tmp_path):
     home = DataHome.at(tmp_path / "home")
     home.root.mkdir(parents=True, exist_ok=True)
     (home.root / "pickapic.toml").write_text("[ingest]\nmax_line_bytes = 2147483647\n")
