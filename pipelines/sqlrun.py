@@ -82,8 +82,12 @@ def run_to_parquet(
     dataset: str,
     output: Path,
     params: Mapping[str, object] | None = None,
+    metadata: Mapping[bytes, bytes] | None = None,
 ) -> pa.Table:
-    """Run ``sql/<name>.sql``, cast to ``dataset``'s schema, write ``output`` atomically."""
+    """Run ``sql/<name>.sql``, cast to ``dataset``'s schema (plus the key-value ``metadata``), write ``output``
+    atomically."""
     table = cast_to_schema(run_sql(con, name, params), get_schema(dataset))
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     write_parquet_atomic(table, output)
     return table

@@ -43,7 +43,7 @@ import pyarrow as pa
 
 from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
-from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonym_table
+from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.splits.assign import moderation_key
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
@@ -306,7 +306,9 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
 def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> PairsReport:
     """Write ``pairs`` from the candidate pairs and the ``decisions`` table; reconcile against rankings."""
     con, _ = _connect(home, config, with_decisions=True)
-    table = run_to_parquet(con, "curation_pairs", "pairs", home.table_file("pairs"))
+    # which secret the user_id pseudonyms are under, for the splits stage's ledger check (never the secret itself)
+    table = run_to_parquet(con, "curation_pairs", "pairs", home.table_file("pairs"), metadata={
+        KEY_CHECK_METADATA: key_check(config.pseudonym_secret).encode("ascii")})
     con.register("pairs", table)
     row = run_sql(con, "curation_reconcile").to_pylist()[0]
     models = con.sql("""

@@ -80,6 +80,7 @@ from formats.files import sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
+from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
 from pipelines.splits import coverage
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas import get_schema
@@ -530,12 +531,35 @@ def seed_from_published(ledger: dict[str, Assignment], unknown: dict[str, tuple[
 REKEYED_MIN_USERS = 10   # fewer known users than this: too few to tell a new secret from a quiet night
 
 
-def check_keys(pairs_users: set[str], ledger_users: set[str], published_users: set[str]) -> None:
-    """Refuse (:class:`LedgerKeysChanged`) when the users of ``pairs`` are not the users the ledger (under this
-    salt) and the published version (its users the ledger does not know) know: most of the known users are
-    absent from ``pairs`` and most of its users are unknown. That is what a new ``curation.pseudonym_secret``
-    looks like (``pairs`` is rebuilt, every user under a new pseudonym); growth adds users but keeps the old
-    ones, a ban removes some but adds none."""
+def file_key_check(path: Path) -> str | None:
+    """The pseudonym key check (:func:`pipelines.curation.pseudonym.key_check`) a Parquet file records, or None
+    (no file, or one written before the check was recorded)."""
+    if not path.is_file():
+        return None
+    return read_key_check(pq.read_schema(path).metadata)
+
+
+def check_keys(pairs_users: set[str], ledger_users: set[str], published_users: set[str],
+               pairs_key: str | None = None, ledger_key: str | None = None) -> None:
+    """Refuse (:class:`LedgerKeysChanged`) when the ledger's pseudonyms are not those of ``pairs`` (a new
+    ``curation.pseudonym_secret``: ``pairs`` is rebuilt, every user under a new pseudonym).
+
+    Exact when both record their secret's key check (``pairs_key``, written by the curation; ``ledger_key``, by
+    the last build or re-keying): equal, never refused (a ban wave then a night of new users is no new secret);
+    different, refused while the ledger under this salt or the published version (its users the ledger does not
+    know) holds a user. Otherwise (a ledger or ``pairs`` from before the check was recorded) by a heuristic:
+    refused when most of the known users are absent from ``pairs`` and most of its users are unknown; growth adds
+    users but keeps the old ones, a ban removes some but adds none."""
+    if pairs_key and ledger_key:
+        if pairs_key == ledger_key or not (ledger_users or published_users):
+            return
+        raise LedgerKeysChanged(
+            "pairs was built under another pseudonym secret (curation.pseudonym_secret) than the split ledger: "
+            "their key checks differ, so every user of pairs has a pseudonym the ledger never saw. Building now "
+            "would assign every user afresh and move held-out users into train. Re-key the ledger with the old "
+            "secret: PICKAPIC_OLD_PSEUDONYM_SECRET=... python -m pipelines.splits.rekey --home HOME (README, "
+            "section 5), then build again; or, if the change was a mistake, set the old secret back and rebuild "
+            "pairs. Nothing was written")
     known = ledger_users | published_users
     if len(known) < REKEYED_MIN_USERS or not pairs_users:
         return
@@ -625,19 +649,31 @@ class LedgerCheck:
     version: str | None
     sidecars_read: bool
     covered_source: str | None
+    key_check: str | None = None
+
+
+def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
+    """The key check the ledger records after a build that passed :func:`check_keys`: that of ``pairs`` (its new
+    entries are under that secret); the ledger's own when ``pairs`` records none; none when they differ (passed
+    only because this salt had no entry: the other salts' entries stay under the old secret)."""
+    if pairs_key and ledger_key and pairs_key != ledger_key:
+        return None
+    return pairs_key or ledger_key
 
 
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
-                log: Callable[[str], None]) -> LedgerCheck:
+                log: Callable[[str], None], pairs_key: str | None = None) -> LedgerCheck:
     """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
     lock), with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present``
     (the users of ``pairs``) are not the users the ledger and the published version know (a new pseudonym
-    secret). ``others`` receives the other salts' entries.
+    secret: exactly, by the key checks of ``pairs_key`` and the ledger's, when both are recorded). ``others``
+    receives the other salts' entries.
 
     The version's sidecars are read only when the ledger's record does not cover the ``split_pairs`` the
     version was published from (:func:`pipelines.splits.coverage.latest_is_covered`): when it does, every
     published user is in the ledger, and the read would find none to re-seed nor any for :func:`check_keys`."""
     ledger = read_ledger(home, salt, others)
+    ledger_key = file_key_check(home.table_file("split_ledger"))
     known = set(ledger) | {user for user, _ in others}
     version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
     if covered:
@@ -647,7 +683,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
         if scanned != version:          # latest switched in between: the record said nothing of this one
             version, source = scanned, None
     unknown = unknown_published(ledger, others, published)
-    check_keys(present, set(ledger), set(unknown))
+    check_keys(present, set(ledger), set(unknown), pairs_key, ledger_key)
     seeded = seed_from_published(ledger, unknown, present, salt)
     if seeded:
         held = Counter(a.split for a in seeded.values())
@@ -657,7 +693,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             "split they were published in")
     holds_all = covered or set(unknown) <= set(seeded)     # a published user absent from pairs gets no entry
     return LedgerCheck({**ledger, **seeded}, seeded, version, not covered and version is not None,
-                       source if holds_all else None)
+                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key))
 
 
 def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
@@ -665,7 +701,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
-    check = load_ledger(home, config.salt, present, other_salts, log)
+    check = load_ledger(home, config.salt, present, other_salts, log, file_key_check(source))
     ledger, seeded, version = check.ledger, check.seeded, check.version
     _, assigned, owned = assign(con, config, ledger)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
@@ -675,9 +711,10 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     # the ledger's record: it holds every user of the split_pairs just written, and of latest's when checked so
     covered = [sha256_file(home.table_file("split_pairs"))] + ([check.covered_source] if check.covered_source else [])
     schema = get_schema("split_ledger")
-    write_parquet_atomic(ledger_rows, home.table_file("split_ledger"),
-                         schema.with_metadata(coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(),
-                                                                       covered)))
+    metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered)
+    if check.key_check:             # which secret its pseudonyms are under (pipelines.curation.pseudonym.key_check)
+        metadata[KEY_CHECK_METADATA] = check.key_check.encode("ascii")
+    write_parquet_atomic(ledger_rows, home.table_file("split_ledger"), schema.with_metadata(metadata))
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
     per_split = []

@@ -8,7 +8,8 @@ under the old and the new secret and rewrites the ledger's entries (every salt's
 day kept) under the new pseudonyms. Published users the ledger lacks are re-seeded first, as the splits build
 does. The old secret comes from the environment (``PICKAPIC_OLD_PSEUDONYM_SECRET``: never a flag, which shell
 history and ``ps`` would show), the new one from the home's settings file; neither, nor any raw id, is written
-or printed: the report holds counts only. Run it once, after the secret changed and before the next build::
+or printed: the report holds counts only. The re-keyed ledger records the new secret's key check
+(:func:`pipelines.curation.pseudonym.key_check`), which the next build compares with that of ``pairs``. Run it once, after the secret changed and before the next build::
 
     PICKAPIC_OLD_PSEUDONYM_SECRET='the old secret' python -m pipelines.splits.rekey --home HOME
 """
@@ -23,9 +24,10 @@ from typing import Callable, Iterable
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from formats.settings import load
-from pipelines.curation.pseudonym import pseudonymize
+from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize
 from pipelines.splits.assign import (
     Assignment,
+    file_key_check,
     hold_ledger_lock,
     ledger_table,
     published_users,
@@ -57,7 +59,8 @@ def rekey_ledger(home: DataHome, user_ids: Iterable[int], old_secret: str, new_s
     ``user_ids``: the raw ids whose pseudonyms to map; ``salt``: the splits salt under which published users the
     ledger lacks are re-seeded before the mapping. An entry whose user no raw id maps stays as it is. A second
     run finds the ledger already re-keyed and changes nothing. Refuses (:class:`RekeyRefused`) an old secret
-    equal to the new one, or one that maps none of the ledger's users while it holds some (a mistyped secret)."""
+    equal to the new one, one whose key check is neither the ledger's nor the new secret's (when the ledger records
+    one), or one that maps none of the ledger's users while it holds some (a mistyped secret)."""
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     if not old_secret or not new_secret:
         raise RekeyRefused("the old and the new pseudonym secret must both be set")
@@ -66,6 +69,10 @@ def rekey_ledger(home: DataHome, user_ids: Iterable[int], old_secret: str, new_s
     ids = sorted(set(int(u) for u in user_ids))
     mapping = {pseudonymize(u, old_secret): pseudonymize(u, new_secret) for u in ids}
     with hold_ledger_lock(home, log):
+        recorded = file_key_check(home.table_file("split_ledger"))
+        if recorded and recorded not in (key_check(old_secret), key_check(new_secret)):
+            raise RekeyRefused(f"the split ledger was built under another pseudonym secret than {OLD_SECRET_ENV} (its "
+                               "key check differs): is it the secret the ledger was built under? Nothing was written")
         others: list = []
         mine = read_ledger(home, salt, others)
         version, published = published_users(home)
@@ -96,7 +103,8 @@ def rekey_ledger(home: DataHome, user_ids: Iterable[int], old_secret: str, new_s
         rows: list = []
         for entry_salt, held in by_salt.items():   # positions dense again where a conflict dropped one
             rows += [(user, Assignment(a.split, a.rule, i, a.first_dt, a.salt)) for i, (user, a) in enumerate(held.items())]
-        write_parquet_atomic(ledger_table({}, {}, rows), home.table_file("split_ledger"), get_schema("split_ledger"))
+        schema = get_schema("split_ledger").with_metadata({KEY_CHECK_METADATA: key_check(new_secret).encode("ascii")})
+        write_parquet_atomic(ledger_table({}, {}, rows), home.table_file("split_ledger"), schema)
     report = {"entries": len(entries), "rekeyed": old_keys, "already_rekeyed": 0, "reseeded": len(seeded),
               "kept_unmapped": len(entries) - old_keys, "conflicts": conflicts, "published_version": version}
     log(f"split ledger re-keyed to the new pseudonym secret: {old_keys} of {len(entries)} entries "
