@@ -7,7 +7,7 @@ the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one ro
   ``missing_features``, ``nsfw`` (a NudeNet detection of a configured class at >= threshold),
   ``nsfw_cluster`` (a duplicate-cluster mate of an ``nsfw`` image: a cluster decision covers all members).
 - ``ranking`` (subject_id = ranking_id): ``banned_user``, ``prompt_phrase`` (word-bounded,
-  case-insensitive phrase match on the ingested prompt), ``conflicting_ranking`` (one ranking_id
+  case-insensitive phrase match on the ingested prompt, its moderation key or its moderation text), ``conflicting_ranking`` (one ranking_id
   exported twice with different content: every copy dropped), ``invalid_best_image``,
   ``four_image_tie`` (only with ``four_image_ties = 'drop'``), ``all_pairs_dropped`` /
   ``no_candidate_pairs`` (every candidate pair has a pair decision).
@@ -45,7 +45,7 @@ from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
-from pipelines.splits.assign import moderation_key
+from pipelines.splits.assign import moderation_key, moderation_text
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -254,7 +254,8 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
 
 
 def _is_words(phrase: str) -> bool:
-    """Whether ``phrase`` (NFKC) holds no punctuation (P*) nor symbol (S*: emoji too), which the key turns into spaces."""
+    """Whether ``phrase`` (NFKC) holds no punctuation (P*) nor symbol (S*: emoji too), which the key turns into
+    spaces: such a phrase is matched by key, any other on its moderation text (symbols kept)."""
     return not any(unicodedata.category(ch)[0] in "PS" for ch in unicodedata.normalize("NFKC", phrase))
 
 
@@ -266,20 +267,27 @@ def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Tab
     spaces: ``18+`` would match any ``18``), when the phrase's
     :func:`~pipelines.splits.assign.moderation_key` matches (the same way) the prompt's key:
     zero-width characters, look-alike letters (Cyrillic ``е``), fullwidth or styled letters,
-    non-ASCII spaces and punctuation between words do not hide such a phrase.
+    non-ASCII spaces and punctuation between words do not hide such a phrase. A phrase with
+    punctuation or a symbol (an emoji) is matched instead on :func:`~pipelines.splits.assign.moderation_text`
+    of both, which keeps the symbols: zero-width characters, look-alike and fullwidth letters and
+    keycap digits do not hide it either.
     One combined RE2 per form finds the candidate prompts, then each phrase's own RE2 runs as a
     constant over those few prompts (DuckDB compiles a pattern taken from a joined column once per
     row: 30 s at 1M rankings instead of 0.2 s)."""
     keys = {phrase: moderation_key(phrase) if _is_words(phrase) else "" for phrase in phrases}
+    texts = {phrase: moderation_text(phrase) for phrase in phrases if not _is_words(phrase)}
     prompts = [row[0] for row in con.sql("SELECT DISTINCT prompt FROM ranking_base WHERE prompt IS NOT NULL").fetchall()]
-    con.register("prompt_moderation_keys", pa.table({"prompt": pa.array(prompts, pa.string()),
-                                                     "moderation_key": pa.array([moderation_key(p) for p in prompts],
-                                                                                pa.string())}))
+    con.register("prompt_moderation_keys", pa.table({
+        "prompt": pa.array(prompts, pa.string()),
+        "moderation_key": pa.array([moderation_key(p) for p in prompts], pa.string()),
+        "moderation_text": pa.array([moderation_text(p) if texts else None for p in prompts], pa.string())}))
     con.register("phrase_hits", run_sql(con, "curation_phrase_hits", {
-        "phrase_regex": phrase_pattern(phrases), "key_regex": phrase_pattern(sorted({k for k in keys.values() if k}))}))
+        "phrase_regex": phrase_pattern(phrases), "key_regex": phrase_pattern(sorted({k for k in keys.values() if k})),
+        "text_regex": phrase_pattern(sorted({t for t in texts.values() if t}))}))
     found = [run_sql(con, "curation_phrase_matches", {
         "phrase": row["phrase"], "pattern": row["pattern"],
-        "key_pattern": phrase_pattern([keys[row["phrase"]]] if keys[row["phrase"]] else [])})
+        "key_pattern": phrase_pattern([keys[row["phrase"]]] if keys[row["phrase"]] else []),
+        "text_pattern": phrase_pattern([texts[row["phrase"]]] if texts.get(row["phrase"]) else [])})
         for row in phrases_table(phrases).to_pylist()]
     schema = pa.schema([("ranking_id", pa.int64()), ("phrase", pa.string())])
     return pa.concat_tables([t.cast(schema) for t in found]) if found else schema.empty_table()

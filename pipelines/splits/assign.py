@@ -29,9 +29,10 @@
   validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
   popular prompts typed by many users are then almost always held out, which costs train a large
   share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
-- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): emoji keycaps and
-  every symbol (S*, emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ,
-  🄰, ⒜), which reads as its letter; Unicode NFKC; blank-looking characters (Braille blank, Hangul
+- Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): every symbol (S*,
+  emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ, 🄰, ⒜), which reads
+  as its letter, an emoji keycap (3️⃣ as 3), a run of regional indicator letters (as its letters between
+  spaces: a flag as its country code) and a CJK square word (㍻ as 平成); Unicode NFKC; blank-looking characters (Braille blank, Hangul
   fillers) read as spaces, then invisible characters removed (default-ignorable code points and format
   characters, Cf); NFC; any ``[bracketed]`` text (negative prompt) removed; punctuation and symbols
   (P*, S*) turned into spaces and the marks left on a space dropped; every non-ASCII character folded to
@@ -132,14 +133,22 @@ def _symbol_readings() -> dict[int, str]:
     """``str.translate`` table for the text as typed, before NFKC: every symbol (a separator but for punctuation,
     which the bracket step needs) -> a space, or, for a letter or digit drawn in a shape, what NFKC reads in it
     (circled ⓐ and squared 🄰 as the letter, parenthesized ⒜ as `` a ``, ℃ as `` C``): so a symbol NFKC spells
-    out in letters (™ as TM, ℠, ㎏) is a separator as every symbol is, instead of letters glued to the word."""
+    out in letters (™ as TM, ℠, ㎏) is a separator as every symbol is, instead of letters glued to the word. But a
+    CJK square word (U+3200..33FF: era names ㍻ ㋿, ㍿, katakana words ㌔, telegraph dates ㋀) reads as the word NFKC
+    spells in it when that word has no ASCII letter (Japanese has no spaces: the symbol is the word; ㎏ stays a
+    separator)."""
     table = {}
     for cp, space in _punctuation_to_space().items():
         char = chr(cp)
         if _PUNCTUATION.match(char):
             continue
         reading = unicodedata.normalize("NFKC", char).translate(_punctuation_to_space())
-        table[cp] = reading if len(reading.strip()) == 1 and _LETTER_OR_DIGIT.match(reading.strip()) else space
+        if len(reading.strip()) == 1 and _LETTER_OR_DIGIT.match(reading.strip()):
+            table[cp] = reading
+        elif 0x3200 <= cp <= 0x33FF and _CJK_WORD.fullmatch(reading.strip()):
+            table[cp] = reading           # a CJK square word (㍻ 平成, ㍿ 株式会社): the word, unspaced
+        else:
+            table[cp] = space
     return table
 
 
@@ -151,7 +160,8 @@ def _ascii_punctuation_to_space() -> bytes:
 
 
 def normalize_prompt(text: str) -> str:
-    """The prompt key: symbols to spaces (a letter drawn in a shape as the letter), NFKC, blanks to spaces,
+    """The prompt key: symbols to spaces (a letter drawn in a shape as the letter, keycaps as digits, regional
+    indicators as letters, CJK square words as their words: :func:`_read_symbols`), NFKC, blanks to spaces,
     invisibles out, NFC, brackets out, punctuation to spaces, confusables folded (before case folding: a
     Cyrillic capital is folded as the Latin capital it looks like; small capitals as their letters), NFC,
     case-folded, NFC, whitespace collapsed."""
@@ -169,10 +179,39 @@ def moderation_key(text: str) -> str:
     return _folded(_spaced(_visible(_read_symbols(text))))
 
 
+def moderation_text(text: str) -> str:
+    """What a moderation phrase holding punctuation or a symbol (an emoji, ``18+``) is matched against
+    (:mod:`pipelines.curation.decisions`), as its :func:`moderation_key` would read the symbol as a space: the text
+    with its symbols kept, but emoji keycaps as their digit, NFKC (fullwidth letters), blanks as spaces,
+    invisibles out (zero-width spaces, emoji presentation selectors), every non-ASCII letter or digit folded to
+    its confusable prototype (a Cyrillic ``е``), case folded, whitespace collapsed."""
+    if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
+        return " ".join(text.lower().split())
+    visible = _visible(_read_keycaps(text))
+    folded = "".join(c if c.isascii() or not _LETTER_OR_DIGIT.match(c) else _prototype(c) for c in visible)
+    return " ".join(_fold_case(unicodedata.normalize("NFC", folded)).split())
+
+
 def _read_symbols(text: str) -> str:
-    """Emoji keycaps (1️⃣, #️⃣) and every symbol to spaces, a letter or digit drawn in a shape as NFKC reads it
-    (:func:`_symbol_readings`); before NFKC, which would spell ™ as TM."""
-    return _KEYCAP.sub(" ", text).translate(_symbol_readings())
+    """Emoji keycaps as their digit, # or * (1️⃣2️⃣ as 12, as circled ①② read), a run of regional indicator letters
+    as its letters between spaces (🇳🇺🇩🇪 as NUDE, a flag 🇫🇷 as its country code FR), every other symbol to a space,
+    a letter or digit drawn in a shape as NFKC reads it (:func:`_symbol_readings`); before NFKC, which would spell
+    ™ as TM."""
+    return _read_regional(_read_keycaps(text)).translate(_symbol_readings())
+
+
+def _read_keycaps(text: str) -> str:
+    """Emoji keycaps (1️⃣, #️⃣, *⃣: a digit, # or * with U+20E3 and optional invisibles between) as their digit, # or *."""
+    return _KEYCAP.sub(lambda m: m.group(1), text) if "\u20e3" in text else text
+
+
+def _read_regional(text: str) -> str:
+    """Each run of regional indicator letters (U+1F1E6..1F1FF, invisibles between allowed) as its capital letters
+    A-Z, with a space either side (a flag glued to a word does not join it)."""
+    if not _REGIONAL_ANY.search(text):
+        return text
+    return _REGIONAL.sub(lambda m: " " + "".join(chr(ord(c) - 0x1F1E6 + ord("A")) for c in m.group()
+                                                 if 0x1F1E6 <= ord(c) <= 0x1F1FF) + " ", text)
 
 
 def _visible(text: str) -> str:
@@ -220,8 +259,13 @@ _BLANK = regex.compile("[\u2800\u3164\uffa0\u115f\u1160\U0001D159]")
 _SEPARATOR = regex.compile(r"[[\p{P}\p{S}\p{Extended_Pictographic}]--[\p{L}\p{N}\p{M}]]", regex.V1)
 _PUNCTUATION = regex.compile(r"\p{P}")
 _LETTER_OR_DIGIT = regex.compile(r"[\p{L}\p{N}]")
-# An emoji keycap (a digit, # or * with the enclosing keycap U+20E3, U+FE0F or other invisibles between): one symbol.
-_KEYCAP = regex.compile(r"[0-9#*][\p{Default_Ignorable_Code_Point}\p{Cf}]*\u20e3")
+# An emoji keycap (a digit, # or * with the enclosing keycap U+20E3, U+FE0F or other invisibles between): its character.
+_KEYCAP = regex.compile(r"([0-9#*])[\p{Default_Ignorable_Code_Point}\p{Cf}]*\u20e3")
+# A run of regional indicator letters (a flag is two of them), invisibles (a zero-width space) between them allowed.
+_REGIONAL_ANY = regex.compile("[\U0001F1E6-\U0001F1FF]")
+_REGIONAL = regex.compile(r"[\U0001F1E6-\U0001F1FF](?:[\p{Default_Ignorable_Code_Point}\p{Cf}]*[\U0001F1E6-\U0001F1FF])*")
+# A CJK square's word (NFKC of ㍻ is 平成): letters and digits, none of them ASCII letters (㎏ is kg: a unit symbol).
+_CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 

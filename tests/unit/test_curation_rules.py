@@ -123,17 +123,19 @@ def test_phrases_are_not_hidden_by_invisible_look_alike_styled_or_spaced_charact
 
 def test_small_capitals_hide_no_phrase_and_a_phrase_with_an_emoji_is_matched_as_typed(tmp_path):
     """The key folds small capitals and negative squared letters, and reads every symbol (an emoji too) as a space:
-    so a phrase holding an emoji is matched as typed only; its key ('peach') would drop every peach."""
+    so a phrase holding an emoji is not matched by key (its key 'peach' would drop every peach) but on the text with
+    its symbols kept, which look-alike, fullwidth and invisible characters do not change."""
     b = HomeBuilder(tmp_path)
     b.phrases = ["nude", "peach \U0001f351"]
     prompts = {1: "a \u0274\u1d1c\u1d05\u1d07 statue", 2: "a \U0001f17d\U0001f184\U0001f173\U0001f174 statue",
-               3: "a peach \U0001f351 tart", 4: "a peach tree", 5: "a nude\u2728 statue"}
+               3: "a peach \U0001f351 tart", 4: "a peach tree", 5: "a nude\u2728 statue",
+               6: "a \uff50\u0435ach\u200b \U0001f351\ufe0f tart", 7: "a peach\u2728 tart"}
     for rid, prompt in prompts.items():
         b.pair(rid, prompt=prompt)
     _, _, decisions, pairs = _run(b)
     dropped = sorted(int(d["subject_id"]) for d in decisions if d["reason"] == "prompt_phrase")
-    assert dropped == [1, 2, 3, 5]
-    assert sorted(p["ranking_id"] for p in pairs) == [4]
+    assert dropped == [1, 2, 3, 5, 6]
+    assert sorted(p["ranking_id"] for p in pairs) == [4, 7]
 
 
 def test_a_phrase_list_saved_with_a_byte_order_mark_keeps_its_first_phrase(tmp_path):

@@ -58,40 +58,28 @@ def _matches(prompts: list[str], phrases: list[str]) -> set[tuple[int, str]]:
     return {(row["ranking_id"], row["phrase"]) for row in phrase_matches(con, phrases).to_pylist()}
 
 
-@pytest.mark.xfail(strict=True, reason="decisions v2 matches a phrase holding an emoji as typed only, so a "
-                   "look-alike letter or a zero-width space (which the key matching of v1 saw through) hides it")
 def test_a_moderation_phrase_with_an_emoji_is_not_hidden_by_a_lookalike_or_invisible():
     prompts = ["peach 🍑 on a table", "p\u0435ach 🍑 on a table", "peach\u200b 🍑 on a table",
                "ＰＥＡＣＨ 🍑 on a table"]
     assert _matches(prompts, ["peach 🍑"]) == {(i, "peach 🍑") for i in range(len(prompts))}
 
 
-@pytest.mark.xfail(strict=True, reason="an emoji keycap digit keys as nothing (a circled digit keys as its "
-                   "digit), so a moderation phrase with a number is hidden by typing the number as keycaps")
 def test_a_moderation_phrase_with_a_number_is_not_hidden_by_keycap_digits():
     prompts = ["a 12 year old", "a 1\ufe0f\u20e32\ufe0f\u20e3 year old", "a \u2460\u2461 year old"]
     assert _matches(prompts, ["12 year old"]) == {(i, "12 year old") for i in range(len(prompts))}
 
 
-@pytest.mark.xfail(strict=True, reason="regional indicator letters (a 'fancy text' style, letters in boxes) are "
-                   "separators, so a moderation phrase spelled in them with zero-width spaces between is hidden, "
-                   "where negative squared letters are read as letters")
 def test_a_moderation_phrase_in_regional_indicator_letters_is_matched():
     spelled = "\u200b".join(chr(0x1F1E6 + ord(c) - ord("a")) for c in "nude")
-    prompts = ["a nude woman", f"a {spelled} woman", "a \U0001F175\U0001F184\U0001F173\U0001F174 woman"]
+    prompts = ["a nude woman", f"a {spelled} woman", "a \U0001F17D\U0001F184\U0001F173\U0001F174 woman"]
     assert _matches(prompts, ["nude"]) == {(i, "nude") for i in range(len(prompts))}
 
 
-@pytest.mark.xfail(strict=True, reason="keycap digits key as nothing: '3️⃣ cats' and '7️⃣ cats' are one prompt "
-                   "(and that of 'cats'), while '3 cats' and '① cats' key on their digit")
 def test_numbers_typed_as_keycaps_keep_their_value_in_the_prompt_key():
     assert normalize_prompt("3\ufe0f\u20e3 cats") != normalize_prompt("7\ufe0f\u20e3 cats")
     assert normalize_prompt("3\ufe0f\u20e3 cats") == normalize_prompt("3 cats")
 
 
-@pytest.mark.xfail(strict=True, reason="CJK square words (So: ㍻ 平成, ㋿ 令和, ㍿ 株式会社) are separators: "
-                   "'㍻の写真' keys as 'の写真', one prompt with '㋿の写真' and not with '平成の写真' "
-                   "(Japanese has no spaces: the symbol is the word)")
 def test_cjk_square_words_read_as_their_words():
     assert normalize_prompt("\u337bの写真") == normalize_prompt("平成の写真")
     assert normalize_prompt("\u337bの写真") != normalize_prompt("\u32ffの写真")

@@ -135,11 +135,12 @@ def test_blank_characters_read_as_spaces_even_the_default_ignorable_hangul_fille
         assert normalize_prompt(f"a red fox {blank} in the snow") == "a red fox in the snow", f"U+{ord(blank):04X}"
 
 
-# Emoji as users type them: single code points, presentation selectors, skin tones, ZWJ sequences, flags (regional
-# indicator pairs and tag sequences), keycaps, an emoji newer than Python's Unicode data (moose, Unicode 15).
+# Emoji as users type them: single code points, presentation selectors, skin tones, ZWJ sequences, tag-sequence
+# flags, the # and * keycaps, an emoji newer than Python's Unicode data (moose, Unicode 15). Not here: a digit keycap
+# (reads as its digit) and a regional indicator flag (reads as its country code), see the test after this one.
 EMOJI = ["\U0001F98A", "\u2764\ufe0f", "\U0001F44D\U0001F3FB", "\U0001F469\U0001F3FD\u200d\U0001F680",
-         "\U0001F3F3\ufe0f\u200d\U0001F308", "\U0001F9D1\u200d\U0001F91D\u200d\U0001F9D1", "\U0001F1EB\U0001F1F7",
-         "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F", "1\ufe0f\u20e3", "#\ufe0f\u20e3",
+         "\U0001F3F3\ufe0f\u200d\U0001F308", "\U0001F9D1\u200d\U0001F91D\u200d\U0001F9D1",
+         "\U0001F3F4\U000E0067\U000E0062\U000E0073\U000E0063\U000E0074\U000E007F", "#\ufe0f\u20e3",
          "*\u20e3", "\U0001F468\u200d\U0001F469\u200d\U0001F467\u200d\U0001F466", "\U0001F9B0", "\U0001FACE",
          "\u2728", "\u2605", "\u00a9", "\u00ae", "\u2122", "\u00b0", "$", "\u20ac", "\u00a3", "\u20bf", "\u2318",
          "\u2615\ufe0e", "\u2800"]
@@ -155,8 +156,19 @@ def test_every_symbol_and_emoji_sequence_is_a_separator_as_a_whole():
     assert normalize_prompt("30\u2103") == normalize_prompt("30\u00b0C")      # degree Celsius: the C stays
     assert normalize_prompt("$100 bill") == normalize_prompt("100 bill")
     # a prompt of nothing but emoji keys on its own text, never the empty key
-    keys = {normalize_prompt(e) for e in ("\U0001F98A", "\U0001F98A\U0001F98A", "1\ufe0f\u20e3", "2\ufe0f\u20e3")}
+    keys = {normalize_prompt(e) for e in ("\U0001F98A", "\U0001F98A\U0001F98A", "#\ufe0f\u20e3", "*\u20e3")}
     assert len(keys) == 4 and all(k.startswith("#") and len(k) > 1 for k in keys)
+
+
+def test_digit_keycaps_read_as_digits_and_regional_indicators_as_letters():
+    """A keycap 3️⃣ is the digit 3 (as a circled ③ is); a run of regional indicator letters reads as its letters
+    between spaces, so a flag is its country code, a word of them the word, and a flag glued to a word joins none."""
+    assert normalize_prompt("3\ufe0f\u20e3 foxes") == normalize_prompt("3 foxes") == normalize_prompt("\u2462 foxes")
+    assert normalize_prompt("1\u20e32\ufe0f\u20e3 foxes") == "12 foxes"
+    assert normalize_prompt("a red fox\U0001F1EB\U0001F1F7in paris") == "a red fox fr in paris"
+    assert normalize_prompt("\U0001F1EB\U0001F1F7 fox") != normalize_prompt("\U0001F1E9\U0001F1EA fox")
+    spelled = "\u200b".join(chr(0x1F1E6 + ord(c) - ord("a")) for c in "fox")
+    assert normalize_prompt(f"a red {spelled}!") == normalize_prompt("a red fox")
 
 
 def test_letters_and_digits_are_never_separators():
