@@ -20,9 +20,13 @@ An object larger than the feature stage's ``max_bytes`` (the home's ``features.m
 default) is copied only up to ``max_bytes + 1`` bytes and counted as ``too_large``: no stage reads past
 that, the feature stage rejects the copy as ``file_too_large`` exactly as it would the whole object,
 and a 1 TB object (a sparse file costs its writer nothing) no longer fills the raw zone's disk.
+A capped copy (marked in ``raw/images/.capped``) shorter than the cap, which the object starts with
+(capped under a lower ``max_bytes`` before it was raised), is the one exception to "never copied
+again": it is completed up to the cap, keeping the bytes exported (see :func:`_copy_one`).
 """
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import stat
@@ -32,7 +36,7 @@ from typing import BinaryIO
 
 import psycopg
 
-from formats.files import atomic_path, lstat_or_none, open_regular_file
+from formats.files import atomic_path, lstat_or_none, open_regular_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import load
 from pipelines.appdb.connection import as_text, read_rows
@@ -136,9 +140,53 @@ def _matches_copy(store: str, name: str, target: Path, whole: bool = True) -> st
             return "present" if _same_bytes(source, copy, whole) else "differs_in_store"
 
 
+class _NoLongerItsStart(Exception):
+    """The object read to complete a capped copy no longer starts with that copy's bytes."""
+
+
+CAPPED = ".capped"   # raw/images/.capped/{uid}.png: the sizes at which the tool wrote {uid}.png capped
+
+
+def _capped_sizes(target: Path) -> set[int]:
+    """The sizes at which the tool wrote ``target`` capped (its marker in ``.capped``), if any."""
+    folder, marker = target.parent / CAPPED, target.parent / CAPPED / target.name
+    for path in (folder, marker):
+        info = lstat_or_none(path)
+        if info is None or not (stat.S_ISDIR if path is folder else stat.S_ISREG)(info.st_mode):
+            return set()
+    try:
+        return {int(word) for word in marker.read_text("ascii").split()}
+    except (OSError, ValueError):
+        return set()
+
+
+def _mark_capped(target: Path, sizes: set[int]) -> None:
+    """Record (atomically) that ``target`` is, or is about to be, a capped copy of one of ``sizes``."""
+    folder = target.parent / CAPPED
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(folder)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise FileExistsError(f"{folder} is not a folder: refusing to write through it")
+    write_bytes_atomic(folder / target.name, " ".join(map(str, sorted(sizes))).encode("ascii"))
+
+
+def _unmark_capped(target: Path) -> None:
+    """Remove ``target``'s capped marker (it is whole now)."""
+    info = lstat_or_none(target.parent / CAPPED)
+    if info is not None and stat.S_ISDIR(info.st_mode):
+        (target.parent / CAPPED / target.name).unlink(missing_ok=True)
+
+
 def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
     """Copy one blob; returns 'copied', 'too_large' (copied up to ``max_bytes + 1`` bytes), 'present',
-    'differs_in_store', 'missing' or 'not_a_file_in_store'."""
+    'differs_in_store', 'missing' or 'not_a_file_in_store'.
+
+    A capped copy (marked in ``.capped`` when written, or of the default cap's size, which copies made
+    before the marker have) whose bytes the object still starts with is 'present' when it is at least
+    ``max_bytes + 1`` bytes long (the feature stage rejects it as too large, as it would the whole
+    object), and is copied again when it is shorter (``features.max_bytes`` was raised): the new copy
+    replaces it in one rename, only if it starts with the old copy's bytes, so the bytes exported stay.
+    Any other copy is frozen: an object that grew since its whole copy is 'differs_in_store'."""
     name = f"{uid}.png"
     cap = max_bytes + 1           # one byte past what the feature stage accepts: it rejects the copy as too large
     try:
@@ -149,39 +197,80 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
         return "missing"
     target = target_dir / name
     info = lstat_or_none(target)
-    if info is not None:
-        if not stat.S_ISREG(info.st_mode):
-            raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
-        if info.st_size == size:
-            return _matches_copy(store, name, target)
-        if info.st_size == cap < size:                 # a capped copy: the object must still start with it
-            return _matches_copy(store, name, target, whole=False)
+    if info is None:
+        return _write_copy(store, name, target, cap)
+    if not stat.S_ISREG(info.st_mode):
+        raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
+    if info.st_size == size:
+        return _matches_copy(store, name, target)
+    capped = info.st_size in (cap, DEFAULT_MAX_BYTES + 1) or info.st_size in _capped_sizes(target)
+    if info.st_size > size or not capped:
         return "differs_in_store"
-    if _is_local(store):
-        source = _open_local_or_outcome(store, name)
-        if isinstance(source, str):
-            return source
-        with source:
-            info = os.fstat(source.fileno())
-            with atomic_path(target) as tmp, open(tmp, "wb") as out:
-                # what it held when opened (a file that keeps growing stops there), at most the cap
-                left = written = min(info.st_size, cap)
-                while left > 0 and (block := source.read(min(CHUNK, left))):
-                    out.write(block)
-                    left -= len(block)
-        return "too_large" if written - left == cap and info.st_size > cap else "copied"
-    try:
-        with atomic_path(target) as tmp, open(tmp, "wb") as out, _open_url(store, name) as source:
-            left = cap
-            while left > 0 and (block := source.read(min(CHUNK, left))):
-                out.write(block)
-                left -= len(block)
-            larger = left == 0 and bool(source.read(1))
-    except Exception:
-        if _url_gone(store, name):
-            return "missing"
-        raise
+    outcome = _matches_copy(store, name, target, whole=False)     # the object must still start with it
+    if outcome != "present" or info.st_size >= cap:
+        return outcome
+    try:                                                          # capped under a lower max_bytes: completed
+        return _write_copy(store, name, target, cap, start_of=target)
+    except _NoLongerItsStart:
+        return "differs_in_store"
+
+
+def _write_copy(store: str, name: str, target: Path, cap: int, start_of: Path | None = None) -> str:
+    """Copy the store's object ``name`` to ``target`` (through a temporary file renamed over it) up to
+    ``cap`` bytes, a capped copy marked before the rename; with ``start_of`` (the capped copy being
+    completed), the rename happens only if the new copy starts with that file's bytes (else
+    :class:`_NoLongerItsStart`, nothing replaced)."""
+    with open_regular_file(start_of) if start_of is not None else contextlib.nullcontext() as old:
+        old_size = [os.fstat(old.fileno()).st_size] if old is not None else []
+        if _is_local(store):
+            source = _open_local_or_outcome(store, name)
+            if isinstance(source, str):
+                return source
+            with source:
+                info = os.fstat(source.fileno())
+                with atomic_path(target) as tmp:
+                    with open(tmp, "wb") as out:
+                        # what it held when opened (a file that keeps growing stops there), at most the cap
+                        left = written = min(info.st_size, cap)
+                        while left > 0 and (block := source.read(min(CHUNK, left))):
+                            out.write(block)
+                            left -= len(block)
+                    larger = written - left == cap and info.st_size > cap
+                    _check_start(old, tmp)
+                    if larger:                  # either size is marked while the rename may or may not be done
+                        _mark_capped(target, {*old_size, cap})
+        else:
+            try:
+                with atomic_path(target) as tmp, _open_url(store, name) as source:
+                    with open(tmp, "wb") as out:
+                        left = cap
+                        while left > 0 and (block := source.read(min(CHUNK, left))):
+                            out.write(block)
+                            left -= len(block)
+                        larger = left == 0 and bool(source.read(1))
+                    _check_start(old, tmp)
+                    if larger:
+                        _mark_capped(target, {*old_size, cap})
+            except _NoLongerItsStart:
+                raise
+            except Exception:
+                if _url_gone(store, name):
+                    return "missing"
+                raise
+    if larger and old_size:
+        _mark_capped(target, {cap})
+    elif not larger:
+        _unmark_capped(target)
     return "too_large" if larger else "copied"
+
+
+def _check_start(old: BinaryIO | None, new: Path) -> None:
+    """Raise :class:`_NoLongerItsStart` unless the file ``new`` starts with the bytes of ``old`` (if any)."""
+    if old is None:
+        return
+    with open(new, "rb") as copy:
+        if not _same_bytes(copy, old, whole=False):
+            raise _NoLongerItsStart
 
 
 def _open_url(store: str, name: str) -> BinaryIO:

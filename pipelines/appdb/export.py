@@ -277,21 +277,32 @@ FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
 DEFAULT_LINE_BYTES = IngestConfig().max_line_bytes   # the ingest's line limit (export_day: the home's)
+MAX_CHARS = 2**31 - 1   # the largest int4 (left()'s length); PostgreSQL's largest text value is 1 GB
+
+
+def _utf8_bytes(value: object) -> int:
+    """The length in bytes of a text value as UTF-8 (its stored bytes for ``bytes``; a ``\\udcXX``
+    character of :class:`Unconvertible` text counts 3); -1 for anything else."""
+    if isinstance(value, bytes):
+        return len(value)
+    if isinstance(value, str):
+        return len(value) if value.isascii() else len(value.encode("utf-8", "surrogatepass"))
+    return -1
 
 
 def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: int, found: dict) -> None:
-    """Cut, in place, the line of each row holding a text value of more than ``max_line_bytes``
-    (characters or bytes) to its first ``max_line_bytes + 1`` bytes, and count those rows into ``found``.
+    """Cut, in place, the line of each row holding a text value of more than ``max_line_bytes`` bytes
+    (UTF-8) to its first ``max_line_bytes + 1`` bytes, and count those rows into ``found``.
 
-    Such a value was fetched cut to ``max_line_bytes + 1`` characters (the export statements' ``left()``),
-    so the export never holds a huge value whole (a 100 MB prompt cost 4-5.5x its size in memory); its
-    line is longer than ``max_line_bytes`` whatever its escaping, so the ingest quarantines it as
+    Such a value was fetched cut to ``max_line_bytes + 1`` characters (the export statements' ``left()``,
+    at most 4 bytes each), so the export never holds a huge value whole (a 100 MB prompt cost 4-5.5x its
+    size in memory); a value cut there is over the limit in bytes too, so one not cut is measured whole.
+    Its line is longer than ``max_line_bytes`` whatever its escaping, so the ingest quarantines it as
     ``line_too_long`` (keeping its first 64 KiB, as it would of the whole line). The written line stops
     inside the JSON, so no later limit can take the cut value for the app's: it stays quarantined.
     """
     for i, line in enumerate(lines):
-        if len(line) > max_line_bytes and any(isinstance(v, (str, bytes)) and len(v) > max_line_bytes
-                                              for v in batch[i]):
+        if len(line) > max_line_bytes and any(_utf8_bytes(v) > max_line_bytes for v in batch[i]):
             lines[i] = line[:max_line_bytes + 1]
             info = found.setdefault(table, {"rows": 0, "first_ids": []})
             info["rows"] += 1
@@ -309,7 +320,8 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     rows, fetch = 0, FIRST_FETCH
     converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
     bad, first_ids = 0, []
-    params = {**params, "max_chars": max_line_bytes + 1}
+    # left(text, int4): no text value holds more than 1 GB, so a larger limit cuts nothing either
+    params = {**params, "max_chars": min(max_line_bytes + 1, MAX_CHARS)}
     oversized = {} if oversized is None else oversized
 
     def next_fetch() -> int:
@@ -386,7 +398,9 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     A day already there whose files changed is replaced in one step where the system can swap two
     folders: its unchanged files, and anything else the folder holds that the export did not write (an
     operator's note), are hard-linked into the staging folder (same inode and mtime: untouched), and
-    the two folders are exchanged, so a reader sees the old day or the new one, never a mix. A foreign
+    the two folders are exchanged, so a reader sees the old day or the new one, never a mix; a foreign
+    entry added, removed or replaced (another inode under its name: an editor's save) in the old day
+    between its link and the exchange swaps the folders back and refuses the update. A foreign
     entry that cannot be hard-linked (a folder, another account's file under ``protected_hardlinks``)
     refuses the update (:class:`DayFolderRefused`): renaming file by file beside it would leave a mixed
     day if the export died between two renames. Only where the system cannot swap folders (or refuses
@@ -418,6 +432,7 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     ours = {target.name for _, target in moves + keep}
     foreign = sorted(_foreign_entries(final, ours))
     linked: list[Path] = []
+    carried: dict[str, tuple[int, int]] = {}   # foreign name -> (device, inode) of the entry carried
     try:
         for staged, target in keep:
             with contextlib.suppress(FileNotFoundError):
@@ -436,6 +451,7 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
                     "move it out of the day folder to export the day (the ingest skips it as "
                     "unexpected_file anyway)") from None
             linked.append(staging / name)
+            carried[name] = _identity(staging / name)
         kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
         os.chmod(staging, stat.S_IMODE(kept.st_mode))
         with contextlib.suppress(OSError):
@@ -445,16 +461,23 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         raise
     except OSError:   # a link refused (another owner under protected_hardlinks, another device) or the swap
         swapped = False
-    if swapped and sorted(_foreign_entries(staging, ours)) == foreign:
+    if swapped and sorted(_foreign_entries(staging, ours)) == foreign \
+            and all(_identity(staging / name) == carried[name] for name in foreign):
         return                              # the old day is now at ``staging``, removed by the caller
     if swapped:                             # the day changed meanwhile: swap back, replace nothing
         exchange(staging, final)
         _unlink_all(linked)
-        raise DayFolderRefused(f"{final} changed while the updated day was swapped in (an entry was added or "
-                               "removed): nothing was replaced; run the export again")
+        raise DayFolderRefused(f"{final} changed while the updated day was swapped in (an entry was added, "
+                               "removed or replaced): nothing was replaced; run the export again")
     _unlink_all(linked)                     # no swap here: the old files stay where they are
     for source, target in moves:  # every file is complete and every target replaceable before the first rename
         os.replace(source, target)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the entry ``path`` names (a link is not followed); None when there is none."""
+    info = lstat_or_none(path)
+    return None if info is None else (info.st_dev, info.st_ino)
 
 
 def _unlink_all(paths: list[Path]) -> None:
