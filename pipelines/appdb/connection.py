@@ -43,9 +43,13 @@ APP_SCHEMA = "public"
 # instead of exporting a subset; no statement or idle-in-transaction timeout (a role default sized for
 # the app's own queries must not fail a nightly read of a whole day, and the transaction stays open only
 # while the tables are read); a lock wait bounded, so an export stuck behind an ACCESS EXCLUSIVE lock
-# (a migration left open) fails with that reason and the next run retries, instead of hanging.
+# (a migration left open) fails with that reason and the next run retries, instead of hanging: at most
+# MAX_LOCK_WAIT, or the server's, database's or role's lock_timeout where that is shorter (a DBA's
+# stricter limit is kept; with the export always lifting it to 5 minutes, a database set to 300 ms
+# made an export wait 5 minutes behind a migration).
 EXPORT_SETTINGS = ("SET row_security = off", "SET statement_timeout = 0",
-                   "SET idle_in_transaction_session_timeout = 0", "SET lock_timeout = '5min'")
+                   "SET idle_in_transaction_session_timeout = 0")
+MAX_LOCK_WAIT = "5min"
 # PostgreSQL 17's transaction_timeout would end the export's transaction like the timeouts above.
 EXPORT_SETTINGS_17 = ("SET transaction_timeout = 0",)
 # libpq keys whose values are secrets (the password, and the passphrase of the client's SSL key).
@@ -230,6 +234,10 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         if read_only:
             for statement in EXPORT_SETTINGS + (EXPORT_SETTINGS_17 if conn.info.server_version >= 170000 else ()):
                 conn.execute(statement)
+            # the shorter of MAX_LOCK_WAIT and the lock_timeout the session starts with (0: none)
+            conn.execute("SELECT set_config('lock_timeout', CASE WHEN current_setting('lock_timeout')::interval "
+                         "> '0'::interval AND current_setting('lock_timeout')::interval < %s::interval THEN "
+                         "current_setting('lock_timeout') ELSE %s END, false)", (MAX_LOCK_WAIT, MAX_LOCK_WAIT))
         # A UTF8 database's text arrives as it is stored. Any other database's text is read unconverted
         # (SQL_ASCII as client encoding turns the server's conversion off): a SQL_ASCII database's bytes
         # reach the file as they are, and the export reads another encoding's text as its stored bytes and

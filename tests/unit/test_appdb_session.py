@@ -54,10 +54,27 @@ def test_the_role_and_database_defaults_do_not_reach_the_export_session(app_db, 
     finally:
         conn.close()
     assert shown == {"DateStyle": "ISO, YMD", "IntervalStyle": "postgres", "search_path": "pg_catalog, public",
-                     "statement_timeout": "0", "idle_in_transaction_session_timeout": "0", "lock_timeout": "5min",
+                     "statement_timeout": "0", "idle_in_transaction_session_timeout": "0", "lock_timeout": "10ms",
                      "row_security": "off", "TimeZone": "UTC"}
     report = export_day(DataHome.at(tmp_path / "home"), reader_dsn, DAYS[0])   # the database's clock is read
     assert report.published == "new day" and report.tables["rankings"].rows == _day_rows(app_db, "rankings")
+
+
+@pytest.mark.parametrize(("configured", "shown"), [(None, "5min"), ("1h", "5min"), ("0", "5min"), ("2s", "2s")])
+def test_the_export_waits_for_a_lock_at_most_five_minutes_or_the_databases_shorter_limit(
+        app_db, postgres_server, configured, shown):
+    """A lock wait is bounded by 5 minutes, or by the lock_timeout the role or database sets where that is
+    shorter: a DBA's stricter limit is kept (the export lifted a database's 300 ms to 5 minutes)."""
+    role, reader_dsn = _reader(postgres_server, app_db)
+    if configured is not None:
+        with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as conn:
+            conn.execute(sql.SQL("ALTER ROLE {} SET lock_timeout = {}").format(sql.Identifier(role),
+                                                                              sql.Literal(configured)))
+    conn = connect(reader_dsn)
+    try:
+        assert conn.execute("SHOW lock_timeout").fetchone()[0] == shown
+    finally:
+        conn.close()
 
 
 def test_no_transaction_or_session_is_held_while_the_blobs_copy(app_db, postgres_server, tmp_path, monkeypatch):
