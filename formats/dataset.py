@@ -26,7 +26,7 @@ import re
 import stat
 from pathlib import Path
 
-from formats.files import sha256_file, write_bytes_atomic
+from formats.files import read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
@@ -190,21 +190,8 @@ def read_history(datasets: Path) -> list[str] | None:
     """The version names of the publish history, oldest first (a name switched to twice counts where it was
     last), or None when there is no history this tool wrote: missing, unreadable, not a regular file (never
     followed), too large, or without the header it writes. Lines that are not version names are skipped."""
-    path = history_file(datasets)
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with open(fd, "rb", closefd=False) as handle:
-            data = handle.read(HISTORY_MAX_BYTES + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    if len(data) > HISTORY_MAX_BYTES or not data.startswith(HISTORY_HEADER):
+    data = read_small_file(history_file(datasets), HISTORY_MAX_BYTES)
+    if data is None or not data.startswith(HISTORY_HEADER):
         return None
     order: dict[str, None] = {}
     for line in data[len(HISTORY_HEADER):].decode("utf-8", "replace").splitlines():

@@ -239,6 +239,27 @@ def open_regular_file(path: Path | str) -> io.FileIO:
         raise
 
 
+def read_small_file(path: Path | str, max_bytes: int) -> bytes | None:
+    """The bytes of ``path`` if it is a regular file of at most ``max_bytes``, else None: absent, unreadable,
+    a symbolic link (never followed), a FIFO (never waited on: ``O_NONBLOCK``) or anything else not a regular
+    file, or larger. For the small files the tool writes for itself (commit markers, records) and trusts only
+    as it wrote them."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return None
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return data if len(data) <= max_bytes else None
+
+
 def read_parquet_or_empty(path: Path, schema: pa.Schema) -> pa.Table:
     """Read ``path`` if it exists, else an empty table of ``schema``."""
     if Path(path).exists():

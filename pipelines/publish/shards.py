@@ -30,7 +30,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.dataset import MEMBERS, STATS_SUFFIX, UNIQUE_SUFFIX, shard_paths
-from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp, open_regular_file
+from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp, open_regular_file, read_small_file
 from pipelines import faults
 from pipelines.publish.chunkwriter import ChunkWriter
 from schemas import get_schema
@@ -608,20 +608,13 @@ def _committed_stats(stats_path: Path, plan_sha256: str, raw: list[bytes] | None
     ``raw``, when given, receives the stats file's bytes.
     """
     tar_path, sidecar_path, _ = shard_paths(stats_path.parent, stats_path.name[: -len(STATS_SUFFIX)])
-    try:
-        fd = os.open(stats_path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:            # absent, a symlink (ELOOP), unreadable
+    data = read_small_file(stats_path, 1 << 20)       # None: absent, a symlink, unreadable, not a file, too large
+    if data is None:
         return None
     try:
-        with open(fd, "rb", closefd=False) as handle:
-            if not stat.S_ISREG(os.fstat(fd).st_mode):
-                return None
-            data = handle.read(1 << 20)
-            stats = json.loads(data.decode("utf-8"))
-    except (OSError, ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
+        stats = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):   # a marker torn by a power cut (it has no fsync of its own)
         return None
-    finally:
-        os.close(fd)
     if (not isinstance(stats, dict) or set(stats) != STATS_KEYS or stats["plan_sha256"] != plan_sha256
             or stats["shard"] != tar_path.name or stats["sidecar"] != sidecar_path.name
             or not all(type(stats[key]) is int for key in STATS_INT_KEYS)):

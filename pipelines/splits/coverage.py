@@ -32,16 +32,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import stat
 from pathlib import Path
 from typing import Iterable
 
 import pyarrow.parquet as pq
 
 from formats.dataset import MANIFEST_FILE, latest_link
-from formats.files import sha256_file, write_bytes_atomic
+from formats.files import read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 RECORD_FILE = "published_split_pairs.json"       # under HOME/cache/: which split_pairs latest was published from
@@ -68,20 +66,11 @@ def write_published_source(home: DataHome, version_dir: Path, split_pairs_sha256
 def _read_record(path: Path) -> dict | None:
     """The publish record, or None where there is none this tool could have written: not a regular file (a link
     is not followed, a FIFO never waited on), too large, not JSON of the three fields."""
+    data = read_small_file(path, RECORD_MAX_BYTES)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        record = json.loads(data) if data is not None else None
+    except ValueError:
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with open(fd, "rb", closefd=False) as handle:
-            data = handle.read(RECORD_MAX_BYTES + 1)
-        record = json.loads(data) if len(data) <= RECORD_MAX_BYTES else None
-    except (OSError, ValueError):
-        return None
-    finally:
-        os.close(fd)
     if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in
                                                ("version", "manifest_sha256", "split_pairs_sha256")):
         return None
