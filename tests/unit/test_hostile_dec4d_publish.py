@@ -15,10 +15,9 @@ import stat
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from test_publish_fixtures import _jpeg, make_home, write_split_pairs
+from test_publish_fixtures import _jpeg, export_days, history_home, publish_until, write_split_pairs
 
 from formats.dataset import LATEST, list_versions
 from formats.home import DataHome
@@ -30,22 +29,6 @@ from pipelines.publish.version import publish_dataset
 DAYS = 4
 CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
 CHECKED = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
-
-
-def _history(root: Path, days: int = DAYS, rankings: int = 80) -> tuple[DataHome, pa.Table]:
-    home = make_home(root, num_rankings=rankings, seed=7, days=days)
-    return home, pq.read_table(home.table_file("split_pairs"))
-
-
-def _publish(home: DataHome, table: pa.Table, config: PublishConfig = CONFIG, last_day=None):
-    if last_day is not None:
-        table = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last_day, pa.date32())))
-    write_split_pairs(home, table)
-    return publish_dataset(home, config)
-
-
-def _days(table: pa.Table) -> list:
-    return sorted(set(table.column("dt").to_pylist()))
 
 
 def _victim(root: Path) -> Path:
@@ -69,7 +52,7 @@ def _crashed_nightly(monkeypatch, home: DataHome, table: pa.Table) -> Path:
 
     monkeypatch.setattr(faults, "maybe_crash", die)
     with pytest.raises(RuntimeError, match="killed"):
-        _publish(home, table)
+        publish_until(home, table)
     monkeypatch.undo()
     (staging,) = home.datasets.glob(".partial-*")
     return staging
@@ -90,9 +73,9 @@ def _digest_mismatches(version: Path) -> list[tuple[str, str, int]]:
 
 # --------------------------------------------------------------------------- staging followed through links
 def test_a_staging_folder_replaced_by_a_link_is_not_followed(tmp_path: Path, monkeypatch) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])
     staging = _crashed_nightly(monkeypatch, home, full)
     version = staging.name[len(".partial-"):]
     victim = _victim(tmp_path)
@@ -101,16 +84,16 @@ def test_a_staging_folder_replaced_by_a_link_is_not_followed(tmp_path: Path, mon
     os.symlink(victim, staging)
 
     with contextlib.suppress(Exception):   # refusing is fine; following the link is not
-        _publish(home, full)
+        publish_until(home, full)
 
     assert _listing(victim) == before, "the publish wrote or deleted files in a folder outside the home"
     assert not (home.datasets / version).is_symlink(), "latest's version is a link out of the data home"
 
 
 def test_a_split_folder_of_a_staging_replaced_by_a_link_gets_no_files(tmp_path: Path, monkeypatch) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])
     staging = _crashed_nightly(monkeypatch, home, full)
     victim = _victim(tmp_path)
     before = _listing(victim)
@@ -118,7 +101,7 @@ def test_a_split_folder_of_a_staging_replaced_by_a_link_gets_no_files(tmp_path: 
     os.symlink(victim, staging / "validation")
 
     with contextlib.suppress(Exception):
-        _publish(home, full)
+        publish_until(home, full)
 
     assert _listing(victim) == before, (
         f"the rerun wrote {sorted(set(_listing(victim)) - set(before))[:3]} into a folder outside the home")
@@ -126,9 +109,9 @@ def test_a_split_folder_of_a_staging_replaced_by_a_link_gets_no_files(tmp_path: 
 
 @pytest.mark.parametrize("planted", [".partial-someone link", ".partial-someone file", ".deleting-someone link"])
 def test_a_stray_non_folder_named_like_staging_does_not_stop_every_publish(tmp_path: Path, planted: str) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])
     victim = _victim(tmp_path)
     before = _listing(victim)
     name, kind = planted.split()
@@ -138,7 +121,7 @@ def test_a_stray_non_folder_named_like_staging_does_not_stop_every_publish(tmp_p
         (home.datasets / name).write_text("someone's notes")
 
     try:
-        nightly = _publish(home, full)
+        nightly = publish_until(home, full)
         published = nightly.version
     except Exception as exc:   # noqa: BLE001 - the property is that the nightly is published
         published = f"publish failed: {type(exc).__name__}: {exc}"
@@ -149,7 +132,7 @@ def test_a_stray_non_folder_named_like_staging_does_not_stop_every_publish(tmp_p
 
 # --------------------------------------------------------------------------- the JPEG digests
 def test_a_jpeg_replaced_during_the_publish_does_not_publish_a_wrong_digest(tmp_path: Path, monkeypatch) -> None:
-    home, full = _history(tmp_path / "h")
+    home, full = history_home(tmp_path / "h")
     write_split_pairs(home, full)
     key = full.column("jpg_0_key")[0].as_py()
     real = jpgdigests.index_jpgs
@@ -172,26 +155,26 @@ def test_a_jpeg_replaced_during_the_publish_does_not_publish_a_wrong_digest(tmp_
 
 
 def test_a_damaged_jpeg_digest_cache_is_treated_as_empty(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])
     (part,) = sorted(jpgdigests.cache_dir(home).glob("part-*.parquet"))
     data = part.read_bytes()
     part.write_bytes(data[: len(data) // 2])
 
-    scratch, _ = _history(tmp_path / "scratch")
-    expected = _publish(scratch, full).version
+    scratch, _ = history_home(tmp_path / "scratch")
+    expected = publish_until(scratch, full).version
     try:
-        published = _publish(home, full).version
+        published = publish_until(home, full).version
     except Exception as exc:   # noqa: BLE001
         published = f"publish failed: {type(exc).__name__}: {str(exc)[:120]}"
     assert published == expected
 
 
 def test_the_jpeg_digest_cache_never_changes_a_published_byte(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])              # fills cache/train_jpg_sha256
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])              # fills cache/train_jpg_sha256
     blob = home.root / full.column("jpg_0_key")[0].as_py()
     before = os.stat(blob)
     data = bytearray(blob.read_bytes())
@@ -200,32 +183,32 @@ def test_the_jpeg_digest_cache_never_changes_a_published_byte(tmp_path: Path) ->
         handle.write(data)
     os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
 
-    with_cache = _publish(home, full)
+    with_cache = publish_until(home, full)
     cached_version, cached_mismatches = with_cache.version, _digest_mismatches(with_cache.path)
     shutil.rmtree(jpgdigests.cache_dir(home))
     shutil.rmtree(home.datasets)
-    without_cache = _publish(home, full)
+    without_cache = publish_until(home, full)
     assert (cached_version, cached_mismatches) == (without_cache.version, [])
 
 
 # --------------------------------------------------------------------------- retention and modes
 def test_retention_keeps_the_newest_versions_after_the_clock_went_backwards(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h", days=5, rankings=100)
-    days = _days(full)
+    home, full = history_home(tmp_path / "h", days=5, rankings=100)
+    days = export_days(full)
     config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, keep_versions=3)
-    first = _publish(home, full, config, last_day=days[-4])
-    second = _publish(home, full, config, last_day=days[-3])
-    third = _publish(home, full, config, last_day=days[-2])
+    first = publish_until(home, full, config, last_day=days[-4])
+    second = publish_until(home, full, config, last_day=days[-3])
+    third = publish_until(home, full, config, last_day=days[-2])
     behind = os.lstat(first.path).st_mtime_ns - 86_400 * 10**9  # night 3 ran with the clock a day behind
     os.utime(third.path, ns=(behind, behind))
-    fourth = _publish(home, full, config)
+    fourth = publish_until(home, full, config)
 
     assert list_versions(home) and set(list_versions(home)) == {second.version, third.version, fourth.version}, (
         f"deleted {fourth.deleted_versions}")
 
 
 def test_publishing_an_existing_version_again_gives_it_this_runs_umask(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h")
+    home, full = history_home(tmp_path / "h")
     write_split_pairs(home, full)
     old = os.umask(0o077)
     try:
@@ -248,7 +231,7 @@ def test_a_linked_contract_cache_folder_is_not_written_through(tmp_path: Path, f
     """The gate's caches made ``cache/<folder>`` with ``mkdir(exist_ok=True)`` and renamed their file into it: a
     symlink planted as that folder was followed, and a ``shard_samples.parquet`` in the link's target (not the
     tool's) was replaced. Now the publish goes on, writes nothing there, and its report says why."""
-    home, full = _history(tmp_path / "h")
+    home, full = history_home(tmp_path / "h")
     write_split_pairs(home, full)
     victim = _victim(tmp_path)
     (victim / "shard_samples.parquet").write_text("someone's file")
@@ -264,7 +247,7 @@ def test_a_linked_contract_cache_folder_is_not_written_through(tmp_path: Path, f
 
 
 def test_a_linked_jpeg_digest_cache_folder_is_not_written_through(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h")
+    home, full = history_home(tmp_path / "h")
     write_split_pairs(home, full)
     victim = _victim(tmp_path)
     before = _listing(victim)

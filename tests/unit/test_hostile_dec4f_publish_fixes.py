@@ -19,8 +19,8 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_hostile_dec4d_publish import _days, _history, _publish
 from test_publish_columncache import _check, _full
+from test_publish_fixtures import export_days, history_home, publish_until
 from test_publish_jpgdigests import KEYS, _home, _index, _parts, _truth
 from test_publish_rulecache import _nights, _values
 
@@ -37,22 +37,22 @@ from pipelines.sqlrun import connect
 # --------------------------------------------------------------------------- the publish history
 def test_a_crash_between_the_history_and_the_switch_does_not_cost_the_version_latest_named(
         tmp_path: Path, monkeypatch) -> None:
-    home, full = _history(tmp_path / "h", days=5, rankings=120)
-    days = _days(full)
+    home, full = history_home(tmp_path / "h", days=5, rankings=120)
+    days = export_days(full)
     config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, keep_versions=2)
-    _publish(home, full, config, last_day=days[-4])
-    b = _publish(home, full, config, last_day=days[-3])
+    publish_until(home, full, config, last_day=days[-4])
+    b = publish_until(home, full, config, last_day=days[-3])
 
     def killed(*args, **kwargs) -> None:
         raise RuntimeError("killed after the history was written, before latest moved")
 
     monkeypatch.setattr("pipelines.publish.version.switch_latest", killed)
     with pytest.raises(RuntimeError, match="killed"):
-        _publish(home, full, config, last_day=days[-2])       # c: in place and in the history, never latest
+        publish_until(home, full, config, last_day=days[-2])       # c: in place and in the history, never latest
     monkeypatch.undo()
     assert os.readlink(home.datasets / LATEST) == b.version
 
-    d = _publish(home, full, config)                          # the next night: new data
+    d = publish_until(home, full, config)                          # the next night: new data
 
     # the versions switched to were a, b, d: keep_versions = 2 keeps d and b (the one latest named
     # until this switch, which readers may still be reading), not c
@@ -62,7 +62,7 @@ def test_a_crash_between_the_history_and_the_switch_does_not_cost_the_version_la
 
 # --------------------------------------------------------------------------- the publish lock's new place
 def test_a_publish_waits_for_one_holding_the_lock_at_its_old_path(tmp_path: Path) -> None:
-    home, _ = _history(tmp_path / "h", days=2)
+    home, _ = history_home(tmp_path / "h", days=2)
     home.datasets.mkdir(parents=True, exist_ok=True)
     entered = threading.Event()
     messages: list[str] = []

@@ -126,6 +126,33 @@ def write_split_pairs(home: DataHome, table: pa.Table) -> pa.Table:
     return table
 
 
+def history_home(root: Path, days: int = 4, rankings: int = 80) -> tuple[DataHome, pa.Table]:
+    """A seeded home of ``days`` export days and its whole split_pairs table (for publishing a day at a time)."""
+    import pyarrow.parquet as pq
+
+    home = make_home(root, num_rankings=rankings, seed=7, days=days)
+    return home, pq.read_table(home.table_file("split_pairs"))
+
+
+def publish_until(home: DataHome, table: pa.Table, config=None, last_day=None):
+    """Publish ``table``'s rows up to ``last_day`` (all of them when None) as split_pairs; the report.
+    ``config`` defaults to one worker, no fsync, one shard per split at least."""
+    import pyarrow.compute as pc
+
+    from pipelines.publish.config import PublishConfig
+    from pipelines.publish.version import publish_dataset
+
+    if last_day is not None:
+        table = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last_day, pa.date32())))
+    write_split_pairs(home, table)
+    return publish_dataset(home, config or PublishConfig(workers=1, fsync=False, min_shards_per_split=1))
+
+
+def export_days(table: pa.Table) -> list:
+    """The export days of a split_pairs table, sorted."""
+    return sorted(set(table.column("dt").to_pylist()))
+
+
 def _write_side_tables(home: DataHome, images: list[tuple], days: int) -> None:
     """image_features per day, decisions and quarantine (with planted personal data)."""
     features = get_schema("image_features")

@@ -16,42 +16,21 @@ import shutil
 import stat
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import pytest
-from test_publish_fixtures import make_home, write_split_pairs
+from test_publish_fixtures import export_days, history_home, make_home, publish_until
 
 from formats.dataset import VERSION_NAME, list_versions
-from formats.home import DataHome
 from pipelines import faults
 from pipelines.publish import manifest as manifest_module
 from pipelines.publish import meta, plan, reuse, shards
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.reuse import NotReusable, link_or_copy
-from pipelines.publish.version import publish_dataset
 
 DAYS = 4
 CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
 CHECKED = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
 NO_REUSE = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False)
-
-
-def _history(root: Path) -> tuple[DataHome, pa.Table]:
-    home = make_home(root, num_rankings=80, seed=7, days=DAYS)
-    return home, pq.read_table(home.table_file("split_pairs"))
-
-
-def _publish(home: DataHome, table: pa.Table, config: PublishConfig = CONFIG, last_day=None):
-    if last_day is not None:
-        table = table.filter(pc.less_equal(table.column("dt"), pa.scalar(last_day, pa.date32())))
-    write_split_pairs(home, table)
-    return publish_dataset(home, config)
-
-
-def _days(table: pa.Table) -> list:
-    return sorted(set(table.column("dt").to_pylist()))
 
 
 def _old_tar(version: Path, new_day) -> Path:
@@ -93,15 +72,15 @@ def test_link_or_copy_links_own_files_of_this_mode_and_refuses_what_is_not_a_reg
 def test_a_symlink_in_an_older_version_is_not_followed_into_the_new_one(tmp_path: Path) -> None:
     """Someone replaced an old tar by a symlink to a file of their own, of the same size: the nightly
     writes that shard itself instead of linking the foreign file, and its manifest matches."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     foreign = tmp_path / "someone-elses.tar"
     foreign.write_bytes(b"x" * tar.stat().st_size)
     tar.unlink()
     tar.symlink_to(foreign)
-    nightly = _publish(home, full)
+    nightly = publish_until(home, full)
     new_tar = nightly.path / "train" / tar.name
     assert not new_tar.is_symlink() and _inode(new_tar) != _inode(foreign)
     assert nightly.shards_linked > 0 and nightly.shards_written >= 2      # the new day's shards and this one
@@ -112,9 +91,9 @@ def test_a_symlink_in_an_older_version_is_not_followed_into_the_new_one(tmp_path
 def test_an_images_snapshot_that_changed_since_its_version_is_written_again(tmp_path: Path) -> None:
     """A truncated old snapshot, and one changed in place at the same size, are not linked: the new
     version gets a fresh one equal to what a build from scratch writes."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     snapshots = sorted((first.path / "meta" / "images").glob("images-*.parquet"))
     assert len(snapshots) >= 2
     truncated, flipped = snapshots[0], snapshots[1]
@@ -123,7 +102,7 @@ def test_an_images_snapshot_that_changed_since_its_version_is_written_again(tmp_
     data = bytearray(good[flipped.name])
     data[len(data) // 2] ^= 0xFF
     flipped.write_bytes(bytes(data))
-    nightly = _publish(home, full)
+    nightly = publish_until(home, full)
     for name in (truncated.name, flipped.name):
         assert (nightly.path / "meta" / "images" / name).read_bytes() == good[name]
     untouched = snapshots[2:]
@@ -136,14 +115,14 @@ def test_an_images_snapshot_that_changed_since_its_version_is_written_again(tmp_
 def test_reused_files_get_the_mode_of_the_publish_that_reuses_them(tmp_path: Path) -> None:
     """A version written under umask 077, the nightly under 022: the new version's files are 0644
     (copies, the old 0600 files untouched); the next nightly under 022 links again."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
     old = os.umask(0o077)
     try:
-        first = _publish(home, full, last_day=days[-3])
+        first = publish_until(home, full, last_day=days[-3])
         os.umask(0o022)
-        second = _publish(home, full, last_day=days[-2])
-        third = _publish(home, full)
+        second = publish_until(home, full, last_day=days[-2])
+        third = publish_until(home, full)
     finally:
         os.umask(old)
     files = [p for p in second.path.rglob("*") if p.is_file()]
@@ -163,15 +142,15 @@ def test_reused_files_get_the_mode_of_the_publish_that_reuses_them(tmp_path: Pat
 def test_retention_and_reuse_only_see_folders_named_as_versions(tmp_path: Path) -> None:
     """A copy of a version kept beside them under another name is not a version: retention leaves it,
     and no publish links from it."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
     config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, keep_versions=2)
-    first = _publish(home, full, config, last_day=days[-3])
+    first = publish_until(home, full, config, last_day=days[-3])
     backup = home.datasets / "my-backup-of-march"
     shutil.copytree(first.path, backup)                      # keeps the old mtimes
     assert first.version not in [p.name for p in backup.parents]
-    second = _publish(home, full, config, last_day=days[-2])
-    third = _publish(home, full, config)
+    second = publish_until(home, full, config, last_day=days[-2])
+    third = publish_until(home, full, config)
     assert backup.is_dir() and list_versions(home) == [second.version, third.version]
     assert VERSION_NAME.fullmatch(third.version)
     assert not VERSION_NAME.fullmatch("\uff12023-03-01-0123456789abc"[:len(third.version)])   # a full-width digit
@@ -190,13 +169,13 @@ def _rot(path: Path, offset: int = 600) -> None:
 
 
 def test_a_rotted_older_shard_is_written_again_when_checksums_are_verified(tmp_path: Path) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     _rot(tar)
     checked = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
-    nightly = _publish(home, full, checked)
+    nightly = publish_until(home, full, checked)
     assert nightly.shards_repaired == [f"train/{tar.name[:-4]} from {first.version}"]
     assert nightly.shards_linked > 0 and _inode(nightly.path / "train" / tar.name) != _inode(tar)
     verify_version(nightly.path, checksums=True)
@@ -205,7 +184,7 @@ def test_a_rotted_older_shard_is_written_again_when_checksums_are_verified(tmp_p
     assert caught.value.paths == [f"train/{tar.name}"]
 
     scratch = make_home(tmp_path / "scratch", num_rankings=80, seed=7, days=DAYS)
-    fresh = _publish(scratch, full, checked)
+    fresh = publish_until(scratch, full, checked)
     assert fresh.version == nightly.version
     assert (fresh.path / "train" / tar.name).read_bytes() == (nightly.path / "train" / tar.name).read_bytes()
     assert (fresh.path / "manifest.json").read_bytes() == (nightly.path / "manifest.json").read_bytes()
@@ -213,7 +192,7 @@ def test_a_rotted_older_shard_is_written_again_when_checksums_are_verified(tmp_p
 
 def test_a_failed_file_that_was_not_linked_still_fails_the_publish(tmp_path: Path, monkeypatch) -> None:
     """Only linked shards are written again: a file this publish wrote that fails its check is an error."""
-    home, full = _history(tmp_path / "h")
+    home, full = history_home(tmp_path / "h")
     checked = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, verify_checksums=True)
     real = manifest_module.write_manifest
 
@@ -223,14 +202,14 @@ def test_a_failed_file_that_was_not_linked_still_fails_the_publish(tmp_path: Pat
 
     monkeypatch.setattr(manifest_module, "write_manifest", then_rot)
     with pytest.raises(manifest_module.ManifestMismatch, match="does not match its manifest sha256"):
-        _publish(home, full, checked)
+        publish_until(home, full, checked)
     assert list_versions(home) == []
 
 
 def test_a_publish_without_reuse_does_not_resume_shards_an_interrupted_run_linked(tmp_path: Path, monkeypatch) -> None:
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    publish_until(home, full, last_day=days[-2])
 
     def die(point: str) -> None:
         if point == "publish.after_shards":
@@ -238,12 +217,12 @@ def test_a_publish_without_reuse_does_not_resume_shards_an_interrupted_run_linke
 
     monkeypatch.setattr(faults, "maybe_crash", die)
     with pytest.raises(RuntimeError, match="killed"):
-        _publish(home, full)
+        publish_until(home, full)
     monkeypatch.undo()
     (staging,) = home.datasets.glob(".partial-*")
     linked = [p for p in staging.rglob("*.tar") if p.stat().st_nlink > 1]
     assert linked
-    again = _publish(home, full, PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False))
+    again = publish_until(home, full, PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False))
     assert again.shards_linked == 0 and again.shards_resumed > 0       # its own shards resumed, linked ones written
     assert all(p.stat().st_nlink == 1 for p in again.path.rglob("*.tar"))
     verify_version(again.path, checksums=True)
@@ -253,9 +232,9 @@ def test_a_publish_without_reuse_does_not_resume_shards_an_interrupted_run_linke
 def test_an_older_version_this_account_cannot_read_is_not_reused(tmp_path: Path, monkeypatch) -> None:
     """Another account's version under umask 077: its commit markers cannot be opened (EACCES,
     simulated: the tests run as root). Its shards are not reusable; the nightly writes its own."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     real_open = os.open
 
     def denied(path, flags, *args, **kwargs):
@@ -264,7 +243,7 @@ def test_an_older_version_this_account_cannot_read_is_not_reused(tmp_path: Path,
         return real_open(path, flags, *args, **kwargs)
 
     monkeypatch.setattr(shards.os, "open", denied)
-    nightly = _publish(home, full)
+    nightly = publish_until(home, full)
     assert nightly.shards_linked == 0 and nightly.shards_written > 0
     verify_version(nightly.path, checksums=True)
 
@@ -273,12 +252,12 @@ def test_an_older_version_this_account_cannot_read_is_not_reused(tmp_path: Path,
 def test_another_writer_library_version_reuses_nothing(tmp_path: Path, monkeypatch) -> None:
     """Sidecars name the pyarrow that wrote them: after an upgrade a nightly must not mix old and new
     files, so the version id and every plan digest carry the writer libraries' versions."""
-    home, full = _history(tmp_path / "h")
-    first = _publish(home, full)
+    home, full = history_home(tmp_path / "h")
+    first = publish_until(home, full)
     upgraded = plan.WRITERS + " (upgraded)"
     for module in (plan, meta, manifest_module):
         monkeypatch.setattr(module, "WRITERS", upgraded)
-    again = _publish(home, full)
+    again = publish_until(home, full)
     assert again.version != first.version and again.shards_linked == 0
     assert not any(_inode(p) in {_inode(q) for q in first.path.rglob("*.parquet")}
                    for p in (again.path / "meta" / "images").glob("*.parquet"))
@@ -308,7 +287,7 @@ def _crash_after_shards(monkeypatch, home, table, config=CONFIG):
 
     monkeypatch.setattr(faults, "maybe_crash", die)
     with pytest.raises(RuntimeError, match="killed"):
-        _publish(home, table, config)
+        publish_until(home, table, config)
     monkeypatch.undo()
 
 
@@ -316,13 +295,13 @@ def _crash_after_shards(monkeypatch, home, table, config=CONFIG):
 def test_a_rotted_shard_linked_by_an_interrupted_run_is_repaired_on_the_rerun(tmp_path: Path, monkeypatch) -> None:
     """An older shard rots; a verified nightly links it and is killed before its verification: the
     rerun resumes the linked (rotted) shard from staging, and repairs it (it did not write it)."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     _rot(tar)
     _crash_after_shards(monkeypatch, home, full, CHECKED)
-    again = _publish(home, full, CHECKED)            # ManifestMismatch here, and on every later rerun
+    again = publish_until(home, full, CHECKED)            # ManifestMismatch here, and on every later rerun
     assert again.shards_repaired
 
 
@@ -330,16 +309,16 @@ def test_a_rotted_stats_file_of_an_older_shard_does_not_reach_a_verified_nightly
     """Bit rot in an older shard's ``_stats.json`` (num_samples 1 bit off, still valid JSON): its
     numbers would go into the new manifest unchecked, so the stats file must have the sha256 its
     version's manifest recorded to be reused; the nightly equals a build from scratch."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     stats_path = tar.with_name(tar.name[:-4] + "_stats.json")
     _rot_stats_field(stats_path, "num_samples")
-    nightly = _publish(home, full, CHECKED)
+    nightly = publish_until(home, full, CHECKED)
 
     scratch = make_home(tmp_path / "scratch", num_rankings=80, seed=7, days=DAYS)
-    fresh = _publish(scratch, full, CHECKED)
+    fresh = publish_until(scratch, full, CHECKED)
     assert fresh.version == nightly.version
     assert (nightly.path / "train" / "sizes.json").read_bytes() == (fresh.path / "train" / "sizes.json").read_bytes()
     assert (nightly.path / "manifest.json").read_bytes() == (fresh.path / "manifest.json").read_bytes()
@@ -348,12 +327,12 @@ def test_a_rotted_stats_file_of_an_older_shard_does_not_reach_a_verified_nightly
 def test_a_rotted_sha256_in_an_older_stats_file_does_not_fail_every_verified_nightly(tmp_path: Path) -> None:
     """Same rot in the ``sha256`` field: not reused (its sha256 is not the manifest's), so the
     verified nightly does not fail on it, tonight or any night."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     _rot_stats_field(tar.with_name(tar.name[:-4] + "_stats.json"), "sha256")
-    nightly = _publish(home, full, CHECKED)
+    nightly = publish_until(home, full, CHECKED)
     verify_version(nightly.path, checksums=True)
 
 
@@ -361,9 +340,9 @@ def test_reuse_shards_false_writes_shards_an_interrupted_run_copied(tmp_path: Pa
     """reuse_shards=false after an interrupted publish writes what that run reused, copies included
     (another umask or account, another file system): a rotted older shard copied by the interrupted
     run does not end up in the version published without reuse."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     tar = _old_tar(first.path, days[-1])
     _rot(tar)
 
@@ -372,7 +351,7 @@ def test_reuse_shards_false_writes_shards_an_interrupted_run_copied(tmp_path: Pa
 
     monkeypatch.setattr(os, "link", cross_device)
     _crash_after_shards(monkeypatch, home, full)       # undoes both patches
-    again = _publish(home, full, NO_REUSE)
+    again = publish_until(home, full, NO_REUSE)
     assert again.shards_linked == 0
     verify_version(again.path, checksums=True)
 
@@ -412,14 +391,14 @@ def test_link_or_copy_leaves_no_temporary_name_when_the_rename_fails(tmp_path: P
 def test_a_symlinked_split_folder_of_an_older_version_is_not_followed_into_the_new_one(tmp_path: Path) -> None:
     """An older version whose ``train`` folder was replaced by a symlink to a folder elsewhere: no
     file of that folder is linked into the new version (an edit there would edit the published one)."""
-    home, full = _history(tmp_path / "h")
-    days = _days(full)
-    first = _publish(home, full, last_day=days[-2])
+    home, full = history_home(tmp_path / "h")
+    days = export_days(full)
+    first = publish_until(home, full, last_day=days[-2])
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     os.rename(first.path / "train", elsewhere / "train")
     (first.path / "train").symlink_to(elsewhere / "train")
-    nightly = _publish(home, full)
+    nightly = publish_until(home, full)
     foreign = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in elsewhere.rglob("*") if p.is_file()}
     shared = sorted(str(p.relative_to(nightly.path)) for p in nightly.path.rglob("*")
                     if p.is_file() and (os.lstat(p).st_dev, os.lstat(p).st_ino) in foreign)
