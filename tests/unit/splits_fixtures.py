@@ -5,9 +5,11 @@ import datetime as dt
 import random
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
+from pipelines.curation.pseudonym import pseudonymize
 from pipelines.splits.assign import user_home
 from schemas import get_schema
 
@@ -103,3 +105,15 @@ def publish_splits(home: DataHome, name: str) -> None:
         write_parquet_atomic(pa.Table.from_pylist(samples, schema=columns), version / split / f"{shard}.parquet", columns)
     (version / dataset.MANIFEST_FILE).write_text(json.dumps({"version": name}))
     dataset.switch_latest(home.datasets, name, fsync=False)
+
+
+def ledger_splits(home: DataHome) -> dict[str, str]:
+    """The split ledger as user -> split."""
+    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
+
+
+def user_rows(users, secret: str = "s", day: int = 0) -> list[dict]:
+    """One pair per raw user id, pseudonymized under ``secret`` as the curation does, its prompt and clusters
+    the user's own, on day ``day`` + user % 3."""
+    return [pair_row(u, pseudonymize(u, secret), f"prompt of user {u}", f"c{u}a", f"c{u}b", day=day + u % 3)
+            for u in users]

@@ -12,7 +12,7 @@ import unicodedata
 
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits, users_by_home, write_pairs
+from splits_fixtures import ledger_splits, pair_row, publish_splits, users_by_home, write_pairs
 
 from formats.home import DataHome
 from pipelines.curation.pseudonym import pseudonymize
@@ -27,10 +27,6 @@ def _build(home: DataHome, rows: list[dict], config: SplitConfig = CFG) -> list[
     write_pairs(home, rows)
     build_splits(home, config)
     return [r for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if not r["split"].endswith("_unique")]
-
-
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
 
 
 def _test_typed_first_then_train(tmp_path, lookalike: str) -> list[dict]:
@@ -104,7 +100,7 @@ def test_a_new_pseudonym_secret_keeps_held_out_users_held_out(tmp_path):
 
     home = DataHome(tmp_path)
     _build(home, history("secret-before"), config)
-    before = {u: _ledger(home)[pseudonymize(u, "secret-before")] for u in raw_users}
+    before = {u: ledger_splits(home)[pseudonymize(u, "secret-before")] for u in raw_users}
     assert any(s != "train" for s in before.values())
     ledger_bytes = home.table_file("split_ledger").read_bytes()
     refused = None
@@ -112,7 +108,7 @@ def test_a_new_pseudonym_secret_keeps_held_out_users_held_out(tmp_path):
         _build(home, history("secret-after"), config)          # the same home, its ledger in place
     except Exception as exc:
         refused = exc
-    after = _ledger(home)
+    after = ledger_splits(home)
     leaked = sorted(u for u in raw_users if before[u] != "train" and after.get(pseudonymize(u, "secret-after")) == "train")
     assert leaked == [], f"raw users held out before the new secret and in train after it: {leaked}"
     assert refused is not None and "pipelines.splits.rekey" in str(refused), refused
@@ -124,9 +120,9 @@ def test_a_new_pseudonym_secret_keeps_held_out_users_held_out(tmp_path):
     assert report["rekeyed"] == 200 and report["conflicts"] == 0
     assert "secret" not in repr(report)
     _build(home, history("secret-after"), config)
-    after = {u: _ledger(home)[pseudonymize(u, "secret-after")] for u in raw_users}
+    after = {u: ledger_splits(home)[pseudonymize(u, "secret-after")] for u in raw_users}
     assert after == before
-    assert len(_ledger(home)) == 200, "old pseudonyms left in the ledger"
+    assert len(ledger_splits(home)) == 200, "old pseudonyms left in the ledger"
     again = rekey_ledger(home, raw_users, "secret-before", "secret-after", config.salt, log=lambda m: None)
     assert again["rekeyed"] == 0 and again["already_rekeyed"] == 200      # a second run changes nothing
 
@@ -169,7 +165,7 @@ def test_a_late_day_gives_the_same_ledger_as_a_build_from_scratch(tmp_path):
     shutil.copytree(nightly.root / "datasets", scratch.root / "datasets", symlinks=True)
     write_pairs(scratch, rows)
     report = build_splits(scratch, config, log=messages.append)
-    nightly_ledger, scratch_ledger = _ledger(nightly), _ledger(scratch)
+    nightly_ledger, scratch_ledger = ledger_splits(nightly), ledger_splits(scratch)
     assert nightly_ledger[f"{3:016x}"] == "validation"
     leaked = [u for u, s in nightly_ledger.items() if s != "train" and scratch_ledger.get(u) == "train"]
     assert leaked == [], f"held out in the nightly ledger, train when rebuilt from the same raw history: {leaked}"
@@ -185,8 +181,8 @@ def test_a_ban_then_a_rebuild_from_scratch_keeps_every_user_where_published(tmp_
     _nightly(nightly, rows, config, 1)                  # published: user 2 in validation, user 4 in test
     after_ban = rows[1:]                                # user 1 banned: its rows leave pairs
     _nightly(nightly, after_ban, config, 2)
-    published = _ledger(nightly)
-    rebuilt = _ledger(_rebuild_without_warehouse(nightly, tmp_path / "scratch", after_ban, config))
+    published = ledger_splits(nightly)
+    rebuilt = ledger_splits(_rebuild_without_warehouse(nightly, tmp_path / "scratch", after_ban, config))
     assert published[f"{2:016x}"] == "validation"
     leaked = sorted(u for u, s in published.items() if s != "train" and rebuilt.get(u) == "train")
     assert leaked == [], f"held-out users in train after a rebuild from the same raw history: {leaked}"

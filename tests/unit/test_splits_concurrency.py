@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, write_pairs
+from splits_fixtures import ledger_splits, pair_row, write_pairs
 
 from formats.home import DataHome
 from pipelines.splits import assign as splits_assign
@@ -46,10 +46,6 @@ DAY0 = [pair_row(1, "u1", "p one", "c1a", "c1b", day=0), pair_row(2, "u2", "p tw
 DAY1 = [pair_row(4, "U", "p new", "c4a", "c4b", day=1)]
 
 
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
-
-
 def _user_splits(home: DataHome) -> dict[str, set[str]]:
     out: dict[str, set[str]] = {}
     for row in pq.read_table(home.table_file("split_pairs"), columns=["user_id", "split"]).to_pylist():
@@ -73,7 +69,7 @@ def test_a_second_build_waits_and_keeps_the_first_builds_assignments(tmp_path):
     home = DataHome(tmp_path / "home")
     write_pairs(home, DAY0)
     splits_assign.main(["--home", str(home.root), *FLAGS])
-    assert _ledger(home) == {"u1": "train", "u2": "validation", "u3": "train"}
+    assert ledger_splits(home) == {"u1": "train", "u2": "validation", "u3": "train"}
     cli = ["-m", "pipelines.splits.assign", "--home", str(home.root), *FLAGS]
     a = _start(["-c", HELD, str(tmp_path), "--home", str(home.root), *FLAGS], tmp_path / "a.log")
     b = None
@@ -100,7 +96,7 @@ def test_a_second_build_waits_and_keeps_the_first_builds_assignments(tmp_path):
                 process.kill()
                 process.wait()
     # no lost update: U, whom B assigned (and published in test), is still in the ledger after A ended
-    assert _ledger(home) == {"u1": "train", "u2": "validation", "u3": "train", "U": "test"}
+    assert ledger_splits(home) == {"u1": "train", "u2": "validation", "u3": "train", "U": "test"}
     assert _user_splits(home)["U"] == {"test", "test_unique"}
     b_log = (tmp_path / "b.log").read_text()
     assert b_waited, f"build B ran to the end while build A held the ledger it had read:\n{b_log}"
@@ -108,7 +104,7 @@ def test_a_second_build_waits_and_keeps_the_first_builds_assignments(tmp_path):
     assert lock_record == f"{a.pid}\n".encode()
     write_pairs(home, [r for r in DAY0 + DAY1 if r["user_id"] != "u3"])    # u3 banned later
     splits_assign.main(["--home", str(home.root), *FLAGS])
-    assert _ledger(home)["U"] == "test" and _user_splits(home)["U"] == {"test", "test_unique"}
+    assert ledger_splits(home)["U"] == "test" and _user_splits(home)["U"] == {"test", "test_unique"}
 
 
 def test_the_lock_file_is_never_a_link_or_someone_elses_file(tmp_path):

@@ -5,10 +5,9 @@ heuristic and records the check once it passes."""
 from __future__ import annotations
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from curation_fixtures import HomeBuilder, build_all
-from splits_fixtures import pair_row
+from splits_fixtures import ledger_splits, pair_row
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
@@ -30,10 +29,6 @@ def _write_pairs(home: DataHome, users, secret: str, *, recorded: bool = True) -
     if recorded:
         schema = schema.with_metadata({**(schema.metadata or {}), KEY_CHECK_METADATA: key_check(secret).encode()})
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), home.table_file("pairs"), schema)
-
-
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
 
 
 def _build(home: DataHome, users, secret: str, *, recorded: bool = True):
@@ -78,9 +73,9 @@ def test_a_ban_wave_then_a_night_of_new_users_builds_under_the_same_secret(tmp_p
     home = DataHome(tmp_path)
     _build(home, range(1, 31), OLD)
     assert file_key_check(home.table_file("split_ledger")) == key_check(OLD)
-    before = _ledger(home)
+    before = ledger_splits(home)
     _build(home, list(range(1, 11)) + list(range(100, 115)), OLD)     # 20 banned, 15 newcomers: not refused
-    after = _ledger(home)
+    after = ledger_splits(home)
     assert {u: after[u] for u in before} == before and len(after) == 45
     assert file_key_check(home.table_file("split_ledger")) == key_check(OLD)
 
@@ -89,7 +84,7 @@ def test_a_changed_secret_refuses_even_a_small_ledger_and_rekey_records_the_new_
     home = DataHome(tmp_path)
     users = range(1, 7)                                   # fewer users than the heuristic could tell anything from
     _build(home, users, OLD)
-    before = {u: _ledger(home)[pseudonymize(u, OLD)] for u in users}
+    before = {u: ledger_splits(home)[pseudonymize(u, OLD)] for u in users}
     ledger_bytes = home.table_file("split_ledger").read_bytes()
     with pytest.raises(LedgerKeysChanged, match="pipelines.splits.rekey"):
         _build(home, users, NEW)
@@ -101,7 +96,7 @@ def test_a_changed_secret_refuses_even_a_small_ledger_and_rekey_records_the_new_
     assert report["rekeyed"] == 6
     assert file_key_check(home.table_file("split_ledger")) == key_check(NEW)
     build_splits(home, CFG, **QUIET)                       # pairs under NEW: now accepted, nothing moved
-    assert {u: _ledger(home)[pseudonymize(u, NEW)] for u in users} == before
+    assert {u: ledger_splits(home)[pseudonymize(u, NEW)] for u in users} == before
     assert file_key_check(home.table_file("split_ledger")) == key_check(NEW)
 
 

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from splits_fixtures import pair_row, realistic_pairs, write_pairs
+from splits_fixtures import ledger_splits, pair_row, realistic_pairs, write_pairs
 
 from data_contracts.engine import evaluate, load_contract
 from formats.home import DataHome
@@ -23,10 +23,6 @@ from pipelines.splits.assign import (
     trainability_problems,
 )
 from pipelines.sqlrun import connect
-
-
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
 
 
 def _split_rows(home: DataHome) -> dict[str, str]:
@@ -51,7 +47,7 @@ def _build_day_by_day(root: Path, rows: list[dict], config: SplitConfig) -> tupl
     for day in _days(rows):
         write_pairs(home, [r for r in rows if r["dt"] <= day])
         build_splits(home, config)
-        ledgers.append(_ledger(home))
+        ledgers.append(ledger_splits(home))
     return home, ledgers
 
 
@@ -98,7 +94,7 @@ def test_day_by_day_equals_all_at_once_and_nobody_moves(tmp_path):
     once = DataHome(tmp_path / "once")
     write_pairs(once, rows)
     build_splits(once, config)
-    assert _ledger(once) == ledgers[-1]
+    assert ledger_splits(once) == ledgers[-1]
     assert once.table_file("split_ledger").read_bytes() == daily_bytes
     assert _split_rows(once) == daily_pairs
     assert _contract_failures(home) == [] and _contract_failures(once) == []
@@ -130,13 +126,13 @@ def test_a_user_whose_rows_vanish_keeps_the_ledger_entry(tmp_path):
     rows = [pair_row(i, f"{i:016x}", f"p{i}", f"c{i}", f"d{i}", day=0) for i in range(1, 7)]
     write_pairs(home, rows)
     build_splits(home, config)
-    before = _ledger(home)
+    before = ledger_splits(home)
     write_pairs(home, rows[2:])  # e.g. two users banned after the fact
     build_splits(home, config)
-    assert _ledger(home) == before
+    assert ledger_splits(home) == before
     write_pairs(home, rows)
     build_splits(home, config)
-    assert _ledger(home) == before
+    assert ledger_splits(home) == before
 
 
 def test_a_new_salt_starts_a_new_ledger_and_keeps_the_old_one(tmp_path):

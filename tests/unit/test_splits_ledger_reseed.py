@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits, write_pairs
+from splits_fixtures import ledger_splits, publish_splits, user_rows, write_pairs
 
 from data_contracts.engine import evaluate, load_contract
 from formats.files import write_parquet_atomic
@@ -28,15 +28,6 @@ CFG = SplitConfig(min_unique_rows=2)
 QUIET = dict(log=lambda message: None)
 
 
-def _history(users, secret: str, day: int = 0) -> list[dict]:
-    return [pair_row(u, pseudonymize(u, secret), f"prompt of user {u}", f"c{u}a", f"c{u}b", day=day + u % 3)
-            for u in users]
-
-
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
-
-
 def _build(home: DataHome, rows: list[dict], config: SplitConfig = CFG):
     write_pairs(home, rows)
     return build_splits(home, config, **QUIET)
@@ -44,15 +35,15 @@ def _build(home: DataHome, rows: list[dict], config: SplitConfig = CFG):
 
 def test_a_lost_ledger_is_reseeded_from_the_published_version_and_keeps_its_contract(tmp_path):
     home = DataHome(tmp_path)
-    rows = _history(range(1, 41), "s")
+    rows = user_rows(range(1, 41), "s")
     _build(home, rows)
     publish_splits(home, "2023-03-03-00000000aa")
-    before = _ledger(home)
+    before = ledger_splits(home)
     home.table_file("split_ledger").unlink()                          # the warehouse's ledger lost
     messages: list[str] = []
-    write_pairs(home, rows + _history(range(41, 61), "s", day=3))    # and a new night on top
+    write_pairs(home, rows + user_rows(range(41, 61), "s", day=3))    # and a new night on top
     report = build_splits(home, CFG, log=messages.append)
-    after = _ledger(home)
+    after = ledger_splits(home)
     assert {u: after[u] for u in before} == before
     assert report.metadata()["ledger_reseeded_users"] == 40
     assert report.metadata()["ledger_checked_against"] == "2023-03-03-00000000aa"
@@ -72,7 +63,7 @@ def test_a_new_salt_still_reshuffles_and_is_not_taken_for_a_new_secret(tmp_path)
     """A user the ledger holds under another salt is not re-seeded under the new one: the salt is the one deliberate
     reshuffle; and a new secret together with a new salt is not refused."""
     home = DataHome(tmp_path)
-    rows = _history(range(1, 201), "s")
+    rows = user_rows(range(1, 201), "s")
     _build(home, rows, SplitConfig())
     publish_splits(home, "2023-03-03-00000000aa")
     salted = SplitConfig(salt="another-salt")
@@ -80,23 +71,23 @@ def test_a_new_salt_still_reshuffles_and_is_not_taken_for_a_new_secret(tmp_path)
     assert report.metadata()["ledger_reseeded_users"] == 0
     by_salt = {(r["user_id"], r["salt"]): r["rule"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
     assert "published" not in by_salt.values()
-    _build(home, _history(range(1, 201), "new-secret"), SplitConfig(salt="a third salt"))   # not refused
+    _build(home, user_rows(range(1, 201), "new-secret"), SplitConfig(salt="a third salt"))   # not refused
 
 
 def test_growth_and_bans_are_not_taken_for_a_new_secret(tmp_path):
     home = DataHome(tmp_path)
-    _build(home, _history(range(1, 13), "s"))
+    _build(home, user_rows(range(1, 13), "s"))
     publish_splits(home, "2023-03-03-00000000aa")
-    _build(home, _history(range(1, 100), "s"))          # eight times the users at once: a backfill
-    _build(home, _history(range(7, 100), "s"))          # half of the first users banned
+    _build(home, user_rows(range(1, 100), "s"))          # eight times the users at once: a backfill
+    _build(home, user_rows(range(7, 100), "s"))          # half of the first users banned
 
 
 def test_a_lost_ledger_and_a_new_secret_refuse_without_writing(tmp_path):
     home = DataHome(tmp_path)
-    _build(home, _history(range(1, 41), "old-secret-xyz"))
+    _build(home, user_rows(range(1, 41), "old-secret-xyz"))
     publish_splits(home, "2023-03-03-00000000aa")
     home.table_file("split_ledger").unlink()
-    write_pairs(home, _history(range(1, 41), "new-secret-xyz"))
+    write_pairs(home, user_rows(range(1, 41), "new-secret-xyz"))
     with pytest.raises(LedgerKeysChanged, match="pipelines.splits.rekey") as refused:
         build_splits(home, CFG, **QUIET)
     assert "secret-xyz" not in str(refused.value)
@@ -128,9 +119,9 @@ def test_the_rekey_command_carries_a_lost_and_published_ledger_across_a_new_secr
     home = DataHome(tmp_path)
     _warehouse(home, users)
     write_settings(home.root, {"curation.pseudonym_secret": new})
-    _build(home, _history(users, old), SplitConfig())
+    _build(home, user_rows(users, old), SplitConfig())
     publish_splits(home, "2023-03-03-00000000aa")
-    before = {u: _ledger(home)[pseudonymize(u, old)] for u in users}
+    before = {u: ledger_splits(home)[pseudonymize(u, old)] for u in users}
     home.table_file("split_ledger").unlink()                     # lost, too: the published version holds the record
 
     missing = _rekey(home, None)
@@ -148,6 +139,6 @@ def test_the_rekey_command_carries_a_lost_and_published_ledger_across_a_new_secr
     stored = pq.read_table(home.table_file("split_ledger")).to_pylist()
     assert {r["user_id"] for r in stored} == {pseudonymize(u, new) for u in users}
 
-    result = _build(home, _history(users, new), SplitConfig())  # the next night: nothing moves, nothing re-seeded
-    assert {u: _ledger(home)[pseudonymize(u, new)] for u in users} == before
-    assert result.metadata()["ledger_reseeded_users"] == 0 and len(_ledger(home)) == 200
+    result = _build(home, user_rows(users, new), SplitConfig())  # the next night: nothing moves, nothing re-seeded
+    assert {u: ledger_splits(home)[pseudonymize(u, new)] for u in users} == before
+    assert result.metadata()["ledger_reseeded_users"] == 0 and len(ledger_splits(home)) == 200

@@ -12,13 +12,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits, write_pairs
+from splits_fixtures import ledger_splits, publish_splits, user_rows, write_pairs
 from test_publish_fixtures import make_home
 
 from formats import dataset
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from pipelines.curation.pseudonym import pseudonymize
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.version import publish_dataset
@@ -28,15 +27,6 @@ from schemas import get_schema
 
 CFG = SplitConfig(min_unique_rows=2)
 QUIET = dict(log=lambda message: None)
-
-
-def _history(users, secret: str = "s", day: int = 0) -> list[dict]:
-    return [pair_row(u, pseudonymize(u, secret), f"prompt of user {u}", f"c{u}a", f"c{u}b", day=day + u % 3)
-            for u in users]
-
-
-def _ledger(home: DataHome) -> dict[str, str]:
-    return {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
 
 
 def _published(home: DataHome) -> dict[str, str]:
@@ -105,7 +95,7 @@ def test_a_nightly_build_after_a_real_publish_reads_no_sidecar(tmp_path, monkeyp
     assert not nightly.published_sidecars_read and messages == []
     assert nightly.metadata()["ledger_checked_against"] == version.name
     assert nightly.metadata()["ledger_published_sidecars_read"] is False
-    assert set(_published(home)) <= set(_ledger(home))
+    assert set(_published(home)) <= set(ledger_splits(home))
     second = publish_dataset(home, config).path
     assert second != version
     build_splits(home, CFG, **QUIET)                  # and the night after it
@@ -124,20 +114,20 @@ def test_a_nightly_build_after_a_real_publish_reads_no_sidecar(tmp_path, monkeyp
 
 def test_a_ledger_restored_from_an_older_copy_reads_the_sidecars_and_reseeds(tmp_path, reads):
     home = DataHome(tmp_path)
-    _night(home, _history(range(1, 41)))
+    _night(home, user_rows(range(1, 41)))
     _publish(home, "2023-03-03-00000000aa")
     older = tmp_path / "ledger-backup.parquet"
     shutil.copyfile(home.table_file("split_ledger"), older)
-    report = _night(home, _history(range(1, 61)))             # 20 new users, skip: latest is night 1's
+    report = _night(home, user_rows(range(1, 61)))             # 20 new users, skip: latest is night 1's
     assert reads == [] and not report.published_sidecars_read and report.metadata()["ledger_reseeded_users"] == 0
     _publish(home, "2023-03-04-00000000bb")
     published = _published(home)
     assert len(published) == 60
     shutil.copyfile(older, home.table_file("split_ledger"))  # restored: the 20 newer users are missing
-    report = _night(home, _history(range(1, 71)))
+    report = _night(home, user_rows(range(1, 71)))
     assert reads == ["2023-03-04-00000000bb"] and report.published_sidecars_read
     assert report.metadata()["ledger_reseeded_users"] == 20
-    after = _ledger(home)
+    after = ledger_splits(home)
     assert {u: after[u] for u in published} == published      # everybody keeps the split they were published in
 
 
@@ -145,10 +135,10 @@ def test_the_scan_is_skipped_while_latest_stays_on_an_older_version(tmp_path, re
     """A night whose publish was refused (or not run) leaves latest on a version of an earlier split_pairs: the
     ledger's record keeps the one latest was published from, so the nights after skip too."""
     home = DataHome(tmp_path)
-    _night(home, _history(range(1, 41)))
+    _night(home, user_rows(range(1, 41)))
     _publish(home, "2023-03-03-00000000aa")
     for users in (50, 60, 70):
-        assert not _night(home, _history(range(1, users))).published_sidecars_read
+        assert not _night(home, user_rows(range(1, users))).published_sidecars_read
     assert reads == []
 
 
@@ -162,14 +152,14 @@ def _edit_ledger_keeping_its_record(home: DataHome, drop: set[str]) -> None:
 
 def test_a_ledger_edited_by_hand_keeping_its_record_reads_the_sidecars(tmp_path, reads):
     home = DataHome(tmp_path)
-    _night(home, _history(range(1, 41)))
+    _night(home, user_rows(range(1, 41)))
     _publish(home, "2023-03-03-00000000aa")
     published = _published(home)
     dropped = set(sorted(published)[:5])
     _edit_ledger_keeping_its_record(home, dropped)
-    report = _night(home, _history(range(1, 41)))
+    report = _night(home, user_rows(range(1, 41)))
     assert reads == ["2023-03-03-00000000aa"] and report.metadata()["ledger_reseeded_users"] == 5
-    assert {u: _ledger(home)[u] for u in dropped} == {u: published[u] for u in dropped}
+    assert {u: ledger_splits(home)[u] for u in dropped} == {u: published[u] for u in dropped}
 
 
 def _damage(home: DataHome, how: str) -> None:
@@ -204,21 +194,21 @@ def _damage(home: DataHome, how: str) -> None:
 def test_a_missing_or_damaged_record_means_reading_the_sidecars(tmp_path, reads, how):
     """Worst case of a record lost or tampered with: the sidecars are read, as before the records."""
     home = DataHome(tmp_path)
-    _night(home, _history(range(1, 41)))
+    _night(home, user_rows(range(1, 41)))
     _publish(home, "2023-03-03-00000000aa")
-    assert not _night(home, _history(range(1, 41))).published_sidecars_read and reads == []   # undamaged: skipped
+    assert not _night(home, user_rows(range(1, 41))).published_sidecars_read and reads == []   # undamaged: skipped
     _damage(home, how)
-    report = _night(home, _history(range(1, 51)))
+    report = _night(home, user_rows(range(1, 51)))
     assert reads == ["2023-03-03-00000000aa"] and report.published_sidecars_read
     assert report.metadata()["ledger_reseeded_users"] == 0
 
 
 def test_a_new_secret_is_still_refused_when_the_scan_is_skipped(tmp_path, reads):
     home = DataHome(tmp_path)
-    _night(home, _history(range(1, 41), "old-secret"))
+    _night(home, user_rows(range(1, 41), "old-secret"))
     _publish(home, "2023-03-03-00000000aa")
     ledger = home.table_file("split_ledger").read_bytes()
-    write_pairs(home, _history(range(1, 41), "new-secret"))
+    write_pairs(home, user_rows(range(1, 41), "new-secret"))
     with pytest.raises(LedgerKeysChanged):
         build_splits(home, CFG, **QUIET)
     assert reads == [] and home.table_file("split_ledger").read_bytes() == ledger
@@ -227,10 +217,10 @@ def test_a_new_secret_is_still_refused_when_the_scan_is_skipped(tmp_path, reads)
 def test_nothing_published_reads_nothing_and_the_record_is_deterministic(tmp_path, reads):
     first, second = DataHome(tmp_path / "a"), DataHome(tmp_path / "b")
     for home in (first, second):
-        report = _night(home, _history(range(1, 41)))
+        report = _night(home, user_rows(range(1, 41)))
         assert report.published_version is None and not report.published_sidecars_read
     assert first.table_file("split_ledger").read_bytes() == second.table_file("split_ledger").read_bytes()
     record = json.loads(pq.read_schema(first.table_file("split_ledger")).metadata[coverage.LEDGER_KEY])
     assert record["split_pairs_sha256"] == [hashlib.sha256(first.table_file("split_pairs").read_bytes()).hexdigest()]
-    assert record["users_sha256"] == coverage.users_digest(_ledger(first))
+    assert record["users_sha256"] == coverage.users_digest(ledger_splits(first))
     assert reads == []
