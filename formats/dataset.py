@@ -26,7 +26,7 @@ import re
 import stat
 from pathlib import Path
 
-from formats.files import read_small_file, sha256_file, write_bytes_atomic
+from formats.files import is_real_folder, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
@@ -222,9 +222,7 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
                 f"the history again")
 
     def present(name: str) -> bool:
-        with contextlib.suppress(OSError):
-            return stat.S_ISDIR(os.lstat(datasets / name).st_mode)
-        return False
+        return is_real_folder(datasets / name)
 
     current = None
     with contextlib.suppress(OSError):

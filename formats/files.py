@@ -239,6 +239,25 @@ def open_regular_file(path: Path | str) -> io.FileIO:
         raise
 
 
+def is_real_folder(path: Path | str) -> bool:
+    """Whether ``path`` is a folder and not a symbolic link to one (``lstat``); False when nothing is there."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except OSError:
+        return False
+
+
+def make_real_folder(path: Path | str, what: str = "") -> None:
+    """Make the folder ``path`` (its parent must exist) unless it is there, and refuse (``NotADirectoryError``,
+    naming ``what`` when given) when what is there is a symbolic link or not a folder: nothing is written
+    through a link planted at a folder the tool makes for itself."""
+    with contextlib.suppress(FileExistsError):      # whatever is there is checked below, without following it
+        os.mkdir(path)
+    if not is_real_folder(path):
+        raise NotADirectoryError(errno.ENOTDIR, f"{path} is a symbolic link or not a folder: {what or 'nothing'} "
+                                 f"{'is not' if what else 'is'} written through it (remove it)")
+
+
 def read_small_file(path: Path | str, max_bytes: int) -> bytes | None:
     """The bytes of ``path`` if it is a regular file of at most ``max_bytes``, else None: absent, unreadable,
     a symbolic link (never followed), a FIFO (never waited on: ``O_NONBLOCK``) or anything else not a regular

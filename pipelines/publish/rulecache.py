@@ -30,8 +30,6 @@ against its sha256 before the gate.
 """
 from __future__ import annotations
 
-import contextlib
-import errno
 import glob
 import hashlib
 import os
@@ -47,7 +45,7 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, filter_counts, load_contract, row_condition, row_local
 from formats.dataset import sidecar_glob
-from formats.files import PARQUET_OPTIONS, atomic_path
+from formats.files import PARQUET_OPTIONS, atomic_path, is_real_folder, make_real_folder
 from pipelines.publish.reuse import read_manifest
 
 DATASET = "shard_samples"
@@ -237,7 +235,7 @@ def read_trusted(cache: Path, use_threads: bool = False, **options) -> pa.Table 
     cannot be trusted as bytes: a symlink, a folder, bytes that fail their page checksums or do not
     parse. Never raises: whatever a damaged file raises, it is no cache. The caller checks the layout."""
     try:
-        if not _real_folder(cache.parent) or not stat.S_ISREG(os.lstat(cache).st_mode):
+        if not is_real_folder(cache.parent) or not stat.S_ISREG(os.lstat(cache).st_mode):
             return None
         return pq.read_table(cache, use_threads=use_threads, page_checksum_verification=True, **options)
     except Exception:   # noqa: BLE001
@@ -249,14 +247,6 @@ def _write(cache: Path, table: pa.Table) -> None:
     write_trusted(cache, table.sort_by([("sidecar", "ascending")]))
 
 
-def _real_folder(folder: Path) -> bool:
-    """Whether ``folder`` is a folder and not a symbolic link (``lstat``)."""
-    try:
-        return stat.S_ISDIR(os.lstat(folder).st_mode)
-    except OSError:
-        return False
-
-
 def write_trusted(cache: Path, table: pa.Table) -> None:
     """Replace a cache file with ``table``, with page checksums (atomically; the folder is made if
     need be). Raises OSError when it cannot be written, and when the cache's own folder (say
@@ -264,10 +254,6 @@ def write_trusted(cache: Path, table: pa.Table) -> None:
     planted there (a file in the link's target would be replaced), and :func:`read_trusted` reads
     nothing through one."""
     cache.parent.parent.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(FileExistsError):     # whatever is there is checked below, without following it
-        os.mkdir(cache.parent)
-    if not _real_folder(cache.parent):
-        raise OSError(errno.ENOTDIR, f"{cache.parent} is a symbolic link or not a folder: the cache is not written "
-                      "through it (remove it)")
+    make_real_folder(cache.parent, "the cache")
     with atomic_path(cache) as tmp:
         pq.write_table(table, tmp, **PARQUET_OPTIONS, write_page_checksum=True)
