@@ -40,7 +40,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, fused_query, load_contract, reads_only_columns, row_condition
-from pipelines.publish.rulecache import FILE_COLUMN, read_trusted, version_sidecars, write_trusted
+from pipelines.publish.rulecache import FILE_COLUMN, read_trusted, write_trusted
 from pipelines.sqlrun import connect
 
 DATASET = "shard_samples"
@@ -85,13 +85,13 @@ def narrow_rules(views: Mapping[str, object], skip: set[str] = frozenset()) -> l
             if f"{dataset}.{rule.name}" not in skip and reads_only_columns(rule, DATASET, frozenset(COLUMNS), tables)]
 
 
-def version_values(version: Path, views: Mapping[str, str], cache: Path, skip: set[str] = frozenset()) -> ColumnValues:
-    """:func:`narrow_values` over a version's sidecars, or nothing (the whole view answers) and a note
-    when :func:`pipelines.publish.rulecache.version_sidecars` cannot name them."""
+def version_values(sidecars: dict[Path, str] | None, views: Mapping[str, str], cache: Path,
+                   skip: set[str] = frozenset()) -> ColumnValues:
+    """:func:`narrow_values` over a version's sidecars (:func:`pipelines.publish.rulecache.version_sidecars`),
+    or nothing (the whole view answers) and a note where that could not name them (None)."""
     rules = narrow_rules(views, skip)
     if not rules:
         return ColumnValues()
-    sidecars = version_sidecars(version)
     if sidecars is None:
         return ColumnValues(note="every sidecar read instead: the view's files are not the manifest's sidecars")
     return narrow_values(sidecars, cache, {name: glob for name, glob in views.items() if name != DATASET}, rules)

@@ -118,10 +118,9 @@ def version_sidecars(version: Path) -> dict[Path, str] | None:
     return out
 
 
-def version_counts(version: Path, cache: Path) -> SidecarCounts:
-    """:func:`row_local_values` over a version's sidecars, or, where :func:`version_sidecars` cannot
-    name them, nothing (every sidecar is read) and a note saying why."""
-    sidecars = version_sidecars(version)
+def version_counts(sidecars: dict[Path, str] | None, cache: Path) -> SidecarCounts:
+    """:func:`row_local_values` over a version's sidecars (:func:`version_sidecars`), or, where that
+    could not name them (None), nothing (every sidecar is read) and a note saying why."""
     if sidecars is None:
         return SidecarCounts({}, note="every sidecar read instead: the view's files are not the manifest's sidecars")
     return row_local_values(sidecars, cache)

@@ -278,11 +278,13 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
     the sidecars whose columns are not recorded there; ``narrow`` receives what that did.
     """
     views = version_views(path)
-    given = rulecache.version_counts(path, counts_cache) if counts_cache is not None else rulecache.SidecarCounts({})
+    # the sidecars and their identities, listed and checked against the manifest once for both caches
+    sidecars = rulecache.version_sidecars(path) if counts_cache is not None or columns_cache is not None else None
+    given = rulecache.version_counts(sidecars, counts_cache) if counts_cache is not None else rulecache.SidecarCounts({})
     if counted is not None:
         counted.values, counted.scanned, counted.cached, counted.note = (given.values, given.scanned,
                                                                          given.cached, given.note)
-    columns = (columncache.version_values(path, views, columns_cache, {f"{rulecache.DATASET}.{name}" for name in given.values})
+    columns = (columncache.version_values(sidecars, views, columns_cache, {f"{rulecache.DATASET}.{name}" for name in given.values})
                if columns_cache is not None else columncache.ColumnValues())
     if narrow is not None:
         narrow.values, narrow.scanned, narrow.cached, narrow.note = (columns.values, columns.scanned,
