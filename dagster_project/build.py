@@ -17,9 +17,11 @@ from typing import Callable, Iterable, Iterator
 import dagster as dg
 
 from dagster_project import buildstamp
+from dagster_project.coordinator import DAGSTER_YAML, OLD_DAGSTER_YAMLS
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats import dataset
+from formats.files import read_small_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
@@ -28,7 +30,6 @@ from formats.settings import SETTINGS_FILE, Settings, load
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
 # the run's record for `pickapic ui`), not as Dagster's console stack traces.
 QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-_DAGSTER_YAML = "telemetry:\n  enabled: false\n"
 _HOME_SOURCE = f"{SETTINGS_FILE} of the data home"
 
 
@@ -67,8 +68,11 @@ def use_home(home: DataHome) -> Path:
     """Point this process's Dagster and pipeline at ``home`` (DAGSTER_HOME lives inside it)."""
     home.dagster_home.mkdir(parents=True, exist_ok=True)
     config = home.dagster_home / "dagster.yaml"
-    if not config.exists():
-        config.write_text(_DAGSTER_YAML)
+    # written when missing, or brought up to date when it holds what an earlier version wrote; a file a user
+    # edited (or a link, a folder) is left as it is
+    current = read_small_file(config, 4096) if os.path.lexists(config) else b""
+    if current == b"" or (current is not None and current.decode("utf-8", "replace") in OLD_DAGSTER_YAMLS):
+        write_bytes_atomic(config, DAGSTER_YAML.encode())
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     os.environ["PICKAPIC_HOME"] = str(home.root)
     return home.dagster_home

@@ -1,0 +1,57 @@
+"""The run coordinator of a data home's Dagster instance: a run's config is checked when it is launched.
+
+Dagster checks a launched run's config against its schema, which holds types only: ``keep_versions = 0``
+or ``salt = ""`` typed in the launchpad passes that check, and used to fail only at the run's first step
+(:func:`dagster_project.runconfig.check_run_config`). :class:`CheckedRunCoordinator` is Dagster's own
+queued run coordinator with one step before a run is queued: the data home the run would write
+(``resources.data_home.config.root``, else ``$PICKAPIC_HOME``) is checked as the CLI checks ``--home``,
+and every stage's values in the run config are built with their ranges and cross-field rules, as the
+steps will build them. A run that fails is never queued: Dagster marks it failed with the reason as an
+engine event, and the launchpad shows the same reason where the launch was clicked. Schedules and sensors
+submit their runs through it too (their values come from the settings file, which is checked when read).
+
+``use_home`` writes it into ``HOME/dagster/dagster.yaml`` (:data:`DAGSTER_YAML`); a ``dagster.yaml`` of
+the home's own making, written before it existed, is brought up to date; one a user edited is left as it
+is, and then the first step still checks the run.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import dagster as dg
+
+DAGSTER_YAML = ("telemetry:\n  enabled: false\n"
+                "# Refuses a run whose config a step would refuse, before it is queued (dagster_project/coordinator.py).\n"
+                "run_coordinator:\n  module: dagster_project.coordinator\n  class: CheckedRunCoordinator\n")
+OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n",)   # what earlier versions wrote: replaced by DAGSTER_YAML
+
+
+class RunConfigRefused(ValueError):
+    """A launched run's config would fail its first step; the message says which value and why."""
+
+
+def check_launch(run_config: Mapping[str, Any] | None) -> None:
+    """Raise :class:`RunConfigRefused` when the run's data home or any stage's values in ``run_config``
+    would be refused by its steps (:meth:`dagster_project.resources.PickapicHome.home`,
+    :func:`dagster_project.runconfig.check_run_config`)."""
+    from dagster_project.resources import PickapicHome
+    from dagster_project.runconfig import check_run_config
+    from formats.settings import SettingsError
+
+    resource = (((run_config or {}).get("resources") or {}).get("data_home") or {}).get("config") or {}
+    root = resource.get("root") or ""
+    try:
+        home = PickapicHome(root=root if isinstance(root, str) else "").home()
+        check_run_config(run_config, home)
+    except (SettingsError, ValueError, OSError) as exc:
+        raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
+
+
+class CheckedRunCoordinator(dg.QueuedRunCoordinator):
+    """Dagster's queued run coordinator, refusing at submission a run whose config a step would refuse."""
+
+    def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
+        run = context.dagster_run
+        if run.status == dg.DagsterRunStatus.NOT_STARTED:
+            check_launch(run.run_config)
+        return super().submit_run(context)
