@@ -15,20 +15,30 @@
   ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
   holds out ``heldout_fraction`` of its users as pickapic_v1 did.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
-  images. Every key has one owner split; a row is kept only when all its keys are owned by its
+  images. Every key has one owner split (below); a row is kept only when all its keys are owned by its
   user's split, so no user, prompt or cluster spans two of train / validation / test (SQL contract
   rules check it). Conflicting rows are dropped into ``split_rejects`` with the reason
   (``prompt_conflict``, else ``cluster_conflict``): pairs = parent split rows + split_rejects.
-- Owner of a key (``owner_mode``): ``first_use`` (default): the split of the first row that used it,
-  ordered by (export day, created_at, ranking_id, pair_index). A prompt first typed by a held-out
-  user stays held out forever (held-out wins: later train rows with it are dropped); a popular prompt
-  first typed by a train user stays train, and a held-out user's later retyping of it is dropped
-  instead. Owners are computed from the rows present, not stored: new days only append later rows, but
-  a backfill of an older export day, a cluster merge, or the first row leaving ``pairs`` (its user
-  banned later) moves a key. ``heldout_wins``: any held-out use makes the key held out (test before
-  validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
-  popular prompts typed by many users are then almost always held out, which costs train a large
-  share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
+- Owner of a key: its stored pin (``split_key_owners``), else computed (``owner_mode``). Once a row is kept in
+  train, validation or test, its prompt_key and both image uids are pinned to that split under the salt (first
+  writer wins, a pin never changes; appended after each build, under the ledger lock, sorted by salt, kind, key),
+  so a key kept in one version keeps its split in every later one, whatever leaves ``pairs`` (a ban, a
+  moderation rule), arrives late (a backfilled day) or merges. Images are pinned, not clusters: a cluster's id
+  (its smallest image uid) changes when clusters merge. A cluster is owned by the one split its pinned member
+  images (the rows' images in it and its members in ``duplicate_clusters``) are pinned to; pinned to two or more
+  (clusters published in different splits merged by a new image), owner ``conflict``: every row carrying it is
+  rejected (``cluster_conflict``) and nothing is re-pinned. Pins lost (a lost file, a restored home, a home built
+  before them) are re-seeded from the latest published version's sidecars, each key in the split it was
+  published in; the sidecars are read only when the pins' record (:mod:`pipelines.splits.coverage`) does not
+  cover that version, in the same read as the ledger's check. A key pinned only under another salt is not
+  re-seeded: a new salt reassigns on purpose. Cost: one row per kept prompt and image (a year of ~1M pairs:
+  ~2.5M pins, 43-53 MB of Parquet). A computed owner (a key nobody has pinned), by ``owner_mode``:
+  ``first_use`` (default): the split of the first row that used it, ordered by (export day, created_at,
+  ranking_id, pair_index). A prompt first typed by a held-out user stays held out (held-out wins: later train
+  rows with it are dropped); a popular prompt first typed by a train user stays train, and a held-out user's
+  later retyping of it is dropped instead. ``heldout_wins``: any held-out use makes the key held out (test
+  before validation); popular prompts typed by many users are then almost always held out, which costs train a
+  large share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
 - Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): every symbol (S*,
   emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ, 🄰, ⒜), which reads
   as its letter, an emoji keycap (3️⃣ as 3), a run of regional indicator letters (as its letters between
@@ -49,7 +59,7 @@
   back, so two at once (a UI run during the nightly one) would each write the ledger they read plus their
   own new users, and the later write would drop the earlier run's published held-out users (who then fall
   wherever the fold puts them on a changed history: a leak). The whole stage holds an exclusive ``flock``
-  from before it reads ``pairs`` and the ledger until its three tables are written; a second build waits,
+  from before it reads ``pairs`` and the ledger until its four tables are written; a second build waits,
   says so, and then builds on the first one's ledger.
 - Trainable: :func:`trainability_problems` says which split a trainer would miss (empty, or a ``_unique``
   split under ``min_unique_rows``, fewer than ``min_users`` users with labelled rankings) and why (too
@@ -96,14 +106,16 @@ _BRACKETS = re.compile(r"\[[^\]]*\]")
 class SplitConfig:
     """Knobs of the split build."""
 
-    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it assigns every user afresh "
-                     "under the new salt (the ledger keeps the other salts' entries: going back finds them).")
+    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it assigns every user and key "
+                     "owner afresh under the new salt (the ledger and the key owners keep the other salts' entries: "
+                     "going back finds them).")
     heldout_fraction: float = knob(0.06, "Share of users held out once the held-out splits are filled "
                                    "(half validation, half test).", min=0, max=1, max_exclusive=True)
     min_unique_rows: int = knob(10, "Prompts each of validation and test must own before new users are held out "
                                 "only by heldout_fraction; also the fewest rows validation_unique and test_unique "
                                 "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
-    owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster: 'first_use' or 'heldout_wins'.",
+    owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster no stored pin owns yet: 'first_use' or "
+                           "'heldout_wins' (a pinned key keeps its owner in both).",
                            choices=("first_use", "heldout_wins"))
     # The fill gives train the first user and validation/test at most one user per train user, so 10 users
     # give validation and test two or three users each.
@@ -741,8 +753,8 @@ def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -
 
 def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
                  log: Callable[[str], None] | None = None) -> SplitReport:
-    """Write ``split_pairs``, ``split_rejects`` and the grown ``split_ledger`` from ``pairs``, one build at a
-    time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
+    """Write ``split_pairs``, ``split_rejects``, the grown ``split_ledger`` and ``split_key_owners`` from ``pairs``,
+    one build at a time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
     source = home.table_file("pairs")
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
@@ -859,7 +871,8 @@ def _kinds(pins: pa.Table) -> Counter:
 
 
 def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
-    """:func:`build_splits` under the ledger lock: pairs, the ledger and the published users are read only here."""
+    """:func:`build_splits` under the ledger lock: pairs, the ledger, the key owner pins and the published users and
+    keys are read only here."""
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
