@@ -826,8 +826,8 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     ``split_key_owners``; default: read here) are checked likewise: the published keys they pin under no salt are
     re-seeded under ``salt``, in the split they were published in.
 
-    The version's sidecars are read (once, for both) only when the ledger's record or the pins' record does not
-    cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`,
+    The version's sidecars are read (once: users, and keys when the pins need them) only when the ledger's record
+    or the pins' record does not cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`,
     :func:`pipelines.splits.coverage.pins_cover`): when both do, every published user is in the ledger and every
     published key is pinned, and the read would find nothing to re-seed nor any user for :func:`check_keys`."""
     ledger = read_ledger(home, salt, others)
@@ -837,7 +837,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
     pins_covered = source is not None and source in coverage.pins_cover(home.table_file("split_key_owners"), pins)
     scanned = not (covered and pins_covered)
-    published = read_published(home) if scanned else Published(version, {}, _no_keys())
+    published = read_published(home, keys=not pins_covered) if scanned else Published(version, {}, _no_keys())
     if published.version != version:        # latest switched in between: the record said nothing of this one
         version, source = published.version, None
     unknown = unknown_published(ledger, others, published.users)

@@ -243,6 +243,25 @@ def test_pins_restored_from_an_older_copy_are_checked_against_the_sidecars(tmp_p
     assert report["key_owners_published_sidecars_read"] and report["key_owners_reseeded"] == 1
 
 
+def test_a_ledger_needing_the_sidecars_does_not_read_the_keys_the_pins_cover(tmp_path, monkeypatch):
+    """Only the ledger's record fails (a ledger restored from before the publish): the one read takes the users
+    only, and the pins, covered, are neither read for nor re-seeded."""
+    rows = _history()
+    home = DataHome(tmp_path)
+    _night(home, rows[:6])
+    older = home.table_file("split_ledger").read_bytes()
+    _night(home, rows)
+    _publish(home, "2023-03-05-00000000aa")
+    home.table_file("split_ledger").write_bytes(older)
+    reads: list[bool] = []
+    real = assign.read_published
+    monkeypatch.setattr(assign, "read_published", lambda h, keys=True: reads.append(keys) or real(h, keys))
+    report = _night(home, rows).metadata()
+    assert reads == [False]
+    assert report["ledger_published_sidecars_read"] and not report["key_owners_published_sidecars_read"]
+    assert report["ledger_reseeded_users"] > 0 and report["key_owners_reseeded"] == 0
+
+
 def test_a_key_published_in_two_splits_is_reseeded_as_held_out(tmp_path):
     """A version the blocking rules would have refused (a key in train and test): the lost pin is re-seeded held
     out, never train."""
