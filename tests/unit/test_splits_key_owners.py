@@ -339,3 +339,52 @@ def test_no_prompt_or_image_is_kept_in_two_splits_across_versions(tmp_path, seed
         _reconciled(home, present)
         users = sorted({r["user_id"] for r in present} - banned)
         banned.add(rng.choice(users))
+
+
+@pytest.mark.parametrize("seed,mode", [(4, "first_use"), (5, "heldout_wins")])
+def test_merging_and_splitting_clusters_never_put_near_duplicates_in_two_splits_across_versions(tmp_path, seed, mode):
+    """Night after night, curation merges clusters (every member takes the smallest id) and once splits one again,
+    users are banned (their images stay in duplicate_clusters): a row kept tonight carries no cluster holding an
+    image ever kept in another split, and no image is kept in two splits across versions."""
+    rng = random.Random(seed)
+    config = SplitConfig(heldout_fraction=0.3, unique_prompts=5, min_unique_rows=2, owner_mode=mode)
+    rows = realistic_pairs(users=40, days=7, per_day=40, seed=seed, reuse_rate=0.2, self_repeat=0.3, dup_rate=0.15)
+    days = sorted({r["dt"] for r in rows})
+    parent: dict[str, str] = {}
+
+    def find(cluster: str) -> str:
+        while parent.get(cluster, cluster) != cluster:
+            cluster = parent[cluster]
+        return cluster
+
+    home = DataHome(tmp_path)
+    banned: set[str] = set()
+    kept_in: dict[str, str] = {}
+    merged_rows = 0
+    for night, today in enumerate(days):
+        every = [r for r in rows if r["dt"] <= today]
+        clusters = sorted({r[c] for r in every for c in ("cluster_0", "cluster_1")})
+        for a, b in (rng.sample(clusters, 2) for _ in range(3)):
+            if find(a) != find(b):
+                parent[max(find(a), find(b))] = min(find(a), find(b))
+        if night == 4:
+            parent.pop(min(parent))                                # a merge undone (the bridging image removed)
+        every = [dict(r, cluster_0=find(r["cluster_0"]), cluster_1=find(r["cluster_1"])) for r in every]
+        images = {r[f"image_{i}_uid"]: r[f"cluster_{i}"] for r in every for i in (0, 1)}
+        write_parquet_atomic(pa.table({"image_uid": list(images), "cluster_id": list(images.values()),
+                                       "cluster_size": [1] * len(images), "is_canonical": [True] * len(images),
+                                       "exact_group": list(images)}),
+                             home.table_file("duplicate_clusters"), get_schema("duplicate_clusters"))
+        present = [r for r in every if r["user_id"] not in banned]
+        merged_rows += _night(home, present, config).metadata()["split_rejects_cluster_merge"]
+        kept = [r for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if r["split"] in PARENTS]
+        for row in kept:
+            for image in (row["image_0_uid"], row["image_1_uid"]):
+                assert kept_in.setdefault(image, row["split"]) == row["split"], (night, image)
+        for row in kept:
+            for cluster in (row["cluster_0"], row["cluster_1"]):
+                splits = {kept_in[i] for i, c in images.items() if c == cluster and i in kept_in}
+                assert splits == {row["split"]}, (night, cluster, splits, row["split"])
+        _reconciled(home, present)
+        banned.add(rng.choice(sorted({r["user_id"] for r in present})))
+    assert merged_rows > 0                                       # the merges did join clusters of two splits
