@@ -173,7 +173,8 @@ def outputs_present(home: DataHome, stage: Stage, day: str | None) -> bool:
     if stage.name == "model":
         return runs.is_evaluated(home)
     if stage.name == "splits":
-        return all(home.table_file(d).is_file() for d in ("split_pairs", "split_rejects", "split_ledger"))
+        return all(home.table_file(d).is_file()
+                   for d in ("split_pairs", "split_rejects", "split_ledger", "split_key_owners"))
     return home.table_file(stage.assets[0]).is_file()
 
 

@@ -69,6 +69,14 @@ SPLIT_LEDGER = pa.schema([
     pa.field("salt", pa.string(), nullable=False),             # SplitConfig.salt the entry was made under
 ])
 
+SPLIT_KEY_OWNERS = pa.schema([
+    pa.field("kind", pa.string(), nullable=False),             # prompt (a prompt_key) | image (an image_uid)
+    pa.field("key", pa.string(), nullable=False),
+    pa.field("owner", pa.string(), nullable=False),            # train | validation | test: never changes once written
+    pa.field("first_dt", pa.date32(), nullable=False),         # export day of the earliest row that pinned it
+    pa.field("salt", pa.string(), nullable=False),             # SplitConfig.salt the pin was made under
+])
+
 SCHEMAS = {
     "duplicate_clusters": DUPLICATE_CLUSTERS,
     "decisions": DECISIONS,
@@ -76,4 +84,5 @@ SCHEMAS = {
     "split_pairs": SPLIT_PAIRS,
     "split_rejects": SPLIT_REJECTS,
     "split_ledger": SPLIT_LEDGER,
+    "split_key_owners": SPLIT_KEY_OWNERS,
 }

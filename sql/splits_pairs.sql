@@ -4,7 +4,7 @@
 --         by salted prompt digest) repeating their parent rows; num_example_per_prompt within each split.
 -- Parameters: $salt, $unique_prompts.
 WITH kept AS (
-    SELECT * EXCLUDE (home, drop_reason, evidence), home AS split FROM split_assignments WHERE drop_reason IS NULL
+    SELECT * EXCLUDE (home, drop_reason, evidence, drop_cause), home AS split FROM split_assignments WHERE drop_reason IS NULL
 ),
 one_per_prompt AS (
     SELECT * FROM kept

@@ -25,7 +25,8 @@ TRAINABLE_CHECK = "split_pairs_trainable"
     code_version=CODE_VERSIONS["splits"], automation_condition=REBUILD_CONDITION,
 )
 def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_home: PickapicHome):
-    """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance."""
+    """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance, the owner
+    split of every prompt and image once kept from the stored key owners (split_key_owners)."""
     home = data_home.home()
     settings = stage_config("splits", config, home, context)
     settle = version_at_start(context, "splits", home, settings)

@@ -15,20 +15,30 @@
   ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
   holds out ``heldout_fraction`` of its users as pickapic_v1 did.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
-  images. Every key has one owner split; a row is kept only when all its keys are owned by its
+  images. Every key has one owner split (below); a row is kept only when all its keys are owned by its
   user's split, so no user, prompt or cluster spans two of train / validation / test (SQL contract
   rules check it). Conflicting rows are dropped into ``split_rejects`` with the reason
   (``prompt_conflict``, else ``cluster_conflict``): pairs = parent split rows + split_rejects.
-- Owner of a key (``owner_mode``): ``first_use`` (default): the split of the first row that used it,
-  ordered by (export day, created_at, ranking_id, pair_index). A prompt first typed by a held-out
-  user stays held out forever (held-out wins: later train rows with it are dropped); a popular prompt
-  first typed by a train user stays train, and a held-out user's later retyping of it is dropped
-  instead. Owners are computed from the rows present, not stored: new days only append later rows, but
-  a backfill of an older export day, a cluster merge, or the first row leaving ``pairs`` (its user
-  banned later) moves a key. ``heldout_wins``: any held-out use makes the key held out (test before
-  validation); not stable (a held-out user typing a train-owned prompt on a later day moves it), and
-  popular prompts typed by many users are then almost always held out, which costs train a large
-  share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
+- Owner of a key: its stored pin (``split_key_owners``), else computed (``owner_mode``). Once a row is kept in
+  train, validation or test, its prompt_key and both image uids are pinned to that split under the salt (first
+  writer wins, a pin never changes; appended after each build, under the ledger lock, sorted by salt, kind, key),
+  so a key kept in one version keeps its split in every later one, whatever leaves ``pairs`` (a ban, a
+  moderation rule), arrives late (a backfilled day) or merges. Images are pinned, not clusters: a cluster's id
+  (its smallest image uid) changes when clusters merge. A cluster is owned by the one split its pinned member
+  images (the rows' images in it and its members in ``duplicate_clusters``) are pinned to; pinned to two or more
+  (clusters published in different splits merged by a new image), owner ``conflict``: every row carrying it is
+  rejected (``cluster_conflict``) and nothing is re-pinned. Pins lost (a lost file, a restored home, a home built
+  before them) are re-seeded from the latest published version's sidecars, each key in the split it was
+  published in; the sidecars are read only when the pins' record (:mod:`pipelines.splits.coverage`) does not
+  cover that version, in the same read as the ledger's check. A key pinned only under another salt is not
+  re-seeded: a new salt reassigns on purpose. Cost: one row per kept prompt and image (a year of ~1M pairs:
+  ~2.5M pins, 43-53 MB of Parquet). A computed owner (a key nobody has pinned), by ``owner_mode``:
+  ``first_use`` (default): the split of the first row that used it, ordered by (export day, created_at,
+  ranking_id, pair_index). A prompt first typed by a held-out user stays held out (held-out wins: later train
+  rows with it are dropped); a popular prompt first typed by a train user stays train, and a held-out user's
+  later retyping of it is dropped instead. ``heldout_wins``: any held-out use makes the key held out (test
+  before validation); popular prompts typed by many users are then almost always held out, which costs train a
+  large share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
 - Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): every symbol (S*,
   emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ, 🄰, ⒜), which reads
   as its letter, an emoji keycap (3️⃣ as 3), a run of regional indicator letters (as its letters between
@@ -49,7 +59,7 @@
   back, so two at once (a UI run during the nightly one) would each write the ledger they read plus their
   own new users, and the later write would drop the earlier run's published held-out users (who then fall
   wherever the fold puts them on a changed history: a leak). The whole stage holds an exclusive ``flock``
-  from before it reads ``pairs`` and the ledger until its three tables are written; a second build waits,
+  from before it reads ``pairs`` and the ledger until its four tables are written; a second build waits,
   says so, and then builds on the first one's ledger.
 - Trainable: :func:`trainability_problems` says which split a trainer would miss (empty, or a ``_unique``
   split under ``min_unique_rows``, fewer than ``min_users`` users with labelled rankings) and why (too
@@ -73,20 +83,22 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import regex
 
 from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, split_sidecars
-from formats.files import sha256_file, write_parquet_atomic
+from formats.files import cast_to_schema, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
 from pipelines.splits import coverage
-from pipelines.sqlrun import connect, run_sql, run_to_parquet
+from pipelines.sqlrun import connect, register_views, run_sql, run_to_parquet
 from schemas import get_schema
 
 HELDOUT = ("validation", "test")
+PIN_KINDS = ("prompt", "image")          # split_key_owners.kind: a prompt_key, an image_uid
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 
 
@@ -94,14 +106,16 @@ _BRACKETS = re.compile(r"\[[^\]]*\]")
 class SplitConfig:
     """Knobs of the split build."""
 
-    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it assigns every user afresh "
-                     "under the new salt (the ledger keeps the other salts' entries: going back finds them).")
+    salt: str = knob("pickapic-split-v1", "Salt of the held-out user digest; changing it assigns every user and key "
+                     "owner afresh under the new salt (the ledger and the key owners keep the other salts' entries: "
+                     "going back finds them).")
     heldout_fraction: float = knob(0.06, "Share of users held out once the held-out splits are filled "
                                    "(half validation, half test).", min=0, max=1, max_exclusive=True)
     min_unique_rows: int = knob(10, "Prompts each of validation and test must own before new users are held out "
                                 "only by heldout_fraction; also the fewest rows validation_unique and test_unique "
                                 "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
-    owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster: 'first_use' or 'heldout_wins'.",
+    owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster no stored pin owns yet: 'first_use' or "
+                           "'heldout_wins' (a pinned key keeps its owner in both).",
                            choices=("first_use", "heldout_wins"))
     # The fill gives train the first user and validation/test at most one user per train user, so 10 users
     # give validation and test two or three users each.
@@ -349,7 +363,13 @@ class SplitReport:
     config: dict = field(default_factory=dict)
     reseeded_users: dict[str, int] = field(default_factory=dict)   # split -> ledger entries re-seeded from it
     published_version: str | None = None                  # the version the ledger was checked against
-    published_sidecars_read: bool = False                 # its sidecars were read (the ledger's record did not cover it)
+    published_sidecars_read: bool = False                 # its sidecars were read (the ledger's or the pins' record did not cover it)
+    pins_added: dict[str, int] = field(default_factory=dict)      # kind -> key owner pins this build appended
+    pins_reseeded: dict[str, int] = field(default_factory=dict)   # kind -> pins re-seeded from the published version
+    pins_held: int = 0                                    # pins under this salt after the build
+    pins_sidecars_read: bool = False                      # the pins were checked by reading latest's sidecars
+    dropped_pinned: int = 0                               # rows dropped because a key's owner is a stored pin
+    dropped_cluster_merge: int = 0                        # rows dropped: a cluster whose images are pinned to two splits
 
     @property
     def rows(self) -> dict[str, int]:
@@ -373,6 +393,14 @@ class SplitReport:
             "ledger_reseeded_per_split": dict(self.reseeded_users),
             "ledger_checked_against": self.published_version or "nothing published yet",
             "ledger_published_sidecars_read": self.published_sidecars_read,
+            "key_owners_added": sum(self.pins_added.values()),
+            "key_owners_added_per_kind": {k: self.pins_added.get(k, 0) for k in PIN_KINDS},
+            "key_owners_reseeded": sum(self.pins_reseeded.values()),
+            "key_owners_reseeded_per_kind": {k: self.pins_reseeded.get(k, 0) for k in PIN_KINDS},
+            "key_owners_pinned": self.pins_held,
+            "key_owners_published_sidecars_read": self.pins_sidecars_read,
+            "split_rejects_pinned_owner": self.dropped_pinned,
+            "split_rejects_cluster_merge": self.dropped_cluster_merge,
             "split_rejects": sum(n for _, _, n in self.rejects),
             "sacrificed_train_rows": self.sacrificed_train_rows,
             "sacrificed_train_fraction": round(sacrificed, 6),
@@ -525,30 +553,71 @@ class LedgerKeysChanged(RuntimeError):
     pseudonym) and the ledger was not re-keyed; building would assign every user afresh."""
 
 
-def published_users(home: DataHome) -> tuple[str | None, dict[str, tuple[str, object]]]:
-    """The latest published version's name and each of its users' (split, first export day), read from the
-    sidecars of train / validation / test (``user_id`` is the pseudonym the curation wrote, ``split`` the split
-    it was published in). ``(None, {})`` when nothing is published. A user in two splits (a version the
-    blocking rules would have refused) counts as held out: never moved into train."""
+@dataclass
+class Published:
+    """What the latest published version promised (:func:`read_published`): its name (None when nothing is
+    published), each user's (split, first export day), and, when asked for, each key's published owner."""
+
+    version: str | None
+    users: dict[str, tuple[str, object]]
+    keys: pa.Table          # kind, key, owner, first_dt (ordered by kind, key)
+
+
+def _no_keys() -> pa.Table:
+    return pa.table({"kind": pa.array([], pa.string()), "key": pa.array([], pa.string()),
+                     "owner": pa.array([], pa.string()), "first_dt": pa.array([], pa.date32())})
+
+
+def read_published(home: DataHome, keys: bool = True) -> Published:
+    """The latest published version's users, and with ``keys`` its keys, read in one pass over the sidecars of
+    train / validation / test (``user_id`` is the pseudonym the curation wrote, ``split`` the split it was
+    published in; the keys are ``prompt_key`` (kind ``prompt``) and ``image_0_uid`` / ``image_1_uid`` (kind
+    ``image``), each with the split it was published in and its first export day). A user or a key in two
+    splits (a version the blocking rules would have refused) counts as held out (test, then validation): never
+    moved into train."""
     link = latest_link(home)
     if not (link / MANIFEST_FILE).is_file():
-        return None, {}
+        return Published(None, {}, _no_keys())
     version = link.resolve()
     files = [str(f) for split in ("train",) + HELDOUT for f in split_sidecars(version, split)]
     if not files:
-        return version.name, {}
+        return Published(version.name, {}, _no_keys())
     con = connect({})
+    key_table = _no_keys()
     try:
-        rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
-                           "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
+        if keys:
+            con.register("side", con.sql(
+                "SELECT user_id, split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
+                "WHERE split IN ('train', 'validation', 'test')", params={"files": files}).to_arrow_table())
+            rows = con.sql("SELECT user_id, split, min(dt) FROM side GROUP BY ALL").fetchall()
+            key_table = con.sql("""
+                SELECT kind, key,
+                       CASE WHEN bool_or(split = 'test') THEN 'test' WHEN bool_or(split = 'validation') THEN 'validation'
+                            ELSE 'train' END AS owner,
+                       min(dt) AS first_dt
+                FROM (SELECT unnest(['prompt', 'image', 'image']) AS kind,
+                             unnest([prompt_key, image_0_uid, image_1_uid]) AS key, split, dt FROM side)
+                GROUP BY kind, key ORDER BY kind, key""").to_arrow_table()
+        else:
+            rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
+                               "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
     except Exception as exc:
         raise RuntimeError(f"cannot read which split each user was published in from {version}: {exc}. The "
                            "splits stage checks the split ledger against the latest published version; repair or "
                            "republish that version first") from exc
+    finally:
+        con.close()
     found: dict[str, tuple[str, object]] = {}
     for user, split, first in sorted(rows, key=lambda r: (r[0], r[1] == "train", r[1])):
         found.setdefault(user, (split, first))
-    return version.name, found
+    return Published(version.name, found, key_table)
+
+
+def published_users(home: DataHome) -> tuple[str | None, dict[str, tuple[str, object]]]:
+    """The latest published version's name and each of its users' (split, first export day)
+    (:func:`read_published` without the keys). ``(None, {})`` when nothing is published."""
+    published = read_published(home, keys=False)
+    return published.version, published.users
 
 
 def unknown_published(ledger: dict[str, Assignment], others: list,
@@ -622,8 +691,12 @@ def check_keys(pairs_users: set[str], ledger_users: set[str], published_users: s
         "afresh on purpose. Nothing was written")
 
 
-def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None) -> tuple[pa.Table, dict[str, Assignment], Counter]:
-    """Register ``prompt_keys``, ``user_splits`` and ``split_assignments`` on ``con`` (with a ``pairs`` view)."""
+def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None, pins: pa.Table | None = None,
+           clusters: Path | None = None) -> tuple[pa.Table, dict[str, Assignment], Counter]:
+    """Register ``prompt_keys``, ``user_splits``, ``stored_pins``, ``key_pins`` (this salt's), ``cluster_images``
+    and ``split_assignments`` on ``con`` (with a ``pairs`` view). ``pins``: the stored key owner pins (every
+    salt's; this salt's decide); ``clusters``: the ``duplicate_clusters`` file, whose members of a cluster count
+    with the rows' own."""
     captions = [row[0] for row in con.sql("SELECT DISTINCT caption FROM pairs").fetchall()]
     con.register("prompt_keys", prompt_key_table(captions))
     events = run_sql(con, "splits_first_uses")
@@ -631,6 +704,14 @@ def assign(con, config: SplitConfig, ledger: dict[str, Assignment] | None = None
     assigned, owned = assign_users(zip(*columns), ledger or {}, config)
     con.register("user_splits", pa.table({"user_id": pa.array(list(assigned), pa.string()),
                                            "home": pa.array([a.split for a in assigned.values()], pa.string())}))
+    pins = get_schema("split_key_owners").empty_table() if pins is None else pins
+    con.register("stored_pins", pins)
+    con.register("key_pins", pins.filter(pc.equal(pins.column("salt"), config.salt)).select(["kind", "key", "owner"]))
+    if clusters is not None and clusters.is_file():
+        register_views(con, {"cluster_images": clusters})
+    else:
+        con.register("cluster_images", pa.table({"cluster_id": pa.array([], pa.string()),
+                                                 "image_uid": pa.array([], pa.string())}))
     table = run_sql(con, "splits_assign", {"owner_mode": config.owner_mode})
     con.register("split_assignments", table)
     return table, assigned, owned
@@ -672,8 +753,8 @@ def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -
 
 def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
                  log: Callable[[str], None] | None = None) -> SplitReport:
-    """Write ``split_pairs``, ``split_rejects`` and the grown ``split_ledger`` from ``pairs``, one build at a
-    time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
+    """Write ``split_pairs``, ``split_rejects``, the grown ``split_ledger`` and ``split_key_owners`` from ``pairs``,
+    one build at a time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
     source = home.table_file("pairs")
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
@@ -686,7 +767,9 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
 class LedgerCheck:
     """What :func:`load_ledger` found: the ledger with the re-seeded entries, those entries, the version it was
     checked against, whether that version's sidecars were read, and the ``split_pairs`` digest of that version
-    when the ledger now holds all its users (for the ledger's record, :mod:`pipelines.splits.coverage`)."""
+    when the ledger now holds all its users (for the ledger's record, :mod:`pipelines.splits.coverage`); the same
+    for the key owner pins: every stored pin with the re-seeded ones, those pins, whether the sidecars were read
+    for them, and the digest of latest's ``split_pairs`` when every key it published is now pinned."""
 
     ledger: dict[str, Assignment]
     seeded: dict[str, Assignment]
@@ -694,6 +777,10 @@ class LedgerCheck:
     sidecars_read: bool
     covered_source: str | None
     key_check: str | None = None
+    pins: pa.Table | None = None
+    seeded_pins: pa.Table | None = None
+    pins_sidecars_read: bool = False
+    pins_covered_source: str | None = None
 
 
 def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
@@ -705,28 +792,55 @@ def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str |
     return pairs_key or ledger_key
 
 
+def read_pins(home: DataHome) -> pa.Table:
+    """Every stored key owner pin (``split_key_owners``, every salt's) as the file holds them; an empty table when
+    there is no file (a new home, a lost file, a home built before the pins were stored)."""
+    path = home.table_file("split_key_owners")
+    schema = get_schema("split_key_owners")
+    if not path.is_file():
+        return schema.empty_table()
+    return pq.read_table(path, schema=schema).replace_schema_metadata(None)
+
+
+def seed_pins(stored: pa.Table, published: pa.Table, salt: str) -> pa.Table:
+    """Pins under ``salt`` for the ``published`` keys (kind, key, owner, first_dt) that ``stored`` pins under no
+    salt, each owned by the split it was published in, ordered by kind and key. A key pinned under another salt
+    only is not one: a new ``splits.salt`` is the deliberate reshuffle."""
+    schema = get_schema("split_key_owners")
+    if not published.num_rows:
+        return schema.empty_table()
+    missing = published.join(stored.select(["kind", "key"]), keys=["kind", "key"], join_type="left anti")
+    missing = missing.sort_by([("kind", "ascending"), ("key", "ascending")])
+    return pa.table({"kind": missing.column("kind"), "key": missing.column("key"), "owner": missing.column("owner"),
+                     "first_dt": missing.column("first_dt").cast(pa.date32()),
+                     "salt": pa.array([salt] * missing.num_rows, pa.string())}, schema=schema)
+
+
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
-                log: Callable[[str], None], pairs_key: str | None = None) -> LedgerCheck:
+                log: Callable[[str], None], pairs_key: str | None = None, pins: pa.Table | None = None) -> LedgerCheck:
     """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
     lock), with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present``
     (the users of ``pairs``) are not the users the ledger and the published version know (a new pseudonym
     secret: exactly, by the key checks of ``pairs_key`` and the ledger's, when both are recorded). ``others``
-    receives the other salts' entries.
+    receives the other salts' entries. The key owner pins (``pins``, every salt's, as read from
+    ``split_key_owners``; default: read here) are checked likewise: the published keys they pin under no salt are
+    re-seeded under ``salt``, in the split they were published in.
 
-    The version's sidecars are read only when the ledger's record does not cover the ``split_pairs`` the
-    version was published from (:func:`pipelines.splits.coverage.latest_is_covered`): when it does, every
-    published user is in the ledger, and the read would find none to re-seed nor any for :func:`check_keys`."""
+    The version's sidecars are read (once: users, and keys when the pins need them) only when the ledger's record
+    or the pins' record does not cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`,
+    :func:`pipelines.splits.coverage.pins_cover`): when both do, every published user is in the ledger and every
+    published key is pinned, and the read would find nothing to re-seed nor any user for :func:`check_keys`."""
     ledger = read_ledger(home, salt, others)
     ledger_key = file_key_check(home.table_file("split_ledger"))
+    pins = read_pins(home) if pins is None else pins
     known = set(ledger) | {user for user, _ in others}
     version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
-    if covered:
-        published: dict[str, tuple[str, object]] = {}
-    else:
-        scanned, published = published_users(home)
-        if scanned != version:          # latest switched in between: the record said nothing of this one
-            version, source = scanned, None
-    unknown = unknown_published(ledger, others, published)
+    pins_covered = source is not None and source in coverage.pins_cover(home.table_file("split_key_owners"), pins)
+    scanned = not (covered and pins_covered)
+    published = read_published(home, keys=not pins_covered) if scanned else Published(version, {}, _no_keys())
+    if published.version != version:        # latest switched in between: the record said nothing of this one
+        version, source = published.version, None
+    unknown = unknown_published(ledger, others, published.users)
     check_keys(present, set(ledger), set(unknown), pairs_key, ledger_key)
     seeded = seed_from_published(ledger, unknown, present, salt)
     if seeded:
@@ -735,25 +849,43 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
             f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
             "split they were published in")
+    seeded_pins = seed_pins(pins, published.keys, salt)
+    if seeded_pins.num_rows:
+        kinds = Counter(seeded_pins.column("kind").to_pylist())
+        log(f"split key owners re-seeded from the published version {version}: {seeded_pins.num_rows} keys it "
+            f"published ({kinds['prompt']} prompts, {kinds['image']} images) had no owner pin in "
+            f"{home.table_file('split_key_owners')} (lost, restored from an older copy, or a home built before the "
+            "pins were stored); they keep the split they were published in")
     holds_all = covered or set(unknown) <= set(seeded)     # a published user absent from pairs gets no entry
-    return LedgerCheck({**ledger, **seeded}, seeded, version, not covered and version is not None,
-                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key))
+    sidecars_read = scanned and version is not None
+    return LedgerCheck({**ledger, **seeded}, seeded, version, sidecars_read,
+                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key),
+                       pins=pa.concat_tables([pins, seeded_pins]), seeded_pins=seeded_pins,
+                       pins_sidecars_read=sidecars_read and not pins_covered, pins_covered_source=source)
+
+
+def _kinds(pins: pa.Table) -> Counter:
+    """Pins per kind (prompt, image) of a ``split_key_owners`` table."""
+    counts = pins.group_by("kind").aggregate([("kind", "count")]).to_pylist()
+    return Counter({row["kind"]: row["kind_count"] for row in counts})
 
 
 def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
-    """:func:`build_splits` under the ledger lock: pairs, the ledger and the published users are read only here."""
+    """:func:`build_splits` under the ledger lock: pairs, the ledger, the key owner pins and the published users and
+    keys are read only here."""
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
     check = load_ledger(home, config.salt, present, other_salts, log, file_key_check(source))
     ledger, seeded, version = check.ledger, check.seeded, check.version
-    _, assigned, owned = assign(con, config, ledger)
+    _, assigned, owned = assign(con, config, ledger, check.pins, home.table_file("duplicate_clusters"))
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
     ledger_rows = ledger_table(ledger, assigned, other_salts)
     # the ledger's record: it holds every user of the split_pairs just written, and of latest's when checked so
-    covered = [sha256_file(home.table_file("split_pairs"))] + ([check.covered_source] if check.covered_source else [])
+    split_pairs_sha = sha256_file(home.table_file("split_pairs"))
+    covered = [split_pairs_sha] + ([check.covered_source] if check.covered_source else [])
     schema = get_schema("split_ledger")
     metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered)
     if check.key_check:             # which secret its pseudonyms are under (pipelines.curation.pseudonym.key_check)
@@ -761,6 +893,18 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     write_parquet_atomic(ledger_rows, home.table_file("split_ledger"), schema.with_metadata(metadata))
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
+    # the key owner pins: every key of a kept row pinned (first writer wins), the record likewise
+    pins = run_sql(con, "splits_key_owners", {"salt": config.salt})
+    pins_schema = get_schema("split_key_owners")
+    pins = cast_to_schema(pins, pins_schema)
+    pins_covered = [split_pairs_sha] + ([check.pins_covered_source] if check.pins_covered_source else [])
+    write_parquet_atomic(pins, home.table_file("split_key_owners"),
+                         pins_schema.with_metadata(coverage.pins_metadata(pins, pins_covered)))
+    added = _kinds(pins) - _kinds(check.pins)
+    held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
+    dropped_pinned, dropped_merge = con.sql("""
+        SELECT count(*) FILTER (drop_cause = 'pinned'), count(*) FILTER (drop_cause = 'cluster_merge')
+        FROM split_assignments""").fetchall()[0]
     per_split = []
     for split, rows, users, prompts, ties in con.sql("""
             SELECT split, count(*), count(DISTINCT user_id), count(DISTINCT prompt_key), count(*) FILTER (label_0 = 0.5)
@@ -783,7 +927,11 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                        problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
                                                       dict(owned)),
                        config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
-                       published_version=version, published_sidecars_read=check.sidecars_read)
+                       published_version=version, published_sidecars_read=check.sidecars_read,
+                       pins_added={k: added[k] for k in PIN_KINDS if added[k]},
+                       pins_reseeded=dict(_kinds(check.seeded_pins)),
+                       pins_held=held, pins_sidecars_read=check.pins_sidecars_read,
+                       dropped_pinned=dropped_pinned, dropped_cluster_merge=dropped_merge)
 
 
 def main(argv: list[str] | None = None) -> None:

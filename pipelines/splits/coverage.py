@@ -27,6 +27,13 @@ check are none. Anything else reads the sidecars as before: no record (the cache
 older copy (its record names older ``split_pairs``), a ledger edited by hand or re-keyed
 (:mod:`pipelines.splits.rekey` writes no record), a record that does not parse. Neither record changes a
 published byte; deleting either costs one read of the sidecars.
+
+The key owners (``split_key_owners``: the owner split pinned for every prompt and image kept in a split) carry
+the same kind of record in their own Parquet metadata (``pickapic.pins_cover_split_pairs``): the sha256 of every
+``split_pairs`` all of whose train / validation / test keys (``prompt_key``, ``image_0_uid``, ``image_1_uid``)
+are pinned, with a digest of the pinned keys (:func:`keys_digest`, every salt's, in the file's order). Pins are
+only appended, so the build skips the scan for the pins when that record covers the ``split_pairs`` ``latest``
+was published from (:func:`pins_cover`); one scan serves the ledger and the pins when either needs it.
 """
 from __future__ import annotations
 
@@ -36,6 +43,9 @@ import re
 from pathlib import Path
 from typing import Iterable
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.dataset import MANIFEST_FILE, latest_link
@@ -45,6 +55,8 @@ from formats.home import DataHome
 RECORD_FILE = "published_split_pairs.json"       # under HOME/cache/: which split_pairs latest was published from
 RECORD_MAX_BYTES = 4096
 LEDGER_KEY = b"pickapic.covers_split_pairs"      # the ledger's key-value metadata: the split_pairs it covers
+PINS_KEY = b"pickapic.pins_cover_split_pairs"    # the key owners' key-value metadata: the split_pairs they cover
+PINNED_COLUMNS = ("salt", "kind", "key")          # what the key owners' digest is made of
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -132,3 +144,37 @@ def latest_is_covered(home: DataHome, ledger_file: Path, users: Iterable[str]) -
     if source is None:
         return version, None, False
     return version, source, source in covered_split_pairs(ledger_file, users)
+
+
+def keys_digest(pins: pa.Table) -> str:
+    """sha256 of the pinned keys of a ``split_key_owners`` table (salt, kind and key of every row, in the table's
+    order: each column's value lengths, then its bytes): what the pins' record is checked against. Hashes the Arrow
+    buffers, not Python strings (2.5 million keys in a fraction of a second)."""
+    digest = hashlib.sha256(b"%d:" % pins.num_rows)
+    for name in PINNED_COLUMNS:
+        column = pins.column(name).combine_chunks() if pins.num_rows else pa.array([], pa.string())
+        column = column.cast(pa.large_string())      # one offset width, whatever the file was read as
+        digest.update(pc.binary_length(column).to_numpy(zero_copy_only=False).astype("<i8").tobytes())
+        if len(column):
+            offsets = np.frombuffer(column.buffers()[1], dtype="<i8")[column.offset:column.offset + len(column) + 1]
+            digest.update(memoryview(column.buffers()[2])[int(offsets[0]):int(offsets[-1])])
+    return digest.hexdigest()
+
+
+def pins_metadata(pins: pa.Table, covered: Iterable[str]) -> dict[bytes, bytes]:
+    """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and the keys' digest."""
+    record = {"split_pairs_sha256": sorted(set(covered)), "keys_sha256": keys_digest(pins)}
+    return {PINS_KEY: json.dumps(record, sort_keys=True).encode()}
+
+
+def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
+    """The ``split_pairs`` digests the key owners file's record covers, when the record's keys digest is that of
+    ``pins`` (the table read from that file); else none. Never raises."""
+    try:
+        metadata = pq.read_schema(pins_file).metadata or {}
+        record = json.loads(metadata[PINS_KEY])
+        if record["keys_sha256"] != keys_digest(pins):
+            return set()
+        return {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+    except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
+        return set()

@@ -9,7 +9,9 @@ day kept) under the new pseudonyms. Published users the ledger lacks are re-seed
 does. The old secret comes from the environment (``PICKAPIC_OLD_PSEUDONYM_SECRET``: never a flag, which shell
 history and ``ps`` would show), the new one from the home's settings file; neither, nor any raw id, is written
 or printed: the report holds counts only. The re-keyed ledger records the new secret's key check
-(:func:`pipelines.curation.pseudonym.key_check`), which the next build compares with that of ``pairs``. Run it once, after the secret changed and before the next build::
+(:func:`pipelines.curation.pseudonym.key_check`), which the next build compares with that of ``pairs``. The key owner
+pins (``split_key_owners``) need no re-keying: they are keyed on prompt keys and on image uids (the app's ids, which
+no secret touches), not on pseudonyms. Run it once, after the secret changed and before the next build::
 
     PICKAPIC_OLD_PSEUDONYM_SECRET='the old secret' python -m pipelines.splits.rekey --home HOME
 """

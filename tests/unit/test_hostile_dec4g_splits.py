@@ -189,14 +189,11 @@ def test_a_ban_then_a_rebuild_from_scratch_keeps_every_user_where_published(tmp_
     assert {u: s for u, s in published.items() if u != f"{1:016x}"} == rebuilt
 
 
-# --- 7. Owners are recomputed each night: a ban moves a held-out prompt into train (README: known, not fixed) --------
+# --- 7. Owners were recomputed each night: a ban moved a held-out prompt into train ----------------------------------
+# Found as (then documented as known, not fixed): a test user types P first, a train user retypes it the next day
+# (rejected). Banning the test user made P train-owned, so the next version trained on the prompt the previous
+# version tested on. Fixed by the stored key owner pins (split_key_owners): P stays test-owned.
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Known and documented ('Owners are computed each night from the rows present, not stored ... Not fixed'), "
-    "reproduced here against the stability promise: a test user types P first, a train user retypes it the next "
-    "day (rejected). Banning the test user makes P train-owned, so the next version trains on the prompt the "
-    "previous version tested on. The same happens when the first row leaves pairs for any other reason (a "
-    "conflicting re-export, a moderation rule) or a late day is backfilled before it"))
 def test_a_later_ban_never_moves_a_held_out_prompt_into_train(tmp_path):
     home = DataHome(tmp_path)
     te, tr = USERS["test"][0], USERS["train"][0]

@@ -38,17 +38,17 @@ def _published(home: DataHome) -> dict[str, str]:
 
 @pytest.fixture
 def reads(monkeypatch) -> list[str]:
-    """Every sidecar scan (``published_users`` with a version published), by the version it read."""
+    """Every sidecar scan (``read_published`` with a version published), by the version it read."""
     calls: list[str] = []
-    real = assign.published_users
+    real = assign.read_published
 
-    def counted(home):
-        version, found = real(home)
-        if version is not None:
-            calls.append(version)
-        return version, found
+    def counted(home, keys=True):
+        found = real(home, keys)
+        if found.version is not None:
+            calls.append(found.version)
+        return found
 
-    monkeypatch.setattr(assign, "published_users", counted)
+    monkeypatch.setattr(assign, "read_published", counted)
     return calls
 
 
@@ -85,10 +85,10 @@ def test_a_nightly_build_after_a_real_publish_reads_no_sidecar(tmp_path, monkeyp
     verify_version(version, checksums=True)          # the record is no file of the version
     older_ledger = home.table_file("split_ledger").read_bytes()
 
-    def no_scan(home):
+    def no_scan(home, keys=True):
         raise AssertionError("the nightly build read the published sidecars")
 
-    monkeypatch.setattr(assign, "published_users", no_scan)
+    monkeypatch.setattr(assign, "read_published", no_scan)
     write_parquet_atomic(pairs, home.table_file("pairs"), get_schema("pairs"))     # the next night
     messages: list[str] = []
     nightly = build_splits(home, CFG, log=messages.append)
@@ -103,8 +103,8 @@ def test_a_nightly_build_after_a_real_publish_reads_no_sidecar(tmp_path, monkeyp
     monkeypatch.undo()
     home.table_file("split_ledger").write_bytes(older_ledger)
     calls: list[str] = []
-    real = assign.published_users
-    monkeypatch.setattr(assign, "published_users", lambda h: calls.append(1) or real(h))
+    real = assign.read_published
+    monkeypatch.setattr(assign, "read_published", lambda h, keys=True: calls.append(1) or real(h, keys))
     restored = build_splits(home, CFG, **QUIET)
     assert calls == [1] and restored.published_sidecars_read
     assert restored.metadata()["ledger_checked_against"] == second.name
