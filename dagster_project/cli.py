@@ -109,11 +109,14 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     serve.set_defaults(_run=_cmd_serve)
 
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1 for this data home",
-                        description="Runs dagster-webserver with DAGSTER_HOME=HOME/dagster (the builds' instance); "
-                                    "`pickapic serve` also runs the daemon.")
+                        description="Runs dagster-webserver with DAGSTER_HOME=HOME/dagster (the builds' instance) and "
+                                    "the Dagster daemon, which starts the runs launched from the UI, with schedules "
+                                    "and sensors switched off by default; the webserver alone when a `pickapic "
+                                    "serve` already runs this home's daemon.")
     _add_home(ui)
     ui.add_argument("--port", type=int, default=3000, help="port (default 3000)")
-    ui.add_argument("--with-daemon", action="store_true", help="also run the daemon (the same as `pickapic serve`)")
+    ui.add_argument("--with-daemon", action="store_true",
+                    help="schedules and sensors on by default too (the same as `pickapic serve`)")
     ui.set_defaults(_run=_cmd_ui)
     return parser
 
@@ -203,24 +206,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from dagster_project.serve import serve
+    from dagster_project.serve import DaemonRunning, serve
     from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # serve writes dagster/dagster.yaml there
-    return serve(home, host=args.host, port=args.port, automation=not args.no_automation)
+    try:
+        return serve(home, host=args.host, port=args.port, automation=not args.no_automation)
+    except DaemonRunning as exc:
+        print(f"error: {exc}; stop it first", file=sys.stderr)
+        return 1
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dagster_project.build import use_home
+    from dagster_project.serve import DaemonRunning, serve
     from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # use_home writes dagster/dagster.yaml there
-    if args.with_daemon:
-        from dagster_project.serve import serve
-
-        return serve(home, port=args.port)
+    try:   # a launched run waits in Dagster's run queue until a daemon starts it: run one, unless a serve does
+        return serve(home, port=args.port, automation=args.with_daemon)
+    except DaemonRunning as exc:
+        print(f"{exc}: it starts the runs launched here; starting the webserver alone", flush=True)
     use_home(home)
     command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
                "-h", "127.0.0.1", "-p", str(args.port)]

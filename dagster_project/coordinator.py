@@ -16,6 +16,7 @@ is, and then the first step still checks the run.
 """
 from __future__ import annotations
 
+import os
 from typing import Any, Mapping
 
 import dagster as dg
@@ -39,12 +40,26 @@ def check_launch(run_config: Mapping[str, Any] | None) -> None:
     from formats.settings import SettingsError
 
     resource = (((run_config or {}).get("resources") or {}).get("data_home") or {}).get("config") or {}
-    root = resource.get("root") or ""
     try:
-        home = PickapicHome(root=root if isinstance(root, str) else "").home()
+        home = PickapicHome(root=_root(resource.get("root"))).home()
         check_run_config(run_config, home)
     except (SettingsError, ValueError, OSError) as exc:
         raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
+
+
+def _root(value: Any) -> str:
+    """The data home root a run's ``resources.data_home.config.root`` gives, as Dagster will resolve it when the
+    run starts: a string, or ``{"env": VAR}`` (a ``StringSource``: the variable's value, in this process's
+    environment, which the webserver and the daemon share with the runs they launch). Empty: ``$PICKAPIC_HOME``."""
+    if isinstance(value, Mapping) and set(value) == {"env"}:
+        name = value["env"]
+        if not isinstance(name, str) or name not in os.environ:
+            raise ValueError(f"resources.data_home.config.root names the environment variable {name!r}, which is not "
+                             "set: the run could not start")
+        return os.environ[name]
+    if value is None or isinstance(value, str):
+        return value or ""
+    raise ValueError(f"resources.data_home.config.root must be a path or {{env: VAR}}, not {type(value).__name__}")
 
 
 class CheckedRunCoordinator(dg.QueuedRunCoordinator):

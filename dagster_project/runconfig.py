@@ -68,11 +68,13 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
 
     Dagster validates run config at launch only against types; each step ran its own stage's checks when
     it started, after the earlier steps of the run had rewritten their tables (keep_versions=0 for the
-    last step, publish, failed after curation and splits had rewritten theirs).
+    last step, publish, failed after curation and splits had rewritten theirs). The home's settings file is
+    read (and its values checked) whether or not the run overrides any: a run without overrides whose file
+    every step would refuse is refused too.
     """
     sections = {stage.op: stage.section for stage in STAGES}
     ops = (run_config or {}).get("ops") or {}
-    settings = None
+    settings = load(home.root)
     for op, entry in sorted(ops.items()):
         section = sections.get(op)
         if section is None or not isinstance(entry, Mapping):
@@ -81,7 +83,6 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
         overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
         if not overrides:
             continue
-        settings = load(home.root) if settings is None else settings
         built = settings.config(section, overrides, f"run config of {op}")
         if section == "features":
             try:

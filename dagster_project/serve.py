@@ -4,6 +4,12 @@ Two processes on this machine, both with ``DAGSTER_HOME=HOME/dagster`` and ``PIC
 ``dagster-daemon run`` (schedules, sensors, the automation sensor, the run queue) and
 ``dagster-webserver`` on 127.0.0.1. If either exits, the other is stopped and serve exits with its
 status, so a service manager (systemd, see the README) restarts the pair. SIGTERM / Ctrl-C stop both.
+
+One daemon per home: serve holds ``HOME/.locks/daemon.lock`` while its daemon runs, and a second serve on the same
+home is refused (:class:`DaemonRunning`; two daemons would both tick the schedules and dequeue the same runs).
+``pickapic ui`` starts the pair too, with schedules and sensors off by default, since a run launched from the UI
+waits in Dagster's run queue until a daemon starts it; when a serve already runs the home's daemon, it starts the
+webserver alone.
 """
 from __future__ import annotations
 
@@ -14,6 +20,7 @@ import sys
 import time
 
 from formats.home import DataHome
+from formats.locks import hold_lock
 from formats.progress import Progress
 
 MODULE = "dagster_project.definitions"
@@ -27,9 +34,32 @@ def commands(host: str, port: int) -> dict[str, list[str]]:
     }
 
 
+class DaemonRunning(RuntimeError):
+    """Another process runs the Dagster daemon of this data home (``holder``: its pid)."""
+
+    def __init__(self, home: DataHome, holder: str) -> None:
+        super().__init__(f"another `pickapic serve` (pid {holder}) runs the Dagster daemon of {home.root} "
+                         f"({daemon_lock_file(home)}); one daemon per home")
+        self.holder = holder
+
+
+def daemon_lock_file(home: DataHome):
+    """The lock a serve holds while its daemon runs (``HOME/.locks/daemon.lock``)."""
+    return home.locks / "daemon.lock"
+
+
 def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
           progress: Progress = print) -> int:
-    """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives."""
+    """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives; raise
+    :class:`DaemonRunning` (nothing started) when another serve runs this home's daemon."""
+    def busy(holder: str) -> None:
+        raise DaemonRunning(home, holder)
+
+    with hold_lock(daemon_lock_file(home), "the Dagster daemon of the data home", busy):
+        return _serve(home, host, port, automation, progress)
+
+
+def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Progress) -> int:
     from dagster_project.automation import AUTOMATION_ENV
     from dagster_project.build import use_home
 

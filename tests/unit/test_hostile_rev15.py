@@ -63,8 +63,6 @@ def test_an_unpublished_one_off_owner_mode_build_does_not_decide_the_nightly_own
 
 # --- the launch coordinator -------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev15: check_launch ignores a data_home root given as {'env': VAR} and checks "
-                                        "$PICKAPIC_HOME instead of the home the run will write")
 def test_launch_refuses_a_root_given_through_an_env_var_that_is_not_a_home(tmp_path, monkeypatch):
     from dagster_project.coordinator import RunConfigRefused, check_launch
 
@@ -82,8 +80,6 @@ def test_launch_refuses_a_root_given_through_an_env_var_that_is_not_a_home(tmp_p
         check_launch({"resources": {"data_home": {"config": {"root": {"env": "REV15_TARGET_HOME"}}}}})
 
 
-@pytest.mark.xfail(strict=True, reason="rev15: a run with no stage overrides is queued although the home's settings "
-                                        "file holds a value every step refuses")
 def test_launch_refuses_a_run_without_overrides_when_the_settings_file_is_refused(tmp_path, monkeypatch):
     from dagster_project.coordinator import RunConfigRefused, check_launch
 
