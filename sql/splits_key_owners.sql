@@ -1,5 +1,5 @@
--- Inputs: split_pairs (this build's), stored_pins (split_key_owners as read, with the pins re-seeded from the
---         latest published version: every salt's).
+-- Inputs: split_pairs (the split_pairs latest was published from: the home's file before a build overwrites it),
+--         stored_pins (split_key_owners as read: every salt's).
 -- Output: split_key_owners: every stored pin as it is, plus one pin under $salt for each key of a kept train /
 --         validation / test row (its prompt_key, image_0_uid and image_1_uid) that has none under $salt: owner its
 --         split (a key kept in two splits, which the assignment never does, as held out: test, then validation),

@@ -19,18 +19,23 @@
   user's split, so no user, prompt or cluster spans two of train / validation / test (SQL contract
   rules check it). Conflicting rows are dropped into ``split_rejects`` with the reason
   (``prompt_conflict``, else ``cluster_conflict``): pairs = parent split rows + split_rejects.
-- Owner of a key: its stored pin (``split_key_owners``), else computed (``owner_mode``). Once a row is kept in
-  train, validation or test, its prompt_key and both image uids are pinned to that split under the salt (first
-  writer wins, a pin never changes; appended after each build, under the ledger lock, sorted by salt, kind, key),
-  so a key kept in one version keeps its split in every later one, whatever leaves ``pairs`` (a ban, a
-  moderation rule), arrives late (a backfilled day) or merges. Images are pinned, not clusters: a cluster's id
+- Owner of a key: its stored pin (``split_key_owners``), else computed (``owner_mode``). Once a version is
+  published, the prompt_key and both image uids of its train, validation and test rows are pinned to their split
+  under the salt (first writer wins, a pin never changes; sorted by salt, kind, key), so a published key keeps its
+  split in every later version, whatever leaves ``pairs`` (a ban, a moderation rule), arrives late (a backfilled
+  day) or merges. Only published keys are pinned: at the start of each build, under the ledger lock and before
+  assigning, :func:`update_pins` brings the pins up to date with ``latest`` (nothing when their record covers it;
+  from the home's ``split_pairs`` when that file is what ``latest`` was published from: the nightly case, no
+  sidecar read; else from the sidecars of every retained version), so a build never published pins nothing. Images
+  are pinned, not clusters: a cluster's id
   (its smallest image uid) changes when clusters merge. A cluster is owned by the one split its pinned member
   images (the rows' images in it and its members in ``duplicate_clusters``) are pinned to; pinned to two or more
   (clusters published in different splits merged by a new image), owner ``conflict``: every row carrying it is
-  rejected (``cluster_conflict``) and nothing is re-pinned. Pins lost (a lost file, a restored home, a home built
-  before them) are re-seeded from the latest published version's sidecars, each key in the split it was
-  published in; the sidecars are read only when the pins' record (:mod:`pipelines.splits.coverage`) does not
-  cover that version, in the same read as the ledger's check. A key pinned only under another salt is not
+  rejected (``cluster_conflict``). Pins lost (a lost file, a restored home, a home built before them) are
+  re-seeded from the train / validation / test sidecars of every retained published version, oldest first, each
+  key in the split it was published in (in two splits: test, then validation); keys published only in versions
+  retention deleted cannot be recovered. The pins' record (:mod:`pipelines.splits.coverage`) says which
+  ``split_pairs`` and versions they cover. A key pinned only under another salt is not
   re-seeded: a new salt reassigns on purpose. Cost: one row per kept prompt and image (a year of ~1M pairs:
   ~2.5M pins, 43-53 MB of Parquet). A computed owner (a key nobody has pinned), by ``owner_mode``:
   ``first_use`` (default): the split of the first row that used it, ordered by (export day, created_at,
@@ -87,8 +92,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import regex
 
-from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, split_sidecars
-from formats.files import cast_to_schema, sha256_file, write_parquet_atomic
+from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, list_versions, split_sidecars
+from formats.files import cast_to_schema, is_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
@@ -99,6 +104,7 @@ from schemas import get_schema
 
 HELDOUT = ("validation", "test")
 PIN_KINDS = ("prompt", "image")          # split_key_owners.kind: a prompt_key, an image_uid
+SALT_METADATA = b"pickapic.splits_salt"   # split_pairs' key-value metadata: the salt it was built under
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 
 
@@ -364,10 +370,12 @@ class SplitReport:
     reseeded_users: dict[str, int] = field(default_factory=dict)   # split -> ledger entries re-seeded from it
     published_version: str | None = None                  # the version the ledger was checked against
     published_sidecars_read: bool = False                 # its sidecars were read (the ledger's or the pins' record did not cover it)
-    pins_added: dict[str, int] = field(default_factory=dict)      # kind -> key owner pins this build appended
-    pins_reseeded: dict[str, int] = field(default_factory=dict)   # kind -> pins re-seeded from the published version
+    pins_added: dict[str, int] = field(default_factory=dict)      # kind -> pins appended from latest's split_pairs
+    pins_reseeded: dict[str, int] = field(default_factory=dict)   # kind -> pins re-seeded from the published sidecars
     pins_held: int = 0                                    # pins under this salt after the build
-    pins_sidecars_read: bool = False                      # the pins were checked by reading latest's sidecars
+    pins_sidecars_read: bool = False                      # the pins were re-seeded from the published sidecars
+    pins_update: str = "nothing published"                # how the pins were brought up to date (update_pins)
+    pins_versions_read: int = 0                           # published versions whose sidecars the pins re-seed read
     dropped_pinned: int = 0                               # rows dropped because a key's owner is a stored pin
     dropped_cluster_merge: int = 0                        # rows dropped: a cluster whose images are pinned to two splits
 
@@ -399,6 +407,8 @@ class SplitReport:
             "key_owners_reseeded_per_kind": {k: self.pins_reseeded.get(k, 0) for k in PIN_KINDS},
             "key_owners_pinned": self.pins_held,
             "key_owners_published_sidecars_read": self.pins_sidecars_read,
+            "key_owners_published_versions_read": self.pins_versions_read,
+            "key_owners_update": self.pins_update,
             "split_rejects_pinned_owner": self.dropped_pinned,
             "split_rejects_cluster_merge": self.dropped_cluster_merge,
             "split_rejects": sum(n for _, _, n in self.rejects),
@@ -768,8 +778,7 @@ class LedgerCheck:
     """What :func:`load_ledger` found: the ledger with the re-seeded entries, those entries, the version it was
     checked against, whether that version's sidecars were read, and the ``split_pairs`` digest of that version
     when the ledger now holds all its users (for the ledger's record, :mod:`pipelines.splits.coverage`); the same
-    for the key owner pins: every stored pin with the re-seeded ones, those pins, whether the sidecars were read
-    for them, and the digest of latest's ``split_pairs`` when every key it published is now pinned."""
+    for the key owner pins brought up to date with the published versions (:func:`update_pins`)."""
 
     ledger: dict[str, Assignment]
     seeded: dict[str, Assignment]
@@ -777,10 +786,25 @@ class LedgerCheck:
     sidecars_read: bool
     covered_source: str | None
     key_check: str | None = None
-    pins: pa.Table | None = None
-    seeded_pins: pa.Table | None = None
-    pins_sidecars_read: bool = False
-    pins_covered_source: str | None = None
+    pins: PinsUpdate | None = None
+
+
+@dataclass
+class PinsUpdate:
+    """The key owner pins brought up to date with the published versions (:func:`update_pins`): every salt's pins
+    (ordered by salt, kind, key), the pins appended from the home's ``split_pairs`` (``latest``'s source), those
+    re-seeded from the published sidecars, how (``nothing published``, ``up to date``, ``split_pairs``,
+    ``sidecars``), how many published versions' sidecars were read, the record to write (``split_pairs`` digests
+    and version names covered), and whether the file must be written."""
+
+    pins: pa.Table
+    added: pa.Table
+    seeded: pa.Table
+    how: str
+    versions_read: int
+    covered: list[str]
+    versions: list[str]
+    changed: bool
 
 
 def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
@@ -816,6 +840,133 @@ def seed_pins(stored: pa.Table, published: pa.Table, salt: str) -> pa.Table:
                      "salt": pa.array([salt] * missing.num_rows, pa.string())}, schema=schema)
 
 
+def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
+    """The keys (kind, key, owner, first_dt; ordered by kind, key) of the train / validation / test sidecars of the
+    published versions ``names`` (complete versions under the dataset folder, :func:`formats.dataset.list_versions`),
+    read in one pass; a key published in two splits, in one version or across them, as held out (test, then
+    validation), its first day the earliest. A split folder that is a link, or a sidecar that is one, is not
+    followed (a version's files are its own)."""
+    files = []
+    for name in names:
+        for split in ("train",) + HELDOUT:
+            folder = home.datasets / name / split
+            if is_real_folder(folder):
+                files += [str(f) for f in split_sidecars(folder.parent, split) if not f.is_symlink() and f.is_file()]
+    if not files:
+        return _no_keys()
+    con = connect({})
+    try:
+        con.register("side", con.sql(
+            "SELECT split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
+            "WHERE split IN ('train', 'validation', 'test')", params={"files": files}).to_arrow_table())
+        return con.sql(f"SELECT kind, key, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt FROM "
+                       "(SELECT unnest(['prompt', 'image', 'image']) AS kind, "
+                       "unnest([prompt_key, image_0_uid, image_1_uid]) AS key, split, dt FROM side) "
+                       "GROUP BY kind, key ORDER BY kind, key").to_arrow_table()
+    except Exception as exc:
+        raise RuntimeError(f"cannot read which split each key was published in from the published versions "
+                           f"{', '.join(names)} under {home.datasets}: {exc}. The splits stage re-seeds lost key owner "
+                           "pins from every retained published version; repair or delete the damaged version "
+                           "first") from exc
+    finally:
+        con.close()
+
+
+_HELD_OUT_OWNER = ("CASE WHEN bool_or({column} = 'test') THEN 'test' WHEN bool_or({column} = 'validation') "
+                   "THEN 'validation' ELSE 'train' END AS owner")
+
+
+def merge_keys(tables: list[pa.Table]) -> pa.Table:
+    """Published keys of several reads (:func:`read_published`, :func:`read_retained_keys`) as one table: a key
+    owned by two splits as held out (test, then validation), its first day the earliest; ordered by kind, key."""
+    tables = [t.select(["kind", "key", "owner", "first_dt"]) for t in tables if t.num_rows]
+    if len(tables) <= 1:
+        return tables[0] if tables else _no_keys()
+    con = connect({})
+    try:
+        con.register("keys", pa.concat_tables(tables))
+        return con.sql(f"SELECT kind, key, {_HELD_OUT_OWNER.format(column='owner')}, min(first_dt) AS first_dt "
+                       "FROM keys GROUP BY kind, key ORDER BY kind, key").to_arrow_table()
+    finally:
+        con.close()
+
+
+def _sorted_pins(pins: pa.Table) -> pa.Table:
+    return pins.sort_by([("salt", "ascending"), ("kind", "ascending"), ("key", "ascending")])
+
+
+def pins_from_split_pairs(path: Path, stored: pa.Table, salt: str) -> pa.Table:
+    """``stored`` (every salt's pins) plus a pin for each key of a train / validation / test row of the
+    ``split_pairs`` file ``path`` that none under its salt has (``sql/splits_key_owners.sql``: first writer wins),
+    under the salt that file records it was built under (``salt`` when it records none); ordered by salt, kind,
+    key. Reads five columns of the file."""
+    metadata = pq.read_schema(path).metadata or {}
+    built_under = metadata[SALT_METADATA].decode("utf-8") if SALT_METADATA in metadata else salt
+    table = pq.read_table(path, columns=["split", "dt", "prompt_key", "image_0_uid", "image_1_uid"])
+    con = connect({})
+    try:
+        con.register("split_pairs", table)
+        con.register("stored_pins", stored)
+        return cast_to_schema(run_sql(con, "splits_key_owners", {"salt": built_under}), get_schema("split_key_owners"))
+    finally:
+        con.close()
+
+
+def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, source: str | None,
+                read_latest: Callable[[], "Published"], log: Callable[[str], None]) -> PinsUpdate:
+    """The stored key owner pins (``pins``, every salt's, as read from ``split_key_owners``) brought up to date with
+    the published versions (call under the ledger lock, before assigning): a key is pinned once the version
+    holding it is published, so a build that is never published pins nothing.
+
+    ``version``/``source``: ``latest``'s name and the sha256 of the ``split_pairs`` it was published from
+    (:func:`pipelines.splits.coverage.latest_source`). Up to date when the pins' record covers that digest (or that
+    version). Else, when the home's ``split_pairs`` file (the previous build's, not yet overwritten) is that one and
+    the record covers every older retained version: its kept keys are appended (the nightly case; no sidecar read).
+    Else the train / validation / test sidecars of every retained published version are read, oldest first
+    (``read_latest`` reads ``latest``'s, shared with the ledger's check), and the keys pinned under no salt are
+    re-seeded under ``salt`` in the split they were published in (a key in two splits as held out: test, then
+    validation). Keys published only in versions retention deleted are not on disk and cannot be re-seeded."""
+    path = home.table_file("split_key_owners")
+    digests, names = coverage.pins_record(path, pins)
+    retained = list_versions(home)
+    older = [name for name in retained if name != version]
+    empty = get_schema("split_key_owners").empty_table()
+    added = seeded = empty
+    versions_read = 0
+    if version is None:
+        how = "nothing published"
+    elif (source is not None and source in digests) or version in names:
+        how = "up to date"
+    elif (source is not None and set(older) <= names and home.table_file("split_pairs").is_file()
+          and sha256_file(home.table_file("split_pairs")) == source):
+        how = "split_pairs"
+        updated = pins_from_split_pairs(home.table_file("split_pairs"), pins, salt)
+        added = updated.join(pins.select(["salt", "kind", "key"]), keys=["salt", "kind", "key"], join_type="left anti")
+        pins = updated
+    else:
+        how = "sidecars"
+        latest = read_latest()
+        if latest.version != version:      # latest switched in between: the record says nothing of this one
+            version, source = latest.version, None
+            older = [name for name in retained if name != version]
+        keys = merge_keys([read_retained_keys(home, older), latest.keys])
+        versions_read = len(older) + (version is not None)
+        names = names | set(older)              # every retained version's keys are pinned now
+        seeded = seed_pins(pins, keys, salt)
+        pins = _sorted_pins(pa.concat_tables([pins, seeded]))
+        kinds = Counter(seeded.column("kind").to_pylist())
+        log(f"split key owners re-seeded from the sidecars of {versions_read} published versions (latest: "
+            f"{version}): {seeded.num_rows} keys they published ({kinds['prompt']} prompts, {kinds['image']} images) "
+            f"had no owner pin in {path} (lost, restored from an older copy, or a home built before the pins were "
+            "stored); they keep the split they were published in (keys published only in versions already deleted "
+            "by retention cannot be recovered)")
+    covered = digests | ({source} if source and how != "nothing published" else set())
+    versions = (names & set(retained)) | ({version} if version and how != "nothing published" else set())
+    changed = (not path.is_file() or added.num_rows > 0 or seeded.num_rows > 0 or covered != digests
+               or versions != names)
+    return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed)
+
+
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
                 log: Callable[[str], None], pairs_key: str | None = None, pins: pa.Table | None = None) -> LedgerCheck:
     """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
@@ -823,21 +974,33 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     (the users of ``pairs``) are not the users the ledger and the published version know (a new pseudonym
     secret: exactly, by the key checks of ``pairs_key`` and the ledger's, when both are recorded). ``others``
     receives the other salts' entries. The key owner pins (``pins``, every salt's, as read from
-    ``split_key_owners``; default: read here) are checked likewise: the published keys they pin under no salt are
-    re-seeded under ``salt``, in the split they were published in.
+    ``split_key_owners``; default: read here) are brought up to date with the published versions
+    (:func:`update_pins`).
 
     The version's sidecars are read (once: users, and keys when the pins need them) only when the ledger's record
-    or the pins' record does not cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`,
-    :func:`pipelines.splits.coverage.pins_cover`): when both do, every published user is in the ledger and every
-    published key is pinned, and the read would find nothing to re-seed nor any user for :func:`check_keys`."""
+    does not cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`)
+    or the pins need re-seeding from the sidecars: when the ledger's record covers it, every published user is in
+    the ledger, and the read would find nothing to re-seed nor any user for :func:`check_keys`."""
     ledger = read_ledger(home, salt, others)
     ledger_key = file_key_check(home.table_file("split_ledger"))
     pins = read_pins(home) if pins is None else pins
     known = set(ledger) | {user for user, _ in others}
     version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
-    pins_covered = source is not None and source in coverage.pins_cover(home.table_file("split_key_owners"), pins)
-    scanned = not (covered and pins_covered)
-    published = read_published(home, keys=not pins_covered) if scanned else Published(version, {}, _no_keys())
+    read: list[Published] = []
+
+    def read_latest() -> Published:
+        if not read:
+            read.append(read_published(home, keys=True))
+        return read[0]
+
+    update = update_pins(home, salt, pins, version, source, read_latest, log)
+    if read:
+        published = read[0]
+    elif not covered:
+        published = read_published(home, keys=False)
+    else:
+        published = Published(version, {}, _no_keys())
+    scanned = bool(read) or not covered
     if published.version != version:        # latest switched in between: the record said nothing of this one
         version, source = published.version, None
     unknown = unknown_published(ledger, others, published.users)
@@ -849,19 +1012,10 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
             f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
             "split they were published in")
-    seeded_pins = seed_pins(pins, published.keys, salt)
-    if seeded_pins.num_rows:
-        kinds = Counter(seeded_pins.column("kind").to_pylist())
-        log(f"split key owners re-seeded from the published version {version}: {seeded_pins.num_rows} keys it "
-            f"published ({kinds['prompt']} prompts, {kinds['image']} images) had no owner pin in "
-            f"{home.table_file('split_key_owners')} (lost, restored from an older copy, or a home built before the "
-            "pins were stored); they keep the split they were published in")
     holds_all = covered or set(unknown) <= set(seeded)     # a published user absent from pairs gets no entry
     sidecars_read = scanned and version is not None
     return LedgerCheck({**ledger, **seeded}, seeded, version, sidecars_read,
-                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key),
-                       pins=pa.concat_tables([pins, seeded_pins]), seeded_pins=seeded_pins,
-                       pins_sidecars_read=sidecars_read and not pins_covered, pins_covered_source=source)
+                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key), pins=update)
 
 
 def _kinds(pins: pa.Table) -> Counter:
@@ -878,9 +1032,11 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
     check = load_ledger(home, config.salt, present, other_salts, log, file_key_check(source))
     ledger, seeded, version = check.ledger, check.seeded, check.version
-    _, assigned, owned = assign(con, config, ledger, check.pins, home.table_file("duplicate_clusters"))
+    update = check.pins
+    _, assigned, owned = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
-                                 {"salt": config.salt, "unique_prompts": int(config.unique_prompts)})
+                                 {"salt": config.salt, "unique_prompts": int(config.unique_prompts)},
+                                 {SALT_METADATA: config.salt.encode("utf-8")})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
     ledger_rows = ledger_table(ledger, assigned, other_salts)
     # the ledger's record: it holds every user of the split_pairs just written, and of latest's when checked so
@@ -893,14 +1049,13 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     write_parquet_atomic(ledger_rows, home.table_file("split_ledger"), schema.with_metadata(metadata))
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
-    # the key owner pins: every key of a kept row pinned (first writer wins), the record likewise
-    pins = run_sql(con, "splits_key_owners", {"salt": config.salt})
-    pins_schema = get_schema("split_key_owners")
-    pins = cast_to_schema(pins, pins_schema)
-    pins_covered = [split_pairs_sha] + ([check.pins_covered_source] if check.pins_covered_source else [])
-    write_parquet_atomic(pins, home.table_file("split_key_owners"),
-                         pins_schema.with_metadata(coverage.pins_metadata(pins, pins_covered)))
-    added = _kinds(pins) - _kinds(check.pins)
+    # the key owner pins, brought up to date with the published versions before assigning: written when changed
+    pins = update.pins
+    if update.changed:
+        pins_schema = get_schema("split_key_owners")
+        write_parquet_atomic(pins, home.table_file("split_key_owners"),
+                             pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions)))
+    added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""
         SELECT count(*) FILTER (drop_cause = 'pinned'), count(*) FILTER (drop_cause = 'cluster_merge')
@@ -929,8 +1084,9 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                        config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
                        published_version=version, published_sidecars_read=check.sidecars_read,
                        pins_added={k: added[k] for k in PIN_KINDS if added[k]},
-                       pins_reseeded=dict(_kinds(check.seeded_pins)),
-                       pins_held=held, pins_sidecars_read=check.pins_sidecars_read,
+                       pins_reseeded=dict(_kinds(update.seeded)),
+                       pins_held=held, pins_sidecars_read=update.how == "sidecars",
+                       pins_update=update.how, pins_versions_read=update.versions_read,
                        dropped_pinned=dropped_pinned, dropped_cluster_merge=dropped_merge)
 
 

@@ -28,12 +28,15 @@ older copy (its record names older ``split_pairs``), a ledger edited by hand or 
 (:mod:`pipelines.splits.rekey` writes no record), a record that does not parse. Neither record changes a
 published byte; deleting either costs one read of the sidecars.
 
-The key owners (``split_key_owners``: the owner split pinned for every prompt and image kept in a split) carry
-the same kind of record in their own Parquet metadata (``pickapic.pins_cover_split_pairs``): the sha256 of every
-``split_pairs`` all of whose train / validation / test keys (``prompt_key``, ``image_0_uid``, ``image_1_uid``)
-are pinned, with a digest of the pinned keys (:func:`keys_digest`, every salt's, in the file's order). Pins are
-only appended, so the build skips the scan for the pins when that record covers the ``split_pairs`` ``latest``
-was published from (:func:`pins_cover`); one scan serves the ledger and the pins when either needs it.
+The key owners (``split_key_owners``: the owner split pinned for every prompt and image of a published train /
+validation / test row) carry the same kind of record in their own Parquet metadata
+(``pickapic.pins_cover_split_pairs``): the sha256 of every ``split_pairs`` all of whose train / validation / test keys
+(``prompt_key``, ``image_0_uid``, ``image_1_uid``) are pinned, the names of the retained published versions whose
+keys are all pinned, and a digest of the pinned keys (:func:`keys_digest`, every salt's, in the file's order). Pins are
+only appended, so the build brings the pins up to date with ``latest`` only when that record does not cover the
+``split_pairs`` ``latest`` was published from (:func:`pins_record`); from the home's ``split_pairs`` file when it is
+that one and the record covers every older retained version, else from the sidecars of every retained version (one
+read of ``latest``'s serves the ledger and the pins when both need it).
 """
 from __future__ import annotations
 
@@ -161,20 +164,30 @@ def keys_digest(pins: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def pins_metadata(pins: pa.Table, covered: Iterable[str]) -> dict[bytes, bytes]:
-    """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and the keys' digest."""
-    record = {"split_pairs_sha256": sorted(set(covered)), "keys_sha256": keys_digest(pins)}
+def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str] = ()) -> dict[bytes, bytes]:
+    """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` and the published ``versions``
+    whose keys are all pinned (both sorted), and the keys' digest."""
+    record = {"split_pairs_sha256": sorted(set(covered)), "versions": sorted(set(versions)),
+              "keys_sha256": keys_digest(pins)}
     return {PINS_KEY: json.dumps(record, sort_keys=True).encode()}
 
 
-def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
-    """The ``split_pairs`` digests the key owners file's record covers, when the record's keys digest is that of
-    ``pins`` (the table read from that file); else none. Never raises."""
+def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str]]:
+    """(the ``split_pairs`` digests, the published version names) the key owners file's record covers, when the
+    record's keys digest is that of ``pins`` (the table read from that file); else none. A record written before
+    the versions were recorded names none. Never raises."""
     try:
         metadata = pq.read_schema(pins_file).metadata or {}
         record = json.loads(metadata[PINS_KEY])
         if record["keys_sha256"] != keys_digest(pins):
-            return set()
-        return {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+            return set(), set()
+        digests = {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+        versions = record.get("versions", [])
+        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set()
     except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
-        return set()
+        return set(), set()
+
+
+def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
+    """The ``split_pairs`` digests the key owners file's record covers (:func:`pins_record`)."""
+    return pins_record(pins_file, pins)[0]

@@ -13,6 +13,7 @@ import unicodedata
 import pyarrow.parquet as pq
 import pytest
 from splits_fixtures import ledger_splits, pair_row, publish_splits, users_by_home, write_pairs
+from test_splits_key_owners import _publish
 
 from formats.home import DataHome
 from pipelines.curation.pseudonym import pseudonymize
@@ -203,6 +204,7 @@ def test_a_later_ban_never_moves_a_held_out_prompt_into_train(tmp_path):
     first = _build(home, rows)
     held_out_before = {r["prompt_key"] for r in first if r["split"] in ("validation", "test")}
     assert held_out_before == {normalize_prompt(PLAIN)}
+    _publish(home, "2023-03-05-00000000d4")          # the first version published (a key is pinned once published)
     second = _build(home, [r for r in rows if r["user_id"] != te])      # the test user is banned later
     train_after = {r["prompt_key"] for r in second if r["split"] == "train"}
     assert not held_out_before & train_after, "a prompt published in test is in train of the next version"

@@ -17,8 +17,6 @@ def _others(day: int = 0) -> list[dict]:
             for i, u in enumerate([u for s in ("train", "validation", "test") for u in USERS[s]])]
 
 
-@pytest.mark.xfail(strict=True, reason="rev15: lost pins are re-seeded from latest only; a key published in an "
-                                        "older version and absent from latest moves split")
 def test_lost_pins_keep_a_prompt_published_before_latest_in_its_split(tmp_path):
     home = DataHome(tmp_path)
     te, tr = USERS["test"][0], USERS["train"][0]
@@ -41,8 +39,6 @@ def test_lost_pins_keep_a_prompt_published_before_latest_in_its_split(tmp_path):
 
 
 
-@pytest.mark.xfail(strict=True, reason="rev15: a one-off, never published build under another owner_mode pins every "
-                                        "key it kept, so the nightly mode can never take those keys back")
 def test_an_unpublished_one_off_owner_mode_build_does_not_decide_the_nightly_owners(tmp_path):
     """README: compare sacrificed_train_rows of both owner modes on the same data. Doing so once (a launchpad run or
     `pickapic build --set splits.owner_mode=heldout_wins`, never published) pins P to test for good: the nightly
