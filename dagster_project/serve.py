@@ -13,6 +13,7 @@ webserver alone.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -32,6 +33,20 @@ def commands(host: str, port: int) -> dict[str, list[str]]:
         "daemon": [sys.executable, "-m", "dagster._daemon", "run", "-m", MODULE],
         "webserver": [sys.executable, "-m", "dagster_webserver", "-m", MODULE, "-h", host, "-p", str(port)],
     }
+
+
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)      # loaded here: the forked child only calls it
+
+
+def _die_with(parent: int):
+    """A ``preexec_fn``: the child gets SIGTERM when its parent (serve) dies, however it dies (``kill -9``, the
+    OOM killer), so no daemon outlives the serve whose lock (``daemon.lock``) said it was the home's one."""
+    def set_death_signal() -> None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:      # serve died before the call: nothing would send the signal
+            os._exit(1)
+    return set_death_signal
 
 
 class DaemonRunning(RuntimeError):
@@ -66,7 +81,8 @@ def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Pro
     use_home(home)
     env = dict(os.environ)
     env[AUTOMATION_ENV] = "on" if automation else "off"
-    processes = {name: subprocess.Popen(command, env=env) for name, command in commands(host, port).items()}
+    processes = {name: subprocess.Popen(command, env=env, preexec_fn=_die_with(os.getpid()))
+                 for name, command in commands(host, port).items()}
     stopping = []
 
     def stop(signum, frame) -> None:  # noqa: ARG001 - signal handler signature

@@ -827,13 +827,16 @@ def read_pins(home: DataHome) -> pa.Table:
 
 
 def seed_pins(stored: pa.Table, published: pa.Table, salt: str) -> pa.Table:
-    """Pins under ``salt`` for the ``published`` keys (kind, key, owner, first_dt) that ``stored`` pins under no
-    salt, each owned by the split it was published in, ordered by kind and key. A key pinned under another salt
-    only is not one: a new ``splits.salt`` is the deliberate reshuffle."""
+    """Pins under ``salt`` for the ``published`` keys (kind, key, owner, first_dt) that ``stored`` does not pin
+    under ``salt``, each owned by the split it was published in, ordered by kind and key. A key pinned under
+    another salt only is one: the sidecars do not say which salt a version was built under, and a key a version
+    built under this salt published must keep its split (a re-seed after a salt change thus also pins the keys of
+    the retained versions built under the old salt, which a nightly build under the new salt leaves unpinned)."""
     schema = get_schema("split_key_owners")
     if not published.num_rows:
         return schema.empty_table()
-    missing = published.join(stored.select(["kind", "key"]), keys=["kind", "key"], join_type="left anti")
+    mine = stored.filter(pc.equal(stored.column("salt"), salt)).select(["kind", "key"])
+    missing = published.join(mine, keys=["kind", "key"], join_type="left anti")
     missing = missing.sort_by([("kind", "ascending"), ("key", "ascending")])
     return pa.table({"kind": missing.column("kind"), "key": missing.column("key"), "owner": missing.column("owner"),
                      "first_dt": missing.column("first_dt").cast(pa.date32()),
@@ -923,7 +926,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     version). Else, when the home's ``split_pairs`` file (the previous build's, not yet overwritten) is that one and
     the record covers every older retained version: its kept keys are appended (the nightly case; no sidecar read).
     Else the train / validation / test sidecars of every retained published version are read, oldest first
-    (``read_latest`` reads ``latest``'s, shared with the ledger's check), and the keys pinned under no salt are
+    (``read_latest`` reads ``latest``'s, shared with the ledger's check), and the keys not pinned under ``salt`` are
     re-seeded under ``salt`` in the split they were published in (a key in two splits as held out: test, then
     validation). Keys published only in versions retention deleted are not on disk and cannot be re-seeded."""
     path = home.table_file("split_key_owners")
@@ -935,8 +938,8 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     versions_read = 0
     if version is None:
         how = "nothing published"
-    elif (source is not None and source in digests) or version in names:
-        how = "up to date"
+    elif ((source is not None and source in digests) or version in names) and set(older) <= names:
+        how = "up to date"     # latest and every other retained version (one rolled back from, too) are pinned
     elif (source is not None and set(older) <= names and home.table_file("split_pairs").is_file()
           and sha256_file(home.table_file("split_pairs")) == source):
         how = "split_pairs"

@@ -10,8 +10,6 @@ import subprocess
 import sys
 import time
 
-import pytest
-
 from dagster_project.serve import daemon_lock_file
 from formats.home import DataHome
 from tests.e2e.test_serve import REPO
@@ -47,9 +45,6 @@ def _lock_is_free(home: DataHome) -> bool:
         os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="rev15b: serve killed (SIGKILL, OOM killer) leaves its daemon running but "
-                   "the daemon lock released (O_CLOEXEC, no parent-death signal): a second ui/serve starts a second "
-                   "daemon on the home")
 def test_a_killed_serve_leaves_no_daemon_running_without_the_lock(tmp_path):
     home = DataHome(tmp_path / "home")
     serve = subprocess.Popen([sys.executable, "-c", _SERVE, str(home.root)], cwd=REPO, stdout=subprocess.PIPE,

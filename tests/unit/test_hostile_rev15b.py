@@ -1,7 +1,6 @@
 """Hostile review 15b: defects found in the second version of the key owner pins (update_pins) and `pickapic ui`."""
 from __future__ import annotations
 
-import pytest
 from splits_fixtures import pair_row
 from test_splits_key_owners import CFG, USERS, _kept, _night, _publish
 
@@ -17,8 +16,6 @@ def _others(day: int = 0) -> list[dict]:
             for i, u in enumerate([u for s in ("train", "validation", "test") for u in USERS[s]])]
 
 
-@pytest.mark.xfail(strict=True, reason="rev15b: latest switched back to a covered version before the next build: the "
-                   "newer retained published version's keys are never pinned ('up to date' by version name)")
 def test_a_version_published_then_rolled_back_before_the_next_build_keeps_its_keys(tmp_path):
     home = DataHome(tmp_path)
     te, tr = USERS["test"][0], USERS["train"][0]
@@ -37,9 +34,6 @@ def test_a_version_published_then_rolled_back_before_the_next_build_keeps_its_ke
     assert "2_0" not in _kept(home), (report["key_owners_update"], "P, published in test by a2, is kept in train")
 
 
-@pytest.mark.xfail(strict=True, reason="rev15b: pins re-seeded from the sidecars skip a key pinned under an older "
-                   "salt, though a retained version built under the current salt published it: that key is then "
-                   "unpinned under the current salt and moves split")
 def test_a_key_published_under_the_current_salt_is_reseeded_even_when_an_old_salt_pins_it(tmp_path):
     import dataclasses
 
