@@ -43,6 +43,7 @@ def _die_with(parent: int):
     """A ``preexec_fn``: the child gets SIGTERM when its parent (serve) dies, however it dies (``kill -9``, the
     OOM killer), so no daemon outlives the serve whose lock (``daemon.lock``) said it was the home's one."""
     def set_death_signal() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])   # a mask inherited from the caller
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:      # serve died before the call: nothing would send the signal
             os._exit(1)
