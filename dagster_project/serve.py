@@ -43,7 +43,10 @@ def _die_with(parent: int):
     """A ``preexec_fn``: the child gets SIGTERM when its parent (serve) dies, however it dies (``kill -9``, the
     OOM killer), so no daemon outlives the serve whose lock (``daemon.lock``) said it was the home's one."""
     def set_death_signal() -> None:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])   # a mask inherited from the caller
+        # an ignored SIGTERM survives exec, and so does a blocked one (a launcher, e.g. a test runner's worker,
+        # may have either): the child takes the default action, or the death signal would do nothing
+        _LIBC.signal(signal.SIGTERM, 0)          # SIG_DFL
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGTERM])
         _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
         if os.getppid() != parent:      # serve died before the call: nothing would send the signal
             os._exit(1)

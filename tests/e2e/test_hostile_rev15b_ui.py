@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from dagster_project.serve import daemon_lock_file
 from formats.home import DataHome
 from tests.e2e.test_serve import REPO
@@ -45,9 +47,13 @@ def _lock_is_free(home: DataHome) -> bool:
         os.close(fd)
 
 
-def test_a_killed_serve_leaves_no_daemon_running_without_the_lock(tmp_path):
+@pytest.mark.parametrize("launcher_sigterm", ["default", "ignored"])
+def test_a_killed_serve_leaves_no_daemon_running_without_the_lock(tmp_path, launcher_sigterm):
     home = DataHome(tmp_path / "home")
-    serve = subprocess.Popen([sys.executable, "-c", _SERVE, str(home.root)], cwd=REPO, stdout=subprocess.PIPE,
+    # "ignored": serve started by something that ignores SIGTERM (it survives exec; a test runner's worker did)
+    script = ("import signal; signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" if launcher_sigterm == "ignored"
+              else "") + _SERVE
+    serve = subprocess.Popen([sys.executable, "-c", script, str(home.root)], cwd=REPO, stdout=subprocess.PIPE,
                              text=True, start_new_session=True)
     children: list[int] = []
     try:
