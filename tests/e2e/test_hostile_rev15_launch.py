@@ -77,3 +77,32 @@ def test_serve_refuses_a_home_whose_daemon_runs_and_starts_nothing(tmp_path, mon
         with pytest.raises(DaemonRunning, match=f"pid {os.getpid()}"):
             serve(home, port=_free_port())
     assert started == []
+
+
+def test_serve_creates_the_dagster_databases_before_it_starts_the_daemon_and_webserver(tmp_path, monkeypatch):
+    """CI: on a new home the daemon and webserver both created the SQLite schema at once and the daemon died
+    (``table alembic_version already exists``). Serve now creates it before either starts."""
+    home = DataHome(tmp_path / "home")
+    seen = []
+
+    class Started:
+        pid = 0
+        returncode = 0
+
+        def __init__(self, command, **kwargs) -> None:
+            names = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+            seen.append({name: (home.dagster_home / name).is_file() for name in names})
+
+        def poll(self):
+            return 0
+
+        def wait(self, timeout=None):
+            return 0
+
+    import types
+
+    import dagster_project.serve as serve_module
+    monkeypatch.setattr(serve_module, "subprocess", types.SimpleNamespace(
+        Popen=Started, TimeoutExpired=subprocess.TimeoutExpired))
+    assert serve(home, port=_free_port(), progress=lambda line: None) == 1   # a child "exited" at once
+    assert len(seen) == 2 and all(all(found.values()) for found in seen), seen
