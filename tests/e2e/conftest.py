@@ -1,19 +1,18 @@
 """One small simulated-and-built data home shared by the end-to-end tests (built once per session).
 
 Under pytest-xdist every worker asks for the same home; a file lock makes the first one build it and
-the others reuse it. Tests must treat it as read-only (copy it with ``copy_home`` to mutate).
+the others reuse it. Tests must treat it as read-only (copy it with ``copy_home`` to mutate). The homes
+of these tests live on tmpfs when the machine has one (``tests/fast_tmp.py``).
 """
 from __future__ import annotations
 
-import json
-import os
 import shutil
 from pathlib import Path
 
 import pytest
-from filelock import FileLock
 
 from formats.home import DataHome
+from tests.fast_tmp import build_once, fast_folder
 
 # The shared home is made by `pickapic demo` itself (a smaller sample than the default demo), so the
 # demo command is exercised end to end and every other e2e test reads a fully built home.
@@ -56,29 +55,18 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(Path(item.path), len(rank)))
 
 
-def _build(root: Path) -> None:
+def _build(folder: Path) -> None:
     from dagster_project.cli import main
 
-    code = main(["demo", "--home", str(root), *DEMO_ARGS])
+    code = main(["demo", "--home", str(folder / "home"), *DEMO_ARGS])
     if code != 0:
         raise RuntimeError(f"pickapic demo exited {code}")
-    (root / ".built").write_text(json.dumps(DEMO_ARGS))
 
 
 @pytest.fixture(scope="session")
 def built_home(tmp_path_factory) -> DataHome:
     """A data home with 2 simulated days built by `pickapic demo` through Dagster, model included (read-only)."""
-    # Under xdist each worker's basetemp is <session dir>/popen-gwN: share the session dir, never a
-    # folder that outlives this test session.
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = shared / "pickapic-built-home"
-    with FileLock(str(shared / "pickapic-built-home.lock")):
-        if not (root / ".built").exists():
-            if root.exists():
-                shutil.rmtree(root)
-            _build(root)
-    return DataHome(root)
+    return DataHome(build_once(tmp_path_factory, "built-home", _build) / "home")
 
 
 def copy_home(home: DataHome, destination: Path) -> DataHome:
@@ -87,9 +75,16 @@ def copy_home(home: DataHome, destination: Path) -> DataHome:
     return DataHome(destination)
 
 
+@pytest.fixture
+def scratch(fast_tmp: Path) -> Path:
+    """A fresh, empty folder for one test's data homes (``fast_tmp``: on tmpfs when possible), removed afterwards."""
+    return fast_tmp
+
+
 @pytest.fixture(scope="module")
-def private_home(built_home: DataHome, tmp_path_factory) -> DataHome:
+def private_home(built_home: DataHome, tmp_path_factory):
     """A module's own copy of the shared home, for what must not touch the shared one: opening its
     Dagster instance (SQLite's ``-wal`` / ``-shm`` files come and go under tests that copy or walk the
     shared home on the other worker) or snapshotting the whole home (which would see those files)."""
-    return copy_home(built_home, tmp_path_factory.mktemp("private") / "home")
+    with fast_folder(tmp_path_factory.mktemp("private"), prefix="pickapic-private-") as folder:
+        yield copy_home(built_home, folder / "home")

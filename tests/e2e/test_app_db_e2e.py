@@ -4,6 +4,7 @@ The key test: the same simulated history written into PostgreSQL (then exported 
 asset through ``pickapic build --from-app-db``) and written as files give byte-identical published
 datasets. Both run with the file exporter's defects off (``--no-export-defects``; see the README,
 "The app database as the source"): a typed table cannot hold a malformed or mistyped line.
+The homes live on tmpfs when the machine has one (``scratch``, ``tests/fast_tmp.py``).
 """
 from __future__ import annotations
 
@@ -35,10 +36,10 @@ def _published(home: DataHome) -> tuple[str, dict[str, bytes]]:
 
 
 def test_database_source_publishes_the_same_dataset_and_never_shows_the_password(
-        postgres_server, tmp_path, monkeypatch, capfd):  # noqa: F811 - pytest fixture injection
-    secret = f"pw-{os.getpid()}-{tmp_path.name}-e2e-9c41"
+        postgres_server, scratch, monkeypatch, capfd):  # noqa: F811 - pytest fixture injection
+    secret = f"pw-{os.getpid()}-{scratch.name}-e2e-9c41"
     dsn = create_database(postgres_server, "appe2e", owner_password=secret)
-    files_home, db_home, store = tmp_path / "files", tmp_path / "db", tmp_path / "app-storage"
+    files_home, db_home, store = scratch / "files", scratch / "db", scratch / "app-storage"
 
     for home in (files_home, db_home):   # both homes: the same small-home settings, written before anything else
         assert main(["settings", "--home", str(home), *SMALL_HOME]) == 0

@@ -29,7 +29,7 @@ from formats.dataset import list_versions, resolve_version
 from formats.home import DataHome
 from pipelines.publish.manifest import verify_version
 from pipelines.query.engine import execute
-from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and scratch are fixtures
+from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference is a fixture
     DAY3,
     REPO,
     LatestWatcher,
@@ -37,7 +37,6 @@ from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference and 
     crash_reference,
     finish,
     run_build,
-    scratch,
     start_process,
     tail,
     wait_until,

@@ -9,7 +9,8 @@ uninterrupted rerun, every published file, warehouse Parquet file and training J
 the output of an uninterrupted build of a copy of the same raw data.
 
 The reference build and the simulated raw zone are shared by this module and test_concurrency.py
-(built once per test run, under a file lock, also across pytest-xdist workers).
+(built once per test run, under a file lock, also across pytest-xdist workers). The homes live on tmpfs
+when the machine has one (``scratch``, ``tests/fast_tmp.py``).
 """
 from __future__ import annotations
 
@@ -26,13 +27,13 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-from filelock import FileLock
 
 from formats.dataset import list_versions
 from formats.home import DataHome
 from formats.settings import write_settings
 from pipelines.publish.manifest import verify_version
 from simulator import SimConfig, simulate
+from tests.fast_tmp import build_once
 
 REPO = Path(__file__).resolve().parents[2]
 # Three simulated days: the reference and the crash tests build the first two; the concurrency tests
@@ -199,75 +200,26 @@ class LatestWatcher(threading.Thread):
         self.join(timeout=10)
 
 
-TMPFS = Path("/dev/shm")
-TMPFS_MIN_FREE = 1 << 30
-
-
-def fast_base(fallback: Path) -> Path:
-    """tmpfs (``/dev/shm``) when it is writable with >= 1 GiB free, else ``fallback``.
-
-    These tests kill processes; they do not cut power, so page-cache durability is all they need.
-    On this machine's disk every Dagster event is an fsync'd SQLite commit (~700 per daily run):
-    a build takes 3-4x longer on disk than on tmpfs.
-    """
-    try:
-        stats = os.statvfs(TMPFS)
-    except OSError:
-        return fallback
-    if stats.f_bavail * stats.f_frsize >= TMPFS_MIN_FREE and os.access(TMPFS, os.W_OK):
-        return TMPFS
-    return fallback
-
-
-@pytest.fixture
-def scratch(tmp_path: Path):
-    """A fresh, empty folder for one test's data homes (on tmpfs when possible), removed afterwards."""
-    import tempfile
-
-    folder = Path(tempfile.mkdtemp(prefix="pickapic-e2e-", dir=fast_base(tmp_path)))
-    yield folder
-    shutil.rmtree(folder, ignore_errors=True)
-
-
-def _shared_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A folder shared by all xdist workers of this test run (and only of this run)."""
-    run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
-    base = tmp_path_factory.getbasetemp()
-    name = f"pickapic-crash-{run_id}" if run_id else f"pickapic-crash-{os.getpid()}"
-    return fast_base(base.parent if run_id else base) / name
-
-
 @pytest.fixture(scope="session")
 def crash_reference(tmp_path_factory: pytest.TempPathFactory):
     """(a simulated 3-day raw zone, a home built from a copy of it by one uninterrupted build of days 1-2).
 
-    Shared by the xdist workers of one run; the last worker to finish with it removes it.
+    Shared by the xdist workers of one run (on tmpfs when possible: see ``tests/fast_tmp.py``; these
+    tests kill processes, they do not cut power, so page-cache durability is all they need).
     """
-    shared = _shared_dir(tmp_path_factory)
-    shared.mkdir(parents=True, exist_ok=True)
-    raw, ref = shared / "raw", shared / "reference"
-    users = shared / "users"
-    with FileLock(str(shared / "build.lock")):
-        users.write_text(str(int(users.read_text() or 0) + 1) if users.exists() else "1")
-        if not (shared / ".built").exists():
-            for stale in (raw, ref):
-                if stale.exists():
-                    shutil.rmtree(stale)
-            simulate(DataHome(raw), SIM)
-            # a home this small (12 users) is below the publish minimums; these tests are about crashes
-            write_settings(raw, SMALL_HOME_SETTINGS)
-            shutil.copytree(raw, ref, symlinks=True)
-            log = shared / "reference.log"
-            code = run_build(DataHome(ref), log, "--to", DAY2)
-            if code != 0:
-                raise RuntimeError(f"reference build exited {code}:\n{tail(log)}")
-            (shared / ".built").write_text("ok\n")
-    yield raw, DataHome(ref)
-    with FileLock(str(shared / "build.lock")):
-        left = int(users.read_text()) - 1
-        users.write_text(str(left))
-        if left == 0:
-            shutil.rmtree(shared)   # the lock file goes too: nobody else uses this run's folder any more
+    def build(shared: Path) -> None:
+        raw, ref = shared / "raw", shared / "reference"
+        simulate(DataHome(raw), SIM)
+        # a home this small (12 users) is below the publish minimums; these tests are about crashes
+        write_settings(raw, SMALL_HOME_SETTINGS)
+        shutil.copytree(raw, ref, symlinks=True)
+        log = shared / "reference.log"
+        code = run_build(DataHome(ref), log, "--to", DAY2)
+        if code != 0:
+            raise RuntimeError(f"reference build exited {code}:\n{tail(log)}")
+
+    shared = build_once(tmp_path_factory, "crash-reference", build)
+    return shared / "raw", DataHome(shared / "reference")
 
 
 def fresh_home(raw: Path, destination: Path) -> DataHome:

@@ -1,5 +1,6 @@
 """Late images through Dagster: the daily run that resolves an earlier day's waiting references
-ingests that day again and records a materialization of its partitions."""
+ingests that day again and records a materialization of its partitions (home and instance on tmpfs when
+the machine has one: ``scratch``)."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "unit"))  # the see
 from test_ingest_late_images import DAYS, build_days  # noqa: E402
 
 
-def test_dagster_records_the_earlier_partition_it_rewrote(tmp_path: Path) -> None:
+def test_dagster_records_the_earlier_partition_it_rewrote(scratch: Path) -> None:
     """The daily run of day 2 ingests day 1 again: day 1's six assets get a materialization event."""
     import dagster as dg
 
@@ -22,9 +23,10 @@ def test_dagster_records_the_earlier_partition_it_rewrote(tmp_path: Path) -> Non
     from dagster_project.resources import PickapicHome
 
     days = build_days()
-    home = DataHome(tmp_path / "home")
+    home = DataHome(scratch / "home")
     resources = {"data_home": PickapicHome(root=str(home.root))}
-    with dg.instance_for_test() as instance:
+    (scratch / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(scratch / "instance")) as instance:
         for day in DAYS[:2]:
             days[day].write(home)
             instance.add_dynamic_partitions(raw_days.name, [day])  # a raw day lands: its partition exists

@@ -2,6 +2,7 @@
 
 A 40-user, 3-day home is built once with default settings (no settings file) by a real ``pickapic build``
 process; each test works on a private copy. A fourth simulated day is kept aside to land later.
+The homes live on tmpfs when the machine has one (``scratch``, ``tests/fast_tmp.py``).
 """
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from filelock import FileLock
 
 from dagster_project.staleness import record_observations
 from formats.home import DataHome
 from simulator import SimConfig, simulate
 from tests.e2e.conftest import copy_home
+from tests.fast_tmp import build_once
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = SimConfig(days=4, users=40, rankings_per_day=60, image_size=64, seed=5)
@@ -57,26 +58,20 @@ def _latest(home: DataHome) -> str:
     return os.readlink(home.datasets / "latest")
 
 
+def _build_night(folder: Path) -> None:
+    home = DataHome(folder / "home")
+    simulate(home, SIM)
+    shutil.move(str(home.raw_day(DAYS[3])), folder / "day4")
+    done = pickapic(home, "build")
+    if done.returncode != 0:
+        raise RuntimeError(f"pickapic build exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+
+
 @pytest.fixture(scope="session")
 def night_base(tmp_path_factory) -> tuple[DataHome, Path]:
     """(a home with days 1-3 built by `pickapic build` with default settings, the raw folder of day 4)."""
-    base = tmp_path_factory.getbasetemp()
-    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    root = shared / "pickapic-night-home"
-    spare = shared / "pickapic-night-day4"
-    with FileLock(str(shared / "pickapic-night-home.lock")):
-        if not (root / ".built").exists():
-            for stale in (root, spare):
-                if stale.exists():
-                    shutil.rmtree(stale)
-            home = DataHome(root)
-            simulate(home, SIM)
-            shutil.move(str(home.raw_day(DAYS[3])), spare)
-            done = pickapic(home, "build")
-            if done.returncode != 0:
-                raise RuntimeError(f"pickapic build exited {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
-            (root / ".built").write_text("ok\n")
-    return DataHome(root), spare
+    folder = build_once(tmp_path_factory, "night-home", _build_night)
+    return DataHome(folder / "home"), folder / "day4"
 
 
 def test_default_settings_publish_every_split_with_the_minimum(night_base):
@@ -90,8 +85,8 @@ def test_default_settings_publish_every_split_with_the_minimum(night_base):
         assert sorted(instance.get_dynamic_partitions("raw_days")) == DAYS[:3]  # the data's calendar
 
 
-def test_unchanged_home_runs_nothing(night_base, tmp_path):
-    home = copy_home(night_base[0], tmp_path / "home")
+def test_unchanged_home_runs_nothing(night_base, scratch):
+    home = copy_home(night_base[0], scratch / "home")
     before, latest = len(_runs(home)), _latest(home)
     full = pickapic(home, "build")  # a copy has new inodes: this one plans against Dagster's records
     assert full.returncode == 0, full.stderr
@@ -101,9 +96,9 @@ def test_unchanged_home_runs_nothing(night_base, tmp_path):
     assert len(_runs(home)) == before and _latest(home) == latest
 
 
-def test_new_day_then_reexports(night_base, tmp_path):
+def test_new_day_then_reexports(night_base, scratch):
     base, spare = night_base
-    home = copy_home(base, tmp_path / "home")
+    home = copy_home(base, scratch / "home")
     before = {day: n for day, n in _materializations(home, "ingest_files").items()}
     first_version = _latest(home)
     shutil.copytree(spare, home.raw_day(DAYS[3]))
@@ -149,8 +144,8 @@ def test_new_day_then_reexports(night_base, tmp_path):
         ("rebuild_dataset_job", None), ("daily_partition_job", DAYS[1])]
 
 
-def test_a_setting_changes_the_version_and_a_useless_version_is_never_published(night_base, tmp_path):
-    home = copy_home(night_base[0], tmp_path / "home")
+def test_a_setting_changes_the_version_and_a_useless_version_is_never_published(night_base, scratch):
+    home = copy_home(night_base[0], scratch / "home")
     original = _latest(home)
     smaller = pickapic(home, "build", "--set", "publish.max_samples_per_shard=25")
     assert smaller.returncode == 0, smaller.stderr
@@ -190,8 +185,8 @@ def _keep_rankings_of(home: DataHome, day: str, users: int) -> set[int]:
     return set(kept_users)
 
 
-def test_three_users_get_a_plain_not_enough_data(tmp_path):
-    home = DataHome(tmp_path / "home")
+def test_three_users_get_a_plain_not_enough_data(scratch):
+    home = DataHome(scratch / "home")
     simulate(home, SimConfig(days=1, users=6, rankings_per_day=40, image_size=64, seed=2))
     assert len(_keep_rankings_of(home, home.raw_days()[0], 3)) == 3
     done = pickapic(home, "build")
@@ -203,8 +198,8 @@ def test_three_users_get_a_plain_not_enough_data(tmp_path):
     assert "Traceback" not in done.stderr
 
 
-def test_demo_then_build_keeps_the_demo_settings(built_home, tmp_path):
-    home = copy_home(built_home, tmp_path / "home")
+def test_demo_then_build_keeps_the_demo_settings(built_home, scratch):
+    home = copy_home(built_home, scratch / "home")
     settings = (home.root / "pickapic.toml").read_text()
     assert "heldout_fraction = 0.3" in settings and "max_steps = 30" in settings
     before, latest = len(_runs(home)), _latest(home)

@@ -1,9 +1,9 @@
 """`pickapic serve`: the UI and the daemon come up with the automation on, and a landed day is published by itself.
 
 Runs a real `pickapic serve` (dagster-webserver + dagster-daemon) on a free local port over a copy of the
-nightly test home, asks the webserver's GraphQL API for the schedule and sensor states, lands the fourth
-simulated day in the raw zone and waits until the daemon alone has ingested it and published a new
-version. SIGTERM then stops both processes.
+nightly test home (on tmpfs when the machine has one: ``scratch``), asks the webserver's GraphQL API for
+the schedule and sensor states, lands the fourth simulated day in the raw zone and waits until the daemon
+alone has ingested it and published a new version. SIGTERM then stops both processes.
 """
 from __future__ import annotations
 
@@ -55,9 +55,9 @@ def _wait(what: str, check, timeout: float, log: Path):
     pytest.fail(f"{what} not within {timeout:.0f}s; serve log:\n{log.read_text(errors='replace')[-4000:]}")
 
 
-def test_serve_runs_the_nightly_path_by_itself(night_base, tmp_path):  # noqa: F811
+def test_serve_runs_the_nightly_path_by_itself(night_base, scratch, tmp_path):  # noqa: F811
     base, spare = night_base
-    home = copy_home(base, tmp_path / "home")
+    home = copy_home(base, scratch / "home")
     first_version = os.readlink(home.datasets / "latest")
     port = _free_port()
     log = tmp_path / "serve.log"

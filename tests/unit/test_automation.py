@@ -2,7 +2,8 @@
 
 Stage runs are replaced by recorded materializations carrying the data versions the plan expects (and
 empty output files), so every rule of "missing or stale" is checked in seconds; the end-to-end tests
-run the real stages.
+run the real stages. Homes and instances live in ``fast_tmp`` (tmpfs when the machine has one: Dagster's
+SQLite storage fsyncs every event, about 8,000 fsyncs for this module).
 """
 import gc
 import gzip
@@ -34,17 +35,17 @@ def _land_day(home: DataHome, day: str, tables=automation.RAW_TABLE_FILES, paylo
 
 
 @pytest.fixture()
-def home(tmp_path) -> DataHome:
-    home = DataHome(tmp_path / "home")
+def home(fast_tmp) -> DataHome:
+    home = DataHome(fast_tmp / "home")
     for day in DAYS:
         _land_day(home, day)
     return home
 
 
 @pytest.fixture()
-def instance(tmp_path):
-    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+def instance(fast_tmp):
+    (fast_tmp / "instance").mkdir()  # not fast_tmp/dagster: fast_tmp would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
         yield instance
         # A sensor or schedule context rebuilt with its resources opens its own instance from the ref and
         # never closes it; closed later by the garbage collector, it would leave Dagster's current state
@@ -175,8 +176,8 @@ def test_raw_sensor_adds_partitions_observes_and_requests_complete_days_only(hom
     assert [r.run_key for r in changed.run_requests][1] != keys[1]
 
 
-def test_raw_sensor_skips_when_nothing_landed_or_all_fresh(tmp_path, home, instance):
-    empty = automation.raw_partition_sensor.evaluate_tick(_sensor_context(DataHome(tmp_path / "empty"), instance))
+def test_raw_sensor_skips_when_nothing_landed_or_all_fresh(fast_tmp, home, instance):
+    empty = automation.raw_partition_sensor.evaluate_tick(_sensor_context(DataHome(fast_tmp / "empty"), instance))
     assert not empty.run_requests and "no complete raw partition" in empty.skip_message
     _pretend_built(home, instance, _plan(home, instance))
     fresh = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
@@ -244,9 +245,9 @@ def test_automation_starts_on_and_can_start_off():
     subprocess.run([sys.executable, "-c", code], env=env, check=True, capture_output=True)
 
 
-def test_sensor_interval_comes_from_the_settings_then_the_environment(tmp_path):
+def test_sensor_interval_comes_from_the_settings_then_the_environment(fast_tmp):
     assert automation.raw_partition_sensor.minimum_interval_seconds == 60  # the default: every minute
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     home.root.mkdir()
     assert automation.home_crons(home, environ={}).sensor_interval_s == 60
     (home.root / "pickapic.toml").write_text("[schedules]\nsensor_interval_s = 30\n")
@@ -264,8 +265,8 @@ def test_partitions_are_the_homes_raw_days():
         assert isinstance(partitions, dg.DynamicPartitionsDefinition) and partitions.name == PARTITIONS
 
 
-def test_crons_come_from_the_homes_settings_then_the_environment(tmp_path):
-    home = DataHome(tmp_path / "home")
+def test_crons_come_from_the_homes_settings_then_the_environment(fast_tmp):
+    home = DataHome(fast_tmp / "home")
     assert automation.home_crons(home, environ={}).nightly_cron == "0 2 * * *"
     home.root.mkdir()
     (home.root / "pickapic.toml").write_text('[schedules]\nnightly_cron = "30 3 * * *"\ntrain_cron = "0 5 * * sun"\n')
@@ -280,8 +281,8 @@ def test_crons_come_from_the_homes_settings_then_the_environment(tmp_path):
         automation.home_crons(home, environ={})
 
 
-def test_definitions_load_the_homes_crons_and_refuse_a_bad_one(tmp_path):
-    home = tmp_path / "home"
+def test_definitions_load_the_homes_crons_and_refuse_a_bad_one(fast_tmp):
+    home = fast_tmp / "home"
     home.mkdir()
     (home / "pickapic.toml").write_text('[schedules]\nnightly_cron = "45 1 * * *"\n')
     code = ("from dagster_project.definitions import defs; "

@@ -1,5 +1,8 @@
 """Defects of the Dagster layer found by a hostile review, each run through a real Dagster materialization
-where the behaviour is Dagster's (run config typed in the launchpad, a UI materialization of a partition)."""
+where the behaviour is Dagster's (run config typed in the launchpad, a UI materialization of a partition).
+
+Homes and instances live in ``fast_tmp`` (tmpfs when the machine has one: Dagster's SQLite storage fsyncs
+every event, about 15,000 fsyncs for this module)."""
 from __future__ import annotations
 
 import os
@@ -23,14 +26,14 @@ DAY = "2023-03-01"
 
 
 @pytest.fixture()
-def instance(tmp_path):
-    (tmp_path / "instance").mkdir()  # not tmp_path/dagster: tmp_path would look like a home holding ./home
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+def instance(fast_tmp):
+    (fast_tmp / "instance").mkdir()  # not fast_tmp/dagster: fast_tmp would look like a home holding ./home
+    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
         yield instance
 
 
-def _features_home(tmp_path: Path) -> DataHome:
-    home = DataHome(tmp_path / "home")
+def _features_home(fast_tmp: Path) -> DataHome:
+    home = DataHome(fast_tmp / "home")
     home.raw_logs.mkdir(parents=True)
     write_day(home, DAY, {"a": png(1), "b": png(2)})
     (home.root / "warehouse" / "rankings" / f"dt={DAY}").mkdir(parents=True)
@@ -45,8 +48,8 @@ def _tree(folder: Path) -> list[str]:
 # 1. features.staging is deleted and recreated by the stage: only a folder the stage created may be
 
 
-def test_launchpad_staging_at_the_warehouse_is_refused_and_nothing_is_deleted(tmp_path, instance):
-    home = _features_home(tmp_path)
+def test_launchpad_staging_at_the_warehouse_is_refused_and_nothing_is_deleted(fast_tmp, instance):
+    home = _features_home(fast_tmp)
     before = _tree(home.root)
     instance.add_dynamic_partitions("raw_days", [DAY])
     result = dg.materialize(
@@ -62,59 +65,59 @@ def test_launchpad_staging_at_the_warehouse_is_refused_and_nothing_is_deleted(tm
 
 @pytest.mark.parametrize("where", ["home", "warehouse", "parent", "others", "symlink", "file", "device",
                                    "area_itself", "nested_in_area"])
-def test_a_staging_folder_the_stage_did_not_create_is_refused(tmp_path, where):
-    home = _features_home(tmp_path)
-    others = tmp_path / "someones_files"
+def test_a_staging_folder_the_stage_did_not_create_is_refused(fast_tmp, where):
+    home = _features_home(fast_tmp)
+    others = fast_tmp / "someones_files"
     others.mkdir()
     (others / "thesis.txt").write_text("mine\n")
-    (tmp_path / "link").symlink_to(others)
-    (tmp_path / "a_file").write_text("x")
-    staging = {"home": home.root, "warehouse": home.root / "warehouse", "parent": tmp_path,
-               "others": others, "symlink": tmp_path / "link", "file": tmp_path / "a_file", "device": Path("/dev/null"),
+    (fast_tmp / "link").symlink_to(others)
+    (fast_tmp / "a_file").write_text("x")
+    staging = {"home": home.root, "warehouse": home.root / "warehouse", "parent": fast_tmp,
+               "others": others, "symlink": fast_tmp / "link", "file": fast_tmp / "a_file", "device": Path("/dev/null"),
                "area_itself": home.root / ".staging" / "features",
                "nested_in_area": home.root / ".staging" / "features" / "x" / "y"}[where]
-    before = _tree(tmp_path)
+    before = _tree(fast_tmp)
     with pytest.raises(StagingRefused):
         build_features(home, DAY, FeaturesConfig(workers=0, staging=str(staging)), detector_factory=fake_detector)
-    assert _tree(tmp_path) == before
+    assert _tree(fast_tmp) == before
     assert (others / "thesis.txt").read_text() == "mine\n"
 
 
-def test_the_filesystem_root_is_refused_without_running_anything(tmp_path):
+def test_the_filesystem_root_is_refused_without_running_anything(fast_tmp):
     # checked on the config alone: a test must never hand "/" to code that may delete it
-    home = _features_home(tmp_path)
+    home = _features_home(fast_tmp)
     with pytest.raises(StagingRefused, match="is or holds"):
         FeaturesConfig(staging="/").validate(home.root)
     with pytest.raises(StagingRefused, match="bucket's root"):
         FeaturesConfig(staging="gs://bucket/").validate(home.root)
 
 
-def test_a_symlinked_staging_area_is_refused(tmp_path):
-    home = _features_home(tmp_path)
-    (tmp_path / "elsewhere").mkdir()
-    (tmp_path / "elsewhere" / "features").mkdir()
-    (tmp_path / "elsewhere" / "features" / f"dt={DAY}").mkdir()
-    (tmp_path / "elsewhere" / "features" / f"dt={DAY}" / "precious").write_text("x")
-    (home.root / ".staging").symlink_to(tmp_path / "elsewhere")
+def test_a_symlinked_staging_area_is_refused(fast_tmp):
+    home = _features_home(fast_tmp)
+    (fast_tmp / "elsewhere").mkdir()
+    (fast_tmp / "elsewhere" / "features").mkdir()
+    (fast_tmp / "elsewhere" / "features" / f"dt={DAY}").mkdir()
+    (fast_tmp / "elsewhere" / "features" / f"dt={DAY}" / "precious").write_text("x")
+    (home.root / ".staging").symlink_to(fast_tmp / "elsewhere")
     with pytest.raises(StagingRefused, match="is a symbolic link"):
         build_features(home, DAY, FeaturesConfig(workers=0), detector_factory=fake_detector)
-    assert (tmp_path / "elsewhere" / "features" / f"dt={DAY}" / "precious").exists()
+    assert (fast_tmp / "elsewhere" / "features" / f"dt={DAY}" / "precious").exists()
 
 
 @pytest.mark.parametrize("where", ["inside_home", "holds_home", "file"])
-def test_a_blob_base_holding_or_inside_the_home_or_not_a_folder_is_refused(tmp_path, where):
-    home = _features_home(tmp_path)
-    (tmp_path / "a_file").write_text("x")
-    base = {"inside_home": home.root / "warehouse", "holds_home": tmp_path, "file": tmp_path / "a_file"}[where]
+def test_a_blob_base_holding_or_inside_the_home_or_not_a_folder_is_refused(fast_tmp, where):
+    home = _features_home(fast_tmp)
+    (fast_tmp / "a_file").write_text("x")
+    base = {"inside_home": home.root / "warehouse", "holds_home": fast_tmp, "file": fast_tmp / "a_file"}[where]
     with pytest.raises(StagingRefused):
         FeaturesConfig(blob_base=str(base)).validate(home.root)
 
 
-def test_a_new_staging_folder_or_the_default_area_still_work_and_only_they_are_removed(tmp_path):
-    home = _features_home(tmp_path)
-    scratch = tmp_path / "scratch" / "run1"      # a new folder outside the home: created, marked, removed
+def test_a_new_staging_folder_or_the_default_area_still_work_and_only_they_are_removed(fast_tmp):
+    home = _features_home(fast_tmp)
+    scratch = fast_tmp / "scratch" / "run1"      # a new folder outside the home: created, marked, removed
     report = build_features(home, DAY, FeaturesConfig(workers=0, staging=str(scratch)), detector_factory=fake_detector)
-    assert report.processed == 2 and not scratch.exists() and (tmp_path / "scratch").is_dir()
+    assert report.processed == 2 and not scratch.exists() and (fast_tmp / "scratch").is_dir()
     # an interrupted run's leftover in the stage's own area (no marker: an older version's) is replaced
     leftover = home.root / ".staging" / "features" / "dt=2023-03-02"
     leftover.mkdir(parents=True)
@@ -127,9 +130,9 @@ def test_a_new_staging_folder_or_the_default_area_still_work_and_only_they_are_r
                                                      and name.endswith(".lock")) for name in left), left
 
 
-def test_reset_and_remove_delete_only_a_marked_folder(tmp_path):
-    base = str(tmp_path / "base")
-    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+def test_reset_and_remove_delete_only_a_marked_folder(fast_tmp):
+    base = str(fast_tmp / "base")
+    ours, theirs = fast_tmp / "ours", fast_tmp / "theirs"
     reset_dir(str(ours), base)
     assert (ours / STAGING_MARKER).is_file()
     (ours / "todo.parquet").write_text("x")
@@ -153,16 +156,16 @@ def _ingest(home: DataHome, instance, day: str):
                           resources={"data_home": PickapicHome(root=str(home.root))})
 
 
-def test_materializing_a_day_whose_raw_folder_is_gone_fails_and_rewrites_nothing(tmp_path, instance):
+def test_materializing_a_day_whose_raw_folder_is_gone_fails_and_rewrites_nothing(fast_tmp, instance):
     day = "2023-03-01"
-    home, _ = clean_home(tmp_path, day)
+    home, _ = clean_home(fast_tmp, day)
     instance.add_dynamic_partitions("raw_days", [day])
     assert _ingest(home, instance, day).success
     built = {p: p.read_bytes() for p in sorted((home.root / "warehouse").rglob("*.parquet"))}
     rows = pq.read_table(home.partition_file("rankings", day)).num_rows
     assert rows > 0
     materializations = len(instance.fetch_materializations(dg.AssetKey("rankings"), limit=100).records)
-    os.rename(home.raw_day(day), tmp_path / "archived")        # raw-zone retention moved the day away
+    os.rename(home.raw_day(day), fast_tmp / "archived")        # raw-zone retention moved the day away
 
     result = _ingest(home, instance, day)
     assert not result.success
@@ -177,10 +180,10 @@ def test_materializing_a_day_whose_raw_folder_is_gone_fails_and_rewrites_nothing
 
 
 @pytest.mark.parametrize("where", ["others", "inside_home"])
-def test_a_launchpad_home_root_that_is_someones_folder_or_inside_a_home_is_refused(tmp_path, instance, where):
+def test_a_launchpad_home_root_that_is_someones_folder_or_inside_a_home_is_refused(fast_tmp, instance, where):
     day = "2023-03-01"
-    home, _ = clean_home(tmp_path, day)
-    victim = tmp_path / "victim_docs" if where == "others" else home.root / "warehouse" / "nested"
+    home, _ = clean_home(fast_tmp, day)
+    victim = fast_tmp / "victim_docs" if where == "others" else home.root / "warehouse" / "nested"
     victim.mkdir(parents=True)
     (victim / "thesis.txt").write_text("my files\n")
     instance.add_dynamic_partitions("raw_days", [day])
@@ -193,9 +196,9 @@ def test_a_launchpad_home_root_that_is_someones_folder_or_inside_a_home_is_refus
     assert _tree(victim) == ["thesis.txt"]
 
 
-def test_a_launchpad_home_root_that_is_a_home_or_a_new_folder_works(tmp_path, instance):
+def test_a_launchpad_home_root_that_is_a_home_or_a_new_folder_works(fast_tmp, instance):
     day = "2023-03-01"
-    home, _ = clean_home(tmp_path, day)
+    home, _ = clean_home(fast_tmp, day)
     instance.add_dynamic_partitions("raw_days", [day])
     result = dg.materialize([ingest_day_assets], instance=instance, partition_key=day,
                             resources={"data_home": PickapicHome.configure_at_launch()},
@@ -228,8 +231,8 @@ def _other_run_holds(lock: Path):
     return holder
 
 
-def test_a_second_run_of_a_days_feature_stage_fails_at_once_and_leaves_the_first_ones_staging(tmp_path, instance):
-    home = _features_home(tmp_path)
+def test_a_second_run_of_a_days_feature_stage_fails_at_once_and_leaves_the_first_ones_staging(fast_tmp, instance):
+    home = _features_home(fast_tmp)
     staging = home.root / ".staging" / "features" / f"dt={DAY}"     # the first run's, in the middle of its Beam stage
     staging.mkdir(parents=True)
     (staging / STAGING_MARKER).touch()
@@ -254,11 +257,11 @@ def test_a_second_run_of_a_days_feature_stage_fails_at_once_and_leaves_the_first
     assert report.processed == 2 and not staging.exists()
 
 
-def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(tmp_path):
+def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(fast_tmp):
     from pipelines.features.stage import DayAlreadyRunning, hold_day_lock
 
-    home = _features_home(tmp_path)
-    shared = str(tmp_path / "scratch")
+    home = _features_home(fast_tmp)
+    shared = str(fast_tmp / "scratch")
     # another day's run using the same staging folder holds it
     with hold_day_lock(home, "2023-03-02", shared), pytest.raises(DayAlreadyRunning, match="using the staging folder"):
         build_features(home, DAY, FeaturesConfig(workers=0, staging=shared), detector_factory=fake_detector)
@@ -270,9 +273,9 @@ def test_two_days_sharing_a_staging_folder_from_the_settings_do_not_run_at_once(
 
 
 @pytest.mark.parametrize("bad", [{"jpeg_quality": 500}, {"max_side": 4, "min_side": 8}, {"staging": "WAREHOUSE"}])
-def test_a_bad_value_for_a_later_step_fails_the_first_step_before_it_writes(tmp_path, instance, bad):
+def test_a_bad_value_for_a_later_step_fails_the_first_step_before_it_writes(fast_tmp, instance, bad):
     day = "2023-03-01"
-    home, _ = clean_home(tmp_path, day)
+    home, _ = clean_home(fast_tmp, day)
     bad = {k: str(home.root / "warehouse") if v == "WAREHOUSE" else v for k, v in bad.items()}
     instance.add_dynamic_partitions("raw_days", [day])
     result = dg.materialize([ingest_day_assets, fingerprint_images], instance=instance, partition_key=day,
