@@ -16,7 +16,7 @@ from pathlib import Path
 
 from formats.dataset import FORMAT_VERSION, LATEST, list_versions, shard_paths
 from formats.dataset import read_manifest as dataset_manifest
-from formats.files import create_temp, file_mode
+from formats.files import create_temp, file_mode, sha256_file
 from formats.home import DataHome
 from pipelines.publish import shards
 
@@ -81,7 +81,15 @@ def real_folder(version_dir: Path, rel: str) -> bool:
 
 def link_shard(source: tuple[Path, dict], task: shards.ShardTask, fsync: bool, mode: int) -> dict | None:
     """Hard-link (or copy) a shard's tar, sidecar and stats (last: the commit marker) into the staging
-    folder; return its stats, or None (nothing left in staging) when a file turned out not reusable."""
+    folder; return its stats, or None (nothing left in staging) when a file turned out not reusable.
+
+    The linked sidecar is read back and must have the sha256 its stats (and so the new manifest) give it:
+    a sidecar changed in place since it was published, with its size and mtime kept (``rsync -t --inplace``,
+    an edit followed by ``touch -r``), is not carried into the new version, whose shard is then written
+    afresh. The gate's caches (:mod:`pipelines.publish.rulecache`, :mod:`pipelines.publish.columncache`)
+    know a sidecar by that sha256, inode, size and mtime, so without this check they would answer for
+    the old bytes. A sidecar is ~1% of its shard; the tar is trusted by its size, as the issue asks
+    (``publish.verify_checksums`` re-hashes everything)."""
     stats_path, stats = source
     Path(task.out_dir).mkdir(parents=True, exist_ok=True)
     sizes = (stats["num_bytes"], stats["sidecar_bytes"], None)
@@ -90,12 +98,22 @@ def link_shard(source: tuple[Path, dict], task: shards.ShardTask, fsync: bool, m
         for origin, target, size in zip(shard_paths(stats_path.parent, task.name), task.paths(), sizes):
             link_or_copy(origin, target, fsync, size=size, mode=mode)
             done.append(target)
+            if target == task.paths()[1] and file_sha256(target) != stats.get("sidecar_sha256"):
+                raise NotReusable(f"{origin}: its bytes are not the sha256 its stats record (changed in place)")
     except NotReusable:
         for target in done:
             with contextlib.suppress(FileNotFoundError):
                 target.unlink()
         return None
     return stats
+
+
+def file_sha256(path: Path) -> str | None:
+    """:func:`formats.files.sha256_file`, or None where the file cannot be read."""
+    try:
+        return sha256_file(path)
+    except OSError:
+        return None
 
 
 def link_or_copy(source: Path, target: Path, fsync: bool = True, size: int | None = None,
