@@ -75,9 +75,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import functools
 import hashlib
 import json
+import os
 import re
 import sys
 import time
@@ -92,7 +94,17 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import regex
 
-from formats.dataset import MANIFEST_FILE, SPLITS, latest_link, list_versions, split_sidecars
+from formats.dataset import (
+    MANIFEST_FILE,
+    SPLITS,
+    describe,
+    history_file,
+    latest_link,
+    list_versions,
+    read_history,
+    shard_glob,
+    split_sidecars,
+)
 from formats.files import cast_to_schema, is_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
@@ -848,7 +860,7 @@ def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
     published versions ``names`` (complete versions under the dataset folder, :func:`formats.dataset.list_versions`),
     read in one pass; a key published in two splits, in one version or across them, as held out (test, then
     validation), its first day the earliest. A split folder that is a link, or a sidecar that is one, is not
-    followed (a version's files are its own)."""
+    followed (a version's files are its own; :func:`unread_split_folders` names such versions)."""
     files = []
     for name in names:
         for split in ("train",) + HELDOUT:
@@ -873,6 +885,46 @@ def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
                            "first") from exc
     finally:
         con.close()
+
+
+def unread_split_folders(home: DataHome, names: list[str]) -> dict[str, str]:
+    """Why :func:`read_retained_keys` cannot read every train / validation / test sidecar of the published versions
+    ``names`` (version -> the first reason found; a version read whole is not named): a split folder that is a
+    symbolic link or not a folder (not followed: a version's files are its own), one this account cannot list, a
+    sidecar that is a link or not a regular file. A split folder that is not there holds nothing to read."""
+    unread = {}
+    for name in names:
+        for split in ("train",) + HELDOUT:
+            folder = home.datasets / name / split
+            try:
+                if not os.path.lexists(folder):
+                    continue
+                if not is_real_folder(folder):
+                    unread[name] = f"{folder} is {describe(folder)}"
+                    break
+                with os.scandir(folder) as entries:
+                    odd = sorted(e.name for e in entries if fnmatch.fnmatchcase(e.name, shard_glob(split, ".parquet"))
+                                 and not e.is_file(follow_symlinks=False))
+            except OSError as exc:
+                unread[name] = f"{folder} cannot be listed ({exc.strerror or exc})"
+                break
+            if odd:
+                unread[name] = f"{folder / odd[0]} is {describe(folder / odd[0])}"
+                break
+    return unread
+
+
+def switched_versions(home: DataHome, retained: list[str], latest: str | None) -> tuple[list[str], list[str]]:
+    """(the ``retained`` versions ``latest`` was switched to at some point, those it never was), in their order. By
+    the publish history (:func:`formats.dataset.read_history`: every publish names its version there just before it
+    switches ``latest``), ``latest``'s own version counting as switched to: a complete version the history does not
+    name was left by a publish that stopped before switching, and was never published. Without a history (none
+    written yet, or missing or damaged) that cannot be told, and every retained version counts as switched to."""
+    history = read_history(home.datasets)
+    if history is None:
+        return list(retained), []
+    named = set(history) | {latest}
+    return [name for name in retained if name in named], [name for name in retained if name not in named]
 
 
 _HELD_OUT_OWNER = ("CASE WHEN bool_or({column} = 'test') THEN 'test' WHEN bool_or({column} = 'validation') "
@@ -928,14 +980,19 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     Else the train / validation / test sidecars of every retained published version are read, oldest first
     (``read_latest`` reads ``latest``'s, shared with the ledger's check), and the keys not pinned under ``salt`` are
     re-seeded under ``salt`` in the split they were published in (a key in two splits as held out: test, then
-    validation). Keys published only in versions retention deleted are not on disk and cannot be re-seeded."""
+    validation). Keys published only in versions retention deleted are not on disk and cannot be re-seeded. A
+    published version is one ``latest`` was switched to (:func:`switched_versions`: a version a publish left
+    unswitched is neither read nor required); one not read whole (:func:`unread_split_folders`) is not recorded as
+    covered, and the log says so."""
     path = home.table_file("split_key_owners")
     digests, names = coverage.pins_record(path, pins)
     retained = list_versions(home)
-    older = [name for name in retained if name != version]
+    published, stranded = switched_versions(home, retained, version)
+    older = [name for name in published if name != version]
     empty = get_schema("split_key_owners").empty_table()
     added = seeded = empty
     versions_read = 0
+    unread: dict[str, str] = {}      # published versions the re-seed could not read whole (unread_split_folders)
     if version is None:
         how = "nothing published"
     elif ((source is not None and source in digests) or version in names) and set(older) <= names:
@@ -951,10 +1008,12 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
         latest = read_latest()
         if latest.version != version:      # latest switched in between: the record says nothing of this one
             version, source = latest.version, None
-            older = [name for name in retained if name != version]
+            published, stranded = switched_versions(home, retained, version)
+            older = [name for name in published if name != version]
+        unread = unread_split_folders(home, older + ([version] if version else []))
         keys = merge_keys([read_retained_keys(home, older), latest.keys])
         versions_read = len(older) + (version is not None)
-        names = names | set(older)              # every retained version's keys are pinned now
+        names = names | (set(older) - set(unread))    # every retained version read whole: its keys are pinned now
         seeded = seed_pins(pins, keys, salt)
         pins = _sorted_pins(pa.concat_tables([pins, seeded]))
         kinds = Counter(seeded.column("kind").to_pylist())
@@ -963,8 +1022,18 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
             f"had no owner pin in {path} (lost, restored from an older copy, or a home built before the pins were "
             "stored); they keep the split they were published in (keys published only in versions already deleted "
             "by retention cannot be recovered)")
-    covered = digests | ({source} if source and how != "nothing published" else set())
-    versions = (names & set(retained)) | ({version} if version and how != "nothing published" else set())
+        if stranded:
+            log(f"split key owners: the versions {', '.join(stranded)} under {home.datasets} were never switched to "
+                f"latest (a publish that stopped before switching; not in {history_file(home.datasets)}): never "
+                "published, so their keys are not pinned")
+        if unread:
+            log("split key owners: not every sidecar of the published versions " + "; ".join(
+                f"{name} ({why})" for name, why in unread.items()) + " could be read as the version's own file (a "
+                "link is not followed): their keys may not all be pinned, and they are not recorded as covered, so "
+                "every build reads the sidecars again and says so until the folder is put back or the version deleted")
+    whole = how != "nothing published" and version not in unread   # latest unread: nor it nor its split_pairs covered
+    covered = digests | ({source} if source and whole else set())
+    versions = (names & set(retained)) | ({version} if version and whole else set())
     changed = (not path.is_file() or added.num_rows > 0 or seeded.num_rows > 0 or covered != digests
                or versions != names)
     return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed)
