@@ -176,3 +176,34 @@ def test_rerank_never_waits_on_a_candidate_swapped_for_a_fifo_after_scoring(tmp_
         rr.rerank(SwappingScorer(), [PairRow("p", "a cube", str(image))], folder, record=listed)
     assert time.monotonic() - started < 5.0, "the contact sheet waited on the FIFO until a writer came"
     assert Image.open(io.BytesIO((folder / "contact_sheet.png").read_bytes())).size[0] > 0
+
+
+# --- hostile input tables -------------------------------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="rev16: a JSONL --input/--candidates table with invalid UTF-8 fails with a bare "
+                                       "UnicodeDecodeError naming no file (CSV and bad JSON name the table)")
+def test_a_jsonl_table_with_invalid_utf8_is_refused_naming_the_table(tmp_path):
+    from training.score_cli import read_pairs_table
+
+    table = tmp_path / "pairs.jsonl"
+    table.write_bytes(b'{"prompt": "a \xff cube", "image": "a.png"}\n{"prompt": "a cube", "image": "b.png"}\n')
+    with pytest.raises(ValueError) as refused:
+        read_pairs_table(table)
+    assert "pairs.jsonl" in str(refused.value), str(refused.value)
+
+
+@pytest.mark.xfail(strict=True, reason="rev16: `pickapic score` prints a table prompt's terminal escape sequences "
+                                       "(ESC, BEL) raw to the terminal")
+def test_score_prints_no_terminal_control_characters_from_a_table(tmp_path):
+    from training.score_cli import print_rows, read_pairs_table, score_rows
+
+    _png(tmp_path / "a.png")
+    hostile = "a cube \x1b]0;owned\x07\x1b[2J\x1b[1A"            # retitle the terminal, clear it, move the cursor
+    (tmp_path / "pairs.jsonl").write_text(json.dumps({"prompt": hostile, "image": "a.png"}) + "\n"
+                                          + json.dumps({"prompt": hostile, "image": "missing.png"}) + "\n")
+    rows = read_pairs_table(tmp_path / "pairs.jsonl")
+    out = io.StringIO()
+    print_rows(score_rows(_FakeScorer(), rows), out)
+    text = out.getvalue()
+    assert "a cube" in text
+    assert not any(c in text for c in "\x1b\x07"), repr(text)
