@@ -26,6 +26,7 @@ from formats.home import DataHome
 from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from schemas import get_schema
 from training.score_cli import (
+    MAX_PROMPT_BYTES,
     PairRow,
     add_model_arguments,
     error_summary,
@@ -37,7 +38,6 @@ from training.score_cli import (
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE = "prompt.txt"
-MAX_PROMPT_BYTES = 64 * 1024  # far above any real prompt; a longer prompt.txt is an error row, never read whole
 
 
 def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
@@ -157,10 +157,13 @@ def contact_sheet_png(scored: Sequence[dict[str, Any]], prompts: int = 8, thumb:
 
 
 def _thumbnail(path: str, size: int) -> Image.Image | None:
+    """The candidate, read again as the scorer read it (:func:`training.scoring.load_rgb`: a regular file only, so a
+    FIFO swapped in after scoring is never waited on; no decompression bomb), fitted into ``size`` pixels."""
+    from training.scoring import ImageError, load_rgb  # imports torch: only once a sheet is drawn
+
     try:
-        with Image.open(path) as img:
-            return ImageOps.contain(img.convert("RGB"), (size, size), Image.Resampling.BICUBIC)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return ImageOps.contain(load_rgb(path, path), (size, size), Image.Resampling.BICUBIC)
+    except (ImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError):
         return None  # the scorer read it; a later change of the file only costs the picture
 
 

@@ -33,6 +33,7 @@ from formats.outputs import check_output_file, open_output_file
 from schemas import get_schema
 
 TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
+MAX_PROMPT_BYTES = 64 * 1024  # far above any real prompt; a longer one is an error row, never tokenized
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,16 @@ def read_table(path: Path) -> pa.Table:
     fmt = _table_format(path)
     try:
         if fmt == ".parquet":
-            return pq.read_table(path)
-        if fmt == ".csv":   # every column as text, as written: no number guessed, no NA / null read as missing
+            table = pq.read_table(path)
+        elif fmt == ".csv":   # every column as text, as written: no number guessed, no NA / null read as missing
             as_text = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
             with pacsv.open_csv(path, convert_options=as_text) as reader:   # the header's column names
                 as_text.column_types = {name: pa.string() for name in reader.schema.names}
-            return pacsv.read_csv(path, convert_options=as_text)
-        return pajson.read_json(path)
+            table = pacsv.read_csv(path, convert_options=as_text)
+        else:
+            table = pajson.read_json(path)
+        table.validate(full=True)   # text that is not UTF-8 (JSON and Parquet readers pass it on) is refused here
+        return table
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"input table {str(path)!r} cannot be read as {fmt[1:]}: {exc}") from None
 
@@ -95,6 +99,10 @@ def read_pairs_table(path: Path, prompt_column: str = "prompt", image_column: st
         error = None
         if not isinstance(prompt, str) or not prompt:
             error, prompt = f"missing_prompt: row {number} of {path.name} has no {prompt_column}", str(prompt or "")
+        elif len(prompt) > MAX_PROMPT_BYTES // 4 and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+            # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole
+            error = (f"missing_prompt: row {number} of {path.name} has a {prompt_column} longer than "
+                     f"{MAX_PROMPT_BYTES} bytes")
         if not isinstance(image, str) or not image:
             error, image = error or f"missing_image_path: row {number} of {path.name} has no {image_column}", ""
         elif not Path(image).is_absolute():
@@ -134,8 +142,32 @@ def write_rows(rows: list[dict[str, Any]], schema: pa.Schema, path: Path,
     return path
 
 
+def utf8_text(value: str) -> str:
+    """``value`` as valid UTF-8 text: a byte a file name could not decode (Python's surrogate escape) becomes
+    ``\\xNN``, any other lone surrogate ``\\uXXXX``; text that is valid already comes back as it is."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF
+                   else f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
+
+
+def terminal_text(value: str) -> str:
+    """``value`` safe to print on a terminal: :func:`utf8_text`, and every control or format character (ESC, BEL,
+    a carriage return, bidirectional overrides) shown as its ``\\x`` / ``\\u`` escape instead of acting."""
+    value = utf8_text(value)
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+                   for ch in value)
+
+
 def write_rows_to(handle: Any, rows: list[dict[str, Any]], schema: pa.Schema, fmt: str = ".parquet") -> None:
-    """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``)."""
+    """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``). Text that is not
+    valid UTF-8 (an image path with bytes its file system name could not decode) is written as :func:`utf8_text`."""
+    rows = [{key: utf8_text(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
     if fmt == ".parquet":
         pq.write_table(table, handle, compression="zstd")
@@ -149,14 +181,15 @@ def write_rows_to(handle: Any, rows: list[dict[str, Any]], schema: pa.Schema, fm
 
 
 def print_rows(rows: list[dict[str, Any]], out: Any = None) -> None:
-    """An aligned text table of score rows (prompt shortened), errors last in each line."""
+    """An aligned text table of score rows (prompt shortened), errors last in each line; prompts, paths and errors
+    are printed as :func:`terminal_text` (a table's escape sequences never reach the terminal)."""
     out = out or sys.stdout
     lines = [("rank", "score", "preference", "image", "prompt / error")]
     for row in rows:
         scored = row["score"] is not None
         lines.append((str(row["rank"]) if scored else "-", f"{row['score']:.4f}" if scored else "-",
-                      f"{row['preference']:.4f}" if scored else "-", row["image"],
-                      _shorten(row["prompt"], 48) if scored else f"error {row['error']}"))
+                      f"{row['preference']:.4f}" if scored else "-", terminal_text(row["image"]),
+                      terminal_text(_shorten(row["prompt"], 48) if scored else f"error {row['error']}")))
     widths = [max(len(line[k]) for line in lines) for k in range(4)]
     for line in lines:
         print("  ".join(value.rjust(w) if k < 3 else value.ljust(w) for k, (value, w) in

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from formats.files import open_regular_file
 from training.data import ImageGeometryError, ImageSpec, preprocess_rgb
 from training.device import resolve_device
 from training.model import load_model, pooled_embeddings
@@ -68,17 +69,28 @@ def load_rgb(image: ImageInput, name: str) -> Image.Image:
             raise ImageError("missing_file", f"{name} does not exist")
         if not path.is_file():
             raise ImageError("not_a_file", f"{name} is not a regular file")
-        size = path.stat().st_size
-        if size > MAX_IMAGE_BYTES:
-            raise ImageError("unreadable_image", f"{name} has {size} bytes (more than {MAX_IMAGE_BYTES})")
         try:
-            data = path.read_bytes()
+            # the type is checked on the open file: a FIFO or device swapped in after the checks above is never
+            # waited on or read without end
+            with open_regular_file(path) as handle:
+                size = os.fstat(handle.fileno()).st_size
+                if size > MAX_IMAGE_BYTES:
+                    raise ImageError("unreadable_image", f"{name} has {size} bytes (more than {MAX_IMAGE_BYTES})")
+                data = handle.read(MAX_IMAGE_BYTES + 1)
         except OSError as exc:
             raise ImageError("unreadable_image", f"{name}: {exc.strerror or exc}") from None
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ImageError("unreadable_image", f"{name} grew past {MAX_IMAGE_BYTES} bytes while read")
     if not data:
         raise ImageError("empty_file", f"{name} has no bytes")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            # Pillow only warns between MAX_IMAGE_PIXELS and twice that (and raises above): refused here from
+            # MAX_IMAGE_PIXELS on, as the features stage does, before any pixel is decoded
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and img.width * img.height > limit:
+                raise ImageError("decompression_bomb", f"{name}: {img.width}x{img.height} pixels is more than "
+                                 f"{limit}, a possible decompression bomb")
             return img.convert("RGB")
     except Image.DecompressionBombError as exc:
         raise ImageError("decompression_bomb", f"{name}: {exc}") from None

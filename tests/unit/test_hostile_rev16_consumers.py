@@ -1,6 +1,6 @@
 """Hostile review 16: defects found in the consumer-side commands (`query`, `export`, `score`, `rerank`).
 
-Every test reproduces one confirmed defect and is a strict xfail until it is fixed.
+Every test reproduces one confirmed defect and was a strict xfail until it was fixed (December 5, 2026).
 """
 from __future__ import annotations
 
@@ -77,8 +77,6 @@ def test_a_refused_output_folder_inside_the_home_is_left_untouched(tmp_path, cap
 
 # --- hostile candidate files ----------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev16: one candidate whose file name is not UTF-8 makes the whole rerank fail "
-                                       "after scoring (UnicodeEncodeError writing scores.parquet), nothing written")
 def test_rerank_reports_a_candidate_whose_file_name_is_not_utf8_and_writes_its_outputs(tmp_path):
     import training.rerank as rr
     from formats.outputs import recorded_output_dir
@@ -97,8 +95,6 @@ def test_rerank_reports_a_candidate_whose_file_name_is_not_utf8_and_writes_its_o
     assert pq.read_table(folder / "choices.parquet").num_rows == 1
 
 
-@pytest.mark.xfail(strict=True, reason="rev16: score --output fails as a whole (UnicodeEncodeError) when one image path "
-                                       "given is not UTF-8, after the model scored every image")
 def test_score_output_survives_an_image_path_that_is_not_utf8(tmp_path):
     from schemas import get_schema
     from training.score_cli import PairRow, score_rows, write_rows
@@ -112,8 +108,6 @@ def test_score_output_survives_an_image_path_that_is_not_utf8(tmp_path):
     assert pq.read_table(out).num_rows == 2
 
 
-@pytest.mark.xfail(strict=True, reason="rev16: the scorer decodes an image Pillow flags as a decompression bomb "
-                                       "(9600x9600, 89 KB PNG -> ~840 MB RSS) instead of a decompression_bomb row")
 def test_an_image_pillow_flags_as_a_decompression_bomb_is_an_error_row(model_dir, tmp_path):
     import warnings
 
@@ -129,8 +123,6 @@ def test_an_image_pillow_flags_as_a_decompression_bomb_is_an_error_row(model_dir
     assert rows[1].score is None and (rows[1].error or "").startswith("decompression_bomb"), rows[1].error
 
 
-@pytest.mark.xfail(strict=True, reason="rev16: a prompt of a --input/--candidates TABLE has no size limit (a 10 MB cell: "
-                                       "13 s and +1.6 GB in the tokenizer); prompt.txt is capped at 64 KiB")
 def test_a_table_prompt_longer_than_64_kib_never_reaches_the_tokenizer_whole(model_dir, tmp_path):
     from training.rerank import MAX_PROMPT_BYTES
     from training.score_cli import read_pairs_table, score_rows
@@ -154,8 +146,6 @@ def test_a_table_prompt_longer_than_64_kib_never_reaches_the_tokenizer_whole(mod
     assert seen and max(seen) <= MAX_PROMPT_BYTES, f"the tokenizer was given a {max(seen)}-byte prompt"
 
 
-@pytest.mark.xfail(strict=True, reason="rev16: rerank's contact sheet re-opens each candidate by path with a plain "
-                                       "open: a FIFO swapped in after scoring blocks it forever")
 def test_rerank_never_waits_on_a_candidate_swapped_for_a_fifo_after_scoring(tmp_path):
     import training.rerank as rr
     from formats.outputs import recorded_output_dir
@@ -180,8 +170,6 @@ def test_rerank_never_waits_on_a_candidate_swapped_for_a_fifo_after_scoring(tmp_
 
 # --- hostile input tables -------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev16: a JSONL --input/--candidates table with invalid UTF-8 fails with a bare "
-                                       "UnicodeDecodeError naming no file (CSV and bad JSON name the table)")
 def test_a_jsonl_table_with_invalid_utf8_is_refused_naming_the_table(tmp_path):
     from training.score_cli import read_pairs_table
 
@@ -192,8 +180,6 @@ def test_a_jsonl_table_with_invalid_utf8_is_refused_naming_the_table(tmp_path):
     assert "pairs.jsonl" in str(refused.value), str(refused.value)
 
 
-@pytest.mark.xfail(strict=True, reason="rev16: `pickapic score` prints a table prompt's terminal escape sequences "
-                                       "(ESC, BEL) raw to the terminal")
 def test_score_prints_no_terminal_control_characters_from_a_table(tmp_path):
     from training.score_cli import print_rows, read_pairs_table, score_rows
 
