@@ -30,12 +30,14 @@ from training.score_cli import (
     PairRow,
     add_model_arguments,
     error_summary,
+    int_between,
     read_pairs_table,
     score_rows,
     write_rows,
     write_rows_to,
 )
 
+MAX_SHEET_PROMPTS = 256   # a sheet is for a person to look at; each prompt is a 194 px row of the PNG
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 PROMPT_FILE = "prompt.txt"
 
@@ -212,7 +214,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "with prompt, image (and optional prompt_id) columns")
     parser.add_argument("--output", type=Path, required=True, metavar="DIR",
                         help="folder for choices.parquet, scores.parquet and contact_sheet.png")
-    parser.add_argument("--sheet-prompts", type=int, default=8, help="prompts on the contact sheet (default 8)")
+    parser.add_argument("--sheet-prompts", type=int_between(0, MAX_SHEET_PROMPTS), default=8,
+                        help=f"prompts on the contact sheet, 0 to {MAX_SHEET_PROMPTS} (default 8)")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

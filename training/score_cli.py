@@ -209,6 +209,23 @@ def error_summary(rows: list[dict[str, Any]]) -> str:
             + ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items())) + "); see the error column")
 
 
+MAX_BATCH_SIZE = 1024        # images per forward pass; more only allocates a larger buffer at once
+
+
+def int_between(low: int, high: int):
+    """An argparse ``type``: an integer in [low, high], else argparse's usage error naming the bounds."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is not between {low} and {high}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """``--model``, ``--processor``, ``--device``, ``--batch-size`` (shared with ``pickapic rerank``)."""
     parser.add_argument("--model", required=True, metavar="DIR",
@@ -217,7 +234,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="processor directory when the model directory has none (PickScore_v1 uses CLIP-H's); "
                              "default: the model directory")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto (cuda if present)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images per forward pass (default 32)")
+    parser.add_argument("--batch-size", type=int_between(1, MAX_BATCH_SIZE), default=32,
+                        help=f"images per forward pass, 1 to {MAX_BATCH_SIZE} (default 32)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

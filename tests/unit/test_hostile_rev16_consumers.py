@@ -193,3 +193,18 @@ def test_score_prints_no_terminal_control_characters_from_a_table(tmp_path):
     text = out.getvalue()
     assert "a cube" in text
     assert not any(c in text for c in "\x1b\x07"), repr(text)
+
+
+@pytest.mark.parametrize("argv, refusal", [
+    (["rerank", "--model", "m", "--candidates", "c", "--output", "o", "--sheet-prompts", "-1"],
+     "--sheet-prompts: -1 is not between 0 and 256"),          # silently dropped the last prompt of the sheet
+    (["rerank", "--model", "m", "--candidates", "c", "--output", "o", "--sheet-prompts", "100000"],
+     "--sheet-prompts: 100000 is not between 0 and 256"),      # a PNG 100,000 rows of 194 px tall
+    (["score", "--model", "m", "--prompt", "a", "b.png", "--batch-size", "1000000"],
+     "--batch-size: 1000000 is not between 1 and 1024"),
+])
+def test_counts_of_the_consumer_commands_are_bounded_before_anything_loads(argv, refusal, capsys):
+    """Suspected by rev16, fixed the same day: `--sheet-prompts` and `--batch-size` took any integer."""
+    with pytest.raises(SystemExit) as stopped:
+        pickapic(argv)
+    assert stopped.value.code == 2 and refusal in capsys.readouterr().err
