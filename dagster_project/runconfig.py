@@ -70,11 +70,13 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
     it started, after the earlier steps of the run had rewritten their tables (keep_versions=0 for the
     last step, publish, failed after curation and splits had rewritten theirs). The home's settings file is
     read (and its values checked) whether or not the run overrides any: a run without overrides whose file
-    every step would refuse is refused too.
+    every step would refuse is refused too, and so is a file whose feature blob base or staging folder the
+    feature step would refuse for this home (checked whether or not the run overrides them).
     """
     sections = {stage.op: stage.section for stage in STAGES}
     ops = (run_config or {}).get("ops") or {}
     settings = load(home.root)
+    features_checked = False
     for op, entry in sorted(ops.items()):
         section = sections.get(op)
         if section is None or not isinstance(entry, Mapping):
@@ -89,6 +91,14 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
                 built.validate(home.root)
             except ValueError as exc:
                 raise SettingsError(f"run config of {op} is refused: {exc}") from None
+            features_checked = True
+    if not features_checked:
+        # the file's own blob base and staging folder, checked against this home as the feature step will: a
+        # linked or foreign staging folder written into the file by hand is refused here, not after ingest ran
+        try:
+            settings.config("features", {}, "settings file").validate(home.root)
+        except ValueError as exc:
+            raise SettingsError(f"the settings file's [features] is refused for {home.root}: {exc}") from None
 
 
 def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -87,3 +87,26 @@ def test_launch_refuses_a_run_without_overrides_when_the_settings_file_is_refuse
         check_launch({"ops": {"split_pairs": {"config": {"unique_prompts": 400}}}})
     with pytest.raises(RunConfigRefused):       # none: accepted and queued, and the first step then refuses the file
         check_launch({})
+
+
+def test_launch_refuses_a_settings_file_whose_feature_staging_folder_the_step_would_refuse(tmp_path, monkeypatch):
+    """Left open by rev15, fixed December 5: the feature stage's staging and blob base checks against the home ran
+    at launch only when the run overrode a feature setting; a staging folder linked elsewhere, written into the
+    file by hand, was queued and refused by the feature step after the day's ingest had run."""
+    from dagster_project.coordinator import RunConfigRefused, check_launch
+
+    home = tmp_path / "home"
+    home.mkdir()
+    elsewhere = tmp_path / "someone-elses-folder"
+    elsewhere.mkdir()
+    (elsewhere / "keep.txt").write_text("not the stage's")
+    linked = tmp_path / "staging-link"
+    linked.symlink_to(elsewhere, target_is_directory=True)
+    monkeypatch.setenv("PICKAPIC_HOME", str(home))
+    check_launch({})                                              # the defaults: accepted
+    (home / "pickapic.toml").write_text(f'[features]\nstaging = "{linked}"\n')
+    with pytest.raises(RunConfigRefused, match="staging"):
+        check_launch({})                                          # no override of the feature stage: refused all the same
+    with pytest.raises(RunConfigRefused, match="staging"):
+        check_launch({"ops": {"split_pairs": {"config": {"unique_prompts": 400}}}})
+    assert (elsewhere / "keep.txt").read_text() == "not the stage's"
