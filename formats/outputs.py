@@ -7,11 +7,14 @@ data home (the tool's own files are not outputs), and never a path through a fol
 (dangling or not): see :func:`_refuse_linked_folder` for which folders of the path are checked.
 :func:`open_output_file` re-checks the entry right before it renames over it, through a descriptor of the
 folder, so a swap of the folder for a link after the first check still cannot redirect the write;
-:func:`open_output_files` writes several files of one folder all or nothing.
+:func:`open_output_files` writes several files of one folder all or nothing, holding the folder locked while it
+writes, so that a later run removes only a dead run's temporary files, and only once the folder passed every check.
 """
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import json
 import os
 import stat
@@ -200,6 +203,8 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     in the folder, and only once the block ends without error are the entries re-checked and the temp files
     renamed over them. On an error the temp files are removed, and the folders this call made (empty) too,
     so the folder is left as it was. ``folder`` is an absolute folder already checked by :func:`check_output_dir`.
+    The folder is held locked (:func:`_lock_folder`) from before the first temp file until the end, so no other
+    run takes its temp files for a dead run's leftovers; a folder another run holds is refused, nothing written.
     """
     folder = Path(folder)
     targets = {name: check_output_file(folder / name, homes, flag) for name in names}
@@ -212,6 +217,13 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     temps: dict[str, str] = {}
     done = False
+    try:
+        if _lock_folder(dir_fd) is False:
+            raise RefusedOutput(_busy_message(flag, folder, folder))
+    except BaseException:
+        os.close(dir_fd)
+        _remove_made(made)
+        raise
 
     @contextlib.contextmanager
     def open_one(name: str) -> Iterator[BinaryIO]:
@@ -235,19 +247,46 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
         for tmp in temps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
-        os.close(dir_fd)
+        os.close(dir_fd)                            # also releases the folder's lock
         if not done:
-            for created in made:                    # innermost first; a folder holding anything stays
-                with contextlib.suppress(OSError):
-                    os.rmdir(created)
+            _remove_made(made)
+
+
+def _remove_made(made: Sequence[Path]) -> None:
+    """Remove the folders a failed write made (innermost first); a folder holding anything stays."""
+    for created in made:
+        with contextlib.suppress(OSError):
+            os.rmdir(created)
+
+
+def _lock_folder(dir_fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on an open output folder, held until the descriptor is closed (the kernel
+    also drops it when the process dies, killed or not): :func:`open_output_files` holds it from before its
+    first temp file until after the last rename or removal, so a temp file found while the lock is held here
+    is provably a dead run's. True: locked; False: another process holds it; None: the file system has no
+    ``flock`` for folders (some network file systems), nothing is locked."""
+    try:
+        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return False
+        return None
+    return True
+
+
+def _busy_message(flag: str, given: object, folder: Path) -> str:
+    return (f"{flag} {given}: another run is writing into {folder} now (it holds the folder locked); nothing was "
+            "written or removed, wait for it to finish or give another folder")
 
 
 def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: str = "--output-dir",
-                     markers: Sequence[str] = (), in_home: bool = False) -> Path:
+                     markers: Sequence[str] = (), in_home: bool = False, leftovers: Sequence[str] = ()) -> Path:
     """Validate a user-given output folder: new, empty, or a previous output of this command; never a link.
 
     A non-empty folder counts as a previous output when it holds one of ``markers`` (paths relative to it).
     It may not lie inside a data home; with ``in_home`` only not inside its :func:`pipeline_zones`.
+    With ``leftovers`` (file names), the temporary files of those names that a killed run left are removed
+    (:func:`_remove_own_leftovers`) once the folder passed every other check, before the emptiness check.
     Returns the absolute path.
     """
     final = _absolute(path)
@@ -262,6 +301,8 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; give a new folder or one this command "
                             "wrote before")
     _refuse_linked_subfolders(final, markers, flag, path)
+    if leftovers:
+        _remove_own_leftovers(final, leftovers, homes, flag, path)
     with os.scandir(final) as entries:
         empty = next(entries, None) is None
     if not empty and not any(os.path.lexists(final / marker) for marker in markers):
@@ -295,8 +336,7 @@ def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: s
     ``record``), a record that is not one this tool wrote, and any of ``names`` already there but not
     listed in the record: only files an earlier run of the command wrote are ever replaced.
     """
-    _remove_own_leftovers(given, [*names, record])
-    folder = check_output_dir(given, homes, flag, markers=[record])
+    folder = check_output_dir(given, homes, flag, markers=[record], leftovers=[*names, record])
     earlier = _recorded_files(folder, record, flag, given)
     foreign = [name for name in names if os.path.lexists(folder / name) and name not in earlier]
     if foreign:
@@ -307,25 +347,44 @@ def recorded_output_dir(given: str | os.PathLike, homes: Sequence[Path], flag: s
     return folder, sorted(kept | set(names))
 
 
-def _remove_own_leftovers(given: str | os.PathLike, names: Sequence[str]) -> list[str]:
-    """Delete the temporary files a killed run of the command left in folder ``given`` (``.NAME.HEX.tmp``,
-    as :func:`formats.files.create_temp` names them, for the command's own ``names``; regular files only,
-    in a real folder), so the rerun of a crashed command is not refused for its own debris."""
-    folder = _absolute(given)
+def _remove_own_leftovers(folder: Path, names: Sequence[str], homes: Sequence[Path], flag: str,
+                          given: object) -> list[str]:
+    """Delete the temporary files a killed run of the command left in ``folder`` (``.NAME.HEX.tmp``, as
+    :func:`formats.files.create_temp` names them, for the command's own ``names``; regular files only), so
+    the rerun of a crashed command is not refused for its own debris. Returns the names removed.
+
+    Called only for a folder that passed every check of :func:`check_output_dir` on its path (not in a data
+    home, no linked folder, a real folder). The folder is opened without following a link and checked
+    again through its descriptor; its exclusive ``flock`` (:func:`_lock_folder`) is held while the files are
+    removed, so only a dead run's temp files go: a folder another run holds is refused
+    (:class:`RefusedOutput`), nothing removed. Where folders cannot be locked nothing is removed."""
     try:
-        if not stat.S_ISDIR(os.lstat(folder).st_mode):
-            return []
-        entries = list(os.scandir(folder))
+        dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return []
-    own = temp_names(names)
-    removed = []
-    for entry in entries:
-        if own.fullmatch(entry.name) and entry.is_file(follow_symlinks=False):
+    try:
+        with contextlib.suppress(OSError):   # the folder actually opened (Linux): still the checked one
+            held = Path(os.readlink(f"/proc/self/fd/{dir_fd}"))
+            _refuse_inside_home(held, homes, flag, given)
+            if held != folder:
+                return []
+        locked = _lock_folder(dir_fd)
+        if locked is False:
+            raise RefusedOutput(_busy_message(flag, given, folder))
+        if locked is None:
+            return []
+        own = temp_names(names)
+        removed = []
+        with os.scandir(dir_fd) as entries:
+            found = [entry.name for entry in entries if own.fullmatch(entry.name)
+                     and entry.is_file(follow_symlinks=False)]
+        for name in found:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
-                removed.append(entry.name)
-    return removed
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+        return removed
+    finally:
+        os.close(dir_fd)                     # also releases the lock
 
 
 def _recorded_files(folder: Path, record: str, flag: str, given: object) -> set[str]:
