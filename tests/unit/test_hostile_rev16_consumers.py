@@ -53,7 +53,6 @@ class _FakeScorer:
 
 # --- user-given output folders ------------------------------------------------------------------------------------------
 
-# fixed: the leftover removal runs only once the folder passed every check (formats/outputs.py)
 def test_a_refused_output_folder_inside_the_home_is_left_untouched(tmp_path, capsys):
     home = tmp_path / "home"
     (home / "datasets" / "pickapic").mkdir(parents=True)
