@@ -292,13 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
         from formats.files import no_space_message
+        from formats.text import terminal_text
 
         home = DataHome.at(getattr(args, "home", None)).root
         full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
         known = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError)
         if args.debug or (full is None and not isinstance(exc, known)):
             raise
-        print(f"pickapic {args.command}: error: {full or exc}", file=sys.stderr)
+        # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
+        print(f"pickapic {args.command}: error: {terminal_text(str(full or exc), keep=chr(10))}", file=sys.stderr)
         return 1
 
 

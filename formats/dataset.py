@@ -25,6 +25,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import Iterable
 
 from formats.files import is_real_folder, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
@@ -152,14 +153,21 @@ def check_latest(datasets: Path) -> None:
                         f"(the publish makes `latest` a link to the new version)")
 
 
-def switch_latest(datasets: Path, version: str, fsync: bool = True) -> None:
+def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | None:
     """Point ``datasets/latest`` at ``version`` atomically: a temp symlink renamed over the old one, so a
     reader resolves the old version or the new one, never nothing. Only a link (or nothing) at ``latest`` is
-    replaced (:func:`check_latest`), and the temp link never stays behind."""
+    replaced (:func:`check_latest`), and the temp link never stays behind.
+
+    Then ``version`` (and the version ``latest`` named before, switched to by definition) is added to the record of
+    switched versions (:func:`record_switched`); returns why that record was not written, or None."""
     check_latest(datasets)
     link = Path(datasets) / LATEST
-    if link.is_symlink() and os.readlink(link) == version:
-        return
+    before = None
+    with contextlib.suppress(OSError):
+        if link.is_symlink():
+            before = os.readlink(link)
+    if before == version:
+        return record_switched(datasets, [version], fsync)
     tmp = Path(datasets) / f".latest.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -171,6 +179,58 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> None:
             tmp.unlink()
         raise
     fsync_dir(Path(datasets), fsync)
+    return record_switched(datasets, [name for name in (before, version) if name], fsync)
+
+
+# Every version `latest` was switched to (still present): the published versions, whose keys the split stage pins
+# (pipelines.splits.assign.switched_versions). Written after the switch, where the history is written before it.
+SWITCHED_HEADER = b"# pickapic switched versions: every version `latest` was switched to (present ones), sorted\n"
+
+
+def switched_file(datasets: Path) -> Path:
+    """``datasets/pickapic.switched``: beside the versions' folder, as the history."""
+    datasets = Path(datasets)
+    return datasets.parent / f"{datasets.name}.switched"
+
+
+def read_switched(datasets: Path) -> set[str] | None:
+    """The versions the record of switched versions names, or None when there is no record this tool wrote
+    (missing, unreadable, not a regular file, too large, without its header)."""
+    data = read_small_file(switched_file(datasets), HISTORY_MAX_BYTES)
+    if data is None or not data.startswith(SWITCHED_HEADER):
+        return None
+    return {line for line in data[len(SWITCHED_HEADER):].decode("utf-8", "replace").splitlines()
+            if VERSION_NAME.fullmatch(line)}
+
+
+def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True) -> str | None:
+    """Add ``versions`` (just switched to) to the record of switched versions; names no longer present as real
+    folders are dropped. Return why it was not written, or None.
+
+    Where there is no record yet (a home published before it existed, or the record was lost) it starts with every
+    complete version present (a folder with its manifest): those were published as far as anyone can tell, so a
+    version a publish left unswitched before the record began counts too (its keys pinned: a split kept, never a
+    leak). Something at the record's path this tool did not write is left as it is (every present version then
+    counts as switched to, as without a record)."""
+    datasets = Path(datasets)
+    path = switched_file(datasets)
+    names = read_switched(datasets)
+    if names is None:
+        if os.path.lexists(path):
+            return (f"{path} is {describe(path)} that is not a record this tool wrote: left as it is, so every "
+                    "present version counts as published; remove it to let the publish keep the record again")
+        names = set()
+        with contextlib.suppress(OSError):
+            names = {entry.name for entry in os.scandir(datasets) if VERSION_NAME.fullmatch(entry.name)
+                     and entry.is_dir(follow_symlinks=False) and (Path(entry.path) / MANIFEST_FILE).is_file()}
+    kept = sorted(name for name in names | {v for v in versions if VERSION_NAME.fullmatch(v)}
+                  if is_real_folder(datasets / name))
+    try:
+        write_bytes_atomic(path, SWITCHED_HEADER + "".join(f"{name}\n" for name in kept).encode())
+        fsync_dir(path.parent, fsync)
+    except OSError as exc:
+        return f"the record of switched versions {path} was not written ({exc})"
+    return None
 
 
 # The order versions were published in, for retention: a folder's mtime is the wall clock of its night, and

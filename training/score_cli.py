@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 from formats.files import atomic_path
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
+from formats.text import terminal_text, utf8_text
 from schemas import get_schema
 
 TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
@@ -142,32 +143,19 @@ def write_rows(rows: list[dict[str, Any]], schema: pa.Schema, path: Path,
     return path
 
 
-def utf8_text(value: str) -> str:
-    """``value`` as valid UTF-8 text: a byte a file name could not decode (Python's surrogate escape) becomes
-    ``\\xNN``, any other lone surrogate ``\\uXXXX``; text that is valid already comes back as it is."""
-    try:
-        value.encode("utf-8")
-        return value
-    except UnicodeEncodeError:
-        pass
-    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF
-                   else f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
-
-
-def terminal_text(value: str) -> str:
-    """``value`` safe to print on a terminal: :func:`utf8_text`, and every control or format character (ESC, BEL,
-    a carriage return, bidirectional overrides) shown as its ``\\x`` / ``\\u`` escape instead of acting."""
-    value = utf8_text(value)
-    if value.isprintable():
-        return value
-    return "".join(ch if ch.isprintable() else (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-                   for ch in value)
+def _valid_text(value: Any) -> Any:
+    """A row's value with every string in it (also in a list, e.g. rerank's ``errors``) as :func:`utf8_text`."""
+    if isinstance(value, str):
+        return utf8_text(value)
+    if isinstance(value, list):
+        return [_valid_text(item) for item in value]
+    return value
 
 
 def write_rows_to(handle: Any, rows: list[dict[str, Any]], schema: pa.Schema, fmt: str = ".parquet") -> None:
     """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``). Text that is not
     valid UTF-8 (an image path with bytes its file system name could not decode) is written as :func:`utf8_text`."""
-    rows = [{key: utf8_text(value) if isinstance(value, str) else value for key, value in row.items()} for row in rows]
+    rows = [{key: _valid_text(value) for key, value in row.items()} for row in rows]
     table = pa.Table.from_pylist(rows, schema=schema)
     if fmt == ".parquet":
         pq.write_table(table, handle, compression="zstd")

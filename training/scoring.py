@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence, Union
@@ -65,9 +66,15 @@ def load_rgb(image: ImageInput, name: str) -> Image.Image:
         data = bytes(image)
     else:
         path = Path(image)
-        if not path.exists():
-            raise ImageError("missing_file", f"{name} does not exist")
-        if not path.is_file():
+        try:
+            info = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            raise ImageError("missing_file", f"{name} does not exist") from None
+        except OSError as exc:        # a name too long for the file system, a loop of links, no permission
+            raise ImageError("unreadable_image", f"{name}: {exc.strerror or exc}") from None
+        except ValueError as exc:     # a NUL byte in the path
+            raise ImageError("unreadable_image", f"{name}: {exc}") from None
+        if not stat.S_ISREG(info.st_mode):
             raise ImageError("not_a_file", f"{name} is not a regular file")
         try:
             # the type is checked on the open file: a FIFO or device swapped in after the checks above is never

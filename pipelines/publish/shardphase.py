@@ -15,7 +15,7 @@ from formats.progress import Progress
 from pipelines import faults
 from pipelines.publish import shards
 from pipelines.publish.config import PublishConfig, ShardsDone
-from pipelines.publish.reuse import link_shard, reusable
+from pipelines.publish.reuse import file_sha256, link_shard, reusable
 
 
 def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: PublishConfig,
@@ -35,6 +35,12 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
     for i, task in enumerate(tasks):
         key = f"{task.split}/{task.name}"
         committed = shards._committed_stats(task.paths()[2], task.plan_sha256)
+        if committed is not None and file_sha256(task.paths()[1]) != committed.get("sidecar_sha256"):
+            # an interrupted run's shard, maybe linked from an older version whose sidecar then changed in place
+            # (the same inode): read back as a link is (reuse.link_shard), and written again when it differs
+            for path in task.paths()[::-1]:
+                path.unlink(missing_ok=True)
+            committed = None
         if committed is not None:
             if config.reuse_shards or not (_shared(task) or reusable(task, previous, manifests)):
                 results[i], out.resumed = committed, out.resumed + 1

@@ -170,7 +170,10 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
         notes.append(note)
     for note in notes:
         print(f"publish: {note}", file=sys.stderr, flush=True)
-    switch_latest(home.datasets, version, config.fsync)
+    note = switch_latest(home.datasets, version, config.fsync)
+    if note:
+        notes.append(note)
+        print(f"publish: {note}", file=sys.stderr, flush=True)
     try:
         coverage.write_published_source(home, home.datasets / version, split_pairs_sha256)
     except OSError as exc:

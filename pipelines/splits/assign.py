@@ -98,12 +98,12 @@ from formats.dataset import (
     MANIFEST_FILE,
     SPLITS,
     describe,
-    history_file,
     latest_link,
     list_versions,
-    read_history,
+    read_switched,
     shard_glob,
     split_sidecars,
+    switched_file,
 )
 from formats.files import cast_to_schema, is_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
@@ -916,14 +916,16 @@ def unread_split_folders(home: DataHome, names: list[str]) -> dict[str, str]:
 
 def switched_versions(home: DataHome, retained: list[str], latest: str | None) -> tuple[list[str], list[str]]:
     """(the ``retained`` versions ``latest`` was switched to at some point, those it never was), in their order. By
-    the publish history (:func:`formats.dataset.read_history`: every publish names its version there just before it
-    switches ``latest``), ``latest``'s own version counting as switched to: a complete version the history does not
-    name was left by a publish that stopped before switching, and was never published. Without a history (none
-    written yet, or missing or damaged) that cannot be told, and every retained version counts as switched to."""
-    history = read_history(home.datasets)
-    if history is None:
+    the record of switched versions (:func:`formats.dataset.read_switched`, written right after every switch of
+    ``latest``), ``latest``'s own version counting as switched to: a complete version the record does not name was
+    left by a publish that stopped before switching (the publish history names its version before the switch, so
+    it cannot tell), and was never published. Without a record (none written yet, or missing or damaged) that cannot
+    be told, and every retained version counts as switched to; a record started on an upgraded home (or after it
+    was lost) names every version present then."""
+    record = read_switched(home.datasets)
+    if record is None:
         return list(retained), []
-    named = set(history) | {latest}
+    named = record | {latest}
     return [name for name in retained if name in named], [name for name in retained if name not in named]
 
 
@@ -1024,7 +1026,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
             "by retention cannot be recovered)")
         if stranded:
             log(f"split key owners: the versions {', '.join(stranded)} under {home.datasets} were never switched to "
-                f"latest (a publish that stopped before switching; not in {history_file(home.datasets)}): never "
+                f"latest (a publish that stopped before switching; not in {switched_file(home.datasets)}): never "
                 "published, so their keys are not pinned")
         if unread:
             log("split key owners: not every sidecar of the published versions " + "; ".join(

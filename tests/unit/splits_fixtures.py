@@ -81,10 +81,11 @@ def realistic_pairs(users: int, days: int, per_day: int, seed: int = 0, popular:
     return rows
 
 
-def publish_splits(home: DataHome, name: str) -> None:
+def publish_splits(home: DataHome, name: str, switch: bool = True) -> None:
     """A stand-in for the publish stage: the home's ``split_pairs`` as version ``name``'s sidecars (one per split and
     export day, the published sidecar schema, no tars) with a manifest, and ``latest`` switched to it. What the
-    splits stage reads of a published version is its sidecars' user_id, split and dt."""
+    splits stage reads of a published version is its sidecars' user_id, split and dt. ``switch=False`` leaves
+    ``latest`` where it was."""
     import json
 
     import pyarrow.parquet as pq
@@ -104,7 +105,8 @@ def publish_splits(home: DataHome, name: str) -> None:
                         jpg_0_sha256="0" * 64, jpg_1_sha256="1" * 64) for i, r in enumerate(members)]
         write_parquet_atomic(pa.Table.from_pylist(samples, schema=columns), version / split / f"{shard}.parquet", columns)
     (version / dataset.MANIFEST_FILE).write_text(json.dumps({"version": name}))
-    dataset.switch_latest(home.datasets, name, fsync=False)
+    if switch:      # switch=False: a publish that died with its version complete, before switching latest
+        dataset.switch_latest(home.datasets, name, fsync=False)
 
 
 def ledger_splits(home: DataHome) -> dict[str, str]:

@@ -40,8 +40,7 @@ def test_a_version_left_unswitched_by_a_crashed_publish_is_not_pinned(tmp_path):
     _night(home, base + [pair_row(1, te, P, "p1", "p2", day=1)])      # P kept in test by this build
     assert _kept(home)["1_0"] == "test"
     # the publish of that build writes its version in place and dies before the history and `latest` switch
-    publish_splits(home, "2023-03-06-00000000a2")
-    dataset.switch_latest(home.datasets, "2023-03-05-00000000a1", fsync=False)
+    publish_splits(home, "2023-03-06-00000000a2", switch=False)
     assert dataset.list_versions(home) == ["2023-03-06-00000000a2", "2023-03-05-00000000a1"]
     # the test user is banned, a train user types P: P was never published, nothing holds it out of train
     report = _night(home, base + [pair_row(2, tr, P + "!", "q1", "q2", day=2)]).metadata()

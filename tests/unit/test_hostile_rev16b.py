@@ -1,6 +1,6 @@
 """Hostile review rev16b (December 5, 2026): attacks on the day's fixes (sidecar read-back on reuse, consumer
 text/image hardening, serve's instance creation, key owner pins from switched versions). Each test reproduces
-a confirmed defect and is a strict xfail until it is fixed."""
+a confirmed defect and was a strict xfail until it was fixed (all fixed the same day)."""
 from __future__ import annotations
 
 import os
@@ -22,9 +22,6 @@ from pipelines.publish.version import check_contracts, publish_dataset
 
 
 # --------------------------------------------------------------------------- 1. sidecar read-back on reuse
-@pytest.mark.xfail(strict=True, reason="rev16b: a shard linked by a failed nightly is resumed without the sidecar "
-                   "read-back, so an older version's sidecar changed in place (size and mtime kept) after the failed "
-                   "run is carried into the new version under a manifest sha256 its bytes do not have")
 def test_a_resumed_linked_shard_gets_the_sidecar_read_back_too(tmp_path: Path, monkeypatch) -> None:
     home = make_home(tmp_path / "h", num_rankings=150, seed=5, days=DAYS)
     table = pq.read_table(home.table_file("split_pairs"))
@@ -61,9 +58,6 @@ def test_a_resumed_linked_shard_gets_the_sidecar_read_back_too(tmp_path: Path, m
 
 
 # --------------------------------------------------------------------------- 2. consumer text and images
-@pytest.mark.xfail(strict=True, reason="rev16b: rerank still fails its whole output on a candidate whose file name is "
-                   "not UTF-8 when that candidate is an error row: choices.parquet's errors list holds the raw name "
-                   "(utf8_text only cleans top-level strings), UnicodeEncodeError, nothing written")
 def test_rerank_writes_its_outputs_when_an_unscored_candidate_name_is_not_utf8(tmp_path: Path) -> None:
     from types import SimpleNamespace
 
@@ -91,8 +85,6 @@ def test_rerank_writes_its_outputs_when_an_unscored_candidate_name_is_not_utf8(t
     assert len(choices) == 2 and "gen-\\xff.png" in choices[1]["errors"][0]
 
 
-@pytest.mark.xfail(strict=True, reason="rev16b: a CSV --input table that does not parse is refused with Arrow's "
-                   "message quoting the bad row raw, so its terminal escape sequences reach stderr")
 def test_a_csv_table_that_does_not_parse_prints_no_terminal_escapes(tmp_path: Path, capsys) -> None:
     from dagster_project.cli import main as pickapic
 
@@ -106,9 +98,6 @@ def test_a_csv_table_that_does_not_parse_prints_no_terminal_escapes(tmp_path: Pa
 
 
 
-@pytest.mark.xfail(strict=True, reason="rev16b: load_rgb checks path.exists() outside its error handling, and pathlib "
-                   "raises ENAMETOOLONG there: one table row with an over-long image path (a name component over 255 "
-                   "bytes) stops the whole score/rerank with an OSError instead of being an error row")
 def test_an_image_path_too_long_for_the_file_system_is_an_error_row(model_dir, tmp_path: Path) -> None:
     from PIL import Image
 
@@ -134,9 +123,6 @@ def _splits_helpers():
 PROMPT = "a lighthouse in a storm"
 
 
-@pytest.mark.xfail(strict=True, reason="rev16b: a version published before the publish history existed (or while it "
-                   "was missing) is not in the history the next publish starts, so switched_versions calls it never "
-                   "published: with the pins lost, its held-out prompt is not re-seeded and lands in train")
 def test_a_version_published_before_the_history_existed_still_pins_its_held_out_keys(tmp_path: Path) -> None:
     from formats import dataset
     from formats.home import DataHome
@@ -153,6 +139,7 @@ def test_a_version_published_before_the_history_existed_still_pins_its_held_out_
     _publish(home, "2023-03-06-00000000a2")
     _night(home, base)
     assert not dataset.history_file(home.datasets).exists()
+    dataset.switched_file(home.datasets).unlink()   # a1 and a2 were switched to by a release without these records
     assert dataset.record_switch(home.datasets, "2023-03-07-00000000a3", fsync=False) is None   # upgraded release
     _publish(home, "2023-03-07-00000000a3")
     assert dataset.list_versions(home) == ["2023-03-05-00000000a1", "2023-03-06-00000000a2", "2023-03-07-00000000a3"]
@@ -164,9 +151,6 @@ def test_a_version_published_before_the_history_existed_still_pins_its_held_out_
     assert _kept(home).get("2_0") != "train", "a prompt published in test is in train"
 
 
-@pytest.mark.xfail(strict=True, reason="rev16b: the publish history names a version before latest is switched to it, so "
-                   "a publish that died between the two left a never-published version that switched_versions counts "
-                   "as published: the next build pins its keys (the defect switched_versions was made for)")
 def test_a_version_named_in_the_history_but_never_switched_to_is_not_pinned(tmp_path: Path) -> None:
     from splits_fixtures import publish_splits
 
@@ -184,9 +168,8 @@ def test_a_version_named_in_the_history_but_never_switched_to_is_not_pinned(tmp_
     _publish(home, "2023-03-05-00000000a1")
     _night(home, base + [pair_row(1, te, PROMPT, "p1", "p2", day=1)])    # P kept in test by this build
     # its publish writes the version in place and records it in the history, then dies before switching latest
-    publish_splits(home, "2023-03-06-00000000a2")
-    assert dataset.record_switch(home.datasets, "2023-03-06-00000000a2", fsync=False) is None
-    dataset.switch_latest(home.datasets, "2023-03-05-00000000a1", fsync=False)     # latest never moved
+    publish_splits(home, "2023-03-06-00000000a2", switch=False)
+    assert dataset.record_switch(home.datasets, "2023-03-06-00000000a2", fsync=False) is None   # latest never moved
     assert dataset.read_history(home.datasets)[-1] == "2023-03-06-00000000a2"
     # the test user is banned, a train user types P: P was never published, nothing holds it out of train
     _night(home, base + [pair_row(2, tr, PROMPT + "!", "q1", "q2", day=2)])

@@ -1,0 +1,31 @@
+"""Text from outside (file names, table cells, error messages quoting them) made safe to write and to print.
+
+:func:`utf8_text` makes any Python string valid UTF-8 (Arrow, Parquet and JSON writers refuse lone surrogates, which
+is how Python holds the bytes of a file name it could not decode); :func:`terminal_text` also shows control and
+format characters as escapes, so text printed on a terminal cannot move the cursor, retitle the window, clear the
+screen or reorder what follows (bidirectional overrides).
+"""
+from __future__ import annotations
+
+
+def utf8_text(value: str) -> str:
+    """``value`` as valid UTF-8 text: a byte a file name could not decode (Python's surrogate escape) becomes
+    ``\\xNN``, any other lone surrogate ``\\uXXXX``; text that is valid already comes back as it is."""
+    try:
+        value.encode("utf-8")
+        return value
+    except UnicodeEncodeError:
+        pass
+    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF
+                   else f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
+
+
+def terminal_text(value: str, keep: str = "") -> str:
+    """``value`` safe to print on a terminal: :func:`utf8_text`, and every control or format character (ESC, BEL,
+    a carriage return, C1 controls, line separators, bidirectional overrides and isolates) but those in ``keep``
+    (e.g. ``"\\n"`` for a message of several lines) shown as its ``\\x`` / ``\\u`` escape instead of acting."""
+    value = utf8_text(value)
+    if value.isprintable():
+        return value
+    return "".join(ch if ch.isprintable() or ch in keep else
+                   (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") for ch in value)
