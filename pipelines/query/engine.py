@@ -83,6 +83,39 @@ class QueryLimits:
                 raise ValueError(f"{flag} must be between {least // 1000**2}MB and 1024TiB, got {value!r}")
         return self
 
+    def memory_bytes(self) -> int:
+        """``memory_limit`` in bytes (after :meth:`validate`)."""
+        match = _SIZE.match(str(self.memory_limit).strip())
+        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+PROCESS_HEADROOM = 512 * 1024**2   # the interpreter's own growth, result batches, DuckDB's thread stacks
+
+
+def cap_process_memory(limits: QueryLimits) -> int | None:
+    """Cap this process's data segment (Linux ``RLIMIT_DATA``: its heap and private writable mappings, what every
+    allocation DuckDB or Python makes draws on) at what it holds now + ``--memory-limit`` + PROCESS_HEADROOM, and
+    return the cap; None where there is no ``/proc`` to read it from. DuckDB's own limit bounds its buffer manager
+    only: a huge string or list (``repeat('x', 10^9)``) is allocated outside it. Under the cap such an allocation
+    fails at once, and DuckDB reports an Out of Memory error for the query instead of the machine running out.
+    A lower limit already set (``ulimit -d``) is kept. For the ``pickapic query`` process only: never call it in a
+    process that goes on to do other work."""
+    import resource
+
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            data_kb = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    cap = data_kb * 1024 + limits.memory_bytes() + PROCESS_HEADROOM
+    soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
+    if soft != resource.RLIM_INFINITY and soft <= cap:
+        return soft
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_DATA, (cap, hard))
+    return cap
+
 
 ACTIVE: set = set()   # this process's open query connections (a SIGTERM interrupts them: dagster_project.cli)
 STOP = threading.Event()   # set on SIGTERM: every query of this process ends at its next batch
@@ -334,6 +367,8 @@ def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int
         return 0
     home = home or DataHome.at(getattr(args, "home", None))
     limits = QueryLimits(args.timeout, args.memory_limit, args.spill_limit)
+    with contextlib.suppress(ValueError):     # a bad limit: run_query names the flag
+        cap_process_memory(limits.validate())
     return run_query(home, args.sql, args.named, args.dataset_version, args.fmt, args.output, dict(args.param) or None,
                      limits=limits)
 

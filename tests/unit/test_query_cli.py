@@ -390,3 +390,19 @@ def test_a_stop_request_ends_the_query_at_its_next_batch_even_if_duckdb_swallowe
     finally:
         query.STOP.clear()
     assert not query.ACTIVE
+
+
+def test_a_huge_value_beyond_the_memory_limit_fails_the_query_not_the_machine(built) -> None:
+    """DuckDB's memory limit bounds its buffer manager only: `repeat('x', 1.5e9)` allocated 1.5 GB under
+    `--memory-limit 64MB`. `pickapic query` now caps its own data segment (RLIMIT_DATA) at what it holds +
+    the memory limit + 512 MiB, so the allocation fails at once and the query ends with DuckDB's Out of Memory."""
+    home, _, _ = built
+    command = [sys.executable, "-m", "pipelines.query.engine", "--home", str(home.root), "--memory-limit", "64MB"]
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run([*command, "SELECT length(repeat('x', 1500000000)) AS n"], capture_output=True, text=True,
+                          timeout=300, cwd=root)
+    assert done.returncode == 1 and "Out of Memory" in done.stderr and "--memory-limit 64MB" in done.stderr, \
+        (done.returncode, done.stdout[-500:], done.stderr[-2000:])
+    done = subprocess.run([*command, "--format", "csv", "SELECT count(*) AS n, max(length(caption)) < 10000 AS ok "
+                           "FROM pairs"], capture_output=True, text=True, timeout=300, cwd=root)
+    assert done.returncode == 0 and done.stdout.splitlines()[1].endswith(",true"), done.stderr[-2000:]
