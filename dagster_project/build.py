@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -21,7 +22,7 @@ from dagster_project.coordinator import DAGSTER_YAML, OLD_DAGSTER_YAMLS
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats import dataset
-from formats.files import read_small_file, write_bytes_atomic
+from formats.files import file_mode, read_small_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
@@ -75,7 +76,57 @@ def use_home(home: DataHome) -> Path:
         write_bytes_atomic(config, DAGSTER_YAML.encode())
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     os.environ["PICKAPIC_HOME"] = str(home.root)
+    check_instance_writable(home)
+    create_dagster_storage(home)
     return home.dagster_home
+
+
+# Dagster's SQLite databases in the layout of the instance this tool configures (DAGSTER_YAML: default storage)
+INSTANCE_DATABASES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+
+
+def check_instance_writable(home: DataHome) -> None:
+    """Raise PermissionError (one line: what this account may not write) when it cannot write the home's Dagster
+    instance: a build, even ``--dry-run``, and the UI write runs, events and partitions there, and Dagster would
+    otherwise stop with a SQLite traceback ("attempt to write a readonly database"). An account that only reads
+    a home uses ``pickapic query`` / ``export`` / ``score`` / ``train --data-dir`` instead."""
+    targets = [home.dagster_home] + [home.dagster_home / name for name in INSTANCE_DATABASES
+                                     if os.path.lexists(home.dagster_home / name)]
+    for target in targets:
+        if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
+            raise PermissionError(f"{target}: Permission denied: this account may not write the data home's Dagster "
+                                  "instance, and a build, "
+                                  "the UI and the daemon need write access to the whole home (run them as its owner; "
+                                  "an account that only reads it can use pickapic query, export, score and train "
+                                  "--data-dir)")
+
+
+def create_dagster_storage(home: DataHome) -> None:
+    """Create the instance's SQLite databases (runs, event log index, schedules) in this process, before anything
+    else opens the instance: ``pickapic serve`` starts the daemon and the webserver at once, and on a new home both
+    would create them, one failing (``table alembic_version already exists``, seen in CI). SQLite creates a
+    database 0644 whatever the umask; each one this call created is given the umask's mode (``0666 & ~umask``,
+    as every other file the tool writes), so a group-shared home (umask 002) lets the group write its runs. Only
+    for the instance this tool configures (its own ``dagster.yaml``): one a user pointed elsewhere is left alone."""
+    config = home.dagster_home / "dagster.yaml"
+    if read_small_file(config, 4096) != DAGSTER_YAML.encode():
+        return
+    paths = [home.dagster_home / name for name in INSTANCE_DATABASES]
+    created = [path for path in paths if not os.path.lexists(path)]
+    if not created:
+        return
+    with dg.DagsterInstance.from_config(str(home.dagster_home)):
+        pass
+    mode = file_mode()
+    for path in created:
+        with contextlib.suppress(OSError):
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
+                    os.fchmod(fd, mode)
+            finally:
+                os.close(fd)
 
 
 def select_days(home: DataHome, start: str | None = None, end: str | None = None,

@@ -67,16 +67,6 @@ def daemon_lock_file(home: DataHome):
     return home.locks / "daemon.lock"
 
 
-def create_dagster_storage(home: DataHome) -> None:
-    """Create the instance's SQLite databases (runs, event log index, schedules) in this process before the
-    daemon and webserver start: on a new home both would otherwise create them at once, and one of them fails
-    (``table alembic_version already exists``; seen in CI, where the daemon then exited and took serve down)."""
-    import dagster as dg
-
-    with dg.DagsterInstance.from_config(str(home.dagster_home)):
-        pass
-
-
 def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
           progress: Progress = print) -> int:
     """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives; raise
@@ -92,8 +82,7 @@ def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Pro
     from dagster_project.automation import AUTOMATION_ENV
     from dagster_project.build import use_home
 
-    use_home(home)
-    create_dagster_storage(home)
+    use_home(home)      # also creates the instance's databases before the two processes start (create_dagster_storage)
     env = dict(os.environ)
     env[AUTOMATION_ENV] = "on" if automation else "off"
     processes = {name: subprocess.Popen(command, env=env, preexec_fn=_die_with(os.getpid()))

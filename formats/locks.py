@@ -29,6 +29,16 @@ class LockFileRefused(ValueError):
 _PID_RECORD = re.compile(rb"[0-9]*\n?")
 
 
+def _account() -> str:
+    """This process's account name (its uid where it has none)."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return f"uid {os.geteuid()}"
+
+
 def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int:
     """Open (creating it and its folder) the lock file ``path`` for reading and writing, or raise
     :class:`LockFileRefused` naming ``what`` it locks; the caller closes the descriptor (which releases
@@ -59,6 +69,12 @@ def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int
             fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666,
                          dir_fd=folder_fd)
         except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                # the owner's own lock file, or a folder this account may not write: never "remove it" (deleting a
+                # held lock file lets a second build run beside the first)
+                raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc}: this account ({_account()}) "
+                                      f"may not write there; run it as the data home's owner, or give this account "
+                                      "write access to the home (README, Permissions)") from None
             raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc} (a symbolic link or something "
                                   "else is there; remove it)") from None
     finally:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
@@ -129,8 +130,11 @@ def run_lock(out: Path) -> Any:
     when the process dies, so a killed run never leaves a stale one."""
     path = out / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)   # the umask decides
     except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise ValueError(f"cannot lock {path}: {exc.strerror or exc}: this account may not write the run "
+                             "folder; give an output_dir it may write") from None
         raise ValueError(f"cannot lock {path}: {exc.strerror or exc} (a link or something else is there)") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

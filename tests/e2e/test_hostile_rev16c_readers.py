@@ -3,7 +3,7 @@
 One service account builds the home (umask 022); analysts and a training job's user only read it. Every
 read-side command (`query`, `export`, `score`, `rerank`, `train` into a folder of their own, the README's
 plain-DuckDB and webdataset readers) worked as ``nobody`` in this review; what did not is below, each a
-strict xfail that passes once fixed.
+strict xfail until it was fixed (all five, December 5, 2026).
 
 The ``nobody`` account runs this checkout's CLI (``python -m dagster_project.cli`` from the repository root).
 When it cannot reach the test's interpreter (a pyenv install under ``/root``, mode 0700), the interpreter,
@@ -122,8 +122,6 @@ def _dagster_instance_removed(home: Path) -> None:
         shutil.rmtree(home / "dagster" / part, ignore_errors=True)
 
 
-@pytest.mark.xfail(strict=True, reason="rev16c: `pickapic build --dry-run` by an account that may only read the "
-                                       "home ends in a SQLAlchemy traceback (attempt to write a readonly database)")
 def test_dry_run_by_a_reader_is_no_traceback(reader_home: Path, nobody_python) -> None:
     before = _snapshot(reader_home)
     done = _cli(nobody_python, ["build", "--home", str(reader_home), "--dry-run"])
@@ -134,8 +132,6 @@ def test_dry_run_by_a_reader_is_no_traceback(reader_home: Path, nobody_python) -
     assert _snapshot(reader_home) == before
 
 
-@pytest.mark.xfail(strict=True, reason="rev16c: `pickapic build` by an account that cannot write the home calls the "
-                                       "owner's .build.lock 'a symbolic link or something else' and says 'remove it'")
 def test_build_by_a_reader_is_refused_without_blaming_the_lock_file(reader_home: Path, nobody_python) -> None:
     before = _snapshot(reader_home)
     done = _cli(nobody_python, ["build", "--home", str(reader_home)])
@@ -149,8 +145,6 @@ def test_build_by_a_reader_is_refused_without_blaming_the_lock_file(reader_home:
     assert _snapshot(reader_home) == before
 
 
-@pytest.mark.xfail(strict=True, reason="rev16c: under umask 002 Dagster's SQLite files (runs.db, index.db, "
-                                       "schedules.db) are created 0644, not 0666 & ~umask as README's Permissions says")
 def test_dagster_instance_files_follow_the_umask(built_home: DataHome, tmp_path: Path) -> None:
     home = copy_home(built_home, tmp_path / "home").root
     _dagster_instance_removed(home)            # a home whose instance is created under this umask
@@ -164,8 +158,6 @@ def test_dagster_instance_files_follow_the_umask(built_home: DataHome, tmp_path:
     assert not wrong, wrong
 
 
-@pytest.mark.xfail(strict=True, reason="rev16c: the trainer creates its run folder's .train.lock 0644 whatever the "
-                                       "umask, so under umask 002 another member of the group cannot resume the run")
 def test_train_lock_follows_the_umask(tmp_path: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
@@ -177,8 +169,6 @@ def test_train_lock_follows_the_umask(tmp_path: Path) -> None:
     assert stat.S_IMODE((run / ".train.lock").stat().st_mode) == 0o664
 
 
-@pytest.mark.xfail(strict=True, reason="rev16c: in a group-shared home (umask 002, setgid group folders) another "
-                                       "member of the group cannot build: Dagster's SQLite files are 0644 (traceback)")
 def test_a_group_member_builds_a_group_shared_home(built_home: DataHome, world_folder: Path, nobody_python) -> None:
     home = world_folder / "group" / "home"
     home.parent.mkdir(mode=0o755)
