@@ -1,0 +1,164 @@
+"""Hostile review rev16d (December 5, 2026): attacks on the rev16c/rev16b fixes (the query process's RLIMIT_DATA
+cap, the switched-versions record, the Dagster instance's file modes and precheck, lock messages, CLI error
+text). Each test reproduces a confirmed defect and is a strict xfail until it is fixed."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_publish_fixtures import make_home
+
+from pipelines.publish.config import PublishConfig
+from pipelines.publish.version import publish_dataset
+
+ROOT = Path(__file__).resolve().parents[2]
+
+# DuckDB starts one worker thread per core (its default `threads`); this wrapper gives the query process the
+# thread count DuckDB picks on an N-core machine, so a 2-core CI box can show what a 64-core server does.
+_ON_N_CORES = """
+import sys, duckdb
+from pipelines.query import engine
+real = duckdb.connect
+def connect(*a, config=None, **k):
+    return real(*a, config={"threads": int(sys.argv[1]), **(config or {})}, **k)   # a threads the tool sets wins
+engine.duckdb.connect = connect
+sys.exit(engine.main(sys.argv[2:]))
+"""
+
+
+@pytest.fixture(scope="module")
+def query_home(tmp_path_factory: pytest.TempPathFactory):
+    home = make_home(tmp_path_factory.mktemp("q16d") / "home", num_rankings=60, seed=3)
+    publish_dataset(home, PublishConfig(workers=1, fsync=False, seed=1))
+    return home
+
+
+def _query_on_cores(home, cores: int, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", _ON_N_CORES, str(cores), "--home", str(home.root), *args],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+# --------------------------------------------------------------------------- 1. the query process's RLIMIT_DATA cap
+@pytest.mark.xfail(strict=True, reason="rev16d: the RLIMIT_DATA cap counts DuckDB's per-core thread stacks "
+                   "(8 MiB each), so on a 64-core machine a GROUP BY that spills fine without the cap fails "
+                   "with Out of Memory")
+def test_a_spilling_group_by_still_runs_on_a_many_core_machine(query_home) -> None:
+    sql = "SELECT count(*) AS n FROM (SELECT i, count(*) AS c FROM range(20000000) t(i) GROUP BY i)"
+    done = _query_on_cores(query_home, 64, "--memory-limit", "256MB", "--format", "csv", sql)
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "20000000", done.stderr[-1500:]
+
+
+@pytest.mark.xfail(strict=True, reason="rev16d: on a 96-core machine `--memory-limit 16MB \"SELECT 1\"` dies "
+                   "(glibc ABORT, 'can't start new thread' traceback or 'could not be opened'): the cap is set "
+                   "before DuckDB and the deadline timer start their threads")
+def test_a_tiny_query_with_the_least_memory_limit_runs_on_a_many_core_machine(query_home) -> None:
+    done = _query_on_cores(query_home, 96, "--memory-limit", "16MB", "--format", "csv", "SELECT 41 + 1 AS answer")
+    assert done.returncode == 0 and done.stdout.splitlines()[-1] == "42", (done.returncode, done.stderr[-1500:])
+    assert "Traceback" not in done.stderr
+
+
+
+@pytest.mark.xfail(strict=True, reason="rev16d: under the RLIMIT_DATA cap a table of 1,000 rows x 60 columns of "
+                   "1,000 characters (the table's own limits) at --memory-limit 16MB dies in render_table with a "
+                   "MemoryError traceback (it printed without the cap)")
+def test_a_wide_table_under_the_cap_is_printed_or_one_error_line(query_home) -> None:
+    columns = ", ".join(f"repeat('x', 1000) || i AS c{k}" for k in range(60))
+    sql = f"SELECT {columns} FROM range(1000) t(i)"
+    for command in (["-m", "pipelines.query.engine"], ["-m", "dagster_project.cli", "query"]):
+        done = subprocess.run([sys.executable, *command, "--home", str(query_home.root), "--memory-limit", "16MB", sql],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert "Traceback" not in done.stderr and "MemoryError" not in done.stderr, (command, done.stderr[-800:])
+        assert (done.returncode == 0 and done.stdout.rstrip().endswith("1000 rows")) or \
+            (done.returncode == 1 and len(done.stderr.strip().splitlines()) == 1), (command, done.stderr[-800:])
+
+# --------------------------------------------------------------------------- 2. the record of switched versions
+@pytest.mark.xfail(strict=True, reason="rev16d: a publish killed between switching `latest` and writing "
+                   "pickapic.switched, then a hand rollback (ln -sfn), leaves the published version out of the "
+                   "record: its held-out prompt is not pinned and lands in train")
+def test_a_version_switched_to_before_a_crash_and_rolled_back_from_keeps_its_prompts_held_out(tmp_path,
+                                                                                           monkeypatch) -> None:
+    import os
+
+    from splits_fixtures import pair_row
+    from test_hostile_dec5_pins import P, _switched
+    from test_hostile_rev15b import _others
+    from test_splits_key_owners import USERS, _kept, _night, _pins
+
+    from formats import dataset
+    from formats.home import DataHome
+    from pipelines.splits.assign import normalize_prompt
+
+    home = DataHome(tmp_path / "home")
+    te, tr = USERS["test"][0], USERS["train"][0]
+    base = _others()
+    _night(home, base)
+    _switched(home, "2023-03-05-00000000a1")
+    _night(home, base + [pair_row(1, te, P, "p1", "p2", day=1)])      # P kept in test
+    assert _kept(home)["1_0"] == "test"
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt("publish killed right after `latest` was switched")
+
+    monkeypatch.setattr(dataset, "record_switched", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _switched(home, "2023-03-06-00000000a2")                      # latest -> a2: P is published in test
+    monkeypatch.undo()
+    assert os.readlink(home.datasets / "latest") == "2023-03-06-00000000a2"
+    # a2 turns out bad: the operator rolls back by hand, as one does with a symbolic link
+    os.symlink("2023-03-05-00000000a1", home.datasets / ".rollback")
+    os.replace(home.datasets / ".rollback", home.datasets / "latest")
+    # the test user is banned, a train user types P: P was published in test, so it must stay out of train
+    _night(home, base + [pair_row(2, tr, P + "!", "q1", "q2", day=2)])
+    assert _pins(home).get(("prompt", normalize_prompt(P)), (None,))[0] == "test"
+    assert _kept(home).get("2_0") != "train"
+
+
+# --------------------------------------------------------------------------- 4. lock messages
+_LOCK_ON_READ_ONLY = """
+import sys
+from pathlib import Path
+from formats.locks import LockFileRefused, open_lock_file
+try:
+    open_lock_file(Path(sys.argv[1]), "the data home", linked_folder=True)
+except LockFileRefused as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="rev16d: a lock file on a read-only file system (EROFS) is blamed on the "
+                   "account ('may not write there; run it as the data home's owner'), which no account can fix")
+def test_a_lock_on_a_read_only_file_system_does_not_blame_the_account(tmp_path: Path) -> None:
+    import os
+    import shlex
+
+    if os.geteuid() != 0:
+        pytest.fail("needs root to mount a read-only file system (in a private mount namespace)")
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    script = (f"mount -t tmpfs -o size=1m none {mount} && mkdir {mount}/home && echo > {mount}/home/.build.lock && "
+              f"mount -o remount,ro {mount} && {shlex.quote(sys.executable)} -c {shlex.quote(_LOCK_ON_READ_ONLY)} "
+              f"{mount}/home/.build.lock")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], capture_output=True,
+                          text=True, timeout=60, cwd=ROOT)
+    message = done.stdout.strip()
+    assert done.returncode == 0 and "Read-only file system" in message, (done.returncode, done.stderr[-1500:])
+    assert "may not write there" not in message and "owner" not in message, message
+
+
+# --------------------------------------------------------------------------- 5. text printed on a terminal
+@pytest.mark.xfail(strict=True, reason="rev16d: `pickapic build`'s warning about a raw-zone folder prints the "
+                   "folder's name raw: an ESC/BEL in it clears the screen and retitles the terminal")
+def test_a_raw_zone_warning_escapes_the_folder_name(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    cli = [sys.executable, "-m", "dagster_project.cli"]
+    done = subprocess.run([*cli, "simulate", "--home", str(home), "--days", "1", "--users", "4", "--rankings-per-day",
+                           "10", "--image-size", "32", "--quiet"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (day,) = (home / "raw" / "app_logs").iterdir()
+    (home / "raw" / "app_logs" / "dt=2099-01-01\x1b[2J\x1b]0;owned\x07").mkdir()   # e.g. an export tool's bad name
+    done = subprocess.run([*cli, "build", "--home", str(home), "--dry-run", "--from", day.name[3:]],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.returncode == 0 and "skipped raw/app_logs/dt=2099-01-01" in done.stderr, done.stderr[-2000:]
+    assert "\x1b" not in done.stderr + done.stdout and "\x07" not in done.stderr + done.stdout, done.stderr[-2000:]
