@@ -22,7 +22,7 @@ from dagster_project.coordinator import DAGSTER_YAML, OLD_DAGSTER_YAMLS
 from dagster_project.staleness import BuildPlan, PlannedRun, begun_days, plan_build, record_observations
 from dagster_project.versions import EXPORT, PARTITIONS, STAGES
 from formats import dataset
-from formats.files import file_mode, read_small_file, write_bytes_atomic
+from formats.files import file_mode, is_real_folder, read_small_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
@@ -81,24 +81,35 @@ def use_home(home: DataHome) -> Path:
     return home.dagster_home
 
 
-# Dagster's SQLite databases in the layout of the instance this tool configures (DAGSTER_YAML: default storage)
+# Dagster's SQLite databases in the layout of the instance this tool configures (DAGSTER_YAML: default storage);
+# `history/runs/.db` holds the events of no run (every build's raw-day observations), created at the first one
 INSTANCE_DATABASES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
+RUNLESS_DATABASE = "history/runs/.db"
+INSTANCE_FOLDERS = ("history", "history/runs", "schedules")   # SQLite makes its -wal / -shm / -journal files here
+
+
+def _own_instance(home: DataHome) -> bool:
+    """Whether the home's ``dagster.yaml`` is the one this tool writes (storage in the default layout)."""
+    return read_small_file(home.dagster_home / "dagster.yaml", 4096) == DAGSTER_YAML.encode()
 
 
 def check_instance_writable(home: DataHome) -> None:
     """Raise PermissionError (one line: what this account may not write) when it cannot write the home's Dagster
     instance: a build, even ``--dry-run``, and the UI write runs, events and partitions there, and Dagster would
     otherwise stop with a SQLite traceback ("attempt to write a readonly database"). An account that only reads
-    a home uses ``pickapic query`` / ``export`` / ``score`` / ``train --data-dir`` instead."""
-    targets = [home.dagster_home] + [home.dagster_home / name for name in INSTANCE_DATABASES
-                                     if os.path.lexists(home.dagster_home / name)]
+    a home uses ``pickapic query`` / ``export`` / ``score`` / ``train --data-dir`` instead. The databases and
+    their folders (SQLite creates its journal files beside a database) are checked in the layout this tool
+    configures; an instance a user's own ``dagster.yaml`` keeps elsewhere is Dagster's to check."""
+    targets = [home.dagster_home]
+    if _own_instance(home):
+        targets += [home.dagster_home / name for name in (*INSTANCE_FOLDERS, *INSTANCE_DATABASES, RUNLESS_DATABASE)
+                    if os.path.lexists(home.dagster_home / name)]
     for target in targets:
         if not os.access(target, os.W_OK | (os.X_OK if target.is_dir() else 0)):
             raise PermissionError(f"{target}: Permission denied: this account may not write the data home's Dagster "
-                                  "instance, and a build, "
-                                  "the UI and the daemon need write access to the whole home (run them as its owner; "
-                                  "an account that only reads it can use pickapic query, export, score and train "
-                                  "--data-dir)")
+                                  "instance, and a build, the UI and the daemon need write access to the whole home "
+                                  "(run them as its owner, or see README, Readers and a shared home; an account that "
+                                  "only reads it can use pickapic query, export, score and train --data-dir)")
 
 
 def create_dagster_storage(home: DataHome) -> None:
@@ -106,27 +117,34 @@ def create_dagster_storage(home: DataHome) -> None:
     else opens the instance: ``pickapic serve`` starts the daemon and the webserver at once, and on a new home both
     would create them, one failing (``table alembic_version already exists``, seen in CI). SQLite creates a
     database 0644 whatever the umask; each one this call created is given the umask's mode (``0666 & ~umask``,
-    as every other file the tool writes), so a group-shared home (umask 002) lets the group write its runs. Only
-    for the instance this tool configures (its own ``dagster.yaml``): one a user pointed elsewhere is left alone."""
-    config = home.dagster_home / "dagster.yaml"
-    if read_small_file(config, 4096) != DAGSTER_YAML.encode():
+    as every other file the tool writes), and the database of run-less events (``history/runs/.db``, written by
+    every build) is created empty with that mode before Dagster first writes it, so a group-shared home (umask
+    002) lets the group write them. Each run's own database keeps SQLite's 0644 (its events are its run's).
+    Only for the instance this tool configures (its own ``dagster.yaml``): one a user pointed elsewhere is left
+    alone."""
+    if not _own_instance(home):
         return
+    mode = file_mode()
     paths = [home.dagster_home / name for name in INSTANCE_DATABASES]
     created = [path for path in paths if not os.path.lexists(path)]
-    if not created:
-        return
-    with dg.DagsterInstance.from_config(str(home.dagster_home)):
-        pass
-    mode = file_mode()
-    for path in created:
-        with contextlib.suppress(OSError):
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                info = os.fstat(fd)
-                if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != mode:
-                    os.fchmod(fd, mode)
-            finally:
-                os.close(fd)
+    if created:
+        with dg.DagsterInstance.from_config(str(home.dagster_home)):
+            pass
+        for path in created:
+            with contextlib.suppress(OSError):
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+                try:
+                    info = os.fstat(fd)
+                    if (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
+                            and stat.S_IMODE(info.st_mode) != mode):
+                        os.fchmod(fd, mode)
+                finally:
+                    os.close(fd)
+    runless = home.dagster_home / RUNLESS_DATABASE
+    if not os.path.lexists(runless) and is_real_folder(runless.parent):
+        # an empty file is a new SQLite database: Dagster creates its tables at the first connection
+        with contextlib.suppress(FileExistsError, PermissionError):
+            os.close(os.open(runless, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
 
 
 def select_days(home: DataHome, start: str | None = None, end: str | None = None,

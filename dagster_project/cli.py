@@ -144,8 +144,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
             return 0
     from dagster_project.build import BuildError, build, plan_only, select_days
 
-    def warn(message: str) -> None:
-        print(f"warning: {message}", file=sys.stderr)
+    def warn(message: str) -> None:   # it may quote a raw-zone entry's name: shown, never acting on the terminal
+        from formats.text import terminal_text
+
+        print(f"warning: {terminal_text(message)}", file=sys.stderr)
 
     if args.dry_run:
         if args.from_app_db:

@@ -158,16 +158,20 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
     reader resolves the old version or the new one, never nothing. Only a link (or nothing) at ``latest`` is
     replaced (:func:`check_latest`), and the temp link never stays behind.
 
-    Then ``version`` (and the version ``latest`` named before, switched to by definition) is added to the record of
-    switched versions (:func:`record_switched`); returns why that record was not written, or None."""
+    First ``version`` (and the version ``latest`` names now, switched to by definition) is added to the record of
+    switched versions (:func:`record_switched`): before the switch, so a process killed right after it cannot leave
+    a version readers were given out of the record (its held-out keys would then go unpinned once ``latest`` was
+    rolled back); a process killed in between leaves a version recorded that was never switched to, whose keys are
+    then pinned (a split kept, never a leak). Returns why the record was not written, or None."""
     check_latest(datasets)
     link = Path(datasets) / LATEST
     before = None
     with contextlib.suppress(OSError):
         if link.is_symlink():
             before = os.readlink(link)
+    note = record_switched(datasets, [name for name in (before, version) if name], fsync)
     if before == version:
-        return record_switched(datasets, [version], fsync)
+        return note
     tmp = Path(datasets) / f".latest.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
         tmp.unlink()
@@ -179,11 +183,11 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
             tmp.unlink()
         raise
     fsync_dir(Path(datasets), fsync)
-    return record_switched(datasets, [name for name in (before, version) if name], fsync)
+    return note
 
 
 # Every version `latest` was switched to (still present): the published versions, whose keys the split stage pins
-# (pipelines.splits.assign.switched_versions). Written after the switch, where the history is written before it.
+# (pipelines.splits.assign.switched_versions). Written right before each switch (switch_latest).
 SWITCHED_HEADER = b"# pickapic switched versions: every version `latest` was switched to (present ones), sorted\n"
 
 

@@ -69,7 +69,10 @@ def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int
             fd = os.open(path.name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, 0o666,
                          dir_fd=folder_fd)
         except OSError as exc:
-            if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            if exc.errno == errno.EROFS:
+                raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc}: the data home is on a "
+                                      "file system mounted read-only here; mount it read-write to build") from None
+            if exc.errno in (errno.EACCES, errno.EPERM):
                 # the owner's own lock file, or a folder this account may not write: never "remove it" (deleting a
                 # held lock file lets a second build run beside the first)
                 raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc}: this account ({_account()}) "

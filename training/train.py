@@ -133,8 +133,8 @@ def run_lock(out: Path) -> Any:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)   # the umask decides
     except OSError as exc:
         if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise ValueError(f"cannot lock {path}: {exc.strerror or exc}: this account may not write the run "
-                             "folder; give an output_dir it may write") from None
+            raise ValueError(f"cannot lock {path}: {exc.strerror or exc}: the run folder cannot be written here; "
+                             "give an output_dir this account may write") from None
         raise ValueError(f"cannot lock {path}: {exc.strerror or exc} (a link or something else is there)") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -67,6 +67,7 @@ class QueryLimits:
     timeout_s: float = 300.0        # 0: no time limit
     memory_limit: str = "2GB"
     spill_limit: str = "4GB"
+    cap_process: bool = False       # also cap this process's data segment (cap_process_memory): `pickapic query` only
 
     def validate(self) -> "QueryLimits":
         """Raise ValueError naming the flag of a bad limit."""
@@ -89,13 +90,16 @@ class QueryLimits:
         return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
 
 
-PROCESS_HEADROOM = 512 * 1024**2   # the interpreter's own growth, result batches, DuckDB's thread stacks
+PROCESS_HEADROOM = 512 * 1024**2   # the interpreter's own growth, result batches, the printed table
+THREAD_HEADROOM = 16 * 1024**2     # per thread: its 8 MiB stack (counted as data) and its allocator's first arena
 
 
-def cap_process_memory(limits: QueryLimits) -> int | None:
+def cap_process_memory(limits: QueryLimits, threads: int = 1) -> int | None:
     """Cap this process's data segment (Linux ``RLIMIT_DATA``: its heap and private writable mappings, what every
-    allocation DuckDB or Python makes draws on) at what it holds now + ``--memory-limit`` + PROCESS_HEADROOM, and
-    return the cap; None where there is no ``/proc`` to read it from. DuckDB's own limit bounds its buffer manager
+    allocation DuckDB or Python makes draws on) at what it holds now + ``--memory-limit`` + PROCESS_HEADROOM +
+    THREAD_HEADROOM for each of DuckDB's ``threads`` and 8 more (the deadline timer, Python's own), and return the
+    cap; None where there is no ``/proc`` to read it from. (A 64-core machine's 64 DuckDB threads have 512 MiB of
+    stacks: without their share a spilling GROUP BY failed there.) DuckDB's own limit bounds its buffer manager
     only: a huge string or list (``repeat('x', 10^9)``) is allocated outside it. Under the cap such an allocation
     fails at once, and DuckDB reports an Out of Memory error for the query instead of the machine running out.
     A lower limit already set (``ulimit -d``) is kept. For the ``pickapic query`` process only: never call it in a
@@ -107,7 +111,7 @@ def cap_process_memory(limits: QueryLimits) -> int | None:
             data_kb = next(int(line.split()[1]) for line in status if line.startswith("VmData:"))
     except (OSError, StopIteration, ValueError, IndexError):
         return None
-    cap = data_kb * 1024 + limits.memory_bytes() + PROCESS_HEADROOM
+    cap = data_kb * 1024 + limits.memory_bytes() + PROCESS_HEADROOM + (max(threads, 1) + 8) * THREAD_HEADROOM
     soft, hard = resource.getrlimit(resource.RLIMIT_DATA)
     if soft != resource.RLIM_INFINITY and soft <= cap:
         return soft
@@ -238,6 +242,8 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
     """
     limits = limits or QueryLimits()
     with connect(home, version, limits) as (con, _):
+        if limits.cap_process:   # once DuckDB is open, with its thread count known: the query runs under the cap
+            cap_process_memory(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
         try:
             check_read_only(con, sql)
         except duckdb.Error as exc:  # a parser error
@@ -319,6 +325,11 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     except QueryFailed as exc:
         print(f"error: {exc}", file=stderr)
         return 1
+    except MemoryError:      # Python's own allocations (the printed table) under the process cap
+        print(f"error: out of memory while the result was written (this process may use --memory-limit "
+              f"{limits.memory_limit} and {PROCESS_HEADROOM // 1024**2} MiB more): raise --memory-limit, select fewer "
+              "or narrower columns, or write it with --format csv|json|parquet --output FILE", file=stderr)
+        return 1
     if output is not None:
         print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
     return 0
@@ -366,9 +377,7 @@ def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int
             print(f"{name:28s} {description}")
         return 0
     home = home or DataHome.at(getattr(args, "home", None))
-    limits = QueryLimits(args.timeout, args.memory_limit, args.spill_limit)
-    with contextlib.suppress(ValueError):     # a bad limit: run_query names the flag
-        cap_process_memory(limits.validate())
+    limits = QueryLimits(args.timeout, args.memory_limit, args.spill_limit, cap_process=True)
     return run_query(home, args.sql, args.named, args.dataset_version, args.fmt, args.output, dict(args.param) or None,
                      limits=limits)
 

@@ -916,12 +916,14 @@ def unread_split_folders(home: DataHome, names: list[str]) -> dict[str, str]:
 
 def switched_versions(home: DataHome, retained: list[str], latest: str | None) -> tuple[list[str], list[str]]:
     """(the ``retained`` versions ``latest`` was switched to at some point, those it never was), in their order. By
-    the record of switched versions (:func:`formats.dataset.read_switched`, written right after every switch of
-    ``latest``), ``latest``'s own version counting as switched to: a complete version the record does not name was
-    left by a publish that stopped before switching (the publish history names its version before the switch, so
-    it cannot tell), and was never published. Without a record (none written yet, or missing or damaged) that cannot
-    be told, and every retained version counts as switched to; a record started on an upgraded home (or after it
-    was lost) names every version present then."""
+    the record of switched versions (:func:`formats.dataset.read_switched`, written by every switch of ``latest``
+    right before it renames the link), ``latest``'s own version counting as switched to: a complete version the
+    record does not name was left by a publish that stopped before switching, and was never published (one killed
+    in the instant between the record and the rename is named: its keys pinned, a split kept, never a leak).
+    Without a record (none written yet, or missing or damaged) that cannot be told, and every retained version
+    counts as switched to; a record started on an upgraded home (or after it was lost) names every version present
+    then.
+    """
     record = read_switched(home.datasets)
     if record is None:
         return list(retained), []

@@ -45,7 +45,7 @@ def test_a_lock_file_that_is_a_link_is_still_called_one(tmp_path: Path) -> None:
 
 def test_a_run_folder_this_account_may_not_write_says_so(tmp_path: Path, monkeypatch) -> None:
     _denied_for(".train.lock", monkeypatch)
-    with pytest.raises(ValueError, match="Permission denied: this account may not write the run folder") as refused:
+    with pytest.raises(ValueError, match="Permission denied: the run folder cannot be written here") as refused:
         with run_lock(tmp_path):
             pass
     assert "a link or something else" not in str(refused.value)
