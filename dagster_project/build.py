@@ -100,6 +100,14 @@ def check_instance_writable(home: DataHome) -> None:
     a home uses ``pickapic query`` / ``export`` / ``score`` / ``train --data-dir`` instead. The databases and
     their folders (SQLite creates its journal files beside a database) are checked in the layout this tool
     configures; an instance a user's own ``dagster.yaml`` keeps elsewhere is Dagster's to check."""
+    try:
+        read_only = bool(os.statvfs(home.dagster_home).f_flag & os.ST_RDONLY)
+    except OSError:
+        read_only = False
+    if read_only:       # os.access says "no" for the owner too: the cause is the mount, not the account
+        raise PermissionError(f"{home.dagster_home}: Read-only file system: the data home is mounted read-only here; "
+                              "mount it read-write to build or serve it (pickapic query, export, score and train "
+                              "--data-dir read it as it is)")
     targets = [home.dagster_home]
     if _own_instance(home):
         targets += [home.dagster_home / name for name in (*INSTANCE_FOLDERS, *INSTANCE_DATABASES, RUNLESS_DATABASE)

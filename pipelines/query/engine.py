@@ -94,6 +94,21 @@ PROCESS_HEADROOM = 512 * 1024**2   # the interpreter's own growth, result batche
 THREAD_HEADROOM = 16 * 1024**2     # per thread: its 8 MiB stack (counted as data) and its allocator's first arena
 
 
+def process_memory_limit() -> tuple[int, int]:
+    """This process's ``RLIMIT_DATA`` (soft, hard), to put back with :func:`restore_process_memory_limit`."""
+    import resource
+
+    return resource.getrlimit(resource.RLIMIT_DATA)
+
+
+def restore_process_memory_limit(previous: tuple[int, int]) -> None:
+    """Put back the soft ``RLIMIT_DATA`` :func:`process_memory_limit` read (the hard limit was never changed)."""
+    import resource
+
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_DATA, (previous[0], resource.getrlimit(resource.RLIMIT_DATA)[1]))
+
+
 def cap_process_memory(limits: QueryLimits, threads: int = 1) -> int | None:
     """Cap this process's data segment (Linux ``RLIMIT_DATA``: its heap and private writable mappings, what every
     allocation DuckDB or Python makes draws on) at what it holds now + ``--memory-limit`` + PROCESS_HEADROOM +
@@ -238,38 +253,44 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
     """Run one read-only statement under ``limits``; yield its schema and its record batches as they come.
 
     Raises QueryRefused (not read-only), FileNotFoundError (no such version) or QueryFailed (DuckDB error,
-    time or memory limit), also while the batches are read.
+    time or memory limit), also while the batches are read. With ``limits.cap_process`` the process's data
+    segment is capped (:func:`cap_process_memory`) once DuckDB is open, and its own limit put back afterwards.
     """
     limits = limits or QueryLimits()
     with connect(home, version, limits) as (con, _):
+        previous = process_memory_limit()
         if limits.cap_process:   # once DuckDB is open, with its thread count known: the query runs under the cap
             cap_process_memory(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
         try:
-            check_read_only(con, sql)
-        except duckdb.Error as exc:  # a parser error
-            raise QueryFailed(str(exc)) from None
-        with _Deadline(con, limits.timeout_s) as deadline:
             try:
-                relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
-                reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
-            except duckdb.Error as exc:
-                raise deadline.failure(exc, limits) from None
+                check_read_only(con, sql)
+            except duckdb.Error as exc:  # a parser error
+                raise QueryFailed(str(exc)) from None
+            with _Deadline(con, limits.timeout_s) as deadline:
+                try:
+                    relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
+                    reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
+                except duckdb.Error as exc:
+                    raise deadline.failure(exc, limits) from None
 
-            def batches() -> Iterator[pa.RecordBatch]:
-                while True:
-                    if STOP.is_set():
-                        raise KeyboardInterrupt("stopped by a signal")
-                    if deadline.fired:   # the time also counts while the caller writes what it was given
-                        raise deadline.failure(TimeoutError(), limits)
-                    try:
-                        batch = reader.read_next_batch()
-                    except StopIteration:
-                        return
-                    except (OSError, pa.ArrowException, duckdb.Error) as exc:  # DuckDB errors surface through Arrow
-                        raise deadline.failure(exc, limits) from None
-                    yield batch
+                def batches() -> Iterator[pa.RecordBatch]:
+                    while True:
+                        if STOP.is_set():
+                            raise KeyboardInterrupt("stopped by a signal")
+                        if deadline.fired:   # the time also counts while the caller writes what it was given
+                            raise deadline.failure(TimeoutError(), limits)
+                        try:
+                            batch = reader.read_next_batch()
+                        except StopIteration:
+                            return
+                        except (OSError, pa.ArrowException, duckdb.Error) as exc:  # DuckDB errors surface via Arrow
+                            raise deadline.failure(exc, limits) from None
+                        yield batch
 
-            yield reader.schema, batches()
+                yield reader.schema, batches()
+        finally:
+            if limits.cap_process:   # the process's own limit again once the query is done (a caller may go on)
+                restore_process_memory_limit(previous)
 
 
 def execute(home: DataHome, sql: str, version: str | None = None,

@@ -1,15 +1,13 @@
 """Hostile review rev16e (December 5, 2026): attacks on the rev16d fixes (the query cap set in ``stream``, the
 record of switched versions written before the rename of ``latest``, the run-less events database created with
 the umask's mode, the EROFS lock message, the build's escaped warnings). Each test reproduces a confirmed defect
-and is a strict xfail until it is fixed."""
+and was a strict xfail until it was fixed (the same day)."""
 from __future__ import annotations
 
 import shutil
 import subprocess
 import sys
 from pathlib import Path
-
-import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,9 +25,6 @@ set +e
 """
 
 
-@pytest.mark.xfail(strict=True, reason="rev16e: `pickapic build` of a home on a file system mounted read-only says "
-                   "'Permission denied: this account may not write ... run them as its owner' (the os.access write "
-                   "check of the Dagster instance runs before the build lock), never the new EROFS message")
 def test_a_build_on_a_read_only_mount_says_the_file_system_is_read_only(tmp_path: Path) -> None:
     unshare = shutil.which("unshare")
     assert unshare, "util-linux unshare is needed to mount a read-only file system for the test"

@@ -406,3 +406,29 @@ def test_a_huge_value_beyond_the_memory_limit_fails_the_query_not_the_machine(bu
     done = subprocess.run([*command, "--format", "csv", "SELECT count(*) AS n, max(length(caption)) < 10000 AS ok "
                            "FROM pairs"], capture_output=True, text=True, timeout=300, cwd=root)
     assert done.returncode == 0 and done.stdout.splitlines()[1].endswith(",true"), done.stderr[-2000:]
+
+
+def test_the_process_memory_cap_is_put_back_after_the_query(built) -> None:
+    """rev16e: `pickapic query`'s RLIMIT_DATA cap stayed lowered for the rest of the process (a test runner that
+    ran a query in-process kept it for every later test); it now lasts as long as the query."""
+    import resource
+
+    home, _, _ = built
+    before = resource.getrlimit(resource.RLIMIT_DATA)
+    seen = []
+
+    def during(*args, **kwargs):
+        seen.append(resource.getrlimit(resource.RLIMIT_DATA)[0])
+        return real(*args, **kwargs)
+
+    real = query.write_result
+    query.write_result = during
+    try:
+        args = argparse.Namespace(list=False, home=str(home.root), timeout=60, memory_limit="256MB", spill_limit="1GB",
+                                  sql="SELECT count(*) AS n FROM pairs", named=None, dataset_version=None, fmt="csv",
+                                  output=None, param=[])
+        assert query.run_from_args(args, home) == 0
+    finally:
+        query.write_result = real
+    assert seen and seen[0] != resource.RLIM_INFINITY and seen[0] < 64 * 1024**3     # capped while it ran
+    assert resource.getrlimit(resource.RLIMIT_DATA) == before                         # and put back
