@@ -143,10 +143,36 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
     newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
     days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
+    missed = catch_up_days(data_home.home(), days[0])
+    if missed:
+        context.log.warning(f"app export: catching up {len(missed)} day(s) after the last exported one "
+                            f"({missed[0]} .. {missed[-1]}; at most {CATCH_UP_DAYS} a night, oldest first)")
+    days = missed + days
     context.instance.add_dynamic_partitions(PARTITIONS, days)  # the export's partitions are the raw days it makes
     run_config = {"ops": {"app_export": {"config": settings}}}
     return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)
             for day in days]
+
+
+CATCH_UP_DAYS = 31   # days a scheduled export adds before its lookback window when nights were missed
+
+
+def catch_up_days(home: DataHome, first: str) -> list[str]:
+    """The days between the raw zone's last day before ``first`` (the first day of the night's lookback window)
+    and ``first``, oldest first, at most CATCH_UP_DAYS: nights the export did not run (the daemon down longer
+    than Dagster catches up, about 5 ticks) would otherwise leave days no export ever wrote. A raw zone without
+    days before ``first`` (a new deployment) catches up nothing: history is exported with
+    ``pickapic build --from-app-db --from DAY``."""
+    start = dt.date.fromisoformat(first)
+    earlier = [day for day in home.raw_days() if day < first]
+    if not earlier:
+        return []
+    day = dt.date.fromisoformat(earlier[-1]) + dt.timedelta(days=1)
+    out = []
+    while day < start and len(out) < CATCH_UP_DAYS:
+        out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
 
 
 def unfinished_partitions(instance: dg.DagsterInstance) -> set[str | None]:

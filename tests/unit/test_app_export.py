@@ -337,6 +337,35 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
         gc.collect()   # close the instances the schedule contexts opened from the ref while this one is current
 
 
+def test_export_schedule_catches_up_the_days_of_missed_nights(monkeypatch, tmp_path):
+    """A daemon down longer than Dagster's catch-up of missed ticks (about 5) left every day before the lookback
+    window unexported for good; the schedule now exports the days after the raw zone's last one first (at most
+    CATCH_UP_DAYS a night, oldest first), then the newest closed day and its lookback days."""
+    home = DataHome.at(tmp_path / "home")
+    (tmp_path / "instance").mkdir()
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "90")
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        def tick() -> list[str]:
+            return [r.partition_key for r in automation.app_export_schedule.evaluate_tick(dg.build_schedule_context(
+                instance=instance, scheduled_execution_time=dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc),
+                resources={"data_home": PickapicHome(root=str(home.root))},
+                repository_def=defs.get_repository_def())).run_requests]
+
+        window = ["2023-03-01", "2023-03-02", "2023-03-03"]
+        assert tick() == window                              # a new deployment: no history is exported by itself
+        (home.raw_logs / "dt=2023-02-20").mkdir(parents=True)   # the last night the export ran
+        assert tick() == [f"2023-02-{d}" for d in range(21, 29)] + window
+        (home.raw_logs / "dt=2023-02-20").rename(home.raw_logs / "dt=2022-12-20")   # down for ten weeks
+        got = tick()
+        assert got[:automation.CATCH_UP_DAYS] == [(dt.date(2022, 12, 21) + dt.timedelta(days=k)).isoformat()
+                                                  for k in range(automation.CATCH_UP_DAYS)]
+        assert got[automation.CATCH_UP_DAYS:] == window and automation.CATCH_UP_DAYS == 31
+        (home.raw_logs / "dt=2023-01-21").mkdir()            # the first catch-up night's days landed
+        assert tick()[:2] == ["2023-01-22", "2023-01-23"] and tick()[-3:] == window and len(tick()) == 31 + 3
+        gc.collect()
+
+
 def test_without_export_defects_every_line_is_a_typed_row_of_its_own_day(tmp_path):
     home = DataHome.at(tmp_path / "home")
     report = simulate(home, CONFIG)
