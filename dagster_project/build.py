@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
-import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -72,12 +71,14 @@ def use_home(home: DataHome) -> Path:
     # written when missing, or brought up to date when it holds what an earlier version wrote; a file a user
     # edited (or a link, a folder) is left as it is
     current = read_small_file(config, 4096) if os.path.lexists(config) else b""
+    own = current == DAGSTER_YAML.encode()     # the instance this tool configures: storage in the default layout
     if current == b"" or (current is not None and current.decode("utf-8", "replace") in OLD_DAGSTER_YAMLS):
         write_bytes_atomic(config, DAGSTER_YAML.encode())
+        own = True
     os.environ["DAGSTER_HOME"] = str(home.dagster_home)
     os.environ["PICKAPIC_HOME"] = str(home.root)
-    check_instance_writable(home)
-    create_dagster_storage(home)
+    check_instance_writable(home, own)
+    create_dagster_storage(home, own)
     return home.dagster_home
 
 
@@ -88,18 +89,14 @@ RUNLESS_DATABASE = "history/runs/.db"
 INSTANCE_FOLDERS = ("history", "history/runs", "schedules")   # SQLite makes its -wal / -shm / -journal files here
 
 
-def _own_instance(home: DataHome) -> bool:
-    """Whether the home's ``dagster.yaml`` is the one this tool writes (storage in the default layout)."""
-    return read_small_file(home.dagster_home / "dagster.yaml", 4096) == DAGSTER_YAML.encode()
-
-
-def check_instance_writable(home: DataHome) -> None:
+def check_instance_writable(home: DataHome, own: bool) -> None:
     """Raise PermissionError (one line: what this account may not write) when it cannot write the home's Dagster
     instance: a build, even ``--dry-run``, and the UI write runs, events and partitions there, and Dagster would
     otherwise stop with a SQLite traceback ("attempt to write a readonly database"). An account that only reads
     a home uses ``pickapic query`` / ``export`` / ``score`` / ``train --data-dir`` instead. The databases and
     their folders (SQLite creates its journal files beside a database) are checked in the layout this tool
-    configures; an instance a user's own ``dagster.yaml`` keeps elsewhere is Dagster's to check."""
+    configures (``own``: the home's ``dagster.yaml`` is the one this tool writes); an instance a user's own
+    ``dagster.yaml`` keeps elsewhere is Dagster's to check."""
     try:
         read_only = bool(os.statvfs(home.dagster_home).f_flag & os.ST_RDONLY)
     except OSError:
@@ -109,7 +106,7 @@ def check_instance_writable(home: DataHome) -> None:
                               "mount it read-write to build or serve it (pickapic query, export, score and train "
                               "--data-dir read it as it is)")
     targets = [home.dagster_home]
-    if _own_instance(home):
+    if own:
         targets += [home.dagster_home / name for name in (*INSTANCE_FOLDERS, *INSTANCE_DATABASES, RUNLESS_DATABASE)
                     if os.path.lexists(home.dagster_home / name)]
     for target in targets:
@@ -120,7 +117,7 @@ def check_instance_writable(home: DataHome) -> None:
                                   "only reads it can use pickapic query, export, score and train --data-dir)")
 
 
-def create_dagster_storage(home: DataHome) -> None:
+def create_dagster_storage(home: DataHome, own: bool) -> None:
     """Create the instance's SQLite databases (runs, event log index, schedules) in this process, before anything
     else opens the instance: ``pickapic serve`` starts the daemon and the webserver at once, and on a new home both
     would create them, one failing (``table alembic_version already exists``, seen in CI). SQLite creates a
@@ -128,26 +125,21 @@ def create_dagster_storage(home: DataHome) -> None:
     as every other file the tool writes), and the database of run-less events (``history/runs/.db``, written by
     every build) is created empty with that mode before Dagster first writes it, so a group-shared home (umask
     002) lets the group write them. Each run's own database keeps SQLite's 0644 (its events are its run's).
-    Only for the instance this tool configures (its own ``dagster.yaml``): one a user pointed elsewhere is left
-    alone."""
-    if not _own_instance(home):
+    Only for the instance this tool configures (``own``: its own ``dagster.yaml``): one a user pointed elsewhere is
+    left alone."""
+    if not own:
         return
-    mode = file_mode()
     paths = [home.dagster_home / name for name in INSTANCE_DATABASES]
     created = [path for path in paths if not os.path.lexists(path)]
     if created:
+        from pipelines.publish.reuse import give_mode  # the publish's rule for giving a file this run's mode
+
         with dg.DagsterInstance.from_config(str(home.dagster_home)):
             pass
         for path in created:
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-                try:
-                    info = os.fstat(fd)
-                    if (stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid()
-                            and stat.S_IMODE(info.st_mode) != mode):
-                        os.fchmod(fd, mode)
-                finally:
-                    os.close(fd)
+            with contextlib.suppress(OSError, RuntimeError):
+                if os.lstat(path).st_uid == os.geteuid():     # this process made it (a link planted there is left)
+                    give_mode(path, file_mode(), fsync=False)
     runless = home.dagster_home / RUNLESS_DATABASE
     if not os.path.lexists(runless) and is_real_folder(runless.parent):
         # an empty file is a new SQLite database: Dagster creates its tables at the first connection

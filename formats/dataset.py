@@ -193,18 +193,14 @@ SWITCHED_HEADER = b"# pickapic switched versions: every version `latest` was swi
 
 def switched_file(datasets: Path) -> Path:
     """``datasets/pickapic.switched``: beside the versions' folder, as the history."""
-    datasets = Path(datasets)
-    return datasets.parent / f"{datasets.name}.switched"
+    return _beside(datasets, "switched")
 
 
 def read_switched(datasets: Path) -> set[str] | None:
     """The versions the record of switched versions names, or None when there is no record this tool wrote
     (missing, unreadable, not a regular file, too large, without its header)."""
-    data = read_small_file(switched_file(datasets), HISTORY_MAX_BYTES)
-    if data is None or not data.startswith(SWITCHED_HEADER):
-        return None
-    return {line for line in data[len(SWITCHED_HEADER):].decode("utf-8", "replace").splitlines()
-            if VERSION_NAME.fullmatch(line)}
+    names = _read_names(switched_file(datasets), SWITCHED_HEADER)
+    return None if names is None else set(names)
 
 
 def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True) -> str | None:
@@ -224,14 +220,17 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
             return (f"{path} is {describe(path)} that is not a record this tool wrote: left as it is, so every "
                     "present version counts as published; remove it to let the publish keep the record again")
         names = set()
+        entries: list[Path] = []
         with contextlib.suppress(OSError):
-            names = {entry.name for entry in os.scandir(datasets) if VERSION_NAME.fullmatch(entry.name)
-                     and entry.is_dir(follow_symlinks=False) and (Path(entry.path) / MANIFEST_FILE).is_file()}
+            entries = list(datasets.iterdir())
+        for entry in entries:
+            with contextlib.suppress(OSError):   # a version this account cannot look into: not named
+                if _is_complete_version(entry):
+                    names.add(entry.name)
     kept = sorted(name for name in names | {v for v in versions if VERSION_NAME.fullmatch(v)}
                   if is_real_folder(datasets / name))
     try:
-        write_bytes_atomic(path, SWITCHED_HEADER + "".join(f"{name}\n" for name in kept).encode())
-        fsync_dir(path.parent, fsync)
+        _write_names(path, SWITCHED_HEADER, kept, fsync)
     except OSError as exc:
         return f"the record of switched versions {path} was not written ({exc})"
     return None
@@ -243,25 +242,44 @@ HISTORY_HEADER = b"# pickapic publish history: the versions `latest` was switche
 HISTORY_MAX_BYTES = 1 << 20
 
 
-def history_file(datasets: Path) -> Path:
-    """``datasets/pickapic.history``: beside the versions' folder, not in it, so whoever syncs that folder
-    gets versions and ``latest`` only."""
+def _beside(datasets: Path, suffix: str) -> Path:
+    """``datasets.<suffix>``: a record beside the versions' folder, not in it, so whoever syncs that folder gets
+    versions and ``latest`` only."""
     datasets = Path(datasets)
-    return datasets.parent / f"{datasets.name}.history"
+    return datasets.parent / f"{datasets.name}.{suffix}"
+
+
+def _read_names(path: Path, header: bytes) -> list[str] | None:
+    """The version names a record of this tool lists, in its order (lines that are not version names skipped),
+    or None when there is no such record: missing, unreadable, not a regular file (never followed), too large,
+    or without ``header``."""
+    data = read_small_file(path, HISTORY_MAX_BYTES)
+    if data is None or not data.startswith(header):
+        return None
+    return [line for line in data[len(header):].decode("utf-8", "replace").splitlines() if VERSION_NAME.fullmatch(line)]
+
+
+def _write_names(path: Path, header: bytes, names: Iterable[str], fsync: bool) -> None:
+    """Replace a record with ``header`` and ``names``, one a line, atomically (OSError when it cannot be)."""
+    write_bytes_atomic(path, header + "".join(f"{name}\n" for name in names).encode())
+    fsync_dir(path.parent, fsync)
+
+
+def history_file(datasets: Path) -> Path:
+    """``datasets/pickapic.history`` (:func:`_beside`)."""
+    return _beside(datasets, "history")
 
 
 def read_history(datasets: Path) -> list[str] | None:
     """The version names of the publish history, oldest first (a name switched to twice counts where it was
-    last), or None when there is no history this tool wrote: missing, unreadable, not a regular file (never
-    followed), too large, or without the header it writes. Lines that are not version names are skipped."""
-    data = read_small_file(history_file(datasets), HISTORY_MAX_BYTES)
-    if data is None or not data.startswith(HISTORY_HEADER):
+    last), or None when there is no history this tool wrote (:func:`_read_names`)."""
+    names = _read_names(history_file(datasets), HISTORY_HEADER)
+    if names is None:
         return None
     order: dict[str, None] = {}
-    for line in data[len(HISTORY_HEADER):].decode("utf-8", "replace").splitlines():
-        if VERSION_NAME.fullmatch(line):
-            order.pop(line, None)
-            order[line] = None
+    for name in names:
+        order.pop(name, None)
+        order[name] = None
     return list(order)
 
 
@@ -296,8 +314,7 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     last = [current] if current and "/" not in current and current != version and present(current) else []
     kept = [name for name in names or [] if name != version and name not in last and present(name)] + last + [version]
     try:
-        write_bytes_atomic(path, HISTORY_HEADER + "".join(f"{name}\n" for name in kept).encode())
-        fsync_dir(path.parent, fsync)
+        _write_names(path, HISTORY_HEADER, kept, fsync)
     except OSError as exc:
         return f"the publish history {path} was not written ({exc}): versions not in it are ordered by mtime"
     return None
@@ -340,15 +357,20 @@ def list_versions(home: DataHome) -> list[str]:
     history = {name: position for position, name in enumerate(read_history(home.datasets) or [])}
     found = []
     for path in home.datasets.iterdir():
-        if not VERSION_NAME.fullmatch(path.name):
-            continue
         try:
-            if not path.is_symlink() and path.is_dir() and (path / MANIFEST_FILE).is_file():
+            if _is_complete_version(path):
                 known = path.name in history
                 found.append((known, history[path.name] if known else path.lstat().st_mtime_ns, path.name))
         except OSError:          # EACCES: another account's version under a strict umask
             continue
     return [name for _, _, name in sorted(found)]
+
+
+def _is_complete_version(path: Path) -> bool:
+    """Whether ``path`` is a version: a real folder (not a link) named as a publish names one that holds its
+    manifest (OSError where this account cannot look)."""
+    return (VERSION_NAME.fullmatch(path.name) is not None and not path.is_symlink() and path.is_dir()
+            and (path / MANIFEST_FILE).is_file())
 
 
 def resolve_version(home: DataHome, version: str | None = None) -> Path:

@@ -39,6 +39,16 @@ def current_umask() -> int:
     return mask
 
 
+def account_name() -> str | None:
+    """This process's account name (its effective uid's), or None where it has none (or no ``pwd``)."""
+    try:
+        import pwd
+
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except (ImportError, KeyError):
+        return None
+
+
 def file_mode(private: bool = False) -> int:
     """The permission bits a new file should get: ``0666 & ~umask``, or 0600 for a private file."""
     return 0o600 if private else 0o666 & ~current_umask()

@@ -21,22 +21,14 @@ import stat
 from pathlib import Path
 from typing import Callable, Iterator
 
+from formats.files import account_name
+
 
 class LockFileRefused(ValueError):
     """Something at a lock file's path that the tool did not create (the message says what, and what to do)."""
 
 
 _PID_RECORD = re.compile(rb"[0-9]*\n?")
-
-
-def _account() -> str:
-    """This process's account name (its uid where it has none)."""
-    import pwd
-
-    try:
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except KeyError:
-        return f"uid {os.geteuid()}"
 
 
 def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int:
@@ -75,7 +67,8 @@ def open_lock_file(path: Path, what: str, *, linked_folder: bool = False) -> int
             if exc.errno in (errno.EACCES, errno.EPERM):
                 # the owner's own lock file, or a folder this account may not write: never "remove it" (deleting a
                 # held lock file lets a second build run beside the first)
-                raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc}: this account ({_account()}) "
+                who = account_name() or f"uid {os.geteuid()}"
+                raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc}: this account ({who}) "
                                       f"may not write there; run it as the data home's owner, or give this account "
                                       "write access to the home (README, Permissions)") from None
             raise LockFileRefused(f"cannot lock {what}: {path}: {exc.strerror or exc} (a symbolic link or something "

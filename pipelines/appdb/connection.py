@@ -24,6 +24,8 @@ from psycopg import IsolationLevel, sql
 from psycopg.conninfo import conninfo_to_dict
 from psycopg.types.string import ByteaBinaryLoader
 
+from formats.files import account_name
+
 # Where the deployment puts the app database's DSN and the app's image storage location.
 DSN_ENV = "PICKAPIC_APP_DB_DSN"
 IMAGE_STORE_ENV = "PICKAPIC_APP_IMAGE_STORE"
@@ -160,7 +162,7 @@ def server_name(dsn: str, source: str = "the DSN") -> ServerName:
         # The driver's message quotes the offending fragment, which may be the password: never show it.
         raise AppDatabaseError(f"{source} is not a valid libpq connection string or postgresql:// URL "
                                "(its text is not shown because it may hold a password)") from None
-    user = parts.get("user") or os.environ.get("PGUSER") or _os_user()
+    user = parts.get("user") or os.environ.get("PGUSER") or account_name() or "the login user"
     # Each part without secrets: a dbname may be a whole connection string holding a password.
     return ServerName(
         host=redact(str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST")
@@ -169,15 +171,6 @@ def server_name(dsn: str, source: str = "the DSN") -> ServerName:
         dbname=redact(str(parts.get("dbname") or os.environ.get("PGDATABASE") or user), dsn),
         user=redact(str(user), dsn),
     )
-
-
-def _os_user() -> str:
-    try:
-        import pwd
-
-        return pwd.getpwuid(os.geteuid()).pw_name
-    except (ImportError, KeyError):
-        return "the login user"
 
 
 def _reason(exc: BaseException, dsn: str) -> str:

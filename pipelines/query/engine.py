@@ -76,37 +76,40 @@ class QueryLimits:
                              f"got {self.timeout_s}")
         for flag, value, least in (("--memory-limit", self.memory_limit, MIN_MEMORY),
                                    ("--spill-limit", self.spill_limit, 0)):
-            match = _SIZE.match(str(value).strip())
-            if not match:
+            size = _size_bytes(value)
+            if size is None:
                 raise ValueError(f"{flag} must be a size such as 512MB or 4GB, got {value!r}")
-            size = float(match.group(1)) * _UNITS[match.group(2).lower()]
             if not least <= size <= MAX_SIZE:
                 raise ValueError(f"{flag} must be between {least // 1000**2}MB and 1024TiB, got {value!r}")
         return self
 
     def memory_bytes(self) -> int:
         """``memory_limit`` in bytes (after :meth:`validate`)."""
-        match = _SIZE.match(str(self.memory_limit).strip())
-        return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+        return int(_size_bytes(self.memory_limit))
+
+
+def _size_bytes(value: object) -> float | None:
+    """A size such as ``512MB`` or ``4GiB`` in bytes, or None when it is not one."""
+    match = _SIZE.match(str(value).strip())
+    return float(match.group(1)) * _UNITS[match.group(2).lower()] if match else None
 
 
 PROCESS_HEADROOM = 512 * 1024**2   # the interpreter's own growth, result batches, the printed table
 THREAD_HEADROOM = 16 * 1024**2     # per thread: its 8 MiB stack (counted as data) and its allocator's first arena
 
 
-def process_memory_limit() -> tuple[int, int]:
-    """This process's ``RLIMIT_DATA`` (soft, hard), to put back with :func:`restore_process_memory_limit`."""
+@contextlib.contextmanager
+def process_memory_cap(limits: QueryLimits, threads: int) -> Iterator[int | None]:
+    """:func:`cap_process_memory` for the ``with`` block, then the process's own soft limit put back (the hard limit
+    is never changed): a process that goes on after its query (a test runner calling the CLI) keeps no cap."""
     import resource
 
-    return resource.getrlimit(resource.RLIMIT_DATA)
-
-
-def restore_process_memory_limit(previous: tuple[int, int]) -> None:
-    """Put back the soft ``RLIMIT_DATA`` :func:`process_memory_limit` read (the hard limit was never changed)."""
-    import resource
-
-    with contextlib.suppress(ValueError, OSError):
-        resource.setrlimit(resource.RLIMIT_DATA, (previous[0], resource.getrlimit(resource.RLIMIT_DATA)[1]))
+    soft = resource.getrlimit(resource.RLIMIT_DATA)[0]
+    try:
+        yield cap_process_memory(limits, threads)
+    finally:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_DATA, (soft, resource.getrlimit(resource.RLIMIT_DATA)[1]))
 
 
 def cap_process_memory(limits: QueryLimits, threads: int = 1) -> int | None:
@@ -117,8 +120,7 @@ def cap_process_memory(limits: QueryLimits, threads: int = 1) -> int | None:
     stacks: without their share a spilling GROUP BY failed there.) DuckDB's own limit bounds its buffer manager
     only: a huge string or list (``repeat('x', 10^9)``) is allocated outside it. Under the cap such an allocation
     fails at once, and DuckDB reports an Out of Memory error for the query instead of the machine running out.
-    A lower limit already set (``ulimit -d``) is kept. For the ``pickapic query`` process only: never call it in a
-    process that goes on to do other work."""
+    A lower limit already set (``ulimit -d``) is kept. It stays until it is put back: use :func:`process_memory_cap`."""
     import resource
 
     try:
@@ -254,14 +256,14 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
 
     Raises QueryRefused (not read-only), FileNotFoundError (no such version) or QueryFailed (DuckDB error,
     time or memory limit), also while the batches are read. With ``limits.cap_process`` the process's data
-    segment is capped (:func:`cap_process_memory`) once DuckDB is open, and its own limit put back afterwards.
+    segment is capped once DuckDB is open, and its own limit put back afterwards (:func:`process_memory_cap`).
     """
     limits = limits or QueryLimits()
     with connect(home, version, limits) as (con, _):
-        previous = process_memory_limit()
-        if limits.cap_process:   # once DuckDB is open, with its thread count known: the query runs under the cap
-            cap_process_memory(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
-        try:
+        # once DuckDB is open, with its thread count known: the query runs under the cap, put back when it ends
+        cap = (process_memory_cap(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
+               if limits.cap_process else contextlib.nullcontext())
+        with cap:
             try:
                 check_read_only(con, sql)
             except duckdb.Error as exc:  # a parser error
@@ -288,9 +290,6 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                         yield batch
 
                 yield reader.schema, batches()
-        finally:
-            if limits.cap_process:   # the process's own limit again once the query is done (a caller may go on)
-                restore_process_memory_limit(previous)
 
 
 def execute(home: DataHome, sql: str, version: str | None = None,
