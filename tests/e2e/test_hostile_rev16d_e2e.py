@@ -40,17 +40,23 @@ except PermissionError as exc:
 """
 
 
+def _group_home_observed_by_owner(home: Path, umask: int) -> None:
+    """Make ``home`` as the README's group-shared home (owned by nobody's group, setgid), then let this account (the
+    owner) record a raw day's observation in it under ``umask``: the instance is created then."""
+    home.parent.mkdir(mode=0o755)
+    home.mkdir()
+    os.chown(home, -1, NOBODY.pw_gid)
+    os.chmod(home, 0o2775)
+    owner = subprocess.run([sys.executable, "-c", _OBSERVE, str(home), "2023-02-14", "v1"], capture_output=True,
+                           text=True, cwd=REPO, umask=umask, timeout=120)
+    assert owner.returncode == 0, owner.stderr[-2000:]
+
+
 def test_a_group_member_records_new_raw_days_in_a_group_shared_home(world_folder: Path, nobody_python) -> None:  # noqa: F811
     if os.geteuid() != 0:
         pytest.fail("needs root to run a second account (nobody)")
     home = world_folder / "group16d" / "home"
-    home.parent.mkdir(mode=0o755)
-    home.mkdir()
-    os.chown(home, -1, NOBODY.pw_gid)
-    os.chmod(home, 0o2775)                    # the README's group-shared home: group-owned, setgid, umask 002
-    owner = subprocess.run([sys.executable, "-c", _OBSERVE, str(home), "2023-02-14", "v1"], capture_output=True,
-                           text=True, cwd=REPO, umask=0o002, timeout=120)
-    assert owner.returncode == 0, owner.stderr[-2000:]
+    _group_home_observed_by_owner(home, umask=0o002)
     wrong = [f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(home)}"
              for p in sorted((home / "dagster").rglob("*.db")) if stat.S_IMODE(p.stat().st_mode) != 0o664]
     python, env = nobody_python
@@ -65,13 +71,7 @@ def test_a_group_member_after_the_readmes_chmod_gets_no_sqlite_traceback(world_f
     if os.geteuid() != 0:
         pytest.fail("needs root to run a second account (nobody)")
     home = world_folder / "group16d-old" / "home"
-    home.parent.mkdir(mode=0o755)
-    home.mkdir()
-    os.chown(home, -1, NOBODY.pw_gid)
-    os.chmod(home, 0o2775)
-    owner = subprocess.run([sys.executable, "-c", _OBSERVE, str(home), "2023-02-14", "v1"], capture_output=True,
-                           text=True, cwd=REPO, umask=0o022, timeout=120)   # the instance created under umask 022
-    assert owner.returncode == 0, owner.stderr[-2000:]
+    _group_home_observed_by_owner(home, umask=0o022)   # the instance created under umask 022
     os.chmod(home / "dagster", 0o2775)
     for database in sorted((home / "dagster").rglob("*.db")):   # the databases only: their folders stay 0755
         os.chmod(database, 0o664)

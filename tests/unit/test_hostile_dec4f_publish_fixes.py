@@ -17,13 +17,12 @@ import threading
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_publish_columncache import _check, _full
-from test_publish_fixtures import export_days, history_home, make_home, publish_until, write_split_pairs
+from test_publish_fixtures import export_days, history_home, publish_until, write_split_pairs
 from test_publish_jpgdigests import KEYS, _home, _index, _parts, _truth
-from test_publish_rulecache import CONFIG, DAYS, _nights, _values
+from test_publish_rulecache import CONFIG, _first_night, _nights, _values
 
 from data_contracts.engine import Rule, evaluate, reads_only_columns
 from data_contracts.engine import load_contract as real_load_contract
@@ -240,11 +239,7 @@ def test_a_sidecar_changed_in_place_with_its_mtime_put_back_is_not_carried_into_
     """December 5: the nightly publish reads back every sidecar it links from an older version and compares it
     with the sha256 the shard's stats (and so the new manifest) give it; one changed in place is not reused,
     its shard is written afresh from the data, and the gate's caches never answer for the changed bytes."""
-    home = make_home(tmp_path / "h", num_rankings=150, seed=5, days=DAYS)
-    table = pq.read_table(home.table_file("split_pairs"))
-    last = max(table.column("dt").to_pylist())
-    write_split_pairs(home, table.filter(pc.not_equal(table.column("dt"), pa.scalar(last, pa.date32()))))
-    first = publish_dataset(home, CONFIG)
+    home, table, first = _first_night(tmp_path)
     _check(first.path, home)                                       # both caches know every sidecar of it
     sidecar = min(first.path.glob("train/pickapic-*.parquet"))
     tar = sidecar.with_suffix(".tar")

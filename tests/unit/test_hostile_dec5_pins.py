@@ -70,13 +70,9 @@ def _three_versions(home: DataHome) -> None:
     _switched(home, "2023-03-07-00000000a3")
 
 
-def test_a_retained_version_whose_split_folder_is_a_link_is_not_recorded_as_covered(tmp_path):
-    home = DataHome(tmp_path / "home")
-    _three_versions(home)
-    folder = home.datasets / "2023-03-06-00000000a2" / "test"
-    moved = tmp_path / "elsewhere"
-    shutil.move(folder, moved)
-    os.symlink(moved, folder)
+def _reseed_leaves_uncovered(home: DataHome, folder) -> list[str]:
+    """Lose the pins and build: the re-seed must not record a2 as covered, and must say why, naming ``folder``.
+    Returns the build's log lines."""
     home.table_file("split_key_owners").unlink()
     logs: list[str] = []
     write_pairs(home, _others())
@@ -84,6 +80,17 @@ def test_a_retained_version_whose_split_folder_is_a_link_is_not_recorded_as_cove
     assert report["key_owners_update"] == "sidecars"
     assert "2023-03-06-00000000a2" not in _record(home)["versions"]
     assert any(str(folder) in line and "not recorded" in line for line in logs), logs
+    return logs
+
+
+def test_a_retained_version_whose_split_folder_is_a_link_is_not_recorded_as_covered(tmp_path):
+    home = DataHome(tmp_path / "home")
+    _three_versions(home)
+    folder = home.datasets / "2023-03-06-00000000a2" / "test"
+    moved = tmp_path / "elsewhere"
+    shutil.move(folder, moved)
+    os.symlink(moved, folder)
+    logs = _reseed_leaves_uncovered(home, folder)
     # the next build reads the sidecars again (and says so again) rather than count the version as pinned
     logs.clear()
     report = build_splits(home, CFG, log=logs.append).metadata()
@@ -113,10 +120,4 @@ def test_a_retained_version_whose_split_folder_cannot_be_listed_is_not_recorded_
     monkeypatch.setattr(os, "scandir", scandir)
     real_glob = type(folder).glob
     monkeypatch.setattr(type(folder), "glob", lambda self, pattern: [] if self == folder else real_glob(self, pattern))
-    home.table_file("split_key_owners").unlink()
-    logs: list[str] = []
-    write_pairs(home, _others())
-    report = build_splits(home, CFG, log=logs.append).metadata()
-    assert report["key_owners_update"] == "sidecars"
-    assert "2023-03-06-00000000a2" not in _record(home)["versions"]
-    assert any(str(folder) in line and "not recorded" in line for line in logs), logs
+    _reseed_leaves_uncovered(home, folder)

@@ -7,14 +7,13 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from test_hostile_dec4f_publish_fixes import _rewrite_in_place
 from test_hostile_rev16_consumers import model_dir  # noqa: F401 - a fixture
 from test_publish_columncache import _check
-from test_publish_fixtures import make_home, write_split_pairs
-from test_publish_rulecache import CONFIG, DAYS
+from test_publish_fixtures import write_split_pairs
+from test_publish_rulecache import CONFIG, _first_night
 
 from pipelines import faults
 from pipelines.publish.manifest import verify_version
@@ -23,11 +22,7 @@ from pipelines.publish.version import check_contracts, publish_dataset
 
 # --------------------------------------------------------------------------- 1. sidecar read-back on reuse
 def test_a_resumed_linked_shard_gets_the_sidecar_read_back_too(tmp_path: Path, monkeypatch) -> None:
-    home = make_home(tmp_path / "h", num_rankings=150, seed=5, days=DAYS)
-    table = pq.read_table(home.table_file("split_pairs"))
-    last = max(table.column("dt").to_pylist())
-    write_split_pairs(home, table.filter(pc.not_equal(table.column("dt"), pa.scalar(last, pa.date32()))))
-    first = publish_dataset(home, CONFIG)
+    home, table, first = _first_night(tmp_path)
     _check(first.path, home)                                       # both caches know every sidecar of it
 
     write_split_pairs(home, table)

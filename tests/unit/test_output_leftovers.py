@@ -73,11 +73,17 @@ _WRITER = textwrap.dedent("""
 """)
 
 
+def _start_writer(out: Path) -> subprocess.Popen:
+    """A run of ``_WRITER`` into a new folder ``out``: it prints ``writing`` once its temp file exists, then waits
+    for a line on stdin before it finishes."""
+    out.mkdir()
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
 def test_a_second_run_never_removes_a_running_writers_temp_files_and_is_refused(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    first = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = _start_writer(out)
     try:
         assert first.stdout.readline().strip() == "writing"
         live = [p.name for p in out.iterdir()]
@@ -107,9 +113,7 @@ def test_a_second_run_never_removes_a_running_writers_temp_files_and_is_refused(
 
 def test_a_killed_writers_temp_files_are_removed_by_the_next_run(tmp_path):
     out = tmp_path / "out"
-    out.mkdir()
-    first = subprocess.Popen([sys.executable, "-c", _WRITER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    first = _start_writer(out)
     try:
         assert first.stdout.readline().strip() == "writing"
     finally:

@@ -29,13 +29,19 @@ def _values(results) -> dict[str, float | None]:
     return {f"{r.rule.dataset}.{r.rule.name}": r.value for r in results}
 
 
-def _nights(tmp_path: Path):
-    """A home published with DAYS - 1 export days, then with the last one: both reports."""
+def _first_night(tmp_path: Path):
+    """A home published with DAYS - 1 export days: (home, the whole split_pairs table, the report); writing the
+    table back (``write_split_pairs(home, table)``) gives the next night its last day."""
     home = make_home(tmp_path / "h", num_rankings=150, seed=5, days=DAYS)
     table = pq.read_table(home.table_file("split_pairs"))
     last = max(table.column("dt").to_pylist())
     write_split_pairs(home, table.filter(pc.not_equal(table.column("dt"), pa.scalar(last, pa.date32()))))
-    first = publish_dataset(home, CONFIG)
+    return home, table, publish_dataset(home, CONFIG)
+
+
+def _nights(tmp_path: Path):
+    """A home published with DAYS - 1 export days, then with the last one: both reports."""
+    home, table, first = _first_night(tmp_path)
     write_split_pairs(home, table)
     return home, first, publish_dataset(home, CONFIG)
 
