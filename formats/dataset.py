@@ -199,7 +199,7 @@ def switched_file(datasets: Path) -> Path:
 def read_switched(datasets: Path) -> set[str] | None:
     """The versions the record of switched versions names, or None when there is no record this tool wrote
     (missing, unreadable, not a regular file, too large, without its header)."""
-    names = _read_names(switched_file(datasets), SWITCHED_HEADER)
+    names = read_names(switched_file(datasets), SWITCHED_HEADER)
     return None if names is None else set(names)
 
 
@@ -230,7 +230,7 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
     kept = sorted(name for name in names | {v for v in versions if VERSION_NAME.fullmatch(v)}
                   if is_real_folder(datasets / name))
     try:
-        _write_names(path, SWITCHED_HEADER, kept, fsync)
+        write_names(path, SWITCHED_HEADER, kept, fsync)
     except OSError as exc:
         return f"the record of switched versions {path} was not written ({exc})"
     return None
@@ -249,7 +249,7 @@ def _beside(datasets: Path, suffix: str) -> Path:
     return datasets.parent / f"{datasets.name}.{suffix}"
 
 
-def _read_names(path: Path, header: bytes) -> list[str] | None:
+def read_names(path: Path, header: bytes) -> list[str] | None:
     """The version names a record of this tool lists, in its order (lines that are not version names skipped),
     or None when there is no such record: missing, unreadable, not a regular file (never followed), too large,
     or without ``header``."""
@@ -259,7 +259,7 @@ def _read_names(path: Path, header: bytes) -> list[str] | None:
     return [line for line in data[len(header):].decode("utf-8", "replace").splitlines() if VERSION_NAME.fullmatch(line)]
 
 
-def _write_names(path: Path, header: bytes, names: Iterable[str], fsync: bool) -> None:
+def write_names(path: Path, header: bytes, names: Iterable[str], fsync: bool) -> None:
     """Replace a record with ``header`` and ``names``, one a line, atomically (OSError when it cannot be)."""
     write_bytes_atomic(path, header + "".join(f"{name}\n" for name in names).encode())
     fsync_dir(path.parent, fsync)
@@ -272,8 +272,8 @@ def history_file(datasets: Path) -> Path:
 
 def read_history(datasets: Path) -> list[str] | None:
     """The version names of the publish history, oldest first (a name switched to twice counts where it was
-    last), or None when there is no history this tool wrote (:func:`_read_names`)."""
-    names = _read_names(history_file(datasets), HISTORY_HEADER)
+    last), or None when there is no history this tool wrote (:func:`read_names`)."""
+    names = read_names(history_file(datasets), HISTORY_HEADER)
     if names is None:
         return None
     order: dict[str, None] = {}
@@ -314,7 +314,7 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     last = [current] if current and "/" not in current and current != version and present(current) else []
     kept = [name for name in names or [] if name != version and name not in last and present(name)] + last + [version]
     try:
-        _write_names(path, HISTORY_HEADER, kept, fsync)
+        write_names(path, HISTORY_HEADER, kept, fsync)
     except OSError as exc:
         return f"the publish history {path} was not written ({exc}): versions not in it are ordered by mtime"
     return None

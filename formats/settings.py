@@ -56,6 +56,7 @@ SECTIONS: dict[str, str] = {
     "splits": "pipelines.splits.assign:SplitConfig",
     "publish": "pipelines.publish.config:PublishConfig",
     "train": "training.config:TrainConfig",
+    "models": "training.runs:RunsConfig",
     "schedules": "dagster_project.home_settings:ScheduleConfig",
     "evaluation": "dagster_project.home_settings:EvaluationConfig",
 }

@@ -68,12 +68,12 @@ def run_from_args(args: argparse.Namespace) -> Any:
     """Train from parsed flags; rank 0 prints each event and a JSON summary."""
     from formats.home import DataHome
     from formats.outputs import check_output_dir
+    from training.runs import RUN_MARKERS
     from training.train import train
 
     # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home
     check_output_dir(args.output_dir, [DataHome.at(getattr(args, "home", None)).root], "--output-dir", in_home=True,
-                     markers=[f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")]
-                     + [".init.tmp", ".best.tmp", "checkpoints/.last.tmp", ".train.lock"])
+                     markers=list(RUN_MARKERS))
 
     def show(event: dict[str, Any]) -> None:
         if event["event"] != "done":

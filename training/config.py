@@ -19,6 +19,7 @@ from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
+TRAIN_LOCK_FILE = ".train.lock"   # in a run folder, held (flock) by the trainer writing it
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math
 # already done, or only extend it).

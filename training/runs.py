@@ -3,17 +3,32 @@
 ``HOME/models/preference_model/<version>/`` holds the run on that version (resumable): ``best/`` (the
 model), ``eval.json`` (tie-aware test accuracy), ``leaderboard.png``. Ground truth is never looked up
 here: a caller that has a simulation's truth passes its files in (``summary.json``, ``models.json``).
+
+Run retention (``[models] keep_runs``): every training of `latest` is recorded, newest last, in
+``HOME/models/preference_model.runs`` when it starts; when it has finished, the run folders beyond the newest
+``keep_runs`` in that order are deleted (:func:`apply_run_retention`), never the run just trained, the run of
+the version `latest` names, a run a trainer is writing, or anything that is not a run folder a trainer made.
 """
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import os
+import shutil
+import stat
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from formats import dataset
-from formats.files import write_bytes_atomic
+from formats.files import is_real_folder, write_bytes_atomic
 from formats.home import DataHome
+from formats.locks import open_lock_file
 from formats.progress import Progress
+from formats.settings import check_fields, knob
+from training.config import TRAIN_LOCK_FILE
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -23,6 +38,34 @@ if TYPE_CHECKING:  # torch is slow to import; the functions import these when th
 
 MODEL_NAME = "preference_model"
 EVAL_FILE = "eval.json"
+# What only a trainer makes in a run folder (``python -m training`` accepts a non-empty output folder holding one).
+RUN_MARKERS = tuple(f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")) + (
+    ".init.tmp", ".best.tmp", "checkpoints/.last.tmp", TRAIN_LOCK_FILE)
+RUNS_HEADER = b"# pickapic model runs: the versions a model was trained on, oldest first\n"
+DELETING_PREFIX = ".deleting-"
+RUNS_LOCK = "model-runs.lock"   # in HOME/.locks: shared by every training of `latest`, exclusive for retention
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    """``[models]``: how many model run folders a home keeps (HOME/models/preference_model/<version>/)."""
+
+    keep_runs: int = knob(3, "model run folders kept in HOME/models/preference_model: after each training of "
+                             "`latest` the older runs beyond this many are deleted (never the run just trained "
+                             "or the run of `latest`'s version); 0 = keep every run", min=0, output=False)
+
+    def validate(self) -> "RunsConfig":
+        check_fields(self)
+        return self
+
+
+@dataclass
+class Retention:
+    """What :func:`apply_run_retention` did: runs deleted, runs kept, and why a run it would delete was left."""
+
+    deleted: list[str] = field(default_factory=list)
+    kept: list[str] = field(default_factory=list)
+    left: dict[str, str] = field(default_factory=dict)
 
 
 def run_dir(home: DataHome, version_dir: Path) -> Path:
@@ -54,15 +97,208 @@ def trained_model(home: DataHome) -> tuple[Path, Path]:
     return version_dir, best
 
 
-def train_latest(home: DataHome, config: "TrainConfig",
-                 progress: Progress | None = None) -> tuple[Path, "TrainConfig", "TrainResult"]:
+def runs_folder(home: DataHome) -> Path:
+    """``HOME/models/preference_model``: one run folder per version a model was trained on."""
+    return home.models / MODEL_NAME
+
+
+def runs_file(home: DataHome) -> Path:
+    """``HOME/models/preference_model.runs``: the versions a model was trained on, oldest first."""
+    return home.models / f"{MODEL_NAME}.runs"
+
+
+def read_runs(home: DataHome) -> list[str]:
+    """The versions of the record of runs, oldest first (a version trained twice counts where it was last);
+    empty when there is no record this tool wrote."""
+    order: dict[str, None] = {}
+    for name in dataset.read_names(runs_file(home), RUNS_HEADER) or []:
+        order.pop(name, None)
+        order[name] = None
+    return list(order)
+
+
+def _write_runs(home: DataHome, names: list[str], new: str | None = None) -> str | None:
+    """Replace the record of runs with ``names`` (those with a run folder) and then ``new`` (a run about to
+    start, whose folder the trainer makes); why it was not written, or None. Something at its path this tool
+    did not write is left as it is."""
+    path = runs_file(home)
+    if dataset.read_names(path, RUNS_HEADER) is None and os.path.lexists(path):
+        return (f"{path} is not a record of runs this tool wrote: left as it is, so runs are ordered by their "
+                "version names; remove it to let training keep the record again")
+    folder = runs_folder(home)
+    try:
+        dataset.write_names(path, RUNS_HEADER, [n for n in names if n != new and is_real_folder(folder / n)]
+                            + ([new] if new else []), fsync=True)
+    except OSError as exc:
+        return f"the record of runs {path} was not written ({exc.strerror or exc})"
+    return None
+
+
+@contextlib.contextmanager
+def _runs_lock(home: DataHome) -> Iterator[int]:
+    """Hold ``HOME/.locks/model-runs.lock`` shared (every training of `latest` holds it while it trains; the
+    record of runs is rewritten under an exclusive ``flock`` of its own) and yield its descriptor."""
+    fd = open_lock_file(home.locks / RUNS_LOCK, "the model runs")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)   # waits only while a retention deletes (exclusive, seconds)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _record_run(home: DataHome, version: str) -> str | None:
+    """Record ``version`` as the newest run (before its training starts); why it was not recorded, or None."""
+    fd = open_lock_file(home.locks / f"{RUNS_LOCK}.record", "the record of model runs")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return _write_runs(home, read_runs(home), new=version)
+    finally:
+        os.close(fd)
+
+
+def _undeletable(path: Path) -> str | None:
+    """Why this account could not delete the whole of the real folder ``path`` (a folder in it it may not write,
+    a mount point), or None: checked before anything is renamed, so a run is deleted whole or left whole."""
+    device = os.lstat(path).st_dev
+    unreadable: list[str] = []
+    for root, dirs, _files in os.walk(path, onerror=lambda exc: unreadable.append(str(exc.filename))):
+        if os.lstat(root).st_dev != device:
+            return f"{root} is another file system (a mount point)"
+        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
+            return f"this account may not delete the files in {root}"
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+    if unreadable:
+        return f"this account may not read {unreadable[0]}"
+    return None
+
+
+def _delete_run(folder: Path, name: str) -> str | None:
+    """Delete the run folder ``folder/name`` unless a trainer writes it; why it was left, or None when deleted.
+
+    It must be a real folder (never a link) holding something only a trainer makes (:data:`RUN_MARKERS`). Its
+    lock file is taken without waiting (created when missing, so a trainer that opens it after this sees the
+    same file) and held while the folder is renamed to a hidden ``.deleting-<name>``; the hidden folder is
+    then deleted (a crash leaves it for the next retention, never a half run under the version's name)."""
+    path = folder / name
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(info.st_mode):
+        return "not a folder (left as it is)"
+    if not any(os.path.lexists(path / marker) for marker in RUN_MARKERS):
+        return "not a run folder a trainer made (no train_config.json or lock file in it): left as it is"
+    problem = _undeletable(path)
+    if problem:
+        return f"not deleted: {problem}"
+    try:
+        dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"not deleted: {exc.strerror or exc}"
+    try:
+        try:
+            fd = os.open(TRAIN_LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                         0o666, dir_fd=dir_fd)
+        except OSError as exc:
+            return f"not deleted: its {TRAIN_LOCK_FILE} cannot be opened ({exc.strerror or exc})"
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                return f"not deleted: its {TRAIN_LOCK_FILE} is not a regular file"
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                return "a trainer is writing it (it holds its lock): kept for now"
+            hidden = folder / f"{DELETING_PREFIX}{name}"
+            for n in range(1, 100):
+                if not os.path.lexists(hidden):    # what is there is never renamed over
+                    break
+                hidden = folder / f"{DELETING_PREFIX}{name}.{n}"
+            os.rename(path, hidden)    # the run disappears at once, whole, then its files go
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dir_fd)
+    shutil.rmtree(hidden, ignore_errors=True)   # checked deletable above; a leftover goes at the next retention
+    return None
+
+
+def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) -> Retention:
+    """Delete the run folders beyond the newest ``keep`` (0: none deleted), never one named in ``protect`` (the
+    run just trained, `latest`'s version) or one a trainer writes; the caller holds no runs lock this needs.
+
+    Newest means last in the record of runs (:func:`read_runs`); runs it does not name (trained before the
+    record began) count as older than every recorded one, ordered by their version names (the export day
+    first), never by a clock. Only folders named like a version are runs; anything else in the folder is
+    left alone. The record is rewritten without the deleted runs."""
+    result = Retention()
+    folder = runs_folder(home)
+    if not is_real_folder(folder):
+        return result
+    fd = open_lock_file(home.locks / RUNS_LOCK, "the model runs")
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            result.left["*"] = "another training of `latest` is running: runs are deleted after the next one"
+            return result
+        entries = sorted(os.listdir(folder))
+        for name in entries:   # an earlier retention's leftovers (it died while deleting)
+            if name.startswith(DELETING_PREFIX) and is_real_folder(folder / name):
+                shutil.rmtree(folder / name, ignore_errors=True)
+        runs = [name for name in entries if dataset.VERSION_NAME.fullmatch(name) and is_real_folder(folder / name)]
+        position = {name: i for i, name in enumerate(read_runs(home))}
+        ranked = sorted(runs, key=lambda n: (n in position, position.get(n, -1), n))   # oldest first
+        protected = [name for name in ranked if name in set(protect)]
+        others = [name for name in ranked if name not in set(protect)]
+        if keep <= 0:
+            result.kept = ranked
+            return result
+        spare = max(0, keep - len(protected))
+        doomed = others[: len(others) - spare] if spare < len(others) else []
+        for name in ranked:
+            why = _delete_run(folder, name) if name in doomed else None
+            if name in doomed and why is None:
+                result.deleted.append(name)
+                continue
+            result.kept.append(name)
+            if why is not None:
+                result.left[name] = why
+        if result.deleted:
+            problem = _write_runs(home, [name for name in read_runs(home) if name not in result.deleted])
+            if problem:
+                result.left["record"] = problem
+        return result
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class TrainedLatest:
+    """What :func:`train_latest` did: the version trained on, the config the run used, its result, and the run
+    retention after it (None when the run was not in the home's run folders)."""
+
+    version_dir: Path
+    config: "TrainConfig"
+    result: "TrainResult"
+    retention: Retention | None = None
+
+
+def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | None = None,
+                 keep_runs: int = 0) -> TrainedLatest:
     """Train (or resume) on `latest` into its run folder unless ``config`` names other folders.
 
-    Returns (version folder, the config the run used, the result); ``progress`` hears one line per logged step.
+    ``progress`` hears one line per logged step. A run into the home's own run folder (``config`` names no
+    ``output_dir``) is recorded as the newest run before it starts, and once it has finished the runs beyond
+    the newest ``keep_runs`` are deleted (:func:`apply_run_retention`; 0 keeps them all).
     """
     from training.train import train
 
     version_dir = latest_version_dir(home)
+    own_run = not config.output_dir
     config = config.replace(data_dir=config.data_dir or str(version_dir),
                             output_dir=config.output_dir or str(run_dir(home, version_dir)))
 
@@ -70,7 +306,23 @@ def train_latest(home: DataHome, config: "TrainConfig",
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
 
-    return version_dir, config, train(config, on_event=on_event)
+    if not own_run:
+        return TrainedLatest(version_dir, config, train(config, on_event=on_event))
+    with _runs_lock(home):
+        problem = _record_run(home, version_dir.name)
+        if problem and progress is not None:
+            progress(problem)
+        result = train(config, on_event=on_event)
+    protect = {version_dir.name}
+    with contextlib.suppress(OSError, FileNotFoundError):
+        protect.add(dataset.resolve_version(home).name)   # `latest` may have moved while this run trained
+    retention = apply_run_retention(home, keep_runs, protect)
+    if progress is not None:
+        for name in retention.deleted:
+            progress(f"deleted the model run {name} (models.keep_runs = {keep_runs})")
+        for name, why in retention.left.items():
+            progress(why if name in ("*", "record") else f"model run {name}: {why}")
+    return TrainedLatest(version_dir, config, result, retention)
 
 
 def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalResult", Path]:

@@ -35,7 +35,7 @@ import torch.distributed as dist
 
 from formats import dataset
 from formats.files import honour_umask, write_bytes_atomic
-from training.config import RESUMABLE_FIELDS, TrainConfig, from_home, home_relative
+from training.config import RESUMABLE_FIELDS, TRAIN_LOCK_FILE, TrainConfig, from_home, home_relative
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -57,7 +57,7 @@ from training.metric import choose_threshold
 from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
 
 STATE_FILE = "trainer_state.pt"
-LOCK_FILE = ".train.lock"   # held (flock) by the trainer writing a run folder; a second one is refused
+LOCK_FILE = TRAIN_LOCK_FILE   # ".train.lock": held (flock) by the trainer writing a run folder; a second one is refused
 EventSink = Callable[[dict[str, Any]], None]   # metric events: train, eval, done
 
 

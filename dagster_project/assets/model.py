@@ -9,6 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.home_settings import ground_truth_dir
+from formats.settings import load
 from dagster_project.metadata import png_markdown, report_metadata, to_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
@@ -33,13 +34,18 @@ def _truth_file(truth: Path | None, name: str) -> Path | None:
 def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, data_home: PickapicHome):
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
     home = data_home.home()
-    version_dir, train_config, result = runs.train_latest(home, stage_config("train", config, home, context),
-                                                          progress=context.log.info)
+    keep_runs = load(home.root).config("models").keep_runs
+    trained = runs.train_latest(home, stage_config("train", config, home, context), progress=context.log.info,
+                                keep_runs=keep_runs)
+    version_dir, train_config, result = trained.version_dir, trained.config, trained.result
     # the curve once, as a picture (``curve_png`` would embed it a second time)
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "curve_png"})
     metadata["training_curve"] = png_markdown(result.curve_path, "training curve")
     metadata["curve_path"] = dg.MetadataValue.path(str(result.curve_path))
     metadata["dataset_version"] = version_dir.name
+    if trained.retention is not None:
+        metadata["model_runs_kept"] = dg.MetadataValue.int(len(trained.retention.kept))
+        metadata["model_runs_deleted"] = dg.MetadataValue.text(", ".join(trained.retention.deleted) or "none")
     version = runtime_version(context.instance, "model", home, train_config)
     return dg.MaterializeResult(metadata=metadata, data_version=dg.DataVersion(version))
 

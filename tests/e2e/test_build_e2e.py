@@ -52,6 +52,19 @@ def test_every_asset_materialized_with_metadata(built_home, private_home):
                 assert "dagster/row_count" in event.asset_materialization.metadata, key.to_user_string()
 
 
+def test_the_model_run_is_recorded_and_retention_reported(built_home, private_home):
+    """The Dagster training of `latest` records its run (models/preference_model.runs) and reports the run
+    retention of the home's `models.keep_runs` in its metadata."""
+    from formats import dataset
+    from training import runs as model_runs
+
+    version = dataset.resolve_version(built_home).name
+    assert model_runs.read_runs(built_home) == [version]
+    with _instance(private_home) as instance:
+        metadata = instance.get_latest_materialization_event(dg.AssetKey("preference_model")).asset_materialization.metadata
+    assert metadata["model_runs_kept"].value == 1 and metadata["model_runs_deleted"].value == "none"
+
+
 def test_every_contract_check_ran_and_passed(built_home, private_home):
     graph = defs.resolve_asset_graph()
     contract_checks = [k for k in graph.asset_check_keys if "freshness" not in k.name]

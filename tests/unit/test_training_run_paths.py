@@ -35,7 +35,8 @@ def _run_files(run: Path) -> list[Path]:
 
 def test_run_files_store_home_relative_paths_and_the_home_can_move(tmp_path):
     home = _home(tmp_path / "home")
-    _, config, result = runs.train_latest(home, tiny_config("", "", max_steps=2, eval_every=2))
+    trained = runs.train_latest(home, tiny_config("", "", max_steps=2, eval_every=2))
+    config, result = trained.config, trained.result
     run = result.output_dir
     assert run == home.models / "preference_model" / VERSION
     _, out = runs.evaluate_latest(home)
