@@ -67,6 +67,18 @@ def run_count(home: DataHome) -> int:
         return len(instance.get_runs())
 
 
+def folder_kb(folder: Path) -> float:
+    """KiB the files under ``folder`` take on disk (allocated blocks, as ``du``; links not followed)."""
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:
+                continue
+    return round(total / 1024, 1)
+
+
 def prepare(days: int, users: int, rankings_per_day: int, image_size: int, root: Path) -> tuple[Path, Path]:
     """(a home with ``days`` days built, the raw folder of the next day), reused when already there."""
     snapshot, spare = root / f"snapshot-{days}", root / f"next-{days}"  # spare holds the dt=DAY folder
@@ -90,16 +102,19 @@ def one_night(days: int, snapshot: Path, spare: Path, work: Path) -> dict:
     shutil.copytree(snapshot, work, symlinks=True)
     home = DataHome(work)
     before = run_count(home)
+    instance_before = folder_kb(home.dagster_home)
     for folder in spare.iterdir():  # the export of the next day lands
         shutil.copytree(folder, home.raw_logs / folder.name)
     nightly, _ = timed_build(home)
     steps = step_seconds(home, before)
+    instance_nightly = folder_kb(home.dagster_home)
     up_to_date, out = timed_build(home)
     assert "up to date" in out, out
     (home.cache / "build_stamp.json").unlink()
     full_plan, out = timed_build(home)
     assert "up to date" in out, out
     runs = run_count(home) - before
+    instance_after = folder_kb(home.dagster_home)
     shutil.rmtree(work)
     return {
         "days": days, "nightly_build_seconds": round(nightly, 2),
@@ -108,6 +123,10 @@ def one_night(days: int, snapshot: Path, spare: Path, work: Path) -> dict:
         "steps": {k: round(v, 2) for k, v in sorted(steps.items()) if k in DAILY_STEPS + GLOBAL_STEPS},
         "up_to_date_seconds": round(up_to_date, 2), "full_plan_up_to_date_seconds": round(full_plan, 2),
         "runs_of_nightly": runs,
+        # Dagster's instance (HOME/dagster: runs, events, schedules) before, and what the nightly build and
+        # the two up-to-date builds after it added: its growth over a year of nights
+        "instance_kb_before": instance_before, "instance_kb_nightly": round(instance_nightly - instance_before, 1),
+        "instance_kb_up_to_date_builds": round(instance_after - instance_nightly, 1),
     }
 
 
@@ -131,7 +150,7 @@ def run(days: tuple[int, ...] = (3, 10, 30), users: int = 40, rankings_per_day: 
         return round(values[middle] if len(values) % 2 else (values[middle - 1] + values[middle]) / 2, 2)
 
     keys = ("nightly_build_seconds", "daily_seconds", "global_seconds", "up_to_date_seconds",
-            "full_plan_up_to_date_seconds")
+            "full_plan_up_to_date_seconds", "instance_kb_before", "instance_kb_nightly", "instance_kb_up_to_date_builds")
     results = [{"days": n, "rounds": nights[n], **{k: median([r[k] for r in nights[n]]) for k in keys},
                 "steps": {s: median([r["steps"].get(s, 0.0) for r in nights[n]]) for s in DAILY_STEPS + GLOBAL_STEPS}}
                for n in days]
@@ -168,7 +187,8 @@ def main(argv: list[str] | None = None) -> dict:
         ratio = f"{values[-1] / values[0]:.2f}" if values[0] else "n/a"
         print(step.ljust(22) + "".join(f"{v:10.2f}" for v in values) + f"   {ratio}")
     for key in ("daily_seconds", "global_seconds", "nightly_build_seconds", "up_to_date_seconds",
-                "full_plan_up_to_date_seconds"):
+                "full_plan_up_to_date_seconds", "instance_kb_before", "instance_kb_nightly",
+                "instance_kb_up_to_date_builds"):
         values = [h[key] for h in result["histories"]]
         ratio = f"{values[-1] / values[0]:.2f}" if values[0] else "n/a"
         print(key.ljust(22) + "".join(f"{v:10.2f}" for v in values) + f"   {ratio}")

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from formats import dataset
 from formats.files import is_real_folder, write_bytes_atomic
 from formats.home import DataHome
-from formats.locks import open_lock_file
+from formats.locks import LockFileRefused, open_lock_file
 from formats.progress import Progress
 from formats.settings import check_fields, knob
 from training.config import TRAIN_LOCK_FILE
@@ -215,7 +215,10 @@ def _delete_run(folder: Path, name: str) -> str | None:
                 if not os.path.lexists(hidden):    # what is there is never renamed over
                     break
                 hidden = folder / f"{DELETING_PREFIX}{name}.{n}"
-            os.rename(path, hidden)    # the run disappears at once, whole, then its files go
+            try:
+                os.rename(path, hidden)    # the run disappears at once, whole, then its files go
+            except OSError as exc:
+                return f"not deleted: {exc.strerror or exc}"
         finally:
             os.close(fd)
     finally:
@@ -316,7 +319,11 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     protect = {version_dir.name}
     with contextlib.suppress(OSError, FileNotFoundError):
         protect.add(dataset.resolve_version(home).name)   # `latest` may have moved while this run trained
-    retention = apply_run_retention(home, keep_runs, protect)
+    try:
+        retention = apply_run_retention(home, keep_runs, protect)
+    except (OSError, LockFileRefused) as exc:   # the training succeeded: a retention that cannot look fails nothing
+        why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
+        retention = Retention(left={"*": f"no model run was deleted: {why}"})
     if progress is not None:
         for name in retention.deleted:
             progress(f"deleted the model run {name} (models.keep_runs = {keep_runs})")
