@@ -201,3 +201,25 @@ def test_two_weekly_trainings_keep_one_run_with_keep_runs_1(tmp_path: Path) -> N
     other = tmp_path / "elsewhere-run"
     three = runs.train_latest(home, tiny_config("", str(other), max_steps=2, eval_every=2), keep_runs=1)
     assert three.retention is None and runs.read_runs(home) == [second] and _present(home) == [second]
+
+
+def test_a_runs_folder_this_account_may_not_change_fails_nothing(tmp_path: Path) -> None:
+    """Renaming a run out of the way needs the runs folder writable; where it is not (another member's folder in a
+    group-shared home, an immutable one here), the runs stay whole and the reason is given, nothing raises."""
+    home = DataHome(tmp_path / "home")
+    _fake_run(home, _name(1))
+    _fake_run(home, _name(2))
+    folder = runs.runs_folder(home)
+    if os.geteuid() == 0:
+        subprocess.run(["chattr", "+i", str(folder)], check=True)
+    else:
+        os.chmod(folder, 0o555)
+    try:
+        result = runs.apply_run_retention(home, 1, protect={_name(2)})
+    finally:
+        if os.geteuid() == 0:
+            subprocess.run(["chattr", "-i", str(folder)], check=True)
+        else:
+            os.chmod(folder, 0o755)
+    assert result.deleted == [] and result.left[_name(1)].startswith("not deleted: ")
+    assert (folder / _name(1) / "best/train_config.json").is_file()
