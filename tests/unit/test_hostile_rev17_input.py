@@ -96,6 +96,22 @@ def test_a_png_whose_image_data_crc_is_wrong_is_truncated() -> None:
     assert _both_layouts(idat=zlib.compress(_rgb_rows()), idat_crc=0) == ["truncated_image", "truncated_image"]
 
 
+@pytest.mark.xfail(strict=True, reason="decode.py checks extension_mismatch before decompression_bomb, but Pillow's "
+                                       "own bomb check in Image.open fires first: a JPEG stored as .png whose header "
+                                       "declares 20000x20000 is called a decompression_bomb, not extension_mismatch")
+def test_a_jpeg_named_png_is_an_extension_mismatch_whatever_size_its_header_declares() -> None:
+    import io
+
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(out, "JPEG")
+    jpeg = bytearray(out.getvalue())
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", 20000, 20000)      # height, width of the frame header
+    assert _outcome(bytes(jpeg)) == "extension_mismatch"
+
+
 # ------------------------------------------------------------------------------------------------ ingest
 def _ingest_with_images_line(tmp_path: Path, rewrite) -> tuple[DataHome, str]:
     """A day whose one extra images line is valid JSON spelled oddly (``rewrite``), plus a ranking showing it."""
