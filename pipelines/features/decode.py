@@ -55,6 +55,7 @@ import io
 import os
 import stat
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -225,6 +226,9 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     expected = EXTENSION_FORMATS.get(extension)
     if expected is None:
         raise ImageRejected(EXTENSION_MISMATCH, f"extension {extension!r} of {relpath!r} is not one of {sorted(EXTENSION_FORMATS)}")
+    sniffed = sniff_format(data)
+    if sniffed is not None and sniffed not in expected:   # before Pillow's own bomb check parses the header
+        raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {sniffed} bytes, extension {extension!r} expects {'/'.join(expected)}")
     # Pillow parsers run on hostile bytes here: any error they raise is this image's fault, so it
     # becomes a reject row (with the exception type in the detail) instead of failing the run.
     try:
@@ -256,6 +260,10 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     mode = image.mode
     if mode not in CONVERTIBLE_MODES:
         raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
+    if fmt == "PNG":
+        problem = png_problem(data, width, height)
+        if problem:
+            raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r}: {problem}")
     try:
         if fmt == "PNG" and libspng_decodes(data):
             pixels = pyspng.load(data, format="RGB")
@@ -266,6 +274,109 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
                             f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
+
+
+FORMAT_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format the leading bytes name (PNG, JPEG, WEBP, GIF, TIFF, BMP), or None: an extension is checked
+    against it before Pillow parses a header (whose size alone may trip Pillow's bomb check)."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, name in FORMAT_SIGNATURES:
+        if data.startswith(signature):
+            return name
+    return None
+
+
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # colour type -> samples a pixel
+ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+
+
+def _png_raw_bytes(width: int, height: int, bits: int, colour: int, interlaced: bool) -> int:
+    """Bytes of the filtered scanlines a PNG's image data inflates to (one filter byte a row, Adam7 passes)."""
+    pixel_bits = bits * PNG_CHANNELS[colour]
+    if not interlaced:
+        return height * (1 + (width * pixel_bits + 7) // 8)
+    total = 0
+    for x0, y0, dx, dy in ADAM7:
+        pass_width, pass_height = (width - x0 + dx - 1) // dx, (height - y0 + dy - 1) // dy
+        if pass_width > 0 and pass_height > 0:
+            total += pass_height * (1 + (pass_width * pixel_bits + 7) // 8)
+    return total
+
+
+def png_problem(data: bytes, width: int, height: int) -> str | None:
+    """Why a PNG is not whole and valid, or None; checked before either decoder sees its pixels, so libspng and
+    Pillow (each lenient in its own ways) are only given PNGs both decode alike:
+
+    every chunk inside the file with its CRC right; the critical chunks only IHDR (first), PLTE, IDAT and IEND,
+    a palette before the image data of an indexed PNG, the IDATs one after another; and their zlib stream
+    complete (its Adler-32 checked), inflating to exactly the scanlines IHDR declares, no byte short or over.
+    The inflate is bounded by that size (a stream inflating to more is refused as soon as it does)."""
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return "its first chunk is not IHDR"
+    bits, colour, _compression, _filter, interlace = data[24], data[25], data[26], data[27], data[28]
+    if colour not in PNG_CHANNELS or interlace not in (0, 1):
+        return f"IHDR has colour type {colour}, interlace {interlace}"
+    expected = _png_raw_bytes(width, height, bits, colour, interlace == 1)
+    inflater = zlib.decompressobj()
+    inflated = 0
+    position, seen_idat, idat_done, palette = 8, False, False, False
+    while True:
+        if position + 12 > len(data):
+            return "it ends inside a chunk (truncated), before IEND"
+        length = int.from_bytes(data[position:position + 4], "big")
+        kind = data[position + 4:position + 8]
+        end = position + 12 + length
+        if length > 0x7FFFFFFF or end > len(data):
+            return f"chunk {kind!r} runs past the end of the file (truncated)"
+        body = data[position + 8:end - 4]
+        if zlib.crc32(body, zlib.crc32(kind)) != int.from_bytes(data[end - 4:end], "big"):
+            return f"chunk {kind.decode('latin-1')!r} has a wrong CRC"
+        critical = kind[:1].isupper()
+        if kind == b"IDAT":
+            if idat_done:
+                return "its IDAT chunks are not consecutive"
+            if colour == 3 and not palette:
+                return "an indexed PNG without a PLTE chunk before its image data"
+            seen_idat = True
+            try:
+                out = inflater.decompress(body, expected + 1 - inflated)
+                inflated += len(out)
+                while inflater.unconsumed_tail and inflated <= expected:
+                    out = inflater.decompress(inflater.unconsumed_tail, expected + 1 - inflated)
+                    inflated += len(out)
+            except zlib.error as exc:
+                return f"its image data does not inflate: {exc}"
+            if inflated > expected:
+                return f"its image data inflates to more than the {expected} bytes IHDR declares"
+        else:
+            if seen_idat:
+                idat_done = True
+            if kind == b"PLTE":
+                palette = True
+            elif kind == b"IEND":
+                break
+            elif critical and kind != b"IHDR":
+                return f"unknown critical chunk {kind.decode('latin-1')!r}"
+            elif kind == b"IHDR" and position != 8:
+                return "a second IHDR chunk"
+        position = end
+    if not seen_idat:
+        return "no image data (IDAT)"
+    try:
+        rest = inflater.flush()
+    except zlib.error as exc:
+        return f"its image data does not inflate: {exc}"
+    inflated += len(rest)
+    if not inflater.eof:
+        return f"its image data stops early ({inflated} of {expected} bytes, zlib stream not complete)"
+    if inflated != expected:
+        return f"its image data inflates to {inflated} bytes, IHDR declares {expected}"
+    return None
 
 
 def libspng_decodes(data: bytes) -> bool:
