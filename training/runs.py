@@ -11,11 +11,13 @@ the version `latest` names, a run a trainer is writing, or anything that is not 
 """
 from __future__ import annotations
 
+import array
 import contextlib
 import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import stat
 from dataclasses import dataclass, field
@@ -23,12 +25,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 
 from formats import dataset
-from formats.files import is_real_folder, write_bytes_atomic
+from formats.files import is_real_folder, read_small_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.locks import LockFileRefused, open_lock_file
 from formats.progress import Progress
 from formats.settings import check_fields, knob
-from training.config import TRAIN_LOCK_FILE
+from training.config import CONFIG_FILE, TRAIN_LOCK_FILE, from_home
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -135,12 +137,20 @@ def _write_runs(home: DataHome, names: list[str], new: str | None = None) -> str
 
 
 @contextlib.contextmanager
-def _runs_lock(home: DataHome) -> Iterator[int]:
-    """Hold ``HOME/.locks/model-runs.lock`` shared (every training of `latest` holds it while it trains; the
-    record of runs is rewritten under an exclusive ``flock`` of its own) and yield its descriptor."""
+def _runs_lock(home: DataHome, progress: Progress | None = None) -> Iterator[int]:
+    """Hold ``HOME/.locks/model-runs.lock`` shared (every training of `latest` holds it while it trains; retention
+    takes it exclusive, without waiting) and yield its descriptor. While a retention holds it, say so through
+    ``progress`` and wait."""
     fd = open_lock_file(home.locks / RUNS_LOCK, "the model runs")
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH)   # waits only while a retention deletes (exclusive, seconds)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                raise
+            if progress is not None:
+                progress(f"waiting for a model run retention to finish (it holds {home.locks / RUNS_LOCK})")
+            fcntl.flock(fd, fcntl.LOCK_SH)
         yield fd
     finally:
         os.close(fd)
@@ -156,20 +166,99 @@ def _record_run(home: DataHome, version: str) -> str | None:
         os.close(fd)
 
 
+# --------------------------------------------------------------------------- retention
+DEPTH_LIMIT = 8            # a trainer's run folder is 3 folders deep (checkpoints/.last.tmp/<files>)
+ENTRY_LIMIT = 100_000      # files and folders in one run (a trainer writes a few dozen)
+HIDDEN_RUN = re.compile(re.escape(DELETING_PREFIX) + dataset.VERSION_NAME.pattern + r"(\.[0-9]{1,2})?")
+FS_IOC_GETFLAGS = 0x80086601                 # <linux/fs.h>, _IOR('f', 1, long)
+PINNED_FLAGS = 0x10 | 0x20                   # FS_IMMUTABLE_FL, FS_APPEND_FL: no name in or of it may go
+
+
+def _mount_points() -> list[str] | None:
+    """The mount points of this process's mount namespace (``/proc/self/mountinfo``), or None where unreadable."""
+    try:
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError:
+        return None
+    points = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) > 4:
+            points.append(re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[4]))
+    return points
+
+
+def _pinned(fd: int) -> bool:
+    """Whether the open file or folder is immutable or append-only (then no name in it, or of it, can go)."""
+    flags = array.array("i", [0])
+    try:
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+    except OSError:
+        return False             # a file system without these flags
+    return bool(flags[0] & PINNED_FLAGS)
+
+
 def _undeletable(path: Path) -> str | None:
-    """Why this account could not delete the whole of the real folder ``path`` (a folder in it it may not write,
-    a mount point), or None: checked before anything is renamed, so a run is deleted whole or left whole."""
+    """Why this account could not delete the whole of the real folder ``path`` (read with its run's lock held),
+    or None. Checked before anything is renamed, so a run is deleted whole or left whole: no mount point in it
+    (``/proc/self/mountinfo``, so a bind mount of the same file system counts), no folder it may not change, no
+    immutable or append-only file or folder, no other account's file in a sticky folder (unless this account
+    owns that folder), at most :data:`DEPTH_LIMIT` folders deep and :data:`ENTRY_LIMIT` entries (a trainer's
+    run is 3 deep with a few dozen files). Walked with a list, never by recursion."""
+    real = os.path.realpath(path)
+    mounts = _mount_points()
+    if mounts is not None:
+        inside = [point for point in mounts if point == real or point.startswith(real + "/")]
+        if inside:
+            return f"{inside[0]} is a mount point (another file system or a bind mount)"
+    euid = os.geteuid()
     device = os.lstat(path).st_dev
-    unreadable: list[str] = []
-    for root, dirs, _files in os.walk(path, onerror=lambda exc: unreadable.append(str(exc.filename))):
-        if os.lstat(root).st_dev != device:
-            return f"{root} is another file system (a mount point)"
-        if not os.access(root, os.R_OK | os.W_OK | os.X_OK):
-            return f"this account may not delete the files in {root}"
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-    if unreadable:
-        return f"this account may not read {unreadable[0]}"
+    stack, entries = [(path, 0)], 0
+    while stack:
+        folder, depth = stack.pop()
+        if depth > DEPTH_LIMIT:
+            return f"{folder} is more than {DEPTH_LIMIT} folders deep: not a trainer's run"
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if info.st_dev != device:
+                return f"{folder} is another file system (a mount point)"
+            if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+                return f"this account may not delete the files in {folder}"
+            if _pinned(fd):
+                return f"{folder} is immutable or append-only"
+            sticky = bool(info.st_mode & stat.S_ISVTX) and euid != 0 and info.st_uid != euid
+            with os.scandir(fd) as listing:
+                for entry in listing:
+                    entries += 1
+                    if entries > ENTRY_LIMIT:
+                        return f"more than {ENTRY_LIMIT} files and folders: not a trainer's run"
+                    item = entry.stat(follow_symlinks=False)
+                    if sticky and item.st_uid != euid:
+                        return f"{folder}/{entry.name} is another account's, in a sticky folder"
+                    if stat.S_ISDIR(item.st_mode):
+                        stack.append((folder / entry.name, depth + 1))
+                    elif stat.S_ISREG(item.st_mode):
+                        try:
+                            file_fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                                              dir_fd=fd)
+                        except OSError:
+                            continue     # unreadable here: its folder decides whether it can go
+                        try:
+                            if _pinned(file_fd):
+                                return f"{folder}/{entry.name} is immutable or append-only"
+                        finally:
+                            os.close(file_fd)
+        finally:
+            os.close(fd)
     return None
+
+
+def _remove_hidden(hidden: Path) -> str | None:
+    """Delete a run already renamed out of the way; why some of it stayed, or None."""
+    errors: list[str] = []
+    shutil.rmtree(hidden, onerror=lambda _f, name, exc: errors.append(f"{name}: {exc[1]}"))
+    return f"partly deleted, {hidden} stays: {errors[0]}" if errors else None
 
 
 def _delete_run(folder: Path, name: str) -> str | None:
@@ -177,20 +266,18 @@ def _delete_run(folder: Path, name: str) -> str | None:
 
     It must be a real folder (never a link) holding something only a trainer makes (:data:`RUN_MARKERS`). Its
     lock file is taken without waiting (created when missing, so a trainer that opens it after this sees the
-    same file) and held while the folder is renamed to a hidden ``.deleting-<name>``; the hidden folder is
-    then deleted (a crash leaves it for the next retention, never a half run under the version's name)."""
+    same file), then, with the lock held, the run is checked whole (:func:`_undeletable`) and renamed to a hidden
+    ``.deleting-<name>``; the hidden folder is then deleted (a crash leaves it for the next retention, never a
+    half run under the version's name)."""
     path = folder / name
     try:
         info = os.lstat(path)
     except FileNotFoundError:
-        return None
+        return "gone already"
     if not stat.S_ISDIR(info.st_mode):
         return "not a folder (left as it is)"
     if not any(os.path.lexists(path / marker) for marker in RUN_MARKERS):
         return "not a run folder a trainer made (no train_config.json or lock file in it): left as it is"
-    problem = _undeletable(path)
-    if problem:
-        return f"not deleted: {problem}"
     try:
         dir_fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
@@ -208,13 +295,19 @@ def _delete_run(folder: Path, name: str) -> str | None:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
                 if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise
+                    return f"not deleted: its {TRAIN_LOCK_FILE} cannot be locked ({exc.strerror or exc})"
                 return "a trainer is writing it (it holds its lock): kept for now"
-            hidden = folder / f"{DELETING_PREFIX}{name}"
-            for n in range(1, 100):
-                if not os.path.lexists(hidden):    # what is there is never renamed over
-                    break
-                hidden = folder / f"{DELETING_PREFIX}{name}.{n}"
+            try:
+                problem = _undeletable(path)
+            except (OSError, RecursionError) as exc:
+                problem = f"it changed while it was checked ({getattr(exc, 'strerror', None) or exc})"
+            if problem:
+                return f"left whole: {problem}"
+            hidden = next((candidate for candidate in (folder / f"{DELETING_PREFIX}{name}",
+                                                       *(folder / f"{DELETING_PREFIX}{name}.{n}" for n in range(1, 100)))
+                           if not os.path.lexists(candidate)), None)
+            if hidden is None:
+                return f"not deleted: 100 earlier {DELETING_PREFIX}{name} folders are still there"
             try:
                 os.rename(path, hidden)    # the run disappears at once, whole, then its files go
             except OSError as exc:
@@ -223,18 +316,48 @@ def _delete_run(folder: Path, name: str) -> str | None:
             os.close(fd)
     finally:
         os.close(dir_fd)
-    shutil.rmtree(hidden, ignore_errors=True)   # checked deletable above; a leftover goes at the next retention
-    return None
+    return _remove_hidden(hidden)
+
+
+def _has_model(run: Path) -> bool:
+    return (run / "best" / CONFIG_FILE).is_file()
+
+
+def _started_from(home: DataHome, run: Path) -> set[str]:
+    """The run folders (names) of this home that ``run``'s ``init_from`` points into: a warm start from an
+    earlier run's ``best/`` (the run's evaluation builds its untrained model from there again)."""
+    folder = os.path.realpath(runs_folder(home))
+    names = set()
+    for sub in ("init", "best", "checkpoints/last"):
+        data = read_small_file(run / sub / CONFIG_FILE, 1 << 20)
+        if data is None:
+            continue
+        try:
+            stored = json.loads(data).get("init_from")
+        except (ValueError, AttributeError):
+            continue
+        if not isinstance(stored, str) or stored in ("", "scratch"):
+            continue
+        try:
+            path = os.path.realpath(from_home(stored, home.root))
+        except ValueError:
+            continue
+        if path.startswith(folder + "/"):
+            names.add(Path(path).relative_to(folder).parts[0])
+    return names
 
 
 def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) -> Retention:
-    """Delete the run folders beyond the newest ``keep`` (0: none deleted), never one named in ``protect`` (the
-    run just trained, `latest`'s version) or one a trainer writes; the caller holds no runs lock this needs.
+    """Delete recorded run folders beyond the newest ``keep`` that hold a model (0: none deleted); never one named
+    in ``protect`` (the run just trained, `latest`'s version), one a kept run started from (``init_from``), one a
+    trainer writes, or a run the record of runs does not name.
 
-    Newest means last in the record of runs (:func:`read_runs`); runs it does not name (trained before the
-    record began) count as older than every recorded one, ordered by their version names (the export day
-    first), never by a clock. Only folders named like a version are runs; anything else in the folder is
-    left alone. The record is rewritten without the deleted runs."""
+    Only runs a training of `latest` recorded when it started (:func:`read_runs`, newest last) are ever deleted:
+    a run trained before the record began, one trained by hand into a folder there (``python -m training
+    --output-dir``), or any other folder stays (reported in ``kept``). A recorded run without a model (a training
+    that died before its first checkpoint) newer than the oldest kept model stays too, without counting: it may
+    be resumed. Leftovers of a retention that died while deleting (``.deleting-<version>``) go first. The record
+    is rewritten without the deleted runs. Never raises for a run it cannot delete: ``left`` says why."""
     result = Retention()
     folder = runs_folder(home)
     if not is_real_folder(folder):
@@ -250,21 +373,36 @@ def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) 
             return result
         entries = sorted(os.listdir(folder))
         for name in entries:   # an earlier retention's leftovers (it died while deleting)
-            if name.startswith(DELETING_PREFIX) and is_real_folder(folder / name):
-                shutil.rmtree(folder / name, ignore_errors=True)
+            if HIDDEN_RUN.fullmatch(name) and is_real_folder(folder / name):
+                try:
+                    problem = _undeletable(folder / name)
+                except (OSError, RecursionError) as exc:
+                    problem = str(exc)
+                why = f"left whole: {problem}" if problem else _remove_hidden(folder / name)
+                if why:
+                    result.left[name] = why
         runs = [name for name in entries if dataset.VERSION_NAME.fullmatch(name) and is_real_folder(folder / name)]
-        position = {name: i for i, name in enumerate(read_runs(home))}
-        ranked = sorted(runs, key=lambda n: (n in position, position.get(n, -1), n))   # oldest first
-        protected = [name for name in ranked if name in set(protect)]
-        others = [name for name in ranked if name not in set(protect)]
+        recorded = [name for name in read_runs(home) if name in set(runs)]   # oldest first
         if keep <= 0:
-            result.kept = ranked
+            result.kept = runs
             return result
-        spare = max(0, keep - len(protected))
-        doomed = others[: len(others) - spare] if spare < len(others) else []
-        for name in ranked:
-            why = _delete_run(folder, name) if name in doomed else None
-            if name in doomed and why is None:
+        protected = set(protect)
+        while True:   # a kept run's warm start is kept too, and so on
+            kept, budget = set(protected), keep - len(protected & set(runs))
+            for name in reversed(recorded):      # newest first
+                if name in protected:
+                    continue
+                if budget > 0:
+                    kept.add(name)
+                    budget -= _has_model(folder / name)
+            kept |= set(runs) - set(recorded)
+            started_from = set().union(*(_started_from(home, folder / name) for name in kept)) & set(runs)
+            if started_from <= protected | kept:
+                break
+            protected |= started_from
+        for name in runs:
+            why = None if name in kept else _delete_run(folder, name)
+            if name not in kept and why is None:
                 result.deleted.append(name)
                 continue
             result.kept.append(name)
@@ -296,22 +434,23 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
 
     ``progress`` hears one line per logged step. A run into the home's own run folder (``config`` names no
     ``output_dir``) is recorded as the newest run before it starts, and once it has finished the runs beyond
-    the newest ``keep_runs`` are deleted (:func:`apply_run_retention`; 0 keeps them all).
+    the newest ``keep_runs`` are deleted (:func:`apply_run_retention`; 0 keeps them all). Retention never fails
+    a training that finished: what it could not do is in the result's ``retention.left``.
     """
     from training.train import train
-
-    version_dir = latest_version_dir(home)
-    own_run = not config.output_dir
-    config = config.replace(data_dir=config.data_dir or str(version_dir),
-                            output_dir=config.output_dir or str(run_dir(home, version_dir)))
 
     def on_event(event: dict[str, Any]) -> None:
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
 
-    if not own_run:
+    if config.output_dir:
+        version_dir = latest_version_dir(home)
+        config = config.replace(data_dir=config.data_dir or str(version_dir))
         return TrainedLatest(version_dir, config, train(config, on_event=on_event))
-    with _runs_lock(home):
+    with _runs_lock(home, progress):   # `latest` read with the lock held: no retention between it and the record
+        version_dir = latest_version_dir(home)
+        config = config.replace(data_dir=config.data_dir or str(version_dir),
+                                output_dir=str(run_dir(home, version_dir)))
         problem = _record_run(home, version_dir.name)
         if problem and progress is not None:
             progress(problem)
@@ -321,7 +460,7 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
         protect.add(dataset.resolve_version(home).name)   # `latest` may have moved while this run trained
     try:
         retention = apply_run_retention(home, keep_runs, protect)
-    except (OSError, LockFileRefused) as exc:   # the training succeeded: a retention that cannot look fails nothing
+    except (OSError, LockFileRefused, RecursionError) as exc:   # the training succeeded: this fails nothing
         why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
         retention = Retention(left={"*": f"no model run was deleted: {why}"})
     if progress is not None:

@@ -1,6 +1,6 @@
 """Hostile review of model run retention (``training.runs.apply_run_retention``, ``models.keep_runs``).
 
-Each test is a confirmed defect, marked ``xfail(strict=True)``: it fails today and passes once fixed.
+Each test was a confirmed defect (strict xfail when the review filed it), fixed since.
 """
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ def _fake_run(home: DataHome, name: str) -> Path:
         (run / sub / "train_config.json").write_text("{}\n")
         (run / sub / "model.safetensors").write_bytes(b"w" * 100)
     (run / runs.TRAIN_LOCK_FILE).write_bytes(b"")
+    runs._record_run(home, name)     # as a training of `latest` records it: a run retention may delete
     return run
 
 
@@ -106,9 +107,6 @@ needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (chattr, m
 
 
 # --------------------------------------------------------------------------- 1: folders the tool did not make
-@pytest.mark.xfail(strict=True, reason="apply_run_retention rmtree's every real folder named .deleting-* in the "
-                   "runs folder, even with keep_runs = 0, without the run-folder checks (markers, mount, lock): "
-                   "a user's folder it did not create is deleted")
 def test_a_users_folder_named_deleting_is_not_deleted(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     _fake_run(home, _name(1))
@@ -120,9 +118,6 @@ def test_a_users_folder_named_deleting_is_not_deleted(tmp_path: Path) -> None:
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="_undeletable detects a mount point only by st_dev; a bind mount of the "
-                   "same file system inside a run folder passes, and rmtree deletes the files of the mounted "
-                   "folder (files the tool never made, outside the home)")
 def test_a_bind_mount_inside_a_run_is_not_deleted_through(tmp_path: Path) -> None:
     if not _can_mount(tmp_path):
         pytest.skip("bind mounts are not available here")
@@ -144,9 +139,6 @@ def test_a_bind_mount_inside_a_run_is_not_deleted_through(tmp_path: Path) -> Non
 
 # --------------------------------------------------------------------------- 2: retention fails a training
 @needs_root
-@pytest.mark.xfail(strict=True, reason="_delete_run's os.rename is not guarded: a run folder that is a mount point "
-                   "(same file system, so st_dev does not tell) raises EBUSY out of apply_run_retention, and "
-                   "train_latest (the Dagster preference_model asset) fails after a successful training")
 def test_a_run_folder_that_is_a_bind_mount_does_not_fail_the_training(tmp_path: Path) -> None:
     if not _can_mount(tmp_path):
         pytest.skip("bind mounts are not available here")
@@ -156,6 +148,7 @@ def test_a_run_folder_that_is_a_bind_mount_does_not_fail_the_training(tmp_path: 
     mount_point = runs.runs_folder(home) / _name(1)
     mount_point.mkdir(parents=True)
     subprocess.run(["mount", "--bind", str(archived), str(mount_point)], check=True)
+    runs._record_run(home, _name(1))          # once trained here, now a mount in its place
     try:
         trained = runs.train_latest(home, tiny_config("", "", max_steps=2, eval_every=2), keep_runs=1)
         assert trained.retention is not None and _name(1) in trained.retention.left
@@ -165,14 +158,11 @@ def test_a_run_folder_that_is_a_bind_mount_does_not_fail_the_training(tmp_path: 
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="a group-shared home whose runs folder is sticky (chmod +t, another member "
-                   "owns it and the old run): _undeletable passes (os.access), os.rename raises EPERM, uncaught "
-                   "out of apply_run_retention, so train_latest fails after its training succeeded")
 def test_a_sticky_runs_folder_does_not_raise(shared_tmp: Path) -> None:
     tmp_path = shared_tmp
     home = DataHome(tmp_path / "home")
     _fake_run(home, _name(1))                 # another member's (root's) run, group-writable
-    (tmp_path / "home" / ".locks").mkdir()
+    (tmp_path / "home" / ".locks").mkdir(exist_ok=True)
     _open_to_all(tmp_path / "home")
     os.chmod(runs.runs_folder(home), 0o1777)  # the shared folder of runs: sticky, owned by another member
     assert _as_nobody(lambda: str(_fake_run(home, _name(2))))[0] == "ok"   # this account's new run
@@ -183,9 +173,6 @@ def test_a_sticky_runs_folder_does_not_raise(shared_tmp: Path) -> None:
 
 # --------------------------------------------------------------------------- 3: half-deleted runs
 @needs_root
-@pytest.mark.xfail(strict=True, reason="_undeletable checks only folders: a file that cannot be unlinked "
-                   "(immutable, or another member's file in a sticky folder) passes, the run is renamed and "
-                   "half deleted by rmtree(ignore_errors=True), and reported as deleted")
 def test_a_run_with_an_undeletable_file_is_left_whole(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     old = _fake_run(home, _name(1))
@@ -203,15 +190,12 @@ def test_a_run_with_an_undeletable_file_is_left_whole(tmp_path: Path) -> None:
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="a sticky folder inside a run (group-shared home) whose files belong to "
-                   "another member: os.access passes, rmtree unlinks what it may and leaves the rest; the run is "
-                   "half deleted and reported deleted")
 def test_a_run_with_a_sticky_folder_of_another_members_files_is_left_whole(shared_tmp: Path) -> None:
     tmp_path = shared_tmp
     home = DataHome(tmp_path / "home")
     old = _fake_run(home, _name(1))
     _fake_run(home, _name(2))
-    (tmp_path / "home" / ".locks").mkdir()
+    (tmp_path / "home" / ".locks").mkdir(exist_ok=True)
     _open_to_all(tmp_path / "home")
     os.chmod(old / "best", 0o1777)
     before = _files(old)
@@ -222,10 +206,6 @@ def test_a_run_with_a_sticky_folder_of_another_members_files_is_left_whole(share
 
 
 # --------------------------------------------------------------------------- 4: runs still read
-@pytest.mark.xfail(strict=True, reason="retention never protects the run that train.init_from names (a warm start "
-                   "from an earlier run's best/, a path the README allows inside the home): the training that "
-                   "read it deletes it, and preference_model_eval in the same job (evaluate_untrained builds the "
-                   "init model from init_from) fails, as does the next week's training")
 def test_the_run_a_training_starts_from_is_not_deleted(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_synthetic_version(home.datasets / _name(1), SIZES, image_px=32, shards_per_split=2)
@@ -238,10 +218,6 @@ def test_the_run_a_training_starts_from_is_not_deleted(tmp_path: Path) -> None:
     runs.evaluate_latest(home)   # the next asset of the same Dagster job
 
 
-@pytest.mark.xfail(strict=True, reason="README: 'A run trained into a folder you name (output_dir) is not the "
-                   "home's: never recorded or deleted' - a run trained just now into a folder named inside "
-                   "HOME/models/preference_model is unrecorded, so ranked older than every recorded run and "
-                   "deleted by the next training of latest")
 def test_a_run_into_a_named_output_dir_is_never_deleted(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_synthetic_version(home.datasets / _name(1), SIZES, image_px=32, shards_per_split=2)
@@ -256,11 +232,6 @@ def test_a_run_into_a_named_output_dir_is_never_deleted(tmp_path: Path) -> None:
 
 
 # --------------------------------------------------------------------------- 5: more ways to fail a training
-@pytest.mark.xfail(strict=True, reason="_undeletable walks a run without its lock; a trainer writing that run "
-                   "(python -m training --output-dir HOME/models/preference_model/<v>) removes checkpoints/.last.old "
-                   "between os.walk's listing and os.lstat(root): FileNotFoundError escapes apply_run_retention "
-                   "and fails the training that just succeeded (seen unforced: 1 in ~1200 retentions while a "
-                   "trainer checkpoints every step)")
 def test_a_trainer_swapping_checkpoints_during_the_walk_does_not_fail_retention(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import fcntl
@@ -288,9 +259,6 @@ def test_a_trainer_swapping_checkpoints_during_the_walk_does_not_fail_retention(
     assert _name(1) in result.left and (busy / "best" / "train_config.json").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason="_undeletable's os.walk (and shutil.rmtree) recurse once per folder level: a "
-                   "folder 1200 levels deep in an old run (a hostile member of a group-shared home) raises "
-                   "RecursionError out of apply_run_retention, failing the training that just succeeded")
 def test_a_deep_folder_in_an_old_run_does_not_fail_retention(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     old = _fake_run(home, _name(1))
@@ -309,10 +277,6 @@ def test_a_deep_folder_in_an_old_run_does_not_fail_retention(tmp_path: Path) -> 
     assert result.deleted == [_name(1)] or _name(1) in result.left
 
 
-@pytest.mark.xfail(strict=True, reason="apply_run_retention opens HOME/.locks/model-runs.lock again after the "
-                   "training with open_lock_file, which refuses a lock file with 2 names: a hard-link snapshot of "
-                   "the home taken during the training (cp -al, rsnapshot) or a planted hard link raises "
-                   "LockFileRefused out of train_latest after the model was written, failing the Dagster asset")
 def test_a_hard_link_to_the_runs_lock_made_during_training_does_not_fail_the_training(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_synthetic_version(home.datasets / _name(1), SIZES, image_px=32, shards_per_split=2)
