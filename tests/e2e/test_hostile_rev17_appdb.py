@@ -1,0 +1,346 @@
+"""Hostile review (rev17) of the PostgreSQL app-database export: defects confirmed by running them.
+
+Each test is ``xfail(strict=True)``: it fails today because of the defect its reason names, and passes
+once that defect is fixed. Every test that needs a server starts its own throwaway PostgreSQL
+(``tests.postgres_server``) and stops it at the end of the session.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import gc
+import gzip
+import itertools
+import os
+
+import dagster as dg
+import psycopg
+import pytest
+
+from dagster_project import automation
+from dagster_project.definitions import defs
+from dagster_project.resources import PickapicHome
+from formats.home import DataHome
+from pipelines.appdb.export import AppExportConfig, export_day
+from pipelines.sqlrun import sql_text
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
+
+_names = itertools.count()
+
+
+def _app_db(server) -> str:
+    """A new empty database holding the app's schema (``sql/app_db/schema.sql``); returns its DSN."""
+    name = f"rev17_{os.getpid()}_{next(_names)}"
+    with psycopg.connect(server.dsn(password="postgres"), autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\'')
+    dsn = server.dsn(name, password="postgres")
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql_text("app_db/schema"))
+    return dsn
+
+
+def _lines(home: DataHome, day: str, table: str) -> list[str]:
+    return gzip.decompress(home.raw_file(day, table).read_bytes()).decode("utf-8").splitlines()
+
+
+# --- 1. the schedule's catch-up forgets every missed day past the first 31 ------------------------------
+
+def _tick(instance, home: DataHome, when: dt.datetime) -> list[str]:
+    result = automation.app_export_schedule.evaluate_tick(dg.build_schedule_context(
+        instance=instance, scheduled_execution_time=when,
+        resources={"data_home": PickapicHome(root=str(home.root))}, repository_def=defs.get_repository_def()))
+    return [r.partition_key for r in result.run_requests]
+
+
+@pytest.mark.xfail(strict=True, reason="catch_up_days only looks after the raw zone's last day before the lookback "
+                   "window: the first catch-up night also exports the window's days, so on the next night the "
+                   "newest raw day before the window is one of them and the days between the 31 caught up and "
+                   "the window are never exported (no warning either)")
+def test_catch_up_after_a_long_outage_continues_on_the_next_night(monkeypatch, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    (tmp_path / "instance").mkdir()
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "60")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LOOKBACK_DAYS", "2")
+    (home.raw_logs / "dt=2022-12-20").mkdir(parents=True)        # the last night before a ten-week outage
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        first_night = _tick(instance, home, dt.datetime(2023, 3, 5, 1, 0, tzinfo=dt.timezone.utc))
+        assert first_night[0] == "2022-12-21" and len(first_night) == automation.CATCH_UP_DAYS + 3
+        for day in first_night:                                    # every run of that night succeeded
+            (home.raw_logs / f"dt={day}").mkdir()
+        second_night = _tick(instance, home, dt.datetime(2023, 3, 6, 1, 0, tzinfo=dt.timezone.utc))
+        gc.collect()
+    exported = {d.name[3:] for d in home.raw_logs.iterdir()} | set(second_night)
+    day, never = dt.date(2022, 12, 21), []
+    while day <= dt.date(2023, 3, 4):
+        if day.isoformat() not in exported:
+            never.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    # the second night must go on with the missed days (2023-01-21 onwards), not leave them for good
+    assert never == [], f"{len(never)} days never requested: {never[0]} .. {never[-1]}"
+
+
+# --- 2. a run of big rows after many small ones arrives in one fetch of 4,096 rows -------------------------
+
+_PEAK = """
+import resource, sys
+from pathlib import Path
+from formats.home import DataHome
+from pipelines.appdb.export import AppExportConfig, export_day
+export_day(DataHome.at(Path(sys.argv[2])), sys.argv[1], sys.argv[3], AppExportConfig(users_snapshot=False))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def _export_peak(dsn: str, home, day: str) -> int:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    done = subprocess.run([sys.executable, "-c", _PEAK, dsn, str(home), day], cwd=repo, capture_output=True,
+                          text=True, check=True)
+    return int(done.stdout.split()[-1])
+
+
+@pytest.mark.xfail(strict=True, reason="fetch sizing ramps up on small rows (16, 32, ... 4,096 rows a fetch) and "
+                   "cannot see the next rows' size: 4,096 hostile 32 KB prompts right after 4,080 short ones arrive "
+                   "in ONE fetch (128 MiB of text, ~4x that in rows, decoded values, lines and chunk), so memory "
+                   "grows with the hostile rows' size, up to 4,096 x 7 values x (max_line_bytes + 1) characters")
+def test_big_prompts_after_many_small_rows_do_not_arrive_in_one_fetch(postgres_server, tmp_path):  # noqa: F811
+    dsn = _app_db(postgres_server)
+    day = "2023-02-13"
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) SELECT g, "
+                     "'2023-02-13 12:00', 1, 'short prompt ' || g FROM generate_series(1, 4080) g")
+    baseline = _export_peak(dsn, tmp_path / "base", day)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) SELECT g, "
+                     "'2023-02-13 12:00', 1, repeat(md5(g::text), 1024) FROM generate_series(4081, 8176) g")
+    peak = _export_peak(dsn, tmp_path / "big", day)
+    grew = (peak - baseline) >> 20
+    # about BATCH_BYTES (4 MiB) of lines a fetch: a few such fetches in flight, not the whole run at once
+    assert grew < 64, f"peak RSS grew by {grew} MiB for 4,096 rows of 32 KiB (128 MiB) read after 4,080 short ones"
+
+
+# --- 3. the staging folder takes the umask's group write bit and its files are opened through links -------
+
+@pytest.mark.xfail(strict=True, reason="the staging folder is made 0777 & ~umask (group-writable under the umask "
+                   "002 of a group-shared home) and each table file is opened with open(path, 'wb'), which follows "
+                   "a symlink: a group member who plants downloads.jsonl.gz -> a file of the export's account while "
+                   "the earlier tables are written makes the export truncate and overwrite that file, and the link is "
+                   "then published as the day's downloads file")
+def test_a_link_planted_in_the_staging_folder_is_never_written_through(postgres_server, tmp_path,  # noqa: F811
+                                                                         monkeypatch):
+    from pipelines.appdb import export as export_module
+
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) "
+                     "VALUES ('2023-02-13 12:00', 1, 'u', 'p')")
+    victim = tmp_path / "exporter-account" / "authorized_keys"      # a file of the export's account
+    victim.parent.mkdir()
+    victim.write_text("ssh-ed25519 AAAA... operator\n")
+    home = DataHome.at(tmp_path / "home")
+    home.raw_logs.mkdir(parents=True)
+    real = export_module._write_table
+    seen_modes = []
+
+    def racing(conn, table, params, path, *args, **kwargs):
+        if table == "downloads":       # another member of the home's group, watching raw/app_logs (inotify)
+            seen_modes.append(os.stat(path.parent).st_mode & 0o777)
+            if os.stat(path.parent).st_mode & 0o020:       # the staging folder lets the group write into it
+                os.symlink(victim, path)
+        return real(conn, table, params, path, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "_write_table", racing)
+    old_umask = os.umask(0o002)          # a group-shared data home (the README's 2750 / group carry-over)
+    try:
+        with contextlib.suppress(Exception):   # refusing the planted link is a fine outcome
+            export_day(home, dsn, "2023-02-13")
+    finally:
+        os.umask(old_umask)
+    assert victim.read_bytes() == b"ssh-ed25519 AAAA... operator\n", \
+        f"the export wrote through a link planted in its staging folder (mode {oct(seen_modes[0])})"
+    day_file = home.raw_file("2023-02-13", "downloads")
+    assert not day_file.is_symlink()
+
+
+# --- 4. an undated row whose primary key is NULL fails every export --------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="undated_rows() keeps array_agg's NULL ids as None in first_ids and "
+                   "_rows_named joins them as strings: one row with a NULL id and a NULL created_at (a table "
+                   "without its primary key: the schema check asks for none) fails the export of EVERY day, and "
+                   "app_days() of every build, with a TypeError instead of warning about the row")
+def test_an_undated_row_with_a_null_id_is_reported_not_a_crash(postgres_server, tmp_path):  # noqa: F811
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE images DROP CONSTRAINT images_pkey")
+        conn.execute("ALTER TABLE images ALTER COLUMN image_id DROP NOT NULL, ALTER COLUMN created_at DROP NOT NULL")
+        conn.execute("INSERT INTO images (image_id, created_at, image_uid) VALUES (NULL, NULL, 'undated')")
+        conn.execute("INSERT INTO images (image_id, created_at, image_uid) VALUES (7, '2023-02-13 10:00', 'dated')")
+    home = DataHome.at(tmp_path / "home")
+    report = export_day(home, dsn, "2023-02-13")
+    assert report.tables["images"].rows == 1 and report.undated["images"]["rows"] == 1
+    assert any("images: 1" in warning for warning in report.warnings)
+
+
+# --- 5. a table rewritten during the export is read empty from the export's snapshot -----------------------
+
+@pytest.mark.xfail(strict=True, reason="the export takes no lock on the four tables when its snapshot starts (pg_dump "
+                   "takes ACCESS SHARE on every table first): a table-rewriting ALTER (int -> bigint, the usual "
+                   "migration) or a TRUNCATE + reload that commits after the snapshot but before the export reaches "
+                   "that table is not MVCC-safe, so the table reads EMPTY and the day is published without its rows")
+def test_a_table_rewritten_while_the_day_is_exported_does_not_read_empty(postgres_server, tmp_path,  # noqa: F811
+                                                                         monkeypatch):
+    from pipelines.appdb import export as export_module
+
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) SELECT '2023-02-13 12:00', g, "
+                     "'u' || g, 'p' FROM generate_series(1, 50) g")
+    real = export_module._write_table
+
+    def migrating(conn, table, params, path, *args, **kwargs):
+        if table == "downloads":         # the DBA's migration lands while users/images/rankings were written
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute("SET lock_timeout = '5s'")
+                other.execute("ALTER TABLE downloads ALTER COLUMN user_id TYPE bigint")
+        return real(conn, table, params, path, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "_write_table", migrating)
+    home = DataHome.at(tmp_path / "home")
+    try:
+        report = export_day(home, dsn, "2023-02-13")
+    except Exception:   # noqa: BLE001 - failing the day (nothing published) is a fine outcome too
+        assert not home.raw_day("2023-02-13").exists()
+        return
+    assert report.tables["downloads"].rows == 50, "the day was published with its downloads silently lost"
+
+
+# --- 6. the blob step reads every image uid whole, 256 at a time ------------------------------------------
+
+_PEAK_STORE = """
+import resource, sys
+from pathlib import Path
+from formats.home import DataHome
+from pipelines.appdb.export import AppExportConfig, export_day
+report = export_day(DataHome.at(Path(sys.argv[2])), sys.argv[1], sys.argv[3], AppExportConfig(users_snapshot=False),
+                    image_store=sys.argv[4])
+print(report.blobs.get("invalid_uid"), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+@pytest.mark.xfail(strict=True, reason="sql/app_db/export_image_uids.sql fetches image_uid whole (no left() as the "
+                   "table exports have) and read_day_uids asks for 256 rows a fetch whatever their size, although "
+                   "only 36-character UUIDs are ever used: 24 hostile 8 MiB uids (a table without the UNIQUE index) "
+                   "cost the blob step ~2.5x their 192 MiB in memory, growing with the hostile values")
+def test_huge_image_uids_do_not_grow_the_blob_steps_memory(postgres_server, tmp_path):  # noqa: F811
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE images DROP CONSTRAINT images_image_uid_key")
+        conn.execute("INSERT INTO images (created_at, image_uid, user_id, prompt) SELECT '2023-02-13 12:00', "
+                     "g || repeat('-', 8 << 20), 1, 'p' FROM generate_series(1, 24) g")
+    store = tmp_path / "store"
+    store.mkdir()
+    repo = Path(__file__).resolve().parents[2]
+
+    def peak(home: str, image_store: str) -> tuple[str, int]:
+        done = subprocess.run([sys.executable, "-c", _PEAK_STORE, dsn, str(tmp_path / home), "2023-02-13",
+                               image_store], cwd=repo, capture_output=True, text=True, check=True)
+        invalid, rss = done.stdout.split()[-2:]
+        return invalid, int(rss)
+
+    _, without_store = peak("a", "")
+    invalid, with_store = peak("b", str(store))
+    assert invalid == "24"                       # every uid is counted as not a UUID, as it should be
+    grew = (with_store - without_store) >> 20
+    assert grew < 96, f"reading the day's 24 image uids for the blob copy took {grew} MiB more"
+
+
+# --- 7. a row committed after the lookback window never reaches the raw zone, unseen ----------------------
+
+@pytest.mark.xfail(strict=True, reason="the nightly schedule re-exports only lookback_days (2) days before the newest "
+                   "closed one and nothing compares older exported days with the database: a row committed 4 days "
+                   "after its created_at (an offline client syncing, a stuck queue, a transaction left open) is in no "
+                   "raw day, no quarantine and no warning, ever")
+def test_a_row_committed_after_the_lookback_window_is_exported_or_reported(postgres_server, monkeypatch,  # noqa: F811
+                                                                          tmp_path):
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        for day in ("2023-03-01", "2023-03-02", "2023-03-03", "2023-03-04", "2023-03-05"):
+            conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES (%s, 1, 'on time')",
+                         (f"{day} 12:00",))
+    home = DataHome.at(tmp_path / "home")
+    (tmp_path / "instance").mkdir()
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", dsn)
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "60")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LOOKBACK_DAYS", "2")
+    warnings: list[str] = []
+
+    def night(when: dt.datetime) -> None:
+        with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+            days = _tick(instance, home, when)
+            gc.collect()
+        for day in days:                                          # what each requested app_export run does
+            warnings.extend(export_day(home, dsn, day, AppExportConfig(lag_minutes=60, lookback_days=2)).warnings)
+
+    for date in (3, 4):            # the nights whose window holds 2023-03-01 (the 4th's is 03-01 .. 03-03)
+        night(dt.datetime(2023, 3, date, 1, 0, tzinfo=dt.timezone.utc))
+    with psycopg.connect(dsn) as conn:    # then an offline client syncs a ranking it made on 03-01
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-03-01 18:00', 2, 'late')")
+    for date in (5, 6, 7, 8):
+        night(dt.datetime(2023, 3, date, 1, 0, tzinfo=dt.timezone.utc))
+    exported = any('"late"' in line for line in _lines(home, "2023-03-01", "rankings"))
+    assert exported or any("2023-03-01" in warning for warning in warnings), \
+        "the late ranking of 2023-03-01 is in the app database only, and nothing said so"
+
+
+# --- 8. the export cuts lines at the home file's ingest limit, not the build's ------------------------------
+
+@pytest.mark.xfail(strict=True, reason="export_day reads ingest.max_line_bytes (and features.max_bytes for blobs) "
+                   "from the home's settings file only (load(home.root)), while `pickapic build --set ...` hands the "
+                   "ingest the build's value: with --set ingest.max_line_bytes=4194304 a 2 MB prompt is cut to "
+                   "1 MiB + 1 bytes of broken JSON in the raw zone for good, and the ingest, which would take the "
+                   "whole line, quarantines it as malformed_json")
+def test_the_export_cuts_lines_at_the_builds_ingest_limit(postgres_server, monkeypatch, tmp_path):  # noqa: F811
+    import json
+
+    from dagster_project.cli import main
+
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) "
+                     "VALUES ('2023-02-13 10:00', 1, repeat('x', 2000000))")
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", dsn)
+    home = DataHome.at(tmp_path / "home")
+    for variable in ("DAGSTER_HOME", "PICKAPIC_HOME"):    # the build points both at the home: undone afterwards
+        monkeypatch.setenv(variable, str(tmp_path))
+    # the later stages may fail on this one-row app (no moderation lists): only the export and ingest matter here
+    main(["build", "--home", str(home.root), "--from-app-db", "--from", "2023-02-13", "--to", "2023-02-13",
+          "--set", "ingest.max_line_bytes=4194304"])
+    (line,) = _lines(home, "2023-02-13", "rankings")
+    assert len(line) > 2_000_000, f"the raw line was cut to {len(line)} bytes, under the build's 4 MiB ingest limit"
+    assert json.loads(line)["prompt"] == "x" * 2_000_000
+
+
+# --- 9. a domain over text (a CHECK on emails) stops every export ----------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="check_tables compares format_type() of the column itself, so a domain over "
+                   "text (CREATE DOMAIN email_t AS text CHECK (...), an ordinary DBA change) is 'email_t', not text: "
+                   "every export of every day fails with AppSchemaError although the column reads as text; the "
+                   "check should look through domains to their base type")
+def test_a_domain_over_text_is_read_as_text(postgres_server, tmp_path):  # noqa: F811
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("CREATE DOMAIN email_t AS text CHECK (VALUE LIKE '%@%')")
+        conn.execute("ALTER TABLE users ALTER COLUMN email TYPE email_t")
+        conn.execute("INSERT INTO users VALUES (1, '2023-02-13 09:00', 'a@example.org', 'A')")
+    home = DataHome.at(tmp_path / "home")
+    report = export_day(home, dsn, "2023-02-13")
+    assert report.tables["users"].rows == 1
+    assert '"email": "a@example.org"' in _lines(home, "2023-02-13", "users")[0]
