@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -26,8 +27,11 @@ def _name(day: int, tag: str = "0") -> str:
     return f"2023-03-{day:02d}-{tag * 10}"
 
 
-def _fake_run(home: DataHome, name: str) -> Path:
-    """A run folder as a trainer leaves it (the files retention looks at; the weights do not matter here)."""
+def _fake_run(home: DataHome, name: str, record: bool = True) -> Path:
+    """A run folder as a trainer leaves it (the files retention looks at; the weights do not matter here),
+    recorded as the newest run as a training of `latest` records it (``record``)."""
+    if record:
+        assert runs._record_run(home, name) is None
     run = runs.runs_folder(home) / name
     for sub in ("init", "best", "checkpoints/last"):
         (run / sub).mkdir(parents=True, exist_ok=True)
@@ -47,29 +51,44 @@ def test_keeps_the_newest_runs_by_the_record_not_by_name_or_clock(tmp_path: Path
     order = [_name(1), _name(3), _name(2), _name(5, "a"), _name(4)]
     for name in order:
         _fake_run(home, name)
-        assert runs._record_run(home, name) is None
     old_mtime = 10**9   # a clock set far back on the newest run changes nothing
     os.utime(runs.runs_folder(home) / _name(4), (old_mtime, old_mtime))
     result = runs.apply_run_retention(home, 2, protect={_name(4)})
-    assert result.deleted == [_name(1), _name(3), _name(2)]
+    assert sorted(result.deleted) == sorted([_name(1), _name(3), _name(2)])
     assert _present(home) == sorted([_name(5, "a"), _name(4)])
     assert runs.read_runs(home) == [_name(5, "a"), _name(4)]
     assert not result.left
 
 
-def test_unrecorded_runs_are_older_than_recorded_ones_and_protected_runs_always_stay(tmp_path: Path) -> None:
+def test_only_recorded_runs_are_deleted_and_protected_runs_always_stay(tmp_path: Path) -> None:
+    """Runs the record does not name (trained before it began, or by hand into the folder) are never deleted and
+    do not count; protected runs stay whatever keep says."""
     home = DataHome(tmp_path / "home")
     for name in (_name(9), _name(8)):     # trained before the record began
+        _fake_run(home, name, record=False)
+    for name in (_name(1), _name(2), _name(3)):
         _fake_run(home, name)
-    for name in (_name(1), _name(2)):
-        _fake_run(home, name)
-        runs._record_run(home, name)
-    # latest names an old unrecorded version, the run just trained is the newest: both stay, with keep = 1
-    result = runs.apply_run_retention(home, 1, protect={_name(8), _name(2)})
-    assert sorted(result.deleted) == sorted([_name(9), _name(1)])
-    assert _present(home) == sorted([_name(8), _name(2)])
-    result = runs.apply_run_retention(home, 3, protect={_name(2)})
-    assert result.deleted == [] and sorted(result.kept) == sorted([_name(8), _name(2)])
+    result = runs.apply_run_retention(home, 1, protect={_name(1), _name(3)})
+    assert result.deleted == [_name(2)]
+    assert _present(home) == sorted([_name(9), _name(8), _name(1), _name(3)])
+    result = runs.apply_run_retention(home, 1, protect={_name(3)})
+    assert result.deleted == [_name(1)] and runs.read_runs(home) == [_name(3)]
+
+
+def test_a_run_without_a_model_does_not_count(tmp_path: Path) -> None:
+    """A training that died before its first checkpoint leaves a run without best/: newer than the kept models it
+    stays (it may be resumed) without pushing a model out; older, it goes."""
+    home = DataHome(tmp_path / "home")
+    for day in (1, 2, 3):
+        _fake_run(home, _name(day))
+    shutil.rmtree(runs.runs_folder(home) / _name(3) / "best")
+    _fake_run(home, _name(4))
+    result = runs.apply_run_retention(home, 2, protect={_name(4)})
+    assert result.deleted == [_name(1)] and _present(home) == [_name(2), _name(3), _name(4)]
+    shutil.rmtree(runs.runs_folder(home) / _name(2) / "best")
+    _fake_run(home, _name(5))
+    result = runs.apply_run_retention(home, 2, protect={_name(5)})
+    assert sorted(result.deleted) == [_name(2), _name(3)] and _present(home) == [_name(4), _name(5)]
 
 
 def test_keep_zero_keeps_every_run(tmp_path: Path) -> None:
@@ -84,16 +103,19 @@ def test_only_a_trainers_run_folders_are_deleted(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     folder = runs.runs_folder(home)
     elsewhere = tmp_path / "elsewhere"
-    _fake_run(DataHome(elsewhere), _name(1))            # a run folder outside the home, named like a version
+    _fake_run(DataHome(elsewhere), _name(1), record=False)   # a run folder outside the home, named like a version
     folder.mkdir(parents=True)
     os.symlink(runs.runs_folder(DataHome(elsewhere)) / _name(1), folder / _name(1))
     (folder / _name(2)).mkdir()                          # a user's folder named like a version, no trainer files
     (folder / _name(2) / "notes.txt").write_text("mine")
     (folder / "my-experiment").mkdir()                   # a user's folder with another name
-    _fake_run(home, "my-experiment")
+    _fake_run(home, "my-experiment", record=False)
     (folder / _name(3)).write_text("a file")             # a file named like a version
     _fake_run(home, _name(4))
     _fake_run(home, _name(5))
+    for name in (_name(1), _name(2), _name(3)):   # even named in the record (a run later replaced by hand)
+        runs._record_run(home, name)
+    runs._record_run(home, _name(5))
     result = runs.apply_run_retention(home, 1, protect={_name(5)})
     assert result.deleted == [_name(4)]
     assert "no train_config.json" in result.left[_name(2)]
@@ -153,21 +175,22 @@ def test_a_run_this_account_cannot_delete_whole_is_left_whole(tmp_path: Path) ->
             subprocess.run(["chattr", "-i", str(locked / "best")], check=True)
         else:
             os.chmod(locked / "best", 0o755)
-    assert result.deleted == [] and "may not delete the files in" in result.left[_name(1)]
+    assert result.deleted == [] and result.left[_name(1)].startswith("left whole: ")
+    assert "immutable" in result.left[_name(1)] or "may not delete the files in" in result.left[_name(1)]
     assert sorted(p.relative_to(locked).as_posix() for p in locked.rglob("*") if p.is_file()) == sorted(
         [f"{d}/{f}" for d in ("init", "best", "checkpoints/last") for f in ("train_config.json", "model.safetensors")]
-        + ["metrics.json"])
+        + ["metrics.json", runs.TRAIN_LOCK_FILE])
 
 
-def test_a_foreign_record_is_left_and_runs_are_ordered_by_name(tmp_path: Path) -> None:
+def test_a_foreign_record_is_left_and_no_run_is_deleted(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     home.models.mkdir(parents=True)
     runs.runs_file(home).write_text("somebody's notes\n")
     for day in (3, 1, 2):
-        _fake_run(home, _name(day))
+        _fake_run(home, _name(day), record=False)
     assert "not a record of runs" in runs._record_run(home, _name(2))
     result = runs.apply_run_retention(home, 1, protect={_name(2)})
-    assert sorted(result.deleted) == [_name(1), _name(3)]
+    assert result.deleted == [] and len(_present(home)) == 3
     assert runs.runs_file(home).read_text() == "somebody's notes\n"
 
 
