@@ -5,6 +5,7 @@ line rules are in :mod:`pipelines.ingest.parse`."""
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import zlib
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ IMAGE_UID_MEMBER_RE = re.compile(
     rb'"image_uid"[ \t\r]{0,16}:[ \t\r]{0,16}"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"'
 )
 _UID_SCAN_OVERLAP = 128
+_CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,31 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[i
             yield number, OverlongLine(carry[:RAW_TEXT_BYTES], len(carry), hashlib.sha256(carry).hexdigest())
         else:
             yield number, carry
+
+
+def spelled_image_uid(data: bytes) -> str | None:
+    """The ``image_uid`` of one JSON line that the byte search (``IMAGE_UID_MEMBER_RE``) does not find, decoded as
+    JSON: a member spelled with an escape in its name or value (``"image\\u005fuid"``) or with more blanks around
+    the colon. None when the search finds a member (the tap has it), when the line cannot hold one (no backslash
+    and no literal ``image_uid``), or when it is not a JSON object with a canonical uid there."""
+    if IMAGE_UID_MEMBER_RE.search(data) or (b"\\" not in data and b"image_uid" not in data):
+        return None
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    uid = value.get("image_uid") if isinstance(value, dict) else None
+    return uid if isinstance(uid, str) and _CANONICAL_UID.fullmatch(uid) else None
+
+
+def scan_image_uids(chunks: Iterable[bytes], sink: set[str], max_line_bytes: int) -> None:
+    """Every image uid of a raw images file into ``sink``: the byte search over the raw bytes
+    (:func:`tap_image_uids`) and, line by line, the uids only a JSON decode finds (:func:`spelled_image_uid`)."""
+    for _, data in iter_lines(tap_image_uids(chunks, sink), max_line_bytes):
+        if type(data) is bytes:
+            uid = spelled_image_uid(data)
+            if uid is not None:
+                sink.add(uid)
 
 
 def tap_image_uids(chunks: Iterable[bytes], sink: set[str], wanted: set[str] | None = None) -> Iterator[bytes]:

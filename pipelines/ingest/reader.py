@@ -170,6 +170,10 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
                 if index == 0:
                     run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
                 continue
+            if uid_sink is not None:   # a uid the byte tap misses (an escape, odd blanks) is still the day's
+                spelled = lines.spelled_image_uid(data)
+                if spelled is not None:
+                    uid_sink.add(spelled)
             if parts > 1 and _route(data, route, parts) != index:
                 continue
             try:
