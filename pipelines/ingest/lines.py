@@ -5,8 +5,11 @@ line rules are in :mod:`pipelines.ingest.parse`."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import re
+import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,11 +43,15 @@ class RawFile:
     path: the message is stored in the quarantine and published.
     """
 
-    def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20):
+    def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20,
+                 zone_root: str | None = None, expect: tuple[int, int, int, int] | None = None):
         self.path = Path(path)
         self.name = name if name is not None else self.path.name
         self.read_bytes = read_bytes
         self.max_chunk = max_chunk
+        self.zone_root = zone_root      # the opened file must lie under it (checked on the open file)
+        self.expect = expect            # the identity an earlier read of this file recorded: another one is refused
+        self.identity: tuple[int, int, int, int] | None = None   # (device, inode, size, mtime_ns) as opened
         self.status = "ok"
         self.error: str | None = None
         self.file_bytes = 0
@@ -64,10 +71,8 @@ class RawFile:
     def chunks(self) -> Iterator[bytes]:
         """Yield decompressed bytes (concatenated gzip members supported); never raises for bad data."""
         digest = hashlib.sha256()
-        try:
-            handle = open(self.path, "rb")
-        except OSError as exc:
-            self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
+        handle = self._open()
+        if handle is None:
             return
         with handle:
             decomp = None
@@ -105,6 +110,35 @@ class RawFile:
             elif self.output_bytes == 0:
                 self.status = "empty"
             self.file_sha256 = digest.hexdigest()
+
+    def _open(self) -> io.FileIO | None:
+        """The file, opened without waiting (a FIFO swapped in is never waited on) and checked on the open
+        descriptor: a regular file, under ``zone_root`` where ``/proc`` names it (a link swapped in after the
+        path checks is refused), the same file as ``expect`` says; None with ``status`` set otherwise."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
+            return None
+        info = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(info.st_mode):
+            problem = f"{self.name} is not a regular file"
+        elif self.zone_root is not None:
+            try:
+                opened = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                opened = None        # no /proc: the path checks stand
+            if opened is not None and opened.startswith("/") and os.path.commonpath([self.zone_root, opened]) != self.zone_root:
+                problem = f"{self.name} resolves outside the raw zone"
+        self.identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+        if problem is None and self.expect is not None and self.identity != self.expect:
+            problem = f"{self.name} changed while it was ingested (another file or other bytes)"
+        if problem is not None:
+            os.close(fd)
+            self.status, self.error = "unreadable", problem
+            return None
+        return io.FileIO(fd, "rb", closefd=True)
 
     def _drain(self, handle, digest) -> None:
         """Finish the file digest and size after a decompression error."""

@@ -55,6 +55,8 @@ class TableRun:
         self.seen: set = set()                              # every primary key of a line that parsed
         self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
         self.conflicting: set = set()                       # keys with two or more different versions
+        self.home = home
+        self.identity: tuple[int, int, int, int] | None = None   # the raw file as the first pass opened it
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | lines.OverlongLine | None) -> None:
         if data is None:
@@ -119,11 +121,12 @@ class _RepeatLog:
         self.batch = []
 
 
-def open_raw(home: DataHome, path: Path) -> lines.RawFile:
-    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely
-    (a link that leaves the raw zone is never followed)."""
+def open_raw(home: DataHome, path: Path, expect: tuple[int, int, int, int] | None = None) -> lines.RawFile:
+    """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely (a link that
+    leaves the raw zone is never followed, checked again on the open file); ``expect``: the identity an earlier
+    read recorded (``RawFile.identity``), another file is refused."""
     rel = path.relative_to(home.root).as_posix()
-    raw = lines.RawFile(path, name=rel)
+    raw = lines.RawFile(path, name=rel, zone_root=str((home.root / "raw").resolve()), expect=expect)
     if raw.check():
         try:
             home.resolve_inside(rel, zone="raw")
@@ -192,6 +195,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         report.lines_in = number
         run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
         _resolve_repeats(run, PRIMARY_KEYS[table])
+    run.identity = raw.identity
     report.status = raw.status
     report.error = raw.error
     report.file_sha256 = raw.file_sha256
@@ -245,13 +249,15 @@ def fill_pending(run: TableRun, max_line_bytes: int) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
-    raw = lines.RawFile(run.path, name=run.report.file)
+    raw = open_raw(run.home, run.path, expect=run.identity)   # the file the first pass read, or nothing
     wanted = run.pending
-    for number, data in lines.iter_lines(raw.chunks(), max_line_bytes):
+    chunks = raw.chunks() if raw.status == "ok" and run.identity is not None else iter(())
+    for number, data in lines.iter_lines(chunks, max_line_bytes):
         if number in wanted:
             reason, detail = wanted.pop(number)
             run.quarantine.add_line(number, reason, detail, data)
             if not wanted:
                 break
     if wanted:
-        raise RuntimeError(f"{run.report.file} changed while it was ingested: lines {sorted(wanted)[:5]} vanished")
+        why = raw.error if raw.status != "ok" else f"lines {sorted(wanted)[:5]} vanished"
+        raise RuntimeError(f"{run.report.file} changed while it was ingested: {why}; ingest the day again")

@@ -6,6 +6,7 @@ passes once the defect is fixed.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -151,9 +152,6 @@ def test_a_ranking_of_an_earlier_days_oddly_spelled_image_is_accepted_through_th
         assert [(q["table"], q["reason"]) for q in quarantine] == [], rebuilt
 
 
-@pytest.mark.xfail(strict=True, reason="fill_pending re-opens the raw file with no check: a raw file swapped for a link "
-                                       "out of the home between the first pass and the re-read is followed, and the "
-                                       "outside file's bytes are stored in the quarantine (a FIFO there would block)")
 def test_the_second_read_of_a_raw_file_never_follows_a_link_out_of_the_home(tmp_path: Path, monkeypatch) -> None:
     import gzip
 
@@ -184,6 +182,41 @@ def test_the_second_read_of_a_raw_file_never_follows_a_link_out_of_the_home(tmp_
     quarantine = home.partition_file("quarantine", DAY)
     stored = pq.read_table(quarantine).column("raw_text").to_pylist() if quarantine.exists() else []
     assert not any(secret.decode() in (text or "") for text in stored)
+
+
+@pytest.mark.parametrize("swap", ["fifo", "other_bytes"])
+def test_the_second_read_refuses_a_fifo_or_another_file_swapped_in(tmp_path: Path, monkeypatch, swap: str) -> None:
+    """A FIFO swapped in for the raw file before the re-read is never waited on, and a file with other bytes (inside
+    the raw zone) is refused: the ingest stops with a clear error and writes nothing."""
+    import gzip
+    import signal
+
+    from pipelines.ingest import day as ingest_module
+
+    home = DataHome(tmp_path / "home")
+    b = DayBuilder(DAY, seed=9).populate(users=2, images=3, rankings=2, downloads=0)
+    b.add("rankings", b.ranking(image_0_uid="00000000-0000-4000-8000-000000000000", best_image_uid="none"))
+    b.write(home)
+    original = ingest_module.check_references
+
+    def check_then_swap(*args, **kwargs):
+        original(*args, **kwargs)
+        raw = home.raw_file(DAY, "rankings")
+        data = raw.read_bytes()
+        raw.unlink()
+        if swap == "fifo":
+            os.mkfifo(raw)
+        else:
+            raw.write_bytes(gzip.compress(gzip.decompress(data) + b"{}\n", mtime=0))
+
+    monkeypatch.setattr(ingest_module, "check_references", check_then_swap)
+    signal.alarm(20)             # a FIFO that blocked would hang here
+    try:
+        with pytest.raises(RuntimeError, match="changed while it was ingested"):
+            ingest_day(home, DAY)
+    finally:
+        signal.alarm(0)
+    assert not home.partition_file("quarantine", DAY).exists()
 
 
 @pytest.mark.xfail(strict=True, reason="image_features of a day depend on the order the days were built: built after "
