@@ -104,7 +104,14 @@ def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=
 
 
 def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
-    """Copies of already-fingerprinted rows for input uids (same day first, else the earliest day)."""
+    """Copies of already-fingerprinted rows for input uids: from the earliest earlier day, else from the day's
+    own partition (a rerun).
+
+    A row is the same whatever order the days were built in: a copy of the day's own row gets the
+    ``reused_from`` a build in day order gives it (its uid when an earlier day has the uid, which then is the
+    source; else the earliest (day, uid) of an earlier day with the same sha256, as :func:`rows_reused_by_sha256`
+    picks; else none), so a day built before an earlier one landed (a backfill) and built again after it holds
+    the bytes a build in day order writes."""
     if inputs.num_rows == 0:  # an empty chunked array reads as type null in ``isin``
         return []
     uids = inputs["image_uid"].combine_chunks()
@@ -114,7 +121,7 @@ def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list
     blob_paths = dict(zip(inputs["image_uid"].to_pylist(), inputs["blob_path"].to_pylist()))
     source_day: dict[str, str] = {}
     for uid, key in zip(hits["image_uid"].to_pylist(), hits["dt_key"].to_pylist()):
-        if key == day or uid not in source_day or (source_day[uid] != day and key < source_day[uid]):
+        if uid not in source_day or (key == day, key) < (source_day[uid] == day, source_day[uid]):
             source_day[uid] = key
     rows = []
     day_date = parse_day(day)
@@ -127,7 +134,26 @@ def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list
                 row.update(dt=day_date, reused_from=row["image_uid"])
             row["blob_path"] = blob_paths[row["image_uid"]]
             rows.append(row)
+    own = [row for row in rows if source_day[row["image_uid"]] == day]
+    if own:
+        earliest = _earliest_by_sha256([item for item in history if item[0] < day], {row["sha256"] for row in own})
+        for row in own:
+            holder = earliest.get(row["sha256"])
+            row["reused_from"] = holder[1] if holder is not None else None
     return rows
+
+
+def _earliest_by_sha256(earlier: list[tuple[str, Path]], shas: set[str]) -> dict[str, tuple[str, str]]:
+    """sha256 -> the earliest (day, image_uid) holding it in ``earlier`` partitions (the source a build in day
+    order copies a row of those bytes from)."""
+    if not shas or not earlier:
+        return {}
+    hits = _index(earlier, ["image_uid", "sha256"], pc.field("sha256").isin(pa.array(sorted(shas), pa.string())))
+    source: dict[str, tuple[str, str]] = {}
+    for uid, sha, key in zip(hits["image_uid"].to_pylist(), hits["sha256"].to_pylist(), hits["dt_key"].to_pylist()):
+        if sha not in source or (key, uid) < source[sha]:
+            source[sha] = (key, uid)
+    return source
 
 
 def known_digests(history: list[tuple[str, Path]]) -> np.ndarray:
@@ -150,11 +176,7 @@ def rows_reused_by_sha256(day: dt.date, candidates: pa.Table, history: list[tupl
         return []
     earlier = [item for item in history if item[0] < day.isoformat()]
     shas = pc.unique(candidates["sha256"])
-    hits = _index(earlier, ["image_uid", "sha256"], pc.field("sha256").isin(shas))
-    source: dict[str, tuple[str, str]] = {}
-    for uid, sha, key in zip(hits["image_uid"].to_pylist(), hits["sha256"].to_pylist(), hits["dt_key"].to_pylist()):
-        if sha not in source or (key, uid) < source[sha]:
-            source[sha] = (key, uid)
+    source = _earliest_by_sha256(earlier, set(shas.to_pylist()))
     missing = sorted(set(shas.to_pylist()) - set(source))
     if missing:
         raise RuntimeError(f"reuse candidates with sha256 {missing[:3]} have no source row in earlier partitions")

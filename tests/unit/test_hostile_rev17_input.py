@@ -1,7 +1,6 @@
 """Hostile review rev17 (input side): raw exports and image blobs that are odd but reach the pipeline.
 
-Every test here is ``xfail(strict=True)``: it fails today because of the defect its reason names and
-passes once the defect is fixed.
+Each test was a confirmed defect (filed as a strict xfail), fixed since.
 """
 from __future__ import annotations
 
@@ -219,10 +218,6 @@ def test_the_second_read_refuses_a_fifo_or_another_file_swapped_in(tmp_path: Pat
     assert not home.partition_file("quarantine", DAY).exists()
 
 
-@pytest.mark.xfail(strict=True, reason="image_features of a day depend on the order the days were built: built after "
-                                       "the earlier day, a re-upload / re-listed uid gets reused_from; built before it "
-                                       "(a backfill, a UI materialization), the same raw inputs give reused_from null "
-                                       "forever, since a re-run copies the day's own rows first")
 def test_image_features_of_a_day_do_not_depend_on_the_order_days_were_built(tmp_path: Path) -> None:
     from test_features_fixtures import fake_detector, png, write_day
 
