@@ -16,6 +16,10 @@ class IngestConfig:
     """Limits of the daily ingest (the rules that use them: ``parse``, ``reader``, ``references``)."""
 
     max_line_bytes: int = knob(1 << 20, "longer lines -> line_too_long (bytes)", min=1)
+    max_file_bytes: int = knob(4 << 30, "decompressed bytes read from one raw file; the rest is not read and the "
+                                        "file is quarantined as unreadable_file (a gzip bomb)", min=1)
+    max_file_lines: int = knob(50_000_000, "lines read from one raw file; the rest is not read and the file is "
+                                           "quarantined as unreadable_file", min=1)
     max_prompt_chars: int = knob(2000, "longer prompt / negative_prompt -> prompt_too_long (characters)", min=1)
     max_name_chars: int = knob(256, "longest model_id / scheduler_cls (characters)", min=1)
     max_id: int = knob(2**53, "ids above this -> invalid_value (JSON-safe integers)", min=1)

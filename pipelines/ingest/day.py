@@ -125,10 +125,10 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         runs[table] = read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
         if indexing:
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
-    check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config.max_line_bytes)
+    check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config)
     results = {}
     for table, run in runs.items():
-        fill_pending(run, config.max_line_bytes)
+        fill_pending(run, config.max_line_bytes, config)
         run.quarantine.close()
         report = run.report
         report.accepted = len(run.rows)
@@ -291,6 +291,6 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
             rows = None   # unreadable partition: ingesting it again repairs it
         waiting = set() if rows is None else {
             m.group(1) for detail in rows.column("detail").to_pylist() if (m := _WAITING_UID.search(detail))}
-        if rows is None or (waiting and raw_image_uids(home, day, waiting, config.max_line_bytes)):
+        if rows is None or (waiting and raw_image_uids(home, day, waiting, config)):
             refreshed[earlier] = ingest_day(home, earlier, config, refresh_earlier=False)
     return refreshed

@@ -44,7 +44,8 @@ class RawFile:
     """
 
     def __init__(self, path: Path, *, name: str | None = None, read_bytes: int = 1 << 20, max_chunk: int = 1 << 20,
-                 zone_root: str | None = None, expect: tuple[int, int, int, int] | None = None):
+                 zone_root: str | None = None, expect: tuple[int, int, int, int] | None = None,
+                 max_bytes: int | None = None, max_lines: int | None = None):
         self.path = Path(path)
         self.name = name if name is not None else self.path.name
         self.read_bytes = read_bytes
@@ -52,6 +53,9 @@ class RawFile:
         self.zone_root = zone_root      # the opened file must lie under it (checked on the open file)
         self.expect = expect            # the identity an earlier read of this file recorded: another one is refused
         self.identity: tuple[int, int, int, int] | None = None   # (device, inode, size, mtime_ns) as opened
+        self.max_bytes = max_bytes      # decompressed bytes yielded at most (ingest.max_file_bytes)
+        self.max_lines = max_lines      # lines yielded at most (ingest.max_file_lines)
+        self.lines_out = 0
         self.status = "ok"
         self.error: str | None = None
         self.file_bytes = 0
@@ -86,12 +90,19 @@ class RawFile:
                             decomp = zlib.decompressobj(wbits=31)
                         out = decomp.decompress(data, self.max_chunk)
                         if out:
-                            self.output_bytes += len(out)
-                            yield out
+                            out, cut = self._capped(out)
+                            if out:
+                                self.output_bytes += len(out)
+                                yield out
+                            if cut:
+                                self._fail(cut)
+                                break
                         if decomp.eof:
                             data, pending = decomp.unused_data, False
                         else:
                             data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+                    if self.status != "ok":
+                        break
             except zlib.error as exc:
                 self._fail(f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}")
             except OSError as exc:
@@ -101,15 +112,37 @@ class RawFile:
                     tail = decomp.flush()
                 except zlib.error:
                     tail = b""
+                tail, cut = self._capped(tail) if tail else (tail, None)
                 if tail:
                     self.output_bytes += len(tail)
                     yield tail
-                self._fail(f"gzip stream truncated after {self.file_bytes} compressed bytes")
+                self._fail(cut or f"gzip stream truncated after {self.file_bytes} compressed bytes")
             if self.status != "ok":
                 self._drain(handle, digest)
             elif self.output_bytes == 0:
                 self.status = "empty"
             self.file_sha256 = digest.hexdigest()
+
+    def _capped(self, out: bytes) -> tuple[bytes, str | None]:
+        """``out`` cut at ``max_bytes`` / ``max_lines`` (a cut ends after a line's newline), and why it was cut."""
+        why = None
+        if self.max_bytes is not None and self.output_bytes + len(out) > self.max_bytes:
+            out = out[:self.max_bytes - self.output_bytes]
+            why = (f"{self.name} decompresses to more than {self.max_bytes} bytes (ingest.max_file_bytes): the "
+                   "bytes after that were not read")
+        if self.max_lines is not None:
+            room = self.max_lines - self.lines_out      # newlines still allowed
+            newlines = out.count(b"\n")
+            if newlines >= room:
+                end = -1
+                for _ in range(room):
+                    end = out.find(b"\n", end + 1)
+                if end + 1 < len(out):                 # bytes after the last allowed line: one line too many
+                    out, newlines = out[:end + 1], room
+                    why = (f"{self.name} has more than {self.max_lines} lines (ingest.max_file_lines): the lines "
+                           f"after line {self.max_lines} were not read")
+            self.lines_out += newlines
+        return out, why
 
     def _open(self) -> io.FileIO | None:
         """The file, opened without waiting (a FIFO swapped in is never waited on) and checked on the open

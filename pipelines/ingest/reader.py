@@ -121,12 +121,15 @@ class _RepeatLog:
         self.batch = []
 
 
-def open_raw(home: DataHome, path: Path, expect: tuple[int, int, int, int] | None = None) -> lines.RawFile:
+def open_raw(home: DataHome, path: Path, expect: tuple[int, int, int, int] | None = None,
+             config: IngestConfig | None = None) -> lines.RawFile:
     """A ``RawFile`` whose status is already ``missing``/``unreadable`` when it cannot be read safely (a link that
     leaves the raw zone is never followed, checked again on the open file); ``expect``: the identity an earlier
     read recorded (``RawFile.identity``), another file is refused."""
     rel = path.relative_to(home.root).as_posix()
-    raw = lines.RawFile(path, name=rel, zone_root=str((home.root / "raw").resolve()), expect=expect)
+    config = config or IngestConfig()
+    raw = lines.RawFile(path, name=rel, zone_root=str((home.root / "raw").resolve()), expect=expect,
+                        max_bytes=config.max_file_bytes, max_lines=config.max_file_lines)
     if raw.check():
         try:
             home.resolve_inside(rel, zone="raw")
@@ -157,7 +160,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
     index, parts = part
     route = _ROUTE_RE[table]
     report = run.report
-    raw = open_raw(home, run.path)
+    raw = open_raw(home, run.path, config=config)
     if raw.status == "ok":
         chunks = raw.chunks()
         if uid_sink is not None:
@@ -245,11 +248,11 @@ def _line_list(lines: list[int], total: int) -> str:
     return text + (f", ... {total - _LISTED_LINES} more" if total > _LISTED_LINES else "")
 
 
-def fill_pending(run: TableRun, max_line_bytes: int) -> None:
+def fill_pending(run: TableRun, max_line_bytes: int, config: IngestConfig | None = None) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
-    raw = open_raw(run.home, run.path, expect=run.identity)   # the file the first pass read, or nothing
+    raw = open_raw(run.home, run.path, expect=run.identity, config=config)   # the file the first pass read, or nothing
     wanted = run.pending
     chunks = raw.chunks() if raw.status == "ok" and run.identity is not None else iter(())
     for number, data in lines.iter_lines(chunks, max_line_bytes):

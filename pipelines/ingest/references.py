@@ -19,9 +19,9 @@ from typing import Sequence
 
 from formats.home import DataHome
 from pipelines.ingest import parse as rp
-from pipelines.ingest.config import parse_day
+from pipelines.ingest.config import IngestConfig, parse_day
 from pipelines.ingest.reader import TableRun
-from pipelines.ingest.uidindex import DEFAULT_MAX_LINE_BYTES, raw_image_uids
+from pipelines.ingest.uidindex import raw_image_uids
 
 _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                      "downloads": ("image_uid",)}
@@ -29,7 +29,7 @@ _REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "
 
 def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser],
                      known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str],
-                     late_days: int, max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> None:
+                     late_days: int, config: IngestConfig | None = None) -> None:
     """Quarantine rankings/downloads rows whose image uid no images export of this day, an earlier
     day or the ``late_days`` days after it has; count the rows only a later export resolved.
 
@@ -51,14 +51,14 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
     for other in sorted(scan_days, reverse=True):
         if not unresolved:
             break
-        unresolved -= raw_image_uids(home, other, unresolved, max_line_bytes)
+        unresolved -= raw_image_uids(home, other, unresolved, config)
     late: set[str] = set()
     used: list[str] = []
     last_day = late_window_end(day, late_days)
     for later in sorted(d for d in raw_days if day < d <= last_day):
         if not unresolved:
             break
-        found = raw_image_uids(home, later, unresolved, max_line_bytes)
+        found = raw_image_uids(home, later, unresolved, config)
         late |= found
         unresolved -= found
         if found:

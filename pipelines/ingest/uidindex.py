@@ -15,8 +15,6 @@ from pipelines.ingest import lines
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.reader import open_raw
 
-DEFAULT_MAX_LINE_BYTES = IngestConfig().max_line_bytes
-
 _UID_INDEX_VERSION = "2"   # 2: uids only a JSON decode finds (lines.spelled_image_uid) included
 
 
@@ -28,7 +26,7 @@ def stat_key(path: Path) -> str | None:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}"
 
 
-def raw_image_uids(home: DataHome, day: str, wanted: set[str], max_line_bytes: int = DEFAULT_MAX_LINE_BYTES) -> set[str]:
+def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestConfig | None = None) -> set[str]:
     """The uids of ``wanted`` that appear as an ``"image_uid"`` member in ``day``'s raw images file.
 
     Answered from the day's uid index when it describes the file as it is now (same size and
@@ -36,7 +34,8 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], max_line_bytes: i
     answer depends only on the raw bytes: the index is a cache of the byte search, nothing more.
     """
     path = home.raw_file(day, "images")
-    raw = open_raw(home, path)     # a file that is not a regular one inside the raw zone is never read or hashed
+    config = config or IngestConfig()
+    raw = open_raw(home, path, config=config)   # a file that is not a regular one inside the raw zone: never read or hashed
     if raw.status != "ok":
         return set()
     index = home.raw_image_uid_index(day)
@@ -55,7 +54,7 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], max_line_bytes: i
             pass  # an unreadable cache is searched around and rewritten
     stat = stat_key(path)
     found: set[str] = set()
-    lines.scan_image_uids(raw.chunks(), found, max_line_bytes)
+    lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
     write_uid_index(home, day, found, raw.file_sha256, stat)
     return found & wanted
 
