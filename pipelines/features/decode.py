@@ -27,9 +27,11 @@ bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest
                     max_side^2 x 3 bytes (48 MiB at 4096).
 animated_image      more than one frame (APNG, animated WEBP/GIF): there is no single image to
                     train on.
-unsupported_mode    more than 8 bits per channel (``I``, ``I;16*``, ``F``: Pillow's RGB conversion
-                    clips them, so pixels would be wrong) or CMYK/YCbCr/LAB (no colour
-                    management here). 8-bit modes ``1, L, LA, P, PA, RGB, RGBA`` are converted to
+unsupported_mode    more than 8 bits per channel where Pillow keeps them (``I``, ``I;16*``, ``F``:
+                    16-bit grayscale and the like; Pillow's RGB conversion clips them, so pixels
+                    would be wrong) or CMYK/YCbCr/LAB (no colour management here). A 16-bit RGB,
+                    RGBA or grayscale-with-alpha PNG Pillow opens as 8 bits a sample (the high
+                    byte of each, tested) and is accepted as that. 8-bit modes ``1, L, LA, P, PA, RGB, RGBA`` are converted to
                     RGB by dropping alpha, exactly as ``cv2.imread`` (and so NudeNet) does.
 truncated_image     a header that parses but pixel data that does not decode completely
                     (truncated, corrupt stream, bad CRC), or a known signature with an unreadable

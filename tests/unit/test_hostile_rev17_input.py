@@ -244,3 +244,19 @@ def test_image_features_of_a_day_do_not_depend_on_the_order_days_were_built(tmp_
         build_features(reverse, day, config, detector_factory=fake_detector)
     assert (reverse.partition_file("image_features", day2).read_bytes()
             == in_order.partition_file("image_features", day2).read_bytes())
+
+
+def test_a_16_bit_rgb_png_is_accepted_as_its_high_bytes() -> None:
+    """The docstring said more than 8 bits a channel is unsupported_mode; Pillow opens 16-bit RGB as 8 bits a
+    sample (the high byte), which is the image, and 16-bit grayscale as I;16, which is refused."""
+    w = h = 16
+    px = np.random.default_rng(0).integers(0, 65536, (h, w, 3), dtype=np.uint16)
+    rows = b"".join(b"\x00" + px[y].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"IEND", b"")
+    decoded = imagedecode.decode_image(data, "raw/images/x.png", **LIMITS)
+    assert decoded.pixels.dtype == np.uint8 and (decoded.pixels == (px >> 8)).all()
+    grey = b"".join(b"\x00" + px[y, :, 0].astype(">u2").tobytes() for y in range(h))
+    ihdr = struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0)
+    data = b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"IDAT", zlib.compress(grey)) + _chunk(b"IEND", b"")
+    assert _outcome(data) == "unsupported_mode"
