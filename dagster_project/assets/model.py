@@ -9,12 +9,12 @@ from pathlib import Path
 import dagster as dg
 
 from dagster_project.home_settings import ground_truth_dir
-from formats.settings import load
 from dagster_project.metadata import png_markdown, report_metadata, to_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
 from dagster_project.versions import CODE_VERSIONS
+from formats.settings import load
 from training import runs
 
 _BaseTrainRunConfig = config_class("train", "_BaseTrainRunConfig")
