@@ -307,7 +307,7 @@ def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: 
             info = found.setdefault(table, {"rows": 0, "first_ids": []})
             info["rows"] += 1
             if len(info["first_ids"]) < FIRST_IDS:
-                info["first_ids"].append(str(batch[i][0]))
+                info["first_ids"].append(_id_text(batch[i][0]))
 
 
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
@@ -337,7 +337,7 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                         if any(type(v) is Unconvertible for v in row):
                             bad += 1
                             if len(first_ids) < FIRST_IDS:
-                                first_ids.append(str(row[0]))
+                                first_ids.append(_id_text(row[0]))
                 lines = [format_row(table, row) for row in batch]
                 if max(map(len, lines)) > max_line_bytes:
                     _cut_oversized(table, batch, lines, max_line_bytes, oversized)
@@ -667,13 +667,19 @@ def undated_rows(conn: psycopg.Connection) -> dict[str, dict]:
     found = {}
     for table, rows, first_ids in conn.execute(statement("undated_rows")).fetchall():
         if rows:
-            found[as_text(table)] = {"rows": int(rows), "first_ids": [as_text(i) for i in first_ids or []]}
+            found[as_text(table)] = {"rows": int(rows), "first_ids": [_id_text(as_text(i)) for i in first_ids or []]}
     return found
+
+
+def _id_text(value: object) -> str:
+    """A primary key as the reports name it: a NULL key (a table without its primary key may hold one)
+    is 'NULL', never a ``None`` that a message could not join."""
+    return "NULL" if value is None else str(value)
 
 
 def _rows_named(found: dict[str, dict]) -> str:
     """'table: rows (ids 1, 2, ...)' per table of ``found`` (table -> {"rows", "first_ids"})."""
-    return "; ".join(f"{table}: {info['rows']} (ids {', '.join(info['first_ids'])}"
+    return "; ".join(f"{table}: {info['rows']} (ids {', '.join(map(_id_text, info['first_ids']))}"
                      f"{', ...' if info['rows'] > len(info['first_ids']) else ''})" for table, info in found.items())
 
 
