@@ -327,7 +327,7 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     def next_fetch() -> int:
         return fetch
 
-    with open(path, "wb") as raw, rawlines.gzip_writer(raw) as gz:
+    with open_new_file(path) as raw, rawlines.gzip_writer(raw) as gz:
         writer = _CompressingWriter(gz)
         try:
             for batch in read_rows(conn, statement("export_" + table), params, next_fetch):
@@ -354,6 +354,32 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     if bad and unconvertible is not None:
         unconvertible[table] = {"rows": bad, "first_ids": first_ids}
     return TableExport(rows=rows, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def open_new_file(path: Path):
+    """``path`` created and opened to write, binary: it must not exist (``O_EXCL``) and a symlink there is
+    never followed (``O_NOFOLLOW``; with ``O_EXCL`` a link is an ``EEXIST`` either way), so an entry
+    planted in the staging folder is refused instead of written through. The umask applies (0666 &
+    ~umask), as to any new file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    return open(fd, "wb", closefd=True)
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (``/proc/self/status``; else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def folder_mode(path: Path) -> int:
+    """The mode ``mkdir(path, 0o777)`` would have given ``path``: 0777 & ~umask, and the setgid bit of a
+    setgid parent (a group-shared home's folders carry it down)."""
+    return (0o777 & ~process_umask()) | (os.lstat(path.parent).st_mode & stat.S_ISGID)
 
 
 _RENAME_EXCHANGE = 2        # <linux/fs.h>: renameat2 swaps the two paths atomically
@@ -412,6 +438,9 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         for export in report.tables.values():
             export.changed = True
         os.rename(staging, final)
+        # private while staged (0700), the day now takes the mode a new folder gets here (the umask, the
+        # parent's setgid bit), as before: the home's group still reads it
+        os.chmod(final, folder_mode(final))
         report.published = "new day"
         return
     if final.is_symlink() or not final.is_dir():
@@ -453,9 +482,6 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
             linked.append(staging / name)
             carried[name] = _identity(staging / name)
         kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
-        os.chmod(staging, stat.S_IMODE(kept.st_mode))
-        with contextlib.suppress(OSError):
-            os.chown(staging, -1, kept.st_gid)
         swapped = exchange(staging, final)
     except DayFolderRefused:
         raise
@@ -463,6 +489,11 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         swapped = False
     if swapped and sorted(_foreign_entries(staging, ours)) == foreign \
             and all(_identity(staging / name) == carried[name] for name in foreign):
+        # the new day is in place, still private (0700: nobody could add an entry to it while it was
+        # staged); only now does it take the old day's mode and group
+        os.chmod(final, stat.S_IMODE(kept.st_mode))
+        with contextlib.suppress(OSError):
+            os.chown(final, -1, kept.st_gid)
         return                              # the old day is now at ``staging``, removed by the caller
     if swapped:                             # the day changed meanwhile: swap back, replace nothing
         exchange(staging, final)
@@ -578,7 +609,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         real_folders(home, folders, create=True)
         remove_stale_staging(home)
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
+        # private (0700) until published: no other account, not even the home's group under a umask of 002,
+        # can add or replace an entry in it while the export writes (see _publish for the day's mode)
+        staging.mkdir(mode=0o700)
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \

@@ -125,11 +125,6 @@ def test_big_prompts_after_many_small_rows_do_not_arrive_in_one_fetch(postgres_s
 
 # --- 3. the staging folder takes the umask's group write bit and its files are opened through links -------
 
-@pytest.mark.xfail(strict=True, reason="the staging folder is made 0777 & ~umask (group-writable under the umask "
-                   "002 of a group-shared home) and each table file is opened with open(path, 'wb'), which follows "
-                   "a symlink: a group member who plants downloads.jsonl.gz -> a file of the export's account while "
-                   "the earlier tables are written makes the export truncate and overwrite that file, and the link is "
-                   "then published as the day's downloads file")
 def test_a_link_planted_in_the_staging_folder_is_never_written_through(postgres_server, tmp_path,  # noqa: F811
                                                                          monkeypatch):
     from pipelines.appdb import export as export_module
@@ -164,6 +159,32 @@ def test_a_link_planted_in_the_staging_folder_is_never_written_through(postgres_
         f"the export wrote through a link planted in its staging folder (mode {oct(seen_modes[0])})"
     day_file = home.raw_file("2023-02-13", "downloads")
     assert not day_file.is_symlink()
+    assert seen_modes == [0o700]                               # private while the export writes
+    assert os.stat(home.raw_day("2023-02-13")).st_mode & 0o777 == 0o775   # published as mkdir would have made it
+
+    # a link that gets there anyway (another process of the export's own account): refused, not written through
+    def planting(conn, table, params, path, *args, **kwargs):
+        if table == "downloads":
+            os.symlink(victim, path)
+        return real(conn, table, params, path, *args, **kwargs)
+
+    monkeypatch.setattr(export_module, "_write_table", planting)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) "
+                     "VALUES ('2023-02-14 12:00', 1, 'u', 'p')")
+    with pytest.raises(FileExistsError):
+        export_day(home, dsn, "2023-02-14")
+    assert victim.read_bytes() == b"ssh-ed25519 AAAA... operator\n"
+    assert not os.path.lexists(home.raw_day("2023-02-14"))
+
+    # an update of a day keeps the day folder's own mode (an operator's 0750 stays), once swapped in
+    monkeypatch.setattr(export_module, "_write_table", real)
+    os.chmod(home.raw_day("2023-02-13"), 0o750)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) "
+                     "VALUES ('2023-02-13 13:00', 2, 'v', 'q')")
+    assert export_day(home, dsn, "2023-02-13").published == "updated"
+    assert os.stat(home.raw_day("2023-02-13")).st_mode & 0o777 == 0o750
 
 
 # --- 4. an undated row whose primary key is NULL fails every export --------------------------------------
