@@ -240,6 +240,11 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         server_encoding = conn.info.parameter_status("server_encoding")
         conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding == "SQL_ASCII"
                      or (read_only and server_encoding != "UTF8") else "SET client_encoding = 'UTF8'")
+        if read_only:
+            # The settings above ran in a transaction whose snapshot is taken already (set_config is a SELECT):
+            # it ends here (the settings stay), so the caller's transaction starts with no snapshot and can
+            # lock the tables before taking one (export.lock_tables, as pg_dump does).
+            conn.commit()
     except psycopg.Error as exc:
         conn.close()
         raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import psycopg
+from psycopg import sql
 
 from formats import rawlines
 from formats.files import lstat_or_none, sha256_file
@@ -47,6 +48,7 @@ from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
 from formats.settings import check_fields, knob, load
 from pipelines.appdb.connection import (
+    APP_SCHEMA,
     BATCH_BYTES,
     BATCH_LINES,
     AppDatabaseError,
@@ -577,6 +579,38 @@ def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
                                       "data home; move it away (and its files into a real folder) to export")
 
 
+class TablesLocked(AppDatabaseError):
+    """The app tables could not be locked for the export's snapshot within the session's lock_timeout."""
+
+
+def lock_tables(conn: psycopg.Connection, where: str) -> None:
+    """Take ACCESS SHARE locks on the four app tables as the first statement of the export's transaction,
+    before its snapshot exists (LOCK TABLE takes none), as pg_dump does: a table-rewriting change (ALTER
+    COLUMN ... TYPE, TRUNCATE + reload, VACUUM FULL, CLUSTER) is not MVCC-safe, and one committed after
+    the snapshot made the table read EMPTY from it. With the locks held to the transaction's end, such a
+    change either committed before the snapshot (its rows are read) or waits until the tables are read.
+    The wait for a lock held elsewhere is the session's lock_timeout (at most ``MAX_LOCK_WAIT``): then
+    :class:`TablesLocked`, nothing written, the next run retries. A missing table is left to check_tables'
+    message (the transaction is rolled back: still no snapshot)."""
+    names = sql.SQL(", ").join(sql.Identifier(APP_SCHEMA, table) for table in RAW_TABLES)
+    try:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+    except psycopg.errors.LockNotAvailable:
+        conn.rollback()
+        timeout = conn.execute("SHOW lock_timeout").fetchone()[0]
+        conn.rollback()
+        raise TablesLocked(
+            f"the app tables {', '.join(RAW_TABLES)} of {where} could not be locked (ACCESS SHARE, as pg_dump "
+            f"locks them) within lock_timeout = {as_text(timeout)}: another session holds or waits for an "
+            "exclusive lock on one of them (a migration: ALTER TABLE, TRUNCATE, VACUUM FULL; see pg_locks and "
+            "pg_stat_activity); nothing was written, the next run retries") from None
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        check_tables(conn, where)     # names the missing table
+        conn.rollback()
+        raise
+
+
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
                image_store: str = "", source: str = "the DSN", now: dt.datetime | None = None,
                progress: Progress = silent) -> AppExportReport:
@@ -600,6 +634,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
+        lock_tables(conn, str(name))   # first, before the transaction's snapshot: see lock_tables
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
                 check_lag(day, config.lag_minutes, database_now(conn))

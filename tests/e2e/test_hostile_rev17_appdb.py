@@ -208,35 +208,65 @@ def test_an_undated_row_with_a_null_id_is_reported_not_a_crash(postgres_server, 
 
 # --- 5. a table rewritten during the export is read empty from the export's snapshot -----------------------
 
-@pytest.mark.xfail(strict=True, reason="the export takes no lock on the four tables when its snapshot starts (pg_dump "
-                   "takes ACCESS SHARE on every table first): a table-rewriting ALTER (int -> bigint, the usual "
-                   "migration) or a TRUNCATE + reload that commits after the snapshot but before the export reaches "
-                   "that table is not MVCC-safe, so the table reads EMPTY and the day is published without its rows")
 def test_a_table_rewritten_while_the_day_is_exported_does_not_read_empty(postgres_server, tmp_path,  # noqa: F811
                                                                          monkeypatch):
+    import threading
+    import time
+
     from pipelines.appdb import export as export_module
+    from pipelines.appdb.export import TablesLocked
 
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO downloads (created_at, user_id, image_uid, prompt) SELECT '2023-02-13 12:00', g, "
                      "'u' || g, 'p' FROM generate_series(1, 50) g")
     real = export_module._write_table
+    migration: dict = {}
+
+    def migrate() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as other:
+                other.execute("SET lock_timeout = '60s'")
+                other.execute("ALTER TABLE downloads ALTER COLUMN user_id TYPE bigint")
+            migration["done_at"] = time.monotonic()
+        except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+            migration["error"] = exc
 
     def migrating(conn, table, params, path, *args, **kwargs):
         if table == "downloads":         # the DBA's migration lands while users/images/rankings were written
-            with psycopg.connect(dsn, autocommit=True) as other:
-                other.execute("SET lock_timeout = '5s'")
-                other.execute("ALTER TABLE downloads ALTER COLUMN user_id TYPE bigint")
+            migration["thread"] = threading.Thread(target=migrate)
+            migration["thread"].start()
+            with psycopg.connect(dsn, autocommit=True) as probe:     # until the ALTER waits for its lock
+                for _ in range(200):
+                    if probe.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()[0]:
+                        break
+                    time.sleep(0.05)
+                else:
+                    raise AssertionError("the migration never waited for the export's lock")
         return real(conn, table, params, path, *args, **kwargs)
 
     monkeypatch.setattr(export_module, "_write_table", migrating)
     home = DataHome.at(tmp_path / "home")
-    try:
-        report = export_day(home, dsn, "2023-02-13")
-    except Exception:   # noqa: BLE001 - failing the day (nothing published) is a fine outcome too
-        assert not home.raw_day("2023-02-13").exists()
-        return
+    report = export_day(home, dsn, "2023-02-13")
+    finished = time.monotonic()
+    migration["thread"].join(60)
     assert report.tables["downloads"].rows == 50, "the day was published with its downloads silently lost"
+    assert len(_lines(home, "2023-02-13", "downloads")) == 50
+    # the migration waited for the export's snapshot to be read, then went through
+    assert "error" not in migration and migration["done_at"] >= finished - 1.0, migration
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT format_type(atttypid, NULL) FROM pg_attribute WHERE attrelid = "
+                            "'downloads'::regclass AND attname = 'user_id'").fetchone()[0] == "bigint"
+
+    # a migration holding its lock when the export starts: the export waits lock_timeout, then says why
+    monkeypatch.setattr(export_module, "_write_table", real)
+    with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]}" SET lock_timeout = 300')
+    with psycopg.connect(dsn) as holder:
+        holder.execute("LOCK TABLE rankings IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(TablesLocked, match="could not be locked .* lock_timeout = 300ms"):
+            export_day(home, dsn, "2023-02-14")
+    assert not home.raw_day("2023-02-14").exists()
 
 
 # --- 6. the blob step reads every image uid whole, 256 at a time ------------------------------------------
