@@ -81,6 +81,13 @@ class AppExportConfig:
                                       "false = only the accounts created that day, like the simulator's files.")
     blob_workers: int = knob(8, "Threads copying image blobs from the app's storage into raw/images.",
                              min=1, max=64, output=False)
+    max_line_bytes: int = knob(0, "The ingest's line limit the export cuts over-long text at (rows then "
+                                  "quarantined as line_too_long); 0: the home's ingest.max_line_bytes. `pickapic "
+                                  "build` passes its own ingest.max_line_bytes (--set, --config) here.",
+                               min=0, output=False)
+    blob_max_bytes: int = knob(0, "The feature stage's blob limit the blob copy stops at (max_bytes + 1 bytes); "
+                                  "0: the home's features.max_bytes. `pickapic build` passes its own "
+                                  "features.max_bytes here.", min=0, output=False)
 
     def validate(self) -> "AppExportConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
@@ -595,13 +602,14 @@ def lock_tables(conn: psycopg.Connection, where: str) -> None:
     names = sql.SQL(", ").join(sql.Identifier(APP_SCHEMA, table) for table in RAW_TABLES)
     try:
         conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
-    except psycopg.errors.LockNotAvailable:
+    except psycopg.errors.LockNotAvailable as exc:
+        reason = " ".join((exc.diag.message_primary or "lock timeout").split())[:200]
         conn.rollback()
         timeout = conn.execute("SHOW lock_timeout").fetchone()[0]
         conn.rollback()
         raise TablesLocked(
             f"the app tables {', '.join(RAW_TABLES)} of {where} could not be locked (ACCESS SHARE, as pg_dump "
-            f"locks them) within lock_timeout = {as_text(timeout)}: another session holds or waits for an "
+            f"locks them) within lock_timeout = {as_text(timeout)} ({reason}): another session holds or waits for an "
             "exclusive lock on one of them (a migration: ALTER TABLE, TRUNCATE, VACUUM FULL; see pg_locks and "
             "pg_stat_activity); nothing was written, the next run retries") from None
     except psycopg.errors.UndefinedTable:
@@ -630,7 +638,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     params = {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}
     folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
     real_folders(home, folders, create=False)
-    line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
+    # the limits of the ingest and feature stage that will read the day: the run's (a build's --set), else the home's
+    line_limit = config.max_line_bytes or load(home.root).config("ingest").max_line_bytes
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
@@ -670,7 +679,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.rollback()  # read-only: nothing to commit
             conn.close()
             if spill is not None:
-                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers)
+                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
+                                          config.blob_max_bytes or None)
             else:
                 report.blobs = {"store": "none configured: no blob copied"}
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "

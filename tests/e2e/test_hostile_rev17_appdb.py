@@ -353,11 +353,6 @@ def test_a_row_committed_after_the_lookback_window_is_exported_or_reported(postg
 
 # --- 8. the export cuts lines at the home file's ingest limit, not the build's ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="export_day reads ingest.max_line_bytes (and features.max_bytes for blobs) "
-                   "from the home's settings file only (load(home.root)), while `pickapic build --set ...` hands the "
-                   "ingest the build's value: with --set ingest.max_line_bytes=4194304 a 2 MB prompt is cut to "
-                   "1 MiB + 1 bytes of broken JSON in the raw zone for good, and the ingest, which would take the "
-                   "whole line, quarantines it as malformed_json")
 def test_the_export_cuts_lines_at_the_builds_ingest_limit(postgres_server, monkeypatch, tmp_path):  # noqa: F811
     import json
 
@@ -367,16 +362,24 @@ def test_the_export_cuts_lines_at_the_builds_ingest_limit(postgres_server, monke
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO rankings (created_at, user_id, prompt) "
                      "VALUES ('2023-02-13 10:00', 1, repeat('x', 2000000))")
+        conn.execute("INSERT INTO images (created_at, image_uid, user_id, prompt) VALUES ('2023-02-13 10:00', "
+                     "'12345678-1234-1234-1234-123456789abc', 1, 'p')")
+    store = tmp_path / "store"
+    store.mkdir()
+    (store / "12345678-1234-1234-1234-123456789abc.png").write_bytes(b"p" * 5000)
     monkeypatch.setenv("PICKAPIC_APP_DB_DSN", dsn)
+    monkeypatch.setenv("PICKAPIC_APP_IMAGE_STORE", str(store))
     home = DataHome.at(tmp_path / "home")
     for variable in ("DAGSTER_HOME", "PICKAPIC_HOME"):    # the build points both at the home: undone afterwards
         monkeypatch.setenv(variable, str(tmp_path))
     # the later stages may fail on this one-row app (no moderation lists): only the export and ingest matter here
     main(["build", "--home", str(home.root), "--from-app-db", "--from", "2023-02-13", "--to", "2023-02-13",
-          "--set", "ingest.max_line_bytes=4194304"])
+          "--set", "ingest.max_line_bytes=4194304", "--set", "features.max_bytes=1000"])
     (line,) = _lines(home, "2023-02-13", "rankings")
     assert len(line) > 2_000_000, f"the raw line was cut to {len(line)} bytes, under the build's 4 MiB ingest limit"
     assert json.loads(line)["prompt"] == "x" * 2_000_000
+    # and the blob copy stops at the build's features.max_bytes + 1, not at the home's 64 MiB
+    assert home.raw_images.joinpath("12345678-1234-1234-1234-123456789abc.png").stat().st_size == 1001
 
 
 # --- 9. a domain over text (a CHECK on emails) stops every export ----------------------------------------
