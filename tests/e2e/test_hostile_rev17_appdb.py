@@ -52,10 +52,6 @@ def _tick(instance, home: DataHome, when: dt.datetime) -> list[str]:
     return [r.partition_key for r in result.run_requests]
 
 
-@pytest.mark.xfail(strict=True, reason="catch_up_days only looks after the raw zone's last day before the lookback "
-                   "window: the first catch-up night also exports the window's days, so on the next night the "
-                   "newest raw day before the window is one of them and the days between the 31 caught up and "
-                   "the window are never exported (no warning either)")
 def test_catch_up_after_a_long_outage_continues_on_the_next_night(monkeypatch, tmp_path):
     home = DataHome.at(tmp_path / "home")
     (tmp_path / "instance").mkdir()
@@ -69,15 +65,40 @@ def test_catch_up_after_a_long_outage_continues_on_the_next_night(monkeypatch, t
         for day in first_night:                                    # every run of that night succeeded
             (home.raw_logs / f"dt={day}").mkdir()
         second_night = _tick(instance, home, dt.datetime(2023, 3, 6, 1, 0, tzinfo=dt.timezone.utc))
+        # the second night goes on with the missed days (2023-01-21 onwards), CATCH_UP_DAYS of them
+        assert second_night[0] == "2023-01-21" and len(second_night) == automation.CATCH_UP_DAYS + 3
+        for day in second_night:
+            (home.raw_logs / f"dt={day}").mkdir(exist_ok=True)
+        # 71 missed days at 31 a night: the third night requests the last 9, then only its window is left
+        third_night = _tick(instance, home, dt.datetime(2023, 3, 7, 1, 0, tzinfo=dt.timezone.utc))
+        assert third_night == [(dt.date(2023, 2, 21) + dt.timedelta(days=k)).isoformat() for k in range(9)] \
+            + ["2023-03-04", "2023-03-05", "2023-03-06"]
         gc.collect()
-    exported = {d.name[3:] for d in home.raw_logs.iterdir()} | set(second_night)
+    exported = {d.name[3:] for d in home.raw_logs.iterdir()} | set(third_night)
     day, never = dt.date(2022, 12, 21), []
-    while day <= dt.date(2023, 3, 4):
+    while day <= dt.date(2023, 3, 6):
         if day.isoformat() not in exported:
             never.append(day.isoformat())
         day += dt.timedelta(days=1)
-    # the second night must go on with the missed days (2023-01-21 onwards), not leave them for good
     assert never == [], f"{len(never)} days never requested: {never[0]} .. {never[-1]}"
+
+
+def test_a_day_whose_export_failed_is_requested_again_though_newer_days_exist(monkeypatch, tmp_path):
+    home = DataHome.at(tmp_path / "home")
+    (tmp_path / "instance").mkdir()
+    monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "host=db dbname=app")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LAG_MINUTES", "60")
+    monkeypatch.setenv("PICKAPIC_APP_EXPORT_LOOKBACK_DAYS", "2")
+    for day in range(1, 26):                   # February's nights, but the export of the 10th failed every time
+        if day != 10:
+            (home.raw_logs / f"dt=2023-02-{day:02d}").mkdir(parents=True)
+    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+        night = _tick(instance, home, dt.datetime(2023, 2, 28, 1, 0, tzinfo=dt.timezone.utc))
+        gc.collect()
+    assert night == ["2023-02-10", "2023-02-25", "2023-02-26", "2023-02-27"]
+    # a gap older than the horizon is left to `pickapic build --from-app-db`: the scan stays bounded
+    assert automation.missing_days(home, "2024-03-10")[0] == \
+        (dt.date(2024, 3, 10) - dt.timedelta(days=automation.CATCH_UP_HORIZON_DAYS)).isoformat()
 
 
 # --- 2. a run of big rows after many small ones arrives in one fetch of 4,096 rows -------------------------
