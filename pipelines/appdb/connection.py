@@ -332,8 +332,8 @@ def read_rows(conn: psycopg.Connection, query: str, params: dict,
               batch: int | Callable[[], int] = BATCH_LINES) -> Iterator[list[tuple]]:
     """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent.
 
-    ``batch``: rows per fetch, or a function giving the next fetch's rows (the caller sizes fetches
-    by the bytes the last one made: huge rows are then fetched a few at a time). Text of a database
+    ``batch``: rows per fetch, or a function giving the next fetch's rows (the export's fetch plan,
+    computed by the server from the rows' sizes: huge rows are fetched a few at a time). Text of a database
     that is neither UTF8 nor SQL_ASCII comes converted to UTF-8 bytes, or as :class:`Unconvertible`
     where its encoding has no UTF-8 for it (memory: one batch, however many values fail).
     """

@@ -61,7 +61,7 @@ from pipelines.appdb.connection import (
     server_name,
     text_encoding,
 )
-from pipelines.appdb.tables import check_tables, statement
+from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest.config import IngestConfig
 from schemas.raw import RAW_TABLES
 
@@ -281,7 +281,29 @@ class _CompressingWriter:
 FIRST_DATED = "0001-01-01"
 
 
-FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
+ROW_OVERHEAD = 16    # bytes a fetch plan counts per value besides its text (JSON key, quotes, separators)
+
+
+def fetch_plan(conn: psycopg.Connection, table: str, params: dict) -> list[int]:
+    """Rows per fetch of ``table``'s export statement, in order, so that no fetch holds much more than
+    BATCH_BYTES of text (at most BATCH_BYTES plus its last row) nor more than BATCH_LINES rows.
+
+    Sized from the previous fetch, a fetch could not see the next rows' size: after 4,080 short rows,
+    4,096 rows of 32 KB prompts arrived in one fetch (128 MiB of text, ~4x that in memory). The plan is
+    computed by the server from the same statement in the same snapshot, before the rows are read: a
+    running sum of each row's text bytes (the cut values the rows will have) in the statement's own order
+    (all its columns: rows that tie are identical, so they have the same size), grouped into runs of
+    BATCH_BYTES and of BATCH_LINES rows. It costs the server a second sort of the day's rows; the export
+    receives one integer per fetch."""
+    names = [f"c{i}" for i in range(1, len(expected_columns(table)) + 1)]
+    size = " + ".join(f"coalesce(octet_length({c}::text), 0)" for c in names) + f" + {ROW_OVERHEAD * len(names)}"
+    aliases = ", ".join(names)
+    query = (f"SELECT count(*)::int8 FROM (SELECT (sum(b) OVER w - b) / %(plan_bytes)s AS byte_run, "
+             f"(row_number() OVER w - 1) / %(plan_rows)s AS row_run "
+             f"FROM (SELECT {size} AS b, r.* FROM ({statement('export_' + table)}) AS r({aliases})) AS s "
+             f"WINDOW w AS (ORDER BY {aliases} ROWS UNBOUNDED PRECEDING)) AS runs "
+             f"GROUP BY byte_run, row_run ORDER BY byte_run, row_run")
+    return [int(n) for (n,) in conn.execute(query, {**params, "plan_bytes": BATCH_BYTES, "plan_rows": BATCH_LINES})]
 
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
@@ -326,15 +348,17 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
     when there are some); rows whose text is over the ingest's ``max_line_bytes``, written as a cut line
     (:func:`_cut_oversized`), into ``oversized``."""
-    rows, fetch = 0, FIRST_FETCH
+    rows = 0
     converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
     bad, first_ids = 0, []
     # left(text, int4): no text value holds more than 1 GB, so a larger limit cuts nothing either
     params = {**params, "max_chars": min(max_line_bytes + 1, MAX_CHARS)}
     oversized = {} if oversized is None else oversized
 
-    def next_fetch() -> int:
-        return fetch
+    plan = iter(fetch_plan(conn, table, params))
+
+    def next_fetch() -> int:           # the same snapshot: the plan covers every row (BATCH_LINES: a safe end)
+        return next(plan, BATCH_LINES)
 
     with open_new_file(path) as raw, rawlines.gzip_writer(raw) as gz:
         writer = _CompressingWriter(gz)
@@ -350,11 +374,7 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                 lines = [format_row(table, row) for row in batch]
                 if max(map(len, lines)) > max_line_bytes:
                     _cut_oversized(table, batch, lines, max_line_bytes, oversized)
-                chunk = b"\n".join(lines) + b"\n"
-                # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
-                # this one's rows (a fetch still holds whatever size its rows have: see the README)
-                fetch = max(1, min(BATCH_LINES, 2 * len(batch), len(batch) * BATCH_BYTES // len(chunk)))
-                writer.write(chunk)
+                writer.write(b"\n".join(lines) + b"\n")
         finally:
             writer.close()
         gz.close()
