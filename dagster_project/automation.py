@@ -14,8 +14,9 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
 - ``app_export_schedule`` (``schedules.app_export_cron``, 01:00 UTC): where the app's PostgreSQL database
   is the source (``PICKAPIC_APP_DB_DSN`` set), exports the newest closed day and the lookback days into
   the raw zone, adding them as partitions, and before them up to ``CATCH_UP_DAYS`` days the raw zone lacks
-  (missed nights, failed exports; see ``missing_days``); the raw-day sensor then ingests the days whose
-  files changed.
+  (missed nights, failed exports; see ``missing_days``) and the days an earlier export found lacking rows
+  committed after their last export (``pipelines.appdb.export.late_rows``); the raw-day sensor then
+  ingests the days whose files changed.
 
 The crons are settings of the home (``[schedules]`` of HOME/pickapic.toml, validated as five-field cron
 strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME); the environment
@@ -152,7 +153,16 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
         context.log.warning(f"app export: catching up {len(missed)} day(s) missing from the raw zone "
                             f"({missed[0]} .. {missed[-1]}; at most {CATCH_UP_DAYS} a night, oldest first)"
                             + (f"; {left} more on the next nights" if left else ""))
-    days = missed + days
+    # days an earlier export found lacking rows committed after their last export (pipelines.appdb.export.late_rows)
+    from pipelines.appdb.export import late_days
+
+    window = set(days)
+    late = [day for day in late_days(data_home.home()) if day not in window and day not in missed
+            and day in set(data_home.home().raw_days())][:CATCH_UP_DAYS]
+    if late:
+        context.log.warning(f"app export: re-exporting {len(late)} day(s) whose raw files lack rows committed after "
+                            f"their last export ({', '.join(late[:5])}{', ...' if len(late) > 5 else ''})")
+    days = sorted(set(missed) | set(late)) + days
     context.instance.add_dynamic_partitions(PARTITIONS, days)  # the export's partitions are the raw days it makes
     run_config = {"ops": {"app_export": {"config": settings}}}
     return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)

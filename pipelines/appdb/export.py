@@ -23,6 +23,7 @@ import datetime as dt
 import decimal
 import errno
 import fcntl
+import gzip
 import json
 import math
 import os
@@ -34,6 +35,7 @@ import stat
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -42,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from formats import rawlines
-from formats.files import lstat_or_none, sha256_file
+from formats.files import lstat_or_none, open_regular_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
@@ -122,6 +124,7 @@ class AppExportReport:
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
+    late: dict = field(default_factory=dict)            # older day -> table -> counts: rows its raw files lack
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -142,6 +145,7 @@ class AppExportReport:
             "undated_rows": sum(info["rows"] for info in self.undated.values()),
             "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
             "oversized_rows": sum(info["rows"] for info in self.oversized.values()),
+            "late_days": ", ".join(sorted(self.late)) or "none",
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -690,6 +694,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
+        report.late = late_rows(conn, home, day, config)   # older days the lookback no longer re-exports
+        if report.late:
+            report.warnings.append(late_warning(report.late, config.lookback_days))
         from pipelines.appdb.blobs import copy_blobs, read_day_uids
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
@@ -706,6 +713,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
                          "missing)")
         _publish(home, day, staging, report)
+        mark_late(home, day, False)     # re-exported from this snapshot: whole again
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
@@ -801,6 +809,147 @@ def undated_warning(undated: dict[str, dict]) -> str:
         return ""
     return ("app rows with a NULL, infinite or out-of-range created_at belong to no day and are not exported: "
             + _rows_named(undated) + " -- give them a real created_at in the app database")
+
+
+# --- rows committed after their day's last export ----------------------------------------------------
+
+VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
+COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows and max id of a raw day's files
+LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
+_LINE_ID = re.compile(rb'\{"[a-z_]+_id": (-?[0-9]+)[,}]')
+
+
+def _file_counts(path: Path) -> tuple[int, int | None]:
+    """Lines and largest leading id of a raw table file (streamed: 1 MiB of a line at a time)."""
+    rows, top, at_start = 0, None, True
+    with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
+        while piece := lines.readline(1 << 20):
+            if at_start:
+                rows += 1
+                match = _LINE_ID.match(piece)
+                if match and (top is None or int(match.group(1)) > top):
+                    top = int(match.group(1))
+            at_start = piece.endswith(b"\n")
+    return rows, top
+
+
+def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
+    """table -> (rows, largest id) of the raw day's table files there are, from a cache keyed by each
+    file's size, mtime and inode (HOME/cache: deleting it costs one decompression of each file)."""
+    cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
+    try:
+        cached = json.loads(cache_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    out, fresh = {}, {}
+    for table in RAW_TABLES:
+        path = home.raw_file(day, table)
+        info = lstat_or_none(path)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            continue
+        key = [info.st_size, info.st_mtime_ns, info.st_ino]
+        entry = cached.get(table) if isinstance(cached, dict) else None
+        if not (isinstance(entry, list) and len(entry) == 5 and entry[:3] == key):
+            entry = key + list(_file_counts(path))
+        fresh[table] = entry
+        out[table] = (int(entry[3]), entry[4])
+    if fresh != cached:
+        with contextlib.suppress(OSError):
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(cache_file, json.dumps(fresh, sort_keys=True).encode("utf-8"))
+    return out
+
+
+def mark_late(home: DataHome, day: str, late: bool) -> None:
+    """Set or clear the marker saying that ``day``'s raw files lack rows the database holds
+    (``app_export_schedule`` re-exports the marked days: :func:`late_days`)."""
+    marker = home.cache / LATE_MARKERS / f"dt={day}"
+    with contextlib.suppress(OSError):
+        if late:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(marker, b"")
+        else:
+            marker.unlink(missing_ok=True)
+
+
+def late_days(home: DataHome) -> list[str]:
+    """The raw days marked by an export's :func:`late_rows` check and not re-exported since, in order."""
+    try:
+        names = os.listdir(home.cache / LATE_MARKERS)
+    except OSError:
+        return []
+    return sorted(name[3:] for name in names if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", name))
+
+
+def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig) -> dict[str, dict]:
+    """Days already in the raw zone whose files lack rows the database now holds: committed after the day's
+    last export, when the nightly lookback no longer re-exports it (an offline client syncing, a stuck
+    queue, a transaction left open). Checks the VERIFY_DAYS days before ``day``'s lookback window, by
+    rows and largest id per table (one grouped query of the export's snapshot over those days; the raw
+    files' counts come from a cache, see :func:`raw_day_counts`). Returns day -> table -> {"database":
+    [rows, max_id], "raw": [rows, max_id]}; marks each late day for the schedule to re-export and clears
+    the mark of a day found whole. Rows the raw zone holds and the database no longer does (deleted
+    since) are not reported: the raw zone keeps what was exported."""
+    end = dt.date.fromisoformat(day) - dt.timedelta(days=config.lookback_days)
+    start = end - dt.timedelta(days=VERIFY_DAYS)
+    checked = [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
+    if not checked:
+        return {}
+    first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
+    per_day: dict[tuple[str, str | None], tuple[int, int | None]] = {}
+    for table, on, rows, top in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
+                                                                       "end": after.isoformat(sep=" ")}):
+        per_day[(as_text(table), as_text(on))] = (int(rows), top)
+    found: dict[str, dict] = {}
+    for checked_day in checked:
+        database = {table: per_day.get((table, checked_day), (0, None)) for table in RAW_TABLES}
+        if config.users_snapshot:   # every dated account up to the day's end
+            database["users"] = _cumulative([per_day.get(("users", None), (0, None))]
+                                            + [per_day.get(("users", d), (0, None)) for d in _days(first, checked_day)])
+        try:
+            raw = raw_day_counts(home, checked_day)
+        except (OSError, EOFError, zlib.error):
+            continue                  # an unreadable raw file: the ingest reports it; nothing to compare
+        lacking = {table: {"database": list(database[table]), "raw": list(raw[table])} for table in raw
+                   if database[table][0] > raw[table][0] or _above(database[table][1], raw[table][1])}
+        if lacking:
+            found[checked_day] = lacking
+        mark_late(home, checked_day, bool(lacking))
+    return found
+
+
+def _days(first: dt.datetime, last: str) -> list[str]:
+    """Every day from ``first`` to ``last`` (YYYY-MM-DD), both included."""
+    out, day = [], first.date()
+    while day.isoformat() <= last:
+        out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
+
+
+def _cumulative(parts: list[tuple[int, int | None]]) -> tuple[int, int | None]:
+    """Summed rows and largest id of ``parts``."""
+    tops = [top for _, top in parts if top is not None]
+    return sum(rows for rows, _ in parts), max(tops) if tops else None
+
+
+def _above(database: int | None, raw: int | None) -> bool:
+    """Whether the database's largest id is one the raw file's does not reach."""
+    return database is not None and (raw is None or database > raw)
+
+
+def late_warning(late: dict[str, dict], lookback_days: int) -> str:
+    """A line naming the days whose raw files lack rows the database holds."""
+    parts = []
+    for day, tables in sorted(late.items()):
+        parts.append(f"{day}: " + ", ".join(
+            f"{table} {info['database'][0]} rows (max id {_id_text(info['database'][1])}) in the database, "
+            f"{info['raw'][0]} (max id {_id_text(info['raw'][1])}) in the raw zone" for table, info in tables.items()))
+    days = sorted(late)
+    return (f"app rows committed after their day was last exported, past app_export.lookback_days ({lookback_days}), "
+            f"are in no raw day yet: {'; '.join(parts)} -- the next scheduled export re-exports "
+            f"{'that day' if len(days) == 1 else 'those days'} (or now: pickapic build --from-app-db --from "
+            f"{days[0]} --to {days[-1]})")
 
 
 def app_days(dsn: str, source: str = "the DSN") -> AppDays:
