@@ -13,7 +13,10 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   model exists for it yet;
 - ``app_export_schedule`` (``schedules.app_export_cron``, 01:00 UTC): where the app's PostgreSQL database
   is the source (``PICKAPIC_APP_DB_DSN`` set), exports the newest closed day and the lookback days into
-  the raw zone, adding them as partitions; the raw-day sensor then ingests the days whose files changed.
+  the raw zone, adding them as partitions, and before them up to ``CATCH_UP_DAYS`` days the raw zone lacks
+  (missed nights, failed exports; see ``missing_days``) and the days an earlier export found lacking rows
+  committed after their last export (``pipelines.appdb.export.late_rows``); the raw-day sensor then
+  ingests the days whose files changed.
 
 The crons are settings of the home (``[schedules]`` of HOME/pickapic.toml, validated as five-field cron
 strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME); the environment
@@ -143,36 +146,63 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
     newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
     days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
-    missed = catch_up_days(data_home.home(), days[0])
+    lacking = missing_days(data_home.home(), days[0])
+    missed = lacking[:CATCH_UP_DAYS]
     if missed:
-        context.log.warning(f"app export: catching up {len(missed)} day(s) after the last exported one "
-                            f"({missed[0]} .. {missed[-1]}; at most {CATCH_UP_DAYS} a night, oldest first)")
-    days = missed + days
+        left = len(lacking) - len(missed)
+        context.log.warning(f"app export: catching up {len(missed)} day(s) missing from the raw zone "
+                            f"({missed[0]} .. {missed[-1]}; at most {CATCH_UP_DAYS} a night, oldest first)"
+                            + (f"; {left} more on the next nights" if left else ""))
+    # days an earlier export found lacking rows committed after their last export (pipelines.appdb.export.late_rows)
+    from pipelines.appdb.export import late_days
+
+    window = set(days)
+    late = [day for day in late_days(data_home.home()) if day not in window and day not in missed
+            and day in set(data_home.home().raw_days())][:CATCH_UP_DAYS]
+    if late:
+        context.log.warning(f"app export: re-exporting {len(late)} day(s) whose raw files lack rows committed after "
+                            f"their last export ({', '.join(late[:5])}{', ...' if len(late) > 5 else ''})")
+    days = sorted(set(missed) | set(late)) + days
     context.instance.add_dynamic_partitions(PARTITIONS, days)  # the export's partitions are the raw days it makes
     run_config = {"ops": {"app_export": {"config": settings}}}
     return [dg.RunRequest(run_key=f"app-export-{day}-{tick:%Y%m%dT%H%M}", partition_key=day, run_config=run_config)
             for day in days]
 
 
-CATCH_UP_DAYS = 31   # days a scheduled export adds before its lookback window when nights were missed
+CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
+CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
+
+
+def missing_days(home: DataHome, first: str) -> list[str]:
+    """Every day before ``first`` (the first day of the night's lookback window) that the raw zone lacks,
+    oldest first, from the day after its first day (at most CATCH_UP_HORIZON_DAYS before ``first``).
+
+    Gaps, not only the days after the raw zone's last one: a night's catch-up also exports the window's
+    days, so after the first catch-up night of a long outage the last raw day before the next window is
+    one of those, and the days between what was caught up and that window were never exported; and a
+    day whose export failed stayed missing for good once newer days existed. A raw zone without days
+    before ``first`` (a new deployment) misses nothing: history is exported with ``pickapic build
+    --from-app-db --from DAY``. A day with no app activity is exported as a day of empty files, as the
+    nightly export of a quiet day is, so the gap does not come back."""
+    start = dt.date.fromisoformat(first)
+    present = {day for day in home.raw_days() if day < first}
+    if not present:
+        return []
+    day = max(dt.date.fromisoformat(min(present)) + dt.timedelta(days=1),
+              start - dt.timedelta(days=CATCH_UP_HORIZON_DAYS))
+    out = []
+    while day < start:
+        if day.isoformat() not in present:
+            out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
 
 
 def catch_up_days(home: DataHome, first: str) -> list[str]:
-    """The days between the raw zone's last day before ``first`` (the first day of the night's lookback window)
-    and ``first``, oldest first, at most CATCH_UP_DAYS: nights the export did not run (the daemon down longer
-    than Dagster catches up, about 5 ticks) would otherwise leave days no export ever wrote. A raw zone without
-    days before ``first`` (a new deployment) catches up nothing: history is exported with
-    ``pickapic build --from-app-db --from DAY``."""
-    start = dt.date.fromisoformat(first)
-    earlier = [day for day in home.raw_days() if day < first]
-    if not earlier:
-        return []
-    day = dt.date.fromisoformat(earlier[-1]) + dt.timedelta(days=1)
-    out = []
-    while day < start and len(out) < CATCH_UP_DAYS:
-        out.append(day.isoformat())
-        day += dt.timedelta(days=1)
-    return out
+    """The first CATCH_UP_DAYS of :func:`missing_days`: what one night exports besides its lookback window
+    (nights the daemon was down longer than Dagster catches up, about 5 ticks, or failed exports). The
+    next nights go on with the rest, since each looks for every gap again."""
+    return missing_days(home, first)[:CATCH_UP_DAYS]
 
 
 def unfinished_partitions(instance: dg.DagsterInstance) -> set[str | None]:

@@ -254,10 +254,11 @@ def build(
         if exports:
             buildstamp.clear_stamp(home)
             instance.add_dynamic_partitions(PARTITIONS, exports)   # the days exist once the database has them
+            export_config = _export_config(settings, run_config)
             for day in exports:
                 progress(f"export {day} from the app database")
                 run = PlannedRun(EXPORT.job, [EXPORT.op], day, ["--from-app-db"])
-                run_ids[f"export-{day}"] = _execute(run, instance, run_config, home)
+                run_ids[f"export-{day}"] = _execute(run, instance, export_config, home)
         plan = plan_build(home, settings, instance, selected_days=selected, force=force, with_model=with_model)
         record_observations(instance, plan.observations)
         instance.add_dynamic_partitions(PARTITIONS, plan.days)
@@ -306,6 +307,16 @@ def _override_config(settings: Settings) -> dict[str, dict]:
         section, name = key.split(".", 1)
         by_section.setdefault(section, {})[name] = settings.explicit[section][name]
     return {section: run_config_for(section, values) for section, values in by_section.items()}
+
+
+def _export_config(settings: Settings, run_config: dict[str, dict]) -> dict[str, dict]:
+    """``run_config`` with the export's limits set to this build's effective ingest.max_line_bytes and
+    features.max_bytes (the home's, or the --set / --config value): the export cuts over-long text and
+    caps blob copies at the limits of the stages that will read the day in this build, not at the home
+    file's."""
+    limits = {"max_line_bytes": settings.config("ingest").max_line_bytes,
+              "blob_max_bytes": settings.config("features").max_bytes}
+    return {**run_config, "app_export": {**run_config.get("app_export", {}), **limits}}
 
 
 def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome) -> str:

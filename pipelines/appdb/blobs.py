@@ -44,6 +44,7 @@ from pipelines.appdb.tables import statement
 from pipelines.ingest.parse import UID_RE
 
 BATCH = 256
+UID_CHARS = 36          # a canonical UUID, the only blob name the export uses (UID_RE)
 CHUNK = 1 << 20
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024     # features.max_bytes's default (a test checks they agree)
 
@@ -294,7 +295,8 @@ def _url_gone(store: str, name: str) -> bool:
 
 def read_day_uids(conn: psycopg.Connection, params: dict, spill: BinaryIO) -> int:
     """Write the day's image uids that are canonical UUIDs to ``spill``, one per line in order, and return
-    how many were not (a uid that is not is never used as a file name).
+    how many were not (a uid that is not is never used as a file name). Each uid arrives cut to 37 characters
+    (``export_image_uids.sql``), so one longer than a UUID is counted as not a uid without being read whole.
 
     Read from the export's snapshot before any blob is copied, so the export's transaction ends before
     the slow part: kept open while a slow store copied, it idled (and a server's
@@ -302,6 +304,9 @@ def read_day_uids(conn: psycopg.Connection, params: dict, spill: BinaryIO) -> in
     back the app database's vacuum. A file rather than a list: memory stays one fetch however many
     images the day has."""
     invalid = 0
+    # each uid cut to UID_CHARS + 1 characters in SQL: one longer than a UUID is never one (UID_RE), and a
+    # fetch of BATCH rows stays BATCH x 37 characters whatever the table holds
+    params = {**params, "max_chars": UID_CHARS + 1}
     for rows in read_rows(conn, statement("export_image_uids"), params, BATCH):
         uids = [as_text(raw) for (raw,) in rows]   # Unconvertible text is already a str
         valid = [uid for uid in uids if UID_RE.fullmatch(uid)]

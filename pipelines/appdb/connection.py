@@ -240,6 +240,11 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         server_encoding = conn.info.parameter_status("server_encoding")
         conn.execute("SET client_encoding = 'SQL_ASCII'" if server_encoding == "SQL_ASCII"
                      or (read_only and server_encoding != "UTF8") else "SET client_encoding = 'UTF8'")
+        if read_only:
+            # The settings above ran in a transaction whose snapshot is taken already (set_config is a SELECT):
+            # it ends here (the settings stay), so the caller's transaction starts with no snapshot and can
+            # lock the tables before taking one (export.lock_tables, as pg_dump does).
+            conn.commit()
     except psycopg.Error as exc:
         conn.close()
         raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "
@@ -327,8 +332,8 @@ def read_rows(conn: psycopg.Connection, query: str, params: dict,
               batch: int | Callable[[], int] = BATCH_LINES) -> Iterator[list[tuple]]:
     """Batches of rows from a server-side cursor: integers as int, text as the raw bytes the server sent.
 
-    ``batch``: rows per fetch, or a function giving the next fetch's rows (the caller sizes fetches
-    by the bytes the last one made: huge rows are then fetched a few at a time). Text of a database
+    ``batch``: rows per fetch, or a function giving the next fetch's rows (the export's fetch plan,
+    computed by the server from the rows' sizes: huge rows are fetched a few at a time). Text of a database
     that is neither UTF8 nor SQL_ASCII comes converted to UTF-8 bytes, or as :class:`Unconvertible`
     where its encoding has no UTF-8 for it (memory: one batch, however many values fail).
     """

@@ -23,6 +23,7 @@ import datetime as dt
 import decimal
 import errno
 import fcntl
+import gzip
 import json
 import math
 import os
@@ -34,19 +35,22 @@ import stat
 import tempfile
 import threading
 import time
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
 
 import psycopg
+from psycopg import sql
 
 from formats import rawlines
-from formats.files import lstat_or_none, sha256_file
+from formats.files import lstat_or_none, open_regular_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
 from formats.settings import check_fields, knob, load
 from pipelines.appdb.connection import (
+    APP_SCHEMA,
     BATCH_BYTES,
     BATCH_LINES,
     AppDatabaseError,
@@ -59,7 +63,7 @@ from pipelines.appdb.connection import (
     server_name,
     text_encoding,
 )
-from pipelines.appdb.tables import check_tables, statement
+from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest.config import IngestConfig
 from schemas.raw import RAW_TABLES
 
@@ -79,6 +83,13 @@ class AppExportConfig:
                                       "false = only the accounts created that day, like the simulator's files.")
     blob_workers: int = knob(8, "Threads copying image blobs from the app's storage into raw/images.",
                              min=1, max=64, output=False)
+    max_line_bytes: int = knob(0, "The ingest's line limit the export cuts over-long text at (rows then "
+                                  "quarantined as line_too_long); 0: the home's ingest.max_line_bytes. `pickapic "
+                                  "build` passes its own ingest.max_line_bytes (--set, --config) here.",
+                               min=0, output=False)
+    blob_max_bytes: int = knob(0, "The feature stage's blob limit the blob copy stops at (max_bytes + 1 bytes); "
+                                  "0: the home's features.max_bytes. `pickapic build` passes its own "
+                                  "features.max_bytes here.", min=0, output=False)
 
     def validate(self) -> "AppExportConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
@@ -113,6 +124,7 @@ class AppExportReport:
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
+    late: dict = field(default_factory=dict)            # older day -> table -> counts: rows its raw files lack
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -133,6 +145,7 @@ class AppExportReport:
             "undated_rows": sum(info["rows"] for info in self.undated.values()),
             "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
             "oversized_rows": sum(info["rows"] for info in self.oversized.values()),
+            "late_days": ", ".join(sorted(self.late)) or "none",
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -272,7 +285,29 @@ class _CompressingWriter:
 FIRST_DATED = "0001-01-01"
 
 
-FIRST_FETCH = 16     # rows of a table's first fetch (then sized by bytes: see _write_table)
+ROW_OVERHEAD = 16    # bytes a fetch plan counts per value besides its text (JSON key, quotes, separators)
+
+
+def fetch_plan(conn: psycopg.Connection, table: str, params: dict) -> list[int]:
+    """Rows per fetch of ``table``'s export statement, in order, so that no fetch holds much more than
+    BATCH_BYTES of text (at most BATCH_BYTES plus its last row) nor more than BATCH_LINES rows.
+
+    Sized from the previous fetch, a fetch could not see the next rows' size: after 4,080 short rows,
+    4,096 rows of 32 KB prompts arrived in one fetch (128 MiB of text, ~4x that in memory). The plan is
+    computed by the server from the same statement in the same snapshot, before the rows are read: a
+    running sum of each row's text bytes (the cut values the rows will have) in the statement's own order
+    (all its columns: rows that tie are identical, so they have the same size), grouped into runs of
+    BATCH_BYTES and of BATCH_LINES rows. It costs the server a second sort of the day's rows; the export
+    receives one integer per fetch."""
+    names = [f"c{i}" for i in range(1, len(expected_columns(table)) + 1)]
+    size = " + ".join(f"coalesce(octet_length({c}::text), 0)" for c in names) + f" + {ROW_OVERHEAD * len(names)}"
+    aliases = ", ".join(names)
+    query = (f"SELECT count(*)::int8 FROM (SELECT (sum(b) OVER w - b) / %(plan_bytes)s AS byte_run, "
+             f"(row_number() OVER w - 1) / %(plan_rows)s AS row_run "
+             f"FROM (SELECT {size} AS b, r.* FROM ({statement('export_' + table)}) AS r({aliases})) AS s "
+             f"WINDOW w AS (ORDER BY {aliases} ROWS UNBOUNDED PRECEDING)) AS runs "
+             f"GROUP BY byte_run, row_run ORDER BY byte_run, row_run")
+    return [int(n) for (n,) in conn.execute(query, {**params, "plan_bytes": BATCH_BYTES, "plan_rows": BATCH_LINES})]
 
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
@@ -307,7 +342,7 @@ def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: 
             info = found.setdefault(table, {"rows": 0, "first_ids": []})
             info["rows"] += 1
             if len(info["first_ids"]) < FIRST_IDS:
-                info["first_ids"].append(str(batch[i][0]))
+                info["first_ids"].append(_id_text(batch[i][0]))
 
 
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
@@ -317,17 +352,19 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
     when there are some); rows whose text is over the ingest's ``max_line_bytes``, written as a cut line
     (:func:`_cut_oversized`), into ``oversized``."""
-    rows, fetch = 0, FIRST_FETCH
+    rows = 0
     converting = text_encoding(conn) is not None   # only then can a value be Unconvertible
     bad, first_ids = 0, []
     # left(text, int4): no text value holds more than 1 GB, so a larger limit cuts nothing either
     params = {**params, "max_chars": min(max_line_bytes + 1, MAX_CHARS)}
     oversized = {} if oversized is None else oversized
 
-    def next_fetch() -> int:
-        return fetch
+    plan = iter(fetch_plan(conn, table, params))
 
-    with open(path, "wb") as raw, rawlines.gzip_writer(raw) as gz:
+    def next_fetch() -> int:           # the same snapshot: the plan covers every row (BATCH_LINES: a safe end)
+        return next(plan, BATCH_LINES)
+
+    with open_new_file(path) as raw, rawlines.gzip_writer(raw) as gz:
         writer = _CompressingWriter(gz)
         try:
             for batch in read_rows(conn, statement("export_" + table), params, next_fetch):
@@ -337,15 +374,11 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                         if any(type(v) is Unconvertible for v in row):
                             bad += 1
                             if len(first_ids) < FIRST_IDS:
-                                first_ids.append(str(row[0]))
+                                first_ids.append(_id_text(row[0]))
                 lines = [format_row(table, row) for row in batch]
                 if max(map(len, lines)) > max_line_bytes:
                     _cut_oversized(table, batch, lines, max_line_bytes, oversized)
-                chunk = b"\n".join(lines) + b"\n"
-                # the next fetch: about BATCH_BYTES of lines at this batch's bytes per row, at most twice
-                # this one's rows (a fetch still holds whatever size its rows have: see the README)
-                fetch = max(1, min(BATCH_LINES, 2 * len(batch), len(batch) * BATCH_BYTES // len(chunk)))
-                writer.write(chunk)
+                writer.write(b"\n".join(lines) + b"\n")
         finally:
             writer.close()
         gz.close()
@@ -354,6 +387,32 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
     if bad and unconvertible is not None:
         unconvertible[table] = {"rows": bad, "first_ids": first_ids}
     return TableExport(rows=rows, bytes=path.stat().st_size, sha256=sha256_file(path))
+
+
+def open_new_file(path: Path):
+    """``path`` created and opened to write, binary: it must not exist (``O_EXCL``) and a symlink there is
+    never followed (``O_NOFOLLOW``; with ``O_EXCL`` a link is an ``EEXIST`` either way), so an entry
+    planted in the staging folder is refused instead of written through. The umask applies (0666 &
+    ~umask), as to any new file."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    return open(fd, "wb", closefd=True)
+
+
+def process_umask() -> int:
+    """This process's umask, read without changing it (``/proc/self/status``; else set and restored)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def folder_mode(path: Path) -> int:
+    """The mode ``mkdir(path, 0o777)`` would have given ``path``: 0777 & ~umask, and the setgid bit of a
+    setgid parent (a group-shared home's folders carry it down)."""
+    return (0o777 & ~process_umask()) | (os.lstat(path.parent).st_mode & stat.S_ISGID)
 
 
 _RENAME_EXCHANGE = 2        # <linux/fs.h>: renameat2 swaps the two paths atomically
@@ -412,6 +471,9 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         for export in report.tables.values():
             export.changed = True
         os.rename(staging, final)
+        # private while staged (0700), the day now takes the mode a new folder gets here (the umask, the
+        # parent's setgid bit), as before: the home's group still reads it
+        os.chmod(final, folder_mode(final))
         report.published = "new day"
         return
     if final.is_symlink() or not final.is_dir():
@@ -453,9 +515,6 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
             linked.append(staging / name)
             carried[name] = _identity(staging / name)
         kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
-        os.chmod(staging, stat.S_IMODE(kept.st_mode))
-        with contextlib.suppress(OSError):
-            os.chown(staging, -1, kept.st_gid)
         swapped = exchange(staging, final)
     except DayFolderRefused:
         raise
@@ -463,6 +522,11 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         swapped = False
     if swapped and sorted(_foreign_entries(staging, ours)) == foreign \
             and all(_identity(staging / name) == carried[name] for name in foreign):
+        # the new day is in place, still private (0700: nobody could add an entry to it while it was
+        # staged); only now does it take the old day's mode and group
+        os.chmod(final, stat.S_IMODE(kept.st_mode))
+        with contextlib.suppress(OSError):
+            os.chown(final, -1, kept.st_gid)
         return                              # the old day is now at ``staging``, removed by the caller
     if swapped:                             # the day changed meanwhile: swap back, replace nothing
         exchange(staging, final)
@@ -546,6 +610,39 @@ def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
                                       "data home; move it away (and its files into a real folder) to export")
 
 
+class TablesLocked(AppDatabaseError):
+    """The app tables could not be locked for the export's snapshot within the session's lock_timeout."""
+
+
+def lock_tables(conn: psycopg.Connection, where: str) -> None:
+    """Take ACCESS SHARE locks on the four app tables as the first statement of the export's transaction,
+    before its snapshot exists (LOCK TABLE takes none), as pg_dump does: a table-rewriting change (ALTER
+    COLUMN ... TYPE, TRUNCATE + reload, VACUUM FULL, CLUSTER) is not MVCC-safe, and one committed after
+    the snapshot made the table read EMPTY from it. With the locks held to the transaction's end, such a
+    change either committed before the snapshot (its rows are read) or waits until the tables are read.
+    The wait for a lock held elsewhere is the session's lock_timeout (at most ``MAX_LOCK_WAIT``): then
+    :class:`TablesLocked`, nothing written, the next run retries. A missing table is left to check_tables'
+    message (the transaction is rolled back: still no snapshot)."""
+    names = sql.SQL(", ").join(sql.Identifier(APP_SCHEMA, table) for table in RAW_TABLES)
+    try:
+        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
+    except psycopg.errors.LockNotAvailable as exc:
+        reason = " ".join((exc.diag.message_primary or "lock timeout").split())[:200]
+        conn.rollback()
+        timeout = conn.execute("SHOW lock_timeout").fetchone()[0]
+        conn.rollback()
+        raise TablesLocked(
+            f"the app tables {', '.join(RAW_TABLES)} of {where} could not be locked (ACCESS SHARE, as pg_dump "
+            f"locks them) within lock_timeout = {as_text(timeout)} ({reason}): another session holds or waits for an "
+            "exclusive lock on one of them (a migration: ALTER TABLE, TRUNCATE, VACUUM FULL; see pg_locks and "
+            "pg_stat_activity); nothing was written, the next run retries") from None
+    except psycopg.errors.UndefinedTable:
+        conn.rollback()
+        check_tables(conn, where)     # names the missing table
+        conn.rollback()
+        raise
+
+
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
                image_store: str = "", source: str = "the DSN", now: dt.datetime | None = None,
                progress: Progress = silent) -> AppExportReport:
@@ -565,10 +662,12 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     params = {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}
     folders = [home.raw_logs, home.raw_images] if image_store else [home.raw_logs]
     real_folders(home, folders, create=False)
-    line_limit = load(home.root).config("ingest").max_line_bytes   # the home's, as its ingest reads it
+    # the limits of the ingest and feature stage that will read the day: the run's (a build's --set), else the home's
+    line_limit = config.max_line_bytes or load(home.root).config("ingest").max_line_bytes
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
+        lock_tables(conn, str(name))   # first, before the transaction's snapshot: see lock_tables
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
                 check_lag(day, config.lag_minutes, database_now(conn))
@@ -578,7 +677,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         real_folders(home, folders, create=True)
         remove_stale_staging(home)
         staging = home.raw_logs / f".dt={day}.export-{os.getpid()}-{secrets.token_hex(4)}"
-        staging.mkdir(mode=0o777)  # the umask applies, as to the files inside
+        # private (0700) until published: no other account, not even the home's group under a umask of 002,
+        # can add or replace an entry in it while the export writes (see _publish for the day's mode)
+        staging.mkdir(mode=0o700)
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
@@ -593,6 +694,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
+        report.late = late_rows(conn, home, day, config)   # older days the lookback no longer re-exports
+        if report.late:
+            report.warnings.append(late_warning(report.late, config.lookback_days))
         from pipelines.appdb.blobs import copy_blobs, read_day_uids
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
@@ -602,12 +706,14 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.rollback()  # read-only: nothing to commit
             conn.close()
             if spill is not None:
-                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers)
+                report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
+                                          config.blob_max_bytes or None)
             else:
                 report.blobs = {"store": "none configured: no blob copied"}
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
                          "missing)")
         _publish(home, day, staging, report)
+        mark_late(home, day, False)     # re-exported from this snapshot: whole again
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
@@ -667,13 +773,19 @@ def undated_rows(conn: psycopg.Connection) -> dict[str, dict]:
     found = {}
     for table, rows, first_ids in conn.execute(statement("undated_rows")).fetchall():
         if rows:
-            found[as_text(table)] = {"rows": int(rows), "first_ids": [as_text(i) for i in first_ids or []]}
+            found[as_text(table)] = {"rows": int(rows), "first_ids": [_id_text(as_text(i)) for i in first_ids or []]}
     return found
+
+
+def _id_text(value: object) -> str:
+    """A primary key as the reports name it: a NULL key (a table without its primary key may hold one)
+    is 'NULL', never a ``None`` that a message could not join."""
+    return "NULL" if value is None else str(value)
 
 
 def _rows_named(found: dict[str, dict]) -> str:
     """'table: rows (ids 1, 2, ...)' per table of ``found`` (table -> {"rows", "first_ids"})."""
-    return "; ".join(f"{table}: {info['rows']} (ids {', '.join(info['first_ids'])}"
+    return "; ".join(f"{table}: {info['rows']} (ids {', '.join(map(_id_text, info['first_ids']))}"
                      f"{', ...' if info['rows'] > len(info['first_ids']) else ''})" for table, info in found.items())
 
 
@@ -697,6 +809,147 @@ def undated_warning(undated: dict[str, dict]) -> str:
         return ""
     return ("app rows with a NULL, infinite or out-of-range created_at belong to no day and are not exported: "
             + _rows_named(undated) + " -- give them a real created_at in the app database")
+
+
+# --- rows committed after their day's last export ----------------------------------------------------
+
+VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
+COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows and max id of a raw day's files
+LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
+_LINE_ID = re.compile(rb'\{"[a-z_]+_id": (-?[0-9]+)[,}]')
+
+
+def _file_counts(path: Path) -> tuple[int, int | None]:
+    """Lines and largest leading id of a raw table file (streamed: 1 MiB of a line at a time)."""
+    rows, top, at_start = 0, None, True
+    with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
+        while piece := lines.readline(1 << 20):
+            if at_start:
+                rows += 1
+                match = _LINE_ID.match(piece)
+                if match and (top is None or int(match.group(1)) > top):
+                    top = int(match.group(1))
+            at_start = piece.endswith(b"\n")
+    return rows, top
+
+
+def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
+    """table -> (rows, largest id) of the raw day's table files there are, from a cache keyed by each
+    file's size, mtime and inode (HOME/cache: deleting it costs one decompression of each file)."""
+    cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
+    try:
+        cached = json.loads(cache_file.read_text("utf-8"))
+    except (OSError, ValueError):
+        cached = {}
+    out, fresh = {}, {}
+    for table in RAW_TABLES:
+        path = home.raw_file(day, table)
+        info = lstat_or_none(path)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            continue
+        key = [info.st_size, info.st_mtime_ns, info.st_ino]
+        entry = cached.get(table) if isinstance(cached, dict) else None
+        if not (isinstance(entry, list) and len(entry) == 5 and entry[:3] == key):
+            entry = key + list(_file_counts(path))
+        fresh[table] = entry
+        out[table] = (int(entry[3]), entry[4])
+    if fresh != cached:
+        with contextlib.suppress(OSError):
+            cache_file.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(cache_file, json.dumps(fresh, sort_keys=True).encode("utf-8"))
+    return out
+
+
+def mark_late(home: DataHome, day: str, late: bool) -> None:
+    """Set or clear the marker saying that ``day``'s raw files lack rows the database holds
+    (``app_export_schedule`` re-exports the marked days: :func:`late_days`)."""
+    marker = home.cache / LATE_MARKERS / f"dt={day}"
+    with contextlib.suppress(OSError):
+        if late:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(marker, b"")
+        else:
+            marker.unlink(missing_ok=True)
+
+
+def late_days(home: DataHome) -> list[str]:
+    """The raw days marked by an export's :func:`late_rows` check and not re-exported since, in order."""
+    try:
+        names = os.listdir(home.cache / LATE_MARKERS)
+    except OSError:
+        return []
+    return sorted(name[3:] for name in names if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", name))
+
+
+def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig) -> dict[str, dict]:
+    """Days already in the raw zone whose files lack rows the database now holds: committed after the day's
+    last export, when the nightly lookback no longer re-exports it (an offline client syncing, a stuck
+    queue, a transaction left open). Checks the VERIFY_DAYS days before ``day``'s lookback window, by
+    rows and largest id per table (one grouped query of the export's snapshot over those days; the raw
+    files' counts come from a cache, see :func:`raw_day_counts`). Returns day -> table -> {"database":
+    [rows, max_id], "raw": [rows, max_id]}; marks each late day for the schedule to re-export and clears
+    the mark of a day found whole. Rows the raw zone holds and the database no longer does (deleted
+    since) are not reported: the raw zone keeps what was exported."""
+    end = dt.date.fromisoformat(day) - dt.timedelta(days=config.lookback_days)
+    start = end - dt.timedelta(days=VERIFY_DAYS)
+    checked = [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
+    if not checked:
+        return {}
+    first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
+    per_day: dict[tuple[str, str | None], tuple[int, int | None]] = {}
+    for table, on, rows, top in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
+                                                                       "end": after.isoformat(sep=" ")}):
+        per_day[(as_text(table), as_text(on))] = (int(rows), top)
+    found: dict[str, dict] = {}
+    for checked_day in checked:
+        database = {table: per_day.get((table, checked_day), (0, None)) for table in RAW_TABLES}
+        if config.users_snapshot:   # every dated account up to the day's end
+            database["users"] = _cumulative([per_day.get(("users", None), (0, None))]
+                                            + [per_day.get(("users", d), (0, None)) for d in _days(first, checked_day)])
+        try:
+            raw = raw_day_counts(home, checked_day)
+        except (OSError, EOFError, zlib.error):
+            continue                  # an unreadable raw file: the ingest reports it; nothing to compare
+        lacking = {table: {"database": list(database[table]), "raw": list(raw[table])} for table in raw
+                   if database[table][0] > raw[table][0] or _above(database[table][1], raw[table][1])}
+        if lacking:
+            found[checked_day] = lacking
+        mark_late(home, checked_day, bool(lacking))
+    return found
+
+
+def _days(first: dt.datetime, last: str) -> list[str]:
+    """Every day from ``first`` to ``last`` (YYYY-MM-DD), both included."""
+    out, day = [], first.date()
+    while day.isoformat() <= last:
+        out.append(day.isoformat())
+        day += dt.timedelta(days=1)
+    return out
+
+
+def _cumulative(parts: list[tuple[int, int | None]]) -> tuple[int, int | None]:
+    """Summed rows and largest id of ``parts``."""
+    tops = [top for _, top in parts if top is not None]
+    return sum(rows for rows, _ in parts), max(tops) if tops else None
+
+
+def _above(database: int | None, raw: int | None) -> bool:
+    """Whether the database's largest id is one the raw file's does not reach."""
+    return database is not None and (raw is None or database > raw)
+
+
+def late_warning(late: dict[str, dict], lookback_days: int) -> str:
+    """A line naming the days whose raw files lack rows the database holds."""
+    parts = []
+    for day, tables in sorted(late.items()):
+        parts.append(f"{day}: " + ", ".join(
+            f"{table} {info['database'][0]} rows (max id {_id_text(info['database'][1])}) in the database, "
+            f"{info['raw'][0]} (max id {_id_text(info['raw'][1])}) in the raw zone" for table, info in tables.items()))
+    days = sorted(late)
+    return (f"app rows committed after their day was last exported, past app_export.lookback_days ({lookback_days}), "
+            f"are in no raw day yet: {'; '.join(parts)} -- the next scheduled export re-exports "
+            f"{'that day' if len(days) == 1 else 'those days'} (or now: pickapic build --from-app-db --from "
+            f"{days[0]} --to {days[-1]})")
 
 
 def app_days(dsn: str, source: str = "the DSN") -> AppDays:

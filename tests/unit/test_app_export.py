@@ -339,7 +339,7 @@ def test_export_schedule_requests_the_newest_closed_day_and_the_lookback_days(mo
 
 def test_export_schedule_catches_up_the_days_of_missed_nights(monkeypatch, tmp_path):
     """A daemon down longer than Dagster's catch-up of missed ticks (about 5) left every day before the lookback
-    window unexported for good; the schedule now exports the days after the raw zone's last one first (at most
+    window unexported for good; the schedule now exports the days the raw zone lacks first (at most
     CATCH_UP_DAYS a night, oldest first), then the newest closed day and its lookback days."""
     home = DataHome.at(tmp_path / "home")
     (tmp_path / "instance").mkdir()
@@ -361,7 +361,10 @@ def test_export_schedule_catches_up_the_days_of_missed_nights(monkeypatch, tmp_p
         assert got[:automation.CATCH_UP_DAYS] == [(dt.date(2022, 12, 21) + dt.timedelta(days=k)).isoformat()
                                                   for k in range(automation.CATCH_UP_DAYS)]
         assert got[automation.CATCH_UP_DAYS:] == window and automation.CATCH_UP_DAYS == 31
-        (home.raw_logs / "dt=2023-01-21").mkdir()            # the first catch-up night's days landed
+        (home.raw_logs / "dt=2023-01-21").mkdir()            # one day landed: the gap before it still counts
+        assert tick()[:2] == ["2022-12-21", "2022-12-22"] and "2023-01-21" not in tick() and len(tick()) == 31 + 3
+        for k in range(31):                                  # the first catch-up night's days landed
+            (home.raw_logs / f"dt={dt.date(2022, 12, 21) + dt.timedelta(days=k)}").mkdir()
         assert tick()[:2] == ["2023-01-22", "2023-01-23"] and tick()[-3:] == window and len(tick()) == 31 + 3
         gc.collect()
 

@@ -1,0 +1,21 @@
+-- Rows and largest id per table and day, for comparing days exported earlier with the database (rows
+-- committed after their day's last export: export.late_rows).
+-- Inputs: tables users, images, rankings, downloads. Output: table_name, day ('YYYY-MM-DD', UTC), rows,
+-- max_id (int8, NULL when every id is NULL) for rows created in [$start, $end), one row per table and day
+-- with rows; and one row ('users', NULL day) counting the dated accounts created before $start (the
+-- users file of a day is a snapshot of every account up to its end). Parameters: $start, $end
+-- (timestamp text, UTC).
+SELECT 'users' AS table_name, to_char(created_at, 'YYYY-MM-DD') AS day, count(*) AS rows, max(user_id)::int8 AS max_id
+FROM users WHERE created_at >= $start AND created_at < $end GROUP BY 2
+UNION ALL
+SELECT 'images', to_char(created_at, 'YYYY-MM-DD'), count(*), max(image_id)::int8
+FROM images WHERE created_at >= $start AND created_at < $end GROUP BY 2
+UNION ALL
+SELECT 'rankings', to_char(created_at, 'YYYY-MM-DD'), count(*), max(ranking_id)::int8
+FROM rankings WHERE created_at >= $start AND created_at < $end GROUP BY 2
+UNION ALL
+SELECT 'downloads', to_char(created_at, 'YYYY-MM-DD'), count(*), max(download_id)::int8
+FROM downloads WHERE created_at >= $start AND created_at < $end GROUP BY 2
+UNION ALL
+SELECT 'users', NULL, count(*), max(user_id)::int8
+FROM users WHERE created_at >= '0001-01-01' AND created_at < $start
