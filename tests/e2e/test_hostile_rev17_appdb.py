@@ -1,7 +1,6 @@
 """Hostile review (rev17) of the PostgreSQL app-database export: defects confirmed by running them.
 
-Each test is ``xfail(strict=True)``: it fails today because of the defect its reason names, and passes
-once that defect is fixed. Every test that needs a server starts its own throwaway PostgreSQL
+Each test was a confirmed defect (filed as a strict xfail), fixed since. Every test that needs a server starts its own throwaway PostgreSQL
 (``tests.postgres_server``) and stops it at the end of the session.
 """
 from __future__ import annotations
