@@ -223,7 +223,7 @@ def _undeletable(path: Path) -> str | None:
             info = os.fstat(fd)
             if info.st_dev != device:
                 return f"{folder} is another file system (a mount point)"
-            if not os.access(folder, os.R_OK | os.W_OK | os.X_OK):
+            if not os.access(folder, os.R_OK | os.W_OK | os.X_OK, effective_ids=os.access in os.supports_effective_ids):
                 return f"this account may not delete the files in {folder}"
             if _pinned(fd):
                 return f"{folder} is immutable or append-only"
@@ -242,8 +242,8 @@ def _undeletable(path: Path) -> str | None:
                         try:
                             file_fd = os.open(entry.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
                                               dir_fd=fd)
-                        except OSError:
-                            continue     # unreadable here: its folder decides whether it can go
+                        except OSError as exc:   # its flags cannot be read: an immutable file would stay
+                            return f"{folder}/{entry.name} cannot be checked ({exc.strerror or exc})"
                         try:
                             if _pinned(file_fd):
                                 return f"{folder}/{entry.name} is immutable or append-only"
@@ -298,7 +298,9 @@ def _delete_run(folder: Path, name: str) -> str | None:
                     return f"not deleted: its {TRAIN_LOCK_FILE} cannot be locked ({exc.strerror or exc})"
                 return "a trainer is writing it (it holds its lock): kept for now"
             try:
-                problem = _undeletable(path)
+                here, locked = os.lstat(path), os.fstat(dir_fd)
+                same = (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
+                problem = _undeletable(path) if same else "another folder was put in its place while it was locked"
             except (OSError, RecursionError) as exc:
                 problem = f"it changed while it was checked ({getattr(exc, 'strerror', None) or exc})"
             if problem:
@@ -382,32 +384,35 @@ def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) 
                 if why:
                     result.left[name] = why
         runs = [name for name in entries if dataset.VERSION_NAME.fullmatch(name) and is_real_folder(folder / name)]
-        recorded = [name for name in read_runs(home) if name in set(runs)]   # oldest first
+        run_set = set(runs)
+        recorded = [name for name in read_runs(home) if name in run_set]   # oldest first
         if keep <= 0:
             result.kept = runs
             return result
-        protected = set(protect)
-        while True:   # a kept run's warm start is kept too, and so on
-            kept, budget = set(protected), keep - len(protected & set(runs))
-            for name in reversed(recorded):      # newest first
-                if name in protected:
-                    continue
-                if budget > 0:
-                    kept.add(name)
-                    budget -= _has_model(folder / name)
-            kept |= set(runs) - set(recorded)
-            started_from = set().union(*(_started_from(home, folder / name) for name in kept)) & set(runs)
-            if started_from <= protected | kept:
-                break
-            protected |= started_from
-        for name in runs:
-            why = None if name in kept else _delete_run(folder, name)
-            if name not in kept and why is None:
-                result.deleted.append(name)
+        protected = set(protect) & run_set
+        kept, budget = set(protected), keep - len(protected)
+        for name in reversed(recorded):      # newest first
+            if name not in protected and budget > 0:
+                kept.add(name)
+                budget -= _has_model(folder / name)
+        kept |= run_set - set(recorded)
+        # a run that stays keeps the run it started from (its evaluation builds the untrained model there again);
+        # one level only, so a chain of weekly warm starts does not keep every run for good
+        starts = {name: _started_from(home, folder / name) & run_set for name in kept}
+        kept |= set().union(*starts.values())
+        deleted: list[str] = []
+        for name in reversed(recorded):      # newest first: a run left in place keeps its warm start
+            if name in kept:
                 continue
-            result.kept.append(name)
-            if why is not None:
-                result.left[name] = why
+            why = _delete_run(folder, name)
+            if why is None:
+                deleted.append(name)
+                continue
+            result.left[name] = why
+            kept.add(name)
+            kept |= _started_from(home, folder / name) & (run_set - set(deleted))
+        result.deleted = sorted(deleted)
+        result.kept = [name for name in runs if name not in deleted]
         if result.deleted:
             problem = _write_runs(home, [name for name in read_runs(home) if name not in result.deleted])
             if problem:

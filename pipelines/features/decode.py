@@ -315,7 +315,8 @@ def png_problem(data: bytes, width: int, height: int, inflate: bool = True) -> s
     Pillow (each lenient in its own ways) are given the same PNGs: every chunk inside the file with its CRC
     right (libspng is built here to ignore CRCs, Pillow skips the image data's); the critical chunks only IHDR
     (first), PLTE, IDAT and IEND (Pillow skips an unknown one); a palette before the image data of an indexed PNG
-    (Pillow invents one); the IDATs one after another.
+    (Pillow invents one), at most one, 3 bytes a colour, 1 to 2^bits colours (none in a grayscale PNG: libspng
+    refuses what Pillow reads); the IDATs one after another.
 
     With ``inflate`` (Pillow's path, which fills missing rows with black), also their zlib stream: it must
     inflate without error to at least the scanlines IHDR declares (libspng refuses fewer itself, so its path
@@ -362,6 +363,13 @@ def png_problem(data: bytes, width: int, height: int, inflate: bool = True) -> s
             if seen_idat:
                 idat_done = True
             if kind == b"PLTE":
+                entries, rest = divmod(length, 3)
+                if palette or seen_idat:
+                    return "a second PLTE chunk, or one after the image data"
+                if colour in (0, 4):
+                    return "a PLTE chunk in a grayscale PNG"
+                if rest or not 1 <= entries <= (1 << bits if colour == 3 else 256):
+                    return f"a PLTE chunk of {length} bytes (3 a colour, 1 to {1 << bits if colour == 3 else 256} colours)"
                 palette = True
             elif kind == b"IEND":
                 break

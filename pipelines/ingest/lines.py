@@ -13,7 +13,7 @@ import stat
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 RAW_TEXT_BYTES = 64 * 1024   # the first bytes of a rejected line kept in the quarantine's raw_text
 # Finds every "image_uid": "<uuid>" member in raw bytes without parsing (reference check).
@@ -56,6 +56,7 @@ class RawFile:
         self.max_bytes = max_bytes      # decompressed bytes yielded at most (ingest.max_file_bytes)
         self.max_lines = max_lines      # lines yielded at most (ingest.max_file_lines)
         self.lines_out = 0
+        self.cut = False                # a limit stopped the read (what was read depends on the limits)
         self.status = "ok"
         self.error: str | None = None
         self.file_bytes = 0
@@ -95,6 +96,7 @@ class RawFile:
                                 self.output_bytes += len(out)
                                 yield out
                             if cut:
+                                self.cut = True
                                 self._fail(cut)
                                 break
                         if decomp.eof:
@@ -113,6 +115,7 @@ class RawFile:
                 except zlib.error:
                     tail = b""
                 tail, cut = self._capped(tail) if tail else (tail, None)
+                self.cut = self.cut or cut is not None
                 if tail:
                     self.output_bytes += len(tail)
                     yield tail
@@ -124,7 +127,8 @@ class RawFile:
             self.file_sha256 = digest.hexdigest()
 
     def _capped(self, out: bytes) -> tuple[bytes, str | None]:
-        """``out`` cut at ``max_bytes`` / ``max_lines`` (a cut ends after a line's newline), and why it was cut."""
+        """``out`` cut at ``max_bytes`` (the line it cuts into is dropped by :func:`iter_lines`) or after the
+        ``max_lines``-th newline, and why it was cut (None: not cut)."""
         why = None
         if self.max_bytes is not None and self.output_bytes + len(out) > self.max_bytes:
             out = out[:self.max_bytes - self.output_bytes]
@@ -191,10 +195,13 @@ def _os_reason(exc: OSError) -> str:
     return exc.strerror or type(exc).__name__
 
 
-def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[int, bytes | OverlongLine]]:
+def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
+               cut_short: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes | OverlongLine]]:
     """Number the lines (1-based) of a byte stream; a line over ``max_line_bytes`` becomes ``OverlongLine``.
 
-    The text after the last newline counts as a line when it is not empty (a truncated file's tail).
+    The text after the last newline counts as a line when it is not empty (a truncated file's tail), unless
+    ``cut_short()`` says a limit stopped the stream (``RawFile.cut``): then it is the start of a line that was
+    not read, and is dropped (the file's ``unreadable_file`` row says where the read stopped).
     """
     number = 0
     carry = b""
@@ -229,6 +236,8 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[i
             long_prefix = carry[:RAW_TEXT_BYTES]
             long_len = len(carry)
             carry = b""
+    if cut_short is not None and cut_short():
+        return
     if long_hash is not None:
         number += 1
         yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
@@ -241,11 +250,13 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int) -> Iterator[tuple[i
 
 
 def spelled_image_uid(data: bytes) -> str | None:
-    """The ``image_uid`` of one JSON line that the byte search (``IMAGE_UID_MEMBER_RE``) does not find, decoded as
-    JSON: a member spelled with an escape in its name or value (``"image\\u005fuid"``) or with more blanks around
-    the colon. None when the search finds a member (the tap has it), when the line cannot hold one (no backslash
-    and no literal ``image_uid``), or when it is not a JSON object with a canonical uid there."""
-    if IMAGE_UID_MEMBER_RE.search(data) or (b"\\" not in data and b"image_uid" not in data):
+    """The top-level ``image_uid`` of one JSON line, decoded as JSON, when the byte search
+    (``IMAGE_UID_MEMBER_RE``) may have missed it: a member spelled with an escape in its name or value
+    (``"image\\u005fuid"``), or with more blanks around the colon than the search allows (the literal name
+    appears more often than the search matched, e.g. beside a nested object's plain one). None for a line the
+    search reads whole (no backslash, every literal name matched), or one that is not a JSON object with a
+    canonical uid there."""
+    if b"\\" not in data and data.count(b"image_uid") <= len(IMAGE_UID_MEMBER_RE.findall(data)):
         return None
     try:
         value = json.loads(data)

@@ -57,6 +57,7 @@ class TableRun:
         self.conflicting: set = set()                       # keys with two or more different versions
         self.home = home
         self.identity: tuple[int, int, int, int] | None = None   # the raw file as the first pass opened it
+        self.cut = False                                    # ingest.max_file_bytes / max_file_lines stopped the read
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | lines.OverlongLine | None) -> None:
         if data is None:
@@ -171,7 +172,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         parse = parser.parse
         max_bytes = config.max_line_bytes
         number = 0
-        for number, data in lines.iter_lines(chunks, max_bytes):
+        for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut):
             if type(data) is not bytes:
                 if index == 0:
                     run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
@@ -199,6 +200,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
         _resolve_repeats(run, PRIMARY_KEYS[table])
     run.identity = raw.identity
+    run.cut = raw.cut
     report.status = raw.status
     report.error = raw.error
     report.file_sha256 = raw.file_sha256
@@ -255,7 +257,7 @@ def fill_pending(run: TableRun, max_line_bytes: int, config: IngestConfig | None
     raw = open_raw(run.home, run.path, expect=run.identity, config=config)   # the file the first pass read, or nothing
     wanted = run.pending
     chunks = raw.chunks() if raw.status == "ok" and run.identity is not None else iter(())
-    for number, data in lines.iter_lines(chunks, max_line_bytes):
+    for number, data in lines.iter_lines(chunks, max_line_bytes, lambda: raw.cut):
         if number in wanted:
             reason, detail = wanted.pop(number)
             run.quarantine.add_line(number, reason, detail, data)

@@ -55,7 +55,8 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestCon
     stat = stat_key(path)
     found: set[str] = set()
     lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
-    write_uid_index(home, day, found, raw.file_sha256, stat)
+    if not raw.cut:    # a read a limit stopped depends on the limits: never kept for another run's
+        write_uid_index(home, day, found, raw.file_sha256, stat)
     return found & wanted
 
 

@@ -1,5 +1,5 @@
 """Hostile review rev17b of the seventeenth session's new code: model run retention v2, the ingest file caps
-and identity check, the PNG structure check. Each test is a confirmed defect, a strict xfail until fixed."""
+and identity check, the PNG structure check. Each test was a confirmed defect (filed as a strict xfail), fixed since."""
 from __future__ import annotations
 
 import gzip
@@ -42,9 +42,6 @@ def _warm_start(home: DataHome, run: str, source: str) -> None:
         path.write_text(json.dumps({"init_from": f"home:models/preference_model/{source}/best"}))
 
 
-@pytest.mark.xfail(strict=True, reason="apply_run_retention's fixpoint loop: a run kept in a first pass adds its "
-                   "warm start to `protected`, then is dropped from `kept` in the next pass (the budget shrank), "
-                   "while the warm start it pulled in stays: the newer run is deleted, its now useless source kept")
 def test_a_warm_start_is_not_kept_for_a_run_retention_deletes(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     a, b, c, d = (_name(day) for day in (1, 2, 3, 4))
@@ -57,10 +54,6 @@ def test_a_warm_start_is_not_kept_for_a_run_retention_deletes(tmp_path: Path) ->
     assert not (c in result.deleted and b in result.kept), result
 
 
-@pytest.mark.xfail(strict=True, reason="apply_run_retention protects the warm starts of the runs it chose to keep, "
-                   "not of the runs it had to leave (a trainer holds the lock, a check failed): a run left in place "
-                   "loses its init_from source in the same pass, and its evaluation rebuilds the untrained model from "
-                   "there")
 def test_the_warm_start_of_a_run_left_in_place_is_not_deleted(tmp_path: Path) -> None:
     import fcntl
     home = DataHome(tmp_path / "home")
@@ -79,9 +72,6 @@ def test_the_warm_start_of_a_run_left_in_place_is_not_deleted(tmp_path: Path) ->
 
 
 @needs_root
-@pytest.mark.xfail(strict=True, reason="_undeletable skips the immutable check of a file this account cannot open "
-                   "('its folder decides'), but FS_IMMUTABLE_FL forbids the unlink whatever the folder allows: the "
-                   "run is renamed and half deleted, '.deleting-<v>' stays with the file in it")
 def test_an_immutable_file_this_account_cannot_read_leaves_the_run_whole() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="pickapic-rev17b-"))
     os.chmod(tmp, 0o777)
@@ -113,10 +103,6 @@ def _day(tmp_path: Path, images: int = 4) -> tuple[DataHome, dict[str, Path]]:
     return home, builder.write(home)
 
 
-@pytest.mark.xfail(strict=True, reason="uidindex.raw_image_uids writes the day's uid index from a read that "
-                   "ingest.max_file_lines / max_file_bytes cut short, keyed only by the raw file's stat and sha256: "
-                   "a later lookup under other limits gets the cut answer, so the reference check depends on which "
-                   "limits an earlier run had")
 def test_the_uid_index_of_a_cut_read_is_not_reused_under_other_limits(tmp_path: Path) -> None:
     home, paths = _day(tmp_path)
     uids = {json.loads(line)["image_uid"] for line in gzip.decompress(paths["images"].read_bytes()).splitlines()}
@@ -124,9 +110,6 @@ def test_the_uid_index_of_a_cut_read_is_not_reused_under_other_limits(tmp_path: 
     assert raw_image_uids(home, DAY, uids, IngestConfig()) == uids                      # no limit reached now
 
 
-@pytest.mark.xfail(strict=True, reason="RawFile._capped cuts ingest.max_file_bytes at the byte, not after a line's "
-                   "newline as its docstring says: the cut line's prefix is ingested as a line of its own and "
-                   "quarantined as malformed_json (blaming the export), besides the unreadable_file row")
 def test_a_byte_limit_inside_a_line_does_not_quarantine_half_a_line(tmp_path: Path) -> None:
     home, paths = _day(tmp_path)
     first = gzip.decompress(paths["rankings"].read_bytes()).index(b"\n") + 1
@@ -136,9 +119,6 @@ def test_a_byte_limit_inside_a_line_does_not_quarantine_half_a_line(tmp_path: Pa
     assert reasons == ["unreadable_file"], rows
 
 
-@pytest.mark.xfail(strict=True, reason="lines.spelled_image_uid returns None whenever the byte search matches "
-                   "anywhere in the line, even an image_uid member of a nested object: the line's own top-level "
-                   "image_uid, spelled with an escape, is then in no uid set (tap or decode)")
 def test_a_spelled_top_level_uid_is_found_beside_a_nested_plain_one() -> None:
     nested, own = "11111111-1111-4111-8111-111111111111", "22222222-2222-4222-8222-222222222222"
     line = ('{"image_id": 7, "meta": {"image_uid": "%s"}, "image\\u005fuid": "%s"}' % (nested, own)).encode()
@@ -172,10 +152,6 @@ def _outcome(data: bytes) -> str:
     return "accepted"
 
 
-@pytest.mark.xfail(strict=True, reason="png_problem only asks that a PLTE chunk precede an indexed PNG's IDAT, "
-                   "not that it be valid (a multiple of 3 bytes, 1 to 2^bits entries): libspng (IDAT last) refuses "
-                   "such a palette, Pillow (an ancillary chunk after IDAT) accepts it: the outcome depends on the "
-                   "chunk layout")
 @pytest.mark.parametrize("palette, bits", [(bytes(4), 8), (b"", 8), (bytes(3 * 16), 1)],
                          ids=["length-4", "empty", "16-entries-at-1-bit"])
 def test_an_invalid_palette_gets_one_outcome_whatever_its_chunk_layout(palette: bytes, bits: int) -> None:
