@@ -373,6 +373,9 @@ def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) 
                 raise
             result.left["*"] = "another training of `latest` is running: runs are deleted after the next one"
             return result
+        protect = set(protect)
+        with contextlib.suppress(OSError, FileNotFoundError):
+            protect.add(dataset.resolve_version(home).name)   # `latest` now, read with the runs lock held
         entries = sorted(os.listdir(folder))
         for name in entries:   # an earlier retention's leftovers (it died while deleting)
             if HIDDEN_RUN.fullmatch(name) and is_real_folder(folder / name):

@@ -17,7 +17,8 @@ extension_mismatch  the bytes are an image of another format than the extension 
                     (``.png`` must be PNG; ``.jpg``/``.jpeg`` JPEG; ``.webp`` WEBP), or the
                     extension is none of these.
 decompression_bomb  the header declares more than ``max_pixels`` pixels (default 4096 x 4096),
-                    checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits.
+                    checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits,
+                    and a PNG of more than 65,536 chunks (seconds of parsing for nothing).
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
 bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
                     above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
@@ -265,7 +266,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     if fmt == "PNG":   # libspng checks the image data's length itself: the inflate is only for Pillow's path
         problem = png_problem(data, width, height, inflate=not libspng_decodes(data))
         if problem:
-            raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r}: {problem}")
+            reason = DECOMPRESSION_BOMB if problem.startswith(TOO_MANY_CHUNKS) else TRUNCATED_IMAGE
+            raise ImageRejected(reason, f"{relpath!r}: {problem}")
     try:
         if fmt == "PNG" and libspng_decodes(data):
             pixels = pyspng.load(data, format="RGB")
@@ -294,6 +296,8 @@ def sniff_format(data: bytes) -> str | None:
 
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # colour type -> samples a pixel
+MAX_PNG_CHUNKS = 65_536   # libpng writes 8 KiB IDATs: a 64 MiB PNG has about 8,000 chunks
+TOO_MANY_CHUNKS = "more than"
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
@@ -332,7 +336,11 @@ def png_problem(data: bytes, width: int, height: int, inflate: bool = True) -> s
     inflater = zlib.decompressobj()
     inflated = 0
     position, seen_idat, idat_done, palette = 8, False, False, False
+    chunks = 0
     while True:
+        chunks += 1
+        if chunks > MAX_PNG_CHUNKS:   # a file of a million empty chunks costs Pillow seconds to walk
+            return f"{TOO_MANY_CHUNKS} {MAX_PNG_CHUNKS} chunks (a PNG encoder writes a few thousand at most)"
         if position + 12 > len(data):
             return "it ends inside a chunk (truncated), before IEND"
         length = int.from_bytes(data[position:position + 4], "big")
