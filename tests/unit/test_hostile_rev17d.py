@@ -114,3 +114,36 @@ def test_a_flood_of_near_identical_images_is_one_cluster():
     clusters, report = cluster_features(con, DedupConfig())
     ids = collections.Counter(clusters.column("cluster_id").to_pylist())
     assert len(ids) == 1, f"{len(ids)} clusters for 3,000 mutual near duplicates (largest {report.largest_cluster})"
+
+
+# --- 5. moderation phrases inside Chinese / Japanese text, which has no spaces between words --------------------------
+
+@pytest.mark.xfail(strict=True, reason="rev17d: the phrase RE2 needs a non-letter either side, and CJK ideographs and "
+                                       "kana are letters: a CJK phrase is never matched inside CJK text (written "
+                                       "without spaces), nor a Latin phrase glued to it")
+def test_a_moderation_phrase_inside_unspaced_cjk_text_is_matched():
+    prompts = ["一个裸体女人",          # 'a nude woman' (Chinese: no spaces between words)
+               "全裸の女性",            # 'a fully naked woman' (Japanese)
+               "一个nude女人"]          # a Latin phrase between ideographs: a word boundary by UAX #29
+    got = _matches(prompts, ["裸体", "全裸", "nude"])
+    assert got == {(0, "裸体"), (1, "全裸"), (2, "nude")}
+
+
+# --- 6. the fallback key of a prompt of emoji / punctuation only ----------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="rev17d: a prompt that keys to nothing keys on its visible text behind '#', "
+                                       "with whitespace between symbols, punctuation and skin-tone modifiers kept, "
+                                       "so emoji prompts differing only by those get different keys")
+@pytest.mark.parametrize("typed_first, retyped", [
+    ("🦊🦊", "🦊 🦊"),          # whitespace only
+    ("🦊", "🦊!"),             # trailing punctuation only (the main key drops it: 'a red fox!' is 'a red fox')
+    ("👍", "👍🏻"),             # a skin-tone modifier (a separator in the main key)
+])
+def test_an_emoji_prompt_retyped_with_spaces_or_punctuation_is_not_kept_in_train(tmp_path, typed_first, retyped):
+    home = DataHome(tmp_path)
+    write_pairs(home, [pair_row(1, USERS["test"][0], typed_first, "k1", "k2", day=0),
+                       pair_row(2, USERS["train"][0], retyped, "k3", "k4", day=1)])
+    build_splits(home, CFG)
+    rows = [r for r in pq.read_table(home.table_file("split_pairs")).to_pylist() if not r["split"].endswith("_unique")]
+    kept = {r["split"] for r in rows}
+    assert kept == {"test"}, f"{typed_first!r} kept in test and {retyped!r} in train: {sorted(kept)}"
