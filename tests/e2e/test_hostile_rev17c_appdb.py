@@ -120,3 +120,22 @@ def test_a_fifo_in_the_counts_cache_neither_hangs_the_export_nor_holds_the_locks
         pytest.fail("the export of 2023-03-04 hung on a FIFO at HOME/cache/app_export_counts/dt=2023-03-01.json"
                     + blocked)
     assert "exported" in out
+
+
+# --- 3. LOCK TABLE refuses relations a SELECT reads: app tables served as materialized views now fail -------
+
+@pytest.mark.xfail(strict=True, reason="lock_tables runs LOCK TABLE on the four app relations, which PostgreSQL "
+                                       "refuses for a materialized view (and a foreign table): an app database "
+                                       "the export read until rev17 (check_tables accepts any relation with the "
+                                       "columns) now fails every export with 'cannot lock relation \"users\"'")
+def test_app_tables_served_as_materialized_views_still_export(postgres_server, tmp_path):  # noqa: F811
+    dsn = _app_db(postgres_server)
+    with psycopg.connect(dsn) as conn:   # a reporting copy: the app's tables in schema base, refreshed views in public
+        conn.execute("CREATE SCHEMA base")
+        for table in ("users", "images", "rankings", "downloads"):
+            conn.execute(f"ALTER TABLE public.{table} SET SCHEMA base")
+            conn.execute(f"CREATE MATERIALIZED VIEW public.{table} AS SELECT * FROM base.{table}")
+        conn.execute("INSERT INTO base.rankings (created_at, user_id, prompt) VALUES ('2023-03-01 12:00', 1, 'p')")
+        conn.execute("REFRESH MATERIALIZED VIEW public.rankings")
+    report = export_day(DataHome.at(tmp_path / "home"), dsn, "2023-03-01")
+    assert report.tables["rankings"].rows == 1
