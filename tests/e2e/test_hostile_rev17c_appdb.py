@@ -139,3 +139,24 @@ def test_app_tables_served_as_materialized_views_still_export(postgres_server, t
         conn.execute("REFRESH MATERIALIZED VIEW public.rankings")
     report = export_day(DataHome.at(tmp_path / "home"), dsn, "2023-03-01")
     assert report.tables["rankings"].rows == 1
+
+
+# --- 4. LOCK TABLE needs table-level SELECT: a least-privilege role with column grants now fails ----------
+
+@pytest.mark.xfail(strict=True, reason="LOCK TABLE ... IN ACCESS SHARE MODE needs SELECT on the whole table; a role "
+                                       "granted SELECT on the exported columns only (the users table's password "
+                                       "hash withheld) read every column the export needs until rev17, and now "
+                                       "every export fails with 'permission denied for table users'")
+def test_a_role_with_column_grants_on_the_exported_columns_still_exports(postgres_server, tmp_path):  # noqa: F811
+    dsn = _app_db(postgres_server)
+    role = f"exporter_{os.getpid()}_{next(_names)}"
+    with psycopg.connect(dsn) as conn:
+        conn.execute("ALTER TABLE users ADD COLUMN password_hash text")       # the app's own column, withheld
+        conn.execute("INSERT INTO users VALUES (1, '2023-03-01 10:00', 'a@example.org', 'A', 'pbkdf2$...')")
+        conn.execute("INSERT INTO rankings (created_at, user_id, prompt) VALUES ('2023-03-01 12:00', 1, 'p')")
+        conn.execute(f'CREATE ROLE "{role}" LOGIN PASSWORD \'export-pw\'')
+        conn.execute(f'GRANT SELECT (user_id, created_at, email, name) ON users TO "{role}"')
+        conn.execute(f'GRANT SELECT ON images, rankings, downloads TO "{role}"')
+    role_dsn = psycopg.conninfo.make_conninfo(dsn, user=role, password="export-pw")
+    report = export_day(DataHome.at(tmp_path / "home"), role_dsn, "2023-03-01")
+    assert report.tables["users"].rows == 1 and report.tables["rankings"].rows == 1
