@@ -56,7 +56,7 @@ def _export_peak(dsn: str, home: Path, day: str) -> int:
 @pytest.mark.xfail(strict=True, reason="fetch_plan sizes fetches by octet_length of the server's text, but a "
                                        "control character becomes a 6-byte JSON escape (\\u0001) in the line: "
                                        "a fetch of '4 MiB' of such text is 24 MiB of lines, and memory grows ~8x")
-def test_text_of_control_characters_does_not_multiply_the_fetch_memory(postgres_server, tmp_path):  # noqa: F811
+def test_text_of_control_characters_does_not_multiply_the_fetch_memory(postgres_server, tmp_path):
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
         conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) SELECT g, "
@@ -91,7 +91,7 @@ print("exported", sorted(report.late))
                                        "Path.read_text, following links and opening a FIFO blocking: the export "
                                        "waits forever inside its transaction, holding ACCESS SHARE on the app "
                                        "tables (idle_in_transaction_session_timeout = 0), so migrations block")
-def test_a_fifo_in_the_counts_cache_neither_hangs_the_export_nor_holds_the_locks(postgres_server,  # noqa: F811
+def test_a_fifo_in_the_counts_cache_neither_hangs_the_export_nor_holds_the_locks(postgres_server,
                                                                                 tmp_path):
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
@@ -128,7 +128,7 @@ def test_a_fifo_in_the_counts_cache_neither_hangs_the_export_nor_holds_the_locks
                                        "refuses for a materialized view (and a foreign table): an app database "
                                        "the export read until rev17 (check_tables accepts any relation with the "
                                        "columns) now fails every export with 'cannot lock relation \"users\"'")
-def test_app_tables_served_as_materialized_views_still_export(postgres_server, tmp_path):  # noqa: F811
+def test_app_tables_served_as_materialized_views_still_export(postgres_server, tmp_path):
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:   # a reporting copy: the app's tables in schema base, refreshed views in public
         conn.execute("CREATE SCHEMA base")
@@ -147,7 +147,7 @@ def test_app_tables_served_as_materialized_views_still_export(postgres_server, t
                                        "granted SELECT on the exported columns only (the users table's password "
                                        "hash withheld) read every column the export needs until rev17, and now "
                                        "every export fails with 'permission denied for table users'")
-def test_a_role_with_column_grants_on_the_exported_columns_still_exports(postgres_server, tmp_path):  # noqa: F811
+def test_a_role_with_column_grants_on_the_exported_columns_still_exports(postgres_server, tmp_path):
     dsn = _app_db(postgres_server)
     role = f"exporter_{os.getpid()}_{next(_names)}"
     with psycopg.connect(dsn) as conn:
