@@ -40,6 +40,7 @@ from pathlib import Path
 
 import duckdb
 import pyarrow as pa
+import regex
 
 from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
@@ -66,6 +67,13 @@ def short_model_name(model_id: str) -> str:
 
 
 _WORD = r"[^\pL\pN_]"  # RE2: a character that is not a letter, digit or underscore (Unicode-aware)
+# Scripts written without spaces between words: a letter of one is never "inside a longer word" of another script's
+# phrase, and a phrase in one matches inside a run of its text (Unicode word breaks: a change of script is a boundary).
+_UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
+_UNSPACED = "".join(rf"\p{{{name}}}" for name in _UNSPACED_SCRIPTS)
+_BEFORE = rf"(?:^|{_WORD}|[{_UNSPACED}])"     # RE2: what may come before a phrase that starts with a spaced-script letter
+_AFTER = rf"(?:$|{_WORD}|[{_UNSPACED}])"
+_UNSPACED_CHAR = regex.compile(rf"[{_UNSPACED}]")
 
 
 # The defaults of the one NSFW policy (``curation.nsfw_classes`` / ``curation.nsfw_threshold``): explicit
@@ -197,12 +205,27 @@ def phrase_body(phrase: str) -> str:
     return "".join(out)
 
 
+def _bounded(ch: str) -> bool:
+    """Whether a phrase starting (ending) with ``ch`` must not continue a word there: a letter, digit or underscore
+    of a script written with spaces. A symbol or emoji is never part of a word (``big🍆`` holds ``🍆``), and a
+    letter of an unspaced script (Chinese, Japanese, Thai, ...) has no word boundary to wait for."""
+    return (ch.isalnum() or ch == "_") and not _UNSPACED_CHAR.match(ch)
+
+
 def phrase_pattern(phrases: list[str]) -> str:
-    """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty)."""
+    """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty): a
+    phrase whose first (last) character is a letter or digit of a spaced script needs a non-letter, the text's
+    start (end) or a letter of an unspaced script before (after) it; one that starts (ends) with a symbol or an
+    unspaced script's letter needs nothing there."""
     if not phrases:
         return r"[^\s\S]"
-    bodies = "|".join(phrase_body(p) for p in sorted(phrases, key=lambda p: (-len(p), p)))
-    return rf"(?i)(?:^|{_WORD})(?:{bodies})(?:$|{_WORD})"
+    branches = []
+    for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
+        stripped = phrase.strip()
+        before = _BEFORE if stripped and _bounded(stripped[0]) else ""
+        after = _AFTER if stripped and _bounded(stripped[-1]) else ""
+        branches.append(f"{before}(?:{phrase_body(phrase)}){after}")
+    return "(?i)(?:" + "|".join(branches) + ")"
 
 
 def phrases_table(phrases: list[str]) -> pa.Table:

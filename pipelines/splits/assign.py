@@ -198,7 +198,16 @@ def normalize_prompt(text: str) -> str:
     Cyrillic capital is folded as the Latin capital it looks like; small capitals as their letters), NFC,
     case-folded, NFC, whitespace collapsed."""
     key = _folded(_spaced(_BRACKETS.sub(" ", _visible(_read_symbols(text)))))
-    return key if key else "#" + " ".join(_fold_case(_visible(text)).split())
+    return key if key else _symbol_key(text)
+
+
+def _symbol_key(text: str) -> str:
+    """The key of a prompt of nothing but symbols (emoji): ``#`` and its visible symbols, case folded, without
+    what the main key also drops between them (whitespace, punctuation, skin-tone modifiers), so ``🦊 🦊``,
+    ``🦊🦊!`` and ``🦊🦊`` (and ``👍🏻``, ``👍``) key alike; a prompt of punctuation alone keys on its text."""
+    visible = _fold_case(_visible(text))
+    core = _SYMBOL_KEY_DROPS.sub("", visible)
+    return "#" + (core if core else " ".join(visible.split()))
 
 
 def moderation_key(text: str) -> str:
@@ -208,7 +217,7 @@ def moderation_key(text: str) -> str:
     spaces and punctuation between words change nothing. Empty for a prompt of nothing but those."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.encode("ascii").translate(_ascii_punctuation_to_space()).decode("ascii").lower().split())
-    return _folded(_spaced(_visible(_read_symbols(text))))
+    return _folded(_spaced(_visible(_read_symbols(_display_order(text)))))
 
 
 def moderation_text(text: str) -> str:
@@ -219,9 +228,19 @@ def moderation_text(text: str) -> str:
     its confusable prototype (a Cyrillic ``е``), case folded, whitespace collapsed."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.lower().split())
-    visible = _visible(_read_keycaps(text))
+    visible = _visible(_read_keycaps(_display_order(text)))
     folded = "".join(c if c.isascii() or not _LETTER_OR_DIGIT.match(c) else _prototype(c) for c in visible)
     return " ".join(_fold_case(unicodedata.normalize("NFC", folded)).split())
+
+
+def _display_order(text: str) -> str:
+    """Each run a RIGHT-TO-LEFT OVERRIDE (U+202E) forces right to left, up to its POP DIRECTIONAL FORMATTING
+    (U+202C), POP DIRECTIONAL ISOLATE (U+2069), a line break or the end, in the order it is shown: reversed
+    (``a \u202eedun\u202c`` shows, and is moderated, as ``a nude``). Moderation only: the prompt key and the
+    model read the characters as stored."""
+    if "\u202e" not in text:
+        return text
+    return _OVERRIDE_RUN.sub(lambda m: m.group(1)[::-1], text)
 
 
 def _read_symbols(text: str) -> str:
@@ -247,9 +266,14 @@ def _read_regional(text: str) -> str:
 
 
 def _visible(text: str) -> str:
-    """NFKC, blank-looking characters to spaces, invisibles out, NFC. Blanks first: the Hangul fillers are
-    default-ignorable too, and they read as the space they render as."""
-    return unicodedata.normalize("NFC", _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", text))))
+    """NFKC, blank-looking characters to spaces, invisibles and decorative marks out, NFC. Blanks first: the
+    Hangul fillers are default-ignorable too, and they read as the space they render as. Decorative marks
+    (:data:`_DECORATIVE_MARKS`: underlines, strokes and slashes through a letter, enclosing circles and squares)
+    are what "fancy text" generators put on every letter; they belong to no letter of any script."""
+    visible = _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", text)))
+    if not visible.isascii():
+        visible = _DECORATIVE_MARKS.sub("", visible)
+    return unicodedata.normalize("NFC", visible)
 
 
 def _spaced(text: str) -> str:
@@ -298,6 +322,16 @@ _REGIONAL_ANY = regex.compile("[\U0001F1E6-\U0001F1FF]")
 _REGIONAL = regex.compile(r"[\U0001F1E6-\U0001F1FF](?:[\p{Default_Ignorable_Code_Point}\p{Cf}]*[\U0001F1E6-\U0001F1FF])*")
 # A CJK square's word (NFKC of ㍻ is 平成): letters and digits, none of them ASCII letters (㎏ is kg: a unit symbol).
 _CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
+# Decorative combining marks, part of no letter: the enclosing marks (circle, square, diamond, keycap, ...; Me) and the
+# lines and overlays drawn through or under a letter (overline, low line, double low line, tilde / short / long
+# stroke overlays, short / long solidus overlays, double overline, long vertical line overlays, ring overlays, long
+# double solidus overlay). Accents (acute, grave, diaeresis, ...) stay: they make other words.
+_DECORATIVE_MARKS = regex.compile("[\\p{Me}\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da\u20e5"
+                                  "\u20e6\u20ea\u20eb]")
+# What the key of a prompt of symbols alone drops between them: whitespace, punctuation, skin-tone modifiers.
+_SYMBOL_KEY_DROPS = regex.compile("[\\s\\p{P}\U0001F3FB-\U0001F3FF]+")
+# A run a RIGHT-TO-LEFT OVERRIDE forces (to its POP DIRECTIONAL FORMATTING / ISOLATE, a line break or the end).
+_OVERRIDE_RUN = regex.compile("\u202e([^\u202c\u2069\n\r]*)[\u202c\u2069]?")
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 

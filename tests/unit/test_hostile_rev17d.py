@@ -33,8 +33,6 @@ def _matches(prompts: list[str], phrases: list[str]) -> set[tuple[int, str]]:
 
 # --- 1. an emoji moderation phrase glued to the word before it is not matched ----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev17d: phrase_pattern demands a non-letter before a phrase even when the "
-                                       "phrase starts with an emoji, so 'big🍆' hides the phrase '🍆'")
 def test_an_emoji_phrase_glued_to_a_word_is_matched():
     # an emoji is never part of a word: typing it right after a word (no space) is how it is usually typed
     prompts = ["a big🍆 please", "peach🍑 on a table", "a big 🍆 please"]
@@ -53,8 +51,6 @@ def _marked(text: str, mark: str) -> str:
 FANCY_MARKS = ["\u0332", "\u0336", "\u20dd"]
 
 
-@pytest.mark.xfail(strict=True, reason="rev17d: the moderation key keeps combining marks on ASCII letters, so a "
-                                       "phrase written as underlined or struck-through fancy text is not matched")
 @pytest.mark.parametrize("mark", FANCY_MARKS)
 def test_a_moderation_phrase_in_underlined_or_struck_through_letters_is_matched(mark):
     prompts = [f"a {_marked('nude', mark)} statue"]          # renders as 'a nude statue', underlined / struck through
@@ -66,9 +62,6 @@ USERS = users_by_home(CFG.salt, CFG.heldout_fraction, {"train": 2, "validation":
 PLAIN = "a red fox in the snow"
 
 
-@pytest.mark.xfail(strict=True, reason="rev17d: normalize_prompt keeps combining marks on ASCII letters, so a "
-                                       "held-out prompt retyped as underlined / struck-through fancy text by a train "
-                                       "user keys apart and is kept in train")
 @pytest.mark.parametrize("mark", FANCY_MARKS)
 def test_a_prompt_in_underlined_or_struck_through_letters_is_not_kept_in_train(tmp_path, mark):
     home = DataHome(tmp_path)
@@ -87,8 +80,6 @@ def test_a_prompt_in_underlined_or_struck_through_letters_is_not_kept_in_train(t
 
 # --- 3. a phrase reversed behind a right-to-left override ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev17d: format characters are removed from the moderation key but the text "
-                                       "they reorder is not put back in display order: '\\u202eedun' renders as 'nude'")
 def test_a_moderation_phrase_reversed_behind_a_right_to_left_override_is_matched():
     # U+202E RIGHT-TO-LEFT OVERRIDE ... U+202C POP DIRECTIONAL FORMATTING: every viewer of the caption reads
     # 'a nude statue'
@@ -118,9 +109,6 @@ def test_a_flood_of_near_identical_images_is_one_cluster():
 
 # --- 5. moderation phrases inside Chinese / Japanese text, which has no spaces between words --------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev17d: the phrase RE2 needs a non-letter either side, and CJK ideographs and "
-                                       "kana are letters: a CJK phrase is never matched inside CJK text (written "
-                                       "without spaces), nor a Latin phrase glued to it")
 def test_a_moderation_phrase_inside_unspaced_cjk_text_is_matched():
     prompts = ["一个裸体女人",          # 'a nude woman' (Chinese: no spaces between words)
                "全裸の女性",            # 'a fully naked woman' (Japanese)
@@ -131,9 +119,6 @@ def test_a_moderation_phrase_inside_unspaced_cjk_text_is_matched():
 
 # --- 6. the fallback key of a prompt of emoji / punctuation only ----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev17d: a prompt that keys to nothing keys on its visible text behind '#', "
-                                       "with whitespace between symbols, punctuation and skin-tone modifiers kept, "
-                                       "so emoji prompts differing only by those get different keys")
 @pytest.mark.parametrize("typed_first, retyped", [
     ("🦊🦊", "🦊 🦊"),          # whitespace only
     ("🦊", "🦊!"),             # trailing punctuation only (the main key drops it: 'a red fox!' is 'a red fox')
