@@ -12,17 +12,21 @@ from dataclasses import dataclass
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
-    "ingest": "2",        # 2: quarantine line_count / last_line_number, relative paths, late images
-    "features": "3",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "ingest": "3",        # 2: quarantine line_count / last_line_number, relative paths, late images
+                          # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
+    "features": "4",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+                          # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
     "dedup": "1",
-    "decisions": "3",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "4",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
+                          # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
     "pairs": "1",
-    "splits": "7",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "8",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
                           # 7: pins only what was published (from latest's split_pairs, or every retained version's sidecars); split_pairs records its salt
+                          # 8: decorative combining marks out of the key; a symbols-only key without spaces, punctuation, skin tones
     "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
