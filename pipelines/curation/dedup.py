@@ -317,8 +317,8 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     representatives = REPRESENTATIVES if representatives is None else representatives
     window = SAMPLED_WINDOW if window is None else window
     links = _Components(len(rid), PAIR_CHUNK if chunk is None else chunk)
-    in_sampled = np.zeros(len(rid), dtype=bool)
-    unchecked = np.zeros(len(rid), dtype=bool)
+    in_sampled = np.zeros(len(rid) if skip else 0, dtype=bool)   # nodes of the sampled buckets
+    unchecked = np.zeros(len(rid) if skip else 0, dtype=bool)    # and those within k of no representative
     for band, kind, shift, mask in zip(*(bands.column(c).to_pylist() for c in ("band", "hash_kind", "shift", "mask"))):
         values = (hashes[kind] >> np.uint64(shift)) & np.uint64(mask)
         if mask < 1 << 16:
