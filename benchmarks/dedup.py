@@ -12,6 +12,11 @@ every pair the brute force finds within distance ``bands - 1`` (the pigeonhole g
 distinct hashes within 3 and within 6 bits of one centre (every pair of the first within ``k``), with
 and without the bucket cap: seconds, peak numpy memory (tracemalloc) and clusters; writes
 ``benchmarks/results/dedup_flood.json``.
+
+``python -m benchmarks.dedup --bucket 20000,65000``: the cost of one band bucket over the cap holding
+that many far-apart hashes (sharing 16 bits, random otherwise) plus a flood of 3,000 hashes within 3
+bits of one of them: the near search verifying every pair (within ``EXACT_PAIR_BUDGET``) and linking the
+bucket through representatives (past it); writes ``benchmarks/results/dedup_bucket.json``.
 """
 from __future__ import annotations
 
@@ -24,11 +29,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from pipelines.curation import dedup
 from pipelines.curation.dedup import PHASH_DC_BIT, DedupConfig, cluster_features
 from pipelines.sqlrun import connect
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dedup.json"
 FLOOD_RESULTS = RESULTS.with_name("dedup_flood.json")
+BUCKET_RESULTS = RESULTS.with_name("dedup_bucket.json")
 
 
 def synthetic_hashes(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -98,6 +105,7 @@ def run(n: int, brute_n: int, config: DedupConfig) -> dict:
         "n": n, "config": {"k": config.k, "bands": config.bands, "dhash_bands": config.dhash_bands},
         "banded_seconds": round(banded_s, 3),
         "banded_near_edges": report.near_edges, "giant_buckets": len(report.giant_buckets),
+        "sampled_buckets": report.sampled_buckets,
         "clusters_with_duplicates": report.clusters_with_duplicates, "largest_cluster": report.largest_cluster,
         "brute_n": brute_n, "brute_seconds_subsample": round(brute_s, 3),
         "banded_seconds_subsample": round(banded_sub_s, 3),
@@ -138,8 +146,44 @@ def run_flood(sizes: list[int]) -> list[dict]:
                 tracemalloc.stop()
                 results.append({"n": n, "radius": radius, "capped": capped, "seconds": round(seconds, 2),
                                 "peak_numpy_mb": round(peak / 2**20, 1), "near_edges": report.near_edges,
-                                "giant_buckets": len(report.giant_buckets), "largest_cluster": report.largest_cluster})
+                                "giant_buckets": len(report.giant_buckets), "sampled_buckets": report.sampled_buckets,
+                                "largest_cluster": report.largest_cluster})
                 print(json.dumps(results[-1]), flush=True)
+    return results
+
+
+def run_bucket(sizes: list[int], flood: int = 3000) -> list[dict]:
+    """One bucket of ``size`` hashes sharing their low 16 bits, ``flood`` of them within 3 bits of one
+    centre and the rest random: ``near_links`` verifying it pair by pair, and sampling it."""
+    from pipelines.curation.dedup import band_table, component_labels, near_links
+
+    bands = band_table(DedupConfig())
+    results = []
+    for size in sizes:
+        rng = np.random.default_rng(size)
+        phash = (rng.integers(0, 1 << 63, size, dtype=np.uint64) & ~np.uint64(0xFFFF)) | np.uint64(0x1234)
+        flips = np.uint64(1) << rng.integers(16, 63, (flood, 3)).astype(np.uint64)
+        phash[:flood] = phash[0] ^ flips[:, 0] ^ flips[:, 1] ^ flips[:, 2]
+        phash = np.unique(phash)
+        nodes = pa.table({"rid": np.arange(len(phash), dtype=np.int64), "phash": phash,
+                          "dhash": rng.integers(0, 1 << 63, len(phash), dtype=np.uint64)})
+        for method in ("exact", "sampled"):
+            giant = pa.table({"band": pa.array([0] if method == "sampled" else [], pa.int32()),
+                              "value": pa.array([0x1234] if method == "sampled" else [], pa.uint64())})
+            tracemalloc.start()
+            started = time.perf_counter()
+            links = near_links(nodes, bands, giant, DedupConfig().k)
+            seconds = time.perf_counter() - started
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            labels = component_labels(links.column("r0").to_numpy(), links.column("r1").to_numpy())
+            largest = int(np.unique(labels.column("label").to_numpy(), return_counts=True)[1].max(initial=0))
+            pairs = len(phash) * (len(phash) - 1) // 2
+            results.append({"bucket": len(phash), "method": method, "pairs": pairs,
+                            "within_budget": pairs <= dedup.EXACT_PAIR_BUDGET, "seconds": round(seconds, 2),
+                            "ns_per_pair": round(seconds / pairs * 1e9, 2), "peak_numpy_mb": round(peak / 2**20, 1),
+                            "largest_cluster": largest})
+            print(json.dumps(results[-1]), flush=True)
     return results
 
 
@@ -149,7 +193,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--brute-n", type=int, default=50_000)
     parser.add_argument("--flood", default=None, help="comma-separated flood sizes: run the flood benchmark instead")
+    parser.add_argument("--bucket", default=None, help="comma-separated bucket sizes: run the bucket benchmark instead")
     args = parser.parse_args(argv)
+    if args.bucket:
+        bucket = run_bucket([int(n) for n in args.bucket.split(",")])
+        BUCKET_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        BUCKET_RESULTS.write_text(json.dumps(bucket, indent=2) + "\n")
+        return
     if args.flood:
         flood = run_flood([int(n) for n in args.flood.split(",")])
         FLOOD_RESULTS.parent.mkdir(parents=True, exist_ok=True)

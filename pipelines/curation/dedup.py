@@ -15,7 +15,13 @@ is ``near_links`` in numpy):
 3. Images with an equal pHash (distance 0: blank or solid images, lossless re-encodes) are linked to their group's
    smallest member directly, so the join runs on distinct hash values only and a blank-image group
    costs O(n), not O(n^2). Buckets still holding more than ``max(min_bucket_cap,
-   max_bucket_fraction * N)`` distinct values are left out of the join and reported.
+   max_bucket_fraction * N)`` distinct values are reported (``giant_buckets``, with their ``method``) and
+   still verified pair by pair, smallest first, while their pairs add up to at most ``EXACT_PAIR_BUDGET``
+   (2^31, ~6.5 s here: one bucket of ~65,000). A bucket past that budget is not dropped either: it is
+   linked through greedy representatives and a pHash-order window (``_link_sampled``), which joins a
+   flood of hashes within ``k`` of one another into one component; the report counts these buckets and
+   their nodes. (Skipping every bucket over the cap, as before, split a flood of 3,000 near-identical
+   images into 144 clusters.)
 4. Candidates are verified on the full pHash distance (``<= k``) and merged into connected components
    ``PAIR_CHUNK`` pairs at a time, never all held, and a bucket of more than ``SETTLE_BUCKET``
    nodes leaves the scan once it is one component: a flood of distinct hashes within ``k`` of each
@@ -24,7 +30,7 @@ is ``near_links`` in numpy):
    all but a spanning tree of them join nothing. What is kept is one link per node to its
    component's smallest rid (``near_edges`` counts these). Memory is O(nodes + PAIR_CHUNK); time is
    still the candidate comparisons of buckets that never become one component (far-apart images
-   sharing a band value), bounded by the bucket cap as before. Exact groups (same sha256) add edges
+   sharing a band value), bounded by ``EXACT_PAIR_BUDGET`` for the buckets over the cap. Exact groups (same sha256) add edges
    to their smallest member.
 5. Connected components of the links and exact edges (``scipy.sparse.csgraph.connected_components``: one pass,
    O(images + edges), whatever the components' shape; only nodes that have an edge); the canonical
@@ -55,6 +61,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
@@ -104,11 +111,18 @@ class DedupReport:
     truth: dict | None = None
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
+    sampled_bucket_nodes: int = 0      # distinct hashes in buckets past EXACT_PAIR_BUDGET (linked by sampling)
+    sampled_unchecked_nodes: int = 0   # of those, within k of no representative
+
+    @property
+    def sampled_buckets(self) -> int:
+        return sum(1 for b in self.giant_buckets if b.get("method") == "sampled")
 
     def metadata(self) -> dict:
         """JSON-able values and markdown tables for the asset."""
         hist = "\n".join(f"| {size} | {count} |" for size, count in self.size_histogram.items())
-        buckets = "\n".join(f"| {b['band']} | {b['hash_kind']} | {b['value']} | {b['size']} |" for b in self.giant_buckets)
+        buckets = "\n".join(f"| {b['band']} | {b['hash_kind']} | {b['value']} | {b['size']} | {b.get('method', '')} |"
+                            for b in self.giant_buckets)
         meta = {
             "images": self.images,
             "exact_duplicate_images": self.exact_duplicate_images,
@@ -118,10 +132,13 @@ class DedupReport:
             "images_in_duplicate_clusters": self.images_in_duplicate_clusters,
             "largest_cluster": self.largest_cluster,
             "giant_buckets": len(self.giant_buckets),
+            "sampled_buckets": self.sampled_buckets,
+            "sampled_bucket_nodes": self.sampled_bucket_nodes,
+            "sampled_unchecked_nodes": self.sampled_unchecked_nodes,
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
-            "giant_bucket_table": "| band | hash | value | size |\n|---:|---|---:|---:|\n" + buckets,
+            "giant_bucket_table": "| band | hash | value | size | method |\n|---:|---|---:|---:|---|\n" + buckets,
         }
         if self.truth is not None:
             meta.update({f"truth_{key}": value for key, value in self.truth.items()})
@@ -150,6 +167,14 @@ def band_table(config: DedupConfig) -> pa.Table:
 
 PAIR_CHUNK = 1 << 18  # verified pairs held (16 bytes each) before they are merged into the components
 SETTLE_BUCKET = 64    # buckets above this size are dropped from the scan once they are one component
+# Buckets over the cap are still verified pair by pair, smallest first, while their pairs add up to at most
+# this many: ~3 ns a pair on 2 cores once a bucket holds tens of thousands of far-apart hashes (3.1 s for one
+# of 40,000, 6.4 s for 65,000: ``python -m benchmarks.dedup --bucket``); a flood of close hashes costs far less,
+# being one component after a few rounds. A bucket past the budget is linked through representatives
+# instead (``_link_sampled``) and reported.
+EXACT_PAIR_BUDGET = 1 << 31
+REPRESENTATIVES = 256  # most greedy representatives of a bucket past the budget
+SAMPLED_WINDOW = 16    # and its members are compared with this many neighbours in pHash order
 
 
 class _Components:
@@ -199,12 +224,12 @@ def _open_buckets(sorted_values: np.ndarray, roots: np.ndarray, d: int) -> np.nd
 
 
 def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarray, k: int,
-                  links: _Components, settle: bool) -> None:
-    """Add to ``links`` the pairs (i, i + d), d = 1, 2, ..., of ``order`` within runs of equal
-    ``sorted_values`` whose pHashes are within ``k``. With ``settle``, at d = 0, 1, 2, 4, ... the
-    links are merged and the buckets that are one component (or have no pairs left) are dropped."""
+                  links: _Components, settle: bool, max_d: int | None = None) -> None:
+    """Add to ``links`` the pairs (i, i + d), d = 1, 2, ... (up to ``max_d`` if given), of ``order`` within
+    runs of equal ``sorted_values`` whose pHashes are within ``k``. With ``settle``, at d = 0, 1, 2, 4, ...
+    the links are merged and the buckets that are one component (or have no pairs left) are dropped."""
     d = 0
-    while True:
+    while max_d is None or d < max_d:
         if d == 0 or (settle and d & (d - 1) == 0):
             if settle:
                 links.merge()
@@ -233,14 +258,49 @@ def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarra
         links.add(order[left], order[right])
 
 
-def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None) -> pa.Table:
+def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Components,
+                  representatives: int, window: int) -> np.ndarray:
+    """Link a bucket too large to verify pair by pair (``members``: its nodes, in rid order) without
+    dropping it: greedy representatives (the first member, then the first member not within ``k`` of
+    any representative so far, ..., at most ``representatives``) are compared with every member and
+    joined to all those within ``k``, and each member is compared with its ``window`` neighbours in pHash
+    order. A flood of images within ``k`` of one another is one component whenever one of its members
+    is a representative, which it is unless ``representatives`` far-apart hashes come first. Time and
+    memory are O(members * (representatives + window)), in blocks of ``PAIR_CHUNK`` comparisons.
+    Returns the members within ``k`` of no representative (their other pairs outside the window are
+    not compared)."""
+    uncovered = members
+    chosen = []
+    while len(uncovered) and len(chosen) < representatives:
+        chosen.append(uncovered[0])
+        uncovered = uncovered[np.bitwise_count(phash[uncovered] ^ phash[uncovered[0]]) > k]
+    if chosen:
+        reps = np.array(chosen, dtype=np.int64)
+        step = max(1, PAIR_CHUNK // len(reps))
+        for start in range(0, len(members), step):
+            block = members[start:start + step]
+            i, j = np.nonzero(np.bitwise_count(phash[block][:, None] ^ phash[reps][None, :]) <= k)
+            links.add(block[i], reps[j])
+    if window:
+        by_hash = members[np.argsort(phash[members], kind="stable")]
+        _scan_buckets(by_hash, np.zeros(len(by_hash), dtype=np.uint8), phash, k, links, settle=False, max_d=window)
+    return uncovered
+
+
+def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None,
+               representatives: int | None = None, window: int | None = None,
+               sampled: dict | None = None) -> pa.Table:
     """Near-duplicate links (r0 < r1): the nodes joined by pairs that share a band value and are within
     pHash distance ``k``, as one link from each such node (r1) to its component's smallest rid (r0).
 
     ``nodes`` (rid, phash, dhash): one row per distinct pHash (``sql/dedup_nodes.sql``). For each
     band the nodes are sorted by band value; a bucket is a run of equal values, and its pairs are
     visited as (i, i + d) for d = 1, 2, ... within runs, on contiguous arrays. Buckets listed in
-    ``giant`` (band, value) are skipped. The links have the components of all those pairs, but the
+    ``giant`` (band, value: those past ``EXACT_PAIR_BUDGET``) are left out of that scan and linked by
+    ``_link_sampled`` instead (``representatives`` and ``window``, default ``REPRESENTATIVES`` and
+    ``SAMPLED_WINDOW``; 0 and 0 skip them); ``sampled``, if given, is filled with the number of their
+    distinct members (``nodes``) and of those within ``k`` of no representative (``unchecked``).
+    The links have the components of all those pairs, but the
     pairs are never all held: they are merged into ``_Components`` ``chunk`` (default ``PAIR_CHUNK``) at a time, and a bucket
     of more than ``SETTLE_BUCKET`` nodes is dropped once it is one component (checked at d = 0, 1, 2,
     4, ...), since its remaining pairs cannot join anything. A flood of close hashes (thousands of
@@ -254,11 +314,22 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     skip: dict[int, list[int]] = {}
     for band, value in zip(giant.column("band").to_pylist(), giant.column("value").to_pylist()):
         skip.setdefault(int(band), []).append(int(value))
+    representatives = REPRESENTATIVES if representatives is None else representatives
+    window = SAMPLED_WINDOW if window is None else window
     links = _Components(len(rid), PAIR_CHUNK if chunk is None else chunk)
+    in_sampled = np.zeros(len(rid) if skip else 0, dtype=bool)   # nodes of the sampled buckets
+    unchecked = np.zeros(len(rid) if skip else 0, dtype=bool)    # and those within k of no representative
     for band, kind, shift, mask in zip(*(bands.column(c).to_pylist() for c in ("band", "hash_kind", "shift", "mask"))):
         values = (hashes[kind] >> np.uint64(shift)) & np.uint64(mask)
         if mask < 1 << 16:
             values = values.astype(np.uint16)  # numpy's stable argsort is a radix sort up to 16 bits
+        for value in skip.get(band, []):
+            members = np.flatnonzero(values == values.dtype.type(value))
+            in_sampled[members] = True
+            if representatives or window:
+                unchecked[_link_sampled(members, hashes["phash"], k, links, representatives, window)] = True
+            else:
+                unchecked[members] = True
         keep = ~np.isin(values, np.array(skip[band], dtype=values.dtype)) if band in skip else None
         members = np.flatnonzero(keep) if keep is not None else np.arange(len(values))
         order = members[np.argsort(values[members], kind="stable")]
@@ -272,6 +343,8 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         _scan_buckets(order[~big], sorted_values[~big], hashes["phash"], k, links, settle=False)
         _scan_buckets(order[big], sorted_values[big], hashes["phash"], k, links, settle=True)
     links.merge()
+    if sampled is not None:
+        sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()))
     smallest = np.full(len(rid), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(smallest, links.root, rid)
     r0 = smallest[links.root]
@@ -284,30 +357,53 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
 def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, DedupReport]:
     """Cluster the ``image_features`` view of ``con``; returns the duplicate_clusters table and counts."""
     started = time.perf_counter()
-    hashes, bands, giant = register_band_inputs(con, config)
-    near = near_links(run_sql(con, "dedup_nodes"), bands, giant, config.k)
+    hashes, bands, large = _band_inputs(con, config)
+    sampled: dict = {}
+    near = near_links(run_sql(con, "dedup_nodes"), bands, _past_budget(large), config.k, sampled=sampled)
     exact = run_sql(con, "dedup_exact_edges")
     edges = pa.concat_tables([near, exact.select(["r0", "r1"])])
     con.register("edges", edges)
     labels = component_labels(edges.column("r0").to_numpy(), edges.column("r1").to_numpy())
     con.register("labels", labels)
     clusters = cast_to_schema(run_sql(con, "dedup_clusters"), get_schema("duplicate_clusters"))
-    report = _report(con, clusters, hashes.num_rows, exact, near, giant, config)
+    report = _report(con, clusters, hashes.num_rows, exact, near, large, config)
+    report.sampled_bucket_nodes, report.sampled_unchecked_nodes = sampled["nodes"], sampled["unchecked"]
     report.seconds = time.perf_counter() - started
     return clusters, report
 
 
 def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
     """Compute and register in ``con`` what the near-duplicate search reads: the images' hashes
-    (``hashes``), the bands (``bands``) and the buckets over the cap (``giant_buckets``); returns the three."""
+    (``hashes``), the bands (``bands``) and the buckets over the cap (``giant_buckets``, with their
+    ``method``); returns the hashes, the bands and the buckets left out of the pair-by-pair scan
+    (``method = 'sampled'``: past ``EXACT_PAIR_BUDGET``)."""
+    hashes, bands, large = _band_inputs(con, config)
+    return hashes, bands, _past_budget(large)
+
+
+def _band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
     hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask})
     con.register("hashes", hashes)
     bands = band_table(config)
     con.register("bands", bands)
     cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * hashes.num_rows))
-    giant = run_sql(con, "dedup_band_buckets", {"cap": cap})
-    con.register("giant_buckets", giant)
-    return hashes, bands, giant
+    large = run_sql(con, "dedup_band_buckets", {"cap": cap})
+    large = large.append_column("method", pa.array(_bucket_methods(large.column("size").to_numpy()), pa.string()))
+    con.register("giant_buckets", large)
+    return hashes, bands, large
+
+
+def _bucket_methods(sizes: np.ndarray) -> list[str]:
+    """'exact' for the buckets over the cap that are still verified pair by pair (smallest first, while their
+    pairs add up to at most ``EXACT_PAIR_BUDGET``), 'sampled' for the rest. ``sizes`` is in the order of
+    ``sql/dedup_band_buckets.sql`` (size descending, then band, value), so the choice is deterministic."""
+    sizes = sizes.astype(np.int64)
+    pairs = np.cumsum((sizes * (sizes - 1) // 2)[::-1])[::-1]     # pairs of this bucket and every smaller one
+    return ["exact" if total <= EXACT_PAIR_BUDGET else "sampled" for total in pairs.tolist()]
+
+
+def _past_budget(large: pa.Table) -> pa.Table:
+    return large.filter(pc.equal(large.column("method"), "sampled"))
 
 
 def component_labels(r0: np.ndarray, r1: np.ndarray) -> pa.Table:

@@ -1,6 +1,7 @@
 """Duplicate clusters: precision/recall on planted duplicates, banding, capping, components, determinism."""
 from __future__ import annotations
 
+import collections
 import datetime
 import hashlib
 
@@ -171,7 +172,8 @@ def test_giant_bucket_is_capped_and_reported():
 
 def test_near_links_have_the_components_of_a_brute_force_bucket_scan():
     """The links join exactly the components of every pair sharing a band value outside the skipped
-    buckets within distance k: one link per joined node, to its component's smallest rid."""
+    buckets within distance k: one link per joined node, to its component's smallest rid (the skipped
+    bucket's sampling turned off: ``representatives=0, window=0``)."""
     import itertools
 
     import numpy as np
@@ -206,7 +208,7 @@ def test_near_links_have_the_components_of_a_brute_force_bucket_scan():
     want = component_labels(np.array([a for a, _ in expected]), np.array([b for _, b in expected])).to_pylist()
     want_links = sorted((r["label"], r["rid"]) for r in want if r["label"] != r["rid"])
     for chunk in (None, 1):   # 1: merged after every max(1, nodes) pairs
-        got = near_links(nodes, bands, giant, config.k, chunk=chunk)
+        got = near_links(nodes, bands, giant, config.k, chunk=chunk, representatives=0, window=0)
         assert list(zip(got.column("r0").to_pylist(), got.column("r1").to_pylist())) == want_links
     assert len(expected) > 100 and len(want_links) < len(expected)
 
@@ -320,3 +322,89 @@ def test_a_flood_of_close_hashes_is_clustered_in_bounded_memory():
     assert report.largest_cluster == 4000 and report.clusters_with_duplicates == 1 and not report.giant_buckets
     assert set(clusters.column("cluster_id").to_pylist()) == {min(r[0] for r in rows)}
     assert report.near_edges == 3999
+
+
+def test_buckets_over_the_cap_are_verified_pair_by_pair_and_reported():
+    """Rev17d: every bucket over the cap was skipped, so a flood of 3,000 near-identical images gave 144
+    clusters. Now a bucket over the cap is still verified pair by pair (within ``EXACT_PAIR_BUDGET``)."""
+    rng = np.random.default_rng(7)
+    ordinary = [int(h) | DC for h in rng.integers(0, 2**63, 200, dtype=np.uint64)]
+    ordinary.append(ordinary[0] ^ 0b1010)                          # one ordinary near pair
+    rows = _flood_rows(_flood(1500, 3, seed=4) + ordinary, "over-")
+    clusters, report, _ = _assert_same_as_reference(rows, DedupConfig(min_bucket_cap=100))
+    assert report.giant_buckets and {b["method"] for b in report.giant_buckets} == {"exact"}
+    assert report.largest_cluster == 1500 and report.clusters_with_duplicates == 2
+    meta = report.metadata()
+    assert meta["sampled_buckets"] == 0 and meta["sampled_bucket_nodes"] == 0
+    assert meta["giant_bucket_table"].splitlines()[0] == "| band | hash | value | size | method |"
+
+
+def test_bucket_methods_verify_the_smallest_buckets_within_the_pair_budget(monkeypatch):
+    import pipelines.curation.dedup as dedup
+
+    monkeypatch.setattr(dedup, "EXACT_PAIR_BUDGET", 100 * 99 // 2 + 50 * 49 // 2 + 50 * 49 // 2)
+    # sizes as sql/dedup_band_buckets.sql orders them: descending
+    assert dedup._bucket_methods(np.array([101, 100, 50, 50])) == ["sampled", "exact", "exact", "exact"]
+    monkeypatch.setattr(dedup, "EXACT_PAIR_BUDGET", 0)
+    assert dedup._bucket_methods(np.array([3, 2])) == ["sampled", "sampled"]
+    assert dedup._bucket_methods(np.array([], dtype=np.int64)) == []
+
+
+def _partition(clusters):
+    groups = {}
+    for row in clusters.to_pylist():
+        groups.setdefault(row["cluster_id"], set()).add(row["image_uid"])
+    return {uid: frozenset(group) for group in groups.values() for uid in group}
+
+
+def _refines(fine, coarse):
+    """Every cluster of ``fine`` lies inside one cluster of ``coarse``."""
+    return all(fine[uid] <= coarse[uid] for uid in fine)
+
+
+def test_a_bucket_past_the_pair_budget_is_sampled_not_dropped(monkeypatch):
+    """With no pair budget every bucket over the cap is linked through representatives and a pHash-order
+    window: a flood of mutual near duplicates (with ordinary images in its buckets) is still one cluster,
+    the buckets and their nodes are reported, and the build is deterministic."""
+    import pipelines.curation.dedup as dedup
+
+    rng = np.random.default_rng(8)
+    ordinary = [int(h) | DC for h in rng.integers(0, 2**63, 300, dtype=np.uint64)]
+    flood = _flood(2000, 3, seed=6)
+    rows = _flood_rows(flood + ordinary, "sampled-")
+    monkeypatch.setattr(dedup, "EXACT_PAIR_BUDGET", 0)
+    config = DedupConfig(min_bucket_cap=100)
+    clusters, report = cluster_features(connect({"image_features": _features(rows)}), config)
+    again, _ = cluster_features(connect({"image_features": _features(rows)}), config)
+    assert clusters.equals(again)
+    assert report.sampled_buckets == len(report.giant_buckets) > 0
+    assert {b["method"] for b in report.giant_buckets} == {"sampled"}
+    assert 2000 <= report.sampled_bucket_nodes <= len(rows)
+    meta = report.metadata()
+    assert meta["sampled_buckets"] == report.sampled_buckets and "| sampled |" in meta["giant_bucket_table"]
+    flooded = {r[0] for r in rows[:2000]}
+    ids = collections.Counter(row["cluster_id"] for row in clusters.to_pylist() if row["image_uid"] in flooded)
+    assert len(ids) == 1 and report.largest_cluster >= 2000
+
+
+def test_sampled_buckets_never_merge_more_than_the_exact_build(monkeypatch):
+    """Property: sampling a bucket only adds verified pairs, so its clusters lie between those of the
+    build that drops the bucket (the old cap) and those of the build that verifies every pair."""
+    from dedup_reference import reference_clusters
+
+    import pipelines.curation.dedup as dedup
+
+    sampled_any = 0
+    for seed in range(12):
+        rows, config = _collision_case(seed)
+        exact, _ = reference_clusters(connect({"image_features": _features(rows)}), config)
+        monkeypatch.setattr(dedup, "EXACT_PAIR_BUDGET", 0)
+        monkeypatch.setattr(dedup, "REPRESENTATIVES", int(seed % 4))
+        monkeypatch.setattr(dedup, "SAMPLED_WINDOW", int(seed % 3))
+        dropped, _ = reference_clusters(connect({"image_features": _features(rows)}), config)
+        got, report = cluster_features(connect({"image_features": _features(rows)}), config)
+        monkeypatch.undo()
+        got, exact, dropped = _partition(got), _partition(exact), _partition(dropped)
+        assert _refines(dropped, got) and _refines(got, exact)
+        sampled_any += report.sampled_buckets > 0 and got != dropped
+    assert sampled_any >= 3

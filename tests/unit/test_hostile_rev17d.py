@@ -89,9 +89,6 @@ def test_a_moderation_phrase_reversed_behind_a_right_to_left_override_is_matched
 
 # --- 4. a flood of near-identical images is split into many clusters by the bucket cap -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev17d: near_links skips every bucket over the cap (max(1000, 1% of N)), so "
-                                       "images within k of one another in a flood of 3,000 land in separate clusters "
-                                       "and can be kept in train and test")
 def test_a_flood_of_near_identical_images_is_one_cluster():
     from test_dedup_clusters import _features, _flood, _flood_rows
 
