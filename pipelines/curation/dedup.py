@@ -81,9 +81,10 @@ class DedupConfig:
     bands: int = knob(4, "Bands per hash in the candidate join; exact for distances <= bands - 1.", min=1, max=16)
     dhash_bands: bool = knob(True, "Also band the dHash to find candidates (still verified on pHash).")
     mask_dc_bit: bool = knob(True, "Mask the pHash DC bit (always 1) so bands cover the 63 informative bits.")
-    max_bucket_fraction: float = knob(0.01, "Cap band buckets larger than this fraction of all images.",
+    max_bucket_fraction: float = knob(0.01, "Band buckets larger than this fraction of all images are giant: "
+                                            "checked pair by pair within a budget, sampled beyond it.",
                                       min=0, min_exclusive=True, max=1)
-    min_bucket_cap: int = knob(1000, "Never cap a bucket at or below this size (small homes).", min=1)
+    min_bucket_cap: int = knob(1000, "A bucket at or below this size is never giant (small homes).", min=1)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
     def __post_init__(self) -> None:
