@@ -288,9 +288,9 @@ FIRST_DATED = "0001-01-01"
 ROW_OVERHEAD = 16    # bytes a fetch plan counts per value besides its text (JSON key, quotes, separators)
 # The characters a JSON string literal (``ensure_ascii``, formats.rawlines.jstr) writes longer than one byte:
 # '"', backslash and the five control characters with a short escape (\b \t \n \f \r) take 2 bytes; every
-# other control character takes 6 (\u0001). PostgreSQL text cannot hold NUL.
+# other control character, and DEL, takes 6 (\u0001, \u007f). PostgreSQL text cannot hold NUL.
 _SHORT_ESCAPES = '"\\' + "\b\t\n\f\r"
-_LONG_ESCAPES = "".join(chr(c) for c in range(1, 32) if chr(c) not in "\b\t\n\f\r")
+_LONG_ESCAPES = "".join(chr(c) for c in [*range(1, 32), 127] if chr(c) not in "\b\t\n\f\r")
 
 
 def _written_bytes(column: str, utf8: bool) -> str:

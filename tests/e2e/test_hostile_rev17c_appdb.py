@@ -6,6 +6,7 @@ xfail markers are gone, and the tests were strengthened with the cases the fixes
 """
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import os
@@ -70,6 +71,46 @@ def test_text_of_control_characters_does_not_multiply_the_fetch_memory(postgres_
     # about BATCH_BYTES (4 MiB) of lines a fetch, whatever the characters (measured: +32 MiB vs +248 MiB)
     assert control < 96, (f"peak RSS grew by {control} MiB for 128 MiB of control-character prompts "
                           f"({printable} MiB for the same bytes of printable text)")
+
+
+_TEXTS = ["plain", 'with "quotes" and a \\ backslash', "new\nline\ttab\r\f\b", chr(1) * 10, "\x7f\x1f\x0b",
+          "caf\u00e9" * 5, "\u65e5\u672c" * 10, "\U0001F600" * 10, "\u20ac \u00e9 \x01 \" \U0001F600 \u65e5"]
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "WIN1252"])
+def test_the_fetch_plan_bounds_the_bytes_each_value_is_written_as(postgres_server, tmp_path, encoding):
+    """The fetch plan's size of a text value is at least what its JSON literal takes in the line, whatever
+    the characters (escapes, non-ASCII, a WIN1252 byte with no UTF-8), and at most a few times it."""
+    from pipelines.appdb.export import _LONG_ESCAPES, _SHORT_ESCAPES, _written_bytes
+
+    dsn = _app_db(postgres_server)
+    if encoding != "UTF8":
+        name = f"rev17c_{os.getpid()}_{next(_names)}"
+        with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'{encoding}\' '
+                         "LC_COLLATE 'C' LC_CTYPE 'C'")
+        dsn = postgres_server.dsn(name, password="postgres")
+        with psycopg.connect(dsn) as conn:
+            conn.execute(sql_text("app_db/schema"))
+    texts = _TEXTS if encoding == "UTF8" else [t for t in _TEXTS if t.encode("cp1252", "ignore").decode("cp1252") == t]
+    with psycopg.connect(dsn) as conn:
+        for i, text in enumerate(texts, 1):
+            conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) VALUES (%s, '2023-03-01 12:00', "
+                         "1, %s)", (i, text))
+        if encoding != "UTF8":    # bytes WIN1252 leaves undefined: written as \\udcXX escapes
+            conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) VALUES (%s, "
+                         "'2023-03-01 12:00', 1, convert_from('\\x63616ee9812081'::bytea, 'WIN1252'))",
+                         (len(texts) + 1,))
+        estimate = dict(conn.execute(f"SELECT ranking_id, {_written_bytes('prompt', encoding == 'UTF8')} FROM rankings",
+                                     {"plan_short": _SHORT_ESCAPES, "plan_long": _LONG_ESCAPES}).fetchall())
+    home = DataHome.at(tmp_path / "home")
+    export_day(home, dsn, "2023-03-01")
+    with gzip.open(home.raw_file("2023-03-01", "rankings"), "rb") as lines:
+        for line in lines:
+            row = json.loads(line)
+            written = len(json.dumps(row["prompt"])) - 2      # the literal, without its quotes
+            assert written <= estimate[row["ranking_id"]] <= 6 * written + 6, (row, estimate[row["ranking_id"]])
+            assert line.decode("utf-8", "surrogateescape").count(json.dumps(row["prompt"])) == 1
 
 
 # --- 2. a FIFO (or a link to one, or to /dev/zero) in the counts cache hangs the export, locks held -------
