@@ -258,3 +258,43 @@ def test_the_tables_a_role_may_lock_are_locked_before_the_snapshot(postgres_serv
                 lock_tables(export, "the test database")
     finally:
         export.close()
+
+
+# --- suspicion: the catch-up goes back a year before the app existed because of one wrong-clock row -------
+
+def _raw_day(home: DataHome, day: str, rankings: int = 0) -> None:
+    """A raw day folder; with ``rankings`` lines in its rankings file when given."""
+    folder = home.raw_day(day)
+    folder.mkdir(parents=True)
+    if rankings:
+        with gzip.open(folder / "rankings.jsonl.gz", "wb") as out:
+            out.write(b"".join(b'{"ranking_id": %d, "user_id": 1}\n' % i for i in range(1, rankings + 1)))
+
+
+def test_a_stray_day_before_the_app_existed_does_not_start_the_catch_up(tmp_path):
+    import datetime as dt
+
+    from dagster_project import automation
+
+    home = DataHome.at(tmp_path / "home")
+    _raw_day(home, "2022-01-15", rankings=1)          # one ranking dated by a device's wrong clock
+    for day in range(1, 26):
+        if day != 10:                                  # the export of the 10th failed
+            _raw_day(home, f"2023-02-{day:02d}")
+    assert automation.missing_days(home, "2023-02-26") == ["2023-02-10"]
+    # a lone first day with real activity (launch, then an outage of the exports) still starts the catch-up
+    home = DataHome.at(tmp_path / "launch")
+    _raw_day(home, "2022-12-01", rankings=automation.STRAY_DAY_ROWS)
+    _raw_day(home, "2023-02-25")
+    missed = automation.missing_days(home, "2023-02-26")
+    assert missed[0] == "2022-12-02" and missed[-1] == "2023-02-24" and len(missed) == (
+        dt.date(2023, 2, 24) - dt.date(2022, 12, 2)).days + 1
+    # a quiet first day close to the next one is part of the history
+    home = DataHome.at(tmp_path / "quiet")
+    _raw_day(home, "2023-01-20", rankings=1)
+    _raw_day(home, "2023-02-20")
+    assert automation.missing_days(home, "2023-02-26")[0] == "2023-01-21"
+    # a lone quiet day with no raw day after it, close to the night's window, is history too
+    home = DataHome.at(tmp_path / "alone")
+    _raw_day(home, "2023-02-01", rankings=1)
+    assert automation.missing_days(home, "2023-02-26")[0] == "2023-02-02"
