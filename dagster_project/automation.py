@@ -172,15 +172,17 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
 
 CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
 CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
-STRAY_DAY_ROWS = 10      # fewer rows than this (images, rankings, downloads) in a lone first raw day: a stray
+STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
 
 
 def _stray_day(home: DataHome, day: str, next_day: str) -> bool:
     """Whether raw day ``day`` is a stray before the app's real history: more than CATCH_UP_DAYS days before
-    ``next_day`` (the next raw day, or the night's lookback window) and holding fewer than STRAY_DAY_ROWS rows of images, rankings and
-    downloads (the users file is a snapshot of every account). That is a row dated by a wrong clock (a
-    device's 1970 or last year's date), exported by `pickapic build --from-app-db` as a day of its own.
-    A raw file that cannot be read says no (the day counts, as before)."""
+    ``next_day`` (the next raw day, or the night's lookback window) and holding some rows, but fewer than
+    STRAY_DAY_ROWS, in its four files (the users file of an app's real day is a snapshot of every account
+    so far). That is a row dated by a wrong clock (a device's 1970 or last year's date), exported by
+    `pickapic build --from-app-db`, which exports the days holding rows, as a day of its own. A day of
+    empty files is what a scheduled export makes of a quiet day, so it is history (the last night before
+    an outage); a raw file that cannot be read says no too (the day counts, as before)."""
     from pipelines.appdb.export import raw_day_counts
 
     if (dt.date.fromisoformat(next_day) - dt.date.fromisoformat(day)).days <= CATCH_UP_DAYS:
@@ -189,7 +191,7 @@ def _stray_day(home: DataHome, day: str, next_day: str) -> bool:
         counts = raw_day_counts(home, day)
     except (OSError, EOFError, zlib.error):      # unreadable: the ingest reports it
         return False
-    return sum(rows for table, (rows, _) in counts.items() if table != "users") < STRAY_DAY_ROWS
+    return 0 < sum(rows for rows, _ in counts.values()) < STRAY_DAY_ROWS
 
 
 def missing_days(home: DataHome, first: str) -> list[str]:
@@ -205,7 +207,7 @@ def missing_days(home: DataHome, first: str) -> list[str]:
     nightly export of a quiet day is, so the gap does not come back.
 
     The first real day: the raw zone's first day that is not a stray (:func:`_stray_day`: a lone day,
-    more than CATCH_UP_DAYS before the next raw day, with fewer than STRAY_DAY_ROWS rows), so one row dated
+    more than CATCH_UP_DAYS before the next raw day, with 1 to STRAY_DAY_ROWS - 1 rows), so one row dated
     by a wrong clock long before the app existed does not make the schedule export up to a year of empty
     days before it. The days between a stray and the first real day are not caught up (there is nothing
     the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted)."""

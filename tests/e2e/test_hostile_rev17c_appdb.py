@@ -289,6 +289,13 @@ def test_a_stray_day_before_the_app_existed_does_not_start_the_catch_up(tmp_path
     missed = automation.missing_days(home, "2023-02-26")
     assert missed[0] == "2022-12-02" and missed[-1] == "2023-02-24" and len(missed) == (
         dt.date(2023, 2, 24) - dt.date(2022, 12, 2)).days + 1
+    # a lone first day of empty files (a quiet night the schedule exported, then an outage) too
+    home = DataHome.at(tmp_path / "outage")
+    _raw_day(home, "2022-12-01")
+    for table in ("users", "images", "rankings", "downloads"):
+        with gzip.open(home.raw_day("2022-12-01") / f"{table}.jsonl.gz", "wb"):
+            pass
+    assert automation.missing_days(home, "2023-02-26")[0] == "2022-12-02"
     # a quiet first day close to the next one is part of the history
     home = DataHome.at(tmp_path / "quiet")
     _raw_day(home, "2023-01-20", rankings=1)
