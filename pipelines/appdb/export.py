@@ -734,10 +734,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
-        # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings)
+        # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
+        # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
-        for warning in report.warnings:
-            progress(warning)
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
                 check_lag(day, config.lag_minutes, database_now(conn))
