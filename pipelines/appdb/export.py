@@ -44,7 +44,7 @@ import psycopg
 from psycopg import sql
 
 from formats import rawlines
-from formats.files import lstat_or_none, open_regular_file, sha256_file, write_bytes_atomic
+from formats.files import lstat_or_none, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
@@ -286,28 +286,56 @@ FIRST_DATED = "0001-01-01"
 
 
 ROW_OVERHEAD = 16    # bytes a fetch plan counts per value besides its text (JSON key, quotes, separators)
+# The characters a JSON string literal (``ensure_ascii``, formats.rawlines.jstr) writes longer than one byte:
+# '"', backslash and the five control characters with a short escape (\b \t \n \f \r) take 2 bytes; every
+# other control character, and DEL, takes 6 (\u0001, \u007f). PostgreSQL text cannot hold NUL.
+_SHORT_ESCAPES = '"\\' + "\b\t\n\f\r"
+_LONG_ESCAPES = "".join(chr(c) for c in [*range(1, 32), 127] if chr(c) not in "\b\t\n\f\r")
+
+
+def _written_bytes(column: str, utf8: bool) -> str:
+    """SQL for a bound on the bytes text column ``column`` becomes in a raw line (its JSON literal without
+    quotes): each stored byte once, plus 1 for a short escape and 5 for a \\u00XX one (counted with
+    translate(), which drops those characters), plus the cost of non-ASCII text, which ``ensure_ascii``
+    writes as \\uXXXX escapes. In a UTF8 database a character of k >= 2 bytes is written as 6 bytes (12 for
+    a surrogate pair), at most its k bytes + 4 * (k - 1); octet_length - char_length counts the (k - 1)s.
+    In any other database (text converted by the export, or written as \\udcXX escapes of its stored bytes
+    where it has no UTF-8) each non-ASCII byte is counted as 6, by removing the non-ASCII characters."""
+    text = f"{column}::text"
+    short = f"(octet_length({text}) - octet_length(translate({text}, %(plan_short)s, '')))"
+    long = f"(octet_length({text}) - octet_length(translate({text}, %(plan_long)s, '')))"
+    wide = (f"4 * (octet_length({text}) - char_length({text}))" if utf8 else
+            f"5 * (octet_length({text}) - octet_length(regexp_replace({text}, '[^\\x01-\\x7f]+', '', 'g')))")
+    return f"coalesce(octet_length({text}) + {short} + 5 * {long} + {wide}, 0)"
 
 
 def fetch_plan(conn: psycopg.Connection, table: str, params: dict) -> list[int]:
-    """Rows per fetch of ``table``'s export statement, in order, so that no fetch holds much more than
-    BATCH_BYTES of text (at most BATCH_BYTES plus its last row) nor more than BATCH_LINES rows.
+    """Rows per fetch of ``table``'s export statement, in order, so that no fetch makes much more than
+    BATCH_BYTES of lines (at most BATCH_BYTES plus its last row) nor more than BATCH_LINES rows.
 
     Sized from the previous fetch, a fetch could not see the next rows' size: after 4,080 short rows,
     4,096 rows of 32 KB prompts arrived in one fetch (128 MiB of text, ~4x that in memory). The plan is
     computed by the server from the same statement in the same snapshot, before the rows are read: a
-    running sum of each row's text bytes (the cut values the rows will have) in the statement's own order
-    (all its columns: rows that tie are identical, so they have the same size), grouped into runs of
-    BATCH_BYTES and of BATCH_LINES rows. It costs the server a second sort of the day's rows; the export
+    running sum of each row's size in the statement's own order (all its columns: rows that tie are
+    identical, so they have the same size), grouped into runs of BATCH_BYTES and of BATCH_LINES rows. A
+    row's size is what its line will take, not its stored text: a text value counts the escapes the JSON
+    line writes for it (:func:`_written_bytes`: a control character is 6 bytes there, a non-ASCII one up
+    to 6), so a day of prompts pasted from binary junk is fetched in as many more, smaller fetches and the
+    memory stays near the same bound. It costs the server a second sort of the day's rows; the export
     receives one integer per fetch."""
-    names = [f"c{i}" for i in range(1, len(expected_columns(table)) + 1)]
-    size = " + ".join(f"coalesce(octet_length({c}::text), 0)" for c in names) + f" + {ROW_OVERHEAD * len(names)}"
+    columns = expected_columns(table)
+    names = [f"c{i}" for i in range(1, len(columns) + 1)]
+    utf8 = conn.info.parameter_status("server_encoding") == "UTF8"
+    size = " + ".join(_written_bytes(c, utf8) if kind == "text" else f"coalesce(octet_length({c}::text), 0)"
+                      for c, (_, kind) in zip(names, columns)) + f" + {ROW_OVERHEAD * len(names)}"
     aliases = ", ".join(names)
     query = (f"SELECT count(*)::int8 FROM (SELECT (sum(b) OVER w - b) / %(plan_bytes)s AS byte_run, "
              f"(row_number() OVER w - 1) / %(plan_rows)s AS row_run "
              f"FROM (SELECT {size} AS b, r.* FROM ({statement('export_' + table)}) AS r({aliases})) AS s "
              f"WINDOW w AS (ORDER BY {aliases} ROWS UNBOUNDED PRECEDING)) AS runs "
              f"GROUP BY byte_run, row_run ORDER BY byte_run, row_run")
-    return [int(n) for (n,) in conn.execute(query, {**params, "plan_bytes": BATCH_BYTES, "plan_rows": BATCH_LINES})]
+    return [int(n) for (n,) in conn.execute(query, {**params, "plan_bytes": BATCH_BYTES, "plan_rows": BATCH_LINES,
+                                                    "plan_short": _SHORT_ESCAPES, "plan_long": _LONG_ESCAPES})]
 
 
 FIRST_IDS = 10       # primary keys the report names per table with unconvertible rows
@@ -614,33 +642,69 @@ class TablesLocked(AppDatabaseError):
     """The app tables could not be locked for the export's snapshot within the session's lock_timeout."""
 
 
-def lock_tables(conn: psycopg.Connection, where: str) -> None:
-    """Take ACCESS SHARE locks on the four app tables as the first statement of the export's transaction,
+_KINDS = {"m": "a materialized view", "f": "a foreign table", "v": "a view", "r": "a table", "p": "a partitioned table"}
+
+
+def _not_locked(table: str, reason: str) -> str:
+    """The warning for an app relation the export reads without its ACCESS SHARE lock."""
+    return (f"app relation {APP_SCHEMA}.{table} was read without a lock ({reason}): a rewrite of it committed "
+            "while the day was read (ALTER COLUMN ... TYPE, TRUNCATE + reload, VACUUM FULL, CLUSTER) is not "
+            "guarded against and could make the export read it empty; grant the export's role SELECT on the "
+            "whole table (or export as its owner) to guard it")
+
+
+def lock_tables(conn: psycopg.Connection, where: str) -> list[str]:
+    """Take ACCESS SHARE locks on the four app tables as the first statements of the export's transaction,
     before its snapshot exists (LOCK TABLE takes none), as pg_dump does: a table-rewriting change (ALTER
     COLUMN ... TYPE, TRUNCATE + reload, VACUUM FULL, CLUSTER) is not MVCC-safe, and one committed after
     the snapshot made the table read EMPTY from it. With the locks held to the transaction's end, such a
     change either committed before the snapshot (its rows are read) or waits until the tables are read.
     The wait for a lock held elsewhere is the session's lock_timeout (at most ``MAX_LOCK_WAIT``): then
-    :class:`TablesLocked`, nothing written, the next run retries. A missing table is left to check_tables'
-    message (the transaction is rolled back: still no snapshot)."""
-    names = sql.SQL(", ").join(sql.Identifier(APP_SCHEMA, table) for table in RAW_TABLES)
-    try:
-        conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(names))
-    except psycopg.errors.LockNotAvailable as exc:
-        reason = " ".join((exc.diag.message_primary or "lock timeout").split())[:200]
-        conn.rollback()
-        timeout = conn.execute("SHOW lock_timeout").fetchone()[0]
-        conn.rollback()
-        raise TablesLocked(
-            f"the app tables {', '.join(RAW_TABLES)} of {where} could not be locked (ACCESS SHARE, as pg_dump "
-            f"locks them) within lock_timeout = {as_text(timeout)} ({reason}): another session holds or waits for an "
-            "exclusive lock on one of them (a migration: ALTER TABLE, TRUNCATE, VACUUM FULL; see pg_locks and "
-            "pg_stat_activity); nothing was written, the next run retries") from None
-    except psycopg.errors.UndefinedTable:
-        conn.rollback()
-        check_tables(conn, where)     # names the missing table
-        conn.rollback()
-        raise
+    :class:`TablesLocked`, nothing written, the next run retries.
+
+    Only what PostgreSQL lets the role lock is locked: a table, partitioned table or view on which it holds
+    table-level SELECT (or UPDATE, DELETE, TRUNCATE) or which it owns (``sql/app_db/lockable.sql``, read in
+    a transaction of its own that ends before the locks, so the export's snapshot is still taken after
+    them). A materialized view or foreign table (LOCK TABLE refuses them: 'cannot lock relation'), or a
+    table the role reads through column grants only (a least-privilege role without the password hash), is
+    read without its lock; each such relation is returned as a warning, since a rewrite of it is then not
+    guarded. Each LOCK runs in a savepoint, so one refused anyway (a grant revoked meanwhile) is rolled
+    back alone and read unlocked too, with the transaction still without a snapshot. A missing table is
+    left to check_tables' message."""
+    found = {as_text(table): (as_text(kind), bool(may)) for table, kind, may in
+             conn.execute(statement("lockable"), {"schema": APP_SCHEMA, "tables": list(RAW_TABLES)})}
+    conn.rollback()            # the catalog read's transaction (and snapshot) ends: the locks come first
+    warnings = []
+    for table in RAW_TABLES:
+        if table not in found:
+            continue
+        kind, may_lock = found[table]
+        if not may_lock:
+            reason = (f"it is {_KINDS.get(kind, 'a relation of kind ' + repr(kind))}, which LOCK TABLE refuses"
+                      if kind not in ("r", "p", "v") else
+                      "the export's role has no table-level SELECT on it (column grants only) and does not own it")
+            warnings.append(_not_locked(table, reason))
+            continue
+        conn.execute("SAVEPOINT pickapic_lock")
+        try:
+            conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS SHARE MODE").format(sql.Identifier(APP_SCHEMA, table)))
+        except psycopg.errors.LockNotAvailable as exc:
+            reason = " ".join((exc.diag.message_primary or "lock timeout").split())[:200]
+            conn.rollback()
+            timeout = conn.execute("SHOW lock_timeout").fetchone()[0]
+            conn.rollback()
+            raise TablesLocked(
+                f"the app tables {', '.join(RAW_TABLES)} of {where} could not be locked (ACCESS SHARE, as pg_dump "
+                f"locks them) within lock_timeout = {as_text(timeout)} ({reason}): another session holds or waits "
+                "for an exclusive lock on one of them (a migration: ALTER TABLE, TRUNCATE, VACUUM FULL; see pg_locks "
+                "and pg_stat_activity); nothing was written, the next run retries") from None
+        except (psycopg.errors.InsufficientPrivilege, psycopg.errors.WrongObjectType,
+                psycopg.errors.UndefinedTable) as exc:     # changed since the catalog was read
+            conn.execute("ROLLBACK TO SAVEPOINT pickapic_lock")
+            reason = " ".join((exc.diag.message_primary or type(exc).__name__).split())[:200]
+            warnings.append(_not_locked(table, f"LOCK TABLE refused: {as_text(reason)}"))
+        conn.execute("RELEASE SAVEPOINT pickapic_lock")
+    return warnings
 
 
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
@@ -664,10 +728,15 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     real_folders(home, folders, create=False)
     # the limits of the ingest and feature stage that will read the day: the run's (a build's --set), else the home's
     line_limit = config.max_line_bytes or load(home.root).config("ingest").max_line_bytes
+    # the raw files late_rows compares with the database, read (decompressed where not cached) before the
+    # export connects: never inside its transaction, with the app tables locked
+    raw_before = raw_counts(home, verified_days(home, day, config))
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
-        lock_tables(conn, str(name))   # first, before the transaction's snapshot: see lock_tables
+        # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
+        # the asset logs with the others)
+        report.warnings += lock_tables(conn, str(name))
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
                 check_lag(day, config.lag_minutes, database_now(conn))
@@ -694,7 +763,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
-        report.late = late_rows(conn, home, day, config)   # older days the lookback no longer re-exports
+        report.late = late_rows(conn, home, day, config, raw_before)   # older days the lookback no longer re-exports
         if report.late:
             report.warnings.append(late_warning(report.late, config.lookback_days))
         from pipelines.appdb.blobs import copy_blobs, read_day_uids
@@ -833,14 +902,38 @@ def _file_counts(path: Path) -> tuple[int, int | None]:
     return rows, top
 
 
+COUNTS_CACHE_MAX_BYTES = 64 << 10    # a counts cache file is ~200 bytes; a larger one is not the export's
+
+
+def _cached_counts(cache_file: Path) -> dict:
+    """The counts cache file's table -> entry mapping, or {} for anything the export did not write there:
+    absent, not a regular file (a FIFO is never waited on, a link never followed: ``read_small_file``),
+    larger than COUNTS_CACHE_MAX_BYTES, or not a JSON object."""
+    data = read_small_file(cache_file, COUNTS_CACHE_MAX_BYTES)
+    if data is None:
+        return {}
+    try:
+        cached = json.loads(data)
+    except (ValueError, RecursionError):       # not JSON, not UTF-8, or nested past the parser's depth
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+def _valid_entry(entry: object, key: list[int]) -> bool:
+    """Whether a cache entry is [size, mtime_ns, inode, rows, max id] for the file's current ``key``, with
+    integer counts (a hand-edited or corrupted entry is recomputed, never trusted or failing the export)."""
+    return (isinstance(entry, list) and len(entry) == 5 and all(type(v) is int for v in entry[:3])
+            and entry[:3] == key and type(entry[3]) is int and entry[3] >= 0
+            and (entry[4] is None or type(entry[4]) is int))
+
+
 def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
     """table -> (rows, largest id) of the raw day's table files there are, from a cache keyed by each
-    file's size, mtime and inode (HOME/cache: deleting it costs one decompression of each file)."""
+    file's size, mtime and inode (HOME/cache: deleting it costs one decompression of each file). The
+    cache is read as the tool's own small files are (:func:`_cached_counts`): a bad or malformed entry
+    is recomputed from the raw file."""
     cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
-    try:
-        cached = json.loads(cache_file.read_text("utf-8"))
-    except (OSError, ValueError):
-        cached = {}
+    cached = _cached_counts(cache_file)
     out, fresh = {}, {}
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
@@ -848,11 +941,11 @@ def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]
         if info is None or not stat.S_ISREG(info.st_mode):
             continue
         key = [info.st_size, info.st_mtime_ns, info.st_ino]
-        entry = cached.get(table) if isinstance(cached, dict) else None
-        if not (isinstance(entry, list) and len(entry) == 5 and entry[:3] == key):
+        entry = cached.get(table)
+        if not _valid_entry(entry, key):
             entry = key + list(_file_counts(path))
         fresh[table] = entry
-        out[table] = (int(entry[3]), entry[4])
+        out[table] = (entry[3], entry[4])
     if fresh != cached:
         with contextlib.suppress(OSError):
             cache_file.parent.mkdir(parents=True, exist_ok=True)
@@ -881,18 +974,42 @@ def late_days(home: DataHome) -> list[str]:
     return sorted(name[3:] for name in names if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}", name))
 
 
-def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig) -> dict[str, dict]:
+def verified_days(home: DataHome, day: str, config: AppExportConfig) -> list[str]:
+    """The raw days :func:`late_rows` compares with the database for ``day``'s export: those of the
+    VERIFY_DAYS days before its lookback window that the raw zone holds, in order."""
+    end = dt.date.fromisoformat(day) - dt.timedelta(days=config.lookback_days)
+    start = end - dt.timedelta(days=VERIFY_DAYS)
+    return [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
+
+
+def raw_counts(home: DataHome, days: list[str]) -> dict[str, dict[str, tuple[int, int | None]] | None]:
+    """day -> :func:`raw_day_counts` of each of ``days`` (None: a raw file that cannot be read; the ingest
+    reports it). The export reads them before it connects, so decompressing up to VERIFY_DAYS days of raw
+    files never happens inside its transaction, with the app tables locked."""
+    out: dict[str, dict[str, tuple[int, int | None]] | None] = {}
+    for checked_day in days:
+        try:
+            out[checked_day] = raw_day_counts(home, checked_day)
+        except (OSError, EOFError, zlib.error):
+            out[checked_day] = None
+    return out
+
+
+def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig,
+              raw_before: dict[str, dict | None] | None = None) -> dict[str, dict]:
     """Days already in the raw zone whose files lack rows the database now holds: committed after the day's
     last export, when the nightly lookback no longer re-exports it (an offline client syncing, a stuck
     queue, a transaction left open). Checks the VERIFY_DAYS days before ``day``'s lookback window, by
     rows and largest id per table (one grouped query of the export's snapshot over those days; the raw
-    files' counts come from a cache, see :func:`raw_day_counts`). Returns day -> table -> {"database":
-    [rows, max_id], "raw": [rows, max_id]}; marks each late day for the schedule to re-export and clears
-    the mark of a day found whole. Rows the raw zone holds and the database no longer does (deleted
-    since) are not reported: the raw zone keeps what was exported."""
-    end = dt.date.fromisoformat(day) - dt.timedelta(days=config.lookback_days)
-    start = end - dt.timedelta(days=VERIFY_DAYS)
-    checked = [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
+    files' counts come from a cache, see :func:`raw_day_counts`, read by the export before it connects:
+    ``raw_before``, from :func:`raw_counts`). Returns day -> table -> {"database": [rows, max_id], "raw":
+    [rows, max_id]}; marks each late day for the schedule to re-export and clears the mark of a day
+    found whole. Rows the raw zone holds and the database no longer does (deleted since) are not
+    reported: the raw zone keeps what was exported. Raw counts read before the snapshot can only be
+    older than it: a day re-exported in between is at worst reported (and re-exported) once more."""
+    if raw_before is None:
+        raw_before = raw_counts(home, verified_days(home, day, config))
+    checked = sorted(raw_before)
     if not checked:
         return {}
     first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
@@ -906,9 +1023,8 @@ def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExp
         if config.users_snapshot:   # every dated account up to the day's end
             database["users"] = _cumulative([per_day.get(("users", None), (0, None))]
                                             + [per_day.get(("users", d), (0, None)) for d in _days(first, checked_day)])
-        try:
-            raw = raw_day_counts(home, checked_day)
-        except (OSError, EOFError, zlib.error):
+        raw = raw_before[checked_day]
+        if raw is None:
             continue                  # an unreadable raw file: the ingest reports it; nothing to compare
         lacking = {table: {"database": list(database[table]), "raw": list(raw[table])} for table in raw
                    if database[table][0] > raw[table][0] or _above(database[table][1], raw[table][1])}
