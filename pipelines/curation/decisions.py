@@ -46,7 +46,7 @@ from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
-from pipelines.splits.assign import moderation_key, moderation_text
+from pipelines.splits.assign import _prototype, moderation_key, moderation_text
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -66,14 +66,34 @@ def short_model_name(model_id: str) -> str:
     return MODEL_SHORT_NAMES.get(model_id, re.sub(r"^.*/", "", model_id))
 
 
-_WORD = r"[^\pL\pN_]"  # RE2: a character that is not a letter, digit or underscore (Unicode-aware)
-# Scripts written without spaces between words: a letter of one is never "inside a longer word" of another script's
-# phrase, and a phrase in one matches inside a run of its text (Unicode word breaks: a change of script is a boundary).
-_UNSPACED_SCRIPTS = ("Han", "Hiragana", "Katakana", "Thai", "Lao", "Khmer", "Myanmar")
-_UNSPACED = "".join(rf"\p{{{name}}}" for name in _UNSPACED_SCRIPTS)
-_BEFORE = rf"(?:^|{_WORD}|[{_UNSPACED}])"     # RE2: what may come before a phrase that starts with a spaced-script letter
-_AFTER = rf"(?:$|{_WORD}|[{_UNSPACED}])"
-_UNSPACED_CHAR = regex.compile(rf"[{_UNSPACED}]")
+_WORD = r"[^\pL\pN\pM_]"  # RE2: not a letter, digit, mark (a vowel sign is part of its word) or underscore
+# Scripts written without spaces between words: a letter of one next to a spaced-script phrase is a boundary (Unicode
+# word breaks: a change of script is one), and a phrase in one needs no boundary at all (Han, Hiragana, Thai, ...),
+# except Katakana: a run of it is one (loan)word, so a Katakana phrase must not continue a Katakana run
+# (``ロリ`` is not in ``カロリー``). The prolonged sound mark ー (and its halfwidth form) is a Katakana letter here.
+_FREE_SCRIPTS = ("Han", "Hiragana", "Thai", "Lao", "Khmer", "Myanmar")
+
+
+def _kana_lookalikes() -> str:
+    """The characters Katakana letters fold to in a moderation key (ロ as the Han 口, カ as 力, ト as 卜, the voiced
+    marks), which stand for Katakana there: ``カロリー`` keys as ``力口リー``, still one Katakana word."""
+    out = set()
+    for cp in range(0x30A1, 0x30FB):
+        out.update(c for c in _prototype(chr(cp)) if not c.isascii() and c != chr(cp) and not _KATAKANA.match(c))
+    return "".join(sorted(out | {"\u3099", "\u309a"}))
+
+
+_KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
+_KANA_EXTRA = "\u30fc\uff70" + _kana_lookalikes()
+_KANA = r"\p{Katakana}" + "".join(rf"\x{{{ord(c):04X}}}" for c in _KANA_EXTRA)   # RE2
+_UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
+_GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
+    "word": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
+    "kana": (rf"(?:^|[^{_KANA}])", rf"(?:$|[^{_KANA}])"),
+    "free": ("", ""),
+}
+_FREE_CHAR = regex.compile("[" + "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + "]")
+_KANA_CHAR = regex.compile(r"[\p{Katakana}" + regex.escape(_KANA_EXTRA) + "]")
 
 
 # The defaults of the one NSFW policy (``curation.nsfw_classes`` / ``curation.nsfw_threshold``): explicit
@@ -205,26 +225,31 @@ def phrase_body(phrase: str) -> str:
     return "".join(out)
 
 
-def _bounded(ch: str) -> bool:
-    """Whether a phrase starting (ending) with ``ch`` must not continue a word there: a letter, digit or underscore
-    of a script written with spaces. A symbol or emoji is never part of a word (``big🍆`` holds ``🍆``), and a
-    letter of an unspaced script (Chinese, Japanese, Thai, ...) has no word boundary to wait for."""
-    return (ch.isalnum() or ch == "_") and not _UNSPACED_CHAR.match(ch)
+def _edge_kind(ch: str) -> str:
+    """How a phrase starting (ending) with ``ch`` is bounded there (:data:`_GUARDS`): ``word`` for a letter, digit,
+    mark or underscore of a spaced script and for ASCII punctuation (``18+`` is not in ``18+2``); ``kana`` for
+    Katakana; ``free`` for a letter of another unspaced script and for a non-ASCII symbol (an emoji is never part
+    of a word: ``big🍆`` holds ``🍆``)."""
+    if _KANA_CHAR.match(ch):
+        return "kana"
+    if _FREE_CHAR.match(ch) or not (ch.isascii() or ch.isalnum() or ch == "_" or unicodedata.category(ch)[0] == "M"):
+        return "free"
+    return "word"
 
 
 def phrase_pattern(phrases: list[str]) -> str:
-    """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty): a
-    phrase whose first (last) character is a letter or digit of a spaced script needs a non-letter, the text's
-    start (end) or a letter of an unspaced script before (after) it; one that starts (ends) with a symbol or an
-    unspaced script's letter needs nothing there."""
+    """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty); each
+    end of a phrase is bounded by the kind of its character (:func:`_edge_kind`). Phrases of the same two kinds
+    share one alternation, so the pattern grows by the phrases' text, not by a guard per phrase (RE2 refuses a
+    program past its size limit)."""
     if not phrases:
         return r"[^\s\S]"
-    branches = []
+    groups: dict[tuple[str, str], list[str]] = {}
     for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
-        stripped = phrase.strip()
-        before = _BEFORE if stripped and _bounded(stripped[0]) else ""
-        after = _AFTER if stripped and _bounded(stripped[-1]) else ""
-        branches.append(f"{before}(?:{phrase_body(phrase)}){after}")
+        stripped = phrase.strip() or phrase
+        groups.setdefault((_edge_kind(stripped[0]), _edge_kind(stripped[-1])), []).append(phrase_body(phrase))
+    branches = [f"{_GUARDS[first][0]}(?:{'|'.join(bodies)}){_GUARDS[last][1]}"
+                for (first, last), bodies in sorted(groups.items())]
     return "(?i)(?:" + "|".join(branches) + ")"
 
 

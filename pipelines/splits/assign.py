@@ -217,7 +217,7 @@ def moderation_key(text: str) -> str:
     spaces and punctuation between words change nothing. Empty for a prompt of nothing but those."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.encode("ascii").translate(_ascii_punctuation_to_space()).decode("ascii").lower().split())
-    return _folded(_spaced(_visible(_read_symbols(_display_order(text)))))
+    return _both_orders(text, lambda t: _folded(_spaced(_visible(_read_symbols(t)))))
 
 
 def moderation_text(text: str) -> str:
@@ -228,19 +228,60 @@ def moderation_text(text: str) -> str:
     its confusable prototype (a Cyrillic ``е``), case folded, whitespace collapsed."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.lower().split())
-    visible = _visible(_read_keycaps(_display_order(text)))
-    folded = "".join(c if c.isascii() or not _LETTER_OR_DIGIT.match(c) else _prototype(c) for c in visible)
-    return " ".join(_fold_case(unicodedata.normalize("NFC", folded)).split())
+    def text_of(t: str) -> str:
+        visible = _visible(_read_keycaps(t))
+        folded = "".join(c if c.isascii() or not _LETTER_OR_DIGIT.match(c) else _prototype(c) for c in visible)
+        return " ".join(_fold_case(unicodedata.normalize("NFC", folded)).split())
+    return _both_orders(text, text_of)
+
+
+def _both_orders(text: str, key: Callable[[str], str]) -> str:
+    """``key(text)``, and for a text holding a RIGHT-TO-LEFT OVERRIDE also ``key`` of it in the order it is shown
+    (:func:`_display_order`), the two joined by a paragraph separator (U+2029: a word boundary no phrase's ``\\s+``
+    crosses). Both, because the override reverses only left-to-right text: what it holds nested or already
+    right-to-left shows as stored, and a phrase is caught in whichever order a reader sees it."""
+    stored = key(text)
+    if "\u202e" not in text:
+        return stored
+    shown = key(_display_order(text))
+    return stored if shown == stored else f"{stored}\u2029{shown}"
+
+
+_EMBEDDINGS = "\u202a\u202b\u202d\u202e"     # LRE, RLE, LRO, RLO: each closed by a PDF
+_ISOLATES = "\u2066\u2067\u2068"             # LRI, RLI, FSI: each closed by a PDI
+_PARAGRAPH_ENDS = "\n\r\u2029\u0085\x1c\x1d\x1e"
 
 
 def _display_order(text: str) -> str:
-    """Each run a RIGHT-TO-LEFT OVERRIDE (U+202E) forces right to left, up to its POP DIRECTIONAL FORMATTING
-    (U+202C), POP DIRECTIONAL ISOLATE (U+2069), a line break or the end, in the order it is shown: reversed
-    (``a \u202eedun\u202c`` shows, and is moderated, as ``a nude``). Moderation only: the prompt key and the
-    model read the characters as stored."""
-    if "\u202e" not in text:
-        return text
-    return _OVERRIDE_RUN.sub(lambda m: m.group(1)[::-1], text)
+    """Each run a RIGHT-TO-LEFT OVERRIDE (U+202E) forces right to left, reversed by whole characters (grapheme
+    clusters: an accent stays on its letter): from the override to the POP DIRECTIONAL FORMATTING that closes it
+    (embeddings and overrides opened inside are closed by their own), a paragraph end or the end of the text; a
+    POP DIRECTIONAL ISOLATE with no isolate open is ignored, as the bidi algorithm does. Moderation only (with the
+    stored order, :func:`_both_orders`): the prompt key and the model read the characters as stored."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        if text[i] != "\u202e":
+            out.append(text[i])
+            i += 1
+            continue
+        j, opened, isolated = i + 1, 0, 0
+        while j < len(text) and text[j] not in _PARAGRAPH_ENDS:
+            char = text[j]
+            if char == "\u202c":
+                if not opened:
+                    break
+                opened -= 1
+            elif char in _EMBEDDINGS:
+                opened += 1
+            elif char in _ISOLATES:
+                isolated += 1
+            elif char == "\u2069" and isolated:
+                isolated -= 1
+            j += 1
+        out.append("".join(reversed(_GRAPHEME.findall(text[i + 1:j]))))
+        i = j + 1 if j < len(text) and text[j] == "\u202c" else j
+    return "".join(out)
 
 
 def _read_symbols(text: str) -> str:
@@ -322,16 +363,16 @@ _REGIONAL_ANY = regex.compile("[\U0001F1E6-\U0001F1FF]")
 _REGIONAL = regex.compile(r"[\U0001F1E6-\U0001F1FF](?:[\p{Default_Ignorable_Code_Point}\p{Cf}]*[\U0001F1E6-\U0001F1FF])*")
 # A CJK square's word (NFKC of ㍻ is 平成): letters and digits, none of them ASCII letters (㎏ is kg: a unit symbol).
 _CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
-# Decorative combining marks, part of no letter: the enclosing marks (circle, square, diamond, keycap, ...; Me) and the
+# Decorative combining marks, part of no letter: the enclosing circle, square and diamond (not the prohibition
+# sign U+20E0, the screen, the keycap or the triangle: 🚬⃠ is not 🚬) and the
 # lines and overlays drawn through or under a letter (overline, low line, double low line, tilde / short / long
 # stroke overlays, short / long solidus overlays, double overline, long vertical line overlays, ring overlays, long
 # double solidus overlay). Accents (acute, grave, diaeresis, ...) stay: they make other words.
-_DECORATIVE_MARKS = regex.compile("[\\p{Me}\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da\u20e5"
-                                  "\u20e6\u20ea\u20eb]")
+_DECORATIVE_MARKS = regex.compile("[\u20dd-\u20df\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da"
+                                  "\u20e5\u20e6\u20ea\u20eb]")
 # What the key of a prompt of symbols alone drops between them: whitespace, punctuation, skin-tone modifiers.
 _SYMBOL_KEY_DROPS = regex.compile("[\\s\\p{P}\U0001F3FB-\U0001F3FF]+")
-# A run a RIGHT-TO-LEFT OVERRIDE forces (to its POP DIRECTIONAL FORMATTING / ISOLATE, a line break or the end).
-_OVERRIDE_RUN = regex.compile("\u202e([^\u202c\u2069\n\r]*)[\u202c\u2069]?")
+_GRAPHEME = regex.compile(r"\X")
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 
