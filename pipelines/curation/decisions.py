@@ -75,17 +75,18 @@ _FREE_SCRIPTS = ("Han", "Hiragana", "Thai", "Lao", "Khmer", "Myanmar")
 
 
 def _kana_lookalikes() -> str:
-    """The characters Katakana letters fold to in a moderation key (ロ as the Han 口, カ as 力, ト as 卜, the voiced
-    marks), which stand for Katakana there: ``カロリー`` keys as ``力口リー``, still one Katakana word."""
+    """The Han letters Katakana letters fold to in a moderation key (ロ as 口, カ as 力, ト as 卜, ニ as 二, ...),
+    which stand for Katakana next to a Katakana phrase there: ``カロリー`` keys as ``力口リー``, still one word."""
     out = set()
     for cp in range(0x30A1, 0x30FB):
-        out.update(c for c in _prototype(chr(cp)) if not c.isascii() and c != chr(cp) and not _KATAKANA.match(c))
-    return "".join(sorted(out | {"\u3099", "\u309a"}))
+        out.update(c for c in _prototype(chr(cp)) if _HAN.match(c))
+    return "".join(sorted(out))
 
 
+_HAN = regex.compile(r"\p{Han}")
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
 _KANA_EXTRA = "\u30fc\uff70" + _kana_lookalikes()
-_KANA = r"\p{Katakana}" + "".join(rf"\x{{{ord(c):04X}}}" for c in _KANA_EXTRA)   # RE2
+_KANA = r"\p{Katakana}" + "".join(rf"\x{{{ord(c):04X}}}" for c in _KANA_EXTRA)   # RE2: a Katakana phrase's neighbours
 _UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
 _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
     "word": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
@@ -93,7 +94,6 @@ _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last cha
     "free": ("", ""),
 }
 _FREE_CHAR = regex.compile("[" + "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + "]")
-_KANA_CHAR = regex.compile(r"[\p{Katakana}" + regex.escape(_KANA_EXTRA) + "]")
 
 
 # The defaults of the one NSFW policy (``curation.nsfw_classes`` / ``curation.nsfw_threshold``): explicit
@@ -230,27 +230,53 @@ def _edge_kind(ch: str) -> str:
     mark or underscore of a spaced script and for ASCII punctuation (``18+`` is not in ``18+2``); ``kana`` for
     Katakana; ``free`` for a letter of another unspaced script and for a non-ASCII symbol (an emoji is never part
     of a word: ``big🍆`` holds ``🍆``)."""
-    if _KANA_CHAR.match(ch):
+    if _KATAKANA.match(ch):
         return "kana"
     if _FREE_CHAR.match(ch) or not (ch.isascii() or ch.isalnum() or ch == "_" or unicodedata.category(ch)[0] == "M"):
         return "free"
     return "word"
 
 
-def phrase_pattern(phrases: list[str]) -> str:
+def edge_kinds(phrase: str) -> tuple[str, str]:
+    """The kinds (:func:`_edge_kind`) of a phrase's first and last characters, as typed: its key and text are
+    bounded as the phrase is (a Katakana phrase's key may start with the Han letter its ロ folds to)."""
+    stripped = phrase.strip() or phrase
+    return _edge_kind(stripped[0]), _edge_kind(stripped[-1])
+
+
+def phrase_pattern(phrases: list[str], kinds: dict[str, tuple[str, str]] | None = None) -> str:
     """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty); each
-    end of a phrase is bounded by the kind of its character (:func:`_edge_kind`). Phrases of the same two kinds
-    share one alternation, so the pattern grows by the phrases' text, not by a guard per phrase (RE2 refuses a
-    program past its size limit)."""
+    end of a phrase is bounded by its kind (``kinds[phrase]``, default :func:`edge_kinds` of the phrase itself).
+    Phrases of the same two kinds share one alternation, so the pattern grows by the phrases' text, not by a guard
+    per phrase (RE2 refuses a program past its size limit: :func:`phrase_patterns` cuts long lists)."""
     if not phrases:
         return r"[^\s\S]"
     groups: dict[tuple[str, str], list[str]] = {}
     for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
-        stripped = phrase.strip() or phrase
-        groups.setdefault((_edge_kind(stripped[0]), _edge_kind(stripped[-1])), []).append(phrase_body(phrase))
+        kind = (kinds or {}).get(phrase) or edge_kinds(phrase)
+        groups.setdefault(kind, []).append(phrase_body(phrase))
     branches = [f"{_GUARDS[first][0]}(?:{'|'.join(bodies)}){_GUARDS[last][1]}"
                 for (first, last), bodies in sorted(groups.items())]
     return "(?i)(?:" + "|".join(branches) + ")"
+
+
+PATTERN_BYTES = 32_000   # one combined RE2 at most (DuckDB's RE2 refused ~190 kB of Cyrillic phrases)
+
+
+def phrase_patterns(phrases: list[str], kinds: dict[str, tuple[str, str]] | None = None) -> list[str]:
+    """:func:`phrase_pattern` of ``phrases`` cut into consecutive lists whose pattern stays under
+    :data:`PATTERN_BYTES` (of UTF-8), so a list of any length compiles; at least one pattern."""
+    guards = 2 * sum(len(before) + len(after) for before, after in _GUARDS.values()) + 64   # every group's, at most
+    out, chunk, size = [], [], guards
+    for phrase in sorted(phrases):
+        body = len(phrase_body(phrase).encode()) + 1
+        if chunk and size + body > PATTERN_BYTES:
+            out.append(phrase_pattern(chunk, kinds))
+            chunk, size = [], guards
+        chunk.append(phrase)
+        size += body
+    out.append(phrase_pattern(chunk, kinds))
+    return out
 
 
 def phrases_table(phrases: list[str]) -> pa.Table:
@@ -329,13 +355,23 @@ def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Tab
         "prompt": pa.array(prompts, pa.string()),
         "moderation_key": pa.array([moderation_key(p) for p in prompts], pa.string()),
         "moderation_text": pa.array([moderation_text(p) if texts else None for p in prompts], pa.string())}))
-    con.register("phrase_hits", run_sql(con, "curation_phrase_hits", {
-        "phrase_regex": phrase_pattern(phrases), "key_regex": phrase_pattern(sorted({k for k in keys.values() if k})),
-        "text_regex": phrase_pattern(sorted({t for t in texts.values() if t}))}))
+    # a key or text is bounded as the phrase it came from is (the first phrase in order, where two share one)
+    key_kinds = {key: edge_kinds(phrase) for phrase, key in sorted(keys.items(), reverse=True) if key}
+    text_kinds = {text: edge_kinds(phrase) for phrase, text in sorted(texts.items(), reverse=True) if text}
+    never = phrase_pattern([])
+    regexes = [phrase_patterns(phrases), phrase_patterns(sorted(key_kinds), key_kinds),
+               phrase_patterns(sorted(text_kinds), text_kinds)]
+    hits = [run_sql(con, "curation_phrase_hits", {
+        "phrase_regex": regexes[0][i] if i < len(regexes[0]) else never,
+        "key_regex": regexes[1][i] if i < len(regexes[1]) else never,
+        "text_regex": regexes[2][i] if i < len(regexes[2]) else never})
+        for i in range(max(len(r) for r in regexes))]
+    con.register("phrase_hits_parts", pa.concat_tables(hits))
+    con.register("phrase_hits", con.sql("SELECT DISTINCT * FROM phrase_hits_parts").to_arrow_table())
     found = [run_sql(con, "curation_phrase_matches", {
         "phrase": row["phrase"], "pattern": row["pattern"],
-        "key_pattern": phrase_pattern([keys[row["phrase"]]] if keys[row["phrase"]] else []),
-        "text_pattern": phrase_pattern([texts[row["phrase"]]] if texts.get(row["phrase"]) else [])})
+        "key_pattern": phrase_pattern([keys[row["phrase"]]] if keys[row["phrase"]] else [], key_kinds),
+        "text_pattern": phrase_pattern([texts[row["phrase"]]] if texts.get(row["phrase"]) else [], text_kinds)})
         for row in phrases_table(phrases).to_pylist()]
     schema = pa.schema([("ranking_id", pa.int64()), ("phrase", pa.string())])
     return pa.concat_tables([t.cast(schema) for t in found]) if found else schema.empty_table()

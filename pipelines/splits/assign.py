@@ -247,41 +247,19 @@ def _both_orders(text: str, key: Callable[[str], str]) -> str:
     return stored if shown == stored else f"{stored}\u2029{shown}"
 
 
-_EMBEDDINGS = "\u202a\u202b\u202d\u202e"     # LRE, RLE, LRO, RLO: each closed by a PDF
-_ISOLATES = "\u2066\u2067\u2068"             # LRI, RLI, FSI: each closed by a PDI
-_PARAGRAPH_ENDS = "\n\r\u2029\u0085\x1c\x1d\x1e"
-
-
 def _display_order(text: str) -> str:
-    """Each run a RIGHT-TO-LEFT OVERRIDE (U+202E) forces right to left, reversed by whole characters (grapheme
-    clusters: an accent stays on its letter): from the override to the POP DIRECTIONAL FORMATTING that closes it
-    (embeddings and overrides opened inside are closed by their own), a paragraph end or the end of the text; a
-    POP DIRECTIONAL ISOLATE with no isolate open is ignored, as the bidi algorithm does. Moderation only (with the
-    stored order, :func:`_both_orders`): the prompt key and the model read the characters as stored."""
-    out: list[str] = []
-    i = 0
-    while i < len(text):
-        if text[i] != "\u202e":
-            out.append(text[i])
-            i += 1
-            continue
-        j, opened, isolated = i + 1, 0, 0
-        while j < len(text) and text[j] not in _PARAGRAPH_ENDS:
-            char = text[j]
-            if char == "\u202c":
-                if not opened:
-                    break
-                opened -= 1
-            elif char in _EMBEDDINGS:
-                opened += 1
-            elif char in _ISOLATES:
-                isolated += 1
-            elif char == "\u2069" and isolated:
-                isolated -= 1
-            j += 1
-        out.append("".join(reversed(_GRAPHEME.findall(text[i + 1:j]))))
-        i = j + 1 if j < len(text) and text[j] == "\u202c" else j
-    return "".join(out)
+    """``text`` in the order it is shown (ICU's implementation of the Unicode bidirectional algorithm, each
+    paragraph left to right, an accent kept on its letter, the direction controls removed): a run a RIGHT-TO-LEFT
+    OVERRIDE reverses is read as shown, whatever isolates, embeddings and pops it holds or sits in. Moderation only
+    (with the stored order, :func:`_both_orders`): the prompt key and the model read the characters as stored."""
+    import icu
+
+    bidi = icu.Bidi()
+    try:
+        bidi.setPara(icu.UnicodeString(text), 0)
+        return str(bidi.writeReordered(icu.Bidi.REMOVE_BIDI_CONTROLS | icu.Bidi.KEEP_BASE_COMBINING))
+    except icu.ICUError:
+        return text
 
 
 def _read_symbols(text: str) -> str:
@@ -372,7 +350,6 @@ _DECORATIVE_MARKS = regex.compile("[\u20dd-\u20df\u0305\u0332\u0333\u0334-\u0338
                                   "\u20e5\u20e6\u20ea\u20eb]")
 # What the key of a prompt of symbols alone drops between them: whitespace, punctuation, skin-tone modifiers.
 _SYMBOL_KEY_DROPS = regex.compile("[\\s\\p{P}\U0001F3FB-\U0001F3FF]+")
-_GRAPHEME = regex.compile(r"\X")
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 
