@@ -205,7 +205,7 @@ def _symbol_key(text: str) -> str:
     """The key of a prompt of nothing but symbols (emoji): ``#`` and its visible symbols, case folded, without
     what the main key also drops between them (whitespace, punctuation, skin-tone modifiers), so ``🦊 🦊``,
     ``🦊🦊!`` and ``🦊🦊`` (and ``👍🏻``, ``👍``) key alike; a prompt of punctuation alone keys on its text."""
-    visible = _fold_case(_visible(text))
+    visible = _fold_case(_visible(_read_keycaps(text)))     # a keycap as its character: #️⃣ is # and *⃣ is *
     core = _SYMBOL_KEY_DROPS.sub("", visible)
     return "#" + (core if core else " ".join(visible.split()))
 
