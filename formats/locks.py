@@ -106,6 +106,18 @@ def record_holder(fd: int, path: Path, what: str) -> None:
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
 
 
+def try_lock(fd: int, mode: int = fcntl.LOCK_EX) -> bool:
+    """``flock`` ``fd`` (``LOCK_EX`` or ``LOCK_SH``) without waiting: True when taken, False when another holder
+    has it; any other error is raised."""
+    try:
+        fcntl.flock(fd, mode | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+        return False
+    return True
+
+
 @contextlib.contextmanager
 def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_folder: bool = False) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the lock file ``path`` (:func:`open_lock_file`) for the ``with`` block,
@@ -114,14 +126,7 @@ def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_f
     kernel also drops it when the holder dies, killed or not)."""
     fd = open_lock_file(path, what, linked_folder=linked_folder)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            busy = False
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            busy = True
-        if busy:                 # outside the except: a refusal carries no BlockingIOError context
+        if not try_lock(fd):     # outside an except: a refusal carries no BlockingIOError context
             on_busy(lock_holder(fd))
             fcntl.flock(fd, fcntl.LOCK_EX)
         record_holder(fd, path, what)

@@ -166,6 +166,18 @@ def create_database(server: PostgresServer, name: str, *, owner_password: str | 
     return server.dsn(name, user=name, password=owner_password)
 
 
+def create_app_database(server: PostgresServer, name: str, encoding: str = "UTF8") -> str:
+    """A new empty database ``name`` holding the app's schema (``sql/app_db/schema.sql``); returns its DSN."""
+    import psycopg
+
+    from pipelines.sqlrun import sql_text
+
+    dsn = create_database(server, name, encoding=encoding)
+    with psycopg.connect(dsn) as conn:
+        conn.execute(sql_text("app_db/schema"))
+    return dsn
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     """One throwaway server per test process (xdist worker), stopped at the end of the session."""

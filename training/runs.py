@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import array
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -27,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
 from formats import dataset
 from formats.files import is_real_folder, read_small_file, write_bytes_atomic
 from formats.home import DataHome
-from formats.locks import LockFileRefused, open_lock_file
+from formats.locks import LockFileRefused, hold_lock, open_lock_file, try_lock
 from formats.progress import Progress
 from formats.settings import check_fields, knob
 from training.config import CONFIG_FILE, TRAIN_LOCK_FILE, from_home
@@ -143,11 +142,7 @@ def _runs_lock(home: DataHome, progress: Progress | None = None) -> Iterator[int
     ``progress`` and wait."""
     fd = open_lock_file(home.locks / RUNS_LOCK, "the model runs")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not try_lock(fd, fcntl.LOCK_SH):
             if progress is not None:
                 progress(f"waiting for a model run retention to finish (it holds {home.locks / RUNS_LOCK})")
             fcntl.flock(fd, fcntl.LOCK_SH)
@@ -158,12 +153,8 @@ def _runs_lock(home: DataHome, progress: Progress | None = None) -> Iterator[int
 
 def _record_run(home: DataHome, version: str) -> str | None:
     """Record ``version`` as the newest run (before its training starts); why it was not recorded, or None."""
-    fd = open_lock_file(home.locks / f"{RUNS_LOCK}.record", "the record of model runs")
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with hold_lock(home.locks / f"{RUNS_LOCK}.record", "the record of model runs", lambda _holder: None):  # waits
         return _write_runs(home, read_runs(home), new=version)
-    finally:
-        os.close(fd)
 
 
 # --------------------------------------------------------------------------- retention
@@ -292,11 +283,10 @@ def _delete_run(folder: Path, name: str) -> str | None:
             if not stat.S_ISREG(os.fstat(fd).st_mode):
                 return f"not deleted: its {TRAIN_LOCK_FILE} is not a regular file"
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if not try_lock(fd):
+                    return "a trainer is writing it (it holds its lock): kept for now"
             except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    return f"not deleted: its {TRAIN_LOCK_FILE} cannot be locked ({exc.strerror or exc})"
-                return "a trainer is writing it (it holds its lock): kept for now"
+                return f"not deleted: its {TRAIN_LOCK_FILE} cannot be locked ({exc.strerror or exc})"
             try:
                 here, locked = os.lstat(path), os.fstat(dir_fd)
                 same = (here.st_dev, here.st_ino) == (locked.st_dev, locked.st_ino)
@@ -366,11 +356,7 @@ def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) 
         return result
     fd = open_lock_file(home.locks / RUNS_LOCK, "the model runs")
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
+        if not try_lock(fd):
             result.left["*"] = "another training of `latest` is running: runs are deleted after the next one"
             return result
         protect = set(protect)
@@ -463,11 +449,8 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
         if problem and progress is not None:
             progress(problem)
         result = train(config, on_event=on_event)
-    protect = {version_dir.name}
-    with contextlib.suppress(OSError, FileNotFoundError):
-        protect.add(dataset.resolve_version(home).name)   # `latest` may have moved while this run trained
-    try:
-        retention = apply_run_retention(home, keep_runs, protect)
+    try:   # retention protects `latest`'s run itself, read with the runs lock held (it may have moved meanwhile)
+        retention = apply_run_retention(home, keep_runs, {version_dir.name})
     except (OSError, LockFileRefused, RecursionError) as exc:   # the training succeeded: this fails nothing
         why = f"{exc.strerror} ({exc.filename})" if isinstance(exc, OSError) and exc.strerror else str(exc)
         retention = Retention(left={"*": f"no model run was deleted: {why}"})

@@ -128,7 +128,7 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config)
     results = {}
     for table, run in runs.items():
-        fill_pending(run, config.max_line_bytes, config)
+        fill_pending(run, config)
         run.quarantine.close()
         report = run.report
         report.accepted = len(run.rows)

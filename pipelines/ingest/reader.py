@@ -250,14 +250,14 @@ def _line_list(lines: list[int], total: int) -> str:
     return text + (f", ... {total - _LISTED_LINES} more" if total > _LISTED_LINES else "")
 
 
-def fill_pending(run: TableRun, max_line_bytes: int, config: IngestConfig | None = None) -> None:
+def fill_pending(run: TableRun, config: IngestConfig) -> None:
     """Re-read the file for the raw bytes of lines quarantined after the first pass."""
     if not run.pending:
         return
     raw = open_raw(run.home, run.path, expect=run.identity, config=config)   # the file the first pass read, or nothing
     wanted = run.pending
     chunks = raw.chunks() if raw.status == "ok" and run.identity is not None else iter(())
-    for number, data in lines.iter_lines(chunks, max_line_bytes, lambda: raw.cut):
+    for number, data in lines.iter_lines(chunks, config.max_line_bytes, lambda: raw.cut):
         if number in wanted:
             reason, detail = wanted.pop(number)
             run.quarantine.add_line(number, reason, detail, data)

@@ -21,21 +21,14 @@ from dagster_project.definitions import defs
 from dagster_project.resources import PickapicHome
 from formats.home import DataHome
 from pipelines.appdb.export import AppExportConfig, export_day
-from pipelines.sqlrun import sql_text
-from tests.postgres_server import postgres_server  # noqa: F401 - fixture
+from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
 _names = itertools.count()
 
 
-def _app_db(server) -> str:
+def _app_db(server, encoding: str = "UTF8") -> str:
     """A new empty database holding the app's schema (``sql/app_db/schema.sql``); returns its DSN."""
-    name = f"rev17_{os.getpid()}_{next(_names)}"
-    with psycopg.connect(server.dsn(password="postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\'')
-    dsn = server.dsn(name, password="postgres")
-    with psycopg.connect(dsn) as conn:
-        conn.execute(sql_text("app_db/schema"))
-    return dsn
+    return create_app_database(server, f"rev17_{os.getpid()}_{next(_names)}", encoding)
 
 
 def _lines(home: DataHome, day: str, table: str) -> list[str]:

@@ -19,22 +19,15 @@ import pytest
 
 from formats.home import DataHome
 from pipelines.appdb.export import AppExportConfig, export_day
-from pipelines.sqlrun import sql_text
-from tests.postgres_server import postgres_server  # noqa: F401 - fixture
+from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
 _names = itertools.count()
 _REPO = Path(__file__).resolve().parents[2]
 
 
-def _app_db(server) -> str:
+def _app_db(server, encoding: str = "UTF8") -> str:
     """A new empty database holding the app's schema (``sql/app_db/schema.sql``); returns its DSN."""
-    name = f"rev17c_{os.getpid()}_{next(_names)}"
-    with psycopg.connect(server.dsn(password="postgres"), autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'UTF8\' LC_COLLATE \'C\' LC_CTYPE \'C\'')
-    dsn = server.dsn(name, password="postgres")
-    with psycopg.connect(dsn) as conn:
-        conn.execute(sql_text("app_db/schema"))
-    return dsn
+    return create_app_database(server, f"rev17c_{os.getpid()}_{next(_names)}", encoding)
 
 
 # --- 1. the fetch plan counts the server's text bytes, not the lines the export makes of them ------------
@@ -80,15 +73,7 @@ def test_the_fetch_plan_bounds_the_bytes_each_value_is_written_as(postgres_serve
     the characters (escapes, non-ASCII, a WIN1252 byte with no UTF-8), and at most a few times it."""
     from pipelines.appdb.export import _LONG_ESCAPES, _SHORT_ESCAPES, _written_bytes
 
-    dsn = _app_db(postgres_server)
-    if encoding != "UTF8":
-        name = f"rev17c_{os.getpid()}_{next(_names)}"
-        with psycopg.connect(postgres_server.dsn(password="postgres"), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}" TEMPLATE template0 ENCODING \'{encoding}\' '
-                         "LC_COLLATE 'C' LC_CTYPE 'C'")
-        dsn = postgres_server.dsn(name, password="postgres")
-        with psycopg.connect(dsn) as conn:
-            conn.execute(sql_text("app_db/schema"))
+    dsn = _app_db(postgres_server, encoding)
     texts = _TEXTS if encoding == "UTF8" else [t for t in _TEXTS if t.encode("cp1252", "ignore").decode("cp1252") == t]
     with psycopg.connect(dsn) as conn:
         for i, text in enumerate(texts, 1):

@@ -17,12 +17,11 @@ import pyarrow.parquet as pq
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_hostile_rev17_input import _chunk, _outcome  # noqa: E402  (the PNG helpers of that review)
 from test_hostile_rev17_runs import _as_nobody, _fake_run, _files, _name, _open_to_all  # noqa: E402
 from test_ingest_fixtures import DayBuilder  # noqa: E402
 
 from formats.home import DataHome  # noqa: E402
-from pipelines.features import decode as imagedecode  # noqa: E402
-from pipelines.features.config import FeaturesConfig  # noqa: E402
 from pipelines.ingest import lines  # noqa: E402
 from pipelines.ingest.config import IngestConfig  # noqa: E402
 from pipelines.ingest.day import ingest_day  # noqa: E402
@@ -128,13 +127,6 @@ def test_a_spelled_top_level_uid_is_found_beside_a_nested_plain_one() -> None:
 
 
 # =============================================================================================== 3: PNG check
-LIMITS = FeaturesConfig().decode_limits()
-
-
-def _chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
-
 def _indexed_png(palette: bytes, bits: int = 8, text_after_idat: bool = False) -> bytes:
     width = height = 16
     rows = b"".join(b"\x00" + bytes((width * bits + 7) // 8) for _ in range(height))
@@ -142,14 +134,6 @@ def _indexed_png(palette: bytes, bits: int = 8, text_after_idat: bool = False) -
     return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", ihdr) + _chunk(b"PLTE", palette)
             + _chunk(b"IDAT", zlib.compress(rows))
             + (_chunk(b"tEXt", b"Comment\x00hi") if text_after_idat else b"") + _chunk(b"IEND", b""))
-
-
-def _outcome(data: bytes) -> str:
-    try:
-        imagedecode.decode_image(data, "raw/images/x.png", **LIMITS)
-    except imagedecode.ImageRejected as rejected:
-        return rejected.reason
-    return "accepted"
 
 
 @pytest.mark.parametrize("palette, bits", [(bytes(4), 8), (b"", 8), (bytes(3 * 16), 1)],
@@ -162,18 +146,12 @@ def test_an_invalid_palette_gets_one_outcome_whatever_its_chunk_layout(palette: 
 def test_a_png_of_a_million_empty_chunks_is_refused_before_pillow_walks_it() -> None:
     """Found as a suspicion of review rev17b: 12 MB of empty ancillary chunks took 5.5 s to decode (1.5 s of it the
     structure check); a PNG encoder writes a few thousand chunks at most."""
-    import struct
-    import zlib
-
     from pipelines.features import decode as imagedecode
     from pipelines.features.config import FeaturesConfig
 
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
-
     rows = b"".join(b"\x00" + bytes(16 * 3) for _ in range(16))
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
-            + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"teXt", b"") * 70_000 + chunk(b"IEND", b""))
+    data = (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", 16, 16, 8, 2, 0, 0, 0))
+            + _chunk(b"IDAT", zlib.compress(rows)) + _chunk(b"teXt", b"") * 70_000 + _chunk(b"IEND", b""))
     with pytest.raises(imagedecode.ImageRejected) as rejected:
         imagedecode.decode_image(data, "raw/images/x.png", **FeaturesConfig().decode_limits())
     assert rejected.value.reason == "decompression_bomb" and "65536 chunks" in rejected.value.detail

@@ -6,22 +6,13 @@ Each test was a confirmed defect (filed as a strict xfail), fixed since; each as
 """
 from __future__ import annotations
 
-import duckdb
-import pyarrow as pa
 import pytest
+from test_hostile_rev17d import _matches  # noqa: E402  (phrase_matches over prompts, as curation runs it)
 
-from pipelines.curation.decisions import phrase_matches
 from pipelines.splits.assign import moderation_key, normalize_prompt
 
 RLO, LRO, LRE, PDF, LRI, PDI = "\u202e", "\u202d", "\u202a", "\u202c", "\u2066", "\u2069"
 ZWSP = "\u200b"
-
-
-def _matches(prompts: list[str], phrases: list[str]) -> set[tuple[int, str]]:
-    con = duckdb.connect()
-    con.register("ranking_base", pa.table({"ranking_id": pa.array(range(len(prompts)), pa.int64()),
-                                           "prompt": pa.array(prompts, pa.string())}))
-    return {(row["ranking_id"], row["phrase"]) for row in phrase_matches(con, phrases).to_pylist()}
 
 
 # --- 1. left-to-right text nested inside a right-to-left override is reversed although it shows as typed -------------

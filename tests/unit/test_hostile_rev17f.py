@@ -7,19 +7,12 @@ from __future__ import annotations
 import random
 
 import duckdb
-import pyarrow as pa
 import pytest
+from test_hostile_rev17d import _matches  # noqa: E402  (phrase_matches over prompts, as curation runs it)
 
-from pipelines.curation.decisions import PATTERN_BYTES, phrase_matches, phrase_patterns
+from pipelines.curation.decisions import PATTERN_BYTES, phrase_patterns
 
 RLO, LRO, PDF, LRI, PDI = "\u202e", "\u202d", "\u202c", "\u2066", "\u2069"
-
-
-def _matches(prompts: list[str], phrases: list[str]) -> set[tuple[int, str]]:
-    con = duckdb.connect()
-    con.register("ranking_base", pa.table({"ranking_id": pa.array(range(len(prompts)), pa.int64()),
-                                           "prompt": pa.array(prompts, pa.string())}))
-    return {(row["ranking_id"], row["phrase"]) for row in phrase_matches(con, phrases).to_pylist()}
 
 
 # --- 1. a PDI closes an override opened inside its isolate: the code keeps reversing past it -------------------------
