@@ -15,8 +15,9 @@ and without the bucket cap: seconds, peak numpy memory (tracemalloc) and cluster
 
 ``python -m benchmarks.dedup --bucket 20000,65000``: the cost of one band bucket over the cap holding
 that many far-apart hashes (sharing 16 bits, random otherwise) plus a flood of 3,000 hashes within 3
-bits of one of them: the near search verifying every pair (within ``EXACT_PAIR_BUDGET``) and linking the
-bucket through representatives (past it); writes ``benchmarks/results/dedup_bucket.json``.
+bits of one of them: the near search verifying every pair (within ``EXACT_PAIR_BUDGET``), searching the
+bucket by sub-bands (past it) and linking it through representatives (past both budgets), each compared
+with the first (``same_links_as_exact``); writes ``benchmarks/results/dedup_bucket.json``.
 """
 from __future__ import annotations
 
@@ -154,7 +155,8 @@ def run_flood(sizes: list[int]) -> list[dict]:
 
 def run_bucket(sizes: list[int], flood: int = 3000) -> list[dict]:
     """One bucket of ``size`` hashes sharing their low 16 bits, ``flood`` of them within 3 bits of one
-    centre and the rest random: ``near_links`` verifying it pair by pair, and sampling it."""
+    centre and the rest random: ``near_links`` verifying it pair by pair, searching it by sub-bands (as a
+    bucket past the pair budget is), and sampling it (as one past both budgets is)."""
     from pipelines.curation.dedup import band_table, component_labels, near_links
 
     bands = band_table(DedupConfig())
@@ -167,12 +169,13 @@ def run_bucket(sizes: list[int], flood: int = 3000) -> list[dict]:
         phash = np.unique(phash)
         nodes = pa.table({"rid": np.arange(len(phash), dtype=np.int64), "phash": phash,
                           "dhash": rng.integers(0, 1 << 63, len(phash), dtype=np.uint64)})
-        for method in ("exact", "sampled"):
-            giant = pa.table({"band": pa.array([0] if method == "sampled" else [], pa.int32()),
-                              "value": pa.array([0x1234] if method == "sampled" else [], pa.uint64())})
+        exact_links = None
+        for method in ("exact", "subbands", "sampled"):
+            giant = pa.table({"band": pa.array([] if method == "exact" else [0], pa.int32()),
+                              "value": pa.array([] if method == "exact" else [0x1234], pa.uint64())})
             tracemalloc.start()
             started = time.perf_counter()
-            links = near_links(nodes, bands, giant, DedupConfig().k)
+            links = near_links(nodes, bands, giant, DedupConfig().k, subband_budget=0 if method == "sampled" else None)
             seconds = time.perf_counter() - started
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
@@ -183,6 +186,8 @@ def run_bucket(sizes: list[int], flood: int = 3000) -> list[dict]:
                             "within_budget": pairs <= dedup.EXACT_PAIR_BUDGET, "seconds": round(seconds, 2),
                             "ns_per_pair": round(seconds / pairs * 1e9, 2), "peak_numpy_mb": round(peak / 2**20, 1),
                             "largest_cluster": largest})
+            exact_links = links if method == "exact" else exact_links
+            results[-1]["same_links_as_exact"] = links.equals(exact_links)
             print(json.dumps(results[-1]), flush=True)
     return results
 

@@ -112,8 +112,9 @@ class DedupReport:
     truth: dict | None = None
     seconds: float = 0.0
     config: dict = field(default_factory=dict)
-    sampled_bucket_nodes: int = 0      # distinct hashes in buckets past EXACT_PAIR_BUDGET (linked by sampling)
-    sampled_unchecked_nodes: int = 0   # of those, within k of no representative
+    sampled_bucket_nodes: int = 0      # distinct hashes in buckets past EXACT_PAIR_BUDGET
+    sampled_unchecked_nodes: int = 0   # of those, within k of no representative (buckets past both budgets)
+    subband_buckets: int = 0           # buckets past EXACT_PAIR_BUDGET searched exactly by sub-bands
 
     @property
     def sampled_buckets(self) -> int:
@@ -136,6 +137,7 @@ class DedupReport:
             "sampled_buckets": self.sampled_buckets,
             "sampled_bucket_nodes": self.sampled_bucket_nodes,
             "sampled_unchecked_nodes": self.sampled_unchecked_nodes,
+            "subband_buckets": self.subband_buckets,
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
@@ -174,7 +176,12 @@ SETTLE_BUCKET = 64    # buckets above this size are dropped from the scan once t
 # being one component after a few rounds. A bucket past the budget is linked through representatives
 # instead (``_link_sampled``) and reported.
 EXACT_PAIR_BUDGET = 1 << 31
-REPRESENTATIVES = 256  # most greedy representatives of a bucket past the budget
+# A bucket past the budget is first searched by sub-bands (``_link_subbands``): its members' varying pHash bits cut
+# into k + 1 parts, every pair of a sub-bucket verified; exact, and cheap for far-apart hashes (66,000 of them:
+# ~150M comparisons). The sub-band comparisons of all such buckets add up to at most this many; a bucket whose
+# sub-buckets would pass it (an adversarial set agreeing on most bits) is linked through representatives.
+SUBBAND_PAIR_BUDGET = 1 << 31
+REPRESENTATIVES = 256  # most greedy representatives of a bucket past both budgets
 SAMPLED_WINDOW = 16    # and its members are compared with this many neighbours in pHash order
 
 
@@ -259,6 +266,48 @@ def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarra
         links.add(order[left], order[right])
 
 
+def _subband_masks(members: np.ndarray, phash: np.ndarray, k: int) -> list[int] | None:
+    """The k + 1 masks that cut the pHash bits varying among ``members`` into contiguous runs (in bit order),
+    or None when at most k bits vary (then every pair of members is within k)."""
+    varying = int(np.bitwise_or.reduce(phash[members] ^ phash[members[0]]))
+    bits = [bit for bit in range(64) if varying >> bit & 1]
+    if len(bits) <= k:
+        return None
+    return [sum(1 << int(bit) for bit in part) for part in np.array_split(np.array(bits), k + 1)]
+
+
+def _subband_pairs(members: np.ndarray, phash: np.ndarray, masks: list[int]) -> int:
+    """Comparisons of the sub-band scan: the pairs within each sub-bucket, summed over the masks."""
+    total = 0
+    for mask in masks:
+        _, counts = np.unique(phash[members] & np.uint64(mask), return_counts=True)
+        counts = counts.astype(np.int64)
+        total += int((counts * (counts - 1) // 2).sum())
+    return total
+
+
+def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Components, budget: int) -> int | None:
+    """Link every pair of ``members`` within ``k`` by multi-index search, if it costs at most ``budget``
+    comparisons; return the comparisons it cost, or None (nothing done) past the budget.
+
+    Two members differ only in the bits that vary among the members; cut into k + 1 parts, a pair within k
+    differs in at most k of them, so it agrees exactly on one part (pigeonhole) and is compared in that part's
+    sub-bucket. The result is that of verifying every pair of the bucket (the same verified pairs, the same
+    components), so it does not depend on the rids, on other images or on which buckets are past a budget."""
+    masks = _subband_masks(members, phash, k)
+    if masks is None:                         # at most k bits vary: all members are one component
+        links.add(members[1:], np.full(len(members) - 1, members[0], dtype=np.int64))
+        return len(members) - 1
+    cost = _subband_pairs(members, phash, masks)
+    if cost > budget:
+        return None
+    for mask in masks:
+        values = phash[members] & np.uint64(mask)
+        by_value = np.argsort(values, kind="stable")
+        _scan_buckets(members[by_value], values[by_value], phash, k, links, settle=True)
+    return cost
+
+
 def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Components,
                   representatives: int, window: int) -> np.ndarray:
     """Link a bucket too large to verify pair by pair (``members``: its nodes, in rid order) without
@@ -290,7 +339,7 @@ def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Compon
 
 def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None,
                representatives: int | None = None, window: int | None = None,
-               sampled: dict | None = None) -> pa.Table:
+               sampled: dict | None = None, subband_budget: int | None = None) -> pa.Table:
     """Near-duplicate links (r0 < r1): the nodes joined by pairs that share a band value and are within
     pHash distance ``k``, as one link from each such node (r1) to its component's smallest rid (r0).
 
@@ -317,6 +366,8 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         skip.setdefault(int(band), []).append(int(value))
     representatives = REPRESENTATIVES if representatives is None else representatives
     window = SAMPLED_WINDOW if window is None else window
+    subband_budget = SUBBAND_PAIR_BUDGET if subband_budget is None else subband_budget
+    by_subbands = 0
     links = _Components(len(rid), PAIR_CHUNK if chunk is None else chunk)
     in_sampled = np.zeros(len(rid) if skip else 0, dtype=bool)   # nodes of the sampled buckets
     unchecked = np.zeros(len(rid) if skip else 0, dtype=bool)    # and those within k of no representative
@@ -327,7 +378,11 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         for value in skip.get(band, []):
             members = np.flatnonzero(values == values.dtype.type(value))
             in_sampled[members] = True
-            if representatives or window:
+            cost = _link_subbands(members, hashes["phash"], k, links, subband_budget)
+            if cost is not None:
+                subband_budget -= cost
+                by_subbands += 1
+            elif representatives or window:
                 unchecked[_link_sampled(members, hashes["phash"], k, links, representatives, window)] = True
             else:
                 unchecked[members] = True
@@ -345,7 +400,7 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         _scan_buckets(order[big], sorted_values[big], hashes["phash"], k, links, settle=True)
     links.merge()
     if sampled is not None:
-        sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()))
+        sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()), subbands=by_subbands)
     smallest = np.full(len(rid), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(smallest, links.root, rid)
     r0 = smallest[links.root]
@@ -369,6 +424,7 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     clusters = cast_to_schema(run_sql(con, "dedup_clusters"), get_schema("duplicate_clusters"))
     report = _report(con, clusters, hashes.num_rows, exact, near, large, config)
     report.sampled_bucket_nodes, report.sampled_unchecked_nodes = sampled["nodes"], sampled["unchecked"]
+    report.subband_buckets = sampled["subbands"]
     report.seconds = time.perf_counter() - started
     return clusters, report
 

@@ -173,7 +173,7 @@ def test_giant_bucket_is_capped_and_reported():
 def test_near_links_have_the_components_of_a_brute_force_bucket_scan():
     """The links join exactly the components of every pair sharing a band value outside the skipped
     buckets within distance k: one link per joined node, to its component's smallest rid (the skipped
-    bucket's sampling turned off: ``representatives=0, window=0``)."""
+    bucket's sub-band search and sampling turned off: ``subband_budget=0, representatives=0, window=0``)."""
     import itertools
 
     import numpy as np
@@ -208,7 +208,7 @@ def test_near_links_have_the_components_of_a_brute_force_bucket_scan():
     want = component_labels(np.array([a for a, _ in expected]), np.array([b for _, b in expected])).to_pylist()
     want_links = sorted((r["label"], r["rid"]) for r in want if r["label"] != r["rid"])
     for chunk in (None, 1):   # 1: merged after every max(1, nodes) pairs
-        got = near_links(nodes, bands, giant, config.k, chunk=chunk, representatives=0, window=0)
+        got = near_links(nodes, bands, giant, config.k, chunk=chunk, representatives=0, window=0, subband_budget=0)
         assert list(zip(got.column("r0").to_pylist(), got.column("r1").to_pylist())) == want_links
     assert len(expected) > 100 and len(want_links) < len(expected)
 
@@ -399,12 +399,18 @@ def test_sampled_buckets_never_merge_more_than_the_exact_build(monkeypatch):
         rows, config = _collision_case(seed)
         exact, _ = reference_clusters(connect({"image_features": _features(rows)}), config)
         monkeypatch.setattr(dedup, "EXACT_PAIR_BUDGET", 0)
+        dropped, _ = reference_clusters(connect({"image_features": _features(rows)}), config)
+        by_subbands, subband_report = cluster_features(connect({"image_features": _features(rows)}), config)
+        monkeypatch.setattr(dedup, "SUBBAND_PAIR_BUDGET", 0)              # past both budgets: representatives
         monkeypatch.setattr(dedup, "REPRESENTATIVES", int(seed % 4))
         monkeypatch.setattr(dedup, "SAMPLED_WINDOW", int(seed % 3))
-        dropped, _ = reference_clusters(connect({"image_features": _features(rows)}), config)
         got, report = cluster_features(connect({"image_features": _features(rows)}), config)
         monkeypatch.undo()
         got, exact, dropped = _partition(got), _partition(exact), _partition(dropped)
         assert _refines(dropped, got) and _refines(got, exact)
         sampled_any += report.sampled_buckets > 0 and got != dropped
+        # the sub-band search of a bucket past the pair budget is exact: the clusters of verifying every pair
+        assert _partition(by_subbands) == exact
+        assert subband_report.subband_buckets == subband_report.sampled_buckets
+        assert subband_report.sampled_unchecked_nodes == 0
     assert sampled_any >= 3

@@ -132,8 +132,6 @@ def _flood_ids(clusters, prefix: str) -> collections.Counter:
     return collections.Counter(r["cluster_id"] for r in clusters.to_pylist() if r["image_uid"].startswith(prefix))
 
 
-@pytest.mark.xfail(strict=True, reason="rev18b: in a bucket past EXACT_PAIR_BUDGET whose first 256 members are "
-                   "far apart, 15 mutual near duplicates are linked only by the 16-wide pHash window: split")
 def test_mutual_near_duplicates_in_a_sampled_bucket_are_one_cluster() -> None:
     """README 4 (rev17d): a bucket past the pair budget 'is linked through up to 256 greedy representatives ...
     and its 16 neighbours in pHash order ..., which makes a flood of mutual near duplicates one cluster'.
@@ -153,8 +151,6 @@ def test_mutual_near_duplicates_in_a_sampled_bucket_are_one_cluster() -> None:
     assert len(ids) == 1, ids
 
 
-@pytest.mark.xfail(strict=True, reason="rev18b: adding one image that duplicates nothing can split an existing "
-                   "cluster of a sampled bucket (it takes the 256th representative slot): clusters are not stable")
 def test_an_unrelated_new_image_does_not_split_an_existing_cluster(monkeypatch) -> None:
     """README 4: clusters are recomputed in full because 'one new image can merge two old clusters'; a team
     expects a new image that is a near duplicate of nothing never to split one (cluster ids feed the split
