@@ -14,9 +14,11 @@ CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
     "ingest": "3",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
-    "features": "4",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "5",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
-    "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped; 3: past the budget searched exactly by sub-bands first
+                          # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
+    "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
+                          # 3: a bucket past the budget searched exactly by sub-bands before representatives
     "decisions": "4",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order

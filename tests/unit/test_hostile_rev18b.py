@@ -51,8 +51,6 @@ def _outcome(data: bytes) -> str:
 
 
 # =============================================================================================== PNG checks
-@pytest.mark.xfail(strict=True, reason="rev18b: 1,001+ tEXt (or sPLT) chunks before the image data hit libspng's "
-                   "chunk limit (truncated_image) while the same chunks after it are accepted by Pillow")
 def test_a_text_chunk_flood_gets_the_same_outcome_in_either_chunk_layout() -> None:
     """README 3: the structure check exists so that libspng and Pillow are given the same PNGs and a PNG's
     outcome no longer depends on whether a chunk follows its image data. 1,001 one-byte tEXt chunks (12 KB,
@@ -64,8 +62,6 @@ def test_a_text_chunk_flood_gets_the_same_outcome_in_either_chunk_layout() -> No
     assert before == after, (before, after)
 
 
-@pytest.mark.xfail(strict=True, reason="rev18b: IHDR compression method != 0 (or an IHDR longer than 13 bytes) "
-                   "is refused by libspng but accepted by Pillow: the outcome depends on the chunk layout")
 def test_an_invalid_ihdr_gets_the_same_outcome_in_either_chunk_layout() -> None:
     """png_problem reads IHDR's colour type and interlace method but not its length, compression method or the
     bit depth / colour type pairing Pillow leaves to its mode table. Compression method 1 (there is only 0)
@@ -76,8 +72,6 @@ def test_an_invalid_ihdr_gets_the_same_outcome_in_either_chunk_layout() -> None:
         assert libspng_layout == pillow_layout, (head, libspng_layout, pillow_layout)
 
 
-@pytest.mark.xfail(strict=True, reason="rev18b: the 65,536-chunk cap is checked only after Pillow's Image.open "
-                   "has walked every chunk before the IDAT: 400,000 empty chunks there cost seconds")
 def test_a_chunk_flood_before_the_image_data_is_refused_without_walking_it() -> None:
     """README 3: 'at most 65,536 chunks in all (else decompression_bomb: a million empty chunks took Pillow
     seconds to walk)'. The count is taken in png_problem, which runs after Image.open; Image.open reads every
@@ -90,8 +84,6 @@ def test_a_chunk_flood_before_the_image_data_is_refused_without_walking_it() -> 
     assert seconds < 0.2 + 3 * after, (seconds, after)   # the same work as the flood after the IDAT
 
 
-@pytest.mark.xfail(strict=True, reason="rev18b: repeated iCCP chunks each inflate to ~1 MiB (Pillow's per-chunk "
-                   "limit) with no total limit: a 0.5 MB PNG makes the decoder inflate 500 MB and is accepted")
 def test_an_iccp_chunk_flood_is_a_decompression_bomb() -> None:
     """Pillow caps one compressed chunk at MAX_TEXT_CHUNK (1 MiB) and text chunks at 64 MiB in all, but an
     iCCP profile does not count towards the text total and a PNG may repeat it (the spec allows one). 500
