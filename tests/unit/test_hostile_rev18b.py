@@ -1,6 +1,6 @@
 """Hostile review rev18b: duplicate clustering's sampled buckets (rev17d) and the PNG structure check before
-decoding (rev17/rev17b). Each test is a confirmed defect, filed as a strict xfail: it fails today because of
-the defect and passes once it is fixed."""
+decoding (rev17/rev17b). Each test was a confirmed defect, filed as a strict xfail; all six were fixed the same day
+(December 5, 2026: sub-band search of buckets past the pair budget; PNG chunks read before Pillow's parse)."""
 from __future__ import annotations
 
 import collections
