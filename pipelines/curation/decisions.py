@@ -47,7 +47,7 @@ from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
-from pipelines.splits.assign import _prototype, moderation_key, moderation_text
+from pipelines.splits.assign import _prototype, _styled_letters, _visible, moderation_key, moderation_text
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -76,22 +76,27 @@ _FREE_SCRIPTS = ("Han", "Hiragana", "Thai", "Lao", "Khmer", "Myanmar")
 
 
 def _kana_lookalikes() -> str:
-    """The Han letters Katakana letters fold to in a moderation key (ロ as 口, カ as 力, ト as 卜, ニ as 二, ...),
-    which stand for Katakana next to a Katakana phrase there: ``カロリー`` keys as ``力口リー``, still one word."""
-    out = set()
-    for cp in range(0x30A1, 0x30FB):
-        out.update(c for c in _prototype(chr(cp)) if _HAN.match(c))
+    """What Katakana letters turn into in a moderation key or text other than Katakana: the Han letters they fold
+    to (ロ as 口, カ as 力, ト as 卜, ニ as 二, ...), the Hiragana ones (ヘ as へ) and the combining marks a voiced or
+    semi-voiced letter leaves after its look-alike (ペ as へ and a ring above, ド as 卜 and U+3099), which stand for
+    Katakana next to a Katakana phrase there: ``カロリー`` keys as ``力口リー`` and ``ペロリ`` as ``へ̊口リ``, each
+    still one word. Never in a guard of the prompt as typed: there 二 is a Han numeral (``エロ二次元`` holds ``エロ``)."""
+    out = set("\u3099\u309a")
+    for cp in [*range(0x30A1, 0x30FB), *range(0x30FD, 0x3100), *range(0x31F0, 0x3200), *range(0xFF66, 0xFF9E)]:
+        char = chr(cp)
+        for form in (_prototype(char), moderation_key(char), moderation_text(char)):
+            out.update(c for c in form if not c.isascii() and not _KATAKANA.match(c))
     return "".join(sorted(out))
 
 
-_HAN = regex.compile(r"\p{Han}")
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
-_KANA_EXTRA = "\u30fc\uff70" + _kana_lookalikes()
-_KANA = r"\p{Katakana}" + "".join(rf"\x{{{ord(c):04X}}}" for c in _KANA_EXTRA)   # RE2: a Katakana phrase's neighbours
+_KANA = r"\p{Katakana}\x{30FC}\x{FF70}"   # RE2: a Katakana phrase's neighbours in the prompt as typed
+_KANA_KEY = _KANA + "".join(rf"\x{{{ord(c):04X}}}" for c in _kana_lookalikes())   # ... and in a key or text
 _UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
 _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
     "word": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
     "kana": (rf"(?:^|[^{_KANA}])", rf"(?:$|[^{_KANA}])"),
+    "kana_key": (rf"(?:^|[^{_KANA_KEY}])", rf"(?:$|[^{_KANA_KEY}])"),   # "kana" in a moderation key or text
     "free": ("", ""),
 }
 _FREE_CHAR = regex.compile("[" + "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + "]")
@@ -214,13 +219,15 @@ def read_phrases(path: Path) -> list[str]:
 
 
 def phrase_body(phrase: str) -> str:
-    """RE2 source for ``phrase``: literal characters, any whitespace run matching ``\\s+``."""
+    """RE2 source for ``phrase``: literal characters, any whitespace run matching ``\\s+``, or ``\\s*`` next to a
+    symbol (an emoji is never part of a word: ``peach🍑`` holds ``peach 🍑``, as its prompt key says)."""
     out = []
-    for token in re.split(r"(\s+)", phrase):
-        if not token:
-            continue
+    tokens = [token for token in re.split(r"(\s+)", phrase) if token]
+    for i, token in enumerate(tokens):
         if token.isspace():
-            out.append(r"\s+")
+            at_symbol = (i > 0 and _is_symbol(_base_char(tokens[i - 1], -1))
+                         or i + 1 < len(tokens) and _is_symbol(_base_char(tokens[i + 1], 0)))
+            out.append(r"\s*" if at_symbol else r"\s+")
             continue
         out.extend(ch if ch.isalnum() or ch == "_" or ord(ch) > 127 else "\\" + ch for ch in token)
     return "".join(out)
@@ -238,16 +245,40 @@ def _edge_kind(ch: str) -> str:
     return "word"
 
 
+def _is_symbol(ch: str) -> bool:
+    """A non-ASCII character that is no letter, digit, mark or unspaced-script letter (an emoji, a symbol)."""
+    return bool(ch) and _edge_kind(ch) == "free" and not _FREE_CHAR.match(ch)
+
+
+def _base_char(token: str, end: int) -> str:
+    """The first (``end`` 0) or last (-1) character of ``token`` that is no mark or invisible ('' if none): the
+    emoji a variation selector or skin tone follows."""
+    bases = [c for c in token if not _MARK_OR_INVISIBLE.match(c)]
+    return bases[end] if bases else ""
+
+
+_MARK_OR_INVISIBLE = regex.compile(r"[\p{M}\p{Default_Ignorable_Code_Point}\p{Cf}\U0001F3FB-\U0001F3FF]")
+
+
+def _edge_char_kind(ch: str) -> str:
+    """:func:`_edge_kind` of a visible character, a letter drawn in a symbol (negative squared 🅽) as a letter."""
+    return "word" if ord(ch) in _styled_letters() else _edge_kind(ch)
+
+
 def edge_kinds(phrase: str) -> tuple[str, str]:
-    """The kinds (:func:`_edge_kind`) of a phrase's first and last characters, as typed: its key and text are
-    bounded as the phrase is (a Katakana phrase's key may start with the Han letter its ロ folds to)."""
-    stripped = phrase.strip() or phrase
-    return _edge_kind(stripped[0]), _edge_kind(stripped[-1])
+    """The kinds (:func:`_edge_kind`) of a phrase's first and last characters as read (NFKC, invisibles and
+    decorative marks out; a letter in a shape is a letter: ``ⓐⓢⓢ`` is bounded as ``ass`` is, ``１８＋`` as ``18+``),
+    on the prompt as typed and on its key and text alike (a Katakana phrase's key may start with the Han letter its
+    ロ folds to: there ``kana`` takes the look-alikes for Katakana, :func:`phrase_pattern`)."""
+    visible = _visible(phrase).strip() or phrase.strip() or phrase
+    return _edge_char_kind(visible[0]), _edge_char_kind(visible[-1])
 
 
 def phrase_pattern(phrases: list[str], kinds: dict[str, tuple[str, str]] | None = None) -> str:
     """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty); each
     end of a phrase is bounded by its kind (``kinds[phrase]``, default :func:`edge_kinds` of the phrase itself).
+    ``kinds`` given means ``phrases`` are moderation keys or texts, matched on keys or texts: there a ``kana`` end is
+    bounded by ``kana_key`` (Katakana and what Katakana folds to), on the prompt as typed by Katakana alone.
     Phrases of the same two kinds share one alternation, so the pattern grows by the phrases' text, not by a guard
     per phrase (RE2 refuses a program past its size limit: :func:`phrase_patterns` cuts long lists)."""
     if not phrases:
@@ -255,6 +286,8 @@ def phrase_pattern(phrases: list[str], kinds: dict[str, tuple[str, str]] | None 
     groups: dict[tuple[str, str], list[str]] = {}
     for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
         kind = (kinds or {}).get(phrase) or edge_kinds(phrase)
+        if kinds is not None:
+            kind = tuple("kana_key" if end == "kana" else end for end in kind)
         groups.setdefault(kind, []).append(phrase_body(phrase))
     branches = [f"{_GUARDS[first][0]}(?:{'|'.join(bodies)}){_GUARDS[last][1]}"
                 for (first, last), bodies in sorted(groups.items())]
@@ -403,25 +436,31 @@ def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Tab
     texts = {phrase: moderation_text(phrase) for phrase in phrases if not _is_words(phrase)}
     prompts = sorted(row[0] for row in con.sql(
         "SELECT DISTINCT prompt FROM ranking_base WHERE prompt IS NOT NULL").fetchall())
-    # a key or text is bounded as the phrase it came from is (the first phrase in order, where two share one)
-    key_kinds = {key: edge_kinds(phrase) for phrase, key in sorted(keys.items(), reverse=True) if key}
-    text_kinds = {text: edge_kinds(phrase) for phrase, text in sorted(texts.items(), reverse=True) if text}
     found: set[tuple[str, str]] = set()
     for prompt_phrases in _phrase_values(con, prompts, sorted(set(phrases)), None).items():
         found.update((prompt, prompt_phrases[0]) for prompt in prompt_phrases[1])
-    for form, by_phrase, kinds in ((moderation_key, keys, key_kinds), (moderation_text, texts, text_kinds)):
-        if not kinds:
-            continue
-        phrases_of: dict[str, list[str]] = {}
-        for phrase, element in by_phrase.items():
+    for form, by_phrase in ((moderation_key, keys), (moderation_text, texts)):
+        # a key or text is bounded as the phrase it came from is (edge_kinds); two phrases of one key or text but of
+        # other kinds (ロリ and 口リ) are tested in turn, so what a phrase matches never depends on what else is listed
+        phrases_of: dict[tuple[str, tuple[str, str]], list[str]] = {}
+        for phrase, element in sorted(by_phrase.items()):
             if element:
-                phrases_of.setdefault(element, []).append(phrase)
+                phrases_of.setdefault((element, edge_kinds(phrase)), []).append(phrase)
+        if not phrases_of:
+            continue
+        layers: list[dict[str, tuple[str, str]]] = []
+        for element, kind in sorted(phrases_of):
+            layer = next((layer for layer in layers if element not in layer), None)
+            if layer is None:
+                layers.append(layer := {})
+            layer[element] = kind
         prompts_of: dict[str, list[str]] = {}
         for prompt in prompts:
             prompts_of.setdefault(form(prompt), []).append(prompt)
-        for element, values in _phrase_values(con, sorted(prompts_of), sorted(kinds), kinds).items():
-            found.update((prompt, phrase) for value in values for prompt in prompts_of[value]
-                         for phrase in phrases_of[element])
+        for kinds in layers:
+            for element, values in _phrase_values(con, sorted(prompts_of), sorted(kinds), kinds).items():
+                found.update((prompt, phrase) for value in values for prompt in prompts_of[value]
+                             for phrase in phrases_of[(element, kinds[element])])
     ordered = sorted(found)
     con.register("phrase_prompt_matches", pa.table({
         "prompt": pa.array([prompt for prompt, _ in ordered], pa.string()),

@@ -204,10 +204,26 @@ def normalize_prompt(text: str) -> str:
 def _symbol_key(text: str) -> str:
     """The key of a prompt of nothing but symbols (emoji): ``#`` and its visible symbols, case folded, without
     what the main key also drops between them (whitespace, punctuation, skin-tone modifiers), so ``🦊 🦊``,
-    ``🦊🦊!`` and ``🦊🦊`` (and ``👍🏻``, ``👍``) key alike; a prompt of punctuation alone keys on its text."""
+    ``🦊🦊!`` and ``🦊🦊`` (and ``👍🏻``, ``👍``) key alike; a prompt of punctuation alone keys on its text. A prompt
+    whose letters or digits are all in ``[brackets]`` keys on them as the main key reads letters (look-alikes and
+    small capitals folded, case folded twice), its punctuation as spaces, its words kept apart (``[a red fox]`` is
+    not ``[ared fox]``) and its symbols kept, with no space next to a symbol (``🦊 [fox]`` is ``🦊[fox]``)."""
     visible = _fold_case(_visible(_read_keycaps(text)))     # a keycap as its character: #️⃣ is # and *⃣ is *
+    if _LETTER_OR_DIGIT.search(visible) or any(ord(c) in _styled_letters() for c in visible):
+        letters = _fold_case("".join(map(_letter_char, _fold_case("".join(map(_letter_char, visible))))))
+        words = " ".join(_SKIN_TONES.sub("", _PUNCTUATION.sub(" ", letters)).split())
+        core = _SPACE_AT_SYMBOL.sub("", words)
+        if core:
+            return "#" + core
     core = _SYMBOL_KEY_DROPS.sub("", visible)
     return "#" + (core if core else " ".join(visible.split()))
+
+
+def _letter_char(char: str) -> str:
+    """A non-ASCII letter or digit, or a letter drawn in a symbol, as its confusable prototype; anything else as is."""
+    if char.isascii() or not (_LETTER_OR_DIGIT.match(char) or ord(char) in _styled_letters()):
+        return char
+    return _prototype(char)
 
 
 def moderation_key(text: str) -> str:
@@ -229,10 +245,23 @@ def moderation_text(text: str) -> str:
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.lower().split())
     def text_of(t: str) -> str:
-        visible = _visible(_read_keycaps(t))
-        folded = "".join(c if c.isascii() or not _LETTER_OR_DIGIT.match(c) else _prototype(c) for c in visible)
-        return " ".join(_fold_case(unicodedata.normalize("NFC", folded)).split())
+        visible = _SKIN_TONES.sub("", _visible(_read_keycaps(t)))
+        return " ".join(_fold_case(unicodedata.normalize("NFC", "".join(map(_text_char, visible)))).split())
     return _both_orders(text, text_of)
+
+
+def _text_char(char: str) -> str:
+    """One character of :func:`moderation_text`: a non-ASCII letter or digit, or a letter drawn in a symbol (negative
+    squared 🅽, circled 🅝: :func:`_styled_letters`), as its confusable prototype; a punctuation mark or symbol whose
+    prototype is ASCII punctuation (the typographic apostrophe ’ as ', the plus emoji ➕ as +) as that; any other
+    symbol (an emoji) as typed."""
+    if char.isascii() or _LETTER_OR_DIGIT.match(char) or ord(char) in _styled_letters():
+        return _letter_char(char)
+    if _PUNCTUATION_OR_SYMBOL.match(char):
+        folded = _prototype(char)
+        if folded and folded.isascii() and not any(c.isalnum() or c.isspace() for c in folded):
+            return folded
+    return char
 
 
 def _both_orders(text: str, key: Callable[[str], str]) -> str:
@@ -346,10 +375,23 @@ _CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
 # lines and overlays drawn through or under a letter (overline, low line, double low line, tilde / short / long
 # stroke overlays, short / long solidus overlays, double overline, long vertical line overlays, ring overlays, long
 # double solidus overlay). Accents (acute, grave, diaeresis, ...) stay: they make other words.
+# Also the marks fancy-text generators draw as a symbol on every letter, which no precomposed letter of any script
+# holds (none is in a canonical decomposition): x above / below, vertical tilde, plus, equals, asterisk, double vertical
+# line, upwards arrow below, square, seagull and (inverted) bridge below / above, zigzag above, and the Cyrillic
+# hundred thousands and millions signs (enclosing marks: n҉u҉d҉e҉).
 _DECORATIVE_MARKS = regex.compile("[\u20dd-\u20df\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da"
-                                  "\u20e5\u20e6\u20ea\u20eb]")
+                                  "\u20e5\u20e6\u20ea\u20eb"
+                                  "\u031f\u033a-\u033e\u0346-\u0348\u034e\u0353\u0359\u035b\u0488\u0489]")
 # What the key of a prompt of symbols alone drops between them: whitespace, punctuation, skin-tone modifiers.
 _SYMBOL_KEY_DROPS = regex.compile("[\\s\\p{P}\U0001F3FB-\U0001F3FF]+")
+# Emoji skin-tone modifiers (U+1F3FB..1F3FF): the same emoji in another colour.
+_SKIN_TONES = regex.compile("[\U0001F3FB-\U0001F3FF]+")
+# A space next to a character that is no letter, digit or mark (a symbol), in the key of a prompt of bracketed text.
+_SPACE_AT_SYMBOL = regex.compile(r" (?=[^\pL\pN\pM])|(?<=[^\pL\pN\pM]) ")
+_PUNCTUATION_OR_SYMBOL = regex.compile(r"[\p{P}\p{S}]")
+_LETTER = regex.compile(r"\pL")
+_DIGIT = regex.compile(r"\pN")
+_MODIFIER_LETTER = regex.compile(r"\p{Lm}")
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 
@@ -358,18 +400,27 @@ _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 def _prototype(char: str) -> str:
     """A non-ASCII character's UTS #39 confusable prototype (ICU skeleton), as the ASCII letter or digit with
     the same skeleton where there is one (ICU's skeleton of ASCII ``m`` is ``rn``: a look-alike of ``m``
-    keys as ``m``), else NFKC of the skeleton without invisibles. Not case-folded (the key folds case after)."""
+    keys as ``m``), else NFKC of the skeleton without invisibles. Not case-folded (the key folds case after).
+    A letter folds to a letter twin and a digit to a digit twin where there is one (a caseless Lisu ꓳ or the
+    dental click ǀ is O or l, not 0 or 1); a letter or digit whose prototype holds punctuation or a symbol (Hiragana
+    く as ❬, Katakana ノ as /, Hebrew י as ') stays itself: a letter stays a letter (a modifier letter, Lm, is the
+    exception: the apostrophe-like ʼ and ʻ fold to ', as a typed apostrophe reads)."""
     if unicodedata.normalize("NFD", char)[0].isascii():
         return char          # an ASCII letter with marks (é, İ): case folding and NFC handle it
     skeleton = _spoof_checker().getSkeleton(0, char)
     twins = _ascii_by_skeleton().get(skeleton)
     if twins:                # the twin of the same case: a Greek capital iota is I, not l
+        kind = str.isalpha if _LETTER.match(char) else str.isdigit if _DIGIT.match(char) else None
+        twins = [t for t in twins if kind(t)] or twins if kind else twins
         same_case = [t for t in twins if (t.isupper(), t.islower()) == (char.isupper(), char.islower())]
         return (same_case or [t for t in twins if t == skeleton] or twins)[0]
     styled = _styled_letters().get(ord(char))
     if styled:               # "fancy text" ICU has no twin for: small capitals, negative squared letters
         return styled
-    return _INVISIBLE.sub("", unicodedata.normalize("NFKC", skeleton))
+    folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", skeleton))
+    if _PUNCTUATION_OR_SYMBOL.search(folded) and _LETTER_OR_DIGIT.match(char) and not _MODIFIER_LETTER.match(char):
+        return char          # a letter read as punctuation would become a space in a key: it stays a letter
+    return folded
 
 
 # A Latin letter in a style: a small capital (LATIN LETTER SMALL CAPITAL R, modifier small capitals after NFKC),

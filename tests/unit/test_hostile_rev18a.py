@@ -13,8 +13,6 @@ from pipelines.splits.assign import normalize_prompt
 
 # --- 1. a caseless look-alike of l or O keys as the digit 1 or 0 -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: caseless look-alike letters of l / O (Lisu, Latin dental click) "
-                                       "key as the digits 1 / 0, so they hide a phrase and split a prompt in two")
 def test_a_caseless_lookalike_letter_does_not_hide_a_phrase():
     # U+A4F3 LISU LETTER O and U+A4D1 / U+A4E3 / U+A4E0 (Lisu P, R, N) look like O, P, R, N; U+01C0 LATIN LETTER
     # DENTAL CLICK is a vertical bar, like l. The key folds them to '0' and '1' ('p0rn', 's1ut'), not to letters.
@@ -26,8 +24,6 @@ def test_a_caseless_lookalike_letter_does_not_hide_a_phrase():
 
 # --- 2. a Han numeral after a Katakana phrase is taken for Katakana in the prompt as typed ---------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: a Katakana phrase followed by a real Han letter that is a Katakana "
-                                       "look-alike (二, 工, 力, 口) is not matched, even on the prompt as typed")
 def test_a_katakana_phrase_before_a_han_numeral_is_matched():
     # 'エロ二次元' ('erotic 2D art', a very common Japanese phrase): 二 is the Han numeral two, a change of script
     # (the README's rule: a Katakana phrase must not continue a Katakana run; 二 is a look-alike only in a key)
@@ -36,8 +32,6 @@ def test_a_katakana_phrase_before_a_han_numeral_is_matched():
 
 # --- 3. a voiced or semi-voiced Katakana letter before a Katakana phrase ends the Katakana run in the key ------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: in a key, ペ/ポ/ド fold to a look-alike plus a combining (semi-)voiced "
-                                       "mark or ring, which the kana guard takes for a boundary: 'ロリ' in 'ペロリ'")
 def test_a_katakana_phrase_is_not_matched_after_a_voiced_katakana_letter():
     # 'ペロリと舐める' (licks it up), 'ポロリ' (slips out), 'ドロリとした' (thick, gooey): each one Katakana word, like
     # 'カロリー', which the README says does not hold 'ロリ'
@@ -46,9 +40,6 @@ def test_a_katakana_phrase_is_not_matched_after_a_voiced_katakana_letter():
 
 # --- 4. a punctuation or symbol look-alike hides a phrase holding punctuation -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: moderation_text folds no punctuation / symbol look-alike (ICU's "
-                                       "skeleton ties ’ to ' and ➕ to +): the typographic apostrophe (phones' "
-                                       "default) and the plus emoji hide a phrase typed with ' or +")
 @pytest.mark.parametrize("prompts, phrase", [
     # smart punctuation (iOS, macOS, Word) turns ' into ’ as the user types; U+02BC, a letter, is already folded
     (["a girl\u2019s nipples", "a girl's nipples", "a girl\u02bcs nipples"], "girl's nipples"),
@@ -61,8 +52,6 @@ def test_a_phrase_with_punctuation_matches_its_lookalikes(prompts, phrase):
 
 # --- 5. skin-tone modifiers hide a phrase of several emoji -----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: moderation_text keeps skin-tone modifiers, so a skin tone on each "
-                                       "emoji hides a phrase of two emoji (the symbols-only key drops them)")
 def test_an_emoji_phrase_is_matched_with_skin_tones():
     # U+1F3FB / U+1F3FF: the same gesture in another skin colour; the splits key already reads 👍🏻 as 👍
     prompts = ["👉👌 now", "👉\U0001F3FB👌\U0001F3FB now", "👉\U0001F3FF👌"]
@@ -71,10 +60,6 @@ def test_an_emoji_phrase_is_matched_with_skin_tones():
 
 # --- 6. a phrase typed in circled or fullwidth characters loses its word boundaries (unless its plain form is listed)
 
-@pytest.mark.xfail(strict=True, reason="rev18a: edge kinds come from the phrase as typed, so a circled-letter or "
-                                       "fullwidth-punctuation phrase is 'free' (a symbol) at that end although its "
-                                       "key / text is plain ASCII: a substring match, unless the plain phrase is "
-                                       "also listed")
 @pytest.mark.parametrize("phrase, plain, prompts, hits", [
     ("ⓐⓢⓢ", "ass", ["a glass of water", "an ass", "grass"], {1}),
     # a fullwidth '１８＋' (as Japanese lists write it) matches the arithmetic review rev17e kept '18+' out of
@@ -94,8 +79,6 @@ def _marked(text: str, mark: str) -> str:
 
 # U+0489 COMBINING CYRILLIC MILLIONS SIGN (an enclosing mark: n҉u҉d҉e҉), U+033D COMBINING X ABOVE and U+0353
 # COMBINING X BELOW ('cross above / below'): styles of online fancy-text generators, put on every letter
-@pytest.mark.xfail(strict=True, reason="rev18a: fancy-text marks outside _DECORATIVE_MARKS (U+0489 enclosing "
-                                       "millions sign, U+033D / U+0353 x above / below) hide a phrase and split a key")
 @pytest.mark.parametrize("mark", ["\u0489", "\u033d", "\u0353"])
 def test_a_phrase_in_other_fancy_text_marks_is_matched(mark):
     assert _matches([f"a {_marked('nude', mark)} statue"], ["nude"]) == {(0, "nude")}
@@ -104,8 +87,6 @@ def test_a_phrase_in_other_fancy_text_marks_is_matched(mark):
 
 # --- 8. an emoji glued to the word before it hides a phrase of a word and an emoji -----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: a phrase 'word emoji' needs whitespace before the emoji, so the usual "
-                                       "glued typing 'peach🍑' is not matched (one prompt key with 'peach 🍑')")
 def test_a_word_and_emoji_phrase_is_matched_when_the_emoji_is_glued_to_the_word():
     # the README's own example phrase; an emoji is never part of a word (rev17d: 'big🍆' holds '🍆'), and the splits
     # key reads 'peach🍑' and 'peach 🍑' as one prompt
@@ -115,9 +96,6 @@ def test_a_word_and_emoji_phrase_is_matched_when_the_emoji_is_glued_to_the_word(
 
 # --- 9. a phrase with an emoji misses the styled letters the key reads ----------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: moderation_text keeps negative squared / circled letters (🅽, 🅝) "
-                                       "as symbols although moderation_key reads them as letters: they hide "
-                                       "'nude 🍆'")
 def test_a_word_and_emoji_phrase_is_matched_in_negative_squared_or_circled_letters():
     # the key reads 🅽🆄🅳🅴 as 'nude' (README: phrases match prompts in negative squared letters); squared 🄽 and
     # circled ⓝ letters already match 'nude 🍆' (NFKC), small capitals too
@@ -130,8 +108,6 @@ def test_a_word_and_emoji_phrase_is_matched_in_negative_squared_or_circled_lette
 
 # ICU's skeleton ties Hiragana く to '<', Katakana ノ to '/', Hebrew yod י to "'": the key turns them into spaces, so
 # a phrase's key loses a letter and matches words that do not hold the phrase
-@pytest.mark.xfail(strict=True, reason="rev18a: letters whose confusable prototype is punctuation (く, ノ, י) become "
-                                       "spaces in moderation keys: 'くそ' keys as 'そ', 'ポルノ' as 'ポル', 'ילד' as 'לד'")
 @pytest.mark.parametrize("prompts, phrase, hits", [
     # 'kuso' (shit), a Hiragana phrase (a substring match): 'blue sky and a breeze', 'that is a cat' hold no くそ
     (["青い空とそよ風", "それは猫", "くそ"], "くそ", {2}),
@@ -146,11 +122,38 @@ def test_a_letter_read_as_punctuation_stays_in_a_phrase_key(prompts, phrase, hit
 
 # --- 11. a prompt of bracketed text alone keys on its text without the look-alike fold -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18a: the fallback key of a prompt that is all [bracketed] text folds no "
-                                       "look-alike or small-capital letter: one prompt, two keys (a split leak)")
 @pytest.mark.parametrize("retyped", ["[m\u0430sterpiece, best quality]",        # Cyrillic а
                                      "[\u1d0d\u1d00sterpiece, best quality]"])   # small capitals ᴍᴀ
 def test_a_bracketed_only_prompt_with_lookalike_letters_keys_as_the_plain_prompt(retyped):
     # a whole prompt in brackets (Stable Diffusion's weighting / negative syntax) normalizes to nothing and keys on
     # its visible text; a Cyrillic а or a small capital keys as its Latin letter everywhere else (README section 5)
     assert normalize_prompt(retyped) == normalize_prompt("[masterpiece, best quality]")
+
+
+# --- fixes' own guards (rev18a) --------------------------------------------------------------------------------------
+
+def test_a_bracketed_only_prompt_keeps_its_words_and_symbols_apart():
+    # the bracketed-only key keeps its words apart and its symbols (two prompts of other meaning, two keys)
+    assert normalize_prompt("[a red fox]") != normalize_prompt("[ared fox]")
+    assert normalize_prompt("\U0001F98A [fox]") != normalize_prompt("\U0001F436 [fox]")
+    assert normalize_prompt("[a red fox!]") == normalize_prompt("[a  red fox]")
+    assert normalize_prompt("[\U0001F17D\U0001F184\U0001F173\U0001F174]") == normalize_prompt("[nude]")
+    # symbols-only and punctuation-only prompts keep their rev17d keys
+    assert normalize_prompt("\U0001F98A \U0001F98A") == normalize_prompt("\U0001F98A\U0001F98A!")
+    assert normalize_prompt("!!!") == "#!!!"
+
+
+def test_a_letter_stays_a_letter_and_a_digit_a_digit_in_a_key():
+    from pipelines.splits.assign import moderation_key
+    assert moderation_key("\u05d9\u05dc\u05d3") != moderation_key("\u05dc\u05d3")      # Hebrew yod kept
+    assert moderation_key("\u0661") == "1" and moderation_key("\u0627") == "l"          # Arabic-Indic one, alef
+    assert moderation_key("a girl\u02bcs") == moderation_key("a girl's")                 # modifier apostrophe
+
+
+def test_a_phrase_matches_the_same_prompts_whatever_else_shares_its_key():
+    # ロ (Katakana) and 口 (Han) key alike: each phrase keeps its own edge kinds
+    prompts = ["カロリー", "口リの絵", "ロリの絵", "x口リ", "力口リー"]
+    for phrase, other in (("ロリ", "口リ"), ("口リ", "ロリ")):
+        alone = _matches(prompts, [phrase])
+        listed = {hit for hit in _matches(prompts, [phrase, other]) if hit[1] == phrase}
+        assert alone == listed
