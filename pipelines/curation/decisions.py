@@ -90,11 +90,15 @@ def _kana_lookalikes() -> str:
 
 
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
+_HANGUL = regex.compile(r"\p{Hangul}")
 _KANA = r"\p{Katakana}\x{30FC}\x{FF70}"   # RE2: a Katakana phrase's neighbours in the prompt as typed
 _KANA_KEY = _KANA + "".join(rf"\x{{{ord(c):04X}}}" for c in _kana_lookalikes())   # ... and in a key or text
 _UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
 _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
-    "word": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
+    # a Hangul letter next to a word of another script is a boundary (``sexy한 여자``: Korean glues its particles
+    # onto any word), next to a Hangul word it is not (``음란섹스`` is one word)
+    "word": (rf"(?:^|{_WORD}|[{_UNSPACED}\p{{Hangul}}])", rf"(?:$|{_WORD}|[{_UNSPACED}\p{{Hangul}}])"),
+    "hangul": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
     "kana": (rf"(?:^|[^{_KANA}])", rf"(?:$|[^{_KANA}])"),
     "kana_key": (rf"(?:^|[^{_KANA_KEY}])", rf"(?:$|[^{_KANA_KEY}])"),   # "kana" in a moderation key or text
     "free": ("", ""),
@@ -236,10 +240,13 @@ def phrase_body(phrase: str) -> str:
 def _edge_kind(ch: str) -> str:
     """How a phrase starting (ending) with ``ch`` is bounded there (:data:`_GUARDS`): ``word`` for a letter, digit,
     mark or underscore of a spaced script and for ASCII punctuation (``18+`` is not in ``18+2``); ``kana`` for
-    Katakana; ``free`` for a letter of another unspaced script and for a non-ASCII symbol (an emoji is never part
-    of a word: ``big🍆`` holds ``🍆``)."""
+    Katakana; ``hangul`` for a Hangul letter (a word boundary, where a Hangul neighbour is not one); ``free`` for a
+    letter of another unspaced script and for a non-ASCII symbol (an emoji is never part of a word: ``big🍆``
+    holds ``🍆``)."""
     if _KATAKANA.match(ch):
         return "kana"
+    if _HANGUL.match(ch):
+        return "hangul"
     if _FREE_CHAR.match(ch) or not (ch.isascii() or ch.isalnum() or ch == "_" or unicodedata.category(ch)[0] == "M"):
         return "free"
     return "word"
@@ -269,9 +276,14 @@ def edge_kinds(phrase: str) -> tuple[str, str]:
     """The kinds (:func:`_edge_kind`) of a phrase's first and last characters as read (NFKC, invisibles and
     decorative marks out; a letter in a shape is a letter: ``ⓐⓢⓢ`` is bounded as ``ass`` is, ``１８＋`` as ``18+``),
     on the prompt as typed and on its key and text alike (a Katakana phrase's key may start with the Han letter its
-    ロ folds to: there ``kana`` takes the look-alikes for Katakana, :func:`phrase_pattern`)."""
+    ロ folds to: there ``kana`` takes the look-alikes for Katakana, :func:`phrase_pattern`).
+    A phrase ending in a Hangul letter is free at its end: Korean writes its particles and endings onto the word
+    (``섹스를``, ``누드가``), so a word boundary there would miss nearly every use in a sentence; its start stays a
+    word boundary."""
     visible = _visible(phrase).strip() or phrase.strip() or phrase
-    return _edge_char_kind(visible[0]), _edge_char_kind(visible[-1])
+    last = "free" if _HANGUL.match(visible[-1]) else _edge_char_kind(visible[-1])
+    return _edge_char_kind(visible[0]), last
+
 
 
 def phrase_pattern(phrases: list[str], kinds: dict[str, tuple[str, str]] | None = None) -> str:

@@ -11,7 +11,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_dedup_clusters import DC, _features

@@ -85,3 +85,15 @@ def test_a_long_list_with_few_hits_costs_few_queries(monkeypatch):
     splits = queries.count("curation_phrase_split")
     assert splits <= 3 * 12 + 3 * 13, splits      # one query a phrase before: 4,002 of them
     assert len(phrase_matches(_connect(["nothing here"]), phrases)) == 0
+
+
+def test_a_korean_phrase_is_matched_with_its_particles_and_a_latin_one_before_hangul():
+    """Korean writes its particles onto the word, also onto a Latin one (``sexy한 여자``): a phrase ending in Hangul
+    is free at its end, and Hangul next to a word of another script is a boundary; a Hangul word before a Hangul
+    phrase still hides it (``음란섹스`` is one word), and a longer Latin word still hides a Latin phrase."""
+    from test_hostile_rev17d import _matches
+
+    prompts = ["섹스를 하는 사람", "누드가 있는 그림", "a 섹스 scene", "음란섹스", "sexy한 여자", "nude사진",
+               "사진nude", "nudes한 사진", "섹\u200b스를"]
+    got = _matches(prompts, ["섹스", "누드", "sexy", "nude"])
+    assert got == {(0, "섹스"), (1, "누드"), (2, "섹스"), (4, "sexy"), (5, "nude"), (6, "nude"), (8, "섹스")}
