@@ -295,12 +295,12 @@ def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Compo
     sub-bucket. The result is that of verifying every pair of the bucket (the same verified pairs, the same
     components), so it does not depend on the rids, on other images or on which buckets are past a budget."""
     masks = _subband_masks(members, phash, k)
-    if masks is None:                         # at most k bits vary: all members are one component
-        links.add(members[1:], np.full(len(members) - 1, members[0], dtype=np.int64))
-        return len(members) - 1
-    cost = _subband_pairs(members, phash, masks)
+    cost = len(members) - 1 if masks is None else _subband_pairs(members, phash, masks)
     if cost > budget:
         return None
+    if masks is None:                         # at most k bits vary: all members are one component
+        links.add(members[1:], np.full(len(members) - 1, members[0], dtype=np.int64))
+        return cost
     for mask in masks:
         values = phash[members] & np.uint64(mask)
         by_value = np.argsort(values, kind="stable")
