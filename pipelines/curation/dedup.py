@@ -123,8 +123,8 @@ class DedupReport:
     def metadata(self) -> dict:
         """JSON-able values and markdown tables for the asset."""
         hist = "\n".join(f"| {size} | {count} |" for size, count in self.size_histogram.items())
-        buckets = "\n".join(f"| {b['band']} | {b['hash_kind']} | {b['value']} | {b['size']} | {b.get('method', '')} |"
-                            for b in self.giant_buckets)
+        buckets = "\n".join(f"| {b['band']} | {b['hash_kind']} | {b['value']} | {b['size']} | {b.get('method', '')} "
+                            f"| {b.get('linked_by', '')} |" for b in self.giant_buckets)
         meta = {
             "images": self.images,
             "exact_duplicate_images": self.exact_duplicate_images,
@@ -141,7 +141,8 @@ class DedupReport:
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
-            "giant_bucket_table": "| band | hash | value | size | method |\n|---:|---|---:|---:|---|\n" + buckets,
+            "giant_bucket_table": "| band | hash | value | size | method | linked by |\n|---:|---|---:|---:|---|---|\n"
+                                  + buckets,
         }
         if self.truth is not None:
             meta.update({f"truth_{key}": value for key, value in self.truth.items()})
@@ -368,6 +369,7 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     window = SAMPLED_WINDOW if window is None else window
     subband_budget = SUBBAND_PAIR_BUDGET if subband_budget is None else subband_budget
     by_subbands = 0
+    linked_by: dict[tuple[int, int], str] = {}   # (band, value) of each bucket past the budget -> how it was linked
     links = _Components(len(rid), PAIR_CHUNK if chunk is None else chunk)
     in_sampled = np.zeros(len(rid) if skip else 0, dtype=bool)   # nodes of the sampled buckets
     unchecked = np.zeros(len(rid) if skip else 0, dtype=bool)    # and those within k of no representative
@@ -382,10 +384,13 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
             if cost is not None:
                 subband_budget -= cost
                 by_subbands += 1
+                linked_by[(int(band), int(value))] = "sub-bands"
             elif representatives or window:
                 unchecked[_link_sampled(members, hashes["phash"], k, links, representatives, window)] = True
+                linked_by[(int(band), int(value))] = "representatives"
             else:
                 unchecked[members] = True
+                linked_by[(int(band), int(value))] = "none"
         keep = ~np.isin(values, np.array(skip[band], dtype=values.dtype)) if band in skip else None
         members = np.flatnonzero(keep) if keep is not None else np.arange(len(values))
         order = members[np.argsort(values[members], kind="stable")]
@@ -400,7 +405,8 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         _scan_buckets(order[big], sorted_values[big], hashes["phash"], k, links, settle=True)
     links.merge()
     if sampled is not None:
-        sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()), subbands=by_subbands)
+        sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()), subbands=by_subbands,
+                       linked_by=linked_by)
     smallest = np.full(len(rid), np.iinfo(np.int64).max, dtype=np.int64)
     np.minimum.at(smallest, links.root, rid)
     r0 = smallest[links.root]
@@ -425,6 +431,8 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     report = _report(con, clusters, hashes.num_rows, exact, near, large, config)
     report.sampled_bucket_nodes, report.sampled_unchecked_nodes = sampled["nodes"], sampled["unchecked"]
     report.subband_buckets = sampled["subbands"]
+    for bucket in report.giant_buckets:
+        bucket["linked_by"] = sampled["linked_by"].get((bucket["band"], bucket["value"]), "pair scan")
     report.seconds = time.perf_counter() - started
     return clusters, report
 

@@ -336,7 +336,7 @@ def test_buckets_over_the_cap_are_verified_pair_by_pair_and_reported():
     assert report.largest_cluster == 1500 and report.clusters_with_duplicates == 2
     meta = report.metadata()
     assert meta["sampled_buckets"] == 0 and meta["sampled_bucket_nodes"] == 0
-    assert meta["giant_bucket_table"].splitlines()[0] == "| band | hash | value | size | method |"
+    assert meta["giant_bucket_table"].splitlines()[0] == "| band | hash | value | size | method | linked by |"
 
 
 def test_bucket_methods_verify_the_smallest_buckets_within_the_pair_budget(monkeypatch):
@@ -381,7 +381,9 @@ def test_a_bucket_past_the_pair_budget_is_sampled_not_dropped(monkeypatch):
     assert {b["method"] for b in report.giant_buckets} == {"sampled"}
     assert 2000 <= report.sampled_bucket_nodes <= len(rows)
     meta = report.metadata()
-    assert meta["sampled_buckets"] == report.sampled_buckets and "| sampled |" in meta["giant_bucket_table"]
+    assert meta["sampled_buckets"] == report.sampled_buckets and "| sampled | sub-bands |" in meta["giant_bucket_table"]
+    assert {b["linked_by"] for b in report.giant_buckets} == {"sub-bands"}
+    assert report.subband_buckets == report.sampled_buckets
     flooded = {r[0] for r in rows[:2000]}
     ids = collections.Counter(row["cluster_id"] for row in clusters.to_pylist() if row["image_uid"] in flooded)
     assert len(ids) == 1 and report.largest_cluster >= 2000
@@ -409,6 +411,12 @@ def test_sampled_buckets_never_merge_more_than_the_exact_build(monkeypatch):
         got, exact, dropped = _partition(got), _partition(exact), _partition(dropped)
         assert _refines(dropped, got) and _refines(got, exact)
         sampled_any += report.sampled_buckets > 0 and got != dropped
+        # past both budgets: representatives (or nothing, with none and no window); a bucket of one distinct pHash
+        # (copies of one image) costs the sub-band search nothing, so it is within even a budget of 0
+        assert {b["linked_by"] for b in report.giant_buckets if b["method"] == "sampled"} <= {
+            "representatives" if seed % 4 or seed % 3 else "none", "sub-bands"}
+        assert "representatives" in {b["linked_by"] for b in report.giant_buckets} or not (seed % 4 or seed % 3) \
+            or report.sampled_buckets == report.subband_buckets
         # the sub-band search of a bucket past the pair budget is exact: the clusters of verifying every pair
         assert _partition(by_subbands) == exact
         assert subband_report.subband_buckets == subband_report.sampled_buckets

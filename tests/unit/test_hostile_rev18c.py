@@ -35,7 +35,8 @@ def test_a_zero_subband_budget_does_no_subband_search():
     sampled: dict = {}
     near_links(nodes, band_table(DedupConfig(dhash_bands=False)), giant, 6,
                representatives=0, window=0, subband_budget=0, sampled=sampled)
-    assert sampled == {"nodes": 3, "unchecked": 3, "subbands": 0}
+    assert {key: sampled[key] for key in ("nodes", "unchecked", "subbands")} == {"nodes": 3, "unchecked": 3, "subbands": 0}
+    assert list(sampled["linked_by"].values()) == ["none"]
 
 
 # --- Change 2: phrase matching by group testing -------------------------------------------------------------------
