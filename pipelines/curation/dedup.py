@@ -302,10 +302,16 @@ def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Compo
     if masks is None:                         # at most k bits vary: all members are one component
         links.add(members[1:], np.full(len(members) - 1, members[0], dtype=np.int64))
         return cost
+    # on the bucket's own components (indices 0..m-1), so each settle step's merge costs O(m), not O(all nodes)
+    local_phash = phash[members]
+    local = _Components(len(members), PAIR_CHUNK)
     for mask in masks:
-        values = phash[members] & np.uint64(mask)
+        values = local_phash & np.uint64(mask)
         by_value = np.argsort(values, kind="stable")
-        _scan_buckets(members[by_value], values[by_value], phash, k, links, settle=True)
+        _scan_buckets(by_value.astype(np.int64), values[by_value], local_phash, k, local, settle=True)
+    local.merge()
+    joined = np.flatnonzero(local.root != np.arange(len(members)))
+    links.add(members[joined], members[local.root[joined]])
     return cost
 
 
