@@ -295,6 +295,8 @@ def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Compo
     differs in at most k of them, so it agrees exactly on one part (pigeonhole) and is compared in that part's
     sub-bucket. The result is that of verifying every pair of the bucket (the same verified pairs, the same
     components), so it does not depend on the rids, on other images or on which buckets are past a budget."""
+    if len(members) < 2:                      # nothing to link (a bucket of copies of one image: one node)
+        return 0
     masks = _subband_masks(members, phash, k)
     cost = len(members) - 1 if masks is None else _subband_pairs(members, phash, masks)
     if cost > budget:
