@@ -17,6 +17,7 @@ CODE_VERSIONS: dict[str, str] = {
     "features": "5",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
+                          #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
     "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
     "decisions": "5",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)

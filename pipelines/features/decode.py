@@ -20,7 +20,8 @@ decompression_bomb  the header declares more than ``max_pixels`` pixels (default
                     checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits,
                     and, checked before Pillow parses a PNG, one of more than 65,536 chunks (seconds of
                     parsing for nothing), a second iCCP, more than 1,000 text/sPLT/eXIf chunks (libspng's
-                    limit), a compressed chunk inflating past 1 MiB or 8 MiB of metadata in all.
+                    limit), a compressed chunk inflating past 1 MiB or 8 MiB of metadata in all (each
+                    chunk read exactly as Pillow reads it).
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
 bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
                     above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
@@ -271,7 +272,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     if mode not in CONVERTIBLE_MODES:
         raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} has mode {mode!r}; accepted: {sorted(CONVERTIBLE_MODES)}")
     fast = fmt == "PNG" and libspng_decodes(data)
-    if fmt == "PNG":   # libspng checks the image data's length itself: the inflate is only for Pillow's path
+    if fmt == "PNG":   # libspng checks the image data's length itself: it is inflated on Pillow's path (and an
+        # interlaced PNG's on both)
         problem = png_problem(data, inflate=not fast, scan=scan)
         if problem:
             raise ImageRejected(problem[0], f"{relpath!r}: {problem[1]}")
@@ -318,6 +320,7 @@ PNG_ONCE_CHUNKS = frozenset({b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB", b"bKGD
 PNG_BEFORE_PLTE = frozenset({b"cHRM", b"gAMA", b"iCCP", b"sBIT", b"sRGB"})
 PNG_AFTER_PLTE = frozenset({b"bKGD", b"hIST", b"tRNS"})
 PNG_BEFORE_IDAT = PNG_BEFORE_PLTE | PNG_AFTER_PLTE | {b"pHYs", b"sPLT"}
+MAX_PNG_EXTRA_DATA = 1 << 20   # inflated bytes after an interlaced PNG's scanlines (png_problem)
 ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
 
 
@@ -365,16 +368,27 @@ def _ihdr_problem(data: bytes) -> str | None:
 
 
 def _compressed_part(kind: bytes, body: bytes) -> bytes | None:
-    """The zlib stream of a zTXt, compressed iTXt or iCCP chunk (None for other chunks or a malformed one)."""
-    keyword_end = body.find(b"\x00", 0, 80)
-    if keyword_end < 0:
-        return None
-    if kind in (b"zTXt", b"iCCP"):
+    """The zlib stream Pillow (12.x, ``PngImagePlugin.chunk_zTXt/iTXt/iCCP``) inflates from a zTXt, iTXt or iCCP
+    chunk, parsed exactly as Pillow parses it, or None where Pillow inflates nothing (other chunks; a malformed
+    one; a compression method other than 0, which Pillow refuses or keeps compressed). Pillow splits at the first
+    NUL however far it is (the spec's keywords are 1 to 79 bytes; libspng refuses longer ones and so inflates a
+    subset of what Pillow does), and inflates an iTXt whose compression flag is any non-zero value."""
+    if kind == b"iCCP":   # s.find(b"\0") may be -1: Pillow then reads the method at 0 and inflates from 1
+        keyword_end = body.find(b"\x00")
+        if len(body) <= keyword_end + 1 or body[keyword_end + 1] != 0:
+            return None   # IndexError / SyntaxError in Pillow: nothing inflated
         return body[keyword_end + 2:]
-    if kind == b"iTXt" and body[keyword_end + 1:keyword_end + 2] == b"\x01":
-        language_end = body.find(b"\x00", keyword_end + 3)
-        keyword2_end = body.find(b"\x00", language_end + 1) if language_end >= 0 else -1
-        return body[keyword2_end + 1:] if keyword2_end >= 0 else None
+    keyword_end = body.find(b"\x00")
+    if keyword_end < 0:
+        return None   # zTXt: Pillow inflates b""; iTXt: kept as it is
+    rest = body[keyword_end + 1:]
+    if kind == b"zTXt":
+        return rest[1:] if rest and rest[0] == 0 else None   # an empty rest is method 0 and inflates b""
+    if kind == b"iTXt":
+        if len(rest) < 2 or rest[0] == 0 or rest[1] != 0:
+            return None
+        parts = rest[2:].split(b"\x00", 2)
+        return parts[2] if len(parts) == 3 else None
     return None
 
 
@@ -407,6 +421,8 @@ def scan_png(data: bytes) -> PngScan:
         length = int.from_bytes(data[position:position + 4], "big")
         kind = data[position + 4:position + 8]
         end = position + 12 + length
+        if not kind.isalpha():   # PNG spec 5.3: four ASCII letters; Pillow stops reading chunks at any other
+            return scanned(note=f"a chunk type {kind!r} that is not four ASCII letters (broken)")
         if length > 0x7FFFFFFF or end > len(data):
             return scanned(note=f"chunk {kind!r} runs past the end of the file (truncated)")
         body = data[position + 8:end - 4]
@@ -489,7 +505,8 @@ def png_problem(data: bytes, inflate: bool = True, scan: PngScan | None = None) 
     2^31-1: libspng refuses what Pillow reads); the critical chunks only IHDR (first), PLTE, IDAT and IEND (empty)
     (Pillow skips an unknown one); a palette before the image data of an indexed PNG (Pillow invents one), at most
     one, 3 bytes a colour, 1 to 2^bits colours (none in a grayscale PNG: libspng refuses what Pillow reads); the
-    IDATs one after another; the spec's rules for ancillary chunks (at most one cHRM, gAMA, iCCP, sBIT, sRGB, bKGD,
+    IDATs one after another; every chunk type four ASCII letters (spec 5.3: Pillow stops reading at any other,
+    so before the image data it refused the file and after it accepted it); the spec's rules for ancillary chunks (at most one cHRM, gAMA, iCCP, sBIT, sRGB, bKGD,
     hIST, tRNS, pHYs, tIME, eXIf; cHRM/gAMA/iCCP/sBIT/sRGB before PLTE, bKGD/hIST/tRNS after it, those and
     pHYs/sPLT before the image data: libspng refuses a tRNS before the PLTE, Pillow reads it). These are
     ``truncated_image``. ``decompression_bomb``: more than 65,536 chunks; a second iCCP; more than 1,000 text,
@@ -498,33 +515,49 @@ def png_problem(data: bytes, inflate: bool = True, scan: PngScan | None = None) 
 
     With ``inflate`` (Pillow's path, which fills missing rows with black), also their zlib stream: it must
     inflate without error to at least the scanlines IHDR declares (libspng refuses fewer itself, so its path
-    skips the inflate, 2.7 ms of a 512 px image). The inflate stops one byte past that size, so a stream that
-    would inflate to gigabytes costs no more; bytes beyond it and the Adler-32 trailer are not judged here
-    (libspng never reads them). ``scan`` is :func:`scan_png`'s result when the caller already has it."""
+    skips the inflate, 2.6 ms of a 512 px image). The inflate stops at that size, so a stream that would
+    inflate to gigabytes costs no more; bytes beyond it and the Adler-32 trailer are not judged here (libspng
+    never reads them). An interlaced PNG's stream (on both paths: rare, generated PNGs are not interlaced) must
+    also be whole, its end and a right Adler-32 within MAX_PNG_EXTRA_DATA bytes of output after the scanlines:
+    Pillow refused one cut after its last scanline byte that libspng decoded (review rev18d). ``scan`` is
+    :func:`scan_png`'s result when the caller already has it."""
     scan = scan_png(data) if scan is None else scan
     if scan.bomb:
         return DECOMPRESSION_BOMB, scan.bomb
     if scan.problem:
         return TRUNCATED_IMAGE, scan.problem
-    if not inflate or scan.ihdr is None:
+    if scan.ihdr is None:
         return None
     width, height, bits, colour, interlace = scan.ihdr
+    if not inflate and interlace != 1:
+        return None
     expected = _png_raw_bytes(width, height, bits, colour, interlace == 1)
     inflater = zlib.decompressobj()
-    inflated = 0
+    inflated = used = 0
     try:
         for start, stop in scan.idat:
             if inflated >= expected or inflater.eof:
                 break
+            used += 1
             out = inflater.decompress(data[start:stop], expected - inflated)
             inflated += len(out)
             while inflater.unconsumed_tail and inflated < expected:
                 out = inflater.decompress(inflater.unconsumed_tail, expected - inflated)
                 inflated += len(out)
+        if inflated < expected:
+            return TRUNCATED_IMAGE, f"its image data stops early: {inflated} of the {expected} bytes of scanlines IHDR declares"
+        if interlace == 1 and not inflater.eof:
+            # Pillow's decoder stops when its input runs out, even with rows of output still to come (libspng
+            # finishes them): an interlaced stream cut after its last scanline byte was refused by Pillow only.
+            # An interlaced PNG's stream must be whole (end code and Adler-32) on both paths, within 1 MiB of
+            # extra output (none from an encoder). Not for non-interlaced PNGs: that would inflate every PNG twice.
+            rest = inflater.unconsumed_tail + b"".join(data[start:stop] for start, stop in scan.idat[used:])
+            extra = len(inflater.decompress(rest, MAX_PNG_EXTRA_DATA + 1))
+            if extra > MAX_PNG_EXTRA_DATA or not inflater.eof:
+                return TRUNCATED_IMAGE, ("its interlaced image data is not a whole zlib stream (cut after its last "
+                                         f"scanline byte, or more than {MAX_PNG_EXTRA_DATA} bytes of data after them)")
     except zlib.error as exc:
         return TRUNCATED_IMAGE, f"its image data does not inflate: {exc}"
-    if inflated < expected:
-        return TRUNCATED_IMAGE, f"its image data stops early: {inflated} of the {expected} bytes of scanlines IHDR declares"
     return None
 
 

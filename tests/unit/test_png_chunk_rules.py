@@ -85,3 +85,44 @@ def test_png_problem_names_its_reason() -> None:
                                               + _idat() + IEND)
     assert reason == "decompression_bomb" and "iCCP" in detail
     assert imagedecode.png_problem(SIG + _ihdr(compression=1) + _idat() + IEND)[0] == "truncated_image"
+
+
+def test_compressed_chunks_are_read_as_pillow_reads_them() -> None:
+    """Review rev18d: the scan inflates exactly what Pillow's chunk_zTXt / chunk_iTXt / chunk_iCCP inflate."""
+    part = imagedecode._compressed_part
+    stream = zlib.compress(b"x" * 100)
+    long_keyword = b"k" * 85
+    assert part(b"zTXt", long_keyword + b"\x00\x00" + stream) == stream          # first NUL, however far
+    assert part(b"iCCP", long_keyword + b"\x00\x00" + stream) == stream
+    assert part(b"iTXt", long_keyword + b"\x00\x01\x00en\x00t\x00" + stream) == stream
+    assert part(b"iTXt", b"k\x00\x02\x00\x00\x00" + stream) == stream           # any non-zero flag
+    assert part(b"iTXt", b"k\x00\x01\x01\x00\x00" + stream) is None             # method 1: Pillow keeps it as is
+    assert part(b"iTXt", b"k\x00\x00\x00\x00\x00" + stream) is None             # not compressed
+    assert part(b"zTXt", b"k\x00\x01" + stream) is None                         # method 1: Pillow refuses it
+    assert part(b"iCCP", b"p\x00\x01" + stream) is None
+    assert part(b"iCCP", b"\x00\x00" + stream) == stream                        # an empty name, as Pillow
+    assert part(b"iCCP", b"\x00" + stream) is None                             # method 0x78: SyntaxError
+    assert part(b"iCCP", b"p") is None and part(b"zTXt", b"k") is None        # no NUL: nothing inflated
+
+
+def test_an_iccp_profile_with_a_long_name_counts_towards_the_metadata_cap() -> None:
+    size = 1_000_000
+    iccp = _chunk(b"iCCP", b"p" * 85 + b"\x00\x00" + zlib.compress(b"\x00" * size, 9))
+    texts = b"".join(_chunk(b"zTXt", b"c%d\x00\x00" % i + zlib.compress(b"\x00" * size, 9)) for i in range(8))
+    assert 8 * size <= imagedecode.MAX_PNG_METADATA < 9 * size
+    assert _outcome(SIG + _ihdr() + texts + _idat() + IEND) == "accepted"
+    assert _outcome(SIG + _ihdr() + iccp + texts + _idat() + IEND) == "decompression_bomb"
+
+
+def test_chunks_pillow_never_inflates_are_counted_at_their_size() -> None:
+    big = zlib.compress(b"\x00" * (PngImagePlugin.MAX_TEXT_CHUNK + 10), 9)
+    kept = _chunk(b"iTXt", b"c\x00\x01\x01\x00\x00" + big)        # compression method 1: Pillow keeps the bytes
+    assert _both(_ihdr(), kept) == ("accepted", "accepted")
+    refused = _chunk(b"zTXt", b"c\x00\x01" + big)                 # method 1: Pillow's SyntaxError, not a bomb
+    assert _both(_ihdr(), refused) == ("truncated_image", "truncated_image")
+
+
+@pytest.mark.parametrize("kind", [b"ab d", b"a\xffCd", b"ab1d", b"ab_d"])
+def test_a_chunk_type_must_be_four_ascii_letters(kind: bytes) -> None:
+    assert imagedecode.png_problem(SIG + _ihdr() + _idat() + _chunk(kind, b"x") + IEND)[0] == "truncated_image"
+    assert _both(_ihdr(), _chunk(kind, b"x")) == ("truncated_image", "truncated_image")
