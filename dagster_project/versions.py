@@ -25,6 +25,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
                           #    Katakana look-alikes only in keys; a space before / after an emoji optional (splits 9)
+                          #    (rev18e, same version: shaped letters part of a word as typed, Katakana unfolded in keys,
+                          #    voiced marks Katakana, a space at an emoji optional inside a glued phrase too)
     "pairs": "1",
     "splits": "9",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
@@ -33,6 +35,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 7: pins only what was published (from latest's split_pairs, or every retained version's sidecars); split_pairs records its salt
                           # 8: decorative combining marks out of the key; a symbols-only key without spaces, punctuation, skin tones
                           # 9: letters fold to letters (ꓳ as o, not 0), letters ICU reads as punctuation kept; more decorative marks; bracketed-only keys folded, words apart
+                          #    (rev18e, same version: case never changes a key, Katakana not folded, only apostrophe-like modifier letters read as ')
     "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

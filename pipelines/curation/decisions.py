@@ -47,7 +47,7 @@ from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
-from pipelines.splits.assign import _prototype, _styled_letters, _visible, moderation_key, moderation_text
+from pipelines.splits.assign import _styled_letters, _symbol_readings, _visible, moderation_key, moderation_text
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
 from schemas.features import NSFW_CLASSES
 
@@ -67,7 +67,23 @@ def short_model_name(model_id: str) -> str:
     return MODEL_SHORT_NAMES.get(model_id, re.sub(r"^.*/", "", model_id))
 
 
-_WORD = r"[^\pL\pN\pM_]"  # RE2: not a letter, digit, mark (a vowel sign is part of its word) or underscore
+def _shaped_letters() -> str:
+    """RE2 class ranges of the letters and digits drawn in a shape (symbols, So: circled ⓐ, squared 🄰, negative
+    squared 🅰, :func:`~pipelines.splits.assign._symbol_readings`, :func:`~pipelines.splits.assign._styled_letters`):
+    part of a word on the prompt as typed, as their letters are (review rev18e: ``ⓐⓢⓢ`` is not in ``ⓖⓛⓐⓢⓢ``)."""
+    cps = sorted({cp for cp, reading in _symbol_readings().items() if len(reading) == 1 and reading.isalnum()}
+                 | {cp for cp in _styled_letters() if not regex.match(r"[\pL\pN\pM]", chr(cp))})
+    ranges: list[list[int]] = []
+    for cp in cps:
+        if ranges and ranges[-1][1] == cp - 1:
+            ranges[-1][1] = cp
+        else:
+            ranges.append([cp, cp])
+    return "".join(rf"\x{{{a:X}}}" if a == b else rf"\x{{{a:X}}}-\x{{{b:X}}}" for a, b in ranges)
+
+
+# RE2: not a letter, digit, mark (a vowel sign is part of its word), underscore or letter drawn in a shape
+_WORD = rf"[^\pL\pN\pM_{_shaped_letters()}]"
 # Scripts written without spaces between words: a letter of one next to a spaced-script phrase is a boundary (Unicode
 # word breaks: a change of script is one), and a phrase in one needs no boundary at all (Han, Hiragana, Thai, ...),
 # except Katakana: a run of it is one (loan)word, so a Katakana phrase must not continue a Katakana run
@@ -76,22 +92,24 @@ _FREE_SCRIPTS = ("Han", "Hiragana", "Thai", "Lao", "Khmer", "Myanmar")
 
 
 def _kana_lookalikes() -> str:
-    """What Katakana letters turn into in a moderation key or text other than Katakana: the Han letters they fold
-    to (ロ as 口, カ as 力, ト as 卜, ニ as 二, ...), the Hiragana ones (ヘ as へ) and the combining marks a voiced or
-    semi-voiced letter leaves after its look-alike (ペ as へ and a ring above, ド as 卜 and U+3099), which stand for
-    Katakana next to a Katakana phrase there: ``カロリー`` keys as ``力口リー`` and ``ペロリ`` as ``へ̊口リ``, each
-    still one word. Never in a guard of the prompt as typed: there 二 is a Han numeral (``エロ二次元`` holds ``エロ``)."""
+    """What Katakana letters turn into in a moderation key or text other than Katakana, which stands for Katakana next
+    to a Katakana phrase there: since review rev18e keys and texts keep Katakana (NFKC only), so this is only the
+    combining voiced and semi-voiced marks, kept as a safeguard should the fold change. It once held the Han and
+    Hiragana look-alikes (ロ as 口, ヘ as へ), which made the particle へ and the numeral 二 Katakana in a key
+    (``ﾛﾘへの愛`` and ``ｴﾛ二次元`` missed ``ロリ`` and ``エロ``)."""
     out = set("\u3099\u309a")
     for cp in [*range(0x30A1, 0x30FB), *range(0x30FD, 0x3100), *range(0x31F0, 0x3200), *range(0xFF66, 0xFF9E)]:
         char = chr(cp)
-        for form in (_prototype(char), moderation_key(char), moderation_text(char)):
+        for form in (moderation_key(char), moderation_text(char)):
             out.update(c for c in form if not c.isascii() and not _KATAKANA.match(c))
     return "".join(sorted(out))
 
 
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
 _HANGUL = regex.compile(r"\p{Hangul}")
-_KANA = r"\p{Katakana}\x{30FC}\x{FF70}"   # RE2: a Katakana phrase's neighbours in the prompt as typed
+# RE2: a Katakana phrase's neighbours in the prompt as typed, with the (semi-)voiced sound marks, combining (NFD ペ is
+# ヘ + U+309A), spacing and halfwidth (review rev18e)
+_KANA = r"\p{Katakana}\x{30FC}\x{FF70}\x{3099}-\x{309C}\x{FF9E}\x{FF9F}"
 _KANA_KEY = _KANA + "".join(rf"\x{{{ord(c):04X}}}" for c in _kana_lookalikes())   # ... and in a key or text
 _UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
 _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
@@ -224,7 +242,9 @@ def read_phrases(path: Path) -> list[str]:
 
 def phrase_body(phrase: str) -> str:
     """RE2 source for ``phrase``: literal characters, any whitespace run matching ``\\s+``, or ``\\s*`` next to a
-    symbol (an emoji is never part of a word: ``peach🍑`` holds ``peach 🍑``, as its prompt key says)."""
+    symbol (an emoji is never part of a word: ``peach🍑`` holds ``peach 🍑``, as its prompt key says); between a
+    symbol and a character glued to it in the phrase ``\\s*`` too (``peach🍑`` and ``🍑🍆`` match ``peach 🍑`` and
+    ``🍑 🍆``, review rev18e)."""
     out = []
     tokens = [token for token in re.split(r"(\s+)", phrase) if token]
     for i, token in enumerate(tokens):
@@ -233,7 +253,13 @@ def phrase_body(phrase: str) -> str:
                          or i + 1 < len(tokens) and _is_symbol(_base_char(tokens[i + 1], 0)))
             out.append(r"\s*" if at_symbol else r"\s+")
             continue
-        out.extend(ch if ch.isalnum() or ch == "_" or ord(ch) > 127 else "\\" + ch for ch in token)
+        previous = ""
+        for ch in token:
+            if previous and not _MARK_OR_INVISIBLE.match(ch) and (_is_symbol(previous) or _is_symbol(ch)):
+                out.append(r"\s*")       # an emoji glued to its neighbour in the phrase: spaced in a prompt too
+            out.append(ch if ch.isalnum() or ch == "_" or ord(ch) > 127 else "\\" + ch)
+            if not _MARK_OR_INVISIBLE.match(ch):
+                previous = ch
     return "".join(out)
 
 
@@ -275,8 +301,8 @@ def _edge_char_kind(ch: str) -> str:
 def edge_kinds(phrase: str) -> tuple[str, str]:
     """The kinds (:func:`_edge_kind`) of a phrase's first and last characters as read (NFKC, invisibles and
     decorative marks out; a letter in a shape is a letter: ``ⓐⓢⓢ`` is bounded as ``ass`` is, ``１８＋`` as ``18+``),
-    on the prompt as typed and on its key and text alike (a Katakana phrase's key may start with the Han letter its
-    ロ folds to: there ``kana`` takes the look-alikes for Katakana, :func:`phrase_pattern`).
+    on the prompt as typed and on its key and text alike (a key keeps Katakana as Katakana: there ``kana`` is
+    ``kana_key``, :func:`phrase_pattern`).
     A phrase ending in a Hangul letter is free at its end: Korean writes its particles and endings onto the word
     (``섹스를``, ``누드가``), so a word boundary there would miss nearly every use in a sentence; its start stays a
     word boundary."""

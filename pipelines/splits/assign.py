@@ -50,10 +50,10 @@
   spaces: a flag as its country code) and a CJK square word (㍻ as 平成); Unicode NFKC; blank-looking characters (Braille blank, Hangul
   fillers) read as spaces, then invisible characters removed (default-ignorable code points and format
   characters, Cf); NFC; any ``[bracketed]`` text (negative prompt) removed; punctuation and symbols
-  (P*, S*) turned into spaces and the marks left on a space dropped; every non-ASCII character folded to
-  its UTS #39 confusable prototype before case folding (ICU's skeleton, as the ASCII letter of the same
-  case where one has it: a Cyrillic or Greek look-alike of a Latin letter, capital or not, keys as that
-  letter; a small capital or a negative circled or squared letter, which ICU ties to nothing, as the
+  (P*, S*) turned into spaces and the marks left on a space dropped; case folded, then every non-ASCII
+  character but Katakana folded to its UTS #39 confusable prototype, whatever its case (ICU's skeleton, as the
+  ASCII look-alike of its capital, else of its small letter, where one has it: a Cyrillic or Greek look-alike
+  of a Latin letter, capital or not, keys as that letter, and case never changes a key; a small capital or a negative circled or squared letter, which ICU ties to nothing, as the
   letter its Unicode name says; ASCII is left as typed, so ``rn`` and ``m`` stay apart), NFC,
   case-folded, folded again, whitespace collapsed and trimmed. A prompt that normalizes to nothing keys
   on its case-folded visible text instead (never on the empty string, which would join unrelated rows).
@@ -194,9 +194,9 @@ def _ascii_punctuation_to_space() -> bytes:
 def normalize_prompt(text: str) -> str:
     """The prompt key: symbols to spaces (a letter drawn in a shape as the letter, keycaps as digits, regional
     indicators as letters, CJK square words as their words: :func:`_read_symbols`), NFKC, blanks to spaces,
-    invisibles out, NFC, brackets out, punctuation to spaces, confusables folded (before case folding: a
-    Cyrillic capital is folded as the Latin capital it looks like; small capitals as their letters), NFC,
-    case-folded, NFC, whitespace collapsed."""
+    invisibles out, NFC, brackets out, punctuation to spaces, case-folded, confusables folded whatever the case
+    (:func:`_caseless_prototype`: a Cyrillic letter as the Latin letter its capital looks like; small capitals as
+    their letters; Katakana as is), NFC, case-folded, NFC, whitespace collapsed."""
     key = _folded(_spaced(_BRACKETS.sub(" ", _visible(_read_symbols(text)))))
     return key if key else _symbol_key(text)
 
@@ -223,7 +223,7 @@ def _letter_char(char: str) -> str:
     """A non-ASCII letter or digit, or a letter drawn in a symbol, as its confusable prototype; anything else as is."""
     if char.isascii() or not (_LETTER_OR_DIGIT.match(char) or ord(char) in _styled_letters()):
         return char
-    return _prototype(char)
+    return _caseless_prototype(char)
 
 
 def moderation_key(text: str) -> str:
@@ -333,14 +333,14 @@ def _spaced(text: str) -> str:
 def _folded(spaced: str) -> str:
     """Confusables folded, case folded (twice: case folding can make a new non-ASCII letter, final sigma
     to sigma), whitespace collapsed. Punctuation already went: a dash must not become a look-alike letter."""
-    return " ".join(_fold_case(_fold_confusables(_fold_case(_fold_confusables(spaced)))).split())
+    return " ".join(_fold_case(_fold_confusables(_fold_case(_fold_confusables(_fold_case(spaced))))).split())
 
 
 def _fold_confusables(text: str) -> str:
     """Every non-ASCII character as its confusable prototype (:func:`_prototype`), NFC, punctuation to spaces."""
     if text.isascii():
         return text
-    folded = "".join(c if c.isascii() else _prototype(c) for c in text)
+    folded = "".join(c if c.isascii() else _caseless_prototype(c) for c in text)
     return unicodedata.normalize("NFC", folded).translate(_punctuation_to_space())
 
 
@@ -390,8 +390,14 @@ _SKIN_TONES = regex.compile("[\U0001F3FB-\U0001F3FF]+")
 _SPACE_AT_SYMBOL = regex.compile(r" (?=[^\pL\pN\pM])|(?<=[^\pL\pN\pM]) ")
 _PUNCTUATION_OR_SYMBOL = regex.compile(r"[\p{P}\p{S}]")
 _LETTER = regex.compile(r"\pL")
+# Katakana and its prolonged sound mark (ー, halfwidth ｰ): kept out of the confusable fold (review rev18e), so a key
+# tells a Katakana ロ from the Han 口 and the particle へ from the Katakana ヘ (ﾛﾘへの愛 holds ロリ)
+_KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
 _DIGIT = regex.compile(r"\pN")
-_MODIFIER_LETTER = regex.compile(r"\p{Lm}")
+# The modifier letters that read as an apostrophe or prime (ʼ ʻ ʽ ˈ ʹ, Spacing Modifier Letters and the Greek numeral
+# sign): they fold to ' as a typed apostrophe reads (``girlʼs``); every other modifier letter (Lisu tone letters ꓸ ꓹ,
+# NKo ߺ and its tone apostrophes, ˆ, 〳) stays a letter (review rev18e)
+_APOSTROPHE_LIKE = regex.compile("[\u02b0-\u02ff\u0374]")
 # Marks (accents, enclosing keycaps or circles) at the start of the text or after a space: drawn on nothing.
 _ORPHAN_MARKS = regex.compile(r"(?:^|(?<=\s))\p{M}+")
 
@@ -403,8 +409,8 @@ def _prototype(char: str) -> str:
     keys as ``m``), else NFKC of the skeleton without invisibles. Not case-folded (the key folds case after).
     A letter folds to a letter twin and a digit to a digit twin where there is one (a caseless Lisu ꓳ or the
     dental click ǀ is O or l, not 0 or 1); a letter or digit whose prototype holds punctuation or a symbol (Hiragana
-    く as ❬, Katakana ノ as /, Hebrew י as ') stays itself: a letter stays a letter (a modifier letter, Lm, is the
-    exception: the apostrophe-like ʼ and ʻ fold to ', as a typed apostrophe reads)."""
+    く as ❬, Katakana ノ as /, Hebrew י as ') stays itself: a letter stays a letter (the apostrophe-like modifier
+    letters ʼ ʻ ʽ ˈ ʹ are the exception: they fold to ', as a typed apostrophe reads; a Lisu tone letter ꓸ stays)."""
     if unicodedata.normalize("NFD", char)[0].isascii():
         return char          # an ASCII letter with marks (é, İ): case folding and NFC handle it
     skeleton = _spoof_checker().getSkeleton(0, char)
@@ -418,9 +424,33 @@ def _prototype(char: str) -> str:
     if styled:               # "fancy text" ICU has no twin for: small capitals, negative squared letters
         return styled
     folded = _INVISIBLE.sub("", unicodedata.normalize("NFKC", skeleton))
-    if _PUNCTUATION_OR_SYMBOL.search(folded) and _LETTER_OR_DIGIT.match(char) and not _MODIFIER_LETTER.match(char):
+    if _PUNCTUATION_OR_SYMBOL.search(folded) and _LETTER_OR_DIGIT.match(char) and not (
+            _APOSTROPHE_LIKE.match(char) and set(folded) == {"'"}):
         return char          # a letter read as punctuation would become a space in a key: it stays a letter
     return folded
+
+
+@functools.lru_cache(maxsize=65536)
+def _caseless_prototype(char: str) -> str:
+    """:func:`_prototype` of a letter whatever its case (review rev18e: ``Кот`` and ``кот`` keyed apart, a train /
+    test leak): a function of ``char.casefold()`` alone. A cased letter folds to the ASCII look-alike of its capital
+    where that has one (К and к as K, Н and н as H, Ν and ν as N), else to that of its small letter (Г and г as r,
+    Һ and һ as h, Б and б as 6), else to the case-folded letter's prototype; the key case-folds after. A few small letters
+    look like another Latin letter than their capital does (ν v / Ν N, υ u / Υ Y, ƽ s / Ƽ 5): they key as the
+    capital's, since a prompt must not change its key with its case."""
+    if _KATAKANA.match(char):
+        return char          # Katakana keys as typed (NFKC: halfwidth as fullwidth), not as its Han / Hiragana look-alike
+    small = char.casefold()
+    if len(small) != 1:
+        return "".join(_caseless_prototype(c) if not c.isascii() else c for c in small)
+    if small.isascii():
+        return small
+    # the capital, then the small letter (Cherokee case-folds to its capitals: ꮁ folds to Ꮁ, which looks like Γ)
+    for variant in dict.fromkeys(v for v in (small.upper(), small.lower(), small) if len(v) == 1):
+        folded = _prototype(variant)
+        if folded.isascii() and folded.isalnum():
+            return folded
+    return _prototype(small)
 
 
 # A Latin letter in a style: a small capital (LATIN LETTER SMALL CAPITAL R, modifier small capitals after NFKC),
