@@ -244,8 +244,8 @@ def moderation_text(text: str) -> str:
     its confusable prototype (a Cyrillic ``е``), case folded, whitespace collapsed."""
     if text.isascii():       # the same result without the Unicode steps, which change no ASCII text
         return " ".join(text.lower().split())
-    def text_of(t: str) -> str:
-        visible = _SKIN_TONES.sub("", _visible(_read_keycaps(t)))
+    def text_of(t: str) -> str:       # case folded first, so a capital folds as its small letter (review rev18g)
+        visible = _fold_case(_SKIN_TONES.sub("", _visible(_read_keycaps(t))))
         return " ".join(_fold_case(unicodedata.normalize("NFC", "".join(map(_text_char, visible)))).split())
     return _both_orders(text, text_of)
 
@@ -345,9 +345,10 @@ def _fold_confusables(text: str) -> str:
 
 
 def _fold_case(text: str) -> str:
-    """Case-folded, then NFC (a folded letter may decompose: the capital I with dot becomes i + U+0307,
-    which reads as the i it is)."""
-    return unicodedata.normalize("NFC", text.casefold().replace("i\u0307", "i"))
+    """Case-folded on the canonical decomposition, then NFC (Unicode's canonical caseless match: NFD first, so a
+    capitalised polytonic Greek ``ᾼ͂`` folds as its small ``ᾷ`` does, review rev18g; a folded letter may
+    decompose: the capital I with dot becomes i + U+0307, which reads as the i it is)."""
+    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold().replace("i\u0307", "i"))
 
 
 # Removed from a key: default-ignorable code points and every other format character (Cf: interlinear
@@ -393,6 +394,9 @@ _LETTER = regex.compile(r"\pL")
 # Katakana and its prolonged sound mark (ー, halfwidth ｰ): kept out of the confusable fold (review rev18e), so a key
 # tells a Katakana ロ from the Han 口 and the particle へ from the Katakana ヘ (ﾛﾘへの愛 holds ロリ)
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
+# The CJK scripts, kept out of the confusable fold as Katakana is: ICU reads Han 一 as Katakana ー, Hangul vowels ㅡ ㅣ
+# as ー and Han 丨, so a Korean key spelled 유니섹스 as 유ᄂ丨서丨ᄀᄉー and a Han numeral continued a Katakana word.
+_CJK = regex.compile(r"[\p{Katakana}\p{Hiragana}\p{Han}\p{Hangul}\p{Bopomofo}\u30fc\uff70]")
 _DIGIT = regex.compile(r"\pN")
 # The modifier letters that read as an apostrophe or prime (ʼ ʻ ʽ ˈ ʹ, Spacing Modifier Letters and the Greek numeral
 # sign): they fold to ' as a typed apostrophe reads (``girlʼs``); every other modifier letter (Lisu tone letters ꓸ ꓹ,
@@ -438,8 +442,9 @@ def _caseless_prototype(char: str) -> str:
     Һ and һ as h, Б and б as 6), else to the case-folded letter's prototype; the key case-folds after. A few small letters
     look like another Latin letter than their capital does (ν v / Ν N, υ u / Υ Y, ƽ s / Ƽ 5): they key as the
     capital's, since a prompt must not change its key with its case."""
-    if _KATAKANA.match(char):
-        return char          # Katakana keys as typed (NFKC: halfwidth as fullwidth), not as its Han / Hiragana look-alike
+    if _CJK.match(char):
+        return char          # CJK scripts key as typed (NFKC: halfwidth as fullwidth): Katakana ロ is not Han 口,
+        #                      Han 一 is not the Katakana ー, a Hangul syllable is not its jamo and ー (review rev18g)
     small = char.casefold()
     if len(small) != 1:
         return "".join(_caseless_prototype(c) if not c.isascii() else c for c in small)

@@ -2,7 +2,7 @@
 keys, shaped letters and voiced marks in the guards, glued emoji phrases, apostrophe-like modifier letters) attacked
 for train / test leaks, moderation misses and crashes.
 
-Each test reproduces a defect on main and is marked ``xfail(strict=True)`` until it is fixed; each asserts the
+Each test reproduced a defect (a strict xfail until it was fixed, the same day); each asserts the
 violated property directly (what the README promises, or what a team running the pipeline would expect).
 """
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pipelines.splits.assign import moderation_text, normalize_prompt
 
 # --- 1. a sentence-initial capital still changes the key of a Greek letter with perispomeni and ypogegrammeni ---------
 
-@pytest.mark.xfail(strict=True, reason="rev18g: title case of ᾷ / ῇ / ῷ (Α + U+0342 + U+0345) keys apart: a leak")
 @pytest.mark.parametrize("prompt", ["ᾷσμα αρχαίο", "ῇδε η νύχτα", "ῷδε ο ήλιος"])
 def test_a_capitalized_polytonic_prompt_keys_as_its_small_letters(prompt):
     # README section 5: "since review rev18e the fold never depends on case ... A test walks every cased letter of
@@ -29,7 +28,6 @@ def test_a_capitalized_polytonic_prompt_keys_as_its_small_letters(prompt):
 
 # --- 2. Han 一 (and Hangul ㅡ) still fold to the Katakana prolonged sound mark ー in keys and texts ---------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18g: Han 一 keys as Katakana ー, so ｴﾛ一枚絵 / ﾛﾘ一人 miss エロ / ロリ")
 def test_a_katakana_phrase_before_the_han_numeral_one_is_matched_in_halfwidth_or_with_an_invisible():
     # README section 5: "Han letters and Hiragana are no Katakana (エロ二次元 holds エロ: 二 is the numeral two) ...
     # Since review rev18e keys and texts keep Katakana as Katakana ... so the guard is the same on the prompt as typed
@@ -42,7 +40,6 @@ def test_a_katakana_phrase_before_the_han_numeral_one_is_matched_in_halfwidth_or
 
 # --- 3. moderation text of a precomposed Greek letter still depends on case ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18g: moderation_text folds ΰ as ÿ́ but its capital Ϋ́ as ǘ (ᾶ as ã, Α͂ as a͂)")
 def test_moderation_text_of_greek_with_accents_does_not_depend_on_case():
     # tests/unit/test_case_never_changes_key.py: every cased letter reads as its small letter to moderation (key and
     # text); README: "moderation text uses the same fold". moderation_text folds letter by letter before case folding,
@@ -56,7 +53,6 @@ def test_moderation_text_of_greek_with_accents_does_not_depend_on_case():
 
 # --- 4. a Hangul neighbour no longer hides a Hangul phrase in the key when its vowel folds to ー or 丨 -----------------
 
-@pytest.mark.xfail(strict=True, reason="rev18g: Hangul vowels ㅡ/ㅣ fold to Katakana ー / Han 丨, a boundary: 유니섹스 holds 섹스")
 def test_a_korean_phrase_is_not_matched_inside_a_longer_korean_word_through_its_key():
     # README section 5: "Hangul next to a word of another script is a boundary ..., next to a Hangul word it is not
     # (음란섹스 is one word)"; a phrase ending in Hangul is free at its end, its start stays a word boundary. The key
