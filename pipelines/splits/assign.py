@@ -318,10 +318,22 @@ def _visible(text: str) -> str:
     Hangul fillers are default-ignorable too, and they read as the space they render as. Decorative marks
     (:data:`_DECORATIVE_MARKS`: underlines, strokes and slashes through a letter, enclosing circles and squares)
     are what "fancy text" generators put on every letter; they belong to no letter of any script."""
-    visible = _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", text)))
+    visible = _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", _jamo_finals(text))))
     if not visible.isascii():
         visible = _DECORATIVE_MARKS.sub("", visible)
     return unicodedata.normalize("NFC", visible)
+
+
+def _jamo_finals(text: str) -> str:
+    """A Korean word spelled in separate compatibility jamo (``ㅅㅔㄱㅅㅡ``, a common way past a word filter) as its
+    syllables: NFKC reads every compatibility consonant as a leading jamo, so it rebuilt ``누드`` but left ``섹`` as
+    ``세ᄀ``. After NFC (so a syllable typed decomposed is whole first), each compatibility jamo is read as its
+    conjoining jamo, and a consonant after a vowel jamo and not before one as that syllable's final: ``ㅅㅔㄱㅅㅡ`` is
+    ``섹스``, ``ㄱㅏㅅㅡㅁ`` is ``가슴`` (review rev18i). A jamo after a whole syllable stays apart (``좋아ㅋㅋ``)."""
+    if not _COMPAT_JAMO.search(text):
+        return text
+    jamo = _COMPAT_JAMO.sub(lambda m: unicodedata.normalize("NFKC", m.group()), unicodedata.normalize("NFC", text))
+    return _JAMO_FINAL.sub(lambda m: _FINAL_OF[m.group()], jamo)
 
 
 def _spaced(text: str) -> str:
@@ -396,7 +408,12 @@ _LETTER = regex.compile(r"\pL")
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
 # The CJK scripts, kept out of the confusable fold as Katakana is: ICU reads Han 一 as Katakana ー, Hangul vowels ㅡ ㅣ
 # as ー and Han 丨, so a Korean key spelled 유니섹스 as 유ᄂ丨서丨ᄀᄉー and a Han numeral continued a Katakana word.
-_CJK = regex.compile(r"[\p{Katakana}\p{Hiragana}\p{Han}\p{Hangul}\p{Bopomofo}\u30fc\uff70]")
+_CJK = regex.compile(r"[\p{Katakana}\p{Hiragana}\p{Han}\p{Hangul}\p{Bopomofo}\u30fc\uff70\u3099\u309a]")
+# Leading consonant jamo (choseong) and the final (jongseong) each one has; a vowel jamo (jungseong).
+_FINAL_OF = dict(zip("\u1100\u1101\u1102\u1103\u1105\u1106\u1107\u1109\u110a\u110b\u110c\u110e\u110f\u1110\u1111\u1112",
+                     "\u11a8\u11a9\u11ab\u11ae\u11af\u11b7\u11b8\u11ba\u11bb\u11bc\u11bd\u11be\u11bf\u11c0\u11c1\u11c2"))
+_COMPAT_JAMO = regex.compile("[\u3131-\u318e\uffa1-\uffdc]")   # compatibility and halfwidth jamo
+_JAMO_FINAL = regex.compile("(?<=[\u1161-\u1175])[" + "".join(_FINAL_OF) + "](?![\u1161-\u1175])")
 _DIGIT = regex.compile(r"\pN")
 # The modifier letters that read as an apostrophe or prime (ʼ ʻ ʽ ˈ ʹ, Spacing Modifier Letters and the Greek numeral
 # sign): they fold to ' as a typed apostrophe reads (``girlʼs``); every other modifier letter (Lisu tone letters ꓸ ꓹ,

@@ -2,7 +2,7 @@
 case first, the CJK scripts kept out of the confusable fold) attacked for train / test leaks, moderation misses and
 case dependence.
 
-Each test reproduces a defect found by running it (a strict xfail until it is fixed); each asserts the violated
+Each test reproduced a defect found by running it (a strict xfail until it was fixed; 1 and 2 fixed the same day, 3 left); each asserts the violated
 property directly (what the README promises, or what a team running the pipeline would expect).
 """
 from __future__ import annotations
@@ -14,8 +14,6 @@ from pipelines.splits.assign import normalize_prompt
 
 # --- 1. a Korean phrase typed in compatibility jamo is no longer found when a syllable has a final consonant ----------
 
-@pytest.mark.xfail(strict=True, reason="rev18i: jamo-typed 섹스/가슴 (ㅅㅔㄱㅅㅡ) missed since the Hangul no-fold; "
-                                       "ㄴㅜㄷㅡ still matches 누드")
 def test_a_korean_phrase_typed_in_compatibility_jamo_is_matched_whatever_its_final_consonants():
     # Spelling a word out in compatibility jamo (ㅅㅔㄱㅅㅡ for 섹스) is a usual way to slip past a Korean word filter.
     # NFKC turns every compatibility consonant into a *leading* conjoining jamo, so NFC composes ㄴㅜㄷㅡ back into
@@ -29,8 +27,6 @@ def test_a_korean_phrase_typed_in_compatibility_jamo_is_matched_whatever_its_fin
 
 # --- 2. a combining semi-voiced mark continues a Katakana run as typed but not in the key ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18i: key folds U+309A to ring U+030A, outside the kana_key guard: "
-                                       "ｴﾛﾟ / ト゚ロリ hold エロ / ロリ, ｴﾛﾞ does not")
 def test_a_semi_voiced_mark_continues_a_katakana_run_in_the_key_as_it_does_as_typed():
     # README section 5: a Katakana phrase's neighbour "must not be Katakana (with the prolonged sound mark ー and the
     # voiced and semi-voiced sound marks, combining U+3099 / U+309A as NFD text has them, spacing and halfwidth) ... so
@@ -44,8 +40,9 @@ def test_a_semi_voiced_mark_continues_a_katakana_run_in_the_key_as_it_does_as_ty
 
 # --- 3. case still changes the key of a dotless i carrying a caron or inverted breve ----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev18i: ı̌/ı̑ key as ĭ/î (ICU folds the lone mark) but capitalised Ǐ/Ȋ "
-                                       "as ǐ/ȋ: case changes a key")
+@pytest.mark.xfail(strict=True, reason="left on purpose (rev18i): ı̌/ı̑ key as ĭ/î (ICU folds the lone mark) but "
+                                       "capitalised Ǐ/Ȋ as ǐ/ȋ: case changes the key of a dotless i with a caron or "
+                                       "inverted breve, spellings no language uses; README section 5")
 @pytest.mark.parametrize("prompt", ["ı\u030cri", "ı\u0311ri"])
 def test_case_does_not_change_the_key_of_a_dotless_i_with_a_mark(prompt):
     # tests/unit/test_case_never_changes_key.py / README section 5: the fold "never depends on case". The small
