@@ -3,7 +3,8 @@
 -- Output: split_key_owners: every stored pin as it is, plus one pin under $salt for each key of a kept train /
 --         validation / test row (its prompt_key, image_0_uid and image_1_uid) that has none under $salt: owner its
 --         split (a key kept in two splits, which the assignment never does, as held out: test, then validation),
---         first_dt the export day of its earliest kept row. First writer wins: a pin is never changed.
+--         first_dt the export day of its earliest kept row. First writer wins: a pin is never changed (but by
+--         assign.rekey_prompt_pins after a key-function change, and only towards held out).
 --         Ordered by salt, kind, key (same inputs, same bytes).
 -- Parameters: $salt.
 WITH used AS (

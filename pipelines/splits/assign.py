@@ -21,7 +21,8 @@
   (``prompt_conflict``, else ``cluster_conflict``): pairs = parent split rows + split_rejects.
 - Owner of a key: its stored pin (``split_key_owners``), else computed (``owner_mode``). Once a version is
   published, the prompt_key and both image uids of its train, validation and test rows are pinned to their split
-  under the salt (first writer wins, a pin never changes; sorted by salt, kind, key), so a published key keeps its
+  under the salt (first writer wins, a pin never changes but towards held out after a change of the key function,
+  :func:`rekey_prompt_pins`; sorted by salt, kind, key), so a published key keeps its
   split in every later version, whatever leaves ``pairs`` (a ban, a moderation rule), arrives late (a backfilled
   day) or merges. Only published keys are pinned: at the start of each build, under the ledger lock and before
   assigning, :func:`update_pins` brings the pins up to date with ``latest`` (nothing when their record covers it;
@@ -115,6 +116,9 @@ from pipelines.sqlrun import connect, register_views, run_sql, run_to_parquet
 from schemas import get_schema
 
 HELDOUT = ("validation", "test")
+# The prompt key function's version (normalize_prompt): bumped with every change that can change a prompt's key, so
+# the first build after it re-keys the prompt pins from the published captions (update_pins: review rev18j)
+KEY_VERSION = "9"
 PIN_KINDS = ("prompt", "image")          # split_key_owners.kind: a prompt_key, an image_uid
 SALT_METADATA = b"pickapic.splits_salt"   # split_pairs' key-value metadata: the salt it was built under
 _BRACKETS = re.compile(r"\[[^\]]*\]")
@@ -972,6 +976,7 @@ class PinsUpdate:
     covered: list[str]
     versions: list[str]
     changed: bool
+    rekeyed: int = 0      # prompt pins added or held out by the re-key after a key-function change
 
 
 def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
@@ -1145,6 +1150,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     covered, and the log says so."""
     path = home.table_file("split_key_owners")
     digests, names = coverage.pins_record(path, pins)
+    key_version = coverage.pins_key_version(path, pins)
     retained = list_versions(home)
     published, stranded = switched_versions(home, retained, version)
     older = [name for name in published if name != version]
@@ -1190,12 +1196,69 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
                 f"{name} ({why})" for name, why in unread.items()) + " could be read as the version's own file (a "
                 "link is not followed): their keys may not all be pinned, and they are not recorded as covered, so "
                 "every build reads the sidecars again and says so until the folder is put back or the version deleted")
+    rekeyed = 0
+    if version is not None and key_version != KEY_VERSION:
+        # the prompt key function changed since these pins were made (or they predate the record): a published
+        # caption's key may have changed, and merged with a key pinned elsewhere (``кот`` and ``Кот``, keyed apart
+        # before version 9, held out and train): every retained published caption is keyed anew and its new key
+        # pinned, held out if any caption of it was published held out
+        published_now, _ = switched_versions(home, list_versions(home), version)
+        pins, rekeyed = rekey_prompt_pins(home, pins, salt, published_now)
+        log(f"split key owners: the prompt key function changed (key version {key_version or 'unrecorded'} -> "
+            f"{KEY_VERSION}): the captions of {len(published_now)} published versions keyed anew, {rekeyed} prompt "
+            "pins added or held out (a caption published in validation or test stays held out under its new key)")
     whole = how != "nothing published" and version not in unread   # latest unread: nor it nor its split_pairs covered
     covered = digests | ({source} if source and whole else set())
     versions = (names & set(retained)) | ({version} if version and whole else set())
     changed = (not path.is_file() or added.num_rows > 0 or seeded.num_rows > 0 or covered != digests
-               or versions != names)
-    return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed)
+               or versions != names or rekeyed > 0 or (key_version != KEY_VERSION and version is not None))
+    return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed, rekeyed)
+
+
+def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str]) -> tuple[pa.Table, int]:
+    """``pins`` with the captions of the published versions ``names`` keyed by today's :func:`normalize_prompt`:
+    each new key pinned under ``salt`` (held out, test then validation, if any caption keyed to it was published
+    held out; its first day the earliest), and a key pinned to train that a held-out caption now keys to held out
+    instead: the one change a pin gets, and towards held out, so no caption published for evaluation is trained
+    on after a key-function change. Returns the pins (ordered) and how many were added or changed."""
+    files = []
+    for name in names:
+        for split in ("train",) + HELDOUT:
+            folder = home.datasets / name / split
+            if is_real_folder(folder):
+                files += [str(f) for f in split_sidecars(folder.parent, split) if not f.is_symlink() and f.is_file()]
+    if not files:
+        return pins, 0
+    con = connect({})
+    try:
+        captions = con.sql(f"SELECT caption, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt "
+                           "FROM read_parquet($files) WHERE split IN ('train', 'validation', 'test') "
+                           "GROUP BY caption ORDER BY caption", params={"files": files}).to_arrow_table()
+        con.register("captions", captions.append_column(
+            "key", pa.array([normalize_prompt(c) for c in captions.column("caption").to_pylist()], pa.string())))
+        con.register("rekeyed", con.sql(f"SELECT key, {_HELD_OUT_OWNER.format(column='owner')}, min(first_dt) AS "
+                                        "first_dt FROM captions GROUP BY key").to_arrow_table())
+        con.register("pins", pins)
+        changed = con.sql("""
+            SELECT count(*) FROM rekeyed r LEFT JOIN pins p ON p.salt = $salt AND p.kind = 'prompt' AND p.key = r.key
+            WHERE p.key IS NULL OR (p.owner = 'train' AND r.owner <> 'train')""", params={"salt": salt}).fetchall()[0][0]
+        updated = con.sql("""
+            SELECT p.kind, p.key,
+                   CASE WHEN p.salt = $salt AND p.kind = 'prompt' AND p.owner = 'train' AND r.owner <> 'train'
+                        THEN r.owner ELSE p.owner END AS owner,
+                   p.first_dt, p.salt
+            FROM pins p LEFT JOIN rekeyed r ON p.kind = 'prompt' AND p.key = r.key
+            UNION ALL
+            SELECT 'prompt', r.key, r.owner, r.first_dt, $salt FROM rekeyed r
+            WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.salt = $salt AND p.kind = 'prompt' AND p.key = r.key)""",
+                          params={"salt": salt}).to_arrow_table()
+    except Exception as exc:
+        raise RuntimeError(f"cannot read the captions of the published versions {', '.join(names)} under "
+                           f"{home.datasets} to key them anew after the prompt key function changed: {exc}. Repair "
+                           "or delete the damaged version first") from exc
+    finally:
+        con.close()
+    return _sorted_pins(cast_to_schema(updated, get_schema("split_key_owners"))), int(changed)
 
 
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
@@ -1285,7 +1348,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     if update.changed:
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),
-                             pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions)))
+                             pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,
+                                                                              KEY_VERSION)))
     added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""

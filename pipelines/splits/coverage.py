@@ -164,12 +164,28 @@ def keys_digest(pins: pa.Table) -> str:
     return digest.hexdigest()
 
 
-def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str] = ()) -> dict[bytes, bytes]:
+def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str] = (),
+                  key_version: str | None = None) -> dict[bytes, bytes]:
     """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` and the published ``versions``
-    whose keys are all pinned (both sorted), and the keys' digest."""
+    whose keys are all pinned (both sorted), the keys' digest, and the version of the prompt key function the
+    prompt pins were made with (``pipelines.splits.assign.KEY_VERSION``)."""
     record = {"split_pairs_sha256": sorted(set(covered)), "versions": sorted(set(versions)),
               "keys_sha256": keys_digest(pins)}
+    if key_version is not None:
+        record["key_version"] = key_version
     return {PINS_KEY: json.dumps(record, sort_keys=True).encode()}
+
+
+def pins_key_version(pins_file: Path, pins: pa.Table) -> str | None:
+    """The prompt key function's version the key owners file's record names, when the record's keys digest is that
+    of ``pins`` (the table read from that file); else None (a record written before versions were recorded, a
+    damaged or foreign one, no file). Never raises."""
+    try:
+        record = json.loads((pq.read_schema(pins_file).metadata or {})[PINS_KEY])
+        version = record.get("key_version") if record["keys_sha256"] == keys_digest(pins) else None
+        return version if isinstance(version, str) else None
+    except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it names no version
+        return None
 
 
 def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str]]:
