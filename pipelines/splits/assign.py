@@ -547,6 +547,7 @@ class SplitReport:
     pins_sidecars_read: bool = False                      # the pins were re-seeded from the published sidecars
     pins_update: str = "nothing published"                # how the pins were brought up to date (update_pins)
     pins_versions_read: int = 0                           # published versions whose sidecars the pins re-seed read
+    pins_rekeyed: int = 0                                 # prompt pins added or held out by a key-function re-key
     dropped_pinned: int = 0                               # rows dropped because a key's owner is a stored pin
     dropped_cluster_merge: int = 0                        # rows dropped: a cluster whose images are pinned to two splits
 
@@ -580,6 +581,7 @@ class SplitReport:
             "key_owners_published_sidecars_read": self.pins_sidecars_read,
             "key_owners_published_versions_read": self.pins_versions_read,
             "key_owners_update": self.pins_update,
+            "key_owners_rekeyed": self.pins_rekeyed,
             "split_rejects_pinned_owner": self.dropped_pinned,
             "split_rejects_cluster_merge": self.dropped_cluster_merge,
             "split_rejects": sum(n for _, _, n in self.rejects),
@@ -977,6 +979,7 @@ class PinsUpdate:
     versions: list[str]
     changed: bool
     rekeyed: int = 0      # prompt pins added or held out by the re-key after a key-function change
+    key_version: str | None = None   # the key function version every salt's prompt pins are keyed by (to record)
 
 
 def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
@@ -1197,30 +1200,40 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
                 "link is not followed): their keys may not all be pinned, and they are not recorded as covered, so "
                 "every build reads the sidecars again and says so until the folder is put back or the version deleted")
     rekeyed = 0
-    if version is not None and key_version != KEY_VERSION:
+    record_version = key_version
+    if version is None and not retained:     # no version at all, so no caption keyed by another function: current
+        record_version = KEY_VERSION
+    elif version is not None and key_version != KEY_VERSION:
         # the prompt key function changed since these pins were made (or they predate the record): a published
         # caption's key may have changed, and merged with a key pinned elsewhere (``кот`` and ``Кот``, keyed apart
         # before version 9, held out and train): every retained published caption is keyed anew and its new key
-        # pinned, held out if any caption of it was published held out
+        # pinned under every salt, held out if any caption of it was published held out. Recorded as done only when
+        # every published version was read whole (review rev18k); with nothing published (latest away) it waits.
         published_now, _ = switched_versions(home, list_versions(home), version)
         pins, rekeyed = rekey_prompt_pins(home, pins, salt, published_now)
-        log(f"split key owners: the prompt key function changed (key version {key_version or 'unrecorded'} -> "
-            f"{KEY_VERSION}): the captions of {len(published_now)} published versions keyed anew, {rekeyed} prompt "
-            "pins added or held out (a caption published in validation or test stays held out under its new key)")
+        not_read = unread_split_folders(home, published_now)
+        if not not_read:
+            record_version = KEY_VERSION
+        log(f"split key owners: the prompt key function changed (key version {key_version or 'unrecorded'}"
+            f" -> {KEY_VERSION}): the captions of {len(published_now)} published versions keyed anew, {rekeyed} prompt "
+            "pins added or held out (a caption published in validation or test stays held out under its new key)"
+            + (f"; not read whole: {', '.join(sorted(not_read))}, so the next build keys them again" if not_read else ""))
     whole = how != "nothing published" and version not in unread   # latest unread: nor it nor its split_pairs covered
     covered = digests | ({source} if source and whole else set())
     versions = (names & set(retained)) | ({version} if version and whole else set())
     changed = (not path.is_file() or added.num_rows > 0 or seeded.num_rows > 0 or covered != digests
-               or versions != names or rekeyed > 0 or (key_version != KEY_VERSION and version is not None))
-    return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed, rekeyed)
+               or versions != names or rekeyed > 0 or record_version != key_version)
+    return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed, rekeyed,
+                      record_version)
 
 
 def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str]) -> tuple[pa.Table, int]:
     """``pins`` with the captions of the published versions ``names`` keyed by today's :func:`normalize_prompt`:
-    each new key pinned under ``salt`` (held out, test then validation, if any caption keyed to it was published
-    held out; its first day the earliest), and a key pinned to train that a held-out caption now keys to held out
-    instead: the one change a pin gets, and towards held out, so no caption published for evaluation is trained
-    on after a key-function change. Returns the pins (ordered) and how many were added or changed."""
+    each new key pinned under every salt the pins hold and ``salt`` (held out, test then validation, if any caption
+    keyed to it was published held out; its first day the earliest), and a key pinned to train that a held-out
+    caption now keys to held out instead, under every salt: the one change a pin gets, and towards held out, so no
+    caption published for evaluation is trained on after a key-function change. Returns the pins (ordered) and how
+    many were added or changed."""
     files = []
     for name in names:
         for split in ("train",) + HELDOUT:
@@ -1239,19 +1252,25 @@ def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str
         con.register("rekeyed", con.sql(f"SELECT key, {_HELD_OUT_OWNER.format(column='owner')}, min(first_dt) AS "
                                         "first_dt FROM captions GROUP BY key").to_arrow_table())
         con.register("pins", pins)
+        # every salt that pins anything, and the build's: a later build under any of them finds the new keys
+        con.register("salts", con.sql("SELECT DISTINCT salt FROM pins UNION SELECT $salt",
+                                      params={"salt": salt}).to_arrow_table())
         changed = con.sql("""
-            SELECT count(*) FROM rekeyed r LEFT JOIN pins p ON p.salt = $salt AND p.kind = 'prompt' AND p.key = r.key
-            WHERE p.key IS NULL OR (p.owner = 'train' AND r.owner <> 'train')""", params={"salt": salt}).fetchall()[0][0]
+            SELECT (SELECT count(*) FROM pins p JOIN rekeyed r ON p.kind = 'prompt' AND p.key = r.key
+                    WHERE p.owner = 'train' AND r.owner <> 'train')
+                 + (SELECT count(*) FROM rekeyed r CROSS JOIN salts s
+                    WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.salt = s.salt AND p.kind = 'prompt'
+                                      AND p.key = r.key))""").fetchall()[0][0]
         updated = con.sql("""
             SELECT p.kind, p.key,
-                   CASE WHEN p.salt = $salt AND p.kind = 'prompt' AND p.owner = 'train' AND r.owner <> 'train'
+                   CASE WHEN p.kind = 'prompt' AND p.owner = 'train' AND r.owner <> 'train'
                         THEN r.owner ELSE p.owner END AS owner,
                    p.first_dt, p.salt
             FROM pins p LEFT JOIN rekeyed r ON p.kind = 'prompt' AND p.key = r.key
             UNION ALL
-            SELECT 'prompt', r.key, r.owner, r.first_dt, $salt FROM rekeyed r
-            WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.salt = $salt AND p.kind = 'prompt' AND p.key = r.key)""",
-                          params={"salt": salt}).to_arrow_table()
+            SELECT 'prompt', r.key, r.owner, r.first_dt, s.salt FROM rekeyed r CROSS JOIN salts s
+            WHERE NOT EXISTS (SELECT 1 FROM pins p WHERE p.salt = s.salt AND p.kind = 'prompt' AND p.key = r.key)
+            """).to_arrow_table()
     except Exception as exc:
         raise RuntimeError(f"cannot read the captions of the published versions {', '.join(names)} under "
                            f"{home.datasets} to key them anew after the prompt key function changed: {exc}. Repair "
@@ -1349,7 +1368,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),
                              pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,
-                                                                              KEY_VERSION)))
+                                                                              update.key_version)))
     added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""
@@ -1381,7 +1400,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                        pins_added={k: added[k] for k in PIN_KINDS if added[k]},
                        pins_reseeded=dict(_kinds(update.seeded)),
                        pins_held=held, pins_sidecars_read=update.how == "sidecars",
-                       pins_update=update.how, pins_versions_read=update.versions_read,
+                       pins_update=update.how, pins_versions_read=update.versions_read, pins_rekeyed=update.rekeyed,
                        dropped_pinned=dropped_pinned, dropped_cluster_merge=dropped_merge)
 
 

@@ -167,8 +167,8 @@ def keys_digest(pins: pa.Table) -> str:
 def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str] = (),
                   key_version: str | None = None) -> dict[bytes, bytes]:
     """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` and the published ``versions``
-    whose keys are all pinned (both sorted), the keys' digest, and the version of the prompt key function the
-    prompt pins were made with (``pipelines.splits.assign.KEY_VERSION``)."""
+    whose keys are all pinned (both sorted), the keys' digest, and the version of the prompt key function every
+    salt's prompt pins were re-keyed to (``pipelines.splits.assign.KEY_VERSION``)."""
     record = {"split_pairs_sha256": sorted(set(covered)), "versions": sorted(set(versions)),
               "keys_sha256": keys_digest(pins)}
     if key_version is not None:

@@ -58,6 +58,7 @@ def test_a_caption_published_held_out_stays_held_out_when_its_new_key_merges_wit
     assert _pins(home)[("prompt", normalize_prompt(LOWER))][0] == "test"
     assert json.loads(pq.read_schema(home.table_file("split_key_owners")).metadata[coverage.PINS_KEY])[
         "key_version"] == assign.KEY_VERSION
+    assert report["key_owners_rekeyed"] >= 1
     assert any("prompt key function changed" in line for line in logged), logged
     assert report["key_owners_update"]
     # the next build finds the pins re-keyed: nothing more to do, and the caption stays out of train
