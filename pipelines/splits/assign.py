@@ -1018,18 +1018,26 @@ def seed_pins(stored: pa.Table, published: pa.Table, salt: str) -> pa.Table:
                      "salt": pa.array([salt] * missing.num_rows, pa.string())}, schema=schema)
 
 
-def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
-    """The keys (kind, key, owner, first_dt; ordered by kind, key) of the train / validation / test sidecars of the
-    published versions ``names`` (complete versions under the dataset folder, :func:`formats.dataset.list_versions`),
-    read in one pass; a key published in two splits, in one version or across them, as held out (test, then
-    validation), its first day the earliest. A split folder that is a link, or a sidecar that is one, is not
-    followed (a version's files are its own; :func:`unread_split_folders` names such versions)."""
+def _retained_sidecars(home: DataHome, names: list[str]) -> list[str]:
+    """The train / validation / test sidecar files of the published versions ``names``: a split folder that is a
+    link, or a sidecar that is one, is not followed (a version's files are its own; :func:`unread_split_folders`
+    names such versions)."""
     files = []
     for name in names:
         for split in ("train",) + HELDOUT:
             folder = home.datasets / name / split
             if is_real_folder(folder):
                 files += [str(f) for f in split_sidecars(folder.parent, split) if not f.is_symlink() and f.is_file()]
+    return files
+
+
+def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
+    """The keys (kind, key, owner, first_dt; ordered by kind, key) of the train / validation / test sidecars of the
+    published versions ``names`` (complete versions under the dataset folder, :func:`formats.dataset.list_versions`),
+    read in one pass; a key published in two splits, in one version or across them, as held out (test, then
+    validation), its first day the earliest. A split folder that is a link, or a sidecar that is one, is not
+    followed (a version's files are its own; :func:`unread_split_folders` names such versions)."""
+    files = _retained_sidecars(home, names)
     if not files:
         return _no_keys()
     con = connect({})
@@ -1152,8 +1160,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     unswitched is neither read nor required); one not read whole (:func:`unread_split_folders`) is not recorded as
     covered, and the log says so."""
     path = home.table_file("split_key_owners")
-    digests, names = coverage.pins_record(path, pins)
-    key_version = coverage.pins_key_version(path, pins)
+    digests, names, key_version = coverage.pins_record(path, pins)
     retained = list_versions(home)
     published, stranded = switched_versions(home, retained, version)
     older = [name for name in published if name != version]
@@ -1209,13 +1216,12 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
         # before version 9, held out and train): every retained published caption is keyed anew and its new key
         # pinned under every salt, held out if any caption of it was published held out. Recorded as done only when
         # every published version was read whole (review rev18k); with nothing published (latest away) it waits.
-        published_now, _ = switched_versions(home, list_versions(home), version)
-        pins, rekeyed = rekey_prompt_pins(home, pins, salt, published_now)
-        not_read = unread_split_folders(home, published_now)
+        pins, rekeyed = rekey_prompt_pins(home, pins, salt, published)
+        not_read = unread_split_folders(home, published)
         if not not_read:
             record_version = KEY_VERSION
         log(f"split key owners: the prompt key function changed (key version {key_version or 'unrecorded'}"
-            f" -> {KEY_VERSION}): the captions of {len(published_now)} published versions keyed anew, {rekeyed} prompt "
+            f" -> {KEY_VERSION}): the captions of {len(published)} published versions keyed anew, {rekeyed} prompt "
             "pins added or held out (a caption published in validation or test stays held out under its new key)"
             + (f"; not read whole: {', '.join(sorted(not_read))}, so the next build keys them again" if not_read else ""))
     whole = how != "nothing published" and version not in unread   # latest unread: nor it nor its split_pairs covered
@@ -1234,12 +1240,7 @@ def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str
     caption now keys to held out instead, under every salt: the one change a pin gets, and towards held out, so no
     caption published for evaluation is trained on after a key-function change. Returns the pins (ordered) and how
     many were added or changed."""
-    files = []
-    for name in names:
-        for split in ("train",) + HELDOUT:
-            folder = home.datasets / name / split
-            if is_real_folder(folder):
-                files += [str(f) for f in split_sidecars(folder.parent, split) if not f.is_symlink() and f.is_file()]
+    files = _retained_sidecars(home, names)
     if not files:
         return pins, 0
     con = connect({})

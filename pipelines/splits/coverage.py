@@ -176,32 +176,22 @@ def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str
     return {PINS_KEY: json.dumps(record, sort_keys=True).encode()}
 
 
-def pins_key_version(pins_file: Path, pins: pa.Table) -> str | None:
-    """The prompt key function's version the key owners file's record names, when the record's keys digest is that
-    of ``pins`` (the table read from that file); else None (a record written before versions were recorded, a
-    damaged or foreign one, no file). Never raises."""
-    try:
-        record = json.loads((pq.read_schema(pins_file).metadata or {})[PINS_KEY])
-        version = record.get("key_version") if record["keys_sha256"] == keys_digest(pins) else None
-        return version if isinstance(version, str) else None
-    except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it names no version
-        return None
-
-
-def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str]]:
-    """(the ``split_pairs`` digests, the published version names) the key owners file's record covers, when the
-    record's keys digest is that of ``pins`` (the table read from that file); else none. A record written before
-    the versions were recorded names none. Never raises."""
+def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str], str | None]:
+    """(the ``split_pairs`` digests, the published version names, the prompt key function's version) the key owners
+    file's record names, when the record's keys digest is that of ``pins`` (the table read from that file); else
+    none. A record written before the versions (or the key version) were recorded names none. Never raises."""
+    key_version = None
     try:
         metadata = pq.read_schema(pins_file).metadata or {}
         record = json.loads(metadata[PINS_KEY])
         if record["keys_sha256"] != keys_digest(pins):
-            return set(), set()
+            return set(), set(), None
+        key_version = record.get("key_version") if isinstance(record.get("key_version"), str) else None
         digests = {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
         versions = record.get("versions", [])
-        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set()
+        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set(), key_version
     except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
-        return set(), set()
+        return set(), set(), key_version
 
 
 def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
