@@ -91,26 +91,11 @@ _WORD = rf"[^\pL\pN\pM_{_shaped_letters()}]"
 _FREE_SCRIPTS = ("Han", "Hiragana", "Thai", "Lao", "Khmer", "Myanmar")
 
 
-def _kana_lookalikes() -> str:
-    """What Katakana letters turn into in a moderation key or text other than Katakana, which stands for Katakana next
-    to a Katakana phrase there: since review rev18e keys and texts keep Katakana (NFKC only), so this is only the
-    combining voiced and semi-voiced marks, kept as a safeguard should the fold change. It once held the Han and
-    Hiragana look-alikes (ロ as 口, ヘ as へ), which made the particle へ and the numeral 二 Katakana in a key
-    (``ﾛﾘへの愛`` and ``ｴﾛ二次元`` missed ``ロリ`` and ``エロ``)."""
-    out = set("\u3099\u309a")
-    for cp in [*range(0x30A1, 0x30FB), *range(0x30FD, 0x3100), *range(0x31F0, 0x3200), *range(0xFF66, 0xFF9E)]:
-        char = chr(cp)
-        for form in (moderation_key(char), moderation_text(char)):
-            out.update(c for c in form if not c.isascii() and not _KATAKANA.match(c))
-    return "".join(sorted(out))
-
-
 _KATAKANA = regex.compile(r"[\p{Katakana}\u30fc\uff70]")
 _HANGUL = regex.compile(r"\p{Hangul}")
-# RE2: a Katakana phrase's neighbours in the prompt as typed, with the (semi-)voiced sound marks, combining (NFD ペ is
-# ヘ + U+309A), spacing and halfwidth (review rev18e)
+# RE2: a Katakana phrase's neighbours (in the prompt as typed and in a key or text, which keep Katakana), with the
+# (semi-)voiced sound marks, combining (NFD ペ is ヘ + U+309A), spacing and halfwidth (review rev18e)
 _KANA = r"\p{Katakana}\x{30FC}\x{FF70}\x{3099}-\x{309C}\x{FF9E}\x{FF9F}"
-_KANA_KEY = _KANA + "".join(rf"\x{{{ord(c):04X}}}" for c in _kana_lookalikes())   # ... and in a key or text
 _UNSPACED = "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + _KANA
 _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last character
     # a Hangul letter next to a word of another script is a boundary (``sexy한 여자``: Korean glues its particles
@@ -118,7 +103,6 @@ _GUARDS = {   # RE2 before / after a phrase, by the kind of its first / last cha
     "word": (rf"(?:^|{_WORD}|[{_UNSPACED}\p{{Hangul}}])", rf"(?:$|{_WORD}|[{_UNSPACED}\p{{Hangul}}])"),
     "hangul": (rf"(?:^|{_WORD}|[{_UNSPACED}])", rf"(?:$|{_WORD}|[{_UNSPACED}])"),
     "kana": (rf"(?:^|[^{_KANA}])", rf"(?:$|[^{_KANA}])"),
-    "kana_key": (rf"(?:^|[^{_KANA_KEY}])", rf"(?:$|[^{_KANA_KEY}])"),   # "kana" in a moderation key or text
     "free": ("", ""),
 }
 _FREE_CHAR = regex.compile("[" + "".join(rf"\p{{{name}}}" for name in _FREE_SCRIPTS) + "]")
@@ -301,8 +285,9 @@ def _edge_char_kind(ch: str) -> str:
 def edge_kinds(phrase: str) -> tuple[str, str]:
     """The kinds (:func:`_edge_kind`) of a phrase's first and last characters as read (NFKC, invisibles and
     decorative marks out; a letter in a shape is a letter: ``ⓐⓢⓢ`` is bounded as ``ass`` is, ``１８＋`` as ``18+``),
-    on the prompt as typed and on its key and text alike (a key keeps Katakana as Katakana: there ``kana`` is
-    ``kana_key``, :func:`phrase_pattern`).
+    on the prompt as typed and on its key and text alike (a key keeps Katakana and its sound marks as typed, so the
+    ``kana`` guard is the same there; once it also took the Han and Hiragana look-alikes Katakana folded to, which
+    made the particle へ and the numeral 二 Katakana in a key: review rev18e).
     A phrase ending in a Hangul letter is free at its end: Korean writes its particles and endings onto the word
     (``섹스를``, ``누드가``), so a word boundary there would miss nearly every use in a sentence; its start stays a
     word boundary."""
@@ -311,21 +296,20 @@ def edge_kinds(phrase: str) -> tuple[str, str]:
     return _edge_char_kind(visible[0]), last
 
 
+_NEVER = r"[^\s\S]"   # RE2 that matches nothing
+
 
 def phrase_pattern(phrases: list[str], kinds: dict[str, tuple[str, str]] | None = None) -> str:
     """One case-insensitive RE2 matching any phrase not embedded in a longer word (matches nothing if empty); each
     end of a phrase is bounded by its kind (``kinds[phrase]``, default :func:`edge_kinds` of the phrase itself).
-    ``kinds`` given means ``phrases`` are moderation keys or texts, matched on keys or texts: there a ``kana`` end is
-    bounded by ``kana_key`` (Katakana and what Katakana folds to), on the prompt as typed by Katakana alone.
+    ``kinds`` given means ``phrases`` are moderation keys or texts, bounded as the phrases they came from.
     Phrases of the same two kinds share one alternation, so the pattern grows by the phrases' text, not by a guard
     per phrase (RE2 refuses a program past its size limit: :func:`phrase_patterns` cuts long lists)."""
     if not phrases:
-        return r"[^\s\S]"
+        return _NEVER
     groups: dict[tuple[str, str], list[str]] = {}
     for phrase in sorted(phrases, key=lambda p: (-len(p), p)):
         kind = (kinds or {}).get(phrase) or edge_kinds(phrase)
-        if kinds is not None:
-            kind = tuple("kana_key" if end == "kana" else end for end in kind)
         groups.setdefault(kind, []).append(phrase_body(phrase))
     branches = [f"{_GUARDS[first][0]}(?:{'|'.join(bodies)}){_GUARDS[last][1]}"
                 for (first, last), bodies in sorted(groups.items())]
@@ -407,7 +391,7 @@ def body_pattern(phrases: list[str]) -> str:
     matches wherever :func:`phrase_pattern` of the same phrases does, and also inside longer words. Cheap to
     compile (~0.5 ms against ~7 ms for a guarded pattern, whose Unicode classes dominate)."""
     if not phrases:
-        return r"[^\s\S]"
+        return _NEVER
     return "(?i)(?:" + "|".join(phrase_body(p) for p in sorted(phrases, key=lambda p: (-len(p), p))) + ")"
 
 
@@ -429,13 +413,12 @@ def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: 
     # (candidates, one or two groups, guarded): each part first by its guarded pattern, so a list none of whose
     # phrases occurs as a word costs one query a part pair (review rev18c: phrases found only inside words)
     tests = [(everything, chunks, True) for chunks in _pairs(phrase_chunks(elements, kinds))]
-    never = phrase_pattern([])
     while tests:
         candidates, groups, guarded = tests.pop()
         pattern = (lambda group: phrase_pattern(group, kinds)) if guarded else body_pattern
         con.register("phrase_values", pa.table({"value": candidates}))
         table = run_sql(con, "curation_phrase_split", {
-            "left": pattern(groups[0]), "right": pattern(groups[1]) if len(groups) > 1 else never})
+            "left": pattern(groups[0]), "right": pattern(groups[1]) if len(groups) > 1 else _NEVER})
         for side, group in zip(("left", "right"), groups):
             matched = table.filter(pc.fill_null(table[side], False))["value"]
             if not len(matched):
