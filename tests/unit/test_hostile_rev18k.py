@@ -44,11 +44,22 @@ def _yesterday(home: DataHome, monkeypatch) -> list[dict]:
     return rows
 
 
+def _with_train_lower(rows: list[dict]) -> list[dict]:
+    """``rows`` and a train user's row of LOWER (the caption published in test), on the day after."""
+    return rows + [pair_row(3, USERS["train"][1], LOWER, "r1", "r2", day=2)]
+
+
+def _assert_lower_kept_out_of_train(home: DataHome) -> None:
+    """LOWER was published in test: no train user's row of it is kept in train, and its new key is not pinned there."""
+    kept = _kept(home)
+    assert kept.get("3_0") != "train", kept
+    assert _pins(home).get(("prompt", normalize_prompt(LOWER)), ("none",))[0] != "train"
+
+
 def test_a_version_unreadable_during_the_rekey_is_rekeyed_once_put_back(tmp_path, monkeypatch):
     home = DataHome(tmp_path)
     rows = _yesterday(home, monkeypatch)
-    tr2 = USERS["train"][1]
-    rows = rows + [pair_row(3, tr2, LOWER, "r1", "r2", day=2)]
+    rows = _with_train_lower(rows)
     # the upgrade's first build runs while the published version's test folder is a link (moved to another disk)
     folder = home.datasets / V1 / "test"
     moved = tmp_path / "elsewhere-test"
@@ -60,16 +71,13 @@ def test_a_version_unreadable_during_the_rekey_is_rekeyed_once_put_back(tmp_path
     os.unlink(folder)
     shutil.move(str(moved), str(folder))
     _night(home, rows)
-    kept = _kept(home)
-    # LOWER was published in test: no train user's row of it may be kept in train
-    assert kept.get("3_0") != "train", kept
-    assert _pins(home).get(("prompt", normalize_prompt(LOWER)), ("none",))[0] != "train"
+    _assert_lower_kept_out_of_train(home)
 
 
 def test_pins_written_while_nothing_is_published_do_not_skip_the_rekey(tmp_path, monkeypatch):
     home = DataHome(tmp_path)
     rows = _yesterday(home, monkeypatch)
-    rows = rows + [pair_row(3, USERS["train"][1], LOWER, "r1", "r2", day=2)]
+    rows = _with_train_lower(rows)
     # the upgrade's first build runs while `latest` is away (a rollback in progress) and the pins file was lost
     link = home.datasets / "latest"
     target = os.readlink(link)
@@ -80,23 +88,19 @@ def test_pins_written_while_nothing_is_published_do_not_skip_the_rekey(tmp_path,
     # `latest` is put back: the next build re-seeds the published version's (old) keys from its sidecars
     os.symlink(target, link)
     _night(home, rows)
-    kept = _kept(home)
-    assert kept.get("3_0") != "train", kept
-    assert _pins(home).get(("prompt", normalize_prompt(LOWER)), ("none",))[0] != "train"
+    _assert_lower_kept_out_of_train(home)
 
 
 def test_the_rekey_under_another_salt_does_not_leave_the_home_salt_stale(tmp_path, monkeypatch):
     import dataclasses
     home = DataHome(tmp_path)
     rows = _yesterday(home, monkeypatch)
-    rows = rows + [pair_row(3, USERS["train"][1], LOWER, "r1", "r2", day=2)]
+    rows = _with_train_lower(rows)
     other = dataclasses.replace(CFG, salt=CFG.salt + "-other")
     _night(home, rows, other)                                   # the upgrade's first build, under another salt
     assert _record(home)["key_version"] == assign.KEY_VERSION   # re-keyed under every salt the pins hold
     _night(home, rows)                                          # back under the home's salt
-    kept = _kept(home)
-    assert kept.get("3_0") != "train", kept
-    assert _pins(home).get(("prompt", normalize_prompt(LOWER)), ("none",))[0] != "train"
+    _assert_lower_kept_out_of_train(home)
 
 
 def test_the_report_accounts_for_the_prompt_pins_the_rekey_added(tmp_path, monkeypatch):
