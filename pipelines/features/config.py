@@ -38,7 +38,7 @@ class FeaturesConfig:
     nsfw_batch_size: int = knob(8, "images per NudeNet session.run (batching gains 4-10%)", min=1, output=False)
     nsfw_threads: int = knob(1, "onnxruntime intra-op threads per worker process", min=1, max=MAX_THREADS, output=False)
     workers: int = knob(2, "DirectRunner multi_processing workers (0: in-process)", min=0, max=MAX_PROCESSES, output=False)
-    in_process_below: int = knob(32, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
+    in_process_below: int = knob(128, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
     runner: str = knob("DirectRunner", "Beam runner used when beam_args names none", output=False)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
     blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)

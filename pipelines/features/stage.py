@@ -39,7 +39,7 @@ from pipelines.features.reuse import (
     rows_reused_by_uid,
     with_output_key,
 )
-from pipelines.features.runner import pipeline_options, pipeline_runner
+from pipelines.features.runner import pipeline_options, pipeline_runner, worker_processes
 from pipelines.features.staging import (
     REUSED_SCHEMA,
     STAGED_KINDS,
@@ -98,6 +98,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     rejects = get_schema(REJECTS).empty_table()
     candidates = REUSED_SCHEMA.empty_table()
     stage_seconds = 0.0
+    workers = 0                     # worker processes the Beam stage ran on (0: this process, or nothing to compute)
     if todo.num_rows:
         reset_dir(staging, base)
         todo_path = join_url(staging, "todo.parquet")
@@ -108,6 +109,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
         stage_started = time.perf_counter()
         options = pipeline_options(config, beam_args, todo.num_rows)
+        workers = worker_processes(options, config)
         with beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
             rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
             out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
@@ -145,7 +147,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         total_seconds=round(time.perf_counter() - started, 3),
         images_per_second=round(todo.num_rows / stage_seconds, 2) if stage_seconds else 0.0,
         features_rows=features.num_rows, rejects_rows=rejects.num_rows, runner=runner,
-        workers=config.workers, features_path=str(features_path), rejects_path=str(rejects_path))
+        workers=workers, features_path=str(features_path), rejects_path=str(rejects_path))
     progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
         f"rejects: {report.rejects_rows}")
     return report

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import dagster as dg
 import pyarrow.parquet as pq
 from PIL import Image
 
@@ -91,6 +92,10 @@ def test_dagster_run_logs_carry_no_beam_start_up_noise(built_home: DataHome) -> 
     files = [p for p in built_home.dagster_home.rglob("*") if p.is_file()]
     compute_logs = [p for p in files if p.parent.name == "compute_logs" and p.suffix == ".err"]
     assert len(compute_logs) >= 3            # the daily runs (multi_processing Beam workers), rebuild, model
+    with dg.DagsterInstance.from_config(str(built_home.dagster_home)) as instance:
+        records = instance.fetch_materializations(dg.AssetKey("image_features"), limit=100).records
+    workers = {r.partition_key: r.asset_materialization.metadata["workers"].value for r in records}
+    assert workers and all(n == 2 for n in workers.values()), workers   # the days ran on 2 worker processes
     noisy = [p.relative_to(built_home.root).as_posix() for p in files
              if any(n.encode() in p.read_bytes() for n in NOISE)]
     assert noisy == []

@@ -14,7 +14,7 @@ from formats.home import DataHome
 from pipelines.features import reuse
 from pipelines.features.__main__ import run as features_cli
 from pipelines.features.config import FeaturesConfig
-from pipelines.features.runner import pipeline_options, pipeline_runner
+from pipelines.features.runner import pipeline_options, pipeline_runner, worker_processes
 from pipelines.features.stage import build_features
 from schemas import get_schema
 
@@ -214,8 +214,11 @@ def test_beam_options_pass_through_unchanged() -> None:
     assert (values["runner"], values["project"], values["temp_location"], values["setup_file"]) == \
         ("DataflowRunner", "p", "gs://b/t", "./setup.py")
     assert values["direct_running_mode"] != "multi_processing"
-    local = pipeline_options(FeaturesConfig(workers=3), [], num_images=100).get_all_options()
+    local = pipeline_options(FeaturesConfig(workers=3), [], num_images=128).get_all_options()
     assert (local["direct_running_mode"], local["direct_num_workers"]) == ("multi_processing", 3)
+    # below the default in_process_below (128: the measured crossover, benchmarks/features_crossover.py)
+    small = pipeline_options(FeaturesConfig(workers=3), [], num_images=127).get_all_options()
+    assert small["direct_running_mode"] == "in_memory"
     flink = pipeline_options(FeaturesConfig(), ["--runner=FlinkRunner", "--flink_master=host:8081"]).get_all_options()
     assert flink["flink_master"] == "host:8081"
 
@@ -255,3 +258,18 @@ def test_contracts_pass_on_real_output_and_catch_planted_violations(tmp_path: Pa
     dropped = {r.rule.name: r.passed for r in evaluate(load_contract("image_features"),
                                                        connect(views | {"image_features": feats.slice(1)}))}
     assert not dropped["image_features_reconcile_with_images"]
+
+
+def test_the_report_names_the_worker_processes_the_run_used(tmp_path: Path) -> None:
+    """A day under ``in_process_below`` runs in this process: the report (and the asset's metadata) says 0
+    workers, not the configured 2; a fully reused rerun starts none either."""
+    home = DataHome(tmp_path / "home")
+    write_day(home, DAY1, {"a": png(1), "b": png(2)})
+    small = build_features(home, DAY1, FeaturesConfig(workers=2), detector_factory=fake_detector)
+    assert (small.processed, small.workers) == (2, 0)
+    again = build_features(home, DAY1, FeaturesConfig(workers=2, in_process_below=0), detector_factory=fake_detector)
+    assert (again.processed, again.reused_by_uid, again.workers) == (0, 2, 0)
+    options = pipeline_options(FeaturesConfig(workers=2), [], num_images=500)
+    assert worker_processes(options, FeaturesConfig(workers=2)) == 2
+    assert worker_processes(pipeline_options(FeaturesConfig(workers=2), ["--direct_running_mode=in_memory"]),
+                            FeaturesConfig(workers=2)) == 0
