@@ -71,7 +71,7 @@ _TEXTS = ["plain", 'with "quotes" and a \\ backslash', "new\nline\ttab\r\f\b", c
 def test_the_fetch_plan_bounds_the_bytes_each_value_is_written_as(postgres_server, tmp_path, encoding):
     """The fetch plan's size of a text value is at least what its JSON literal takes in the line, whatever
     the characters (escapes, non-ASCII, a WIN1252 byte with no UTF-8), and at most a few times it."""
-    from pipelines.appdb.export import _LONG_ESCAPES, _SHORT_ESCAPES, _written_bytes
+    from pipelines.appdb.export import WRITTEN_BYTES_PARAMS, _written_bytes
 
     dsn = _app_db(postgres_server, encoding)
     texts = _TEXTS if encoding == "UTF8" else [t for t in _TEXTS if t.encode("cp1252", "ignore").decode("cp1252") == t]
@@ -84,7 +84,7 @@ def test_the_fetch_plan_bounds_the_bytes_each_value_is_written_as(postgres_serve
                          "'2023-03-01 12:00', 1, convert_from('\\x63616ee9812081'::bytea, 'WIN1252'))",
                          (len(texts) + 1,))
         estimate = dict(conn.execute(f"SELECT ranking_id, {_written_bytes('prompt', encoding == 'UTF8')} FROM rankings",
-                                     {"plan_short": _SHORT_ESCAPES, "plan_long": _LONG_ESCAPES}).fetchall())
+                                     WRITTEN_BYTES_PARAMS).fetchall())
     home = DataHome.at(tmp_path / "home")
     export_day(home, dsn, "2023-03-01")
     with gzip.open(home.raw_file("2023-03-01", "rankings"), "rb") as lines:
@@ -93,6 +93,36 @@ def test_the_fetch_plan_bounds_the_bytes_each_value_is_written_as(postgres_serve
             written = len(json.dumps(row["prompt"])) - 2      # the literal, without its quotes
             assert written <= estimate[row["ranking_id"]] <= 6 * written + 6, (row, estimate[row["ranking_id"]])
             assert line.decode("utf-8", "surrogateescape").count(json.dumps(row["prompt"])) == 1
+
+
+@pytest.mark.parametrize("encoding", ["UTF8", "WIN1252", "SQL_ASCII"])
+def test_the_escape_counts_match_a_count_character_by_character(postgres_server, encoding):  # noqa: F811
+    """The fetch plan's escape counts (regexp_replace() of runs, since December 5: translate() was 2-22x
+    slower) are exactly the number of 2-byte and 6-byte escape characters, counted here one by one:
+    every ASCII character alone, the bracket expression's own specials (] ^ - [ backslash), runs, mixes
+    with non-ASCII text."""
+    from pipelines.appdb.export import _LONG_ESCAPES, _SHORT_ESCAPES, WRITTEN_BYTES_PARAMS
+
+    dsn = _app_db(postgres_server, encoding)
+    ascii_ = [chr(c) for c in range(1, 128)]
+    texts = ascii_ + ["".join(ascii_), "]^-[\\", "\x01" * 300 + "a" + "\t\n" * 50, 'x"y\\z\x7f\x1f]',
+                      "[^\x01-\x1f]", "a-b^c]d[e\\f", "\r\n" * 7 + "\x0b\x0c\x08"]
+    if encoding == "UTF8":
+        texts += ["caf\u00e9\x01\u65e5\t\U0001F600\"", "\u00e9" * 20 + "\x02"]
+    elif encoding == "WIN1252":
+        texts += ["caf\u00e9\x01\u20ac\t\"", "\u00e9" * 20 + "\x02"]
+    with psycopg.connect(dsn) as conn:
+        for i, text in enumerate(texts, 1):
+            conn.execute("INSERT INTO rankings (ranking_id, created_at, user_id, prompt) VALUES (%s, '2023-03-01 12:00', "
+                         "1, %s)", (i, text))
+        rows = conn.execute(
+            "SELECT ranking_id, octet_length(prompt) - octet_length(regexp_replace(prompt, %(plan_short)s, '', 'g')), "
+            "octet_length(prompt) - octet_length(regexp_replace(prompt, %(plan_long)s, '', 'g')) FROM rankings",
+            WRITTEN_BYTES_PARAMS).fetchall()
+    got = {ranking_id: (short, long) for ranking_id, short, long in rows}
+    for i, text in enumerate(texts, 1):
+        want = (sum(c in _SHORT_ESCAPES for c in text), sum(c in _LONG_ESCAPES for c in text))
+        assert got[i] == want, (encoding, text, got[i], want)
 
 
 # --- 2. a FIFO (or a link to one, or to /dev/zero) in the counts cache hangs the export, locks held -------
