@@ -311,12 +311,17 @@ def _written_bytes(column: str, utf8: bool) -> str:
     writes as \\uXXXX escapes. In a UTF8 database a character of k >= 2 bytes is written as 6 bytes (12 for
     a surrogate pair), at most its k bytes + 4 * (k - 1); octet_length - char_length counts the (k - 1)s.
     In any other database (text converted by the export, or written as \\udcXX escapes of its stored bytes
-    where it has no UTF-8) each non-ASCII byte is counted as 6, by removing the non-ASCII characters."""
+    where it has no UTF-8) each non-ASCII byte is counted as 6, by removing the non-ASCII characters.
+    The regular expressions run under the "C" collation: a column declared with a nondeterministic ICU
+    collation (case-insensitive prompts) would otherwise fail the export ("nondeterministic collations are
+    not supported for regular expressions"); the characters they match are ASCII, which every collation
+    compares alike."""
     text = f"{column}::text"
-    short = f"(octet_length({text}) - octet_length(regexp_replace({text}, %(plan_short)s, '', 'g')))"
-    long = f"(octet_length({text}) - octet_length(regexp_replace({text}, %(plan_long)s, '', 'g')))"
+    bytewise = f'{text} COLLATE "C"'     # PostgreSQL refuses a regex under a nondeterministic (ICU) collation
+    short = f"(octet_length({text}) - octet_length(regexp_replace({bytewise}, %(plan_short)s, '', 'g')))"
+    long = f"(octet_length({text}) - octet_length(regexp_replace({bytewise}, %(plan_long)s, '', 'g')))"
     wide = (f"4 * (octet_length({text}) - char_length({text}))" if utf8 else
-            f"5 * (octet_length({text}) - octet_length(regexp_replace({text}, '[^\\x01-\\x7f]+', '', 'g')))")
+            f"5 * (octet_length({text}) - octet_length(regexp_replace({bytewise}, '[^\\x01-\\x7f]+', '', 'g')))")
     return f"coalesce(octet_length({text}) + {short} + 5 * {long} + {wide}, 0)"
 
 

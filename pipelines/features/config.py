@@ -103,7 +103,7 @@ class FeaturesReport:
     features_rows: int
     rejects_rows: int
     runner: str
-    workers: int
+    workers: int | None               # worker processes the day ran on (0: this process; None: the runner's)
     features_path: str
     rejects_path: str
 

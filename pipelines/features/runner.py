@@ -47,15 +47,26 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     return options
 
 
-def worker_processes(options: PipelineOptions, config: FeaturesConfig) -> int:
-    """Worker processes a run with ``options`` starts: the DirectRunner's ``direct_num_workers`` in
-    ``multi_processing`` mode, 0 in ``in_memory`` (this process); ``config.workers`` on other runners."""
+IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)   # Beam's runners that run every DoFn in the calling process
+
+
+def worker_processes(options: PipelineOptions) -> int | None:
+    """Worker processes a run with ``options`` starts, as the local runner decides it: in ``multi_processing``
+    mode ``direct_num_workers`` (0: one per CPU, as Beam's FnApiRunner reads it), in ``in_memory`` and
+    ``multi_threading`` mode none (this process), none on Beam's in-process ``BundleBasedDirectRunner``;
+    None on every other runner (a job service, Dataflow, Flink: the runner decides, not this process)."""
+    import multiprocessing
+
     values = options.get_all_options()
-    if str(values.get("runner") or "") not in LOCAL_RUNNER_NAMES:
-        return config.workers
-    if values.get("direct_running_mode") == "multi_processing":
-        return int(values.get("direct_num_workers") or 1)
-    return 0
+    runner = str(values.get("runner") or "")
+    if runner in IN_PROCESS_RUNNERS:
+        return 0
+    if runner not in LOCAL_RUNNER_NAMES:
+        return None
+    if values.get("direct_running_mode") != "multi_processing":
+        return 0
+    workers = values.get("direct_num_workers")
+    return multiprocessing.cpu_count() if workers == 0 else int(workers or 1)
 
 
 def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:

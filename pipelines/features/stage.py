@@ -52,7 +52,7 @@ from pipelines.features.staging import (
     write_npy_url,
     write_parquet_url,
 )
-from pipelines.features.transforms import FingerprintImages
+from pipelines.features.transforms import FingerprintImages, process_settings_kept
 from schemas import get_schema
 
 INPUT_COLUMNS = ("image_uid", "blob_path")
@@ -98,7 +98,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     rejects = get_schema(REJECTS).empty_table()
     candidates = REUSED_SCHEMA.empty_table()
     stage_seconds = 0.0
-    workers = 0                     # worker processes the Beam stage ran on (0: this process, or nothing to compute)
+    workers: int | None = 0         # worker processes the Beam stage ran on (0: this process, or nothing to compute)
     if todo.num_rows:
         reset_dir(staging, base)
         todo_path = join_url(staging, "todo.parquet")
@@ -109,8 +109,8 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
         stage_started = time.perf_counter()
         options = pipeline_options(config, beam_args, todo.num_rows)
-        workers = worker_processes(options, config)
-        with beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
+        workers = worker_processes(options)
+        with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
             rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
             out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
             staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]

@@ -6,9 +6,11 @@ image never fails the pipeline.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -207,6 +209,32 @@ def configure_worker() -> None:
     os.environ.setdefault("PILLOW_BLOCKS_MAX", str(PILLOW_BLOCKS_MAX))
     Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)
     cv2.setNumThreads(1)
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Run a pipeline, then put back what :func:`configure_worker` changes in this process: on an in-process
+    run (``in_memory``, ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns
+    configure the caller, the Dagster run process, which goes on after the stage. ``PILLOW_BLOCKS_MAX``
+    is restored in ``os.environ`` (later subprocesses inherit it), Pillow's block cache is set back and
+    emptied (it would keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its
+    default where OpenCV was not loaded before). Nothing changes when the DoFns ran in worker processes."""
+    from PIL import Image
+
+    environ = os.environ.get("PILLOW_BLOCKS_MAX")
+    blocks_max = Image.core.get_blocks_max()
+    cv2_threads = sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None
+    try:
+        yield
+    finally:
+        if environ is None:
+            os.environ.pop("PILLOW_BLOCKS_MAX", None)
+        else:
+            os.environ["PILLOW_BLOCKS_MAX"] = environ
+        Image.core.set_blocks_max(blocks_max)
+        Image.core.clear_cache()
+        if "cv2" in sys.modules:
+            sys.modules["cv2"].setNumThreads(-1 if cv2_threads is None else cv2_threads)   # -1: OpenCV's default
 
 
 @dataclass(frozen=True)

@@ -269,7 +269,5 @@ def test_the_report_names_the_worker_processes_the_run_used(tmp_path: Path) -> N
     assert (small.processed, small.workers) == (2, 0)
     again = build_features(home, DAY1, FeaturesConfig(workers=2, in_process_below=0), detector_factory=fake_detector)
     assert (again.processed, again.reused_by_uid, again.workers) == (0, 2, 0)
-    options = pipeline_options(FeaturesConfig(workers=2), [], num_images=500)
-    assert worker_processes(options, FeaturesConfig(workers=2)) == 2
-    assert worker_processes(pipeline_options(FeaturesConfig(workers=2), ["--direct_running_mode=in_memory"]),
-                            FeaturesConfig(workers=2)) == 0
+    assert worker_processes(pipeline_options(FeaturesConfig(workers=2), [], num_images=500)) == 2
+    assert worker_processes(pipeline_options(FeaturesConfig(workers=2), ["--direct_running_mode=in_memory"])) == 0
