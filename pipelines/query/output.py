@@ -17,6 +17,7 @@ from formats.files import PARQUET_OPTIONS
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_MAX_ROWS = 1000
+TABLE_MAX_CHARS = 4_000_000   # characters of values a table shows in all (the rows that fit; at least one)
 
 
 def silence_closed_pipe(stdout: TextIO) -> None:
@@ -100,13 +101,21 @@ def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Bina
 
 def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TABLE_MAX_ROWS,
                  total_rows: int | None = None) -> str:
-    """An aligned text table (rich), at most ``max_rows`` rows, then the row count (``total_rows`` if given)."""
+    """An aligned text table (rich): the first rows, at most ``max_rows`` and as many as fit in ``TABLE_MAX_CHARS``
+    characters of values (at least one row; a wide result of 60 columns of 1,000 characters took rich 10-20 s
+    to lay out as 64 MB of text), then the row count (``total_rows`` if given) and how many are shown."""
     from rich.console import Console
     from rich.table import Table
 
     shown = table.slice(0, max_rows)
     columns = [_to_python(column) for column in shown.columns]   # by position: duplicate names are kept
-    cells = [[_cell(v) for v in row] for row in zip(*columns)]
+    cells, chars = [], 0
+    for row in zip(*columns):       # the rows whose values fit in TABLE_MAX_CHARS (a wide result: its first rows)
+        texts = [_cell(v) for v in row]
+        chars += sum(map(len, texts))
+        if cells and chars > TABLE_MAX_CHARS:
+            break
+        cells.append(texts)
     total = table.num_rows if total_rows is None else total_rows
     out = Table(show_lines=False)
     for i, name in enumerate(table.column_names):
@@ -121,7 +130,7 @@ def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TAB
                       highlight=False, emoji=False, markup=False)
     console.print(out)
     # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
-    return console.file.getvalue() + _row_note(total, shown.num_rows) + "\n"
+    return console.file.getvalue() + _row_note(total, len(cells)) + "\n"
 
 
 def _row_note(total: int, shown: int) -> str:

@@ -210,6 +210,20 @@ def test_a_table_shows_at_most_a_thousand_characters_of_a_value() -> None:
     assert len(text) < 20_000 and "(2000000 characters; --format csv|json|parquet for all)" in text and "short" in text
 
 
+def test_a_wide_table_shows_the_rows_that_fit_in_its_character_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pyarrow as pa
+
+    table = pa.table({f"c{k}": [f"{k}-{i}-" + "x" * 90 for i in range(50)] for k in range(10)})   # ~1,000 chars a row
+    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 5_500)
+    text = output.render_table(table, total_rows=700)
+    assert text.rstrip().endswith("700 rows, first 5 shown (use --format csv|json|parquet for all)")
+    assert "0-4-" in text and "0-5-" not in text
+    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10)      # one row is always shown
+    assert output.render_table(table).rstrip().endswith("50 rows, first 1 shown (use --format csv|json|parquet for all)")
+    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10**9)
+    assert output.render_table(table).rstrip().endswith("\n50 rows")
+
+
 def test_memory_limit_and_private_spill_folder(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home, _, _ = built
     spill_root = tmp_path / "tmp"
