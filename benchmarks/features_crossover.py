@@ -12,8 +12,8 @@ imported the stage (as the Dagster process has) and then calls ``build_features`
 
 - wall seconds of the stage (``FeaturesReport.stage_seconds``);
 - CPU seconds of that process and every worker it started (``RUSAGE_SELF`` + ``RUSAGE_CHILDREN``);
-- peak memory of the run, its process and its live workers together (their ``VmRSS`` summed, sampled
-  every 20 ms);
+- peak memory of the run, its process and its live workers together (their proportional set sizes,
+  ``Pss`` of ``/proc/PID/smaps_rollup``, summed, sampled every 20 ms: shared library pages count once);
 - the ratio in-process / workers of the median wall and CPU, and the largest size at which in-process
   is still no slower (the crossover ``in_process_below`` should sit at).
 Absolute numbers drift on shared machines; compare the ratios, which come from the same run.
@@ -45,9 +45,10 @@ home = make_home(root, raw, paths)
 peak, stop = [0], threading.Event()
 
 def rss_kib(pid):
+    # PSS: a page shared by several processes (the libraries every worker maps) counts once in the sum
     try:
-        with open(f"/proc/{pid}/status") as status:
-            return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:"))
+        with open(f"/proc/{pid}/smaps_rollup") as rollup:
+            return next(int(line.split()[1]) for line in rollup if line.startswith("Pss:"))
     except (OSError, StopIteration):
         return 0
 
