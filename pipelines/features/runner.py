@@ -20,7 +20,7 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     On the DirectRunner without an explicit ``--direct_running_mode``: ``multi_processing`` with
     ``config.workers`` processes, or ``in_memory`` when ``workers`` is 0 or the job is smaller than
     ``config.in_process_below`` images (starting the workers costs ~3 CPU-s: below ~120-170 images a day the
-    stage is no slower in-process, with ~40% less CPU and memory; ``benchmarks/features_crossover.py``).
+    stage is no slower in-process, with ~40% less CPU and half the memory; ``benchmarks/features_crossover.py``).
     """
     args = list(beam_args or [])
     if not any(a == "--runner" or a.startswith("--runner=") for a in args):
