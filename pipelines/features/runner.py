@@ -11,7 +11,26 @@ from apache_beam.runners.runner import PipelineRunner
 
 from pipelines.features.config import FeaturesConfig
 
-LOCAL_RUNNER_NAMES = ("DirectRunner", "direct", "SwitchingDirectRunner")  # run by pipeline_runner's FnApiRunner
+# Beam's runners this module runs on its own batch FnApiRunner (pipeline_runner), and those that run every
+# DoFn in the calling process, by class name: a --runner value is resolved to its class as Beam resolves it.
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)
+
+
+def runner_class(name: str) -> str:
+    """The class name Beam's ``create_runner`` makes of a ``--runner`` value: case-insensitive, ``Runner``
+    optional (``direct``, ``directrunner`` and ``DirectRunner`` are all ``DirectRunner``); a dotted path's
+    last part; any other name as given."""
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+    path = known.get(name.lower(), known.get(name.lower() + "runner", name))
+    return path.rsplit(".", 1)[-1]
+
+
+def is_local_runner(name: str) -> bool:
+    """Whether ``--runner`` ``name`` is one this module runs on its own FnApiRunner (:data:`LOCAL_RUNNERS`)."""
+    return runner_class(name) in LOCAL_RUNNERS
 
 
 def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, num_images: int | None = None) -> PipelineOptions:
@@ -35,7 +54,7 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
-    if runner in LOCAL_RUNNER_NAMES and not any(a.startswith("--direct_running_mode") for a in args):
+    if is_local_runner(runner) and not any(a.startswith("--direct_running_mode") for a in args):
         small = num_images is not None and num_images < config.in_process_below
         if config.workers >= 1 and not small:
             args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={config.workers}"]
@@ -47,9 +66,6 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     return options
 
 
-IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)   # Beam's runners that run every DoFn in the calling process
-
-
 def worker_processes(options: PipelineOptions) -> int | None:
     """Worker processes a run with ``options`` starts, as the local runner decides it: in ``multi_processing``
     mode ``direct_num_workers`` (0: one per CPU, as Beam's FnApiRunner reads it), in ``in_memory`` and
@@ -58,10 +74,10 @@ def worker_processes(options: PipelineOptions) -> int | None:
     import multiprocessing
 
     values = options.get_all_options()
-    runner = str(values.get("runner") or "")
+    runner = runner_class(str(values.get("runner") or ""))
     if runner in IN_PROCESS_RUNNERS:
         return 0
-    if runner not in LOCAL_RUNNER_NAMES:
+    if runner not in LOCAL_RUNNERS:
         return None
     if values.get("direct_running_mode") != "multi_processing":
         return 0
@@ -70,8 +86,9 @@ def worker_processes(options: PipelineOptions) -> int | None:
 
 
 def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
-    """The runner object for ``options``: for the DirectRunner names, Beam's batch ``FnApiRunner`` built
-    exactly as the DirectRunner builds it; else None (Beam resolves ``--runner`` itself).
+    """The runner object for ``options``: for the DirectRunner (however ``--runner`` spells it: ``direct``,
+    ``directrunner``, ...; :func:`runner_class`) and an explicit ``FnApiRunner``, Beam's batch ``FnApiRunner``
+    built exactly as the DirectRunner builds it; else None (Beam resolves ``--runner`` itself).
 
     Beam's ``DirectRunner`` (2.6x-2.77) first tries the Prism runner, whose binary it downloads from GitHub
     at run time: a network call this pipeline must never make (on a connected machine it would also
@@ -80,7 +97,7 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
     ``FnApiRunner``, which honours ``--direct_running_mode`` and ``--direct_num_workers``.
     """
     values = options.get_all_options()
-    if str(values.get("runner") or "") not in LOCAL_RUNNER_NAMES:
+    if not is_local_runner(str(values.get("runner") or "")):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner

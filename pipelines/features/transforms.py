@@ -11,6 +11,7 @@ import hashlib
 import math
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -211,30 +212,54 @@ def configure_worker() -> None:
     cv2.setNumThreads(1)
 
 
-@contextlib.contextmanager
-def process_settings_kept() -> Iterator[None]:
-    """Run a pipeline, then put back what :func:`configure_worker` changes in this process: on an in-process
-    run (``in_memory``, ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns
-    configure the caller, the Dagster run process, which goes on after the stage. ``PILLOW_BLOCKS_MAX``
-    is restored in ``os.environ`` (later subprocesses inherit it), Pillow's block cache is set back and
-    emptied (it would keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its
-    default where OpenCV was not loaded before). Nothing changes when the DoFns ran in worker processes."""
+_KEPT_LOCK = threading.Lock()
+_KEPT: dict[str, Any] = {"stages": 0, "saved": None}   # stages running in this process, what the first one saw
+
+
+def _process_settings() -> dict[str, Any]:
     from PIL import Image
 
-    environ = os.environ.get("PILLOW_BLOCKS_MAX")
-    blocks_max = Image.core.get_blocks_max()
-    cv2_threads = sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None
+    return {"environ": dict(os.environ), "blocks_max": Image.core.get_blocks_max(),
+            "cv2_threads": sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None}
+
+
+def _restore_process_settings(saved: dict[str, Any]) -> None:
+    from PIL import Image
+
+    for name in [name for name in os.environ if name not in saved["environ"]]:
+        del os.environ[name]
+    for name, value in saved["environ"].items():
+        if os.environ.get(name) != value:
+            os.environ[name] = value
+    Image.core.set_blocks_max(saved["blocks_max"])
+    Image.core.clear_cache()
+    if "cv2" in sys.modules:
+        sys.modules["cv2"].setNumThreads(-1 if saved["cv2_threads"] is None else saved["cv2_threads"])  # -1: default
+
+
+@contextlib.contextmanager
+def process_settings_kept() -> Iterator[None]:
+    """Run a pipeline, then leave this process as the pipeline found it: on an in-process run (``in_memory``,
+    ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns configure the caller,
+    the Dagster run process, which goes on after the stage. The whole environment is put back (what
+    :func:`configure_worker` exports, ``PILLOW_BLOCKS_MAX``, and what its first ``import cv2`` adds,
+    ``LD_LIBRARY_PATH``: later subprocesses would inherit both), Pillow's block cache is set back and
+    emptied (it would keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its
+    default where OpenCV was not loaded before). Stages that overlap in one process (threads) share one
+    snapshot, taken when the first starts and restored when the last ends, so none restores another's
+    settings as the process's own. Nothing changes when the DoFns ran in worker processes."""
+    with _KEPT_LOCK:
+        if _KEPT["stages"] == 0:
+            _KEPT["saved"] = _process_settings()
+        _KEPT["stages"] += 1
     try:
         yield
     finally:
-        if environ is None:
-            os.environ.pop("PILLOW_BLOCKS_MAX", None)
-        else:
-            os.environ["PILLOW_BLOCKS_MAX"] = environ
-        Image.core.set_blocks_max(blocks_max)
-        Image.core.clear_cache()
-        if "cv2" in sys.modules:
-            sys.modules["cv2"].setNumThreads(-1 if cv2_threads is None else cv2_threads)   # -1: OpenCV's default
+        with _KEPT_LOCK:
+            _KEPT["stages"] -= 1
+            if _KEPT["stages"] == 0:
+                saved, _KEPT["saved"] = _KEPT["saved"], None
+                _restore_process_settings(saved)
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,8 @@ in-process feature stage (a day under ``features.in_process_below`` = 128 now ru
 process), ``runner.worker_processes`` (the report's and the asset's ``workers``), and the fetch plan's
 ``COLLATE "C"``.
 
-Each test is a defect confirmed by running it, filed as a strict xfail: it fails now for the reason given
-and passes once the defect is fixed.
+Each test was a defect confirmed by running it, filed as a strict xfail; all three are fixed (the markers
+are gone).
 """
 from __future__ import annotations
 
@@ -47,8 +47,6 @@ _ENVIRONMENT_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="rev19b: an in-process day leaves LD_LIBRARY_PATH (set by cv2's first import "
-                                       "in configure_worker) in the run process's environment")
 def test_an_in_process_day_leaves_the_environment_of_the_run_process_as_it_was(tmp_path):
     """A day of 6 images runs in the calling process (under ``in_process_below``). ``process_settings_kept``
     restores ``PILLOW_BLOCKS_MAX`` because "later subprocesses inherit it", but the first ``import cv2`` (in
@@ -94,8 +92,6 @@ class GatedDetector:
         return FakeDetector()
 
 
-@pytest.mark.xfail(strict=True, reason="rev19b: process_settings_kept restores a snapshot: two in-process stages "
-                                       "overlapping in one process leave PILLOW_BLOCKS_MAX and blocks_max=64 behind")
 def test_two_overlapping_in_process_days_leave_the_process_as_it_was(tmp_path, monkeypatch):
     """Day A's stage has configured the process (``PILLOW_BLOCKS_MAX=64``, blocks_max 64, one OpenCV thread)
     when day B's stage starts in another thread (two days built at once in one process: a threaded
@@ -151,17 +147,16 @@ def test_two_overlapping_in_process_days_leave_the_process_as_it_was(tmp_path, m
 
 # --- 3. worker_processes says "the runner decides" (None) for Beam's own local runners by other names -------
 
-@pytest.mark.xfail(strict=True, reason="rev19b: worker_processes returns None for Beam's local FnApiRunner and for "
-                                       "the DirectRunner names Beam resolves case-insensitively, which run in "
-                                       "this process (or on direct_num_workers processes)")
 @pytest.mark.parametrize("beam_args, used", [
-    # Beam's local batch runner itself (StandardOptions.LOCAL_RUNNERS): in_memory by default, in this process
-    (["--runner=FnApiRunner"], 0),
+    # Beam's local batch runner itself (StandardOptions.LOCAL_RUNNERS): since the fix run like the DirectRunner
+    # names (the stage's own defaults: a 500-image job on features.workers = 2 processes), or in this process
+    (["--runner=FnApiRunner"], 2),
+    (["--runner=FnApiRunner", "--direct_running_mode=in_memory"], 0),
     (["--runner=FnApiRunner", "--direct_running_mode=multi_processing", "--direct_num_workers=3"], 3),
     # Beam's create_runner looks names up lower-cased (and with "runner" appended): the same in-process runner
     (["--runner=bundlebaseddirectrunner"], 0),
     (["--runner=BundleBasedDirect"], 0),
-], ids=["fnapi-in-memory", "fnapi-3-processes", "bundle-based-lower-case", "bundle-based-short"])
+], ids=["fnapi-default", "fnapi-in-memory", "fnapi-3-processes", "bundle-based-lower-case", "bundle-based-short"])
 def test_workers_on_beams_local_runners_by_any_accepted_name(beam_args, used):
     """``--runner`` names Beam accepts for its local runners, whose worker processes this process's options
     decide: the report and the asset's ``workers`` metadata say None ("empty where another runner decides",
@@ -173,3 +168,17 @@ def test_workers_on_beams_local_runners_by_any_accepted_name(beam_args, used):
     runner = str(pipeline_options(FeaturesConfig(), beam_args, 500).get_all_options()["runner"])
     assert isinstance(create_runner(runner), (FnApiRunner, BundleBasedDirectRunner))   # what Beam runs
     assert worker_processes(pipeline_options(FeaturesConfig(), beam_args, 500)) == used
+
+
+def test_a_lower_case_directrunner_gets_the_local_fnapirunner_not_beams_directrunner():
+    """Fixed with the above: ``--runner=directrunner`` (Beam accepts it) was not one of the DirectRunner names,
+    so ``pipeline_runner`` left it to Beam, whose DirectRunner first starts Prism (a binary it downloads)."""
+    from pipelines.features.beamworker import QuietFnApiRunner
+    from pipelines.features.runner import pipeline_runner
+
+    for name in ("directrunner", "DIRECT", "switchingdirectrunner", "FnApiRunner"):
+        options = pipeline_options(FeaturesConfig(workers=2), [f"--runner={name}"], 500)
+        assert isinstance(pipeline_runner(options), QuietFnApiRunner), name
+        assert options.get_all_options()["direct_running_mode"] == "multi_processing", name
+    assert pipeline_runner(pipeline_options(FeaturesConfig(), ["--runner=PortableRunner",
+                                                                "--job_endpoint=localhost:1"], 500)) is None
