@@ -13,16 +13,19 @@ from pipelines.features.config import FeaturesConfig
 
 # Beam's runners this module runs on its own batch FnApiRunner (pipeline_runner), and those that run every
 # DoFn in the calling process, by class name: a --runner value is resolved to its class as Beam resolves it.
-LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "FnApiRunner")
+LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "TestDirectRunner", "FnApiRunner")
 IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)
 
 
 def runner_class(name: str) -> str:
-    """The class name Beam's ``create_runner`` makes of a ``--runner`` value: case-insensitive, ``Runner``
-    optional (``direct``, ``directrunner`` and ``DirectRunner`` are all ``DirectRunner``); a dotted path's
-    last part; any other name as given."""
+    """The class name of Beam's own runner that ``create_runner`` makes of a ``--runner`` value: a bare name
+    case-insensitively, ``Runner`` optional (``direct``, ``directrunner`` and ``DirectRunner`` are all
+    ``DirectRunner``), or the exact dotted path of one of Beam's runners; any other value (an unknown name,
+    a dotted path to a class elsewhere, however it is named) as given, which no check here matches."""
     from apache_beam.options.pipeline_options import StandardOptions
 
+    if "." in name:
+        return name.rsplit(".", 1)[-1] if name in StandardOptions.ALL_KNOWN_RUNNERS else name
     known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
     path = known.get(name.lower(), known.get(name.lower() + "runner", name))
     return path.rsplit(".", 1)[-1]

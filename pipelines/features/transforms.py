@@ -212,6 +212,9 @@ def configure_worker() -> None:
     cv2.setNumThreads(1)
 
 
+# What configure_worker changes in a process's environment: PILLOW_BLOCKS_MAX, and LD_LIBRARY_PATH, which
+# OpenCV's first import prepends its library folder to (for subprocesses).
+STAGE_ENVIRONMENT = ("PILLOW_BLOCKS_MAX", "LD_LIBRARY_PATH")
 _KEPT_LOCK = threading.Lock()
 _KEPT: dict[str, Any] = {"stages": 0, "saved": None}   # stages running in this process, what the first one saw
 
@@ -219,18 +222,20 @@ _KEPT: dict[str, Any] = {"stages": 0, "saved": None}   # stages running in this 
 def _process_settings() -> dict[str, Any]:
     from PIL import Image
 
-    return {"environ": dict(os.environ), "blocks_max": Image.core.get_blocks_max(),
+    return {"environ": {name: os.environ.get(name) for name in STAGE_ENVIRONMENT},
+            "blocks_max": Image.core.get_blocks_max(),
             "cv2_threads": sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None}
 
 
 def _restore_process_settings(saved: dict[str, Any]) -> None:
     from PIL import Image
 
-    for name in [name for name in os.environ if name not in saved["environ"]]:
-        del os.environ[name]
     for name, value in saved["environ"].items():
         if os.environ.get(name) != value:
-            os.environ[name] = value
+            if value is None:
+                del os.environ[name]
+            else:
+                os.environ[name] = value
     Image.core.set_blocks_max(saved["blocks_max"])
     Image.core.clear_cache()
     if "cv2" in sys.modules:
@@ -239,15 +244,15 @@ def _restore_process_settings(saved: dict[str, Any]) -> None:
 
 @contextlib.contextmanager
 def process_settings_kept() -> Iterator[None]:
-    """Run a pipeline, then leave this process as the pipeline found it: on an in-process run (``in_memory``,
-    ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns configure the caller,
-    the Dagster run process, which goes on after the stage. The whole environment is put back (what
-    :func:`configure_worker` exports, ``PILLOW_BLOCKS_MAX``, and what its first ``import cv2`` adds,
-    ``LD_LIBRARY_PATH``: later subprocesses would inherit both), Pillow's block cache is set back and
-    emptied (it would keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its
-    default where OpenCV was not loaded before). Stages that overlap in one process (threads) share one
-    snapshot, taken when the first starts and restored when the last ends, so none restores another's
-    settings as the process's own. Nothing changes when the DoFns ran in worker processes."""
+    """Run a pipeline, then put back what the stage changed in this process: on an in-process run
+    (``in_memory``, ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns
+    configure the caller, the Dagster run process, which goes on after the stage. The variables of
+    :data:`STAGE_ENVIRONMENT` are put back (later subprocesses would inherit them; any other variable,
+    whoever changed it meanwhile, is left alone), Pillow's block cache is set back and emptied (it would
+    keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its default where OpenCV
+    was not loaded before). Stages that overlap in one process (threads) share one snapshot, taken when
+    the first starts and restored when the last ends, so none restores another's settings as the
+    process's own. Nothing changes when the DoFns ran in worker processes."""
     with _KEPT_LOCK:
         if _KEPT["stages"] == 0:
             _KEPT["saved"] = _process_settings()

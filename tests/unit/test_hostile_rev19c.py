@@ -2,14 +2,14 @@
 whole ``os.environ``; ``runner.runner_class`` / ``is_local_runner`` resolve ``--runner`` values) and cc65fea
 (``pickapic query``'s table shows the rows that fit in ``TABLE_MAX_CHARS``).
 
-Each test is a defect confirmed by running it, filed as a strict xfail.
+Each test was a defect confirmed by running it, filed as a strict xfail; all three are fixed (the markers are
+gone).
 """
 from __future__ import annotations
 
 import os
 import threading
 
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 
 from formats.home import DataHome
@@ -40,8 +40,6 @@ class HeldDetector:
         return FakeDetector()
 
 
-@pytest.mark.xfail(strict=True, reason="rev19c: process_settings_kept puts the whole os.environ back, undoing "
-                                       "variables other threads of the process set or changed during the stage")
 def test_a_stage_leaves_environment_changes_made_elsewhere_in_the_process_during_it(tmp_path, monkeypatch):
     """``process_settings_kept`` snapshots all of ``os.environ`` when the stage starts and, when it ends,
     deletes every variable added meanwhile and resets every one changed, whoever changed it. The stage
@@ -85,8 +83,6 @@ def test_a_stage_leaves_environment_changes_made_elsewhere_in_the_process_during
 
 # --- 2. --runner=TestDirectRunner (a DirectRunner) still goes to Beam's DirectRunner and its Prism start -----
 
-@pytest.mark.xfail(strict=True, reason="rev19c: --runner=TestDirectRunner (Beam's DirectRunner subclass, in "
-                                       "ALL_KNOWN_RUNNERS) is not a local runner, so Beam's DirectRunner starts Prism")
 def test_test_direct_runner_never_tries_the_prism_download(tmp_path, monkeypatch):
     """``runner_class('TestDirectRunner')`` is ``TestDirectRunner``, not in ``LOCAL_RUNNERS``, so
     ``pipeline_runner`` returns None and Beam builds ``apache_beam.runners.test.TestDirectRunner``, a
@@ -133,8 +129,6 @@ class DirectRunner:
         raise NotImplementedError
 
 
-@pytest.mark.xfail(strict=True, reason="rev19c: runner_class takes a dotted --runner path's last part, so a "
-                                       "user's own mymodule.DirectRunner is silently replaced by the FnApiRunner")
 def test_a_dotted_runner_path_to_another_modules_directrunner_runs_that_class():
     """Beam's ``create_runner`` imports a dotted ``--runner`` value's module and builds that class; only bare
     names are looked up in ``ALL_KNOWN_RUNNERS``. ``runner_class`` ("as Beam's create_runner does") keeps a
