@@ -130,7 +130,8 @@ def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TAB
                       highlight=False, emoji=False, markup=False)
     console.print(out)
     # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
-    return console.file.getvalue() + _row_note(total, len(cells)) + "\n"
+    shown_rows = len(cells) if columns else shown.num_rows      # rows of no columns take no characters
+    return console.file.getvalue() + _row_note(total, shown_rows) + "\n"
 
 
 def _row_note(total: int, shown: int) -> str:

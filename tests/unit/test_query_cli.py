@@ -222,6 +222,7 @@ def test_a_wide_table_shows_the_rows_that_fit_in_its_character_budget(monkeypatc
     assert output.render_table(table).rstrip().endswith("50 rows, first 1 shown (use --format csv|json|parquet for all)")
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10**9)
     assert output.render_table(table).rstrip().endswith("\n50 rows")
+    assert output.render_table(table.select([])).rstrip().endswith("\n50 rows")   # no columns: every row "shown"
 
 
 def test_memory_limit_and_private_spill_folder(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
