@@ -20,15 +20,32 @@ IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)
 def runner_class(name: str) -> str:
     """The class name of Beam's own runner that ``create_runner`` makes of a ``--runner`` value: a bare name
     case-insensitively, ``Runner`` optional (``direct``, ``directrunner`` and ``DirectRunner`` are all
-    ``DirectRunner``), or the exact dotted path of one of Beam's runners; any other value (an unknown name,
-    a dotted path to a class elsewhere, however it is named) as given, which no check here matches."""
+    ``DirectRunner``); a dotted path by the class it imports, so any path to one of the runners checked here
+    (``apache_beam.runners.DirectRunner``, a re-export) is that runner, and a path to a class elsewhere,
+    whatever it is named, is not; any other value as given, which no check here matches."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     if "." in name:
-        return name.rsplit(".", 1)[-1] if name in StandardOptions.ALL_KNOWN_RUNNERS else name
+        target = _import_class(name)
+        for path in StandardOptions.ALL_KNOWN_RUNNERS:
+            known = path.rsplit(".", 1)[-1]
+            if target is not None and known in LOCAL_RUNNERS + IN_PROCESS_RUNNERS and _import_class(path) is target:
+                return known
+        return name
     known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
     path = known.get(name.lower(), known.get(name.lower() + "runner", name))
     return path.rsplit(".", 1)[-1]
+
+
+def _import_class(path: str) -> object | None:
+    """The object a dotted path names, as Beam's ``create_runner`` imports it; None where it does not import."""
+    import importlib
+
+    module, _, attribute = path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError, ValueError):
+        return None
 
 
 def is_local_runner(name: str) -> bool:

@@ -203,39 +203,52 @@ def nsfw_columns(result: NsfwResult) -> dict:
 
 
 def configure_worker() -> None:
-    """Per-process settings: Pillow's block allocator (PILLOW_BLOCKS_MAX=64) and one OpenCV thread."""
+    """Per-process settings: Pillow's block allocator (PILLOW_BLOCKS_MAX=64) and one OpenCV thread. What it
+    changes in ``os.environ`` (``PILLOW_BLOCKS_MAX`` where unset; ``LD_LIBRARY_PATH``, which OpenCV's first
+    import prepends its library folder to) is noted, for :func:`process_settings_kept` to put back."""
+    library = os.environ.get("LD_LIBRARY_PATH")
     import cv2
+
+    _note_environ("LD_LIBRARY_PATH", library)
     from PIL import Image
 
+    blocks = os.environ.get("PILLOW_BLOCKS_MAX")
     os.environ.setdefault("PILLOW_BLOCKS_MAX", str(PILLOW_BLOCKS_MAX))
+    _note_environ("PILLOW_BLOCKS_MAX", blocks)
     Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)
     cv2.setNumThreads(1)
 
 
-# What configure_worker changes in a process's environment: PILLOW_BLOCKS_MAX, and LD_LIBRARY_PATH, which
-# OpenCV's first import prepends its library folder to (for subprocesses).
-STAGE_ENVIRONMENT = ("PILLOW_BLOCKS_MAX", "LD_LIBRARY_PATH")
 _KEPT_LOCK = threading.Lock()
 _KEPT: dict[str, Any] = {"stages": 0, "saved": None}   # stages running in this process, what the first one saw
+_STAGE_SET: dict[str, tuple[str | None, str]] = {}     # variable -> (its value before, the value the stage gave it)
+
+
+def _note_environ(name: str, before: str | None) -> None:
+    after = os.environ.get(name)
+    if after is not None and after != before:
+        with _KEPT_LOCK:
+            _STAGE_SET.setdefault(name, (before, after))
 
 
 def _process_settings() -> dict[str, Any]:
     from PIL import Image
 
-    return {"environ": {name: os.environ.get(name) for name in STAGE_ENVIRONMENT},
-            "blocks_max": Image.core.get_blocks_max(),
+    return {"blocks_max": Image.core.get_blocks_max(),
             "cv2_threads": sys.modules["cv2"].getNumThreads() if "cv2" in sys.modules else None}
 
 
 def _restore_process_settings(saved: dict[str, Any]) -> None:
+    """Called with ``_KEPT_LOCK`` held, by the last stage to end."""
     from PIL import Image
 
-    for name, value in saved["environ"].items():
-        if os.environ.get(name) != value:
-            if value is None:
+    for name, (before, after) in _STAGE_SET.items():
+        if os.environ.get(name) == after:        # still the stage's value: another's change is left alone
+            if before is None:
                 del os.environ[name]
             else:
-                os.environ[name] = value
+                os.environ[name] = before
+    _STAGE_SET.clear()
     Image.core.set_blocks_max(saved["blocks_max"])
     Image.core.clear_cache()
     if "cv2" in sys.modules:
@@ -246,9 +259,10 @@ def _restore_process_settings(saved: dict[str, Any]) -> None:
 def process_settings_kept() -> Iterator[None]:
     """Run a pipeline, then put back what the stage changed in this process: on an in-process run
     (``in_memory``, ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns
-    configure the caller, the Dagster run process, which goes on after the stage. The variables of
-    :data:`STAGE_ENVIRONMENT` are put back (later subprocesses would inherit them; any other variable,
-    whoever changed it meanwhile, is left alone), Pillow's block cache is set back and emptied (it would
+    configure the caller, the Dagster run process, which goes on after the stage. The variables
+    :func:`configure_worker` set are put back where they still hold the value it gave them (later
+    subprocesses would inherit them; a value another thread set meanwhile, and any other variable, is left
+    alone), Pillow's block cache is set back and emptied (it would
     keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its default where OpenCV
     was not loaded before). Stages that overlap in one process (threads) share one snapshot, taken when
     the first starts and restored when the last ends, so none restores another's settings as the

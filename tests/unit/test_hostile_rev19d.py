@@ -2,7 +2,8 @@
 ``STAGE_ENVIRONMENT``; ``runner.runner_class`` maps a dotted ``--runner`` path only when it is exactly one of
 ``StandardOptions.ALL_KNOWN_RUNNERS``; ``TestDirectRunner`` joins ``LOCAL_RUNNERS``).
 
-Each test is a defect confirmed by running it, filed as a strict xfail.
+Each test was a defect confirmed by running it, filed as a strict xfail; both defects are fixed (the markers are
+gone).
 """
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ DAY = "2023-03-01"
 
 # --- 1. Beam's own public dotted paths of the DirectRunner still reach Prism -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev19d: a dotted --runner path to Beam's DirectRunner other than the "
-                                       "ALL_KNOWN_RUNNERS spelling goes to Beam's DirectRunner and its Prism start")
 @pytest.mark.parametrize("runner", [
     "apache_beam.runners.direct.DirectRunner",                       # the package's public export (direct/__init__)
     "apache_beam.runners.DirectRunner",                              # apache_beam.runners re-export
@@ -86,8 +85,6 @@ class HeldDetector:
         return FakeDetector()
 
 
-@pytest.mark.xfail(strict=True, reason="rev19d: process_settings_kept resets PILLOW_BLOCKS_MAX/LD_LIBRARY_PATH "
-                                       "changed by other code during the stage though the stage never set them")
 def test_stage_environment_changed_elsewhere_is_kept_when_the_stage_did_not_set_it(tmp_path, monkeypatch):
     """3a2429e says it "puts back only the variables the stage sets ..., leaving what other code changed
     meanwhile", but ``_restore_process_settings`` resets ``PILLOW_BLOCKS_MAX`` and ``LD_LIBRARY_PATH`` to the
