@@ -204,31 +204,44 @@ def nsfw_columns(result: NsfwResult) -> dict:
 
 def configure_worker() -> None:
     """Per-process settings: Pillow's block allocator (PILLOW_BLOCKS_MAX=64) and one OpenCV thread. What it
-    changes in ``os.environ`` (``PILLOW_BLOCKS_MAX`` where unset; ``LD_LIBRARY_PATH``, which OpenCV's first
-    import prepends its library folder to) is noted, for :func:`process_settings_kept` to put back."""
+    changes in ``os.environ`` while a stage runs in this process (``PILLOW_BLOCKS_MAX`` where unset;
+    ``LD_LIBRARY_PATH``, which OpenCV's first import prepends its library folder to) is noted, for
+    :func:`process_settings_kept` to put back."""
+    first_cv2 = "cv2" not in sys.modules
     library = os.environ.get("LD_LIBRARY_PATH")
     import cv2
 
-    _note_environ("LD_LIBRARY_PATH", library)
+    if first_cv2 and os.environ.get("LD_LIBRARY_PATH") != library:
+        _note("cv2_library", library)
     from PIL import Image
 
     blocks = os.environ.get("PILLOW_BLOCKS_MAX")
     os.environ.setdefault("PILLOW_BLOCKS_MAX", str(PILLOW_BLOCKS_MAX))
-    _note_environ("PILLOW_BLOCKS_MAX", blocks)
+    if blocks is None:
+        _note("pillow_blocks", os.environ["PILLOW_BLOCKS_MAX"])
     Image.core.set_blocks_max(PILLOW_BLOCKS_MAX)
     cv2.setNumThreads(1)
 
 
 _KEPT_LOCK = threading.Lock()
 _KEPT: dict[str, Any] = {"stages": 0, "saved": None}   # stages running in this process, what the first one saw
-_STAGE_SET: dict[str, tuple[str | None, str]] = {}     # variable -> (its value before, the value the stage gave it)
+# What configure_worker changed in os.environ during the running stages: "pillow_blocks" -> the value it gave
+# PILLOW_BLOCKS_MAX (unset before); "cv2_library" -> LD_LIBRARY_PATH before OpenCV's first import.
+_STAGE_NOTES: dict[str, str | None] = {}
 
 
-def _note_environ(name: str, before: str | None) -> None:
-    after = os.environ.get(name)
-    if after is not None and after != before:
-        with _KEPT_LOCK:
-            _STAGE_SET.setdefault(name, (before, after))
+def _note(key: str, value: str | None) -> None:
+    with _KEPT_LOCK:
+        if _KEPT["stages"] > 0:           # a call outside any stage (a benchmark, a test) is not the stage's
+            _STAGE_NOTES.setdefault(key, value)
+
+
+def _without_cv2_folders(value: str, before: str | None) -> list[str]:
+    """``value``'s folders less those OpenCV's loader prepended (inside its package, absent ``before``)."""
+    package = os.path.dirname(sys.modules["cv2"].__file__) + os.sep if "cv2" in sys.modules else None
+    kept = set((before or "").split(os.pathsep))
+    return [folder for folder in value.split(os.pathsep)
+            if package is None or folder in kept or not folder.startswith(package)]
 
 
 def _process_settings() -> dict[str, Any]:
@@ -239,16 +252,21 @@ def _process_settings() -> dict[str, Any]:
 
 
 def _restore_process_settings(saved: dict[str, Any]) -> None:
-    """Called with ``_KEPT_LOCK`` held, by the last stage to end."""
+    """Called with ``_KEPT_LOCK`` held, by the last stage to end: what the stages changed, and nothing else."""
     from PIL import Image
 
-    for name, (before, after) in _STAGE_SET.items():
-        if os.environ.get(name) == after:        # still the stage's value: another's change is left alone
-            if before is None:
-                del os.environ[name]
+    if "pillow_blocks" in _STAGE_NOTES and os.environ.get("PILLOW_BLOCKS_MAX") == _STAGE_NOTES["pillow_blocks"]:
+        del os.environ["PILLOW_BLOCKS_MAX"]      # still the stage's value: another's is left alone
+    library = os.environ.get("LD_LIBRARY_PATH")
+    if "cv2_library" in _STAGE_NOTES and library is not None:
+        before = _STAGE_NOTES["cv2_library"]
+        folders = _without_cv2_folders(library, before)     # OpenCV's folders only: another thread's stay
+        if folders != library.split(os.pathsep):
+            if folders or before is not None:
+                os.environ["LD_LIBRARY_PATH"] = os.pathsep.join(folders)
             else:
-                os.environ[name] = before
-    _STAGE_SET.clear()
+                del os.environ["LD_LIBRARY_PATH"]
+    _STAGE_NOTES.clear()
     Image.core.set_blocks_max(saved["blocks_max"])
     Image.core.clear_cache()
     if "cv2" in sys.modules:
@@ -259,10 +277,11 @@ def _restore_process_settings(saved: dict[str, Any]) -> None:
 def process_settings_kept() -> Iterator[None]:
     """Run a pipeline, then put back what the stage changed in this process: on an in-process run
     (``in_memory``, ``multi_threading``, ``BundleBasedDirectRunner``: a small day by default) the DoFns
-    configure the caller, the Dagster run process, which goes on after the stage. The variables
-    :func:`configure_worker` set are put back where they still hold the value it gave them (later
-    subprocesses would inherit them; a value another thread set meanwhile, and any other variable, is left
-    alone), Pillow's block cache is set back and emptied (it would
+    configure the caller, the Dagster run process, which goes on after the stage. What
+    :func:`configure_worker` changed in the environment during the stages is undone (later subprocesses
+    would inherit it): ``PILLOW_BLOCKS_MAX`` where it still holds the value it gave it, OpenCV's folders
+    taken out of ``LD_LIBRARY_PATH`` (another thread's value or folders, and every other variable, are
+    left alone); Pillow's block cache is set back and emptied (it would
     keep up to 64 x 16 MiB after the stage), OpenCV's thread count is set back (its default where OpenCV
     was not loaded before). Stages that overlap in one process (threads) share one snapshot, taken when
     the first starts and restored when the last ends, so none restores another's settings as the
@@ -270,6 +289,7 @@ def process_settings_kept() -> Iterator[None]:
     with _KEPT_LOCK:
         if _KEPT["stages"] == 0:
             _KEPT["saved"] = _process_settings()
+            _STAGE_NOTES.clear()
         _KEPT["stages"] += 1
     try:
         yield

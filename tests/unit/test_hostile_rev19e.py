@@ -2,7 +2,7 @@
 ``_STAGE_SET`` what it changes in ``os.environ`` and ``process_settings_kept`` puts back the noted variables
 still holding the noted value; ``runner.runner_class`` resolves a dotted ``--runner`` by the class it imports.
 
-Each test is a defect confirmed by running it, filed as a strict xfail.
+Each test was a defect confirmed by running it, filed as a strict xfail; both are fixed (the markers are gone).
 """
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ import sys
 import textwrap
 from pathlib import Path
 
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 
 from formats.home import DataHome
@@ -25,8 +24,6 @@ UNIT = REPO / "tests" / "unit"
 
 # --- 1. a note made by configure_worker outside any stage is applied by a later, unrelated stage ----------
 
-@pytest.mark.xfail(strict=True, reason="rev19e: configure_worker's note made outside any stage is never cleared; "
-                                        "a later stage deletes PILLOW_BLOCKS_MAX that it never changed")
 def test_a_stage_keeps_a_variable_configure_worker_set_before_it_outside_any_stage(tmp_path, monkeypatch):
     """``configure_worker`` is public and called outside any stage (``benchmarks/features.py`` calls it
     directly, so do tests; a process that configures itself once): it sets ``PILLOW_BLOCKS_MAX=64`` and
@@ -39,11 +36,11 @@ def test_a_stage_keeps_a_variable_configure_worker_set_before_it_outside_any_sta
     with LD_LIBRARY_PATH where cv2 was first imported by such a call: cv2's folder is dropped). Fix: note
     only while a stage is active (``_KEPT["stages"] > 0``), or clear ``_STAGE_SET`` when the first stage
     starts (with the snapshot)."""
+    import cv2  # noqa: F401 - loaded already (its LD_LIBRARY_PATH change is not the point here)
+
     from pipelines.features import transforms
     from pipelines.features.stage import build_features
     from pipelines.features.transforms import configure_worker
-
-    import cv2  # noqa: F401 - loaded already (its LD_LIBRARY_PATH change is not the point here)
 
     monkeypatch.delenv("PILLOW_BLOCKS_MAX", raising=False)
     try:
@@ -55,7 +52,7 @@ def test_a_stage_keeps_a_variable_configure_worker_set_before_it_outside_any_sta
         assert report.workers == 0 and report.processed == 4     # in this process
         assert os.environ.get("PILLOW_BLOCKS_MAX") == "64"       # set before the stage; the stage never changed it
     finally:
-        transforms._STAGE_SET.clear()                        # leave no stale note to later tests
+        transforms._STAGE_NOTES.clear()                      # leave no stale note to later tests (renamed in the fix)
 
 
 # --- 2. another thread's LD_LIBRARY_PATH, set while the stage's first `import cv2` runs, is deleted --------
@@ -98,8 +95,6 @@ _CV2_RACE_PROBE = textwrap.dedent("""
 """)
 
 
-@pytest.mark.xfail(strict=True, reason="rev19e: LD_LIBRARY_PATH another thread set during the stage's first "
-                                        "import cv2 is noted as the stage's and deleted at its end")
 def test_another_threads_library_path_set_during_the_stages_cv2_import_is_kept(tmp_path):
     """``configure_worker`` reads ``LD_LIBRARY_PATH`` before ``import cv2`` and notes (before, after) after it:
     everything that changed the variable in between is taken as OpenCV's doing. The first import of cv2 in
