@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from test_features_fixtures import bad_blobs, encode, fake_detector, natural_image, png, write_day
+from test_features_fixtures import bad_blobs, encode, fake_detector, natural_image, png, refuse_prism, write_day
 
 from formats.home import DataHome
 from pipelines.features import reuse
@@ -181,23 +181,7 @@ def test_duplicate_input_uids_fail_the_stage(tmp_path: Path) -> None:
 
 def test_direct_runner_never_tries_the_prism_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Beam's DirectRunner would first try Prism, downloading its binary at run time; ours never does."""
-    import tempfile
-    import urllib.request
-
-    from apache_beam.runners.portability import prism_runner
-
-    attempts: list[str] = []
-
-    def refuse(name: str):
-        def call(*args, **kwargs):
-            attempts.append(name)
-            raise RuntimeError(f"{name} must not be used")
-        return call
-
-    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse("PrismRunner.run_pipeline"))
-    monkeypatch.setattr(urllib.request, "urlopen", refuse("urlopen"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    attempts = refuse_prism(monkeypatch, tmp_path)
     home = DataHome(tmp_path / "home")
     write_day(home, DAY1, {"a": png(1), "b": png(2)})
     report = build(home, DAY1)

@@ -178,3 +178,46 @@ def test_write_day_round_trips(tmp_path: Path) -> None:
     assert uids == ["a", "b"]
     assert (home.raw_images / "a.png").is_file() and not (home.raw_images / "b.png").exists()
     assert os.path.getsize(home.partition_file("images", "2023-03-01")) > 0
+
+
+def refuse_prism(monkeypatch, tmp_path: Path) -> list[str]:
+    """Make Beam's Prism runner and any URL fetch fail and record the attempt (the list returned); the
+    system temp dir moves to ``tmp_path / "tmp"`` (a failed Prism start leaves ``beam-temp*`` there)."""
+    import tempfile
+    import urllib.request
+
+    from apache_beam.runners.portability import prism_runner
+
+    attempts: list[str] = []
+
+    def refuse(name: str):
+        def call(*args, **kwargs):
+            attempts.append(name)
+            raise RuntimeError(f"{name} must not be used")
+        return call
+
+    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse("PrismRunner.run_pipeline"))
+    monkeypatch.setattr(urllib.request, "urlopen", refuse("urlopen"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    return attempts
+
+
+GATES: dict = {}   # name -> threading.Event, shared by a test and the DoFns it holds (same process)
+
+
+def gate(name: str):
+    import threading
+
+    return GATES.setdefault(name, threading.Event())
+
+
+class HeldDetector:
+    """A picklable detector factory (by reference: this module) that holds an in-process stage in its DoFns'
+    ``setup`` (after ``configure_worker``): it sets gate ``stage_running``, then waits for gate ``go_on``."""
+
+    def __call__(self) -> FakeDetector:
+        gate("stage_running").set()
+        if not gate("go_on").wait(60):
+            raise RuntimeError("gate go_on never opened")
+        return FakeDetector()

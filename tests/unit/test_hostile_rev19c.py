@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 
-from test_features_fixtures import fake_detector, png, write_day
+from test_features_fixtures import GATES, HeldDetector, fake_detector, gate, png, refuse_prism, write_day
 
 from formats.home import DataHome
 from pipelines.features.config import FeaturesConfig
@@ -19,26 +19,6 @@ from pipelines.features.runner import pipeline_options, pipeline_runner
 DAY = "2023-03-01"
 
 # --- 1. the whole-environment restore undoes what the rest of the process did while the stage ran ----------
-
-_GATES: dict[str, threading.Event] = {}
-
-
-def _gate(name: str) -> threading.Event:
-    return _GATES.setdefault(name, threading.Event())
-
-
-class HeldDetector:
-    """A picklable detector factory (by reference: this module) that holds the stage in its DoFns' ``setup``
-    (after ``configure_worker``) until the test lets it go."""
-
-    def __call__(self):
-        from test_features_fixtures import FakeDetector
-
-        _gate("stage_running").set()
-        if not _gate("go_on").wait(60):
-            raise RuntimeError("gate go_on never opened")
-        return FakeDetector()
-
 
 def test_a_stage_leaves_environment_changes_made_elsewhere_in_the_process_during_it(tmp_path, monkeypatch):
     """``process_settings_kept`` snapshots all of ``os.environ`` when the stage starts and, when it ends,
@@ -51,7 +31,7 @@ def test_a_stage_leaves_environment_changes_made_elsewhere_in_the_process_during
     whose value at the end is still the one the stage's own settings gave them), not the whole snapshot."""
     from pipelines.features.stage import build_features
 
-    _GATES.clear()
+    GATES.clear()
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {f"i{k}": png(k, (64, 64)) for k in range(4)})
     monkeypatch.setenv("REV19C_TOKEN", "stale")
@@ -63,16 +43,16 @@ def test_a_stage_leaves_environment_changes_made_elsewhere_in_the_process_during
             reports.append(build_features(home, DAY, FeaturesConfig(), detector_factory=HeldDetector()))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
-            _gate("stage_running").set()
+            gate("stage_running").set()
 
     thread = threading.Thread(target=build)
     try:
         thread.start()
-        assert _gate("stage_running").wait(60)     # the stage runs (in this process: 4 images)
+        assert gate("stage_running").wait(60)     # the stage runs (in this process: 4 images)
         os.environ["REV19C_TOKEN"] = "fresh"         # another thread of the process, during the stage
         os.environ["REV19C_ADDED"] = "1"
     finally:
-        _gate("go_on").set()
+        gate("go_on").set()
         thread.join(120)
     assert not errors, errors
     assert reports[0].workers == 0 and reports[0].processed == 4
@@ -91,25 +71,9 @@ def test_test_direct_runner_never_tries_the_prism_download(tmp_path, monkeypatch
     (``testdirect`` and the dotted path alike). ``worker_processes`` also says None ("the runner decides")
     for it, though it runs in this process. Fix: resolve by class (``issubclass(.., DirectRunner)``) or add
     ``TestDirectRunner`` to ``LOCAL_RUNNERS`` (or refuse it)."""
-    import tempfile
-    import urllib.request
-
-    from apache_beam.runners.portability import prism_runner
-
     from pipelines.features.stage import build_features
 
-    attempts: list[str] = []
-
-    def refuse(name: str):
-        def call(*args, **kwargs):
-            attempts.append(name)
-            raise RuntimeError(f"{name} must not be used")
-        return call
-
-    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse("PrismRunner.run_pipeline"))
-    monkeypatch.setattr(urllib.request, "urlopen", refuse("urlopen"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    attempts = refuse_prism(monkeypatch, tmp_path)
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {"a": png(1), "b": png(2)})
     try:

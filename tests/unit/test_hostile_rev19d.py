@@ -11,7 +11,7 @@ import os
 import threading
 
 import pytest
-from test_features_fixtures import fake_detector, png, write_day
+from test_features_fixtures import GATES, HeldDetector, fake_detector, gate, png, refuse_prism, write_day
 
 from formats.home import DataHome
 from pipelines.features.config import FeaturesConfig
@@ -35,25 +35,9 @@ def test_beams_public_dotted_directrunner_paths_never_try_prism(tmp_path, monkey
     ``pipeline_runner`` returns None, Beam's DirectRunner starts Prism (run-time download), and
     ``worker_processes`` says None for an in-process run. Fix: resolve a dotted path by importing it and
     comparing the class object (``is``) with Beam's runner classes, not by string."""
-    import tempfile
-    import urllib.request
-
-    from apache_beam.runners.portability import prism_runner
-
     from pipelines.features.stage import build_features
 
-    attempts: list[str] = []
-
-    def refuse(name: str):
-        def call(*args, **kwargs):
-            attempts.append(name)
-            raise RuntimeError(f"{name} must not be used")
-        return call
-
-    monkeypatch.setattr(prism_runner.PrismRunner, "run_pipeline", refuse("PrismRunner.run_pipeline"))
-    monkeypatch.setattr(urllib.request, "urlopen", refuse("urlopen"))
-    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
-    (tmp_path / "tmp").mkdir()
+    attempts = refuse_prism(monkeypatch, tmp_path)
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {"a": png(1), "b": png(2)})
     try:
@@ -64,26 +48,6 @@ def test_beams_public_dotted_directrunner_paths_never_try_prism(tmp_path, monkey
 
 
 # --- 2. the two STAGE_ENVIRONMENT variables are reset even when the stage never changed them -----------------
-
-_GATES: dict[str, threading.Event] = {}
-
-
-def _gate(name: str) -> threading.Event:
-    return _GATES.setdefault(name, threading.Event())
-
-
-class HeldDetector:
-    """A picklable detector factory (by reference: this module) that holds the stage in its DoFns' ``setup``
-    (after ``configure_worker``) until the test lets it go."""
-
-    def __call__(self):
-        from test_features_fixtures import FakeDetector
-
-        _gate("stage_running").set()
-        if not _gate("go_on").wait(60):
-            raise RuntimeError("gate go_on never opened")
-        return FakeDetector()
-
 
 def test_stage_environment_changed_elsewhere_is_kept_when_the_stage_did_not_set_it(tmp_path, monkeypatch):
     """3a2429e says it "puts back only the variables the stage sets ..., leaving what other code changed
@@ -99,7 +63,7 @@ def test_stage_environment_changed_elsewhere_is_kept_when_the_stage_did_not_set_
 
     from pipelines.features.stage import build_features
 
-    _GATES.clear()
+    GATES.clear()
     monkeypatch.setenv("LD_LIBRARY_PATH", "/opt/base/lib")
     monkeypatch.setenv("PILLOW_BLOCKS_MAX", "32")
     home = DataHome(tmp_path / "home")
@@ -111,18 +75,18 @@ def test_stage_environment_changed_elsewhere_is_kept_when_the_stage_did_not_set_
             reports.append(build_features(home, DAY, FeaturesConfig(), detector_factory=HeldDetector()))
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
-            _gate("stage_running").set()
+            gate("stage_running").set()
 
     thread = threading.Thread(target=build)
     try:
         thread.start()
-        assert _gate("stage_running").wait(60)     # the stage runs (in this process: 4 images)
+        assert gate("stage_running").wait(60)     # the stage runs (in this process: 4 images)
         assert os.environ["LD_LIBRARY_PATH"] == "/opt/base/lib"   # the stage changed neither variable
         assert os.environ["PILLOW_BLOCKS_MAX"] == "32"
         os.environ["LD_LIBRARY_PATH"] = "/opt/vendor/lib:/opt/base/lib"   # another thread, on purpose
         os.environ["PILLOW_BLOCKS_MAX"] = "16"
     finally:
-        _gate("go_on").set()
+        gate("go_on").set()
         thread.join(120)
     assert not errors, errors
     assert reports[0].workers == 0 and reports[0].processed == 4
