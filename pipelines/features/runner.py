@@ -1,6 +1,7 @@
 """Beam pipeline options and the runner: DirectRunner defaults, and the local runner built without Prism."""
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
@@ -17,12 +18,14 @@ LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "TestDirectRunner", "F
 IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)
 
 
+@functools.lru_cache(maxsize=None)
 def runner_class(name: str) -> str:
     """The class name of Beam's own runner that ``create_runner`` makes of a ``--runner`` value: a bare name
     case-insensitively, ``Runner`` optional (``direct``, ``directrunner`` and ``DirectRunner`` are all
     ``DirectRunner``); a dotted path by the class it imports, so any path to one of the runners checked here
     (``apache_beam.runners.DirectRunner``, a re-export) is that runner, and a path to a class elsewhere,
-    whatever it is named, is not; any other value as given, which no check here matches."""
+    whatever it is named, is not; any other value as given, which no check here matches. Cached: a build asks
+    several times (options, worker count, runner), and a module that fails to import would run each time."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     if "." in name:
