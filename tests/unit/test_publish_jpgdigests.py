@@ -323,3 +323,56 @@ def test_the_publish_report_says_when_the_digest_cache_was_not_used(tmp_path: Pa
         assert report.reused is reused
         assert [note for note in report.metadata()["notes"] if "digest cache not used" in note]
     assert list(victim.iterdir()) == []
+
+
+TRICKY_KEYS = ["blobs/ab/abc.jpg", "../etc/passwd", "/etc/passwd", "blobs/../../x.jpg", "blobs//x.jpg", "a\\b.jpg",
+               "a\0b", "", ".", "..", "...", "a/.", "a/..", "a/./b", "./a", "a/", "a/.b/c", "a/..b", "..a/b",
+               "a/b..", "ü/ß.jpg", "a/.../b", "/", "//", None]
+
+
+def test_the_vectorized_key_check_agrees_with_the_per_key_one() -> None:
+    looks = jpgdigests.keys_look_safe(pa.array(TRICKY_KEYS, pa.string())).to_pylist()
+    assert looks == [shards.jpg_key_is_safe(key) if key is not None else False for key in TRICKY_KEYS]
+    assert [key for key, ok in zip(TRICKY_KEYS, looks) if ok] == [
+        "blobs/ab/abc.jpg", "...", "a/.b/c", "a/..b", "..a/b", "a/b..", "ü/ß.jpg", "a/.../b"]
+
+
+def test_the_first_unsafe_key_of_the_first_column_is_named(tmp_path: Path) -> None:
+    home = _home(tmp_path / "h")
+    columns = {"jpg_0_key": pa.chunked_array([pa.array([KEYS[0], "a/../b.jpg", "/abs.jpg"])]),
+               "jpg_1_key": pa.chunked_array([pa.array(["../up.jpg"])])}
+    with pytest.raises(ValueError, match=r"split_pairs\.jpg_0_key value 'a/\.\./b\.jpg' is not a safe path"):
+        jpgdigests.index_jpgs(home, columns)
+
+
+def test_missing_jpegs_name_the_first_column_that_holds_them(tmp_path: Path) -> None:
+    home = _home(tmp_path / "h")
+    gone = "blobs/train/gone.jpg"
+    both = {"jpg_0_key": pa.chunked_array([pa.array([KEYS[0], gone])]), "jpg_1_key": pa.chunked_array([pa.array([gone])])}
+    with pytest.raises(FileNotFoundError, match=r"'blobs/train/gone\.jpg' \(split_pairs\.jpg_0_key\) is missing"):
+        jpgdigests.index_jpgs(home, both)
+    second = {"jpg_0_key": pa.chunked_array([pa.array([KEYS[0]])]), "jpg_1_key": pa.chunked_array([pa.array([gone])])}
+    with pytest.raises(FileNotFoundError, match=r"\(split_pairs\.jpg_1_key\) is missing"):
+        jpgdigests.index_jpgs(home, second)
+    assert jpgdigests.first_columns(pa.array([KEYS[1], KEYS[3], KEYS[5]]),
+                                    {"a": pa.array(KEYS[:4]), "b": pa.array(KEYS[3:])}) == ["a", "a", "b"]
+
+
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_hashing_in_runs_gives_each_files_digest_in_order(tmp_path: Path, monkeypatch, workers: int) -> None:
+    monkeypatch.setattr(jpgdigests, "_READ_CHUNK", 1000)     # files of 0 to 4 reads
+    root = tmp_path / "h"
+    files = []
+    for i in range(23):
+        key = f"blobs/{i % 3}/{i:02d}.jpg"
+        (root / key).parent.mkdir(parents=True, exist_ok=True)
+        (root / key).write_bytes(os.urandom(i * 170))
+        files.append((key, "jpg_0_key"))
+    done = jpgdigests.hash_files(root, files, workers)
+    assert [sha for sha, _ in done] == [hashlib.sha256((root / key).read_bytes()).hexdigest() for key, _ in files]
+    assert [identity for _, identity in done] == [shards.file_identity(os.stat(root / key)) for key, _ in files]
+    assert jpgdigests.hash_files(root, [], workers) == []
+    (root / files[19][0]).unlink()
+    (root / files[6][0]).unlink()
+    with pytest.raises(FileNotFoundError, match=r"'blobs/0/06\.jpg' \(split_pairs\.jpg_0_key\) cannot be read"):
+        jpgdigests.hash_files(root, files, workers)
