@@ -205,6 +205,11 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
     if "application_name" not in parts:
         kwargs["application_name"] = APPLICATION_NAME
+    # The session starts in an encoding every server can give, whatever its own: psycopg has no codec for
+    # some server encodings (EUC_TW, MULE_INTERNAL), so a session opened in the server's failed its first
+    # statement. The export's is set for good below, once the server's is known (SQL_ASCII: no conversion,
+    # for every server encoding); the simulator's sink writes UTF-8.
+    kwargs["client_encoding"] = "SQL_ASCII" if read_only else "UTF8"
     try:
         conn = psycopg.connect(dsn, autocommit=autocommit, **kwargs)
     except psycopg.Error as exc:
@@ -308,6 +313,11 @@ def convert_values(conn: psycopg.Connection, encoding: str, values: list[bytes])
     except psycopg.errors.DataError:   # 22P05 no equivalent in UTF8, 22021 invalid byte sequence
         conn.execute("ROLLBACK TO SAVEPOINT pickapic_convert")
         converted = None
+    except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
+        # the server has no conversion from this encoding to UTF8 at all (MULE_INTERNAL): no value converts
+        conn.execute("ROLLBACK TO SAVEPOINT pickapic_convert")
+        conn.execute("RELEASE SAVEPOINT pickapic_convert")
+        return [Unconvertible(value.decode("ascii", "surrogateescape")) for value in values]
     conn.execute("RELEASE SAVEPOINT pickapic_convert")
     if converted is not None:
         return converted

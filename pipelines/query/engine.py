@@ -338,7 +338,7 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
                 return 0
             else:
                 with open_output_file(output, [home.root], "--output") as handle:
-                    rows = write_result(schema, batches, fmt, handle)
+                    written = write_result(schema, batches, fmt, handle)
     except (FileNotFoundError, ValueError) as exc:  # no such version / refused statement / refused output
         print(f"error: {exc}", file=stderr)
         return 2
@@ -351,7 +351,12 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
               "or narrower columns, or write it with --format csv|json|parquet --output FILE", file=stderr)
         return 1
     if output is not None:
-        print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
+        rows = written.rows
+        if written.shown < rows:     # a table holds its first rows
+            print(f"wrote the first {written.shown} of {rows} rows ({fmt}) to {output} (use --format "
+                  "csv|json|parquet for all)", file=stderr)
+        else:
+            print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
     return 0
 
 

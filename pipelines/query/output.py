@@ -6,7 +6,7 @@ import contextlib
 import io
 import json
 import os
-from typing import Any, BinaryIO, Iterator, TextIO
+from typing import Any, BinaryIO, Iterator, NamedTuple, TextIO
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -17,7 +17,18 @@ from formats.files import PARQUET_OPTIONS
 
 FORMATS = ("table", "csv", "json", "parquet")
 TABLE_MAX_ROWS = 1000
-TABLE_MAX_CHARS = 4_000_000   # characters of values a table shows in all (the rows that fit; at least one)
+TABLE_MAX_CHARS = 4_000_000   # characters a table prints in all, laid out (the rows that fit; at least one)
+TABLE_MAX_CELLS = 50_000      # cells a table lays out (rich takes ~55 us a cell, whatever its length)
+TABLE_MAX_CELL = 1000         # characters of one value a table shows (csv, json and parquet write every value whole)
+_CONVERT_ROWS = 32            # a table's rows are made text this many at a time, until the budget is spent
+
+
+class Written(NamedTuple):
+    """What :func:`write_result` wrote: the result's rows, and how many of them the output holds (a table
+    shows its first rows; every other format holds them all)."""
+
+    rows: int
+    shown: int
 
 
 def silence_closed_pipe(stdout: TextIO) -> None:
@@ -42,27 +53,28 @@ class TextSink(io.RawIOBase):
 
 
 def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, sink: BinaryIO,
-                 to_terminal: bool = False) -> int:
-    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the row count."""
+                 to_terminal: bool = False) -> Written:
+    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the row counts."""
     if fmt == "parquet":
         rows = 0
         with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
-        return rows
+        return Written(rows, rows)
     if fmt == "table":
-        shown, rows = [], 0
-        for batch in batches:  # keep the first rows, count the rest without holding them
-            if rows < TABLE_MAX_ROWS:
-                shown.append(batch.slice(0, TABLE_MAX_ROWS - rows))
+        limit = table_row_limit(len(schema))
+        kept, rows = [], 0
+        for batch in batches:  # keep the first rows, cut to what a table shows of them; count the rest
+            if rows < limit:
+                kept.append(cut_for_table(pa.Table.from_batches([batch.slice(0, limit - rows)], schema=schema)))
             rows += batch.num_rows
-        table = pa.Table.from_batches(shown, schema=schema)
-        sink.write(render_table(table, to_terminal, total_rows=rows).encode("utf-8"))
-        return rows
-    if fmt == "csv":
-        return _write_csv(schema, batches, sink)
-    return _write_json(schema, batches, sink)
+        table = pa.concat_tables(kept) if kept else cut_for_table(schema.empty_table())
+        text, shown = _render(table, to_terminal, total_rows=rows)
+        sink.write(text.encode("utf-8"))
+        return Written(rows, shown)
+    rows = _write_csv(schema, batches, sink) if fmt == "csv" else _write_json(schema, batches, sink)
+    return Written(rows, rows)
 
 
 def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
@@ -99,39 +111,103 @@ def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Bina
     return rows
 
 
+def table_row_limit(columns: int, max_rows: int = TABLE_MAX_ROWS) -> int:
+    """Rows a table of ``columns`` columns lays out at most: ``max_rows``, fewer where they would pass
+    ``TABLE_MAX_CELLS`` cells (at least one)."""
+    return min(max_rows, max(1, TABLE_MAX_CELLS // max(1, columns)))
+
+
 def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TABLE_MAX_ROWS,
                  total_rows: int | None = None) -> str:
-    """An aligned text table (rich): the first rows, at most ``max_rows`` and as many as fit in ``TABLE_MAX_CHARS``
-    characters of values (at least one row; a wide result of 60 columns of 1,000 characters took rich 10-20 s
-    to lay out as 64 MB of text), then the row count (``total_rows`` if given) and how many are shown."""
+    """An aligned text table (rich): the first rows, then the row count (``total_rows`` if given) and how many
+    are shown. The rows shown are at most ``max_rows``, at most ``TABLE_MAX_CELLS`` cells (rich lays a cell out
+    in ~55 us: 1,000 rows of 300 integers took 17 s), and as many as fit in ``TABLE_MAX_CHARS`` characters as
+    printed: every row is as wide as the widest value or column name of each column (a wide result of 60 columns
+    of 1,000 characters took rich 10-20 s to lay out as 64 MB of text). A value shows its first
+    ``TABLE_MAX_CELL`` characters; strings, binaries and lists are cut in Arrow before they become Python."""
+    return _render(cut_for_table(table.slice(0, table_row_limit(table.num_columns, max_rows))), to_terminal,
+                   total_rows=table.num_rows if total_rows is None else total_rows)[0]
+
+
+def cut_for_table(table: pa.Table) -> pa.Table:
+    """``table`` with each string, binary and list value cut to what a table cell can show of it (new, compact
+    buffers: the batch it came from need not be kept). A string longer than ``TABLE_MAX_CELL`` characters
+    becomes its shown text, note included; binaries keep ``TABLE_MAX_CELL + 1`` bytes and lists ``TABLE_MAX_CELL``
+    items (a longer list's JSON is longer than a cell anyway); other values are left as they are."""
+    columns = []
+    for field, column in zip(table.schema, table.columns):
+        kind = field.type
+        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+            column = _cut_strings(column)
+        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+            column = pa.chunked_array([pc.binary_slice(chunk, 0, TABLE_MAX_CELL + 1) for chunk in column.chunks], kind)
+        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
+            column = pc.list_slice(column, 0, TABLE_MAX_CELL)
+        columns.append(column)
+    return pa.table(columns, names=table.column_names)
+
+
+def _cut_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Strings as a table cell shows them: as they are up to ``TABLE_MAX_CELL`` characters, else the first
+    ``TABLE_MAX_CELL`` and how many there are (the text :func:`_cut_text` gives); nulls stay null."""
+    head = pc.utf8_slice_codeunits(column, 0, TABLE_MAX_CELL)        # the whole value where it is short
+    lengths = pc.utf8_length(column)
+    long = pc.fill_null(pc.greater(lengths, TABLE_MAX_CELL), False)
+    if pc.any(long).as_py():
+        noted = pc.binary_join_element_wise(head, "... (", pc.cast(lengths, pa.string()),
+                                            " characters; --format csv|json|parquet for all)", "")
+        head = pc.if_else(long, noted, head)
+    return pa.chunked_array([chunk.cast(pa.string()) for chunk in head.chunks], pa.string())
+
+
+def _render(table: pa.Table, to_terminal: bool, total_rows: int) -> tuple[str, int]:
+    """The table's text and the rows it shows (``table`` cut by :func:`cut_for_table` and at most
+    :func:`table_row_limit` rows)."""
     from rich.console import Console
     from rich.table import Table
 
-    shown = table.slice(0, max_rows)
-    columns = [_to_python(column) for column in shown.columns]   # by position: duplicate names are kept
-    cells, chars = [], 0
-    for row in zip(*columns):       # the rows whose values fit in TABLE_MAX_CHARS (a wide result: its first rows)
-        texts = [_cell(v) for v in row]
-        chars += sum(map(len, texts))
-        if cells and chars > TABLE_MAX_CHARS:
+    names = [_cut_text(name) for name in table.column_names]   # by position: duplicate names are kept
+    widths = [len(name) for name in names]
+    cells: list[list[str]] = []
+    lines = 0
+    done = False
+    for start in range(0, table.num_rows, _CONVERT_ROWS):
+        part = table.slice(start, _CONVERT_ROWS)
+        columns = [_texts(field, column) for field, column in zip(table.schema, part.columns)]
+        for texts in zip(*columns):
+            wider = [max(w, len(t)) for w, t in zip(widths, texts)]
+            height = max([t.count("\n") + 1 for t in texts])
+            # as printed: every line as wide as the widest value of each column (3 characters between and
+            # around columns), the header and 3 border lines besides the rows'
+            if cells and (lines + height + 4) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
+                done = True
+                break
+            cells.append(list(texts))
+            widths, lines = wider, lines + height
+        if done:
             break
-        cells.append(texts)
-    total = table.num_rows if total_rows is None else total_rows
     out = Table(show_lines=False)
-    for i, name in enumerate(table.column_names):
+    for i, name in enumerate(names):
         kind = table.schema.field(i).type
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
         out.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in cells:
         out.add_row(*row)
-    widths = [max([len(n)] + [len(r[i]) for r in cells]) for i, n in enumerate(table.column_names)]
     width = None if to_terminal else max(40, sum(widths) + 3 * len(widths) + 4)
     console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None,
                       highlight=False, emoji=False, markup=False)
     console.print(out)
     # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
-    shown_rows = len(cells) if columns else shown.num_rows      # rows of no columns take no characters
-    return console.file.getvalue() + _row_note(total, shown_rows) + "\n"
+    shown = len(cells) if table.num_columns else total_rows     # rows of no columns take no characters
+    return console.file.getvalue() + _row_note(total_rows, shown) + "\n", shown
+
+
+def _texts(field: pa.Field, column: pa.ChunkedArray) -> list[str]:
+    """Each value of a cut column (:func:`cut_for_table`) as its cell's text."""
+    kind = field.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return ["NULL" if value is None else value for value in column.to_pylist()]
+    return [_cell(value) for value in _to_python(column)]
 
 
 def _row_note(total: int, shown: int) -> str:
@@ -140,21 +216,40 @@ def _row_note(total: int, shown: int) -> str:
     return f"{total} row" + ("" if total == 1 else "s")
 
 
-TABLE_MAX_CELL = 1000   # characters of one value a table shows (csv, json and parquet write every value whole)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: _json_default(value))
+
+
+def _cut_text(text: str) -> str:
+    if len(text) > TABLE_MAX_CELL:
+        return f"{text[:TABLE_MAX_CELL]}... ({len(text)} characters; --format csv|json|parquet for all)"
+    return text
 
 
 def _cell(value: Any) -> str:
+    """A value's cell text (at most ``TABLE_MAX_CELL`` characters of it). A binary holds at most its first
+    ``TABLE_MAX_CELL + 1`` bytes here (:func:`cut_for_table`), a list or a struct is written as JSON up to the
+    cut, not whole."""
     if value is None:
         return "NULL"
     if isinstance(value, float):
         return f"{value:.6g}"
-    if isinstance(value, (list, dict)):
-        text = json.dumps(value, ensure_ascii=False, default=_json_default)
-    else:
+    if isinstance(value, bytes):
         text = str(value)
-    if len(text) > TABLE_MAX_CELL:
-        return f"{text[:TABLE_MAX_CELL]}... ({len(text)} characters; --format csv|json|parquet for all)"
-    return text
+        if len(value) > TABLE_MAX_CELL:
+            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; --format csv|json|parquet for all)"
+        if len(text) > TABLE_MAX_CELL:
+            return f"{text[:TABLE_MAX_CELL]}... ({len(value)} bytes; --format csv|json|parquet for all)"
+        return text
+    if isinstance(value, (list, dict, tuple)):
+        pieces, length = [], 0
+        for piece in _ENCODER.iterencode(value):
+            pieces.append(piece)
+            length += len(piece)
+            if length > TABLE_MAX_CELL:
+                return f"{''.join(pieces)[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} characters; " \
+                       "--format csv|json|parquet for all)"
+        return "".join(pieces)
+    return _cut_text(str(value))
 
 
 def _json_default(value: Any) -> Any:

@@ -214,7 +214,7 @@ def test_a_wide_table_shows_the_rows_that_fit_in_its_character_budget(monkeypatc
     import pyarrow as pa
 
     table = pa.table({f"c{k}": [f"{k}-{i}-" + "x" * 90 for i in range(50)] for k in range(10)})   # ~1,000 chars a row
-    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 5_500)
+    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 9_500)     # 5 rows as printed: 9 lines of ~990 characters
     text = output.render_table(table, total_rows=700)
     assert text.rstrip().endswith("700 rows, first 5 shown (use --format csv|json|parquet for all)")
     assert "0-4-" in text and "0-5-" not in text
@@ -447,3 +447,37 @@ def test_the_process_memory_cap_is_put_back_after_the_query(built) -> None:
         query.write_result = real
     assert seen and seen[0] != resource.RLIM_INFINITY and seen[0] < 64 * 1024**3     # capped while it ran
     assert resource.getrlimit(resource.RLIMIT_DATA) == before                         # and put back
+
+
+def test_long_binaries_and_nested_values_are_cut_without_being_converted_whole() -> None:
+    import pyarrow as pa
+
+    table = pa.table({"b": [b"q" * 300, b"\0" * 300, b"r" * 5_000_000],
+                      "l": [list(range(3)), list(range(1_000_000)), None],
+                      "st": [{"a": "y"}, {"a": "x" * 5_000_000}, None]})
+    cut = output.cut_for_table(table)
+    assert cut.column("b").to_pylist()[2] == b"r" * 1001 and len(cut.column("l").to_pylist()[1]) == 1000
+    cells = [output._texts(field, column) for field, column in zip(cut.schema, cut.columns)]
+    assert cells[0][0] == str(b"q" * 300)                                      # short: as before, whole
+    assert cells[0][1] == str(b"\0" * 300)[:1000] + "... (300 bytes; --format csv|json|parquet for all)"
+    assert cells[0][2] == str(b"r" * 1001)[:1000] + "... (more than 1000 bytes; --format csv|json|parquet for all)"
+    assert cells[1][:1] == ["[0, 1, 2]"] and cells[1][2] == "NULL"
+    assert cells[1][1] == json.dumps(list(range(1000)))[:1000] + \
+        "... (more than 1000 characters; --format csv|json|parquet for all)"
+    assert cells[2][0] == '{"a": "y"}' and cells[2][1].startswith('{"a": "xxx') and len(cells[2][1]) == 1066
+    text = output.render_table(table)
+    assert text.rstrip().endswith("\n3 rows") and "(more than 1000 bytes;" in text
+
+
+def test_a_table_written_to_a_file_says_which_rows_it_holds(built, tmp_path: Path) -> None:
+    home, _, _ = built
+    target = tmp_path / "t.txt"
+    out, err = io.StringIO(), io.StringIO()
+    assert query.run_query(home, "SELECT range AS n FROM range(1500)", output=target, stdout=out, stderr=err) == 0
+    assert err.getvalue() == (f"wrote the first 1000 of 1500 rows (table) to {target} "
+                              "(use --format csv|json|parquet for all)\n")
+    assert target.read_text().rstrip().endswith("1500 rows, first 1000 shown (use --format csv|json|parquet for all)")
+    err = io.StringIO()
+    assert query.run_query(home, "SELECT range AS n FROM range(7)", output=tmp_path / "u.txt", stdout=out,
+                           stderr=err) == 0
+    assert err.getvalue() == f"wrote 7 rows (table) to {tmp_path / 'u.txt'}\n"
