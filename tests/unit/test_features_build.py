@@ -255,3 +255,8 @@ def test_the_report_names_the_worker_processes_the_run_used(tmp_path: Path) -> N
     assert (again.processed, again.reused_by_uid, again.workers) == (0, 2, 0)
     assert worker_processes(pipeline_options(FeaturesConfig(workers=2), [], num_images=500)) == 2
     assert worker_processes(pipeline_options(FeaturesConfig(workers=2), ["--direct_running_mode=in_memory"])) == 0
+    # a --direct_num_workers given without a running mode is the user's count (it was replaced by workers)
+    for given in (["--direct_num_workers=3"], ["--direct_num_workers", "3"]):
+        options = pipeline_options(FeaturesConfig(workers=2), given, num_images=5)
+        assert options.get_all_options()["direct_running_mode"] == "multi_processing"
+        assert worker_processes(options) == 3
