@@ -313,8 +313,8 @@ def convert_values(conn: psycopg.Connection, encoding: str, values: list[bytes])
     except psycopg.errors.DataError:   # 22P05 no equivalent in UTF8, 22021 invalid byte sequence
         conn.execute("ROLLBACK TO SAVEPOINT pickapic_convert")
         converted = None
-    except (psycopg.errors.UndefinedFunction, psycopg.errors.FeatureNotSupported):
-        # the server has no conversion from this encoding to UTF8 at all (MULE_INTERNAL): no value converts
+    except psycopg.errors.UndefinedFunction:
+        # 42883: the server has no conversion from this encoding to UTF8 at all (MULE_INTERNAL): no value converts
         conn.execute("ROLLBACK TO SAVEPOINT pickapic_convert")
         conn.execute("RELEASE SAVEPOINT pickapic_convert")
         return [Unconvertible(value.decode("ascii", "surrogateescape")) for value in values]

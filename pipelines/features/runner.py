@@ -10,6 +10,7 @@ from pipelines.features.beamworker import QuietFnApiRunner  # isort: skip
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
+from formats.settings import MAX_PROCESSES
 from pipelines.features.config import FeaturesConfig
 
 # Beam's runners this module runs on its own batch FnApiRunner (pipeline_runner), and those that run every
@@ -77,6 +78,10 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
+    count = known.get("direct_num_workers")
+    if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
+        # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
+        raise ValueError(f"--direct_num_workers={count} in the Beam options: give 0 (one per CPU) to {MAX_PROCESSES}")
     if is_local_runner(runner) and not any(a.startswith("--direct_running_mode") for a in args):
         small = num_images is not None and num_images < config.in_process_below
         if any(a == "--direct_num_workers" or a.startswith("--direct_num_workers=") for a in args):

@@ -3,11 +3,14 @@ or Parquet, batch by batch, so memory stays flat in the number of rows."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
-from typing import Any, BinaryIO, Iterator, NamedTuple, TextIO
+from dataclasses import dataclass
+from typing import Any, BinaryIO, Iterator, TextIO
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
@@ -23,12 +26,15 @@ TABLE_MAX_CELL = 1000         # characters of one value a table shows (csv, json
 _CONVERT_ROWS = 32            # a table's rows are made text this many at a time, until the budget is spent
 
 
-class Written(NamedTuple):
+@dataclass(frozen=True)
+class Written:
     """What :func:`write_result` wrote: the result's rows, and how many of them the output holds (a table
-    shows its first rows; every other format holds them all)."""
+    shows its first rows; every other format holds them all); a table may also show only its first columns."""
 
     rows: int
     shown: int
+    columns: int = dataclasses.field(default=0, compare=False)         # the result's columns
+    columns_shown: int = dataclasses.field(default=0, compare=False)   # of them, those the output holds
 
 
 def silence_closed_pipe(stdout: TextIO) -> None:
@@ -54,27 +60,30 @@ class TextSink(io.RawIOBase):
 
 def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, sink: BinaryIO,
                  to_terminal: bool = False) -> Written:
-    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the row counts."""
+    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the counts."""
+    width = len(schema)
     if fmt == "parquet":
         rows = 0
         with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer:
             for batch in batches:
                 writer.write_batch(batch)
                 rows += batch.num_rows
-        return Written(rows, rows)
+        return Written(rows, rows, width, width)
     if fmt == "table":
-        limit = table_row_limit(len(schema))
+        columns = table_columns(schema.names)
+        limit = table_row_limit(columns)
         kept, rows = [], 0
-        for batch in batches:  # keep the first rows, cut to what a table shows of them; count the rest
+        for batch in batches:  # keep the first rows of the columns shown, cut to what a table shows; count the rest
             if rows < limit:
-                kept.append(cut_for_table(pa.Table.from_batches([batch.slice(0, limit - rows)], schema=schema)))
+                part = pa.Table.from_batches([batch.slice(0, limit - rows)], schema=schema)
+                kept.append(cut_for_table(part.select(list(range(columns)))))
             rows += batch.num_rows
-        table = pa.concat_tables(kept) if kept else cut_for_table(schema.empty_table())
-        text, shown = _render(table, to_terminal, total_rows=rows)
+        table = pa.concat_tables(kept) if kept else cut_for_table(schema.empty_table().select(list(range(columns))))
+        text, shown = _render(table, to_terminal, total_rows=rows, total_columns=width)
         sink.write(text.encode("utf-8"))
-        return Written(rows, shown)
+        return Written(rows, shown, width, columns)
     rows = _write_csv(schema, batches, sink) if fmt == "csv" else _write_json(schema, batches, sink)
-    return Written(rows, rows)
+    return Written(rows, rows, width, width)
 
 
 def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
@@ -117,57 +126,120 @@ def table_row_limit(columns: int, max_rows: int = TABLE_MAX_ROWS) -> int:
     return min(max_rows, max(1, TABLE_MAX_CELLS // max(1, columns)))
 
 
+def table_columns(names: list[str]) -> int:
+    """How many of the first columns a table shows: all of them, unless the header lines as printed (the
+    names, cut to ``TABLE_MAX_CELL`` characters, three borders and one row) would pass ``TABLE_MAX_CHARS``, or
+    one row of them ``TABLE_MAX_CELLS`` (at least one column). A PIVOT makes a column per value."""
+    width = 2
+    for k, name in enumerate(names):
+        width += _width(_cut_text(name)) + 3
+        if k and (5 * width > TABLE_MAX_CHARS or k >= TABLE_MAX_CELLS):
+            return k
+    return len(names)
+
+
 def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TABLE_MAX_ROWS,
                  total_rows: int | None = None) -> str:
     """An aligned text table (rich): the first rows, then the row count (``total_rows`` if given) and how many
     are shown. The rows shown are at most ``max_rows``, at most ``TABLE_MAX_CELLS`` cells (rich lays a cell out
     in ~55 us: 1,000 rows of 300 integers took 17 s), and as many as fit in ``TABLE_MAX_CHARS`` characters as
     printed: every row is as wide as the widest value or column name of each column (a wide result of 60 columns
-    of 1,000 characters took rich 10-20 s to lay out as 64 MB of text). A value shows its first
-    ``TABLE_MAX_CELL`` characters; strings, binaries and lists are cut in Arrow before they become Python."""
-    return _render(cut_for_table(table.slice(0, table_row_limit(table.num_columns, max_rows))), to_terminal,
-                   total_rows=table.num_rows if total_rows is None else total_rows)[0]
+    of 1,000 characters took rich 10-20 s to lay out as 64 MB of text); of a result with very many columns,
+    the first columns whose header fits (:func:`table_columns`). A value shows its first ``TABLE_MAX_CELL``
+    characters; strings and binaries are cut in Arrow, at any depth, before they become Python."""
+    columns = table_columns(table.column_names)
+    shown = table.select(list(range(columns))).slice(0, table_row_limit(columns, max_rows))
+    return _render(cut_for_table(shown), to_terminal, total_rows=table.num_rows if total_rows is None else total_rows,
+                   total_columns=table.num_columns)[0]
 
 
 def cut_for_table(table: pa.Table) -> pa.Table:
-    """``table`` with each string, binary and list value cut to what a table cell can show of it (new, compact
-    buffers: the batch it came from need not be kept). A string longer than ``TABLE_MAX_CELL`` characters
-    becomes its shown text, note included; binaries keep ``TABLE_MAX_CELL + 1`` bytes and lists ``TABLE_MAX_CELL``
-    items (a longer list's JSON is longer than a cell anyway); other values are left as they are."""
+    """``table`` with every value cut to what a table cell can show of it, in new buffers (the batch it came
+    from need not be kept). A string longer than ``TABLE_MAX_CELL`` characters becomes its shown text, note
+    included; inside lists, structs and maps strings keep ``TABLE_MAX_CELL + 1`` characters, binaries
+    everywhere ``TABLE_MAX_CELL + 1`` bytes and lists ``TABLE_MAX_CELL`` items (what is cut is longer than
+    a cell anyway, so the cell's text is the same); other values are copied as they are."""
     columns = []
     for field, column in zip(table.schema, table.columns):
-        kind = field.type
+        chunks = [_decoded(chunk) for chunk in column.chunks]
+        kind = chunks[0].type if chunks else field.type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            column = _cut_strings(column)
-        elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-            column = pa.chunked_array([pc.binary_slice(chunk, 0, TABLE_MAX_CELL + 1) for chunk in column.chunks], kind)
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind):
-            column = pc.list_slice(column, 0, TABLE_MAX_CELL)
-        columns.append(column)
+            columns.append(_cut_strings(pa.chunked_array(chunks, kind)))
+        else:
+            cut = [_cut_values(chunk) for chunk in chunks]
+            columns.append(pa.chunked_array(cut, cut[0].type if cut else kind))
     return pa.table(columns, names=table.column_names)
+
+
+def _decoded(array: pa.Array) -> pa.Array:
+    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
 
 
 def _cut_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     """Strings as a table cell shows them: as they are up to ``TABLE_MAX_CELL`` characters, else the first
     ``TABLE_MAX_CELL`` and how many there are (the text :func:`_cut_text` gives); nulls stay null."""
     head = pc.utf8_slice_codeunits(column, 0, TABLE_MAX_CELL)        # the whole value where it is short
+    head = pa.chunked_array([chunk.cast(pa.string()) for chunk in head.chunks], pa.string())
     lengths = pc.utf8_length(column)
     long = pc.fill_null(pc.greater(lengths, TABLE_MAX_CELL), False)
     if pc.any(long).as_py():
         noted = pc.binary_join_element_wise(head, "... (", pc.cast(lengths, pa.string()),
                                             " characters; --format csv|json|parquet for all)", "")
         head = pc.if_else(long, noted, head)
-    return pa.chunked_array([chunk.cast(pa.string()) for chunk in head.chunks], pa.string())
+    return head
 
 
-def _render(table: pa.Table, to_terminal: bool, total_rows: int) -> tuple[str, int]:
-    """The table's text and the rows it shows (``table`` cut by :func:`cut_for_table` and at most
-    :func:`table_row_limit` rows)."""
+def _cut_values(array: pa.Array) -> pa.Array:
+    """``array`` with every string and binary in it, at any depth, cut to ``TABLE_MAX_CELL + 1`` characters or
+    bytes and every list to ``TABLE_MAX_CELL`` items, in new buffers."""
+    array = _decoded(array)
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return pc.utf8_slice_codeunits(array, 0, TABLE_MAX_CELL + 1)
+    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
+        return pc.binary_slice(array, 0, TABLE_MAX_CELL + 1)
+    mask = array.is_null() if array.null_count else None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        sliced = pc.list_slice(array, 0, TABLE_MAX_CELL)
+        flat = sliced.flatten()
+        offsets = _rebased(sliced.offsets, np.int32 if pa.types.is_list(kind) else np.int64)
+        maker = pa.ListArray if pa.types.is_list(kind) else pa.LargeListArray
+        return maker.from_arrays(offsets, _cut_values(flat), mask=mask)
+    if pa.types.is_fixed_size_list(kind):
+        values = array.values.slice(array.offset * kind.list_size, len(array) * kind.list_size)
+        return pa.FixedSizeListArray.from_arrays(_cut_values(values), kind.list_size, mask=mask)
+    if pa.types.is_struct(kind):
+        children = [_cut_values(child) for child in array.flatten()]
+        return pa.StructArray.from_arrays(children, fields=[kind.field(i) for i in range(kind.num_fields)],
+                                          mask=mask) if children else array
+    if pa.types.is_map(kind):
+        bounds = array.offsets.to_numpy()
+        start, end = int(bounds[0]), int(bounds[-1])     # the entries of the values shown
+        keys, items = array.keys.slice(start, end - start), array.items.slice(start, end - start)
+        return pa.MapArray.from_arrays(_rebased(array.offsets, np.int32), _cut_values(keys), _cut_values(items),
+                                       mask=mask)
+    try:
+        return pc.take(array, pa.array(np.arange(len(array), dtype=np.int64)))    # its own, compact buffers
+    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
+        return array
+
+
+def _rebased(offsets: pa.Array, dtype) -> pa.Array:
+    """A list array's offsets starting at 0 (those of its flattened values)."""
+    values = offsets.to_numpy()
+    return pa.array((values - values[0]).astype(dtype))
+
+
+def _render(table: pa.Table, to_terminal: bool, total_rows: int, total_columns: int) -> tuple[str, int]:
+    """The table's text and the rows it shows (``table``: the columns shown, cut by :func:`cut_for_table`, at
+    most :func:`table_row_limit` rows)."""
     from rich.console import Console
     from rich.table import Table
 
     names = [_cut_text(name) for name in table.column_names]   # by position: duplicate names are kept
-    widths = [len(name) for name in names]
+    widths = [_width(name) for name in names]
     cells: list[list[str]] = []
     lines = 0
     done = False
@@ -175,7 +247,7 @@ def _render(table: pa.Table, to_terminal: bool, total_rows: int) -> tuple[str, i
         part = table.slice(start, _CONVERT_ROWS)
         columns = [_texts(field, column) for field, column in zip(table.schema, part.columns)]
         for texts in zip(*columns):
-            wider = [max(w, len(t)) for w, t in zip(widths, texts)]
+            wider = [max(w, _width(t)) for w, t in zip(widths, texts)]
             height = max([t.count("\n") + 1 for t in texts])
             # as printed: every line as wide as the widest value of each column (3 characters between and
             # around columns), the header and 3 border lines besides the rows'
@@ -199,7 +271,17 @@ def _render(table: pa.Table, to_terminal: bool, total_rows: int) -> tuple[str, i
     console.print(out)
     # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
     shown = len(cells) if table.num_columns else total_rows     # rows of no columns take no characters
-    return console.file.getvalue() + _row_note(total_rows, shown) + "\n", shown
+    return console.file.getvalue() + _row_note(total_rows, shown, table.num_columns, total_columns) + "\n", shown
+
+
+def _width(text: str) -> int:
+    """The columns ``text`` takes in a table cell as rich prints it: its widest line, tabs expanded, East Asian
+    wide characters counted twice."""
+    if text.isascii() and "\n" not in text and "\t" not in text:
+        return len(text)
+    from rich.cells import cell_len
+
+    return max(cell_len(line.expandtabs(8)) for line in text.split("\n"))
 
 
 def _texts(field: pa.Field, column: pa.ChunkedArray) -> list[str]:
@@ -210,10 +292,15 @@ def _texts(field: pa.Field, column: pa.ChunkedArray) -> list[str]:
     return [_cell(value) for value in _to_python(column)]
 
 
-def _row_note(total: int, shown: int) -> str:
+def _row_note(total: int, shown: int, columns: int = 0, total_columns: int = 0) -> str:
+    note = f"{total} row" + ("" if total == 1 else "s")
     if shown < total:
-        return f"{total} rows, first {shown} shown (use --format csv|json|parquet for all)"
-    return f"{total} row" + ("" if total == 1 else "s")
+        note += f", first {shown} shown"
+    if columns < total_columns:
+        note += f"; first {columns} of {total_columns} columns shown"
+    if shown < total or columns < total_columns:
+        note += " (use --format csv|json|parquet for all)"
+    return note
 
 
 _ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: _json_default(value))
@@ -227,7 +314,7 @@ def _cut_text(text: str) -> str:
 
 def _cell(value: Any) -> str:
     """A value's cell text (at most ``TABLE_MAX_CELL`` characters of it). A binary holds at most its first
-    ``TABLE_MAX_CELL + 1`` bytes here (:func:`cut_for_table`), a list or a struct is written as JSON up to the
+    ``TABLE_MAX_CELL + 1`` bytes here (:func:`cut_for_table`); a list or a struct is written as JSON up to the
     cut, not whole."""
     if value is None:
         return "NULL"
@@ -240,7 +327,7 @@ def _cell(value: Any) -> str:
         if len(text) > TABLE_MAX_CELL:
             return f"{text[:TABLE_MAX_CELL]}... ({len(value)} bytes; --format csv|json|parquet for all)"
         return text
-    if isinstance(value, (list, dict, tuple)):
+    if isinstance(value, (list, dict)):     # not a tuple: an interval (MonthDayNano) shows as itself
         pieces, length = [], 0
         for piece in _ENCODER.iterencode(value):
             pieces.append(piece)

@@ -218,8 +218,9 @@ def test_a_wide_table_shows_the_rows_that_fit_in_its_character_budget(monkeypatc
     text = output.render_table(table, total_rows=700)
     assert text.rstrip().endswith("700 rows, first 5 shown (use --format csv|json|parquet for all)")
     assert "0-4-" in text and "0-5-" not in text
-    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10)      # one row is always shown
-    assert output.render_table(table).rstrip().endswith("50 rows, first 1 shown (use --format csv|json|parquet for all)")
+    monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10)      # one row and one column are always shown
+    assert output.render_table(table).rstrip().endswith(
+        "50 rows, first 1 shown; first 1 of 10 columns shown (use --format csv|json|parquet for all)")
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 10**9)
     assert output.render_table(table).rstrip().endswith("\n50 rows")
     assert output.render_table(table.select([])).rstrip().endswith("\n50 rows")   # no columns: every row "shown"
