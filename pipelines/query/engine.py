@@ -352,9 +352,12 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
         return 1
     if output is not None:
         rows = written.rows
-        if written.shown < rows:     # a table holds its first rows
-            print(f"wrote the first {written.shown} of {rows} rows ({fmt}) to {output} (use --format "
-                  "csv|json|parquet for all)", file=stderr)
+        if written.shown < rows or written.columns_shown < written.columns:   # a table holds its first rows / columns
+            what = f"the first {written.shown} of {rows} rows" if written.shown < rows else \
+                f"{rows} row{'' if rows == 1 else 's'}"
+            if written.columns_shown < written.columns:
+                what += f" and the first {written.columns_shown} of {written.columns} columns"
+            print(f"wrote {what} ({fmt}) to {output} (use --format csv|json|parquet for all)", file=stderr)
         else:
             print(f"wrote {rows} row{'' if rows == 1 else 's'} ({fmt}) to {output}", file=stderr)
     return 0

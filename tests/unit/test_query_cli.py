@@ -470,7 +470,7 @@ def test_long_binaries_and_nested_values_are_cut_without_being_converted_whole()
     assert text.rstrip().endswith("\n3 rows") and "(more than 1000 bytes;" in text
 
 
-def test_a_table_written_to_a_file_says_which_rows_it_holds(built, tmp_path: Path) -> None:
+def test_a_table_written_to_a_file_says_which_rows_it_holds(built, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     home, _, _ = built
     target = tmp_path / "t.txt"
     out, err = io.StringIO(), io.StringIO()
@@ -482,3 +482,11 @@ def test_a_table_written_to_a_file_says_which_rows_it_holds(built, tmp_path: Pat
     assert query.run_query(home, "SELECT range AS n FROM range(7)", output=tmp_path / "u.txt", stdout=out,
                            stderr=err) == 0
     assert err.getvalue() == f"wrote 7 rows (table) to {tmp_path / 'u.txt'}\n"
+    err = io.StringIO()
+    monkeypatch.setattr(output, "TABLE_MAX_CELLS", 100)
+    wide = ", ".join(f"1 AS c{k:04d}" for k in range(150))       # more columns than TABLE_MAX_CELLS
+    assert query.run_query(home, f"SELECT {wide}", output=tmp_path / "w.txt", stdout=out, stderr=err) == 0
+    assert err.getvalue() == (f"wrote 1 row and the first 100 of 150 columns (table) to {tmp_path / 'w.txt'} "
+                              "(use --format csv|json|parquet for all)\n")
+    assert (tmp_path / "w.txt").read_text().rstrip().endswith(
+        "1 row; first 100 of 150 columns shown (use --format csv|json|parquet for all)")
