@@ -71,15 +71,11 @@ def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str,
         return Written(rows, rows, width, width)
     if fmt == "table":
         columns = table_columns(schema.names)
-        limit = table_row_limit(columns)
-        kept, rows = [], 0
-        for batch in batches:  # keep the first rows of the columns shown, cut to what a table shows; count the rest
-            if rows < limit:
-                part = pa.Table.from_batches([batch.slice(0, limit - rows)], schema=schema)
-                kept.append(cut_for_table(part.select(list(range(columns)))))
+        kept, rows = _TableRows(schema, columns), 0
+        for batch in batches:  # the first rows' cell texts, until a budget is spent; the rest only counted
+            kept.add(batch)
             rows += batch.num_rows
-        table = pa.concat_tables(kept) if kept else cut_for_table(schema.empty_table().select(list(range(columns))))
-        text, shown = _render(table, to_terminal, total_rows=rows, total_columns=width)
+        text, shown, columns = _render(kept, to_terminal, total_rows=rows, total_columns=width)
         sink.write(text.encode("utf-8"))
         return Written(rows, shown, width, columns)
     rows = _write_csv(schema, batches, sink) if fmt == "csv" else _write_json(schema, batches, sink)
@@ -127,9 +123,10 @@ def table_row_limit(columns: int, max_rows: int = TABLE_MAX_ROWS) -> int:
 
 
 def table_columns(names: list[str]) -> int:
-    """How many of the first columns a table shows: all of them, unless the header lines as printed (the
-    names, cut to ``TABLE_MAX_CELL`` characters, three borders and one row) would pass ``TABLE_MAX_CHARS``, or
-    one row of them ``TABLE_MAX_CELLS`` (at least one column). A PIVOT makes a column per value."""
+    """How many of the first columns a table may show, by their names: all of them, unless the header lines as
+    printed (the names, cut to ``TABLE_MAX_CELL`` characters, three borders and one row) would pass
+    ``TABLE_MAX_CHARS``, or one row of them ``TABLE_MAX_CELLS`` (at least one column). A PIVOT makes a column
+    per value. :func:`_render` then also counts the first row's values."""
     width = 2
     for k, name in enumerate(names):
         width += _width(_cut_text(name)) + 3
@@ -144,37 +141,52 @@ def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TAB
     are shown. The rows shown are at most ``max_rows``, at most ``TABLE_MAX_CELLS`` cells (rich lays a cell out
     in ~55 us: 1,000 rows of 300 integers took 17 s), and as many as fit in ``TABLE_MAX_CHARS`` characters as
     printed: every row is as wide as the widest value or column name of each column (a wide result of 60 columns
-    of 1,000 characters took rich 10-20 s to lay out as 64 MB of text); of a result with very many columns,
-    the first columns whose header fits (:func:`table_columns`). A value shows its first ``TABLE_MAX_CELL``
-    characters; strings and binaries are cut in Arrow, at any depth, before they become Python."""
-    columns = table_columns(table.column_names)
-    shown = table.select(list(range(columns))).slice(0, table_row_limit(columns, max_rows))
-    return _render(cut_for_table(shown), to_terminal, total_rows=table.num_rows if total_rows is None else total_rows,
+    of 1,000 characters took rich 10-20 s to lay out as 64 MB of text); of a result with very many columns, the
+    first columns whose header and first row fit. A cell shows at most ``TABLE_MAX_CELL`` characters of its
+    value, and only those are read: strings are cut in Arrow, nested values written as JSON straight from their
+    Arrow buffers until the cell is full (:class:`_Node`), never converted to Python whole.
+    The table is printed at its own width, also on a terminal (rich would fold wide cells into many lines)."""
+    kept = _TableRows(table.schema, table_columns(table.column_names), max_rows)
+    for batch in table.to_batches():
+        kept.add(batch)
+    return _render(kept, to_terminal, total_rows=table.num_rows if total_rows is None else total_rows,
                    total_columns=table.num_columns)[0]
 
 
-def cut_for_table(table: pa.Table) -> pa.Table:
-    """``table`` with every value cut to what a table cell can show of it, in new buffers (the batch it came
-    from need not be kept). A string longer than ``TABLE_MAX_CELL`` characters becomes its shown text, note
-    included; inside lists, structs and maps strings keep ``TABLE_MAX_CELL + 1`` characters, binaries
-    everywhere ``TABLE_MAX_CELL + 1`` bytes and lists ``TABLE_MAX_CELL`` items (what is cut is longer than
-    a cell anyway, so the cell's text is the same); other values are copied as they are."""
-    columns = []
-    for field, column in zip(table.schema, table.columns):
-        chunks = [_decoded(chunk) for chunk in column.chunks]
-        kind = chunks[0].type if chunks else field.type
-        if pa.types.is_dictionary(kind):
-            kind = kind.value_type
-        if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-            columns.append(_cut_strings(pa.chunked_array(chunks, kind)))
-        else:
-            cut = [_cut_values(chunk) for chunk in chunks]
-            columns.append(pa.chunked_array(cut, cut[0].type if cut else kind))
-    return pa.table(columns, names=table.column_names)
+class _TableRows:
+    """The cell texts of a result's first rows, for :func:`_render`: at most ``table_row_limit`` rows of the
+    first ``columns`` columns, made text :data:`_CONVERT_ROWS` rows at a time until their cells hold more than
+    ``TABLE_MAX_CHARS`` characters (a table prints at least that many). Nothing of a batch is kept but text."""
+
+    def __init__(self, schema: pa.Schema, columns: int, max_rows: int = TABLE_MAX_ROWS) -> None:
+        self.names = [_cut_text(name) for name in schema.names[:columns]]   # by position: duplicates are kept
+        self.kinds = [schema.field(i).type for i in range(columns)]
+        self.columns = columns
+        self.limit = table_row_limit(columns, max_rows)
+        self.rows: list[list[str]] = []
+        self.chars = 0
+
+    def add(self, batch: pa.RecordBatch) -> None:
+        for start in range(0, batch.num_rows, _CONVERT_ROWS):
+            if len(self.rows) >= self.limit or self.chars > TABLE_MAX_CHARS or not self.columns:
+                return
+            part = batch.slice(start, min(_CONVERT_ROWS, self.limit - len(self.rows)))
+            texts = [_column_texts(part.column(i)) for i in range(self.columns)]
+            for row in zip(*texts):
+                self.rows.append(list(row))
+                self.chars += sum(map(len, row))
 
 
-def _decoded(array: pa.Array) -> pa.Array:
-    return array.dictionary_decode() if pa.types.is_dictionary(array.type) else array
+def _column_texts(array: pa.Array) -> list[str]:
+    """Each value of ``array`` as its table cell's text."""
+    kind = array.type
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
+        return ["NULL" if value is None else value for value in _cut_strings(pa.chunked_array([array])).to_pylist()]
+    if (pa.types.is_nested(kind) or pa.types.is_dictionary(kind) or pa.types.is_binary(kind)
+            or pa.types.is_large_binary(kind)):
+        node = _node(array)
+        return [node.cell(i) for i in range(len(array))]
+    return [_cell(value) for value in _to_python(array)]
 
 
 def _cut_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
@@ -191,87 +203,279 @@ def _cut_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     return head
 
 
-def _cut_values(array: pa.Array) -> pa.Array:
-    """``array`` with every string and binary in it, at any depth, cut to ``TABLE_MAX_CELL + 1`` characters or
-    bytes and every list to ``TABLE_MAX_CELL`` items, in new buffers."""
-    array = _decoded(array)
+class _Full(Exception):
+    """A cell's text passed ``TABLE_MAX_CELL`` characters: the rest of its value is not read."""
+
+
+class _Out:
+    """A cell's text as it is written; raises :class:`_Full` once it holds more than ``TABLE_MAX_CELL``."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+    def add(self, text: str) -> None:
+        self.parts.append(text)
+        self.size += len(text)
+        if self.size > TABLE_MAX_CELL:
+            raise _Full
+
+    def room(self) -> int:
+        """Characters that still fit, and one more (so that what does not fit shows)."""
+        return max(1, TABLE_MAX_CELL + 1 - self.size)
+
+    def text(self) -> str:
+        return "".join(self.parts)
+
+
+_MORE = f"... (more than {TABLE_MAX_CELL} characters; --format csv|json|parquet for all)"
+
+
+class _Node:
+    """One Arrow array (and, below it, its children) read value by value for a table cell: ``cell(i)`` is the
+    text a table shows for value ``i``, ``json(i, out)`` writes it as ``json.dumps`` would (ensure_ascii off,
+    bytes as hex, dates ISO) into ``out`` until the cell is full. Only the values and bytes a cell shows are
+    read, so a cell costs what it shows, however large its value (lists of lists, maps of a million entries,
+    strings of megabytes inside structs or unions)."""
+
+    def __init__(self, array: pa.Array, valid: bool = True) -> None:
+        self.array = array
+        self.valid = (array.is_valid().to_numpy(zero_copy_only=False)
+                      if valid and array.null_count else None)
+
+    def null(self, i: int) -> bool:
+        return self.valid is not None and not self.valid[i]
+
+    def cell(self, i: int) -> str:
+        if self.null(i):
+            return "NULL"
+        out = _Out()
+        try:
+            self.json(i, out)
+        except _Full:
+            return out.text()[:TABLE_MAX_CELL] + _MORE
+        return out.text()
+
+    def json(self, i: int, out: _Out) -> None:
+        if self.null(i):
+            out.add("null")
+            return
+        try:
+            value = self.array[i].as_py()
+        except (OverflowError, ValueError):       # a date Python cannot hold: as _to_python writes it
+            value = _to_python(self.array.slice(i, 1))[0]
+        out.add(_ENCODER.encode(value))
+
+
+class _ValueNode(_Node):
+    def cell(self, i: int) -> str:
+        if self.null(i):
+            return "NULL"
+        try:
+            return _cell(self.array[i].as_py())
+        except (OverflowError, ValueError):
+            return _cell(_to_python(self.array.slice(i, 1))[0])
+
+
+class _BytesNode(_Node):
+    """A string or binary array, read straight from its offsets and data buffers."""
+
+    def __init__(self, array: pa.Array) -> None:
+        super().__init__(array)
+        kind = array.type
+        wide = pa.types.is_large_string(kind) or pa.types.is_large_binary(kind)
+        buffers = array.buffers()
+        self.offsets = np.frombuffer(buffers[1], dtype=np.int64 if wide else np.int32)[
+            array.offset:array.offset + len(array) + 1] if len(array) else np.zeros(1, np.int64)
+        self.data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+        self.text = pa.types.is_string(kind) or pa.types.is_large_string(kind)
+
+    def head(self, i: int, count: int) -> str | bytes:
+        """The first ``count`` characters (a string) or bytes (a binary) of value ``i``."""
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        if not self.text:
+            return self.data[start:min(end, start + count)].tobytes()
+        raw = self.data[start:min(end, start + 4 * count)].tobytes()
+        return raw.decode("utf-8", "ignore")[:count]       # "ignore": only a character cut at the end
+
+    def cell(self, i: int) -> str:
+        if self.null(i):
+            return "NULL"
+        if not self.text:
+            return _cell(self.head(i, TABLE_MAX_CELL + 1))
+        text = self.head(i, TABLE_MAX_CELL + 1)
+        if len(text) <= TABLE_MAX_CELL:
+            return text
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        length = int(np.count_nonzero((self.data[start:end] & 0xC0) != 0x80))    # characters: their first bytes
+        return f"{text[:TABLE_MAX_CELL]}... ({length} characters; --format csv|json|parquet for all)"
+
+    def json(self, i: int, out: _Out) -> None:
+        if self.null(i):
+            out.add("null")
+        elif self.text:
+            out.add(_ENCODER.encode(self.head(i, out.room())))
+        else:
+            out.add(_ENCODER.encode(self.head(i, out.room() // 2 + 1).hex()))
+
+
+class _ListNode(_Node):
+    """Lists, large lists, fixed-size lists and maps (a map's entries as ``[key, value]`` pairs)."""
+
+    def __init__(self, array: pa.Array) -> None:
+        super().__init__(array)
+        kind = array.type
+        if pa.types.is_fixed_size_list(kind):
+            size = kind.list_size
+            self.offsets = (np.arange(len(array) + 1, dtype=np.int64) + array.offset) * size
+            self.items = [_node(array.values)]
+        elif pa.types.is_map(kind):
+            self.offsets = array.offsets.to_numpy()
+            self.items = [_node(array.keys), _node(array.items)]
+        else:
+            self.offsets = array.offsets.to_numpy()
+            self.items = [_node(array.values)]
+
+    def json(self, i: int, out: _Out) -> None:
+        if self.null(i):
+            out.add("null")
+            return
+        out.add("[")
+        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        for j in range(start, end):
+            if j > start:
+                out.add(", ")
+            if len(self.items) == 1:
+                self.items[0].json(j, out)
+            else:
+                out.add("[")
+                self.items[0].json(j, out)
+                out.add(", ")
+                self.items[1].json(j, out)
+                out.add("]")
+        out.add("]")
+
+
+class _StructNode(_Node):
+    def __init__(self, array: pa.StructArray) -> None:
+        super().__init__(array)
+        kind = array.type
+        # field(k): the child for this array's rows (offset applied); flatten() would also check a union child's
+        # buffers, and Arrow aborts the process on DuckDB's unions there
+        self.fields = [(_ENCODER.encode(kind.field(k).name) + ": ", _node(array.field(k)))
+                       for k in range(kind.num_fields)]
+
+    def json(self, i: int, out: _Out) -> None:
+        if self.null(i):
+            out.add("null")
+            return
+        out.add("{")
+        for k, (name, child) in enumerate(self.fields):
+            out.add((", " if k else "") + name)
+            child.json(i, out)
+        out.add("}")
+
+
+class _UnionNode(_Node):
+    """A union's value is its member's (the top level shows it as that member's cell would)."""
+
+    def __init__(self, array: pa.UnionArray) -> None:
+        super().__init__(array, valid=False)     # a union has no nulls of its own: its members do
+        kind = array.type
+        self.codes = array.type_codes.to_numpy(zero_copy_only=False)
+        self.member = {code: k for k, code in enumerate(kind.type_codes)}
+        self.children = [_node(array.field(k)) for k in range(kind.num_fields)]
+        self.offsets = array.offsets.to_numpy(zero_copy_only=False) if kind.mode == "dense" else None
+
+    def _at(self, i: int) -> tuple[_Node, int]:
+        child = self.children[self.member[int(self.codes[i])]]
+        return child, (int(self.offsets[i]) if self.offsets is not None else i)
+
+    def cell(self, i: int) -> str:
+        child, j = self._at(i)
+        return child.cell(j)
+
+    def json(self, i: int, out: _Out) -> None:
+        child, j = self._at(i)
+        child.json(j, out)
+
+
+class _DictionaryNode(_Node):
+    def __init__(self, array: pa.DictionaryArray) -> None:
+        super().__init__(array)
+        self.indices = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
+        self.values = _node(array.dictionary)
+
+    def cell(self, i: int) -> str:
+        return "NULL" if self.null(i) else self.values.cell(int(self.indices[i]))
+
+    def json(self, i: int, out: _Out) -> None:
+        if self.null(i):
+            out.add("null")
+        else:
+            self.values.json(int(self.indices[i]), out)
+
+
+def _node(array: pa.Array) -> _Node:
     kind = array.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return pc.utf8_slice_codeunits(array, 0, TABLE_MAX_CELL + 1)
-    if pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
-        return pc.binary_slice(array, 0, TABLE_MAX_CELL + 1)
-    mask = array.is_null() if array.null_count else None
-    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
-        sliced = pc.list_slice(array, 0, TABLE_MAX_CELL)
-        flat = sliced.flatten()
-        offsets = _rebased(sliced.offsets, np.int32 if pa.types.is_list(kind) else np.int64)
-        maker = pa.ListArray if pa.types.is_list(kind) else pa.LargeListArray
-        return maker.from_arrays(offsets, _cut_values(flat), mask=mask)
-    if pa.types.is_fixed_size_list(kind):
-        values = array.values.slice(array.offset * kind.list_size, len(array) * kind.list_size)
-        return pa.FixedSizeListArray.from_arrays(_cut_values(values), kind.list_size, mask=mask)
+    if pa.types.is_dictionary(kind):
+        return _DictionaryNode(array)
+    if any(check(kind) for check in (pa.types.is_string, pa.types.is_large_string, pa.types.is_binary,
+                                     pa.types.is_large_binary)):
+        return _BytesNode(array)
+    if any(check(kind) for check in (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list,
+                                     pa.types.is_map)):
+        return _ListNode(array)
     if pa.types.is_struct(kind):
-        children = [_cut_values(child) for child in array.flatten()]
-        return pa.StructArray.from_arrays(children, fields=[kind.field(i) for i in range(kind.num_fields)],
-                                          mask=mask) if children else array
-    if pa.types.is_map(kind):
-        bounds = array.offsets.to_numpy()
-        start, end = int(bounds[0]), int(bounds[-1])     # the entries of the values shown
-        keys, items = array.keys.slice(start, end - start), array.items.slice(start, end - start)
-        return pa.MapArray.from_arrays(_rebased(array.offsets, np.int32), _cut_values(keys), _cut_values(items),
-                                       mask=mask)
-    try:
-        return pc.take(array, pa.array(np.arange(len(array), dtype=np.int64)))    # its own, compact buffers
-    except (pa.ArrowNotImplementedError, pa.ArrowInvalid):
-        return array
+        return _StructNode(array)
+    if pa.types.is_union(kind):
+        return _UnionNode(array)
+    return _ValueNode(array)
 
 
-def _rebased(offsets: pa.Array, dtype) -> pa.Array:
-    """A list array's offsets starting at 0 (those of its flattened values)."""
-    values = offsets.to_numpy()
-    return pa.array((values - values[0]).astype(dtype))
-
-
-def _render(table: pa.Table, to_terminal: bool, total_rows: int, total_columns: int) -> tuple[str, int]:
-    """The table's text and the rows it shows (``table``: the columns shown, cut by :func:`cut_for_table`, at
-    most :func:`table_row_limit` rows)."""
+def _render(kept: _TableRows, to_terminal: bool, total_rows: int, total_columns: int) -> tuple[str, int, int]:
+    """The table's text, the rows it shows and the columns it shows. ``to_terminal`` changes nothing: the table
+    is printed at its own width (rich would fold it to the terminal's, into more lines than the budget counts)."""
     from rich.console import Console
     from rich.table import Table
 
-    names = [_cut_text(name) for name in table.column_names]   # by position: duplicate names are kept
-    widths = [_width(name) for name in names]
+    names, rows = kept.names, kept.rows
+    # the columns whose header and first row fit (the header lines as printed: 3 borders, the names, one row)
+    shown, width = len(names), 2
+    for k, name in enumerate(names):
+        width += max(_width(name), _width(rows[0][k]) if rows else 0) + 3
+        if k and 5 * width > TABLE_MAX_CHARS:
+            shown = k
+            break
+    widths = [_width(name) for name in names[:shown]]
     cells: list[list[str]] = []
     lines = 0
-    done = False
-    for start in range(0, table.num_rows, _CONVERT_ROWS):
-        part = table.slice(start, _CONVERT_ROWS)
-        columns = [_texts(field, column) for field, column in zip(table.schema, part.columns)]
-        for texts in zip(*columns):
-            wider = [max(w, _width(t)) for w, t in zip(widths, texts)]
-            height = max([t.count("\n") + 1 for t in texts])
-            # as printed: every line as wide as the widest value of each column (3 characters between and
-            # around columns), the header and 3 border lines besides the rows'
-            if cells and (lines + height + 4) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
-                done = True
-                break
-            cells.append(list(texts))
-            widths, lines = wider, lines + height
-        if done:
+    for row in rows:
+        texts = row[:shown]
+        wider = [max(w, _width(t)) for w, t in zip(widths, texts)]
+        height = max([t.count("\n") + 1 for t in texts])
+        # as printed: every line as wide as the widest value of each column (3 characters between and
+        # around columns), the header and 3 border lines besides the rows'
+        if cells and (lines + height + 4) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
             break
+        cells.append(texts)
+        widths, lines = wider, lines + height
     out = Table(show_lines=False)
-    for i, name in enumerate(names):
-        kind = table.schema.field(i).type
+    for i, name in enumerate(names[:shown]):
+        kind = kept.kinds[i]
         numeric = pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_decimal(kind)
         out.add_column(name, justify="right" if numeric else "left", overflow="fold")
     for row in cells:
         out.add_row(*row)
-    width = None if to_terminal else max(40, sum(widths) + 3 * len(widths) + 4)
-    console = Console(file=io.StringIO(), width=width, force_terminal=False, color_system=None,
-                      highlight=False, emoji=False, markup=False)
+    console = Console(file=io.StringIO(), width=max(40, sum(widths) + 3 * len(widths) + 4), force_terminal=False,
+                      color_system=None, highlight=False, emoji=False, markup=False)
     console.print(out)
     # the row count on its own line: as a caption rich would wrap it to the width of a narrow table
-    shown = len(cells) if table.num_columns else total_rows     # rows of no columns take no characters
-    return console.file.getvalue() + _row_note(total_rows, shown, table.num_columns, total_columns) + "\n", shown
+    rows_shown = len(cells) if shown else total_rows     # rows of no columns take no characters
+    note = _row_note(total_rows, rows_shown, shown, total_columns)
+    return console.file.getvalue() + note + "\n", rows_shown, shown
 
 
 def _width(text: str) -> int:
@@ -282,14 +486,6 @@ def _width(text: str) -> int:
     from rich.cells import cell_len
 
     return max(cell_len(line.expandtabs(8)) for line in text.split("\n"))
-
-
-def _texts(field: pa.Field, column: pa.ChunkedArray) -> list[str]:
-    """Each value of a cut column (:func:`cut_for_table`) as its cell's text."""
-    kind = field.type
-    if pa.types.is_string(kind) or pa.types.is_large_string(kind):
-        return ["NULL" if value is None else value for value in column.to_pylist()]
-    return [_cell(value) for value in _to_python(column)]
 
 
 def _row_note(total: int, shown: int, columns: int = 0, total_columns: int = 0) -> str:
@@ -314,8 +510,7 @@ def _cut_text(text: str) -> str:
 
 def _cell(value: Any) -> str:
     """A value's cell text (at most ``TABLE_MAX_CELL`` characters of it). A binary holds at most its first
-    ``TABLE_MAX_CELL + 1`` bytes here (:func:`cut_for_table`); a list or a struct is written as JSON up to the
-    cut, not whole."""
+    ``TABLE_MAX_CELL + 1`` bytes here (:class:`_BytesNode`); a list or a dict is written as JSON up to the cut."""
     if value is None:
         return "NULL"
     if isinstance(value, float):
@@ -333,8 +528,7 @@ def _cell(value: Any) -> str:
             pieces.append(piece)
             length += len(piece)
             if length > TABLE_MAX_CELL:
-                return f"{''.join(pieces)[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} characters; " \
-                       "--format csv|json|parquet for all)"
+                return f"{''.join(pieces)[:TABLE_MAX_CELL]}{_MORE}"
         return "".join(pieces)
     return _cut_text(str(value))
 

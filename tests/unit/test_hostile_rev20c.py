@@ -51,9 +51,6 @@ def _duck(sql: str) -> pa.Table:
 # 'ok'::ENUM('sad','ok')} AS m"` fails so (checked end to end); the table before 4a1d87d showed {"m": "ok"}.
 # The same for a list of structs of enums, a struct of a list of enums, a struct of a struct of an enum.
 
-@pytest.mark.xfail(strict=True, reason="_cut_values rebuilds a struct with its original field types after "
-                   "decoding a dictionary (ENUM) child: ArrowInvalid 'Struct child array #0 does not match type "
-                   "field', so any struct holding an ENUM fails the query (exit 2)")
 @pytest.mark.parametrize("sql, cell", [
     ("SELECT {'m': 'ok'::ENUM('sad', 'ok')} AS v", '{"m": "ok"}'),
     ("SELECT [{'m': 'ok'::ENUM('sad', 'ok')}] AS v", '[{"m": "ok"}]'),
@@ -80,9 +77,6 @@ sys.stdout.write(output.render_table(table))
 """
 
 
-@pytest.mark.xfail(strict=True, reason="_cut_values' struct branch calls StructArray.flatten() on DuckDB's "
-                   "sparse union child (which has a validity buffer): Arrow aborts the process (SIGABRT, "
-                   "'array_nested.cc: Check failed') for any struct holding a UNION")
 def test_a_union_inside_a_struct_does_not_abort_the_process() -> None:
     done = subprocess.run([sys.executable, "-c", _UNION_IN_STRUCT], capture_output=True, text=True,
                           timeout=60, cwd=ROOT)
@@ -97,8 +91,6 @@ def test_a_union_inside_a_struct_does_not_abort_the_process() -> None:
 # union_value(s := repeat('x', 2000000)) take 62 MiB of Python memory to print 37 KiB, what rev20b's fix
 # removed for structs, lists and maps ("strings/binaries cut at any depth").
 
-@pytest.mark.xfail(strict=True, reason="_cut_values does not recurse into unions (pc.take copies them whole): "
-                   "32 rows of a UNION of 2 MB strings take ~62 MiB of Python memory to print 37 KiB")
 def test_strings_inside_a_union_are_cut_before_they_become_python() -> None:
     table = _duck("SELECT union_value(s := repeat('x', 2000000)) AS u FROM range(32)")
     tracemalloc.start()
@@ -118,8 +110,6 @@ def test_strings_inside_a_union_are_cut_before_they_become_python() -> None:
 # memory (and 1 s) to print 1,000 characters; 32 such rows, ~3 GB. DuckDB builds one with
 # map_from_entries(list_transform(range(1000000), lambda x: {'k': x, 'v': 0})).
 
-@pytest.mark.xfail(strict=True, reason="_cut_values' map branch keeps every entry (no list_slice): one map of "
-                   "1,000,000 entries takes ~93 MiB of Python memory to print a 1,000-character cell")
 def test_a_map_is_cut_to_what_a_cell_shows() -> None:
     n = 1_000_000
     entries = pa.MapArray.from_arrays(pa.array([0, n], pa.int32()), pa.array(np.arange(n, dtype=np.int32)),
@@ -149,8 +139,6 @@ def _lists_of_lists(rows: int, n: int = 1000) -> pa.Array:
     return pa.ListArray.from_arrays(pa.array(np.arange(0, rows * n + 1, n, dtype=np.int32)), inner)
 
 
-@pytest.mark.xfail(strict=True, reason="cut_for_table cuts each nesting level to 1,000 items on its own: a list "
-                   "of lists keeps 1,000,000 leaves a cell; 8 such rows take ~69 MiB of Python memory to print 12 KiB")
 def test_nested_lists_are_cut_to_what_a_cell_shows() -> None:
     table = pa.table({"v": _lists_of_lists(8)})
     tracemalloc.start()
@@ -163,9 +151,6 @@ def test_nested_lists_are_cut_to_what_a_cell_shows() -> None:
     assert peak < 16 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 10} KiB"
 
 
-@pytest.mark.xfail(strict=True, reason="cut_for_table keeps 1,000 items x 1,001 characters of a list of strings "
-                   "(1 MB a cell that shows 1,000 characters): write_result holds ~193 MiB of Arrow memory for "
-                   "200 such rows")
 def test_a_table_holds_about_what_it_shows_of_lists_of_long_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     schema = pa.schema([("v", pa.list_(pa.string()))])
     held = []
@@ -197,8 +182,6 @@ def test_a_table_holds_about_what_it_shows_of_lists_of_long_strings(monkeypatch:
 # of its 5 lines: 40 MB, ten times TABLE_MAX_CHARS -- rev20b's case 5 with the long text in the values.
 # Here with the budget made 40x smaller: 1,000 columns of 1,000-character values print 5 MB against 100 KB.
 
-@pytest.mark.xfail(strict=True, reason="table_columns counts only the column names; the first row is always "
-                   "laid out whole: 1,000 short-named columns of 1,000-character values print 50x TABLE_MAX_CHARS")
 def test_the_first_rows_values_stay_within_the_table_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 100_000)
     table = pa.table({f"n{k:05d}": pa.array(["x" * 1000, "y"]) for k in range(1000)})
@@ -214,8 +197,6 @@ def test_the_first_rows_values_stay_within_the_table_budget(monkeypatch: pytest.
 # characters. 100 such rows print 8.1 MB where the budget counted 115 KB (1,000 rows: 81 MB and a minute of
 # rich). Here with the budget made 10x smaller: 40 rows print 3.2 MB against 400 KB.
 
-@pytest.mark.xfail(strict=True, reason="with to_terminal the budget ignores rich's folding to the terminal width: "
-                   "a 1,000-character value beside 17 columns folds into 1,000 lines; 40 rows print 8x TABLE_MAX_CHARS")
 def test_a_terminal_table_stays_within_the_table_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "80")
     monkeypatch.setenv("LINES", "25")

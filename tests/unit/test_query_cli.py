@@ -456,9 +456,7 @@ def test_long_binaries_and_nested_values_are_cut_without_being_converted_whole()
     table = pa.table({"b": [b"q" * 300, b"\0" * 300, b"r" * 5_000_000],
                       "l": [list(range(3)), list(range(1_000_000)), None],
                       "st": [{"a": "y"}, {"a": "x" * 5_000_000}, None]})
-    cut = output.cut_for_table(table)
-    assert cut.column("b").to_pylist()[2] == b"r" * 1001 and len(cut.column("l").to_pylist()[1]) == 1000
-    cells = [output._texts(field, column) for field, column in zip(cut.schema, cut.columns)]
+    cells = [output._column_texts(column.chunk(0)) for column in table.columns]
     assert cells[0][0] == str(b"q" * 300)                                      # short: as before, whole
     assert cells[0][1] == str(b"\0" * 300)[:1000] + "... (300 bytes; --format csv|json|parquet for all)"
     assert cells[0][2] == str(b"r" * 1001)[:1000] + "... (more than 1000 bytes; --format csv|json|parquet for all)"
