@@ -126,11 +126,13 @@ def table_columns(names: list[str]) -> int:
     """How many of the first columns a table may show, by their names: all of them, unless the header lines as
     printed (the names, cut to ``TABLE_MAX_CELL`` characters, three borders and one row) would pass
     ``TABLE_MAX_CHARS``, or one row of them ``TABLE_MAX_CELLS`` (at least one column). A PIVOT makes a column
-    per value. :func:`_render` then also counts the first row's values."""
-    width = 2
+    per value. :class:`_TableRows` then also counts the first row's values."""
+    width, high = 2, 1
     for k, name in enumerate(names):
-        width += _width(_cut_text(name)) + 3
-        if k and (5 * width > TABLE_MAX_CHARS or k >= TABLE_MAX_CELLS):
+        cut = _cut_text(name)
+        width += _width(cut) + 3
+        high = max(high, _height(cut))
+        if k and ((high + 4) * width > TABLE_MAX_CHARS or k >= TABLE_MAX_CELLS):
             return k
     return len(names)
 
@@ -154,27 +156,54 @@ def render_table(table: pa.Table, to_terminal: bool = False, max_rows: int = TAB
 
 
 class _TableRows:
-    """The cell texts of a result's first rows, for :func:`_render`: at most ``table_row_limit`` rows of the
-    first ``columns`` columns, made text :data:`_CONVERT_ROWS` rows at a time until their cells hold more than
+    """The cell texts of a result's first rows, for :func:`_render`, and the columns shown: of the first
+    ``columns`` (:func:`table_columns`), those whose header and first row fit ``TABLE_MAX_CHARS`` as printed (the
+    first row is made text column by column until they do not); then at most ``table_row_limit`` rows, made text
+    a few at a time (:data:`_CONVERT_ROWS`, fewer for wide rows) until their cells hold more than
     ``TABLE_MAX_CHARS`` characters (a table prints at least that many). Nothing of a batch is kept but text."""
 
     def __init__(self, schema: pa.Schema, columns: int, max_rows: int = TABLE_MAX_ROWS) -> None:
         self.names = [_cut_text(name) for name in schema.names[:columns]]   # by position: duplicates are kept
         self.kinds = [schema.field(i).type for i in range(columns)]
         self.columns = columns
+        self.max_rows = max_rows
         self.limit = table_row_limit(columns, max_rows)
         self.rows: list[list[str]] = []
         self.chars = 0
 
     def add(self, batch: pa.RecordBatch) -> None:
-        for start in range(0, batch.num_rows, _CONVERT_ROWS):
+        start = 0
+        if not self.rows and batch.num_rows and self.columns:
+            self._first_row(batch.slice(0, 1))
+            start = 1
+        step = max(1, min(_CONVERT_ROWS, TABLE_MAX_CHARS // max(1, self.columns * (TABLE_MAX_CELL + 80))))
+        while start < batch.num_rows:
             if len(self.rows) >= self.limit or self.chars > TABLE_MAX_CHARS or not self.columns:
                 return
-            part = batch.slice(start, min(_CONVERT_ROWS, self.limit - len(self.rows)))
+            part = batch.slice(start, min(step, self.limit - len(self.rows)))
             texts = [_column_texts(part.column(i)) for i in range(self.columns)]
             for row in zip(*texts):
                 self.rows.append(list(row))
                 self.chars += sum(map(len, row))
+            start += part.num_rows
+
+    def _first_row(self, first: pa.RecordBatch) -> None:
+        """The first row's texts, and the columns shown: those whose header lines and first row fit as printed
+        (their tallest name, the row's tallest value and three borders, at the width of both; at least one)."""
+        texts: list[str] = []
+        width, header, row = 2, 1, 1
+        for k in range(self.columns):
+            text = _column_texts(first.column(k))[0]
+            width += max(_width(self.names[k]), _width(text)) + 3
+            header, row = max(header, _height(self.names[k])), max(row, _height(text))
+            if k and (header + row + 3) * width > TABLE_MAX_CHARS:
+                break
+            texts.append(text)
+        self.columns = len(texts)
+        self.names, self.kinds = self.names[:self.columns], self.kinds[:self.columns]
+        self.limit = table_row_limit(self.columns, self.max_rows)
+        self.rows.append(texts)
+        self.chars += sum(map(len, texts))
 
 
 def _column_texts(array: pa.Array) -> list[str]:
@@ -242,11 +271,20 @@ class _Node:
 
     def __init__(self, array: pa.Array, valid: bool = True) -> None:
         self.array = array
-        self.valid = (array.is_valid().to_numpy(zero_copy_only=False)
-                      if valid and array.null_count else None)
+        self.bits: np.ndarray | None = None       # the validity bitmap, read a bit at a time (no array per child)
+        self.all_null = False
+        if valid and array.null_count:
+            bitmap = array.buffers()[0]
+            if bitmap is None:                     # the null type: every value is null
+                self.all_null = True
+            else:
+                self.bits = np.frombuffer(bitmap, dtype=np.uint8)
 
     def null(self, i: int) -> bool:
-        return self.valid is not None and not self.valid[i]
+        if self.bits is None:
+            return self.all_null
+        at = self.array.offset + i
+        return not (int(self.bits[at >> 3]) >> (at & 7)) & 1
 
     def cell(self, i: int) -> str:
         if self.null(i):
@@ -309,7 +347,9 @@ class _BytesNode(_Node):
         if len(text) <= TABLE_MAX_CELL:
             return text
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-        length = int(np.count_nonzero((self.data[start:end] & 0xC0) != 0x80))    # characters: their first bytes
+        length = 0      # characters: their first bytes, counted a MiB at a time
+        for at in range(start, end, 1 << 20):
+            length += int(np.count_nonzero((self.data[at:min(end, at + (1 << 20))] & 0xC0) != 0x80))
         return f"{text[:TABLE_MAX_CELL]}... ({length} characters; --format csv|json|parquet for all)"
 
     def json(self, i: int, out: _Out) -> None:
@@ -384,10 +424,13 @@ class _UnionNode(_Node):
     def __init__(self, array: pa.UnionArray) -> None:
         super().__init__(array, valid=False)     # a union has no nulls of its own: its members do
         kind = array.type
-        self.codes = array.type_codes.to_numpy(zero_copy_only=False)
+        # from the buffers, at this array's offset (pyarrow's type_codes / offsets of a sliced union start at
+        # the buffer's first row); a sparse member (field(k)) is sliced already, a dense one is indexed by offset
+        buffers, rows = array.buffers(), slice(array.offset, array.offset + len(array))
+        self.codes = np.frombuffer(buffers[1], dtype=np.int8)[rows]
         self.member = {code: k for k, code in enumerate(kind.type_codes)}
         self.children = [_node(array.field(k)) for k in range(kind.num_fields)]
-        self.offsets = array.offsets.to_numpy(zero_copy_only=False) if kind.mode == "dense" else None
+        self.offsets = np.frombuffer(buffers[2], dtype=np.int32)[rows] if kind.mode == "dense" else None
 
     def _at(self, i: int) -> tuple[_Node, int]:
         child = self.children[self.member[int(self.codes[i])]]
@@ -442,23 +485,17 @@ def _render(kept: _TableRows, to_terminal: bool, total_rows: int, total_columns:
     from rich.table import Table
 
     names, rows = kept.names, kept.rows
-    # the columns whose header and first row fit (the header lines as printed: 3 borders, the names, one row)
-    shown, width = len(names), 2
-    for k, name in enumerate(names):
-        width += max(_width(name), _width(rows[0][k]) if rows else 0) + 3
-        if k and 5 * width > TABLE_MAX_CHARS:
-            shown = k
-            break
-    widths = [_width(name) for name in names[:shown]]
+    shown = len(names)
+    header = max([_height(name) for name in names] or [1])
+    widths = [_width(name) for name in names]
     cells: list[list[str]] = []
     lines = 0
-    for row in rows:
-        texts = row[:shown]
+    for texts in rows:
         wider = [max(w, _width(t)) for w, t in zip(widths, texts)]
-        height = max([t.count("\n") + 1 for t in texts])
+        height = max([_height(t) for t in texts])
         # as printed: every line as wide as the widest value of each column (3 characters between and
-        # around columns), the header and 3 border lines besides the rows'
-        if cells and (lines + height + 4) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
+        # around columns), the header's lines and 3 borders besides the rows'
+        if cells and (lines + height + header + 3) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
             break
         cells.append(texts)
         widths, lines = wider, lines + height
@@ -479,13 +516,18 @@ def _render(kept: _TableRows, to_terminal: bool, total_rows: int, total_columns:
 
 
 def _width(text: str) -> int:
-    """The columns ``text`` takes in a table cell as rich prints it: its widest line, tabs expanded, East Asian
-    wide characters counted twice."""
+    """The characters of ``text``'s widest line as a table cell prints it: tabs expanded, and East Asian wide
+    characters counted twice (the columns rich gives it) but zero-width ones once (they are printed too)."""
     if text.isascii() and "\n" not in text and "\t" not in text:
         return len(text)
     from rich.cells import cell_len
 
-    return max(cell_len(line.expandtabs(8)) for line in text.split("\n"))
+    return max(max(len(line), cell_len(line)) for line in text.expandtabs(8).split("\n"))
+
+
+def _height(text: str) -> int:
+    """The lines ``text`` takes in a table cell."""
+    return text.count("\n") + 1
 
 
 def _row_note(total: int, shown: int, columns: int = 0, total_columns: int = 0) -> str:
