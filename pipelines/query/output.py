@@ -7,6 +7,7 @@ import dataclasses
 import io
 import json
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Iterator, TextIO
 
@@ -129,7 +130,7 @@ def table_columns(names: list[str]) -> int:
     per value. :class:`_TableRows` then also counts the first row's values."""
     width, high = 2, 1
     for k, name in enumerate(names):
-        cut = _cut_text(name)
+        cut = _printable(_cut_text(name))
         width += _width(cut) + 3
         high = max(high, _height(cut))
         if k and ((high + 4) * width > TABLE_MAX_CHARS or k >= TABLE_MAX_CELLS):
@@ -163,7 +164,7 @@ class _TableRows:
     ``TABLE_MAX_CHARS`` characters (a table prints at least that many). Nothing of a batch is kept but text."""
 
     def __init__(self, schema: pa.Schema, columns: int, max_rows: int = TABLE_MAX_ROWS) -> None:
-        self.names = [_cut_text(name) for name in schema.names[:columns]]   # by position: duplicates are kept
+        self.names = [_printable(_cut_text(name)) for name in schema.names[:columns]]   # by position: duplicates kept
         self.kinds = [schema.field(i).type for i in range(columns)]
         self.columns = columns
         self.max_rows = max_rows
@@ -183,7 +184,8 @@ class _TableRows:
             part = batch.slice(start, min(step, self.limit - len(self.rows)))
             texts = [_column_texts(part.column(i)) for i in range(self.columns)]
             for row in zip(*texts):
-                self.rows.append(list(row))
+                row = [_printable(text) for text in row]
+                self.rows.append(row)
                 self.chars += sum(map(len, row))
             start += part.num_rows
 
@@ -193,7 +195,7 @@ class _TableRows:
         texts: list[str] = []
         width, header, row = 2, 1, 1
         for k in range(self.columns):
-            text = _column_texts(first.column(k))[0]
+            text = _printable(_column_texts(first.column(k))[0])
             width += max(_width(self.names[k]), _width(text)) + 3
             header, row = max(header, _height(self.names[k])), max(row, _height(text))
             if k and (header + row + 3) * width > TABLE_MAX_CHARS:
@@ -342,7 +344,15 @@ class _BytesNode(_Node):
         if self.null(i):
             return "NULL"
         if not self.text:
-            return _cell(self.head(i, TABLE_MAX_CELL + 1))
+            head = self.head(i, TABLE_MAX_CELL + 1)
+            start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+            if end - start <= len(head):
+                return _cell(head)
+            # Python quotes a bytes repr by the whole value ('...' unless it holds ' and no "): the shown start is
+            # that repr's
+            single, double = (self._holds(start, end, byte) for byte in (0x27, 0x22))
+            text = _bytes_repr(head, '"' if single and not double else "'")
+            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; --format csv|json|parquet for all)"
         text = self.head(i, TABLE_MAX_CELL + 1)
         if len(text) <= TABLE_MAX_CELL:
             return text
@@ -351,6 +361,10 @@ class _BytesNode(_Node):
         for at in range(start, end, 1 << 20):
             length += int(np.count_nonzero((self.data[at:min(end, at + (1 << 20))] & 0xC0) != 0x80))
         return f"{text[:TABLE_MAX_CELL]}... ({length} characters; --format csv|json|parquet for all)"
+
+    def _holds(self, start: int, end: int, byte: int) -> bool:
+        """Whether value bytes ``start:end`` hold ``byte`` (looked at a MiB at a time)."""
+        return any(bool(np.any(self.data[at:min(end, at + (1 << 20))] == byte)) for at in range(start, end, 1 << 20))
 
     def json(self, i: int, out: _Out) -> None:
         if self.null(i):
@@ -367,9 +381,10 @@ class _ListNode(_Node):
     def __init__(self, array: pa.Array) -> None:
         super().__init__(array)
         kind = array.type
+        self.size = 0
         if pa.types.is_fixed_size_list(kind):
-            size = kind.list_size
-            self.offsets = (np.arange(len(array) + 1, dtype=np.int64) + array.offset) * size
+            self.size = kind.list_size        # row i's items start at (offset + i) * size: nothing built per row
+            self.offsets = None
             self.items = [_node(array.values)]
         elif pa.types.is_map(kind):
             self.offsets = array.offsets.to_numpy()
@@ -383,7 +398,11 @@ class _ListNode(_Node):
             out.add("null")
             return
         out.add("[")
-        start, end = int(self.offsets[i]), int(self.offsets[i + 1])
+        if self.offsets is None:
+            start = (self.array.offset + i) * self.size
+            end = start + self.size
+        else:
+            start, end = int(self.offsets[i]), int(self.offsets[i + 1])
         for j in range(start, end):
             if j > start:
                 out.add(", ")
@@ -448,7 +467,9 @@ class _UnionNode(_Node):
 class _DictionaryNode(_Node):
     def __init__(self, array: pa.DictionaryArray) -> None:
         super().__init__(array)
-        self.indices = pc.fill_null(array.indices, 0).to_numpy(zero_copy_only=False)
+        indices = array.indices         # read from its buffer (under a list this is every item's: no copy)
+        self.indices = np.frombuffer(indices.buffers()[1], dtype=indices.type.to_pandas_dtype())[
+            indices.offset:indices.offset + len(indices)]
         self.values = _node(array.dictionary)
 
     def cell(self, i: int) -> str:
@@ -459,6 +480,19 @@ class _DictionaryNode(_Node):
             out.add("null")
         else:
             self.values.json(int(self.indices[i]), out)
+
+
+def _bytes_repr(value: bytes, quote: str) -> str:
+    """``repr(value)`` written with ``quote`` around it (as Python writes it when the value holds ' and no ")."""
+    text = repr(value)
+    if text[1] == quote:
+        return text
+    body = text[2:-1]
+    if quote == '"':     # b'...' -> b"...": a quote no longer needs its backslash
+        body = re.sub(r"(\\*)\\'", lambda m: m.group(1) + "'" if len(m.group(1)) % 2 == 0 else m.group(0), body)
+    else:                # b"..." -> b'...': a ' needs one (the value holds no ")
+        body = body.replace("'", "\\'")
+    return f"b{quote}{body}{quote}"
 
 
 def _node(array: pa.Array) -> _Node:
@@ -523,6 +557,18 @@ def _width(text: str) -> int:
     from rich.cells import cell_len
 
     return max(max(len(line), cell_len(line)) for line in text.expandtabs(8).split("\n"))
+
+
+_BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+def _printable(text: str) -> str:
+    """``text`` as a table cell gets it: every line break rich would make (or strip: CR, VT, FF) a ``\\n``, so
+    the lines counted are the lines printed, and tabs expanded (rich gives a tab no width when it sizes a column,
+    then expands it and wraps the cell)."""
+    if _BREAKS.search(text):
+        text = _BREAKS.sub("\n", text)
+    return text.expandtabs(8) if "\t" in text else text
 
 
 def _height(text: str) -> int:

@@ -26,7 +26,6 @@ import pytest
 
 from pipelines.query import output
 
-
 # --- 1. a tab is laid out wider than rich measures it: the cell folds into lines the budget does not count -----
 #
 # _width (output.py:518-525) counts a tab as the spaces it expands to (`expandtabs(8)`), _height (:528-530) one
@@ -37,8 +36,6 @@ from pipelines.query import output
 # budget a column of 1,000-character prompts beside a column of tab-indented text prints gigabytes. (Plain
 # prompts with tabs also show oddly: "a\tb\tc" prints as three lines.)
 
-@pytest.mark.xfail(strict=True, reason="rich measures tabs as 0 cells and folds the expanded tabs into many "
-                   "lines; _width/_height count one line as wide as the expanded tabs, so the budget is bypassed")
 def test_tabs_stay_within_the_table_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 20_000)
     text = output.render_table(pa.table({"a": ["\t" * 200 + "x"], "b": ["y" * 100]}))
@@ -59,8 +56,6 @@ def test_tabs_stay_within_the_table_budget(monkeypatch: pytest.MonkeyPatch) -> N
 _BREAKS = ["\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029"]
 
 
-@pytest.mark.xfail(strict=True, reason="_height counts only \\n, but rich also breaks lines at \\x1c-\\x1e, \\x85, "
-                   "\\u2028 and \\u2029: a tall cell beside a wide one prints far past the budget")
 @pytest.mark.parametrize("sep", _BREAKS, ids=[f"U+{ord(c):04X}" for c in _BREAKS])
 def test_values_of_other_line_breaks_stay_within_the_table_budget(monkeypatch: pytest.MonkeyPatch, sep: str) -> None:
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 20_000)
@@ -68,8 +63,6 @@ def test_values_of_other_line_breaks_stay_within_the_table_budget(monkeypatch: p
     assert len(text) <= 2 * 20_000, f"{len(text)} characters printed against a budget of 20,000"
 
 
-@pytest.mark.xfail(strict=True, reason="table_columns/_first_row/_render count a column name's height by \\n only; "
-                   "rich also breaks names at \\x1c-\\x1e, \\x85, \\u2028, \\u2029, so the header passes the budget")
 @pytest.mark.parametrize("sep", _BREAKS, ids=[f"U+{ord(c):04X}" for c in _BREAKS])
 def test_names_of_other_line_breaks_stay_within_the_table_budget(monkeypatch: pytest.MonkeyPatch, sep: str) -> None:
     monkeypatch.setattr(output, "TABLE_MAX_CHARS", 20_000)
@@ -86,8 +79,6 @@ def test_names_of_other_line_breaks_stay_within_the_table_budget(monkeypatch: py
 # one: a list column of 1,001 rows whose last, unshown, row holds 40M items (one NULL) allocates 160 MB of Arrow
 # memory per part to show 1,000 one-item lists.
 
-@pytest.mark.xfail(strict=True, reason="_DictionaryNode copies (fill_null) the indices of the whole child array "
-                   "below a list, rows not shown included, once per 32-row part")
 def test_a_list_of_dictionary_values_does_not_copy_its_whole_child() -> None:
     n = 40_000_000
     indices = pa.array(np.zeros(n, dtype=np.int32), mask=np.arange(n) == n - 1)
@@ -111,8 +102,6 @@ def test_a_list_of_dictionary_values_does_not_copy_its_whole_child() -> None:
 # not shown included: 1,000 one-item rows beside an unshown row of 20M pairs take 160 MB of numpy memory and
 # 2.4 s (a plain list of lists of the same shape: 2.7 MB, 0.44 s).
 
-@pytest.mark.xfail(strict=True, reason="_ListNode builds np.arange offsets over the whole fixed-size-list child "
-                   "below a list, rows not shown included, once per 32-row part")
 def test_a_list_of_fixed_size_lists_does_not_build_offsets_for_its_whole_child() -> None:
     n = 20_000_000
     items = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, dtype=np.int8)), 2)
@@ -138,8 +127,6 @@ def test_a_list_of_fixed_size_lists_does_not_build_offsets_for_its_whole_child()
 # its repr (and the old table, and the value not cut) begins b'\'aaa...: the shown characters are not the start
 # of the value's text. Images (the pickapic blobs) hold both bytes more often than not, but not always early.
 
-@pytest.mark.xfail(strict=True, reason="_BytesNode.cell reprs only the first 1,001 bytes, so Python picks the "
-                   "quotes (and escapes) of that prefix, not of the whole value")
 def test_a_cut_binary_shows_the_start_of_its_own_repr() -> None:
     value = b"'" + b"a" * 2000 + b'"'
     cell = output._column_texts(pa.array([value]))[0]
