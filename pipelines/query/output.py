@@ -23,6 +23,7 @@ FORMATS = ("table", "csv", "json", "parquet")
 TABLE_MAX_ROWS = 1000
 TABLE_MAX_CHARS = 4_000_000   # characters a table prints in all, laid out (the rows that fit; at least one)
 TABLE_MAX_CELLS = 50_000      # cells a table lays out (rich takes ~55 us a cell, whatever its length)
+TABLE_MAX_LINES = 20_000      # lines a table prints (rich takes ~21 us a line, whatever its length)
 TABLE_MAX_CELL = 1000         # characters of one value a table shows (csv, json and parquet write every value whole)
 _CONVERT_ROWS = 32            # a table's rows are made text this many at a time, until the budget is spent
 
@@ -521,18 +522,21 @@ def _render(kept: _TableRows, to_terminal: bool, total_rows: int, total_columns:
     names, rows = kept.names, kept.rows
     shown = len(names)
     header = max([_height(name) for name in names] or [1])
-    widths = [_width(name) for name in names]
+    extents = [_extent(name) for name in names]      # per column: the columns rich gives it, characters beyond
     cells: list[list[str]] = []
     lines = 0
     for texts in rows:
-        wider = [max(w, _width(t)) for w, t in zip(widths, texts)]
+        wider = [(max(c, tc), max(e, te)) for (c, e), (tc, te) in zip(extents, map(_extent, texts))]
         height = max([_height(t) for t in texts])
         # as printed: every line as wide as the widest value of each column (3 characters between and
-        # around columns), the header's lines and 3 borders besides the rows'
-        if cells and (lines + height + header + 3) * (sum(wider) + 3 * len(wider) + 2) > TABLE_MAX_CHARS:
+        # around columns; characters rich gives no column still printed), the header's lines and 3 borders
+        printed = sum(c + e for c, e in wider) + 3 * len(wider) + 2
+        total = lines + height + header + 3
+        if cells and (total * printed > TABLE_MAX_CHARS or total > TABLE_MAX_LINES):
             break
         cells.append(texts)
-        widths, lines = wider, lines + height
+        extents, lines = wider, lines + height
+    widths = [c for c, _ in extents]
     out = Table(show_lines=False)
     for i, name in enumerate(names[:shown]):
         kind = kept.kinds[i]
@@ -549,26 +553,44 @@ def _render(kept: _TableRows, to_terminal: bool, total_rows: int, total_columns:
     return console.file.getvalue() + note + "\n", rows_shown, shown
 
 
-def _width(text: str) -> int:
-    """The characters of ``text``'s widest line as a table cell prints it: tabs expanded, and East Asian wide
-    characters counted twice (the columns rich gives it) but zero-width ones once (they are printed too)."""
-    if text.isascii() and "\n" not in text and "\t" not in text:
-        return len(text)
+def _extent(text: str) -> tuple[int, int]:
+    """``text`` in a table cell: the columns rich gives its widest line (East Asian wide characters twice), and
+    the most characters a line of it prints beyond its columns (zero-width ones: combining marks, ZWJ)."""
+    if text.isascii() and "\n" not in text:
+        return len(text), 0
     from rich.cells import cell_len
 
-    return max(max(len(line), cell_len(line)) for line in text.expandtabs(8).split("\n"))
+    columns = extra = 0
+    for line in text.split("\n"):
+        width = cell_len(line)
+        columns, extra = max(columns, width), max(extra, len(line) - width)
+    return columns, extra
+
+
+def _width(text: str) -> int:
+    """The most characters a line of ``text`` prints in a column as wide as it (:func:`_extent`)."""
+    columns, extra = _extent(text)
+    return columns + extra
 
 
 _BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+
+
 def _printable(text: str) -> str:
     """``text`` as a table cell gets it: every line break rich would make (or strip: CR, VT, FF) a ``\\n``, so
-    the lines counted are the lines printed, and tabs expanded (rich gives a tab no width when it sizes a column,
-    then expands it and wraps the cell)."""
+    the lines counted are the lines printed; tabs expanded (rich gives a tab no width when it sizes a column,
+    then expands it and wraps the cell); and every other control character written as ``\\xNN`` (a prompt
+    anyone typed never reaches the terminal as an escape sequence: ESC, CSI, NUL, DEL)."""
     if _BREAKS.search(text):
         text = _BREAKS.sub("\n", text)
-    return text.expandtabs(8) if "\t" in text else text
+    if "\t" in text:
+        text = text.expandtabs(8)
+    if _CONTROLS.search(text):
+        text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return text
 
 
 def _height(text: str) -> int:
