@@ -197,7 +197,8 @@ class _TableRows:
         width, header, row = 2, 1, 1
         for k in range(self.columns):
             text = _printable(_column_texts(first.column(k))[0])
-            width += max(_width(self.names[k]), _width(text)) + 3
+            (columns, extra), (text_columns, text_extra) = _extent(self.names[k]), _extent(text)
+            width += max(columns, text_columns) + max(extra, text_extra) + 3      # as _render counts a column
             header, row = max(header, _height(self.names[k])), max(row, _height(text))
             if k and (header + row + 3) * width > TABLE_MAX_CHARS:
                 break
@@ -576,7 +577,8 @@ def _width(text: str) -> int:
 _BREAKS = re.compile("\r\n|[\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
 
 
-_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f]")
+# control characters, and the bidirectional embeddings, overrides and isolates that reorder what a terminal shows
+_CONTROLS = re.compile("[\x00-\x08\x0e-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
 
 
 def _printable(text: str) -> str:
@@ -589,7 +591,8 @@ def _printable(text: str) -> str:
     if "\t" in text:
         text = text.expandtabs(8)
     if _CONTROLS.search(text):
-        text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+        text = _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}" if m.group() < "\u0100" else
+                             f"\\u{ord(m.group()):04x}", text)
     return text
 
 

@@ -488,3 +488,12 @@ def test_a_table_written_to_a_file_says_which_rows_it_holds(built, tmp_path: Pat
                               "(use --format csv|json|parquet for all)\n")
     assert (tmp_path / "w.txt").read_text().rstrip().endswith(
         "1 row; first 100 of 150 columns shown (use --format csv|json|parquet for all)")
+
+
+def test_control_and_bidi_override_characters_are_shown_escaped() -> None:
+    import pyarrow as pa
+
+    text = output.render_table(pa.table({"p\x1b[2Jname": ["a\x1b]0;title\x07b", "x\u202ey\u2066z", "é plain 漢字"]}))
+    assert "\x1b" not in text and "\x07" not in text and "\u202e" not in text and "\u2066" not in text
+    assert "p\\x1b[2Jname" in text and "a\\x1b]0;title\\x07b" in text and "x\\u202ey\\u2066z" in text
+    assert "é plain 漢字" in text
