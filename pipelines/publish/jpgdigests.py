@@ -114,7 +114,7 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
     key_list = keys.to_pylist()
 
     def column_of(rel: str) -> str:
-        return next(name for name, values in unique.items() if pc.any(pc.equal(values, rel)).as_py())
+        return first_columns(pa.array([rel], pa.string()), unique)[0]
 
     # every key is stat-ed each night (a changed file must be hashed again): kept to the syscall and
     # a few list operations a key, no Path objects (~15 -> ~5 us a key; 2M keys at Pick-a-Pic size)
@@ -210,16 +210,13 @@ def hash_files(root: Path, files: list[tuple[str, str]], workers: int = 1) -> li
         return [result for results in pool.map(run, range(runs)) for result in results]
 
 
-def _hash(path: Path, rel: str, column: str, buffer: memoryview | None = None) -> tuple[str, list[int]]:
+def _hash(path: Path, rel: str, column: str, buffer: memoryview) -> tuple[str, list[int]]:
     """sha256 of a JPEG's bytes and its identity, the same before and after they were read (else
-    :class:`JpgChangedError`: the digest may mix two versions of the file). ``buffer``: where to read
-    them (one of ``_READ_CHUNK`` bytes is made when not given)."""
+    :class:`JpgChangedError`: the digest may mix two versions of the file). ``buffer``: where to read them."""
     try:
         handle = open_regular_file(path)
     except OSError as exc:
         raise FileNotFoundError(f"training JPEG {rel!r} (split_pairs.{column}) cannot be read: {exc}") from exc
-    if buffer is None:
-        buffer = memoryview(bytearray(_READ_CHUNK))
     digest = hashlib.sha256()
     read = 0
     with handle:

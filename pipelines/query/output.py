@@ -26,6 +26,7 @@ TABLE_MAX_CELLS = 50_000      # cells a table lays out (rich takes ~55 us a cell
 TABLE_MAX_LINES = 20_000      # lines a table prints (rich takes ~21 us a line, whatever its length)
 TABLE_MAX_CELL = 1000         # characters of one value a table shows (csv, json and parquet write every value whole)
 _CONVERT_ROWS = 32            # a table's rows are made text this many at a time, until the budget is spent
+_FOR_ALL = "--format csv|json|parquet for all"     # what a cut value's note ends with
 
 
 @dataclass(frozen=True)
@@ -231,7 +232,7 @@ def _cut_strings(column: pa.ChunkedArray) -> pa.ChunkedArray:
     long = pc.fill_null(pc.greater(lengths, TABLE_MAX_CELL), False)
     if pc.any(long).as_py():
         noted = pc.binary_join_element_wise(head, "... (", pc.cast(lengths, pa.string()),
-                                            " characters; --format csv|json|parquet for all)", "")
+                                            f" characters; {_FOR_ALL})", "")
         head = pc.if_else(long, noted, head)
     return head
 
@@ -263,7 +264,7 @@ class _Out:
         return "".join(self.parts)
 
 
-_MORE = f"... (more than {TABLE_MAX_CELL} characters; --format csv|json|parquet for all)"
+_MORE = f"... (more than {TABLE_MAX_CELL} characters; {_FOR_ALL})"
 
 
 class _Node:
@@ -304,21 +305,19 @@ class _Node:
         if self.null(i):
             out.add("null")
             return
+        out.add(_ENCODER.encode(self.value(i)))
+
+    def value(self, i: int) -> Any:
+        """Value ``i`` as Python (a date Python cannot hold: as :func:`_to_python` writes it)."""
         try:
-            value = self.array[i].as_py()
-        except (OverflowError, ValueError):       # a date Python cannot hold: as _to_python writes it
-            value = _to_python(self.array.slice(i, 1))[0]
-        out.add(_ENCODER.encode(value))
+            return self.array[i].as_py()
+        except (OverflowError, ValueError):
+            return _to_python(self.array.slice(i, 1))[0]
 
 
 class _ValueNode(_Node):
     def cell(self, i: int) -> str:
-        if self.null(i):
-            return "NULL"
-        try:
-            return _cell(self.array[i].as_py())
-        except (OverflowError, ValueError):
-            return _cell(_to_python(self.array.slice(i, 1))[0])
+        return "NULL" if self.null(i) else _cell(self.value(i))
 
 
 class _BytesNode(_Node):
@@ -354,19 +353,22 @@ class _BytesNode(_Node):
             # that repr's
             single, double = (self._holds(start, end, byte) for byte in (0x27, 0x22))
             text = _bytes_repr(head, '"' if single and not double else "'")
-            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; --format csv|json|parquet for all)"
+            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; {_FOR_ALL})"
         text = self.head(i, TABLE_MAX_CELL + 1)
         if len(text) <= TABLE_MAX_CELL:
             return text
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
-        length = 0      # characters: their first bytes, counted a MiB at a time
+        length = sum(int(np.count_nonzero((span & 0xC0) != 0x80)) for span in self._spans(start, end))  # first bytes
+        return f"{text[:TABLE_MAX_CELL]}... ({length} characters; {_FOR_ALL})"
+
+    def _spans(self, start: int, end: int) -> Iterator[np.ndarray]:
+        """Data bytes ``start:end`` a MiB at a time (a test on each makes no array the size of a long value)."""
         for at in range(start, end, 1 << 20):
-            length += int(np.count_nonzero((self.data[at:min(end, at + (1 << 20))] & 0xC0) != 0x80))
-        return f"{text[:TABLE_MAX_CELL]}... ({length} characters; --format csv|json|parquet for all)"
+            yield self.data[at:min(end, at + (1 << 20))]
 
     def _holds(self, start: int, end: int, byte: int) -> bool:
-        """Whether value bytes ``start:end`` hold ``byte`` (looked at a MiB at a time)."""
-        return any(bool(np.any(self.data[at:min(end, at + (1 << 20))] == byte)) for at in range(start, end, 1 << 20))
+        """Whether value bytes ``start:end`` hold ``byte``."""
+        return any(bool(np.any(span == byte)) for span in self._spans(start, end))
 
     def json(self, i: int, out: _Out) -> None:
         if self.null(i):
@@ -608,7 +610,7 @@ def _row_note(total: int, shown: int, columns: int = 0, total_columns: int = 0) 
     if columns < total_columns:
         note += f"; first {columns} of {total_columns} columns shown"
     if shown < total or columns < total_columns:
-        note += " (use --format csv|json|parquet for all)"
+        note += f" (use {_FOR_ALL})"
     return note
 
 
@@ -617,7 +619,7 @@ _ENCODER = json.JSONEncoder(ensure_ascii=False, default=lambda value: _json_defa
 
 def _cut_text(text: str) -> str:
     if len(text) > TABLE_MAX_CELL:
-        return f"{text[:TABLE_MAX_CELL]}... ({len(text)} characters; --format csv|json|parquet for all)"
+        return f"{text[:TABLE_MAX_CELL]}... ({len(text)} characters; {_FOR_ALL})"
     return text
 
 
@@ -631,9 +633,9 @@ def _cell(value: Any) -> str:
     if isinstance(value, bytes):
         text = str(value)
         if len(value) > TABLE_MAX_CELL:
-            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; --format csv|json|parquet for all)"
+            return f"{text[:TABLE_MAX_CELL]}... (more than {TABLE_MAX_CELL} bytes; {_FOR_ALL})"
         if len(text) > TABLE_MAX_CELL:
-            return f"{text[:TABLE_MAX_CELL]}... ({len(value)} bytes; --format csv|json|parquet for all)"
+            return f"{text[:TABLE_MAX_CELL]}... ({len(value)} bytes; {_FOR_ALL})"
         return text
     if isinstance(value, (list, dict)):     # not a tuple: an interval (MonthDayNano) shows as itself
         pieces, length = [], 0
