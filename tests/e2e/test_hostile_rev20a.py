@@ -17,7 +17,6 @@ import io
 import subprocess
 import sys
 import textwrap
-import tracemalloc
 from pathlib import Path
 
 import pyarrow as pa
@@ -25,6 +24,7 @@ import pytest
 
 from pipelines.query import output
 from tests.postgres_server import postgres_server  # noqa: F401 - fixture
+from tests.query_table_probes import python_peak
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -89,12 +89,7 @@ def test_a_table_of_many_narrow_columns_prints_in_a_few_seconds() -> None:
 
 def test_a_table_of_long_values_holds_only_what_it_shows() -> None:
     table = pa.table({"s": pa.array(["x" * 200_000] * 1000)})
-    tracemalloc.start()
-    try:
-        text = output.render_table(table)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = python_peak(lambda: output.render_table(table))
     assert "(200000 characters;" in text
     assert peak < 100 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 20} MiB"
 

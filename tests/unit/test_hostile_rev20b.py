@@ -14,7 +14,6 @@ fixed-size arrays, uuid, json, null) renders its short values exactly as the old
 from __future__ import annotations
 
 import datetime
-import tracemalloc
 
 import pyarrow as pa
 import pytest
@@ -22,6 +21,7 @@ import pytest
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.runner import pipeline_options, worker_processes
 from pipelines.query import output
+from tests.query_table_probes import arrow_held_at_render, python_peak
 
 
 def _note(text: str) -> str:
@@ -88,12 +88,7 @@ def _nested(kind: str, strings: pa.Array) -> pa.Array:
 @pytest.mark.parametrize("kind", ["struct", "list", "map"])
 def test_a_table_of_nested_long_strings_holds_only_what_it_shows(kind: str) -> None:
     table = pa.table({"v": _nested(kind, pa.array(["x" * 2_000_000] * 32))})    # 64 MB of strings in Arrow
-    tracemalloc.start()
-    try:
-        text = output.render_table(table)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = python_peak(lambda: output.render_table(table))
     assert "more than 1000 characters" in text and _note(text) == "32 rows"
     assert peak < 16 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 10} KiB"
 
@@ -103,26 +98,15 @@ def test_a_table_of_nested_long_strings_holds_only_what_it_shows(kind: str) -> N
 # 200 rows of {'a': 1 MB} in batches of one row: 200 MB of Arrow memory held until the table is printed.
 
 def test_a_table_does_not_hold_the_batches_of_nested_values(monkeypatch: pytest.MonkeyPatch) -> None:
-    import io
-
     schema = pa.schema([("v", pa.struct([("a", pa.string())]))])
-    held = []
-    render = output._render
-
-    def measured(table, *args, **kwargs):
-        held.append(pa.total_allocated_bytes())
-        return render(table, *args, **kwargs)
-
     def batches():
         for _ in range(200):
             strings = pa.array(["x" * 1_000_000])
             yield pa.RecordBatch.from_arrays([pa.StructArray.from_arrays([strings], ["a"])], schema=schema)
 
-    monkeypatch.setattr(output, "_render", measured)
-    before = pa.total_allocated_bytes()
-    written = output.write_result(schema, batches(), "table", io.BytesIO())
+    written, held = arrow_held_at_render(monkeypatch, schema, batches())
     assert written == output.Written(200, 200)
-    assert held[0] - before < 16 * 2**20, f"{(held[0] - before) >> 20} MiB of Arrow memory held for the table"
+    assert held < 16 * 2**20, f"{held >> 20} MiB of Arrow memory held for the table"
 
 
 # --- 5. the header is outside every budget: many columns with long names print without bound ------------------

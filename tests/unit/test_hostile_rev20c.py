@@ -17,10 +17,8 @@ characters, blobs, 1,500-item lists, maps). ``--direct_num_workers 5`` (two argu
 """
 from __future__ import annotations
 
-import io
 import subprocess
 import sys
-import tracemalloc
 from pathlib import Path
 
 import duckdb
@@ -29,6 +27,7 @@ import pyarrow as pa
 import pytest
 
 from pipelines.query import output
+from tests.query_table_probes import arrow_held_at_render, python_peak
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -93,12 +92,7 @@ def test_a_union_inside_a_struct_does_not_abort_the_process() -> None:
 
 def test_strings_inside_a_union_are_cut_before_they_become_python() -> None:
     table = _duck("SELECT union_value(s := repeat('x', 2000000)) AS u FROM range(32)")
-    tracemalloc.start()
-    try:
-        text = output.render_table(table)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = python_peak(lambda: output.render_table(table))
     assert "characters; --format csv|json|parquet for all)" in text and _note(text) == "32 rows"
     assert peak < 16 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 10} KiB"
 
@@ -114,12 +108,7 @@ def test_a_map_is_cut_to_what_a_cell_shows() -> None:
     n = 1_000_000
     entries = pa.MapArray.from_arrays(pa.array([0, n], pa.int32()), pa.array(np.arange(n, dtype=np.int32)),
                                       pa.array(np.zeros(n, dtype=np.int8)))
-    tracemalloc.start()
-    try:
-        text = output.render_table(pa.table({"m": entries}))
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = python_peak(lambda: output.render_table(pa.table({"m": entries})))
     assert "(more than 1000 characters;" in text and _note(text) == "1 row"
     assert peak < 16 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 10} KiB"
 
@@ -141,36 +130,22 @@ def _lists_of_lists(rows: int, n: int = 1000) -> pa.Array:
 
 def test_nested_lists_are_cut_to_what_a_cell_shows() -> None:
     table = pa.table({"v": _lists_of_lists(8)})
-    tracemalloc.start()
-    try:
-        text = output.render_table(table)
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    text, peak = python_peak(lambda: output.render_table(table))
     assert "(more than 1000 characters;" in text and _note(text) == "8 rows"
     assert peak < 16 * 2**20, f"peak {peak >> 20} MiB of Python memory to print {len(text) >> 10} KiB"
 
 
 def test_a_table_holds_about_what_it_shows_of_lists_of_long_strings(monkeypatch: pytest.MonkeyPatch) -> None:
     schema = pa.schema([("v", pa.list_(pa.string()))])
-    held = []
-    render = output._render
-
-    def measured(table, *args, **kwargs):
-        held.append(pa.total_allocated_bytes())
-        return render(table, *args, **kwargs)
-
     def batches():
         for _ in range(200):
             strings = pa.array(["x" * 2000] * 1000)
             yield pa.RecordBatch.from_arrays([pa.ListArray.from_arrays(pa.array([0, 1000], pa.int32()), strings)],
                                              schema=schema)
 
-    monkeypatch.setattr(output, "_render", measured)
-    before = pa.total_allocated_bytes()
-    written = output.write_result(schema, batches(), "table", io.BytesIO())
+    written, held = arrow_held_at_render(monkeypatch, schema, batches())
     assert written == output.Written(200, 200)
-    assert held[0] - before < 16 * 2**20, f"{(held[0] - before) >> 20} MiB of Arrow memory held for the table"
+    assert held < 16 * 2**20, f"{held >> 20} MiB of Arrow memory held for the table"
 
 
 # --- 6. the first row's values are outside the budget --------------------------------------------------------

@@ -18,13 +18,13 @@ removed by rich (counted, not printed: safe).
 from __future__ import annotations
 
 import time
-import tracemalloc
 
 import numpy as np
 import pyarrow as pa
 import pytest
 
 from pipelines.query import output
+from tests.query_table_probes import arrow_peak, python_peak
 
 # --- 1. a tab is laid out wider than rich measures it: the cell folds into lines the budget does not count -----
 #
@@ -85,14 +85,9 @@ def test_a_list_of_dictionary_values_does_not_copy_its_whole_child() -> None:
     items = pa.DictionaryArray.from_arrays(indices, pa.array(["a"]))
     offsets = pa.array(np.concatenate([np.arange(1001), [n]]).astype(np.int32))
     table = pa.table({"l": pa.ListArray.from_arrays(offsets, items)})   # row 1000 (not shown): 40M items
-    pool, default = pa.proxy_memory_pool(pa.default_memory_pool()), pa.default_memory_pool()
-    pa.set_memory_pool(pool)
-    try:
-        text = output.render_table(table)
-    finally:
-        pa.set_memory_pool(default)
+    text, held = arrow_peak(lambda: output.render_table(table))
     assert text.rstrip().rsplit("\n", 1)[-1].startswith("1001 rows, first 1000 shown")
-    assert pool.max_memory() < 1_000_000, f"{pool.max_memory()} bytes of Arrow memory for 1,000 one-item lists"
+    assert held < 1_000_000, f"{held} bytes of Arrow memory for 1,000 one-item lists"
 
 
 # --- 4. a list of fixed-size lists (DuckDB: INT[2][]) builds offsets for its whole child -------------------------
@@ -107,14 +102,9 @@ def test_a_list_of_fixed_size_lists_does_not_build_offsets_for_its_whole_child()
     items = pa.FixedSizeListArray.from_arrays(pa.array(np.zeros(2 * n, dtype=np.int8)), 2)
     offsets = pa.array(np.concatenate([np.arange(1001), [n]]).astype(np.int32))
     table = pa.table({"l": pa.ListArray.from_arrays(offsets, items)})   # row 1000 (not shown): 20M pairs
-    tracemalloc.start()
-    try:
-        started = time.perf_counter()
-        text = output.render_table(table)
-        seconds = time.perf_counter() - started
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    started = time.perf_counter()
+    text, peak = python_peak(lambda: output.render_table(table))
+    seconds = time.perf_counter() - started
     assert text.rstrip().rsplit("\n", 1)[-1].startswith("1001 rows, first 1000 shown")
     assert peak < 30_000_000, f"{peak} bytes of Python/numpy memory for 1,000 one-item lists ({seconds:.1f} s)"
 
