@@ -155,14 +155,14 @@ def test_rerank_never_waits_on_a_candidate_swapped_for_a_fifo_after_scoring(tmp_
     class SwappingScorer:
         def score_pairs(self, pairs, groups=None):
             image.unlink()          # another account's generator folder: the file becomes a FIFO once it was read
-            stack.enter_context(fifo_that_fails_not_hangs(image, after=6.0))
+            stack.enter_context(fifo_that_fails_not_hangs(image, after=60.0))
             return [SimpleNamespace(score=1.0, preference=1.0, rank=1, error=None) for _ in pairs]
 
     folder, listed = recorded_output_dir(tmp_path / "out", [], "--output", rr.RERANK_RECORD, rr.RERANK_FILES)
     started = time.monotonic()
     with stack:
         rr.rerank(SwappingScorer(), [PairRow("p", "a cube", str(image))], folder, record=listed)
-    assert time.monotonic() - started < 5.0, "the contact sheet waited on the FIFO until a writer came"
+    assert time.monotonic() - started < 30.0, "the contact sheet waited on the FIFO until a writer came (60 s)"
     assert Image.open(io.BytesIO((folder / "contact_sheet.png").read_bytes())).size[0] > 0
 
 
