@@ -64,7 +64,7 @@ from pipelines.appdb.connection import (
     text_encoding,
 )
 from pipelines.appdb.tables import check_tables, expected_columns, statement
-from pipelines.ingest.config import IngestConfig
+from pipelines.ingest.config import IngestConfig, shift_day
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -994,8 +994,8 @@ def late_days(home: DataHome) -> list[str]:
 def verified_days(home: DataHome, day: str, config: AppExportConfig) -> list[str]:
     """The raw days :func:`late_rows` compares with the database for ``day``'s export: those of the
     VERIFY_DAYS days before its lookback window that the raw zone holds, in order."""
-    end = dt.date.fromisoformat(day) - dt.timedelta(days=config.lookback_days)
-    start = end - dt.timedelta(days=VERIFY_DAYS)
+    end = shift_day(dt.date.fromisoformat(day), -config.lookback_days)      # held to the calendar's first day
+    start = shift_day(end, -VERIFY_DAYS)
     return [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
 
 

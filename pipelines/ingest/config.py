@@ -39,15 +39,56 @@ class IngestConfig:
         check_fields(self)
         if not self.min_gs <= self.max_gs:
             raise ValueError(f"IngestConfig.min_gs {self.min_gs!r} must not exceed max_gs {self.max_gs!r}")
-        try:
-            dt.datetime.fromisoformat(self.earliest_created_at)
-        except (TypeError, ValueError):
-            raise ValueError(f"IngestConfig.earliest_created_at {self.earliest_created_at!r} is not an ISO timestamp") from None
+        self.earliest()
 
-    def timestamp_range(self, day: dt.date) -> tuple[dt.datetime, dt.datetime]:
-        """[earliest, end of ``day`` + tolerance) for ``created_at``."""
-        end = dt.datetime.combine(day, dt.time()) + dt.timedelta(days=1 + self.future_tolerance_days)
-        return dt.datetime.fromisoformat(self.earliest_created_at), end
+    def earliest(self) -> dt.datetime:
+        """``earliest_created_at`` as the app's timestamps are: naive UTC. A value with an offset
+        (``...+02:00``, ``...Z``) is the same instant in UTC: every line's created_at is naive, and
+        comparing it with an aware bound raised a TypeError on every line (review rev21a)."""
+        try:
+            earliest = dt.datetime.fromisoformat(self.earliest_created_at)
+            if earliest.tzinfo is not None:
+                earliest = earliest.astimezone(dt.timezone.utc).replace(tzinfo=None)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"IngestConfig.earliest_created_at {self.earliest_created_at!r} is not an ISO timestamp "
+                             "of years 1-9999 (naive is UTC, as the app's timestamps are)") from None
+        return earliest
+
+    def timestamp_range(self, day: dt.date) -> tuple[dt.datetime, dt.datetime | PastTheCalendar]:
+        """[earliest, end of ``day`` + tolerance) for ``created_at``. The end of a day near 9999-12-31 may
+        lie past the calendar: then every timestamp is before it (:class:`PastTheCalendar`)."""
+        try:
+            end = dt.datetime.combine(day, dt.time()) + dt.timedelta(days=1 + self.future_tolerance_days)
+        except OverflowError:
+            end = PastTheCalendar()
+        return self.earliest(), end
+
+
+class PastTheCalendar:
+    """An exclusive upper bound past every ``datetime`` (the created_at window of a day whose end plus the
+    tolerance lies after 9999-12-31): ``x < bound`` is true and ``x >= bound`` false for any datetime ``x``.
+    Before this, such a day's ingest died with an OverflowError (review rev21a)."""
+
+    def __gt__(self, other: object) -> bool:
+        return True if isinstance(other, dt.datetime) else NotImplemented
+
+    def __le__(self, other: object) -> bool:
+        return False if isinstance(other, dt.datetime) else NotImplemented
+
+    def __str__(self) -> str:
+        return "the end of 9999-12-31"
+
+    __repr__ = __str__
+
+
+def shift_day(day: dt.date, days: int) -> dt.date:
+    """``day`` moved by ``days``, held to the calendar (0001-01-01 .. 9999-12-31): a window reaching
+    past either end ends there, since no day lies beyond (review rev21a: days of year 1 and of
+    9999-12-29..31 raised OverflowError in the late-image and export-verify windows)."""
+    try:
+        return day + dt.timedelta(days=days)
+    except OverflowError:
+        return dt.date.max if days > 0 else dt.date.min
 
 
 @dataclass

@@ -39,7 +39,6 @@ Command line: ``python -m pipelines.ingest`` (:mod:`pipelines.ingest.__main__`).
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import multiprocessing
 import re
 import tempfile
@@ -49,6 +48,7 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, write_parquet_atomic
@@ -57,10 +57,10 @@ from formats.rawzone import RawZoneScan
 from pipelines import faults
 from pipelines.ingest import parse as rp
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
-from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day
+from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day, shift_day
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
 from pipelines.ingest.reader import fill_pending, read_table
-from pipelines.ingest.references import check_references
+from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
 from pipelines.ingest.uidindex import raw_image_uids, stat_key, write_uid_index
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -269,16 +269,19 @@ _WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]
 def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
                             raw_days: Sequence[str] | None = None) -> dict[str, IngestReport]:
     """Ingest again each ingested day in [day - late_image_days, day) whose quarantine names, as the
-    missing image of a ranking or download, a uid that ``day``'s raw images export holds.
+    missing image of a ranking or download, a uid that ``day``'s raw images export holds, or that
+    accepted a row through a later export and now names an image no export within its reach holds
+    (``day`` delivered again without an image the earlier day's late rows used: :func:`_late_image_gone`).
 
     Exact: a later export changes an earlier day's output only by resolving the uid that one of its
-    ``unknown_image_reference`` rows names (the first unknown image of the row), so every other day
-    is already what a build over all days gives. Returns the new reports by day.
+    ``unknown_image_reference`` rows names (the first unknown image of the row), or by no longer holding
+    an image one of its accepted rows names, so every other day is already what a build over all days
+    gives. Returns the new reports by day.
     """
     if not config.late_image_days:
         return {}
     days = home.raw_days() if raw_days is None else raw_days
-    first = (parse_day(day) - dt.timedelta(days=config.late_image_days)).isoformat()
+    first = shift_day(parse_day(day), -config.late_image_days).isoformat()
     refreshed: dict[str, IngestReport] = {}
     for earlier in (d for d in days if first <= d < day):
         path = home.partition_file("quarantine", earlier)
@@ -291,6 +294,32 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
             rows = None   # unreadable partition: ingesting it again repairs it
         waiting = set() if rows is None else {
             m.group(1) for detail in rows.column("detail").to_pylist() if (m := _WAITING_UID.search(detail))}
-        if rows is None or (waiting and raw_image_uids(home, day, waiting, config)):
+        if rows is None or (waiting and raw_image_uids(home, day, waiting, config)) \
+                or _late_image_gone(home, earlier, day, days, config):
             refreshed[earlier] = ingest_day(home, earlier, config, refresh_earlier=False)
     return refreshed
+
+
+def _late_image_gone(home: DataHome, earlier: str, day: str, days: Sequence[str], config: IngestConfig) -> bool:
+    """Whether ``earlier`` (ingested) accepted a row through a later export and one of its accepted rows now
+    names an image that no raw images export of ``earlier``'s reach holds (its own, any earlier day's, and the
+    ``late_image_days`` after it): ``day`` was delivered again without it (review rev21a: the earlier day
+    kept the row, a build from scratch quarantines it). Only days with ``accepted_late_image`` rows are
+    looked at, and the uids are looked up in the days' uid indexes (``raw_image_uids``), ``day`` first."""
+    try:
+        files = pq.read_table(home.partition_file("ingest_files", earlier), columns=["accepted_late_image"])
+        if not pc.sum(files.column(0)).as_py():
+            return False
+        named: set[str] = set()
+        for table, fields in REFERENCE_FIELDS.items():
+            rows = pq.read_table(home.partition_file(table, earlier), columns=list(fields))
+            for column in rows.columns:
+                named.update(pc.unique(column.drop_null()).to_pylist())
+    except (OSError, pa.ArrowException):
+        return True   # unreadable partitions: ingesting the day again repairs them
+    last = late_window_end(earlier, config.late_image_days)
+    for other in [day] + sorted((d for d in days if d <= last and d != day), reverse=True):
+        if not named:
+            return False
+        named -= raw_image_uids(home, other, named, config)
+    return bool(named)

@@ -169,7 +169,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         pk_index = parser.names.index(PRIMARY_KEYS[table])
         rows = run.rows
         repeats, conflicting = run.repeats, run.conflicting
-        parse = parser.parse
+        parse, same = parser.parse, parser.same
         max_bytes = config.max_line_bytes
         number = 0
         for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut):
@@ -193,7 +193,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
             if first is None:
                 rows[key] = (number, values)
             else:
-                if values != first[1]:
+                if not same(values, first[1]):    # typed: two spellings of one instant are the same
                     conflicting.add(key)
                 repeats.add(number, key, run.quarantine.raw_fields(data))
         report.lines_in = number

@@ -14,16 +14,15 @@ any order.
 """
 from __future__ import annotations
 
-import datetime as dt
 from typing import Sequence
 
 from formats.home import DataHome
 from pipelines.ingest import parse as rp
-from pipelines.ingest.config import IngestConfig, parse_day
+from pipelines.ingest.config import IngestConfig, parse_day, shift_day
 from pipelines.ingest.reader import TableRun
 from pipelines.ingest.uidindex import raw_image_uids
 
-_REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
+REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                      "downloads": ("image_uid",)}
 
 
@@ -38,8 +37,8 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
     are searched through their uid index (``raw_image_uids``), so a day's check costs one small
     Parquet read per day, not a decompression of every images file.
     """
-    tables = [t for t in _REFERENCE_FIELDS if t in runs]
-    positions = {t: [parsers[t].names.index(name) for name in _REFERENCE_FIELDS[t]] for t in tables}
+    tables = [t for t in REFERENCE_FIELDS if t in runs]
+    positions = {t: [parsers[t].names.index(name) for name in REFERENCE_FIELDS[t]] for t in tables}
     referenced: set[str] = set()
     for table in tables:
         for _, values in runs[table].rows.values():
@@ -74,7 +73,7 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
         run = runs[table]
         bad = []
         for key, (number, values) in run.rows.items():
-            uids = [(name, values[i]) for name, i in zip(_REFERENCE_FIELDS[table], positions[table])]
+            uids = [(name, values[i]) for name, i in zip(REFERENCE_FIELDS[table], positions[table])]
             missing = next(((name, uid) for name, uid in uids if uid in unresolved), None)
             if missing is not None:
                 bad.append(key)
@@ -88,4 +87,4 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
 
 def late_window_end(day: str, late_days: int) -> str:
     """The last day whose images export may still resolve a reference of ``day``."""
-    return (parse_day(day) + dt.timedelta(days=late_days)).isoformat()
+    return shift_day(parse_day(day), late_days).isoformat()
