@@ -253,13 +253,18 @@ def asset_keys(run: PlannedRun, graph: BaseAssetGraph) -> list[dg.AssetKey]:
 
 def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, graph: BaseAssetGraph,
                    days: set[str] | None = None) -> list[dg.RunRequest]:
-    """One run request per stale or missing day (not already running), keyed by what it will produce."""
+    """One run request per stale or missing day (not already running), keyed by what it will produce and
+    what the day has now: Dagster's daemon drops a request whose run key an earlier run of the sensor
+    carried, so a key of the expected version alone came back for a day delivered as A, B, then A again,
+    and the day kept B's rows (review rev21b). A run that fails changes nothing recorded: the sensor asks
+    for it once, the nightly retries it."""
     requests = []
     for run in plan.runs:
         if run.partition is None or run.partition in busy or (days is not None and run.partition not in days):
             continue
         version = plan.expected.get(("features", run.partition), "")
-        requests.append(dg.RunRequest(run_key=f"{prefix}-{run.partition}-{version}", partition_key=run.partition,
+        now = plan.current.get(run.partition) or "none"
+        requests.append(dg.RunRequest(run_key=f"{prefix}-{run.partition}-{version}-from-{now}", partition_key=run.partition,
                                       asset_selection=asset_keys(run, graph), tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
     return requests
 

@@ -61,7 +61,7 @@ def _moderation_elsewhere(home: DataHome) -> list:
         curation = tomllib.loads(settings_path(home.root).read_text(encoding="utf-8")).get("curation", {})
     except (OSError, ValueError):
         return []
-    return [[name, stat_key(Path(curation[name]))] for name in ("phrases_file", "banned_users_file")
+    return [[name, stat_key(home.moderation_list(curation[name], home.root))] for name in ("phrases_file", "banned_users_file")
             if isinstance(curation.get(name), str) and curation[name]]
 
 

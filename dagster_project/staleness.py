@@ -58,8 +58,8 @@ Lookup = Callable[[str, "str | None"], "str | None"]
 
 def moderation_files(home: DataHome, curation_config) -> list[Path]:
     """The moderation lists the decisions stage reads under ``curation_config``."""
-    return [Path(curation_config.banned_users_file) if curation_config.banned_users_file else home.banned_users_file,
-            Path(curation_config.phrases_file) if curation_config.phrases_file else home.nsfw_phrases_file]
+    return [home.moderation_list(curation_config.banned_users_file, home.banned_users_file),
+            home.moderation_list(curation_config.phrases_file, home.nsfw_phrases_file)]
 
 
 def stage_version(stage: Stage, home: DataHome, stage_config, upstream: Lookup, days: Iterable[str],
@@ -200,6 +200,9 @@ class BuildPlan:
     runs: list[PlannedRun]
     observations: dict[str, str]                     # day -> raw content version to record
     expected: dict[tuple[str, str | None], str]
+    # day -> the features version recorded now for each planned day (None: never built); with the expected
+    # one it keys the day's run request, so a day delivered as A, B, then A again gets a new run key
+    current: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def up_to_date(self) -> bool:
@@ -234,6 +237,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
     observations = {}
     forced_days = set(raw_days if force and selected_days is None else selected_days or [])
     runs: list[PlannedRun] = []
+    current: dict[str, str | None] = {}
     for day in all_days:
         if day not in raw_days:
             continue  # its raw folder is gone: keep what was built from it (lookup falls back to the record)
@@ -256,6 +260,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
         expected.update({(name, day): version for name, version in versions.items()})
         if ops:
             runs.append(PlannedRun(DAILY[0].job, ops, day, reasons))
+            current[day] = recorded.get(DAILY[-1].name, day)
     upstream_runs = False
     global_ops, global_reasons = [], []
     for stage in GLOBAL:
@@ -277,7 +282,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             # the run also materializes the job's reports on the model (automation.asset_keys)
             runs.append(PlannedRun(stage.job, [stage.op], None, [f"model: {reason}"]))
     raw.save()
-    return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
+    return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected, current=current)
 
 
 def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:

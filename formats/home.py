@@ -61,6 +61,13 @@ class DataHome:
     def nsfw_phrases_file(self) -> Path:
         return self.moderation / "nsfw_phrases.txt"
 
+    def moderation_list(self, configured: str, default: Path) -> Path:
+        """A moderation list's path from the settings (``curation.banned_users_file`` / ``phrases_file``):
+        a relative one is inside the data home, never the working directory of whoever runs (`pickapic
+        build` from the home and the daemon from / planned the same home differently: review rev21b);
+        '' is ``default``."""
+        return self.root / configured if configured else default
+
     @property
     def ground_truth(self) -> Path:
         return self.root / "ground_truth"

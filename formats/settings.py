@@ -380,6 +380,8 @@ def read_file(path: Path, source: str | None = None) -> dict[str, Any]:
     source = source or str(path)
     try:
         document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise SettingsError(f"settings file {source} cannot be read: {exc.strerror or exc}") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"settings file {source} is not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -411,6 +413,12 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         if path.is_file():
             settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
                                             f"{SETTINGS_FILE} of the data home")
+        elif os.path.lexists(path):
+            # there but not a file (a link whose target is gone, a folder): never read as "no settings",
+            # which would rebuild with the defaults, the default pseudonym secret included (review rev21b)
+            raise SettingsError(f"{SETTINGS_FILE} of the data home ({path}) is there but is not a file (a link "
+                                "whose target is gone, or a folder): restore or remove it; the defaults are "
+                                "never used in its place")
     if config_file is not None:
         path = Path(config_file)
         if not path.is_file():

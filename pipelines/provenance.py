@@ -35,18 +35,22 @@ def combine(*parts: object) -> str:
 
 
 def stat_key(path: Path) -> list | None:
-    """[size, mtime_ns, inode] of a file (None when missing, a marker when not a regular file)."""
+    """[size, mtime_ns, inode, ctime_ns] of a file (None when missing, a marker when not a regular file).
+
+    The ctime is what ``utime`` cannot set: a file rewritten in place with the same size and its mtime put
+    back (``cp -p``, ``rsync -t --inplace``, ``touch -r``) was trusted as unchanged (review rev21b). Anything
+    else that moves a ctime (a chmod, a new link) only costs one more read of the file."""
     try:
         info = path.stat()
     except FileNotFoundError:
         return None
     if not path.is_file():
         return ["not-a-file", info.st_mode]
-    return [info.st_size, info.st_mtime_ns, info.st_ino]
+    return [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
 
 
 class RawDigests:
-    """sha256 of raw files, re-read only when a file's size, mtime or inode changed (cache in ``cache/``)."""
+    """sha256 of raw files, re-read only when a file's size, mtime, inode or ctime changed (cache in ``cache/``)."""
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
@@ -98,7 +102,7 @@ def files_digest(paths: Iterable[Path]) -> str:
 
 
 def raw_stats(home: DataHome) -> list:
-    """Cheap fingerprint of the raw zone: every day folder's table files by size, mtime and inode."""
+    """Cheap fingerprint of the raw zone: every day folder's table files by size, mtime, inode and ctime."""
     out = []
     if home.raw_logs.is_dir():
         for folder in sorted(os.scandir(home.raw_logs), key=lambda e: e.name):

@@ -126,8 +126,8 @@ class CurationConfig:
     # NudeNet drops every detection scored below its own cut-off, so a lower threshold would silently act as it.
     nsfw_threshold: float = knob(FLAG_THRESHOLD, "Minimum NudeNet detection score of a listed class to flag an image "
                                  "(NudeNet keeps no detection below 0.25).", min=NMS_SCORE_THRESHOLD, max=1)
-    phrases_file: str = knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt.")
-    banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt.")
+    phrases_file: str = knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt; a relative path is inside the data home.")
+    banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt; a relative path is inside the data home.")
     four_image_ties: str = knob("all_pairs", "4-image tie: 'all_pairs' (6 tie pairs) or 'drop'.", choices=("all_pairs", "drop"))
     pseudonym_secret: str = knob(DEFAULT_SECRET, "HMAC secret for user pseudonyms (set your own for a release).", secret=True)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
@@ -340,8 +340,8 @@ def phrase_patterns(phrases: list[str], kinds: dict[str, tuple[str, str]] | None
     return [phrase_pattern(chunk, kinds) for chunk in phrase_chunks(phrases, kinds)]
 
 
-def _moderation_file(configured: str, default: Path, what: str) -> Path:
-    path = Path(configured) if configured else default
+def _moderation_file(home: DataHome, configured: str, default: Path, what: str) -> Path:
+    path = home.moderation_list(configured, default)
     if not path.is_file():
         raise FileNotFoundError(f"{what} list {path} does not exist (set CurationConfig to another file)")
     return path
@@ -365,8 +365,8 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
             raise FileNotFoundError(f"decisions not found at {decisions}: run build_decisions first")
         views["decisions"] = decisions
     con = connect(views, threads=config.threads or None)
-    banned = read_id_list(_moderation_file(config.banned_users_file, home.banned_users_file, "banned users"))
-    phrases = read_phrases(_moderation_file(config.phrases_file, home.nsfw_phrases_file, "NSFW phrase"))
+    banned = read_id_list(_moderation_file(home, config.banned_users_file, home.banned_users_file, "banned users"))
+    phrases = read_phrases(_moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase"))
     con.register("banned_users", pa.table({"user_id": pa.array(banned, pa.int64())}))
     user_ids = [row[0] for row in con.sql("SELECT DISTINCT user_id FROM rankings ORDER BY 1").fetchall()]
     con.register("user_pseudonyms", pseudonym_table(user_ids, config.pseudonym_secret))

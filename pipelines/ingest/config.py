@@ -25,7 +25,9 @@ class IngestConfig:
     max_id: int = knob(2**53, "ids above this -> invalid_value (JSON-safe integers)", min=1)
     min_gs: float = knob(0.0, "lowest accepted guidance scale")
     max_gs: float = knob(50.0, "highest accepted guidance scale")
-    earliest_created_at: str = knob("2022-01-01 00:00:00", "created_at before this -> bad_timestamp")
+    earliest_created_at: str = knob("2022-01-01 00:00:00", "created_at before this -> bad_timestamp (naive UTC, as the "
+                                                           "app's timestamps; a value with an offset, `...+02:00` or "
+                                                           "`...Z`, is read as the same instant in UTC)")
     future_tolerance_days: int = knob(2, "created_at at/after the end of the partition day + this many days -> "
                                          "bad_timestamp", min=0, max=3650)
     workers: int = knob(2, "processes for a large day (lines split between them by primary key); output does not "
