@@ -46,10 +46,20 @@ from training import runs
 # The global stages rerun by themselves (the automation sensor) once an input's data version changed and
 # no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
 # changed nothing. Settings changes are the nightly schedule's (it compares the full data versions).
+#
+# Three triggers. (1) Any input's data version changed, until this asset is requested or materialized
+# (since_last_handled): no rebuild after a rebuild's own materializations. (2) A daily input's data version
+# changed, until this asset is requested (not: materialized): a daily run that ends while a rebuild runs stays
+# a trigger after that rebuild materializes, which resets (1), so its day gets a rebuild of its own (review
+# rev21b: it waited for the nightly). (3) An input is requested in the same tick: the chain dedup -> decisions
+# -> pairs -> splits -> publish goes in one run (inside (1) it lost to the reset of the tick right after a
+# rebuild). All wait while an input or the asset itself is still being computed.
+_DAILY_INPUTS = dg.AssetSelection.groups("raw", "app_export", "ingest", "features")
 REBUILD_CONDITION = (
-    dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested()
-    ).since_last_handled()
+    (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).since_last_handled()
+     | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).allow(_DAILY_INPUTS)
+     .since(dg.AutomationCondition.newly_requested())
+     | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()))
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("an input's data version changed")
