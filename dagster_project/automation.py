@@ -36,6 +36,7 @@ import zlib
 from typing import TYPE_CHECKING, Mapping
 
 import dagster as dg
+from dagster._core.events import DagsterEventType
 
 from dagster_project.home_settings import ScheduleConfig
 from dagster_project.resources import PickapicHome
@@ -47,7 +48,7 @@ from dagster_project.staleness import (
     raw_observation,
     record_observations,
 )
-from dagster_project.versions import PARTITIONS, STAGES
+from dagster_project.versions import FEATURE_DATASETS, INGEST_DATASETS, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
 from formats.settings import load
@@ -252,20 +253,25 @@ def asset_keys(run: PlannedRun, graph: BaseAssetGraph) -> list[dg.AssetKey]:
 
 
 def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, graph: BaseAssetGraph,
-                   days: set[str] | None = None) -> list[dg.RunRequest]:
-    """One run request per stale or missing day (not already running), keyed by what it will produce and
-    what the day has now: Dagster's daemon drops a request whose run key an earlier run of the sensor
-    carried, so a key of the expected version alone came back for a day delivered as A, B, then A again,
-    and the day kept B's rows (review rev21b). A run that fails changes nothing recorded: the sensor asks
-    for it once, the nightly retries it."""
+                   instance: dg.DagsterInstance, days: set[str] | None = None) -> list[dg.RunRequest]:
+    """One run request per stale or missing day (not already running), keyed by what it will produce and by
+    the day's last fingerprint materialization (its event's storage id, which only grows): Dagster's daemon
+    drops a request whose run key an earlier run of the sensor carried, so a key of the expected version alone
+    (or with the version the day had) came back for a day delivered as A, B, A (B) again, and the day kept the
+    other delivery's rows (reviews rev21b, rev21c). A run that fails records nothing: the sensor asks for it
+    once, the nightly retries it."""
+    wanted = [run for run in plan.runs
+              if run.partition is not None and run.partition not in busy and (days is None or run.partition in days)]
+    if not wanted:
+        return []
+    marks = instance.event_log_storage.get_latest_storage_id_by_partition(
+        dg.AssetKey(FEATURE_DATASETS[0]), DagsterEventType.ASSET_MATERIALIZATION, {run.partition for run in wanted})
     requests = []
-    for run in plan.runs:
-        if run.partition is None or run.partition in busy or (days is not None and run.partition not in days):
-            continue
+    for run in wanted:
         version = plan.expected.get(("features", run.partition), "")
-        now = plan.current.get(run.partition) or "none"
-        requests.append(dg.RunRequest(run_key=f"{prefix}-{run.partition}-{version}-from-{now}", partition_key=run.partition,
-                                      asset_selection=asset_keys(run, graph), tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
+        key = f"{prefix}-{run.partition}-{version}-after-{marks.get(run.partition, 0)}"
+        requests.append(dg.RunRequest(run_key=key, partition_key=run.partition, asset_selection=asset_keys(run, graph),
+                                      tags={"pickapic/why": "; ".join(run.reasons)[:200]}))
     return requests
 
 
@@ -288,7 +294,7 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     _record(context.instance, plan, complete)
     busy = unfinished_partitions(context.instance)
     graph = context.repository_def.asset_graph
-    requests = daily_requests(plan, busy, "nightly", graph, complete)
+    requests = daily_requests(plan, busy, "nightly", graph, context.instance, complete)
     pending_daily = any(run.partition is not None for run in plan.runs)
     rebuild = next((run for run in plan.runs if run.job == "rebuild_dataset_job"), None)
     if not pending_daily and rebuild is not None and None not in busy:
@@ -345,12 +351,58 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     new_days = [day for day in complete if day not in known]
     events = [raw_observation(day, version) for day, version in sorted(plan.observations.items()) if day in complete]
     requests = daily_requests(plan, unfinished_partitions(context.instance), "raw", context.repository_def.asset_graph,
-                              set(complete))
+                              context.instance, set(complete))
     return dg.SensorResult(
         run_requests=requests, asset_events=events,
         dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(PARTITIONS, new_days)] if new_days else [],
         skip_reason=None if requests else f"every complete raw day under {home.raw_logs} is ingested and fresh{note}",
     )
+
+
+DAILY_INPUT_ASSETS = INGEST_DATASETS + FEATURE_DATASETS   # what a daily run materializes
+
+
+@dg.sensor(job=rebuild_dataset_job, minimum_interval_seconds=CRONS.sensor_interval_s, default_status=SENSOR_STATUS,
+           description="Starts one more rebuild when a daily run ended while the last rebuild ran (the rebuild "
+                       "automation forgets such a change when that rebuild materializes).")
+def inputs_during_rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
+    """After each successful rebuild: if a daily input (ingest or fingerprints) was materialized between its
+    start and its end, and the plan then says the global stages are stale, request the rebuild once (run key
+    and cursor: that rebuild's run id). ``rebuild_when_inputs_change`` handles every change that lands while
+    no rebuild runs; a rebuild whose steps read the change already leaves nothing stale (its versions are
+    taken when each step starts), so nothing is requested; a `pickapic build` runs its days before its rebuild,
+    so none lands inside it (review rev21b, rev21c)."""
+    instance = context.instance
+    if instance.get_runs(filters=dg.RunsFilter(job_name=rebuild_dataset_job.name, statuses=_UNFINISHED), limit=1):
+        return dg.SkipReason("a rebuild is running")
+    if any(partition is not None for partition in unfinished_partitions(instance)):
+        return dg.SkipReason("daily runs are running: the rebuild automation follows them")
+    last = instance.get_runs(filters=dg.RunsFilter(job_name=rebuild_dataset_job.name,
+                                                   statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1)
+    if not last:
+        return dg.SkipReason("no rebuild has run yet")
+    run = last[0]
+    if context.cursor == run.run_id:
+        return dg.SkipReason(f"rebuild {run.run_id} checked already")
+    stats = instance.get_run_stats(run.run_id)
+    landed = sorted(asset for asset in DAILY_INPUT_ASSETS if stats.start_time and stats.end_time and
+                    instance.fetch_materializations(dg.AssetRecordsFilter(
+                        asset_key=dg.AssetKey(asset), after_timestamp=stats.start_time,
+                        before_timestamp=stats.end_time), limit=1).records)
+    if not landed:
+        context.update_cursor(run.run_id)
+        return dg.SkipReason(f"no daily input changed while rebuild {run.run_id} ran")
+    home = data_home.home()
+    plan = plan_build(home, load(home.root), instance)
+    rebuild = next((planned for planned in plan.runs if planned.job == rebuild_dataset_job.name), None)
+    context.update_cursor(run.run_id)
+    if rebuild is None or any(planned.partition is not None for planned in plan.runs):
+        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran, and "
+                             + ("days are still to build: the nightly or the raw sensor goes first" if rebuild
+                                else "that rebuild read them: nothing is stale"))
+    return dg.RunRequest(run_key=f"after-{run.run_id}",
+                         asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
+                         tags={"pickapic/why": f"{', '.join(landed)} changed while rebuild {run.run_id} ran"})
 
 
 rebuild_automation = dg.AutomationConditionSensorDefinition(

@@ -20,7 +20,7 @@ from dagster_project.versions import CODE_VERSIONS
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
-from formats.settings import settings_path
+from formats.settings import SettingsError, parse_assignment, settings_path
 from pipelines.provenance import combine, raw_stats, stat_key
 
 STAMP = "build_stamp.json"
@@ -51,18 +51,39 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
     if with_model and target:
         model = stat_key(home.models / "preference_model" / target / "eval.json")
     return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), sorted(assignments),
-                   _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home), outputs, target,
+                   _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home, assignments, config_file), outputs, target,
                    stat_key(latest / dataset.MANIFEST_FILE) if target else None, model)
 
 
-def _moderation_elsewhere(home: DataHome) -> list:
-    """Moderation lists the settings file points outside the home's raw zone, by size/mtime/inode."""
-    try:
-        curation = tomllib.loads(settings_path(home.root).read_text(encoding="utf-8")).get("curation", {})
-    except (OSError, ValueError):
-        return []
-    return [[name, stat_key(home.moderation_list(curation[name], home.root))] for name in ("phrases_file", "banned_users_file")
-            if isinstance(curation.get(name), str) and curation[name]]
+_MODERATION_KNOBS = ("phrases_file", "banned_users_file")
+
+
+def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), config_file: Path | None = None) -> list:
+    """The moderation lists the build's settings name (the home's file, then ``--config``, then ``--set``, as
+    :func:`formats.settings.load` applies them), by size/mtime/inode/ctime. Read without validating (the
+    plan's own ``load`` reports a bad value): a ``curation`` that is not a table names none, never a
+    traceback, and a list named by ``--set`` / ``--config`` is watched too (review rev21c: only the home's
+    file was read, so an edited list named on the command line answered "up to date")."""
+    named: dict[str, object] = {}
+    for path in (settings_path(home.root), config_file):
+        if path is None:
+            continue
+        try:
+            curation = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("curation", {})
+        except (OSError, ValueError):
+            continue
+        if isinstance(curation, dict):
+            named.update({name: curation[name] for name in _MODERATION_KNOBS if name in curation})
+    for assignment in assignments:
+        try:
+            key, value = parse_assignment(assignment)
+        except SettingsError:
+            continue
+        section, _, name = key.partition(".")
+        if section == "curation" and name in _MODERATION_KNOBS:
+            named[name] = value
+    return [[name, stat_key(home.moderation_list(value, home.root))] for name, value in sorted(named.items())
+            if isinstance(value, str) and value]
 
 
 def is_up_to_date(home: DataHome, key: str) -> bool:

@@ -46,23 +46,16 @@ from training import runs
 # The global stages rerun by themselves (the automation sensor) once an input's data version changed and
 # no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
 # changed nothing. Settings changes are the nightly schedule's (it compares the full data versions).
-#
-# Three triggers. (1) Any input's data version changed, until this asset is requested or materialized
-# (since_last_handled): no rebuild after a rebuild's own materializations. (2) A daily input's data version
-# changed, until this asset is requested (not: materialized): a daily run that ends while a rebuild runs stays
-# a trigger after that rebuild materializes, which resets (1), so its day gets a rebuild of its own (review
-# rev21b: it waited for the nightly). (3) An input is requested in the same tick: the chain dedup -> decisions
-# -> pairs -> splits -> publish goes in one run (inside (1) it lost to the reset of the tick right after a
-# rebuild). All wait while an input or the asset itself is still being computed.
-_DAILY_INPUTS = dg.AssetSelection.groups("raw", "app_export", "ingest", "features")
 REBUILD_CONDITION = (
-    (dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).since_last_handled()
-     | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.data_version_changed()).allow(_DAILY_INPUTS)
-     .since(dg.AutomationCondition.newly_requested())
-     | dg.AutomationCondition.any_deps_match(dg.AutomationCondition.will_be_requested()))
+    dg.AutomationCondition.any_deps_match(
+        dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested()
+    ).since_last_handled()
     & ~dg.AutomationCondition.any_deps_in_progress()
     & ~dg.AutomationCondition.in_progress()
 ).with_label("an input's data version changed")
+# A daily run that ends while a rebuild runs is reset with that rebuild's materializations (since_last_handled):
+# automation.inputs_during_rebuild_sensor asks for its rebuild (review rev21b). A trigger that reset only on a
+# request (rev21b's first fix) started a useless rebuild after every `pickapic build` (review rev21c).
 Lookup = Callable[[str, "str | None"], "str | None"]
 
 
@@ -210,9 +203,6 @@ class BuildPlan:
     runs: list[PlannedRun]
     observations: dict[str, str]                     # day -> raw content version to record
     expected: dict[tuple[str, str | None], str]
-    # day -> the features version recorded now for each planned day (None: never built); with the expected
-    # one it keys the day's run request, so a day delivered as A, B, then A again gets a new run key
-    current: dict[str, str | None] = field(default_factory=dict)
 
     @property
     def up_to_date(self) -> bool:
@@ -247,7 +237,6 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
     observations = {}
     forced_days = set(raw_days if force and selected_days is None else selected_days or [])
     runs: list[PlannedRun] = []
-    current: dict[str, str | None] = {}
     for day in all_days:
         if day not in raw_days:
             continue  # its raw folder is gone: keep what was built from it (lookup falls back to the record)
@@ -270,7 +259,6 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
         expected.update({(name, day): version for name, version in versions.items()})
         if ops:
             runs.append(PlannedRun(DAILY[0].job, ops, day, reasons))
-            current[day] = recorded.get(DAILY[-1].name, day)
     upstream_runs = False
     global_ops, global_reasons = [], []
     for stage in GLOBAL:
@@ -292,7 +280,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             # the run also materializes the job's reports on the model (automation.asset_keys)
             runs.append(PlannedRun(stage.job, [stage.op], None, [f"model: {reason}"]))
     raw.save()
-    return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected, current=current)
+    return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
 
 
 def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:

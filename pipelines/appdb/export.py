@@ -937,16 +937,18 @@ def _cached_counts(cache_file: Path) -> dict:
 
 
 def _valid_entry(entry: object, key: list[int]) -> bool:
-    """Whether a cache entry is [size, mtime_ns, inode, rows, max id] for the file's current ``key``, with
-    integer counts (a hand-edited or corrupted entry is recomputed, never trusted or failing the export)."""
-    return (isinstance(entry, list) and len(entry) == 5 and all(type(v) is int for v in entry[:3])
-            and entry[:3] == key and type(entry[3]) is int and entry[3] >= 0
-            and (entry[4] is None or type(entry[4]) is int))
+    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id] for the file's current ``key``,
+    with integer counts (a hand-edited or corrupted entry is recomputed, never trusted or failing the export).
+    The ctime is what ``utime`` cannot set: a file rewritten in place with its size and mtime put back (``cp -p``)
+    kept its old counts (review rev21c)."""
+    return (isinstance(entry, list) and len(entry) == 6 and all(type(v) is int for v in entry[:4])
+            and entry[:4] == key and type(entry[4]) is int and entry[4] >= 0
+            and (entry[5] is None or type(entry[5]) is int))
 
 
 def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
     """table -> (rows, largest id) of the raw day's table files there are, from a cache keyed by each
-    file's size, mtime and inode (HOME/cache: deleting it costs one decompression of each file). The
+    file's size, mtime, inode and ctime (HOME/cache: deleting it costs one decompression of each file). The
     cache is read as the tool's own small files are (:func:`_cached_counts`): a bad or malformed entry
     is recomputed from the raw file."""
     cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
@@ -957,12 +959,12 @@ def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]
         info = lstat_or_none(path)
         if info is None or not stat.S_ISREG(info.st_mode):
             continue
-        key = [info.st_size, info.st_mtime_ns, info.st_ino]
+        key = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
         entry = cached.get(table)
         if not _valid_entry(entry, key):
             entry = key + list(_file_counts(path))
         fresh[table] = entry
-        out[table] = (entry[3], entry[4])
+        out[table] = (entry[4], entry[5])
     if fresh != cached:
         with contextlib.suppress(OSError):
             cache_file.parent.mkdir(parents=True, exist_ok=True)

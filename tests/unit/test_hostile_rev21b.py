@@ -82,6 +82,52 @@ def instance(fast_tmp):
 # after R1 ended) requests 5. Every catch-up (app_export's up to 31 days a night, a backfill, two exports an hour
 # apart with a long curation) hits this.
 
+def _rebuild_started(instance) -> dg.DagsterRun:
+    """A rebuild run as the daemon starts one: STARTED, with its RUN_START event (the run's start time)."""
+    job = defs.resolve_job_def("rebuild_dataset_job")
+    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
+                                      status=dg.DagsterRunStatus.STARTED)
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value,
+                                               job_name=job.name), run_id=run.run_id)
+    return run
+
+
+def _rebuild_ended(instance, run: dg.DagsterRun, versions: dict) -> None:
+    """The rebuild materializes the globals with the versions its steps took when they started, then succeeds."""
+    for asset in GLOBAL_ASSETS:
+        instance.report_dagster_event(DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
+            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
+                asset_key=asset, tags={DATA_VERSION_TAG: versions[asset]}))), run_id=run.run_id)
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
+                                               job_name=run.job_name), run_id=run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
+
+
+def _global_versions(home, instance) -> dict:
+    """The versions a rebuild starting now records (the plan's expected ones), by asset."""
+    expected = _plan(home, instance).expected
+    by_stage = {"duplicate_clusters": "dedup", "decisions": "decisions", "pairs": "pairs", "split_pairs": "splits",
+                "published_dataset": "publish"}
+    return {asset: expected[(stage, None)] for asset, stage in by_stage.items()}
+
+
+def _sensor_requests(home, instance, state: dict) -> list[dg.RunRequest]:
+    context = dg.build_sensor_context(instance=instance, cursor=state.get("sensor"),
+                                      resources={"data_home": automation.PickapicHome(root=str(home.root))},
+                                      repository_def=defs.get_repository_def())
+    result = automation.inputs_during_rebuild_sensor.evaluate_tick(context)
+    state["sensor"] = result.cursor
+    return list(result.run_requests or [])
+
+
+def _features_changed(home, instance, day: str, payload: bytes) -> None:
+    """``day`` delivered again with other bytes and its daily run ending: its ingest and fingerprints are
+    recorded with the versions the plan now expects (the other days' again, unchanged)."""
+    _land_day(home, day, payload=payload)
+    _pretend_built(home, instance, _plan(home, instance), stages=("ingest", "features"))
+
+
 def test_a_day_ingested_during_a_rebuild_gets_its_own_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     selection = dg.AssetSelection.groups("curation", "splits", "publish")
@@ -94,41 +140,40 @@ def test_a_day_ingested_during_a_rebuild_gets_its_own_rebuild(home, instance):
         return result.total_requested
 
     assert tick() == 0
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        asset_key="image_features", partition=DAYS[0], tags={DATA_VERSION_TAG: "day1-new"}))
-    assert tick() == len(GLOBAL_ASSETS)                       # R1 requested
-    job = defs.resolve_job_def("rebuild_dataset_job")
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED)
+    _features_changed(home, instance, DAYS[0], b'{"user_id": 1}\n')
+    assert tick() == len(GLOBAL_ASSETS)                       # R1 requested by the automation
+    versions = _global_versions(home, instance)               # what R1's steps read: day 1 new, day 2 old
+    run = _rebuild_started(instance)
     assert tick() == 0
-    instance.report_runless_asset_event(dg.AssetMaterialization(   # day 2's daily run ends while R1 runs
-        asset_key="image_features", partition=DAYS[1], tags={DATA_VERSION_TAG: "day2-new"}))
+    assert _sensor_requests(home, instance, state) == []      # a rebuild is running
+    _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')    # day 2's daily run ends while R1 runs
     assert tick() == 0                                         # waits for R1: right
-    for asset in GLOBAL_ASSETS:                                # R1 ends: it materializes the globals
-        instance.report_dagster_event(DagsterEvent(
-            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=job.name,
-            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
-                asset_key=asset, tags={DATA_VERSION_TAG: "r1"}))), run_id=run.run_id)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
-                                               job_name=job.name), run_id=run.run_id)
-    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
-    requested_after = [tick() for _ in range(3)]
-    assert sum(requested_after) == len(GLOBAL_ASSETS), requested_after   # one rebuild for day 2
-    # that rebuild (R2) runs and ends with nothing new: no third rebuild (its own materializations are no trigger)
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED)
-    assert tick() == 0
-    for asset in GLOBAL_ASSETS:
-        instance.report_dagster_event(DagsterEvent(
-            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=job.name,
-            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
-                asset_key=asset, tags={DATA_VERSION_TAG: "r2"}))), run_id=run.run_id)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
-                                               job_name=job.name), run_id=run.run_id)
+    _rebuild_ended(instance, run, versions)
+    assert [tick() for _ in range(3)] == [0, 0, 0]            # the automation forgot it (since_last_handled)
+    requests = _sensor_requests(home, instance, state)        # ... the sensor asks for day 2's rebuild, once
+    assert len(requests) == 1 and requests[0].run_key == f"after-{run.run_id}", requests
+    assert sorted(key.to_user_string() for key in requests[0].asset_selection) == sorted(GLOBAL_ASSETS)
+    assert _sensor_requests(home, instance, state) == []      # checked already
+    # that rebuild (R2) runs and ends with nothing new: no third rebuild from either
+    versions = _global_versions(home, instance)
+    run = _rebuild_started(instance)
+    _rebuild_ended(instance, run, versions)
     assert [tick() for _ in range(3)] == [0, 0, 0]
-    instance.report_runless_asset_event(dg.AssetMaterialization(   # and a later day's run still gets one
-        asset_key="image_features", partition=DAYS[0], tags={DATA_VERSION_TAG: "day1-newer"}))
+    assert _sensor_requests(home, instance, state) == []
+    _features_changed(home, instance, DAYS[0], b'{"user_id": 3}\n')  # a later daily run still gets the automation's
     assert tick() == len(GLOBAL_ASSETS)
+
+
+def test_a_rebuild_that_read_a_change_made_during_it_gets_no_second_one(home, instance):
+    """A daily run that ends after the rebuild started but before its steps read the inputs: the rebuild's
+    versions include it, the plan says fresh, and the sensor asks for nothing."""
+    _pretend_built(home, instance, _plan(home, instance))
+    state: dict = {}
+    run = _rebuild_started(instance)
+    _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')
+    _rebuild_ended(instance, run, _global_versions(home, instance))   # its steps started after the change
+    assert _sensor_requests(home, instance, state) == []
+    assert state["sensor"] == run.run_id
 
 
 # --- 2. a day re-delivered with its earlier bytes is not re-ingested by the sensor ----------------------------
