@@ -360,46 +360,66 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
 
 
 DAILY_INPUT_ASSETS = INGEST_DATASETS + FEATURE_DATASETS   # what a daily run materializes
+GLOBAL_ASSET_KEYS = frozenset(dg.AssetKey(asset) for stage in STAGES if not stage.partitioned and stage.name != "model"
+                              for asset in stage.assets)
+LAST_GLOBAL_ASSET = "published_dataset"    # every rebuild ends with it (a stale stage reruns everything after it)
+
+
+def _runs_global_stages(run: dg.DagsterRun) -> bool:
+    """Whether a run builds global stages: the rebuild job, or an asset run the automation or a schedule started
+    (Dagster names those ``__ASSET_JOB`` / ``__anonymous_asset_job_...``: review rev21d)."""
+    return run.job_name == rebuild_dataset_job.name or bool(run.asset_selection and run.asset_selection & GLOBAL_ASSET_KEYS)
 
 
 @dg.sensor(job=rebuild_dataset_job, minimum_interval_seconds=CRONS.sensor_interval_s, default_status=SENSOR_STATUS,
            description="Starts one more rebuild when a daily run ended while the last rebuild ran (the rebuild "
                        "automation forgets such a change when that rebuild materializes).")
 def inputs_during_rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
-    """After each successful rebuild: if a daily input (ingest or fingerprints) was materialized between its
-    start and its end, and the plan then says the global stages are stale, request the rebuild once (run key
-    and cursor: that rebuild's run id). ``rebuild_when_inputs_change`` handles every change that lands while
-    no rebuild runs; a rebuild whose steps read the change already leaves nothing stale (its versions are
-    taken when each step starts), so nothing is requested; a `pickapic build` runs its days before its rebuild,
-    so none lands inside it (review rev21b, rev21c)."""
+    """After each successful rebuild (the run of the last ``published_dataset`` materialization, whoever started
+    it): if a daily input (ingest or fingerprints) was materialized between its start and its end, none after
+    its end (``rebuild_when_inputs_change`` follows those), and the plan then says the global stages are stale,
+    request the rebuild once (run key and cursor: that rebuild's run id). A rebuild whose steps read the change
+    leaves nothing stale (its versions are taken as each step starts): nothing is requested; a `pickapic build`
+    runs its days before its rebuild, so none lands inside it. The plan leaves incomplete raw days alone, as
+    the nightly does; while other days are still to build it waits, since the automation rebuilds after them
+    (reviews rev21b, rev21c, rev21d)."""
     instance = context.instance
-    if instance.get_runs(filters=dg.RunsFilter(job_name=rebuild_dataset_job.name, statuses=_UNFINISHED), limit=1):
+    unfinished = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
+    if any(_runs_global_stages(run) for run in unfinished):
         return dg.SkipReason("a rebuild is running")
-    if any(partition is not None for partition in unfinished_partitions(instance)):
+    if any(run.tags.get("dagster/partition") for run in unfinished):
         return dg.SkipReason("daily runs are running: the rebuild automation follows them")
-    last = instance.get_runs(filters=dg.RunsFilter(job_name=rebuild_dataset_job.name,
-                                                   statuses=[dg.DagsterRunStatus.SUCCESS]), limit=1)
-    if not last:
-        return dg.SkipReason("no rebuild has run yet")
-    run = last[0]
+    event = instance.get_latest_materialization_event(dg.AssetKey(LAST_GLOBAL_ASSET))
+    run = instance.get_run_by_id(event.run_id) if event is not None and event.run_id else None
+    if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
+        return dg.SkipReason("no successful rebuild to check")   # a failed one: the nightly retries it
     if context.cursor == run.run_id:
         return dg.SkipReason(f"rebuild {run.run_id} checked already")
     stats = instance.get_run_stats(run.run_id)
-    landed = sorted(asset for asset in DAILY_INPUT_ASSETS if stats.start_time and stats.end_time and
-                    instance.fetch_materializations(dg.AssetRecordsFilter(
-                        asset_key=dg.AssetKey(asset), after_timestamp=stats.start_time,
-                        before_timestamp=stats.end_time), limit=1).records)
-    if not landed:
+    if not (stats.start_time and stats.end_time):
         context.update_cursor(run.run_id)
-        return dg.SkipReason(f"no daily input changed while rebuild {run.run_id} ran")
+        return dg.SkipReason(f"rebuild {run.run_id} has no start or end time recorded")
+
+    def materialized(asset: str, after: float, before: float | None) -> bool:
+        return bool(instance.fetch_materializations(dg.AssetRecordsFilter(
+            asset_key=dg.AssetKey(asset), after_timestamp=after, before_timestamp=before), limit=1).records)
+
+    landed = [asset for asset in DAILY_INPUT_ASSETS if materialized(asset, stats.start_time, stats.end_time)]
+    if not landed or any(materialized(asset, stats.end_time, None) for asset in DAILY_INPUT_ASSETS):
+        context.update_cursor(run.run_id)
+        return dg.SkipReason(f"no daily input changed while rebuild {run.run_id} ran" if not landed else
+                             f"daily inputs changed after rebuild {run.run_id} too: the rebuild automation follows")
     home = data_home.home()
-    plan = plan_build(home, load(home.root), instance)
+    incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
+    plan = plan_build(home, load(home.root), instance, ignore_days=incomplete)
+    if any(planned.partition is not None for planned in plan.runs):
+        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran; days are still to "
+                             "build: the rebuild automation follows their runs")
     rebuild = next((planned for planned in plan.runs if planned.job == rebuild_dataset_job.name), None)
     context.update_cursor(run.run_id)
-    if rebuild is None or any(planned.partition is not None for planned in plan.runs):
-        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran, and "
-                             + ("days are still to build: the nightly or the raw sensor goes first" if rebuild
-                                else "that rebuild read them: nothing is stale"))
+    if rebuild is None:
+        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran, and that rebuild read "
+                             "them: nothing is stale")
     return dg.RunRequest(run_key=f"after-{run.run_id}",
                          asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
                          tags={"pickapic/why": f"{', '.join(landed)} changed while rebuild {run.run_id} ran"})

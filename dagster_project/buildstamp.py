@@ -50,7 +50,7 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
     model = None
     if with_model and target:
         model = stat_key(home.models / "preference_model" / target / "eval.json")
-    return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), sorted(assignments),
+    return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), list(assignments),
                    _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home, assignments, config_file), outputs, target,
                    stat_key(latest / dataset.MANIFEST_FILE) if target else None, model)
 

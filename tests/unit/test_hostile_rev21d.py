@@ -90,10 +90,6 @@ def _rebuild_started(instance, job) -> dg.DagsterRun:
 # the rev21b defect is back for every rebuild not started by this sensor or `pickapic build`. rev21b's test made
 # its R1 with defs.resolve_job_def("rebuild_dataset_job"), which the daemon never does for the automation.
 
-@pytest.mark.xfail(strict=True, reason="rev21d: inputs_during_rebuild_sensor only looks at runs named "
-                                       "rebuild_dataset_job, but the automation's rebuilds run as __ASSET_JOB "
-                                       "(and the nightly's as __anonymous_asset_job_nightly_schedule): a day "
-                                       "ingested during such a rebuild still waits for the nightly")
 def test_a_day_ingested_during_the_automations_rebuild_gets_its_own_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     job = defs.resolve_implicit_global_asset_job_def()           # what the daemon runs the automation's request as
@@ -119,10 +115,6 @@ def test_a_day_ingested_during_the_automations_rebuild_gets_its_own_rebuild(home
 # day whose daily run failed (stale in the plan; the raw sensor asks for it once only).
 # Outcome: requests [] with skip "... days are still to build ...", cursor = R1's id.
 
-@pytest.mark.xfail(strict=True, reason="rev21d: inputs_during_rebuild_sensor plans without ignoring incomplete "
-                                       "raw days, so one incomplete day makes it skip ('days are still to build') "
-                                       "and move its cursor: the day ingested during the rebuild waits for the "
-                                       "nightly")
 def test_an_incomplete_raw_day_does_not_hold_back_the_rebuild_after_a_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     versions = _global_versions(home, instance)
@@ -144,9 +136,6 @@ def test_an_incomplete_raw_day_does_not_hold_back_the_rebuild_after_a_rebuild(ho
 # `pickapic build` (cli.py:139-141) answers "up to date: nothing changed" and the splits are never recomputed.
 # Outcome: load(...) gives 0.1 and 0.2, stamp_key equal (True).
 
-@pytest.mark.xfail(strict=True, reason="rev21d: stamp_key hashes sorted(--set assignments), so two commands whose "
-                                       "repeated --set of one key resolve to different values (the last wins in "
-                                       "load) have the same stamp and the second answers 'up to date'")
 def test_the_build_stamp_follows_the_last_set_of_a_key(home):
     first = ["splits.heldout_fraction=0.2", "splits.heldout_fraction=0.1"]
     second = list(reversed(first))
