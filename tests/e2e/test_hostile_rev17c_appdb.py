@@ -156,7 +156,8 @@ def _plant(cached: Path, kind: str) -> None:
         raw = cached.parents[2] / "raw" / "app_logs" / "dt=2023-03-01" / "rankings.jsonl.gz"
         info = os.lstat(raw)
         rows = {"non-integer counts": "many", "float counts": 1e6}[kind]
-        cached.write_text(json.dumps({"rankings": [info.st_size, info.st_mtime_ns, info.st_ino, rows, 1e6]}))
+        cached.write_text(json.dumps({"rankings": [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns, rows,
+                                                  1e6]}))
 
 
 @pytest.mark.parametrize("kind", ["fifo", "link to a fifo", "link to /dev/zero", "huge", "deep",
@@ -192,7 +193,7 @@ def test_a_fifo_in_the_counts_cache_neither_hangs_the_export_nor_holds_the_locks
                     + blocked)
     # the bad entry is ignored, the raw file counted again: the late row of 03-01 is found
     assert "exported ['2023-03-01'] 1" in out, (out, err[-2000:])
-    assert json.loads(cached.read_text())["rankings"][3] == 1      # the cache is rewritten as the export's own
+    assert json.loads(cached.read_text())["rankings"][4] == 1      # the cache is rewritten as the export's own (rows after ctime)
 
 
 # --- 3. LOCK TABLE refuses relations a SELECT reads: app tables served as materialized views now fail -------
