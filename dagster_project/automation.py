@@ -1,11 +1,11 @@
-"""Jobs, the nightly schedule, the raw-day sensor, the rebuild automation, weekly training, freshness checks.
+"""Jobs, the nightly schedule, the raw-day sensor, the rebuild sensor, weekly training, freshness checks.
 
 The nightly path runs by itself wherever a Dagster daemon runs for the home (``pickapic serve``):
 
 - ``raw_partition_sensor`` (every minute, ``schedules.sensor_interval_s``): a complete raw day that is new,
   or whose files changed, is added as a partition, observed (``raw_app_logs``) and ingested + fingerprinted;
-- ``rebuild_when_inputs_change`` (an automation-condition sensor, same interval): once a daily run changed an input's
-  data version and no input is still being computed, curation, splits and publish run once;
+- ``rebuild_when_inputs_change`` (same interval): when the plan says curation, splits and publish are stale and
+  no run is queued or running and no day is still to build, they run once (``rebuild_sensor``);
 - ``nightly_schedule`` (``schedules.nightly_cron``, 02:00 UTC): the catch-all. It plans exactly as
   ``pickapic build`` does and requests what is missing or stale: the daily partitions first, then (on a
   night with none) the global stages a changed setting or code version made stale;
@@ -48,7 +48,7 @@ from dagster_project.staleness import (
     raw_observation,
     record_observations,
 )
-from dagster_project.versions import FEATURE_DATASETS, INGEST_DATASETS, PARTITIONS, STAGES
+from dagster_project.versions import FEATURE_DATASETS, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
 from formats.settings import load
@@ -359,77 +359,52 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     )
 
 
-DAILY_INPUT_ASSETS = INGEST_DATASETS + FEATURE_DATASETS   # what a daily run materializes
 GLOBAL_ASSET_KEYS = frozenset(dg.AssetKey(asset) for stage in STAGES if not stage.partitioned and stage.name != "model"
                               for asset in stage.assets)
-LAST_GLOBAL_ASSET = "published_dataset"    # every rebuild ends with it (a stale stage reruns everything after it)
 
 
 def _runs_global_stages(run: dg.DagsterRun) -> bool:
-    """Whether a run builds global stages: the rebuild job, or an asset run the automation or a schedule started
+    """Whether a run builds global stages: the rebuild job, or an asset run a schedule or the UI started
     (Dagster names those ``__ASSET_JOB`` / ``__anonymous_asset_job_...``: review rev21d)."""
     return run.job_name == rebuild_dataset_job.name or bool(run.asset_selection and run.asset_selection & GLOBAL_ASSET_KEYS)
 
 
-@dg.sensor(job=rebuild_dataset_job, minimum_interval_seconds=CRONS.sensor_interval_s, default_status=SENSOR_STATUS,
-           description="Starts one more rebuild when a daily run ended while the last rebuild ran (the rebuild "
-                       "automation forgets such a change when that rebuild materializes).")
-def inputs_during_rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
-    """After each successful rebuild (the run of the last ``published_dataset`` materialization, whoever started
-    it): if a daily input (ingest or fingerprints) was materialized between its start and its end, none after
-    its end (``rebuild_when_inputs_change`` follows those), and the plan then says the global stages are stale,
-    request the rebuild once (run key and cursor: that rebuild's run id). A rebuild whose steps read the change
-    leaves nothing stale (its versions are taken as each step starts): nothing is requested; a `pickapic build`
-    runs its days before its rebuild, so none lands inside it. The plan leaves incomplete raw days alone, as
-    the nightly does; while other days are still to build it waits, since the automation rebuilds after them
-    (reviews rev21b, rev21c, rev21d)."""
+@dg.sensor(name="rebuild_when_inputs_change", job=rebuild_dataset_job, minimum_interval_seconds=CRONS.sensor_interval_s,
+           default_status=SENSOR_STATUS,
+           description="Runs curation, splits and publish when the plan says they are stale and nothing runs: "
+                       "once after a night's daily runs, once after a day that landed during a rebuild.")
+def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
+    """The global stages rebuilt when they are stale and nothing runs, decided as ``pickapic build`` decides:
+    the plan's full data versions (recorded against expected), never events seen between ticks.
+
+    It waits while any rebuild (the job, or an asset run building a global asset) or any daily run is queued
+    or running, and while days are still to build (incomplete raw days left alone, as the nightly does); then
+    a stale global stage gets one request, keyed by the version it will publish (``rebuild-<version>``: a
+    rebuild that fails is not asked for again; the nightly retries it). This replaced an automation-condition
+    sensor (``since_last_handled``) that forgot a daily run ending during a rebuild, could request a stage
+    while a rebuild was still running later ones, and, with the event-window sensor that tried to patch it,
+    missed or doubled rebuilds around short runs and re-runs (reviews rev21b-rev21e)."""
     instance = context.instance
     unfinished = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
     if any(_runs_global_stages(run) for run in unfinished):
-        return dg.SkipReason("a rebuild is running")
+        return dg.SkipReason("a rebuild is queued or running")
     if any(run.tags.get("dagster/partition") for run in unfinished):
-        return dg.SkipReason("daily runs are running: the rebuild automation follows them")
-    event = instance.get_latest_materialization_event(dg.AssetKey(LAST_GLOBAL_ASSET))
-    run = instance.get_run_by_id(event.run_id) if event is not None and event.run_id else None
-    if run is None or run.status != dg.DagsterRunStatus.SUCCESS:
-        return dg.SkipReason("no successful rebuild to check")   # a failed one: the nightly retries it
-    if context.cursor == run.run_id:
-        return dg.SkipReason(f"rebuild {run.run_id} checked already")
-    stats = instance.get_run_stats(run.run_id)
-    if not (stats.start_time and stats.end_time):
-        context.update_cursor(run.run_id)
-        return dg.SkipReason(f"rebuild {run.run_id} has no start or end time recorded")
-
-    def materialized(asset: str, after: float, before: float | None) -> bool:
-        return bool(instance.fetch_materializations(dg.AssetRecordsFilter(
-            asset_key=dg.AssetKey(asset), after_timestamp=after, before_timestamp=before), limit=1).records)
-
-    landed = [asset for asset in DAILY_INPUT_ASSETS if materialized(asset, stats.start_time, stats.end_time)]
-    if not landed or any(materialized(asset, stats.end_time, None) for asset in DAILY_INPUT_ASSETS):
-        context.update_cursor(run.run_id)
-        return dg.SkipReason(f"no daily input changed while rebuild {run.run_id} ran" if not landed else
-                             f"daily inputs changed after rebuild {run.run_id} too: the rebuild automation follows")
+        return dg.SkipReason("daily runs are queued or running: the rebuild follows them")
     home = data_home.home()
+    if not home.raw_days():
+        return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
     incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
     plan = plan_build(home, load(home.root), instance, ignore_days=incomplete)
-    if any(planned.partition is not None for planned in plan.runs):
-        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran; days are still to "
-                             "build: the rebuild automation follows their runs")
-    rebuild = next((planned for planned in plan.runs if planned.job == rebuild_dataset_job.name), None)
-    context.update_cursor(run.run_id)
+    pending = sorted(run.partition for run in plan.runs if run.partition is not None)
+    if pending:
+        return dg.SkipReason(f"{len(pending)} day(s) to build first ({', '.join(pending[:3])}): the raw-day sensor "
+                             "or the nightly runs them, and the rebuild follows")
+    rebuild = next((run for run in plan.runs if run.job == rebuild_dataset_job.name), None)
     if rebuild is None:
-        return dg.SkipReason(f"{', '.join(landed)} changed while rebuild {run.run_id} ran, and that rebuild read "
-                             "them: nothing is stale")
-    return dg.RunRequest(run_key=f"after-{run.run_id}",
-                         asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
-                         tags={"pickapic/why": f"{', '.join(landed)} changed while rebuild {run.run_id} ran"})
-
-
-rebuild_automation = dg.AutomationConditionSensorDefinition(
-    "rebuild_when_inputs_change", target=JOB_SELECTIONS["rebuild_dataset_job"],
-    default_status=SENSOR_STATUS, minimum_interval_seconds=CRONS.sensor_interval_s,
-    description="Runs curation, splits and publish once the daily runs changed an input's data version.",
-)
+        return dg.SkipReason("curation, splits and publish are fresh")
+    version = plan.expected.get(("publish", None), "")
+    return dg.RunRequest(run_key=f"rebuild-{version}", asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
+                         tags={"pickapic/why": "; ".join(rebuild.reasons)[:200]})
 
 
 @dg.schedule(job=train_model_job, cron_schedule=CRONS.train_cron, execution_timezone="UTC",

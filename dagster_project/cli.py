@@ -98,7 +98,7 @@ def _build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the Dagster UI and daemon: the nightly path runs by itself",
                            description="dagster-webserver on 127.0.0.1 plus dagster-daemon for this data home; the "
-                                       "nightly schedule, the raw-day sensor and the rebuild automation are on by "
+                                       "nightly schedule, the raw-day sensor and the rebuild sensor are on by "
                                        "default (--no-automation starts them off). Run it as a service to keep "
                                        "the home fresh (README: Running it every night).")
     _add_home(serve)

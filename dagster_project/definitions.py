@@ -29,8 +29,7 @@ defs = dg.Definitions(
     jobs=[automation.daily_partition_job, automation.rebuild_dataset_job, automation.train_model_job,
           automation.app_export_job],
     schedules=[automation.nightly_schedule, automation.train_schedule, automation.app_export_schedule],
-    sensors=[automation.raw_partition_sensor, automation.rebuild_automation, automation.inputs_during_rebuild_sensor,
-             automation.freshness_sensor],
+    sensors=[automation.raw_partition_sensor, automation.rebuild_sensor, automation.freshness_sensor],
     # The DSN is read from the environment when an export runs; Dagster shows the variable's name only.
     resources={"data_home": PickapicHome(), "app_db": AppDatabase(dsn=dg.EnvVar("PICKAPIC_APP_DB_DSN"))},
     # A run executes its steps in one process, as `pickapic build` does (execute_in_process): the steps of

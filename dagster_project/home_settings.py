@@ -52,8 +52,7 @@ class ScheduleConfig:
                                         "model yet.", output=False)
     app_export_cron: str = knob("0 1 * * *", "cron (UTC) of app_export_schedule: export the app database's newest "
                                              "closed day.", output=False)
-    sensor_interval_s: int = knob(60, "seconds between ticks of raw_partition_sensor, rebuild_when_inputs_change and "
-                                      "inputs_during_rebuild_sensor.",
+    sensor_interval_s: int = knob(60, "seconds between ticks of raw_partition_sensor and rebuild_when_inputs_change.",
                                   min=1, max=86400, output=False)
 
     def validate(self) -> "ScheduleConfig":

@@ -43,19 +43,6 @@ from formats.settings import Settings, config_digest
 from pipelines.provenance import RawDigests, combine, files_digest
 from training import runs
 
-# The global stages rerun by themselves (the automation sensor) once an input's data version changed and
-# no input is still being computed: one rebuild after a night's daily runs, none after a rerun that
-# changed nothing. Settings changes are the nightly schedule's (it compares the full data versions).
-REBUILD_CONDITION = (
-    dg.AutomationCondition.any_deps_match(
-        dg.AutomationCondition.data_version_changed() | dg.AutomationCondition.will_be_requested()
-    ).since_last_handled()
-    & ~dg.AutomationCondition.any_deps_in_progress()
-    & ~dg.AutomationCondition.in_progress()
-).with_label("an input's data version changed")
-# A daily run that ends while a rebuild runs is reset with that rebuild's materializations (since_last_handled):
-# automation.inputs_during_rebuild_sensor asks for its rebuild (review rev21b). A trigger that reset only on a
-# request (rev21b's first fix) started a useless rebuild after every `pickapic build` (review rev21c).
 Lookup = Callable[[str, "str | None"], "str | None"]
 
 

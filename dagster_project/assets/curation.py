@@ -8,7 +8,7 @@ from dagster_project.home_settings import ground_truth_dir
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, version_at_start
+from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.curation.decisions import build_decisions, build_pairs
 from pipelines.curation.dedup import build_clusters
@@ -20,7 +20,7 @@ CurationRunConfig = config_class("curation", "CurationRunConfig")
 @dg.asset(
     deps=["image_features"], group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("duplicate_clusters"), check_specs=check_specs(["duplicate_clusters"]),
-    code_version=CODE_VERSIONS["dedup"], automation_condition=REBUILD_CONDITION,
+    code_version=CODE_VERSIONS["dedup"],
 )
 def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig, data_home: PickapicHome):
     """Exact (sha256) and near (banded pHash join) duplicate clusters over every image ever seen."""
@@ -40,7 +40,7 @@ def duplicate_clusters(context: dg.AssetExecutionContext, config: DedupRunConfig
     deps=["duplicate_clusters", "rankings", "images", "image_features", "image_rejects"],
     group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("decisions"), check_specs=check_specs(["decisions"]),
-    code_version=CODE_VERSIONS["decisions"], automation_condition=REBUILD_CONDITION,
+    code_version=CODE_VERSIONS["decisions"],
 )
 def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Keep/drop decisions with reasons: NSFW, moderation phrases, banned users, broken images, same-cluster pairs."""
@@ -55,7 +55,7 @@ def decisions(context: dg.AssetExecutionContext, config: CurationRunConfig, data
 @dg.asset(
     deps=["decisions"], group_name="curation", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("pairs"), check_specs=check_specs(["pairs"]),
-    code_version=CODE_VERSIONS["pairs"], automation_condition=REBUILD_CONDITION,
+    code_version=CODE_VERSIONS["pairs"],
 )
 def pairs(context: dg.AssetExecutionContext, config: CurationRunConfig, data_home: PickapicHome):
     """Preference pairs in the released Pick-a-Pic columns, users pseudonymised."""

@@ -12,7 +12,7 @@ from dagster_project.contracts import check_results, check_specs, run_checks
 from dagster_project.metadata import report_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, version_at_start
+from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.publish.version import publish_dataset, version_views
 
@@ -23,7 +23,7 @@ VERSION_DATASETS = tuple(version_views(Path(".")))
 
 
 @dg.asset(name=ASSET, deps=["split_pairs"], group_name="publish", kinds={"webdataset", "parquet"},
-          code_version=CODE_VERSIONS["publish"], automation_condition=REBUILD_CONDITION,
+          code_version=CODE_VERSIONS["publish"],
           check_specs=check_specs(VERSION_DATASETS, asset=ASSET))
 def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfig, data_home: PickapicHome):
     """A new dataset version: tar shards, sidecars, sizes.json, manifest; `latest` points to it."""

@@ -7,7 +7,7 @@ from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
-from dagster_project.staleness import REBUILD_CONDITION, version_at_start
+from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
 from pipelines.splits.assign import build_splits
 
@@ -22,7 +22,7 @@ TRAINABLE_CHECK = "split_pairs_trainable"
         TRAINABLE_CHECK, asset="split_pairs", blocking=True,
         description="Every split can feed the trainer: none empty, validation_unique and test_unique hold at least "
                     "splits.min_unique_rows rows, at least splits.min_users users; else nothing is published.")],
-    code_version=CODE_VERSIONS["splits"], automation_condition=REBUILD_CONDITION,
+    code_version=CODE_VERSIONS["splits"],
 )
 def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_home: PickapicHome):
     """Pairs assigned to splits; held-out users come from a ledger filled in order of first appearance, the owner

@@ -219,25 +219,36 @@ def test_train_schedule_waits_for_a_published_version(home, instance):
     assert automation.train_schedule.evaluate_tick(_schedule_context(home, instance)).run_requests[0].run_key == "train-v1"
 
 
-def test_rebuild_automation_fires_once_when_a_daily_version_changes(home, instance):
+def test_rebuild_sensor_fires_once_when_a_daily_version_changes(home, instance):
+    from tests.unit.test_hostile_rev21b import _features_changed, _sensor_requests
+
     _pretend_built(home, instance, _plan(home, instance))
-    globals_ = dg.AssetSelection.groups("curation", "splits", "publish")
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_)
-    assert result.total_requested == 0  # the first tick only learns the current versions
-    instance.report_runless_asset_event(dg.AssetMaterialization(
-        asset_key="image_features", partition=DAYS[0], tags={DATA_VERSION_TAG: "changed"}))
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_, cursor=result.cursor)
-    globals_requested = {a: result.get_num_requested(dg.AssetKey(a)) for a in
-                         ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")}
-    assert globals_requested == dict.fromkeys(globals_requested, 1) and result.total_requested == 5
-    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=globals_, cursor=result.cursor)
-    assert result.total_requested == 0  # nothing changed since
+    state: dict = {}
+    assert _sensor_requests(home, instance, state) == []   # fresh
+    _features_changed(home, instance, DAYS[0], b'{"user_id": 1}\n')   # a day's raw files changed, its daily run ended
+    requests = _sensor_requests(home, instance, state)
+    assert len(requests) == 1
+    assert sorted(key.to_user_string() for key in requests[0].asset_selection) == sorted(
+        ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset"))
+    assert _sensor_requests(home, instance, state) == []   # the same key: the daemon asks once
+    _pretend_built(home, instance, _plan(home, instance))
+    assert _sensor_requests(home, instance, state) == [] and state["skip"] == "curation, splits and publish are fresh"
+
+
+def test_rebuild_sensor_waits_for_days_still_to_build(home, instance):
+    from tests.unit.test_hostile_rev21b import _sensor_requests
+
+    _pretend_built(home, instance, _plan(home, instance))
+    _land_day(home, DAYS[0], payload=b'{"user_id": 9}\n')   # changed raw files, not ingested yet
+    state: dict = {}
+    assert _sensor_requests(home, instance, state) == []
+    assert state["skip"].startswith("1 day(s) to build first (2023-02-13)"), state["skip"]
 
 
 def test_automation_starts_on_and_can_start_off():
     assert automation.nightly_schedule.default_status == dg.DefaultScheduleStatus.RUNNING
     assert automation.raw_partition_sensor.default_status == dg.DefaultSensorStatus.RUNNING
-    assert automation.rebuild_automation.default_status == dg.DefaultSensorStatus.RUNNING
+    assert automation.rebuild_sensor.default_status == dg.DefaultSensorStatus.RUNNING
     code = ("from dagster_project import automation as a; import dagster as dg; "
             "assert a.nightly_schedule.default_status == dg.DefaultScheduleStatus.STOPPED; "
             "assert a.raw_partition_sensor.default_status == dg.DefaultSensorStatus.STOPPED")

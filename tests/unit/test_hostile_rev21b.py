@@ -113,12 +113,23 @@ def _global_versions(home, instance) -> dict:
 
 
 def _sensor_requests(home, instance, state: dict) -> list[dg.RunRequest]:
-    context = dg.build_sensor_context(instance=instance, cursor=state.get("sensor"),
+    """One tick of ``rebuild_when_inputs_change`` as the daemon sees it: the requests whose run key it has not
+    seen before in ``state`` (the daemon drops a key the sensor used before)."""
+    context = dg.build_sensor_context(instance=instance,
                                       resources={"data_home": automation.PickapicHome(root=str(home.root))},
                                       repository_def=defs.get_repository_def())
-    result = automation.inputs_during_rebuild_sensor.evaluate_tick(context)
-    state["sensor"] = result.cursor
-    return list(result.run_requests or [])
+    result = automation.rebuild_sensor.evaluate_tick(context)
+    seen = state.setdefault("keys", set())
+    new = [request for request in result.run_requests or [] if request.run_key not in seen]
+    seen.update(request.run_key for request in new)
+    state["skip"] = result.skip_message
+    return new
+
+
+def _ticker(home, instance, state: dict | None = None):
+    """Ticks of ``rebuild_when_inputs_change``: each returns how many assets it newly requested."""
+    state = {} if state is None else state
+    return lambda: sum(len(request.asset_selection) for request in _sensor_requests(home, instance, state))
 
 
 def _features_changed(home, instance, day: str, payload: bytes) -> None:
@@ -130,50 +141,38 @@ def _features_changed(home, instance, day: str, payload: bytes) -> None:
 
 def test_a_day_ingested_during_a_rebuild_gets_its_own_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
-    selection = dg.AssetSelection.groups("curation", "splits", "publish")
-    state = {"cursor": None}
-
-    def tick() -> int:
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=selection,
-                                                   cursor=state["cursor"])
-        state["cursor"] = result.cursor
-        return result.total_requested
-
+    state: dict = {}
+    tick = _ticker(home, instance, state)
     assert tick() == 0
     _features_changed(home, instance, DAYS[0], b'{"user_id": 1}\n')
-    assert tick() == len(GLOBAL_ASSETS)                       # R1 requested by the automation
+    assert tick() == len(GLOBAL_ASSETS)                       # R1 requested
     versions = _global_versions(home, instance)               # what R1's steps read: day 1 new, day 2 old
     run = _rebuild_started(instance)
-    assert tick() == 0
-    assert _sensor_requests(home, instance, state) == []      # a rebuild is running
+    assert tick() == 0 and state["skip"] == "a rebuild is queued or running"
     _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')    # day 2's daily run ends while R1 runs
     assert tick() == 0                                         # waits for R1: right
     _rebuild_ended(instance, run, versions)
-    assert [tick() for _ in range(3)] == [0, 0, 0]            # the automation forgot it (since_last_handled)
-    requests = _sensor_requests(home, instance, state)        # ... the sensor asks for day 2's rebuild, once
-    assert len(requests) == 1 and requests[0].run_key == f"after-{run.run_id}", requests
-    assert sorted(key.to_user_string() for key in requests[0].asset_selection) == sorted(GLOBAL_ASSETS)
-    assert _sensor_requests(home, instance, state) == []      # checked already
-    # that rebuild (R2) runs and ends with nothing new: no third rebuild from either
+    assert [tick() for _ in range(3)] == [len(GLOBAL_ASSETS), 0, 0]   # one rebuild (R2) for day 2
+    # R2 runs and ends with nothing new: no third rebuild
     versions = _global_versions(home, instance)
     run = _rebuild_started(instance)
+    assert tick() == 0
     _rebuild_ended(instance, run, versions)
-    assert [tick() for _ in range(3)] == [0, 0, 0]
-    assert _sensor_requests(home, instance, state) == []
-    _features_changed(home, instance, DAYS[0], b'{"user_id": 3}\n')  # a later daily run still gets the automation's
+    assert [tick() for _ in range(3)] == [0, 0, 0] and state["skip"] == "curation, splits and publish are fresh"
+    _features_changed(home, instance, DAYS[0], b'{"user_id": 3}\n')  # a later daily run still gets one
     assert tick() == len(GLOBAL_ASSETS)
 
 
 def test_a_rebuild_that_read_a_change_made_during_it_gets_no_second_one(home, instance):
     """A daily run that ends after the rebuild started but before its steps read the inputs: the rebuild's
-    versions include it, the plan says fresh, and the sensor asks for nothing."""
+    versions include it, the plan says fresh, and nothing more is requested."""
     _pretend_built(home, instance, _plan(home, instance))
     state: dict = {}
     run = _rebuild_started(instance)
     _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')
     _rebuild_ended(instance, run, _global_versions(home, instance))   # its steps started after the change
     assert _sensor_requests(home, instance, state) == []
-    assert state["sensor"] == run.run_id
+    assert state["skip"] == "curation, splits and publish are fresh"
 
 
 # --- 2. a day re-delivered with its earlier bytes is not re-ingested by the sensor ----------------------------

@@ -45,7 +45,13 @@ from dagster_project.staleness import DATA_VERSION_TAG
 from dagster_project.versions import FEATURE_DATASETS, INGEST_DATASETS
 from formats.home import DataHome
 from tests.unit.test_automation import _land_day, _plan, _pretend_built
-from tests.unit.test_hostile_rev21b import _features_changed, _global_versions, _rebuild_ended, _sensor_requests
+from tests.unit.test_hostile_rev21b import (
+    _features_changed,
+    _global_versions,
+    _rebuild_ended,
+    _sensor_requests,
+    _ticker,
+)
 
 DAYS = ("2023-02-13", "2023-02-14")
 GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
@@ -66,18 +72,6 @@ def instance(fast_tmp):
     with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
         yield instance
         gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
-
-
-def _ticker(instance):
-    """One tick of ``rebuild_when_inputs_change`` per call: how many assets it requests."""
-    state = {"cursor": None}
-
-    def tick() -> int:
-        result = dg.evaluate_automation_conditions(defs=defs, instance=instance, asset_selection=SELECTION,
-                                                   cursor=state["cursor"])
-        state["cursor"] = result.cursor
-        return result.total_requested
-    return tick
 
 
 def _started(instance, assets=GLOBAL_ASSETS, job=None, tags=None) -> dg.DagsterRun:
@@ -119,12 +113,10 @@ def _succeed(instance, run) -> None:
 # Input: R1 STARTED, duplicate_clusters materialized by it, tick (0), day 2's daily run ends, tick.
 # Outcome: 1 requested (duplicate_clusters) while R1 is STARTED.
 
-@pytest.mark.xfail(strict=True, reason="rev21e: rebuild_when_inputs_change requests duplicate_clusters while a "
-                                       "rebuild that already materialized it is still running (per-asset "
-                                       "~in_progress): a second, overlapping global-stage run")
 def test_the_automation_requests_nothing_while_a_rebuild_runs(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
-    tick = _ticker(instance)
+    state: dict = {}
+    tick = _ticker(home, instance, state)
     assert tick() == 0
     versions = _global_versions(home, instance)
     run = _started(instance)
@@ -150,12 +142,10 @@ def test_the_automation_requests_nothing_while_a_rebuild_runs(home, instance):
 # Outcome: plan [(None, rebuild_dataset_job)] (stale), ticks [0, 0, 0], sensor [] with cursor = R1: day 2 waits
 # for the nightly.
 
-@pytest.mark.xfail(strict=True, reason="rev21e: a daily run that ends after a rebuild but before the automation's "
-                                       "next tick is dropped by since_last_handled (reset on the same tick) and "
-                                       "the sensor only looks inside the rebuild's start..end: no rebuild at all")
 def test_a_day_ingested_just_after_a_rebuild_gets_a_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
-    tick = _ticker(instance)
+    state: dict = {}
+    tick = _ticker(home, instance, state)
     assert tick() == 0
     _features_changed(home, instance, DAYS[0], b'{"user_id": 1}\n')
     assert tick() == len(GLOBAL_ASSETS)                                # R1 requested by the automation
@@ -165,7 +155,6 @@ def test_a_day_ingested_just_after_a_rebuild_gets_a_rebuild(home, instance):
     _rebuild_ended(instance, run, versions)
     _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')   # day 2's daily run ends just after R1
     assert [planned.partition for planned in _plan(home, instance).runs] == [None]    # the globals are stale
-    state: dict = {}
     requested = sum(tick() for _ in range(3)) + len(_sensor_requests(home, instance, state))
     assert requested > 0, state
 
@@ -180,19 +169,16 @@ def test_a_day_ingested_just_after_a_rebuild_gets_a_rebuild(home, instance):
 # Input: R1 (__ASSET_JOB) runs, day 2's daily run ends inside it, R1 ends; a daily_partition_job run of day 1
 # with day 1's unchanged versions. Outcome: plan stale ([None]), ticks [0, 0, 0], sensor [] (cursor = R1).
 
-@pytest.mark.xfail(strict=True, reason="rev21e: a daily run after the rebuild that changes no data version makes "
-                                       "the sensor defer to the automation, which starts nothing: the change made "
-                                       "during the rebuild is never rebuilt")
 def test_a_day_rerun_without_change_after_the_rebuild_does_not_cancel_its_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
-    tick = _ticker(instance)
+    state: dict = {}
+    tick = _ticker(home, instance, state)
     assert tick() == 0
     versions = _global_versions(home, instance)
     run = _started(instance)
     _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')   # day 2's daily run ends while R1 runs
     assert tick() == 0
-    _rebuild_ended(instance, run, versions)
-    assert tick() == 0                                                  # forgotten by the automation (rev21b)
+    _rebuild_ended(instance, run, versions)                            # no tick before the re-run below
     expected = _plan(home, instance).expected
     again = _started(instance, INGEST_DATASETS + FEATURE_DATASETS, job=defs.resolve_job_def("daily_partition_job"),
                      tags={"dagster/partition": DAYS[0]})             # day 1 re-run: same bytes, same versions
@@ -201,7 +187,6 @@ def test_a_day_rerun_without_change_after_the_rebuild_does_not_cancel_its_rebuil
                  partition=DAYS[0])
     _succeed(instance, again)
     assert [planned.partition for planned in _plan(home, instance).runs] == [None]    # still stale for day 2
-    state: dict = {}
     requested = sum(tick() for _ in range(3)) + len(_sensor_requests(home, instance, state))
     assert requested > 0, state
 
@@ -222,14 +207,12 @@ def test_a_day_rerun_without_change_after_the_rebuild_does_not_cancel_its_rebuil
 # The automation forgot day 2 with R1's materializations (rev21b). Outcome: plan stale ([None]), ticks [0, 0],
 # sensor [] in both cases.
 
-@pytest.mark.xfail(strict=True, reason="rev21e: the sensor judges only the run of the latest published_dataset "
-                                       "materialization: a later publish-only UI run or a runless report of "
-                                       "published_dataset hides the rebuild during which a day was ingested")
 @pytest.mark.parametrize("after", ["publish_only_run", "runless_report"])
 def test_a_later_publish_does_not_hide_the_rebuild_a_day_was_ingested_in(home, instance, after, monkeypatch):
     monkeypatch.setenv("PICKAPIC_APP_DB_DSN", "postgresql://app@db/app")   # the export job's resource reads it
     _pretend_built(home, instance, _plan(home, instance))
-    tick = _ticker(instance)
+    state: dict = {}
+    tick = _ticker(home, instance, state)
     assert tick() == 0
     versions = _global_versions(home, instance)
     run = _started(instance)
@@ -238,8 +221,7 @@ def test_a_later_publish_does_not_hide_the_rebuild_a_day_was_ingested_in(home, i
     export = _started(instance, ["app_export"], job=defs.resolve_job_def("app_export_job"),
                       tags={"dagster/partition": DAYS[0]})             # the nightly export of an unchanged day
     _rebuild_ended(instance, run, versions)
-    state: dict = {}
-    assert _sensor_requests(home, instance, state) == [] and state["sensor"] is None   # waits for the export
+    assert _sensor_requests(home, instance, state) == []          # waits for the export (a partition run)
     if after == "publish_only_run":                                    # the UI's publish, after R1
         ui = _started(instance, ["published_dataset"])
         _materialize(instance, ui, {"published_dataset": versions["published_dataset"]})
