@@ -379,8 +379,9 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
 
     It waits while any rebuild (the job, or an asset run building a global asset) or any daily run is queued
     or running, and while days are still to build (incomplete raw days left alone, as the nightly does); then
-    a stale global stage gets one request, keyed by the version it will publish (``rebuild-<version>``: a
-    rebuild that fails is not asked for again; the nightly retries it). This replaced an automation-condition
+    a stale global stage gets one request, keyed by the version it will publish and the last publish's event
+    (``rebuild-<version>-after-<storage id>``: a rebuild that fails is not asked for again, the nightly retries
+    it; a state reached twice is rebuilt twice). This replaced an automation-condition
     sensor (``since_last_handled``) that forgot a daily run ending during a rebuild, could request a stage
     while a rebuild was still running later ones, and, with the event-window sensor that tried to patch it,
     missed or doubled rebuilds around short runs and re-runs (reviews rev21b-rev21e)."""
@@ -403,7 +404,12 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
     if rebuild is None:
         return dg.SkipReason("curation, splits and publish are fresh")
     version = plan.expected.get(("publish", None), "")
-    return dg.RunRequest(run_key=f"rebuild-{version}", asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
+    # and the last publish's event: a state reached twice (a day delivered A, B, then A again; a setting changed
+    # and changed back) gets a new key, which Dagster's daemon would otherwise drop as already run
+    last = instance.fetch_materializations(dg.AssetKey("published_dataset"), limit=1).records
+    after = last[0].storage_id if last else 0
+    return dg.RunRequest(run_key=f"rebuild-{version}-after-{after}",
+                         asset_selection=asset_keys(rebuild, context.repository_def.asset_graph),
                          tags={"pickapic/why": "; ".join(rebuild.reasons)[:200]})
 
 

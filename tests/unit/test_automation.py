@@ -235,6 +235,22 @@ def test_rebuild_sensor_fires_once_when_a_daily_version_changes(home, instance):
     assert _sensor_requests(home, instance, state) == [] and state["skip"] == "curation, splits and publish are fresh"
 
 
+def test_rebuild_sensor_rebuilds_a_state_reached_twice(home, instance):
+    """A day delivered A, then B, then A again: the third state publishes A's version again, and its request
+    must not reuse the first one's run key (the daemon would drop it and leave B's dataset)."""
+    from tests.unit.test_hostile_rev21b import _features_changed, _sensor_requests
+
+    state: dict = {}
+    keys = []
+    for payload in (b'{"user_id": 1}\n', b'{"user_id": 2}\n', b'{"user_id": 1}\n'):
+        _features_changed(home, instance, DAYS[0], payload)
+        requests = _sensor_requests(home, instance, state)
+        assert len(requests) == 1, (payload, state.get("skip"))
+        keys.append(requests[0].run_key)
+        _pretend_built(home, instance, _plan(home, instance))          # that rebuild ran
+    assert len(set(keys)) == 3, keys
+
+
 def test_rebuild_sensor_waits_for_days_still_to_build(home, instance):
     from tests.unit.test_hostile_rev21b import _sensor_requests
 
