@@ -50,6 +50,7 @@ from dagster_project.staleness import (
 )
 from dagster_project.versions import FEATURE_DATASETS, PARTITIONS, STAGES
 from formats import dataset
+from formats.files import read_small_file
 from formats.home import DataHome
 from formats.settings import load
 from training import runs
@@ -62,8 +63,11 @@ CRON_ENV = {"nightly_cron": "PICKAPIC_NIGHTLY_CRON", "train_cron": "PICKAPIC_TRA
             "app_export_cron": "PICKAPIC_APP_EXPORT_CRON", "sensor_interval_s": "PICKAPIC_SENSOR_INTERVAL_S"}
 AUTOMATION_ENV = "PICKAPIC_AUTOMATION"
 RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
+# every status Dagster counts as in progress: CANCELING too (a terminated run still runs its step until the
+# interrupt reaches it: review rev21f)
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-               dg.DagsterRunStatus.STARTED]
+               dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
+BUILD_TAG = "pickapic/launched_by"       # the tag `pickapic build` puts on its runs (value: "pickapic build")
 
 
 def automation_on() -> bool:
@@ -236,10 +240,37 @@ def catch_up_days(home: DataHome, first: str) -> list[str]:
     return missing_days(home, first)[:CATCH_UP_DAYS]
 
 
-def unfinished_partitions(instance: dg.DagsterInstance) -> set[str | None]:
-    """Partitions (None: unpartitioned) of runs that are queued or running."""
+def build_running(home: DataHome) -> bool:
+    """Whether a `pickapic build` may be running on ``home``: the pid its build lock records is alive (an unknown
+    or unreadable record counts as alive; a missing lock file, or a pid that is gone, as not running)."""
+    record = read_small_file(home.lock_file, 64)
+    if record is None:
+        return False
+    pid = record.strip().decode("ascii", "replace")
+    if not pid.isdigit():
+        return bool(pid)
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True          # alive, another account's
+    return True
+
+
+def unfinished_runs(instance: dg.DagsterInstance, home: DataHome | None = None) -> list[dg.DagsterRun]:
+    """Runs that are queued or running. With ``home``, a run of a `pickapic build` that is no longer running
+    (SIGKILLed, OOM-killed, a reboot: its run stays STARTED, nothing ends it) is left out, so it does not hold back
+    every later rebuild and nightly for good (review rev21f); the next `pickapic build` marks it failed."""
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
-    return {run.tags.get("dagster/partition") for run in runs}
+    if home is not None and any(run.tags.get(BUILD_TAG) == "pickapic build" for run in runs) and not build_running(home):
+        runs = [run for run in runs if run.tags.get(BUILD_TAG) != "pickapic build"]
+    return runs
+
+
+def unfinished_partitions(instance: dg.DagsterInstance, home: DataHome | None = None) -> set[str | None]:
+    """Partitions (None: unpartitioned) of runs that are queued or running (see :func:`unfinished_runs`)."""
+    return {run.tags.get("dagster/partition") for run in unfinished_runs(instance, home)}
 
 
 def asset_keys(run: PlannedRun, graph: BaseAssetGraph) -> list[dg.AssetKey]:
@@ -292,7 +323,7 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     plan = plan_build(home, load(home.root), context.instance, ignore_days=incomplete)
     complete = set(plan.days)
     _record(context.instance, plan, complete)
-    busy = unfinished_partitions(context.instance)
+    busy = unfinished_partitions(context.instance, home)
     graph = context.repository_def.asset_graph
     requests = daily_requests(plan, busy, "nightly", graph, context.instance, complete)
     pending_daily = any(run.partition is not None for run in plan.runs)
@@ -350,7 +381,7 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     known = set(context.instance.get_dynamic_partitions(PARTITIONS))
     new_days = [day for day in complete if day not in known]
     events = [raw_observation(day, version) for day, version in sorted(plan.observations.items()) if day in complete]
-    requests = daily_requests(plan, unfinished_partitions(context.instance), "raw", context.repository_def.asset_graph,
+    requests = daily_requests(plan, unfinished_partitions(context.instance, home), "raw", context.repository_def.asset_graph,
                               context.instance, set(complete))
     return dg.SensorResult(
         run_requests=requests, asset_events=events,
@@ -386,12 +417,12 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
     while a rebuild was still running later ones, and, with the event-window sensor that tried to patch it,
     missed or doubled rebuilds around short runs and re-runs (reviews rev21b-rev21e)."""
     instance = context.instance
-    unfinished = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
+    home = data_home.home()
+    unfinished = unfinished_runs(instance, home)
     if any(_runs_global_stages(run) for run in unfinished):
         return dg.SkipReason("a rebuild is queued or running")
     if any(run.tags.get("dagster/partition") for run in unfinished):
         return dg.SkipReason("daily runs are queued or running: the rebuild follows them")
-    home = data_home.home()
     if not home.raw_days():
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
     incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]

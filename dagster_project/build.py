@@ -64,6 +64,17 @@ def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
         yield
 
 
+def _fail_dead_build_runs(instance: dg.DagsterInstance) -> None:
+    """Mark failed the runs an earlier `pickapic build` left queued or running: this build holds the home's build
+    lock, so the build that started them is gone (SIGKILLed, OOM-killed, a reboot), and nothing else ends them
+    (review rev21f: left STARTED, one held back every later rebuild and nightly)."""
+    from dagster_project.automation import _UNFINISHED, BUILD_TAG
+
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={BUILD_TAG: "pickapic build"})):
+        instance.report_run_failed(run, "the `pickapic build` that ran this was gone when the next one started "
+                                        "(killed); the next build recomputes what it left")
+
+
 def use_home(home: DataHome) -> Path:
     """Point this process's Dagster and pipeline at ``home`` (DAGSTER_HOME lives inside it)."""
     home.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -249,6 +260,7 @@ def build(
     use_home(home)
     progress = progress or (lambda message: None)
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
+        _fail_dead_build_runs(instance)
         run_config = _override_config(settings)
         run_ids = {}
         if exports:
@@ -320,7 +332,7 @@ def _export_config(settings: Settings, run_config: dict[str, dict]) -> dict[str,
 
 
 def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome) -> str:
-    from dagster_project.automation import asset_keys
+    from dagster_project.automation import BUILD_TAG, asset_keys
     from dagster_project.definitions import defs
 
     sections = {stage.op: stage.section for stage in STAGES}
@@ -329,7 +341,7 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
     result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
                                     asset_selection=asset_keys(run, defs.resolve_asset_graph()), raise_on_error=False,
-                                    tags={"pickapic/launched_by": "pickapic build",
+                                    tags={BUILD_TAG: "pickapic build",
                                           "pickapic/why": "; ".join(run.reasons)[:200]})
     if not result.success:
         _raise_not_enough_data(result, home)

@@ -118,11 +118,6 @@ def _published_removed(home, instance):
     (home.datasets / "latest").unlink()
 
 
-@pytest.mark.xfail(strict=True, reason="rev21f: rebuild_when_inputs_change keys its request rebuild-<expected publish "
-                                       "version>, which repeats when the home returns to a state it rebuilt before "
-                                       "(a setting reverted, a day delivered A-B-A, the published version removed); "
-                                       "Dagster's daemon drops a run key the sensor used before, so the stale dataset "
-                                       "waits for the nightly")
 @pytest.mark.parametrize("change", [_settings_reverted, _day_rolled_back, _published_removed],
                          ids=["setting-reverted", "day-a-b-a", "latest-removed"])
 def test_a_publish_version_reached_again_is_rebuilt_by_the_sensor(home, instance, change):
@@ -163,10 +158,6 @@ def _killed_build_rebuild(instance) -> dg.DagsterRun:
     return run
 
 
-@pytest.mark.xfail(strict=True, reason="rev21f: rebuild_when_inputs_change waits on any run left STARTED with no bound "
-                                       "and no liveness check (run monitoring is off in the home's dagster.yaml): one "
-                                       "SIGKILLed `pickapic build` or a reboot during a daemon run stops every later "
-                                       "automatic rebuild (the nightly's too)")
 def test_a_run_whose_process_died_does_not_hold_back_rebuilds_forever(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     run = _killed_build_rebuild(instance)                   # SIGKILLed three days ago; nothing will end it
@@ -191,9 +182,6 @@ def test_a_run_whose_process_died_does_not_hold_back_rebuilds_forever(home, inst
 # same list.) Input: built, day 2 ingested anew, a rebuild STARTED, then terminated (report_run_canceling).
 # Outcome: STARTED -> [] "a rebuild is queued or running"; CANCELING -> one request (rebuild-<version>).
 
-@pytest.mark.xfail(strict=True, reason="rev21f: rebuild_when_inputs_change does not count a CANCELING run as running "
-                                       "(_UNFINISHED lacks it; Dagster counts it in progress): terminating a rebuild "
-                                       "starts a second global run beside the one still running")
 def test_a_rebuild_being_terminated_holds_the_sensor_back(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')
