@@ -1,0 +1,266 @@
+"""Hostile review (rev21g) of commits 3cf91e7 and 15d4e0c: the rebuild sensor's run key
+``rebuild-<publish version>-after-<storage id of the last publish>``, and the runs of a killed `pickapic build`
+(``build_running``, ``unfinished_runs``, ``unfinished_partitions`` in ``dagster_project/automation.py``;
+``_fail_dead_build_runs`` in ``dagster_project/build.py``), as a deployment running ``pickapic serve`` for a year,
+with other accounts around, would meet them.
+
+Each test is a defect confirmed by running it, filed as a strict xfail whose reason says what is wrong; each
+asserts the behaviour that is right, so it passes once the defect is fixed. Builds are real processes holding the
+real build lock (``build.build_lock``); runs are recorded in a real temp ``DagsterInstance``; the sensor is ticked
+with ``evaluate_tick`` as in ``test_hostile_rev21f.py``.
+
+What held up:
+- the run key: it changes only when ``published_dataset`` gets a new materialization, so a quiet home asks the
+  same key on every tick (the daemon drops the repeats: one run, not one per tick), a failed rebuild (no publish)
+  is asked once, and a state reached twice (A, B, A) gets a new key;
+- ``_fail_dead_build_runs`` runs under the build lock, after it is taken: a second build waiting with ``--wait``
+  records its pid and fails runs only once the first build has exited (its runs are finished or dead by then);
+  only ``build._execute`` sets the ``pickapic build`` tag in this code base (the demo goes through ``build``);
+- a hostile lock file at ``HOME/.build.lock`` that is a symbolic link, a FIFO or over 64 bytes: the sensor reads it
+  with ``read_small_file`` (no follow, ``O_NONBLOCK``, size-capped) and neither hangs nor follows it; a build is
+  refused by such a file anyway, so "no build running" is right;
+- a record caught empty between ``record_holder``'s ``ftruncate`` and ``pwrite`` reads as "not running" for an
+  instant, when the runs it could hide are those of the dead build the new one is replacing;
+- CANCELING now holds the sensor and the nightly back, and ``_fail_dead_build_runs`` fails a CANCELING run of a dead
+  build; a daemon run left CANCELING by a dead worker holds them back until forced terminated in the UI, the same
+  documented limit as a daemon run left STARTED (README "Jobs, schedules and sensors").
+"""
+from __future__ import annotations
+
+import fcntl
+import gc
+import os
+import pwd
+import signal
+import subprocess
+import sys
+import time
+
+import dagster as dg
+import pytest
+from dagster._core.events import DagsterEvent, DagsterEventType
+from dagster._core.events.log import EventLogEntry
+
+from dagster_project import automation
+from dagster_project.definitions import defs
+from formats.home import DataHome
+from tests.unit.test_automation import _land_day, _plan, _pretend_built
+from tests.unit.test_hostile_rev21b import _features_changed, _sensor_requests
+
+DAYS = ("2023-02-13", "2023-02-14")
+GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# a `pickapic build` holding the home's build lock exactly as build.build() takes it, until its stdin closes
+HOLD_BUILD_LOCK = ("import sys\nfrom pathlib import Path\nfrom formats.home import DataHome\nfrom dagster_project.build import build_lock\n"
+                   "with build_lock(DataHome(Path(sys.argv[1]))):\n    print('held', flush=True)\n    sys.stdin.read()\n")
+# the daemon's view: is a build running on the home?
+BUILD_RUNNING = ("import sys\nfrom pathlib import Path\nfrom formats.home import DataHome\nfrom dagster_project.automation import build_running\n"
+                 "print(build_running(DataHome(Path(sys.argv[1]))))\n")
+
+
+@pytest.fixture()
+def home(fast_tmp) -> DataHome:
+    home = DataHome(fast_tmp / "home")
+    for day in DAYS:
+        _land_day(home, day)
+    return home
+
+
+@pytest.fixture()
+def instance(fast_tmp):
+    (fast_tmp / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
+        yield instance
+        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
+
+
+def _unshare_pid() -> list[str]:
+    """The prefix that runs a command as pid 1 of a new PID namespace (a container), or skip."""
+    prefix = ["unshare", "--pid", "--fork"]
+    try:
+        ok = subprocess.run([*prefix, "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        ok = False
+    if not ok:
+        pytest.skip("cannot create a PID namespace here (unshare needs root)")
+    return prefix
+
+
+def _build_holding_lock(home: DataHome, prefix: list[str] = ()) -> subprocess.Popen:
+    proc = subprocess.Popen([*prefix, sys.executable, "-c", HOLD_BUILD_LOCK, str(home.root)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, env=_env(), cwd=REPO)
+    assert proc.stdout.readline() == b"held\n"
+    return proc
+
+
+def _build_run_started(instance) -> dg.DagsterRun:
+    """The rebuild run a `pickapic build` is running (execute_in_process: STARTED, tagged by build._execute)."""
+    job = defs.resolve_job_def("rebuild_dataset_job")
+    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
+                                      status=dg.DagsterRunStatus.STARTED,
+                                      tags={automation.BUILD_TAG: "pickapic build"})
+    instance.handle_new_event(EventLogEntry(
+        error_info=None, level=20, user_message="", run_id=run.run_id, timestamp=time.time(),
+        dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job.name)))
+    return run
+
+
+def _stale_globals(home, instance) -> None:
+    """Built, then day 2 delivered anew and ingested: the plan wants exactly a rebuild."""
+    _pretend_built(home, instance, _plan(home, instance))
+    _features_changed(home, instance, DAYS[1], b'{"user_id": 2}\n')
+    assert [r.job for r in _plan(home, instance).runs] == ["rebuild_dataset_job"]
+
+
+# --- 1. a live build in another PID namespace is taken for dead: a second rebuild beside it ----------------------
+#
+# automation.py build_running(): liveness is `os.kill(<pid recorded in .build.lock>, 0)`, ProcessLookupError ->
+# "not running". A pid is only meaningful in the PID namespace that wrote it: a `pickapic build` run on the host
+# (or in another container, or on another host sharing the home over NFS, where the build lock's flock still
+# works) while `pickapic serve` runs in a container records a pid the daemon cannot see. unfinished_runs() then
+# leaves the live build's STARTED rebuild out (automation.py unfinished_runs, the `not build_running(home)`
+# filter) and rebuild_sensor requests a second global run that writes curation/splits/publish beside it (the
+# nightly likewise: unfinished_partitions drops its None). The flock the build holds says it is running; the
+# project already trusts the flock over pids across namespaces for the export's staging folder (README "whatever
+# PID namespace the export runs in").
+# Input: a real process holding build.build_lock(home) (pid recorded), its rebuild run STARTED; build_running
+# evaluated in a new PID namespace (`unshare --pid --fork`, as a containerized daemon). Outcome: False (in this
+# namespace: True), so the sensor's unfinished runs are [] and it asks a rebuild.
+
+@pytest.mark.xfail(strict=True, reason="rev21g: build_running() judges a build by os.kill(recorded pid): a daemon in "
+                   "another PID namespace (a container; or a build on another host over NFS) sees a live build that "
+                   "holds the build lock as dead, drops its runs and starts a second global rebuild beside it")
+def test_a_build_the_daemon_cannot_see_by_pid_still_counts_as_running(home, instance):
+    prefix = _unshare_pid()
+    _stale_globals(home, instance)
+    build = _build_holding_lock(home)
+    try:
+        _build_run_started(instance)
+        assert automation.build_running(home)                     # same namespace: right
+        assert _sensor_requests(home, instance, {}) == []
+        seen = subprocess.run([*prefix, sys.executable, "-c", BUILD_RUNNING, str(home.root)], capture_output=True,
+                              env=_env(), cwd=REPO, timeout=120)
+        assert seen.returncode == 0, seen.stderr.decode()[-2000:]
+        assert seen.stdout.strip() == b"True", "the daemon's namespace takes the live build for dead"
+    finally:
+        build.stdin.close()
+        build.wait(timeout=60)
+
+
+# --- 2. a killed build whose pid names another live process holds everything back for good -------------------
+#
+# The other side of the same check: a `pickapic build` killed (container OOM-killed, SIGKILL, a reboot) leaves its
+# pid in .build.lock, and the lock itself is free (the kernel drops a dead holder's flock), but build_running() asks
+# only whether *some* process has that pid. A build run as a container's entrypoint is pid 1 there and records
+# "1"; the daemon's pid 1 (init) always exists, so the killed build's STARTED run counts as running forever: the
+# rev21f defect ("a dead STARTED run blocks rebuilds forever") is back for every containerized build, and after a
+# reboot for any build whose pid was handed to another process (pids restart at boot). README "Jobs, schedules
+# and sensors": "it is not counted while the home's build lock names no live process" / "(SIGKILL, the OOM killer, a
+# reboot)".
+# Input: a real build_lock taken by a process in a new PID namespace (records "1"), SIGKILLed; its rebuild run
+# STARTED; day 2 ingested anew. Outcome: build_running True although nothing holds the lock; 3 ticks: [] with
+# "a rebuild is queued or running"; the nightly's busy set holds None (no rebuild either).
+
+@pytest.mark.xfail(strict=True, reason="rev21g: a killed build's recorded pid reused by another live process (pid 1 "
+                   "of a containerized build, any pid after a reboot) makes build_running() True while nobody holds "
+                   "the build lock: the dead build's STARTED run holds back the sensor and the nightly forever")
+def test_a_killed_build_whose_pid_is_reused_does_not_hold_back_rebuilds(home, instance):
+    prefix = _unshare_pid()
+    _stale_globals(home, instance)
+    build = _build_holding_lock(home, prefix)                     # `pickapic build` as a container's pid 1
+    _build_run_started(instance)
+    assert home.lock_file.read_bytes() == b"1\n"
+    with open(f"/proc/{build.pid}/task/{build.pid}/children") as children:   # the build: unshare's child
+        os.kill(int(children.read().split()[0]), signal.SIGKILL)  # OOM-killed
+    build.wait(timeout=60)                                        # unshare exits once its child is gone
+    build.stdin.close()
+    fd = os.open(home.lock_file, os.O_RDWR)
+    try:                                                          # the lock is free: nothing is building
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+    state: dict = {}
+    seen = {"build_running": automation.build_running(home),
+            "requests": sum(len(_sensor_requests(home, instance, state)) for _ in range(3)), "skip": state["skip"],
+            "nightly_busy": automation.unfinished_partitions(instance, home)}
+    assert seen == {"build_running": False, "requests": 1, "skip": None, "nightly_busy": set()}
+
+
+# --- 3. a pid too big for os.kill crashes the sensor and the nightly on every tick ------------------------------
+#
+# build_running() accepts any run of ASCII digits up to 64 bytes as a pid and passes int(pid) to os.kill, which
+# raises OverflowError (not OSError) above 2**31 - 1; only ProcessLookupError and OSError are caught. A lock file
+# holding "2147483648" (its writer: anyone who may write the home's lock file, 0666 & ~umask, group-writable under
+# the shared home's umask 002; record_holder itself accepts such a record, digits of at most 32 bytes, and would
+# only overwrite it at the next build) makes every tick of rebuild_when_inputs_change, raw_partition_sensor and the
+# nightly raise while a `pickapic build` run is unfinished, instead of judging the build not running (the lock is
+# free) or unknown.
+# Input: .build.lock = b"2147483648\n", nobody holding it; a STARTED `pickapic build` rebuild run. Outcome:
+# OverflowError: signed integer is greater than maximum, from automation.py build_running (os.kill) via
+# unfinished_runs, in rebuild_sensor's first lines.
+
+@pytest.mark.xfail(strict=True, reason="rev21g: build_running() passes any digit string to os.kill: a lock file "
+                   "holding 2147483648 raises OverflowError (uncaught) in every sensor tick and nightly while a build "
+                   "run is unfinished")
+def test_a_huge_pid_in_the_lock_file_does_not_crash_the_sensor(home, instance):
+    _stale_globals(home, instance)
+    _build_run_started(instance)
+    home.lock_file.write_bytes(b"2147483648\n")
+    automation.build_running(home)
+    automation.unfinished_partitions(instance, home)
+    _sensor_requests(home, instance, {})
+
+
+# --- 4. a build lock the daemon's account may not read counts as "no build", not as "unknown" --------------------
+#
+# build_running()'s docstring: "an unknown or unreadable record counts as alive". The code returns False for an
+# unreadable one: read_small_file() answers None for a file it cannot open (EACCES) exactly as for a missing one,
+# and `if record is None: return False` (automation.py build_running, first lines). The daemon runs as the home's
+# account (`pickapic`, README's systemd unit); a `pickapic build` run by root or an operator's account whose umask
+# is 077 (a hardened root) creates .build.lock 0600 (0666 & ~umask, formats/locks.py open_lock_file). While that
+# build runs, the daemon cannot read the record, takes the build for gone, leaves its STARTED rebuild out and
+# requests a second global rebuild beside it.
+# Input: a real process holding build.build_lock(home) with umask 077 (lock file 0600, root's); build_running
+# evaluated by a child that dropped to the `nobody` account (as tests/e2e/test_permissions.py does). Outcome: False.
+
+@pytest.mark.xfail(strict=True, reason="rev21g: build_running() treats a build lock the daemon's account cannot read "
+                   "(a build by another account under umask 077) as no build at all, against its own docstring "
+                   "('unreadable counts as alive'): a live build's runs are dropped and a second rebuild starts")
+def test_a_build_lock_the_daemon_cannot_read_counts_as_a_running_build(home, fast_tmp):
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to run the build and the daemon as two accounts")
+    nobody = pwd.getpwnam("nobody")
+    os.chmod(fast_tmp, 0o755)
+    old = os.umask(0o077)
+    try:
+        build = _build_holding_lock(home)
+    finally:
+        os.umask(old)
+    try:
+        assert oct(home.lock_file.stat().st_mode & 0o777) == "0o600"
+
+        read, write = os.pipe()
+        child = os.fork()
+        if child == 0:                      # the daemon's account: drop root's groups, gid and uid, then judge
+            try:
+                os.setgroups([])
+                os.setgid(nobody.pw_gid)
+                os.setuid(nobody.pw_uid)
+                os.stat(home.lock_file)     # the home is reachable: only the file is not readable
+                os.write(write, repr(automation.build_running(home)).encode())
+            finally:
+                os._exit(0)
+        os.close(write)
+        os.waitpid(child, 0)
+        with os.fdopen(read, "rb") as answer:
+            seen = answer.read()
+        assert seen == b"True", "a live build, taken for none by the daemon's account"
+    finally:
+        build.stdin.close()
+        build.wait(timeout=60)
