@@ -30,7 +30,10 @@ stored in the home's instance and wins over either default.
 from __future__ import annotations
 
 import datetime as dt
+import errno
+import fcntl
 import os
+import stat
 import warnings
 import zlib
 from typing import TYPE_CHECKING, Mapping
@@ -50,8 +53,8 @@ from dagster_project.staleness import (
 )
 from dagster_project.versions import FEATURE_DATASETS, PARTITIONS, STAGES
 from formats import dataset
-from formats.files import read_small_file
 from formats.home import DataHome
+from formats.locks import try_lock
 from formats.settings import load
 from training import runs
 
@@ -241,21 +244,24 @@ def catch_up_days(home: DataHome, first: str) -> list[str]:
 
 
 def build_running(home: DataHome) -> bool:
-    """Whether a `pickapic build` may be running on ``home``: the pid its build lock records is alive (an unknown
-    or unreadable record counts as alive; a missing lock file, or a pid that is gone, as not running)."""
-    record = read_small_file(home.lock_file, 64)
-    if record is None:
-        return False
-    pid = record.strip().decode("ascii", "replace")
-    if not pid.isdigit():
-        return bool(pid)
+    """Whether a `pickapic build` is running on ``home``: whether anyone holds its build lock (the ``flock``, never
+    the pid the lock records, which names nothing in another PID namespace or on another host over NFS, and
+    names another process once reused: review rev21g). Probed with a shared lock taken and dropped at once (a
+    build starting in those microseconds is told another build runs, and retried); a lock file this account
+    may not read counts as a running build (unknown), a missing one, a link or anything not a regular file as
+    none (a build refuses those)."""
     try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
+        fd = os.open(home.lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    except OSError:
-        return True          # alive, another account's
-    return True
+    except OSError as exc:
+        return exc.errno != errno.ELOOP       # a link: no build takes it; unreadable: unknown, so running
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return not try_lock(fd, fcntl.LOCK_SH)  # released when the file is closed below
+    finally:
+        os.close(fd)
 
 
 def unfinished_runs(instance: dg.DagsterInstance, home: DataHome | None = None) -> list[dg.DagsterRun]:

@@ -387,19 +387,18 @@ def test_a_step_records_the_versions_its_inputs_had_when_it_started(home, instan
 
 
 def test_a_dead_build_s_runs_hold_nothing_back_and_the_next_build_fails_them(home, instance):
-    """A `pickapic build` killed mid-run leaves its run STARTED (review rev21f): while its build lock names a
-    live pid the run counts as running, once that pid is gone it does not, and the next build marks it failed."""
-    from dagster_project.build import _fail_dead_build_runs
+    """A `pickapic build` killed mid-run leaves its run STARTED (review rev21f): while someone holds the home's build
+    lock the run counts as running, once nobody does it does not (whatever pid the lock file names: rev21g), and
+    the next build marks it failed."""
+    from dagster_project.build import _fail_dead_build_runs, build_lock
 
     run = instance.create_run_for_job(defs.resolve_job_def("rebuild_dataset_job"), status=dg.DagsterRunStatus.STARTED,
                                       tags={automation.BUILD_TAG: "pickapic build"})
     assert not automation.build_running(home)                      # no lock file: no build
-    home.lock_file.write_text(f"{os.getpid()}\n")                  # a live build
-    assert automation.build_running(home)
-    assert [r.run_id for r in automation.unfinished_runs(instance, home)] == [run.run_id]
-    gone = subprocess.Popen([sys.executable, "-c", "pass"])
-    gone.wait()
-    home.lock_file.write_text(f"{gone.pid}\n")                     # the build that held it is gone
+    with build_lock(home):                                         # a live build
+        assert automation.build_running(home)
+        assert [r.run_id for r in automation.unfinished_runs(instance, home)] == [run.run_id]
+    home.lock_file.write_text("1\n")                               # its record names a live pid, nobody holds it
     assert not automation.build_running(home)
     assert automation.unfinished_runs(instance, home) == [] and automation.unfinished_partitions(instance, home) == set()
     assert [r.run_id for r in automation.unfinished_runs(instance)] == [run.run_id]   # without a home: as recorded
