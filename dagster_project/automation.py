@@ -36,7 +36,7 @@ import os
 import stat
 import warnings
 import zlib
-from typing import TYPE_CHECKING, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
@@ -274,6 +274,19 @@ def unfinished_runs(instance: dg.DagsterInstance, home: DataHome | None = None) 
     return runs
 
 
+def failing_days(instance: dg.DagsterInstance, days: Iterable[str]) -> set[str]:
+    """The days of ``days`` whose latest daily run failed (or was canceled): the nightly retries them, and the
+    rebuild does not wait for them (it reads what was ingested), so one day that fails on every try does not
+    hold back, for good, the rebuild of every other day and of a settings or code change (review rev21h)."""
+    failing = set()
+    for day in days:
+        runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/partition": day}), limit=5)
+        latest = next((run for run in runs if run.job_name != app_export_job.name), None)
+        if latest is not None and latest.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
+            failing.add(day)
+    return failing
+
+
 def unfinished_partitions(instance: dg.DagsterInstance, home: DataHome | None = None) -> set[str | None]:
     """Partitions (None: unpartitioned) of runs that are queued or running (see :func:`unfinished_runs`)."""
     return {run.tags.get("dagster/partition") for run in unfinished_runs(instance, home)}
@@ -332,7 +345,8 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     busy = unfinished_partitions(context.instance, home)
     graph = context.repository_def.asset_graph
     requests = daily_requests(plan, busy, "nightly", graph, context.instance, complete)
-    pending_daily = any(run.partition is not None for run in plan.runs)
+    failing = failing_days(context.instance, [run.partition for run in plan.runs if run.partition is not None])
+    pending_daily = any(run.partition is not None and run.partition not in failing for run in plan.runs)
     rebuild = next((run for run in plan.runs if run.job == "rebuild_dataset_job"), None)
     if not pending_daily and rebuild is not None and None not in busy:
         version = plan.expected.get(("publish", None), "")
@@ -433,7 +447,9 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
     incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
     plan = plan_build(home, load(home.root), instance, ignore_days=incomplete)
-    pending = sorted(run.partition for run in plan.runs if run.partition is not None)
+    planned = [run.partition for run in plan.runs if run.partition is not None]
+    failing = failing_days(instance, planned)
+    pending = sorted(day for day in planned if day not in failing)
     if pending:
         return dg.SkipReason(f"{len(pending)} day(s) to build first ({', '.join(pending[:3])}): the raw-day sensor "
                              "or the nightly runs them, and the rebuild follows")

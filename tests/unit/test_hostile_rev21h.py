@@ -83,10 +83,6 @@ def _daily_run_failed(instance, day: str) -> dg.DagsterRun:
 # ticks request nothing, skip "1 day(s) to build first (2023-02-15): ... the rebuild follows"; the nightly requests
 # only dt=2023-02-15 (no rebuild), night after night.
 
-@pytest.mark.xfail(strict=True, reason="rev21h: a day whose daily run fails on every try holds back the rebuild of a "
-                                       "settings or code change for good (sensor: 'day(s) to build first ... the rebuild "
-                                       "follows'; nightly: daily request only), undocumented; an incomplete day is "
-                                       "planned around, a failing one is not")
 def test_a_day_that_keeps_failing_does_not_hold_back_a_settings_rebuild(home, instance):
     _pretend_built(home, instance, _plan(home, instance))
     _land_day(home, NEW_DAY, payload=b'{"user_id": 3}\n')
