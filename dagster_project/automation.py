@@ -70,7 +70,8 @@ RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "do
 # interrupt reaches it: review rev21f)
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
                dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
-BUILD_TAG = "pickapic/launched_by"       # the tag `pickapic build` puts on its runs (value: "pickapic build")
+BUILD_TAG = "pickapic/launched_by"       # the tag `pickapic build` puts on its runs ...
+BUILD_TAG_VALUE = "pickapic build"       # ... with this value
 
 
 def automation_on() -> bool:
@@ -269,9 +270,13 @@ def unfinished_runs(instance: dg.DagsterInstance, home: DataHome | None = None) 
     (SIGKILLed, OOM-killed, a reboot: its run stays STARTED, nothing ends it) is left out, so it does not hold back
     every later rebuild and nightly for good (review rev21f); the next `pickapic build` marks it failed."""
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
-    if home is not None and any(run.tags.get(BUILD_TAG) == "pickapic build" for run in runs) and not build_running(home):
-        runs = [run for run in runs if run.tags.get(BUILD_TAG) != "pickapic build"]
+    if home is not None and any(_from_a_build(run) for run in runs) and not build_running(home):
+        runs = [run for run in runs if not _from_a_build(run)]
     return runs
+
+
+def _from_a_build(run: dg.DagsterRun) -> bool:
+    return run.tags.get(BUILD_TAG) == BUILD_TAG_VALUE
 
 
 def failing_days(instance: dg.DagsterInstance, days: Iterable[str]) -> set[str]:
@@ -285,6 +290,27 @@ def failing_days(instance: dg.DagsterInstance, days: Iterable[str]) -> set[str]:
         if latest is not None and latest.status in (dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED):
             failing.add(day)
     return failing
+
+
+def plan_complete_days(home: DataHome, instance: dg.DagsterInstance) -> tuple[BuildPlan, list[str]]:
+    """The plan of `pickapic build`, with the incomplete raw days (a file still landing, or never coming) planned
+    as if they were not there, and those days: no automation ingests them, and they must not hold back, night
+    after night, the rebuild a setting or code change asks for (the rebuild reads what was ingested)."""
+    incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
+    return plan_build(home, load(home.root), instance, ignore_days=incomplete), incomplete
+
+
+def days_before_rebuild(plan: BuildPlan, instance: dg.DagsterInstance) -> list[str]:
+    """The planned days a rebuild waits for: those to build, less the days whose latest run failed
+    (:func:`failing_days`)."""
+    planned = [run.partition for run in plan.runs if run.partition is not None]
+    failing = failing_days(instance, planned)
+    return sorted(day for day in planned if day not in failing)
+
+
+def planned_rebuild(plan: BuildPlan) -> PlannedRun | None:
+    """The plan's run of the global stages, if they are stale."""
+    return next((run for run in plan.runs if run.job == rebuild_dataset_job.name), None)
 
 
 def unfinished_partitions(instance: dg.DagsterInstance, home: DataHome | None = None) -> set[str | None]:
@@ -335,20 +361,14 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     home = data_home.home()
     if not home.raw_days():
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
-    # an incomplete raw day (a file still landing, or never coming) is left alone here as by the sensor, and
-    # planned as if it were not there: it must not hold back, night after night, the rebuild a setting or
-    # code change asks for (the rebuild reads what was ingested, as its recorded version says)
-    incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
-    plan = plan_build(home, load(home.root), context.instance, ignore_days=incomplete)
+    plan, incomplete = plan_complete_days(home, context.instance)
     complete = set(plan.days)
     _record(context.instance, plan, complete)
     busy = unfinished_partitions(context.instance, home)
     graph = context.repository_def.asset_graph
     requests = daily_requests(plan, busy, "nightly", graph, context.instance, complete)
-    failing = failing_days(context.instance, [run.partition for run in plan.runs if run.partition is not None])
-    pending_daily = any(run.partition is not None and run.partition not in failing for run in plan.runs)
-    rebuild = next((run for run in plan.runs if run.job == "rebuild_dataset_job"), None)
-    if not pending_daily and rebuild is not None and None not in busy:
+    rebuild = planned_rebuild(plan)
+    if rebuild is not None and None not in busy and not days_before_rebuild(plan, context.instance):
         version = plan.expected.get(("publish", None), "")
         requests.append(dg.RunRequest(run_key=f"nightly-rebuild-{version}", asset_selection=asset_keys(rebuild, graph),
                                       tags={"pickapic/why": "; ".join(rebuild.reasons)[:200]}))
@@ -445,15 +465,12 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
         return dg.SkipReason("daily runs are queued or running: the rebuild follows them")
     if not home.raw_days():
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
-    incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
-    plan = plan_build(home, load(home.root), instance, ignore_days=incomplete)
-    planned = [run.partition for run in plan.runs if run.partition is not None]
-    failing = failing_days(instance, planned)
-    pending = sorted(day for day in planned if day not in failing)
+    plan, _ = plan_complete_days(home, instance)
+    pending = days_before_rebuild(plan, instance)
     if pending:
         return dg.SkipReason(f"{len(pending)} day(s) to build first ({', '.join(pending[:3])}): the raw-day sensor "
                              "or the nightly runs them, and the rebuild follows")
-    rebuild = next((run for run in plan.runs if run.job == rebuild_dataset_job.name), None)
+    rebuild = planned_rebuild(plan)
     if rebuild is None:
         return dg.SkipReason("curation, splits and publish are fresh")
     version = plan.expected.get(("publish", None), "")

@@ -68,9 +68,9 @@ def _fail_dead_build_runs(instance: dg.DagsterInstance) -> None:
     """Mark failed the runs an earlier `pickapic build` left queued or running: this build holds the home's build
     lock, so the build that started them is gone (SIGKILLed, OOM-killed, a reboot), and nothing else ends them
     (review rev21f: left STARTED, one held back every later rebuild and nightly)."""
-    from dagster_project.automation import _UNFINISHED, BUILD_TAG
+    from dagster_project.automation import _UNFINISHED, BUILD_TAG, BUILD_TAG_VALUE
 
-    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={BUILD_TAG: "pickapic build"})):
+    for run in instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED, tags={BUILD_TAG: BUILD_TAG_VALUE})):
         instance.report_run_failed(run, "the `pickapic build` that ran this was gone when the next one started "
                                         "(killed); the next build recomputes what it left")
 
@@ -332,7 +332,7 @@ def _export_config(settings: Settings, run_config: dict[str, dict]) -> dict[str,
 
 
 def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome) -> str:
-    from dagster_project.automation import BUILD_TAG, asset_keys
+    from dagster_project.automation import BUILD_TAG, BUILD_TAG_VALUE, asset_keys
     from dagster_project.definitions import defs
 
     sections = {stage.op: stage.section for stage in STAGES}
@@ -341,7 +341,7 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
     result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
                                     asset_selection=asset_keys(run, defs.resolve_asset_graph()), raise_on_error=False,
-                                    tags={BUILD_TAG: "pickapic build",
+                                    tags={BUILD_TAG: BUILD_TAG_VALUE,
                                           "pickapic/why": "; ".join(run.reasons)[:200]})
     if not result.success:
         _raise_not_enough_data(result, home)

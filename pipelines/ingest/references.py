@@ -23,7 +23,7 @@ from pipelines.ingest.reader import TableRun
 from pipelines.ingest.uidindex import raw_image_uids
 
 REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
-                     "downloads": ("image_uid",)}
+                    "downloads": ("image_uid",)}
 
 
 def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser],
