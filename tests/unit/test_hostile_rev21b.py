@@ -29,13 +29,14 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
 import gzip
+import logging
 import os
+import time
 
 import dagster as dg
-import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon.sensor import fetch_existing_runs
@@ -45,26 +46,18 @@ from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from formats.home import DataHome
 from formats.settings import SettingsError
-from tests.unit.test_automation import _land_day, _plan, _pretend_built, _schedule_context, _sensor_context
+from tests.unit.test_automation import (  # noqa: F401 - fixtures
+    DAYS,
+    _land_day,
+    _plan,
+    _pretend_built,
+    _schedule_context,
+    _sensor_context,
+    home,
+    instance,
+)
 
-DAYS = ("2023-02-13", "2023-02-14")
 GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
-
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor / schedule contexts opened (see test_automation.py)
 
 
 # --- 1. a daily run that ends while a rebuild runs is never rebuilt by the automation ---------------------
@@ -82,26 +75,38 @@ def instance(fast_tmp):
 # after R1 ended) requests 5. Every catch-up (app_export's up to 31 days a night, a backfill, two exports an hour
 # apart with a long curation) hits this.
 
-def _rebuild_started(instance) -> dg.DagsterRun:
-    """A rebuild run as the daemon starts one: STARTED, with its RUN_START event (the run's start time)."""
-    job = defs.resolve_job_def("rebuild_dataset_job")
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value,
-                                               job_name=job.name), run_id=run.run_id)
+def _rebuild_started(instance, job=None, assets=GLOBAL_ASSETS, tags=None, at: float | None = None) -> dg.DagsterRun:
+    """A run of ``assets`` (default: the globals) as ``job`` (default: the rebuild job) as Dagster records one
+    starting: STARTED, with its RUN_START event (the run's start time: ``at``, default now)."""
+    job = job or defs.resolve_job_def("rebuild_dataset_job")
+    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in assets),
+                                      status=dg.DagsterRunStatus.STARTED, tags=tags)
+    instance.handle_new_event(EventLogEntry(
+        error_info=None, level=logging.INFO, user_message="", run_id=run.run_id,
+        timestamp=time.time() if at is None else at,
+        dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job.name)))
     return run
+
+
+def _materialize(instance, run: dg.DagsterRun, versions: dict, partition: str | None = None) -> None:
+    """``run`` materializes each asset of ``versions`` with its data version."""
+    for asset, version in versions.items():
+        instance.report_dagster_event(DagsterEvent(
+            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
+            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
+                asset_key=asset, partition=partition, tags={DATA_VERSION_TAG: version}))), run_id=run.run_id)
+
+
+def _succeed(instance, run: dg.DagsterRun) -> None:
+    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
+                                               job_name=run.job_name), run_id=run.run_id)
+    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
 
 
 def _rebuild_ended(instance, run: dg.DagsterRun, versions: dict) -> None:
     """The rebuild materializes the globals with the versions its steps took when they started, then succeeds."""
-    for asset in GLOBAL_ASSETS:
-        instance.report_dagster_event(DagsterEvent(
-            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
-            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
-                asset_key=asset, tags={DATA_VERSION_TAG: versions[asset]}))), run_id=run.run_id)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
-                                               job_name=run.job_name), run_id=run.run_id)
-    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
+    _materialize(instance, run, {asset: versions[asset] for asset in GLOBAL_ASSETS})
+    _succeed(instance, run)
 
 
 def _global_versions(home, instance) -> dict:

@@ -43,7 +43,6 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
 import gzip
 import os
 
@@ -59,28 +58,8 @@ from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from formats.home import DataHome
 from pipelines.appdb.export import raw_day_counts
-from tests.unit.test_automation import _land_day, _plan, _pretend_built, _sensor_context
-from tests.unit.test_hostile_rev21b import _sensor_requests
-
-DAYS = ("2023-02-13", "2023-02-14")
-GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
-
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
-
+from tests.unit.test_automation import DAYS, _land_day, _plan, _pretend_built, _sensor_context, home, instance  # noqa: F401 - fixtures
+from tests.unit.test_hostile_rev21b import GLOBAL_ASSETS, _sensor_requests
 
 # --- 1. a day delivered A, B, A, B: the fourth delivery's run key is the second's, and the daemon drops it ------
 #

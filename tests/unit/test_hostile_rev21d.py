@@ -32,48 +32,19 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
-
-import dagster as dg
-import pytest
 from dagster._core.definitions.assets.job.asset_job import IMPLICIT_ASSET_JOB_NAME
-from dagster._core.events import DagsterEvent, DagsterEventType
 
 from dagster_project import automation, buildstamp
 from dagster_project.definitions import defs
-from formats.home import DataHome
 from formats.settings import load
-from tests.unit.test_automation import _land_day, _plan, _pretend_built
-from tests.unit.test_hostile_rev21b import _features_changed, _global_versions, _rebuild_ended, _sensor_requests
-
-DAYS = ("2023-02-13", "2023-02-14")
-GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
-
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
-
-
-def _rebuild_started(instance, job) -> dg.DagsterRun:
-    """A rebuild of the five global assets as a run of ``job``: STARTED, with its RUN_START event."""
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value,
-                                               job_name=job.name), run_id=run.run_id)
-    return run
-
+from tests.unit.test_automation import DAYS, _land_day, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
+from tests.unit.test_hostile_rev21b import (
+    _features_changed,
+    _global_versions,
+    _rebuild_ended,
+    _rebuild_started,
+    _sensor_requests,
+)
 
 # --- 1. the sensor never sees the rebuilds the automation (or the nightly) starts: they are not rebuild_dataset_job
 #

@@ -33,85 +33,33 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
-
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
 
 from dagster_project import automation
 from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from dagster_project.versions import FEATURE_DATASETS, INGEST_DATASETS
-from formats.home import DataHome
-from tests.unit.test_automation import _land_day, _plan, _pretend_built
+from tests.unit.test_automation import DAYS, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
 from tests.unit.test_hostile_rev21b import (
+    GLOBAL_ASSETS,
     _features_changed,
     _global_versions,
+    _materialize,
     _rebuild_ended,
+    _rebuild_started,
     _sensor_requests,
+    _succeed,
     _ticker,
 )
 
-DAYS = ("2023-02-13", "2023-02-14")
-GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
 SELECTION = dg.AssetSelection.groups("curation", "splits", "publish")   # what rebuild_when_inputs_change targets
 
 
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
-
-
 def _started(instance, assets=GLOBAL_ASSETS, job=None, tags=None) -> dg.DagsterRun:
-    """An asset run as the automation's daemon starts one (``__ASSET_JOB``): STARTED, with its RUN_START event."""
-    job = job or defs.resolve_implicit_global_asset_job_def()
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in assets),
-                                      status=dg.DagsterRunStatus.STARTED, tags=tags)
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_START.value,
-                                               job_name=job.name), run_id=run.run_id)
-    return run
+    """An asset run as the automation's daemon starts one (``__ASSET_JOB``) unless ``job`` is given."""
+    return _rebuild_started(instance, job or defs.resolve_implicit_global_asset_job_def(), assets, tags)
 
-
-def _materialize(instance, run, versions: dict, partition: str | None = None) -> None:
-    for asset, version in versions.items():
-        instance.report_dagster_event(DagsterEvent(
-            event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value, job_name=run.job_name,
-            event_specific_data=StepMaterializationData(dg.AssetMaterialization(
-                asset_key=asset, partition=partition, tags={DATA_VERSION_TAG: version}))), run_id=run.run_id)
-
-
-def _succeed(instance, run) -> None:
-    instance.report_dagster_event(DagsterEvent(event_type_value=DagsterEventType.RUN_SUCCESS.value,
-                                               job_name=run.job_name), run_id=run.run_id)
-    assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.SUCCESS
-
-
-# --- 1. the automation starts a second global run while its rebuild is still running -------------------------
-#
-# staleness.py:49-55 REBUILD_CONDITION guards with ~in_progress() per asset. Dagster clears an asset's in-progress
-# state as soon as the run's materialization of it is recorded, so once the rebuild R1 (the automation's own
-# __ASSET_JOB run of the five globals) has materialized duplicate_clusters and is still computing decisions /
-# pairs / splits / publish, a daily run that ends makes duplicate_clusters' condition true (its deps are done,
-# it is not "in progress") and the automation requests it at once: a second global-stage run R_d, overlapping
-# R1 (R_d writes duplicate_clusters, which R1's later steps read; decisions depends on it). README ("one rebuild after the night's
-# daily runs"; inputs_during_rebuild_sensor's premise that a change during a rebuild is forgotten and left to it,
-# automation.py:377-386, which itself waits "a rebuild is running", automation.py:387-389) holds only for a change
-# that lands before R1's first materialization. (After R_d, dedup's new version makes the automation request
-# decisions..publish once more: three global runs where two do; read from the condition, not run here.)
-# Input: R1 STARTED, duplicate_clusters materialized by it, tick (0), day 2's daily run ends, tick.
-# Outcome: 1 requested (duplicate_clusters) while R1 is STARTED.
 
 def test_the_automation_requests_nothing_while_a_rebuild_runs(home, instance):
     _pretend_built(home, instance, _plan(home, instance))

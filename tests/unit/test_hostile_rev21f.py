@@ -27,41 +27,18 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
 import time
 
 import dagster as dg
 import pytest
-from dagster._core.events import DagsterEvent, DagsterEventType
-from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
 from dagster._core.test_utils import create_run_for_test
 from dagster._daemon.sensor import fetch_existing_runs
 
 from dagster_project import automation
 from dagster_project.definitions import defs
-from formats.home import DataHome
-from tests.unit.test_automation import _land_day, _plan, _pretend_built
+from tests.unit.test_automation import DAYS, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
 from tests.unit.test_hostile_rev21b import _features_changed, _rebuild_started, _sensor_requests
-
-DAYS = ("2023-02-13", "2023-02-14")
-GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
-
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
 
 
 class _Sensor:           # what fetch_existing_runs reads of the remote sensor for runs without an origin
@@ -148,14 +125,9 @@ def test_a_publish_version_reached_again_is_rebuilt_by_the_sensor(home, instance
 # "a rebuild is queued or running", on every tick.
 
 def _killed_build_rebuild(instance) -> dg.DagsterRun:
-    job = defs.resolve_job_def("rebuild_dataset_job")
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED,
-                                      tags={"pickapic/launched_by": "pickapic build"})
-    instance.handle_new_event(EventLogEntry(
-        error_info=None, level=20, user_message="", run_id=run.run_id, timestamp=time.time() - 3 * 86400,
-        dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job.name)))
-    return run
+    """A rebuild run of a `pickapic build` started three days ago (its process since SIGKILLed)."""
+    return _rebuild_started(instance, tags={automation.BUILD_TAG: automation.BUILD_TAG_VALUE},
+                            at=time.time() - 3 * 86400)
 
 
 def test_a_run_whose_process_died_does_not_hold_back_rebuilds_forever(home, instance):

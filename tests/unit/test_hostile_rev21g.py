@@ -28,47 +28,23 @@ What held up:
 from __future__ import annotations
 
 import errno
-import gc
 import os
 import signal
 import subprocess
 import sys
-import time
 
 import dagster as dg
-import pytest
-from dagster._core.events import DagsterEvent, DagsterEventType
-from dagster._core.events.log import EventLogEntry
 
 from dagster_project import automation
-from dagster_project.definitions import defs
 from formats.home import DataHome
-from tests.unit.test_automation import _land_day, _plan, _pretend_built
-from tests.unit.test_hostile_rev21b import _features_changed, _sensor_requests
+from tests.unit.test_automation import DAYS, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
+from tests.unit.test_hostile_rev21b import _features_changed, _rebuild_started, _sensor_requests
 
-DAYS = ("2023-02-13", "2023-02-14")
-GLOBAL_ASSETS = ("duplicate_clusters", "decisions", "pairs", "split_pairs", "published_dataset")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # a `pickapic build` holding the home's build lock exactly as build.build() takes it, until its stdin closes
 HOLD_BUILD_LOCK = ("import sys\nfrom pathlib import Path\nfrom formats.home import DataHome\nfrom dagster_project.build import build_lock\n"
                    "with build_lock(DataHome(Path(sys.argv[1]))):\n    print('held', flush=True)\n    sys.stdin.read()\n")
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
-
 
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
@@ -83,14 +59,7 @@ def _build_holding_lock(home: DataHome) -> subprocess.Popen:
 
 def _build_run_started(instance) -> dg.DagsterRun:
     """The rebuild run a `pickapic build` is running (execute_in_process: STARTED, tagged by build._execute)."""
-    job = defs.resolve_job_def("rebuild_dataset_job")
-    run = instance.create_run_for_job(job, asset_selection=frozenset(dg.AssetKey(a) for a in GLOBAL_ASSETS),
-                                      status=dg.DagsterRunStatus.STARTED,
-                                      tags={automation.BUILD_TAG: "pickapic build"})
-    instance.handle_new_event(EventLogEntry(
-        error_info=None, level=20, user_message="", run_id=run.run_id, timestamp=time.time(),
-        dagster_event=DagsterEvent(event_type_value=DagsterEventType.RUN_START.value, job_name=job.name)))
-    return run
+    return _rebuild_started(instance, tags={automation.BUILD_TAG: automation.BUILD_TAG_VALUE})
 
 
 def _stale_globals(home, instance) -> None:

@@ -25,35 +25,14 @@ What held up:
 """
 from __future__ import annotations
 
-import gc
-
 import dagster as dg
-import pytest
 
 from dagster_project import automation
 from dagster_project.definitions import defs
-from formats.home import DataHome
-from tests.unit.test_automation import _land_day, _plan, _pretend_built, _schedule_context
+from tests.unit.test_automation import _land_day, _plan, _pretend_built, _schedule_context, home, instance  # noqa: F401 - fixtures
 from tests.unit.test_hostile_rev21b import _sensor_requests
 
-DAYS = ("2023-02-13", "2023-02-14")
 NEW_DAY = "2023-02-15"
-
-
-@pytest.fixture()
-def home(fast_tmp) -> DataHome:
-    home = DataHome(fast_tmp / "home")
-    for day in DAYS:
-        _land_day(home, day)
-    return home
-
-
-@pytest.fixture()
-def instance(fast_tmp):
-    (fast_tmp / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
-        yield instance
-        gc.collect()     # close the instances the sensor contexts opened (see test_automation.py)
 
 
 def _daily_run_failed(instance, day: str) -> dg.DagsterRun:
