@@ -137,6 +137,29 @@ def _ticker(home, instance, state: dict | None = None):
     return lambda: sum(len(request.asset_selection) for request in _sensor_requests(home, instance, state))
 
 
+def _raw_sensor_skips(home: DataHome, instance, payloads: tuple[bytes, ...]) -> list[list[str]]:
+    """Day 1 delivered with each of ``payloads`` in turn, the raw sensor ticked and its run recorded as the daemon
+    records it, then built: per delivery, the run keys the daemon would drop as already run by this sensor."""
+    day = DAYS[0]
+
+    class Sensor:            # what fetch_existing_runs reads of the remote sensor for runs without an origin
+        name = automation.raw_partition_sensor.name
+
+    skipped = []
+    for payload in payloads:
+        _land_day(home, day, payload=payload)
+        result = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
+        requests = [r for r in result.run_requests if r.partition_key == day]
+        assert len(requests) == 1                             # the plan sees the change every time
+        skipped.append(sorted(fetch_existing_runs(instance, Sensor, requests)))
+        for request in requests:                              # what the daemon records for the run it starts
+            create_run_for_test(instance, job_name="daily_partition_job", status=dg.DagsterRunStatus.SUCCESS,
+                                tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: Sensor.name,
+                                      "dagster/partition": day})
+        _pretend_built(home, instance, _plan(home, instance))
+    return skipped
+
+
 def _features_changed(home, instance, day: str, payload: bytes) -> None:
     """``day`` delivered again with other bytes and its daily run ending: its ingest and fingerprints are
     recorded with the versions the plan now expects (the other days' again, unchanged)."""
@@ -192,24 +215,8 @@ def test_a_rebuild_that_read_a_change_made_during_it_gets_no_second_one(home, in
 # bytes runs again". The same holds for a day whose sensor run failed: the sensor never asks for it again.
 
 def test_a_day_redelivered_with_its_earlier_bytes_is_reingested_by_the_sensor(fast_tmp, instance):
-    home = DataHome(fast_tmp / "home")
-    day = DAYS[0]
-
-    class Sensor:            # what fetch_existing_runs reads of the remote sensor for runs without an origin
-        name = automation.raw_partition_sensor.name
-
-    skipped = []
-    for payload in (b'{"user_id": 1}\n', b'{"user_id": 2}\n', b'{"user_id": 1}\n'):   # A, B, A again
-        _land_day(home, day, payload=payload)
-        result = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
-        requests = [r for r in result.run_requests if r.partition_key == day]
-        assert len(requests) == 1                             # the plan sees the change every time
-        skipped.append(sorted(fetch_existing_runs(instance, Sensor, requests)))
-        for request in requests:                              # what the daemon records for the run it starts
-            create_run_for_test(instance, job_name="daily_partition_job", status=dg.DagsterRunStatus.SUCCESS,
-                                tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: Sensor.name,
-                                      "dagster/partition": day})
-        _pretend_built(home, instance, _plan(home, instance))
+    skipped = _raw_sensor_skips(DataHome(fast_tmp / "home"), instance,
+                                (b'{"user_id": 1}\n', b'{"user_id": 2}\n', b'{"user_id": 1}\n'))   # A, B, A again
     assert skipped == [[], [], []], f"requests the daemon skips as already run: {skipped}"
 
 

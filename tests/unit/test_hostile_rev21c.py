@@ -49,17 +49,14 @@ import os
 import dagster as dg
 import pytest
 from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
-from dagster._core.storage.tags import RUN_KEY_TAG, SENSOR_NAME_TAG
-from dagster._core.test_utils import create_run_for_test
-from dagster._daemon.sensor import fetch_existing_runs
 
-from dagster_project import automation, buildstamp
+from dagster_project import buildstamp
 from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from formats.home import DataHome
 from pipelines.appdb.export import raw_day_counts
-from tests.unit.test_automation import DAYS, _land_day, _plan, _pretend_built, _sensor_context, home, instance  # noqa: F401 - fixtures
-from tests.unit.test_hostile_rev21b import GLOBAL_ASSETS, _sensor_requests
+from tests.unit.test_automation import DAYS, _land_day, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
+from tests.unit.test_hostile_rev21b import GLOBAL_ASSETS, _raw_sensor_skips, _sensor_requests
 
 # --- 1. a day delivered A, B, A, B: the fourth delivery's run key is the second's, and the daemon drops it ------
 #
@@ -72,24 +69,8 @@ from tests.unit.test_hostile_rev21b import GLOBAL_ASSETS, _sensor_requests
 # corrected export pushed twice around a rollback (B, revert to A, re-apply B) is exactly this.
 
 def test_a_day_delivered_a_b_a_b_is_reingested_every_time(fast_tmp, instance):
-    home = DataHome(fast_tmp / "home")
-    day = DAYS[0]
-
-    class Sensor:            # what fetch_existing_runs reads of the remote sensor for runs without an origin
-        name = automation.raw_partition_sensor.name
-
-    skipped = []
-    for payload in (b'{"user_id": 1}\n', b'{"user_id": 2}\n', b'{"user_id": 1}\n', b'{"user_id": 2}\n'):
-        _land_day(home, day, payload=payload)
-        result = automation.raw_partition_sensor.evaluate_tick(_sensor_context(home, instance))
-        requests = [r for r in result.run_requests if r.partition_key == day]
-        assert len(requests) == 1                             # the plan sees the change every time
-        skipped.append(sorted(fetch_existing_runs(instance, Sensor, requests)))
-        for request in requests:                              # what the daemon records for the run it starts
-            create_run_for_test(instance, job_name="daily_partition_job", status=dg.DagsterRunStatus.SUCCESS,
-                                tags={RUN_KEY_TAG: request.run_key, SENSOR_NAME_TAG: Sensor.name,
-                                      "dagster/partition": day})
-        _pretend_built(home, instance, _plan(home, instance))
+    skipped = _raw_sensor_skips(DataHome(fast_tmp / "home"), instance,
+                                (b'{"user_id": 1}\n', b'{"user_id": 2}\n', b'{"user_id": 1}\n', b'{"user_id": 2}\n'))
     assert skipped == [[], [], [], []], f"requests the daemon skips as already run: {skipped}"
 
 
