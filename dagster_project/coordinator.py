@@ -10,7 +10,8 @@ steps will build them. A run that fails is never queued: Dagster marks it failed
 engine event, and the launchpad shows the same reason where the launch was clicked. Schedules and sensors
 submit their runs through it too (their values come from the settings file, which is checked when read).
 
-``use_home`` writes it into ``HOME/dagster/dagster.yaml`` (:data:`DAGSTER_YAML`); a ``dagster.yaml`` of
+``use_home`` writes it into ``HOME/dagster/dagster.yaml`` (:data:`DAGSTER_YAML`, with the run launcher of
+:mod:`dagster_project.launcher` and Dagster's run monitoring turned on); a ``dagster.yaml`` of
 the home's own making, written before it existed, is brought up to date; one a user edited is left as it
 is, and then the first step still checks the run.
 """
@@ -21,10 +22,17 @@ from typing import Any, Mapping
 
 import dagster as dg
 
-DAGSTER_YAML = ("telemetry:\n  enabled: false\n"
-                "# Refuses a run whose config a step would refuse, before it is queued (dagster_project/coordinator.py).\n"
-                "run_coordinator:\n  module: dagster_project.coordinator\n  class: CheckedRunCoordinator\n")
-OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n",)   # what earlier versions wrote: replaced by DAGSTER_YAML
+_COORDINATOR_YAML = ("telemetry:\n  enabled: false\n"
+                     "# Refuses a run whose config a step would refuse, before it is queued (dagster_project/coordinator.py).\n"
+                     "run_coordinator:\n  module: dagster_project.coordinator\n  class: CheckedRunCoordinator\n")
+DAGSTER_YAML = (_COORDINATOR_YAML
+                + "# Dagster's default launcher, which also tells a run whose worker died with the machine\n"
+                  "# (dagster_project/launcher.py); the daemon's run monitoring then marks such a run failed.\n"
+                  "run_launcher:\n  module: dagster_project.launcher\n  class: MonitoredRunLauncher\n"
+                  "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 60\n  start_timeout_seconds: 600\n"
+                  "  max_resume_run_attempts: 0\n")
+# what earlier versions wrote: replaced by DAGSTER_YAML
+OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _COORDINATOR_YAML)
 
 
 class RunConfigRefused(ValueError):

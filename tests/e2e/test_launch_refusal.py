@@ -99,6 +99,11 @@ def test_use_home_writes_the_checked_coordinator_and_updates_only_its_own_old_fi
         (old.dagster_home / "dagster.yaml").write_text(OLD_DAGSTER_YAMLS[0])
         use_home(old)
         assert (old.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
+        before_monitoring = DataHome(tmp_path / "before-monitoring")       # the coordinator, no run monitoring
+        before_monitoring.dagster_home.mkdir(parents=True)
+        (before_monitoring.dagster_home / "dagster.yaml").write_text(OLD_DAGSTER_YAMLS[1])
+        use_home(before_monitoring)
+        assert (before_monitoring.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
         edited = DataHome(tmp_path / "edited")
         edited.dagster_home.mkdir(parents=True)
         mine = "telemetry:\n  enabled: false\nrun_queue:\n  max_concurrent_runs: 1\n"
@@ -114,6 +119,8 @@ def test_use_home_writes_the_checked_coordinator_and_updates_only_its_own_old_fi
         assert (linked.dagster_home / "dagster.yaml").is_symlink() and target.read_text() == OLD_DAGSTER_YAMLS[0]
         with dg.DagsterInstance.from_config(str(fresh.dagster_home)) as instance:
             assert type(instance.run_coordinator).__name__ == "CheckedRunCoordinator"
+            assert type(instance.run_launcher).__name__ == "MonitoredRunLauncher" and instance.run_monitoring_enabled
+            assert instance.run_monitoring_max_resume_run_attempts == 0   # the default launcher cannot resume a run
     finally:
         for name, value in saved.items():
             if value is None:

@@ -113,8 +113,8 @@ def test_a_publish_version_reached_again_is_rebuilt_by_the_sensor(home, instance
 #
 # rebuild_sensor waits while any run is QUEUED / NOT_STARTED / STARTING / STARTED (automation.py _UNFINISHED, the
 # first lines of rebuild_sensor), with no bound and no check that the run's process lives. Dagster moves a run out
-# of STARTED only when its process reports it, or through run monitoring, which the home's dagster.yaml does not
-# enable (coordinator.py DAGSTER_YAML: telemetry and the run coordinator only). A `pickapic build` SIGKILLed or
+# of STARTED only when its process reports it, or through run monitoring, which the home's dagster.yaml did not
+# enable then (since the twenty-second session it does, with dagster_project/launcher.py's health check). A `pickapic build` SIGKILLed or
 # OOM-killed during its rebuild (README section 9, "Crashes": killed builds are rerun and must recover), or a
 # daemon-launched rebuild whose host rebooted, leaves its run STARTED forever; rerunning `pickapic build` by hand
 # rebuilds the home, but from then on every tick says "a rebuild is queued or running": the sensor never rebuilds
