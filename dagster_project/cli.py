@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import signal
@@ -299,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         home = DataHome.at(getattr(args, "home", None)).root
         full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
         known = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError)
-        if args.debug or (full is None and not isinstance(exc, known)):
+        too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
+        if args.debug or (full is None and not too_long and not isinstance(exc, known)):
             raise
         # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
         print(f"pickapic {args.command}: error: {terminal_text(str(full or exc), keep=chr(10))}", file=sys.stderr)

@@ -62,6 +62,9 @@ def temp_names(names: Sequence[str]) -> re.Pattern:
     return re.compile("|".join(rf"\.{re.escape(name)}\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp" for name in names))
 
 
+TEMP_NAME_EXTRA = len("..") + 2 * _TEMP_TOKEN_BYTES + len(".tmp")   # bytes create_temp's name adds to ``name``
+
+
 def create_temp(folder: str | os.PathLike, name: str, private: bool = False,
                 dir_fd: int | None = None) -> tuple[int, str]:
     """Create ``.<name>.<random>.tmp`` in ``folder`` (exclusive, no links followed); returns (fd, temp name).

@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
-from formats.files import create_temp, lstat_or_none, naming_full_disk, temp_names
+from formats.files import TEMP_NAME_EXTRA, create_temp, lstat_or_none, naming_full_disk, temp_names
 from formats.home import DataHome
 
 
@@ -140,7 +140,25 @@ def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag:
         raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; the output must be a new path or a "
                             "regular file (devices, FIFOs, links and directories are never replaced)")
     _refuse_non_folder_ancestor(final, flag, path)
+    _refuse_long_name(final, flag, path)
     return final
+
+
+def _refuse_long_name(final: Path, flag: str, given: object) -> None:
+    """The file is written under a temporary name first (``.NAME.<12 hex>.tmp``), which must fit the file
+    system too: a name that does not is refused before any work, not after it (review rev22a)."""
+    ancestor = final.parent
+    while not os.path.lexists(ancestor):
+        ancestor = ancestor.parent
+    try:
+        limit = os.pathconf(ancestor, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    length = len(os.fsencode(final.name))
+    if length + TEMP_NAME_EXTRA > limit:
+        raise RefusedOutput(f"{flag} {given}: the file name is too long ({length} bytes): it is written under a "
+                            f"temporary name {TEMP_NAME_EXTRA} bytes longer first, and {ancestor} takes names of at "
+                            f"most {limit} bytes; give a name of at most {limit - TEMP_NAME_EXTRA} bytes")
 
 
 def _refuse_non_folder_ancestor(final: Path, flag: str, given: object) -> None:
@@ -178,8 +196,10 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     final.parent.mkdir(parents=True, exist_ok=True)
     dir_fd = os.open(final.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     tmp = None
+    held = None
     try:
-        fd, tmp = create_temp(final.parent, final.name, private, dir_fd=dir_fd)
+        remove_dead_temps(dir_fd, [final.name])
+        fd, tmp, held = _create_locked_temp(dir_fd, final, private)
         with naming_full_disk(final), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -191,7 +211,71 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         if tmp is not None:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
+        if held is not None:
+            os.close(held)                  # the temp file's lock goes with its last descriptor
         os.close(dir_fd)
+
+
+def _create_locked_temp(dir_fd: int, final: Path, private: bool) -> tuple[int, str, int | None]:
+    """A new temp file for ``final`` in the open folder, with an exclusive ``flock`` on it held by a second
+    descriptor (returned third; None where the file system has no ``flock``) until the caller closes it, after
+    the rename: a temp file that nobody holds locked is a dead run's (:func:`remove_dead_temps`). A cleaner may
+    take a new file's lock in the instant before its writer does, and remove it: then another one is made."""
+    for _ in range(100):
+        fd, tmp = create_temp(final.parent, final.name, private, dir_fd=dir_fd)
+        held = os.dup(fd)
+        locked = _lock_file(held)
+        try:
+            mine = locked is not False and os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            mine = False
+        if mine:
+            if not locked:                  # no flock here: nothing to hold
+                os.close(held)
+                held = None
+            return fd, tmp, held
+        os.close(held)
+        os.close(fd)
+    raise FileExistsError(f"no temporary file for {final} could be kept: another process removes them as fast as they "
+                          "are made")
+
+
+def _lock_file(fd: int) -> bool | None:
+    """``flock`` an open file exclusively without waiting: True taken, False another holds it, None no ``flock``."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        return False if exc.errno in (errno.EAGAIN, errno.EACCES) else None
+    return True
+
+
+def remove_dead_temps(dir_fd: int, names: Sequence[str]) -> list[str]:
+    """Delete, in the open folder, the temporary files of ``names`` (``.NAME.<hex>.tmp``, as
+    :func:`formats.files.create_temp` names them) that a killed run left: regular files of this account that
+    no process holds locked (a live writer of :func:`open_output_file` holds its temp file's ``flock`` from
+    its creation to its rename; :func:`open_output_files` holds the folder's, which callers take first).
+    Nothing is removed where files cannot be locked. Returns the names removed."""
+    own = temp_names(names)
+    with os.scandir(dir_fd) as entries:
+        found = sorted(entry.name for entry in entries if own.fullmatch(entry.name))
+    removed = []
+    for name in found:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        except OSError:
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or _lock_file(fd) is not True:
+                continue
+            if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == info.st_ino:
+                os.unlink(name, dir_fd=dir_fd)
+                removed.append(name)
+        except FileNotFoundError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 @contextlib.contextmanager
@@ -285,8 +369,9 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
 
     A non-empty folder counts as a previous output when it holds one of ``markers`` (paths relative to it).
     It may not lie inside a data home; with ``in_home`` only not inside its :func:`pipeline_zones`.
-    With ``leftovers`` (file names), the temporary files of those names that a killed run left are removed
-    (:func:`_remove_own_leftovers`) once the folder passed every other check, before the emptiness check.
+    With ``leftovers`` (file names), the temporary files of those names that a killed run left do not count
+    against an empty folder, and are removed (:func:`_remove_own_leftovers`) once the folder passed every check:
+    a refused folder loses nothing.
     Returns the absolute path.
     """
     final = _absolute(path)
@@ -301,13 +386,14 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; give a new folder or one this command "
                             "wrote before")
     _refuse_linked_subfolders(final, markers, flag, path)
-    if leftovers:
-        _remove_own_leftovers(final, leftovers, homes, flag, path)
-    with os.scandir(final) as entries:
-        empty = next(entries, None) is None
+    debris = temp_names(leftovers) if leftovers else None
+    with os.scandir(final) as entries:      # a killed run's temp files of its own names do not count ...
+        empty = not any(debris is None or not debris.fullmatch(entry.name) for entry in entries)
     if not empty and not any(os.path.lexists(final / marker) for marker in markers):
         raise RefusedOutput(f"{flag} {path}: {final} already holds files that are not a previous output of this "
                             f"command (none of {', '.join(markers) or 'its files'}); give a new or empty folder")
+    if leftovers:                           # ... and are removed only once the folder is accepted
+        _remove_own_leftovers(final, leftovers, homes, flag, path)
     return final
 
 
@@ -357,7 +443,9 @@ def _remove_own_leftovers(folder: Path, names: Sequence[str], homes: Sequence[Pa
     home, no linked folder, a real folder). The folder is opened without following a link and checked
     again through its descriptor; its exclusive ``flock`` (:func:`_lock_folder`) is held while the files are
     removed, so only a dead run's temp files go: a folder another run holds is refused
-    (:class:`RefusedOutput`), nothing removed. Where folders cannot be locked nothing is removed."""
+    (:class:`RefusedOutput`), nothing removed, and a temp file a live single-file writer holds locked (a
+    `pickapic score --output` into the same folder) stays (:func:`remove_dead_temps`). Where folders cannot be
+    locked nothing is removed."""
     try:
         dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
@@ -373,16 +461,7 @@ def _remove_own_leftovers(folder: Path, names: Sequence[str], homes: Sequence[Pa
             raise RefusedOutput(_busy_message(flag, given, folder))
         if locked is None:
             return []
-        own = temp_names(names)
-        removed = []
-        with os.scandir(dir_fd) as entries:
-            found = [entry.name for entry in entries if own.fullmatch(entry.name)
-                     and entry.is_file(follow_symlinks=False)]
-        for name in found:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(name, dir_fd=dir_fd)
-                removed.append(name)
-        return removed
+        return remove_dead_temps(dir_fd, names)
     finally:
         os.close(dir_fd)                     # also releases the lock
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -127,8 +128,15 @@ def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, firs
                 side.column(f"{name}_sha256").to_pylist()) for name in ("jpg_0", "jpg_1")]
     keys = side.column("key").to_pylist()
     with open(tar, "rb") as handle:
+        tar_bytes = os.fstat(handle.fileno()).st_size
         for row in range(side.num_rows):
             for name, offsets, sizes, digests in members:  # in tar order: sequential reads
+                offset, size = offsets[row], sizes[row]
+                if offset is None or size is None or offset < 0 or size < 0 or offset + size > tar_bytes:
+                    # a damaged sidecar: a null, a negative number or a member past the tar's end is never read
+                    raise CorruptShard(f"{tar}: sample {keys[row]!r}: {sidecar.name} records the {name} bytes at "
+                                       f"offset {offset}, {size} bytes, outside the tar's {tar_bytes} bytes; the "
+                                       "version is damaged, nothing was exported (republish the version)")
                 handle.seek(offsets[row])
                 data = handle.read(sizes[row])
                 if len(data) != sizes[row]:

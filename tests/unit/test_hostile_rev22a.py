@@ -319,9 +319,6 @@ def test_a_processor_folder_never_runs_its_own_python_code(model_dir, tmp_path):
 
 # --- outputs ----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "score --output leaves a killed run's .NAME.HEX.tmp beside FILE forever: the rerun never removes it"
-))
 def test_a_rerun_of_score_removes_the_temporary_file_a_killed_run_left(tmp_path, fake_scorer):
     _png(tmp_path / "a.png")
     out = tmp_path / "results" / "s.parquet"
@@ -353,9 +350,6 @@ def test_rerank_never_reads_its_own_output_as_candidates(tmp_path, capsys, fake_
         assert "--candidates" in capsys.readouterr().err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a refused rerank --output DIR deletes DIR/.scores.parquet.HEX.tmp: a running score --output DIR/... loses its file"
-))
 def test_a_refused_rerank_output_removes_nothing_from_the_folder(tmp_path, capsys, fake_scorer):
     from formats.outputs import open_output_file
 
@@ -377,9 +371,6 @@ def test_a_refused_rerank_output_removes_nothing_from_the_folder(tmp_path, capsy
     assert (work / "scores.parquet").read_bytes() == b"the scores of a long score run"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a path name longer than the file system allows (or score --output FILE of 238+ bytes) is an OSError traceback"
-))
 @pytest.mark.parametrize("case", ["score --output", "score --output 249 bytes", "score --input", "rerank --output",
                                   "rerank --candidates", "export --output"])
 def test_a_path_name_too_long_for_the_file_system_is_a_clear_error(tmp_path, capsys, fake_scorer, case):
@@ -449,9 +440,6 @@ def test_rerank_outputs_are_byte_identical_across_runs_and_ties_keep_input_order
 
 # --- export -----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "export of a version whose sidecar holds a negative jpg offset crashes with 'OSError: [Errno 22]' traceback"
-))
 def test_export_of_a_damaged_sidecar_offset_is_a_clear_error(tmp_path, capsys):
     from test_publish_fixtures import make_home
 

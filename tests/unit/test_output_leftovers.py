@@ -122,3 +122,66 @@ def test_a_killed_writers_temp_files_are_removed_by_the_next_run(tmp_path):
     assert len(list(out.glob(".scores.parquet.*.tmp"))) == 1
     folder, listed = recorded_output_dir(out, [], "--output", RECORD, NAMES)
     assert list(out.iterdir()) == []
+
+
+# --- single files (`score --output FILE`, `query --output FILE`): the writer holds its temp file locked ----------------
+
+_FILE_WRITER = textwrap.dedent("""
+    import sys
+    from formats.outputs import open_output_file
+    with open_output_file(sys.argv[1]) as handle:
+        handle.write(b"first run's scores")
+        print("writing", flush=True)
+        sys.stdin.readline()
+    print("done", flush=True)
+""")
+
+
+def _start_file_writer(out: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _FILE_WRITER, str(out)], cwd=REPO, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+def test_a_single_file_writer_keeps_a_live_runs_temp_file_and_removes_a_killed_runs(tmp_path):
+    from formats.outputs import open_output_file
+
+    out = tmp_path / "scores.parquet"
+    live = _start_file_writer(out)
+    killed = _start_file_writer(tmp_path / "other.parquet")
+    try:
+        assert live.stdout.readline().strip() == "writing"
+        assert killed.stdout.readline().strip() == "writing"
+        killed.kill()                               # SIGKILL: its temp file stays, its lock goes with it
+        killed.wait()
+        live_temp = list(tmp_path.glob(".scores.parquet.*.tmp"))
+        assert len(live_temp) == 1 and len(list(tmp_path.glob(".other.parquet.*.tmp"))) == 1
+        with open_output_file(out) as handle:       # a second run of the same output, meanwhile
+            handle.write(b"second run's scores")
+        assert list(tmp_path.glob(".scores.parquet.*.tmp")) == live_temp      # the live run's is kept
+        with open_output_file(tmp_path / "other.parquet") as handle:
+            handle.write(b"rerun")
+        assert list(tmp_path.glob(".other.parquet.*.tmp")) == []              # the killed run's is gone
+        live.stdin.write("\n")
+        live.stdin.flush()
+        assert live.stdout.readline().strip() == "done" and live.wait(timeout=30) == 0
+    finally:
+        for process in (live, killed):
+            process.kill()
+            process.wait()
+    assert out.read_bytes() == b"first run's scores"        # the last rename wins; neither run lost its file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.parquet", "scores.parquet"]
+
+
+def test_what_is_not_a_regular_temp_file_of_ours_is_never_removed(tmp_path):
+    from formats.outputs import remove_dead_temps
+
+    (tmp_path / ".scores.parquet.0123456789ab.tmp").mkdir()                 # a folder of that name
+    (tmp_path / ".scores.parquet.ba9876543210.tmp").symlink_to(tmp_path / "target")
+    (tmp_path / "target").write_bytes(b"not ours to remove")
+    (tmp_path / ".scores.parquet.tmp").write_bytes(b"not one of our temp names")
+    fd = os.open(tmp_path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        assert remove_dead_temps(fd, ["scores.parquet"]) == []
+    finally:
+        os.close(fd)
+    assert len(list(tmp_path.iterdir())) == 4
