@@ -7,17 +7,22 @@ own vocabulary (256 bytes, 256 bytes + ``</w>``, merged tokens, then ``<|startof
 ``<|endoftext|>``), merged tokens numbered in sorted order so that ids do not depend on the order in
 which the trainer emitted merges of equal count (the only nondeterminism of the ``tokenizers`` trainer). It is saved as a plain ``CLIPTokenizer``, so
 ``AutoProcessor`` / ``AutoModel.from_pretrained(dir)`` load it like any CLIP / PickScore checkpoint.
-Nothing is ever downloaded: every load passes ``local_files_only=True``.
+Nothing is ever downloaded: every load passes ``local_files_only=True``; no code from a checkpoint folder ever
+runs: ``load_model`` uses transformers' own CLIP classes with ``trust_remote_code=False`` and refuses a processor
+folder whose configs name custom classes (``auto_map``).
 """
 from __future__ import annotations
 
 import json
+import math
+import pickle
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
-from transformers import AutoProcessor, CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
+from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
 from formats.files import write_bytes_atomic
@@ -127,7 +132,10 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
     """Load a CLIP / PickScore checkpoint and its processor from local directories (never downloads).
 
     ``processor_dir`` defaults to ``model_dir``; PickScore_v1's own repository, for one, holds no processor
-    (its README loads the processor of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``).
+    (its README loads the processor of ``laion/CLIP-ViT-H-14-laion2B-s32B-b79K``). A checkpoint that would score
+    with anything but its own saved weights is refused (``NotAClipCheckpoint`` naming the folder): no or unreadable
+    weights, weights missing or left over (transformers would fill a missing one with random values), a weight that
+    is NaN or infinite, a processor whose image size is not the model's or whose mean / std cannot normalise.
     """
     path = check_clip_dir(model_dir)
     processor_path = Path(processor_dir).expanduser() if processor_dir else path
@@ -141,14 +149,119 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
         raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no tokenizer (tokenizer.json, or vocab.json + "
                                  "merges.txt): every prompt would get the same embedding (pass --processor DIR "
                                  f"holding {PROCESSOR_FILES})")
-    model = CLIPModel.from_pretrained(path, local_files_only=True)
-    processor = AutoProcessor.from_pretrained(processor_path, local_files_only=True)
+    check_no_custom_code(processor_path)
+    model = _load_weights(path)
+    try:
+        # CLIPProcessor itself, never a class a config names through auto_map; trust_remote_code=False so that
+        # transformers refuses instead of asking on stdin whether to run the folder's code
+        processor = CLIPProcessor.from_pretrained(processor_path, local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: no CLIP processor can be loaded from it "
+                                 f"({_first_line(exc)}; pass --processor DIR holding {PROCESSOR_FILES})") from None
     vocab, tokens = model.config.text_config.vocab_size, len(processor.tokenizer)
     if tokens != vocab:
         raise NotAClipCheckpoint(f"the tokenizer in {str(processor_path)!r} has {tokens} tokens but the model in "
                                  f"{str(path)!r} has text_config.vocab_size={vocab}: they do not belong together "
                                  f"(pass --processor DIR holding the model's own {PROCESSOR_FILES})")
+    check_processor_fits(processor.image_processor, model.config.vision_config.image_size, processor_path, path)
     return model, processor
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def check_no_custom_code(processor_path: Path) -> None:
+    """Refuse a processor folder whose configs name custom classes (``auto_map``): that is Python code shipped
+    in the folder, which transformers would offer to run; a CLIP / PickScore processor never needs it."""
+    for name in PROCESSOR_CONFIGS:
+        try:
+            config = json.loads((processor_path / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} cannot be read as JSON "
+                                     f"({_first_line(exc)})") from None
+        sections = [config, *(v for v in config.values() if isinstance(v, dict))] if isinstance(config, dict) else []
+        if any("auto_map" in section for section in sections):
+            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} names custom code (auto_map); "
+                                     "code from a model folder is never run: pass a plain CLIP / PickScore processor "
+                                     f"holding {PROCESSOR_FILES}")
+
+
+def _load_weights(path: Path) -> CLIPModel:
+    """The CLIPModel saved in ``path``, refused unless every weight came from the checkpoint and is finite.
+
+    transformers fills a weight the file lacks (or one of the wrong shape) with random values and only logs it:
+    the scores would be noise that differs per run. A NaN or infinite weight (what a diverged training saves)
+    makes NaN scores. An absent, truncated or pickled-code weights file is refused with one line, not a traceback.
+    """
+    if not any((path / name).is_file() for name in WEIGHT_FILES):
+        raise NotAClipCheckpoint(f"model dir {str(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+                                 "an interrupted copy? pass a complete CLIP / PickScore checkpoint directory")
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()   # transformers' multi-line load report: the refusal below says it in one
+    try:
+        model, info = CLIPModel.from_pretrained(path, local_files_only=True, output_loading_info=True,
+                                                ignore_mismatched_sizes=True)   # reported below, by name
+    except pickle.UnpicklingError:   # torch's weights_only load met something other than tensors
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights file holds objects other than tensors "
+                                 "(refused: unpickling them could run code); pass a checkpoint saved as "
+                                 "model.safetensors") from None
+    except (OSError, RuntimeError, ValueError, EOFError, SafetensorError) as exc:
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights cannot be read ({_first_line(exc)}); an "
+                                 "interrupted copy? pass a complete CLIP / PickScore checkpoint directory") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    # the position_ids buffers older transformers saved (PickScore_v1's checkpoint holds them) are dropped without
+    # a report, so such checkpoints still load
+    problems = [f"{kind}: {', '.join(sorted(k if isinstance(k, str) else str(k[0]) for k in keys)[:8])}"
+                + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+                for kind, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]),
+                                   ("wrong shape", info["mismatched_keys"])) if keys]
+    if problems:
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights do not match its config.json "
+                                 f"({'; '.join(problems)}): scores would not be the checkpoint's (transformers fills "
+                                 "a missing weight with random values); pass a complete CLIP / PickScore checkpoint "
+                                 "directory")
+    bad = [name for name, value in model.named_parameters() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: {len(bad)} weight(s) hold NaN or infinite values "
+                                 f"({', '.join(bad[:8])}), as a diverged training saves them: every score would be NaN")
+    return model
+
+
+def check_processor_fits(image_processor: Any, image_size: int, processor_path: Path, model_path: Path) -> None:
+    """Refuse an image processor whose crop or resize is not the model's ``vision_config.image_size`` (an absurd
+    crop_size would allocate terabytes, any other size fails in the vision tower) or whose mean / std would
+    make NaN or infinite pixels (a std of 0, a non-finite value)."""
+    def side(value: Any, key: str) -> Any:
+        return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
+
+    crop, size = image_processor.crop_size, image_processor.size
+    sides = {"crop_size height": side(crop, "height"), "crop_size width": side(crop, "width"),
+             "size shortest_edge": side(size, "shortest_edge")}
+    wrong = {name: value for name, value in sides.items() if value != image_size}
+    if wrong:
+        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has "
+                                 f"{', '.join(f'{name} {value}' for name, value in wrong.items())} but the model in "
+                                 f"{str(model_path)!r} takes {image_size} px images (vision_config.image_size): they "
+                                 f"do not belong together (pass --processor DIR holding the model's own {PROCESSOR_FILES})")
+    for name in ("image_mean", "image_std"):
+        values = getattr(image_processor, name, None)
+        try:
+            numbers = [float(v) for v in values]
+        except (TypeError, ValueError):
+            numbers = []
+        if not numbers or not all(math.isfinite(v) for v in numbers) or (name == "image_std" and 0.0 in numbers):
+            raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has {name} {values!r}: pixels "
+                                     "normalised with it would be NaN or infinite (a CLIP processor has three finite "
+                                     "values, the std ones above 0)")
 
 
 def save_checkpoint(directory: Path, clip: CLIPModel, processor: Any) -> None:

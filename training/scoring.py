@@ -8,12 +8,15 @@ tokenizer (pad, truncate to 77), so a score here equals ``training.evaluate.scor
 
 A missing or unreadable image becomes a row with ``error`` set (``missing_file``, ``not_a_file``,
 ``unreadable_image``, ``decompression_bomb``, ``empty_file``, ``bad_dimensions``: aspect ratio above
-``training.data.MAX_ASPECT`` or a resize above ``MAX_RESIZED_PIXELS``) and never stops the batch. Work is batched:
+``training.data.MAX_ASPECT`` or a resize above ``MAX_RESIZED_PIXELS``; ``unsupported_mode``: 16-bit grayscale,
+32-bit or float pixels, CMYK / YCbCr / LAB, refused as the features stage refuses them; ``non_finite_score``: the
+model gave NaN or infinity) and never stops the batch. Work is batched:
 each distinct prompt is embedded once, images ``batch_size`` at a time; only the small embeddings are kept.
 """
 from __future__ import annotations
 
 import io
+import math
 import os
 import stat
 from dataclasses import dataclass
@@ -31,6 +34,10 @@ from training.model import load_model, pooled_embeddings
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 MAX_IMAGE_BYTES = 256 << 20   # a candidate image file larger than this is refused unread
+# The modes Pillow converts to RGB faithfully: pipelines.features.decode.CONVERTIBLE_MODES, whose
+# unsupported_mode refusal this mirrors. Pillow's RGB conversion clips I;16 / I / F (a 30 % grey 16-bit PNG
+# becomes white) and converts CMYK / YCbCr / LAB without colour management.
+CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
 
 
 @dataclass
@@ -61,7 +68,7 @@ class ImageError(Exception):
 def load_rgb(image: ImageInput, name: str) -> Image.Image:
     """The RGB image behind a path, bytes or PIL image; ``ImageError`` names what is wrong with it."""
     if isinstance(image, Image.Image):
-        return image.convert("RGB")
+        return _to_rgb(image, name)
     if isinstance(image, (bytes, bytearray)):
         data = bytes(image)
     else:
@@ -98,11 +105,19 @@ def load_rgb(image: ImageInput, name: str) -> Image.Image:
             if limit is not None and img.width * img.height > limit:
                 raise ImageError("decompression_bomb", f"{name}: {img.width}x{img.height} pixels is more than "
                                  f"{limit}, a possible decompression bomb")
-            return img.convert("RGB")
+            return _to_rgb(img, name)
     except Image.DecompressionBombError as exc:
         raise ImageError("decompression_bomb", f"{name}: {exc}") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:  # PIL's ways of saying "not a (whole) image"
         raise ImageError("unreadable_image", f"{name}: {exc}") from None
+
+
+def _to_rgb(img: Image.Image, name: str) -> Image.Image:
+    """``img`` converted to RGB, or ``ImageError('unsupported_mode')`` where the conversion would change it."""
+    if img.mode not in CONVERTIBLE_MODES:
+        raise ImageError("unsupported_mode", f"{name} has mode {img.mode!r} (16-bit grayscale, 32-bit, float, CMYK "
+                         f"and the like are not converted faithfully); accepted: {sorted(CONVERTIBLE_MODES)}")
+    return img.convert("RGB")
 
 
 def _scored_groups(groups: Sequence[str], scores: Sequence[float | None]) -> dict[str, list[int]]:
@@ -191,7 +206,11 @@ class Scorer:
             index = torch.tensor([text_of[rows[i].prompt] for i in pending], device=images.device)
             values = scale * (texts[index] * images).sum(dim=-1)
             for i, value in zip(pending, values.cpu().tolist()):
-                rows[i].score = float(value)
+                if math.isfinite(value):
+                    rows[i].score = float(value)
+                else:   # never ranked, chosen or written as a bare NaN
+                    rows[i].error = (f"non_finite_score: {rows[i].image}: the model gave {value} (NaN or infinite "
+                                     "weights or embeddings)")
             pending.clear()
 
         for i, (_, image) in enumerate(pairs):
