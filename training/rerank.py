@@ -3,7 +3,8 @@
     pickapic rerank --model RUN/best --candidates CANDIDATES/ --output OUT/
 
 Candidates come as a folder with one subfolder per prompt (``prompt.txt`` holding the prompt, the candidate
-images beside it: ``.png``, ``.jpg``, ``.jpeg``, ``.webp``, ``.bmp``, sorted by name) or as a table
+images beside it: ``.png``, ``.jpg``, ``.jpeg``, ``.webp``, ``.bmp``, sorted by name; any other file an
+``unsupported_image`` row) or as a table
 (``.parquet`` / ``.csv`` / ``.jsonl``; ``prompt`` and ``image`` columns, optional ``prompt_id`` to group).
 ``OUT/`` receives ``choices.parquet`` (one row per prompt: the choice, its score and softmax preference,
 its margin over the runner-up, the candidates that could not be scored; ``schemas.scoring.RERANK_CHOICES``),
@@ -44,7 +45,8 @@ PROMPT_FILE = "prompt.txt"
 
 def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
     """(prompt, error) of a candidate subfolder's ``prompt.txt``: only a regular file of at most
-    ``MAX_PROMPT_BYTES`` UTF-8 bytes is read (a FIFO is never waited on, ``/dev/zero`` never read)."""
+    ``MAX_PROMPT_BYTES`` UTF-8 bytes is read (a FIFO is never waited on, ``/dev/zero`` never read); a leading
+    byte-order mark and the white space around the prompt are dropped."""
     try:
         with open_regular_file(prompt_file) as handle:
             data = b""
@@ -57,14 +59,16 @@ def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
     if len(data) > MAX_PROMPT_BYTES:
         return "", f"missing_prompt: {prompt_file} is longer than {MAX_PROMPT_BYTES} bytes"
     try:
-        prompt = data.decode("utf-8").strip()
+        prompt = data.decode("utf-8-sig").strip()   # a byte-order mark (Windows Notepad's UTF-8) is no part of it
     except UnicodeDecodeError as exc:
         return "", f"missing_prompt: {prompt_file} cannot be read ({exc})"
     return prompt, None if prompt else f"missing_prompt: {prompt_file} is empty"
 
 
 def read_candidate_folder(folder: Path) -> list[PairRow]:
-    """Candidates of a folder of prompt subfolders; a subfolder without ``prompt.txt`` yields error rows."""
+    """Candidates of a folder of prompt subfolders; a subfolder without ``prompt.txt`` yields error rows. Every
+    entry of a subfolder but ``prompt.txt`` and hidden ones (``.DS_Store``) is a candidate: one whose suffix is
+    not in ``IMAGE_SUFFIXES`` (``c1.gif``) is an ``unsupported_image`` error row, never left out unseen."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"candidates {str(folder)!r} is neither a folder nor a table")
@@ -73,12 +77,20 @@ def read_candidate_folder(folder: Path) -> list[PairRow]:
     if not subfolders:
         raise ValueError(f"candidates folder {str(folder)!r} has no prompt subfolders (each holds prompt.txt + images)")
     for sub in subfolders:
-        images = sorted(p for p in sub.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        images = sorted(p for p in sub.iterdir() if p.name != PROMPT_FILE and not p.name.startswith("."))
         prompt, error = read_prompt(sub / PROMPT_FILE)
         if not images:
             rows.append(PairRow(sub.name, prompt, str(sub), error or f"no_candidates: {sub.name}/ holds no images"))
-        rows += [PairRow(sub.name, prompt, str(image), error) for image in images]
+        rows += [PairRow(sub.name, prompt, str(image), error or _unsupported(image)) for image in images]
     return rows
+
+
+def _unsupported(image: Path) -> str | None:
+    """The error of a candidate file whose suffix is not one of ``IMAGE_SUFFIXES``, else None."""
+    if image.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    return (f"unsupported_image: {image.parent.name}/{image.name} is not a {', '.join(IMAGE_SUFFIXES)} file "
+            "(convert it to score it)")
 
 
 def read_candidates(source: Path) -> list[PairRow]:
@@ -218,8 +230,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"prompts on the contact sheet, 0 to {MAX_SHEET_PROMPTS} (default 8)")
 
 
+def _refuse_output_in_candidates(output: Path, candidates: Path) -> None:
+    """A clear error for an ``--output`` folder inside (or equal to) a ``--candidates`` folder: a later rerank of
+    the same candidates would read the output folder as a prompt and its contact sheet as a candidate."""
+    candidates, output = Path(candidates), Path(output)
+    if candidates.is_dir() and output.resolve().is_relative_to(candidates.resolve()):
+        raise ValueError(f"--output {str(output)!r} is inside --candidates {str(candidates)!r}: a later rerank "
+                         "would read its files as candidates; write it somewhere else")
+
+
 def run_from_args(args: argparse.Namespace) -> int:
     """Entry point of ``pickapic rerank``; returns the exit code."""
+    _refuse_output_in_candidates(args.output, args.candidates)
     candidates = read_candidates(args.candidates)
     # a new or empty folder or an earlier rerank's (its record lists what it wrote: only those files are
     # replaced), never a link, a file or a folder inside a data home

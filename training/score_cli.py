@@ -6,21 +6,23 @@
 
 Input: one prompt and image files, or a table (``.parquet``, ``.csv``, ``.jsonl``) with a ``prompt`` and an
 ``image`` column (paths; relative ones are taken relative to the table's folder) and optionally a
-``prompt_id`` column that groups candidate sets. Output: one row per pair (``schemas.scoring.IMAGE_SCORES``:
-score, softmax preference and rank within its prompt, or the error that kept it from being scored), printed
-as a table or written to ``--output`` (``.parquet``, ``.csv`` or ``.jsonl``). Building the parser imports
-no torch; the model loads when a command runs.
+``prompt_id`` column that groups candidate sets (one prompt per ``prompt_id``). Output: one row per pair
+(``schemas.scoring.IMAGE_SCORES``: score, softmax preference and rank within its prompt, or the error that kept
+it from being scored), printed as a table or written to ``--output`` (``.parquet``, ``.csv`` or ``.jsonl``).
+Building the parser imports no torch; the model loads when a command runs.
 """
 from __future__ import annotations
 
 import argparse
+import bisect
 import hashlib
 import json
 import sys
+from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -35,6 +37,7 @@ from schemas import get_schema
 
 TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
 MAX_PROMPT_BYTES = 64 * 1024  # far above any real prompt; a longer one is an error row, never tokenized
+ROW_BATCH = 8192              # table rows turned into Python objects at a time (reading, writing)
 
 
 @dataclass(frozen=True)
@@ -73,58 +76,145 @@ def read_table(path: Path) -> pa.Table:
         elif fmt == ".csv":   # every column as text, as written: no number guessed, no NA / null read as missing
             as_text = pacsv.ConvertOptions(null_values=[], strings_can_be_null=False, quoted_strings_can_be_null=False)
             with pacsv.open_csv(path, convert_options=as_text) as reader:   # the header's column names
-                as_text.column_types = {name: pa.string() for name in reader.schema.names}
+                names = reader.schema.names
+            _refuse_duplicated_columns(path, names)
+            as_text.column_types = {name: pa.string() for name in names}
             table = pacsv.read_csv(path, convert_options=as_text)
         else:
             table = pajson.read_json(path)
+        _refuse_duplicated_columns(path, table.column_names)
         table.validate(full=True)   # text that is not UTF-8 (JSON and Parquet readers pass it on) is refused here
         return table
     except (pa.ArrowInvalid, OSError) as exc:
         raise ValueError(f"input table {str(path)!r} cannot be read as {fmt[1:]}: {exc}") from None
 
 
+def _refuse_duplicated_columns(path: Path, names: Sequence[str]) -> None:
+    """A clear error for a table that names one column twice (a CSV header ``prompt,image,prompt``)."""
+    twice = sorted(name for name, n in Counter(names).items() if n > 1)
+    if twice:
+        raise ValueError(f"input table {str(path)!r} has more than one column named "
+                         + ", ".join(repr(name) for name in twice))
+
+
 def read_pairs_table(path: Path, prompt_column: str = "prompt", image_column: str = "image",
-                     prompt_id_column: str | None = "prompt_id") -> list[PairRow]:
-    """The (prompt, image) rows of a table; a row without a prompt or image path becomes an error row."""
+                     prompt_id_column: str | None = "prompt_id") -> PairTable:
+    """The (prompt, image) rows of a table; a row without a prompt (or one of only white space) or image path
+    becomes an error row. A ``prompt_id`` shared by rows of different prompts is refused."""
     path = Path(path)
     table = read_table(path)
     for column in (prompt_column, image_column):
         if column not in table.column_names:
             raise ValueError(f"input table {str(path)!r} has no column {column!r} (columns: {table.column_names})")
-    ids = (table.column(prompt_id_column).to_pylist() if prompt_id_column and prompt_id_column in table.column_names
-           else [None] * table.num_rows)
-    base = path.parent
-    rows = []
-    for number, (prompt, image, prompt_id) in enumerate(zip(table.column(prompt_column).to_pylist(),
-                                                            table.column(image_column).to_pylist(), ids), 1):
-        error = None
-        if not isinstance(prompt, str) or not prompt:
-            error, prompt = f"missing_prompt: row {number} of {path.name} has no {prompt_column}", str(prompt or "")
-        elif len(prompt) > MAX_PROMPT_BYTES // 4 and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
-            # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole
-            error = (f"missing_prompt: row {number} of {path.name} has a {prompt_column} longer than "
-                     f"{MAX_PROMPT_BYTES} bytes")
-        if not isinstance(image, str) or not image:
-            error, image = error or f"missing_image_path: row {number} of {path.name} has no {image_column}", ""
-        elif not Path(image).is_absolute():
-            image = str(base / image)
-        rows.append(PairRow(str(prompt_id) if prompt_id not in (None, "") else prompt_digest(prompt), prompt, image,
-                            error))
+    if not (prompt_id_column and prompt_id_column in table.column_names):
+        return PairTable(path, table, prompt_column, image_column, None)
+    rows = PairTable(path, table, prompt_column, image_column, prompt_id_column)
+    _refuse_shared_prompt_ids(rows, prompt_id_column)
     return rows
 
 
-def score_rows(scorer: Any, rows: Sequence[PairRow]) -> list[dict[str, Any]]:
+def _refuse_shared_prompt_ids(rows: PairTable, prompt_id_column: str) -> None:
+    """A clear error when rows of one prompt_id hold different prompts: they would be ranked as one candidate
+    set (one softmax over the images of two prompts). Error rows (no prompt) are left out."""
+    first: dict[str, str] = {}
+    for row in rows:
+        if row.error is None and first.setdefault(row.prompt_id, row.prompt) != row.prompt:
+            raise ValueError(f"input table {str(rows.path)!r}: {prompt_id_column} {row.prompt_id!r} holds different "
+                             f"prompts ({_shorten(first[row.prompt_id], 60)!r}, {_shorten(row.prompt, 60)!r}); "
+                             f"give each prompt its own {prompt_id_column}")
+
+
+class PairTable(Sequence[PairRow]):
+    """The rows of a pair table as :class:`PairRow`, made when asked for (:data:`ROW_BATCH` rows at a time while
+    iterated): a table of many bad rows (a 1 KB Parquet can declare millions) holds no Python object per row."""
+
+    def __init__(self, path: Path, table: pa.Table, prompt_column: str, image_column: str,
+                 prompt_id_column: str | None) -> None:
+        self.path, self._table = Path(path), table
+        self._columns = (prompt_column, image_column, prompt_id_column)
+
+    def __len__(self) -> int:
+        return self._table.num_rows
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        number = index + len(self) if index < 0 else index
+        if not 0 <= number < len(self):
+            raise IndexError(index)
+        return next(self._rows(number, 1))
+
+    def __iter__(self) -> Iterator[PairRow]:
+        for start in range(0, len(self), ROW_BATCH):
+            yield from self._rows(start, ROW_BATCH)
+
+    def _rows(self, start: int, length: int) -> Iterator[PairRow]:
+        prompt_column, image_column, prompt_id_column = self._columns
+        part = self._table.slice(start, length)
+        prompts, images = part.column(prompt_column).to_pylist(), part.column(image_column).to_pylist()
+        ids = part.column(prompt_id_column).to_pylist() if prompt_id_column else [None] * part.num_rows
+        for number, prompt, image, prompt_id in zip(range(start + 1, start + part.num_rows + 1), prompts, images, ids):
+            yield self._row(number, prompt, image, prompt_id)
+
+    def _row(self, number: int, prompt: Any, image: Any, prompt_id: Any) -> PairRow:
+        prompt_column, image_column, _ = self._columns
+        name, error = self.path.name, None
+        if not isinstance(prompt, str) or not prompt.strip():
+            # white space only is no prompt, as in a candidate folder's prompt.txt
+            error, prompt = f"missing_prompt: row {number} of {name} has no {prompt_column}", str(prompt or "")
+        elif len(prompt) > MAX_PROMPT_BYTES // 4 and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
+            # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole
+            error = f"missing_prompt: row {number} of {name} has a {prompt_column} longer than {MAX_PROMPT_BYTES} bytes"
+        if not isinstance(image, str) or not image:
+            error, image = error or f"missing_image_path: row {number} of {name} has no {image_column}", ""
+        elif not Path(image).is_absolute():
+            image = str(self.path.parent / image)
+        return PairRow(str(prompt_id) if prompt_id not in (None, "") else prompt_digest(prompt), prompt, image, error)
+
+
+class ScoredRows(Sequence[dict]):
+    """Every input row, in order, as an ``IMAGE_SCORES`` dict made when asked for; holds the scorer's results
+    of the scored rows only (a row that could not be scored costs no Python object while held)."""
+
+    def __init__(self, rows: Sequence[PairRow], good: array, results: list[Any]) -> None:
+        self._rows, self._good, self._results = rows, good, results
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        number = index + len(self) if index < 0 else index
+        if not 0 <= number < len(self):
+            raise IndexError(index)
+        return self._dict(number, self._rows[number])
+
+    def __iter__(self) -> Iterator[dict]:
+        return (self._dict(number, row) for number, row in enumerate(self._rows))
+
+    def _dict(self, number: int, row: PairRow) -> dict[str, Any]:
+        out = {"prompt_id": row.prompt_id, "prompt": row.prompt, "image": row.image, "score": None, "preference": None,
+               "rank": None, "error": row.error}
+        k = bisect.bisect_left(self._good, number)
+        if k < len(self._good) and self._good[k] == number:
+            result = self._results[k]
+            out.update(score=result.score, preference=result.preference, rank=result.rank, error=result.error)
+        return out
+
+
+def score_rows(scorer: Any, rows: Sequence[PairRow]) -> ScoredRows:
     """Score the rows that have no error yet; every input row comes back, in order, as an IMAGE_SCORES dict."""
-    good = [i for i, row in enumerate(rows) if row.error is None]
-    scored = scorer.score_pairs([(rows[i].prompt, rows[i].image) for i in good], groups=[rows[i].prompt_id for i in good])
-    out = [{"prompt_id": row.prompt_id, "prompt": row.prompt, "image": row.image, "score": None, "preference": None,
-            "rank": None, "error": row.error} for row in rows]
-    for i, result in zip(good, scored):
-        out[i].update(score=result.score, preference=result.preference, rank=result.rank, error=result.error)
-    return out
+    good, pairs, groups = array("q"), [], []
+    for number, row in enumerate(rows):
+        if row.error is None:
+            good.append(number)
+            pairs.append((row.prompt, row.image))
+            groups.append(row.prompt_id)
+    return ScoredRows(rows, good, scorer.score_pairs(pairs, groups=groups))
 
 
-def write_rows(rows: list[dict[str, Any]], schema: pa.Schema, path: Path,
+def write_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: Path,
                user_given: Sequence[Path] | None = None) -> Path:
     """Write ``rows`` (dicts with ``schema``'s columns) to ``path`` as Parquet, CSV or JSONL, atomically.
 
@@ -152,20 +242,45 @@ def _valid_text(value: Any) -> Any:
     return value
 
 
-def write_rows_to(handle: Any, rows: list[dict[str, Any]], schema: pa.Schema, fmt: str = ".parquet") -> None:
-    """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``). Text that is not
-    valid UTF-8 (an image path with bytes its file system name could not decode) is written as :func:`utf8_text`."""
-    rows = [{key: _valid_text(value) for key, value in row.items()} for row in rows]
-    table = pa.Table.from_pylist(rows, schema=schema)
+def write_rows_to(handle: Any, rows: Iterable[dict[str, Any]], schema: pa.Schema, fmt: str = ".parquet") -> None:
+    """Write ``rows`` to an open binary ``handle`` as ``fmt`` (``.parquet``, ``.csv`` or ``.jsonl``), :data:`ROW_BATCH`
+    rows at a time (Parquet row groups of that many rows). Text that is not valid UTF-8 (an image path with bytes
+    its file system name could not decode) is written as :func:`utf8_text`."""
+    # CSV has no lists: a list column (rerank's errors) is written as its JSON text
+    as_csv = pa.schema([pa.field(f.name, pa.string(), f.nullable) if pa.types.is_list(f.type) else f for f in schema])
     if fmt == ".parquet":
-        pq.write_table(table, handle, compression="zstd")
+        writer = pq.ParquetWriter(handle, schema, compression="zstd")
     elif fmt == ".csv":
-        if any(pa.types.is_list(f.type) for f in schema):
-            table = pa.table({f.name: (pa.array([json.dumps(v) for v in table.column(f.name).to_pylist()])
-                                       if pa.types.is_list(f.type) else table.column(f.name)) for f in schema})
-        pacsv.write_csv(table, handle)
+        writer = pacsv.CSVWriter(handle, as_csv)
     else:
-        handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n" for row in table.to_pylist()).encode("utf-8"))
+        writer = None
+    try:
+        for batch in _row_batches(rows):
+            table = pa.Table.from_pylist(batch, schema=schema)
+            if fmt == ".parquet":
+                writer.write_table(table)
+            elif fmt == ".csv":
+                writer.write_table(pa.Table.from_arrays(
+                    [pa.array([json.dumps(v) for v in column.to_pylist()], pa.string())
+                     if pa.types.is_list(column.type) else column for column in table.columns], schema=as_csv))
+            else:
+                handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                     for row in table.to_pylist()).encode("utf-8"))
+    finally:
+        if writer is not None:
+            writer.close()
+
+
+def _row_batches(rows: Iterable[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """``rows`` in lists of at most :data:`ROW_BATCH`, every string as :func:`_valid_text`."""
+    batch = []
+    for row in rows:
+        batch.append({key: _valid_text(value) for key, value in row.items()})
+        if len(batch) == ROW_BATCH:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def print_rows(rows: list[dict[str, Any]], out: Any = None) -> None:
