@@ -18,7 +18,7 @@ import io
 import sys
 import textwrap
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
@@ -101,24 +101,70 @@ def read_candidates(source: Path) -> list[PairRow]:
     return read_candidate_folder(source)
 
 
-def choose(scored: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Per prompt group (input order), the best-of-n choice: the highest score (first on ties), its margins."""
-    groups: dict[str, list[dict[str, Any]]] = {}
+MAX_LISTED_ERRORS = 20      # a choice lists this many of its group's unscored candidates, then counts the rest
+
+
+class _Group:
+    """What a choice and a contact-sheet row need of one prompt group, held while the rows stream past: its
+    first row's prompt, counts, the ``keep`` best scored rows (input order on ties) and the first unscored ones."""
+
+    def __init__(self, prompt: str | None, keep: int) -> None:
+        self.prompt, self.keep = prompt, keep
+        self.count = self.scored = 0
+        self.best: list[dict[str, Any]] = []         # highest score first; an equal score after the earlier row
+        self.unscored: list[dict[str, Any]] = []
+
+    def add(self, row: dict[str, Any]) -> None:
+        self.count += 1
+        if row["score"] is None:
+            if len(self.unscored) < self.keep:
+                self.unscored.append(row)
+            return
+        self.scored += 1
+        at = len(self.best)
+        while at and self.best[at - 1]["score"] < row["score"]:
+            at -= 1
+        if at < self.keep:
+            self.best.insert(at, row)
+            del self.best[self.keep:]
+
+
+def _groups(scored: Iterable[dict[str, Any]], keep: int, limit: int | None = None) -> dict[str, _Group]:
+    """The prompt groups of ``scored`` in input order (the first ``limit`` only, when given), one pass."""
+    groups: dict[str, _Group] = {}
     for row in scored:
-        groups.setdefault(row["prompt_id"], []).append(row)
+        group = groups.get(row["prompt_id"])
+        if group is None:
+            if limit is not None and len(groups) >= limit:
+                continue
+            group = groups[row["prompt_id"]] = _Group(row["prompt"], keep)
+        group.add(row)
+    return groups
+
+
+def choose(scored: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per prompt group (input order), the best-of-n choice: the highest score (first on ties), its margins.
+
+    One pass over the rows, holding per group its two best rows and the first ``MAX_LISTED_ERRORS`` unscored
+    ones (the rest are counted in a last entry of ``errors``: every row is in scores.parquet), so a table of
+    millions of rows that cannot be scored costs no memory per row here (review rev22a)."""
     choices = []
-    for prompt_id, rows in groups.items():
-        ok = sorted((r for r in rows if r["score"] is not None), key=lambda r: -r["score"])  # stable: input order on ties
-        best = ok[0] if ok else None
-        second = ok[1] if len(ok) > 1 else None
+    for prompt_id, group in _groups(scored, max(2, MAX_LISTED_ERRORS)).items():
+        best = group.best[0] if group.best else None
+        second = group.best[1] if len(group.best) > 1 else None
+        errors = [f"{r['image']}: {r['error']}" for r in group.unscored[:MAX_LISTED_ERRORS]]
+        more = group.count - group.scored - len(errors)
+        if more:
+            errors.append(f"... and {more} more candidates that could not be scored (see scores.parquet)")
         choices.append({
-            "prompt_id": prompt_id, "prompt": rows[0]["prompt"], "num_candidates": len(rows), "num_scored": len(ok),
+            "prompt_id": prompt_id, "prompt": group.prompt, "num_candidates": group.count,
+            "num_scored": group.scored,
             "best_image": best["image"] if best else None, "best_score": best["score"] if best else None,
             "best_preference": best["preference"] if best else None,
             "runner_up_image": second["image"] if second else None,
             "margin": best["score"] - second["score"] if second else None,
             "preference_margin": best["preference"] - second["preference"] if second else None,
-            "errors": [f"{r['image']}: {r['error']}" for r in rows if r["score"] is None],
+            "errors": errors,
         })
     return choices
 
@@ -134,22 +180,20 @@ def contact_sheet_png(scored: Sequence[dict[str, Any]], prompts: int = 8, thumb:
                       max_candidates: int = 8) -> bytes:
     """PNG: one row per prompt (the first ``prompts``), its candidates best first with score and preference,
     the choice framed green, unreadable candidates as grey tiles naming the reason."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in scored:
-        groups.setdefault(row["prompt_id"], []).append(row)
-    chosen = list(groups.items())[:prompts]
+    # the first ``prompts`` groups, each holding only the rows it may show (one pass, no memory per row)
+    chosen = [(prompt_id, group, (group.best + group.unscored)[:max_candidates])
+              for prompt_id, group in _groups(scored, max_candidates, prompts).items()] if prompts else []
     font = ImageFont.load_default(size=11)
     pad, caption_h, label_h = 8, 30, 28
-    columns = max([min(len(rows), max_candidates) for _, rows in chosen] or [1])
+    columns = max([min(group.count, max_candidates) for _, group, _ in chosen] or [1])
     width = pad + columns * (thumb + pad)
     row_h = caption_h + thumb + label_h + pad
     sheet = Image.new("RGB", (max(width, 320), pad + row_h * max(len(chosen), 1)), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, (prompt_id, rows) in enumerate(chosen):
+    for r, (prompt_id, group, ordered) in enumerate(chosen):
         top = pad + r * row_h
-        title = textwrap.shorten(f"{prompt_id}: {rows[0]['prompt']}", width=max(20, width // 6), placeholder="…")
+        title = textwrap.shorten(f"{prompt_id}: {group.prompt}", width=max(20, width // 6), placeholder="…")
         draw.text((pad, top), title, fill="black", font=font)
-        ordered = sorted(rows, key=lambda x: (x["score"] is None, -(x["score"] or 0.0)))[:max_candidates]
         for c, row in enumerate(ordered):
             left, y = pad + c * (thumb + pad), top + caption_h
             tile = _thumbnail(row["image"], thumb) if row["score"] is not None else None

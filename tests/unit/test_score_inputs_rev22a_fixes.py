@@ -147,3 +147,50 @@ def test_rerank_output_beside_a_candidates_table_is_fine(tmp_path, fake_scorer):
                      "--output", str(tmp_path / "out")]) == 0
     assert pq.read_table(tmp_path / "out" / "choices.parquet").column("best_image").to_pylist() == [
         str(tmp_path / "a.png")]
+
+
+def test_rerank_of_a_tiny_table_of_many_bad_rows_costs_no_memory_per_row(tmp_path, fake_scorer):
+    import tracemalloc
+
+    def bomb(rows: int):
+        path = tmp_path / f"bomb-{rows}.parquet"
+        pq.write_table(pa.table({"prompt": pa.nulls(rows, pa.string()), "image": pa.nulls(rows, pa.string())}), path,
+                       compression="zstd")
+        return path
+
+    # a first small run imports what rerank imports when it runs (~24 MiB of modules), outside the measure
+    assert pickapic(["rerank", "--model", str(tmp_path / "model"), "--candidates", str(bomb(10)),
+                     "--output", str(tmp_path / "warm")]) == 0
+    rows = 100_000
+    tracemalloc.start()
+    try:
+        code = pickapic(["rerank", "--model", str(tmp_path / "model"), "--candidates", str(bomb(rows)),
+                         "--output", str(tmp_path / "out")])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert code == 0
+    assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB for {rows} rows that cannot be scored"      # was 86 MiB
+    (choice,) = pq.read_table(tmp_path / "out" / "choices.parquet").to_pylist()
+    assert choice["num_candidates"] == rows and choice["num_scored"] == 0
+    assert len(choice["errors"]) == 21 and choice["errors"][-1].startswith(f"... and {rows - 20} more")
+    assert pq.read_metadata(tmp_path / "out" / "scores.parquet").num_rows == rows     # every row is still there
+
+
+def test_choices_and_the_sheet_keep_the_best_first_input_order_on_ties(tmp_path):
+    from training.rerank import choose, contact_sheet_png
+
+    def row(n, score, prompt_id="p"):
+        return {"prompt_id": prompt_id, "prompt": "two red stars", "image": str(tmp_path / f"c{n}.png"),
+                "score": score, "preference": None if score is None else score / 10, "rank": None,
+                "error": None if score is not None else "missing_file: gone"}
+
+    rows = [row(0, 1.0), row(1, None), row(2, 3.0), row(3, 3.0), row(4, 2.0), row(5, 3.0, "q"), row(6, None, "q")]
+    (p, q) = choose(rows)
+    assert (p["best_image"], p["runner_up_image"], p["margin"]) == (rows[2]["image"], rows[3]["image"], 0.0)
+    assert (p["num_candidates"], p["num_scored"], len(p["errors"])) == (5, 4, 1)
+    assert (q["best_image"], q["runner_up_image"], q["num_candidates"]) == (rows[5]["image"], None, 2)
+    for n in range(7):
+        _png(tmp_path / f"c{n}.png", (40 * n, 20, 20))
+    assert contact_sheet_png(rows, prompts=1, max_candidates=3) == contact_sheet_png(rows[:5], prompts=1,
+                                                                                    max_candidates=3)
