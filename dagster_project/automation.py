@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Iterable, Mapping
 
 import dagster as dg
 from dagster._core.events import DagsterEventType
+from dagster._core.launcher import WorkerStatus
 
 from dagster_project.home_settings import ScheduleConfig
 from dagster_project.resources import PickapicHome
@@ -272,7 +273,25 @@ def unfinished_runs(instance: dg.DagsterInstance, home: DataHome | None = None) 
     runs = instance.get_runs(filters=dg.RunsFilter(statuses=_UNFINISHED))
     if home is not None and any(_from_a_build(run) for run in runs) and not build_running(home):
         runs = [run for run in runs if not _from_a_build(run)]
-    return runs
+    return [run for run in runs if run.status != dg.DagsterRunStatus.CANCELING or not _cancel_dead(instance, run)]
+
+
+def _cancel_dead(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
+    """Mark canceled a CANCELING run whose worker is gone (the home's launcher says so: dagster_project/launcher.py),
+    and say so. Dagster's own cancel timeout is off in the home's dagster.yaml (it marked a run canceled 180 s after
+    the request while its step still ran, review rev22b); a canceled run whose machine went down meanwhile would
+    otherwise count as running for good."""
+    launcher = instance.run_launcher
+    if not launcher.supports_check_run_worker_health:
+        return False
+    try:
+        health = launcher.check_run_worker_health(run)
+    except Exception:   # noqa: BLE001 - no answer is no proof: it still counts as running
+        return False
+    if health.status in (WorkerStatus.RUNNING, WorkerStatus.SUCCESS):
+        return False
+    instance.report_run_canceled(run, f"canceled: its run worker is gone ({health.msg})")
+    return True
 
 
 def _from_a_build(run: dg.DagsterRun) -> bool:

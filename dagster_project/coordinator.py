@@ -30,9 +30,13 @@ DAGSTER_YAML = (_COORDINATOR_YAML
                   "# (dagster_project/launcher.py); the daemon's run monitoring then marks such a run failed.\n"
                   "run_launcher:\n  module: dagster_project.launcher\n  class: MonitoredRunLauncher\n"
                   "run_monitoring:\n  enabled: true\n  poll_interval_seconds: 60\n  start_timeout_seconds: 600\n"
-                  "  max_resume_run_attempts: 0\n")
+                  "  max_resume_run_attempts: 0\n"
+                  "  # a canceled run whose step still runs stays CANCELING for up to a day (Dagster's default: 180 s;\n"
+                  "  # 0 is not accepted); one whose worker is gone is marked canceled by automation.unfinished_runs\n"
+                  "  cancel_timeout_seconds: 86400\n")
 # what earlier versions wrote: replaced by DAGSTER_YAML
-OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _COORDINATOR_YAML)
+OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _COORDINATOR_YAML,
+                     DAGSTER_YAML[:DAGSTER_YAML.index("  # a canceled run whose step")])
 
 
 class RunConfigRefused(ValueError):

@@ -252,8 +252,8 @@ def _lock_file(fd: int) -> bool | None:
 def remove_dead_temps(dir_fd: int, names: Sequence[str]) -> list[str]:
     """Delete, in the open folder, the temporary files of ``names`` (``.NAME.<hex>.tmp``, as
     :func:`formats.files.create_temp` names them) that a killed run left: regular files of this account that
-    no process holds locked (a live writer of :func:`open_output_file` holds its temp file's ``flock`` from
-    its creation to its rename; :func:`open_output_files` holds the folder's, which callers take first).
+    no process holds locked (a live writer of :func:`open_output_file` or :func:`open_output_files` holds each
+    of its temp files' ``flock`` from its creation to its rename; the latter also holds the folder's).
     Nothing is removed where files cannot be locked. Returns the names removed."""
     own = temp_names(names)
     with os.scandir(dir_fd) as entries:
@@ -300,6 +300,7 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     folder.mkdir(parents=True, exist_ok=True)
     dir_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     temps: dict[str, str] = {}
+    held: list[int] = []                            # a descriptor holding each temp file's flock
     done = False
     try:
         if _lock_folder(dir_fd) is False:
@@ -313,7 +314,9 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     def open_one(name: str) -> Iterator[BinaryIO]:
         if name not in targets or name in temps:
             raise ValueError(f"{name!r} is not one of the files to write ({', '.join(targets)}), or written twice")
-        fd, temps[name] = create_temp(folder, name, dir_fd=dir_fd)
+        fd, temps[name], lock = _create_locked_temp(dir_fd, targets[name], False)
+        if lock is not None:                # held to the end: a single-file writer's clean-up never takes it
+            held.append(lock)
         with naming_full_disk(targets[name]), os.fdopen(fd, "wb") as handle:
             yield handle
             handle.flush()
@@ -331,6 +334,8 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
         for tmp in temps.values():
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp, dir_fd=dir_fd)
+        for lock in held:
+            os.close(lock)
         os.close(dir_fd)                            # also releases the folder's lock
         if not done:
             _remove_made(made)
@@ -388,7 +393,8 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     _refuse_linked_subfolders(final, markers, flag, path)
     debris = temp_names(leftovers) if leftovers else None
     with os.scandir(final) as entries:      # a killed run's temp files of its own names do not count ...
-        empty = not any(debris is None or not debris.fullmatch(entry.name) for entry in entries)
+        empty = not any(debris is None or not debris.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False)
+                        for entry in entries)
     if not empty and not any(os.path.lexists(final / marker) for marker in markers):
         raise RefusedOutput(f"{flag} {path}: {final} already holds files that are not a previous output of this "
                             f"command (none of {', '.join(markers) or 'its files'}); give a new or empty folder")

@@ -112,10 +112,28 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
 
 
+_READ_COLUMNS = {"key": pa.types.is_string, "jpg_0_offset": pa.types.is_integer, "jpg_0_size": pa.types.is_integer,
+                 "jpg_0_sha256": pa.types.is_string, "jpg_1_offset": pa.types.is_integer,
+                 "jpg_1_size": pa.types.is_integer, "jpg_1_sha256": pa.types.is_string}
+
+
+def _check_columns(side: pa.Table, sidecar: Path, tar: Path) -> None:
+    """Refuse a damaged sidecar whose columns the export reads are missing or of another type (review rev22b: a
+    float or string offset was a TypeError traceback, a missing one a KeyError)."""
+    for column, fits in _READ_COLUMNS.items():
+        count = side.column_names.count(column)
+        kind = side.schema.field(column).type if count == 1 else None
+        if kind is None or not fits(kind):
+            what = f"{count} columns {column}" if kind is None else f"{column} of type {kind}"
+            raise CorruptShard(f"{tar}: {sidecar.name} has {what}, not what the shard's sidecar holds; the version "
+                               "is damaged, nothing was exported (republish the version)")
+
+
 def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
     """The export rows of one shard: sidecar columns, the prompt's count, both JPEGs read from the tar by offset,
     numbered (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
     side = pq.read_table(sidecar)
+    _check_columns(side, sidecar, sidecar.with_suffix(".tar"))
     if "num_example_per_prompt" not in side.column_names and counts is not None:   # kept outside the shards
         position = pc.index_in(side.column("prompt_key"), value_set=counts.column("prompt_key"))
         if position.null_count:

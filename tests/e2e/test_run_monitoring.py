@@ -186,3 +186,17 @@ def test_only_a_refused_connection_counts_as_a_dead_server():
     for code in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INTERNAL):
         assert not _server_gone(unreachable(code)), code        # slow or failing, not proof that it died
     assert not _server_gone(DagsterUserCodeUnreachableError("no cause"))
+
+
+def test_a_canceling_run_whose_worker_is_gone_is_marked_canceled_and_no_longer_waited_on(home, tmp_path):
+    import json
+
+    with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
+        gone = {"host": "localhost", "socket": str(tmp_path / "no-server.sock")}      # nothing listens there
+        run = _started_run(instance, {GRPC_INFO_TAG: json.dumps(gone)})
+        instance.report_run_canceling(run)          # terminated in the UI; then the machine went down
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELING
+        assert run.run_id not in {r.run_id for r in automation.unfinished_runs(instance, home)}
+        assert instance.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.CANCELED
+        canceled = instance.all_logs(run.run_id, of_type=dg.DagsterEventType.RUN_CANCELED)
+        assert canceled and "is gone" in canceled[-1].message
