@@ -238,10 +238,14 @@ def _note(key: str, value: str | None) -> None:
 
 def _without_cv2_folders(value: str, before: str | None) -> list[str]:
     """``value``'s folders less those OpenCV's loader prepended (inside its package, absent ``before``)."""
-    package = os.path.dirname(sys.modules["cv2"].__file__) + os.sep if "cv2" in sys.modules else None
+    if "cv2" not in sys.modules:
+        return value.split(os.pathsep)
+    package = os.path.dirname(sys.modules["cv2"].__file__)
+    # as imported, and with links resolved: OpenCV's loader names its folder from another spelling of the path
+    # when the environment is reached through a link (a linked virtualenv)
+    prefixes = tuple({package + os.sep, os.path.realpath(package) + os.sep})
     kept = set((before or "").split(os.pathsep))
-    return [folder for folder in value.split(os.pathsep)
-            if package is None or folder in kept or not folder.startswith(package)]
+    return [folder for folder in value.split(os.pathsep) if folder in kept or not folder.startswith(prefixes)]
 
 
 def _process_settings() -> dict[str, Any]:
