@@ -290,7 +290,10 @@ def _cancel_dead(instance: dg.DagsterInstance, run: dg.DagsterRun) -> bool:
         return False
     if health.status in (WorkerStatus.RUNNING, WorkerStatus.SUCCESS):
         return False
-    instance.report_run_canceled(run, f"canceled: its run worker is gone ({health.msg})")
+    now = instance.get_run_by_id(run.run_id)      # it may have ended while its worker was asked after (rev22c)
+    if now is None or now.status != dg.DagsterRunStatus.CANCELING:
+        return now is None or now.is_finished
+    instance.report_run_canceled(now, f"canceled: its run worker is gone ({health.msg})")
     return True
 
 

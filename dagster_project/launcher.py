@@ -36,6 +36,7 @@ from dagster._core.storage.tags import GRPC_INFO_TAG
 from formats.home import DataHome
 
 RUNNING = CheckRunHealthResult(WorkerStatus.RUNNING)
+QUERY_TIMEOUT_S = 10        # how long a code server may take to list its runs
 
 
 class MonitoredRunLauncher(DefaultRunLauncher):
@@ -137,13 +138,17 @@ def _process_start_time(pid: int) -> float | None:
 
 def _current_runs(where: dict) -> list[str] | None:
     """The run ids the code server at ``where`` executes now (None: it answered with an error)."""
+    from dagster._grpc.__generated__ import dagster_api_pb2
     from dagster._grpc.client import DagsterGrpcClient
     from dagster._grpc.types import GetCurrentRunsResult
     from dagster._serdes import deserialize_value
 
     client = DagsterGrpcClient(port=where.get("port"), socket=where.get("socket"),
                                host=where.get("host", "localhost"), use_ssl=where.get("use_ssl", False))
-    result = deserialize_value(client.get_current_runs(), GetCurrentRunsResult)
+    # a short deadline (Dagster's default is a minute): the sensors ask this on their ticks, and a hung server must
+    # not stall them; a timeout leaves the run as it is
+    reply = client._query("GetCurrentRuns", dagster_api_pb2.Empty, timeout=QUERY_TIMEOUT_S)
+    result = deserialize_value(reply.serialized_current_runs, GetCurrentRunsResult)
     if result.serializable_error_info is not None:
         return None
     return list(result.current_runs)

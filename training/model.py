@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
@@ -155,7 +156,7 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
         # CLIPProcessor itself, never a class a config names through auto_map; trust_remote_code=False so that
         # transformers refuses instead of asking on stdin whether to run the folder's code
         processor = CLIPProcessor.from_pretrained(processor_path, local_files_only=True, trust_remote_code=False)
-    except (OSError, ValueError, TypeError, KeyError) as exc:
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
         raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: no CLIP processor can be loaded from it "
                                  f"({_first_line(exc)}; pass --processor DIR holding {PROCESSOR_FILES})") from None
     vocab, tokens = model.config.text_config.vocab_size, len(processor.tokenizer)
@@ -187,7 +188,10 @@ def check_no_custom_code(processor_path: Path) -> None:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} cannot be read as JSON "
                                      f"({_first_line(exc)})") from None
-        sections = [config, *(v for v in config.values() if isinstance(v, dict))] if isinstance(config, dict) else []
+        if not isinstance(config, dict):
+            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} holds a JSON "
+                                     f"{type(config).__name__}, not the object of settings a processor config is")
+        sections = [config, *(v for v in config.values() if isinstance(v, dict))]
         if any("auto_map" in section for section in sections):
             raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} names custom code (auto_map); "
                                      "code from a model folder is never run: pass a plain CLIP / PickScore processor "
@@ -213,6 +217,9 @@ def _load_weights(path: Path) -> CLIPModel:
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights file holds objects other than tensors "
                                  "(refused: unpickling them could run code); pass a checkpoint saved as "
                                  "model.safetensors") from None
+    except StrictDataclassError as exc:      # a config.json field of another type (image_size "32")
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
+                                 f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
     except (OSError, RuntimeError, ValueError, EOFError, SafetensorError) as exc:
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights cannot be read ({_first_line(exc)}); an "
                                  "interrupted copy? pass a complete CLIP / PickScore checkpoint directory") from None
@@ -230,38 +237,52 @@ def _load_weights(path: Path) -> CLIPModel:
                                  "a missing weight with random values); pass a complete CLIP / PickScore checkpoint "
                                  "directory")
     bad = [name for name, value in model.named_parameters() if not bool(torch.isfinite(value).all())]
+    if not bad and not bool(torch.isfinite(model.logit_scale.exp())):
+        bad = [f"logit_scale ({model.logit_scale.item():g}, whose exp is infinite)"]
     if bad:
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: {len(bad)} weight(s) hold NaN or infinite values "
                                  f"({', '.join(bad[:8])}), as a diverged training saves them: every score would be NaN")
     return model
 
 
+MAX_RESIZE = 4       # a processor may resize the short side to at most this many times the model's size, then crop
+MIN_STD, MAX_NORM = 1e-6, 1e6       # pixels of [0, 1] normalised stay far from float32's range with these bounds
+
+
 def check_processor_fits(image_processor: Any, image_size: int, processor_path: Path, model_path: Path) -> None:
-    """Refuse an image processor whose crop or resize is not the model's ``vision_config.image_size`` (an absurd
-    crop_size would allocate terabytes, any other size fails in the vision tower) or whose mean / std would
-    make NaN or infinite pixels (a std of 0, a non-finite value)."""
+    """Refuse an image processor whose crop is not the model's ``vision_config.image_size`` (any other size fails in
+    the vision tower), whose resize is smaller than it or more than ``MAX_RESIZE`` times it (an absurd size would
+    allocate terabytes; resizing larger and centre-cropping is how PickScore's processor works), or whose mean /
+    std would make NaN or infinite pixels (3 finite values each, a std of at least ``MIN_STD``, all of at most
+    ``MAX_NORM``: a std of 1e-300 makes every pixel infinite in float32)."""
     def side(value: Any, key: str) -> Any:
         return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
 
     crop, size = image_processor.crop_size, image_processor.size
-    sides = {"crop_size height": side(crop, "height"), "crop_size width": side(crop, "width"),
-             "size shortest_edge": side(size, "shortest_edge")}
-    wrong = {name: value for name, value in sides.items() if value != image_size}
-    if wrong:
-        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has "
-                                 f"{', '.join(f'{name} {value}' for name, value in wrong.items())} but the model in "
-                                 f"{str(model_path)!r} takes {image_size} px images (vision_config.image_size): they "
-                                 f"do not belong together (pass --processor DIR holding the model's own {PROCESSOR_FILES})")
+    crops = {"crop_size height": side(crop, "height"), "crop_size width": side(crop, "width")}
+    resizes = {f"size {key}": side(size, key) for key in ("shortest_edge", "height", "width")
+               if side(size, key) is not None}
+    wrong = {name: value for name, value in crops.items() if value != image_size}
+    wrong.update({name: value for name, value in resizes.items()
+                  if type(value) is not int or not image_size <= value <= MAX_RESIZE * image_size})
+    if wrong or not resizes:
+        found = ", ".join(f"{name} {value}" for name, value in wrong.items()) or f"size {size!r}"
+        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has {found} but the model in "
+                                 f"{str(model_path)!r} takes {image_size} px images (vision_config.image_size: the "
+                                 f"crop must be that, the resize from it to {MAX_RESIZE}x it): they do not belong "
+                                 f"together (pass --processor DIR holding the model's own {PROCESSOR_FILES})")
     for name in ("image_mean", "image_std"):
         values = getattr(image_processor, name, None)
         try:
             numbers = [float(v) for v in values]
         except (TypeError, ValueError):
             numbers = []
-        if not numbers or not all(math.isfinite(v) for v in numbers) or (name == "image_std" and 0.0 in numbers):
+        low = MIN_STD if name == "image_std" else -MAX_NORM
+        if len(numbers) != 3 or not all(math.isfinite(v) and low <= v <= MAX_NORM for v in numbers):
             raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has {name} {values!r}: pixels "
-                                     "normalised with it would be NaN or infinite (a CLIP processor has three finite "
-                                     "values, the std ones above 0)")
+                                     "normalised with it would not be finite numbers, or it is not one value per "
+                                     f"colour (a CLIP processor has three finite values, the std ones from {MIN_STD} "
+                                     f"to {MAX_NORM:g})")
 
 
 def save_checkpoint(directory: Path, clip: CLIPModel, processor: Any) -> None:

@@ -65,19 +65,32 @@ def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
     return prompt, None if prompt else f"missing_prompt: {prompt_file} is empty"
 
 
+# what file managers leave in folders: never a candidate (a hidden name such as ".c2.png" is one, review rev22c)
+SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini", ".directory")
+
+
+def _system_file(name: str) -> bool:
+    return name in SYSTEM_FILES or name.startswith("._")        # "._c1.png": macOS's AppleDouble metadata
+
+
 def read_candidate_folder(folder: Path) -> list[PairRow]:
     """Candidates of a folder of prompt subfolders; a subfolder without ``prompt.txt`` yields error rows. Every
-    entry of a subfolder but ``prompt.txt`` and hidden ones (``.DS_Store``) is a candidate: one whose suffix is
-    not in ``IMAGE_SUFFIXES`` (``c1.gif``) is an ``unsupported_image`` error row, never left out unseen."""
+    entry of a subfolder but ``prompt.txt`` and file managers' own files (``SYSTEM_FILES``, ``._*``) is a
+    candidate: one whose suffix is not in ``IMAGE_SUFFIXES`` (``c1.gif``) is an ``unsupported_image`` error row,
+    never left out unseen. An image beside the subfolders (no prompt of its own) is a ``missing_prompt`` row."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"candidates {str(folder)!r} is neither a folder nor a table")
     rows: list[PairRow] = []
-    subfolders = sorted(p for p in folder.iterdir() if p.is_dir())
+    entries = sorted(folder.iterdir())
+    subfolders = [p for p in entries if p.is_dir()]
     if not subfolders:
         raise ValueError(f"candidates folder {str(folder)!r} has no prompt subfolders (each holds prompt.txt + images)")
+    rows += [PairRow(p.name, "", str(p), f"missing_prompt: {p.name} lies beside the prompt subfolders, in none; move "
+                     "it into the subfolder of its prompt") for p in entries
+             if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES and not _system_file(p.name)]
     for sub in subfolders:
-        images = sorted(p for p in sub.iterdir() if p.name != PROMPT_FILE and not p.name.startswith("."))
+        images = sorted(p for p in sub.iterdir() if p.name != PROMPT_FILE and not _system_file(p.name))
         prompt, error = read_prompt(sub / PROMPT_FILE)
         if not images:
             rows.append(PairRow(sub.name, prompt, str(sub), error or f"no_candidates: {sub.name}/ holds no images"))
@@ -106,7 +119,7 @@ MAX_LISTED_ERRORS = 20      # a choice lists this many of its group's unscored c
 
 class _Group:
     """What a choice and a contact-sheet row need of one prompt group, held while the rows stream past: its
-    first row's prompt, counts, the ``keep`` best scored rows (input order on ties) and the first unscored ones."""
+    first prompt (of the first row that has one), counts, the ``keep`` best scored rows (input order on ties) and the first unscored ones."""
 
     def __init__(self, prompt: str | None, keep: int) -> None:
         self.prompt, self.keep = prompt, keep
@@ -116,6 +129,8 @@ class _Group:
 
     def add(self, row: dict[str, Any]) -> None:
         self.count += 1
+        if not (self.prompt or "").strip() and (row["prompt"] or "").strip():
+            self.prompt = row["prompt"]             # the group's prompt, not a first row's missing one
         if row["score"] is None:
             if len(self.unscored) < self.keep:
                 self.unscored.append(row)

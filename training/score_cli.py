@@ -17,6 +17,7 @@ import argparse
 import bisect
 import hashlib
 import json
+import math
 import sys
 from array import array
 from collections import Counter
@@ -115,10 +116,12 @@ def read_pairs_table(path: Path, prompt_column: str = "prompt", image_column: st
 
 def _refuse_shared_prompt_ids(rows: PairTable, prompt_id_column: str) -> None:
     """A clear error when rows of one prompt_id hold different prompts: they would be ranked as one candidate
-    set (one softmax over the images of two prompts). Error rows (no prompt) are left out."""
+    set (one softmax over the images of two prompts). Rows without a prompt are left out; a row with a prompt and
+    no image counts (review rev22c: its prompt became the choice's)."""
     first: dict[str, str] = {}
     for row in rows:
-        if row.error is None and first.setdefault(row.prompt_id, row.prompt) != row.prompt:
+        has_prompt = row.error is None or not row.error.startswith("missing_prompt")    # a row without an image too
+        if has_prompt and first.setdefault(row.prompt_id, row.prompt) != row.prompt:
             raise ValueError(f"input table {str(rows.path)!r}: {prompt_id_column} {row.prompt_id!r} holds different "
                              f"prompts ({_shorten(first[row.prompt_id], 60)!r}, {_shorten(row.prompt, 60)!r}); "
                              f"give each prompt its own {prompt_id_column}")
@@ -169,7 +172,8 @@ class PairTable(Sequence[PairRow]):
             error, image = error or f"missing_image_path: row {number} of {name} has no {image_column}", ""
         elif not Path(image).is_absolute():
             image = str(self.path.parent / image)
-        return PairRow(str(prompt_id) if prompt_id not in (None, "") else prompt_digest(prompt), prompt, image, error)
+        missing_id = prompt_id in (None, "") or (isinstance(prompt_id, float) and math.isnan(prompt_id))   # pandas' NaN
+        return PairRow(prompt_digest(prompt) if missing_id else str(prompt_id), prompt, image, error)
 
 
 class ScoredRows(Sequence[dict]):

@@ -1,7 +1,8 @@
 """Hostile review rev22c of the rev22a/rev22b fixes (a42e0f5 model loading, ba13957 score/rerank inputs,
 7ee393b streaming choose/contact sheet, 274b75d run monitoring / output temps / export columns).
 
-Each test asserts the correct behaviour of a defect confirmed by running it (strict xfail until fixed).
+Each test asserts the correct behaviour of a defect confirmed by running it, filed as a strict xfail; all 8 are
+fixed (the twenty-second session; the markers are gone).
 
 Tried and held up:
 - rerank ``choose`` against the old sort-based implementation (copied): 3,000 random inputs with None scores,
@@ -81,9 +82,6 @@ def _variant(model_dir: Path, target: Path, **image_processor) -> Path:
 
 
 # ---------------------------------------------------------------------------------------------- candidate folders
-@pytest.mark.xfail(strict=True, reason=(
-    "a candidate named .c2.png (an image suffix) is silently dropped by the hidden-file rule; before ba13957 it was scored"
-))
 def test_a_hidden_named_image_candidate_still_gets_a_row(tmp_path):
     from training.rerank import read_candidate_folder
 
@@ -97,9 +95,6 @@ def test_a_hidden_named_image_candidate_still_gets_a_row(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------- prompt_id check
-@pytest.mark.xfail(strict=True, reason=(
-    "a prompt_id whose first row is an error row of another prompt passes the check; the choice names the wrong prompt"
-))
 def test_a_prompt_id_shared_with_an_error_row_of_another_prompt_is_refused_or_named_right(tmp_path):
     from training.rerank import choose
     from training.score_cli import read_pairs_table, score_rows
@@ -119,9 +114,6 @@ def test_a_prompt_id_shared_with_an_error_row_of_another_prompt_is_refused_or_na
 
 
 # ---------------------------------------------------------------------------------------------- model folder
-@pytest.mark.xfail(strict=True, reason=(
-    "image_mean of 2 values passes check_processor_fits; scoring then dies on a numpy broadcast error naming no folder"
-))
 def test_a_processor_mean_of_two_values_is_refused_at_load(model_dir, tmp_path):
     from training.model import NotAClipCheckpoint, load_model
 
@@ -130,9 +122,6 @@ def test_a_processor_mean_of_two_values_is_refused_at_load(model_dir, tmp_path):
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "image_std 1e-300 (finite, non-zero) passes the check; every pixel is inf and every row a non_finite_score"
-))
 def test_a_processor_std_that_makes_infinite_pixels_is_refused_at_load(model_dir, tmp_path):
     from training.model import NotAClipCheckpoint, load_model
 
@@ -141,9 +130,6 @@ def test_a_processor_std_that_makes_infinite_pixels_is_refused_at_load(model_dir
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a processor resizing to 40 then center-cropping the model's 32 px is refused, though it scores fine (worked before)"
-))
 def test_a_processor_that_resizes_larger_and_crops_to_the_model_size_loads(model_dir, tmp_path):
     from training.model import load_model
 
@@ -152,9 +138,6 @@ def test_a_processor_that_resizes_larger_and_crops_to_the_model_size_loads(model
     assert processor.image_processor.crop_size["height"] == 32
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a processor_config.json holding a JSON list escapes load_model as AttributeError (a traceback from pickapic score)"
-))
 def test_a_processor_config_that_is_not_an_object_is_refused_in_one_line(model_dir, tmp_path):
     from training.model import load_model
 
@@ -164,9 +147,6 @@ def test_a_processor_config_that_is_not_an_object_is_refused_in_one_line(model_d
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config.json with vision_config.image_size \"32\" escapes as huggingface_hub StrictDataclassFieldValidationError"
-))
 def test_a_config_of_a_mistyped_field_is_refused_in_one_line(model_dir, tmp_path):
     from training.model import load_model
 
@@ -195,9 +175,6 @@ def home(tmp_path):
             os.environ[name] = value
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unfinished_runs cancels from a stale snapshot: a CANCELING run that ended FAILURE during the check becomes CANCELED"
-))
 def test_unfinished_runs_leaves_a_run_that_ended_meanwhile_as_it_ended(home, tmp_path, monkeypatch):
     import dagster as dg
     from dagster._core.events import DagsterEvent, DagsterEventType

@@ -3,6 +3,7 @@ folders, rerank's --output), beyond the review's own tests in test_hostile_rev22
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -194,3 +195,35 @@ def test_choices_and_the_sheet_keep_the_best_first_input_order_on_ties(tmp_path)
         _png(tmp_path / f"c{n}.png", (40 * n, 20, 20))
     assert contact_sheet_png(rows, prompts=1, max_candidates=3) == contact_sheet_png(rows[:5], prompts=1,
                                                                                     max_candidates=3)
+
+
+def test_file_managers_files_are_skipped_and_an_image_beside_the_subfolders_gets_a_row(tmp_path):
+    from training.rerank import read_candidate_folder
+
+    sub = tmp_path / "cands" / "p0"
+    sub.mkdir(parents=True)
+    (sub / "prompt.txt").write_text("two red stars\n")
+    for name in ("c0.png", ".c1.png"):
+        _png(sub / name)
+    for name in (".DS_Store", "Thumbs.db", "._c0.png"):
+        (sub / name).write_bytes(b"file manager metadata")
+    _png(tmp_path / "cands" / "stray.png")                 # an image in no prompt's subfolder
+    (tmp_path / "cands" / "README.txt").write_text("notes")
+    rows = read_candidate_folder(tmp_path / "cands")
+    assert [(r.prompt_id, Path(r.image).name, (r.error or "").split(":")[0]) for r in rows] == [
+        ("stray.png", "stray.png", "missing_prompt"), ("p0", ".c1.png", ""), ("p0", "c0.png", "")]
+
+
+def test_a_nan_prompt_id_is_no_id_and_a_group_takes_its_first_real_prompt(tmp_path):
+    from training.rerank import choose
+    from training.score_cli import prompt_digest, read_pairs_table, score_rows
+
+    table = tmp_path / "cands.parquet"
+    pq.write_table(pa.table({"prompt_id": [float("nan"), float("nan"), 7.0], "prompt": ["a dog", "a cat", "a cat"],
+                             "image": ["a.png", "b.png", "c.png"]}), table)
+    rows = read_pairs_table(table)           # NaN is pandas' missing value: the prompt's digest, not one id "nan"
+    assert [r.prompt_id for r in rows] == [prompt_digest("a dog"), prompt_digest("a cat"), "7.0"]
+    grouped = tmp_path / "grouped.parquet"
+    pq.write_table(pa.table({"prompt_id": ["g", "g"], "prompt": ["   ", "a cat"], "image": ["a.png", "b.png"]}), grouped)
+    [choice] = choose(score_rows(_FakeScorer(), read_pairs_table(grouped)))
+    assert choice["prompt"] == "a cat" and choice["num_candidates"] == 2 and choice["num_scored"] == 1

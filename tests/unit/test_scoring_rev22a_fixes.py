@@ -147,3 +147,23 @@ def test_the_scores_of_a_normal_checkpoint_are_finite_and_ranked(model_dir):
                                                                    ((90, 20, 20), (20, 90, 20))])
     assert all(r.error is None and math.isfinite(r.score) for r in rows)
     assert sorted(r.rank for r in rows) == [1, 2]
+
+
+def test_a_logit_scale_whose_exp_is_infinite_is_refused(model_dir, tmp_path):
+    hot = _copy(model_dir, tmp_path / "hot")
+    weights = load_file(model_dir / "model.safetensors")
+    save_file({**weights, "logit_scale": torch.tensor(1000.0)}, hot / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(NotAClipCheckpoint, match="logit_scale"):
+        load_model(hot)       # every score would be infinite: each row a non_finite_score
+
+
+@pytest.mark.parametrize("values, match", [
+    ({"size": {"shortest_edge": 16}}, "shortest_edge 16"),          # smaller than the crop: nothing to crop
+    ({"image_std": [0.26, 0.26, 0.26, 0.26]}, "image_std"),          # not one value per colour
+    ({"image_mean": [0.5, 2e6, 0.5]}, "image_mean"),
+])
+def test_a_processor_resize_or_normalisation_out_of_bounds_is_refused(model_dir, tmp_path, values, match):
+    odd = _copy(model_dir, tmp_path / "odd")
+    _edit_image_processor(odd, **values)
+    with pytest.raises(NotAClipCheckpoint, match=match):
+        load_model(odd)
