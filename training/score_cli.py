@@ -23,7 +23,7 @@ from array import array
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
@@ -127,6 +127,16 @@ def _refuse_shared_prompt_ids(rows: PairTable, prompt_id_column: str) -> None:
                              f"give each prompt its own {prompt_id_column}")
 
 
+def _index(rows: Sequence, index: int | slice, item: Callable[[int], Any]) -> Any:
+    """``rows[index]`` as a list does it (negative numbers, slices with steps), ``item(n)`` making row ``n``."""
+    if isinstance(index, slice):
+        return [item(number) for number in range(*index.indices(len(rows)))]
+    number = index + len(rows) if index < 0 else index
+    if not 0 <= number < len(rows):
+        raise IndexError(index)
+    return item(number)
+
+
 class PairTable(Sequence[PairRow]):
     """The rows of a pair table as :class:`PairRow`, made when asked for (:data:`ROW_BATCH` rows at a time while
     iterated): a table of many bad rows (a 1 KB Parquet can declare millions) holds no Python object per row."""
@@ -140,12 +150,7 @@ class PairTable(Sequence[PairRow]):
         return self._table.num_rows
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        number = index + len(self) if index < 0 else index
-        if not 0 <= number < len(self):
-            raise IndexError(index)
-        return next(self._rows(number, 1))
+        return _index(self, index, lambda number: next(self._rows(number, 1)))
 
     def __iter__(self) -> Iterator[PairRow]:
         for start in range(0, len(self), ROW_BATCH):
@@ -187,12 +192,7 @@ class ScoredRows(Sequence[dict]):
         return len(self._rows)
 
     def __getitem__(self, index):
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        number = index + len(self) if index < 0 else index
-        if not 0 <= number < len(self):
-            raise IndexError(index)
-        return self._dict(number, self._rows[number])
+        return _index(self, index, lambda number: self._dict(number, self._rows[number]))
 
     def __iter__(self) -> Iterator[dict]:
         return (self._dict(number, row) for number, row in enumerate(self._rows))
