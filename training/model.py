@@ -21,7 +21,7 @@ from typing import Any, Iterable, Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
@@ -151,6 +151,7 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
                                  "merges.txt): every prompt would get the same embedding (pass --processor DIR "
                                  f"holding {PROCESSOR_FILES})")
     check_no_custom_code(processor_path)
+    check_config_fits_weights(path)
     model = _load_weights(path)
     try:
         # CLIPProcessor itself, never a class a config names through auto_map; trust_remote_code=False so that
@@ -165,7 +166,76 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
                                  f"{str(path)!r} has text_config.vocab_size={vocab}: they do not belong together "
                                  f"(pass --processor DIR holding the model's own {PROCESSOR_FILES})")
     check_processor_fits(processor.image_processor, model.config.vision_config.image_size, processor_path, path)
+    eos = model.config.text_config.eos_token_id
+    if eos != 2 and eos != processor.tokenizer.eos_token_id:    # 2: transformers' legacy pooling at the largest id
+        raise NotAClipCheckpoint(f"the model in {str(path)!r} pools each prompt at text_config.eos_token_id={eos!r}, "
+                                 f"but the tokenizer in {str(processor_path)!r} ends prompts with "
+                                 f"{processor.tokenizer.eos_token_id!r}: every prompt would get the same embedding")
     return model, processor
+
+
+def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape in the checkpoint's weights, read from the files' headers (nothing allocated); None
+    where they cannot be read that way (``from_pretrained`` then says what is wrong)."""
+    try:
+        if (path / "model.safetensors").is_file():
+            files = [path / "model.safetensors"]
+        elif (path / "model.safetensors.index.json").is_file():
+            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
+            files = sorted({path / name for name in index["weight_map"].values()})
+        else:
+            weights = torch.load(path / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True)
+            return {name: tuple(value.shape) for name, value in weights.items() if isinstance(value, torch.Tensor)}
+        shapes = {}
+        for file in files:
+            with safe_open(file, framework="pt") as handle:
+                shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+        return shapes
+    except Exception:   # noqa: BLE001 - an unreadable file is from_pretrained's to report, in one line
+        return None
+
+
+def check_config_fits_weights(path: Path) -> None:
+    """Refuse a ``config.json`` that transformers cannot build a CLIP model from, or whose sizes are not those of
+    the checkpoint's tensors, before anything is built: a config claiming a million layers or an 8-million-token
+    vocabulary built (and allocated) all of them before the weights were compared (review rev22d), a patch size
+    of 0 divided by zero, an unknown activation was a KeyError."""
+    from transformers.activations import ACT2FN
+
+    try:
+        config = CLIPConfig.from_pretrained(path, local_files_only=True)
+        vision, text = config.vision_config, config.text_config
+        problems = [f"{name}.hidden_act {part.hidden_act!r} is no activation transformers has"
+                    for name, part in (("vision_config", vision), ("text_config", text)) if part.hidden_act not in ACT2FN]
+        if not (0 < vision.patch_size <= vision.image_size and vision.image_size % vision.patch_size == 0):
+            problems.append(f"vision_config.patch_size {vision.patch_size} does not divide image_size {vision.image_size}")
+        expected = {} if problems else {
+            "vision_model.embeddings.patch_embedding.weight": (vision.hidden_size, vision.num_channels,
+                                                               vision.patch_size, vision.patch_size),
+            "vision_model.embeddings.position_embedding.weight": ((vision.image_size // vision.patch_size) ** 2 + 1,
+                                                                  vision.hidden_size),
+            "vision_model.encoder.layers.0.mlp.fc1.weight": (vision.intermediate_size, vision.hidden_size),
+            "text_model.embeddings.token_embedding.weight": (text.vocab_size, text.hidden_size),
+            "text_model.embeddings.position_embedding.weight": (text.max_position_embeddings, text.hidden_size),
+            "text_model.encoder.layers.0.mlp.fc1.weight": (text.intermediate_size, text.hidden_size),
+            "visual_projection.weight": (config.projection_dim, vision.hidden_size),
+            "text_projection.weight": (config.projection_dim, text.hidden_size),
+        }
+    except (StrictDataclassError, OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as exc:
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
+                                 f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
+    shapes = _weight_shapes(path) if not problems else None
+    if shapes is not None:
+        problems += [f"{name} is {shapes[name]} in the weights, {shape} by config.json"
+                     for name, shape in expected.items() if name in shapes and shapes[name] != shape]
+        for name, part in (("vision", vision), ("text", text)):
+            held = {key.split(".")[3] for key in shapes if key.startswith(f"{name}_model.encoder.layers.")}
+            if len(held) != part.num_hidden_layers:
+                problems.append(f"{name}_config.num_hidden_layers is {part.num_hidden_layers}, the weights hold "
+                                f"{len(held)} layers")
+    if problems:
+        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not fit the checkpoint "
+                                 f"({'; '.join(problems[:4])}); pass a complete CLIP / PickScore checkpoint directory")
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -249,6 +319,23 @@ MAX_RESIZE = 4       # a processor may resize the short side to at most this man
 MIN_STD, MAX_NORM = 1e-6, 1e6       # pixels of [0, 1] normalised stay far from float32's range with these bounds
 
 
+def _check_processor_steps(image_processor: Any, processor_path: Path) -> None:
+    """Refuse preprocessing steps the scorer would not carry out as the processor says (it rescales pixels by
+    1/255 and resizes bicubic, as PickScore's evaluation does): ``do_rescale`` off or another ``rescale_factor``
+    scored exactly as the plain processor (review rev22d), and so would another ``resample``."""
+    factor, resample = getattr(image_processor, "rescale_factor", 1 / 255), getattr(image_processor, "resample", 3)
+    try:
+        ok = (getattr(image_processor, "do_rescale", True) is True and math.isclose(float(factor), 1 / 255, rel_tol=1e-6)
+              and int(resample) == 3)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has do_rescale "
+                                 f"{getattr(image_processor, 'do_rescale', None)!r}, rescale_factor {factor!r}, resample "
+                                 f"{resample!r}: the scorer rescales pixels by 1/255 and resizes bicubic (resample 3), "
+                                 "as PickScore's evaluation does, and scores with no other processor")
+
+
 def check_processor_fits(image_processor: Any, image_size: int, processor_path: Path, model_path: Path) -> None:
     """Refuse an image processor whose crop is not the model's ``vision_config.image_size`` (any other size fails in
     the vision tower), whose resize is smaller than it or more than ``MAX_RESIZE`` times it (an absurd size would
@@ -258,6 +345,7 @@ def check_processor_fits(image_processor: Any, image_size: int, processor_path: 
     def side(value: Any, key: str) -> Any:
         return value.get(key) if isinstance(value, dict) else getattr(value, key, None)
 
+    _check_processor_steps(image_processor, processor_path)
     crop, size = image_processor.crop_size, image_processor.size
     crops = {"crop_size height": side(crop, "height"), "crop_size width": side(crop, "width")}
     resizes = {f"size {key}": side(size, key) for key in ("shortest_edge", "height", "width")
@@ -273,8 +361,8 @@ def check_processor_fits(image_processor: Any, image_size: int, processor_path: 
                                  f"together (pass --processor DIR holding the model's own {PROCESSOR_FILES})")
     for name in ("image_mean", "image_std"):
         values = getattr(image_processor, name, None)
-        try:
-            numbers = [float(v) for v in values]
+        try:   # a string is no list of numbers ("123" is not (1, 2, 3), review rev22d)
+            numbers = [] if isinstance(values, (str, bytes)) else [float(v) for v in values]
         except (TypeError, ValueError):
             numbers = []
         low = MIN_STD if name == "image_std" else -MAX_NORM

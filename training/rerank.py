@@ -40,6 +40,9 @@ from training.score_cli import (
 
 MAX_SHEET_PROMPTS = 256   # a sheet is for a person to look at; each prompt is a 194 px row of the PNG
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+# images the scorer does not read: beside the prompt subfolders they still get a row (other files there, such as
+# the simulator's truth.parquet or a README, are not candidates)
+OTHER_IMAGE_SUFFIXES = (".gif", ".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".ico", ".svg", ".psd")
 PROMPT_FILE = "prompt.txt"
 
 
@@ -69,15 +72,29 @@ def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini", ".directory")
 
 
-def _system_file(name: str) -> bool:
-    return name in SYSTEM_FILES or name.startswith("._")        # "._c1.png": macOS's AppleDouble metadata
+APPLE_DOUBLE = b"\x00\x05\x16\x07"     # how macOS's "._NAME" metadata files begin
+
+
+def _system_file(path: Path) -> bool:
+    """A file manager's own file: a name of ``SYSTEM_FILES``, or macOS's ``._NAME`` metadata (by its first bytes:
+    a real image named ``._c2.png`` is a candidate, review rev22d). Only a regular file's bytes are read."""
+    if path.name in SYSTEM_FILES:
+        return True
+    if not path.name.startswith("._"):
+        return False
+    try:
+        with open_regular_file(path) as handle:
+            return handle.read(4) == APPLE_DOUBLE
+    except OSError:
+        return False
 
 
 def read_candidate_folder(folder: Path) -> list[PairRow]:
     """Candidates of a folder of prompt subfolders; a subfolder without ``prompt.txt`` yields error rows. Every
-    entry of a subfolder but ``prompt.txt`` and file managers' own files (``SYSTEM_FILES``, ``._*``) is a
-    candidate: one whose suffix is not in ``IMAGE_SUFFIXES`` (``c1.gif``) is an ``unsupported_image`` error row,
-    never left out unseen. An image beside the subfolders (no prompt of its own) is a ``missing_prompt`` row."""
+    entry of a subfolder but ``prompt.txt`` and file managers' own files (``SYSTEM_FILES``, AppleDouble ``._*``)
+    is a candidate: one whose suffix is not in ``IMAGE_SUFFIXES`` (``c1.gif``) is an ``unsupported_image`` error
+    row, never left out unseen. An image beside the subfolders (no prompt of its own; any image suffix, also one
+    the scorer does not read) is a ``missing_prompt`` row; other files there (a README, a table) are no candidates."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"candidates {str(folder)!r} is neither a folder nor a table")
@@ -88,9 +105,9 @@ def read_candidate_folder(folder: Path) -> list[PairRow]:
         raise ValueError(f"candidates folder {str(folder)!r} has no prompt subfolders (each holds prompt.txt + images)")
     rows += [PairRow(p.name, "", str(p), f"missing_prompt: {p.name} lies beside the prompt subfolders, in none; move "
                      "it into the subfolder of its prompt") for p in entries
-             if not p.is_dir() and p.suffix.lower() in IMAGE_SUFFIXES and not _system_file(p.name)]
+             if p.suffix.lower() in IMAGE_SUFFIXES + OTHER_IMAGE_SUFFIXES and not p.is_dir() and not _system_file(p)]
     for sub in subfolders:
-        images = sorted(p for p in sub.iterdir() if p.name != PROMPT_FILE and not _system_file(p.name))
+        images = sorted(p for p in sub.iterdir() if p.name != PROMPT_FILE and not _system_file(p))
         prompt, error = read_prompt(sub / PROMPT_FILE)
         if not images:
             rows.append(PairRow(sub.name, prompt, str(sub), error or f"no_candidates: {sub.name}/ holds no images"))
@@ -122,15 +139,15 @@ class _Group:
     first prompt (of the first row that has one), counts, the ``keep`` best scored rows (input order on ties) and the first unscored ones."""
 
     def __init__(self, prompt: str | None, keep: int) -> None:
-        self.prompt, self.keep = prompt, keep
+        self.prompt, self.keep, self.real = prompt, keep, False
         self.count = self.scored = 0
         self.best: list[dict[str, Any]] = []         # highest score first; an equal score after the earlier row
         self.unscored: list[dict[str, Any]] = []
 
     def add(self, row: dict[str, Any]) -> None:
         self.count += 1
-        if not (self.prompt or "").strip() and (row["prompt"] or "").strip():
-            self.prompt = row["prompt"]             # the group's prompt, not a first row's missing one
+        if not self.real and _has_prompt(row):
+            self.prompt, self.real = row["prompt"], True    # the group's prompt, not a first row's refused one
         if row["score"] is None:
             if len(self.unscored) < self.keep:
                 self.unscored.append(row)
@@ -142,6 +159,11 @@ class _Group:
         if at < self.keep:
             self.best.insert(at, row)
             del self.best[self.keep:]
+
+
+def _has_prompt(row: dict[str, Any]) -> bool:
+    """Whether a row's prompt was taken as one (not a ``missing_prompt`` row's: empty, white space, over-long)."""
+    return bool((row["prompt"] or "").strip()) and not (row["error"] or "").startswith("missing_prompt")
 
 
 def _groups(scored: Iterable[dict[str, Any]], keep: int, limit: int | None = None) -> dict[str, _Group]:

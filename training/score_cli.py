@@ -169,7 +169,8 @@ class PairTable(Sequence[PairRow]):
         name, error = self.path.name, None
         if not isinstance(prompt, str) or not prompt.strip():
             # white space only is no prompt, as in a candidate folder's prompt.txt
-            error, prompt = f"missing_prompt: row {number} of {name} has no {prompt_column}", str(prompt or "")
+            error, prompt = (f"missing_prompt: row {number} of {name} has no {prompt_column}",
+                             prompt if isinstance(prompt, str) else "")     # bytes are no prompt text ("b'...'")
         elif len(prompt) > MAX_PROMPT_BYTES // 4 and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
             # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole
             error = f"missing_prompt: row {number} of {name} has a {prompt_column} longer than {MAX_PROMPT_BYTES} bytes"

@@ -205,13 +205,17 @@ def test_file_managers_files_are_skipped_and_an_image_beside_the_subfolders_gets
     (sub / "prompt.txt").write_text("two red stars\n")
     for name in ("c0.png", ".c1.png"):
         _png(sub / name)
-    for name in (".DS_Store", "Thumbs.db", "._c0.png"):
+    for name in (".DS_Store", "Thumbs.db"):
         (sub / name).write_bytes(b"file manager metadata")
-    _png(tmp_path / "cands" / "stray.png")                 # an image in no prompt's subfolder
+    (sub / "._c0.png").write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00 macOS AppleDouble metadata")
+    _png(sub / "._c2.png")                                 # a real image of that name is a candidate (rev22d)
+    _png(tmp_path / "cands" / "stray.png")                 # files in no prompt's subfolder
     (tmp_path / "cands" / "README.txt").write_text("notes")
+    (tmp_path / "cands" / ".DS_Store").write_bytes(b"file manager metadata")
     rows = read_candidate_folder(tmp_path / "cands")
     assert [(r.prompt_id, Path(r.image).name, (r.error or "").split(":")[0]) for r in rows] == [
-        ("stray.png", "stray.png", "missing_prompt"), ("p0", ".c1.png", ""), ("p0", "c0.png", "")]
+        ("stray.png", "stray.png", "missing_prompt"),
+        ("p0", "._c2.png", ""), ("p0", ".c1.png", ""), ("p0", "c0.png", "")]
 
 
 def test_a_nan_prompt_id_is_no_id_and_a_group_takes_its_first_real_prompt(tmp_path):
