@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import tomllib
 from pathlib import Path
 from typing import Iterable
 
@@ -20,17 +19,19 @@ from dagster_project.versions import CODE_VERSIONS
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
-from formats.settings import SettingsError, parse_assignment, settings_path
+from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
 from pipelines.provenance import combine, raw_stats, stat_key
 
 STAMP = "build_stamp.json"
 
 
 def _file_text(path: Path | None) -> str | None:
+    """A settings file's text for the stamp (at most ``MAX_FILE_BYTES`` + 1 bytes: ``load`` refuses a larger one)."""
     if path is None:
         return None
     try:
-        return Path(path).read_text(encoding="utf-8", errors="replace")
+        with open(path, "rb") as handle:
+            return handle.read(MAX_FILE_BYTES + 1).decode("utf-8", errors="replace")
     except OSError:
         return "unreadable"
 
@@ -63,14 +64,16 @@ def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), confi
     :func:`formats.settings.load` applies them), by size/mtime/inode/ctime. Read without validating (the
     plan's own ``load`` reports a bad value): a ``curation`` that is not a table names none, never a
     traceback, and a list named by ``--set`` / ``--config`` is watched too (review rev21c: only the home's
-    file was read, so an edited list named on the command line answered "up to date")."""
+    file was read, so an edited list named on the command line answered "up to date"). The files are read
+    as ``load`` reads them (:func:`formats.settings.read_text`, ``parse_text``): a huge or deeply nested one
+    names none here and ``load`` refuses it naming the file (review rev22e: a bare RecursionError here)."""
     named: dict[str, object] = {}
     for path in (settings_path(home.root), config_file):
         if path is None:
             continue
         try:
-            curation = tomllib.loads(Path(path).read_text(encoding="utf-8")).get("curation", {})
-        except (OSError, ValueError):
+            curation = parse_text(read_text(Path(path)), str(path)).get("curation", {})
+        except SettingsError:
             continue
         if isinstance(curation, dict):
             named.update({name: curation[name] for name in _MODERATION_KNOBS if name in curation})
@@ -83,7 +86,7 @@ def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), confi
         if section == "curation" and name in _MODERATION_KNOBS:
             named[name] = value
     return [[name, stat_key(home.moderation_list(value, home.root))] for name, value in sorted(named.items())
-            if isinstance(value, str) and value]
+            if isinstance(value, str) and value and "\x00" not in value]   # a NUL: load refuses it, naming the key
 
 
 def is_up_to_date(home: DataHome, key: str) -> bool:

@@ -181,8 +181,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
-    from formats.settings import SettingsError, load, parse_assignment, write_settings
+    from formats.settings import SECTIONS, SettingsError, load, parse_assignments, unknown_section, write_settings
 
+    if args.section is not None and args.section not in SECTIONS:
+        raise unknown_section(args.section, "--section")   # never an empty listing for a typo
     home = DataHome.at(args.home)
     settings = load(home.root, assignments=args.assignments)
     if args.write:
@@ -191,7 +193,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
         if not args.assignments:
             raise SettingsError("--write needs at least one --set SECTION.NAME=VALUE")
         check_home_dir(home)  # pickapic.toml goes there: a new, empty or existing data home only
-        path = write_settings(home.root, dict(parse_assignment(a) for a in args.assignments))
+        path = write_settings(home.root, parse_assignments(args.assignments))
         print(f"wrote {path}")
     for row in settings.describe():
         if args.section and not row["key"].startswith(args.section + "."):

@@ -102,11 +102,18 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
 
 
 def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:
-    """Run-config values (JSON-able) for settings of ``section`` (tuples become lists; secrets refused)."""
+    """Run-config values (JSON-able) for settings of ``section`` (tuples become lists; secrets refused).
+
+    None (``--set features.blob_base=``: none for this run) becomes ``""``, which the run reads as none: in
+    run config None means "not given", so the run would use the file's value (review rev22e)."""
     out = {}
     for name, value in values.items():
         spec = knobs(section)[name]
         if spec.secret:
             raise SettingsError(f"{spec.key} is a secret and is never passed as run config")
+        if value is None:
+            if spec.kind is not str:
+                raise SettingsError(f"{spec.key}: none cannot be passed as run config; set it in the file")
+            value = ""
         out[name] = list(value) if isinstance(value, tuple) else value
     return out

@@ -34,6 +34,8 @@ import hashlib
 import importlib
 import json
 import os
+import stat
+import sys
 import tomllib
 import types
 import typing
@@ -46,6 +48,11 @@ SETTINGS_FILE = "pickapic.toml"
 # otherwise fork or spawn that many processes or threads on the machine before anything failed.
 MAX_PROCESSES = 256
 MAX_THREADS = 1024
+# Every integer setting lies within a signed 64-bit integer: DuckDB parameters, Arrow columns and torch seeds
+# take no more (review rev22e: splits.unique_prompts = 10**40 was accepted and failed the splits step).
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+# A settings file is a few kilobytes; a larger one is refused before it is parsed (memory grows with the file).
+MAX_FILE_BYTES = 1 << 20
 # section -> "module:ConfigClass" (imported on first use: the features module pulls in Beam)
 SECTIONS: dict[str, str] = {
     "app_export": "pipelines.appdb.export:AppExportConfig",
@@ -62,6 +69,17 @@ SECTIONS: dict[str, str] = {
 }
 # Fields that are not settings of a data home: the home itself decides them.
 _NOT_IN_FILE = {"train": frozenset({"data_dir", "output_dir"})}
+# Ranges of settings whose dataclass field declares none, added here (review rev22e: values torch refuses
+# only when training starts). AdamW takes betas in [0, 1) and a positive epsilon; the seed goes to
+# torch.manual_seed(seed + rank) and random.Random, so 0 .. 2**63 - 1 leaves room for every rank.
+_LIMITS: dict[str, dict[str, dict[str, Any]]] = {
+    "train": {
+        "adam_beta1": {"min": 0, "max": 1, "max_exclusive": True},
+        "adam_beta2": {"min": 0, "max": 1, "max_exclusive": True},
+        "adam_eps": {"min": 0, "min_exclusive": True},
+        "seed": {"min": 0, "max": INT64_MAX},
+    },
+}
 _SECRET_SALT = b"pickapic-settings-digest-v1"
 
 class SettingsError(ValueError):
@@ -132,9 +150,15 @@ class Knob:
             text = {int: "an integer", float: "a number", str: "a string"}[self.kind]
         return text + (" (or empty for none)" if self.optional else "")
 
-    def coerce(self, value: Any, source: str) -> Any:
-        """A typed, range-checked value from a TOML value or a command-line string."""
+    def coerce(self, value: Any, source: str, strict: bool = False) -> Any:
+        """A typed, range-checked value from a TOML value or a command-line string.
+
+        ``strict`` (a value of a settings file, which TOML already typed): a string is no integer, number or
+        boolean (``jpeg_quality = "90"`` is refused, not read as 90); an empty string still means none for a
+        setting that may be empty, and a list setting still takes a comma-separated string."""
         try:
+            if strict and not self._toml_typed(value):
+                raise TypeError
             typed = self._typed(value)
         except (TypeError, ValueError):
             raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is refused: "
@@ -142,6 +166,16 @@ class Knob:
         if typed is not None:
             self._check_range(typed, source)
         return typed
+
+    def _toml_typed(self, value: Any) -> bool:
+        """Whether a TOML value has this setting's type (an integer is a number too)."""
+        if self.kind is bool:
+            return isinstance(value, bool)
+        if self.kind is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        if self.kind is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return True     # strings and lists: checked by _typed
 
     def _typed(self, value: Any) -> Any:
         if self.optional and (value is None or value == "" or (isinstance(value, str) and value.lower() == "none")):
@@ -186,6 +220,9 @@ class Knob:
         if bad:
             raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is out of range: "
                                 f"allowed {self.allowed()}")
+        if self.kind is int and not INT64_MIN <= value <= INT64_MAX:
+            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is out of range: "
+                                f"allowed {self.allowed()}, within a 64-bit integer ({INT64_MIN} .. {INT64_MAX})")
 
     def _shown(self, value: Any) -> str:
         """``value`` as an error message may show it: a secret setting's value never is."""
@@ -215,7 +252,7 @@ def knobs(section: str) -> dict[str, Knob]:
     out = {}
     for f in dataclasses.fields(dc):
         kind, optional = _kind(hints[f.name], f"{dc.__name__}.{f.name}")
-        meta = f.metadata
+        meta = {**f.metadata, **_LIMITS.get(section, {}).get(f.name, {})}
         help_text = str(meta.get("help", ""))
         output = meta.get("output", True)
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
@@ -263,6 +300,20 @@ RETIRED = {
 }
 
 
+def check_path_text(value: str, key: str) -> None:
+    """Refuse a file or folder path setting no file system can hold (a NUL byte), naming ``key``: without this
+    the stage that opens it fails with a bare "embedded null byte" (review rev22e)."""
+    if "\x00" in value:
+        raise ValueError(f"{key} = {value!r} holds a NUL byte, which no path can hold")
+
+
+def unknown_section(section: str, source: str) -> SettingsError:
+    """The error for a section name that is none of ``SECTIONS``, with the nearest one."""
+    near = difflib.get_close_matches(section, SECTIONS, n=1)
+    hint = f" (did you mean [{near[0]}]?)" if near else ""
+    return SettingsError(f"unknown settings section [{section}] ({source}){hint}; sections: {', '.join(SECTIONS)}")
+
+
 def knob_for(key: str, source: str) -> Knob:
     """The Knob of ``section.name``; an unknown key is refused with the nearest known ones."""
     if key in RETIRED:
@@ -295,13 +346,14 @@ class Settings:
         """The explicit values of one section."""
         return dict(self.explicit.get(section, {}))
 
-    def with_values(self, values: Mapping[str, Any], source: str) -> "Settings":
-        """A copy with ``{"section.name": value}`` applied (each value validated)."""
+    def with_values(self, values: Mapping[str, Any], source: str, strict: bool = False) -> "Settings":
+        """A copy with ``{"section.name": value}`` applied (each value validated; ``strict``: values of a TOML
+        file, see :meth:`Knob.coerce`)."""
         explicit = {s: dict(v) for s, v in self.explicit.items()}
         sources = dict(self.sources)
         for key, value in values.items():
             spec = knob_for(key, source)
-            explicit.setdefault(spec.section, {})[spec.name] = spec.coerce(value, source)
+            explicit.setdefault(spec.section, {})[spec.name] = spec.coerce(value, source, strict)
             sources[key] = source
         updated = Settings(explicit, sources)
         for section in {knob_for(k, source).section for k in values}:
@@ -375,22 +427,51 @@ def settings_path(home_root: Path) -> Path:
     return Path(home_root) / SETTINGS_FILE
 
 
-def read_file(path: Path, source: str | None = None) -> dict[str, Any]:
-    """``{"section.name": raw value}`` from a settings TOML file (syntax errors name the file and line)."""
+def read_text(path: Path, source: str | None = None) -> str:
+    """The text of a settings file, as written (line endings kept): at most ``MAX_FILE_BYTES``, UTF-8;
+    anything else is a one-line ``SettingsError`` naming ``source``."""
     source = source or str(path)
     try:
-        document = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise SettingsError(f"settings file {source} cannot be read: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"settings file {source} is not valid TOML: {exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise SettingsError(f"settings file {source} is larger than {MAX_FILE_BYTES // (1 << 20)} MiB, which no "
+                            "settings file needs: it is refused unread")
+    try:
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SettingsError(f"settings file {source} is not UTF-8 text: {exc}") from None
+
+
+def parse_text(text: str, source: str) -> dict[str, Any]:
+    """``tomllib.loads`` of a settings file's text; a syntax error or a nesting too deep for the parser is a
+    one-line ``SettingsError`` naming ``source``."""
+    try:
+        # universal newlines, as ``read_text(encoding=...)`` gives them (CRLF files read the same)
+        return tomllib.loads(text.replace("\r\n", "\n").replace("\r", "\n"))
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"settings file {source} is not valid TOML: {exc}") from None
+    except RecursionError:
+        raise SettingsError(f"settings file {source} nests arrays or tables too deeply to be read (no setting "
+                            "nests at all)") from None
+
+
+def read_file(path: Path, source: str | None = None) -> dict[str, Any]:
+    """``{"section.name": raw value}`` from a settings TOML file (syntax errors name the file and line).
+
+    A file over ``MAX_FILE_BYTES``, one nested too deeply, and a section that is none of ``SECTIONS`` (even an
+    empty one: ``[splitz]``, a typo of ``[splits]``) are refused, naming the file."""
+    source = source or str(path)
+    document = parse_text(read_text(path, source), source)
     values = {}
     for section, table in document.items():
         if not isinstance(table, dict):
             raise SettingsError(f"settings file {source}: {section!r} must be a [section] table, e.g. "
                                 f"[splits] then heldout_fraction = 0.1")
+        if not table and section not in SECTIONS:
+            raise unknown_section(section, source)
         for name, value in table.items():
             values[f"{section}.{name}"] = value
     return values
@@ -404,6 +485,17 @@ def parse_assignment(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def parse_assignments(texts: Iterable[str]) -> dict[str, str]:
+    """``{key: value}`` of ``--set`` assignments; a key given twice is refused (which one was meant?)."""
+    pairs: dict[str, str] = {}
+    for text in texts:
+        key, value = parse_assignment(text)
+        if key in pairs:
+            raise SettingsError(f"--set gives {key} twice ({pairs[key]!r} and {value!r}); give it once")
+        pairs[key] = value
+    return pairs
+
+
 def load(home_root: Path | None, *, config_file: Path | None = None,
          assignments: Iterable[str] = (), overrides: Mapping[str, Any] | None = None) -> Settings:
     """The home's settings file, then ``config_file``, then ``--set`` assignments, each validated."""
@@ -412,7 +504,7 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         path = settings_path(home_root)
         if path.is_file():
             settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
-                                            f"{SETTINGS_FILE} of the data home")
+                                            f"{SETTINGS_FILE} of the data home", strict=True)
         elif os.path.lexists(path):
             # there but not a file (a link whose target is gone, a folder): never read as "no settings",
             # which would rebuild with the defaults, the default pseudonym secret included (review rev21b)
@@ -424,8 +516,8 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         if not path.is_file():
             raise SettingsError(f"--config {path}: no such file")
         settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
-                                        f"--config {path}")
-    pairs = dict(parse_assignment(a) for a in assignments)
+                                        f"--config {path}", strict=True)
+    pairs = parse_assignments(assignments)
     if pairs:
         settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
     if overrides:
@@ -442,45 +534,85 @@ def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
     return values
 
 
+def settings_lock_file(home_root: Path) -> Path:
+    """The lock file of ``write_settings`` (``HOME/.locks/settings.lock``, beside the home's other locks)."""
+    return Path(home_root) / ".locks" / "settings.lock"
+
+
 def write_settings(home_root: Path, values: Mapping[str, Any], header: str | None = None) -> Path:
-    """Set ``{"section.name": value}`` in ``HOME/pickapic.toml`` (created if absent, comments kept)."""
+    """Set ``{"section.name": value}`` in ``HOME/pickapic.toml`` (created if absent, comments kept).
+
+    The file is read, changed and replaced under the home's settings lock, so two writes at once both land
+    (review rev22e: the second rename dropped the first one's value). It keeps its line endings (CRLF stays
+    CRLF) and its permission bits; a file holding a secret is 0600, and so is its temporary file from the
+    moment it is created. A value of none (``features.staging=``) removes the key, whose default is none."""
+    from formats.locks import hold_lock
+
+    def wait(holder: str) -> None:
+        print(f"waiting for another settings write of {home_root} (pid {holder})", file=sys.stderr, flush=True)
+
+    load(home_root).with_values(values, "new values")   # a refused value is refused before HOME/.locks is made
+    with hold_lock(settings_lock_file(home_root), f"the settings file of {home_root}", wait):
+        return _write_settings(home_root, values, header)   # read again: another write may have changed it
+
+
+def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | None) -> Path:
+    """:func:`write_settings`, the settings lock held."""
     import tomlkit
 
-    from formats.files import atomic_path
+    from formats import files
 
     path = settings_path(home_root)
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SettingsError(f"{path} is not a regular file; refusing to replace it")
     current = load(home_root)  # the file as it is must be valid before it is changed
     updated = current.with_values(values, "new values")
-    document = tomlkit.parse(path.read_text(encoding="utf-8")) if path.exists() else tomlkit.document()
-    if not path.exists():
+    old = read_text(path, f"{SETTINGS_FILE} of the data home") if path.exists() else None
+    crlf = old is not None and "\r\n" in old and old.count("\n") == old.count("\r\n")
+    document = tomlkit.parse(old.replace("\r\n", "\n") if crlf else old) if old is not None else tomlkit.document()
+    if old is None:
         for line in (header or _HEADER).strip().splitlines():
             document.add(tomlkit.comment(line.lstrip("# ").rstrip()))
         document.add(tomlkit.nl())
     for key in values:
         spec = knob_for(key, "new values")
         value = updated.explicit[spec.section][spec.name]
+        if value is None:   # none: TOML has no null; the key is removed (default none) or set empty
+            if spec.default is None:
+                if spec.section in document and spec.name in document[spec.section]:
+                    del document[spec.section][spec.name]
+                continue
+            value = ""
         if spec.section not in document:
             document.add(spec.section, tomlkit.table())
         document[spec.section][spec.name] = list(value) if isinstance(value, tuple) else value
-    secret = any(knob_for(k, "new values").secret for k in read_file_text(tomlkit.dumps(document)))
-    mode = 0o600 if secret else 0o666 & ~_umask()
-    with atomic_path(path) as tmp:
-        tmp.write_text(tomlkit.dumps(document), encoding="utf-8")
+    text = tomlkit.dumps(document)
+    written = read_file_text(text)
+    for key in values:  # never write a file that reads back other than intended
+        spec = knob_for(key, "new values")
+        wanted = updated.explicit[spec.section][spec.name]
+        got = spec.coerce(written[key], "the new file") if key in written else spec.default
+        if got != wanted:
+            raise SettingsError(f"{path}: setting {key} would not read back as written; the file is left as it "
+                                "is (change it by hand)")
+    secret = any(knob_for(k, "new values").secret for k in written)
+    if secret:
+        mode = 0o600
+    elif old is not None:
+        mode = stat.S_IMODE(os.stat(path).st_mode)
+    else:
+        mode = files.file_mode()
+    data = (text.replace("\n", "\r\n") if crlf else text).encode("utf-8")
+    with files.atomic_path(path, private=True) as tmp:   # 0600 until the chmod: a secret is never readable
+        tmp.write_bytes(data)
         os.chmod(tmp, mode)
     return path
 
 
 def read_file_text(text: str) -> dict[str, Any]:
     """``{"section.name": value}`` of TOML text."""
-    return {f"{s}.{n}": v for s, table in tomllib.loads(text).items() if isinstance(table, dict) for n, v in table.items()}
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    return {f"{s}.{n}": v for s, table in parse_text(text, "(new text)").items() if isinstance(table, dict)
+            for n, v in table.items()}
 
 
 _HEADER = """

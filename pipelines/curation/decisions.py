@@ -44,7 +44,7 @@ import pyarrow.compute as pc
 import regex
 
 from formats.home import DataHome
-from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
+from formats.settings import MAX_THREADS, add_flags, check_fields, check_path_text, knob, public_fields, stage_config
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.splits.assign import _styled_letters, _symbol_readings, _visible, moderation_key, moderation_text
@@ -134,6 +134,8 @@ class CurationConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+        for name in ("phrases_file", "banned_users_file"):
+            check_path_text(getattr(self, name), f"curation.{name}")
         if not self.pseudonym_secret:
             raise ValueError("CurationConfig.pseudonym_secret must not be empty")
 

@@ -54,6 +54,11 @@ class FeaturesConfig:
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\x00" in value):
                 raise ValueError(f"FeaturesConfig.{name}={value!r} is invalid")
+            if value is not None and not _is_url(value) and not os.path.isabs(value):
+                # a relative folder would resolve against the working directory of each process (the CLI's,
+                # the daemon's run worker's): two runs of one home would use different folders (review rev22e)
+                raise ValueError(f"features.{name} = {value!r} is a relative path: give an absolute folder or a "
+                                 "URL (or empty for the default)")
         checks = [
             ("max_side", self.max_side >= self.min_side), ("runner", bool(self.runner)),
             ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone and self.blob_zone not in (".", "..")),
