@@ -42,9 +42,7 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -68,7 +66,7 @@ from dagster_project import automation
 from dagster_project.cli import main as pickapic
 from formats.outputs import RefusedOutput, check_output_dir, open_output_file, open_output_files
 from tests.e2e.monitor_defs import waiting_job
-from tests.e2e.test_run_monitoring import _monitor, _pings, _started_run, _wait, home  # noqa: F401
+from tests.e2e.test_run_monitoring import _monitor, _pings, _started_run, _wait, home, start_code_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "unit"))
@@ -80,14 +78,7 @@ sys.path.insert(0, str(ROOT / "tests" / "unit"))
 def code_server(home, tmp_path):
     """A real code server (``dagster api grpc``) of tests/e2e/monitor_defs.py on a short socket path, and a workspace
     on it; yields (instance, context, server process, started file, release file)."""
-    scratch = Path(tempfile.mkdtemp(prefix="r22b-", dir="/tmp"))
-    socket = scratch / "grpc.sock"
-    started, release = tmp_path / "started", tmp_path / "release"
-    env = {**os.environ, "PICKAPIC_TEST_STARTED": str(started), "PICKAPIC_TEST_RELEASE": str(release),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    server = subprocess.Popen([sys.executable, "-m", "dagster", "api", "grpc", "-m", "tests.e2e.monitor_defs",
-                               "--socket", str(socket), "--location-name", "monitor"],
-                              cwd=ROOT, env=env, start_new_session=True)
+    server, socket, scratch, started, release = start_code_server(tmp_path, "r22b-")
     worker = []
     try:
         client = DagsterGrpcClient(socket=str(socket))

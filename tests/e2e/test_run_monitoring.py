@@ -66,8 +66,11 @@ def _wait(condition, what: str, seconds: float = 120) -> None:
         time.sleep(0.1)
 
 
-def test_a_run_whose_code_server_died_with_the_machine_is_marked_failed(home, tmp_path):
-    scratch = Path(tempfile.mkdtemp(prefix="mon-", dir="/tmp"))      # a short path: a Unix socket's is limited
+def start_code_server(tmp_path: Path, prefix: str = "mon-"):
+    """A real code server (``dagster api grpc``) of tests/e2e/monitor_defs.py in its own process group, on a socket
+    under a short new folder (a Unix socket's path is limited); returns (server, socket, folder, started file,
+    release file): the job's op writes its pid to the first and waits for the second."""
+    scratch = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     socket = scratch / "grpc.sock"
     started, release = tmp_path / "started", tmp_path / "release"
     env = {**os.environ, "PICKAPIC_TEST_STARTED": str(started), "PICKAPIC_TEST_RELEASE": str(release),
@@ -75,6 +78,11 @@ def test_a_run_whose_code_server_died_with_the_machine_is_marked_failed(home, tm
     server = subprocess.Popen([sys.executable, "-m", "dagster", "api", "grpc", "-m", "tests.e2e.monitor_defs",
                                "--socket", str(socket), "--location-name", "monitor"],
                               cwd=ROOT, env=env, start_new_session=True)
+    return server, socket, scratch, started, release
+
+
+def test_a_run_whose_code_server_died_with_the_machine_is_marked_failed(home, tmp_path):
+    server, socket, scratch, started, release = start_code_server(tmp_path)
     try:
         client = DagsterGrpcClient(socket=str(socket))
         _wait(lambda: socket.exists() and _pings(client), "the code server")

@@ -39,9 +39,7 @@ from PIL import Image
 
 from dagster_project.cli import main as pickapic
 from formats.files import create_temp
-from training.data import iter_captions
-from training.model import build_model, save_checkpoint
-from training.synthetic import tiny_config, write_synthetic_version
+from tests.scoring_fixtures import FakeScorer, tiny_checkpoint
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,18 +47,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny CLIP checkpoint (random weights, BPE trained on synthetic captions): loads in well under a second."""
-    root = tmp_path_factory.mktemp("rev22a-model")
-    sizes = {"train": 24, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 12}
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "v1", sizes, image_px=64,
-                                      seed=5).version_dir
-    config = tiny_config(version, root / "run")
-    clip, processor = build_model(config, iter_captions(version, "train"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        clip.logit_scale.fill_(3.0)
-    save_checkpoint(root / "best", clip, processor)
-    config.save(root / "best")
-    return root / "best"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rev22a-model"), logit_scale=3.0, save_run_config=True)
 
 
 def _png(path: Path, colour=(90, 20, 20), size=(40, 40)) -> Path:
@@ -68,22 +55,7 @@ def _png(path: Path, colour=(90, 20, 20), size=(40, 40)) -> Path:
     return path
 
 
-class _FakeScorer:
-    """Stands in for training.scoring.Scorer (same constructor): scores 1.0, 2.0, ... in input order."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def score_pairs(self, pairs, groups=None):
-        from training.scoring import ImageScore, ranks_within, softmax_within
-
-        pairs = list(pairs)
-        rows = [ImageScore(prompt=p, image=str(i), score=1.0 + n) for n, (p, i) in enumerate(pairs)]
-        groups = list(groups) if groups is not None else [r.prompt for r in rows]
-        scores = [r.score for r in rows]
-        for row, p, r in zip(rows, softmax_within(groups, scores), ranks_within(groups, scores)):
-            row.preference, row.rank = p, r
-        return rows
+_FakeScorer = FakeScorer
 
 
 @pytest.fixture

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
 import time
 from pathlib import Path
@@ -42,43 +41,18 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.scoring_fixtures import FakeScorer, processor_variant, tiny_checkpoint
 
-class _FakeScorer:
-    """Scores 1.0, 2.0, ... in input order."""
-
-    def score_pairs(self, pairs, groups=None):
-        from training.scoring import ImageScore, ranks_within, softmax_within
-
-        rows = [ImageScore(prompt=p, image=str(i), score=1.0 + n) for n, (p, i) in enumerate(pairs)]
-        scores = [r.score for r in rows]
-        for row, p, r in zip(rows, softmax_within(groups, scores), ranks_within(groups, scores)):
-            row.preference, row.rank = p, r
-        return rows
+_FakeScorer = FakeScorer
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny CLIP checkpoint (image_size 32) saved by the project's own code."""
-    from training.data import iter_captions
-    from training.model import build_model, save_checkpoint
-    from training.synthetic import tiny_config, write_synthetic_version
-
-    root = tmp_path_factory.mktemp("rev22c-model")
-    sizes = {"train": 24, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 12}
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "v1", sizes, image_px=64,
-                                      seed=5).version_dir
-    clip, processor = build_model(tiny_config(version, root / "run"), iter_captions(version, "train"))
-    save_checkpoint(root / "best", clip, processor)
-    return root / "best"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rev22c-model"))
 
 
-def _variant(model_dir: Path, target: Path, **image_processor) -> Path:
-    shutil.copytree(model_dir, target)
-    for name, section in (("processor_config.json", "image_processor"), ("preprocessor_config.json", None)):
-        config = json.loads((target / name).read_text())
-        (config[section] if section else config).update(image_processor)
-        (target / name).write_text(json.dumps(config))
-    return target
+_variant = processor_variant
 
 
 # ---------------------------------------------------------------------------------------------- candidate folders
@@ -159,20 +133,7 @@ def test_a_config_of_a_mistyped_field_is_refused_in_one_line(model_dir, tmp_path
 
 
 # ---------------------------------------------------------------------------------------------- run monitoring
-@pytest.fixture
-def home(tmp_path):
-    from dagster_project.build import use_home
-    from formats.home import DataHome
-
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    home = DataHome(tmp_path / "home")
-    use_home(home)
-    yield home
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+from tests.e2e.test_run_monitoring import home  # noqa: E402, F401 - the Dagster home fixture
 
 
 def test_unfinished_runs_leaves_a_run_that_ended_meanwhile_as_it_ended(home, tmp_path, monkeypatch):

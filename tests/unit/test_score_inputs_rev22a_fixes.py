@@ -12,22 +12,9 @@ from PIL import Image
 
 from dagster_project.cli import main as pickapic
 from schemas import get_schema
+from tests.scoring_fixtures import FakeScorer
 
-
-class _FakeScorer:
-    """Scores 1.0, 2.0, ... in input order (training.scoring.Scorer's constructor)."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def score_pairs(self, pairs, groups=None):
-        from training.scoring import ImageScore, ranks_within, softmax_within
-
-        rows = [ImageScore(prompt=p, image=str(i), score=1.0 + n) for n, (p, i) in enumerate(pairs)]
-        scores = [r.score for r in rows]
-        for row, p, r in zip(rows, softmax_within(groups, scores), ranks_within(groups, scores)):
-            row.preference, row.rank = p, r
-        return rows
+_FakeScorer = FakeScorer
 
 
 @pytest.fixture

@@ -17,23 +17,15 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from training.data import iter_captions
-from training.model import NotAClipCheckpoint, build_model, load_model, save_checkpoint
+from tests.scoring_fixtures import tiny_checkpoint
+from training.model import NotAClipCheckpoint, load_model
 from training.scoring import CONVERTIBLE_MODES, ImageError, Scorer, load_rgb
-from training.synthetic import tiny_config, write_synthetic_version
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny CLIP checkpoint saved by this project's own trainer code (``save_checkpoint``)."""
-    root = tmp_path_factory.mktemp("rev22a-fixes-model")
-    sizes = {"train": 24, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 12}
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "v1", sizes, image_px=64,
-                                      seed=5).version_dir
-    config = tiny_config(version, root / "run")
-    clip, processor = build_model(config, iter_captions(version, "train"))
-    save_checkpoint(root / "best", clip, processor)
-    return root / "best"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rev22a-fixes-model"))
 
 
 def _copy(model_dir: Path, target: Path) -> Path:
