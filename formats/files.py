@@ -65,6 +65,15 @@ def temp_names(names: Sequence[str]) -> re.Pattern:
 TEMP_NAME_EXTRA = len("..") + 2 * _TEMP_TOKEN_BYTES + len(".tmp")   # bytes create_temp's name adds to ``name``
 
 
+_URL = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
+
+
+def is_url(value: str) -> bool:
+    """Whether ``value`` names a ``scheme://`` location, as Apache Beam's ``FileSystems.get_scheme`` decides it: the
+    scheme starts the path. ``scratch/x://y`` is a relative local path, not a URL (review rev22f)."""
+    return _URL.match(value.strip()) is not None
+
+
 def create_temp(folder: str | os.PathLike, name: str, private: bool = False,
                 dir_fd: int | None = None) -> tuple[int, str]:
     """Create ``.<name>.<random>.tmp`` in ``folder`` (exclusive, no links followed); returns (fd, temp name).

@@ -160,8 +160,8 @@ class Knob:
             if strict and not self._toml_typed(value):
                 raise TypeError
             typed = self._typed(value)
-        except (TypeError, ValueError):
-            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is refused: "
+        except (TypeError, ValueError, OverflowError):      # OverflowError: a 400-digit integer for a number
+            raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is refused: "
                                 f"expected {self.allowed()}") from None
         if typed is not None:
             self._check_range(typed, source)
@@ -202,9 +202,12 @@ class Knob:
                 value = json.loads(value) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
             if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
                 raise TypeError
+            for member in value:
+                member.encode("utf-8")      # no lone surrogates (ValueError)
             return tuple(value)
         if not isinstance(value, str):
             raise TypeError
+        value.encode("utf-8")       # a lone surrogate (an undecodable command-line byte) is no text: ValueError
         return value
 
     def _check_range(self, value: Any, source: str) -> None:
@@ -227,6 +230,11 @@ class Knob:
     def _shown(self, value: Any) -> str:
         """``value`` as an error message may show it: a secret setting's value never is."""
         return "***" if self.secret else repr(value)
+
+    def _shown_short(self, value: Any) -> str:
+        """:meth:`_shown`, cut to 80 characters (a refused value may be a 400-digit integer or a long string)."""
+        text = self._shown(value)
+        return text if len(text) <= 80 else text[:77] + "..."
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "on": True, "off": False}
@@ -449,10 +457,13 @@ def parse_text(text: str, source: str) -> dict[str, Any]:
     """``tomllib.loads`` of a settings file's text; a syntax error or a nesting too deep for the parser is a
     one-line ``SettingsError`` naming ``source``."""
     try:
-        # universal newlines, as ``read_text(encoding=...)`` gives them (CRLF files read the same)
-        return tomllib.loads(text.replace("\r\n", "\n").replace("\r", "\n"))
+        # CRLF reads as LF; a lone CR is no line break in TOML (read as one, `# old\rmin_users = 3` set a value an
+        # editor shows inside a comment, and --write could not keep it: review rev22f), so tomllib refuses it
+        return tomllib.loads(text.replace("\r\n", "\n"))
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"settings file {source} is not valid TOML: {exc}") from None
+    except ValueError as exc:       # an integer past Python's digit limit (5,000 digits)
+        raise SettingsError(f"settings file {source} holds a value that cannot be read: {exc}") from None
     except RecursionError:
         raise SettingsError(f"settings file {source} nests arrays or tables too deeply to be read (no setting "
                             "nests at all)") from None
@@ -486,25 +497,51 @@ def parse_assignment(text: str) -> tuple[str, str]:
 
 
 def parse_assignments(texts: Iterable[str]) -> dict[str, str]:
-    """``{key: value}`` of ``--set`` assignments; a key given twice is refused (which one was meant?)."""
+    """``{key: value}`` of ``--set`` assignments; a key given twice is refused (which one was meant?), and so is
+    text that is not UTF-8 (a byte the command line could not decode: it would fail a stage much later). A
+    secret's values are never shown (review rev22f)."""
     pairs: dict[str, str] = {}
     for text in texts:
         key, value = parse_assignment(text)
+        try:
+            key.encode("utf-8"), value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise SettingsError(f"--set {key.encode('utf-8', 'backslashreplace').decode()}: the value is not UTF-8 "
+                                "text (a byte the command line could not decode); give it as text") from None
         if key in pairs:
-            raise SettingsError(f"--set gives {key} twice ({pairs[key]!r} and {value!r}); give it once")
+            try:
+                secret = knob_for(key, "--set").secret
+            except SettingsError:
+                secret = False
+            shown = "" if secret else f" ({pairs[key]!r} and {value!r})"
+            raise SettingsError(f"--set gives {key} twice{shown}; give it once")
         pairs[key] = value
     return pairs
 
 
 def load(home_root: Path | None, *, config_file: Path | None = None,
          assignments: Iterable[str] = (), overrides: Mapping[str, Any] | None = None) -> Settings:
-    """The home's settings file, then ``config_file``, then ``--set`` assignments, each validated."""
+    """The home's settings file, then ``config_file``, then ``--set`` assignments, each validated.
+
+    A value a later layer replaces is not checked in the earlier one: `--set features.staging=/abs` (or
+    `settings --set ... --write`) works on a home whose file holds a value this version refuses, which the
+    message asks to change (review rev22f); the file itself is still refused by every command that reads it
+    as it is."""
     settings = Settings()
+    pairs = parse_assignments(assignments)
+    from_config = (_no_secrets(read_file(Path(config_file), f"--config {config_file}"), f"--config {config_file}")
+                   if config_file is not None and Path(config_file).is_file() else {})
+    replaced = {knob_for(key, source).key for source, layer in (("--set", pairs), (f"--config {config_file}",
+                                                                                     from_config),
+                                                                ("override", overrides or {}))
+                for key in layer}
     if home_root is not None:
         path = settings_path(home_root)
         if path.is_file():
-            settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
-                                            f"{SETTINGS_FILE} of the data home", strict=True)
+            source = f"{SETTINGS_FILE} of the data home"
+            kept = {key: value for key, value in read_file(path, source).items()
+                    if key not in replaced or key not in _known_keys()}
+            settings = settings.with_values(kept, source, strict=True)
         elif os.path.lexists(path):
             # there but not a file (a link whose target is gone, a folder): never read as "no settings",
             # which would rebuild with the defaults, the default pseudonym secret included (review rev21b)
@@ -515,14 +552,17 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         path = Path(config_file)
         if not path.is_file():
             raise SettingsError(f"--config {path}: no such file")
-        settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
-                                        f"--config {path}", strict=True)
-    pairs = parse_assignments(assignments)
+        settings = settings.with_values(from_config, f"--config {path}", strict=True)
     if pairs:
         settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
     if overrides:
         settings = settings.with_values(overrides, "override")
     return settings
+
+
+def _known_keys() -> set[str]:
+    """Every ``section.name`` a settings file may hold."""
+    return {f"{section}.{name}" for section in SECTIONS for name in knobs(section)}
 
 
 def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -551,9 +591,24 @@ def write_settings(home_root: Path, values: Mapping[str, Any], header: str | Non
     def wait(holder: str) -> None:
         print(f"waiting for another settings write of {home_root} (pid {holder})", file=sys.stderr, flush=True)
 
-    load(home_root).with_values(values, "new values")   # a refused value is refused before HOME/.locks is made
+    _with_new_values(home_root, values)   # a refused value is refused before HOME/.locks is made
     with hold_lock(settings_lock_file(home_root), f"the settings file of {home_root}", wait):
         return _write_settings(home_root, values, header)   # read again: another write may have changed it
+
+
+def _with_new_values(home_root: Path, values: Mapping[str, Any]) -> Settings:
+    """The home's settings with ``values`` in place of the file's: the file must be valid but for the keys being
+    set, so a value the file is refused for (a relative ``features.staging`` an earlier version took) can be
+    replaced with `pickapic settings --set ... --write` (review rev22f)."""
+    settings, path = Settings(), settings_path(home_root)
+    source = f"{SETTINGS_FILE} of the data home"
+    if path.is_file():
+        replaced = {knob_for(key, "new values").key for key in values}
+        kept = {key: value for key, value in read_file(path, source).items() if key not in replaced}
+        settings = settings.with_values(kept, source, strict=True)
+    elif os.path.lexists(path):
+        load(home_root)                     # the same refusal as every command's
+    return settings.with_values(values, "new values")
 
 
 def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | None) -> Path:
@@ -565,8 +620,7 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
     path = settings_path(home_root)
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SettingsError(f"{path} is not a regular file; refusing to replace it")
-    current = load(home_root)  # the file as it is must be valid before it is changed
-    updated = current.with_values(values, "new values")
+    updated = _with_new_values(home_root, values)  # the file must be valid but for what is being replaced
     old = read_text(path, f"{SETTINGS_FILE} of the data home") if path.exists() else None
     crlf = old is not None and "\r\n" in old and old.count("\n") == old.count("\r\n")
     document = tomlkit.parse(old.replace("\r\n", "\n") if crlf else old) if old is not None else tomlkit.document()
@@ -603,6 +657,9 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
     else:
         mode = files.file_mode()
     data = (text.replace("\n", "\r\n") if crlf else text).encode("utf-8")
+    if len(data) > MAX_FILE_BYTES:      # every command would refuse the file written (review rev22f)
+        raise SettingsError(f"{path}: with these values the file would be larger than "
+                            f"{MAX_FILE_BYTES // (1 << 20)} MiB, which every command refuses; it is left as it is")
     with files.atomic_path(path, private=True) as tmp:   # 0600 until the chmod: a secret is never readable
         tmp.write_bytes(data)
         os.chmod(tmp, mode)

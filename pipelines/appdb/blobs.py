@@ -36,7 +36,7 @@ from typing import BinaryIO
 
 import psycopg
 
-from formats.files import atomic_path, lstat_or_none, open_regular_file, write_bytes_atomic
+from formats.files import atomic_path, is_url, lstat_or_none, open_regular_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import load
 from pipelines.appdb.connection import as_text, read_rows
@@ -50,7 +50,7 @@ DEFAULT_MAX_BYTES = 64 * 1024 * 1024     # features.max_bytes's default (a test 
 
 
 def _is_local(store: str) -> bool:
-    return "://" not in store
+    return not is_url(store)
 
 
 class NotAFile(Exception):

@@ -9,6 +9,8 @@ from pipelines.features import beamworker  # noqa: F401  # isort: skip
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from formats.files import is_url
+
 
 def join_url(base: str, relpath: str) -> str:
     """``base`` + ``/`` + ``relpath`` for local paths and ``scheme://`` URLs alike."""
@@ -16,8 +18,8 @@ def join_url(base: str, relpath: str) -> str:
 
 
 def is_local(base: str) -> bool:
-    """True for a local path (no ``scheme://``)."""
-    return "://" not in base
+    """True for a local path (no ``scheme://`` at its start)."""
+    return not is_url(base)
 
 
 def train_jpg_key(prefix: str, sha256: str) -> str:

@@ -7,6 +7,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from formats.files import is_url
 from formats.outputs import entry_kind
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
 
@@ -137,7 +138,7 @@ def _join(base: str, relpath: str) -> str:
 
 
 def _is_url(value: str) -> bool:
-    return "://" in value
+    return is_url(value)
 
 
 def _within(path: str, root: str) -> bool:
