@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
+import stat
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -26,7 +28,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, tr
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
-from formats.files import write_bytes_atomic
+from formats.files import open_regular_file, write_bytes_atomic
 from training.config import TrainConfig
 
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
@@ -121,6 +123,9 @@ def check_clip_dir(model_dir: str | Path, what: str = "model dir") -> Path:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json nests too deeply to be read (a CLIP config "
+                                 "nests two levels)") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "clip":
         raise NotAClipCheckpoint(f"{what} {str(path)!r} is not a CLIP checkpoint: config.json has model_type="
@@ -174,25 +179,82 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
     return model, processor
 
 
-def _weight_shapes(path: Path) -> dict[str, tuple[int, ...]] | None:
-    """Every tensor's shape in the checkpoint's weights, read from the files' headers (nothing allocated); None
-    where they cannot be read that way (``from_pretrained`` then says what is wrong)."""
+def _weight_files(path: Path) -> tuple[list[Path], str]:
+    """The checkpoint's weight files (one, or the shards its index names) and their kind ("safetensors" or "bin").
+
+    Only regular files directly in ``path`` are taken: a shard named by an absolute path or through ``..`` (the
+    index would have files outside the folder opened), a FIFO or a device (waited on, read for ever) is refused
+    before anything is opened (review rev22g). No weights at all is refused too."""
+    for kind, single, index in (("safetensors", "model.safetensors", "model.safetensors.index.json"),
+                                ("bin", "pytorch_model.bin", "pytorch_model.bin.index.json")):
+        names = None
+        if os.path.lexists(path / single):
+            names = [single]
+        elif os.path.lexists(path / index):
+            try:   # followed if a link (a Hugging Face cache's snapshot holds links), never waited on
+                with open_regular_file(path / index) as handle:
+                    text = handle.read((16 << 20) + 1)
+                shards = json.loads(text if len(text) <= 16 << 20 else b"").get("weight_map")
+                names = sorted(set(shards.values()))
+            except (AttributeError, TypeError, ValueError, RecursionError, OSError):
+                raise NotAClipCheckpoint(f"model dir {str(path)!r}: {index} is not a weight index (a JSON object with "
+                                         "a weight_map of file names, at most 16 MiB)") from None
+        if names is None:
+            continue
+        for name in names:
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+                raise NotAClipCheckpoint(f"model dir {str(path)!r}: the weight index names {name!r}, not a file of "
+                                         "the folder; nothing outside the model folder is read")
+            try:
+                info = os.stat(path / name)
+            except OSError as exc:
+                raise NotAClipCheckpoint(f"model dir {str(path)!r}: weight file {name} cannot be read "
+                                         f"({exc.strerror}); an interrupted copy?") from None
+            if not stat.S_ISREG(info.st_mode):
+                raise NotAClipCheckpoint(f"model dir {str(path)!r}: weight file {name} is not a regular file (a FIFO, "
+                                         "a device or a folder is never read)")
+        return [path / name for name in names], kind
+    raise NotAClipCheckpoint(f"model dir {str(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+                             "an interrupted copy? pass a complete CLIP / PickScore checkpoint directory")
+
+
+def _weight_shapes(files: list[Path], kind: str) -> dict[str, tuple[int, ...]] | None:
+    """Every tensor's shape in the weight files, read without allocating them (safetensors headers; a zip
+    ``.bin`` loaded on the meta device), names without transformers' ``clip.`` prefix; None where they cannot be
+    read that way (a legacy ``.bin``): the size check of :func:`check_config_fits_weights` still applies."""
+    shapes: dict[str, tuple[int, ...]] = {}
     try:
-        if (path / "model.safetensors").is_file():
-            files = [path / "model.safetensors"]
-        elif (path / "model.safetensors.index.json").is_file():
-            index = json.loads((path / "model.safetensors.index.json").read_text(encoding="utf-8"))
-            files = sorted({path / name for name in index["weight_map"].values()})
-        else:
-            weights = torch.load(path / "pytorch_model.bin", map_location="meta", weights_only=True, mmap=True)
-            return {name: tuple(value.shape) for name, value in weights.items() if isinstance(value, torch.Tensor)}
-        shapes = {}
         for file in files:
-            with safe_open(file, framework="pt") as handle:
-                shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
-        return shapes
+            if kind == "safetensors":
+                with safe_open(file, framework="pt") as handle:
+                    shapes.update({name: tuple(handle.get_slice(name).get_shape()) for name in handle.keys()})
+            else:
+                weights = torch.load(file, map_location="meta", weights_only=True, mmap=True)
+                shapes.update({name: tuple(value.shape) for name, value in weights.items()
+                               if isinstance(value, torch.Tensor)})
     except Exception:   # noqa: BLE001 - an unreadable file is from_pretrained's to report, in one line
         return None
+    return {name.removeprefix("clip."): shape for name, shape in shapes.items()}
+
+
+_POSITIVE = {"projection_dim": (), "vision_config": ("hidden_size", "intermediate_size", "num_hidden_layers",
+                                                     "num_attention_heads", "image_size", "patch_size", "num_channels"),
+             "text_config": ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                             "vocab_size", "max_position_embeddings")}
+
+
+def _parameters(config: CLIPConfig) -> int:
+    """About how many parameters a CLIP model of ``config`` has (within a few percent): what building it allocates."""
+    vision, text = config.vision_config, config.text_config
+
+    def tower(part, embeddings: int) -> int:
+        h, i = part.hidden_size, part.intermediate_size
+        return embeddings + part.num_hidden_layers * (4 * h * h + 2 * h * i + 9 * h + i)
+
+    patches = (vision.image_size // vision.patch_size) ** 2 + 1
+    return (tower(vision, (patches + 1) * vision.hidden_size + vision.num_channels * vision.patch_size ** 2 * vision.hidden_size)
+            + tower(text, (text.vocab_size + text.max_position_embeddings) * text.hidden_size)
+            + config.projection_dim * (vision.hidden_size + text.hidden_size))
 
 
 def check_config_fits_weights(path: Path) -> None:
@@ -202,9 +264,16 @@ def check_config_fits_weights(path: Path) -> None:
     of 0 divided by zero, an unknown activation was a KeyError."""
     from transformers.activations import ACT2FN
 
+    files, kind = _weight_files(path)
     try:
         config = CLIPConfig.from_pretrained(path, local_files_only=True)
         vision, text = config.vision_config, config.text_config
+        sizes = {f"{section}.{name}" if name else section:
+                 getattr(getattr(config, section), name) if name else getattr(config, section)
+                 for section, names in _POSITIVE.items() for name in (names or ("",))}
+        wrong = [f"{key} {value!r}" for key, value in sizes.items() if type(value) is not int or value <= 0]
+        if wrong:
+            raise ValueError(f"{', '.join(wrong)}: not a positive integer")
         problems = [f"{name}.hidden_act {part.hidden_act!r} is no activation transformers has"
                     for name, part in (("vision_config", vision), ("text_config", text)) if part.hidden_act not in ACT2FN]
         if not (0 < vision.patch_size <= vision.image_size and vision.image_size % vision.patch_size == 0):
@@ -224,7 +293,13 @@ def check_config_fits_weights(path: Path) -> None:
     except (StrictDataclassError, OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as exc:
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
                                  f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
-    shapes = _weight_shapes(path) if not problems else None
+    if not problems:   # whatever the format: a model of more parameters than the files could hold is never built
+        held = sum(os.stat(file).st_size for file in files)
+        claimed = _parameters(config)
+        if 2 * claimed > 2 * held + (64 << 20):       # 2 bytes a parameter at the least (float16 / bfloat16)
+            problems.append(f"it describes a model of {claimed:,} parameters, more than {held:,} bytes of weights "
+                            "can hold")
+    shapes = _weight_shapes(files, kind) if not problems else None
     if shapes is not None:
         problems += [f"{name} is {shapes[name]} in the weights, {shape} by config.json"
                      for name, shape in expected.items() if name in shapes and shapes[name] != shape]
@@ -255,7 +330,7 @@ def check_no_custom_code(processor_path: Path) -> None:
             config = json.loads((processor_path / name).read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
             raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} cannot be read as JSON "
                                      f"({_first_line(exc)})") from None
         if not isinstance(config, dict):
@@ -290,7 +365,7 @@ def _load_weights(path: Path) -> CLIPModel:
     except StrictDataclassError as exc:      # a config.json field of another type (image_size "32")
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
                                  f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
-    except (OSError, RuntimeError, ValueError, EOFError, SafetensorError) as exc:
+    except (OSError, RuntimeError, ValueError, TypeError, EOFError, SafetensorError) as exc:
         raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights cannot be read ({_first_line(exc)}); an "
                                  "interrupted copy? pass a complete CLIP / PickScore checkpoint directory") from None
     finally:
@@ -324,9 +399,10 @@ def _check_processor_steps(image_processor: Any, processor_path: Path) -> None:
     1/255 and resizes bicubic, as PickScore's evaluation does): ``do_rescale`` off or another ``rescale_factor``
     scored exactly as the plain processor (review rev22d), and so would another ``resample``."""
     factor, resample = getattr(image_processor, "rescale_factor", 1 / 255), getattr(image_processor, "resample", 3)
+    bicubic = resample == 3 or (isinstance(resample, str) and resample.strip().lower() == "bicubic")  # not 3.5
     try:
         ok = (getattr(image_processor, "do_rescale", True) is True and math.isclose(float(factor), 1 / 255, rel_tol=1e-6)
-              and int(resample) == 3)
+              and bicubic)
     except (TypeError, ValueError):
         ok = False
     if not ok:

@@ -2,7 +2,8 @@
 the eos_token_id check, the processor's rescale / resample checks, candidate folders' AppleDouble files and stray
 images, a non-str missing prompt).
 
-Each test asserts the correct behaviour of a defect confirmed by running it, filed as a strict xfail. Four pass on
+Each test asserts the correct behaviour of a defect confirmed by running it, filed as a strict xfail; all 8 are fixed
+(the twenty-second session; the markers are gone). Four pass on
 7542746's parent (regressions: a FIFO pytorch_model.bin, an index naming a file outside the folder, absolute and
 ../, weight names with the 'clip.' prefix); the sharded / legacy .bin holes and the null projection_dim are gaps
 of the rev22d fix; the deeply nested config.json predates it.
@@ -157,10 +158,6 @@ def _count_layers(monkeypatch) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- weight files
-@pytest.mark.xfail(strict=True, reason=(
-    "a FIFO named pytorch_model.bin (no other weights) is opened by _weight_shapes' torch.load and waited on "
-    "forever; before 7542746 it was refused in one line as no weights"
-))
 def test_a_fifo_named_pytorch_model_bin_is_refused_without_waiting_on_it(model_dir, tmp_path):
     folder, _ = _copy(model_dir, tmp_path / "fifo-bin")
     os.mkfifo(folder / "pytorch_model.bin")
@@ -169,10 +166,6 @@ def test_a_fifo_named_pytorch_model_bin_is_refused_without_waiting_on_it(model_d
     assert raised[0] == "NotAClipCheckpoint" and "fifo-bin" in raised[1], raised
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an index.json naming a shard outside the model folder (absolute or ../) has that file opened by "
-    "_weight_shapes' safe_open (a FIFO there hangs) before transformers refuses the index"
-))
 @pytest.mark.parametrize("form", ["absolute", "dotdot"])
 def test_an_index_naming_a_file_outside_the_folder_never_opens_it(model_dir, tmp_path, form):
     folder = _sharded(model_dir, tmp_path / "outside-index", kind="safetensors")
@@ -187,10 +180,6 @@ def test_an_index_naming_a_file_outside_the_folder_never_opens_it(model_dir, tmp
     assert raised[0] == "NotAClipCheckpoint" and "outside-index" in raised[1], raised
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an index.json naming a FIFO inside the model folder as a shard: _weight_shapes (and then transformers) "
-    "open it and wait forever; no one-line refusal"
-))
 def test_an_index_naming_a_fifo_shard_is_refused_without_waiting_on_it(model_dir, tmp_path):
     folder = _sharded(model_dir, tmp_path / "fifo-shard", kind="safetensors")
     index = json.loads((folder / "model.safetensors.index.json").read_text())
@@ -203,10 +192,6 @@ def test_an_index_naming_a_fifo_shard_is_refused_without_waiting_on_it(model_dir
 
 
 # ---------------------------------------------------------------------------------------------- config vs weights
-@pytest.mark.xfail(strict=True, reason=(
-    "sharded .bin weights (pytorch_model.bin.index.json): _weight_shapes gives None, so a config of a million "
-    "layers is built again before the weights are compared (the rev22d defect, by another weights layout)"
-))
 def test_a_million_layer_config_with_sharded_bin_weights_is_refused_before_building(model_dir, tmp_path,
                                                                                      monkeypatch):
     from training.model import load_model
@@ -219,10 +204,6 @@ def test_a_million_layer_config_with_sharded_bin_weights_is_refused_before_build
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a legacy (non-zip, torch<1.6) pytorch_model.bin cannot be mmap-loaded on meta, _weight_shapes gives None, "
-    "so a config of a million layers is built before the weights are compared"
-))
 def test_a_million_layer_config_with_a_legacy_bin_is_refused_before_building(model_dir, tmp_path, monkeypatch):
     from training.model import load_model
 
@@ -235,10 +216,6 @@ def test_a_million_layer_config_with_a_legacy_bin_is_refused_before_building(mod
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "config projection_dim null with .bin weights whose shapes are not read (sharded .bin): a TypeError "
-    "traceback from building nn.Linear, not a one-line refusal (with safetensors it is refused)"
-))
 def test_a_null_projection_dim_with_sharded_bin_weights_is_a_one_line_refusal(model_dir, tmp_path):
     from training.model import NotAClipCheckpoint, load_model
 
@@ -248,10 +225,6 @@ def test_a_null_projection_dim_with_sharded_bin_weights_is_a_one_line_refusal(mo
         load_model(folder)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "weights whose names carry transformers' base_model_prefix 'clip.' (a model holding CLIPModel as .clip) "
-    "loaded before 7542746; now refused: the layer count sees 0 layers"
-))
 def test_a_checkpoint_with_clip_prefixed_weight_names_still_loads(model_dir, tmp_path):
     from training.model import load_model
 
@@ -262,10 +235,6 @@ def test_a_checkpoint_with_clip_prefixed_weight_names_still_loads(model_dir, tmp
     assert torch.equal(model.visual_projection.weight, weights["visual_projection.weight"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a config.json nested 100000 arrays deep: RecursionError traceback from check_clip_dir's json.loads, not "
-    "a one-line refusal naming the folder"
-))
 def test_a_deeply_nested_config_json_is_a_one_line_refusal(model_dir, tmp_path):
     from training.model import load_model
 
