@@ -181,12 +181,23 @@ def _cmd_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_settings(args: argparse.Namespace) -> int:
-    from formats.settings import SECTIONS, SettingsError, load, parse_assignments, unknown_section, write_settings
+    from formats.settings import (
+        SECTIONS,
+        SettingsError,
+        load,
+        parse_assignments,
+        unknown_section,
+        with_new_values,
+        write_settings,
+    )
 
     if args.section is not None and args.section not in SECTIONS:
         raise unknown_section(args.section, "--section")   # never an empty listing for a typo
     home = DataHome.at(args.home)
-    settings = load(home.root, assignments=args.assignments)
+    if args.write:   # the file is checked but for the keys replaced: a value it is refused for can be replaced
+        settings = with_new_values(home.root, parse_assignments(args.assignments))
+    else:
+        settings = load(home.root, assignments=args.assignments)
     if args.write:
         from formats.outputs import check_home_dir
 

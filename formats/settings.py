@@ -160,7 +160,8 @@ class Knob:
             if strict and not self._toml_typed(value):
                 raise TypeError
             typed = self._typed(value)
-        except (TypeError, ValueError, OverflowError):      # OverflowError: a 400-digit integer for a number
+        except (TypeError, ValueError, OverflowError, RecursionError):   # a 400-digit integer for a number; a list
+            # nested 100,000 deep given with --set
             raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is refused: "
                                 f"expected {self.allowed()}") from None
         if typed is not None:
@@ -221,10 +222,10 @@ class Knob:
             if self.maximum is not None and (value > self.maximum or (self.max_exclusive and value == self.maximum)):
                 bad = True
         if bad:
-            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is out of range: "
+            raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is out of range: "
                                 f"allowed {self.allowed()}")
         if self.kind is int and not INT64_MIN <= value <= INT64_MAX:
-            raise SettingsError(f"setting {self.key} = {self._shown(value)} ({source}) is out of range: "
+            raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is out of range: "
                                 f"allowed {self.allowed()}, within a 64-bit integer ({INT64_MIN} .. {INT64_MAX})")
 
     def _shown(self, value: Any) -> str:
@@ -354,9 +355,11 @@ class Settings:
         """The explicit values of one section."""
         return dict(self.explicit.get(section, {}))
 
-    def with_values(self, values: Mapping[str, Any], source: str, strict: bool = False) -> "Settings":
+    def with_values(self, values: Mapping[str, Any], source: str, strict: bool = False,
+                    unchecked: Iterable[str] = ()) -> "Settings":
         """A copy with ``{"section.name": value}`` applied (each value validated; ``strict``: values of a TOML
-        file, see :meth:`Knob.coerce`)."""
+        file, see :meth:`Knob.coerce`); the sections' cross-field checks run, but for those of ``unchecked``
+        (values still to come, checked with them)."""
         explicit = {s: dict(v) for s, v in self.explicit.items()}
         sources = dict(self.sources)
         for key, value in values.items():
@@ -364,7 +367,7 @@ class Settings:
             explicit.setdefault(spec.section, {})[spec.name] = spec.coerce(value, source, strict)
             sources[key] = source
         updated = Settings(explicit, sources)
-        for section in {knob_for(k, source).section for k in values}:
+        for section in {knob_for(k, source).section for k in values} - set(unchecked):
             updated.config(section)  # cross-field validation
         return updated
 
@@ -523,25 +526,18 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
          assignments: Iterable[str] = (), overrides: Mapping[str, Any] | None = None) -> Settings:
     """The home's settings file, then ``config_file``, then ``--set`` assignments, each validated.
 
-    A value a later layer replaces is not checked in the earlier one: `--set features.staging=/abs` (or
-    `settings --set ... --write`) works on a home whose file holds a value this version refuses, which the
-    message asks to change (review rev22f); the file itself is still refused by every command that reads it
-    as it is."""
+    The file is checked as it is: a value it holds that this version refuses fails every command that reads it
+    (runs, builds, sensors alike), naming the key; `pickapic settings --set KEY=VALUE --write` replaces it
+    (:func:`write_settings` checks the file but for the keys it replaces, review rev22f)."""
     settings = Settings()
     pairs = parse_assignments(assignments)
     from_config = (_no_secrets(read_file(Path(config_file), f"--config {config_file}"), f"--config {config_file}")
                    if config_file is not None and Path(config_file).is_file() else {})
-    replaced = {knob_for(key, source).key for source, layer in (("--set", pairs), (f"--config {config_file}",
-                                                                                     from_config),
-                                                                ("override", overrides or {}))
-                for key in layer}
     if home_root is not None:
         path = settings_path(home_root)
         if path.is_file():
-            source = f"{SETTINGS_FILE} of the data home"
-            kept = {key: value for key, value in read_file(path, source).items()
-                    if key not in replaced or key not in _known_keys()}
-            settings = settings.with_values(kept, source, strict=True)
+            settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
+                                            f"{SETTINGS_FILE} of the data home", strict=True)
         elif os.path.lexists(path):
             # there but not a file (a link whose target is gone, a folder): never read as "no settings",
             # which would rebuild with the defaults, the default pseudonym secret included (review rev21b)
@@ -558,11 +554,6 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
     if overrides:
         settings = settings.with_values(overrides, "override")
     return settings
-
-
-def _known_keys() -> set[str]:
-    """Every ``section.name`` a settings file may hold."""
-    return {f"{section}.{name}" for section in SECTIONS for name in knobs(section)}
 
 
 def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
@@ -591,21 +582,24 @@ def write_settings(home_root: Path, values: Mapping[str, Any], header: str | Non
     def wait(holder: str) -> None:
         print(f"waiting for another settings write of {home_root} (pid {holder})", file=sys.stderr, flush=True)
 
-    _with_new_values(home_root, values)   # a refused value is refused before HOME/.locks is made
+    with_new_values(home_root, values)   # a refused value is refused before HOME/.locks is made
     with hold_lock(settings_lock_file(home_root), f"the settings file of {home_root}", wait):
         return _write_settings(home_root, values, header)   # read again: another write may have changed it
 
 
-def _with_new_values(home_root: Path, values: Mapping[str, Any]) -> Settings:
+def with_new_values(home_root: Path, values: Mapping[str, Any]) -> Settings:
     """The home's settings with ``values`` in place of the file's: the file must be valid but for the keys being
     set, so a value the file is refused for (a relative ``features.staging`` an earlier version took) can be
     replaced with `pickapic settings --set ... --write` (review rev22f)."""
     settings, path = Settings(), settings_path(home_root)
     source = f"{SETTINGS_FILE} of the data home"
     if path.is_file():
-        replaced = {knob_for(key, "new values").key for key in values}
+        specs = [knob_for(key, "new values") for key in values]
+        replaced = {spec.key for spec in specs}
         kept = {key: value for key, value in read_file(path, source).items() if key not in replaced}
-        settings = settings.with_values(kept, source, strict=True)
+        # the sections being changed are checked once, with the new values in place (min_side 5000 in the file
+        # and max_side 9000 set: never checked against max_side's default, review rev22h)
+        settings = settings.with_values(kept, source, strict=True, unchecked={spec.section for spec in specs})
     elif os.path.lexists(path):
         load(home_root)                     # the same refusal as every command's
     return settings.with_values(values, "new values")
@@ -620,7 +614,7 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
     path = settings_path(home_root)
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SettingsError(f"{path} is not a regular file; refusing to replace it")
-    updated = _with_new_values(home_root, values)  # the file must be valid but for what is being replaced
+    updated = with_new_values(home_root, values)  # the file must be valid but for what is being replaced
     old = read_text(path, f"{SETTINGS_FILE} of the data home") if path.exists() else None
     crlf = old is not None and "\r\n" in old and old.count("\n") == old.count("\r\n")
     document = tomlkit.parse(old.replace("\r\n", "\n") if crlf else old) if old is not None else tomlkit.document()

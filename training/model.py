@@ -121,8 +121,8 @@ def check_clip_dir(model_dir: str | Path, what: str = "model dir") -> Path:
                                  "is downloaded: pass a local CLIP / PickScore checkpoint directory or 'scratch')")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, ValueError) as exc:     # ValueError: not JSON, or an integer of 5,000 digits
+        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json is not valid JSON ({_first_line(exc)})") from None
     except RecursionError:
         raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json nests too deeply to be read (a CLIP config "
                                  "nests two levels)") from None
@@ -202,7 +202,8 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
         if names is None:
             continue
         for name in names:
-            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", ".."):
+            if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
+                    or "\0" in name or not name.isprintable() or not _utf8(name):
                 raise NotAClipCheckpoint(f"model dir {str(path)!r}: the weight index names {name!r}, not a file of "
                                          "the folder; nothing outside the model folder is read")
             try:
@@ -216,6 +217,14 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
         return [path / name for name in names], kind
     raise NotAClipCheckpoint(f"model dir {str(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
                              "an interrupted copy? pass a complete CLIP / PickScore checkpoint directory")
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _weight_shapes(files: list[Path], kind: str) -> dict[str, tuple[int, ...]] | None:
@@ -330,7 +339,7 @@ def check_no_custom_code(processor_path: Path) -> None:
             config = json.loads((processor_path / name).read_text(encoding="utf-8"))
         except FileNotFoundError:
             continue
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:   # ValueError: 5,000-digit ints too
             raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} cannot be read as JSON "
                                      f"({_first_line(exc)})") from None
         if not isinstance(config, dict):
