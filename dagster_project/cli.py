@@ -184,6 +184,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     from formats.settings import (
         SECTIONS,
         SettingsError,
+        _no_secrets,
         load,
         parse_assignments,
         unknown_section,
@@ -194,18 +195,26 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     if args.section is not None and args.section not in SECTIONS:
         raise unknown_section(args.section, "--section")   # never an empty listing for a typo
     home = DataHome.at(args.home)
-    if args.write:   # the file is checked but for the keys replaced: a value it is refused for can be replaced
-        settings = with_new_values(home.root, parse_assignments(args.assignments))
-    else:
-        settings = load(home.root, assignments=args.assignments)
     if args.write:
         from formats.outputs import check_home_dir
 
         if not args.assignments:
             raise SettingsError("--write needs at least one --set SECTION.NAME=VALUE")
+        # the file is checked but for the keys replaced (a value it is refused for can be replaced); a secret is
+        # never taken from the command line (shell history), and what every run would refuse is never written
+        pairs = _no_secrets(parse_assignments(args.assignments), "--set")
+        new = with_new_values(home.root, pairs, "--set")
+        if any(key.strip().startswith("features.") for key in pairs):
+            try:
+                new.config("features").validate(home.root)     # staging and blob base against this home
+            except ValueError as exc:
+                raise SettingsError(f"--set of [features] is refused for {home.root}: {exc}") from None
         check_home_dir(home)  # pickapic.toml goes there: a new, empty or existing data home only
-        path = write_settings(home.root, parse_assignments(args.assignments))
+        path = write_settings(home.root, pairs)
         print(f"wrote {path}")
+        settings = load(home.root)      # listed as every later command reads it (sources included)
+    else:
+        settings = load(home.root, assignments=args.assignments)
     for row in settings.describe():
         if args.section and not row["key"].startswith(args.section + "."):
             continue

@@ -587,22 +587,22 @@ def write_settings(home_root: Path, values: Mapping[str, Any], header: str | Non
         return _write_settings(home_root, values, header)   # read again: another write may have changed it
 
 
-def with_new_values(home_root: Path, values: Mapping[str, Any]) -> Settings:
+def with_new_values(home_root: Path, values: Mapping[str, Any], source: str = "new values") -> Settings:
     """The home's settings with ``values`` in place of the file's: the file must be valid but for the keys being
     set, so a value the file is refused for (a relative ``features.staging`` an earlier version took) can be
     replaced with `pickapic settings --set ... --write` (review rev22f)."""
     settings, path = Settings(), settings_path(home_root)
-    source = f"{SETTINGS_FILE} of the data home"
+    in_file = f"{SETTINGS_FILE} of the data home"
     if path.is_file():
-        specs = [knob_for(key, "new values") for key in values]
+        specs = [knob_for(key, source) for key in values]
         replaced = {spec.key for spec in specs}
-        kept = {key: value for key, value in read_file(path, source).items() if key not in replaced}
+        kept = {key: value for key, value in read_file(path, in_file).items() if key not in replaced}
         # the sections being changed are checked once, with the new values in place (min_side 5000 in the file
         # and max_side 9000 set: never checked against max_side's default, review rev22h)
-        settings = settings.with_values(kept, source, strict=True, unchecked={spec.section for spec in specs})
+        settings = settings.with_values(kept, in_file, strict=True, unchecked={spec.section for spec in specs})
     elif os.path.lexists(path):
         load(home_root)                     # the same refusal as every command's
-    return settings.with_values(values, "new values")
+    return settings.with_values(values, source)
 
 
 def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | None) -> Path:

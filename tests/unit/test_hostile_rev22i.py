@@ -3,7 +3,7 @@
 characters; weight index names and 5,000-digit integers in model configs).
 
 Each test asserts the correct behaviour of a defect confirmed by running the real CLI (``dagster_project.cli.main``),
-filed as a strict xfail. Compared with 5f24489's parent (``git archive``): the secret and the "new values" label
+filed as a strict xfail; all 4 are fixed (the twenty-second session; the markers are gone). Compared with 5f24489's parent (``git archive``): the secret and the "new values" label
 are regressions of 5f24489 (its ``--write`` path no longer goes through ``load``'s ``--set`` checks); the staging
 folder one predates it (rev22f noted the like of it for ``blob_base``, not filed).
 
@@ -38,9 +38,6 @@ def _listing(capsys) -> dict[str, str]:
     return {line.split(" = ")[0]: line for line in out.splitlines() if " = " in line and "[" in line}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "settings --set curation.pseudonym_secret=S --write writes the secret given on the command line (refused before 5f24489)"
-))
 def test_write_refuses_a_secret_given_with_set_as_every_set_of_a_secret_is(tmp_path, capsys):
     code = main(["settings", "--home", str(tmp_path), "--set", "curation.pseudonym_secret=hunter2-release-X",
                  "--write"])
@@ -49,9 +46,6 @@ def test_write_refuses_a_secret_given_with_set_as_every_set_of_a_secret_is(tmp_p
     assert not settings_path(tmp_path).exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "settings --set ... --write lists the value's source as 'new values', not the file the listing after shows"
-))
 def test_the_listing_printed_by_write_shows_the_sources_the_next_listing_shows(tmp_path, capsys):
     settings_path(tmp_path).write_text("[splits]\nheldout_fraction = 0.1\n", encoding="utf-8")
     assert main(["settings", "--home", str(tmp_path), "--set", "splits.heldout_fraction=0.2", "--write",
@@ -62,18 +56,12 @@ def test_the_listing_printed_by_write_shows_the_sources_the_next_listing_shows(t
     assert written["splits.heldout_fraction"] == after["splits.heldout_fraction"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a refused settings --set ... --write value is said to come from '(new values)', not '(--set)' as before 5f24489"
-))
 def test_a_refused_write_value_names_set_as_its_source(tmp_path, capsys):
     code = main(["settings", "--home", str(tmp_path), "--set", "features.jpeg_quality=200", "--write"])
     err = capsys.readouterr().err
     assert code == 1 and "(--set)" in err and "new values" not in err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "settings --set features.staging=HOME --write writes a file every run's launch check then refuses"
-))
 def test_write_refuses_a_staging_folder_every_run_of_the_home_refuses(tmp_path, capsys):
     from dagster_project.runconfig import check_run_config
     from formats.home import DataHome
