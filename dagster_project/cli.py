@@ -207,8 +207,12 @@ def _cmd_settings(args: argparse.Namespace) -> int:
         if any(key.strip().startswith("features.") for key in pairs):
             try:
                 new.config("features").validate(home.root)     # staging and blob base against this home
-            except ValueError as exc:
-                raise SettingsError(f"--set of [features] is refused for {home.root}: {exc}") from None
+            except (ValueError, OSError) as exc:
+                where = " and ".join(sorted({source for key, source in new.sources.items()
+                                             if key.startswith("features.")}))
+                text = str(exc) if len(str(exc)) <= 400 else str(exc)[:397] + "..."
+                raise SettingsError(f"[features] ({where}) is refused for {home.root}, nothing written: {text}") \
+                    from None
         check_home_dir(home)  # pickapic.toml goes there: a new, empty or existing data home only
         path = write_settings(home.root, pairs)
         print(f"wrote {path}")

@@ -220,6 +220,9 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
         info = os.lstat(path)
     except FileNotFoundError:
         return
+    except OSError as exc:   # a file on the way (NotADirectoryError), a name too long, no permission: one line
+        raise StagingRefused(f"{what if len(what) <= 200 else what[:197] + '...'} cannot be a staging folder "
+                             f"({exc.strerror or exc})") from None
     if not stat.S_ISDIR(info.st_mode):
         raise StagingRefused(f"{what} is {entry_kind(info.st_mode)}, not a staging folder")
     if not has_marker(path) and not in_staging_area(path, base):

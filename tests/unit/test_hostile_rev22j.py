@@ -3,7 +3,7 @@
 key is set, and lists the home with ``load`` afterwards).
 
 Each test asserts the correct behaviour of a defect confirmed by running the real CLI (``dagster_project.cli.main``
-and ``python -m dagster_project.cli``), filed as a strict xfail. The first two share one cause: ``check_staging``
+and ``python -m dagster_project.cli``), filed as a strict xfail; all 3 are fixed (the twenty-second session; the markers are gone). The first two share one cause: ``check_staging``
 catches only ``FileNotFoundError`` from ``os.lstat(staging)``, and ``--write`` now calls it.
 
 Tried and held up (no test):
@@ -32,9 +32,6 @@ from dagster_project.cli import main
 from formats.settings import settings_path
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "settings --set features.staging=FILE/x --write dies with a NotADirectoryError traceback, not one line"
-))
 def test_a_staging_folder_below_a_file_is_a_one_line_refusal(tmp_path, capsys):
     (tmp_path / "afile").write_text("x", encoding="utf-8")
     home = tmp_path / "home"
@@ -48,9 +45,6 @@ def test_a_staging_folder_below_a_file_is_a_one_line_refusal(tmp_path, capsys):
     assert not settings_path(home).exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a staging path too long for the file system is refused as a bare [Errno 36] naming no setting, path printed whole"
-))
 def test_a_staging_path_too_long_is_refused_naming_the_setting(tmp_path, capsys):
     long = "/" + "a" * 300 + "/x"
     code = main(["settings", "--home", str(tmp_path / "home"), "--set", f"features.staging={long}", "--write"])
@@ -59,9 +53,6 @@ def test_a_staging_path_too_long_is_refused_naming_the_setting(tmp_path, capsys)
     assert "staging" in err and "a" * 300 not in err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a [features] value from the file that validate(home) refuses is blamed on --set, not named as the file's"
-))
 def test_a_refused_file_value_is_not_blamed_on_set(tmp_path, capsys):
     settings_path(tmp_path).write_text(f'[features]\nstaging = "{tmp_path}"\n', encoding="utf-8")
     before = settings_path(tmp_path).read_bytes()
