@@ -147,9 +147,7 @@ def check_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag:
 def _refuse_long_name(final: Path, flag: str, given: object) -> None:
     """The file is written under a temporary name first (``.NAME.<12 hex>.tmp``), which must fit the file
     system too: a name that does not is refused before any work, not after it (review rev22a)."""
-    ancestor = final.parent
-    while not os.path.lexists(ancestor):
-        ancestor = ancestor.parent
+    ancestor = _nearest_existing(final.parent)
     try:
         limit = os.pathconf(ancestor, "PC_NAME_MAX")
     except (OSError, ValueError):
@@ -161,11 +159,16 @@ def _refuse_long_name(final: Path, flag: str, given: object) -> None:
                             f"most {limit} bytes; give a name of at most {limit - TEMP_NAME_EXTRA} bytes")
 
 
+def _nearest_existing(folder: Path) -> Path:
+    """``folder`` or its nearest ancestor that exists (the missing ones are created when the output is written)."""
+    while not os.path.lexists(folder):
+        folder = folder.parent
+    return folder
+
+
 def _refuse_non_folder_ancestor(final: Path, flag: str, given: object) -> None:
     """The nearest existing ancestor of a new path must be a folder (the missing ones are created)."""
-    ancestor = final.parent
-    while not os.path.lexists(ancestor):
-        ancestor = ancestor.parent
+    ancestor = _nearest_existing(final.parent)
     if not ancestor.is_dir():
         raise RefusedOutput(f"{flag} {given}: {ancestor} is {entry_kind(os.lstat(ancestor).st_mode)}, not a folder")
 
@@ -224,7 +227,7 @@ def _create_locked_temp(dir_fd: int, final: Path, private: bool) -> tuple[int, s
     for _ in range(100):
         fd, tmp = create_temp(final.parent, final.name, private, dir_fd=dir_fd)
         held = os.dup(fd)
-        locked = _lock_file(held)
+        locked = _try_flock(held)
         try:
             mine = locked is not False and os.stat(tmp, dir_fd=dir_fd, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -238,15 +241,6 @@ def _create_locked_temp(dir_fd: int, final: Path, private: bool) -> tuple[int, s
         os.close(fd)
     raise FileExistsError(f"no temporary file for {final} could be kept: another process removes them as fast as they "
                           "are made")
-
-
-def _lock_file(fd: int) -> bool | None:
-    """``flock`` an open file exclusively without waiting: True taken, False another holds it, None no ``flock``."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
-        return False if exc.errno in (errno.EAGAIN, errno.EACCES) else None
-    return True
 
 
 def remove_dead_temps(dir_fd: int, names: Sequence[str]) -> list[str]:
@@ -266,7 +260,7 @@ def remove_dead_temps(dir_fd: int, names: Sequence[str]) -> list[str]:
             continue
         try:
             info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or _lock_file(fd) is not True:
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid() or _try_flock(fd) is not True:
                 continue
             if os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_ino == info.st_ino:
                 os.unlink(name, dir_fd=dir_fd)
@@ -287,7 +281,7 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     in the folder, and only once the block ends without error are the entries re-checked and the temp files
     renamed over them. On an error the temp files are removed, and the folders this call made (empty) too,
     so the folder is left as it was. ``folder`` is an absolute folder already checked by :func:`check_output_dir`.
-    The folder is held locked (:func:`_lock_folder`) from before the first temp file until the end, so no other
+    The folder is held locked (:func:`_try_flock`) from before the first temp file until the end, so no other
     run takes its temp files for a dead run's leftovers; a folder another run holds is refused, nothing written.
     """
     folder = Path(folder)
@@ -303,7 +297,7 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     held: list[int] = []                            # a descriptor holding each temp file's flock
     done = False
     try:
-        if _lock_folder(dir_fd) is False:
+        if _try_flock(dir_fd) is False:
             raise RefusedOutput(_busy_message(flag, folder, folder))
     except BaseException:
         os.close(dir_fd)
@@ -348,14 +342,14 @@ def _remove_made(made: Sequence[Path]) -> None:
             os.rmdir(created)
 
 
-def _lock_folder(dir_fd: int) -> bool | None:
-    """Take an exclusive ``flock`` on an open output folder, held until the descriptor is closed (the kernel
-    also drops it when the process dies, killed or not): :func:`open_output_files` holds it from before its
-    first temp file until after the last rename or removal, so a temp file found while the lock is held here
-    is provably a dead run's. True: locked; False: another process holds it; None: the file system has no
-    ``flock`` for folders (some network file systems), nothing is locked."""
+def _try_flock(fd: int) -> bool | None:
+    """Take an exclusive ``flock`` on an open output folder or temporary file without waiting, held until the
+    descriptor is closed (the kernel also drops it when the process dies, killed or not): :func:`open_output_files`
+    holds its folder's from before its first temp file until after the last rename or removal, and both writers
+    hold each temp file's, so a temp file found unlocked is provably a dead run's. True: locked; False: another
+    process holds it; None: the file system has no ``flock`` there (some network file systems), nothing is locked."""
     try:
-        fcntl.flock(dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
         if exc.errno in (errno.EAGAIN, errno.EACCES):
             return False
@@ -447,7 +441,7 @@ def _remove_own_leftovers(folder: Path, names: Sequence[str], homes: Sequence[Pa
 
     Called only for a folder that passed every check of :func:`check_output_dir` on its path (not in a data
     home, no linked folder, a real folder). The folder is opened without following a link and checked
-    again through its descriptor; its exclusive ``flock`` (:func:`_lock_folder`) is held while the files are
+    again through its descriptor; its exclusive ``flock`` (:func:`_try_flock`) is held while the files are
     removed, so only a dead run's temp files go: a folder another run holds is refused
     (:class:`RefusedOutput`), nothing removed, and a temp file a live single-file writer holds locked (a
     `pickapic score --output` into the same folder) stays (:func:`remove_dead_temps`). Where folders cannot be
@@ -462,7 +456,7 @@ def _remove_own_leftovers(folder: Path, names: Sequence[str], homes: Sequence[Pa
             _refuse_inside_home(held, homes, flag, given)
             if held != folder:
                 return []
-        locked = _lock_folder(dir_fd)
+        locked = _try_flock(dir_fd)
         if locked is False:
             raise RefusedOutput(_busy_message(flag, given, folder))
         if locked is None:

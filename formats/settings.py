@@ -530,9 +530,6 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
     (runs, builds, sensors alike), naming the key; `pickapic settings --set KEY=VALUE --write` replaces it
     (:func:`write_settings` checks the file but for the keys it replaces, review rev22f)."""
     settings = Settings()
-    pairs = parse_assignments(assignments)
-    from_config = (_no_secrets(read_file(Path(config_file), f"--config {config_file}"), f"--config {config_file}")
-                   if config_file is not None and Path(config_file).is_file() else {})
     if home_root is not None:
         path = settings_path(home_root)
         if path.is_file():
@@ -548,7 +545,9 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         path = Path(config_file)
         if not path.is_file():
             raise SettingsError(f"--config {path}: no such file")
-        settings = settings.with_values(from_config, f"--config {path}", strict=True)
+        settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
+                                        f"--config {path}", strict=True)
+    pairs = parse_assignments(assignments)
     if pairs:
         settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
     if overrides:
@@ -567,7 +566,9 @@ def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
 
 def settings_lock_file(home_root: Path) -> Path:
     """The lock file of ``write_settings`` (``HOME/.locks/settings.lock``, beside the home's other locks)."""
-    return Path(home_root) / ".locks" / "settings.lock"
+    from formats.home import DataHome
+
+    return DataHome(Path(home_root)).locks / "settings.lock"
 
 
 def write_settings(home_root: Path, values: Mapping[str, Any], header: str | None = None) -> Path:

@@ -357,11 +357,9 @@ def _load_weights(path: Path) -> CLIPModel:
 
     transformers fills a weight the file lacks (or one of the wrong shape) with random values and only logs it:
     the scores would be noise that differs per run. A NaN or infinite weight (what a diverged training saves)
-    makes NaN scores. An absent, truncated or pickled-code weights file is refused with one line, not a traceback.
+    makes NaN scores. A truncated or pickled-code weights file is refused with one line, not a traceback (no
+    weights at all: :func:`check_config_fits_weights`, called first, refuses the folder).
     """
-    if not any((path / name).is_file() for name in WEIGHT_FILES):
-        raise NotAClipCheckpoint(f"model dir {str(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
-                                 "an interrupted copy? pass a complete CLIP / PickScore checkpoint directory")
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()   # transformers' multi-line load report: the refusal below says it in one
     try:

@@ -55,7 +55,7 @@ class FeaturesConfig:
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\x00" in value):
                 raise ValueError(f"FeaturesConfig.{name}={value!r} is invalid")
-            if value is not None and not _is_url(value) and not os.path.isabs(value):
+            if value is not None and not is_url(value) and not os.path.isabs(value):
                 # a relative folder would resolve against the working directory of each process (the CLI's,
                 # the daemon's run worker's): two runs of one home would use different folders (review rev22e)
                 raise ValueError(f"features.{name} = {value!r} is a relative path: give an absolute folder or a "
@@ -137,10 +137,6 @@ def _join(base: str, relpath: str) -> str:
     return base.rstrip("/") + "/" + relpath
 
 
-def _is_url(value: str) -> bool:
-    return is_url(value)
-
-
 def _within(path: str, root: str) -> bool:
     """``path`` is ``root`` or lies below it (both absolute, normalised)."""
     return path == root or path.startswith(root.rstrip("/") + "/")
@@ -149,7 +145,7 @@ def _within(path: str, root: str) -> bool:
 def in_staging_area(url: str, base: str) -> bool:
     """``url`` is a direct subfolder of the stage's own area ``<base>/.staging/features`` (the default's place)."""
     area = _join(base, STAGING_AREA)
-    if _is_url(url) or _is_url(base):
+    if is_url(url) or is_url(base):
         return url.rstrip("/").rsplit("/", 1)[0] == area.rstrip("/")
     return os.path.dirname(os.path.realpath(url)) == os.path.realpath(area)
 
@@ -165,7 +161,7 @@ def has_marker(path: str) -> bool:
 def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
     it (blobs/train and .staging are written there); a URL gets no check here."""
-    if blob_base is None or _is_url(blob_base):
+    if blob_base is None or is_url(blob_base):
         return
     where = f"FeaturesConfig.blob_base={blob_base!r}"
     try:
@@ -186,11 +182,11 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
     a device; an existing folder that holds no staging marker (not created by the stage). The stage's own
     area ``<base>/.staging`` and ``<base>/.staging/features`` must not be symlinks either."""
     what = f"{where} {staging!r}"
-    if _is_url(staging):
+    if is_url(staging):
         rest = staging.partition("://")[2]
         if not rest.strip("/") or "/" not in rest.strip("/"):
             raise StagingRefused(f"{what} is a bucket's root; give a folder inside it")
-        if _is_url(base):
+        if is_url(base):
             s, b = staging.rstrip("/"), base.rstrip("/")
             if s == b or b.startswith(s + "/"):
                 raise StagingRefused(f"{what} is or holds the blob base {base!r}")
@@ -200,7 +196,7 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
         return
     path = os.path.abspath(staging)
     real = os.path.realpath(path)
-    roots = {os.path.realpath(home)} | ({os.path.realpath(base)} if not _is_url(base) else set())
+    roots = {os.path.realpath(home)} | ({os.path.realpath(base)} if not is_url(base) else set())
     for root in sorted(roots):
         for sub in (".staging", STAGING_AREA):
             try:

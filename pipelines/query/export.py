@@ -155,14 +155,13 @@ def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, firs
                     raise CorruptShard(f"{tar}: sample {keys[row]!r}: {sidecar.name} records the {name} bytes at "
                                        f"offset {offset}, {size} bytes, outside the tar's {tar_bytes} bytes; the "
                                        "version is damaged, nothing was exported (republish the version)")
-                handle.seek(offsets[row])
-                data = handle.read(sizes[row])
-                if len(data) != sizes[row]:
-                    raise RuntimeError(f"{tar}: member at offset {offsets[row]} is truncated "
-                                       f"({len(data)} of {sizes[row]} bytes)")
+                handle.seek(offset)
+                data = handle.read(size)
+                if len(data) != size:
+                    raise RuntimeError(f"{tar}: member at offset {offset} is truncated ({len(data)} of {size} bytes)")
                 digest = hashlib.sha256(data).hexdigest()
                 if digest != digests[row]:  # the export promises the shard's images: never pass on damaged ones
-                    raise CorruptShard(f"{tar}: sample {keys[row]!r}: the {name} bytes at offset {offsets[row]} have "
+                    raise CorruptShard(f"{tar}: sample {keys[row]!r}: the {name} bytes at offset {offset} have "
                                        f"sha256 {digest}, but {sidecar.name} records {digests[row]}; the shard is "
                                        "damaged, nothing was exported (republish the version)")
                 jpgs[name].append(data)
