@@ -60,3 +60,24 @@ def processor_variant(model_dir: Path, target: Path, **image_processor) -> Path:
         (config[section] if section else config).update(image_processor)
         (target / name).write_text(json.dumps(config))
     return target
+
+
+class BuiltTooMuch(Exception):
+    """Raised by :func:`count_encoder_layers`'s stand-in once loading builds far more than any CLIP checkpoint has."""
+
+
+def count_encoder_layers(monkeypatch, most: int = 200) -> None:
+    """Make building a CLIP encoder layer count, and raise :class:`BuiltTooMuch` past ``most`` (ViT-H / PickScore
+    has 32 + 24 layers; the tiny checkpoint 2 + 2): a config claiming a million layers is caught while building
+    instead of building them all."""
+    from transformers.models.clip import modeling_clip
+
+    built, init = [0], modeling_clip.CLIPEncoderLayer.__init__
+
+    def counting_init(self, *args, **kwargs):
+        built[0] += 1
+        if built[0] > most:
+            raise BuiltTooMuch(f"{built[0]} encoder layers built for a checkpoint that holds a few")
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_clip.CLIPEncoderLayer, "__init__", counting_init)

@@ -42,7 +42,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from tests.scoring_fixtures import FakeScorer, processor_variant, tiny_checkpoint
+from tests.scoring_fixtures import FakeScorer, count_encoder_layers, processor_variant, tiny_checkpoint
 
 _FakeScorer = FakeScorer
 
@@ -100,25 +100,11 @@ def test_an_eos_token_id_the_tokenizer_never_makes_is_refused_or_prompts_still_d
     assert rows[0].score != rows[1].score, [r.score for r in rows]
 
 
-class _BuiltTooMuch(Exception):
-    """Raised by a counting stand-in once loading builds far more than any CLIP checkpoint has."""
-
-
 def test_a_config_of_a_million_layers_is_refused_before_they_are_built(model_dir, tmp_path, monkeypatch):
-    from transformers.models.clip import modeling_clip
-
     from training.model import load_model
 
     folder = _config_variant(model_dir, tmp_path / "layers", "vision_config", num_hidden_layers=10**6)
-    built, init = [0], modeling_clip.CLIPEncoderLayer.__init__
-
-    def counting_init(self, *args, **kwargs):
-        built[0] += 1
-        if built[0] > 200:          # ViT-H / PickScore has 32 + 24; the checkpoint here 2 + 2
-            raise _BuiltTooMuch(f"{built[0]} encoder layers built for a checkpoint whose weights hold 4")
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_clip.CLIPEncoderLayer, "__init__", counting_init)
+    count_encoder_layers(monkeypatch)
     with pytest.raises(ValueError, match="layers"):     # compared with the weights' names before building
         load_model(folder)
 

@@ -49,21 +49,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.scoring_fixtures import count_encoder_layers, tiny_checkpoint
+
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny CLIP checkpoint (image_size 32) saved by the project's own code."""
-    from training.data import iter_captions
-    from training.model import build_model, save_checkpoint
-    from training.synthetic import tiny_config, write_synthetic_version
-
-    root = tmp_path_factory.mktemp("rev22g-model")
-    sizes = {"train": 24, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 12}
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "v1", sizes, image_px=64,
-                                      seed=5).version_dir
-    clip, processor = build_model(tiny_config(version, root / "run"), iter_captions(version, "train"))
-    save_checkpoint(root / "best", clip, processor)
-    return root / "best"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rev22g-model"))
 
 
 def _copy(model_dir: Path, target: Path) -> tuple[Path, dict[str, torch.Tensor]]:
@@ -139,22 +131,7 @@ def _opens_fifo(fifo: Path, folder: Path) -> tuple[bool, list[str]]:
     return opened, (json.loads(lines[-1]) if lines else ["no answer", ""])
 
 
-class _BuiltTooMuch(Exception):
-    """Raised by a counting stand-in once loading builds far more than any CLIP checkpoint has."""
-
-
-def _count_layers(monkeypatch) -> None:
-    from transformers.models.clip import modeling_clip
-
-    built, init = [0], modeling_clip.CLIPEncoderLayer.__init__
-
-    def counting_init(self, *args, **kwargs):
-        built[0] += 1
-        if built[0] > 200:          # ViT-H / PickScore has 32 + 24; the checkpoint here 1 + 1
-            raise _BuiltTooMuch(f"{built[0]} encoder layers built for a checkpoint whose weights hold 2")
-        init(self, *args, **kwargs)
-
-    monkeypatch.setattr(modeling_clip.CLIPEncoderLayer, "__init__", counting_init)
+_count_layers = count_encoder_layers
 
 
 # ---------------------------------------------------------------------------------------------- weight files

@@ -35,6 +35,7 @@ import pytest
 from safetensors.torch import load_file, save_file
 
 from formats.settings import SettingsError, load, settings_path, write_settings
+from tests.scoring_fixtures import tiny_checkpoint
 
 # ---------------------------------------------------------------------------------------------- settings
 _VALID_FILE = "[features]\nmin_side = 5000\nmax_side = 8000\n"
@@ -73,17 +74,7 @@ def test_an_out_of_range_huge_integer_is_not_echoed_whole(tmp_path):
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     """A tiny CLIP checkpoint (image_size 32) saved by the project's own code."""
-    from training.data import iter_captions
-    from training.model import build_model, save_checkpoint
-    from training.synthetic import tiny_config, write_synthetic_version
-
-    root = tmp_path_factory.mktemp("rev22h-model")
-    sizes = {"train": 24, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 12}
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "v1", sizes, image_px=64,
-                                      seed=5).version_dir
-    clip, processor = build_model(tiny_config(version, root / "run"), iter_captions(version, "train"))
-    save_checkpoint(root / "best", clip, processor)
-    return root / "best"
+    return tiny_checkpoint(tmp_path_factory.mktemp("rev22h-model"))
 
 
 @pytest.mark.parametrize("name", ["a\x00b.safetensors", "a\ud800.safetensors"], ids=["nul", "surrogate"])
