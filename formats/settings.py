@@ -228,17 +228,47 @@ class Knob:
             raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is out of range: "
                                 f"allowed {self.allowed()}, within a 64-bit integer ({INT64_MIN} .. {INT64_MAX})")
 
-    def _shown(self, value: Any) -> str:
-        """``value`` as an error message may show it: a secret setting's value never is."""
-        return "***" if self.secret else repr(value)
-
     def _shown_short(self, value: Any) -> str:
-        """:meth:`_shown`, cut to 80 characters (a refused value may be a 400-digit integer or a long string)."""
-        text = self._shown(value)
-        return text if len(text) <= 80 else text[:77] + "..."
+        """``value`` as an error message may show it: a secret setting's value never is, any other :func:`quoted`
+        (a refused value may be a 400-digit integer or a long string)."""
+        return "***" if self.secret else quoted(value)
 
 
 _BOOLS = {"true": True, "false": False, "yes": True, "no": False, "1": True, "0": False, "on": True, "off": False}
+
+
+SHOWN_CHARS = 80   # of a key or value an error message quotes
+
+
+def quoted(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` as a one-line error message may quote a key or value it was given: escaped (a newline or a
+    control character shows as ``\\n`` / ``\\x1b``) and, past ``limit`` characters, cut, saying how long it is
+    (a 3 MB key in pickapic.toml or --set was echoed whole, a 3 MB error line: noted by the rev22 reviews)."""
+    if isinstance(value, str) and len(value) > limit:
+        return f"{value[:limit]!r}... ({len(value)} characters)"
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _named(name: str) -> bool:
+    """Whether a message may show a key or section name it was given as it is: short and printable."""
+    return len(name) <= SHOWN_CHARS and name.isprintable()
+
+
+def _section_shown(section: str) -> str:
+    """``[section]`` as a message names a section it was given; :func:`quoted` where that is long or not printable."""
+    return f"[{section}]" if _named(section) else f"section {quoted(section)}"
+
+
+def _close_match(word: str, names: Iterable[str]) -> str | None:
+    """difflib's nearest of ``names`` to ``word``, or None. A word over three times the longest name is none
+    (difflib's 0.6 cutoff needs at most 7/3 times) and is not given to difflib, whose index of a 3 MB key takes
+    ~0.3 s and ~140 MB."""
+    names = list(names)
+    if len(word) > 3 * max(map(len, names), default=0):
+        return None
+    near = difflib.get_close_matches(word, names, n=1)
+    return near[0] if near else None
 
 
 def _fmt(number: float) -> str:
@@ -248,7 +278,7 @@ def _fmt(number: float) -> str:
 def config_class(section: str) -> type:
     """The stage's config dataclass (imported on first use)."""
     if section not in SECTIONS:
-        raise SettingsError(f"unknown settings section [{section}]; sections: {', '.join(SECTIONS)}")
+        raise SettingsError(f"unknown settings section {_section_shown(section)}; sections: {', '.join(SECTIONS)}")
     module, name = SECTIONS[section].split(":")
     return getattr(importlib.import_module(module), name)
 
@@ -313,32 +343,33 @@ def check_path_text(value: str, key: str) -> None:
     """Refuse a file or folder path setting no file system can hold (a NUL byte), naming ``key``: without this
     the stage that opens it fails with a bare "embedded null byte" (review rev22e)."""
     if "\x00" in value:
-        raise ValueError(f"{key} = {value!r} holds a NUL byte, which no path can hold")
+        raise ValueError(f"{key} = {quoted(value)} holds a NUL byte, which no path can hold")
 
 
 def unknown_section(section: str, source: str) -> SettingsError:
     """The error for a section name that is none of ``SECTIONS``, with the nearest one."""
-    near = difflib.get_close_matches(section, SECTIONS, n=1)
-    hint = f" (did you mean [{near[0]}]?)" if near else ""
-    return SettingsError(f"unknown settings section [{section}] ({source}){hint}; sections: {', '.join(SECTIONS)}")
+    near = _close_match(section, SECTIONS)
+    hint = f" (did you mean [{near}]?)" if near else ""
+    return SettingsError(f"unknown settings section {_section_shown(section)} ({source}){hint}; sections: "
+                         f"{', '.join(SECTIONS)}")
 
 
 def knob_for(key: str, source: str) -> Knob:
     """The Knob of ``section.name``; an unknown key is refused with the nearest known ones."""
     if key in RETIRED:
-        raise SettingsError(f"setting {key!r} ({source}) was removed: {RETIRED[key]}; delete it")
+        raise SettingsError(f"setting {quoted(key)} ({source}) was removed: {RETIRED[key]}; delete it")
     section, _, name = key.partition(".")
     if section not in SECTIONS or not name:
-        near = difflib.get_close_matches(section, SECTIONS, n=1)
-        hint = f" (did you mean [{near[0]}]?)" if near else ""
-        raise SettingsError(f"unknown setting {key!r} ({source}): settings are SECTION.NAME with SECTION one of "
+        near = _close_match(section, SECTIONS)
+        hint = f" (did you mean [{near}]?)" if near else ""
+        raise SettingsError(f"unknown setting {quoted(key)} ({source}): settings are SECTION.NAME with SECTION one of "
                             f"{', '.join(SECTIONS)}{hint}")
     known = knobs(section)
     if name not in known or not known[name].in_file:
         names = [n for n, k in known.items() if k.in_file]
-        near = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {section}.{near[0]}? " if near else ""
-        raise SettingsError(f"unknown setting {key!r} ({source}): {hint}[{section}] has {', '.join(names)}")
+        near = _close_match(name, names)
+        hint = f"did you mean {section}.{near}? " if near else ""
+        raise SettingsError(f"unknown setting {quoted(key)} ({source}): {hint}[{section}] has {', '.join(names)}")
     return known[name]
 
 
@@ -380,7 +411,7 @@ class Settings:
             spec = knobs(section).get(name)
             if spec is None:
                 knob_for(f"{section}.{name}", source)     # raises, naming a retired setting's reason
-                raise SettingsError(f"unknown setting {section}.{name} ({source})")
+                raise SettingsError(f"unknown setting {quoted(f'{section}.{name}')} ({source})")
             values[name] = spec.coerce(value, source)
         where = ", ".join(sorted({self.sources.get(f"{section}.{n}", source) for n in values})) or "defaults"
         try:
@@ -482,7 +513,7 @@ def read_file(path: Path, source: str | None = None) -> dict[str, Any]:
     values = {}
     for section, table in document.items():
         if not isinstance(table, dict):
-            raise SettingsError(f"settings file {source}: {section!r} must be a [section] table, e.g. "
+            raise SettingsError(f"settings file {source}: {quoted(section)} must be a [section] table, e.g. "
                                 f"[splits] then heldout_fraction = 0.1")
         if not table and section not in SECTIONS:
             raise unknown_section(section, source)
@@ -495,7 +526,8 @@ def parse_assignment(text: str) -> tuple[str, str]:
     """``section.name=value`` -> (key, value); anything else is refused with an example."""
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise SettingsError(f"--set {text!r}: expected SECTION.NAME=VALUE, e.g. --set splits.heldout_fraction=0.1")
+        raise SettingsError(f"--set {quoted(text)}: expected SECTION.NAME=VALUE, e.g. "
+                            "--set splits.heldout_fraction=0.1")
     return key.strip(), value.strip()
 
 
@@ -509,15 +541,16 @@ def parse_assignments(texts: Iterable[str]) -> dict[str, str]:
         try:
             key.encode("utf-8"), value.encode("utf-8")
         except UnicodeEncodeError:
-            raise SettingsError(f"--set {key.encode('utf-8', 'backslashreplace').decode()}: the value is not UTF-8 "
+            shown = quoted(key.encode("utf-8", "backslashreplace").decode())
+            raise SettingsError(f"--set {shown}: the value is not UTF-8 "
                                 "text (a byte the command line could not decode); give it as text") from None
         if key in pairs:
             try:
                 secret = knob_for(key, "--set").secret
             except SettingsError:
                 secret = False
-            shown = "" if secret else f" ({pairs[key]!r} and {value!r})"
-            raise SettingsError(f"--set gives {key} twice{shown}; give it once")
+            shown = "" if secret else f" ({quoted(pairs[key])} and {quoted(value)})"
+            raise SettingsError(f"--set gives {key if _named(key) else quoted(key)} twice{shown}; give it once")
         pairs[key] = value
     return pairs
 
@@ -615,6 +648,11 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
     path = settings_path(home_root)
     if path.is_symlink() or (path.exists() and not path.is_file()):
         raise SettingsError(f"{path} is not a regular file; refusing to replace it")
+    links = os.lstat(path).st_nlink if path.exists() else 1
+    if links > 1:   # replaced by a rename, its other names would keep the old settings (as a symlink's target would)
+        raise SettingsError(f"{path} has {links} hard links; refusing to replace it (the other names would keep the "
+                            "old settings): give the home a file of its own (copy it, then move the copy over it) "
+                            "or edit it by hand")
     updated = with_new_values(home_root, values)  # the file must be valid but for what is being replaced
     old = read_text(path, f"{SETTINGS_FILE} of the data home") if path.exists() else None
     crlf = old is not None and "\r\n" in old and old.count("\n") == old.count("\r\n")

@@ -9,11 +9,12 @@ from typing import Any
 
 from formats.files import is_url
 from formats.outputs import entry_kind
-from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
+from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
 
 FEATURES = "image_features"   # the stage's two datasets ...
 REJECTS = "image_rejects"
 REUSED = "reused"             # ... and the pipeline's third output: bytes identical to an earlier image
+DEFAULT_RUNNER = "DirectRunner"
 STAGING_AREA = ".staging/features"           # the stage's own scratch area under the blob base
 STAGING_MARKER = ".pickapic-features-staging"  # written into every staging folder the stage creates: only a
                                                # folder holding it (or a folder of STAGING_AREA) is ever deleted
@@ -40,7 +41,8 @@ class FeaturesConfig:
     nsfw_threads: int = knob(1, "onnxruntime intra-op threads per worker process", min=1, max=MAX_THREADS, output=False)
     workers: int = knob(2, "DirectRunner multi_processing workers (0: in-process)", min=0, max=MAX_PROCESSES, output=False)
     in_process_below: int = knob(128, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
-    runner: str = knob("DirectRunner", "Beam runner used when beam_args names none", output=False)
+    runner: str = knob(DEFAULT_RUNNER, "Beam runner used when beam_args names none: a Beam runner's name or the "
+                                       "dotted path of a runner class", output=False)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
     blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
     staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>); "
@@ -67,6 +69,12 @@ class FeaturesConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
+        if self.runner != DEFAULT_RUNNER:    # Beam's name of the default needs no check (nor Beam's import)
+            from pipelines.features.runnernames import runner_refusal
+
+            refusal = runner_refusal(self.runner)
+            if refusal:
+                raise ValueError(f"features.runner = {quoted(self.runner)} {refusal}")
         if home is not None:
             check_blob_base(self.blob_base, home)
             if self.staging is not None:
@@ -158,12 +166,31 @@ def has_marker(path: str) -> bool:
         return False
 
 
+def file_url_path(value: str, where: str) -> str | None:
+    """The local path of a ``file://`` URL (``file:///abs``, ``file://localhost/abs``; scheme and host in any case),
+    None for any other value. Beam has no file system of its own for ``file://``, but a plugin may map it onto
+    the local disk: a staging folder or blob base given as one gets the checks of that path (it got none, as a
+    bucket's URL: noted by the rev22 reviews). ``file:/abs`` is no URL (Beam reads it as a relative path, and
+    so does the stage). Another host, or a percent escape (read as itself or decoded, depending on the file
+    system), is refused: give the path."""
+    text = value.strip()
+    if not is_url(text) or text.split(":", 1)[0].lower() != "file":
+        return None
+    host, _, path = text.partition("://")[2].partition("/")
+    if host.lower() not in ("", "localhost") or "%" in path:
+        raise StagingRefused(f"{where} = {quoted(value)} is a file URL of another host or with a percent escape; "
+                             "give the local folder as a path")
+    return "/" + path
+
+
 def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
-    it (blobs/train and .staging are written there); a URL gets no check here."""
+    it (blobs/train and .staging are written there); a ``file://`` URL is checked as its path, any other URL gets
+    no check here."""
+    where = f"FeaturesConfig.blob_base={quoted(blob_base)}"
+    blob_base = blob_base and (file_url_path(blob_base, "features.blob_base") or blob_base)
     if blob_base is None or is_url(blob_base):
         return
-    where = f"FeaturesConfig.blob_base={blob_base!r}"
     try:
         info = os.lstat(blob_base)
     except OSError as exc:
@@ -180,8 +207,11 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
     """Refuse a staging folder the stage must not delete and recreate: the home, the blob base or a folder
     holding either; anything inside them but a subfolder of ``<base>/.staging/features``; a symlink, a file or
     a device; an existing folder that holds no staging marker (not created by the stage). The stage's own
-    area ``<base>/.staging`` and ``<base>/.staging/features`` must not be symlinks either."""
-    what = f"{where} {staging!r}"
+    area ``<base>/.staging`` and ``<base>/.staging/features`` must not be symlinks either. A ``file://`` URL
+    (either of them) is checked as its path (:func:`file_url_path`)."""
+    what = f"{where} {quoted(staging)}"
+    staging = file_url_path(staging, "features.staging") or staging
+    base = file_url_path(base, "features.blob_base") or base
     if is_url(staging):
         rest = staging.partition("://")[2]
         if not rest.strip("/") or "/" not in rest.strip("/"):
@@ -217,7 +247,7 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
     except FileNotFoundError:
         return
     except OSError as exc:   # a file on the way (NotADirectoryError), a name too long, no permission: one line
-        raise StagingRefused(f"{what if len(what) <= 200 else what[:197] + '...'} cannot be a staging folder "
+        raise StagingRefused(f"{what} cannot be a staging folder "
                              f"({exc.strerror or exc})") from None
     if not stat.S_ISDIR(info.st_mode):
         raise StagingRefused(f"{what} is {entry_kind(info.st_mode)}, not a staging folder")

@@ -1,7 +1,6 @@
 """Beam pipeline options and the runner: DirectRunner defaults, and the local runner built without Prism."""
 from __future__ import annotations
 
-import functools
 from typing import Sequence
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
@@ -10,51 +9,15 @@ from pipelines.features.beamworker import QuietFnApiRunner  # isort: skip
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
-from formats.settings import MAX_PROCESSES
+from formats.settings import MAX_PROCESSES, quoted
 from pipelines.features.config import FeaturesConfig
-
-# Beam's runners this module runs on its own batch FnApiRunner (pipeline_runner), and those that run every
-# DoFn in the calling process, by class name: a --runner value is resolved to its class as Beam resolves it.
-LOCAL_RUNNERS = ("DirectRunner", "SwitchingDirectRunner", "TestDirectRunner", "FnApiRunner")
-IN_PROCESS_RUNNERS = ("BundleBasedDirectRunner",)
-
-
-@functools.lru_cache(maxsize=None)
-def runner_class(name: str) -> str:
-    """The class name of Beam's own runner that ``create_runner`` makes of a ``--runner`` value: a bare name
-    case-insensitively, ``Runner`` optional (``direct``, ``directrunner`` and ``DirectRunner`` are all
-    ``DirectRunner``); a dotted path by the class it imports, so any path to one of the runners checked here
-    (``apache_beam.runners.DirectRunner``, a re-export) is that runner, and a path to a class elsewhere,
-    whatever it is named, is not; any other value as given, which no check here matches. Cached: a build asks
-    several times (options, worker count, runner), and a module that fails to import would run each time."""
-    from apache_beam.options.pipeline_options import StandardOptions
-
-    if "." in name:
-        target = _import_class(name)
-        for path in StandardOptions.ALL_KNOWN_RUNNERS:
-            known = path.rsplit(".", 1)[-1]
-            if target is not None and known in LOCAL_RUNNERS + IN_PROCESS_RUNNERS and _import_class(path) is target:
-                return known
-        return name
-    known = {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
-    path = known.get(name.lower(), known.get(name.lower() + "runner", name))
-    return path.rsplit(".", 1)[-1]
-
-
-def _import_class(path: str) -> object | None:
-    """The object a dotted path names, as Beam's ``create_runner`` imports it; None where it does not import."""
-    import importlib
-
-    module, _, attribute = path.rpartition(".")
-    try:
-        return getattr(importlib.import_module(module), attribute)
-    except (ImportError, AttributeError, ValueError):
-        return None
-
-
-def is_local_runner(name: str) -> bool:
-    """Whether ``--runner`` ``name`` is one this module runs on its own FnApiRunner (:data:`LOCAL_RUNNERS`)."""
-    return runner_class(name) in LOCAL_RUNNERS
+from pipelines.features.runnernames import (
+    IN_PROCESS_RUNNERS,
+    LOCAL_RUNNERS,
+    is_local_runner,
+    runner_class,
+    runner_refusal,
+)
 
 
 def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, num_images: int | None = None) -> PipelineOptions:
@@ -78,6 +41,9 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
+    refusal = runner_refusal(runner)
+    if refusal:
+        raise ValueError(f"--runner={quoted(runner)} in the Beam options {refusal}")
     count = known.get("direct_num_workers")
     if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
         # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
