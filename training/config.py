@@ -22,9 +22,12 @@ CONFIG_FILE = "train_config.json"
 TRAIN_LOCK_FILE = ".train.lock"   # in a run folder, held (flock) by the trainer writing it
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math
-# already done, or only extend it).
-RESUMABLE_FIELDS = frozenset({"num_workers", "cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
+# already done, or only extend it). num_workers is not one: the train stream's shard order, shuffle seeds and
+# per-worker skip depend on it (the trainer lets a run that trains no further steps change it).
+RESUMABLE_FIELDS = frozenset({"cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
                               "device"})
+FLOAT32_MAX = 3.4028234663852886e38   # torch's optimizer and model hold float settings as float32
+HELD_OUT = "_unique"   # validation_unique / test_unique repeat rows of validation / test
 PATH_FIELDS = ("data_dir", "output_dir", "init_from")   # stored relative to the data home when inside it
 HOME_PREFIX = "home:"   # marks a stored path as relative to the data home ("home:datasets/pickapic/<version>")
 
@@ -155,6 +158,17 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)   # type, range and choices of every field, as the settings file checks them
         problems = []
+        for f in dataclasses.fields(self):   # AdamW fails inside torch on a value float32 cannot hold
+            value = getattr(self, f.name)
+            if f.type in ("float", float) and abs(value) > FLOAT32_MAX:
+                problems.append(f"{f.name}={value!r} is beyond float32's range (at most {FLOAT32_MAX:.4g}), which "
+                                "the optimizer and the model compute in")
+        held_out = [name for name in ("eval_split", "test_split") if getattr(self, name) == "train"]
+        if held_out or self.eval_split.removesuffix(HELD_OUT) == self.test_split.removesuffix(HELD_OUT):
+            problems.append(f"eval_split={self.eval_split!r} and test_split={self.test_split!r} must be two different "
+                            "held-out splits, neither of them train (the checkpoint and tie threshold are chosen on "
+                            "eval_split, the accuracy is reported on test_split; a *_unique split repeats rows of "
+                            "its parent)")
         if self.image_size % self.patch_size:
             problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
         for name in ("text_width", "vision_width"):

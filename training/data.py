@@ -241,7 +241,8 @@ def check_tar_end(path: str | os.PathLike) -> None:
 def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
     """Check before a run that ``split`` has shards (exactly the ones its version's manifest lists: a shard
     file in the folder that it does not list is refused too), that its ``sizes.json`` (when present) has
-    its manifest sha256 and lists samples, that every shard is a complete tar of the size the manifest
+    its manifest sha256 and lists samples, that its ``prompt_counts.parquet`` (when present) has its manifest
+    sha256, that every shard is a complete tar of the size the manifest
     records; returns the listed sample count (None without ``sizes.json``). The shards' bytes are hashed
     as they are read."""
     version = dataset.resolve_data_dir(data_dir)
@@ -255,6 +256,8 @@ def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
     if not shards:
         raise ValueError(f"split {split!r} has no shards in {split_dir}")
     sizes = dataset.read_sizes(split_dir, listed)
+    if f"{split}/{dataset.PROMPT_COUNTS_FILE}" in listed or os.path.lexists(split_dir / dataset.PROMPT_COUNTS_FILE):
+        prompt_counts(str(split_dir))   # the loss weights: checked against the manifest now, not mid-run
     total = None if sizes is None else int(sum(sizes.values()))
     if total is not None and total <= 0:
         raise ValueError(f"split {split!r} is empty: {split_dir / dataset.SIZES_FILE} lists {total} samples")
@@ -442,14 +445,27 @@ def prompt_counts(split_dir: str) -> dict[str, int]:
     """``prompt_key -> num_example_per_prompt`` of the split whose shards are in ``split_dir``.
 
     The publish stage keeps the count outside the shards (a new day changes it for old pairs, the
-    shards stay byte-identical), in ``prompt_counts.parquet`` beside them.
+    shards stay byte-identical), in ``prompt_counts.parquet`` beside them. The bytes read must have the
+    sha256 the version's manifest records for it, else :class:`formats.dataset.ChecksumError` (a ValueError).
     """
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(split_dir) / dataset.PROMPT_COUNTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
-    table = pq.read_table(path, columns=["prompt_key", "num_example_per_prompt"])
+    data = path.read_bytes()
+    version_dir = path.parent.parent
+    info = dataset.read_manifest(version_dir)["files"].get(f"{path.parent.name}/{path.name}")
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        raise dataset.ChecksumError(f"{path} is not listed in the {dataset.MANIFEST_FILE} of dataset version "
+                                    f"{version_dir.name}: not a file that version published; {REPUBLISH}")
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info["sha256"]:   # as sizes.json (dataset.read_sizes): the file decides every pair's loss weight
+        raise dataset.ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
+                                    f"{dataset.MANIFEST_FILE} records {info['sha256']}: it changed after publishing "
+                                    f"(an edited prompt_counts.parquet reweights the loss); {REPUBLISH}")
+    table = pq.read_table(pa.BufferReader(data), columns=["prompt_key", "num_example_per_prompt"])
     return dict(zip(table.column("prompt_key").to_pylist(), table.column("num_example_per_prompt").to_pylist()))
 
 

@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.data import EvalPairStream, ImageSpec, PairCollator, iter_captions, make_loader, split_shards
 from training.device import autocast, cpu_threads, resolve_device
 from training.metric import THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline, tie_aware_accuracy
-from training.model import PairScorer, build_model, load_model
+from training.model import PairScorer, build_model, load_model, text_positions
 
 
 @dataclass
@@ -33,17 +33,21 @@ class SplitScores:
 @torch.no_grad()
 def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike, split: str, *,
                 batch_size: int = 64, num_workers: int = 1, draft: bool = False,
-                device: torch.device | None = None, bf16: bool = True) -> SplitScores:
+                device: torch.device | None = None, bf16: bool = True, max_length: int | None = None) -> SplitScores:
     """Scores of every pair in ``split`` with the model's own preprocessing geometry.
 
     Evaluation decodes every JPEG exactly (``draft=False``, the preprocessing ``CLIPImageProcessor`` and
     ``training.scoring.Scorer`` apply); the DCT-scaled draft decode is a training-speed trade only.
+    Captions are truncated to ``max_length`` tokens (the run's ``max_length``; default: as many as the
+    model's text tower takes, ``text_config.max_position_embeddings``, 77 for CLIP).
     """
     device = device or next(scorer.parameters()).device
     shards = split_shards(data_dir, split)
     if not shards:
         raise FileNotFoundError(f"split {split!r} of {data_dir} has no shards")
-    stream = EvalPairStream(shards, batch_size, PairCollator(processor.tokenizer),
+    if max_length is None:
+        max_length = text_positions(scorer.clip)
+    stream = EvalPairStream(shards, batch_size, PairCollator(processor.tokenizer, max_length),
                               ImageSpec.from_processor(processor.image_processor), draft)
     was_training = scorer.training
     scorer.eval()
@@ -152,11 +156,11 @@ def evaluate_scores(selection: SplitScores, test: SplitScores, split_for_thresho
 
 def evaluate_loaded(clip: Any, processor: Any, data_dir: str | os.PathLike, split_for_threshold: str = "validation_unique",
                     split: str = "test_unique", *, batch_size: int = 64, num_workers: int = 1,
-                    device: str = "auto") -> EvalResult:
-    """``evaluate_model`` for an in-memory CLIP model + processor."""
+                    device: str = "auto", max_length: int | None = None) -> EvalResult:
+    """``evaluate_model`` for an in-memory CLIP model + processor (captions truncated as :func:`score_split`)."""
     dev = resolve_device(device)
     scorer = PairScorer(clip).to(dev)
-    kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=dev)
+    kwargs = dict(batch_size=batch_size, num_workers=num_workers, device=dev, max_length=max_length)
     with cpu_threads(dev, num_workers=num_workers):
         return evaluate_scores(score_split(scorer, processor, data_dir, split_for_threshold, **kwargs),
                                score_split(scorer, processor, data_dir, split, **kwargs), split_for_threshold, split)
@@ -178,7 +182,7 @@ def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validati
         clip, processor = build_model(config, captions, tokenizer)
     result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,
                              batch_size=config.eval_batch_size, num_workers=config.num_workers,
-                             device=config.device)
+                             device=config.device, max_length=config.max_length)
     result.model_dir = f"untrained:{config.init_from}"
     return result
 
@@ -201,7 +205,8 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     config = (TrainConfig.load(Path(model_dir), home=dataset.home_of(dataset.resolve_data_dir(data_dir)))
               if config_file.is_file() else None)
     result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,
-                             num_workers=num_workers, device=device)
+                             num_workers=num_workers, device=device,   # captions truncated as its training did
+                             max_length=config.max_length if config is not None else None)
     result.model_dir = str(model_dir)
     if include_untrained and config is not None:
         untrained = evaluate_untrained(config.replace(data_dir=str(data_dir), num_workers=num_workers,

@@ -21,12 +21,16 @@ def _label_class(labels: np.ndarray) -> np.ndarray:
 
 
 def pair_credit(scores: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
-    """Per pair: 1 if prediction == label, 0.5 if exactly one of them is a tie, else 0."""
-    p = _probs(scores)
+    """Per pair: 1 if prediction == label, 0.5 if exactly one of them is a tie, else 0; 0 for a pair with a
+    NaN or infinite score (no prediction: every comparison with NaN is false, which read as "image 1")."""
+    scores = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(scores).all(axis=1)
+    p = _probs(np.where(finite[:, None], scores, 0.0))
     # a tiny tolerance so that |p0 - p1| == t is a tie despite float noise (the paper's "<= t")
     pred = np.where(np.abs(p[:, 0] - p[:, 1]) <= threshold + 1e-12, 2, np.where(p[:, 0] > p[:, 1], 0, 1))
     truth = _label_class(labels)
-    return np.where(pred == truth, 1.0, np.where((pred == 2) ^ (truth == 2), 0.5, 0.0))
+    credit = np.where(pred == truth, 1.0, np.where((pred == 2) ^ (truth == 2), 0.5, 0.0))
+    return np.where(finite, credit, 0.0)
 
 
 def tie_aware_accuracy(scores: np.ndarray, labels: np.ndarray, threshold: float) -> float:

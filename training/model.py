@@ -516,6 +516,12 @@ def pooled_embeddings(output: Any) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
+def text_positions(clip: CLIPModel) -> int:
+    """The most caption tokens the model's text tower takes (``text_config.max_position_embeddings``: 77 for
+    CLIP, a scratch model's ``max_length``): what scoring truncates prompts to."""
+    return int(clip.config.text_config.max_position_embeddings)
+
+
 class PairScorer(torch.nn.Module):
     """``forward(input_ids, attention_mask, pixel_values[B, 2, 3, H, W]) -> scores[B, 2]`` (wrap this in DDP)."""
 
@@ -549,7 +555,8 @@ def score_prompt_images(model: CLIPModel, processor: Any, prompt: str, images: S
                         device: str = "cpu") -> list[float]:
     """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred."""
     image_inputs = processor(images=list(images), return_tensors="pt").to(device)
-    text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=77, return_tensors="pt").to(device)
+    text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=text_positions(model),
+                            return_tensors="pt").to(device)
     image_embs = pooled_embeddings(model.get_image_features(**image_inputs))
     image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
     text_embs = pooled_embeddings(model.get_text_features(**text_inputs))

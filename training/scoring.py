@@ -4,7 +4,8 @@
 ``logit_scale.exp() * cos(text, image)`` and the softmax preference among the prompt's images (PickScore's
 README ``calc_probs``). Images go through the evaluation's preprocessing (``training.data.preprocess_image``
 with an exact decode: shortest edge bicubic, center crop, CLIP mean/std), captions through the processor's
-tokenizer (pad, truncate to 77), so a score here equals ``training.evaluate.score_split``'s for the same pair.
+tokenizer (pad, truncate to the tokens the model takes, 77 for CLIP), so a score here equals
+``training.evaluate.score_split``'s for the same pair.
 
 A missing or unreadable image becomes a row with ``error`` set (``missing_file``, ``not_a_file``,
 ``unreadable_image``, ``decompression_bomb``, ``empty_file``, ``bad_dimensions``: aspect ratio above
@@ -30,7 +31,7 @@ from PIL import Image
 from formats.files import open_regular_file
 from training.data import ImageGeometryError, ImageSpec, preprocess_rgb
 from training.device import resolve_device
-from training.model import load_model, pooled_embeddings
+from training.model import load_model, pooled_embeddings, text_positions
 
 ImageInput = Union[str, os.PathLike, bytes, Image.Image]
 MAX_IMAGE_BYTES = 256 << 20   # a candidate image file larger than this is refused unread
@@ -162,14 +163,16 @@ class Scorer:
         self.clip = clip.eval().to(self.device)
         self.spec = ImageSpec.from_processor(self.processor.image_processor)
         self.batch_size = batch_size
+        self.max_length = text_positions(clip)   # 77 for CLIP; a scratch model's max_length
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate 77)."""
+        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate to the
+        model's text length, 77 for CLIP)."""
         chunks = []
         for start in range(0, len(prompts), self.batch_size):
             tokens = self.processor.tokenizer(list(prompts[start:start + self.batch_size]), padding=True,
-                                              truncation=True, max_length=77, return_tensors="pt")
+                                              truncation=True, max_length=self.max_length, return_tensors="pt")
             out = self.clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
                                               attention_mask=tokens["attention_mask"].to(self.device))
             chunks.append(_normalised(out))

@@ -20,6 +20,7 @@ import dataclasses
 import errno
 import fcntl
 import json
+import math
 import os
 import pickle
 import shutil
@@ -114,12 +115,31 @@ def _barrier(world: int) -> None:
         dist.barrier()
 
 
-def _all_mean(value: torch.Tensor, world: int) -> float:
+def _all_mean(value: torch.Tensor, world: int) -> Any:
+    """The mean over ranks of ``value``: a float, or a list of floats for a 1-D tensor."""
     value = value.detach().float().clone()
     if world > 1:
         dist.all_reduce(value, op=dist.ReduceOp.SUM)
         value /= world
-    return float(value)
+    return value.tolist()
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights turned NaN or infinite: the run stops and keeps its last finite checkpoint."""
+
+
+def _diverged(step: int, what: str) -> TrainingDiverged:
+    return TrainingDiverged(f"training diverged at step {step}: {what}; the run stops without metrics.json and "
+                            "checkpoints/last/ and best/ keep the last finite checkpoint; lower learning_rate, "
+                            "weight_decay or contrastive_weight (or set grad_clip > 0), or use a new output_dir")
+
+
+def _check_finite_weights(scorer: torch.nn.Module, step: int) -> None:
+    """Refuse weights with a NaN or infinite value before they are evaluated or checkpointed (a diverged
+    model's scores earn no accuracy, and ``load_model`` refuses such a checkpoint)."""
+    bad = [name for name, value in scorer.named_parameters() if not bool(torch.isfinite(value).all())]
+    if bad:
+        raise _diverged(step, f"{len(bad)} weight(s) hold NaN or infinite values (first: {bad[0]})")
 
 
 # --------------------------------------------------------------------------- checkpoint io
@@ -269,9 +289,10 @@ def _verify_open_shards(state: dict[str, Any], data_dir: Path, path: Path, rank:
 def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
     """Refuse a resume whose recipe changed; ``saved`` as stored (``TrainConfig.load(resolve=False)``): its
     ``init_from`` is ``home:``-relative or absolute, or as given in files written before paths were stored
-    relative (then it must be given the same way again)."""
+    relative (then it must be given the same way again). ``num_workers`` is checked where the step is known
+    (:func:`_check_continuation`)."""
     changed = sorted(f.name for f in dataclasses.fields(TrainConfig)
-                     if f.name not in RESUMABLE_FIELDS and f.name != "init_from"
+                     if f.name not in RESUMABLE_FIELDS and f.name not in ("init_from", "num_workers")
                      and getattr(saved, f.name) != getattr(config, f.name))
     if saved.init_from not in (config.init_from, home_relative(config.init_from, home)) and not (
             Path(saved.init_from).is_absolute()
@@ -280,6 +301,21 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None 
     if changed:
         raise ValueError(f"cannot resume {config.output_dir}: config fields {changed} differ from the checkpoint "
                          "(use a new output_dir)")
+
+
+def _check_continuation(saved: TrainConfig, config: TrainConfig, step: int, out: Path) -> None:
+    """Refuse a resume at ``step`` whose ``max_steps`` is below it (the run would report more steps than it
+    was given), or that trains on with another loader worker count (``num_workers``: the train stream's
+    shard order, shuffle seeds and per-worker skip depend on it, 0 and 1 read alike; a run that trains no
+    further step may change it)."""
+    if step > config.max_steps:
+        raise ValueError(f"cannot resume {out} with max_steps={config.max_steps}: its checkpoint is at step {step} "
+                         f"already; rerun with max_steps >= {step} or use a new output_dir")
+    if 0 < step < config.max_steps and max(saved.num_workers, 1) != max(config.num_workers, 1):
+        raise ValueError(f"cannot resume {out} with num_workers={config.num_workers}: its checkpoint at step {step} "
+                         f"was trained with num_workers={saved.num_workers}, and the loader worker count decides "
+                         f"which train pairs come next; rerun with num_workers={saved.num_workers} or use a new "
+                         "output_dir")
 
 
 def _lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
@@ -388,7 +424,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     _barrier(world)
     state = None
     if (last_dir / STATE_FILE).is_file():
-        _check_resumable(TrainConfig.load(last_dir, resolve=False), config, home)
+        saved = TrainConfig.load(last_dir, resolve=False)
+        _check_resumable(saved, config, home)
         clip, processor = load_model(last_dir)
         state = load_trainer_state(last_dir / STATE_FILE)
         trained_on = state.get("data_version_dir")  # home:-relative; absolute in states written before
@@ -397,17 +434,30 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
                              f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
                              f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
+        _check_continuation(saved, config, state["step"], out)
         _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
     elif config.init_from == "scratch":
+        # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
+        # from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
+        # before its first checkpoint; or an init/ written before the version was stored) is built again
+        built_on = None
         if rank == 0 and (init_dir / "config.json").is_file():
-            _check_resumable(TrainConfig.load(init_dir, resolve=False), config, home)  # a stale init/ from another recipe
-        if rank == 0 and not (init_dir / "config.json").is_file():
+            built = TrainConfig.load(init_dir, resolve=False)
+            _check_resumable(built, config, home)  # a stale init/ from another recipe
+            built_on = built.data_dir
+        if rank == 0 and built_on not in (str(data_dir), home_relative(str(data_dir), home)):
             clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, config, home), out)
+            built = config.replace(data_dir=str(data_dir))
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, built, home), out)
         _barrier(world)
         clip, processor = load_model(init_dir)
     else:
         clip, processor = load_model(config.init_from)
+    limit = clip.config.text_config.max_position_embeddings
+    if config.max_length > limit:   # the text tower has no position past its last; evaluation would crash inside it
+        raise ValueError(f"max_length={config.max_length} is more than the {limit} caption tokens the model "
+                         f"{config.init_from if state is None else last_dir} takes (its text_config."
+                         f"max_position_embeddings); set max_length to at most {limit}")
 
     scorer = PairScorer(clip).to(device)
     model = (torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[local_rank] if device.type == "cuda"
@@ -433,7 +483,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             return None
         scores = score_split(scorer, processor, data_dir, config.eval_split, batch_size=config.eval_batch_size,
                              num_workers=config.num_workers, device=device,
-                             bf16=config.bf16)
+                             bf16=config.bf16, max_length=config.max_length)
         return _validation_entry(step, scores)
 
     inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
@@ -492,6 +542,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         # before anything reports or keeps the steps trained so far: a damaged shard fails the run here, and
         # checkpoints/last/ and best/ keep the previous checkpoint's steps, all of them verified
         opened = verify_trained()
+        _check_finite_weights(scorer, step)   # every rank holds the same weights: all stop, none checkpoints
         entry = validate()
         improved = False
         if rank == 0:
@@ -532,6 +583,11 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             loss = pref_loss
             if contrastive:
                 loss = loss + config.contrastive_weight * contrastive_loss(all_scores, labels, weights, weight_sum, world)
+            # global weighted PickScore loss of this step (curve), and the whole loss: a non-finite one on any
+            # rank stops every rank before it reaches the weights
+            step_loss, total_loss = _all_mean(torch.stack([pref_loss.detach(), loss.detach()]), world)
+            if not math.isfinite(total_loss):
+                raise _diverged(step + 1, f"the loss is {total_loss} (not finite)")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip > 0:
@@ -541,7 +597,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             scheduler.step()
             step += 1
             loop_steps += 1
-            running += _all_mean(pref_loss, world)  # global weighted PickScore loss of this step (curve)
+            running += step_loss
             running_n += 1
             if step % config.log_every == 0 or step == config.max_steps:
                 entry = {"step": step, "loss": running / running_n, "lr": lr}
@@ -561,7 +617,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         best_clip, best_processor = load_model(best_dir)
         best_scorer = PairScorer(best_clip).to(device)
         kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
-                      bf16=config.bf16)
+                      bf16=config.bf16, max_length=config.max_length)
         test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
                                score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
                                config.eval_split, config.test_split)
