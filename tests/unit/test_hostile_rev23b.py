@@ -14,7 +14,7 @@ exactly equal (a tie at t = 0); one-pair splits train and evaluate; run files ho
 secret setting reaches ``metrics.json``; zero, negative and NaN batch sizes, learning rates and step counts
 are refused in one line.
 
-Each test states the correct behaviour and is ``xfail(strict=True)`` until the defect is fixed.
+Each test reproduced a defect confirmed on main (a strict xfail when the review filed it); all eight were fixed the same day (fix23b, README section 8).
 """
 from __future__ import annotations
 
@@ -67,14 +67,6 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 # ------------------------------------------------------------------------------------------ divergence
-@pytest.mark.xfail(strict=True, reason=(
-    "A training whose loss turns NaN (learning_rate=1e3 here; weight_decay=1e300 or contrastive_weight=1e300 "
-    "do the same) runs to max_steps and returns a TrainResult as if it succeeded: best/ is the untrained "
-    "step-0 model reported as the trained one, final_train_loss is NaN, metrics.json holds bare NaN tokens "
-    "(not JSON to strict readers), and checkpoints/last/ holds NaN weights, so every rerun of the 'finished' "
-    "run fails in load_model (NotAClipCheckpoint). Expected: the trainer stops with an error naming the "
-    "non-finite loss, writes no metrics.json, and never checkpoints non-finite weights"
-))
 def test_a_training_whose_loss_turns_nan_fails_instead_of_reporting_success(version, tmp_path):
     run = tmp_path / "run"
     with pytest.raises((ValueError, RuntimeError, ArithmeticError), match=r"(?i)nan|non-finite|not finite|diverg"):
@@ -85,14 +77,6 @@ def test_a_training_whose_loss_turns_nan_fails_instead_of_reporting_success(vers
 
 
 # ------------------------------------------------------------------------------------------ max_length
-@pytest.mark.xfail(strict=True, reason=(
-    "train.max_length ('caption tokens (pad + truncate), as CLIP', any value >= 1) is used by the train "
-    "batches and as the scratch model's max_position_embeddings, but the evaluation (score_split) tokenizes "
-    "with PairCollator's default max_length=77: a scratch run with max_length=8 on captions of 13 tokens "
-    "crashes in the step-0 evaluation inside transformers ('Sequence length must be less than "
-    "max_position_embeddings (got sequence length: 18 ...'), an error that names no setting. Expected: "
-    "evaluation truncates as training does and the run finishes"
-))
 def test_a_scratch_run_with_a_short_max_length_trains_and_evaluates(version, tmp_path):
     run = tmp_path / "run"
     result = train(tiny_config(version, run, max_steps=2, eval_every=2, max_length=8))
@@ -101,14 +85,6 @@ def test_a_scratch_run_with_a_short_max_length_trains_and_evaluates(version, tmp
 
 
 # ------------------------------------------------------------------------------------------ loss weights
-@pytest.mark.xfail(strict=True, reason=(
-    "The loss weight of every train pair (1 / num_example_per_prompt) comes from <split>/prompt_counts.parquet "
-    "(the real publish keeps the count out of the shards), which the version's manifest.json lists with its "
-    "sha256, but training/data.prompt_counts reads it with pq.read_table and never checks it: a changed "
-    "prompt_counts.parquet (bit rot, an edit) silently reweights the loss, the hole that was closed for "
-    "sizes.json (read only with its manifest sha256). Expected: ChecksumError (a ValueError) naming "
-    "prompt_counts.parquet before training"
-))
 def test_an_edited_prompt_counts_file_is_refused_like_an_edited_sizes_json(published, tmp_path):
     version = copy_version(published, tmp_path / "home")
     path = version / "train" / "prompt_counts.parquet"
@@ -123,14 +99,6 @@ def test_an_edited_prompt_counts_file_is_refused_like_an_edited_sizes_json(publi
 
 
 # ------------------------------------------------------------------------------------------ resume
-@pytest.mark.xfail(strict=True, reason=(
-    "num_workers is a RESUMABLE_FIELD ('they do not change the math already done, or only extend it'), but "
-    "the train stream's shard order, shuffle seeds and per-worker skip depend on it: a run killed at step 5 "
-    "(checkpoint at step 4) and resumed with num_workers=2 instead of 1 trains, in epoch mode, 16 of the 96 "
-    "pairs of its single epoch twice and 16 never, and its final weights equal neither uninterrupted run "
-    "(resampled mode changes too). Expected: a resume with another num_workers is refused naming the field, "
-    "or continues the same sample sequence (final weights equal the uninterrupted run)"
-))
 def test_a_resume_with_another_num_workers_is_refused_or_continues_the_same_data(version, tmp_path):
     kwargs = dict(max_steps=12, eval_every=4, batch_size=8, resampled=False, shuffle_buffer=1, shuffle_initial=0)
     train(tiny_config(version, tmp_path / "straight", num_workers=1, **kwargs))
@@ -147,15 +115,6 @@ def test_a_resume_with_another_num_workers_is_refused_or_continues_the_same_data
     assert all(torch.equal(value, again[name]) for name, value in straight.items())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A scratch run killed after init/ was written but before its first checkpoint (during the step-0 "
-    "evaluation, minutes on a real validation_unique) keeps init/, whose tokenizer was trained on the captions "
-    "of the version `latest` named then. Rerun after `latest` moved to a new version, it resumes from that "
-    "init/ without any version check (the check exists only for checkpoints/last/'s data_version_dir) and "
-    "trains and reports on the new version with the old version's tokenizer: metrics.json names the new "
-    "version, but the model is not the one a run on it makes. Expected: refused naming both versions, as a "
-    "resume from a checkpoint is, or init/ rebuilt from the new version"
-))
 def test_a_run_killed_before_its_first_checkpoint_never_mixes_two_versions(tmp_path):
     base = tmp_path / "home" / "datasets" / "pickapic"
     sizes = {"train": 48, "validation": 4, "test": 4, "validation_unique": 8, "test_unique": 8}
@@ -175,14 +134,6 @@ def test_a_run_killed_before_its_first_checkpoint_never_mixes_two_versions(tmp_p
 
 
 # ------------------------------------------------------------------------------------------ held-out splits
-@pytest.mark.xfail(strict=True, reason=(
-    "eval_split and test_split accept any split: eval_split=test_unique with test_split=test_unique picks the "
-    "checkpoint and the tie threshold on the very pairs the 'test accuracy' is then reported on (0.672 "
-    "against an honest 0.547 for the same recipe, measured in this review), and test_split=train or "
-    "eval_split=train report or select on the training pairs; the run succeeds and metrics.json calls the "
-    "number test accuracy. Expected: the config is refused in one line: the selection and report splits must "
-    "be two different held-out splits, neither of them train"
-))
 @pytest.mark.parametrize("splits", [dict(eval_split="test_unique", test_split="test_unique"),
                                     dict(test_split="train"), dict(eval_split="train")],
                          ids=["select-on-test", "report-on-train", "select-on-train"])
@@ -193,14 +144,6 @@ def test_the_selection_and_report_splits_are_distinct_held_out_splits(version, t
 
 
 # ------------------------------------------------------------------------------------------ metric
-@pytest.mark.xfail(strict=True, reason=(
-    "tie_aware_accuracy gives credit to NaN scores: |p0 - p1| <= t is False and p0 > p1 is False for NaN, so "
-    "a NaN (or +inf, inf - inf) score pair is read as 'image 1 preferred' and earns 1 for a label-1 pair and "
-    "0.5 for a tie (2.5 of 3 here). A diverged model's validation accuracy is then the share of label-1 pairs "
-    "plus half the ties, and can beat the previous best, so best/ would take NaN weights (which load_model "
-    "then refuses after all the training). Expected: a non-finite score is refused (ValueError) or earns no "
-    "credit"
-))
 def test_nan_scores_earn_no_credit_in_the_tie_aware_accuracy():
     nan, inf = float("nan"), float("inf")
     scores = np.array([[nan, nan], [nan, 0.3], [inf, inf]])
@@ -213,13 +156,6 @@ def test_nan_scores_earn_no_credit_in_the_tie_aware_accuracy():
 
 
 # ------------------------------------------------------------------------------------------ config
-@pytest.mark.xfail(strict=True, reason=(
-    "learning_rate only has a lower bound: 1e300 (finite, so accepted by the settings check) passes the step-0 "
-    "evaluation and checkpoint, then AdamW fails inside torch with 'RuntimeError: value cannot be converted to "
-    "type float without overflow' (any value above float32's 3.4e38). The run folder now holds a step-0 "
-    "checkpoint with that learning rate, so the rerun with a corrected value is refused ('config fields "
-    "[learning_rate] differ'). Expected: refused in one line naming learning_rate before anything is written"
-))
 def test_a_learning_rate_beyond_float32_is_refused_before_anything_is_written(version, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="learning_rate"):
