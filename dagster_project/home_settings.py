@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from formats.home import DataHome
-from formats.settings import check_fields, knob
+from formats.settings import check_fields, knob, quoted
 
 
 def cron_problem(text: str) -> str | None:
@@ -27,8 +27,10 @@ def cron_problem(text: str) -> str | None:
         return f"{len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
     try:
         expanded = croniter.expand(text)[0]
-    except CroniterError as error:
-        return str(error)
+    except CroniterError as error:   # one short line: croniter quotes the whole string, or a whole traceback
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        text = lines[-1] if lines else type(error).__name__
+        return text if len(text) <= 160 else text[:157] + "..."
     if expanded[3] == [2] and set(expanded[2]) <= {30, 31}:
         return f"day {fields[2]} of February never comes"
     return None
@@ -38,7 +40,7 @@ def check_cron(value: str, key: str) -> str:
     """``value`` when it is a valid cron string; else ``ValueError`` naming ``key`` and the problem."""
     problem = cron_problem(value)
     if problem:
-        raise ValueError(f"{key} = {value!r} is not a cron string: {problem}")
+        raise ValueError(f"{key} = {quoted(value)} is not a cron string: {problem}")
     return value
 
 
@@ -76,8 +78,8 @@ class EvaluationConfig:
         """Raise ``ValueError`` on a value that is not a plain relative folder; return self."""
         check_fields(self)
         if self.ground_truth and (Path(self.ground_truth).is_absolute() or ".." in Path(self.ground_truth).parts):
-            raise ValueError(f"evaluation.ground_truth = {self.ground_truth!r} must be a folder inside the data home "
-                             "(a relative path without '..')")
+            raise ValueError(f"evaluation.ground_truth = {quoted(self.ground_truth)} must be a folder inside the data "
+                             "home (a relative path without '..')")
         return self
 
     def truth_dir(self, home: DataHome) -> Path | None:
@@ -86,7 +88,7 @@ class EvaluationConfig:
             return None
         folder = home.root / self.ground_truth
         if not folder.is_dir():
-            raise FileNotFoundError(f"evaluation.ground_truth = {self.ground_truth!r}: {folder} is not a folder "
+            raise FileNotFoundError(f"evaluation.ground_truth = {quoted(self.ground_truth)}: {folder} is not a folder "
                                     "(simulate into this home, or set evaluation.ground_truth = \"\" for none)")
         return folder
 

@@ -17,7 +17,7 @@ import pydantic
 
 from dagster_project.versions import STAGES
 from formats.home import DataHome, resolve_home
-from formats.settings import Settings, SettingsError, knobs, load
+from formats.settings import Settings, SettingsError, knobs, load, quoted
 
 _TYPES = {int: int, float: float, bool: bool, str: str, tuple: list[str]}
 
@@ -29,6 +29,8 @@ def _home_settings() -> tuple[Settings, str]:
         return load(root), f"{root}/pickapic.toml"
     except (SettingsError, OSError) as exc:  # the UI still loads; every run will report the bad file
         return Settings(), f"unreadable settings ({exc})"
+    except Exception as exc:   # noqa: BLE001 - whatever else reading them raises: the UI still loads (review rev23c)
+        return Settings(), f"unreadable settings ({type(exc).__name__}: {quoted(str(exc))})"
 
 
 def config_class(section: str, name: str) -> type[dg.Config]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.dataset import SPLITS
-from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob
+from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
@@ -251,7 +251,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 def preset(name: str, **overrides: Any) -> TrainConfig:
     """The ``name`` preset (``paper`` or ``demo``) with ``overrides`` applied."""
     if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        raise ValueError(f"unknown preset {quoted(name)}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[name], "preset": name}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)

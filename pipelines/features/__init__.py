@@ -10,7 +10,8 @@
 - ``reuse``: incremental reuse of rows by uid and by sha256.
 - ``staging``: the run's scratch folder: worker inputs and the pipeline's one sink.
 - ``runner``: Beam options and the local runner (no Prism download).
-- ``runnernames``: which runner a ``--runner`` value names, and whether Beam can make one (settings check it).
+- ``runnernames``: which runner a ``--runner`` value names, and whether the stage runs it (the settings check a
+  name or a dotted path's form, importing nothing; the stage imports a dotted path when it starts).
 - ``portable`` / ``beamworker``: running the job on Beam's portable runner with external workers, quietly.
 - ``__main__``: the command line, ``python -m pipelines.features --home H --day D``.
 

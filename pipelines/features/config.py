@@ -10,6 +10,7 @@ from typing import Any
 from formats.files import is_url
 from formats.outputs import entry_kind
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
+from pipelines.features.runnernames import runner_refusal
 
 FEATURES = "image_features"   # the stage's two datasets ...
 REJECTS = "image_rejects"
@@ -56,25 +57,26 @@ class FeaturesConfig:
         for name in ("blob_base", "staging"):
             value = getattr(self, name)
             if value is not None and (not value.strip() or "\x00" in value):
-                raise ValueError(f"FeaturesConfig.{name}={value!r} is invalid")
+                raise ValueError(f"FeaturesConfig.{name}={quoted(value)} is invalid")
             if value is not None and not is_url(value) and not os.path.isabs(value):
                 # a relative folder would resolve against the working directory of each process (the CLI's,
                 # the daemon's run worker's): two runs of one home would use different folders (review rev22e)
-                raise ValueError(f"features.{name} = {value!r} is a relative path: give an absolute folder or a "
+                raise ValueError(f"features.{name} = {quoted(value)} is a relative path: give an absolute folder or a "
                                  "URL (or empty for the default)")
+            if value is not None:
+                file_url_path(value, f"features.{name}")   # a file:// URL's form: with the settings too
         checks = [
             ("max_side", self.max_side >= self.min_side), ("runner", bool(self.runner)),
             ("blob_zone", bool(self.blob_zone) and "/" not in self.blob_zone and self.blob_zone not in (".", "..")),
         ]
         for name, ok in checks:
             if not ok:
-                raise ValueError(f"FeaturesConfig.{name}={getattr(self, name)!r} is invalid")
-        if self.runner != DEFAULT_RUNNER:    # Beam's name of the default needs no check (nor Beam's import)
-            from pipelines.features.runnernames import runner_refusal
-
-            refusal = runner_refusal(self.runner)
-            if refusal:
-                raise ValueError(f"features.runner = {quoted(self.runner)} {refusal}")
+                raise ValueError(f"FeaturesConfig.{name}={quoted(getattr(self, name))} is invalid")
+        # a name or the form of a dotted path: nothing is imported (neither Beam nor the module a path names,
+        # whose code would run wherever the settings are read); a path is imported when the stage starts
+        refusal = runner_refusal(self.runner)
+        if refusal:
+            raise ValueError(f"features.runner = {quoted(self.runner)} {refusal}")
         if home is not None:
             check_blob_base(self.blob_base, home)
             if self.staging is not None:
@@ -171,15 +173,17 @@ def file_url_path(value: str, where: str) -> str | None:
     None for any other value. Beam has no file system of its own for ``file://``, but a plugin may map it onto
     the local disk: a staging folder or blob base given as one gets the checks of that path (it got none, as a
     bucket's URL: noted by the rev22 reviews). ``file:/abs`` is no URL (Beam reads it as a relative path, and
-    so does the stage). Another host, or a percent escape (read as itself or decoded, depending on the file
-    system), is refused: give the path."""
+    so does the stage). Another host, a percent escape (read as itself or decoded, depending on the file
+    system), or a ``?``, ``#`` or ``;`` (a query, fragment or parameters: part of the folder's name to one
+    file system, cut off by one that parses the URL, so ``file:///HOME?x`` is the new folder ``HOME?x`` to
+    the checks and the home to such a file system: review rev23c) is refused: give the path."""
     text = value.strip()
     if not is_url(text) or text.split(":", 1)[0].lower() != "file":
         return None
     host, _, path = text.partition("://")[2].partition("/")
-    if host.lower() not in ("", "localhost") or "%" in path:
-        raise StagingRefused(f"{where} = {quoted(value)} is a file URL of another host or with a percent escape; "
-                             "give the local folder as a path")
+    if host.lower() not in ("", "localhost") or any(mark in path for mark in "%?#;"):
+        raise StagingRefused(f"{where} = {quoted(value)} is a file URL of another host, with a percent escape or "
+                             "with a query, fragment or parameters ('?', '#', ';'); give the local folder as a path")
     return "/" + path
 
 
@@ -219,9 +223,9 @@ def check_staging(staging: str, base: str, home: str | os.PathLike, where: str =
         if is_url(base):
             s, b = staging.rstrip("/"), base.rstrip("/")
             if s == b or b.startswith(s + "/"):
-                raise StagingRefused(f"{what} is or holds the blob base {base!r}")
+                raise StagingRefused(f"{what} is or holds the blob base {quoted(base)}")
             if s.startswith(b + "/") and not in_staging_area(s, base):
-                raise StagingRefused(f"{what} lies inside the blob base {base!r}: only a subfolder of "
+                raise StagingRefused(f"{what} lies inside the blob base {quoted(base)}: only a subfolder of "
                                      f"{_join(base, STAGING_AREA)} may be a staging folder there")
         return
     path = os.path.abspath(staging)
@@ -261,4 +265,4 @@ def parse_day(day: str) -> dt.date:
     try:
         return dt.date.fromisoformat(day)
     except (TypeError, ValueError):
-        raise ValueError(f"day {day!r} is not an ISO date YYYY-MM-DD") from None
+        raise ValueError(f"day {quoted(day)} is not an ISO date YYYY-MM-DD") from None

@@ -16,7 +16,7 @@ from pipelines.features.runnernames import (
     LOCAL_RUNNERS,
     is_local_runner,
     runner_class,
-    runner_refusal,
+    start_refusal,
 )
 
 
@@ -29,7 +29,8 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     stage is no slower in-process, with ~40% less CPU and half the memory; ``benchmarks/features_crossover.py``).
     """
     args = list(beam_args or [])
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
+    if from_settings:
         args.append(f"--runner={config.runner}")
     options = PipelineOptions(args)
     try:
@@ -41,9 +42,10 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
-    refusal = runner_refusal(runner)
+    refusal = start_refusal(runner)   # a dotted path is imported here, when the stage starts, not with the settings
     if refusal:
-        raise ValueError(f"--runner={quoted(runner)} in the Beam options {refusal}")
+        where = "features.runner = " if from_settings else "--runner="
+        raise ValueError(f"{where}{quoted(runner)}{'' if from_settings else ' in the Beam options'} {refusal}")
     count = known.get("direct_num_workers")
     if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
         # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range

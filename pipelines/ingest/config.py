@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
-from formats.settings import MAX_PROCESSES, check_fields, knob
+from formats.settings import MAX_PROCESSES, check_fields, knob, quoted
 from pipelines.ingest import parse as rp
 
 OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
@@ -40,7 +40,7 @@ class IngestConfig:
     def __post_init__(self) -> None:
         check_fields(self)
         if not self.min_gs <= self.max_gs:
-            raise ValueError(f"IngestConfig.min_gs {self.min_gs!r} must not exceed max_gs {self.max_gs!r}")
+            raise ValueError(f"IngestConfig.min_gs {quoted(self.min_gs)} must not exceed max_gs {quoted(self.max_gs)}")
         self.earliest()
 
     def earliest(self) -> dt.datetime:
@@ -52,8 +52,8 @@ class IngestConfig:
             if earliest.tzinfo is not None:
                 earliest = earliest.astimezone(dt.timezone.utc).replace(tzinfo=None)
         except (TypeError, ValueError, OverflowError):
-            raise ValueError(f"IngestConfig.earliest_created_at {self.earliest_created_at!r} is not an ISO timestamp "
-                             "of years 1-9999 (naive is UTC, as the app's timestamps are)") from None
+            raise ValueError(f"IngestConfig.earliest_created_at {quoted(self.earliest_created_at)} is not an ISO "
+                             "timestamp of years 1-9999 (naive is UTC, as the app's timestamps are)") from None
         return earliest
 
     def timestamp_range(self, day: dt.date) -> tuple[dt.datetime, dt.datetime | PastTheCalendar]:

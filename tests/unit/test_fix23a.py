@@ -68,7 +68,9 @@ def test_a_short_typo_still_gets_its_suggestion():
 
 # ------------------------------------------------------------------------------ 2. features.runner
 
-@pytest.mark.parametrize("runner", ["NoSuchRunner", "../../x", "os.path", "json.JSONDecoder", "x" * 5000])
+# ("os.path", "json.JSONDecoder": dotted paths, whose modules the settings no longer import, review rev23c:
+# refused when the stage starts, test_fix23c.py)
+@pytest.mark.parametrize("runner", ["NoSuchRunner", "../../x", "x" * 5000])
 def test_a_runner_beam_cannot_make_is_refused_with_the_settings(runner):
     with pytest.raises(SettingsError, match=r"features.runner = .* is not a Beam runner: give one of .*DirectRunner"
                                             r".*runner class \(a PipelineRunner\)") as caught:
