@@ -6,7 +6,7 @@ staging folder or blob base checked as its path.
 
 Each test asserts the correct behaviour of a defect confirmed by running it (the real CLI, the real settings loader,
 the Dagster definitions' settings reader, Beam 2.77's own ``create_runner``, a real feature stage for the runner
-cases), filed as a strict xfail. The hard-link refusal held up (with and without ``--write``, symlinks, the lock)
+cases), filed as a strict xfail; all eight were fixed the same day (fix23c). The hard-link refusal held up (with and without ``--write``, symlinks, the lock)
 and has no test here.
 """
 from __future__ import annotations
@@ -53,15 +53,6 @@ def _home(tmp_path, runner: str):
     "import sys\nsys.exit(3)\n",                    # a module that exits
     "raise RuntimeError('no')\n",
 ], ids=["KeyError", "SyntaxError", "SystemExit", "RuntimeError"])
-@pytest.mark.xfail(strict=True, reason=(
-    "features.runner naming a dotted path is imported by FeaturesConfig.validate whenever the settings are read "
-    "(and by pipeline_options before the stage); _import_class catches only ImportError/AttributeError/ValueError/"
-    "TypeError, so a runner module raising anything else at import (KeyError, SyntaxError, SystemExit, "
-    "RuntimeError) escapes: every command reading the home's settings (pickapic settings, build --dry-run) ends "
-    "in a traceback, exits silently with the module's code (SystemExit) or prints a bare 'error: no'. Expected: "
-    "reading the settings accepts it or refuses it with a one-line SettingsError naming features.runner, and the "
-    "Beam options refuse it with a ValueError naming the runner"
-))
 def test_a_runner_module_that_fails_its_import_is_a_one_line_error(tmp_path, runner_module, capsys, body):
     from dagster_project.cli import main
     from pipelines.features.runner import pipeline_options
@@ -90,13 +81,6 @@ def test_a_runner_module_that_fails_its_import_is_a_one_line_error(tmp_path, run
     assert isinstance(caught, ValueError) and f"{name}.Runner" in str(caught), repr(caught)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dagster_project.runconfig._home_settings (called when the Dagster definitions are imported: the webserver, "
-    "the code server, the daemon and every run worker) promises 'the UI still loads' on an unreadable settings "
-    "file, but catches only SettingsError/OSError: a features.runner module raising KeyError at import makes "
-    "`import dagster_project.definitions` fail with a traceback. Expected: _home_settings returns (the home's "
-    "settings, or the defaults with 'unreadable settings')"
-))
 def test_the_dagster_definitions_still_load_when_the_runner_module_raises(tmp_path, runner_module, monkeypatch):
     from dagster_project.runconfig import _home_settings
 
@@ -109,14 +93,6 @@ def test_the_dagster_definitions_still_load_when_the_runner_module_raises(tmp_pa
 
 # ------------------------------------------------- 2. reading the settings runs the module features.runner names
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Reading the settings executes the module named by features.runner: `pickapic settings` (a read-only listing), "
-    "build --dry-run, the Dagster definitions, sensors and the run coordinator import it in their own process "
-    "(`features.runner = \"this.Runner\"` prints the Zen of Python into `pickapic settings`' output; a module "
-    "only the build environment has makes every command of another environment refuse the home). Expected: "
-    "reading and listing the settings runs no code of that module (check it without executing it, e.g. "
-    "importlib.util.find_spec, and import it when the stage runs, as Beam does)"
-))
 def test_listing_the_settings_runs_no_code_of_the_runner_module(tmp_path, runner_module, capsys):
     from dagster_project.cli import main
 
@@ -138,13 +114,6 @@ def test_listing_the_settings_runs_no_code_of_the_runner_module(tmp_path, runner
 
 # ------------------------------------------------------------------- 3. runner names Beam cannot make: accepted
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner_refusal accepts any bare name runner_class maps to Beam's KNOWN_RUNNER_NAMES without importing the "
-    "class: 'interactive' / 'InteractiveRunner' pass the settings check although Beam 2.77's create_runner fails "
-    "here (AttributeError from its interactive module; the dotted path of the same class is refused), and a real "
-    "feature stage with features.runner=interactive made its staging folder, then died with an AttributeError "
-    "traceback. Expected: every name the settings check accepts is one create_runner makes a runner of"
-))
 def test_every_runner_name_the_check_accepts_is_one_beam_can_make():
     from apache_beam.runners.runner import create_runner
 
@@ -162,25 +131,12 @@ def test_every_runner_name_the_check_accepts_is_one_beam_can_make():
     assert accepted_but_not_made == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.runner = prism (or PrismRunner) passes the settings check, and the feature stage then downloads "
-    "Beam's Prism binary from GitHub at run time (offline: 'Unable to fetch remote prism binary at https://github"
-    ".com/...', after the staging folder was made, and a beam-temp* folder left in the system temp dir): the "
-    "project never makes that download (README, section 3) and allows no network at run time. Expected: refused "
-    "with the settings, one line"
-))
 @pytest.mark.parametrize("runner", ["prism", "PrismRunner"])
 def test_a_runner_that_downloads_prism_at_run_time_is_refused_with_the_settings(runner):
     with pytest.raises(SettingsError, match="features.runner"):
         load(None, assignments=[f"features.runner={runner}"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A dotted features.runner whose module exists but fails to import (a dependency missing in this environment) "
-    "is refused as 'is not a Beam runner: give one of ...': the ModuleNotFoundError naming the missing dependency "
-    "is swallowed by _import_class, so the user is told the runner does not exist. Expected: the refusal names "
-    "the import error (the missing module), in the settings (if they check it) and in the Beam options"
-))
 def test_a_runner_module_missing_a_dependency_is_refused_naming_the_dependency(tmp_path, runner_module):
     runner_module("rev23c_needs_dep_runner", """
         import rev23c_missing_dependency  # noqa: F401
@@ -214,12 +170,6 @@ BIG = 100_000
     ("evaluation.ground_truth", "../" + "x" * BIG),
 ], ids=["staging-relative", "staging-nul", "blob_base-relative", "blob_zone", "earliest_created_at",
         "nightly_cron", "ground_truth"])
-@pytest.mark.xfail(strict=True, reason=(
-    "quoted() bounds keys and the values Knob.coerce refuses, but the config classes' own checks still format "
-    "the whole value with {value!r} (FeaturesConfig.validate's relative-path and 'is invalid' errors, IngestConfig, "
-    "check_cron, EvaluationConfig): a 100,000-character value is a 100,000-character error line, from --set "
-    "and from pickapic.toml alike. Expected: every settings error under 1000 characters"
-))
 def test_a_long_value_refused_by_a_config_check_is_quoted_bounded(key, value):
     with pytest.raises(SettingsError) as caught:
         load(None, assignments=[f"{key}={value}"])
@@ -229,12 +179,6 @@ def test_a_long_value_refused_by_a_config_check_is_quoted_bounded(key, value):
 # ----------------------------------------------------------------------------------- 5. file:// URL spellings
 
 @pytest.mark.parametrize("suffix", ["?x", "#x", ";x"])
-@pytest.mark.xfail(strict=True, reason=(
-    "file_url_path refuses a percent escape because a file system may read it as itself or decoded, but takes "
-    "'?', '#' and ';' into the path: file:///HOME?x is checked as the new folder 'HOME?x' and accepted as the "
-    "staging folder, while a file system that parses the URL (RFC 8089: query and fragment are no part of the "
-    "path) reads it as the data home itself, which the stage deletes. Expected: refused like a percent escape"
-))
 def test_a_file_url_with_a_query_or_fragment_naming_the_home_is_refused(tmp_path, suffix):
     home = tmp_path / "home"
     (home / "raw").mkdir(parents=True)
@@ -244,11 +188,6 @@ def test_a_file_url_with_a_query_or_fragment_naming_the_home_is_refused(tmp_path
 
 # ---------------------------------------------------------------------------------------- 6. cosmetic
 
-@pytest.mark.xfail(strict=True, reason=(
-    "quoted() cuts a short value whose repr is long (70 ESC characters: a 282-character repr) in the middle of an "
-    "escape ('\\x1...') and reports the repr's length as the value's: '(282 characters)' for a 70-character value. "
-    "Expected: the length stated is the value's, and no escape is cut"
-))
 def test_quoted_states_the_values_length_and_cuts_no_escape():
     value = "\x1b" * 70
     text = quoted(value)
