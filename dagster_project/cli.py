@@ -184,8 +184,8 @@ def _cmd_settings(args: argparse.Namespace) -> int:
     from formats.settings import (
         SECTIONS,
         SettingsError,
-        _no_secrets,
         load,
+        no_secrets,
         parse_assignments,
         unknown_section,
         with_new_values,
@@ -202,7 +202,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
             raise SettingsError("--write needs at least one --set SECTION.NAME=VALUE")
         # the file is checked but for the keys replaced (a value it is refused for can be replaced); a secret is
         # never taken from the command line (shell history), and what every run would refuse is never written
-        pairs = _no_secrets(parse_assignments(args.assignments), "--set")
+        pairs = no_secrets(parse_assignments(args.assignments), "--set")
         new = with_new_values(home.root, pairs, "--set")
         if any(key.strip().startswith("features.") for key in pairs):
             try:

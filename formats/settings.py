@@ -612,17 +612,17 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
         path = Path(config_file)
         if not path.is_file():
             raise SettingsError(f"--config {path}: no such file")
-        settings = settings.with_values(_no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
+        settings = settings.with_values(no_secrets(read_file(path, f"--config {path}"), f"--config {path}"),
                                         f"--config {path}", strict=True)
     pairs = parse_assignments(assignments)
     if pairs:
-        settings = settings.with_values(_no_secrets(pairs, "--set"), "--set")
+        settings = settings.with_values(no_secrets(pairs, "--set"), "--set")
     if overrides:
         settings = settings.with_values(overrides, "override")
     return settings
 
 
-def _no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
+def no_secrets(values: dict[str, Any], source: str) -> dict[str, Any]:
     """Refuse secrets given for one run: they would be stored with the run and show in shell history."""
     for key in values:
         if knob_for(key, source).secret:
