@@ -284,9 +284,13 @@ def build(
         for run in plan.runs:
             progress(_describe(run))
             result.run_ids[run.label] = _execute(run, instance, run_config, home)
-    if not selected or set(selected) == set(home.raw_days()):
+    raw_days = home.raw_days()
+    if not selected or set(selected) == set(raw_days):
+        # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
+        not_begun = sorted(set(raw_days) - set(begun_days(raw_days)))
         buildstamp.write_stamp(home, buildstamp.stamp_key(home, assignments=assignments, config_file=config_file,
-                                                          with_model=with_model))
+                                                          with_model=with_model),
+                               until=not_begun[0] if not_begun else None)
     return result
 
 

@@ -2,14 +2,17 @@
 
 After a build that left every asset fresh, ``HOME/cache/build_stamp.json`` records a digest of what the
 plan read: the code versions, the settings file and the command's overrides, the raw zone (each file's
-size, mtime and inode) and every output (warehouse files, the ``latest`` link, the model). A later build
-whose digest matches has nothing to do and says so without loading Dagster or any stage (well under a
-second); anything else, including a run launched from the UI or by the daemon (it rewrites outputs),
-falls through to the full plan against the data versions Dagster recorded. Deleting the stamp only costs
+size, mtime and inode), every output (warehouse files, the ``latest`` link, the model) and, per day whose
+``image_rejects`` names missing blobs, those still missing. A later build whose digest matches has nothing
+to do and says so without loading Dagster or any stage (well under a second); anything else, including a
+run launched from the UI or by the daemon (it rewrites outputs), falls through to the full plan against the
+data versions Dagster recorded. A stamp written while a raw day folder was skipped because the day had not
+begun (UTC) holds that day as its ``until``: from then on it is not trusted. Deleting the stamp only costs
 that full plan once. No Dagster import here: this is the path that must stay cheap.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 from pathlib import Path
@@ -20,7 +23,7 @@ from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
-from pipelines.provenance import combine, raw_stats, stat_key
+from pipelines.provenance import MissingBlobs, combine, raw_stats, stat_key
 
 STAMP = "build_stamp.json"
 
@@ -53,10 +56,56 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
         model = stat_key(home.models / "preference_model" / target / "eval.json")
     return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), list(assignments),
                    _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home, assignments, config_file), outputs, target,
-                   stat_key(latest / dataset.MANIFEST_FILE) if target else None, model)
+                   stat_key(latest / dataset.MANIFEST_FILE) if target else None, model,
+                   _missing_blobs(home, assignments, config_file))
+
+
+def _missing_blobs(home: DataHome, assignments: Iterable[str] = (), config_file: Path | None = None) -> list:
+    """Per day whose ``image_rejects`` rejects blobs as ``missing_blob``, those still missing now: a blob that
+    lands after its day was fingerprinted changes no raw day file, yet makes the day stale (review rev23a,
+    :class:`pipelines.provenance.MissingBlobs`). One ``stat`` per missing blob; the paths come from the cache
+    (read only when a partition changed)."""
+    folder = home.table_dir("image_rejects")
+    try:
+        days = sorted(name[3:] for name in os.listdir(folder) if name.startswith("dt="))
+    except OSError:
+        return []
+    blobs = MissingBlobs(home)
+    base = _named_settings(home, assignments, config_file, "features", ("blob_base",)).get("blob_base")
+    base = base if isinstance(base, str) and base and "\x00" not in base else str(home.root)
+    out = [[day, blobs.still_missing(day, base)] for day in days if blobs.paths(day)]
+    blobs.save()
+    return out
 
 
 _MODERATION_KNOBS = ("phrases_file", "banned_users_file")
+
+
+def _named_settings(home: DataHome, assignments: Iterable[str], config_file: Path | None, section: str,
+                    knobs: Iterable[str]) -> dict[str, object]:
+    """The values of ``section.knob`` the build's settings name (the home's file, then ``--config``, then
+    ``--set``, as :func:`formats.settings.load` applies them), read without validating (the plan's own
+    ``load`` reports a bad value)."""
+    knobs = tuple(knobs)
+    named: dict[str, object] = {}
+    for path in (settings_path(home.root), config_file):
+        if path is None:
+            continue
+        try:
+            table = parse_text(read_text(Path(path)), str(path)).get(section, {})
+        except SettingsError:
+            continue
+        if isinstance(table, dict):
+            named.update({name: table[name] for name in knobs if name in table})
+    for assignment in assignments:
+        try:
+            key, value = parse_assignment(assignment)
+        except SettingsError:
+            continue
+        part, _, name = key.partition(".")
+        if part == section and name in knobs:
+            named[name] = value
+    return named
 
 
 def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), config_file: Path | None = None) -> list:
@@ -67,39 +116,35 @@ def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), confi
     file was read, so an edited list named on the command line answered "up to date"). The files are read
     as ``load`` reads them (:func:`formats.settings.read_text`, ``parse_text``): a huge or deeply nested one
     names none here and ``load`` refuses it naming the file (review rev22e: a bare RecursionError here)."""
-    named: dict[str, object] = {}
-    for path in (settings_path(home.root), config_file):
-        if path is None:
-            continue
-        try:
-            curation = parse_text(read_text(Path(path)), str(path)).get("curation", {})
-        except SettingsError:
-            continue
-        if isinstance(curation, dict):
-            named.update({name: curation[name] for name in _MODERATION_KNOBS if name in curation})
-    for assignment in assignments:
-        try:
-            key, value = parse_assignment(assignment)
-        except SettingsError:
-            continue
-        section, _, name = key.partition(".")
-        if section == "curation" and name in _MODERATION_KNOBS:
-            named[name] = value
+    named = _named_settings(home, assignments, config_file, "curation", _MODERATION_KNOBS)
     return [[name, stat_key(home.moderation_list(value, home.root))] for name, value in sorted(named.items())
             if isinstance(value, str) and value and "\x00" not in value]   # a NUL: load refuses it, naming the key
 
 
 def is_up_to_date(home: DataHome, key: str) -> bool:
-    """Whether the last fresh build left exactly this state."""
+    """Whether the last fresh build left exactly this state, and no raw day it skipped as not begun has
+    begun since (the stamp's ``until``)."""
     try:
-        return json.loads((home.cache / STAMP).read_text(encoding="utf-8")).get("key") == key
+        stamp = json.loads((home.cache / STAMP).read_text(encoding="utf-8"))
+        if not isinstance(stamp, dict) or stamp.get("key") != key:
+            return False
+        until = stamp.get("until")
+        return until is None or (isinstance(until, str) and _today() < until)
     except (OSError, ValueError):
         return False
 
 
-def write_stamp(home: DataHome, key: str) -> None:
-    """Record that the home is fresh in state ``key``."""
-    write_bytes_atomic(home.cache / STAMP, (json.dumps({"key": key}) + "\n").encode())
+def _today() -> str:
+    """Today (UTC), as a day name."""
+    return dt.datetime.now(dt.timezone.utc).date().isoformat()
+
+
+def write_stamp(home: DataHome, key: str, until: str | None = None) -> None:
+    """Record that the home is fresh in state ``key``; ``until``: the first raw day the build skipped because it had
+    not begun (UTC), from which day on the stamp is not trusted (review rev23a: the raw zone does not change when
+    a day begins, so the stamp kept answering "up to date" and the day was never ingested)."""
+    body = {"key": key, **({"until": until} if until else {})}
+    write_bytes_atomic(home.cache / STAMP, (json.dumps(body) + "\n").encode())
 
 
 def clear_stamp(home: DataHome) -> None:

@@ -7,8 +7,11 @@ content digest of their files. An asset is
 
 - *missing* when it never materialized (or its output files are gone),
 - *stale* when the version its inputs give now differs from the recorded one: a raw file changed, a
-  setting that changes its output changed, its code version was bumped, an upstream asset changed, or
-  its last materialization failed a blocking check (recorded as ``<version>-failed-checks``),
+  setting that changes its output changed, its code version was bumped, an upstream asset changed, a blob
+  its features rejected as ``missing_blob`` landed (the version's ``+missing-blobs:`` mark:
+  :func:`expected_missing_mark`), or its last materialization failed a blocking check (recorded as
+  ``<version>-failed-checks``); also a day whose rewrite by another day's ingest a crash interrupted
+  (:mod:`pipelines.ingest.rewrites`),
 - *fresh* otherwise, and then a build leaves it alone.
 
 :func:`plan_build` turns that into the Dagster runs a build needs; the assets call :func:`runtime_version`
@@ -40,7 +43,8 @@ from dagster_project.versions import (
 from formats import dataset
 from formats.home import DataHome
 from formats.settings import Settings, config_digest
-from pipelines.provenance import RawDigests, combine, files_digest
+from pipelines.ingest import rewrites
+from pipelines.provenance import MissingBlobs, RawDigests, combine, files_digest, missing_mark
 from training import runs
 
 Lookup = Callable[[str, "str | None"], "str | None"]
@@ -222,6 +226,8 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
 
     observed = recorded.observed_raw()
     observations = {}
+    blobs = MissingBlobs(home)
+    blob_base = configs["features"].base(home.root)
     forced_days = set(raw_days if force and selected_days is None else selected_days or [])
     runs: list[PlannedRun] = []
     for day in all_days:
@@ -235,9 +241,14 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             late = late_days_of(recorded.get(stage.name, day)) if stage.name == "ingest" else ()
             version = stage_version(stage, home, configs[stage.section], lambda n, d: versions.get(n) or lookup(n, d),
                                     all_days, raw, day, late)
+            landed = False
+            if stage.name == "features":
+                mark, landed = expected_missing_mark(blobs, day, blob_base)
+                version += mark
             versions[stage.name] = version
             reason = _why(recorded.get(stage.name, day), version, home, stage, day, bool(ops),
-                          day in forced_days, raw_changed=day in observations and day in observed)
+                          day in forced_days, raw_changed=day in observations and day in observed,
+                          blobs_landed=landed)
             if reason:
                 ops.append(stage.op)
                 reasons.append(f"{stage.name}: {reason}")
@@ -267,7 +278,20 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
             # the run also materializes the job's reports on the model (automation.asset_keys)
             runs.append(PlannedRun(stage.job, [stage.op], None, [f"model: {reason}"]))
     raw.save()
+    blobs.save()
     return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
+
+
+def expected_missing_mark(blobs: MissingBlobs, day: str, base: str) -> tuple[str, bool]:
+    """(the ``MISSING_MARK`` suffix of a day's features version now, whether a blob its output rejects as
+    missing has landed since). The recorded version names the blobs its output rejects as missing (the asset
+    appends :func:`~pipelines.provenance.missing_mark` of them); now it names those still missing, so a blob
+    that landed makes the day stale, and its new version makes the global stages stale (review rev23a)."""
+    had = blobs.paths(day)
+    if not had:
+        return "", False
+    still = blobs.still_missing(day, base)
+    return missing_mark(still), len(still) != len(had)
 
 
 def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
@@ -277,7 +301,7 @@ def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
 
 
 def _why(recorded: str | None, expected: str, home: DataHome, stage: Stage, day: str | None, upstream_runs: bool,
-         forced: bool, raw_changed: bool = False) -> str | None:
+         forced: bool, raw_changed: bool = False, blobs_landed: bool = False) -> str | None:
     """Why a stage must run (None: it is fresh)."""
     if forced:
         return "recompute requested"
@@ -290,9 +314,13 @@ def _why(recorded: str | None, expected: str, home: DataHome, stage: Stage, day:
     if recorded != expected:
         if stage.name == "ingest" and raw_changed:
             return "raw files changed"
+        if blobs_landed:
+            return "an image blob it rejected as missing_blob is there now"
         return "inputs changed (an upstream version, a setting or the code version)"
     if not outputs_present(home, stage, day):
         return "output files missing"
+    if stage.name == "ingest" and day is not None and rewrites.is_pending(home, day):
+        return "a rewrite of its files by another day's ingest was interrupted (a crash)"
     return None
 
 

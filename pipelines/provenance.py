@@ -9,7 +9,9 @@ the bottom sit the raw inputs, digested by content:
   modification time match the last digest is not read again (the record lives in
   ``cache/raw_day_digests.json``, disposable: deleting it costs one re-read). A re-export with the same
   bytes therefore keeps the day's version, and any changed byte changes it;
-- the moderation lists (banned users, NSFW phrases) the decisions read (:func:`files_digest`).
+- the moderation lists (banned users, NSFW phrases) the decisions read (:func:`files_digest`);
+- the image blobs a day's features rejected as missing: which of them are still missing
+  (:class:`MissingBlobs`, named in the day's features version).
 
 Equal versions mean equal outputs (every stage is deterministic), so a build can skip any asset whose
 recorded version equals the one its inputs give now.
@@ -22,7 +24,7 @@ import os
 from pathlib import Path
 from typing import Iterable
 
-from formats.files import sha256_file, write_bytes_atomic
+from formats.files import is_url, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
@@ -110,3 +112,82 @@ def raw_stats(home: DataHome) -> list:
                 out.append([folder.name, [stat_key(Path(folder.path) / f"{t}.jsonl.gz") for t in RAW_TABLES]])
     out.append(["moderation", [stat_key(p) for p in (home.banned_users_file, home.nsfw_phrases_file)]])
     return out
+
+
+# --------------------------------------------------------------------------- blobs that landed after their day
+MISSING_BLOB = "missing_blob"   # the feature stage's reason (pipelines.features.decode: not imported, it loads Pillow)
+MISSING_MARK = "+missing-blobs:"   # appended to a features version: the digest of the blobs its output lacks
+_MISSING_CACHE = "missing_blobs.json"
+_MISSING_CACHE_VERSION = 1
+
+
+class MissingBlobs:
+    """Per day, the blob paths its ``image_rejects`` partition rejects as ``missing_blob``, and which of them
+    are there now.
+
+    A blob that lands after its day was fingerprinted (a raw zone fed by files: the blob sync lagging the log
+    export) changes what the feature stage would write, yet no raw day file changes (review rev23a). The
+    features version of a day with such rejects therefore names them (:data:`MISSING_MARK`): recorded as the
+    digest of the paths its output rejects as missing, expected as the digest of those still missing now. A
+    landed blob makes the day stale, and only the missing ones are looked at (one ``stat`` each). The paths of
+    a partition are cached in ``cache/missing_blobs.json`` by the partition's stat (disposable: deleting it
+    costs one read of each ``image_rejects`` partition). Blob bases that are URLs (a bucket) are not looked
+    at: no network here (``pickapic build --force --from D --to D`` fingerprints such a day again)."""
+
+    def __init__(self, home: DataHome) -> None:
+        self.home = home
+        self.path = home.cache / _MISSING_CACHE
+        try:
+            known = json.loads(self.path.read_text(encoding="utf-8"))
+            self.known: dict[str, dict] = known["days"] if known.get("version") == _MISSING_CACHE_VERSION else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.known = {}
+        self.changed = False
+
+    def paths(self, day: str) -> list[str]:
+        """The blob paths ``day``'s ``image_rejects`` partition rejects as missing, sorted (none when it is
+        missing or unreadable: the stage then runs for other reasons)."""
+        path = self.home.partition_file("image_rejects", day)
+        stat = stat_key(path)
+        if stat is None or stat[0] == "not-a-file":
+            return []
+        entry = self.known.get(day)
+        if isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("paths"), list) \
+                and all(isinstance(p, str) for p in entry["paths"]):
+            return entry["paths"]
+        # imported here, not at the top: the build stamp's fast path reads the cache only
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.read_table(path, columns=["blob_path", "reason"])
+            paths = sorted(set(rows.filter(pc.equal(rows["reason"], MISSING_BLOB)).column("blob_path").to_pylist()))
+        except (OSError, pa.ArrowException, KeyError):
+            return []
+        self.known[day] = {"stat": stat, "paths": paths}
+        self.changed = True
+        return paths
+
+    def still_missing(self, day: str, base: str | None) -> list[str]:
+        """The paths of :meth:`paths` with nothing at them now under the local blob base ``base`` (all of
+        them when the base is a URL: not looked at)."""
+        paths = self.paths(day)
+        if not paths or base is None or is_url(base):
+            return paths
+        return [p for p in paths if not os.path.exists(os.path.join(base, p))]
+
+    def save(self) -> None:
+        """Write the cache back when it learnt something (never required for correctness)."""
+        if self.changed:
+            try:
+                write_bytes_atomic(self.path, (json.dumps({"version": _MISSING_CACHE_VERSION, "days": self.known},
+                                                          sort_keys=True) + "\n").encode())
+            except OSError:
+                pass
+            self.changed = False
+
+
+def missing_mark(paths: list[str]) -> str:
+    """The suffix of a features version whose output rejects ``paths`` as missing ('' for none)."""
+    return MISSING_MARK + combine("missing-blobs", sorted(paths)) if paths else ""

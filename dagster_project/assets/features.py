@@ -14,6 +14,7 @@ from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
 from pipelines.features.stage import build_features
+from pipelines.provenance import MissingBlobs, missing_mark
 
 _BaseFeaturesRunConfig = config_class("features", "_BaseFeaturesRunConfig")
 
@@ -46,5 +47,8 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     report = build_features(home, day, settings, beam_args=shlex.split(config.beam_args))
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
-    version = settle()
+    # the blobs its output rejects as missing are named in its version: one that lands later makes the day stale
+    blobs = MissingBlobs(home)
+    version = settle() + missing_mark(blobs.paths(day))
+    blobs.save()
     yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra, data_version=version)

@@ -37,10 +37,11 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
     day = context.partition_key
     settings = stage_config("ingest", config, home, context)
     report = ingest_day(home, day, settings)
-    for earlier, refreshed in sorted(report.refreshed.items()):
-        # this day's images resolved references an earlier partition waited for: it was ingested again, and
-        # its version now names this day as an input (a later change of this day's export makes it stale)
-        version = runtime_version(context.instance, "ingest", home, settings, earlier, refreshed.late_image_days)
-        log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, earlier, cause=day, data_version=version)
+    for other, refreshed in sorted(report.refreshed.items()):
+        # another partition was ingested again: this day's images resolved references it waited for (an earlier
+        # day within the late-image window, whose version now names this day as an input, or a later day), or a
+        # crash had interrupted an earlier rewrite of it (pipelines.ingest.rewrites)
+        version = runtime_version(context.instance, "ingest", home, settings, other, refreshed.late_image_days)
+        log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, other, cause=day, data_version=version)
     version = runtime_version(context.instance, "ingest", home, settings, day, report.late_image_days)
     yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day, data_version=version)

@@ -836,8 +836,9 @@ def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     late = report.blobs.get("copied", 0) + large
     if report.published == "unchanged" and late:
         out.append(f"{late} image blob(s) of day {day} reached the store only after the day was "
-                   f"exported; they are copied now, but the day's files did not change, so nothing reruns by "
-                   f"itself: rebuild the day (pickapic build --force --from {day} --to {day})")
+                   f"exported; they are copied now: the next build or nightly fingerprints the day again (a blob "
+                   f"its features rejected as missing_blob is there now), or at once: pickapic build --force "
+                   f"--from {day} --to {day}")
     return out
 
 

@@ -125,7 +125,7 @@ class IngestReport:
     seconds: float = 0.0
     raw_zone_problems: list[str] = field(default_factory=list)   # one line per skipped raw-zone entry
     quarantine_rows: int = 0          # rows of the quarantine file (identical bad lines share a row)
-    refreshed: dict[str, "IngestReport"] = field(default_factory=dict)  # earlier days ingested again
+    refreshed: dict[str, "IngestReport"] = field(default_factory=dict)  # other days ingested again (pipelines.ingest.day)
 
     @property
     def lines_in(self) -> int:

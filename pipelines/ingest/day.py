@@ -34,18 +34,23 @@ while the raw file has the recorded size and times, else its recorded sha256; ot
 searched again), so a day's check does not decompress the whole history. None of this changes a
 byte of the output.
 
+Other days rewritten: a day's ingest rewrites the earlier days within ``late_image_days`` whose waiting
+references its images export resolves, and the later days whose quarantine waits for one of its images
+(a day landing after later days were built). Each such rewrite is recorded first
+(``warehouse/.ingest_rewrites/dt=DAY``, :mod:`pipelines.ingest.rewrites`) and the record cleared after its
+six renames, so a crash between them is redone by the next ingest of any day.
+
 Command line: ``python -m pipelines.ingest`` (:mod:`pipelines.ingest.__main__`).
 """
 from __future__ import annotations
 
 import contextlib
 import multiprocessing
-import re
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Collection, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -56,12 +61,14 @@ from formats.home import DataHome
 from formats.rawzone import RawZoneScan
 from pipelines import faults
 from pipelines.ingest import parse as rp
+from pipelines.ingest import rewrites
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
 from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day, shift_day
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
 from pipelines.ingest.reader import fill_pending, read_table
 from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
 from pipelines.ingest.uidindex import raw_image_uids, stat_key, write_uid_index
+from pipelines.ingest.waiting import Unreadable, WaitingIndex, read_waiting
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
 
@@ -189,9 +196,12 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
                refresh_earlier: bool = True) -> IngestReport:
     """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts.
 
-    With ``refresh_earlier``, the earlier days within ``late_image_days`` whose quarantine waits for
-    an image this day's export brings are ingested again (``refresh_late_references``), so a day's
-    partitions never depend on the order in which the days were ingested.
+    With ``refresh_earlier``, other days are ingested again where this one changes them, so a day's
+    partitions never depend on the order in which the days were ingested: the earlier days within
+    ``late_image_days`` whose quarantine waits for an image this day's export brings (or whose late rows
+    lost theirs: ``refresh_late_references``), and the later days whose quarantine waits for one
+    (``refresh_later_days``). First, every day whose rewrite a crash interrupted is ingested again
+    (``repair_interrupted_rewrites``). All of them are in ``IngestReport.refreshed``.
     """
     started = time.perf_counter()
     date = parse_day(day)
@@ -236,6 +246,12 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         writers[outputs["quarantine"]] = quarantine_writer
         writers[outputs["ingest_files"]] = (ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
         write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
+    rewrites.finish(home, day, list(outputs.values()))   # an interrupted rewrite of this day is now complete
+    refreshed: dict[str, IngestReport] = {}
+    if refresh_earlier:
+        refreshed.update(repair_interrupted_rewrites(home, day, config))
+        refreshed.update(refresh_late_references(home, day, config, raw_days, skip=refreshed))
+        refreshed.update(refresh_later_days(home, day, config, raw_days, skip=refreshed))
     return IngestReport(
         day=day,
         tables=reports,
@@ -243,7 +259,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         seconds=time.perf_counter() - started,
         raw_zone_problems=scan.summary(),
         quarantine_rows=written["quarantine"],
-        refreshed=refresh_late_references(home, day, config, raw_days) if refresh_earlier else {},
+        refreshed=dict(sorted(refreshed.items())),
     )
 
 
@@ -263,15 +279,36 @@ def _gone_message(home: DataHome, day: str, scan: RawZoneScan) -> str:
     return f"cannot ingest {day}: {why}; nothing to ingest (nothing was written)"
 
 
-_WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) is in no images export")
+def _rewrite(home: DataHome, other: str, config: IngestConfig, cause: str) -> IngestReport:
+    """Ingest ``other`` again because of ``cause``: the intent is recorded first (:mod:`pipelines.ingest.rewrites`),
+    so a crash between the renames of its six files is redone by the next ingest, whichever day it is."""
+    rewrites.begin(home, other, cause)
+    return ingest_day(home, other, config, refresh_earlier=False)   # its last step clears the record
+
+
+def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig) -> dict[str, IngestReport]:
+    """Ingest again every day whose rewrite by another day's ingest was begun and never finished (a crash
+    between its renames left its six files mixed); returns the new reports by day. A day whose raw folder
+    is gone cannot be redone: its record stays (``pickapic build`` keeps what was built from a gone day)."""
+    repaired: dict[str, IngestReport] = {}
+    for other in rewrites.pending(home):
+        if other == day:
+            continue   # this day's own files were just written as a whole (its record is cleared)
+        try:
+            repaired[other] = ingest_day(home, other, config, refresh_earlier=False)
+        except RawDayGone:
+            continue
+    return repaired
 
 
 def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
-                            raw_days: Sequence[str] | None = None) -> dict[str, IngestReport]:
+                            raw_days: Sequence[str] | None = None,
+                            skip: Collection[str] = ()) -> dict[str, IngestReport]:
     """Ingest again each ingested day in [day - late_image_days, day) whose quarantine names, as the
     missing image of a ranking or download, a uid that ``day``'s raw images export holds, or that
     accepted a row through a later export and now names an image no export within its reach holds
     (``day`` delivered again without an image the earlier day's late rows used: :func:`_late_image_gone`).
+    Days in ``skip`` (ingested again already) are left alone.
 
     Exact: a later export changes an earlier day's output only by resolving the uid that one of its
     ``unknown_image_reference`` rows names (the first unknown image of the row), or by no longer holding
@@ -283,20 +320,49 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
     days = home.raw_days() if raw_days is None else raw_days
     first = shift_day(parse_day(day), -config.late_image_days).isoformat()
     refreshed: dict[str, IngestReport] = {}
-    for earlier in (d for d in days if first <= d < day):
+    for earlier in (d for d in days if first <= d < day and d not in skip):
         path = home.partition_file("quarantine", earlier)
         if not path.is_file():
             continue   # never ingested: its own ingest will look ahead
         try:
-            rows = pq.read_table(path, columns=["reason", "detail"],
-                                 filters=[("reason", "=", rp.UNKNOWN_IMAGE_REFERENCE)])
-        except (OSError, pa.ArrowException):
-            rows = None   # unreadable partition: ingesting it again repairs it
-        waiting = set() if rows is None else {
-            m.group(1) for detail in rows.column("detail").to_pylist() if (m := _WAITING_UID.search(detail))}
-        if rows is None or (waiting and raw_image_uids(home, day, waiting, config)) \
+            waiting: set[str] | None = read_waiting(path)
+        except Unreadable:
+            waiting = None   # unreadable partition: ingesting it again repairs it
+        if waiting is None or (waiting and raw_image_uids(home, day, waiting, config)) \
                 or _late_image_gone(home, earlier, day, days, config):
-            refreshed[earlier] = ingest_day(home, earlier, config, refresh_earlier=False)
+            refreshed[earlier] = _rewrite(home, earlier, config, day)
+    return refreshed
+
+
+def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[str] | None = None,
+                       skip: Collection[str] = ()) -> dict[str, IngestReport]:
+    """Ingest again each ingested day after ``day`` whose quarantine names, as the missing image of a ranking
+    or download, a uid that ``day``'s raw images export holds: ``day`` landed (a backfill, an export retried
+    the next night) or was delivered again after those days were built, and a build from scratch would
+    have found the image in it (the reference check looks at every earlier day). Review rev23a: the later
+    days kept those rows quarantined for good.
+
+    Bounded: only the later days whose quarantine waits for some image are read (``WaitingIndex``: the others
+    cost one ``stat`` each), and their uids are looked up in ``day``'s uid index. Days in ``skip`` are left
+    alone. Returns the new reports by day.
+    """
+    days = home.raw_days() if raw_days is None else raw_days
+    later = [d for d in days if d > day and d not in skip]
+    if not later:
+        return {}
+    index = WaitingIndex(home)
+    refreshed: dict[str, IngestReport] = {}
+    try:
+        for other in later:
+            try:
+                waiting = index.uids(other)
+            except Unreadable:
+                refreshed[other] = _rewrite(home, other, config, day)   # ingesting it again repairs it
+                continue
+            if waiting and raw_image_uids(home, day, waiting, config):
+                refreshed[other] = _rewrite(home, other, config, day)
+    finally:
+        index.save()
     return refreshed
 
 

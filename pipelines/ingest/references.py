@@ -9,8 +9,9 @@ ingested before. A row resolved only by a later day's export is accepted and cou
 which later days exist yet. When day D is ingested, each ingested day in [D - late_image_days, D)
 whose ``unknown_image_reference`` rows name an image D's export holds is ingested again
 (``refresh_late_references`` in :mod:`pipelines.ingest.day`, reported in ``IngestReport.refreshed``),
-so ingesting day by day as the days land gives the same bytes as ingesting all of them at once, in
-any order.
+and so is each ingested later day whose ``unknown_image_reference`` rows name an image D's export holds
+(``refresh_later_days``: D landed after them), so ingesting day by day as the days land gives the same
+bytes as ingesting all of them at once, in any order.
 """
 from __future__ import annotations
 
