@@ -11,7 +11,7 @@ Held up (no test here): in-order nightly builds, a re-export with a changed and 
 ban, and the three settings changes above each published the same version, byte for byte, as a build from
 scratch; a crash at ``features.after_beam`` and a rerun gave the same partition.
 
-Found (each a strict xfail below, stating the correct behaviour):
+Found (each was a strict xfail, stating the correct behaviour; all four fixed the same day by fix23d):
 
 1. A SIGKILL between the renames of a late-image refresh (day D's ingest writing day D-1's six files
    again) leaves D-1's partitions mixed, and no rerun repairs them: the rerun of D finds nothing left to
@@ -108,16 +108,6 @@ runpy.run_module("pipelines.ingest", run_name="__main__")
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Day D's ingest writes day D-1's six partitions again when D's export resolves D-1's waiting image "
-    "references (refresh_late_references), after D's own files are in place. Killed between those renames "
-    "(ingest_files and quarantine of D-1 new, rankings old), the rerun of D (what the next build runs: D was "
-    "never recorded) reads D-1's new quarantine, finds nothing waiting and leaves D-1 as it is: the ranking "
-    "resolved through D's image is in neither rankings nor quarantine, and ingest_files says accepted = 4 "
-    "while the partition holds 3 rows (the ingest_files contract that would catch it is never evaluated "
-    "again: D-1 is fresh). Expected: the rerun leaves D-1 exactly as an uninterrupted run does, e.g. by "
-    "refreshing earlier days before renaming D's files, or by deciding the refresh from D-1's files as a set."
-))
 def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_rerun(tmp_path: Path) -> None:
     day1, day2 = LATE_DAYS[:2]
     days = build_days()                   # day 1's rankings wait for images of days 2, 3 and 4
@@ -154,15 +144,6 @@ def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_
 
 # --- 2. an earlier day landing after a later one was built ---------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A day's ingest version does not follow earlier days' exports, so when day 1 lands after day 2 was built "
-    "(a backfill, an export retried the next night) the build ingests day 1 only: day 2's rankings that show "
-    "day 1's images stay quarantined as unknown_image_reference ('is in no images export of 2023-02-14, an "
-    "earlier day ...', now false) for every later night, and the pairs they would give are never published. "
-    "A build from scratch of the same raw zone accepts them. Expected: ingesting an earlier day brings the "
-    "later days whose quarantine waits for its images up to date (as refresh_late_references does for "
-    "later exports), so the order the days arrived in changes no warehouse byte."
-))
 def test_an_earlier_day_landing_late_resolves_the_later_days_references(simulated, tmp_path: Path) -> None:
     raw, reference = simulated
     home = tmp_path / "home"
@@ -201,15 +182,6 @@ runpy.run_module("dagster_project.cli", run_name="__main__")
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A raw day folder of a day that has not begun (UTC) is skipped with a warning ('a day is ingested once its "
-    "export exists and the day has begun'), yet the build then writes cache/build_stamp.json over a raw zone "
-    "that includes that folder. Once the day has begun nothing in the home has changed, so the next "
-    "`pickapic build` matches the stamp and answers 'up to date: nothing changed ... nothing ran', without "
-    "the warning: the day is never ingested until something else changes (a cron-driven build a day late or "
-    "more). Expected: a stamp is not written (or not trusted) while a day was skipped as not begun, e.g. the "
-    "stamp's key includes the begun days, so the first build after the day begins ingests it."
-))
 def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, tmp_path: Path) -> None:
     _, reference = simulated
     home = DataHome(tmp_path / "home")
@@ -229,16 +201,6 @@ def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, tmp
 
 # --- 4. an image blob that lands after its day was built -------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A raw day's data version is the sha256 of its four JSON-lines files; the image blobs under raw/images "
-    "are no part of it. A blob that lands after its day was built (a raw zone fed by files: the app's blob "
-    "sync lagging its log export) leaves the image rejected as missing_blob for good: the next `pickapic "
-    "build` answers 'up to date: nothing changed', its pairs stay dropped (image_dropped / feature_rejected) "
-    "and the published version differs from a build from scratch, with no warning (only the app-database "
-    "export warns, naming `build --force --from D --to D`). README section 3 says rejects are recomputed on "
-    "every run because 'a missing blob may arrive later', but no run comes. Expected: a day whose rejects "
-    "name a blob that is now present is stale (or the build says so), so the next build fingerprints it."
-))
 def test_a_blob_that_lands_after_its_day_was_built_is_fingerprinted(simulated, tmp_path: Path) -> None:
     raw, reference = simulated
     kept = [row for row in pq.read_table(reference.table_file("split_pairs")).to_pylist()
