@@ -10,7 +10,7 @@ are never run config (it is stored with every run and shown in the UI): they com
 from __future__ import annotations
 
 import typing
-from typing import Any, Mapping
+from typing import Any, Collection, Mapping
 
 import dagster as dg
 import pydantic
@@ -58,12 +58,22 @@ def stage_config(section: str, config: dg.Config, home: DataHome,
     anything is written.
     """
     if context is not None:
-        check_run_config(context.run.run_config, home)   # (context.run_config is deprecated)
+        # (context.run_config is deprecated); the run's own process: the feature runner is checked too
+        check_run_config(context.run.run_config, home, ops=_run_ops(context))
     overrides = {name: getattr(config, name) for name in knobs(section) if getattr(config, name, None) is not None}
     return load(home.root).config(section, overrides, "run config")
 
 
-def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> None:
+def _run_ops(context: dg.AssetExecutionContext) -> frozenset[str]:
+    """The ops this run executes (its job, or the subset of it the run selected)."""
+    try:
+        return frozenset(node.name for node in context.job_def.graph.nodes)
+    except Exception:   # noqa: BLE001 - unknown: every op is taken to run (the runner is checked)
+        return frozenset(stage.op for stage in STAGES)
+
+
+def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
+                     ops: Collection[str] | None = None) -> None:
     """Build every stage's settings from the run's run config (``ops.<op>.config``) as its step will, with
     the ranges and cross-field checks of the stage's dataclass (and the feature stage's staging and blob
     base checks against the home): raise ``SettingsError`` naming the op and the value if one is refused.
@@ -74,16 +84,24 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
     read (and its values checked) whether or not the run overrides any: a run without overrides whose file
     every step would refuse is refused too, and so is a file whose feature blob base or staging folder the
     feature step would refuse for this home (checked whether or not the run overrides them).
+
+    With ``ops`` (the run's own ops: only when called by a step, in the run's own process), a run that
+    executes the feature op also gets the feature step's runner checks (``pipelines.features.runner.
+    check_runner``, with the op's ``beam_args``): a dotted ``features.runner`` is imported, and a runner
+    that cannot run here without a download or an option it lacks (FlinkRunner without its job server
+    jar, PortableRunner without ``--job_endpoint``, ...) is refused, before the ingest step writes
+    (review rev23f). Never at launch (``coordinator.check_launch`` passes no ``ops``): no code a setting
+    names runs in the webserver or the daemon, and neither imports Beam for it.
     """
     sections = {stage.op: stage.section for stage in STAGES}
-    ops = (run_config or {}).get("ops") or {}
+    given_ops = (run_config or {}).get("ops") or {}
+    ops_config = {op: entry.get("config") or {} for op, entry in given_ops.items() if isinstance(entry, Mapping)}
     settings = load(home.root)
     features_checked = False
-    for op, entry in sorted(ops.items()):
+    for op, given in sorted(ops_config.items()):
         section = sections.get(op)
-        if section is None or not isinstance(entry, Mapping):
+        if section is None:
             continue
-        given = entry.get("config") or {}
         overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
         if not overrides:
             continue
@@ -101,6 +119,31 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome) -> No
             settings.config("features", {}, "settings file").validate(home.root)
         except ValueError as exc:
             raise SettingsError(f"the settings file's [features] is refused for {home.root}: {exc}") from None
+    features_op = next(stage.op for stage in STAGES if stage.section == "features")
+    if ops is not None and features_op in ops:
+        _check_feature_runner(settings, ops_config.get(features_op) or {}, features_op)
+
+
+def _check_feature_runner(settings: Settings, given: Mapping[str, Any], op: str) -> None:
+    """The feature step's runner checks, as the step will run them (its settings with the run's overrides, its
+    ``beam_args``); ``SettingsError`` naming the op and the cause."""
+    import shlex
+
+    overrides = {name: value for name, value in given.items() if name in knobs("features") and value is not None}
+    config = settings.config("features", overrides, f"run config of {op}")
+    text = given.get("beam_args") or ""
+    try:
+        beam_args = shlex.split(text) if isinstance(text, str) else None
+    except ValueError as exc:
+        raise SettingsError(f"run config of {op}: beam_args = {quoted(text)} cannot be split ({exc})") from None
+    if beam_args is None:
+        raise SettingsError(f"run config of {op}: beam_args must be a string, not {type(text).__name__}")
+    from pipelines.features.runner import check_runner  # imports Beam: in the run's own process only
+
+    try:
+        check_runner(config, beam_args)
+    except ValueError as exc:
+        raise SettingsError(f"the feature step of this run would refuse its runner: {exc}") from None
 
 
 def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:

@@ -11,7 +11,8 @@
 - ``staging``: the run's scratch folder: worker inputs and the pipeline's one sink.
 - ``runner``: Beam options and the local runner (no Prism download).
 - ``runnernames``: which runner a ``--runner`` value names, and whether the stage runs it (the settings check a
-  name or a dotted path's form, importing nothing; the stage imports a dotted path when it starts).
+  name or a dotted path's form, importing nothing; the stage imports a dotted path when it starts, and checks
+  the Beam options a runner needs to run here without a download).
 - ``portable`` / ``beamworker``: running the job on Beam's portable runner with external workers, quietly.
 - ``__main__``: the command line, ``python -m pipelines.features --home H --day D``.
 

@@ -73,7 +73,8 @@ class FeaturesConfig:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={quoted(getattr(self, name))} is invalid")
         # a name or the form of a dotted path: nothing is imported (neither Beam nor the module a path names,
-        # whose code would run wherever the settings are read); a path is imported when the stage starts
+        # whose code would run wherever the settings are read); a path is imported, and what a runner needs in
+        # the Beam options checked, by the first step of a run with the feature step and when the stage starts
         refusal = runner_refusal(self.runner)
         if refusal:
             raise ValueError(f"features.runner = {quoted(self.runner)} {refusal}")

@@ -13,8 +13,10 @@ from formats.settings import MAX_PROCESSES, quoted
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.runnernames import (
     IN_PROCESS_RUNNERS,
-    LOCAL_RUNNERS,
+    direct_subclass,
     is_local_runner,
+    options_refusal,
+    runner_base,
     runner_class,
     start_refusal,
 )
@@ -42,10 +44,11 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     if unknown:
         raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
     runner = str(known.get("runner") or "")
-    refusal = start_refusal(runner)   # a dotted path is imported here, when the stage starts, not with the settings
+    # a dotted path is imported here, when the stage starts, not with the settings; then what the runner needs
+    # in the options to run without a download at run time (a job server jar, a job endpoint, an environment)
+    refusal = start_refusal(runner) or options_refusal(runner, known)
     if refusal:
-        where = "features.runner = " if from_settings else "--runner="
-        raise ValueError(f"{where}{quoted(runner)}{'' if from_settings else ' in the Beam options'} {refusal}")
+        raise ValueError(f"{_named(runner, from_settings)} {refusal}")
     count = known.get("direct_num_workers")
     if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
         # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
@@ -64,6 +67,33 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     return options
 
 
+def check_runner(config: FeaturesConfig, beam_args: Sequence[str] | None) -> str:
+    """The ``--runner`` value the feature stage will run, after every check it gets before anything is written:
+    :func:`pipeline_options`' (the options, the runner, what it needs in the options) and whether Beam can make
+    the runner here (DataflowRunner needs ``apache-beam[gcp]``: without it Beam fails after the staging folder
+    was written). Raises ``ValueError`` in one line naming ``features.runner`` (or ``--runner``). Run when the
+    stage starts and by the run's first step (``dagster_project.runconfig.check_run_config``), never where the
+    settings are read."""
+    args = list(beam_args or [])
+    options = pipeline_options(config, args)
+    runner = str(options.get_all_options().get("runner") or "")
+    if runner_base(runner) == "DataflowRunner":
+        import importlib
+
+        try:
+            importlib.import_module("apache_beam.runners.dataflow.internal.apiclient")
+        except Exception as exc:   # noqa: BLE001 - an ImportError, or whatever a half-installed google package raises
+            from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
+            raise ValueError(f"{_named(runner, from_settings)} needs apache-beam[gcp] installed on this machine (Beam "
+                             f"cannot submit a Dataflow job without it: {type(exc).__name__})") from None
+    return runner
+
+
+def _named(runner: str, from_settings: bool) -> str:
+    """How an error names the runner: the setting, or the Beam option it came from."""
+    return f"features.runner = {quoted(runner)}" if from_settings else f"--runner={quoted(runner)} in the Beam options"
+
+
 def worker_processes(options: PipelineOptions) -> int | None:
     """Worker processes a run with ``options`` starts, as the local runner decides it: in ``multi_processing``
     mode ``direct_num_workers`` (0: one per CPU, as Beam's FnApiRunner reads it), in ``in_memory`` and
@@ -72,10 +102,10 @@ def worker_processes(options: PipelineOptions) -> int | None:
     import multiprocessing
 
     values = options.get_all_options()
-    runner = runner_class(str(values.get("runner") or ""))
-    if runner in IN_PROCESS_RUNNERS:
+    name = str(values.get("runner") or "")
+    if runner_class(name) in IN_PROCESS_RUNNERS:
         return 0
-    if runner not in LOCAL_RUNNERS:
+    if not is_local_runner(name):
         return None
     if values.get("direct_running_mode") != "multi_processing":
         return 0
@@ -86,7 +116,9 @@ def worker_processes(options: PipelineOptions) -> int | None:
 def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
     """The runner object for ``options``: for the DirectRunner (however ``--runner`` spells it: ``direct``,
     ``directrunner``, ...; :func:`runner_class`) and an explicit ``FnApiRunner``, Beam's batch ``FnApiRunner``
-    built exactly as the DirectRunner builds it; else None (Beam resolves ``--runner`` itself).
+    built exactly as the DirectRunner builds it; for a user's subclass of Beam's DirectRunner (a dotted path),
+    that class with its ``run_pipeline`` on the same FnApiRunner (:func:`_without_prism`); else None (Beam
+    resolves ``--runner`` itself).
 
     Beam's ``DirectRunner`` (2.6x-2.77) first tries the Prism runner, whose binary it downloads from GitHub
     at run time: a network call this pipeline must never make (on a connected machine it would also
@@ -95,7 +127,8 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
     ``FnApiRunner``, which honours ``--direct_running_mode`` and ``--direct_num_workers``.
     """
     values = options.get_all_options()
-    if not is_local_runner(str(values.get("runner") or "")):
+    name = str(values.get("runner") or "")
+    if not is_local_runner(name):
         return None
     from apache_beam.portability.api import beam_provision_api_pb2
     from apache_beam.runners.portability.fn_api_runner import fn_runner
@@ -103,4 +136,23 @@ def pipeline_runner(options: PipelineOptions) -> PipelineRunner | None:
 
     encoded = JobServiceHandle.encode_pipeline_options(values)
     provision = fn_runner.ExtendedProvisionInfo(beam_provision_api_pb2.ProvisionInfo(pipeline_options=encoded))
+    subclass = direct_subclass(name)
+    if subclass is not None:
+        return _without_prism(subclass, provision)
     return QuietFnApiRunner(provision_info=provision)
+
+
+def _without_prism(cls: type, provision) -> PipelineRunner:
+    """An instance of the user's subclass ``cls`` of Beam's DirectRunner (built as Beam's ``create_runner`` builds
+    it: no arguments) whose ``run_pipeline`` is the stage's FnApiRunner instead of Beam's DirectRunner's, which
+    first starts Prism (a download at run time). The user's own methods stay: a ``run_pipeline`` of theirs
+    that calls ``super()`` reaches the stage's FnApiRunner, not Beam's (review rev23f)."""
+    from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
+
+    class WithoutPrism(SwitchingDirectRunner):
+        def run_pipeline(self, pipeline, options):
+            return QuietFnApiRunner(provision_info=provision).run_pipeline(pipeline, options)
+
+    built = type(cls.__name__, (cls, WithoutPrism), {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
+                                                     "__doc__": cls.__doc__})
+    return built()

@@ -39,7 +39,7 @@ from pipelines.features.reuse import (
     rows_reused_by_uid,
     with_output_key,
 )
-from pipelines.features.runner import pipeline_options, pipeline_runner, worker_processes
+from pipelines.features.runner import check_runner, pipeline_options, pipeline_runner, worker_processes
 from pipelines.features.staging import (
     REUSED_SCHEMA,
     STAGED_KINDS,
@@ -65,7 +65,7 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
     started = time.perf_counter()
     config.validate(home.root)   # also refuses a blob base or staging folder the stage must not write or delete
     day_date = parse_day(day)
-    runner = str(pipeline_options(config, beam_args).get_all_options().get("runner"))  # bad options fail first
+    runner = check_runner(config, beam_args)   # bad options, a runner that cannot run here: refused first
     base = config.base(home.root)
     staging = config.staging_url(home.root, day)
     if not config.staging:       # a staging folder from the settings was checked by validate; the default here

@@ -181,4 +181,7 @@ def test_a_lower_case_directrunner_gets_the_local_fnapirunner_not_beams_directru
         assert isinstance(pipeline_runner(options), QuietFnApiRunner), name
         assert options.get_all_options()["direct_running_mode"] == "multi_processing", name
     assert pipeline_runner(pipeline_options(FeaturesConfig(), ["--runner=PortableRunner",
-                                                                "--job_endpoint=localhost:1"], 500)) is None
+                                                                "--job_endpoint=localhost:1",
+                                                                # (rev23f: an environment that pulls no image)
+                                                                "--environment_type=EXTERNAL",
+                                                                "--environment_config=localhost:2"], 500)) is None

@@ -203,7 +203,11 @@ def test_beam_options_pass_through_unchanged() -> None:
     # below the default in_process_below (128: the measured crossover, benchmarks/features_crossover.py)
     small = pipeline_options(FeaturesConfig(workers=3), [], num_images=127).get_all_options()
     assert small["direct_running_mode"] == "in_memory"
-    flink = pipeline_options(FeaturesConfig(), ["--runner=FlinkRunner", "--flink_master=host:8081"]).get_all_options()
+    # (a job endpoint and an environment that pulls nothing: without them Flink would download its job server jar
+    # and pull Beam's SDK image at run time, refused since review rev23f)
+    flink = pipeline_options(FeaturesConfig(), ["--runner=FlinkRunner", "--flink_master=host:8081",
+                                                "--job_endpoint=localhost:8099", "--environment_type=EXTERNAL",
+                                                "--environment_config=localhost:50000"]).get_all_options()
     assert flink["flink_master"] == "host:8081"
 
 
