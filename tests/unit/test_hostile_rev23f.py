@@ -8,7 +8,7 @@ when the feature stage starts (``runner.pipeline_options``); ``runconfig._home_s
 
 Each test asserts the correct behaviour of a defect confirmed by running the real thing (the real feature stage with
 Beam 2.77 and no network, the real ``pickapic simulate``/``build``, the real settings loader, Dagster's own
-``ScheduleDefinition``), filed as a strict xfail.
+``ScheduleDefinition``), filed as a strict xfail; all eight were fixed the same day (fix23f).
 
 What held up: the name list resolves exactly as Beam's ``create_runner`` does (both use ``str.lower`` and the
 optional ``Runner`` ending, so the Kelvin sign, dotless/dotted i, ligatures, whitespace and case agree); no path
@@ -47,14 +47,6 @@ def _staging(home):
 
 # ----------------------------------- 1. FlinkRunner / SparkRunner download a job-server jar when the stage runs
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.runner = FlinkRunner / SparkRunner (accepted by name, 'a runner the stage runs') makes Beam download "
-    "its job-server jar from Maven Central when the stage runs (repo.maven.apache.org/.../beam-runners-flink-2.2-"
-    "job-server-2.77.0.jar) unless --flink_job_server_jar / --spark_job_server_jar or --job_endpoint is given: a "
-    "network download at run time, the reason PrismRunner is refused; offline it fails after the staging folder "
-    "was written, leaving it, a beam-temp folder and ~/.apache_beam/cache/jars behind. Expected: refused when the "
-    "stage starts (one line naming features.runner and the missing option), before any download or staging"
-))
 @pytest.mark.parametrize(("runner", "beam_args"), [
     ("FlinkRunner", []),
     ("SparkRunner", []),
@@ -94,13 +86,6 @@ def test_a_flink_or_spark_runner_downloads_no_job_server_jar_at_run_time(tmp_pat
 
 # ------------------------------- 2. a cron string the settings accept stops the Dagster definitions loading
 
-@pytest.mark.xfail(strict=True, reason=(
-    "schedules.nightly_cron = '0 2 15W * *' (croniter's nearest-weekday W) passes the settings check "
-    "(cron_problem uses croniter.expand, which accepts it) and `pickapic settings --set ... --write` writes it, "
-    "but Dagster's ScheduleDefinition refuses it: the definitions then fail to load with "
-    "DagsterInvalidDefinitionError (every schedule and sensor stops, the error does not name the setting). "
-    "Expected: the settings refuse every cron string Dagster's schedules refuse, naming the key"
-))
 @pytest.mark.parametrize("cron", ["0 2 15W * *", "0 4 1W * 0"])
 def test_a_cron_string_the_settings_accept_is_one_dagster_accepts(cron):
     import dagster as dg
@@ -115,14 +100,6 @@ def test_a_cron_string_the_settings_accept_is_one_dagster_accepts(cron):
 
 # ------------------------------- 3. a dotted path to the user's DirectRunner subclass starts Prism at run time
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a dotted features.runner naming the user's own subclass of Beam's DirectRunner (a hook, a metric) passes "
-    "every check, is not recognised as the DirectRunner (runner_class matches Beam's classes by identity only), "
-    "so Beam's own DirectRunner.run_pipeline runs and tries PrismRunner first: a download of the Prism binary "
-    "from GitHub at run time (offline: a failed start and a beam-temp folder left in the system temp dir on "
-    "every run), what refusing PrismRunner and the stage's own FnApiRunner exist to prevent. Expected: a "
-    "DirectRunner subclass runs without Prism (on the stage's FnApiRunner) or is refused when the stage starts"
-))
 def test_a_dotted_runner_subclassing_the_direct_runner_never_starts_prism(tmp_path, monkeypatch):
     from test_features_fixtures import fake_detector, refuse_prism
 
@@ -152,14 +129,6 @@ def test_a_dotted_runner_subclassing_the_direct_runner_never_starts_prism(tmp_pa
 
 # ------------------- 4. a runner module that fails to import no longer fails the run's first step (regression)
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regression of fix23c: a dotted features.runner whose module fails to import (a KeyError for a missing "
-    "environment variable) passes the run's first step (runconfig.check_run_config, which exists so that a bad "
-    "value for a later step fails the run before anything is written) and is found only when the feature step "
-    "starts: `pickapic build` runs the ingest step, rewriting users/images/rankings/downloads/quarantine, then "
-    "fails. Before 9fcef58 the first step refused it. Expected: the run fails before its first write (the module "
-    "may be imported in the run's own process when the run starts, never where the settings are read)"
-))
 def test_a_build_whose_runner_module_fails_to_import_writes_nothing(tmp_path, monkeypatch, capsys):
     from dagster_project.cli import main
 
@@ -185,13 +154,6 @@ def test_a_build_whose_runner_module_fails_to_import_writes_nothing(tmp_path, mo
 
 # ----------------------------------- 5. croniter's random 'R': a check and a schedule that differ on every read
 
-@pytest.mark.xfail(strict=True, reason=(
-    "croniter's random field 'R' is accepted as a cron string: croniter.expand picks a new random value on each "
-    "call, so the check itself is nondeterministic ('0 2 R 2 *' is refused as 'day R of February never comes' "
-    "on about 6% of reads of the same file: the definitions load or not at random), and every Dagster process "
-    "(webserver, daemon, each restart) computes a different minute for 'R 2 * * *', so the UI shows one tick "
-    "time and the daemon fires at another. Expected: 'R' refused, naming the key, on every read"
-))
 @pytest.mark.parametrize("cron", ["R 2 * * *", "0 2 R 2 *"])
 def test_a_random_cron_field_is_refused(cron):
     outcomes = set()
@@ -206,13 +168,6 @@ def test_a_random_cron_field_is_refused(cron):
 
 # ---------------------------------------- 6. croniter's message echoes the value raw: control characters
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the cron check quotes the value escaped (quoted) and then appends croniter's own message, which repeats the "
-    "value raw (lower-cased): an ESC sequence, a NUL or a right-to-left override in schedules.nightly_cron reaches "
-    "the SettingsError as the control character itself ('[0 2 * * \\x1b[2j\\x1b[31mmon] is not acceptable' with "
-    "real ESC bytes), which the Dagster definitions' load error and the daemon's log print to the terminal. "
-    "Expected: the whole message printable, the value shown only escaped"
-))
 @pytest.mark.parametrize("text", ["\x1b[2J\x1b[31mmon", "mon-fri\x00", "mon\u202eirf"], ids=["esc", "nul", "rlo"])
 def test_a_cron_error_shows_no_control_character(text):
     with pytest.raises(SettingsError) as caught:
@@ -223,14 +178,6 @@ def test_a_cron_error_shows_no_control_character(text):
 
 # --------------------------------------- 7. runners accepted that cannot run: found after the staging folder
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runners the settings accept but that cannot run with the options given fail only inside Beam, after the "
-    "staging folder was created and todo.parquet written, with Beam's own message: PortableRunner without "
-    "--job_endpoint ('You must specify a --job_endpoint', NotImplementedError), DataflowRunner without its "
-    "options (a five-line 'Pipeline has validations errors'), Beam's abstract PipelineRunner by dotted path (an "
-    "empty NotImplementedError). Expected: refused when the stage starts, one line naming features.runner, "
-    "before the staging folder"
-))
 @pytest.mark.parametrize("runner", ["PortableRunner", "DataflowRunner", "apache_beam.runners.runner.PipelineRunner"])
 def test_a_runner_that_cannot_run_is_refused_before_the_staging_folder(tmp_path, monkeypatch, runner):
     import tempfile
@@ -253,12 +200,6 @@ def test_a_runner_that_cannot_run_is_refused_before_the_staging_folder(tmp_path,
 
 # ----------------------------------------------------------------------------------------------- 8. cosmetic
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cron_problem keeps croniter's message's last line cut to 160 characters, but croniter's message starts by "
-    "repeating the whole cron string: for a string of some 200 characters the cut leaves only the echoed value "
-    "('[0 2 1,1,1,...') and drops the reason ('is not acceptable, out of range'), so the error says twice what "
-    "was given and never what is wrong. Expected: the reason kept"
-))
 def test_a_long_cron_error_keeps_the_reason():
     with pytest.raises(SettingsError) as caught:
         load(None, assignments=["schedules.nightly_cron=0 2 " + "1," * 80 + "32 * *"])
