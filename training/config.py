@@ -7,9 +7,11 @@ with ``init_from`` pointing at a local CLIP-H or PickScore checkpoint on a GPU; 
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quo
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
 TRAIN_LOCK_FILE = ".train.lock"   # in a run folder, held (flock) by the trainer writing it
+DIVERGED_FILE = "diverged.json"   # in a run folder: the trainer's record of a run stopped by TrainingDiverged
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math
 # already done, or only extend it). num_workers is not one: the train stream's shard order, shuffle seeds and
@@ -27,9 +30,22 @@ TRAIN_LOCK_FILE = ".train.lock"   # in a run folder, held (flock) by the trainer
 RESUMABLE_FIELDS = frozenset({"cpu_threads", "max_steps", "output_dir", "data_dir", "log_every", "eval_batch_size",
                               "device"})
 FLOAT32_MAX = 3.4028234663852886e38   # torch's optimizer and model hold float settings as float32
+FLOAT32_TINY = 1.1754943508222875e-38   # float32's smallest normal number: below it a value is denormal or 0
 HELD_OUT = "_unique"   # validation_unique / test_unique repeat rows of validation / test
 PATH_FIELDS = ("data_dir", "output_dir", "init_from")   # stored relative to the data home when inside it
 HOME_PREFIX = "home:"   # marks a stored path as relative to the data home ("home:datasets/pickapic/<version>")
+# set while a config is read from a run's train_config.json: the rules for new runs (TrainConfig.recipe_problems)
+# are not applied to a stored recipe, so a model trained before a rule was added still loads and evaluates
+_STORED: ContextVar[bool] = ContextVar("stored_train_config", default=False)
+
+
+@contextlib.contextmanager
+def _reading_stored() -> Any:
+    token = _STORED.set(True)
+    try:
+        yield
+    finally:
+        _STORED.reset(token)
 
 
 def _absolute(path: str) -> str:
@@ -138,7 +154,8 @@ class TrainConfig:
     resampled: bool = knob(True, "draw shards with replacement per rank/worker (else seeded epochs)")
     draft_decode: bool = knob(True, "PIL JPEG draft (DCT-scaled) decode of TRAIN images; evaluation always "
                                     "decodes exactly")
-    max_length: int = knob(77, "caption tokens (pad + truncate), as CLIP", min=1)
+    max_length: int = knob(77, "caption tokens (pad + truncate), as CLIP; at least 2 (the start and end of text "
+                                "tokens)", min=2)
     # 'scratch' model (ignored when init_from is a directory)
     image_size: int = knob(64, "scratch model: input size in px (shortest edge resize + center crop)", min=1)
     patch_size: int = knob(8, "scratch model: ViT patch size", min=1)
@@ -158,28 +175,59 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check_fields(self)   # type, range and choices of every field, as the settings file checks them
         problems = []
-        for f in dataclasses.fields(self):   # AdamW fails inside torch on a value float32 cannot hold
+        if self.image_size % self.patch_size:
+            problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
+        for name in ("text_width", "vision_width"):
+            if getattr(self, name) % self.heads:
+                problems.append(f"{name}={getattr(self, name)} is not a multiple of heads={self.heads}")
+        if _STORED.get():   # a recipe a run stored: the rules for new runs are not applied again
+            object.__setattr__(self, "_stored", True)
+        else:
+            problems += self.recipe_problems()
+        if problems:
+            raise ValueError("invalid TrainConfig: " + "; ".join(problems))
+
+    def recipe_problems(self) -> list[str]:
+        """What the rules for a new run (not applied to a recipe read from a run's ``train_config.json``) find
+        wrong: a float setting float32 cannot hold (beyond its range, or non-zero below its smallest normal
+        number, which float32 rounds to 0 or computes with lost precision: ``adam_eps=1e-46`` became 0 and 0/0
+        turned weights NaN), or eval_split / test_split that are not two different held-out splits."""
+        problems = []
+        for f in dataclasses.fields(self):   # the optimizer and the model compute in float32
             value = getattr(self, f.name)
-            if f.type in ("float", float) and abs(value) > FLOAT32_MAX:
+            if f.type not in ("float", float):
+                continue
+            if abs(value) > FLOAT32_MAX:
                 problems.append(f"{f.name}={value!r} is beyond float32's range (at most {FLOAT32_MAX:.4g}), which "
                                 "the optimizer and the model compute in")
+            elif value != 0 and abs(value) < FLOAT32_TINY:
+                problems.append(f"{f.name}={value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}), "
+                                "which the optimizer and the model compute in: it would be rounded to 0 or lose its "
+                                "precision (use 0 where the setting allows it, or a value of at least that)")
         held_out = [name for name in ("eval_split", "test_split") if getattr(self, name) == "train"]
         if held_out or self.eval_split.removesuffix(HELD_OUT) == self.test_split.removesuffix(HELD_OUT):
             problems.append(f"eval_split={self.eval_split!r} and test_split={self.test_split!r} must be two different "
                             "held-out splits, neither of them train (the checkpoint and tie threshold are chosen on "
                             "eval_split, the accuracy is reported on test_split; a *_unique split repeats rows of "
                             "its parent)")
-        if self.image_size % self.patch_size:
-            problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
-        for name in ("text_width", "vision_width"):
-            if getattr(self, name) % self.heads:
-                problems.append(f"{name}={getattr(self, name)} is not a multiple of heads={self.heads}")
+        return problems
+
+    def check_new_run(self) -> None:
+        """Refuse a config a new run (or a resume) cannot train with, also when it was read from a run's files."""
+        problems = self.recipe_problems()
         if problems:
             raise ValueError("invalid TrainConfig: " + "; ".join(problems))
 
+    @property
+    def stored(self) -> bool:
+        """Whether this config was read from a run's ``train_config.json`` (then the new-run rules were not
+        applied: :meth:`check_new_run` applies them)."""
+        return bool(self.__dict__.get("_stored"))
+
     def replace(self, **changes: Any) -> "TrainConfig":
-        """A copy with ``changes`` applied (validated again)."""
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes`` applied (validated again; a stored recipe's copy is one too)."""
+        with _reading_stored() if self.stored else contextlib.nullcontext():
+            return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able dict of every field."""
@@ -220,11 +268,13 @@ class TrainConfig:
         """Read ``train_config.json`` from a checkpoint directory; with ``resolve``, its ``home:`` paths made
         absolute under the home the run folder lies in (:func:`locate_home`), else under ``home``. Files
         written before paths were stored relative hold paths as given (absolute, or relative to the working
-        directory of the run): they are read as they are."""
+        directory of the run): they are read as they are. The rules for new runs (:meth:`recipe_problems`) are
+        not applied: a model trained before one was added still loads, evaluates and scores."""
         path = Path(directory) / CONFIG_FILE
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
-        config = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+        with _reading_stored():   # the rules for new runs are not applied to a stored recipe
+            config = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
         if not resolve:
             return config
         return config.with_home(locate_home(Path(directory), config.output_dir) or home)
@@ -255,3 +305,17 @@ def preset(name: str, **overrides: Any) -> TrainConfig:
     values = {**PRESETS[name], "preset": name}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
+
+
+def recorded_max_length(directory: str | os.PathLike) -> int | None:
+    """The ``max_length`` a run's checkpoint folder records in its ``train_config.json`` (the caption tokens the run
+    trained and evaluated with), or None for a folder without one (a downloaded CLIP / PickScore checkpoint)."""
+    path = Path(directory) / CONFIG_FILE
+    if not path.is_file():
+        return None
+    try:
+        return TrainConfig.load(Path(directory), resolve=False).max_length
+    except (ValueError, TypeError) as exc:   # a stored recipe that does not parse: scores would not match the run's
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ValueError(f"{path} is not a train_config.json this trainer wrote ({first}); the caption length the "
+                         "model was trained with is unknown") from None

@@ -206,7 +206,7 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
               if config_file.is_file() else None)
     result = evaluate_loaded(clip, processor, data_dir, split_for_threshold, split, batch_size=batch_size,
                              num_workers=num_workers, device=device,   # captions truncated as its training did
-                             max_length=config.max_length if config is not None else None)
+                             max_length=scorer.max_length)   # (Scorer: the run's recorded max_length)
     result.model_dir = str(model_dir)
     if include_untrained and config is not None:
         untrained = evaluate_untrained(config.replace(data_dir=str(data_dir), num_workers=num_workers,

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from training.config import recorded_max_length
 from training.device import cpu_threads, resolve_device
 from training.evaluate import score_split
 from training.figures import pyplot, save_figure
@@ -24,12 +25,13 @@ from training.model import PairScorer, load_model
 
 def bradley_terry(names: Sequence[str], model_0: Sequence[str], model_1: Sequence[str], outcome_0: np.ndarray,
                   prior: float = 0.1, iters: int = 10_000, tol: float = 1e-10) -> dict[str, float]:
-    """Elo-scale Bradley-Terry ratings; ``outcome_0`` = 1 / 0 / 0.5 when model_0 wins / loses / ties."""
+    """Elo-scale Bradley-Terry ratings; ``outcome_0`` = 1 / 0 / 0.5 when model_0 wins / loses / ties, NaN for a
+    pair without an outcome (a scorer's NaN or infinite score: no game, no win for either side)."""
     index = {n: i for i, n in enumerate(names)}
     m = len(names)
     wins = np.zeros((m, m))
     for a, b, o in zip(model_0, model_1, np.asarray(outcome_0, dtype=np.float64)):
-        if a == b:
+        if a == b or o != o:
             continue
         wins[index[a], index[b]] += o
         wins[index[b], index[a]] += 1.0 - o
@@ -132,10 +134,15 @@ class LeaderboardResult:
 
 
 def scorer_outcomes(scores: np.ndarray, threshold: float = 0.0) -> np.ndarray:
-    """The scorer's vote per pair: 1 / 0 for image 0 / 1, 0.5 when |p0 - p1| <= threshold."""
+    """The scorer's vote per pair: 1 / 0 for image 0 / 1, 0.5 when |p0 - p1| <= threshold; NaN (no vote: the pair
+    earns neither side anything, as the tie-aware accuracy gives it no credit) when a score is NaN or infinite."""
     scores = np.asarray(scores, dtype=np.float64)
-    p0 = 1.0 / (1.0 + np.exp(scores[:, 1] - scores[:, 0]))
-    return np.where(np.abs(2 * p0 - 1) <= threshold, 0.5, (p0 > 0.5).astype(np.float64))
+    finite = np.isfinite(scores).all(axis=1)
+    safe = np.where(finite[:, None], scores, 0.0)
+    with np.errstate(over="ignore"):   # a finite difference beyond ~709 overflows exp to inf: p0 = 0, as it should
+        p0 = 1.0 / (1.0 + np.exp(safe[:, 1] - safe[:, 0]))
+    votes = np.where(np.abs(2 * p0 - 1) <= threshold, 0.5, (p0 > 0.5).astype(np.float64))
+    return np.where(finite, votes, np.nan)
 
 
 def leaderboard_from_outcomes(model_0: Sequence[str], model_1: Sequence[str], human_outcome_0: np.ndarray,
@@ -188,14 +195,17 @@ def generator_leaderboard(data_dir: str | os.PathLike, model_dir: str | os.PathL
                           splits: tuple[str, ...] = ("validation", "test"), *, chart_path: Path | None = None,
                           scorer_threshold: float = 0.0, batch_size: int = 64, num_workers: int = 1,
                           device: str = "auto") -> LeaderboardResult:
-    """Leaderboard over the held-out ``splits`` of ``data_dir``, scored by the model in ``model_dir``."""
+    """Leaderboard over the held-out ``splits`` of ``data_dir``, scored by the model in ``model_dir`` (captions
+    truncated as :class:`training.scoring.Scorer` does: to the run's recorded ``max_length`` for a run's checkpoint)."""
+    max_length = recorded_max_length(model_dir)
     clip, processor = load_model(model_dir)
     dev = resolve_device(device)
     scorer = PairScorer(clip).to(dev)
     model_0, model_1, human, scores = [], [], [], []
     for split in splits:
         with cpu_threads(dev, num_workers=num_workers):
-            got = score_split(scorer, processor, data_dir, split, batch_size=batch_size, num_workers=num_workers)
+            got = score_split(scorer, processor, data_dir, split, batch_size=batch_size, num_workers=num_workers,
+                              max_length=max_length)
         model_0 += got.model_0
         model_1 += got.model_1
         human.append(got.labels[:, 0])  # label_0: 1 / 0 / 0.5 is exactly model_0's BT outcome

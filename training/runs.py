@@ -29,7 +29,7 @@ from formats.home import DataHome
 from formats.locks import LockFileRefused, hold_lock, open_lock_file, try_lock
 from formats.progress import Progress
 from formats.settings import check_fields, knob
-from training.config import CONFIG_FILE, TRAIN_LOCK_FILE, from_home
+from training.config import CONFIG_FILE, DIVERGED_FILE, TRAIN_LOCK_FILE, from_home
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -39,6 +39,7 @@ if TYPE_CHECKING:  # torch is slow to import; the functions import these when th
 
 MODEL_NAME = "preference_model"
 EVAL_FILE = "eval.json"
+METRICS_FILE = "metrics.json"   # written by a run that finished (training.train), never by one that diverged
 # What only a trainer makes in a run folder (``python -m training`` accepts a non-empty output folder holding one).
 RUN_MARKERS = tuple(f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")) + (
     ".init.tmp", ".best.tmp", "checkpoints/.last.tmp", TRAIN_LOCK_FILE)
@@ -83,18 +84,44 @@ def latest_version_dir(home: DataHome) -> Path:
 
 
 def is_evaluated(home: DataHome) -> bool:
-    """Whether the `latest` version has a trained and evaluated model."""
+    """Whether the `latest` version has a trained (finished, not diverged) and evaluated model."""
     latest = dataset.latest_link(home)
-    return latest.exists() and (run_dir(home, latest.resolve()) / EVAL_FILE).is_file()
+    if not latest.exists():
+        return False
+    run = run_dir(home, latest.resolve())
+    return (run / EVAL_FILE).is_file() and _finished(run) is None
+
+
+def _finished(run: Path) -> str | None:
+    """Why the run folder ``run`` holds no model of a finished training (its trainer diverged, or has not
+    written ``metrics.json``: it died or still trains), or None when it finished."""
+    if os.path.lexists(run / DIVERGED_FILE):
+        data = read_small_file(run / DIVERGED_FILE, 1 << 20)
+        try:
+            record = json.loads(data) if data is not None else {}
+        except ValueError:
+            record = {}
+        step = record.get("step") if isinstance(record, dict) else None
+        return (f"its training diverged{f' at step {step}' if type(step) is int else ''} ({run / DIVERGED_FILE}): "
+                "change the recipe (a lower learning_rate, ...) and train it again")
+    if not (run / METRICS_FILE).is_file():
+        return (f"its training did not finish (no {METRICS_FILE} in {run}: it stopped, failed or still runs); "
+                "train it to the end first (pickapic build --with-model)")
+    return None
 
 
 def trained_model(home: DataHome) -> tuple[Path, Path]:
-    """(version folder, ``best/`` model folder) of the model trained on `latest`; an error when there is none."""
+    """(version folder, ``best/`` model folder) of the model trained on `latest`; an error when there is none,
+    or when its run did not finish (diverged, stopped, or still training): its ``best/`` is no trained model."""
     version_dir = latest_version_dir(home)
-    best = run_dir(home, version_dir) / "best"
+    run = run_dir(home, version_dir)
+    best = run / "best"
     if not best.is_dir():
         raise FileNotFoundError(f"no trained model for {version_dir.name} at {best}; train one first "
                                 "(pickapic build --with-model)")
+    why = _finished(run)
+    if why is not None:
+        raise ValueError(f"no trained model for {version_dir.name} in {run}: {why}")
     return version_dir, best
 
 
@@ -312,7 +339,8 @@ def _delete_run(folder: Path, name: str) -> str | None:
 
 
 def _has_model(run: Path) -> bool:
-    return (run / "best" / CONFIG_FILE).is_file()
+    """Whether ``run`` holds the model of a finished training (a diverged or unfinished run's best/ is none)."""
+    return (run / "best" / CONFIG_FILE).is_file() and _finished(run) is None
 
 
 def _started_from(home: DataHome, run: Path) -> set[str]:
@@ -347,9 +375,10 @@ def apply_run_retention(home: DataHome, keep: int, protect: Iterable[str] = ()) 
     Only runs a training of `latest` recorded when it started (:func:`read_runs`, newest last) are ever deleted:
     a run trained before the record began, one trained by hand into a folder there (``python -m training
     --output-dir``), or any other folder stays (reported in ``kept``). A recorded run without a model (a training
-    that died before its first checkpoint) newer than the oldest kept model stays too, without counting: it may
-    be resumed. Leftovers of a retention that died while deleting (``.deleting-<version>``) go first. The record
-    is rewritten without the deleted runs. Never raises for a run it cannot delete: ``left`` says why."""
+    that died before its first checkpoint, or before it finished: no ``metrics.json``; one that diverged) newer
+    than the oldest kept model stays too, without counting: it may be resumed or trained over. Leftovers of a
+    retention that died while deleting (``.deleting-<version>``) go first. The record is rewritten without the
+    deleted runs. Never raises for a run it cannot delete: ``left`` says why."""
     result = Retention()
     folder = runs_folder(home)
     if not is_real_folder(folder):
@@ -436,6 +465,8 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     def on_event(event: dict[str, Any]) -> None:
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
+        elif progress is not None and event.get("event") == "restart":   # a diverged run trained over
+            progress(str(event["message"]))
 
     if config.output_dir:
         version_dir = latest_version_dir(home)

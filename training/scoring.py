@@ -4,7 +4,8 @@
 ``logit_scale.exp() * cos(text, image)`` and the softmax preference among the prompt's images (PickScore's
 README ``calc_probs``). Images go through the evaluation's preprocessing (``training.data.preprocess_image``
 with an exact decode: shortest edge bicubic, center crop, CLIP mean/std), captions through the processor's
-tokenizer (pad, truncate to the tokens the model takes, 77 for CLIP), so a score here equals
+tokenizer (pad, truncate to the tokens the model takes, 77 for CLIP; for a run's checkpoint the ``max_length`` its
+``train_config.json`` records, as the run's evaluation did), so a score here equals
 ``training.evaluate.score_split``'s for the same pair.
 
 A missing or unreadable image becomes a row with ``error`` set (``missing_file``, ``not_a_file``,
@@ -29,6 +30,7 @@ import torch
 from PIL import Image
 
 from formats.files import open_regular_file
+from training.config import recorded_max_length
 from training.data import ImageGeometryError, ImageSpec, preprocess_rgb
 from training.device import resolve_device
 from training.model import load_model, pooled_embeddings, text_positions
@@ -163,12 +165,14 @@ class Scorer:
         self.clip = clip.eval().to(self.device)
         self.spec = ImageSpec.from_processor(self.processor.image_processor)
         self.batch_size = batch_size
-        self.max_length = text_positions(clip)   # 77 for CLIP; a scratch model's max_length
+        # 77 for CLIP; a scratch model's max_length; a run's checkpoint: the max_length the run trained and
+        # evaluated with (its train_config.json), so these scores equal its evaluation's
+        self.max_length = min(text_positions(clip), recorded_max_length(model_dir) or text_positions(clip))
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate to the
-        model's text length, 77 for CLIP)."""
+        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate to
+        ``max_length``: the model's text length, 77 for CLIP, or the run's recorded ``max_length``)."""
         chunks = []
         for start in range(0, len(prompts), self.batch_size):
             tokens = self.processor.tokenizer(list(prompts[start:start + self.batch_size]), padding=True,

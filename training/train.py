@@ -9,9 +9,11 @@ CPU, nccl on CUDA). Output dir layout::
     best/                   best model by validation_unique tie-aware accuracy (save_pretrained + config)
     metrics.json            history (train loss, lr, validation accuracy) + final test_unique evaluation
     curve.png               training curve
+    diverged.json           only after TrainingDiverged: the step, the reason and the recipe that diverged
 
 Rerunning the same command resumes from ``checkpoints/last`` (optimizer, scheduler, step and data
-position restored; a finished run only re-evaluates).
+position restored; a finished run only re-evaluates). A run that diverged is not resumed: rerun unchanged it is
+refused at once, rerun with a changed recipe (a lower learning_rate, ...) it starts over from step 0.
 """
 from __future__ import annotations
 
@@ -35,8 +37,8 @@ import torch
 import torch.distributed as dist
 
 from formats import dataset
-from formats.files import honour_umask, write_bytes_atomic
-from training.config import RESUMABLE_FIELDS, TRAIN_LOCK_FILE, TrainConfig, from_home, home_relative
+from formats.files import honour_umask, read_small_file, write_bytes_atomic
+from training.config import DIVERGED_FILE, RESUMABLE_FIELDS, TRAIN_LOCK_FILE, TrainConfig, from_home, home_relative
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -124,14 +126,40 @@ def _all_mean(value: torch.Tensor, world: int) -> Any:
     return value.tolist()
 
 
+def _from_rank0(value: Any, world: int) -> Any:
+    """Rank 0's ``value`` on every rank (a decision only rank 0 can make: its evaluation, its run folder)."""
+    if world > 1:
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        value = box[0]
+    return value
+
+
 class TrainingDiverged(ValueError):
-    """The loss or the weights turned NaN or infinite: the run stops and keeps its last finite checkpoint."""
+    """The loss, the weights or an evaluation's scores turned NaN or infinite: the run stops, keeps its last
+    checkpoint whose evaluation was finite, and records the divergence (``diverged.json``) so that a rerun
+    with the same recipe is refused and one with a changed recipe starts over."""
+
+    def __init__(self, message: str, step: int = 0, what: str = ""):
+        super().__init__(message)
+        self.step, self.what = step, what
 
 
 def _diverged(step: int, what: str) -> TrainingDiverged:
-    return TrainingDiverged(f"training diverged at step {step}: {what}; the run stops without metrics.json and "
-                            "checkpoints/last/ and best/ keep the last finite checkpoint; lower learning_rate, "
-                            "weight_decay or contrastive_weight (or set grad_clip > 0), or use a new output_dir")
+    return TrainingDiverged(f"training diverged at step {step}: {what}; the run stops without metrics.json (checkpoints/"
+                            "last/ and best/ keep the last checkpoint whose evaluation was finite); rerun with a lower "
+                            "learning_rate, weight_decay or contrastive_weight (or set grad_clip > 0) to train it over "
+                            "from step 0, or use a new output_dir", step, what)
+
+
+def _non_finite(scores: SplitScores, split: str) -> str | None:
+    """Why an evaluation's scores show a diverged model (a NaN or infinite score: finite weights grown too
+    large), or None."""
+    bad = int((~np.isfinite(scores.scores)).any(axis=1).sum())
+    if bad:
+        return (f"{bad} of the {len(scores.keys)} pairs of {split} score NaN or infinite (weights grown too large "
+                "for float32)")
+    return None
 
 
 def _check_finite_weights(scorer: torch.nn.Module, step: int) -> None:
@@ -353,6 +381,89 @@ def augment_images(pixels: torch.Tensor, kind: str, generator: torch.Generator |
     return flat.view_as(pixels)
 
 
+# --------------------------------------------------------------------------- divergence record
+# Settings that do not change what a run computes: a rerun of a diverged run that changes only these is the same
+# recipe (refused); any other change (learning_rate, max_steps and its schedule, num_workers and its data order,
+# device, the data version, ...) starts the run over.
+NOT_RECIPE = frozenset({"cpu_threads", "output_dir", "data_dir", "log_every", "eval_batch_size"})
+# what the trainer makes in a run folder: a diverged run started over with a changed recipe loses these, and
+# only these (its lock file and anything else in the folder stay)
+OWN_OUTPUTS = ("checkpoints/last", "checkpoints/.last.tmp", "checkpoints/.last.old", "best", ".best.tmp", ".best.old",
+               "init", ".init.tmp", ".init.old", "metrics.json", "curve.png")
+
+
+def _recipe(config: TrainConfig, data_dir: Path, home: Path | None) -> dict[str, Any]:
+    """What a run computes with: the config as stored (paths home-relative) less :data:`NOT_RECIPE`, and the
+    resolved dataset version."""
+    values = {name: value for name, value in config.stored_dict(home).items() if name not in NOT_RECIPE}
+    values["data_version_dir"] = home_relative(str(data_dir), home)
+    return values
+
+
+def _record_divergence(out: Path, err: TrainingDiverged, config: TrainConfig, data_dir: Path,
+                       home: Path | None) -> None:
+    """Write ``out/diverged.json``: the step, the reason and the recipe of a run that diverged."""
+    record = {"step": err.step, "reason": err.what, "recipe": _recipe(config, data_dir, home)}
+    write_bytes_atomic(out / DIVERGED_FILE,
+                       (json.dumps(record, indent=1, sort_keys=True, allow_nan=False) + "\n").encode())
+
+
+def read_divergence(out: Path) -> dict[str, Any] | None:
+    """The divergence record of the run folder ``out`` (``step``, ``reason``, ``recipe``), or None when the run has
+    not diverged; a record this trainer did not write (unreadable, a link, malformed) is refused."""
+    path = Path(out) / DIVERGED_FILE
+    if not os.path.lexists(path):
+        return None
+    data = read_small_file(path, 1 << 20)
+    try:
+        record = json.loads(data) if data is not None else None
+    except ValueError:
+        record = None
+    if not (isinstance(record, dict) and type(record.get("step")) is int and isinstance(record.get("reason"), str)
+            and isinstance(record.get("recipe"), dict)):
+        raise ValueError(f"{path} is not a divergence record this trainer wrote (a regular file with step, reason "
+                         "and recipe); remove it if the run is to be resumed")
+    return record
+
+
+def _after_divergence(out: Path, config: TrainConfig, data_dir: Path, home: Path | None,
+                      emit: EventSink) -> str | None:
+    """Rank 0, lock held, before anything is read from ``out``: a run that diverged is refused when rerun with
+    the same recipe (it would diverge again at the same step), and started over when the recipe changed: its
+    checkpoints, best/, init/, metrics.json and curve.png (the trainer's own, of the recipe that diverged) are
+    removed, then the record (last, so a crash in between starts over again). The refusal, or None."""
+    record = read_divergence(out)
+    if record is None:
+        return None
+    recipe = _recipe(config, data_dir, home)
+    changed = sorted(name for name in set(recipe) | set(record["recipe"])
+                     if recipe.get(name) != record["recipe"].get(name))
+    if not changed:
+        return (f"cannot rerun {out} with the same recipe: training diverged at step {record['step']} "
+                f"({record['reason']}); change learning_rate, weight_decay or contrastive_weight (or set grad_clip "
+                "> 0) to train it over from step 0, or use a new output_dir")
+    for rel in OWN_OUTPUTS:
+        _refuse_links(out, out / rel)
+    for rel in OWN_OUTPUTS:
+        _remove_own(out / rel)
+    (out / DIVERGED_FILE).unlink()
+    emit({"event": "restart", "diverged_step": record["step"], "changed": changed,
+          "message": f"{out} diverged at step {record['step']} with the previous recipe; {changed} changed: "
+                     "training it over from step 0"})
+    return None
+
+
+def _non_finite_paths(value: Any, path: str = "") -> list[str]:
+    """The key paths of the NaN or infinite numbers in JSON-like ``value``."""
+    if isinstance(value, float):
+        return [] if math.isfinite(value) else [path or "."]
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _non_finite_paths(v, f"{path}.{k}")]
+    if isinstance(value, (list, tuple)):
+        return [p for i, v in enumerate(value) for p in _non_finite_paths(v, f"{path}[{i}]")]
+    return []
+
+
 # --------------------------------------------------------------------------- outputs
 def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
     choice = choose_threshold(scores.scores, scores.labels)
@@ -383,6 +494,7 @@ def train(config: TrainConfig, on_event: EventSink | None = None) -> TrainResult
     """Train (or resume) a preference model per ``config``; rank 0 writes every output."""
     if not config.output_dir or not config.data_dir:
         raise ValueError(f"TrainConfig needs data_dir and output_dir (got {config.data_dir!r}, {config.output_dir!r})")
+    config.check_new_run()   # the rules for new runs, also for a config read from a run's files
     started = time.perf_counter()
     rank, world, local_rank, created_group = _init_distributed(config.device)
     try:
@@ -411,16 +523,30 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
         if rank == 0:
             out.mkdir(parents=True, exist_ok=True)
             held.enter_context(run_lock(out))
-        return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir, home)
+        try:
+            return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir, home)
+        except TrainingDiverged as err:
+            if rank == 0:   # lock held: a rerun reads it (refused unchanged, started over when the recipe changed)
+                try:
+                    _record_divergence(out, err, config, data_dir, home)
+                except OSError as exc:
+                    raise TrainingDiverged(f"{err} (its record {out / DIVERGED_FILE} was not written: "
+                                           f"{exc.strerror or exc})", err.step, err.what) from None
+            raise
 
 
 def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
                   device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
+    refusal = None
     if rank == 0:
         for folder in (last_dir, best_dir, init_dir):
             _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
+        refusal = _after_divergence(out, config, data_dir, home, emit)
+    refusal = _from_rank0(refusal, world)
+    if refusal is not None:
+        raise ValueError(refusal)
     _barrier(world)
     state = None
     if (last_dir / STATE_FILE).is_file():
@@ -458,6 +584,11 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         raise ValueError(f"max_length={config.max_length} is more than the {limit} caption tokens the model "
                          f"{config.init_from if state is None else last_dir} takes (its text_config."
                          f"max_position_embeddings); set max_length to at most {limit}")
+    specials = processor.tokenizer.num_special_tokens_to_add()
+    if config.max_length < specials:   # the tokenizer would not truncate: the text tower gets too long a sequence
+        raise ValueError(f"max_length={config.max_length} leaves no room for the {specials} special tokens the "
+                         f"tokenizer of {config.init_from if state is None else last_dir} adds to every caption; "
+                         f"set max_length to at least {specials}")
 
     scorer = PairScorer(clip).to(device)
     model = (torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[local_rank] if device.type == "cuda"
@@ -478,13 +609,18 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     spec = ImageSpec.from_processor(processor.image_processor)
     collate = PairCollator(processor.tokenizer, config.max_length)
 
-    def validate() -> dict[str, Any] | None:
+    def validate() -> tuple[dict[str, Any] | None, str | None]:
+        """Rank 0: the history entry of the evaluation on eval_split, and why it shows a diverged model (None)."""
         if rank != 0:
-            return None
+            return None, None
         scores = score_split(scorer, processor, data_dir, config.eval_split, batch_size=config.eval_batch_size,
                              num_workers=config.num_workers, device=device,
                              bf16=config.bf16, max_length=config.max_length)
-        return _validation_entry(step, scores)
+        entry = _validation_entry(step, scores)
+        problem = _non_finite(scores, config.eval_split)
+        if problem is None and not math.isfinite(entry["val_loss"]):
+            problem = f"the loss on {config.eval_split} is {entry['val_loss']} (not finite)"
+        return entry, problem
 
     inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
     train_digests: dict[str, str] = {}
@@ -543,7 +679,12 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         # checkpoints/last/ and best/ keep the previous checkpoint's steps, all of them verified
         opened = verify_trained()
         _check_finite_weights(scorer, step)   # every rank holds the same weights: all stop, none checkpoints
-        entry = validate()
+        entry, problem = validate()
+        # finite weights may still be too large to score with (a divergence in the last steps, before any
+        # further loss could turn NaN): every rank stops before this step is reported or checkpointed
+        problem = _from_rank0(problem, world)
+        if problem is not None:
+            raise _diverged(step, problem)
         improved = False
         if rank == 0:
             history.append(entry)
@@ -612,24 +753,36 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
-    result = None
+    result, final_problem = None, None
     if rank == 0:
         best_clip, best_processor = load_model(best_dir)
         best_scorer = PairScorer(best_clip).to(device)
         kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
                       bf16=config.bf16, max_length=config.max_length)
-        test = evaluate_scores(score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs),
-                               score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs),
-                               config.eval_split, config.test_split)
-        test.model_dir = home_relative(str(best_dir), home)
-        train_losses = [h["loss"] for h in history if "loss" in h]
-        metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
-                   "n_parameters": count_parameters(clip), "world_size": world,
-                   "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
-                   "final_train_loss": train_losses[-1] if train_losses else None,
-                   "test": test.to_dict(), "history": history}
+        selection = score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs)
+        tested = score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs)
+        why = _non_finite(selection, config.eval_split) or _non_finite(tested, config.test_split)
+        if why is None:
+            test = evaluate_scores(selection, tested, config.eval_split, config.test_split)
+            test.model_dir = home_relative(str(best_dir), home)
+            train_losses = [h["loss"] for h in history if "loss" in h]
+            metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
+                       "n_parameters": count_parameters(clip), "world_size": world,
+                       "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+                       "final_train_loss": train_losses[-1] if train_losses else None,
+                       "test": test.to_dict(), "history": history}
+            try:   # strict JSON: a NaN or infinity written bare is no JSON (every number above is checked finite)
+                text = json.dumps(metrics, indent=1, sort_keys=True, allow_nan=False)
+            except ValueError:
+                why = f"metrics.json would hold NaN or infinite values ({_non_finite_paths(metrics)[:3]})"
+        if why is not None:
+            final_problem = (best["step"], f"the best checkpoint's (step {best['step']}) final evaluation: {why}")
+    final_problem = _from_rank0(final_problem, world)
+    if final_problem is not None:   # never reported as a trained model, on any rank
+        raise _diverged(*final_problem)
+    if rank == 0:
         metrics_path = out / "metrics.json"
-        write_bytes_atomic(metrics_path, (json.dumps(metrics, indent=1, sort_keys=True) + "\n").encode())
+        write_bytes_atomic(metrics_path, (text + "\n").encode())
         curve_path = write_curve(history, out / "curve.png",
                                  f"{config.preset} preset, init {Path(config.init_from).name}: "
                                  f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")

@@ -93,3 +93,50 @@ def test_a_checkpoint_waits_for_the_shard_another_rank_is_inside(tmp_path):
     for folder in (out / "best", out / "checkpoints" / "last"):
         weights = load_file(folder / "model.safetensors")
         assert all(torch.equal(weights[k], untrained[k]) for k in untrained), folder
+
+
+DIVERGING = '''
+import sys
+from training import cli, train
+
+calls = []
+checked = train._non_finite
+
+
+def non_finite(scores, split):   # rank 0 alone evaluates: its second evaluation (step 2) shows a divergence
+    calls.append(split)
+    return "injected: 3 of the 12 pairs score NaN" if len(calls) == 2 else checked(scores, split)
+
+
+train._non_finite = non_finite
+sys.exit(cli.main(sys.argv[1:]))
+'''
+
+
+def test_a_divergence_only_rank_0_evaluation_sees_stops_every_rank_and_an_unchanged_rerun_is_refused(tmp_path):
+    """Rank 0 alone evaluates; a divergence its evaluation shows (finite weights too large to score with) is shared:
+    both ranks stop at that step (none waits for the other in a barrier), nothing is checkpointed or reported,
+    and the divergence is recorded; the unchanged rerun is refused on both ranks at once."""
+    version = tmp_path / "datasets" / "pickapic" / "v1"
+    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
+                            seed=4, shards_per_split=4)
+    script = tmp_path / "diverging.py"
+    script.write_text(DIVERGING)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    cmd = _torchrun(version, out, "--max-steps", "4", "--eval-every", "2")
+    at = cmd.index("-m", cmd.index("--nproc_per_node"))
+    failed = subprocess.run([*cmd[:at], str(script), *cmd[at + 2:]], cwd=REPO, env=env, capture_output=True,
+                            text=True, timeout=180)
+    assert failed.returncode != 0, failed.stdout[-3000:] + failed.stderr[-3000:]
+    for rank in (0, 1):
+        assert f"[rank{rank}]: training.train.TrainingDiverged: training diverged at step 2: injected" in failed.stderr
+    events = [json.loads(line) for line in failed.stdout.splitlines() if line.startswith('{"event"')]
+    assert [(e["event"], e["step"]) for e in events if e["event"] == "eval"] == [("eval", 0)]
+    assert torch.load(out / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)["step"] == 0
+    assert not (out / "metrics.json").exists() and json.loads((out / "diverged.json").read_text())["step"] == 2
+    refused = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=180)
+    assert refused.returncode != 0
+    for rank in (0, 1):
+        assert f"[rank{rank}]: ValueError: cannot rerun {out} with the same recipe: training diverged at step 2" \
+            in refused.stderr, refused.stderr[-3000:]
