@@ -15,6 +15,9 @@ train bit-identical weights (straight and resumed 0 -> 1, resampled and epoch mo
 in every manifest the publish stage writes, and versions without it (``pickapic-wds/1``) skip the check; the
 ``_unique`` rule fits the five published splits and the defaults pass; the NaN rule leaves finite scores' credit,
 ties and threshold choice unchanged; ``weight_decay=0`` and denormal-but-non-zero values pass.
+
+Each test reproduced a defect confirmed by running it (a strict xfail when the review filed it); all seven were
+fixed the same day (fix23e, README section 8).
 """
 from __future__ import annotations
 
@@ -45,14 +48,6 @@ def version(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 # ------------------------------------------------------------------------------------------ divergence
-@pytest.mark.xfail(strict=True, reason=(
-    "Divergence in the last steps is not caught: the loss is only checked before each optimizer step and the "
-    "weights only for NaN/inf, so learning_rate=1e3 with max_steps=3 (rev23b's own setting, shorter) updates "
-    "at step 3 to finite but huge weights whose validation scores are NaN (val_loss NaN, val_accuracy 0), "
-    "there is no step 4 to see a NaN loss, and the run reports success: best = the untrained step-0 model, "
-    "bare NaN in metrics.json (invalid JSON). Expected: non-finite evaluation scores stop the run with "
-    "TrainingDiverged like a non-finite loss, no metrics.json."
-))
 def test_a_divergence_in_the_last_steps_stops_the_run_instead_of_reporting_success(version, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match=r"(?i)diverg"):
@@ -60,15 +55,6 @@ def test_a_divergence_in_the_last_steps_stops_the_run_instead_of_reporting_succe
     assert not (run / "metrics.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A run stopped by TrainingDiverged cannot be finished the way its error says: 'lower learning_rate, "
-    "weight_decay or contrastive_weight (or set grad_clip > 0)' and README 'checkpoints/last/ ... from which a "
-    "rerun resumes'; but the rerun with the lowered learning_rate is refused as a changed recipe "
-    "(config fields ['learning_rate'] differ), and the unchanged rerun resumes and diverges again at the same "
-    "step. In the managed flow (train_latest, the preference_model asset) the run folder is fixed per "
-    "version, so the version's model can never be trained. Expected: the rerun with the lowered "
-    "learning_rate trains (from the last finite checkpoint or afresh) and writes metrics.json."
-))
 def test_a_diverged_run_can_be_rerun_with_the_lowered_learning_rate_its_error_advises(tmp_path):
     home = DataHome.at(tmp_path / "home")
     write_synthetic_version(home.root / "datasets" / "pickapic" / "v1", SIZES, image_px=32, seed=1,
@@ -81,13 +67,6 @@ def test_a_diverged_run_can_be_rerun_with_the_lowered_learning_rate_its_error_ad
     assert metrics["steps"] == 8 and metrics["config"]["learning_rate"] == 1e-3
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "evaluate_latest (the preference_model_eval asset) and rank_latest (the leaderboard) take the best/ of "
-    "`latest`'s run folder as 'the model trained on latest' without asking whether the run finished: after "
-    "TrainingDiverged (no metrics.json by design, best/ kept) eval.json is written and reported for the "
-    "untrained or half-trained model of a failed run. Expected: refused, naming the run that did not finish "
-    "(no metrics.json)."
-))
 def test_the_evaluation_asset_refuses_the_model_of_a_run_that_diverged(tmp_path):
     home = DataHome.at(tmp_path / "home")
     version_dir = home.root / "datasets" / "pickapic" / "v1"
@@ -100,14 +79,6 @@ def test_the_evaluation_asset_refuses_the_model_of_a_run_that_diverged(tmp_path)
 
 
 # ------------------------------------------------------------------------------------------ held-out splits
-@pytest.mark.xfail(strict=True, reason=(
-    "The held-out split rule lives in TrainConfig.__post_init__, so every train_config.json written before it "
-    "with eval_split == test_split (or a split and its _unique subset) no longer loads: evaluate_model (the "
-    "evaluation asset, pickapic evaluate) and simulator.best_of_n.untrained_model_dir crash with 'invalid "
-    "TrainConfig: eval_split=... must be two different held-out splits' on an existing model, although the "
-    "evaluation chooses its own splits and only reads max_length / init_from from the file. Expected: an "
-    "existing model evaluates (the rule refuses new runs, not stored recipes)."
-))
 def test_a_model_trained_before_the_held_out_rule_still_evaluates(version, tmp_path):
     result = train(tiny_config(version, tmp_path / "run", max_steps=1, eval_every=1))
     stored = result.best_dir / "train_config.json"
@@ -119,13 +90,6 @@ def test_a_model_trained_before_the_held_out_rule_still_evaluates(version, tmp_p
 
 
 # ------------------------------------------------------------------------------------------ float32 range
-@pytest.mark.xfail(strict=True, reason=(
-    "The float32 check refuses only values above float32's range; a positive adam_eps below its smallest "
-    "(1e-46) passes 'adam_eps > 0', rounds to 0 in the float32 optimizer, 0/0 turns the never-used weights "
-    "NaN, and the run stops with TrainingDiverged after writing init/ and a step-0 checkpoint, advising to "
-    "lower learning_rate; the corrected rerun is then refused as a changed recipe (adam_eps), the very "
-    "sequence rev23b filed for learning_rate=1e300. Expected: refused up front naming adam_eps, nothing written."
-))
 def test_an_adam_eps_that_float32_rounds_to_zero_is_refused_before_anything_is_written(version, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="adam_eps"):
@@ -134,13 +98,6 @@ def test_an_adam_eps_that_float32_rounds_to_zero_is_refused_before_anything_is_w
 
 
 # ------------------------------------------------------------------------------------------ max_length
-@pytest.mark.xfail(strict=True, reason=(
-    "Scorer (pickapic score / rerank, best_of_n) truncates captions to the model's text positions (77) even "
-    "for a run's best/ whose train_config.json records max_length=4, while the run's evaluation, metrics.json "
-    "and evaluate_model truncate to 4: the scores users get differ from the scores the reported accuracy was "
-    "measured with (by up to 2.5 logits here), and README's 'Scorer equals score_split' no longer holds for "
-    "such a run. Expected: Scorer of a run's checkpoint truncates as the run did."
-))
 def test_scorer_scores_a_run_checkpoint_with_the_max_length_the_run_evaluated_with(version, tmp_path):
     base = train(tiny_config(version, tmp_path / "base", max_steps=1, eval_every=1))       # 77 text positions
     tuned = train(tiny_config(version, tmp_path / "tuned", max_steps=1, eval_every=1, init_from=str(base.best_dir),
@@ -154,14 +111,6 @@ def test_scorer_scores_a_run_checkpoint_with_the_max_length_the_run_evaluated_wi
     np.testing.assert_allclose(np.array([r.score for r in rows]).reshape(-1, 2), evaluated.scores, atol=1e-4)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "max_length=1 passes the config (min 1) and the new check (1 <= the model's positions), but no caption "
-    "fits in 1 token with its two special tokens, so the tokenizer does not truncate: a scratch run (1 text "
-    "position) writes init/ and crashes in its step-0 evaluation inside transformers ('Sequence length must "
-    "be less than max_position_embeddings'), and the corrected rerun is refused because init/ records "
-    "max_length=1. Expected: max_length below 2 refused in one line naming it before anything is written, "
-    "so the corrected rerun trains."
-))
 def test_a_max_length_too_short_for_the_special_tokens_is_refused_up_front(version, tmp_path):
     run = tmp_path / "run"
     with pytest.raises(ValueError, match="max_length"):
