@@ -8,6 +8,7 @@ with ``init_from`` pointing at a local CLIP-H or PickScore checkpoint on a GPU; 
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import json
 import os
@@ -23,6 +24,13 @@ AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
 TRAIN_LOCK_FILE = ".train.lock"   # in a run folder, held (flock) by the trainer writing it
 DIVERGED_FILE = "diverged.json"   # in a run folder: the trainer's record of a run stopped by TrainingDiverged
+# in a run folder while a training that changes its model (best/, checkpoints/last) has not finished: written (and
+# synced) before the first change, removed after metrics.json is written. A run holding it is no finished model,
+# whatever metrics.json (of an earlier finish) says
+TRAINING_FILE = "training.json"
+# what the evaluation, leaderboard and best-of-n stages write into a run folder about its model (``eval.json``,
+# ``leaderboard.png``, ``true_quality.json``, ``best_of_n/``): removed when a training that changes the model starts
+DERIVED_OUTPUTS = ("eval.json", "leaderboard.png", "true_quality.json", "best_of_n")
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math
 # already done, or only extend it). num_workers is not one: the train stream's shard order, shuffle seeds and
@@ -76,6 +84,15 @@ def home_relative(path: str, home: Path | None) -> str:
                 continue
             return HOME_PREFIX + (rel.as_posix() if rel.parts else ".")
     return absolute
+
+
+def parse_run_json(data: str | bytes, path: str | os.PathLike) -> Any:
+    """``json.loads`` of a small file a run folder holds (``path``: named in the error): a file nested too deeply
+    for the parser (``RecursionError``) is a ``ValueError`` naming it, as other malformed JSON is."""
+    try:
+        return json.loads(data)
+    except RecursionError:
+        raise ValueError(f"{path} is not valid JSON: it nests arrays or objects too deeply to be read") from None
 
 
 def from_home(stored: str, home: Path | None) -> str:
@@ -173,7 +190,14 @@ class TrainConfig:
         return preset(values.pop("preset", "demo"), **values)
 
     def __post_init__(self) -> None:
-        check_fields(self)   # type, range and choices of every field, as the settings file checks them
+        if _STORED.get() and self.max_length == 1:
+            # the trainer before max_length >= 2 finished runs with max_length=1: a stored recipe keeps its value
+            # (the range is a rule for new runs: recipe_problems), every other field is checked as usual
+            probe = copy.copy(self)
+            object.__setattr__(probe, "max_length", 2)
+            check_fields(probe)
+        else:
+            check_fields(self)   # type, range and choices of every field, as the settings file checks them
         problems = []
         if self.image_size % self.patch_size:
             problems.append(f"image_size={self.image_size} is not a multiple of patch_size={self.patch_size}")
@@ -204,6 +228,9 @@ class TrainConfig:
                 problems.append(f"{f.name}={value!r} is below float32's smallest normal number ({FLOAT32_TINY:.4g}), "
                                 "which the optimizer and the model compute in: it would be rounded to 0 or lose its "
                                 "precision (use 0 where the setting allows it, or a value of at least that)")
+        if self.max_length < 2:   # only a stored recipe gets here (the field's range refuses it in a new one)
+            problems.append(f"max_length={self.max_length} leaves no room for the start and end of text tokens "
+                            "every caption gets; set max_length to at least 2")
         held_out = [name for name in ("eval_split", "test_split") if getattr(self, name) == "train"]
         if held_out or self.eval_split.removesuffix(HELD_OUT) == self.test_split.removesuffix(HELD_OUT):
             problems.append(f"eval_split={self.eval_split!r} and test_split={self.test_split!r} must be two different "
@@ -251,6 +278,8 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
         """Inverse of ``to_dict``; unknown keys are an error that names them."""
+        if not isinstance(values, dict):
+            raise ValueError(f"a TrainConfig is stored as a JSON object, not {type(values).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -274,7 +303,7 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
         with _reading_stored():   # the rules for new runs are not applied to a stored recipe
-            config = cls.from_dict(json.loads(path.read_text(encoding="utf-8")))
+            config = cls.from_dict(parse_run_json(path.read_text(encoding="utf-8"), path))
         if not resolve:
             return config
         return config.with_home(locate_home(Path(directory), config.output_dir) or home)
@@ -315,7 +344,8 @@ def recorded_max_length(directory: str | os.PathLike) -> int | None:
         return None
     try:
         return TrainConfig.load(Path(directory), resolve=False).max_length
-    except (ValueError, TypeError) as exc:   # a stored recipe that does not parse: scores would not match the run's
+    except (ValueError, TypeError, RecursionError) as exc:   # a stored recipe that does not parse: scores would not
+        # match the run's (RecursionError: parse_run_json makes a deeply nested file a ValueError; kept for safety)
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path} is not a train_config.json this trainer wrote ({first}); the caption length the "
                          "model was trained with is unknown") from None

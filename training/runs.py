@@ -1,7 +1,10 @@
 """Training runs of a data home: one run folder per published version, trained, evaluated and ranked in place.
 
 ``HOME/models/preference_model/<version>/`` holds the run on that version (resumable): ``best/`` (the
-model), ``eval.json`` (tie-aware test accuracy), ``leaderboard.png``. Ground truth is never looked up
+model), ``eval.json`` (tie-aware test accuracy), ``leaderboard.png``. Only a finished run is a model
+(``metrics.json``, no ``training.json`` or ``diverged.json``: :func:`_finished`); a training that changes the
+model removes what was written about it, and a stage writing about it checks afterwards that it did not change
+(:func:`publishing_for_model`). Ground truth is never looked up
 here: a caller that has a simulation's truth passes its files in (``summary.json``, ``models.json``).
 
 Run retention (``[models] keep_runs``): every training of `latest` is recorded, newest last, in
@@ -29,7 +32,7 @@ from formats.home import DataHome
 from formats.locks import LockFileRefused, hold_lock, open_lock_file, try_lock
 from formats.progress import Progress
 from formats.settings import check_fields, knob
-from training.config import CONFIG_FILE, DIVERGED_FILE, TRAIN_LOCK_FILE, from_home
+from training.config import CONFIG_FILE, DIVERGED_FILE, TRAIN_LOCK_FILE, TRAINING_FILE, from_home, parse_run_json
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -38,11 +41,11 @@ if TYPE_CHECKING:  # torch is slow to import; the functions import these when th
     from training.train import TrainResult
 
 MODEL_NAME = "preference_model"
-EVAL_FILE = "eval.json"
+EVAL_FILE = "eval.json"   # the evaluation of a run's finished model (one of config.DERIVED_OUTPUTS)
 METRICS_FILE = "metrics.json"   # written by a run that finished (training.train), never by one that diverged
 # What only a trainer makes in a run folder (``python -m training`` accepts a non-empty output folder holding one).
 RUN_MARKERS = tuple(f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")) + (
-    ".init.tmp", ".best.tmp", "checkpoints/.last.tmp", TRAIN_LOCK_FILE)
+    ".init.tmp", ".best.tmp", "checkpoints/.last.tmp", TRAIN_LOCK_FILE, TRAINING_FILE)
 RUNS_HEADER = b"# pickapic model runs: the versions a model was trained on, oldest first\n"
 DELETING_PREFIX = ".deleting-"
 RUNS_LOCK = "model-runs.lock"   # in HOME/.locks: shared by every training of `latest`, exclusive for retention
@@ -93,21 +96,69 @@ def is_evaluated(home: DataHome) -> bool:
 
 
 def _finished(run: Path) -> str | None:
-    """Why the run folder ``run`` holds no model of a finished training (its trainer diverged, or has not
-    written ``metrics.json``: it died or still trains), or None when it finished."""
+    """Why the run folder ``run`` holds no model of a finished training, or None when it finished.
+
+    Finished is one fact the trainer keeps: ``metrics.json`` is there and neither ``training.json`` (written before
+    a training changes the model, removed after it wrote ``metrics.json``: a training that was extended, started
+    over, died or still runs) nor ``diverged.json`` (the trainer diverged) is."""
     if os.path.lexists(run / DIVERGED_FILE):
         data = read_small_file(run / DIVERGED_FILE, 1 << 20)
         try:
-            record = json.loads(data) if data is not None else {}
+            record = parse_run_json(data, run / DIVERGED_FILE) if data is not None else {}
         except ValueError:
             record = {}
         step = record.get("step") if isinstance(record, dict) else None
         return (f"its training diverged{f' at step {step}' if type(step) is int else ''} ({run / DIVERGED_FILE}): "
                 "change the recipe (a lower learning_rate, ...) and train it again")
+    if os.path.lexists(run / TRAINING_FILE):
+        return (f"its training did not finish ({run / TRAINING_FILE}: a training that changes its model started and "
+                f"has not written {METRICS_FILE} for it: it stopped, failed or still runs; a {METRICS_FILE} there is "
+                "of an earlier finish); train it to the end first (pickapic build --with-model)")
     if not (run / METRICS_FILE).is_file():
         return (f"its training did not finish (no {METRICS_FILE} in {run}: it stopped, failed or still runs); "
                 "train it to the end first (pickapic build --with-model)")
     return None
+
+
+def _finish_stamp(run: Path) -> tuple[int, ...] | None:
+    """What identifies the finished training of ``run`` (its ``metrics.json``'s device, inode, size and mtime: the
+    trainer replaces the file, never rewrites it in place), or None when the run is not finished."""
+    if _finished(run) is not None:
+        return None
+    try:
+        info = os.stat(run / METRICS_FILE)
+    except OSError:
+        return None
+    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+
+
+@contextlib.contextmanager
+def publishing_for_model(home: DataHome, *outputs: str) -> Iterator[tuple[Path, Path]]:
+    """Yield (version folder, ``best/``) of the model trained on `latest` (:func:`trained_model`) to a stage that
+    writes ``outputs`` (names in the run folder: ``eval.json``, ``leaderboard.png``, ...) about that model. When the
+    run is no longer the same finished training once they are written (a training started meanwhile: it marked
+    the run unfinished, or finished again), they are removed and the stage fails: a trainer marks the run before
+    it removes these outputs, and the stage writes them before it checks, so an output about a replaced model
+    never stays beside a finished run."""
+    version_dir, best = trained_model(home)
+    run = best.parent
+    stamp = _finish_stamp(run)
+    changed = False
+    try:
+        yield version_dir, best
+    finally:   # also when the stage failed: what it wrote so far about a model that changed goes
+        changed = _finish_stamp(run) != stamp
+        if changed:
+            for name in outputs:
+                path = run / name
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path, ignore_errors=True)
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        path.unlink()
+    if changed:
+        raise ValueError(f"the model in {run} changed while {', '.join(outputs)} was written about it (a training "
+                         "started or finished meanwhile): removed; run this stage again once the training finished")
 
 
 def trained_model(home: DataHome) -> tuple[Path, Path]:
@@ -353,7 +404,7 @@ def _started_from(home: DataHome, run: Path) -> set[str]:
         if data is None:
             continue
         try:
-            stored = json.loads(data).get("init_from")
+            stored = parse_run_json(data, run / sub / CONFIG_FILE).get("init_from")
         except (ValueError, AttributeError):
             continue
         if not isinstance(stored, str) or stored in ("", "scratch"):
@@ -501,11 +552,11 @@ def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalR
     from training.config import home_relative
     from training.evaluate import evaluate_model
 
-    version_dir, best = trained_model(home)
-    result = evaluate_model(best, version_dir, ground_truth=summary)
-    result.model_dir = home_relative(str(best), home.root)  # as metrics.json: no absolute path of the home
-    out = best.parent / EVAL_FILE
-    write_bytes_atomic(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    with publishing_for_model(home, EVAL_FILE) as (version_dir, best):
+        result = evaluate_model(best, version_dir, ground_truth=summary)
+        result.model_dir = home_relative(str(best), home.root)  # as metrics.json: no absolute path of the home
+        out = best.parent / EVAL_FILE
+        write_bytes_atomic(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return result, out
 
 
@@ -522,5 +573,5 @@ def rank_latest(home: DataHome, true_quality: Path | None = None) -> "Leaderboar
     """The generator leaderboard of the model trained on `latest` (``true_quality``: a ``true_quality_table``)."""
     from training.leaderboard import generator_leaderboard
 
-    version_dir, best = trained_model(home)
-    return generator_leaderboard(version_dir, best, true_quality, chart_path=best.parent / "leaderboard.png")
+    with publishing_for_model(home, "leaderboard.png") as (version_dir, best):
+        return generator_leaderboard(version_dir, best, true_quality, chart_path=best.parent / "leaderboard.png")

@@ -10,10 +10,15 @@ CPU, nccl on CUDA). Output dir layout::
     metrics.json            history (train loss, lr, validation accuracy) + final test_unique evaluation
     curve.png               training curve
     diverged.json           only after TrainingDiverged: the step, the reason and the recipe that diverged
+    training.json           while a training that changes the model has not finished (written before the first
+                            change, removed after metrics.json): a run is finished when metrics.json is there and
+                            neither this nor diverged.json is
 
 Rerunning the same command resumes from ``checkpoints/last`` (optimizer, scheduler, step and data
 position restored; a finished run only re-evaluates). A run that diverged is not resumed: rerun unchanged it is
-refused at once, rerun with a changed recipe (a lower learning_rate, ...) it starts over from step 0.
+refused at once, rerun with a changed recipe (a lower learning_rate, ...) it starts over from step 0, once the
+new recipe is checked. A training that changes the model removes what the evaluation, leaderboard and best-of-n
+stages wrote into the run folder about the model it held (``eval.json``, ``leaderboard.png``, ...).
 """
 from __future__ import annotations
 
@@ -38,7 +43,17 @@ import torch.distributed as dist
 
 from formats import dataset
 from formats.files import honour_umask, read_small_file, write_bytes_atomic
-from training.config import DIVERGED_FILE, RESUMABLE_FIELDS, TRAIN_LOCK_FILE, TrainConfig, from_home, home_relative
+from training.config import (
+    DERIVED_OUTPUTS,
+    DIVERGED_FILE,
+    RESUMABLE_FIELDS,
+    TRAIN_LOCK_FILE,
+    TRAINING_FILE,
+    TrainConfig,
+    from_home,
+    home_relative,
+    parse_run_json,
+)
 from training.data import (
     ImageSpec,
     PairCollator,
@@ -146,10 +161,10 @@ class TrainingDiverged(ValueError):
 
 
 def _diverged(step: int, what: str) -> TrainingDiverged:
-    return TrainingDiverged(f"training diverged at step {step}: {what}; the run stops without metrics.json (checkpoints/"
-                            "last/ and best/ keep the last checkpoint whose evaluation was finite); rerun with a lower "
-                            "learning_rate, weight_decay or contrastive_weight (or set grad_clip > 0) to train it over "
-                            "from step 0, or use a new output_dir", step, what)
+    return TrainingDiverged(f"training diverged at step {step}: {what}; the run stops unfinished, without "
+                            "metrics.json (checkpoints/last/ and best/ keep the last checkpoint whose evaluation was "
+                            "finite); rerun with a lower learning_rate, weight_decay or contrastive_weight (or set "
+                            "grad_clip > 0) to train it over from step 0, or use a new output_dir", step, what)
 
 
 def _non_finite(scores: SplitScores, split: str) -> str | None:
@@ -410,13 +425,13 @@ def _record_divergence(out: Path, err: TrainingDiverged, config: TrainConfig, da
 
 def read_divergence(out: Path) -> dict[str, Any] | None:
     """The divergence record of the run folder ``out`` (``step``, ``reason``, ``recipe``), or None when the run has
-    not diverged; a record this trainer did not write (unreadable, a link, malformed) is refused."""
+    not diverged; a record this trainer did not write (unreadable, a link, malformed, nested too deeply) is refused."""
     path = Path(out) / DIVERGED_FILE
     if not os.path.lexists(path):
         return None
     data = read_small_file(path, 1 << 20)
     try:
-        record = json.loads(data) if data is not None else None
+        record = parse_run_json(data, path) if data is not None else None
     except ValueError:
         record = None
     if not (isinstance(record, dict) and type(record.get("step")) is int and isinstance(record.get("reason"), str)
@@ -426,31 +441,104 @@ def read_divergence(out: Path) -> dict[str, Any] | None:
     return record
 
 
-def _after_divergence(out: Path, config: TrainConfig, data_dir: Path, home: Path | None,
-                      emit: EventSink) -> str | None:
-    """Rank 0, lock held, before anything is read from ``out``: a run that diverged is refused when rerun with
-    the same recipe (it would diverge again at the same step), and started over when the recipe changed: its
-    checkpoints, best/, init/, metrics.json and curve.png (the trainer's own, of the recipe that diverged) are
-    removed, then the record (last, so a crash in between starts over again). The refusal, or None."""
+def _after_divergence(out: Path, config: TrainConfig, data_dir: Path,
+                      home: Path | None) -> tuple[str | None, dict[str, Any] | None]:
+    """Rank 0, lock held, before anything is read from ``out``: (refusal, start-over). A run that diverged is
+    refused when rerun with the same recipe (it would diverge again at the same step); when the recipe changed
+    it is to start over: the start-over (``step``, ``changed``) is returned and nothing is removed yet. The
+    new recipe is checked first (its ``init_from`` loads, its ``max_length`` fits the model, and it lies
+    outside what the start-over removes); only then :func:`_start_over` removes the diverged run's outputs."""
     record = read_divergence(out)
     if record is None:
-        return None
+        return None, None
     recipe = _recipe(config, data_dir, home)
     changed = sorted(name for name in set(recipe) | set(record["recipe"])
                      if recipe.get(name) != record["recipe"].get(name))
     if not changed:
         return (f"cannot rerun {out} with the same recipe: training diverged at step {record['step']} "
                 f"({record['reason']}); change learning_rate, weight_decay or contrastive_weight (or set grad_clip "
-                "> 0) to train it over from step 0, or use a new output_dir")
-    for rel in OWN_OUTPUTS:
+                "> 0) to train it over from step 0, or use a new output_dir"), None
+    for rel in (*OWN_OUTPUTS, TRAINING_FILE, *DERIVED_OUTPUTS):
+        _refuse_links(out, out / rel)   # before anything changes: the start-over never removes through a link
+    return None, {"step": record["step"], "changed": changed}
+
+
+def _sync_dir(path: Path) -> None:
+    """``fsync`` the folder ``path`` (its entries: names created, renamed or removed in it reach the disk in
+    order); a file system that cannot sync a folder is left as it is."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+    finally:
+        os.close(fd)
+
+
+def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
+    """Rank 0, before a training changes the model of ``out`` (best/, checkpoints/last, init/): record that the run
+    is not finished (``training.json``, synced: then ``metrics.json`` of an earlier finish no longer counts), then
+    remove what the evaluation, leaderboard and best-of-n stages published about the model it held
+    (:data:`DERIVED_OUTPUTS`). A kill at any point leaves a run that counts as unfinished, or the run as it was."""
+    for rel in (TRAINING_FILE, *DERIVED_OUTPUTS):
         _refuse_links(out, out / rel)
+    record = {"from_step": step, "max_steps": config.max_steps, "started_over": restart}
+    write_bytes_atomic(out / TRAINING_FILE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
+    _sync_dir(out)
+    for rel in DERIVED_OUTPUTS:
+        _remove_own(out / rel)
+    _sync_dir(out)
+
+
+def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: EventSink) -> None:
+    """Rank 0, once the changed recipe of a diverged run is known to be trainable: mark the run unfinished
+    (:func:`_unfinish`, which also removes what was published about its model), remove its checkpoints,
+    best/, init/, metrics.json and curve.png (the trainer's own, of the recipe that diverged; only these), then
+    the divergence record (last, so a crash in between starts over again)."""
+    _unfinish(out, 0, config, restart=True)
     for rel in OWN_OUTPUTS:
         _remove_own(out / rel)
     (out / DIVERGED_FILE).unlink()
-    emit({"event": "restart", "diverged_step": record["step"], "changed": changed,
-          "message": f"{out} diverged at step {record['step']} with the previous recipe; {changed} changed: "
-                     "training it over from step 0"})
-    return None
+    _sync_dir(out)
+    emit({"event": "restart", "diverged_step": restart["step"], "changed": restart["changed"],
+          "message": f"{out} diverged at step {restart['step']} with the previous recipe; {restart['changed']} "
+                     "changed: training it over from step 0"})
+
+
+def _finished_here(out: Path) -> bool:
+    """Whether ``out`` records a finished training: ``metrics.json`` and no ``training.json`` (a divergence
+    record is handled before: :func:`_after_divergence`)."""
+    return (out / "metrics.json").is_file() and not os.path.lexists(out / TRAINING_FILE)
+
+
+def _refuse_init_inside(out: Path, config: TrainConfig, restart: bool) -> None:
+    """Refuse an ``init_from`` that lies inside what this training replaces or (starting a diverged run over)
+    removes in its own run folder: its ``best/``, ``checkpoints/`` or ``init/`` (the model would be deleted before
+    it is read, or replaced while the run's evaluation still builds its untrained model from there). Refused,
+    not copied aside: nothing is removed and no copy of a large model is made."""
+    if config.init_from == "scratch":
+        return
+    source = os.path.realpath(config.init_from)
+    for rel in ("best", ".best.tmp", ".best.old", "checkpoints", "init", ".init.tmp", ".init.old"):
+        own = os.path.realpath(out / rel)
+        if source == own or source.startswith(own + os.sep):
+            raise ValueError(f"init_from {config.init_from} lies inside {out / rel}, which this training "
+                             f"{'removes (it trains the diverged run over from step 0)' if restart else 'replaces'}: "
+                             "train into a new output_dir with this init_from, or copy that model out of the run "
+                             "folder first and give the copy as init_from")
+
+
+def _check_max_length(config: TrainConfig, clip: Any, processor: Any, source: Any) -> None:
+    """Refuse a ``max_length`` the model (loaded from ``source``) cannot take."""
+    limit = clip.config.text_config.max_position_embeddings
+    if config.max_length > limit:   # the text tower has no position past its last; evaluation would crash inside it
+        raise ValueError(f"max_length={config.max_length} is more than the {limit} caption tokens the model "
+                         f"{source} takes (its text_config.max_position_embeddings); set max_length to at most {limit}")
+    specials = processor.tokenizer.num_special_tokens_to_add()
+    if config.max_length < specials:   # the tokenizer would not truncate: the text tower gets too long a sequence
+        raise ValueError(f"max_length={config.max_length} leaves no room for the {specials} special tokens the "
+                         f"tokenizer of {source} adds to every caption; set max_length to at least {specials}")
 
 
 def _non_finite_paths(value: Any, path: str = "") -> list[str]:
@@ -538,18 +626,19 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
 def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
                   device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
-    # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint
-    refusal = None
+    # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint. Everything is
+    # checked before anything in the run folder changes: a refused run leaves it as it was
+    refusal, restart = None, None
     if rank == 0:
         for folder in (last_dir, best_dir, init_dir):
             _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
-        refusal = _after_divergence(out, config, data_dir, home, emit)
-    refusal = _from_rank0(refusal, world)
+        refusal, restart = _after_divergence(out, config, data_dir, home)
+    refusal, restart = _from_rank0((refusal, restart), world)
     if refusal is not None:
         raise ValueError(refusal)
     _barrier(world)
-    state = None
-    if (last_dir / STATE_FILE).is_file():
+    state, clip, processor, new_init = None, None, None, None
+    if restart is None and (last_dir / STATE_FILE).is_file():
         saved = TrainConfig.load(last_dir, resolve=False)
         _check_resumable(saved, config, home)
         clip, processor = load_model(last_dir)
@@ -565,30 +654,40 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     elif config.init_from == "scratch":
         # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
         # from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
-        # before its first checkpoint; or an init/ written before the version was stored) is built again
+        # before its first checkpoint; or an init/ written before the version was stored) is built again, and so
+        # is the init/ of a diverged run started over (it is removed with the rest)
         built_on = None
-        if rank == 0 and (init_dir / "config.json").is_file():
+        if rank == 0 and restart is None and (init_dir / "config.json").is_file():
             built = TrainConfig.load(init_dir, resolve=False)
             _check_resumable(built, config, home)  # a stale init/ from another recipe
             built_on = built.data_dir
-        if rank == 0 and built_on not in (str(data_dir), home_relative(str(data_dir), home)):
-            clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-            built = config.replace(data_dir=str(data_dir))
-            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, built, home), out)
-        _barrier(world)
-        clip, processor = load_model(init_dir)
+        if rank == 0:
+            if built_on not in (str(data_dir), home_relative(str(data_dir), home)):
+                clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
+                new_init = config.replace(data_dir=str(data_dir))   # saved once the run folder may change
+            else:
+                clip, processor = load_model(init_dir)
     else:
+        _refuse_init_inside(out, config, restart is not None)
         clip, processor = load_model(config.init_from)
-    limit = clip.config.text_config.max_position_embeddings
-    if config.max_length > limit:   # the text tower has no position past its last; evaluation would crash inside it
-        raise ValueError(f"max_length={config.max_length} is more than the {limit} caption tokens the model "
-                         f"{config.init_from if state is None else last_dir} takes (its text_config."
-                         f"max_position_embeddings); set max_length to at most {limit}")
-    specials = processor.tokenizer.num_special_tokens_to_add()
-    if config.max_length < specials:   # the tokenizer would not truncate: the text tower gets too long a sequence
-        raise ValueError(f"max_length={config.max_length} leaves no room for the {specials} special tokens the "
-                         f"tokenizer of {config.init_from if state is None else last_dir} adds to every caption; "
-                         f"set max_length to at least {specials}")
+    source = config.init_from if state is None else last_dir
+    if clip is not None:
+        _check_max_length(config, clip, processor, source)
+    # ---- every check passed: now the run folder changes (rank 0). A training that changes the model first marks
+    # the run unfinished and removes what was published about the model it held; a finished run rerun at its
+    # max_steps only evaluates again (its model, and what was published about it, stay)
+    if rank == 0:
+        if restart is not None:
+            _start_over(out, config, restart, emit)
+        elif state is None or state["step"] < config.max_steps or not _finished_here(out):
+            _unfinish(out, 0 if state is None else state["step"], config, restart=False)
+        if new_init is not None:
+            _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
+    _barrier(world)
+    if state is None and config.init_from == "scratch":
+        clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
+        if rank != 0:
+            _check_max_length(config, clip, processor, source)
 
     scorer = PairScorer(clip).to(device)
     model = (torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[local_rank] if device.type == "cuda"
@@ -786,6 +885,10 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         curve_path = write_curve(history, out / "curve.png",
                                  f"{config.preset} preset, init {Path(config.init_from).name}: "
                                  f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
+        if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
+            _sync_dir(out)                            # as finished (metrics.json on disk before the record goes)
+            _remove_own(out / TRAINING_FILE)
+            _sync_dir(out)
         pairs = loop_steps * config.batch_size
         result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
                              metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
