@@ -50,6 +50,15 @@ def cron_problem(text: str) -> str | None:
         return f"{len(fields)} fields, expected 5 (minute hour day-of-month month day-of-week), e.g. '0 2 * * *'"
     if not text.isascii() or any(c not in " \t" and not c.isprintable() for c in text):
         return "it holds a character no cron string has (only ASCII letters, digits, '*,-/#' and spaces)"
+    # Quartz's '?' (no specific value): croniter reads a day-of-month or day-of-week field that is exactly '?' as
+    # '*', deterministically, and Dagster takes it (review rev23h); anywhere else croniter refuses it
+    for index in (2, 4):
+        if fields[index] == "?":
+            fields[index] = "*"
+    for field, (name, *_rest) in zip(fields, _CRON_FIELDS):
+        if "?" in field:
+            return (f"{name} field {quoted(field, 40)} holds '?', which stands alone in the day-of-month or "
+                    "day-of-week field only (read as '*')")
     values: list[set[int]] = []
     for field, (name, low, high, names) in zip(fields, _CRON_FIELDS):
         found: set[int] = set()
@@ -63,7 +72,40 @@ def cron_problem(text: str) -> str | None:
         return f"day {quoted(fields[2], 40)} of month {quoted(fields[3], 40)} never comes"
     if months == {2} and days and days <= {30, 31}:
         return f"day {quoted(fields[2], 40)} of February never comes"
-    return _croniter_problem(text)
+    return _croniter_problem(text) or _never_fires(fields)
+
+
+def _never_fires(fields: list[str]) -> str | None:
+    """Why Dagster's scheduler cannot iterate the cron ``fields`` (``?`` read as ``*``), or None; its reason says
+    which day never comes. Dagster's ``cron_string_iterator`` (what its scheduler daemon and the UI's next tick
+    use) steps with its own copy of croniter, which fails (``CroniterBadDateError``) when no fire time comes
+    within 50 years, and which, for a cron that gives both a day of month and a day of week (fired on either),
+    computes each of the two on its own and fails when either never comes: '0 0 31 4 mon' (April 31, or
+    April's Mondays) fails there, though the croniter installed here fires it on the Mondays (review rev23h).
+    Mirrored without importing Dagster: the croniter installed here computes the next and the previous fire
+    time (Dagster's iterator takes both) of the cron, and of each of its two day rules on its own."""
+    import datetime
+
+    from croniter import CroniterBadDateError, CroniterError, croniter
+
+    expanded = croniter.expand(" ".join(fields))[0]
+    both = expanded[2][0] != "*" and expanded[4][0] != "*"
+    variants = [(fields, "")] + ([(fields[:4] + ["*"], f"day {quoted(fields[2], 40)} of month {quoted(fields[3], 40)}"),
+                                  (fields[:2] + ["*", fields[3], fields[4]],
+                                   f"day of week {quoted(fields[4], 40)} in month {quoted(fields[3], 40)}")]
+                                 if both else [])
+    now = datetime.datetime.now(datetime.timezone.utc).replace(second=0, microsecond=0)
+    for variant, what in variants:
+        try:
+            croniter(" ".join(variant), now).get_next(datetime.datetime)
+            croniter(" ".join(variant), now).get_prev(datetime.datetime)
+        except (CroniterBadDateError, CroniterError):
+            if what:
+                return (f"{what} never comes, and Dagster's scheduler, which computes the day of month and the day "
+                        "of week each on its own, fails on it (CroniterBadDateError) instead of firing on the other")
+            return ("croniter finds no time it fires within 50 years (CroniterBadDateError; a day of the month with "
+                    "an n-th or last weekday is one it never finds), so Dagster's scheduler cannot iterate it")
+    return None
 
 
 def _item_problem(item: str, name: str, low: int, high: int, names: tuple[str, ...], found: set[int]) -> str | None:

@@ -41,12 +41,21 @@ def config_class(section: str, name: str) -> type[dg.Config]:
     for field_name, spec in knobs(section).items():
         if spec.secret:
             continue
-        now = f"; {where}: {current[field_name]!r}" if field_name in current else ""
+        # the home's value, as the UI may show it: bounded, a URL's password or a credential option's value hidden
+        now = f"; {where}: {_shown(current[field_name])}" if field_name in current else ""
         description = (f"{spec.help + ' ' if spec.help else ''}(allowed: {spec.allowed()}; default "
                        f"{list(spec.default) if isinstance(spec.default, tuple) else spec.default!r}{now}). "
                        f"Empty: the home's pickapic.toml value when the run starts.")
         fields[field_name] = (typing.Optional[_TYPES[spec.kind]], pydantic.Field(default=None, description=description))
     return pydantic.create_model(name, __base__=dg.Config, __doc__=f"Run config of the {section} stage.", **fields)
+
+
+def _shown(value: Any) -> str:
+    """A setting's value as a run-config field's description shows it (:func:`formats.text.redact_credentials`,
+    :func:`formats.settings.quoted`)."""
+    from formats.text import redact_credentials
+
+    return quoted(redact_credentials(value) if isinstance(value, str) else value)
 
 
 def stage_config(section: str, config: dg.Config, home: DataHome,
@@ -85,13 +94,16 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
     every step would refuse is refused too, and so is a file whose feature blob base or staging folder the
     feature step would refuse for this home (checked whether or not the run overrides them).
 
+    The feature settings' own check covers ``features.runner`` with the run's Beam options (``features.beam_args``,
+    or the run's own ``beam_args``, which replace them): a runner Beam names that cannot run with them (FlinkRunner
+    without its job server jar, PortableRunner without ``--job_endpoint``, ...) is refused here, at launch too
+    (Beam is imported to parse the options, when there are any; review rev23h).
+
     With ``ops`` (the run's own ops: only when called by a step, in the run's own process), a run that
     executes the feature op also gets the feature step's runner checks (``pipelines.features.runner.
-    check_runner``, with the op's ``beam_args``): a dotted ``features.runner`` is imported, and a runner
-    that cannot run here without a download or an option it lacks (FlinkRunner without its job server
-    jar, PortableRunner without ``--job_endpoint``, ...) is refused, before the ingest step writes
-    (review rev23f). Never at launch (``coordinator.check_launch`` passes no ``ops``): no code a setting
-    names runs in the webserver or the daemon, and neither imports Beam for it.
+    check_runner``): a dotted ``features.runner`` is imported and checked with the same options, before the
+    ingest step writes (review rev23f). Never at launch (``coordinator.check_launch`` passes no ``ops``): no
+    code a setting names runs in the webserver or the daemon.
     """
     sections = {stage.op: stage.section for stage in STAGES}
     given_ops = (run_config or {}).get("ops") or {}
@@ -126,22 +138,14 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
 
 def _check_feature_runner(settings: Settings, given: Mapping[str, Any], op: str) -> None:
     """The feature step's runner checks, as the step will run them (its settings with the run's overrides, its
-    ``beam_args``); ``SettingsError`` naming the op and the cause."""
-    import shlex
-
+    ``beam_args`` among them: the run's own, or the home's ``features.beam_args``); ``SettingsError`` naming the
+    op and the cause."""
     overrides = {name: value for name, value in given.items() if name in knobs("features") and value is not None}
     config = settings.config("features", overrides, f"run config of {op}")
-    text = given.get("beam_args") or ""
-    try:
-        beam_args = shlex.split(text) if isinstance(text, str) else None
-    except ValueError as exc:
-        raise SettingsError(f"run config of {op}: beam_args = {quoted(text)} cannot be split ({exc})") from None
-    if beam_args is None:
-        raise SettingsError(f"run config of {op}: beam_args must be a string, not {type(text).__name__}")
     from pipelines.features.runner import check_runner  # imports Beam: in the run's own process only
 
     try:
-        check_runner(config, beam_args)
+        check_runner(config, None)
     except ValueError as exc:
         raise SettingsError(f"the feature step of this run would refuse its runner: {exc}") from None
 
@@ -156,9 +160,22 @@ def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:
         spec = knobs(section)[name]
         if spec.secret:
             raise SettingsError(f"{spec.key} is a secret and is never passed as run config")
+        if isinstance(value, str) and _holds_credential(value):
+            # run config is stored with the run and shown in the UI (features.beam_args: review rev23h)
+            raise SettingsError(f"{spec.key} holds a credential (a URL's password or an option such as "
+                                "--s3_secret_access_key), which run config would store with the run and show in the UI: "
+                                "set it in HOME/pickapic.toml instead (by hand: a command line is kept in the shell's "
+                                "history)")
         if value is None:
             if spec.kind is not str:
                 raise SettingsError(f"{spec.key}: none cannot be passed as run config; set it in the file")
             value = ""
         out[name] = list(value) if isinstance(value, tuple) else value
     return out
+
+
+def _holds_credential(value: str) -> bool:
+    """Whether a setting's text holds what :func:`formats.text.redact_credentials` hides."""
+    from formats.text import redact_credentials
+
+    return redact_credentials(value) != value

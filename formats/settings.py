@@ -470,7 +470,7 @@ class Settings:
                 if not spec.in_file:
                     continue
                 value = getattr(effective, name)
-                rows.append({"key": spec.key, "value": "***" if spec.secret else _plain(value),
+                rows.append({"key": spec.key, "value": "***" if spec.secret else _shown_plain(value),
                              "default": "***" if spec.secret else _plain(spec.default),
                              "source": self.sources.get(spec.key, "default"), "allowed": spec.allowed(),
                              "help": spec.help, "output": spec.output})
@@ -496,6 +496,18 @@ def _secret_digest(secret: str) -> str:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
+
+
+def _shown_plain(value: Any) -> Any:
+    """:func:`_plain`, with a URL's password and a credential option's value hidden in text (``features.beam_args``
+    may hold Beam options such as ``--s3_secret_access_key``: :func:`formats.text.redact_credentials`)."""
+    from formats.text import redact_credentials
+
+    if isinstance(value, str):
+        return redact_credentials(value)
+    if isinstance(value, tuple):
+        return [redact_credentials(member) for member in value]
+    return value
 
 
 def settings_path(home_root: Path) -> Path:

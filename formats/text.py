@@ -7,6 +7,8 @@ screen or reorder what follows (bidirectional overrides).
 """
 from __future__ import annotations
 
+import re
+
 
 def utf8_text(value: str) -> str:
     """``value`` as valid UTF-8 text: a byte a file name could not decode (Python's surrogate escape) becomes
@@ -29,3 +31,19 @@ def terminal_text(value: str, keep: str = "") -> str:
         return value
     return "".join(ch if ch.isprintable() or ch in keep else
                    (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}") for ch in value)
+
+
+# a URL's password (scheme://user:PASSWORD@host: everything up to the token's last '@', so a password holding an
+# unescaped '@' is hidden whole) and the value of a command-line option whose name says it holds a credential
+# (Beam's --s3_secret_access_key, --s3_session_token, --s3_access_key_id, --azure_connection_string, ...)
+_URL_PASSWORD = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s/@:'\"]*:)[^\s]*@")
+_SECRET_OPTION = re.compile(r"(?i)(--?[a-z0-9_\-]*(?:secret|token|password|passwd|credential|connection_string|"
+                            r"access_key|api_key|private_key)[a-z0-9_\-]*)(=|\s+)(\"[^\"]*\"?|'[^']*'?|\S+)")
+
+
+def redact_credentials(value: str) -> str:
+    """``value`` as a message, a settings listing or a run's metadata may show it: a URL's password
+    (``https://user:***@host``) and the value of an option named for a credential (``--s3_secret_access_key=***``)
+    replaced by ``***``. Over-redacts rather than under (a URL path holding '@' after a ``user:`` part)."""
+    value = _URL_PASSWORD.sub(r"\1***@", value)
+    return _SECRET_OPTION.sub(r"\1\2***", value)

@@ -1,9 +1,6 @@
 """Features group: the Apache Beam fingerprinting job for one day's images."""
 
-import shlex
-
 import dagster as dg
-from pydantic import Field
 
 from dagster_project.charts import nsfw_histogram
 from dagster_project.contracts import check_specs, materialize_and_check
@@ -16,11 +13,11 @@ from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
 from pipelines.features.stage import build_features
 from pipelines.provenance import MissingBlobs, missing_mark
 
-_BaseFeaturesRunConfig = config_class("features", "_BaseFeaturesRunConfig")
-
-
-class FeaturesRunConfig(_BaseFeaturesRunConfig):
-    beam_args: str = Field(default="", description="Extra Beam pipeline options, e.g. '--runner=DataflowRunner --project=p'.")
+# ``beam_args`` is the setting features.beam_args (a string of Beam options, split as a shell splits words): given
+# in run config it replaces the home's value for that run, as every setting does; left out, the run (a schedule's,
+# a sensor's, `pickapic build`'s) uses the home's (review rev23h: they could pass none, so a runner that needs one
+# failed every scheduled run)
+FeaturesRunConfig = config_class("features", "FeaturesRunConfig")
 
 
 @dg.multi_asset(
@@ -44,7 +41,7 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     day = context.partition_key
     settings = stage_config("features", config, home, context)
     settle = version_at_start(context, "features", home, settings, day)
-    report = build_features(home, day, settings, beam_args=shlex.split(config.beam_args))
+    report = build_features(home, day, settings)     # its Beam options: settings.beam_args
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
     # the blobs its output rejects as missing are named in its version: one that lands later makes the day stale

@@ -10,7 +10,7 @@ from typing import Any
 from formats.files import is_url
 from formats.outputs import entry_kind
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
-from pipelines.features.runnernames import runner_refusal
+from pipelines.features.runnernames import runner_refusal, settings_refusal
 
 FEATURES = "image_features"   # the stage's two datasets ...
 REJECTS = "image_rejects"
@@ -44,6 +44,10 @@ class FeaturesConfig:
     in_process_below: int = knob(128, "DirectRunner jobs with fewer images run in-process", min=0, output=False)
     runner: str = knob(DEFAULT_RUNNER, "Beam runner used when beam_args names none: a Beam runner's name or the "
                                        "dotted path of a runner class", output=False)
+    beam_args: str = knob("", "Beam pipeline options of every run of the stage, as on a command line (split like a "
+                              "shell does: quotes group words), e.g. '--flink_job_server_jar=/opt/beam/flink.jar "
+                              "--environment_type=LOOPBACK'; a run's own beam_args (run config, pickapic build --set) "
+                              "replace them; not a secret: keep credentials out of them", output=False)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
     blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
     staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>); "
@@ -72,12 +76,17 @@ class FeaturesConfig:
         for name, ok in checks:
             if not ok:
                 raise ValueError(f"FeaturesConfig.{name}={quoted(getattr(self, name))} is invalid")
-        # a name or the form of a dotted path: nothing is imported (neither Beam nor the module a path names,
-        # whose code would run wherever the settings are read); a path is imported, and what a runner needs in
-        # the Beam options checked, by the first step of a run with the feature step and when the stage starts
+        # a name or the form of a dotted path: the module a path names is not imported (its code would run
+        # wherever the settings are read); a path is imported, and what it needs in the Beam options checked, by
+        # the first step of a run with the feature step and when the stage starts
         refusal = runner_refusal(self.runner)
         if refusal:
             raise ValueError(f"features.runner = {quoted(self.runner)} {refusal}")
+        # the runner with the Beam options every run gets (no run of `pickapic build`, the nightly or the sensors
+        # passes any other): one that cannot run with them is refused here, not in every run (review rev23h)
+        refusal = settings_refusal(self.runner, self.beam_args)
+        if refusal:
+            raise ValueError(refusal)
         if home is not None:
             check_blob_base(self.blob_base, home)
             if self.staging is not None:

@@ -1,6 +1,7 @@
 """Beam pipeline options and the runner: DirectRunner defaults, and the local runner built without Prism."""
 from __future__ import annotations
 
+import shlex
 from typing import Sequence
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
@@ -13,42 +14,48 @@ from formats.settings import MAX_PROCESSES, quoted
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.runnernames import (
     IN_PROCESS_RUNNERS,
+    dataflow_package_refusal,
     direct_subclass,
     is_local_runner,
+    option_values,
     options_refusal,
     runner_base,
     runner_class,
+    shown,
     start_refusal,
 )
 
 
 def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, num_images: int | None = None) -> PipelineOptions:
-    """Beam options from ``beam_args`` (unchanged) plus DirectRunner defaults; unknown flags raise.
+    """Beam options of a run: ``features.beam_args`` (:func:`beam_option_args`), then ``beam_args`` (unchanged:
+    a later option wins, as Beam reads a repeated one), plus DirectRunner defaults; unknown flags raise.
 
     On the DirectRunner without an explicit ``--direct_running_mode``: ``multi_processing`` with the
     ``--direct_num_workers`` given, else with ``config.workers`` processes, or ``in_memory`` when ``workers`` is 0 or the job is smaller than
     ``config.in_process_below`` images (starting the workers costs ~3 CPU-s: below ~120-170 images a day the
     stage is no slower in-process, with ~40% less CPU and half the memory; ``benchmarks/features_crossover.py``).
+    A dotted runner (a user's class) runs with ``--allow_unsafe_triggers``, which makes Beam 2.77's
+    ``DirectRunner.run_pipeline`` skip its Prism attempt however the class reaches it (review rev23h; the
+    stage's pipeline has only Beam's default trigger, which that option leaves as it is).
     """
-    args = list(beam_args or [])
+    args = beam_option_args(config) + list(beam_args or [])
     from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
     if from_settings:
         args.append(f"--runner={config.runner}")
-    options = PipelineOptions(args)
     try:
-        known = options.get_all_options()
-        retained = options.get_all_options(retain_unknown_options=True)
-    except SystemExit as exc:  # argparse rejects a bad value by exiting
-        raise ValueError(f"invalid Beam pipeline options {args}: see the argparse message above") from exc
-    unknown = sorted(set(retained) - set(known))
-    if unknown:
-        raise ValueError(f"unrecognised Beam pipeline options {unknown} in {args}")
+        known = option_values(args)
+    except ValueError as exc:
+        raise ValueError(f"the Beam options {shown(' '.join(args), 200)} hold {exc}") from None
+    options = PipelineOptions(args)
     runner = str(known.get("runner") or "")
     # a dotted path is imported here, when the stage starts, not with the settings; then what the runner needs
     # in the options to run without a download at run time (a job server jar, a job endpoint, an environment)
     refusal = start_refusal(runner) or options_refusal(runner, known)
     if refusal:
         raise ValueError(f"{_named(runner, from_settings)} {refusal}")
+    if "." in runner and not known.get("allow_unsafe_triggers"):
+        args.append("--allow_unsafe_triggers")    # no Prism, whatever path the user's class takes into DirectRunner
+        options = PipelineOptions(args)
     count = known.get("direct_num_workers")
     if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
         # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
@@ -74,19 +81,23 @@ def check_runner(config: FeaturesConfig, beam_args: Sequence[str] | None) -> str
     was written). Raises ``ValueError`` in one line naming ``features.runner`` (or ``--runner``). Run when the
     stage starts and by the run's first step (``dagster_project.runconfig.check_run_config``), never where the
     settings are read."""
-    args = list(beam_args or [])
-    options = pipeline_options(config, args)
+    args = beam_option_args(config) + list(beam_args or [])
+    options = pipeline_options(config, beam_args)
     runner = str(options.get_all_options().get("runner") or "")
-    if runner_base(runner) == "DataflowRunner":
-        import importlib
-
-        try:
-            importlib.import_module("apache_beam.runners.dataflow.internal.apiclient")
-        except Exception as exc:   # noqa: BLE001 - an ImportError, or whatever a half-installed google package raises
-            from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
-            raise ValueError(f"{_named(runner, from_settings)} needs apache-beam[gcp] installed on this machine (Beam "
-                             f"cannot submit a Dataflow job without it: {type(exc).__name__})") from None
+    refusal = dataflow_package_refusal() if runner_base(runner) == "DataflowRunner" else None
+    if refusal:
+        from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
+        raise ValueError(f"{_named(runner, from_settings)} {refusal}")
     return runner
+
+
+def beam_option_args(config: FeaturesConfig) -> list[str]:
+    """``features.beam_args`` as a list of options, split as a shell splits words (``shlex.split``, as the
+    Dagster asset always split its run config's ``beam_args``)."""
+    try:
+        return shlex.split(config.beam_args)
+    except ValueError as exc:
+        raise ValueError(f"features.beam_args = {shown(config.beam_args)} cannot be split ({exc})") from None
 
 
 def _named(runner: str, from_settings: bool) -> str:
@@ -146,7 +157,10 @@ def _without_prism(cls: type, provision) -> PipelineRunner:
     """An instance of the user's subclass ``cls`` of Beam's DirectRunner (built as Beam's ``create_runner`` builds
     it: no arguments) whose ``run_pipeline`` is the stage's FnApiRunner instead of Beam's DirectRunner's, which
     first starts Prism (a download at run time). The user's own methods stay: a ``run_pipeline`` of theirs
-    that calls ``super()`` reaches the stage's FnApiRunner, not Beam's (review rev23f)."""
+    that calls ``super()`` reaches the stage's FnApiRunner, not Beam's (review rev23f). One that reaches Beam's
+    method another way (``DirectRunner.run_pipeline(self, ...)`` explicitly, a fresh ``DirectRunner()``) runs
+    Beam's FnApiRunner without Prism: :func:`pipeline_options` gives a dotted runner ``--allow_unsafe_triggers``
+    (review rev23h)."""
     from apache_beam.runners.direct.direct_runner import SwitchingDirectRunner
 
     class WithoutPrism(SwitchingDirectRunner):

@@ -7,7 +7,10 @@ Checks in two places, because reading the settings must never run code the setti
   sensors, a run's launch, every run's first step): it imports nothing, neither Beam (about a second and 100 MB)
   nor the user's module. A bare name must be one of :data:`RUNNERS`, Beam's runners this project runs (a static
   list, checked against Beam's own ``create_runner`` by ``tests/unit/test_fix23c.py``); a dotted path is checked
-  for its form only (dotted Python names, at most :data:`MAX_RUNNER_PATH` characters).
+  for its form only (dotted Python names, at most :data:`MAX_RUNNER_PATH` characters). Then
+  :func:`settings_refusal`: the runner with ``features.beam_args``, the Beam options every run of the home gets,
+  parsed by Beam (imported only when there are options, never the user's module), must have what it needs
+  (:func:`options_refusal`), so that no scheduled run fails for an option none can pass (review rev23h).
 - when the feature stage starts (``runner.pipeline_options`` / ``runner.check_runner``, before the staging folder
   is made) and in the first step of a run that executes the feature step (in the run's own process:
   ``dagster_project.runconfig.check_run_config``): :func:`start_refusal` imports a dotted path, as Beam's
@@ -23,7 +26,11 @@ ImportError ended them in a traceback (or, ``sys.exit``, silently); bare names B
 FlinkRunner and SparkRunner ran without their job server jar (Beam downloads it), PortableRunner and
 DataflowRunner without the options they need (Beam failed after the staging folder was written), a user's
 subclass of Beam's DirectRunner started Prism, and a dotted path was first imported by the feature step,
-after the run's ingest step had written.
+after the run's ingest step had written. Until review rev23h no scheduled run could pass a Beam option (they were
+run config only): a runner that needed one passed the settings check and failed every scheduled run;
+DataflowRunner was held to hand-written rules stricter than Beam's own validator; a jar that was no zip archive
+passed, Beam's environment URNs did not; and a user's DirectRunner subclass calling Beam's ``run_pipeline``
+explicitly reached Prism.
 """
 from __future__ import annotations
 
@@ -187,45 +194,151 @@ def direct_subclass(name: str) -> type | None:
 
 
 # What each runner that starts a job elsewhere needs in the Beam options to run here without a download at run
-# time (Beam 2.77, read from its code and checked offline by tests/unit/test_fix23f.py).
+# time (Beam 2.77, read from its code and checked offline by tests/unit/test_fix23f.py and test_fix23h.py).
 _JOB_SERVER_JARS = {"FlinkRunner": "flink_job_server_jar", "SparkRunner": "spark_job_server_jar"}
 _PORTABLE = ("PortableRunner", "FlinkRunner", "SparkRunner")
 _ENVIRONMENTS = ("LOOPBACK", "EXTERNAL", "PROCESS", "DOCKER")
-_DATAFLOW_OPTIONS = ("project", "region", "temp_location")
+# Beam's URNs of those environments (``Environment.from_options`` takes a ``beam:env:`` URN as it is)
+_ENVIRONMENT_URNS = {"beam:env:docker:v1": "DOCKER", "beam:env:process:v1": "PROCESS",
+                     "beam:env:external:v1": "EXTERNAL", "beam:env:embedded_python_loopback:v1": "LOOPBACK"}
+# the runners that need Beam options of their own (the settings check imports Beam only for these, or when
+# features.beam_args holds options)
+OPTION_RUNNERS = _PORTABLE + ("DataflowRunner",)
+_JAR_MAGIC = b"PK\x03\x04"      # a jar is a zip archive: its first local file header
+
+
+def option_values(args: tuple[str, ...] | list[str]) -> dict:
+    """The Beam options ``args`` give, as Beam parses them (``PipelineOptions(args).get_all_options()``);
+    ``ValueError`` in one line for a value Beam's parser refuses (its message, bounded, credentials hidden, never
+    printed to stderr) or an option it does not know. Imports Beam."""
+    import contextlib
+    import io
+
+    from pipelines.features import beamworker  # noqa: F401  # isort: skip  # Beam imported quietly first
+
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    told = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(told):      # argparse prints its usage and message, then exits
+            options = PipelineOptions(list(args))
+            known = options.get_all_options()
+            retained = options.get_all_options(retain_unknown_options=True)
+    except SystemExit:
+        lines = [line.strip() for line in told.getvalue().splitlines() if line.strip()]
+        reason = lines[-1] if lines else "Beam's parser refused them"
+        reason = reason.split("error: ", 1)[-1]        # after argparse's program name
+        raise ValueError(f"a value Beam refuses ({shown(reason, 200)[1:-1]})") from None
+    unknown = sorted(set(retained) - set(known))
+    if unknown:
+        names = ", ".join("--" + name for name in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5
+                                                                  else "")
+        raise ValueError(f"options Beam does not know: {shown(names, 200)[1:-1]}")
+    return known
+
+
+def shown(value: object, limit: int = 80) -> str:
+    """A Beam option's value (or a list of them) as a message may quote it: credentials hidden
+    (:func:`formats.text.redact_credentials`: a URL's password, a --s3_secret_access_key), escaped and bounded
+    (:func:`formats.settings.quoted`)."""
+    from formats.text import redact_credentials
+
+    return quoted(redact_credentials(str(value)), limit)
+
+
+def settings_refusal(runner: str, beam_args: str) -> str | None:
+    """Why ``features.runner`` with ``features.beam_args`` (the Beam options every run of the home gets: `pickapic
+    build`, the nightly schedule, the sensors, a UI run that gives no ``beam_args`` of its own) cannot run, in one
+    line naming the setting and the option to add to ``features.beam_args``; None when they can. The settings
+    check (``FeaturesConfig.validate``: `pickapic settings`, `settings --write`, `build --dry-run`, a run's
+    launch): ``beam_args`` split as the asset splits it (``shlex.split``), parsed by Beam (imported only when
+    there are options to parse or the runner needs some: :data:`OPTION_RUNNERS`), the runner checked by name
+    (:func:`runner_refusal`; a dotted path is imported only by the run's first step and the stage) and by what it
+    needs (:func:`options_refusal`); a job-server jar must be an absolute path (each process resolves a relative
+    one against its own working directory), and DataflowRunner needs apache-beam[gcp] installed (review rev23h:
+    FlinkRunner passed the settings check and every scheduled run failed for an option none could pass)."""
+    import shlex
+
+    try:
+        args = shlex.split(beam_args)
+    except ValueError as exc:
+        return f"features.beam_args = {shown(beam_args)} cannot be split ({exc}): give the options as on a command line"
+    given = any(arg == "--runner" or arg.startswith("--runner=") for arg in args)
+    if not args:                                    # nothing to parse: Beam is not imported
+        base = None if "." in runner else _beam_name(runner)
+        if base not in OPTION_RUNNERS:
+            return None
+        refusal = (options_refusal(runner, {}) if base != "DataflowRunner" else
+                   "needs the Beam option --project (and --region, unless Beam finds a default one, and a gs:// "
+                   "--temp_location or --staging_location): Beam's own check of the options refuses a Dataflow job "
+                   "without")
+        return (f"features.runner = {shown(runner)} {refusal}; give the option in features.beam_args (the Beam "
+                "options of every run: `pickapic build`, the nightly schedule, the sensors)")
+    try:
+        values = option_values(tuple(args) if given else (*args, f"--runner={runner}"))
+    except ValueError as exc:
+        return f"features.beam_args = {shown(beam_args)} holds {exc}"
+    name = str(values.get("runner") or "")
+    where = f"--runner={shown(name)} in features.beam_args" if given else f"features.runner = {shown(runner)}"
+    refusal = runner_refusal(name)
+    if refusal:
+        return f"{where} {refusal}"
+    base = None if "." in name else _beam_name(name)
+    if base not in OPTION_RUNNERS:
+        return None                                 # a local runner; a dotted path: checked when a run starts
+    option = _JOB_SERVER_JARS.get(base or "")
+    jar = values.get(option) if option and not values.get("job_endpoint") else None
+    if jar and "://" not in str(jar) and not os.path.isabs(str(jar)):
+        return (f"{where} is given --{option}={shown(jar)} in features.beam_args, a relative path: give the jar's "
+                "absolute path (each process resolves a relative one against its own working directory)")
+    refusal = options_refusal(name, values)
+    if refusal:
+        return (f"{where} {refusal}; give the option in features.beam_args (the Beam options of every run: "
+                "`pickapic build`, the nightly schedule, the sensors)")
+    refusal = dataflow_package_refusal() if base == "DataflowRunner" else None
+    return f"{where} {refusal}" if refusal else None
+
+
+def dataflow_package_refusal() -> str | None:
+    """Why Beam cannot submit a Dataflow job from this machine (apache-beam[gcp] missing: Beam fails after the
+    staging folder was written), or None."""
+    try:
+        importlib.import_module("apache_beam.runners.dataflow.internal.apiclient")
+    except Exception as exc:   # noqa: BLE001 - an ImportError, or whatever a half-installed google package raises
+        return (f"needs apache-beam[gcp] installed on this machine (Beam cannot submit a Dataflow job without it: "
+                f"{type(exc).__name__})")
+    return None
 
 
 def options_refusal(name: str, values: dict) -> str | None:
     """Why the runner a ``--runner`` value names cannot run with the Beam options ``values``
     (``PipelineOptions.get_all_options()``) without a download at run time or a failure for an option it
     lacks, in one line; None when nothing is missing (or the runner is not one of Beam's that starts a job
-    elsewhere). Checked when the feature stage starts, before its staging folder, and in the run's first
-    step; never with the settings (which hold no Beam options). A user's subclass of one of these runners
-    needs what Beam's does.
+    elsewhere). Checked with the settings (:func:`settings_refusal`: ``features.beam_args``), when the feature
+    stage starts, before its staging folder, and in the run's first step. A user's subclass of one of these
+    runners needs what Beam's does.
 
     - PortableRunner: ``--job_endpoint`` (Beam starts no job service for it: "You must specify a
       --job_endpoint").
     - FlinkRunner, SparkRunner: ``--job_endpoint``, or ``--flink_job_server_jar`` / ``--spark_job_server_jar``
-      naming a jar file on this machine: else Beam downloads its job server jar from Maven Central when the
-      stage runs (a URL is a download too); SparkRunner with ``--spark_submit_uber_jar`` also needs
-      ``--spark_rest_url``.
+      naming a jar file on this machine (a zip archive: its first bytes are checked): else Beam downloads its
+      job server jar from Maven Central when the stage runs (a URL is a download too); SparkRunner with
+      ``--spark_submit_uber_jar`` also needs ``--spark_rest_url``.
     - all three: an SDK harness environment that pulls nothing: ``--environment_type`` LOOPBACK, EXTERNAL
       (with ``--environment_config``, the worker pool's address), PROCESS (with ``--environment_config``, the
-      command) or DOCKER with the image given (``--environment_config``): Beam's default is DOCKER with its own
-      SDK image (pulled from Docker Hub, and without this project's code); Flink on its local ``[auto]`` /
-      ``[local]`` master and Spark on a ``local`` master default to LOOPBACK, as Beam does.
-      ``--prebuild_sdk_container_engine`` builds an image (pulling its base): refused.
-    - DataflowRunner: ``--project``, ``--region`` and ``--temp_location`` (a gs:// path), what Beam's own check
-      of the options refuses the job without ("Pipeline has validations errors", a five-line message).
+      command) or DOCKER with the image given (``--environment_config``), by name or by Beam's URN
+      (``beam:env:external:v1``, ...): Beam's default is DOCKER with its own SDK image (pulled from Docker Hub,
+      and without this project's code); Flink on its local ``[auto]`` / ``[local]`` master and Spark on a
+      ``local`` master default to LOOPBACK, as Beam does. ``--prebuild_sdk_container_engine`` builds an image
+      (pulling its base): refused.
+    - DataflowRunner: what Beam's own validator (``PipelineOptionsValidator``, which ``Pipeline()`` runs with the
+      runner) finds missing or wrong, run here offline (:func:`_dataflow_refusal`): ``--project``, ``--region``
+      (or Beam's default region), a gs:// ``--temp_location`` or ``--staging_location`` (Beam takes either for
+      both), ...
     """
     base = runner_base(name)
     if base == "DataflowRunner":
-        missing = [f"--{option}" for option in _DATAFLOW_OPTIONS if not values.get(option)]
-        if missing:
-            return (f"needs the Beam options {' and '.join(missing)} (Beam refuses a Dataflow job without "
-                    f"{', '.join('--' + option for option in _DATAFLOW_OPTIONS)})")
-        if not str(values["temp_location"]).startswith("gs://"):
-            return "needs the Beam option --temp_location to be a gs:// path (Dataflow stages the job there)"
-        return None
+        return _dataflow_refusal(values)
     if base not in _PORTABLE:
         return None
     if not values.get("job_endpoint"):
@@ -233,8 +346,9 @@ def options_refusal(name: str, values: dict) -> str | None:
             return ("needs the Beam option --job_endpoint (the address of a running job service, or 'embed'): Beam "
                     "starts none for PortableRunner")
         jar = values.get(_JOB_SERVER_JARS[base])
-        if not jar or not os.path.isfile(str(jar)):
-            given = f" ({quoted(str(jar))} is no file on this machine)" if jar else ""
+        problem = _jar_problem(str(jar)) if jar else None
+        if not jar or problem:
+            given = f" ({shown(jar)} {problem})" if jar else ""
             return (f"needs the Beam option --{_JOB_SERVER_JARS[base]} naming a job server jar on this machine{given}, "
                     f"or --job_endpoint: without either Beam downloads its {base[:-6]} job server jar from Maven "
                     "Central when the stage runs, and this project makes no download at run time")
@@ -243,9 +357,85 @@ def options_refusal(name: str, values: dict) -> str | None:
     return _environment_refusal(base, values)
 
 
+def _jar_problem(path: str) -> str | None:
+    """Why ``path`` is no jar file on this machine (None when it is one): no such regular file (a URL included:
+    Beam downloads it), or one that is not a zip archive (Java would refuse it after the staging folder)."""
+    if not os.path.isfile(path):
+        return "is no file on this machine"
+    try:
+        with open(path, "rb") as handle:
+            start = handle.read(len(_JAR_MAGIC))
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or type(exc).__name__})"
+    return None if start == _JAR_MAGIC else "is not a jar (no zip archive)"
+
+
+def _dataflow_refusal(values: dict) -> str | None:
+    """What Beam 2.77's own check of the options (``PipelineOptionsValidator`` with a DataflowRunner, as
+    ``Pipeline()`` runs it) finds wrong, in one line; None when nothing. Run offline on a copy of the options:
+    ``dry_run`` set so that no bucket's soft-delete policy is fetched, and where neither ``--temp_location`` nor
+    ``--staging_location`` is a gs:// path the check refuses at once instead of letting Beam create a default
+    bucket (a network call; without apache-beam[gcp] Beam refuses the job then too). Beam's default region
+    (``$CLOUDSDK_COMPUTE_REGION``, then ``gcloud config``) counts, as it does for Beam."""
+    import copy
+
+    from pipelines.features import beamworker  # noqa: F401  # isort: skip  # Beam imported quietly first
+
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, PipelineOptions, TestOptions
+    from apache_beam.options.pipeline_options_validator import PipelineOptionsValidator
+    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+
+    options = PipelineOptions([], **copy.deepcopy(values))
+    options.view_as(TestOptions).dry_run = True
+    validator = PipelineOptionsValidator(options, DataflowRunner())
+    errors: list[str] = []
+    with _beam_logs_dropped():
+        cloud = options.view_as(GoogleCloudOptions)
+        locations = [validator.validate_gcs_path(cloud, key) for key in ("temp_location", "staging_location")]
+        if validator.is_service_runner() and all(locations):
+            # Beam would create a default bucket here (a network call): refused instead, and the rest checked
+            # with a stand-in location
+            errors = ["neither --temp_location nor --staging_location is a gs:// path (Beam takes either for both): "
+                      f"{locations[0][0]}"]
+            cloud.staging_location = "gs://pickapic-check/staging"
+        errors += validator.validate()
+    if not errors:
+        return None
+    text = "; ".join(str(error) for error in errors)
+    return f"needs what Beam's own check of the options asks for: {shown(text, 400)[1:-1]}"
+
+
+class _DropAll:
+    def filter(self, record) -> bool:
+        return False
+
+
+def _beam_logs_dropped():
+    """A context in which Beam's options and Dataflow modules log nothing (their warnings repeat an option's value,
+    and a check is no run)."""
+    import contextlib
+    import logging
+
+    @contextlib.contextmanager
+    def dropped():
+        loggers = [logging.getLogger(name) for name in ("apache_beam.options.pipeline_options",
+                                                        "apache_beam.options.pipeline_options_validator",
+                                                        "apache_beam.runners.dataflow.dataflow_runner")]
+        drop = _DropAll()
+        for logger in loggers:
+            logger.addFilter(drop)
+        try:
+            yield
+        finally:
+            for logger in loggers:
+                logger.removeFilter(drop)
+    return dropped()
+
+
 def _environment_refusal(base: str, values: dict) -> str | None:
     """:func:`options_refusal`'s rule for the SDK harness environment of a portable runner."""
-    kind = values.get("environment_type")
+    given = values.get("environment_type")
+    kind = _ENVIRONMENT_URNS.get(str(given), given) if given else given
     config = values.get("environment_config")
     if values.get("prebuild_sdk_container_engine"):
         return ("is given --prebuild_sdk_container_engine, which builds a worker image when the stage runs (pulling "
@@ -257,15 +447,16 @@ def _environment_refusal(base: str, values: dict) -> str | None:
             return None                                   # Beam runs the workers in this process (LOOPBACK)
     image = config or _environment_option(values, "docker_container_image")
     if kind not in _ENVIRONMENTS or (kind == "DOCKER" and not image):
-        shown = ", not DOCKER without an image" if kind == "DOCKER" else f", not {quoted(str(kind))}" if kind else ""
-        return (f"needs the Beam option --environment_type LOOPBACK, EXTERNAL, PROCESS or DOCKER with the worker "
-                f"image (--environment_config=IMAGE){shown}: Beam's default environment "
-                "pulls its own SDK image from Docker Hub when the stage runs (without this project's code), and "
-                "this project makes no download at run time")
+        said = ", not DOCKER without an image" if kind == "DOCKER" else f", not {shown(given)}" if given else ""
+        return (f"needs the Beam option --environment_type LOOPBACK, EXTERNAL, PROCESS or DOCKER (or its Beam URN, "
+                f"e.g. beam:env:external:v1) with the worker image (--environment_config=IMAGE){said}: Beam's "
+                "default environment pulls its own SDK image from Docker Hub when the stage runs (without this "
+                "project's code), and this project makes no download at run time")
     if kind in ("EXTERNAL", "PROCESS") and not config and not _environment_option(
             values, "external_service_address" if kind == "EXTERNAL" else "process_command"):
         what = "the worker pool's address" if kind == "EXTERNAL" else "the worker command"
-        return f"needs the Beam option --environment_config ({what}) with --environment_type={kind}"
+        named = given if given in _ENVIRONMENTS else shown(given)
+        return f"needs the Beam option --environment_config ({what}) with --environment_type={named}"
     return None
 
 

@@ -187,16 +187,18 @@ def test_direct_runner_never_tries_the_prism_download(tmp_path: Path, monkeypatc
     report = build(home, DAY1)
     assert attempts == [] and report.runner == "DirectRunner" and report.features_rows == 2
     assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("beam-temp")]
-    assert pipeline_runner(pipeline_options(CONFIG, ["--runner=DataflowRunner", "--project=p",
-                                                              "--temp_location=gs://b/t", "--region=r"])) is None
+    assert pipeline_runner(pipeline_options(CONFIG, ["--runner=DataflowRunner", "--project=my-project",
+                                                              "--temp_location=gs://bucket/tmp", "--region=r"])) is None
 
 
 def test_beam_options_pass_through_unchanged() -> None:
-    options = pipeline_options(FeaturesConfig(workers=3), ["--runner=DataflowRunner", "--project=p", "--temp_location=gs://b/t",
+    # (a project id and bucket Beam's own validator takes: it refuses 'p' and 'gs://b/t', review rev23h)
+    options = pipeline_options(FeaturesConfig(workers=3), ["--runner=DataflowRunner", "--project=my-project",
+                                                           "--temp_location=gs://bucket/tmp",
                                                            "--region=europe-west1", "--setup_file=./setup.py"])
     values = options.get_all_options()
     assert (values["runner"], values["project"], values["temp_location"], values["setup_file"]) == \
-        ("DataflowRunner", "p", "gs://b/t", "./setup.py")
+        ("DataflowRunner", "my-project", "gs://bucket/tmp", "./setup.py")
     assert values["direct_running_mode"] != "multi_processing"
     local = pipeline_options(FeaturesConfig(workers=3), [], num_images=128).get_all_options()
     assert (local["direct_running_mode"], local["direct_num_workers"]) == ("multi_processing", 3)

@@ -53,16 +53,23 @@ def test_the_static_runner_names_are_beams_and_every_accepted_one_is_made():
 
 def test_reading_the_settings_imports_neither_beam_nor_a_runner_module(tmp_path):
     """In a fresh process (this one has Beam already): ``pickapic settings`` of a home naming a Beam runner and a
-    dotted path leaves both unimported."""
+    dotted path leaves both unimported (a runner that needs Beam options, given none in ``features.beam_args``, is
+    refused without importing Beam either: review rev23h; options there are parsed by Beam)."""
     home = tmp_path / "home"
     home.mkdir()
     script = textwrap.dedent(f"""
         import sys
         from dagster_project.cli import main
-        from formats.settings import load
-        for runner in ("portable", "FlinkRunner", "rev23c_never_imported.Runner"):
+        from formats.settings import SettingsError, load
+        for runner in ("BundleBasedDirect", "fnapirunner", "rev23c_never_imported.Runner"):
             assert load(None, assignments=["features.runner=" + runner]).config("features").runner == runner
-        assert main(["settings", "--home", {str(home)!r}, "--set", "features.runner=dataflow"]) == 0
+        for runner in ("portable", "FlinkRunner", "dataflow"):
+            try:
+                load(None, assignments=["features.runner=" + runner])
+                raise AssertionError(runner)
+            except SettingsError as exc:
+                assert "features.beam_args" in str(exc), exc
+        assert main(["settings", "--home", {str(home)!r}, "--set", "features.runner=directrunner"]) == 0
         assert "apache_beam" not in sys.modules and "rev23c_never_imported" not in sys.modules
         print("clean")
         """)

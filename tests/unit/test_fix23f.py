@@ -112,13 +112,17 @@ def test_the_portable_runner_needs_a_job_endpoint_and_an_environment():
 
 
 @pytest.mark.parametrize(("args", "missing"), [
-    ([], "--project and --region and --temp_location"),
-    (["--project=p", "--temp_location=gs://b/t"], "--region"),
-    (["--project=p", "--region=r", "--temp_location=/tmp/t"], "gs:// path"),
+    ([], "Missing required option: project"),
+    (["--project=my-project", "--temp_location=gs://bucket/tmp"], "Missing required option: region"),
+    (["--project=my-project", "--region=r", "--temp_location=/tmp/t"], "neither --temp_location nor --staging_location"),
 ])
-def test_dataflow_needs_its_project_region_and_temp_location(args, missing):
+def test_dataflow_needs_what_beams_own_validator_asks_for(args, missing, monkeypatch):
+    """(Review rev23h: the hand-written rule became Beam's own validator, run offline.)"""
+    monkeypatch.delenv("CLOUDSDK_COMPUTE_REGION", raising=False)
+    monkeypatch.setenv("PATH", "/nonexistent")            # no gcloud: Beam finds no default region
     assert missing in options_refusal("DataflowRunner", _values(["--runner=DataflowRunner", *args]))
-    assert options_refusal("DataflowRunner", _values(["--project=p", "--region=r", "--temp_location=gs://b/t"])) is None
+    assert options_refusal("DataflowRunner", _values(["--project=my-project", "--region=r",
+                                                      "--temp_location=gs://bucket/tmp"])) is None
 
 
 def test_dataflow_without_beams_gcp_packages_is_refused_when_the_stage_starts(monkeypatch):
@@ -126,8 +130,8 @@ def test_dataflow_without_beams_gcp_packages_is_refused_when_the_stage_starts(mo
 
     monkeypatch.setitem(sys.modules, "apache_beam.runners.dataflow.internal.apiclient", None)   # as if not installed
     with pytest.raises(ValueError, match=r"^--runner='DataflowRunner' in the Beam options needs apache-beam\[gcp\]"):
-        check_runner(FeaturesConfig(), ["--runner=DataflowRunner", "--project=p", "--region=r",
-                                        "--temp_location=gs://b/t"])
+        check_runner(FeaturesConfig(), ["--runner=DataflowRunner", "--project=my-project", "--region=r",
+                                        "--temp_location=gs://bucket/tmp"])
 
 
 def test_the_local_runners_need_nothing():
@@ -215,11 +219,15 @@ def test_the_first_step_checks_the_runner_only_in_the_run_and_only_with_the_feat
     with pytest.raises(SettingsError, match=r"features.runner = 'rev23f_fix_broken.Runner' cannot be imported "
                                             r"\(KeyError: 'PROD_BEAM_ENDPOINT'\)"):
         check_run_config({}, home, ops={"ingest_day", "fingerprint_images"})
-    (home.root / "pickapic.toml").write_text('[features]\nrunner = "FlinkRunner"\n', encoding="utf-8")
-    with pytest.raises(SettingsError, match="features.runner = 'FlinkRunner' needs the Beam option --flink_job_server_jar"):
-        check_run_config({}, home, ops={"fingerprint_images"})
-    given = {"ops": {"fingerprint_images": {"config": {"beam_args": f"--flink_job_server_jar={jar}"}}}}
-    check_run_config(given, home, ops={"fingerprint_images"})
+    # (review rev23h: a FlinkRunner without its jar in features.beam_args is refused with the settings themselves;
+    # a run's own beam_args replace the home's)
+    (home.root / "pickapic.toml").write_text(
+        f'[features]\nrunner = "FlinkRunner"\nbeam_args = "--flink_job_server_jar={jar}"\n', encoding="utf-8")
+    check_run_config({}, home, ops={"fingerprint_images"})
+    remote = "--job_endpoint=localhost:8099 --flink_master=flink:8081"      # a run's own options replace the home's
+    given = {"ops": {"fingerprint_images": {"config": {"beam_args": remote}}}}
+    with pytest.raises(SettingsError, match="features.runner = 'FlinkRunner' needs the Beam option --environment_type"):
+        check_run_config(given, home, ops={"fingerprint_images"})
     given = {"ops": {"fingerprint_images": {"config": {"beam_args": "--job_endpoint='x", "runner": "direct"}}}}
     with pytest.raises(SettingsError, match="beam_args = .* cannot be split"):
         check_run_config(given, home, ops={"fingerprint_images"})
@@ -231,15 +239,16 @@ BOTH_ACCEPT = [
     "0 2 * * *", "*/15 1-5 * jan-mar mon-fri", "0 0 1,15 * *", "0 4 * * 7", "0 2 L * *", "0 2 * * mon#2",
     "0 2 * * L5", "0 2 * * 0-7", "0 2 29 2 *", "0 2 5-1 * *", "0 2 * * sat-sun", "0 2 1-31/31 * *",
     "0 2 * * MON-FRI/2", "00 2 * * *", "0 2 3/2 * *", "0 2 * * 1#5", " 0 2 * * *\t",
+    "0 2 ? * *", "0 2 ? * MON-FRI", "0 2 1 * ?", "0 2 ? * ?",    # '?' read as '*' (review rev23h)
 ]
 BOTH_REFUSE = [
     "0 2 15W * *", "0 4 1W * 0", "0 2 LW * *", "H 2 * * *", "H(0-29) 2 * * *", "0 2 * * 5L", "0 2 30 2 *",
     "0 2 * * * *", "0 2 * * 8", "0 2 */0 * *", "60 2 * * *", "0 2 * * 1,L5", "0 2 * * -1", "0 2 0 * *",
     "0 2 * 13 *", "0 2 ** * *", "0 2 1- * *", "0 2 L-2 * *", "0 2 +1 * *", "0 2 * * 1#6", "0 2 * * 7L", "0 2 * *",
 ]
-ONLY_DAGSTER_ACCEPTS = [   # refused here: not deterministic, or not what it reads like
+ONLY_DAGSTER_ACCEPTS = [   # refused here: not deterministic, not what it reads like, or not iterable by Dagster
     "R 2 * * *", "0 2 R 2 *", "*/90 * * * *", "0-59/60 * * * *", "0 2 30,31 2 *", "0 2 31 4 *", "@daily",
-    "0 2 ? * *", "0 2 \u0661 * *",
+    "0 2 \u0661 * *", "0 0 31 4 mon", "0 2 31 6 sat,sun", "0 2 15 * mon#1",
 ]
 
 
