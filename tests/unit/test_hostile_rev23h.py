@@ -8,7 +8,7 @@ with the feature op (``runconfig.check_run_config(ops=...)``); a user's subclass
 
 Each test asserts the correct behaviour of a defect confirmed by running the real thing (the real ``pickapic``
 CLI on a simulated home, the real feature stage on Beam 2.77 with no network, Dagster 1.13's own cron iterator,
-Beam's own options validator, ``systemd-analyze verify`` for the README's unit), filed as a strict xfail.
+Beam's own options validator, ``systemd-analyze verify`` for the README's unit), filed as a strict xfail; all six were fixed the same day (fix23h).
 
 What held up: Beam parses options with ``allow_abbrev=False``, so ``--job_end=...``/``--run=...`` are unknown options
 the stage refuses (the check cannot be fooled by abbreviations); ``--opt value`` and ``--opt=value``, repeated
@@ -55,14 +55,6 @@ def _systemd_environment(line: str) -> tuple[dict[str, str], list[str]]:
     return variables, ignored
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README section 'Running it every night' gives the systemd unit line `Environment=PICKAPIC_NIGHTLY_CRON=0 2 * * *`; "
-    "systemd splits Environment= on spaces, so the service gets PICKAPIC_NIGHTLY_CRON=0 (and logs 'Invalid "
-    "environment assignment, ignoring: 2', '*', '*', '*'); `pickapic serve` then exits 1 ('schedules.nightly_cron = "
-    "'0' is not a cron string: 1 fields') and Restart=on-failure restarts it every 30 s for ever: the documented "
-    "deployment never runs a schedule or sensor. Expected: the unit quotes the assignment "
-    "(Environment=\"PICKAPIC_NIGHTLY_CRON=0 2 * * *\") so the service gets the cron it shows"
-))
 def test_the_readme_systemd_unit_gives_the_service_the_cron_it_shows(tmp_path):
     from dagster_project.automation import home_crons
     from formats.home import DataHome
@@ -87,16 +79,6 @@ def test_the_readme_systemd_unit_gives_the_service_the_cron_it_shows(tmp_path):
 
 # ------------- 2. features.runner = FlinkRunner: accepted everywhere the settings are checked, then every run refused
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.runner = 'FlinkRunner' (a value README's settings table lists) is accepted by `pickapic settings --set "
-    "... --write` and `pickapic build --dry-run` (which plans the day), but since fix23f every run with the feature "
-    "step refuses it in its FIRST step (ingest_day too) for a Beam option (--flink_job_server_jar / --job_endpoint) "
-    "that neither `pickapic build` nor the nightly schedule nor the sensors can pass (their run requests carry no "
-    "beam_args; beam_args is run config only): every scheduled run of every day fails and no day is ingested "
-    "(before fix23f the runner ran, downloading its jar). Expected: a runner no scheduled run can satisfy is "
-    "refused where the settings are checked (settings --write or build --dry-run), in one line naming "
-    "features.runner, instead of a nightly that fails every run"
-))
 def test_a_runner_setting_no_scheduled_run_can_satisfy_is_refused_where_the_settings_are_checked(tmp_path, capsys):
     from dagster_project.cli import main
 
@@ -117,13 +99,6 @@ def test_a_runner_setting_no_scheduled_run_can_satisfy_is_refused_where_the_sett
 
 # --------------------------- 3. Quartz's '?' (deterministic, Dagster and croniter take it as '*') now stops the home
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix23f refuses '?' in a cron ('0 2 ? * MON-FRI', Quartz's 'no specific value'), which croniter reads as '*' "
-    "(deterministic: no R/H randomness), Dagster's ScheduleDefinition accepts without a warning and iterates at "
-    "exactly the times of '0 2 * * MON-FRI', and the previous release ran: after the upgrade a home with it in "
-    "pickapic.toml (or $PICKAPIC_NIGHTLY_CRON) can no longer `pickapic build` (even --dry-run, which uses no cron), "
-    "serve or ui. Expected: '?' in the day-of-month or day-of-week field accepted, as Dagster accepts it"
-))
 @pytest.mark.parametrize("cron", ["0 2 ? * MON-FRI", "0 2 1 * ?"])
 def test_a_question_mark_cron_dagster_runs_deterministically_is_accepted(cron):
     import datetime
@@ -146,13 +121,6 @@ def test_a_question_mark_cron_dagster_runs_deterministically_is_accepted(cron):
 
 # ------------------------ 4. a DirectRunner subclass calling DirectRunner.run_pipeline explicitly starts Prism
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix23f builds a user's DirectRunner subclass with run_pipeline replaced by the stage's FnApiRunner only along the "
-    "MRO: a subclass whose run_pipeline calls the base explicitly (`return DirectRunner.run_pipeline(self, pipeline, "
-    "options)`, the pre-super() idiom) reaches Beam's own DirectRunner.run_pipeline, which starts Prism (a download "
-    "from GitHub at run time; offline Beam falls back after the attempt, with apitools warnings). Expected: no "
-    "Prism start (the class refused before the staging folder, or Beam's DirectRunner.run_pipeline never reached)"
-))
 def test_a_direct_runner_subclass_calling_the_base_method_explicitly_never_starts_prism(tmp_path, monkeypatch):
     from test_features_fixtures import fake_detector, png, refuse_prism, write_day
 
@@ -185,13 +153,6 @@ def test_a_direct_runner_subclass_calling_the_base_method_explicitly_never_start
 
 # ----------------------- 5. a cron the check accepts on which Dagster's own scheduler raises CroniterBadDateError
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the cron check refuses 'a day that never comes' only when the day-of-week field is literally '*': "
-    "'0 0 31 4 mon' (April 31 or April's Mondays, which croniter fires on) is accepted, and Dagster's own "
-    "cron_string_iterator (what its scheduler daemon and the UI's next-tick use) raises CroniterBadDateError "
-    "('failed to find prev date') on it, so the schedule errors on every tick instead of the settings naming the key. "
-    "Expected: a cron the settings accept is one Dagster's scheduler can iterate"
-))
 @pytest.mark.parametrize("cron", ["0 0 31 4 mon", "0 2 31 6 sat,sun"])
 def test_an_accepted_cron_is_one_dagsters_scheduler_can_iterate(cron):
     import datetime
@@ -210,12 +171,6 @@ def test_an_accepted_cron_is_one_dagsters_scheduler_can_iterate(cron):
 
 # ---------------------- 6. DataflowRunner refused for a --temp_location Beam does not need (with --staging_location)
 
-@pytest.mark.xfail(strict=True, reason=(
-    "options_refusal refuses DataflowRunner with --project, --region and a gs:// --staging_location but no "
-    "--temp_location, saying 'Beam refuses a Dataflow job without --project, --region, --temp_location'; Beam "
-    "2.77's own validator (GoogleCloudOptions._handle_temp_and_staging_locations) takes the staging location for "
-    "both and reports no error. Expected: no refusal where Beam's validator finds nothing missing"
-))
 def test_dataflow_with_a_staging_location_is_not_refused_for_a_temp_location_beam_does_not_need():
     from pipelines.features import beamworker  # noqa: F401  # isort: skip  # Beam imported quietly first
 
