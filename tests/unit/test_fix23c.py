@@ -98,22 +98,6 @@ def test_a_runner_path_of_no_python_form_is_refused_with_the_settings(runner):
 
 # ------------------------------------------------------------------ a dotted path, when the stage starts
 
-@pytest.fixture
-def module_folder(tmp_path, monkeypatch):
-    folder = tmp_path / "modules"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    written = []
-
-    def write(name: str, body: str) -> None:
-        (folder / f"{name}.py").write_text(textwrap.dedent(body), encoding="utf-8")
-        written.append(name)
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
-
-
 def test_a_dotted_runner_is_checked_when_the_stage_starts_naming_where_it_was_given(module_folder):
     from pipelines.features.runner import pipeline_options
 

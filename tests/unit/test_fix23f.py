@@ -13,7 +13,6 @@ fixes added around them:
 from __future__ import annotations
 
 import sys
-import textwrap
 import warnings
 
 import pytest
@@ -31,22 +30,6 @@ def _values(args: list[str]) -> dict:
     from apache_beam.options.pipeline_options import PipelineOptions
 
     return PipelineOptions(args).get_all_options()
-
-
-@pytest.fixture
-def module_folder(tmp_path, monkeypatch):
-    folder = tmp_path / "modules"
-    folder.mkdir()
-    monkeypatch.syspath_prepend(str(folder))
-    written = []
-
-    def write(name: str, body: str) -> None:
-        (folder / f"{name}.py").write_text(textwrap.dedent(body), encoding="utf-8")
-        written.append(name)
-
-    yield write
-    for name in written:
-        sys.modules.pop(name, None)
 
 
 # ------------------------------------------------------- runners that start a job elsewhere: what Beam needs
