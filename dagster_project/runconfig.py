@@ -41,8 +41,9 @@ def config_class(section: str, name: str) -> type[dg.Config]:
     for field_name, spec in knobs(section).items():
         if spec.secret:
             continue
-        # the home's value, as the UI may show it: bounded, a URL's password or a credential option's value hidden
-        now = f"; {where}: {_shown(current[field_name])}" if field_name in current else ""
+        # the home's value, as the UI may show it: bounded, a URL's credentials or a credential option's value hidden;
+        # a private setting's (features.beam_args) option names only
+        now = f"; {where}: {_shown(current[field_name], spec.private)}" if field_name in current else ""
         description = (f"{spec.help + ' ' if spec.help else ''}(allowed: {spec.allowed()}; default "
                        f"{list(spec.default) if isinstance(spec.default, tuple) else spec.default!r}{now}). "
                        f"Empty: the home's pickapic.toml value when the run starts.")
@@ -50,12 +51,14 @@ def config_class(section: str, name: str) -> type[dg.Config]:
     return pydantic.create_model(name, __base__=dg.Config, __doc__=f"Run config of the {section} stage.", **fields)
 
 
-def _shown(value: Any) -> str:
-    """A setting's value as a run-config field's description shows it (:func:`formats.text.redact_credentials`,
-    :func:`formats.settings.quoted`)."""
-    from formats.text import redact_credentials
+def _shown(value: Any, private: bool = False) -> str:
+    """A setting's value as a run-config field's description shows it (:func:`formats.text.redact_credentials`, a
+    private setting's by :func:`formats.text.option_names`; :func:`formats.settings.quoted`)."""
+    from formats.text import option_names, redact_credentials
 
-    return quoted(redact_credentials(value) if isinstance(value, str) else value)
+    if isinstance(value, str):
+        value = option_names(value) if private else redact_credentials(value)
+    return quoted(value)
 
 
 def stage_config(section: str, config: dg.Config, home: DataHome,
@@ -162,8 +165,9 @@ def run_config_for(section: str, values: dict[str, Any]) -> dict[str, Any]:
             raise SettingsError(f"{spec.key} is a secret and is never passed as run config")
         if isinstance(value, str) and _holds_credential(value):
             # run config is stored with the run and shown in the UI (features.beam_args: review rev23h)
-            raise SettingsError(f"{spec.key} holds a credential (a URL's password or an option such as "
-                                "--s3_secret_access_key), which run config would store with the run and show in the UI: "
+            raise SettingsError(f"{spec.key} holds a credential (a URL's password, user token or query, or an option "
+                                "such as --s3_secret_access_key), which run config would store with the run and show "
+                                "in the UI: "
                                 "set it in HOME/pickapic.toml instead (by hand: a command line is kept in the shell's "
                                 "history)")
         if value is None:

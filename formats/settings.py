@@ -88,9 +88,14 @@ class SettingsError(ValueError):
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
          min_exclusive: bool = False, max_exclusive: bool = False, choices: Sequence[Any] | None = None,
-         output: bool = True, secret: bool = False) -> Any:
-    """A dataclass field that is a stage setting: help text, allowed values, output and secret flags."""
-    metadata = {"help": help, "output": output, "secret": secret}
+         output: bool = True, secret: bool = False, private: bool = False) -> Any:
+    """A dataclass field that is a stage setting: help text, allowed values, output and secret flags.
+
+    ``private``: a command line of options that may hold credentials in forms no pattern finds (``features.
+    beam_args``): never shown whole (each option's value hidden: :func:`formats.text.option_names`), the settings
+    file written 0600 when it holds one; unlike a secret it may be given with ``--set`` (`pickapic settings --set
+    ... --write`), and run config takes it only without a credential :func:`formats.text.redact_credentials` finds."""
+    metadata = {"help": help, "output": output, "secret": secret, "private": private}
     for name, value in (("min", min), ("max", max), ("choices", tuple(choices) if choices else None)):
         if value is not None:
             metadata[name] = value
@@ -104,8 +109,16 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
 def public_fields(config: Any) -> dict[str, Any]:
     """``dataclasses.asdict(config)`` with every secret setting shown as ``***``: what metadata, logs and
     reports may carry."""
-    return {f.name: ("***" if f.metadata.get("secret") else value)
+    return {f.name: ("***" if f.metadata.get("secret") else _private_shown(value) if f.metadata.get("private")
+                     else value)
             for f, value in zip(dataclasses.fields(config), dataclasses.asdict(config).values())}
+
+
+def _private_shown(value: Any) -> Any:
+    """A ``private`` setting's value as it may be shown: each option's name, every value hidden."""
+    from formats.text import option_names
+
+    return option_names(value) if isinstance(value, str) else value
 
 
 # ------------------------------------------------------------------------------------- one setting
@@ -128,6 +141,7 @@ class Knob:
     output: bool = True
     secret: bool = False
     in_file: bool = True
+    private: bool = False
 
     @property
     def key(self) -> str:
@@ -333,7 +347,8 @@ def knobs(section: str) -> dict[str, Knob]:
             section=section, name=f.name, kind=kind, optional=optional, default=default, help=help_text,
             minimum=meta.get("min"), maximum=meta.get("max"), min_exclusive=bool(meta.get("min_exclusive")),
             max_exclusive=bool(meta.get("max_exclusive")), choices=tuple(meta["choices"]) if meta.get("choices") else None,
-            output=bool(output), secret=bool(meta.get("secret")), in_file=f.name not in _NOT_IN_FILE.get(section, ()))
+            output=bool(output), secret=bool(meta.get("secret")), in_file=f.name not in _NOT_IN_FILE.get(section, ()),
+            private=bool(meta.get("private")))
     return out
 
 
@@ -470,7 +485,8 @@ class Settings:
                 if not spec.in_file:
                     continue
                 value = getattr(effective, name)
-                rows.append({"key": spec.key, "value": "***" if spec.secret else _shown_plain(value),
+                shown = "***" if spec.secret else _private_shown(value) if spec.private else _plain(value)
+                rows.append({"key": spec.key, "value": shown,
                              "default": "***" if spec.secret else _plain(spec.default),
                              "source": self.sources.get(spec.key, "default"), "allowed": spec.allowed(),
                              "help": spec.help, "output": spec.output})
@@ -496,18 +512,6 @@ def _secret_digest(secret: str) -> str:
 
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
-
-
-def _shown_plain(value: Any) -> Any:
-    """:func:`_plain`, with a URL's password and a credential option's value hidden in text (``features.beam_args``
-    may hold Beam options such as ``--s3_secret_access_key``: :func:`formats.text.redact_credentials`)."""
-    from formats.text import redact_credentials
-
-    if isinstance(value, str):
-        return redact_credentials(value)
-    if isinstance(value, tuple):
-        return [redact_credentials(member) for member in value]
-    return value
 
 
 def settings_path(home_root: Path) -> Path:
@@ -655,7 +659,7 @@ def write_settings(home_root: Path, values: Mapping[str, Any], header: str | Non
 
     The file is read, changed and replaced under the home's settings lock, so two writes at once both land
     (review rev22e: the second rename dropped the first one's value). It keeps its line endings (CRLF stays
-    CRLF) and its permission bits; a file holding a secret is 0600, and so is its temporary file from the
+    CRLF) and its permission bits; a file holding a secret (or a ``private`` setting's value) is 0600, and so is its temporary file from the
     moment it is created. A value of none (``features.staging=``) removes the key, whose default is none."""
     from formats.locks import hold_lock
 
@@ -728,7 +732,10 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
         if got != wanted:
             raise SettingsError(f"{path}: setting {key} would not read back as written; the file is left as it "
                                 "is (change it by hand)")
-    secret = any(knob_for(k, "new values").secret for k in written)
+    # a secret, or a private setting's value (Beam options may hold a credential: review rev23j), is read by no
+    # other account
+    secret = any(knob_for(k, "new values").secret or (knob_for(k, "new values").private and written[k])
+                 for k in written)
     if secret:
         mode = 0o600
     elif old is not None:

@@ -41,9 +41,33 @@ _SECRET_OPTION = re.compile(r"(?i)(--?[a-z0-9_\-]*(?:secret|token|password|passw
                             r"access_key|api_key|private_key)[a-z0-9_\-]*)(=|\s+)(\"[^\"]*\"?|'[^']*'?|\S+)")
 
 
+# a URL's user name without a password (a token given as the user: https://TOKEN@host) and a URL's query (an Azure
+# SAS token's sig=..., a signed URL's signature: review rev23j)
+_URL_USER = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://)[^\s/@:'\"?#]+@")
+_URL_QUERY = re.compile(r"(?i)\b([a-z][a-z0-9+.\-]*://[^\s?#'\"]*\?)[^\s#'\"]+")
+
+
 def redact_credentials(value: str) -> str:
-    """``value`` as a message, a settings listing or a run's metadata may show it: a URL's password
-    (``https://user:***@host``) and the value of an option named for a credential (``--s3_secret_access_key=***``)
-    replaced by ``***``. Over-redacts rather than under (a URL path holding '@' after a ``user:`` part)."""
+    """``value`` as a message may show it: a URL's password (``https://user:***@host``), a URL's user name given
+    without a password (``https://***@host``: a token), a URL's query (``https://host/?***``: an Azure SAS token,
+    a signature) and the value of an option named for a credential (``--s3_secret_access_key=***``) replaced by
+    ``***``. Over-redacts rather than under (a URL path holding '@' after a ``user:`` part). No list of patterns
+    finds every credential: a setting that may hold one is never shown whole (:func:`option_names`)."""
     value = _URL_PASSWORD.sub(r"\1***@", value)
+    value = _URL_USER.sub(r"\1***@", value)
+    value = _URL_QUERY.sub(r"\1***", value)
     return _SECRET_OPTION.sub(r"\1\2***", value)
+
+
+def option_names(value: str) -> str:
+    """A command line of options (``features.beam_args``) as a listing, a run's metadata or the launchpad shows it:
+    each option's name, every value hidden (``--runner=*** --s3_secret_access_key=*** ***``), so that no credential
+    in a value is shown whatever its form; ``***`` for text that does not split like a shell's words."""
+    import shlex
+
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        return "***"
+    return " ".join(word.split("=", 1)[0] + "=***" if word.startswith("-") and "=" in word
+                    else word if word.startswith("-") else "***" for word in words)

@@ -47,7 +47,8 @@ class FeaturesConfig:
     beam_args: str = knob("", "Beam pipeline options of every run of the stage, as on a command line (split like a "
                               "shell does: quotes group words), e.g. '--flink_job_server_jar=/opt/beam/flink.jar "
                               "--environment_type=LOOPBACK'; a run's own beam_args (run config, pickapic build --set) "
-                              "replace them; not a secret: keep credentials out of them", output=False)
+                              "replace them, without credentials; listed with every option's value hidden, and the "
+                              "settings file holding them is 0600", output=False, private=True)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
     blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
     staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>); "

@@ -10,7 +10,7 @@ from pipelines.features.beamworker import QuietFnApiRunner  # isort: skip
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineRunner
 
-from formats.settings import MAX_PROCESSES, quoted
+from formats.settings import quoted
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.runnernames import (
     IN_PROCESS_RUNNERS,
@@ -49,17 +49,14 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     options = PipelineOptions(args)
     runner = str(known.get("runner") or "")
     # a dotted path is imported here, when the stage starts, not with the settings; then what the runner needs
-    # in the options to run without a download at run time (a job server jar, a job endpoint, an environment)
+    # in the options to run without a download at run time (a job server jar, a job endpoint, an environment, no
+    # option that downloads or installs) and a local runner's --direct_num_workers range: the settings check's own
     refusal = start_refusal(runner) or options_refusal(runner, known)
     if refusal:
         raise ValueError(f"{_named(runner, from_settings)} {refusal}")
     if "." in runner and not known.get("allow_unsafe_triggers"):
         args.append("--allow_unsafe_triggers")    # no Prism, whatever path the user's class takes into DirectRunner
         options = PipelineOptions(args)
-    count = known.get("direct_num_workers")
-    if is_local_runner(runner) and count is not None and not 0 <= int(count) <= MAX_PROCESSES:
-        # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
-        raise ValueError(f"--direct_num_workers={count} in the Beam options: give 0 (one per CPU) to {MAX_PROCESSES}")
     if is_local_runner(runner) and not any(a.startswith("--direct_running_mode") for a in args):
         small = num_images is not None and num_images < config.in_process_below
         if any(a == "--direct_num_workers" or a.startswith("--direct_num_workers=") for a in args):

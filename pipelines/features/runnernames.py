@@ -39,7 +39,7 @@ import importlib
 import os
 import re
 
-from formats.settings import quoted
+from formats.settings import MAX_PROCESSES, quoted
 
 # Beam 2.77's runners as its create_runner finds a bare name (StandardOptions.ALL_KNOWN_RUNNERS and the alias
 # create_runner adds, PythonRPCDirectRunner), by class name: a static copy, so that no settings read imports Beam
@@ -204,37 +204,70 @@ _ENVIRONMENT_URNS = {"beam:env:docker:v1": "DOCKER", "beam:env:process:v1": "PRO
 # the runners that need Beam options of their own (the settings check imports Beam only for these, or when
 # features.beam_args holds options)
 OPTION_RUNNERS = _PORTABLE + ("DataflowRunner",)
+MAX_BEAM_ARGS_CHARS = 8192   # features.beam_args: characters (Beam's parser took 9.5 s on a megabyte, review rev23j)
+MAX_BEAM_ARGS = 200          # ... and words
 _JAR_MAGIC = b"PK\x03\x04"      # a jar is a zip archive: its first local file header
 
 
 def option_values(args: tuple[str, ...] | list[str]) -> dict:
     """The Beam options ``args`` give, as Beam parses them (``PipelineOptions(args).get_all_options()``);
-    ``ValueError`` in one line for a value Beam's parser refuses (its message, bounded, credentials hidden, never
-    printed to stderr) or an option it does not know. Imports Beam."""
-    import contextlib
-    import io
+    ``ValueError`` in one line for a value Beam's parser refuses (its message, bounded, credentials hidden) or an
+    option it does not know. Imports Beam.
 
+    The options are first parsed by :class:`_CheckParser`, Beam's own parser with every option class's options,
+    whose errors raise instead of printing and exiting: nothing is written to stderr and ``sys.stderr`` is never
+    replaced (until review rev23j it was, for every thread of the process, while Beam parsed)."""
     from pipelines.features import beamworker  # noqa: F401  # isort: skip  # Beam imported quietly first
 
     from apache_beam.options.pipeline_options import PipelineOptions
 
-    told = io.StringIO()
+    parser = _check_parser()
     try:
-        with contextlib.redirect_stderr(told):      # argparse prints its usage and message, then exits
-            options = PipelineOptions(list(args))
-            known = options.get_all_options()
-            retained = options.get_all_options(retain_unknown_options=True)
-    except SystemExit:
-        lines = [line.strip() for line in told.getvalue().splitlines() if line.strip()]
-        reason = lines[-1] if lines else "Beam's parser refused them"
-        reason = reason.split("error: ", 1)[-1]        # after argparse's program name
+        _parsed, unknown = parser.parse_known_args(list(args))
+    except _ParserRefusal as exc:
+        reason = str(exc).split("error: ", 1)[-1]
         raise ValueError(f"a value Beam refuses ({shown(reason, 200)[1:-1]})") from None
-    unknown = sorted(set(retained) - set(known))
-    if unknown:
-        names = ", ".join("--" + name for name in unknown[:5]) + (f" and {len(unknown) - 5} more" if len(unknown) > 5
-                                                                  else "")
-        raise ValueError(f"options Beam does not know: {shown(names, 200)[1:-1]}")
-    return known
+    names = []
+    for arg in unknown:
+        if arg == "--":
+            break
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            if name not in names:
+                names.append(name)
+    if names:
+        listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+        raise ValueError(f"options Beam does not know: {shown(listed, 200)[1:-1]}")
+    try:
+        return PipelineOptions(list(args)).get_all_options()   # the same parser's options: accepted above
+    except SystemExit:
+        raise ValueError("a value Beam refuses") from None
+
+
+class _ParserRefusal(Exception):
+    """An argparse error of :class:`_CheckParser`."""
+
+
+def _check_parser():
+    """Beam's argument parser (``_BeamArgumentParser``, no abbreviations, no ``--help``) with the options of every
+    ``PipelineOptions`` class, as ``get_all_options`` builds it, but whose ``error`` and ``exit`` raise
+    :class:`_ParserRefusal` instead of printing to stderr and exiting."""
+    from apache_beam.options import pipeline_options
+
+    class _CheckParser(pipeline_options._BeamArgumentParser):
+        def error(self, message):
+            raise _ParserRefusal(message)
+
+        def exit(self, status=0, message=None):
+            raise _ParserRefusal(message or f"exit {status}")
+
+    parser = _CheckParser(allow_abbrev=False, add_help=False)
+    classes: dict = {}
+    for cls in pipeline_options.PipelineOptions.__subclasses__():
+        classes.setdefault(str(cls), cls)
+    for cls in classes.values():
+        cls._add_argparse_args(parser)  # noqa: SLF001 - as Beam's get_all_options adds them
+    return parser
 
 
 def shown(value: object, limit: int = 80) -> str:
@@ -259,19 +292,24 @@ def settings_refusal(runner: str, beam_args: str) -> str | None:
     FlinkRunner passed the settings check and every scheduled run failed for an option none could pass)."""
     import shlex
 
+    if len(beam_args) > MAX_BEAM_ARGS_CHARS:        # Beam's parser takes seconds on a megabyte, on every read
+        return (f"features.beam_args is {len(beam_args):,} characters long: at most {MAX_BEAM_ARGS_CHARS:,} are "
+                "taken (no run needs more Beam options)")
     try:
         args = shlex.split(beam_args)
     except ValueError as exc:
         return f"features.beam_args = {shown(beam_args)} cannot be split ({exc}): give the options as on a command line"
+    if len(args) > MAX_BEAM_ARGS:
+        return (f"features.beam_args holds {len(args):,} words: at most {MAX_BEAM_ARGS} are taken (no run needs more "
+                "Beam options)")
     given = any(arg == "--runner" or arg.startswith("--runner=") for arg in args)
     if not args:                                    # nothing to parse: Beam is not imported
         base = None if "." in runner else _beam_name(runner)
         if base not in OPTION_RUNNERS:
             return None
         refusal = (options_refusal(runner, {}) if base != "DataflowRunner" else
-                   "needs the Beam option --project (and --region, unless Beam finds a default one, and a gs:// "
-                   "--temp_location or --staging_location): Beam's own check of the options refuses a Dataflow job "
-                   "without")
+                   "needs the Beam options --project, --region and a gs:// --temp_location or --staging_location: "
+                   "Beam's own check of the options refuses a Dataflow job without")
         return (f"features.runner = {shown(runner)} {refusal}; give the option in features.beam_args (the Beam "
                 "options of every run: `pickapic build`, the nightly schedule, the sensors)")
     try:
@@ -283,9 +321,15 @@ def settings_refusal(runner: str, beam_args: str) -> str | None:
     refusal = runner_refusal(name)
     if refusal:
         return f"{where} {refusal}"
-    base = None if "." in name else _beam_name(name)
-    if base not in OPTION_RUNNERS:
-        return None                                 # a local runner; a dotted path: checked when a run starts
+    if "." in name:
+        return None                                 # a dotted path: imported, and checked, when a run starts
+    base = _beam_name(name)
+    if base not in OPTION_RUNNERS:                  # a local runner: the stage's own checks of its options
+        refusal = options_refusal(name, values)
+        return f"{where} {refusal}; change features.beam_args" if refusal else None
+    refusal = download_refusal(values)
+    if refusal:
+        return f"features.beam_args {refusal}"
     option = _JOB_SERVER_JARS.get(base or "")
     jar = values.get(option) if option and not values.get("job_endpoint") else None
     if jar and "://" not in str(jar) and not os.path.isabs(str(jar)):
@@ -318,6 +362,12 @@ def options_refusal(name: str, values: dict) -> str | None:
     stage starts, before its staging folder, and in the run's first step. A user's subclass of one of these
     runners needs what Beam's does.
 
+    - every runner but the local ones (which stage nothing): no option that makes Beam download or install at
+      run time (:func:`download_refusal`).
+    - the local runners (DirectRunner, FnApiRunner, a user's DirectRunner subclass): ``--direct_num_workers`` 0
+      (one per CPU) to ``MAX_PROCESSES``, ``features.workers``' range (review rev23j: the settings accepted what
+      every run refused).
+
     - PortableRunner: ``--job_endpoint`` (Beam starts no job service for it: "You must specify a
       --job_endpoint").
     - FlinkRunner, SparkRunner: ``--job_endpoint``, or ``--flink_job_server_jar`` / ``--spark_job_server_jar``
@@ -329,16 +379,23 @@ def options_refusal(name: str, values: dict) -> str | None:
       command) or DOCKER with the image given (``--environment_config``), by name or by Beam's URN
       (``beam:env:external:v1``, ...): Beam's default is DOCKER with its own SDK image (pulled from Docker Hub,
       and without this project's code); Flink on its local ``[auto]`` / ``[local]`` master and Spark on a
-      ``local`` master default to LOOPBACK, as Beam does. ``--prebuild_sdk_container_engine`` builds an image
-      (pulling its base): refused.
-    - DataflowRunner: what Beam's own validator (``PipelineOptionsValidator``, which ``Pipeline()`` runs with the
-      runner) finds missing or wrong, run here offline (:func:`_dataflow_refusal`): ``--project``, ``--region``
-      (or Beam's default region), a gs:// ``--temp_location`` or ``--staging_location`` (Beam takes either for
-      both), ...
+      ``local`` master default to LOOPBACK, as Beam does.
+    - DataflowRunner: ``--region`` given (Beam's default region runs ``gcloud``, which no settings read may:
+      review rev23j), then what Beam's own validator (``PipelineOptionsValidator``, which ``Pipeline()`` runs
+      with the runner) finds missing or wrong, run here offline (:func:`_dataflow_refusal`): ``--project``, a
+      gs:// ``--temp_location`` or ``--staging_location`` (Beam takes either for both), ...
     """
+    local = is_local_runner(name) or runner_class(name) in IN_PROCESS_RUNNERS
+    refusal = None if local else download_refusal(values)     # a local runner stages nothing
+    if refusal:
+        return refusal
     base = runner_base(name)
     if base == "DataflowRunner":
         return _dataflow_refusal(values)
+    count = values.get("direct_num_workers")
+    if count is not None and local and not 0 <= int(count) <= MAX_PROCESSES:
+        # Beam starts that many processes (or fails with an IndexError below 0): held to features.workers' range
+        return f"is given --direct_num_workers={count} in the Beam options: give 0 (one per CPU) to {MAX_PROCESSES}"
     if base not in _PORTABLE:
         return None
     if not values.get("job_endpoint"):
@@ -355,6 +412,37 @@ def options_refusal(name: str, values: dict) -> str | None:
         if base == "SparkRunner" and values.get("spark_submit_uber_jar") and not values.get("spark_rest_url"):
             return "needs the Beam option --spark_rest_url with --spark_submit_uber_jar (Beam refuses the job without)"
     return _environment_refusal(base, values)
+
+
+# Beam's options that make it download or install at run time (its stager runs `pip download` / `pip install` or
+# `python setup.py sdist`, fetches a URL, or builds a container image pulling its base), and why each is refused
+_DOWNLOAD_OPTIONS = {
+    "requirements_file": "--requirements_file (Beam runs `pip download` for it, and the workers `pip install`)",
+    "setup_file": "--setup_file (Beam builds the package with `python setup.py sdist`, the workers `pip install` it)",
+    "extra_packages": "--extra_package(s) (the workers `pip install` them, with what they depend on)",
+    "prebuild_sdk_container_engine": "--prebuild_sdk_container_engine (Beam builds a worker image when the stage "
+                                     "runs, pulling its base image: give the image with --environment_type=DOCKER "
+                                     "--environment_config=IMAGE)",
+    "maven_repository_url": "--maven_repository_url (Beam downloads jars from it)",
+}
+
+
+def download_refusal(values: dict) -> str | None:
+    """Why the Beam options ``values`` make Beam download or install at run time, in one line; None when they do
+    not. This project makes no download at run time (README section 3): :data:`_DOWNLOAD_OPTIONS`, and a URL
+    given as ``--sdk_location`` or ``--files_to_stage`` (Beam fetches it). Every runner (review rev23j)."""
+    for key, what in _DOWNLOAD_OPTIONS.items():
+        if values.get(key):
+            return f"holds {what}: this project makes no download or install at run time"
+    location = str(values.get("sdk_location") or "")
+    if "://" in location:
+        return (f"holds --sdk_location={shown(location)}, a URL Beam downloads the SDK from: this project makes no "
+                "download at run time")
+    for path in values.get("files_to_stage") or ():
+        if "://" in str(path):
+            return (f"holds --files_to_stage={shown(path)}, a URL Beam downloads: this project makes no download at "
+                    "run time")
+    return None
 
 
 def _jar_problem(path: str) -> str | None:
@@ -375,8 +463,9 @@ def _dataflow_refusal(values: dict) -> str | None:
     ``Pipeline()`` runs it) finds wrong, in one line; None when nothing. Run offline on a copy of the options:
     ``dry_run`` set so that no bucket's soft-delete policy is fetched, and where neither ``--temp_location`` nor
     ``--staging_location`` is a gs:// path the check refuses at once instead of letting Beam create a default
-    bucket (a network call; without apache-beam[gcp] Beam refuses the job then too). Beam's default region
-    (``$CLOUDSDK_COMPUTE_REGION``, then ``gcloud config``) counts, as it does for Beam."""
+    bucket (a network call; without apache-beam[gcp] Beam refuses the job then too). ``--region`` must be given:
+    Beam's default region (``$CLOUDSDK_COMPUTE_REGION``, then ``gcloud config``, a program with no timeout) is
+    never looked up, so the validator spawns nothing (review rev23j)."""
     import copy
 
     from pipelines.features import beamworker  # noqa: F401  # isort: skip  # Beam imported quietly first
@@ -391,12 +480,18 @@ def _dataflow_refusal(values: dict) -> str | None:
     errors: list[str] = []
     with _beam_logs_dropped():
         cloud = options.view_as(GoogleCloudOptions)
+        if not cloud.region:
+            # Beam's default region runs `gcloud config get-value compute/region` (no timeout): refused instead, and
+            # the rest checked with a stand-in region, so the validator runs no program
+            errors = ["Missing required option: region (give --region: Beam's default region is never looked up, "
+                      "as that runs `gcloud`, and reading the settings runs no program)"]
+            cloud.region = "pickapic-check"
         locations = [validator.validate_gcs_path(cloud, key) for key in ("temp_location", "staging_location")]
         if validator.is_service_runner() and all(locations):
             # Beam would create a default bucket here (a network call): refused instead, and the rest checked
             # with a stand-in location
-            errors = ["neither --temp_location nor --staging_location is a gs:// path (Beam takes either for both): "
-                      f"{locations[0][0]}"]
+            errors += ["neither --temp_location nor --staging_location is a valid gs:// location (Beam takes either "
+                      f"for both): {locations[0][0]}"]
             cloud.staging_location = "gs://pickapic-check/staging"
         errors += validator.validate()
     if not errors:
@@ -437,9 +532,6 @@ def _environment_refusal(base: str, values: dict) -> str | None:
     given = values.get("environment_type")
     kind = _ENVIRONMENT_URNS.get(str(given), given) if given else given
     config = values.get("environment_config")
-    if values.get("prebuild_sdk_container_engine"):
-        return ("is given --prebuild_sdk_container_engine, which builds a worker image when the stage runs (pulling "
-                "its base image): give the worker image with --environment_type=DOCKER --environment_config=IMAGE")
     if not kind and not values.get("output_executable_path"):
         flink_local = base == "FlinkRunner" and str(values.get("flink_master") or "").strip() in ("[local]", "[auto]")
         spark_local = base == "SparkRunner" and re.match(r"^local(\[.+\])?$", str(values.get("spark_master_url") or ""))

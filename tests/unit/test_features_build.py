@@ -195,10 +195,11 @@ def test_beam_options_pass_through_unchanged() -> None:
     # (a project id and bucket Beam's own validator takes: it refuses 'p' and 'gs://b/t', review rev23h)
     options = pipeline_options(FeaturesConfig(workers=3), ["--runner=DataflowRunner", "--project=my-project",
                                                            "--temp_location=gs://bucket/tmp",
-                                                           "--region=europe-west1", "--setup_file=./setup.py"])
-    values = options.get_all_options()
-    assert (values["runner"], values["project"], values["temp_location"], values["setup_file"]) == \
-        ("DataflowRunner", "my-project", "gs://bucket/tmp", "./setup.py")
+                                                           "--region=europe-west1",
+                                                           "--sdk_container_image=registry/worker:1"])
+    values = options.get_all_options()   # (not --setup_file: Beam pip-installs it at run time, refused: rev23j)
+    assert (values["runner"], values["project"], values["temp_location"], values["sdk_container_image"]) == \
+        ("DataflowRunner", "my-project", "gs://bucket/tmp", "registry/worker:1")
     assert values["direct_running_mode"] != "multi_processing"
     local = pipeline_options(FeaturesConfig(workers=3), [], num_images=128).get_all_options()
     assert (local["direct_running_mode"], local["direct_num_workers"]) == ("multi_processing", 3)

@@ -183,10 +183,10 @@ def test_dataflow_is_checked_by_beams_own_validator_without_network(monkeypatch)
     assert refusal("--project=my-project", "--region=europe-west1", "--temp_location=gs://bucket/tmp") is None
     assert "Invalid Project ID (p)" in refusal("--project=p", "--region=r", "--temp_location=gs://bucket/tmp")
     assert "Missing required option: region" in refusal("--project=my-project", "--temp_location=gs://bucket/t")
-    monkeypatch.setenv("CLOUDSDK_COMPUTE_REGION", "europe-west1")     # Beam's default region counts
-    assert refusal("--project=my-project", "--temp_location=gs://bucket/t") is None
+    monkeypatch.setenv("CLOUDSDK_COMPUTE_REGION", "europe-west1")     # Beam's default region is never looked up
+    assert "Missing required option: region" in refusal("--project=my-project", "--temp_location=gs://bucket/t")
     both = refusal("--project=my-project", "--region=r", "--temp_location=/tmp/t")
-    assert "neither --temp_location nor --staging_location is a gs:// path" in both
+    assert "neither --temp_location nor --staging_location is a valid gs:// location" in both
     assert calls == []                          # no default bucket made, no bucket's policy fetched
 
 
