@@ -5,7 +5,7 @@ of credentials in Beam options (``formats.text.redact_credentials``: messages, t
 description, ``build --set`` refusing run config that holds one).
 
 Each test asserts the correct behaviour of a defect confirmed by running the real thing (the real settings loader
-and writer, the real feature stage with Beam 2.77 and no network), filed as a strict xfail.
+and writer, the real feature stage with Beam 2.77 and no network), filed as a strict xfail; all six were fixed the same day (fix23j).
 
 What held up: a real `pickapic simulate` + `pickapic build` with ``--s3_secret_access_key`` in ``features.beam_args``
 left the secret nowhere in the home but ``pickapic.toml`` (not in Dagster's run storage, event logs, metadata or
@@ -31,13 +31,6 @@ DAY = "2023-03-01"
 
 # ------------------------------------ 1. credentials that redact_credentials misses (shown, and taken as run config)
 
-@pytest.mark.xfail(strict=True, reason=(
-    "formats.text.redact_credentials hides a URL's password and options named for a credential only: an Azure "
-    "SAS token in --blob_service_endpoint's query (sig=...) and a token given as a URL's user name (--sdk_location="
-    "https://TOKEN@host/...) are shown as they are in the settings listing and messages, and `build --set "
-    "features.beam_args=...` accepts them as run config (stored with the run, shown in the UI); expected: hidden "
-    "and refused as run config"
-))
 @pytest.mark.parametrize("beam_args", [
     "--blob_service_endpoint=https://acct.blob.core.windows.net/?sv=2022-11-02&ss=b&sig=SASSECRETSIG123",
     "--sdk_location=https://ghp_TOKENSECRET123@example.com/apache_beam-2.77.0.tar.gz",
@@ -57,12 +50,6 @@ def test_a_credential_in_a_beam_url_option_is_hidden_and_never_run_config(beam_a
 
 # ------------------------------------ 2. a settings file holding a credential in beam_args is written world-readable
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`pickapic settings --set features.beam_args='--s3_secret_access_key=...' --write` writes HOME/pickapic.toml "
-    "0644 under umask 022 (readable by every account) although the project hides that value as a credential "
-    "everywhere else and writes a file holding a secret setting 0600; expected: a settings file whose beam_args "
-    "holds a credential is written 0600 like one holding a secret"
-))
 def test_a_settings_file_with_a_credential_in_beam_args_is_not_readable_by_others(tmp_path):
     from formats.settings import write_settings
 
@@ -80,14 +67,6 @@ def test_a_settings_file_with_a_credential_in_beam_args_is_not_readable_by_other
 
 # ------------------------------------ 3. every settings read runs `gcloud` (no timeout) for a Dataflow runner
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with features.runner = DataflowRunner and no --region in features.beam_args, every read of the settings "
-    "(pickapic settings, build --dry-run, each sensor tick, each run's launch) runs Beam's DataflowRunner."
-    "get_default_gcp_region, which spawns `gcloud config get-value compute/region` from PATH with no timeout "
-    "(a hanging or hostile gcloud hangs or runs in every settings read; the settings check should run no "
-    "program); expected: the settings check runs no external program (a missing --region is refused, or the "
-    "region looked up only when a Dataflow job is submitted)"
-))
 def test_reading_the_settings_runs_no_gcloud(tmp_path, monkeypatch):
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -109,12 +88,6 @@ def test_reading_the_settings_runs_no_gcloud(tmp_path, monkeypatch):
 
 # ------------------------------------ 4. --requirements_file: accepted, and the stage runs `pip download` at run time
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.beam_args with --requirements_file (PortableRunner, a job endpoint and an EXTERNAL environment, all "
-    "that the settings check asks for) passes the settings check, and the feature stage then has Beam's stager "
-    "run `pip download` (PyPI, a download at run time, which README section 3 says no runner makes); expected: "
-    "refused with the settings (or when the stage starts) before any pip or download runs"
-))
 def test_a_requirements_file_in_beam_args_downloads_nothing_at_run_time(tmp_path, monkeypatch):
     from test_features_fixtures import fake_detector, png, write_day
 
@@ -150,12 +123,6 @@ def test_a_requirements_file_in_beam_args_downloads_nothing_at_run_time(tmp_path
 
 # ------------------------------------ 5. the settings check swallows another thread's stderr
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runnernames.option_values parses features.beam_args inside contextlib.redirect_stderr, which replaces "
-    "sys.stderr for every thread of the process: what another thread (a Dagster daemon's or code server's) "
-    "writes to stderr meanwhile goes into the check's buffer and is lost (or becomes the refusal's reason); "
-    "expected: another thread's stderr output reaches stderr"
-))
 def test_the_beam_options_check_does_not_swallow_another_threads_stderr(monkeypatch, capsys):
     from apache_beam.options import pipeline_options
 
@@ -184,13 +151,6 @@ def test_the_beam_options_check_does_not_swallow_another_threads_stderr(monkeypa
 
 # ------------------------------------ 6. the settings accept --direct_num_workers that every run refuses
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.beam_args = '--direct_num_workers=-1' (or 100000) passes the settings check (settings_refusal "
-    "returns None for a local runner without looking further), yet pipeline_options refuses it when the stage "
-    "starts ('give 0 (one per CPU) to 256'): every run of the home (build, nightly schedule, sensors) fails for "
-    "a setting the check accepted, the very failure review rev23h's fix was for; expected: refused with the "
-    "settings, naming features.beam_args"
-))
 @pytest.mark.parametrize("count", ["-1", "100000"])
 def test_the_settings_refuse_a_direct_num_workers_every_run_refuses(count):
     from pipelines.features.runner import check_runner
