@@ -62,7 +62,7 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
         summary["manifest_version"] = manifest.get("version")
         run_dir = runs.run_dir(home, latest.resolve())
         eval_file = run_dir / runs.EVAL_FILE
-        if eval_file.is_file():
+        if runs.is_evaluated(home):   # of the finished model best/ holds, never an earlier one's
             result = json.loads(eval_file.read_text())
             summary.update({key: result.get(key) for key in (
                 "test_accuracy", "threshold", "random_baseline", "untrained_test_accuracy",

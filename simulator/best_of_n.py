@@ -15,12 +15,14 @@ minus that of a random pick (0 at k = 1 by construction); ``oracle_gain`` is the
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -215,6 +217,25 @@ def untrained_model_dir(best_dir: Path) -> Path | None:
     return candidate if (candidate / "config.json").is_file() else None
 
 
+@contextlib.contextmanager
+def _guarded(model: Path, output: Path) -> Iterator[None]:
+    """Write ``output`` inside the trainer's run folder of ``model`` (``RUN/best`` -> ``RUN/best_of_n``) only as the
+    best_of_n asset does: the run's training finished and its lock held throughout (``training.runs.publishing``),
+    refused in one line otherwise. An output elsewhere, or a model outside a run folder, is written as it is."""
+    from training import runs
+
+    run = Path(model).parent
+    inside = os.path.realpath(output).startswith(os.path.realpath(run) + os.sep)
+    if not inside or not any(os.path.lexists(run / marker) for marker in runs.RUN_MARKERS):
+        yield
+        return
+    try:
+        with runs.publishing(run, "best_of_n", hold=True):
+            yield
+    except ValueError as exc:
+        raise SystemExit(f"python -m simulator.best_of_n: {exc}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     """``python -m simulator.best_of_n``: print the gains table and where the files went."""
     parser = argparse.ArgumentParser(prog="python -m simulator.best_of_n", description=__doc__.splitlines()[0])
@@ -234,10 +255,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     version_dir = dataset.resolve_version(DataHome(args.home), args.version)
-    result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, args.output or args.model.parent / "best_of_n",
-                           untrained_dir=args.untrained or untrained_model_dir(args.model), n=args.n,
-                           generator=args.generator, image_size=args.image_size, seed=args.seed,
-                           max_prompts=args.max_prompts, device=args.device)
+    output = args.output or args.model.parent / "best_of_n"
+    with _guarded(args.model, output):
+        result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, output,
+                               untrained_dir=args.untrained or untrained_model_dir(args.model), n=args.n,
+                               generator=args.generator, image_size=args.image_size, seed=args.seed,
+                               max_prompts=args.max_prompts, device=args.device)
     print(result.table())
     print(f"files: {result.output_dir} (best_of_n.json, best_of_n.png, rerank/contact_sheet.png)")
     return 0

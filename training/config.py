@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from formats.dataset import SPLITS
+from formats.files import read_small_file
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
 
 AUGMENTS = ("none", "hflip", "dihedral")
@@ -31,6 +32,10 @@ TRAINING_FILE = "training.json"
 # what the evaluation, leaderboard and best-of-n stages write into a run folder about its model (``eval.json``,
 # ``leaderboard.png``, ``true_quality.json``, ``best_of_n/``): removed when a training that changes the model starts
 DERIVED_OUTPUTS = ("eval.json", "leaderboard.png", "true_quality.json", "best_of_n")
+METRICS_FILE = "metrics.json"   # written by a run that finished (training.train), never by one that diverged
+# what a stage writes into a run folder before it is published (training.runs.publishing):
+# ``.publishing-<name>.<token>``, removed by the next training that changes the model
+STAGING_PREFIX = ".publishing-"
 
 # Fields that may change between an interrupted run and its resumption (they do not change the math
 # already done, or only extend it). num_workers is not one: the train stream's shard order, shuffle seeds and
@@ -349,3 +354,14 @@ def recorded_max_length(directory: str | os.PathLike) -> int | None:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ValueError(f"{path} is not a train_config.json this trainer wrote ({first}); the caption length the "
                          "model was trained with is unknown") from None
+
+
+def metrics_steps(run: Path) -> int | None:
+    """The ``steps`` metrics.json of ``run`` records, or None when it does not say."""
+    data = read_small_file(run / METRICS_FILE, 64 << 20)
+    try:
+        record = parse_run_json(data, run / METRICS_FILE) if data is not None else None
+    except ValueError:
+        return None
+    steps = record.get("steps") if isinstance(record, dict) else None
+    return steps if type(steps) is int else None

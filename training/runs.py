@@ -3,8 +3,8 @@
 ``HOME/models/preference_model/<version>/`` holds the run on that version (resumable): ``best/`` (the
 model), ``eval.json`` (tie-aware test accuracy), ``leaderboard.png``. Only a finished run is a model
 (``metrics.json``, no ``training.json`` or ``diverged.json``: :func:`_finished`); a training that changes the
-model removes what was written about it, and a stage writing about it checks afterwards that it did not change
-(:func:`publishing_for_model`). Ground truth is never looked up
+model removes what was written about it, and a stage writing about it publishes only what it wrote about the
+model that is still there, holding the run's lock (:func:`publishing`). Ground truth is never looked up
 here: a caller that has a simulation's truth passes its files in (``summary.json``, ``models.json``).
 
 Run retention (``[models] keep_runs``): every training of `latest` is recorded, newest last, in
@@ -17,11 +17,16 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import hashlib
+import io
 import json
 import os
+import pickle
 import re
+import secrets
 import shutil
 import stat
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator, Mapping
@@ -32,7 +37,17 @@ from formats.home import DataHome
 from formats.locks import LockFileRefused, hold_lock, open_lock_file, try_lock
 from formats.progress import Progress
 from formats.settings import check_fields, knob
-from training.config import CONFIG_FILE, DIVERGED_FILE, TRAIN_LOCK_FILE, TRAINING_FILE, from_home, parse_run_json
+from training.config import (
+    CONFIG_FILE,
+    DIVERGED_FILE,
+    METRICS_FILE,
+    STAGING_PREFIX,
+    TRAIN_LOCK_FILE,
+    TRAINING_FILE,
+    from_home,
+    metrics_steps,
+    parse_run_json,
+)
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
     from training.config import TrainConfig
@@ -42,7 +57,6 @@ if TYPE_CHECKING:  # torch is slow to import; the functions import these when th
 
 MODEL_NAME = "preference_model"
 EVAL_FILE = "eval.json"   # the evaluation of a run's finished model (one of config.DERIVED_OUTPUTS)
-METRICS_FILE = "metrics.json"   # written by a run that finished (training.train), never by one that diverged
 # What only a trainer makes in a run folder (``python -m training`` accepts a non-empty output folder holding one).
 RUN_MARKERS = tuple(f"{d}/train_config.json" for d in ("init", "best", "checkpoints/last")) + (
     ".init.tmp", ".best.tmp", "checkpoints/.last.tmp", TRAIN_LOCK_FILE, TRAINING_FILE)
@@ -117,48 +131,201 @@ def _finished(run: Path) -> str | None:
     if not (run / METRICS_FILE).is_file():
         return (f"its training did not finish (no {METRICS_FILE} in {run}: it stopped, failed or still runs); "
                 "train it to the end first (pickapic build --with-model)")
-    return None
+    return _beyond_metrics(run)
 
 
-def _finish_stamp(run: Path) -> tuple[int, ...] | None:
-    """What identifies the finished training of ``run`` (its ``metrics.json``'s device, inode, size and mtime: the
-    trainer replaces the file, never rewrites it in place), or None when the run is not finished."""
-    if _finished(run) is not None:
+def checkpoint_step(last: Path) -> int | None:
+    """The step of the trainer state in ``last`` (``checkpoints/last/trainer_state.pt``), read without torch: only
+    the state's pickle (``<archive>/data.pkl`` of torch's zip format, at most 64 MiB) is read, every class it names
+    replaced by an inert stand-in and every tensor by None (nothing in it runs). None when it cannot be read."""
+    path = Path(last) / "trainer_state.pt"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [info for info in archive.infolist()
+                     if info.filename.endswith("/data.pkl") and info.filename.count("/") == 1]
+            if len(names) != 1 or names[0].file_size > 64 << 20:
+                return None
+            data = archive.read(names[0])
+    except (OSError, zipfile.BadZipFile, RuntimeError, ValueError, EOFError):
         return None
     try:
-        info = os.stat(run / METRICS_FILE)
+        state = _InertUnpickler(io.BytesIO(data)).load()
+    except Exception:   # noqa: BLE001 - anything a damaged or foreign pickle raises: the step is unknown
+        return None
+    step = state.get("step") if isinstance(state, dict) else None
+    return step if type(step) is int else None
+
+
+class _Inert:
+    """What :func:`checkpoint_step` reads in place of any object the pickle names (tensors, optimizer classes)."""
+
+    def __init__(self, *_args: Any, **_kwargs: Any) -> None:
+        pass
+
+    def __call__(self, *_args: Any, **_kwargs: Any) -> "_Inert":
+        return _Inert()
+
+    def __setstate__(self, _state: Any) -> None:
+        pass
+
+    def __setitem__(self, _key: Any, _value: Any) -> None:
+        pass
+
+    def append(self, _value: Any) -> None:
+        pass
+
+    def extend(self, _values: Any) -> None:
+        pass
+
+
+class _InertUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("collections", "OrderedDict"):
+            return dict
+        return _Inert()
+
+    def persistent_load(self, _pid: Any) -> Any:
+        return None
+
+
+def _beyond_metrics(run: Path) -> str | None:
+    """Why ``run``'s model is past what its ``metrics.json`` describes (its ``checkpoints/last`` is at a later step
+    than the ``steps`` there: a training, also one of a trainer that wrote no ``training.json``, extended the run
+    and stopped before it wrote ``metrics.json``), or None (also when either step is unknown)."""
+    steps = metrics_steps(run)
+    step = checkpoint_step(run / "checkpoints" / "last") if steps is not None else None
+    if step is None or step <= steps:
+        return None
+    return (f"its training did not finish (its checkpoints/last is at step {step}, past the {steps} steps "
+            f"{run / METRICS_FILE} describes: a training that extended it stopped, failed or still runs); train it to "
+            "the end first (pickapic build --with-model)")
+
+
+def _finish_stamp(run: Path) -> tuple[Any, ...] | None:
+    """What identifies the finished training of ``run``: the bytes of its ``metrics.json`` (every training that
+    changes the model writes other ones: its steps, history or recipe differ) and its ``best/`` folder (replaced
+    whole when the model changes); None when the run is not finished. A rerun that only evaluates again keeps it."""
+    if _finished(run) is not None:
+        return None
+    data = read_small_file(run / METRICS_FILE, 256 << 20)
+    try:
+        best = os.stat(run / "best")
     except OSError:
         return None
-    return (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    if data is None:
+        return None
+    return (hashlib.sha256(data).hexdigest(), best.st_dev, best.st_ino)
 
 
 @contextlib.contextmanager
-def publishing_for_model(home: DataHome, *outputs: str) -> Iterator[tuple[Path, Path]]:
-    """Yield (version folder, ``best/``) of the model trained on `latest` (:func:`trained_model`) to a stage that
-    writes ``outputs`` (names in the run folder: ``eval.json``, ``leaderboard.png``, ...) about that model. When the
-    run is no longer the same finished training once they are written (a training started meanwhile: it marked
-    the run unfinished, or finished again), they are removed and the stage fails: a trainer marks the run before
-    it removes these outputs, and the stage writes them before it checks, so an output about a replaced model
-    never stays beside a finished run."""
-    version_dir, best = trained_model(home)
-    run = best.parent
-    stamp = _finish_stamp(run)
-    changed = False
+def hold_run(run: Path) -> Iterator[None]:
+    """Hold ``run/.train.lock`` shared while a stage publishes into the run folder: no trainer (which holds it
+    exclusive for its whole training) changes the model meanwhile, and stages do not exclude each other. Refused
+    in one line, without waiting, while a trainer holds it."""
+    path = run / TRAIN_LOCK_FILE
     try:
-        yield version_dir, best
-    finally:   # also when the stage failed: what it wrote so far about a model that changed goes
-        changed = _finish_stamp(run) != stamp
-        if changed:
-            for name in outputs:
-                path = run / name
-                if os.path.isdir(path) and not os.path.islink(path):
-                    shutil.rmtree(path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        path.unlink()
-    if changed:
-        raise ValueError(f"the model in {run} changed while {', '.join(outputs)} was written about it (a training "
-                         "started or finished meanwhile): removed; run this stage again once the training finished")
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    except OSError as exc:
+        raise ValueError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(f"cannot lock {path}: not a regular file")
+        if not try_lock(fd, fcntl.LOCK_SH):
+            raise ValueError(f"a trainer is writing {run} (it holds {path}): nothing is written about its model; "
+                             "run this stage again once the training finished")
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class Publication:
+    """What :func:`publishing` yields to a stage: the run, its model, and where to write each output."""
+
+    run: Path
+    best: Path
+    staged: dict[str, Path]
+    version_dir: Path | None = None
+
+    def path(self, name: str) -> Path:
+        """Where the stage writes the output ``name`` (a staging name, or its place while the lock is held)."""
+        return self.staged[name]
+
+    def final(self, path: Any) -> Any:
+        """``path`` (a str or Path the stage holds) with a staging name replaced by the published one."""
+        text = str(path)
+        for name, staged in self.staged.items():
+            if text == str(staged) or text.startswith(str(staged) + os.sep):
+                text = str(self.run / name) + text[len(str(staged)):]
+                break
+        return type(path)(text) if isinstance(path, (str, Path)) else text
+
+
+def _remove_output(path: Path) -> None:
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+
+
+@contextlib.contextmanager
+def publishing(run: Path, *outputs: str, hold: bool = False) -> Iterator[Publication]:
+    """Let a stage write ``outputs`` (names in the run folder ``run``: ``eval.json``, ``best_of_n``, ...) about the
+    model of ``run`` (refused unless its training finished: :func:`_finished`).
+
+    ``hold=False``: the stage computes without the run's lock and writes each output under a staging name
+    (:meth:`Publication.path`); then, holding the lock (:func:`hold_run`), the run is checked to be the same
+    finished training it was when the stage started (:func:`_finish_stamp`) and only then are the outputs renamed
+    into place. When it is not (a training changed the model meanwhile) the staged outputs are removed and the
+    stage fails: a stale stage never replaces or removes a published output, and a stage killed before the rename
+    leaves only a staging name (removed by the next training). ``hold=True``: the lock is held for the whole stage
+    (no training starts meanwhile) and the outputs are written in place."""
+    why = _finished(run)
+    if why is not None:
+        raise ValueError(f"nothing written about the model in {run}: {why}")
+    best = run / "best"
+    if hold:
+        with hold_run(run):
+            why = _finished(run)
+            if why is not None:
+                raise ValueError(f"nothing written about the model in {run}: {why}")
+            yield Publication(run, best, {name: run / name for name in outputs})
+        return
+    stamp = _finish_stamp(run)
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    staged = {name: run / f"{STAGING_PREFIX}{name}.{token}" for name in outputs}
+    publication = Publication(run, best, staged)
+    try:
+        yield publication
+        with hold_run(run):
+            if stamp is None or _finish_stamp(run) != stamp:
+                raise ValueError(f"the model in {run} changed while {', '.join(outputs)} was written about it (a "
+                                 "training started or finished meanwhile): nothing published; run this stage again "
+                                 "once the training finished")
+            for name, path in staged.items():
+                if os.path.lexists(path):
+                    final = run / name
+                    if os.path.isdir(path) and os.path.isdir(final) and not os.path.islink(final):
+                        old = run / f"{STAGING_PREFIX}{name}.{token}.old"
+                        final.rename(old)
+                        path.rename(final)
+                        _remove_output(old)
+                    else:
+                        path.rename(final)
+    finally:
+        for path in staged.values():
+            _remove_output(path)
+
+
+@contextlib.contextmanager
+def publishing_for_model(home: DataHome, *outputs: str, hold: bool = False) -> Iterator[Publication]:
+    """:func:`publishing` into the run of the model trained on `latest` (:func:`trained_model`); the publication's
+    ``version_dir`` is `latest`'s version."""
+    version_dir, best = trained_model(home)
+    with publishing(best.parent, *outputs, hold=hold) as publication:
+        publication.version_dir = version_dir
+        yield publication
 
 
 def trained_model(home: DataHome) -> tuple[Path, Path]:
@@ -552,12 +719,12 @@ def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalR
     from training.config import home_relative
     from training.evaluate import evaluate_model
 
-    with publishing_for_model(home, EVAL_FILE) as (version_dir, best):
-        result = evaluate_model(best, version_dir, ground_truth=summary)
-        result.model_dir = home_relative(str(best), home.root)  # as metrics.json: no absolute path of the home
-        out = best.parent / EVAL_FILE
-        write_bytes_atomic(out, (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
-    return result, out
+    with publishing_for_model(home, EVAL_FILE) as published:   # staged, published once the model is unchanged
+        result = evaluate_model(published.best, published.version_dir, ground_truth=summary)
+        result.model_dir = home_relative(str(published.best), home.root)  # as metrics.json: no absolute path
+        write_bytes_atomic(published.path(EVAL_FILE),
+                           (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    return result, published.run / EVAL_FILE
 
 
 def true_quality_table(models_json: Path, pair_name: Callable[[str], str], out: Path) -> Path:
@@ -569,9 +736,18 @@ def true_quality_table(models_json: Path, pair_name: Callable[[str], str], out: 
     return out
 
 
-def rank_latest(home: DataHome, true_quality: Path | None = None) -> "LeaderboardResult":
-    """The generator leaderboard of the model trained on `latest` (``true_quality``: a ``true_quality_table``)."""
+def rank_latest(home: DataHome, true_quality: Path | None = None, models_json: Path | None = None,
+                pair_name: Callable[[str], str] | None = None) -> "LeaderboardResult":
+    """The generator leaderboard of the model trained on `latest` (``true_quality``: a ``true_quality_table``; or
+    ``models_json`` and ``pair_name``: a simulation's ``models.json``, published beside it as ``true_quality.json``).
+    Both are staged and published together once the model is known unchanged (:func:`publishing`)."""
     from training.leaderboard import generator_leaderboard
 
-    with publishing_for_model(home, "leaderboard.png") as (version_dir, best):
-        return generator_leaderboard(version_dir, best, true_quality, chart_path=best.parent / "leaderboard.png")
+    outputs = ("leaderboard.png",) + (("true_quality.json",) if models_json is not None else ())
+    with publishing_for_model(home, *outputs) as published:   # staged, published once the model is unchanged
+        if models_json is not None:
+            true_quality = true_quality_table(models_json, pair_name or str, published.path("true_quality.json"))
+        result = generator_leaderboard(published.version_dir, published.best, true_quality,
+                                       chart_path=published.path("leaderboard.png"))
+    result.chart_path = published.final(result.chart_path) if result.chart_path else None
+    return result

@@ -47,11 +47,13 @@ from training.config import (
     DERIVED_OUTPUTS,
     DIVERGED_FILE,
     RESUMABLE_FIELDS,
+    STAGING_PREFIX,
     TRAIN_LOCK_FILE,
     TRAINING_FILE,
     TrainConfig,
     from_home,
     home_relative,
+    metrics_steps,
     parse_run_json,
 )
 from training.data import (
@@ -189,8 +191,9 @@ def _check_finite_weights(scorer: torch.nn.Module, step: int) -> None:
 @contextlib.contextmanager
 def run_lock(out: Path) -> Any:
     """Hold an exclusive ``flock`` on ``out/.train.lock`` while a trainer writes ``out``; a second trainer on the
-    same folder is refused at once (two would overwrite each other's checkpoints). The kernel drops the lock
-    when the process dies, so a killed run never leaves a stale one."""
+    same folder is refused at once (two would overwrite each other's checkpoints), and so is one while a stage
+    publishes about the run's model (it holds the lock shared: ``training.runs.publishing``). The kernel drops the
+    lock when the process dies, so a killed run never leaves a stale one."""
     path = out / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)   # the umask decides
@@ -205,8 +208,9 @@ def run_lock(out: Path) -> Any:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RunLocked(f"another trainer is writing to {out} (it holds {path}); wait for it to finish or "
-                            "use another output_dir") from None
+            raise RunLocked(f"another trainer is writing to {out} (it holds {path}), or a stage (evaluation, "
+                            "leaderboard, best-of-n) is publishing about its model; wait for it to finish or use "
+                            "another output_dir") from None
         yield path
     finally:
         os.close(fd)  # closing releases the lock
@@ -488,6 +492,9 @@ def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
     _sync_dir(out)
     for rel in DERIVED_OUTPUTS:
         _remove_own(out / rel)
+    for name in os.listdir(out):   # what a stage killed before it published left under a staging name
+        if name.startswith(STAGING_PREFIX):
+            _remove_own(out / name)
     _sync_dir(out)
 
 
@@ -506,10 +513,15 @@ def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: E
                      "changed: training it over from step 0"})
 
 
-def _finished_here(out: Path) -> bool:
-    """Whether ``out`` records a finished training: ``metrics.json`` and no ``training.json`` (a divergence
-    record is handled before: :func:`_after_divergence`)."""
-    return (out / "metrics.json").is_file() and not os.path.lexists(out / TRAINING_FILE)
+def _finished_here(out: Path, step: int) -> bool:
+    """Whether ``out``, whose checkpoint is at ``step``, records a finished training: ``metrics.json`` of ``step``
+    steps (or of steps it does not say) and no ``training.json`` (a divergence record is handled before:
+    :func:`_after_divergence`). A checkpoint past metrics.json's steps is a training that extended the run and
+    stopped before it finished (also one of a trainer that wrote no ``training.json``)."""
+    if not (out / "metrics.json").is_file() or os.path.lexists(out / TRAINING_FILE):
+        return False
+    steps = metrics_steps(out)
+    return steps is None or step <= steps
 
 
 def _refuse_init_inside(out: Path, config: TrainConfig, restart: bool) -> None:
@@ -679,7 +691,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     if rank == 0:
         if restart is not None:
             _start_over(out, config, restart, emit)
-        elif state is None or state["step"] < config.max_steps or not _finished_here(out):
+        elif state is None or state["step"] < config.max_steps or not _finished_here(out, state["step"]):
             _unfinish(out, 0 if state is None else state["step"], config, restart=False)
         if new_init is not None:
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
@@ -881,7 +893,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         raise _diverged(*final_problem)
     if rank == 0:
         metrics_path = out / "metrics.json"
-        write_bytes_atomic(metrics_path, (text + "\n").encode())
+        if read_small_file(metrics_path, 256 << 20) != (text + "\n").encode():   # a rerun that only evaluates
+            write_bytes_atomic(metrics_path, (text + "\n").encode())             # again leaves it as it was
         curve_path = write_curve(history, out / "curve.png",
                                  f"{config.preset} preset, init {Path(config.init_from).name}: "
                                  f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")

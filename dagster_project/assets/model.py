@@ -65,12 +65,8 @@ def generator_leaderboard(data_home: PickapicHome):
 
     home = data_home.home()
     models = _truth_file(ground_truth_dir(home), "models.json")
-    # both files are removed again when a training changed the model meanwhile (runs.publishing_for_model)
-    with runs.publishing_for_model(home, "true_quality.json", "leaderboard.png") as (_, best):
-        true_quality = None
-        if models is not None:
-            true_quality = runs.true_quality_table(models, short_model_name, best.parent / "true_quality.json")
-        result = runs.rank_latest(home, true_quality)
+    # both files are published together, only when no training changed the model meanwhile (runs.publishing)
+    result = runs.rank_latest(home, models_json=models, pair_name=short_model_name)
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "chart_png"})
     if result.chart_path:
         metadata["chart"] = png_markdown(result.chart_path, "generator leaderboard")
@@ -89,9 +85,10 @@ def best_of_n(data_home: PickapicHome):
     # only a simulated home gets here: the user asked for the simulation's measurements
     from simulator.best_of_n import run_best_of_n, untrained_model_dir
 
-    with runs.publishing_for_model(home, "best_of_n") as (version_dir, best):   # removed if the model changed meanwhile
-        result = run_best_of_n(truth, version_dir, best, best.parent / "best_of_n",
-                               untrained_dir=untrained_model_dir(best))
+    # the run's lock held throughout (runs.publishing): no training changes the model while best_of_n/ is written
+    with runs.publishing_for_model(home, "best_of_n", hold=True) as published:
+        result = run_best_of_n(truth, published.version_dir, published.best, published.path("best_of_n"),
+                               untrained_dir=untrained_model_dir(published.best))
     metadata = to_metadata(result.metadata())
     metadata["chart"] = png_markdown(Path(result.chart_path), "best-of-n gain over a random pick")
     if result.contact_sheet:
