@@ -734,13 +734,12 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
                                 "is (change it by hand)")
     # a secret, or a private setting's value (Beam options may hold a credential: review rev23j), is read by no
     # other account
-    secret = any(knob_for(k, "new values").secret or (knob_for(k, "new values").private and written[k])
-                 for k in written)
+    secret = _holds_private(written)
     if secret:
         mode = 0o600
-    elif old is not None:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
-    else:
+    elif old is not None and not _holds_private(read_file_text(old.replace("\r\n", "\n") if crlf else old)):
+        mode = stat.S_IMODE(os.stat(path).st_mode)    # the owner's choice of mode is kept
+    else:   # new, or 0600 only for what it no longer holds: readable as the umask allows again (review rev23l)
         mode = files.file_mode()
     data = (text.replace("\n", "\r\n") if crlf else text).encode("utf-8")
     if len(data) > MAX_FILE_BYTES:      # every command would refuse the file written (review rev22f)
@@ -750,6 +749,19 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
         tmp.write_bytes(data)
         os.chmod(tmp, mode)
     return path
+
+
+def _holds_private(values: Mapping[str, Any]) -> bool:
+    """Whether file values (``{"section.name": value}``) hold a secret or a non-empty private setting (Beam
+    options may hold a credential: review rev23j): such a file is read by no other account."""
+    for key, value in values.items():
+        try:
+            spec = knob_for(key, "the file")
+        except SettingsError:
+            continue
+        if spec.secret or (spec.private and value):
+            return True
+    return False
 
 
 def read_file_text(text: str) -> dict[str, Any]:

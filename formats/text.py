@@ -69,5 +69,7 @@ def option_names(value: str) -> str:
         words = shlex.split(value)
     except ValueError:
         return "***"
+    if "--" in words:      # what follows is no option (Beam drops it): hidden whole (review rev23l)
+        words = words[:words.index("--") + 1] + ["***"] * (len(words) > words.index("--") + 1)
     return " ".join(word.split("=", 1)[0] + "=***" if word.startswith("-") and "=" in word
                     else word if word.startswith("-") else "***" for word in words)

@@ -227,17 +227,23 @@ def option_values(args: tuple[str, ...] | list[str]) -> dict:
     except _ParserRefusal as exc:
         reason = str(exc).split("error: ", 1)[-1]
         raise ValueError(f"a value Beam refuses ({shown(reason, 200)[1:-1]})") from None
-    names = []
-    for arg in unknown:
-        if arg == "--":
+    names, dropped = [], 0
+    for position, arg in enumerate(unknown):
+        if arg == "--":      # every word after it is dropped by Beam (never shown: it may be a credential)
+            dropped += len(unknown) - position
             break
         if arg.startswith("-"):
             name = arg.split("=", 1)[0]
             if name not in names:
                 names.append(name)
+        else:
+            dropped += 1
     if names:
         listed = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
         raise ValueError(f"options Beam does not know: {shown(listed, 200)[1:-1]}")
+    if dropped:   # review rev23l: Beam drops them with a warning, a listing would show them whole
+        raise ValueError(f"{dropped} word(s) that are no option and no option's value ('--' or a stray word, which "
+                         "Beam drops); give each option as --name=value")
     try:
         return PipelineOptions(list(args)).get_all_options()   # the same parser's options: accepted above
     except SystemExit:

@@ -4,7 +4,7 @@
 ``redact_credentials``, the Beam parser subclass of ``option_values``, ``download_refusal`` and the length bound.
 
 Each test asserts the correct behaviour of a defect confirmed by running the real settings writer/loader and the
-real Beam 2.77 parser, filed as a strict xfail.
+real Beam 2.77 parser, filed as a strict xfail; both were fixed the same day.
 
 What held up: ``--opt value`` (two words), ``-x value``, ``--opt=a=b`` and positional words are listed with the
 value hidden; repeated ``--experiments``, ``--no_use_public_ips`` / ``--no_pipeline_type_check`` are taken as Beam
@@ -25,12 +25,6 @@ from formats.settings import SettingsError, load, write_settings
 
 # ------------------------------------ 1. clearing features.beam_args leaves pickapic.toml 0600 for good
 
-@pytest.mark.xfail(strict=True, reason=(
-    "write_settings keeps the file's old mode when no secret or private value is left, so once features.beam_args "
-    "was set (file 0600) and then cleared (features.beam_args=) pickapic.toml stays 0600 for ever: the group of a "
-    "shared home can no longer read the settings though it holds nothing private; expected the mode the file "
-    "had before (0666 & ~umask)"
-))
 def test_clearing_beam_args_gives_the_settings_file_back_its_shared_mode(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -49,12 +43,6 @@ def test_clearing_beam_args_gives_the_settings_file_back_its_shared_mode(tmp_pat
 
 # ------------------------------------ 2. words after '--' are taken unchecked and listed whole
 
-@pytest.mark.xfail(strict=True, reason=(
-    "option_values stops naming unknown words at '--' (Beam discards them), so features.beam_args = "
-    "'--runner=DirectRunner -- --AKIA...' passes the settings check, and option_names shows every word starting "
-    "with '-' whole: the token after '--' is printed by `pickapic settings`, the launchpad description and "
-    "public_fields; expected such a value refused, or every word after '--' hidden"
-))
 def test_a_word_after_double_dash_in_beam_args_is_never_listed(tmp_path):
     from dagster_project.runconfig import _shown
     from formats.settings import public_fields
