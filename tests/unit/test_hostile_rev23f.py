@@ -55,9 +55,8 @@ def _staging(home):
 def test_a_flink_or_spark_runner_downloads_no_job_server_jar_at_run_time(tmp_path, monkeypatch, runner, beam_args):
     import tempfile
 
-    from test_features_fixtures import fake_detector
-
     from apache_beam.utils import subprocess_server
+    from test_features_fixtures import fake_detector
 
     from pipelines.features.config import FeaturesConfig
     from pipelines.features.stage import build_features

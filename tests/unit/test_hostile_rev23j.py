@@ -89,9 +89,8 @@ def test_reading_the_settings_runs_no_gcloud(tmp_path, monkeypatch):
 # ------------------------------------ 4. --requirements_file: accepted, and the stage runs `pip download` at run time
 
 def test_a_requirements_file_in_beam_args_downloads_nothing_at_run_time(tmp_path, monkeypatch):
-    from test_features_fixtures import fake_detector, png, write_day
-
     from apache_beam.utils import processes
+    from test_features_fixtures import fake_detector, png, write_day
 
     from formats.home import DataHome
     from pipelines.features.stage import build_features

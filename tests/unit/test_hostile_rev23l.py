@@ -18,10 +18,7 @@ from __future__ import annotations
 import os
 import stat
 
-import pytest
-
 from formats.settings import SettingsError, load, write_settings
-
 
 # ------------------------------------ 1. clearing features.beam_args leaves pickapic.toml 0600 for good
 
