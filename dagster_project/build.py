@@ -271,6 +271,12 @@ def build(
                 progress(f"export {day} from the app database")
                 run = PlannedRun(EXPORT.job, [EXPORT.op], day, ["--from-app-db"])
                 run_ids[f"export-{day}"] = _execute(run, instance, export_config, home)
+        # what the plan is about to see, for the stamp written at the end (review rev23g: a raw day landing or
+        # beginning during the build, or a blob changing, is new to the next build)
+        raw_days = home.raw_days()
+        whole = not selected or set(selected) == set(raw_days)
+        view = buildstamp.plan_view(home, assignments=assignments, config_file=config_file, with_model=with_model,
+                                    not_begun=sorted(set(raw_days) - set(begun_days(raw_days)))) if whole else None
         plan = plan_build(home, settings, instance, selected_days=selected, force=force, with_model=with_model)
         record_observations(instance, plan.observations)
         instance.add_dynamic_partitions(PARTITIONS, plan.days)
@@ -284,13 +290,9 @@ def build(
         for run in plan.runs:
             progress(_describe(run))
             result.run_ids[run.label] = _execute(run, instance, run_config, home)
-    raw_days = home.raw_days()
-    if not selected or set(selected) == set(raw_days):
-        # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
-        not_begun = sorted(set(raw_days) - set(begun_days(raw_days)))
-        buildstamp.write_stamp(home, buildstamp.stamp_key(home, assignments=assignments, config_file=config_file,
-                                                          with_model=with_model),
-                               until=not_begun[0] if not_begun else None)
+        if view is not None:
+            # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
+            buildstamp.write_stamp(home, view.key_after_build(home), until=view.until)
     return result
 
 

@@ -3,18 +3,23 @@
 After a build that left every asset fresh, ``HOME/cache/build_stamp.json`` records a digest of what the
 plan read: the code versions, the settings file and the command's overrides, the raw zone (each file's
 size, mtime and inode), every output (warehouse files, the ``latest`` link, the model) and, per day whose
-``image_rejects`` names missing blobs, those still missing. A later build whose digest matches has nothing
-to do and says so without loading Dagster or any stage (well under a second); anything else, including a
-run launched from the UI or by the daemon (it rewrites outputs), falls through to the full plan against the
-data versions Dagster recorded. A stamp written while a raw day folder was skipped because the day had not
-begun (UTC) holds that day as its ``until``: from then on it is not trusted. Deleting the stamp only costs
-that full plan once. No Dagster import here: this is the path that must stay cheap.
+``image_rejects`` rejects blobs for a reason a change of the blob heals, what those blobs are (missing or
+there, size and times; past ``CACHED_BLOBS`` a day, the folders that hold them). A later build whose digest
+matches has nothing to do and says so without loading Dagster or any stage (well under a second); anything
+else, including a run launched from the UI or by the daemon (it rewrites outputs), falls through to the full
+plan against the data versions Dagster recorded. The inputs part, the rejected blobs and ``until`` are taken
+when the build plans (:func:`plan_view`), not when it ends: a raw day that lands or begins during a build is
+new to the next one. A stamp written while a raw day folder was skipped because the day had not begun (UTC)
+holds that day as its ``until``: from then on it is not trusted. Deleting the stamp only costs that full plan
+once. No Dagster import here: this is the path that must stay cheap.
 """
 from __future__ import annotations
 
 import datetime as dt
 import json
 import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
@@ -23,7 +28,7 @@ from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
-from pipelines.provenance import MissingBlobs, combine, raw_stats, stat_key
+from pipelines.provenance import RejectedBlobs, changed_since, combine, raw_stats, stat_key
 
 STAMP = "build_stamp.json"
 
@@ -41,7 +46,29 @@ def _file_text(path: Path | None) -> str | None:
 
 def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: Path | None = None,
               with_model: bool = False) -> str:
-    """Digest of everything a build's plan depends on (see the module docstring)."""
+    """Digest of everything a build's plan depends on, as the home is now (see the module docstring)."""
+    return _key(_inputs(home, assignments, config_file, with_model), _outputs(home, with_model),
+                _blob_watches(home, assignments, config_file))
+
+
+UNTRUSTED = "untrusted:"   # a key the stamp cannot vouch for (a day's rejected blobs in too many folders): never up to date
+
+
+def _key(inputs: list, outputs: list, watches: list) -> str:
+    digest = combine("build-stamp", inputs, outputs, watches)
+    unwatched = any(isinstance(watch, list) and watch and watch[-1] == "unwatched" for _, watch in watches)
+    return UNTRUSTED + digest if unwatched else digest
+
+
+def _inputs(home: DataHome, assignments: Iterable[str], config_file: Path | None, with_model: bool) -> list:
+    """What the build reads and does not write: code versions, settings, the raw zone, the moderation lists."""
+    assignments = list(assignments)
+    return [CODE_VERSIONS, _file_text(settings_path(home.root)), assignments, _file_text(config_file), with_model,
+            raw_stats(home), _moderation_elsewhere(home, assignments, config_file)]
+
+
+def _outputs(home: DataHome, with_model: bool) -> list:
+    """What the build writes: the warehouse files, the ``latest`` link and its manifest, the model."""
     outputs = []
     if home.warehouse.is_dir():
         for folder, _, files in sorted(os.walk(home.warehouse)):
@@ -54,28 +81,91 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
     model = None
     if with_model and target:
         model = stat_key(home.models / "preference_model" / target / "eval.json")
-    return combine("build-stamp", CODE_VERSIONS, _file_text(settings_path(home.root)), list(assignments),
-                   _file_text(config_file), with_model, raw_stats(home), _moderation_elsewhere(home, assignments, config_file), outputs, target,
-                   stat_key(latest / dataset.MANIFEST_FILE) if target else None, model,
-                   _missing_blobs(home, assignments, config_file))
+    return [outputs, target, stat_key(latest / dataset.MANIFEST_FILE) if target else None, model]
 
 
-def _missing_blobs(home: DataHome, assignments: Iterable[str] = (), config_file: Path | None = None) -> list:
-    """Per day whose ``image_rejects`` rejects blobs as ``missing_blob``, those still missing now: a blob that
-    lands after its day was fingerprinted changes no raw day file, yet makes the day stale (review rev23a,
-    :class:`pipelines.provenance.MissingBlobs`). One ``stat`` per missing blob; the paths come from the cache
-    (read only when a partition changed)."""
+def _blob_watches(home: DataHome, assignments: Iterable[str] = (), config_file: Path | None = None) -> list:
+    """Per day whose ``image_rejects`` rejects blobs for a reason a change of the blob heals (``missing_blob``,
+    ``truncated_image``, ...), what they are now (:meth:`pipelines.provenance.RejectedBlobs.stamp_watch`): a blob
+    that lands or changes after its day was fingerprinted changes no raw day file, yet makes the day stale
+    (reviews rev23a, rev23g). One ``stat`` per rejected blob, or per folder that holds them when a day has more
+    than ``CACHED_BLOBS``; the paths come from the bounded cache (the partition is read only when it changed)."""
     folder = home.table_dir("image_rejects")
     try:
         days = sorted(name[3:] for name in os.listdir(folder) if name.startswith("dt="))
     except OSError:
         return []
-    blobs = MissingBlobs(home)
+    blobs = RejectedBlobs(home)
     base = _named_settings(home, assignments, config_file, "features", ("blob_base",)).get("blob_base")
     base = base if isinstance(base, str) and base and "\x00" not in base else str(home.root)
-    out = [[day, blobs.still_missing(day, base)] for day in days if blobs.paths(day)]
+    out = []
+    for day in days:
+        watch = blobs.stamp_watch(day, base)
+        if watch is not None:
+            out.append([day, watch])
     blobs.save()
     return out
+
+
+CHANGED_DURING_BUILD = "changed-during-the-build"
+
+
+@dataclass
+class PlanView:
+    """What a build's plan saw, taken just before it plans (:func:`plan_view`): the stamp the build writes at its
+    end records this, not the home as it is then (review rev23g: a raw day that landed while the build ran, or
+    a day that began past midnight UTC, was stamped as built, and the next build answered "up to date")."""
+
+    inputs: list
+    watches: list
+    until: str | None
+    taken_ns: int
+    assignments: list[str]
+    config_file: Path | None
+    with_model: bool
+
+    def key_after_build(self, home: DataHome) -> str:
+        """The stamp's key once the build's runs are done: the inputs the plan saw, the outputs as the runs left
+        them, and the rejected blobs as the plan saw them where the build left a day's rejects alone; a day whose
+        rejects the build rewrote is watched as the run left it, unless a blob or folder changed since the plan
+        (then the next check differs and plans in full)."""
+        before = {day: watch for day, watch in self.watches}
+        watches = []
+        for day, watch in _blob_watches(home, self.assignments, self.config_file):
+            earlier = before.get(day)
+            if earlier is not None and earlier[0] == watch[0]:
+                watches.append([day, earlier])
+            elif _changed_since(watch, self.taken_ns):
+                watches.append([day, CHANGED_DURING_BUILD])
+            else:
+                watches.append([day, watch])
+        return _key(self.inputs, _outputs(home, self.with_model), watches)
+
+
+def plan_view(home: DataHome, *, assignments: Iterable[str] = (), config_file: Path | None = None,
+              with_model: bool = False, not_begun: Iterable[str] | None = None) -> PlanView:
+    """Take what the build's plan is about to see (call it before planning): the inputs part of the key, the
+    rejected blobs, and ``until``, the first raw day folder that has not begun (UTC) now, which the plan skips
+    (``not_begun``: those days as the build's own clock sees them; else this module's)."""
+    assignments = list(assignments)
+    taken = time.time_ns()
+    if not_begun is None:
+        today = _today()
+        not_begun = [day for day in home.raw_days() if day > today]
+    not_begun = sorted(not_begun)
+    return PlanView(inputs=_inputs(home, assignments, config_file, with_model),
+                    watches=_blob_watches(home, assignments, config_file), until=not_begun[0] if not_begun else None,
+                    taken_ns=taken, assignments=assignments, config_file=config_file, with_model=with_model)
+
+
+def _changed_since(watch: list, since_ns: int) -> bool:
+    """Whether a blob or folder of a stamp watch may have changed at or after ``since_ns`` (its ctime says so)."""
+    for part in watch[1:]:
+        if isinstance(part, list):
+            for _, identity in part:
+                if isinstance(identity, list) and isinstance(identity[-1], int) and changed_since(identity[-1], since_ns):
+                    return True
+    return False
 
 
 _MODERATION_KNOBS = ("phrases_file", "banned_users_file")
@@ -124,6 +214,8 @@ def _moderation_elsewhere(home: DataHome, assignments: Iterable[str] = (), confi
 def is_up_to_date(home: DataHome, key: str) -> bool:
     """Whether the last fresh build left exactly this state, and no raw day it skipped as not begun has
     begun since (the stamp's ``until``)."""
+    if key.startswith(UNTRUSTED):
+        return False
     try:
         stamp = json.loads((home.cache / STAMP).read_text(encoding="utf-8"))
         if not isinstance(stamp, dict) or stamp.get("key") != key:
@@ -143,6 +235,9 @@ def write_stamp(home: DataHome, key: str, until: str | None = None) -> None:
     """Record that the home is fresh in state ``key``; ``until``: the first raw day the build skipped because it had
     not begun (UTC), from which day on the stamp is not trusted (review rev23a: the raw zone does not change when
     a day begins, so the stamp kept answering "up to date" and the day was never ingested)."""
+    if key.startswith(UNTRUSTED):
+        clear_stamp(home)
+        return
     body = {"key": key, **({"until": until} if until else {})}
     write_bytes_atomic(home.cache / STAMP, (json.dumps(body) + "\n").encode())
 

@@ -8,10 +8,10 @@ content digest of their files. An asset is
 - *missing* when it never materialized (or its output files are gone),
 - *stale* when the version its inputs give now differs from the recorded one: a raw file changed, a
   setting that changes its output changed, its code version was bumped, an upstream asset changed, a blob
-  its features rejected as ``missing_blob`` landed (the version's ``+missing-blobs:`` mark:
-  :func:`expected_missing_mark`), or its last materialization failed a blocking check (recorded as
-  ``<version>-failed-checks``); also a day whose rewrite by another day's ingest a crash interrupted
-  (:mod:`pipelines.ingest.rewrites`),
+  its features rejected landed or changed (``missing_blob``, or ``truncated_image`` and the like for a blob seen
+  half copied: the version's ``+missing-blobs:`` mark, :func:`expected_missing_mark`), or its last
+  materialization failed a blocking check (recorded as ``<version>-failed-checks``); also a day whose rewrite
+  by another day's ingest a crash interrupted (:mod:`pipelines.ingest.rewrites`),
 - *fresh* otherwise, and then a build leaves it alone.
 
 :func:`plan_build` turns that into the Dagster runs a build needs; the assets call :func:`runtime_version`
@@ -44,7 +44,7 @@ from formats import dataset
 from formats.home import DataHome
 from formats.settings import Settings, config_digest
 from pipelines.ingest import rewrites
-from pipelines.provenance import MissingBlobs, RawDigests, combine, files_digest, missing_mark
+from pipelines.provenance import RawDigests, RejectedBlobs, combine, files_digest
 from training import runs
 
 Lookup = Callable[[str, "str | None"], "str | None"]
@@ -226,7 +226,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
 
     observed = recorded.observed_raw()
     observations = {}
-    blobs = MissingBlobs(home)
+    blobs = RejectedBlobs(home)
     blob_base = configs["features"].base(home.root)
     forced_days = set(raw_days if force and selected_days is None else selected_days or [])
     runs: list[PlannedRun] = []
@@ -282,16 +282,14 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
     return BuildPlan(days=raw_days, runs=runs, observations=observations, expected=expected)
 
 
-def expected_missing_mark(blobs: MissingBlobs, day: str, base: str) -> tuple[str, bool]:
+def expected_missing_mark(blobs: RejectedBlobs, day: str, base: str) -> tuple[str, bool]:
     """(the ``MISSING_MARK`` suffix of a day's features version now, whether a blob its output rejects as
-    missing has landed since). The recorded version names the blobs its output rejects as missing (the asset
-    appends :func:`~pipelines.provenance.missing_mark` of them); now it names those still missing, so a blob
-    that landed makes the day stale, and its new version makes the global stages stale (review rev23a)."""
-    had = blobs.paths(day)
-    if not had:
-        return "", False
-    still = blobs.still_missing(day, base)
-    return missing_mark(still), len(still) != len(had)
+    missing has landed since). The recorded version names the blobs its output rejects for a reason a change of
+    the blob heals, as the run left them (the asset appends :meth:`~pipelines.provenance.RejectedBlobs.recorded_mark`);
+    now it names those still missing and the others as they are, so a blob that landed or changed (one seen half
+    copied, then whole) makes the day stale, and its new version makes the global stages stale (reviews rev23a,
+    rev23g)."""
+    return blobs.expected_mark(day, base)
 
 
 def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
@@ -316,6 +314,8 @@ def _why(recorded: str | None, expected: str, home: DataHome, stage: Stage, day:
             return "raw files changed"
         if blobs_landed:
             return "an image blob it rejected as missing_blob is there now"
+        if stage.name == "features":
+            return "inputs changed (an upstream version, a setting, the code version, or an image blob it rejected changed)"
         return "inputs changed (an upstream version, a setting or the code version)"
     if not outputs_present(home, stage, day):
         return "output files missing"

@@ -10,8 +10,9 @@ the bottom sit the raw inputs, digested by content:
   ``cache/raw_day_digests.json``, disposable: deleting it costs one re-read). A re-export with the same
   bytes therefore keeps the day's version, and any changed byte changes it;
 - the moderation lists (banned users, NSFW phrases) the decisions read (:func:`files_digest`);
-- the image blobs a day's features rejected as missing: which of them are still missing
-  (:class:`MissingBlobs`, named in the day's features version).
+- the image blobs a day's features rejected for a reason a change of the blob can heal (missing, truncated,
+  unreadable, ...): which are still missing, the others' size and times (:class:`RejectedBlobs`, named in the
+  day's features version).
 
 Equal versions mean equal outputs (every stage is deterministic), so a build can skip any asset whose
 recorded version equals the one its inputs give now.
@@ -21,8 +22,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from formats.files import is_url, sha256_file, write_bytes_atomic
 from formats.home import DataHome
@@ -114,25 +116,120 @@ def raw_stats(home: DataHome) -> list:
     return out
 
 
-# --------------------------------------------------------------------------- blobs that landed after their day
-MISSING_BLOB = "missing_blob"   # the feature stage's reason (pipelines.features.decode: not imported, it loads Pillow)
-MISSING_MARK = "+missing-blobs:"   # appended to a features version: the digest of the blobs its output lacks
+# --------------------------------------------------------------------------- rejected blobs that can heal
+MISSING_BLOB = "missing_blob"   # the feature stage's reasons (pipelines.features.decode: not imported, it loads Pillow)
+EMPTY_FILE = "empty_file"
+UNREADABLE_BLOB = "unreadable_blob"
+UNWATCHED_REASONS = ("unsafe_path",)   # the stage refused the path itself (it may lie outside the blob zone): never looked at
+MISSING_MARK = "+missing-blobs:"   # appended to a features version: the digest of the rejected blobs as its output saw them
+CHANGED = "changed-while-fingerprinted"   # a rejected blob's identity when it changed during (or just before) the run
 _MISSING_CACHE = "missing_blobs.json"
-_MISSING_CACHE_VERSION = 1
+_MISSING_CACHE_VERSION = 2     # 2: counts, at most CACHED_BLOBS paths a day and kind, the folders past that (review rev23g)
+CACHED_BLOBS = 64              # per day, missing and present rejected blobs: at most this many paths kept in the cache
+CACHED_FOLDERS = 256           # past that, the folders that hold the day's rejected blobs (at most this many) are kept
+SETTLE_NS = 100_000_000        # a blob whose ctime is this close before a run's start, or later, changed during it
+COARSE_SETTLE_NS = 2_000_000_000   # the same on a file system that keeps whole seconds (ext3, HFS+, FAT, some NFS)
+_BATCH_ROWS = 65_536           # image_rejects rows read at a time (memory stays bounded whatever a day rejects)
 
 
-class MissingBlobs:
-    """Per day, the blob paths its ``image_rejects`` partition rejects as ``missing_blob``, and which of them
-    are there now.
+def blob_identity(path: str) -> list | None:
+    """What is at a blob path (followed, as the stage reads it): [size, mtime_ns, inode, ctime_ns] of a regular file,
+    ["not-a-file", type, mtime_ns, inode, ctime_ns] of anything else, None when nothing is there (a dangling link
+    too). The last item is always the ctime, which ``utime`` cannot set back."""
+    try:
+        info = os.stat(path)
+    except (OSError, ValueError):
+        return None
+    if not stat.S_ISREG(info.st_mode):
+        return ["not-a-file", stat.S_IFMT(info.st_mode), info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
+    return [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
 
-    A blob that lands after its day was fingerprinted (a raw zone fed by files: the blob sync lagging the log
-    export) changes what the feature stage would write, yet no raw day file changes (review rev23a). The
-    features version of a day with such rejects therefore names them (:data:`MISSING_MARK`): recorded as the
-    digest of the paths its output rejects as missing, expected as the digest of those still missing now. A
-    landed blob makes the day stale, and only the missing ones are looked at (one ``stat`` each). The paths of
-    a partition are cached in ``cache/missing_blobs.json`` by the partition's stat (disposable: deleting it
-    costs one read of each ``image_rejects`` partition). Blob bases that are URLs (a bucket) are not looked
-    at: no network here (``pickapic build --force --from D --to D`` fingerprints such a day again)."""
+
+def changed_since(ctime_ns: int, since_ns: int) -> bool:
+    """Whether a file whose ctime is ``ctime_ns`` may have changed at or after ``since_ns`` (``time.time_ns()``): the
+    kernel stamps times from a clock that lags by up to a tick, and a file system that keeps whole seconds (its
+    ctimes have no fraction) rounds them down, so a ctime a little before ``since_ns`` counts too."""
+    settle = COARSE_SETTLE_NS if ctime_ns % 1_000_000_000 == 0 else SETTLE_NS
+    return ctime_ns >= since_ns - settle
+
+
+def _version_identity(identity: list | None) -> list | None:
+    """The part of a blob's identity a features version names: its size and mtime (not its inode and ctime, so a
+    home copied or moved with its times kept, ``cp -a`` / ``rsync -a``, keeps its versions; the ctime only
+    says whether it changed during the run)."""
+    return None if identity is None else identity[:2]
+
+
+class _Multiset:
+    """An order-free digest of a multiset of JSON-able items (a sum of 128-bit hashes): the rejects are streamed in
+    file order, and the digest must not depend on it."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.total = 0
+
+    def add(self, kind: str, path: str, *identity: object) -> None:
+        # a watched blob path holds no NUL (unsafe_path rejects one); blake2b: a million rows in a fraction of a second
+        text = f"{kind}\x00{path}\x00{json.dumps(identity) if identity else ''}"
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+        self.total = (self.total + int.from_bytes(digest, "big")) % (1 << 128)
+        self.count += 1
+
+    def value(self) -> list:
+        return [self.count, f"{self.total:032x}"]
+
+
+def _mark(missing: _Multiset, present: _Multiset) -> str:
+    if not missing.count and not present.count:
+        return ""
+    return MISSING_MARK + combine("rejected-blobs", missing.value(), present.value())
+
+
+def missing_mark(paths: Iterable[str], present: Iterable[tuple[str, object]] = ()) -> str:
+    """The suffix of a features version whose output rejects ``paths`` as missing and the blobs of ``present``
+    ((path, identity) pairs, :func:`blob_identity`) for another reason that can heal ('' for none)."""
+    missing_set, present_set = _Multiset(), _Multiset()
+    for path in paths:
+        missing_set.add("missing", path)
+    for path, identity in present:
+        present_set.add("present", path, identity)
+    return _mark(missing_set, present_set)
+
+
+def _looked_at(base: str | None) -> bool:
+    """Whether the blobs under ``base`` are looked at: a local folder (a bucket's URL is not: no network here)."""
+    return bool(base) and not is_url(base)
+
+
+def _join(base: str, relpath: str) -> str:
+    return os.path.join(base, relpath)
+
+
+class RejectedBlobs:
+    """Per day, the blobs its ``image_rejects`` partition rejects for a reason a change of the blob can heal: every
+    reason but ``unsafe_path`` (the path itself was refused), ``missing_blob`` and the others (``truncated_image``,
+    ``empty_file``, ``not_an_image``, ``unreadable_blob``, ...).
+
+    A blob that lands, or is completed, after its day was fingerprinted (a raw zone fed by files: the blob sync
+    lagging the log export, or a blob copied in place, as ``cp``/``scp`` write, seen half copied) changes what the
+    feature stage would write, yet no raw day file changes (reviews rev23a, rev23g). The features version of a day
+    with such rejects therefore names them (:data:`MISSING_MARK`, :meth:`recorded_mark` / :meth:`expected_mark`):
+
+    - a ``missing_blob`` reject is recorded as missing and expected as missing while nothing is at its path: one
+      that lands drops out of the expected mark;
+    - any other watched reject is recorded by its blob's size and mtime as the run left it (not its inode and
+      ctime: :func:`_version_identity`), and expected by them now: a blob that changes makes the day stale. A blob
+      that changed during the run (its ctime says so: :func:`changed_since`), or whose size is not the one the
+      reject row read, is recorded as :data:`CHANGED`, so the next plan runs the day again.
+
+    Only rejected blobs are looked at, one ``stat`` each. The cache ``cache/missing_blobs.json`` keeps per day, by
+    the partition's stat, the counts and at most ``CACHED_BLOBS`` paths of each kind (missing, present); a day
+    with more keeps only the folders that hold them (at most ``CACHED_FOLDERS``), for the build stamp
+    (:meth:`stamp_watch`). So the cache stays a few KB a day whatever a day rejects (review rev23g: one day of
+    1,000,000 missing blobs made it 79 MB, read whole by every check), and the partition is streamed in batches.
+    Disposable: deleting it costs one read of each ``image_rejects`` partition. Blob bases that are URLs (a
+    bucket) are not looked at: no network here (``pickapic build --force --from D --to D`` fingerprints such a
+    day again)."""
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
@@ -140,42 +237,176 @@ class MissingBlobs:
         try:
             known = json.loads(self.path.read_text(encoding="utf-8"))
             self.known: dict[str, dict] = known["days"] if known.get("version") == _MISSING_CACHE_VERSION else {}
+            if not isinstance(self.known, dict):
+                self.known = {}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
 
-    def paths(self, day: str) -> list[str]:
-        """The blob paths ``day``'s ``image_rejects`` partition rejects as missing, sorted (none when it is
-        missing or unreadable: the stage then runs for other reasons)."""
+    # --- reading the partition, streamed
+    def _partition(self, day: str) -> tuple[Path, list] | None:
         path = self.home.partition_file("image_rejects", day)
-        stat = stat_key(path)
-        if stat is None or stat[0] == "not-a-file":
-            return []
-        entry = self.known.get(day)
-        if isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("paths"), list) \
-                and all(isinstance(p, str) for p in entry["paths"]):
-            return entry["paths"]
+        info = stat_key(path)
+        return None if info is None or info[0] == "not-a-file" else (path, info)
+
+    @staticmethod
+    def _rows(path: Path) -> Iterator[tuple[str, str, int | None]]:
+        """(blob_path, reason, num_bytes) of the watched rejects of an ``image_rejects`` file, a batch at a time.
+        Raises OSError / ArrowException / KeyError for an unreadable file."""
         # imported here, not at the top: the build stamp's fast path reads the cache only
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
+        unwatched = pa.array(UNWATCHED_REASONS, pa.string())
+        with pq.ParquetFile(path) as file:
+            for batch in file.iter_batches(batch_size=_BATCH_ROWS, columns=["blob_path", "reason", "num_bytes"]):
+                batch = batch.filter(pc.invert(pc.is_in(batch.column(1), value_set=unwatched)))
+                yield from zip(batch.column(0).to_pylist(), batch.column(1).to_pylist(), batch.column(2).to_pylist())
+
+    def summary(self, day: str) -> dict | None:
+        """The cache entry of ``day`` (read from its partition when that changed): ``missing`` / ``present``
+        counts, ``missing_paths`` / ``present_paths`` (sorted) when at most ``CACHED_BLOBS``, and ``folders`` when
+        either count is larger and the folders are at most ``CACHED_FOLDERS``. None when the partition is missing
+        or unreadable (the stage then runs for other reasons) or rejects nothing watched."""
+        found = self._partition(day)
+        if found is None:
+            return None
+        path, info = found
+        entry = self.known.get(day)
+        if not (_valid_entry(entry) and entry["stat"] == info):
+            counts = {"missing": 0, "present": 0}
+            kept: dict[str, list[str]] = {"missing": [], "present": []}
+            folders: set[str] | None = set()
+            try:
+                for blob, reason, _ in self._rows(path):
+                    kind = "missing" if reason == MISSING_BLOB else "present"
+                    counts[kind] += 1
+                    if counts[kind] <= CACHED_BLOBS:
+                        kept[kind].append(blob)
+                    if folders is not None:
+                        folders.add(os.path.dirname(blob))
+                        if len(folders) > CACHED_FOLDERS:
+                            folders = None
+            except (OSError, ValueError, KeyError, _arrow_error()):
+                return None
+            entry = {"stat": info, **counts}
+            for kind in counts:
+                if counts[kind] <= CACHED_BLOBS:
+                    entry[f"{kind}_paths"] = sorted(kept[kind])
+            if max(counts.values()) > CACHED_BLOBS and folders is not None:
+                entry["folders"] = sorted(folders)
+            self.known[day] = entry
+            self.changed = True
+        return entry if entry["missing"] or entry["present"] else None
+
+    def _kinds(self, day: str, entry: dict) -> Iterator[tuple[str, str]]:
+        """(kind, path) of every watched reject of ``day``: from the cache when it lists them, else streamed."""
+        if "missing_paths" in entry and "present_paths" in entry:
+            for kind in ("missing", "present"):
+                for blob in entry[f"{kind}_paths"]:
+                    yield kind, blob
+            return
+        found = self._partition(day)
+        if found is None:
+            return
         try:
-            rows = pq.read_table(path, columns=["blob_path", "reason"])
-            paths = sorted(set(rows.filter(pc.equal(rows["reason"], MISSING_BLOB)).column("blob_path").to_pylist()))
-        except (OSError, pa.ArrowException, KeyError):
+            for blob, reason, _ in self._rows(found[0]):
+                yield ("missing" if reason == MISSING_BLOB else "present"), blob
+        except (OSError, ValueError, KeyError, _arrow_error()):
+            return
+
+    # --- the features version's mark
+    def recorded_mark(self, day: str, base: str | None, since_ns: int) -> str:
+        """The mark the features asset records with the version of the output it just wrote (its run began at
+        ``since_ns``, ``time.time_ns()``): missing blobs as missing, the others by their size and mtime now, or
+        :data:`CHANGED` when they changed since the run began (:func:`changed_since`) or do not have the size the
+        reject row read."""
+        found = self._partition(day)
+        missing, present = _Multiset(), _Multiset()
+        if found is not None:
+            look = _looked_at(base)
+            try:
+                for blob, reason, num_bytes in self._rows(found[0]):
+                    if reason == MISSING_BLOB:
+                        missing.add("missing", blob)
+                        continue
+                    identity: object = "not-looked-at"
+                    if look:
+                        identity = blob_identity(_join(base, blob))
+                        if identity is None:
+                            # nothing to stat: as the stage found it only when it could not read it either
+                            identity = None if reason == UNREADABLE_BLOB else CHANGED
+                        elif identity[0] == "not-a-file" or changed_since(identity[-1], since_ns) \
+                                or (num_bytes is not None and identity[0] != num_bytes) \
+                                or (reason == EMPTY_FILE and identity[0] != 0):
+                            identity = CHANGED
+                        else:
+                            identity = _version_identity(identity)
+                    present.add("present", blob, identity)
+            except (OSError, ValueError, KeyError, _arrow_error()):
+                return ""
+        return _mark(missing, present)
+
+    def expected_mark(self, day: str, base: str | None) -> tuple[str, bool]:
+        """(the mark of ``day``'s features version now, whether a blob it rejects as missing has landed since):
+        the missing blobs still missing, the other watched blobs by their identity now. One ``stat`` per
+        rejected blob, streamed from the partition when the cache does not list them."""
+        entry = self.summary(day)
+        if entry is None:
+            return "", False
+        look = _looked_at(base)
+        missing, present = _Multiset(), _Multiset()
+        landed = False
+        for kind, blob in self._kinds(day, entry):
+            if kind == "missing":
+                if look and blob_identity(_join(base, blob)) is not None:
+                    landed = True
+                else:
+                    missing.add("missing", blob)
+            else:
+                present.add("present", blob, _version_identity(blob_identity(_join(base, blob))) if look
+                            else "not-looked-at")
+        return _mark(missing, present), landed
+
+    # --- the build stamp's cheap look
+    def stamp_watch(self, day: str, base: str | None) -> list | None:
+        """What the build stamp records of ``day``'s rejected blobs now: [partition stat, the identities of its
+        missing blobs, of its other watched blobs, of the folders that hold them]. A kind with more than
+        ``CACHED_BLOBS`` blobs is watched through the folders only (a blob landing in a folder changes the
+        folder's mtime and ctime; a blob rewritten in place does not, so on such a day that is seen by the next
+        full plan: the nightly, the sensor, or any build something else makes plan). ``[..., "unwatched"]`` when
+        the folders are too many to keep: the stamp is then not trusted. None: nothing watched."""
+        entry = self.summary(day)
+        if entry is None:
+            return None
+        if not _looked_at(base):
+            return [entry["stat"]]
+        parts: list = [entry["stat"]]
+        for kind in ("missing", "present"):
+            listed = entry.get(f"{kind}_paths")
+            parts.append(None if listed is None else [[p, blob_identity(_join(base, p))] for p in listed])
+        if "missing_paths" not in entry or "present_paths" not in entry:
+            folders = entry.get("folders")
+            parts.append("unwatched" if folders is None else [[f, blob_identity(_join(base, f))] for f in folders])
+        return parts
+
+    # --- kept for callers of the earlier class
+    def paths(self, day: str) -> list[str]:
+        """The blob paths ``day``'s ``image_rejects`` partition rejects as missing, sorted (streamed when the cache
+        does not list them: the caller holds the list)."""
+        entry = self.summary(day)
+        if entry is None:
             return []
-        self.known[day] = {"stat": stat, "paths": paths}
-        self.changed = True
-        return paths
+        return sorted({blob for kind, blob in self._kinds(day, entry) if kind == "missing"})
 
     def still_missing(self, day: str, base: str | None) -> list[str]:
         """The paths of :meth:`paths` with nothing at them now under the local blob base ``base`` (all of
         them when the base is a URL: not looked at)."""
         paths = self.paths(day)
-        if not paths or base is None or is_url(base):
+        if not paths or not _looked_at(base):
             return paths
-        return [p for p in paths if not os.path.exists(os.path.join(base, p))]
+        return [p for p in paths if blob_identity(_join(base, p)) is None]
 
     def save(self) -> None:
         """Write the cache back when it learnt something (never required for correctness)."""
@@ -188,6 +419,29 @@ class MissingBlobs:
             self.changed = False
 
 
-def missing_mark(paths: list[str]) -> str:
-    """The suffix of a features version whose output rejects ``paths`` as missing ('' for none)."""
-    return MISSING_MARK + combine("missing-blobs", sorted(paths)) if paths else ""
+MissingBlobs = RejectedBlobs   # the name before review rev23g
+
+
+def _arrow_error() -> type[Exception]:
+    import pyarrow as pa
+
+    return pa.ArrowException
+
+
+def _valid_entry(entry: object) -> bool:
+    """Whether a cache entry has the shape :meth:`RejectedBlobs.summary` writes."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("stat"), list):
+        return False
+    for kind in ("missing", "present"):
+        count = entry.get(kind)
+        if not isinstance(count, int) or count < 0:
+            return False
+        listed = entry.get(f"{kind}_paths")
+        if count <= CACHED_BLOBS:
+            if not isinstance(listed, list) or len(listed) != count or not all(isinstance(p, str) for p in listed):
+                return False
+        elif listed is not None:
+            return False
+    folders = entry.get("folders")
+    return folders is None or (isinstance(folders, list) and len(folders) <= CACHED_FOLDERS
+                               and all(isinstance(f, str) for f in folders))

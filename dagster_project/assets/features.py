@@ -1,5 +1,7 @@
 """Features group: the Apache Beam fingerprinting job for one day's images."""
 
+import time
+
 import dagster as dg
 
 from dagster_project.charts import nsfw_histogram
@@ -11,7 +13,7 @@ from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
 from pipelines.features.stage import build_features
-from pipelines.provenance import MissingBlobs, missing_mark
+from pipelines.provenance import RejectedBlobs
 
 # ``beam_args`` is the setting features.beam_args (a string of Beam options, split as a shell splits words): given
 # in run config it replaces the home's value for that run, as every setting does; left out, the run (a schedule's,
@@ -41,11 +43,11 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     day = context.partition_key
     settings = stage_config("features", config, home, context)
     settle = version_at_start(context, "features", home, settings, day)
+    began = time.time_ns()   # a rejected blob changed after this (or just before) is recorded as changed
     report = build_features(home, day, settings)     # its Beam options: settings.beam_args
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
-    # the blobs its output rejects as missing are named in its version: one that lands later makes the day stale
-    blobs = MissingBlobs(home)
-    version = settle() + missing_mark(blobs.paths(day))
-    blobs.save()
+    # the blobs its output rejects for a reason a change of the blob heals (missing, half copied, unreadable, ...) are
+    # named in its version: one that lands or changes later makes the day stale (pipelines.provenance.RejectedBlobs)
+    version = settle() + RejectedBlobs(home).recorded_mark(day, settings.base(home.root), since_ns=began)
     yield from materialize_and_check(home, FEATURE_DATASETS, report, partition=day, extra=extra, data_version=version)

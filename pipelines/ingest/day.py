@@ -38,7 +38,10 @@ Other days rewritten: a day's ingest rewrites the earlier days within ``late_ima
 references its images export resolves, and the later days whose quarantine waits for one of its images
 (a day landing after later days were built). Each such rewrite is recorded first
 (``warehouse/.ingest_rewrites/dt=DAY``, :mod:`pipelines.ingest.rewrites`) and the record cleared after its
-six renames, so a crash between them is redone by the next ingest of any day.
+six renames, so a crash between them is redone by the next ingest of any day. The write of a day and the
+look at other days run under the home's ingest lock (``.locks/ingest.lock``), and a day whose raw zone changed
+since its compute is computed again first (:func:`ingest_day`), so parallel ingests give the bytes of a build
+from scratch.
 
 Command line: ``python -m pipelines.ingest`` (:mod:`pipelines.ingest.__main__`).
 """
@@ -46,7 +49,9 @@ from __future__ import annotations
 
 import contextlib
 import multiprocessing
+import os
 import tempfile
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -58,6 +63,7 @@ import pyarrow.parquet as pq
 
 from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
+from formats.locks import hold_lock
 from formats.rawzone import RawZoneScan
 from pipelines import faults
 from pipelines.ingest import parse as rp
@@ -192,6 +198,43 @@ def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
         yield Path(folder)
 
 
+def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[str],
+             spill_dir: Path) -> dict[str, tuple[pa.Table, QuarantineSink, TableReport]]:
+    """The day's six outputs, computed from the raw zone (``raw_days``: the days its scan listed); no writing but
+    the uid index cache and the quarantine spills in ``spill_dir``."""
+    if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
+        # every worker reads every file and validates the lines whose primary key routes to it
+        # fork: a spawned child would re-import the caller's __main__; the child only parses and
+        # builds Arrow arrays (Arrow re-creates its thread pools after fork)
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        context = multiprocessing.get_context(method)
+        n = config.workers
+        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
+                       for i in range(n)]
+            parts = [future.result() for future in futures]
+        results = {}
+        for table in RAW_TABLES:
+            table_parts = [p[table] for p in parts]
+            if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
+                results[table] = _ingest_tables(home, day, (table,), config, raw_days,
+                                                spill_dir=spill_dir)[table][:3]
+            else:
+                results[table] = _merge_parts(table, table_parts)
+        return results
+    return {table: value[:3] for table, value
+            in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
+
+
+def _raw_inputs(home: DataHome, scan: RawZoneScan) -> list:
+    """What a day's reference check read of other days: the raw zone's days and each one's images file by size and
+    times (one ``stat`` a day). Equal before and after a write: no day landed or changed in between."""
+    return [[d, stat_key(home.raw_file(d, "images"))] for d in scan.days]
+
+
+MAX_RECOMPUTES = 3   # under the ingest lock: the raw zone changing at each look is left to the landing days' own ingests
+
+
 def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), *,
                refresh_earlier: bool = True) -> IngestReport:
     """Ingest one day of raw exports into the warehouse partitions of ``day``; returns the counts.
@@ -202,56 +245,50 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     lost theirs: ``refresh_late_references``), and the later days whose quarantine waits for one
     (``refresh_later_days``). First, every day whose rewrite a crash interrupted is ingested again
     (``repair_interrupted_rewrites``). All of them are in ``IngestReport.refreshed``.
+
+    Parallel ingests (the raw-day sensor starts one run per landed day): the day is computed without a lock,
+    then written and the other days refreshed under the home's ingest lock (``.locks/ingest.lock``,
+    :func:`ingest_lock`), so one ingest's writes and looks at other days never interleave with another's.
+    Under the lock the raw zone is looked at again (:func:`_raw_inputs`, before and after the write): when a
+    day landed or changed since the compute, the day is computed again first (review rev23g: an earlier day
+    ingested meanwhile looked at this day before it was written, and this day never saw that one). A day that
+    lands after that look is ingested later by its own run, whose look at later days then sees this one.
     """
     started = time.perf_counter()
     date = parse_day(day)
     scan = home.scan_raw_zone()
     if day not in scan.days:
         raise RawDayGone(_gone_message(home, day, scan))
-    write_raw_zone_problems(home, scan)
-    raw_days = scan.days
     with _spill_folder(home, day) as spill_dir:
-        if config.workers > 1 and _raw_size(home, day) >= config.parallel_min_bytes:
-            # every worker reads every file and validates the lines whose primary key routes to it
-            # fork: a spawned child would re-import the caller's __main__; the child only parses and
-            # builds Arrow arrays (Arrow re-creates its thread pools after fork)
-            method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-            context = multiprocessing.get_context(method)
-            n = config.workers
-            with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
-                futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
-                           for i in range(n)]
-                parts = [future.result() for future in futures]
-            results = {}
-            for table in RAW_TABLES:
-                table_parts = [p[table] for p in parts]
-                if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
-                    results[table] = _ingest_tables(home, day, (table,), config, raw_days,
-                                                    spill_dir=spill_dir)[table][:3]
-                else:
-                    results[table] = _merge_parts(table, table_parts)
-        else:
-            results = {table: value[:3] for table, value
-                       in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
-
-        reports = {table: results[table][2] for table in RAW_TABLES}
-        sinks = [results[table][1] for table in RAW_TABLES]
+        seen = _raw_inputs(home, scan)
+        results = _compute(home, day, config, scan.days, spill_dir)
         outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
         written: dict[str, int] = {}
-
-        def quarantine_writer(tmp: Path) -> None:
-            written["quarantine"] = write_quarantine(sinks, date, tmp)
-
-        writers: dict[Path, _Writer] = {outputs[table]: (results[table][0], get_schema(table)) for table in RAW_TABLES}
-        writers[outputs["quarantine"]] = quarantine_writer
-        writers[outputs["ingest_files"]] = (ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
-        write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
-    rewrites.finish(home, day, list(outputs.values()))   # an interrupted rewrite of this day is now complete
-    refreshed: dict[str, IngestReport] = {}
-    if refresh_earlier:
-        refreshed.update(repair_interrupted_rewrites(home, day, config))
-        refreshed.update(refresh_late_references(home, day, config, raw_days, skip=refreshed))
-        refreshed.update(refresh_later_days(home, day, config, raw_days, skip=refreshed))
+        with ingest_lock(home):
+            unwritten = True
+            for attempt in range(MAX_RECOMPUTES + 1):
+                # looked at before the write and again after it: an ingest of another day in this process can run
+                # during the write (the lock is reentrant), a day landing without its ingest anywhere
+                scan = home.scan_raw_zone()
+                if day not in scan.days:
+                    raise RawDayGone(_gone_message(home, day, scan))
+                now = _raw_inputs(home, scan)
+                if now != seen and attempt < MAX_RECOMPUTES:
+                    seen, unwritten = now, True   # a day landed or changed since the compute: compute again, as it is now
+                    results = _compute(home, day, config, scan.days, spill_dir)
+                    continue
+                if not unwritten:
+                    break
+                write_raw_zone_problems(home, scan)
+                _write_day(results, date, outputs, written)
+                unwritten = False
+            reports = {table: results[table][2] for table in RAW_TABLES}
+            rewrites.finish(home, day, list(outputs.values()))   # an interrupted rewrite of this day is now complete
+            refreshed: dict[str, IngestReport] = {}
+            if refresh_earlier:
+                refreshed.update(repair_interrupted_rewrites(home, day, config))
+                refreshed.update(refresh_late_references(home, day, config, scan.days, skip=refreshed))
+                refreshed.update(refresh_later_days(home, day, config, scan.days, skip=refreshed))
     return IngestReport(
         day=day,
         tables=reports,
@@ -261,6 +298,49 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         quarantine_rows=written["quarantine"],
         refreshed=dict(sorted(refreshed.items())),
     )
+
+
+def _write_day(results: dict, date, outputs: dict[str, Path], written: dict[str, int]) -> None:
+    """Write the day's six files (all under temporary names, then renamed)."""
+    reports = {table: results[table][2] for table in RAW_TABLES}
+    sinks = [results[table][1] for table in RAW_TABLES]
+
+    def quarantine_writer(tmp: Path) -> None:
+        written["quarantine"] = write_quarantine(sinks, date, tmp)
+
+    writers: dict[Path, _Writer] = {outputs[table]: (results[table][0], get_schema(table)) for table in RAW_TABLES}
+    writers[outputs["quarantine"]] = quarantine_writer
+    writers[outputs["ingest_files"]] = (ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
+    write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
+
+
+INGEST_LOCK = "ingest.lock"   # in HOME/.locks
+_held = threading.local()     # the ingest locks this thread holds (an ingest's rewrites of other days run inside it)
+
+
+def ingest_lock_path(home: DataHome) -> Path:
+    """The home's ingest lock file (``.locks/ingest.lock``, outside the disposable cache)."""
+    return home.locks / INGEST_LOCK
+
+
+@contextlib.contextmanager
+def ingest_lock(home: DataHome) -> Iterator[None]:
+    """Hold the home's ingest lock (an exclusive ``flock``, :mod:`formats.locks`), waiting for another ingest's
+    writes and looks at other days to end. Reentrant in one thread: a day's rewrites of other days are
+    ingests run while it holds the lock."""
+    path = ingest_lock_path(home)
+    key = os.path.realpath(path)
+    held: set[str] = getattr(_held, "paths", None) or set()
+    _held.paths = held
+    if key in held:
+        yield
+        return
+    with hold_lock(path, "the ingest of the data home", lambda _holder: None):   # waits for the holder
+        held.add(key)
+        try:
+            yield
+        finally:
+            held.discard(key)
 
 
 class RawDayGone(FileNotFoundError):
@@ -343,8 +423,10 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
     days kept those rows quarantined for good.
 
     Bounded: only the later days whose quarantine waits for some image are read (``WaitingIndex``: the others
-    cost one ``stat`` each), and their uids are looked up in ``day``'s uid index. Days in ``skip`` are left
-    alone. Returns the new reports by day.
+    cost one ``stat`` each), and their uids are looked up in ``day``'s uid index together, one read of it for
+    all of them (review rev23g: one read per later day made re-ingesting a year read indexes ~days^2/2 times);
+    more than ``LOOKUP_BATCH`` waiting uids in all are looked up a batch at a time, so memory stays bounded.
+    Days in ``skip`` are left alone. Returns the new reports by day.
     """
     days = home.raw_days() if raw_days is None else raw_days
     later = [d for d in days if d > day and d not in skip]
@@ -352,6 +434,17 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
         return {}
     index = WaitingIndex(home)
     refreshed: dict[str, IngestReport] = {}
+    batch: list[tuple[str, set[str]]] = []
+    size = 0
+
+    def look_up() -> None:
+        wanted = set().union(*(uids for _, uids in batch))
+        found = raw_image_uids(home, day, wanted, config) if wanted else set()
+        for other, uids in batch:
+            if not uids.isdisjoint(found):
+                refreshed[other] = _rewrite(home, other, config, day)
+        batch.clear()
+
     try:
         for other in later:
             try:
@@ -359,11 +452,20 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
             except Unreadable:
                 refreshed[other] = _rewrite(home, other, config, day)   # ingesting it again repairs it
                 continue
-            if waiting and raw_image_uids(home, day, waiting, config):
-                refreshed[other] = _rewrite(home, other, config, day)
+            if waiting:
+                batch.append((other, waiting))
+                size += len(waiting)
+                if size >= LOOKUP_BATCH:
+                    look_up()
+                    size = 0
+        if batch:
+            look_up()
     finally:
         index.save()
-    return refreshed
+    return dict(sorted(refreshed.items()))
+
+
+LOOKUP_BATCH = 200_000   # waiting uids of later days looked up in one read of a day's uid index
 
 
 def _late_image_gone(home: DataHome, earlier: str, day: str, days: Sequence[str], config: IngestConfig) -> bool:
