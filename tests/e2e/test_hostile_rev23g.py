@@ -15,7 +15,7 @@ blob that lands as a symlink out of the zone or as a folder counts as landed and
 ``unsafe_path``, as a build from scratch does (the mark then drops: fresh), a dangling symlink stays missing;
 by reading only: a future day folder (``9999-12-31``) gives a stamp trusted until that day.
 
-Found (each a strict xfail stating the correct behaviour):
+Found (each was a strict xfail stating the correct behaviour; all six fixed the same day by fix23g):
 
 1. Two daily runs in parallel (the raw-day sensor starts one per landed day): an earlier day landing and
    ingested while a later day's ingest is in flight leaves the later day's rankings that show its images
@@ -51,7 +51,6 @@ import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 
 from dagster_project import buildstamp
 from formats.home import DataHome
@@ -67,11 +66,6 @@ from test_ingest_fixtures import DayBuilder
 
 # --- 1. an earlier day ingested while a later day's ingest is in flight ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an earlier day that lands and is ingested while a later day's ingest is in flight (two daily runs in "
-    "parallel) leaves the later day's rankings that show its images quarantined for good; expected: the "
-    "same bytes as ingesting the days one after the other (a lock, or a look again before the write)"
-))
 def test_an_earlier_day_ingested_while_a_later_days_ingest_runs_leaves_it_quarantined(tmp_path: Path,
                                                                                         monkeypatch) -> None:
     days = _backfill_days()                      # days 2 and 3 show images of day 1
@@ -111,11 +105,6 @@ def test_an_earlier_day_ingested_while_a_later_days_ingest_runs_leaves_it_quaran
 
 # --- 2. a blob seen half copied ------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "only missing_blob rejects are watched: a blob the build sees half copied (written in place, as cp, scp "
-    "and most sync tools write) is rejected as truncated_image/empty_file, and once the copy completes "
-    "nothing reruns the day; expected: the day's features equal a build from scratch once the blob is whole"
-))
 def test_a_blob_seen_half_copied_is_fingerprinted_again_once_the_copy_completes(simulated, tmp_path: Path) -> None:
     raw, reference = simulated
     kept = [row for row in pq.read_table(reference.table_file("split_pairs")).to_pylist()
@@ -179,11 +168,6 @@ def _after_plan(tmp_path: Path) -> list[str]:
     return [sys.executable, str(wrapper)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a build that runs past midnight UTC computes the stamp's until from the clock at its end, so a day "
-    "folder its plan skipped as not begun gets no until and the next pickapic build answers up to date; "
-    "expected: the next build ingests the day (until is the first day the plan skipped)"
-))
 def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(simulated, tmp_path: Path) -> None:
     _, reference = simulated
     home = DataHome(tmp_path / "home")
@@ -200,11 +184,6 @@ def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(
     assert home.partition_file("rankings", tomorrow).is_file(), next_build.stdout[-2000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the stamp a build writes at its end is keyed by the home as it is then, so a raw day that landed "
-    "while the build ran (after its plan) is recorded as built and the next pickapic build answers up to "
-    "date; expected: the next build ingests the day (the stamp records the state the plan saw)"
-))
 def test_a_raw_day_landing_during_a_build_is_ingested_by_the_next_build(simulated, tmp_path: Path) -> None:
     _, reference = simulated
     home = DataHome(tmp_path / "home")
@@ -224,11 +203,6 @@ def test_a_raw_day_landing_during_a_build_is_ingested_by_the_next_build(simulate
 
 # --- 5. the look at later days, a year at a time ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "refresh_later_days reads the landing day's uid index once per later day that waits for an image (K "
-    "later days: K reads), so re-ingesting a year reads uid indexes about days^2/2 times; expected: one "
-    "read of the day's index for all the later days"
-))
 def test_the_look_at_later_days_reads_the_days_uid_index_once(tmp_path: Path, monkeypatch) -> None:
     home = DataHome(tmp_path / "home")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(12)]
@@ -257,11 +231,6 @@ def test_the_look_at_later_days_reads_the_days_uid_index_once(tmp_path: Path, mo
 
 # --- 6. the missing-blob cache ----------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cache/missing_blobs.json keeps every missing blob path of every day (unbounded: 100,000 missing blobs "
-    "make it 5.5 MB, 1,000,000 about 79 MB), loaded whole by every build-stamp check, plan and sensor tick; "
-    "expected: a bounded cache, a few KB a day, as cache/waiting_image_uids.json keeps"
-))
 def test_the_missing_blob_cache_stays_bounded_whatever_a_day_rejects(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     home.raw_logs.mkdir(parents=True)
