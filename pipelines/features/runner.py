@@ -1,7 +1,6 @@
 """Beam pipeline options and the runner: DirectRunner defaults, and the local runner built without Prism."""
 from __future__ import annotations
 
-import shlex
 from typing import Sequence
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
@@ -21,7 +20,9 @@ from pipelines.features.runnernames import (
     options_refusal,
     runner_base,
     runner_class,
+    runner_given,
     shown,
+    split_beam_args,
     start_refusal,
 )
 
@@ -39,14 +40,13 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
     stage's pipeline has only Beam's default trigger, which that option leaves as it is).
     """
     args = beam_option_args(config) + list(beam_args or [])
-    from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
+    from_settings = not runner_given(args)
     if from_settings:
         args.append(f"--runner={config.runner}")
     try:
         known = option_values(args)
     except ValueError as exc:
         raise ValueError(f"the Beam options {shown(' '.join(args), 200)} hold {exc}") from None
-    options = PipelineOptions(args)
     runner = str(known.get("runner") or "")
     # a dotted path is imported here, when the stage starts, not with the settings; then what the runner needs
     # in the options to run without a download at run time (a job server jar, a job endpoint, an environment, no
@@ -56,7 +56,6 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
         raise ValueError(f"{_named(runner, from_settings)} {refusal}")
     if "." in runner and not known.get("allow_unsafe_triggers"):
         args.append("--allow_unsafe_triggers")    # no Prism, whatever path the user's class takes into DirectRunner
-        options = PipelineOptions(args)
     if is_local_runner(runner) and not any(a.startswith("--direct_running_mode") for a in args):
         small = num_images is not None and num_images < config.in_process_below
         if any(a == "--direct_num_workers" or a.startswith("--direct_num_workers=") for a in args):
@@ -67,8 +66,7 @@ def pipeline_options(config: FeaturesConfig, beam_args: Sequence[str] | None, nu
             args += ["--direct_running_mode=in_memory"]
         if not any(a.startswith("--default_sdk_harness_log_level") for a in args):
             args.append("--default_sdk_harness_log_level=ERROR")
-        options = PipelineOptions(args)
-    return options
+    return PipelineOptions(args)
 
 
 def check_runner(config: FeaturesConfig, beam_args: Sequence[str] | None) -> str:
@@ -83,18 +81,13 @@ def check_runner(config: FeaturesConfig, beam_args: Sequence[str] | None) -> str
     runner = str(options.get_all_options().get("runner") or "")
     refusal = dataflow_package_refusal() if runner_base(runner) == "DataflowRunner" else None
     if refusal:
-        from_settings = not any(a == "--runner" or a.startswith("--runner=") for a in args)
-        raise ValueError(f"{_named(runner, from_settings)} {refusal}")
+        raise ValueError(f"{_named(runner, not runner_given(args))} {refusal}")
     return runner
 
 
 def beam_option_args(config: FeaturesConfig) -> list[str]:
-    """``features.beam_args`` as a list of options, split as a shell splits words (``shlex.split``, as the
-    Dagster asset always split its run config's ``beam_args``)."""
-    try:
-        return shlex.split(config.beam_args)
-    except ValueError as exc:
-        raise ValueError(f"features.beam_args = {shown(config.beam_args)} cannot be split ({exc})") from None
+    """``features.beam_args`` as a list of options (:func:`runnernames.split_beam_args`)."""
+    return split_beam_args(config.beam_args)
 
 
 def _named(runner: str, from_settings: bool) -> str:

@@ -38,6 +38,7 @@ import functools
 import importlib
 import os
 import re
+from typing import Sequence
 
 from formats.settings import MAX_PROCESSES, quoted
 
@@ -285,6 +286,22 @@ def shown(value: object, limit: int = 80) -> str:
     return quoted(redact_credentials(str(value)), limit)
 
 
+def split_beam_args(beam_args: str) -> list[str]:
+    """``features.beam_args`` as a list of options, split as a shell splits words (``shlex.split``, as the Dagster
+    asset always split its run config's ``beam_args``); ``ValueError`` naming the setting where it cannot be."""
+    import shlex
+
+    try:
+        return shlex.split(beam_args)
+    except ValueError as exc:
+        raise ValueError(f"features.beam_args = {shown(beam_args)} cannot be split ({exc})") from None
+
+
+def runner_given(args: Sequence[str]) -> bool:
+    """Whether Beam options ``args`` name the runner themselves (``--runner``), over ``features.runner``."""
+    return any(arg == "--runner" or arg.startswith("--runner=") for arg in args)
+
+
 def settings_refusal(runner: str, beam_args: str) -> str | None:
     """Why ``features.runner`` with ``features.beam_args`` (the Beam options every run of the home gets: `pickapic
     build`, the nightly schedule, the sensors, a UI run that gives no ``beam_args`` of its own) cannot run, in one
@@ -296,19 +313,17 @@ def settings_refusal(runner: str, beam_args: str) -> str | None:
     needs (:func:`options_refusal`); a job-server jar must be an absolute path (each process resolves a relative
     one against its own working directory), and DataflowRunner needs apache-beam[gcp] installed (review rev23h:
     FlinkRunner passed the settings check and every scheduled run failed for an option none could pass)."""
-    import shlex
-
     if len(beam_args) > MAX_BEAM_ARGS_CHARS:        # Beam's parser takes seconds on a megabyte, on every read
         return (f"features.beam_args is {len(beam_args):,} characters long: at most {MAX_BEAM_ARGS_CHARS:,} are "
                 "taken (no run needs more Beam options)")
     try:
-        args = shlex.split(beam_args)
+        args = split_beam_args(beam_args)
     except ValueError as exc:
-        return f"features.beam_args = {shown(beam_args)} cannot be split ({exc}): give the options as on a command line"
+        return f"{exc}: give the options as on a command line"
     if len(args) > MAX_BEAM_ARGS:
         return (f"features.beam_args holds {len(args):,} words: at most {MAX_BEAM_ARGS} are taken (no run needs more "
                 "Beam options)")
-    given = any(arg == "--runner" or arg.startswith("--runner=") for arg in args)
+    given = runner_given(args)
     if not args:                                    # nothing to parse: Beam is not imported
         base = None if "." in runner else _beam_name(runner)
         if base not in OPTION_RUNNERS:
