@@ -18,6 +18,7 @@ prefix keeps ``meta/*.parquet`` out of the sidecar glob.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fnmatch
 import hashlib
 import json
@@ -320,13 +321,17 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     return None
 
 
-def fsync_dir(path: Path, enabled: bool = True) -> None:
-    """fsync a folder, so the renames and links made in it survive a power cut."""
+def fsync_dir(path: Path, enabled: bool = True, unsupported_ok: bool = False) -> None:
+    """fsync a folder, so the renames and links made in it survive a power cut; with ``unsupported_ok`` a file
+    system that cannot sync a folder (``EINVAL`` / ``ENOTSUP``) leaves it as it is."""
     if not enabled:
         return
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
+    except OSError as exc:
+        if not (unsupported_ok and exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)):
+            raise
     finally:
         os.close(fd)
 

@@ -467,19 +467,6 @@ def _after_divergence(out: Path, config: TrainConfig, data_dir: Path,
     return None, {"step": record["step"], "changed": changed}
 
 
-def _sync_dir(path: Path) -> None:
-    """``fsync`` the folder ``path`` (its entries: names created, renamed or removed in it reach the disk in
-    order); a file system that cannot sync a folder is left as it is."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP):
-            raise
-    finally:
-        os.close(fd)
-
-
 def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
     """Rank 0, before a training changes the model of ``out`` (best/, checkpoints/last, init/): record that the run
     is not finished (``training.json``, synced: then ``metrics.json`` of an earlier finish no longer counts), then
@@ -489,13 +476,13 @@ def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
         _refuse_links(out, out / rel)
     record = {"from_step": step, "max_steps": config.max_steps, "started_over": restart}
     write_bytes_atomic(out / TRAINING_FILE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
-    _sync_dir(out)
+    dataset.fsync_dir(out, unsupported_ok=True)
     for rel in DERIVED_OUTPUTS:
         _remove_own(out / rel)
     for name in os.listdir(out):   # what a stage killed before it published left under a staging name
         if name.startswith(STAGING_PREFIX):
             _remove_own(out / name)
-    _sync_dir(out)
+    dataset.fsync_dir(out, unsupported_ok=True)
 
 
 def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: EventSink) -> None:
@@ -507,7 +494,7 @@ def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: E
     for rel in OWN_OUTPUTS:
         _remove_own(out / rel)
     (out / DIVERGED_FILE).unlink()
-    _sync_dir(out)
+    dataset.fsync_dir(out, unsupported_ok=True)
     emit({"event": "restart", "diverged_step": restart["step"], "changed": restart["changed"],
           "message": f"{out} diverged at step {restart['step']} with the previous recipe; {restart['changed']} "
                      "changed: training it over from step 0"})
@@ -899,9 +886,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                                  f"{config.preset} preset, init {Path(config.init_from).name}: "
                                  f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
         if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
-            _sync_dir(out)                            # as finished (metrics.json on disk before the record goes)
+            dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
             _remove_own(out / TRAINING_FILE)
-            _sync_dir(out)
+            dataset.fsync_dir(out, unsupported_ok=True)
         pairs = loop_steps * config.batch_size
         result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
                              metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,

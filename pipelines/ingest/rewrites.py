@@ -23,6 +23,7 @@ import os
 import re
 from pathlib import Path
 
+from formats.dataset import fsync_dir
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 
@@ -40,19 +41,11 @@ def record_path(home: DataHome, day: str) -> Path:
     return folder(home) / f"dt={day}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def begin(home: DataHome, day: str, cause: str) -> None:
     """Record, durably, that ``day``'s partitions are about to be rewritten because of ``cause``."""
     path = record_path(home, day)
     write_bytes_atomic(path, (json.dumps({"day": day, "cause": cause}, sort_keys=True) + "\n").encode())
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
 
 
 def finish(home: DataHome, day: str, written: list[Path]) -> None:
@@ -61,11 +54,11 @@ def finish(home: DataHome, day: str, written: list[Path]) -> None:
     if not os.path.lexists(path):
         return
     for parent in sorted({p.parent for p in written}):
-        _fsync_dir(parent)
+        fsync_dir(parent)
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
     with contextlib.suppress(OSError):
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
 
 
 def pending(home: DataHome) -> list[str]:
