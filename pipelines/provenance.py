@@ -419,9 +419,6 @@ class RejectedBlobs:
             self.changed = False
 
 
-MissingBlobs = RejectedBlobs   # the name before review rev23g
-
-
 def _arrow_error() -> type[Exception]:
     import pyarrow as pa
 

@@ -3,7 +3,7 @@
 Reviewed: the rewrite records of other days' partitions (``pipelines/ingest/rewrites.py``), the refresh of later
 days whose quarantine waits for a landing day's images (``refresh_later_days``, ``pipelines/ingest/waiting.py``,
 ``cache/waiting_image_uids.json``), the build stamp's ``until`` (``dagster_project/buildstamp.py``, ``build.py``)
-and the ``+missing-blobs:`` mark of a day's features version (``pipelines/provenance.py`` ``MissingBlobs``,
+and the ``+missing-blobs:`` mark of a day's features version (``pipelines/provenance.py`` ``RejectedBlobs``,
 ``cache/missing_blobs.json``, ``dagster_project/staleness.py``, ``assets/features.py``), run as a year in
 production would run them: real ``pickapic build`` processes on a small simulated home (the rev23a fixture),
 the real ingest on the seeded day builders of the unit tests, the real ``build()`` and plan.

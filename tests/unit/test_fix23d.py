@@ -28,7 +28,7 @@ from formats.home import DataHome
 from pipelines.ingest import rewrites, waiting
 from pipelines.ingest.config import OUTPUT_DATASETS
 from pipelines.ingest.day import ingest_day
-from pipelines.provenance import MISSING_MARK, MissingBlobs, missing_mark
+from pipelines.provenance import MISSING_MARK, RejectedBlobs, missing_mark
 from schemas import get_schema
 
 
@@ -264,7 +264,7 @@ def test_a_landed_blob_makes_its_day_stale_in_the_plan_the_stamp_and_the_sensor(
         instance.report_runless_asset_event(dg.AssetMaterialization(
             asset_key=asset, partition=DAYS[0], tags={DATA_VERSION_TAG: base + missing_mark(paths[1:])}))
     assert [(run.partition, run.ops) for run in _plan(home, instance).runs] == [(None, REBUILD)]   # then the rebuild
-    assert MissingBlobs(home).paths(DAYS[0]) == paths[1:]
+    assert RejectedBlobs(home).paths(DAYS[0]) == paths[1:]
     (home.raw_images / "b.png").write_bytes(b"png")                    # the last one lands: the version loses its mark
     assert _plan(home, instance).expected[("features", DAYS[0])] == base
 
@@ -274,7 +274,7 @@ def test_a_blob_base_url_is_not_looked_at(tmp_path: Path) -> None:
     _reject_missing(home, DAYS[0], ["raw/images/a.png"])
     home.raw_images.mkdir(parents=True)
     (home.raw_images / "a.png").write_bytes(b"png")
-    blobs = MissingBlobs(home)
+    blobs = RejectedBlobs(home)
     assert blobs.still_missing(DAYS[0], str(home.root)) == []
     assert blobs.still_missing(DAYS[0], "gs://bucket/base") == ["raw/images/a.png"]
     blobs.save()
