@@ -12,6 +12,8 @@ import copy
 import dataclasses
 import json
 import os
+import shutil
+import stat
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,20 @@ def home_relative(path: str, home: Path | None) -> str:
                 continue
             return HOME_PREFIX + (rel.as_posix() if rel.parts else ".")
     return absolute
+
+
+def remove_run_path(path: Path, ignore_errors: bool = False) -> None:
+    """Delete a file or folder of a run folder, never following a link (a link is unlinked, not its target);
+    nothing there is nothing to do. ``ignore_errors``: a folder's entries that cannot be removed are left."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(info.st_mode):
+        shutil.rmtree(path, ignore_errors=ignore_errors)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 def parse_run_json(data: str | bytes, path: str | os.PathLike) -> Any:

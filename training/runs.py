@@ -47,6 +47,7 @@ from training.config import (
     from_home,
     metrics_steps,
     parse_run_json,
+    remove_run_path,
 )
 
 if TYPE_CHECKING:  # torch is slow to import; the functions import these when they run
@@ -261,14 +262,6 @@ class Publication:
         return type(path)(text) if isinstance(path, (str, Path)) else text
 
 
-def _remove_output(path: Path) -> None:
-    if os.path.isdir(path) and not os.path.islink(path):
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-
-
 @contextlib.contextmanager
 def publishing(run: Path, *outputs: str, hold: bool = False) -> Iterator[Publication]:
     """Let a stage write ``outputs`` (names in the run folder ``run``: ``eval.json``, ``best_of_n``, ...) about the
@@ -310,12 +303,12 @@ def publishing(run: Path, *outputs: str, hold: bool = False) -> Iterator[Publica
                         old = run / f"{STAGING_PREFIX}{name}.{token}.old"
                         final.rename(old)
                         path.rename(final)
-                        _remove_output(old)
+                        remove_run_path(old, ignore_errors=True)
                     else:
                         path.rename(final)
     finally:
         for path in staged.values():
-            _remove_output(path)
+            remove_run_path(path, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import pickle
-import shutil
 import stat
 import time
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from training.config import (
     home_relative,
     metrics_steps,
     parse_run_json,
+    remove_run_path,
 )
 from training.data import (
     ImageSpec,
@@ -232,32 +232,20 @@ def _refuse_links(root: Path, final: Path) -> None:
                                  "does so through a link (remove the link or use a new output_dir)")
 
 
-def _remove_own(path: Path) -> None:
-    """Delete a folder or file the trainer made (never following a link: one is unlinked, not its target)."""
-    try:
-        info = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if stat.S_ISDIR(info.st_mode):
-        shutil.rmtree(path)
-    else:
-        path.unlink()
-
-
 def _save_dir_atomic(final: Path, write: Callable[[Path], None], root: Path | None = None) -> None:
     """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one); refused when
     anything between ``root`` (default: ``final``'s parent) and ``final`` is a link."""
     _refuse_links(final.parent if root is None else root, final)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
-    _remove_own(tmp)
+    remove_run_path(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
     honour_umask(tmp)  # safetensors writes 0600 whatever the umask; other accounts must read the weights
     if os.path.lexists(final):
-        _remove_own(old)
+        remove_run_path(old)
         final.rename(old)
     tmp.rename(final)
-    _remove_own(old)
+    remove_run_path(old)
 
 
 def _recover_dir(root: Path, final: Path) -> None:
@@ -478,10 +466,10 @@ def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
     write_bytes_atomic(out / TRAINING_FILE, (json.dumps(record, indent=1, sort_keys=True) + "\n").encode())
     dataset.fsync_dir(out, unsupported_ok=True)
     for rel in DERIVED_OUTPUTS:
-        _remove_own(out / rel)
+        remove_run_path(out / rel)
     for name in os.listdir(out):   # what a stage killed before it published left under a staging name
         if name.startswith(STAGING_PREFIX):
-            _remove_own(out / name)
+            remove_run_path(out / name)
     dataset.fsync_dir(out, unsupported_ok=True)
 
 
@@ -492,7 +480,7 @@ def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: E
     the divergence record (last, so a crash in between starts over again)."""
     _unfinish(out, 0, config, restart=True)
     for rel in OWN_OUTPUTS:
-        _remove_own(out / rel)
+        remove_run_path(out / rel)
     (out / DIVERGED_FILE).unlink()
     dataset.fsync_dir(out, unsupported_ok=True)
     emit({"event": "restart", "diverged_step": restart["step"], "changed": restart["changed"],
@@ -887,7 +875,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                                  f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
         if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
             dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
-            _remove_own(out / TRAINING_FILE)
+            remove_run_path(out / TRAINING_FILE)
             dataset.fsync_dir(out, unsupported_ok=True)
         pairs = loop_steps * config.batch_size
         result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],

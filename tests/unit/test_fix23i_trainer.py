@@ -13,7 +13,7 @@ import pytest
 from formats.home import DataHome
 from training import evaluate, runs
 from training import train as train_module
-from training.config import TRAINING_FILE, TrainConfig
+from training.config import TRAINING_FILE, TrainConfig, remove_run_path
 from training.synthetic import tiny_config, write_synthetic_version
 from training.train import train
 
@@ -85,7 +85,7 @@ def test_an_evaluation_whose_model_changed_meanwhile_is_not_kept(tmp_path, monke
 def test_an_init_from_inside_what_the_training_replaces_is_refused(tmp_path):
     home, version_dir, run = _home(tmp_path)
     train(tiny_config(version_dir, run, max_steps=1, eval_every=1))
-    train_module._remove_own(run / "checkpoints")    # no checkpoint: a new run, which writes best/ at its step 0
+    remove_run_path(run / "checkpoints")    # no checkpoint: a new run, which writes best/ at its step 0
     weights = (run / "best" / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match=r"init_from .*/best lies inside .*best, which this training replaces"):
         train(tiny_config(version_dir, run, max_steps=1, eval_every=1, init_from=str(run / "best")))

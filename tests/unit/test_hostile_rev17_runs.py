@@ -246,7 +246,7 @@ def test_a_trainer_swapping_checkpoints_during_the_walk_does_not_fail_retention(
     def walk(top: Any, *args: Any, **kwargs: Any) -> Any:
         for root, dirs, files in real_walk(top, *args, **kwargs):
             if os.path.basename(root) == ".last.old":
-                shutil.rmtree(root)     # the trainer's _remove_own(old), after the walk listed the folder
+                shutil.rmtree(root)     # the trainer's remove_run_path(old), after the walk listed the folder
             yield root, dirs, files
 
     monkeypatch.setattr(os, "walk", walk)
