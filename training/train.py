@@ -292,6 +292,9 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     open_shards = state.get("open_shards", []) if isinstance(state, dict) else None
     if not (isinstance(open_shards, list) and all(isinstance(rel, str) for rel in open_shards)):
         wrong.append("open_shards")       # optional: [train shards the workers were inside, "train/<name>"]
+    world = state.get("world_size", 1) if isinstance(state, dict) else None
+    if not (type(world) is int and world >= 1):
+        wrong.append("world_size")        # optional: the ranks that trained it (states written before lack it)
     running = state.get("running_loss", [0.0, 0]) if isinstance(state, dict) else None
     if not (isinstance(running, list) and len(running) == 2 and isinstance(running[0], float)
             and type(running[1]) is int and running[1] >= 0):
@@ -338,11 +341,19 @@ def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None 
                          "(use a new output_dir)")
 
 
-def _check_continuation(saved: TrainConfig, config: TrainConfig, step: int, out: Path) -> None:
+def _check_continuation(saved: TrainConfig, config: TrainConfig, step: int, out: Path, world: int = 1,
+                        saved_world: int | None = None) -> None:
     """Refuse a resume at ``step`` whose ``max_steps`` is below it (the run would report more steps than it
     was given), or that trains on with another loader worker count (``num_workers``: the train stream's
-    shard order, shuffle seeds and per-worker skip depend on it, 0 and 1 read alike; a run that trains no
-    further step may change it)."""
+    shard order, shuffle seeds and per-worker skip depend on it, 0 and 1 read alike) or another DDP world
+    size (``world`` ranks now, ``saved_world`` when the checkpoint was written, None in states written
+    before it was recorded: each rank reads its own share of the shards, so the ranks decide the pairs
+    too); a run that trains no further step may change either."""
+    if 0 < step < config.max_steps and saved_world is not None and saved_world != world:
+        raise ValueError(f"cannot resume {out} on {world} process(es): its checkpoint at step {step} was trained "
+                         f"by {saved_world} DDP ranks, and each rank reads its own share of the train shards, so "
+                         f"the world size decides which train pairs come next; rerun with {saved_world} "
+                         "process(es) (torchrun --nproc_per_node) or use a new output_dir")
     if step > config.max_steps:
         raise ValueError(f"cannot resume {out} with max_steps={config.max_steps}: its checkpoint is at step {step} "
                          f"already; rerun with max_steps >= {step} or use a new output_dir")
@@ -636,7 +647,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
                              f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
                              f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
-        _check_continuation(saved, config, state["step"], out)
+        _check_continuation(saved, config, state["step"], out, world, state.get("world_size"))
         _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
     elif config.init_from == "scratch":
         # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
@@ -743,12 +754,16 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     def checkpoint(improved: bool, opened: list[str]) -> None:
         # opened: every rank's shards verify_trained just hashed; a resume hashes them again
         # (_verify_open_shards: the state may come from a trainer that did not, or the file changed since)
+        rngs = [torch.get_rng_state()]     # every rank's (rank order): each resumes from its own
+        if world > 1:
+            gathered_rngs: list[Any] = [None] * world
+            dist.all_gather_object(gathered_rngs, rngs[0])
+            rngs = gathered_rngs
         if rank == 0:
             if improved:
                 _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config, home), out)
-            rngs = [torch.get_rng_state()]
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs,
+                             "history": history, "best": best, "torch_rng": rngs, "world_size": world,
                              "running_loss": [float(running), int(running_n)], "open_shards": opened,
                              # the resolved version (home-relative): a resume must not switch
                              "data_version_dir": home_relative(str(data_dir), home)})

@@ -140,3 +140,34 @@ def test_a_divergence_only_rank_0_evaluation_sees_stops_every_rank_and_an_unchan
     for rank in (0, 1):
         assert f"[rank{rank}]: ValueError: cannot rerun {out} with the same recipe: training diverged at step 2" \
             in refused.stderr, refused.stderr[-3000:]
+
+
+def test_a_resume_that_trains_on_keeps_the_world_size(tmp_path):
+    """Each rank reads its own share of the train shards, so the DDP world size decides which pairs come next: a
+    checkpoint records it (and every rank's RNG state), a resume that would train further steps on another
+    number of processes is refused naming both, and one that trains no further step (the finished run
+    re-evaluated) may run on any number; the same world size resumes."""
+    version = tmp_path / "datasets" / "pickapic" / "v1"
+    write_synthetic_version(version, {"train": 48, "validation_unique": 12, "test_unique": 12}, image_px=32,
+                            seed=4, shards_per_split=4)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "run"
+    first = subprocess.run(_torchrun(version, out, "--max-steps", "1", "--eval-every", "1"), cwd=REPO, env=env,
+                           capture_output=True, text=True, timeout=180)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    state_path = out / "checkpoints" / "last" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    assert state["step"] == 1 and state["world_size"] == 2 and len(state["torch_rng"]) == 2
+    single = [sys.executable, "-m", "training", *_torchrun(version, out, "--eval-every", "1")[8:]]   # one process
+    refused = subprocess.run([*single, "--max-steps", "2"], cwd=REPO, env=env, capture_output=True, text=True,
+                             timeout=180)
+    assert refused.returncode != 0
+    assert "was trained by 2 DDP ranks" in refused.stderr and "on 1 process(es)" in refused.stderr, refused.stderr[-3000:]
+    assert torch.load(state_path, weights_only=True)["step"] == 1     # nothing trained, nothing changed
+    evaluated = subprocess.run([*single, "--max-steps", "1"], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=180)
+    assert evaluated.returncode == 0, evaluated.stdout[-3000:] + evaluated.stderr[-3000:]
+    resumed = subprocess.run(_torchrun(version, out, "--max-steps", "2", "--eval-every", "1"), cwd=REPO, env=env,
+                             capture_output=True, text=True, timeout=180)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert torch.load(state_path, weights_only=True)["step"] == 2

@@ -154,3 +154,21 @@ def test_every_field_is_checked_as_the_settings_file_checks_it(build):
 def test_every_preset_passes_the_field_checks():
     for name in PRESETS:
         assert preset(name, data_dir="d", output_dir="o").preset == name
+
+
+def test_the_state_records_the_world_size_and_a_state_without_it_still_resumes(version, tmp_path):
+    """A checkpoint records the DDP world size (1 here) beside every rank's RNG state; a mistyped entry is
+    refused like any other, and a state written before it was recorded resumes (nothing to compare)."""
+    run = tmp_path / "run"
+    train(tiny_config(version, run, max_steps=2, eval_every=2))
+    state_path = run / "checkpoints" / "last" / STATE_FILE
+    state = torch.load(state_path, weights_only=True)
+    assert state["world_size"] == 1 and len(state["torch_rng"]) == 1
+    for bad in (0, "2", 1.0):
+        torch.save({**state, "world_size": bad}, state_path)
+        with pytest.raises(ValueError, match=r"mistyped trainer state entries \['world_size'\]"):
+            train(tiny_config(version, run, max_steps=3, eval_every=2))
+    del state["world_size"]
+    torch.save(state, state_path)
+    assert train(tiny_config(version, run, max_steps=3, eval_every=2)).steps == 3
+    assert torch.load(state_path, weights_only=True)["world_size"] == 1
