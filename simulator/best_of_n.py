@@ -95,9 +95,16 @@ class BestOfNResult:
                          f"{self.random_utility[k]:.3f} |")
         return "\n".join(lines)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-able (k keys as strings), gains included."""
+    def to_dict(self, relative: bool = False) -> dict[str, Any]:
+        """JSON-able (k keys as strings), gains included. ``relative`` (as ``best_of_n.json`` stores it): the chart
+        and contact sheet as paths relative to ``output_dir``, which is left out, so the file stays right when
+        the folder moves and is the same wherever the data home is."""
         out = asdict(self)
+        if relative:
+            del out["output_dir"]
+            for key in ("chart_path", "contact_sheet"):
+                if out[key] is not None:
+                    out[key] = os.path.relpath(out[key], self.output_dir)
         for key in ("random_utility", "oracle_utility"):
             out[key] = {str(k): v for k, v in out[key].items()}
         for key in ("chosen_utility", "gain_se"):
@@ -201,7 +208,7 @@ def run_best_of_n(ground_truth: Path, version_dir: Path, model_dir: Path, output
     result = BestOfNResult(C.world.MODELS[C.generator_index(generator)].model_id, len(prompts), n, list(ns), random_u,
                            oracle_u, chosen, gain_se, unscored, str(output_dir), contact_sheet=sheet)
     result.chart_path = str(write_chart(result, output_dir / "best_of_n.png"))
-    write_bytes_atomic(output_dir / "best_of_n.json", (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
+    write_bytes_atomic(output_dir / "best_of_n.json", (json.dumps(result.to_dict(relative=True), indent=1, sort_keys=True) + "\n").encode())
     return result
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -102,6 +103,10 @@ def test_best_of_n_runs_at_small_n(simulated, tmp_path):
     assert result.oracle_utility[4] >= result.oracle_utility[2] >= result.oracle_utility[1]
     saved = json.loads((tmp_path / "bon" / "best_of_n.json").read_text())
     assert saved["gain"]["trained"]["4"] == pytest.approx(result.gain("trained", 4))
+    # paths relative to the folder holding best_of_n.json: right after a move, the same wherever the home is
+    assert "output_dir" not in saved
+    assert (saved["chart_path"], saved["contact_sheet"]) == ("best_of_n.png", str(Path("rerank") / "contact_sheet.png"))
+    assert result.chart_path == str(tmp_path / "bon" / "best_of_n.png")   # the result itself keeps them whole
     for name in ("best_of_n.png", "rerank/contact_sheet.png", "rerank/choices.parquet"):
         assert (tmp_path / "bon" / name).is_file(), name
     assert "| 4 |" in result.metadata()["best_of_n"]
