@@ -66,8 +66,8 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.rawzone import RawZoneScan
 from pipelines import faults
+from pipelines.ingest import earlierimages, rewrites
 from pipelines.ingest import parse as rp
-from pipelines.ingest import rewrites
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
 from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day, shift_day
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
@@ -462,7 +462,46 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
             look_up()
     finally:
         index.save()
+    refreshed.update(_refresh_users_of(home, day, config, days, [d for d in later if d not in refreshed]))
     return dict(sorted(refreshed.items()))
+
+
+def _refresh_users_of(home: DataHome, day: str, config: IngestConfig, days: Sequence[str],
+                      later: Sequence[str]) -> dict[str, IngestReport]:
+    """Ingest again each of the ingested days ``later`` whose accepted rows take an image from ``day``'s export
+    that it no longer holds (``day`` delivered again without it: the app deleted it), or that name an image no
+    export within their reach holds (:mod:`pipelines.ingest.earlierimages`: each day's uids by the earlier day
+    that held them, cached per day). The uids are looked up in ``day``'s uid index together, ``LOOKUP_BATCH`` at
+    a time."""
+    refreshed: dict[str, IngestReport] = {}
+    batch: list[tuple[str, set[str]]] = []
+    size = 0
+
+    def look_up() -> None:
+        wanted = set().union(*(uids for _, uids in batch))
+        held = raw_image_uids(home, day, wanted, config)
+        for other, uids in batch:
+            if not uids <= held:
+                refreshed[other] = _rewrite(home, other, config, day)
+        batch.clear()
+
+    index = earlierimages.EarlierImages(home, days, config)
+    try:
+        for other in later:
+            uids = index.uids_from(other, day)
+            if uids is None:
+                refreshed[other] = _rewrite(home, other, config, day)
+            elif uids:
+                batch.append((other, uids))
+                size += len(uids)
+                if size >= LOOKUP_BATCH:
+                    look_up()
+                    size = 0
+        if batch:
+            look_up()
+    finally:
+        index.save()
+    return refreshed
 
 
 LOOKUP_BATCH = 200_000   # waiting uids of later days looked up in one read of a day's uid index
