@@ -82,8 +82,9 @@ _ORPHAN_MARK_OVERRIDE = "a w\u202e\u3099ab cat"     # an override whose run star
     "assign._display_order (ICU Bidi.writeReordered with REMOVE_BIDI_CONTROLS | KEEP_BASE_COMBINING) returns a "
     "character that is not in the prompt when the override's run starts with a combining mark: NUL, or whatever the "
     "previous call left in ICU's buffer ('e' after a prompt of e's, 'q' after one of q's). moderation_key and "
-    "moderation_text of one prompt thus depend on the prompts read before it. Expected: a function of the text "
-    "alone, holding only characters of the prompt"
+    "moderation_text of one text thus depend on the texts read before it (the ingest refuses U+202E in a prompt, so "
+    "this reaches the decisions through the moderation phrase list, whose phrases are keyed by these functions, and "
+    "any other caller). Expected: a function of the text alone, holding only characters of the text"
 ))
 def test_the_moderation_key_of_an_override_is_a_function_of_the_prompt_alone():
     assign._display_order("\u202e" + "q" * 20)
@@ -95,26 +96,67 @@ def test_the_moderation_key_of_an_override_is_a_function_of_the_prompt_alone():
     assert set(shown) <= set(_ORPHAN_MARK_OVERRIDE) and "\x00" not in shown
 
 
-def _phrase_drops(root, other_prompt: str) -> dict[str, str]:
-    builder = HomeBuilder(root)
-    builder.phrases = ["bae"]
-    builder.pair(1, user=1, prompt=other_prompt)
-    builder.pair(2, user=2, prompt=_ORPHAN_MARK_OVERRIDE)
-    home = builder.write()
-    build_clusters(home, DedupConfig())
-    build_decisions(home, CurationConfig())
-    return {r["subject_id"]: r["evidence"] for r in pq.read_table(home.table_file("decisions")).to_pylist()
-            if r["subject"] == "ranking" and r["reason"] == "prompt_phrase"}
-
+# --- 3. the prompt key's version ignores the Unicode / ICU data it is computed from ----------------------------------
 
 @pytest.mark.xfail(strict=True, reason=(
-    "A ranking whose prompt holds no listed phrase ('a w<RLO><voiced mark>ab cat', phrase 'bae') is dropped as "
-    "prompt_phrase 'bae' when another prompt of the home, read just before it, ends its override in e's, and kept "
-    "when that prompt holds q's: the display-order reading appends a stale character from ICU's buffer. Decisions "
-    "then depend on unrelated rankings (a false drop, and decisions that change night to night for the same row). "
-    "Expected: ranking 2 is never dropped for 'bae', whatever the other prompts"
+    "The prompt key is computed from ICU's confusable skeletons (pyicu-wheels>=2.15,<3) and the regex package's "
+    "Unicode data (regex>=2024.4), both unpinned, but only assign.KEY_VERSION says when keys changed: after an "
+    "upgrade whose ICU ties one more letter to an ASCII letter (simulated: a newer ICU reading the Latin phi as f), "
+    "'a ɸox', published in validation, keys as 'a fox', pinned to train, no re-key runs (key_owners_rekeyed 0), and "
+    "a train user's 'a ɸox' is published in train: the rev18j leak, by a dependency upgrade. Expected: the pins "
+    "record the versions of the data the key depends on (ICU, Unicode) and a change re-keys the published captions "
+    "as a KEY_VERSION bump does, so a caption published held out is never kept in train"
 ))
-def test_a_prompt_is_not_dropped_for_a_phrase_made_of_another_prompts_letters(tmp_path):
-    with_e = _phrase_drops(tmp_path / "e", "a a\u202e" + "e" * 18)
-    with_q = _phrase_drops(tmp_path / "q", "a a\u202e" + "q" * 18)
-    assert with_e == with_q == {}
+def test_a_caption_published_held_out_stays_out_of_train_after_an_icu_upgrade_changes_its_key(tmp_path,
+                                                                                                 monkeypatch):
+    import icu
+
+    home = DataHome(tmp_path)
+    config = SplitConfig()
+    t1, x, t2 = users_by_home(config.salt, config.heldout_fraction, {"train": 3})["train"]
+    night1 = [pair_row(1, t1, "a fox", "c1a", "c1b", day=0), pair_row(2, x, "a ɸox", "c2a", "c2b", day=0)]
+    write_pairs(home, night1)
+    build_splits(home, config, **QUIET)
+    assert ledger_splits(home)[x] == "validation"
+    publish_splits(home, "2023-03-01-00000000a1")
+    real = assign._spoof_checker()
+
+    class NewerIcu:                   # a newer ICU's confusables: the Latin phi is a look-alike of f
+        def getSkeleton(self, kind, text):
+            return "f" if text == "ɸ" else real.getSkeleton(kind, text)
+
+    caches = (assign._prototype, assign._caseless_prototype, assign._ascii_by_skeleton)
+    monkeypatch.setattr(assign, "_spoof_checker", lambda: NewerIcu())
+    monkeypatch.setattr(icu, "ICU_VERSION", "78.1")
+    monkeypatch.setattr(icu, "UNICODE_VERSION", "17.0")
+    try:
+        for cache in caches:
+            cache.cache_clear()
+        assert assign.normalize_prompt("a ɸox") == "a fox"
+        write_pairs(home, night1 + [pair_row(3, t2, "a ɸox", "c3a", "c3b", day=1)])
+        build_splits(home, config, **QUIET)
+    finally:
+        for cache in caches:
+            cache.cache_clear()
+    published_held_out = [r for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+                          if r["caption"] == "a ɸox" and r["split"] == "train"]
+    assert published_held_out == []
+
+
+# --- 4. a moderation list that is not UTF-8 fails without naming the file ------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "read_phrases / read_id_list read the moderation lists as UTF-8 and let UnicodeDecodeError through: a phrase list "
+    "saved as Latin-1 or UTF-16 (Windows Notepad) stops the decisions build with \"'utf-8' codec can't decode byte 0xe9 "
+    "in position 3\", naming neither the file nor the line (read_id_list names file and line for a bad id). Expected: "
+    "an error naming the list file (and what to do: save it as UTF-8)"
+))
+def test_a_moderation_list_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
+    builder = HomeBuilder(tmp_path)
+    builder.pair(1, user=1, prompt="a nude cat")
+    home = builder.write()
+    build_clusters(home, DedupConfig())
+    home.nsfw_phrases_file.write_bytes("nudé\n".encode("latin-1"))
+    with pytest.raises(Exception) as caught:
+        build_decisions(home, CurationConfig())
+    assert str(home.nsfw_phrases_file) in str(caught.value)
