@@ -73,6 +73,44 @@ def test_a_user_published_held_out_in_a_retained_version_keeps_the_split_after_a
     assert {r["split"] for r in rows if r["user_id"] == b} <= {"validation", "validation_unique"}
 
 
+@pytest.mark.xfail(strict=True, reason=(
+    "unknown_published skips a published user the ledger holds under another salt only, so a ledger restored from a "
+    "copy made before a salt change (README: a ledger restored from an older copy is re-seeded) is not re-seeded with "
+    "the users latest published under the current salt: the fold assigns them afresh, and after a backfilled day a "
+    "user latest (built under this salt) published in validation is put in train, and one published in train in "
+    "validation, with no warning. The pins had this defect for keys (review rev15b) and now re-seed every retained "
+    "version's keys under the current salt. Expected: every user of latest keeps the split latest published them in "
+    "under the current salt, whatever other salts' entries the ledger holds"
+))
+def test_a_ledger_restored_from_before_a_salt_change_keeps_the_users_latest_published_under_the_new_salt(tmp_path):
+    import dataclasses
+
+    home = DataHome(tmp_path)
+    old = SplitConfig()
+    new = dataclasses.replace(old, salt="pickapic-split-v2")
+    u1, u2, d = users_by_home(new.salt, new.heldout_fraction, {"train": 3})["train"]
+    rows = [pair_row(2, u1, "a prompt of U1", "c2a", "c2b", day=1), pair_row(3, u2, "a prompt of U2", "c3a", "c3b", day=2)]
+    write_pairs(home, rows)
+    build_splits(home, old, **QUIET)
+    publish_splits(home, "2023-03-02-00000000a1")
+    ledger_before_the_salt_change = home.table_file("split_ledger").read_bytes()
+    build_splits(home, new, **QUIET)                                  # the deliberate reshuffle, published as latest
+    publish_splits(home, "2023-03-03-00000000a2")
+    published = {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+                 if r["split"] in ("train", "validation", "test")}
+    assert published == {u1: "train", u2: "validation"}
+    home.table_file("split_ledger").write_bytes(ledger_before_the_salt_change)   # restored from an older copy
+    write_pairs(home, rows + [pair_row(1, d, "a prompt of D", "c1a", "c1b", day=0),   # a backfilled older day
+                              pair_row(4, u1, "U1 again", "c4a", "c4b", day=3),
+                              pair_row(5, u2, "U2 again", "c5a", "c5b", day=3)])
+    build_splits(home, new, **QUIET)
+    now = {(r["user_id"], r["salt"]): r["split"] for r in pq.read_table(home.table_file("split_ledger")).to_pylist()}
+    assert (now[(u1, new.salt)], now[(u2, new.salt)]) == ("train", "validation")
+    kept = {r["user_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+            if r["split"] in ("train", "validation", "test")}
+    assert kept.get(u2) in (None, "validation") and kept.get(u1) in (None, "train")
+
+
 # --- 2. moderation reads stale memory in the display order of a right-to-left override -------------------------------
 
 _ORPHAN_MARK_OVERRIDE = "a w\u202e\u3099ab cat"     # an override whose run starts with a combining voiced mark
