@@ -198,3 +198,36 @@ def test_a_moderation_list_that_is_not_utf8_is_an_error_naming_the_file(tmp_path
     with pytest.raises(Exception) as caught:
         build_decisions(home, CurationConfig())
     assert str(home.nsfw_phrases_file) in str(caught.value)
+
+
+# --- 6. the Arabic tatweel (kashida) splits a word in the key and hides it from moderation ---------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "The Arabic tatweel U+0640 (kashida: a stretch of the joining stroke that justifies Arabic, Persian and Urdu "
+    "text, part of no letter, and the usual way past an Arabic word filter) stays in the prompt key and the "
+    "moderation key: 'قـطـة' (cat, stretched) keys apart from 'قطة', so a validation user's prompt and a train user's "
+    "stretched copy are both kept (one prompt in two splits), and the listed phrase 'سكس' misses 'صورة سـكـس'. "
+    "Expected: the tatweel read as nothing, like the other decorative marks of README section 5 step 2"
+))
+def test_a_prompt_stretched_with_tatweel_is_the_same_prompt_and_holds_the_same_phrase(tmp_path):
+    config = SplitConfig()
+    t, v = users_by_home(config.salt, config.heldout_fraction, {"train": 2})["train"]
+    home = DataHome(tmp_path / "splits")
+    write_pairs(home, [pair_row(1, t, "a prompt of T", "c1a", "c1b", day=0),
+                       pair_row(2, v, "قطة جميلة", "c2a", "c2b", day=1),          # V: filled into validation
+                       pair_row(3, t, "قـطـة جميلة", "c3a", "c3b", day=2)])       # T's stretched copy
+    build_splits(home, config, **QUIET)
+    kept = {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+            if r["split"] in ("train", "validation", "test")}
+    assert kept["2_0"] == "validation"
+    assert "3_0" not in kept, "the same Arabic prompt is kept in validation and in train"
+    builder = HomeBuilder(tmp_path / "moderation")
+    builder.phrases = ["سكس"]
+    builder.pair(1, user=1, prompt="صورة سكس")
+    builder.pair(2, user=2, prompt="صورة سـكـس")
+    moderated = builder.write()
+    build_clusters(moderated, DedupConfig())
+    build_decisions(moderated, CurationConfig())
+    dropped = {r["subject_id"] for r in pq.read_table(moderated.table_file("decisions")).to_pylist()
+               if r["subject"] == "ranking" and r["reason"] == "prompt_phrase"}
+    assert dropped == {"1", "2"}
