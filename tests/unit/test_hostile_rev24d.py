@@ -130,7 +130,7 @@ def test_tiff_variants_in_a_png_blob_are_never_parsed_as_tiff(tmp_path: Path) ->
     "recipe can leave; a disk error) is kept for good and every recompute of the day (rebuild, --force, another "
     "day with the same bytes) writes a row naming it, with train_jpg_bytes the size of the JPEG it encoded and not "
     "of the file (56,124 vs 18,708 here), so publish ships a truncated JPEG under that row; a folder at the key is "
-    "'kept' the same way (its st_size is 4096). The stage encodes these bytes deterministically, so an entry at "
+    "'kept' the same way (its st_size is 4096), and so is a link to any non-empty file. The stage encodes these bytes deterministically, so an entry at "
     "the key that is not a regular file of exactly the encoded size can only be damage. Expected: such an entry "
     "is replaced (atomically, as a new file is written) by the JPEG the row describes"
 ))
@@ -153,6 +153,33 @@ def test_a_damaged_training_jpeg_at_the_key_is_replaced_not_kept(tmp_path: Path)
     assert key.stat().st_size == row["train_jpg_bytes"]
     assert key.read_bytes() == expected_jpeg
     Image.open(key).load()
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "A row reused by uid (a rerun of the day, pickapic build --force, which 'recomputes everything') or by sha256 "
+    "(the same bytes on a later day) is copied with its train_jpg_key and the training JPEG is never looked at: "
+    "once that file is gone (deleted, lost in a disk copy, missed by README 3's gsutil rsync of blobs/) no run of "
+    "the feature stage writes it again (rerun: reused 1, processed 0, the file still missing), and publish fails "
+    "for good with 'training JPEG ... is missing' until image_features partitions are deleted by hand. Expected: "
+    "a reused row whose training JPEG is not a regular file at its key is recomputed (one stat a row), so a rerun "
+    "restores the file the row names, byte for byte"
+))
+def test_a_rerun_restores_a_training_jpeg_that_went_missing(tmp_path: Path) -> None:
+    data = png(7, (64, 64))
+    home = DataHome(tmp_path / "home")
+    _day(home, DAY1, {"a": ("raw/images/a.png", data)})
+    _day(home, DAY2, {"b": ("raw/images/b.png", data)})        # the same bytes on the next day: reused by sha256
+    row = _build(home, DAY1)["a"]
+    key = home.root / row["train_jpg_key"]
+    jpeg = key.read_bytes()
+    key.unlink()
+    again = _build(home, DAY1)["a"]
+    assert again == row                                          # the rerun's table is the same (it is)
+    assert key.is_file() and key.read_bytes() == jpeg
+    key.unlink()
+    later = _build(home, DAY2)["b"]
+    assert later["reused_from"] == "a" and later["train_jpg_key"] == row["train_jpg_key"]
+    assert key.is_file() and key.read_bytes() == jpeg
 
 
 # ------------------------------------------------------------------------------------------ JPEG marker flood
