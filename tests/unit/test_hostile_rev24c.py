@@ -85,7 +85,7 @@ def test_export_refuses_sidecars_and_prompt_counts_that_differ_from_the_manifest
         table = table.set_column(table.schema.get_field_index("label_1"), "label_1", zero)
         pq.write_table(table, path)
     out = tmp_path / "export"
-    with pytest.raises(ValueError, match=re.escape(path.name)):
+    with pytest.raises(ValueError, match=re.escape(path.stem)):
         export.export_pickscore_parquet(home, None, out)
     assert not (out / "train.parquet").exists()
 
@@ -280,7 +280,7 @@ def test_a_rerun_after_a_publish_interrupted_in_retention_leaves_no_deleting_fol
 @pytest.mark.xfail(strict=True, reason=(
     "A version published again (same inputs: a rerun, a setting reverted) is checked by verify_version, which "
     "follows symbolic links (Path.stat()): a shard of it replaced by a symlink to a same-size file outside the home is "
-    "accepted and latest is switched to a version whose shard is a link out of the home (the reuse path never follows "
+    "accepted and latest is (re)switched to a version whose shard is a link out of the home (the reuse path never follows "
     "one: 'a symlink put in place of an old shard is never followed'), and a dangling one is a bare FileNotFoundError "
     "traceback. Expected: a link at a manifest file's name is refused with an error naming the file (or the shard "
     "written afresh); latest never names a version holding a link"
