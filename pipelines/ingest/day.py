@@ -359,11 +359,23 @@ def _gone_message(home: DataHome, day: str, scan: RawZoneScan) -> str:
     return f"cannot ingest {day}: {why}; nothing to ingest (nothing was written)"
 
 
-def _rewrite(home: DataHome, other: str, config: IngestConfig, cause: str) -> IngestReport:
+def _rewrite(home: DataHome, other: str, config: IngestConfig, cause: str,
+             look_at_users: bool = True) -> dict[str, IngestReport]:
     """Ingest ``other`` again because of ``cause``: the intent is recorded first (:mod:`pipelines.ingest.rewrites`),
-    so a crash between the renames of its six files is redone by the next ingest, whichever day it is."""
+    so a crash between the renames of its six files is redone by the next ingest, whichever day it is. Returns the
+    new reports by day: ``other``'s, and with ``look_at_users`` those of the later days that took images from
+    ``other``'s export and resolve otherwise now (its raw files may have changed since its last ingest: review
+    rev24e, a day rewritten by another day's ingest never looked at them)."""
     rewrites.begin(home, other, cause)
-    return ingest_day(home, other, config, refresh_earlier=False)   # its last step clears the record
+    return _again(home, other, config, look_at_users)
+
+
+def _again(home: DataHome, other: str, config: IngestConfig, look_at_users: bool) -> dict[str, IngestReport]:
+    reports = {other: ingest_day(home, other, config, refresh_earlier=False)}   # its last step clears the record
+    if look_at_users:
+        days = home.raw_days()
+        reports.update(_refresh_users_of(home, other, config, days, [d for d in days if d > other]))
+    return reports
 
 
 def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig) -> dict[str, IngestReport]:
@@ -372,10 +384,10 @@ def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig) 
     is gone cannot be redone: its record stays (``pickapic build`` keeps what was built from a gone day)."""
     repaired: dict[str, IngestReport] = {}
     for other in rewrites.pending(home):
-        if other == day:
+        if other == day or other in repaired:
             continue   # this day's own files were just written as a whole (its record is cleared)
         try:
-            repaired[other] = ingest_day(home, other, config, refresh_earlier=False)
+            repaired.update(_again(home, other, config, look_at_users=True))
         except RawDayGone:
             continue
     return repaired
@@ -410,7 +422,7 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
             waiting = None   # unreadable partition: ingesting it again repairs it
         if waiting is None or (waiting and raw_image_uids(home, day, waiting, config)) \
                 or _late_image_gone(home, earlier, day, days, config):
-            refreshed[earlier] = _rewrite(home, earlier, config, day)
+            refreshed.update(_rewrite(home, earlier, config, day))
     return refreshed
 
 
@@ -441,16 +453,18 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
         wanted = set().union(*(uids for _, uids in batch))
         found = raw_image_uids(home, day, wanted, config) if wanted else set()
         for other, uids in batch:
-            if not uids.isdisjoint(found):
-                refreshed[other] = _rewrite(home, other, config, day)
+            if not uids.isdisjoint(found) and other not in refreshed:
+                refreshed.update(_rewrite(home, other, config, day))
         batch.clear()
 
     try:
         for other in later:
+            if other in refreshed:
+                continue
             try:
                 waiting = index.uids(other)
             except Unreadable:
-                refreshed[other] = _rewrite(home, other, config, day)   # ingesting it again repairs it
+                refreshed.update(_rewrite(home, other, config, day))   # ingesting it again repairs it
                 continue
             if waiting:
                 batch.append((other, waiting))
@@ -468,39 +482,18 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
 
 def _refresh_users_of(home: DataHome, day: str, config: IngestConfig, days: Sequence[str],
                       later: Sequence[str]) -> dict[str, IngestReport]:
-    """Ingest again each of the ingested days ``later`` whose accepted rows take an image from ``day``'s export
-    that it no longer holds (``day`` delivered again without it: the app deleted it), or that name an image no
-    export within their reach holds (:mod:`pipelines.ingest.earlierimages`: each day's uids by the earlier day
-    that held them, cached per day). The uids are looked up in ``day``'s uid index together, ``LOOKUP_BATCH`` at
-    a time."""
-    refreshed: dict[str, IngestReport] = {}
-    batch: list[tuple[str, set[str]]] = []
-    size = 0
-
-    def look_up() -> None:
-        wanted = set().union(*(uids for _, uids in batch))
-        held = raw_image_uids(home, day, wanted, config)
-        for other, uids in batch:
-            if not uids <= held:
-                refreshed[other] = _rewrite(home, other, config, day)
-        batch.clear()
-
+    """Ingest again each of the ingested days ``later`` whose rows resolve otherwise now that ``day`` was ingested
+    (:mod:`pipelines.ingest.earlierimages`: an image taken from ``day``'s export that no export within reach holds
+    any more, one taken late that ``day`` now holds, ...). Those rewrites look at no further days: a later day's
+    ingest changes no export."""
     index = earlierimages.EarlierImages(home, days, config)
     try:
-        for other in later:
-            uids = index.uids_from(other, day)
-            if uids is None:
-                refreshed[other] = _rewrite(home, other, config, day)
-            elif uids:
-                batch.append((other, uids))
-                size += len(uids)
-                if size >= LOOKUP_BATCH:
-                    look_up()
-                    size = 0
-        if batch:
-            look_up()
+        stale = index.changes(day, later)
     finally:
         index.save()
+    refreshed: dict[str, IngestReport] = {}
+    for other in stale:
+        refreshed.update(_rewrite(home, other, config, day, look_at_users=False))
     return refreshed
 
 

@@ -49,7 +49,9 @@ class WaitingIndex:
         try:
             known = json.loads(self.path.read_text(encoding="utf-8"))
             self.known: dict[str, dict] = known["days"] if known.get("version") == _CACHE_VERSION else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
+            self.known = {}   # disposable: worked out again (a file nested past the parser's limit too)
+        if not isinstance(self.known, dict):
             self.known = {}
         self.changed = False
 

@@ -6,7 +6,8 @@ checkpoint records the DDP world size and every rank's RNG state) and 94f7ee7 (`
 
 Each test is a defect confirmed by running it (real ``ingest_day`` over raw days built with ``DayBuilder``, real
 Dagster materializations of ``ingest_day_assets`` and the real ``plan_build``), filed as a strict xfail whose
-reason says what is wrong; each asserts the behaviour that is right, so it passes once the defect is fixed.
+reason says what is wrong; each asserts the behaviour that is right. All eight were fixed the same day (the
+markers removed; the record test sets ``INLINE_UIDS`` to 0, since small records now live in the JSON file).
 Ranked by severity: wrong published data first, then incremental != from scratch, crashes, cost.
 
 What held up:
@@ -38,7 +39,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
@@ -71,17 +71,6 @@ def _lost_image_days() -> tuple[DayBuilder, DayBuilder, DayBuilder, str]:
     return e, later, f, u
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An earlier day E delivered again without an image u that a later day L's accepted download takes from it is "
-    "rewritten by another day's ingest (F lands with an image E's quarantine waits for: refresh_late_references "
-    "ingests E again with refresh_earlier=False, from E's new raw files), so E's ingest never looks at the days "
-    "that used its images (_refresh_users_of runs only in E's own ingest) and L keeps the download of an image no "
-    "export holds. The Dagster run of F records E's refreshed materialization with the version of E's new raw "
-    "files, so plan_build sees E's ingest fresh and never runs it: L keeps the row for good and it is published. "
-    "Expected: after F's run and whatever the plan then runs, L's partitions are a build from scratch's (the "
-    "download quarantined as unknown_image_reference), e.g. a rewrite of a day whose raw files changed also "
-    "refreshes the later days that used its images"
-))
 def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_used_its_lost_image(tmp_path: Path) -> None:
     import dagster as dg
 
@@ -124,14 +113,6 @@ def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_us
     assert _parts(home, later.day) == _parts(scratch, later.day)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The warehouse depends on the disposable cache: L's download takes an image only D's export held, then D's raw "
-    "folder is removed (raw-zone retention) and an unrelated earlier day C is delivered again and ingested. With "
-    "cache/earlier_image_uids + earlier_image_days.json present, L's record names D only, C's ingest leaves L "
-    "alone (download accepted); with the cache deleted (README: disposable), _work_out finds the image in no export "
-    "(Stale) and C's ingest ingests L again (download quarantined). Expected: the same L bytes with or without the "
-    "cache (whichever policy for a gone day's images is chosen)"
-))
 def test_the_later_days_bytes_do_not_depend_on_the_disposable_cache_when_a_raw_day_is_gone(tmp_path: Path) -> None:
     with_cache, without_cache = DataHome(tmp_path / "with"), DataHome(tmp_path / "without")
     c = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
@@ -152,13 +133,6 @@ def test_the_later_days_bytes_do_not_depend_on_the_disposable_cache_when_a_raw_d
     assert _parts(with_cache, later.day) == _parts(without_cache, later.day)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An earlier day D landing (or delivered again) with an image that a later day L accepted only through its "
-    "late window (ingest_files.accepted_late_image = 1, L's version '+late:X') leaves L as it was: "
-    "refresh_later_days only looks at L's quarantine and _refresh_users_of at images L takes from earlier days, "
-    "so L keeps accepted_late_image = 1 while a build from scratch resolves the download through D and counts 0. "
-    "Expected: L's ingest_files (and every partition) equal a build from scratch's after D's ingest"
-))
 def test_an_earlier_day_bringing_an_image_a_later_day_took_late_gives_the_scratch_counts(tmp_path: Path) -> None:
     incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
@@ -194,12 +168,6 @@ def _home_with_record(tmp_path: Path) -> tuple[DataHome, DayBuilder, DayBuilder]
     return home, e, later
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A corrupt cache/earlier_image_days.json nested deeper than the JSON parser's recursion limit crashes every "
-    "ingest of a day with later days (RecursionError out of EarlierImages.__init__, which catches only "
-    "OSError/ValueError/KeyError/TypeError/AttributeError). The file is disposable: expected, the ingest works "
-    "it out again as for a missing file (the same holds for cache/waiting_image_uids.json, WaitingIndex)"
-))
 def test_a_deeply_nested_earlier_image_days_cache_is_worked_out_again(tmp_path: Path) -> None:
     home, e, later = _home_with_record(tmp_path)
     before = _parts(home, later.day)
@@ -209,16 +177,11 @@ def test_a_deeply_nested_earlier_image_days_cache_is_worked_out_again(tmp_path: 
     assert _parts(home, later.day) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A record cache/earlier_image_uids/dt=DAY.parquet whose metadata carries the partitions' stat but whose "
-    "columns are not (day, image_uid) (a hostile or foreign file; the record's own version is never checked, only "
-    "the JSON's) crashes the ingest with KeyError 'Field \"image_uid\" does not exist in schema' "
-    "(EarlierImages.uids_from catches only OSError/ArrowException). Expected: an unreadable record is worked out "
-    "again like a missing one"
-))
-def test_a_record_without_its_columns_is_worked_out_again(tmp_path: Path) -> None:
+def test_a_record_without_its_columns_is_worked_out_again(tmp_path: Path, monkeypatch) -> None:
+    import pipelines.ingest.earlierimages as earlierimages
     from pipelines.ingest.earlierimages import record_path
 
+    monkeypatch.setattr(earlierimages, "INLINE_UIDS", 0)   # since the fix, small records live in the JSON file
     home, e, later = _home_with_record(tmp_path)
     before = _parts(home, later.day)
     path = record_path(home, later.day)
@@ -228,13 +191,6 @@ def test_a_record_without_its_columns_is_worked_out_again(tmp_path: Path) -> Non
     assert _parts(home, later.day) == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Needless re-ingest: the record keeps only the latest earlier day whose export held an image, so when that day "
-    "(D) is delivered again without it while an older day (C) still exports it, D's ingest ingests the later day "
-    "L again (reported in refreshed, a Dagster materialization logged for L) although nothing in L changes: the "
-    "bytes are the same. Expected: L is left alone (e.g. the uids D no longer holds are looked up in the older "
-    "holders before L is ingested again)"
-))
 def test_an_image_an_older_day_still_holds_does_not_reingest_the_later_day(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     c = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
@@ -255,14 +211,6 @@ def test_an_image_an_older_day_still_holds_does_not_reingest_the_later_day(tmp_p
     assert later.day not in report.refreshed
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Cost: re-ingesting every day in order reads one record per pair of days when each day's downloads take "
-    "images from many earlier days (history-page downloads): ingesting day k reads the record of every later "
-    "day that names k, so 12 days read 66 records (N(N-1)/2; 66,430 for a year), while the module's docstring "
-    "says 'ingesting every day of a year again reads no record per pair of days' (the days' JSON, listing every "
-    "day's earlier days, is also parsed whole at each ingest). Expected: O(days) record reads for the re-ingest "
-    "(e.g. per earlier day, the later days and uids that take from it, read once by its ingest)"
-))
 def test_reingesting_every_day_reads_no_record_per_pair_of_days(tmp_path: Path) -> None:
     import datetime as dt
     from unittest import mock
@@ -295,12 +243,6 @@ def test_reingesting_every_day_reads_no_record_per_pair_of_days(tmp_path: Path) 
     assert len(reads) <= 2 * len(days)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Cosmetic: README *Parallel ingests* still ends 'Not covered: an earlier day delivered again *without* an image "
-    "a later day's accepted rows name; the later days keep those rows until they are ingested again (--force ...)', "
-    "which 86c2989 covers (the paragraph *An earlier day losing an image a later day uses* just above says so). "
-    "Expected: the stale sentence removed or updated"
-))
 def test_the_readme_no_longer_calls_the_lost_earlier_image_case_not_covered() -> None:
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
     assert "Not covered: an earlier day delivered again *without* an image" not in readme

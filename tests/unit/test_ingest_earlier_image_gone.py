@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow.parquet as pq
+import pytest
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
@@ -48,11 +49,18 @@ def test_an_earlier_day_losing_an_image_rewrites_the_later_days_that_used_it(tmp
     assert ingest_day(incremental, "2023-03-01").refreshed == {}
 
 
-def test_the_record_of_a_later_day_is_kept_and_used_when_the_earlier_day_loses_the_image(tmp_path: Path) -> None:
+@pytest.mark.parametrize("inline", [64, 0])
+def test_the_record_of_a_later_day_is_kept_and_used_when_the_earlier_day_loses_the_image(tmp_path: Path, monkeypatch,
+                                                                                         inline: int) -> None:
     """An unchanged earlier day ingested again refreshes nothing and leaves the later day's record (the uid it
-    takes from day 1); once day 1 loses the image, that record sends the later day to its ingest."""
+    takes from day 1: in the JSON file, or in its own file past ``INLINE_UIDS``); once day 1 loses the image,
+    that record sends the later day to its ingest."""
+    import json
+
+    import pipelines.ingest.earlierimages as earlierimages
     from pipelines.ingest.earlierimages import record_path
 
+    monkeypatch.setattr(earlierimages, "INLINE_UIDS", inline)
     home = DataHome(tmp_path / "home")
     day1, day2, gone = _days()
     day1.write(home)
@@ -62,8 +70,13 @@ def test_the_record_of_a_later_day_is_kept_and_used_when_the_earlier_day_loses_t
     before = _tables(home, "2023-03-05")
     assert ingest_day(home, "2023-03-01").refreshed == {}
     assert _tables(home, "2023-03-05") == before
-    record = pq.read_table(record_path(home, "2023-03-05")).to_pylist()
-    assert record == [{"day": "2023-03-01", "image_uid": gone}]
+    entry = json.loads((home.cache / "earlier_image_days.json").read_text())["days"]["2023-03-05"]
+    assert list(entry["from"]) == ["2023-03-01"]
+    if inline:
+        assert entry["uids"] == [["2023-03-01", gone]] and not record_path(home, "2023-03-05").exists()
+    else:
+        record = pq.read_table(record_path(home, "2023-03-05")).to_pylist()
+        assert record == [{"day": "2023-03-01", "image_uid": gone}] and "uids" not in entry
     day1.lines["images"] = [line for line in day1.lines["images"] if gone.encode() not in line]
     day1.write(home)
     assert set(ingest_day(home, "2023-03-01").refreshed) == {"2023-03-05"}
