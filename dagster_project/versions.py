@@ -20,15 +20,17 @@ CODE_VERSIONS: dict[str, str] = {
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
     "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
-    "decisions": "5",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "6",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
                           #    Katakana look-alikes only in keys; a space before / after an emoji optional (splits 9)
                           #    (rev18e, same version: shaped letters part of a word as typed, Katakana unfolded in keys,
                           #    voiced marks Katakana, a space at an emoji optional inside a glued phrase too)
+                          # 6: the Arabic tatweel (kashida) read as nothing; RLO display order without ICU's stale
+                          #    buffer; a list that is not UTF-8 refused naming it (rev24a, splits 10)
     "pairs": "1",
-    "splits": "9",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "10",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -36,6 +38,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 8: decorative combining marks out of the key; a symbols-only key without spaces, punctuation, skin tones
                           # 9: letters fold to letters (ꓳ as o, not 0), letters ICU reads as punctuation kept; more decorative marks; bracketed-only keys folded, words apart
                           #    (rev18e, same version: case never changes a key, Katakana not folded, only apostrophe-like modifier letters read as ')
+                          # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
+                          #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
     "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -202,10 +202,36 @@ class PairsReport:
         }
 
 
+class ListNotUtf8(ValueError):
+    """A moderation list that is not UTF-8 text (the message names the file, the line and what to do)."""
+
+
+def read_list_text(path: Path, what: str) -> str:
+    """The text of a moderation list (UTF-8, a byte order mark allowed). A file in another encoding (Latin-1 or
+    Windows-1252 from an old editor, UTF-16 from Windows Notepad) is refused with an error naming the file, the
+    line of the first byte that is not UTF-8 and what to do, instead of Python's bare ``'utf-8' codec can't
+    decode byte`` (review rev24a): guessing the encoding could read a phrase as other letters than it holds."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        utf16 = data[:2] in (b"\xff\xfe", b"\xfe\xff") or b"\x00" in data[:exc.start + 2]
+        found = "UTF-16 (as Windows Notepad saves 'Unicode')" if utf16 else "another encoding (Latin-1, Windows-1252?)"
+        raise ListNotUtf8(f"{path}:{line}: the {what} list is not UTF-8 text (byte 0x{data[exc.start]:02x} at "
+                          f"offset {exc.start} cannot be read as UTF-8; it looks like {found}): save it as UTF-8 "
+                          "and run again") from None
+    if "\x00" in text:          # UTF-16 without a byte order mark, of ASCII text only, decodes as UTF-8 with NULs
+        line = text.count("\n", 0, text.index("\x00")) + 1
+        raise ListNotUtf8(f"{path}:{line}: the {what} list holds NUL characters, so it is not UTF-8 text (it looks "
+                          "like UTF-16, as Windows Notepad saves 'Unicode'): save it as UTF-8 and run again")
+    return text
+
+
 def read_id_list(path: Path) -> list[int]:
     """Integer ids, one per line; blank lines and ``#`` comments skipped; errors name the file and line."""
     ids = []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_list_text(path, "banned user id").splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
@@ -219,7 +245,7 @@ def read_id_list(path: Path) -> list[int]:
 def read_phrases(path: Path) -> list[str]:
     """Moderation phrases, one per line, whitespace collapsed; blank lines and ``#`` comments skipped."""
     phrases = set()
-    for line in Path(path).read_text(encoding="utf-8-sig").splitlines():
+    for line in read_list_text(path, "moderation phrase").splitlines():
         text = " ".join(line.split("#", 1)[0].split())
         if text:
             phrases.add(text)

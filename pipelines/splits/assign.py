@@ -9,7 +9,9 @@
   user's first pair, so appending days never changes it; the stored ledger also keeps a user where they are
   when an older day is re-exported or banned. The fill depends on the order days arrived in, so a fold from
   scratch is no record: each build checks the ledger against the latest published version
-  (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in, and
+  (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in (read from
+  every retained version ``latest`` was switched to, ``latest``'s split first; under this salt also the users it
+  holds under other salts only, unless ``latest`` is known to be built under another salt: review rev24a), and
   refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
   :mod:`pipelines.splits.rekey` re-keys it). The version's sidecars are read only when they can hold a user the
   ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
@@ -118,7 +120,25 @@ from schemas import get_schema
 HELDOUT = ("validation", "test")
 # The prompt key function's version (normalize_prompt): bumped with every change that can change a prompt's key, so
 # the first build after it re-keys the prompt pins from the published captions (update_pins: review rev18j)
-KEY_VERSION = "9"
+KEY_VERSION = "10"
+
+
+def key_data_version() -> str | None:
+    """The versions of the data the prompt key is computed from besides this code (review rev24a): ICU's (its
+    confusable skeletons, inside the pyicu-wheels wheel) and the Unicode version of its data, the ``regex``
+    package's (its Unicode property tables: the separators, invisibles, letters, scripts of the key), and the
+    Unicode version of Python's ``unicodedata`` (NFKC, case folding, categories, names). An upgrade of any of them
+    can change a prompt's key as a change of the code does, so the key owner pins record it with
+    :data:`KEY_VERSION` and a change re-keys them (:func:`update_pins`). None while :data:`KEY_VERSION` is None
+    (tests: the code from before the key version was recorded)."""
+    if KEY_VERSION is None:
+        return None
+    import icu
+
+    return (f"ICU {icu.ICU_VERSION} (Unicode {icu.UNICODE_VERSION}); regex {regex.__version__}; "
+            f"Python unicodedata {unicodedata.unidata_version}")
+
+
 PIN_KINDS = ("prompt", "image")          # split_key_owners.kind: a prompt_key, an image_uid
 SALT_METADATA = b"pickapic.splits_salt"   # split_pairs' key-value metadata: the salt it was built under
 _BRACKETS = re.compile(r"\[[^\]]*\]")
@@ -284,15 +304,49 @@ def _display_order(text: str) -> str:
     """``text`` in the order it is shown (ICU's implementation of the Unicode bidirectional algorithm, each
     paragraph left to right, an accent kept on its letter, the direction controls removed): a run a RIGHT-TO-LEFT
     OVERRIDE reverses is read as shown, whatever isolates, embeddings and pops it holds or sits in. Moderation only
-    (with the stored order, :func:`_both_orders`): the prompt key and the model read the characters as stored."""
+    (with the stored order, :func:`_both_orders`): the prompt key and the model read the characters as stored.
+
+    ICU gives the visual runs; the characters are put in their order here, not by ``writeReordered`` (review
+    rev24a): with ``REMOVE_BIDI_CONTROLS | KEEP_BASE_COMBINING`` ICU drops a combining mark together with the bidi
+    control before it (the override itself, when its run starts with a mark) but returns as many characters as
+    the text holds without its controls, the last of them whatever its buffer held (NUL, or what an earlier call
+    left there), so a text's moderation key depended on the texts read before it. Here the bidi controls ICU's
+    ``REMOVE_BIDI_CONTROLS`` removes (ZWNJ, ZWJ, LRM, RLM, the embeddings, overrides and isolates) are left out
+    first, then a reversed run is reversed by clusters (a character and the combining marks after it, kept in their
+    order: ``KEEP_BASE_COMBINING``; a mark that starts the run is a cluster of its own). Every character of the
+    result is one of the text's, and every one but the controls is in it once: ICU's own result wherever it drops
+    no mark."""
     import icu
 
+    if not text:
+        return text
+    # ICU counts UTF-16 code units: the code point each unit belongs to (both halves of a surrogate pair alike)
+    unit_to_char = [i for i, char in enumerate(text) for _ in range(2 if ord(char) > 0xFFFF else 1)]
     bidi = icu.Bidi()
     try:
         bidi.setPara(icu.UnicodeString(text), 0)
-        return str(bidi.writeReordered(icu.Bidi.REMOVE_BIDI_CONTROLS | icu.Bidi.KEEP_BASE_COMBINING))
+        runs = [bidi.getVisualRun(i) for i in range(bidi.countRuns())]
     except icu.ICUError:
         return text
+    shown: list[str] = []
+    for start, length, direction in runs:
+        chars = [i for i in dict.fromkeys(unit_to_char[start:start + length])    # the run's code points, logical
+                 if not _BIDI_CONTROL.match(text[i])]
+        if direction:                                                  # right to left: reversed by clusters
+            clusters: list[list[int]] = []
+            for i in chars:
+                if clusters and unicodedata.category(text[i]).startswith("M"):
+                    clusters[-1].append(i)                             # a mark stays after its character
+                else:
+                    clusters.append([i])
+            chars = [i for cluster in reversed(clusters) for i in cluster]
+        shown += [text[i] for i in chars]
+    return "".join(shown)
+
+
+# The characters ICU's REMOVE_BIDI_CONTROLS leaves out of a reordered text: ZWNJ, ZWJ, LRM, RLM, LRE, RLE, PDF, LRO,
+# RLO, LRI, RLI, FSI, PDI (ICU's IS_BIDI_CONTROL_CHAR)
+_BIDI_CONTROL = re.compile("[\u200c-\u200f\u202a-\u202e\u2066-\u2069]")
 
 
 def _read_symbols(text: str) -> str:
@@ -321,10 +375,11 @@ def _visible(text: str) -> str:
     """NFKC, blank-looking characters to spaces, invisibles and decorative marks out, NFC. Blanks first: the
     Hangul fillers are default-ignorable too, and they read as the space they render as. Decorative marks
     (:data:`_DECORATIVE_MARKS`: underlines, strokes and slashes through a letter, enclosing circles and squares)
-    are what "fancy text" generators put on every letter; they belong to no letter of any script."""
+    are what "fancy text" generators put on every letter; they belong to no letter of any script. So is the
+    kashida (:data:`_KASHIDA`: the Arabic tatweel that stretches a joining stroke, ``قـطـة`` is ``قطة``)."""
     visible = _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", _jamo_finals(text))))
     if not visible.isascii():
-        visible = _DECORATIVE_MARKS.sub("", visible)
+        visible = _KASHIDA.sub("", _DECORATIVE_MARKS.sub("", visible))
     return unicodedata.normalize("NFC", visible)
 
 
@@ -399,6 +454,11 @@ _CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
 _DECORATIVE_MARKS = regex.compile("[\u20dd-\u20df\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da"
                                   "\u20e5\u20e6\u20ea\u20eb"
                                   "\u031f\u033a-\u033e\u0346-\u0348\u034e\u0353\u0359\u035b\u0488\u0489]")
+# The kashida: the Arabic tatweel U+0640, which stretches the stroke that joins two letters to justify a line
+# (``قـطـة`` is ``قطة``, cat): part of no letter, the usual way past an Arabic word filter, read as nothing (review
+# rev24a). A harakat NFKC spells on a tatweel (U+FE71 ARABIC TATWEEL WITH FATHATAN ABOVE) stays, on the letter before
+# it. (NKo's lajanyalan U+07FA stays a letter, as review rev18e asked.)
+_KASHIDA = regex.compile("\u0640")
 # What the key of a prompt of symbols alone drops between them: whitespace, punctuation, skin-tone modifiers.
 _SYMBOL_KEY_DROPS = regex.compile("[\\s\\p{P}\U0001F3FB-\U0001F3FF]+")
 # Emoji skin-tone modifiers (U+1F3FB..1F3FF): the same emoji in another colour.
@@ -804,12 +864,66 @@ def published_users(home: DataHome) -> tuple[str | None, dict[str, tuple[str, ob
 
 
 def unknown_published(ledger: dict[str, Assignment], others: list,
-                      published: dict[str, tuple[str, object]]) -> dict[str, tuple[str, object]]:
+                      published: dict[str, tuple[str, object]], other_salts: bool = True) -> dict[str, tuple[str, object]]:
     """The published users the ledger does not know under any salt (a lost or older ledger, or old pseudonyms).
-    A user the ledger holds under another salt only is not one: a new ``splits.salt`` is the deliberate
-    reshuffle."""
-    known = set(ledger) | {user for user, _ in others}
+    A user the ledger holds under another salt only is not one (a new ``splits.salt`` is the deliberate
+    reshuffle), unless ``other_salts`` is false: then every published user the ledger lacks under this salt is
+    (the published version was built under this salt, or which salt it was built under cannot be told:
+    :func:`load_ledger`)."""
+    known = set(ledger) | ({user for user, _ in others} if other_salts else set())
     return {user: value for user, value in published.items() if user not in known}
+
+
+def read_retained_users(home: DataHome, names: list[str]) -> dict[str, tuple[str, object]]:
+    """Each user of the train / validation / test sidecars of the published versions ``names`` (the retained versions
+    other than ``latest`` that it was switched to) with (split, first export day): a user published in two splits, in
+    one version or across them, as held out (test, then validation), never moved into train, as
+    :func:`read_retained_keys` does for keys. A split folder or sidecar that is a link is not followed."""
+    files = _retained_sidecars(home, names)
+    if not files:
+        return {}
+    con = connect({})
+    try:
+        rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
+                           "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
+    except Exception as exc:
+        raise RuntimeError(f"cannot read which split each user was published in from the published versions "
+                           f"{', '.join(names)} under {home.datasets}: {exc}. The splits stage re-seeds a lost split "
+                           "ledger from every retained published version; repair or delete the damaged version "
+                           "first") from exc
+    finally:
+        con.close()
+    found: dict[str, tuple[str, object]] = {}
+    for user, split, first in sorted(rows, key=lambda r: (r[0], r[1] == "train", r[1])):
+        found.setdefault(user, (split, first))
+    return found
+
+
+def latest_built_under(home: DataHome, source: str | None, users: dict[str, tuple[str, object]]) -> str | None:
+    """The salt ``latest`` (whose users are ``users``, :func:`read_published`) was built under, where it can be told
+    (a version does not record its salt): that of the home's ``split_pairs`` (:data:`SALT_METADATA`) when that file
+    is the one ``latest`` was published from (its sha256 is ``source``, the publish record's), or when its train /
+    validation / test users are ``latest``'s users in the same splits (what the version was published from, or a
+    build that split every user alike); else None."""
+    path = home.table_file("split_pairs")
+    try:
+        if not path.is_file():
+            return None
+        metadata = pq.read_schema(path).metadata or {}
+        if SALT_METADATA not in metadata:
+            return None
+        built_under = metadata[SALT_METADATA].decode("utf-8")
+        if source is not None and sha256_file(path) == source:
+            return built_under
+        table = pq.read_table(path, columns=["user_id", "split"])
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    found: dict[str, str] = {}
+    pairs = set(zip(table.column("user_id").to_pylist(), table.column("split").to_pylist()))
+    for user, split in sorted(pairs, key=lambda r: (r[0] or "", r[1] == "train", r[1] or "")):
+        if split in ("train",) + HELDOUT:
+            found.setdefault(user, split)
+    return built_under if found == {user: split for user, (split, _) in users.items()} else None
 
 
 def seed_from_published(ledger: dict[str, Assignment], unknown: dict[str, tuple[str, object]],
@@ -980,6 +1094,7 @@ class PinsUpdate:
     changed: bool
     rekeyed: int = 0      # prompt pins added or held out by the re-key after a key-function change
     key_version: str | None = None   # the key function version every salt's prompt pins are keyed by (to record)
+    key_data: str | None = None      # and the versions of the Unicode / ICU data it was computed with (to record)
 
 
 def ledger_key_to_record(pairs_key: str | None, ledger_key: str | None) -> str | None:
@@ -1160,7 +1275,8 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     unswitched is neither read nor required); one not read whole (:func:`unread_split_folders`) is not recorded as
     covered, and the log says so."""
     path = home.table_file("split_key_owners")
-    digests, names, key_version = coverage.pins_record(path, pins)
+    digests, names, key_version, key_data = coverage.pins_record(path, pins)
+    current_data = key_data_version()
     retained = list_versions(home)
     published, stranded = switched_versions(home, retained, version)
     older = [name for name in published if name != version]
@@ -1207,30 +1323,34 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
                 "link is not followed): their keys may not all be pinned, and they are not recorded as covered, so "
                 "every build reads the sidecars again and says so until the folder is put back or the version deleted")
     rekeyed = 0
-    record_version = key_version
+    record_version, record_data = key_version, key_data
     if version is None and not retained:     # no version at all, so no caption keyed by another function: current
-        record_version = KEY_VERSION
-    elif version is not None and key_version != KEY_VERSION:
+        record_version, record_data = KEY_VERSION, current_data
+    elif version is not None and (key_version, key_data) != (KEY_VERSION, current_data):
         # the prompt key function changed since these pins were made (or they predate the record): a published
         # caption's key may have changed, and merged with a key pinned elsewhere (``кот`` and ``Кот``, keyed apart
         # before version 9, held out and train): every retained published caption is keyed anew and its new key
         # pinned under every salt, held out if any caption of it was published held out. Recorded as done only when
         # every published version was read whole (review rev18k); with nothing published (latest away) it waits.
+        # An upgrade of ICU, regex or Python's Unicode data (key_data_version) changes keys as a code change does
+        # (a newer ICU ties one more letter to an ASCII letter): it re-keys too (review rev24a).
         pins, rekeyed = rekey_prompt_pins(home, pins, salt, published)
         not_read = unread_split_folders(home, published)
         if not not_read:
-            record_version = KEY_VERSION
-        log(f"split key owners: the prompt key function changed (key version {key_version or 'unrecorded'}"
-            f" -> {KEY_VERSION}): the captions of {len(published)} published versions keyed anew, {rekeyed} prompt "
+            record_version, record_data = KEY_VERSION, current_data
+        changed_what = (f"key version {key_version or 'unrecorded'} -> {KEY_VERSION}" if key_version != KEY_VERSION
+                        else f"its Unicode / ICU data {key_data or 'unrecorded'} -> {current_data}")
+        log(f"split key owners: the prompt key function changed ({changed_what}): the captions of "
+            f"{len(published)} published versions keyed anew, {rekeyed} prompt "
             "pins added or held out (a caption published in validation or test stays held out under its new key)"
             + (f"; not read whole: {', '.join(sorted(not_read))}, so the next build keys them again" if not_read else ""))
     whole = how != "nothing published" and version not in unread   # latest unread: nor it nor its split_pairs covered
     covered = digests | ({source} if source and whole else set())
     versions = (names & set(retained)) | ({version} if version and whole else set())
     changed = (not path.is_file() or added.num_rows > 0 or seeded.num_rows > 0 or covered != digests
-               or versions != names or rekeyed > 0 or record_version != key_version)
+               or versions != names or rekeyed > 0 or (record_version, record_data) != (key_version, key_data))
     return PinsUpdate(pins, added, seeded, how, versions_read, sorted(covered), sorted(versions), changed, rekeyed,
-                      record_version)
+                      record_version, record_data)
 
 
 def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str]) -> tuple[pa.Table, int]:
@@ -1317,16 +1437,39 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     scanned = bool(read) or not covered
     if published.version != version:        # latest switched in between: the record said nothing of this one
         version, source = published.version, None
-    unknown = unknown_published(ledger, others, published.users)
+    users, older = published.users, []
+    if scanned and version is not None:
+        # every retained version latest was switched to, not latest alone (review rev24a): a user published in a
+        # version latest was rolled back from keeps that split; latest's own split first, then held out first
+        older = [name for name in switched_versions(home, list_versions(home), version)[0] if name != version]
+        older_users = read_retained_users(home, older) if older else {}
+        users = {**older_users, **published.users}
+    unknown = unknown_published(ledger, others, users)
+    # a user published while the ledger holds them under other salts only: re-seeded under this salt unless latest
+    # is known to have been built under another salt (the deliberate reshuffle), so a ledger restored from before a
+    # salt change keeps the users latest published under this salt in their splits (review rev24a)
+    other_salt_users = {user for user in users if user not in ledger and user not in unknown}
+    built_under = latest_built_under(home, source, published.users) if other_salt_users else None
+    reseed_other_salts = bool(other_salt_users) and (built_under is None or built_under == salt)
+    to_seed = unknown_published(ledger, others, users, other_salts=not reseed_other_salts)
     check_keys(present, set(ledger), set(unknown), pairs_key, ledger_key)
-    seeded = seed_from_published(ledger, unknown, present, salt)
+    seeded = seed_from_published(ledger, to_seed, present, salt)
     if seeded:
         held = Counter(a.split for a in seeded.values())
+        from_older = sorted(user for user in seeded if user not in published.users)
+        salted = sorted(user for user in seeded if user in other_salt_users)
         log(f"split ledger re-seeded from the published version {version}: {len(seeded)} users it published "
             f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
             f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
-            "split they were published in")
-    holds_all = covered or set(unknown) <= set(seeded)     # a published user absent from pairs gets no entry
+            "split they were published in"
+            + (f"; {len(from_older)} of them from the retained versions {', '.join(older)}, which latest was "
+               "switched to before (rolled back from)" if from_older else "")
+            + (f"; {len(salted)} of them the ledger held under other salts only: re-seeded under {salt!r} because "
+               + ("latest was built under it" if built_under == salt else "which salt latest was built under cannot "
+                  "be told (no publish record in cache/ names it, and the home's split_pairs is not its source): if "
+                  "this build is the first under a new splits.salt, these users are not reshuffled (a split kept, "
+                  "never a leak)") if salted else ""))
+    holds_all = covered or set(to_seed) <= set(seeded)     # a published user absent from pairs gets no entry
     sidecars_read = scanned and version is not None
     return LedgerCheck({**ledger, **seeded}, seeded, version, sidecars_read,
                        source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key), pins=update)
@@ -1369,7 +1512,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),
                              pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,
-                                                                              update.key_version)))
+                                                                              update.key_version,
+                                                                              update.key_data)))
     added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""

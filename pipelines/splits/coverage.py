@@ -32,7 +32,8 @@ The key owners (``split_key_owners``: the owner split pinned for every prompt an
 validation / test row) carry the same kind of record in their own Parquet metadata
 (``pickapic.pins_cover_split_pairs``): the sha256 of every ``split_pairs`` all of whose train / validation / test keys
 (``prompt_key``, ``image_0_uid``, ``image_1_uid``) are pinned, the names of the retained published versions whose
-keys are all pinned, and a digest of the pinned keys (:func:`keys_digest`, every salt's, in the file's order). Pins are
+keys are all pinned, a digest of the pinned keys (:func:`keys_digest`, every salt's, in the file's order), and the
+version of the prompt key function and of the Unicode / ICU data its keys were computed with (a change re-keys). Pins are
 only appended, so the build brings the pins up to date with ``latest`` only when that record does not cover the
 ``split_pairs`` ``latest`` was published from (:func:`pins_record`); from the home's ``split_pairs`` file when it is
 that one and the record covers every older retained version, else from the sidecars of every retained version (one
@@ -165,33 +166,39 @@ def keys_digest(pins: pa.Table) -> str:
 
 
 def pins_metadata(pins: pa.Table, covered: Iterable[str], versions: Iterable[str] = (),
-                  key_version: str | None = None) -> dict[bytes, bytes]:
+                  key_version: str | None = None, key_data: str | None = None) -> dict[bytes, bytes]:
     """The key owners' key-value metadata: the ``split_pairs`` digests ``covered`` and the published ``versions``
-    whose keys are all pinned (both sorted), the keys' digest, and the version of the prompt key function every
-    salt's prompt pins were re-keyed to (``pipelines.splits.assign.KEY_VERSION``)."""
+    whose keys are all pinned (both sorted), the keys' digest, the version of the prompt key function every
+    salt's prompt pins were re-keyed to (``pipelines.splits.assign.KEY_VERSION``) and the versions of the Unicode /
+    ICU data it was computed with (``key_data``: ``pipelines.splits.assign.key_data_version``)."""
     record = {"split_pairs_sha256": sorted(set(covered)), "versions": sorted(set(versions)),
               "keys_sha256": keys_digest(pins)}
     if key_version is not None:
         record["key_version"] = key_version
+        if key_data is not None:
+            record["key_data"] = key_data
     return {PINS_KEY: json.dumps(record, sort_keys=True).encode()}
 
 
-def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str], str | None]:
-    """(the ``split_pairs`` digests, the published version names, the prompt key function's version) the key owners
-    file's record names, when the record's keys digest is that of ``pins`` (the table read from that file); else
-    none. A record written before the versions (or the key version) were recorded names none. Never raises."""
-    key_version = None
+def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str], str | None, str | None]:
+    """(the ``split_pairs`` digests, the published version names, the prompt key function's version, the versions of
+    the Unicode / ICU data its keys were computed with) the key owners file's record names, when the record's keys
+    digest is that of ``pins`` (the table read from that file); else none. A record written before the versions
+    (or the key version, or the data versions) were recorded names none. Never raises."""
+    key_version = key_data = None
     try:
         metadata = pq.read_schema(pins_file).metadata or {}
         record = json.loads(metadata[PINS_KEY])
         if record["keys_sha256"] != keys_digest(pins):
-            return set(), set(), None
+            return set(), set(), None, None
         key_version = record.get("key_version") if isinstance(record.get("key_version"), str) else None
+        key_data = record.get("key_data") if isinstance(record.get("key_data"), str) else None
         digests = {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
         versions = record.get("versions", [])
-        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set(), key_version
+        return (digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set(),
+                key_version, key_data)
     except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
-        return set(), set(), key_version
+        return set(), set(), key_version, key_data
 
 
 def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
