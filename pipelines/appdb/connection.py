@@ -4,13 +4,21 @@ The DSN (a libpq key/value string or a ``postgresql://`` URL) is parsed only to 
 messages: host, port, database and user, never the password. Every error raised here is built from
 those parts and from libpq's reason with any password text removed, and is raised ``from None`` so
 no driver exception (whose text may quote the DSN) travels along in a traceback or the Dagster UI.
-A ``dbname`` that is itself a connection string or URL (libpq's ``expand_dbname`` form) is searched for
-secrets too, and shown whole as ``***`` when its secrets cannot be told apart from the rest of it.
+The redaction goes by structure: host, port, database and user are the values of their own non-secret
+keys and are shown whole (a password that happens to be part of a name, 'pick' in database
+'pickapic', is never masked inside it: that spelled the password out as the hidden part); only free
+text (libpq's reason) is searched for the password texts, and an occurrence inside one of those names
+there is left as it is for the same reason. A ``dbname`` that is itself a connection string or URL
+(libpq's ``expand_dbname`` form) is free text: searched for secrets, and shown whole as ``***`` when its
+secrets cannot be told apart from the rest of it.
 
 The export's session is pinned as pg_dump pins its own, so the role's, database's or server's
 defaults cannot change what is read: time zone, float digits, DateStyle and IntervalStyle (psycopg
 parses only ISO dates), the schema the tables are looked up in, ``row_security = off`` (a policy
-that would hide rows makes the read fail instead of exporting a subset) and the timeouts.
+that would hide rows makes the read fail instead of exporting a subset) and the timeouts. With the
+statement timeouts lifted, the connection bounds how long a dead peer goes unnoticed instead: TCP
+keepalives and ``tcp_user_timeout`` on the client's socket (:data:`KEEPALIVE_PARAMETERS`, each unless the
+DSN gives its own) and the server's (:data:`SERVER_KEEPALIVE_SETTINGS`, each unless already set).
 """
 from __future__ import annotations
 
@@ -56,6 +64,26 @@ MAX_LOCK_WAIT = "5min"
 EXPORT_SETTINGS_17 = ("SET transaction_timeout = 0",)
 # libpq keys whose values are secrets (the password, and the passphrase of the client's SSL key).
 SECRET_KEYS = ("password", "sslpassword")
+# libpq keys whose values name the server and are never secret: shown whole, and an occurrence of one in
+# libpq's reason is never masked (see redact).
+NAME_KEYS = ("host", "hostaddr", "port", "user", "dbname")
+NAME_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGUSER", "PGDATABASE")
+# Dead-peer detection on the client's socket (libpq connection parameters, each given only where the DSN
+# gives none of its own; libpq ignores them on a unix socket). The export lifts statement_timeout, as pg_dump
+# does, so without them a peer that vanished mid-export (a partition, a NAT dropping the flow, a host that
+# died) was noticed only by the kernel's default keepalive, after about 2 h 11 min, the app tables locked
+# meanwhile. Keepalive probes start after 60 s without traffic, every 10 s, and 6 unanswered ones (about 2
+# minutes in all) end the connection; tcp_user_timeout ends it when data sent stays unacknowledged for 2
+# minutes. A server busy with a long query still answers the probes (its kernel does), so nothing alive is cut.
+KEEPALIVE_PARAMETERS = {"keepalives": "1", "keepalives_idle": "60", "keepalives_interval": "10",
+                        "keepalives_count": "6", "tcp_user_timeout": "120000"}
+# The same on the server's end of the export's session (GUCs any role may set; PostgreSQL ignores them on a
+# unix socket), each set only where nothing set it (pg_settings.source 'default', the system's value): a backend stuck
+# writing to a client that vanished (ClientWrite, holding the export's ACCESS SHARE locks, behind which a
+# migration and then the app queue) ends after about 2 minutes instead of the kernel's 15-plus; a value the
+# server, database, role or the DSN's options give is kept. tcp_user_timeout exists since PostgreSQL 12.
+SERVER_KEEPALIVE_SETTINGS = {"tcp_keepalives_idle": "60", "tcp_keepalives_interval": "10",
+                             "tcp_keepalives_count": "6", "tcp_user_timeout": "120000"}
 
 
 class AppDatabaseError(RuntimeError):
@@ -125,11 +153,61 @@ def dsn_from_env(variable: str = DSN_ENV) -> str:
     return value
 
 
+def _names(dsn: str) -> list[str]:
+    """The non-secret names the DSN and libpq's environment give (host, hostaddr, port, user, dbname), each
+    whole and, for a comma-separated list of hosts or ports, each of its items; a dbname that is itself a
+    connection string is no name (it may hold secrets). Nothing for a DSN that does not parse."""
+    try:
+        parts = conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return []
+    values = [str(parts.get(key) or "") for key in NAME_KEYS] + [os.environ.get(var, "") for var in NAME_ENV]
+    if not parts.get("user") and not os.environ.get("PGUSER"):
+        values.append(account_name() or "")
+    found = set()
+    for value in values:
+        if value and not _looks_like_conninfo(value):
+            found.add(value)
+            found.update(item.strip() for item in value.split(",") if item.strip())
+    return sorted(found)
+
+
+def _occurrences(text: str, needle: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of every occurrence of ``needle`` in ``text``, overlapping ones included."""
+    start = text.find(needle)
+    while start >= 0:
+        yield start, start + len(needle)
+        start = text.find(needle, start + 1)
+
+
 def redact(text: str, dsn: str) -> str:
-    """``text`` with every password text replaced by ``***``."""
-    for secret in sorted(_secrets(dsn), key=len, reverse=True):
-        text = text.replace(secret, "***")
-    return text
+    """``text`` with every password text replaced by ``***`` (a run of hidden characters: one ``***``),
+    except an occurrence that lies inside an occurrence of one of the connection's non-secret names
+    (:func:`_names`): masking 'pick' inside database 'pickapic' showed the password as the part hidden
+    (and a password equal to the user name or port is shown by those names anyway)."""
+    secrets = [secret for secret in set(_secrets(dsn)) if secret]
+    if not text or not secrets:
+        return text
+    spans = [span for name in _names(dsn) for span in _occurrences(text, name)]
+    hidden = bytearray(len(text))
+    for secret in secrets:
+        for start, end in _occurrences(text, secret):
+            if not any(s <= start and end <= e for s, e in spans):
+                hidden[start:end] = b"\x01" * (end - start)
+    if not any(hidden):
+        return text
+    out, pos = [], 0
+    while pos < len(text):
+        if hidden[pos]:
+            while pos < len(text) and hidden[pos]:
+                pos += 1
+            out.append("***")
+        else:
+            end = hidden.find(1, pos)
+            end = len(text) if end < 0 else end
+            out.append(text[pos:end])
+            pos = end
+    return "".join(out)
 
 
 _URL = re.compile(r"\s*postgres(?:ql)?://", re.IGNORECASE)
@@ -163,13 +241,15 @@ def server_name(dsn: str, source: str = "the DSN") -> ServerName:
         raise AppDatabaseError(f"{source} is not a valid libpq connection string or postgresql:// URL "
                                "(its text is not shown because it may hold a password)") from None
     user = parts.get("user") or os.environ.get("PGUSER") or account_name() or "the login user"
-    # Each part without secrets: a dbname may be a whole connection string holding a password.
+    # Host, port and user are the values of their own non-secret keys: shown whole, never searched for the
+    # password (that masked 'pick' in 'pickapic', spelling the password out). A dbname that is itself a
+    # connection string or URL (libpq's expand_dbname form) is free text that may hold secrets: redacted.
+    dbname = str(parts.get("dbname") or os.environ.get("PGDATABASE") or user)
     return ServerName(
-        host=redact(str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST")
-                        or "the default socket"), dsn),
-        port=redact(str(parts.get("port") or os.environ.get("PGPORT") or 5432), dsn),
-        dbname=redact(str(parts.get("dbname") or os.environ.get("PGDATABASE") or user), dsn),
-        user=redact(str(user), dsn),
+        host=str(parts.get("host") or parts.get("hostaddr") or os.environ.get("PGHOST") or "the default socket"),
+        port=str(parts.get("port") or os.environ.get("PGPORT") or 5432),
+        dbname=redact(dbname, dsn) if _looks_like_conninfo(dbname) else dbname,
+        user=str(user),
     )
 
 
@@ -205,6 +285,9 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         kwargs["connect_timeout"] = CONNECT_TIMEOUT_S
     if "application_name" not in parts:
         kwargs["application_name"] = APPLICATION_NAME
+    for key, value in KEEPALIVE_PARAMETERS.items():      # dead-peer detection, unless the DSN gives its own
+        if key not in parts:
+            kwargs[key] = value
     # The session starts in an encoding every server can give, whatever its own: psycopg has no codec for
     # some server encodings (EUC_TW, MULE_INTERNAL), so a session opened in the server's failed its first
     # statement. The export's is set for good below, once the server's is known (SQL_ASCII: no conversion,
@@ -236,6 +319,12 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
             conn.execute("SELECT set_config('lock_timeout', CASE WHEN current_setting('lock_timeout')::interval "
                          "> '0'::interval AND current_setting('lock_timeout')::interval < %s::interval THEN "
                          "current_setting('lock_timeout') ELSE %s END, false)", (MAX_LOCK_WAIT, MAX_LOCK_WAIT))
+            # the server's end of the socket: only where nothing set it (source 'default': the system's value;
+            # the server's file, the database, the role and the DSN's options each keep theirs)
+            wanted = server_keepalive_settings(conn.info.server_version)
+            conn.execute("SELECT set_config(s.name, v.value, false) FROM pg_catalog.pg_settings AS s "
+                         "JOIN unnest(%s::text[], %s::text[]) AS v(name, value) ON v.name = s.name "
+                         "WHERE s.source = 'default'", (list(wanted), list(wanted.values())))
         # A UTF8 database's text arrives as it is stored. Any other database's text is read unconverted
         # (SQL_ASCII as client encoding turns the server's conversion off): a SQL_ASCII database's bytes
         # reach the file as they are, and the export reads another encoding's text as its stored bytes and
@@ -255,6 +344,12 @@ def connect(dsn: str, *, source: str = "the DSN", read_only: bool = True,
         raise AppDatabaseError(f"cannot set up a session on the app {name} (from {source}): "
                                f"{_reason(exc, dsn)}") from None
     return conn
+
+
+def server_keepalive_settings(server_version: int) -> dict[str, str]:
+    """:data:`SERVER_KEEPALIVE_SETTINGS` that a server of ``server_version`` has (tcp_user_timeout: 12+)."""
+    return {name: value for name, value in SERVER_KEEPALIVE_SETTINGS.items()
+            if name != "tcp_user_timeout" or server_version >= 120000}
 
 
 def as_text(value: str | bytes | None) -> str | None:

@@ -655,6 +655,96 @@ def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
                                       "data home; move it away (and its files into a real folder) to export")
 
 
+REPLAY_WAIT_S = 60.0    # how long an export from a hot standby waits for it to replay the WAL it has received
+REPLAY_POLL_S = 0.2
+
+
+class ReplicaBehind(AppDatabaseError):
+    """The server is a hot standby (read replica) whose replay is paused or behind the WAL it has received:
+    its snapshot would lack transactions its primary committed (a closed day's last rows)."""
+
+
+def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: str) -> str | None:
+    """On a hot standby (``pg_is_in_recovery()``, ``sql/app_db/standby.sql``), make sure the export's snapshot,
+    taken after this check, holds what its primary committed for ``day``; on a primary do nothing (None).
+
+    The lag rule cannot go by the standby's ``now()``: its clock runs on while WAL holding the day's last
+    commits waits unreplayed, so a day was published without its last rows and a lookback re-export from
+    such a replica replaced a day exported complete from the primary. So:
+
+    - replay paused (``pg_wal_replay_pause()``, or a pause requested): :class:`ReplicaBehind` at once;
+    - WAL received and not replayed (``pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()``): wait up to
+      REPLAY_WAIT_S for replay to reach the position received when the check began (a busy replica
+      catches up in moments), else :class:`ReplicaBehind` naming the replay lag (a delayed standby,
+      ``recovery_min_apply_delay``, stays behind by design);
+    - the lag rule by the replay time (``pg_last_xact_replay_timestamp()``, the commit time, by the
+      primary's clock, of the last transaction replayed): the standby holds nothing committed after it, so
+      ``day`` must have been over for ``lag_minutes`` by then (else :class:`ExportTooEarly`); a standby that
+      has replayed no transaction since it started cannot tell how far its data reaches: ReplicaBehind.
+
+    Nothing is written before the check, so a refused export leaves the raw zone as it was. Returns a
+    warning for a standby that does not stream (archive recovery: what it has not restored yet is unknown,
+    only the replay time was checked), else None. Each read ends its transaction: no snapshot is held."""
+    query = statement("standby")
+    standby, received, replayed, behind, caught_up, paused, replayed_at = conn.execute(
+        query, {"target": None}).fetchone()
+    conn.rollback()
+    if not standby:
+        return None
+    target, started = as_text(received), time.monotonic()
+    while True:
+        if paused:
+            raise ReplicaBehind(
+                f"the app {where} is a hot standby (read replica) whose WAL replay is paused (pg_wal_replay_pause()) "
+                f"at {as_text(replayed)}, {_behind(behind)}, last transaction replayed committed at "
+                f"{_stamp(replayed_at)}: its data may lack the rows day {day} ended with, so it is not exported "
+                "from it (nothing was written); resume replay (pg_wal_replay_resume()) or export from the primary")
+        if target is None or behind is None or behind <= 0 or caught_up:
+            break
+        if time.monotonic() - started >= REPLAY_WAIT_S:
+            raise ReplicaBehind(
+                f"the app {where} is a hot standby (read replica) whose replay is behind the WAL it has received "
+                f"({_behind(behind)}: received {target}, replayed {as_text(replayed)} after waiting "
+                f"{REPLAY_WAIT_S:g} s; last transaction replayed committed at {_stamp(replayed_at)}, e.g. "
+                "recovery_min_apply_delay or a replay conflict): its data may lack the rows day "
+                f"{day} ended with, so it is not exported from it (nothing was written); export from the primary "
+                "or an up-to-date replica, or retry once it has caught up")
+        time.sleep(REPLAY_POLL_S)
+        standby, _, replayed, behind, caught_up, paused, replayed_at = conn.execute(
+            query, {"target": target}).fetchone()
+        conn.rollback()
+        if not standby:       # promoted meanwhile: a primary holds every commit
+            return None
+    if replayed_at is None:
+        raise ReplicaBehind(f"the app {where} is a hot standby (read replica) that has replayed no transaction since "
+                            f"it started, so how far its data reaches is unknown: day {day} is not exported from "
+                            "it (nothing was written); export from the primary, or retry once the standby has "
+                            "replayed a transaction committed after the day closed")
+    try:
+        check_lag(day, lag_minutes, replayed_at)
+    except ExportTooEarly as exc:
+        raise ExportTooEarly(f"{exc} (by the last transaction the app {where}, a hot standby, has replayed, "
+                             f"committed at {_stamp(replayed_at)}: its data reaches no further; export from the "
+                             "primary, or retry once it has replayed later commits)") from None
+    if target is None:
+        return (f"the app {where} is a hot standby that does not stream from its primary (archive recovery): "
+                f"day {day} was exported from what it had replayed, up to a transaction committed at "
+                f"{_stamp(replayed_at)}; WAL it has not restored yet is not in it")
+    return None
+
+
+def _behind(behind: int | None) -> str:
+    """The replay lag in bytes, as a message names it."""
+    return "replay lag unknown" if behind is None else f"{behind} bytes of received WAL not replayed"
+
+
+def _stamp(moment: dt.datetime | None) -> str:
+    """A timestamp as messages name it (UTC)."""
+    if moment is None:
+        return "an unknown time"
+    return moment.astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 class TablesLocked(AppDatabaseError):
     """The app tables could not be locked for the export's snapshot within the session's lock_timeout."""
 
@@ -751,6 +841,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     conn = connect(dsn, source=source)  # raises before anything is written
     staging, held = None, None
     try:
+        # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
+        # (before the snapshot, which then holds at least what was replayed by now)
+        standby = check_standby(conn, day, config.lag_minutes, str(name))
+        if standby:
+            report.warnings.append(standby)
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
@@ -1103,5 +1198,5 @@ def app_days(dsn: str, source: str = "the DSN") -> AppDays:
     return AppDays(days, undated)
 
 
-__all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "export_day",
+__all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "ReplicaBehind", "export_day",
            "app_days", "check_lag", "is_closed", "format_row"]

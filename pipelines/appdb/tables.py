@@ -1,8 +1,9 @@
 """The app's four tables as the export needs them: column names from ``schemas.raw``, allowed server types.
 
 A column's type family comes from its raw schema type (int64 -> any integer type, float64 -> double
-precision / real / numeric, string -> text-like or uuid) except ``created_at``, which must be a
-timestamp (naive, as the app stores it, or with time zone, read in UTC). Extra columns are ignored.
+precision / real / numeric, string -> text-like, uuid or any ENUM type, whose label is read as text)
+except ``created_at``, which must be a timestamp (naive, as the app stores it, or with time zone, read
+in UTC). Extra columns are ignored. A domain counts as its base type (``sql/app_db/columns.sql``).
 """
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "text": ("text", "character varying", "character", "uuid"),
     "timestamp": ("timestamp without time zone", "timestamp with time zone"),
 }
+# Families a column of an ENUM type (CREATE TYPE ... AS ENUM, a routine migration of a text column) may
+# stand in: the export statements read every text column as ::text, which gives an enum's label, byte
+# for byte what the text column held.
+ENUM_FAMILIES = ("text",)
 
 
 class AppSchemaError(ValueError):
@@ -49,11 +54,13 @@ def check_tables(conn: psycopg.Connection, where: str = "the app database") -> N
     """Raise ``AppSchemaError`` naming table, column and expected type for the first mismatch."""
     found: dict[str, dict[str, str]] = {table: {} for table in RAW_TABLES}
     seen: set[str] = set()
+    named: dict[tuple[str, str], str] = {}        # the type's own name, for the message
     with conn.cursor() as cursor:
         cursor.execute(statement("columns"), {"tables": list(RAW_TABLES)})
-        for row in cursor:
-            table, column, data_type = (as_text(v) for v in row)
-            found[table][column] = data_type
+        for table, column, data_type, is_enum in cursor:
+            table, column = as_text(table), as_text(column)
+            found[table][column] = "enum" if is_enum else as_text(data_type)
+            named[(table, column)] = as_text(data_type)
             seen.add(table)
     for table in RAW_TABLES:
         if table not in seen:
@@ -65,9 +72,13 @@ def check_tables(conn: psycopg.Connection, where: str = "the app database") -> N
                 raise AppSchemaError(f"app table {table!r} in {where} has no column {column!r} "
                                      f"(expected type {kind}: one of {', '.join(allowed)})")
             actual = found[table][column]
+            if actual == "enum" and kind in ENUM_FAMILIES:
+                continue
             if actual not in allowed:
-                raise AppSchemaError(f"app table {table!r} in {where}: column {column!r} has type {actual!r}, "
-                                     f"expected type {kind} (one of {', '.join(allowed)})")
+                enum = f"{named[(table, column)]!r} (an enum)" if actual == "enum" else repr(actual)
+                also = ", or an enum type" if kind in ENUM_FAMILIES else ""
+                raise AppSchemaError(f"app table {table!r} in {where}: column {column!r} has type {enum}, "
+                                     f"expected type {kind} (one of {', '.join(allowed)}{also})")
 
 
 def statement(name: str) -> str:

@@ -1,8 +1,9 @@
 -- Columns and types of the app's tables as the server sees them (the export checks them first).
 -- Inputs: the catalog (pg_attribute of the tables visible on the search path, pg_type for domains).
--- Output: table_name, column_name, data_type (format_type, e.g. 'timestamp without time zone'), one row
--- per column. A column whose type is a domain (CREATE DOMAIN email_t AS text CHECK (...)) reads as its
--- base type, looked up through domains over domains: the export reads the value, never the domain.
+-- Output: table_name, column_name, data_type (format_type, e.g. 'timestamp without time zone'), is_enum
+-- (the type is an ENUM: the export reads its label as text), one row per column. A column whose type is a
+-- domain (CREATE DOMAIN email_t AS text CHECK (...)) reads as its base type, looked up through domains
+-- over domains: the export reads the value, never the domain.
 -- Parameters: $tables (array of table names).
 WITH RECURSIVE cols(table_name, column_name, attnum, type_oid, depth) AS (
     SELECT c.relname::text, a.attname::text, a.attnum, a.atttypid, 0
@@ -15,7 +16,7 @@ WITH RECURSIVE cols(table_name, column_name, attnum, type_oid, depth) AS (
     FROM cols JOIN pg_type t ON t.oid = cols.type_oid
     WHERE t.typtype = 'd' AND cols.depth < 64
 )
-SELECT cols.table_name, cols.column_name, format_type(cols.type_oid, NULL) AS data_type
+SELECT cols.table_name, cols.column_name, format_type(cols.type_oid, NULL) AS data_type, t.typtype = 'e' AS is_enum
 FROM cols JOIN pg_type t ON t.oid = cols.type_oid
 WHERE t.typtype <> 'd'
 ORDER BY 1, cols.attnum
