@@ -1,7 +1,13 @@
 """The blob store: URLs under the blob base (a local folder or a bucket), training-JPEG keys, atomic blob writes."""
 from __future__ import annotations
 
-import uuid
+import contextlib
+import errno
+import io
+import os
+import stat
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
 from pipelines.features import beamworker  # noqa: F401  # isort: skip
@@ -9,7 +15,7 @@ from pipelines.features import beamworker  # noqa: F401  # isort: skip
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from formats.files import is_url
+from formats.files import create_temp, is_url, lstat_or_none
 
 
 def join_url(base: str, relpath: str) -> str:
@@ -28,30 +34,104 @@ def train_jpg_key(prefix: str, sha256: str) -> str:
 
 
 def write_blob_atomic(base: str, key: str, data: bytes) -> None:
-    """Write ``data`` at ``base/key`` through Beam's ``FileSystems`` unless a non-empty file is already there.
+    """Make ``base/key`` hold exactly ``data`` (a training JPEG), writing it unless it already does.
+
+    The stage encodes a key's bytes deterministically, so anything else at the key can only be damage and is
+    replaced (review rev24d: any non-empty entry was kept for good, a file cut short by an interrupted copy, a
+    folder, a link): locally, a regular file of other bytes or size, a link (replaced, never written through),
+    an empty folder (a non-empty one is refused, naming it: its files are not the stage's to delete), a FIFO or
+    other node; in an object store, an object of another size. A local key's folder (``<sha[:2]>``, the one
+    folder of the store the stage makes per key) must be a real folder: a link there is refused, so nothing
+    is written outside the store through it.
 
     Readers never see a partial file: a local file is written under a unique temporary name in the same
-    folder and renamed into place (with the umask's permissions); an object store makes an object
-    visible only when its upload completes.
+    folder (created exclusively, no link followed) and renamed into place (with the umask's permissions); an
+    object store makes an object visible only when its upload completes.
     """
     url = join_url(base, key)
+    if is_local(base):
+        _write_local(url, data)
+        return
     filesystem = FileSystems.get_filesystem(url)   # one plugin lookup per write, not one per call below
     try:   # metadata of one path; FileSystems.match would compile a glob per image (~2 ms)
-        if filesystem.metadata(url).size_in_bytes > 0:
+        if filesystem.metadata(url).size_in_bytes == len(data):
             return
     except BeamIOError:
         pass   # not there yet
-    if not is_local(base):
-        with filesystem.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(data)
-        return
-    folder, name = url.rsplit("/", 1)
-    temporary = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
+    with filesystem.create(url, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(data)
+
+
+def _holds(path: str, data: bytes) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding exactly ``data``."""
+    info = lstat_or_none(path)
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
+        return False
     try:
-        with filesystem.create(temporary, mime_type="image/jpeg", compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-            handle.write(data)
-        filesystem.rename([temporary], [url])
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False    # swapped for a link, unreadable: written again
+    with io.FileIO(fd, "rb") as handle:
+        return stat.S_ISREG(os.fstat(fd).st_mode) and handle.read(len(data) + 1) == data
+
+
+def _write_local(path: str, data: bytes) -> None:
+    if _holds(path, data):
+        return
+    folder, name = os.path.split(path)
+    with contextlib.suppress(FileExistsError):   # a dangling link there: refused below
+        os.makedirs(folder, exist_ok=True)
+    info = os.lstat(folder)
+    if not stat.S_ISDIR(info.st_mode):
+        raise OSError(errno.ENOTDIR, f"the training-JPEG store's folder {folder} is a link or not a folder; "
+                                     "remove it (the feature stage writes it again)", folder)
+    entry = lstat_or_none(path)
+    if entry is not None and stat.S_ISDIR(entry.st_mode):
+        try:
+            os.rmdir(path)
+        except OSError as exc:
+            raise OSError(exc.errno, f"a folder is at the training JPEG key {path} and is not empty; remove it "
+                                     "(the feature stage writes the JPEG there)", path) from None
+    fd, temporary = create_temp(folder, name)
+    temporary = os.path.join(folder, temporary)
+    try:
+        with io.FileIO(fd, "wb") as handle:
+            view = memoryview(data)
+            while view:
+                view = view[handle.write(view):]
+        os.replace(temporary, path)   # replaces a link or a node at the key, never writes through it
     except BaseException:
-        if filesystem.exists(temporary):
-            filesystem.delete([temporary])
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
         raise
+
+
+def training_jpeg_ok(base: str, key: str, size: int) -> bool:
+    """Whether the training JPEG at ``base/key`` is there as a row recorded it: locally a regular file (not a
+    link) of ``size`` bytes, in an object store an object of that size (one ``lstat`` / metadata call)."""
+    url = join_url(base, key)
+    if is_local(base):
+        info = lstat_or_none(url)
+        return info is not None and stat.S_ISREG(info.st_mode) and info.st_size == size
+    try:
+        return FileSystems.get_filesystem(url).metadata(url).size_in_bytes == size
+    except BeamIOError:
+        return False
+
+
+def lost_training_jpegs(base: str, rows: Iterable[dict]) -> set[str]:
+    """``image_uid`` of each row (``train_jpg_key``, ``train_jpg_bytes``) whose training JPEG is not there as
+    recorded (:func:`training_jpeg_ok`): one ``lstat`` a row locally, metadata calls 16 at a time in a bucket."""
+    rows = list(rows)
+    if not rows:
+        return set()
+
+    def lost(row: dict) -> bool:
+        return not training_jpeg_ok(base, row["train_jpg_key"], row["train_jpg_bytes"])
+
+    if is_local(base):
+        flags = [lost(row) for row in rows]
+    else:
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            flags = list(pool.map(lost, rows))
+    return {row["image_uid"] for row, flag in zip(rows, flags) if flag}

@@ -11,17 +11,23 @@ missing_blob        nothing at the blob path.
 unreadable_blob     the blob is there but reading it failed (permission, I/O or storage error).
 file_too_large      more than ``max_bytes`` bytes (read is capped: a huge file is never loaded).
 empty_file          zero bytes.
-not_an_image        bytes that no accepted decoder recognises (PNG, JPEG, WEBP, GIF, BMP, TIFF
-                    are probed; nothing else is ever parsed).
+not_an_image        bytes the extension's decoder does not recognise and whose leading bytes name
+                    none of PNG, JPEG, WEBP, GIF, BMP, TIFF (every signature Pillow accepts for them).
 extension_mismatch  the bytes are an image of another format than the extension promises
                     (``.png`` must be PNG; ``.jpg``/``.jpeg`` JPEG; ``.webp`` WEBP), or the
-                    extension is none of these.
+                    extension is none of these. Judged on the leading bytes before Pillow parses
+                    anything, and Pillow is then given only the extension's format: no other
+                    reader (TIFF's IFD reader, say) ever sees the bytes (review rev24d).
 decompression_bomb  the header declares more than ``max_pixels`` pixels (default 4096 x 4096),
                     checked before any pixel is decoded; also Pillow's own bomb / text-chunk limits,
                     and, checked before Pillow parses a PNG, one of more than 65,536 chunks (seconds of
                     parsing for nothing), a second iCCP, more than 1,000 text/sPLT/eXIf chunks (libspng's
                     limit), a compressed chunk inflating past 1 MiB or 8 MiB of metadata in all (each
-                    chunk read exactly as Pillow reads it).
+                    chunk read exactly as Pillow reads it); and, checked before Pillow parses a JPEG
+                    (:func:`scan_jpeg`), more than 1,000 marker segments or 1,024 fill/stray bytes
+                    before its first scan (Pillow walks them in Python and keeps every APPn/COM), more
+                    than 65,536 markers in all, or more than 500 scans (libjpeg decodes every scan
+                    over the whole image; an encoder writes at most a few dozen).
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
 bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
                     above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
@@ -67,7 +73,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pyspng
-from PIL import Image, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
 MISSING_BLOB = "missing_blob"
@@ -92,10 +98,17 @@ REJECT_REASONS = (
 # Reasons given before the bytes were read: their rows carry no sha256 / num_bytes.
 UNREAD_REASONS = (UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EMPTY_FILE)
 
-PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")   # what sniff_format names; Pillow opens only an extension's
 EXTENSION_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",)}
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
-SIGNATURES = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"RIFF", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
+# Every prefix Pillow's plugins of PROBED_FORMATS accept (their ``_accept``; TIFF: ``TiffImagePlugin.PREFIXES``, the
+# classic and BigTIFF headers in both byte orders and Pillow's two "invalid" ones, tested): a blob starting with
+# one is that format to the extension check (review rev24d: four of the six TIFF ones were missed, and Pillow's
+# TIFF reader parsed them in a .png blob).
+FORMAT_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+                     (b"MM\x00*", "TIFF"), (b"II*\x00", "TIFF"), (b"MM*\x00", "TIFF"), (b"II\x00*", "TIFF"),
+                     (b"MM\x00+", "TIFF"), (b"II+\x00", "TIFF"), (b"BM", "BMP"))
+SIGNATURES = tuple(signature for signature, _ in FORMAT_SIGNATURES) + (b"RIFF",)
 
 
 class ImageRejected(Exception):
@@ -229,24 +242,24 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     """Decode ``data`` (the blob at ``relpath``) once, applying every policy in the module docstring."""
     if not data:
         raise ImageRejected(EMPTY_FILE, f"{relpath!r} has zero bytes")
-    extension = os.path.splitext(relpath)[1].lower()
-    expected = EXTENSION_FORMATS.get(extension)
-    if expected is None:
-        raise ImageRejected(EXTENSION_MISMATCH, f"extension {extension!r} of {relpath!r} is not one of {sorted(EXTENSION_FORMATS)}")
-    sniffed = sniff_format(data)
-    if sniffed is not None and sniffed not in expected:   # before Pillow's own bomb check parses the header
-        raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {sniffed} bytes, extension {extension!r} expects {'/'.join(expected)}")
+    extension, expected, sniffed = check_extension(data, relpath)
     # A PNG's chunks are walked once before Pillow parses its header (which reads every chunk up to the image
     # data): a bomb there (a flood of chunks, repeated or oversized compressed ones) is refused without that walk.
     scan = scan_png(data) if sniffed == "PNG" else None
     if scan is not None and scan.bomb:
         raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {scan.bomb}")
+    # A JPEG's markers likewise (Pillow walks those before the first scan in Python, keeping every APPn/COM; libjpeg
+    # decodes every scan): a flood of markers, stray bytes or scans is refused without Pillow's walk (review rev24d).
+    jpeg_bomb = scan_jpeg(data) if sniffed == "JPEG" else None
+    if jpeg_bomb:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {jpeg_bomb}")
     # Pillow parsers run on hostile bytes here: any error they raise is this image's fault, so it
-    # becomes a reject row (with the exception type in the detail) instead of failing the run.
+    # becomes a reject row (with the exception type in the detail) instead of failing the run. Only the
+    # extension's formats are tried: no other plugin ever parses the bytes (review rev24d).
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=PROBED_FORMATS)
+            image = Image.open(io.BytesIO(data), formats=expected)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {exc}") from None
     except UnidentifiedImageError:
@@ -290,10 +303,6 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
 
 
-FORMAT_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
-                     (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"), (b"BM", "BMP"))
-
-
 def sniff_format(data: bytes) -> str | None:
     """The format the leading bytes name (PNG, JPEG, WEBP, GIF, TIFF, BMP), or None: an extension is checked
     against it before Pillow parses a header (whose size alone may trip Pillow's bomb check)."""
@@ -302,6 +311,101 @@ def sniff_format(data: bytes) -> str | None:
     for signature, name in FORMAT_SIGNATURES:
         if data.startswith(signature):
             return name
+    return None
+
+
+def check_extension(data: bytes, relpath: str) -> tuple[str, tuple[str, ...], str | None]:
+    """``(extension, formats it accepts, sniffed format)`` of the blob ``data`` at ``relpath``, or raise
+    ``extension_mismatch``: an extension none of ``EXTENSION_FORMATS``, or leading bytes of another format. The
+    first check of :func:`decode_image`, and the whole of it a blob whose bytes are reused by sha256 gets (its
+    decode is another path's), so a path's outcome never depends on which bytes earlier days held."""
+    extension = os.path.splitext(relpath)[1].lower()
+    expected = EXTENSION_FORMATS.get(extension)
+    if expected is None:
+        raise ImageRejected(EXTENSION_MISMATCH, f"extension {extension!r} of {relpath!r} is not one of {sorted(EXTENSION_FORMATS)}")
+    sniffed = sniff_format(data)
+    if sniffed is not None and sniffed not in expected:   # before Pillow's own bomb check parses the header
+        raise ImageRejected(EXTENSION_MISMATCH, f"{relpath!r} holds {sniffed} bytes, extension {extension!r} expects {'/'.join(expected)}")
+    return extension, expected, sniffed
+
+
+# Pillow (12.x, ``JpegImagePlugin.MARKER``): the markers its ``_open`` knows (any other before the first scan is
+# "no marker found") and those of them it reads no length for.
+_JPEG_KNOWN = frozenset(marker & 0xFF for marker in JpegImagePlugin.MARKER)
+_JPEG_NO_LENGTH = frozenset(marker & 0xFF for marker, (_, _, handler) in JpegImagePlugin.MARKER.items() if handler is None)
+# libjpeg, past the first scan: the next marker is an 0xFF (after any fill 0xFFs) followed by neither a stuffed 0x00
+# nor a restart marker, whatever comes before it (entropy-coded data; garbage it skips with a warning).
+_JPEG_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+_JPEG_STANDALONE = frozenset({0x01, 0xD8, 0xD9})   # TEM, SOI, EOI: no length (libjpeg)
+MAX_JPEG_HEADER_SEGMENTS = 1_000   # before the first scan: JFIF/EXIF/ICC (<= 255 APP2)/XMP, tables: dozens at most
+MAX_JPEG_STRAY_BYTES = 1_024       # fill 0xFFs and junk before the first scan, one Python step of Pillow's each
+MAX_JPEG_MARKERS = 65_536          # in all (bounds this walk, as MAX_PNG_CHUNKS does the PNG one)
+MAX_JPEG_SCANS = 500               # libjpeg's simple progression writes 6 (grey) or 10 (colour); room for any script
+
+
+def scan_jpeg(data: bytes) -> str | None:
+    """Walk a JPEG's markers once, cheaply, and say why it is a bomb (a ``decompression_bomb`` detail), or None.
+
+    Up to the first scan (SOS) the walk is Pillow's ``JpegImageFile._open`` step for step, which runs in Python
+    and keeps every APPn/COM segment: 16 million empty COM markers (64 MB) took it 32 s and 2.6 GB, and 16 MB of
+    0xFF fill 14 s (review rev24d). Past it the markers are found as libjpeg finds them (in C, by a regular
+    expression over the entropy-coded data) and the scans counted: libjpeg decodes every scan of a progressive
+    JPEG over the whole image, a repeated one too (a 165 KB 4096 x 4096 JPEG of 3,000 scans: 16.7 s). A walk
+    that runs out of bytes (a truncated file, a length past the end) stops there without a verdict: the decoders
+    judge the rest."""
+    size, position = len(data), 2
+    segments = stray = 0
+    while True:   # Pillow's walk up to the first scan
+        if position + 1 >= size:
+            return None
+        if data[position] != 0xFF:
+            stray += 1           # junk: Pillow reads on one byte at a time
+            position += 1
+        else:
+            marker = data[position + 1]
+            if marker in _JPEG_KNOWN:
+                segments += 1
+                if segments > MAX_JPEG_HEADER_SEGMENTS:
+                    return (f"more than {MAX_JPEG_HEADER_SEGMENTS} marker segments before its image data (an encoder "
+                            "writes a few dozen at most)")
+                if marker in _JPEG_NO_LENGTH:
+                    position += 2
+                    continue
+                if position + 4 > size:
+                    return None
+                position += 2 + max(2, int.from_bytes(data[position + 2:position + 4], "big"))   # as Pillow reads it
+                if marker == 0xDA:
+                    break
+                continue
+            if marker == 0xFF:     # fill byte: the next 0xFF starts the marker
+                stray += 1
+                position += 1
+            elif marker == 0x00:   # a stuffed zero: skipped
+                stray += 1
+                position += 2
+            else:
+                return None        # Pillow: "no marker found"
+        if stray > MAX_JPEG_STRAY_BYTES:
+            return f"more than {MAX_JPEG_STRAY_BYTES} fill or stray bytes before its image data (an encoder writes none)"
+    scans, markers = 1, segments
+    while (found := _JPEG_NEXT_MARKER.search(data, position)) is not None:   # libjpeg's walk past it
+        start, marker = found.start(), data[found.start() + 1]
+        markers += 1
+        if markers > MAX_JPEG_MARKERS:
+            return f"more than {MAX_JPEG_MARKERS} markers"
+        if marker == 0xD9:
+            return None
+        if marker in _JPEG_STANDALONE:
+            position = start + 2
+            continue
+        if start + 4 > size:
+            return None
+        if marker == 0xDA:
+            scans += 1
+            if scans > MAX_JPEG_SCANS:
+                return (f"more than {MAX_JPEG_SCANS} scans (libjpeg decodes each over the whole image; an encoder "
+                        "writes a few dozen at most)")
+        position = start + 2 + max(2, int.from_bytes(data[start + 2:start + 4], "big"))
     return None
 
 

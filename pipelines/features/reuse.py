@@ -56,27 +56,34 @@ def partition_output_key(path: Path) -> str | None:
     return value.decode("ascii", "replace") if value is not None else None
 
 
+# The known digests the workers get: each sha256 of the earlier partitions with the training-JPEG size its reuse
+# source (earliest (dt, image_uid) row) records, so a worker reuses bytes only while that JPEG is there as recorded.
+KNOWN_DTYPE = np.dtype([("sha256", "S32"), ("train_jpg_bytes", "<i8")])
+
+
 def load_known_digests(path: str | None) -> np.ndarray:
-    """Sorted ``S32`` array of known sha256 digests from an ``.npy`` file (empty when ``path`` is None)."""
+    """Sorted ``KNOWN_DTYPE`` array of known sha256 digests from an ``.npy`` file (empty when ``path`` is None)."""
     if not path:
-        return np.empty(0, dtype="S32")
+        return np.empty(0, dtype=KNOWN_DTYPE)
     with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         digests = np.load(io.BytesIO(handle.read()), allow_pickle=False)
-    if digests.dtype != np.dtype("S32"):
-        raise ValueError(f"known digests file {path} has dtype {digests.dtype}, expected S32")
+    if digests.dtype != KNOWN_DTYPE:
+        raise ValueError(f"known digests file {path} has dtype {digests.dtype}, expected {KNOWN_DTYPE}")
     return digests
 
 
-def contains_digest(digests: np.ndarray, digest: bytes) -> bool:
-    """Binary search for ``digest`` in the sorted array."""
-    if digests.size == 0:
-        return False
+def known_jpeg_bytes(known: np.ndarray, digest: bytes) -> int | None:
+    """Binary search for ``digest`` in the sorted array: the recorded training-JPEG size, or None if unknown."""
+    if known.size == 0:
+        return None
     # numpy compares S32 values without trailing NUL bytes; comparing two S32 values is still exact
     # (same length), comparing one with raw ``bytes`` would not be.
     key = np.array(digest, dtype="S32")
+    digests = known["sha256"]
     index = int(np.searchsorted(digests, key))
-    return index < digests.size and bool(digests[index] == key)
-
+    if index < digests.size and bool(digests[index] == key):
+        return int(known["train_jpg_bytes"][index])
+    return None
 
 
 def earlier_partitions(home: DataHome, day: str, key: str | None = None) -> list[tuple[str, Path]]:
@@ -157,17 +164,23 @@ def _earliest_by_sha256(earlier: list[tuple[str, Path]], shas: set[str]) -> dict
 
 
 def known_digests(history: list[tuple[str, Path]]) -> np.ndarray:
-    """Sorted unique sha256 digests (``S32``) of the given partitions (hex decoded with numpy)."""
-    table = _index(history, ["sha256"])
+    """Sorted unique sha256 digests of the given partitions (hex decoded with numpy), each with the
+    ``train_jpg_bytes`` of its earliest ``(dt, image_uid)`` row, the row a reuse copies (``KNOWN_DTYPE``): the
+    first in ``history`` order (oldest day first; the stage writes each partition sorted by ``image_uid``)."""
+    table = _index(history, ["sha256", "train_jpg_bytes"])
     if table.num_rows == 0:
-        return np.empty(0, dtype="S32")
-    hexes = np.asarray(pc.unique(table["sha256"]).to_numpy(zero_copy_only=False), dtype="S64")
+        return np.empty(0, dtype=KNOWN_DTYPE)
+    hexes = np.asarray(table["sha256"].to_numpy(zero_copy_only=False), dtype="S64")
     chars = np.frombuffer(hexes.tobytes(), dtype=np.uint8).reshape(-1, 64).astype(np.int16)
     nibbles = np.where(chars >= ord("a"), chars - ord("a") + 10, chars - ord("0"))
     if ((nibbles < 0) | (nibbles > 15)).any():
         raise ValueError("image_features.sha256 holds a value that is not 64 lowercase hex characters")
     digests = np.ascontiguousarray(((nibbles[:, 0::2] << 4) | nibbles[:, 1::2]).astype(np.uint8)).view("S32").ravel()
-    return np.sort(digests)
+    digests, first = np.unique(digests, return_index=True)   # sorted; each one's first row (a stable sort)
+    known = np.empty(digests.size, dtype=KNOWN_DTYPE)
+    known["sha256"] = digests
+    known["train_jpg_bytes"] = np.asarray(table["train_jpg_bytes"].to_numpy(zero_copy_only=False), dtype="<i8")[first]
+    return known
 
 
 def rows_reused_by_sha256(day: dt.date, candidates: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:

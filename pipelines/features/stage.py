@@ -28,7 +28,7 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress, silent
 from pipelines import faults
-from pipelines.features.blobs import is_local, join_url
+from pipelines.features.blobs import is_local, join_url, lost_training_jpegs
 from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
 from pipelines.features.reuse import (
@@ -90,9 +90,16 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     key = output_key(config)
     history = earlier_partitions(home, day, key)     # only rows made under these output settings are reused
     by_uid = rows_reused_by_uid(home, day, inputs, history)
+    # A row is reused only while its training JPEG is there as the row records it (review rev24d: a lost one was
+    # never written again, and publish failed for good): such a row is computed again, which writes the JPEG,
+    # and stays the reused row where the bytes are still the same (_settle_restored).
+    lost = lost_training_jpegs(base, by_uid)
+    restoring = {row["image_uid"]: row for row in by_uid if row["image_uid"] in lost}
+    by_uid = [row for row in by_uid if row["image_uid"] not in lost]
     reused_uids = {row["image_uid"] for row in by_uid}
     todo = inputs.filter(pc.invert(pc.is_in(inputs["image_uid"], pa.array(sorted(reused_uids), pa.string()))))
-    progress(f"{len(by_uid)} reused by uid, {todo.num_rows} to read")
+    progress(f"{len(by_uid)} reused by uid, {todo.num_rows} to read"
+             + (f" ({len(restoring)} of them reused rows whose training JPEG is lost or damaged)" if restoring else ""))
 
     computed = get_schema(FEATURES).empty_table()
     rejects = get_schema(REJECTS).empty_table()
@@ -121,6 +128,12 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         faults.maybe_crash("features.after_beam")  # tests: Beam finished, outputs not committed
         progress(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
         computed, rejects, candidates = read_staged(join_url(staging, "out/part"), day_date)
+    bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
+    restored, computed, rejects, candidates = _settle_restored(restoring, computed, rejects, candidates)
+    if restoring:
+        progress(f"{len(restored)} lost training JPEGs written again; {len(restoring) - len(restored)} such rows "
+                 "computed afresh (their blob is gone or holds other bytes now)")
+    by_uid += restored
 
     by_sha = rows_reused_by_sha256(day_date, candidates, history)
     copied = pa.Table.from_pylist(by_uid + by_sha, schema=get_schema(FEATURES))
@@ -138,7 +151,6 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     if todo.num_rows:
         remove_dir(staging, base)
 
-    bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
     report = FeaturesReport(
         day=day, inputs=inputs.num_rows, processed=computed.num_rows, reused=len(by_uid) + len(by_sha),
         reused_by_uid=len(by_uid), reused_by_sha256=len(by_sha),
@@ -229,6 +241,33 @@ def read_inputs(home: DataHome, day: str) -> pa.Table:
         raise ValueError(f"{path}: image_uid is not unique, e.g. {dupes}")
     return table.sort_by("image_uid")
 
+
+
+def _settle_restored(restoring: dict[str, dict], computed: pa.Table, rejects: pa.Table,
+                     candidates: pa.Table) -> tuple[list[dict], pa.Table, pa.Table, pa.Table]:
+    """Settle the uids sent through the pipeline only to write their lost training JPEG again (``restoring``: uid
+    -> the row a reuse copies): where the pipeline found the same bytes (a computed row of the same sha256 and
+    JPEG size, or a reuse candidate of that sha256, whose JPEG the worker checked or wrote) the reused row is
+    kept and the pipeline's output for the uid dropped; otherwise (the blob is gone or changed) the pipeline's
+    outcome stands, as a build from scratch gives it. Returns (kept rows, computed, rejects, candidates)."""
+    if not restoring:
+        return [], computed, rejects, candidates
+    uids = pa.array(sorted(restoring), pa.string())
+    same: set[str] = set()
+    for table, columns in ((computed, ("image_uid", "sha256", "train_jpg_bytes")), (candidates, ("image_uid", "sha256"))):
+        hits = table.filter(pc.is_in(table["image_uid"], uids)).select(list(columns)).to_pylist()
+        for hit in hits:
+            row = restoring[hit["image_uid"]]
+            if hit["sha256"] == row["sha256"] and hit.get("train_jpg_bytes", row["train_jpg_bytes"]) == row["train_jpg_bytes"]:
+                same.add(hit["image_uid"])
+    if not same:
+        return [], computed, rejects, candidates
+    dropped = pa.array(sorted(same), pa.string())
+
+    def without(table: pa.Table) -> pa.Table:
+        return table.filter(pc.invert(pc.is_in(table["image_uid"], dropped)))
+
+    return [restoring[uid] for uid in sorted(same)], without(computed), without(rejects), without(candidates)
 
 
 def _reconcile(inputs: pa.Table, features: pa.Table, rejects: pa.Table) -> None:

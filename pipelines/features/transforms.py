@@ -24,12 +24,12 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipelines.features import decode
-from pipelines.features.blobs import is_local, join_url, train_jpg_key, write_blob_atomic
+from pipelines.features.blobs import is_local, join_url, train_jpg_key, training_jpeg_ok, write_blob_atomic
 from pipelines.features.config import REJECTS, REUSED, FeaturesConfig
 from pipelines.features.decode import ImageRejected
 from pipelines.features.derive import encode_train_jpeg, perceptual_hashes
 from pipelines.features.nsfw import FastNudeDetector, NsfwDetector, NsfwResult, PreparedImage, prepare_image
-from pipelines.features.reuse import contains_digest, load_known_digests
+from pipelines.features.reuse import known_jpeg_bytes, load_known_digests
 from schemas.features import NSFW_CLASSES
 
 PILLOW_BLOCKS_MAX = 64
@@ -47,6 +47,12 @@ def describe_error(exc: BaseException, base: str) -> str:
     return f"{type(exc).__name__}: {message}"
 
 
+def reused_record(element: dict) -> dict:
+    """The reuse candidate of a blob whose bytes an earlier day's row holds (resolved by the driver)."""
+    return {"image_uid": element["image_uid"], "blob_path": element["blob_path"], "sha256": element["sha256"],
+            "num_bytes": len(element["data"])}
+
+
 def processing_error_row(row: dict, step: str, exc: BaseException, base: str, num_bytes: int) -> dict:
     """The reject row of an image whose per-image work raised at ``step`` (reason ``processing_error``)."""
     return reject_row(row, decode.PROCESSING_ERROR, f"{row['blob_path']!r}: {step} raised {describe_error(exc, base)}",
@@ -54,10 +60,19 @@ def processing_error_row(row: dict, step: str, exc: BaseException, base: str, nu
 
 
 class ReadBlobFn(beam.DoFn):
-    """Check the blob path, read the bytes once (capped), sha256 them; known bytes go to ``reused``."""
+    """Check the blob path, read the bytes once (capped), sha256 them; known bytes go to ``reused``.
 
-    def __init__(self, base: str, zone: str, max_bytes: int, known_digests: str | None = None) -> None:
+    Known bytes are reused only as a decode would take them and while their training JPEG is there: the path's
+    own check (:func:`decode.check_extension`, the first of the decode's) applies to them (review rev24d: PNG
+    bytes at ``b.jpg`` were copied from an earlier ``a.png``, while a build without that day rejected them as
+    ``extension_mismatch``); and with ``train_prefix`` (the stage always gives it) a training JPEG that is not a
+    regular file of the size the reused row records (lost, cut short by a copy) sends the blob to be decoded,
+    so its JPEG is written again (``DecodeImageFn`` then hands it back as reused: the row is still a copy)."""
+
+    def __init__(self, base: str, zone: str, max_bytes: int, known_digests: str | None = None,
+                 train_prefix: str | None = None) -> None:
         self.base, self.zone, self.max_bytes, self.known_digests_path = base, zone, max_bytes, known_digests
+        self.train_prefix = train_prefix
         self.bytes_read = Metrics.counter("features", "bytes_read")
         self.rejected = Metrics.counter("features", "rejected")
 
@@ -74,12 +89,23 @@ class ReadBlobFn(beam.DoFn):
             return
         self.bytes_read.inc(len(data))
         digest = hashlib.sha256(data)
-        if contains_digest(self.known, digest.digest()):
-            yield beam.pvalue.TaggedOutput(REUSED, {"image_uid": row["image_uid"], "blob_path": relpath,
-                                                    "sha256": digest.hexdigest(), "num_bytes": len(data)})
+        sha256 = digest.hexdigest()
+        jpeg_bytes = known_jpeg_bytes(self.known, digest.digest())
+        element = {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": relpath, "data": data, "sha256": sha256}
+        if jpeg_bytes is not None:
+            try:
+                decode.check_extension(data, relpath)
+            except ImageRejected as rejected:
+                self.rejected.inc()
+                yield beam.pvalue.TaggedOutput(REJECTS, reject_row(row, rejected.reason, rejected.detail, sha256, len(data)))
+                return
+            if self.train_prefix is not None and not training_jpeg_ok(
+                    self.base, train_jpg_key(self.train_prefix, sha256), jpeg_bytes):
+                yield element | {"reuse_jpeg_bytes": jpeg_bytes}   # decoded to write its JPEG again, then reused
+                return
+            yield beam.pvalue.TaggedOutput(REUSED, reused_record(element))
             return
-        yield {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": relpath, "data": data,
-               "sha256": digest.hexdigest()}
+        yield element
 
     def _read(self, relpath: object) -> bytes:
         relpath = decode.check_blob_path(relpath, self.zone)
@@ -109,6 +135,7 @@ class DecodeImageFn(beam.DoFn):
         self.base, self.config = base, config
         self.decoded = Metrics.counter("features", "decoded")
         self.rejected = Metrics.counter("features", "rejected")
+        self.jpegs_rewritten = Metrics.counter("features", "train_jpegs_rewritten")
 
     def setup(self) -> None:
         import imagehash  # noqa: F401
@@ -138,6 +165,11 @@ class DecodeImageFn(beam.DoFn):
             return
         key = train_jpg_key(config.train_prefix, element["sha256"])
         write_blob_atomic(self.base, key, jpeg)   # a store that cannot be written fails the stage, not the image
+        if element.get("reuse_jpeg_bytes") == len(jpeg):
+            # known bytes whose training JPEG was lost: written again, the row is the earlier one's copy
+            self.jpegs_rewritten.inc()
+            yield beam.pvalue.TaggedOutput(REUSED, reused_record(element))
+            return
         self.decoded.inc()
         yield {
             "image_uid": element["image_uid"], "dt": element["dt"], "blob_path": element["blob_path"],
@@ -330,10 +362,10 @@ class FingerprintImages(beam.PTransform):
     def expand(self, rows: beam.PCollection) -> dict[str, beam.PCollection]:
         config = self.config
         read = rows | "ReadBlob" >> beam.ParDo(
-            ReadBlobFn(self.base, config.blob_zone, config.max_bytes, self.known_digests)
+            ReadBlobFn(self.base, config.blob_zone, config.max_bytes, self.known_digests, config.train_prefix)
         ).with_outputs(REJECTS, REUSED, main="blobs")
         decoded = read.blobs | "DecodeImage" >> beam.ParDo(DecodeImageFn(self.base, config)).with_outputs(
-            REJECTS, main="decoded")
+            REJECTS, REUSED, main="decoded")
         features = (
             decoded.decoded
             | "BatchForNsfw" >> beam.BatchElements(min_batch_size=config.nsfw_batch_size,
@@ -342,4 +374,5 @@ class FingerprintImages(beam.PTransform):
                 REJECTS, main="features")
         )
         rejects = (read[REJECTS], decoded[REJECTS], features[REJECTS]) | "AllRejects" >> beam.Flatten()
-        return {"features": features.features, "rejects": rejects, "reused": read[REUSED]}
+        reused = (read[REUSED], decoded[REUSED]) | "AllReused" >> beam.Flatten()
+        return {"features": features.features, "rejects": rejects, "reused": reused}

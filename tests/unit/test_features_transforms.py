@@ -18,9 +18,11 @@ from PIL import Image
 from test_features_fixtures import bad_blobs, bomb_png, encode, fake_detector, natural_image, png, thin_png
 
 from pipelines.features import transforms
+from pipelines.features.blobs import train_jpg_key
 from pipelines.features.config import FeaturesConfig
 from pipelines.features.derive import perceptual_hashes, train_size_of
 from pipelines.features.nsfw import prepare_image
+from pipelines.features.reuse import KNOWN_DTYPE
 from pipelines.features.runner import pipeline_runner
 from pipelines.features.transforms import DecodeImageFn, DetectNsfwFn, FingerprintImages, ReadBlobFn
 from schemas import get_schema
@@ -49,11 +51,22 @@ def put(home: Path, uid: str, data: bytes, ext: str = "png") -> None:
     (home / "raw" / "images" / f"{uid}.{ext}").write_bytes(data)
 
 
-def digests_file(tmp_path: Path, blobs: list[bytes]) -> str:
+def digests_file(tmp_path: Path, blobs: list[bytes], jpeg_bytes: int = 1000) -> str:
+    """The known digests of ``blobs``, each recorded with a ``jpeg_bytes`` training JPEG."""
     path = tmp_path / "known.npy"
-    array = np.array(sorted(hashlib.sha256(b).digest() for b in blobs), dtype="S32")
+    array = np.empty(len(blobs), dtype=KNOWN_DTYPE)
+    array["sha256"] = sorted(hashlib.sha256(b).digest() for b in blobs)
+    array["train_jpg_bytes"] = jpeg_bytes
     np.save(path, array)
     return str(path)
+
+
+def put_train_jpeg(home: Path, data: bytes, size: int = 1000) -> Path:
+    """A ``size``-byte file at the training-JPEG key of the blob ``data`` (what a reuse of its bytes checks)."""
+    key = home / train_jpg_key(FeaturesConfig().train_prefix, hashlib.sha256(data).hexdigest())
+    key.parent.mkdir(parents=True, exist_ok=True)
+    key.write_bytes(b"\xff" * size)
+    return key
 
 
 def reasons(pcoll):
@@ -152,6 +165,7 @@ def test_fingerprint_images_composite_with_fake_detector(home: Path, tmp_path: P
     for uid, data in {"a": png(1), "b": png(2), "c": bad_blobs()["truncated_image"], "d": png(4)}.items():
         put(home, uid, data)
     known = digests_file(tmp_path, [png(4)])
+    put_train_jpeg(home, png(4))
     rows = [row("a"), row("b"), row("c"), row("d"), row("gone")]
     config = FeaturesConfig(nsfw_batch_size=2)
     with BeamTestPipeline() as p:
