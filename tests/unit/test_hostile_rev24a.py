@@ -6,7 +6,7 @@ data accounting, determinism (same inputs, same bytes) and hostile sizes.
 
 Each test states the correct behaviour of a defect confirmed by running the real stages (the real DuckDB SQL of
 the curation and splits stages on literal warehouse rows built with ``tests/unit/curation_fixtures.py`` /
-``splits_fixtures.py``), filed as a strict xfail.
+``splits_fixtures.py``), filed as a strict xfail; all six were fixed the same day (markers removed).
 
 What held up (run, not filed): the prompt key of ``a nude woman on the beach`` is unchanged by NEL / LS / tabs /
 NBSP / ideographic and other Unicode spaces, zero-width characters, soft hyphens, variation selectors, CGJ, tag
@@ -42,14 +42,6 @@ QUIET = {"log": lambda message: None}
 
 # --- 1. a user published in one split is put in another (a restored ledger re-seeded from latest only) ------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The split ledger is re-seeded only from latest's sidecars (load_ledger/read_published), while the key owner "
-    "pins are re-seeded from every retained published version. A user first published (held out) in a version that "
-    "latest no longer is (latest rolled back by hand, as README section 5 allows) is unknown to a ledger restored from "
-    "an older copy, is assigned afresh by a fold whose history changed (a backfilled day), and lands in train: a user "
-    "published in validation is then published in train. Expected: a user published in validation or test in any "
-    "retained version keeps that split (re-seed the ledger from every retained switched-to version, as the pins are)"
-))
 def test_a_user_published_held_out_in_a_retained_version_keeps_the_split_after_a_rollback_and_a_restored_ledger(
         tmp_path):
     home = DataHome(tmp_path)
@@ -76,15 +68,6 @@ def test_a_user_published_held_out_in_a_retained_version_keeps_the_split_after_a
     assert {r["split"] for r in rows if r["user_id"] == b} <= {"validation", "validation_unique"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "unknown_published skips a published user the ledger holds under another salt only, so a ledger restored from a "
-    "copy made before a salt change (README: a ledger restored from an older copy is re-seeded) is not re-seeded with "
-    "the users latest published under the current salt: the fold assigns them afresh, and after a backfilled day a "
-    "user latest (built under this salt) published in validation is put in train, and one published in train in "
-    "validation, with no warning. The pins had this defect for keys (review rev15b) and now re-seed every retained "
-    "version's keys under the current salt. Expected: every user of latest keeps the split latest published them in "
-    "under the current salt, whatever other salts' entries the ledger holds"
-))
 def test_a_ledger_restored_from_before_a_salt_change_keeps_the_users_latest_published_under_the_new_salt(tmp_path):
     import dataclasses
 
@@ -120,14 +103,6 @@ def test_a_ledger_restored_from_before_a_salt_change_keeps_the_users_latest_publ
 _ORPHAN_MARK_OVERRIDE = "a w\u202e\u3099ab cat"     # an override whose run starts with a combining voiced mark
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "assign._display_order (ICU Bidi.writeReordered with REMOVE_BIDI_CONTROLS | KEEP_BASE_COMBINING) returns a "
-    "character that is not in the prompt when the override's run starts with a combining mark: NUL, or whatever the "
-    "previous call left in ICU's buffer ('e' after a prompt of e's, 'q' after one of q's). moderation_key and "
-    "moderation_text of one text thus depend on the texts read before it (the ingest refuses U+202E in a prompt, so "
-    "this reaches the decisions through the moderation phrase list, whose phrases are keyed by these functions, and "
-    "any other caller). Expected: a function of the text alone, holding only characters of the text"
-))
 def test_the_moderation_key_of_an_override_is_a_function_of_the_prompt_alone():
     assign._display_order("\u202e" + "q" * 20)
     after_q = (assign.moderation_key(_ORPHAN_MARK_OVERRIDE), assign.moderation_text(_ORPHAN_MARK_OVERRIDE))
@@ -140,15 +115,6 @@ def test_the_moderation_key_of_an_override_is_a_function_of_the_prompt_alone():
 
 # --- 3. the prompt key's version ignores the Unicode / ICU data it is computed from ----------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The prompt key is computed from ICU's confusable skeletons (pyicu-wheels>=2.15,<3) and the regex package's "
-    "Unicode data (regex>=2024.4), both unpinned, but only assign.KEY_VERSION says when keys changed: after an "
-    "upgrade whose ICU ties one more letter to an ASCII letter (simulated: a newer ICU reading the Latin phi as f), "
-    "'a ɸox', published in validation, keys as 'a fox', pinned to train, no re-key runs (key_owners_rekeyed 0), and "
-    "a train user's 'a ɸox' is published in train: the rev18j leak, by a dependency upgrade. Expected: the pins "
-    "record the versions of the data the key depends on (ICU, Unicode) and a change re-keys the published captions "
-    "as a KEY_VERSION bump does, so a caption published held out is never kept in train"
-))
 def test_a_caption_published_held_out_stays_out_of_train_after_an_icu_upgrade_changes_its_key(tmp_path,
                                                                                                  monkeypatch):
     import icu
@@ -187,12 +153,6 @@ def test_a_caption_published_held_out_stays_out_of_train_after_an_icu_upgrade_ch
 
 # --- 4. a moderation list that is not UTF-8 fails without naming the file ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read_phrases / read_id_list read the moderation lists as UTF-8 and let UnicodeDecodeError through: a phrase list "
-    "saved as Latin-1 or UTF-16 (Windows Notepad) stops the decisions build with \"'utf-8' codec can't decode byte 0xe9 "
-    "in position 3\", naming neither the file nor the line (read_id_list names file and line for a bad id). Expected: "
-    "an error naming the list file (and what to do: save it as UTF-8)"
-))
 def test_a_moderation_list_that_is_not_utf8_is_an_error_naming_the_file(tmp_path):
     builder = HomeBuilder(tmp_path)
     builder.pair(1, user=1, prompt="a nude cat")
@@ -206,13 +166,6 @@ def test_a_moderation_list_that_is_not_utf8_is_an_error_naming_the_file(tmp_path
 
 # --- 5. the Arabic tatweel (kashida) splits a word in the key and hides it from moderation ---------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The Arabic tatweel U+0640 (kashida: a stretch of the joining stroke that justifies Arabic, Persian and Urdu "
-    "text, part of no letter, and the usual way past an Arabic word filter) stays in the prompt key and the "
-    "moderation key: 'قـطـة' (cat, stretched) keys apart from 'قطة', so a validation user's prompt and a train user's "
-    "stretched copy are both kept (one prompt in two splits), and the listed phrase 'سكس' misses 'صورة سـكـس'. "
-    "Expected: the tatweel read as nothing, like the other decorative marks of README section 5 step 2"
-))
 def test_a_prompt_stretched_with_tatweel_is_the_same_prompt_and_holds_the_same_phrase(tmp_path):
     config = SplitConfig()
     t, v = users_by_home(config.salt, config.heldout_fraction, {"train": 2})["train"]

@@ -3,7 +3,7 @@
 against real throwaway PostgreSQL 16 servers (``tests/postgres_server.py``): a primary with a streaming
 hot standby made by ``pg_basebackup``, a relay that stops forwarding mid-export, and the app schema
 migrated the way apps migrate it. Each test is a strict xfail whose assertions state the correct
-behaviour: it fails today and passes once the defect is fixed.
+behaviour; all four were fixed the same day (markers removed).
 
 Held (tried, no defect): a backend terminated mid-export (one-line error, nothing published, no
 staging folder left); columns migrated to ``uuid``, ``bigint`` and ``timestamptz``, a renamed column
@@ -99,15 +99,6 @@ def _wait_for(check, what: str) -> None:
     raise AssertionError(f"the standby never {what}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A read replica (hot standby) whose replay is behind its primary is exported as if its day were closed: "
-    "the lag is checked by the standby's now(), which runs on while WAL holding the day's last commits waits "
-    "unreplayed (received, pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()), so the day is published "
-    "without those rows (here its only ranking) with no warning, and a lookback re-export from such a replica "
-    "replaces a day exported from an up-to-date server with the older one. Expected: on a standby "
-    "(pg_is_in_recovery()) the export refuses, or waits, until replay has passed the day's close (replay "
-    "paused or received WAL not replayed: refuse naming the replay lag), or at least warns naming the replica"
-))
 def test_a_read_replica_behind_its_primary_is_not_exported_as_a_closed_day(primary_and_standby, tmp_path):
     primary, standby = primary_and_standby
     dsn = _app_db(primary)
@@ -149,14 +140,6 @@ def test_a_read_replica_behind_its_primary_is_not_exported_as_a_closed_day(prima
 
 # --- a schema migration the app shipped --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A text column the app migrated to an ENUM type (CREATE TYPE scheduler AS ENUM (...); ALTER TABLE images "
-    "ALTER COLUMN scheduler_cls TYPE scheduler USING scheduler_cls::scheduler, a routine migration) fails every "
-    "export and every `build --from-app-db` with AppSchemaError \"column 'scheduler_cls' has type 'scheduler', "
-    "expected type text\", so no day is exported any more, though the statements already read every text column "
-    "as ::text (as they do a uuid, and a domain over text since rev17). Expected: an enum column (typtype 'e') "
-    "is taken as text and exported as its label, byte for byte what the text column gave"
-))
 def test_a_text_column_migrated_to_an_enum_is_still_exported(postgres_server, tmp_path):
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
@@ -174,15 +157,6 @@ def test_a_text_column_migrated_to_an_enum_is_still_exported(postgres_server, tm
 
 # --- credentials -------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The password is redacted by replacing its text wherever it occurs, also inside the server's non-secret "
-    "names, so the redaction itself spells the password out: with password 'pick' the refused login (and the "
-    "export's metadata server_database) says database '***apic', with password 'internal' host 'db.***.example' "
-    "(the password is exactly the hidden part), and a password equal to the port or user name turns that field "
-    "into '***'. Expected: host, port, database and user, which the DSN gives under their own non-secret keys, "
-    "are shown whole (never partly masked); only free text (libpq's reason, a nested dbname connection string) "
-    "is searched for the password"
-))
 def test_the_redaction_never_spells_out_the_password_inside_a_name(postgres_server, tmp_path):
     dsn = (f"host={postgres_server.socket_dir} port={postgres_server.port} dbname=pickapic user=reader "
            "password=pick")
@@ -197,17 +171,6 @@ def test_the_redaction_never_spells_out_the_password_inside_a_name(postgres_serv
 
 # --- a network that stops answering mid-export ----------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Nothing bounds how long a silent network stalls an export: the session lifts statement_timeout and "
-    "idle_in_transaction_session_timeout (as pg_dump does) and connect() sets only connect_timeout, with no "
-    "TCP keepalive or tcp_user_timeout of its own, so a peer that vanishes mid-export (a partition, a NAT "
-    "dropping the flow, a host that died) is noticed only by the kernel's default keepalive after about 2 h 11 "
-    "min. Confirmed with a relay that stopped forwarding after 300 kB: the export was still waiting after 45 s "
-    "(and would wait hours) while the server's backend sat in ClientWrite holding ACCESS SHARE locks on the four "
-    "app tables (a migration queued behind them stops the app). Expected: the export's connection bounds "
-    "dead-peer detection (e.g. keepalives_idle <= 300 s with keepalives on, or tcp_user_timeout <= 300 s), "
-    "unless the DSN gives its own"
-))
 def test_the_export_connection_notices_a_dead_peer_within_minutes(postgres_server, tmp_path, monkeypatch):
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:

@@ -16,7 +16,7 @@ every image lands in ``image_features`` or ``image_rejects`` with its reason, co
 are byte-identical in-process and on 2 worker processes, and a rerun reuses every row and rewrites the
 same bytes.
 
-Each test below reproduces one confirmed defect and is a strict xfail until it is fixed.
+Each test below reproduced one confirmed defect as a strict xfail; all six were fixed the same day (markers removed).
 """
 from __future__ import annotations
 
@@ -91,21 +91,6 @@ def _bigtiff_header(width: int, height: int) -> bytes:
     return b"II\x2b\x00\x08\x00\x00\x00" + struct.pack("<Q", 16) + ifd
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "decode.sniff_format knows two of the six TIFF signatures Pillow's TIFF plugin accepts (not BigTIFF "
-    "II+\\x00 / MM\\x00+, nor Pillow's 'invalid' MM*\\x00 / II\\x00*), and decode_image opens every blob with all of "
-    "PROBED_FORMATS, so such bytes in a raw/images/<uuid>.png blob (every blob path the ingest writes) are parsed "
-    "by Pillow's TIFF IFD reader before the extension is judged. Each IFD entry's value is read into memory, and "
-    "entries may all point at one region: a 1 MB .png blob of 2,000 tags made the decode allocate 2 GB (peak, "
-    "tracemalloc; RSS 1.9 GB), growing as tags x region, so a 64 MiB blob (65,535 tags over a 63 MB region: ~4 TB "
-    "asked for; not run here) exhausts memory: the OOM killer takes the worker or, in-process (a day under 128 "
-    "images), the Dagster run, and the whole stage fails for one blob. A BigTIFF IFD of "
-    "many entries costs ~1.2 s of CPU per MB (8 MB: 9.5 s), and a BigTIFF header declaring 100000 x 100000 is "
-    "rejected as decompression_bomb where the documented order (README 3: 'the extension is checked against the "
-    "leading bytes before Pillow parses a header') gives extension_mismatch. Expected: a .png blob is never "
-    "parsed as TIFF (every Pillow TIFF prefix sniffed, or Pillow given only the extension's formats): "
-    "extension_mismatch or not_an_image, with memory bounded by the blob's size"
-))
 def test_tiff_variants_in_a_png_blob_are_never_parsed_as_tiff(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     shared = _tiff_shared_region(300, 200_000)          # 200 KB blob
@@ -125,16 +110,6 @@ def test_tiff_variants_in_a_png_blob_are_never_parsed_as_tiff(tmp_path: Path) ->
 
 # ------------------------------------------------------------------------------------- the training JPEG store
 
-@pytest.mark.xfail(strict=True, reason=(
-    "blobs.write_blob_atomic keeps whatever non-empty entry is already at a training JPEG's key (it checks only "
-    "size_in_bytes > 0): a damaged file there (a copy of blobs/ interrupted part way, as README 3's gsutil rsync "
-    "recipe can leave; a disk error) is kept for good and every recompute of the day (rebuild, --force, another "
-    "day with the same bytes) writes a row naming it, with train_jpg_bytes the size of the JPEG it encoded and not "
-    "of the file (56,124 vs 18,708 here), so publish ships a truncated JPEG under that row; a folder at the key is "
-    "'kept' the same way (its st_size is 4096), and so is a link to any non-empty file. The stage encodes these bytes deterministically, so an entry at "
-    "the key that is not a regular file of exactly the encoded size can only be damage. Expected: such an entry "
-    "is replaced (atomically, as a new file is written) by the JPEG the row describes"
-))
 def test_a_damaged_training_jpeg_at_the_key_is_replaced_not_kept(tmp_path: Path) -> None:
     data = png(7, (600, 600))
     fresh = DataHome(tmp_path / "fresh")
@@ -156,15 +131,6 @@ def test_a_damaged_training_jpeg_at_the_key_is_replaced_not_kept(tmp_path: Path)
     Image.open(key).load()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A row reused by uid (a rerun of the day, pickapic build --force, which 'recomputes everything') or by sha256 "
-    "(the same bytes on a later day) is copied with its train_jpg_key and the training JPEG is never looked at: "
-    "once that file is gone (deleted, lost in a disk copy, missed by README 3's gsutil rsync of blobs/) no run of "
-    "the feature stage writes it again (rerun: reused 1, processed 0, the file still missing), and publish fails "
-    "for good with 'training JPEG ... is missing' until image_features partitions are deleted by hand. Expected: "
-    "a reused row whose training JPEG is not a regular file at its key is recomputed (one stat a row), so a rerun "
-    "restores the file the row names, byte for byte"
-))
 def test_a_rerun_restores_a_training_jpeg_that_went_missing(tmp_path: Path) -> None:
     data = png(7, (64, 64))
     home = DataHome(tmp_path / "home")
@@ -185,17 +151,6 @@ def test_a_rerun_restores_a_training_jpeg_that_went_missing(tmp_path: Path) -> N
 
 # ------------------------------------------------------------------------------------------ JPEG marker flood
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A JPEG's markers before its first SOS are walked by Pillow's JpegImagePlugin._open in Python, with no "
-    "limit, and every COM / APPn segment is kept (applist, app, info): a valid 64 x 64 JPEG preceded by 16 "
-    "million empty COM markers (a 64 MB .jpg, under max_bytes) took 32 s of CPU and 2.6 GB of RSS (1.04 GB "
-    "traced) to decode, and was ACCEPTED; 1 million (4 MB): 2 s and 65 MB. 0xFF fill bytes are walked one "
-    "Python iteration each the same way (16 MB: 14 s, accepted). The PNG counterpart (a flood of chunks) is "
-    "capped at 65,536 chunks as decompression_bomb before Pillow parses anything (decode.scan_png, review "
-    "rev18b); JPEG has no such walk. Expected: a JPEG with more markers before its image data than an encoder "
-    "writes is refused as decompression_bomb before Pillow keeps them, memory bounded (here 500,000 COM markers, "
-    "a 2 MB blob: 32 MB allocated now)"
-))
 def test_a_flood_of_jpeg_markers_is_refused_before_pillow_walks_and_keeps_them() -> None:
     out = io.BytesIO()
     Image.new("RGB", (64, 64), (10, 200, 30)).save(out, "JPEG")
@@ -235,16 +190,6 @@ def scan_flood_jpeg(side: int, repeats: int) -> bytes:
     return data[:segments[-1][1]] + data[start:end] * (1 + repeats) + b"\xff\xd9"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A progressive JPEG may hold any number of scans and libjpeg decodes every one over the whole coefficient "
-    "buffer (a repeated scan is only a warning, JWRN_BOGUS_PROGRESSION), and decode_image sets no limit: a 4096 x "
-    "4096 grey JPEG of 165 KB whose last scan is repeated 3,000 times took 16.7 s of CPU and was ACCEPTED (1,000 "
-    "repeats, 99 KB: 5.6 s), so a 64 MiB blob under max_bytes (~2 million scans) costs hours of one worker, per "
-    "image; encoders write at most a few dozen scans (libjpeg's simple progression: 6 for grey, 10 for colour; "
-    "libjpeg-turbo's TurboJPEG API refuses more than 500, TJPARAM_SCANLIMIT). Expected: a JPEG with more scans than "
-    "an encoder writes is refused (decompression_bomb) before its pixels are decoded. The test uses a 256 px "
-    "image so it stays fast; the count is what matters"
-))
 def test_a_progressive_jpeg_with_thousands_of_scans_is_refused() -> None:
     flood = scan_flood_jpeg(256, 3000)
     assert sum(1 for marker, _, _ in _jpeg_segments(flood) if marker == 0xDA) > 3000
@@ -255,17 +200,6 @@ def test_a_progressive_jpeg_with_thousands_of_scans_is_refused() -> None:
 
 # ----------------------------------------------------------------------- reuse by sha256 skips the extension
 
-@pytest.mark.xfail(strict=True, reason=(
-    "ReadBlobFn sends a blob whose sha256 an earlier day's image_features holds straight to reuse, before "
-    "decode_image, and the extension rule lives in decode_image: PNG bytes at raw/images/b.jpg and c.gif are "
-    "copied into day 2's image_features (format PNG, reused_from a) because day 1 had the same bytes as a.png, "
-    "while the same day 2 built without day 1 rejects both as extension_mismatch (and a .gif is no accepted "
-    "extension at all). The policy's outcome for a blob must not depend on which bytes earlier days happened "
-    "to hold. Reachable only where an images partition names blobs other than <uuid>.png (the ingest writes "
-    ".png for every blob; the stage documents .jpg/.jpeg/.webp). Expected: the path's checks (the extension "
-    "against the bytes' format) also apply to a blob reused by sha256: extension_mismatch on day 2 as from "
-    "scratch"
-))
 def test_reuse_by_sha256_applies_the_extension_rule(tmp_path: Path) -> None:
     data = png(7, (64, 64))
     scratch = DataHome(tmp_path / "scratch")
