@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import glob
 import io
 
 import dagster as dg
@@ -25,9 +26,10 @@ def _embed(fig, title: str) -> dg.MetadataValue:
 def nsfw_histogram(features_path: str) -> dg.MetadataValue:
     """Histogram of each image's highest NudeNet score over all classes (log-count axis)."""
     greatest = ", ".join(f'coalesce(nsfw_max."{name}", 0)' for name in NSFW_CLASSES)
-    # column names come from the schema; the path is a bound parameter, never spliced into the SQL
+    # column names come from the schema; the path is a bound parameter, never spliced into the SQL, and escaped:
+    # DuckDB takes it for a glob, and a home at /data/home[1] would read /data/home1's file (review rev24c)
     scores = [row[0] for row in duckdb.execute(
-        f"SELECT greatest({greatest}) FROM read_parquet(?)", [features_path]).fetchall()]
+        f"SELECT greatest({greatest}) FROM read_parquet(?)", [glob.escape(str(features_path))]).fetchall()]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=bool(scores))
     ax.set_xlabel("max NudeNet score per image")
@@ -39,7 +41,7 @@ def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
     """How many duplicate clusters of each size (singletons excluded)."""
     rows = duckdb.execute(
         "SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet(?) "
-        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [clusters_path]).fetchall()
+        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [glob.escape(str(clusters_path))]).fetchall()
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.bar([str(size) for size, _ in rows] or ["none"], [n for _, n in rows] or [0], color="#0ea5e9")
     ax.set_xlabel("images in cluster")
@@ -51,7 +53,7 @@ def split_sizes(split_pairs_path: str) -> dg.MetadataValue:
     """Rows per split, ties shaded."""
     rows = duckdb.execute(
         "SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet(?) "
-        "GROUP BY 1 ORDER BY 1", [split_pairs_path]).fetchall()
+        "GROUP BY 1 ORDER BY 1", [glob.escape(str(split_pairs_path))]).fetchall()
     fig, ax = plt.subplots(figsize=(5, 2.6))
     names = [r[0] for r in rows]
     ax.barh(names, [r[1] for r in rows], color="#22c55e", label="pairs")

@@ -1,6 +1,7 @@
 """Contract quality rules as Dagster asset checks: one check per rule, generated from the YAML."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Collection, Iterable, Iterator, Mapping
 
 import dagster as dg
@@ -37,25 +38,26 @@ def check_specs(datasets: Iterable[str], asset: str | None = None) -> list[dg.As
     return specs
 
 
-def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, str]:
-    """View name -> Parquet path/glob for every warehouse dataset (one partition if given)."""
-    views = {}
+def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, str | Path]:
+    """View name -> Parquet file (a Path) or glob (the home's path escaped in it) for every warehouse dataset
+    (one partition if given)."""
+    views: dict[str, str | Path] = {}
     for dataset in SCHEMAS:
         if dataset.startswith("raw_"):
             continue
         if dataset in PARTITIONED:
-            views[dataset] = str(home.partition_file(dataset, partition)) if partition else home.table_glob(dataset)
+            views[dataset] = home.partition_file(dataset, partition) if partition else home.table_glob(dataset)
         else:
-            views[dataset] = str(home.table_file(dataset))
+            views[dataset] = home.table_file(dataset)
     return views
 
 
-def run_checks(datasets: Iterable[str], views: dict[str, str], asset: str | None = None,
-               uniform: Collection[str] = ()) -> Iterator[dg.AssetCheckResult]:
+def run_checks(datasets: Iterable[str], views: Mapping[str, str | Path], asset: str | None = None,
+               uniform: Collection[str] = (), required: Collection[str] = ()) -> Iterator[dg.AssetCheckResult]:
     """Evaluate every rule of each dataset's contract on ``views`` and yield check results (on ``asset``
-    when given, else on each dataset's own asset). ``uniform``: views whose files share one schema
-    (:func:`pipelines.sqlrun.register_views`)."""
-    con = connect(views, uniform=uniform)
+    when given, else on each dataset's own asset). ``uniform``: views whose files share one schema;
+    ``required``: views that must match files (:func:`pipelines.sqlrun.register_views`)."""
+    con = connect(views, uniform=uniform, required=required)
     try:
         for dataset in datasets:
             yield from check_results(evaluate(load_contract(dataset), con), asset)

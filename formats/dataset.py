@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import glob
 import hashlib
 import json
 import os
@@ -28,7 +29,7 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from formats.files import is_real_folder, read_small_file, sha256_file, write_bytes_atomic
+from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 
 FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
@@ -65,8 +66,9 @@ def split_sidecars(version_dir: Path, split: str) -> list[Path]:
 
 
 def sidecar_glob(version_dir: str | os.PathLike) -> str:
-    """Glob of every split's sidecar Parquet files of a version (what DuckDB's ``read_parquet`` takes)."""
-    return f"{version_dir}/*/{SHARD_PREFIX}*.parquet"
+    """Glob of every split's sidecar Parquet files of a version (what DuckDB's ``read_parquet`` takes); the
+    version's own path is escaped (:func:`glob.escape`: a home at ``/data/pickapic[1]`` is no character class)."""
+    return f"{glob.escape(os.fspath(version_dir))}/*/{SHARD_PREFIX}*.parquet"
 
 
 def manifest_files(version_dir: Path, known: dict[str, tuple[int, str]] | None = None) -> dict[str, dict]:
@@ -342,8 +344,8 @@ def is_published(home: DataHome) -> bool:
 
 
 def prompt_counts_glob(version_dir: str | os.PathLike) -> str:
-    """Glob of every split's ``prompt_counts.parquet`` of a version."""
-    return f"{version_dir}/*/{PROMPT_COUNTS_FILE}"
+    """Glob of every split's ``prompt_counts.parquet`` of a version (its path escaped, as :func:`sidecar_glob`)."""
+    return f"{glob.escape(os.fspath(version_dir))}/*/{PROMPT_COUNTS_FILE}"
 
 
 def list_versions(home: DataHome) -> list[str]:
@@ -457,6 +459,54 @@ def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | N
                             f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing (an edited "
                             f"sizes.json can hide shards or skew their weights); {REPUBLISH}")
     return json.loads(data.decode("utf-8"))
+
+
+def read_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | None = None,
+                     why: str = "") -> bytes | None:
+    """The bytes of the version's file ``rel`` (``train/prompt_counts.parquet``), read once and checked against
+    the sha256 its manifest (``files``: its ``files``, read when not given) records, else :class:`ChecksumError`
+    naming the file (``why``: what an edit of it does, for the message). None when the manifest does not list
+    it and nothing is there (a file of an older format); a file there that the manifest does not list is
+    refused, and one it lists that is missing is a ``FileNotFoundError``."""
+    version_dir = Path(version_dir)
+    path = version_dir / rel
+    if files is None:
+        files = read_manifest(version_dir)["files"]
+    info = files.get(rel)
+    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
+        if os.path.lexists(path):
+            raise ChecksumError(f"{path} is not listed in the {MANIFEST_FILE} of dataset version "
+                                f"{version_dir.name}: not a file that version published; {REPUBLISH}")
+        return None
+    try:
+        with open_regular_file(path) as handle:
+            data = handle.readall()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
+                                f"lists it; {REPUBLISH}") from None
+    except OSError as exc:
+        raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
+                            f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != info["sha256"]:
+        raise ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
+                            f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing"
+                            f"{f' ({why})' if why else ''}; {REPUBLISH}")
+    return data
+
+
+def manifest_sidecars(version_dir: str | os.PathLike, split: str, files: dict | None = None) -> list[Path]:
+    """Sorted sidecar paths of ``split``: the ``.parquet`` beside each shard :func:`split_shards` returns (the
+    manifest's shards, never a glob of the folder); every one must be listed in the manifest too."""
+    version_dir = Path(version_dir)
+    if files is None:
+        files = read_manifest(version_dir)["files"]
+    sidecars = [tar.with_suffix(".parquet") for tar in split_shards(version_dir, split)]
+    unlisted = [p.name for p in sidecars if f"{split}/{p.name}" not in files]
+    if unlisted:
+        raise ChecksumError(f"{version_dir / split}: the {MANIFEST_FILE} of dataset version {version_dir.name} "
+                            f"lists {len(unlisted)} shards without their sidecars: {unlisted[:5]}; {REPUBLISH}")
+    return sidecars
 
 
 def sizes_json(sizes: dict[str, int]) -> bytes:

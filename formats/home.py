@@ -1,6 +1,7 @@
 """The data home: one object that knows where every dataset lives (and nothing else does)."""
 from __future__ import annotations
 
+import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,8 +90,10 @@ class DataHome:
         return self.table_dir(dataset) / "data.parquet"
 
     def table_glob(self, dataset: str) -> str:
-        """Glob matching every Parquet file of a dataset (partitioned or not)."""
-        return str(self.table_dir(dataset) / "**" / "*.parquet")
+        """Glob matching every Parquet file of a dataset (partitioned or not), for DuckDB's ``read_parquet``
+        and Python's ``glob``: the home's own path is escaped (:func:`glob.escape`), so a home at
+        ``/data/pickapic[1]/home`` matches its files, not a character class (review rev24c)."""
+        return f"{glob.escape(str(self.table_dir(dataset)))}/**/*.parquet"
 
     # content-addressed training JPEGs written by the feature stage
     @property

@@ -1,6 +1,9 @@
 """The one shared helper for SQL stages: register views, run a ``sql/*.sql`` file, cast, write."""
 from __future__ import annotations
 
+import glob
+import os
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Collection, Mapping
@@ -21,18 +24,43 @@ def sql_text(name: str) -> str:
 
 
 def connect(views: Mapping[str, str | Path | pa.Table], *, threads: int | None = None,
-            uniform: Collection[str] = ()) -> duckdb.DuckDBPyConnection:
+            uniform: Collection[str] = (), required: Collection[str] = ()) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with one view per entry: a Parquet path/glob or an Arrow table (see :func:`register_views`)."""
     con = duckdb.connect(":memory:")
     if threads:
         con.execute(f"SET threads = {int(threads)}")
-    register_views(con, views, uniform)
+    register_views(con, views, uniform, required)
     return con
 
 
+def literal_glob(path: str | os.PathLike) -> str:
+    """``path`` as a glob pattern that matches exactly that path, in Python's ``glob`` and DuckDB's alike:
+    ``*``, ``?`` and ``[`` become ``[*]``, ``[?]``, ``[[]`` (:func:`glob.escape`). Every path put into a glob
+    goes through it: a data home at ``/data/pickapic[1]/home`` or ``/mnt/disk [ssd]`` would otherwise be a
+    character class there, matching no file (review rev24c)."""
+    return glob.escape(os.fspath(path))
+
+
+def glob_under(folder: str | os.PathLike, pattern: str) -> str:
+    """A glob of ``pattern`` (``**/*.parquet``, ``*/pickapic-*.parquet``) under the literal ``folder``."""
+    return f"{literal_glob(folder)}/{pattern}"
+
+
+class NoFilesMatch(FileNotFoundError):
+    """A view that must read files (``required``) whose path or glob matches none."""
+
+
 def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Path | pa.Table],
-                   uniform: Collection[str] = ()) -> None:
-    """Register each view; a path is read with ``read_parquet`` (an empty schema if nothing matches).
+                   uniform: Collection[str] = (), required: Collection[str] = ()) -> None:
+    """Register each view: an Arrow table as it is; a :class:`~pathlib.Path` is one file (its name taken
+    literally, whatever characters it holds); a ``str`` is a glob pattern whose literal parts are escaped
+    (:func:`glob_under`, :func:`literal_glob`), or a file's name where such a file exists. A path is read
+    with ``read_parquet``.
+
+    Where nothing matches, a view named in ``required`` is an error (:class:`NoFilesMatch`): a version's
+    sidecars or prompt counts that match no file must never read as an empty table, which every contract
+    rule over it passes (review rev24c). Any other view is then the dataset's empty schema (a warehouse
+    table not written yet).
 
     A glob's files are read by column name (``union_by_name``: days written before a column was
     added read as null there), except for the views named in ``uniform``, whose files all have one
@@ -44,13 +72,25 @@ def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Pat
         if isinstance(source, pa.Table):
             con.register(name, source)
             continue
-        source = str(source)
-        if _matches_nothing(source):
+        pattern = _pattern(source)
+        if _matches_nothing(pattern):
+            if name in required:
+                shown = re.sub(r"\[([*?\[])\]", r"\1", pattern)      # the path as the user knows it
+                raise NoFilesMatch(f"no file matches {shown} (the {name} table): it must have files, and is never "
+                                   f"read as an empty table")
             con.register(name, get_schema(name).empty_table() if _known(name) else pa.table({}))
             continue
-        escaped = source.replace("'", "''")
+        escaped = pattern.replace("'", "''")
         union = "" if name in uniform else ", union_by_name = true"
         con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{escaped}'{union})")
+
+
+def _pattern(source: str | os.PathLike) -> str:
+    """The glob pattern DuckDB and Python are given for a view source: a Path (or a str naming an existing
+    file) escaped to match itself only, any other str as it is."""
+    if not isinstance(source, str) or os.path.isfile(source):
+        return literal_glob(source)
+    return source
 
 
 def _known(name: str) -> bool:
@@ -62,8 +102,6 @@ def _known(name: str) -> bool:
 
 
 def _matches_nothing(source: str) -> bool:
-    import glob
-
     return not glob.glob(source, recursive=True)
 
 

@@ -37,4 +37,5 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     if report.contract_results:   # the gate's own results, on these very files: every rule once a night, not twice
         yield from check_results(report.contract_results, asset=ASSET)
     else:                         # an existing version switched to again: its files are checked here
-        yield from run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET, uniform=VERSION_DATASETS)
+        yield from run_checks(VERSION_DATASETS, version_views(report.path), asset=ASSET, uniform=VERSION_DATASETS,
+                              required=VERSION_DATASETS)

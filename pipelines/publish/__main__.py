@@ -8,6 +8,7 @@ from typing import Sequence
 
 from formats.home import DataHome
 from formats.settings import add_flags, stage_config
+from formats.text import terminal_text
 from pipelines.publish.config import PublishReport
 from pipelines.publish.version import publish_dataset
 
@@ -28,5 +29,21 @@ def main(argv: Sequence[str] | None = None) -> PublishReport:
     return report
 
 
+# what a publish refuses or finds wrong (a damaged version, a contract, a file where the tool makes one):
+# one error naming what and where, no traceback; anything else is a bug and keeps its traceback
+KNOWN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, PermissionError)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    """:func:`main` as a command: 0, or 1 and the error on stderr (every line of it: a version that differs from
+    its manifest is named file by file) without a traceback."""
+    try:
+        main(argv)
+    except KNOWN_ERRORS as exc:
+        print(f"python -m pipelines.publish: error: {terminal_text(str(exc), keep=chr(10))}", file=sys.stderr)
+        return 1
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(run())

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, fused_query, load_contract, reads_only_columns, row_condition
 from pipelines.publish.rulecache import FILE_COLUMN, read_trusted, write_trusted
-from pipelines.sqlrun import connect
+from pipelines.sqlrun import connect, literal_glob
 
 DATASET = "shard_samples"
 COLUMNS = ("key", "split", "prompt_key")        # what key_unique and counts_match_samples read
@@ -109,7 +109,7 @@ def narrow_values(sidecars: dict[Path, str], cache: Path, others: Mapping[str, s
         return ColumnValues(note=note)
     out = ColumnValues(scanned=scanned, cached=len(sidecars) - scanned)
     notes = [note] if note else []
-    con = connect({**others, DATASET: table}, uniform=others)
+    con = connect({**others, DATASET: table}, uniform=others, required=others)
     try:
         for rule in rules:
             # a row count's value is its FILTER form, as engine.evaluate gives it
@@ -187,7 +187,7 @@ def _read_fresh(files: list[Path]) -> tuple[pa.Table, dict[Path, tuple[int, int]
         table = con.sql(
             f"SELECT {FILE_COLUMN}, {selected} FROM read_parquet($files, filename = '{FILE_COLUMN}', "
             f"file_row_number = true) ORDER BY {FILE_COLUMN}, file_row_number",
-            params={"files": [str(f) for f in files]}).to_arrow_table()
+            params={"files": [literal_glob(f) for f in files]}).to_arrow_table()   # names, not globs
     finally:
         con.close()
     if any(not pa.types.is_string(table.schema.field(c).type) for c in COLUMNS):

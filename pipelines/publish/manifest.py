@@ -1,13 +1,16 @@
 """``manifest.json`` (counts, sources, config, contract versions, sha256 of every file) and its verification."""
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import stat
 from pathlib import Path
 
 import pyarrow as pa
 
-from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, manifest_files, read_manifest, sidecar_glob
-from formats.files import sha256_file, write_bytes_atomic
+from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, describe, manifest_files, read_manifest, sidecar_glob
+from formats.files import write_bytes_atomic
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
@@ -73,25 +76,55 @@ class ManifestMismatch(RuntimeError):
 
 
 def verify_version(path: Path, checksums: bool = False) -> dict:
-    """Check that ``path`` holds exactly the manifest's files with their sizes (and sha256s).
+    """Check that ``path`` holds exactly the manifest's files, each a regular file with its size (and sha256).
 
-    Raises :class:`ManifestMismatch` naming the first difference and listing every file that differs.
+    Raises :class:`ManifestMismatch` naming every file that differs, one line each. Nothing is followed: a
+    symbolic link (dangling or not) or anything else but a regular file at a manifest file's name differs
+    from it (review rev24c: a link to a same-size file outside the home passed, as a version published
+    again, and ``latest`` was switched to it; a dangling one was a bare ``FileNotFoundError``).
     """
     manifest = read_manifest(path)
     expected = manifest["files"]
-    present = {str(p.relative_to(path)) for p in path.rglob("*") if p.is_file() or p.is_symlink()} - {MANIFEST_FILE}
-    missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
-    if missing or extra:
-        raise ManifestMismatch(f"version {path.name}: files differ from its manifest: missing {missing[:5]}, "
-                               f"unexpected {extra[:5]}", missing + extra)
-    problems = []
-    for rel, info in expected.items():
-        size = (path / rel).stat().st_size
-        if size != info["bytes"]:
-            problems.append((rel, f"{rel} has {size} bytes, manifest says {info['bytes']}"))
-        elif checksums and sha256_file(path / rel) != info["sha256"]:
+    present: dict[str, os.stat_result] = {}
+    for top, dirs, files in os.walk(path):      # followlinks=False: a linked folder is listed, never entered
+        for name in dirs + files:
+            entry = os.path.join(top, name)
+            try:
+                info = os.lstat(entry)
+            except FileNotFoundError:
+                continue
+            if not stat.S_ISDIR(info.st_mode):
+                present[os.path.relpath(entry, path)] = info
+    present.pop(MANIFEST_FILE, None)
+    problems = [(rel, f"{rel} is missing") for rel in sorted(set(expected) - set(present))]
+    problems += [(rel, f"{rel} is not in the manifest") for rel in sorted(set(present) - set(expected))]
+    for rel in sorted(set(expected) & set(present)):
+        info, recorded = present[rel], expected[rel]
+        if not stat.S_ISREG(info.st_mode):
+            problems.append((rel, f"{rel} is {describe(path / rel)}, not the regular file the manifest lists"))
+        elif info.st_size != recorded["bytes"]:
+            problems.append((rel, f"{rel} has {info.st_size} bytes, manifest says {recorded['bytes']}"))
+        elif checksums and not _same_sha256(path / rel, recorded["sha256"]):
             problems.append((rel, f"{rel} does not match its manifest sha256"))
     if problems:
-        more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
-        raise ManifestMismatch(f"version {path.name}: {problems[0][1]}{more}", [rel for rel, _ in problems])
+        lines = "".join(f"\n  {line}" for _, line in problems)
+        raise ManifestMismatch(f"version {path.name}: {len(problems)} file{'s' if len(problems) > 1 else ''} "
+                               f"differ{'' if len(problems) > 1 else 's'} from its manifest:{lines}",
+                               [rel for rel, _ in problems])
     return manifest
+
+
+def _same_sha256(path: Path, expected: str) -> bool:
+    """Whether the regular file ``path`` (never a link followed) has sha256 ``expected``; False where it cannot
+    be read as one."""
+    digest = hashlib.sha256()
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return False
+    with open(fd, "rb", buffering=0) as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest() == expected

@@ -8,7 +8,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from formats.dataset import FORMAT_VERSION, SPLITS, sidecar_glob
-from formats.files import sha256_file, write_parquet_atomic
+from formats.files import open_regular_file, sha256_file, write_parquet_atomic
 from pipelines.publish import datacard
 from pipelines.publish.plan import WRITERS
 from pipelines.publish.reuse import NotReusable, link_or_copy, read_manifest, real_folder
@@ -21,7 +21,7 @@ META_SCHEMAS = {"shards": "shards", "images": "image_features", "decisions": "de
 
 
 def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]],
-               image_sources: dict[str, str] | None = None, previous: list[Path] = (), fsync: bool = True,
+               digests: dict[str, dict[str, str]] | None = None, previous: list[Path] = (), fsync: bool = True,
                pairs: pa.Table | None = None) -> dict[str, str]:
     """Snapshot the query tables under ``meta/`` (no raw text, no emails); return the images files' plan digests.
 
@@ -33,6 +33,12 @@ def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Pa
     ``images`` is one file per export day (``meta/images/images-<day>.parquet``, from that day's
     features partition): a day whose partition is unchanged is hard-linked from an older version, so
     the snapshot of a growing history costs a nightly version only its new day.
+
+    Every snapshot is built from exactly the warehouse files ``meta_sources`` lists (never a glob of the
+    table, which would also read a partition an ingest lands while the publish runs), each read once and
+    checked against the sha256 ``digests`` (:func:`pipelines.publish.samples.source_digests`: what the
+    version id and the manifest's ``sources`` record) gives it (review rev24c); one that changed since is
+    :class:`SourceChanged`. Without ``digests`` they are computed here.
     """
     meta = staging / "meta"
     ordered = sorted(stats, key=lambda s: (SPLITS.index(s["split"]), s["shard"]))
@@ -43,10 +49,15 @@ def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Pa
     shards_table = pa.Table.from_pylist(shard_rows, schema=get_schema("shards")) if shard_rows else \
         get_schema("shards").empty_table()
     write_parquet_atomic(shards_table, meta / "shards.parquet", get_schema("shards"))
-    if image_sources is None:
-        image_sources = {str(p.relative_to(p.parent.parent)): sha256_file(p) for p in meta_sources["image_features"]}
-    plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], image_sources, list(previous), fsync)
-    views = {name: _glob_of(files) for name, files in meta_sources.items() if name not in ("split_rejects", "image_features")}
+    digests = dict(digests or {})
+    for name, files in meta_sources.items():
+        if name not in digests:
+            digests[name] = {_relative(p): sha256_file(p) for p in files}
+    plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], digests["image_features"],
+                                   list(previous), fsync)
+    views: dict[str, str | pa.Table] = {
+        name: read_sources(name, files, digests[name]) for name, files in meta_sources.items()
+        if name not in ("split_rejects", "image_features")}
     views["pairs"] = pairs if pairs is not None else sidecar_glob(staging)
     views["shards"] = shards_table
     con = connect(views, uniform=("pairs",))      # this version's sidecars: one schema
@@ -75,13 +86,13 @@ def _write_image_snapshots(folder: Path, files: list[Path], digests: dict[str, s
         day = path.parent.name.removeprefix("dt=") if path is not None else "none"
         name = f"images-{day}.parquet"
         rel = f"meta/images/{name}"
-        source = digests[str(path.relative_to(path.parent.parent))] if path is not None else ""
+        source = digests[_relative(path)] if path is not None else ""
         plans[rel] = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{rel}\0{source}\0{sql}".encode()).hexdigest()
         target = folder / name
         if any(_reuse_snapshot(d / rel, target, entries.get(rel), fsync)
                for d, p, entries in earlier if p.get(rel) == plans[rel] and real_folder(d, "meta/images")):
             continue
-        con = connect({"image_features": str(path) if path is not None else "/nonexistent-pickapic-empty/*.parquet"})
+        con = connect({"image_features": read_sources("image_features", [path] if path is not None else [], digests)})
         try:
             write_parquet_atomic(run_sql(con, "publish_images"), target, get_schema("image_features"))
         finally:
@@ -107,20 +118,53 @@ def _reuse_snapshot(source: Path, target: Path, entry: dict | None, fsync: bool)
     return False
 
 
-def _glob_of(files: list[Path]) -> str | pa.Table:
-    """A view source for a list of warehouse files (their dataset's glob), or an empty marker."""
-    if not files:
-        return "/nonexistent-pickapic-empty/*.parquet"  # sqlrun registers the dataset's empty schema
-    dataset_dir = next(p for p in files[0].parents if p.parent.name == "warehouse")
-    return str(dataset_dir / "**" / "*.parquet")
+class SourceChanged(RuntimeError):
+    """A warehouse file a snapshot reads whose bytes are no longer those the version id hashed (rewritten while
+    the publish ran): nothing is published from it; the next publish sees the new bytes."""
 
 
-def card_sources(table: pa.Table, meta_sources: dict[str, list[Path]]) -> datacard.CardSources:
-    """What the dataset card counts, beyond the version's own meta tables."""
+def _relative(path: Path) -> str:
+    """A warehouse file's path inside its dataset (``dt=2023-03-01/part-0.parquet``), as ``sources`` names it."""
+    dataset_dir = next(p for p in path.parents if p.parent.name == "warehouse")
+    return str(path.relative_to(dataset_dir))
+
+
+def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -> pa.Table:
+    """The rows of exactly ``files`` (warehouse files of dataset ``name``), by column name as DuckDB's
+    ``union_by_name`` reads them (a file written before a column was added reads as null there); each file
+    read through the descriptor its sha256 was taken on, and checked against ``digests`` (path in the
+    dataset -> sha256, when given). No file: the dataset's empty schema.
+
+    The tables the snapshots are built from were globs of the whole warehouse table, read after the version
+    id was taken (review rev24c: a partition an ingest landed meanwhile went into a version whose id and
+    manifest do not name it), and globs of the home's path (a home at ``/data/pickapic[1]`` read none).
+    Each file is read in memory whole (as the snapshot, the SQL's result, is anyway)."""
+    tables = []
+    for path in files:
+        with open_regular_file(path) as handle:     # a warehouse file is replaced by a rename, never rewritten
+            hashed = hashlib.sha256()
+            while block := handle.read(1 << 20):
+                hashed.update(block)
+            digest = hashed.hexdigest()
+            expected = (digests or {}).get(_relative(path), digest)
+            if digest != expected:
+                raise SourceChanged(f"{path} changed while the publish ran (sha256 {digest}, the version id "
+                                    f"hashed {expected}): nothing was published from it; publish again")
+            handle.seek(0)
+            tables.append(pq.read_table(handle, partitioning=None))
+    if not tables:
+        return get_schema(name).empty_table()
+    return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
+
+
+def card_sources(table: pa.Table, meta_sources: dict[str, list[Path]],
+                 digests: dict[str, dict[str, str]] | None = None) -> datacard.CardSources:
+    """What the dataset card counts, beyond the version's own meta tables (the listed ``split_rejects``
+    files, checked against their ``digests`` when given: :func:`read_sources`)."""
     rejects = meta_sources.get("split_rejects") or []
     reasons: dict[str, int] = {}
     if rejects:
-        column = pq.read_table(rejects, columns=["reason"], partitioning=None).column("reason")
+        column = read_sources("split_rejects", rejects, (digests or {}).get("split_rejects")).column("reason")
         reasons = {item["values"]: item["counts"] for item in column.value_counts().to_pylist()}
     days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
     return datacard.CardSources(days=days, split_rejects=dict(sorted(reasons.items())))

@@ -47,6 +47,7 @@ from data_contracts.engine import Rule, filter_counts, load_contract, row_condit
 from formats.dataset import sidecar_glob
 from formats.files import PARQUET_OPTIONS, atomic_path, is_real_folder, make_real_folder
 from pipelines.publish.reuse import read_manifest
+from pipelines.sqlrun import literal_glob
 
 DATASET = "shard_samples"
 ROWS_COLUMN = "rows"                      # a sidecar's rows, the bound of every count
@@ -186,7 +187,7 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
     try:
         rows = con.execute(
             f"SELECT {FILE_COLUMN},\n{counts}\nFROM read_parquet($files, filename = '{FILE_COLUMN}') AS {DATASET}\n"
-            f"GROUP BY {FILE_COLUMN}", {"files": [str(f) for f in files]}).fetchall()
+            f"GROUP BY {FILE_COLUMN}", {"files": [literal_glob(f) for f in files]}).fetchall()   # names, not globs
     finally:
         con.close()
     per_file = {row[0]: [int(v) for v in row[1:]] for row in rows}

@@ -49,6 +49,8 @@ from formats.dataset import (
     SIZES_FILE,
     check_latest,
     fsync_dir,
+    prompt_counts_glob,
+    read_manifest,
     record_switch,
     sidecar_glob,
     sizes_json,
@@ -81,6 +83,7 @@ from pipelines.publish.versions import (
     give_modes,
     open_staging,
     publish_lock,
+    remove_mode_copies,
     sweep_stale,
 )
 from pipelines.splits import coverage
@@ -122,8 +125,16 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     with publish_lock(home):
         check_latest(home.datasets)
         final = home.datasets / version
+        notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")   # a rerun that finds its version too
         if check_version_name(home.datasets, version):
-            recorded = verify_version(final, checksums=config.verify_checksums)
+            remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
+            try:
+                recorded = verify_version(final, checksums=config.verify_checksums)
+            except manifest.ManifestMismatch as exc:
+                raise manifest.ManifestMismatch(
+                    f"{exc}\nnothing was switched: `latest` was left as it was. Move {final} aside (its files may "
+                    f"be hard links shared with other versions: never edit them in place) and publish again with "
+                    f"publish.verify_checksums = true", exc.paths) from None
             give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
             os.utime(final)  # the newest by mtime too, where the publish history is missing
             _switch(home, version, config, notes, split_pairs_sha256)
@@ -132,7 +143,6 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                                jpgs.hashed)
             report.notes = notes
             return report
-        notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")
         staging = open_staging(home.datasets, version)
         try:
             written, results, counted, narrow = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
@@ -200,9 +210,9 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             write_bytes_atomic(staging / split / SIZES_FILE, sizes_json(sizes))
             write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE,
                                  get_schema("prompt_counts"))
-        plans = meta.write_meta(staging, written.stats, meta_sources, sources["image_features"],
+        plans = meta.write_meta(staging, written.stats, meta_sources, sources,
                                 previous if config.reuse_shards else [], config.fsync, pairs=table)
-        datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources))
+        datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources, sources))
         manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
         try:
             verify_version(staging, checksums=config.verify_checksums)
@@ -256,14 +266,16 @@ def _repair_reused_shards(exc: manifest.ManifestMismatch, tasks: list[shards.Sha
     written.bytes_written += again.bytes_written
 
 
-def version_views(path: Path) -> dict[str, str]:
-    """Contract dataset name -> Parquet glob of that dataset inside a version directory."""
+def version_views(path: Path) -> dict[str, str | Path]:
+    """Contract dataset name -> Parquet glob (the version's path escaped in it) or file of that dataset
+    inside a version directory. Every one must match a file (``required`` in :func:`pipelines.sqlrun.connect`):
+    a view of a version that matched none would be an empty table, passing every rule."""
     return {
         "shard_samples": sidecar_glob(path),
-        "prompt_counts": str(path / "*" / PROMPT_COUNTS_FILE),
-        "shards": str(path / "meta" / "shards.parquet"),
-        "splits_summary": str(path / "meta" / "splits_summary.parquet"),
-        "published_quarantine": str(path / "meta" / "quarantine.parquet"),
+        "prompt_counts": prompt_counts_glob(path),
+        "shards": path / "meta" / "shards.parquet",
+        "splits_summary": path / "meta" / "splits_summary.parquet",
+        "published_quarantine": path / "meta" / "quarantine.parquet",
     }
 
 
@@ -294,7 +306,7 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
                                                                      columns.cached, columns.note)
     known = {dataset: {**columns.values.get(dataset, {}), **(given.values if dataset == rulecache.DATASET else {})}
              for dataset in views}
-    con = connect(views, uniform=views)      # one version: every glob's files share one schema
+    con = connect(views, uniform=views, required=views)   # one version: every glob's files share one schema
     try:
         results = [r for dataset in views
                    for r in evaluate(load_contract(dataset), con, known[dataset])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import shutil
 import stat
 import sys
@@ -16,7 +17,7 @@ from formats.dataset import MANIFEST_FILE, describe, fsync_dir, latest_link, lis
 from formats.files import current_umask
 from formats.home import DataHome
 from formats.locks import hold_lock
-from pipelines.publish.reuse import give_mode
+from pipelines.publish.reuse import give_mode, real_folder
 
 STAGING_PREFIX = ".partial-"      # a version being written: .partial-<version>
 DELETING_PREFIX = ".deleting-"    # a version being deleted by retention: .deleting-<version>
@@ -27,17 +28,27 @@ class StagingRefused(RuntimeError):
     is there and what to do); nothing was written or deleted through it."""
 
 
+LATEST_TMP = re.compile(r"\.latest\.([0-9]+)\.tmp")   # formats.dataset.switch_latest's temporary link
+
+
 def sweep_stale(datasets: Path, keep: str) -> list[str]:
     """Remove what interrupted publishes left beside the versions: the ``.partial-*`` staging folders of
-    other versions than ``keep`` (a name) and the ``.deleting-*`` folders of a retention cut short.
+    other versions than ``keep`` (a name), the ``.deleting-*`` folders of a retention cut short, and the
+    temporary ``.latest.<pid>.tmp`` links of a ``latest`` switch whose process no longer runs.
 
-    Only real folders are removed (``shutil.rmtree`` follows no link inside them). Anything else under
-    such a name (a symbolic link, a file) is nothing a publish made: it is left as it is, never followed,
-    and named in the returned notes; a publish does not fail on it."""
+    Called under the publish lock by every publish, a version published again included (review rev24c: a
+    rerun that found its version complete left a whole ``.deleting-*`` copy of an old version, and a killed
+    switch's temporary link, in the folder consumers sync, for good).
+
+    Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only symbolic links
+    at a temporary link's name. Anything else under such a name (a symbolic link, a file) is nothing a
+    publish made: it is left as it is, never followed, and named in the returned notes; a publish does not
+    fail on it."""
     notes = []
     with os.scandir(datasets) as entries:
-        stale = sorted(entry.name for entry in entries if entry.name.startswith(DELETING_PREFIX)
-                       or (entry.name.startswith(STAGING_PREFIX) and entry.name != keep))
+        names = sorted(entry.name for entry in entries)
+    stale = [name for name in names if name.startswith(DELETING_PREFIX)
+             or (name.startswith(STAGING_PREFIX) and name != keep)]
     for name in stale:
         path = datasets / name
         try:
@@ -49,7 +60,37 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
         else:
             notes.append(f"{path} is {describe(path)}, not a folder a publish made: left as it is (not followed); "
                          f"remove it by hand")
+    for name in names:
+        match = LATEST_TMP.fullmatch(name)
+        if match is None or _running(int(match.group(1))):
+            continue
+        path = datasets / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISLNK(info.st_mode):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        else:
+            notes.append(f"{path} is {describe(path)}, not the temporary link a publish makes: left as it is; "
+                         f"remove it by hand")
     return notes
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` runs (this one included; another account's counts as running)."""
+    if pid == os.getpid():
+        return True
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):    # none, or no pid at all
+        return False
+    except OSError:                                # EPERM: another account's process
+        return True
+    return True
 
 
 def check_version_name(datasets: Path, version: str) -> bool:
@@ -133,6 +174,43 @@ def give_modes(root: Path, fsync: bool) -> int:
     return changed
 
 
+def remove_mode_copies(version_dir: Path, files: dict) -> list[str]:
+    """Remove from a complete version the temporary copies a :func:`give_modes` killed mid-copy left: the
+    ``.<file>.<hex>.tmp`` names :func:`formats.files.create_temp` gives a copy of a file the manifest (``files``)
+    lists in the same folder; return them (relative). Called before the version is verified again, so the rerun
+    of a publish killed there recovers by itself (review rev24c: every rerun failed with ``ManifestMismatch``
+    on the leftover, and ``latest`` kept the files other accounts could not read). Only regular files and
+    links at such names are removed (a link is never followed); nothing else is touched."""
+    by_folder: dict[str, set[str]] = {}
+    for rel in files:
+        folder, _, name = rel.rpartition("/")
+        by_folder.setdefault(folder, set()).add(name)
+    by_folder.setdefault("", set()).add(MANIFEST_FILE)
+    removed = []
+    for folder, names in sorted(by_folder.items()):
+        if folder and not real_folder(version_dir, folder):     # a linked folder is never entered
+            continue
+        top = version_dir / folder if folder else version_dir
+        try:
+            with os.scandir(top) as entries:
+                leftovers = sorted(entry.name for entry in entries
+                                   if (match := TEMP_COPY.fullmatch(entry.name)) and match.group(1) in names)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for name in leftovers:
+            path = top / name
+            with contextlib.suppress(FileNotFoundError):
+                if stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                os.unlink(path)
+                removed.append(f"{folder}/{name}" if folder else name)
+    return removed
+
+
+# formats.files.create_temp's name for a temporary copy of NAME: .NAME.<12 hex>.tmp
+TEMP_COPY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
+
+
 def apply_retention(home: DataHome, keep: int) -> list[str]:
     """Delete complete versions beyond the newest ``keep`` (never the one ``latest`` points to)."""
     link = latest_link(home)
@@ -197,7 +275,9 @@ def _hold_old_publish_lock(home: DataHome, busy: Callable[[Path], None]) -> Iter
     try:
         fd = os.open(home.datasets / OLD_PUBLISH_LOCK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
-        yield
+        fd = -1
+    if fd < 0:          # yielded outside the except block: an error of the publish must not carry the
+        yield           # FileNotFoundError of the absent old lock as its context (review rev24c)
         return
     try:
         info = os.fstat(fd)

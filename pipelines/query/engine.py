@@ -45,7 +45,7 @@ from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
 from pipelines.query.guard import check_read_only
 from pipelines.query.output import FORMATS, TextSink, silence_closed_pipe, write_result
-from pipelines.sqlrun import sql_text
+from pipelines.sqlrun import glob_under, literal_glob, sql_text
 
 META_VIEWS = ("shards", "images", "decisions", "quarantine", "splits_summary")
 BATCH_ROWS = 65_536
@@ -188,19 +188,32 @@ def _prepare(con: duckdb.DuckDBPyConnection, path: Path, root: str, spill: str, 
     con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
     con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
     con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
+    # every glob has the version's path escaped (sidecar_glob, literal_glob): in a home at /data/pickapic[1]
+    # an unescaped '[1]' is a character class and no view opened (review rev24c)
+    sidecars, counts = _sql_text(sidecar_glob(path)), _sql_text(prompt_counts_glob(path))
     if any(path.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
         con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
-                    f"FROM read_parquet('{sidecar_glob(root)}') AS p "
-                    f"LEFT JOIN read_parquet('{prompt_counts_glob(root)}') AS c "
+                    f"FROM read_parquet('{sidecars}') AS p "
+                    f"LEFT JOIN read_parquet('{counts}') AS c "
                     f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
     else:
-        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecar_glob(root)}')")
+        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecars}')")
     for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
-        source = f"{root}/meta/{name}/*.parquet" if (path / "meta" / name).is_dir() else f"{root}/meta/{name}.parquet"
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
-    con.execute(f"SET allowed_directories = ['{root}/']")
+        source = glob_under(path / "meta" / name, "*.parquet") if (path / "meta" / name).is_dir() \
+            else literal_glob(path / "meta" / f"{name}.parquet")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_text(source)}')")
+    # DuckDB checks the glob it is given against the allowed folders as well as each file it expands to: the
+    # version's escaped path too (where it differs), while the files stay those under the version itself
+    allowed = [root] + ([_sql_text(literal_glob(path))] if literal_glob(path) != str(path) else [])
+    folders = ", ".join(f"'{folder}/'" for folder in allowed)
+    con.execute(f"SET allowed_directories = [{folders}]")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+
+
+def _sql_text(text: str) -> str:
+    """``text`` for a single-quoted SQL string literal."""
+    return text.replace("'", "''")
 
 
 def named_queries() -> dict[str, str]:

@@ -8,6 +8,9 @@
 The rows are read from the version's sidecars and the image bytes straight out of its tar shards
 (via the sidecar offsets), so an export always matches the shards of that version exactly; bytes whose
 sha256 differs from the sidecar's ``jpg_0_sha256`` / ``jpg_1_sha256`` stop the export, naming the sample.
+The sidecars are the ones the version's manifest lists (never a glob of its folders), and each sidecar and
+``<split>/prompt_counts.parquet`` (the loss weight ``num_example_per_prompt``) must have the sha256 the
+manifest records, as the trainer requires: an edited one stops the export, naming the file (exit 2).
 
 ``--format eval-prompts``: ``<output>/eval_prompts.parquet`` (``schemas.scoring.EVAL_PROMPTS``), the
 test_unique prompts with their normalized key, how often the test split asked them and the dataset version:
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import time
@@ -34,7 +36,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SPLITS, resolve_version, split_sidecars
+from formats.dataset import (
+    MANIFEST_FILE,
+    PROMPT_COUNTS_FILE,
+    REPUBLISH,
+    SPLITS,
+    ChecksumError,
+    manifest_sidecars,
+    read_listed_file,
+    read_manifest,
+    resolve_version,
+)
 from formats.files import cast_to_schema
 from formats.home import DataHome
 from formats.outputs import open_output_files, recorded_output_dir, write_output_record
@@ -74,7 +86,8 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     """Write one PickScore-schema Parquet per split of ``version`` (default ``latest``) into ``output_dir``."""
     started = time.perf_counter()
     root = resolve_version(home, version)
-    manifest = json.loads((root / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(root)
+    files_listed = manifest["files"]
     schema = get_schema("pickscore_export")
     splits = [s for s in SPLITS if s in manifest["splits"]]
     names = {split: f"{split}.parquet" for split in splits}
@@ -86,7 +99,7 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
     done = 0
     with open_output_files(output_dir, [*names.values(), EXPORT_MARKER], [home.root], "--output") as open_file:
         for split in splits:
-            sidecars = split_sidecars(root, split)
+            sidecars = manifest_sidecars(root, split, files_listed)   # the manifest's, never a glob of the folder
             if len(sidecars) != manifest["splits"][split]["shards"]:
                 raise RuntimeError(f"version {root.name}: split {split} has {len(sidecars)} sidecars, manifest says "
                                    f"{manifest['splits'][split]['shards']}")
@@ -95,11 +108,15 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                 with pq.ParquetWriter(tmp, schema, compression={name: ("NONE" if name.startswith("jpg_") else "ZSTD")
                                                                 for name in schema.names},
                                       use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
-                    counts_file = root / split / PROMPT_COUNTS_FILE   # absent in versions of format pickapic-wds/1
-                    counts = pq.read_table(counts_file, columns=["prompt_key", "num_example_per_prompt"]) \
-                        if counts_file.is_file() else None
+                    # absent in versions of format pickapic-wds/1; checked against its manifest sha256, as the
+                    # trainer does: it is the loss weight num_example_per_prompt (review rev24c)
+                    data = read_listed_file(root, f"{split}/{PROMPT_COUNTS_FILE}", files_listed,
+                                            "an edited prompt_counts.parquet reweights the loss")
+                    counts = pq.read_table(pa.BufferReader(data), columns=["prompt_key", "num_example_per_prompt"]) \
+                        if data is not None else None
                     for sidecar in sidecars:
-                        table = _export_rows(sidecar, schema, counts, first_index=count)
+                        table = _export_rows(sidecar, _read_sidecar(root, sidecar, files_listed), schema, counts,
+                                             first_index=count)
                         for start in range(0, table.num_rows, ROWS_PER_GROUP):
                             writer.write_table(table.slice(start, ROWS_PER_GROUP))
                         count += table.num_rows
@@ -129,10 +146,24 @@ def _check_columns(side: pa.Table, sidecar: Path, tar: Path) -> None:
                                "is damaged, nothing was exported (republish the version)")
 
 
-def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, first_index: int) -> pa.Table:
-    """The export rows of one shard: sidecar columns, the prompt's count, both JPEGs read from the tar by offset,
-    numbered (``__index_level_0__``) from ``first_index``, the row's position in its split file."""
-    side = pq.read_table(sidecar)
+def _read_sidecar(root: Path, sidecar: Path, files: dict, columns: list[str] | None = None) -> pa.Table:
+    """A sidecar of the version, read once and checked against the sha256 its manifest records first
+    (:class:`formats.dataset.ChecksumError` naming it): the export's rows and labels are its columns, and
+    the JPEG bytes are checked against its sha256s, so an edited sidecar (labels swapped) would otherwise be
+    exported as the version (review rev24c)."""
+    data = read_listed_file(root, f"{sidecar.parent.name}/{sidecar.name}", files,
+                            "an edited sidecar changes the exported rows and labels")
+    if data is None:
+        raise ChecksumError(f"{sidecar} is not listed in the {MANIFEST_FILE} of dataset version {root.name}; "
+                            f"{REPUBLISH}")
+    return pq.read_table(pa.BufferReader(data), columns=columns)
+
+
+def _export_rows(sidecar: Path, side: pa.Table, schema: pa.Schema, counts: pa.Table | None,
+                 first_index: int) -> pa.Table:
+    """The export rows of one shard (``side``: its sidecar's rows, checked): sidecar columns, the prompt's count,
+    both JPEGs read from the tar by offset, numbered (``__index_level_0__``) from ``first_index``, the row's
+    position in its split file."""
     _check_columns(side, sidecar, sidecar.with_suffix(".tar"))
     if "num_example_per_prompt" not in side.column_names and counts is not None:   # kept outside the shards
         position = pc.index_in(side.column("prompt_key"), value_set=counts.column("prompt_key"))
@@ -175,10 +206,12 @@ def _export_rows(sidecar: Path, schema: pa.Schema, counts: pa.Table | None, firs
 
 
 def _sidecars(root: Path, split: str, columns: list[str]) -> pa.Table:
-    files = split_sidecars(root, split)
+    """``columns`` of every sidecar of ``split`` the version's manifest lists, each checked against its sha256."""
+    listed = read_manifest(root)["files"]
+    files = manifest_sidecars(root, split, listed)
     if not files:
         raise FileNotFoundError(f"version {root.name} has no {split} sidecars in {root / split}")
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    return pa.concat_tables([_read_sidecar(root, f, listed, columns) for f in files])
 
 
 def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -> ExportReport:
