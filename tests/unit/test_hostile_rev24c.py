@@ -11,7 +11,7 @@ of ``latest`` had the run's mode, an incremental nightly after a ban equalled a 
 for byte, and the query guard refused every write / outside read tried (``..`` paths, ``query()``,
 ``query_table``, ``ATTACH``/``COPY`` inside ``query()``).
 
-Each test below states the correct behaviour and is a strict xfail until its defect is fixed.
+Each test below states the correct behaviour; each was a strict xfail, and all ten defects were fixed the same day (markers removed).
 """
 from __future__ import annotations
 
@@ -59,14 +59,6 @@ def _version_files(version: Path) -> dict[str, bytes]:
 
 
 # --------------------------------------------------------------------------- export trusts edited files
-@pytest.mark.xfail(strict=True, reason=(
-    "pickapic export reads the version's sidecars (labels, captions, every column) and <split>/prompt_counts.parquet "
-    "(the loss weight num_example_per_prompt) without checking them against the sha256 the version's manifest records: "
-    "a sidecar edited in place (labels swapped) or a prompt_counts.parquet with every count x100 is exported silently "
-    "into the released PickScore schema (only the JPEG bytes are checked, against the edited sidecar itself). The "
-    "trainer refuses both (ShardChecksumError, prompt_counts read with its manifest sha256); the export should too: "
-    "a ValueError naming the file (exit 2), nothing written"
-))
 @pytest.mark.parametrize("damage", ["sidecar_labels_swapped", "prompt_counts_times_100"])
 def test_export_refuses_sidecars_and_prompt_counts_that_differ_from_the_manifest(tmp_path: Path, damage: str) -> None:
     home = published_home(tmp_path / "home")
@@ -97,14 +89,6 @@ def _meta_rows(version: Path) -> dict[str, int]:
     return rows
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A data home whose path holds glob characters ('/data/pickapic[1]/home', '/mnt/disk [ssd]/...') publishes "
-    "meta/decisions.parquet, meta/quarantine.parquet and every meta/images/images-<day>.parquet EMPTY, silently, under "
-    "the same version id a home elsewhere gets for the same inputs: the meta snapshots are read through DuckDB "
-    "read_parquet globs built from the home's path (pipelines.publish.meta, pipelines.sqlrun), where '[1]' is a "
-    "character class, and sqlrun.register_views takes 'no file matches' for an empty table. Expected: the same bytes "
-    "as the same home anywhere else (paths put into a glob escaped, or the listed files passed)"
-))
 def test_a_home_whose_path_holds_glob_characters_publishes_the_same_meta_snapshots(tmp_path: Path) -> None:
     plain = make_home(tmp_path / "plain" / "home", num_rankings=80, seed=3)
     odd = make_home(tmp_path / "homes[1]" / "home", num_rankings=80, seed=3)
@@ -116,15 +100,6 @@ def test_a_home_whose_path_holds_glob_characters_publishes_the_same_meta_snapsho
     assert _version_files(two.path) == _version_files(one.path)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "In a data home whose path holds glob characters ('homes[1]/home') the publish gate checks nothing: "
-    "check_contracts reads the staged version's sidecars and prompt_counts through globs of its path "
-    "(version_views), which match no file there, and sqlrun.register_views then registers an empty table, so "
-    "every rule over them passes vacuously. A prompt_counts.parquet with every count doubled (planted in the "
-    "writer) is refused in a plain home (prompt_counts.counts_match_samples = 38) and published in homes[1]. "
-    "Expected: the same refusal wherever the home lives (and a glob that matches no file of a version is an error, "
-    "never an empty table)"
-))
 def test_the_publish_gate_refuses_the_same_version_wherever_the_home_lives(tmp_path: Path, monkeypatch) -> None:
     real = version_module.prompt_counts
 
@@ -143,12 +118,6 @@ def test_the_publish_gate_refuses_the_same_version_wherever_the_home_lives(tmp_p
     assert not (odd.datasets / "latest").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pickapic query cannot open any version of a data home whose path holds glob characters ('homes[1]/home'): its "
-    "views read read_parquet('<version path>/*/pickapic-*.parquet') with the resolved path put into the glob "
-    "unescaped, so '[1]' is a character class and DuckDB fails with 'No files found that match the pattern' (exit 1) "
-    "for every query. Expected: the same answers as for the version anywhere else"
-))
 def test_query_answers_in_a_home_whose_path_holds_glob_characters(tmp_path: Path) -> None:
     source = published_home(tmp_path / "plain" / "home")
     odd = DataHome((tmp_path / "homes[1]" / "home").resolve())
@@ -160,14 +129,6 @@ def test_query_answers_in_a_home_whose_path_holds_glob_characters(tmp_path: Path
 
 
 # --------------------------------------------------------------------------- meta read later than the id hashed
-@pytest.mark.xfail(strict=True, reason=(
-    "The version id and the manifest's sources hash the warehouse files listed at the start of the publish, but "
-    "meta/decisions, meta/quarantine are read later through a glob of the whole warehouse table "
-    "(meta._glob_of: warehouse/quarantine/**/*.parquet): a quarantine partition an ingest of a landing day writes "
-    "while the nightly publish runs (the ingest holds only its own lock) lands in meta/quarantine.parquet of a version "
-    "whose id and manifest do not name it (same id, other bytes than an uninterrupted publish of the same inputs). "
-    "Expected: meta tables built from exactly the files (bytes) the version id and manifest record"
-))
 def test_meta_snapshots_hold_only_the_sources_the_manifest_records(tmp_path: Path, monkeypatch) -> None:
     home = make_home(tmp_path / "home", num_rankings=80, seed=3)
     calm = make_home(tmp_path / "calm", num_rankings=80, seed=3)
@@ -209,15 +170,6 @@ publish_dataset(DataHome(Path(sys.argv[1])), PublishConfig(workers=1, fsync=Fals
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A version published again (same inputs) under another umask gets this run's modes in place "
-    "(versions.give_modes): a file it shares with an older version is copied under a temporary name INSIDE the "
-    "published version and renamed over it. A publish killed during that copy leaves "
-    "'.<file>.<hex>.tmp' in the live version (latest's folder, synced by consumers), and every rerun then fails "
-    "with ManifestMismatch ('unexpected [test/.pickapic-test-..._stats.json.<hex>.tmp]') before the switch, so the nightly never "
-    "recovers by itself and latest keeps the old 0600 files. Expected: the rerun removes the leftover (or it is never "
-    "made inside a live version) and publishes, every file of the version being its manifest's, with this run's mode"
-))
 def test_a_rerun_after_a_kill_while_giving_a_republished_version_its_modes_recovers(tmp_path: Path) -> None:
     home, full = history_home(tmp_path / "h")
     days = export_days(full)
@@ -244,13 +196,6 @@ def test_a_rerun_after_a_kill_while_giving_a_republished_version_its_modes_recov
     assert modes == {"0o644"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A publish interrupted while retention deletes an old version (renamed to .deleting-<version>, then rmtree) "
-    "leaves that folder beside the versions after its rerun: the rerun finds its own version complete and takes the "
-    "'published again' path, which never calls sweep_stale, so a hidden copy of a whole old version stays in "
-    "datasets/pickapic/ (the folder consumers sync; rsync copies hidden names) until the inputs change. Expected: the "
-    "rerun leaves exactly what an uninterrupted publish leaves (the versions and latest)"
-))
 def test_a_rerun_after_a_publish_interrupted_in_retention_leaves_no_deleting_folder(tmp_path: Path, monkeypatch) -> None:
     home, full = history_home(tmp_path / "h")
     days = export_days(full)
@@ -277,14 +222,6 @@ def test_a_rerun_after_a_publish_interrupted_in_retention_leaves_no_deleting_fol
 
 
 # --------------------------------------------------------------------------- a version published again
-@pytest.mark.xfail(strict=True, reason=(
-    "A version published again (same inputs: a rerun, a setting reverted) is checked by verify_version, which "
-    "follows symbolic links (Path.stat()): a shard of it replaced by a symlink to a same-size file outside the home is "
-    "accepted and latest is (re)switched to a version whose shard is a link out of the home (the reuse path never follows "
-    "one: 'a symlink put in place of an old shard is never followed'), and a dangling one is a bare FileNotFoundError "
-    "traceback. Expected: a link at a manifest file's name is refused with an error naming the file (or the shard "
-    "written afresh); latest never names a version holding a link"
-))
 @pytest.mark.parametrize("target", ["a_copy_outside_the_home", "nothing"])
 def test_a_version_published_again_never_keeps_a_symlink_in_place_of_a_shard(tmp_path: Path, target: str) -> None:
     home, full = history_home(tmp_path / "h")
@@ -324,13 +261,6 @@ publish_dataset(DataHome(Path(sys.argv[1])), PublishConfig(workers=1, fsync=Fals
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A publish killed inside switch_latest, after it made '.latest.<pid>.tmp' and before os.replace, leaves that "
-    "symbolic link in datasets/pickapic/ for good: the rerun switches with a temporary link named by its own pid, "
-    "and nothing (sweep_stale, retention) ever removes another pid's '.latest.*.tmp', so the folder consumers sync "
-    "keeps a hidden link that dangles once retention deletes the version it names. Expected: the rerun leaves what "
-    "an uninterrupted publish leaves (the versions and latest only)"
-))
 def test_a_rerun_after_a_kill_inside_the_latest_switch_leaves_no_temporary_link(tmp_path: Path) -> None:
     home, full = history_home(tmp_path / "h")
     days = export_days(full)
@@ -346,13 +276,6 @@ def test_a_rerun_after_a_kill_inside_the_latest_switch_leaves_no_temporary_link(
 
 
 # --------------------------------------------------------------------------- the documented check of a version
-@pytest.mark.xfail(strict=True, reason=(
-    "Every checksum error of a reader (formats.dataset.REPUBLISH, the trainer's ShardChecksumError) tells the user to "
-    "'check the version with `python -m pipelines.publish --home HOME --verify-checksums` (it names every file that "
-    "differs from the manifest)'. With two damaged shards it prints a ManifestMismatch traceback naming only the first "
-    "('... does not match its manifest sha256 (and 1 more files)'). Expected: a clear error without a traceback that "
-    "names every damaged file, exit non-zero"
-))
 def test_the_documented_version_check_names_every_damaged_file_without_a_traceback(tmp_path: Path) -> None:
     home, full = history_home(tmp_path / "h")
     report = publish_until(home, full)
@@ -371,14 +294,6 @@ def test_the_documented_version_check_names_every_damaged_file_without_a_traceba
         assert tar.name in run.stderr, run.stderr[-1500:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Every error a publish raises while it holds its lock carries a FileNotFoundError of "
-    "datasets/pickapic/.publish.lock as its context (versions._hold_old_publish_lock yields inside its "
-    "'except OSError' block when the old lock file is absent, as it is in every home made since December 4): each "
-    "publish traceback, in the terminal and in Dagster's UI, starts with 'FileNotFoundError: ... .publish.lock' and "
-    "'During handling of the above exception, another exception occurred', pointing the user at the lock instead of "
-    "the real failure. Expected: an error raised under the publish lock has no such context"
-))
 def test_an_error_under_the_publish_lock_does_not_blame_the_old_lock_file(tmp_path: Path) -> None:
     home = DataHome((tmp_path / "home").resolve())
     home.datasets.mkdir(parents=True)
