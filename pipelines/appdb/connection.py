@@ -10,7 +10,10 @@ keys and are shown whole (a password that happens to be part of a name, 'pick' i
 text (libpq's reason) is searched for the password texts, and an occurrence inside one of those names
 there is left as it is for the same reason. A ``dbname`` that is itself a connection string or URL
 (libpq's ``expand_dbname`` form) is free text: searched for secrets, and shown whole as ``***`` when its
-secrets cannot be told apart from the rest of it.
+secrets cannot be told apart from the rest of it. In free text the value after any ``password=`` key is hidden
+to the end of the quoted name holding it, and so is a start of a password (4 characters or more) ending a
+quoted name: the server cuts a database name to 63 bytes before it quotes it, inside the password (review
+rev24g).
 
 The export's session is pinned as pg_dump pins its own, so the role's, database's or server's
 defaults cannot change what is read: time zone, float digits, DateStyle and IntervalStyle (psycopg
@@ -180,20 +183,72 @@ def _occurrences(text: str, needle: str) -> Iterator[tuple[int, int]]:
         start = text.find(needle, start + 1)
 
 
+# A password key in free text (a dbname that is a connection string, quoted back by the server): its value
+# is hidden whatever it is, to the end of the value or of the quoted name holding it.
+_PASSWORD_KEY = re.compile(r"(?<![A-Za-z0-9_])(?:ssl)?password\s*=\s*", re.IGNORECASE)
+# The shortest start of a password hidden where a quoted name ends with it (the server cuts a name to 63 bytes,
+# NAMEDATALEN - 1, before it quotes it: 'database "...password=correcthorseba" does not exist').
+PREFIX_MIN = 4
+_QUOTE_END = re.compile(r'"(?=$|[\s,.;:)])')
+
+
+def _password_values(text: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of the value after each password key in ``text``: inside a double-quoted name (an odd
+    number of '"' before the key), to the quote that closes it; a libpq-quoted value ('...', backslash
+    escapes), to its closing quote; else to the next whitespace; the end of the text where nothing ends it."""
+    for match in _PASSWORD_KEY.finditer(text):
+        start = match.end()
+        if text.count('"', 0, match.start()) % 2:
+            close = _QUOTE_END.search(text, start)
+            end = close.start() if close else len(text)
+        elif text.startswith("'", start):
+            end, pos = len(text), start + 1
+            while pos < len(text):
+                if text[pos] == "\\":
+                    pos += 2
+                    continue
+                if text[pos] == "'":
+                    end = pos + 1
+                    break
+                pos += 1
+        else:
+            space = re.compile(r"\s").search(text, start)
+            end = space.start() if space else len(text)
+        if end > start:
+            yield start, end
+
+
+def _cut_prefixes(text: str, secret: str) -> Iterator[tuple[int, int]]:
+    """(start, end) of each start of ``secret`` (PREFIX_MIN characters or more, not all of it) that ends right
+    before a quote: a name the server cut to its length limit inside the password."""
+    if len(secret) <= PREFIX_MIN:
+        return
+    for quote in re.finditer("[\"']", text):
+        end = quote.start()
+        for k in range(min(len(secret) - 1, end), PREFIX_MIN - 1, -1):
+            if text.startswith(secret[:k], end - k):
+                yield end - k, end
+                break
+
+
 def redact(text: str, dsn: str) -> str:
     """``text`` with every password text replaced by ``***`` (a run of hidden characters: one ``***``),
     except an occurrence that lies inside an occurrence of one of the connection's non-secret names
     (:func:`_names`): masking 'pick' inside database 'pickapic' showed the password as the part hidden
-    (and a password equal to the user name or port is shown by those names anyway)."""
-    secrets = [secret for secret in set(_secrets(dsn)) if secret]
-    if not text or not secrets:
+    (and a password equal to the user name or port is shown by those names anyway). Also hidden (review
+    rev24g), outside the names likewise: the value after any ``password=`` key, to the end of the quoted name
+    holding it (a dbname that is a connection string, quoted back by the server), and a start of a password
+    (PREFIX_MIN characters or more) that ends a quoted name, where the server cut the name to its 63-byte limit
+    inside the password."""
+    if not text:
         return text
+    secrets = [secret for secret in set(_secrets(dsn)) if secret]
     spans = [span for name in _names(dsn) for span in _occurrences(text, name)]
+    found = [span for secret in secrets for span in [*_occurrences(text, secret), *_cut_prefixes(text, secret)]]
     hidden = bytearray(len(text))
-    for secret in secrets:
-        for start, end in _occurrences(text, secret):
-            if not any(s <= start and end <= e for s, e in spans):
-                hidden[start:end] = b"\x01" * (end - start)
+    for start, end in found + list(_password_values(text)):
+        if not any(s <= start and end <= e for s, e in spans):
+            hidden[start:end] = b"\x01" * (end - start)
     if not any(hidden):
         return text
     out, pos = [], 0

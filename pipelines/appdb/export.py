@@ -13,10 +13,15 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
-change) and the day is swapped in whole once all four files are complete (see :func:`_publish`).
+change) and the day is swapped in whole once all four files are complete (see :func:`_publish`). From a
+replica (a hot standby, a logical-replication subscriber) a re-export never replaces a day with files lacking
+rows its files hold (:func:`check_no_vanishing_rows`): rows leave an exported day only when it is exported from
+the primary.
 """
 from __future__ import annotations
 
+import array
+import bisect
 import contextlib
 import ctypes
 import datetime as dt
@@ -38,7 +43,7 @@ import time
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
@@ -90,6 +95,9 @@ class AppExportConfig:
     blob_max_bytes: int = knob(0, "The feature stage's blob limit the blob copy stops at (max_bytes + 1 bytes); "
                                   "0: the home's features.max_bytes. `pickapic build` passes its own "
                                   "features.max_bytes here.", min=0, output=False)
+    keep_exported_rows: bool = knob(False, "Refuse a re-export from the primary too when it would drop rows an "
+                                           "exported day holds (rows the app deleted); false: they leave the day. "
+                                           "A re-export from a replica is always refused then.", output=False)
 
     def validate(self) -> "AppExportConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
@@ -657,80 +665,162 @@ def real_folders(home: DataHome, folders: list[Path], create: bool) -> None:
 
 REPLAY_WAIT_S = 60.0    # how long an export from a hot standby waits for it to replay the WAL it has received
 REPLAY_POLL_S = 0.2
+# The longest a streaming standby may have heard nothing from its upstream: its walreceiver asks for a reply
+# after wal_receiver_timeout / 2 of silence (and ends the stream after wal_receiver_timeout), so a live stream
+# is never silent for long; with wal_receiver_timeout = 0 it never asks, and this bound is what holds.
+MIN_SILENCE_S = 60.0
 
 
 class ReplicaBehind(AppDatabaseError):
-    """The server is a hot standby (read replica) whose replay is paused or behind the WAL it has received:
-    its snapshot would lack transactions its primary committed (a closed day's last rows)."""
+    """The server is a hot standby (read replica) that cannot show it holds what its primary committed: replay
+    paused or behind the WAL it has received, or no WAL receiver streaming to it."""
+
+
+class RowsWouldVanish(AppDatabaseError):
+    """A re-export of a day would replace its raw files with ones that lack rows (primary keys) they hold,
+    from a source that may be behind (a replica): nothing was replaced."""
+
+
+@dataclass
+class _StandbyState:
+    """One row of ``sql/app_db/standby.sql``."""
+
+    standby: bool
+    received: str | None
+    replayed: str | None
+    behind: int | None
+    caught_up: bool | None
+    paused: bool | None
+    replayed_at: dt.datetime | None
+    receiver: bool
+    receiver_status: str | None
+    flushed: str | None
+    latest_end: str | None
+    sent_at: dt.datetime | None
+    silent_s: float | None
+    replayed_all: bool
+    receiver_timeout_ms: int | None
+    subscriptions: list[str]
+
+
+def _standby_state(conn: psycopg.Connection, target: str | None) -> _StandbyState:
+    """standby.sql read in a transaction of its own (it ends here: no snapshot is held)."""
+    row = list(conn.execute(statement("standby"), {"target": target}).fetchone())
+    conn.rollback()
+    for i in (1, 2, 8, 9, 10):
+        row[i] = as_text(row[i])
+    row[15] = [as_text(s) for s in row[15] or []]
+    return _StandbyState(*row)
+
+
+def _silence_allowed(state: _StandbyState) -> float:
+    """Seconds a streaming standby may have heard nothing from its upstream (see MIN_SILENCE_S)."""
+    return max(MIN_SILENCE_S, (state.receiver_timeout_ms or 0) / 1000.0)
+
+
+def _check_receiver(state: _StandbyState, day: str, where: str) -> None:
+    """Raise :class:`ReplicaBehind` unless a WAL receiver streams to the standby and heard from its upstream
+    lately (review rev24g: a standby whose receiver stopped has replayed all it received and its last replayed
+    commit may be recent, yet every commit since it stopped is missing)."""
+    tail = (f": its data may lack rows committed for day {day} since, so it is not exported from it (nothing was "
+            "written); export from the primary or a streaming replica")
+    if not state.receiver:
+        raise ReplicaBehind(
+            f"the app {where} is a hot standby (read replica) with no WAL receiver: it does not stream from a "
+            f"primary (archive recovery, a primary_conninfo lost after a failover, a connection that failed; "
+            f"last received {state.received or 'nothing'}, last transaction replayed committed at "
+            f"{_stamp(state.replayed_at)}){tail}")
+    if state.receiver_status is None:
+        raise ReplicaBehind(
+            f"the app {where} is a hot standby (read replica) whose WAL receiver the export's role may not see "
+            "(pg_stat_wal_receiver shows its status only to roles with pg_read_all_stats): whether it streams "
+            f"from its primary is unknown, so day {day} is not exported from it (nothing was written); grant "
+            "pg_read_all_stats (or pg_monitor) to the export's role, or export from the primary")
+    if state.receiver_status != "streaming":
+        raise ReplicaBehind(
+            f"the app {where} is a hot standby (read replica) whose WAL receiver is {state.receiver_status!r}, not "
+            f"streaming (last received {state.received or 'nothing'}, last transaction replayed committed at "
+            f"{_stamp(state.replayed_at)}){tail}, or retry once it streams")
+    if state.silent_s is None or state.silent_s > _silence_allowed(state):
+        silent = "never" if state.silent_s is None else f"not for {state.silent_s:.0f} s"
+        raise ReplicaBehind(
+            f"the app {where} is a hot standby (read replica) whose WAL receiver has heard from its upstream "
+            f"{silent} (more than {_silence_allowed(state):g} s; last message sent at {_stamp(state.sent_at)}){tail}")
 
 
 def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: str) -> str | None:
     """On a hot standby (``pg_is_in_recovery()``, ``sql/app_db/standby.sql``), make sure the export's snapshot,
-    taken after this check, holds what its primary committed for ``day``; on a primary do nothing (None).
+    taken after this check, holds what its primary committed for ``day``; return what kind of replica the
+    server is ('a hot standby', 'a logical-replication subscriber (subscriptions ...)') or None for a primary.
 
     The lag rule cannot go by the standby's ``now()``: its clock runs on while WAL holding the day's last
     commits waits unreplayed, so a day was published without its last rows and a lookback re-export from
     such a replica replaced a day exported complete from the primary. So:
 
     - replay paused (``pg_wal_replay_pause()``, or a pause requested): :class:`ReplicaBehind` at once;
+    - no WAL receiver streaming (``pg_stat_wal_receiver`` empty: archive recovery, primary_conninfo lost; or its
+      status not 'streaming'; or nothing heard from its upstream for longer than the receiver's timeout):
+      ReplicaBehind at once (review rev24g: such a standby has replayed all it received, yet lacks every commit
+      since it stopped receiving);
     - WAL received and not replayed (``pg_last_wal_receive_lsn() > pg_last_wal_replay_lsn()``): wait up to
       REPLAY_WAIT_S for replay to reach the position received when the check began (a busy replica
       catches up in moments), else :class:`ReplicaBehind` naming the replay lag (a delayed standby,
       ``recovery_min_apply_delay``, stays behind by design);
-    - the lag rule by the replay time (``pg_last_xact_replay_timestamp()``, the commit time, by the
-      primary's clock, of the last transaction replayed): the standby holds nothing committed after it, so
-      ``day`` must have been over for ``lag_minutes`` by then (else :class:`ExportTooEarly`); a standby that
-      has replayed no transaction since it started cannot tell how far its data reaches: ReplicaBehind.
+    - the lag rule by what the standby's data reaches, by the primary's clock: the commit time of the last
+      transaction replayed (``pg_last_xact_replay_timestamp()``), or, where the standby has replayed all it
+      flushed and flushed all its upstream reported (caught up), the time its upstream sent its last message
+      (``last_msg_send_time``; review rev24g: a caught-up standby of a quiet primary has replayed no transaction
+      since it started, and was refused). ``day`` must have been over for ``lag_minutes`` by then (else
+      :class:`ExportTooEarly`); with neither, how far its data reaches is unknown: ReplicaBehind.
 
-    Nothing is written before the check, so a refused export leaves the raw zone as it was. Returns a
-    warning for a standby that does not stream (archive recovery: what it has not restored yet is unknown,
-    only the replay time was checked), else None. Each read ends its transaction: no snapshot is held."""
-    query = statement("standby")
-    standby, received, replayed, behind, caught_up, paused, replayed_at = conn.execute(
-        query, {"target": None}).fetchone()
-    conn.rollback()
-    if not standby:
+    What no check on a replica can see (a cascading standby whose upstream standby stopped receiving, a
+    logical subscriber whose subscription stalled) is guarded at publish time: a re-export from a replica never
+    replaces a day with one lacking rows it holds (:func:`check_no_vanishing_rows`). Nothing is written before
+    the check, so a refused export leaves the raw zone as it was. Each read ends its transaction: no snapshot is
+    held."""
+    state = _standby_state(conn, None)
+    if not state.standby:
+        if state.subscriptions:
+            return f"a logical-replication subscriber (subscriptions {', '.join(state.subscriptions)})"
         return None
-    target, started = as_text(received), time.monotonic()
+    target, started = state.received, time.monotonic()
     while True:
-        if paused:
+        if state.paused:
             raise ReplicaBehind(
                 f"the app {where} is a hot standby (read replica) whose WAL replay is paused (pg_wal_replay_pause()) "
-                f"at {as_text(replayed)}, {_behind(behind)}, last transaction replayed committed at "
-                f"{_stamp(replayed_at)}: its data may lack the rows day {day} ended with, so it is not exported "
+                f"at {state.replayed}, {_behind(state.behind)}, last transaction replayed committed at "
+                f"{_stamp(state.replayed_at)}: its data may lack the rows day {day} ended with, so it is not exported "
                 "from it (nothing was written); resume replay (pg_wal_replay_resume()) or export from the primary")
-        if target is None or behind is None or behind <= 0 or caught_up:
+        _check_receiver(state, day, where)
+        if target is None or state.behind is None or state.behind <= 0 or state.caught_up:
             break
         if time.monotonic() - started >= REPLAY_WAIT_S:
             raise ReplicaBehind(
                 f"the app {where} is a hot standby (read replica) whose replay is behind the WAL it has received "
-                f"({_behind(behind)}: received {target}, replayed {as_text(replayed)} after waiting "
-                f"{REPLAY_WAIT_S:g} s; last transaction replayed committed at {_stamp(replayed_at)}, e.g. "
+                f"({_behind(state.behind)}: received {target}, replayed {state.replayed} after waiting "
+                f"{REPLAY_WAIT_S:g} s; last transaction replayed committed at {_stamp(state.replayed_at)}, e.g. "
                 "recovery_min_apply_delay or a replay conflict): its data may lack the rows day "
                 f"{day} ended with, so it is not exported from it (nothing was written); export from the primary "
                 "or an up-to-date replica, or retry once it has caught up")
         time.sleep(REPLAY_POLL_S)
-        standby, _, replayed, behind, caught_up, paused, replayed_at = conn.execute(
-            query, {"target": target}).fetchone()
-        conn.rollback()
-        if not standby:       # promoted meanwhile: a primary holds every commit
+        state = _standby_state(conn, target)
+        if not state.standby:       # promoted meanwhile: a primary holds every commit
             return None
-    if replayed_at is None:
+    reaches = state.replayed_at
+    if state.replayed_all and state.sent_at is not None and (reaches is None or state.sent_at > reaches):
+        reaches = state.sent_at
+    if reaches is None:
         raise ReplicaBehind(f"the app {where} is a hot standby (read replica) that has replayed no transaction since "
-                            f"it started, so how far its data reaches is unknown: day {day} is not exported from "
-                            "it (nothing was written); export from the primary, or retry once the standby has "
-                            "replayed a transaction committed after the day closed")
+                            f"it started and has not caught up with its upstream, so how far its data reaches is "
+                            f"unknown: day {day} is not exported from it (nothing was written); export from the "
+                            "primary, or retry once the standby has caught up")
     try:
-        check_lag(day, lag_minutes, replayed_at)
+        check_lag(day, lag_minutes, reaches)
     except ExportTooEarly as exc:
-        raise ExportTooEarly(f"{exc} (by the last transaction the app {where}, a hot standby, has replayed, "
-                             f"committed at {_stamp(replayed_at)}: its data reaches no further; export from the "
-                             "primary, or retry once it has replayed later commits)") from None
-    if target is None:
-        return (f"the app {where} is a hot standby that does not stream from its primary (archive recovery): "
-                f"day {day} was exported from what it had replayed, up to a transaction committed at "
-                f"{_stamp(replayed_at)}; WAL it has not restored yet is not in it")
-    return None
+        raise ExportTooEarly(f"{exc} (by what the app {where}, a hot standby, has replayed, committed at or before "
+                             f"{_stamp(reaches)} by its primary's clock: its data reaches no further; export from "
+                             "the primary, or retry once it has replayed later commits)") from None
+    return "a hot standby"
 
 
 def _behind(behind: int | None) -> str:
@@ -843,9 +933,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     try:
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
-        standby = check_standby(conn, day, config.lag_minutes, str(name))
-        if standby:
-            report.warnings.append(standby)
+        replica = check_standby(conn, day, config.lag_minutes, str(name))
+        if replica and "(disabled)" in replica:
+            report.warnings.append(f"the app {name} is {replica}: a disabled subscription receives nothing, so "
+                                   f"day {day} may lack rows its publisher holds; export from the publisher")
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
@@ -886,6 +977,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             invalid = read_day_uids(conn, params, spill) if spill is not None else 0
             conn.rollback()  # read-only: nothing to commit
             conn.close()
+            if replica or config.keep_exported_rows:   # never a subset of the day from a replica (see there)
+                check_no_vanishing_rows(home, day, staging, report, replica or
+                                        "a primary with app_export.keep_exported_rows = true", str(name))
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
                                           config.blob_max_bytes or None)
@@ -906,6 +1000,94 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             os.close(held)
     report.seconds = time.perf_counter() - started
     return report
+
+
+# --- a re-export that would drop rows ----------------------------------------------------------------
+
+def _line_keys(path: Path) -> Iterator[int | None]:
+    """The leading id of each line of a raw table file (None for a line without one: a NULL key), streamed
+    1 MiB of a line at a time."""
+    at_start = True
+    with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
+        while piece := lines.readline(1 << 20):
+            if at_start:
+                match = _LINE_ID.match(piece)
+                yield int(match.group(1)) if match else None
+            at_start = piece.endswith(b"\n")
+
+
+def vanishing_rows(old: Path, new: Path) -> tuple[int, list[str]]:
+    """Rows of raw table file ``old`` whose primary key no row of ``new`` has (lines without a key: as many as
+    ``old`` has more of them), and the first FIRST_IDS of those keys. Memory: 8 bytes per row of ``new`` (its
+    keys, sorted); ``old`` is streamed."""
+    keys, unkeyed = array.array("q"), 0
+    wide: list[int] = []           # a key past int64 (no integer column holds one; kept anyway)
+    for key in _line_keys(new):
+        if key is None:
+            unkeyed += 1
+        elif -(1 << 63) <= key < (1 << 63):
+            keys.append(key)
+        else:
+            wide.append(key)
+    ordered = all(keys[i] <= keys[i + 1] for i in range(len(keys) - 1))    # the export writes them in order
+    if not ordered:
+        keys = array.array("q", sorted(keys))
+    wide_set = set(wide)
+    count, first = 0, []
+    for key in _line_keys(old):
+        if key is None:
+            if unkeyed:
+                unkeyed -= 1
+                continue
+        elif key in wide_set:
+            continue
+        elif -(1 << 63) <= key < (1 << 63):
+            at = bisect.bisect_left(keys, key)
+            if at < len(keys) and keys[at] == key:
+                continue
+        count += 1
+        if len(first) < FIRST_IDS:
+            first.append(_id_text(key))
+    return count, first
+
+
+def check_no_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExportReport, source: str,
+                            where: str) -> None:
+    """Raise :class:`RowsWouldVanish` when ``day`` is already in the raw zone and a staged table file lacks rows
+    (primary keys) its file there holds. ``source`` says what the server is ('a hot standby', 'a
+    logical-replication subscriber (...)', or a primary held to this by app_export.keep_exported_rows).
+
+    A replica may be behind its primary in ways no check on it can see (review rev24g: a cascading standby whose
+    upstream standby stopped receiving streams and is caught up with that upstream; a logical subscriber whose
+    subscription is disabled or whose apply worker fails is a primary by every server function), and a
+    lookback re-export from it replaced a day exported from the primary with a subset. Rows leave an exported
+    day only when it is exported from the primary (rows the app deleted). A file that cannot be read is not
+    compared (the ingest reports it; replacing it loses nothing readable). Read after the export's session ended
+    and before anything is written."""
+    vanished: dict[str, dict] = {}
+    for table in report.tables:
+        old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
+        info = lstat_or_none(old)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            continue
+        export = report.tables[table]
+        try:
+            if info.st_size == export.bytes and sha256_file(old) == export.sha256:
+                continue                                # the same bytes: nothing vanishes
+            count, first = vanishing_rows(old, new)
+        except (OSError, EOFError, zlib.error):
+            continue
+        if count:
+            vanished[table] = {"rows": count, "first_ids": first}
+    if vanished:
+        total = sum(info["rows"] for info in vanished.values())
+        lost = (f"refusing to replace day {day}: the app {where} is {source}, and {total} row(s) the day's raw files "
+                f"(exported earlier) hold would vanish ({_rows_named(vanished)})")
+        if source.startswith("a primary"):
+            raise RowsWouldVanish(f"{lost}: rows the app deleted, or fewer rows by a setting (users_snapshot); nothing "
+                                  "was replaced; set app_export.keep_exported_rows = false to let them leave the day")
+        raise RowsWouldVanish(f"{lost}; a replica may be behind its primary, so rows leave an exported day only when "
+                              "it is exported from the primary (nothing was replaced); export the day from the primary")
 
 
 def blob_warnings(day: str, report: AppExportReport) -> list[str]:
@@ -1198,5 +1380,6 @@ def app_days(dsn: str, source: str = "the DSN") -> AppDays:
     return AppDays(days, undated)
 
 
-__all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "ReplicaBehind", "export_day",
+__all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "ReplicaBehind", "RowsWouldVanish",
+           "export_day",
            "app_days", "check_lag", "is_closed", "format_row"]

@@ -1,11 +1,21 @@
--- Where a hot standby (read replica) stands in replaying its primary's WAL (the export checks it before its
--- snapshot: see pipelines/appdb/export.py, check_standby).
--- Inputs: the server's recovery state. Output: one row: standby (pg_is_in_recovery()), received (the last
--- WAL position streamed to it, NULL where it does not stream), replayed (the last position replayed),
+-- Where the app database's server stands as a copy of another (the export checks it before its snapshot:
+-- see pipelines/appdb/export.py, check_standby).
+-- Inputs: the server's recovery state, its WAL receiver (pg_stat_wal_receiver) and the database's logical
+-- subscriptions (pg_subscription). Output: one row: standby (pg_is_in_recovery()), received (the last WAL
+-- position streamed to it, NULL where it never streamed), replayed (the last position replayed),
 -- behind_bytes (received - replayed, NULL where either is NULL), caught_up (replayed >= $target, the
 -- position it had received when the check began; NULL without a target), paused (replay paused or a
 -- pause requested; NULL on a primary, where the function would fail), replayed_at (commit time of the
--- last transaction replayed, by the primary's clock; NULL when none was since the standby started).
+-- last transaction replayed, by the primary's clock; NULL when none was since the standby started);
+-- receiver (a WAL receiver process runs), receiver_status (its status, 'streaming' when it streams; NULL
+-- where the role may not see it: pg_read_all_stats), flushed (WAL it has received and flushed), latest_end
+-- (the upstream's WAL end as its last message reported it), sent_at (when the upstream sent its last
+-- message, by the upstream's clock), silent_s (seconds since a message last arrived, by this server's
+-- clock), replayed_all (it has replayed all it flushed, and flushed all its upstream reported: a caught-up
+-- standby), receiver_timeout_ms (wal_receiver_timeout); subscriptions (this database's logical
+-- subscriptions, 'name' or 'name (disabled)', NULL where there are none).
+-- pg_stat_wal_receiver is read through to_jsonb, so its PostgreSQL 13+ flushed_lsn and the older
+-- received_lsn are both found.
 -- Parameters: $target (pg_lsn text or NULL).
 SELECT pg_is_in_recovery() AS standby,
        pg_last_wal_receive_lsn()::text AS received,
@@ -13,4 +23,20 @@ SELECT pg_is_in_recovery() AS standby,
        pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn())::int8 AS behind_bytes,
        pg_last_wal_replay_lsn() >= $target::pg_lsn AS caught_up,
        CASE WHEN pg_is_in_recovery() THEN pg_is_wal_replay_paused() END AS paused,
-       pg_last_xact_replay_timestamp() AS replayed_at
+       pg_last_xact_replay_timestamp() AS replayed_at,
+       w.r IS NOT NULL AS receiver,
+       w.r ->> 'status' AS receiver_status,
+       coalesce(w.r ->> 'flushed_lsn', w.r ->> 'received_lsn') AS flushed,
+       w.r ->> 'latest_end_lsn' AS latest_end,
+       (w.r ->> 'last_msg_send_time')::timestamptz AS sent_at,
+       extract(epoch FROM clock_timestamp() - (w.r ->> 'last_msg_receipt_time')::timestamptz)::float8 AS silent_s,
+       coalesce(pg_last_wal_replay_lsn() >= coalesce(w.r ->> 'flushed_lsn', w.r ->> 'received_lsn')::pg_lsn
+                AND coalesce(w.r ->> 'flushed_lsn', w.r ->> 'received_lsn')::pg_lsn
+                    >= coalesce(w.r ->> 'latest_end_lsn', '0/0')::pg_lsn, false) AS replayed_all,
+       (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_receiver_timeout') AS receiver_timeout_ms,
+       (SELECT array_agg(quote_ident(s.subname::text) || CASE WHEN s.subenabled THEN '' ELSE ' (disabled)' END
+                         ORDER BY s.subname)
+          FROM pg_subscription AS s JOIN pg_database AS d ON d.oid = s.subdbid
+         WHERE d.datname = current_database()) AS subscriptions
+FROM (SELECT 1) AS one
+LEFT JOIN (SELECT to_jsonb(v) AS r FROM pg_stat_wal_receiver AS v) AS w ON true
