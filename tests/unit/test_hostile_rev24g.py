@@ -4,7 +4,7 @@
 ``server_name``), the libpq keepalives and the server's ``tcp_keepalives_*`` / ``tcp_user_timeout``, and
 ENUM columns read as text. Run against real throwaway PostgreSQL 15 servers (``tests/postgres_server.py``),
 a streaming hot standby made by ``pg_basebackup``, and a logical-replication subscriber. Each test is a strict
-xfail whose assertions state the correct behaviour.
+xfail whose assertions state the correct behaviour; all five were fixed the same day (markers removed).
 
 Held (tried, no defect): ENUM labels with quotes, a newline, a tab, a backslash, a control character, U+2028
 and an emoji, declared in reverse order, in ``scheduler_cls`` and as ``image_uid`` (unique index dropped):
@@ -110,12 +110,6 @@ def primary():
 
 # --- the password ----------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a password inside a dbname that is a connection string leaks in part: the server truncates the "
-    "database name to 63 bytes (NAMEDATALEN - 1) before it quotes it in 'database ... does not exist', "
-    "so the reason holds a prefix of the password, which redact() (whole occurrences only) does not "
-    "hide; expected no part of the password in the error"
-))
 def test_a_password_cut_by_the_servers_name_limit_is_not_shown_in_part(postgres_server, tmp_path):
     password = "correcthorsebatterystaple"
     nested = f"host=db.internal user=export dbname=app password={password}"
@@ -130,14 +124,6 @@ def test_a_password_cut_by_the_servers_name_limit_is_not_shown_in_part(postgres_
 
 # --- the hot-standby check -------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a healthy streaming standby of a quiet primary is refused for as long as the primary stays quiet: "
-    "one made (pg_basebackup) or restarted after the day's rows were committed has replayed no "
-    "transaction, so check_standby raises ReplicaBehind ('has replayed no transaction since it started') "
-    "although it has replayed all the WAL its primary sent and its walreceiver streams "
-    "(pg_stat_wal_receiver: streaming, flushed = replayed, last_msg_send_time by the primary's clock long "
-    "after the day closed); expected the day exported, byte for byte as from the primary"
-))
 def test_a_caught_up_standby_of_a_quiet_primary_is_exported(primary, tmp_path):
     dsn = _app_db(primary)
     with psycopg.connect(dsn) as conn:
@@ -166,15 +152,6 @@ def _rank(conn: psycopg.Connection, ranking_id: int, day: str = DAY) -> None:
     conn.commit()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a standby whose walreceiver stopped (primary_conninfo lost after a failover, a partition, a replication "
-    "slot invalidated by max_slot_wal_keep_size) passes check_standby: it has replayed all it received "
-    "(pg_last_wal_receive_lsn() stays at the last position received, not NULL, so not even the archive-"
-    "recovery warning) and its last replayed commit is after the day's close, so a lookback re-export from "
-    "it replaces a day exported from the primary with a subset (the rows committed since it stopped "
-    "receiving are gone from the raw zone): the rev24b defect through another door; expected the day left "
-    "whole (refused: the standby does not stream, pg_stat_wal_receiver has no row)"
-))
 def test_a_standby_that_stopped_receiving_never_replaces_a_day_exported_from_the_primary(primary, tmp_path):
     dsn = _app_db(primary)
     with psycopg.connect(dsn) as conn:
@@ -216,13 +193,6 @@ def logical_server():
         server.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a logical-replication read replica (a subscriber: RDS blue/green, pglogical, a reporting copy) is "
-    "not in recovery, so check_standby does nothing and a subscriber whose apply stopped (a disabled "
-    "subscription, an apply worker failing on a conflict) passes as a primary by its own clock: a lookback "
-    "re-export from it replaces a day exported from the publisher with a subset; expected the day left "
-    "whole (refused while a subscription feeding the app tables is disabled or behind the day's close)"
-))
 def test_a_stalled_logical_replica_never_replaces_a_day_exported_from_its_publisher(logical_server, tmp_path):
     server = logical_server
     dsn, replica_dsn = _app_db(server), _app_db(server)
@@ -248,12 +218,6 @@ def test_a_stalled_logical_replica_never_replaces_a_day_exported_from_its_publis
     assert [line["ranking_id"] for line in _lines(home, DAY, "rankings")] == [1, 2]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a cascading standby streams from a standby whose own walreceiver stopped: it streams, has replayed all "
-    "it received and its last replayed commit is after the day's close, so check_standby passes it and a "
-    "lookback re-export from it replaces a day exported from the primary with a subset (its upstream's "
-    "staleness is invisible to every check on it); expected the day left whole"
-))
 def test_a_cascading_standby_of_a_stalled_standby_never_replaces_a_day_exported_from_the_primary(primary, tmp_path):
     dsn = _app_db(primary)
     with psycopg.connect(dsn) as conn:
