@@ -10,8 +10,11 @@
   when an older day is re-exported or banned. The fill depends on the order days arrived in, so a fold from
   scratch is no record: each build checks the ledger against the latest published version
   (:func:`load_ledger`), re-seeds the published users it lacks in the split they were published in (read from
-  every retained version ``latest`` was switched to, ``latest``'s split first; under this salt also the users it
-  holds under other salts only, unless ``latest`` is known to be built under another salt: review rev24a), and
+  every retained version ``latest`` was switched to, also while ``latest`` dangles; a version built under this salt
+  first, then ``latest``'s split, then held out first: :func:`merge_published_users`; under this salt also the
+  users it holds under other salts only, unless the version whose split they keep is known to be built under
+  another salt: reviews rev24a, rev24f; a version to read whose split folder is a link is refused, never
+  skipped: :class:`UnreadPublishedVersion`), and
   refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
   :mod:`pipelines.splits.rekey` re-keys it). The version's sidecars are read only when they can hold a user the
   ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
@@ -874,18 +877,23 @@ def unknown_published(ledger: dict[str, Assignment], others: list,
     return {user: value for user, value in published.items() if user not in known}
 
 
-def read_retained_users(home: DataHome, names: list[str]) -> dict[str, tuple[str, object]]:
+def read_retained_users(home: DataHome, names: list[str]) -> dict[str, dict[str, tuple[str, object]]]:
     """Each user of the train / validation / test sidecars of the published versions ``names`` (the retained versions
-    other than ``latest`` that it was switched to) with (split, first export day): a user published in two splits, in
-    one version or across them, as held out (test, then validation), never moved into train, as
-    :func:`read_retained_keys` does for keys. A split folder or sidecar that is a link is not followed."""
+    other than ``latest`` that it was switched to) with (split, first export day), per version (version -> user ->
+    (split, first day)), read in one pass: a user published in two splits of one version as held out (test, then
+    validation), never moved into train, as :func:`read_retained_keys` does for keys. Across versions the caller
+    picks (:func:`merge_published_users`: a version built under the current salt first; review rev24f). A split folder
+    or sidecar that is a link is not followed (:func:`load_ledger` refuses to re-seed while one is: review rev24f)."""
     files = _retained_sidecars(home, names)
     if not files:
         return {}
     con = connect({})
     try:
-        rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
-                           "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
+        con.register("files", pa.table({"filename": pa.array(files, pa.string()),
+                                        "version": pa.array([Path(f).parent.parent.name for f in files], pa.string())}))
+        rows = con.execute("SELECT f.version, s.user_id, s.split, min(s.dt) FROM read_parquet(?, filename = true) s "
+                           "JOIN files f USING (filename) WHERE s.split IN ('train', 'validation', 'test') "
+                           "GROUP BY ALL", [files]).fetchall()
     except Exception as exc:
         raise RuntimeError(f"cannot read which split each user was published in from the published versions "
                            f"{', '.join(names)} under {home.datasets}: {exc}. The splits stage re-seeds a lost split "
@@ -893,18 +901,82 @@ def read_retained_users(home: DataHome, names: list[str]) -> dict[str, tuple[str
                            "first") from exc
     finally:
         con.close()
-    found: dict[str, tuple[str, object]] = {}
-    for user, split, first in sorted(rows, key=lambda r: (r[0], r[1] == "train", r[1])):
-        found.setdefault(user, (split, first))
+    found: dict[str, dict[str, tuple[str, object]]] = {}
+    for version, user, split, first in sorted(rows, key=lambda r: (r[0], r[1], r[2] == "train", r[2])):
+        found.setdefault(version, {}).setdefault(user, (split, first))
     return found
+
+
+_HELD_OUT_RANK = {"test": 0, "validation": 1, "train": 2}
+
+
+@dataclass(frozen=True)
+class PublishedSplit:
+    """The split a user is re-seeded in (:func:`merge_published_users`): the split, the first export day, the
+    version whose split it is, and whether that version is known to be built under another salt than the build's
+    (its split then neither overrides one of the current salt's, nor re-seeds a user the ledger holds under
+    another salt: the deliberate reshuffle)."""
+
+    split: str
+    first: object
+    version: str
+    other_salt: bool
+    overridden: bool = False      # another version published the user in another split under another salt
+
+
+def merge_published_users(salt: str, latest: str | None, latest_users: dict[str, tuple[str, object]],
+                          older: dict[str, dict[str, tuple[str, object]]],
+                          built_under: dict[str, str | None]) -> dict[str, PublishedSplit]:
+    """Each user published by ``latest`` (``latest_users``) or by an older retained version latest was switched to
+    (``older``: version -> users), in the split to re-seed them in. ``built_under``: the salt each version is known
+    to be built under (None: cannot be told). The versions built under ``salt``, or whose salt cannot be told, come
+    first (a split published under the current salt, or possibly under it, is kept: review rev24f); only a user no
+    such version published takes the split of a version built under another salt. Among the versions of one rank,
+    ``latest``'s split first (review rev24a), then held out first (test, then validation: never moved into train),
+    the earliest first day, the version's name."""
+    candidates: dict[str, list[tuple]] = {}
+    for version, users in [(latest, latest_users)] + sorted(older.items()):
+        if version is None:
+            continue
+        salt_of = built_under.get(version)
+        other = salt_of is not None and salt_of != salt
+        for user, (split, first) in users.items():
+            rank = (other, version != latest, _HELD_OUT_RANK.get(split, 3), first is None, str(first), version)
+            candidates.setdefault(user, []).append((rank, split, first, version, other))
+    merged: dict[str, PublishedSplit] = {}
+    for user, found in candidates.items():
+        _, split, first, version, other = min(found)
+        overridden = any(c[4] != other and c[1] != split for c in found)
+        merged[user] = PublishedSplit(split, first, version, other, overridden)
+    return merged
+
+
+def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
+    """The salt the home's ``split_pairs`` records it was built under (:data:`SALT_METADATA`) when that file is the
+    one ``latest`` was published from (its sha256 is ``source``, the publish record's); else None. Never raises."""
+    path = home.table_file("split_pairs")
+    if source is None:
+        return None
+    try:
+        if not path.is_file():
+            return None
+        metadata = pq.read_schema(path).metadata or {}
+        if SALT_METADATA not in metadata or sha256_file(path) != source:
+            return None
+        return metadata[SALT_METADATA].decode("utf-8")
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 def latest_built_under(home: DataHome, source: str | None, users: dict[str, tuple[str, object]]) -> str | None:
     """The salt ``latest`` (whose users are ``users``, :func:`read_published`) was built under, where it can be told
     (a version does not record its salt): that of the home's ``split_pairs`` (:data:`SALT_METADATA`) when that file
-    is the one ``latest`` was published from (its sha256 is ``source``, the publish record's), or when its train /
-    validation / test users are ``latest``'s users in the same splits (what the version was published from, or a
-    build that split every user alike); else None."""
+    is the one ``latest`` was published from (its sha256 is ``source``, the publish record's:
+    :func:`split_pairs_salt`), or when its train / validation / test users are ``latest``'s users in the same splits
+    (what the version was published from, or a build that split every user alike); else None."""
+    exact = split_pairs_salt(home, source)
+    if exact is not None:
+        return exact
     path = home.table_file("split_pairs")
     try:
         if not path.is_file():
@@ -913,8 +985,6 @@ def latest_built_under(home: DataHome, source: str | None, users: dict[str, tupl
         if SALT_METADATA not in metadata:
             return None
         built_under = metadata[SALT_METADATA].decode("utf-8")
-        if source is not None and sha256_file(path) == source:
-            return built_under
         table = pq.read_table(path, columns=["user_id", "split"])
     except (OSError, ValueError, pa.ArrowException):
         return None
@@ -1074,6 +1144,8 @@ class LedgerCheck:
     covered_source: str | None
     key_check: str | None = None
     pins: PinsUpdate | None = None
+    versions: list[str] = field(default_factory=list)   # the retained versions whose users it holds (to record)
+    version_salts: dict[str, str] | None = None   # the salt each retained version was built under, when to record
 
 
 @dataclass
@@ -1401,25 +1473,63 @@ def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str
     return _sorted_pins(cast_to_schema(updated, get_schema("split_key_owners"))), int(changed)
 
 
+class UnreadPublishedVersion(RuntimeError):
+    """The split ledger must be re-seeded from a retained published version whose split folder or sidecar is not
+    the version's own file (a link, not a folder, one this account cannot list): its users cannot be read, and
+    assigning them afresh would record them for good in a split they may not have been published in (review
+    rev24f). Nothing was written."""
+
+
+def version_salts(home: DataHome, retained: list[str], version: str | None,
+                  source: str | None) -> tuple[dict[str, str], bool]:
+    """(the salt each retained version is known to have been built under, whether that differs from the record):
+    what the record beside the versions names (:func:`pipelines.splits.coverage.read_version_salts`), and
+    ``latest``'s when not named yet and the home's ``split_pairs`` is the file it was published from
+    (:func:`split_pairs_salt`: learned at the first build after each publish, which :func:`_build_splits` then
+    records). A version does not record its salt itself. Versions no longer retained are dropped (review rev24f)."""
+    recorded = coverage.read_version_salts(home)
+    salts = {name: recorded[name] for name in retained if recorded and name in recorded}
+    if version is not None and version in retained and version not in salts:
+        learned = split_pairs_salt(home, source)
+        if learned is not None:
+            salts[version] = learned
+    # a record this tool did not write is left as it is (write_version_salts says so while a salt is known)
+    return salts, salts != recorded if recorded is not None else bool(salts)
+
+
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
                 log: Callable[[str], None], pairs_key: str | None = None, pins: pa.Table | None = None) -> LedgerCheck:
-    """The ledger's entries under ``salt`` checked against the latest published version (call under the ledger
-    lock), with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present``
-    (the users of ``pairs``) are not the users the ledger and the published version know (a new pseudonym
-    secret: exactly, by the key checks of ``pairs_key`` and the ledger's, when both are recorded). ``others``
-    receives the other salts' entries. The key owner pins (``pins``, every salt's, as read from
-    ``split_key_owners``; default: read here) are brought up to date with the published versions
-    (:func:`update_pins`).
+    """The ledger's entries under ``salt`` checked against the published versions (call under the ledger lock),
+    with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present`` (the users
+    of ``pairs``) are not the users the ledger and the published versions know (a new pseudonym secret: exactly, by
+    the key checks of ``pairs_key`` and the ledger's, when both are recorded). ``others`` receives the other salts'
+    entries. The key owner pins (``pins``, every salt's, as read from ``split_key_owners``; default: read here) are
+    brought up to date with the published versions (:func:`update_pins`).
 
-    The version's sidecars are read (once: users, and keys when the pins need them) only when the ledger's record
-    does not cover the ``split_pairs`` the version was published from (:func:`pipelines.splits.coverage.latest_is_covered`)
-    or the pins need re-seeding from the sidecars: when the ledger's record covers it, every published user is in
-    the ledger, and the read would find nothing to re-seed nor any user for :func:`check_keys`."""
+    The published versions are ``latest`` and every retained version it was switched to (:func:`switched_versions`;
+    with ``latest`` dangling or away, those alone: review rev24f). Their sidecars are read (``latest``'s once: users,
+    and keys when the pins need them) only when the ledger's record (:func:`pipelines.splits.coverage.ledger_record`)
+    does not cover the ``split_pairs`` ``latest`` was published from or does not name every other one of them
+    (review rev24f: a ledger restored from an older copy and ``latest`` published again from the backed-up
+    ``split_pairs`` is covered for ``latest`` but not for the version it was rolled back from), or the pins need
+    re-seeding from the sidecars: when the record covers them all, every published user is in the ledger, and the
+    read would find nothing to re-seed nor any user for :func:`check_keys`. Each user the ledger lacks is re-seeded
+    in the split :func:`merge_published_users` picks (a version built under ``salt`` first). A version to be read
+    that has a split folder or sidecar this build cannot read as its own is refused (:class:`UnreadPublishedVersion`),
+    never skipped."""
+    ledger_file = home.table_file("split_ledger")
     ledger = read_ledger(home, salt, others)
-    ledger_key = file_key_check(home.table_file("split_ledger"))
+    ledger_key = file_key_check(ledger_file)
     pins = read_pins(home) if pins is None else pins
-    known = set(ledger) | {user for user, _ in others}
-    version, source, covered = coverage.latest_is_covered(home, home.table_file("split_ledger"), known)
+    other_users = {user for user, _ in others}
+    known = set(ledger) | other_users
+    digests, recorded = coverage.ledger_record(ledger_file, known)
+    version, source = coverage.latest_source(home)
+    retained = list_versions(home)
+    older = [name for name in switched_versions(home, retained, version)[0] if name != version]
+    latest_covered = version is None or (source is not None and source in digests)
+    covered = latest_covered and set(older) <= recorded
+    salts, salts_changed = version_salts(home, retained, version, source)
     read: list[Published] = []
 
     def read_latest() -> Published:
@@ -1434,45 +1544,77 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
         published = read_published(home, keys=False)
     else:
         published = Published(version, {}, _no_keys())
-    scanned = bool(read) or not covered
     if published.version != version:        # latest switched in between: the record said nothing of this one
         version, source = published.version, None
-    users, older = published.users, []
-    if scanned and version is not None:
-        # every retained version latest was switched to, not latest alone (review rev24a): a user published in a
-        # version latest was rolled back from keeps that split; latest's own split first, then held out first
         older = [name for name in switched_versions(home, list_versions(home), version)[0] if name != version]
-        older_users = read_retained_users(home, older) if older else {}
-        users = {**older_users, **published.users}
-    unknown = unknown_published(ledger, others, users)
-    # a user published while the ledger holds them under other salts only: re-seeded under this salt unless latest
-    # is known to have been built under another salt (the deliberate reshuffle), so a ledger restored from before a
-    # salt change keeps the users latest published under this salt in their splits (review rev24a)
-    other_salt_users = {user for user in users if user not in ledger and user not in unknown}
-    built_under = latest_built_under(home, source, published.users) if other_salt_users else None
-    reseed_other_salts = bool(other_salt_users) and (built_under is None or built_under == salt)
-    to_seed = unknown_published(ledger, others, users, other_salts=not reseed_other_salts)
+    older_users: dict[str, dict[str, tuple[str, object]]] = {}
+    if not covered and older:
+        # every retained version latest was switched to, not latest alone (review rev24a), and while latest
+        # dangles too (review rev24f); a split folder not read as the version's own is refused, never skipped
+        # (its users would be assigned afresh and recorded so for good: review rev24f)
+        unread = unread_split_folders(home, older)
+        if unread:
+            why = "; ".join(f"{name} ({reason})" for name, reason in unread.items())
+            message = (f"cannot re-seed the split ledger {ledger_file} from the published versions latest was "
+                       f"switched to: not every sidecar of {why} can be read as the version's own file (a link is not "
+                       "followed), and the ledger does not hold all their users (lost, restored from an older copy, or "
+                       "rebuilt), so building now could put a user published in validation or test into train. Put the "
+                       "folder back as a real folder (or delete the version), then build again. Nothing was written")
+            log(message)
+            raise UnreadPublishedVersion(message)
+        older_users = read_retained_users(home, older)
+    # the users the ledger lacks under this salt, each in the split the published versions put them in
+    lacking_latest = {u: v for u, v in published.users.items() if u not in ledger}
+    lacking_older = {name: {u: v for u, v in users.items() if u not in ledger} for name, users in older_users.items()}
+    built_under: dict[str, str | None] = {}
+    merged: dict[str, PublishedSplit] = {}
+    if lacking_latest or any(lacking_older.values()):
+        latest_salt = salts.get(version) if version is not None else None
+        if version is not None and latest_salt is None:
+            latest_salt = latest_built_under(home, source, published.users)
+        # a version whose salt is not known is taken as built under latest's (the deliberate reshuffle of a
+        # home published before the salts were recorded stays one); with latest's unknown too, as this salt's
+        built_under = {name: salts.get(name, latest_salt) for name in older}
+        if version is not None:
+            built_under[version] = latest_salt
+        merged = merge_published_users(salt, version, lacking_latest, lacking_older, built_under)
+    unknown = {user: (m.split, m.first) for user, m in merged.items() if user not in other_users}
+    # a user the ledger holds under other salts only is re-seeded under this salt unless the version whose split
+    # they keep is known to be built under another salt (the deliberate reshuffle: review rev24a)
+    other_salt_users = {user for user in merged if user in other_users}
+    to_seed = {user: (m.split, m.first) for user, m in merged.items() if user not in other_users or not m.other_salt}
     check_keys(present, set(ledger), set(unknown), pairs_key, ledger_key)
     seeded = seed_from_published(ledger, to_seed, present, salt)
     if seeded:
         held = Counter(a.split for a in seeded.values())
-        from_older = sorted(user for user in seeded if user not in published.users)
+        from_older = sorted(user for user in seeded if merged[user].version != version)
+        older_named = sorted({merged[user].version for user in from_older})
         salted = sorted(user for user in seeded if user in other_salt_users)
-        log(f"split ledger re-seeded from the published version {version}: {len(seeded)} users it published "
+        untold = sorted(user for user in salted if built_under.get(merged[user].version) is None)
+        overridden = sorted(user for user in seeded if merged[user].overridden)
+        where = (f"the published version {version}" if version is not None else
+                 f"the retained published versions latest was switched to ({', '.join(older)}; latest names no "
+                 "complete version now)")
+        log(f"split ledger re-seeded from {where}: {len(seeded)} users they published "
             f"({held['validation']} validation, {held['test']} test, {held['train']} train) were missing from "
-            f"{home.table_file('split_ledger')} (lost, restored from an older copy, or rebuilt); they keep the "
-            "split they were published in"
-            + (f"; {len(from_older)} of them from the retained versions {', '.join(older)}, which latest was "
-               "switched to before (rolled back from)" if from_older else "")
-            + (f"; {len(salted)} of them the ledger held under other salts only: re-seeded under {salt!r} because "
-               + ("latest was built under it" if built_under == salt else "which salt latest was built under cannot "
-                  "be told (no publish record in cache/ names it, and the home's split_pairs is not its source): if "
-                  "this build is the first under a new splits.salt, these users are not reshuffled (a split kept, "
-                  "never a leak)") if salted else ""))
+            f"{ledger_file} (lost, restored from an older copy, or rebuilt); they keep the split they were published in"
+            + (f"; {len(from_older)} of them as the older retained versions {', '.join(older_named)} published them "
+               "(versions latest was switched to before)" if from_older and version is not None else "")
+            + (f"; {len(overridden)} of them published in another split by a version built under another salt, "
+               f"kept as the version built under {salt!r} (or whose salt cannot be told) published them"
+               if overridden else "")
+            + (f"; {len(salted)} of them the ledger held under other salts only: re-seeded under {salt!r} because the "
+               "version that published them was built under it"
+               + (f" or, for {len(untold)} of them, which salt it was built under cannot be told (no publish record in "
+                  "cache/ names it, and the home's split_pairs is not its source): if this build is the first under a "
+                  "new splits.salt, these users are not reshuffled (a split kept, never a leak)" if untold else "")
+               if salted else ""))
     holds_all = covered or set(to_seed) <= set(seeded)     # a published user absent from pairs gets no entry
-    sidecars_read = scanned and version is not None
+    versions = (recorded & set(retained)) | ((set(older) | ({version} if version else set())) if holds_all else set())
+    sidecars_read = bool(read) or (not covered and (version is not None or bool(older)))
     return LedgerCheck({**ledger, **seeded}, seeded, version, sidecars_read,
-                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key), pins=update)
+                       source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key), pins=update,
+                       versions=sorted(versions), version_salts=salts if salts_changed else None)
 
 
 def _kinds(pins: pa.Table) -> Counter:
@@ -1500,7 +1642,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     split_pairs_sha = sha256_file(home.table_file("split_pairs"))
     covered = [split_pairs_sha] + ([check.covered_source] if check.covered_source else [])
     schema = get_schema("split_ledger")
-    metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered)
+    metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered, check.versions)
     if check.key_check:             # which secret its pseudonyms are under (pipelines.curation.pseudonym.key_check)
         metadata[KEY_CHECK_METADATA] = check.key_check.encode("ascii")
     write_parquet_atomic(ledger_rows, home.table_file("split_ledger"), schema.with_metadata(metadata))
@@ -1514,6 +1656,10 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                              pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,
                                                                               update.key_version,
                                                                               update.key_data)))
+    if check.version_salts is not None:     # a published version's salt learned (or one no longer retained)
+        unwritten = coverage.write_version_salts(home, check.version_salts)
+        if unwritten:
+            log(f"split ledger: {unwritten}")
     added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""

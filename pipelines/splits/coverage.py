@@ -14,19 +14,31 @@ tell when it cannot:
 - The splits build records, in the ledger's own Parquet key-value metadata (``pickapic.covers_split_pairs``),
   the sha256 of every ``split_pairs`` whose users the ledger holds: the one it just wrote (every user of
   ``pairs`` gets an entry) and the one ``latest`` was published from when this build found (by the record or
-  by reading the sidecars and re-seeding) that the ledger holds all its users; with the sha256 of the
-  ledger's set of users (every salt's) when it was written.
+  by reading the sidecars and re-seeding) that the ledger holds all its users; the names of the retained
+  published versions whose users it holds (``versions``: ``latest``'s and every other version ``latest`` was
+  switched to, once read or covered; review rev24f); with the sha256 of the ledger's set of users (every
+  salt's) when it was written.
 
-A ledger only grows: a build keeps every entry of every salt, so a ``split_pairs`` it covered once stays
-covered. The build skips the sidecars when the publish record names ``latest`` (its name and its manifest's
-sha256 as they are now) and the ledger's record, checked against the ledger's users as they are now,
-covers that ``split_pairs`` (:func:`latest_is_covered`). The skip is exact: every user the sidecars would
+A ledger only grows: a build keeps every entry of every salt, so a ``split_pairs`` (or a version) it covered once
+stays covered. The build skips the sidecars when the publish record names ``latest`` (its name and its manifest's
+sha256 as they are now), the ledger's record, checked against the ledger's users as they are now, covers that
+``split_pairs``, and it names every other retained version ``latest`` was switched to (:func:`ledger_record`;
+with ``latest`` dangling or away, when it names them all). The skip is exact: every user the sidecars would
 give is in the ledger, so the read would re-seed nobody, and the users it would add to the pseudonym-secret
 check are none. Anything else reads the sidecars as before: no record (the cache deleted, a version
 ``latest`` was switched to by other means, a home published before this record), a ledger restored from an
-older copy (its record names older ``split_pairs``), a ledger edited by hand or re-keyed
-(:mod:`pipelines.splits.rekey` writes no record), a record that does not parse. Neither record changes a
-published byte; deleting either costs one read of the sidecars.
+older copy (its record names older ``split_pairs``, or not the versions published since: a rollback by
+publishing a backed-up ``split_pairs`` again covers ``latest`` but not the version rolled back from), a ledger
+edited by hand or re-keyed (:mod:`pipelines.splits.rekey` writes no record), a record that does not parse, a
+record written before the versions were named in it (read once). Neither record changes a published byte;
+deleting either costs one read of the sidecars.
+
+The salt each published version was built under is a third record (``datasets/pickapic.salts``, beside the
+versions: :func:`read_version_salts`), which the re-seed uses to prefer the split a version built under the
+current ``splits.salt`` published (review rev24f): a version does not record its salt, so the splits build
+learns it at the first build after the version became ``latest`` (the home's ``split_pairs`` is then the file it
+was published from by the publish record, and records its salt) and keeps it there, outside the
+tables it writes (a lost ledger or lost pins keep it; the tables' bytes do not depend on it).
 
 The key owners (``split_key_owners``: the owner split pinned for every prompt and image of a published train /
 validation / test row) carry the same kind of record in their own Parquet metadata
@@ -43,6 +55,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 from typing import Iterable
@@ -122,23 +135,34 @@ def users_digest(users: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def ledger_metadata(users: Iterable[str], covered: Iterable[str]) -> dict[bytes, bytes]:
-    """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and its users' digest."""
-    record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users)}
+def ledger_metadata(users: Iterable[str], covered: Iterable[str], versions: Iterable[str] = ()) -> dict[bytes, bytes]:
+    """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` and the retained published
+    ``versions`` whose users it holds (both sorted), and its users' digest."""
+    record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users),
+              "versions": sorted(set(versions))}
     return {LEDGER_KEY: json.dumps(record, sort_keys=True).encode()}
 
 
-def covered_split_pairs(ledger_file: Path, users: Iterable[str]) -> set[str]:
-    """The ``split_pairs`` digests the ledger file's record covers, when the record's users' digest is that of
-    ``users`` (the users read from that file, every salt's); else none. Never raises."""
+def ledger_record(ledger_file: Path, users: Iterable[str]) -> tuple[set[str], set[str]]:
+    """(the ``split_pairs`` digests, the published version names) the ledger file's record covers, when the
+    record's users' digest is that of ``users`` (the users read from that file, every salt's); else none. A record
+    written before the versions were recorded names none (review rev24f: every retained version is then read once).
+    Never raises."""
     try:
         metadata = pq.read_schema(ledger_file).metadata or {}
         record = json.loads(metadata[LEDGER_KEY])
         if record["users_sha256"] != users_digest(users):
-            return set()
-        return {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+            return set(), set()
+        digests = {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
+        versions = record.get("versions", [])
+        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set()
     except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
-        return set()
+        return set(), set()
+
+
+def covered_split_pairs(ledger_file: Path, users: Iterable[str]) -> set[str]:
+    """The ``split_pairs`` digests the ledger file's record covers (:func:`ledger_record`)."""
+    return ledger_record(ledger_file, users)[0]
 
 
 def latest_is_covered(home: DataHome, ledger_file: Path, users: Iterable[str]) -> tuple[str | None, str | None, bool]:
@@ -204,3 +228,50 @@ def pins_record(pins_file: Path, pins: pa.Table) -> tuple[set[str], set[str], st
 def pins_cover(pins_file: Path, pins: pa.Table) -> set[str]:
     """The ``split_pairs`` digests the key owners file's record covers (:func:`pins_record`)."""
     return pins_record(pins_file, pins)[0]
+
+
+# The salt each published version was built under (review rev24f): beside the versions' folder, as the records of
+# switched versions and of the publish history are (``datasets/pickapic.salts``), outside every table the build
+# writes, so a lost ledger, lost key owner pins or a deleted cache keep it.
+SALTS_SUFFIX = "salts"
+SALTS_MAX_BYTES = 1 << 20
+SALTS_WHAT = "pickapic splits: the splits.salt each published version was built under"
+
+
+def salts_file(home: DataHome) -> Path:
+    """``datasets/pickapic.salts``: the salt each present published version was built under, as the splits build
+    learned it (:func:`pipelines.splits.assign.version_salts`)."""
+    return home.datasets.parent / f"{home.datasets.name}.{SALTS_SUFFIX}"
+
+
+def read_version_salts(home: DataHome) -> dict[str, str] | None:
+    """The record of the salt each published version was built under (version name -> ``splits.salt``): empty when
+    there is none, None when something is at its path that this tool did not write (a link, which is never
+    followed; a FIFO, a folder, a file too large or of other content). Never raises."""
+    path = salts_file(home)
+    data = read_small_file(path, SALTS_MAX_BYTES)
+    if data is None:
+        return None if os.path.lexists(path) else {}
+    try:
+        record = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or record.get("what") != SALTS_WHAT or not isinstance(record.get("salts"), dict):
+        return None
+    return {v: s for v, s in record["salts"].items() if isinstance(v, str) and isinstance(s, str)}
+
+
+def write_version_salts(home: DataHome, salts: dict[str, str]) -> str | None:
+    """Replace the record of the salt each published version was built under with ``salts`` (atomically, with the
+    umask's mode). Something at its path this tool did not write is left as it is. Returns why it was not written,
+    or None."""
+    path = salts_file(home)
+    if read_version_salts(home) is None:
+        return (f"{path} is not a record of the salts this tool wrote: left as it is, so which salt each published "
+                "version was built under is learned anew by each build (remove it to let the splits build keep it)")
+    data = json.dumps({"what": SALTS_WHAT, "salts": dict(sorted(salts.items()))}, indent=1, sort_keys=True).encode()
+    try:
+        write_bytes_atomic(path, data + b"\n")
+    except OSError as exc:
+        return f"the record of the salts {path} was not written ({exc})"
+    return None
