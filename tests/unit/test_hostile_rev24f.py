@@ -11,7 +11,7 @@ on literal ``pairs`` rows built with ``tests/unit/splits_fixtures.py``, with pub
 file's ``publish_splits`` and ``latest`` switched and recorded by the publish stage's own ``_switch`` (what
 ``publish_dataset`` does for a new version and, idempotently, for a version that exists already). All are strict
 xfails: the ledger re-seed of the fix is still skipped, or picks the wrong split, in four ordinary operating
-situations, and a user published in one split is put in another.
+situations, and a user published in one split is put in another. All four were fixed the same day (markers removed).
 
 What held up (run, not filed): ``_display_order`` equals ICU's ``writeReordered`` on 14,400 random texts holding an
 override (isolates, embeddings, paragraphs, Arabic / Hebrew / N'Ko letters, harakat, spacing marks, emoji, skin
@@ -29,7 +29,6 @@ import hashlib
 import shutil
 
 import pyarrow.parquet as pq
-import pytest
 from splits_fixtures import ledger_splits, pair_row, publish_splits, users_by_home, write_pairs
 
 from formats import dataset
@@ -84,16 +83,6 @@ def _backfill(home: DataHome, night2: list[dict], b: str, d: str) -> None:
 
 # --- 1. a rollback by republishing the backed-up split_pairs: the restored ledger is "covered", no re-seed ---------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_ledger reads the retained versions latest was switched to (read_retained_users) only when it scans "
-    "latest ('scanned'): when the home's tables are restored from a backup made after night 1 (split_pairs and "
-    "split_ledger) and the backed-up split_pairs is published again (publish_dataset's idempotent path switches "
-    "latest back to V1 and records V1's source in cache/), the restored ledger's record covers latest's source and "
-    "the pins are up to date, so nothing is read: user B, published in validation by V2 (which latest was switched "
-    "to and rolled back from), is missing from the ledger, a backfilled day makes the fold hash B to train, and B's "
-    "rows go to train with no log line (B in validation in V2 and in train in the next version). Expected: B is "
-    "re-seeded in validation, as when latest was rolled back by switch_latest alone (rev24a's test)"
-))
 def test_a_rollback_by_republishing_a_backup_still_reseeds_the_users_of_the_version_rolled_back_from(tmp_path):
     home = DataHome(tmp_path)
     config = SplitConfig()
@@ -112,15 +101,6 @@ def test_a_rollback_by_republishing_a_backup_still_reseeds_the_users_of_the_vers
 
 # --- 2. latest dangling (the version it named deleted): the retained versions are not read at all ----------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "load_ledger re-seeds only when latest names a version ('version is not None'): when the version latest "
-    "points at is deleted by hand (a bad version removed, latest left dangling), a ledger restored from an older "
-    "copy is not re-seeded from the retained published versions V1 and V2 at all, although they were published "
-    "and are on disk: user B, published in validation by V2, is assigned afresh (a backfilled day hashes B to "
-    "train), the ledger records B in train for good, and nothing is logged. The key owner pins wait while latest "
-    "is away; the ledger does not. Expected: B keeps validation (re-seeded from the retained switched-to "
-    "versions, or the build refuses while latest is away and the ledger lacks their users)"
-))
 def test_a_restored_ledger_is_reseeded_from_the_retained_versions_while_latest_dangles(tmp_path):
     home = DataHome(tmp_path)
     config = SplitConfig()
@@ -159,15 +139,6 @@ def _users_by_two_salts(first: SplitConfig, second: SplitConfig, wanted: list[tu
     return found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read_retained_users merges the older retained versions held out first, whatever salt built them: X was "
-    "published in validation by V1 (old salt) and, after the deliberate reshuffle, in train by V2 (the current "
-    "salt); X banned (absent from V3, latest), then the ledger lost and X unbanned: the re-seed puts X in "
-    "validation under the current salt (rule 'published'), so X, a train user of V2 under this salt, is now a "
-    "validation user (X in train in V2 and in validation in the next version, both under the current salt). The "
-    "fix's own rule for latest (its split wins over an older version built under another salt) is not applied to "
-    "older versions. Expected: X keeps train, the split the current salt's newest version holding X published"
-))
 def test_a_user_reseeded_from_older_versions_keeps_the_split_the_current_salts_version_published(tmp_path):
     old = SplitConfig(salt="old-salt", heldout_fraction=0.5, min_unique_rows=0)
     new = dataclasses.replace(old, salt="new-salt")
@@ -194,14 +165,6 @@ def test_a_user_reseeded_from_older_versions_keeps_the_split_the_current_salts_v
 
 # --- 4. a split folder of a retained version that is a link: its users silently assigned afresh -------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read_retained_users skips a split folder that is a symbolic link (not followed, as the pins' read does) and "
-    "says nothing: with V2's validation folder moved to another disk and a link left in its place (latest rolled "
-    "back to V1, the ledger restored from an older copy), user B, published in validation by V2, is not re-seeded "
-    "and the fold puts B in train. The pins' read logs that V2 was not read whole and records it as not covered; "
-    "the ledger silently assigns B and records it for good. Expected: B is not put in train (the build refuses "
-    "naming the folder, or B keeps validation)"
-))
 def test_a_linked_split_folder_of_a_retained_version_does_not_let_its_users_be_assigned_afresh(tmp_path):
     home = DataHome(tmp_path / "home")
     config = SplitConfig()
