@@ -18,7 +18,7 @@ What held up:
   files corrupted between steps; late windows 0, 1 and 2; some with raw days removed by retention): the only
   difference found is the quarantined row's detail (third test); the per-table late counts (second test)
   were found by reading the work-out and then run;
-- Dagster: random sequences over 6 days (deliveries, re-deliveries, ``ingest_day_assets`` materialized for
+- Dagster: 21 random sequences over 6 days (deliveries, re-deliveries, ``ingest_day_assets`` materialized for
   some, then the runs ``plan_build`` asks for until it asks none) ended equal to a build from scratch; the
   first test below is the case they missed;
 - no rewrite cascades or loops seen: a rewrite by ``_refresh_users_of`` looks at no further day, a worked-out
