@@ -117,7 +117,7 @@ from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
 from pipelines.splits import coverage
-from pipelines.sqlrun import connect, register_views, run_sql, run_to_parquet
+from pipelines.sqlrun import connect, literal_glob, register_views, run_sql, run_to_parquet
 from schemas import get_schema
 
 HELDOUT = ("validation", "test")
@@ -809,6 +809,12 @@ class Published:
     keys: pa.Table          # kind, key, owner, first_dt (ordered by kind, key)
 
 
+def _literal(files: list[str]) -> list[str]:
+    """``files`` as DuckDB's ``read_parquet`` takes them literally: each a glob of itself (a home at
+    ``/d/home[1]`` would otherwise read ``/d/home1``'s files where such a folder exists)."""
+    return [literal_glob(f) for f in files]
+
+
 def _no_keys() -> pa.Table:
     return pa.table({"kind": pa.array([], pa.string()), "key": pa.array([], pa.string()),
                      "owner": pa.array([], pa.string()), "first_dt": pa.array([], pa.date32())})
@@ -834,7 +840,7 @@ def read_published(home: DataHome, keys: bool = True) -> Published:
         if keys:
             con.register("side", con.sql(
                 "SELECT user_id, split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
-                "WHERE split IN ('train', 'validation', 'test')", params={"files": files}).to_arrow_table())
+                "WHERE split IN ('train', 'validation', 'test')", params={"files": _literal(files)}).to_arrow_table())
             rows = con.sql("SELECT user_id, split, min(dt) FROM side GROUP BY ALL").fetchall()
             key_table = con.sql("""
                 SELECT kind, key,
@@ -846,7 +852,7 @@ def read_published(home: DataHome, keys: bool = True) -> Published:
                 GROUP BY kind, key ORDER BY kind, key""").to_arrow_table()
         else:
             rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
-                               "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [files]).fetchall()
+                               "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [_literal(files)]).fetchall()
     except Exception as exc:
         raise RuntimeError(f"cannot read which split each user was published in from {version}: {exc}. The "
                            "splits stage checks the split ledger against the latest published version; repair or "
@@ -893,7 +899,7 @@ def read_retained_users(home: DataHome, names: list[str]) -> dict[str, dict[str,
                                         "version": pa.array([Path(f).parent.parent.name for f in files], pa.string())}))
         rows = con.execute("SELECT f.version, s.user_id, s.split, min(s.dt) FROM read_parquet(?, filename = true) s "
                            "JOIN files f USING (filename) WHERE s.split IN ('train', 'validation', 'test') "
-                           "GROUP BY ALL", [files]).fetchall()
+                           "GROUP BY ALL", [_literal(files)]).fetchall()
     except Exception as exc:
         raise RuntimeError(f"cannot read which split each user was published in from the published versions "
                            f"{', '.join(names)} under {home.datasets}: {exc}. The splits stage re-seeds a lost split "
@@ -1231,7 +1237,7 @@ def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
     try:
         con.register("side", con.sql(
             "SELECT split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
-            "WHERE split IN ('train', 'validation', 'test')", params={"files": files}).to_arrow_table())
+            "WHERE split IN ('train', 'validation', 'test')", params={"files": _literal(files)}).to_arrow_table())
         return con.sql(f"SELECT kind, key, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt FROM "
                        "(SELECT unnest(['prompt', 'image', 'image']) AS kind, "
                        "unnest([prompt_key, image_0_uid, image_1_uid]) AS key, split, dt FROM side) "
@@ -1439,7 +1445,7 @@ def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str
     try:
         captions = con.sql(f"SELECT caption, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt "
                            "FROM read_parquet($files) WHERE split IN ('train', 'validation', 'test') "
-                           "GROUP BY caption ORDER BY caption", params={"files": files}).to_arrow_table()
+                           "GROUP BY caption ORDER BY caption", params={"files": _literal(files)}).to_arrow_table()
         con.register("captions", captions.append_column(
             "key", pa.array([normalize_prompt(c) for c in captions.column("caption").to_pylist()], pa.string())))
         con.register("rekeyed", con.sql(f"SELECT key, {_HELD_OUT_OWNER.format(column='owner')}, min(first_dt) AS "

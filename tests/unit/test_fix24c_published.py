@@ -209,3 +209,21 @@ def test_a_rerun_of_a_version_published_again_after_a_kill_in_retention_leaves_v
     assert sorted(os.listdir(home.datasets)) == sorted([report.version, "latest"])
     assert read_manifest(again.path)["version"] == report.version
     assert (again.path / MANIFEST_FILE).is_file()
+
+
+def test_the_splits_read_their_own_published_sidecars_when_a_sibling_matches_the_homes_glob(tmp_path: Path) -> None:
+    """A home at ``homes[1]/home`` beside a home at ``homes1/home`` (what ``homes[1]`` means as a glob): the splits
+    stage reads the published sidecars of its own versions (their paths escaped), never the sibling's, and builds
+    what a plain home builds."""
+    config = SplitConfig(heldout_fraction=0.3, unique_prompts=3, min_unique_rows=0)
+    built = {}
+    for where, seed in (("plain", 5), ("homes1", 9), ("homes[1]", 5)):
+        home = DataHome(tmp_path / where / "home")
+        write_pairs(home, realistic_pairs(users=40, days=2, per_day=60, seed=seed))
+        build_splits(home, config)
+        publish_splits(home, "2023-03-02-0123456789")   # the same version name in every home
+        build_splits(home, config)
+        built[where] = home
+    for dataset in ("split_pairs", "split_rejects", "split_ledger"):
+        assert built["homes[1]"].table_file(dataset).read_bytes() == built["plain"].table_file(dataset).read_bytes(), \
+            dataset
