@@ -14,10 +14,12 @@ CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
     "ingest": "3",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
-    "features": "5",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
+                          # 6: JPEG pre-scan before Pillow (marker/fill/scan floods, scans x pixels, EXIF/MPF tag
+                          #    blocks), Pillow given the extension's formats only, reuse judged as a decode (rev24d/h)
     "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
     "decisions": "6",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)

@@ -15,7 +15,7 @@ from pipelines.features import beamworker  # noqa: F401  # isort: skip
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from formats.files import create_temp, is_url, lstat_or_none
+from formats.files import create_temp, is_url
 
 
 def join_url(base: str, relpath: str) -> str:
@@ -41,8 +41,10 @@ def write_blob_atomic(base: str, key: str, data: bytes) -> None:
     folder, a link): locally, a regular file of other bytes or size, a link (replaced, never written through),
     an empty folder (a non-empty one is refused, naming it: its files are not the stage's to delete), a FIFO or
     other node; in an object store, an object of another size. A local key's folder (``<sha[:2]>``, the one
-    folder of the store the stage makes per key) must be a real folder: a link there is refused, so nothing
-    is written outside the store through it.
+    folder of the store the stage makes per key) must be a real folder: a link there is refused, and the folder
+    is opened once (``O_DIRECTORY | O_NOFOLLOW``) and every later step (the check, the temporary file, the
+    rename) works relative to it, so a folder swapped for a link mid-write is never written through and
+    nothing is written outside the store (review rev24h).
 
     Readers never see a partial file: a local file is written under a unique temporary name in the same
     folder (created exclusively, no link followed) and renamed into place (with the umask's permissions); an
@@ -62,58 +64,101 @@ def write_blob_atomic(base: str, key: str, data: bytes) -> None:
         handle.write(data)
 
 
-def _holds(path: str, data: bytes) -> bool:
-    """Whether ``path`` is a regular file (not a link) holding exactly ``data``."""
-    info = lstat_or_none(path)
+def _holds(folder_fd: int, name: str, data: bytes) -> bool:
+    """Whether ``name`` in the open folder ``folder_fd`` is a regular file (not a link) holding exactly ``data``."""
+    info = _lstat_at(folder_fd, name)
     if info is None or not stat.S_ISREG(info.st_mode) or info.st_size != len(data):
         return False
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
     except OSError:
         return False    # swapped for a link, unreadable: written again
     with io.FileIO(fd, "rb") as handle:
         return stat.S_ISREG(os.fstat(fd).st_mode) and handle.read(len(data) + 1) == data
 
 
-def _write_local(path: str, data: bytes) -> None:
-    if _holds(path, data):
-        return
-    folder, name = os.path.split(path)
+def _lstat_at(folder_fd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=folder_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+
+
+def _open_key_folder(folder: str) -> int:
+    """The key's folder, made if missing and opened once (``O_DIRECTORY | O_NOFOLLOW``): everything after works
+    relative to this descriptor, so a folder swapped for a link later is never written through (review rev24h)."""
     with contextlib.suppress(FileExistsError):   # a dangling link there: refused below
         os.makedirs(folder, exist_ok=True)
-    info = os.lstat(folder)
-    if not stat.S_ISDIR(info.st_mode):
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+            raise
         raise OSError(errno.ENOTDIR, f"the training-JPEG store's folder {folder} is a link or not a folder; "
-                                     "remove it (the feature stage writes it again)", folder)
-    entry = lstat_or_none(path)
+                                     "remove it (the feature stage writes it again)", folder) from None
+
+
+def _write_local(path: str, data: bytes) -> None:
+    folder, name = os.path.split(path)
+    folder_fd = _open_key_folder(folder)
+    try:
+        _write_in_folder(folder_fd, folder, name, data)
+    finally:
+        os.close(folder_fd)
+
+
+def _write_in_folder(folder_fd: int, folder: str, name: str, data: bytes) -> None:
+    if _holds(folder_fd, name, data):
+        return
+    path = os.path.join(folder, name)
+    entry = _lstat_at(folder_fd, name)
     if entry is not None and stat.S_ISDIR(entry.st_mode):
         try:
-            os.rmdir(path)
+            os.rmdir(name, dir_fd=folder_fd)
         except OSError as exc:
             raise OSError(exc.errno, f"a folder is at the training JPEG key {path} and is not empty; remove it "
                                      "(the feature stage writes the JPEG there)", path) from None
-    fd, temporary = create_temp(folder, name)
-    temporary = os.path.join(folder, temporary)
+    fd, temporary = create_temp(folder, name, dir_fd=folder_fd)
     try:
         with io.FileIO(fd, "wb") as handle:
             view = memoryview(data)
             while view:
                 view = view[handle.write(view):]
-        os.replace(temporary, path)   # replaces a link or a node at the key, never writes through it
+        # replaces a link or a node at the key, never writes through it; in the folder opened above
+        os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temporary)
+            os.unlink(temporary, dir_fd=folder_fd)
         raise
+
+
+JPEG_START, JPEG_END = b"\xff\xd8", b"\xff\xd9"
 
 
 def training_jpeg_ok(base: str, key: str, size: int) -> bool:
     """Whether the training JPEG at ``base/key`` is there as a row recorded it: locally a regular file (not a
-    link) of ``size`` bytes, in an object store an object of that size (one ``lstat`` / metadata call)."""
+    link) of ``size`` bytes that starts with the JPEG start marker and ends with its end marker (one open and two
+    2-byte reads; review rev24h: a file of the recorded size but other bytes, zeros from a preallocating copy or
+    an interrupted in-place copy, was kept for good); in an object store an object of that size (one metadata
+    call: an object is replaced whole, never rewritten in place). Damage that keeps the size and both ends (a
+    bit flipped inside) is not seen: the rows record no digest of the JPEG."""
     url = join_url(base, key)
     if is_local(base):
-        info = lstat_or_none(url)
-        return info is not None and stat.S_ISREG(info.st_mode) and info.st_size == size
-    try:
+        if size < 4:
+            return False
+        try:
+            fd = os.open(url, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return False   # lost, a link, unreadable: written again
+        try:
+            info = os.fstat(fd)
+            return (stat.S_ISREG(info.st_mode) and info.st_size == size and os.pread(fd, 2, 0) == JPEG_START
+                    and os.pread(fd, 2, size - 2) == JPEG_END)
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+    try:   # an object store replaces an object whole (an upload completes or nothing changes): its size
         return FileSystems.get_filesystem(url).metadata(url).size_in_bytes == size
     except BeamIOError:
         return False
@@ -121,7 +166,8 @@ def training_jpeg_ok(base: str, key: str, size: int) -> bool:
 
 def lost_training_jpegs(base: str, rows: Iterable[dict]) -> set[str]:
     """``image_uid`` of each row (``train_jpg_key``, ``train_jpg_bytes``) whose training JPEG is not there as
-    recorded (:func:`training_jpeg_ok`): one ``lstat`` a row locally, metadata calls 16 at a time in a bucket."""
+    recorded (:func:`training_jpeg_ok`): one open and two small reads a row locally, metadata calls 16 at a
+    time in a bucket."""
     rows = list(rows)
     if not rows:
         return set()

@@ -26,8 +26,13 @@ decompression_bomb  the header declares more than ``max_pixels`` pixels (default
                     chunk read exactly as Pillow reads it); and, checked before Pillow parses a JPEG
                     (:func:`scan_jpeg`), more than 1,000 marker segments or 1,024 fill/stray bytes
                     before its first scan (Pillow walks them in Python and keeps every APPn/COM), more
-                    than 65,536 markers in all, or more than 500 scans (libjpeg decodes every scan
-                    over the whole image; an encoder writes at most a few dozen).
+                    than 65,536 markers in all, or more scans than the image's size allows (libjpeg
+                    decodes every scan over the whole image; an encoder writes at most a few dozen):
+                    500, fewer from 2 Mpx on (64 at 4096 x 4096, scans x pixels at most 2^30), never
+                    under 32; and an EXIF (APP1) or MPF (APP2) TIFF directory whose tags declare more
+                    data than twice its bytes (plus 64 KiB), or more than 4 MiB of EXIF: Pillow's TIFF
+                    reader copies each tag's data (tags sharing one block are each a copy; MPF tags are
+                    all decoded to Python objects), review rev24h.
 too_small           shortest side below ``min_side`` (default 8 px; a 1x1 image is rejected).
 bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest / shortest side
                     above ``max_aspect`` (default 4). NudeNet sees an image padded to a square, so
@@ -67,13 +72,14 @@ import io
 import os
 import re
 import stat
+import struct
 import warnings
 import zlib
 from dataclasses import dataclass
 
 import numpy as np
 import pyspng
-from PIL import Image, JpegImagePlugin, PngImagePlugin, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin, PngImagePlugin, TiffImagePlugin, UnidentifiedImageError
 
 UNSAFE_PATH = "unsafe_path"
 MISSING_BLOB = "missing_blob"
@@ -100,6 +106,11 @@ UNREAD_REASONS = (UNSAFE_PATH, MISSING_BLOB, UNREADABLE_BLOB, FILE_TOO_LARGE, EM
 
 PROBED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")   # what sniff_format names; Pillow opens only an extension's
 EXTENSION_FORMATS = {".png": ("PNG",), ".jpg": ("JPEG", "MPO"), ".jpeg": ("JPEG", "MPO"), ".webp": ("WEBP",)}
+# What Pillow is given to open each extension's bytes with: formats with an open entry of their own (MPO has none, it
+# shares JPEG's factory, which makes an MPO image of a JPEG with an MP index; naming it made Pillow raise
+# KeyError('MPO') for every .jpg whose header did not parse, review rev24h).
+OPEN_FORMATS = {extension: tuple(name for name in names if name != "MPO")
+                for extension, names in EXTENSION_FORMATS.items()}
 CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX"})
 # Every prefix Pillow's plugins of PROBED_FORMATS accept (their ``_accept``; TIFF: ``TiffImagePlugin.PREFIXES``, the
 # classic and BigTIFF headers in both byte orders and Pillow's two "invalid" ones, tested): a blob starting with
@@ -259,7 +270,7 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data), formats=expected)
+            image = Image.open(io.BytesIO(data), formats=OPEN_FORMATS[extension])
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {exc}") from None
     except UnidentifiedImageError:
@@ -329,6 +340,27 @@ def check_extension(data: bytes, relpath: str) -> tuple[str, tuple[str, ...], st
     return extension, expected, sniffed
 
 
+def refuse_structure_bomb(data: bytes, relpath: str) -> None:
+    """Raise ``decompression_bomb`` where :func:`decode_image` would before Pillow parses anything: a PNG's or a
+    JPEG's structure walk (:func:`scan_png` / :func:`scan_jpeg`) finds a bomb. With :func:`check_extension` first,
+    what bytes reused by sha256, and reused JPEG rows judged again, get (their pixels are another row's), so a
+    path's outcome never depends on which bytes earlier days held nor on the rules a row was first judged under
+    (review rev24h: a JPEG the pre-scan refuses was copied to new uids)."""
+    sniffed = sniff_format(data)
+    bomb = scan_png(data).bomb if sniffed == "PNG" else scan_jpeg(data) if sniffed == "JPEG" else None
+    if bomb:
+        raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {bomb}")
+
+
+def judged_again_on_reuse(row_format: str | None, relpath: str) -> bool:
+    """Whether a row reused by uid is judged again from its blob's bytes (:func:`check_extension`,
+    :func:`refuse_structure_bomb`) before it is copied:
+    a JPEG (its pre-scan grew in reviews rev24d and rev24h: a flood of scans, EXIF and MPF tag blocks), or a
+    format its path's extension does not take (rows written before the extension check applied to reuse)."""
+    extension = os.path.splitext(relpath)[1].lower()
+    return row_format in ("JPEG", "MPO") or row_format not in EXTENSION_FORMATS.get(extension, ())
+
+
 # Pillow (12.x, ``JpegImagePlugin.MARKER``): the markers its ``_open`` knows (any other before the first scan is
 # "no marker found") and those of them it reads no length for.
 _JPEG_KNOWN = frozenset(marker & 0xFF for marker in JpegImagePlugin.MARKER)
@@ -341,6 +373,73 @@ MAX_JPEG_HEADER_SEGMENTS = 1_000   # before the first scan: JFIF/EXIF/ICC (<= 25
 MAX_JPEG_STRAY_BYTES = 1_024       # fill 0xFFs and junk before the first scan, one Python step of Pillow's each
 MAX_JPEG_MARKERS = 65_536          # in all (bounds this walk, as MAX_PNG_CHUNKS does the PNG one)
 MAX_JPEG_SCANS = 500               # libjpeg's simple progression writes 6 (grey) or 10 (colour); room for any script
+# libjpeg decodes every scan over the whole image (review rev24h: 479 scans of a 4096 x 4096 image cost 15 normal
+# decodes): scans x pixels is bounded, so a large image gets fewer scans (64 at 4096 x 4096), never under 32.
+MAX_JPEG_SCAN_WORK = 64 * 4096 * 4096
+MIN_JPEG_SCANS = 32
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}   # frame headers (DHT, JPG, DAC are not)
+# Pillow's TIFF directory reader (``ImageFileDirectory_v2.load``) copies each tag's data out of the EXIF / MPF
+# bytes, one copy per tag even where tags share one block, and the MP index is then decoded whole (``dict(info)``:
+# SHORT data as tuples of Python ints): the data the tags of a directory declare is bounded by its bytes
+# (a writer's tags never share data) - twice them plus 64 KiB - before Pillow parses it (review rev24h).
+MAX_TIFF_TAG_DATA_FACTOR = 2
+MAX_TIFF_TAG_DATA_SLACK = 64 << 10
+MAX_JPEG_EXIF_BYTES = 4 << 20      # Pillow joins EXIF segments one copy at a time (quadratic); a camera writes one
+_TIFF_UNIT = {typ: unit for typ, (unit, _) in TiffImagePlugin.ImageFileDirectory_v2._load_dispatch.items()}
+_EXIF_SUB_IFDS = frozenset({0x8769, 0x8825, 0xA005})   # Exif, GPS, Interop directories (Exif.get_ifd)
+MAX_TIFF_IFDS = 8
+
+
+def jpeg_scan_cap(width: int, height: int) -> int:
+    """The most scans a JPEG of ``width`` x ``height`` (from its frame header; 0 when unknown) may have."""
+    pixels = width * height
+    if pixels <= 0:
+        return MAX_JPEG_SCANS
+    return max(MIN_JPEG_SCANS, min(MAX_JPEG_SCANS, MAX_JPEG_SCAN_WORK // pixels))
+
+
+def tiff_tag_data(tiff: bytes, follow: bool) -> int:
+    """Bytes Pillow's TIFF directory reader copies out of ``tiff`` (an EXIF or MPF block) for the tags of its first
+    directory whose data lies outside their entry: each tag's declared size (count x its type's unit, Pillow's
+    ``_load_dispatch``), as much of it as the block holds; with ``follow`` also the Exif, GPS and Interop
+    directories and the next ones (at most 8 directories), which Pillow reads when asked for them. A block
+    Pillow does not read as a directory (no TIFF header; BigTIFF, whose 8-byte header Pillow cannot read
+    from these 8 bytes) counts 0. Cheap: ``struct.iter_unpack`` over the entries, no tag data touched."""
+    if len(tiff) < 8 or not tiff.startswith(tuple(TiffImagePlugin.PREFIXES)) or tiff[2] == 43:
+        return 0
+    order = "<" if tiff[:2] == b"II" else ">"
+    size, total = len(tiff), 0
+    pending, seen = [struct.unpack(order + "L", tiff[4:8])[0]], set()
+    while pending and len(seen) < (MAX_TIFF_IFDS if follow else 1):
+        offset = pending.pop(0)
+        if offset in seen or offset + 2 > size:
+            continue
+        seen.add(offset)
+        count = struct.unpack(order + "H", tiff[offset:offset + 2])[0]
+        whole = min(count, (size - offset - 2) // 12)
+        block = tiff[offset + 2:offset + 2 + 12 * whole]
+        for tag, typ, items, value in struct.iter_unpack(order + "HHL4s", block):
+            unit = _TIFF_UNIT.get(typ)
+            if unit is None:
+                continue
+            at = struct.unpack(order + "L", value)[0]
+            if items * unit > 4:
+                total += max(0, min(items * unit, size - at))
+            elif follow and tag in _EXIF_SUB_IFDS:
+                pending.append(at)
+        next_at = offset + 2 + 12 * count
+        if follow and whole == count and next_at + 4 <= size:
+            pending.append(struct.unpack(order + "L", tiff[next_at:next_at + 4])[0])
+    return total
+
+
+def _tiff_bomb(what: str, tiff: bytes, follow: bool) -> str | None:
+    declared = tiff_tag_data(tiff, follow)
+    if declared > MAX_TIFF_TAG_DATA_FACTOR * len(tiff) + MAX_TIFF_TAG_DATA_SLACK:
+        return (f"its {what} TIFF directory's tags declare {declared} bytes of data in {len(tiff)} bytes (tags "
+                f"sharing one block: Pillow's TIFF reader copies each; at most {MAX_TIFF_TAG_DATA_FACTOR}x its "
+                f"size + {MAX_TIFF_TAG_DATA_SLACK})")
+    return None
 
 
 def scan_jpeg(data: bytes) -> str | None:
@@ -348,16 +447,32 @@ def scan_jpeg(data: bytes) -> str | None:
 
     Up to the first scan (SOS) the walk is Pillow's ``JpegImageFile._open`` step for step, which runs in Python
     and keeps every APPn/COM segment: 16 million empty COM markers (64 MB) took it 32 s and 2.6 GB, and 16 MB of
-    0xFF fill 14 s (review rev24d). Past it the markers are found as libjpeg finds them (in C, by a regular
-    expression over the entropy-coded data) and the scans counted: libjpeg decodes every scan of a progressive
-    JPEG over the whole image, a repeated one too (a 165 KB 4096 x 4096 JPEG of 3,000 scans: 16.7 s). A walk
-    that runs out of bytes (a truncated file, a length past the end) stops there without a verdict: the decoders
-    judge the rest."""
+    0xFF fill 14 s (review rev24d). Its EXIF (APP1 ``Exif`` segments, joined as Pillow joins them) and each MPF
+    segment (APP2) are TIFF directories Pillow reads at open (the EXIF for its resolution, the MP index to tell
+    an MPO): their tags' declared data is bounded (:func:`tiff_tag_data`; review rev24h: 2,000 tags sharing one
+    30 KB block cost 57 MiB from a 54 KB file). Past the first scan the markers are found as libjpeg finds them
+    (in C, by a regular expression over the entropy-coded data) and the scans counted: libjpeg decodes every
+    scan of a progressive JPEG over the whole image, a repeated one too (a 165 KB 4096 x 4096 JPEG of 3,000
+    scans: 16.7 s), so the cap falls with the frame's size (:func:`jpeg_scan_cap`). A walk that runs out of
+    bytes (a truncated file, a length past the end) stops there without a verdict: the decoders judge the rest
+    (its EXIF and MPF are judged all the same)."""
     size, position = len(data), 2
     segments = stray = 0
+    width = height = 0
+    exif: list[bytes] = []
+    exif_bytes = 0
+
+    def metadata_bomb() -> str | None:
+        if exif:
+            tiff = b"".join(exif)
+            while tiff.startswith(b"Exif\x00\x00"):   # as Exif.load strips it
+                tiff = tiff[6:]
+            return _tiff_bomb("EXIF", tiff, True)
+        return None
+
     while True:   # Pillow's walk up to the first scan
         if position + 1 >= size:
-            return None
+            return metadata_bomb()
         if data[position] != 0xFF:
             stray += 1           # junk: Pillow reads on one byte at a time
             position += 1
@@ -372,8 +487,24 @@ def scan_jpeg(data: bytes) -> str | None:
                     position += 2
                     continue
                 if position + 4 > size:
-                    return None
-                position += 2 + max(2, int.from_bytes(data[position + 2:position + 4], "big"))   # as Pillow reads it
+                    return metadata_bomb()
+                length = max(2, int.from_bytes(data[position + 2:position + 4], "big"))   # as Pillow reads it
+                if marker in _JPEG_SOF and length >= 7 and position + 9 <= size:
+                    height = max(height, int.from_bytes(data[position + 5:position + 7], "big"))
+                    width = max(width, int.from_bytes(data[position + 7:position + 9], "big"))
+                elif marker == 0xE1 and data.startswith(b"Exif\x00\x00", position + 4):   # Pillow: 1st whole, then [6:]
+                    body = data[position + 4:position + 2 + length]
+                    exif.append(body if not exif else body[6:])
+                    exif_bytes += len(body)
+                    if exif_bytes > MAX_JPEG_EXIF_BYTES:
+                        return (f"more than {MAX_JPEG_EXIF_BYTES} bytes of EXIF segments (a camera writes one of "
+                                "at most 64 KB; Pillow joins them one copy at a time)")
+                elif marker == 0xE2 and data.startswith(b"MPF\x00", position + 4):
+                    # Pillow reads the MP index's first directory (the last MPF segment's; each is judged)
+                    bomb = _tiff_bomb("MPF", data[position + 8:position + 2 + length], False)
+                    if bomb:
+                        return bomb
+                position += 2 + length
                 if marker == 0xDA:
                     break
                 continue
@@ -384,9 +515,13 @@ def scan_jpeg(data: bytes) -> str | None:
                 stray += 1
                 position += 2
             else:
-                return None        # Pillow: "no marker found"
+                return metadata_bomb()        # Pillow: "no marker found"
         if stray > MAX_JPEG_STRAY_BYTES:
             return f"more than {MAX_JPEG_STRAY_BYTES} fill or stray bytes before its image data (an encoder writes none)"
+    bomb = metadata_bomb()
+    if bomb:
+        return bomb
+    cap = jpeg_scan_cap(width, height)
     scans, markers = 1, segments
     while (found := _JPEG_NEXT_MARKER.search(data, position)) is not None:   # libjpeg's walk past it
         start, marker = found.start(), data[found.start() + 1]
@@ -402,9 +537,10 @@ def scan_jpeg(data: bytes) -> str | None:
             return None
         if marker == 0xDA:
             scans += 1
-            if scans > MAX_JPEG_SCANS:
-                return (f"more than {MAX_JPEG_SCANS} scans (libjpeg decodes each over the whole image; an encoder "
-                        "writes a few dozen at most)")
+            if scans > cap:
+                return (f"more than {cap} scans for {width} x {height} pixels (libjpeg decodes each over the whole "
+                        f"image: at most {MAX_JPEG_SCANS}, and scans x pixels at most {MAX_JPEG_SCAN_WORK}, never "
+                        f"fewer than {MIN_JPEG_SCANS}; an encoder writes a few dozen at most)")
         position = start + 2 + max(2, int.from_bytes(data[start + 2:start + 4], "big"))
     return None
 

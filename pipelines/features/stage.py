@@ -28,6 +28,7 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress, silent
 from pipelines import faults
+from pipelines.features import decode
 from pipelines.features.blobs import is_local, join_url, lost_training_jpegs
 from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
@@ -45,6 +46,7 @@ from pipelines.features.staging import (
     STAGED_KINDS,
     STAGED_SCHEMA,
     TODO_SCHEMA,
+    beam_visible,
     read_staged,
     remove_dir,
     reset_dir,
@@ -93,13 +95,18 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     # A row is reused only while its training JPEG is there as the row records it (review rev24d: a lost one was
     # never written again, and publish failed for good): such a row is computed again, which writes the JPEG,
     # and stays the reused row where the bytes are still the same (_settle_restored).
-    lost = lost_training_jpegs(base, by_uid)
-    restoring = {row["image_uid"]: row for row in by_uid if row["image_uid"] in lost}
-    by_uid = [row for row in by_uid if row["image_uid"] not in lost]
+    # A JPEG row, or one of a format its path's extension does not take, is judged again from its blob's bytes
+    # (decode.check_extension and refuse_structure_bomb, in ReadBlobFn) before it is copied (review rev24h: rows a
+    # home holds from before a fix of those checks were copied for good, while a build from scratch refused them).
+    again = {row["image_uid"] for row in by_uid if decode.judged_again_on_reuse(row["format"], row["blob_path"])}
+    lost = lost_training_jpegs(base, [row for row in by_uid if row["image_uid"] not in again])
+    restoring = {row["image_uid"]: row for row in by_uid if row["image_uid"] in lost or row["image_uid"] in again}
+    by_uid = [row for row in by_uid if row["image_uid"] not in restoring]
     reused_uids = {row["image_uid"] for row in by_uid}
     todo = inputs.filter(pc.invert(pc.is_in(inputs["image_uid"], pa.array(sorted(reused_uids), pa.string()))))
     progress(f"{len(by_uid)} reused by uid, {todo.num_rows} to read"
-             + (f" ({len(restoring)} of them reused rows whose training JPEG is lost or damaged)" if restoring else ""))
+             + (f" ({len(again)} of them reused rows judged again from their bytes, {len(lost)} reused rows whose "
+                "training JPEG is lost or damaged)" if restoring else ""))
 
     computed = get_schema(FEATURES).empty_table()
     rejects = get_schema(REJECTS).empty_table()
@@ -109,30 +116,38 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     if todo.num_rows:
         reset_dir(staging, base)
         todo_path = join_url(staging, "todo.parquet")
+        expect = [restoring.get(uid) for uid in todo["image_uid"].to_pylist()]
         write_parquet_url(pa.table({"image_uid": todo["image_uid"], "blob_path": todo["blob_path"],
-                                    "dt": pa.array([day_date] * todo.num_rows, pa.date32())},
+                                    "dt": pa.array([day_date] * todo.num_rows, pa.date32()),
+                                    "reuse_sha256": [row and row["sha256"] for row in expect],
+                                    "reuse_jpeg_bytes": [row and row["train_jpg_bytes"] for row in expect]},
                                    schema=TODO_SCHEMA), todo_path)
         digests_path = join_url(staging, "known_sha256.npy")
         write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
         stage_started = time.perf_counter()
         options = pipeline_options(config, beam_args, todo.num_rows)
         workers = worker_processes(options)
-        with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
-            rows = pipeline | "ReadTodo" >> beam.io.ReadFromParquet(todo_path) | "Spread" >> beam.Reshuffle()
-            out = rows | "Fingerprint" >> FingerprintImages(base, config, digests_path, detector_factory)
-            staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]
-            (staged | "AllOutputs" >> beam.Flatten()
-             | "WriteStaged" >> beam.io.WriteToParquet(join_url(staging, "out/part"), STAGED_SCHEMA,
-                                                       file_name_suffix=".parquet"))
-        stage_seconds = time.perf_counter() - stage_started
-        faults.maybe_crash("features.after_beam")  # tests: Beam finished, outputs not committed
-        progress(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
-        computed, rejects, candidates = read_staged(join_url(staging, "out/part"), day_date)
+        # Beam globs the paths it reads and writes: a staging path with glob characters goes through an alias
+        with beam_visible(staging) as visible:
+            with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
+                rows = (pipeline | "ReadTodo" >> beam.io.ReadFromParquet(join_url(visible, "todo.parquet"))
+                        | "Spread" >> beam.Reshuffle())
+                out = rows | "Fingerprint" >> FingerprintImages(base, config, join_url(visible, "known_sha256.npy"),
+                                                                detector_factory)
+                staged = [out[kind] | f"Stage_{kind}" >> beam.Map(staged_record, kind) for kind in STAGED_KINDS]
+                (staged | "AllOutputs" >> beam.Flatten()
+                 | "WriteStaged" >> beam.io.WriteToParquet(join_url(visible, "out/part"), STAGED_SCHEMA,
+                                                           file_name_suffix=".parquet"))
+            stage_seconds = time.perf_counter() - stage_started
+            faults.maybe_crash("features.after_beam")  # tests: Beam finished, outputs not committed
+            progress(f"Beam stage finished in {stage_seconds:.1f} s on {runner}")
+            computed, rejects, candidates = read_staged(join_url(visible, "out/part"), day_date)
     bytes_read = sum(pc.sum(t["num_bytes"]).as_py() or 0 for t in (computed, rejects, candidates))
     restored, computed, rejects, candidates = _settle_restored(restoring, computed, rejects, candidates)
     if restoring:
-        progress(f"{len(restored)} lost training JPEGs written again; {len(restoring) - len(restored)} such rows "
-                 "computed afresh (their blob is gone or holds other bytes now)")
+        progress(f"{len(restored)} reused rows kept (lost training JPEGs written again); "
+                 f"{len(restoring) - len(restored)} such rows judged afresh (their blob is gone, holds other bytes now "
+                 "or is refused)")
     by_uid += restored
 
     by_sha = rows_reused_by_sha256(day_date, candidates, history)

@@ -5,12 +5,17 @@ overhead); rows travel as JSON, which round-trips every value here exactly (floa
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import glob
 import io
 import json
 import os
 import shutil
 import stat
+import tempfile
+import warnings
+from collections.abc import Iterator
 
 # First: it imports apache_beam quietly (no apitools notice, no root log handler left behind).
 from pipelines.features import beamworker  # noqa: F401  # isort: skip
@@ -53,8 +58,59 @@ TODO_SCHEMA = pa.schema([
     pa.field("image_uid", pa.string(), nullable=False),
     pa.field("blob_path", pa.string(), nullable=False),
     pa.field("dt", pa.date32(), nullable=False),
+    # a reused row sent through the pipeline (its training JPEG lost or damaged, or judged again from its bytes):
+    # the sha256 and training-JPEG size it records; null for the others
+    pa.field("reuse_sha256", pa.string()),
+    pa.field("reuse_jpeg_bytes", pa.int64()),
 ])
 
+
+
+def glob_literal(url: str) -> str:
+    """``url`` (a local path or ``scheme://`` URL) with its glob characters (``*``, ``?``, ``[``) escaped, to put
+    before a pattern given to ``FileSystems.match``: a data home or staging folder at ``/data/homes[1]`` is no
+    character class (``[[]1]``, :func:`glob.escape`; Beam's matcher reads ``[...]`` as fnmatch does)."""
+    if is_local(url):
+        return glob.escape(url)
+    scheme, rest = url.split("://", 1)
+    return f"{scheme}://{glob.escape(rest)}"
+
+
+def match_paths(pattern: str) -> list:
+    """``FileSystems.match`` of one pattern: its metadata list (Beam compiles ``[[]`` with a FutureWarning of
+    Python's ``re``, "possible nested set", harmless here: silenced)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return FileSystems.match([pattern])[0].metadata_list
+
+
+@contextlib.contextmanager
+def beam_visible(url: str) -> Iterator[str]:
+    """``url`` (the run's staging folder) as the Beam pipeline is given it: Beam's file sink globs the paths it
+    writes (``WriteToParquet`` finalizes by matching ``<prefix>*``, unescaped), so a local folder whose path holds
+    glob characters (a data home at ``/data/homes[1]``) is handed to Beam through a link without them, in a
+    private folder of the system's temporary directory made for the run and removed after it (review rev24h:
+    the stage could not build such a home, and with a folder ``homes1`` beside it read that one's files). A URL
+    with glob characters is refused (one line: give a staging URL without them)."""
+    if not glob.has_magic(url):
+        yield url
+        return
+    if not is_local(url):
+        raise StagingRefused(f"staging URL {url} holds a glob character ([, *, ?), which Beam's file sinks read as a "
+                             "pattern: give a staging URL without them")
+    holder = tempfile.mkdtemp(prefix="pickapic-features-staging-")
+    alias = os.path.join(holder, "staging")
+    try:
+        if glob.has_magic(alias):
+            raise StagingRefused(f"staging folder {url} holds a glob character ([, *, ?), which Beam's file sinks "
+                                 f"read as a pattern, and so does the temporary directory {holder}: give a staging "
+                                 "folder without them")
+        os.symlink(url, alias)
+        yield alias
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(alias)
+        os.rmdir(holder)
 
 
 def reset_dir(url: str, base: str) -> None:
@@ -93,7 +149,7 @@ def remove_dir(url: str, base: str) -> None:
             except OSError:
                 pass
         return
-    matches = FileSystems.match([join_url(url, "**")])[0].metadata_list
+    matches = match_paths(join_url(glob_literal(url), "**"))
     if not matches:
         return
     marker = join_url(url, STAGING_MARKER)
@@ -125,8 +181,9 @@ def staged_record(row: dict, kind: str) -> dict:
 
 
 def read_staged(prefix: str, day: dt.date) -> tuple[pa.Table, pa.Table, pa.Table]:
-    """(computed features, rejects, reuse candidates) from the staging files the pipeline wrote."""
-    matches = FileSystems.match([prefix + "*.parquet"])[0].metadata_list
+    """(computed features, rejects, reuse candidates) from the staging files the pipeline wrote (``prefix`` is a
+    path, its glob characters escaped here: review rev24h)."""
+    matches = match_paths(glob_literal(prefix) + "*.parquet")
     rows: dict[str, list[dict]] = {kind: [] for kind in STAGED_KINDS}
     for meta in sorted(matches, key=lambda m: m.path):
         with FileSystems.open(meta.path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:

@@ -62,12 +62,16 @@ def processing_error_row(row: dict, step: str, exc: BaseException, base: str, nu
 class ReadBlobFn(beam.DoFn):
     """Check the blob path, read the bytes once (capped), sha256 them; known bytes go to ``reused``.
 
-    Known bytes are reused only as a decode would take them and while their training JPEG is there: the path's
-    own check (:func:`decode.check_extension`, the first of the decode's) applies to them (review rev24d: PNG
+    Known bytes are reused only as a decode would take them and while their training JPEG is there: the checks a
+    decode makes before Pillow parses anything (:func:`decode.check_extension`, the path's extension;
+    :func:`decode.refuse_structure_bomb`, the PNG and JPEG structure walks) apply to them (review rev24d: PNG
     bytes at ``b.jpg`` were copied from an earlier ``a.png``, while a build without that day rejected them as
-    ``extension_mismatch``); and with ``train_prefix`` (the stage always gives it) a training JPEG that is not a
-    regular file of the size the reused row records (lost, cut short by a copy) sends the blob to be decoded,
-    so its JPEG is written again (``DecodeImageFn`` then hands it back as reused: the row is still a copy)."""
+    ``extension_mismatch``; review rev24h: a JPEG the pre-scan refuses was copied to new uids); and with
+    ``train_prefix`` (the stage always gives it) a training JPEG that is not there as the reused row records it
+    (:func:`training_jpeg_ok`: lost, cut short, zeros) sends the blob to be decoded, so its JPEG is written
+    again (``DecodeImageFn`` then hands it back as reused: the row is still a copy). A todo row may name the
+    bytes it expects (``reuse_sha256``, ``reuse_jpeg_bytes``: a row reused by uid that the driver sends to be
+    judged again or to have its JPEG written again): bytes that are those are treated as known."""
 
     def __init__(self, base: str, zone: str, max_bytes: int, known_digests: str | None = None,
                  train_prefix: str | None = None) -> None:
@@ -90,11 +94,15 @@ class ReadBlobFn(beam.DoFn):
         self.bytes_read.inc(len(data))
         digest = hashlib.sha256(data)
         sha256 = digest.hexdigest()
-        jpeg_bytes = known_jpeg_bytes(self.known, digest.digest())
+        if row.get("reuse_sha256") is not None and row["reuse_sha256"] == sha256:
+            jpeg_bytes = row["reuse_jpeg_bytes"]    # a reused row sent to be judged again / its JPEG written again
+        else:
+            jpeg_bytes = known_jpeg_bytes(self.known, digest.digest())
         element = {"image_uid": row["image_uid"], "dt": row["dt"], "blob_path": relpath, "data": data, "sha256": sha256}
         if jpeg_bytes is not None:
             try:
                 decode.check_extension(data, relpath)
+                decode.refuse_structure_bomb(data, relpath)
             except ImageRejected as rejected:
                 self.rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTS, reject_row(row, rejected.reason, rejected.detail, sha256, len(data)))

@@ -62,10 +62,11 @@ def digests_file(tmp_path: Path, blobs: list[bytes], jpeg_bytes: int = 1000) -> 
 
 
 def put_train_jpeg(home: Path, data: bytes, size: int = 1000) -> Path:
-    """A ``size``-byte file at the training-JPEG key of the blob ``data`` (what a reuse of its bytes checks)."""
+    """A ``size``-byte file at the training-JPEG key of the blob ``data`` (what a reuse of its bytes checks: the size
+    and the JPEG start and end markers)."""
     key = home / train_jpg_key(FeaturesConfig().train_prefix, hashlib.sha256(data).hexdigest())
     key.parent.mkdir(parents=True, exist_ok=True)
-    key.write_bytes(b"\xff" * size)
+    key.write_bytes(b"\xff\xd8" + b"\xff" * (size - 4) + b"\xff\xd9")
     return key
 
 
