@@ -31,11 +31,12 @@ from formats.settings import config_digest
 from pipelines.features.config import FEATURES, FeaturesConfig, parse_day
 
 OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # footer key-value metadata of image_features partitions
-OUTPUT_FORMAT = "features-output-3"                   # bump when the code changes what a row holds for equal settings
+OUTPUT_FORMAT = "features-output-2"                   # bump when the code changes what a row holds for equal settings
                                                       # 2: NudeNet NMS per class (nsfw.class_aware_nms)
-                                                      # 3: rev24d/rev24h: JPEG pre-scan (marker, scan, EXIF and MPF
-                                                      #    bombs), extension rules on reuse: rows of homes built
-                                                      #    before are judged afresh once
+                                                      # (rev24d/rev24h changed no row of an image they accept; the rows
+                                                      # of homes built before that they refuse are re-judged from their
+                                                      # bytes on reuse, and features code version 6 reruns every day
+                                                      # once: no NudeNet run for the images kept)
 
 
 def output_key(config: FeaturesConfig) -> str:

@@ -6,7 +6,8 @@ sha256 reuse.
 
 Driven through the real stage (``build_features``: Beam's DirectRunner/FnApiRunner in-process, the real NudeNet
 320n model from the ``nudenet`` wheel, real imagehash, Pillow 12.3 with libjpeg-turbo), or through
-``decode.decode_image`` / ``blobs.write_blob_atomic`` where only that step is at stake.
+``decode.decode_image`` / ``blobs.write_blob_atomic`` where only that step is at stake. Each test was a strict
+xfail; all seven were fixed the same day (markers removed).
 
 Tried and found sound (no test here): encoder JPEGs Pillow writes (progressive, optimized, a restart marker every
 MCU, progressive with restarts, 4:4:4 quality 100, a 60 KB EXIF, a 600 KB ICC profile over ten APP2 segments, a
@@ -117,14 +118,6 @@ def mpf_bomb_jpeg(entries: int) -> bytes:
 
 # ----------------------------------------------------------------- TIFF IFDs inside a JPEG: the bomb rev24d fixed
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rev24d kept Pillow's TIFF reader away from .png blobs, but Pillow's JPEG plugin runs the same IFD reader on a "
-    "JPEG's EXIF (JpegImageFile._open -> _read_dpi_from_exif -> Exif.load, APP1 Exif segments concatenated, no "
-    "JFIF dpi): IFD entries that all point at one block are each read as a copy, so a 54 KB .jpg allocates 57 MiB "
-    "and one of 197 KB 764 MiB (65,535 tags on a 1 MiB block, a 2 MB blob: 64 GiB, the worker is killed), and the "
-    "image is accepted into image_features. scan_jpeg walks only markers; expected: such EXIF is refused "
-    "(decompression_bomb) before Pillow parses it, allocating little"
-))
 def test_an_exif_ifd_whose_tags_share_one_block_is_refused_before_pillow_reads_it(tmp_path: Path) -> None:
     bomb = exif_bomb_jpeg(2000, 30000)
     assert len(bomb) < 60_000
@@ -139,13 +132,6 @@ def test_an_exif_ifd_whose_tags_share_one_block_is_refused_before_pillow_reads_i
     assert peak < 16 * 2**20, f"decoding a {len(bomb)} byte .jpg allocated {peak} bytes"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Pillow's jpeg_factory parses an APP2 MPF segment with the TIFF IFD reader and then dict(info) decodes every "
-    "tag: SHORT tags sharing one block become tuples of Python ints, so one 64 KB segment in a 66 KB .jpg cost "
-    "2.1 GB of memory and 5.8 s untraced (2,000 tags), and the file is accepted (the malformed MPF is only a "
-    "warning). scan_jpeg does not look inside the segment; expected: refused (decompression_bomb) before Pillow "
-    "parses it, allocating little"
-))
 def test_an_mpf_segment_whose_tags_share_one_block_is_refused_before_pillow_decodes_it() -> None:
     bomb = mpf_bomb_jpeg(60)
     assert len(bomb) < 70_000
@@ -169,13 +155,6 @@ def _sos_segments(data: bytes) -> list[tuple[int, int]]:
     return scans
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the scan cap is a count (500) whatever the image size, but libjpeg decodes each scan over the whole image: "
-    "an 82 KB 4096 x 4096 grey progressive JPEG of 480 scans (its last scan repeated) passes scan_jpeg and costs "
-    "libjpeg 480 passes over 16.7 M pixels (9.6 s here against 0.64 s for a normal 4096 x 4096 JPEG, about 15x; "
-    "the 3,000-scan bomb rev24d filed was 16.7 s), and is accepted. An encoder writes at most a few dozen scans; "
-    "expected: the work the scans declare (scans x pixels) is bounded, so this file is a decompression_bomb"
-))
 def test_hundreds_of_scans_over_a_maximum_size_image_are_a_bomb() -> None:
     out = io.BytesIO()
     Image.new("L", (4096, 4096), 128).save(out, "JPEG", progressive=True, quality=90)
@@ -202,14 +181,6 @@ class _DecodeBeforeTheFix:
         return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the fix changes outcomes (a JPEG of thousands of scans is now decompression_bomb; PNG bytes at b.jpg reused by "
-    "sha256 are now extension_mismatch) without changing reuse.OUTPUT_FORMAT, so the rows a data home built before "
-    "it holds for such images are copied by uid on every rerun for good, and the JPEG flood's bytes go on being "
-    "copied by sha256 to new uids: the fixed bugs stay in every existing home while a build from scratch rejects "
-    "them. Expected: a rerun under the fixed code gives what a build from scratch gives (bump OUTPUT_FORMAT, or "
-    "re-judge rows the new rules refuse)"
-))
 def test_rows_the_fix_refuses_do_not_survive_in_a_home_built_before_it(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_hostile_rev24d import scan_flood_jpeg
@@ -235,13 +206,6 @@ def test_rows_the_fix_refuses_do_not_survive_in_a_home_built_before_it(
 
 # ---------------------------------------------------------------------------------------- the JPEG store
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a training JPEG of the recorded size but other bytes (an interrupted rsync --inplace or preallocating copy, "
-    "bit rot: here zeros) is kept for good: reused rows (a rerun by uid, a later day by sha256) check only the "
-    "size, so no run writes it again and publish ships the damaged file, while a build from scratch (the computed "
-    "path compares the bytes, write_blob_atomic) replaces it; incremental != from scratch for the store. "
-    "Expected: a reuse leaves the key holding the bytes the stage encodes"
-))
 def test_a_damaged_training_jpeg_of_the_recorded_size_is_written_again(tmp_path: Path) -> None:
     data = png(7, (200, 160))
     home = DataHome(tmp_path / "home")
@@ -264,13 +228,6 @@ def test_a_damaged_training_jpeg_of_the_recorded_size_is_written_again(tmp_path:
     Image.open(key).load()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "write_blob_atomic checks that the key's <sha[:2]> folder is a real folder (lstat) and then creates the "
-    "temporary file and renames it by path: a folder swapped for a link after the check (another process with "
-    "write access to the store) has the JPEG written through the link, outside the store, which the fix says "
-    "never happens. Expected: the write stays in the folder it checked (open it once with O_NOFOLLOW and work "
-    "relative to it, as create_temp's dir_fd allows) or is refused; nothing appears outside the store"
-))
 def test_a_key_folder_swapped_for_a_link_mid_write_writes_nothing_outside_the_store(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     base = tmp_path / "base"
@@ -302,13 +259,6 @@ def test_a_key_folder_swapped_for_a_link_mid_write_writes_nothing_outside_the_st
 
 # ---------------------------------------------------------------------------------------- reject details
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Image.open(..., formats=('JPEG', 'MPO')) for a .jpg/.jpeg: MPO has no open entry of its own in Pillow (it "
-    "shares JPEG's factory), so after JPEG declines or fails, Pillow looks it up and raises KeyError('MPO'); every "
-    ".jpg whose header does not parse now gets the detail \"header failed to parse: KeyError: 'MPO'\" instead of "
-    "Pillow's reason (a non-image .jpg is not_an_image by the fallback, not by 'is not a ... image'). Expected: "
-    "the detail names the real problem, never a KeyError of the decoder's own format list"
-))
 def test_a_jpeg_whose_header_does_not_parse_gets_pillows_reason_not_a_key_error() -> None:
     for data in (b"hello world, not an image at all", b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x00" * 40):
         with pytest.raises(decode.ImageRejected) as rejected:
