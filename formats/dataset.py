@@ -22,12 +22,13 @@ import errno
 import fnmatch
 import glob
 import hashlib
+import io
 import json
 import os
 import re
 import stat
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
@@ -461,13 +462,19 @@ def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | N
     return json.loads(data.decode("utf-8"))
 
 
-def read_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | None = None,
-                     why: str = "") -> bytes | None:
-    """The bytes of the version's file ``rel`` (``train/prompt_counts.parquet``), read once and checked against
-    the sha256 its manifest (``files``: its ``files``, read when not given) records, else :class:`ChecksumError`
-    naming the file (``why``: what an edit of it does, for the message). None when the manifest does not list
-    it and nothing is there (a file of an older format); a file there that the manifest does not list is
-    refused, and one it lists that is missing is a ``FileNotFoundError``."""
+@contextlib.contextmanager
+def open_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | None = None,
+                     why: str = "") -> Iterator[io.FileIO | None]:
+    """The version's file ``rel`` (``train/prompt_counts.parquet``) open to read, positioned at its start, once
+    it is checked against its manifest (``files``: its ``files``, read when not given): first its size against
+    the bytes the manifest records (from the open file, before reading any of it), then its sha256, hashed
+    block by block through that descriptor (memory bounded whatever is there). A difference is
+    :class:`ChecksumError` naming the file (``why``: what an edit of it does, for the message). Yields None when
+    the manifest does not list it and nothing is there (a file of an older format); a file there that the
+    manifest does not list is refused, and one it lists that is missing is a ``FileNotFoundError``.
+
+    Review rev24j: the file was read whole into memory to take its sha256, so a 1 GiB file planted at a listed
+    name took the export 1 GiB of memory before it was refused."""
     version_dir = Path(version_dir)
     path = version_dir / rel
     if files is None:
@@ -477,22 +484,45 @@ def read_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | Non
         if os.path.lexists(path):
             raise ChecksumError(f"{path} is not listed in the {MANIFEST_FILE} of dataset version "
                                 f"{version_dir.name}: not a file that version published; {REPUBLISH}")
-        return None
+        yield None
+        return
     try:
-        with open_regular_file(path) as handle:
-            data = handle.readall()
+        handle = open_regular_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
                                 f"lists it; {REPUBLISH}") from None
     except OSError as exc:
         raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
                             f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != info["sha256"]:
-        raise ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
-                            f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing"
-                            f"{f' ({why})' if why else ''}; {REPUBLISH}")
-    return data
+    with handle:
+        size = os.fstat(handle.fileno()).st_size
+        if isinstance(info.get("bytes"), int) and size != info["bytes"]:
+            raise ChecksumError(f"{path} of dataset version {version_dir.name} has {size} bytes but its "
+                                f"{MANIFEST_FILE} records {info['bytes']}: it changed after publishing"
+                                f"{f' ({why})' if why else ''}; {REPUBLISH}")
+        hashed = hashlib.sha256()
+        try:
+            while block := handle.read(1 << 20):
+                hashed.update(block)
+        except OSError as exc:
+            raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
+                                f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
+        digest = hashed.hexdigest()
+        if digest != info["sha256"]:
+            raise ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
+                                f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing"
+                                f"{f' ({why})' if why else ''}; {REPUBLISH}")
+        handle.seek(0)
+        yield handle
+
+
+def read_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | None = None,
+                     why: str = "") -> bytes | None:
+    """The bytes of the version's file ``rel``, checked as :func:`open_listed_file` checks it (its size before
+    any byte is read, its sha256 hashed streaming); None where that yields None. For a small file: a caller
+    that parses the file reads it from :func:`open_listed_file`'s handle instead."""
+    with open_listed_file(version_dir, rel, files, why) as handle:
+        return handle.readall() if handle is not None else None
 
 
 def manifest_sidecars(version_dir: str | os.PathLike, split: str, files: dict | None = None) -> list[Path]:

@@ -20,26 +20,66 @@ META_SCHEMAS = {"shards": "shards", "images": "image_features", "decisions": "de
                 "quarantine": "published_quarantine", "splits_summary": "splits_summary"}
 
 
-def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]],
-               digests: dict[str, dict[str, str]] | None = None, previous: list[Path] = (), fsync: bool = True,
-               pairs: pa.Table | None = None) -> dict[str, str]:
-    """Snapshot the query tables under ``meta/`` (no raw text, no emails); return the images files' plan digests.
+# the columns each snapshot reads of its warehouse table (None: every column): never quarantine's raw_text (each
+# quarantined line's text, up to 64 KiB, which no snapshot publishes), only the reason of split_rejects
+SOURCE_COLUMNS: dict[str, tuple[str, ...] | None] = {
+    "image_features": None,
+    "decisions": None,
+    "quarantine": tuple(n for n in get_schema("quarantine").names if n != "raw_text"),
+    "split_rejects": ("reason",),
+}
 
-    ``pairs``: the version's pairs as the publish holds them (its ``split_pairs`` rows, which the
-    shards hold one each), for ``splits_summary``; without it the version's sidecars are read, which
-    for a year of history is every sidecar twice a night. The gate checks the summary against the
-    shards' own counts (``splits_summary.pairs_match_shards``).
+
+def write_source_snapshots(staging: Path, meta_sources: dict[str, list[Path]],
+                           digests: dict[str, dict[str, str]] | None = None, previous: list[Path] = (),
+                           fsync: bool = True) -> dict[str, str]:
+    """Write the snapshots built from the warehouse (``meta/images/``, ``meta/decisions.parquet``,
+    ``meta/quarantine.parquet``: no raw text, no emails); return the images files' plan digests.
 
     ``images`` is one file per export day (``meta/images/images-<day>.parquet``, from that day's
     features partition): a day whose partition is unchanged is hard-linked from an older version, so
     the snapshot of a growing history costs a nightly version only its new day.
 
     Every snapshot is built from exactly the warehouse files ``meta_sources`` lists (never a glob of the
-    table, which would also read a partition an ingest lands while the publish runs), each read once and
-    checked against the sha256 ``digests`` (:func:`pipelines.publish.samples.source_digests`: what the
-    version id and the manifest's ``sources`` record) gives it (review rev24c); one that changed since is
-    :class:`SourceChanged`. Without ``digests`` they are computed here.
+    table, which would also read a partition an ingest lands while the publish runs), each checked against
+    the sha256 ``digests`` (:func:`pipelines.publish.samples.source_digests`: what the version id and the
+    manifest's ``sources`` record) gives it (review rev24c); one that changed since is :class:`SourceChanged`.
+    Without ``digests`` they are computed here. The publish calls it under the home's ingest lock, with the
+    listing and the hashing of those files, before the shards are written (review rev24j)."""
+    meta = staging / "meta"
+    digests = dict(digests or {})
+    for name, files in meta_sources.items():
+        if name not in digests:
+            digests[name] = {_relative(p): sha256_file(p) for p in files}
+    plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], digests["image_features"],
+                                   list(previous), fsync)
+    views: dict[str, str | pa.Table] = {
+        name: read_sources(name, files, digests[name]) for name, files in meta_sources.items()
+        if name in ("decisions", "quarantine")}
+    con = connect(views)
+    try:
+        for table_name, sql_name in (("decisions", "publish_decisions"), ("quarantine", "publish_quarantine")):
+            result = run_sql(con, sql_name)
+            write_parquet_atomic(result, meta / f"{table_name}.parquet", get_schema(META_SCHEMAS[table_name]))
+    finally:
+        con.close()
+    return plans
+
+
+def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Path]] | None = None,
+               digests: dict[str, dict[str, str]] | None = None, previous: list[Path] = (), fsync: bool = True,
+               pairs: pa.Table | None = None) -> dict[str, str]:
+    """Snapshot the query tables under ``meta/`` built from the version itself (``shards``, ``splits_summary``),
+    and with ``meta_sources`` first those built from the warehouse (:func:`write_source_snapshots`, whose
+    plan digests it returns; none without).
+
+    ``pairs``: the version's pairs as the publish holds them (its ``split_pairs`` rows, which the
+    shards hold one each), for ``splits_summary``; without it the version's sidecars are read, which
+    for a year of history is every sidecar twice a night. The gate checks the summary against the
+    shards' own counts (``splits_summary.pairs_match_shards``).
     """
+    plans = write_source_snapshots(staging, meta_sources, digests, previous, fsync) if meta_sources is not None \
+        else {}
     meta = staging / "meta"
     ordered = sorted(stats, key=lambda s: (SPLITS.index(s["split"]), s["shard"]))
     shard_rows = []
@@ -49,23 +89,11 @@ def write_meta(staging: Path, stats: list[dict], meta_sources: dict[str, list[Pa
     shards_table = pa.Table.from_pylist(shard_rows, schema=get_schema("shards")) if shard_rows else \
         get_schema("shards").empty_table()
     write_parquet_atomic(shards_table, meta / "shards.parquet", get_schema("shards"))
-    digests = dict(digests or {})
-    for name, files in meta_sources.items():
-        if name not in digests:
-            digests[name] = {_relative(p): sha256_file(p) for p in files}
-    plans = _write_image_snapshots(meta / "images", meta_sources["image_features"], digests["image_features"],
-                                   list(previous), fsync)
-    views: dict[str, str | pa.Table] = {
-        name: read_sources(name, files, digests[name]) for name, files in meta_sources.items()
-        if name not in ("split_rejects", "image_features")}
-    views["pairs"] = pairs if pairs is not None else sidecar_glob(staging)
-    views["shards"] = shards_table
+    views = {"pairs": pairs if pairs is not None else sidecar_glob(staging), "shards": shards_table}
     con = connect(views, uniform=("pairs",))      # this version's sidecars: one schema
     try:
-        for table_name, sql_name in (("decisions", "publish_decisions"), ("quarantine", "publish_quarantine"),
-                                     ("splits_summary", "publish_splits_summary")):
-            result = run_sql(con, sql_name)
-            write_parquet_atomic(result, meta / f"{table_name}.parquet", get_schema(META_SCHEMAS[table_name]))
+        write_parquet_atomic(run_sql(con, "publish_splits_summary"), meta / "splits_summary.parquet",
+                             get_schema(META_SCHEMAS["splits_summary"]))
     finally:
         con.close()
     return plans
@@ -130,15 +158,17 @@ def _relative(path: Path) -> str:
 
 
 def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -> pa.Table:
-    """The rows of exactly ``files`` (warehouse files of dataset ``name``), by column name as DuckDB's
-    ``union_by_name`` reads them (a file written before a column was added reads as null there); each file
-    read through the descriptor its sha256 was taken on, and checked against ``digests`` (path in the
-    dataset -> sha256, when given). No file: the dataset's empty schema.
+    """The rows of exactly ``files`` (warehouse files of dataset ``name``), only the columns its snapshot reads
+    (``SOURCE_COLUMNS``), by column name as DuckDB's ``union_by_name`` reads them (a file written before a
+    column was added reads as null there); each file's bytes hashed block by block through the descriptor the
+    table is then read from, and checked against ``digests`` (path in the dataset -> sha256, when given).
+    No file: the dataset's empty schema.
 
     The tables the snapshots are built from were globs of the whole warehouse table, read after the version
     id was taken (review rev24c: a partition an ingest landed meanwhile went into a version whose id and
     manifest do not name it), and globs of the home's path (a home at ``/data/pickapic[1]`` read none).
-    Each file is read in memory whole (as the snapshot, the SQL's result, is anyway)."""
+    Review rev24j: every column was read, the raw text of every quarantined line of the history with it."""
+    wanted = SOURCE_COLUMNS.get(name)
     tables = []
     for path in files:
         with open_regular_file(path) as handle:     # a warehouse file is replaced by a rename, never rewritten
@@ -151,9 +181,13 @@ def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -
                 raise SourceChanged(f"{path} changed while the publish ran (sha256 {digest}, the version id "
                                     f"hashed {expected}): nothing was published from it; publish again")
             handle.seek(0)
-            tables.append(pq.read_table(handle, partitioning=None))
+            parquet = pq.ParquetFile(handle)
+            columns = None if wanted is None else [c for c in parquet.schema_arrow.names if c in wanted]
+            tables.append(parquet.read(columns=columns))
     if not tables:
-        return get_schema(name).empty_table()
+        schema = get_schema(name)
+        return schema.empty_table() if wanted is None else \
+            pa.schema([schema.field(c) for c in wanted]).empty_table()
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 

@@ -20,7 +20,9 @@ then does ``latest`` move. Older versions beyond ``keep_versions`` are deleted a
 the order of the publish history, never by the clock (deleting a name never touches a newer version's
 links). The staging, its folders and ``latest`` are the tool's names: a link or a file there is never
 followed (:func:`versions.open_staging`, :func:`formats.dataset.check_latest`). A crash leaves the previous ``latest``
-untouched; the rerun resumes from the shards whose stats were committed.
+untouched; the rerun resumes from the shards whose stats were committed. The warehouse files the meta
+snapshots are built from are listed, hashed (into the version id) and read under the home's ingest lock,
+before the shards are written, so an ingest writes a day before or after them, never in between.
 
 Readers resolve ``latest`` once (:func:`resolve_version`) and read through the resolved path, so
 a switch during a read never mixes versions. Plain DuckDB over every sidecar of ``latest``::
@@ -31,6 +33,7 @@ a switch during a read never mixes versions. Plain DuckDB over every sidecar of 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -86,6 +89,7 @@ from pipelines.publish.versions import (
     remove_mode_copies,
     sweep_stale,
 )
+from pipelines.ingest.day import ingest_lock
 from pipelines.splits import coverage
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect
@@ -114,19 +118,23 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     splits_in(table)
     jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},
                                  workers=config.worker_count())
-    meta_sources = samples.meta_sources(home)
-    sources = source_digests(home, meta_sources)
-    volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same
-    sources["rankings_per_day"] = {day: str(count) for day, count in volumes.items()}
-    version = version_id(table, split_pairs_sha256, jpgs, sources, config)
-
     home.datasets.mkdir(parents=True, exist_ok=True)
     notes: list[str] = [jpgs.note] if jpgs.note else []     # the JPEG digest cache not used, trusted or written
-    with publish_lock(home):
+    with publish_lock(home), contextlib.ExitStack() as reading:
+        # the warehouse as no ingest is writing it: the home's ingest lock from the listing of the sources the
+        # snapshots are built from to their last read, before the shards (review rev24j: an ingest that
+        # rewrote a day meanwhile failed the publish with SourceChanged after its shards were written)
+        reading.enter_context(ingest_lock(home))
+        meta_sources = samples.meta_sources(home)
+        sources = source_digests(home, meta_sources)
+        volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same
+        sources["rankings_per_day"] = {day: str(count) for day, count in volumes.items()}
+        version = version_id(table, split_pairs_sha256, jpgs, sources, config)
         check_latest(home.datasets)
         final = home.datasets / version
         notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")   # a rerun that finds its version too
         if check_version_name(home.datasets, version):
+            reading.close()                           # nothing more is read from the warehouse
             remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
             try:
                 recorded = verify_version(final, checksums=config.verify_checksums)
@@ -145,8 +153,13 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             return report
         staging = open_staging(home.datasets, version)
         try:
-            written, results, counted, narrow = _stage_version(home, table, jpgs, meta_sources, sources, volumes, staging, version,
-                                              config, progress)
+            previous = previous_versions(home, version)
+            plans = meta.write_source_snapshots(staging, meta_sources, sources,
+                                                previous if config.reuse_shards else [], config.fsync)
+            card = card_sources(table, meta_sources, sources)
+            reading.close()                           # the warehouse is read: ingests go on while the shards are written
+            written, results, counted, narrow = _stage_version(home, table, jpgs, plans, card, sources, volumes,
+                                                               staging, version, previous, config, progress)
         except BaseException as exc:
             clean_failed_staging(staging)
             if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc):
@@ -193,15 +206,16 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
         print(f"publish: {note}", file=sys.stderr, flush=True)
 
 
-def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, meta_sources: dict[str, list[Path]],
-                   sources: dict[str, dict[str, str]], volumes: dict[str, int], staging: Path, version: str,
-                   config: PublishConfig, progress: Progress | None
+def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, plans: dict[str, str],
+                   card: datacard.CardSources, sources: dict[str, dict[str, str]], volumes: dict[str, int],
+                   staging: Path, version: str, previous: list[Path], config: PublishConfig, progress: Progress | None
                    ) -> tuple[ShardsDone, list[RuleResult], rulecache.SidecarCounts, columncache.ColumnValues]:
-    """Write every file of ``version`` into ``staging``, verified and checked against its contracts;
-    return what the shard phase did, every rule's result and what the row-local rules and the rules
-    answered from the cached columns read."""
+    """Write every file of ``version`` into ``staging`` beside the warehouse snapshots already there
+    (:func:`meta.write_source_snapshots`, whose ``plans`` go into the manifest; ``card``: what the dataset card
+    counts from the warehouse), verified and checked against its contracts; return what the shard phase did,
+    every rule's result and what the row-local rules and the rules answered from the cached columns read.
+    Nothing here reads the warehouse."""
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
-    previous = previous_versions(home, version)
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest
     for attempt in (1, 2):
@@ -210,9 +224,8 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, m
             write_bytes_atomic(staging / split / SIZES_FILE, sizes_json(sizes))
             write_parquet_atomic(prompt_counts(table, split), staging / split / PROMPT_COUNTS_FILE,
                                  get_schema("prompt_counts"))
-        plans = meta.write_meta(staging, written.stats, meta_sources, sources,
-                                previous if config.reuse_shards else [], config.fsync, pairs=table)
-        datacard.write_card(staging, version, splits_in(table), card_sources(table, meta_sources, sources))
+        meta.write_meta(staging, written.stats, fsync=config.fsync, pairs=table)
+        datacard.write_card(staging, version, splits_in(table), card)
         manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
         try:
             verify_version(staging, checksums=config.verify_checksums)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from formats.dataset import MANIFEST_FILE, describe, fsync_dir, latest_link, list_versions
+from formats.dataset import MANIFEST_FILE, VERSION_NAME, describe, fsync_dir, latest_link, list_versions
 from formats.files import current_umask
 from formats.home import DataHome
 from formats.locks import hold_lock
@@ -29,28 +29,40 @@ class StagingRefused(RuntimeError):
 
 
 LATEST_TMP = re.compile(r"\.latest\.([0-9]+)\.tmp")   # formats.dataset.switch_latest's temporary link
+# the folders a publish makes beside the versions: a staging .partial-<version>, and retention's
+# .deleting-<version> (.deleting-<version>.<n> where that name was taken: apply_retention)
+STAGING_NAME = re.compile(re.escape(STAGING_PREFIX) + VERSION_NAME.pattern)
+DELETING_NAME = re.compile(re.escape(DELETING_PREFIX) + VERSION_NAME.pattern + r"(\.[0-9]{1,2})?")
 
 
 def sweep_stale(datasets: Path, keep: str) -> list[str]:
-    """Remove what interrupted publishes left beside the versions: the ``.partial-*`` staging folders of
-    other versions than ``keep`` (a name), the ``.deleting-*`` folders of a retention cut short, and the
-    temporary ``.latest.<pid>.tmp`` links of a ``latest`` switch whose process no longer runs.
+    """Remove what interrupted publishes left beside the versions: the ``.partial-<version>`` staging folders
+    of other versions than ``keep`` (a name), the ``.deleting-<version>`` folders of a retention cut short, and
+    the temporary ``.latest.<pid>.tmp`` links of a ``latest`` switch cut short.
 
     Called under the publish lock by every publish, a version published again included (review rev24c: a
     rerun that found its version complete left a whole ``.deleting-*`` copy of an old version, and a killed
     switch's temporary link, in the folder consumers sync, for good).
 
-    Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only symbolic links
-    at a temporary link's name. Anything else under such a name (a symbolic link, a file) is nothing a
-    publish made: it is left as it is, never followed, and named in the returned notes; a publish does not
-    fail on it."""
+    Only the names a publish makes are touched (review rev24j): a version's name (``formats.dataset.VERSION_NAME``)
+    after the prefix, so a user's ``.deleting-notes`` or ``.partial-backup`` is left as it is and named in the
+    returned notes. Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only
+    symbolic links at a temporary link's name. A switch makes its temporary link only under the publish lock
+    that the sweeping publish holds, so every such link is a dead switch's, whatever its pid (review rev24j:
+    a killed switch whose pid a process reused, pid 1 in a container, kept its link for good). Anything else
+    under such a name (a symbolic link, a file) is nothing a publish made: it is left as it is, never
+    followed, and named in the returned notes; a publish does not fail on it."""
     notes = []
     with os.scandir(datasets) as entries:
         names = sorted(entry.name for entry in entries)
-    stale = [name for name in names if name.startswith(DELETING_PREFIX)
-             or (name.startswith(STAGING_PREFIX) and name != keep)]
-    for name in stale:
+    for name in names:
+        if not name.startswith((DELETING_PREFIX, STAGING_PREFIX)) or name == keep:
+            continue
         path = datasets / name
+        if not (DELETING_NAME.fullmatch(name) or STAGING_NAME.fullmatch(name)):
+            notes.append(f"{path} is not named as a folder a publish makes (.partial-<version>, "
+                         f".deleting-<version>): left as it is; move it out of {datasets} if it is yours")
+            continue
         try:
             info = os.lstat(path)
         except FileNotFoundError:
@@ -61,8 +73,7 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
             notes.append(f"{path} is {describe(path)}, not a folder a publish made: left as it is (not followed); "
                          f"remove it by hand")
     for name in names:
-        match = LATEST_TMP.fullmatch(name)
-        if match is None or _running(int(match.group(1))):
+        if LATEST_TMP.fullmatch(name) is None:
             continue
         path = datasets / name
         try:
@@ -76,21 +87,6 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
             notes.append(f"{path} is {describe(path)}, not the temporary link a publish makes: left as it is; "
                          f"remove it by hand")
     return notes
-
-
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` runs (this one included; another account's counts as running)."""
-    if pid == os.getpid():
-        return True
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except (ProcessLookupError, OverflowError):    # none, or no pid at all
-        return False
-    except OSError:                                # EPERM: another account's process
-        return True
-    return True
 
 
 def check_version_name(datasets: Path, version: str) -> bool:

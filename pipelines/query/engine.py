@@ -8,7 +8,8 @@ Views (all over the chosen version only; ``latest`` is resolved once, at start):
   ``splits_summary``: one row per split.
 
 The connection can read only the version's own directory (``allowed_directories`` +
-``enable_external_access = false`` + ``lock_configuration``) and only ``SELECT`` statements
+``enable_external_access = false`` + ``lock_configuration``; the views read it through a private alias
+without glob characters, the one folder allowed: :func:`_prepare`) and only ``SELECT`` statements
 (``DESCRIBE``, ``SUMMARIZE``, ``FROM ...`` included) and ``EXPLAIN [ANALYZE]`` of a ``SELECT`` run
 (``EXPLAIN ANALYZE`` executes what it explains), and the parsed tree of the statement may hold only
 SELECT nodes (DuckDB runs ``WITH x AS (COPY ... TO 'f') SELECT ...`` although it calls it a SELECT),
@@ -27,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
+import os
 import re
 import shutil
 import sys
@@ -40,12 +43,12 @@ from typing import Any, Iterator, Mapping, TextIO
 import duckdb
 import pyarrow as pa
 
-from formats.dataset import PROMPT_COUNTS_FILE, prompt_counts_glob, resolve_version, sidecar_glob
+from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, resolve_version
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
 from pipelines.query.guard import check_read_only
 from pipelines.query.output import FORMATS, TextSink, silence_closed_pipe, write_result
-from pipelines.sqlrun import glob_under, literal_glob, sql_text
+from pipelines.sqlrun import sql_text
 
 META_VIEWS = ("shards", "images", "decisions", "quarantine", "splits_summary")
 BATCH_ROWS = 65_536
@@ -158,18 +161,21 @@ def connect(home: DataHome, version: str | None = None,
     """An in-memory, read-only DuckDB connection with the version's views and limits, and the version path."""
     limits = (limits or QueryLimits()).validate()
     path = resolve_version(home, version)
-    root = str(path).replace("'", "''")
     # DuckDB's default spill folder is `.tmp` in the working directory, and it adds it to the readable
-    # allowed_directories: a private folder instead keeps `read_text('.tmp/...')` refused everywhere.
-    spill = tempfile.mkdtemp(prefix="pickapic-query-")
+    # allowed_directories: a private folder instead keeps `read_text('.tmp/...')` refused everywhere. The same
+    # private folder holds the version's alias (see _prepare).
+    private = _private_folder()
     con = duckdb.connect(":memory:", config={
         "autoinstall_known_extensions": False,
         "autoload_known_extensions": False,
     })
     ACTIVE.add(con)
     try:
+        spill, alias = os.path.join(private, "spill"), os.path.join(private, "version")
+        os.mkdir(spill, 0o700)
+        os.symlink(path, alias)
         try:
-            _prepare(con, path, root, spill, limits)
+            _prepare(con, Path(alias), spill, limits)
         except duckdb.Error as exc:   # a limit DuckDB rejects, too little memory to open the views
             raise QueryFailed(f"the version could not be opened for queries: {str(exc).splitlines()[0]} "
                               f"(limits: --memory-limit {limits.memory_limit}, --spill-limit {limits.spill_limit})"
@@ -178,20 +184,43 @@ def connect(home: DataHome, version: str | None = None,
     finally:
         ACTIVE.discard(con)
         con.close()
-        shutil.rmtree(spill, ignore_errors=True)
+        shutil.rmtree(private, ignore_errors=True)
 
 
-def _prepare(con: duckdb.DuckDBPyConnection, path: Path, root: str, spill: str, limits: QueryLimits) -> None:
-    """Set the limits and the private spill folder, create the views, then lock the connection down."""
+def _private_folder() -> str:
+    """A new private (0700) temporary folder whose path holds no glob character (``*``, ``?``, ``[``): the
+    views' globs start with it, and a glob character there would need escaping, which DuckDB then compares
+    with ``allowed_directories`` as text (review rev24j). Under ``$TMPDIR``, or ``/tmp`` where that path
+    has one."""
+    folder = tempfile.mkdtemp(prefix="pickapic-query-")
+    if not glob.has_magic(folder):
+        return folder
+    os.rmdir(folder)
+    folder = tempfile.mkdtemp(prefix="pickapic-query-", dir="/tmp")
+    if glob.has_magic(folder):
+        os.rmdir(folder)
+        raise QueryFailed(f"no temporary folder without a glob character (* ? [) in its path: {folder}; "
+                          f"set TMPDIR to one")
+    return folder
+
+
+def _prepare(con: duckdb.DuckDBPyConnection, alias: Path, spill: str, limits: QueryLimits) -> None:
+    """Set the limits and the private spill folder, create the views, then lock the connection down.
+
+    ``alias`` is a symbolic link to the version in a private temporary folder (:func:`_private_folder`):
+    its path has no glob character, so the views' globs need no escaping, and it is the one folder in
+    ``allowed_directories``, which DuckDB resolves to the version's real folder and compares every file's
+    resolved path with. Review rev24j: the version's glob-escaped path (``/x/h[[]1]/...`` for a home at
+    ``/x/h[1]``) was allowed too, and DuckDB compares that as text and reads a path that exists literally
+    as that name: a folder literally named ``h[[]1]`` beside the home was readable."""
     spill_sql = spill.replace("'", "''")   # a temp path: quoted like any other path put into SQL
     con.execute(f"SET temp_directory = '{spill_sql}'")
     con.execute(f"SET memory_limit = '{limits.memory_limit.strip()}'")
     con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
     con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
-    # every glob has the version's path escaped (sidecar_glob, literal_glob): in a home at /data/pickapic[1]
-    # an unescaped '[1]' is a character class and no view opened (review rev24c)
-    sidecars, counts = _sql_text(sidecar_glob(path)), _sql_text(prompt_counts_glob(path))
-    if any(path.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
+    root = _sql_text(str(alias))
+    sidecars, counts = f"{root}/*/{SHARD_PREFIX}*.parquet", f"{root}/*/{PROMPT_COUNTS_FILE}"
+    if any(alias.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
         con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
                     f"FROM read_parquet('{sidecars}') AS p "
                     f"LEFT JOIN read_parquet('{counts}') AS c "
@@ -199,14 +228,10 @@ def _prepare(con: duckdb.DuckDBPyConnection, path: Path, root: str, spill: str, 
     else:
         con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecars}')")
     for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
-        source = glob_under(path / "meta" / name, "*.parquet") if (path / "meta" / name).is_dir() \
-            else literal_glob(path / "meta" / f"{name}.parquet")
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{_sql_text(source)}')")
-    # DuckDB checks the glob it is given against the allowed folders as well as each file it expands to: the
-    # version's escaped path too (where it differs), while the files stay those under the version itself
-    allowed = [root] + ([_sql_text(literal_glob(path))] if literal_glob(path) != str(path) else [])
-    folders = ", ".join(f"'{folder}/'" for folder in allowed)
-    con.execute(f"SET allowed_directories = [{folders}]")
+        source = f"{root}/meta/{name}/*.parquet" if (alias / "meta" / name).is_dir() \
+            else f"{root}/meta/{name}.parquet"
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
+    con.execute(f"SET allowed_directories = ['{root}/']")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
 

@@ -43,7 +43,7 @@ from formats.dataset import (
     SPLITS,
     ChecksumError,
     manifest_sidecars,
-    read_listed_file,
+    open_listed_file,
     read_manifest,
     resolve_version,
 )
@@ -110,10 +110,11 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                                       use_dictionary=[n for n in schema.names if not n.startswith("jpg_")]) as writer:
                     # absent in versions of format pickapic-wds/1; checked against its manifest sha256, as the
                     # trainer does: it is the loss weight num_example_per_prompt (review rev24c)
-                    data = read_listed_file(root, f"{split}/{PROMPT_COUNTS_FILE}", files_listed,
-                                            "an edited prompt_counts.parquet reweights the loss")
-                    counts = pq.read_table(pa.BufferReader(data), columns=["prompt_key", "num_example_per_prompt"]) \
-                        if data is not None else None
+                    # (its size first, then its sha256 hashed streaming: a planted huge file is never read whole)
+                    with open_listed_file(root, f"{split}/{PROMPT_COUNTS_FILE}", files_listed,
+                                          "an edited prompt_counts.parquet reweights the loss") as handle:
+                        counts = pq.read_table(handle, columns=["prompt_key", "num_example_per_prompt"]) \
+                            if handle is not None else None
                     for sidecar in sidecars:
                         table = _export_rows(sidecar, _read_sidecar(root, sidecar, files_listed), schema, counts,
                                              first_index=count)
@@ -147,16 +148,16 @@ def _check_columns(side: pa.Table, sidecar: Path, tar: Path) -> None:
 
 
 def _read_sidecar(root: Path, sidecar: Path, files: dict, columns: list[str] | None = None) -> pa.Table:
-    """A sidecar of the version, read once and checked against the sha256 its manifest records first
+    """A sidecar of the version, checked against the size and sha256 its manifest records first
     (:class:`formats.dataset.ChecksumError` naming it): the export's rows and labels are its columns, and
     the JPEG bytes are checked against its sha256s, so an edited sidecar (labels swapped) would otherwise be
     exported as the version (review rev24c)."""
-    data = read_listed_file(root, f"{sidecar.parent.name}/{sidecar.name}", files,
-                            "an edited sidecar changes the exported rows and labels")
-    if data is None:
-        raise ChecksumError(f"{sidecar} is not listed in the {MANIFEST_FILE} of dataset version {root.name}; "
-                            f"{REPUBLISH}")
-    return pq.read_table(pa.BufferReader(data), columns=columns)
+    with open_listed_file(root, f"{sidecar.parent.name}/{sidecar.name}", files,
+                          "an edited sidecar changes the exported rows and labels") as handle:
+        if handle is None:
+            raise ChecksumError(f"{sidecar} is not listed in the {MANIFEST_FILE} of dataset version {root.name}; "
+                                f"{REPUBLISH}")
+        return pq.read_table(handle, columns=columns)
 
 
 def _export_rows(sidecar: Path, side: pa.Table, schema: pa.Schema, counts: pa.Table | None,

@@ -145,18 +145,19 @@ def test_the_command_line_publish_reports_a_refusal_in_one_error_without_a_trace
 
 
 # --------------------------------------------------------------------------- leftovers of killed publishes
-def test_sweep_removes_the_temporary_link_of_a_dead_switch_only(tmp_path: Path) -> None:
+def test_sweep_removes_every_temporary_link_of_a_switch_and_nothing_else(tmp_path: Path) -> None:
+    """A switch makes its temporary link only under the publish lock the sweeping publish holds: every such link
+    is a dead switch's, whatever its pid names now (review rev24j: a reused pid kept a killed switch's link)."""
     datasets = tmp_path / "datasets"
     datasets.mkdir()
     dead = [subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                            check=True).stdout.strip() for _ in range(3)]
     os.symlink("2023-03-02-0123456789", datasets / f".latest.{dead[0]}.tmp")      # a switch killed
-    os.symlink("2023-03-02-0123456789", datasets / f".latest.{os.getpid()}.tmp")  # a switch running now
+    os.symlink("2023-03-02-0123456789", datasets / f".latest.{os.getpid()}.tmp")  # its pid reused (this one)
     (datasets / f".latest.{dead[1]}.tmp").write_text("not a link")                # nothing a publish made
     (datasets / f".latest.{dead[2]}.tmp").mkdir()
     notes = versions.sweep_stale(datasets, ".partial-x")
-    assert sorted(os.listdir(datasets)) == sorted([f".latest.{os.getpid()}.tmp", f".latest.{dead[1]}.tmp",
-                                                   f".latest.{dead[2]}.tmp"])
+    assert sorted(os.listdir(datasets)) == sorted([f".latest.{dead[1]}.tmp", f".latest.{dead[2]}.tmp"])
     assert len(notes) == 2 and all("left as it is" in note for note in notes)
 
 
