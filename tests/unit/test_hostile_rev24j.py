@@ -5,7 +5,7 @@ Reviewed, by running the real ``pickapic`` CLI, the real publish and DuckDB on s
 sandbox now that the version's escaped path is one of DuckDB's ``allowed_directories``; ``pickapic export``
 reading each manifest-listed sidecar and ``prompt_counts.parquet`` whole to check its sha256; the meta snapshots'
 ``SourceChanged`` when a warehouse file changes under a running publish; and the sweep of the ``.latest.<pid>.tmp``
-links of killed switches. Each test states the correct behaviour and fails now (strict xfail).
+links of killed switches. Each test states the correct behaviour; each was a strict xfail, all six fixed the same day (markers removed).
 
 Checked and found sound (no test): ``..`` paths, globs and symbolic links (to a file or to a folder) under the
 escaped path are refused by DuckDB; a planted sidecar is not exported and a listed one missing is named; a
@@ -23,7 +23,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from test_publish_fixtures import history_home, make_home, publish_until, published_home
 
 from formats.dataset import resolve_version
@@ -45,13 +44,6 @@ def _cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- the query sandbox
-@pytest.mark.xfail(strict=True, reason=(
-    "pickapic query adds the version's glob-escaped path (/x/h[[]1]/home/datasets/pickapic/V/) to DuckDB's "
-    "allowed_directories, which compares paths as text, and DuckDB reads a path that exists literally as that "
-    "file: a folder literally named 'h[[]1]' beside a home at /x/h[1]/home (anyone who can create a folder "
-    "there) is readable by a query's read_text/read_csv, outside the version. Expected: only files under the "
-    "version itself are readable (the query refused, nothing printed)"
-))
 def test_query_cannot_read_a_folder_named_as_the_escaped_version_path(tmp_path: Path) -> None:
     home = published_home(tmp_path / "h[1]" / "home")
     version = resolve_version(home)
@@ -75,13 +67,6 @@ sys.exit(code)
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pickapic export checks a manifest-listed sidecar or prompt_counts.parquet by reading the whole file into "
-    "memory (read_listed_file: readall) before comparing its sha256, never its size with the bytes the "
-    "manifest records: a 1 GiB file planted at train/prompt_counts.parquet took the export to ~1.1 GiB more "
-    "memory before the ChecksumError (memory growing with bad input). Expected: refused naming the file, "
-    "with memory independent of the planted file's size (its size differs from the manifest's bytes)"
-))
 def test_export_refuses_an_oversized_prompt_counts_without_reading_it_into_memory(tmp_path: Path) -> None:
     home = published_home(tmp_path / "home")
     counts = resolve_version(home) / "train" / "prompt_counts.parquet"
@@ -127,14 +112,6 @@ def _quarantine_with_raw_text(home: DataHome, rows: int) -> None:
                 "raw_length": [64 * 1024] * count, "raw_sha256": [f"{i:064x}" for i in numbers]}, schema=schema))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "meta.read_sources reads every warehouse quarantine file whole, every column, into one in-memory table "
-    "before the publish_quarantine SQL (which drops raw_text) runs: the raw text of every quarantined line "
-    "of the whole history (up to 64 KiB each) is held in memory by every publish. 6000 bad lines (375 MiB of "
-    "raw_text, 0.1 MiB on disk) took a publish from ~220 MiB to ~740 MiB peak; before 0473e7a DuckDB read "
-    "only the columns the SQL uses (~226 MiB). Expected: publish memory does not grow with the quarantined "
-    "raw text (the columns the snapshot needs, the sha256 checked on the file bytes)"
-))
 def test_publish_memory_does_not_grow_with_the_raw_text_of_quarantined_lines(tmp_path: Path) -> None:
     home = make_home(tmp_path / "home", num_rankings=80, seed=3)
     _quarantine_with_raw_text(home, 6000)
@@ -147,13 +124,6 @@ def test_publish_memory_does_not_grow_with_the_raw_text_of_quarantined_lines(tmp
 
 
 # --------------------------------------------------------------------------- SourceChanged vs a running ingest
-@pytest.mark.xfail(strict=True, reason=(
-    "the publish takes no part in the home's ingest lock (HOME/.locks/ingest.lock) and does not retry: an "
-    "ingest that rewrites a quarantine partition, under its lock, while a (nightly) publish runs makes that "
-    "publish fail with SourceChanged ('publish again') after its shards were written. Expected: the publish "
-    "waits for the ingest (holds the ingest lock while it lists, hashes and reads the warehouse sources) or "
-    "starts again over the new files, and publishes a version whose meta snapshots match its manifest"
-))
 def test_a_publish_while_an_ingest_rewrites_a_day_publishes(tmp_path: Path, monkeypatch) -> None:
     from pipelines.ingest.day import ingest_lock
 
@@ -188,12 +158,6 @@ def test_a_publish_while_an_ingest_rewrites_a_day_publishes(tmp_path: Path, monk
 
 
 # --------------------------------------------------------------------------- the sweep of .latest.<pid>.tmp
-@pytest.mark.xfail(strict=True, reason=(
-    "sweep_stale keeps a .latest.<pid>.tmp link whenever a process with that pid runs, silently: a switch is "
-    "made only under the publish lock the sweeping publish holds, so such a link is never a running switch's. "
-    "A publish killed mid-switch in a container (pid 1, or any pid reused since) leaves its temporary link in "
-    "the folder consumers sync for good, with no note. Expected: the link is removed by the next publish"
-))
 def test_a_killed_switchs_temporary_link_whose_pid_is_reused_is_swept(tmp_path: Path) -> None:
     home, full = history_home(tmp_path / "h")
     first = publish_until(home, full)
@@ -205,13 +169,6 @@ def test_a_killed_switchs_temporary_link_whose_pid_is_reused_is_swept(tmp_path: 
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sweep_stale deletes (shutil.rmtree) every real folder whose name starts with .deleting- or .partial- in "
-    "the versions' folder, whatever follows, and every publish (a version published again included, since "
-    "0473e7a) runs it: a user's folder .deleting-notes or .partial-backup, which no publish or retention made "
-    "(their names are .deleting-<version> / .partial-<version>, formats.dataset.VERSION_NAME), is deleted with "
-    "its files. Expected: only names a publish makes are removed; anything else is left and named in a note"
-))
 def test_the_sweep_leaves_folders_no_publish_made(tmp_path: Path) -> None:
     home, full = history_home(tmp_path / "h")
     first = publish_until(home, full)
