@@ -218,6 +218,15 @@ def _password_values(text: str) -> Iterator[tuple[int, int]]:
             yield start, end
 
 
+_PASSWORD_PLACE = re.compile(r"(?:(?<![A-Za-z0-9_])(?:ssl)?password\s*=\s*'?|:)$", re.IGNORECASE)
+
+
+def _after_password_place(text: str, start: int) -> bool:
+    """Whether ``text[start:]`` follows a password key (``password=``, ``password='``) or a ':' (a URL's
+    ``user:password``): a password's place, whatever the text there matches."""
+    return bool(_PASSWORD_PLACE.search(text, max(0, start - 40), start))
+
+
 def _cut_prefixes(text: str, secret: str) -> Iterator[tuple[int, int]]:
     """(start, end) of each start of ``secret`` (PREFIX_MIN characters or more, not all of it) that ends right
     before a quote: a name the server cut to its length limit inside the password."""
@@ -236,19 +245,30 @@ def redact(text: str, dsn: str) -> str:
     except an occurrence that lies inside an occurrence of one of the connection's non-secret names
     (:func:`_names`): masking 'pick' inside database 'pickapic' showed the password as the part hidden
     (and a password equal to the user name or port is shown by those names anyway). Also hidden (review
-    rev24g), outside the names likewise: the value after any ``password=`` key, to the end of the quoted name
-    holding it (a dbname that is a connection string, quoted back by the server), and a start of a password
-    (PREFIX_MIN characters or more) that ends a quoted name, where the server cut the name to its 63-byte limit
-    inside the password."""
+    rev24g): the value after any ``password=`` key, to the end of the quoted name holding it (a dbname that is a
+    connection string, quoted back by the server), and a start of a password (PREFIX_MIN characters or more)
+    that ends a quoted name, where the server cut the name to its 63-byte limit inside the password: outside the
+    names likewise, except a cut start that follows a password key or a ':' (a URL's ``user:password``): there
+    the password's place wins over the names (review rev24k: a cut password starting with the user name)."""
     if not text:
         return text
     secrets = [secret for secret in set(_secrets(dsn)) if secret]
     spans = [span for name in _names(dsn) for span in _occurrences(text, name)]
-    found = [span for secret in secrets for span in [*_occurrences(text, secret), *_cut_prefixes(text, secret)]]
+    found = [span for secret in secrets for span in _occurrences(text, secret)]
+    found += _password_values(text)
+    # a start of a password the server cut after a password key or a ':' (a URL's user:password) is hidden even
+    # where it is a connection name (review rev24k: a password starting with the user name, cut right after it,
+    # showed its start; a whole password equal to a name cannot be told from it, and the name shows it anyway)
+    placed = []
+    for secret in secrets:
+        for start, end in _cut_prefixes(text, secret):
+            (placed if _after_password_place(text, start) else found).append((start, end))
     hidden = bytearray(len(text))
-    for start, end in found + list(_password_values(text)):
+    for start, end in found:
         if not any(s <= start and end <= e for s, e in spans):
             hidden[start:end] = b"\x01" * (end - start)
+    for start, end in placed:
+        hidden[start:end] = b"\x01" * (end - start)
     if not any(hidden):
         return text
     out, pos = [], 0

@@ -47,6 +47,7 @@ from typing import Callable, Iterable, Iterator
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from formats import rawlines
 from formats.files import lstat_or_none, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
@@ -98,6 +99,11 @@ class AppExportConfig:
     keep_exported_rows: bool = knob(False, "Refuse a re-export from the primary too when it would drop rows an "
                                            "exported day holds (rows the app deleted); false: they leave the day. "
                                            "A re-export from a replica is always refused then.", output=False)
+    primary_host: str = knob("", "The primary's address as its hot standbys' primary_conninfo names it ('host' or "
+                                 "'host:port', comma-separated for several): a standby whose WAL receiver streams "
+                                 "from it is a standby of the primary (a caught-up one of a quiet primary is "
+                                 "exported). Empty: the export asks the standby's upstream itself (connecting with "
+                                 "the DSN's user and password) whether it is the primary.", output=False)
 
     def validate(self) -> "AppExportConfig":
         """Raise ``ValueError`` naming the first bad value; return self."""
@@ -673,7 +679,8 @@ MIN_SILENCE_S = 60.0
 
 class ReplicaBehind(AppDatabaseError):
     """The server is a hot standby (read replica) that cannot show it holds what its primary committed: replay
-    paused or behind the WAL it has received, or no WAL receiver streaming to it."""
+    paused or behind the WAL it has received, or no WAL receiver streaming to it, or an upstream standby that does
+    not stream; or a logical-replication subscriber of the app tables whose subscription does not receive."""
 
 
 class RowsWouldVanish(AppDatabaseError):
@@ -701,13 +708,16 @@ class _StandbyState:
     replayed_all: bool
     receiver_timeout_ms: int | None
     subscriptions: list[str]
+    sender_host: str | None = None
+    sender_port: int | None = None
 
 
 def _standby_state(conn: psycopg.Connection, target: str | None) -> _StandbyState:
     """standby.sql read in a transaction of its own (it ends here: no snapshot is held)."""
-    row = list(conn.execute(statement("standby"), {"target": target}).fetchone())
+    row = list(conn.execute(statement("standby"), {"target": target, "schema": APP_SCHEMA,
+                                                   "tables": list(RAW_TABLES)}).fetchone())
     conn.rollback()
-    for i in (1, 2, 8, 9, 10):
+    for i in (1, 2, 8, 9, 10, 16):
         row[i] = as_text(row[i])
     row[15] = [as_text(s) for s in row[15] or []]
     return _StandbyState(*row)
@@ -743,12 +753,99 @@ def _check_receiver(state: _StandbyState, day: str, where: str) -> None:
             f"{_stamp(state.replayed_at)}){tail}, or retry once it streams")
     if state.silent_s is None or state.silent_s > _silence_allowed(state):
         silent = "never" if state.silent_s is None else f"not for {state.silent_s:.0f} s"
+        if state.receiver_timeout_ms == 0:     # review rev24k: a live stream of a quiet primary is silent then
+            raise ReplicaBehind(
+                f"the app {where} is a hot standby (read replica) whose WAL receiver has heard from its upstream "
+                f"{silent} (more than {_silence_allowed(state):g} s; last message sent at {_stamp(state.sent_at)}) "
+                "and runs with wal_receiver_timeout = 0, so it never asks its upstream for a reply: a quiet stream "
+                f"cannot be told from a dead one, and day {day} is not exported from it (nothing was written); set "
+                "wal_receiver_timeout above 0 on the standby (the default is 60s) or export from the primary")
         raise ReplicaBehind(
             f"the app {where} is a hot standby (read replica) whose WAL receiver has heard from its upstream "
             f"{silent} (more than {_silence_allowed(state):g} s; last message sent at {_stamp(state.sent_at)}){tail}")
 
 
-def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: str) -> str | None:
+UPSTREAM_HOPS = 4     # the longest chain of cascading standbys the export follows to the primary
+
+
+def _sender(state: _StandbyState) -> str | None:
+    """The upstream the standby's WAL receiver streams from, as 'host:port' (None where not shown)."""
+    if not state.sender_host:
+        return None
+    return f"{state.sender_host}:{state.sender_port}" if state.sender_port else state.sender_host
+
+
+def _named_primary(state: _StandbyState, primary_host: str) -> bool:
+    """Whether the standby's upstream is one app_export.primary_host names ('host' or 'host:port' items)."""
+    if not state.sender_host:
+        return False
+    names = {state.sender_host, _sender(state)}
+    return any(item.strip() in names for item in primary_host.split(",") if item.strip())
+
+
+def _upstream_dsn(dsn: str, state: _StandbyState) -> str:
+    """``dsn`` with its host and port replaced by the standby's upstream's (the same user, password, database,
+    service and TLS settings: a physical standby holds its upstream's roles)."""
+    parts = {key: value for key, value in conninfo_to_dict(dsn).items()
+             if key not in ("host", "hostaddr", "port", "target_session_attrs", "load_balance_hosts")}
+    parts["host"], parts["hostaddr"] = state.sender_host, ""    # given: a service file's hostaddr does not apply
+    if state.sender_port:
+        parts["port"] = str(state.sender_port)
+    return make_conninfo(**parts)
+
+
+def _reach(state: _StandbyState, upstream_is_primary: bool) -> dt.datetime | None:
+    """How far a standby's data reaches by its primary's clock: the commit time of the last transaction
+    replayed, or, where it has caught up with an upstream that is the primary (or a standby whose own reach
+    bounds it), the time that upstream sent its last message; None where neither is known."""
+    reaches = state.replayed_at
+    if upstream_is_primary and state.replayed_all and state.sent_at is not None \
+            and (reaches is None or state.sent_at > reaches):
+        reaches = state.sent_at
+    return reaches
+
+
+def _upstream(conn_state: _StandbyState, dsn: str | None, day: str, where: str,
+              primary_host: str) -> tuple[str, list[dt.datetime | None], str]:
+    """What the standby's upstream is: ('primary', [], ''): the primary (named by app_export.primary_host, or
+    asked: ``pg_is_in_recovery()`` false there); ('chain', reaches, ''): standbys each streaming from the next up
+    to the primary, with how far each one's data reaches; ('unknown', [], why): it could not be told. A standby
+    in the chain that does not stream, heard nothing lately or has replay paused: :class:`ReplicaBehind` (review
+    rev24k: a cascading standby of a stalled standby is caught up with its upstream and hears it, yet lacks every
+    commit since the upstream stopped receiving). Each connection ends here."""
+    state, reaches = conn_state, []
+    for _ in range(UPSTREAM_HOPS):
+        sender = _sender(state)
+        if sender is None:
+            return "unknown", [], "pg_stat_wal_receiver shows no upstream address (sender_host)"
+        if _named_primary(state, primary_host):
+            return ("chain" if reaches else "primary"), reaches, ""
+        if dsn is None:
+            return "unknown", [], f"its upstream {sender} is not named by app_export.primary_host"
+        try:
+            up = connect(_upstream_dsn(dsn, state), source=f"the upstream {sender} of the app {where}")
+            try:
+                up_state = _standby_state(up, None)
+            finally:
+                up.close()
+        except (AppDatabaseError, psycopg.Error) as exc:
+            reason = str(exc) if isinstance(exc, AppDatabaseError) else type(exc).__name__
+            return "unknown", [], f"asking its upstream {sender} failed ({reason})"
+        if not up_state.standby:
+            return ("chain" if reaches else "primary"), reaches, ""
+        if up_state.paused:
+            raise ReplicaBehind(
+                f"the app {where} streams from {sender}, a hot standby whose WAL replay is paused at "
+                f"{up_state.replayed}: its data may lack the rows day {day} ended with, so it is not exported from "
+                "it (nothing was written); resume replay there or export from the primary")
+        _check_receiver(up_state, day, f"server {sender}, the upstream of {where},")
+        reaches.append(_reach(up_state, True))
+        state = up_state
+    return "unknown", [], f"more than {UPSTREAM_HOPS} standbys chain up to its primary"
+
+
+def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: str, dsn: str | None = None,
+                  primary_host: str = "") -> str | None:
     """On a hot standby (``pg_is_in_recovery()``, ``sql/app_db/standby.sql``), make sure the export's snapshot,
     taken after this check, holds what its primary committed for ``day``; return what kind of replica the
     server is ('a hot standby', 'a logical-replication subscriber (subscriptions ...)') or None for a primary.
@@ -771,15 +868,32 @@ def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: s
       flushed and flushed all its upstream reported (caught up), the time its upstream sent its last message
       (``last_msg_send_time``; review rev24g: a caught-up standby of a quiet primary has replayed no transaction
       since it started, and was refused). ``day`` must have been over for ``lag_minutes`` by then (else
-      :class:`ExportTooEarly`); with neither, how far its data reaches is unknown: ReplicaBehind.
+      :class:`ExportTooEarly`); with neither, how far its data reaches is unknown: ReplicaBehind;
+    - the upstream must be the primary, or standbys each streaming from the next up to it (:func:`_upstream`,
+      review rev24k: a cascading standby of a stalled standby is caught up with it and hears it): asked over a
+      connection with the DSN's credentials, or named by ``primary_host`` (app_export.primary_host); the data
+      reaches no further than any standby in the chain. Where it cannot be asked, only a replayed commit counts
+      (the upstream's ``last_msg_send_time`` is not trusted), and a standby that replayed none is refused saying
+      to set app_export.primary_host.
 
-    What no check on a replica can see (a cascading standby whose upstream standby stopped receiving, a
-    logical subscriber whose subscription stalled) is guarded at publish time: a re-export from a replica never
-    replaces a day with one lacking rows it holds (:func:`check_no_vanishing_rows`). Nothing is written before
-    the check, so a refused export leaves the raw zone as it was. Each read ends its transaction: no snapshot is
-    held."""
+    On a primary, a subscription of the app tables (``pg_subscription_rel``) that is disabled, has no apply
+    worker or is still copying refuses the export (review rev24k: a day's first export lacked rows); one of
+    other tables only is no replica of the app's. What no check on a replica can see (a cascading standby whose
+    upstream cannot be asked, a logical subscriber whose worker lags) is guarded at publish time: a re-export
+    from a replica never replaces a day with one lacking rows it holds (:func:`check_no_vanishing_rows`).
+    Nothing is written before the check, so a refused export leaves the raw zone as it was. Each read ends its
+    transaction: no snapshot is held."""
     state = _standby_state(conn, None)
     if not state.standby:
+        stalled = [name for name in state.subscriptions if name.endswith(")")]
+        if stalled:     # review rev24k: a first export of the day from it lacked rows too
+            raise ReplicaBehind(
+                f"the app {where} is a logical-replication subscriber whose subscription feeding the app tables "
+                f"does not receive ({', '.join(stalled)}: disabled, no apply worker running "
+                f"(pg_stat_subscription.pid is null) or a table still copying): its data may lack rows its "
+                f"publisher committed for day {day}, so it is not exported from it (nothing was written); enable "
+                "the subscription (ALTER SUBSCRIPTION ... ENABLE) and retry once it applies, or export from the "
+                "publisher")
         if state.subscriptions:
             return f"a logical-replication subscriber (subscriptions {', '.join(state.subscriptions)})"
         return None
@@ -806,9 +920,18 @@ def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: s
         state = _standby_state(conn, target)
         if not state.standby:       # promoted meanwhile: a primary holds every commit
             return None
-    reaches = state.replayed_at
-    if state.replayed_all and state.sent_at is not None and (reaches is None or state.sent_at > reaches):
-        reaches = state.sent_at
+    kind, chain, why = _upstream(state, dsn, day, where, primary_host)
+    reaches = _reach(state, kind != "unknown")
+    for reach in chain:     # a cascading standby's data reaches no further than any standby it streams through
+        reaches = None if reaches is None or reach is None else min(reaches, reach)
+    if reaches is None and kind == "unknown":
+        raise ReplicaBehind(f"the app {where} is a hot standby (read replica) that has replayed no transaction since "
+                            f"it started, and whether it streams from the primary cannot be told ({why}): a standby "
+                            f"of a standby that stopped receiving hears it and is caught up with it, so how far its "
+                            f"data reaches is unknown and day {day} is not exported from it (nothing was written); "
+                            "set app_export.primary_host to the primary's address as the standby's primary_conninfo "
+                            "names it (host or host:port) where it streams from the primary, or export from the "
+                            "primary, or retry once it has replayed a commit made after the day closed")
     if reaches is None:
         raise ReplicaBehind(f"the app {where} is a hot standby (read replica) that has replayed no transaction since "
                             f"it started and has not caught up with its upstream, so how far its data reaches is "
@@ -933,10 +1056,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     try:
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
-        replica = check_standby(conn, day, config.lag_minutes, str(name))
-        if replica and "(disabled)" in replica:
-            report.warnings.append(f"the app {name} is {replica}: a disabled subscription receives nothing, so "
-                                   f"day {day} may lack rows its publisher holds; export from the publisher")
+        replica = check_standby(conn, day, config.lag_minutes, str(name), dsn, config.primary_host)
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
@@ -1004,16 +1124,27 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
 
 # --- a re-export that would drop rows ----------------------------------------------------------------
 
-def _line_keys(path: Path) -> Iterator[int | None]:
+def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
     """The leading id of each line of a raw table file (None for a line without one: a NULL key), streamed
-    1 MiB of a line at a time."""
-    at_start = True
-    with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
-        while piece := lines.readline(1 << 20):
-            if at_start:
-                match = _LINE_ID.match(piece)
-                yield int(match.group(1)) if match else None
-            at_start = piece.endswith(b"\n")
+    1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
+    cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
+    stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
+    at_start, pending, lines_read = True, None, 0
+    try:
+        with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
+            while piece := lines.readline(1 << 20):
+                if at_start:
+                    match = _LINE_ID.match(piece)
+                    pending = int(match.group(1)) if match else None
+                at_start = piece.endswith(b"\n")
+                if at_start:
+                    lines_read += 1
+                    yield pending
+            if not at_start:             # a last line without its newline, in a file read to its end
+                yield pending
+    except (EOFError, zlib.error, gzip.BadGzipFile):
+        if not cut_ok or not lines_read:
+            raise
 
 
 def vanishing_rows(old: Path, new: Path) -> tuple[int, list[str]]:
@@ -1034,7 +1165,7 @@ def vanishing_rows(old: Path, new: Path) -> tuple[int, list[str]]:
         keys = array.array("q", sorted(keys))
     wide_set = set(wide)
     count, first = 0, []
-    for key in _line_keys(old):
+    for key in _line_keys(old, cut_ok=True):
         if key is None:
             if unkeyed:
                 unkeyed -= 1
@@ -1061,9 +1192,10 @@ def check_no_vanishing_rows(home: DataHome, day: str, staging: Path, report: App
     upstream standby stopped receiving streams and is caught up with that upstream; a logical subscriber whose
     subscription is disabled or whose apply worker fails is a primary by every server function), and a
     lookback re-export from it replaced a day exported from the primary with a subset. Rows leave an exported
-    day only when it is exported from the primary (rows the app deleted). A file that cannot be read is not
-    compared (the ingest reports it; replacing it loses nothing readable). Read after the export's session ended
-    and before anything is written."""
+    day only when it is exported from the primary (rows the app deleted). A file cut short (a gzip member without
+    its trailer) counts with the rows read before it ends (review rev24k); only a file with no readable row is
+    not compared (the ingest reports it; replacing it loses nothing readable). Read after the export's session
+    ended and before anything is written."""
     vanished: dict[str, dict] = {}
     for table in report.tables:
         old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"

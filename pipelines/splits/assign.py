@@ -1639,6 +1639,18 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     ledger, seeded, version = check.ledger, check.seeded, check.version
     update = check.pins
     _, assigned, owned = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))
+    # the salt a published version was built under is learned from the home's split_pairs while it is the file
+    # that version was published from: recorded before split_pairs is rewritten, so a build that dies in between
+    # does not lose it (review rev24k); a record that cannot be written stops the build while split_pairs still
+    # tells the salt (the rerun learns it again)
+    if check.version_salts is not None:     # a published version's salt learned (or one no longer retained)
+        unwritten = coverage.write_version_salts(home, check.version_salts)
+        if unwritten and coverage.read_version_salts(home) is not None:
+            raise OSError(f"split ledger: {unwritten}; split_pairs and the ledger were not rewritten (split_pairs "
+                          "still tells which salt the published version was built under): free the space or fix "
+                          "the permissions and rerun")
+        if unwritten:
+            log(f"split ledger: {unwritten}")
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)},
                                  {SALT_METADATA: config.salt.encode("utf-8")})
@@ -1662,10 +1674,6 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                              pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,
                                                                               update.key_version,
                                                                               update.key_data)))
-    if check.version_salts is not None:     # a published version's salt learned (or one no longer retained)
-        unwritten = coverage.write_version_salts(home, check.version_salts)
-        if unwritten:
-            log(f"split ledger: {unwritten}")
     added = _kinds(update.added)
     held = pc.sum(pc.equal(pins.column("salt"), config.salt)).as_py() or 0
     dropped_pinned, dropped_merge = con.sql("""

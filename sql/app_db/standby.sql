@@ -13,10 +13,14 @@
 -- message, by the upstream's clock), silent_s (seconds since a message last arrived, by this server's
 -- clock), replayed_all (it has replayed all it flushed, and flushed all its upstream reported: a caught-up
 -- standby), receiver_timeout_ms (wal_receiver_timeout); subscriptions (this database's logical
--- subscriptions, 'name' or 'name (disabled)', NULL where there are none).
+-- subscriptions that replicate one of the app tables ($schema.$tables, pg_subscription_rel; review rev24k: one of
+-- unrelated tables does not make the database a replica of the app's), 'name', 'name (disabled)', 'name (no
+-- worker)' (enabled, no apply worker running: pg_stat_subscription.pid NULL) or 'name (copying)' (an app table
+-- not synchronized yet), NULL where there are none); sender_host, sender_port (the upstream the WAL receiver
+-- streams from; NULL without one, or where the role may not see it).
 -- pg_stat_wal_receiver is read through to_jsonb, so its PostgreSQL 13+ flushed_lsn and the older
 -- received_lsn are both found.
--- Parameters: $target (pg_lsn text or NULL).
+-- Parameters: $target (pg_lsn text or NULL), $schema (the app schema), $tables (the app tables, text[]).
 SELECT pg_is_in_recovery() AS standby,
        pg_last_wal_receive_lsn()::text AS received,
        pg_last_wal_replay_lsn()::text AS replayed,
@@ -34,9 +38,26 @@ SELECT pg_is_in_recovery() AS standby,
                 AND coalesce(w.r ->> 'flushed_lsn', w.r ->> 'received_lsn')::pg_lsn
                     >= coalesce(w.r ->> 'latest_end_lsn', '0/0')::pg_lsn, false) AS replayed_all,
        (SELECT setting::int8 FROM pg_settings WHERE name = 'wal_receiver_timeout') AS receiver_timeout_ms,
-       (SELECT array_agg(quote_ident(s.subname::text) || CASE WHEN s.subenabled THEN '' ELSE ' (disabled)' END
+       (SELECT array_agg(quote_ident(s.subname::text)
+                         || CASE WHEN NOT s.subenabled THEN ' (disabled)'
+                                 WHEN NOT EXISTS (SELECT 1 FROM pg_stat_subscription AS w
+                                                   WHERE w.subid = s.oid AND w.relid IS NULL AND w.pid IS NOT NULL)
+                                 THEN ' (no worker)'
+                                 WHEN EXISTS (SELECT 1 FROM pg_subscription_rel AS r
+                                                JOIN pg_class AS c ON c.oid = r.srrelid
+                                                JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                                               WHERE r.srsubid = s.oid AND n.nspname = $schema
+                                                 AND c.relname = ANY($tables) AND r.srsubstate NOT IN ('r', 's'))
+                                 THEN ' (copying)'
+                                 ELSE '' END
                          ORDER BY s.subname)
           FROM pg_subscription AS s JOIN pg_database AS d ON d.oid = s.subdbid
-         WHERE d.datname = current_database()) AS subscriptions
+         WHERE d.datname = current_database()
+           AND EXISTS (SELECT 1 FROM pg_subscription_rel AS r
+                         JOIN pg_class AS c ON c.oid = r.srrelid
+                         JOIN pg_namespace AS n ON n.oid = c.relnamespace
+                        WHERE r.srsubid = s.oid AND n.nspname = $schema AND c.relname = ANY($tables))) AS subscriptions,
+       (SELECT w.r ->> 'sender_host') AS sender_host,
+       (SELECT (w.r ->> 'sender_port')::int4) AS sender_port
 FROM (SELECT 1) AS one
 LEFT JOIN (SELECT to_jsonb(v) AS r FROM pg_stat_wal_receiver AS v) AS w ON true
