@@ -36,7 +36,11 @@ byte of the output.
 
 Other days rewritten: a day's ingest rewrites the earlier days within ``late_image_days`` whose waiting
 references its images export resolves, and the later days whose quarantine waits for one of its images
-(a day landing after later days were built). Each such rewrite is recorded first
+(a day landing after later days were built), and the later days whose rows resolve otherwise now
+(:mod:`pipelines.ingest.earlierimages`). Each rewritten day does its own whole look at other days as well (its
+export may have been delivered again since its own run: review rev24i), each day rewritten at most once per
+ingest (every day written in one ingest is computed from the raw zone as it is), so a cascade ends. Each such
+rewrite is recorded first
 (``warehouse/.ingest_rewrites/dt=DAY``, :mod:`pipelines.ingest.rewrites`) and the record cleared after its
 six renames, so a crash between them is redone by the next ingest of any day. The write of a day and the
 look at other days run under the home's ingest lock (``.locks/ingest.lock``), and a day whose raw zone changed
@@ -286,9 +290,11 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
             rewrites.finish(home, day, list(outputs.values()))   # an interrupted rewrite of this day is now complete
             refreshed: dict[str, IngestReport] = {}
             if refresh_earlier:
-                refreshed.update(repair_interrupted_rewrites(home, day, config))
-                refreshed.update(refresh_late_references(home, day, config, scan.days, skip=refreshed))
-                refreshed.update(refresh_later_days(home, day, config, scan.days, skip=refreshed))
+                done = _Written({day})   # the days written in this ingest: each rewritten at most once (rev24i)
+                refreshed.update(repair_interrupted_rewrites(home, day, config, done=done))
+                refreshed.update(refresh_late_references(home, day, config, scan.days, skip=done))
+                refreshed.update(refresh_later_days(home, day, config, scan.days, skip=done))
+                refreshed.update(_drain(home, config, scan.days, done))
     return IngestReport(
         day=day,
         tables=reports,
@@ -359,38 +365,69 @@ def _gone_message(home: DataHome, day: str, scan: RawZoneScan) -> str:
     return f"cannot ingest {day}: {why}; nothing to ingest (nothing was written)"
 
 
-def _rewrite(home: DataHome, other: str, config: IngestConfig, cause: str,
-             look_at_users: bool = True) -> dict[str, IngestReport]:
+class _Written(set):
+    """The days written in one top-level ingest (each from the raw zone as it is, so none is rewritten twice and
+    a cascade ends), and those of them whose look at other days is still to do (:func:`_drain`: a worklist, so a
+    long cascade is no deep recursion)."""
+
+    def __init__(self, days: Collection[str] = ()) -> None:
+        super().__init__(days)
+        self.looks: list[str] = []
+
+
+def _written(skip: Collection[str]) -> tuple[_Written, bool]:
+    """``skip`` as the ingest's :class:`_Written` (and whether this call made it, so must drain it)."""
+    return (skip, False) if isinstance(skip, _Written) else (_Written(skip), True)
+
+
+def _rewrite(home: DataHome, other: str, config: IngestConfig, cause: str, done: _Written) -> dict[str, IngestReport]:
     """Ingest ``other`` again because of ``cause``: the intent is recorded first (:mod:`pipelines.ingest.rewrites`),
-    so a crash between the renames of its six files is redone by the next ingest, whichever day it is. Returns the
-    new reports by day: ``other``'s, and with ``look_at_users`` those of the later days that took images from
-    ``other``'s export and resolve otherwise now (its raw files may have changed since its last ingest: review
-    rev24e, a day rewritten by another day's ingest never looked at them)."""
+    so a crash between the renames of its six files is redone by the next ingest, whichever day it is. Returns its
+    new report by day; its look at other days is queued in ``done`` (:func:`_again`)."""
+    done.add(other)
     rewrites.begin(home, other, cause)
-    return _again(home, other, config, look_at_users)
+    return _again(home, other, config, done)
 
 
-def _again(home: DataHome, other: str, config: IngestConfig, look_at_users: bool) -> dict[str, IngestReport]:
+def _again(home: DataHome, other: str, config: IngestConfig, done: _Written) -> dict[str, IngestReport]:
+    """Ingest ``other`` again and queue its whole look at other days, as its own ingest does (:func:`_drain`): the
+    earlier days waiting for an image its export brings or whose late rows lost theirs, the later days waiting for
+    one, and the later days that take images from it (its raw files may have changed since its last own ingest:
+    reviews rev24e, rev24i)."""
+    done.add(other)
     reports = {other: ingest_day(home, other, config, refresh_earlier=False)}   # its last step clears the record
-    if look_at_users:
-        days = home.raw_days()
-        reports.update(_refresh_users_of(home, other, config, days, [d for d in days if d > other]))
+    done.looks.append(other)
     return reports
 
 
-def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig) -> dict[str, IngestReport]:
+def _drain(home: DataHome, config: IngestConfig, days: Sequence[str], done: _Written) -> dict[str, IngestReport]:
+    """Do the looks at other days that the rewrites of ``done`` queued, and those their own rewrites queue, until
+    none is left; returns the new reports by day. Each day is rewritten at most once, so it ends."""
+    reports: dict[str, IngestReport] = {}
+    while done.looks:
+        other = done.looks.pop(0)
+        reports.update(refresh_late_references(home, other, config, days, skip=done))
+        reports.update(refresh_later_days(home, other, config, days, skip=done))
+    return dict(sorted(reports.items()))
+
+
+def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig,
+                                done: set[str] | None = None) -> dict[str, IngestReport]:
     """Ingest again every day whose rewrite by another day's ingest was begun and never finished (a crash
     between its renames left its six files mixed); returns the new reports by day. A day whose raw folder
     is gone cannot be redone: its record stays (``pickapic build`` keeps what was built from a gone day)."""
+    done, own = _written({day} if done is None else done)
     repaired: dict[str, IngestReport] = {}
     for other in rewrites.pending(home):
-        if other == day or other in repaired:
+        if other == day or other in done:
             continue   # this day's own files were just written as a whole (its record is cleared)
         try:
-            repaired.update(_again(home, other, config, look_at_users=True))
+            repaired.update(_again(home, other, config, done))
         except RawDayGone:
             continue
-    return repaired
+    if own:
+        repaired.update(_drain(home, config, home.raw_days(), done))
+    return dict(sorted(repaired.items()))
 
 
 def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
@@ -400,19 +437,24 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
     missing image of a ranking or download, a uid that ``day``'s raw images export holds, or that
     accepted a row through a later export and now names an image no export within its reach holds
     (``day`` delivered again without an image the earlier day's late rows used: :func:`_late_image_gone`).
-    Days in ``skip`` (ingested again already) are left alone.
+    Days in ``skip`` (ingested again already) are left alone. Each day rewritten does its whole look at other days
+    too (:func:`_again`, :func:`_drain`), each day at most once.
 
     Exact: a later export changes an earlier day's output only by resolving the uid that one of its
     ``unknown_image_reference`` rows names (the first unknown image of the row), or by no longer holding
-    an image one of its accepted rows names, so every other day is already what a build over all days
-    gives. Returns the new reports by day.
+    an image one of its accepted rows names or one that a quarantined ranking names before its first unknown
+    image (the detail would name that one: review rev24i), so every other day is already what a build over all
+    days gives. Returns the new reports by day.
     """
     if not config.late_image_days:
         return {}
     days = home.raw_days() if raw_days is None else raw_days
     first = shift_day(parse_day(day), -config.late_image_days).isoformat()
+    done, own = _written(skip)
     refreshed: dict[str, IngestReport] = {}
-    for earlier in (d for d in days if first <= d < day and d not in skip):
+    for earlier in (d for d in days if first <= d < day):
+        if earlier in done:
+            continue
         path = home.partition_file("quarantine", earlier)
         if not path.is_file():
             continue   # never ingested: its own ingest will look ahead
@@ -422,8 +464,10 @@ def refresh_late_references(home: DataHome, day: str, config: IngestConfig,
             waiting = None   # unreadable partition: ingesting it again repairs it
         if waiting is None or (waiting and raw_image_uids(home, day, waiting, config)) \
                 or _late_image_gone(home, earlier, day, days, config):
-            refreshed.update(_rewrite(home, earlier, config, day))
-    return refreshed
+            refreshed.update(_rewrite(home, earlier, config, day, done))
+    if own:
+        refreshed.update(_drain(home, config, days, done))
+    return dict(sorted(refreshed.items()))
 
 
 def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[str] | None = None,
@@ -438,10 +482,13 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
     cost one ``stat`` each), and their uids are looked up in ``day``'s uid index together, one read of it for
     all of them (review rev23g: one read per later day made re-ingesting a year read indexes ~days^2/2 times);
     more than ``LOOKUP_BATCH`` waiting uids in all are looked up a batch at a time, so memory stays bounded.
-    Days in ``skip`` are left alone. Returns the new reports by day.
+    Days in ``skip`` are left alone. Each day rewritten does its whole look at other days too (:func:`_again`,
+    :func:`_drain`), each day at most once, so a day rewritten from an export delivered again since its own run
+    resolves the later days waiting for an image it brings now (review rev24i). Returns the new reports by day.
     """
     days = home.raw_days() if raw_days is None else raw_days
-    later = [d for d in days if d > day and d not in skip]
+    done, own = _written(skip)
+    later = [d for d in days if d > day and d not in done]
     if not later:
         return {}
     index = WaitingIndex(home)
@@ -453,18 +500,18 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
         wanted = set().union(*(uids for _, uids in batch))
         found = raw_image_uids(home, day, wanted, config) if wanted else set()
         for other, uids in batch:
-            if not uids.isdisjoint(found) and other not in refreshed:
-                refreshed.update(_rewrite(home, other, config, day))
+            if not uids.isdisjoint(found) and other not in done:
+                refreshed.update(_rewrite(home, other, config, day, done))
         batch.clear()
 
     try:
         for other in later:
-            if other in refreshed:
+            if other in done:
                 continue
             try:
                 waiting = index.uids(other)
             except Unreadable:
-                refreshed.update(_rewrite(home, other, config, day))   # ingesting it again repairs it
+                refreshed.update(_rewrite(home, other, config, day, done))   # ingesting it again repairs it
                 continue
             if waiting:
                 batch.append((other, waiting))
@@ -476,16 +523,18 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
             look_up()
     finally:
         index.save()
-    refreshed.update(_refresh_users_of(home, day, config, days, [d for d in later if d not in refreshed]))
+    refreshed.update(_refresh_users_of(home, day, config, days, [d for d in later if d not in done], done))
+    if own:
+        refreshed.update(_drain(home, config, days, done))
     return dict(sorted(refreshed.items()))
 
 
 def _refresh_users_of(home: DataHome, day: str, config: IngestConfig, days: Sequence[str],
-                      later: Sequence[str]) -> dict[str, IngestReport]:
+                      later: Sequence[str], done: _Written) -> dict[str, IngestReport]:
     """Ingest again each of the ingested days ``later`` whose rows resolve otherwise now that ``day`` was ingested
     (:mod:`pipelines.ingest.earlierimages`: an image taken from ``day``'s export that no export within reach holds
-    any more, one taken late that ``day`` now holds, ...). Those rewrites look at no further days: a later day's
-    ingest changes no export."""
+    any more, one taken late that ``day`` now holds, ...). Each rewrite does that day's whole look too (its export
+    may have been delivered again since its own run), once per day of ``done``."""
     index = earlierimages.EarlierImages(home, days, config)
     try:
         stale = index.changes(day, later)
@@ -493,7 +542,8 @@ def _refresh_users_of(home: DataHome, day: str, config: IngestConfig, days: Sequ
         index.save()
     refreshed: dict[str, IngestReport] = {}
     for other in stale:
-        refreshed.update(_rewrite(home, other, config, day, look_at_users=False))
+        if other not in done:
+            refreshed.update(_rewrite(home, other, config, day, done))
     return refreshed
 
 
@@ -504,18 +554,19 @@ def _late_image_gone(home: DataHome, earlier: str, day: str, days: Sequence[str]
     """Whether ``earlier`` (ingested) accepted a row through a later export and one of its accepted rows now
     names an image that no raw images export of ``earlier``'s reach holds (its own, any earlier day's, and the
     ``late_image_days`` after it): ``day`` was delivered again without it (review rev21a: the earlier day
-    kept the row, a build from scratch quarantines it). Only days with ``accepted_late_image`` rows are
-    looked at, and the uids are looked up in the days' uid indexes (``raw_image_uids``), ``day`` first."""
+    kept the row, a build from scratch quarantines it); likewise an image one of its quarantined rankings names
+    before its first unknown image (the detail would name that one: review rev24i). The accepted rows are looked
+    at only in days with ``accepted_late_image`` rows, and the uids are looked up in the days' uid indexes
+    (``raw_image_uids``), ``day`` first."""
     try:
         files = pq.read_table(home.partition_file("ingest_files", earlier), columns=["accepted_late_image"])
-        if not pc.sum(files.column(0)).as_py():
-            return False
-        named: set[str] = set()
-        for table, fields in REFERENCE_FIELDS.items():
-            rows = pq.read_table(home.partition_file(table, earlier), columns=list(fields))
-            for column in rows.columns:
-                named.update(pc.unique(column.drop_null()).to_pylist())
-    except (OSError, pa.ArrowException):
+        named: set[str] = earlierimages.quarantined_first_uids(home, earlier, config)
+        if pc.sum(files.column(0)).as_py():
+            for table, fields in REFERENCE_FIELDS.items():
+                rows = pq.read_table(home.partition_file(table, earlier), columns=list(fields))
+                for column in rows.columns:
+                    named.update(pc.unique(column.drop_null()).to_pylist())
+    except (OSError, pa.ArrowException, earlierimages.Stale):
         return True   # unreadable partitions: ingesting the day again repairs them
     last = late_window_end(earlier, config.late_image_days)
     for other in [day] + sorted((d for d in days if d <= last and d != day), reverse=True):

@@ -1,4 +1,4 @@
-"""Which other days' exports a day's accepted rows take images from, so a change there reaches the day.
+"""Which other days' exports a day's rows take images from, so a change there reaches the day.
 
 A ranking or download may name an image its own day's export lacks: an earlier day's export holds it (a
 download from the app's history page, a ranking across midnight), or a later day's within the late window
@@ -13,19 +13,30 @@ day's), every later day ``L`` is ingested again when ``D``'s change changes what
 - an export ``L`` took an image from changed or left the raw zone meanwhile: the images it gave are resolved
   again, as from scratch.
 
-An image that only moves to another earlier holder changes nothing and ``L`` is left alone.
+An image that only moves to another earlier holder changes nothing and ``L`` is left alone. A quarantined
+``unknown_image_reference`` ranking of ``L`` counts as well: its detail names its first unknown image, so the
+images it shows before that one are taken from those exports like an accepted row's (:func:`quarantined_first_uids`:
+from the row's stored line when it is the whole line, else from ``L``'s raw rankings file at its line number);
+one taken late is followed by ``refresh_late_references`` in :mod:`pipelines.ingest.day` (review rev24i).
 
 Per later day, the record of where each such uid came from (its resolver day, and that day's images file by
 ``stat``) is cached, keyed by the ``stat`` of ``L``'s ``rankings`` and ``downloads`` partitions: in
 ``cache/earlier_image_days.json`` when it holds at most ``INLINE_UIDS`` uids, else in
-``cache/earlier_image_uids/dt=DAY.parquet`` (read only when an ingest of one of its resolver days looks at it).
-A missing, stale or unreadable record is worked out from the partitions and the raw zone as they are, and
-``L`` is ingested again when they disagree (a uid in no export within its reach, or another late count than
-``ingest_files`` records), so the decision never depends on the cache being there. Disposable.
+``cache/earlier_image_uids/dt=DAY.parquet`` (read only when a look needs its uids: one of its resolver days'
+images file changed or left the raw zone, or it took uids late and the looked-at day's export changed since the
+last whole look at it, which the JSON file records per day as ``looked``: a record is always consistent with the
+exports as they were at the last whole look of each day). A look holds at most about ``BATCH_UIDS`` uids of
+records at once. A missing, stale or unreadable record is worked out from the partitions and the raw zone as they
+are, the missing ones together (:func:`resolve_together`: each day's uid index read about once for all of them),
+and ``L`` is ingested again when they disagree (a uid in no export within its reach, or another late count per
+table than ``ingest_files`` records), so the decision never depends on the cache being there. A record of a day
+found stale is dropped, so a crash before its rewrite leaves it worked out again. Disposable.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import re
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
@@ -35,15 +46,20 @@ import pyarrow.parquet as pq
 
 from formats.files import write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
-from pipelines.ingest.config import IngestConfig
+from pipelines.ingest import parse as rp
+from pipelines.ingest.config import IngestConfig, parse_day
+from pipelines.ingest.lines import iter_lines
+from pipelines.ingest.reader import open_raw
 from pipelines.ingest.references import REFERENCE_FIELDS, late_window_end
 from pipelines.ingest.uidindex import raw_image_uids, stat_key
 
-_VERSION = "2"
+_VERSION = "3"         # 3: the late uids counted ("late"), the days whose export every record was checked against ("looked")
 _DAYS_CACHE = "earlier_image_days.json"
 _SCHEMA = pa.schema([pa.field("day", pa.string(), nullable=False), pa.field("image_uid", pa.string(), nullable=False)])
 INLINE_UIDS = 64       # a record of at most this many uids is kept in the JSON file (no file of its own to read)
+BATCH_UIDS = 16_384    # the later days' uids one look holds at once (records checked, or worked out, a batch at a time)
 _JSON_ERRORS = (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError)
+_MISSING_FIELD = re.compile(r"^(image_[0-3]_uid) = ")
 
 
 def record_path(home: DataHome, day: str) -> Path:
@@ -90,36 +106,138 @@ class _Reach:
         return found, left
 
 
-def _read_rows(home: DataHome, day: str) -> list[pa.Table]:
+def resolve_together(home: DataHome, wants: dict[str, set[str]], days: Sequence[str],
+                     config: IngestConfig) -> dict[str, tuple[dict[str, str], set[str]]]:
+    """Per day of ``wants`` (day -> uids its rows name): (uid -> the other day whose export gives it, the uids no
+    export within its reach holds), each uid looked for as that day's reference check does (its own export, the
+    earlier days newest first, then its late window in order; a uid its own export holds is in neither). All the
+    days are resolved together: each day's uid index is read at most twice (once for the union of the uids still
+    unresolved by the days it is own or earlier to, once for those of the days whose late window holds it)."""
+    left = {day: set(uids) for day, uids in wants.items()}
+    found: dict[str, dict[str, str]] = {day: {} for day in wants}
+    if not wants:
+        return {}
+    top = max(wants)
+    ends = {day: late_window_end(day, config.late_image_days) for day in wants}
+
+    def look(other: str, asking: list[str]) -> None:
+        wanted = set().union(*(left[day] for day in asking))
+        if not wanted:
+            return
+        held = raw_image_uids(home, other, wanted, config)
+        if not held:
+            return
+        for day in asking:
+            hit = left[day] & held
+            if hit:
+                left[day] -= hit
+                if day != other:
+                    found[day].update(dict.fromkeys(hit, other))
+
+    for other in sorted((d for d in days if d <= top), reverse=True):      # own, then earlier newest first
+        look(other, [day for day in wants if day >= other and left[day]])
+    for other in sorted(days):                                               # then the late windows in order
+        look(other, [day for day in wants if day < other <= ends[day] and left[day]])
+    return {day: (found[day], left[day]) for day in wants}
+
+
+def _read_rows(home: DataHome, day: str) -> dict[str, pa.Table]:
     try:
-        return [pq.read_table(home.partition_file(table, day), columns=list(fields))
-                for table, fields in REFERENCE_FIELDS.items()]
+        return {table: pq.read_table(home.partition_file(table, day), columns=list(fields))
+                for table, fields in REFERENCE_FIELDS.items()}
     except (OSError, pa.ArrowException) as exc:
         raise Stale(str(exc)) from None
 
 
-def _late_rows(tables: list[pa.Table], late: set[str]) -> int:
-    """Accepted rows naming an image taken late (as the reference check counts ``accepted_late_image``)."""
+def _late_rows(tables: dict[str, pa.Table], late: set[str]) -> dict[str, int]:
+    """Per table, the accepted rows naming an image taken late (as the reference check counts
+    ``accepted_late_image``)."""
+    counts = dict.fromkeys(tables, 0)
     if not late:
-        return 0
+        return counts
     value_set = pa.array(sorted(late), pa.string())
-    count = 0
-    for table in tables:
+    for name, table in tables.items():
         hit = None
         for column in table.columns:
             found = pc.fill_null(pc.is_in(column, value_set=value_set), False)
             hit = found if hit is None else pc.or_(hit, found)
         if hit is not None:
-            count += pc.sum(hit).as_py() or 0
-    return count
+            counts[name] = pc.sum(hit).as_py() or 0
+    return counts
 
 
-def _recorded_late_rows(home: DataHome, day: str) -> int:
+def _recorded_late_rows(home: DataHome, day: str) -> dict[str, int]:
     try:
-        files = pq.read_table(home.partition_file("ingest_files", day), columns=["accepted_late_image"])
+        files = pq.read_table(home.partition_file("ingest_files", day), columns=["table", "accepted_late_image"])
     except (OSError, pa.ArrowException) as exc:
         raise Stale(str(exc)) from None
-    return pc.sum(files.column(0)).as_py() or 0
+    counts = dict.fromkeys(REFERENCE_FIELDS, 0)
+    for table, count in zip(files.column("table").to_pylist(), files.column("accepted_late_image").to_pylist()):
+        if table in counts:
+            counts[table] += count or 0
+    return counts
+
+
+def quarantined_first_uids(home: DataHome, day: str, config: IngestConfig) -> set[str]:
+    """The uids ``day``'s quarantined ``unknown_image_reference`` rankings name in the fields before the one their
+    detail names (its first unknown image): those images resolved when the day was ingested, and one that no
+    export holds any more changes the detail (review rev24i). Read from the row's stored line when it is the whole
+    line (its length and sha256), else from the day's raw rankings file at the row's line number; raises
+    :class:`Stale` when neither gives the line (the partition or the raw file changed: ingest the day again)."""
+    path = home.partition_file("quarantine", day)
+    filters = [("reason", "=", rp.UNKNOWN_IMAGE_REFERENCE), ("table", "=", "rankings")]
+    try:
+        details = pq.read_table(path, columns=["detail"], filters=filters).column("detail")
+        if not pc.any(pc.invert(pc.starts_with(details, "image_0_uid = "))).as_py():
+            return set()   # none shows an image before its unknown one (the common case: no line text read)
+        rows = pq.read_table(path, columns=["table", "line_number", "detail", "raw_text", "raw_length", "raw_sha256"],
+                             filters=filters)
+    except (OSError, pa.ArrowException) as exc:
+        raise Stale(str(exc)) from None
+    fields = REFERENCE_FIELDS["rankings"]
+    wanted: list[tuple[int, int, str, int]] = []   # (line number, fields before the missing one, sha256, length)
+    lines: dict[int, bytes] = {}
+    for number, detail, text, length, sha in zip(*(rows.column(c).to_pylist() for c in
+                                                   ("line_number", "detail", "raw_text", "raw_length", "raw_sha256"))):
+        match = _MISSING_FIELD.match(detail or "")
+        before = fields.index(match.group(1)) if match else len(fields)
+        if before == 0:
+            continue   # image_0 is the unknown one: no image before it
+        data = (text or "").encode("utf-8")
+        if len(data) == length and hashlib.sha256(data).hexdigest() == sha:
+            lines[number] = data
+        wanted.append((number, before, sha, length))
+    if any(number not in lines for number, *_ in wanted):
+        lines.update(_raw_lines(home, day, {n: s for n, _, s, _ in wanted if n not in lines}, config))
+    parser = rp.LineParser("rankings", max_id=config.max_id, max_prompt_chars=config.max_prompt_chars,
+                           max_name_chars=config.max_name_chars, gs_range=(config.min_gs, config.max_gs),
+                           ts_range=config.timestamp_range(parse_day(day)))
+    positions = [parser.names.index(name) for name in fields]
+    uids: set[str] = set()
+    for number, before, _, _ in wanted:
+        try:
+            values = parser.parse(lines[number])
+        except rp.Reject:
+            raise Stale(f"its quarantined ranking at line {number} no longer parses") from None
+        uids.update(values[i] for i in positions[:before] if values[i] is not None)
+    return uids
+
+
+def _raw_lines(home: DataHome, day: str, wanted: dict[int, str], config: IngestConfig) -> dict[int, bytes]:
+    """The lines ``wanted`` (line number -> sha256) of ``day``'s raw rankings file; :class:`Stale` unless each is
+    there with that sha256."""
+    raw = open_raw(home, home.raw_file(day, "rankings"), config=config)
+    found: dict[int, bytes] = {}
+    if raw.status == "ok":
+        last = max(wanted)
+        for number, data in iter_lines(raw.chunks(), config.max_line_bytes):
+            if number in wanted and isinstance(data, bytes) and hashlib.sha256(data).hexdigest() == wanted[number]:
+                found[number] = data
+            if number >= last:
+                break
+    if len(found) != len(wanted):
+        raise Stale("a quarantined ranking's line is not in its raw file as it was")
+    return found
 
 
 class EarlierImages:
@@ -129,10 +247,14 @@ class EarlierImages:
         self.home, self.days, self.config = home, days, config
         self.path = home.cache / _DAYS_CACHE
         self.known: dict[str, dict] = {}
+        self.looked: dict[str, str] = {}
         try:
             known = json.loads(self.path.read_text(encoding="utf-8"))
             if isinstance(known, dict) and known.get("version") == _VERSION and isinstance(known.get("days"), dict):
                 self.known = known["days"]
+                looked = known.get("looked")
+                if isinstance(looked, dict) and all(isinstance(v, str) for v in looked.values()):
+                    self.looked = looked
         except _JSON_ERRORS:
             pass   # worked out again
         self.changed = False
@@ -147,7 +269,8 @@ class EarlierImages:
     def _entry(self, later: str, stat: str) -> dict | None:
         entry = self.known.get(later)
         if not (isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("from"), dict)
-                and all(isinstance(k, str) and isinstance(v, str) for k, v in entry["from"].items())):
+                and all(isinstance(k, str) and isinstance(v, str) for k, v in entry["from"].items())
+                and type(entry.get("late")) is int):
             return None
         return entry
 
@@ -175,7 +298,8 @@ class EarlierImages:
         if _partitions_stat(self.home, later) != stat:
             return   # rewritten meanwhile: the record would describe other partitions
         days = sorted(set(uids.values()))
-        entry: dict = {"stat": stat, "from": {d: self.raw_stat(d) for d in days}}
+        entry: dict = {"stat": stat, "from": {d: self.raw_stat(d) for d in days},
+                       "late": sum(1 for d in uids.values() if d > later)}
         pairs = sorted((day, uid) for uid, day in uids.items())
         if len(pairs) <= INLINE_UIDS:
             entry["uids"] = [list(p) for p in pairs]
@@ -190,55 +314,119 @@ class EarlierImages:
         self.known[later] = entry
         self.changed = True
 
-    def _work_out(self, later: str, stat: str) -> None:
-        """The record of ``later`` from its partitions and the raw zone as they are; :class:`Stale` when they
-        disagree (a uid no export within reach holds, another late count than its ``ingest_files``)."""
+    def _forget(self, later: str) -> None:
+        """Drop ``later``'s record (it is ingested again: worked out afresh at the next look)."""
+        if self.known.pop(later, None) is not None:
+            self.changed = True
+
+    def _named(self, later: str) -> tuple[dict[str, pa.Table], set[str]]:
+        """The uids ``later`` takes from other days' exports (those of its accepted rows and those its quarantined
+        rankings name before their first unknown image, less the ones its own export holds), and its accepted rows
+        that name one (their reference columns: all the late count needs)."""
         tables = _read_rows(self.home, later)
         named: set[str] = set()
-        for table in tables:
+        for table in tables.values():
             for column in table.columns:
                 named.update(pc.unique(column.drop_null()).to_pylist())
-        found, missing = _Reach(self.home, later, self.days, self.config).resolve(named)
-        if missing:
-            raise Stale(f"{len(missing)} image uid(s) its accepted rows name are in no export within its reach")
-        late = {uid for uid, day in found.items() if day > later}
-        if _late_rows(tables, late) != _recorded_late_rows(self.home, later):
-            raise Stale("its late-image count is not what the exports give now")
-        self._store(later, stat, found)
+        named |= quarantined_first_uids(self.home, later, self.config)
+        if named:
+            named -= raw_image_uids(self.home, later, named, self.config)   # its own export: taken from no other day
+        value_set = pa.array(sorted(named), pa.string())
+        kept: dict[str, pa.Table] = {}
+        for name, table in tables.items():
+            hit = None
+            for column in table.columns:
+                found = pc.fill_null(pc.is_in(column, value_set=value_set), False)
+                hit = found if hit is None else pc.or_(hit, found)
+            kept[name] = table.filter(hit) if hit is not None else table
+        return kept, named
+
+    def _work_out(self, batch: list[tuple[str, str, dict[str, pa.Table], set[str]]]) -> list[str]:
+        """The records of the later days of ``batch`` (day, partitions' stat, reference columns, named uids), their
+        uids resolved together against the raw zone as it is; returns the days that disagree with it (a uid no
+        export within reach holds, a late count per table other than their ``ingest_files``'): ingest them again."""
+        resolved = resolve_together(self.home, {later: named for later, _, _, named in batch}, self.days, self.config)
+        stale: list[str] = []
+        for later, stat, tables, _ in batch:
+            found, missing = resolved[later]
+            try:
+                late = {uid for uid, day in found.items() if day > later}
+                if missing or _late_rows(tables, late) != _recorded_late_rows(self.home, later):
+                    raise Stale("its rows resolve otherwise now")
+            except Stale:
+                stale.append(later)
+                self._forget(later)
+                continue
+            self._store(later, stat, found)
+        return stale
 
     # ------------------------------------------------------------------ the look at later days
     def changes(self, day: str, later: Collection[str]) -> list[str]:
         """The days of ``later`` (after ``day``, which was just ingested) to ingest again: see the module's
-        docstring. The uids to look for in ``day``'s export are looked up in its uid index together."""
+        docstring. The uids to look for in ``day``'s export are looked up in its uid index together, a batch of
+        at most about ``BATCH_UIDS`` uids at a time; the records missing are worked out together likewise."""
+        stat_now = self.raw_stat(day)
+        check = self.looked.get(day) != stat_now     # day's export changed since the last whole look at it
         stale: list[str] = []
         pending: list[tuple[str, str, dict[str, str], set[str]]] = []
+        work: list[tuple[str, str, dict[str, pa.Table], set[str]]] = []
+        sizes = {"pending": 0, "work": 0}
+
+        def flush_pending() -> None:
+            if pending:
+                wanted = set().union(*(ask for *_, ask in pending))
+                held = raw_image_uids(self.home, day, wanted, self.config)   # one read of the day's uid index
+                for other, stat, uids, ask in pending:
+                    if self._changed(other, stat, uids, ask, held, day):
+                        stale.append(other)
+                        self._forget(other)
+                pending.clear()
+            sizes["pending"] = 0
+
+        def flush_work() -> None:
+            if work:
+                stale.extend(self._work_out(work))
+                work.clear()
+            sizes["work"] = 0
+
         for other in later:
             stat = _partitions_stat(self.home, other)
             if stat is None:
                 continue   # never ingested: its own ingest checks its references
             entry = self._entry(other, stat)
-            uids = self._uids(other, entry, stat) if entry is not None else None
-            if uids is None:
-                try:
-                    self._work_out(other, stat)
-                except Stale:
-                    stale.append(other)
+            if entry is not None:
+                moved = {d for d, raw in entry["from"].items() if (check and d == day) or self.raw_stat(d) != raw}
+                if not moved and not (check and entry["late"]):
+                    continue   # nothing it takes comes from an export that changed: no record to read
+                uids = self._uids(other, entry, stat)
+                if uids is not None:
+                    ask = {uid for uid, d in uids.items() if d in moved or (check and d > other)}
+                    if ask:
+                        pending.append((other, stat, uids, ask))
+                        sizes["pending"] += len(uids)
+                        if sizes["pending"] >= BATCH_UIDS:
+                            flush_pending()
+                    continue
+            try:
+                tables, named = self._named(other)
+            except Stale:
+                stale.append(other)
+                self._forget(other)
                 continue
-            moved = {d for d, raw in entry["from"].items() if d == day or self.raw_stat(d) != raw}
-            ask = {uid for uid, d in uids.items() if d in moved or d > other}
-            if ask:
-                pending.append((other, stat, uids, ask))
-        if pending:
-            wanted = set().union(*(ask for *_, ask in pending))
-            held = raw_image_uids(self.home, day, wanted, self.config)   # one read of the day's uid index
-            for other, stat, uids, ask in pending:
-                if self._changed(other, stat, uids, ask, held, day):
-                    stale.append(other)
+            work.append((other, stat, tables, named))
+            sizes["work"] += len(named)
+            if sizes["work"] >= BATCH_UIDS:
+                flush_work()
+        flush_pending()
+        flush_work()
+        self.looked[day] = stat_now   # every record left is now checked against day's export as it is
+        self.changed = True
         return sorted(stale)
 
     def _changed(self, later: str, stat: str, uids: dict[str, str], ask: set[str], held: set[str], day: str) -> bool:
         """Whether ``later``'s rows resolve otherwise now: ``ask`` are the uids whose resolver changed (or that it
-        took late); ``held`` the ones ``day``'s export holds."""
+        took late, when ``day``'s export changed since the last look at it); ``held`` the ones ``day``'s export
+        holds."""
         reach = _Reach(self.home, later, self.days, self.config)
         now = dict(uids)
         again: set[str] = set()
@@ -249,6 +437,8 @@ class EarlierImages:
                     return True
                 if was != day and self.raw_stat(was) == self.known[later]["from"].get(was):
                     continue
+            elif was == day and uid in held:
+                continue                          # still there (a newer earlier holder would change nothing)
             again.add(uid)
         if again:
             found, missing = reach.resolve(again, own=False)
@@ -265,7 +455,7 @@ class EarlierImages:
     def save(self) -> None:
         """Write the days' cache back when it learnt something (never required for correctness)."""
         if self.changed:
-            body = {"version": _VERSION, "days": self.known}
+            body = {"version": _VERSION, "days": self.known, "looked": self.looked}
             try:
                 write_bytes_atomic(self.path, (json.dumps(body, sort_keys=True) + "\n").encode())
             except OSError:
