@@ -10,6 +10,7 @@ Each test is a defect confirmed by running it (real ``ingest_day`` over raw days
 real Dagster materializations of ``ingest_day_assets`` and the real ``plan_build``), filed as a strict xfail
 whose reason says what is wrong; each asserts the behaviour that is right. Ranked by severity: rows left
 quarantined that a build from scratch accepts, wrong counts, other bytes than from scratch, memory, cost.
+All six were fixed the same day (markers removed).
 
 What held up:
 - a randomized comparison with a build from scratch (about 500 sequences over 8 days: deliveries and
@@ -42,7 +43,6 @@ import uuid
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
@@ -73,15 +73,6 @@ def _scratch(home: DataHome, builders: list[DayBuilder]) -> None:
         ingest_day(home, day)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A day rewritten by another day's ingest from an export delivered again since its own run (F's ingest "
-    "rewrites E because E waits for F's image; E's new export now holds image w) never does E's own look at "
-    "the later days waiting for an image its export brings (refresh_later_days, and refresh_late_references "
-    "likewise): only its users are looked at (_again). The Dagster run of F records E as refreshed with the "
-    "version of E's new raw files, so plan_build calls E and L fresh, and L's download of w stays in "
-    "quarantine for good, while a build from scratch accepts it. Expected: a rewrite of a day whose raw "
-    "files changed since its last own ingest does that day's whole look at other days (or leaves it stale)"
-))
 def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_its_images(tmp_path: Path) -> None:
     import dagster as dg
 
@@ -127,15 +118,6 @@ def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_i
     assert _parts(home, later.day) == _parts(scratch, later.day)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A later day's record worked out from its partitions (_work_out: the record is missing, as it is for every "
-    "day no earlier ingest has looked at yet) is compared with ingest_files by the SUM of accepted_late_image "
-    "over all tables (_late_rows vs _recorded_late_rows), but the count is per table: when an earlier day is "
-    "delivered again so that a ranking's image moves from the late window to that day and a download's image "
-    "from that day to the late window, the sums agree, the record is stored and L is left with rankings 1 / "
-    "downloads 0 late rows where a build from scratch has rankings 0 / downloads 1 (ingest_files differs). "
-    "Expected: the late counts compared per table (rankings, downloads), so L is ingested again"
-))
 def test_late_counts_that_move_between_tables_are_seen_when_the_record_is_worked_out(tmp_path: Path) -> None:
     incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
     d = DayBuilder("2023-03-03", id_base=500).populate(users=1, images=2, rankings=0, downloads=0)
@@ -166,15 +148,6 @@ def test_late_counts_that_move_between_tables_are_seen_when_the_record_is_worked
     assert _parts(incremental, later.day) == _parts(scratch, later.day)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A quarantined ranking's detail names its FIRST unknown image, so it depends on whether the images listed "
-    "before that one still resolve; the later day's record and the waiting index only cover the uids of its "
-    "accepted rows and the uid each quarantined row waits for. When an earlier day is delivered again without "
-    "image a (image_0 of L's quarantined ranking, whose image_1 is in no export), L is not ingested again and "
-    "its quarantine keeps 'image_1_uid = <nowhere> ...' (and waits for <nowhere>), while a build from scratch "
-    "writes 'image_0_uid = a ...' (found by the randomized comparison, also through a late day). Expected: the "
-    "images a quarantined row names before its missing one count as taken from those exports"
-))
 def test_a_quarantined_rows_detail_follows_an_earlier_day_losing_an_image_it_names_first(tmp_path: Path) -> None:
     incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
     e = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
@@ -220,30 +193,12 @@ def _records(tmp_path: Path, later_days: int, uids: int) -> int:
         tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "EarlierImages.changes keeps every later day's whole record (uid -> day dict) in 'pending' until all of them "
-    "are read, so one look at later days holds the cross-day references of ALL later days at once: peak memory "
-    "grows with days x uids (about 1.6 KB per uid; 40 later days of 5,000 uids: 66 MB; a year-long history "
-    "with tens of thousands of cross-day references a day: gigabytes), while refresh_later_days bounds the "
-    "same kind of look with LOOKUP_BATCH (review rev23g). Expected: the later days' records are read and "
-    "checked one (or a bounded batch) at a time, so the peak does not grow with the number of later days"
-))
 def test_a_look_at_many_later_days_holds_a_bounded_number_of_their_uids(tmp_path: Path) -> None:
     few = _records(tmp_path, 6, 3000)
     many = _records(tmp_path, 36, 3000)
     assert many < 2 * few
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Every uid a later day took late is asked on every ingest of ANY earlier day (ask = uids whose resolver "
-    "moved, or that were taken late), so a day whose record lives in its own file (more than INLINE_UIDS "
-    "uids, as any large day has) is read by the look of every earlier day: re-ingesting every day of a "
-    "history where each day takes one image from the next day's export (a ranking across midnight) reads "
-    "about n^2/2 records (55 for 12 days, ~66,000 for a year), the O(days^2) that rev24e's fix claims gone "
-    "(its test passes only because its records are inline). Expected: at most about one record read per "
-    "re-ingested day (e.g. the late uids kept where the look needs no file, or looked at only when the "
-    "ingested day's export changed)"
-))
 def test_reingesting_every_day_with_late_images_reads_no_record_per_pair_of_days(tmp_path: Path, monkeypatch) -> None:
     from pipelines.ingest import earlierimages
 
@@ -275,17 +230,6 @@ def test_reingesting_every_day_with_late_images_reads_no_record_per_pair_of_days
 
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A missing record (no earlier ingest has looked at the day since it was written: the days ingested in "
-    "order, every day re-ingested, or the disposable cache deleted) is "
-    "worked out one later day at a time (_work_out -> _Reach.resolve), each walking the earlier days' uid "
-    "indexes newest first until its uids are found: an image of an old day (a history download; likewise any "
-    "image taken late, which is searched in every earlier day first) costs one index read per day in between, "
-    "so ONE ingest of an early day reads about days^2/2 uid indexes (209 for 20 days, 819 for 40, ~66,000 "
-    "for a year), against the O(days) per ingest the README claims (review rev23g fixed the same shape in "
-    "refresh_later_days by looking every later day's uids up together). Expected: the uids of the later days "
-    "being worked out looked up together, one read of each day's uid index"
-))
 def test_working_out_the_later_days_records_reads_each_uid_index_about_once(tmp_path: Path) -> None:
     from unittest import mock
 
