@@ -1529,7 +1529,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     pins = read_pins(home) if pins is None else pins
     other_users = {user for user, _ in others}
     known = set(ledger) | other_users
-    digests, recorded = coverage.ledger_record(ledger_file, known)
+    digests, recorded = coverage.ledger_record(home, ledger_file, known)
     version, source = coverage.latest_source(home)
     retained = list_versions(home)
     older = [name for name in switched_versions(home, retained, version)[0] if name != version]
@@ -1660,10 +1660,11 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     split_pairs_sha = sha256_file(home.table_file("split_pairs"))
     covered = [split_pairs_sha] + ([check.covered_source] if check.covered_source else [])
     schema = get_schema("split_ledger")
-    metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered, check.versions)
+    metadata = coverage.ledger_metadata(ledger_rows.column("user_id").to_pylist(), covered)
     if check.key_check:             # which secret its pseudonyms are under (pipelines.curation.pseudonym.key_check)
         metadata[KEY_CHECK_METADATA] = check.key_check.encode("ascii")
     write_parquet_atomic(ledger_rows, home.table_file("split_ledger"), schema.with_metadata(metadata))
+    coverage.record_ledger_versions(home, home.table_file("split_ledger"), check.versions)
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
     # the key owner pins, brought up to date with the published versions before assigning: written when changed

@@ -14,10 +14,13 @@ tell when it cannot:
 - The splits build records, in the ledger's own Parquet key-value metadata (``pickapic.covers_split_pairs``),
   the sha256 of every ``split_pairs`` whose users the ledger holds: the one it just wrote (every user of
   ``pairs`` gets an entry) and the one ``latest`` was published from when this build found (by the record or
-  by reading the sidecars and re-seeding) that the ledger holds all its users; the names of the retained
-  published versions whose users it holds (``versions``: ``latest``'s and every other version ``latest`` was
-  switched to, once read or covered; review rev24f); with the sha256 of the ledger's set of users (every
-  salt's) when it was written.
+  by reading the sidecars and re-seeding) that the ledger holds all its users; with the sha256 of the ledger's
+  set of users (every salt's) when it was written. The names of the retained published versions whose users it
+  holds (``versions``: ``latest``'s and every other version ``latest`` was switched to, once read or covered;
+  review rev24f) are kept beside it in ``cache/split_ledger_versions.json``, keyed by the ledger file's sha256:
+  which versions existed when the splits ran is history, not data, and the ledger's bytes must not depend on it
+  (a build killed after a version was recorded as switched and before the rename, then run again, wrote the same
+  ledger as an uninterrupted build but for that list).
 
 A ledger only grows: a build keeps every entry of every salt, so a ``split_pairs`` (or a version) it covered once
 stays covered. The build skips the sidecars when the publish record names ``latest`` (its name and its manifest's
@@ -135,27 +138,52 @@ def users_digest(users: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
-def ledger_metadata(users: Iterable[str], covered: Iterable[str], versions: Iterable[str] = ()) -> dict[bytes, bytes]:
-    """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` and the retained published
-    ``versions`` whose users it holds (both sorted), and its users' digest."""
-    record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users),
-              "versions": sorted(set(versions))}
+LEDGER_VERSIONS_FILE = "split_ledger_versions.json"   # under cache/: the versions whose users the ledger holds
+
+
+def ledger_metadata(users: Iterable[str], covered: Iterable[str]) -> dict[bytes, bytes]:
+    """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and its users' digest."""
+    record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users)}
     return {LEDGER_KEY: json.dumps(record, sort_keys=True).encode()}
 
 
-def ledger_record(ledger_file: Path, users: Iterable[str]) -> tuple[set[str], set[str]]:
+def record_ledger_versions(home: DataHome, ledger_file: Path, versions: Iterable[str]) -> None:
+    """Keep the retained published ``versions`` whose users the ledger file just written holds, keyed by its
+    sha256 (``cache/split_ledger_versions.json``). A cache: a failed write only costs one read of the sidecars."""
+    try:
+        body = {"ledger_sha256": sha256_file(ledger_file), "versions": sorted(set(versions))}
+        home.cache.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(home.cache / LEDGER_VERSIONS_FILE, (json.dumps(body, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass
+
+
+def _ledger_versions(home: DataHome, ledger_file: Path) -> set[str]:
+    """The versions recorded for the ledger file as it is now (its sha256); none for another ledger (one restored
+    from an older copy, rebuilt, re-keyed) or without a readable record."""
+    try:
+        data = read_small_file(home.cache / LEDGER_VERSIONS_FILE, 1 << 22)
+        record = json.loads(data) if data is not None else None
+        if not (isinstance(record, dict) and record.get("ledger_sha256") == sha256_file(ledger_file)):
+            return set()
+        versions = record.get("versions")
+        return {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set()
+    except Exception:   # noqa: BLE001 - a damaged or foreign record names nothing
+        return set()
+
+
+def ledger_record(home: DataHome, ledger_file: Path, users: Iterable[str]) -> tuple[set[str], set[str]]:
     """(the ``split_pairs`` digests, the published version names) the ledger file's record covers, when the
-    record's users' digest is that of ``users`` (the users read from that file, every salt's); else none. A record
-    written before the versions were recorded names none (review rev24f: every retained version is then read once).
-    Never raises."""
+    record's users' digest is that of ``users`` (the users read from that file, every salt's); else none. The
+    versions come from ``cache/split_ledger_versions.json`` when it names this very file (else none: every
+    retained version is then read once, review rev24f). Never raises."""
     try:
         metadata = pq.read_schema(ledger_file).metadata or {}
         record = json.loads(metadata[LEDGER_KEY])
         if record["users_sha256"] != users_digest(users):
             return set(), set()
         digests = {d for d in record["split_pairs_sha256"] if isinstance(d, str) and _SHA256.fullmatch(d)}
-        versions = record.get("versions", [])
-        return digests, {v for v in versions if isinstance(v, str)} if isinstance(versions, list) else set()
+        return digests, _ledger_versions(home, ledger_file)
     except Exception:   # noqa: BLE001 - whatever a damaged or foreign record raises, it covers nothing
         return set(), set()
 

@@ -63,22 +63,30 @@ def _two_versions(home: DataHome, config: SplitConfig) -> tuple[list[dict], tupl
 
 # --- the ledger's record names the versions it covers ---------------------------------------------------------------
 
+def _recorded_versions(home: DataHome) -> list[str]:
+    body = json.loads((home.cache / coverage.LEDGER_VERSIONS_FILE).read_text())
+    assert body["ledger_sha256"] == hashlib.sha256(home.table_file("split_ledger").read_bytes()).hexdigest()
+    return body["versions"]
+
+
 def test_the_ledger_record_names_every_switched_to_version_and_a_record_without_them_reads_them_once(tmp_path):
+    """The versions whose users the ledger holds are kept beside it (cache/, keyed by the ledger's sha256), not in
+    the ledger's bytes: without that record (lost, or an older ledger's) every retained version is read once."""
     home = DataHome(tmp_path)
     config = SplitConfig()
     _two_versions(home, config)
-    assert _ledger_record(home)["versions"] == [V1, V2]
+    assert _recorded_versions(home) == [V1, V2]
+    assert "versions" not in _ledger_record(home)
     assert not build_splits(home, config, **QUIET).published_sidecars_read       # covered: nothing read
-    # a record written before the versions were recorded (the upgrade): every retained version is read once
-    ledger = home.table_file("split_ledger")
-    table = pq.read_table(ledger)
-    record = _ledger_record(home)
-    del record["versions"]
-    metadata = {**table.schema.metadata, coverage.LEDGER_KEY: json.dumps(record, sort_keys=True).encode()}
-    pq.write_table(table.replace_schema_metadata(metadata), ledger)
+    (home.cache / coverage.LEDGER_VERSIONS_FILE).unlink()     # the cache deleted (or the upgrade)
     assert build_splits(home, config, **QUIET).published_sidecars_read
-    assert _ledger_record(home)["versions"] == [V1, V2]
+    assert _recorded_versions(home) == [V1, V2]
     assert not build_splits(home, config, **QUIET).published_sidecars_read
+    # a record naming another ledger (this one restored from an older copy) covers no version
+    body = json.loads((home.cache / coverage.LEDGER_VERSIONS_FILE).read_text())
+    body["ledger_sha256"] = "0" * 64
+    (home.cache / coverage.LEDGER_VERSIONS_FILE).write_text(json.dumps(body))
+    assert build_splits(home, config, **QUIET).published_sidecars_read
 
 
 # --- the salt each version was built under --------------------------------------------------------------------------
