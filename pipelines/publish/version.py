@@ -63,6 +63,7 @@ from formats.files import cast_to_schema, open_regular_file, write_bytes_atomic,
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
+from pipelines.ingest.day import ingest_lock
 from pipelines.publish import columncache, datacard, jpgdigests, manifest, meta, rulecache, samples, shards
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
 from pipelines.publish.manifest import verify_version
@@ -89,7 +90,6 @@ from pipelines.publish.versions import (
     remove_mode_copies,
     sweep_stale,
 )
-from pipelines.ingest.day import ingest_lock
 from pipelines.splits import coverage
 from pipelines.splits.assign import require_trainable
 from pipelines.sqlrun import connect
