@@ -330,10 +330,10 @@ def ingest_lock_path(home: DataHome) -> Path:
 
 
 @contextlib.contextmanager
-def ingest_lock(home: DataHome) -> Iterator[None]:
+def ingest_lock(home: DataHome, on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold the home's ingest lock (an exclusive ``flock``, :mod:`formats.locks`), waiting for another ingest's
-    writes and looks at other days to end. Reentrant in one thread: a day's rewrites of other days are
-    ingests run while it holds the lock."""
+    writes and looks at other days to end (``on_wait(holder_pid)`` is called first when it must wait, e.g. to say
+    so). Reentrant in one thread: a day's rewrites of other days are ingests run while it holds the lock."""
     path = ingest_lock_path(home)
     key = os.path.realpath(path)
     held: set[str] = getattr(_held, "paths", None) or set()
@@ -341,7 +341,7 @@ def ingest_lock(home: DataHome) -> Iterator[None]:
     if key in held:
         yield
         return
-    with hold_lock(path, "the ingest of the data home", lambda _holder: None):   # waits for the holder
+    with hold_lock(path, "the ingest of the data home", on_wait or (lambda _holder: None)):   # waits for the holder
         held.add(key)
         try:
             yield

@@ -11,6 +11,7 @@ import pyarrow as pa
 
 from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, describe, manifest_files, read_manifest, sidecar_glob
 from formats.files import write_bytes_atomic
+from formats.text import terminal_text
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
@@ -107,7 +108,8 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
         elif checksums and not _same_sha256(path / rel, recorded["sha256"]):
             problems.append((rel, f"{rel} does not match its manifest sha256"))
     if problems:
-        lines = "".join(f"\n  {line}" for _, line in problems)
+        # a file name is shown with its control characters escaped: one line a file, whatever a planted name holds
+        lines = "".join(f"\n  {terminal_text(line)}" for _, line in problems)
         raise ManifestMismatch(f"version {path.name}: {len(problems)} file{'s' if len(problems) > 1 else ''} "
                                f"differ{'' if len(problems) > 1 else 's'} from its manifest:{lines}",
                                [rel for rel, _ in problems])

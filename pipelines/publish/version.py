@@ -124,7 +124,9 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         # the warehouse as no ingest is writing it: the home's ingest lock from the listing of the sources the
         # snapshots are built from to their last read, before the shards (review rev24j: an ingest that
         # rewrote a day meanwhile failed the publish with SourceChanged after its shards were written)
-        reading.enter_context(ingest_lock(home))
+        reading.enter_context(ingest_lock(home, lambda holder: print(
+            f"waiting for an ingest on this home (pid {holder}) to finish before reading the warehouse",
+            file=sys.stderr, flush=True)))
         meta_sources = samples.meta_sources(home)
         sources = source_digests(home, meta_sources)
         volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same

@@ -228,3 +228,16 @@ def test_the_splits_read_their_own_published_sidecars_when_a_sibling_matches_the
     for dataset in ("split_pairs", "split_rejects", "split_ledger"):
         assert built["homes[1]"].table_file(dataset).read_bytes() == built["plain"].table_file(dataset).read_bytes(), \
             dataset
+
+
+def test_a_planted_file_name_holding_a_line_break_cannot_forge_a_line_of_the_report(tmp_path: Path) -> None:
+    """The report names a file per line; a planted name holding a line break (or a terminal escape) is shown
+    escaped, so it cannot pass for another line (e.g. one that looks like the report's end)."""
+    home, full = history_home(tmp_path / "h")
+    version = publish_until(home, full).path
+    (version / "train" / "x\n  fine.tar does not match\x1b[2K").write_text("x")
+    with pytest.raises(manifest.ManifestMismatch) as caught:
+        manifest.verify_version(version)
+    lines = str(caught.value).splitlines()
+    assert len(lines) == 2 and "\x1b" not in str(caught.value)
+    assert lines[1] == "  train/x\\x0a  fine.tar does not match\\x1b[2K is not in the manifest"

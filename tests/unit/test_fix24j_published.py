@@ -144,3 +144,29 @@ def test_the_sweep_removes_the_names_a_publish_makes_and_names_the_rest(tmp_path
     assert sorted(os.listdir(datasets)) == sorted(theirs + [".partial-2023-03-03-0123456789"])
     assert len(notes) == len(theirs) and all(any(str(datasets / n) in note for note in notes) for n in theirs)
     assert all((datasets / name / "f").read_text() == "x" for name in theirs)
+
+
+def test_a_publish_waiting_for_an_ingest_says_so_then_publishes(tmp_path: Path, capsys) -> None:
+    """An ingest holds the home's ingest lock: the publish says on stderr that it waits for it (it used to wait
+    silently), and publishes once the lock is free."""
+    import threading
+    import time
+
+    home = make_home(tmp_path / "home", num_rankings=80, seed=3)
+    fd = open_lock_file(ingest_lock_path(home), "test")
+    assert try_lock(fd)                 # another open file description: the publish's flock must wait for it
+    result: dict = {}
+    worker = threading.Thread(target=lambda: result.update(report=publish_dataset(home, FAST)))
+    worker.start()
+    said = ""
+    deadline = time.monotonic() + 60
+    try:
+        while "waiting for an ingest on this home" not in said and time.monotonic() < deadline:
+            time.sleep(0.05)
+            said += capsys.readouterr().err
+        assert "waiting for an ingest on this home" in said and worker.is_alive()
+        assert "report" not in result
+    finally:
+        os.close(fd)
+    worker.join(120)
+    assert resolve_version(home) == result["report"].path
