@@ -65,6 +65,13 @@ class IngestConfig:
             end = PastTheCalendar()
         return self.earliest(), end
 
+    def line_parser(self, table: str, day: dt.date) -> rp.LineParser:
+        """The line parser of ``table`` for the lines of ``day`` under these limits (the ingest's, and the look at
+        a quarantined line of another day's: both must read a line alike)."""
+        return rp.LineParser(table, max_id=self.max_id, max_prompt_chars=self.max_prompt_chars,
+                             max_name_chars=self.max_name_chars, gs_range=(self.min_gs, self.max_gs),
+                             ts_range=self.timestamp_range(day))
+
 
 class PastTheCalendar:
     """An exclusive upper bound past every ``datetime`` (the created_at window of a day whose end plus the

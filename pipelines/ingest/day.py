@@ -71,7 +71,6 @@ from formats.locks import hold_lock
 from formats.rawzone import RawZoneScan
 from pipelines import faults
 from pipelines.ingest import earlierimages, rewrites
-from pipelines.ingest import parse as rp
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
 from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day, shift_day
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
@@ -129,10 +128,7 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     lines routed to that part are validated (a worker of a large day); ``_merge_parts`` combines them.
     """
     date = parse_day(day)
-    ts_range = config.timestamp_range(date)
-    parsers = {table: rp.LineParser(table, max_id=config.max_id, max_prompt_chars=config.max_prompt_chars,
-                                    max_name_chars=config.max_name_chars, gs_range=(config.min_gs, config.max_gs),
-                                    ts_range=ts_range) for table in tables}
+    parsers = {table: config.line_parser(table, date) for table in tables}
     known_today: set[str] | None = set() if "images" in tables else None
     runs = {}
     for table in tables:

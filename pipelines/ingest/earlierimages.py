@@ -149,6 +149,15 @@ def _read_rows(home: DataHome, day: str) -> dict[str, pa.Table]:
         raise Stale(str(exc)) from None
 
 
+def _naming(table: pa.Table, value_set: pa.Array) -> pa.Array | None:
+    """Which rows of ``table`` (reference columns) name one of ``value_set``'s uids; None for a table without columns."""
+    hit = None
+    for column in table.columns:
+        found = pc.fill_null(pc.is_in(column, value_set=value_set), False)
+        hit = found if hit is None else pc.or_(hit, found)
+    return hit
+
+
 def _late_rows(tables: dict[str, pa.Table], late: set[str]) -> dict[str, int]:
     """Per table, the accepted rows naming an image taken late (as the reference check counts
     ``accepted_late_image``)."""
@@ -157,10 +166,7 @@ def _late_rows(tables: dict[str, pa.Table], late: set[str]) -> dict[str, int]:
         return counts
     value_set = pa.array(sorted(late), pa.string())
     for name, table in tables.items():
-        hit = None
-        for column in table.columns:
-            found = pc.fill_null(pc.is_in(column, value_set=value_set), False)
-            hit = found if hit is None else pc.or_(hit, found)
+        hit = _naming(table, value_set)
         if hit is not None:
             counts[name] = pc.sum(hit).as_py() or 0
     return counts
@@ -209,9 +215,7 @@ def quarantined_first_uids(home: DataHome, day: str, config: IngestConfig) -> se
         wanted.append((number, before, sha, length))
     if any(number not in lines for number, *_ in wanted):
         lines.update(_raw_lines(home, day, {n: s for n, _, s, _ in wanted if n not in lines}, config))
-    parser = rp.LineParser("rankings", max_id=config.max_id, max_prompt_chars=config.max_prompt_chars,
-                           max_name_chars=config.max_name_chars, gs_range=(config.min_gs, config.max_gs),
-                           ts_range=config.timestamp_range(parse_day(day)))
+    parser = config.line_parser("rankings", parse_day(day))
     positions = [parser.names.index(name) for name in fields]
     uids: set[str] = set()
     for number, before, _, _ in wanted:
@@ -334,10 +338,7 @@ class EarlierImages:
         value_set = pa.array(sorted(named), pa.string())
         kept: dict[str, pa.Table] = {}
         for name, table in tables.items():
-            hit = None
-            for column in table.columns:
-                found = pc.fill_null(pc.is_in(column, value_set=value_set), False)
-                hit = found if hit is None else pc.or_(hit, found)
+            hit = _naming(table, value_set)
             kept[name] = table.filter(hit) if hit is not None else table
         return kept, named
 
