@@ -500,14 +500,11 @@ def open_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | Non
             raise ChecksumError(f"{path} of dataset version {version_dir.name} has {size} bytes but its "
                                 f"{MANIFEST_FILE} records {info['bytes']}: it changed after publishing"
                                 f"{f' ({why})' if why else ''}; {REPUBLISH}")
-        hashed = hashlib.sha256()
         try:
-            while block := handle.read(1 << 20):
-                hashed.update(block)
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()   # block by block, through this descriptor
         except OSError as exc:
             raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
                                 f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
-        digest = hashed.hexdigest()
         if digest != info["sha256"]:
             raise ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
                                 f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing"

@@ -119,7 +119,6 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
 def _same_sha256(path: Path, expected: str) -> bool:
     """Whether the regular file ``path`` (never a link followed) has sha256 ``expected``; False where it cannot
     be read as one."""
-    digest = hashlib.sha256()
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError:
@@ -127,6 +126,4 @@ def _same_sha256(path: Path, expected: str) -> bool:
     with open(fd, "rb", buffering=0) as handle:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest() == expected
+        return hashlib.file_digest(handle, "sha256").hexdigest() == expected

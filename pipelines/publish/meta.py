@@ -172,10 +172,7 @@ def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -
     tables = []
     for path in files:
         with open_regular_file(path) as handle:     # a warehouse file is replaced by a rename, never rewritten
-            hashed = hashlib.sha256()
-            while block := handle.read(1 << 20):
-                hashed.update(block)
-            digest = hashed.hexdigest()
+            digest = hashlib.file_digest(handle, "sha256").hexdigest()
             expected = (digests or {}).get(_relative(path), digest)
             if digest != expected:
                 raise SourceChanged(f"{path} changed while the publish ran (sha256 {digest}, the version id "
