@@ -17,7 +17,11 @@ them), hashing them with sha256 and appending them to one file of its own, fsync
 shard writer's per-byte work without tar headers, JSON, sidecars, per-shard files or early
 writeback. Its rate is given in the shard phase's bytes (the phase's bytes over the bare writer's
 seconds), so every ratio with it compares times for the same samples. It is a reference, not a
-bound: the phase starts writeback early, and the bare writer runs at another moment.
+bound: the phase starts writeback early, and the bare writer runs at another moment;
+(5) a lean reference writer, right after the bare one: the same processes and JPEGs, but each reads
+its JPEGs into one reused buffer (``readinto``, no per-file ``bytes``), hashes and writes every
+2 MiB, and spreads them over as many files as the phase wrote shards (each fsynced, as the phase's):
+about the least a writer in Python that sha256es every byte does here (``lean``).
 The publish writes its tars by ``O_DIRECT`` (``publish.direct_io``, the default) unless
 ``--no-direct-io``; the ratios then move with the page cache's memory as much as with the code (a
 buffered publish leaves the raw write after it only fresh pages: see the README's *Direct writes*).
@@ -216,6 +220,86 @@ def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> fl
     return seconds
 
 
+def lean_write(paths: list[Path], parent: Path, workers: int, fsync: bool, files: int) -> float:
+    """Seconds for ``workers`` forked processes to read ``paths`` (interleaved between them) through
+    one reused buffer, sha256 them and write them every ``LEAN_CHUNK`` bytes to ``files`` new files in
+    all (split between the workers, each fsynced), under a new folder in ``parent`` (removed after)."""
+    out_dir = Path(tempfile.mkdtemp(prefix="lean-", dir=parent))
+    children: list[int] = []
+    try:
+        started = time.perf_counter()
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # as in bare_write
+        try:
+            for worker in range(workers):
+                share = paths[worker::workers]
+                count = max(1, min(len(share), files // workers + (worker < files % workers)))
+                pid = os.fork()
+                if pid == 0:
+                    _lean_child([share[i::count] for i in range(count)], out_dir / f"lean-{worker}", fsync)
+                children.append(pid)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
+        seconds = time.perf_counter() - started
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    if failed:
+        raise RuntimeError(f"lean writer processes {failed} failed (their errors are above)")
+    return seconds
+
+
+LEAN_CHUNK = 2 << 20
+
+
+def _lean_child(groups: list[list[Path]], out_stem: Path, fsync: bool) -> NoReturn:
+    """A lean writer process: each group of paths read into one buffer, hashed and written every
+    ``LEAN_CHUNK`` bytes to a file of its own; exit 0, or print the error and exit 1."""
+    code = 1
+    try:
+        buffer = bytearray(2 * LEAN_CHUNK)
+        view = memoryview(buffer)
+        for number, group in enumerate(groups):
+            digest = hashlib.sha256()
+            out = os.open(f"{out_stem}.{number}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            try:
+                fill = 0
+                for path in group:
+                    source = os.open(path, os.O_RDONLY)
+                    try:
+                        while True:
+                            if len(view) - fill < 65536:
+                                view.release()                        # a JPEG larger than the room left
+                                buffer.extend(bytes(len(buffer)))
+                                view = memoryview(buffer)
+                            got = os.readv(source, [view[fill:]])
+                            if not got:
+                                break
+                            fill += got
+                    finally:
+                        os.close(source)
+                    if fill >= LEAN_CHUNK:
+                        _hash_and_write(digest, out, view[:fill])
+                        fill = 0
+                if fill:
+                    _hash_and_write(digest, out, view[:fill])
+                if fsync:
+                    os.fsync(out)
+            finally:
+                os.close(out)
+        code = 0
+    except BaseException:   # noqa: BLE001 - reported, then the process ends
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def _hash_and_write(digest, fd: int, data: memoryview) -> None:
+    digest.update(data)
+    done = 0
+    while done < len(data):
+        done += os.write(fd, data[done:])
+
+
 def _bare_child(paths: list[Path], out_path: Path, fsync: bool) -> NoReturn:
     """A bare writer process: read, hash and append ``paths``; exit 0, or print the error and exit 1."""
     code = 1
@@ -314,7 +398,7 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
     config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000, direct_io=direct_io)
     m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
                                                  "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
-                                                 "bare", "nightly_bare")}
+                                                 "bare", "nightly_bare", "lean", "nightly_lean")}
     creates_us: list[float | None] = []
     creates_ms: list[float] = []
     scratch_jpegs = _jpeg_paths(home, _rows_through(table, days))      # what the two publishes write
@@ -335,6 +419,8 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
         raw_cpu: list[float] = []
         m["raw"].append(report.bytes_written / 1e6 / raw_write(base / "raw.bin", report.bytes_written, fsync, raw_cpu))
         m["bare"].append(report.bytes_written / 1e6 / bare_write(scratch_jpegs, base, bare_workers, fsync))
+        m["lean"].append(report.bytes_written / 1e6 / lean_write(scratch_jpegs, base, bare_workers, fsync,
+                                                                   report.shards_written))
         if writers_cpu > 0:
             m["shards_cpu"].append(report.bytes_written / 1e6 / writers_cpu)
             m["raw_cpu"].append(report.bytes_written / 1e6 / raw_cpu[0])
@@ -348,6 +434,8 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
         m["nightly_total"].append(nightly_bytes / 1e6 / nightly.total_seconds)
         m["nightly_raw"].append(nightly_bytes / 1e6 / raw_write(base / "raw.bin", nightly_bytes, fsync))
         m["nightly_bare"].append(nightly_bytes / 1e6 / bare_write(nightly_jpegs, base, bare_workers, fsync))
+        m["nightly_lean"].append(nightly_bytes / 1e6 / lean_write(nightly_jpegs, base, bare_workers, fsync,
+                                                                   nightly.shards_written))
         seconds, size = tarwriter_write(home, base / "wds", 1000)
         m["tarwriter"].append(size / 1e6 / seconds)
     shutil.rmtree(trash, ignore_errors=True)
@@ -384,6 +472,11 @@ def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None
         "nightly_bare_mb_s": round(med["nightly_bare"], 1),
         "ratio_nightly_bare_vs_raw": round(med["nightly_bare"] / med["nightly_raw"], 3),
         "ratio_nightly_shards_vs_bare": round(med["nightly_shards"] / med["nightly_bare"], 3),
+        "lean_mb_s": round(med["lean"], 1),
+        "ratio_lean_vs_raw": round(med["lean"] / med["raw"], 3),
+        "nightly_lean_mb_s": round(med["nightly_lean"], 1),
+        "ratio_nightly_lean_vs_raw": round(med["nightly_lean"] / med["nightly_raw"], 3),
+        "ratio_nightly_shards_vs_lean": round(med["nightly_shards"] / med["nightly_lean"], 3),
         "goal_ratio": 0.5,
         "create_us": round(statistics.median(x for x in creates_us if x is not None), 1)
         if any(x is not None for x in creates_us) else None,
