@@ -117,6 +117,34 @@ def latest_link(home: DataHome) -> Path:
     return home.datasets / LATEST
 
 
+def latest_version(datasets: Path) -> str | None:
+    """The name of the folder in ``datasets`` that the ``latest`` link names, or None: no link there, or one naming
+    something outside ``datasets`` (or ``datasets`` itself).
+
+    The link is read, never followed to its end: a relative target (``<version>``, ``./<version>``) and an absolute
+    one (``ln -sfn "$PWD/<version>" latest``, a rollback by hand) name the same version when the folder part of the
+    target is ``datasets`` (compared as real paths, so a home reached through a linked folder counts too). Review
+    rev25d: an absolute link's version was taken for no version at all, so retention deleted the version readers
+    were on and the record of switched versions left it out. Whether the name is a complete version is the
+    caller's to check."""
+    link = Path(datasets) / LATEST
+    try:
+        target = os.readlink(link)
+    except OSError:
+        return None
+    full = target if os.path.isabs(target) else os.path.join(os.path.abspath(datasets), target)
+    full = full.rstrip("/")
+    parent, name = os.path.split(full)
+    if not name or name in (".", ".."):
+        return None
+    try:
+        if os.path.realpath(parent) != os.path.realpath(datasets):
+            return None
+    except (OSError, ValueError):
+        return None
+    return name
+
+
 class LatestRefused(ValueError):
     """Something at ``datasets/pickapic/latest`` that is not a symbolic link: the publish switches only a link."""
 
@@ -162,19 +190,20 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
     reader resolves the old version or the new one, never nothing. Only a link (or nothing) at ``latest`` is
     replaced (:func:`check_latest`), and the temp link never stays behind.
 
-    First ``version`` (and the version ``latest`` names now, switched to by definition) is added to the record of
+    First ``version`` (and the version ``latest`` names now, by a relative or an absolute link:
+    :func:`latest_version`; switched to by definition) is added to the record of
     switched versions (:func:`record_switched`): before the switch, so a process killed right after it cannot leave
     a version readers were given out of the record (its held-out keys would then go unpinned once ``latest`` was
     rolled back); a process killed in between leaves a version recorded that was never switched to, whose keys are
     then pinned (a split kept, never a leak). Returns why the record was not written, or None."""
     check_latest(datasets)
     link = Path(datasets) / LATEST
-    before = None
-    with contextlib.suppress(OSError):
-        if link.is_symlink():
-            before = os.readlink(link)
+    before = latest_version(datasets)     # a relative or an absolute link to a version in datasets (rev25d)
     note = record_switched(datasets, [name for name in (before, version) if name], fsync)
-    if before == version:
+    target = None
+    with contextlib.suppress(OSError):
+        target = os.readlink(link)
+    if target == version:                 # an absolute link to it is made the relative link the tool writes
         return note
     tmp = Path(datasets) / f".latest.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -292,9 +321,11 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     the version ``latest`` names now; the versions no longer present are dropped. Return why the history was
     not written, or None.
 
-    ``latest``'s version goes right before ``version`` because it is the last one switched to: a publish that
-    died between writing the history and switching left its version recorded as the newest though ``latest``
-    never named it, and retention would otherwise keep that one and delete the version readers were still on.
+    ``latest``'s version (:func:`latest_version`: a relative or an absolute link to a folder in ``datasets``; a link
+    to anything outside it names no version) goes right before ``version`` because it is the last one switched to: a
+    publish that died between writing the history and switching left its version recorded as the newest though
+    ``latest`` never named it, and retention would otherwise keep that one and delete the version readers were
+    still on.
 
     Written under a temporary name and renamed; something at its path that this tool did not write (a link,
     a folder, a file without its header) is left as it is and the history goes unwritten: versions are then
@@ -310,12 +341,8 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     def present(name: str) -> bool:
         return is_real_folder(datasets / name)
 
-    current = None
-    with contextlib.suppress(OSError):
-        link = datasets / LATEST
-        if link.is_symlink():
-            current = os.readlink(link)
-    last = [current] if current and "/" not in current and current != version and present(current) else []
+    current = latest_version(datasets)    # a relative or an absolute link to a folder in datasets (rev25d)
+    last = [current] if current and current != version and present(current) else []
     kept = [name for name in names or [] if name != version and name not in last and present(name)] + last + [version]
     try:
         write_names(path, HISTORY_HEADER, kept, fsync)

@@ -65,6 +65,60 @@ def temp_names(names: Sequence[str]) -> re.Pattern:
 TEMP_NAME_EXTRA = len("..") + 2 * _TEMP_TOKEN_BYTES + len(".tmp")   # bytes create_temp's name adds to ``name``
 
 
+def temp_pattern(final: str) -> re.Pattern:
+    """What :func:`create_temp` names the temporary files of the final names matching the regular expression
+    ``final`` (``.NAME.<12 hex>.tmp``)."""
+    return re.compile(rf"\.(?:{final})\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+
+
+def sweep_temps(folder: str | os.PathLike, final: str) -> tuple[list[str], list[str]]:
+    """Remove from ``folder`` the temporary files a writer killed mid-write left (:func:`create_temp`'s
+    ``.NAME.<12 hex>.tmp`` of a final name matching the regular expression ``final``); return the names removed
+    and notes on what was left.
+
+    The caller must hold the lock under which every writer of those names writes (a temporary file being written
+    now would be removed under it). Only those exact names are looked at, in ``folder`` only (opened without
+    following a link: a link or a file there, or nothing, sweeps nothing), and only regular files this account
+    owns are removed: anything else at such a name (a link, a folder, another account's file) is left as it is
+    and named in the notes. Never raises for what it cannot remove (a note says why)."""
+    pattern = temp_pattern(final)
+    removed: list[str] = []
+    notes: list[str] = []
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return removed, notes
+    try:
+        try:
+            names = sorted(name for name in os.listdir(fd) if pattern.fullmatch(name))
+        except OSError as exc:
+            return removed, [f"{folder}: not listed to remove the temporary files of killed writers ({exc})"]
+        for name in names:
+            path = os.path.join(folder, name)
+            try:
+                info = os.stat(name, dir_fd=fd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                notes.append(f"{path}: a temporary file of a killed writer, not removed ({exc})")
+                continue
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                what = "another account's file" if stat.S_ISREG(info.st_mode) else "not a regular file"
+                notes.append(f"{path} is named as the tool's temporary files but is {what}: left as it is")
+                continue
+            try:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                notes.append(f"{path}: a temporary file of a killed writer, not removed ({exc})")
+                continue
+            removed.append(name)
+    finally:
+        os.close(fd)
+    return removed, notes
+
+
 _URL = re.compile(r"[a-zA-Z][-a-zA-Z0-9+.]*://")
 
 

@@ -62,7 +62,8 @@ CACHE_SCHEMA = pa.schema([
 ])
 MAX_PARTS = 16     # more cache files than this are merged into one
 MAX_UNUSED = 0.25  # more of the rows read than this serving the publish nothing, and the cache is merged
-_PART = re.compile(r"part-([0-9]{6,})-[0-9a-f]{16}\.parquet")    # the only names the cache reads or removes
+PART_NAME = r"part-([0-9]{6,})-[0-9a-f]{16}\.parquet"
+_PART = re.compile(PART_NAME)    # the only names the cache reads or removes
 _READ_CHUNK = 1 << 20
 
 

@@ -17,6 +17,22 @@ from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
 
 
+def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]]) -> dict:
+    """What a version's manifest records of what it is: its format, its version and its sources (the
+    ``split_pairs`` days and rows, the warehouse files hashed into the version id). A complete folder at the
+    version's name is taken as the version only when its manifest records these
+    (:func:`pipelines.publish.versions.check_version_identity`)."""
+    days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
+    return {
+        "format": FORMAT_VERSION,
+        "version": version,
+        "sources": {
+            "split_pairs": {"days": days, "rows": table.num_rows},
+            **{name: dict(sorted(files.items())) for name, files in sources.items()},
+        },
+    }
+
+
 def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dict],
                    sources: dict[str, dict[str, str]], plans: dict[str, str], config: PublishConfig,
                    contracts: dict[str, str | None]) -> None:
@@ -32,16 +48,10 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         split_stats = [s for s in stats if s["split"] == split]
         splits[split] = {"pairs": sum(s["num_samples"] for s in split_stats), "shards": len(split_stats),
                          "bytes": sum(s["num_bytes"] for s in split_stats)}
-    days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
     manifest = {
-        "format": FORMAT_VERSION,
+        **identity(version, table, sources),
         "writers": WRITERS,
-        "version": version,
         "splits": splits,
-        "sources": {
-            "split_pairs": {"days": days, "rows": table.num_rows},
-            **{name: dict(sorted(files.items())) for name, files in sources.items()},
-        },
         "plans": dict(sorted(plans.items())),
         "config": config.output_fields(),
         "contracts": contracts,

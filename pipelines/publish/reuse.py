@@ -14,7 +14,7 @@ import shutil
 import stat
 from pathlib import Path
 
-from formats.dataset import FORMAT_VERSION, LATEST, list_versions, shard_paths
+from formats.dataset import FORMAT_VERSION, latest_version, list_versions, shard_paths
 from formats.dataset import read_manifest as dataset_manifest
 from formats.files import create_temp, file_mode, sha256_file
 from formats.home import DataHome
@@ -25,8 +25,7 @@ LINK_FALLBACK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, e
 
 def previous_versions(home: DataHome, version: str) -> list[Path]:
     """Complete versions to reuse shards from: the one ``latest`` names first, then newest first."""
-    link = home.datasets / LATEST
-    current = os.readlink(link) if link.is_symlink() else None
+    current = latest_version(home.datasets)      # a relative or an absolute link (review rev25d)
     names = [v for v in reversed(list_versions(home)) if v != version]
     if current in names:
         names.remove(current)

@@ -38,6 +38,7 @@ import errno
 import hashlib
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -52,14 +53,16 @@ from formats.dataset import (
     SIZES_FILE,
     check_latest,
     fsync_dir,
+    history_file,
     prompt_counts_glob,
     read_manifest,
     record_switch,
     sidecar_glob,
     sizes_json,
     switch_latest,
+    switched_file,
 )
-from formats.files import cast_to_schema, open_regular_file, write_bytes_atomic, write_parquet_atomic
+from formats.files import cast_to_schema, open_regular_file, sweep_temps, write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
@@ -82,6 +85,7 @@ from pipelines.publish.shardphase import clean_failed_staging, write_shards
 from pipelines.publish.versions import (
     STAGING_PREFIX,
     apply_retention,
+    check_version_identity,
     check_version_name,
     fsync_tree,
     give_modes,
@@ -116,11 +120,16 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     require_trainable(table)  # an empty split is no version at all for a trainer: latest stays where it is
     table = with_keys(table)
     splits_in(table)
-    jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},
-                                 workers=config.worker_count())
     home.datasets.mkdir(parents=True, exist_ok=True)
-    notes: list[str] = [jpgs.note] if jpgs.note else []     # the JPEG digest cache not used, trusted or written
+    notes: list[str] = []
     with publish_lock(home), contextlib.ExitStack() as reading:
+        # the temporary files a killed publish left outside its version: only the publish writes those names,
+        # and only under this lock (the JPEG digest cache too, since review rev25d), so none is being written now
+        notes += sweep_temp_files(home)
+        jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},
+                                     workers=config.worker_count())
+        if jpgs.note:
+            notes.append(jpgs.note)     # the JPEG digest cache not used, trusted or written
         # the warehouse as no ingest is writing it: the home's ingest lock from the listing of the sources the
         # snapshots are built from to their last read, before the shards (review rev24j: an ingest that
         # rewrote a day meanwhile failed the publish with SourceChanged after its shards were written)
@@ -136,6 +145,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         final = home.datasets / version
         notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")   # a rerun that finds its version too
         if check_version_name(home.datasets, version):
+            # its manifest must be this version's: another version's files at this name are never switched to
+            check_version_identity(final, manifest.identity(version, table, sources))
             reading.close()                           # nothing more is read from the warehouse
             remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
             try:
@@ -148,7 +159,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
             os.utime(final)  # the newest by mtime too, where the publish history is missing
             _switch(home, version, config, notes, split_pairs_sha256)
-            deleted = apply_retention(home, config.keep_versions)
+            deleted = _retention(home, config, notes)
             report = report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted,
                                jpgs.hashed)
             report.notes = notes
@@ -172,7 +183,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         fsync_dir(home.datasets, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
         _switch(home, version, config, notes, split_pairs_sha256)
-        deleted = apply_retention(home, config.keep_versions)
+        deleted = _retention(home, config, notes)
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
@@ -206,6 +217,41 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
                 f"({exc}): the next splits build reads its sidecars")
         notes.append(note)
         print(f"publish: {note}", file=sys.stderr, flush=True)
+
+
+def _retention(home: DataHome, config: PublishConfig, notes: list[str]) -> list[str]:
+    """Retention after the switch (:func:`versions.apply_retention`); what it left alone goes to ``notes`` and
+    stderr. It never fails the publish whose version is live now."""
+    left: list[str] = []
+    deleted = apply_retention(home, config.keep_versions, left)
+    for note in left:
+        notes.append(note)
+        print(f"publish: {note}", file=sys.stderr, flush=True)
+    return deleted
+
+
+def sweep_temp_files(home: DataHome) -> list[str]:
+    """Remove the temporary files (``.NAME.<hex>.tmp``, :func:`formats.files.create_temp`) that a publish killed
+    mid-write left outside its version: in the JPEG digest cache, beside the versions (the publish history and
+    the record of switched versions), and in ``cache/`` (the record of the ``split_pairs`` published, the
+    contract caches). Only the names the publish's own writers give their temporary files, in the folders they
+    write, are removed: no other stage writes those names, and the caller holds the publish lock under which
+    every publish writes them, so none is being written now. Returns notes on what was left (review rev25d: each
+    such crash left a file for good, a whole merged digest cache at Pick-a-Pic size)."""
+    counts, columns, record = rulecache.cache_file(home.cache), columncache.cache_file(home.cache), \
+        coverage.record_file(home)
+    places = [
+        (jpgdigests.cache_dir(home), jpgdigests.PART_NAME),
+        (home.datasets.parent, "|".join(re.escape(path.name) for path in (history_file(home.datasets),
+                                                                           switched_file(home.datasets)))),
+        (record.parent, re.escape(record.name)),
+        (counts.parent, re.escape(counts.name)),
+        (columns.parent, re.escape(columns.name)),
+    ]
+    notes: list[str] = []
+    for folder, final in places:
+        notes += sweep_temps(folder, final)[1]
+    return notes
 
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, plans: dict[str, str],

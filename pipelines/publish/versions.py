@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import re
 import shutil
@@ -13,7 +14,15 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from formats.dataset import MANIFEST_FILE, VERSION_NAME, describe, fsync_dir, latest_link, list_versions
+from formats.dataset import (
+    MANIFEST_FILE,
+    VERSION_NAME,
+    describe,
+    fsync_dir,
+    latest_version,
+    list_versions,
+    read_manifest,
+)
 from formats.files import current_umask
 from formats.home import DataHome
 from formats.locks import hold_lock
@@ -46,7 +55,9 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
 
     Only the names a publish makes are touched (review rev24j): a version's name (``formats.dataset.VERSION_NAME``)
     after the prefix, so a user's ``.deleting-notes`` or ``.partial-backup`` is left as it is and named in the
-    returned notes. Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only
+    returned notes. A folder that cannot be removed whole (on NFS a file a reader still holds open is renamed
+    ``.nfsXXXX`` and the removal fails with EBUSY; a folder this account may not write) is left with a note, and
+    the next publish tries again: the publish never fails on it (review rev25d). Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only
     symbolic links at a temporary link's name. A switch makes its temporary link only under the publish lock
     that the sweeping publish holds, so every such link is a dead switch's, whatever its pid (review rev24j:
     a killed switch whose pid a process reused, pid 1 in a container, kept its link for good). Anything else
@@ -68,7 +79,11 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
         except FileNotFoundError:
             continue
         if stat.S_ISDIR(info.st_mode):
-            shutil.rmtree(path)
+            try:
+                shutil.rmtree(path)
+            except OSError as exc:       # review rev25d: a reader's open file on NFS (EBUSY), a folder we may not write
+                notes.append(f"{path} (left by an interrupted publish or retention) could not be removed whole "
+                             f"({exc}): left as it is (hidden); the next publish tries again")
         else:
             notes.append(f"{path} is {describe(path)}, not a folder a publish made: left as it is (not followed); "
                          f"remove it by hand")
@@ -207,21 +222,112 @@ def remove_mode_copies(version_dir: Path, files: dict) -> list[str]:
 TEMP_COPY = re.compile(r"\.(.+)\.[0-9a-f]{12}\.tmp")
 
 
-def apply_retention(home: DataHome, keep: int) -> list[str]:
-    """Delete complete versions beyond the newest ``keep`` (never the one ``latest`` points to)."""
-    link = latest_link(home)
-    current = os.readlink(link) if link.is_symlink() else None
-    versions = [v for v in list_versions(home) if v != current]
-    doomed = versions[: max(0, len(versions) - (keep - 1 if current else keep))]
+def check_version_identity(final: Path, expected: dict) -> None:
+    """Raise :class:`StagingRefused` unless the manifest of the complete folder ``final`` records ``expected``
+    (:func:`pipelines.publish.manifest.identity`: the format, the version and the sources this publish would
+    record), so a folder at the new version's name that holds another version (a backup restored under the wrong
+    name, a copy) is never switched to as that version (review rev25d: it was, and the publish record then said
+    ``latest`` held the new ``split_pairs``). Nothing is written or deleted."""
+    try:
+        recorded = read_manifest(final)
+    except (OSError, ValueError) as exc:
+        raise StagingRefused(f"{final} is not a version a publish made ({exc}): nothing was published and it was "
+                             f"left as it is; move it aside and publish again") from None
+    expected = json.loads(json.dumps(expected))          # as the manifest's JSON holds it
+    differs = sorted(key for key, value in expected.items() if recorded.get(key) != value)
+    if differs:
+        raise StagingRefused(
+            f"{final} holds a {MANIFEST_FILE} that is not this version's (its {', '.join(differs)} differ; it names "
+            f"version {recorded.get('version')!r}): another version's files at this version's name (a backup "
+            f"restored under the wrong name, a copy), not what this publish makes of its inputs. Nothing was "
+            f"published and it was left as it is; move it aside (its files may be hard links shared with other "
+            f"versions: never edit them in place) and publish again")
+
+
+def made_by_publish(folder: Path) -> str | None:
+    """None when ``folder`` (a complete version by its name and manifest) is a version a publish made: its
+    manifest names the folder's own name as its version, and it holds only the files its manifest lists (and
+    the temporary copies :func:`remove_mode_copies` removes), as regular files in real folders. Otherwise why
+    not: a copy of a version under another name, a version a user added files to, a link inside it."""
+    try:
+        recorded = read_manifest(folder)
+    except (OSError, ValueError) as exc:
+        return f"its {MANIFEST_FILE} cannot be read ({exc})"
+    if recorded.get("version") != folder.name:
+        return f"its {MANIFEST_FILE} names version {recorded.get('version')!r}, not {folder.name!r}"
+    files = recorded["files"]
+
+    def fail(exc: OSError) -> None:
+        raise exc
+
+    try:
+        for top, dirs, names in os.walk(folder, onerror=fail):     # followlinks=False
+            prefix = "" if top == str(folder) else os.path.relpath(top, folder) + "/"
+            for name in sorted(dirs + names):
+                rel = prefix + name
+                info = os.lstat(os.path.join(top, name))
+                if stat.S_ISDIR(info.st_mode):
+                    continue
+                temp = TEMP_COPY.fullmatch(name)
+                listed = rel == MANIFEST_FILE or rel in files or (temp is not None and (
+                    prefix + temp.group(1) in files or prefix + temp.group(1) == MANIFEST_FILE))
+                if not listed:
+                    return f"it holds {rel}, which its {MANIFEST_FILE} does not list"
+                if not stat.S_ISREG(info.st_mode):
+                    return f"{rel} in it is {describe(os.path.join(top, name))}, which no publish makes"
+    except OSError as exc:
+        return f"it cannot be looked into whole ({exc})"
+    return None
+
+
+def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -> list[str]:
+    """Delete the complete versions a publish made beyond the newest ``keep`` (never the one ``latest`` names, by a
+    relative or an absolute link: :func:`formats.dataset.latest_version`); return the versions deleted. What was
+    left alone, and why, goes to ``notes``.
+
+    Only versions a publish made (:func:`made_by_publish`) are deleted or counted among the ``keep``: a folder
+    named like a version whose manifest names another version (a user's copy), or that holds files its manifest
+    does not list (a user's notes), is left as it is and named in ``notes`` (review rev25d: it was deleted first,
+    before any real old version). A version is renamed ``.deleting-<version>`` (it disappears at once), then
+    removed; what cannot be renamed (EACCES/EPERM: another account's version on a shared home) stays a version,
+    and what cannot be removed whole once renamed (EBUSY: a file a reader still holds open on NFS) stays hidden,
+    each with a note: the publish never fails on it after its switch, and the next publish tries again
+    (:func:`sweep_stale`), as the model runs' retention does."""
+    notes = [] if notes is None else notes
+    current = latest_version(home.datasets)
+    made = []
+    for name in list_versions(home):
+        if name == current:
+            continue
+        why = made_by_publish(home.datasets / name)
+        if why is None:
+            made.append(name)
+        else:
+            notes.append(f"{home.datasets / name} is not a version a publish made ({why}): retention left it as it "
+                         f"is and does not count it among keep_versions; move it out of {home.datasets} if it is "
+                         f"yours")
+    doomed = made[: max(0, len(made) - (keep - 1 if current else keep))]
+    deleted = []
     for name in doomed:
         hidden = home.datasets / f"{DELETING_PREFIX}{name}"
         for n in range(1, 100):
             if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
                 break
             hidden = home.datasets / f"{DELETING_PREFIX}{name}.{n}"
-        os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
-        shutil.rmtree(hidden)
-    return doomed
+        try:
+            os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
+        except OSError as exc:
+            notes.append(f"retention could not delete version {name} ({exc}): left in place; the next publish tries "
+                         f"again")
+            continue
+        deleted.append(name)
+        try:
+            shutil.rmtree(hidden)
+        except OSError as exc:
+            notes.append(f"version {name} was deleted from the versions but {hidden} could not be removed whole "
+                         f"({exc}: on NFS, a file a reader still holds open): left as it is (hidden); the next "
+                         f"publish removes it")
+    return deleted
 
 
 
