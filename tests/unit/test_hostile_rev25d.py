@@ -19,6 +19,10 @@ before a version was complete; deleting an older version (hard links) never brok
 ``latest`` names is never deleted by retention; a reader process that resolves ``latest``, lists the version and
 reads every file against its manifest in a loop, during 100 publishes cycling three inputs with ``keep_versions`` 1
 and 3, never saw a mixed version or a file that differs (only a version retention deleted, as documented).
+
+Each test below was a confirmed defect, filed as a strict xfail; all six were fixed the same day (fix25d:
+``versions.check_version_identity``, ``versions.made_by_publish``, retention that notes what it cannot remove,
+``formats.dataset.latest_version``, ``version.sweep_temp_files``) and the tests now pass as plain tests.
 """
 from __future__ import annotations
 
@@ -60,13 +64,6 @@ def _leftover_temps(root: Path) -> list[str]:
 
 
 # --------------------------------------------------------------------------- wrong published data
-@pytest.mark.xfail(strict=True, reason=(
-    "A complete-looking folder at the new version's name (a manifest and the files it lists) is taken as that "
-    "version without checking that its manifest is this version's: a folder holding another version's files "
-    "(a backup restored under the wrong name, a copy) is switched to as `latest`, the report names the other "
-    "version, and the publish record says `latest` holds the new split_pairs. Expected: the manifest's "
-    "version (and sources) must be this publish's, else StagingRefused / a rebuild, never a switch"
-))
 def test_a_folder_at_the_versions_name_holding_another_version_is_not_switched_to(tmp_path: Path) -> None:
     home, table, first = _two_nights(tmp_path / "home")
     second = publish_until(home, table, FAST).version
@@ -85,14 +82,6 @@ def test_a_folder_at_the_versions_name_holding_another_version_is_not_switched_t
 
 
 # --------------------------------------------------------------------------- retention vs a reader's open file
-@pytest.mark.xfail(strict=True, reason=(
-    "Retention runs after `latest` is switched, and a version folder it cannot remove whole (on NFS a file a "
-    "reader still has open is renamed to .nfsXXXX and rmtree fails with EBUSY) fails the whole publish with a "
-    "bare OSError although the new version is live; every later publish then fails in sweep_stale on the same "
-    ".deleting-<version> before doing anything, until the reader closes the file. Expected: what retention "
-    "cannot delete is left (hidden) with a note in the report, the publish succeeds, and the next publish "
-    "publishes"
-))
 def test_a_version_a_reader_holds_open_on_nfs_does_not_fail_every_publish(tmp_path: Path, monkeypatch) -> None:
     home, table, first = _two_nights(tmp_path / "home", PublishConfig(workers=1, fsync=False, min_shards_per_split=1,
                                                                       max_samples_per_shard=5, keep_versions=1))
@@ -155,13 +144,6 @@ def _publish_subprocess(home_root: Path, kill_at: str = "") -> subprocess.Comple
                           capture_output=True, text=True, timeout=300, check=False, start_new_session=True)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A publish SIGKILLed while it writes the JPEG digest cache (cache/train_jpg_sha256/, the whole merged cache "
-    "when it compacts: hundreds of MB at Pick-a-Pic size) or the publish history / record of switched versions "
-    "(datasets/pickapic.history, .switched) leaves the writer's .NAME.<hex>.tmp file, and no later publish ever "
-    "removes it (sweep_stale only looks inside datasets/pickapic/): every such crash adds one more, for good. "
-    "Expected: the rerun removes the temporary files of its own writers that a killed run left"
-))
 def test_temp_files_of_a_killed_publish_outside_the_version_folder_are_swept_by_the_rerun(tmp_path: Path) -> None:
     home, table, _ = _two_nights(tmp_path / "home")
     write_split_pairs(home, table)                       # the next night: one more day of JPEGs to hash
@@ -176,15 +158,6 @@ def test_temp_files_of_a_killed_publish_outside_the_version_folder_are_swept_by_
 
 
 # --------------------------------------------------------------------------- retention vs a folder the publish did not make
-@pytest.mark.xfail(strict=True, reason=(
-    "Retention deletes any folder named like a version that holds a manifest.json, oldest first by the publish "
-    "history, and a folder the history does not name counts as the oldest of all: a user's copy of a version "
-    "under another version-like name (its manifest names another version, and it holds the user's own files) "
-    "is deleted by the very next publish, before any real old version. A folder whose manifest does not name "
-    "it was not made by a publish (a publish always names the folder after its manifest's version). Expected: "
-    "retention (like the model runs' retention) deletes only the versions a publish made and leaves anything "
-    "else as it is, naming it in the report's notes"
-))
 def test_retention_leaves_a_folder_the_publish_did_not_make(tmp_path: Path) -> None:
     config = PublishConfig(workers=1, fsync=False, min_shards_per_split=1, max_samples_per_shard=5, keep_versions=2)
     home, table = history_home(tmp_path / "home", days=5, rankings=120)
@@ -200,14 +173,6 @@ def test_retention_leaves_a_folder_the_publish_did_not_make(tmp_path: Path) -> N
 
 
 # --------------------------------------------------------------------------- retention after a rollback by hand
-@pytest.mark.xfail(strict=True, reason=(
-    "After `latest` is rolled back by hand with an absolute link (ln -sfn \"$PWD/<version>\" latest, as common "
-    "as a relative one, and accepted by every reader and by check_latest), the next publish does not count the "
-    "version latest named as the last one switched to (record_switch skips a link target holding '/'), so "
-    "retention deletes exactly that version, the one readers resolved minutes ago, and keeps the bad version "
-    "rolled back from; with a relative link the same sequence keeps it. Expected: the version `latest` names "
-    "(by either link form) counts as the last switched to, as with a relative link"
-))
 def test_a_rollback_by_hand_with_an_absolute_link_keeps_the_version_readers_are_on(tmp_path: Path) -> None:
     import pyarrow.compute as pc
 
@@ -227,14 +192,6 @@ def test_a_rollback_by_hand_with_an_absolute_link_keeps_the_version_readers_are_
     assert (home.datasets / good / "manifest.json").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The record of switched versions (datasets/pickapic.switched: the versions readers were given, whose held-out "
-    "keys the split stage pins) is written at each switch with the version `latest` named before; when that "
-    "is an absolute link (a rollback by hand to the complete version a killed publish left unswitched) the name "
-    "is dropped (only a bare version name is recorded), so a version readers were given stays out of the record "
-    "for good and the split stage counts it as never published (its keys not re-seeded). A relative link is "
-    "recorded. Expected: the version an absolute `latest` link names inside the versions folder is recorded too"
-))
 def test_a_version_latest_named_by_an_absolute_link_is_recorded_as_switched_to(tmp_path: Path) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
