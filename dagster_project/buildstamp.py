@@ -77,7 +77,7 @@ def _outputs(home: DataHome, with_model: bool) -> list:
                     path = Path(folder) / name
                     outputs.append([str(path.relative_to(home.warehouse)), stat_key(path)])
     latest = dataset.latest_link(home)
-    target = os.readlink(latest) if latest.is_symlink() else None
+    target = dataset.latest_version(latest.parent)     # a relative or an absolute link, as the publish reads it
     model = None
     if with_model and target:
         model = stat_key(home.models / "preference_model" / target / "eval.json")

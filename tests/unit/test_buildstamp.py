@@ -51,3 +51,21 @@ def test_same_state_same_key_and_every_input_changes_it(tmp_path):
     assert len({key, before, *changes}) == len(changes) + 2
     buildstamp.clear_stamp(home)
     assert not buildstamp.is_up_to_date(home, key)
+
+
+def test_an_absolute_latest_link_is_the_same_version_and_its_model_is_watched(tmp_path):
+    # a rollback by hand (`ln -sfn "$PWD/v1" latest`) names the same version as the relative link the publish
+    # writes (review rev25d: formats.dataset.latest_version), so the stamp is the same and the model of that
+    # version is still watched (the raw link target joined to the models folder named no model at all)
+    home = _home(tmp_path)
+    model = home.models / "preference_model" / "v1"
+    model.mkdir(parents=True)
+    (model / "eval.json").write_text("{}")
+    relative = buildstamp.stamp_key(home, with_model=True)
+    (home.datasets / "latest").unlink()
+    (home.datasets / "latest").symlink_to(home.datasets / "v1")
+    assert buildstamp.stamp_key(home, with_model=True) == relative
+    tmp = model / "eval.tmp"
+    tmp.write_text('{"accuracy": 1}')
+    os.replace(tmp, model / "eval.json")      # the model of the version readers are on was trained again
+    assert buildstamp.stamp_key(home, with_model=True) != relative
