@@ -248,6 +248,8 @@ def test_the_settings_accept_a_cron_string_only_where_dagster_does():
     for cron in BOTH_REFUSE + ONLY_DAGSTER_ACCEPTS:
         with pytest.raises(SettingsError, match="schedules.nightly_cron"):
             load(None, assignments=[f"schedules.nightly_cron={cron}"])
+        if "R" in cron.split():    # Dagster draws the random value on each check: "0 2 R 2 *" is valid unless the
+            continue               # draw is a day February lacks (a flaky comparison); ours refuses every draw
         assert is_valid_cron_string(cron) == (cron in ONLY_DAGSTER_ACCEPTS), cron
 
 
