@@ -279,3 +279,29 @@ def test_quarantine_reasons_counts_no_line_for_a_missing_file(tmp_path: Path) ->
     by_reason = {(r["table"], r["reason"]): int(r["lines"]) for r in rows}
     assert by_reason.get(("downloads", "missing_file"), 0) == 0, by_reason
     assert sum(by_reason.values()) == quarantined == 1
+
+
+# ------------------------------------------------------------------------------------------------ 9
+@pytest.mark.xfail(strict=True, reason=(
+    "Two lines of one rankings file carry ranking_id 500 with different choices (best image 0 / best image 1); "
+    "the second also spells created_at as ISO 'T...Z'. Only lines that pass every rule take part in the key "
+    "check, so the second is quarantined as bad_timestamp (its detail says nothing of the conflict) and the "
+    "first is accepted: the ingest guessed which choice is true, against README section 2 ('one key, different "
+    "contents: every version quarantined, none guessed'). Expected: ranking 500 is not accepted; both lines are "
+    "quarantined, the valid one as conflicting_primary_key"
+))
+def test_a_key_whose_other_version_fails_another_rule_is_not_guessed(tmp_path: Path) -> None:
+    home = DataHome(tmp_path / "home")
+    b = DayBuilder(DAY).populate(users=3, images=6, rankings=0, downloads=0)
+    shown = b.image_uids
+    first = b.ranking(ranking_id=500, image_0_uid=shown[0], image_1_uid=shown[1], best_image_uid=shown[0])
+    second = dict(first, best_image_uid=shown[1], created_at=first["created_at"].replace(" ", "T") + "Z")
+    b.add("rankings", first)
+    b.add("rankings", second)
+    b.write(home)
+    report = ingest_day(home, DAY)
+    accepted = pq.read_table(home.partition_file("rankings", DAY)).to_pylist()
+    assert [(r["ranking_id"], r["best_image_uid"]) for r in accepted] == [], "one version of ranking 500 was guessed"
+    assert report.tables["rankings"].quarantined == 2
+    reasons = {q["reason"] for q in _quarantine(home, DAY, "rankings")}
+    assert "conflicting_primary_key" in reasons, reasons
