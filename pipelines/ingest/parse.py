@@ -51,10 +51,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-from decimal import Decimal
 import json
 import json.scanner
 import re
+from decimal import Decimal
 from typing import Callable
 
 from pipelines.ingest.lines import RAW_TEXT_BYTES, OverlongLine
@@ -528,7 +528,8 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
     """
     low_gs, high_gs = parser.gs_range
     env = {"KEYS": parser.keyset, "TSM": TS_RE.fullmatch, "UIDM": UID_RE.fullmatch, "CTRL": CONTROL_RE.search,
-           "UTF8OK": _utf8_ok, "SPLITP": split_prompt, "FROMISO": dt.datetime.fromisoformat, "TMIN": parser.ts_min, "TMAX": parser.ts_max,
+           "UTF8OK": _utf8_ok, "SPLITP": split_prompt, "FROMISO": dt.datetime.fromisoformat,
+           "TMIN": parser.ts_min, "TMAX": parser.ts_max,
            "MAXID": parser.max_id, "MAXP": parser.max_prompt_chars, "MAXN": parser.max_name_chars,
            "LOGS": low_gs, "HIGS": high_gs, "TIE": TIE}
     body = ["def fast(o):", "    if o.keys() != KEYS: return None"]

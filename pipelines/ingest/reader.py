@@ -253,7 +253,7 @@ def _resolve_repeats(run: TableRun, key_name: str) -> None:
     its rejected lines keep their own reason, its accepted ones are quarantined as conflicting.
     """
     rows, conflicting, sink = run.rows, run.conflicting, run.quarantine
-    failed: dict[object, list] = {}   # key -> [rejected lines, first of them, first one's reason]
+    failed: dict[object, list] = {}   # key -> [its rejected lines, the first ten of them, the first one's reason]
     if run.rejected.count:
         for number, key, reason in run.rejected:
             if key in rows:

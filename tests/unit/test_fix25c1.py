@@ -203,8 +203,9 @@ def test_rejected_keys_spilled_give_the_same_bytes(tmp_path, monkeypatch):
     for n in range(12):
         if n % 3 == 0:
             _two_versions(b, bad_first=n % 2 == 0)
-            b.lines["rankings"][-1] = b.lines["rankings"][-1].replace(b'"ranking_id": 500', f'"ranking_id": {600 + n}'.encode())
-            b.lines["rankings"][-2] = b.lines["rankings"][-2].replace(b'"ranking_id": 500', f'"ranking_id": {600 + n}'.encode())
+            for at in (-1, -2):
+                b.lines["rankings"][at] = b.lines["rankings"][at].replace(b'"ranking_id": 500',
+                                                                          f'"ranking_id": {600 + n}'.encode())
         b.add("rankings", {**b.ranking(ranking_id=700 + n), "prompt": ""})
     b.write(home)
     first = ingest_day(home, DAY)
@@ -224,7 +225,8 @@ def test_a_rejected_version_on_another_worker_redoes_the_table(tmp_path, monkeyp
                if reader._route(f'"ranking_id": {k},'.encode(), reader._ROUTE_RE["rankings"], 2) == 1)
     good, bad = _two_versions(b, bad_first=False)
     b.lines["rankings"][-2] = json.dumps(dict(good, ranking_id=key)).encode()
-    b.lines["rankings"][-1] = json.dumps(dict(bad, ranking_id=key)).replace('"ranking_id"', '"ranking\\u005fid"').encode()
+    escaped = json.dumps(dict(bad, ranking_id=key)).replace('"ranking_id"', '"ranking\\u005fid"')
+    b.lines["rankings"][-1] = escaped.encode()
     b.write(home)
     serial = ingest_day(home, DAY, IngestConfig(workers=1))
     expected = _snapshot(home)
