@@ -74,7 +74,7 @@ from pipelines.ingest import earlierimages, rewrites
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
 from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport, TableReport, parse_day, shift_day
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
-from pipelines.ingest.reader import fill_pending, read_table
+from pipelines.ingest.reader import SEEN_OVERFLOW, fill_pending, read_table
 from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
 from pipelines.ingest.uidindex import raw_image_uids, stat_key, write_uid_index
 from pipelines.ingest.waiting import Unreadable, WaitingIndex, read_waiting
@@ -176,10 +176,11 @@ def _tally(report: TableReport, sink: QuarantineSink) -> None:
 
 
 def _split_keys(parts: list[_TableResult]) -> bool:
-    """True when one primary key was seen by two parts (the parts cannot be merged)."""
+    """True when one primary key was seen by two parts (the parts cannot be merged): a key of an accepted row, or of
+    a rejected line (a version of its key all the same), or a part that kept too many of the latter to tell."""
     seen: set = set()
     for part in parts:
-        if not seen.isdisjoint(part[3]):
+        if SEEN_OVERFLOW in part[3] or not seen.isdisjoint(part[3]):
             return True
         seen |= part[3]
     return False

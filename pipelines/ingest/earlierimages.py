@@ -220,7 +220,7 @@ def quarantined_first_uids(home: DataHome, day: str, config: IngestConfig) -> se
     uids: set[str] = set()
     for number, before, _, _ in wanted:
         try:
-            values = parser.parse(lines[number])
+            values = parser.parse(lines[number] if number != 1 else rp.without_bom(lines[number]))
         except rp.Reject:
             raise Stale(f"its quarantined ranking at line {number} no longer parses") from None
         uids.update(values[i] for i in positions[:before] if values[i] is not None)

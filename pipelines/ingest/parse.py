@@ -16,8 +16,11 @@ Line rules, checked in this order (the first failing check is the line's reason)
 - ``missing_field``: a column of the table is absent, or null where the column is required.
 - ``unexpected_field``: a key that is not a column of the table.
 - ``wrong_type``: a string/boolean/fractional number where an integer is expected, a non-number
-  where a number is expected, a non-string where a string is expected. A float with no fraction
-  (``5.0``) is accepted as the integer 5.
+  where a number is expected, a non-string where a string is expected. A number written with no
+  fraction (``5.0``, ``5e0``) is accepted as the integer 5. Judged on the number as written, never on
+  its rounded binary double: ``4503599627370497.5`` is fractional (``wrong_type``) although its double
+  is ``4503599627370498.0``, and ``9007199254740993.0`` is the integer 2^53 + 1 (``invalid_value`` for
+  an id), not 2^53 (review rev25c).
 - ``invalid_value``: ids (``user_id``, ``image_id``, ``ranking_id``, ``download_id``) outside
   [1, ``max_id`` = 2^53]; ``seed`` outside [0, 2^63-1]; ``gs`` outside [``min_gs``, ``max_gs``] = [0, 50]
   (also a number that overflows to infinity); ``steps`` outside [1, 1000]; ``idx`` outside [0, 999] or
@@ -33,8 +36,16 @@ Line rules, checked in this order (the first failing check is the line's reason)
 - ``control_characters``: a C0/C1 control character (tab and newline included), a bidi embedding,
   override, isolate or mark (U+061C, U+200E/F, U+202A-E, U+2066-9), U+2028/9 or U+FEFF in a prompt,
   ``model_id`` or ``scheduler_cls``.
+- ``empty_prompt``: a required ``prompt`` (images, rankings) that is empty once cleaned as
+  ``split_prompt`` cleans it: only blanks, only ``[bracketed]`` negative text (``"[ugly]"``,
+  ``"[[x]]"``), or nothing (review rev25c: such rows were accepted with prompt ``''``).
 - ``invalid_ranking``: ``image_2_uid``/``image_3_uid`` not both set or both null, the same image
   shown twice, or ``best_image_uid`` neither ``'none'`` nor one of the shown uids.
+
+A UTF-8 byte order mark (``EF BB BF``) at the very start of a file is not part of its first line
+(``without_bom``, as ``utf-8-sig`` readers do); anywhere else it is a ``malformed_json`` line whose
+detail names it. A rejected line that is a JSON object with a valid primary key carries that key
+(``Reject.key``): the reader counts it as one more version of the key (``conflicting_primary_key``).
 """
 from __future__ import annotations
 
@@ -43,9 +54,11 @@ import hashlib
 import json
 import json.scanner
 import re
+from decimal import Decimal
 from typing import Callable
 
 from pipelines.ingest.lines import RAW_TEXT_BYTES, OverlongLine
+from schemas.raw import PRIMARY_KEYS
 
 # Quarantine reasons, in the order the checks run (the first failing check names the line).
 LINE_TOO_LONG = "line_too_long"
@@ -60,6 +73,7 @@ BAD_TIMESTAMP = "bad_timestamp"
 INVALID_UID = "invalid_uid"
 PROMPT_TOO_LONG = "prompt_too_long"
 CONTROL_CHARACTERS = "control_characters"
+EMPTY_PROMPT = "empty_prompt"
 INVALID_RANKING = "invalid_ranking"
 DUPLICATE_ROW = "duplicate_row"
 CONFLICTING_PRIMARY_KEY = "conflicting_primary_key"
@@ -70,7 +84,7 @@ UNREADABLE_FILE = "unreadable_file"
 LINE_REASONS = (
     LINE_TOO_LONG, INVALID_UTF8, MALFORMED_JSON, NOT_AN_OBJECT, MISSING_FIELD, UNEXPECTED_FIELD,
     WRONG_TYPE, INVALID_VALUE, BAD_TIMESTAMP, INVALID_UID, PROMPT_TOO_LONG, CONTROL_CHARACTERS,
-    INVALID_RANKING, DUPLICATE_ROW, CONFLICTING_PRIMARY_KEY, UNKNOWN_IMAGE_REFERENCE,
+    EMPTY_PROMPT, INVALID_RANKING, DUPLICATE_ROW, CONFLICTING_PRIMARY_KEY, UNKNOWN_IMAGE_REFERENCE,
 )
 FILE_REASONS = (MISSING_FILE, UNREADABLE_FILE)
 REASONS = LINE_REASONS + FILE_REASONS
@@ -84,8 +98,20 @@ TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[
 # isolates and marks, line/paragraph separators, BOM.
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
 BRACKET_RE = re.compile(r"\s*\[([^\[\]]*)\]\s*")
+_BRACKET_CHAR_RE = re.compile(r"[\[\]]")
+BOM = b"\xef\xbb\xbf"   # UTF-8 byte order mark: skipped at the very start of a file (``without_bom``)
+
+
+def without_bom(data: bytes) -> bytes:
+    """The first line of a file without a leading UTF-8 byte order mark (``utf-8-sig``); call it for line 1 only."""
+    return data[3:] if data[:3] == BOM else data
+
+
 class Reject(Exception):
-    """A line that cannot be ingested: ``reason`` is one of ``REASONS``; ``detail`` names the value."""
+    """A line that cannot be ingested: ``reason`` is one of ``REASONS``; ``detail`` names the value;
+    ``key``: the line's primary key when it is a JSON object whose key field is valid (else None)."""
+
+    key = None
 
     def __init__(self, reason: str, detail: str):
         super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
@@ -163,6 +189,28 @@ def _reject_constant(name: str) -> float:
     raise _NonFinite(name)
 
 
+class _WrittenNumber(float):
+    """A JSON number whose double is a whole number but which is not that number as written
+    (``4503599627370497.5``, ``9007199254740993.0``, ``1e-400``): ``text`` keeps how it was written, so an
+    integer field judges the number itself, never its rounding (review rev25c)."""
+
+    __slots__ = ("text",)
+
+
+def _parse_float(text: str) -> float:
+    value = float(text)
+    if value.is_integer():   # only a whole double can be taken for an integer: check it is the number written
+        try:
+            exact = Decimal(text) == value
+        except ArithmeticError:   # an exponent beyond Decimal's range: not the double's value either
+            exact = False
+        if not exact:
+            marked = _WrittenNumber(value)
+            marked.text = text
+            return marked
+    return value
+
+
 def _object_pairs(pairs: list) -> dict:
     obj = dict(pairs)
     if len(obj) != len(pairs):
@@ -174,7 +222,8 @@ def _object_pairs(pairs: list) -> dict:
     return obj
 
 
-_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs)
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs,
+                            parse_float=_parse_float)
 _SCAN = json.scanner.make_scanner(_DECODER)
 _JSON_WS = " \t\n\r"
 
@@ -190,6 +239,9 @@ def load_json(text: str) -> object:
     try:
         obj, end = _SCAN(text, start)
     except StopIteration as exc:
+        if text[exc.value:exc.value + 1] == "\ufeff":
+            raise Reject(MALFORMED_JSON, f"a byte order mark (U+FEFF) at character {exc.value}: allowed only "
+                                         "at the very start of a file") from None
         raise Reject(MALFORMED_JSON, f"expecting a value at character {exc.value}") from None
     except _NonFinite as exc:
         raise Reject(INVALID_VALUE, f"non-finite number {exc.args[0]} is not valid JSON") from None
@@ -210,8 +262,8 @@ def _short(value: object, limit: int = 80) -> str:
 
 
 def _type_name(value: object) -> str:
-    return {bool: "boolean", int: "integer", float: "number", str: "string", list: "array",
-            dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "integer", float: "number", _WrittenNumber: "number", str: "string",
+            list: "array", dict: "object", type(None): "null"}.get(type(value), type(value).__name__)
 
 
 class LineParser:
@@ -231,6 +283,8 @@ class LineParser:
         self.gs_range = gs_range
         self.ts_min, self.ts_max = ts_range
         self._timestamps = [i for i, field in enumerate(self.fields) if field[1] is TS]
+        self.key_name = PRIMARY_KEYS[table]
+        self.key_kind = next(kind for name, kind, *_ in self.fields if name == self.key_name)
         self._fast = _compile_fast_path(self)
 
     def same(self, a: tuple, b: tuple) -> bool:
@@ -253,14 +307,30 @@ class LineParser:
         except UnicodeDecodeError as exc:
             raise Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}") from None
         obj = load_json(text)
-        if type(obj) is dict:
-            try:
-                values = self._fast(obj)
-            except ValueError:  # fromisoformat on a well-shaped but impossible time: the slow path names it
-                values = None
-            if values is not None:
-                return values
-        return self.validate(obj)
+        if type(obj) is not dict:
+            return self.validate(obj)
+        try:
+            values = self._fast(obj)
+        except ValueError:  # fromisoformat on a well-shaped but impossible time: the slow path names it
+            values = None
+        if values is not None:
+            return values
+        try:
+            return self.validate(obj)
+        except Reject as exc:
+            exc.key = self.key_of(obj)
+            raise
+
+    def key_of(self, obj: dict) -> object:
+        """The primary key of a JSON object as the accepted row would hold it, when its key field alone is
+        valid (an id in [1, max_id] written as an integer, a canonical uid); else None."""
+        value = obj.get(self.key_name)
+        kind = type(value)
+        if self.key_kind is ID:
+            if kind is float and value.is_integer():   # a plain float is exactly the number written
+                value, kind = int(value), int
+            return value if kind is int and 1 <= value <= self.max_id else None
+        return value if kind is str and UID_RE.fullmatch(value) else None
 
     def validate(self, obj: object) -> tuple:
         """The reference rules on a parsed JSON value (``parse`` takes a compiled fast path first)."""
@@ -283,15 +353,19 @@ class LineParser:
                 continue
             kind_type = type(value)
             if kind is ID or kind is INT:
+                low, high = (1, self.max_id) if kind is ID else bounds
                 if kind_type is not int:
                     if kind_type is float and value.is_integer():
                         value = int(value)
+                    elif kind_type is _WrittenNumber:
+                        value = self._written_integer(name, value.text, low, high)
                     else:
                         raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected integer")
-                low, high = (1, self.max_id) if kind is ID else bounds
                 if not low <= value <= high:
                     raise Reject(INVALID_VALUE, f"{name} = {_short(value)} outside [{low}, {high}]")
             elif kind is FLOAT:
+                if kind_type is _WrittenNumber:
+                    value, kind_type = float(value), float   # a measure: its double is the value (as before)
                 if kind_type is not float and kind_type is not int:
                     raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected number")
                 low, high = self.gs_range
@@ -317,6 +391,9 @@ class LineParser:
                     match = CONTROL_RE.search(value)
                     if match:
                         raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
+                    if required and not split_prompt(value)[0]:
+                        raise Reject(EMPTY_PROMPT, f"{name} is empty after cleaning (blanks and [bracketed] negative "
+                                                   f"text only): {_short(value)}")
                 elif kind is NAME:
                     if not value or len(value) > self.max_name_chars:
                         raise Reject(INVALID_VALUE, f"{name} has {len(value)} characters (want 1-{self.max_name_chars})")
@@ -331,6 +408,24 @@ class LineParser:
             if idx is not None and num is not None and idx >= num:
                 raise Reject(INVALID_VALUE, f"idx = {idx} not below num_generated = {num}")
         return tuple(values)
+
+    @staticmethod
+    def _written_integer(name: str, text: str, low: int, high: int) -> int:
+        """The integer a JSON number with a fraction or exponent is as written (``text``), or ``Reject``:
+        ``wrong_type`` when it has a fraction, ``invalid_value`` when it lies outside [low, high]."""
+        shown = text if len(text) <= 80 else text[:77] + "..."
+        try:
+            exact = Decimal(text)
+        except ArithmeticError:   # an exponent beyond what can be read exactly
+            raise Reject(WRONG_TYPE, f"{name}: number {shown} has an exponent out of range, expected integer") from None
+        if exact.is_finite() and exact != exact.to_integral_value():
+            raise Reject(WRONG_TYPE, f"{name}: number {shown} has a fraction, expected integer")
+        if not exact.is_finite() or exact.adjusted() > 40:   # never made a huge int
+            raise Reject(INVALID_VALUE, f"{name} = {shown} outside [{low}, {high}]")
+        value = int(exact)
+        if not low <= value <= high:
+            raise Reject(INVALID_VALUE, f"{name} = {shown} outside [{low}, {high}]")
+        return value
 
     def _timestamp(self, name: str, value: str) -> str:
         if not TS_RE.fullmatch(value):
@@ -363,7 +458,14 @@ def unescape(text: str) -> str:
 
 
 def split_prompt(raw: str) -> tuple[str, str | None]:
-    """(prompt, bracket_negative_prompt): unescape, move ``[bracketed]`` text out, strip whitespace."""
+    """(prompt, bracket_negative_prompt): unescape, move ``[bracketed]`` text out, strip whitespace.
+
+    Each matched ``[...]`` pair (and the blanks around it) becomes one space in the prompt; its text, stripped,
+    is one part of the negative prompt (parts joined with ``", "`` in the order their ``]`` comes, empty ones
+    left out). Nested pairs are removed whole (review rev25c: ``[[x]]`` left ``[ ]`` in the prompt, failing the
+    ``*_prompt_clean`` contract rules): ``a [b [c] d] e`` gives ``a e`` and ``c, b d``. An unmatched ``[`` or
+    ``]`` stays in the prompt, so the prompt never holds a ``[...]`` pair.
+    """
     if "[" not in raw:  # the common case: nothing to unescape or move
         return raw.strip(), None
     text = unescape(raw)
@@ -373,6 +475,38 @@ def split_prompt(raw: str) -> tuple[str, str | None]:
     if not parts:
         return text.strip(), None
     prompt = BRACKET_RE.sub(" ", text).strip()
+    if BRACKET_RE.search(prompt) is not None:   # a pair held another pair: remove the nesting whole
+        return _split_nested(text)
+    negative = ", ".join(p for p in parts if p)
+    return prompt, negative or None
+
+
+def _split_nested(text: str) -> tuple[str, str | None]:
+    """``split_prompt`` for text with nested ``[...]`` pairs, in one pass (linear: a hostile line of thousands
+    of nested pairs costs no more than its length). Pairs are matched with a stack; each closed pair is
+    replaced by an empty ``[]`` in the text around it, so the single-level rule (``BRACKET_RE``) then removes it
+    with its surrounding blanks exactly as it removes a plain pair."""
+    stack: list[list[str]] = []     # the open pairs' text so far, innermost last
+    outside: list[str] = []          # the text outside every pair
+    parts: list[str] = []
+    last = 0
+    for match in _BRACKET_CHAR_RE.finditer(text):
+        at = match.start()
+        (stack[-1] if stack else outside).append(text[last:at])
+        last = at + 1
+        if match.group() == "[":
+            stack.append([])
+        elif stack:
+            inner = "".join(stack.pop())
+            parts.append(BRACKET_RE.sub(" ", inner).strip())
+            (stack[-1] if stack else outside).append("[]")
+        else:
+            outside.append("]")     # an unmatched ]: kept as written
+    (stack[-1] if stack else outside).append(text[last:])
+    while stack:                    # unmatched [: kept as written, with what followed it (its closed pairs as [])
+        inner = "".join(stack.pop())
+        (stack[-1] if stack else outside).append("[" + inner)
+    prompt = BRACKET_RE.sub(" ", "".join(outside)).strip()
     negative = ", ".join(p for p in parts if p)
     return prompt, negative or None
 
@@ -394,7 +528,8 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
     """
     low_gs, high_gs = parser.gs_range
     env = {"KEYS": parser.keyset, "TSM": TS_RE.fullmatch, "UIDM": UID_RE.fullmatch, "CTRL": CONTROL_RE.search,
-           "UTF8OK": _utf8_ok, "FROMISO": dt.datetime.fromisoformat, "TMIN": parser.ts_min, "TMAX": parser.ts_max,
+           "UTF8OK": _utf8_ok, "SPLITP": split_prompt, "FROMISO": dt.datetime.fromisoformat,
+           "TMIN": parser.ts_min, "TMAX": parser.ts_max,
            "MAXID": parser.max_id, "MAXP": parser.max_prompt_chars, "MAXN": parser.max_name_chars,
            "LOGS": low_gs, "HIGS": high_gs, "TIE": TIE}
     body = ["def fast(o):", "    if o.keys() != KEYS: return None"]
@@ -419,6 +554,8 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
             ctrl = f"(not {v}.isprintable() if {v}.isascii() else CTRL({v}) is not None)"
             if kind is PROMPT:
                 bad += f" or len({v}) > MAXP or {ctrl}"
+                if required:   # empty_prompt: blanks only, or [bracketed] text only
+                    bad += f' or not ({v}.strip() if "[" not in {v} else SPLITP({v})[0])'
             elif kind is NAME:
                 bad += f" or not {v} or len({v}) > MAXN or {ctrl}"
         if required:

@@ -7,7 +7,14 @@ rankings ``ranking_id``, downloads ``download_id``; values compared after typing
 - ``duplicate_row``: an exact repeat of an earlier line's object; the first is kept.
 - ``conflicting_primary_key``: one key with two or more different objects; every version of that
   key is quarantined, none is guessed. Keys are unique within one day's file; repeats across days
-  are left to the downstream stages, which see every partition.
+  are left to the downstream stages, which see every partition. A line that fails a line rule but is a
+  JSON object with a valid key (``Reject.key``) is a version of that key too: it keeps its own reason,
+  and the lines of that key that passed are quarantined as ``conflicting_primary_key`` (review rev25c: the
+  one passing version was accepted, a guess). Such keys go to a spill log (``TableRun.rejected``), so
+  memory stays flat in the number of bad lines.
+
+A UTF-8 byte order mark at the very start of a file is skipped before line 1 is parsed (``parse.without_bom``);
+its quarantine row, if any, keeps the bytes as written.
 
 File rules (``ingest_files`` has one row per table and day; file-level quarantine rows have line 0):
 
@@ -54,6 +61,8 @@ class TableRun:
         self.pending: dict[int, tuple[str, str]] = {}       # line -> (reason, detail): raw bytes re-read later
         self.seen: set = set()                              # every primary key of a line that parsed
         self.repeats = _RepeatLog(spill_dir, table)         # later lines of a key already in ``rows``
+        self.rejected = _RepeatLog(spill_dir, table)        # (line, key, reason) of rejected lines with a valid key
+        self.rejected_seen: set = set()                     # their keys, for the worker split (bounded)
         self.conflicting: set = set()                       # keys with two or more different versions
         self.home = home
         self.identity: tuple[int, int, int, int] | None = None   # the raw file as the first pass opened it
@@ -70,8 +79,9 @@ class TableRun:
 
 
 class _RepeatLog:
-    """Lines whose primary key was already seen, in line order, as (line, key, raw text, length, sha256):
-    kept in memory up to a bound, then appended to a spill file in pickled batches; read back in order."""
+    """Lines whose primary key was already seen, in line order, as (line, key, raw text, length, sha256)
+    (``add``), or any small tuples (``add_item``): kept in memory up to a bound, then appended to a spill
+    file in pickled batches; read back in order."""
 
     max_events = 4096
     max_text_bytes = 8 << 20
@@ -86,9 +96,12 @@ class _RepeatLog:
 
     def add(self, number: int, key: object, fields: tuple[str | None, int, str]) -> None:
         text, length, sha = fields
-        self.batch.append((number, key, text, length, sha))
+        self.add_item((number, key, text, length, sha), len(text))
+
+    def add_item(self, item: tuple, text_bytes: int) -> None:
+        self.batch.append(item)
         self.count += 1
-        self.text_bytes += len(text)
+        self.text_bytes += text_bytes
         if len(self.batch) >= self.max_events or self.text_bytes >= self.max_text_bytes:
             self._flush()
 
@@ -147,6 +160,12 @@ _ROUTE_RE = {table: re.compile(rb'"' + key.encode() + rb'"[ \t\r]{0,16}:[ \t\r]{
              for table, key in PRIMARY_KEYS.items()}
 
 
+# Keys of rejected lines a worker keeps for the split check; past this many it says so (``SEEN_OVERFLOW``) and the
+# table is redone in one process, where they go to the spill log: memory stays bounded by the constant.
+MAX_REJECTED_SEEN = 100_000
+SEEN_OVERFLOW = "\0rejected keys overflowed"   # never a key (ids are ints, uids canonical)
+
+
 def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
     match = pattern.search(data)
     return zlib.crc32(match.group(1)) % parts if match else 0
@@ -184,9 +203,13 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
             if parts > 1 and _route(data, route, parts) != index:
                 continue
             try:
-                values = parse(data)
+                values = parse(data if number != 1 else rp.without_bom(data))
             except rp.Reject as exc:
                 run.reject(number, exc.reason, exc.detail, data)
+                if exc.key is not None:   # a version of that key all the same: none of its versions is guessed
+                    run.rejected.add_item((number, exc.key, exc.reason), 0)
+                    if parts > 1:
+                        _note_rejected_key(run, exc.key)
                 continue
             key = values[pk_index]
             first = rows.get(key)
@@ -197,7 +220,8 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
                     conflicting.add(key)
                 repeats.add(number, key, run.quarantine.raw_fields(data))
         report.lines_in = number
-        run.seen = set(rows) if parts > 1 else set()   # only the worker split needs a copy
+        run.seen = set(rows) | run.rejected_seen if parts > 1 else set()   # only the worker split needs a copy
+        run.rejected_seen = set()
         _resolve_repeats(run, PRIMARY_KEYS[table])
     run.identity = raw.identity
     run.cut = raw.cut
@@ -212,15 +236,38 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
     return run
 
 
+def _note_rejected_key(run: TableRun, key: object) -> None:
+    """Remember a rejected line's key for the worker split check (``seen``), up to ``MAX_REJECTED_SEEN``."""
+    if len(run.rejected_seen) < MAX_REJECTED_SEEN:
+        run.rejected_seen.add(key)
+    else:
+        run.rejected_seen.add(SEEN_OVERFLOW)
+
+
 def _resolve_repeats(run: TableRun, key_name: str) -> None:
     """Exact repeats of a key -> duplicate_row (first kept); different versions -> all conflicting.
 
     The repeats come back from ``run.repeats`` in line order; only the conflicting keys get state
     here (their line count and first lines, for the detail), so exact duplicates cost no memory.
+    A key that passed on some line and failed a line rule on another (``run.rejected``) conflicts too:
+    its rejected lines keep their own reason, its accepted ones are quarantined as conflicting.
     """
-    if not run.repeats.count:
-        return
     rows, conflicting, sink = run.rows, run.conflicting, run.quarantine
+    failed: dict[object, list] = {}   # key -> [its rejected lines, the first ten of them, the first one's reason]
+    if run.rejected.count:
+        for number, key, reason in run.rejected:
+            if key in rows:
+                conflicting.add(key)
+                entry = failed.get(key)
+                if entry is None:
+                    failed[key] = [1, [number], reason]
+                else:
+                    entry[0] += 1
+                    if len(entry[1]) < _LISTED_LINES:
+                        entry[1].append(number)
+        run.rejected.discard()
+    if not run.repeats.count and not conflicting:
+        return
     lines = {key: [rows[key][0]] for key in conflicting}
     totals = dict.fromkeys(conflicting, 1)
     if conflicting:
@@ -229,8 +276,14 @@ def _resolve_repeats(run: TableRun, key_name: str) -> None:
                 totals[key] += 1
                 if len(lines[key]) < _LISTED_LINES:
                     lines[key].append(number)
+    for key, (count, numbers, _) in failed.items():
+        totals[key] += count
+        lines[key] = sorted(lines[key] + numbers)[:_LISTED_LINES]   # both in line order: the first of their union
     details = {key: f"{key_name} {key!r} has {totals[key]} lines with different content "
                     f"(lines {_line_list(lines[key], totals[key])})" for key in conflicting}
+    for key, (count, numbers, reason) in failed.items():
+        details[key] += (f"; {count} of them failed a line rule and {'is' if count == 1 else 'are'} quarantined "
+                         f"under its own reason (line {numbers[0]}: {reason})")
     for number, key, text, length, sha in run.repeats:
         if key in conflicting:
             sink.add(number, rp.CONFLICTING_PRIMARY_KEY, details[key], text, length, sha)
