@@ -6,13 +6,22 @@ import glob
 import io
 
 import dagster as dg
-import duckdb
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from pipelines.sqlrun import offline_connection  # noqa: E402
 from schemas.features import NSFW_CLASSES  # noqa: E402
+
+
+def _query(sql: str, parameters: list) -> list[tuple]:
+    """Rows of ``sql`` on a new offline DuckDB (no extension installed from the network), closed after."""
+    con = offline_connection()
+    try:
+        return con.execute(sql, parameters).fetchall()
+    finally:
+        con.close()
 
 
 def _embed(fig, title: str) -> dg.MetadataValue:
@@ -28,8 +37,8 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
     greatest = ", ".join(f'coalesce(nsfw_max."{name}", 0)' for name in NSFW_CLASSES)
     # column names come from the schema; the path is a bound parameter, never spliced into the SQL, and escaped:
     # DuckDB takes it for a glob, and a home at /data/home[1] would read /data/home1's file (review rev24c)
-    scores = [row[0] for row in duckdb.execute(
-        f"SELECT greatest({greatest}) FROM read_parquet(?)", [glob.escape(str(features_path))]).fetchall()]
+    scores = [row[0] for row in _query(
+        f"SELECT greatest({greatest}) FROM read_parquet(?)", [glob.escape(str(features_path))])]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=bool(scores))
     ax.set_xlabel("max NudeNet score per image")
@@ -39,9 +48,9 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
 
 def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
     """How many duplicate clusters of each size (singletons excluded)."""
-    rows = duckdb.execute(
+    rows = _query(
         "SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet(?) "
-        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [glob.escape(str(clusters_path))]).fetchall()
+        "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [glob.escape(str(clusters_path))])
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.bar([str(size) for size, _ in rows] or ["none"], [n for _, n in rows] or [0], color="#0ea5e9")
     ax.set_xlabel("images in cluster")
@@ -51,9 +60,9 @@ def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
 
 def split_sizes(split_pairs_path: str) -> dg.MetadataValue:
     """Rows per split, ties shaded."""
-    rows = duckdb.execute(
+    rows = _query(
         "SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet(?) "
-        "GROUP BY 1 ORDER BY 1", [glob.escape(str(split_pairs_path))]).fetchall()
+        "GROUP BY 1 ORDER BY 1", [glob.escape(str(split_pairs_path))])
     fig, ax = plt.subplots(figsize=(5, 2.6))
     names = [r[0] for r in rows]
     ax.barh(names, [r[1] for r in rows], color="#22c55e", label="pairs")

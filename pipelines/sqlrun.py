@@ -23,10 +23,22 @@ def sql_text(name: str) -> str:
     return resource.read_text(encoding="utf-8")
 
 
+OFFLINE = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+
+def offline_connection() -> duckdb.DuckDBPyConnection:
+    """A new in-memory DuckDB that never installs or loads an extension by itself. DuckDB's default installs a
+    known extension from the network the first time a statement needs one (``httpfs`` for a path starting with
+    ``https://`` or ``s3://``, ``spatial``, ...); nothing here may use the network at run time, and every
+    extension the pipeline needs (Parquet, JSON, ICU) is built into the wheel. Every connection the pipeline
+    opens comes from here (``pickapic query``'s own sets the same and more: ``pipelines.query.engine``)."""
+    return duckdb.connect(":memory:", config=dict(OFFLINE))
+
+
 def connect(views: Mapping[str, str | Path | pa.Table], *, threads: int | None = None,
             uniform: Collection[str] = (), required: Collection[str] = ()) -> duckdb.DuckDBPyConnection:
     """In-memory DuckDB with one view per entry: a Parquet path/glob or an Arrow table (see :func:`register_views`)."""
-    con = duckdb.connect(":memory:")
+    con = offline_connection()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
     register_views(con, views, uniform, required)

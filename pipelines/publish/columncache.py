@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, fused_query, load_contract, reads_only_columns, row_condition
 from pipelines.publish.rulecache import FILE_COLUMN, read_trusted, write_trusted
-from pipelines.sqlrun import connect, literal_glob
+from pipelines.sqlrun import connect, literal_glob, offline_connection
 
 DATASET = "shard_samples"
 COLUMNS = ("key", "split", "prompt_key")        # what key_unique and counts_match_samples read
@@ -181,7 +181,7 @@ def _read_fresh(files: list[Path]) -> tuple[pa.Table, dict[Path, tuple[int, int]
     must have no rows (its footer says so); the columns must be strings."""
     if not files:
         return _empty(), {}
-    con = duckdb.connect(":memory:")
+    con = offline_connection()
     try:
         selected = ", ".join(f'"{c}"' for c in COLUMNS)
         table = con.sql(

@@ -47,7 +47,7 @@ from data_contracts.engine import Rule, filter_counts, load_contract, row_condit
 from formats.dataset import sidecar_glob
 from formats.files import PARQUET_OPTIONS, atomic_path, is_real_folder, make_real_folder
 from pipelines.publish.reuse import read_manifest
-from pipelines.sqlrun import literal_glob
+from pipelines.sqlrun import literal_glob, offline_connection
 
 DATASET = "shard_samples"
 ROWS_COLUMN = "rows"                      # a sidecar's rows, the bound of every count
@@ -69,7 +69,7 @@ class SidecarCounts:
 
 def session_settings() -> str:
     """The DuckDB settings a row's verdict may still meet (an implicit cast to a time zone type)."""
-    con = duckdb.connect(":memory:")
+    con = offline_connection()
     try:
         return "\0".join(str(v) for v in con.execute(
             "SELECT current_setting('TimeZone'), current_setting('Calendar')").fetchone())
@@ -98,7 +98,7 @@ def version_sidecars(version: Path) -> dict[Path, str] | None:
     files = read_manifest(version).get("files")
     if not isinstance(files, dict):
         return None
-    con = duckdb.connect(":memory:")
+    con = offline_connection()
     try:
         names = sorted(row[0] for row in con.execute("SELECT file FROM glob(?)", [sidecar_glob(version)]).fetchall())
     finally:
@@ -183,7 +183,7 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
     (DuckDB naming the files otherwise) is an error, never a count of 0.
     """
     counts = f"count(*),\n{filter_counts(rules)}"
-    con = duckdb.connect(":memory:")
+    con = offline_connection()
     try:
         rows = con.execute(
             f"SELECT {FILE_COLUMN},\n{counts}\nFROM read_parquet($files, filename = '{FILE_COLUMN}') AS {DATASET}\n"

@@ -262,11 +262,11 @@ def _duckdb():
     A connection inherited through fork is never closed or freed in the child: its threads do not
     exist there, and tearing it down crashes the process.
     """
-    import duckdb
+    from pipelines.sqlrun import offline_connection  # DuckDB imported where it is used, as before
 
     pid = os.getpid()
     if pid not in _DUCKDB:
-        con = duckdb.connect(":memory:")
+        con = offline_connection()
         con.execute("SET threads = 1")  # one per worker process: the pool already uses every core
         _DUCKDB[pid] = con
     return _DUCKDB[pid]
