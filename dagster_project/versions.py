@@ -22,7 +22,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    blocks), Pillow given the extension's formats only, reuse judged as a decode (rev24d/h)
     "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
-    "decisions": "6",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "7",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -31,6 +31,8 @@ CODE_VERSIONS: dict[str, str] = {
                           #    voiced marks Katakana, a space at an emoji optional inside a glued phrase too)
                           # 6: the Arabic tatweel (kashida) read as nothing; RLO display order without ICU's stale
                           #    buffer; a list that is not UTF-8 refused naming it (rev24a, splits 10)
+                          # 7: conflicting_image (an image re-exported with other content), mismatched_image (a shown
+                          #    image of another prompt / user); refuses partitions that differ from ingest_files (rev25c)
     "pairs": "1",
     "splits": "10",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")

@@ -1,11 +1,24 @@
--- Inputs: ranking_base (curation_rankings), candidate_pairs, image_decisions, duplicate_clusters,
+-- Inputs: ranking_base (curation_rankings), image_base (curation_images), candidate_pairs, image_decisions,
+--         duplicate_clusters,
 --         banned_users (user_id), phrase_matches (ranking_id, phrase: curation_phrase_matches),
 --         user_pseudonyms (user_id, pseudonym).
 -- Output: the decisions table: image rows, ranking rows (banned_user, prompt_phrase, conflicting_ranking,
---         invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster),
+--         mismatched_image, invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster),
 --         ranking_export rows (duplicate_ranking) and user rows (banned_user). One row per subject and reason.
 -- Parameters: $four_image_ties.
-WITH ranking_reasons AS (
+WITH image_mismatches AS (
+    -- a shown image generated for another prompt or by another user than the ranking's: the caption does not
+    -- describe it (an export that joined the wrong rows); an image with conflicting exports has its own decision
+    SELECT s.ranking_id,
+           list(struct_pack(image_uid := s.image_uid, prompt_differs := i.prompt <> s.prompt,
+                            user_differs := i.user_id <> s.user_id) ORDER BY s.pos) AS images
+    FROM (SELECT ranking_id, user_id, prompt, unnest(range(len(shown))) AS pos, unnest(shown) AS image_uid
+          FROM ranking_base WHERE n_variants = 1) s
+    JOIN image_base i USING (image_uid)
+    WHERE i.n_variants = 1 AND (i.prompt <> s.prompt OR i.user_id <> s.user_id)
+    GROUP BY s.ranking_id
+),
+ranking_reasons AS (
     SELECT ranking_id, 'conflicting_ranking' AS reason,
            to_json(struct_pack(export_days := export_days, variants := n_variants))::VARCHAR AS evidence
     FROM ranking_base WHERE n_variants > 1
@@ -17,6 +30,9 @@ WITH ranking_reasons AS (
            to_json(struct_pack(phrases := list(phrase ORDER BY phrase)))::VARCHAR
     FROM phrase_matches
     GROUP BY ranking_id
+    UNION ALL
+    SELECT ranking_id, 'mismatched_image', to_json(struct_pack(images := images))::VARCHAR
+    FROM image_mismatches
     UNION ALL
     SELECT ranking_id, 'invalid_best_image',
            to_json(struct_pack(best_image_uid := best_image_uid, shown := shown))::VARCHAR

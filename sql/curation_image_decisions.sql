@@ -1,9 +1,12 @@
--- Inputs: images, rankings, image_features, image_rejects (every partition), duplicate_clusters.
--- Output: image drop decisions (subject 'image', one row per image and reason): content_filtered,
---         missing_image_row, feature_rejected, missing_features, nsfw, nsfw_cluster (a flagged cluster mate).
+-- Inputs: image_base (curation_images: one row per image_uid), rankings, image_features, image_rejects (every
+--         partition), duplicate_clusters.
+-- Output: image drop decisions (subject 'image', one row per image and reason): conflicting_image (one image_uid
+--         exported on several days with different content: which export is true is unknown, so the image is
+--         dropped, as conflicting_ranking drops a ranking), content_filtered, missing_image_row, feature_rejected,
+--         missing_features, nsfw, nsfw_cluster (a flagged cluster mate).
 -- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE).
 WITH img AS (
-    SELECT image_uid, arg_min(model_id, dt) AS model_id FROM images GROUP BY image_uid
+    SELECT image_uid, model_id, n_variants, export_days FROM image_base
 ),
 shown AS (
     SELECT DISTINCT unnest([image_0_uid, image_1_uid, image_2_uid, image_3_uid]) AS image_uid FROM rankings
@@ -36,8 +39,11 @@ flagged_clusters AS (
     FROM duplicate_clusters c JOIN flagged f USING (image_uid)
     GROUP BY c.cluster_id
 )
-SELECT 'image' AS subject, image_uid AS subject_id, FALSE AS keep, 'content_filtered' AS reason,
-       to_json(struct_pack(model_id := model_id))::VARCHAR AS evidence
+SELECT 'image' AS subject, image_uid AS subject_id, FALSE AS keep, 'conflicting_image' AS reason,
+       to_json(struct_pack(export_days := export_days, variants := n_variants))::VARCHAR AS evidence
+FROM img WHERE n_variants > 1
+UNION ALL
+SELECT 'image', image_uid, FALSE, 'content_filtered', to_json(struct_pack(model_id := model_id))::VARCHAR
 FROM img WHERE model_id = 'CONTENT_FILTERED'
 UNION ALL
 SELECT 'image', u.image_uid, FALSE, 'missing_image_row', '{"detail":"shown in a ranking but absent from images"}'

@@ -1,4 +1,4 @@
--- Inputs: ranking_base, candidate_pairs, decisions, images, image_features, duplicate_clusters,
+-- Inputs: ranking_base, candidate_pairs, decisions, image_base (curation_images), image_features, duplicate_clusters,
 --         user_pseudonyms (user_id, pseudonym), model_names (model_id, short_name).
 -- Output: pairs: every candidate pair whose ranking and pair have no drop decision, in the released
 --         Pick-a-Pic columns plus cluster ids, sha256s and training-JPEG keys.
@@ -9,7 +9,7 @@ WITH dropped_rankings AS (
 dropped_pairs AS (
     SELECT DISTINCT subject_id AS pair_id FROM decisions WHERE subject = 'pair' AND NOT keep
 ),
-img AS (SELECT image_uid, arg_min(model_id, dt) AS model_id FROM images GROUP BY image_uid),
+img AS (SELECT image_uid, model_id FROM image_base),
 feat AS (
     SELECT image_uid, arg_min(sha256, dt) AS sha256, arg_min(train_jpg_key, dt) AS train_jpg_key
     FROM image_features GROUP BY image_uid

@@ -3,12 +3,14 @@
 Decide on metadata first: every rule is a SQL file over the warehouse, the shard writer only applies
 the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one row per subject and reason):
 
-- ``image``: ``content_filtered`` (provider filter), ``missing_image_row``, ``feature_rejected``,
+- ``image``: ``conflicting_image`` (one image_uid exported on several days with different content: every
+  version dropped, none guessed), ``content_filtered`` (provider filter), ``missing_image_row``, ``feature_rejected``,
   ``missing_features``, ``nsfw`` (a NudeNet detection of a configured class at >= threshold),
   ``nsfw_cluster`` (a duplicate-cluster mate of an ``nsfw`` image: a cluster decision covers all members).
 - ``ranking`` (subject_id = ranking_id): ``banned_user``, ``prompt_phrase`` (word-bounded,
   case-insensitive phrase match on the ingested prompt, its moderation key or its moderation text), ``conflicting_ranking`` (one ranking_id
-  exported twice with different content: every copy dropped), ``invalid_best_image``,
+  exported twice with different content: every copy dropped), ``mismatched_image`` (a shown image was generated
+  for another prompt or by another user than the ranking's: its caption does not describe it), ``invalid_best_image``,
   ``four_image_tie`` (only with ``four_image_ties = 'drop'``), ``all_pairs_dropped`` /
   ``no_candidate_pairs`` (every candidate pair has a pair decision).
 - ``pair`` (subject_id = pair_id): ``image_dropped`` (either image has an image decision),
@@ -17,7 +19,9 @@ the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one ro
 - ``user`` (subject_id = pseudonym): ``banned_user``.
 
 Reconciliation: every ranking_id is in ``pairs`` or has a ``ranking`` decision; every extra export
-has a ``ranking_export`` decision (blocking rule in data_contracts/pairs.yaml).
+has a ``ranking_export`` decision (blocking rule in data_contracts/pairs.yaml). Before either build reads
+anything, the rows of each day's ``rankings`` / ``images`` partitions must equal what that day's ingest
+accepted (``ingest_files.accepted``): otherwise :class:`IngestNotReconciled` (:func:`check_ingest_reconciled`).
 
 Pairs follow the released Pick-a-Pic columns. 4-image era: a ranking with a chosen image gives one
 pair of the chosen image against each other shown image (3 pairs; the order among the unchosen is
@@ -375,6 +379,36 @@ def _moderation_file(home: DataHome, configured: str, default: Path, what: str) 
     return path
 
 
+class IngestNotReconciled(RuntimeError):
+    """The rankings / images partitions curation reads no longer hold what their ingest accepted."""
+
+
+SHOWN_MISMATCHES = 5   # (table, day) mismatches named in the message of IngestNotReconciled; the rest counted
+
+
+def check_ingest_reconciled(con: duckdb.DuckDBPyConnection) -> None:
+    """Refuse to curate (:class:`IngestNotReconciled`, one line naming each table and day) when the rows of the
+    ``rankings`` / ``images`` views differ, for a day, from what that day's ingest accepted (the sum of its
+    ``ingest_files.accepted``), or a day has rows but no ingest record (review rev25c). The ingest checks its
+    counts only when it writes a partition; a partition rewritten, truncated, removed or given a stray file
+    afterwards would otherwise be curated as it is: a ranking lost there drops out of ``pairs`` and of every
+    reconciliation (they count what the partitions hold now), and a row added there is curated unvalidated."""
+    bad = run_sql(con, "curation_ingest_reconcile").to_pylist()
+    if not bad:
+        return
+    named = []
+    for row in bad[:SHOWN_MISMATCHES]:
+        accepted = "it has no ingest_files record" if row["accepted"] is None else \
+            f"its ingest accepted {row['accepted']}"
+        named.append(f"{row['table']} {row['dt']}: {row['rows']} rows, {accepted}")
+    more = f" (and {len(bad) - SHOWN_MISMATCHES} more)" if len(bad) > SHOWN_MISMATCHES else ""
+    days = sorted({row["dt"] for row in bad})
+    raise IngestNotReconciled(
+        "curation refused: the warehouse partitions do not hold what the ingest accepted (" + "; ".join(named) + more
+        + "): a partition was changed, lost rows or gained a file after its ingest; ingest the day again "
+        f"(pickapic build --force --from {days[0]} --to {days[-1]}) and curate after that")
+
+
 def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
     """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrases."""
     clusters = home.table_file("duplicate_clusters")
@@ -385,6 +419,7 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
         "images": home.table_glob("images"),
         "image_features": home.table_glob("image_features"),
         "image_rejects": home.table_glob("image_rejects"),
+        "ingest_files": home.table_glob("ingest_files"),
         "duplicate_clusters": clusters,
     }
     if with_decisions:
@@ -393,6 +428,11 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
             raise FileNotFoundError(f"decisions not found at {decisions}: run build_decisions first")
         views["decisions"] = decisions
     con = connect(views, threads=config.threads or None)
+    try:
+        check_ingest_reconciled(con)
+    except BaseException:
+        con.close()
+        raise
     banned = read_id_list(_moderation_file(home, config.banned_users_file, home.banned_users_file, "banned users"))
     phrases = read_phrases(_moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase"))
     con.register("banned_users", pa.table({"user_id": pa.array(banned, pa.int64())}))
@@ -403,6 +443,7 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
         "short_name": pa.array([MODEL_SHORT_NAMES[k] for k in sorted(MODEL_SHORT_NAMES)], pa.string()),
     }))
     con.register("ranking_base", run_sql(con, "curation_rankings"))
+    con.register("image_base", run_sql(con, "curation_images"))
     con.register("candidate_pairs", run_sql(con, "curation_candidate_pairs",
                                             {"four_image_ties": config.four_image_ties}))
     return con, phrases

@@ -35,14 +35,18 @@ class HomeBuilder:
         self.banned: list[int] = []
         self.phrases: list[str] = []
         self._image_id = 0
+        self._image_ids: dict[str, int] = {}
 
     def image(self, uid: str, *, user: int = 1, prompt: str = "a cat", model: str = SD21, day: str = "2023-03-01",
               phash: int | None = None, sha: str | None = None, nsfw: dict[str, float] | None = None,
               features: bool = True) -> str:
-        """Add an image row (and by default a feature row); returns the uid."""
-        self._image_id += 1
+        """Add an image row (and by default a feature row); returns the uid. A uid added again (a re-export on
+        another day) keeps its image_id, as the app's row does."""
+        if uid not in self._image_ids:
+            self._image_id += 1
+            self._image_ids[uid] = self._image_id
         self.images[day].append(dict(
-            image_id=self._image_id, created_at=T0, image_uid=uid, user_id=user, prompt=prompt,
+            image_id=self._image_ids[uid], created_at=T0, image_uid=uid, user_id=user, prompt=prompt,
             bracket_negative_prompt=None, negative_prompt=None, seed=1, gs=7.0, steps=25, idx=0, num_generated=2,
             scheduler_cls="DPMSolver", model_id=model, blob_path=f"raw/images/{uid}.png", dt=dt.date.fromisoformat(day)))
         if features:
@@ -92,10 +96,23 @@ class HomeBuilder:
             for day, rows in parts.items():
                 schema = get_schema(dataset)
                 write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), self.home.partition_file(dataset, day))
+        for day in sorted(set(self.images) | set(self.rankings)):
+            self.write_ingest_files(day)
         self.home.moderation.mkdir(parents=True, exist_ok=True)
         self.home.banned_users_file.write_text("# banned\n" + "".join(f"{u}\n" for u in self.banned))
         self.home.nsfw_phrases_file.write_text("# phrases\n" + "".join(f"{p}\n" for p in self.phrases))
         return self.home
+
+
+    def write_ingest_files(self, day: str) -> None:
+        """The day's ``ingest_files`` partition as the ingest records it (rankings and images: accepted = the rows
+        written here), which curation reconciles its partitions against."""
+        rows = [{"table": table, "dt": dt.date.fromisoformat(day), "file": f"raw/app_logs/{day}/{table}.jsonl.gz",
+                 "file_sha256": None, "file_bytes": 0, "status": "ok", "lines_in": len(parts.get(day, [])),
+                 "accepted": len(parts.get(day, [])), "accepted_late_image": 0, "quarantined": 0}
+                for table, parts in (("images", self.images), ("rankings", self.rankings))]
+        write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("ingest_files")),
+                             self.home.partition_file("ingest_files", day))
 
 
 def build_all(home: DataHome, **curation_kwargs):

@@ -8,6 +8,10 @@ attacked with daily exports a broken or malicious app export could deliver. Ever
 curation (``build_clusters``, ``build_decisions``, ``build_pairs``).
 
 Each test states the correct behaviour and is a strict xfail until the defect is fixed.
+
+Each test below was a confirmed defect, filed as a strict xfail; all nine were fixed the same day (fix25c1: the
+ingest's line rules; fix25c2: curation's ``mismatched_image`` / ``conflicting_image``, the reconciliation with
+``ingest_files``, ``quarantine_reasons``) and the tests now pass as plain tests.
 """
 from __future__ import annotations
 
@@ -76,12 +80,6 @@ def test_a_prompt_of_nested_brackets_never_fails_the_days_contracts(tmp_path: Pa
 
 
 # ------------------------------------------------------------------------------------------------ 2
-@pytest.mark.xfail(strict=True, reason=(
-    "A ranking by user 1 captioned 'a cat' that shows an image user 2 generated for 'a dog' (an image of "
-    "another user's prompt) is accepted by the ingest, gets no curation decision, and is published as a "
-    "training pair whose caption does not describe one of its images. Expected: the ranking is quarantined or "
-    "dropped with a reason (its shown images' prompt / user differ from the ranking's), never published"
-))
 def test_a_ranking_showing_another_users_image_of_another_prompt_is_not_published_without_a_reason(
         tmp_path: Path) -> None:
     hb = HomeBuilder(tmp_path / "home")
@@ -108,13 +106,6 @@ def test_a_ranking_showing_another_users_image_of_another_prompt_is_not_publishe
 
 
 # ------------------------------------------------------------------------------------------------ 3
-@pytest.mark.xfail(strict=True, reason=(
-    "An image uid exported again on a later day with different content (another user, another prompt, and "
-    "model_id CONTENT_FILTERED) is accepted on both days; curation silently takes the earliest day's row "
-    "(arg_min by dt), records no decision, and publishes the pairs of that image as the unfiltered model's. "
-    "Rankings have conflicting_ranking for the same case; images have nothing. Expected: a conflicting "
-    "re-export of an image is recorded with a reason (a decision naming the image, as for rankings)"
-))
 def test_an_image_exported_again_with_different_content_gets_a_reason(tmp_path: Path) -> None:
     hb = HomeBuilder(tmp_path / "home")
     home = hb.home
@@ -161,13 +152,6 @@ def test_a_fractional_or_out_of_range_id_is_never_rounded_into_an_accepted_id(tm
 
 
 # ------------------------------------------------------------------------------------------------ 5
-@pytest.mark.xfail(strict=True, reason=(
-    "Reconciliation is checked only when the ingest writes a partition: curation and the decisions / pairs "
-    "contracts reconcile pairs + decisions against whatever the rankings partitions hold now, never against "
-    "ingest_files.accepted. A ranking row that vanishes between the stages (a partition rewritten without it) "
-    "leaves rankings_unaccounted = 0 and every check passing. Expected: curation (or one of its checks) fails "
-    "when a partition's rows no longer match its ingest_files counts"
-))
 def test_a_ranking_lost_between_ingest_and_curation_fails_a_check(tmp_path: Path) -> None:
     from dagster_project.contracts import warehouse_views
 
@@ -223,13 +207,6 @@ def test_a_byte_order_mark_at_the_start_of_a_file_is_accepted_or_named(tmp_path:
 
 
 # ------------------------------------------------------------------------------------------------ 8
-@pytest.mark.xfail(strict=True, reason=(
-    "`pickapic query --named quarantine_reasons` sums line_count over every quarantine row, file-level rows "
-    "included, so a missing file shows as 1 quarantined line (missing_file, lines = 1) although no line was "
-    "read (ingest_files: lines_in 0, quarantined 0), and the lines it reports disagree with ingest_files. README "
-    "section 2 says the query's lines equal the summed line_count of line-level rows. Expected: file-level "
-    "rows count 0 lines there (still 1 row), so its lines total equals sum(ingest_files.quarantined)"
-))
 def test_quarantine_reasons_counts_no_line_for_a_missing_file(tmp_path: Path) -> None:
     from pipelines.sqlrun import run_sql
 
