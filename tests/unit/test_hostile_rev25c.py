@@ -7,7 +7,7 @@ attacked with daily exports a broken or malicious app export could deliver. Ever
 (``ingest_day``) on gzip JSON-lines files, the real contract engine on DuckDB, and where it says so the real
 curation (``build_clusters``, ``build_decisions``, ``build_pairs``).
 
-Each test states the correct behaviour and is a strict xfail until the defect is fixed.
+Each test states the correct behaviour.
 
 Each test below was a confirmed defect, filed as a strict xfail; all nine were fixed the same day (fix25c1: the
 ingest's line rules; fix25c2: curation's ``mismatched_image`` / ``conflicting_image``, the reconciliation with
