@@ -53,10 +53,51 @@ def check_launch(run_config: Mapping[str, Any] | None) -> None:
 
     resource = (((run_config or {}).get("resources") or {}).get("data_home") or {}).get("config") or {}
     try:
+        _check_app_db(run_config)
         home = PickapicHome(root=_root(resource.get("root"))).home()
         check_run_config(run_config, home)
     except (SettingsError, ValueError, OSError) as exc:
         raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
+
+
+def _check_app_db(run_config: Mapping[str, Any] | None) -> None:
+    """``ValueError`` when the run's ``resources.app_db.config`` gives a credential as a literal: run config is
+    stored with the run (``HOME/dagster/history/runs.db``) and shown on its page in the UI, so a DSN with a
+    password (``password=``, a URL's ``user:password@``, or one nested in its ``dbname``) or a DSN that does
+    not parse (it cannot be told free of one) is refused, as ``features.beam_args`` holding a credential is
+    (review rev25a). The message never quotes the DSN. ``{env: VAR}`` (the default, ``PICKAPIC_APP_DB_DSN``)
+    stores only the variable's name."""
+    resources = (run_config or {}).get("resources") or {}
+    config = ((resources.get("app_db") if isinstance(resources, Mapping) else None) or {})
+    config = (config.get("config") if isinstance(config, Mapping) else None) or {}
+    if not isinstance(config, Mapping):
+        return
+    dsn = config.get("dsn")
+    if isinstance(dsn, str) and dsn.strip():
+        import psycopg
+        from psycopg.conninfo import conninfo_to_dict
+
+        from pipelines.appdb.connection import _dsn_secrets, _misplaced_url_secret
+
+        try:
+            conninfo_to_dict(dsn)
+            unsafe = "holds a password" if _dsn_secrets(dsn) or _misplaced_url_secret(dsn) else None
+        except psycopg.Error:
+            unsafe = "does not parse as a libpq DSN or postgresql:// URL, so it cannot be told free of a password"
+        if unsafe:
+            raise ValueError(f"resources.app_db.config.dsn {unsafe} (its text is not shown), and run config is "
+                             "stored with the run and shown in the UI: give the DSN as {env: PICKAPIC_APP_DB_DSN} "
+                             "(the default) without a password, and the password in PGPASSWORD or a password "
+                             "file (~/.pgpass, or passfile= in the DSN)")
+    store = config.get("image_store")
+    if isinstance(store, str):
+        from formats.text import redact_credentials
+
+        if redact_credentials(store) != store:
+            raise ValueError("resources.app_db.config.image_store holds a credential (a URL's password, user token "
+                             "or query; its text is not shown), and run config is stored with the run and shown "
+                             "in the UI: give the location without it, or as $PICKAPIC_APP_IMAGE_STORE "
+                             "(image_store empty), and the credential in the storage client's own environment")
 
 
 def _root(value: Any) -> str:

@@ -197,13 +197,18 @@ def write_parquet_atomic(table: pa.Table, final: Path, schema: pa.Schema | None 
 
 
 def honour_umask(folder: Path) -> None:
-    """Give ``folder`` and every file and folder under it the umask's mode (safetensors writes 0600)."""
+    """Give ``folder`` and every file and folder under it the umask's mode (safetensors writes 0600); a folder's
+    setgid bit (a group-shared home's: what is made inside belongs to the group) is kept (review rev25a)."""
     mask = current_umask()
-    os.chmod(folder, 0o777 & ~mask)
+
+    def folder_mode(path: str | Path) -> None:
+        os.chmod(path, (0o777 & ~mask) | (os.stat(path).st_mode & stat.S_ISGID))
+
+    folder_mode(folder)
     for root, dirs, files in os.walk(folder):
         for name in dirs:
             if not os.path.islink(os.path.join(root, name)):
-                os.chmod(os.path.join(root, name), 0o777 & ~mask)
+                folder_mode(os.path.join(root, name))
         for name in files:
             if not os.path.islink(os.path.join(root, name)):
                 os.chmod(os.path.join(root, name), 0o666 & ~mask)

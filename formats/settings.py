@@ -616,8 +616,10 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
     if home_root is not None:
         path = settings_path(home_root)
         if path.is_file():
-            settings = settings.with_values(read_file(path, f"{SETTINGS_FILE} of the data home"),
-                                            f"{SETTINGS_FILE} of the data home", strict=True)
+            values = read_file(path, f"{SETTINGS_FILE} of the data home")
+            settings = settings.with_values(values, f"{SETTINGS_FILE} of the data home", strict=True)
+            if _holds_private(values):
+                guard_private_file(path)
         elif os.path.lexists(path):
             # there but not a file (a link whose target is gone, a folder): never read as "no settings",
             # which would rebuild with the defaults, the default pseudonym secret included (review rev21b)
@@ -733,12 +735,21 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
             raise SettingsError(f"{path}: setting {key} would not read back as written; the file is left as it "
                                 "is (change it by hand)")
     # a secret, or a private setting's value (Beam options may hold a credential: review rev23j), is read by no
-    # other account
+    # other account (but the group of a group-shared home, where the file gave it access: review rev25a)
     secret = _holds_private(written)
+    held = old is not None and _holds_private(read_file_text(old.replace("\r\n", "\n") if crlf else old))
+    info = os.stat(path) if old is not None else None
+    if info is not None and info.st_uid != os.geteuid() and (secret or held) and os.geteuid() != 0:
+        # replaced by rename, it would become this account's file, 0600: its owner (whose daemon builds the home)
+        # and the group could no longer read it (review rev25a)
+        raise SettingsError(f"{path} belongs to another account ({_account(info.st_uid)}) and holds a secret: "
+                            f"written by this account it would become this account's own file, which that account "
+                            f"could no longer read; it is left as it is: ask its owner to change it (pickapic "
+                            f"settings --set ... --write, or by hand)")
     if secret:
-        mode = 0o600
-    elif old is not None and not _holds_private(read_file_text(old.replace("\r\n", "\n") if crlf else old)):
-        mode = stat.S_IMODE(os.stat(path).st_mode)    # the owner's choice of mode is kept
+        mode = private_mode(path, info)
+    elif old is not None and not held:
+        mode = stat.S_IMODE(info.st_mode)    # the owner's choice of mode is kept
     else:   # new, or 0600 only for what it no longer holds: readable as the umask allows again (review rev23l)
         mode = files.file_mode()
     data = (text.replace("\n", "\r\n") if crlf else text).encode("utf-8")
@@ -747,8 +758,89 @@ def _write_settings(home_root: Path, values: Mapping[str, Any], header: str | No
                             f"{MAX_FILE_BYTES // (1 << 20)} MiB, which every command refuses; it is left as it is")
     with files.atomic_path(path, private=True) as tmp:   # 0600 until the chmod: a secret is never readable
         tmp.write_bytes(data)
+        if info is not None and info.st_uid != os.geteuid() == 0:   # root's write: the file stays its owner's
+            os.chown(tmp, info.st_uid, info.st_gid)                    # (review rev25a)
         os.chmod(tmp, mode)
     return path
+
+
+def private_mode(path: Path, info: os.stat_result | None) -> int:
+    """The mode of the settings file ``path`` (``info``: its stat, None when new) when it holds a secret or a
+    private setting's value: 0600, plus the group's read and write bits it had where its home is group-shared
+    (a setgid folder, README: *Readers and a shared home*) and it belongs to the home's group, whose members
+    build with it: the owner gave them access (review rev25a). Never any access for other accounts."""
+    if info is None:
+        return 0o600
+    return 0o600 | (info.st_mode & 0o060 if _home_group(path, info.st_gid) else 0)
+
+
+def _home_group(path: Path, gid: int) -> bool:
+    """Whether ``gid`` is the group of the group-shared (setgid) folder holding ``path``."""
+    try:
+        home = os.stat(Path(path).parent)
+    except OSError:
+        return False
+    return bool(home.st_mode & stat.S_ISGID) and home.st_gid == gid
+
+
+def _account(uid: int) -> str:
+    """``name (uid N)``, or ``uid N`` where the uid has no name."""
+    try:
+        import pwd
+
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except (ImportError, KeyError):
+        return f"uid {uid}"
+
+
+_GUARDED: set[tuple[str, int, int]] = set()   # (path, mode, uid) already told about by this process
+
+
+def guard_private_file(path: Path) -> None:
+    """A settings file holding a secret (or a private setting's value) that other accounts may read, e.g. one
+    made under umask 022 and then given the pseudonym secret by hand, the only way to set it: made private
+    (:func:`private_mode`'s bits, its owner's kept) where this account owns it, with a line on stderr naming the
+    file and the chmod; else that line says which chmod its owner should run (review rev25a). A link is never
+    changed through (only told about)."""
+    from formats.text import terminal_text
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        fd = None     # a link (read through, never changed through) or gone meanwhile
+    try:
+        try:
+            info = os.fstat(fd) if fd is not None else os.stat(path)
+        except OSError:
+            return
+        mode = stat.S_IMODE(info.st_mode)
+        wanted = (mode & 0o7700) | (private_mode(path, info) & 0o077)
+        if mode == wanted:
+            return
+        shown = terminal_text(str(path))
+        why = ""
+        if fd is not None and stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            try:
+                os.fchmod(fd, wanted)
+                print(f"warning: {SETTINGS_FILE} of the data home ({shown}) holds a secret and was readable by other "
+                      f"accounts (mode {mode:04o}): made {wanted:04o} (chmod {wanted:o} {shown})",
+                      file=sys.stderr, flush=True)
+                return
+            except OSError as exc:
+                why = f" ({exc.strerror or exc})"
+        elif fd is None:
+            why = " (it is a symbolic link: never changed through)"
+        else:
+            why = f" (it belongs to {_account(info.st_uid)})"
+        key = (str(path), mode, info.st_uid)
+        if key not in _GUARDED:
+            _GUARDED.add(key)
+            print(f"warning: {SETTINGS_FILE} of the data home ({shown}) holds a secret and is readable by other "
+                  f"accounts (mode {mode:04o}), which this account cannot change{why}: run chmod {wanted:o} {shown} "
+                  f"as its owner", file=sys.stderr, flush=True)
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def _holds_private(values: Mapping[str, Any]) -> bool:

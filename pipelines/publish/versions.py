@@ -130,10 +130,16 @@ def open_staging(datasets: Path, version: str) -> Path:
     and the clean-up of hidden files, in whatever folder it names, and the rename would move the link
     into place as the version). In a resumed staging every folder the publish writes into must be a real
     folder too: a link or other non-file in it (the publish makes none) is unlinked, the name only, so the
-    writers make a real folder afresh; the temporary files of a writer killed mid-write go as well."""
+    writers make a real folder afresh; the temporary files of a writer killed mid-write go as well.
+
+    It is made 0700 (no other account enters it until :func:`give_modes` opens the staged version, after its
+    manifest is written), and a resumed one keeps its files only where no other account could have written
+    them (:func:`_writable_by_others`): one another account could write into (group-writable in a group-shared
+    home, or made by another account) is emptied and made afresh, since a file planted there would be
+    published and listed in the manifest with its sha256 (review rev25a)."""
     staging = datasets / f"{STAGING_PREFIX}{version}"
     try:
-        os.mkdir(staging)
+        os.mkdir(staging, 0o700)     # a setgid parent's bit is kept (mkdir gives it whatever the mode)
         return staging
     except FileExistsError:
         pass
@@ -141,6 +147,18 @@ def open_staging(datasets: Path, version: str) -> Path:
         raise StagingRefused(f"{staging} is {describe(staging)}, not the staging folder a publish makes: nothing "
                              f"was written or deleted through it; remove it (a symbolic link's removal leaves "
                              f"what it names) and publish again")
+    others = _writable_by_others(staging)
+    if others:
+        try:
+            shutil.rmtree(staging)   # follows no link; refuses a link at the top
+            os.mkdir(staging, 0o700)
+        except OSError as exc:
+            raise StagingRefused(f"{staging}, an interrupted publish's staging, {others}, so its files cannot be "
+                                 f"trusted, and it could not be removed ({exc.strerror or exc}): nothing was "
+                                 f"published; let its owner publish again or remove it") from None
+        print(f"publish: {staging}, an interrupted publish's staging, {others}: its files were removed and "
+              f"the version is written afresh", file=sys.stderr, flush=True)
+        return staging
     for root, dirs, files in os.walk(staging):       # followlinks=False: a linked folder is listed, never entered
         for name in sorted(dirs + files):
             path = os.path.join(root, name)
@@ -156,9 +174,34 @@ def open_staging(datasets: Path, version: str) -> Path:
     return staging
 
 
+def _writable_by_others(staging: Path) -> str | None:
+    """Why another account could have written into the staging folder ``staging`` (a real folder), or None:
+    it or a folder under it belongs to another account or is group- or world-writable, or a file in it belongs
+    to another account. A top no other account may enter (0700, this account's) holds only this account's
+    files, whatever the modes below it."""
+    me = os.geteuid()
+    info = os.lstat(staging)
+    if info.st_uid != me:
+        return f"belongs to another account (uid {info.st_uid})"
+    if not info.st_mode & 0o077:
+        return None
+    if info.st_mode & 0o022:
+        return f"is writable by other accounts (mode {stat.S_IMODE(info.st_mode):04o})"
+    for root, dirs, files in os.walk(staging):       # followlinks=False: a linked folder is listed, never entered
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            info = os.lstat(path)
+            if info.st_uid != me:
+                return f"holds {os.path.relpath(path, staging)} of another account (uid {info.st_uid})"
+            if stat.S_ISDIR(info.st_mode) and info.st_mode & 0o022:
+                return (f"has a folder {os.path.relpath(path, staging)} writable by other accounts "
+                        f"(mode {stat.S_IMODE(info.st_mode):04o})")
+    return None
+
+
 def give_modes(root: Path, fsync: bool) -> int:
     """Give every folder and file of a version (or of its staging) this account owns the modes this run
-    gives new ones (``0777`` / ``0666`` ``& ~umask``); return how many had another.
+    gives new ones (``0777`` / ``0666`` ``& ~umask``, a folder's setgid bit kept); return how many had another.
 
     A version published again under a more permissive umask would otherwise keep the modes of the run that
     wrote it (0600 under umask 077), and ``latest`` would name files other accounts cannot read. Files are
@@ -171,8 +214,9 @@ def give_modes(root: Path, fsync: bool) -> int:
         fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             info = os.fstat(fd)
-            if info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) != 0o777 & ~mask:
-                os.fchmod(fd, 0o777 & ~mask)
+            # the permission bits only: a folder's setgid bit (a group-shared home's) is kept (review rev25a)
+            if info.st_uid == os.geteuid() and info.st_mode & 0o777 != 0o777 & ~mask:
+                os.fchmod(fd, (0o777 & ~mask) | (info.st_mode & stat.S_ISGID))
                 changed += 1
         finally:
             os.close(fd)
