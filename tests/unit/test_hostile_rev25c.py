@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from curation_fixtures import HomeBuilder, build_all
 from test_ingest_fixtures import DayBuilder
 
