@@ -270,3 +270,63 @@ def test_stage_modules_report_bad_input_in_one_line(home: Path, tmp_path: Path) 
         if "Traceback" in done.stderr or len(done.stderr.strip().splitlines()) != 1:
             tracebacks[what] = done.stderr.strip().splitlines()[-1]
     assert not tracebacks, tracebacks
+
+
+# --- output to a reader that stops early ------------------------------------------------------------------
+
+def _into_closed_pipe(*args: str) -> subprocess.CompletedProcess:
+    """`pickapic ARGS | head -0`, made deterministic: stdout is a pipe whose reader has already gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        return subprocess.run([sys.executable, "-m", "dagster_project.cli", *args], stdout=write,
+                              stderr=subprocess.PIPE, text=True, env=_env(), cwd=str(ROOT), timeout=600)
+    finally:
+        os.close(write)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README section 7: 'a reader that stops early (`| head`) ends the query quietly, exit 0' - true of a SQL query, "
+    "but `pickapic query --list | head -3` ends in a BrokenPipeError traceback, exit 1, and so do the other commands "
+    "a newcomer pipes into head or less: `pickapic settings` (113 lines), `pickapic export` (after writing its "
+    "files) and `pickapic build` ('up to date' line). Expected: a closed stdout ends every pickapic command quietly, "
+    "without a traceback (exit 0, as the query does)"
+))
+def test_commands_piped_into_head_end_quietly(home: Path, tmp_path: Path) -> None:
+    assert _into_closed_pipe("query", "--home", str(home), "SELECT * FROM range(10)").returncode == 0   # held
+    broken = {}
+    for what, args in {
+        "query --list": ("query", "--home", str(home), "--list"),
+        "settings": ("settings", "--home", str(home)),
+        "export": ("export", "--home", str(home), "--output", str(tmp_path / "export")),
+        "build": ("build", "--home", str(home)),
+    }.items():
+        done = _into_closed_pipe(*args)
+        if done.returncode != 0 or "Traceback" in done.stderr:
+            broken[what] = (done.returncode, done.stderr.strip().splitlines()[-1:] if done.stderr.strip() else "")
+    assert not broken, broken
+
+
+# --- the documented layout of a published version ---------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "README 'Data home layout' gives a split's files as `<version>/<split>/pickapic-<split>-<day or bucket>-<digest>"
+    ".{tar,parquet,_stats.json}`, which expands to `...-<digest>._stats.json`; the publish writes the commit marker "
+    "as `...-<digest>_stats.json` (no dot), so a script that takes the layout literally finds no marker for any "
+    "shard. The README must change (e.g. `-<digest>{.tar,.parquet,_stats.json}`); the files are right"
+))
+def test_readme_layout_names_the_shard_files_the_publish_writes(home: Path) -> None:
+    import re
+
+    readme = (ROOT / "README.md").read_text()
+    match = re.search(r"pickapic-<split>-<day or bucket>-<digest>(\S*?)\{([^}]*)\}", readme)
+    assert match, "the layout line of a version's split files"
+    joiner, alternatives = match.group(1), match.group(2).split(",")
+    version = (home / "datasets" / "pickapic" / "latest").resolve()
+    tars = sorted(version.glob("*/pickapic-*.tar"))
+    assert tars
+    for tar in tars:
+        stem = tar.name[:-len(".tar")]
+        assert (tar.parent / f"{stem}_stats.json").is_file()          # what the publish writes
+        for alternative in alternatives:                               # what the README says it writes
+            assert (tar.parent / f"{stem}{joiner}{alternative}").is_file(), f"{stem}{joiner}{alternative}"
