@@ -11,6 +11,7 @@ import threading
 import time
 from pathlib import Path
 
+from formats.commands import flush_stdout, quiet_stdout, stdout_closed
 from formats.home import DEFAULT_HOME, ENV_VAR, DataHome
 
 HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
@@ -308,11 +309,20 @@ def main(argv: list[str] | None = None) -> int:
         # a signal mask is inherited through fork and exec: a launcher thread that had SIGTERM blocked
         # would leave it pending forever here
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    code: int | None = None
     try:
         if hasattr(args, "_module"):
             outcome = importlib.import_module(args._module).run_from_args(args)
-            return outcome if isinstance(outcome, int) else 0
-        return int(args._run(args) or 0)
+            code = outcome if isinstance(outcome, int) else 0
+        else:
+            code = int(args._run(args) or 0)
+        flush_stdout()   # a reader gone (`| head`) is met here, not in the interpreter's final flush
+        return code
+    except BrokenPipeError:   # stdout's reader stopped early: what it wanted was delivered; exit quietly
+        if not stdout_closed():
+            raise
+        quiet_stdout()
+        return code or 0
     except KeyboardInterrupt as stop:
         if isinstance(stop, Terminated) or _TERMINATED.is_set():
             print("terminated", file=sys.stderr)

@@ -611,4 +611,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from formats.commands import run_command
+
+    sys.exit(run_command("python -m pipelines.curation.decisions", main))

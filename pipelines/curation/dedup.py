@@ -581,9 +581,46 @@ def main(argv: list[str] | None = None) -> None:
     add_flags(parser, "dedup")
     args = parser.parse_args(argv)
     home = DataHome.at(args.home)
-    report = build_clusters(home, stage_config(home.root, "dedup", args), truth=args.truth)
+    # everything is checked before the table is written: the home's image_features (so a folder of other files
+    # or a mistyped path is never made into a home), the settings, and the --truth file
+    import glob
+
+    from formats.outputs import check_home_dir
+
+    if not glob.glob(home.table_glob("image_features"), recursive=True):   # the files build_clusters reads
+        check_home_dir(home)   # a file, a folder of other files, a folder inside a home: named as such
+        raise FileNotFoundError(f"image_features not found under {home.table_dir('image_features')}: run the "
+                                "feature stage first (python -m pipelines.features --home H --day D, or pickapic "
+                                "build); nothing was written")
+    config = stage_config(home.root, "dedup", args)
+    truth = None if args.truth is None else _read_truth(args.truth)
+    report = build_clusters(home, config, truth=truth)
     print(json.dumps(report.metadata(), indent=2, default=str))
 
 
+TRUTH_COLUMNS = ("group_id", "image_uid", "kind", "source_uid")   # what sql/dedup_truth_eval.sql reads
+
+
+def _read_truth(path: Path) -> pa.Table:
+    """``--truth``: a simulation's ``duplicates.parquet``, read whole before anything is written (one error naming
+    --truth for a file that is missing, not Parquet, or lacks a column the evaluation reads)."""
+    if not path.is_file():
+        raise FileNotFoundError(f"--truth {path} is not a file (a simulated home has ground_truth/duplicates.parquet); "
+                                "nothing was written")
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"--truth {path} is not a readable Parquet table ({exc}); nothing was written") from None
+    missing = [name for name in TRUTH_COLUMNS if name not in table.column_names]
+    if missing:
+        raise ValueError(f"--truth {path} lacks the column(s) {', '.join(missing)} of a simulation's duplicates.parquet; "
+                         "nothing was written")
+    return table
+
+
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from formats.commands import run_command
+
+    sys.exit(run_command("python -m pipelines.curation.dedup", main))

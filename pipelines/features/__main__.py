@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from typing import Sequence
 
+from formats.commands import run_command
 from formats.home import DataHome
 from formats.settings import add_flags, stage_config
 from pipelines.features.config import FeaturesReport
@@ -32,4 +34,4 @@ def run(argv: Sequence[str] | None = None) -> FeaturesReport:
 
 
 if __name__ == "__main__":
-    run()
+    sys.exit(run_command("python -m pipelines.features", run))

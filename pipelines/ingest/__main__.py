@@ -9,6 +9,7 @@ import json
 import sys
 from typing import Sequence
 
+from formats.commands import run_command
 from formats.home import DataHome
 from formats.settings import add_flags, stage_config
 from pipelines.ingest.day import ingest_day
@@ -52,4 +53,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_command("python -m pipelines.ingest", main))

@@ -1722,4 +1722,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from formats.commands import run_command
+
+    sys.exit(run_command("python -m pipelines.splits.assign", main))

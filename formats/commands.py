@@ -1,0 +1,92 @@
+"""Running a command-line entry point the way every ``pickapic`` command and ``python -m`` stage module ends.
+
+* An ordinary mistake (a day typed wrong, a missing input, a refused path, a full disk) is one error on stderr,
+  ``PROG: error: ...``, and exit 1, without a traceback (:func:`run_command`, :data:`KNOWN_ERRORS`); anything
+  else is a bug and keeps its traceback.
+* A reader that stops early (``| head``, ``| less`` quit) ends the command quietly, exit 0: stdout's pipe closed
+  under a write, or under the last flush, is not an error (:func:`stdout_closed`, :func:`quiet_stdout`). stdout
+  is then pointed at ``/dev/null``, the recipe of Python's ``signal`` documentation (note on SIGPIPE), so the
+  interpreter's own final flush does not print ``Exception ignored ... BrokenPipeError``.
+"""
+from __future__ import annotations
+
+import errno
+import os
+import select
+import sys
+from collections.abc import Callable, Sequence
+
+# what a stage refuses or finds wrong (a missing input, a bad value, a path it will not write, a damaged file):
+# one error naming what and where; anything else is a bug and keeps its traceback
+KNOWN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, PermissionError)
+
+
+def stdout_closed() -> bool:
+    """True when stdout is a pipe (or socket) whose reader has gone: a BrokenPipeError was stdout's, not
+    another pipe's (a child process, a socket), which would be a failure to report."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        poll = select.poll()
+        poll.register(fd, select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def quiet_stdout() -> None:
+    """Point stdout's descriptor at ``/dev/null``: what is still buffered, and anything written later, is dropped
+    without another BrokenPipeError (nor the interpreter's ``Exception ignored`` at exit)."""
+    try:
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError):
+        return
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
+def flush_stdout() -> None:
+    """Flush stdout now, while a closed pipe can still be answered (a BrokenPipeError propagates)."""
+    if sys.stdout is not None:
+        sys.stdout.flush()
+
+
+def error_message(exc: BaseException) -> str | None:
+    """The one-line error an ordinary mistake is reported as, or None for a bug (keeps its traceback)."""
+    from formats.files import no_space_message
+    from formats.text import terminal_text
+
+    full = no_space_message(exc)
+    too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
+    if full is None and not too_long and not isinstance(exc, KNOWN_ERRORS):
+        return None
+    # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
+    return terminal_text(str(full or exc), keep="\n")
+
+
+def run_command(prog: str, main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
+    """``main(argv)`` as a command's exit status: its own int status (anything else is 0); 1 and ``PROG: error:
+    ...`` on stderr for an ordinary mistake (:func:`error_message`); 130 for Ctrl-C; a closed stdout ends it
+    quietly with the status it had (0 if it was cut short). argparse's own exits pass through."""
+    code: int | None = None
+    try:
+        outcome = main(argv)
+        code = outcome if isinstance(outcome, int) and not isinstance(outcome, bool) else 0
+        flush_stdout()
+        return code
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        quiet_stdout()
+        return code or 0
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        message = error_message(exc)
+        if message is None:
+            raise
+        print(f"{prog}: error: {message}", file=sys.stderr)
+        return 1
