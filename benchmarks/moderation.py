@@ -27,6 +27,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from formats.duck import offline_connection
 from pipelines.curation.decisions import _is_words, edge_kinds, phrase_matches, phrase_pattern, phrase_patterns
 from pipelines.splits.assign import moderation_key, moderation_text
 
@@ -105,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     rows = []
     for n in (int(x) for x in args.phrases.split(",")):
         phrases, prompts = workload(args.rankings, args.distinct, n, args.hit_rate)
-        con = duckdb.connect()
+        con = offline_connection()
         con.register("ranking_base", pa.table({"ranking_id": pa.array(range(len(prompts)), pa.int64()),
                                                "prompt": pa.array(prompts, pa.string())}))
         start = time.perf_counter()

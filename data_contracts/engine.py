@@ -21,6 +21,7 @@ import duckdb
 import yaml
 from open_data_contract_standard.model import OpenDataContractStandard
 
+from formats.duck import offline_connection
 from schemas import get_schema
 
 _COMPARATORS = {
@@ -304,7 +305,7 @@ def _parser_query(sql: str, params: list) -> list[tuple]:
     """Run a query on this process's parsing connection (made on first use)."""
     with _parser_lock:
         if not _parser:
-            _parser.append(duckdb.connect(":memory:"))
+            _parser.append(offline_connection())
         return _parser[0].execute(sql, params).fetchall()
 
 

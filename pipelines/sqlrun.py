@@ -11,6 +11,7 @@ from typing import Collection, Mapping
 import duckdb
 import pyarrow as pa
 
+from formats.duck import OFFLINE, offline_connection  # noqa: F401 - re-exported: the pipeline's name for it
 from formats.files import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
 
@@ -21,18 +22,6 @@ def sql_text(name: str) -> str:
     if not resource.is_file():
         raise FileNotFoundError(f"no SQL file sql/{name}.sql in the installed package")
     return resource.read_text(encoding="utf-8")
-
-
-OFFLINE = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
-
-
-def offline_connection() -> duckdb.DuckDBPyConnection:
-    """A new in-memory DuckDB that never installs or loads an extension by itself. DuckDB's default installs a
-    known extension from the network the first time a statement needs one (``httpfs`` for a path starting with
-    ``https://`` or ``s3://``, ``spatial``, ...); nothing here may use the network at run time, and every
-    extension the pipeline needs (Parquet, JSON, ICU) is built into the wheel. Every connection the pipeline
-    opens comes from here (``pickapic query``'s own sets the same and more: ``pipelines.query.engine``)."""
-    return duckdb.connect(":memory:", config=dict(OFFLINE))
 
 
 def connect(views: Mapping[str, str | Path | pa.Table], *, threads: int | None = None,

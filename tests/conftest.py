@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+import pipelines  # noqa: F401 - first: it turns onnxruntime's telemetry off before a test imports nudenet
 from tests.fast_tmp import fast_folder, remove_shared_dirs
 
 

@@ -65,10 +65,10 @@ def test_every_pipeline_connection_refuses_to_install_an_extension() -> None:
 def test_no_stage_opens_duckdb_with_the_default_settings() -> None:
     # every connection goes through offline_connection (or the query engine's own offline config)
     found = []
-    for folder in ("pipelines", "dagster_project", "training", "formats", "simulator"):
+    for folder in ("pipelines", "dagster_project", "training", "formats", "simulator", "data_contracts", "benchmarks"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             text = path.read_text(encoding="utf-8")
             for needle in ("duckdb.connect(", "duckdb.execute(", "duckdb.sql(", "duckdb.query("):
                 if needle in text:
                     found.append(f"{path.relative_to(ROOT)}: {needle}")
-    assert sorted(found) == ["pipelines/query/engine.py: duckdb.connect(", "pipelines/sqlrun.py: duckdb.connect("]
+    assert sorted(found) == ["formats/duck.py: duckdb.connect(", "pipelines/query/engine.py: duckdb.connect("]
