@@ -135,6 +135,20 @@ def _cmd_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # the database may have changed without a trace in the home: --from-app-db always exports and plans
     plain = not (args.force or args.start or args.end or args.dry_run or args.from_app_db)
+    shown_warnings: set[str] = set()
+
+    def warn(message: str) -> None:   # it may quote a raw-zone entry's name: shown (once), never acting on the terminal
+        from formats.text import terminal_text
+
+        if message not in shown_warnings:
+            shown_warnings.add(message)
+            print(f"warning: {terminal_text(message)}", file=sys.stderr)
+
+    from pipelines.ingest.rawrecord import note_raw_zone
+
+    # every build names the raw-zone entries it skips, "up to date" and --dry-run included, and records them in
+    # raw_zone_problems when no ingest will (review rev25b); a dry run writes nothing
+    note_raw_zone(home, warn, record=not args.dry_run)
     if plain:
         from dagster_project import buildstamp
 
@@ -145,11 +159,6 @@ def _cmd_build(args: argparse.Namespace) -> int:
                   f"(checked in {time.perf_counter() - started:.1f}s); nothing ran")
             return 0
     from dagster_project.build import BuildError, build, plan_only, select_days
-
-    def warn(message: str) -> None:   # it may quote a raw-zone entry's name: shown, never acting on the terminal
-        from formats.text import terminal_text
-
-        print(f"warning: {terminal_text(message)}", file=sys.stderr)
 
     if args.dry_run:
         if args.from_app_db:

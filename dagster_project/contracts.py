@@ -12,6 +12,7 @@ from data_contracts.engine import RuleResult, evaluate, load_contract
 from formats.home import DataHome
 from pipelines.sqlrun import connect
 from schemas import SCHEMAS
+from schemas import raw as raw_schemas
 
 # Datasets written one file per daily partition; every other warehouse dataset is one file.
 PARTITIONED = {*INGEST_DATASETS, *FEATURE_DATASETS}
@@ -43,7 +44,7 @@ def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, s
     (one partition if given)."""
     views: dict[str, str | Path] = {}
     for dataset in SCHEMAS:
-        if dataset.startswith("raw_"):
+        if dataset in raw_schemas.SCHEMAS:   # the raw zone's JSON lines (raw_zone_problems is a warehouse table)
             continue
         if dataset in PARTITIONED:
             views[dataset] = home.partition_file(dataset, partition) if partition else home.table_glob(dataset)
@@ -86,14 +87,21 @@ def materialize_and_check(
     partition: str | None = None,
     extra: Mapping[str, Mapping[str, Any]] | None = None,
     data_version: str | None = None,
+    also: Mapping[str, Iterable[str]] | None = None,
 ) -> Iterator[dg.MaterializeResult | dg.AssetCheckResult]:
     """One result per dataset a stage wrote (row count read from its file), then every contract check.
 
+    ``also``: asset -> the other tables the stage wrote that are no asset of their own (the splits stage's
+    split_ledger, split_key_owners and split_rejects, the ingest's raw_zone_problems); their rules are checks
+    of that asset (``<dataset>__<rule>``, :func:`check_specs` with ``asset``), evaluated here with the others.
     ``data_version`` is recorded on each dataset; when a blocking check fails it is recorded with the
     ``-failed-checks`` suffix, so the next build sees the asset as stale and runs it again.
     """
     datasets = list(datasets)
-    checks = list(run_checks(datasets, warehouse_views(home, partition)))
+    views = warehouse_views(home, partition)
+    checks = list(run_checks(datasets, views))
+    for asset, others in (also or {}).items():
+        checks += run_checks(list(others), views, asset=asset)
     if data_version is not None and any(not c.passed and c.severity == dg.AssetCheckSeverity.ERROR for c in checks):
         data_version += FAILED_SUFFIX
     for dataset in datasets:

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
-    "ingest": "3",        # 2: quarantine line_count / last_line_number, relative paths, late images
+    "ingest": "4",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
+                          # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b)
     "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits

@@ -20,6 +20,10 @@ _DESCRIPTIONS = {
     "ingest_files": "One row per raw file of the day with line counts that must reconcile.",
 }
 IngestRunConfig = config_class("ingest", "IngestRunConfig")
+# the table every ingest rewrites from the raw zone as it is (no asset of its own): its contract rules are checks
+# of ingest_files, the record of the raw files read (``raw_zone_problems__<rule>``)
+RAW_ZONE_RECORD = ("raw_zone_problems",)
+RAW_ZONE_RECORD_ASSET = "ingest_files"
 
 
 @dg.multi_asset(
@@ -27,7 +31,7 @@ IngestRunConfig = config_class("ingest", "IngestRunConfig")
                         deps=[RAW_ASSET, "app_export"], code_version=CODE_VERSIONS["ingest"],
                         metadata=spec_metadata(ds))
            for ds in INGEST_DATASETS],
-    check_specs=check_specs(INGEST_DATASETS),
+    check_specs=[*check_specs(INGEST_DATASETS), *check_specs(RAW_ZONE_RECORD, asset=RAW_ZONE_RECORD_ASSET)],
     partitions_def=daily,
     name="ingest_day",
 )
@@ -44,4 +48,5 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
         version = runtime_version(context.instance, "ingest", home, settings, other, refreshed.late_image_days)
         log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, other, cause=day, data_version=version)
     version = runtime_version(context.instance, "ingest", home, settings, day, report.late_image_days)
-    yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day, data_version=version)
+    yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day, data_version=version,
+                                     also={RAW_ZONE_RECORD_ASSET: RAW_ZONE_RECORD})

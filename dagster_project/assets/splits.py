@@ -13,12 +13,15 @@ from pipelines.splits.assign import build_splits
 
 SplitRunConfig = config_class("splits", "SplitRunConfig")
 TRAINABLE_CHECK = "split_pairs_trainable"
+# the other tables the splits stage writes (no asset of their own): their rules are checks of split_pairs
+# (``<dataset>__<rule>``), evaluated on every materialization with split_pairs' own
+SPLIT_RECORDS = ("split_rejects", "split_ledger", "split_key_owners")
 
 
 @dg.asset(
     deps=["pairs"], group_name="splits", kinds={"duckdb", "parquet"},
     metadata=spec_metadata("split_pairs"),
-    check_specs=[*check_specs(["split_pairs"]), dg.AssetCheckSpec(
+    check_specs=[*check_specs(["split_pairs"]), *check_specs(SPLIT_RECORDS, asset="split_pairs"), dg.AssetCheckSpec(
         TRAINABLE_CHECK, asset="split_pairs", blocking=True,
         description="Every split can feed the trainer: none empty, validation_unique and test_unique hold at least "
                     "splits.min_unique_rows rows, at least splits.min_users users; else nothing is published.")],
@@ -37,7 +40,8 @@ def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_
         version += FAILED_SUFFIX
         context.log.error("not enough data to publish: " + "; ".join(report.problems))
     yield from materialize_and_check(home, ["split_pairs"], report, data_version=version,
-                                     extra={"split_pairs": {"split_sizes_chart": chart}})
+                                     extra={"split_pairs": {"split_sizes_chart": chart}},
+                                     also={"split_pairs": SPLIT_RECORDS})
     yield dg.AssetCheckResult(
         asset_key="split_pairs", check_name=TRAINABLE_CHECK, passed=not report.problems,
         severity=dg.AssetCheckSeverity.ERROR,

@@ -122,11 +122,64 @@ class Reject(Exception):
         return f"{self.reason}: {self.detail}"
 
 
-def raw_fields(data: bytes | OverlongLine) -> tuple[str | None, int, str]:
-    """(raw_text first 64 KiB as lossy UTF-8, raw_length, raw_sha256) of one line."""
+def raw_fields(data: bytes | OverlongLine, redact: bool = False) -> tuple[str | None, int, str]:
+    """(raw_text first 64 KiB as lossy UTF-8, raw_length, raw_sha256) of one line; ``redact``: the text with its
+    personal data masked (:func:`redact_personal`), the length and sha256 still those of the line as written."""
     if isinstance(data, OverlongLine):
-        return data.prefix[:RAW_TEXT_BYTES].decode("utf-8", "replace"), data.length, data.sha256
-    return data[:RAW_TEXT_BYTES].decode("utf-8", "replace"), len(data), hashlib.sha256(data).hexdigest()
+        text, length, sha = data.prefix[:RAW_TEXT_BYTES].decode("utf-8", "replace"), data.length, data.sha256
+    else:
+        text, length, sha = data[:RAW_TEXT_BYTES].decode("utf-8", "replace"), len(data), hashlib.sha256(data).hexdigest()
+    return (redact_personal(text) if redact else text), length, sha
+
+
+# Raw tables whose lines hold personal data (emails, names): it never leaves the raw zone, so their quarantined
+# lines' raw_text is masked (``redact_personal``) and a wrong-typed value of these fields is not shown in a detail.
+PERSONAL_FIELDS: dict[str, frozenset[str]] = {"users": frozenset({"email", "name"})}
+REDACTED = "[redacted]"
+# Strings a users line's raw_text keeps as written: its field names, and ids / times (digits and time punctuation,
+# never an email or a name). Every other string and every bare word that is not a JSON number or literal is masked.
+_KEPT_STRINGS = frozenset({"user_id", "created_at", "email", "name"})
+_HARMLESS_RE = re.compile(r"[0-9 :.+\-TZ]{0,40}")
+_NUMBER_RE = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
+# a string (closed, or cut by the end of the text), a bare word, a run of JSON punctuation and blanks
+_TOKEN_RE = re.compile(r'"(?:[^"\\]|\\.)*(?:"|\\?\Z)|[^\s{}\[\]:,"]+|[\s{}\[\]:,]+', re.DOTALL)
+
+
+PERSONAL_TEXT_CHARS = 4096   # the part of a users line its masked raw_text shows (a users line is ~150 bytes)
+
+
+def _kept_string(token: str) -> bool:
+    if len(token) < 2 or token[-1] != '"' or len(token) > 200:
+        return False      # a string the end of the text cut, or too long to be a field name, an id or a time
+    value = token[1:-1]
+    if "\\" in value:
+        try:
+            value = json.loads(token)
+        except ValueError:
+            return False
+    return value in _KEPT_STRINGS or _HARMLESS_RE.fullmatch(value) is not None
+
+
+def _redacted_token(match: re.Match) -> str:
+    token = match.group()
+    first = token[0]
+    if first == '"':
+        return token if _kept_string(token) else f'"{REDACTED}"'
+    if first.isspace() or first in "{}[]:,":
+        return token
+    return token if token in ("true", "false", "null") or _NUMBER_RE.fullmatch(token) else REDACTED
+
+
+def redact_personal(text: str) -> str:
+    """A quarantined line of a table with personal data (``PERSONAL_FIELDS``), masked for the warehouse: every
+    JSON string except the field names and ids / times (digits and ``-:.+TZ`` only) becomes ``"[redacted]"``, every
+    bare word that is not a JSON number, ``true``, ``false`` or ``null`` becomes ``[redacted]``; blanks, JSON
+    punctuation and numbers stay. Works on any text, JSON or not (a line too broken to parse, cut, not UTF-8), so
+    the email and name never reach the quarantine; deterministic. Only the first ``PERSONAL_TEXT_CHARS`` characters
+    are shown (masking costs a step per string: a hostile line of 64 KiB of tiny strings stays cheap); at most
+    ``RAW_TEXT_BYTES`` characters. The line as written stays in the raw zone, found by the row's file, line_number
+    and raw_sha256."""
+    return _TOKEN_RE.sub(_redacted_token, text[:PERSONAL_TEXT_CHARS])[:RAW_TEXT_BYTES]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -228,8 +281,9 @@ _SCAN = json.scanner.make_scanner(_DECODER)
 _JSON_WS = " \t\n\r"
 
 
-def load_json(text: str) -> object:
-    """``json.loads`` without NaN/Infinity and duplicate keys; raises ``Reject`` for anything invalid."""
+def load_json(text: str, show_key: Callable[..., str] | None = None) -> object:
+    """``json.loads`` without NaN/Infinity and duplicate keys; raises ``Reject`` for anything invalid (``show_key``:
+    how a duplicate key is named in the detail, ``_short`` by default)."""
     start = 0
     if text[:1] in _JSON_WS:
         stripped = text.lstrip(_JSON_WS)
@@ -246,7 +300,7 @@ def load_json(text: str) -> object:
     except _NonFinite as exc:
         raise Reject(INVALID_VALUE, f"non-finite number {exc.args[0]} is not valid JSON") from None
     except _DuplicateKey as exc:
-        raise Reject(MALFORMED_JSON, f"duplicate key {_short(exc.args[0])}") from None
+        raise Reject(MALFORMED_JSON, f"duplicate key {(show_key or _short)(exc.args[0])}") from None
     except RecursionError:
         raise Reject(MALFORMED_JSON, "nesting too deep") from None
     except ValueError as exc:  # json.JSONDecodeError, integer digit limit
@@ -259,6 +313,25 @@ def load_json(text: str) -> object:
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_IDENTIFIER_RE = re.compile(r"[a-z_][a-z0-9_]{0,39}")
+PERSONAL_VALUE = "<value>"   # what a detail of a personal-data table shows for a value that could be personal
+
+
+def _short_personal(value: object, limit: int = 80) -> str:
+    """``_short`` for a table with personal data: numbers, booleans, null and ids / times (digits and ``-:.+TZ``)
+    as written, any other value (a string, an array, an object) as ``<value>``, as the published quarantine does."""
+    if value is None or type(value) in (bool, int, float, _WrittenNumber) \
+            or (type(value) is str and _HARMLESS_RE.fullmatch(value)):
+        return _short(value, limit)
+    return PERSONAL_VALUE
+
+
+def _key_personal(key: object, limit: int = 80) -> str:
+    """A JSON key in a detail of a table with personal data: a lowercase identifier (``phone``, ``e_mail``) as
+    written, anything else (``"Hana Okafor"``, an email) as ``<value>``."""
+    return _short(key, limit) if type(key) is str and _IDENTIFIER_RE.fullmatch(key) else PERSONAL_VALUE
 
 
 def _type_name(value: object) -> str:
@@ -277,6 +350,9 @@ class LineParser:
         self.fields = TABLE_FIELDS[table]
         self.names = tuple(f[0] for f in self.fields)
         self.keyset = frozenset(self.names)
+        # a table with personal data shows no value in a detail that could be one (an email typed into user_id)
+        self._show = _short_personal if table in PERSONAL_FIELDS else _short
+        self._show_key = _key_personal if table in PERSONAL_FIELDS else _short
         self.max_id = max_id
         self.max_prompt_chars = max_prompt_chars
         self.max_name_chars = max_name_chars
@@ -306,7 +382,7 @@ class LineParser:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}") from None
-        obj = load_json(text)
+        obj = load_json(text, self._show_key)
         if type(obj) is not dict:
             return self.validate(obj)
         try:
@@ -341,7 +417,7 @@ class LineParser:
             if missing:
                 raise Reject(MISSING_FIELD, f"missing {', '.join(missing)}")
             extra = sorted(key for key in obj if key not in self.keyset)
-            raise Reject(UNEXPECTED_FIELD, f"unexpected {', '.join(_short(k, 40) for k in extra)}")
+            raise Reject(UNEXPECTED_FIELD, f"unexpected {', '.join(self._show_key(k, 40) for k in extra)}")
         values = []
         append = values.append
         for name, kind, required, bounds in self.fields:
@@ -360,21 +436,21 @@ class LineParser:
                     elif kind_type is _WrittenNumber:
                         value = self._written_integer(name, value.text, low, high)
                     else:
-                        raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected integer")
+                        raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {self._show(value)}, expected integer")
                 if not low <= value <= high:
-                    raise Reject(INVALID_VALUE, f"{name} = {_short(value)} outside [{low}, {high}]")
+                    raise Reject(INVALID_VALUE, f"{name} = {self._show(value)} outside [{low}, {high}]")
             elif kind is FLOAT:
                 if kind_type is _WrittenNumber:
                     value, kind_type = float(value), float   # a measure: its double is the value (as before)
                 if kind_type is not float and kind_type is not int:
-                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected number")
+                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {self._show(value)}, expected number")
                 low, high = self.gs_range
                 if not low <= value <= high:  # also false for nan/inf (e.g. 1e400)
-                    raise Reject(INVALID_VALUE, f"{name} = {_short(value)} outside [{low}, {high}]")
+                    raise Reject(INVALID_VALUE, f"{name} = {self._show(value)} outside [{low}, {high}]")
                 value = float(value)
             else:
                 if kind_type is not str:
-                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {_short(value)}, expected string")
+                    raise Reject(WRONG_TYPE, f"{name}: {_type_name(value)} {self._show(value)}, expected string")
                 if not value.isascii():
                     try:
                         value.encode("utf-8")
@@ -384,7 +460,7 @@ class LineParser:
                     value = self._timestamp(name, value)
                 elif kind is UID:
                     if not UID_RE.fullmatch(value):
-                        raise Reject(INVALID_UID, f"{name} = {_short(value)} is not a lowercase canonical UUID")
+                        raise Reject(INVALID_UID, f"{name} = {self._show(value)} is not a lowercase canonical UUID")
                 elif kind is PROMPT:
                     if len(value) > self.max_prompt_chars:
                         raise Reject(PROMPT_TOO_LONG, f"{name} has {len(value)} characters (max {self.max_prompt_chars})")
@@ -393,7 +469,7 @@ class LineParser:
                         raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
                     if required and not split_prompt(value)[0]:
                         raise Reject(EMPTY_PROMPT, f"{name} is empty after cleaning (blanks and [bracketed] negative "
-                                                   f"text only): {_short(value)}")
+                                                   f"text only): {self._show(value)}")
                 elif kind is NAME:
                     if not value or len(value) > self.max_name_chars:
                         raise Reject(INVALID_VALUE, f"{name} has {len(value)} characters (want 1-{self.max_name_chars})")
@@ -429,11 +505,11 @@ class LineParser:
 
     def _timestamp(self, name: str, value: str) -> str:
         if not TS_RE.fullmatch(value):
-            raise Reject(BAD_TIMESTAMP, f"{name} = {_short(value)} is not 'YYYY-MM-DD HH:MM:SS[.ffffff]'")
+            raise Reject(BAD_TIMESTAMP, f"{name} = {self._show(value)} is not 'YYYY-MM-DD HH:MM:SS[.ffffff]'")
         try:
             parsed = dt.datetime.fromisoformat(value)
         except ValueError as exc:
-            raise Reject(BAD_TIMESTAMP, f"{name} = {_short(value)}: {exc}") from None
+            raise Reject(BAD_TIMESTAMP, f"{name} = {self._show(value)}: {exc}") from None
         if parsed < self.ts_min:
             raise Reject(BAD_TIMESTAMP, f"{name} = {value} is before {self.ts_min}")
         if parsed >= self.ts_max:

@@ -1,4 +1,5 @@
-"""Hostile review rev25b: the README as a contract.
+"""Hostile review rev25b: the README as a contract (eleven defects, each filed as a strict xfail; all fixed the
+same day by fix25b1 and fix25b2, and the tests now pass as plain tests).
 
 A newcomer and an analyst follow README.md literally against a data home built by the real CLI
 (``pickapic simulate`` + ``pickapic settings --write`` + ``pickapic build``, run as subprocesses, through
@@ -104,13 +105,6 @@ def _json_rows(done: subprocess.CompletedProcess) -> list[dict]:
 
 # --- wrong published numbers: a named analyst query ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README section 7 lists the named query users_prompts_per_split ('Distinct users (pseudonyms), prompts, "
-    "rankings and images in each split'; output split, pairs, rankings, users, prompts, images). Its `pairs` "
-    "column is count(*) over a UNION ALL of the image_0 and image_1 sides (sql/queries/users_prompts_per_split.sql), "
-    "so it reports twice the pairs of every split (train 690 where the version has 345 pairs; splits_summary and "
-    "`SELECT count(*) FROM pairs` say 345). Expected: `pairs` = the split's pair count"
-))
 def test_named_query_users_prompts_per_split_counts_each_pair_once(home: Path) -> None:
     named = {r["split"]: r for r in _json_rows(pickapic(
         "query", "--home", str(home), "--named", "users_prompts_per_split", "--format", "json"))}
@@ -129,16 +123,6 @@ def test_named_query_users_prompts_per_split_counts_each_pair_once(home: Path) -
 
 # --- contracts the README promises as blocking asset checks, never evaluated -----------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README 'Dagster assets': 'Every contract rule is an asset check (one per rule, generated from the YAML; "
-    "severity: error rules are blocking=True, so bad data stops downstream assets), evaluated on every "
-    "materialization over the data just written'; section 2 names 'contract raw_zone_problems' for the table the "
-    "ingest rewrites, and the split_pairs asset 'also writes split_rejects, the split_ledger and split_key_owners'. "
-    "No asset has a check for any rule of the raw_zone_problems, split_ledger, split_key_owners or split_rejects "
-    "contracts (11 severity: error rules, e.g. split_ledger_primary_key_unique, split_ledger_positions_dense), and "
-    "nothing else in the pipeline evaluates them: a duplicated or gapped split ledger is never caught. Expected: "
-    "each of these rules is an asset check of the asset that writes its table"
-))
 def test_every_warehouse_contract_rule_is_an_asset_check(home: Path) -> None:
     script = (
         "import json\n"
@@ -165,14 +149,6 @@ def test_every_warehouse_contract_rule_is_an_asset_check(home: Path) -> None:
 
 # --- the raw-zone promise: "skipped with a warning naming each ... recorded in raw_zone_problems" -------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README command table: `pickapic build` ... `--dry-run` prints what would run and why; raw-zone entries that "
-    "are not days are skipped with a warning naming each'; section 2: '`pickapic build` prints one `warning: "
-    "skipped ...` line per entry'. Only the first build after the entries appear warns: the next plain build "
-    "answers from cache/build_stamp.json ('up to date: nothing changed') and `pickapic build --dry-run` prints "
-    "the plan, both without a word about raw/app_logs/junk, dt=2023-13-45 or stray.txt, which are still there and "
-    "still not ingested. Expected: every build and every dry run names each skipped entry on stderr"
-))
 def test_every_build_warns_about_raw_entries_that_are_not_days(junk_home) -> None:
     root, first = junk_home
     for entry in JUNK:       # the first build does warn
@@ -185,14 +161,6 @@ def test_every_build_warns_about_raw_entries_that_are_not_days(junk_home) -> Non
         assert f"warning: skipped {entry}:" in dry.stderr, (dry.stdout, dry.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README section 2 ('The raw zone's layout'): every entry of raw/app_logs that is not a day 'is skipped, never "
-    "fatal to the other days, and recorded in warehouse/raw_zone_problems/data.parquet'. When such entries land in "
-    "a built home, `pickapic build` warns about all three (junk, dt=2023-13-45, stray.txt) and reports 'up to date', "
-    "but runs no ingest, so the table keeps 0 rows: an analyst or a monitor reading it is told the raw zone is "
-    "clean while the build skipped three entries. Expected: after a build that skipped entries, raw_zone_problems "
-    "lists each of them (or the README says the table is only written when a day is ingested)"
-))
 def test_raw_zone_problems_lists_the_entries_the_build_skipped(junk_home) -> None:
     root, first = junk_home
     assert "warning: skipped raw/app_logs/junk:" in first.stderr
@@ -304,15 +272,6 @@ def test_readme_layout_names_the_shard_files_the_publish_writes(home: Path) -> N
 
 # --- "Emails and names never leave the raw zone" ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README 'Data home layout': 'Emails and names never leave the raw zone: the ingested users table keeps only the "
-    "id and sign-up time'. The warehouse's quarantine (warehouse/quarantine/dt=DAY/part-0.parquet, outside raw/, "
-    "read by the publish and by whoever is given the warehouse) keeps the first 64 KiB of every quarantined line as "
-    "raw_text, so every users line quarantined as duplicate_row, wrong_type, conflicting_primary_key, ... is stored "
-    "there whole, email and name included (e.g. {\"user_id\": 17, ..., \"email\": \"...@example.com\", \"name\": ...}). "
-    "Expected: the emails and names of quarantined users lines are masked in raw_text (the published quarantine "
-    "already drops raw_text), or the README stops promising it and says where they are kept"
-))
 def test_emails_and_names_stay_in_the_raw_zone(home: Path) -> None:
     import gzip
 
