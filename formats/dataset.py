@@ -118,30 +118,31 @@ def latest_link(home: DataHome) -> Path:
 
 
 def latest_version(datasets: Path) -> str | None:
-    """The name of the folder in ``datasets`` that the ``latest`` link names, or None: no link there, or one naming
-    something outside ``datasets`` (or ``datasets`` itself).
+    """The name of the folder in ``datasets`` that the ``latest`` link reaches, or None: no link there, or one
+    reaching something outside ``datasets`` (or ``datasets`` itself, or a loop of links).
 
-    The link is read, never followed to its end: a relative target (``<version>``, ``./<version>``) and an absolute
-    one (``ln -sfn "$PWD/<version>" latest``, a rollback by hand) name the same version when the folder part of the
-    target is ``datasets`` (compared as real paths, so a home reached through a linked folder counts too). Review
-    rev25d: an absolute link's version was taken for no version at all, so retention deleted the version readers
-    were on and the record of switched versions left it out. Whether the name is a complete version is the
-    caller's to check."""
+    The link is resolved as the kernel resolves it for every reader and the trainer (``os.path.realpath``, the
+    ``latest.resolve()`` of :func:`resolve_version`): the version is the folder that ``latest`` finally reaches when
+    that is a direct child of ``datasets``'s real path. So a relative target (``<version>``, ``./<version>``,
+    ``<version>/.``), an absolute one (``ln -sfn "$PWD/<version>" latest``, a rollback by hand), a link through a
+    linked home and a link through a named link beside the versions (``latest -> candidate -> <version>``) all name
+    the version readers get. Review rev25d: an absolute link's version was taken for no version at all; review
+    rev25e: the link's text was read and ``candidate`` or ``<version>/.`` taken for the version, so retention
+    deleted the version readers were on and the record of switched versions left it out. A target that does not
+    exist (yet) is resolved as far as it goes. Whether the name is a complete version is the caller's to check."""
     link = Path(datasets) / LATEST
-    try:
-        target = os.readlink(link)
-    except OSError:
-        return None
-    full = target if os.path.isabs(target) else os.path.join(os.path.abspath(datasets), target)
-    full = full.rstrip("/")
-    parent, name = os.path.split(full)
-    if not name or name in (".", ".."):
+    if not os.path.islink(link):
         return None
     try:
-        if os.path.realpath(parent) != os.path.realpath(datasets):
-            return None
+        reached = os.path.realpath(link)
+        home = os.path.realpath(datasets)
     except (OSError, ValueError):
         return None
+    parent, name = os.path.split(reached)
+    if not name or name in (".", "..") or parent != home or name == LATEST:
+        return None                    # outside datasets, datasets itself, or a loop (realpath stops on it)
+    if os.path.islink(reached):
+        return None                    # a loop of links: realpath leaves the path where it found the loop
     return name
 
 

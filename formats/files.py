@@ -71,21 +71,24 @@ def temp_pattern(final: str) -> re.Pattern:
     return re.compile(rf"\.(?:{final})\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
 
 
-def sweep_temps(folder: str | os.PathLike, final: str) -> tuple[list[str], list[str]]:
+def sweep_temps(folder: str | os.PathLike, final: str, follow: bool = False) -> tuple[list[str], list[str]]:
     """Remove from ``folder`` the temporary files a writer killed mid-write left (:func:`create_temp`'s
     ``.NAME.<12 hex>.tmp`` of a final name matching the regular expression ``final``); return the names removed
     and notes on what was left.
 
     The caller must hold the lock under which every writer of those names writes (a temporary file being written
     now would be removed under it). Only those exact names are looked at, in ``folder`` only (opened without
-    following a link: a link or a file there, or nothing, sweeps nothing), and only regular files this account
-    owns are removed: anything else at such a name (a link, a folder, another account's file) is left as it is
-    and named in the notes. Never raises for what it cannot remove (a note says why)."""
+    following a link: a link or a file there, or nothing, sweeps nothing; with ``follow``, a link at ``folder``
+    itself is resolved once, by the kernel as it opens it, for a folder the caller's writers write through, such
+    as a home's ``datasets/`` linked to another disk: review rev25e), and only regular files this account owns
+    are removed, relative to the folder opened: anything else at such a name (a link, never followed, a folder,
+    another account's file) is left as it is and named in the notes. Never raises for what it cannot remove (a
+    note says why)."""
     pattern = temp_pattern(final)
     removed: list[str] = []
     notes: list[str] = []
     try:
-        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | (0 if follow else os.O_NOFOLLOW) | os.O_CLOEXEC)
     except OSError:
         return removed, notes
     try:

@@ -237,7 +237,13 @@ def sweep_temp_files(home: DataHome) -> list[str]:
     contract caches). Only the names the publish's own writers give their temporary files, in the folders they
     write, are removed: no other stage writes those names, and the caller holds the publish lock under which
     every publish writes them, so none is being written now. Returns notes on what was left (review rev25d: each
-    such crash left a file for good, a whole merged digest cache at Pick-a-Pic size)."""
+    such crash left a file for good, a whole merged digest cache at Pick-a-Pic size).
+
+    Each folder is swept where the writers write: a home's ``datasets/`` or ``cache/`` (or a folder in them) that
+    is a symbolic link to another disk, which the publish writes its history and ``latest`` through, is followed
+    once to the folder it names (review rev25e: such a layout was silently never swept). A link at a temporary
+    name is still never followed, and nothing outside those folders is touched (:func:`formats.files.sweep_temps`
+    removes only this account's regular files at those names, relative to the folder it opened)."""
     counts, columns, record = rulecache.cache_file(home.cache), columncache.cache_file(home.cache), \
         coverage.record_file(home)
     places = [
@@ -250,7 +256,7 @@ def sweep_temp_files(home: DataHome) -> list[str]:
     ]
     notes: list[str] = []
     for folder, final in places:
-        notes += sweep_temps(folder, final)[1]
+        notes += sweep_temps(folder, final, follow=True)[1]
     return notes
 
 

@@ -3,6 +3,7 @@ switch and the publish history are in formats.dataset)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import json
 import os
@@ -26,6 +27,7 @@ from formats.dataset import (
 from formats.files import current_umask
 from formats.home import DataHome
 from formats.locks import hold_lock
+from formats.text import terminal_text
 from pipelines.publish.reuse import give_mode, real_folder
 
 STAGING_PREFIX = ".partial-"      # a version being written: .partial-<version>
@@ -57,7 +59,9 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
     after the prefix, so a user's ``.deleting-notes`` or ``.partial-backup`` is left as it is and named in the
     returned notes. A folder that cannot be removed whole (on NFS a file a reader still holds open is renamed
     ``.nfsXXXX`` and the removal fails with EBUSY; a folder this account may not write) is left with a note, and
-    the next publish tries again: the publish never fails on it (review rev25d). Only real folders are removed (``shutil.rmtree`` follows no link inside them), and only
+    the next publish tries again: the publish never fails on it (review rev25d). Only real folders are removed
+    (:func:`remove_folder`: a deep tree raises no RecursionError, review rev25e; it follows no link inside
+    them), and only
     symbolic links at a temporary link's name. A switch makes its temporary link only under the publish lock
     that the sweeping publish holds, so every such link is a dead switch's, whatever its pid (review rev24j:
     a killed switch whose pid a process reused, pid 1 in a container, kept its link for good). Anything else
@@ -71,8 +75,9 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
             continue
         path = datasets / name
         if not (DELETING_NAME.fullmatch(name) or STAGING_NAME.fullmatch(name)):
-            notes.append(f"{path} is not named as a folder a publish makes (.partial-<version>, "
-                         f".deleting-<version>): left as it is; move it out of {datasets} if it is yours")
+            notes.append(terminal_text(f"{path} is not named as a folder a publish makes (.partial-<version>, "
+                                       f".deleting-<version>): left as it is; move it out of {datasets} if it is "
+                                       f"yours"))
             continue
         try:
             info = os.lstat(path)
@@ -80,13 +85,14 @@ def sweep_stale(datasets: Path, keep: str) -> list[str]:
             continue
         if stat.S_ISDIR(info.st_mode):
             try:
-                shutil.rmtree(path)
-            except OSError as exc:       # review rev25d: a reader's open file on NFS (EBUSY), a folder we may not write
-                notes.append(f"{path} (left by an interrupted publish or retention) could not be removed whole "
-                             f"({exc}): left as it is (hidden); the next publish tries again")
+                remove_folder(path)      # a deep tree raises no RecursionError (review rev25e)
+            except (OSError, RecursionError) as exc:  # review rev25d: a reader's open file on NFS (EBUSY), ...
+                notes.append(terminal_text(f"{path} (left by an interrupted publish or retention) could not be "
+                                           f"removed whole ({exc}): left as it is (hidden); the next publish tries "
+                                           f"again"))
         else:
-            notes.append(f"{path} is {describe(path)}, not a folder a publish made: left as it is (not followed); "
-                         f"remove it by hand")
+            notes.append(terminal_text(f"{path} is {describe(path)}, not a folder a publish made: left as it is "
+                                       f"(not followed); remove it by hand"))
     for name in names:
         if LATEST_TMP.fullmatch(name) is None:
             continue
@@ -288,11 +294,114 @@ def check_version_identity(final: Path, expected: dict) -> None:
             f"versions: never edit them in place) and publish again")
 
 
+# Files that operating systems and file-sharing drop into a folder someone merely browsed (review rev25e): macOS
+# Finder's .DS_Store and AppleDouble ._<name> (over SMB/NFS/on a FAT disk), Windows Explorer's Thumbs.db and
+# desktop.ini, and the .nfs<hex> name an NFS client gives a file removed while a reader still holds it open. They do
+# not make a version "not made by the publish" (it would be kept for good and disk grow without bound); retention
+# deletes them with the version. Only regular files at exactly these names; anything else still keeps the version.
+SYSTEM_FILE = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini|\.nfs[0-9a-fA-F]+")
+
+
+def walk_tree(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under ``folder`` but the folder itself, as (its path relative to ``folder``, its ``lstat``),
+    parents before children, names sorted in each folder; no link is followed. Iterative (an explicit stack, not
+    ``os.walk``, which recurses once per folder level on Python 3.11: a tree 1,000 folders deep raised
+    RecursionError out of retention after the switch, review rev25e). An OSError (a folder that cannot be listed,
+    a path too long for the system) is raised to the caller."""
+    stack = [""]
+    while stack:
+        rel = stack.pop()
+        top = os.path.join(folder, rel) if rel else os.fspath(folder)
+        with os.scandir(top) as entries:
+            found = sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
+        below = []
+        for name, info in found:
+            path = f"{rel}/{name}" if rel else name
+            yield path, info
+            if stat.S_ISDIR(info.st_mode):
+                below.append(path)
+        stack.extend(reversed(below))
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """Remove the real folder ``path`` and everything under it, following no link, as ``shutil.rmtree`` does but
+    iteratively (``shutil.rmtree`` recurses once per folder level on Python 3.11: review rev25e). Each folder is
+    opened without following a link and checked to be the folder that was listed (device and inode), and its
+    entries are removed relative to it, so a folder replaced by a link meanwhile is never entered. Raises OSError
+    for what cannot be removed (what could be is removed), and :class:`NotADirectoryError` for a link or a file at
+    ``path``."""
+    root = os.fspath(path)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode):
+        raise NotADirectoryError(errno.ENOTDIR, "not a real folder (not removed)", root)
+    # (path, (dev, ino), parent path, parent (dev, ino), name in parent, listed yet)
+    stack: list[list] = [[root, (info.st_dev, info.st_ino), None, None, None, False]]
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+    while stack:
+        item = stack[-1]
+        top, ident, parent, parent_ident, name, listed = item
+        if listed:                                   # its entries are gone: the folder itself
+            stack.pop()
+            if parent is None:
+                os.rmdir(top)
+                continue
+            fd = _open_checked(parent, parent_ident, flags)
+            try:
+                os.rmdir(name, dir_fd=fd)
+            finally:
+                os.close(fd)
+            continue
+        item[5] = True
+        fd = _open_checked(top, ident, flags)
+        try:
+            with os.scandir(fd) as entries:
+                names = sorted(entry.name for entry in entries)
+            for entry in names:
+                try:
+                    child = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(child.st_mode):
+                    stack.append([os.path.join(top, entry), (child.st_dev, child.st_ino), top, ident, entry, False])
+                else:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry, dir_fd=fd)
+        finally:
+            os.close(fd)
+
+
+def remove_folder(path: str | os.PathLike) -> None:
+    """Remove the real folder ``path`` whole: ``shutil.rmtree`` (which follows no link inside it), and where that
+    recursed too deep (RecursionError on Python 3.11, one level per folder; or ran out of file descriptors, one per
+    level) :func:`remove_tree`, iterative, for what is left (review rev25e: a deep tree of empty folders raised
+    RecursionError out of retention after the switch). OSError for what cannot be removed."""
+    try:
+        shutil.rmtree(path)
+    except RecursionError:
+        remove_tree(path)
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            raise
+        remove_tree(path)
+
+
+def _open_checked(path: str, ident: tuple[int, int], flags: int) -> int:
+    """``path`` opened with ``flags``; OSError unless it is the folder of device and inode ``ident``."""
+    fd = os.open(path, flags)
+    info = os.fstat(fd)
+    if (info.st_dev, info.st_ino) != ident:
+        os.close(fd)
+        raise OSError(errno.ESTALE, "the folder was replaced while it was being removed (not entered)", path)
+    return fd
+
+
 def made_by_publish(folder: Path) -> str | None:
     """None when ``folder`` (a complete version by its name and manifest) is a version a publish made: its
     manifest names the folder's own name as its version, and it holds only the files its manifest lists (and
-    the temporary copies :func:`remove_mode_copies` removes), as regular files in real folders. Otherwise why
-    not: a copy of a version under another name, a version a user added files to, a link inside it."""
+    the temporary copies :func:`remove_mode_copies` removes, and the files an operating system drops in a folder
+    someone browsed: :data:`SYSTEM_FILE`), as regular files in real folders. Otherwise why not (file names with
+    their control characters escaped: review rev25e): a copy of a version under another name, a version a user
+    added files to, a link inside it, a tree that cannot be walked."""
     try:
         recorded = read_manifest(folder)
     except (OSError, ValueError) as exc:
@@ -300,43 +409,40 @@ def made_by_publish(folder: Path) -> str | None:
     if recorded.get("version") != folder.name:
         return f"its {MANIFEST_FILE} names version {recorded.get('version')!r}, not {folder.name!r}"
     files = recorded["files"]
-
-    def fail(exc: OSError) -> None:
-        raise exc
-
     try:
-        for top, dirs, names in os.walk(folder, onerror=fail):     # followlinks=False
-            prefix = "" if top == str(folder) else os.path.relpath(top, folder) + "/"
-            for name in sorted(dirs + names):
-                rel = prefix + name
-                info = os.lstat(os.path.join(top, name))
-                if stat.S_ISDIR(info.st_mode):
-                    continue
-                temp = TEMP_COPY.fullmatch(name)
-                listed = rel == MANIFEST_FILE or rel in files or (temp is not None and (
-                    prefix + temp.group(1) in files or prefix + temp.group(1) == MANIFEST_FILE))
-                if not listed:
-                    return f"it holds {rel}, which its {MANIFEST_FILE} does not list"
-                if not stat.S_ISREG(info.st_mode):
-                    return f"{rel} in it is {describe(os.path.join(top, name))}, which no publish makes"
-    except OSError as exc:
-        return f"it cannot be looked into whole ({exc})"
+        for rel, info in walk_tree(folder):        # iterative, no link followed (review rev25e)
+            if stat.S_ISDIR(info.st_mode):
+                continue
+            prefix, _, name = rel.rpartition("/")
+            prefix = prefix + "/" if prefix else ""
+            temp = TEMP_COPY.fullmatch(name)
+            listed = rel == MANIFEST_FILE or rel in files or (temp is not None and (
+                prefix + temp.group(1) in files or prefix + temp.group(1) == MANIFEST_FILE))
+            if not listed and not SYSTEM_FILE.fullmatch(name):
+                return f"it holds {terminal_text(rel)}, which its {MANIFEST_FILE} does not list"
+            if not stat.S_ISREG(info.st_mode):
+                return (f"{terminal_text(rel)} in it is {terminal_text(describe(os.path.join(folder, rel)))}, which "
+                        f"no publish makes")
+    except (OSError, RecursionError) as exc:
+        return f"it cannot be looked into whole ({terminal_text(str(exc))})"
     return None
 
 
 def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -> list[str]:
-    """Delete the complete versions a publish made beyond the newest ``keep`` (never the one ``latest`` names, by a
-    relative or an absolute link: :func:`formats.dataset.latest_version`); return the versions deleted. What was
-    left alone, and why, goes to ``notes``.
+    """Delete the complete versions a publish made beyond the newest ``keep`` (never the one ``latest`` reaches,
+    however the link is written: :func:`formats.dataset.latest_version`); return the versions deleted. What was
+    left alone, and why, goes to ``notes`` (every name in them with its control characters escaped:
+    :func:`formats.text.terminal_text`, review rev25e).
 
     Only versions a publish made (:func:`made_by_publish`) are deleted or counted among the ``keep``: a folder
     named like a version whose manifest names another version (a user's copy), or that holds files its manifest
-    does not list (a user's notes), is left as it is and named in ``notes`` (review rev25d: it was deleted first,
-    before any real old version). A version is renamed ``.deleting-<version>`` (it disappears at once), then
-    removed; what cannot be renamed (EACCES/EPERM: another account's version on a shared home) stays a version,
-    and what cannot be removed whole once renamed (EBUSY: a file a reader still holds open on NFS) stays hidden,
-    each with a note: the publish never fails on it after its switch, and the next publish tries again
-    (:func:`sweep_stale`), as the model runs' retention does."""
+    does not list (a user's notes; not the files an operating system drops, :data:`SYSTEM_FILE`), is left as it is
+    and named in ``notes`` (review rev25d: it was deleted first, before any real old version). A version is
+    renamed ``.deleting-<version>`` (it disappears at once), then removed (:func:`remove_folder`: a deep tree
+    never raises RecursionError here); what cannot be renamed (EACCES/EPERM: another account's version on a
+    shared home) stays a version, and what cannot be removed whole once renamed (EBUSY: a file a reader still
+    holds open on NFS) stays hidden, each with a note: the publish never fails on it after its switch, and the
+    next publish tries again (:func:`sweep_stale`), as the model runs' retention does."""
     notes = [] if notes is None else notes
     current = latest_version(home.datasets)
     made = []
@@ -347,9 +453,9 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -
         if why is None:
             made.append(name)
         else:
-            notes.append(f"{home.datasets / name} is not a version a publish made ({why}): retention left it as it "
-                         f"is and does not count it among keep_versions; move it out of {home.datasets} if it is "
-                         f"yours")
+            notes.append(terminal_text(
+                f"{home.datasets / name} is not a version a publish made ({why}): retention left it as it is and "
+                f"does not count it among keep_versions; move it out of {home.datasets} if it is yours"))
     doomed = made[: max(0, len(made) - (keep - 1 if current else keep))]
     deleted = []
     for name in doomed:
@@ -361,18 +467,17 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -
         try:
             os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
         except OSError as exc:
-            notes.append(f"retention could not delete version {name} ({exc}): left in place; the next publish tries "
-                         f"again")
+            notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "
+                                       f"publish tries again"))
             continue
         deleted.append(name)
         try:
-            shutil.rmtree(hidden)
-        except OSError as exc:
-            notes.append(f"version {name} was deleted from the versions but {hidden} could not be removed whole "
-                         f"({exc}: on NFS, a file a reader still holds open): left as it is (hidden); the next "
-                         f"publish removes it")
+            remove_folder(hidden)      # a deep tree raises no RecursionError (review rev25e)
+        except (OSError, RecursionError) as exc:
+            notes.append(terminal_text(
+                f"version {name} was deleted from the versions but {hidden} could not be removed whole ({exc}: on "
+                f"NFS, a file a reader still holds open): left as it is (hidden); the next publish removes it"))
     return deleted
-
 
 
 def publish_lock_file(home: DataHome) -> Path:
