@@ -14,7 +14,11 @@ CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
     "ingest": "4",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
-                          # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b)
+                          # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);
+                          #    rev25c rules (nested brackets cleaned whole, empty_prompt, numbers judged as written,
+                          #    a rejected version of a key conflicts, a leading BOM skipped) and rev25f (a version
+                          #    rejected in the JSON decode conflicts, invisible-only prompts empty, 1e400 as written,
+                          #    a day's partition folders hold only its files)
     "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
@@ -23,7 +27,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    blocks), Pillow given the extension's formats only, reuse judged as a decode (rev24d/h)
     "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
-    "decisions": "7",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "8",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -34,6 +38,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    buffer; a list that is not UTF-8 refused naming it (rev24a, splits 10)
                           # 7: conflicting_image (an image re-exported with other content), mismatched_image (a shown
                           #    image of another prompt / user); refuses partitions that differ from ingest_files (rev25c)
+                          # 8: mismatched_image a pair decision: only the pairs with the mismatched image dropped (rev25f)
     "pairs": "1",
     "splits": "10",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")

@@ -3,20 +3,19 @@
 --         banned_users (user_id), phrase_matches (ranking_id, phrase: curation_phrase_matches),
 --         user_pseudonyms (user_id, pseudonym).
 -- Output: the decisions table: image rows, ranking rows (banned_user, prompt_phrase, conflicting_ranking,
---         mismatched_image, invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster),
---         ranking_export rows (duplicate_ranking) and user rows (banned_user). One row per subject and reason.
+--         invalid_best_image, four_image_tie, all_pairs_dropped), pair rows (image_dropped, same_cluster,
+--         mismatched_image), ranking_export rows (duplicate_ranking) and user rows (banned_user). One row per
+--         subject and reason.
 -- Parameters: $four_image_ties.
 WITH image_mismatches AS (
-    -- a shown image generated for another prompt or by another user than the ranking's: the caption does not
-    -- describe it (an export that joined the wrong rows); an image with conflicting exports has its own decision
-    SELECT s.ranking_id,
-           list(struct_pack(image_uid := s.image_uid, prompt_differs := i.prompt <> s.prompt,
-                            user_differs := i.user_id <> s.user_id) ORDER BY s.pos) AS images
-    FROM (SELECT ranking_id, user_id, prompt, unnest(range(len(shown))) AS pos, unnest(shown) AS image_uid
-          FROM ranking_base WHERE n_variants = 1) s
+    -- a shown image generated for another prompt or by another user than the ranking's (the app's control image,
+    -- an export that joined the wrong rows): the caption does not describe it, so the pairs with it are dropped
+    -- (a pair decision, review rev25f), the ranking's pairs between matching images kept; an image with
+    -- conflicting exports has its own decision
+    SELECT s.ranking_id, s.image_uid, i.prompt <> s.prompt AS prompt_differs, i.user_id <> s.user_id AS user_differs
+    FROM (SELECT ranking_id, user_id, prompt, unnest(shown) AS image_uid FROM ranking_base WHERE n_variants = 1) s
     JOIN image_base i USING (image_uid)
     WHERE i.n_variants = 1 AND (i.prompt <> s.prompt OR i.user_id <> s.user_id)
-    GROUP BY s.ranking_id
 ),
 ranking_reasons AS (
     SELECT ranking_id, 'conflicting_ranking' AS reason,
@@ -30,9 +29,6 @@ ranking_reasons AS (
            to_json(struct_pack(phrases := list(phrase ORDER BY phrase)))::VARCHAR
     FROM phrase_matches
     GROUP BY ranking_id
-    UNION ALL
-    SELECT ranking_id, 'mismatched_image', to_json(struct_pack(images := images))::VARCHAR
-    FROM image_mismatches
     UNION ALL
     SELECT ranking_id, 'invalid_best_image',
            to_json(struct_pack(best_image_uid := best_image_uid, shown := shown))::VARCHAR
@@ -62,6 +58,16 @@ pair_reasons AS (
           UNION
           SELECT pair_id, ranking_id, image_1_uid FROM live_pairs) lp
     JOIN image_decisions d ON d.subject_id = lp.image_uid AND NOT d.keep   -- an equi-join, not a nested loop
+    GROUP BY lp.pair_id, lp.ranking_id
+    UNION ALL
+    SELECT lp.pair_id, lp.ranking_id, 'mismatched_image',
+           to_json(struct_pack(images := list(struct_pack(image_uid := m.image_uid, prompt_differs := m.prompt_differs,
+                                                          user_differs := m.user_differs)
+                                              ORDER BY lp.pos)))::VARCHAR
+    FROM (SELECT pair_id, ranking_id, 0 AS pos, image_0_uid AS image_uid FROM live_pairs
+          UNION ALL
+          SELECT pair_id, ranking_id, 1, image_1_uid FROM live_pairs) lp
+    JOIN image_mismatches m ON m.ranking_id = lp.ranking_id AND m.image_uid = lp.image_uid
     GROUP BY lp.pair_id, lp.ranking_id
 ),
 ranking_pair_counts AS (

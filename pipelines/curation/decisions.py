@@ -9,11 +9,12 @@ the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one ro
   ``nsfw_cluster`` (a duplicate-cluster mate of an ``nsfw`` image: a cluster decision covers all members).
 - ``ranking`` (subject_id = ranking_id): ``banned_user``, ``prompt_phrase`` (word-bounded,
   case-insensitive phrase match on the ingested prompt, its moderation key or its moderation text), ``conflicting_ranking`` (one ranking_id
-  exported twice with different content: every copy dropped), ``mismatched_image`` (a shown image was generated
-  for another prompt or by another user than the ranking's: its caption does not describe it), ``invalid_best_image``,
+  exported twice with different content: every copy dropped), ``invalid_best_image``,
   ``four_image_tie`` (only with ``four_image_ties = 'drop'``), ``all_pairs_dropped`` /
   ``no_candidate_pairs`` (every candidate pair has a pair decision).
-- ``pair`` (subject_id = pair_id): ``image_dropped`` (either image has an image decision),
+- ``pair`` (subject_id = pair_id): ``mismatched_image`` (either image was generated for another prompt or by another
+  user than the ranking's, such as the app's control image: the caption does not describe it; the ranking's pairs
+  between matching images are kept, review rev25f), ``image_dropped`` (either image has an image decision),
   ``same_cluster`` (both images in one duplicate cluster: no preference signal).
 - ``ranking_export`` (``<ranking_id>@<day>``): ``duplicate_ranking``, an identical re-export.
 - ``user`` (subject_id = pseudonym): ``banned_user``.
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import unicodedata
 from dataclasses import dataclass, field
@@ -386,13 +388,35 @@ class IngestNotReconciled(RuntimeError):
 SHOWN_MISMATCHES = 5   # (table, day) mismatches named in the message of IngestNotReconciled; the rest counted
 
 
-def check_ingest_reconciled(con: duckdb.DuckDBPyConnection) -> None:
+SHOWN_STRAYS = 3   # files of a partition folder that its ingest did not write, named per mismatch
+
+
+def _strays(home: DataHome, table: str, day: str) -> str:
+    """The entries of ``table``'s partition folder of ``day`` other than the ingest's ``part-0.parquet``, escaped
+    (``ascii``), for the message of :class:`IngestNotReconciled`; '' when there are none."""
+    part = home.partition_file(table, day)
+    try:
+        names = sorted(name for name in os.listdir(part.parent) if name != part.name)
+    except OSError:
+        return ""
+    if not names:
+        return ""
+    folder = part.parent.relative_to(home.root).as_posix()
+    shown = ", ".join(ascii(f"{folder}/{name}") for name in names[:SHOWN_STRAYS])
+    more = f" and {len(names) - SHOWN_STRAYS} more" if len(names) > SHOWN_STRAYS else ""
+    return f", holding files its ingest did not write: {shown}{more}"
+
+
+def check_ingest_reconciled(con: duckdb.DuckDBPyConnection, home: DataHome | None = None) -> None:
     """Refuse to curate (:class:`IngestNotReconciled`, one line naming each table and day) when the rows of the
     ``rankings`` / ``images`` views differ, for a day, from what that day's ingest accepted (the sum of its
     ``ingest_files.accepted``), or a day has rows but no ingest record (review rev25c). The ingest checks its
     counts only when it writes a partition; a partition rewritten, truncated, removed or given a stray file
     afterwards would otherwise be curated as it is: a ranking lost there drops out of ``pairs`` and of every
-    reconciliation (they count what the partitions hold now), and a row added there is curated unvalidated."""
+    reconciliation (they count what the partitions hold now), and a row added there is curated unvalidated.
+
+    With ``home``, the message names the files of each such partition folder that its ingest did not write (review
+    rev25f); the advised re-ingest removes them (the ingest of a day owns its partition folders)."""
     bad = run_sql(con, "curation_ingest_reconcile").to_pylist()
     if not bad:
         return
@@ -400,13 +424,15 @@ def check_ingest_reconciled(con: duckdb.DuckDBPyConnection) -> None:
     for row in bad[:SHOWN_MISMATCHES]:
         accepted = "it has no ingest_files record" if row["accepted"] is None else \
             f"its ingest accepted {row['accepted']}"
-        named.append(f"{row['table']} {row['dt']}: {row['rows']} rows, {accepted}")
+        strays = "" if home is None else _strays(home, row["table"], row["dt"])
+        named.append(f"{row['table']} {row['dt']}: {row['rows']} rows, {accepted}{strays}")
     more = f" (and {len(bad) - SHOWN_MISMATCHES} more)" if len(bad) > SHOWN_MISMATCHES else ""
     days = sorted({row["dt"] for row in bad})
     raise IngestNotReconciled(
         "curation refused: the warehouse partitions do not hold what the ingest accepted (" + "; ".join(named) + more
         + "): a partition was changed, lost rows or gained a file after its ingest; ingest the day again "
-        f"(pickapic build --force --from {days[0]} --to {days[-1]}) and curate after that")
+        f"(pickapic build --force --from {days[0]} --to {days[-1]}: it also removes the files of the day's "
+        "partition folders it did not write) and curate after that")
 
 
 def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
@@ -429,7 +455,7 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
         views["decisions"] = decisions
     con = connect(views, threads=config.threads or None)
     try:
-        check_ingest_reconciled(con)
+        check_ingest_reconciled(con, home)
     except BaseException:
         con.close()
         raise

@@ -52,8 +52,11 @@ Command line: ``python -m pipelines.ingest`` (:mod:`pipelines.ingest.__main__`).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import multiprocessing
 import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -65,9 +68,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, write_parquet_atomic
+from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, is_real_folder, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import hold_lock
+from formats.locks import hold_lock, try_lock
 from formats.rawzone import RawZoneScan
 from pipelines import faults
 from pipelines.ingest import earlierimages, rewrites
@@ -190,13 +193,82 @@ def _raw_size(home: DataHome, day: str) -> int:
     return sum(path.stat().st_size for path in (home.raw_file(day, t) for t in RAW_TABLES) if path.is_file())
 
 
+# The ingest's scratch folders in HOME/cache/tmp (tempfile's names): swept when no process holds them
+SPILL_FOLDER_RE = re.compile(r"ingest-[0-9]{4}-[0-9]{2}-[0-9]{2}-[A-Za-z0-9_]{1,64}")
+
+
 @contextlib.contextmanager
 def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
-    """A private scratch folder inside the data home's ``cache/`` for quarantine spills; removed after."""
+    """A private scratch folder inside the data home's ``cache/`` for quarantine spills; removed after.
+
+    Its holder keeps an exclusive ``flock`` on the folder while it runs (taken before the folder gets its
+    ``ingest-DAY-XXXX`` name), so a folder that a crashed ingest left (its spills hold raw text of hostile lines)
+    is told from a running one and removed by the next ingest (:func:`sweep_spill_folders`, review rev25f)."""
     scratch = home.cache / "tmp"
     scratch.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=f"ingest-{day}-", dir=scratch) as folder:
-        yield Path(folder)
+    fresh = Path(tempfile.mkdtemp(prefix=f".new-ingest-{day}-", dir=scratch))
+    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)    # just made: nobody else holds it
+        folder = scratch / fresh.name.removeprefix(".new-")
+        os.rename(fresh, folder)          # named for the sweep only once held
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+        if fresh.exists():                # the rename failed
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def sweep_spill_folders(home: DataHome) -> list[str]:
+    """Remove the scratch folders (``cache/tmp/ingest-DAY-XXXX``, only those names) that no running ingest holds:
+    what a crashed ingest left behind. Run under the ingest lock; returns the names removed."""
+    scratch = home.cache / "tmp"
+    try:
+        names = sorted(os.listdir(scratch))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not SPILL_FOLDER_RE.fullmatch(name):
+            continue
+        path = scratch / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue                      # not a real folder (a link, a file): not the ingest's
+        try:
+            if try_lock(fd):              # no running ingest holds it
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+def clear_partition_folders(outputs: Collection[Path]) -> list[Path]:
+    """The ingest of a day owns its partition folders (``warehouse/<table>/dt=DAY/``): every entry in them but the
+    file it writes there (``part-0.parquet``) is removed before it writes, so a stray file (a copy, a crashed
+    writer's temporary file) never reaches the readers' ``**/*.parquet`` glob, and re-ingesting a day cures what
+    curation's ``IngestNotReconciled`` reports (review rev25f). A folder that is a link is left alone (never a
+    file outside the home). Returns what was removed."""
+    removed = []
+    for output in outputs:
+        folder = output.parent
+        if not is_real_folder(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            if name == output.name:
+                continue
+            entry = folder / name
+            if is_real_folder(entry):
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+            removed.append(entry)
+    return removed
 
 
 def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[str],
@@ -266,6 +338,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
         written: dict[str, int] = {}
         with ingest_lock(home):
+            sweep_spill_folders(home)   # what crashed ingests left (raw text of hostile lines)
             unwritten = True
             for attempt in range(MAX_RECOMPUTES + 1):
                 # looked at before the write and again after it: an ingest of another day in this process can run
@@ -281,6 +354,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
                 if not unwritten:
                     break
                 write_raw_zone_problems(home, scan)
+                clear_partition_folders(list(outputs.values()))
                 _write_day(results, date, outputs, written)
                 unwritten = False
             reports = {table: results[table][2] for table in RAW_TABLES}

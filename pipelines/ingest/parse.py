@@ -20,7 +20,8 @@ Line rules, checked in this order (the first failing check is the line's reason)
   fraction (``5.0``, ``5e0``) is accepted as the integer 5. Judged on the number as written, never on
   its rounded binary double: ``4503599627370497.5`` is fractional (``wrong_type``) although its double
   is ``4503599627370498.0``, and ``9007199254740993.0`` is the integer 2^53 + 1 (``invalid_value`` for
-  an id), not 2^53 (review rev25c).
+  an id), not 2^53 (review rev25c). ``1e400`` (beyond a double) is an integer outside the range
+  (``invalid_value`` naming ``1e400``), not the double ``inf`` (review rev25f).
 - ``invalid_value``: ids (``user_id``, ``image_id``, ``ranking_id``, ``download_id``) outside
   [1, ``max_id`` = 2^53]; ``seed`` outside [0, 2^63-1]; ``gs`` outside [``min_gs``, ``max_gs``] = [0, 50]
   (also a number that overflows to infinity); ``steps`` outside [1, 1000]; ``idx`` outside [0, 999] or
@@ -36,16 +37,20 @@ Line rules, checked in this order (the first failing check is the line's reason)
 - ``control_characters``: a C0/C1 control character (tab and newline included), a bidi embedding,
   override, isolate or mark (U+061C, U+200E/F, U+202A-E, U+2066-9), U+2028/9 or U+FEFF in a prompt,
   ``model_id`` or ``scheduler_cls``.
-- ``empty_prompt``: a required ``prompt`` (images, rankings) that is empty once cleaned as
+- ``empty_prompt``: a required ``prompt`` (images, rankings) that shows nothing once cleaned as
   ``split_prompt`` cleans it: only blanks, only ``[bracketed]`` negative text (``"[ugly]"``,
-  ``"[[x]]"``), or nothing (review rev25c: such rows were accepted with prompt ``''``).
+  ``"[[x]]"``), or nothing (review rev25c: such rows were accepted with prompt ``''``); blanks include
+  the characters that render as nothing by the prompt key's definition (``pipelines.invisibles``: zero-width
+  space, word joiner, Hangul fillers, Braille blank; review rev25f).
 - ``invalid_ranking``: ``image_2_uid``/``image_3_uid`` not both set or both null, the same image
   shown twice, or ``best_image_uid`` neither ``'none'`` nor one of the shown uids.
 
 A UTF-8 byte order mark (``EF BB BF``) at the very start of a file is not part of its first line
 (``without_bom``, as ``utf-8-sig`` readers do); anywhere else it is a ``malformed_json`` line whose
 detail names it. A rejected line that is a JSON object with a valid primary key carries that key
-(``Reject.key``): the reader counts it as one more version of the key (``conflicting_primary_key``).
+(``Reject.key``): the reader counts it as one more version of the key (``conflicting_primary_key``). So does a
+line refused in the decode for a ``NaN``/``Infinity`` constant or a member named twice, its key read again
+leniently (``LineParser.decoded_key``) when it reads one way (review rev25f).
 """
 from __future__ import annotations
 
@@ -53,11 +58,13 @@ import datetime as dt
 import hashlib
 import json
 import json.scanner
+import math
 import re
 from decimal import Decimal
 from typing import Callable
 
 from pipelines.ingest.lines import RAW_TEXT_BYTES, OverlongLine
+from pipelines.invisibles import renders_empty
 from schemas.raw import PRIMARY_KEYS
 
 # Quarantine reasons, in the order the checks run (the first failing check names the line).
@@ -97,7 +104,10 @@ TS_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2} [0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[
 # C0 and C1 controls (tab and newline included: a caption is one line), bidi embeddings/overrides/
 # isolates and marks, line/paragraph separators, BOM.
 CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069\ufeff]")
-BRACKET_RE = re.compile(r"\s*\[([^\[\]]*)\]\s*")
+# a [...] pair with the blanks around it; the blanks before it matched only from the start of their run (the
+# lookbehind), so a long run of blanks is scanned once, not once per blank (linear, review rev25f); the same matches
+# as r"\s*\[([^\[\]]*)\]\s*" (a scan resumes after a match's trailing blanks, never inside a run)
+BRACKET_RE = re.compile(r"(?:(?<!\s)\s+)?\[([^\[\]]*)\]\s*")
 _BRACKET_CHAR_RE = re.compile(r"[\[\]]")
 BOM = b"\xef\xbb\xbf"   # UTF-8 byte order mark: skipped at the very start of a file (``without_bom``)
 
@@ -112,6 +122,7 @@ class Reject(Exception):
     ``key``: the line's primary key when it is a JSON object whose key field is valid (else None)."""
 
     key = None
+    readable = False   # True: a NaN constant or a duplicated member failed the decode; the key may still be read
 
     def __init__(self, reason: str, detail: str):
         super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
@@ -249,10 +260,14 @@ class _WrittenNumber(float):
 
     __slots__ = ("text",)
 
+    def __repr__(self) -> str:   # a detail names the number as written (1e400), never its double (inf)
+        return self.text
+
 
 def _parse_float(text: str) -> float:
     value = float(text)
-    if value.is_integer():   # only a whole double can be taken for an integer: check it is the number written
+    if value.is_integer() or math.isinf(value):   # a whole double or an overflow (1e400, review rev25f) can be
+        # taken for an integer: check it is the number written
         try:
             exact = Decimal(text) == value
         except ArithmeticError:   # an exponent beyond Decimal's range: not the double's value either
@@ -298,15 +313,43 @@ def load_json(text: str, show_key: Callable[..., str] | None = None) -> object:
                                          "at the very start of a file") from None
         raise Reject(MALFORMED_JSON, f"expecting a value at character {exc.value}") from None
     except _NonFinite as exc:
-        raise Reject(INVALID_VALUE, f"non-finite number {exc.args[0]} is not valid JSON") from None
+        raise _readable(Reject(INVALID_VALUE, f"non-finite number {exc.args[0]} is not valid JSON")) from None
     except _DuplicateKey as exc:
-        raise Reject(MALFORMED_JSON, f"duplicate key {(show_key or _short)(exc.args[0])}") from None
+        raise _readable(Reject(MALFORMED_JSON, f"duplicate key {(show_key or _short)(exc.args[0])}")) from None
     except RecursionError:
         raise Reject(MALFORMED_JSON, "nesting too deep") from None
     except ValueError as exc:  # json.JSONDecodeError, integer digit limit
         raise Reject(MALFORMED_JSON, str(exc)[:200]) from None
     if end != len(text) and text[end:].strip(_JSON_WS):
         raise Reject(MALFORMED_JSON, f"extra data after the JSON value at character {end}")
+    return obj
+
+
+def _readable(reject: Reject) -> Reject:
+    reject.readable = True
+    return reject
+
+
+class _Members(list):
+    """A JSON object read leniently (``lenient_members``): its (name, value) members as written, repeats kept."""
+
+    __slots__ = ()
+
+
+_LENIENT_SCAN = json.scanner.make_scanner(json.JSONDecoder(
+    parse_constant=lambda _name: None, object_pairs_hook=_Members, parse_float=_parse_float))
+
+
+def lenient_members(text: str) -> _Members | None:
+    """The members of a line that ``load_json`` refused only for a ``NaN``/``Infinity`` constant (read as null)
+    or a member named twice (both kept): None unless the whole line is one JSON object that way."""
+    stripped = text.lstrip(_JSON_WS)
+    try:
+        obj, end = _LENIENT_SCAN(stripped, 0)
+    except (StopIteration, ValueError, RecursionError):
+        return None
+    if type(obj) is not _Members or stripped[end:].strip(_JSON_WS):
+        return None
     return obj
 
 
@@ -382,7 +425,12 @@ class LineParser:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}") from None
-        obj = load_json(text, self._show_key)
+        try:
+            obj = load_json(text, self._show_key)
+        except Reject as exc:
+            if exc.readable:   # a version of its key all the same, when the key reads one way (review rev25f)
+                exc.key = self.decoded_key(text)
+            raise
         if type(obj) is not dict:
             return self.validate(obj)
         try:
@@ -396,6 +444,18 @@ class LineParser:
         except Reject as exc:
             exc.key = self.key_of(obj)
             raise
+
+    def decoded_key(self, text: str) -> object:
+        """The valid primary key of a line whose decode failed on a ``NaN``/``Infinity`` constant or a member named
+        twice (``Reject.readable``): read leniently (:func:`lenient_members`), the key field present with one
+        value (written once, or every time alike), valid as :meth:`key_of` judges it; else None."""
+        members = lenient_members(text)
+        if members is None:
+            return None
+        values = [value for name, value in members if name == self.key_name]
+        if not values or any(type(v) is not type(values[0]) or v != values[0] for v in values):
+            return None
+        return self.key_of({self.key_name: values[0]})
 
     def key_of(self, obj: dict) -> object:
         """The primary key of a JSON object as the accepted row would hold it, when its key field alone is
@@ -467,9 +527,9 @@ class LineParser:
                     match = CONTROL_RE.search(value)
                     if match:
                         raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
-                    if required and not split_prompt(value)[0]:
-                        raise Reject(EMPTY_PROMPT, f"{name} is empty after cleaning (blanks and [bracketed] negative "
-                                                   f"text only): {self._show(value)}")
+                    if required and empty_prompt(value):
+                        raise Reject(EMPTY_PROMPT, f"{name} is empty after cleaning (blanks, invisibles and "
+                                                   f"[bracketed] negative text only): {self._show(value)}")
                 elif kind is NAME:
                     if not value or len(value) > self.max_name_chars:
                         raise Reject(INVALID_VALUE, f"{name} has {len(value)} characters (want 1-{self.max_name_chars})")
@@ -492,8 +552,14 @@ class LineParser:
         shown = text if len(text) <= 80 else text[:77] + "..."
         try:
             exact = Decimal(text)
-        except ArithmeticError:   # an exponent beyond what can be read exactly
-            raise Reject(WRONG_TYPE, f"{name}: number {shown} has an exponent out of range, expected integer") from None
+        except ArithmeticError:   # an exponent beyond what Decimal reads: judged by the signs as written (rev25f)
+            mantissa, _, exponent = text.lower().partition("e")
+            if not mantissa.strip("-+0."):
+                exact = Decimal(0)    # zero, whatever its exponent
+            elif not exponent.startswith("-"):
+                raise Reject(INVALID_VALUE, f"{name} = {shown} outside [{low}, {high}]") from None
+            else:
+                raise Reject(WRONG_TYPE, f"{name}: number {shown} has a fraction, expected integer") from None
         if exact.is_finite() and exact != exact.to_integral_value():
             raise Reject(WRONG_TYPE, f"{name}: number {shown} has a fraction, expected integer")
         if not exact.is_finite() or exact.adjusted() > 40:   # never made a huge int
@@ -526,6 +592,13 @@ class LineParser:
             raise Reject(INVALID_RANKING, "the same image is shown twice")
         if best != TIE and best not in shown:
             raise Reject(INVALID_RANKING, f"best_image_uid = {_short(best)} is neither 'none' nor a shown image")
+
+
+def empty_prompt(raw: str) -> bool:
+    """Whether a prompt shows nothing once cleaned as ``split_prompt`` cleans it: empty, or only blanks and
+    invisible characters (zero-width space, word joiner, Hangul filler, Braille blank: ``pipelines.invisibles``,
+    the prompt key's definition; review rev25f)."""
+    return renders_empty(raw if "[" not in raw else split_prompt(raw)[0])
 
 
 def unescape(text: str) -> str:
@@ -604,7 +677,7 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
     """
     low_gs, high_gs = parser.gs_range
     env = {"KEYS": parser.keyset, "TSM": TS_RE.fullmatch, "UIDM": UID_RE.fullmatch, "CTRL": CONTROL_RE.search,
-           "UTF8OK": _utf8_ok, "SPLITP": split_prompt, "FROMISO": dt.datetime.fromisoformat,
+           "UTF8OK": _utf8_ok, "EMPTYP": empty_prompt, "FROMISO": dt.datetime.fromisoformat,
            "TMIN": parser.ts_min, "TMAX": parser.ts_max,
            "MAXID": parser.max_id, "MAXP": parser.max_prompt_chars, "MAXN": parser.max_name_chars,
            "LOGS": low_gs, "HIGS": high_gs, "TIE": TIE}
@@ -630,8 +703,8 @@ def _compile_fast_path(parser: LineParser) -> Callable[[dict], tuple | None]:
             ctrl = f"(not {v}.isprintable() if {v}.isascii() else CTRL({v}) is not None)"
             if kind is PROMPT:
                 bad += f" or len({v}) > MAXP or {ctrl}"
-                if required:   # empty_prompt: blanks only, or [bracketed] text only
-                    bad += f' or not ({v}.strip() if "[" not in {v} else SPLITP({v})[0])'
+                if required:   # empty_prompt: blanks and invisibles only, or [bracketed] text only
+                    bad += f" or EMPTYP({v})"
             elif kind is NAME:
                 bad += f" or not {v} or len({v}) > MAXN or {ctrl}"
         if required:

@@ -116,6 +116,7 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
+from pipelines.invisibles import BLANK, INVISIBLE
 from pipelines.splits import coverage
 from pipelines.sqlrun import connect, literal_glob, register_views, run_sql, run_to_parquet
 from schemas import get_schema
@@ -425,13 +426,11 @@ def _fold_case(text: str) -> str:
     return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold().replace("i\u0307", "i"))
 
 
-# Removed from a key: default-ignorable code points and every other format character (Cf: interlinear
-# annotation marks, Egyptian hieroglyph format controls, Arabic number signs, ...), which render as
-# nothing or as a mark on their neighbour.
-_INVISIBLE = regex.compile(r"[\p{Default_Ignorable_Code_Point}\p{Cf}]+")
-# Read as a space: characters that render as a blank but are not whitespace (Braille pattern blank, the
-# Hangul fillers, the musical null notehead's space). Read before _INVISIBLE runs: the fillers are default-ignorable.
-_BLANK = regex.compile("[\u2800\u3164\uffa0\u115f\u1160\U0001D159]")
+# Removed from a key: default-ignorable code points and every other format character; read as a space: the
+# blank-looking characters (Braille blank, Hangul fillers), read before _INVISIBLE runs (pipelines.invisibles,
+# shared with the ingest's empty_prompt rule).
+_INVISIBLE = INVISIBLE
+_BLANK = BLANK
 # Separators: punctuation (P*), symbols (S*: math, currency, modifier and other symbols: emoji, skin-tone modifiers,
 # regional indicators, stars, (c), degree) and emoji code points (Extended_Pictographic, which also holds the emoji
 # blocks' code points not assigned yet), by the regex package's Unicode data; never a letter, digit or mark.

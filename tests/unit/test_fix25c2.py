@@ -57,25 +57,31 @@ def test_a_ranking_showing_an_image_of_another_prompt_or_user_is_dropped_with_it
     b.ranking(3, ["theirs", "cat2"], None)
     home, decisions, pairs = _run(b)
     assert [p["ranking_id"] for p in pairs] == [1]
-    assert _decided(decisions, "ranking", "2") == {"mismatched_image": {"images": [
+    # a pair decision (review rev25f): the pairs with the mismatched image go, here every pair of the ranking
+    assert _decided(decisions, "pair", "2_0") == {"mismatched_image": {"images": [
         {"image_uid": "dog", "prompt_differs": True, "user_differs": False}]}}
-    assert _decided(decisions, "ranking", "3") == {"mismatched_image": {"images": [
+    assert _decided(decisions, "pair", "3_0") == {"mismatched_image": {"images": [
         {"image_uid": "theirs", "prompt_differs": False, "user_differs": True}]}}
+    assert set(_decided(decisions, "ranking", "2")) == set(_decided(decisions, "ranking", "3")) == {"all_pairs_dropped"}
+    assert _decided(decisions, "ranking", "2")["all_pairs_dropped"]["pair_reasons"] == ["mismatched_image"]
     # the evidence never names a user id (decisions are published)
     assert not [d for d in decisions if "7" in d["evidence"] or pseudonymize(7, DEFAULT_SECRET) in d["evidence"]]
     assert _contract_failures(home, "pairs") == [] and _contract_failures(home, "decisions") == []
 
 
-def test_one_mismatched_image_of_four_drops_the_whole_ranking(tmp_path):
+def test_one_mismatched_image_of_four_drops_only_its_pairs(tmp_path):
+    """Review rev25f: the app's control image (another prompt and user, ~10% of rankings) costs the pairs with it,
+    not the ranking's pairs between its matching images (fix25c2 dropped the whole ranking)."""
     b = HomeBuilder(tmp_path)
     for uid, prompt in (("q0", "a cat"), ("q1", "a cat"), ("q2", "a cat"), ("q3", "a dog")):
         b.image(uid, prompt=prompt)
     b.ranking(10, ["q0", "q1", "q2", "q3"], "q0")
     home, decisions, pairs = _run(b)
-    assert pairs == []                                               # no pair of it, not even those of q0..q2
-    assert set(_decided(decisions, "ranking", "10")) == {"mismatched_image"}
-    assert not [d for d in decisions if d["subject"] == "pair"]      # decided as a ranking, not pair by pair
-    assert _contract_failures(home, "pairs") == []
+    assert sorted((p["image_0_uid"], p["image_1_uid"]) for p in pairs) == [("q0", "q1"), ("q0", "q2")]
+    assert _decided(decisions, "ranking", "10") == {}                # the ranking stays
+    dropped = {d["subject_id"]: json.loads(d["evidence"]) for d in decisions if d["subject"] == "pair"}
+    assert list(dropped.values()) == [{"images": [{"image_uid": "q3", "prompt_differs": True, "user_differs": False}]}]
+    assert _contract_failures(home, "pairs") == [] and _contract_failures(home, "decisions") == []
 
 
 def test_the_caption_is_compared_as_ingested(tmp_path):
@@ -88,7 +94,8 @@ def test_the_caption_is_compared_as_ingested(tmp_path):
     b.ranking(2, ["x0", "x1"], "x0", prompt="a cat")
     _, decisions, pairs = _run(b)
     assert [p["ranking_id"] for p in pairs] == [1]
-    assert set(_decided(decisions, "ranking", "2")) == {"mismatched_image"}
+    assert set(_decided(decisions, "pair", "2_0")) == {"mismatched_image"}
+    assert set(_decided(decisions, "ranking", "2")) == {"all_pairs_dropped"}
 
 
 # ---------------------------------------------------------------------------------- conflicting_image
