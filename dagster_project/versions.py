@@ -50,10 +50,11 @@ CODE_VERSIONS: dict[str, str] = {
                           #    (rev18e, same version: case never changes a key, Katakana not folded, only apostrophe-like modifier letters read as ')
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
-    "publish": "5",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "6",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
+                          # 6: the data card names the decisions conflicting_image and mismatched_image (rev25c/f)
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

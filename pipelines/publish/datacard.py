@@ -185,8 +185,10 @@ dHash, NudeNet):
 Reasons: `nsfw` (NudeNet exposed-nudity classes at score >= 0.5) and `nsfw_cluster` (a duplicate of
 one), `content_filtered` (blanked by the provider's filter), `feature_rejected` (undecodable or
 unsafe image), `banned_user` (the app's moderation list), `prompt_phrase` (a listed NSFW phrase in the
-prompt), `conflicting_ranking`, `duplicate_ranking` (a re-export), `image_dropped` / `all_pairs_dropped`
-(a pair or ranking left without images), `same_cluster` (both images are duplicates of each other).
+prompt), `conflicting_ranking`, `duplicate_ranking` (a re-export), `conflicting_image` (an image exported
+again with other content: every version dropped), `mismatched_image` (a pair showing an image generated for
+another prompt or by another user), `image_dropped` / `all_pairs_dropped` (a pair or ranking left without
+images), `same_cluster` (both images are duplicates of each other).
 
 ## Splits
 
