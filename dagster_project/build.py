@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -93,6 +94,9 @@ def use_home(home: DataHome) -> Path:
     return home.dagster_home
 
 
+# the database of runs, each with its run config (shown on its page in the UI): read by no account outside the
+# home's group (review rev25g); SQLite gives its -wal and -shm files its mode
+RUN_CONFIG_DATABASE = "history/runs.db"
 # Dagster's SQLite databases in the layout of the instance this tool configures (DAGSTER_YAML: default storage);
 # `history/runs/.db` holds the events of no run (every build's raw-day observations), created at the first one
 INSTANCE_DATABASES = ("history/runs.db", "history/runs/index.db", "schedules/schedules.db")
@@ -136,12 +140,16 @@ def create_dagster_storage(home: DataHome, own: bool) -> None:
     as every other file the tool writes), and the database of run-less events (``history/runs/.db``, written by
     every build) is created empty with that mode before Dagster first writes it, so a group-shared home (umask
     002) lets the group write them. Each run's own database keeps SQLite's 0644 (its events are its run's).
-    Only for the instance this tool configures (``own``: its own ``dagster.yaml``): one a user pointed elsewhere is
+    The database of runs (:data:`RUN_CONFIG_DATABASE`: every run's config, which the UI shows) is given no access
+    for other accounts (``0666 & ~umask & ~0007``: 0640 under umask 022, 0660 in a group-shared home under umask
+    002), and one made before (0644), with its -wal and -shm files, loses other accounts' bits whenever this
+    account uses the home (review rev25g). Only for the instance this tool configures (``own``: its own ``dagster.yaml``): one a user pointed elsewhere is
     left alone."""
     if not own:
         return
     paths = [home.dagster_home / name for name in INSTANCE_DATABASES]
     created = [path for path in paths if not os.path.lexists(path)]
+    run_config = home.dagster_home / RUN_CONFIG_DATABASE
     if created:
         from pipelines.publish.reuse import give_mode  # the publish's rule for giving a file this run's mode
 
@@ -150,12 +158,31 @@ def create_dagster_storage(home: DataHome, own: bool) -> None:
         for path in created:
             with contextlib.suppress(OSError, RuntimeError):
                 if os.lstat(path).st_uid == os.geteuid():     # this process made it (a link planted there is left)
-                    give_mode(path, file_mode(), fsync=False)
+                    give_mode(path, file_mode() & ~0o007 if path == run_config else file_mode(), fsync=False)
+    for path in (run_config, *(run_config.with_name(run_config.name + end) for end in ("-wal", "-shm"))):
+        _no_access_for_others(path)
     runless = home.dagster_home / RUNLESS_DATABASE
     if not os.path.lexists(runless) and is_real_folder(runless.parent):
         # an empty file is a new SQLite database: Dagster creates its tables at the first connection
         with contextlib.suppress(FileExistsError, PermissionError):
             os.close(os.open(runless, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+
+
+def _no_access_for_others(path: Path) -> None:
+    """Take other accounts' permission bits off this account's regular file ``path`` (the owner's and the group's
+    are kept: the home's group builds a group-shared home); never through a link; nothing when it is not there."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return
+    try:
+        info = os.fstat(fd)
+        if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o007:
+            os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o007)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def select_days(home: DataHome, start: str | None = None, end: str | None = None,

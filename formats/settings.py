@@ -107,10 +107,10 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
 
 
 def public_fields(config: Any) -> dict[str, Any]:
-    """``dataclasses.asdict(config)`` with every secret setting shown as ``***``: what metadata, logs and
-    reports may carry."""
+    """``dataclasses.asdict(config)`` with every secret setting shown as ``***`` (a private one by its option names,
+    a URL's credential in any other hidden: :func:`_redacted`): what metadata, logs and reports may carry."""
     return {f.name: ("***" if f.metadata.get("secret") else _private_shown(value) if f.metadata.get("private")
-                     else value)
+                     else _redacted(value))
             for f, value in zip(dataclasses.fields(config), dataclasses.asdict(config).values())}
 
 
@@ -119,6 +119,24 @@ def _private_shown(value: Any) -> Any:
     from formats.text import option_names
 
     return option_names(value) if isinstance(value, str) else value
+
+
+def _redacted(value: Any) -> Any:
+    """A setting's value as it may be shown: a URL's credential (a password, a user token, a query) or a credential
+    option's value in a text (or a list of texts) hidden by :func:`formats.text.redact_credentials`, as the
+    launchpad's field descriptions show it (``features.blob_base = "s3://KEY:SECRET@bucket"``: review rev25g)."""
+    from formats.text import redact_credentials
+
+    if isinstance(value, str):
+        return redact_credentials(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(redact_credentials(item) if isinstance(item, str) else item for item in value)
+    return value
+
+
+def holds_credential(value: Any) -> bool:
+    """Whether a setting's value (a text, or a list of texts) holds what :func:`_redacted` hides."""
+    return _redacted(value) != value
 
 
 # ------------------------------------------------------------------------------------- one setting
@@ -485,7 +503,7 @@ class Settings:
                 if not spec.in_file:
                     continue
                 value = getattr(effective, name)
-                shown = "***" if spec.secret else _private_shown(value) if spec.private else _plain(value)
+                shown = "***" if spec.secret else _private_shown(value) if spec.private else _redacted(_plain(value))
                 rows.append({"key": spec.key, "value": shown,
                              "default": "***" if spec.secret else _plain(spec.default),
                              "source": self.sources.get(spec.key, "default"), "allowed": spec.allowed(),
@@ -844,14 +862,16 @@ def guard_private_file(path: Path) -> None:
 
 
 def _holds_private(values: Mapping[str, Any]) -> bool:
-    """Whether file values (``{"section.name": value}``) hold a secret or a non-empty private setting (Beam
-    options may hold a credential: review rev23j): such a file is read by no other account."""
+    """Whether file values (``{"section.name": value}``) hold a secret, a non-empty private setting (Beam
+    options may hold a credential: review rev23j) or a value holding a credential :func:`holds_credential` finds
+    (a URL's password, user token or query: ``features.blob_base = "s3://KEY:SECRET@bucket"``, review rev25g):
+    such a file is read by no other account."""
     for key, value in values.items():
         try:
             spec = knob_for(key, "the file")
         except SettingsError:
             continue
-        if spec.secret or (spec.private and value):
+        if spec.secret or (spec.private and value) or holds_credential(value):
             return True
     return False
 

@@ -155,15 +155,20 @@ def open_staging(datasets: Path, version: str) -> Path:
                              f"what it names) and publish again")
     others = _writable_by_others(staging)
     if others:
+        done = "its files were removed"
         try:
             shutil.rmtree(staging)   # follows no link; refuses a link at the top
+        except OSError as exc:
+            # another account's 0700 staging (a group member's publish killed mid-way) cannot be emptied by this
+            # account: it is moved aside, as retention hides a version, and the version written afresh (rev25g)
+            done = _set_aside(staging, version, others, exc)
+        try:
             os.mkdir(staging, 0o700)
         except OSError as exc:
-            raise StagingRefused(f"{staging}, an interrupted publish's staging, {others}, so its files cannot be "
-                                 f"trusted, and it could not be removed ({exc.strerror or exc}): nothing was "
-                                 f"published; let its owner publish again or remove it") from None
-        print(f"publish: {staging}, an interrupted publish's staging, {others}: its files were removed and "
-              f"the version is written afresh", file=sys.stderr, flush=True)
+            raise StagingRefused(f"{staging}, an interrupted publish's staging, {others}: it was {done}, but could "
+                                 f"not be made afresh ({exc.strerror or exc}): nothing was published") from None
+        print(f"publish: {staging}, an interrupted publish's staging, {others}: {done} and the version is written "
+              f"afresh", file=sys.stderr, flush=True)
         return staging
     for root, dirs, files in os.walk(staging):       # followlinks=False: a linked folder is listed, never entered
         for name in sorted(dirs + files):
@@ -178,6 +183,31 @@ def open_staging(datasets: Path, version: str) -> Path:
                 if name in dirs:
                     dirs.remove(name)
     return staging
+
+
+def _set_aside(staging: Path, version: str, others: str, error: OSError) -> str:
+    """Rename the untrusted staging ``staging``, which this account could not remove (``error``), to a free
+    ``.deleting-<version>[.N]`` beside it, the name retention hides a version under (:data:`DELETING_NAME`), so
+    :func:`sweep_stale` removes it at a later publish (one of an account that may: a note until then) and it
+    never blocks this one; the rename needs only the datasets folder, which a group-shared home's group writes.
+    What it says was done; :class:`StagingRefused` when it cannot be renamed either (review rev25g)."""
+    datasets = staging.parent
+    aside = datasets / f"{DELETING_PREFIX}{version}"
+    for n in range(1, 100):
+        if not os.path.lexists(aside):     # under the publish lock: what is there is never renamed over
+            break
+        aside = datasets / f"{DELETING_PREFIX}{version}.{n}"
+    try:
+        if os.path.lexists(aside):
+            raise FileExistsError(f"no free {DELETING_PREFIX}{version}[.N] name to move it to")
+        os.rename(staging, aside)
+    except OSError as exc:
+        raise StagingRefused(f"{staging}, an interrupted publish's staging, {others}, so its files cannot be "
+                             f"trusted, and it could neither be removed ({error.strerror or error}) nor moved aside "
+                             f"({exc.strerror or exc}): nothing was published; let its owner publish again or remove "
+                             f"it") from None
+    return (f"it could not be removed ({error.strerror or error}), so it was moved aside to {aside.name} (removed by a "
+            f"later publish that may, e.g. its owner's)")
 
 
 def _writable_by_others(staging: Path) -> str | None:

@@ -57,8 +57,9 @@ def test_a_group_member_records_new_raw_days_in_a_group_shared_home(world_folder
         pytest.fail("needs root to run a second account (nobody)")
     home = world_folder / "group16d" / "home"
     _group_home_observed_by_owner(home, umask=0o002)
-    wrong = [f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(home)}"
-             for p in sorted((home / "dagster").rglob("*.db")) if stat.S_IMODE(p.stat().st_mode) != 0o664]
+    wrong = [f"{oct(stat.S_IMODE(p.stat().st_mode))} {p.relative_to(home)}"      # runs.db: group only (rev25g)
+             for p in sorted((home / "dagster").rglob("*.db"))
+             if stat.S_IMODE(p.stat().st_mode) != (0o660 if p == home / "dagster/history/runs.db" else 0o664)]
     python, env = nobody_python
     member = _as_nobody([python, "-c", _OBSERVE, str(home), "2023-02-15", "v2"], env, umask=0o002, group=True)
     err = member.stderr.decode(errors="replace")

@@ -42,6 +42,8 @@ def test_every_file_and_folder_has_the_umask_mode(built_home: DataHome) -> None:
             if stat.S_ISLNK(info.st_mode):
                 continue
             expected = (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~mask
+            if path.parent == built_home.root / "dagster" / "history" and path.name.startswith("runs.db"):
+                expected &= ~0o007      # every run's config: read by no other account (review rev25g)
             if stat.S_IMODE(info.st_mode) != expected:
                 wrong.append(f"{oct(stat.S_IMODE(info.st_mode))} {path.relative_to(built_home.root)}")
             kinds.add(path.suffix or path.name)
@@ -58,5 +60,9 @@ def test_another_account_reads_every_file(built_home: DataHome, shared_copy: Pat
                  next(shared_copy.glob("models/preference_model/*/best/model.safetensors")),
                  next(shared_copy.glob("models/preference_model/*/metrics.json"))):
         assert read_as_other_account(path) == (path.read_bytes() if others_read else None), path
-    unreadable = unreadable_by_other_account(shared_copy)
+    # but the database of runs (their run config: review rev25g), which only the home's group reads
+    runs = shared_copy / "dagster" / "history" / "runs.db"
+    assert runs.is_file() and read_as_other_account(runs) is None
+    unreadable = [path for path in unreadable_by_other_account(shared_copy)      # (its -wal and -shm, if any, too)
+                  if not (path.parent == runs.parent and path.name.startswith(runs.name))]
     assert (unreadable == []) == others_read, unreadable[:20]
