@@ -193,10 +193,11 @@ class CreateTimes:
         return [float(x) for x in self.log.read_text().split()]
 
 
-def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> float:
-    """Seconds for ``workers`` forked processes to read ``paths`` (interleaved between them), sha256
-    them and append them to one new file each under a new folder in ``parent`` (removed after)."""
-    out_dir = Path(tempfile.mkdtemp(prefix="bare-", dir=parent))
+def _timed_children(name: str, parent: Path, workers: int, child) -> float:
+    """Seconds for ``workers`` forked processes, each running ``child(worker, out_dir)`` (which ends the
+    process), to finish, with ``out_dir`` a new folder in ``parent`` (removed after); a failed child is
+    an error naming the ``name`` writer."""
+    out_dir = Path(tempfile.mkdtemp(prefix=f"{name}-", dir=parent))
     children: list[int] = []
     try:
         started = time.perf_counter()
@@ -207,7 +208,10 @@ def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> fl
             for worker in range(workers):
                 pid = os.fork()
                 if pid == 0:
-                    _bare_child(paths[worker::workers], out_dir / f"bare-{worker}.bin", fsync)
+                    try:
+                        child(worker, out_dir)
+                    finally:        # never returns into the benchmark's (or pytest's) code in the child
+                        os._exit(1)
                 children.append(pid)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -216,36 +220,27 @@ def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> fl
     finally:
         shutil.rmtree(out_dir, ignore_errors=True)
     if failed:
-        raise RuntimeError(f"bare writer processes {failed} failed (their errors are above)")
+        raise RuntimeError(f"{name} writer processes {failed} failed (their errors are above)")
     return seconds
+
+
+def bare_write(paths: list[Path], parent: Path, workers: int, fsync: bool) -> float:
+    """Seconds for ``workers`` forked processes to read ``paths`` (interleaved between them), sha256
+    them and append them to one new file each under a new folder in ``parent`` (removed after)."""
+    return _timed_children("bare", parent, workers, lambda worker, out_dir: _bare_child(
+        paths[worker::workers], out_dir / f"bare-{worker}.bin", fsync))
 
 
 def lean_write(paths: list[Path], parent: Path, workers: int, fsync: bool, files: int) -> float:
     """Seconds for ``workers`` forked processes to read ``paths`` (interleaved between them) through
     one reused buffer, sha256 them and write them every ``LEAN_CHUNK`` bytes to ``files`` new files in
     all (split between the workers, each fsynced), under a new folder in ``parent`` (removed after)."""
-    out_dir = Path(tempfile.mkdtemp(prefix="lean-", dir=parent))
-    children: list[int] = []
-    try:
-        started = time.perf_counter()
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})   # as in bare_write
-        try:
-            for worker in range(workers):
-                share = paths[worker::workers]
-                count = max(1, min(len(share), files // workers + (worker < files % workers)))
-                pid = os.fork()
-                if pid == 0:
-                    _lean_child([share[i::count] for i in range(count)], out_dir / f"lean-{worker}", fsync)
-                children.append(pid)
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
-            failed = [pid for pid in children if os.waitpid(pid, 0)[1] != 0]
-        seconds = time.perf_counter() - started
-    finally:
-        shutil.rmtree(out_dir, ignore_errors=True)
-    if failed:
-        raise RuntimeError(f"lean writer processes {failed} failed (their errors are above)")
-    return seconds
+    def child(worker: int, out_dir: Path) -> NoReturn:
+        share = paths[worker::workers]
+        count = max(1, min(len(share), files // workers + (worker < files % workers)))
+        _lean_child([share[i::count] for i in range(count)], out_dir / f"lean-{worker}", fsync)
+
+    return _timed_children("lean", parent, workers, child)
 
 
 LEAN_CHUNK = 2 << 20
