@@ -12,7 +12,6 @@ simulated home, the real stage modules); each test states the correct behaviour 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import subprocess
 import sys
