@@ -266,13 +266,16 @@ def build(
     on_plan: Callable[[list[str]], None] | None = None,
     from_app_db: bool = False,
     warn: Callable[[str], None] | None = None,
+    on_locked: Callable[[], None] | None = None,
 ) -> BuildResult:
     """Plan, then run what is missing or stale (``days`` / ``start``-``end``: recompute those days).
 
     ``from_app_db``: first export each day of the app database (``days``, else its days closed for the
     export lag within ``start``-``end``) into the raw zone, one ``app_export_job`` run per day, each day
     added as a partition first; the plan that follows runs what the new or changed raw days make stale.
-    ``warn`` hears about raw-zone entries that are skipped (never fatal).
+    ``warn`` hears about raw-zone entries that are skipped (never fatal). ``on_locked`` runs once the settings
+    are read and the build holds the home's lock, before it plans (``pickapic build`` records the raw zone's
+    problems there: a refused build writes nothing, review rev25h).
     """
     assignments = list(assignments)
     settings = load(home.root, config_file=config_file, assignments=assignments, overrides=overrides)
@@ -287,6 +290,8 @@ def build(
     use_home(home)
     progress = progress or (lambda message: None)
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
+        if on_locked is not None:
+            on_locked()
         _fail_dead_build_runs(instance)
         run_config = _override_config(settings)
         run_ids = {}

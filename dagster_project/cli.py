@@ -11,7 +11,7 @@ import threading
 import time
 from pathlib import Path
 
-from formats.commands import flush_stdout, quiet_stdout, stdout_closed
+from formats.commands import flush_stdout, known_error, quiet_stdout, stdout_closed
 from formats.home import DEFAULT_HOME, ENV_VAR, DataHome
 
 HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
@@ -144,12 +144,13 @@ def _cmd_build(args: argparse.Namespace) -> int:
             shown_warnings.add(message)
             print(f"warning: {terminal_text(message)}", file=sys.stderr)
 
-    from pipelines.ingest.rawrecord import note_raw_zone
+    from pipelines.ingest import rawrecord
 
-    # every build names the raw-zone entries it skips, "up to date" and --dry-run included, and records them in
-    # raw_zone_problems when no ingest will (review rev25b); a dry run writes nothing
-    note_raw_zone(home, warn, record=not args.dry_run)
-    if plain:
+    # every build names the raw-zone entries it skips, "up to date" and --dry-run included (review rev25b), and
+    # records them in raw_zone_problems once its settings are read and it holds the home's build lock (review
+    # rev25h: a build refused for a bad --set, or while another build runs, writes nothing); a dry run writes nothing
+    scan = rawrecord.note_raw_zone(home, warn, record=False)
+    if plain and not rawrecord.differs(home, scan):   # a record to bring up to date: the full path, under the lock
         from dagster_project import buildstamp
 
         key = buildstamp.stamp_key(home, assignments=args.assignments, config_file=args.config_file,
@@ -176,7 +177,8 @@ def _cmd_build(args: argparse.Namespace) -> int:
         result = build(home, start=args.start, end=args.end, force=args.force, with_model=args.with_model,
                        assignments=args.assignments, config_file=args.config_file, wait=args.wait, progress=progress,
                        on_plan=lambda lines: (shown.append(lines), progress.total(len(lines))),
-                       from_app_db=args.from_app_db, warn=warn)
+                       from_app_db=args.from_app_db, warn=warn,
+                       on_locked=lambda: rawrecord.record_noting(home, warn))
     seconds = time.perf_counter() - started
     if result.up_to_date:
         print(f"up to date: every asset of {home.root} is fresh ({len(home.raw_days())} raw days, checked in "
@@ -344,9 +346,9 @@ def main(argv: list[str] | None = None) -> int:
 
         home = DataHome.at(getattr(args, "home", None)).root
         full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
-        known = (ValueError, FileNotFoundError, FileExistsError, RuntimeError, PermissionError)
         too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
-        if args.debug or (full is None and not too_long and not isinstance(exc, known)):
+        # an interpreter's RuntimeError (RecursionError, a dict changed while iterated) is a bug: its traceback
+        if args.debug or (full is None and not too_long and not known_error(exc)):
             raise
         # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
         print(f"pickapic {args.command}: error: {terminal_text(str(full or exc), keep=chr(10))}", file=sys.stderr)

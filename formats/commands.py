@@ -2,7 +2,8 @@
 
 * An ordinary mistake (a day typed wrong, a missing input, a refused path, a full disk) is one error on stderr,
   ``PROG: error: ...``, and exit 1, without a traceback (:func:`run_command`, :data:`KNOWN_ERRORS`); anything
-  else is a bug and keeps its traceback.
+  else is a bug and keeps its traceback, a RuntimeError the interpreter raised included (``RecursionError``,
+  ``NotImplementedError``, ``dictionary changed size during iteration``: :func:`known_error`).
 * A reader that stops early (``| head``, ``| less`` quit) ends the command quietly, exit 0: stdout's pipe closed
   under a write, or under the last flush, is not an error (:func:`stdout_closed`, :func:`quiet_stdout`). stdout
   is then pointed at ``/dev/null``, the recipe of Python's ``signal`` documentation (note on SIGPIPE), so the
@@ -19,6 +20,38 @@ from collections.abc import Callable, Sequence
 # what a stage refuses or finds wrong (a missing input, a bad value, a path it will not write, a damaged file):
 # one error naming what and where; anything else is a bug and keeps its traceback
 KNOWN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, PermissionError)
+# RuntimeErrors that only the interpreter raises, always a bug (review rev25h): never one line
+INTERPRETER_ERRORS = (RecursionError, NotImplementedError)
+_RAISE_OPS = frozenset({"RAISE_VARARGS", "RERAISE"})
+
+
+def raised_by_a_raise(exc: BaseException) -> bool:
+    """Whether ``exc`` left its innermost frame through a ``raise`` statement (Python code that chose to raise it),
+    not from inside the interpreter or a C extension (``dictionary changed size during iteration`` at a ``for``,
+    a generator's ``StopIteration`` turned RuntimeError): read from the instruction its traceback stopped at."""
+    import dis
+
+    tb = exc.__traceback__
+    if tb is None:
+        return True      # never raised (built and handed over): nothing says it is the interpreter's
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    try:
+        return any(ins.opname in _RAISE_OPS for ins in dis.get_instructions(tb.tb_frame.f_code)
+                   if ins.offset == tb.tb_lasti)
+    except (TypeError, ValueError):
+        return False
+
+
+def known_error(exc: BaseException) -> bool:
+    """An ordinary mistake (one line, no traceback): one of :data:`KNOWN_ERRORS`, except a RuntimeError the
+    interpreter raised (:data:`INTERPRETER_ERRORS`, or a plain RuntimeError not raised by a ``raise``
+    statement): that is a bug, and keeps its traceback."""
+    if not isinstance(exc, KNOWN_ERRORS) or isinstance(exc, INTERPRETER_ERRORS):
+        return False
+    if isinstance(exc, RuntimeError) and not isinstance(exc, (ValueError, OSError)):
+        return raised_by_a_raise(exc)
+    return True
 
 
 def stdout_closed() -> bool:
@@ -53,6 +86,19 @@ def flush_stdout() -> None:
         sys.stdout.flush()
 
 
+def progress_line(message: str) -> None:
+    """Print one progress line to stdout now. A reader gone (``| head -1``, a log pipe closed) drops this line and
+    the later ones (stdout pointed at ``/dev/null``) and the work goes on: progress is not what a stage is run for,
+    and a closed stdout must never turn unfinished work into success (review rev25h: the features stage stopped
+    at its first progress line and exited 0 with nothing written)."""
+    try:
+        print(message, flush=True)
+    except BrokenPipeError:
+        if not stdout_closed():
+            raise
+        quiet_stdout()
+
+
 def error_message(exc: BaseException) -> str | None:
     """The one-line error an ordinary mistake is reported as, or None for a bug (keeps its traceback)."""
     from formats.files import no_space_message
@@ -60,7 +106,7 @@ def error_message(exc: BaseException) -> str | None:
 
     full = no_space_message(exc)
     too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
-    if full is None and not too_long and not isinstance(exc, KNOWN_ERRORS):
+    if full is None and not too_long and not known_error(exc):
         return None
     # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
     return terminal_text(str(full or exc), keep="\n")

@@ -18,7 +18,8 @@ so a folder given such a name by anything else is never silently ignored.
 
 The files under a skipped folder are recorded one row each (up to ``MAX_LISTED_FILES`` per entry, then
 one row counting the rest), so nothing in the raw zone is silently ignored. Paths are relative to the
-data home and names that are not UTF-8 are shown with backslash escapes; no absolute path is stored.
+data home and names that are not UTF-8 are shown with backslash escapes, a backslash of the name itself doubled
+(``display_name``: one text per name, so two entries never share a path); no absolute path is stored.
 """
 from __future__ import annotations
 
@@ -94,8 +95,12 @@ class RawZoneScan:
 
 
 def display_name(name: str) -> str:
-    """A file name as valid UTF-8 text: undecodable bytes become backslash escapes."""
-    return os.fsencode(name).decode("utf-8", "backslashreplace")
+    """A file name as valid UTF-8 text: undecodable bytes become backslash escapes (``\\xff``) and a backslash of
+    the name is doubled (``\\\\``), so the text is one name's only (review rev25h: the byte ``\\xff`` and the four
+    characters ``\\xff`` read alike, two rows of raw_zone_problems had one path and its uniqueness check failed
+    every ingest). Deterministic; a name without a backslash that is valid UTF-8 reads as written."""
+    raw = os.fsencode(name)
+    return raw.replace(b"\\", b"\\\\").decode("utf-8", "backslashreplace")
 
 
 def day_of_folder(name: str) -> tuple[str | None, str | None]:

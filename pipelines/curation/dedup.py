@@ -599,11 +599,24 @@ def main(argv: list[str] | None = None) -> None:
 
 
 TRUTH_COLUMNS = ("group_id", "image_uid", "kind", "source_uid")   # what sql/dedup_truth_eval.sql reads
+# the types it reads them as (a simulation writes int64 and strings): the uids are joined to duplicate_clusters'
+# string image_uid and kind compared with 'exact'/'near'; group_id is only grouped on (any integer or string)
+_TRUTH_TYPES = {"group_id": ("an integer or a string", lambda t: pa.types.is_integer(t) or _is_text(t)),
+                "image_uid": ("a string", lambda t: _is_text(t)),
+                "kind": ("a string", lambda t: _is_text(t)),
+                "source_uid": ("a string", lambda t: _is_text(t))}
+
+
+def _is_text(kind: pa.DataType) -> bool:
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or \
+        (hasattr(pa.types, "is_string_view") and pa.types.is_string_view(kind))
 
 
 def _read_truth(path: Path) -> pa.Table:
     """``--truth``: a simulation's ``duplicates.parquet``, read whole before anything is written (one error naming
-    --truth for a file that is missing, not Parquet, or lacks a column the evaluation reads)."""
+    --truth for a file that is missing, not Parquet, lacks a column the evaluation reads or has one of another
+    type, or that the evaluation's SQL cannot run on: it is run once on an empty duplicate_clusters first,
+    review rev25h)."""
     if not path.is_file():
         raise FileNotFoundError(f"--truth {path} is not a file (a simulated home has ground_truth/duplicates.parquet); "
                                 "nothing was written")
@@ -615,6 +628,16 @@ def _read_truth(path: Path) -> pa.Table:
     if missing:
         raise ValueError(f"--truth {path} lacks the column(s) {', '.join(missing)} of a simulation's duplicates.parquet; "
                          "nothing was written")
+    wrong = [f"{name} is {table.schema.field(name).type}, not {want}" for name, (want, fits) in _TRUTH_TYPES.items()
+             if not fits(table.schema.field(name).type)]
+    if wrong:
+        raise ValueError(f"--truth {path} is not a simulation's duplicates.parquet: {'; '.join(wrong)}; nothing was "
+                         "written")
+    try:   # what else the evaluation needs: its SQL run once on an empty duplicate_clusters, before anything is written
+        evaluate_truth(connect({}), get_schema("duplicate_clusters").empty_table(), table)
+    except (duckdb.Error, pa.ArrowException, RuntimeError) as exc:
+        raise ValueError(f"--truth {path} cannot be evaluated against duplicate_clusters ({exc}); nothing was "
+                         "written") from None
     return table
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import Sequence
 
-from formats.commands import run_command
+from formats.commands import progress_line, run_command
 from formats.home import DataHome
 from formats.settings import add_flags, stage_config
 from pipelines.features.config import FeaturesReport
@@ -24,11 +24,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def run(argv: Sequence[str] | None = None) -> FeaturesReport:
-    """Command line: parse our options (over the home's settings file), pass the rest to Beam, print the report."""
+    """Command line: parse our options (over the home's settings file), pass the rest to Beam, print the report.
+    A closed stdout drops the progress lines, never the work (``formats.commands.progress_line``)."""
     args, beam_args = _parser().parse_known_args(argv)
     home = DataHome.at(args.home)
     report = build_features(home, args.day, stage_config(home.root, "features", args), beam_args,
-                            progress=lambda message: print(message, flush=True))
+                            progress=progress_line)
     print(json.dumps({k: v for k, v in report.metadata().items() if k != "summary"}, indent=2, sort_keys=True))
     return report
 

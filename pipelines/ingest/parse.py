@@ -133,14 +133,15 @@ class Reject(Exception):
         return f"{self.reason}: {self.detail}"
 
 
-def raw_fields(data: bytes | OverlongLine, redact: bool = False) -> tuple[str | None, int, str]:
-    """(raw_text first 64 KiB as lossy UTF-8, raw_length, raw_sha256) of one line; ``redact``: the text with its
-    personal data masked (:func:`redact_personal`), the length and sha256 still those of the line as written."""
+def raw_fields(data: bytes | OverlongLine, table: str | None = None) -> tuple[str | None, int, str]:
+    """(raw_text first 64 KiB as lossy UTF-8, raw_length, raw_sha256) of one line; ``table``: the text masked as
+    that table's quarantine stores it (:func:`mask_line`: no email or name), the length and sha256 still those of
+    the line as written."""
     if isinstance(data, OverlongLine):
         text, length, sha = data.prefix[:RAW_TEXT_BYTES].decode("utf-8", "replace"), data.length, data.sha256
     else:
         text, length, sha = data[:RAW_TEXT_BYTES].decode("utf-8", "replace"), len(data), hashlib.sha256(data).hexdigest()
-    return (redact_personal(text) if redact else text), length, sha
+    return (mask_line(table, text) if table is not None else text), length, sha
 
 
 # Raw tables whose lines hold personal data (emails, names): it never leaves the raw zone, so their quarantined
@@ -239,6 +240,106 @@ TABLE_FIELDS: dict[str, tuple[tuple[str, str, bool, tuple | None], ...]] = {
         ("prompt", PROMPT, False, None),
     ),
 }
+
+
+# --- masking the quarantined lines of the other tables (review rev25h) -------------------------------------------
+# An email or a name may sit in any table's line (an export that joined the user row into rankings: "email",
+# "name"; a downloads line with "user_email"; an email typed into user_id). A quarantined line of images,
+# rankings or downloads keeps, as written: its JSON punctuation, blanks, numbers and literals; the keys that are
+# lowercase identifiers; the values of its table's own fields read as the field reads them: a prompt, model_id or
+# scheduler_cls as written with any email-shaped run (``local@domain``) masked, an id, time, uid or
+# best_image_uid only when it is id / time / UUID shaped (else masked). Every other string (a value under a key
+# the table does not have, inside a nested object, of a line that is not an object) and every other bare word
+# reads ``[redacted]``. Deterministic, and it works on any text, a line too broken to parse included.
+EMAIL_RE = re.compile(r"[^\s\"'<>()\[\]{},;:@\\]+@[^\s\"'<>()\[\]{},;:@\\]+")
+_UUID_SHAPED_RE = re.compile(r"\{?[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\}?")
+_TEXT_KINDS = frozenset({PROMPT, NAME})
+_MASKED = None          # the value about to come is read by no field of the table: masked
+
+
+def _harmless(value: str) -> bool:
+    """An id, a time, a UUID or ``none`` (never an email nor a name)."""
+    return _HARMLESS_RE.fullmatch(value) is not None or _UUID_SHAPED_RE.fullmatch(value) is not None \
+        or value == TIE
+
+
+def _string_value(token: str) -> str | None:
+    """The value of a JSON string token (None when it cannot be read: cut by the end of the text, a bad escape)."""
+    if len(token) < 2 or token[-1] != '"' or (len(token) > 2 and token[-2] == "\\" and not _closed(token)):
+        return None
+    if "\\" not in token:
+        return token[1:-1]
+    try:
+        value = json.loads(token)
+    except ValueError:
+        return None
+    return value if type(value) is str else None
+
+
+def _closed(token: str) -> bool:
+    """Whether a string token ending in backslash-quote is closed (an even run of backslashes before the quote)."""
+    run = len(token) - 1 - len(token[:-1].rstrip("\\"))
+    return run % 2 == 0
+
+
+def _masked_value(token: str, kind: str | None) -> str:
+    if kind is _MASKED:
+        return f'"{REDACTED}"'
+    value = _string_value(token)
+    if kind in _TEXT_KINDS:
+        if value is None:     # cut or unreadable: shown only without an escape that could hide an '@'
+            return token if "\\" not in token and "@" not in token else f'"{REDACTED}"'
+        if EMAIL_RE.search(value) is None:
+            return token
+        return EMAIL_RE.sub(REDACTED, token) if "\\" not in token else f'"{REDACTED}"'
+    return token if value is not None and len(value) <= 80 and _harmless(value) else f'"{REDACTED}"'
+
+
+def mask_line(table: str, text: str) -> str:
+    """A quarantined line's text as the warehouse quarantine stores it: no email or name (see above; a users line:
+    :func:`redact_personal`). At most ``RAW_TEXT_BYTES`` characters; the line as written stays in the raw zone,
+    found by the row's file, line_number and raw_sha256."""
+    if table in PERSONAL_FIELDS or table not in TABLE_FIELDS:
+        return redact_personal(text)
+    kinds = {name: kind for name, kind, *_ in TABLE_FIELDS[table]}
+    out: list[str] = []
+    stack: list[tuple[str, str | None]] = []   # open containers: ("{", None) or ("[", kind of its items)
+    expect_key = False
+    kind: str | None = _MASKED
+    for match in _TOKEN_RE.finditer(text):
+        token = match.group()
+        first = token[0]
+        if first == '"':
+            if expect_key:
+                key = _string_value(token)
+                known = key is not None and key in kinds
+                out.append(token if known or (key is not None and _IDENTIFIER_RE.fullmatch(key)) else f'"{REDACTED}"')
+                kind = kinds[key] if known and len(stack) == 1 else _MASKED   # a nested object's members: masked
+                expect_key = False
+            else:
+                out.append(_masked_value(token, kind))
+        elif first.isspace() or first in "{}[]:,":
+            out.append(token)
+            for char in token:
+                if char == "{":
+                    stack.append(("{", None))
+                    expect_key, kind = True, _MASKED
+                elif char == "[":
+                    stack.append(("[", kind if stack else _MASKED))
+                elif char in "}]":
+                    if stack:
+                        stack.pop()
+                    expect_key, kind = False, _MASKED
+                elif char == ",":
+                    if stack and stack[-1][0] == "{":
+                        expect_key, kind = True, _MASKED
+                    elif stack:
+                        kind = stack[-1][1]
+                elif char == ":":
+                    expect_key = False
+        else:
+            out.append(token if token in ("true", "false", "null") or _NUMBER_RE.fullmatch(token) else REDACTED)
+    return "".join(out)[:RAW_TEXT_BYTES]
 
 
 class _NonFinite(ValueError):
@@ -371,6 +472,20 @@ def _short_personal(value: object, limit: int = 80) -> str:
     return PERSONAL_VALUE
 
 
+def _short_masked(value: object, limit: int = 80) -> str:
+    """``_short`` for a table without personal fields: numbers, literals and ids / times / UUIDs / ``none`` as
+    written, any other value as ``<value>`` (an email typed into user_id, a name in an id field, review rev25h)."""
+    if value is None or type(value) in (bool, int, float, _WrittenNumber) \
+            or (type(value) is str and len(value) <= 80 and _harmless(value)):
+        return _short(value, limit)
+    return PERSONAL_VALUE
+
+
+def _show_text(value: object, limit: int = 80) -> str:
+    """A prompt (or model name) in a detail: as written, its email-shaped runs masked."""
+    return EMAIL_RE.sub(REDACTED, _short(value, limit)) if type(value) is str else _short_masked(value, limit)
+
+
 def _key_personal(key: object, limit: int = 80) -> str:
     """A JSON key in a detail of a table with personal data: a lowercase identifier (``phone``, ``e_mail``) as
     written, anything else (``"Hana Okafor"``, an email) as ``<value>``."""
@@ -393,9 +508,10 @@ class LineParser:
         self.fields = TABLE_FIELDS[table]
         self.names = tuple(f[0] for f in self.fields)
         self.keyset = frozenset(self.names)
-        # a table with personal data shows no value in a detail that could be one (an email typed into user_id)
-        self._show = _short_personal if table in PERSONAL_FIELDS else _short
-        self._show_key = _key_personal if table in PERSONAL_FIELDS else _short
+        # no table's detail shows a value that could be an email or a name (an email typed into user_id, a joined
+        # user row's fields: review rev25h); a prompt's is shown with its emails masked (_show_text)
+        self._show = _short_personal if table in PERSONAL_FIELDS else _short_masked
+        self._show_key = _key_personal
         self.max_id = max_id
         self.max_prompt_chars = max_prompt_chars
         self.max_name_chars = max_name_chars
@@ -529,7 +645,7 @@ class LineParser:
                         raise Reject(CONTROL_CHARACTERS, f"{name} has U+{ord(match.group()):04X} at {match.start()}")
                     if required and empty_prompt(value):
                         raise Reject(EMPTY_PROMPT, f"{name} is empty after cleaning (blanks, invisibles and "
-                                                   f"[bracketed] negative text only): {self._show(value)}")
+                                                   f"[bracketed] negative text only): {_show_text(value)}")
                 elif kind is NAME:
                     if not value or len(value) > self.max_name_chars:
                         raise Reject(INVALID_VALUE, f"{name} has {len(value)} characters (want 1-{self.max_name_chars})")
@@ -591,7 +707,7 @@ class LineParser:
         if len(set(shown)) != len(shown):
             raise Reject(INVALID_RANKING, "the same image is shown twice")
         if best != TIE and best not in shown:
-            raise Reject(INVALID_RANKING, f"best_image_uid = {_short(best)} is neither 'none' nor a shown image")
+            raise Reject(INVALID_RANKING, f"best_image_uid = {_short_masked(best)} is neither 'none' nor a shown image")
 
 
 def empty_prompt(raw: str) -> bool:

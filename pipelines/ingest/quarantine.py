@@ -83,7 +83,6 @@ class QuarantineSink:
         self.lines = 0                      # quarantined lines (line_number > 0)
         self.reasons: dict[str, int] = {}   # lines per reason; a file-level row counts 1
         self._memo: dict[bytes, tuple] = {}  # short line bytes -> raw fields (bounded)
-        self.redact = table in rp.PERSONAL_FIELDS   # users: emails and names masked in raw_text (never stored)
 
     def add(self, line: int, reason: str, detail: str, text: str | None, length: int, sha256: str,
             count: int = 1, last: int | None = None) -> None:
@@ -108,16 +107,16 @@ class QuarantineSink:
 
     def raw_fields(self, data: bytes | lines.OverlongLine) -> tuple[str | None, int, str]:
         """``parse.raw_fields``, remembered for short lines: repeated bad lines (the cheap way to
-        make millions) are decoded and hashed once. A table with personal data (users) gets its text
-        masked here (``parse.redact_personal``), the one way a line's text enters the sink: every row
-        of its quarantine, whatever its reason, holds the masked text."""
+        make millions) are decoded and hashed once. Every table's text is masked here (``parse.mask_line``:
+        no email or name, whatever the table, review rev25h), the one way a line's text enters the sink:
+        every row of its quarantine, whatever its reason, holds the masked text."""
         if type(data) is not bytes or len(data) > _MEMO_LINE_BYTES:
-            return rp.raw_fields(data, self.redact)
+            return rp.raw_fields(data, self.table)
         fields = self._memo.get(data)
         if fields is None:
             if len(self._memo) >= _MEMO_ENTRIES:
                 self._memo.clear()
-            fields = self._memo[data] = rp.raw_fields(data, self.redact)
+            fields = self._memo[data] = rp.raw_fields(data, self.table)
         return fields
 
     def merge(self, other: "QuarantineSink") -> None:

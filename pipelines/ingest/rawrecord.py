@@ -5,8 +5,13 @@ Every ingest rewrites ``warehouse/raw_zone_problems/data.parquet`` from the raw 
 "up to date", or the plan finds every asset fresh) ran no ingest, so entries that landed since the last
 ingest were warned about but never recorded: the table said the raw zone was clean. :func:`note_raw_zone`
 is what ``pickapic build`` calls first, on every path (the stamp's "up to date" and ``--dry-run``
-included): it scans the raw zone, names each skipped entry through ``warn``, and (``record``, every build
-but a dry run) brings the table up to date with the scan when it differs, under the home's ingest lock.
+included): it scans the raw zone and names each skipped entry through ``warn``, writing nothing
+(``record=False``). The table is brought up to date with the raw zone (when it differs, under the home's
+ingest lock) by :func:`record_noting`, which the build calls once its settings are read and it holds the
+home's build lock (``dagster_project.build.build``'s ``on_locked``): a build refused for a mistyped
+``--set`` or because another build holds the home writes nothing (review rev25h). A build whose stamp
+says "up to date" while the table differs from the raw zone (:func:`differs`) plans in full, under the lock,
+as it did when the record changed the warehouse first.
 
 Light on purpose (the stamp's "up to date" answer stays well under a second): pyarrow is imported only when
 the table exists or the raw zone has problems, the ingest module only when the table must be rewritten. A home
@@ -73,17 +78,34 @@ def record_raw_zone_problems(home: DataHome, scan: RawZoneScan | None = None) ->
         return False
 
 
+def differs(home: DataHome, scan: RawZoneScan) -> bool:
+    """Whether :func:`record_raw_zone_problems` would rewrite the table for ``scan`` (nothing is written here)."""
+    if not is_real_folder(home.warehouse) or not is_real_folder(home.table_dir(DATASET)):
+        return False
+    if not scan.problems and not home.table_file(DATASET).is_file():
+        return False
+    return recorded_rows(home) != _rows(scan)
+
+
+def record_noting(home: DataHome, warn: Callable[[str], None], scan: RawZoneScan | None = None) -> bool:
+    """:func:`record_raw_zone_problems`, its failure a warning (never fatal: the next ingest writes the table).
+    Call it after the command's checks passed, holding the build lock (see the module docstring)."""
+    try:
+        return record_raw_zone_problems(home, scan)
+    except OSError as exc:   # the error names no absolute path
+        warn(f"could not record the raw zone's problems in warehouse/{DATASET}: {exc.strerror or type(exc).__name__}")
+    except ValueError as exc:   # the ingest lock refused (formats.locks.LockFileRefused): the build says so next
+        warn(f"could not record the raw zone's problems in warehouse/{DATASET}: {exc}")
+    return False
+
+
 def note_raw_zone(home: DataHome, warn: Callable[[str], None], record: bool = True) -> RawZoneScan:
     """Name each raw-zone entry that is not a day through ``warn`` (``skipped <entry>: <reason>: ...``, the lines
-    ``pickapic build`` prints) and, with ``record``, bring ``raw_zone_problems`` up to date with them."""
+    ``pickapic build`` prints) and, with ``record``, bring ``raw_zone_problems`` up to date with them
+    (:func:`record_noting`; ``pickapic build`` names them with ``record=False`` and records under its lock)."""
     scan = home.scan_raw_zone()
     for line in scan.summary():
         warn(f"skipped {line}")
     if record:
-        try:
-            record_raw_zone_problems(home, scan)
-        except OSError as exc:   # never fatal: the next ingest writes the table (the error names no absolute path)
-            warn(f"could not record the raw zone's problems in warehouse/{DATASET}: {exc.strerror or type(exc).__name__}")
-        except ValueError as exc:   # the ingest lock refused (formats.locks.LockFileRefused): the build says so next
-            warn(f"could not record the raw zone's problems in warehouse/{DATASET}: {exc}")
+        record_noting(home, warn, scan)
     return scan
