@@ -12,6 +12,7 @@ import json
 import os
 from typing import Any
 
+from formats.commands import progress_line
 from formats.settings import flag_type, knobs
 from training.config import PRESETS, TrainConfig, preset
 
@@ -76,12 +77,12 @@ def run_from_args(args: argparse.Namespace) -> Any:
                      markers=list(RUN_MARKERS))
 
     def show(event: dict[str, Any]) -> None:
-        if event["event"] != "done":
-            print(json.dumps(event), flush=True)
+        if event["event"] != "done":       # a reader gone (| head) drops the lines, never the training
+            progress_line(json.dumps(event))
 
     result = train(config_from_args(args), on_event=show)
     if int(os.environ.get("RANK", "0")) == 0:
-        print(json.dumps(result.metadata(), indent=1), flush=True)
+        progress_line(json.dumps(result.metadata(), indent=1))
     return result
 
 
