@@ -6,9 +6,9 @@ import json
 import sys
 from typing import Sequence
 
+from formats.commands import run_command
 from formats.home import DataHome
 from formats.settings import add_flags, stage_config
-from formats.text import terminal_text
 from pipelines.publish.config import PublishReport
 from pipelines.publish.version import publish_dataset
 
@@ -29,20 +29,12 @@ def main(argv: Sequence[str] | None = None) -> PublishReport:
     return report
 
 
-# what a publish refuses or finds wrong (a damaged version, a contract, a file where the tool makes one):
-# one error naming what and where, no traceback; anything else is a bug and keeps its traceback
-KNOWN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, PermissionError)
-
-
 def run(argv: Sequence[str] | None = None) -> int:
-    """:func:`main` as a command: 0, or 1 and the error on stderr (every line of it: a version that differs from
-    its manifest is named file by file) without a traceback."""
-    try:
-        main(argv)
-    except KNOWN_ERRORS as exc:
-        print(f"python -m pipelines.publish: error: {terminal_text(str(exc), keep=chr(10))}", file=sys.stderr)
-        return 1
-    return 0
+    """:func:`main` as a command (:func:`formats.commands.run_command`, as every stage module): 0, or 1 and the
+    error on stderr (every line of it: a version that differs from its manifest is named file by file) without a
+    traceback for what a publish refuses or finds wrong; a bug (an interpreter's RuntimeError among them) keeps
+    its traceback; a closed stdout ends it quietly."""
+    return run_command("python -m pipelines.publish", main, argv)
 
 
 if __name__ == "__main__":
