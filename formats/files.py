@@ -323,6 +323,32 @@ def open_regular_file(path: Path | str) -> io.FileIO:
         raise
 
 
+APPLE_DOUBLE = b"\x00\x05\x16\x07"     # how macOS's AppleDouble "._NAME" metadata files begin
+
+
+def is_apple_double(path: str | os.PathLike, *, dir_fd: int | None = None, follow_symlinks: bool = True) -> bool:
+    """Whether ``path`` (relative to ``dir_fd`` when given) is macOS's AppleDouble metadata of a file: named
+    ``._NAME`` and a regular file whose first bytes are :data:`APPLE_DOUBLE`. A file of any other content at such a
+    name (a user's ``._results.parquet``, a real image ``._c2.png``) is not (reviews rev22d, rev25i). Only a regular
+    file's bytes are read (the type is checked on the open file: a FIFO is never waited on); a link is followed
+    unless ``follow_symlinks`` is False; what cannot be read is not AppleDouble."""
+    if not os.path.basename(os.fspath(path)).startswith("._"):
+        return False
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    try:
+        fd = os.open(path, flags, dir_fd=dir_fd)
+    except OSError:
+        return False
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return False
+        return os.pread(fd, len(APPLE_DOUBLE), 0) == APPLE_DOUBLE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
 def is_real_folder(path: Path | str) -> bool:
     """Whether ``path`` is a folder and not a symbolic link to one (``lstat``); False when nothing is there."""
     try:

@@ -18,6 +18,10 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
+# the folders of a daily-partitioned table's days, as a glob (Python's and DuckDB's): dt=YYYY-MM-DD
+PARTITION_FOLDER_GLOB = "dt=" + "-".join("[0-9]" * n for n in (4, 2, 2))
+
+
 @dataclass(frozen=True)
 class DataHome:
     """Layout of a data home (documented in README.md, section "Data home layout")."""
@@ -90,10 +94,15 @@ class DataHome:
         return self.table_dir(dataset) / "data.parquet"
 
     def table_glob(self, dataset: str) -> str:
-        """Glob matching every Parquet file of a dataset (partitioned or not), for DuckDB's ``read_parquet``
-        and Python's ``glob``: the home's own path is escaped (:func:`glob.escape`), so a home at
-        ``/data/pickapic[1]/home`` matches its files, not a character class (review rev24c)."""
-        return f"{glob.escape(str(self.table_dir(dataset)))}/**/*.parquet"
+        """Glob matching the Parquet files of a daily-partitioned dataset where its stage writes them
+        (``dt=YYYY-MM-DD/*.parquet``, :meth:`partition_file`), for DuckDB's ``read_parquet`` and Python's
+        ``glob``: the home's own path is escaped (:func:`glob.escape`), so a home at ``/data/pickapic[1]/home``
+        matches its files, not a character class (review rev24c). Only folders named ``dt=`` and a date are read,
+        one level down (review rev25i: ``**/*.parquet`` read a stray ``old.parquet`` beside them, a
+        ``backup/dt=DAY/`` copy or a ``dt=DAY.bak`` folder as rows of the table, which no re-ingest removes, and
+        the last one failed curation with DuckDB's Binder Error); a stray Parquet file inside a day's folder is
+        still read (curation's ``IngestNotReconciled`` names it and re-ingesting the day removes it)."""
+        return f"{glob.escape(str(self.table_dir(dataset)))}/{PARTITION_FOLDER_GLOB}/*.parquet"
 
     # content-addressed training JPEGs written by the feature stage
     @property

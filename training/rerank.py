@@ -22,7 +22,7 @@ from typing import Any, Iterable, Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from formats.files import open_regular_file, write_bytes_atomic
+from formats.files import is_apple_double, open_regular_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from schemas import get_schema
@@ -72,21 +72,11 @@ def read_prompt(prompt_file: Path) -> tuple[str, str | None]:
 SYSTEM_FILES = (".DS_Store", "Thumbs.db", "desktop.ini", ".directory")
 
 
-APPLE_DOUBLE = b"\x00\x05\x16\x07"     # how macOS's "._NAME" metadata files begin
-
-
 def _system_file(path: Path) -> bool:
-    """A file manager's own file: a name of ``SYSTEM_FILES``, or macOS's ``._NAME`` metadata (by its first bytes:
-    a real image named ``._c2.png`` is a candidate, review rev22d). Only a regular file's bytes are read."""
-    if path.name in SYSTEM_FILES:
-        return True
-    if not path.name.startswith("._"):
-        return False
-    try:
-        with open_regular_file(path) as handle:
-            return handle.read(4) == APPLE_DOUBLE
-    except OSError:
-        return False
+    """A file manager's own file: a name of ``SYSTEM_FILES``, or macOS's ``._NAME`` metadata (by its first bytes,
+    :func:`formats.files.is_apple_double`: a real image named ``._c2.png`` is a candidate, review rev22d). Only a
+    regular file's bytes are read."""
+    return path.name in SYSTEM_FILES or is_apple_double(path)
 
 
 def read_candidate_folder(folder: Path) -> list[PairRow]:

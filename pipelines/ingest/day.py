@@ -57,6 +57,8 @@ import multiprocessing
 import os
 import re
 import shutil
+import stat
+import sys
 import tempfile
 import threading
 import time
@@ -72,6 +74,7 @@ from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, is_real_
 from formats.home import DataHome
 from formats.locks import hold_lock, try_lock
 from formats.rawzone import RawZoneScan
+from formats.text import terminal_text
 from pipelines import faults
 from pipelines.ingest import earlierimages, rewrites
 from pipelines.ingest.builders import BUILDERS, ingest_files_table
@@ -248,12 +251,44 @@ def sweep_spill_folders(home: DataHome) -> list[str]:
     return removed
 
 
+class PartitionFolderRefused(NotADirectoryError):
+    """A day's partition folder (``warehouse/<table>/dt=DAY/``) is a symbolic link or not a folder: the ingest
+    writes nothing through it and nothing was written (review rev25i)."""
+
+
+def check_partition_folders(home: DataHome, day: str, outputs: Collection[Path]) -> None:
+    """Refuse (:class:`PartitionFolderRefused`, one line naming the first such folder, escaped) when a partition
+    folder of the day is there but is not a real folder: a symbolic link (an admin moved a big day to another disk)
+    or a file. The ingest would write ``part-0.parquet`` through the link, replacing a file outside the data home,
+    and leave the link's other files in place, and the refusal of curation that follows could never be cured by
+    re-ingesting (review rev25i). Called before the day is computed and again under the ingest lock, before
+    anything is written."""
+    for output in outputs:
+        folder = output.parent
+        try:
+            info = os.lstat(folder)
+        except FileNotFoundError:
+            continue
+        if stat.S_ISDIR(info.st_mode):
+            continue
+        what = "a symbolic link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+        shown = terminal_text(folder.relative_to(home.root).as_posix() if folder.is_relative_to(home.root)
+                              else str(folder))
+        raise PartitionFolderRefused(
+            f"cannot ingest {day}: the partition folder {shown} is {what}: the ingest writes nothing through a link "
+            f"or over what it did not make, and nothing was written; move the day's files back into a real folder "
+            f"at that name (or remove it: a link's removal leaves what it names) and ingest the day again")
+
+
 def clear_partition_folders(outputs: Collection[Path]) -> list[Path]:
     """The ingest of a day owns its partition folders (``warehouse/<table>/dt=DAY/``): every entry in them but the
     file it writes there (``part-0.parquet``) is removed before it writes, so a stray file (a copy, a crashed
-    writer's temporary file) never reaches the readers' ``**/*.parquet`` glob, and re-ingesting a day cures what
+    writer's temporary file) never reaches the readers' ``dt=DAY/*.parquet`` glob, and re-ingesting a day cures what
     curation's ``IngestNotReconciled`` reports (review rev25f). A folder that is a link is left alone (never a
-    file outside the home). Returns what was removed."""
+    file outside the home; :func:`check_partition_folders` refuses it first). An entry that cannot be removed yet
+    (EBUSY: on NFS, the ``.nfsXXXX`` name of a replaced partition file a reader still holds open) is left with a
+    warning on stderr, and the next ingest of the day tries again: the ingest never fails on it (review rev25i; a
+    ``.nfs`` name is no ``*.parquet`` file the readers count). Returns what was removed."""
     removed = []
     for output in outputs:
         folder = output.parent
@@ -263,10 +298,16 @@ def clear_partition_folders(outputs: Collection[Path]) -> list[Path]:
             if name == output.name:
                 continue
             entry = folder / name
-            if is_real_folder(entry):
-                shutil.rmtree(entry)
-            else:
-                entry.unlink(missing_ok=True)
+            try:
+                if is_real_folder(entry):
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink(missing_ok=True)
+            except OSError as exc:
+                print(terminal_text(f"ingest: {entry} (not written by the ingest) could not be removed from the "
+                                    f"partition folder ({exc.strerror or exc}): left as it is; the next ingest of the "
+                                    f"day tries again"), file=sys.stderr, flush=True)
+                continue
             removed.append(entry)
     return removed
 
@@ -332,10 +373,11 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     scan = home.scan_raw_zone()
     if day not in scan.days:
         raise RawDayGone(_gone_message(home, day, scan))
+    outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
+    check_partition_folders(home, day, outputs.values())    # a linked partition folder: refused first (rev25i)
     with _spill_folder(home, day) as spill_dir:
         seen = _raw_inputs(home, scan)
         results = _compute(home, day, config, scan.days, spill_dir)
-        outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
         written: dict[str, int] = {}
         with ingest_lock(home):
             sweep_spill_folders(home)   # what crashed ingests left (raw text of hostile lines)
@@ -353,6 +395,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
                     continue
                 if not unwritten:
                     break
+                check_partition_folders(home, day, outputs.values())   # before anything is written
                 write_raw_zone_problems(home, scan)
                 clear_partition_folders(list(outputs.values()))
                 _write_day(results, date, outputs, written)

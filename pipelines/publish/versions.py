@@ -24,7 +24,7 @@ from formats.dataset import (
     list_versions,
     read_manifest,
 )
-from formats.files import current_umask
+from formats.files import current_umask, is_apple_double
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.text import terminal_text
@@ -329,100 +329,177 @@ def check_version_identity(final: Path, expected: dict) -> None:
 # desktop.ini, and the .nfs<hex> name an NFS client gives a file removed while a reader still holds it open. They do
 # not make a version "not made by the publish" (it would be kept for good and disk grow without bound); retention
 # deletes them with the version. Only regular files at exactly these names; anything else still keeps the version.
+# A ._<name> file is AppleDouble only when its first bytes say so (formats.files.is_apple_double, review rev25i: a
+# user's ._results.parquet was deleted with the version): :func:`system_file` checks both.
 SYSTEM_FILE = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini|\.nfs[0-9a-fA-F]+")
+
+
+def system_file(name: str, info: os.stat_result, dir_fd: int | None = None) -> bool:
+    """Whether the entry ``name`` (of ``lstat`` ``info``, in the folder open as ``dir_fd``, or a path) is a file an
+    operating system dropped (:data:`SYSTEM_FILE`): a regular file at such a name, and for ``._<name>`` one that
+    begins with the AppleDouble magic (review rev25i)."""
+    if not SYSTEM_FILE.fullmatch(os.path.basename(name)) or not stat.S_ISREG(info.st_mode):
+        return False
+    if os.path.basename(name).startswith("._"):
+        return is_apple_double(name, dir_fd=dir_fd, follow_symlinks=False)
+    return True
+
+
+_FOLDER_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _open_folder(name: str | os.PathLike, dir_fd: int | None, ident: tuple[int, int] | None) -> int:
+    """The real folder ``name`` (relative to ``dir_fd``) opened without following a link; OSError (ESTALE) unless it
+    is the folder of device and inode ``ident`` (when given): it was replaced (by a link, another folder) since it
+    was listed, and is never entered."""
+    fd = os.open(name, _FOLDER_FLAGS, dir_fd=dir_fd)
+    if ident is not None:
+        info = os.fstat(fd)
+        if (info.st_dev, info.st_ino) != ident:
+            os.close(fd)
+            raise OSError(errno.ESTALE, "the folder was replaced while it was being walked (not entered)",
+                          os.fspath(name))
+    return fd
+
+
+def _listing(fd: int) -> list[tuple[str, os.stat_result]]:
+    """The entries of the folder open as ``fd``, sorted by name, each with its ``lstat``."""
+    with os.scandir(fd) as entries:         # scandir works on a duplicate of fd and rewinds it
+        return sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
+
+
+def _walk(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result, int]]:
+    """:func:`walk_tree`, each entry also with the descriptor of the open folder that holds it (valid until the
+    next entry is asked for). Folders are entered by name relative to the open parent (``O_NOFOLLOW``, checked to be
+    the folder that was listed) and left through ``..`` (checked to be the parent that was entered): one descriptor
+    open at a time and no path longer than one name, whatever the depth (review rev25i: full paths beyond PATH_MAX
+    raised ENAMETOOLONG)."""
+    fd = _open_folder(folder, None, None)
+    try:
+        top = os.fstat(fd)
+        # (path relative to folder, (dev, ino), its sorted entries, index of the next entry)
+        stack: list[list] = [["", (top.st_dev, top.st_ino), _listing(fd), 0]]
+        while stack:
+            frame = stack[-1]
+            rel, _, found, index = frame
+            if index < len(found):
+                frame[3] = index + 1
+                name, info = found[index]
+                path = f"{rel}/{name}" if rel else name
+                yield path, info, fd
+                if stat.S_ISDIR(info.st_mode):
+                    child = _open_folder(name, fd, (info.st_dev, info.st_ino))
+                    os.close(fd)
+                    fd = child
+                    stack.append([path, (info.st_dev, info.st_ino), _listing(fd), 0])
+                continue
+            stack.pop()
+            if stack:
+                parent = _open_folder("..", fd, stack[-1][1])
+                os.close(fd)
+                fd = parent
+    finally:
+        os.close(fd)
 
 
 def walk_tree(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry under ``folder`` but the folder itself, as (its path relative to ``folder``, its ``lstat``),
-    parents before children, names sorted in each folder; no link is followed. Iterative (an explicit stack, not
-    ``os.walk``, which recurses once per folder level on Python 3.11: a tree 1,000 folders deep raised
-    RecursionError out of retention after the switch, review rev25e). An OSError (a folder that cannot be listed,
-    a path too long for the system) is raised to the caller."""
-    stack = [""]
-    while stack:
-        rel = stack.pop()
-        top = os.path.join(folder, rel) if rel else os.fspath(folder)
-        with os.scandir(top) as entries:
-            found = sorted((entry.name, entry.stat(follow_symlinks=False)) for entry in entries)
-        below = []
-        for name, info in found:
-            path = f"{rel}/{name}" if rel else name
-            yield path, info
-            if stat.S_ISDIR(info.st_mode):
-                below.append(path)
-        stack.extend(reversed(below))
+    parents before children (depth first), names sorted in each folder; no link is followed. Iterative (an explicit
+    stack, not ``os.walk``, which recurses once per folder level on Python 3.11: a tree 1,000 folders deep raised
+    RecursionError out of retention after the switch, review rev25e), and relative to open folders, never by full
+    path (a tree deeper than PATH_MAX raised ENAMETOOLONG and its version was kept for good, review rev25i). An
+    OSError (a folder that cannot be listed, one replaced meanwhile) is raised to the caller."""
+    for path, info, _ in _walk(folder):
+        yield path, info
 
 
 def remove_tree(path: str | os.PathLike) -> None:
     """Remove the real folder ``path`` and everything under it, following no link, as ``shutil.rmtree`` does but
-    iteratively (``shutil.rmtree`` recurses once per folder level on Python 3.11: review rev25e). Each folder is
-    opened without following a link and checked to be the folder that was listed (device and inode), and its
-    entries are removed relative to it, so a folder replaced by a link meanwhile is never entered. Raises OSError
-    for what cannot be removed (what could be is removed), and :class:`NotADirectoryError` for a link or a file at
-    ``path``."""
+    iteratively (``shutil.rmtree`` recurses once per folder level on Python 3.11: review rev25e) and relative to open
+    folders, never by full path (review rev25i: a tree deeper than PATH_MAX raised ENAMETOOLONG and a ``.deleting-``
+    folder holding it was never removed). Each folder is opened by name relative to its open parent without following
+    a link and checked to be the folder that was listed (device and inode), and left through ``..`` checked to be its
+    parent, so a folder replaced by a link meanwhile is never entered; one descriptor is open at a time. What can be
+    removed is; then OSError for the first thing that could not be (EBUSY: a file a reader holds open on NFS), and
+    :class:`NotADirectoryError` for a link or a file at ``path``."""
     root = os.fspath(path)
     info = os.lstat(root)
     if not stat.S_ISDIR(info.st_mode):
         raise NotADirectoryError(errno.ENOTDIR, "not a real folder (not removed)", root)
-    # (path, (dev, ino), parent path, parent (dev, ino), name in parent, listed yet)
-    stack: list[list] = [[root, (info.st_dev, info.st_ino), None, None, None, False]]
-    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-    while stack:
-        item = stack[-1]
-        top, ident, parent, parent_ident, name, listed = item
-        if listed:                                   # its entries are gone: the folder itself
-            stack.pop()
-            if parent is None:
-                os.rmdir(top)
+    first_error: list[OSError] = []
+
+    def enter(fd: int) -> list[tuple[str, tuple[int, int]]]:
+        """Unlink the open folder's entries but its folders; return those (name, identity), sorted."""
+        folders = []
+        for name, child in _listing(fd):
+            if stat.S_ISDIR(child.st_mode):
+                folders.append((name, (child.st_dev, child.st_ino)))
                 continue
-            fd = _open_checked(parent, parent_ident, flags)
             try:
-                os.rmdir(name, dir_fd=fd)
-            finally:
-                os.close(fd)
-            continue
-        item[5] = True
-        fd = _open_checked(top, ident, flags)
-        try:
-            with os.scandir(fd) as entries:
-                names = sorted(entry.name for entry in entries)
-            for entry in names:
+                os.unlink(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                first_error.append(exc)
+        return folders[::-1]                     # popped from the end: in name order
+
+    fd = _open_folder(root, None, (info.st_dev, info.st_ino))
+    try:
+        # ((dev, ino), its name in its parent, its folders not removed yet)
+        stack: list[tuple[tuple[int, int], str, list]] = [((info.st_dev, info.st_ino), root, enter(fd))]
+        while stack:
+            _, name, pending = stack[-1]
+            if pending:
+                child_name, child_ident = pending.pop()
                 try:
-                    child = os.stat(entry, dir_fd=fd, follow_symlinks=False)
+                    child = _open_folder(child_name, fd, child_ident)
                 except FileNotFoundError:
                     continue
-                if stat.S_ISDIR(child.st_mode):
-                    stack.append([os.path.join(top, entry), (child.st_dev, child.st_ino), top, ident, entry, False])
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry, dir_fd=fd)
-        finally:
+                except OSError as exc:           # replaced meanwhile (ESTALE), not enterable: left
+                    first_error.append(exc)
+                    continue
+                os.close(fd)
+                fd = child
+                stack.append((child_ident, child_name, enter(fd)))
+                continue
+            stack.pop()
+            if not stack:
+                break
+            parent = _open_folder("..", fd, stack[-1][0])
             os.close(fd)
+            fd = parent
+            try:
+                os.rmdir(name, dir_fd=fd)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                if not first_error:              # not empty because of what could not be removed: said already
+                    first_error.append(exc)
+    finally:
+        os.close(fd)
+    try:
+        os.rmdir(root)
+    except OSError:
+        if not first_error:
+            raise
+    if first_error:
+        raise first_error[0]
 
 
 def remove_folder(path: str | os.PathLike) -> None:
     """Remove the real folder ``path`` whole: ``shutil.rmtree`` (which follows no link inside it), and where that
     recursed too deep (RecursionError on Python 3.11, one level per folder; or ran out of file descriptors, one per
-    level) :func:`remove_tree`, iterative, for what is left (review rev25e: a deep tree of empty folders raised
-    RecursionError out of retention after the switch). OSError for what cannot be removed."""
+    level; or met a path too long) :func:`remove_tree`, iterative and relative to open folders, for what is left
+    (review rev25e: a deep tree of empty folders raised RecursionError out of retention after the switch; review
+    rev25i: one deeper than PATH_MAX was never removed). OSError for what cannot be removed."""
     try:
         shutil.rmtree(path)
     except RecursionError:
         remove_tree(path)
     except OSError as exc:
-        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+        if exc.errno not in (errno.EMFILE, errno.ENFILE, errno.ENAMETOOLONG):
             raise
         remove_tree(path)
-
-
-def _open_checked(path: str, ident: tuple[int, int], flags: int) -> int:
-    """``path`` opened with ``flags``; OSError unless it is the folder of device and inode ``ident``."""
-    fd = os.open(path, flags)
-    info = os.fstat(fd)
-    if (info.st_dev, info.st_ino) != ident:
-        os.close(fd)
-        raise OSError(errno.ESTALE, "the folder was replaced while it was being removed (not entered)", path)
-    return fd
 
 
 def made_by_publish(folder: Path) -> str | None:
@@ -440,7 +517,7 @@ def made_by_publish(folder: Path) -> str | None:
         return f"its {MANIFEST_FILE} names version {recorded.get('version')!r}, not {folder.name!r}"
     files = recorded["files"]
     try:
-        for rel, info in walk_tree(folder):        # iterative, no link followed (review rev25e)
+        for rel, info, dir_fd in _walk(folder):    # iterative, relative to open folders, no link followed
             if stat.S_ISDIR(info.st_mode):
                 continue
             prefix, _, name = rel.rpartition("/")
@@ -448,6 +525,10 @@ def made_by_publish(folder: Path) -> str | None:
             temp = TEMP_COPY.fullmatch(name)
             listed = rel == MANIFEST_FILE or rel in files or (temp is not None and (
                 prefix + temp.group(1) in files or prefix + temp.group(1) == MANIFEST_FILE))
+            if not listed and SYSTEM_FILE.fullmatch(name) and stat.S_ISREG(info.st_mode) \
+                    and not system_file(name, info, dir_fd):
+                return (f"it holds {terminal_text(rel)}, which its {MANIFEST_FILE} does not list (named like macOS's "
+                        f"AppleDouble metadata but not beginning as one)")
             if not listed and not SYSTEM_FILE.fullmatch(name):
                 return f"it holds {terminal_text(rel)}, which its {MANIFEST_FILE} does not list"
             if not stat.S_ISREG(info.st_mode):

@@ -25,7 +25,9 @@ def _version(datasets: Path, name: str, extra: tuple[str, ...] = ()) -> Path:
     (folder / "train" / "a.tar").write_bytes(b"a")
     (folder / "manifest.json").write_text(json.dumps({"version": name, "files": {"train/a.tar": {"bytes": 1}}}))
     for rel in extra:
-        (folder / rel).write_bytes(b"\x00\x00\x00\x01Bud1")
+        # an AppleDouble ._<name> begins with its magic (review rev25i: only then is it tolerated), .DS_Store with its
+        (folder / rel).write_bytes(b"\x00\x05\x16\x07\x00\x02\x00\x00" if Path(rel).name.startswith("._")
+                                   else b"\x00\x00\x00\x01Bud1")
     return folder
 
 
