@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from formats.dataset import FORMAT_VERSION, SPLITS
 from formats.files import cast_to_schema, sha256_file
-from formats.home import DataHome
+from formats.home import PARTITION_FOLDER_GLOB, DataHome
 from pipelines.publish import jpgdigests, shards
 from pipelines.publish import plan as shardplan
 from pipelines.publish.config import PublishConfig
@@ -70,7 +70,8 @@ def day_volumes(home: DataHome) -> dict[str, int]:
     (a split table imported on its own) has none: each split then counts its own samples of the day."""
     out: dict[str, int] = {}
     root = home.table_dir("ingest_files")
-    for folder in sorted(root.glob("dt=*")) if root.is_dir() else []:
+    # only day folders: a copied ``dt=DAY.bak`` would be a day named "DAY.bak" (review rev25i's glob, fix25i)
+    for folder in sorted(root.glob(PARTITION_FOLDER_GLOB)) if root.is_dir() else []:
         files = sorted(folder.glob("*.parquet"))
         if not files:
             continue
@@ -82,9 +83,18 @@ def day_volumes(home: DataHome) -> dict[str, int]:
 
 
 def meta_sources(home: DataHome) -> dict[str, list[Path]]:
-    """Warehouse files the query snapshots and the dataset card are built from, sorted."""
-    return {name: sorted(home.table_dir(name).glob("**/*.parquet"))
-            for name in ("image_features", "decisions", "quarantine", "split_rejects")}
+    """Warehouse files the query snapshots and the dataset card are built from, sorted: the day partitions'
+    files of ``image_features`` and ``quarantine`` (``dt=YYYY-MM-DD/*.parquet``, as every reader of a daily
+    table: :meth:`DataHome.table_glob`) and the one file of ``decisions`` and ``split_rejects``. A stray Parquet
+    file elsewhere in those folders (``old.parquet``, a ``backup/`` or ``dt=DAY.bak/`` copy) is not read: with
+    ``**/*.parquet`` it went into the snapshots and the version's ``sources`` (review rev25i, noted by fix25i)."""
+    out: dict[str, list[Path]] = {}
+    for name in ("image_features", "quarantine"):
+        out[name] = sorted(home.table_dir(name).glob(f"{PARTITION_FOLDER_GLOB}/*.parquet"))
+    for name in ("decisions", "split_rejects"):
+        path = home.table_file(name)
+        out[name] = [path] if path.is_file() else []
+    return {name: out[name] for name in ("image_features", "decisions", "quarantine", "split_rejects")}
 
 
 def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[str, dict[str, str]]:
