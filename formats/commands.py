@@ -3,7 +3,8 @@
 * An ordinary mistake (a day typed wrong, a missing input, a refused path, a full disk) is one error on stderr,
   ``PROG: error: ...``, and exit 1, without a traceback (:func:`run_command`, :data:`KNOWN_ERRORS`); anything
   else is a bug and keeps its traceback, a RuntimeError the interpreter raised included (``RecursionError``,
-  ``NotImplementedError``, ``dictionary changed size during iteration``: :func:`known_error`).
+  ``NotImplementedError``, ``dictionary changed size during iteration``: :func:`known_error`), in a worker
+  process too, and a failed ``assert`` or a bare ``raise`` with nothing to re-raise (review rev25k).
 * A reader that stops early (``| head``, ``| less`` quit) ends the command quietly, exit 0: stdout's pipe closed
   under a write, or under the last flush, is not an error (:func:`stdout_closed`, :func:`quiet_stdout`). stdout
   is then pointed at ``/dev/null``, the recipe of Python's ``signal`` documentation (note on SIGPIPE), so the
@@ -22,31 +23,123 @@ from collections.abc import Callable, Sequence
 KNOWN_ERRORS = (ValueError, FileNotFoundError, FileExistsError, NotADirectoryError, RuntimeError, PermissionError)
 # RuntimeErrors that only the interpreter raises, always a bug (review rev25h): never one line
 INTERPRETER_ERRORS = (RecursionError, NotImplementedError)
-_RAISE_OPS = frozenset({"RAISE_VARARGS", "RERAISE"})
+
+
+# the project's own packages (pyproject.toml's packages), its code wherever it is installed (site-packages too)
+_PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
+_PROJECT_DIRS = tuple(os.path.join(_PROJECT_ROOT, name) + os.sep for name in (
+    "dagster_project", "formats", "pipelines", "schemas", "sql", "data_contracts", "training", "simulator"))
+
+
+def _library_file(filename: str) -> bool:
+    """Whether a code object's file is the standard library's or an installed package's (concurrent.futures,
+    multiprocessing, Beam's runner), not the project's: a ``raise`` there re-raises what went wrong elsewhere,
+    it decides nothing."""
+    if not filename or filename.startswith("<"):
+        return False
+    if os.path.isabs(filename) and os.path.realpath(filename).startswith(_PROJECT_DIRS):
+        return False
+    if not os.path.isabs(filename):      # a compiled package names its files relative (apache_beam/runners/...)
+        module = sys.modules.get(filename.split("/", 1)[0].split(".", 1)[0])
+        filename = getattr(module, "__file__", None) or ""
+        if not filename:
+            return False
+    if "site-packages" in filename or "dist-packages" in filename:
+        return True
+    import sysconfig
+
+    path = os.path.realpath(filename)
+    roots = {sysconfig.get_paths().get(key) for key in ("stdlib", "platstdlib", "purelib", "platlib")}
+    return any(root and path.startswith(os.path.realpath(root) + os.sep) for root in roots)
+
+
+def _origin(exc: BaseException) -> BaseException:
+    """The exception first raised where ``exc``'s traceback ends: an exception built in an ``except`` block and
+    given the caught one's traceback (Beam's ``RuntimeError('AssertionError [while running ...]')``) was not
+    raised at that frame; the one it replaced was."""
+    seen = {id(exc)}
+    while True:
+        inner = exc.__cause__ or exc.__context__
+        if inner is None or id(inner) in seen or _innermost(inner) is None \
+                or _innermost(inner) != _innermost(exc):
+            return exc
+        seen.add(id(inner))
+        exc = inner
+
+
+def _innermost(exc: BaseException) -> tuple[object, int] | None:
+    tb = exc.__traceback__
+    if tb is None:
+        return None
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame, tb.tb_lasti
+
+
+def _remote_raise(text: str) -> bool:
+    """Whether a worker process's traceback text (concurrent.futures' / multiprocessing's RemoteTraceback) ends at
+    a ``raise EXC`` statement of code outside the standard library and the installed packages."""
+    import re
+
+    frames = re.findall(r'^  File "([^"\n]*)", line \d+, in [^\n]*\n(?:    ([^\n]*)\n)?', text, re.MULTILINE)
+    if not frames:
+        return False
+    filename, source = frames[-1]
+    statement = source.strip()
+    return statement.startswith("raise ") and not statement.startswith("raise AssertionError") \
+        and not _library_file(filename)
 
 
 def raised_by_a_raise(exc: BaseException) -> bool:
-    """Whether ``exc`` left its innermost frame through a ``raise`` statement (Python code that chose to raise it),
-    not from inside the interpreter or a C extension (``dictionary changed size during iteration`` at a ``for``,
-    a generator's ``StopIteration`` turned RuntimeError): read from the instruction its traceback stopped at."""
+    """Whether ``exc`` was raised by a ``raise EXC`` statement of the project's code (Python code that chose to
+    raise it), not from inside the interpreter or a C extension (``dictionary changed size during iteration`` at a
+    ``for``, a generator's ``StopIteration`` turned RuntimeError, a bare ``raise`` with no exception being
+    handled), nor an ``assert``. Read from the instruction its traceback stopped at, of the exception first raised
+    there (:func:`_origin`). An exception from a worker process (its ``__cause__`` a RemoteTraceback) is read from
+    the worker's traceback text; one whose traceback ends in the standard library or an installed package (a
+    re-raise: ``raise self._exception``) is not the project's (review rev25k)."""
     import dis
 
-    tb = exc.__traceback__
+    remote = exc.__cause__
+    if type(remote).__name__ in ("_RemoteTraceback", "RemoteTraceback") and isinstance(getattr(remote, "tb", None), str):
+        return _remote_raise(remote.tb)
+    origin = _origin(exc)
+    if isinstance(origin, AssertionError):
+        return False
+    tb = origin.__traceback__
     if tb is None:
         return True      # never raised (built and handed over): nothing says it is the interpreter's
     while tb.tb_next is not None:
         tb = tb.tb_next
+    code = tb.tb_frame.f_code
+    if _library_file(code.co_filename):
+        return False
     try:
-        return any(ins.opname in _RAISE_OPS for ins in dis.get_instructions(tb.tb_frame.f_code)
-                   if ins.offset == tb.tb_lasti)
+        instructions = list(dis.get_instructions(code))
     except (TypeError, ValueError):
         return False
+    for i, ins in enumerate(instructions):
+        if ins.offset == tb.tb_lasti:
+            if ins.opname == "RERAISE":
+                return True
+            if ins.opname != "RAISE_VARARGS" or ins.arg == 0:      # a bare raise with nothing to re-raise
+                return False
+            # an assert: LOAD_ASSERTION_ERROR before its raise, only the message's code between
+            for prev in reversed(instructions[:i]):
+                if prev.opname == "LOAD_ASSERTION_ERROR":
+                    return False
+                if prev.opname in ("RAISE_VARARGS", "RERAISE", "RETURN_VALUE") or "JUMP" in prev.opname \
+                        or prev.is_jump_target:
+                    break
+            return True
+    return False
 
 
 def known_error(exc: BaseException) -> bool:
     """An ordinary mistake (one line, no traceback): one of :data:`KNOWN_ERRORS`, except a RuntimeError the
-    interpreter raised (:data:`INTERPRETER_ERRORS`, or a plain RuntimeError not raised by a ``raise``
-    statement): that is a bug, and keeps its traceback."""
+    interpreter raised (:data:`INTERPRETER_ERRORS`, or a plain RuntimeError not raised by a ``raise`` statement of
+    the project's code, :func:`raised_by_a_raise`), and except what an ``assert`` raised, whoever wrapped it:
+    those are bugs, and keep their traceback."""
     if not isinstance(exc, KNOWN_ERRORS) or isinstance(exc, INTERPRETER_ERRORS):
         return False
     if isinstance(exc, RuntimeError) and not isinstance(exc, (ValueError, OSError)):
