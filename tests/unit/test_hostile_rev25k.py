@@ -1,4 +1,5 @@
-"""Hostile review rev25k of fix25h (2470a72, merged as 230c371) and of c54a5b7 / 56425e5.
+"""Hostile review rev25k of fix25h (2470a72, merged as 230c371) and of c54a5b7 / 56425e5 (five defects, each filed
+as a strict xfail; all fixed the same day by fix25k, and the tests now pass as plain tests).
 
 Reviewed: ``parse.mask_line`` (every table's quarantined line masked in the warehouse quarantine),
 ``formats.commands.known_error`` / ``raised_by_a_raise`` (an interpreter's RuntimeError keeps its traceback, the
@@ -32,13 +33,6 @@ def _alarm(signum, frame):
     raise _TooSlow()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mask_line is quadratic in a long string value of a text field: EMAIL_RE.search "
-    "([^...@]+@[^...]+) backtracks from every start position of a prompt/model_id with no '@' "
-    "(32 KiB: ~1.8 s, 64 KiB: ~7 s per line; a real ingest_day of a small day plus 6 images lines with a "
-    "60 KB prompt took 42 s, all in mask_line), so a raw file of a few hundred distinct long lines without '@' "
-    "stalls the ingest for hours; masking must be linear (about the time of a tokenisation)"
-))
 def test_mask_line_is_linear_on_a_long_prompt_without_an_at_sign() -> None:
     lines = ['{"prompt": "' + chr(ord("a") + i) * 65_000 + '"}' for i in range(8)]
     old = signal.signal(signal.SIGALRM, _alarm)
@@ -65,14 +59,6 @@ def _buggy_in_a_worker(home, day, tables, config, raw_days, shard=None, spill_di
     return _REAL_INGEST_TABLES(home, day, tables, config, raw_days, shard, spill_dir)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "known_error reads only the innermost traceback frame, and an exception from a ProcessPoolExecutor worker "
-    "(the parallel ingest's future.result(), the publish shard pool's `raise error`) arrives without its "
-    "worker traceback: the innermost frame is concurrent.futures' `raise self._exception`, a raise statement, "
-    "so an interpreter's RuntimeError inside a worker ('dictionary changed size during iteration') is printed "
-    "as a one-line 'error:' exit 1 instead of keeping its traceback as the same bug does in a serial run; "
-    "expected: a bug is a bug whatever pool ran it (look at the remote cause / __cause__ too)"
-))
 def test_an_interpreter_error_in_an_ingest_worker_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:
     home = DataHome(tmp_path / "home")
     DayBuilder(DAY).populate(users=3, images=6, rankings=4, downloads=2).write(home)
@@ -84,12 +70,6 @@ def test_an_interpreter_error_in_an_ingest_worker_keeps_its_traceback(tmp_path: 
     assert error_message(raised.value) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raised_by_a_raise counts every RuntimeError whose frame stopped at RAISE_VARARGS as the project's own, but "
-    "a bare `raise` with no exception being handled makes the interpreter raise RuntimeError('No active "
-    "exception to reraise') at that very instruction: a bug (a re-raise moved out of its except block) is "
-    "printed as one line 'error: No active exception to reraise' without a traceback; expected: a traceback"
-))
 def test_a_bare_raise_without_an_active_exception_is_a_bug() -> None:
     def misplaced_reraise():
         raise  # noqa: PLE0704 - the bug under test
@@ -100,12 +80,6 @@ def test_a_bare_raise_without_an_active_exception_is_a_bug() -> None:
     assert error_message(raised.value) is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "mask_line masks only '@'-shaped emails: an email inside a URL written percent-encoded "
-    "(https://...?to=zelda.quinn%40example.com, the way every URL carries an '@' in its query) stays in the "
-    "warehouse quarantine's raw_text of an images line as written; expected: no email, encoded or not, in "
-    "the published quarantine text"
-))
 def test_a_percent_encoded_email_in_a_prompt_is_masked_in_the_quarantine(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     b = DayBuilder(DAY).populate(users=3, images=4, rankings=2, downloads=1)
@@ -120,14 +94,6 @@ def test_a_percent_encoded_email_in_a_prompt_is_masked_in_the_quarantine(tmp_pat
     assert not any("zelda.quinn" in t for t in texts), texts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raised_by_a_raise takes an `assert` for the project's deliberate raise (an assert compiles to "
-    "RAISE_VARARGS), and Beam re-raises an AssertionError without a message from a DoFn as "
-    "RuntimeError('AssertionError [while running ...]') with the assert's traceback: known_error says "
-    "'ordinary mistake' and the features stage / pickapic print one line with no file or line number for a "
-    "failed assertion (a bug); expected: a traceback (known_error False) - an AssertionError is never a "
-    "user's mistake, whoever wrapped it"
-))
 def test_a_failed_assert_in_a_beam_dofn_keeps_its_traceback() -> None:
     import logging
 
