@@ -139,7 +139,9 @@ def create_dagster_storage(home: DataHome, own: bool) -> None:
     database 0644 whatever the umask; each one this call created is given the umask's mode (``0666 & ~umask``,
     as every other file the tool writes), and the database of run-less events (``history/runs/.db``, written by
     every build) is created empty with that mode before Dagster first writes it, so a group-shared home (umask
-    002) lets the group write them. Each run's own database keeps SQLite's 0644 (its events are its run's).
+    002) lets the group write them. Each run's own event database (``history/runs/<run id>.db``: its events, a
+    refusal's reason among them) is created by the home's instance before Dagster writes it, with no access for
+    other accounts, and one made before loses other accounts' bits here (review rev25j).
     The database of runs (:data:`RUN_CONFIG_DATABASE`: every run's config, which the UI shows) is given no access
     for other accounts (``0666 & ~umask & ~0007``: 0640 under umask 022, 0660 in a group-shared home under umask
     002), and one made before (0644), with its -wal and -shm files, loses other accounts' bits whenever this
@@ -161,11 +163,31 @@ def create_dagster_storage(home: DataHome, own: bool) -> None:
                     give_mode(path, file_mode() & ~0o007 if path == run_config else file_mode(), fsync=False)
     for path in (run_config, *(run_config.with_name(run_config.name + end) for end in ("-wal", "-shm"))):
         _no_access_for_others(path)
+    _no_access_to_run_events(home.dagster_home / RUNLESS_DATABASE.rsplit("/", 1)[0])
     runless = home.dagster_home / RUNLESS_DATABASE
     if not os.path.lexists(runless) and is_real_folder(runless.parent):
         # an empty file is a new SQLite database: Dagster creates its tables at the first connection
         with contextlib.suppress(FileExistsError, PermissionError):
             os.close(os.open(runless, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+
+
+def _no_access_to_run_events(folder: Path) -> None:
+    """Take other accounts' bits off each run's event database in ``folder`` (``history/runs/<run id>.db``, its
+    -wal, -shm and -journal files), which holds the run's events, a refusal's reason among them: the home's own
+    instance creates each one so (:func:`dagster_project.instance.prepare_event_database`), and one made earlier
+    (SQLite's 0644) loses them whenever this account uses the home (review rev25j). The event index
+    (``index.db``) and the database of run-less events (``.db``) keep the umask's mode."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return
+    for entry in entries:
+        base = entry.name.split(".db", 1)[0]
+        if not base or base == "index" or not entry.name.endswith((".db", ".db-wal", ".db-shm", ".db-journal")):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.stat(follow_symlinks=False).st_mode & 0o007:
+                _no_access_for_others(Path(entry.path))
 
 
 def _no_access_for_others(path: Path) -> None:

@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
         from formats.files import no_space_message
-        from formats.text import terminal_text
+        from formats.text import redact_credentials, terminal_text
 
         home = DataHome.at(getattr(args, "home", None)).root
         full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
@@ -350,8 +350,10 @@ def main(argv: list[str] | None = None) -> int:
         # an interpreter's RuntimeError (RecursionError, a dict changed while iterated) is a bug: its traceback
         if args.debug or (full is None and not too_long and not known_error(exc)):
             raise
-        # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
-        print(f"pickapic {args.command}: error: {terminal_text(str(full or exc), keep=chr(10))}", file=sys.stderr)
+        # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal, and
+        # never with a URL's credential it quotes (review rev25j)
+        shown = terminal_text(redact_credentials(str(full or exc)), keep=chr(10))
+        print(f"pickapic {args.command}: error: {shown}", file=sys.stderr)
         return 1
 
 

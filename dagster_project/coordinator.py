@@ -10,6 +10,11 @@ steps will build them. A run that fails is never queued: Dagster marks it failed
 engine event, and the launchpad shows the same reason where the launch was clicked. Schedules and sensors
 submit their runs through it too (their values come from the settings file, which is checked when read).
 
+Dagster stores a run before its coordinator sees it: the home's instance (:mod:`dagster_project.instance`) stores
+one whose config or tags hold a credential (:func:`credential_refusal`) scrubbed and tagged :data:`REFUSED_TAG`,
+which the coordinator refuses with that reason; one stored whole elsewhere is scrubbed here
+(:func:`scrub_refused_run`).
+
 ``use_home`` writes it into ``HOME/dagster/dagster.yaml`` (:data:`DAGSTER_YAML`, with the run launcher of
 :mod:`dagster_project.launcher` and Dagster's run monitoring turned on); a ``dagster.yaml`` of
 the home's own making, written before it existed, is brought up to date; one a user edited is left as it
@@ -17,7 +22,6 @@ is, and then the first step still checks the run.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Mapping
 
@@ -37,7 +41,11 @@ DAGSTER_YAML = (_COORDINATOR_YAML
                   "  cancel_timeout_seconds: 86400\n")
 # what earlier versions wrote: replaced by DAGSTER_YAML
 OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _COORDINATOR_YAML,
-                     DAGSTER_YAML[:DAGSTER_YAML.index("  # a canceled run whose step")])
+                     DAGSTER_YAML[:DAGSTER_YAML.index("  # a canceled run whose step")], DAGSTER_YAML)
+# Dagster's instance with a run storage that stores no credential of a run or a backfill (dagster_project/instance.py;
+# review rev25j: a backfill's run config was stored unchecked, a refused run's password stayed while runs.db was read)
+DAGSTER_YAML = ("# Stores no credential of a run or a backfill launched from the UI (dagster_project/instance.py).\n"
+                "instance_class:\n  module: dagster_project.instance\n  class: PickapicInstance\n" + DAGSTER_YAML)
 
 
 class RunConfigRefused(ValueError):
@@ -51,6 +59,7 @@ def check_launch(run_config: Mapping[str, Any] | None) -> None:
     from dagster_project.resources import PickapicHome
     from dagster_project.runconfig import check_run_config
     from formats.settings import SettingsError
+    from formats.text import redact_credentials
 
     resource = (((run_config or {}).get("resources") or {}).get("data_home") or {}).get("config") or {}
     try:
@@ -59,7 +68,47 @@ def check_launch(run_config: Mapping[str, Any] | None) -> None:
         home = PickapicHome(root=_root(resource.get("root"))).home()
         check_run_config(run_config, home)
     except (SettingsError, ValueError, OSError) as exc:
-        raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
+        # the reason may quote a value of the settings file (a stage's own check quotes what it refuses): shown in
+        # the launchpad and stored as the refused run's event, so never with a credential (review rev25j)
+        raise RunConfigRefused("run refused at launch, nothing was queued or written: "
+                               f"{redact_credentials(str(exc))}") from None
+
+
+# the tag a run stored with its credentials scrubbed carries (dagster_project.instance): the reason it is refused
+REFUSED_TAG = "pickapic/refused"
+
+
+def credential_refusal(run_config: Mapping[str, Any] | None, tags: Mapping[str, str] | None) -> str | None:
+    """Why a run (or a backfill) with ``run_config`` and ``tags`` may not be stored as it is, or None: a credential
+    :func:`check_launch` refuses in its config (``resources.app_db.config``, a stage's value), or a tag holding one
+    (:func:`_check_tags`). The reason never quotes the credential."""
+    try:
+        _check_app_db(run_config)
+        _check_op_credentials(run_config)
+        _check_tags(tags)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_tags(tags: Mapping[str, str] | None) -> None:
+    """``ValueError`` when a run's tag (its key or value) holds a credential :func:`formats.settings.holds_credential`
+    finds (a DSN URL with a password pasted as a tag's value): tags are stored with the run and shown in the UI
+    (review rev25j: a refused run kept them)."""
+    from formats.settings import holds_credential, quoted
+
+    for key, value in sorted((tags or {}).items(), key=lambda item: str(item[0])):
+        if holds_credential(key) or holds_credential(value):
+            raise ValueError(f"the tag {quoted(key)} holds a credential (a URL's password, user token or query, or an "
+                             "option such as --s3_secret_access_key; its text is not shown), and tags are stored "
+                             "with the run and shown in the UI: launch without it")
+
+
+def scrubbed_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
+    """``tags`` with every credential :func:`formats.text.redact_credentials` finds hidden, keys and values."""
+    from formats.text import redact_credentials
+
+    return {redact_credentials(str(key)): redact_credentials(str(value)) for key, value in (tags or {}).items()}
 
 
 def _check_app_db(run_config: Mapping[str, Any] | None) -> None:
@@ -174,37 +223,103 @@ def scrubbed_run_config(run_config: Mapping[str, Any] | None) -> dict[str, Any]:
     return scrub(dict(run_config or {}), ())
 
 
-def scrub_refused_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> None:
-    """Rewrite the stored run ``run`` (refused at launch) with :func:`scrubbed_run_config`: Dagster stores a
-    launched run, its run config with it, before the coordinator sees it, and the UI shows that config on the
-    run's page, so a refused run's credential would stay in ``HOME/dagster/history/runs.db`` (review rev25g).
+# how long the scrub waits for another connection's write lock on the run storage (Dagster's own SQLite storages:
+# 30 s; its run storage's connections 5 s), and for readers to let the write-ahead log be checkpointed
+SCRUB_BUSY_TIMEOUT_S = 30
+CHECKPOINT_WAIT_S = 10
 
-    The run's row is updated in Dagster's SQL run storage; in SQLite with ``secure_delete`` on (the old row's
-    bytes are zeroed, not left in free pages) and the write-ahead log then checkpointed and truncated. A run
-    storage that is not SQL (none this tool configures) gets the run deleted instead."""
-    scrubbed = scrubbed_run_config(run.run_config)
-    if scrubbed == dict(run.run_config or {}):
-        return
+
+def scrub_refused_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str | None:
+    """Rewrite the stored run ``run`` (refused at launch) with :func:`scrubbed_run_config` and :func:`scrubbed_tags`:
+    Dagster stores a launched run, its run config and tags with it, before the coordinator sees it, and the UI shows
+    them on the run's page, so a refused run's credential would stay in ``HOME/dagster/history/runs.db`` (review
+    rev25g; its tags: review rev25j). A home's own instance stores such a run scrubbed already
+    (:mod:`dagster_project.instance`): then nothing is written.
+
+    The run's row (and its changed ``run_tags`` rows) are updated in Dagster's SQL run storage, waiting up to
+    :data:`SCRUB_BUSY_TIMEOUT_S` for another writer; in SQLite with ``secure_delete`` on (the old row's bytes are
+    zeroed, not left in free pages) and the write-ahead log then checkpointed and truncated, retried for up to
+    :data:`CHECKPOINT_WAIT_S` while a reader holds it. Where the row cannot be rewritten the run is deleted; where
+    that fails too, or the checkpoint never completes, the problem is logged (the run's id, never the credential)
+    and returned as one sentence, which the refusal adds to its reason (so the run's page shows it). A run storage
+    that is not SQL (none this tool configures) gets the run deleted instead."""
+    import logging
+    import time
+
     import sqlalchemy as db
-    from dagster._core.storage.runs.schema import RunsTable
+    from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
     from dagster._core.storage.runs.sql_run_storage import SqlRunStorage
     from dagster._serdes import serialize_value
 
+    log = logging.getLogger(__name__)
+    stored = instance.get_run_by_id(run.run_id)
+    if stored is None:
+        return None
+    config, tags = scrubbed_run_config(stored.run_config), scrubbed_tags(stored.tags)
+    if config == dict(stored.run_config or {}) and tags == dict(stored.tags or {}):
+        return None
     storage = instance.run_storage
     storage = getattr(getattr(storage, "_storage", None), "run_storage", storage)   # a LegacyRunStorage's own
     if not isinstance(storage, SqlRunStorage):
         instance.delete_run(run.run_id)
-        return
-    stored = instance.get_run_by_id(run.run_id) or run
-    body = serialize_value(stored._replace(run_config=scrubbed))
-    with storage.connect() as conn:
-        sqlite = conn.dialect.name == "sqlite"
-        if sqlite:
-            conn.execute(db.text("PRAGMA secure_delete = ON"))
-        conn.execute(RunsTable.update().where(RunsTable.c.run_id == run.run_id).values(run_body=body))
-    if sqlite:
+        return None
+    body = serialize_value(stored._replace(run_config=config, tags=tags))
+    changed = [(key, value) for key, value in (stored.tags or {}).items()
+               if (scrubbed_tags({key: value}) != {key: value})]
+    sqlite = False
+    try:
         with storage.connect() as conn:
-            conn.execute(db.text("PRAGMA wal_checkpoint(TRUNCATE)"))
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                conn.execute(db.text(f"PRAGMA busy_timeout = {SCRUB_BUSY_TIMEOUT_S * 1000}"))
+                conn.execute(db.text("PRAGMA secure_delete = ON"))
+            conn.execute(RunsTable.update().where(RunsTable.c.run_id == run.run_id).values(run_body=body))
+            for key, value in changed:
+                conn.execute(RunTagsTable.delete().where(RunTagsTable.c.run_id == run.run_id,
+                                                         RunTagsTable.c.key == key))
+                ((new_key, new_value),) = scrubbed_tags({key: value}).items()
+                conn.execute(RunTagsTable.insert().values(run_id=run.run_id, key=new_key, value=new_value))
+    except Exception as exc:  # noqa: BLE001 - a lock held past the wait, a storage error: the run goes instead
+        log.error("run %s was refused at launch and its stored config could not be scrubbed (%s); deleting it",
+                  run.run_id, type(exc).__name__)
+        try:
+            with storage.connect() as conn:
+                if conn.dialect.name == "sqlite":
+                    conn.execute(db.text(f"PRAGMA busy_timeout = {SCRUB_BUSY_TIMEOUT_S * 1000}"))
+                    conn.execute(db.text("PRAGMA secure_delete = ON"))
+                conn.execute(RunTagsTable.delete().where(RunTagsTable.c.run_id == run.run_id))
+                conn.execute(RunsTable.delete().where(RunsTable.c.run_id == run.run_id))
+        except Exception as again:  # noqa: BLE001
+            log.error("run %s: neither scrubbed nor deleted (%s): its stored config may still hold the credential "
+                      "refused at launch; delete the run (dagster run delete %s) once HOME/dagster/history/runs.db "
+                      "is free", run.run_id, type(again).__name__, run.run_id)
+            return (f"THE RUN'S STORED CONFIG COULD NOT BE SCRUBBED ({type(again).__name__}: the run storage stayed "
+                    f"locked): it may still hold the credential; delete run {run.run_id} (dagster run delete "
+                    f"{run.run_id})")
+        sqlite = True
+    if not sqlite:
+        return None
+    deadline = time.monotonic() + CHECKPOINT_WAIT_S
+    while True:
+        try:
+            with storage.connect() as conn:
+                # a TRUNCATE checkpoint waits for readers through the busy handler: for what is left of the wait
+                left = max(1, int((deadline - time.monotonic()) * 1000))
+                conn.execute(db.text(f"PRAGMA busy_timeout = {left}"))
+                busy, *_ = conn.execute(db.text("PRAGMA wal_checkpoint(TRUNCATE)")).fetchone() or (0,)
+        except Exception as exc:  # noqa: BLE001
+            busy, error = 1, type(exc).__name__
+        else:
+            error = "a reader held it"
+        if not busy:
+            return None
+        if time.monotonic() >= deadline:
+            log.error("run %s was refused at launch and scrubbed, but the write-ahead log of runs.db could not be "
+                      "checkpointed (%s): the old bytes stay in HOME/dagster/history/runs.db until every "
+                      "connection to it is closed", run.run_id, error)
+            return ("its stored config was scrubbed, but the old bytes stay in HOME/dagster/history/runs.db until "
+                    "every process reading it (the UI, the daemon) has let it go")
+        time.sleep(0.2)
 
 
 class CheckedRunCoordinator(dg.QueuedRunCoordinator):
@@ -216,12 +331,25 @@ class CheckedRunCoordinator(dg.QueuedRunCoordinator):
         run = context.dagster_run
         if run.status == dg.DagsterRunStatus.NOT_STARTED:
             try:
-                check_launch(run.run_config)
-            except Exception:
+                if REFUSED_TAG in (run.tags or {}):     # stored scrubbed (dagster_project.instance): the reason
+                    raise RunConfigRefused(f"run refused at launch, nothing was queued or written: "
+                                           f"{run.tags[REFUSED_TAG]}")
                 try:
-                    scrub_refused_run(self._instance, run)
-                except Exception:   # noqa: BLE001 - the refusal is what the launchpad must show; then the run goes
-                    with contextlib.suppress(Exception):
-                        self._instance.delete_run(run.run_id)
+                    _check_tags(run.tags)
+                except ValueError as exc:
+                    raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
+                check_launch(run.run_config)
+            except Exception as refused:
+                try:
+                    problem = scrub_refused_run(self._instance, run)
+                except Exception as exc:   # noqa: BLE001 - the refusal is what the launchpad must show
+                    import logging
+
+                    logging.getLogger(__name__).error("run %s was refused at launch; scrubbing its stored config "
+                                                      "failed (%s)", run.run_id, type(exc).__name__)
+                    problem = (f"THE RUN'S STORED CONFIG COULD NOT BE SCRUBBED ({type(exc).__name__}): it may still "
+                               f"hold the credential; delete run {run.run_id} (dagster run delete {run.run_id})")
+                if problem:
+                    raise RunConfigRefused(f"{refused}; {problem}") from None
                 raise
         return super().submit_run(context)

@@ -83,7 +83,15 @@ _LIMITS: dict[str, dict[str, dict[str, Any]]] = {
 _SECRET_SALT = b"pickapic-settings-digest-v1"
 
 class SettingsError(ValueError):
-    """A setting was refused; the message names the key, its source and what is allowed."""
+    """A setting was refused; the message names the key, its source and what is allowed. A credential the message
+    would quote (a URL's password, user token or query, a credential option's value: a stage's own check quotes the
+    value it refuses) is hidden (:func:`formats.text.redact_credentials`; review rev25j: ``pickapic settings`` and
+    the launch refusal showed ``features.blob_base = 'file://user:SECRET@host/...'``)."""
+
+    def __init__(self, *args: Any) -> None:
+        from formats.text import redact_credentials
+
+        super().__init__(*(redact_credentials(arg) if isinstance(arg, str) else arg for arg in args))
 
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
@@ -278,8 +286,12 @@ def quoted(value: Any, limit: int = SHOWN_CHARS) -> str:
     cut after the last whole character or escape that fits, saying how long the value is: a string's length in
     characters (not its escaped form's), a list's or table's in items (a 3 MB key in pickapic.toml or --set was
     echoed whole, a 3 MB error line: noted by the rev22 reviews; 70 ESC characters were cut inside an escape
-    and said to be 282 characters long: review rev23c)."""
+    and said to be 282 characters long: review rev23c). A URL's credential in a text is hidden first
+    (:func:`formats.text.redact_credentials`: review rev25j), so a cut never leaves part of one."""
     if isinstance(value, str):
+        from formats.text import redact_credentials
+
+        value = redact_credentials(value)
         if len(value) <= limit:
             text = repr(value)
             if len(text) <= limit + 2:

@@ -44,6 +44,8 @@ def test_every_file_and_folder_has_the_umask_mode(built_home: DataHome) -> None:
             expected = (0o777 if stat.S_ISDIR(info.st_mode) else 0o666) & ~mask
             if path.parent == built_home.root / "dagster" / "history" and path.name.startswith("runs.db"):
                 expected &= ~0o007      # every run's config: read by no other account (review rev25g)
+            if _run_events(path, built_home.root):
+                expected &= ~0o007      # each run's events (a refusal's reason): read by no other account (rev25j)
             if stat.S_IMODE(info.st_mode) != expected:
                 wrong.append(f"{oct(stat.S_IMODE(info.st_mode))} {path.relative_to(built_home.root)}")
             kinds.add(path.suffix or path.name)
@@ -64,5 +66,13 @@ def test_another_account_reads_every_file(built_home: DataHome, shared_copy: Pat
     runs = shared_copy / "dagster" / "history" / "runs.db"
     assert runs.is_file() and read_as_other_account(runs) is None
     unreadable = [path for path in unreadable_by_other_account(shared_copy)      # (its -wal and -shm, if any, too)
-                  if not (path.parent == runs.parent and path.name.startswith(runs.name))]
+                  if not (path.parent == runs.parent and path.name.startswith(runs.name))
+                  and not _run_events(path, shared_copy)]                     # nor each run's events (rev25j)
     assert (unreadable == []) == others_read, unreadable[:20]
+
+
+def _run_events(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a run's event database (``dagster/history/runs/<run id>.db``, -wal, -shm): no other
+    account reads it (review rev25j); the event index and the run-less events' database follow the umask."""
+    return (path.parent == root / "dagster" / "history" / "runs"
+            and not path.name.startswith(("index.db", ".db")) and ".db" in path.name)

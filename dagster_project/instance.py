@@ -1,0 +1,152 @@
+"""The Dagster instance of a data home: Dagster's own, with a run storage that never stores a credential.
+
+Dagster stores a launched run (its run config and tags with it) before the run coordinator sees it, and stores a
+backfill launched from the UI (its run config and tags) without any check at all (``launchPartitionBackfill``:
+``instance.add_backfill`` straight after parsing the config; review rev25j). So the check is made where they are
+stored: :class:`CheckedSqliteRunStorage` is Dagster's SQLite run storage, but
+
+- a run whose config or tags hold a credential (:func:`dagster_project.coordinator.credential_refusal`: a DSN with
+  a password in ``resources.app_db.config.dsn``, a stage value or tag holding a URL's password, token or query)
+  is stored scrubbed (:func:`dagster_project.coordinator.scrubbed_run_config`, ``redact_credentials`` on each tag)
+  and tagged :data:`dagster_project.coordinator.REFUSED_TAG` with the reason: the run coordinator refuses it, and
+  no byte of the credential is ever written (so no reader of ``runs.db`` and no lock on it can keep one there);
+- a backfill whose run config or tags hold one is refused (``RunConfigRefused``), nothing stored;
+- each run's event database (``history/runs/<run id>.db``, where its events, a refusal's reason among them, are
+  kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``);
+- its connections wait up to 30 s for a lock, as Dagster's other SQLite storages do (Dagster's run storage: 5 s).
+
+``dagster.yaml`` (:data:`dagster_project.coordinator.DAGSTER_YAML`) names :class:`PickapicInstance` as its
+``instance_class``, whose default storage is :class:`PickapicSqliteStorage` (Dagster's layout, files and schema:
+a home made before reads as it was).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import dagster as dg
+import yaml
+from dagster._core.instance.ref import InstanceRef
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from dagster._serdes import ConfigurableClassData
+
+EVENTS_FOLDER = os.path.join("history", "runs")
+
+
+def event_database_mode() -> int:
+    """The mode of a run's event database: the umask's (``0666 & ~umask``) without other accounts' bits."""
+    from formats.files import file_mode
+
+    return file_mode() & ~0o007
+
+
+def prepare_event_database(events_dir: str, run_id: str) -> None:
+    """Create ``events_dir/<run_id>.db`` empty with :func:`event_database_mode` (an empty file is a new SQLite
+    database: Dagster creates its tables at the first connection, and SQLite gives its -wal and -shm files the
+    database's mode), or take other accounts' bits off one that is there; never through a link."""
+    path = os.path.join(events_dir, f"{run_id}.db")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    with contextlib.suppress(OSError):
+        try:
+            fd = os.open(path, flags, event_database_mode())
+        except FileExistsError:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid() and info.st_mode & 0o007:
+                os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o007)
+        finally:
+            os.close(fd)
+
+
+class CheckedSqliteRunStorage(SqliteRunStorage):
+    """Dagster's SQLite run storage, storing no credential of a run or a backfill (the module's docstring)."""
+
+    events_dir: str | None = None
+
+    @contextlib.contextmanager
+    def connect(self) -> Iterator[Any]:
+        import sqlalchemy as db
+        from sqlalchemy.pool import NullPool
+
+        engine = db.create_engine(self._conn_string, poolclass=NullPool,
+                                  connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS})
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    def add_run(self, dagster_run: dg.DagsterRun) -> dg.DagsterRun:
+        if self.events_dir:
+            prepare_event_database(self.events_dir, dagster_run.run_id)
+        super().add_run(_storable(dagster_run))
+        return dagster_run
+
+    def add_historical_run(self, dagster_run: dg.DagsterRun, run_creation_time: Any) -> dg.DagsterRun:
+        super().add_historical_run(_storable(dagster_run), run_creation_time)
+        return dagster_run
+
+    def add_backfill(self, partition_backfill: Any) -> None:
+        from dagster_project.coordinator import RunConfigRefused, credential_refusal
+
+        reason = credential_refusal(partition_backfill.run_config, partition_backfill.tags)
+        if reason:
+            raise RunConfigRefused(f"backfill refused, nothing was stored: {reason}")
+        super().add_backfill(partition_backfill)
+
+
+def _storable(run: dg.DagsterRun) -> dg.DagsterRun:
+    """``run`` as it may be stored: itself, or, where its config or tags hold a credential, scrubbed and tagged
+    refused with the reason (the coordinator refuses it)."""
+    from dagster_project.coordinator import REFUSED_TAG, credential_refusal, scrubbed_run_config, scrubbed_tags
+
+    tags = {key: value for key, value in (run.tags or {}).items() if key != REFUSED_TAG}   # only this sets it (a
+    # run re-executed from a refused one copies its tags: it is checked afresh)
+    reason = credential_refusal(run.run_config, tags)
+    if reason is None:
+        return run if len(tags) == len(run.tags or {}) else run._replace(tags=tags)
+    return run._replace(run_config=scrubbed_run_config(run.run_config), tags={**scrubbed_tags(tags), REFUSED_TAG: reason})
+
+
+class PickapicSqliteStorage(DagsterSqliteStorage):
+    """Dagster's SQLite storage (runs, events, schedules in the home's ``dagster`` folder, Dagster's layout) with
+    :class:`CheckedSqliteRunStorage` for its runs."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        self.base_dir = base_dir
+        self._run_storage = CheckedSqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._run_storage.events_dir = _event_logs_directory(base_dir)
+        self._event_log_storage = SqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
+                          ) -> PickapicSqliteStorage:
+        return cls.from_local(inst_data=inst_data, **config_value)
+
+
+class PickapicInstance(dg.DagsterInstance):
+    """Dagster's instance whose default storage is :class:`PickapicSqliteStorage`."""
+
+    @classmethod
+    def config_schema(cls) -> dict[str, Any]:
+        return {}
+
+    @staticmethod
+    def config_defaults(base_dir: str) -> Mapping[str, ConfigurableClassData | None]:
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        defaults["storage"] = ConfigurableClassData("dagster_project.instance", "PickapicSqliteStorage",
+                                                    yaml.dump({"base_dir": base_dir}, default_flow_style=False))
+        return defaults
