@@ -181,8 +181,8 @@ def test_a_write_lock_on_the_run_database_does_not_leave_the_refused_password(tm
             "resources": {"app_db": {"config": {"dsn": f"host=db.internal user=ro password={secret}"}}}}))
         writer = sqlite3.connect(home.dagster_home / "history" / "runs.db", isolation_level=None,
                                  check_same_thread=False)
-        writer.execute("BEGIN IMMEDIATE")             # another process's write transaction, 12 s long
-        release = threading.Timer(12, lambda: writer.execute("COMMIT"))
+        writer.execute("BEGIN IMMEDIATE")             # another process's write transaction, 7 s long (> 5 s)
+        release = threading.Timer(7, lambda: writer.execute("COMMIT"))
         release.start()
         try:
             with pytest.raises(RunConfigRefused):
