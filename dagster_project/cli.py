@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import errno
 import importlib
 import os
 import signal
@@ -11,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from formats.commands import flush_stdout, known_error, quiet_stdout, stdout_closed
+from formats.commands import answer_closed_stdout, error_message, flush_stdout
 from formats.home import DEFAULT_HOME, ENV_VAR, DataHome
 
 HOME_HELP = f"data home (default: ${ENV_VAR}, then {DEFAULT_HOME})"
@@ -330,9 +329,7 @@ def main(argv: list[str] | None = None) -> int:
         flush_stdout()   # a reader gone (`| head`) is met here, not in the interpreter's final flush
         return code
     except BrokenPipeError:   # stdout's reader stopped early: what it wanted was delivered; exit quietly
-        if not stdout_closed():
-            raise
-        quiet_stdout()
+        answer_closed_stdout()
         return code or 0
     except KeyboardInterrupt as stop:
         if isinstance(stop, Terminated) or _TERMINATED.is_set():
@@ -341,18 +338,13 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
-        from formats.files import no_space_message
-        from formats.text import redact_credentials, terminal_text
-
         home = DataHome.at(getattr(args, "home", None)).root
-        full = no_space_message(exc, [home], databases=DataHome(home).dagster_home)
-        too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
-        # an interpreter's RuntimeError (RecursionError, a dict changed while iterated) is a bug: its traceback
-        if args.debug or (full is None and not too_long and not known_error(exc)):
+        # an interpreter's RuntimeError (RecursionError, a dict changed while iterated) is a bug: its traceback; an
+        # error may quote what it refused (a table row, a file name): shown, never acting on the terminal, and never
+        # with a URL's credential it quotes (review rev25j)
+        shown = None if args.debug else error_message(exc, [home], databases=DataHome(home).dagster_home, redact=True)
+        if shown is None:
             raise
-        # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal, and
-        # never with a URL's credential it quotes (review rev25j)
-        shown = terminal_text(redact_credentials(str(full or exc)), keep=chr(10))
         print(f"pickapic {args.command}: error: {shown}", file=sys.stderr)
         return 1
 

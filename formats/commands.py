@@ -17,6 +17,7 @@ import os
 import select
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 # what a stage refuses or finds wrong (a missing input, a bad value, a path it will not write, a damaged file):
 # one error naming what and where; anything else is a bug and keeps its traceback
@@ -179,6 +180,14 @@ def flush_stdout() -> None:
         sys.stdout.flush()
 
 
+def answer_closed_stdout() -> None:
+    """Called in an ``except BrokenPipeError:`` block: re-raise it unless it was stdout's reader that went away
+    (:func:`stdout_closed`); then point stdout at ``/dev/null`` (:func:`quiet_stdout`) so nothing more fails."""
+    if not stdout_closed():
+        raise
+    quiet_stdout()
+
+
 def progress_line(message: str) -> None:
     """Print one progress line to stdout now. A reader gone (``| head -1``, a log pipe closed) drops this line and
     the later ones (stdout pointed at ``/dev/null``) and the work goes on: progress is not what a stage is run for,
@@ -187,22 +196,24 @@ def progress_line(message: str) -> None:
     try:
         print(message, flush=True)
     except BrokenPipeError:
-        if not stdout_closed():
-            raise
-        quiet_stdout()
+        answer_closed_stdout()
 
 
-def error_message(exc: BaseException) -> str | None:
-    """The one-line error an ordinary mistake is reported as, or None for a bug (keeps its traceback)."""
+def error_message(exc: BaseException, where: Sequence[Path] = (), databases: Path | None = None,
+                  redact: bool = False) -> str | None:
+    """The one-line error an ordinary mistake is reported as, or None for a bug (keeps its traceback). ``where`` and
+    ``databases``: the folders a full disk is looked for in (:func:`formats.files.no_space_message`); ``redact``:
+    a URL's credential the error quotes is hidden (:func:`formats.text.redact_credentials`, as ``pickapic`` does)."""
     from formats.files import no_space_message
-    from formats.text import terminal_text
+    from formats.text import redact_credentials, terminal_text
 
-    full = no_space_message(exc)
+    full = no_space_message(exc, where, databases=databases)
     too_long = isinstance(exc, OSError) and exc.errno == errno.ENAMETOOLONG   # a path given that no file can have
     if full is None and not too_long and not known_error(exc):
         return None
     # an error may quote what it refused (a table row, a file name): shown, never acting on the terminal
-    return terminal_text(str(full or exc), keep="\n")
+    text = str(full or exc)
+    return terminal_text(redact_credentials(text) if redact else text, keep="\n")
 
 
 def run_command(prog: str, main: Callable[[Sequence[str] | None], object], argv: Sequence[str] | None = None) -> int:
@@ -216,9 +227,7 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], object], argv:
         flush_stdout()
         return code
     except BrokenPipeError:
-        if not stdout_closed():
-            raise
-        quiet_stdout()
+        answer_closed_stdout()
         return code or 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
