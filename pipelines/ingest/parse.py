@@ -262,6 +262,7 @@ EMAIL_RE = re.compile(rf"(?<!{_EMAIL_CHAR}){_EMAIL_CHAR}+@{_EMAIL_CHAR}+")
 ENCODED_EMAIL_RE = re.compile(rf"(?<!{_EMAIL_CHAR}){_EMAIL_CHAR}+?%(?:25)*40{_EMAIL_CHAR}+")
 _UUID_SHAPED_RE = re.compile(r"\{?[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\}?")
 _TEXT_KINDS = frozenset({PROMPT, NAME})
+_FIELD_KINDS = {table: {name: kind for name, kind, *_ in fields} for table, fields in TABLE_FIELDS.items()}
 _MASKED = None          # the value about to come is read by no field of the table: masked
 
 
@@ -321,7 +322,7 @@ def mask_line(table: str, text: str) -> str:
     found by the row's file, line_number and raw_sha256."""
     if table in PERSONAL_FIELDS or table not in TABLE_FIELDS:
         return redact_personal(text)
-    kinds = {name: kind for name, kind, *_ in TABLE_FIELDS[table]}
+    kinds = _FIELD_KINDS[table]
     out: list[str] = []
     stack: list[tuple[str, str | None]] = []   # open containers: ("{", None) or ("[", kind of its items)
     expect_key = False
