@@ -92,16 +92,18 @@ def credential_refusal(run_config: Mapping[str, Any] | None, tags: Mapping[str, 
 
 
 def _check_tags(tags: Mapping[str, str] | None) -> None:
-    """``ValueError`` when a run's tag (its key or value) holds a credential :func:`formats.settings.holds_credential`
+    """``ValueError`` when a run's tag (its key or value) holds a credential :func:`formats.text.tag_holds_credential`
     finds (a DSN URL with a password pasted as a tag's value): tags are stored with the run and shown in the UI
-    (review rev25j: a refused run kept them)."""
-    from formats.settings import holds_credential, quoted
+    (review rev25j: a refused run kept them). A plain link (a query such as ``?id=42``, a user name such as
+    ``git@``) is no credential (review rev25l)."""
+    from formats.settings import quoted
+    from formats.text import tag_holds_credential
 
     for key, value in sorted((tags or {}).items(), key=lambda item: str(item[0])):
-        if holds_credential(key) or holds_credential(value):
-            raise ValueError(f"the tag {quoted(key)} holds a credential (a URL's password, user token or query, or an "
-                             "option such as --s3_secret_access_key; its text is not shown), and tags are stored "
-                             "with the run and shown in the UI: launch without it")
+        if tag_holds_credential(str(key)) or tag_holds_credential(str(value)):
+            raise ValueError(f"the tag {quoted(key)} holds a credential (a URL's password or token, a query parameter "
+                             "such as token= or sig=, or an option such as --s3_secret_access_key; its text is not "
+                             "shown), and tags are stored with the run and shown in the UI: launch without it")
 
 
 def scrubbed_tags(tags: Mapping[str, str] | None) -> dict[str, str]:

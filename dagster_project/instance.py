@@ -6,10 +6,11 @@ backfill launched from the UI (its run config and tags) without any check at all
 stored: :class:`CheckedSqliteRunStorage` is Dagster's SQLite run storage, but
 
 - a run whose config or tags hold a credential (:func:`dagster_project.coordinator.credential_refusal`: a DSN with
-  a password in ``resources.app_db.config.dsn``, a stage value or tag holding a URL's password, token or query)
-  is stored scrubbed (:func:`dagster_project.coordinator.scrubbed_run_config`, ``redact_credentials`` on each tag)
-  and tagged :data:`dagster_project.coordinator.REFUSED_TAG` with the reason: the run coordinator refuses it, and
-  no byte of the credential is ever written (so no reader of ``runs.db`` and no lock on it can keep one there);
+  a password in ``resources.app_db.config.dsn``, a stage value holding a URL's password, token or query, a tag
+  holding a password, a token or a credential query parameter) is refused (``RunConfigRefused``), nothing stored,
+  so no byte of the credential is ever written (no reader of ``runs.db`` and no lock on it can keep one there),
+  and no way of running it, launched or in process, gets a run to execute (review rev25l: a run stored scrubbed
+  and tagged refused, as fix25j did, still ran in process with the value it was given);
 - a backfill whose run config or tags hold one is refused (``RunConfigRefused``), nothing stored;
 - each run's event database (``history/runs/<run id>.db``, where its events, a refusal's reason among them, are
   kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``);
@@ -87,14 +88,16 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
             yield conn
 
     def add_run(self, dagster_run: dg.DagsterRun) -> dg.DagsterRun:
+        run = _storable(dagster_run)
         if self.events_dir:
-            prepare_event_database(self.events_dir, dagster_run.run_id)
-        super().add_run(_storable(dagster_run))
-        return dagster_run
+            prepare_event_database(self.events_dir, run.run_id)
+        super().add_run(run)
+        return run
 
     def add_historical_run(self, dagster_run: dg.DagsterRun, run_creation_time: Any) -> dg.DagsterRun:
-        super().add_historical_run(_storable(dagster_run), run_creation_time)
-        return dagster_run
+        run = _storable(dagster_run)
+        super().add_historical_run(run, run_creation_time)
+        return run
 
     def add_backfill(self, partition_backfill: Any) -> None:
         from dagster_project.coordinator import RunConfigRefused, credential_refusal
@@ -106,16 +109,19 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
 
 
 def _storable(run: dg.DagsterRun) -> dg.DagsterRun:
-    """``run`` as it may be stored: itself, or, where its config or tags hold a credential, scrubbed and tagged
-    refused with the reason (the coordinator refuses it)."""
-    from dagster_project.coordinator import REFUSED_TAG, credential_refusal, scrubbed_run_config, scrubbed_tags
+    """``run`` as it may be stored, without a :data:`dagster_project.coordinator.REFUSED_TAG` (only a refusal sets it:
+    a run re-executed from a refused one copies its tags, and is checked afresh); ``RunConfigRefused`` where its
+    config or tags hold a credential, and nothing is stored. Dagster hands the run it creates to whatever runs it
+    next: the coordinator for a launch, the in-process executor for ``dagster asset materialize`` / ``execute_job``,
+    which runs it with the config it was given, whatever was stored (review rev25l: a run stored scrubbed and
+    tagged refused ran to success in process), so refusing here is the one place every way of running sees."""
+    from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused, credential_refusal
 
-    tags = {key: value for key, value in (run.tags or {}).items() if key != REFUSED_TAG}   # only this sets it (a
-    # run re-executed from a refused one copies its tags: it is checked afresh)
+    tags = {key: value for key, value in (run.tags or {}).items() if key != REFUSED_TAG}
     reason = credential_refusal(run.run_config, tags)
-    if reason is None:
-        return run if len(tags) == len(run.tags or {}) else run._replace(tags=tags)
-    return run._replace(run_config=scrubbed_run_config(run.run_config), tags={**scrubbed_tags(tags), REFUSED_TAG: reason})
+    if reason is not None:
+        raise RunConfigRefused(f"run refused at launch, nothing was stored: {reason}")
+    return run if len(tags) == len(run.tags or {}) else run._replace(tags=tags)
 
 
 class PickapicSqliteStorage(DagsterSqliteStorage):

@@ -190,6 +190,50 @@ def redact_credentials(value: str) -> str:
     return value
 
 
+# a URL query parameter whose name says it carries a credential (token=, access_token=, api_key=, sig= of an Azure
+# SAS, X-Amz-Signature / X-Amz-Credential / X-Amz-Security-Token, X-Goog-Signature, password=, code= of OAuth)
+_SECRET_PARAMETER = re.compile(r"(?i)token|secret|sig|passw|pwd|auth|credential|key|session|jwt|code")
+# the start of a token given as a URL's user name (GitHub, GitLab, Hugging Face, Slack, OpenAI-style, AWS key ids)
+_TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "hf_", "xox", "sk-", "AKIA", "ASIA")
+TOKEN_USER_LENGTH = 16      # a URL user name this long or longer, given without a password, is taken for a token
+
+
+def tag_holds_credential(value: str) -> bool:
+    """Whether a run tag's key or value holds a credential: a URL's password (``https://u:PASSWORD@host``), a URL user
+    name that looks like a token (:data:`TOKEN_USER_LENGTH` characters or more, or one of :data:`_TOKEN_PREFIXES`),
+    a URL query parameter named for one (:data:`_SECRET_PARAMETER`: ``token=``, ``sig=``, ``X-Amz-Signature=``) or
+    a credential option's value (``--s3_secret_access_key=...``). Narrower than :func:`redact_credentials`, which
+    hides every query and every user name: a tag is a label or a link a person typed (review rev25l: a tracker link
+    ``https://tracker.example/browse?id=42`` or a git remote ``ssh://git@host/repo.git`` refused the run). Linear
+    in the value's length."""
+    from urllib.parse import unquote
+
+    if "://" in value:
+        for match in _NON_SPACE.finditer(value):
+            token = match.group()
+            if "://" not in token:
+                continue
+            if _url_password(token) != token:
+                return True
+            stop, done = -1, 0
+            for start, sep in _url_schemes(token):
+                if start < done:                # inside a query already read (its parameters were looked at)
+                    continue
+                end = _first_of(token, "/@:'\"?#", sep + 3)
+                if sep + 3 < end < len(token) and token[end] == "@":
+                    user = token[sep + 3:end]
+                    if len(user) >= TOKEN_USER_LENGTH or user.startswith(_TOKEN_PREFIXES):
+                        return True
+                if stop < sep + 3:
+                    stop = _first_of(token, "?#'\"", sep + 3)
+                if stop < len(token) and token[stop] == "?":
+                    done = _first_of(token, "#'\"", stop + 1)
+                    for part in re.split(r"[&;]", token[stop + 1:done]):
+                        if _SECRET_PARAMETER.search(unquote(part.split("=", 1)[0])):
+                            return True
+    return "-" in value and _secret_options(value) != value
+
+
 def option_names(value: str) -> str:
     """A command line of options (``features.beam_args``) as a listing, a run's metadata or the launchpad shows it:
     each option's name, every value hidden (``--runner=*** --s3_secret_access_key=*** ***``), so that no credential

@@ -2,8 +2,8 @@
 
 - ``formats.text.redact_credentials`` replaces what its four patterns replace, scanned in linear time;
 - a settings error, a CLI error and a launch refusal never quote a URL's credential (a cut value included);
-- the home's Dagster instance (``dagster_project.instance``) stores a run holding a credential scrubbed and marked
-  refused, refuses such a backfill, creates each run's event database with no access for other accounts;
+- the home's Dagster instance (``dagster_project.instance``) refuses a run holding a credential (stored scrubbed and
+  marked refused until review rev25l: nothing is stored now), refuses such a backfill, creates each run's event database with no access for other accounts;
 - ``coordinator.scrub_refused_run`` (for a run stored whole: an instance configured elsewhere) scrubs the tags too,
   waits Dagster's 30 s for a writer, and says so, with the run's id and never the credential, where the scrub or
   the checkpoint could not be completed.
@@ -105,21 +105,30 @@ def _dsn_config() -> dict:
     return {"resources": {"app_db": {"config": {"dsn": f"host=db.internal user=ro password={SECRET}"}}}}
 
 
-def test_the_instance_stores_a_run_holding_a_credential_scrubbed_and_refused(tmp_path, env_kept) -> None:
+def test_the_instance_refuses_a_run_holding_a_credential_and_stores_nothing(tmp_path, env_kept) -> None:
+    # fix25j stored such a run scrubbed and tagged refused; review rev25l found it still ran in process with the
+    # value given, so since then the run storage refuses it (the coordinator's refusal of a run stored with the tag
+    # by that version is below)
     home = DataHome(tmp_path / "home")
     use_home(home)
     assert (home.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
-        run = instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job", run_config=_dsn_config(),
-                                                         tags={"note": f"https://u:{SECRET}@h/x", "plain": "v"}))
-        stored = instance.get_run_by_id(run.run_id)
-        assert stored.run_config["resources"]["app_db"]["config"]["dsn"].startswith("*** (removed")
-        assert stored.tags["note"] == "https://u:***@h/x" and stored.tags["plain"] == "v"
-        assert "holds a password" in stored.tags[REFUSED_TAG]
+        with pytest.raises(RunConfigRefused, match="refused at launch, nothing was stored.*holds a password") as caught:
+            instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job", run_config=_dsn_config(),
+                                                       tags={"plain": "v"}))
+        assert SECRET not in str(caught.value)
+        with pytest.raises(RunConfigRefused, match="the tag 'note' holds a credential") as caught:
+            instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job",
+                                                       tags={"note": f"https://u:{SECRET}@h/x", "plain": "v"}))
+        assert SECRET not in str(caught.value)
+        assert instance.get_runs() == []
         assert _holding(home, SECRET) == []
-        # the coordinator refuses it with the reason, from the stored run as Dagster hands it over
+        # a run stored with the refusal tag by fix25j's version: the coordinator refuses it with the reason
+        old = dg.DagsterRun(job_name="rebuild_dataset_job", tags={"plain": "v", REFUSED_TAG: "holds a password"})
+        SqliteRunStorage.add_run(instance.run_storage, old)
         with pytest.raises(RunConfigRefused, match="refused at launch.*holds a password"):
-            instance.run_coordinator.submit_run(dg.SubmitRunContext(stored, workspace=None))
+            instance.run_coordinator.submit_run(dg.SubmitRunContext(instance.get_run_by_id(old.run_id),
+                                                                    workspace=None))
         # a run without a credential is stored as it is
         plain = instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job", tags={"a": "b"}))
         assert instance.get_run_by_id(plain.run_id).tags == {"a": "b"}

@@ -20,7 +20,7 @@ import dagster as dg
 import pytest
 
 from dagster_project.build import use_home
-from dagster_project.coordinator import REFUSED_TAG
+from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused
 from formats.home import DataHome
 
 
@@ -40,37 +40,24 @@ def rev25l_thing(context) -> int:
     return len(context.op_execution_context.op_config["staging"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A run launched in process on the home's instance (dg.materialize / execute_job, as `dagster asset "
-    "materialize` and `dagster job execute` do: no run coordinator) whose config or tags the run storage finds a "
-    "credential in is stored scrubbed and tagged pickapic/refused, but DagsterInstance.create_run hands the "
-    "UNSCRUBBED run back (CheckedSqliteRunStorage.add_run returns its argument, not what it stored), so the run "
-    "executes anyway with the value and ends SUCCESS: the UI then shows a successful run tagged 'refused' whose "
-    "stored config ('s3://bucket/stage?***') is not what ran, and a re-execution from it runs something else. "
-    "Expected: a run stored as refused never executes (the in-process run fails/refuses like a launched one), "
-    "or a run that executes is not recorded as refused"
-))
 def test_a_run_stored_as_refused_does_not_run_to_success_in_process(tmp_path: Path, env_kept) -> None:
     home = DataHome(tmp_path / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         assert type(instance).__name__ == "PickapicInstance"
-        result = dg.materialize([rev25l_thing], instance=instance, raise_on_error=False,
-                                run_config={"ops": {"rev25l_thing": {"config": {"staging": "s3://bucket/stage?versionId=3"}}}})
+        # fixed the same day: the run storage refuses such a run, nothing stored, so it never runs (a run that ran
+        # and is recorded as refused cannot happen)
+        with pytest.raises(RunConfigRefused, match="refused at launch, nothing was stored"):
+            dg.materialize([rev25l_thing], instance=instance, raise_on_error=False,
+                           run_config={"ops": {"rev25l_thing": {"config": {"staging": "s3://bucket/stage?versionId=3"}}}})
+        assert [(run.status, run.tags) for run in instance.get_runs()] == []
+        # a run without one runs, and is not marked refused
+        result = dg.materialize([rev25l_thing], instance=instance,
+                                run_config={"ops": {"rev25l_thing": {"config": {"staging": "s3://bucket/stage"}}}})
         stored = instance.get_run_by_id(result.run_id)
-        recorded_refused = REFUSED_TAG in stored.tags
-        ran = result.success and stored.status == dg.DagsterRunStatus.SUCCESS
-        # the record and what happened must agree: refused and not run, or run and not marked refused
-        assert not (recorded_refused and ran), (stored.status, stored.tags, stored.run_config)
+        assert result.success and stored.status == dg.DagsterRunStatus.SUCCESS and REFUSED_TAG not in stored.tags
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A run holding NO credential is refused and altered: the run storage's tag check (holds_credential: any URL "
-    "query, any user@ in a URL) treats a plain link tag such as note='https://tracker.example/browse?id=42' "
-    "(or a git remote ssh://git@host/repo) as a credential, so the run is stored with the tag rewritten to "
-    "'...?***' and tagged pickapic/refused, and the coordinator refuses it. Expected: a tag that holds no password "
-    "or token is stored as given and the run is not refused (or the README says tags may not hold URLs)"
-))
 def test_a_plain_link_tag_does_not_refuse_the_run(tmp_path: Path, env_kept) -> None:
     home = DataHome(tmp_path / "home")
     use_home(home)
