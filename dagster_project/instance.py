@@ -99,6 +99,18 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
         super().add_historical_run(run, run_creation_time)
         return run
 
+    def add_run_tags(self, run_id: str, new_tags: Mapping[str, str]) -> None:
+        """Tags added to a stored run (the UI's *Add tags*, ``addTagsToRun``; a re-execution's) are checked as a new
+        run's are: one holding a credential is refused, nothing stored; the refusal mark is the storage's own."""
+        from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused, credential_refusal
+
+        if REFUSED_TAG in (new_tags or {}):
+            raise RunConfigRefused(f"tags refused, nothing was stored: the tag {REFUSED_TAG!r} is set only by a refusal")
+        reason = credential_refusal(None, new_tags)
+        if reason is not None:
+            raise RunConfigRefused(f"tags refused, nothing was stored: {reason}")
+        super().add_run_tags(run_id, new_tags)
+
     def add_backfill(self, partition_backfill: Any) -> None:
         from dagster_project.coordinator import RunConfigRefused, credential_refusal
 
