@@ -10,10 +10,11 @@ steps will build them. A run that fails is never queued: Dagster marks it failed
 engine event, and the launchpad shows the same reason where the launch was clicked. Schedules and sensors
 submit their runs through it too (their values come from the settings file, which is checked when read).
 
-Dagster stores a run before its coordinator sees it: the home's instance (:mod:`dagster_project.instance`) stores
-one whose config or tags hold a credential (:func:`credential_refusal`) scrubbed and tagged :data:`REFUSED_TAG`,
-which the coordinator refuses with that reason; one stored whole elsewhere is scrubbed here
-(:func:`scrub_refused_run`).
+Dagster stores a run before its coordinator sees it: the home's instance (:mod:`dagster_project.instance`) refuses
+one whose config or tags hold a credential (:func:`credential_refusal`) and stores nothing (a run stored before
+review rev25l may still carry :data:`REFUSED_TAG`, which the coordinator refuses with that reason); a run refused
+here that is stored elsewhere, or stored whole, is scrubbed (:func:`scrub_refused_run`), its tags holding no
+credential kept as given.
 
 ``use_home`` writes it into ``HOME/dagster/dagster.yaml`` (:data:`DAGSTER_YAML`, with the run launcher of
 :mod:`dagster_project.launcher` and Dagster's run monitoring turned on); a ``dagster.yaml`` of
@@ -93,24 +94,67 @@ def credential_refusal(run_config: Mapping[str, Any] | None, tags: Mapping[str, 
 
 def _check_tags(tags: Mapping[str, str] | None) -> None:
     """``ValueError`` when a run's tag (its key or value) holds a credential :func:`formats.text.tag_holds_credential`
-    finds (a DSN URL with a password pasted as a tag's value): tags are stored with the run and shown in the UI
-    (review rev25j: a refused run kept them). A plain link (a query such as ``?id=42``, a user name such as
-    ``git@``) is no credential (review rev25l)."""
+    finds (a DSN URL with a password pasted as a tag's value, a libpq ``password=``, a bare token, a key named for a
+    credential such as ``aws_secret_access_key``): tags are stored with the run and shown in the UI (review
+    rev25j: a refused run kept them). A plain link (a query such as ``?id=42`` or ``?assignee=``, a user name
+    such as ``git@``) is no credential (reviews rev25l, rev26a)."""
     from formats.settings import quoted
     from formats.text import tag_holds_credential
 
     for key, value in sorted((tags or {}).items(), key=lambda item: str(item[0])):
-        if tag_holds_credential(str(key)) or tag_holds_credential(str(value)):
+        if tag_holds_credential(str(key)) or tag_holds_credential(str(value), key=str(key)):
             raise ValueError(f"the tag {quoted(key)} holds a credential (a URL's password or token, a query parameter "
-                             "such as token= or sig=, or an option such as --s3_secret_access_key; its text is not "
-                             "shown), and tags are stored with the run and shown in the UI: launch without it")
+                             "such as token= or sig=, an assignment such as password=... or an option such as "
+                             "--s3_secret_access_key, a bearer or known token, or a value under a name such as "
+                             "aws_secret_access_key; its text is not shown), and tags are stored with the run and "
+                             "shown in the UI: launch without it")
+
+
+# what a refused run's tag holding a credential keeps where hiding the credential alone cannot be made sure of
+REMOVED_TAG_TEXT = "*** (removed: held a credential)"
+
+
+def _scrubbed_tag_text(text: str) -> str:
+    """``text`` (a tag's key or value holding a credential) with what :func:`formats.text.redact_credentials` finds
+    hidden, or :data:`REMOVED_TAG_TEXT` where :func:`formats.text.tag_holds_credential` still finds one after."""
+    from formats.text import redact_credentials, tag_holds_credential
+
+    hidden = redact_credentials(text)
+    return REMOVED_TAG_TEXT if tag_holds_credential(hidden) else hidden
+
+
+def scrubbed_tag_pairs(tags: Mapping[str, str] | None) -> list[tuple[str, str, str, str]]:
+    """``(key, value, new key, new value)`` of each tag of ``tags``: a tag holding no credential
+    (:func:`formats.text.tag_holds_credential`, as :func:`_check_tags` reads it) kept exactly as given, so a
+    refused run's page shows the links it was launched with (review rev26a: the broad ``redact_credentials`` hid
+    every query and user name); in one that holds one, the key and the value hidden as :func:`_scrubbed_tag_text`
+    hides them, the whole value where the key is named for a credential (``PGPASSWORD``). A new key already
+    taken is numbered."""
+    from formats.text import credential_name, tag_holds_credential
+
+    pairs, taken = [], set()
+    for key, value in (tags or {}).items():
+        key, value = str(key), str(value)
+        key_holds = tag_holds_credential(key)
+        if not key_holds and not tag_holds_credential(value, key=key):
+            new_key, new_value = key, value
+        else:
+            new_key = _scrubbed_tag_text(key) if key_holds else key
+            new_value = (REMOVED_TAG_TEXT if value.strip() and credential_name(new_key)
+                         else _scrubbed_tag_text(value))
+        if new_key != key:
+            base, number = new_key, 1
+            while new_key in taken or (new_key in (tags or {}) and new_key != key):
+                number += 1
+                new_key = f"{base} ({number})"
+        taken.add(new_key)
+        pairs.append((key, value, new_key, new_value))
+    return pairs
 
 
 def scrubbed_tags(tags: Mapping[str, str] | None) -> dict[str, str]:
-    """``tags`` with every credential :func:`formats.text.redact_credentials` finds hidden, keys and values."""
-    from formats.text import redact_credentials
-
-    return {redact_credentials(str(key)): redact_credentials(str(value)) for key, value in (tags or {}).items()}
+    """``tags`` as a refused run keeps them (:func:`scrubbed_tag_pairs`): each holding no credential as given."""
+    return {new_key: new_value for _, _, new_key, new_value in scrubbed_tag_pairs(tags)}
 
 
 def _check_app_db(run_config: Mapping[str, Any] | None) -> None:
@@ -266,8 +310,8 @@ def scrub_refused_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str |
         instance.delete_run(run.run_id)
         return None
     body = serialize_value(stored._replace(run_config=config, tags=tags))
-    changed = [(key, value) for key, value in (stored.tags or {}).items()
-               if (scrubbed_tags({key: value}) != {key: value})]
+    changed = [(key, new_key, new_value) for key, value, new_key, new_value in scrubbed_tag_pairs(stored.tags)
+               if (new_key, new_value) != (key, value)]
     sqlite = False
     try:
         with storage.connect() as conn:
@@ -276,10 +320,10 @@ def scrub_refused_run(instance: dg.DagsterInstance, run: dg.DagsterRun) -> str |
                 conn.execute(db.text(f"PRAGMA busy_timeout = {SCRUB_BUSY_TIMEOUT_S * 1000}"))
                 conn.execute(db.text("PRAGMA secure_delete = ON"))
             conn.execute(RunsTable.update().where(RunsTable.c.run_id == run.run_id).values(run_body=body))
-            for key, value in changed:
+            for key, _, _ in changed:
                 conn.execute(RunTagsTable.delete().where(RunTagsTable.c.run_id == run.run_id,
                                                          RunTagsTable.c.key == key))
-                ((new_key, new_value),) = scrubbed_tags({key: value}).items()
+            for _, new_key, new_value in changed:
                 conn.execute(RunTagsTable.insert().values(run_id=run.run_id, key=new_key, value=new_value))
     except Exception as exc:  # noqa: BLE001 - a lock held past the wait, a storage error: the run goes instead
         log.error("run %s was refused at launch and its stored config could not be scrubbed (%s); deleting it",

@@ -11,7 +11,9 @@ stored: :class:`CheckedSqliteRunStorage` is Dagster's SQLite run storage, but
   so no byte of the credential is ever written (no reader of ``runs.db`` and no lock on it can keep one there),
   and no way of running it, launched or in process, gets a run to execute (review rev25l: a run stored scrubbed
   and tagged refused, as fix25j did, still ran in process with the value it was given);
-- a backfill whose run config or tags hold one is refused (``RunConfigRefused``), nothing stored;
+- a backfill whose run config, tags, title or description hold one is refused (``RunConfigRefused``), nothing
+  stored;
+- tags added to a stored run are checked as a new run's (:data:`dagster_project.coordinator.REFUSED_TAG` dropped);
 - each run's event database (``history/runs/<run id>.db``, where its events, a refusal's reason among them, are
   kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``);
 - its connections wait up to 30 s for a lock, as Dagster's other SQLite storages do (Dagster's run storage: 5 s).
@@ -101,20 +103,34 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
 
     def add_run_tags(self, run_id: str, new_tags: Mapping[str, str]) -> None:
         """Tags added to a stored run (the UI's *Add tags*, ``addTagsToRun``; a re-execution's) are checked as a new
-        run's are: one holding a credential is refused, nothing stored; the refusal mark is the storage's own."""
+        run's are: one holding a credential is refused, nothing stored. :data:`dagster_project.coordinator.REFUSED_TAG`
+        is dropped, as a new run's is (only a refusal set it), and a tag the run holds already with the same value
+        is not new: ``dagster instance reindex`` adds a run's whole tag set again (a run stored scrubbed and marked
+        refused before review rev25l included)."""
         from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused, credential_refusal
 
-        if REFUSED_TAG in (new_tags or {}):
-            raise RunConfigRefused(f"tags refused, nothing was stored: the tag {REFUSED_TAG!r} is set only by a refusal")
-        reason = credential_refusal(None, new_tags)
+        tags = {key: value for key, value in (new_tags or {}).items() if key != REFUSED_TAG}
+        stored = self._get_run_by_id(run_id) if tags else None
+        held = dict(stored.tags or {}) if stored is not None else {}
+        reason = credential_refusal(None, {key: value for key, value in tags.items() if held.get(key) != value})
         if reason is not None:
             raise RunConfigRefused(f"tags refused, nothing was stored: {reason}")
-        super().add_run_tags(run_id, new_tags)
+        super().add_run_tags(run_id, tags)
 
     def add_backfill(self, partition_backfill: Any) -> None:
+        """A backfill is refused, nothing stored, where its run config or tags hold a credential
+        (:func:`dagster_project.coordinator.credential_refusal`) or its title or description does (they are stored
+        with it and shown on its page: review rev26a), as :func:`formats.text.tag_holds_credential` reads a tag."""
         from dagster_project.coordinator import RunConfigRefused, credential_refusal
+        from formats.text import tag_holds_credential
 
         reason = credential_refusal(partition_backfill.run_config, partition_backfill.tags)
+        for field in ("title", "description"):
+            text = getattr(partition_backfill, field, None)
+            if reason is None and isinstance(text, str) and tag_holds_credential(text):
+                reason = (f"its {field} holds a credential (a URL's password or token, a password=..., a bearer or "
+                          "known token; its text is not shown), and it is stored with the backfill and shown in the "
+                          "UI: launch without it")
         if reason:
             raise RunConfigRefused(f"backfill refused, nothing was stored: {reason}")
         super().add_backfill(partition_backfill)

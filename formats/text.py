@@ -168,6 +168,47 @@ def _secret_options(value: str) -> str:
     return "".join(out) + value[done:]
 
 
+# a libpq key/value password (password=..., sslpassword=..., quoted: password='a b'), and one in an assignment of
+# the environment's or a properties file's (PGPASSWORD=..., db_password=...): review rev26a
+_PASSWORD_ASSIGNMENT = re.compile(r"(?i)(?<![A-Za-z0-9_])[A-Za-z0-9_]*?passw(?:or)?d\s*+=\s*+")
+
+
+def _assigned_passwords(value: str) -> str:
+    """``value`` with the value of each :data:`_PASSWORD_ASSIGNMENT` replaced by ``***``: a quoted one (libpq's
+    ``'...'`` with backslash escapes, or ``"..."``) to its closing quote or the end, any other to the next blank
+    (a ``'`` ending it, unescaped, is the quote of the text holding the DSN: libpq escapes a quote in a value, so
+    it is kept, and a message quoting ``'host=x password=***'`` still reads whole). Linear: each search starts
+    where the last value ended."""
+    out, done, pos = [], 0, 0
+    while True:
+        found = _PASSWORD_ASSIGNMENT.search(value, pos)
+        if found is None:
+            break
+        after = found.end()
+        if after == len(value) or value[after].isspace():
+            pos = after
+            continue
+        quote = value[after]
+        if quote in "'\"":
+            end, cursor = len(value), after + 1
+            while cursor < len(value):
+                if value[cursor] == "\\":
+                    cursor += 2
+                    continue
+                if value[cursor] == quote:
+                    end = cursor + 1
+                    break
+                cursor += 1
+        else:
+            blank = _BLANK.search(value, after)
+            end = len(value) if blank is None else blank.start()
+            if end - after > 1 and value[end - 1] == "'" and value[end - 2] != "\\":
+                end -= 1
+        out.append(value[done:after] + "***")
+        done = pos = end
+    return "".join(out) + value[done:]
+
+
 def _per_token(value: str, rewrite) -> str:
     return _NON_SPACE.sub(lambda match: rewrite(match.group()), value)
 
@@ -175,63 +216,202 @@ def _per_token(value: str, rewrite) -> str:
 def redact_credentials(value: str) -> str:
     """``value`` as a message may show it: a URL's password (``https://user:***@host``), a URL's user name given
     without a password (``https://***@host``: a token), a URL's query (``https://host/?***``: an Azure SAS token,
-    a signature) and the value of an option named for a credential (``--s3_secret_access_key=***``) replaced by
-    ``***``. Over-redacts rather than under (a URL path holding '@' after a ``user:`` part). No list of patterns
-    finds every credential: a setting that may hold one is never shown whole (:func:`option_names`).
+    a signature), the value of an option named for a credential (``--s3_secret_access_key=***``) and a libpq
+    key/value password (``host=db password=***``, ``sslpassword='***'``, ``PGPASSWORD=***``: review rev26a, a
+    standby's ``primary_conninfo`` given as ``app_export.primary_host``) replaced by ``***``. Over-redacts rather
+    than under (a URL path holding '@' after a ``user:`` part). No list of patterns finds every credential: a
+    setting that may hold one is never shown whole (:func:`option_names`).
 
-    What ``_URL_PASSWORD``, ``_URL_USER``, ``_URL_QUERY`` and ``_SECRET_OPTION`` replace, in that order, found in
-    time linear in the value's length (review rev25j: the patterns themselves are quadratic)."""
+    What ``_URL_PASSWORD``, ``_URL_USER``, ``_URL_QUERY``, :func:`_assigned_passwords` and ``_SECRET_OPTION``
+    replace, in that order, found in time linear in the value's length (review rev25j: the patterns
+    themselves are quadratic)."""
     if "://" in value:
         value = _per_token(value, _url_password)
         value = _per_token(value, _url_user)
         value = _per_token(value, _url_query)
+    if "=" in value:        # before the options: '-password = ...' would take '=' for the option's value
+        value = _assigned_passwords(value)
     if "-" in value:
         value = _secret_options(value)
     return value
 
 
-# a URL query parameter whose name says it carries a credential (token=, access_token=, api_key=, sig= of an Azure
-# SAS, X-Amz-Signature / X-Amz-Credential / X-Amz-Security-Token, X-Goog-Signature, password=, code= of OAuth)
-_SECRET_PARAMETER = re.compile(r"(?i)token|secret|sig|passw|pwd|auth|credential|key|session|jwt|code")
+# a URL's user name of this length or more, given without a password, is taken for a token
+TOKEN_USER_LENGTH = 16
 # the start of a token given as a URL's user name (GitHub, GitLab, Hugging Face, Slack, OpenAI-style, AWS key ids)
 _TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "hf_", "xox", "sk-", "AKIA", "ASIA")
-TOKEN_USER_LENGTH = 16      # a URL user name this long or longer, given without a password, is taken for a token
+
+# The words of a name (``X-Amz-Signature``: x, amz, signature; ``access_token``: access, token; ``apiKey``: api,
+# key): runs of letters, split where a lower-case letter meets an upper-case one (``APIKey``: api, key).
+_NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
+# A name is a credential's (review rev26a: by words, not parts of words, so ``assignee``, ``author``, ``tokenizer``
+# and ``target_session_attrs`` are none) where its last word is one of _CREDENTIAL_LAST or ends with one of
+# _CREDENTIAL_ENDINGS (``PGPASSWORD``, ``sslpassword``, ``accesstoken``), unless the word before makes it a plain
+# one (_PLAIN_BEFORE: Dagster's ``dagster/run_key``, a ``partition_key``, a ``public_key``; a tokenizer's
+# ``pad_token``, a ``page_token``) ...
+_CREDENTIAL_LAST = frozenset({
+    "token", "key", "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pass", "pw", "pwd",
+    "auth", "authorization", "credential", "credentials", "creds", "sig", "signature", "jwt", "cookie", "apikey",
+    "accesskey", "secretkey", "privatekey", "sessionid", "jsessionid", "phpsessid"})
+_CREDENTIAL_ENDINGS = ("token", "secret", "password", "passwd", "apikey", "accesskey", "secretkey", "privatekey",
+                       "connectionstring")
+_PLAIN_BEFORE = {
+    "key": frozenset({"run", "partition", "sort", "cache", "primary", "foreign", "idempotency", "concurrency",
+                      "asset", "public", "object", "row", "index", "join", "group", "hash", "lookup", "dedup",
+                      "unique", "composite", "shard", "routing", "order", "search", "map", "dict"}),
+    "token": frozenset({"max", "min", "num", "pad", "eos", "bos", "unk", "sep", "cls", "mask", "special", "start",
+                        "end", "next", "page", "continuation", "cursor", "sync"}),
+}
+# ... or where any word is one of _CREDENTIAL_ANYWHERE (``SECRET_KEY_BASE``, ``password_hash``) and the last word
+# does not say where a credential is kept or what is said of it (_REFERENCE_WORDS: ``password_file``,
+# ``secret_name``), or where the name holds "connection string" (``AZURE_STORAGE_CONNECTION_STRING``)
+_CREDENTIAL_ANYWHERE = frozenset({
+    "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pwd", "credential", "credentials",
+    "creds", "jwt", "apikey", "accesskey", "secretkey", "privatekey"})
+_REFERENCE_WORDS = frozenset({
+    "file", "files", "path", "dir", "folder", "name", "names", "id", "ids", "arn", "ref", "url", "uri", "env", "var",
+    "type", "kind", "length", "len", "count", "size", "policy", "reset", "hint", "prompt", "expiry", "expires",
+    "expiration", "rotation", "manager", "store", "scanning", "required", "enabled", "mode", "method", "version",
+    "strength", "age", "command", "cmd", "helper", "location"})
 
 
-def tag_holds_credential(value: str) -> bool:
-    """Whether a run tag's key or value holds a credential: a URL's password (``https://u:PASSWORD@host``), a URL user
-    name that looks like a token (:data:`TOKEN_USER_LENGTH` characters or more, or one of :data:`_TOKEN_PREFIXES`),
-    a URL query parameter named for one (:data:`_SECRET_PARAMETER`: ``token=``, ``sig=``, ``X-Amz-Signature=``) or
-    a credential option's value (``--s3_secret_access_key=...``). Narrower than :func:`redact_credentials`, which
-    hides every query and every user name: a tag is a label or a link a person typed (review rev25l: a tracker link
-    ``https://tracker.example/browse?id=42`` or a git remote ``ssh://git@host/repo.git`` refused the run). Linear
-    in the value's length."""
+def credential_name(name: str) -> bool:
+    """Whether ``name`` (a run tag's key, a URL query parameter's, an option's, an assignment's) names a credential:
+    ``aws_secret_access_key``, ``PGPASSWORD``, ``api_token``, ``X-Amz-Signature``, ``sig``, ``pass``,
+    ``Authorization``; not ``assignee``, ``author``, ``target_session_attrs``, ``tokenizer``, ``max_tokens``,
+    ``run_key``, ``password_file``. Linear in the name's length."""
+    words = [word.lower() for word in _NAME_WORD.findall(name)]
+    if not words:
+        return False
+    last = words[-1]
+    if last in _CREDENTIAL_LAST or last.endswith(_CREDENTIAL_ENDINGS):
+        return not (len(words) > 1 and words[-2] in _PLAIN_BEFORE.get(last, ()))
+    if last in _REFERENCE_WORDS:
+        return False
+    if any(word in _CREDENTIAL_ANYWHERE or word.endswith(_CREDENTIAL_ENDINGS) for word in words):
+        return True
+    from itertools import pairwise
+
+    return any(first == "connection" and second == "string" for first, second in pairwise(words))
+
+
+# The patterns of tag_holds_credential. Each may start only where a run of its characters starts (a lookbehind)
+# and takes its runs possessively, so no text is read twice over and the check stays linear in the value's length.
+# An assignment: NAME=value, NAME: value, "NAME": value (libpq's password=..., PGPASSWORD=..., a header
+# Authorization: ..., a query's token=...): the name and the first two characters of its value, looked at but not
+# taken (the value may be an assignment itself: opts=password=...)
+_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.][A-Za-z0-9_.\-]*+)[\"']?+\s*+[=:]\s*+(?=(\S?)(\S?))")
+# an option, '-' or '--' where a word starts (not a hyphen inside a word: clip-tokenizer), then '=' or blanks and
+# a value: its name
+_OPTION = re.compile(r"(?<![A-Za-z0-9_\-])-++([A-Za-z0-9][A-Za-z0-9_\-]*+)(?:=|\s++)(?=\S)")
+# an HTTP authorization's scheme and credentials (Bearer <token>, Basic <base64 of user:password>)
+_AUTH_SCHEME = re.compile(r"(?i)(?<![A-Za-z0-9_\-])(bearer|basic)\s++([A-Za-z0-9\-._~+/]++=*+)")
+# a token of a well-known kind, bare (GitHub's classic and fine-grained tokens, GitLab's, Hugging Face's, Slack's,
+# an OpenAI-style sk-, an AWS access key id, a JSON web token)
+_KNOWN_TOKEN = re.compile(
+    r"(?<![A-Za-z0-9_\-])(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{22,}|glpat-[A-Za-z0-9_\-]{20,}"
+    r"|hf_[A-Za-z0-9]{30,}|xox[abpors]-[A-Za-z0-9\-]{10,}|sk-[A-Za-z0-9_\-]{20,}"
+    r"|(?:AKIA|ASIA)[A-Z0-9]{16}(?![A-Za-z0-9])|eyJ[A-Za-z0-9_\-]++\.eyJ[A-Za-z0-9_\-]++\.)")
+
+
+def _hidden_at(value: str, start: int) -> bool:
+    """Whether the value at ``value[start:]`` is ``***`` alone: one :func:`redact_credentials` hid (a scrubbed tag's
+    ``password=***``, as a URL's ``user:***@`` is none)."""
+    end = start + 3
+    return value.startswith("***", start) and (end == len(value) or value[end].isspace() or value[end] in "'\",;")
+
+
+def _basic_credentials(text: str) -> bool:
+    """Whether ``text`` is the base64 of ``user:password`` (HTTP Basic authorization's credentials)."""
+    import base64
+    import binascii
+
+    if len(text) < 8 or len(text) % 4:
+        return False
+    try:
+        decoded = base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    return b":" in decoded and decoded.decode("utf-8", "replace").isprintable()
+
+
+def _holds_known_token(value: str) -> bool:
+    for match in _KNOWN_TOKEN.finditer(value):
+        token = match.group()
+        if not token.startswith("sk-"):
+            return True
+        body = token[3:]       # an OpenAI-style key mixes cases and digits ('sk-learn-...' is a package's name)
+        if any(ch.isdigit() for ch in body) and any(ch.isupper() for ch in body) and any(ch.islower() for ch in body):
+            return True
+    return False
+
+
+def _url_holds_credential(token: str) -> bool:
+    """Whether ``token`` (text without blanks holding '://') holds a URL's password, a token-like user name or a
+    query parameter named for a credential (:func:`credential_name`, its name percent-decoded) with a value."""
     from urllib.parse import unquote
 
+    if _url_password(token) != token:
+        return True
+    stop, done = -1, 0
+    for start, sep in _url_schemes(token):
+        if start < done:                # inside a query already read (its parameters were looked at)
+            continue
+        end = _first_of(token, "/@:'\"?#", sep + 3)
+        if sep + 3 < end < len(token) and token[end] == "@":
+            user = token[sep + 3:end]
+            if len(user) >= TOKEN_USER_LENGTH or user.startswith(_TOKEN_PREFIXES):
+                return True
+        if stop < sep + 3:
+            stop = _first_of(token, "?#'\"", sep + 3)
+        if stop < len(token) and token[stop] == "?":
+            done = _first_of(token, "#'\"", stop + 1)
+            for part in re.split(r"[&;]", token[stop + 1:done]):
+                name, equals, given = part.partition("=")
+                if equals and given and credential_name(unquote(name)):
+                    return True
+    return False
+
+
+def tag_holds_credential(value: str, key: str | None = None) -> bool:
+    """Whether a run tag's value (or its key, given as ``value``) holds a credential, or, with ``key``, whether a
+    tag ``key = value`` does: a URL's password (``https://u:PASSWORD@host``); a URL user name that looks like a
+    token (:data:`TOKEN_USER_LENGTH` characters or more, or one of :data:`_TOKEN_PREFIXES`); a URL query parameter
+    named for one (:func:`credential_name`: ``token=``, ``sig=``, ``X-Amz-Signature=``, ``pass=``) with a value;
+    an assignment whose name is one's (libpq's ``password=...``, ``sslpassword=...``, ``PGPASSWORD=...``,
+    ``AWS_SECRET_ACCESS_KEY=...``, ``Authorization: ...``); an option named for one with a value
+    (``--s3_secret_access_key=...``, ``--token abc``; an option starts a word: ``clip-tokenizer`` is none); an HTTP
+    authorization (``Bearer <token>``, ``Basic <base64 of user:password>``); a bare token of a well-known kind
+    (``ghp_...``, ``github_pat_...``, ``glpat-...``, ``hf_...``, ``xoxb-...``, ``sk-...``, ``AKIA...``, a JSON web
+    token); and, with ``key``, a key named for a credential (``aws_secret_access_key``, ``PGPASSWORD``,
+    ``api_token``) with a value that is not blank.
+
+    Narrower than :func:`redact_credentials`, which hides every query and every user name: a tag is a label or a
+    link a person typed (review rev25l: a tracker link ``https://tracker.example/browse?id=42`` or a git remote
+    ``ssh://git@host/repo.git`` refused the run; review rev26a: ``?assignee=``, ``?author=``,
+    ``?target_session_attrs=``, "the clip-tokenizer change"). Linear in the value's length."""
+    if key is not None and value.strip() and credential_name(key):
+        return True
     if "://" in value:
         for match in _NON_SPACE.finditer(value):
-            token = match.group()
-            if "://" not in token:
-                continue
-            if _url_password(token) != token:
+            if "://" in match.group() and _url_holds_credential(match.group()):
                 return True
-            stop, done = -1, 0
-            for start, sep in _url_schemes(token):
-                if start < done:                # inside a query already read (its parameters were looked at)
-                    continue
-                end = _first_of(token, "/@:'\"?#", sep + 3)
-                if sep + 3 < end < len(token) and token[end] == "@":
-                    user = token[sep + 3:end]
-                    if len(user) >= TOKEN_USER_LENGTH or user.startswith(_TOKEN_PREFIXES):
-                        return True
-                if stop < sep + 3:
-                    stop = _first_of(token, "?#'\"", sep + 3)
-                if stop < len(token) and token[stop] == "?":
-                    done = _first_of(token, "#'\"", stop + 1)
-                    for part in re.split(r"[&;]", token[stop + 1:done]):
-                        if _SECRET_PARAMETER.search(unquote(part.split("=", 1)[0])):
-                            return True
-    return "-" in value and _secret_options(value) != value
+    for match in _ASSIGNMENT.finditer(value):
+        first, second = match.group(2), match.group(3)
+        if (first and not (first in "\"'" and second == first) and not _hidden_at(value, match.end())
+                and credential_name(match.group(1))):
+            return True
+    if "-" in value and any(credential_name(match.group(1)) and not _hidden_at(value, match.end())
+                            for match in _OPTION.finditer(value)):
+        return True
+    for match in _AUTH_SCHEME.finditer(value):
+        scheme, credentials = match.group(1).lower(), match.group(2)
+        if scheme == "basic" and _basic_credentials(credentials):
+            return True
+        if scheme == "bearer" and (len(credentials) >= TOKEN_USER_LENGTH
+                                   or (len(credentials) >= 8 and any(ch.isdigit() for ch in credentials))):
+            return True
+    return _holds_known_token(value)
 
 
 def option_names(value: str) -> str:
