@@ -20,6 +20,10 @@ tag check were also seen end to end through the webserver: ``launchRun`` with th
 ``host=db.internal ... password=...`` or ``Authorization: Bearer ...`` was queued and its tag shown back in the answer
 and stored in ``runs.db``; one with ``https://github.com/org/repo/issues?assignee=alice`` or
 ``try the clip-tokenizer v2`` was refused; a backfill whose description held a DSN password was stored.
+
+All nine fixed the same day (fix26b: ``formats.text.credential_name`` / ``tag_holds_credential``, the key/value
+password in ``redact_credentials``, the backfill's title and description, the scrub keeping plain tags;
+``tests/unit/test_fix26b.py``).
 """
 from __future__ import annotations
 
@@ -68,12 +72,6 @@ def _assert_refused_and_absent(home: DataHome, instance: dg.DagsterInstance, run
     assert _holding(home, SECRET) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A tag holding a libpq key/value DSN with its password (host=db.internal dbname=pickapic user=ro "
-    "password=...) is stored in runs.db and shown in the UI: tag_holds_credential only finds a password in a URL, "
-    "though this DSN form is the one the project documents and parses (resources.app_db.config.dsn in that form is "
-    "refused). Expected: refused, nothing stored, as the postgresql:// URL form of the same DSN is"
-))
 def test_a_tag_holding_a_key_value_dsn_with_a_password_is_refused(home_instance) -> None:
     home, instance = home_instance
     for secret_key in ("password", "sslpassword"):
@@ -82,12 +80,6 @@ def test_a_tag_holding_a_key_value_dsn_with_a_password_is_refused(home_instance)
         _assert_refused_and_absent(home, instance, run)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A backfill's title and description (launchPartitionBackfill's title / description, shown on the backfill's "
-    "page) are stored unchecked: add_backfill checks only its run config and tags, so a description such as "
-    "'re-export from postgresql://ro:PASSWORD@db/pickapic' keeps the password in runs.db (bulk_actions). "
-    "Expected: such a backfill refused like one whose tags hold it, nothing stored"
-))
 def test_a_backfill_whose_title_or_description_holds_a_credential_is_refused(home_instance) -> None:
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
@@ -106,12 +98,6 @@ def test_a_backfill_whose_title_or_description_holds_a_credential_is_refused(hom
     assert _holding(home, SECRET) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A tag whose name says it holds a credential keeps its value: {'aws_secret_access_key': SECRET}, "
-    "{'PGPASSWORD': SECRET} and an assignment AWS_SECRET_ACCESS_KEY=SECRET as a tag's value are stored in runs.db "
-    "and shown in the UI, while the option form --s3_secret_access_key=SECRET is refused (a tag is a name=value "
-    "pair: the name is the option's). Expected: refused, nothing stored"
-))
 @pytest.mark.parametrize("tags", [
     {"aws_secret_access_key": SECRET},
     {"PGPASSWORD": SECRET},
@@ -122,11 +108,6 @@ def test_a_tag_named_for_a_credential_is_refused(home_instance, tags) -> None:
     _assert_refused_and_absent(home, instance, dg.DagsterRun(job_name="rebuild_dataset_job", tags=tags))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A token of a kind formats.text already knows (_TOKEN_PREFIXES: ghp_, hf_, glpat-...) is found only as a URL's "
-    "user name: the same token pasted bare as a tag's value, or an 'Authorization: Bearer <token>' header, is "
-    "stored in runs.db and shown in the UI. Expected: refused, nothing stored"
-))
 @pytest.mark.parametrize("value", [
     f"ghp_{SECRET}0123456789abcdefghij",
     f"hf_{SECRET}abcdefghijklmnopqrstu",
@@ -137,12 +118,6 @@ def test_a_bare_token_in_a_tag_is_refused(home_instance, value) -> None:
     _assert_refused_and_absent(home, instance, dg.DagsterRun(job_name="rebuild_dataset_job", tags={"note": value}))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Regression of 40a29df: a URL query parameter carrying a password under a short name (?pass=, ?pw=) is no "
-    "longer refused in a tag (_SECRET_PARAMETER matches 'passw' and 'pwd' only): "
-    "https://api.example/v1/export?user=bob&pass=SECRET is stored in runs.db and shown in the UI, where the "
-    "check before (formats.settings.holds_credential, every query) refused it. Expected: refused, nothing stored"
-))
 @pytest.mark.parametrize("value", [
     f"https://api.example/v1/export?user=bob&pass={SECRET}",
     f"https://api.example/v1/export?user=bob&pw={SECRET}",
@@ -152,12 +127,6 @@ def test_a_short_password_parameter_in_a_tag_is_still_refused(home_instance, val
     _assert_refused_and_absent(home, instance, dg.DagsterRun(job_name="rebuild_dataset_job", tags={"link": value}))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A plain link tag is refused as a credential because a query parameter's NAME merely contains one of "
-    "_SECRET_PARAMETER's words: ?assignee= ('sig'), ?author= ('auth'), a libpq URL's ?target_session_attrs= "
-    "('session'): the run is refused ('the tag ... holds a credential'), the review rev25l false positive again. "
-    "Expected: stored with its tags as given, as https://tracker.example/browse?id=42 is"
-))
 @pytest.mark.parametrize("value", [
     "https://github.com/org/repo/issues?assignee=alice",
     "https://github.com/org/repo/commits/main?author=alice",
@@ -169,12 +138,6 @@ def test_a_link_whose_parameter_name_contains_a_credential_word_is_kept(home_ins
     assert instance.get_run_by_id(run.run_id).tags == {"link": value}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A free-text tag is refused as a credential option when it holds a hyphenated word containing 'token' or "
-    "'secret' followed by another word ('retrain after the clip-tokenizer change', 'see the open-secret-scanning "
-    "alerts'): _secret_options reads 'clip-tokenizer change' as the option -tokenizer with the value 'change'. "
-    "Expected: a label without '--option=value' / '-option value' of a credential is stored as given"
-))
 @pytest.mark.parametrize("value", ["retrain after the clip-tokenizer change", "see the open-secret-scanning alerts"],
                          ids=["tokenizer", "secret-scanning"])
 def test_a_label_with_a_hyphenated_credential_word_is_kept(home_instance, value) -> None:
@@ -183,13 +146,6 @@ def test_a_label_with_a_hyphenated_credential_word_is_kept(home_instance, value)
     assert instance.get_run_by_id(run.run_id).tags == {"note": value}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A run refused at launch for an ordinary reason (publish.keep_versions = 0) has its plain link tags rewritten "
-    "in runs.db by the coordinator's scrub (scrubbed_tags, the broad redact_credentials): "
-    "https://tracker.example/browse?id=42 becomes ...?*** and ssh://git@git.example/... becomes ssh://***@..., "
-    "though the run storage found no credential in them and stored them (README 1a: such a link 'is kept as "
-    "given'; the run's page should show what was launched). Expected: the refused run keeps its tags as launched"
-))
 def test_a_run_refused_for_a_bad_value_keeps_its_plain_link_tags(home_instance) -> None:
     from dagster._core.run_coordinator import SubmitRunContext
 
@@ -205,13 +161,6 @@ def test_a_run_refused_for_a_bad_value_keeps_its_plain_link_tags(home_instance) 
     assert instance.get_run_by_id(run.run_id).tags == tags
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A stage value holding a libpq key/value password is stored in runs.db: app_export.primary_host, documented as "
-    "'the primary's address as its hot standbys' primary_conninfo names it', given as the standby's "
-    "primary_conninfo ('host=10.0.0.5 port=5432 user=replicator password=...') passes "
-    "formats.settings.holds_credential (URLs and --options only). Expected: refused, nothing stored, as a "
-    "password in resources.app_db.config.dsn is"
-))
 def test_a_stage_value_holding_a_key_value_password_is_refused(home_instance) -> None:
     home, instance = home_instance
     run = dg.DagsterRun(job_name="app_export_job", run_config={"ops": {"app_export": {"config": {
