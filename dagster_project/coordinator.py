@@ -97,16 +97,21 @@ def _check_tags(tags: Mapping[str, str] | None) -> None:
     finds (a DSN URL with a password pasted as a tag's value, a libpq ``password=``, a bare token, a key named for a
     credential such as ``aws_secret_access_key``): tags are stored with the run and shown in the UI (review
     rev25j: a refused run kept them). A plain link (a query such as ``?id=42`` or ``?assignee=``, a user name
-    such as ``git@``) is no credential (reviews rev25l, rev26a)."""
+    such as ``git@``) is no credential (reviews rev25l, rev26a). A key that holds one is not quoted (review
+    rev26c)."""
     from formats.settings import quoted
     from formats.text import tag_holds_credential
 
     for key, value in sorted((tags or {}).items(), key=lambda item: str(item[0])):
-        if tag_holds_credential(str(key)) or tag_holds_credential(str(value), key=str(key)):
-            raise ValueError(f"the tag {quoted(key)} holds a credential (a URL's password or token, a query parameter "
-                             "such as token= or sig=, an assignment such as password=... or an option such as "
-                             "--s3_secret_access_key, a bearer or known token, or a value under a name such as "
-                             "aws_secret_access_key; its text is not shown), and tags are stored with the run and "
+        # a key holding a credential itself is not quoted: quoted() hides only what redact_credentials finds, not
+        # a bare token or an assignment (review rev26c)
+        key_holds = tag_holds_credential(str(key))
+        if key_holds or tag_holds_credential(str(value), key=str(key)):
+            tag = "a tag whose key" if key_holds else f"the tag {quoted(key)}"
+            raise ValueError(f"{tag} holds a credential (a URL's password or token, a query parameter such as "
+                             "token= or sig=, a chat webhook's URL, an assignment such as password=... or an option "
+                             "such as --s3_secret_access_key, a bearer or known token, or a value under a name such "
+                             "as aws_secret_access_key; its text is not shown), and tags are stored with the run and "
                              "shown in the UI: launch without it")
 
 

@@ -56,6 +56,7 @@ _CREDENTIAL_WORD = re.compile(r"(?i)secret|token|password|passwd|credential|conn
                               r"private_key")
 _NON_SPACE = re.compile(r"\S+")
 _BLANK = re.compile(r"\s")
+_BLANKS = re.compile(r"\s*+")
 
 
 def _is_word(ch: str) -> bool:
@@ -236,10 +237,22 @@ def redact_credentials(value: str) -> str:
     return value
 
 
-# a URL's user name of this length or more, given without a password, is taken for a token
+# a bearer credential of this length or more is taken for a token
 TOKEN_USER_LENGTH = 16
 # the start of a token given as a URL's user name (GitHub, GitLab, Hugging Face, Slack, OpenAI-style, AWS key ids)
 _TOKEN_PREFIXES = ("ghp_", "gho_", "ghu_", "ghs_", "ghr_", "github_pat_", "glpat-", "hf_", "xox", "sk-", "AKIA", "ASIA")
+# a URL's user name (given without a password) that reads as random (review rev26c: an account or organization
+# name, https://contoso-engineering@dev.azure.com/..., is none): 20 or more letters and digits, both, and nothing
+# else (GitHub's 40 hex digits, an Azure DevOps token), 32 or more letters or digits, or 40 or more of a base64url
+# token's characters mixing upper and lower case and digits
+_RANDOM_USER = re.compile(r"(?=[A-Za-z]*+[0-9])(?=[0-9]*+[A-Za-z])[A-Za-z0-9]{20,}|[A-Za-z0-9]{32,}"
+                          r"|(?=[^A-Z]*+[A-Z])(?=[^a-z]*+[a-z])(?=[^0-9]*+[0-9])[A-Za-z0-9+_\-]{40,}=*")
+
+
+def _token_like_user(user: str) -> bool:
+    """Whether ``user`` (a URL's user name given without a password) looks like a token: one of
+    :data:`_TOKEN_PREFIXES`, or random (:data:`_RANDOM_USER`)."""
+    return user.startswith(_TOKEN_PREFIXES) or _RANDOM_USER.fullmatch(user) is not None
 
 # The words of a name (``X-Amz-Signature``: x, amz, signature; ``access_token``: access, token; ``apiKey``: api,
 # key): runs of letters, split where a lower-case letter meets an upper-case one (``APIKey``: api, key).
@@ -252,7 +265,8 @@ _NAME_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
 _CREDENTIAL_LAST = frozenset({
     "token", "key", "secret", "secrets", "password", "passwords", "passwd", "passphrase", "pass", "pw", "pwd",
     "auth", "authorization", "credential", "credentials", "creds", "sig", "signature", "jwt", "cookie", "apikey",
-    "accesskey", "secretkey", "privatekey", "sessionid", "jsessionid", "phpsessid"})
+    "accesskey", "secretkey", "privatekey", "sessionid", "jsessionid", "phpsessid", "sessionkey", "authkey",
+    "passcode"})
 _CREDENTIAL_ENDINGS = ("token", "secret", "password", "passwd", "apikey", "accesskey", "secretkey", "privatekey",
                        "connectionstring")
 _PLAIN_BEFORE = {
@@ -272,7 +286,19 @@ _REFERENCE_WORDS = frozenset({
     "file", "files", "path", "dir", "folder", "name", "names", "id", "ids", "arn", "ref", "url", "uri", "env", "var",
     "type", "kind", "length", "len", "count", "size", "policy", "reset", "hint", "prompt", "expiry", "expires",
     "expiration", "rotation", "manager", "store", "scanning", "required", "enabled", "mode", "method", "version",
-    "strength", "age", "command", "cmd", "helper", "location"})
+    "strength", "age", "command", "cmd", "helper", "location",
+    # a measure of something named for a credential (review rev26c: token_budget, token_limit, as token_count)
+    "budget", "budgets", "limit", "limits", "quota", "quotas", "max", "min", "total", "usage", "used", "rate",
+    "ratio", "number", "num", "window", "cost", "costs", "stats"})
+# the last words a name may end with that are also plain English (a "QA pass", a "sort key"): a name ending in one
+# holds a credential only where its value looks like one (:func:`_plain_value_at`; review rev26c)
+_WEAK_LAST = frozenset({"pass", "key"})
+# a URL query parameter is also a credential's where it carries a session or an authorization code (review rev26c:
+# ?session_id=, ?sessionId=, ?session=, ?code= of OAuth, ?authkey=, ?passcode=): its last word is a session's, or
+# the words end in session id / session key, or it is a code that authorizes (?code=, ?auth_code=, ?otp_code=)
+_QUERY_SESSION_LAST = frozenset({"session", "sessionid", "sessionkey", "sessid", "authkey", "passcode", "authcode"})
+_QUERY_CODE_BEFORE = frozenset({"auth", "authorization", "oauth", "access", "otp", "mfa", "totp", "verification",
+                                "login", "pass", "invite", "magic"})
 
 
 def credential_name(name: str) -> bool:
@@ -295,12 +321,51 @@ def credential_name(name: str) -> bool:
     return any(first == "connection" and second == "string" for first, second in pairwise(words))
 
 
+def query_credential_name(name: str) -> bool:
+    """Whether ``name``, a URL query parameter's, names a credential: :func:`credential_name`, or a session's or an
+    authorization code's (``session_id``, ``sessionId``, ``session``, ``code``, ``auth_code``, ``authkey``,
+    ``passcode``; not ``target_session_attrs``, ``country_code``, ``id``). Linear in the name's length."""
+    if credential_name(name):
+        return True
+    words = [word.lower() for word in _NAME_WORD.findall(name)]
+    if not words:
+        return False
+    last = words[-1]
+    if last in _QUERY_SESSION_LAST:
+        return True
+    if len(words) > 1 and words[-2] == "session" and last in ("id", "key"):
+        return True
+    return last == "code" and (len(words) == 1 or words[-2] in _QUERY_CODE_BEFORE)
+
+
+def _weak_name(name: str) -> bool:
+    """Whether ``name`` (one :func:`credential_name` takes for a credential's) ends in one of :data:`_WEAK_LAST`."""
+    words = _NAME_WORD.findall(name)
+    return bool(words) and words[-1].lower() in _WEAK_LAST
+
+
 # The patterns of tag_holds_credential. Each may start only where a run of its characters starts (a lookbehind)
 # and takes its runs possessively, so no text is read twice over and the check stays linear in the value's length.
 # An assignment: NAME=value, NAME: value, "NAME": value (libpq's password=..., PGPASSWORD=..., a header
 # Authorization: ..., a query's token=...): the name and the first two characters of its value, looked at but not
-# taken (the value may be an assignment itself: opts=password=...)
-_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.\-])([A-Za-z0-9_.][A-Za-z0-9_.\-]*+)[\"']?+\s*+[=:]\s*+(?=(\S?)(\S?))")
+# taken (the value may be an assignment itself: opts=password=...). A name of two words a blank apart ("sort key:
+# created_at") is read as the two joined (sort_key: review rev26c), the word before taken as group 1.
+_ASSIGNMENT = re.compile(r"(?<![A-Za-z0-9_.\-])(?:([A-Za-z0-9_.][A-Za-z0-9_.\-]*+)[ \t]++)?"
+                         r"([A-Za-z0-9_.][A-Za-z0-9_.\-]*+)[\"']?+\s*+[=:]\s*+(?=(\S?)(\S?))")
+# the start of a further assignment (NAME=, NAME:, "NAME":), where the value of one ends
+_NEXT_ASSIGNMENT = re.compile(r"[A-Za-z0-9_.\-]++[\"']?+[ \t]*+[=:]")
+# a value that is plain text under a weak name (_WEAK_LAST): a short number, a ratio, a version or a time
+# (3/3, 0.95, 12:30), a yes or no
+_PLAIN_VALUE = re.compile(r"(?i)[0-9]{1,3}|[0-9]{1,6}(?:[/.:][0-9]{1,6})++|true|false|yes|no|none|null|ok|n/a|-")
+# a word of letters (dedup, created_at, dry-run)
+_LETTER_WORD = re.compile(r"[A-Za-z]++(?:[_\-][A-Za-z]++)*+")
+# a chat webhook's URL, whose path is its secret (review rev26c: Slack's hooks.slack.com/services/T.../B.../...,
+# Discord's discord.com/api/webhooks/<id>/<token>, Microsoft Teams' ....webhook.office.com/webhookb2/...)
+_SECRET_URL = re.compile(
+    r"(?i)(?<![A-Za-z0-9.\-])(?:hooks\.slack\.com/(?:services|workflows|triggers)/[A-Za-z0-9]++/[A-Za-z0-9]"
+    r"|(?:(?:canary|ptb)\.)?discord(?:app)?\.com/api(?:/v[0-9]++)?/webhooks/[0-9]++/[A-Za-z0-9_\-]"
+    r"|[A-Za-z0-9\-]++\.webhook\.office\.com/webhookb2/[A-Za-z0-9]"
+    r"|outlook\.office(?:365)?+\.com/webhook/[A-Za-z0-9])")
 # an option, '-' or '--' where a word starts (not a hyphen inside a word: clip-tokenizer), then '=' or blanks and
 # a value: its name
 _OPTION = re.compile(r"(?<![A-Za-z0-9_\-])-++([A-Za-z0-9][A-Za-z0-9_\-]*+)(?:=|\s++)(?=\S)")
@@ -347,8 +412,9 @@ def _holds_known_token(value: str) -> bool:
 
 
 def _url_holds_credential(token: str) -> bool:
-    """Whether ``token`` (text without blanks holding '://') holds a URL's password, a token-like user name or a
-    query parameter named for a credential (:func:`credential_name`, its name percent-decoded) with a value."""
+    """Whether ``token`` (text without blanks holding '://') holds a URL's password, a token-like user name
+    (:func:`_token_like_user`) or a query parameter named for a credential (:func:`query_credential_name`, its name
+    percent-decoded) with a value."""
     from urllib.parse import unquote
 
     if _url_password(token) != token:
@@ -358,48 +424,83 @@ def _url_holds_credential(token: str) -> bool:
         if start < done:                # inside a query already read (its parameters were looked at)
             continue
         end = _first_of(token, "/@:'\"?#", sep + 3)
-        if sep + 3 < end < len(token) and token[end] == "@":
-            user = token[sep + 3:end]
-            if len(user) >= TOKEN_USER_LENGTH or user.startswith(_TOKEN_PREFIXES):
-                return True
+        if sep + 3 < end < len(token) and token[end] == "@" and _token_like_user(token[sep + 3:end]):
+            return True
         if stop < sep + 3:
             stop = _first_of(token, "?#'\"", sep + 3)
         if stop < len(token) and token[stop] == "?":
             done = _first_of(token, "#'\"", stop + 1)
             for part in re.split(r"[&;]", token[stop + 1:done]):
                 name, equals, given = part.partition("=")
-                if equals and given and credential_name(unquote(name)):
+                if equals and given and query_credential_name(unquote(name)):
                     return True
     return False
+
+
+def _plain_value_at(value: str, start: int, ends: dict[str, int | bool]) -> bool:
+    """Whether the value at ``value[start:]`` (not blank), given under a weak name (:data:`_WEAK_LAST`), reads as
+    plain text rather than a secret (review rev26c: "QA pass: 3/3", "second pass: dedup only"): its word (to the
+    next blank, quotes and a trailing ``,`` / ``;`` aside) is a short number, a ratio, a version or a yes or no
+    (:data:`_PLAIN_VALUE`), or a word of letters followed by more words that are no assignment. ``ends`` keeps
+    where the last value looked at ends and what follows it, so values sharing an end (``pass:pass:...``) read
+    the text once: linear over all the values of one text."""
+    end = ends.get("end", -1)
+    if end < start:
+        blank = _BLANK.search(value, start)
+        end = len(value) if blank is None else blank.start()
+        ends.clear()
+        ends["end"] = end
+    if end - start > 64:
+        return False
+    word = value[start:end].strip("\"'").rstrip(",;&").strip("\"'")
+    if _PLAIN_VALUE.fullmatch(word):
+        return True
+    if not _LETTER_WORD.fullmatch(word):
+        return False
+    if "prose" not in ends:
+        after = _BLANKS.match(value, end).end()
+        ends["prose"] = (after < len(value) and value[after].isalpha()
+                         and _NEXT_ASSIGNMENT.match(value, after) is None)
+    return bool(ends["prose"])
 
 
 def tag_holds_credential(value: str, key: str | None = None) -> bool:
     """Whether a run tag's value (or its key, given as ``value``) holds a credential, or, with ``key``, whether a
     tag ``key = value`` does: a URL's password (``https://u:PASSWORD@host``); a URL user name that looks like a
-    token (:data:`TOKEN_USER_LENGTH` characters or more, or one of :data:`_TOKEN_PREFIXES`); a URL query parameter
-    named for one (:func:`credential_name`: ``token=``, ``sig=``, ``X-Amz-Signature=``, ``pass=``) with a value;
-    an assignment whose name is one's (libpq's ``password=...``, ``sslpassword=...``, ``PGPASSWORD=...``,
-    ``AWS_SECRET_ACCESS_KEY=...``, ``Authorization: ...``); an option named for one with a value
-    (``--s3_secret_access_key=...``, ``--token abc``; an option starts a word: ``clip-tokenizer`` is none); an HTTP
-    authorization (``Bearer <token>``, ``Basic <base64 of user:password>``); a bare token of a well-known kind
-    (``ghp_...``, ``github_pat_...``, ``glpat-...``, ``hf_...``, ``xoxb-...``, ``sk-...``, ``AKIA...``, a JSON web
-    token); and, with ``key``, a key named for a credential (``aws_secret_access_key``, ``PGPASSWORD``,
-    ``api_token``) with a value that is not blank.
+    token (:func:`_token_like_user`: one of :data:`_TOKEN_PREFIXES`, or random, such as 40 hex digits; not an
+    account's name such as ``contoso-engineering@dev.azure.com``); a URL query parameter named for one
+    (:func:`query_credential_name`: ``token=``, ``sig=``, ``X-Amz-Signature=``, ``pass=``, ``session_id=``,
+    ``code=``) with a value; a chat webhook's URL (:data:`_SECRET_URL`: Slack, Discord, Microsoft Teams); an
+    assignment whose name is one's (libpq's ``password=...``, ``sslpassword=...``, ``PGPASSWORD=...``,
+    ``AWS_SECRET_ACCESS_KEY=...``, ``Authorization: ...``; a name of two words a blank apart read joined, so
+    "sort key: created_at" is ``sort_key``'s); an option named for one with a value (``--s3_secret_access_key=...``,
+    ``--token abc``; an option starts a word: ``clip-tokenizer`` is none); an HTTP authorization (``Bearer
+    <token>``, ``Basic <base64 of user:password>``); a bare token of a well-known kind (``ghp_...``,
+    ``github_pat_...``, ``glpat-...``, ``hf_...``, ``xoxb-...``, ``sk-...``, ``AKIA...``, a JSON web token); and,
+    with ``key``, a key named for a credential (``aws_secret_access_key``, ``PGPASSWORD``, ``api_token``) with a
+    value that is not blank. Under a name whose last word is also plain English (``pass``, ``key``: a ``qa_pass``,
+    "QA pass: 3/3"), a value counts only where it looks like a secret (:func:`_plain_value_at`).
 
     Narrower than :func:`redact_credentials`, which hides every query and every user name: a tag is a label or a
     link a person typed (review rev25l: a tracker link ``https://tracker.example/browse?id=42`` or a git remote
     ``ssh://git@host/repo.git`` refused the run; review rev26a: ``?assignee=``, ``?author=``,
     ``?target_session_attrs=``, "the clip-tokenizer change"). Linear in the value's length."""
-    if key is not None and value.strip() and credential_name(key):
+    if (key is not None and value.strip() and credential_name(key)
+            and not (_weak_name(key) and _plain_value_at(value.strip(), 0, {}))):
         return True
     if "://" in value:
         for match in _NON_SPACE.finditer(value):
             if "://" in match.group() and _url_holds_credential(match.group()):
                 return True
+    if _SECRET_URL.search(value):
+        return True
+    ends: dict[str, int | bool] = {}
     for match in _ASSIGNMENT.finditer(value):
-        first, second = match.group(2), match.group(3)
-        if (first and not (first in "\"'" and second == first) and not _hidden_at(value, match.end())
-                and credential_name(match.group(1))):
+        first, second = match.group(3), match.group(4)
+        if not first or (first in "\"'" and second == first) or _hidden_at(value, match.end()):
+            continue
+        name = match.group(2) if match.group(1) is None else f"{match.group(1)}_{match.group(2)}"
+        if credential_name(name) and not (_weak_name(name) and _plain_value_at(value, match.end(), ends)):
             return True
     if "-" in value and any(credential_name(match.group(1)) and not _hidden_at(value, match.end())
                             for match in _OPTION.finditer(value)):
