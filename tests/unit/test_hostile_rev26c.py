@@ -23,7 +23,8 @@ check more so (8 s at 270 KB), but only on a server message that long, which no 
 (the reason is a server's primary message or libpq's last line): noted, not filed.
 
 What did not hold is below, one strict xfail per defect, most severe first, each assertion stating the correct
-behaviour.
+behaviour. All six fixed the same day (fix26c: ``formats.text.query_credential_name``, webhook URL shapes, plain
+notes under ``pass``/``key``, measure words, random-looking URL users; ``tests/unit/test_fix26c.py``).
 """
 from __future__ import annotations
 
@@ -89,15 +90,6 @@ def _launch_tagged(port: int, tags: dict[str, str]) -> dict:
     return json.loads(body)["data"]["launchRun"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Regression of fix26b (credential_name reads a name by its words): a link's session token or OAuth "
-    "authorization code (?session_id=, ?sessionId=, ?session=, ?code=, ?authkey=, ?passcode=) is no longer taken for "
-    "a credential, so a run tagged with it is stored and its tag shown in the UI (62c89f1 refused every one of "
-    "these: its pattern held session, code, key, passw); 'session_id'/'sessionId' end in the reference word 'id' "
-    "although 'SESSIONID' counts, and 'code', 'authkey', 'sessionkey', 'passcode' are no credential words at all. "
-    "The coordinator's scrub of a run stored whole now keeps such a tag exactly as given (62c89f1 hid every query). "
-    "Expected: refused, nothing stored, as before"
-))
 @pytest.mark.parametrize("value", [
     f"https://app.example/dashboard?session_id={SECRET}",
     f"https://app.example/dashboard?sessionId={SECRET}",
@@ -120,14 +112,6 @@ def test_a_link_holding_a_session_token_or_an_oauth_code_is_refused(home_instanc
     assert _holding(home.dagster_home, SECRET) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A tag whose KEY holds a credential fix26b now finds (a bare ghp_/hf_ token, AWS_SECRET_ACCESS_KEY=..., "
-    "'Authorization: Bearer ...', 'token=...') is refused, but the refusal quotes the key whole: _check_tags says "
-    "\"the tag {quoted(key)} holds a credential\" and quoted() hides only what redact_credentials finds (URL "
-    "credentials, password=, --secret options), none of these. The launchpad's answer (launchRun's PythonError "
-    "message and stack), `dagster job execute`'s error, an Add-tags or backfill refusal all show the token. "
-    "Expected: a refusal never quotes a credential (README section 1a), e.g. the key not shown where it holds one"
-))
 def test_a_refusal_for_a_tag_key_holding_a_token_does_not_quote_it(webserver, home_instance) -> None:
     port, home = webserver
     for key in (f"ghp_{SECRET}0123456789abcdefghij", f"AWS_SECRET_ACCESS_KEY={SECRET}",
@@ -143,13 +127,6 @@ def test_a_refusal_for_a_tag_key_holding_a_token_does_not_quote_it(webserver, ho
     assert SECRET not in str(caught.value)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A chat webhook URL, whose path is its secret (Slack's https://hooks.slack.com/services/T.../B.../<secret>, "
-    "Discord's https://discord.com/api/webhooks/<id>/<token>: anyone holding it can post as the integration), is "
-    "no credential to tag_holds_credential (no password, user, query or known token prefix), so a run tagged with "
-    "where its alerts go is stored with it and shows it in the UI (seen through the webserver: LaunchRunSuccess, the "
-    "URL in runs.db). Expected: refused as a known token kind is, nothing stored"
-))
 @pytest.mark.parametrize("value", [
     f"https://hooks.slack.com/services/T0123ABCD/B0456EFGH/{SECRET}abcdefgh",
     f"https://discord.com/api/webhooks/1234567890123456789/{SECRET}AbCdEfGhIjKlMnOpQrStUvWxYz0123456789-_AbCdEf",
@@ -162,13 +139,6 @@ def test_a_tag_holding_a_chat_webhook_url_is_refused(home_instance, value) -> No
     assert _holding(home.dagster_home, SECRET) == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix26b reads any 'NAME: value' or 'NAME=value' in a tag as an assignment of the last word before ':' or '=', "
-    "so plain English notes are refused as credentials: 'QA pass: 3/3', 'second pass: dedup only' ('pass' is a "
-    "credential word), 'sort key: created_at', 'primary key: id' ('key' alone: the plain_before words sort/primary "
-    "only help when joined by '_'). Seen through the webserver: launchRun with the tag note='QA pass: 3/3' is "
-    "refused, and the UI's Add tags refuses it on a finished run. Expected: stored as given"
-))
 @pytest.mark.parametrize("note", ["QA pass: 3/3", "second pass: dedup only", "sort key: created_at",
                                   "primary key: id"], ids=["qa-pass", "second-pass", "sort-key", "primary-key"])
 def test_a_plain_english_note_is_not_refused(home_instance, note) -> None:
@@ -180,12 +150,6 @@ def test_a_plain_english_note_is_not_refused(home_instance, note) -> None:
     assert instance.get_run_by_id(plain.run_id).tags == {"owner": "alice", "review": note}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A tag KEY is refused with any value once credential_name takes it for a credential's name, and it does for "
-    "ordinary keys: 'qa_pass' (last word 'pass'), 'token_budget' / 'token_limit' (any word ending in 'token' whose "
-    "last word is not a reference word; 'max_tokens' and 'token_count' pass), so a run tagged qa_pass=3/3 or "
-    "token_budget=512 is refused. Expected: stored as given (the values hold no credential)"
-))
 @pytest.mark.parametrize("tags", [{"qa_pass": "3/3"}, {"token_budget": "512"}, {"token_limit": "77"}],
                          ids=["qa_pass", "token_budget", "token_limit"])
 def test_an_ordinary_tag_key_is_not_refused(home_instance, tags) -> None:
@@ -194,13 +158,6 @@ def test_an_ordinary_tag_key_is_not_refused(home_instance, tags) -> None:
     assert instance.get_run_by_id(run.run_id).tags == tags
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A git remote in the HTTPS form Azure DevOps and Bitbucket give to clone (the organization or account as the "
-    "URL's user, no password: https://contoso-engineering@dev.azure.com/contoso-engineering/p/_git/r) is refused "
-    "as a credential once that user name is 16 characters or more (TOKEN_USER_LENGTH), as README section 1a says a "
-    "git remote should not be (ssh://git@host/repo.git is kept). Seen through the webserver: launchRun with the tag "
-    "remote=<that URL> refused. Expected: stored as given (a user name with no password and no token prefix)"
-))
 @pytest.mark.parametrize("value", [
     "https://contoso-engineering@dev.azure.com/contoso-engineering/pickapic/_git/pickapic",
     "https://jonathan-williams@bitbucket.org/acme-research/pickapic.git",
