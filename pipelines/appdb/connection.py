@@ -25,6 +25,7 @@ DSN gives its own) and the server's (:data:`SERVER_KEEPALIVE_SETTINGS`, each unl
 """
 from __future__ import annotations
 
+import bisect
 import os
 import re
 from dataclasses import dataclass
@@ -192,15 +193,25 @@ PREFIX_MIN = 4
 _QUOTE_END = re.compile(r'"(?=$|[\s,.;:)])')
 
 
+_BLANK = re.compile(r"\s")
+
+
 def _password_values(text: str) -> Iterator[tuple[int, int]]:
     """(start, end) of the value after each password key in ``text``: inside a double-quoted name (an odd
     number of '"' before the key), to the quote that closes it; a libpq-quoted value ('...', backslash
     escapes), to its closing quote; else to the next whitespace; the end of the text where nothing ends it."""
+    quotes, counted = 0, 0          # '"' before ``counted``, kept as the keys are found left to right (linear)
+    closes: list[int] | None = None  # where a quoted name may close, found once (a search per key was quadratic)
+    blank = -1
     for match in _PASSWORD_KEY.finditer(text):
         start = match.end()
-        if text.count('"', 0, match.start()) % 2:
-            close = _QUOTE_END.search(text, start)
-            end = close.start() if close else len(text)
+        quotes += text.count('"', counted, match.start())
+        counted = match.start()
+        if quotes % 2:
+            if closes is None:
+                closes = [close.start() for close in _QUOTE_END.finditer(text)]
+            at = bisect.bisect_left(closes, start)
+            end = closes[at] if at < len(closes) else len(text)
         elif text.startswith("'", start):
             end, pos = len(text), start + 1
             while pos < len(text):
@@ -212,8 +223,10 @@ def _password_values(text: str) -> Iterator[tuple[int, int]]:
                     break
                 pos += 1
         else:
-            space = re.compile(r"\s").search(text, start)
-            end = space.start() if space else len(text)
+            if blank < start:       # the keys come left to right: the next blank found is reused while ahead
+                space = _BLANK.search(text, start)
+                blank = space.start() if space else len(text)
+            end = blank
         if end > start:
             yield start, end
 
@@ -240,6 +253,22 @@ def _cut_prefixes(text: str, secret: str) -> Iterator[tuple[int, int]]:
                 break
 
 
+def _within(spans: list[tuple[int, int]]):
+    """A test whether ``(start, end)`` lies inside one of ``spans``: the spans sorted by start, with the largest end
+    reached so far, so each test is a bisection (the spans x occurrences scan was quadratic on a long message)."""
+    from itertools import accumulate
+
+    ordered = sorted(spans)
+    starts = [s for s, _ in ordered]
+    reach = list(accumulate((e for _, e in ordered), max))
+
+    def inside(start: int, end: int) -> bool:
+        at = bisect.bisect_right(starts, start)
+        return at > 0 and reach[at - 1] >= end
+
+    return inside
+
+
 def redact(text: str, dsn: str) -> str:
     """``text`` with every password text replaced by ``***`` (a run of hidden characters: one ``***``),
     except an occurrence that lies inside an occurrence of one of the connection's non-secret names
@@ -264,8 +293,9 @@ def redact(text: str, dsn: str) -> str:
         for start, end in _cut_prefixes(text, secret):
             (placed if _after_password_place(text, start) else found).append((start, end))
     hidden = bytearray(len(text))
+    inside = _within(spans)
     for start, end in found:
-        if not any(s <= start and end <= e for s, e in spans):
+        if not inside(start, end):
             hidden[start:end] = b"\x01" * (end - start)
     for start, end in placed:
         hidden[start:end] = b"\x01" * (end - start)
