@@ -14,6 +14,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 
+# The home's owner in tests where a forked child becomes another account (setuid without exec): the kernel checks
+# ids alone, so it needs no entry in /etc/passwd (an image may have no `daemon` account); nobody's is not it.
+OWNER_UID = OWNER_GID = 64999
+
+
 def _as_nobody(command: list[str], timeout: int) -> subprocess.CompletedProcess:
     """Run ``command`` as the ``nobody`` account: the child drops root's uid, gid and supplementary groups
     itself before exec (``subprocess``'s ``user``/``group``/``extra_groups``), so the kernel checks the
