@@ -1,5 +1,6 @@
-"""A file rewritten in place with its mtime put back (``cp -p``, ``rsync -t --inplace``, ``touch -r``), for tests of
-the identities the pipeline's caches keep (size, mtime, inode and ctime).
+"""Files changed as later writes change them, for tests of the identities the pipeline's caches and build stamp keep
+(size, mtime, inode, ctime): a rewrite in place with the mtime put back (``cp -p``, ``rsync -t --inplace``,
+``touch -r``), and a plain rewrite of the same size.
 
 Such a rewrite keeps the inode, the size and the mtime; only the ctime moves. Where the kernel keeps coarse
 timestamps (before Linux 6.13, and on file systems without fine-grained ones), a ctime is the clock's last tick
@@ -31,3 +32,16 @@ def rewrite_in_place(path: Path, data: bytes, before: os.stat_result | None = No
     after = os.stat(path)
     assert (after.st_ino, after.st_size, after.st_mtime_ns) == (before.st_ino, before.st_size, before.st_mtime_ns)
     return before
+
+
+def overwrite(path: Path, data: bytes) -> None:
+    """``path.write_bytes(data)`` (same inode), with an mtime later than the one it had: a rewrite of the same size
+    within the clock tick of the last write keeps the mtime and ctime on a kernel with coarse timestamps (see above),
+    where no later write does."""
+    before = os.stat(path)
+    path.write_bytes(data)
+    deadline = time.monotonic() + 5
+    while os.stat(path).st_mtime_ns == before.st_mtime_ns:     # within the tick of its last write
+        assert time.monotonic() < deadline, f"the mtime of {path} does not move"
+        time.sleep(0.001)
+        os.utime(path)
