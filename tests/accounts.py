@@ -1,11 +1,22 @@
-"""Reading a file as another account: what an analyst or the training job's user would see."""
+"""Reading a file as another account: what an analyst or the training job's user would see; running code
+without root's privileges; an immutable file where the machine allows one."""
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
 import os
+import pickle
 import pwd
 import stat
 import subprocess
 from pathlib import Path
+from typing import Any, Callable
+
+
+# The home's owner in tests where a forked child becomes another account (setuid without exec): the kernel checks
+# ids alone, so it needs no entry in /etc/passwd (an image may have no `daemon` account); nobody's is not it.
+OWNER_UID = OWNER_GID = 64999
 
 
 def _as_nobody(command: list[str], timeout: int) -> subprocess.CompletedProcess:
@@ -15,7 +26,8 @@ def _as_nobody(command: list[str], timeout: int) -> subprocess.CompletedProcess:
     without ``/etc/pam.d``)."""
     account = pwd.getpwnam("nobody")
     return subprocess.run(command, capture_output=True, timeout=timeout, user=account.pw_uid,
-                          group=account.pw_gid, extra_groups=[], cwd="/")
+                          group=account.pw_gid, extra_groups=[], cwd="/",
+                          env={**os.environ, "LC_ALL": "C"})   # the messages read below are the C locale's
 
 
 def read_as_other_account(path: Path) -> bytes | None:
@@ -40,3 +52,109 @@ def unreadable_by_other_account(folder: Path) -> list[Path]:
     done = _as_nobody(["find", str(folder), "-type", "f", "!", "-readable"], timeout=120)
     denied = [line for line in done.stderr.decode().splitlines() if "Permission denied" in line]
     return [Path(line) for line in done.stdout.decode().splitlines()] + [Path(line) for line in denied]
+
+
+# --------------------------------------------------------------------------- root without its privileges
+_CAPABILITY_VERSION_3 = 0x20080522      # <linux/capability.h>: two 32-bit words per set
+
+
+def _drop_capabilities() -> None:
+    """Empty this process's effective, permitted and inheritable capability sets (``capset``; any process may
+    drop its own). Root then meets file modes as every other account does: no CAP_DAC_OVERRIDE, CAP_FOWNER..."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    header = (ctypes.c_uint32 * 2)(_CAPABILITY_VERSION_3, 0)
+    sets = (ctypes.c_uint32 * 6)()
+    if libc.capset(header, sets) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), "capset")
+
+
+def without_privileges(fn: Callable[[], Any]) -> tuple[str, Any]:
+    """``fn()`` in a forked child that dropped every capability, as the same account: ('ok', its result) or
+    ('raised', 'Type: message'). For root this is the machine-independent way to meet a folder it may not
+    change (a mode without write permission), which ``chattr +i`` gives only with CAP_LINUX_IMMUTABLE (not
+    granted in a default container) on a file system that keeps the flag; for any other account it changes
+    nothing."""
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:   # pragma: no cover - the child
+        os.close(read_end)
+        try:
+            _drop_capabilities()
+            out: tuple[str, Any] = ("ok", fn())
+        except BaseException as exc:   # noqa: BLE001 - reported to the parent
+            out = ("raised", f"{type(exc).__name__}: {exc}")
+        try:
+            data = pickle.dumps(out)
+        except Exception as exc:   # noqa: BLE001 - an answer that does not pickle is reported too
+            data = pickle.dumps(("raised", f"unpicklable answer: {exc}"))
+        with os.fdopen(write_end, "wb") as pipe:
+            pipe.write(data)
+        os._exit(0)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    return pickle.loads(data) if data else ("raised", "the child died without an answer")
+
+
+# --------------------------------------------------------------------------- immutable files
+FS_IOC_GETFLAGS = 0x80086601    # <linux/fs.h>
+FS_IOC_SETFLAGS = 0x40086602
+FS_IMMUTABLE_FL = 0x10
+
+
+def _set_flags(path: Path, change: Callable[[int], int]) -> None:
+    import array
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW)
+    try:
+        flags = array.array("i", [0])
+        fcntl.ioctl(fd, FS_IOC_GETFLAGS, flags, True)
+        flags[0] = change(flags[0])
+        fcntl.ioctl(fd, FS_IOC_SETFLAGS, flags, False)
+    finally:
+        os.close(fd)
+
+
+def make_immutable(path: Path) -> bool:
+    """Set ``path``'s immutable flag (what ``chattr +i`` does); False, with nothing changed, where this machine
+    refuses it: an account without CAP_LINUX_IMMUTABLE (any but root, and root in a default container) or a
+    file system without such flags. A test that needs the flag then has the kernel's answer stand in for it
+    (:func:`reported_immutable`), so what it checks does not depend on the machine."""
+    try:
+        _set_flags(path, lambda flags: flags | FS_IMMUTABLE_FL)
+    except OSError as exc:
+        if exc.errno in (errno.EPERM, errno.EACCES, errno.ENOTTY, errno.EOPNOTSUPP, errno.EINVAL):
+            return False
+        raise
+    return True
+
+
+def clear_immutable(*paths: Path) -> None:
+    """Clear the immutable flag of each of ``paths`` that exists and has it (a test's clean-up)."""
+    for path in paths:
+        try:
+            _set_flags(path, lambda flags: flags & ~FS_IMMUTABLE_FL)
+        except OSError:
+            pass
+
+
+def reported_immutable(monkeypatch: Any, *paths: Path) -> None:
+    """Answer ``FS_IOC_GETFLAGS`` for ``paths`` (same device and inode) with the immutable flag set, for the rest
+    of the test: what the kernel answers for a file :func:`make_immutable` could not pin on this machine. Forked
+    children inherit it."""
+    import array
+
+    pinned = {(os.lstat(p).st_dev, os.lstat(p).st_ino) for p in paths}
+    real = fcntl.ioctl
+
+    def ioctl(fd: Any, request: int, arg: Any = 0, mutate_flag: bool = True) -> Any:
+        if request == FS_IOC_GETFLAGS and isinstance(arg, array.array):
+            info = os.fstat(fd if isinstance(fd, int) else fd.fileno())
+            if (info.st_dev, info.st_ino) in pinned:
+                arg[0] = FS_IMMUTABLE_FL
+                return 0
+        return real(fd, request, arg, mutate_flag)
+
+    monkeypatch.setattr(fcntl, "ioctl", ioctl)

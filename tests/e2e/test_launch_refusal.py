@@ -22,7 +22,7 @@ import pytest
 from dagster_project.build import use_home
 from dagster_project.coordinator import DAGSTER_YAML, OLD_DAGSTER_YAMLS
 from formats.home import DataHome
-from tests.e2e.test_serve import _free_port, _graphql
+from tests.e2e.test_serve import LOCAL, _free_port, _graphql
 
 LAUNCH = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
   ... on LaunchRunSuccess { run { runId status } }
@@ -37,7 +37,7 @@ def _launch(port: int, run_config: dict) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with LOCAL.open(request, timeout=60) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:       # the webserver answers a PythonError with status 500
         body = exc.read()

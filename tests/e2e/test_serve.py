@@ -38,10 +38,15 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# The tests' requests to a webserver on this machine: never through a proxy the environment names (urllib sends
+# even a request for 127.0.0.1 to $http_proxy unless $no_proxy lists it, and a CI machine may set one).
+LOCAL = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _graphql(port: int, query: str) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10) as response:
+    with LOCAL.open(request, timeout=10) as response:
         return json.loads(response.read())
 
 

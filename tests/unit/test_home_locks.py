@@ -195,14 +195,18 @@ def test_a_second_publish_waits_for_the_first_and_says_so(tmp_path):
     from pipelines.publish.versions import publish_lock, publish_lock_file
 
     home = DataHome(tmp_path / "home")
-    held, done = tmp_path / "held", tmp_path / "done"
+    held, release, done = tmp_path / "held", tmp_path / "release", tmp_path / "done"
+    # the holder keeps the lock until the test says "release" (not for a fixed time: on a loaded machine the
+    # second publish might only ask after a timed holder had gone, and then it never waits)
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import pathlib, time
         from formats.home import DataHome
         from pipelines.publish.versions import publish_lock
         with publish_lock(DataHome(pathlib.Path({str(home.root)!r}))):
             pathlib.Path({str(held)!r}).touch()
-            time.sleep(1.5)
+            deadline = time.monotonic() + 120
+            while not pathlib.Path({str(release)!r}).exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
             pathlib.Path({str(done)!r}).touch()       # the last thing it does while holding the lock
         """)], cwd=os.getcwd())
     try:
@@ -211,10 +215,16 @@ def test_a_second_publish_waits_for_the_first_and_says_so(tmp_path):
             assert holder.poll() is None and time.monotonic() < deadline, "the first publisher never took the lock"
             time.sleep(0.02)
         said: list[str] = []
-        with publish_lock(home, log=said.append):
+
+        def log(message: str) -> None:
+            said.append(message)
+            release.touch()                             # told to wait: now the holder may let go
+
+        with publish_lock(home, log=log):
             assert done.exists()                        # granted only once the holder let go
             assert publish_lock_file(home).read_text() == f"{os.getpid()}\n"
     finally:
+        release.touch()
         holder.wait(timeout=60)
     assert said[0] == f"waiting for another publish on this home (pid {holder.pid} holds {publish_lock_file(home)})"
     assert said[1].startswith("publish lock taken after ")

@@ -25,6 +25,7 @@ from pipelines import faults
 from pipelines.publish import jpgdigests
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
+from tests.inplace import rewrite_in_place
 
 DAYS = 4
 CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
@@ -179,9 +180,7 @@ def test_the_jpeg_digest_cache_never_changes_a_published_byte(tmp_path: Path) ->
     before = os.stat(blob)
     data = bytearray(blob.read_bytes())
     data[200] ^= 0xFF
-    with open(blob, "r+b") as handle:                     # in place: same inode, same size
-        handle.write(data)
-    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rewrite_in_place(blob, bytes(data), before)           # in place: same inode, same size, mtime put back
 
     with_cache = publish_until(home, full)
     cached_version, cached_mismatches = with_cache.version, _digest_mismatches(with_cache.path)

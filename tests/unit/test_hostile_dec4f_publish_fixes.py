@@ -76,6 +76,12 @@ def test_a_publish_waits_for_one_holding_the_lock_at_its_old_path(tmp_path: Path
         fcntl.flock(old.fileno(), fcntl.LOCK_EX)
         thread = threading.Thread(target=publish, daemon=True)
         thread.start()
+        # until the new publish says it waits (or, wrongly, takes its lock), not a fixed time: a loaded machine may
+        # need that long just to start the thread, and with the old lock let go first it would never wait; then
+        # as long again to see that it does not take its lock all the same
+        for _ in range(6000):
+            if messages or entered.wait(0.01):
+                break
         entered.wait(1.5)
         taken = entered.is_set()
     thread.join(10)

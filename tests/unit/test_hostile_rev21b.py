@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import os
 import time
 
 import dagster as dg
@@ -46,6 +45,7 @@ from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from formats.home import DataHome
 from formats.settings import SettingsError
+from tests.inplace import rewrite_in_place
 from tests.unit.test_automation import (  # noqa: F401 - fixtures
     DAYS,
     _land_day,
@@ -239,9 +239,7 @@ def test_a_raw_file_rewritten_in_place_with_its_mtime_put_back_is_stale(fast_tmp
     before, old = path.stat(), path.read_bytes()
     new = gzip.compress(b'{"user_id": 2}\n', mtime=0)
     assert len(new) == len(old) and new != old
-    with open(path, "r+b") as handle:            # cp -p over the file: same inode, other bytes, same size
-        handle.write(new)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))   # ... and the source's mtime, as cp -p sets it
+    rewrite_in_place(path, new, before)          # cp -p over the file: same inode, other bytes, same size, its mtime
     plan = _plan(home, instance)
     assert [run.partition for run in plan.runs][:1] == [day], plan.describe()
 

@@ -44,7 +44,6 @@ What held up:
 from __future__ import annotations
 
 import gzip
-import os
 
 import dagster as dg
 import pytest
@@ -55,6 +54,7 @@ from dagster_project.definitions import defs
 from dagster_project.staleness import DATA_VERSION_TAG
 from formats.home import DataHome
 from pipelines.appdb.export import raw_day_counts
+from tests.inplace import rewrite_in_place
 from tests.unit.test_automation import DAYS, _land_day, _plan, _pretend_built, home, instance  # noqa: F401 - fixtures
 from tests.unit.test_hostile_rev21b import GLOBAL_ASSETS, _raw_sensor_skips, _sensor_requests
 
@@ -141,10 +141,7 @@ def test_raw_day_counts_see_a_file_rewritten_in_place_with_its_mtime_put_back(fa
     assert len(old) == len(new)
     path.write_bytes(old)
     assert raw_day_counts(home, day)["users"] == (2, 20)
-    before = path.stat()
-    with open(path, "r+b") as handle:            # cp -p over the file: same inode, other bytes, same size
-        handle.write(new)
-    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rewrite_in_place(path, new)                  # cp -p over the file: same inode, other bytes, same size
     assert raw_day_counts(home, day)["users"] == (3, 2)
 
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 
 from formats import dataset
+from tests.accounts import OWNER_GID, OWNER_UID
 from tests.unit.test_publish_fixtures import make_home
 
 
@@ -127,7 +128,7 @@ def test_a_members_settings_write_never_locks_the_owner_out_of_a_secret_holding_
     from formats.settings import SETTINGS_FILE, load, write_settings
 
     member = pwd.getpwnam("nobody")
-    owner = pwd.getpwnam("daemon")
+    owner = pwd.struct_passwd(("owner", "x", OWNER_UID, OWNER_GID, "", "/", "/bin/sh"))   # an id, not a `daemon`
     group = member.pw_gid
     home = world / "home"
     home.mkdir()

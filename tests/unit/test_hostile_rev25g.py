@@ -92,7 +92,10 @@ def test_a_members_crashed_staging_does_not_block_the_owners_publish(world) -> N
     from pipelines.publish.versions import open_staging
     from tests.unit.test_publish_fixtures import make_home
 
-    owner, member = pwd.getpwnam("daemon"), pwd.getpwnam("nobody")
+    from tests.accounts import OWNER_GID, OWNER_UID
+
+    member = pwd.getpwnam("nobody")
+    owner = pwd.struct_passwd(("owner", "x", OWNER_UID, OWNER_GID, "", "/", "/bin/sh"))   # an id, not a `daemon`
     group = member.pw_gid
     old = os.umask(0o002)
     try:

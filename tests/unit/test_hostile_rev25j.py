@@ -29,6 +29,7 @@ import dagster as dg
 import pytest
 
 from tests.e2e.test_launch_refusal import _launch, webserver  # noqa: F401 - the fixture
+from tests.e2e.test_serve import LOCAL
 
 LAUNCH_TAGGED = """mutation($params: ExecutionParams!) { launchRun(executionParams: $params) { __typename
   ... on LaunchRunSuccess { run { runId status } }
@@ -120,7 +121,7 @@ def _launch_tagged(port: int, run_config: dict, tags: dict[str, str]) -> dict:
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with LOCAL.open(request, timeout=60) as response:
             body = response.read()
     except urllib.error.HTTPError as exc:
         body = exc.read()
@@ -214,7 +215,7 @@ def test_a_backfill_with_a_password_in_its_run_config_leaves_none_in_the_run_sto
     request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=body,
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with LOCAL.open(request, timeout=60) as response:
             answer = json.loads(response.read())
     except urllib.error.HTTPError as exc:
         answer = json.loads(exc.read())

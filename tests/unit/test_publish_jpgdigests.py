@@ -19,6 +19,7 @@ import pytest
 from formats.home import DataHome
 from pipelines.publish import jpgdigests, shards
 from pipelines.publish.chunkwriter import ChunkWriter
+from tests.inplace import rewrite_in_place
 
 KEYS = [f"blobs/train/{i:02d}.jpg" for i in range(6)]
 
@@ -64,10 +65,7 @@ def test_a_jpeg_rewritten_in_place_with_its_mtime_put_back_is_hashed_again(tmp_p
     home = _home(tmp_path / "h")
     _index(home)
     blob = home.root / KEYS[3]
-    before = os.stat(blob)
-    with open(blob, "r+b") as handle:      # same inode, same size
-        handle.write(b"\xff" * 10)
-    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rewrite_in_place(blob, b"\xff" * 10)   # same inode, same size, mtime put back: only the ctime moved
     index = _index(home)
     assert index.hashed == 1 and index.sha256.to_pylist() == _truth(home)
 
@@ -238,10 +236,7 @@ def test_the_writer_copies_a_jpeg_only_while_it_is_the_file_that_was_hashed(tmp_
     blob = home.root / KEYS[1]
     assert _read(home, KEYS[1], index.identities[1].tolist()) == blob.stat().st_size
 
-    before = os.stat(blob)
-    with open(blob, "r+b") as handle:           # in place, mtime put back: only the ctime moved
-        handle.write(b"\xfe")
-    os.utime(blob, ns=(before.st_atime_ns, before.st_mtime_ns))
+    rewrite_in_place(blob, b"\xfe")              # in place, mtime put back: only the ctime moved
     with pytest.raises(shards.JpgChangedError, match=f"sample-1.*{KEYS[1]}.*changed during the publish"):
         _read(home, KEYS[1], index.identities[1].tolist())
 

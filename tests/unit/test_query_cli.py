@@ -234,7 +234,12 @@ def test_memory_limit_and_private_spill_folder(built, tmp_path: Path, monkeypatc
     code, _, err = _run(home, "SELECT list(range) AS l FROM range(60000000)",
                         limits=query.QueryLimits(memory_limit="64MB", spill_limit="64MB"))
     assert code == 1 and "Out of Memory" in err and "--memory-limit 64MB" in err, err
-    # a sort larger than the memory limit spills to the private folder and finishes
+    # a sort larger than the memory limit spills to the private folder and finishes. On DuckDB's 2 threads of a
+    # 2-core machine: each thread pins blocks of its own, and the 16 threads of a 16-core one run out of 48 MB
+    # before they spill (an "Out of Memory" that names --memory-limit), so the test sets the thread count
+    real_connect = duckdb.connect
+    monkeypatch.setattr(duckdb, "connect", lambda *a, config=None, **k: real_connect(*a, config={**(config or {}),
+                                                                                                 "threads": 2}, **k))
     code, out, err = _run(home, "SELECT sum(r * i) AS s FROM (SELECT range AS r, row_number() OVER (ORDER BY hash(range)) AS i "
                                 "FROM range(3000000))", fmt="json", limits=query.QueryLimits(memory_limit="48MB"))
     assert code == 0, err

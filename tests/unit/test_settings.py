@@ -114,9 +114,9 @@ def test_one_nsfw_threshold_and_class_list_below_nudenet_cutoff_refused():
 
 def test_write_keeps_comments_validates_and_honours_the_umask(tmp_path):
     path = settings_path(tmp_path)
-    path.write_text("# my notes\n[splits]\nheldout_fraction = 0.2  # tuned by hand\n")
     old = os.umask(0o022)
-    try:
+    try:    # the hand-made file too: a rewrite keeps its owner's mode, which the test's umask must not decide
+        path.write_text("# my notes\n[splits]\nheldout_fraction = 0.2  # tuned by hand\n")
         write_settings(tmp_path, {"splits.unique_prompts": 100, "train.max_steps": 30})
     finally:
         os.umask(old)
