@@ -13,7 +13,6 @@ import subprocess
 from pathlib import Path
 from typing import Any, Callable
 
-
 # The home's owner in tests where a forked child becomes another account (setuid without exec): the kernel checks
 # ids alone, so it needs no entry in /etc/passwd (an image may have no `daemon` account); nobody's is not it.
 OWNER_UID = OWNER_GID = 64999

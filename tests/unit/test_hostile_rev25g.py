@@ -90,9 +90,8 @@ def test_a_members_crashed_staging_does_not_block_the_owners_publish(world) -> N
     from pipelines.publish.config import PublishConfig
     from pipelines.publish.version import publish_dataset
     from pipelines.publish.versions import open_staging
-    from tests.unit.test_publish_fixtures import make_home
-
     from tests.accounts import OWNER_GID, OWNER_UID
+    from tests.unit.test_publish_fixtures import make_home
 
     member = pwd.getpwnam("nobody")
     owner = pwd.struct_passwd(("owner", "x", OWNER_UID, OWNER_GID, "", "/", "/bin/sh"))   # an id, not a `daemon`
