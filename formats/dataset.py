@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import fnmatch
 import glob
 import hashlib
@@ -28,7 +29,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
@@ -445,6 +446,111 @@ def home_of(version_dir: str | os.PathLike) -> Path | None:
     if path.parent.name == "pickapic" and path.parent.parent.name == "datasets" and path.is_absolute():
         return path.parents[2]
     return None
+
+
+# --------------------------------------------------------------------------- readers' locks on a version
+# A reader of a version holds a shared ``flock`` on the version's folder itself for as long as it reads (the
+# trainer, the evaluation and the leaderboard, ``pickapic query`` and ``pickapic export``); the publish's
+# retention takes an exclusive one, without waiting, on each version it would delete, keeps one a reader holds
+# (deleted by a later publish once free) and renames the version out of the way with the lock held. The folder
+# is opened read-only (O_RDONLY | O_DIRECTORY): no file is written into the version and any account that may
+# read the dataset may hold it, as `flock -s DATASET/VERSION cmd` does for a tool of its own.
+READ_TRIES = 5       # `latest` resolved again this many times where the version it named was deleted meanwhile
+
+
+class VersionGone(FileNotFoundError):
+    """The version a reader resolved was deleted (by the publish's retention) or moved before the reader held it:
+    nothing was read from it."""
+
+
+def _gone(path: Path, via_latest: bool, tries: int = 1) -> VersionGone:
+    if via_latest:
+        return VersionGone(f"dataset version {path.name} ({path}), which `latest` named, was deleted by the publish's "
+                           f"retention (publish.keep_versions) before it could be read"
+                           f"{f' ({tries} tries)' if tries > 1 else ''}: nothing was read from it; read "
+                           f"`latest` again")
+    return VersionGone(f"dataset version {path.name} ({path}) was deleted (the publish's retention, "
+                       f"publish.keep_versions) or moved before it could be read: nothing was read from it; read "
+                       f"`latest` or a version that is there (available: "
+                       f"{', '.join(_versions_beside(path)) or 'none'})")
+
+
+def _versions_beside(path: Path) -> list[str]:
+    try:
+        return sorted(entry.name for entry in os.scandir(path.parent)
+                      if VERSION_NAME.fullmatch(entry.name) and entry.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+
+
+def hold_for_reading(path: str | os.PathLike) -> int | None:
+    """Take a shared ``flock`` on the version folder ``path`` (a real folder, links resolved) for reading it;
+    return the descriptor that holds it (closing it releases the lock), or None where this file system has no
+    ``flock`` on folders (some NFS and FUSE mounts: the folder is read unlocked, as before) or the folder cannot
+    be opened though it is there (EACCES). Waits only while retention deletes that very version (it never waits
+    for a reader). :class:`VersionGone` when the folder is not at ``path`` once the lock is held: retention
+    renamed it out of the way with its lock held, so a reader never starts on a half-removed version."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        raise _gone(path, False) from None
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        except OSError:          # ENOLCK, EOPNOTSUPP, EBADF, EINVAL: no flock on folders here
+            os.close(fd)
+            return None
+        held = os.fstat(fd)
+        try:
+            there = os.stat(path, follow_symlinks=False)
+        except OSError:
+            there = None
+        if there is None or (there.st_dev, there.st_ino) != (held.st_dev, held.st_ino):
+            raise _gone(path, False)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextlib.contextmanager
+def reading_resolved(resolve: Callable[[], Path], via_latest: bool) -> Iterator[Path]:
+    """Hold the version ``resolve()`` names for reading (:func:`hold_for_reading`); where it was deleted between
+    the two and ``via_latest``, resolve again (`latest` moved on), at most :data:`READ_TRIES` times."""
+    for tries in range(1, READ_TRIES + 1):
+        path = resolve()
+        try:
+            fd = hold_for_reading(path)
+            break
+        except VersionGone:
+            if not via_latest:
+                raise
+            if tries == READ_TRIES:
+                raise _gone(path, True, tries) from None
+    try:
+        yield path
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def reading_version(home: DataHome, version: str | None = None) -> contextlib.AbstractContextManager[Path]:
+    """:func:`resolve_version`, held for reading until the ``with`` block ends: a shared lock on the version's
+    folder that the publish's retention respects (it keeps the version). ``latest`` (``version`` None) is
+    resolved to its version first and that is locked; one deleted in between is resolved again."""
+    return reading_resolved(lambda: resolve_version(home, version), version is None)
+
+
+def reading_data_dir(data_dir: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:
+    """:func:`resolve_data_dir`, held for reading until the ``with`` block ends (:func:`reading_version`): a
+    ``data_dir`` that reaches its version through ``latest`` is resolved again where that version was deleted
+    before it was locked; a version folder given itself gives :class:`VersionGone`."""
+    given = Path(data_dir).expanduser()
+    via_latest = os.path.islink(given) or (not (given / "train").is_dir() and (given / LATEST).exists())
+    return reading_resolved(lambda: resolve_data_dir(data_dir), via_latest)
 
 
 # --------------------------------------------------------------------------- splits

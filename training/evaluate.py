@@ -196,6 +196,17 @@ def evaluate_model(model_dir: str | os.PathLike, data_dir: str | os.PathLike,
     The model is loaded by ``training.scoring.Scorer``, the API ``pickapic score`` / ``rerank`` use, so the
     evaluation asset and the scoring commands read a checkpoint the same way (and refuse the same folders).
     """
+    # the version is read under a shared lock on its folder (the publish's retention keeps it meanwhile), and
+    # resolved once: a `latest` that moves meanwhile does not mix two versions in one evaluation
+    with dataset.reading_data_dir(data_dir) as version_dir:
+        return _evaluate_model(model_dir, version_dir, split_for_threshold, split, ground_truth=ground_truth,
+                               include_untrained=include_untrained, batch_size=batch_size, num_workers=num_workers,
+                               device=device)
+
+
+def _evaluate_model(model_dir: str | os.PathLike, data_dir: Path, split_for_threshold: str, split: str, *,
+                    ground_truth: str | os.PathLike | None, include_untrained: bool, batch_size: int,
+                    num_workers: int, device: str) -> EvalResult:
     from training.scoring import Scorer  # scoring imports this module
 
     scorer = Scorer(model_dir, device=device)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from formats import dataset
 from training.config import recorded_max_length
 from training.device import cpu_threads, resolve_device
 from training.evaluate import score_split
@@ -197,6 +198,16 @@ def generator_leaderboard(data_dir: str | os.PathLike, model_dir: str | os.PathL
                           device: str = "auto") -> LeaderboardResult:
     """Leaderboard over the held-out ``splits`` of ``data_dir``, scored by the model in ``model_dir`` (captions
     truncated as :class:`training.scoring.Scorer` does: to the run's recorded ``max_length`` for a run's checkpoint)."""
+    # the version is read under a shared lock on its folder (the publish's retention keeps it meanwhile), and
+    # resolved once: every split from the same version
+    with dataset.reading_data_dir(data_dir) as version_dir:
+        return _generator_leaderboard(version_dir, model_dir, ground_truth_models_json, splits, chart_path,
+                                      scorer_threshold, batch_size, num_workers, device)
+
+
+def _generator_leaderboard(data_dir: Path, model_dir: str | os.PathLike, ground_truth_models_json: Path | None,
+                           splits: tuple[str, ...], chart_path: Path | None, scorer_threshold: float,
+                           batch_size: int, num_workers: int, device: str) -> LeaderboardResult:
     max_length = recorded_max_length(model_dir)
     clip, processor = load_model(model_dir)
     dev = resolve_device(device)

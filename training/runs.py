@@ -679,18 +679,19 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
         elif progress is not None and event.get("event") == "restart":   # a diverged run trained over
             progress(str(event["message"]))
 
-    if config.output_dir:
-        version_dir = latest_version_dir(home)
-        config = config.replace(data_dir=config.data_dir or str(version_dir))
-        return TrainedLatest(version_dir, config, train(config, on_event=on_event))
-    with _runs_lock(home, progress):   # `latest` read with the lock held: no retention between it and the record
-        version_dir = latest_version_dir(home)
-        config = config.replace(data_dir=config.data_dir or str(version_dir),
-                                output_dir=str(run_dir(home, version_dir)))
-        problem = _record_run(home, version_dir.name)
-        if problem and progress is not None:
-            progress(problem)
-        result = train(config, on_event=on_event)
+    with contextlib.ExitStack() as reading:
+        if config.output_dir:
+            version_dir = _latest_to_read(home, config, reading)
+            config = config.replace(data_dir=config.data_dir or str(version_dir))
+            return TrainedLatest(version_dir, config, train(config, on_event=on_event))
+        with _runs_lock(home, progress):   # `latest` read with the lock held: no retention between it and the record
+            version_dir = _latest_to_read(home, config, reading)
+            config = config.replace(data_dir=config.data_dir or str(version_dir),
+                                    output_dir=str(run_dir(home, version_dir)))
+            problem = _record_run(home, version_dir.name)
+            if problem and progress is not None:
+                progress(problem)
+            result = train(config, on_event=on_event)
     try:   # retention protects `latest`'s run itself, read with the runs lock held (it may have moved meanwhile)
         retention = apply_run_retention(home, keep_runs, {version_dir.name})
     except (OSError, LockFileRefused, RecursionError) as exc:   # the training succeeded: this fails nothing
@@ -702,6 +703,15 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
         for name, why in retention.left.items():
             progress(why if name in ("*", "record") else f"model run {name}: {why}")
     return TrainedLatest(version_dir, config, result, retention)
+
+
+def _latest_to_read(home: DataHome, config: "TrainConfig", reading: contextlib.ExitStack) -> Path:
+    """`latest`'s version (:func:`latest_version_dir`); where the training reads it (``config`` names no
+    ``data_dir``) it is held for reading from now on (:func:`formats.dataset.reading_resolved`, until ``reading``
+    closes): the publish's retention keeps it, and one it deleted between the two is resolved again."""
+    if config.data_dir:
+        return latest_version_dir(home)
+    return reading.enter_context(dataset.reading_resolved(lambda: latest_version_dir(home), True))
 
 
 def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalResult", Path]:

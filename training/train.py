@@ -600,7 +600,14 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     if config.batch_size % world:
         raise ValueError(f"batch_size={config.batch_size} is not divisible by the world size {world}")
     out = Path(config.output_dir)
-    data_dir = dataset.resolve_data_dir(config.data_dir)
+    # the version is read under a shared lock on its folder for the whole training: the publish's retention keeps
+    # it meanwhile (review rev26b: a training outlasting keep_versions nightly publishes lost its version)
+    with dataset.reading_data_dir(config.data_dir) as data_dir:
+        return _train_reading(config, on_event, rank, world, local_rank, started, device, out, data_dir)
+
+
+def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, world: int, local_rank: int,
+                   started: float, device: torch.device, out: Path, data_dir: Path) -> TrainResult:
     home = dataset.home_of(data_dir)  # the run's files store paths inside it relative to it
     for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
         check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training

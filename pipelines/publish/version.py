@@ -25,7 +25,9 @@ snapshots are built from are listed, hashed (into the version id) and read under
 before the shards are written, so an ingest writes a day before or after them, never in between.
 
 Readers resolve ``latest`` once (:func:`resolve_version`) and read through the resolved path, so
-a switch during a read never mixes versions. Plain DuckDB over every sidecar of ``latest``::
+a switch during a read never mixes versions; they hold it while they read (:func:`formats.dataset.reading_version`:
+a shared ``flock`` on the version's folder), and retention keeps a version a reader holds. Plain DuckDB over every
+sidecar of ``latest``::
 
     SELECT * FROM read_parquet('HOME/datasets/pickapic/latest/*/pickapic-*.parquet');
 

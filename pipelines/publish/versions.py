@@ -553,7 +553,15 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -
     never raises RecursionError here); what cannot be renamed (EACCES/EPERM: another account's version on a
     shared home) stays a version, and what cannot be removed whole once renamed (EBUSY: a file a reader still
     holds open on NFS) stays hidden, each with a note: the publish never fails on it after its switch, and the
-    next publish tries again (:func:`sweep_stale`), as the model runs' retention does."""
+    next publish tries again (:func:`sweep_stale`), as the model runs' retention does.
+
+    A version a reader holds (a shared ``flock`` on its folder: :func:`formats.dataset.hold_for_reading`, taken by
+    the trainer, the evaluation, ``pickapic query`` and ``export``, or by another tool's ``flock -s``) is kept, with
+    a note, beyond ``keep`` while it is held, and deleted by the first publish after it is free (review rev26b: a
+    training of ``latest`` lasting past the retention window failed with FileNotFoundError). The exclusive lock
+    retention takes instead, without waiting (:func:`_lock_for_deletion`), is held across the rename and the
+    removal, so a reader that resolved the version just before finds it gone once it holds the lock
+    (:class:`formats.dataset.VersionGone`, or `latest` resolved again), never half removed."""
     notes = [] if notes is None else notes
     current = latest_version(home.datasets)
     made = []
@@ -570,25 +578,69 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -
     doomed = made[: max(0, len(made) - (keep - 1 if current else keep))]
     deleted = []
     for name in doomed:
-        hidden = home.datasets / f"{DELETING_PREFIX}{name}"
-        for n in range(1, 100):
-            if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
-                break
-            hidden = home.datasets / f"{DELETING_PREFIX}{name}.{n}"
-        try:
-            os.rename(home.datasets / name, hidden)  # disappears atomically, then goes
-        except OSError as exc:
-            notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "
-                                       f"publish tries again"))
+        free, fd = _lock_for_deletion(home.datasets / name, notes)
+        if not free:
             continue
-        deleted.append(name)
-        try:
-            remove_folder(hidden)      # a deep tree raises no RecursionError (review rev25e)
-        except (OSError, RecursionError) as exc:
-            notes.append(terminal_text(
-                f"version {name} was deleted from the versions but {hidden} could not be removed whole ({exc}: on "
-                f"NFS, a file a reader still holds open): left as it is (hidden); the next publish removes it"))
+        try:      # the lock is held across the rename and the removal: no reader starts on it meanwhile
+            if _delete_version(home.datasets, name, notes):
+                deleted.append(name)
+        finally:
+            if fd is not None:
+                os.close(fd)
     return deleted
+
+
+def _lock_for_deletion(version: Path, notes: list[str]) -> tuple[bool, int | None]:
+    """(whether retention may delete the version folder ``version``, the descriptor holding the exclusive
+    ``flock`` it deletes it under), the lock taken without waiting. (False, None), with a note, where a reader
+    holds its shared lock (:func:`formats.dataset.hold_for_reading`: a training, a query or an export reading it,
+    or another tool's ``flock -s``) or it cannot be opened to look: the version is kept, and a later publish
+    deletes it once free. (True, None) where this file system has no ``flock`` on folders (some NFS and FUSE
+    mounts): it is deleted unlocked, as before (noted)."""
+    try:
+        fd = os.open(version, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        notes.append(terminal_text(f"retention could not delete version {version.name} ({exc}: it cannot be opened "
+                                   f"to check that no reader holds it): left in place; the next publish tries again"))
+        return False, None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        notes.append(terminal_text(
+            f"version {version.name} kept: in use by a reader (a training, query or export reading it holds a "
+            f"shared lock on {version}); it is deleted by a later publish once no reader holds it"))
+        return False, None
+    except OSError as exc:
+        os.close(fd)
+        notes.append(terminal_text(
+            f"version {version.name} deleted without checking for readers: this file system has no flock on "
+            f"folders ({exc.strerror or exc}), so a reader still on it may fail"))
+        return True, None
+    return True, fd
+
+
+def _delete_version(datasets: Path, name: str, notes: list[str]) -> bool:
+    """Rename the version ``name`` to ``.deleting-<version>`` (it disappears at once), then remove it; whether it
+    left the versions (a note for what was left)."""
+    hidden = datasets / f"{DELETING_PREFIX}{name}"
+    for n in range(1, 100):
+        if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
+            break
+        hidden = datasets / f"{DELETING_PREFIX}{name}.{n}"
+    try:
+        os.rename(datasets / name, hidden)  # disappears atomically, then goes
+    except OSError as exc:
+        notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "
+                                   f"publish tries again"))
+        return False
+    try:
+        remove_folder(hidden)      # a deep tree raises no RecursionError (review rev25e)
+    except (OSError, RecursionError) as exc:
+        notes.append(terminal_text(
+            f"version {name} was deleted from the versions but {hidden} could not be removed whole ({exc}: on "
+            f"NFS, a file a reader still holds open): left as it is (hidden); the next publish removes it"))
+    return True
 
 
 def publish_lock_file(home: DataHome) -> Path:

@@ -43,7 +43,7 @@ from typing import Any, Iterator, Mapping, TextIO
 import duckdb
 import pyarrow as pa
 
-from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, resolve_version
+from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, reading_version
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
 from pipelines.query.guard import check_read_only
@@ -160,7 +160,13 @@ def connect(home: DataHome, version: str | None = None,
             limits: QueryLimits | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
     """An in-memory, read-only DuckDB connection with the version's views and limits, and the version path."""
     limits = (limits or QueryLimits()).validate()
-    path = resolve_version(home, version)
+    # the version is held for reading (the publish's retention keeps it) for as long as the connection is open
+    with reading_version(home, version) as path, _connect(path, limits) as con:
+        yield con, path
+
+
+@contextlib.contextmanager
+def _connect(path: Path, limits: QueryLimits) -> Iterator[duckdb.DuckDBPyConnection]:
     # DuckDB's default spill folder is `.tmp` in the working directory, and it adds it to the readable
     # allowed_directories: a private folder instead keeps `read_text('.tmp/...')` refused everywhere. The same
     # private folder holds the version's alias (see _prepare).
@@ -180,7 +186,7 @@ def connect(home: DataHome, version: str | None = None,
             raise QueryFailed(f"the version could not be opened for queries: {str(exc).splitlines()[0]} "
                               f"(limits: --memory-limit {limits.memory_limit}, --spill-limit {limits.spill_limit})"
                               ) from None
-        yield con, path
+        yield con
     finally:
         ACTIVE.discard(con)
         con.close()

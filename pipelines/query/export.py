@@ -45,7 +45,7 @@ from formats.dataset import (
     manifest_sidecars,
     open_listed_file,
     read_manifest,
-    resolve_version,
+    reading_version,
 )
 from formats.files import cast_to_schema
 from formats.home import DataHome
@@ -85,7 +85,12 @@ def export_pickscore_parquet(home: DataHome, version: str | None, output_dir: Pa
                              progress: Progress | None = None) -> ExportReport:
     """Write one PickScore-schema Parquet per split of ``version`` (default ``latest``) into ``output_dir``."""
     started = time.perf_counter()
-    root = resolve_version(home, version)
+    with reading_version(home, version) as root:   # held for reading: the publish's retention keeps it meanwhile
+        return _export_pickscore_parquet(home, root, output_dir, progress, started)
+
+
+def _export_pickscore_parquet(home: DataHome, root: Path, output_dir: Path, progress: Progress | None,
+                              started: float) -> ExportReport:
     manifest = read_manifest(root)
     files_listed = manifest["files"]
     schema = get_schema("pickscore_export")
@@ -218,7 +223,11 @@ def _sidecars(root: Path, split: str, columns: list[str]) -> pa.Table:
 def export_eval_prompts(home: DataHome, version: str | None, output_dir: Path) -> ExportReport:
     """Write the test_unique prompts of ``version`` (default ``latest``) as ``eval_prompts.parquet``."""
     started = time.perf_counter()
-    root = resolve_version(home, version)
+    with reading_version(home, version) as root:   # held for reading: the publish's retention keeps it meanwhile
+        return _export_eval_prompts(home, root, output_dir, started)
+
+
+def _export_eval_prompts(home: DataHome, root: Path, output_dir: Path, started: float) -> ExportReport:
     unique = _sidecars(root, "test_unique", ["key", "caption", "prompt_key"])
     counts: dict[str, int] = {}
     for key in _sidecars(root, "test", ["prompt_key"]).column("prompt_key").to_pylist():
