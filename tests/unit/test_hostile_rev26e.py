@@ -66,7 +66,7 @@ def test_a_reader_does_not_hang_silently_on_a_foreign_exclusive_lock(tmp_path: P
         try:
             with dataset.reading_version(home) as path:
                 outcome["read"] = path
-        except Exception as exc:            # a clear one-line error is an acceptable outcome
+        except (OSError, ValueError) as exc:   # a clear one-line error is an acceptable outcome
             outcome["error"] = exc
 
     reader = threading.Thread(target=read, daemon=True)
@@ -111,7 +111,8 @@ def test_the_kept_version_note_names_the_process_that_holds_it(tmp_path: Path) -
         assert apply_retention(home, 1, notes) == [middle.name]
         kept = [note for note in notes if f"version {old.name} kept" in note]
         assert kept, notes
-        children = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True).stdout.split()
+        children = subprocess.run(["pgrep", "-P", str(holder.pid)], capture_output=True, text=True,
+                                  check=False).stdout.split()
         pids = {str(holder.pid), *children}
         assert any(pid in kept[0] for pid in pids), f"no holder pid ({sorted(pids)}) in the note: {kept[0]!r}"
     finally:
