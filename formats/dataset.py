@@ -483,12 +483,37 @@ def _versions_beside(path: Path) -> list[str]:
         return []
 
 
+def lock_holders(fd: int) -> list[int]:
+    """The process ids holding a ``flock`` on the file ``fd`` is open on, as the kernel lists them
+    (``/proc/locks``: ``N: FLOCK ADVISORY READ|WRITE PID MAJOR:MINOR:INODE ...``, major and minor in hex), sorted;
+    [] where the list cannot be read (another OS, a hidden /proc)."""
+    info = os.fstat(fd)
+    device = f"{os.major(info.st_dev):02x}:{os.minor(info.st_dev):02x}:{info.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as listing:
+            lines = listing.read(1 << 22).splitlines()
+    except OSError:
+        return []
+    pids = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == device and fields[4].isdigit():
+            pids.add(int(fields[4]))
+    return sorted(pids)
+
+
+def holders_text(pids: list[int]) -> str:
+    """``pid 12, 34`` for a message naming who holds a lock; ``a process this account cannot see`` for none."""
+    return "pid " + ", ".join(str(pid) for pid in pids) if pids else "a process whose id the kernel did not list"
+
+
 def hold_for_reading(path: str | os.PathLike) -> int | None:
     """Take a shared ``flock`` on the version folder ``path`` (a real folder, links resolved) for reading it;
     return the descriptor that holds it (closing it releases the lock), or None where this file system has no
     ``flock`` on folders (some NFS and FUSE mounts: the folder is read unlocked, as before) or the folder cannot
-    be opened though it is there (EACCES). Waits only while retention deletes that very version (it never waits
-    for a reader). :class:`VersionGone` when the folder is not at ``path`` once the lock is held: retention
+    be opened though it is there (EACCES). Waits while an exclusive lock is held: retention deleting that very
+    version (it never waits for a reader), or another tool's exclusive ``flock``; saying so on stderr first, with
+    the holder's pid (review rev26e: a reader waited for ever, silently). :class:`VersionGone` when the folder is not at ``path`` once the lock is held: retention
     renamed it out of the way with its lock held, so a reader never starts on a half-removed version."""
     path = Path(path)
     try:
@@ -499,7 +524,18 @@ def hold_for_reading(path: str | os.PathLike) -> int | None:
         return None
     try:
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:  # an exclusive lock: retention deleting it (brief), or another tool's flock
+                import sys
+
+                from formats.text import terminal_text
+
+                print(terminal_text(
+                    f"waiting to read dataset version {path.name}: {holders_text(lock_holders(fd))} holds it "
+                    f"exclusively (the publish's retention deleting it, a moment; or another tool's `flock` without "
+                    f"-s, which holds it until that process ends)"), file=sys.stderr, flush=True)
+                fcntl.flock(fd, fcntl.LOCK_SH)
         except OSError:          # ENOLCK, EOPNOTSUPP, EBADF, EINVAL: no flock on folders here
             os.close(fd)
             return None

@@ -606,10 +606,14 @@ def _lock_for_deletion(version: Path, notes: list[str]) -> tuple[bool, int | Non
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
+        from formats.dataset import holders_text, lock_holders
+
+        holders = holders_text(lock_holders(fd))
         os.close(fd)
         notes.append(terminal_text(
-            f"version {version.name} kept: in use by a reader (a training, query or export reading it holds a "
-            f"shared lock on {version}); it is deleted by a later publish once no reader holds it"))
+            f"version {version.name} kept: in use by a reader ({holders}: a training, query or export reading it, "
+            f"or another tool's flock -s, holds a shared lock on {version}); it is deleted by a later publish once "
+            f"no reader holds it"))
         return False, None
     except OSError as exc:
         os.close(fd)

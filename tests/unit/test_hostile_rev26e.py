@@ -13,6 +13,10 @@ Filed below (confirmed by running):
 - a reader waits without bound, and without a word, on an exclusive lock on its version that is not retention's
   (util-linux ``flock DATASET/<version> cmd`` without ``-s`` is exclusive);
 - retention's note on a kept version does not say which process holds it (``/proc/locks`` does).
+
+Both fixed the same day: a reader first tries its shared lock without waiting and, where an exclusive lock is held,
+says on stderr which pid holds it before it waits; retention's note names the holders' pids
+(``formats.dataset.lock_holders``, read from ``/proc/locks``).
 """
 from __future__ import annotations
 
@@ -22,8 +26,6 @@ import subprocess
 import threading
 import time
 from pathlib import Path
-
-import pytest
 
 from formats import dataset
 from formats.home import DataHome
@@ -46,14 +48,6 @@ def _versions(home: DataHome) -> list[Path]:
     return paths
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hold_for_reading takes a blocking LOCK_SH: any exclusive flock on the version's folder that is not "
-    "retention's (util-linux `flock DATASET/<version> cmd`, whose default is exclusive, i.e. the README's "
-    "`flock -s` with the -s forgotten, or any tool's LOCK_EX) makes every reader (training, query, export) wait "
-    "for ever without a word, although its docstring says it waits only while retention deletes that very "
-    "version; expected: the reader does not hang silently (try LOCK_SH|LOCK_NB first and, when refused, say on "
-    "stderr what it waits on, or fail in one line naming the version)"
-))
 def test_a_reader_does_not_hang_silently_on_a_foreign_exclusive_lock(tmp_path: Path, capfd) -> None:
     home = DataHome(tmp_path / "home")
     _versions(home)
@@ -82,13 +76,6 @@ def test_a_reader_does_not_hang_silently_on_a_foreign_exclusive_lock(tmp_path: P
         f"the reader still waits after 20 s on the foreign exclusive lock and said nothing: {said!r}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "retention's note on a version it keeps because a reader holds it says only 'in use by a reader (a training, "
-    "query or export ...)': a `pickapic query`/export/training or another tool's `flock -s` left running for days "
-    "keeps the version night after night and the operator is not told which process to stop, though the kernel "
-    "lists the holder (/proc/locks: pid and inode) as the project's other lock messages name theirs (pid N); "
-    "expected: the note names the holding process id(s)"
-))
 def test_the_kept_version_note_names_the_process_that_holds_it(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     old, middle, _ = _versions(home)
