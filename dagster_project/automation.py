@@ -8,7 +8,9 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   no run is queued or running and no day is still to build, they run once (``rebuild_sensor``);
 - ``nightly_schedule`` (``schedules.nightly_cron``, 02:00 UTC): the catch-all. It plans exactly as
   ``pickapic build`` does and requests what is missing or stale: the daily partitions first, then (on a
-  night with none) the global stages a changed setting or code version made stale;
+  night with none) the global stages a changed setting or code version made stale; it first removes the
+  sensors' and schedules' tick logs older than a week (``dagster_project/ticklogs.py``: a quiet sensor tick
+  writes none, but Dagster never removes those it keeps);
 - ``weekly_training_schedule`` (``schedules.train_cron``, Sunday 04:00 UTC): trains on ``latest`` when no
   model exists for it yet;
 - ``app_export_schedule`` (``schedules.app_export_cron``, 01:00 UTC): where the app's PostgreSQL database
@@ -52,6 +54,7 @@ from dagster_project.staleness import (
     raw_observation,
     record_observations,
 )
+from dagster_project.ticklogs import prune_home_tick_logs, quiet_freshness_sensor, raw_zone_report, say_raw_zone
 from dagster_project.versions import FEATURE_DATASETS, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
@@ -379,7 +382,9 @@ def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, graph: B
                          "stages made stale by a setting or code change (the rebuild after new days follows by "
                          "itself).")
 def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
-    """Plan like `pickapic build` and request the runs that make the home fresh."""
+    """Plan like `pickapic build` and request the runs that make the home fresh; first remove the sensors' and
+    schedules' tick logs older than Dagster keeps skipped ticks (:func:`dagster_project.ticklogs.prune_tick_logs`)."""
+    prune_home_tick_logs(context)
     home = data_home.home()
     if not home.raw_days():
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
@@ -431,14 +436,14 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     """Partitions, observations and one run request for each complete raw day that is new or changed."""
     home = data_home.home()
     scan = home.scan_raw_zone()
-    skipped = scan.summary() + [f"dt={day}: the day has not begun (UTC); not ingested"
-                                for day in sorted(set(scan.days) - set(begun_days(scan.days)))]
-    for line in skipped:   # skipped, never fatal to the other days; the ingest records the raw zone's too
-        context.log.warning(f"raw zone entry skipped: {line}")
-    note = f"; skipped {len(skipped)} raw zone entries that are not days: {'; '.join(skipped[:3])}" if skipped else ""
+    # skipped, never fatal to the other days; said once when it changes (a tick's log is a file Dagster keeps: review
+    # rev26b), named in every skip reason; every build warns of each and records them (raw_zone_problems)
+    report = raw_zone_report(scan, sorted(set(scan.days) - set(begun_days(scan.days))))
+    cursor = say_raw_zone(context, report)
+    note = report.note()
     complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
     if not complete:
-        return dg.SkipReason(f"no complete raw partition under {home.raw_logs}{note}")
+        return dg.SensorResult(skip_reason=f"no complete raw partition under {home.raw_logs}{note}", cursor=cursor)
     plan = plan_build(home, load(home.root), context.instance)
     known = set(context.instance.get_dynamic_partitions(PARTITIONS))
     new_days = [day for day in complete if day not in known]
@@ -449,6 +454,7 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
         run_requests=requests, asset_events=events,
         dynamic_partitions_requests=[dg.AddDynamicPartitionsRequest(PARTITIONS, new_days)] if new_days else [],
         skip_reason=None if requests else f"every complete raw day under {home.raw_logs} is ingested and fresh{note}",
+        cursor=cursor,
     )
 
 
@@ -527,6 +533,5 @@ with warnings.catch_warnings():
     freshness_checks = dg.build_last_update_freshness_checks(
         assets=["published_dataset"], lower_bound_delta=dt.timedelta(hours=26), blocking=False,
     )
-    freshness_sensor = dg.build_sensor_for_freshness_checks(freshness_checks=freshness_checks,
-                                                            name="published_dataset_freshness",
-                                                            default_status=SENSOR_STATUS)
+# Dagster's freshness sensor, logging only what changes (its every 30 s tick logged a line, a file each: rev26b)
+freshness_sensor = quiet_freshness_sensor(freshness_checks, "published_dataset_freshness", SENSOR_STATUS)

@@ -23,7 +23,9 @@ Dagster's `freeze_time`): every sensor tick that writes to ``context.log`` leave
 after 7 days, but never their log files.
 
 The retention defect (the last test) was fixed the same day (fix26d2: readers hold a shared flock on the version
-they read, retention keeps a held version; tests/unit/test_fix26d2.py); the three sensor ones by fix26d1.
+they read, retention keeps a held version; tests/unit/test_fix26d2.py); the three sensor ones by fix26d1 (dagster_project/ticklogs.py: a sensor logs once per
+change in one bounded line, the nightly schedule prunes tick logs older than Dagster keeps skipped ticks;
+tests/unit/test_fix26d1.py).
 """
 from __future__ import annotations
 
@@ -111,16 +113,6 @@ def refresh_published(instance: dg.DagsterInstance, when: dt.datetime) -> None:
     assert [check.passed for check in result.get_asset_check_evaluations()] == [True]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The freshness sensor (published_dataset_freshness, Dagster's build_sensor_for_freshness_checks, every 30 s) "
-    "logs 'previously passed, but cannot be overdue again until ... Skipping' on every tick of a healthy home, and "
-    "each tick's log is a file HOME/dagster/storage/__repository__/published_dataset_freshness/<tick>.err that "
-    "nothing removes (Dagster purges the skipped ticks after 7 days, not their logs): measured under `pickapic "
-    "serve` on a 42-day home, one 1.2 KB file per tick, 2,880 a day, ~1.05 million files (~4 GB of 4 KiB blocks) "
-    "in one folder a year, which the README's 'Disk over a year' (0.9 GB, ticks purged after 7 days) does not "
-    "count. Expected: the instance's files outside the runs' own records stay bounded on quiet days (the tick "
-    "logs go with their ticks, or quiet ticks write none)"
-))
 def test_quiet_freshness_sensor_ticks_leave_no_file_for_good(home: DataHome) -> None:
     counts = {}
     with daemon(home, {automation.freshness_sensor.name}) as (instance, context):
@@ -142,14 +134,6 @@ def _plant_export_marker(home: DataHome) -> None:
     (home.raw_logs / "_SUCCESS").write_bytes(b"")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raw_partition_sensor logs one warning per raw-zone entry that is not a day on every tick (every 60 s), and "
-    "each tick's log is a file HOME/dagster/storage/__repository__/raw_partition_sensor/<tick>.err that nothing "
-    "removes (Dagster purges skipped ticks after 7 days, not their logs): one `_SUCCESS` marker in raw/app_logs "
-    "(what Spark/Hadoop exports write) leaves 1,440 files a day, ~525,000 a year (measured under `pickapic serve`: "
-    "one file per tick). Expected: the instance's files outside the runs' own records stay bounded while the raw "
-    "zone does not change (the warning said once, or its logs purged with their ticks)"
-))
 def test_raw_sensor_ticks_over_a_stray_raw_zone_entry_leave_no_file_for_good(home: DataHome) -> None:
     _plant_export_marker(home)
     counts = {}
@@ -164,13 +148,6 @@ def test_raw_sensor_ticks_over_a_stray_raw_zone_entry_leave_no_file_for_good(hom
     assert counts[20] <= counts[10] + 4, counts
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raw_partition_sensor writes one warning line (a ~1.35 KB JSON record in its tick's log file) per day folder "
-    "holding a file that is not one of the four tables, on every tick: with a `_SUCCESS` marker in each day folder "
-    "(as Spark/Hadoop exports write), measured under `pickapic serve`, a tick wrote 57.9 KB at 43 days; at 365 days "
-    "~490 KB a tick, ~700 MB a day, ~130 GB over the year (the logs are never removed). Expected: what a quiet "
-    "tick writes does not grow with the number of days in the raw zone"
-))
 def test_what_a_quiet_raw_sensor_tick_writes_does_not_grow_with_the_history(home: DataHome) -> None:
     def written(days: int) -> int:
         for n in range(days):      # day folders whose tables are not there yet, each with the export's marker
