@@ -439,7 +439,7 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     # skipped, never fatal to the other days; said once when it changes (a tick's log is a file Dagster keeps: review
     # rev26b), named in every skip reason; every build warns of each and records them (raw_zone_problems)
     report = raw_zone_report(scan, sorted(set(scan.days) - set(begun_days(scan.days))))
-    cursor = say_raw_zone(context, report)
+    cursor = say_raw_zone(context, report, home.cache / "raw_zone_said")
     note = report.note()
     complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
     if not complete:

@@ -61,21 +61,30 @@ class RawZoneReport:
     parts: tuple[str, ...]
     markers_only: bool
     state: str
+    markers: int = 0            # exporters' marker files left alone (their day folders are ingested: review rev26f)
 
     def shown(self) -> str:
         more = len(self.parts) - SHOWN
         return "; ".join(self.parts[:SHOWN]) + (f"; and {more} more" if more > 0 else "")
 
+    def _counts(self) -> str:
+        counts = [f"{self.entries} {'entry' if self.entries == 1 else 'entries'} not ingested"] if self.entries else []
+        if self.markers:
+            counts.append(f"{self.markers} exporter marker file{'' if self.markers == 1 else 's'} left alone")
+        return ", ".join(counts)
+
     def line(self) -> str:
         """The one line the sensor logs when ``state`` changed."""
-        if not self.entries:
+        if not self.entries and not self.markers:
             return "raw zone: every entry is a day again (the entries skipped before are gone)"
-        return (f"raw zone: {self.entries} {'entry' if self.entries == 1 else 'entries'} not ingested: {self.shown()} "
-                "(each build warns of each and records them in raw_zone_problems)")
+        return f"raw zone: {self._counts()}: {self.shown()} (each build warns of each and records them in raw_zone_problems)"
 
     def note(self) -> str:
         """What the sensor's skip reason adds (stored with each tick, never a file)."""
-        return f"; skipped {self.entries} raw zone entries that are not days: {self.shown()}" if self.entries else ""
+        counts = [f"skipped {self.entries} raw zone entries that are not days"] if self.entries else []
+        if self.markers:
+            counts.append(f"left alone {self.markers} exporter marker file{'' if self.markers == 1 else 's'}")
+        return f"; {', '.join(counts)}: {self.shown()}" if counts else ""
 
 
 def raw_zone_report(scan: RawZoneScan, not_begun: Sequence[str]) -> RawZoneReport:
@@ -85,6 +94,7 @@ def raw_zone_report(scan: RawZoneScan, not_begun: Sequence[str]) -> RawZoneRepor
     Problems come first, then the days to come, then the exporters' markers (:data:`EXPORT_MARKERS`: a file of that
     name in a day folder or beside them, in ``raw/app_logs``, where an export partitioned by day writes it)."""
     problems: dict[tuple[str, str], list] = {}       # (kind, name) -> [its first problem, the folders, files]
+    skipped, markers_left = set(), 0                  # the entries not ingested; the marker files left alone
     for problem in scan.problems:
         if problem.reason == UNEXPECTED_FILE:                  # a file of a day folder: by its name
             name, folder = problem.path[len(problem.entry) + 1:].split("/")[0] or problem.path, problem.entry
@@ -95,6 +105,10 @@ def raw_zone_report(scan: RawZoneScan, not_begun: Sequence[str]) -> RawZoneRepor
             key = ("marker", problem.entry.rpartition("/")[2])
         else:
             folder, key = problem.entry, (problem.reason, problem.entry)
+        if key[0] == "marker":
+            markers_left += 1
+        else:
+            skipped.add(problem.entry)
         group = problems.setdefault(key, [problem, [], 0])
         if not group[1] or group[1][-1] != folder:
             group[1].append(folder)
@@ -115,17 +129,44 @@ def raw_zone_report(scan: RawZoneScan, not_begun: Sequence[str]) -> RawZoneRepor
     keys = sorted(f"{kind}\x1f{name}" for kind, name in problems) + sorted(f"not_begun\x1f{day}" for day in not_begun)
     state = (CURSOR_PREFIX + hashlib.sha256("\x1e".join(keys).encode("utf-8", "surrogateescape")).hexdigest()[:16]
              if keys else NOTHING_SAID)
-    entries = len({problem.entry for problem in scan.problems}) + len(not_begun)
-    return RawZoneReport(entries, tuple(parts + markers), bool(markers) and not parts, state)
+    entries = len(skipped) + len(not_begun)
+    return RawZoneReport(entries, tuple(parts + markers), bool(markers) and not parts, state, markers_left)
 
 
-def say_raw_zone(context: dg.SensorEvaluationContext, report: RawZoneReport) -> str:
+def say_raw_zone(context: dg.SensorEvaluationContext, report: RawZoneReport, memory: os.PathLike | None = None
+                 ) -> str:
     """Log ``report``'s line when what it says differs from what the sensor said last (its cursor; a cursor of
-    another form, or none, counts as nothing said), as a warning unless it names markers alone; the cursor to keep."""
+    another form, or none, counts as nothing said), as a warning unless it names markers alone; the cursor to keep.
+    ``memory``, a small file of the home's cache, keeps what was said too: a tick that fails after this (a settings
+    file that does not parse) stores no cursor, and its line was said again on every failing tick, a file each
+    (review rev26f)."""
     said = context.cursor if context.cursor and context.cursor.startswith(CURSOR_PREFIX) else NOTHING_SAID
-    if report.state != said:
-        (context.log.info if report.markers_only or not report.entries else context.log.warning)(report.line())
+    remembered = _remembered(memory)
+    if report.state != said and report.state != remembered:
+        (context.log.info if report.markers_only or not (report.entries or report.markers)
+         else context.log.warning)(report.line())
+    if memory is not None and report.state != remembered:
+        from pathlib import Path
+
+        from formats.files import write_bytes_atomic
+
+        try:
+            Path(memory).parent.mkdir(parents=True, exist_ok=True)
+            write_bytes_atomic(Path(memory), report.state.encode("ascii"))
+        except OSError:         # a cache: the cursor still says it on the ticks that succeed
+            pass
     return report.state
+
+
+def _remembered(memory: os.PathLike | None) -> str | None:
+    """The state ``memory`` keeps (:func:`say_raw_zone`), or None (absent, unreadable, not of its form)."""
+    if memory is None:
+        return None
+    from formats.files import read_small_file
+
+    data = read_small_file(memory, 256)
+    text = data.decode("ascii", "replace") if data else ""
+    return text if text.startswith(CURSOR_PREFIX) else None
 
 
 class _Held(logging.Handler):
@@ -144,7 +185,7 @@ def _freshness_cursor(cursor: str | None, keys: Sequence[dg.AssetCheckKey]) -> t
     ours, or Dagster's own (the key it left off after) as an earlier version stored it."""
     try:
         value = json.loads(cursor) if cursor else {}
-    except ValueError:
+    except (ValueError, RecursionError):    # not JSON, or nested past the parser's depth (a cursor set by hand)
         value = {"left_off": cursor}
     if not isinstance(value, dict):
         value = {}
@@ -209,14 +250,18 @@ def quiet_freshness_sensor(freshness_checks: Sequence[dg.AssetChecksDefinition],
     return sensor
 
 
-def tick_log_days(instance: dg.DagsterInstance) -> int:
+def tick_log_days(instance: dg.DagsterInstance) -> int | None:
     """How many days tick logs are kept: Dagster's retention of skipped sensor ticks (``retention: sensor:
-    purge_after_days: skipped`` of dagster.yaml; 7 by default), or 7 where it keeps them for good."""
+    purge_after_days: skipped`` of dagster.yaml; 7 by default); None where it keeps them for good (-1: the logs are
+    kept for good too, review rev26f), 7 where it gives none or 0."""
     from dagster._core.definitions.run_request import InstigatorType
     from dagster._core.scheduler.instigation import TickStatus
 
-    days = instance.get_tick_retention_settings(InstigatorType.SENSOR).get(TickStatus.SKIPPED, -1)
-    return days if days > 0 else DEFAULT_TICK_LOG_DAYS
+    settings = instance.get_tick_retention_settings(InstigatorType.SENSOR)
+    days = settings.get(TickStatus.SKIPPED, DEFAULT_TICK_LOG_DAYS)
+    if days is not None and days < 0:
+        return None
+    return days if days else DEFAULT_TICK_LOG_DAYS
 
 
 def _open_folder(base: str, parts: Iterable[str]) -> int | None:
@@ -249,7 +294,10 @@ def prune_tick_logs(instance: dg.DagsterInstance, repository: str, names: Iterab
     base = getattr(manager, "_base_dir", None)
     if not isinstance(manager, LocalComputeLogManager) or not isinstance(base, str):
         return 0
-    cutoff = (time.time() if now is None else now) - (tick_log_days(instance) if days is None else days) * 86400
+    days = tick_log_days(instance) if days is None else days
+    if days is None:                        # Dagster keeps the ticks for good: their logs too
+        return 0
+    cutoff = (time.time() if now is None else now) - days * 86400
     removed, until = 0, time.monotonic() + seconds
     for name in sorted(set(names)):
         if removed >= limit or time.monotonic() > until or name in (".", "..") or "/" in name:

@@ -92,7 +92,7 @@ def test_raw_sensor_says_what_it_skips_once_when_it_changes(home: DataHome) -> N
         for hours in range(0, 24, 6):
             tick(context, START + dt.timedelta(hours=hours))
         said = messages(tick_logs(home, RAW))
-        assert said == [("INFO", (f"__repository__ - {RAW} - raw zone: 1 entry not ingested: '_SUCCESS', an exporter's "
+        assert said == [("INFO", (f"__repository__ - {RAW} - raw zone: 1 exporter marker file left alone: '_SUCCESS', an exporter's "
                                   "completion marker, in 1 folder(s) (raw/app_logs): left alone, not a table (each "
                                   "build warns of each and records them in raw_zone_problems)"))]
 
@@ -101,7 +101,7 @@ def test_raw_sensor_says_what_it_skips_once_when_it_changes(home: DataHome) -> N
             tick(context, START + dt.timedelta(hours=hours))
         said = messages(tick_logs(home, RAW))
         assert len(said) == 2 and said[1][0] == "WARNING", said
-        assert "2 entries not ingested: raw/app_logs/notes.txt: unexpected_entry: 'notes.txt' is not a dt=YYYY-MM-DD" \
+        assert "1 entry not ingested, 1 exporter marker file left alone: raw/app_logs/notes.txt: unexpected_entry: 'notes.txt' is not a dt=YYYY-MM-DD" \
             in said[1][1] and "'_SUCCESS', an exporter's completion marker" in said[1][1]
 
         for n in range(30):          # day folders, each with the marker: a name already said, nothing to say
@@ -118,7 +118,7 @@ def test_raw_sensor_says_what_it_skips_once_when_it_changes(home: DataHome) -> N
             tick(context, START + dt.timedelta(hours=hours))
         said = messages(tick_logs(home, RAW))
         assert len(said) == 3 and said[2][0] == "INFO", said
-        assert said[2][1].endswith("raw zone: 30 entries not ingested: '_SUCCESS', an exporter's completion marker, "
+        assert said[2][1].endswith("raw zone: 30 exporter marker files left alone: '_SUCCESS', an exporter's completion marker, "
                                    "in 30 folder(s) (raw/app_logs/dt=2025-01-01, ...): left alone, not a table (each "
                                    "build warns of each and records them in raw_zone_problems)")
 
@@ -126,7 +126,7 @@ def test_raw_sensor_says_what_it_skips_once_when_it_changes(home: DataHome) -> N
         for hours in range(120, 132, 6):
             tick(context, START + dt.timedelta(hours=hours))
         said = messages(tick_logs(home, RAW))
-        assert len(said) == 4 and said[3][0] == "WARNING" and "30 entries not ingested: 'stray.csv' in 1 day " \
+        assert len(said) == 4 and said[3][0] == "WARNING" and "1 entry not ingested, 30 exporter marker files left alone: 'stray.csv' in 1 day " \
             "folder(s) (raw/app_logs/dt=2025-01-02): not one of the four table files; not ingested; '_SUCCESS'" \
             in said[3][1], said
 

@@ -5,7 +5,10 @@ cursor), and the nightly schedule's pruning of tick logs (`prune_tick_logs`, `ti
 
 Run through Dagster's own sensor daemon loop (``execute_sensor_iteration``, the helpers of
 `tests/unit/test_fix26d1.py`) over a real home's instance and the project's definitions, and the real instance's
-`dagster.yaml` retention settings."""
+`dagster.yaml` retention settings.
+
+All four fixed the same day (dagster_project/ticklogs.py; README section 9).
+"""
 from __future__ import annotations
 
 import datetime as dt
@@ -50,13 +53,6 @@ def _set_cursor(instance: dg.DagsterInstance, context, name: str, cursor: str | 
     return sensor
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prune_tick_logs deletes tick logs after 7 days where dagster.yaml says Dagster keeps skipped sensor ticks for "
-    "ever (retention: sensor: purge_after_days: skipped: -1): tick_log_days maps -1 to 7, so the nightly schedule "
-    "removes the logs of ticks the operator configured Dagster to keep (the UI shows the tick, its log is gone). "
-    "Expected: a retention of -1 keeps the tick logs (nothing pruned), as README's 'older than Dagster keeps "
-    "skipped sensor ticks' says"
-))
 def test_a_keep_forever_retention_keeps_the_tick_logs(home: DataHome) -> None:
     now = time.time()
     folder = home.dagster_home / "storage" / "__repository__" / RAW
@@ -71,13 +67,6 @@ def test_a_keep_forever_retention_keeps_the_tick_logs(home: DataHome) -> None:
     assert removed == 0 and old.exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "While the raw-day sensor's tick fails (here: the home's pickapic.toml is not valid TOML, so load() raises "
-    "after say_raw_zone), the raw-zone line is logged again on every tick, one tick log file each (every 30 s), "
-    "because the line is written before the work that fails and the cursor holding its digest is never stored. "
-    "Expected: what it skips is said once, not once per failing tick (log it with the result, or only when the "
-    "tick's cursor is kept)"
-))
 def test_a_failing_raw_sensor_does_not_repeat_the_raw_zone_line_every_tick(home: DataHome) -> None:
     (home.raw_logs / "notes.txt").write_text("x")            # a stray entry: said once
     day = home.raw_day("2025-01-01")
@@ -95,12 +84,6 @@ def test_a_failing_raw_sensor_does_not_repeat_the_raw_zone_line_every_tick(home:
     assert len(said) == 1, said
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A freshness-sensor cursor of deeply nested JSON (set by hand with the UI's 'set cursor') makes every tick of "
-    "published_dataset_freshness fail with RecursionError: _freshness_cursor catches ValueError only, though it "
-    "promises a cursor of another form counts as nothing said. Expected: such a cursor is read as none and the "
-    "tick evaluates the check as Dagster's loop decides"
-))
 def test_a_deeply_nested_freshness_cursor_does_not_fail_every_tick(home: DataHome) -> None:
     with daemon(home, {FRESHNESS}) as (instance, context):
         tick(context, START)                                  # its first tick: a run of the check requested
@@ -110,12 +93,6 @@ def test_a_deeply_nested_freshness_cursor_does_not_fail_every_tick(home: DataHom
         assert last.status in (TickStatus.SUCCESS, TickStatus.SKIPPED), last.error and last.error.message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "raw_zone_report counts day folders that hold only an exporter's _SUCCESS marker as 'entries not ingested' "
-    "and the sensor's skip reason calls them 'raw zone entries that are not days', though both are days and both "
-    "are ingested (only the marker file is left alone). Expected: the line and skip reason do not say that ingested "
-    "days are not ingested / not days (count the marker files left alone instead)"
-))
 def test_marker_in_day_folders_is_not_reported_as_days_not_ingested() -> None:
     days = ["2025-01-01", "2025-01-02"]
     scan = RawZoneScan(days, [RawZoneProblem(f"raw/app_logs/dt={day}/_SUCCESS", f"raw/app_logs/dt={day}",
