@@ -602,8 +602,35 @@ def _train(config: TrainConfig, on_event: EventSink | None, rank: int, world: in
     out = Path(config.output_dir)
     # the version is read under a shared lock on its folder for the whole training: the publish's retention keeps
     # it meanwhile (review rev26b: a training outlasting keep_versions nightly publishes lost its version)
-    with dataset.reading_data_dir(config.data_dir) as data_dir:
+    with contextlib.ExitStack() as reading:
+        data_dir = read_one_version(config.data_dir, rank, world, reading)
         return _train_reading(config, on_event, rank, world, local_rank, started, device, out, data_dir)
+
+
+def read_one_version(data_dir: str | os.PathLike, rank: int, world: int, reading: contextlib.ExitStack) -> Path:
+    """The version folder every rank reads, held for reading until ``reading`` closes
+    (:func:`formats.dataset.reading_data_dir`). Rank 0 resolves ``data_dir`` (``latest`` to its version) and the
+    other ranks read the version it resolved: each rank resolved ``latest`` by itself before, so a nightly switching
+    it between the ranks' starts trained them on two versions (noted by review rev26e). Where rank 0 cannot read
+    it, every rank fails with its reason (none waits for a rank that gave up)."""
+    if world <= 1:
+        return reading.enter_context(dataset.reading_data_dir(data_dir))
+    shared: list[Any] = [None]
+    failure: BaseException | None = None
+    if rank == 0:
+        try:
+            shared[0] = ("version", str(reading.enter_context(dataset.reading_data_dir(data_dir))))
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure, shared[0] = exc, ("error", f"{type(exc).__name__}: {exc}")
+    dist.broadcast_object_list(shared, src=0)
+    if failure is not None:
+        raise failure
+    kind, value = shared[0]
+    if kind == "error":
+        raise ValueError(f"rank 0 could not read the dataset, so neither can rank {rank}: {value}")
+    if rank != 0:
+        reading.enter_context(dataset.reading_data_dir(value))
+    return Path(value)
 
 
 def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, world: int, local_rank: int,
