@@ -207,6 +207,30 @@ def _no_access_for_others(path: Path) -> None:
         os.close(fd)
 
 
+def skipped_lines(scan) -> list[str]:
+    """What a build names of the raw zone's entries it skips: one line per entry (``RawZoneScan.summary``), except
+    that the entries holding nothing but exporters' completion markers (``_SUCCESS``, ``._SUCCESS.crc``: in each
+    day folder of a Spark or Hadoop export) are one line, with their count: a home of 365 such days printed 365
+    lines on every build (noted by fix26d1). Every one is still recorded in ``raw_zone_problems``."""
+    from dagster_project.ticklogs import EXPORT_MARKERS
+
+    def marker(problem) -> bool:
+        return problem.file_bytes is not None and problem.path.rpartition("/")[2] in EXPORT_MARKERS
+
+    entries: dict[str, list] = {}
+    for problem in scan.problems:
+        entries.setdefault(problem.entry, []).append(problem)
+    marked = [entry for entry, problems in entries.items() if all(marker(p) for p in problems)]
+    lines = scan.summary(set(marked))
+    if marked:
+        files = sum(len(entries[entry]) for entry in marked)
+        names = sorted({p.path.rpartition("/")[2] for entry in marked for p in entries[entry]})
+        lines.append(f"{files} exporter marker file(s) ({', '.join(names)}) in {len(marked)} folder(s) "
+                     f"({marked[0]}{', ...' if len(marked) > 1 else ''}): left alone, not tables (each is "
+                     "recorded in raw_zone_problems)")
+    return lines
+
+
 def select_days(home: DataHome, start: str | None = None, end: str | None = None,
                 warn: Callable[[str], None] | None = None) -> list[str]:
     """Raw days present, limited to [start, end]; errors when there are none.
@@ -217,7 +241,7 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     """
     warn = warn or (lambda message: None)
     scan = home.scan_raw_zone()
-    for line in scan.summary():
+    for line in skipped_lines(scan):
         warn(f"skipped {line}")
     days = scan.days
     if not days:

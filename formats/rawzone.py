@@ -80,11 +80,13 @@ class RawZoneScan:
     days: list[str]
     problems: list[RawZoneProblem]
 
-    def summary(self) -> list[str]:
-        """One line per problem entry (not per file), naming it and saying what was skipped."""
+    def summary(self, leave_out: frozenset[str] | set[str] = frozenset()) -> list[str]:
+        """One line per problem entry (not per file), naming it and saying what was skipped; none for the entries
+        in ``leave_out``."""
         lines: dict[str, list[RawZoneProblem]] = {}
         for problem in self.problems:
-            lines.setdefault(problem.entry, []).append(problem)
+            if problem.entry not in leave_out:
+                lines.setdefault(problem.entry, []).append(problem)
         out = []
         for entry, problems in lines.items():
             files = sum(1 for p in problems if p.file_bytes is not None)

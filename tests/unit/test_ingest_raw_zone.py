@@ -13,7 +13,7 @@ from test_ingest_fixtures import DayBuilder
 
 from data_contracts.engine import evaluate, load_contract
 from formats.home import DataHome
-from formats.rawzone import scan_raw_zone
+from formats.rawzone import RAW_FILE_NAMES, scan_raw_zone
 from pipelines.ingest.config import OUTPUT_DATASETS
 from pipelines.ingest.day import ingest_day
 from pipelines.sqlrun import connect
@@ -196,3 +196,22 @@ def test_sensor_requests_the_real_days_beside_bad_entries(bad_zone, tmp_path):
         skipped = tick()
         gc.collect()   # close the instance the sensor context opened from the ref while this one is current
     assert not skipped.run_requests and "raw zone entries that are not days" in skipped.skip_message
+
+
+def test_a_build_names_exporter_markers_in_one_line_whatever_the_days(tmp_path):
+    from dagster_project.build import select_days
+
+    home = DataHome(tmp_path / "home")
+    for n in range(1, 31):
+        day = home.raw_day(f"2023-01-{n:02d}")
+        day.mkdir(parents=True)
+        for name in RAW_FILE_NAMES:
+            (day / name).write_bytes(b"")
+        (day / "_SUCCESS").write_bytes(b"")
+    (home.raw_day("2023-01-02") / "stray.csv").write_text("x")       # a day folder with more than a marker
+    warnings: list[str] = []
+    assert len(select_days(home, warn=warnings.append)) == 30
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("skipped raw/app_logs/dt=2023-01-02: unexpected_file")
+    assert warnings[1] == ("skipped 29 exporter marker file(s) (_SUCCESS) in 29 folder(s) (raw/app_logs/dt=2023-01-01, "
+                           "...): left alone, not tables (each is recorded in raw_zone_problems)")
