@@ -66,9 +66,12 @@ def test_a_reader_does_not_hang_silently_on_a_foreign_exclusive_lock(tmp_path: P
     reader = threading.Thread(target=read, daemon=True)
     try:
         reader.start()
-        reader.join(20)                    # a liveness bound (generous), not a timing measurement
+        said, deadline = "", time.monotonic() + 20   # a liveness bound (generous), not a timing measurement
+        while reader.is_alive() and NAMES[2] not in said and time.monotonic() < deadline:
+            reader.join(0.1)
+            said += capfd.readouterr().err
         finished = not reader.is_alive()
-        said = capfd.readouterr().err
+        said += capfd.readouterr().err
     finally:
         os.close(foreign)                  # the reader, still waiting, goes on now
         reader.join(20)
