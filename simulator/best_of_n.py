@@ -261,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="candidate seed (default 0)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
-    version_dir = dataset.resolve_version(DataHome(args.home), args.version)
     output = args.output or args.model.parent / "best_of_n"
-    with _guarded(args.model, output):
+    # the version held for reading (a shared lock on its folder, as every reader of a version: README section 6)
+    with dataset.reading_version(DataHome(args.home), args.version) as version_dir, _guarded(args.model, output):
         result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, output,
                                untrained_dir=args.untrained or untrained_model_dir(args.model), n=args.n,
                                generator=args.generator, image_size=args.image_size, seed=args.seed,

@@ -14,6 +14,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
 from dagster_project.versions import CODE_VERSIONS
+from formats import dataset
 from formats.settings import load
 from training import runs
 
@@ -86,8 +87,10 @@ def best_of_n(data_home: PickapicHome):
     from simulator.best_of_n import run_best_of_n, untrained_model_dir
 
     # the run's lock held throughout (runs.publishing): no training changes the model while best_of_n/ is written
-    with runs.publishing_for_model(home, "best_of_n", hold=True) as published:
-        result = run_best_of_n(truth, published.version_dir, published.best, published.path("best_of_n"),
+    # and the version held for reading (a shared lock on its folder: the publish's retention keeps it meanwhile)
+    with runs.publishing_for_model(home, "best_of_n", hold=True) as published, \
+            dataset.reading_resolved(lambda: published.version_dir, False) as version_dir:
+        result = run_best_of_n(truth, version_dir, published.best, published.path("best_of_n"),
                                untrained_dir=untrained_model_dir(published.best))
     metadata = to_metadata(result.metadata())
     metadata["chart"] = png_markdown(Path(result.chart_path), "best-of-n gain over a random pick")
