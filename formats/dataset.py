@@ -28,11 +28,13 @@ import json
 import os
 import re
 import stat
+import sys
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
+from formats.text import terminal_text
 
 FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
@@ -527,10 +529,6 @@ def hold_for_reading(path: str | os.PathLike) -> int | None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
             except BlockingIOError:  # an exclusive lock: retention deleting it (brief), or another tool's flock
-                import sys
-
-                from formats.text import terminal_text
-
                 print(terminal_text(
                     f"waiting to read dataset version {path.name}: {holders_text(lock_holders(fd))} holds it "
                     f"exclusively (the publish's retention deleting it, a moment; or another tool's `flock` without "

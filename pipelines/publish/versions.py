@@ -20,8 +20,10 @@ from formats.dataset import (
     VERSION_NAME,
     describe,
     fsync_dir,
+    holders_text,
     latest_version,
     list_versions,
+    lock_holders,
     read_manifest,
 )
 from formats.files import current_umask, is_apple_double
@@ -606,8 +608,6 @@ def _lock_for_deletion(version: Path, notes: list[str]) -> tuple[bool, int | Non
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        from formats.dataset import holders_text, lock_holders
-
         holders = holders_text(lock_holders(fd))
         os.close(fd)
         notes.append(terminal_text(
