@@ -12,13 +12,15 @@ from dataclasses import dataclass
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "1",
-    "ingest": "4",        # 2: quarantine line_count / last_line_number, relative paths, late images
+    "ingest": "5",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);
                           #    rev25c rules (nested brackets cleaned whole, empty_prompt, numbers judged as written,
                           #    a rejected version of a key conflicts, a leading BOM skipped) and rev25f (a version
                           #    rejected in the JSON decode conflicts, invisible-only prompts empty, 1e400 as written,
                           #    a day's partition folders hold only its files)
+                          # 5: an email whose @ is an HTML character reference or a fullwidth / small look-alike
+                          #    masked in the quarantine's raw_text and details (parse.ENCODED_EMAIL_RE)
     "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits

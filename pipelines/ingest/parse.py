@@ -256,10 +256,15 @@ TABLE_FIELDS: dict[str, tuple[tuple[str, str, bool, tuple | None], ...]] = {
 # character of a run, so a long value without ``@`` is scanned once, not once per start position (the pattern
 # ``C+@C+`` alone backtracked from every position: quadratic, seconds per 64 KiB prompt). It finds exactly what
 # ``C+@C+`` found: a leftmost match always starts at a run's first character. ENCODED_EMAIL_RE is the same run
-# with the ``@`` percent-encoded (``%40``, ``%2540``, as a URL's query carries it), masked after EMAIL_RE.
+# with the ``@`` written another way, masked after EMAIL_RE: percent-encoded (``%40``, ``%2540``, as a URL's
+# query carries it), an HTML character reference (``&#64;``, ``&#x40;``, ``&commat;``, also after ``&amp;``, as a
+# page copied into a prompt carries it) or a look-alike that NFKC reads as ``@`` (the fullwidth ``＠`` U+FF20, the
+# small ``﹫`` U+FE6B). Also linear: a lazy run ended by one of those forms, started only at a run's first character.
 _EMAIL_CHAR = r"[^\s\"'<>()\[\]{},;:@\\]"
 EMAIL_RE = re.compile(rf"(?<!{_EMAIL_CHAR}){_EMAIL_CHAR}+@{_EMAIL_CHAR}+")
-ENCODED_EMAIL_RE = re.compile(rf"(?<!{_EMAIL_CHAR}){_EMAIL_CHAR}+?%(?:25)*40{_EMAIL_CHAR}+")
+_OTHER_AT = r"(?:%(?:25)*40|&(?:amp;)*(?:#0*64;|#[xX]0*40;|commat;)|[\uff20\ufe6b])"
+ENCODED_EMAIL_RE = re.compile(rf"(?<!{_EMAIL_CHAR}){_EMAIL_CHAR}+?{_OTHER_AT}{_EMAIL_CHAR}+", re.IGNORECASE)
+_OTHER_AT_HINTS = ("%", "&", "\uff20", "\ufe6b")
 _UUID_SHAPED_RE = re.compile(r"\{?[0-9A-Fa-f]{8}(?:-?[0-9A-Fa-f]{4}){3}-?[0-9A-Fa-f]{12}\}?")
 _TEXT_KINDS = frozenset({PROMPT, NAME})
 _FIELD_KINDS = {table: {name: kind for name, kind, *_ in fields} for table, fields in TABLE_FIELDS.items()}
@@ -267,15 +272,20 @@ _MASKED = None          # the value about to come is read by no field of the tab
 
 
 def has_email(text: str) -> bool:
-    """Whether ``text`` holds an email-shaped run, its ``@`` as written or percent-encoded."""
-    return EMAIL_RE.search(text) is not None or ("%" in text and ENCODED_EMAIL_RE.search(text) is not None)
+    """Whether ``text`` holds an email-shaped run, its ``@`` as written or written another way (``ENCODED_EMAIL_RE``)."""
+    return EMAIL_RE.search(text) is not None or (_other_at(text) and ENCODED_EMAIL_RE.search(text) is not None)
+
+
+def _other_at(text: str) -> bool:
+    """Whether ``text`` may hold an ``@`` written another way (a cheap test before ``ENCODED_EMAIL_RE``)."""
+    return any(hint in text for hint in _OTHER_AT_HINTS)
 
 
 def mask_emails(text: str) -> str:
-    """``text`` with each email-shaped run (``@`` as written, then ``%40`` / ``%2540``) replaced by ``[redacted]``;
-    linear in the length of ``text``."""
+    """``text`` with each email-shaped run (``@`` as written, then written another way: ``ENCODED_EMAIL_RE``)
+    replaced by ``[redacted]``; linear in the length of ``text``."""
     text = EMAIL_RE.sub(REDACTED, text) if "@" in text else text
-    return ENCODED_EMAIL_RE.sub(REDACTED, text) if "%" in text else text
+    return ENCODED_EMAIL_RE.sub(REDACTED, text) if _other_at(text) else text
 
 
 def _harmless(value: str) -> bool:
