@@ -94,6 +94,26 @@ def use_home(home: DataHome) -> Path:
     return home.dagster_home
 
 
+def give_old_build_runs_an_origin(home: DataHome, instance: dg.DagsterInstance | None = None) -> None:
+    """Give the finished build runs an earlier version stored without an origin the one a build's run is stored
+    with now, so the UI can re-execute them (:func:`dagster_project.instance.give_build_runs_an_origin`): by a
+    build (on its open ``instance``) and by ``pickapic serve`` / ``ui`` before the UI starts (the daemon and the
+    webserver open the instance then anyway). A failure (a database another process holds locked past the wait)
+    (or an instance a user's own ``dagster.yaml`` configures that does not open: the UI says so) only leaves them
+    as they were, for the next build or UI."""
+    import sqlalchemy.exc
+    from dagster._core.errors import DagsterError
+
+    from dagster_project.instance import give_build_runs_an_origin
+
+    with contextlib.suppress(sqlalchemy.exc.SQLAlchemyError, OSError, DagsterError):
+        if instance is not None:
+            give_build_runs_an_origin(instance)
+            return
+        with dg.DagsterInstance.from_config(str(home.dagster_home)) as opened:
+            give_build_runs_an_origin(opened)
+
+
 # the database of runs, each with its run config (shown on its page in the UI): read by no account outside the
 # home's group (review rev25g); SQLite gives its -wal and -shm files its mode
 RUN_CONFIG_DATABASE = "history/runs.db"
@@ -339,6 +359,7 @@ def build(
         if on_locked is not None:
             on_locked()
         _fail_dead_build_runs(instance)
+        give_old_build_runs_an_origin(home, instance)
         run_config = _override_config(settings)
         run_ids = {}
         if exports:

@@ -259,7 +259,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_ui(args: argparse.Namespace) -> int:
-    from dagster_project.build import use_home
+    from dagster_project.build import give_old_build_runs_an_origin, use_home
     from dagster_project.serve import DaemonRunning, serve
     from formats.outputs import check_home_dir
 
@@ -270,6 +270,7 @@ def _cmd_ui(args: argparse.Namespace) -> int:
     except DaemonRunning as exc:
         print(f"{exc}: it starts the runs launched here; starting the webserver alone", flush=True)
     use_home(home)
+    give_old_build_runs_an_origin(home)
     command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
                "-h", "127.0.0.1", "-p", str(args.port)]
     print(f"Dagster UI for {home.root} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)

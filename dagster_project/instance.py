@@ -16,7 +16,16 @@ stored: :class:`CheckedSqliteRunStorage` is Dagster's SQLite run storage, but
 - tags added to a stored run are checked as a new run's (:data:`dagster_project.coordinator.REFUSED_TAG` dropped);
 - each run's event database (``history/runs/<run id>.db``, where its events, a refusal's reason among them, are
   kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``);
-- its connections wait up to 30 s for a lock, as Dagster's other SQLite storages do (Dagster's run storage: 5 s).
+- its connections wait up to 30 s for a lock, as Dagster's other SQLite storages do (Dagster's run storage: 5 s);
+- a run of ``pickapic build`` (tag :data:`dagster_project.automation.BUILD_TAG`; the build runs each job with
+  ``execute_in_process``, which gives a run no origin) is stored with the origin of its job in the home's code
+  location (:func:`home_job_origin`: the location ``pickapic serve`` / ``pickapic ui`` load,
+  ``dagster_project.definitions``, repository ``__repository__``), so the UI's *Re-execute* of it launches like
+  any UI launch of that job (review rev21h: Dagster refused it with ``Expected non-None value``, as a run without
+  an origin); :func:`give_build_runs_an_origin` does the same for a build's finished runs stored before;
+- a run that arrives with an origin (a launch through a workspace: the UI's re-execution of a build's run copies
+  the parent's tags) is stored without the build's tag: it is not a run of a build, and the sensors, the nightly,
+  the next build and the run monitoring judge it as the launch it is.
 
 ``dagster.yaml`` (:data:`dagster_project.coordinator.DAGSTER_YAML`) names :class:`PickapicInstance` as its
 ``instance_class``, whose default storage is :class:`PickapicSqliteStorage` (Dagster's layout, files and schema:
@@ -46,6 +55,7 @@ from dagster._core.storage.sqlite_storage import (
 from dagster._serdes import ConfigurableClassData
 
 EVENTS_FOLDER = os.path.join("history", "runs")
+_FINISHED = frozenset({dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED})
 
 
 def event_database_mode() -> int:
@@ -96,6 +106,40 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
         super().add_run(run)
         return run
 
+    def give_build_runs_an_origin(self) -> int:
+        """:func:`give_build_runs_an_origin` of this storage."""
+        import sqlalchemy as db
+        from dagster._core.storage.runs.schema import RunsTable, RunTagsTable
+        from dagster._core.storage.tags import REPOSITORY_LABEL_TAG
+        from dagster._serdes import deserialize_value, serialize_value
+
+        from dagster_project.automation import BUILD_TAG, BUILD_TAG_VALUE
+
+        finished = [status.value for status in dg.DagsterRunStatus if status in _FINISHED]
+        built = db.select(RunTagsTable.c.run_id).where(RunTagsTable.c.key == BUILD_TAG,
+                                                         RunTagsTable.c.value == BUILD_TAG_VALUE)
+        labelled = db.select(RunTagsTable.c.run_id).where(RunTagsTable.c.key == REPOSITORY_LABEL_TAG)
+        query = db.select(RunsTable.c.run_id, RunsTable.c.status, RunsTable.c.run_body).where(
+            RunsTable.c.run_id.in_(built), RunsTable.c.run_id.not_in(labelled), RunsTable.c.status.in_(finished))
+        given = 0
+        with self.connect() as conn:
+            for run_id, status, body in conn.execute(query).fetchall():
+                run = deserialize_value(body, dg.DagsterRun)
+                if run.remote_job_origin is not None:
+                    continue
+                new = _with_build_origin(run)
+                done = conn.execute(RunsTable.update().where(RunsTable.c.run_id == run_id, RunsTable.c.status == status)
+                                    .values(run_body=serialize_value(new)))
+                if not done.rowcount:
+                    continue
+                held = set(run.tags_for_storage())         # the run's tag rows: those it was stored with
+                added = {key: value for key, value in new.tags_for_storage().items() if key not in held}
+                if added:
+                    conn.execute(RunTagsTable.insert(), [{"run_id": run_id, "key": key, "value": value}
+                                                         for key, value in added.items()])
+                given += 1
+        return given
+
     def add_historical_run(self, dagster_run: dg.DagsterRun, run_creation_time: Any) -> dg.DagsterRun:
         run = _storable(dagster_run)
         super().add_historical_run(run, run_creation_time)
@@ -142,14 +186,67 @@ def _storable(run: dg.DagsterRun) -> dg.DagsterRun:
     config or tags hold a credential, and nothing is stored. Dagster hands the run it creates to whatever runs it
     next: the coordinator for a launch, the in-process executor for ``dagster asset materialize`` / ``execute_job``,
     which runs it with the config it was given, whatever was stored (review rev25l: a run stored scrubbed and
-    tagged refused ran to success in process), so refusing here is the one place every way of running sees."""
+    tagged refused ran to success in process), so refusing here is the one place every way of running sees.
+    A build's run is given its job's origin in the home's code location, and a run launched with an origin loses a
+    copied build tag (:func:`_with_build_origin`)."""
     from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused, credential_refusal
 
     tags = {key: value for key, value in (run.tags or {}).items() if key != REFUSED_TAG}
     reason = credential_refusal(run.run_config, tags)
     if reason is not None:
         raise RunConfigRefused(f"run refused at launch, nothing was stored: {reason}")
-    return run if len(tags) == len(run.tags or {}) else run._replace(tags=tags)
+    run = run if len(tags) == len(run.tags or {}) else run._replace(tags=tags)
+    return _with_build_origin(run)
+
+
+def home_job_origin(job_name: str) -> Any:
+    """The origin a run of ``job_name`` launched from the home's UI has (``RemoteJobOrigin``): the code location
+    ``pickapic serve`` and ``pickapic ui`` load (``-m dagster_project.definitions``, so named by Dagster), its one
+    repository (``__repository__``, that of a ``Definitions``). Dagster's re-execution reads only the location's
+    and the repository's names from a parent's origin; the new run gets the origin of the job the workspace
+    loaded."""
+    from dagster._core.definitions.repository_definition.valid_definitions import SINGLETON_REPOSITORY_NAME
+    from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
+    from dagster._core.workspace.load import location_origin_from_module_name
+
+    from dagster_project.serve import MODULE
+
+    location = location_origin_from_module_name(MODULE, None, None)
+    return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)
+
+
+def _with_build_origin(run: dg.DagsterRun) -> dg.DagsterRun:
+    """``run`` with the build's tag read for what it is. A run carrying it and no origin is a run of ``pickapic
+    build`` (``execute_in_process``: nothing else on this instance sets the tag, and every launch through a
+    workspace has an origin): it gets :func:`home_job_origin` and the code-location tag Dagster gives a run created
+    with one, so the UI shows it in the home's location and can re-execute it. A run carrying it with an origin was
+    launched through a workspace (the UI's re-execution of a build's run copies the parent's tags): the tag is
+    dropped, and the run is judged as the launch it is: by its code server in the run monitoring, counted by the
+    sensors and the nightly whether or not a build runs, and never failed by the next build as a dead build's run.
+    """
+    from dagster._core.storage.tags import CODE_LOCATION_TAG
+
+    from dagster_project.automation import BUILD_TAG, BUILD_TAG_VALUE
+
+    tags = dict(run.tags or {})
+    if tags.get(BUILD_TAG) != BUILD_TAG_VALUE:
+        return run
+    if run.remote_job_origin is not None:
+        del tags[BUILD_TAG]
+        return run.with_tags(tags)
+    origin = home_job_origin(run.job_name)
+    return run.with_job_origin(origin).with_tags({**tags, CODE_LOCATION_TAG: origin.location_name})
+
+
+def give_build_runs_an_origin(instance: dg.DagsterInstance) -> int:
+    """Give the finished runs of ``pickapic build`` that a home stored without an origin (every one before the
+    twenty-seventh session) the origin and tags :func:`_with_build_origin` gives a new one, so the UI can
+    re-execute them too; returns how many. Only the home's own run storage (:class:`CheckedSqliteRunStorage`);
+    a run still in progress is left for a later call (its build writes its status meanwhile), and each run's
+    row is changed only while its status is the one read. Cheap when there is nothing to do: one query over the
+    run tags."""
+    storage = instance.run_storage
+    return storage.give_build_runs_an_origin() if isinstance(storage, CheckedSqliteRunStorage) else 0
 
 
 class PickapicSqliteStorage(DagsterSqliteStorage):

@@ -8,8 +8,9 @@ launcher does (through the code server of the daemon or webserver) and answers
 :meth:`check_run_worker_health`, so the run monitoring that ``HOME/dagster/dagster.yaml`` turns on
 (:data:`dagster_project.coordinator.DAGSTER_YAML`) marks such a run failed within a poll interval:
 
-- a run that a code server launched (Dagster's ``dagster/grpc_info`` tag names it, also on a UI re-execution of
-  a build's run, which inherits the build's tag): alive while that server lists it among its current runs. A
+- a run that a code server launched (Dagster's ``dagster/grpc_info`` tag names it; a UI re-execution of a build's
+  run too, which the run storage stores without the build's tag: dagster_project/instance.py): alive while that
+  server lists it among its current runs. A
   server that lives already marks failed a run whose worker process died. When the server is gone (the
   connection refused, its socket missing: gRPC ``UNAVAILABLE``) or a server at that address does not list the
   run, the run is alive while its run worker process (the pid of its "Started process for run" event, a
@@ -49,8 +50,8 @@ class MonitoredRunLauncher(DefaultRunLauncher):
     def check_run_worker_health(self, run: DagsterRun) -> CheckRunHealthResult:
         from dagster_project.automation import BUILD_TAG, BUILD_TAG_VALUE, build_running
 
-        if GRPC_INFO_TAG in run.tags:     # launched through a code server (a UI re-execution of a build run too:
-            return self._served_run_health(run)       # it inherits the build's tag, review rev22b)
+        if GRPC_INFO_TAG in run.tags:     # launched through a code server (a UI re-execution of a build run too,
+            return self._served_run_health(run)       # review rev22b; stored without the build's tag since fix27u)
         if run.tags.get(BUILD_TAG) == BUILD_TAG_VALUE:
             home = self._data_home()
             if home is None or build_running(home):

@@ -80,9 +80,10 @@ def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation:
 
 def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Progress) -> int:
     from dagster_project.automation import AUTOMATION_ENV
-    from dagster_project.build import use_home
+    from dagster_project.build import give_old_build_runs_an_origin, use_home
 
     use_home(home)      # also creates the instance's databases before the two processes start (create_dagster_storage)
+    give_old_build_runs_an_origin(home)     # the UI can re-execute a build's run stored by an earlier version
     env = dict(os.environ)
     env[AUTOMATION_ENV] = "on" if automation else "off"
     processes = {name: subprocess.Popen(command, env=env, preexec_fn=_die_with(os.getpid()))

@@ -31,6 +31,7 @@ SLOW_FILES_FIRST = [
     "e2e/test_crash_recovery.py",        # ~80
     "e2e/test_app_db_e2e.py",            # ~65
     "e2e/test_serve.py",                 # ~50
+    "e2e/test_fix27u.py",                # ~45 (a killed build, a serve, a re-executed step)
     "e2e/test_hostile_corpus.py",        # ~50
     "unit/test_publish_incremental.py",  # ~40
     "e2e/test_build_e2e.py",             # ~35

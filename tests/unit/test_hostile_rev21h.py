@@ -17,7 +17,9 @@ What held up:
 - `pickapic ui` beside `pickapic serve`: the daemon lock (`HOME/.locks/daemon.lock`) lets one daemon per home;
 - Dagster's UI re-execution copies parent tags (`useParentRunTags` defaults to true), but a build's runs come from
   `execute_in_process` and have no `remote_job_origin`, which `launch_reexecution_from_parent_run` requires: a
-  build's run cannot be re-executed from the UI, so no daemon-launched run carries `pickapic/launched_by`;
+  build's run cannot be re-executed from the UI, so no daemon-launched run carries `pickapic/launched_by`
+  (fix27u: a build's run is now stored with the home's origin and can be re-executed; the re-execution is stored
+  without the build's tag, so no daemon-launched run carries it still);
 - the nightly's run keys repeat only within a tick (the scheduler dedupes a run key per scheduled execution time),
   so a failed nightly daily run or rebuild is asked for again the next night;
 - the work per tick on a long history: a quiet tick of `rebuild_when_inputs_change` makes 49 SQL statements at 20
