@@ -29,6 +29,7 @@ import os
 import re
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -465,6 +466,12 @@ class VersionGone(FileNotFoundError):
     nothing was read from it."""
 
 
+class VersionBusy(RuntimeError):
+    """Another process held the version exclusively for longer than the reader would wait (``wait_s`` of
+    :func:`hold_for_reading`): nothing was read from it. Not an OSError: that, from ``flock``, means a file system
+    with no locks on folders, read unlocked."""
+
+
 def _gone(path: Path, via_latest: bool, tries: int = 1) -> VersionGone:
     if via_latest:
         return VersionGone(f"dataset version {path.name} ({path}), which `latest` named, was deleted by the publish's "
@@ -509,14 +516,16 @@ def holders_text(pids: list[int]) -> str:
     return "pid " + ", ".join(str(pid) for pid in pids) if pids else "a process whose id the kernel did not list"
 
 
-def hold_for_reading(path: str | os.PathLike) -> int | None:
+def hold_for_reading(path: str | os.PathLike, wait_s: float | None = None) -> int | None:
     """Take a shared ``flock`` on the version folder ``path`` (a real folder, links resolved) for reading it;
     return the descriptor that holds it (closing it releases the lock), or None where this file system has no
     ``flock`` on folders (some NFS and FUSE mounts: the folder is read unlocked, as before) or the folder cannot
     be opened though it is there (EACCES). Waits while an exclusive lock is held: retention deleting that very
     version (it never waits for a reader), or another tool's exclusive ``flock``; saying so on stderr first, with
-    the holder's pid (review rev26e: a reader waited for ever, silently). :class:`VersionGone` when the folder is not at ``path`` once the lock is held: retention
-    renamed it out of the way with its lock held, so a reader never starts on a half-removed version."""
+    the holder's pid (review rev26e: a reader waited for ever, silently); for at most ``wait_s`` seconds where it is
+    given, then :class:`VersionBusy` (review rev27a: ``pickapic query --timeout`` did not bound this wait).
+    :class:`VersionGone` when the folder is not at ``path`` once the lock is held: retention renamed it out of the
+    way with its lock held, so a reader never starts on a half-removed version."""
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -533,7 +542,10 @@ def hold_for_reading(path: str | os.PathLike) -> int | None:
                     f"waiting to read dataset version {path.name}: {holders_text(lock_holders(fd))} holds it "
                     f"exclusively (the publish's retention deleting it, a moment; or another tool's `flock` without "
                     f"-s, which holds it until that process ends)"), file=sys.stderr, flush=True)
-                fcntl.flock(fd, fcntl.LOCK_SH)
+                if wait_s is None:
+                    fcntl.flock(fd, fcntl.LOCK_SH)
+                else:
+                    _wait_shared(fd, path, wait_s)
         except OSError:          # ENOLCK, EOPNOTSUPP, EBADF, EINVAL: no flock on folders here
             os.close(fd)
             return None
@@ -550,14 +562,36 @@ def hold_for_reading(path: str | os.PathLike) -> int | None:
     return fd
 
 
+def _wait_shared(fd: int, path: Path, wait_s: float) -> None:
+    """Take the shared ``flock`` on ``fd`` within ``wait_s`` seconds (asked again every 10 ms, doubling up to
+    0.25 s), else :class:`VersionBusy` naming the holder."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    pause = 0.01
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise VersionBusy(f"dataset version {path.name} was still held exclusively by "
+                              f"{holders_text(lock_holders(fd))} (another tool's `flock` without -s): nothing was "
+                              f"read from it")
+        time.sleep(min(pause, left))
+        pause = min(pause * 2, 0.25)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            continue
+
+
 @contextlib.contextmanager
-def reading_resolved(resolve: Callable[[], Path], via_latest: bool) -> Iterator[Path]:
-    """Hold the version ``resolve()`` names for reading (:func:`hold_for_reading`); where it was deleted between
-    the two and ``via_latest``, resolve again (`latest` moved on), at most :data:`READ_TRIES` times."""
+def reading_resolved(resolve: Callable[[], Path], via_latest: bool, wait_s: float | None = None) -> Iterator[Path]:
+    """Hold the version ``resolve()`` names for reading (:func:`hold_for_reading`, waiting at most ``wait_s``
+    seconds in all where it is given); where it was deleted between the two and ``via_latest``, resolve again
+    (`latest` moved on), at most :data:`READ_TRIES` times."""
+    until = None if wait_s is None else time.monotonic() + max(0.0, wait_s)
     for tries in range(1, READ_TRIES + 1):
         path = resolve()
         try:
-            fd = hold_for_reading(path)
+            fd = hold_for_reading(path, None if until is None else max(0.0, until - time.monotonic()))
             break
         except VersionGone:
             if not via_latest:
@@ -571,11 +605,14 @@ def reading_resolved(resolve: Callable[[], Path], via_latest: bool) -> Iterator[
             os.close(fd)
 
 
-def reading_version(home: DataHome, version: str | None = None) -> contextlib.AbstractContextManager[Path]:
+def reading_version(home: DataHome, version: str | None = None,
+                    wait_s: float | None = None) -> contextlib.AbstractContextManager[Path]:
     """:func:`resolve_version`, held for reading until the ``with`` block ends: a shared lock on the version's
     folder that the publish's retention respects (it keeps the version). ``latest`` (``version`` None) is
-    resolved to its version first and that is locked; one deleted in between is resolved again."""
-    return reading_resolved(lambda: resolve_version(home, version), version is None)
+    resolved to its version first and that is locked; one deleted in between is resolved again. Where another
+    process holds the version exclusively it waits, for at most ``wait_s`` seconds where given
+    (:class:`VersionBusy`)."""
+    return reading_resolved(lambda: resolve_version(home, version), version is None, wait_s)
 
 
 def reading_data_dir(data_dir: str | os.PathLike) -> contextlib.AbstractContextManager[Path]:

@@ -29,12 +29,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import glob
+import math
 import os
 import re
 import shutil
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -43,7 +45,7 @@ from typing import Any, Iterator, Mapping, TextIO
 import duckdb
 import pyarrow as pa
 
-from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, reading_version
+from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, VersionBusy, reading_version
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
 from pipelines.query.guard import check_read_only
@@ -158,10 +160,19 @@ def interrupt_active() -> None:
 @contextlib.contextmanager
 def connect(home: DataHome, version: str | None = None,
             limits: QueryLimits | None = None) -> Iterator[tuple[duckdb.DuckDBPyConnection, Path]]:
-    """An in-memory, read-only DuckDB connection with the version's views and limits, and the version path."""
+    """An in-memory, read-only DuckDB connection with the version's views and limits, and the version path.
+
+    Where another process holds the version exclusively (another tool's ``flock`` without ``-s``), it waits for
+    it at most ``limits.timeout_s`` (0: without bound), then QueryFailed naming ``--timeout`` (review rev27a: the
+    wait came before the time limit started, unbounded)."""
     limits = (limits or QueryLimits()).validate()
     # the version is held for reading (the publish's retention keeps it) for as long as the connection is open
-    with reading_version(home, version) as path, _connect(path, limits) as con:
+    with contextlib.ExitStack() as stack:
+        try:
+            path = stack.enter_context(reading_version(home, version, limits.timeout_s or None))
+        except VersionBusy as exc:
+            raise _time_limit(limits.timeout_s, f" while it waited to read the version: {exc}") from None
+        con = stack.enter_context(_connect(path, limits))
         yield con, path
 
 
@@ -193,19 +204,25 @@ def _connect(path: Path, limits: QueryLimits) -> Iterator[duckdb.DuckDBPyConnect
         shutil.rmtree(private, ignore_errors=True)
 
 
+def _glob_special(path: str) -> bool:
+    """True where DuckDB's glob would not read ``path`` as itself: it holds ``*``, ``?``, ``[`` or a backslash
+    (DuckDB finds no file below a folder whose name holds one, escaped or not: review rev27a)."""
+    return glob.has_magic(path) or "\\" in path
+
+
 def _private_folder() -> str:
-    """A new private (0700) temporary folder whose path holds no glob character (``*``, ``?``, ``[``): the
-    views' globs start with it, and a glob character there would need escaping, which DuckDB then compares
-    with ``allowed_directories`` as text (review rev24j). Under ``$TMPDIR``, or ``/tmp`` where that path
-    has one."""
+    """A new private (0700) temporary folder whose path holds no glob character (``*``, ``?``, ``[``) and no
+    backslash (:func:`_glob_special`): the views' globs start with it, and a glob character there would need
+    escaping, which DuckDB then compares with ``allowed_directories`` as text (review rev24j). Under ``$TMPDIR``,
+    or ``/tmp`` where that path has one."""
     folder = tempfile.mkdtemp(prefix="pickapic-query-")
-    if not glob.has_magic(folder):
+    if not _glob_special(folder):
         return folder
     os.rmdir(folder)
     folder = tempfile.mkdtemp(prefix="pickapic-query-", dir="/tmp")
-    if glob.has_magic(folder):
+    if _glob_special(folder):
         os.rmdir(folder)
-        raise QueryFailed(f"no temporary folder without a glob character (* ? [) in its path: {folder}; "
+        raise QueryFailed(f"no temporary folder without a glob character (* ? [ \\) in its path: {folder}; "
                           f"set TMPDIR to one")
     return folder
 
@@ -258,17 +275,31 @@ def named_queries() -> dict[str, str]:
     return out
 
 
-class _Deadline:
-    """Interrupts the connection's running query once ``seconds`` have passed (0: never)."""
+def _time_limit(seconds: float, during: str = "") -> QueryFailed:
+    """The error of a query stopped at its time limit (``during``: where it was)."""
+    return QueryFailed(f"the query was stopped at the time limit of {seconds:g} s{during} "
+                       "(--timeout SECONDS raises it; 0 means none)")
 
-    def __init__(self, con: duckdb.DuckDBPyConnection, seconds: float) -> None:
+
+class _Deadline:
+    """Interrupts the connection's running query once ``seconds`` have passed since ``started`` (a
+    ``time.monotonic()``; default now), at once where they have already; never for 0 seconds."""
+
+    def __init__(self, con: duckdb.DuckDBPyConnection, seconds: float, started: float | None = None) -> None:
         self.seconds, self.fired = seconds, False
         self._con = con
-        self._timer = threading.Timer(seconds, self._fire) if seconds > 0 else None
+        left = seconds - (time.monotonic() - started) if started is not None else seconds
+        self._timer = threading.Timer(max(left, 0.0), self._fire) if seconds > 0 else None
 
     def _fire(self) -> None:
         self.fired = True
-        self._con.interrupt()
+        # and again every 0.1 s until the block ends: an interrupt before DuckDB began the query (a limit spent
+        # waiting for the version's lock) would be lost
+        while True:
+            with contextlib.suppress(Exception):
+                self._con.interrupt()
+            if self._timer is None or self._timer.finished.wait(0.1):
+                return
 
     def __enter__(self) -> "_Deadline":
         if self._timer is not None:
@@ -283,8 +314,7 @@ class _Deadline:
     def failure(self, exc: BaseException, limits: QueryLimits) -> QueryFailed:
         """The error to report for ``exc``, naming the limit that stopped the query."""
         if self.fired:
-            return QueryFailed(f"the query was stopped at the time limit of {self.seconds:g} s "
-                               "(--timeout SECONDS raises it; 0 means none)")
+            return _time_limit(self.seconds)
         message = str(exc)
         if isinstance(exc, duckdb.OutOfMemoryException) or "Out of Memory" in message:
             message = (message.split("\n")[0] + f" (limits: --memory-limit {limits.memory_limit}, "
@@ -303,6 +333,7 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
     segment is capped once DuckDB is open, and its own limit put back afterwards (:func:`process_memory_cap`).
     """
     limits = limits or QueryLimits()
+    started = time.monotonic()   # the time limit counts from here: the wait for the version's lock included
     with connect(home, version, limits) as (con, _):
         # once DuckDB is open, with its thread count known: the query runs under the cap, put back when it ends
         cap = (process_memory_cap(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
@@ -312,8 +343,10 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                 check_read_only(con, sql)
             except duckdb.Error as exc:  # a parser error
                 raise QueryFailed(str(exc)) from None
-            with _Deadline(con, limits.timeout_s) as deadline:
+            with _Deadline(con, limits.timeout_s, started) as deadline:
                 try:
+                    if deadline.fired:   # spent before the query started (its version's lock, opening it)
+                        raise deadline.failure(TimeoutError(), limits)
                     relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
                     reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
                 except duckdb.Error as exc:
@@ -407,15 +440,51 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
     return 0
 
 
+_CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+_CANONICAL_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
+_INT_TEXT = re.compile(r"[+-]?[0-9]+")
+_DOUBLE_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+                          re.IGNORECASE)
+PARAM_TYPES = ("text", "int", "double")
+PARAM_HELP = ("a $NAME parameter for the query (repeatable), always bound, never spliced into the SQL. VALUE is bound "
+              "as a number only where it is that number's own spelling: an integer (42, -7: no sign +, leading zero "
+              "or _, within BIGINT) or a decimal (0.5, -1.25: no exponent, as Python and DuckDB write that DOUBLE); "
+              "anything else as text, as typed (0123, 12e3, nan, 1_0). NAME:text=VALUE binds it as text always "
+              "(a pseudonym or prompt of digits compared with a VARCHAR column), NAME:int=VALUE and "
+              "NAME:double=VALUE as that number (12e3, inf)")
+
+
+def _shown(text: str, most: int = 80) -> str:
+    """``repr(text)``, cut to its first ``most`` characters (an error line stays one short line)."""
+    return repr(text) if len(text) <= most else f"{text[:most]!r}... ({len(text)} characters)"
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
+    """``NAME=VALUE`` or ``NAME:TYPE=VALUE`` -> (NAME, the value to bind): see :data:`PARAM_HELP`. Review rev27a:
+    every value int() or float() took was bound as a number, so a pseudonym 0123 was bound as 123, 12e3 as
+    12000.0 and nan as NaN, with no way to pass them as text."""
     name, sep, value = text.partition("=")
-    if not sep or not name.isidentifier():
-        raise argparse.ArgumentTypeError(f"--param {text!r}: expected NAME=VALUE")
-    for convert in (int, float):
-        try:
-            return name, convert(value)
-        except ValueError:
-            pass
+    name, colon, kind = name.partition(":")
+    if not sep or not name.isidentifier() or (colon and kind not in PARAM_TYPES):
+        raise argparse.ArgumentTypeError(f"--param {_shown(text)}: expected NAME=VALUE or NAME:TYPE=VALUE with "
+                                         f"TYPE one of {', '.join(PARAM_TYPES)}")
+    if kind == "text":
+        return name, value
+    if kind == "int":
+        if not _INT_TEXT.fullmatch(value) or len(value.lstrip("+-").lstrip("0")) > 19 \
+                or not -2**63 <= int(value) < 2**63:
+            raise argparse.ArgumentTypeError(f"--param {_shown(text)}: not an integer within BIGINT")
+        return name, int(value)
+    if kind == "double":
+        if not _DOUBLE_TEXT.fullmatch(value) or math.isinf(float(value)) and value.lower().lstrip("+-") \
+                not in ("inf", "infinity"):
+            raise argparse.ArgumentTypeError(f"--param {_shown(text)}: not a number a DOUBLE holds "
+                                             "(a decimal, an exponent, inf or nan)")
+        return name, float(value)
+    if _CANONICAL_INT.fullmatch(value) and value != "-0" and len(value) <= 20 and -2**63 <= int(value) < 2**63:
+        return name, int(value)
+    if _CANONICAL_DECIMAL.fullmatch(value) and repr(float(value)) == value:
+        return name, float(value)
     return name, value
 
 
@@ -430,8 +499,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", type=Path, metavar="FILE",
                         help="write the result to FILE instead of stdout (a new path or a regular file outside the "
                              "data home; says on stderr how many rows it wrote)")
-    parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME=VALUE",
-                        help="a $NAME parameter for the query (repeatable)")
+    parser.add_argument("--param", action="append", type=_parse_param, default=[], metavar="NAME[:TYPE]=VALUE",
+                        help=PARAM_HELP)
     defaults = QueryLimits()
     parser.add_argument("--timeout", type=float, default=defaults.timeout_s, metavar="SECONDS",
                         help=f"stop the query after SECONDS (default {defaults.timeout_s:g}; 0: no limit)")

@@ -6,10 +6,11 @@ import contextlib
 import dataclasses
 import io
 import json
+import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Iterator, TextIO
+from typing import Any, BinaryIO, Iterable, Iterator, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -66,10 +67,19 @@ def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str,
     """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the counts."""
     width = len(schema)
     if fmt == "parquet":
+        _refuse_duplicate_names(schema, "--format parquet", "which Parquet readers (pyarrow, pandas, polars) "
+                                "cannot read back")
+        texts = _parquet_text_columns(schema)
+        target = pa.schema([pa.field(field.name, pa.string()) if i in texts else field
+                            for i, field in enumerate(schema)], metadata=schema.metadata)
         rows = 0
-        with pq.ParquetWriter(sink, schema, **PARQUET_OPTIONS) as writer:
+        with pq.ParquetWriter(sink, target, **PARQUET_OPTIONS) as writer:
             for batch in batches:
-                writer.write_batch(batch)
+                if texts:
+                    written = _as_text(pa.Table.from_batches([batch]), texts)
+                    writer.write_table(pa.Table.from_arrays(written.columns, schema=target))
+                else:
+                    writer.write_batch(batch)
                 rows += batch.num_rows
         return Written(rows, rows, width, width)
     if fmt == "table":
@@ -94,25 +104,36 @@ def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Binar
         if batch.num_rows:
             sink.write(buffer.getvalue())
         rows += batch.num_rows
-    if rows == 0:
+    if rows == 0:   # the header alone (of text columns: an empty table of a UNION cannot be made)
         buffer = io.BytesIO()
-        pacsv.write_csv(_flatten_nested(schema.empty_table()), buffer)
+        pacsv.write_csv(pa.Table.from_arrays([pa.array([], pa.string())] * len(schema), names=schema.names), buffer)
         sink.write(buffer.getvalue())
     return rows
 
 
-def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
-    """``json.dumps(rows, indent=1)``, written one row at a time; refuses (ValueError) duplicate column names,
-    which a JSON object cannot hold (the last would silently win)."""
+def _refuse_duplicate_names(schema: pa.Schema, flag: str, why: str) -> None:
+    """ValueError where two columns of ``schema`` have the same name (a ``SELECT *`` of a join)."""
     seen: set[str] = set()
     twice = sorted({name for name in schema.names if name in seen or seen.add(name)})
     if twice:
-        raise ValueError(f"--format json: the result has more than one column named {', '.join(map(repr, twice))}, "
-                         "which a JSON object cannot hold; give each column its own name (... AS name)")
+        raise ValueError(f"{flag}: the result has more than one column named {', '.join(map(repr, twice))}, "
+                         f"{why}; give each column its own name (... AS name)")
+
+
+def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
+    """``json.dumps(rows, indent=1)``, written one row at a time; refuses (ValueError) duplicate column names,
+    which a JSON object cannot hold (the last would silently win). NaN and infinite numbers, which JSON has no
+    word for, are written ``null`` (as JavaScript's JSON.stringify does; review rev27a: bare ``NaN`` made the
+    file unreadable to strict parsers)."""
+    _refuse_duplicate_names(schema, "--format json", "which a JSON object cannot hold")
     rows = 0
     for batch in batches:
         for row in _rows(batch):
-            text = json.dumps(row, ensure_ascii=False, default=_json_default, indent=1)
+            try:
+                text = json.dumps(row, ensure_ascii=False, default=_json_default, indent=1, allow_nan=False)
+            except ValueError:   # a NaN or an infinity somewhere in the row
+                text = json.dumps(_finite(row), ensure_ascii=False, default=_json_default, indent=1,
+                                  allow_nan=False)
             sink.write((("[\n" if rows == 0 else ",\n") + " " + text.replace("\n", "\n ")).encode("utf-8"))
             rows += 1
     sink.write(b"[]\n" if rows == 0 else b"\n]\n")
@@ -656,19 +677,95 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float in it (at any depth) None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):   # not an interval (a named tuple)
+        return [_finite(item) for item in value]
+    return value
+
+
 def _flatten_nested(table: pa.Table) -> pa.Table:
-    """CSV has no nested types: lists, structs and maps become JSON strings; a date / timestamp column holding
-    values Python cannot represent becomes text (Arrow would write ``<value out of range: N>``)."""
-    columns = []
-    for field, column in zip(table.schema, table.columns):
-        if _beyond_python(column):
+    """CSV has no nested types: lists, structs, maps and unions become JSON strings; a date / timestamp column
+    holding values Python cannot represent becomes text (Arrow would write ``<value out of range: N>``); an
+    INTERVAL becomes DuckDB's text for it (``1 year 2 months 3 days 04:05:06.5``, as ``::VARCHAR`` and DuckDB's
+    own CSV write it; Arrow cannot write it to CSV at all) and a BLOB its bytes in hex, as ``--format json``
+    writes them (review rev27a: a traceback; raw bytes, NUL included, or 'Invalid UTF8 payload')."""
+    return _as_text(table, range(table.num_columns), dates=True)
+
+
+def _as_text(table: pa.Table, indexes: Iterable[int], dates: bool = False) -> pa.Table:
+    """``table`` with the columns at ``indexes`` that are nested, INTERVAL or binary made text, as
+    :func:`_flatten_nested` writes them for CSV (and date / timestamp ones beyond Python where ``dates``)."""
+    columns = list(table.columns)
+    for i in indexes:
+        field, column = table.schema.field(i), columns[i]
+        if dates and _beyond_python(column):
             text = pc.cast(column, pa.string()).to_pylist()
             column = pa.array([v if isinstance(v, str) else t for v, t in zip(_to_python(column), text)], pa.string())
+        elif pa.types.is_interval(field.type):
+            column = pa.array([None if v is None else interval_text(*v) for v in column.to_pylist()], pa.string())
+        elif _is_bytes(field.type):
+            column = pa.chunked_array([_hex(chunk) for chunk in column.chunks], pa.large_string())
         elif pa.types.is_nested(field.type):
             column = pa.array([None if v is None else json.dumps(v, ensure_ascii=False, default=_json_default)
                                for v in _to_python(column)], pa.string())
-        columns.append(column)
+        columns[i] = column
     return pa.table(columns, names=table.column_names)
+
+
+def _is_bytes(kind: pa.DataType) -> bool:
+    return pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_fixed_size_binary(kind)
+
+
+_HEX_DIGITS = np.frombuffer(b"0123456789abcdef", dtype=np.uint8)
+
+
+def _hex(array: pa.Array) -> pa.Array:
+    """A binary array's values in lowercase hex (``bytes.hex()``), as large strings; nulls stay null. From the
+    Arrow buffers, without a Python object per value."""
+    array = array.cast(pa.large_binary())
+    _, offsets, data = array.buffers()
+    offsets = np.frombuffer(offsets, dtype=np.int64)[array.offset:array.offset + len(array) + 1]
+    first, last = (int(offsets[0]), int(offsets[-1])) if len(offsets) else (0, 0)
+    raw = np.frombuffer(data, dtype=np.uint8)[first:last] if data is not None else np.empty(0, np.uint8)
+    digits = np.empty(2 * len(raw), dtype=np.uint8)
+    digits[0::2], digits[1::2] = _HEX_DIGITS[raw >> 4], _HEX_DIGITS[raw & 15]
+    text = pa.LargeStringArray.from_buffers(len(array), pa.py_buffer(((offsets - first) * 2).astype(np.int64)),
+                                            pa.py_buffer(digits.tobytes()))
+    return pc.if_else(array.is_valid(), text, pa.scalar(None, pa.large_string())) if array.null_count else text
+
+
+def interval_text(months: int, days: int, nanoseconds: int) -> str:
+    """An INTERVAL as DuckDB writes it (``Interval::ToString``: ``-1 year -2 months 3 days -04:05:06.000789``,
+    ``00:00:00`` for none); DuckDB's intervals hold microseconds."""
+    years = abs(months) // 12 * (1 if months >= 0 else -1)
+    parts = [f"{n} {unit}{'' if abs(n) == 1 else 's'}" for n, unit in
+             ((years, "year"), (months - 12 * years, "month"), (days, "day")) if n]
+    micros = abs(nanoseconds) // 1000
+    if micros:
+        hours, rest = divmod(micros, 3_600_000_000)
+        minutes, rest = divmod(rest, 60_000_000)
+        seconds, fraction = divmod(rest, 1_000_000)
+        clock = f"{'-' if nanoseconds < 0 else ''}{hours:02d}:{minutes:02d}:{seconds:02d}"
+        parts.append(clock + ("." + f"{fraction:06d}".rstrip("0") if fraction else ""))
+    return " ".join(parts) or "00:00:00"
+
+
+def _parquet_text_columns(schema: pa.Schema) -> list[int]:
+    """The columns Parquet cannot hold (an INTERVAL or a UNION, at any depth: pyarrow has no Parquet type for
+    them), which ``--format parquet`` writes as text as CSV does (review rev27a: a traceback)."""
+    def unwritable(kind: pa.DataType) -> bool:
+        if pa.types.is_interval(kind) or pa.types.is_union(kind):
+            return True
+        if pa.types.is_dictionary(kind):
+            return unwritable(kind.value_type)
+        return any(unwritable(kind.field(k).type) for k in range(kind.num_fields))
+
+    return [i for i, field in enumerate(schema) if unwritable(field.type)]
 
 
 def _rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
