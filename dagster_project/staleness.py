@@ -125,11 +125,16 @@ def _same(values: list[str | None]) -> str | None:
 
 
 def runtime_version(instance: dg.DagsterInstance, stage_name: str, home: DataHome, stage_config,
-                    day: str | None = None, late: Sequence[str] = ()) -> str:
-    """The version an asset records now: its inputs are what Dagster recorded for its upstream assets."""
+                    day: str | None = None, late: Sequence[str] = (),
+                    read: dict[str, str | None] | None = None) -> str:
+    """The version an asset records now: its inputs are what Dagster recorded for its upstream assets; ``read``:
+    the digests of ``day``'s raw files as the stage read them (``IngestReport.read_digests``), used instead of the
+    files as they are now (:meth:`RawDigests.pin`)."""
     stage = BY_NAME[stage_name]
     recorded = RecordedVersions(instance)
     raw = RawDigests(home)
+    if read is not None and day is not None:
+        raw.pin(day, read)
     days = sorted(set(recorded.days("features")) | set(recorded.days("ingest"))) if not stage.partitioned else []
     version = stage_version(stage, home, stage_config, recorded.get, days, raw, day, late)
     raw.save()

@@ -64,6 +64,14 @@ class RawDigests:
         except (FileNotFoundError, ValueError):
             self.known = {}
         self.changed = False
+        self.read: dict[str, dict[str, str]] = {}   # day -> table -> digest of the file as a stage read it
+
+    def pin(self, day: str, digests: dict[str, str | None]) -> None:
+        """Use ``digests`` (table -> the sha256 of the file a stage read, "missing"; None: not read) for ``day``'s
+        files instead of the files as they are now, so a stage's version names the bytes it read (review rev27b:
+        a raw file delivered again after the ingest read it was named in the ingest's version, and the day looked
+        fresh with the old rows)."""
+        self.read[day] = {table: digest for table, digest in digests.items() if digest is not None}
 
     def file(self, path: Path) -> str:
         """Content digest of one file ("missing" / "not-a-file" for those)."""
@@ -83,7 +91,8 @@ class RawDigests:
 
     def day(self, day: str) -> str:
         """Digest of one raw day's four table files."""
-        return combine("raw-day", day, [(t, self.file(self.home.raw_file(day, t))) for t in RAW_TABLES])
+        read = self.read.get(day, {})
+        return combine("raw-day", day, [(t, read.get(t) or self.file(self.home.raw_file(day, t))) for t in RAW_TABLES])
 
     def save(self) -> None:
         """Write the cache back when it learnt something (never required for correctness)."""
@@ -242,6 +251,14 @@ class RejectedBlobs:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
+        self.read: dict[str, dict[str, str]] = {}   # day -> table -> digest of the file as a stage read it
+
+    def pin(self, day: str, digests: dict[str, str | None]) -> None:
+        """Use ``digests`` (table -> the sha256 of the file a stage read, "missing"; None: not read) for ``day``'s
+        files instead of the files as they are now, so a stage's version names the bytes it read (review rev27b:
+        a raw file delivered again after the ingest read it was named in the ingest's version, and the day looked
+        fresh with the old rows)."""
+        self.read[day] = {table: digest for table, digest in digests.items() if digest is not None}
 
     # --- reading the partition, streamed
     def _partition(self, day: str) -> tuple[Path, list] | None:

@@ -45,8 +45,12 @@ def ingest_day_assets(context: dg.AssetExecutionContext, config: IngestRunConfig
         # another partition was ingested again: this day's images resolved references it waited for (an earlier
         # day within the late-image window, whose version now names this day as an input, or a later day), or a
         # crash had interrupted an earlier rewrite of it (pipelines.ingest.rewrites)
-        version = runtime_version(context.instance, "ingest", home, settings, other, refreshed.late_image_days)
+        version = runtime_version(context.instance, "ingest", home, settings, other, refreshed.late_image_days,
+                                  read=refreshed.read_digests())
         log_refreshed_partition(context, home, INGEST_DATASETS, refreshed, other, cause=day, data_version=version)
-    version = runtime_version(context.instance, "ingest", home, settings, day, report.late_image_days)
+    # the version of the raw bytes the ingest read, not of the files as they are now: one delivered again since
+    # leaves the day stale, so the next build or sensor ingests it again (review rev27b)
+    version = runtime_version(context.instance, "ingest", home, settings, day, report.late_image_days,
+                              read=report.read_digests())
     yield from materialize_and_check(home, INGEST_DATASETS, report, partition=day, data_version=version,
                                      also={RAW_ZONE_RECORD_ASSET: RAW_ZONE_RECORD})

@@ -159,6 +159,15 @@ class IngestReport:
         """The later days whose images export this day's output depends on (inputs of the day, too)."""
         return sorted({d for t in self.tables.values() for d in t.late_image_days})
 
+    def read_digests(self) -> dict[str, str | None]:
+        """Per table, the digest of the raw file as this ingest read it, as ``pipelines.provenance.RawDigests``
+        gives one: its sha256 (hashed from the bytes read), ``missing``, or None where nothing was read (a path
+        that is not a regular file inside the raw zone): the day's version names these, not the files as they are
+        when it is recorded (review rev27b)."""
+        return {table: report.file_sha256 if report.file_sha256 is not None
+                else "missing" if report.status == "missing" else None
+                for table, report in self.tables.items()}
+
     def quarantine_by_reason(self) -> dict[str, int]:
         """Quarantine rows per reason over all tables (file-level rows included), sorted by reason."""
         total: dict[str, int] = {}

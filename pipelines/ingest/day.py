@@ -28,7 +28,8 @@ Speed: each line is decoded with the standard ``json`` scanner and checked by a 
 processes: each reads every file but validates only the lines whose primary key, as written in the
 raw bytes, routes to it (crc32 of the key; a line whose key cannot be read that way goes to worker
 0), and the parent merges the parts. If versions of one key still reach two workers, that table is
-redone in one process. The reference check reads other days through a per-day index of their raw
+redone in one process; if the workers read different bytes of one file (delivered again between their opens:
+each hashes the whole file), the day is read again in one process (review rev27b). The reference check reads other days through a per-day index of their raw
 images files' uids (``cache/raw_image_uids/dt=DAY.parquet``, written by that day's ingest, trusted
 while the raw file has the recorded size and times, else its recorded sha256; otherwise the file is
 searched again), so a day's check does not decompress the whole history. None of this changes a
@@ -166,13 +167,21 @@ def _merge_parts(table: str, parts: list[_TableResult]) -> tuple[pa.Table, Quara
         sink.merge(other[1])
     sink.close()
     report = parts[0][2]
-    if any(p[2].lines_in != report.lines_in for p in parts):
-        raise RuntimeError(f"{report.file} changed while it was ingested: parts counted different lines")
+    if not _same_file(parts) or any(p[2].lines_in != report.lines_in for p in parts):
+        raise RuntimeError(f"{report.file} changed while it was ingested: its parts read different files; "
+                           "ingest the day again")
     report.accepted = built.num_rows
     report.accepted_late_image = sum(p[2].accepted_late_image for p in parts)
     report.late_image_days = sorted({d for p in parts for d in p[2].late_image_days})
     _tally(report, sink)
     return built, sink, report
+
+
+def _same_file(parts: list[_TableResult]) -> bool:
+    """Whether the parts of one table read the same file: the same bytes (sha256 and size of the whole file, which
+    every part hashes) and the same outcome."""
+    facts = {(p[2].status, p[2].error, p[2].file_sha256, p[2].file_bytes) for p in parts}
+    return len(facts) == 1
 
 
 def _tally(report: TableReport, sink: QuarantineSink) -> None:
@@ -327,6 +336,11 @@ def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[
             futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
                        for i in range(n)]
             parts = [future.result() for future in futures]
+        if not all(_same_file([p[table] for p in parts]) for table in RAW_TABLES):
+            # a raw file was delivered again between the workers' opens: their rows are of two deliveries (review
+            # rev27b); read the day again in one process, each file once
+            return {table: value[:3] for table, value
+                    in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
         results = {}
         for table in RAW_TABLES:
             table_parts = [p[table] for p in parts]
@@ -340,10 +354,21 @@ def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[
             in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
 
 
-def _raw_inputs(home: DataHome, scan: RawZoneScan) -> list:
-    """What a day's reference check read of other days: the raw zone's days and each one's images file by size and
-    times (one ``stat`` a day). Equal before and after a write: no day landed or changed in between."""
-    return [[d, stat_key(home.raw_file(d, "images"))] for d in scan.days]
+def _raw_inputs(home: DataHome, scan: RawZoneScan, day: str) -> list:
+    """What a day's ingest read: the raw zone's days and each one's images file by size and times (one ``stat`` a
+    day: the reference check), and ``day``'s own four files by device, inode, size and times (review rev27b: a
+    rankings file delivered again during the compute was looked at by none of these). Equal before and after a
+    write: no day landed or changed in between."""
+    return [[d, stat_key(home.raw_file(d, "images"))] for d in scan.days] + [_identity(home.raw_file(day, table))
+                                                                            for table in RAW_TABLES]
+
+
+def _identity(path: Path) -> list | None:
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return [info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode]
 
 
 MAX_RECOMPUTES = 3   # under the ingest lock: the raw zone changing at each look is left to the landing days' own ingests
@@ -365,8 +390,11 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     :func:`ingest_lock`), so one ingest's writes and looks at other days never interleave with another's.
     Under the lock the raw zone is looked at again (:func:`_raw_inputs`, before and after the write): when a
     day landed or changed since the compute, the day is computed again first (review rev23g: an earlier day
-    ingested meanwhile looked at this day before it was written, and this day never saw that one). A day that
-    lands after that look is ingested later by its own run, whose look at later days then sees this one.
+    ingested meanwhile looked at this day before it was written, and this day never saw that one), and so when
+    one of the day's own files was delivered again (review rev27b). A day that lands after that look is ingested
+    later by its own run, whose look at later days then sees this one; a file of the day delivered again after it
+    is named by its sha256 as read in the report (``IngestReport.read_digests``, the version the asset records),
+    so the day shows stale and is ingested again.
     """
     started = time.perf_counter()
     date = parse_day(day)
@@ -376,7 +404,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     outputs = {name: home.partition_file(name, day) for name in OUTPUT_DATASETS}
     check_partition_folders(home, day, outputs.values())    # a linked partition folder: refused first (rev25i)
     with _spill_folder(home, day) as spill_dir:
-        seen = _raw_inputs(home, scan)
+        seen = _raw_inputs(home, scan, day)
         results = _compute(home, day, config, scan.days, spill_dir)
         written: dict[str, int] = {}
         with ingest_lock(home):
@@ -388,7 +416,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
                 scan = home.scan_raw_zone()
                 if day not in scan.days:
                     raise RawDayGone(_gone_message(home, day, scan))
-                now = _raw_inputs(home, scan)
+                now = _raw_inputs(home, scan, day)
                 if now != seen and attempt < MAX_RECOMPUTES:
                     seen, unwritten = now, True   # a day landed or changed since the compute: compute again, as it is now
                     results = _compute(home, day, config, scan.days, spill_dir)

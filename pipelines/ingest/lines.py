@@ -37,8 +37,10 @@ class RawFile:
     """Stream one gzip JSON-lines file; after ``chunks()`` is exhausted, ``status``/``error`` say how it went.
 
     ``status``: ``ok``, ``missing`` (no file), ``empty`` (no bytes after decompression), ``unreadable``
-    (not gzip, truncated, corrupt, not a regular file, or a link out of the raw zone). Every byte that
-    decompressed before an error is yielded, so the lines before the damage are still ingested.
+    (not gzip, truncated, corrupt, not a regular file, or a link out of the raw zone). Every member before a
+    damaged one is yielded, so the lines before the damage are still ingested; a damaged member (one that fails
+    its integrity check or cannot be inflated) yields nothing, nor does anything after it; a truncated last
+    member yields the bytes before the cut.
     ``error`` names the file by ``name`` (its path relative to the data home), never by its absolute
     path: the message is stored in the quarantine and published.
     """
@@ -74,57 +76,118 @@ class RawFile:
         return True
 
     def chunks(self) -> Iterator[bytes]:
-        """Yield decompressed bytes (concatenated gzip members supported); never raises for bad data."""
-        digest = hashlib.sha256()
+        """Yield decompressed bytes (concatenated gzip members supported); never raises for bad data.
+
+        Two passes over the open file: :meth:`_survey` hashes it and inflates every member without keeping its
+        bytes, to find the first member that fails (its CRC-32 or length check, a bad block, a bad header such as
+        garbage after the last member); then the members before that one are inflated again and yielded. A
+        member's bytes are yielded only once its check passed (review rev27b: a member that failed its CRC had
+        every line already yielded accepted, the damaged one included), except the last one of a truncated
+        file (it has no check: its bytes before the cut are yielded) and the part of a member past
+        ``max_bytes`` (never inflated: the file is cut there)."""
         handle = self._open()
         if handle is None:
             return
         with handle:
-            decomp = None
-            try:
-                while block := handle.read(self.read_bytes):
-                    self.file_bytes += len(block)
-                    digest.update(block)
-                    data, pending = block, False
-                    while data or pending:
-                        if decomp is None or decomp.eof:  # a new gzip member starts here
-                            decomp = zlib.decompressobj(wbits=31)
+            bad = self._survey(handle)
+            if self.status == "ok":
+                yield from self._inflate(handle, bad)
+
+    def _survey(self, handle: io.FileIO) -> tuple[int, str] | None:
+        """The first pass: ``file_bytes`` and ``file_sha256`` of the whole file, and the first member that fails as
+        (its compressed offset, the error), or None. Inflates at most ``max_bytes`` (the second pass stops there),
+        ``max_chunk`` bytes at a time, keeping nothing."""
+        digest = hashlib.sha256()
+        decomp = None
+        start = produced = 0
+        bad = None
+        try:
+            while block := handle.read(self.read_bytes):
+                self.file_bytes += len(block)
+                digest.update(block)
+                data, pending = block, False
+                while bad is None and (data or pending) and (self.max_bytes is None or produced <= self.max_bytes):
+                    if decomp is None or decomp.eof:  # a new gzip member starts here
+                        start = self.file_bytes - len(data)
+                        decomp = zlib.decompressobj(wbits=31)
+                    try:
                         out = decomp.decompress(data, self.max_chunk)
-                        if out:
-                            out, cut = self._capped(out)
-                            if out:
-                                self.output_bytes += len(out)
-                                yield out
-                            if cut:
-                                self.cut = True
-                                self._fail(cut)
-                                break
-                        if decomp.eof:
-                            data, pending = decomp.unused_data, False
-                        else:
-                            data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
-                    if self.status != "ok":
+                    except zlib.error as exc:
+                        why = (f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}; nothing "
+                               f"from compressed byte {start} on was read (a gzip member is read only when its "
+                               "integrity check passes)")
+                        bad = (start, why)
                         break
-            except zlib.error as exc:
-                self._fail(f"not a valid gzip stream near compressed byte {self.file_bytes}: {exc}")
-            except OSError as exc:
-                self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
-            if self.status == "ok" and decomp is not None and not decomp.eof:
-                try:
-                    tail = decomp.flush()
-                except zlib.error:
-                    tail = b""
-                tail, cut = self._capped(tail) if tail else (tail, None)
-                self.cut = self.cut or cut is not None
-                if tail:
-                    self.output_bytes += len(tail)
-                    yield tail
-                self._fail(cut or f"gzip stream truncated after {self.file_bytes} compressed bytes")
-            if self.status != "ok":
-                self._drain(handle, digest)
-            elif self.output_bytes == 0:
-                self.status = "empty"
+                    produced += len(out)
+                    if decomp.eof:
+                        data, pending = decomp.unused_data, False
+                    else:
+                        data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+        except OSError as exc:
+            self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
+        self.file_sha256 = digest.hexdigest()
+        return bad
+
+    def _inflate(self, handle: io.FileIO, bad: tuple[int, str] | None) -> Iterator[bytes]:
+        """The second pass: the members before ``bad`` inflated and yielded (capped by the limits). The file is
+        hashed again: bytes that differ from the first pass (rewritten in place meanwhile) make it unreadable,
+        and ``file_sha256`` is then of the bytes this pass read."""
+        handle.seek(0)
+        digest = hashlib.sha256()
+        position = 0
+        decomp = None
+        try:
+            while block := handle.read(self.read_bytes):
+                position += len(block)
+                digest.update(block)
+                data, pending = block, False
+                while data or pending:
+                    if decomp is None or decomp.eof:  # a new gzip member starts here
+                        if bad is not None and position - len(data) >= bad[0]:
+                            self._fail(bad[1])
+                            break
+                        decomp = zlib.decompressobj(wbits=31)
+                    out = decomp.decompress(data, self.max_chunk)
+                    if out:
+                        out, cut = self._capped(out)
+                        if out:
+                            self.output_bytes += len(out)
+                            yield out
+                        if cut:
+                            self.cut = True
+                            self._fail(cut)
+                            break
+                    if decomp.eof:
+                        data, pending = decomp.unused_data, False
+                    else:
+                        data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+                if self.status != "ok":
+                    break
+        except zlib.error as exc:
+            self._fail(f"not a valid gzip stream near compressed byte {position}: {exc}")
+        except OSError as exc:
+            self._fail(f"read error after {position} compressed bytes: {_os_reason(exc)}")
+        if self.status == "ok" and decomp is not None and not decomp.eof:
+            try:
+                tail = decomp.flush()
+            except zlib.error:
+                tail = b""
+            tail, cut = self._capped(tail) if tail else (tail, None)
+            self.cut = self.cut or cut is not None
+            if tail:
+                self.output_bytes += len(tail)
+                yield tail
+            self._fail(cut or f"gzip stream truncated after {position} compressed bytes")
+        read_whole = True
+        if self.status != "ok":
+            read_whole = self._drain(handle, digest)
+        elif self.output_bytes == 0:
+            self.status = "empty"
+        if read_whole and digest.hexdigest() != self.file_sha256:
             self.file_sha256 = digest.hexdigest()
+            self.status = "unreadable"
+            self.error = (f"{self.name} changed while it was read (rewritten in place: its bytes differ between two "
+                          "reads)")
 
     def _capped(self, out: bytes) -> tuple[bytes, str | None]:
         """``out`` cut at ``max_bytes`` (the line it cuts into is dropped by :func:`iter_lines`) or after the
@@ -177,14 +240,15 @@ class RawFile:
             return None
         return io.FileIO(fd, "rb", closefd=True)
 
-    def _drain(self, handle, digest) -> None:
-        """Finish the file digest and size after a decompression error."""
+    def _drain(self, handle, digest) -> bool:
+        """Finish the second pass's digest after it stopped early; False when a read error stopped that too."""
         try:
             while block := handle.read(self.read_bytes):
-                self.file_bytes += len(block)
                 digest.update(block)
         except OSError as exc:
             self.error = f"{self.error}; read error while hashing: {_os_reason(exc)}"
+            return False
+        return True
 
     def _fail(self, message: str) -> None:
         self.status, self.error = "unreadable", message

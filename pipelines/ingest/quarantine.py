@@ -4,14 +4,14 @@ A ``QuarantineSink`` takes the bad lines of one raw file (one table of one day).
 (reason, detail, raw_sha256, raw_length) are one quarantine row: ``line_number`` is the first such
 line, ``last_line_number`` the last, ``line_count`` how many (a million blank lines are one row, not
 a million). The sink holds at most ``SinkLimits.max_rows`` collapsed rows and ``max_text_bytes`` of
-raw text in memory; past that it writes them, sorted by that key, as a run file (Arrow IPC, small
+raw text and details in memory; past that it writes them, sorted by that key, as a run file (Arrow IPC, small
 batches) in the ingest's scratch folder under ``cache/tmp`` and starts afresh. At the end the runs
 are merged by key, combining the rows of one key (first line, last line, summed count), and the
 combined rows are sorted by line number the same way: sorted chunks of bounded size spilled as runs,
 then merged. Every merge reads at most ``FAN_IN`` runs at once, one small batch of each (more runs
 are merged in passes), so memory is bounded by constants, never by the number of bad lines, and the
 rows come out exactly as the in-memory path gives them. ``write_quarantine`` writes them sorted by
-(table, line_number) in row groups cut by row count and raw-text bytes, so the file's bytes never
+(table, line_number) in row groups cut by row count and raw-text and detail bytes, so the file's bytes never
 depend on where batches were cut or whether anything spilled.
 """
 from __future__ import annotations
@@ -46,9 +46,15 @@ _MEMO_LINE_BYTES = 512
 _MEMO_ENTRIES = 1024
 FAN_IN = 32                      # runs merged at once
 RUN_BATCH_ROWS = 256             # rows per batch of a run file (what a merge holds per run)
-RUN_BATCH_TEXT_BYTES = 2 << 20   # raw_text bytes per batch of a run file, at most (one row may pass it)
+RUN_BATCH_TEXT_BYTES = 2 << 20   # raw_text + detail bytes per batch of a run file, at most (one row may pass it)
 ROW_GROUP_ROWS = 65_536          # rows per Parquet row group of the quarantine file, at most
-ROW_GROUP_TEXT_BYTES = 32 << 20  # raw_text bytes per row group, at most (one row may pass it)
+ROW_GROUP_TEXT_BYTES = 32 << 20  # raw_text + detail bytes per row group, at most (one row may pass it)
+
+
+def _text_size(text: str | None, detail: str) -> int:
+    """What a row's texts count against the memory bounds: its raw_text and its detail (review rev27b: a detail
+    as long as its line was held uncounted)."""
+    return (len(text) if text else 0) + len(detail)
 
 
 def _key(row: tuple) -> tuple:
@@ -95,7 +101,7 @@ class QuarantineSink:
         last = line if last is None else last
         if row is None:
             self.rows[key] = [line, last, count, text]
-            self.text_bytes += len(text) if text else 0
+            self.text_bytes += _text_size(text, detail)
             if len(self.rows) >= self.limits.max_rows or self.text_bytes >= self.limits.max_text_bytes:
                 self._flush()
         else:
@@ -181,7 +187,7 @@ def _write_run(rows: Iterable[tuple], folder: Path, prefix: str = "run-") -> Pat
         text = 0
         for row in rows:
             chunk.append(row)
-            text += len(row[7]) if row[7] else 0
+            text += _text_size(row[7], row[1])
             if len(chunk) >= RUN_BATCH_ROWS or text >= RUN_BATCH_TEXT_BYTES:
                 writer.write_batch(_batch(chunk))
                 chunk, text = [], 0
@@ -234,7 +240,7 @@ def _sorted_by_line(rows: Iterable[tuple], folder: Path, limits: SinkLimits) -> 
     text = 0
     for row in rows:
         chunk.append(row)
-        text += len(row[7]) if row[7] else 0
+        text += _text_size(row[7], row[1])
         if len(chunk) >= limits.sort_rows or text >= limits.sort_text_bytes:
             chunk.sort(key=_line)
             runs.append(_write_run(chunk, folder))
@@ -250,12 +256,13 @@ def _sorted_by_line(rows: Iterable[tuple], folder: Path, limits: SinkLimits) -> 
 
 def _row_groups(tables: Iterable[pa.Table]) -> Iterator[pa.Table]:
     """Re-cut a stream of tables into row groups of at most ROW_GROUP_ROWS rows and about
-    ROW_GROUP_TEXT_BYTES of raw_text, decided row by row (so the cuts depend on the rows only)."""
+    ROW_GROUP_TEXT_BYTES of raw_text and detail, decided row by row (so the cuts depend on the rows only)."""
     pending: list[pa.Table] = []
     rows = 0
     text = 0
     for table in tables:
-        lengths = pc.fill_null(pc.binary_length(table.column("raw_text")), 0).to_numpy(zero_copy_only=False)
+        lengths = pc.add(pc.fill_null(pc.binary_length(table.column("raw_text")), 0),
+                         pc.fill_null(pc.binary_length(table.column("detail")), 0)).to_numpy(zero_copy_only=False)
         start = 0
         while start < table.num_rows:
             cumulative = text + np.cumsum(lengths[start:], dtype=np.int64)

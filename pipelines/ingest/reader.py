@@ -20,8 +20,9 @@ File rules (``ingest_files`` has one row per table and day; file-level quarantin
 
 - missing file: status ``missing``, one quarantine row ``missing_file``.
 - not gzip / truncated / corrupt / not a regular file / a link out of the raw zone: status
-  ``unreadable``, one quarantine row ``unreadable_file``; lines decoded before the damage are ingested
-  normally, and the text after the last newline counts as a line (usually ``malformed_json``).
+  ``unreadable``, one quarantine row ``unreadable_file``; the lines of the gzip members before the damage (and
+  of a truncated last member, up to the cut) are ingested normally, none of a member that fails its integrity
+  check (``lines.RawFile``), and the text after the last newline counts as a line (usually ``malformed_json``).
 - empty file (zero bytes, or a gzip of nothing): status ``empty``, no rows.
 
 Lines whose raw bytes are needed only later (a key found conflicting after its first line was kept)
