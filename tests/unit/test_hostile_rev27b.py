@@ -22,7 +22,6 @@ from pathlib import Path
 
 import dagster as dg
 import pyarrow.parquet as pq
-import pytest
 from test_ingest_fixtures import DayBuilder
 
 from dagster_project.assets.ingest import ingest_day_assets
