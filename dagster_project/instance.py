@@ -123,8 +123,15 @@ class CheckedSqliteRunStorage(SqliteRunStorage):
             RunsTable.c.run_id.in_(built), RunsTable.c.run_id.not_in(labelled), RunsTable.c.status.in_(finished))
         given = 0
         with self.connect() as conn:
+            # the write lock before the read (pysqlite would begin the transaction only at the first UPDATE): another
+            # process migrating at once, or adding a tag to one of these runs, waits and then sees what was written
+            # (review rev27c: two migrations at once labelled every run twice; a tag added meanwhile was lost)
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
             for run_id, status, body in conn.execute(query).fetchall():
-                run = deserialize_value(body, dg.DagsterRun)
+                try:
+                    run = deserialize_value(body, dg.DagsterRun)
+                except Exception:      # noqa: BLE001 - a body this Dagster cannot read (another version's, damaged):
+                    continue           # left as it is, for the UI to show or delete (review rev27c)
                 if run.remote_job_origin is not None:
                     continue
                 new = _with_build_origin(run)

@@ -20,6 +20,9 @@ guards each UPDATE only by the run's status, so whatever another process writes 
 not seen: two processes migrating at once (a build and ``pickapic serve`` / ``ui`` started together, the first
 start after an upgrade) both change every run, and a tag added meanwhile is lost from the run's body. One run body
 this Dagster cannot read stops every build, serve and ui with a traceback.
+
+All three fixed the same day: the migration takes the write lock (``BEGIN IMMEDIATE``) before it reads, and skips a
+run body it cannot read.
 """
 from __future__ import annotations
 
@@ -93,14 +96,6 @@ def _meanwhile(monkeypatch, action) -> list[threading.Thread]:
     return started
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Two migrations at once (a `pickapic build` and a `pickapic serve` / `pickapic ui` started together: each runs "
-    "give_old_build_runs_an_origin first) both read the same old build runs (the SELECT runs outside the write "
-    "transaction), and the second one's UPDATE is guarded only by the run's unchanged status, so it succeeds again and "
-    "inserts the `.dagster/repository` and `dagster/code_location` tag rows a second time: every old build run is then "
-    "listed twice by the UI's runs list filtered by its code location (and counted twice). Expected: each run changed "
-    "once, one tag row per key, each run listed once"
-))
 def test_two_migrations_at_once_list_every_old_build_run_twice(home, instance, monkeypatch):
     ids = _old_build_runs(instance, 3)
     threads = _meanwhile(monkeypatch, lambda run: give_old_build_runs_an_origin(home))   # serve / ui meanwhile
@@ -118,15 +113,6 @@ def test_two_migrations_at_once_list_every_old_build_run_twice(home, instance, m
     assert instance.get_runs_count(filters=dg.RunsFilter(tags={CODE_LOCATION_TAG: MODULE})) == len(ids)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "One old build run whose stored body this Dagster cannot read (written by another Dagster version: "
-    "DeserializationError 'not in the whitelist ... version skew', or a damaged row) makes "
-    "give_old_build_runs_an_origin raise: DeserializationError is no DagsterError, SQLAlchemyError or OSError, so "
-    "`pickapic build`, `pickapic serve` and `pickapic ui` all stop before doing anything (ui and serve with a whole "
-    "Python traceback), and the UI that could show or delete the run never starts; before fix27u they ran. "
-    "Expected (as the function's docstring promises: a failure only leaves the runs as they were): no exception, "
-    "the unreadable row left as it is, the readable build runs still given their origin"
-))
 def test_one_unreadable_old_run_stops_build_serve_and_ui(home, instance):
     unreadable, readable = _old_build_runs(instance, 2)
     database = home.dagster_home / RUN_CONFIG_DATABASE
@@ -145,13 +131,6 @@ def test_one_unreadable_old_run_stops_build_serve_and_ui(home, instance):
     assert instance.get_run_by_id(readable).remote_job_origin == home_job_origin("daily_partition_job")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The migration rewrites an old build run's whole run_body from the copy it read before (outside any "
-    "transaction; the UPDATE checks only that the status is unchanged), so a tag another process adds to that run "
-    "meanwhile (the UI's Add tags: addTagsToRun, which updates the body and the tag rows) is lost from the body: "
-    "the run page no longer shows it while the tag filter still finds the run by it. Expected: the tag kept in the "
-    "run's body"
-))
 def test_a_tag_added_while_the_migration_runs_is_lost_from_the_run(home, instance, monkeypatch):
     (run_id,) = _old_build_runs(instance, 1)
 
