@@ -48,6 +48,7 @@ import pyarrow as pa
 from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, VersionBusy, reading_version
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
+from pipelines.query.duck_types import projection, text_columns
 from pipelines.query.guard import check_read_only
 from pipelines.query.output import FORMATS, TextSink, silence_closed_pipe, write_result
 from pipelines.sqlrun import sql_text
@@ -324,9 +325,14 @@ class _Deadline:
 
 @contextlib.contextmanager
 def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping[str, Any] | None = None,
-           limits: QueryLimits | None = None,
-           batch_rows: int | None = None) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+           limits: QueryLimits | None = None, batch_rows: int | None = None, fmt: str | None = None,
+           revive: dict | None = None) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
     """Run one read-only statement under ``limits``; yield its schema and its record batches as they come.
+
+    With ``fmt`` (an output format), a column whose DuckDB type Arrow cannot carry (an INTERVAL, a BIT, a
+    BIGNUM, a VARIANT, a TIMETZ, a UHUGEINT, at any depth) is selected with those values as DuckDB's own text
+    (:func:`pipelines.query.duck_types.text_columns`), and ``revive`` (a dict) is filled with the functions
+    ``write_result`` needs for them.
 
     Raises QueryRefused (not read-only), FileNotFoundError (no such version) or QueryFailed (DuckDB error,
     time or memory limit), also while the batches are read. With ``limits.cap_process`` the process's data
@@ -348,6 +354,12 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                     if deadline.fired:   # spent before the query started (its version's lock, opening it)
                         raise deadline.failure(TimeoutError(), limits)
                     relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
+                    if fmt is not None:
+                        cast, revivers = text_columns(relation.types, fmt)
+                        if cast:   # review rev27d: DuckDB's text, not Arrow's wrong value
+                            relation = relation.project(projection(relation.columns, cast))
+                        if revive is not None:
+                            revive.update(revivers)
                     reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
                 except duckdb.Error as exc:
                     raise deadline.failure(exc, limits) from None
@@ -404,18 +416,20 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
             print(f"error: no named query {named!r}; known: {', '.join(known)}", file=stderr)
             return 2
         sql = sql_text(f"queries/{named}")
+    revive: dict = {}
     try:
-        with stream(home, sql, version, params, limits) as (schema, batches):
+        with stream(home, sql, version, params, limits, fmt=fmt, revive=revive) as (schema, batches):
+            extra = {"revive": revive} if revive else {}   # INTERVALs DuckDB gave as text, for csv / json / parquet
             if output is None:
                 try:
-                    write_result(schema, batches, fmt, TextSink(stdout), to_terminal=stdout.isatty())
+                    write_result(schema, batches, fmt, TextSink(stdout), to_terminal=stdout.isatty(), **extra)
                     stdout.flush()
                 except BrokenPipeError:  # the reader stopped early (`| head`): what it wanted was delivered
                     silence_closed_pipe(stdout)
                 return 0
             else:
                 with open_output_file(output, [home.root], "--output") as handle:
-                    written = write_result(schema, batches, fmt, handle)
+                    written = write_result(schema, batches, fmt, handle, **extra)
     except (FileNotFoundError, ValueError) as exc:  # no such version / refused statement / refused output
         print(f"error: {exc}", file=stderr)
         return 2
@@ -443,7 +457,8 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
 _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 _CANONICAL_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)\.[0-9]+")
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
-_DOUBLE_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
+# linear: `[0-9]+\.?[0-9]*` backtracked quadratically (32,000 digits and an `x` took 10 s to refuse: rev27d)
+_DOUBLE_TEXT = re.compile(r"[+-]?(?:(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?|inf|infinity|nan)",
                           re.IGNORECASE)
 PARAM_TYPES = ("text", "int", "double")
 PARAM_HELP = ("a $NAME parameter for the query (repeatable), always bound, never spliced into the SQL. VALUE is bound "
@@ -471,16 +486,22 @@ def _parse_param(text: str) -> tuple[str, Any]:
     if kind == "text":
         return name, value
     if kind == "int":
-        if not _INT_TEXT.fullmatch(value) or len(value.lstrip("+-").lstrip("0")) > 19 \
-                or not -2**63 <= int(value) < 2**63:
+        # the digits without their leading zeros: int() of more than 4,300 digits raises (review rev27d)
+        digits = value.lstrip("+-").lstrip("0") or "0"
+        number = int(value[:1] + digits if value[:1] == "-" else digits) \
+            if _INT_TEXT.fullmatch(value) and len(digits) <= 19 else None
+        if number is None or not -2**63 <= number < 2**63:
             raise argparse.ArgumentTypeError(f"--param {_shown(text)}: not an integer within BIGINT")
-        return name, int(value)
+        return name, number
     if kind == "double":
-        if not _DOUBLE_TEXT.fullmatch(value) or math.isinf(float(value)) and value.lower().lstrip("+-") \
-                not in ("inf", "infinity"):
+        try:
+            number = float(value) if _DOUBLE_TEXT.fullmatch(value) else None
+        except ValueError:
+            number = None
+        if number is None or math.isinf(number) and value.lower().lstrip("+-") not in ("inf", "infinity"):
             raise argparse.ArgumentTypeError(f"--param {_shown(text)}: not a number a DOUBLE holds "
                                              "(a decimal, an exponent, inf or nan)")
-        return name, float(value)
+        return name, number
     if _CANONICAL_INT.fullmatch(value) and value != "-0" and len(value) <= 20 and -2**63 <= int(value) < 2**63:
         return name, int(value)
     if _CANONICAL_DECIMAL.fullmatch(value) and repr(float(value)) == value:
