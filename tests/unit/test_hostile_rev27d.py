@@ -30,7 +30,7 @@ mismatch ... Expected 0, got 1`` (exit 1); the ``VersionBusy`` message always bl
 also when the holder is the publish's own retention; a table shows an INTERVAL as ``MonthDayNano(...)`` and a BLOB
 as ``b'...'`` (rev20b's choice).
 
-Filed below (each confirmed by running; every test states the correct behaviour as a strict xfail).
+Filed below (each confirmed by running; every test stated the correct behaviour as a strict xfail; all fixed the same day by fix27d).
 """
 from __future__ import annotations
 
@@ -74,14 +74,6 @@ def _strict_json(text: str) -> object:
 
 
 # --------------------------------------------------------------------------- wrong published data
-@pytest.mark.xfail(strict=True, reason=(
-    "fix27a writes an INTERVAL in csv and parquet as 'DuckDB's own text for it', but from DuckDB's Arrow export, "
-    "which multiplies the interval's microseconds by 1,000 in 64 bits: any interval of more than ~2,562,047 hours "
-    "of time (to_hours(3000000), sum() of long durations) wraps, and SELECT to_hours(3000000) is written "
-    "'-2124095:34:33.709551' where DuckDB says '3000000:00:00' (json writes a negative nanosecond count). Expected: "
-    "DuckDB's own text for every interval (e.g. cast INTERVAL columns to VARCHAR in DuckDB, relation.types), or a "
-    "refusal in one line; never a silently wrong value"
-))
 def test_an_interval_beyond_the_arrow_range_is_written_as_duckdb_writes_it(home: DataHome, tmp_path: Path) -> None:
     sql = "SELECT to_hours(3000000) AS i"
     code, out, err = _run(home, sql, fmt="csv")
@@ -93,14 +85,6 @@ def test_an_interval_beyond_the_arrow_range_is_written_as_duckdb_writes_it(home:
     assert pq.read_table(target).column("i").to_pylist() == ["3000000:00:00"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "DuckDB types that its Arrow export cannot carry are written silently wrong: a BIT as the hex of DuckDB's "
-    "internal bytes ('0101'::BIT -> '04f5': fix27a's BLOB-as-hex turned csv's refusal 'Invalid UTF8 payload' into "
-    "this), a BIGNUM/VARINT as the hex of its encoding in json (and 'Unsupported Type: extension<arrow.opaque...>' "
-    "in csv), a VARIANT as {metadata, value} hex, a TIMETZ without its offset ('12:00:00+05' -> 12:00:00), a "
-    "UHUGEINT above 2^127 wrapped negative (its max -> -1). Expected: each written as DuckDB's own text for it "
-    "(its ::VARCHAR), as fix27a does for INTERVAL, or refused in one line; never a wrong value"
-))
 @pytest.mark.parametrize(("fmt", "expression", "text"), [
     ("csv", "'0101'::BIT", "0101"),
     ("json", "'0101'::BIT", "0101"),
@@ -119,12 +103,6 @@ def test_a_type_arrow_cannot_carry_is_written_as_duckdb_writes_it(home: DataHome
     assert str(_first_value(fmt, out)) == text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix27a made --format json write NaN/Infinity as null because bare NaN is not JSON, but csv (and parquet's text "
-    "columns) still write nested values as JSON text with bare NaN / Infinity: ['nan'::DOUBLE, 'inf'::DOUBLE] is "
-    "the cell '[NaN, Infinity]', a UNION holding NaN the parquet text 'NaN', which strict JSON parsers refuse. "
-    "Expected: the JSON text csv and parquet write is JSON (null for NaN and infinities, as --format json)"
-))
 def test_nested_nan_in_csv_and_parquet_json_text_is_valid_json(home: DataHome, tmp_path: Path) -> None:
     sql = "SELECT ['nan'::DOUBLE, 'inf'::DOUBLE] AS l, {'x': '-inf'::DOUBLE} AS s, union_value(a := 'nan'::DOUBLE) AS u"
     code, out, err = _run(home, sql, fmt="csv")
@@ -138,12 +116,6 @@ def test_nested_nan_in_csv_and_parquet_json_text_is_valid_json(home: DataHome, t
 
 
 # --------------------------------------------------------------------------- usage errors
-@pytest.mark.xfail(strict=True, reason=(
-    "--param n:int=VALUE takes leading zeros (n:int=0123 binds 123), but with more than 4,300 digits int() raises "
-    "Python's int_max_str_digits ValueError, which argparse reports as 'invalid _parse_param value: <the whole "
-    "value>' (a 5,000-character error line, not the one short line _shown() was added for). Expected: "
-    "n:int=000...0001 binds 1 (it is an integer within BIGINT)"
-))
 def test_an_int_param_with_thousands_of_leading_zeros_binds_its_number(capsys: pytest.CaptureFixture) -> None:
     parser = argparse.ArgumentParser()
     engine.add_arguments(parser)
