@@ -540,6 +540,15 @@ def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int
         return 0
     home = home or DataHome.at(getattr(args, "home", None))
     limits = QueryLimits(args.timeout, args.memory_limit, args.spill_limit, cap_process=True)
+    names = [name for name, _ in args.param]
+    twice = sorted({name for name in names if names.count(name) > 1})
+    if twice:       # the last one silently won before: say which value is meant
+        print(f"error: --param {', '.join(twice)} given more than once: give each parameter once", file=sys.stderr)
+        return 2
+    if args.named and args.param:    # DuckDB said only "argument count mismatch ... Expected 0, got N"
+        print(f"error: the named query {args.named!r} takes no --param (given: {', '.join(names)}); "
+              "write the SQL yourself to use parameters", file=sys.stderr)
+        return 2
     return run_query(home, args.sql, args.named, args.dataset_version, args.fmt, args.output, dict(args.param) or None,
                      limits=limits)
 
