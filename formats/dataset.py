@@ -571,8 +571,8 @@ def _wait_shared(fd: int, path: Path, wait_s: float) -> None:
         left = deadline - time.monotonic()
         if left <= 0:
             raise VersionBusy(f"dataset version {path.name} was still held exclusively by "
-                              f"{holders_text(lock_holders(fd))} (another tool's `flock` without -s): nothing was "
-                              f"read from it")
+                              f"{holders_text(lock_holders(fd))} (the publish's retention deleting it, or another "
+                              "tool's `flock` without -s): nothing was read from it")
         time.sleep(min(pause, left))
         pause = min(pause * 2, 0.25)
         try:
