@@ -14,7 +14,6 @@ from formats.home import DataHome
 from tests.conftest import DEMO_ARGS, copy_home  # noqa: F401 - imported from here by the e2e tests
 from tests.fast_tmp import fast_folder
 
-
 # The slowest test files (seconds on 2 cores, December 2026), longest first. `make test` hands whole
 # files to its 2 workers in collection order (`--dist loadfile --no-loadscope-reorder`), so these go
 # first and the short ones fill in behind them: the default `load` scheduling gave one worker all the
