@@ -1,6 +1,7 @@
 """Fixtures and hooks for every test: per-test folders on tmpfs (see ``tests/fast_tmp.py``)."""
 from __future__ import annotations
 
+import shutil
 import sys
 import textwrap
 from pathlib import Path
@@ -8,7 +9,14 @@ from pathlib import Path
 import pytest
 
 import pipelines  # noqa: F401 - first: it turns onnxruntime's telemetry off before a test imports nudenet
-from tests.fast_tmp import fast_folder, remove_shared_dirs
+from formats.home import DataHome
+from tests.fast_tmp import build_once, fast_folder, remove_shared_dirs
+
+# The home shared by the tests (``built_home``) is made by `pickapic demo` itself (a smaller sample than
+# the default demo), so the demo command is exercised end to end and the tests that only need a fully
+# built home read it (or a copy) instead of building their own.
+DEMO_ARGS = ["--days", "2", "--users", "24", "--rankings-per-day", "50", "--image-size", "64",
+             "--train-steps", "30", "--seed", "7"]
 
 
 @pytest.fixture
@@ -36,6 +44,30 @@ def module_folder(tmp_path: Path, monkeypatch):
     yield write
     for name in written:
         sys.modules.pop(name, None)
+
+
+def _build_demo_home(folder: Path) -> None:
+    from dagster_project.cli import main
+
+    code = main(["demo", "--home", str(folder / "home"), *DEMO_ARGS])
+    if code != 0:
+        raise RuntimeError(f"pickapic demo exited {code}")
+
+
+@pytest.fixture(scope="session")
+def built_home(tmp_path_factory) -> DataHome:
+    """A data home with 2 simulated days built by `pickapic demo` through Dagster, model included (read-only).
+
+    Under pytest-xdist every worker asks for the same home; a file lock makes the first one build it and
+    the others reuse it (``build_once``, on tmpfs when possible). Tests must treat it as read-only: copy
+    it with ``copy_home`` to run anything that may write into it (a build, an export, Dagster's instance)."""
+    return DataHome(build_once(tmp_path_factory, "built-home", _build_demo_home) / "home")
+
+
+def copy_home(home: DataHome, destination: Path) -> DataHome:
+    """A private, writable copy of a data home (symlinks such as `latest` kept as links)."""
+    shutil.copytree(home.root, destination, symlinks=True)
+    return DataHome(destination)
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:

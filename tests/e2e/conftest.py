@@ -1,25 +1,18 @@
-"""One small simulated-and-built data home shared by the end-to-end tests (built once per session).
+"""Fixtures and ordering of the end-to-end tests.
 
-Under pytest-xdist every worker asks for the same home; a file lock makes the first one build it and
-the others reuse it. Tests must treat it as read-only (copy it with ``copy_home`` to mutate). The homes
-of these tests live on tmpfs when the machine has one (``tests/fast_tmp.py``).
+The small simulated-and-built data home they share (``built_home``, ``copy_home``) is defined in
+``tests/conftest.py`` so the unit tests can reuse it too (built once per run, shared by the xdist workers).
+The homes of these tests live on tmpfs when the machine has one (``tests/fast_tmp.py``).
 """
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from formats.home import DataHome
-from tests.fast_tmp import build_once, fast_folder
-
-# The shared home is made by `pickapic demo` itself (a smaller sample than the default demo), so the
-# demo command is exercised end to end and every other e2e test reads a fully built home.
-DEMO_ARGS = ["--days", "2", "--users", "24", "--rankings-per-day", "50", "--image-size", "64",
-             "--train-steps", "30", "--seed", "7"]
-
-
+from tests.conftest import DEMO_ARGS, copy_home  # noqa: F401 - imported from here by the e2e tests
+from tests.fast_tmp import fast_folder
 
 # The slowest test files (seconds on 2 cores, December 2026), longest first. `make test` hands whole
 # files to its 2 workers in collection order (`--dist loadfile --no-loadscope-reorder`), so these go
@@ -54,26 +47,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if here in Path(item.path).parents:
             item.add_marker(pytest.mark.e2e)
     items.sort(key=lambda item: rank.get(Path(item.path), len(rank)))
-
-
-def _build(folder: Path) -> None:
-    from dagster_project.cli import main
-
-    code = main(["demo", "--home", str(folder / "home"), *DEMO_ARGS])
-    if code != 0:
-        raise RuntimeError(f"pickapic demo exited {code}")
-
-
-@pytest.fixture(scope="session")
-def built_home(tmp_path_factory) -> DataHome:
-    """A data home with 2 simulated days built by `pickapic demo` through Dagster, model included (read-only)."""
-    return DataHome(build_once(tmp_path_factory, "built-home", _build) / "home")
-
-
-def copy_home(home: DataHome, destination: Path) -> DataHome:
-    """A private, writable copy of a data home (symlinks such as `latest` kept as links)."""
-    shutil.copytree(home.root, destination, symlinks=True)
-    return DataHome(destination)
 
 
 @pytest.fixture

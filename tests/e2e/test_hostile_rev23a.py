@@ -108,21 +108,21 @@ runpy.run_module("pipelines.ingest", run_name="__main__")
 """
 
 
-def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_rerun(tmp_path: Path) -> None:
+def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_rerun(fast_tmp: Path) -> None:
     day1, day2 = LATE_DAYS[:2]
     days = build_days()                   # day 1's rankings wait for images of days 2, 3 and 4
-    reference = DataHome(tmp_path / "reference")
+    reference = DataHome(fast_tmp / "reference")
     for day in (day1, day2):              # the nightly, uninterrupted: day 2's ingest refreshes day 1
         days[day].write(reference)
         ingest_day(reference, day)
     assert pq.read_table(reference.partition_file("ingest_files", day1)).column("accepted_late_image").to_pylist() \
         == [1, 0, 1, 0]                   # downloads, images, rankings, users: resolved through day 2's export
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     days[day1].write(home)
     ingest_day(home, day1)
     days[day2].write(home)
-    wrapper = tmp_path / "kill_before_rename.py"
+    wrapper = fast_tmp / "kill_before_rename.py"
     wrapper.write_text(KILL_BEFORE_RENAME)
     env = {k: v for k, v in os.environ.items() if k not in ("PICKAPIC_FAULT", "PICKAPIC_HOME")}
     env.update(PYTHONPATH=str(REPO), KILL_BEFORE_RENAME_OF=f"rankings/dt={day1}/part-0.parquet")
@@ -144,18 +144,18 @@ def test_a_crash_between_the_renames_of_a_late_image_refresh_is_repaired_by_the_
 
 # --- 2. an earlier day landing after a later one was built ---------------------------------------------
 
-def test_an_earlier_day_landing_late_resolves_the_later_days_references(simulated, tmp_path: Path) -> None:
+def test_an_earlier_day_landing_late_resolves_the_later_days_references(simulated, fast_tmp: Path) -> None:
     raw, reference = simulated
-    home = tmp_path / "home"
+    home = fast_tmp / "home"
     shutil.copytree(raw, home, symlinks=True)
-    shutil.move(str(DataHome(home).raw_day(DAY1)), tmp_path / "day1")   # day 1's export is late
+    shutil.move(str(DataHome(home).raw_day(DAY1)), fast_tmp / "day1")   # day 1's export is late
     first = pickapic(home, "build")     # one day of 12 users publishes nothing yet; day 2 is ingested and recorded
     assert first.returncode == 0 or "not enough data to publish" in first.stderr, first.stdout[-3000:] + first.stderr[-3000:]
     waiting = [q for q in pq.read_table(DataHome(home).partition_file("quarantine", DAY2)).to_pylist()
                if q["reason"] == "unknown_image_reference" and q["table"] == "rankings"]
     assert waiting, "the scenario needs day 2 rankings that show day 1's images"
 
-    shutil.move(str(tmp_path / "day1"), DataHome(home).raw_day(DAY1))  # it lands the next night
+    shutil.move(str(fast_tmp / "day1"), DataHome(home).raw_day(DAY1))  # it lands the next night
     second = pickapic(home, "build")    # ingests day 1 (the split minimums of so small a home may refuse the publish)
     assert second.returncode == 0 or "not enough data to publish" in second.stderr, \
         second.stdout[-3000:] + second.stderr[-3000:]
@@ -182,13 +182,13 @@ runpy.run_module("dagster_project.cli", run_name="__main__")
 """
 
 
-def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, tmp_path: Path) -> None:
+def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, fast_tmp: Path) -> None:
     _, reference = simulated
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     shutil.copytree(reference.root, home.root, symlinks=True)
     today = dt.datetime.now(dt.UTC).date().isoformat()
     shutil.copytree(home.raw_day(DAY2), home.raw_day(today))   # the export names today's folder early
-    wrapper = tmp_path / "clock_behind.py"
+    wrapper = fast_tmp / "clock_behind.py"
     wrapper.write_text(CLOCK_BEHIND)
     early = pickapic(home.root, "build", runner=[sys.executable, str(wrapper)], env={"CLOCK_SHIFT_DAYS": "-2"})
     assert early.returncode == 0, early.stdout[-3000:] + early.stderr[-3000:]
@@ -201,21 +201,21 @@ def test_a_day_skipped_before_it_began_is_built_once_it_has_begun(simulated, tmp
 
 # --- 4. an image blob that lands after its day was built -------------------------------------------------
 
-def test_a_blob_that_lands_after_its_day_was_built_is_fingerprinted(simulated, tmp_path: Path) -> None:
+def test_a_blob_that_lands_after_its_day_was_built_is_fingerprinted(simulated, fast_tmp: Path) -> None:
     raw, reference = simulated
     kept = [row for row in pq.read_table(reference.table_file("split_pairs")).to_pylist()
             if row["split"] == "train" and row["dt"].isoformat() == DAY2]
     uid = kept[0]["image_0_uid"]
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     shutil.copytree(raw, home.root, symlinks=True)
     blob = home.raw_images / f"{uid}.png"
-    shutil.move(str(blob), tmp_path / blob.name)             # not there yet when day 2 is built
+    shutil.move(str(blob), fast_tmp / blob.name)             # not there yet when day 2 is built
     first = pickapic(home.root, "build")
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     rejected = {r["image_uid"]: r["reason"] for r in pq.read_table(home.partition_file("image_rejects", DAY2)).to_pylist()}
     assert rejected.get(uid) == "missing_blob", rejected
 
-    shutil.move(str(tmp_path / blob.name), blob)             # the blob lands
+    shutil.move(str(fast_tmp / blob.name), blob)             # the blob lands
     second = pickapic(home.root, "build")
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert _partition_bytes(home, DAY2, ("image_features", "image_rejects")) == \

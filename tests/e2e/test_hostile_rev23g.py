@@ -66,17 +66,17 @@ from test_ingest_fixtures import DayBuilder
 
 # --- 1. an earlier day ingested while a later day's ingest is in flight ---------------------------------
 
-def test_an_earlier_day_ingested_while_a_later_days_ingest_runs_leaves_it_quarantined(tmp_path: Path,
+def test_an_earlier_day_ingested_while_a_later_days_ingest_runs_leaves_it_quarantined(fast_tmp: Path,
                                                                                         monkeypatch) -> None:
     days = _backfill_days()                      # days 2 and 3 show images of day 1
-    reference = DataHome(tmp_path / "reference")
+    reference = DataHome(fast_tmp / "reference")
     for builder in days.values():
         builder.write(reference)
     for day in LATE_DAYS[:3]:
         ingest_day(reference, day)
     expected = snapshot(reference, LATE_DAYS[:3])
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     days[LATE_DAYS[2]].write(home)
     ingest_day(home, LATE_DAYS[2])
     days[LATE_DAYS[1]].write(home)               # day 2 lands: the raw-day sensor starts its run
@@ -105,12 +105,12 @@ def test_an_earlier_day_ingested_while_a_later_days_ingest_runs_leaves_it_quaran
 
 # --- 2. a blob seen half copied ------------------------------------------------------------------------
 
-def test_a_blob_seen_half_copied_is_fingerprinted_again_once_the_copy_completes(simulated, tmp_path: Path) -> None:
+def test_a_blob_seen_half_copied_is_fingerprinted_again_once_the_copy_completes(simulated, fast_tmp: Path) -> None:
     raw, reference = simulated
     kept = [row for row in pq.read_table(reference.table_file("split_pairs")).to_pylist()
             if row["split"] == "train" and row["dt"].isoformat() == DAY2]
     uid = kept[0]["image_0_uid"]
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     shutil.copytree(raw, home.root, symlinks=True)
     blob = home.raw_images / f"{uid}.png"
     data = blob.read_bytes()
@@ -162,19 +162,19 @@ runpy.run_module("dagster_project.cli", run_name="__main__")
 """
 
 
-def _after_plan(tmp_path: Path) -> list[str]:
-    wrapper = tmp_path / "after_plan.py"
+def _after_plan(fast_tmp: Path) -> list[str]:
+    wrapper = fast_tmp / "after_plan.py"
     wrapper.write_text(AFTER_PLAN)
     return [sys.executable, str(wrapper)]
 
 
-def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(simulated, tmp_path: Path) -> None:
+def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(simulated, fast_tmp: Path) -> None:
     _, reference = simulated
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     shutil.copytree(reference.root, home.root, symlinks=True)
     tomorrow = (dt.datetime.now(dt.UTC).date() + dt.timedelta(days=1)).isoformat()
     shutil.copytree(home.raw_day(DAY2), home.raw_day(tomorrow))   # the export names tomorrow's folder early
-    runner = _after_plan(tmp_path)
+    runner = _after_plan(fast_tmp)
     late_night = pickapic(home.root, "build", runner=runner, env={"SHIFT_AFTER_PLAN_DAYS": "1"})
     assert late_night.returncode == 0, late_night.stdout[-3000:] + late_night.stderr[-3000:]
     assert "lie in the future" in late_night.stderr and not home.partition_file("rankings", tomorrow).exists()
@@ -184,14 +184,14 @@ def test_a_build_running_past_midnight_does_not_stamp_a_day_it_skipped_as_built(
     assert home.partition_file("rankings", tomorrow).is_file(), next_build.stdout[-2000:]
 
 
-def test_a_raw_day_landing_during_a_build_is_ingested_by_the_next_build(simulated, tmp_path: Path) -> None:
+def test_a_raw_day_landing_during_a_build_is_ingested_by_the_next_build(simulated, fast_tmp: Path) -> None:
     _, reference = simulated
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     shutil.copytree(reference.root, home.root, symlinks=True)
     new_day = (dt.date.fromisoformat(DAY2) + dt.timedelta(days=1)).isoformat()
-    export = tmp_path / "export"
+    export = fast_tmp / "export"
     shutil.copytree(home.raw_day(DAY2), export)
-    during = pickapic(home.root, "build", runner=_after_plan(tmp_path),
+    during = pickapic(home.root, "build", runner=_after_plan(fast_tmp),
                       env={"LAND_AFTER_PLAN": os.pathsep.join([str(export), str(home.raw_day(new_day))])})
     assert during.returncode == 0, during.stdout[-3000:] + during.stderr[-3000:]
     assert home.raw_day(new_day).is_dir() and not home.partition_file("rankings", new_day).exists()
@@ -203,8 +203,8 @@ def test_a_raw_day_landing_during_a_build_is_ingested_by_the_next_build(simulate
 
 # --- 5. the look at later days, a year at a time ------------------------------------------------------------
 
-def test_the_look_at_later_days_reads_the_days_uid_index_once(tmp_path: Path, monkeypatch) -> None:
-    home = DataHome(tmp_path / "home")
+def test_the_look_at_later_days_reads_the_days_uid_index_once(fast_tmp: Path, monkeypatch) -> None:
+    home = DataHome(fast_tmp / "home")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(days=i)).isoformat() for i in range(12)]
     for i, day in enumerate(days):
         builder = DayBuilder(day, seed=i, id_base=1 + 1000 * i).populate(users=1, images=2, rankings=1, downloads=0)
@@ -231,8 +231,8 @@ def test_the_look_at_later_days_reads_the_days_uid_index_once(tmp_path: Path, mo
 
 # --- 6. the missing-blob cache ----------------------------------------------------------------------------------
 
-def test_the_missing_blob_cache_stays_bounded_whatever_a_day_rejects(tmp_path: Path) -> None:
-    home = DataHome(tmp_path / "home")
+def test_the_missing_blob_cache_stays_bounded_whatever_a_day_rejects(fast_tmp: Path) -> None:
+    home = DataHome(fast_tmp / "home")
     home.raw_logs.mkdir(parents=True)
     day = "2023-02-13"
     _reject_missing(home, day, [f"raw/images/{i:08x}-0000-4000-8000-{i:012x}.png" for i in range(100_000)])

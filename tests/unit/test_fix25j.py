@@ -86,10 +86,10 @@ def test_a_settings_error_hides_a_credential_even_where_the_value_is_cut() -> No
     assert SECRET not in str(SettingsError(f"features.blob_base = {long!r} is refused"))
 
 
-def test_the_cli_error_line_hides_a_credential(tmp_path, capsys) -> None:
+def test_the_cli_error_line_hides_a_credential(fast_tmp, capsys) -> None:
     from dagster_project.cli import main
 
-    home = tmp_path / "home"
+    home = fast_tmp / "home"
     home.mkdir()
     assert main(["settings", "--home", str(home), "--set", f"features.blob_base=file://u:{SECRET}@other/b"]) != 0
     out, err = capsys.readouterr()
@@ -105,11 +105,11 @@ def _dsn_config() -> dict:
     return {"resources": {"app_db": {"config": {"dsn": f"host=db.internal user=ro password={SECRET}"}}}}
 
 
-def test_the_instance_refuses_a_run_holding_a_credential_and_stores_nothing(tmp_path, env_kept) -> None:
+def test_the_instance_refuses_a_run_holding_a_credential_and_stores_nothing(fast_tmp, env_kept) -> None:
     # fix25j stored such a run scrubbed and tagged refused; review rev25l found it still ran in process with the
     # value given, so since then the run storage refuses it (the coordinator's refusal of a run stored with the tag
     # by that version is below)
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     assert (home.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
@@ -139,10 +139,10 @@ def test_the_instance_refuses_a_run_holding_a_credential_and_stores_nothing(tmp_
     assert _holding(home, SECRET) == []
 
 
-def test_a_backfill_holding_a_credential_is_refused_before_it_is_stored(tmp_path, env_kept) -> None:
+def test_a_backfill_holding_a_credential_is_refused_before_it_is_stored(fast_tmp, env_kept) -> None:
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         def backfill(name: str, run_config: dict | None, tags: dict) -> PartitionBackfill:
@@ -160,10 +160,10 @@ def test_a_backfill_holding_a_credential_is_refused_before_it_is_stored(tmp_path
 
 
 @pytest.mark.parametrize("umask, mode", [(0o022, 0o640), (0o002, 0o660)])
-def test_each_runs_event_database_is_read_by_no_other_account(tmp_path, env_kept, umask, mode) -> None:
+def test_each_runs_event_database_is_read_by_no_other_account(fast_tmp, env_kept, umask, mode) -> None:
     saved = os.umask(umask)
     try:
-        home = DataHome(tmp_path / "home")
+        home = DataHome(fast_tmp / "home")
         use_home(home)
         with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
             run = instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job"))
@@ -182,8 +182,8 @@ def test_each_runs_event_database_is_read_by_no_other_account(tmp_path, env_kept
         os.umask(saved)
 
 
-def test_an_instance_yaml_of_the_previous_version_is_brought_up_to_date(tmp_path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_an_instance_yaml_of_the_previous_version_is_brought_up_to_date(fast_tmp, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     home.dagster_home.mkdir(parents=True)
     (home.dagster_home / "dagster.yaml").write_text(OLD_DAGSTER_YAMLS[-1])
     use_home(home)
@@ -191,10 +191,10 @@ def test_an_instance_yaml_of_the_previous_version_is_brought_up_to_date(tmp_path
     assert "instance_class" not in OLD_DAGSTER_YAMLS[-1]
 
 
-def _stored_whole(tmp_path: Path, tags: dict | None = None) -> tuple[DataHome, dg.DagsterInstance, dg.DagsterRun]:
+def _stored_whole(fast_tmp: Path, tags: dict | None = None) -> tuple[DataHome, dg.DagsterInstance, dg.DagsterRun]:
     """A run holding the password stored whole, as Dagster's own run storage (an instance configured elsewhere)
     stores it."""
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     instance = dg.DagsterInstance.from_config(str(home.dagster_home))
     run = dg.DagsterRun(job_name="rebuild_dataset_job", run_config=_dsn_config(), tags=tags or {})
@@ -203,8 +203,8 @@ def _stored_whole(tmp_path: Path, tags: dict | None = None) -> tuple[DataHome, d
     return home, instance, run
 
 
-def test_the_scrub_of_a_run_stored_whole_covers_its_tags(tmp_path, env_kept) -> None:
-    home, instance, run = _stored_whole(tmp_path, {"source": f"postgresql://ro:{SECRET}@db/x", "keep": "me"})
+def test_the_scrub_of_a_run_stored_whole_covers_its_tags(fast_tmp, env_kept) -> None:
+    home, instance, run = _stored_whole(fast_tmp, {"source": f"postgresql://ro:{SECRET}@db/x", "keep": "me"})
     with instance:
         assert scrub_refused_run(instance, run) is None
         kept = instance.get_run_by_id(run.run_id)
@@ -213,11 +213,11 @@ def test_the_scrub_of_a_run_stored_whole_covers_its_tags(tmp_path, env_kept) -> 
     assert _holding(home, SECRET) == []
 
 
-def test_a_scrub_that_cannot_write_says_so(tmp_path, env_kept, monkeypatch, caplog) -> None:
+def test_a_scrub_that_cannot_write_says_so(fast_tmp, env_kept, monkeypatch, caplog) -> None:
     from dagster_project import coordinator
 
     monkeypatch.setattr(coordinator, "SCRUB_BUSY_TIMEOUT_S", 1)
-    home, instance, run = _stored_whole(tmp_path)
+    home, instance, run = _stored_whole(fast_tmp)
     writer = sqlite3.connect(home.dagster_home / "history" / "runs.db", isolation_level=None)
     try:
         writer.execute("BEGIN IMMEDIATE")       # another process's write, held past both tries
@@ -234,11 +234,11 @@ def test_a_scrub_that_cannot_write_says_so(tmp_path, env_kept, monkeypatch, capl
     assert not any(SECRET in record.getMessage() for record in caplog.records)
 
 
-def test_a_scrub_whose_checkpoint_a_reader_holds_says_so(tmp_path, env_kept, monkeypatch, caplog) -> None:
+def test_a_scrub_whose_checkpoint_a_reader_holds_says_so(fast_tmp, env_kept, monkeypatch, caplog) -> None:
     from dagster_project import coordinator
 
     monkeypatch.setattr(coordinator, "CHECKPOINT_WAIT_S", 0.5)
-    home, instance, run = _stored_whole(tmp_path)
+    home, instance, run = _stored_whole(fast_tmp)
     reader = sqlite3.connect(home.dagster_home / "history" / "runs.db", isolation_level=None)
     try:
         reader.execute("BEGIN")
@@ -253,10 +253,10 @@ def test_a_scrub_whose_checkpoint_a_reader_holds_says_so(tmp_path, env_kept, mon
     assert any(run.run_id in record.getMessage() for record in caplog.records)
 
 
-def test_a_scrub_waits_for_a_reader_that_lets_go(tmp_path, env_kept) -> None:
+def test_a_scrub_waits_for_a_reader_that_lets_go(fast_tmp, env_kept) -> None:
     import threading
 
-    home, instance, run = _stored_whole(tmp_path)
+    home, instance, run = _stored_whole(fast_tmp)
     reader = sqlite3.connect(home.dagster_home / "history" / "runs.db", isolation_level=None, check_same_thread=False)
     reader.execute("BEGIN")
     reader.execute("SELECT count(*) FROM runs").fetchall()

@@ -73,8 +73,8 @@ def fix26a_thing(context) -> int:
     return len(context.op_execution_context.op_config["staging"])
 
 
-def test_an_in_process_run_holding_a_password_is_refused_and_leaves_nothing(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_an_in_process_run_holding_a_password_is_refused_and_leaves_nothing(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         with pytest.raises(RunConfigRefused, match="nothing was stored") as caught:
@@ -93,8 +93,8 @@ def test_an_in_process_run_holding_a_password_is_refused_and_leaves_nothing(tmp_
     assert _holding(home, SECRET) == []
 
 
-def test_tags_added_to_a_stored_run_are_checked(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_tags_added_to_a_stored_run_are_checked(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         run = instance.run_storage.add_run(dg.DagsterRun(job_name="rebuild_dataset_job", tags={"a": "b"}))

@@ -173,8 +173,8 @@ def test_the_scrub_keeps_plain_tags_as_given_and_hides_credentials() -> None:
     assert SECRET not in repr(scrubbed)
 
 
-def test_a_refused_run_stored_whole_keeps_its_plain_tags(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_a_refused_run_stored_whole_keeps_its_plain_tags(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     tags = {"note": "https://tracker.example/browse?id=42", "repo": "ssh://git@git.example/pickapic.git",
             "env": f"host=x password={SECRET}"}
@@ -189,10 +189,10 @@ def test_a_refused_run_stored_whole_keeps_its_plain_tags(tmp_path: Path, env_kep
     assert _holding(home, SECRET) == []
 
 
-def test_a_runs_tags_added_again_are_not_refused(tmp_path: Path, env_kept) -> None:
+def test_a_runs_tags_added_again_are_not_refused(fast_tmp: Path, env_kept) -> None:
     # Dagster's `dagster instance reindex` adds a run's whole tag set again (add_run_tags): a run stored scrubbed
     # and marked refused before review rev25l holds the mark and a scrubbed tag the check takes for a credential
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     legacy = {"source": "postgresql://ro:***@db/x", REFUSED_TAG: "run refused at launch: ...",
               "dagster/partition": "2023-02-13"}
@@ -209,10 +209,10 @@ def test_a_runs_tags_added_again_are_not_refused(tmp_path: Path, env_kept) -> No
     assert _holding(home, SECRET) == []
 
 
-def test_a_backfill_with_a_plain_title_is_stored_and_one_with_a_token_is_not(tmp_path: Path, env_kept) -> None:
+def test_a_backfill_with_a_plain_title_is_stored_and_one_with_a_token_is_not(fast_tmp: Path, env_kept) -> None:
     from dagster._core.execution.backfill import BulkActionStatus, PartitionBackfill
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
 
     def backfill(backfill_id: str, title: str, description: str | None) -> PartitionBackfill:
@@ -230,8 +230,8 @@ def test_a_backfill_with_a_plain_title_is_stored_and_one_with_a_token_is_not(tmp
     assert _holding(home, SECRET) == []
 
 
-def test_a_stage_value_holding_a_key_value_password_is_refused_without_quoting_it(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_a_stage_value_holding_a_key_value_password_is_refused_without_quoting_it(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         run = dg.DagsterRun(job_name="app_export_job", run_config={"ops": {"app_export": {"config": {

@@ -71,7 +71,7 @@ def _lost_image_days() -> tuple[DayBuilder, DayBuilder, DayBuilder, str]:
     return e, later, f, u
 
 
-def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_used_its_lost_image(tmp_path: Path) -> None:
+def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_used_its_lost_image(fast_tmp: Path) -> None:
     import dagster as dg
 
     from dagster_project.assets.ingest import ingest_day_assets
@@ -80,13 +80,13 @@ def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_us
     from dagster_project.staleness import plan_build
     from formats.settings import load
 
-    home, scratch = DataHome(tmp_path / "home"), DataHome(tmp_path / "scratch")
+    home, scratch = DataHome(fast_tmp / "home"), DataHome(fast_tmp / "scratch")
     e, later, f, u = _lost_image_days()
     e.write(home)
     later.write(home)
     resources = {"data_home": PickapicHome(root=str(home.root))}
-    (tmp_path / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+    (fast_tmp / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
         def materialize(day: str) -> None:
             instance.add_dynamic_partitions(raw_days.name, [day])
             assert dg.materialize([ingest_day_assets], partition_key=day, resources=resources,
@@ -113,8 +113,8 @@ def test_a_day_rewritten_by_another_days_ingest_refreshes_the_later_days_that_us
     assert _parts(home, later.day) == _parts(scratch, later.day)
 
 
-def test_the_later_days_bytes_do_not_depend_on_the_disposable_cache_when_a_raw_day_is_gone(tmp_path: Path) -> None:
-    with_cache, without_cache = DataHome(tmp_path / "with"), DataHome(tmp_path / "without")
+def test_the_later_days_bytes_do_not_depend_on_the_disposable_cache_when_a_raw_day_is_gone(fast_tmp: Path) -> None:
+    with_cache, without_cache = DataHome(fast_tmp / "with"), DataHome(fast_tmp / "without")
     c = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
     d = DayBuilder("2023-03-03", id_base=500).populate(users=2, images=3, rankings=1, downloads=0)
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
@@ -133,8 +133,8 @@ def test_the_later_days_bytes_do_not_depend_on_the_disposable_cache_when_a_raw_d
     assert _parts(with_cache, later.day) == _parts(without_cache, later.day)
 
 
-def test_an_earlier_day_bringing_an_image_a_later_day_took_late_gives_the_scratch_counts(tmp_path: Path) -> None:
-    incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
+def test_an_earlier_day_bringing_an_image_a_later_day_took_late_gives_the_scratch_counts(fast_tmp: Path) -> None:
+    incremental, scratch = DataHome(fast_tmp / "incremental"), DataHome(fast_tmp / "scratch")
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
     late = DayBuilder("2023-03-06", id_base=2000).populate(users=1, images=2, rankings=0, downloads=0)
     earlier = DayBuilder("2023-03-03", id_base=500).populate(users=1, images=2, rankings=0, downloads=0)
@@ -158,8 +158,8 @@ def test_an_earlier_day_bringing_an_image_a_later_day_took_late_gives_the_scratc
     assert _parts(incremental, later.day) == _parts(scratch, later.day)
 
 
-def _home_with_record(tmp_path: Path) -> tuple[DataHome, DayBuilder, DayBuilder]:
-    home = DataHome(tmp_path / "home")
+def _home_with_record(fast_tmp: Path) -> tuple[DataHome, DayBuilder, DayBuilder]:
+    home = DataHome(fast_tmp / "home")
     e, later, _, _ = _lost_image_days()
     e.write(home)
     later.write(home)
@@ -168,8 +168,8 @@ def _home_with_record(tmp_path: Path) -> tuple[DataHome, DayBuilder, DayBuilder]
     return home, e, later
 
 
-def test_a_deeply_nested_earlier_image_days_cache_is_worked_out_again(tmp_path: Path) -> None:
-    home, e, later = _home_with_record(tmp_path)
+def test_a_deeply_nested_earlier_image_days_cache_is_worked_out_again(fast_tmp: Path) -> None:
+    home, e, later = _home_with_record(fast_tmp)
     before = _parts(home, later.day)
     depth = 100_000
     (home.cache / "earlier_image_days.json").write_text('{"version": "1", "days": ' + "[" * depth + "]" * depth + "}")
@@ -177,12 +177,12 @@ def test_a_deeply_nested_earlier_image_days_cache_is_worked_out_again(tmp_path: 
     assert _parts(home, later.day) == before
 
 
-def test_a_record_without_its_columns_is_worked_out_again(tmp_path: Path, monkeypatch) -> None:
+def test_a_record_without_its_columns_is_worked_out_again(fast_tmp: Path, monkeypatch) -> None:
     import pipelines.ingest.earlierimages as earlierimages
     from pipelines.ingest.earlierimages import record_path
 
     monkeypatch.setattr(earlierimages, "INLINE_UIDS", 0)   # since the fix, small records live in the JSON file
-    home, e, later = _home_with_record(tmp_path)
+    home, e, later = _home_with_record(fast_tmp)
     before = _parts(home, later.day)
     path = record_path(home, later.day)
     meta = pq.read_schema(path).metadata
@@ -191,8 +191,8 @@ def test_a_record_without_its_columns_is_worked_out_again(tmp_path: Path, monkey
     assert _parts(home, later.day) == before
 
 
-def test_an_image_an_older_day_still_holds_does_not_reingest_the_later_day(tmp_path: Path) -> None:
-    home = DataHome(tmp_path / "home")
+def test_an_image_an_older_day_still_holds_does_not_reingest_the_later_day(fast_tmp: Path) -> None:
+    home = DataHome(fast_tmp / "home")
     c = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
     d = DayBuilder("2023-03-03", id_base=500).populate(users=2, images=3, rankings=1, downloads=0)
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
@@ -211,13 +211,13 @@ def test_an_image_an_older_day_still_holds_does_not_reingest_the_later_day(tmp_p
     assert later.day not in report.refreshed
 
 
-def test_reingesting_every_day_reads_no_record_per_pair_of_days(tmp_path: Path) -> None:
+def test_reingesting_every_day_reads_no_record_per_pair_of_days(fast_tmp: Path) -> None:
     import datetime as dt
     from unittest import mock
 
     import pipelines.ingest.earlierimages as earlierimages
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(i)).isoformat() for i in range(12)]
     builders: list[DayBuilder] = []
     for i, day in enumerate(days):

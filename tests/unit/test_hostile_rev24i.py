@@ -73,7 +73,7 @@ def _scratch(home: DataHome, builders: list[DayBuilder]) -> None:
         ingest_day(home, day)
 
 
-def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_its_images(tmp_path: Path) -> None:
+def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_its_images(fast_tmp: Path) -> None:
     import dagster as dg
 
     from dagster_project.assets.ingest import ingest_day_assets
@@ -82,7 +82,7 @@ def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_i
     from dagster_project.staleness import plan_build
     from formats.settings import load
 
-    home, scratch = DataHome(tmp_path / "home"), DataHome(tmp_path / "scratch")
+    home, scratch = DataHome(fast_tmp / "home"), DataHome(fast_tmp / "scratch")
     e = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
     f = DayBuilder("2023-03-02", id_base=3000).populate(users=1, images=2, rankings=0, downloads=0)
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
@@ -93,8 +93,8 @@ def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_i
     e.write(home)
     later.write(home)
     resources = {"data_home": PickapicHome(root=str(home.root))}
-    (tmp_path / "instance").mkdir()
-    with dg.instance_for_test(temp_dir=str(tmp_path / "instance")) as instance:
+    (fast_tmp / "instance").mkdir()
+    with dg.instance_for_test(temp_dir=str(fast_tmp / "instance")) as instance:
         def materialize(day: str) -> None:
             instance.add_dynamic_partitions(raw_days.name, [day])
             assert dg.materialize([ingest_day_assets], partition_key=day, resources=resources,
@@ -118,8 +118,8 @@ def test_a_day_rewritten_from_a_new_export_resolves_the_later_days_waiting_for_i
     assert _parts(home, later.day) == _parts(scratch, later.day)
 
 
-def test_late_counts_that_move_between_tables_are_seen_when_the_record_is_worked_out(tmp_path: Path) -> None:
-    incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
+def test_late_counts_that_move_between_tables_are_seen_when_the_record_is_worked_out(fast_tmp: Path) -> None:
+    incremental, scratch = DataHome(fast_tmp / "incremental"), DataHome(fast_tmp / "scratch")
     d = DayBuilder("2023-03-03", id_base=500).populate(users=1, images=2, rankings=0, downloads=0)
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=1, images=2, rankings=0, downloads=0)
     late = DayBuilder("2023-03-06", id_base=2000).populate(users=1, images=2, rankings=0, downloads=0)
@@ -148,8 +148,8 @@ def test_late_counts_that_move_between_tables_are_seen_when_the_record_is_worked
     assert _parts(incremental, later.day) == _parts(scratch, later.day)
 
 
-def test_a_quarantined_rows_detail_follows_an_earlier_day_losing_an_image_it_names_first(tmp_path: Path) -> None:
-    incremental, scratch = DataHome(tmp_path / "incremental"), DataHome(tmp_path / "scratch")
+def test_a_quarantined_rows_detail_follows_an_earlier_day_losing_an_image_it_names_first(fast_tmp: Path) -> None:
+    incremental, scratch = DataHome(fast_tmp / "incremental"), DataHome(fast_tmp / "scratch")
     e = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
     later = DayBuilder("2023-03-05", id_base=1000).populate(users=2, images=3, rankings=1, downloads=0)
     a = e.image_uids[0]
@@ -168,12 +168,12 @@ def test_a_quarantined_rows_detail_follows_an_earlier_day_losing_an_image_it_nam
     assert _parts(incremental, later.day) == _parts(scratch, later.day)
 
 
-def _records(tmp_path: Path, later_days: int, uids: int) -> int:
+def _records(fast_tmp: Path, later_days: int, uids: int) -> int:
     """Peak bytes traced while one ``changes`` looks at ``later_days`` days whose records each hold ``uids`` uids
     taken late (records in their files, as a day with more than ``INLINE_UIDS`` such uids has)."""
     from pipelines.ingest import earlierimages
 
-    home = DataHome(tmp_path / f"home{later_days}")
+    home = DataHome(fast_tmp / f"home{later_days}")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(i)).isoformat() for i in range(later_days + 2)]
     index = earlierimages.EarlierImages(home, days, IngestConfig())
     for j, day in enumerate(days[1:-1]):
@@ -193,17 +193,17 @@ def _records(tmp_path: Path, later_days: int, uids: int) -> int:
         tracemalloc.stop()
 
 
-def test_a_look_at_many_later_days_holds_a_bounded_number_of_their_uids(tmp_path: Path) -> None:
-    few = _records(tmp_path, 6, 3000)
-    many = _records(tmp_path, 36, 3000)
+def test_a_look_at_many_later_days_holds_a_bounded_number_of_their_uids(fast_tmp: Path) -> None:
+    few = _records(fast_tmp, 6, 3000)
+    many = _records(fast_tmp, 36, 3000)
     assert many < 2 * few
 
 
-def test_reingesting_every_day_with_late_images_reads_no_record_per_pair_of_days(tmp_path: Path, monkeypatch) -> None:
+def test_reingesting_every_day_with_late_images_reads_no_record_per_pair_of_days(fast_tmp: Path, monkeypatch) -> None:
     from pipelines.ingest import earlierimages
 
     monkeypatch.setattr(earlierimages, "INLINE_UIDS", 0)   # records in their files, as a large day's are
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(i)).isoformat() for i in range(12)]
     builders = [DayBuilder(day, id_base=100 * i + 1).populate(users=1, images=2, rankings=1, downloads=0)
                 for i, day in enumerate(days)]
@@ -230,12 +230,12 @@ def test_reingesting_every_day_with_late_images_reads_no_record_per_pair_of_days
 
 
 
-def test_working_out_the_later_days_records_reads_each_uid_index_about_once(tmp_path: Path) -> None:
+def test_working_out_the_later_days_records_reads_each_uid_index_about_once(fast_tmp: Path) -> None:
     from unittest import mock
 
     from pipelines.ingest import uidindex
 
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     days = [(dt.date(2023, 1, 1) + dt.timedelta(i)).isoformat() for i in range(20)]
     builders = [DayBuilder(day, id_base=100 * i + 1).populate(users=1, images=2, rankings=1, downloads=0)
                 for i, day in enumerate(days)]

@@ -49,6 +49,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.conftest import copy_home
+from tests.fast_tmp import fast_folder
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -70,17 +73,14 @@ def pickapic(*args: str, check: bool = True, **env: str) -> subprocess.Completed
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A small data home simulated and built by the real CLI (2 days; the publish minimums lowered in the
-    home's settings file so a small sample publishes)."""
-    root = tmp_path_factory.mktemp("rev25b") / "home"
-    pickapic("simulate", "--home", str(root), "--days", "2", "--users", "24", "--rankings-per-day", "50",
-             "--image-size", "32", "--seed", "3", "--quiet")
-    pickapic("settings", "--home", str(root), "--set", "splits.min_users=3", "--set", "splits.min_unique_rows=2",
-             "--write")
-    pickapic("build", "--home", str(root))
-    assert (root / "datasets" / "pickapic" / "latest").is_symlink()
-    return root
+def home(built_home, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small data home simulated and built by the real CLI: this module's own copy of the run's shared
+    home (``built_home``, tests/conftest.py: 2 days, 24 users, built by ``pickapic demo`` with the demo's
+    lowered publish minimums in the home's settings file), so its tests may build and export in it."""
+    with fast_folder(tmp_path_factory.mktemp("rev25b"), prefix="pickapic-rev25b-") as folder:
+        root = copy_home(built_home, folder / "home").root
+        assert (root / "datasets" / "pickapic" / "latest").is_symlink()
+        yield root
 
 
 JUNK = ("raw/app_logs/junk", "raw/app_logs/dt=2023-13-45", "raw/app_logs/stray.txt")

@@ -40,8 +40,8 @@ def rev25l_thing(context) -> int:
     return len(context.op_execution_context.op_config["staging"])
 
 
-def test_a_run_stored_as_refused_does_not_run_to_success_in_process(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_a_run_stored_as_refused_does_not_run_to_success_in_process(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         assert type(instance).__name__ == "PickapicInstance"
@@ -58,8 +58,8 @@ def test_a_run_stored_as_refused_does_not_run_to_success_in_process(tmp_path: Pa
         assert result.success and stored.status == dg.DagsterRunStatus.SUCCESS and REFUSED_TAG not in stored.tags
 
 
-def test_a_plain_link_tag_does_not_refuse_the_run(tmp_path: Path, env_kept) -> None:
-    home = DataHome(tmp_path / "home")
+def test_a_plain_link_tag_does_not_refuse_the_run(fast_tmp: Path, env_kept) -> None:
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     tags = {"note": "https://tracker.example/browse?id=42", "repo": "ssh://git@git.example/pickapic.git"}
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:

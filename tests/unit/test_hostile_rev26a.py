@@ -42,10 +42,10 @@ SECRET = "Rev26aSecretPw"
 
 
 @pytest.fixture
-def home_instance(tmp_path: Path):
+def home_instance(fast_tmp: Path):
     """A fresh data home (``use_home``) and its own Dagster instance; the environment restored afterwards."""
     saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     use_home(home)
     try:
         with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:

@@ -53,11 +53,11 @@ TICKS_A_DAY = 4       # the clock moves 6 hours between two passes of the daemon
 
 
 @pytest.fixture
-def home(tmp_path: Path, monkeypatch) -> DataHome:
+def home(fast_tmp: Path, monkeypatch) -> DataHome:
     """A new data home whose Dagster instance this process uses (as `pickapic serve` points its daemon at it)."""
     monkeypatch.setenv("DAGSTER_HOME", "")         # both restored after the test: use_home sets them
     monkeypatch.setenv("PICKAPIC_HOME", "")
-    home = DataHome(tmp_path / "home")
+    home = DataHome(fast_tmp / "home")
     home.raw_logs.mkdir(parents=True)
     use_home(home)
     return home
