@@ -23,7 +23,9 @@ CODE_VERSIONS: dict[str, str] = {
                           #    masked in the quarantine's raw_text and details (parse.ENCODED_EMAIL_RE);
                           #    rev27b: no line of a gzip member that fails its check (CRC-32, a bad block) is
                           #    ingested, an unexpected_field detail names ten keys then how many more, the
-                          #    quarantine's row groups cut by raw_text + detail bytes
+                          #    quarantine's row groups cut by raw_text + detail bytes;
+                          #    rev27e: the gzip member a file limit cuts is checked to its end (within
+                          #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
     "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits

@@ -21,6 +21,10 @@ IMAGE_UID_MEMBER_RE = re.compile(
     rb'"image_uid"[ \t\r]{0,16}:[ \t\r]{0,16}"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"'
 )
 _UID_SCAN_OVERLAP = 128
+# How much more the survey inflates, past the point where ingest.max_file_bytes / max_file_lines stop the read, to
+# reach the end of (and so check) the gzip member the limit cuts: at least this, at most as much as before the cut
+# (a survey inflates at most twice what the read reads, plus this). A member whose end lies further is not read.
+LIMIT_CHECK_BYTES = 64 << 20
 _CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -64,14 +68,20 @@ class RawFile:
         self.file_bytes = 0
         self.file_sha256: str | None = None
         self.output_bytes = 0
+        # what was at the path when it was no regular file to read, as ``pipelines.provenance.RawDigests`` names it
+        # ("missing": nothing, a dangling link; "not-a-file": a folder, a FIFO, ...); None otherwise. The day's
+        # version names it, never the file as it is later (review rev27e)
+        self.unread_as: str | None = None
 
     def check(self) -> bool:
         """Set ``missing``/``unreadable`` for a path that cannot be opened; True when it can be read."""
         if not self.path.exists() and not self.path.is_symlink():
             self.status, self.error = "missing", f"no file at {self.name}"
+            self.unread_as = "missing"
             return False
         if not self.path.is_file():
             self.status, self.error = "unreadable", f"{self.name} is not a regular file"
+            self.unread_as = _unread_as(self.path)
             return False
         return True
 
@@ -83,8 +93,8 @@ class RawFile:
         garbage after the last member); then the members before that one are inflated again and yielded. A
         member's bytes are yielded only once its check passed (review rev27b: a member that failed its CRC had
         every line already yielded accepted, the damaged one included), except the last one of a truncated
-        file (it has no check: its bytes before the cut are yielded) and the part of a member past
-        ``max_bytes`` (never inflated: the file is cut there)."""
+        file (it has no check: its bytes before the cut are yielded). Where a limit (``max_bytes``, ``max_lines``) cuts a member, that member too is
+        checked to its end before any of it is yielded (review rev27e), and the survey stops there."""
         handle = self._open()
         if handle is None:
             return
@@ -95,19 +105,28 @@ class RawFile:
 
     def _survey(self, handle: io.FileIO) -> tuple[int, str] | None:
         """The first pass: ``file_bytes`` and ``file_sha256`` of the whole file, and the first member that fails as
-        (its compressed offset, the error), or None. Inflates at most ``max_bytes`` (the second pass stops there),
-        ``max_chunk`` bytes at a time, keeping nothing."""
+        (its compressed offset, the error), or None. Inflates ``max_chunk`` bytes at a time, keeping nothing, up to
+        the member in which a limit stops the second pass (more than ``max_bytes`` bytes or ``max_lines`` newlines
+        inflated): that member is checked to its end too (review rev27e: its bytes before the cut were yielded
+        unchecked), inflating at most ``max(LIMIT_CHECK_BYTES, the bytes before the cut)`` more; one whose end
+        lies further is not verifiable and fails like a damaged one (none of its lines is read)."""
         digest = hashlib.sha256()
         decomp = None
-        start = produced = 0
+        start = produced = newlines = 0
         bad = None
+        done = False              # a limit stopped the read in a member that was then checked whole
+        budget = None             # inflated bytes allowed before the end of the member the limit cuts
+        count_lines = self.max_lines is not None
         try:
             while block := handle.read(self.read_bytes):
                 self.file_bytes += len(block)
                 digest.update(block)
                 data, pending = block, False
-                while bad is None and (data or pending) and (self.max_bytes is None or produced <= self.max_bytes):
+                while bad is None and not done and (data or pending):
                     if decomp is None or decomp.eof:  # a new gzip member starts here
+                        if budget is not None:        # the member the limit cut was checked whole: stop
+                            done = True
+                            break
                         start = self.file_bytes - len(data)
                         decomp = zlib.decompressobj(wbits=31)
                     try:
@@ -119,10 +138,22 @@ class RawFile:
                         bad = (start, why)
                         break
                     produced += len(out)
+                    if budget is None:
+                        if count_lines:
+                            newlines += out.count(b"\n")
+                        if (self.max_bytes is not None and produced > self.max_bytes) or \
+                                (count_lines and newlines > self.max_lines):
+                            budget = produced + max(LIMIT_CHECK_BYTES, produced)
                     if decomp.eof:
                         data, pending = decomp.unused_data, False
                     else:
                         data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
+                        if budget is not None and produced > budget:
+                            bad = (start, f"a limit (ingest.max_file_bytes / ingest.max_file_lines) stops the read "
+                                          f"in the gzip member at compressed byte {start}, whose end lies more than "
+                                          f"{budget} decompressed bytes in: it could not be checked, so nothing from "
+                                          "that byte on was read (a gzip member is read only when its integrity "
+                                          "check passes)")
         except OSError as exc:
             self._fail(f"read error after {self.file_bytes} compressed bytes: {_os_reason(exc)}")
         self.file_sha256 = digest.hexdigest()
@@ -219,11 +250,14 @@ class RawFile:
             fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             self.status, self.error = "unreadable", f"cannot open {self.name}: {_os_reason(exc)}"
+            if isinstance(exc, FileNotFoundError):
+                self.unread_as = "missing"      # gone (or a dangling link) since the path checks
             return None
         info = os.fstat(fd)
         problem = None
         if not stat.S_ISREG(info.st_mode):
             problem = f"{self.name} is not a regular file"
+            self.unread_as = "not-a-file"
         elif self.zone_root is not None:
             try:
                 opened = os.readlink(f"/proc/self/fd/{fd}")
@@ -252,6 +286,18 @@ class RawFile:
 
     def _fail(self, message: str) -> None:
         self.status, self.error = "unreadable", message
+
+
+def _unread_as(path: Path) -> str | None:
+    """What ``RawDigests.file`` names a path that is no regular file: "missing" when it does not stat (a dangling
+    link), "not-a-file" when it does (a folder, a FIFO, ...); None when it cannot tell (another error)."""
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        return "missing"
+    except OSError:
+        return None
+    return "not-a-file"
 
 
 def _os_reason(exc: OSError) -> str:

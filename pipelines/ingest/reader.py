@@ -230,6 +230,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
     report.error = raw.error
     report.file_sha256 = raw.file_sha256
     report.file_bytes = raw.file_bytes
+    report.unread_as = raw.unread_as
     if index == 0 and raw.status == "missing":   # every part reads the file; part 0 reports it
         run.file_row(rp.MISSING_FILE, raw.error or "missing", 0, None)
     elif index == 0 and raw.status == "unreadable":
