@@ -216,7 +216,7 @@ def home_job_origin(job_name: str) -> Any:
     from dagster._core.remote_origin import RemoteJobOrigin, RemoteRepositoryOrigin
     from dagster._core.workspace.load import location_origin_from_module_name
 
-    from dagster_project.serve import MODULE
+    from dagster_project.location import MODULE
 
     location = location_origin_from_module_name(MODULE, None, None)
     return RemoteJobOrigin(RemoteRepositoryOrigin(location, SINGLETON_REPOSITORY_NAME), job_name)

@@ -20,11 +20,10 @@ import subprocess
 import sys
 import time
 
+from dagster_project.location import MODULE
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
-
-MODULE = "dagster_project.definitions"
 
 
 def commands(host: str, port: int) -> dict[str, list[str]]:

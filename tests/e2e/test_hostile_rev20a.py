@@ -112,7 +112,7 @@ def test_output_file_as_a_table_says_how_many_rows_it_holds(tmp_path: Path, monk
     from pipelines.query import engine
 
     @contextlib.contextmanager
-    def stream(home, sql, version=None, params=None, limits=None, batch_rows=None):
+    def stream(home, sql, version=None, params=None, limits=None, batch_rows=None, **_):   # fmt=, revive=
         reader = duckdb.sql("SELECT range AS n FROM range(5000)").to_arrow_reader(1000)
         yield reader.schema, iter(reader)
 
