@@ -251,14 +251,6 @@ class RejectedBlobs:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
-        self.read: dict[str, dict[str, str]] = {}   # day -> table -> digest of the file as a stage read it
-
-    def pin(self, day: str, digests: dict[str, str | None]) -> None:
-        """Use ``digests`` (table -> the sha256 of the file a stage read, "missing"; None: not read) for ``day``'s
-        files instead of the files as they are now, so a stage's version names the bytes it read (review rev27b:
-        a raw file delivered again after the ingest read it was named in the ingest's version, and the day looked
-        fresh with the old rows)."""
-        self.read[day] = {table: digest for table, digest in digests.items() if digest is not None}
 
     # --- reading the partition, streamed
     def _partition(self, day: str) -> tuple[Path, list] | None:
