@@ -28,6 +28,7 @@ from typing import Iterable, Iterator
 
 from formats.files import is_url, sha256_file, write_bytes_atomic
 from formats.home import DataHome
+from pipelines.ingest.lines import LINK_OUT_OF_ZONE
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
 _CACHE = "raw_day_digests.json"
@@ -74,13 +75,19 @@ class RawDigests:
         self.read[day] = {table: digest for table, digest in digests.items() if digest is not None}
 
     def file(self, path: Path) -> str:
-        """Content digest of one file ("missing" / "not-a-file" for those)."""
+        """Content digest of one file ("missing" / "not-a-file" for those, ``LINK_OUT_OF_ZONE`` for a file reached
+        through a link out of the raw zone: the ingest refuses it unread, so its target's bytes are not what it
+        read, review rev27f)."""
         rel = str(path.relative_to(self.home.root))
         stat = stat_key(path)
         if stat is None:
             return "missing"
         if stat[0] == "not-a-file":
             return "not-a-file"
+        try:
+            self.home.resolve_inside(path.relative_to(self.home.root).as_posix(), zone="raw")
+        except ValueError:
+            return LINK_OUT_OF_ZONE
         entry = self.known.get(rel)
         if entry and entry.get("stat") == stat:
             return entry["sha256"]

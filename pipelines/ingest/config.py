@@ -117,7 +117,8 @@ class TableReport:
     reasons: dict[str, int] = field(default_factory=dict)  # every quarantine row, file-level included
     error: str | None = None
     # not a field (outside asdict / the report's JSON): ``RawFile.unread_as`` of the file read, "missing" /
-    # "not-a-file" where the path was no regular file when read (``IngestReport.read_digests``)
+    # "not-a-file" where the path was no regular file when read, "link-out-of-zone" for a link out of the raw zone
+    # (``IngestReport.read_digests``)
     unread_as = None
 
     @property
@@ -165,9 +166,9 @@ class IngestReport:
     def read_digests(self) -> dict[str, str | None]:
         """Per table, the digest of the raw file as this ingest read it, as ``pipelines.provenance.RawDigests``
         gives one: its sha256 (hashed from the bytes read), ``missing``, ``not-a-file`` (a path that was no regular
-        file when read: a folder, a FIFO; a dangling link is ``missing``, review rev27e), or None where it cannot tell
-        (a link out of the raw zone, a file it could not open): the day's version names these, not the files as
-        they are when it is recorded (review rev27b)."""
+        file when read: a folder, a FIFO; a dangling link is ``missing``, review rev27e), ``link-out-of-zone`` (a link
+        out of the raw zone, refused unread, review rev27f), or None where it cannot tell (a file it could not
+        open): the day's version names these, not the files as they are when it is recorded (review rev27b)."""
         return {table: report.file_sha256 if report.file_sha256 is not None
                 else "missing" if report.status == "missing" else report.unread_as
                 for table, report in self.tables.items()}

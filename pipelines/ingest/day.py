@@ -143,7 +143,7 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         indexing = uid_sink is not None and part[0] == 0   # one part writes today's uid index
         stat = stat_key(home.raw_file(day, table)) if indexing else None
         runs[table] = read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
-        if indexing and not runs[table].cut:   # a read a limit stopped is not kept for other limits
+        if indexing and not runs[table].limited:   # a read that depends on the limits is not kept for other limits
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config)
     results = {}

@@ -25,6 +25,9 @@ _UID_SCAN_OVERLAP = 128
 # reach the end of (and so check) the gzip member the limit cuts: at least this, at most as much as before the cut
 # (a survey inflates at most twice what the read reads, plus this). A member whose end lies further is not read.
 LIMIT_CHECK_BYTES = 64 << 20
+# What the ingest recorded as read for a raw file that was a link out of the raw zone (refused, never read), as
+# ``pipelines.provenance.RawDigests`` names such a path: never a sha256 (review rev27f)
+LINK_OUT_OF_ZONE = "link-out-of-zone"
 _CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
@@ -63,14 +66,18 @@ class RawFile:
         self.max_lines = max_lines      # lines yielded at most (ingest.max_file_lines)
         self.lines_out = 0
         self.cut = False                # a limit stopped the read (what was read depends on the limits)
+        # what was read depends on the limits: ``cut``, or the survey could not check the member a limit cuts (its
+        # end lies past the check budget, which the limits set): never cached for another run (review rev27f)
+        self.limited = False
         self.status = "ok"
         self.error: str | None = None
         self.file_bytes = 0
         self.file_sha256: str | None = None
         self.output_bytes = 0
         # what was at the path when it was no regular file to read, as ``pipelines.provenance.RawDigests`` names it
-        # ("missing": nothing, a dangling link; "not-a-file": a folder, a FIFO, ...); None otherwise. The day's
-        # version names it, never the file as it is later (review rev27e)
+        # ("missing": nothing, a dangling link; "not-a-file": a folder, a FIFO, ...; LINK_OUT_OF_ZONE: a link that
+        # leaves the raw zone, review rev27f); None otherwise. The day's version names it, never the file as it is
+        # later (review rev27e)
         self.unread_as: str | None = None
 
     def check(self) -> bool:
@@ -106,10 +113,11 @@ class RawFile:
     def _survey(self, handle: io.FileIO) -> tuple[int, str] | None:
         """The first pass: ``file_bytes`` and ``file_sha256`` of the whole file, and the first member that fails as
         (its compressed offset, the error), or None. Inflates ``max_chunk`` bytes at a time, keeping nothing, up to
-        the member in which a limit stops the second pass (more than ``max_bytes`` bytes or ``max_lines`` newlines
-        inflated): that member is checked to its end too (review rev27e: its bytes before the cut were yielded
-        unchecked), inflating at most ``max(LIMIT_CHECK_BYTES, the bytes before the cut)`` more; one whose end
-        lies further is not verifiable and fails like a damaged one (none of its lines is read)."""
+        the member in which a limit stops the second pass (more than ``max_bytes`` bytes inflated, or a byte after
+        the ``max_lines``-th newline, review rev27f): that member is checked to its end too (review rev27e: its bytes
+        before the cut were yielded unchecked), inflating at most ``max(LIMIT_CHECK_BYTES, the bytes before the
+        cut)`` more; one whose end lies further is not verifiable and fails like a damaged one (none of its lines is
+        read; ``limited`` is set: the budget depends on the limits, review rev27f)."""
         digest = hashlib.sha256()
         decomp = None
         start = produced = newlines = 0
@@ -117,6 +125,7 @@ class RawFile:
         done = False              # a limit stopped the read in a member that was then checked whole
         budget = None             # inflated bytes allowed before the end of the member the limit cuts
         count_lines = self.max_lines is not None
+        line_end = None           # inflated bytes up to the max_lines-th newline: the read stops at the next byte
         try:
             while block := handle.read(self.read_bytes):
                 self.file_bytes += len(block)
@@ -137,18 +146,27 @@ class RawFile:
                                "integrity check passes)")
                         bad = (start, why)
                         break
+                    if budget is None and count_lines and line_end is None:
+                        found = out.count(b"\n")
+                        if newlines + found >= self.max_lines:   # the last allowed newline is in ``out``
+                            end = -1
+                            for _ in range(self.max_lines - newlines):
+                                end = out.find(b"\n", end + 1)
+                            line_end = produced + end + 1
+                        newlines += found
                     produced += len(out)
                     if budget is None:
-                        if count_lines:
-                            newlines += out.count(b"\n")
+                        # where the read stops (``_capped``): past max_bytes, or at the first byte after the
+                        # max_lines-th newline (review rev27f: not at the next newline)
                         if (self.max_bytes is not None and produced > self.max_bytes) or \
-                                (count_lines and newlines > self.max_lines):
+                                (line_end is not None and produced > line_end):
                             budget = produced + max(LIMIT_CHECK_BYTES, produced)
                     if decomp.eof:
                         data, pending = decomp.unused_data, False
                     else:
                         data, pending = decomp.unconsumed_tail, len(out) == self.max_chunk
                         if budget is not None and produced > budget:
+                            self.limited = True       # the budget depends on the limits (review rev27f)
                             bad = (start, f"a limit (ingest.max_file_bytes / ingest.max_file_lines) stops the read "
                                           f"in the gzip member at compressed byte {start}, whose end lies more than "
                                           f"{budget} decompressed bytes in: it could not be checked, so nothing from "
@@ -185,7 +203,7 @@ class RawFile:
                             self.output_bytes += len(out)
                             yield out
                         if cut:
-                            self.cut = True
+                            self.cut = self.limited = True
                             self._fail(cut)
                             break
                     if decomp.eof:
@@ -204,7 +222,8 @@ class RawFile:
             except zlib.error:
                 tail = b""
             tail, cut = self._capped(tail) if tail else (tail, None)
-            self.cut = self.cut or cut is not None
+            if cut is not None:
+                self.cut = self.limited = True
             if tail:
                 self.output_bytes += len(tail)
                 yield tail
@@ -265,6 +284,7 @@ class RawFile:
                 opened = None        # no /proc: the path checks stand
             if opened is not None and opened.startswith("/") and os.path.commonpath([self.zone_root, opened]) != self.zone_root:
                 problem = f"{self.name} resolves outside the raw zone"
+                self.unread_as = LINK_OUT_OF_ZONE
         self.identity = (info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
         if problem is None and self.expect is not None and self.identity != self.expect:
             problem = f"{self.name} changed while it was ingested (another file or other bytes)"

@@ -68,6 +68,7 @@ class TableRun:
         self.home = home
         self.identity: tuple[int, int, int, int] | None = None   # the raw file as the first pass opened it
         self.cut = False                                    # ingest.max_file_bytes / max_file_lines stopped the read
+        self.limited = False                                # what was read depends on the limits (RawFile.limited)
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | lines.OverlongLine | None) -> None:
         if data is None:
@@ -150,6 +151,7 @@ def open_raw(home: DataHome, path: Path, expect: tuple[int, int, int, int] | Non
             home.resolve_inside(rel, zone="raw")
         except ValueError as exc:
             raw.status, raw.error = "unreadable", str(exc)
+            raw.unread_as = lines.LINK_OUT_OF_ZONE    # as RawDigests names it: never the target's bytes (rev27f)
     return raw
 
 
@@ -226,6 +228,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         _resolve_repeats(run, PRIMARY_KEYS[table])
     run.identity = raw.identity
     run.cut = raw.cut
+    run.limited = raw.limited
     report.status = raw.status
     report.error = raw.error
     report.file_sha256 = raw.file_sha256

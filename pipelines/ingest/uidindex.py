@@ -55,7 +55,7 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestCon
     stat = stat_key(path)
     found: set[str] = set()
     lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
-    if not raw.cut:    # a read a limit stopped depends on the limits: never kept for another run's
+    if not raw.limited:   # a read that depends on the limits (cut, or stopped unchecked): never kept for another run's
         write_uid_index(home, day, found, raw.file_sha256, stat)
     return found & wanted
 
