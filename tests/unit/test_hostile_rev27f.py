@@ -11,7 +11,8 @@ zeros from a 1 MB file). Read through, not run (so not claimed as tested): membe
 the check budget, and a folder -> file / file -> dangling link swap between the path checks and the open
 (``_open`` names them "not-a-file" / "missing"); no defect was seen there.
 
-Each test below is one confirmed defect, filed as a strict xfail stating the correct behaviour. Ranked by severity.
+Each test below is one confirmed defect, filed as a strict xfail stating the correct behaviour (all three fixed the same day
+by fix27f). Ranked by severity.
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import gzip
 import zlib
 
 import dagster as dg
-import pytest
 from test_ingest_fixtures import DayBuilder
 
 from dagster_project.assets.ingest import ingest_day_assets
@@ -42,12 +42,6 @@ LATE_UID = "22222222-2222-4222-8222-222222222222"
 #    fires first), so the day's uid index is written from it and answers later runs with other limits: the uids of
 #    that member are never found again while the images file is unchanged
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a read stopped by the survey's 'could not be checked' (the member a file limit cuts ends past "
-    "LIMIT_CHECK_BYTES) leaves RawFile.cut False, so ingest writes the day's uid index from a limit-dependent read; "
-    "a later run with the default limits gets the cached answer and never finds the uids of that member. Expected: "
-    "such a read is treated as cut (no index kept), so the default limits find the member's uid"
-))
 def test_a_read_the_check_budget_stopped_is_not_kept_in_the_uid_index(fast_tmp):
     home = DataHome(fast_tmp / "home")
     paths = DayBuilder(DAY, seed=2761).populate(users=3, images=6, rankings=5, downloads=2).write(home)
@@ -95,12 +89,6 @@ class _Counting:
         return Wrapped()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the survey counts the line limit as reached only at the (max_file_lines + 1)-th newline, but the read stops "
-    "at the first byte after the max_file_lines-th: after the last allowed line, members without a newline are "
-    "all inflated (16 MiB here, up to 8 GiB by default for a few lines read). Expected: the survey stops after the "
-    "member in which the read stops"
-))
 def test_the_survey_stops_where_the_line_limit_stops_the_read_without_another_newline(tmp_path, monkeypatch):
     lines = b"".join(b'{"a": %d}\n' % i for i in range(10))
     member = gzip.compress(b"x" * (64 << 10), mtime=0)          # 64 KiB of one unterminated line a member
@@ -120,12 +108,6 @@ def test_the_survey_stops_where_the_line_limit_stops_the_read_without_another_ne
 #    the same bytes (the obvious repair of "resolves outside the raw zone") leaves the day fresh and the file is
 #    never ingested
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a raw file that was a link out of the raw zone when read (refused, nothing ingested) has no read digest, so the "
-    "day's version names the link's target; a copy of the same bytes put in its place keeps the version and the "
-    "day is never ingested again. Expected: the version names what was read (a refused link), so the repaired "
-    "file leaves the day stale"
-))
 def test_a_link_out_of_the_raw_zone_replaced_by_a_copy_leaves_the_day_stale(fast_tmp):
     home = DataHome(fast_tmp / "home")
     paths = DayBuilder(DAY, seed=2762).populate(users=3, images=6, rankings=5, downloads=2).write(home)
