@@ -323,6 +323,23 @@ class _Deadline:
         return QueryFailed(message)
 
 
+def statement_body(sql: str) -> str:
+    """``sql`` without the semicolons and comments that end it, to stand inside a subquery (review rev27g: DuckDB's
+    ``relation.project`` pasted the text into ``(...)`` as it was, and ``SELECT ...; -- done`` failed to parse).
+    The select list goes on the query's first line, before its text, so DuckDB's ``LINE n`` of an error in it is
+    the user's line n (``project`` put the text two lines lower)."""
+    tokens = duckdb.tokenize(sql)
+    ends = [offset for offset, _ in tokens[1:]] + [len(sql)]
+    cut = len(sql)
+    for (offset, kind), end in reversed(list(zip(tokens, ends))):
+        if kind == duckdb.token_type.comment or (kind == duckdb.token_type.operator
+                                                  and set(sql[offset:end].strip()) <= {";"}):
+            cut = offset
+            continue
+        break
+    return sql[:cut].rstrip() if cut < len(sql) else sql
+
+
 @contextlib.contextmanager
 def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping[str, Any] | None = None,
            limits: QueryLimits | None = None, batch_rows: int | None = None, fmt: str | None = None,
@@ -357,7 +374,9 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                     if fmt is not None:
                         cast, revivers = text_columns(relation.types, fmt)
                         if cast:   # review rev27d: DuckDB's text, not Arrow's wrong value
-                            relation = relation.project(projection(relation.columns, cast))
+                            reselect = (f"SELECT {projection(relation.columns, cast)} FROM ({statement_body(sql)}\n) "
+                                        "AS __pickapic_result")
+                            relation = con.sql(reselect, params=dict(params)) if params else con.sql(reselect)
                         if revive is not None:
                             revive.update(revivers)
                     reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)

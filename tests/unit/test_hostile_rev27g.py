@@ -10,6 +10,8 @@ results without such types against the parent commit 5623287 (byte-identical in 
 DuckDB's ``relation.project`` splices the user's SQL text into ``SELECT * FROM (\\n<sql>\\n)``, so a statement
 that runs on its own (a trailing ``;`` followed by a comment) is refused with a parser error once it has such a
 column, and DuckDB's error positions name a line of that wrapper instead of the user's line.
+Both fixed the same day (``engine.statement_body``: the re-select wraps the statement itself, without its ending
+semicolons and comments, its select list on the query's first line).
 """
 from __future__ import annotations
 
@@ -34,13 +36,6 @@ def _run(home: DataHome, sql: str, fmt: str = "json") -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A statement ending in `;` and then a comment (`SELECT INTERVAL 1 DAY AS i; -- done`) ran before fix27d and "
-    "still runs without such a column, but once a column is re-selected DuckDB's relation.project splices the text "
-    "into `SELECT * FROM (\\n<sql>\\n)` and the query fails with 'Parser Error: syntax error at or near \";\"' "
-    "(exit 1, nothing written): a regression for any script that ends its SQL with `;` and a comment. Expected: "
-    "the same result as without the trailing comment (re-select over the parsed statement, not its raw text)"
-))
 def test_trailing_semicolon_and_comment_survive_the_reselect(home: DataHome) -> None:
     for tail in ("; -- done", "; /* done */", ";\n-- done\n"):
         code, out, err = _run(home, "SELECT INTERVAL 1 DAY AS i, '101'::BIT AS b" + tail)
@@ -51,12 +46,6 @@ def test_trailing_semicolon_and_comment_survive_the_reselect(home: DataHome) -> 
     assert (code, json.loads(out)) == (0, [{"i": 1}]), err
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "With a re-selected column (an INTERVAL, BIT, TIMETZ ...), DuckDB's error for the user's own query names a "
-    "line of the wrapper relation.project builds around the SQL text: the 2-line query "
-    "`SELECT INTERVAL 1 DAY AS i,\\n'x'::INT AS n` reports 'LINE 4:' (it reported 'LINE 2:' before fix27d, and "
-    "does without such a column). Expected: the line number of the user's query"
-))
 def test_error_position_names_the_users_line(home: DataHome) -> None:
     code, out, err = _run(home, "SELECT INTERVAL 1 DAY AS i,\n'x'::INT AS n")
     assert code == 1 and out == ""
