@@ -67,7 +67,6 @@ class TableRun:
         self.conflicting: set = set()                       # keys with two or more different versions
         self.home = home
         self.identity: tuple[int, int, int, int] | None = None   # the raw file as the first pass opened it
-        self.cut = False                                    # ingest.max_file_bytes / max_file_lines stopped the read
         self.limited = False                                # what was read depends on the limits (RawFile.limited)
 
     def reject(self, number: int, reason: str, detail: str, data: bytes | lines.OverlongLine | None) -> None:
@@ -227,7 +226,6 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         run.rejected_seen = set()
         _resolve_repeats(run, PRIMARY_KEYS[table])
     run.identity = raw.identity
-    run.cut = raw.cut
     run.limited = raw.limited
     report.status = raw.status
     report.error = raw.error

@@ -135,11 +135,7 @@ def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Bina
     rows = 0
     for batch in batches:
         for row in _rows(batch, revive):
-            try:
-                text = json.dumps(row, ensure_ascii=False, default=_json_default, indent=1, allow_nan=False)
-            except ValueError:   # a NaN or an infinity somewhere in the row
-                text = json.dumps(_finite(row), ensure_ascii=False, default=_json_default, indent=1,
-                                  allow_nan=False)
+            text = _json_text(row, indent=1)
             sink.write((("[\n" if rows == 0 else ",\n") + " " + text.replace("\n", "\n ")).encode("utf-8"))
             rows += 1
     sink.write(b"[]\n" if rows == 0 else b"\n]\n")
@@ -730,12 +726,12 @@ def _as_text(table: pa.Table, indexes: Iterable[int], dates: bool = False,
     return pa.table(columns, names=table.column_names)
 
 
-def _json_text(value: Any) -> str:
-    """``value`` as one line of JSON, NaN and infinite numbers in it ``null``."""
+def _json_text(value: Any, indent: int | None = None) -> str:
+    """``value`` as JSON (one line, or ``indent``-ed), NaN and infinite numbers in it ``null``."""
     try:
-        return json.dumps(value, ensure_ascii=False, default=_json_default, allow_nan=False)
+        return json.dumps(value, ensure_ascii=False, default=_json_default, indent=indent, allow_nan=False)
     except ValueError:   # a NaN or an infinity somewhere in it
-        return json.dumps(_finite(value), ensure_ascii=False, default=_json_default, allow_nan=False)
+        return json.dumps(_finite(value), ensure_ascii=False, default=_json_default, indent=indent, allow_nan=False)
 
 
 def _is_bytes(kind: pa.DataType) -> bool:
