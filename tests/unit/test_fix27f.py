@@ -13,8 +13,8 @@ from __future__ import annotations
 import gzip
 import os
 import zlib
-from pathlib import Path
 
+from test_fix27e import _Counting, _read  # the same reader and counting zlib as fix27e's tests
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
@@ -31,39 +31,6 @@ UID = "33333333-3333-4333-8333-333333333333"
 
 def _body(tag: str, count: int) -> bytes:
     return b"".join(f'{{"{tag}": {i}}}\n'.encode() for i in range(count))
-
-
-def _read(path: Path, **limits) -> tuple[list[bytes], raw_lines.RawFile]:
-    raw = raw_lines.RawFile(path, **limits)
-    got = [data for _, data in raw_lines.iter_lines(raw.chunks(), 1 << 20, lambda: raw.cut)]
-    return got, raw
-
-
-class _Counting:
-    """zlib with a count of every byte inflated."""
-    error = zlib.error
-
-    def __init__(self) -> None:
-        self.produced = 0
-
-    def decompressobj(self, *args, **kwargs):
-        inner, owner = zlib.decompressobj(*args, **kwargs), self
-
-        class Wrapped:
-            def decompress(self, data, max_length=0):
-                out = inner.decompress(data, max_length)
-                owner.produced += len(out)
-                return out
-
-            def flush(self, *a):
-                out = inner.flush(*a)
-                owner.produced += len(out)
-                return out
-
-            def __getattr__(self, name):
-                return getattr(inner, name)
-
-        return Wrapped()
 
 
 # --------------------------------------------------------------------------- 1. a read the budget stopped
