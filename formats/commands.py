@@ -233,7 +233,7 @@ def run_command(prog: str, main: Callable[[Sequence[str] | None], object], argv:
         print("interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        message = error_message(exc)
+        message = error_message(exc, redact=True)   # never a URL's credential the error quotes
         if message is None:
             raise
         print(f"{prog}: error: {message}", file=sys.stderr)

@@ -581,4 +581,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from formats.commands import run_command
+
+    sys.exit(run_command('python -m pipelines.query.engine', main))
