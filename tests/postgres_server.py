@@ -137,6 +137,10 @@ def start_server(auth: str = "scram-sha-256", superuser_password: str = "postgre
         server._run([str(bindir / "initdb"), "-D", str(root / "data"), "-U", SUPERUSER, f"--pwfile={pwfile}",
                      f"--auth-local={auth}", f"--auth-host={auth}", "-E", "UTF8", "--locale=C", "--no-sync"])
         pwfile.unlink()
+        # dynamic shared memory in files under the data folder, removed with it: POSIX segments (/dev/shm) of a
+        # server a test kills outright (a primary lost, a crash) outlived the test run, one run after another
+        with open(root / "data" / "postgresql.conf", "a", encoding="utf-8") as conf:
+            conf.write("\ndynamic_shared_memory_type = mmap\n")
         options = (f"-c listen_addresses='' -c unix_socket_directories='{root}' -c port={server.port} "
                    "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=40")
         server._run([str(bindir / "pg_ctl"), "-D", str(root / "data"), "-o", options, "-l", str(root / "log"),
