@@ -1,9 +1,11 @@
 """Fixtures and hooks for every test: per-test folders on tmpfs (see ``tests/fast_tmp.py``)."""
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -72,3 +74,18 @@ def copy_home(home: DataHome, destination: Path) -> DataHome:
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
     remove_shared_dirs(session.config)
+
+
+_TIMELINE = os.environ.get("PICKAPIC_TEST_TIMELINE")   # a file: each test's worker, start, end and id appended
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem):
+    """With ``PICKAPIC_TEST_TIMELINE=FILE``, one line per test (xdist worker, start and end wall-clock seconds,
+    node id): what ``SLOW_FILES_FIRST`` in ``tests/e2e/conftest.py`` is ordered by, and where a worker waited."""
+    start = time.time()
+    yield
+    if _TIMELINE:
+        with open(_TIMELINE, "a", encoding="utf-8") as out:
+            out.write(f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')} {start:.3f} {time.time():.3f} "
+                      f"{item.nodeid}\n")
