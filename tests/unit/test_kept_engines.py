@@ -14,12 +14,7 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from dagster_project.build import use_home
-from dagster_project.instance import (
-    ENGINES,
-    CheckedSqliteRunStorage,
-    KeptEngineSqliteEventLogStorage,
-    _Engines,
-)
+from dagster_project.instance import ENGINES, CheckedSqliteRunStorage, KeptEngineSqliteEventLogStorage, _Engines
 from formats.home import DataHome
 
 
