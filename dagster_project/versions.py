@@ -32,9 +32,11 @@ CODE_VERSIONS: dict[str, str] = {
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
                           # 6: JPEG pre-scan before Pillow (marker/fill/scan floods, scans x pixels, EXIF/MPF tag
                           #    blocks), Pillow given the extension's formats only, reuse judged as a decode (rev24d/h)
-    "dedup": "3",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
+    "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
-    "decisions": "8",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+                          # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
+                          #    recorded in the file's metadata (rev28b)
+    "decisions": "9",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -46,8 +48,10 @@ CODE_VERSIONS: dict[str, str] = {
                           # 7: conflicting_image (an image re-exported with other content), mismatched_image (a shown
                           #    image of another prompt / user); refuses partitions that differ from ingest_files (rev25c)
                           # 8: mismatched_image a pair decision: only the pairs with the mismatched image dropped (rev25f)
+                          # 9: nsfw_cluster evidence names the first 10 flagged members and counts them; the policy
+                          #    (NSFW classes, threshold, the clusters' settings) in the file's metadata (rev28b)
     "pairs": "1",
-    "splits": "10",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "11",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -57,11 +61,14 @@ CODE_VERSIONS: dict[str, str] = {
                           #    (rev18e, same version: case never changes a key, Katakana not folded, only apostrophe-like modifier letters read as ')
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
-    "publish": "6",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+                          # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
+    "publish": "7",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
                           # 6: the data card names the decisions conflicting_image and mismatched_image (rev25c/f)
+                          # 7: the card states the NSFW classes, threshold and k the version was curated with and
+                          #    says when the pseudonyms are under the public default secret; manifest "curation" (rev28b)
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")

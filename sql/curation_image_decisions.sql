@@ -3,8 +3,9 @@
 -- Output: image drop decisions (subject 'image', one row per image and reason): conflicting_image (one image_uid
 --         exported on several days with different content: which export is true is unknown, so the image is
 --         dropped, as conflicting_ranking drops a ranking), content_filtered, missing_image_row, feature_rejected,
---         missing_features, nsfw, nsfw_cluster (a flagged cluster mate).
--- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE).
+--         missing_features, nsfw, nsfw_cluster (a flagged cluster mate: evidence the cluster, how many of its
+--         members are flagged and the first $shown_flagged of them by image_uid).
+-- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE), $shown_flagged (BIGINT).
 WITH img AS (
     SELECT image_uid, model_id, n_variants, export_days FROM image_base
 ),
@@ -34,8 +35,12 @@ nsfw AS (
     FROM feat
 ),
 flagged AS (SELECT image_uid, hits FROM nsfw WHERE len(hits) > 0),
+-- the evidence of a cluster's nsfw_cluster rows names its first $shown_flagged flagged members (by image_uid) and
+-- counts them all: every member's row naming every flagged member grew with the square of the cluster (review
+-- rev28b: 2,000 near duplicates, half flagged, wrote ~12 MB of evidence; 16,000 took 3.1 GB)
 flagged_clusters AS (
-    SELECT c.cluster_id, list(c.image_uid ORDER BY c.image_uid) AS flagged_members
+    SELECT c.cluster_id, count(*) AS flagged_count,
+           list(c.image_uid ORDER BY c.image_uid)[1:$shown_flagged] AS flagged_members
     FROM duplicate_clusters c JOIN flagged f USING (image_uid)
     GROUP BY c.cluster_id
 )
@@ -60,7 +65,8 @@ SELECT 'image', image_uid, FALSE, 'nsfw',
 FROM flagged
 UNION ALL
 SELECT 'image', c.image_uid, FALSE, 'nsfw_cluster',
-       to_json(struct_pack(cluster_id := c.cluster_id, flagged_members := fc.flagged_members))::VARCHAR
+       to_json(struct_pack(cluster_id := c.cluster_id, flagged_count := fc.flagged_count,
+                           flagged_members := fc.flagged_members))::VARCHAR
 FROM duplicate_clusters c JOIN flagged_clusters fc USING (cluster_id)
 ANTI JOIN flagged f ON f.image_uid = c.image_uid
 ORDER BY subject_id, reason

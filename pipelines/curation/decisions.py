@@ -47,10 +47,12 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import regex
 
 from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, check_path_text, knob, public_fields, stage_config
+from pipelines.curation.dedup import DEDUP_METADATA
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.splits.assign import _styled_letters, _symbol_readings, _visible, moderation_key, moderation_text
@@ -122,6 +124,11 @@ EXPLICIT_CLASSES = (
     "MALE_GENITALIA_EXPOSED",
 )
 FLAG_THRESHOLD = 0.5
+# nsfw_cluster evidence names at most this many flagged members of the cluster (and counts them all)
+SHOWN_FLAGGED = 10
+# Parquet key-value metadata of decisions: the policy it was built with (JSON: the NSFW classes and threshold, and
+# the duplicate clusters' settings as duplicate_clusters records them), which the published data card states
+POLICY_METADATA = b"pickapic.curation_policy"
 
 
 @dataclass(frozen=True)
@@ -234,17 +241,25 @@ def read_list_text(path: Path, what: str) -> str:
     return text
 
 
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+
+
 def read_id_list(path: Path) -> list[int]:
-    """Integer ids, one per line; blank lines and ``#`` comments skipped; errors name the file and line."""
+    """Integer ids, one per line; blank lines and ``#`` comments skipped; errors name the file and line (an id past
+    int64 too: it was a bare ``OverflowError`` from pyarrow, review rev28b)."""
     ids = []
     for number, line in enumerate(read_list_text(path, "banned user id").splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
         try:
-            ids.append(int(text))
+            value = int(text)
         except ValueError:
             raise ValueError(f"{path}:{number}: {text!r} is not an integer user id") from None
+        if not INT64_MIN <= value <= INT64_MAX:   # the app's ids are 64-bit (rankings.user_id is int64)
+            raise ValueError(f"{path}:{number}: {text!r} is not a user id: past the 64-bit integer range of the app's "
+                             "ids (a pasted phone or card number?)")
+        ids.append(value)
     return sorted(set(ids))
 
 
@@ -587,15 +602,41 @@ def phrase_matches(con: duckdb.DuckDBPyConnection, phrases: list[str]) -> pa.Tab
     return table.cast(schema)
 
 
+def policy_record(home: DataHome, config: CurationConfig) -> bytes:
+    """What ``decisions`` records of the policy it was built with (``POLICY_METADATA``): the NSFW classes and
+    threshold, and the settings duplicate_clusters records it was clustered with (``dedup``; null for a file
+    written before they were recorded). The publish states them in the version's data card (review rev28b: the
+    card said 0.5 and 6 whatever the home was built with); the secret is never recorded."""
+    recorded = (pq.read_schema(home.table_file("duplicate_clusters")).metadata or {}).get(DEDUP_METADATA)
+    try:
+        dedup = json.loads(recorded) if recorded else None
+    except ValueError:
+        dedup = None
+    record = {"nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
+              "four_image_ties": config.four_image_ties, "dedup": dedup if isinstance(dedup, dict) else None}
+    return json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+def read_policy(metadata: dict | None) -> dict:
+    """The policy ``decisions`` records (:func:`policy_record`) from a Parquet file's key-value ``metadata``, or {}
+    (none recorded, or not one)."""
+    try:
+        record = json.loads((metadata or {}).get(POLICY_METADATA) or b"null")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -> CurationReport:
     """Write ``decisions``: every drop with its reason and JSON evidence."""
     con, phrases = _connect(home, config)
     con.register("phrase_matches", phrase_matches(con, phrases))
     image_decisions = run_sql(con, "curation_image_decisions", {
-        "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold)})
+        "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
+        "shown_flagged": SHOWN_FLAGGED})
     con.register("image_decisions", image_decisions)
     table = run_to_parquet(con, "curation_decisions", "decisions", home.table_file("decisions"), {
-        "four_image_ties": config.four_image_ties})
+        "four_image_ties": config.four_image_ties}, {POLICY_METADATA: policy_record(home, config)})
     con.register("decisions", table)
     by_reason = con.sql(
         "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()

@@ -11,7 +11,10 @@ is ``near_links`` in numpy):
    contiguous slices (2.8 s at 2M random hashes, where DuckDB's hash self-join of the same buckets
    took 12.7 s: ~268M pairs share a 16-bit band value at that size). The dHash is banded too (second opinion: a
    candidate found only by its dHash bands still has to pass the pHash check), which recovers
-   pairs whose pHash changed in more bands than the pigeonhole guarantees.
+   pairs whose pHash changed in more bands than the pigeonhole guarantees. Every distinct dHash of a pHash
+   group is banded (each bucket holds the group's node once): banding only its smallest uid's dHash lost such a
+   pair as soon as a pHash twin with a smaller uid arrived, splitting a cluster (review rev28b). The rows
+   banded are at most one per image, so a flood of images with one pHash and many dHashes stays linear.
 3. Images with an equal pHash (distance 0: blank or solid images, lossless re-encodes) are linked to their group's
    smallest member directly, so the join runs on distinct hash values only and a blank-image group
    costs O(n), not O(n^2). Buckets still holding more than ``max(min_bucket_cap,
@@ -53,6 +56,7 @@ an incremental merge would add state and failure modes for no measurable gain.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -71,6 +75,9 @@ from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
 PHASH_DC_BIT = 1 << 63  # imagehash puts the DCT's [0, 0] term in the most significant bit
+# Parquet key-value metadata of duplicate_clusters: the settings it was clustered with (JSON, the output fields of
+# DedupConfig), which the decisions carry on to the published data card (its "Hamming distance <= k")
+DEDUP_METADATA = b"pickapic.dedup_config"
 
 
 @dataclass(frozen=True)
@@ -89,6 +96,10 @@ class DedupConfig:
 
     def __post_init__(self) -> None:
         check_fields(self)
+
+    def output_fields(self) -> dict:
+        """The settings that change the clusters (recorded in duplicate_clusters' metadata, ``DEDUP_METADATA``)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("output")}
 
     @property
     def constant_mask(self) -> int:
@@ -346,13 +357,36 @@ def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Compon
     return uncovered
 
 
+def _node_rows(nodes: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+    """(rid, phash) of each node (distinct rids, ascending), the dHash of each row and the node of each row (None
+    when there is one row per node, in rid order: the row's index is its node's). ``nodes`` may hold several
+    rows per node (one per distinct dHash of a pHash group, ``sql/dedup_nodes.sql``), all with the node's pHash."""
+    rid_rows = nodes.column("rid").to_numpy().astype(np.int64)
+    phash_rows = nodes.column("phash").to_numpy().astype(np.uint64)
+    dhash_rows = nodes.column("dhash").to_numpy().astype(np.uint64)
+    if len(rid_rows) > 1 and not (rid_rows[1:] >= rid_rows[:-1]).all():
+        by = np.argsort(rid_rows, kind="stable")
+        rid_rows, phash_rows, dhash_rows = rid_rows[by], phash_rows[by], dhash_rows[by]
+    first = np.r_[True, rid_rows[1:] != rid_rows[:-1]] if len(rid_rows) else np.zeros(0, dtype=bool)
+    rid, phash = rid_rows[first], phash_rows[first]
+    if first.all():
+        return rid, phash, dhash_rows, None
+    owner = np.cumsum(first) - 1
+    if (phash_rows != phash[owner]).any():
+        raise ValueError("near_links: rows of one node (rid) with different pHashes")
+    return rid, phash, dhash_rows, owner
+
+
 def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None,
                representatives: int | None = None, window: int | None = None,
                sampled: dict | None = None, subband_budget: int | None = None) -> pa.Table:
     """Near-duplicate links (r0 < r1): the nodes joined by pairs that share a band value and are within
     pHash distance ``k``, as one link from each such node (r1) to its component's smallest rid (r0).
 
-    ``nodes`` (rid, phash, dhash): one row per distinct pHash (``sql/dedup_nodes.sql``). For each
+    ``nodes`` (rid, phash, dhash): a node per distinct pHash, with a row per distinct dHash of its images
+    (``sql/dedup_nodes.sql``): a pHash band buckets each node by its pHash, a dHash band by every one of its
+    dHashes (once per bucket), so the candidates of a pHash group do not depend on which of its images has the
+    smallest uid nor on which images join it later (review rev28b). For each
     band the nodes are sorted by band value; a bucket is a run of equal values, and its pairs are
     visited as (i, i + d) for d = 1, 2, ... within runs, on contiguous arrays. Buckets listed in
     ``giant`` (band, value: those past ``EXACT_PAIR_BUDGET``) are left out of that scan and linked by
@@ -367,9 +401,7 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     grow quadratically: 10,000 such hashes took 4 GB and 158 s, 20,000 ran out of memory.
     Returns (r0, r1) ordered by (r0, r1).
     """
-    rid = nodes.column("rid").to_numpy().astype(np.int64)
-    hashes = {"phash": nodes.column("phash").to_numpy().astype(np.uint64),
-              "dhash": nodes.column("dhash").to_numpy().astype(np.uint64)}
+    rid, phash, dhash, owner = _node_rows(nodes)
     skip: dict[int, list[int]] = {}
     for band, value in zip(giant.column("band").to_pylist(), giant.column("value").to_pylist()):
         skip.setdefault(int(band), []).append(int(value))
@@ -382,19 +414,23 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     in_sampled = np.zeros(len(rid) if skip else 0, dtype=bool)   # nodes of the sampled buckets
     unchecked = np.zeros(len(rid) if skip else 0, dtype=bool)    # and those within k of no representative
     for band, kind, shift, mask in zip(*(bands.column(c).to_pylist() for c in ("band", "hash_kind", "shift", "mask"))):
-        values = (hashes[kind] >> np.uint64(shift)) & np.uint64(mask)
+        # a pHash band: one value per node; a dHash band: one per (node, dHash) row, ``owners`` its node (None:
+        # one row per node, the row's index is its node's)
+        source, owners = (phash, None) if kind == "phash" else (dhash, owner)
+        values = (source >> np.uint64(shift)) & np.uint64(mask)
         if mask < 1 << 16:
             values = values.astype(np.uint16)  # numpy's stable argsort is a radix sort up to 16 bits
         for value in skip.get(band, []):
-            members = np.flatnonzero(values == values.dtype.type(value))
+            hit = np.flatnonzero(values == values.dtype.type(value))
+            members = hit if owners is None else np.unique(owners[hit])   # nodes, in rid order
             in_sampled[members] = True
-            cost = _link_subbands(members, hashes["phash"], k, links, subband_budget)
+            cost = _link_subbands(members, phash, k, links, subband_budget)
             if cost is not None:
                 subband_budget -= cost
                 by_subbands += 1
                 linked_by[(int(band), int(value))] = "sub-bands"
             elif representatives or window:
-                unchecked[_link_sampled(members, hashes["phash"], k, links, representatives, window)] = True
+                unchecked[_link_sampled(members, phash, k, links, representatives, window)] = True
                 linked_by[(int(band), int(value))] = "representatives"
             else:
                 unchecked[members] = True
@@ -403,14 +439,19 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         members = np.flatnonzero(keep) if keep is not None else np.arange(len(values))
         order = members[np.argsort(values[members], kind="stable")]
         sorted_values = values[order]
+        if owners is not None:
+            # rows are in node order and the sort is stable, so a node's rows in one bucket are adjacent: one kept
+            order = owners[order]
+            again = np.r_[False, (sorted_values[1:] == sorted_values[:-1]) & (order[1:] == order[:-1])]
+            order, sorted_values = order[~again], sorted_values[~again]
         if len(order) < 2:
             continue
         starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
         sizes = np.diff(np.r_[starts, len(order)])
         big = np.repeat(sizes > SETTLE_BUCKET, sizes)
         # small buckets cost at most SETTLE_BUCKET / 2 comparisons a node: not worth the checks
-        _scan_buckets(order[~big], sorted_values[~big], hashes["phash"], k, links, settle=False)
-        _scan_buckets(order[big], sorted_values[big], hashes["phash"], k, links, settle=True)
+        _scan_buckets(order[~big], sorted_values[~big], phash, k, links, settle=False)
+        _scan_buckets(order[big], sorted_values[big], phash, k, links, settle=True)
     links.merge()
     if sampled is not None:
         sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()), subbands=by_subbands,
@@ -566,7 +607,9 @@ def build_clusters(home: DataHome, config: DedupConfig = DedupConfig(),
     """
     con = connect({"image_features": home.table_glob("image_features")}, threads=config.threads or None)
     clusters, report = cluster_features(con, config)
-    write_parquet_atomic(clusters, home.table_file("duplicate_clusters"))
+    recorded = json.dumps(config.output_fields(), sort_keys=True).encode("utf-8")
+    write_parquet_atomic(clusters.replace_schema_metadata({**(clusters.schema.metadata or {}), DEDUP_METADATA: recorded}),
+                         home.table_file("duplicate_clusters"))
     if truth is not None:
         report.truth = evaluate_truth(con, clusters, truth if isinstance(truth, pa.Table) else pq.read_table(truth))
     return report

@@ -25,12 +25,40 @@ from schemas.publish import SAMPLE_COLUMNS
 CARD_FILE = "README.md"
 
 
+PUBLIC_DEFAULT = "public-default"   # CardSources.pseudonym_secret: the documented default, anyone can reverse
+PRIVATE = "private"                 # another secret (the card never knows which)
+
+
 @dataclass(frozen=True)
 class CardSources:
     """Facts the card needs that are not in the version's meta tables."""
 
     days: list[str]
     split_rejects: dict[str, int] = field(default_factory=dict)   # reason -> rows dropped to keep splits leak-free
+    # the policy the decisions were built with, as they record it (pipelines.curation.decisions.read_policy;
+    # {}: not recorded, the card then names no number)
+    policy: dict = field(default_factory=dict)
+    # which secret keyed the user_id pseudonyms (PUBLIC_DEFAULT, PRIVATE, or None: split_pairs records no key check)
+    pseudonym_secret: str | None = None
+
+    def nsfw_threshold(self) -> float | None:
+        value = self.policy.get("nsfw_threshold")
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    def nsfw_classes(self) -> list[str] | None:
+        value = self.policy.get("nsfw_classes")
+        return [str(c) for c in value] if isinstance(value, list) else None
+
+    def near_duplicate_k(self) -> int | None:
+        value = (self.policy.get("dedup") or {}).get("k") if isinstance(self.policy.get("dedup"), dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+    def curation(self) -> dict:
+        """What ``manifest.json`` records of how the version was curated (null where not recorded)."""
+        reversible = None if self.pseudonym_secret is None else self.pseudonym_secret == PUBLIC_DEFAULT
+        return {"nsfw_classes": self.nsfw_classes(), "nsfw_threshold": self.nsfw_threshold(),
+                "near_duplicate_max_distance": self.near_duplicate_k(),
+                "pseudonyms": {"secret": self.pseudonym_secret, "reversible": reversible}}
 
 
 def configs_yaml(splits: list[str]) -> str:
@@ -107,6 +135,24 @@ def render(version_dir: Path, version: str, splits: list[str], sources: CardSour
     ties = sum(summary[s]["num_ties"] for s in splits if not s.endswith("_unique"))
     first, last = (sources.days[0], sources.days[-1]) if sources.days else ("-", "-")
     rejects = [[reason, f"{count:,}"] for reason, count in sources.split_rejects.items()]
+    threshold, classes, k = sources.nsfw_threshold(), sources.nsfw_classes(), sources.near_duplicate_k()
+    nsfw_classes = ("NudeNet classes " + ", ".join(f"`{c}`" for c in classes)) if classes is not None else \
+        "NudeNet exposed-nudity classes"
+    nsfw_rule = f"{nsfw_classes} at score >= {threshold:g}" if threshold is not None else \
+        f"{nsfw_classes} at the score threshold of the curation, not recorded in this version"
+    distance = f"pHash Hamming distance <= {k}" if k is not None else \
+        "a pHash Hamming distance not recorded in this version"
+    nsfw_at = f" (score >= {threshold:g})" if threshold is not None else ""
+    public = sources.pseudonym_secret == PUBLIC_DEFAULT
+    user_id = ("an HMAC pseudonym of the app's id keyed with the public default secret: reversible, see Known "
+               "limits") if public else "a keyed HMAC pseudonym, never the app's id"
+    secret_limit = (
+        "- **The `user_id` pseudonyms are keyed with the public default secret** (`curation.pseudonym_secret` was "
+        "left at the documented `pickapic-local-dev-secret`): anyone can reverse them to the app's user ids by "
+        "hashing candidate ids, so this version is for local use only, not a release. Set a private secret in the "
+        "data home's `pickapic.toml` (`[curation] pseudonym_secret = \"...\"`), carry the split ledger over to it "
+        "(`PICKAPIC_OLD_PSEUDONYM_SECRET=pickapic-local-dev-secret python -m pipelines.splits.rekey --home HOME`) "
+        "and build again.\n") if public else ""
     return f"""---
 pretty_name: Pick-a-Pic preference pairs ({version})
 task_categories:
@@ -153,8 +199,8 @@ their prompt, and the shards stay byte-identical from one nightly version to the
 
 Each sample: `KEY.0.jpg`, `KEY.1.jpg` (the two training JPEGs, at most 512 px on the short side,
 bytes as encoded by the feature stage), `KEY.txt` (the prompt), `KEY.json` (every pair column).
-Columns: `pair_id`, `ranking_id`, `pair_index`, `user_id` (a keyed HMAC pseudonym, never the app's
-id), `caption`, `created_at` (UTC), `image_0_uid`, `image_1_uid`, `label_0`, `label_1` (1/0, 0/1 or
+Columns: `pair_id`, `ranking_id`, `pair_index`, `user_id` ({user_id}),
+`caption`, `created_at` (UTC), `image_0_uid`, `image_1_uid`, `label_0`, `label_1` (1/0, 0/1 or
 0.5/0.5 for a tie), `best_image_uid` (null for a tie), `has_label`, `are_different` (different
 generator models), `model_0`, `model_1`, `cluster_0`, `cluster_1` (near-duplicate cluster of each
 image), `sha256_0`, `sha256_1` (of each image's original PNG in the app's store), `jpg_0_key`,
@@ -182,13 +228,14 @@ dHash, NudeNet):
 
 {_table(["subject", "reason", "dropped"], dropped) if dropped else "none"}
 
-Reasons: `nsfw` (NudeNet exposed-nudity classes at score >= 0.5) and `nsfw_cluster` (a duplicate of
-one), `content_filtered` (blanked by the provider's filter), `feature_rejected` (undecodable or
-unsafe image), `banned_user` (the app's moderation list), `prompt_phrase` (a listed NSFW phrase in the
-prompt), `conflicting_ranking`, `duplicate_ranking` (a re-export), `conflicting_image` (an image exported
-again with other content: every version dropped), `mismatched_image` (a pair showing an image generated for
-another prompt or by another user), `image_dropped` / `all_pairs_dropped` (a pair or ranking left without
-images), `same_cluster` (both images are duplicates of each other).
+Reasons: `nsfw` ({nsfw_rule}) and `nsfw_cluster` (an exact or near
+duplicate of one, near meaning {distance}), `content_filtered` (blanked by the provider's filter),
+`feature_rejected` (undecodable or unsafe image), `banned_user` (the app's moderation list),
+`prompt_phrase` (a listed NSFW phrase in the prompt), `conflicting_ranking`, `duplicate_ranking` (a
+re-export), `conflicting_image` (an image exported again with other content: every version dropped),
+`mismatched_image` (a pair showing an image generated for another prompt or by another user),
+`image_dropped` / `all_pairs_dropped` (a pair or ranking left without images), `same_cluster` (both
+images are duplicates of each other).
 
 ## Splits
 
@@ -202,9 +249,9 @@ would leak it were dropped:
 ## Known limits
 
 - Labels are single clicks of app users, not expert ratings; about one pair in eight is a tie.
-- Users are pseudonymous but their prompts are free text and may identify them.
-- The NSFW filter is a classifier at a fixed threshold; it misses some images and drops some safe ones.
-- Near-duplicate detection uses perceptual hashes (Hamming distance <= 6): heavy edits are not caught.
+{secret_limit}- Users are pseudonymous but their prompts are free text and may identify them.
+- The NSFW filter is a classifier at a fixed threshold{nsfw_at}; it misses some images and drops some safe ones.
+- Near-duplicate detection uses perceptual hashes ({distance}): heavy edits are not caught.
 - Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day
   (and a few users) only.
 - `validation_unique` / `test_unique` keep at most 500 prompts: their accuracy has about +-2 points of

@@ -35,8 +35,9 @@ def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]]) 
 
 def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dict],
                    sources: dict[str, dict[str, str]], plans: dict[str, str], config: PublishConfig,
-                   contracts: dict[str, str | None]) -> None:
-    """``manifest.json``: counts, source partitions, config, contract versions, sha256 of every file."""
+                   contracts: dict[str, str | None], curation: dict | None = None) -> None:
+    """``manifest.json``: counts, source partitions, config, contract versions, how the version was curated
+    (``curation``: :meth:`pipelines.publish.datacard.CardSources.curation`), sha256 of every file."""
     known = {}
     for s in stats:
         split_dir = staging / s["split"]
@@ -55,6 +56,7 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         "plans": dict(sorted(plans.items())),
         "config": config.output_fields(),
         "contracts": contracts,
+        **({"curation": curation} if curation is not None else {}),
         "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}')",
         "files": files,
     }

@@ -9,6 +9,7 @@ import pyarrow.parquet as pq
 
 from formats.dataset import FORMAT_VERSION, SPLITS, sidecar_glob
 from formats.files import open_regular_file, sha256_file, write_parquet_atomic
+from pipelines.curation.pseudonym import DEFAULT_SECRET, key_check
 from pipelines.publish import datacard
 from pipelines.publish.plan import WRITERS
 from pipelines.publish.reuse import NotReusable, link_or_copy, read_manifest, real_folder
@@ -157,6 +158,18 @@ def _relative(path: Path) -> str:
     return str(path.relative_to(dataset_dir))
 
 
+def _check_digest(handle, path: Path, digests: dict[str, str] | None) -> None:
+    """Hash the open warehouse file ``path`` through ``handle`` and check it against ``digests`` (path in the
+    dataset -> sha256, when given), then rewind: :class:`SourceChanged` when it is not the file the version id
+    hashed."""
+    digest = hashlib.file_digest(handle, "sha256").hexdigest()
+    expected = (digests or {}).get(_relative(path), digest)
+    if digest != expected:
+        raise SourceChanged(f"{path} changed while the publish ran (sha256 {digest}, the version id "
+                            f"hashed {expected}): nothing was published from it; publish again")
+    handle.seek(0)
+
+
 def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -> pa.Table:
     """The rows of exactly ``files`` (warehouse files of dataset ``name``), only the columns its snapshot reads
     (``SOURCE_COLUMNS``), by column name as DuckDB's ``union_by_name`` reads them (a file written before a
@@ -172,12 +185,7 @@ def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -
     tables = []
     for path in files:
         with open_regular_file(path) as handle:     # a warehouse file is replaced by a rename, never rewritten
-            digest = hashlib.file_digest(handle, "sha256").hexdigest()
-            expected = (digests or {}).get(_relative(path), digest)
-            if digest != expected:
-                raise SourceChanged(f"{path} changed while the publish ran (sha256 {digest}, the version id "
-                                    f"hashed {expected}): nothing was published from it; publish again")
-            handle.seek(0)
+            _check_digest(handle, path, digests)
             parquet = pq.ParquetFile(handle)
             columns = None if wanted is None else [c for c in parquet.schema_arrow.names if c in wanted]
             tables.append(parquet.read(columns=columns))
@@ -188,14 +196,35 @@ def read_sources(name: str, files: list[Path], digests: dict[str, str] | None) -
     return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
 
 
+def read_policy_of(files: list[Path], digests: dict[str, str] | None) -> dict:
+    """The curation policy the listed ``decisions`` file records it was built with
+    (:func:`pipelines.curation.decisions.read_policy`; {} when none is listed or recorded), read through the
+    descriptor its bytes are checked on (against ``digests``, when given)."""
+    from pipelines.curation.decisions import read_policy
+
+    for path in files:
+        with open_regular_file(path) as handle:
+            _check_digest(handle, path, digests)
+            return read_policy(pq.ParquetFile(handle).schema_arrow.metadata)
+    return {}
+
+
 def card_sources(table: pa.Table, meta_sources: dict[str, list[Path]],
-                 digests: dict[str, dict[str, str]] | None = None) -> datacard.CardSources:
+                 digests: dict[str, dict[str, str]] | None = None,
+                 pseudonym_key: str | None = None) -> datacard.CardSources:
     """What the dataset card counts, beyond the version's own meta tables (the listed ``split_rejects``
-    files, checked against their ``digests`` when given: :func:`read_sources`)."""
+    files, checked against their ``digests`` when given: :func:`read_sources`), and how the version was curated:
+    the policy the listed ``decisions`` file records (:func:`read_policy_of`) and which secret keyed the
+    pseudonyms, from the key check ``split_pairs`` records (``pseudonym_key``, None when it records none):
+    the public default one or another (review rev28b)."""
     rejects = meta_sources.get("split_rejects") or []
     reasons: dict[str, int] = {}
     if rejects:
         column = read_sources("split_rejects", rejects, (digests or {}).get("split_rejects")).column("reason")
         reasons = {item["values"]: item["counts"] for item in column.value_counts().to_pylist()}
     days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
-    return datacard.CardSources(days=days, split_rejects=dict(sorted(reasons.items())))
+    policy = read_policy_of(meta_sources.get("decisions") or [], (digests or {}).get("decisions"))
+    secret = None if pseudonym_key is None else \
+        datacard.PUBLIC_DEFAULT if pseudonym_key == key_check(DEFAULT_SECRET) else datacard.PRIVATE
+    return datacard.CardSources(days=days, split_rejects=dict(sorted(reasons.items())), policy=policy,
+                                pseudonym_secret=secret)

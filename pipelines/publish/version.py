@@ -68,6 +68,7 @@ from formats.files import cast_to_schema, open_regular_file, sweep_temps, write_
 from formats.home import DataHome
 from formats.progress import Progress
 from pipelines import faults
+from pipelines.curation.pseudonym import read_key_check
 from pipelines.ingest.day import ingest_lock
 from pipelines.publish import columncache, datacard, jpgdigests, manifest, meta, rulecache, samples, shards
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
@@ -115,7 +116,9 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     with open_regular_file(source) as handle:     # one read: the version is made of the bytes its id hashes
         data = handle.readall()
     split_pairs_sha256 = hashlib.sha256(data).hexdigest()
-    table = cast_to_schema(pq.read_table(pa.BufferReader(data)), get_schema("split_pairs"))
+    table = pq.read_table(pa.BufferReader(data))
+    pseudonym_key = read_key_check(table.schema.metadata)   # which secret keyed user_id (the card says so)
+    table = cast_to_schema(table, get_schema("split_pairs"))
     del data
     if table.num_rows == 0:
         raise ValueError(f"{source} has no rows: refusing to publish an empty dataset")
@@ -171,7 +174,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             previous = previous_versions(home, version)
             plans = meta.write_source_snapshots(staging, meta_sources, sources,
                                                 previous if config.reuse_shards else [], config.fsync)
-            card = card_sources(table, meta_sources, sources)
+            card = card_sources(table, meta_sources, sources, pseudonym_key)
             reading.close()                           # the warehouse is read: ingests go on while the shards are written
             written, results, counted, narrow = _stage_version(home, table, jpgs, plans, card, sources, volumes,
                                                                staging, version, previous, config, progress)
@@ -282,7 +285,8 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, p
                                  get_schema("prompt_counts"))
         meta.write_meta(staging, written.stats, fsync=config.fsync, pairs=table)
         datacard.write_card(staging, version, splits_in(table), card)
-        manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions())
+        manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions(),
+                                card.curation())
         try:
             verify_version(staging, checksums=config.verify_checksums)
             break

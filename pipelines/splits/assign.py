@@ -1636,7 +1636,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     con = connect({"pairs": source}, threads=config.threads or None)
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
-    check = load_ledger(home, config.salt, present, other_salts, log, file_key_check(source))
+    pairs_key = file_key_check(source)
+    check = load_ledger(home, config.salt, present, other_salts, log, pairs_key)
     ledger, seeded, version = check.ledger, check.seeded, check.version
     update = check.pins
     _, assigned, owned = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))
@@ -1652,9 +1653,12 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                           "the permissions and rerun")
         if unwritten:
             log(f"split ledger: {unwritten}")
+    # which secret the user_id pseudonyms are under (pairs' key check, never the secret): the publish says so on the
+    # data card when it is the public default one (review rev28b)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)},
-                                 {SALT_METADATA: config.salt.encode("utf-8")})
+                                 {SALT_METADATA: config.salt.encode("utf-8"),
+                                  **({KEY_CHECK_METADATA: pairs_key.encode("ascii")} if pairs_key else {})})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
     ledger_rows = ledger_table(ledger, assigned, other_salts)
     # the ledger's record: it holds every user of the split_pairs just written, and of latest's when checked so

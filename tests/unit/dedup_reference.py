@@ -15,7 +15,8 @@ from schemas import get_schema
 def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -> pa.Table:
     """Near-duplicate edges (r0 < r1, distinct) between nodes sharing a band value, pHash distance <= ``k``.
 
-    ``nodes`` (rid, phash, dhash): one row per distinct pHash (``sql/dedup_nodes.sql``). For each
+    ``nodes`` (rid, phash, dhash): one row per distinct (pHash, dHash), the rid of its pHash's node
+    (``sql/dedup_nodes.sql``). For each
     band the nodes are sorted by band value; a bucket is a run of equal values, and its pairs are
     visited as (i, i + d) for d = 1, 2, ... within runs, on contiguous arrays (no pair table is
     built: at 2M random hashes the buckets hold ~268M pairs, which a hash self-join materialises).
@@ -55,6 +56,8 @@ def near_candidates(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int) -
                 close = np.bitwise_count(phash[active] ^ phash[other]) <= k
                 left, right = active[close], other[close]
             a, b = node_rid[left], node_rid[right]
+            distinct = a != b       # two dHash rows of one node (sql/dedup_nodes.sql) in one bucket: no pair
+            a, b = a[distinct], b[distinct]
             found.append((np.minimum(a, b).astype(np.uint64) << np.uint64(32)) | np.maximum(a, b).astype(np.uint64))
     pairs = np.unique(np.concatenate(found)) if found else np.zeros(0, dtype=np.uint64)
     r0, r1 = (pairs >> np.uint64(32)).astype(np.int64), (pairs & np.uint64(0xFFFFFFFF)).astype(np.int64)
