@@ -5,7 +5,8 @@ Reviewed: ``pipelines/curation/`` (dedup.py, decisions.py, pseudonym.py), ``sql/
 ``data_contracts/decisions.yaml`` / ``pairs.yaml`` and the publish's data card. Each defect was confirmed by running the
 real components (``build_clusters``, ``build_decisions``, ``build_pairs``, the contract engine, the
 ``python -m pipelines.curation.decisions`` command) on small literal-row homes (``curation_fixtures.HomeBuilder``);
-each test states the correct behaviour and is a strict xfail until fixed.
+each test states the correct behaviour (strict xfails when filed; all six fixed the same day by fix28b,
+``tests/unit/test_fix28b.py``, and the tests now pass as plain tests).
 """
 from __future__ import annotations
 
@@ -48,14 +49,6 @@ def _clusters(home) -> dict[str, str]:
 
 # --- 1. one new image splits an old near-duplicate cluster (the dHash of a pHash group is its smallest uid's) -------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "dedup_nodes keeps one node per distinct pHash with the dHash of its smallest image_uid only, and near_links bands "
-    "that one dHash: a pair found only through the dHash bands (pHash distance 4-6, every pHash band differing) is lost "
-    "as soon as another image with the same pHash but a smaller uid arrives. Day 1: b-x is NSFW, its near duplicate c-y "
-    "gets nsfw_cluster and c-y's ranking is dropped; day 2 adds a-z, a pHash twin of b-x (smaller uid, another dHash): "
-    "c-y leaves the cluster and its pair is published. Every dHash of a pHash group should be banded (or the group's "
-    "candidates found whatever its representative), so a cluster never shrinks when an image is added"
-))
 def test_a_near_duplicate_of_an_nsfw_image_stays_dropped_when_a_later_night_adds_a_phash_twin(tmp_path):
     hb = HomeBuilder(tmp_path)
     _near_pair(hb, x_nsfw=True)
@@ -73,13 +66,6 @@ def test_a_near_duplicate_of_an_nsfw_image_stays_dropped_when_a_later_night_adds
 
 # --- 2. nsfw_cluster evidence is quadratic in the cluster ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "every nsfw_cluster decision's evidence lists every flagged member of the cluster (flagged_members), so a cluster "
-    "of n near duplicates with half of them flagged (a generator stuck on one borderline image) writes n/2 rows of "
-    "n/2 uids each: 2,000 images give ~12 MB of evidence, 16,000 took 12.6 s and 3.1 GB of memory in build_decisions "
-    "(4,000: 1 s, 0.7 GB); it grows with the square of hostile input. The evidence should stay bounded per row "
-    "(the flagged members counted, a few named, or named once per cluster)"
-))
 def test_the_evidence_of_a_large_flagged_cluster_grows_linearly(tmp_path):
     n = 2000
     hb = HomeBuilder(tmp_path)
@@ -97,13 +83,6 @@ def test_the_evidence_of_a_large_flagged_cluster_grows_linearly(tmp_path):
 
 # --- 3. a banned user id past int64 is a traceback ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "read_id_list accepts any Python int, so a banned_users.txt line holding an id past int64 (a pasted phone or "
-    "card number, a typo) passes the list check and then fails in pa.array(banned, pa.int64()) with a bare "
-    "'OverflowError: Python int too large to convert to C long' (a traceback from python -m "
-    "pipelines.curation.decisions, naming neither the file nor the line); it should be the one-line ValueError "
-    "'FILE:LINE: ... is not ...' that other bad ids get"
-))
 def test_a_banned_user_id_out_of_range_is_an_error_naming_the_file_and_line(tmp_path):
     hb = HomeBuilder(tmp_path)
     hb.pair(1, user=5)
@@ -116,13 +95,6 @@ def test_a_banned_user_id_out_of_range_is_an_error_naming_the_file_and_line(tmp_
 
 # --- 4. the banned-user contract rule cannot fail -------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "decisions_banned_user_rankings_dropped ('every ranking of a banned user has a drop decision') counts decisions "
-    "rows with subject 'ranking', reason 'banned_user' AND keep; every decision is keep = false, so it is 0 whatever "
-    "the tables hold: with a banned user's ranking decision lost (its pairs in pairs, the user's own banned_user "
-    "decision still there) every decisions and pairs rule passes. A rule should compare the banned users' decisions "
-    "with the rankings or pairs they hold"
-))
 def test_a_banned_users_ranking_without_a_drop_decision_fails_a_contract_rule(tmp_path):
     hb = HomeBuilder(tmp_path)
     hb.pair(1, user=5)
@@ -149,12 +121,6 @@ def test_a_banned_users_ranking_without_a_drop_decision_fails_a_contract_rule(tm
 
 # --- 5. the published card states the default policy, not the one the version was built with -----------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the data card (pipelines/publish/datacard.py) hard-codes 'NudeNet exposed-nudity classes at score >= 0.5' and "
-    "'Hamming distance <= 6': a home built with curation.nsfw_threshold = 0.8 and dedup.k = 2 publishes a new version "
-    "(its id changes) whose README.md still claims 0.5 and 6, though more NSFW images and near duplicates reached it; "
-    "the card should state the threshold, classes and k the version was curated with"
-))
 def test_the_data_card_states_the_nsfw_threshold_and_k_the_version_was_built_with(built_home, fast_tmp):
     from dagster_project.cli import main
 
@@ -170,13 +136,6 @@ def test_the_data_card_states_the_nsfw_threshold_and_k_the_version_was_built_wit
 
 # --- 6. a version published under the public default secret: reversible pseudonyms, said nowhere -------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with no curation.pseudonym_secret set (pickapic demo, a home whose settings never set one), every build and "
-    "publish uses the documented public default 'pickapic-local-dev-secret' without a word: the published user_id "
-    "pseudonyms of the demo home all reverse to the app's raw ids by hashing 0..100,000 under it, while the card "
-    "says 'a keyed HMAC pseudonym, never the app's id'. A version published under the public default should say so "
-    "(its card and manifest, a warning from the build) or not be published as a release"
-))
 def test_a_version_published_under_the_public_default_secret_says_so(built_home):
     from pipelines.curation.pseudonym import DEFAULT_SECRET, pseudonymize
 
