@@ -50,7 +50,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 8: mismatched_image a pair decision: only the pairs with the mismatched image dropped (rev25f)
                           # 9: nsfw_cluster evidence names the first 10 flagged members and counts them; the policy
                           #    (NSFW classes, threshold, the clusters' settings) in the file's metadata (rev28b)
-    "pairs": "1",
+    "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
     "splits": "11",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words

@@ -20,7 +20,11 @@ shown AS (
 -- everything a pair needs about one image, in one row: two joins per pair instead of six
 per_image AS (
     SELECT s.image_uid, i.model_id,
-           coalesce(m.short_name, regexp_replace(i.model_id, '^.*/', '')) AS short_name,
+           coalesce(m.short_name,
+                    -- every SDXL beta engine (decisions.SDXL_ENGINE): stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4
+                    CASE WHEN regexp_full_match(i.model_id, 'stable-diffusion-xl-beta-v[0-9]+(-[0-9]+)*')
+                         THEN 'sdxl-beta-v' || replace(i.model_id[27:], '-', '.') END,
+                    regexp_replace(i.model_id, '^.*/', '')) AS short_name,
            c.cluster_id, f.sha256, f.train_jpg_key
     FROM shown s
     LEFT JOIN img i USING (image_uid)

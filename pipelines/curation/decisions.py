@@ -70,9 +70,18 @@ MODEL_SHORT_NAMES = {
 
 
 
+# every SDXL beta engine of the app's API (``stable-diffusion-xl-beta-v2-2-4`` too, not only those listed above)
+SDXL_ENGINE = re.compile(r"stable-diffusion-xl-beta-v([0-9]+(?:-[0-9]+)*)")
+
+
 def short_model_name(model_id: str) -> str:
     """The ``model_0`` / ``model_1`` name of a generator (Python mirror of sql/curation_pairs.sql)."""
-    return MODEL_SHORT_NAMES.get(model_id, re.sub(r"^.*/", "", model_id))
+    if model_id in MODEL_SHORT_NAMES:
+        return MODEL_SHORT_NAMES[model_id]
+    engine = SDXL_ENGINE.fullmatch(model_id)
+    if engine:
+        return "sdxl-beta-v" + engine.group(1).replace("-", ".")
+    return re.sub(r"^.*/", "", model_id)
 
 
 def _shaped_letters() -> str:

@@ -296,3 +296,20 @@ def test_the_pseudonym_secret_never_reaches_metadata_or_a_repr(tmp_path):
     assert secret not in json.dumps(metadata) and json.loads(metadata["config"])["pseudonym_secret"] == "***"
     assert json.loads(metadata["config"])["nsfw_threshold"] == CurationConfig().nsfw_threshold   # the rest stays
     assert secret not in repr(CurationConfig(pseudonym_secret=secret))
+
+
+def test_every_sdxl_beta_engine_gets_the_same_kind_of_short_name(tmp_path):
+    """``stable-diffusion-xl-beta-v2-2-4`` (the simulator's own engine) was published as it is while ``-v2-2-2``
+    became ``sdxl-beta-v2.2.2``: the SQL and its Python mirror (``short_model_name``) shorten every engine alike."""
+    from pipelines.curation.decisions import short_model_name
+
+    b = HomeBuilder(tmp_path)
+    b.pair(1, models=("stable-diffusion-xl-beta-v2-2-4", "stable-diffusion-xl-beta-v2-2-2"))
+    b.pair(2, models=("stable-diffusion-xl-beta-v3", "org/some-model"))
+    _, _, _, pairs = _run(b)
+    by_id = {p["pair_id"]: p for p in pairs}
+    assert (by_id["1_0"]["model_0"], by_id["1_0"]["model_1"]) == ("sdxl-beta-v2.2.4", "sdxl-beta-v2.2.2")
+    assert (by_id["2_0"]["model_0"], by_id["2_0"]["model_1"]) == ("sdxl-beta-v3", "some-model")
+    for model_id, short in [("stable-diffusion-xl-beta-v2-2-4", "sdxl-beta-v2.2.4"), ("stable-diffusion-xl-beta-v3",
+                            "sdxl-beta-v3"), ("org/some-model", "some-model"), ("stable-diffusion-xl-beta-vx", "stable-diffusion-xl-beta-vx")]:
+        assert short_model_name(model_id) == short
