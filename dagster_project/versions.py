@@ -69,7 +69,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 6: the data card names the decisions conflicting_image and mismatched_image (rev25c/f)
                           # 7: the card states the NSFW classes, threshold and k the version was curated with and
                           #    says when the pseudonyms are under the public default secret; manifest "curation" (rev28b)
-    "model": "1",
+    "model": "2",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
+                          #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 FEATURE_DATASETS = ("image_features", "image_rejects")

@@ -30,12 +30,16 @@ import pyarrow.parquet as pq
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
+from formats.outputs import check_output_dir
 from simulator import candidates as C
 from training.figures import pyplot, save_figure
 from training.rerank import read_candidate_folder, rerank
 from training.score_cli import score_rows
 
 DEFAULT_NS = (1, 2, 4, 8)
+# What only a best-of-n run makes in its output folder: a non-empty --output holding none of these is refused
+# (review rev28a: the candidates/ of a user's folder were deleted), and each folder on the way to one is never a link
+OUTPUT_MARKERS = ("best_of_n.json", f"candidates/{C.TRUTH_FILE}", ".candidates.tmp", "rerank/scores.parquet")
 
 
 def pick_utilities(utility: np.ndarray, scores: np.ndarray, k: int) -> dict[str, float]:
@@ -262,6 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     args = parser.parse_args(argv)
     output = args.output or args.model.parent / "best_of_n"
+    # as `pickapic rerank --output`: a new or empty folder or an earlier best-of-n output, never a link, a file or a
+    # data home's pipeline folder (its models/ holds the runs' own best_of_n/); checked before anything is written
+    check_output_dir(output, [DataHome(args.home).root], "--output", markers=OUTPUT_MARKERS, in_home=True)
     # the version held for reading (a shared lock on its folder, as every reader of a version: README section 6)
     with dataset.reading_version(DataHome(args.home), args.version) as version_dir, _guarded(args.model, output):
         result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, output,

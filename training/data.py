@@ -16,6 +16,7 @@ import functools
 import hashlib
 import io
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -36,6 +37,11 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_ASPECT = 50                # longest / shortest side; published images are <= 4 (features.max_aspect)
 MAX_RESIZED_PIXELS = 1 << 26   # pixels after the shortest-edge resize (64 M, ~200 MB as RGB)
 DRAFT_MARGIN = 1  # draft-decode to >= the target edge (e.g. 512 -> 256 for 224), then bicubic; see README
+# Characters of a caption given to a tokenizer (train batches, evaluation, the scratch BPE's training): CLIP reads
+# 77 tokens, a real prompt is far shorter, and a huge caption (32 MiB in one published sample) tokenized whole cost
+# gigabytes for tokens that are cut off anyway (review rev28a). 16,384 characters are at most the 64 KiB
+# ``pickapic score`` refuses a prompt above; a caption this short is given whole, as before.
+MAX_CAPTION_CHARS = 16_384
 
 
 @dataclass(frozen=True)
@@ -295,7 +301,7 @@ def iter_captions(data_dir: str | os.PathLike, split: str = "train", limit: int 
     inside = OpenShard()
     samples = tar_samples(({"url": str(p)} for p in shards), shard_sizes(shards), shard_digests(shards), inside)
     for sample in islice(samples, limit):
-        yield _caption(sample)
+        yield bounded_caption(_caption(sample))
     inside.finish()
 
 
@@ -385,10 +391,49 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
             yield current
 
 
-def _caption(sample: dict[str, Any]) -> str:
+def bounded_caption(caption: str) -> str:
+    """``caption`` cut to its first :data:`MAX_CAPTION_CHARS` characters (unchanged when shorter): what a
+    tokenizer is given, so a huge caption never costs more than a normal one."""
+    return caption if len(caption) <= MAX_CAPTION_CHARS else caption[:MAX_CAPTION_CHARS]
+
+
+def _where(sample: dict[str, Any]) -> str:
+    """'sample KEY of SHARD' for an error about one published sample."""
+    return f"sample {sample.get('__key__')!r} of {sample.get('__url__')}"
+
+
+def _sample_json(sample: dict[str, Any]) -> dict[str, Any]:
+    """The sample's ``json`` member as an object; a one-line ``ValueError`` naming the sample otherwise."""
+    try:
+        meta = json.loads(sample["json"])
+    except (ValueError, RecursionError) as exc:   # not UTF-8 or not JSON (UnicodeDecodeError is a ValueError)
+        raise ValueError(f"{_where(sample)}: its json member is not valid JSON ({_one_line(exc)}); "
+                         "republish the version") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{_where(sample)}: its json member is a JSON {type(meta).__name__}, not an object; "
+                         "republish the version")
+    return meta
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text[:300]
+
+
+def _caption(sample: dict[str, Any], meta: dict[str, Any] | None = None) -> str:
+    """The sample's caption (``txt``, else the json's ``caption``; ``meta``: its json, already read); a one-line
+    ``ValueError`` naming the sample when it is not UTF-8 text."""
     if "txt" in sample:
-        return sample["txt"].decode("utf-8")
-    return json.loads(sample["json"])["caption"]
+        try:
+            return sample["txt"].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{_where(sample)}: its caption (txt) is not UTF-8 text ({_one_line(exc)}); "
+                             "republish the version") from None
+    caption = (_sample_json(sample) if meta is None else meta).get("caption")
+    if not isinstance(caption, str):
+        raise ValueError(f"{_where(sample)}: it has no txt member and its json caption is "
+                         f"{type(caption).__name__}, not text; republish the version")
+    return caption
 
 
 def stable_seed(*parts: Any) -> int:
@@ -418,22 +463,40 @@ def shuffled(samples: Iterable[dict], bufsize: int, initial: int, seed: int) -> 
     yield from buf
 
 
+def _label_pair(sample: dict[str, Any], meta: dict[str, Any]) -> tuple[float, float]:
+    """``(label_0, label_1)``: a preference distribution (two finite numbers in [0, 1] that sum to 1: 1/0, 0/1 or
+    0.5/0.5 as published), else a one-line ``ValueError`` naming the sample (bad data, never trained on: a NaN label
+    would turn the loss NaN and read as a divergence, and 3 / -2 trains a 'probability' of -2)."""
+    values = (meta.get("label_0"), meta.get("label_1"))
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+        raise ValueError(f"{_where(sample)}: label_0={values[0]!r}, label_1={values[1]!r} are not two numbers; "
+                         "republish the version")
+    label = (float(values[0]), float(values[1]))
+    if not (all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in label) and abs(label[0] + label[1] - 1.0) <= 1e-6):
+        raise ValueError(f"{_where(sample)}: label_0={values[0]!r}, label_1={values[1]!r} are no preference (two "
+                         "numbers in [0, 1] summing to 1: 1/0, 0/1 or 0.5/0.5 for a tie); republish the version")
+    return label
+
+
 def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
-    """Caption, label, weight (1 / num_example_per_prompt) and generator names of a raw tar sample."""
+    """Caption, label, weight (1 / num_example_per_prompt) and generator names of a raw tar sample; a malformed
+    sample (json not an object, a count or label of the wrong type or range, a caption that is not UTF-8) is a
+    one-line ``ValueError`` naming its shard and key. The caption is cut to :data:`MAX_CAPTION_CHARS`."""
     key = sample["__key__"]
     missing = [m for m in ("0.jpg", "1.jpg", "json") if m not in sample]
     if missing:
         raise KeyError(f"sample {key!r} in {sample.get('__url__')!r} lacks members {missing}")
-    meta = json.loads(sample["json"])
+    meta = _sample_json(sample)
     n = meta.get("num_example_per_prompt")
-    if n is None and "prompt_key" in meta and "__url__" in sample:
+    if n is None and isinstance(meta.get("prompt_key"), str) and "__url__" in sample:
         n = prompt_counts(os.path.dirname(sample["__url__"])).get(meta["prompt_key"])
-    if not n or n <= 0:
-        raise ValueError(f"sample {key!r}: num_example_per_prompt={n!r} must be a positive count")
+    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
+        raise ValueError(f"{_where(sample)}: num_example_per_prompt={n!r} must be a positive count; "
+                         "republish the version")
     return {
         "key": key,
-        "caption": sample["txt"].decode("utf-8") if "txt" in sample else meta["caption"],
-        "label": (float(meta["label_0"]), float(meta["label_1"])),
+        "caption": bounded_caption(_caption(sample, meta)),
+        "label": _label_pair(sample, meta),
         "weight": 1.0 / float(n),
         "model_0": str(meta.get("model_0", "")),
         "model_1": str(meta.get("model_1", "")),
@@ -485,7 +548,12 @@ class PairCollator:
         target = pixels.numpy()
         for i, sample in enumerate(samples):
             for j in (0, 1):
-                preprocess_image(sample[f"{j}.jpg"], spec, draft, out=target[i, j])
+                try:
+                    preprocess_image(sample[f"{j}.jpg"], spec, draft, out=target[i, j])
+                except (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError) as exc:
+                    # PIL's ways of saying "not a (whole) image", and a geometry the preprocessing refuses
+                    raise ValueError(f"{_where(sample)}: its image {j}.jpg cannot be read ({_one_line(exc)}); "
+                                     "republish the version") from None
         text = self.tokenizer([m["caption"] for m in metas], padding=True, truncation=True,
                               max_length=self.max_length, return_tensors="pt")
         return {

@@ -15,7 +15,7 @@ from training.config import TrainConfig
 from training.data import EvalPairStream, ImageSpec, PairCollator, iter_captions, make_loader, split_shards
 from training.device import autocast, cpu_threads, resolve_device
 from training.metric import THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline, tie_aware_accuracy
-from training.model import PairScorer, build_model, load_model, text_positions
+from training.model import PairScorer, build_model, load_model, shown_path, text_positions
 
 
 @dataclass
@@ -183,7 +183,7 @@ def evaluate_untrained(config: TrainConfig, split_for_threshold: str = "validati
     result = evaluate_loaded(clip, processor, config.data_dir, split_for_threshold, split,
                              batch_size=config.eval_batch_size, num_workers=config.num_workers,
                              device=config.device, max_length=config.max_length)
-    result.model_dir = f"untrained:{config.init_from}"
+    result.model_dir = f"untrained:{shown_path(config.init_from)}"
     return result
 
 

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import pickle
+import re
 import stat
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -29,6 +30,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 from transformers.utils import logging as hf_logging
 
 from formats.files import open_regular_file, write_bytes_atomic
+from formats.text import redact_credentials
 from training.config import TrainConfig
 
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
@@ -102,6 +104,26 @@ def build_model(config: TrainConfig, captions: Iterable[str] | None = None,
     return load_model(config.init_from)
 
 
+_FOLDED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
+
+
+def shown_path(value: str | os.PathLike) -> str:
+    """A model or processor folder as a message shows it: a credential in it hidden (an ``init_from`` or ``--model``
+    given as a link such as ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``:
+    :func:`formats.text.redact_credentials`), also where ``Path`` folded the link's ``//`` into ``/``. A path without
+    a credential is shown as it is (review rev28a: the trainer's refusal quoted the token into Dagster's run history)."""
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    folded = _FOLDED_SCHEME.match(text)
+    link = text[:folded.end()] + "/" + text[folded.end():] if folded else text
+    hidden = redact_credentials(link)
+    if hidden != link:
+        return hidden
+    hidden = redact_credentials(text)
+    return hidden
+
+
 PROCESSOR_FILES = "preprocessor_config.json and the tokenizer files (tokenizer.json, or vocab.json + merges.txt)"
 
 
@@ -114,21 +136,21 @@ def check_clip_dir(model_dir: str | Path, what: str = "model dir") -> Path:
     path = Path(model_dir).expanduser()
     config_file = path / "config.json"
     if not path.is_dir():
-        raise FileNotFoundError(f"{what} {str(path)!r} is not a directory (nothing is downloaded: pass a local "
+        raise FileNotFoundError(f"{what} {shown_path(path)!r} is not a directory (nothing is downloaded: pass a local "
                                 "CLIP / PickScore checkpoint directory)")
     if not config_file.is_file():
-        raise NotAClipCheckpoint(f"{what} {str(path)!r} holds no config.json: not a saved Hugging Face model (nothing "
+        raise NotAClipCheckpoint(f"{what} {shown_path(path)!r} holds no config.json: not a saved Hugging Face model (nothing "
                                  "is downloaded: pass a local CLIP / PickScore checkpoint directory or 'scratch')")
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:     # ValueError: not JSON, or an integer of 5,000 digits
-        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json is not valid JSON ({_first_line(exc)})") from None
+        raise NotAClipCheckpoint(f"{what} {shown_path(path)!r}: config.json is not valid JSON ({_first_line(exc)})") from None
     except RecursionError:
-        raise NotAClipCheckpoint(f"{what} {str(path)!r}: config.json nests too deeply to be read (a CLIP config "
+        raise NotAClipCheckpoint(f"{what} {shown_path(path)!r}: config.json nests too deeply to be read (a CLIP config "
                                  "nests two levels)") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "clip":
-        raise NotAClipCheckpoint(f"{what} {str(path)!r} is not a CLIP checkpoint: config.json has model_type="
+        raise NotAClipCheckpoint(f"{what} {shown_path(path)!r} is not a CLIP checkpoint: config.json has model_type="
                                  f"{model_type!r} (architectures {config.get('architectures') if isinstance(config, dict) else None}); "
                                  "PickScore and CLIP checkpoints have model_type 'clip'")
     return path
@@ -146,13 +168,13 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
     path = check_clip_dir(model_dir)
     processor_path = Path(processor_dir).expanduser() if processor_dir else path
     if not processor_path.is_dir():
-        raise FileNotFoundError(f"processor dir {str(processor_path)!r} is not a directory")
+        raise FileNotFoundError(f"processor dir {shown_path(processor_path)!r} is not a directory")
     if not any((processor_path / name).is_file() for name in ("preprocessor_config.json", "processor_config.json")):
-        raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no preprocessor_config.json / processor_config.json: "
+        raise NotAClipCheckpoint(f"{shown_path(processor_path)!r} holds no preprocessor_config.json / processor_config.json: "
                                  f"no CLIP processor to preprocess with (pass --processor DIR holding {PROCESSOR_FILES})")
     if not ((processor_path / "tokenizer.json").is_file()
             or all((processor_path / name).is_file() for name in ("vocab.json", "merges.txt"))):
-        raise NotAClipCheckpoint(f"{str(processor_path)!r} holds no tokenizer (tokenizer.json, or vocab.json + "
+        raise NotAClipCheckpoint(f"{shown_path(processor_path)!r} holds no tokenizer (tokenizer.json, or vocab.json + "
                                  "merges.txt): every prompt would get the same embedding (pass --processor DIR "
                                  f"holding {PROCESSOR_FILES})")
     check_no_custom_code(processor_path)
@@ -163,18 +185,18 @@ def load_model(model_dir: str | Path, processor_dir: str | Path | None = None) -
         # transformers refuses instead of asking on stdin whether to run the folder's code
         processor = CLIPProcessor.from_pretrained(processor_path, local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-        raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: no CLIP processor can be loaded from it "
+        raise NotAClipCheckpoint(f"processor dir {shown_path(processor_path)!r}: no CLIP processor can be loaded from it "
                                  f"({_first_line(exc)}; pass --processor DIR holding {PROCESSOR_FILES})") from None
     vocab, tokens = model.config.text_config.vocab_size, len(processor.tokenizer)
     if tokens != vocab:
-        raise NotAClipCheckpoint(f"the tokenizer in {str(processor_path)!r} has {tokens} tokens but the model in "
-                                 f"{str(path)!r} has text_config.vocab_size={vocab}: they do not belong together "
+        raise NotAClipCheckpoint(f"the tokenizer in {shown_path(processor_path)!r} has {tokens} tokens but the model in "
+                                 f"{shown_path(path)!r} has text_config.vocab_size={vocab}: they do not belong together "
                                  f"(pass --processor DIR holding the model's own {PROCESSOR_FILES})")
     check_processor_fits(processor.image_processor, model.config.vision_config.image_size, processor_path, path)
     eos = model.config.text_config.eos_token_id
     if eos != 2 and eos != processor.tokenizer.eos_token_id:    # 2: transformers' legacy pooling at the largest id
-        raise NotAClipCheckpoint(f"the model in {str(path)!r} pools each prompt at text_config.eos_token_id={eos!r}, "
-                                 f"but the tokenizer in {str(processor_path)!r} ends prompts with "
+        raise NotAClipCheckpoint(f"the model in {shown_path(path)!r} pools each prompt at text_config.eos_token_id={eos!r}, "
+                                 f"but the tokenizer in {shown_path(processor_path)!r} ends prompts with "
                                  f"{processor.tokenizer.eos_token_id!r}: every prompt would get the same embedding")
     return model, processor
 
@@ -197,25 +219,25 @@ def _weight_files(path: Path) -> tuple[list[Path], str]:
                 shards = json.loads(text if len(text) <= 16 << 20 else b"").get("weight_map")
                 names = sorted(set(shards.values()))
             except (AttributeError, TypeError, ValueError, RecursionError, OSError):
-                raise NotAClipCheckpoint(f"model dir {str(path)!r}: {index} is not a weight index (a JSON object with "
+                raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: {index} is not a weight index (a JSON object with "
                                          "a weight_map of file names, at most 16 MiB)") from None
         if names is None:
             continue
         for name in names:
             if not isinstance(name, str) or not name or "/" in name or "\\" in name or name in (".", "..") \
                     or "\0" in name or not name.isprintable() or not _utf8(name):
-                raise NotAClipCheckpoint(f"model dir {str(path)!r}: the weight index names {name!r}, not a file of "
+                raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: the weight index names {name!r}, not a file of "
                                          "the folder; nothing outside the model folder is read")
             try:
                 info = os.stat(path / name)
             except OSError as exc:
-                raise NotAClipCheckpoint(f"model dir {str(path)!r}: weight file {name} cannot be read "
+                raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: weight file {name} cannot be read "
                                          f"({exc.strerror}); an interrupted copy?") from None
             if not stat.S_ISREG(info.st_mode):
-                raise NotAClipCheckpoint(f"model dir {str(path)!r}: weight file {name} is not a regular file (a FIFO, "
+                raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: weight file {name} is not a regular file (a FIFO, "
                                          "a device or a folder is never read)")
         return [path / name for name in names], kind
-    raise NotAClipCheckpoint(f"model dir {str(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
+    raise NotAClipCheckpoint(f"model dir {shown_path(path)!r} holds config.json but no weights ({', '.join(WEIGHT_FILES)}): "
                              "an interrupted copy? pass a complete CLIP / PickScore checkpoint directory")
 
 
@@ -300,7 +322,7 @@ def check_config_fits_weights(path: Path) -> None:
             "text_projection.weight": (config.projection_dim, text.hidden_size),
         }
     except (StrictDataclassError, OSError, ValueError, TypeError, KeyError, AttributeError, ZeroDivisionError) as exc:
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: config.json does not describe a CLIP model "
                                  f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
     if not problems:   # whatever the format: a model of more parameters than the files could hold is never built
         held = sum(os.stat(file).st_size for file in files)
@@ -318,7 +340,7 @@ def check_config_fits_weights(path: Path) -> None:
                 problems.append(f"{name}_config.num_hidden_layers is {part.num_hidden_layers}, the weights hold "
                                 f"{len(held)} layers")
     if problems:
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not fit the checkpoint "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: config.json does not fit the checkpoint "
                                  f"({'; '.join(problems[:4])}); pass a complete CLIP / PickScore checkpoint directory")
 
 
@@ -340,14 +362,14 @@ def check_no_custom_code(processor_path: Path) -> None:
         except FileNotFoundError:
             continue
         except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:   # ValueError: 5,000-digit ints too
-            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} cannot be read as JSON "
+            raise NotAClipCheckpoint(f"processor dir {shown_path(processor_path)!r}: {name} cannot be read as JSON "
                                      f"({_first_line(exc)})") from None
         if not isinstance(config, dict):
-            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} holds a JSON "
+            raise NotAClipCheckpoint(f"processor dir {shown_path(processor_path)!r}: {name} holds a JSON "
                                      f"{type(config).__name__}, not the object of settings a processor config is")
         sections = [config, *(v for v in config.values() if isinstance(v, dict))]
         if any("auto_map" in section for section in sections):
-            raise NotAClipCheckpoint(f"processor dir {str(processor_path)!r}: {name} names custom code (auto_map); "
+            raise NotAClipCheckpoint(f"processor dir {shown_path(processor_path)!r}: {name} names custom code (auto_map); "
                                      "code from a model folder is never run: pass a plain CLIP / PickScore processor "
                                      f"holding {PROCESSOR_FILES}")
 
@@ -366,14 +388,14 @@ def _load_weights(path: Path) -> CLIPModel:
         model, info = CLIPModel.from_pretrained(path, local_files_only=True, output_loading_info=True,
                                                 ignore_mismatched_sizes=True)   # reported below, by name
     except pickle.UnpicklingError:   # torch's weights_only load met something other than tensors
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights file holds objects other than tensors "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: its weights file holds objects other than tensors "
                                  "(refused: unpickling them could run code); pass a checkpoint saved as "
                                  "model.safetensors") from None
     except StrictDataclassError as exc:      # a config.json field of another type (image_size "32")
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: config.json does not describe a CLIP model "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: config.json does not describe a CLIP model "
                                  f"({_first_line(exc)}); pass a complete CLIP / PickScore checkpoint directory") from None
     except (OSError, RuntimeError, ValueError, TypeError, EOFError, SafetensorError) as exc:
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights cannot be read ({_first_line(exc)}); an "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: its weights cannot be read ({_first_line(exc)}); an "
                                  "interrupted copy? pass a complete CLIP / PickScore checkpoint directory") from None
     finally:
         hf_logging.set_verbosity(verbosity)
@@ -384,7 +406,7 @@ def _load_weights(path: Path) -> CLIPModel:
                 for kind, keys in (("missing", info["missing_keys"]), ("unexpected", info["unexpected_keys"]),
                                    ("wrong shape", info["mismatched_keys"])) if keys]
     if problems:
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: its weights do not match its config.json "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: its weights do not match its config.json "
                                  f"({'; '.join(problems)}): scores would not be the checkpoint's (transformers fills "
                                  "a missing weight with random values); pass a complete CLIP / PickScore checkpoint "
                                  "directory")
@@ -392,7 +414,7 @@ def _load_weights(path: Path) -> CLIPModel:
     if not bad and not bool(torch.isfinite(model.logit_scale.exp())):
         bad = [f"logit_scale ({model.logit_scale.item():g}, whose exp is infinite)"]
     if bad:
-        raise NotAClipCheckpoint(f"model dir {str(path)!r}: {len(bad)} weight(s) hold NaN or infinite values "
+        raise NotAClipCheckpoint(f"model dir {shown_path(path)!r}: {len(bad)} weight(s) hold NaN or infinite values "
                                  f"({', '.join(bad[:8])}), as a diverged training saves them: every score would be NaN")
     return model
 
@@ -413,7 +435,7 @@ def _check_processor_steps(image_processor: Any, processor_path: Path) -> None:
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has do_rescale "
+        raise NotAClipCheckpoint(f"the processor in {shown_path(processor_path)!r} has do_rescale "
                                  f"{getattr(image_processor, 'do_rescale', None)!r}, rescale_factor {factor!r}, resample "
                                  f"{resample!r}: the scorer rescales pixels by 1/255 and resizes bicubic (resample 3), "
                                  "as PickScore's evaluation does, and scores with no other processor")
@@ -438,7 +460,7 @@ def check_processor_fits(image_processor: Any, image_size: int, processor_path: 
                   if type(value) is not int or not image_size <= value <= MAX_RESIZE * image_size})
     if wrong or not resizes:
         found = ", ".join(f"{name} {value}" for name, value in wrong.items()) or f"size {size!r}"
-        raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has {found} but the model in "
+        raise NotAClipCheckpoint(f"the processor in {shown_path(processor_path)!r} has {found} but the model in "
                                  f"{str(model_path)!r} takes {image_size} px images (vision_config.image_size: the "
                                  f"crop must be that, the resize from it to {MAX_RESIZE}x it): they do not belong "
                                  f"together (pass --processor DIR holding the model's own {PROCESSOR_FILES})")
@@ -450,7 +472,7 @@ def check_processor_fits(image_processor: Any, image_size: int, processor_path: 
             numbers = []
         low = MIN_STD if name == "image_std" else -MAX_NORM
         if len(numbers) != 3 or not all(math.isfinite(v) and low <= v <= MAX_NORM for v in numbers):
-            raise NotAClipCheckpoint(f"the processor in {str(processor_path)!r} has {name} {values!r}: pixels "
+            raise NotAClipCheckpoint(f"the processor in {shown_path(processor_path)!r} has {name} {values!r}: pixels "
                                      "normalised with it would not be finite numbers, or it is not one value per "
                                      f"colour (a CLIP processor has three finite values, the std ones from {MIN_STD} "
                                      f"to {MAX_NORM:g})")

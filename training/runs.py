@@ -670,6 +670,12 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     ``output_dir``) is recorded as the newest run before it starts, and once it has finished the runs beyond
     the newest ``keep_runs`` are deleted (:func:`apply_run_retention`; 0 keeps them all). Retention never fails
     a training that finished: what it could not do is in the result's ``retention.left``.
+
+    A ``data_dir`` names the version trained on (`latest` otherwise): without an ``output_dir`` the run folder is
+    that version's own (``HOME/models/preference_model/<its name>``: a run folder always holds a model of the
+    version it is named after), and such a ``data_dir`` must be a version of this home. An ``output_dir`` is
+    checked as ``pickapic train --output-dir`` checks it (:func:`check_run_output_dir`) before anything is read
+    or written.
     """
     from training.train import train
 
@@ -681,13 +687,17 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
 
     with contextlib.ExitStack() as reading:
         if config.output_dir:
-            version_dir = _latest_to_read(home, config, reading)
-            config = config.replace(data_dir=config.data_dir or str(version_dir))
+            check_run_output_dir(config.output_dir, home)
+            version_dir = _version_to_read(home, config, reading)
+            config = config.replace(data_dir=str(version_dir))
             return TrainedLatest(version_dir, config, train(config, on_event=on_event))
         with _runs_lock(home, progress):   # `latest` read with the lock held: no retention between it and the record
-            version_dir = _latest_to_read(home, config, reading)
-            config = config.replace(data_dir=config.data_dir or str(version_dir),
-                                    output_dir=str(run_dir(home, version_dir)))
+            version_dir = _version_to_read(home, config, reading)
+            if config.data_dir and version_dir.parent != home.datasets.resolve():
+                raise ValueError(f"data_dir {config.data_dir} is {version_dir}, not a dataset version of the data "
+                                 f"home {home.root}: a run folder of {runs_folder(home)} is named after the version "
+                                 "it trains on; give output_dir too (a folder outside the home's pipeline folders)")
+            config = config.replace(data_dir=str(version_dir), output_dir=str(run_dir(home, version_dir)))
             problem = _record_run(home, version_dir.name)
             if problem and progress is not None:
                 progress(problem)
@@ -705,17 +715,32 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     return TrainedLatest(version_dir, config, result, retention)
 
 
-def _latest_to_read(home: DataHome, config: "TrainConfig", reading: contextlib.ExitStack) -> Path:
-    """`latest`'s version (:func:`latest_version_dir`); where the training reads it (``config`` names no
-    ``data_dir``) it is held for reading from now on (:func:`formats.dataset.reading_resolved`, until ``reading``
-    closes): the publish's retention keeps it, and one it deleted between the two is resolved again."""
+def check_run_output_dir(output_dir: str | os.PathLike, home: DataHome, flag: str = "output_dir") -> Path:
+    """A run folder a caller names (run config, the settings file's ``train.output_dir``) checked as ``pickapic
+    train --output-dir`` is (:func:`formats.outputs.check_output_dir`): a new or empty folder or an earlier run's
+    (:data:`RUN_MARKERS`), never a symbolic link, a device or a file, and inside a data home only under its
+    ``models/`` (never a published version, the warehouse, ...); a :class:`formats.outputs.RefusedOutput`
+    (a ``ValueError``) naming ``flag`` otherwise. Returns the absolute path."""
+    from formats.outputs import check_output_dir
+
+    return check_output_dir(output_dir, [home.root], flag, in_home=True, markers=list(RUN_MARKERS))
+
+
+def _version_to_read(home: DataHome, config: "TrainConfig", reading: contextlib.ExitStack) -> Path:
+    """The version the training reads: its ``data_dir`` resolved (a version folder, or a folder holding ``latest``),
+    else `latest`'s version; held for reading from now on (:func:`formats.dataset.reading_resolved`, until
+    ``reading`` closes): the publish's retention keeps it, and a `latest` it deleted between the two is resolved
+    again."""
     if config.data_dir:
-        return latest_version_dir(home)
+        return reading.enter_context(dataset.reading_data_dir(config.data_dir))
     return reading.enter_context(dataset.reading_resolved(lambda: latest_version_dir(home), True))
 
 
 def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalResult", Path]:
-    """Evaluate the model trained on `latest` and write its ``eval.json``.
+    """Evaluate the model trained on `latest` and write its ``eval.json``: the tie threshold chosen on the run's
+    own ``eval_split`` (where its checkpoint was selected), the accuracy reported on its ``test_split``, as its
+    ``metrics.json``; refused in one line when the two are one split (the checkpoint's own selection split is no
+    held-out report).
 
     ``summary``: a simulation's ``summary.json``, for the Bayes-optimal accuracy (None: not reported).
     """
@@ -723,11 +748,31 @@ def evaluate_latest(home: DataHome, summary: Path | None = None) -> tuple["EvalR
     from training.evaluate import evaluate_model
 
     with publishing_for_model(home, EVAL_FILE) as published:   # staged, published once the model is unchanged
-        result = evaluate_model(published.best, published.version_dir, ground_truth=summary)
+        selection, held_out = run_splits(published.best)
+        result = evaluate_model(published.best, published.version_dir, selection, held_out, ground_truth=summary)
         result.model_dir = home_relative(str(published.best), home.root)  # as metrics.json: no absolute path
         write_bytes_atomic(published.path(EVAL_FILE),
                            (json.dumps(result.to_dict(), indent=1, sort_keys=True) + "\n").encode())
     return result, published.run / EVAL_FILE
+
+
+def run_splits(best: Path) -> tuple[str, str]:
+    """(eval_split, test_split) the run of the model ``best`` trained with (its ``train_config.json``; the
+    defaults, validation_unique and test_unique, for a model without one); a ``ValueError`` when they are one split
+    (a ``*_unique`` split repeats rows of its plain one)."""
+    from training.config import HELD_OUT, TrainConfig
+
+    if (Path(best) / CONFIG_FILE).is_file():
+        config = TrainConfig.load(Path(best), resolve=False)
+        selection, held_out = config.eval_split, config.test_split
+    else:
+        selection, held_out = "validation_unique", "test_unique"
+    if selection.removesuffix(HELD_OUT) == held_out.removesuffix(HELD_OUT) or "train" in (selection, held_out):
+        raise ValueError(f"the model in {best} chose its checkpoint and tie threshold on the split {selection!r} and "
+                         f"its run reports on {held_out!r}: not two different held-out splits, so no held-out "
+                         "accuracy can be reported for it; train it again with eval_split and test_split two "
+                         "different held-out splits")
+    return selection, held_out
 
 
 def true_quality_table(models_json: Path, pair_name: Callable[[str], str], out: Path) -> Path:

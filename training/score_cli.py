@@ -39,6 +39,7 @@ from schemas import get_schema
 TABLE_FORMATS = (".parquet", ".csv", ".jsonl")
 MAX_PROMPT_BYTES = 64 * 1024  # far above any real prompt; a longer one is an error row, never tokenized
 ROW_BATCH = 8192              # table rows turned into Python objects at a time (reading, writing)
+SCORE_ROWS = 2048             # rows given to the scorer at a time (score_rows): its results are held until scored
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,51 @@ class PairTable(Sequence[PairRow]):
         return PairRow(prompt_digest(prompt) if missing_id else str(prompt_id), prompt, image, error)
 
 
-class ScoredRows(Sequence[dict]):
-    """Every input row, in order, as an ``IMAGE_SCORES`` dict made when asked for; holds the scorer's results
-    of the scored rows only (a row that could not be scored costs no Python object while held)."""
+class ErrorTexts:
+    """The error texts of the rows a scorer could not score, held once per distinct text with the row's image path
+    taken out (a million rows whose images are missing share one ``missing_file: <image> does not exist``), at
+    most :data:`MAX_ERROR_TEXTS` of them: past that a row keeps its reason and image path only, and says so."""
 
-    def __init__(self, rows: Sequence[PairRow], good: array, results: list[Any]) -> None:
-        self._rows, self._good, self._results = rows, good, results
+    IMAGE = "\x00\uffff<image>\uffff\x00"   # where the row's image path goes back in
+
+    def __init__(self) -> None:
+        self._index: dict[str, int] = {}
+        self.texts: list[str] = []
+
+    def add(self, error: str, image: str) -> int:
+        """The index of ``error`` (a row's error text about its ``image``)."""
+        text = error.replace(image, self.IMAGE) if image else error
+        index = self._index.get(text)
+        if index is None:
+            if len(self.texts) >= MAX_ERROR_TEXTS:
+                reason = error.split(":", 1)[0]
+                text = (f"{reason}: {self.IMAGE} (the details of this error were not kept: more than "
+                        f"{MAX_ERROR_TEXTS} different errors in one table)")
+                index = self._index.get(text)
+                if index is not None:
+                    return index
+            index = self._index[text] = len(self.texts)
+            self.texts.append(text)
+        return index
+
+    def text(self, index: int, image: str) -> str:
+        """The error text ``index`` about the row's ``image``."""
+        return self.texts[index].replace(self.IMAGE, image)
+
+
+MAX_ERROR_TEXTS = 1024   # distinct error texts a scoring keeps whole (a reason for each of the rest)
+
+
+class ScoredRows(Sequence[dict]):
+    """Every input row, in order, as an ``IMAGE_SCORES`` dict made when asked for. Held: the score, preference and
+    rank of each scored row (numbers in arrays) and, for the rows the scorer could not score, runs of rows that
+    share an error text (:class:`ErrorTexts`): a row that could not be scored costs no Python object while held,
+    and a run of such rows with one error (images missing) costs what one row does."""
+
+    def __init__(self, rows: Sequence[PairRow], scored: array, values: array, preferences: array, ranks: array,
+                 failed: FailedRuns, errors: ErrorTexts) -> None:
+        self._rows, self._scored, self._values, self._preferences, self._ranks = rows, scored, values, preferences, ranks
+        self._failed, self._errors = failed, errors
 
     def __len__(self) -> int:
         return len(self._rows)
@@ -201,22 +241,98 @@ class ScoredRows(Sequence[dict]):
     def _dict(self, number: int, row: PairRow) -> dict[str, Any]:
         out = {"prompt_id": row.prompt_id, "prompt": row.prompt, "image": row.image, "score": None, "preference": None,
                "rank": None, "error": row.error}
-        k = bisect.bisect_left(self._good, number)
-        if k < len(self._good) and self._good[k] == number:
-            result = self._results[k]
-            out.update(score=result.score, preference=result.preference, rank=result.rank, error=result.error)
+        if row.error is not None:           # never given to the scorer
+            return out
+        k = bisect.bisect_left(self._scored, number)
+        if k < len(self._scored) and self._scored[k] == number:
+            out.update(score=self._values[k], preference=self._preferences[k], rank=self._ranks[k])
+            return out
+        index = self._failed.find(number)
+        out["error"] = self._errors.text(index, row.image) if index is not None else "not_scored: no result kept"
         return out
 
 
+class FailedRuns:
+    """The rows a scorer could not score, as runs ``[start, end)`` of row numbers that share one error text index
+    (rows between them that carry their own error, never scored, do not end a run; a scored row does)."""
+
+    def __init__(self) -> None:
+        self.starts, self.ends, self.indexes = array("q"), array("q"), array("q")
+        self._open = False
+
+    def add(self, number: int, index: int) -> None:
+        if self._open and self.indexes[-1] == index:
+            self.ends[-1] = number + 1
+            return
+        self.starts.append(number)
+        self.ends.append(number + 1)
+        self.indexes.append(index)
+        self._open = True
+
+    def close(self) -> None:
+        """A scored row came: the next failed row starts a new run."""
+        self._open = False
+
+    def find(self, number: int) -> int | None:
+        """The error text index of the failed row ``number`` (None: not a failed row)."""
+        k = bisect.bisect_right(self.starts, number) - 1
+        return self.indexes[k] if k >= 0 and number < self.ends[k] else None
+
+
+def softmax_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[float | None]:
+    """:func:`training.scoring.softmax_within` (imported when called: it imports torch)."""
+    from training.scoring import softmax_within as within
+
+    return within(groups, scores)
+
+
+def ranks_within(groups: Sequence[str], scores: Sequence[float | None]) -> list[int | None]:
+    """:func:`training.scoring.ranks_within` (imported when called: it imports torch)."""
+    from training.scoring import ranks_within as within
+
+    return within(groups, scores)
+
+
 def score_rows(scorer: Any, rows: Sequence[PairRow]) -> ScoredRows:
-    """Score the rows that have no error yet; every input row comes back, in order, as an IMAGE_SCORES dict."""
-    good, pairs, groups = array("q"), [], []
+    """Score the rows that have no error yet; every input row comes back, in order, as an IMAGE_SCORES dict.
+
+    The scorer is given :data:`SCORE_ROWS` rows at a time and only numbers are kept: a score per scored row, runs of
+    rows it could not score with their error text (review rev28a: a million rows whose images are missing held a
+    million result objects); the preference (softmax) and rank of each scored row within its ``prompt_id`` are
+    computed once every row is scored, as :func:`training.scoring.softmax_within` / ``ranks_within`` do."""
+    scored, values = array("q"), array("d")          # the rows with a score, in input order
+    failed, errors = FailedRuns(), ErrorTexts()
+    members: dict[str, array] = {}                   # prompt_id -> positions in ``scored``
+    chunk: list[tuple[int, PairRow]] = []
+
+    def run() -> None:
+        results = scorer.score_pairs([(row.prompt, row.image) for _, row in chunk],
+                                     groups=[row.prompt_id for _, row in chunk])
+        for (number, row), result in zip(chunk, results, strict=True):
+            if result.error is None and result.score is not None:
+                members.setdefault(row.prompt_id, array("q")).append(len(scored))
+                scored.append(number)
+                values.append(float(result.score))
+                failed.close()
+            else:
+                failed.add(number, errors.add(str(result.error or "not_scored: the scorer gave no score"), row.image))
+        chunk.clear()
+
     for number, row in enumerate(rows):
         if row.error is None:
-            good.append(number)
-            pairs.append((row.prompt, row.image))
-            groups.append(row.prompt_id)
-    return ScoredRows(rows, good, scorer.score_pairs(pairs, groups=groups))
+            chunk.append((number, row))
+            if len(chunk) == SCORE_ROWS:
+                run()
+    if chunk:
+        run()
+    preferences, ranks = array("d", bytes(8 * len(scored))), array("q", bytes(8 * len(scored)))
+    for positions in members.values():
+        group = [values[k] for k in positions]
+        for k, preference in zip(positions, softmax_within([""] * len(group), group)):
+            preferences[k] = preference
+        for k, rank in zip(positions, ranks_within([""] * len(group), group)):
+            ranks[k] = rank
+    return ScoredRows(rows, scored, values, preferences, ranks, failed, errors)
 
 
 def write_rows(rows: Iterable[dict[str, Any]], schema: pa.Schema, path: Path,
@@ -262,6 +378,7 @@ def write_rows_to(handle: Any, rows: Iterable[dict[str, Any]], schema: pa.Schema
     try:
         for batch in _row_batches(rows):
             table = pa.Table.from_pylist(batch, schema=schema)
+            del batch   # one batch of rows held at a time: this one goes before the next is made
             if fmt == ".parquet":
                 writer.write_table(table)
             elif fmt == ".csv":
@@ -271,6 +388,7 @@ def write_rows_to(handle: Any, rows: Iterable[dict[str, Any]], schema: pa.Schema
             else:
                 handle.write("".join(json.dumps(row, ensure_ascii=False) + "\n"
                                      for row in table.to_pylist()).encode("utf-8"))
+            del table
     finally:
         if writer is not None:
             writer.close()

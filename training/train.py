@@ -74,7 +74,15 @@ from training.evaluate import EvalResult, SplitScores, evaluate_scores, score_sp
 from training.figures import pyplot, save_figure
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold
-from training.model import PairScorer, build_model, count_parameters, load_model, own_pair_scores, save_checkpoint
+from training.model import (
+    PairScorer,
+    build_model,
+    count_parameters,
+    load_model,
+    own_pair_scores,
+    save_checkpoint,
+    shown_path,
+)
 
 STATE_FILE = "trainer_state.pt"
 LOCK_FILE = TRAIN_LOCK_FILE   # ".train.lock": held (flock) by the trainer writing a run folder; a second one is refused
@@ -521,7 +529,7 @@ def _refuse_init_inside(out: Path, config: TrainConfig, restart: bool) -> None:
     for rel in ("best", ".best.tmp", ".best.old", "checkpoints", "init", ".init.tmp", ".init.old"):
         own = os.path.realpath(out / rel)
         if source == own or source.startswith(own + os.sep):
-            raise ValueError(f"init_from {config.init_from} lies inside {out / rel}, which this training "
+            raise ValueError(f"init_from {shown_path(config.init_from)} lies inside {out / rel}, which this training "
                              f"{'removes (it trains the diverged run over from step 0)' if restart else 'replaces'}: "
                              "train into a new output_dir with this init_from, or copy that model out of the run "
                              "folder first and give the copy as init_from")
@@ -702,7 +710,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     else:
         _refuse_init_inside(out, config, restart is not None)
         clip, processor = load_model(config.init_from)
-    source = config.init_from if state is None else last_dir
+    source = shown_path(config.init_from) if state is None else last_dir   # a credential in it never shown
     if clip is not None:
         _check_max_length(config, clip, processor, source)
     # ---- every check passed: now the run folder changes (rank 0). A training that changes the model first marks

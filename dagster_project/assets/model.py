@@ -22,7 +22,9 @@ _BaseTrainRunConfig = config_class("train", "_BaseTrainRunConfig")
 
 
 class TrainRunConfig(_BaseTrainRunConfig):
-    """Trainer knobs (demo preset by default); data_dir/output_dir default to `latest` and HOME/models."""
+    """Trainer knobs (demo preset by default); data_dir/output_dir default to `latest` and its run folder in
+    HOME/models (a data_dir alone: that version's run folder); an output_dir is checked as `pickapic train
+    --output-dir` is."""
 
 
 def _truth_file(truth: Path | None, name: str) -> Path | None:
@@ -53,7 +55,8 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
 
 @dg.asset(deps=["preference_model"], group_name="model", kinds={"pytorch"})
 def preference_model_eval(data_home: PickapicHome):
-    """Tie-aware test_unique accuracy vs the random baseline, the untrained model and (with truth) the Bayes optimum."""
+    """Tie-aware accuracy on the run's test_split (threshold on its eval_split) vs the random baseline, the untrained
+    model and (with truth) the Bayes optimum."""
     home = data_home.home()
     result, out = runs.evaluate_latest(home, summary=_truth_file(ground_truth_dir(home), "summary.json"))
     return dg.MaterializeResult(metadata={**report_metadata(result), "eval_json": str(out)})
