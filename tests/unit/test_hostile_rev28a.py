@@ -19,7 +19,8 @@ version is refused; ``pickapic score`` with a UTF-8 byte-order mark in a CSV hea
 path, and a ``prompt_id`` of two JSON types gives rows or one-line errors, and so do ``--candidates /dev/null``, ``--model /dev/null``, ``--processor /proc``,
 ``--output /dev/stdout`` and an image ``/proc/self/environ``; ``rerank`` and ``score --output`` files honour umask.
 
-Each test below reproduces a defect confirmed by running it (strict xfail until fixed).
+Each test below reproduces a defect confirmed by running it (strict xfails when filed; all nine fixed the same day by
+fix28a, `tests/unit/test_fix28a.py`, and the tests now pass as plain tests).
 """
 from __future__ import annotations
 
@@ -82,14 +83,6 @@ TINY = {"max_steps": 4, "eval_every": 2}
 
 
 # ------------------------------------------------------------------------------------------ outputs
-@pytest.mark.xfail(strict=True, reason=(
-    "The Dagster preference_model asset takes output_dir from run config and passes it to train_latest / train(), "
-    "which never apply the check `pickapic train --output-dir` applies (formats.outputs.check_output_dir: a new or "
-    "empty folder or an earlier run's, never a data home's pipeline folder). Given a folder of someone else's files it "
-    "replaced their best/ (deleting best/thesis.txt) and metrics.json; given the published version folder it wrote "
-    "init/, best/, checkpoints/, metrics.json and curve.png into the published version. Expected: the step fails "
-    "naming output_dir and nothing there changes"
-))
 @pytest.mark.parametrize("where", ["someones_folder", "published_version"])
 def test_the_model_asset_never_trains_into_a_folder_it_did_not_create(tmp_path, where):
     import dagster as dg
@@ -120,15 +113,6 @@ def test_the_model_asset_never_trains_into_a_folder_it_did_not_create(tmp_path, 
 
 
 # ------------------------------------------------------------------------------------------ leakage
-@pytest.mark.xfail(strict=True, reason=(
-    "evaluate_latest (the preference_model_eval asset) calls evaluate_model with its defaults, threshold on "
-    "validation_unique and accuracy on test_unique, whatever eval_split / test_split the run used. A run trained with "
-    "the allowed eval_split='test_unique', test_split='validation_unique' (home settings train.eval_split / "
-    "train.test_split, or run config) chose its checkpoint on test_unique, and "
-    "eval.json then reports test_unique accuracy of that checkpoint (0.77 on the demo home) as the held-out result. "
-    "Expected: the evaluation uses the run's own recorded splits (threshold on its eval_split, accuracy on its "
-    "test_split, as its metrics.json), or refuses in one line"
-))
 def test_the_evaluation_asset_never_reports_accuracy_on_the_split_the_checkpoint_was_chosen_on(tmp_path):
     home = DataHome.at(tmp_path / "home")
     _version(home.root)
@@ -146,13 +130,6 @@ def test_the_evaluation_asset_never_reports_accuracy_on_the_split_the_checkpoint
 
 
 # ------------------------------------------------------------------------------------------ hostile shards
-@pytest.mark.xfail(strict=True, reason=(
-    "pair_meta takes label_0 / label_1 as any floats. Train labels 3 / -2 (no probability distribution) trained to "
-    "the end and wrote metrics.json as a trained model (KL against a negative 'probability'); NaN labels made the loss "
-    "NaN and were reported as TrainingDiverged ('rerun with a lower learning_rate'), with a diverged.json that then "
-    "refuses the unchanged rerun. Expected: a label pair that is not 1/0, 0/1 or 0.5/0.5 (two finite numbers in "
-    "[0, 1] summing to 1) is refused as bad data naming the sample, before metrics.json or diverged.json is written"
-))
 @pytest.mark.parametrize("labels", [(3.0, -2.0), (math.nan, math.nan)], ids=["not-a-distribution", "nan"])
 def test_a_train_label_that_is_not_a_preference_is_refused_as_bad_data(tmp_path, labels):
     version_dir = _version(tmp_path / "home")
@@ -183,14 +160,6 @@ def _bad_caption(sample: dict) -> dict:
     return sample
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A malformed train sample stops the run with a bare library error that names neither the shard nor the sample: "
-    "a num_example_per_prompt of \"3\" raised TypeError \"'<=' not supported between instances of 'str' and 'int'\", "
-    "an undecodable JPEG PIL's UnidentifiedImageError 'cannot identify image file <_io.BytesIO object at 0x...>', a "
-    "caption that is not UTF-8 UnicodeDecodeError 'utf-8 codec can't decode byte 0xff', a JSON member that is an "
-    "array AttributeError \"'list' object has no attribute 'get'\". Expected: a one-line "
-    "ValueError naming the shard file and the sample key (as a short shard or a checksum difference is reported)"
-))
 @pytest.mark.parametrize("change", [_bad_count, _bad_jpeg, _bad_caption, _json_array],
                          ids=["count-as-text", "jpeg", "caption", "json-array"])
 def test_a_malformed_train_sample_fails_naming_its_shard_and_key(tmp_path, change):
@@ -214,13 +183,6 @@ class _Recording:
         return self.tokenizer(texts, **kwargs)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "PairCollator (every train batch and every evaluation) gives each caption to the tokenizer whole, and the scratch "
-    "BPE is trained on whole captions: one train sample with a 32 MiB caption made a 4-step tiny run peak at 6.4 GB "
-    "and take 114 s (0.5 GB, 8 s without it; 8 MiB: 2.1 GB), although only max_length tokens are used. Expected: a "
-    "caption is cut to a bounded size before tokenization (the scorer's 64 KiB prompt bound would do) or the sample "
-    "is refused naming it"
-))
 def test_a_huge_caption_is_never_tokenized_whole():
     tokenizer = _Recording(train_tokenizer(["a red cube", "two blue circles", "a green tree"] * 20, 600))
     collate = PairCollator(tokenizer, 77)
@@ -242,15 +204,6 @@ def test_a_huge_caption_is_never_tokenized_whole():
 
 
 # ------------------------------------------------------------------------------------------ versions
-@pytest.mark.xfail(strict=True, reason=(
-    "train_latest (the preference_model asset) names the run folder after `latest`'s version but trains on the "
-    "run config's data_dir: with data_dir naming an older version it wrote models/preference_model/<latest's version> "
-    "holding a model trained on the older one (metrics.json data_version_dir says so), recorded that version as "
-    "trained in preference_model.runs, evaluate_latest published its eval.json as latest's model, and the next "
-    "training of latest (the weekly schedule) failed 'cannot resume ... it was trained on the dataset version <older>' "
-    "until the folder is removed by hand. Expected: the run folder is the one of the version it trains on, or such a "
-    "data_dir is refused before anything is written"
-))
 def test_a_model_run_folder_always_holds_a_model_of_its_own_version(tmp_path):
     home = DataHome.at(tmp_path / "home")
     old = write_synthetic_version(home.root / "datasets" / "pickapic" / "2023-03-01-0000000000", SIZES, image_px=32,
@@ -295,13 +248,6 @@ def _simulated_home(root: Path) -> tuple[Path, Path]:
     return version_dir, model
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`python -m simulator.best_of_n --output DIR` (README 8b: best-of-n by hand) applies no output check: it "
-    "rebuilds DIR/candidates with shutil.rmtree, so a folder of the user's named candidates/ inside DIR was deleted "
-    "(candidates/thesis.txt gone), and an --output inside the data home is written as well. Expected: as `pickapic "
-    "rerank --output`, DIR must be new, empty or an earlier best-of-n output (never a data home's folder); otherwise "
-    "a one-line refusal and nothing there changes"
-))
 def test_best_of_n_by_hand_never_deletes_a_folder_it_did_not_create(tmp_path):
     from simulator.best_of_n import main
 
@@ -319,14 +265,6 @@ def test_best_of_n_by_hand_never_deletes_a_folder_it_did_not_create(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ pickapic score
-@pytest.mark.xfail(strict=True, reason=(
-    "score_rows hands every row without a parse error to Scorer.score_pairs, which builds a (prompt, image) tuple and "
-    "an ImageScore object for each before any image is opened; a row whose image file is missing is only found then, "
-    "so a 4 MB CSV of 1,000,000 rows 'a,b' made `pickapic score --input` peak at 1.0 GB (2,000,000 rows: 1.5 GB; "
-    "1,000,000 empty rows: 0.5 GB, flat; `pickapic rerank` with the same table as candidates alike). ScoredRows promises that a row that could not be scored costs no Python "
-    "object while held. Expected: memory does not grow with the number of rows that cannot be scored (scored and "
-    "written a few thousand rows at a time, as empty rows are)"
-))
 def test_rows_whose_images_are_missing_cost_no_memory_per_row(tmp_path):
     import tracemalloc
 
@@ -370,14 +308,6 @@ def env_kept():
             os.environ[name] = value
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A credential in the settings file's train.init_from (a Hugging Face link with a token, which `pickapic settings` "
-    "shows as 'https://alice:***@...' and for which it makes pickapic.toml 0600 as a file holding a secret) is quoted "
-    "whole by the trainer's refusal ('model dir \\'https:/alice:<token>@huggingface.co/...\\' is not a directory'), and "
-    "the preference_model step's failure stores it in the home's Dagster run history (runs/<id>.db, index.db) and its "
-    "compute log. Expected: the refusal names init_from with the credential hidden, so nothing under HOME/dagster "
-    "holds it"
-))
 def test_a_credential_in_init_from_never_reaches_the_run_history(tmp_path, env_kept):
     import dagster as dg
 
