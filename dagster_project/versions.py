@@ -36,7 +36,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "9",     # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "10",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -50,6 +50,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 8: mismatched_image a pair decision: only the pairs with the mismatched image dropped (rev25f)
                           # 9: nsfw_cluster evidence names the first 10 flagged members and counts them; the policy
                           #    (NSFW classes, threshold, the clusters' settings) in the file's metadata (rev28b)
+                          # 10: NudeNet scores compared with the threshold as float32, as they are stored: a score
+                          #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
+                          #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
     "splits": "11",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
@@ -62,13 +65,15 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
-    "publish": "7",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "8",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
                           # 6: the data card names the decisions conflicting_image and mismatched_image (rev25c/f)
                           # 7: the card states the NSFW classes, threshold and k the version was curated with and
                           #    says when the pseudonyms are under the public default secret; manifest "curation" (rev28b)
+                          # 8: the card states the threshold as recorded (not rounded to 6 digits) and, curated with
+                          #    no NSFW class, that no NSFW filter was applied (rev28d)
     "model": "2",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
 }

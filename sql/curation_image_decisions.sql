@@ -5,7 +5,8 @@
 --         dropped, as conflicting_ranking drops a ranking), content_filtered, missing_image_row, feature_rejected,
 --         missing_features, nsfw, nsfw_cluster (a flagged cluster mate: evidence the cluster, how many of its
 --         members are flagged and the first $shown_flagged of them by image_uid).
--- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE), $shown_flagged (BIGINT).
+-- Parameters: $nsfw_classes (VARCHAR[]), $nsfw_threshold (DOUBLE, compared as float32, as the scores are stored),
+--             $shown_flagged (BIGINT).
 WITH img AS (
     SELECT image_uid, model_id, n_variants, export_days FROM image_base
 ),
@@ -27,11 +28,16 @@ rej AS (
                 ORDER BY dt, reason, detail) AS rejects
     FROM image_rejects ANTI JOIN feat USING (image_uid) GROUP BY image_uid
 ),
+-- scores are stored as float32 (image_features): each is compared, as float32, with the threshold rounded to float32,
+-- so a score recorded as the threshold flags the image (0.7 is float32 0.69999999 < DOUBLE 0.7: review rev28d);
+-- a threshold float32 holds exactly (0.5, the default) compares as before. The evidence rounds each score as a
+-- DOUBLE: rounded as float32 it read 0.699999988079071, not 0.7
 nsfw AS (
     SELECT image_uid,
            list_sort(list_transform(
-               list_filter(detections, lambda d: list_contains($nsfw_classes::VARCHAR[], d.class) AND d.score >= $nsfw_threshold),
-               lambda d: struct_pack(class := d.class, score := round(d.score, 4)))) AS hits
+               list_filter(detections, lambda d: list_contains($nsfw_classes::VARCHAR[], d.class)
+                                                 AND CAST(d.score AS FLOAT) >= CAST($nsfw_threshold AS FLOAT)),
+               lambda d: struct_pack(class := d.class, score := round(CAST(d.score AS DOUBLE), 4)))) AS hits
     FROM feat
 ),
 flagged AS (SELECT image_uid, hits FROM nsfw WHERE len(hits) > 0),

@@ -5,7 +5,7 @@ the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one ro
 
 - ``image``: ``conflicting_image`` (one image_uid exported on several days with different content: every
   version dropped, none guessed), ``content_filtered`` (provider filter), ``missing_image_row``, ``feature_rejected``,
-  ``missing_features``, ``nsfw`` (a NudeNet detection of a configured class at >= threshold),
+  ``missing_features``, ``nsfw`` (a NudeNet detection of a configured class at >= threshold, both as float32),
   ``nsfw_cluster`` (a duplicate-cluster mate of an ``nsfw`` image: a cluster decision covers all members).
 - ``ranking`` (subject_id = ranking_id): ``banned_user``, ``prompt_phrase`` (word-bounded,
   case-insensitive phrase match on the ingested prompt, its moderation key or its moderation text), ``conflicting_ranking`` (one ranking_id

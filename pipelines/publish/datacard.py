@@ -138,11 +138,21 @@ def render(version_dir: Path, version: str, splits: list[str], sources: CardSour
     threshold, classes, k = sources.nsfw_threshold(), sources.nsfw_classes(), sources.near_duplicate_k()
     nsfw_classes = ("NudeNet classes " + ", ".join(f"`{c}`" for c in classes)) if classes is not None else \
         "NudeNet exposed-nudity classes"
-    nsfw_rule = f"{nsfw_classes} at score >= {threshold:g}" if threshold is not None else \
+    # the threshold as recorded (repr: what the manifest says; {:g} rounded 0.4999999 to 0.5, review rev28d)
+    nsfw_rule = f"{nsfw_classes} at score >= {threshold!r}" if threshold is not None else \
         f"{nsfw_classes} at the score threshold of the curation, not recorded in this version"
     distance = f"pHash Hamming distance <= {k}" if k is not None else \
         "a pHash Hamming distance not recorded in this version"
-    nsfw_at = f" (score >= {threshold:g})" if threshold is not None else ""
+    nsfw_reasons = f"""`nsfw` ({nsfw_rule}) and `nsfw_cluster` (an exact or near
+duplicate of one, near meaning {distance})"""
+    nsfw_limit = "The NSFW filter is a classifier at a fixed threshold" + \
+        (f" (score >= {threshold!r})" if threshold is not None else "") + \
+        "; it misses some images and drops some safe ones."
+    if classes == []:   # curated with curation.nsfw_classes empty: no image was screened (review rev28d)
+        nsfw_reasons = """`nsfw` and `nsfw_cluster`: none, no NSFW filter was applied to this version
+(`curation.nsfw_classes` was empty: no NudeNet class flags an image, whatever its score)"""
+        nsfw_limit = ("**No NSFW filter was applied** (`curation.nsfw_classes` was empty): the images were not "
+                      "screened for nudity; only the prompt phrase list and the provider's content filter apply.")
     public = sources.pseudonym_secret == PUBLIC_DEFAULT
     user_id = ("an HMAC pseudonym of the app's id keyed with the public default secret: reversible, see Known "
                "limits") if public else "a keyed HMAC pseudonym, never the app's id"
@@ -228,8 +238,7 @@ dHash, NudeNet):
 
 {_table(["subject", "reason", "dropped"], dropped) if dropped else "none"}
 
-Reasons: `nsfw` ({nsfw_rule}) and `nsfw_cluster` (an exact or near
-duplicate of one, near meaning {distance}), `content_filtered` (blanked by the provider's filter),
+Reasons: {nsfw_reasons}, `content_filtered` (blanked by the provider's filter),
 `feature_rejected` (undecodable or unsafe image), `banned_user` (the app's moderation list),
 `prompt_phrase` (a listed NSFW phrase in the prompt), `conflicting_ranking`, `duplicate_ranking` (a
 re-export), `conflicting_image` (an image exported again with other content: every version dropped),
@@ -250,7 +259,7 @@ would leak it were dropped:
 
 - Labels are single clicks of app users, not expert ratings; about one pair in eight is a tie.
 {secret_limit}- Users are pseudonymous but their prompts are free text and may identify them.
-- The NSFW filter is a classifier at a fixed threshold{nsfw_at}; it misses some images and drops some safe ones.
+- {nsfw_limit}
 - Near-duplicate detection uses perceptual hashes ({distance}): heavy edits are not caught.
 - Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day
   (and a few users) only.
