@@ -51,7 +51,16 @@ import pyarrow.parquet as pq
 import regex
 
 from formats.home import DataHome
-from formats.settings import MAX_THREADS, add_flags, check_fields, check_path_text, knob, public_fields, stage_config
+from formats.settings import (
+    MAX_THREADS,
+    add_flags,
+    check_fields,
+    check_path_text,
+    knob,
+    public_fields,
+    quoted,
+    stage_config,
+)
 from pipelines.curation.dedup import DEDUP_METADATA
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
@@ -251,6 +260,7 @@ def read_list_text(path: Path, what: str) -> str:
 
 
 INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_ASCII_ID = re.compile(r"[+-]?[0-9]+")
 
 
 def read_id_list(path: Path) -> list[int]:
@@ -261,12 +271,12 @@ def read_id_list(path: Path) -> list[int]:
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"{path}:{number}: {text!r} is not an integer user id") from None
+        if not _ASCII_ID.fullmatch(text):    # int() also reads 1_000, Arabic-Indic ٣ and fullwidth １ as numbers
+            raise ValueError(f"{path}:{number}: {quoted(text)} is not an integer user id (ASCII digits 0-9, a sign "
+                             "allowed)")
+        value = int(text) if len(text) <= 24 else INT64_MAX + 1   # past int64 either way; int() refuses 4,300+ digits
         if not INT64_MIN <= value <= INT64_MAX:   # the app's ids are 64-bit (rankings.user_id is int64)
-            raise ValueError(f"{path}:{number}: {text!r} is not a user id: past the 64-bit integer range of the app's "
+            raise ValueError(f"{path}:{number}: {quoted(text)} is not a user id: past the 64-bit integer range of the app's "
                              "ids (a pasted phone or card number?)")
         ids.append(value)
     return sorted(set(ids))
