@@ -112,7 +112,7 @@ def _manifest_files(version: Path) -> dict:
 def test_a_shard_name_never_holds_other_bytes_in_a_later_version(tmp_path: Path) -> None:
     home, table = history_home(tmp_path / "home", days=4, rankings=160)
     first = publish_until(home, table)
-    day_one = sorted((first.path / "train").glob("pickapic-train-20230301-*.parquet"))[0]
+    day_one = min((first.path / "train").glob("pickapic-train-20230301-*.parquet"))
     users = pq.read_table(day_one, columns=["user_id"]).column("user_id").to_pylist()
     banned = users[-1] if users[-1] != users[0] else users[len(users) // 2]   # not the shard's first sample
     second = publish_until(home, table.filter(pc.not_equal(table.column("user_id"), banned)))
@@ -187,14 +187,14 @@ def test_load_dataset_on_an_export_folder_gives_its_five_splits(tmp_path: Path, 
 def test_a_failed_publish_leaves_nothing_other_accounts_cannot_read_among_the_versions(tmp_path: Path) -> None:
     import datetime as dt
 
-    import pipelines.publish.version as version
+    from pipelines.publish import version
 
     with _umask(0o022):
         home, table = history_home(tmp_path / "home", days=4, rankings=80)
         publish_until(home, table, last_day=dt.date(2023, 3, 3))
-        with mock.patch.object(version.manifest, "write_manifest", side_effect=OSError(5, "I/O error")):
-            with pytest.raises(OSError):
-                publish_until(home, table)
+        with mock.patch.object(version.manifest, "write_manifest", side_effect=OSError(5, "I/O error")), \
+                pytest.raises(OSError):
+            publish_until(home, table)
     closed = []
     for folder, dirs, files in os.walk(home.datasets):
         for name in dirs:
