@@ -25,7 +25,11 @@ shared files keep their modes); ``pickapic query`` and ``pickapic export`` as an
 Filed below (each confirmed by running it):
 - a shard keeps its file name when a nightly rewrites it (name = day + digest of its first key), so the same name
   holds other bytes in the next version: a cache keyed by the shard's name, webdataset's own ``cache_dir``, keeps
-  serving a banned user's pairs after the version that dropped them (sizes.json then disagrees with what is read);
+  serving a banned user's pairs after the version that dropped them (sizes.json then disagrees with what is read).
+  Seen in real builds too (``pickapic simulate`` 3 days, built night by night; incremental == from scratch, same
+  version id and manifest): a plain nightly rewrote four older validation / test shards under their names (the
+  ``min_shards_per_split`` halving moves as days arrive), and banning app user 1 or 21 rewrote three train shards
+  of earlier days under their names;
 - the versions' folders ``datasets/`` and ``datasets/pickapic/`` keep the mode of the umask of the publish that
   made them: after one publish under umask 077, every later version published under umask 022 (its files 0644,
   its folder 0755) is unreachable for every other account, though README section 6 says a version is "readable
@@ -45,7 +49,10 @@ publish ``stable-diffusion-xl-beta-v2-2-4`` (which the simulator generates) unsh
 (``pipelines/curation/decisions.MODEL_SHORT_NAMES``); the export's ``image_0_url`` / ``image_1_url`` hold the data
 home's blob keys (``blobs/train/s512q90/...``), no URL a consumer of the export can open (tested as intended in
 ``test_export_pickscore.py``, not documented in the README); ``datasets`` warns on every load of a version folder
-that the card's ``splits`` lack ``num_bytes`` ("Ignoring part of dataset_info from the dataset card").
+that the card's ``splits`` lack ``num_bytes`` ("Ignoring part of dataset_info from the dataset card"); in a small
+home a ban that empties ``validation`` is refused by the publish, so ``latest`` keeps serving the banned user's pairs
+until new users arrive (documented: an empty split is refused); the card says users are held out at "6% by default"
+without the fraction the version was built with (0.3 here).
 """
 from __future__ import annotations
 
