@@ -62,13 +62,15 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
-    "publish": "7",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "8",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
                           # 6: the data card names the decisions conflicting_image and mismatched_image (rev25c/f)
                           # 7: the card states the NSFW classes, threshold and k the version was curated with and
                           #    says when the pseudonyms are under the public default secret; manifest "curation" (rev28b)
+                          # 8: pickapic-wds/6: a shard named by a digest of what it holds (rev28c); the partial
+                          #    version staged in datasets/pickapic.staging/, outside the versions' folder
     "model": "1",
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
