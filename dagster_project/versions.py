@@ -73,7 +73,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 7: the card states the NSFW classes, threshold and k the version was curated with and
                           #    says when the pseudonyms are under the public default secret; manifest "curation" (rev28b)
                           # 8: the card states the threshold as recorded (not rounded to 6 digits) and, curated with
-                          #    no NSFW class, that no NSFW filter was applied (rev28d)
+                          #    no NSFW class, that no NSFW filter was applied (rev28d); pickapic-wds/6: a shard named
+                          #    by a digest of what it holds (rev28c); the partial version staged in
+                          #    datasets/pickapic.staging/, outside the versions' folder
     "model": "2",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
 }

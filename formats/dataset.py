@@ -5,11 +5,13 @@ A data home's ``datasets/pickapic/`` holds complete versions and a ``latest`` li
 
     datasets/pickapic/<version>/manifest.json          every file with its sha256
     datasets/pickapic/<version>/<split>/pickapic-<split>-<segment>-<digest>.{tar,parquet,_stats.json}
+                                                        (<digest>: of what the shard holds, :func:`shard_name`)
     datasets/pickapic/<version>/<split>/sizes.json      {shard.tar: samples}
     datasets/pickapic/<version>/<split>/prompt_counts.parquet
     datasets/pickapic/<version>/meta/                   decisions, images, quarantine, ...
     datasets/pickapic/latest -> <version>
     datasets/pickapic.history                           the versions `latest` was switched to, oldest first
+    datasets/pickapic.staging/.partial-<version>        a version being written (never among the versions)
 
 A shard ``<name>.tar`` holds ``KEY.0.jpg``, ``KEY.1.jpg``, ``KEY.json``, ``KEY.txt`` per sample;
 ``<name>.parquet`` (its sidecar) holds one row per sample with the tar offsets. The ``pickapic-``
@@ -37,7 +39,7 @@ from formats.files import is_real_folder, open_regular_file, read_small_file, sh
 from formats.home import DataHome
 from formats.text import terminal_text
 
-FORMAT_VERSION = "pickapic-wds/5"     # bump when the bytes written for equal input change
+FORMAT_VERSION = "pickapic-wds/6"     # bump when the bytes written for equal input change (6: content-named shards)
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
 UNIQUE_SUFFIX = "_u"                  # unique splits repeat parent rows: their keys get a suffix
 LATEST = "latest"
@@ -49,10 +51,14 @@ MEMBERS = ("0.jpg", "1.jpg", "json", "txt")   # per sample, in this order inside
 VERSION_NAME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}-[0-9a-f]{10}")   # <last export day>-<sha256[:10]>: what a publish names its folder
 
 
-def shard_name(split: str, segment: str, first_key: str) -> str:
+def shard_name(split: str, segment: str, content: str) -> str:
     """Base name (no extension) of a shard: split, segment (an export day ``YYYYMMDD`` or a bucket) and a
-    digest of its first sample's key."""
-    return f"{SHARD_PREFIX}{split}-{segment}-{hashlib.blake2b(first_key.encode(), digest_size=5).hexdigest()}"
+    40-bit digest of ``content``, what the shard holds (``pipelines.publish.plan.content_digest``: its
+    sample keys and each sample's JSON digest, the JPEGs' sha256s among them, under the format and writer
+    versions). So a name never holds other bytes in a later version (review rev28c: a cache keyed by the
+    name, webdataset's ``cache_dir``, served a rewritten shard's old samples), and an unchanged shard keeps
+    its name (and stays a hard link of the older version's file)."""
+    return f"{SHARD_PREFIX}{split}-{segment}-{hashlib.blake2b(content.encode(), digest_size=5).hexdigest()}"
 
 
 def shard_segment(name: str) -> str:

@@ -480,7 +480,7 @@ def _recorded_files(folder: Path, record: str, flag: str, given: object) -> set[
     else:
         try:
             listed = json.loads(path.read_bytes()).get("files")
-        except (ValueError, AttributeError, OSError):
+        except (ValueError, AttributeError, OSError, RecursionError):   # RecursionError: "[[[[..." nested deep
             listed = None
         if not isinstance(listed, list) or not all(isinstance(n, str) and n and "/" not in n and n not in (".", "..")
                                                    for n in listed):
@@ -491,11 +491,12 @@ def _recorded_files(folder: Path, record: str, flag: str, given: object) -> set[
 
 
 def write_output_record(open_file: Callable[[str], ContextManager[BinaryIO]], record: str, files: Sequence[str],
-                        written_by: str) -> None:
+                        written_by: str, extra: dict | None = None) -> None:
     """Write the folder's record (through :func:`open_output_files`' ``open``): the files runs of the
-    command wrote into it, the only ones a later run replaces."""
+    command wrote into it, the only ones a later run replaces, and ``extra`` (JSON-able keys beside those)."""
     with open_file(record) as handle:
-        handle.write((json.dumps({"written_by": written_by, "files": list(files)}, indent=1) + "\n").encode("utf-8"))
+        handle.write((json.dumps({"written_by": written_by, "files": list(files), **(extra or {})}, indent=1)
+                      + "\n").encode("utf-8"))
 
 
 def check_home_dir(home: DataHome, flag: str = "--home") -> Path:

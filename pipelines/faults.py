@@ -19,7 +19,7 @@ Points (module: where):
 - ``publish.after_shards`` (publish): every shard committed, ``sizes.json``, ``meta/`` and the
   manifest not written.
 - ``publish.before_rename`` (publish): the staged version complete and verified, not yet renamed
-  from ``.partial-<version>`` to ``<version>``.
+  from ``pickapic.staging/.partial-<version>`` to ``pickapic/<version>``.
 - ``publish.before_switch`` (publish): the version directory complete and in place, ``latest``
   not yet switched to it.
 - ``features.after_beam`` (features): the Beam pipeline finished and

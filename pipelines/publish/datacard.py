@@ -61,12 +61,44 @@ class CardSources:
                 "pseudonyms": {"secret": self.pseudonym_secret, "reversible": reversible}}
 
 
-def configs_yaml(splits: list[str]) -> str:
-    """The ``configs`` block: the tar shards of each split (one builder per folder: webdataset)."""
+def configs_yaml(splits: list[str], paths: dict[str, str] | None = None) -> str:
+    """The ``configs`` block: each split's files, by default the tar shards of a version (one builder per
+    folder: webdataset); ``paths`` (split -> path or glob, relative to the card) for other files, as the
+    ``pickapic export`` card gives its ``<split>.parquet`` files (:func:`export_card`)."""
     lines = ["configs:", "- config_name: default", "  default: true", "  data_files:"]
     for split in splits:
-        lines += [f"  - split: {split}", f"    path: \"{split}/{shard_glob(split)}\""]
+        path = paths[split] if paths is not None else f"{split}/{shard_glob(split)}"
+        lines += [f"  - split: {split}", f"    path: \"{path}\""]
     return "\n".join(lines) + "\n"
+
+
+def export_card(version: str, files: dict[str, str], rows: dict[str, int]) -> str:
+    """The ``README.md`` of a ``pickapic export --format pickscore-parquet`` folder: the ``configs`` block
+    naming each split's file (``files``: split -> file name), as the version's own card does, so
+    ``datasets.load_dataset(<folder>)`` gives the splits as exported. Without it ``datasets`` guesses the
+    splits from the file names and merges ``validation_unique.parquet`` into ``validation`` and
+    ``test_unique.parquet`` into ``test`` (review rev28c). Names the version exported (a pure function of it)."""
+    table = _table(["split", "pairs", "file"], [[split, rows[split], f"`{files[split]}`"] for split in files])
+    return f"""---
+{configs_yaml(list(files), files)}---
+
+# Pick-a-Pic preference pairs: export of dataset version `{version}`
+
+Written by `pickapic export --format pickscore-parquet` from the published dataset version `{version}` (its
+dataset card, `README.md` in the version's folder, describes how it was collected, curated and split). One
+Parquet file per split in the released Pick-a-Pic schema, `jpg_0` / `jpg_1` holding the JPEG bytes; every file
+also names the version in its Parquet metadata (`dataset_version`).
+
+{table}
+
+```python
+import datasets
+splits = datasets.load_dataset("path/to/this/folder")   # the splits above, as this card declares them
+```
+
+The `_unique` splits repeat pairs of `validation` and `test` (one pair per prompt): keep them apart, as the
+`configs` above do.
+"""
 
 
 def dataset_info_yaml(pairs: dict[str, int]) -> str:

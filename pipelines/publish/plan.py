@@ -17,8 +17,11 @@ however many pairs they ranked), plus the shard before theirs when their run had
 takes over the followers) and, where a limit rather than an anchor had cut after them, the shards up
 to the next anchor; no boundary after the next anchor moves. A run holding more than
 ``LONG_RUN_SHARDS`` anchors' worth of samples (a bot's day) gets anchors inside, by key. A shard's
-name is made of its split, segment and a digest of its first key, never of a position, so an
-unchanged shard keeps its name and bytes.
+name is made of its split, segment and a digest of what it holds (:func:`content_digest`: its keys
+and each sample's JSON digest), never of a position, so an unchanged shard keeps its name and bytes
+and a rewritten one gets a new name: a name never holds other bytes in a later version (review
+rev28c: named by its first key, a rewritten shard kept its name, and a cache keyed by names served
+its old samples).
 
 While a split has fewer shards than ``min_shards_per_split`` (only while it is tiny), its largest
 shards are halved until it has enough: the trainer needs at least GPUs x loader workers shards.
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -216,12 +220,15 @@ def ensure_min_chunks(bounds: list[tuple[int, int]], minimum: int,
 
 def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_samples: int, max_bytes: int,
                min_shards: int, seed: int, shards_per_day: int, min_shard_bytes: int,
-               day_volume: dict[str, int] | None = None) -> tuple[pa.Array, list[ShardPlan]]:
+               day_volume: dict[str, int] | None = None,
+               row_digests: Sequence[str] | None = None) -> tuple[pa.Array, list[ShardPlan]]:
     """The order of a split's samples and its shards; ``sample_bytes`` is aligned with ``samples``.
 
     ``day_volume`` maps a segment (``YYYYMMDD``) to its day's volume (:func:`anchor_rates`); a day it
-    does not name counts this split's samples of that day. Returns the indices that put ``samples``
-    in shard order and one :class:`ShardPlan` per shard over that order.
+    does not name counts this split's samples of that day. ``row_digests``: each sample's JSON digest
+    (:func:`shards.json_digests` of ``samples``, aligned with it; computed when not given), which names
+    the shards (:func:`content_digest`). Returns the indices that put ``samples`` in shard order and one
+    :class:`ShardPlan` per shard over that order.
     """
     segments = segment_labels(samples)
     indices = order(samples, segments)
@@ -251,12 +258,33 @@ def plan_split(samples: pa.Table, split: str, sample_bytes: np.ndarray, *, max_s
             < rates[inner]
     bounds = chunk_bounds(ordered_segments, ordered_bytes, is_anchor, max_samples, max_bytes, runs)
     bounds = ensure_min_chunks(bounds, min(min_shards, len(ordered_keys)), starts)
-    plans = [ShardPlan(split, shard_name(split, ordered_segments[a], ordered_keys[a]), a, b) for a, b in bounds]
+    if row_digests is None:
+        row_digests = shards.json_digests(samples)
+    if len(row_digests) != len(ordered_keys):
+        raise ValueError(f"row_digests has {len(row_digests)} entries for {len(ordered_keys)} samples")
+    ordered_digests = np.asarray(row_digests, dtype=object)[indices.to_numpy()].tolist()
+    plans = [ShardPlan(split, shard_name(split, ordered_segments[a],
+                                         content_digest(ordered_keys[a:b], ordered_digests[a:b])), a, b)
+             for a, b in bounds]
     names = [p.name for p in plans]
     if len(set(names)) != len(names):
         clash = next(n for n in names if names.count(n) > 1)
         raise RuntimeError(f"shard name {clash!r} occurs twice in split {split!r} (a 40-bit digest collision)")
     return indices, plans
+
+
+def content_digest(keys: list[str], row_digests: list[str]) -> str:
+    """sha256 (hex) of what a shard holds, which its name is made of (:func:`formats.dataset.shard_name`):
+    format version, writer libraries, its sample keys in order and each sample's JSON digest.
+
+    Known from the plan before anything is written. The JSON member carries every sample column, each
+    JPEG's own sha256 included, and the txt member is the caption, so equal digests mean the same tar; the
+    sidecar and stats follow from the tar and its name. Two shards that differ in any sample, its order or
+    its bytes get different names."""
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0".encode())
+    digest.update(("\0".join(keys) + "\0").encode())
+    digest.update("".join(row_digests).encode())
+    return digest.hexdigest()
 
 
 def plan_digest(name: str, keys: list[str], row_digests: list[str]) -> str:

@@ -136,13 +136,15 @@ def plan_tasks(home: DataHome, samples: pa.Table, jpgs: jpgdigests.JpgIndex, sta
     for split in splits_in(samples):
         members = np.flatnonzero(pc.equal(split_column, split).to_numpy(zero_copy_only=False))
         part = _take(samples, pa.array(members))
+        part_digests = shards.json_digests(part)     # each sample's JSON digest: the shard names are made of them
         indices, plans = shardplan.plan_split(
             part, split, all_sample_bytes[members], max_samples=config.max_samples_per_shard,
             max_bytes=config.max_shard_bytes, min_shards=config.min_shards_per_split, seed=config.seed,
-            shards_per_day=config.shards_per_day, min_shard_bytes=config.min_shard_bytes, day_volume=segment_volumes)
+            shards_per_day=config.shards_per_day, min_shard_bytes=config.min_shard_bytes, day_volume=segment_volumes,
+            row_digests=part_digests)
         rows = _take(part, indices)
         identities = all_identities[members[indices.to_numpy()]] if all_identities is not None else None
-        digests = shards.json_digests(rows)
+        digests = np.asarray(part_digests, dtype=object)[indices.to_numpy()].tolist()
         keys = rows.column("key").to_pylist()
         for plan in plans:
             digest = shardplan.plan_digest(plan.name, keys[plan.start:plan.stop], digests[plan.start:plan.stop])

@@ -9,13 +9,15 @@ Layout of ``HOME/datasets/pickapic/``::
     <version>/manifest.json          counts, sources, config, contract versions, sha256 of every file
     latest -> <version>              a relative symlink, replaced with os.replace
     ../pickapic.history              the versions latest was switched to, oldest first (retention's order)
+    ../pickapic.staging/.partial-<version>   a version being written (0700 until it is complete)
 
 The version id is ``<max dt>-<sha256[:10] of inputs + config>``: equal inputs give the same
 version and byte-identical files. Shards are content-stable (:mod:`pipelines.publish.plan`): a shard
 whose planned content equals a shard of an older complete version is hard-linked from it (copied
 across file systems) with its sidecar and stats, so a nightly version writes only new and changed
 shards and older versions share the rest of their bytes. A version is written under
-``.partial-<version>`` (hidden: no glob or reader sees it), verified, renamed into place, and only
+``../pickapic.staging/.partial-<version>`` (beside the versions' folder, not in it: whoever syncs or walks that
+folder never meets a partial version, review rev28c), verified, renamed into place, and only
 then does ``latest`` move. Older versions beyond ``keep_versions`` are deleted after the switch, in
 the order of the publish history, never by the clock (deleting a name never touches a newer version's
 links). The staging, its folders and ``latest`` are the tool's names: a link or a file there is never
@@ -92,7 +94,9 @@ from pipelines.publish.versions import (
     check_version_name,
     fsync_tree,
     give_modes,
+    open_folders,
     open_staging,
+    open_staging_root,
     publish_lock,
     remove_mode_copies,
     sweep_stale,
@@ -131,6 +135,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         # the temporary files a killed publish left outside its version: only the publish writes those names,
         # and only under this lock (the JPEG digest cache too, since review rev25d), so none is being written now
         notes += sweep_temp_files(home)
+        staging_dir = open_staging_root(home.datasets)   # pickapic.staging, beside the versions (review rev28c)
+        notes += open_folders(home)     # datasets/ and datasets/pickapic/ as this run's umask lets (review rev28c)
         jpgs = jpgdigests.index_jpgs(home, {c: table.column(c) for c in ("jpg_0_key", "jpg_1_key")},
                                      workers=config.worker_count())
         if jpgs.note:
@@ -148,7 +154,11 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         version = version_id(table, split_pairs_sha256, jpgs, sources, config)
         check_latest(home.datasets)
         final = home.datasets / version
-        notes += sweep_stale(home.datasets, f"{STAGING_PREFIX}{version}")   # a rerun that finds its version too
+        keep = f"{STAGING_PREFIX}{version}"
+        if staging_dir != home.datasets:
+            notes += sweep_stale(staging_dir, keep)   # a rerun that finds its version too
+        # the versions' folder: retention's leftovers, and the stagings of code before review rev28c (staged there)
+        notes += sweep_stale(home.datasets, keep if staging_dir == home.datasets else "")
         if check_version_name(home.datasets, version):
             # its manifest must be this version's: another version's files at this name are never switched to
             check_version_identity(final, manifest.identity(version, table, sources))
@@ -169,7 +179,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                                jpgs.hashed)
             report.notes = notes
             return report
-        staging = open_staging(home.datasets, version)
+        staging = open_staging(staging_dir, version)
         try:
             previous = previous_versions(home, version)
             plans = meta.write_source_snapshots(staging, meta_sources, sources,
@@ -186,6 +196,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         faults.maybe_crash("publish.before_rename")  # tests: staged version complete, not in place
         os.rename(staging, final)
         fsync_dir(home.datasets, config.fsync)
+        if staging_dir != home.datasets:
+            fsync_dir(staging_dir, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
         _switch(home, version, config, notes, split_pairs_sha256)
         deleted = _retention(home, config, notes)

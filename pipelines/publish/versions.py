@@ -130,8 +130,74 @@ def check_version_name(datasets: Path, version: str) -> bool:
                          f"names) and publish again")
 
 
+STAGING_SUFFIX = "staging"        # datasets/pickapic.staging/: where the versions are staged, beside their folder
+
+
+def staging_root(datasets: Path) -> Path:
+    """``datasets/pickapic.staging``: the folder the partial versions are staged in (``.partial-<version>``), beside
+    the versions' folder and not in it, like the publish history (:func:`formats.dataset.history_file`), so
+    whoever syncs or walks the versions' folder never meets a partial version (review rev28c: a failed publish
+    left its 0700 staging among the versions, and another account's ``rsync -a`` or ``find`` of the folder
+    failed on it)."""
+    datasets = Path(datasets)
+    return datasets.parent / f"{datasets.name}.{STAGING_SUFFIX}"
+
+
+def open_staging_root(datasets: Path) -> Path:
+    """The folder to stage a version in: :func:`staging_root`, made (with this run's umask) where missing.
+
+    It must be a real folder (a link or a file at that name is nothing a publish made: :class:`StagingRefused`,
+    nothing written through it) on the file system of the versions' folder, since the staged version is
+    renamed into place: where the versions' folder is on another one (``datasets/pickapic`` a link to another
+    disk) the versions' folder itself is returned, and the staging stays there, hidden, as before."""
+    root = staging_root(datasets)
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(root)
+    info = os.lstat(root)
+    if not stat.S_ISDIR(info.st_mode):
+        raise StagingRefused(f"{root} is {describe(root)}, not the folder a publish stages its versions in: nothing "
+                             f"was written or deleted through it; remove it (a symbolic link's removal leaves what "
+                             f"it names) and publish again")
+    if info.st_dev != os.stat(datasets).st_dev:
+        return Path(datasets)
+    return root
+
+
+def open_folders(home: DataHome) -> list[str]:
+    """Give the folders on the way to the versions, ``datasets/`` and ``datasets/pickapic/`` (and the staging
+    folder beside, :func:`staging_root`), the permission bits this run's umask gives a new folder where they
+    lack them; return a note per folder changed.
+
+    They are made by the first publish, with its umask: after one under umask 077 (0700), every later version
+    published under umask 022 (its folder 0755, its files 0644) was out of every other account's reach, though
+    a version is readable by whoever its run's umask lets read it (review rev28c). Bits are only added, never
+    taken: a version published earlier under a wider umask stays reachable, and a group's write bit set by hand
+    on a shared home stays. Only what a publish makes there is touched: a real folder (a symbolic link, a user's
+    layout such as ``datasets`` on another disk, is never followed or changed) of this account; the data home
+    itself and anything above it are never touched."""
+    want = 0o777 & ~current_umask()
+    notes = []
+    for folder in (home.datasets.parent, home.datasets, staging_root(home.datasets)):
+        try:
+            fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:            # missing, a link, a file: not a folder this publish gives modes to
+            continue
+        try:
+            info = os.fstat(fd)
+            mode = stat.S_IMODE(info.st_mode)
+            if info.st_uid != os.geteuid() or mode & want == want:
+                continue
+            os.fchmod(fd, mode | want)
+            notes.append(f"{folder} had mode {mode:04o}: given {mode | want:04o}, what this run's umask "
+                         f"({current_umask():03o}) lets others reach, so its versions are readable as published")
+        finally:
+            os.close(fd)
+    return notes
+
+
 def open_staging(datasets: Path, version: str) -> Path:
-    """``datasets/.partial-<version>``: made, or resumed from an interrupted run of the same version.
+    """``<folder>/.partial-<version>``: made, or resumed from an interrupted run of the same version; ``datasets``
+    is the folder the versions are staged in (:func:`open_staging_root`).
 
     It must be a real folder: a symbolic link there (even a dangling one) or a file is refused with
     :class:`StagingRefused`, and nothing is written or deleted through it (a link would put the version,
@@ -145,7 +211,7 @@ def open_staging(datasets: Path, version: str) -> Path:
     them (:func:`_writable_by_others`): one another account could write into (group-writable in a group-shared
     home, or made by another account) is emptied and made afresh, since a file planted there would be
     published and listed in the manifest with its sha256 (review rev25a)."""
-    staging = datasets / f"{STAGING_PREFIX}{version}"
+    staging = Path(datasets) / f"{STAGING_PREFIX}{version}"
     try:
         os.mkdir(staging, 0o700)     # a setgid parent's bit is kept (mkdir gives it whatever the mode)
         return staging

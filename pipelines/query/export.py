@@ -17,6 +17,13 @@ test_unique prompts with their normalized key, how often the test split asked th
 the held-out prompt set the paper proposes for evaluating generators (instead of MS-COCO captions). Its
 users and prompts never reach train, so a scorer trained on the same version has not seen them.
 
+The folder gets a dataset card too (``README.md``: a ``configs`` block naming each split's file, as a version's
+own card does), so ``datasets.load_dataset("OUT")`` gives the splits as exported: without it ``datasets`` guessed
+them from the file names and merged ``validation_unique`` into ``validation`` and ``test_unique`` into ``test``
+(review rev28c). Every Parquet file names the version it holds in its metadata (``dataset_version``), and
+``pickapic-export.json`` records each file's version (``dataset_versions``), so a folder exported into night after
+night says which version it holds (review rev28c).
+
 ``--output`` is a new folder, an empty one, or an earlier export: one holding ``pickapic-export.json``, the
 list of files the exports into it wrote. Only those files are ever replaced; a folder holding other files
 and no such list is refused. Every file of an export is checked first, written under a temp name, and
@@ -26,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import sys
 import time
@@ -47,10 +55,11 @@ from formats.dataset import (
     read_manifest,
     reading_version,
 )
-from formats.files import cast_to_schema
+from formats.files import cast_to_schema, read_small_file
 from formats.home import DataHome
 from formats.outputs import open_output_files, recorded_output_dir, write_output_record
 from formats.progress import Progress
+from pipelines.publish.datacard import CARD_FILE, export_card
 from schemas import get_schema
 
 FORMATS = ("pickscore-parquet", "eval-prompts")
@@ -94,15 +103,18 @@ def _export_pickscore_parquet(home: DataHome, root: Path, output_dir: Path, prog
     manifest = read_manifest(root)
     files_listed = manifest["files"]
     schema = get_schema("pickscore_export")
+    schema = schema.with_metadata({**(schema.metadata or {}), b"dataset_version": root.name.encode()})
     splits = [s for s in SPLITS if s in manifest["splits"]]
     names = {split: f"{split}.parquet" for split in splits}
     # a new or empty folder, or an earlier export; never a link, a file or a place inside a data home
-    output_dir, listed = recorded_output_dir(output_dir, [home.root], "--output", EXPORT_MARKER, list(names.values()))
+    output_dir, listed = recorded_output_dir(output_dir, [home.root], "--output", EXPORT_MARKER,
+                                             [*names.values(), CARD_FILE])
     rows: dict[str, int] = {}
     files: dict[str, str] = {}
     total = sum(manifest["splits"][s]["shards"] for s in splits)
     done = 0
-    with open_output_files(output_dir, [*names.values(), EXPORT_MARKER], [home.root], "--output") as open_file:
+    with open_output_files(output_dir, [*names.values(), CARD_FILE, EXPORT_MARKER], [home.root],
+                           "--output") as open_file:
         for split in splits:
             sidecars = manifest_sidecars(root, split, files_listed)   # the manifest's, never a glob of the folder
             if len(sidecars) != manifest["splits"][split]["shards"]:
@@ -130,9 +142,30 @@ def _export_pickscore_parquet(home: DataHome, root: Path, output_dir: Path, prog
                         if progress:
                             progress("export", done, total)
             rows[split], files[split] = count, str(output_dir / names[split])
-        write_output_record(open_file, EXPORT_MARKER, listed, "pickapic export")
+        with open_file(CARD_FILE) as handle:
+            handle.write(export_card(root.name, names, rows).encode("utf-8"))
+        _write_record(open_file, output_dir, listed, [*names.values(), CARD_FILE], root.name)
     sizes = {split: Path(path).stat().st_size for split, path in files.items()}
     return ExportReport(root.name, output_dir, rows, files, sizes, time.perf_counter() - started)
+
+
+def _write_record(open_file, output_dir: Path, listed: list[str], written: list[str], version: str) -> None:
+    """``pickapic-export.json``: the files the exports into the folder wrote (``listed``) and the dataset version
+    each holds (``dataset_versions``): ``version`` for the files this export ``written``, an earlier record's for
+    the files an earlier export wrote and this one kept (review rev28c: the folder named no version). Read while
+    the folder is held (:func:`formats.outputs.open_output_files`); the earlier record was checked by
+    :func:`formats.outputs.recorded_output_dir`."""
+    earlier: dict[str, str] = {}
+    data = read_small_file(output_dir / EXPORT_MARKER, 1 << 20)   # never a link followed, nor a large file read
+    try:
+        recorded = json.loads(data).get("dataset_versions") if data is not None else None
+    except (ValueError, AttributeError, RecursionError):
+        recorded = None
+    if isinstance(recorded, dict):
+        earlier = {name: value for name, value in recorded.items() if isinstance(value, str) and name in listed}
+    versions = {name: (version if name in written else earlier[name]) for name in listed
+                if name in written or name in earlier}
+    write_output_record(open_file, EXPORT_MARKER, listed, "pickapic export", {"dataset_versions": versions})
 
 
 _READ_COLUMNS = {"key": pa.types.is_string, "jpg_0_offset": pa.types.is_integer, "jpg_0_size": pa.types.is_integer,
@@ -250,7 +283,7 @@ def _export_eval_prompts(home: DataHome, root: Path, output_dir: Path, started: 
     with open_output_files(output_dir, [EVAL_PROMPTS_FILE, EXPORT_MARKER], [home.root], "--output") as open_file:
         with open_file(EVAL_PROMPTS_FILE) as handle:
             pq.write_table(table, handle, compression="zstd")
-        write_output_record(open_file, EXPORT_MARKER, listed, "pickapic export")
+        _write_record(open_file, output_dir, listed, [EVAL_PROMPTS_FILE], root.name)
     return ExportReport(root.name, output_dir, {"test_unique": len(rows)}, {"test_unique": str(final)},
                         {"test_unique": final.stat().st_size}, time.perf_counter() - started)
 

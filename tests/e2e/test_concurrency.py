@@ -28,6 +28,7 @@ import webdataset as wds
 from formats.dataset import list_versions, resolve_version
 from formats.home import DataHome
 from pipelines.publish.manifest import verify_version
+from pipelines.publish.versions import staging_root
 from pipelines.query.engine import execute
 from tests.e2e.test_crash_recovery import (  # noqa: F401  (crash_reference is a fixture
     DAY3,
@@ -215,4 +216,4 @@ def test_second_build_refuses_or_waits(crash_reference, scratch: Path, tmp_path:
     assert len(versions) == 2 and old in versions, versions
     assert os.readlink(home.datasets / "latest") == versions[-1] != old
     verify_version(resolve_version(home), checksums=True)
-    assert not list(home.datasets.glob(".partial-*"))
+    assert not list(staging_root(home.datasets).glob(".partial-*"))

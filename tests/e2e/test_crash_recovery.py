@@ -32,6 +32,7 @@ from formats.dataset import list_versions
 from formats.home import DataHome
 from formats.settings import write_settings
 from pipelines.publish.manifest import verify_version
+from pipelines.publish.versions import staging_root
 from simulator import SimConfig, simulate
 from tests.fast_tmp import build_once
 
@@ -289,7 +290,7 @@ def test_killed_build_resumes_to_identical_result(crash_reference, scratch: Path
         # 3. mid-shard: a writer process dies on its second shard, between the tar and the sidecar
         log = tmp_path / "3-shard.log"
         assert run_build(home, log, "--to", DAY2, fault="shards.after_tar:2") == -signal.SIGKILL, tail(log)
-        partials = sorted(home.datasets.glob(".partial-*"))
+        partials = sorted(staging_root(home.datasets).glob(".partial-*"))
         assert len(partials) == 1, partials
         stats = sorted(partials[0].rglob("*_stats.json"))
         tars = sorted(partials[0].rglob("*.tar"))
@@ -306,7 +307,7 @@ def test_killed_build_resumes_to_identical_result(crash_reference, scratch: Path
         assert len(versions) == 1 and not (home.datasets / "latest").exists()
         final = home.datasets / versions[0]
         verify_version(final, checksums=True)
-        assert not list(home.datasets.glob(".partial-*"))
+        assert not list(staging_root(home.datasets).glob(".partial-*"))
         resumed = {rel: (final / rel).stat().st_ino for rel in committed}
         assert resumed == committed, "shards committed before the crash were rewritten instead of resumed"
         assert lock_is_free(home)
@@ -347,7 +348,7 @@ def test_publish_killed_before_manifest_and_before_rename_resumes(crash_referenc
     try:
         log = tmp_path / "1-after-shards.log"
         assert finish(start_process(command, log, "publish.after_shards"), log) == -signal.SIGKILL, tail(log)
-        (partial,) = home.datasets.glob(".partial-*")
+        (partial,) = staging_root(home.datasets).glob(".partial-*")
         assert not (partial / "manifest.json").exists() and list(partial.rglob("*_stats.json"))
 
         log = tmp_path / "2-before-rename.log"

@@ -18,7 +18,7 @@ from formats.settings import SETTINGS_FILE, SettingsError, load, write_settings
 from pipelines import faults
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
-from pipelines.publish.versions import give_modes, open_staging
+from pipelines.publish.versions import give_modes, open_staging, staging_root
 from tests.unit.test_publish_fixtures import history_home, write_split_pairs
 
 SECRET = "fix25a secret value"
@@ -192,7 +192,7 @@ def test_a_staging_no_other_account_could_write_is_resumed(tmp_path: Path, monke
     with pytest.raises(RuntimeError, match="killed"):
         _with_umask(0o022, lambda: publish_dataset(home, CONFIG))
     monkeypatch.undo()
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     os.chmod(staging, 0o755)                     # as an earlier version made it: nobody else writes there
 
     report = _with_umask(0o022, lambda: publish_dataset(home, CONFIG))
@@ -213,7 +213,7 @@ def test_a_staging_with_a_folder_other_accounts_may_write_is_emptied_and_written
     with pytest.raises(RuntimeError, match="killed"):
         _with_umask(0o022, lambda: publish_dataset(home, CONFIG))
     monkeypatch.undo()
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     os.chmod(staging, 0o755)
     split = next(p for p in staging.iterdir() if p.is_dir())
     os.chmod(split, 0o777)                        # a folder another account could drop files into

@@ -25,6 +25,7 @@ from pipelines import faults
 from pipelines.publish import jpgdigests
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
+from pipelines.publish.versions import staging_root
 from tests.inplace import rewrite_in_place
 
 DAYS = 4
@@ -55,7 +56,7 @@ def _crashed_nightly(monkeypatch, home: DataHome, table: pa.Table) -> Path:
     with pytest.raises(RuntimeError, match="killed"):
         publish_until(home, table)
     monkeypatch.undo()
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     return staging
 
 

@@ -18,6 +18,7 @@ from test_publish_rulecache import CONFIG, _first_night
 from pipelines import faults
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.version import check_contracts, publish_dataset
+from pipelines.publish.versions import staging_root
 
 
 # --------------------------------------------------------------------------- 1. sidecar read-back on reuse
@@ -37,7 +38,7 @@ def test_a_resumed_linked_shard_gets_the_sidecar_read_back_too(tmp_path: Path, m
     with pytest.raises(RuntimeError, match="nightly failed"):
         publish_dataset(home, CONFIG)                              # committed shards stay in staging for the rerun
     monkeypatch.setattr(faults, "maybe_crash", real)
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     sidecar = min(first.path.glob("train/pickapic-*.parquet"))
     staged = staging / sidecar.relative_to(first.path)
     assert os.stat(staged).st_ino == os.stat(sidecar).st_ino      # linked by the failed run

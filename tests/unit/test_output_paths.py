@@ -298,7 +298,8 @@ def test_export_replaces_only_files_an_earlier_export_wrote(published: DataHome,
     out = tmp_path / "export"
     report = export.export_pickscore_parquet(published, None, out)
     record = json.loads((out / export.EXPORT_MARKER).read_text())
-    assert record["files"] == sorted(Path(f).name for f in report.files.values())
+    # the split files and the folder's dataset card (review rev28c)
+    assert record["files"] == sorted([*(Path(f).name for f in report.files.values()), "README.md"])
     (out / "notes.txt").write_text("the user's")                  # a file of the user's beside an export stays
     export.export_eval_prompts(published, None, out)               # the other format into the same folder
     export.export_pickscore_parquet(published, None, out)          # and the first one again

@@ -23,6 +23,7 @@ from formats.dataset import list_versions, resolve_version
 from pipelines.publish import shards
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.version import publish_dataset
+from pipelines.publish.versions import staging_root
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # tests/unit is not a package: reach tests/
 from tests.fifos import fifo_that_fails_not_hangs  # noqa: E402
@@ -203,14 +204,14 @@ def test_crash_mid_shards_leaves_latest_and_resumes(tmp_path: Path, monkeypatch:
         publish_dataset(home, FAST)
     assert _visible(home) == {"latest", first.version}
     assert resolve_version(home).name == first.version
-    (partial,) = home.datasets.glob(".partial-*")                   # hidden, resumable
+    (partial,) = staging_root(home.datasets).glob(".partial-*")                   # hidden, resumable
     # the failure cleaned up: no temp file, no shard without its commit marker (the planted half tar)
     assert not [p for p in partial.rglob("*") if p.name.endswith(".tmp")]
     assert all(dataset.shard_paths(t.parent, t.stem)[2].is_file() for t in partial.rglob("*.tar"))
     monkeypatch.setattr(shards, "write_batch", real_write)
     resumed = publish_dataset(home, FAST)
     assert resumed.shards_resumed == 6 and resumed.shards_written == 14
-    assert not list(home.datasets.glob(".partial-*"))
+    assert not list(staging_root(home.datasets).glob(".partial-*"))
     # byte-identical to an uninterrupted build of the same inputs
     clean = make_home(tmp_path / "clean", num_rankings=100, seed=1)
     make_home(clean.root, num_rankings=120, seed=2)

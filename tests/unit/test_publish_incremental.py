@@ -22,7 +22,7 @@ from pipelines.publish import chunkwriter, meta, shards
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.version import publish_dataset
-from pipelines.publish.versions import apply_retention
+from pipelines.publish.versions import apply_retention, staging_root
 
 # One shard per (split, export day): no limit or anchor cuts inside these small days, no min-shards halving.
 DAYS = 6
@@ -340,7 +340,7 @@ def test_a_full_disk_in_a_shard_writer_cleans_up_and_names_the_file(tmp_path: Pa
     with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*pickapic-.*\.tar$") as caught:
         publish_dataset(home, CONFIG)
     assert caught.value.errno == errno.ENOSPC
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")], "a temp file still holds the space"
     assert resolve_version(home) == first.path
     monkeypatch.setattr(chunkwriter.os, "write", real_write)
@@ -362,7 +362,7 @@ def test_a_full_disk_after_the_shards_cleans_up_and_names_the_path(tmp_path: Pat
     monkeypatch.setattr(meta, "write_meta", meta_then_full)
     with pytest.raises(OSError, match=r"no space left on device at .*\.partial-.*/meta/"):
         publish_dataset(home, CONFIG)
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     assert not [p for p in staging.rglob("*") if p.name.endswith(".tmp")]
     assert list(staging.glob("*/*_stats.json")), "committed shards stay for the rerun"
     monkeypatch.setattr(meta, "write_meta", real_meta)
@@ -411,7 +411,7 @@ def test_a_nightly_publish_killed_while_linking_or_writing_resumes_byte_identica
                             start_new_session=True, timeout=300)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert resolve_version(home) == first.path and list_versions(home) == [first.version]
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     assert list(staging.rglob("*_stats.json")), "something was committed before the kill"
     done = subprocess.run(command, cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -19,6 +19,7 @@ import pytest
 from formats.home import DataHome
 from pipelines.publish import jpgdigests, shards
 from pipelines.publish.chunkwriter import ChunkWriter
+from pipelines.publish.versions import staging_root
 from tests.inplace import rewrite_in_place
 
 KEYS = [f"blobs/train/{i:02d}.jpg" for i in range(6)]
@@ -290,7 +291,7 @@ def test_a_jpeg_replaced_mid_publish_fails_it_naming_the_key_and_a_rerun_publish
         publish_dataset(home, config)
     monkeypatch.undo()
     assert not (home.datasets / LATEST).exists()
-    for staging in home.datasets.glob(".partial-*"):      # only committed shards stay for a rerun
+    for staging in staging_root(home.datasets).glob(".partial-*"):      # only committed shards stay for a rerun
         for tar in staging.glob("*/*.tar"):
             assert tar.with_name(tar.name[: -len(".tar")] + "_stats.json").is_file()
 

@@ -26,6 +26,7 @@ from pipelines.publish import meta, plan, reuse, shards
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.reuse import NotReusable, link_or_copy
+from pipelines.publish.versions import staging_root
 
 DAYS = 4
 CONFIG = PublishConfig(workers=1, fsync=False, min_shards_per_split=1)
@@ -219,7 +220,7 @@ def test_a_publish_without_reuse_does_not_resume_shards_an_interrupted_run_linke
     with pytest.raises(RuntimeError, match="killed"):
         publish_until(home, full)
     monkeypatch.undo()
-    (staging,) = home.datasets.glob(".partial-*")
+    (staging,) = staging_root(home.datasets).glob(".partial-*")
     linked = [p for p in staging.rglob("*.tar") if p.stat().st_nlink > 1]
     assert linked
     again = publish_until(home, full, PublishConfig(workers=1, fsync=False, min_shards_per_split=1, reuse_shards=False))
