@@ -31,6 +31,18 @@ def fast_tmp(tmp_path: Path):
 
 
 @pytest.fixture
+def env_kept():
+    """``DAGSTER_HOME`` and ``PICKAPIC_HOME`` as they were before the test (``use_home`` sets both)."""
+    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
 def module_folder(tmp_path: Path, monkeypatch):
     """``write(name, body)``: a Python module ``name`` importable for this test (a folder put first on
     ``sys.path``); the modules written are forgotten (``sys.modules``) afterwards."""

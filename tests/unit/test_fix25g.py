@@ -26,17 +26,6 @@ VERSION = "2023-03-02-784ff62fe0"
 
 
 @pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
-@pytest.fixture
 def umask_kept():
     old = os.umask(0o022)
     os.umask(old)

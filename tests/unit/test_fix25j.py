@@ -36,17 +36,6 @@ from formats.home import DataHome
 SECRET = "Fix25jSecret"
 
 
-@pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def _reference(value: str) -> str:
     """What redact_credentials did before rev25j: its four patterns applied with re.sub (quadratic)."""
     value = text._URL_PASSWORD.sub(r"\1***@", value)

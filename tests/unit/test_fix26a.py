@@ -3,7 +3,6 @@ may hold (``formats.text.tag_holds_credential``), the check of tags added to a s
 in-process run leaves no trace in the home's Dagster folder."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -16,17 +15,6 @@ from formats.home import DataHome
 from formats.text import tag_holds_credential
 
 SECRET = "Fix26aSecret"
-
-
-@pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @pytest.mark.parametrize("value", [

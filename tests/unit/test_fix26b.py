@@ -4,7 +4,6 @@ run config (``formats.text.redact_credentials``), a refused run's plain tags kep
 added again to a stored run (Dagster's reindex), a backfill's title."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -25,17 +24,6 @@ from formats.settings import holds_credential
 from formats.text import credential_name, redact_credentials, tag_holds_credential
 
 SECRET = "Fix26bSecret"
-
-
-@pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 def _holding(home: DataHome, text: str) -> list[str]:

@@ -49,17 +49,6 @@ def _holding(dagster_home: Path, text: str) -> list[str]:
     return sorted(found)
 
 
-@pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def test_a_refusal_caused_by_the_settings_file_neither_shows_nor_stores_its_credential(webserver) -> None:
     port, home = webserver
     secret = "StagingSecret25j"

@@ -13,7 +13,6 @@ the new run storage writes no longer says what happened.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import dagster as dg
@@ -22,17 +21,6 @@ import pytest
 from dagster_project.build import use_home
 from dagster_project.coordinator import REFUSED_TAG, RunConfigRefused
 from formats.home import DataHome
-
-
-@pytest.fixture
-def env_kept():
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
 
 
 @dg.asset(config_schema={"staging": str})

@@ -295,19 +295,6 @@ def test_rows_whose_images_are_missing_cost_no_memory_per_row(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ secrets
-@pytest.fixture
-def env_kept():
-    import os
-
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
-    yield
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-
-
 def test_a_credential_in_init_from_never_reaches_the_run_history(tmp_path, env_kept):
     import dagster as dg
 

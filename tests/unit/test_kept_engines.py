@@ -62,8 +62,7 @@ def test_a_forked_child_gets_engines_of_its_own(tmp_path: Path) -> None:
     os.close(read)
 
 
-def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(fast_tmp: Path) -> None:
-    saved = {name: os.environ.get(name) for name in ("DAGSTER_HOME", "PICKAPIC_HOME")}
+def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(fast_tmp: Path, env_kept) -> None:
     home = DataHome(fast_tmp / "home")
     use_home(home)
 
@@ -71,22 +70,15 @@ def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(
     def one() -> int:
         return 1
 
-    try:
-        with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
-            assert isinstance(instance.run_storage, CheckedSqliteRunStorage)
-            assert isinstance(instance.event_log_storage, KeptEngineSqliteEventLogStorage)
-            runs = [dg.materialize([one], instance=instance).run_id for _ in range(3)]
-            assert all(instance.get_run_by_id(run).status == dg.DagsterRunStatus.SUCCESS for run in runs)
-            assert len(instance.fetch_materializations(dg.AssetKey("one"), limit=10).records) == 3
-            for run in runs:
-                assert any(e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_SUCCESS
-                           for e in instance.all_logs(run))
-            kept = {url for pid, url in ENGINES._kept if pid == os.getpid()}
-            assert any(url.endswith("runs.db") for url in kept)
-            assert any(url.endswith(f"{runs[-1]}.db") for url in kept)
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
+        assert isinstance(instance.run_storage, CheckedSqliteRunStorage)
+        assert isinstance(instance.event_log_storage, KeptEngineSqliteEventLogStorage)
+        runs = [dg.materialize([one], instance=instance).run_id for _ in range(3)]
+        assert all(instance.get_run_by_id(run).status == dg.DagsterRunStatus.SUCCESS for run in runs)
+        assert len(instance.fetch_materializations(dg.AssetKey("one"), limit=10).records) == 3
+        for run in runs:
+            assert any(e.dagster_event and e.dagster_event.event_type == dg.DagsterEventType.RUN_SUCCESS
+                       for e in instance.all_logs(run))
+        kept = {url for pid, url in ENGINES._kept if pid == os.getpid()}
+        assert any(url.endswith("runs.db") for url in kept)
+        assert any(url.endswith(f"{runs[-1]}.db") for url in kept)
