@@ -10,6 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from curation_fixtures import HomeBuilder, build_all
+from test_fix28b import _banned_home
 
 from data_contracts.engine import evaluate, load_contract
 from formats.files import write_parquet_atomic
@@ -121,13 +122,7 @@ def _rule_values(home) -> dict[str, float]:
     (set(), {"decisions_banned_user_rankings_dropped": 0, "pairs_no_banned_user": 0}),       # as built
 ])
 def test_the_banned_user_rules_count_only_drops_and_find_the_user_whatever_its_keep(tmp_path, kept, expected):
-    hb = HomeBuilder(tmp_path)
-    hb.pair(1, user=5)
-    hb.pair(2, user=5)
-    hb.pair(3, user=6)
-    hb.banned = [5]
-    home = hb.write()
-    build_all(home)
+    home = _banned_home(tmp_path)
     table = pq.read_table(home.table_file("decisions"))
     rows = table.to_pylist()
     for row in rows:
