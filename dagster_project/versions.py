@@ -76,8 +76,10 @@ CODE_VERSIONS: dict[str, str] = {
                           #    no NSFW class, that no NSFW filter was applied (rev28d); pickapic-wds/6: a shard named
                           #    by a digest of what it holds (rev28c); the partial version staged in
                           #    datasets/pickapic.staging/, outside the versions' folder
-    "model": "2",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
+    "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
+                          # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
+                          #    refused; best_of_n's scores from batches of one fixed shape (rev28e)
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 FEATURE_DATASETS = ("image_features", "image_rejects")

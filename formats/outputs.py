@@ -384,7 +384,7 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     if not stat.S_ISDIR(info.st_mode):
         raise RefusedOutput(f"{flag} {path}: {final} is {entry_kind(info.st_mode)}; give a new folder or one this command "
                             "wrote before")
-    _refuse_linked_subfolders(final, markers, flag, path)
+    refuse_linked_subfolders(final, markers, flag, path)
     debris = temp_names(leftovers) if leftovers else None
     with os.scandir(final) as entries:      # a killed run's temp files of its own names do not count ...
         empty = not any(debris is None or not debris.fullmatch(entry.name) or not entry.is_file(follow_symlinks=False)
@@ -397,7 +397,7 @@ def check_output_dir(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     return final
 
 
-def _refuse_linked_subfolders(final: Path, markers: Sequence[str], flag: str, given: object) -> None:
+def refuse_linked_subfolders(final: Path, markers: Sequence[str], flag: str, given: object) -> None:
     """Refuse an earlier output whose known subfolders (every folder on the way to a marker, e.g. a run's
     ``checkpoints/``, ``best/``, ``init/``) include a symbolic link: the command would write and delete
     there, inside whatever the link points to."""

@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import stat
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,16 +31,22 @@ import pyarrow.parquet as pq
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
-from formats.outputs import check_output_dir
+from formats.outputs import check_output_dir, refuse_linked_subfolders
 from simulator import candidates as C
 from training.figures import pyplot, save_figure
 from training.rerank import read_candidate_folder, rerank
 from training.score_cli import score_rows
 
 DEFAULT_NS = (1, 2, 4, 8)
+# Written by best-of-n into its output folder before it deletes or writes anything there: the folder is best-of-n's
+MARKER = ".best_of_n"
 # What only a best-of-n run makes in its output folder: a non-empty --output holding none of these is refused
-# (review rev28a: the candidates/ of a user's folder were deleted), and each folder on the way to one is never a link
-OUTPUT_MARKERS = ("best_of_n.json", f"candidates/{C.TRUTH_FILE}", ".candidates.tmp", "rerank/scores.parquet")
+# (review rev28a: the candidates/ of a user's folder were deleted), and each folder on the way to one is never a link.
+# Not rerank/scores.parquet: `pickapic rerank --output project/rerank` makes that beside a user's own candidates/
+# (review rev28e), and a rerank output alone is no best-of-n output
+OUTPUT_MARKERS = (MARKER, "best_of_n.json", f"candidates/{C.TRUTH_FILE}", ".candidates.tmp")
+# What it writes in its output folder: no folder on the way to one may be a link
+WRITTEN = (*OUTPUT_MARKERS, "rerank/scores.parquet")
 
 
 def pick_utilities(utility: np.ndarray, scores: np.ndarray, k: int) -> dict[str, float]:
@@ -180,11 +187,15 @@ def run_best_of_n(ground_truth: Path, version_dir: Path, model_dir: Path, output
     if not prompts:
         raise ValueError(f"{version_dir} has no test_unique prompts to generate for")
     # candidates are rebuilt from scratch beside the old ones and swapped in: no stale files from a larger n
-    folder, staging = output_dir / "candidates", output_dir / ".candidates.tmp"
+    folder, staging, old = output_dir / "candidates", output_dir / ".candidates.tmp", output_dir / ".candidates.old"
+    _claim(output_dir, folder)
     shutil.rmtree(staging, ignore_errors=True)
     truth_path = C.write_candidates(staging, prompts, generator, n, image_size, seed)
-    shutil.rmtree(folder, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(folder):
+        folder.rename(old)      # out of the way in one step: a killed run never leaves a half-deleted candidates/
     staging.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
     truth = pq.read_table(folder / truth_path.name).to_pydict()
     rows = read_candidate_folder(folder)
     scorers = {"trained": model_dir, **({"untrained": untrained_dir} if untrained_dir is not None else {})}
@@ -214,6 +225,22 @@ def run_best_of_n(ground_truth: Path, version_dir: Path, model_dir: Path, output
     result.chart_path = str(write_chart(result, output_dir / "best_of_n.png"))
     write_bytes_atomic(output_dir / "best_of_n.json", (json.dumps(result.to_dict(relative=True), indent=1, sort_keys=True) + "\n").encode())
     return result
+
+
+def _claim(output_dir: Path, folder: Path) -> None:
+    """Before anything in ``output_dir`` is deleted: refuse a ``candidates/`` that best-of-n did not write (no
+    ``truth.parquet`` of its own: a user's candidates, review rev28e) and mark the folder as best-of-n's
+    (:data:`MARKER`), so that a run killed before ``best_of_n.json`` leaves a folder the next run recognises."""
+    try:
+        info = os.lstat(folder)
+    except FileNotFoundError:
+        info = None
+    if info is not None and (not stat.S_ISDIR(info.st_mode) or not os.path.lexists(folder / C.TRUTH_FILE)):
+        raise ValueError(f"{folder} was not written by best-of-n (no {C.TRUTH_FILE} in it) and is never replaced; "
+                         "give a new or empty output folder")
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if not os.path.lexists(output_dir / MARKER):
+        write_bytes_atomic(output_dir / MARKER, b"written by python -m simulator.best_of_n\n")
 
 
 def untrained_model_dir(best_dir: Path) -> Path | None:
@@ -268,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     output = args.output or args.model.parent / "best_of_n"
     # as `pickapic rerank --output`: a new or empty folder or an earlier best-of-n output, never a link, a file or a
     # data home's pipeline folder (its models/ holds the runs' own best_of_n/); checked before anything is written
-    check_output_dir(output, [DataHome(args.home).root], "--output", markers=OUTPUT_MARKERS, in_home=True)
+    final = check_output_dir(output, [DataHome(args.home).root], "--output", markers=OUTPUT_MARKERS, in_home=True)
+    refuse_linked_subfolders(final, WRITTEN, "--output", output)   # rerank/ too: it writes there
     # the version held for reading (a shared lock on its folder, as every reader of a version: README section 6)
     with dataset.reading_version(DataHome(args.home), args.version) as version_dir, _guarded(args.model, output):
         result = run_best_of_n(args.ground_truth or DataHome(args.home).ground_truth, version_dir, args.model, output,

@@ -7,6 +7,7 @@ module, so ``--help`` answers at once; torch loads when a run starts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -67,14 +68,17 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def run_from_args(args: argparse.Namespace) -> Any:
     """Train from parsed flags; rank 0 prints each event and a JSON summary."""
+    from formats.dataset import resolve_data_dir
     from formats.home import DataHome
     from formats.outputs import check_output_dir
-    from training.runs import RUN_MARKERS
+    from training.runs import RUN_MARKERS, check_run_folder_version
     from training.train import train
 
     # a new or empty folder or an earlier run's (resumed), never a link, a file or a pipeline folder of a data home
-    check_output_dir(args.output_dir, [DataHome.at(getattr(args, "home", None)).root], "--output-dir", in_home=True,
-                     markers=list(RUN_MARKERS))
+    home = DataHome.at(getattr(args, "home", None))
+    check_output_dir(args.output_dir, [home.root], "--output-dir", in_home=True, markers=list(RUN_MARKERS))
+    with contextlib.suppress(OSError):      # a missing data_dir is the trainer's own one-line error
+        check_run_folder_version(args.output_dir, home, resolve_data_dir(args.data_dir), "--output-dir")
 
     def show(event: dict[str, Any]) -> None:
         if event["event"] != "done":       # a reader gone (| head) drops the lines, never the training

@@ -19,6 +19,7 @@ import json
 import math
 import os
 import random
+import re
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -391,10 +392,34 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
             yield current
 
 
+# Runs of the blanks that CLIP's tokenizers (slow: BasicTokenizer + whitespace_clean; fast: its normalizer's \s+)
+# both read as one space between words: Python's \s less the control characters (category Cc) the slow tokenizer
+# deletes instead (\x0b, \x0c, \x1c-\x1f, \x85), which may join the words on either side
+_BLANKS = re.compile(r"[^\S\x0b\x0c\x1c-\x1f\x85]+")
+
+
 def bounded_caption(caption: str) -> str:
-    """``caption`` cut to its first :data:`MAX_CAPTION_CHARS` characters (unchanged when shorter): what a
-    tokenizer is given, so a huge caption never costs more than a normal one."""
-    return caption if len(caption) <= MAX_CAPTION_CHARS else caption[:MAX_CAPTION_CHARS]
+    """``caption`` as a tokenizer is given it, so a huge caption never costs more than a normal one: unchanged when
+    it has at most :data:`MAX_CAPTION_CHARS` characters; else its runs of blanks read as one space and the blanks
+    at its ends left out (as the tokenizer reads them: the same tokens), then cut to its first
+    :data:`MAX_CAPTION_CHARS` characters (review rev28e: 16,400 blanks before the words were cut off with them,
+    so the training read an empty caption where `pickapic score` reads the words)."""
+    if len(caption) <= MAX_CAPTION_CHARS:
+        return caption
+    pieces, size, start = [], 0, 0     # read only as far as the cut: a huge caption is never copied whole
+    for blanks in _BLANKS.finditer(caption):
+        if blanks.start() > start:
+            pieces.append(caption[start:min(blanks.start(), start + MAX_CAPTION_CHARS - size)])
+            size += len(pieces[-1])
+        if size >= MAX_CAPTION_CHARS:
+            break
+        if size:                        # the blanks before the first word are left out
+            pieces.append(" ")
+            size += 1
+        start = blanks.end()
+    else:
+        pieces.append(caption[start:start + max(0, MAX_CAPTION_CHARS - size)])
+    return "".join(pieces)[:MAX_CAPTION_CHARS].rstrip(" ")
 
 
 def _where(sample: dict[str, Any]) -> str:
@@ -469,13 +494,37 @@ def _label_pair(sample: dict[str, Any], meta: dict[str, Any]) -> tuple[float, fl
     would turn the loss NaN and read as a divergence, and 3 / -2 trains a 'probability' of -2)."""
     values = (meta.get("label_0"), meta.get("label_1"))
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-        raise ValueError(f"{_where(sample)}: label_0={values[0]!r}, label_1={values[1]!r} are not two numbers; "
-                         "republish the version")
-    label = (float(values[0]), float(values[1]))
+        raise ValueError(f"{_where(sample)}: label_0={_shown_number(values[0])}, "
+                         f"label_1={_shown_number(values[1])} are not two numbers; republish the version")
+    try:
+        label = (float(values[0]), float(values[1]))
+    except OverflowError:   # a JSON integer past 1e308 (review rev28e): no preference either
+        label = (math.inf, math.inf)
     if not (all(math.isfinite(v) and 0.0 <= v <= 1.0 for v in label) and abs(label[0] + label[1] - 1.0) <= 1e-6):
-        raise ValueError(f"{_where(sample)}: label_0={values[0]!r}, label_1={values[1]!r} are no preference (two "
+        raise ValueError(f"{_where(sample)}: label_0={_shown_number(values[0])}, "
+                         f"label_1={_shown_number(values[1])} are no preference (two "
                          "numbers in [0, 1] summing to 1: 1/0, 0/1 or 0.5/0.5 for a tie); republish the version")
     return label
+
+
+def _count(n: Any) -> float | None:
+    """``num_example_per_prompt`` as a float when it is a count (a whole number >= 1 that a float holds: 2 and 2.0;
+    review rev28e: a count of 1e-300 weighted its pair 1e300 and read as a divergence, 0.5 doubled a pair's
+    weight, and 10 ** 400 raised a bare OverflowError); None otherwise."""
+    if isinstance(n, bool) or not isinstance(n, (int, float)):
+        return None
+    try:
+        count = float(n)
+    except OverflowError:
+        return None
+    return count if math.isfinite(count) and count >= 1.0 and count.is_integer() else None
+
+
+def _shown_number(value: Any) -> str:
+    """``repr(value)``, an integer of many digits shortened (a message is one short line)."""
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10 ** 30:
+        return f"an integer of about {int(abs(value).bit_length() * 0.30103) + 1} digits"
+    return repr(value)[:80]
 
 
 def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
@@ -490,14 +539,15 @@ def pair_meta(sample: dict[str, Any]) -> dict[str, Any]:
     n = meta.get("num_example_per_prompt")
     if n is None and isinstance(meta.get("prompt_key"), str) and "__url__" in sample:
         n = prompt_counts(os.path.dirname(sample["__url__"])).get(meta["prompt_key"])
-    if isinstance(n, bool) or not isinstance(n, (int, float)) or not math.isfinite(n) or n <= 0:
-        raise ValueError(f"{_where(sample)}: num_example_per_prompt={n!r} must be a positive count; "
-                         "republish the version")
+    count = _count(n)
+    if count is None:
+        raise ValueError(f"{_where(sample)}: num_example_per_prompt={_shown_number(n)} must be a count of pairs "
+                         "(a whole number, 1 or more); republish the version")
     return {
         "key": key,
         "caption": bounded_caption(_caption(sample, meta)),
         "label": _label_pair(sample, meta),
-        "weight": 1.0 / float(n),
+        "weight": 1.0 / count,
         "model_0": str(meta.get("model_0", "")),
         "model_1": str(meta.get("model_1", "")),
     }

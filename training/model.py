@@ -110,7 +110,8 @@ _FOLDED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
 def shown_path(value: str | os.PathLike) -> str:
     """A model or processor folder as a message shows it: a credential in it hidden (an ``init_from`` or ``--model``
     given as a link such as ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``:
-    :func:`formats.text.redact_credentials`), also where ``Path`` folded the link's ``//`` into ``/``. A path without
+    :func:`formats.text.redact_credentials`), also where ``Path`` folded the link's ``//`` into ``/``, and a link's
+    fragment (``https://host/repo#***``, where a token may be passed as ``#access_token=...``). A path without
     a credential is shown as it is (review rev28a: the trainer's refusal quoted the token into Dagster's run history)."""
     text = os.fspath(value)
     if isinstance(text, bytes):
@@ -118,9 +119,12 @@ def shown_path(value: str | os.PathLike) -> str:
     folded = _FOLDED_SCHEME.match(text)
     link = text[:folded.end()] + "/" + text[folded.end():] if folded else text
     hidden = redact_credentials(link)
-    if hidden != link:
-        return hidden
-    hidden = redact_credentials(text)
+    if hidden == link:
+        hidden = redact_credentials(text)
+    if folded or "://" in hidden:   # a link's fragment (#access_token=...: review rev28e) is never shown
+        hash_at = hidden.find("#")
+        if 0 <= hash_at < len(hidden) - 1:
+            hidden = hidden[:hash_at + 1] + "***"
     return hidden
 
 

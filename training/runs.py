@@ -689,6 +689,7 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
         if config.output_dir:
             check_run_output_dir(config.output_dir, home)
             version_dir = _version_to_read(home, config, reading)
+            check_run_folder_version(config.output_dir, home, version_dir)
             config = config.replace(data_dir=str(version_dir))
             return TrainedLatest(version_dir, config, train(config, on_event=on_event))
         with _runs_lock(home, progress):   # `latest` read with the lock held: no retention between it and the record
@@ -724,6 +725,29 @@ def check_run_output_dir(output_dir: str | os.PathLike, home: DataHome, flag: st
     from formats.outputs import check_output_dir
 
     return check_output_dir(output_dir, [home.root], flag, in_home=True, markers=list(RUN_MARKERS))
+
+
+def check_run_folder_version(output_dir: str | os.PathLike, home: DataHome, version_dir: Path,
+                             flag: str = "output_dir") -> None:
+    """Refuse an ``output_dir`` inside the home's :func:`runs_folder` other than the run folder of the version
+    trained on (``version_dir``): a run folder holds only a model of the version it is named after (review rev28e:
+    an older version trained into `latest`'s run folder was published as `latest`'s model), and the folder itself,
+    another version's run folder, a folder inside a run folder and retention's ``.deleting-<version>`` are never a
+    run's output. A :class:`formats.outputs.RefusedOutput` naming ``flag``; links are resolved as the check of the
+    output folder resolves them."""
+    from formats.outputs import RefusedOutput
+
+    given = Path(output_dir).expanduser()
+    final = Path(os.path.realpath(given if given.is_absolute() else Path.cwd() / given))
+    folder = Path(os.path.realpath(runs_folder(home)))
+    if final != folder and folder not in final.parents:
+        return
+    own = folder / Path(version_dir).name
+    if final != own:
+        raise RefusedOutput(f"{flag} {output_dir}: {final} is {'the' if final == folder else 'inside the'} folder of "
+                            f"the home's model runs, where a run folder is named after the version it trains on and "
+                            f"holds only its model; this training reads {Path(version_dir).name}: give {own} or a "
+                            "folder outside it")
 
 
 def _version_to_read(home: DataHome, config: "TrainConfig", reading: contextlib.ExitStack) -> Path:

@@ -13,7 +13,9 @@ A missing or unreadable image becomes a row with ``error`` set (``missing_file``
 ``training.data.MAX_ASPECT`` or a resize above ``MAX_RESIZED_PIXELS``; ``unsupported_mode``: 16-bit grayscale,
 32-bit or float pixels, CMYK / YCbCr / LAB, refused as the features stage refuses them; ``non_finite_score``: the
 model gave NaN or infinity) and never stops the batch. Work is batched:
-each distinct prompt is embedded once, images ``batch_size`` at a time; only the small embeddings are kept.
+each distinct prompt is embedded once, images ``batch_size`` at a time; only the small embeddings are kept. Each
+prompt and image goes through the model in a batch of one fixed shape (alone on CPU, ``batch_size`` rows on CUDA):
+its score never depends on which other rows it was scored with.
 """
 from __future__ import annotations
 
@@ -165,6 +167,12 @@ class Scorer:
         self.clip = clip.eval().to(self.device)
         self.spec = ImageSpec.from_processor(self.processor.image_processor)
         self.batch_size = batch_size
+        # rows of every forward pass: a model's numbers for one input vary with the shape of the batch it is in
+        # (padding, kernels chosen by size), so each input is embedded in a batch of one fixed shape whatever shares
+        # it (review rev28e: a prompt scored 2,048 rows at a time got another score in each chunk). One on CPU (the
+        # input alone: as fast per input there); batch_size on CUDA, a short batch filled up (blank prompts, black
+        # images) and texts padded to max_length, whose rows a GPU computes alike wherever they sit
+        self.forward_rows = batch_size if self.device.type == "cuda" else 1
         # 77 for CLIP; a scratch model's max_length; a run's checkpoint: the max_length the run trained and
         # evaluated with (its train_config.json), so these scores equal its evaluation's
         self.max_length = min(text_positions(clip), recorded_max_length(model_dir) or text_positions(clip))
@@ -173,20 +181,29 @@ class Scorer:
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
         """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate to
         ``max_length``: the model's text length, 77 for CLIP, or the run's recorded ``max_length``)."""
-        chunks = []
-        for start in range(0, len(prompts), self.batch_size):
-            tokens = self.processor.tokenizer(list(prompts[start:start + self.batch_size]), padding=True,
+        chunks, rows = [], self.forward_rows
+        for start in range(0, len(prompts), rows):
+            batch = list(prompts[start:start + rows])
+            tokens = self.processor.tokenizer(batch + [""] * (rows - len(batch)),
+                                              padding="max_length" if rows > 1 else True,
                                               truncation=True, max_length=self.max_length, return_tensors="pt")
             out = self.clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
                                               attention_mask=tokens["attention_mask"].to(self.device))
-            chunks.append(_normalised(out))
+            chunks.append(_normalised(out)[:len(batch)])
         return torch.cat(chunks) if chunks else torch.empty(0)
 
     @torch.no_grad()
     def embed_pixels(self, pixels: np.ndarray) -> torch.Tensor:
-        """Normalised image embeddings of preprocessed ``pixels`` [N, 3, crop, crop]."""
-        out = self.clip.get_image_features(pixel_values=torch.from_numpy(pixels).to(self.device))
-        return _normalised(out)
+        """Normalised image embeddings of preprocessed ``pixels`` [N, 3, crop, crop], :attr:`forward_rows` at a
+        time (a short batch filled up with black images): an image's embedding never depends on what shares it."""
+        chunks, rows = [], self.forward_rows
+        for start in range(0, len(pixels), rows):
+            batch = pixels[start:start + rows]
+            if len(batch) < rows:
+                batch = np.concatenate([batch, np.zeros((rows - len(batch), *batch.shape[1:]), batch.dtype)])
+            out = self.clip.get_image_features(pixel_values=torch.from_numpy(np.ascontiguousarray(batch)).to(self.device))
+            chunks.append(_normalised(out)[:min(rows, len(pixels) - start)])
+        return torch.cat(chunks) if chunks else torch.empty(0)
 
     def score(self, prompt: str, images: Sequence[ImageInput]) -> list[ImageScore]:
         """Scores of ``images`` for ``prompt`` and their softmax preference among them (errors as rows)."""

@@ -178,7 +178,7 @@ def test_best_of_n_by_hand_refuses_an_output_in_the_home_or_through_a_link(tmp_p
     assert check_output_dir(earlier, [home.root], "--output", markers=OUTPUT_MARKERS, in_home=True) == earlier
     (earlier / "rerank").symlink_to(tmp_path / "real")    # an earlier output whose rerank/ is a link
     with pytest.raises(RefusedOutput, match="symbolic link"):
-        check_output_dir(earlier, [home.root], "--output", markers=OUTPUT_MARKERS, in_home=True)
+        main(["--home", str(home.root), "--model", str(tmp_path / "run" / "best"), "--output", str(earlier)])
 
 
 # ------------------------------------------------------------------------------------------ evaluation splits
