@@ -10,6 +10,9 @@ Run for real: tiny CPU trainings on synthetic versions in the publish layout (``
 ``preference_model``, the real ``pickapic rerank`` command and ``python -m simulator.best_of_n``, and the real
 ``Scorer`` on a saved tiny model.
 
+Filed as eight strict xfails; all seven defects fixed the same day by fix28e (``tests/unit/test_fix28e.py``), and the
+tests now pass as plain tests.
+
 Reviewed and found sound (no test here): a run-config ``output_dir`` that is a symbolic link, has a linked parent,
 climbs through ``..`` into a pipeline folder, or is a published version is refused; resuming a run into the same
 ``output_dir``, the weekly training of `latest` after a ``data_dir`` training, and a home whose version another
@@ -28,7 +31,6 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -36,7 +38,7 @@ from PIL import Image
 
 from formats.home import DataHome
 from tests.unit.test_fix28a import _sample
-from tests.unit.test_hostile_rev28a import TINY, _rewrite_split, _set_meta, _simulated_home, _version, env_kept  # noqa: F401
+from tests.unit.test_hostile_rev28a import TINY, _rewrite_split, _set_meta, _simulated_home, _version  # noqa: F401
 from training import runs
 from training.synthetic import tiny_config, write_synthetic_version
 
@@ -44,14 +46,6 @@ SIZES = {"train": 16, "validation": 8, "test": 8, "validation_unique": 8, "test_
 
 
 # ------------------------------------------------------------------------------------------ data loss
-@pytest.mark.xfail(strict=True, reason=(
-    "python -m simulator.best_of_n --output accepts any folder holding one of OUTPUT_MARKERS; a user's project "
-    "folder with their own candidates/ (prompt subfolders of images) and a rerank/ made by `pickapic rerank "
-    "--candidates project/candidates --output project/rerank` holds rerank/scores.parquet, so it is taken for an "
-    "earlier best-of-n output and best-of-n deletes the user's candidates/ with rmtree (the data loss rev28a filed, "
-    "through a layout rerank itself makes). Expected: refused (nothing deleted) unless the folder is a best-of-n "
-    "output (its best_of_n.json / candidates/truth.parquet), or candidates/ only replaced when best-of-n made it"
-))
 def test_best_of_n_never_deletes_a_users_candidates_beside_their_rerank_output(tmp_path):
     from dagster_project.cli import main as pickapic
     from simulator.best_of_n import main
@@ -75,14 +69,6 @@ def test_best_of_n_never_deletes_a_users_candidates_beside_their_rerank_output(t
 
 
 # ------------------------------------------------------------------------------------------ wrong published data
-@pytest.mark.xfail(strict=True, reason=(
-    "runs.check_run_output_dir accepts, as a run-config output_dir, the home's run folder of another version: "
-    "data_dir = an older version with output_dir = HOME/models/preference_model/<latest> trains the old version "
-    "into latest's run folder, preference_model_eval then publishes eval.json there as latest's model, and the next "
-    "weekly training of latest is refused ('cannot resume ... trained on the dataset version <old>'): what rev28a "
-    "filed for a data_dir alone. Expected: an output_dir that is a version-named folder of the home's "
-    "models/preference_model/ is refused unless it is the trained version's own run folder"
-))
 def test_an_output_dir_naming_another_versions_run_folder_is_refused(tmp_path):
     home = DataHome.at(tmp_path / "home")
     old = write_synthetic_version(home.root / "datasets" / "pickapic" / "2023-03-01-0000000000", SIZES, image_px=32,
@@ -96,13 +82,7 @@ def test_an_output_dir_naming_another_versions_run_folder_is_refused(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ secrets
-@pytest.mark.xfail(strict=True, reason=(
-    "model.shown_path hides a URL's user:password and its query, but not a token in its fragment: init_from = "
-    "'https://huggingface.co/<repo>#access_token=hf_...' in the settings file is quoted whole by the trainer's "
-    "refusal ('model dir ... is not a directory') into Dagster's run history and captured logs. Expected: the "
-    "token never reaches any file of the home's Dagster folder"
-))
-def test_a_token_in_init_froms_url_fragment_never_reaches_the_run_history(tmp_path, env_kept):  # noqa: F811
+def test_a_token_in_init_froms_url_fragment_never_reaches_the_run_history(tmp_path, env_kept):
     import dagster as dg
 
     from dagster_project.assets.model import preference_model
@@ -127,14 +107,6 @@ def test_a_token_in_init_froms_url_fragment_never_reaches_the_run_history(tmp_pa
 
 
 # ------------------------------------------------------------------------------------------ pickapic score / rerank
-@pytest.mark.xfail(strict=True, reason=(
-    "score_rows gives the scorer 2,048 rows at a time and the scorer embeds each call's distinct prompts in "
-    "padded batches, so a prompt's text embedding (and every score of it) depends on which prompts share its "
-    "chunk: in one table the same (prompt_id, prompt, image) scores -1.1679747 in one chunk and -1.1679753 in the "
-    "next, its preference differs and duplicate candidates are ranked by float noise instead of input order "
-    "(scored whole, as before the fix, each such row got one score). Expected: a row's score does not depend on "
-    "the chunk it was scored in: identical rows of a table get one score and consecutive ranks in input order"
-))
 def test_identical_rows_in_different_chunks_get_one_score(tmp_path):
     from training.data import iter_captions
     from training.model import build_model, save_checkpoint
@@ -162,12 +134,6 @@ def test_identical_rows_in_different_chunks_get_one_score(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ bad samples
-@pytest.mark.xfail(strict=True, reason=(
-    "_label_pair and pair_meta check labels and counts with float(v) and math.isfinite(n), which raise a bare "
-    "OverflowError ('int too large to convert to float') for a JSON integer past 1e308: the training stops with "
-    "that library error naming no shard or sample. Expected: the one-line ValueError naming shard and key that "
-    "every other malformed label or count gets"
-))
 @pytest.mark.parametrize("meta", [{"label_0": 10 ** 400, "label_1": 0}, {"num_example_per_prompt": 10 ** 400}],
                          ids=["label", "count"])
 def test_a_huge_integer_label_or_count_is_a_one_line_error_naming_the_sample(meta):
@@ -180,13 +146,6 @@ def test_a_huge_integer_label_or_count_is_a_one_line_error_naming_the_sample(met
     assert "tr000007" in message and "pickapic-train-000003.tar" in message and "\n" not in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "num_example_per_prompt is taken when it is any finite number > 0: a count of 1e-300 (no count: a count is a "
-    "whole number >= 1) weights its pair 1e300, the loss turns NaN at step 1 and the bad data is reported as a "
-    "divergence ('rerun with a lower learning_rate', diverged.json written), the case the fix closed for NaN "
-    "labels; a count of 0.5 trains its pair at weight 2. Expected: a count below 1 is a one-line ValueError naming "
-    "shard and key, never a divergence, and no diverged.json or metrics.json"
-))
 def test_a_count_below_one_is_bad_data_not_a_divergence(tmp_path):
     from training.train import TrainingDiverged, train
 
@@ -201,14 +160,6 @@ def test_a_count_below_one_is_bad_data_not_a_divergence(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ captions
-@pytest.mark.xfail(strict=True, reason=(
-    "bounded_caption cuts a caption to its first 16,384 characters, not to what the tokenizer reads: a caption of "
-    "16,400 blanks then 'a red cube' is trained and evaluated as an empty text (BOS, EOS), while `pickapic score` "
-    "(Scorer.embed_texts, which tokenizes the prompt whole up to 64 KiB) reads its words, so the run's evaluation and "
-    "its scores of the same prompt disagree (README: 'shorter captions are tokenized as before', and a caption "
-    "is cut only where its tokens are cut off anyway). Expected: the cut caption tokenizes to the same 77-token "
-    "ids as the whole caption"
-))
 def test_a_cut_caption_tokenizes_as_the_whole_caption(tmp_path):
     from training.data import ImageSpec, PairCollator
     from training.model import train_tokenizer
