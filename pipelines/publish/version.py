@@ -99,6 +99,7 @@ from pipelines.publish.versions import (
     open_staging_root,
     publish_lock,
     remove_mode_copies,
+    sweep_staging_root,
     sweep_stale,
 )
 from pipelines.splits import coverage
@@ -157,6 +158,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         keep = f"{STAGING_PREFIX}{version}"
         if staging_dir != home.datasets:
             notes += sweep_stale(staging_dir, keep)   # a rerun that finds its version too
+        else:   # staged among the versions (on another file system): what staged beside them before is stale
+            notes += sweep_staging_root(home.datasets)
         # the versions' folder: retention's leftovers, and the stagings of code before review rev28c (staged there)
         notes += sweep_stale(home.datasets, keep if staging_dir == home.datasets else "")
         if check_version_name(home.datasets, version):

@@ -143,6 +143,24 @@ def staging_root(datasets: Path) -> Path:
     return datasets.parent / f"{datasets.name}.{STAGING_SUFFIX}"
 
 
+def sweep_staging_root(datasets: Path) -> list[str]:
+    """Where the versions are staged among themselves (the fallback of :func:`open_staging_root`, the versions'
+    folder on another file system): the stagings left in :func:`staging_root` before are stale, swept as
+    :func:`sweep_stale` sweeps (review rev28f: a ``.partial-<version>`` left there stayed for good), and the
+    folder removed once empty (it is only made to stage in). A link or a file there is left as it is."""
+    root = staging_root(datasets)
+    try:
+        info = os.lstat(root)
+    except FileNotFoundError:
+        return []
+    if not stat.S_ISDIR(info.st_mode):
+        return []
+    notes = sweep_stale(root, "")
+    with contextlib.suppress(OSError):     # not empty (a user's file, a staging left with a note): kept
+        os.rmdir(root)
+    return notes
+
+
 def open_staging_root(datasets: Path) -> Path:
     """The folder to stage a version in: :func:`staging_root`, made (with this run's umask) where missing.
 
@@ -165,7 +183,7 @@ def open_staging_root(datasets: Path) -> Path:
 
 def open_folders(home: DataHome) -> list[str]:
     """Give the folders on the way to the versions, ``datasets/`` and ``datasets/pickapic/`` (and the staging
-    folder beside, :func:`staging_root`), the permission bits this run's umask gives a new folder where they
+    folder beside, :func:`staging_root`), the read and search bits this run's umask gives a new folder where they
     lack them; return a note per folder changed.
 
     They are made by the first publish, with its umask: after one under umask 077 (0700), every later version
@@ -175,7 +193,9 @@ def open_folders(home: DataHome) -> list[str]:
     on a shared home stays. Only what a publish makes there is touched: a real folder (a symbolic link, a user's
     layout such as ``datasets`` on another disk, is never followed or changed) of this account; the data home
     itself and anything above it are never touched."""
-    want = 0o777 & ~current_umask()
+    # read and search only: a write bit would undo a folder locked by hand (0555, to keep a version from
+    # retention) and give a group (umask 002) the right to plant or delete versions and `latest` (review rev28f)
+    want = 0o555 & ~current_umask()
     notes = []
     for folder in (home.datasets.parent, home.datasets, staging_root(home.datasets)):
         try:

@@ -19,7 +19,8 @@ at ``shards.after_tar`` (1st and 3rd), ``publish.after_link`` (1st and 3rd), ``p
 ``publish.before_rename`` and ``publish.before_switch`` of a nightly (2 workers, retention 1) never showed a partial
 version among the versions, and its rerun left ``pickapic.staging`` empty and gave the from-scratch bytes.
 
-Filed below (each confirmed by running it):
+Filed below as strict xfails (each confirmed by running it); all three fixed the same day (``versions.open_folders``
+adds read and search bits only, ``versions.sweep_staging_root``), and the tests now pass as plain tests:
 - a publish gives ``datasets/`` / ``datasets/pickapic/`` every bit of ``0777 & ~umask``, the owner's (and, under
   umask 002, the group's) write bit included: a versions' folder its owner froze with ``chmod a-w`` is made
   writable again (only a note says so), and retention then deletes the frozen version;
@@ -35,7 +36,6 @@ import stat
 from pathlib import Path
 from unittest import mock
 
-import pytest
 from test_publish_fixtures import history_home, publish_until
 
 from pipelines.publish import version as publish_version
@@ -56,12 +56,6 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open_folders gives datasets/ and datasets/pickapic/ every bit of 0777 & ~umask, the owner's write bit "
-    "included: a versions' folder its owner froze (chmod a-w) is made writable (0555 -> 0755; only a note says so) and the "
-    "publish goes on, its retention deleting the frozen version; only the read/search bits others need to read a "
-    "version should be added (never a write bit), so the publish fails as before and the frozen version stays"
-))
 def test_a_frozen_versions_folder_is_not_made_writable(tmp_path: Path) -> None:
     with _umask(0o022):
         home, table = history_home(tmp_path / "home", days=3, rankings=60)
@@ -79,11 +73,6 @@ def test_a_frozen_versions_folder_is_not_made_writable(tmp_path: Path) -> None:
     assert first.version and mode & 0o222 == 0, f"the frozen folder was given write bits: {mode:04o}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "open_folders adds the group's write bit to an existing datasets/pickapic/ under umask 002 (0755 -> 0775): "
-    "every member of the group may then plant or delete versions and `latest`; a publish should add only the "
-    "read/search bits (0755 stays 0755) that make its versions readable"
-))
 def test_a_publish_under_umask_002_gives_no_group_write_bit(tmp_path: Path) -> None:
     with _umask(0o022):
         home, table = history_home(tmp_path / "home", days=2, rankings=40)
@@ -94,12 +83,6 @@ def test_a_publish_under_umask_002_gives_no_group_write_bit(tmp_path: Path) -> N
     assert _mode(home.datasets) & 0o020 == 0 and _mode(home.datasets.parent) & 0o020 == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "where the versions' folder is on another file system (the fallback staging in datasets/pickapic itself), a "
-    "staging left in datasets/pickapic.staging (a publish that failed, e.g. the disk full, before the versions "
-    "were moved to a bigger disk and linked) is never swept nor named in a note: a whole partial version stays "
-    "for good; every publish should sweep (or report) datasets/pickapic.staging whatever folder it stages in"
-))
 def test_the_fallback_still_sweeps_the_staging_folder(tmp_path: Path) -> None:
     home, table = history_home(tmp_path / "home", days=2, rankings=40)
     publish_until(home, table, last_day=dt.date(2023, 3, 1))
