@@ -16,6 +16,7 @@ from typing import Any, Callable
 import pytest
 
 from formats.home import DataHome
+from formats.outputs import RefusedOutput
 from tests.accounts import clear_immutable, make_immutable, reported_immutable
 from training import runs
 from training.synthetic import tiny_config, write_synthetic_version
@@ -226,12 +227,18 @@ def test_a_run_into_a_named_output_dir_is_never_deleted(tmp_path: Path) -> None:
     write_synthetic_version(home.datasets / _name(1), SIZES, image_px=32, shards_per_split=2)
     runs.train_latest(home, tiny_config("", "", max_steps=2, eval_every=2), keep_runs=1)
     write_synthetic_version(home.datasets / _name(2), SIZES, image_px=32, shards_per_split=2, seed=1)
-    # by hand: python -m training --output-dir HOME/models/preference_model/<v> (here on the data of `latest`)
-    named = runs.runs_folder(home) / _name(9)
+    # by hand: python -m training --output-dir HOME/models/preference_model/<v> (here on the data of `latest`; a
+    # folder there named after another version is refused since review rev28e)
+    named = runs.runs_folder(home) / _name(2)
     runs.train_latest(home, tiny_config("", str(named), max_steps=2, eval_every=2), keep_runs=1)
     assert (named / "best" / "train_config.json").is_file()
+    write_synthetic_version(home.datasets / _name(3), SIZES, image_px=32, shards_per_split=2, seed=2)
     runs.train_latest(home, tiny_config("", "", max_steps=2, eval_every=2), keep_runs=1)
     assert (named / "best" / "train_config.json").is_file()
+    with pytest.raises(RefusedOutput, match="named after the version it trains on"):
+        runs.train_latest(home, tiny_config("", str(runs.runs_folder(home) / _name(9)), max_steps=2, eval_every=2),
+                          keep_runs=1)
+    assert not (runs.runs_folder(home) / _name(9)).exists()
 
 
 # --------------------------------------------------------------------------- 5: more ways to fail a training
