@@ -737,8 +737,7 @@ def check_run_folder_version(output_dir: str | os.PathLike, home: DataHome, vers
     output folder resolves them."""
     from formats.outputs import RefusedOutput
 
-    given = Path(output_dir).expanduser()
-    final = Path(os.path.realpath(given if given.is_absolute() else Path.cwd() / given))
+    final = Path(os.path.realpath(Path(output_dir).expanduser()))    # a relative one against the working folder
     folder = Path(os.path.realpath(runs_folder(home)))
     if final != folder and folder not in final.parents:
         return

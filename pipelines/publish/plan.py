@@ -281,10 +281,7 @@ def content_digest(keys: list[str], row_digests: list[str]) -> str:
     JPEG's own sha256 included, and the txt member is the caption, so equal digests mean the same tar; the
     sidecar and stats follow from the tar and its name. Two shards that differ in any sample, its order or
     its bytes get different names."""
-    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0".encode())
-    digest.update(("\0".join(keys) + "\0").encode())
-    digest.update("".join(row_digests).encode())
-    return digest.hexdigest()
+    return _shard_digest("", keys, row_digests)
 
 
 def plan_digest(name: str, keys: list[str], row_digests: list[str]) -> str:
@@ -294,7 +291,13 @@ def plan_digest(name: str, keys: list[str], row_digests: list[str]) -> str:
     Equal digests mean byte-identical tar, sidecar and stats files: the JSON member carries every
     sample column, the JPEGs' own sha256 included, and the txt member is the caption.
     """
-    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{name}\0".encode())
+    return _shard_digest(f"{name}\0", keys, row_digests)
+
+
+def _shard_digest(head: str, keys: list[str], row_digests: list[str]) -> str:
+    """sha256 (hex) of format version, writer libraries, ``head``, the keys in order and the samples' JSON digests:
+    :func:`content_digest` (no head) and :func:`plan_digest` (the shard's name)."""
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{WRITERS}\0{head}".encode())
     digest.update(("\0".join(keys) + "\0").encode())
     digest.update("".join(row_digests).encode())
     return digest.hexdigest()
