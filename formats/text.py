@@ -22,6 +22,12 @@ def utf8_text(value: str) -> str:
                    else f"\\u{ord(ch):04x}" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in value)
 
 
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s text (its type's name when it has none): what a one-line error quotes of it."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def terminal_text(value: str, keep: str = "") -> str:
     """``value`` safe to print on a terminal: :func:`utf8_text`, and every control or format character (ESC, BEL,
     a carriage return, C1 controls, line separators, bidirectional overrides and isolates) but those in ``keep``

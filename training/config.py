@@ -22,6 +22,7 @@ from typing import Any
 from formats.dataset import SPLITS
 from formats.files import read_small_file
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
+from formats.text import first_line
 
 AUGMENTS = ("none", "hflip", "dihedral")
 CONFIG_FILE = "train_config.json"
@@ -367,9 +368,8 @@ def recorded_max_length(directory: str | os.PathLike) -> int | None:
         return TrainConfig.load(Path(directory), resolve=False).max_length
     except (ValueError, TypeError, RecursionError) as exc:   # a stored recipe that does not parse: scores would not
         # match the run's (RecursionError: parse_run_json makes a deeply nested file a ValueError; kept for safety)
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ValueError(f"{path} is not a train_config.json this trainer wrote ({first}); the caption length the "
-                         "model was trained with is unknown") from None
+        raise ValueError(f"{path} is not a train_config.json this trainer wrote ({first_line(exc)}); the caption "
+                         "length the model was trained with is unknown") from None
 
 
 def metrics_steps(run: Path) -> int | None:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from formats import dataset
 from formats.files import sha256_file
+from formats.text import first_line
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -441,8 +442,7 @@ def _sample_json(sample: dict[str, Any]) -> dict[str, Any]:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text[:300]
+    return first_line(exc)[:300]
 
 
 def _caption(sample: dict[str, Any], meta: dict[str, Any] | None = None) -> str:

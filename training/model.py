@@ -30,6 +30,7 @@ from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProce
 from transformers.utils import logging as hf_logging
 
 from formats.files import open_regular_file, write_bytes_atomic
+from formats.text import first_line as _first_line
 from formats.text import redact_credentials
 from training.config import TrainConfig
 
@@ -350,11 +351,6 @@ def check_config_fits_weights(path: Path) -> None:
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 PROCESSOR_CONFIGS = ("preprocessor_config.json", "processor_config.json", "tokenizer_config.json")
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def check_no_custom_code(processor_path: Path) -> None:
