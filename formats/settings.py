@@ -114,6 +114,11 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
     return field(default=default, metadata=metadata, repr=not secret)   # a secret is never in a repr
 
 
+def output_fields(config: Any) -> dict[str, Any]:
+    """The settings of ``config`` that change what its stage writes (``knob(output=True)``), by name, as they are."""
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.metadata.get("output")}
+
+
 def public_fields(config: Any) -> dict[str, Any]:
     """``dataclasses.asdict(config)`` with every secret setting shown as ``***`` (a private one by its option names,
     a URL's credential in any other hidden: :func:`_redacted`): what metadata, logs and reports may carry."""

@@ -56,7 +56,6 @@ an incremental merge would add state and failure modes for no measurable gain.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -70,7 +69,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
-from formats.settings import MAX_THREADS, add_flags, check_fields, knob, public_fields, stage_config
+from formats.settings import MAX_THREADS, add_flags, check_fields, knob, output_fields, public_fields, stage_config
 from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
@@ -99,7 +98,7 @@ class DedupConfig:
 
     def output_fields(self) -> dict:
         """The settings that change the clusters (recorded in duplicate_clusters' metadata, ``DEDUP_METADATA``)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("output")}
+        return output_fields(self)
 
     @property
     def constant_mask(self) -> int:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from formats.dataset import SPLITS
-from formats.settings import MAX_PROCESSES, check_fields, knob
+from formats.settings import MAX_PROCESSES, check_fields, knob, output_fields
 
 
 @dataclass(frozen=True)
@@ -41,7 +41,7 @@ class PublishConfig:
 
     def output_fields(self) -> dict:
         """The fields that change the bytes written (they go into the version id)."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("output")}
+        return output_fields(self)
 
     def worker_count(self) -> int:
         """Processes (and hashing threads) to use."""

@@ -50,7 +50,8 @@ class CardSources:
         return [str(c) for c in value] if isinstance(value, list) else None
 
     def near_duplicate_k(self) -> int | None:
-        value = (self.policy.get("dedup") or {}).get("k") if isinstance(self.policy.get("dedup"), dict) else None
+        dedup = self.policy.get("dedup")
+        value = dedup.get("k") if isinstance(dedup, dict) else None
         return value if isinstance(value, int) and not isinstance(value, bool) else None
 
     def curation(self) -> dict:
