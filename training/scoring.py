@@ -33,7 +33,7 @@ from PIL import Image
 
 from formats.files import open_regular_file
 from training.config import recorded_max_length
-from training.data import ImageGeometryError, ImageSpec, preprocess_rgb
+from training.data import ImageGeometryError, ImageSpec, bounded_caption, preprocess_rgb
 from training.device import resolve_device
 from training.model import load_model, pooled_embeddings, text_positions
 
@@ -179,11 +179,14 @@ class Scorer:
 
     @torch.no_grad()
     def embed_texts(self, prompts: Sequence[str]) -> torch.Tensor:
-        """Normalised text embeddings [len(prompts), d] (tokenized as PickScore does: pad, truncate to
+        """Normalised text embeddings [len(prompts), d] (each prompt read as :func:`training.data.bounded_caption`
+        reads a caption, then tokenized as PickScore does: pad, truncate to
         ``max_length``: the model's text length, 77 for CLIP, or the run's recorded ``max_length``)."""
         chunks, rows = [], self.forward_rows
         for start in range(0, len(prompts), rows):
-            batch = list(prompts[start:start + rows])
+            # read as the training reads captions (the same tokens): a huge prompt given to the Python API is never
+            # tokenized whole (`pickapic score` refuses one over 64 KiB; `Scorer.score_pairs` took any)
+            batch = [bounded_caption(prompt) for prompt in prompts[start:start + rows]]
             tokens = self.processor.tokenizer(batch + [""] * (rows - len(batch)),
                                               padding="max_length" if rows > 1 else True,
                                               truncation=True, max_length=self.max_length, return_tensors="pt")
