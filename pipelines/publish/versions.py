@@ -637,7 +637,8 @@ def apply_retention(home: DataHome, keep: int, notes: list[str] | None = None) -
     named like a version whose manifest names another version (a user's copy), or that holds files its manifest
     does not list (a user's notes; not the files an operating system drops, :data:`SYSTEM_FILE`), is left as it is
     and named in ``notes`` (review rev25d: it was deleted first, before any real old version). A version is
-    renamed ``.deleting-<version>`` (it disappears at once), then removed (:func:`remove_folder`: a deep tree
+    renamed ``.deleting-<version>`` in the staging folder beside the versions (it disappears at once; review
+    rev28c put the stagings there for the same reason), then removed (:func:`remove_folder`: a deep tree
     never raises RecursionError here); what cannot be renamed (EACCES/EPERM: another account's version on a
     shared home) stays a version, and what cannot be removed whole once renamed (EBUSY: a file a reader still
     holds open on NFS) stays hidden, each with a note: the publish never fails on it after its switch, and the
@@ -711,13 +712,24 @@ def _lock_for_deletion(version: Path, notes: list[str]) -> tuple[bool, int | Non
 
 
 def _delete_version(datasets: Path, name: str, notes: list[str]) -> bool:
-    """Rename the version ``name`` to ``.deleting-<version>`` (it disappears at once), then remove it; whether it
-    left the versions (a note for what was left)."""
-    hidden = datasets / f"{DELETING_PREFIX}{name}"
+    """Rename the version ``name`` to ``.deleting-<version>`` in the staging folder beside the versions
+    (:func:`open_staging_root`; among the versions where that is on another file system): it disappears at once,
+    then is removed; whether it left the versions (a note for what was left).
+
+    It was hidden among the versions until December 2026: a consumer syncing the versions' folder while it was
+    being removed met a tree losing its files (rsync's "vanished" errors), and one a reader held open on NFS
+    (EBUSY) stayed there, hidden, until the next publish."""
+    try:
+        root = open_staging_root(datasets)
+    except (OSError, StagingRefused) as exc:     # a link or a file at its name: not used, as a publish refuses it
+        notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "
+                                   f"publish tries again"))
+        return False
+    hidden = root / f"{DELETING_PREFIX}{name}"
     for n in range(1, 100):
         if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
             break
-        hidden = datasets / f"{DELETING_PREFIX}{name}.{n}"
+        hidden = root / f"{DELETING_PREFIX}{name}.{n}"
     try:
         os.rename(datasets / name, hidden)  # disappears atomically, then goes
     except OSError as exc:

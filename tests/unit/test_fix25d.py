@@ -154,14 +154,15 @@ def test_what_retention_cannot_remove_is_left_with_a_note_and_swept_later(tmp_pa
     notes: list[str] = []
     assert versions.apply_retention(home, 1, notes) == [B]
     assert (home.datasets / A / "manifest.json").is_file()                 # left in place, still a version
-    assert (home.datasets / f".deleting-{B}").is_dir()                       # hidden, not removed whole
+    hidden = versions.staging_root(home.datasets) / f".deleting-{B}"   # hidden beside the versions (not among them)
+    assert hidden.is_dir() and not (home.datasets / f".deleting-{B}").exists()      # not removed whole
     assert len(notes) == 2 and "next publish" in notes[0] and "next publish" in notes[1]
-    notes = versions.sweep_stale(home.datasets, ".partial-x")               # still busy: left, a note, no raise
+    notes = versions.sweep_stale(hidden.parent, ".partial-x")              # still busy: left, a note, no raise
     assert len(notes) == 1 and "Device or resource busy" in notes[0] and "tries again" in notes[0]
-    assert (home.datasets / f".deleting-{B}").is_dir()
+    assert hidden.is_dir()
     monkeypatch.setattr(versions.shutil, "rmtree", real_rmtree)             # the reader closed its file
-    assert versions.sweep_stale(home.datasets, ".partial-x") == []
-    assert not (home.datasets / f".deleting-{B}").exists()
+    assert versions.sweep_stale(hidden.parent, ".partial-x") == []
+    assert not hidden.exists()
     monkeypatch.setattr(versions.os, "rename", real_rename)
     assert versions.apply_retention(home, 1, []) == [A]                     # and the next night deletes A
 

@@ -43,3 +43,37 @@ def test_the_scoring_api_never_tokenizes_a_huge_prompt_whole(scorer, monkeypatch
     assert given and max(given) <= MAX_CAPTION_CHARS
     assert torch.equal(got[0], scorer.embed_texts([bounded_caption(huge)])[0])
     assert torch.equal(got[1], scorer.embed_texts(["cat"])[0])      # a normal prompt is read as it is
+
+
+def test_retention_hides_a_deleted_version_beside_the_versions_not_among_them(tmp_path, monkeypatch):
+    """What retention renames and removes (and leaves where the removal fails, EBUSY on NFS) is outside the folder
+    consumers sync: ``datasets/pickapic.staging/.deleting-<version>``, swept by the next publish's sweep there."""
+    import errno
+    import os
+    import shutil
+
+    from formats.home import DataHome
+    from pipelines.publish import versions
+    from tests.unit.test_fix25d import _version
+
+    home = DataHome(tmp_path / "home")
+    home.datasets.mkdir(parents=True)
+    old, new = "2023-03-01-0123456789", "2023-03-02-0123456789"
+    for name in (old, new):
+        _version(home.datasets, name)
+    os.symlink(new, home.datasets / "latest")
+    seen: list[str] = []
+    real_rmtree = shutil.rmtree
+
+    def busy(path, *args, **kwargs):          # the removal is seen where it happens, and fails as on NFS
+        seen.append(str(path))
+        raise OSError(errno.EBUSY, "Device or resource busy", str(path))
+
+    monkeypatch.setattr(versions.shutil, "rmtree", busy)
+    notes: list[str] = []
+    assert versions.apply_retention(home, 1, notes) == [old]
+    hidden = versions.staging_root(home.datasets) / f".deleting-{old}"
+    assert sorted(os.listdir(home.datasets)) == [new, "latest"]          # nothing hidden among the versions
+    assert hidden.is_dir() and seen == [str(hidden)] and "next publish" in notes[0]
+    monkeypatch.setattr(versions.shutil, "rmtree", real_rmtree)
+    assert versions.sweep_stale(hidden.parent, ".partial-x") == [] and not hidden.exists()
