@@ -43,6 +43,7 @@ import hashlib
 import json
 import os
 import re
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -58,6 +59,8 @@ from formats.dataset import (
     check_latest,
     fsync_dir,
     history_file,
+    latest_version,
+    list_versions,
     prompt_counts_glob,
     read_manifest,
     record_switch,
@@ -69,6 +72,7 @@ from formats.dataset import (
 from formats.files import cast_to_schema, open_regular_file, sweep_temps, write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
 from formats.progress import Progress
+from formats.text import terminal_text
 from pipelines import faults
 from pipelines.curation.pseudonym import read_key_check
 from pipelines.ingest.day import ingest_lock
@@ -244,10 +248,40 @@ def _retention(home: DataHome, config: PublishConfig, notes: list[str]) -> list[
     stderr. It never fails the publish whose version is live now."""
     left: list[str] = []
     deleted = apply_retention(home, config.keep_versions, left)
+    left += reversible_versions_kept(home)
     for note in left:
         notes.append(note)
         print(f"publish: {note}", file=sys.stderr, flush=True)
     return deleted
+
+
+def _reversible(version: Path) -> bool | None:
+    """Whether the version's manifest records ``user_id`` pseudonyms keyed with the public default secret
+    (``curation.pseudonyms.reversible``); None where it records nothing or cannot be read."""
+    try:
+        value = read_manifest(version).get("curation", {}).get("pseudonyms", {}).get("reversible")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, bool) else None
+
+
+def reversible_versions_kept(home: DataHome) -> list[str]:
+    """A note when ``latest`` is keyed with a private secret but retention keeps versions whose pseudonyms are
+    keyed with the public default one (published before ``curation.pseudonym_secret`` was set and the ledger
+    re-keyed): anyone can reverse those ``user_id`` values, and whoever syncs the versions' folder gets them
+    until ``keep_versions`` newer versions are published. They are kept (a rollback may want one), never deleted
+    here: the note names them and the command that deletes them."""
+    current = latest_version(home.datasets)
+    if current is None or _reversible(home.datasets / current) is not False:
+        return []
+    kept = [name for name in list_versions(home) if name != current and _reversible(home.datasets / name)]
+    if not kept:
+        return []
+    names = ", ".join(kept)
+    return [terminal_text(
+        f"versions {names} are kept by keep_versions but their user_id pseudonyms are keyed with the public default "
+        f"secret (reversible by anyone; {current}, the latest, is keyed with a private one): delete them before the "
+        f"versions' folder is shared (rm -r " + " ".join(shlex.quote(str(home.datasets / name)) for name in kept) + ")")]
 
 
 def sweep_temp_files(home: DataHome) -> list[str]:

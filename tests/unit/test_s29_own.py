@@ -77,3 +77,44 @@ def test_retention_hides_a_deleted_version_beside_the_versions_not_among_them(tm
     assert hidden.is_dir() and seen == [str(hidden)] and "next publish" in notes[0]
     monkeypatch.setattr(versions.shutil, "rmtree", real_rmtree)
     assert versions.sweep_stale(hidden.parent, ".partial-x") == [] and not hidden.exists()
+
+
+def _curated_version(datasets, name: str, reversible) -> None:
+    import json
+
+    folder = datasets / name
+    (folder / "train").mkdir(parents=True)
+    (folder / "train" / "a.tar").write_bytes(b"a")
+    manifest = {"version": name, "files": {"train/a.tar": {"bytes": 1, "sha256": "x"}},
+                "curation": {"pseudonyms": {"secret": None if reversible is None else
+                                            "public-default" if reversible else "private", "reversible": reversible}}}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_versions_kept_with_reversible_pseudonyms_behind_a_private_latest_are_named(tmp_path, capsys):
+    """After the pseudonym secret was made private (and the ledger re-keyed), retention keeps the versions published
+    under the public default secret until keep_versions newer ones exist: whoever syncs the folder still gets their
+    reversible user_ids. The publish keeps them (a rollback may want one) and names them, with the command that
+    deletes them; nothing is said where latest is itself public, or a kept version records nothing."""
+    import os
+
+    from formats.home import DataHome
+    from pipelines.publish import version as publish
+    from pipelines.publish.config import PublishConfig
+
+    home = DataHome(tmp_path / "my home")
+    home.datasets.mkdir(parents=True)
+    old, unknown, new = "2023-03-01-0123456789", "2023-03-02-0123456789", "2023-03-03-0123456789"
+    _curated_version(home.datasets, old, True)
+    _curated_version(home.datasets, unknown, None)
+    _curated_version(home.datasets, new, False)
+    os.symlink(new, home.datasets / "latest")
+    notes: list[str] = []
+    assert publish._retention(home, PublishConfig(keep_versions=3), notes) == []
+    assert len(notes) == 1 and old in notes[0] and unknown not in notes[0] and "public default" in notes[0]
+    assert f"rm -r '{home.datasets / old}'" in notes[0]                          # a path with a blank, quoted
+    assert notes[0] in capsys.readouterr().err
+    assert (home.datasets / old / "manifest.json").is_file()                     # kept: named, never deleted
+    os.unlink(home.datasets / "latest")
+    os.symlink(old, home.datasets / "latest")                                     # a public latest: nothing to say
+    assert publish.reversible_versions_kept(home) == []
