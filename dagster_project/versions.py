@@ -11,7 +11,8 @@ from dataclasses import dataclass
 
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
-    "app_export": "1",
+    "app_export": "2",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
+                          #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
     "ingest": "5",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);

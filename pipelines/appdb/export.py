@@ -14,9 +14,9 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
 change) and the day is swapped in whole once all four files are complete (see :func:`_publish`). From a
-replica (a hot standby, a logical-replication subscriber) a re-export never replaces a day with files lacking
-rows its files hold (:func:`check_no_vanishing_rows`): rows leave an exported day only when it is exported from
-the primary.
+replica (a hot standby, a logical-replication subscriber) a re-export never drops a row its files hold: a row
+it did not read is kept in the re-exported file beside the rows read, with a warning
+(:func:`keep_vanishing_rows`): rows leave an exported day only when it is exported from the primary.
 """
 from __future__ import annotations
 
@@ -96,9 +96,10 @@ class AppExportConfig:
     blob_max_bytes: int = knob(0, "The feature stage's blob limit the blob copy stops at (max_bytes + 1 bytes); "
                                   "0: the home's features.max_bytes. `pickapic build` passes its own "
                                   "features.max_bytes here.", min=0, output=False)
-    keep_exported_rows: bool = knob(False, "Refuse a re-export from the primary too when it would drop rows an "
-                                           "exported day holds (rows the app deleted); false: they leave the day. "
-                                           "A re-export from a replica is always refused then.", output=False)
+    keep_exported_rows: bool = knob(False, "Keep, in a day re-exported from the primary too, the rows its raw "
+                                           "files hold that the app no longer has (rows the app deleted), with a "
+                                           "warning; false: they leave the day. A re-export from a replica always "
+                                           "keeps them.", output=False)
     primary_host: str = knob("", "The primary's address as its hot standbys' primary_conninfo names it ('host' or "
                                  "'host:port', comma-separated for several): a standby whose WAL receiver streams "
                                  "from it is a standby of the primary (a caught-up one of a quiet primary is "
@@ -139,6 +140,7 @@ class AppExportReport:
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
     late: dict = field(default_factory=dict)            # older day -> table -> counts: rows its raw files lack
+    kept: dict = field(default_factory=dict)            # table -> {"rows", "first_ids"}: rows kept, the app lacks them
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -160,6 +162,7 @@ class AppExportReport:
             "unconvertible_rows": sum(info["rows"] for info in self.unconvertible.values()),
             "oversized_rows": sum(info["rows"] for info in self.oversized.values()),
             "late_days": ", ".join(sorted(self.late)) or "none",
+            "kept_rows": sum(info["rows"] for info in self.kept.values()),
             "warnings": "\n".join(self.warnings) or "none",
             "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
         }
@@ -684,8 +687,9 @@ class ReplicaBehind(AppDatabaseError):
 
 
 class RowsWouldVanish(AppDatabaseError):
-    """A re-export of a day would replace its raw files with ones that lack rows (primary keys) they hold,
-    from a source that may be behind (a replica): nothing was replaced."""
+    """A re-export of a day would replace its raw files with ones that lack rows (primary keys) they hold, from a
+    source that may be behind (a replica). Raised until review rev29c; such rows are now kept in the day
+    (:func:`keep_vanishing_rows`). Kept for callers that catch it."""
 
 
 @dataclass
@@ -880,7 +884,7 @@ def check_standby(conn: psycopg.Connection, day: str, lag_minutes: int, where: s
     worker or is still copying refuses the export (review rev24k: a day's first export lacked rows); one of
     other tables only is no replica of the app's. What no check on a replica can see (a cascading standby whose
     upstream cannot be asked, a logical subscriber whose worker lags) is guarded at publish time: a re-export
-    from a replica never replaces a day with one lacking rows it holds (:func:`check_no_vanishing_rows`).
+    from a replica never drops a row the day holds (:func:`keep_vanishing_rows`).
     Nothing is written before the check, so a refused export leaves the raw zone as it was. Each read ends its
     transaction: no snapshot is held."""
     state = _standby_state(conn, None)
@@ -1052,7 +1056,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     # export connects: never inside its transaction, with the app tables locked
     raw_before = raw_counts(home, verified_days(home, day, config))
     conn = connect(dsn, source=source)  # raises before anything is written
-    staging, held = None, None
+    staging, held, late_check = None, None, None
     try:
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
@@ -1079,16 +1083,19 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
                                                 report.unconvertible, report.oversized, line_limit)
             progress(f"{table}: {report.tables[table].rows} rows")
-        report.undated = undated_rows(conn)
+        watched: dict[str, list[int]] = {}
+        report.undated = undated_rows(conn, watched)
         if report.undated:
             report.warnings.append(undated_warning(report.undated))
+        # rows once reported undated: where they stand now (dated since: their day is marked below)
+        undated_watch = watch_undated(conn, home, day, watched)
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
-        report.late = late_rows(conn, home, day, config, raw_before)   # older days the lookback no longer re-exports
-        if report.late:
-            report.warnings.append(late_warning(report.late, config.lookback_days))
+        # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
+        # differs spilled beside the staged files; compared with the raw files once the session has ended
+        late_check = start_late_check(conn, home, day, config, raw_before, staging)
         from pipelines.appdb.blobs import copy_blobs, read_day_uids
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
@@ -1097,9 +1104,12 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             invalid = read_day_uids(conn, params, spill) if spill is not None else 0
             conn.rollback()  # read-only: nothing to commit
             conn.close()
+            report.late = late_check.finish(home)
+            if report.late:
+                report.warnings.append(late_warning(report.late, config.lookback_days))
             if replica or config.keep_exported_rows:   # never a subset of the day from a replica (see there)
-                check_no_vanishing_rows(home, day, staging, report, replica or
-                                        "a primary with app_export.keep_exported_rows = true", str(name))
+                keep_vanishing_rows(home, day, staging, report, replica or
+                                    "a primary with app_export.keep_exported_rows = true", str(name))
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
                                           config.blob_max_bytes or None)
@@ -1109,11 +1119,20 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                          "missing)")
         _publish(home, day, staging, report)
         mark_late(home, day, False)     # re-exported from this snapshot: whole again
+        dated, marked = dated_warning(home, undated_watch.dated)
+        for marked_day in marked:       # a row dated since it was reported undated: its day is re-exported
+            if marked_day != day:
+                mark_late(home, marked_day, True)
+        if dated:
+            report.warnings.append(dated)
+        _save_undated(home, undated_watch.state)
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
     finally:
         conn.close()
+        if late_check is not None and late_check.spill is not None:
+            late_check.spill.close()            # closed by finish(); here when the export failed before it
         if staging is not None and staging.exists():
             shutil.rmtree(staging)
         if held is not None:
@@ -1134,8 +1153,7 @@ def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
             while piece := lines.readline(1 << 20):
                 if at_start:
-                    match = _LINE_ID.match(piece)
-                    pending = int(match.group(1)) if match else None
+                    pending = _piece_key(piece)
                 at_start = piece.endswith(b"\n")
                 if at_start:
                     lines_read += 1
@@ -1147,80 +1165,237 @@ def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
             raise
 
 
+def _piece_key(piece: bytes) -> int | None:
+    """The leading id of a line, from its first piece (None: a line without one)."""
+    match = _LINE_ID.match(piece)
+    return int(match.group(1)) if match else None
+
+
+class _KeyIndex:
+    """The leading ids of a raw table file, sorted (8 bytes a row; a key past int64, which no integer column
+    holds, in a set), and how many of its lines have none."""
+
+    def __init__(self, path: Path, cut_ok: bool = False) -> None:
+        keys, self.unkeyed, wide = array.array("q"), 0, []
+        for key in _line_keys(path, cut_ok):
+            if key is None:
+                self.unkeyed += 1
+            elif -(1 << 63) <= key < (1 << 63):
+                keys.append(key)
+            else:
+                wide.append(key)
+        if not all(keys[i] <= keys[i + 1] for i in range(len(keys) - 1)):    # the export writes them in order
+            keys = array.array("q", sorted(keys))
+        self.keys, self.wide = keys, set(wide)
+
+    def has(self, key: int) -> bool:
+        if key in self.wide:
+            return True
+        if not -(1 << 63) <= key < (1 << 63):
+            return False
+        at = bisect.bisect_left(self.keys, key)
+        return at < len(self.keys) and self.keys[at] == key
+
+
+class _Absent:
+    """Counts the lines of an old file whose key a new file's :class:`_KeyIndex` lacks (lines without a key:
+    as many as the old file has more of them), and names the first FIRST_IDS."""
+
+    def __init__(self, index: _KeyIndex) -> None:
+        self.index, self.unkeyed, self.count, self.first = index, index.unkeyed, 0, []
+
+    def __call__(self, key: int | None) -> bool:
+        """Whether the line keyed ``key`` (the next of the old file) is absent from the new one; counted."""
+        if key is None:
+            if self.unkeyed:
+                self.unkeyed -= 1
+                return False
+        elif self.index.has(key):
+            return False
+        self.count += 1
+        if len(self.first) < FIRST_IDS:
+            self.first.append(_id_text(key))
+        return True
+
+
 def vanishing_rows(old: Path, new: Path) -> tuple[int, list[str]]:
     """Rows of raw table file ``old`` whose primary key no row of ``new`` has (lines without a key: as many as
     ``old`` has more of them), and the first FIRST_IDS of those keys. Memory: 8 bytes per row of ``new`` (its
     keys, sorted); ``old`` is streamed."""
-    keys, unkeyed = array.array("q"), 0
-    wide: list[int] = []           # a key past int64 (no integer column holds one; kept anyway)
-    for key in _line_keys(new):
-        if key is None:
-            unkeyed += 1
-        elif -(1 << 63) <= key < (1 << 63):
-            keys.append(key)
-        else:
-            wide.append(key)
-    ordered = all(keys[i] <= keys[i + 1] for i in range(len(keys) - 1))    # the export writes them in order
-    if not ordered:
-        keys = array.array("q", sorted(keys))
-    wide_set = set(wide)
-    count, first = 0, []
+    absent = _Absent(_KeyIndex(new))
     for key in _line_keys(old, cut_ok=True):
-        if key is None:
-            if unkeyed:
-                unkeyed -= 1
-                continue
-        elif key in wide_set:
-            continue
-        elif -(1 << 63) <= key < (1 << 63):
-            at = bisect.bisect_left(keys, key)
-            if at < len(keys) and keys[at] == key:
-                continue
-        count += 1
-        if len(first) < FIRST_IDS:
-            first.append(_id_text(key))
-    return count, first
+        absent(key)
+    return absent.count, absent.first
 
 
-def check_no_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExportReport, source: str,
-                            where: str) -> None:
-    """Raise :class:`RowsWouldVanish` when ``day`` is already in the raw zone and a staged table file lacks rows
-    (primary keys) its file there holds. ``source`` says what the server is ('a hot standby', 'a
-    logical-replication subscriber (...)', or a primary held to this by app_export.keep_exported_rows).
+class _Lines:
+    """The lines of a binary stream one at a time, each by its leading key and copied on in pieces of 1 MiB,
+    so a long line is never held whole."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+        self._next()
+
+    def _next(self) -> None:
+        self.piece = self.stream.readline(1 << 20)
+        self.key = _piece_key(self.piece) if self.piece else None
+
+    @property
+    def order(self) -> tuple[int, int]:
+        return _order(self.key)
+
+    def copy_to(self, write: Callable[[bytes], object]) -> None:
+        """Write the current line whole (ending it with a newline if the stream did not) and move to the next."""
+        piece = self.piece
+        while True:
+            write(piece)
+            if piece.endswith(b"\n"):
+                break
+            piece = self.stream.readline(1 << 20)
+            if not piece:
+                write(b"\n")
+                break
+        self._next()
+
+
+def _order(key: int | None) -> tuple[int, int]:
+    """Where a line keyed ``key`` sorts in an export's order (ascending keys, lines without one last)."""
+    return (1, 0) if key is None else (0, key)
+
+
+class _OldUnreadable(Exception):
+    """The old raw file has no readable line (not a regular file, unreadable, not gzip): it is not compared."""
+
+
+class _CutShort(Exception):
+    """Reading the old raw file failed past some point (a gzip member without its trailer, corrupt data)."""
+
+
+def _read_piece(stream) -> bytes:
+    """The next piece of a line of the old raw file (:class:`_CutShort` where it cannot be read on)."""
+    try:
+        return stream.readline(1 << 20)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise _CutShort() from exc
+
+
+def _spill_absent(old: Path, absent: _Absent, spill) -> bool:
+    """Copy the lines of raw file ``old`` that ``absent`` finds missing from the new file into ``spill`` (an
+    open binary temp file), each ending with a newline; return whether they came in an export's order. A file
+    cut short keeps the complete lines read before its end (as :func:`_line_keys` with ``cut_ok``); one with no
+    complete line raises :class:`_OldUnreadable`. An error writing the spill is an ``OSError``: never taken for
+    an unreadable old file (the export fails, nothing replaced)."""
+    ordered, last = True, None
+    lines_read, at_start, copying, start, named = 0, True, False, 0, 0
+    try:
+        raw = open_regular_file(old)
+    except OSError as exc:
+        raise _OldUnreadable() from exc
+    with raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
+        try:
+            while piece := _read_piece(stream):
+                if at_start:
+                    key, start, named = _piece_key(piece), spill.tell(), len(absent.first)
+                    copying = absent(key)
+                    if copying:
+                        ordered = ordered and (last is None or _order(key) >= last)
+                        last = _order(key)
+                if copying:
+                    spill.write(piece)
+                at_start = piece.endswith(b"\n")
+                lines_read += at_start
+            if not at_start:             # a last line without its newline, in a file read to its end
+                if copying:
+                    spill.write(b"\n")
+                at_start = True
+        except _CutShort:
+            if not lines_read:
+                raise _OldUnreadable() from None
+            if not at_start and copying:     # the line the file ended in: not a whole line, not kept
+                spill.truncate(start)
+                spill.seek(start)
+                absent.count -= 1
+                del absent.first[named:]
+    return ordered
+
+
+def _keep_absent_rows(old: Path, new: Path, out: Path) -> tuple[int, list[str]]:
+    """Write into ``out`` (new) the lines of ``new`` with those of ``old`` whose key ``new`` lacks (see
+    :func:`vanishing_rows`), gzip-compressed as the export writes; return how many were kept and their first
+    FIRST_IDS keys ((0, []) and nothing written when none is missing). Kept lines go where the export's order
+    puts them (ascending keys, keyless lines last) when ``old`` holds them in that order (every file the
+    export wrote), else after the new lines in ``old``'s order: either way the same inputs give the same
+    bytes, so a day re-exported again from the same rows is unchanged. Memory: 8 bytes per row of ``new``;
+    the kept lines are spilled to an unnamed file beside ``out``."""
+    absent = _Absent(_KeyIndex(new))
+    with tempfile.TemporaryFile(dir=out.parent) as spill:
+        ordered = _spill_absent(old, absent, spill)
+        if not absent.count:
+            return 0, []
+        spill.seek(0)
+        with open_new_file(out) as raw, rawlines.gzip_writer(raw) as gz, open_regular_file(new) as staged, \
+                gzip.GzipFile(fileobj=staged, mode="rb") as fresh_stream:
+            fresh, kept = _Lines(fresh_stream), _Lines(spill)
+            while fresh.piece or kept.piece:
+                take_kept = kept.piece and (not fresh.piece or (ordered and kept.order < fresh.order))
+                (kept if take_kept else fresh).copy_to(gz.write)
+            gz.close()
+            raw.flush()
+            os.fsync(raw.fileno())
+    return absent.count, absent.first
+
+
+def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExportReport, source: str,
+                        where: str) -> None:
+    """Keep, in each staged table file of ``day``, the rows (primary keys) its file in the raw zone holds and the
+    export did not read: rows the app deleted since, or rows a replica lacks. ``source`` says what the server is
+    ('a hot standby', 'a logical-replication subscriber (...)', or a primary held to this by
+    app_export.keep_exported_rows). Each changed staged file lacking such rows is rewritten with them
+    (:func:`_keep_absent_rows`), the report's rows, bytes and sha256 follow, the rows kept are named in
+    ``report.kept`` and a warning, and the day is published with the rows read added (review rev29c: the re-export
+    was refused whole, ``RowsWouldVanish``, so from a replica a late ranking never reached a day one of whose
+    users had deleted their account, night after night).
 
     A replica may be behind its primary in ways no check on it can see (review rev24g: a cascading standby whose
     upstream standby stopped receiving streams and is caught up with that upstream; a logical subscriber whose
-    subscription is disabled or whose apply worker fails is a primary by every server function), and a
-    lookback re-export from it replaced a day exported from the primary with a subset. Rows leave an exported
-    day only when it is exported from the primary (rows the app deleted). A file cut short (a gzip member without
-    its trailer) counts with the rows read before it ends (review rev24k); only a file with no readable row is
-    not compared (the ingest reports it; replacing it loses nothing readable). Read after the export's session
-    ended and before anything is written."""
-    vanished: dict[str, dict] = {}
+    subscription is disabled or whose apply worker fails is a primary by every server function): rows leave an
+    exported day only when it is exported from the primary. A file cut short (a gzip member without its
+    trailer) counts with the rows read before it ends (review rev24k); only a file with no readable row is not
+    compared (the ingest reports it; replacing it loses nothing readable). Run after the export's session
+    ended and before anything is published."""
+    kept: dict[str, dict] = {}
     for table in report.tables:
         old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
         info = lstat_or_none(old)
         if info is None or not stat.S_ISREG(info.st_mode):
             continue
         export = report.tables[table]
+        merged = staging / f".{table}.kept.jsonl.gz"
         try:
             if info.st_size == export.bytes and sha256_file(old) == export.sha256:
                 continue                                # the same bytes: nothing vanishes
-            count, first = vanishing_rows(old, new)
-        except (OSError, EOFError, zlib.error):
+        except OSError:
+            continue                                    # unreadable: the ingest reports it
+        try:
+            count, first = _keep_absent_rows(old, new, merged)
+        except _OldUnreadable:                          # no readable line: nothing of it to keep
+            merged.unlink(missing_ok=True)
             continue
         if count:
-            vanished[table] = {"rows": count, "first_ids": first}
-    if vanished:
-        total = sum(info["rows"] for info in vanished.values())
-        lost = (f"refusing to replace day {day}: the app {where} is {source}, and {total} row(s) the day's raw files "
-                f"(exported earlier) hold would vanish ({_rows_named(vanished)})")
-        if source.startswith("a primary"):
-            raise RowsWouldVanish(f"{lost}: rows the app deleted, or fewer rows by a setting (users_snapshot); nothing "
-                                  "was replaced; set app_export.keep_exported_rows = false to let them leave the day")
-        raise RowsWouldVanish(f"{lost}; a replica may be behind its primary, so rows leave an exported day only when "
-                              "it is exported from the primary (nothing was replaced); export the day from the primary")
-
+            os.replace(merged, new)
+            report.tables[table] = TableExport(rows=export.rows + count, bytes=new.stat().st_size,
+                                               sha256=sha256_file(new))
+            kept[table] = {"rows": count, "first_ids": first}
+    if kept:
+        report.kept = kept
+        total = sum(info["rows"] for info in kept.values())
+        why = ("app_export.keep_exported_rows = true keeps rows the app deleted in the days exported before"
+               if source.startswith("a primary") else
+               "a replica may be behind its primary, so rows leave an exported day only when it is exported from "
+               "the primary")
+        report.warnings.append(
+            f"day {day}: {total} row(s) its raw files held (exported earlier) are not in the app {where}, "
+            f"{source}: kept in the re-exported day beside the rows read ({_rows_named(kept)}); {why}")
 
 def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     """What an operator must hear about the day's blobs after a re-export: objects that changed in the
@@ -1263,14 +1438,131 @@ class AppDays:
         return undated_warning(self.undated)
 
 
-def undated_rows(conn: psycopg.Connection) -> dict[str, dict]:
+REMEMBER_UNDATED = 1000   # undated ids per table an export remembers (UNDATED_STATE), so their day is exported once dated
+UNDATED_STATE = "app_export_undated.json"    # HOME/cache/<this>: {table: [[id, day or null], ...]}
+UNDATED_STATE_MAX_BYTES = 1 << 20            # 4 x REMEMBER_UNDATED entries take ~100 KB; a larger file is not ours
+
+
+def undated_rows(conn: psycopg.Connection, watched: dict[str, list[int]] | None = None) -> dict[str, dict]:
     """Per table, the rows whose ``created_at`` is NULL, infinite or outside years 1..9999 (no export
-    holds them) and their first primary keys; tables without any are left out."""
+    holds them) and their first FIRST_IDS primary keys; tables without any are left out. ``watched`` gets,
+    per such table, its first REMEMBER_UNDATED non-NULL keys (the server keeps no more: a top-N sort)."""
     found = {}
-    for table, rows, first_ids in conn.execute(statement("undated_rows")).fetchall():
+    for table, rows, first_ids in conn.execute(statement("undated_rows"), {"keep": REMEMBER_UNDATED}).fetchall():
         if rows:
-            found[as_text(table)] = {"rows": int(rows), "first_ids": [_id_text(as_text(i)) for i in first_ids or []]}
+            keys = [_id_text(as_text(i)) for i in first_ids or []]
+            found[as_text(table)] = {"rows": int(rows), "first_ids": keys[:FIRST_IDS]}
+            if watched is not None:
+                watched[as_text(table)] = [int(k) for k in keys if k != "NULL"]
     return found
+
+
+def _load_undated(home: DataHome) -> dict[str, dict[int, str | None]]:
+    """The remembered undated ids: table -> {id: the day it was found dated to, or None}. Anything the export
+    did not write (not a regular file, too large, not that JSON) reads as nothing remembered."""
+    out: dict[str, dict[int, str | None]] = {table: {} for table in RAW_TABLES}
+    data = read_small_file(home.cache / UNDATED_STATE, UNDATED_STATE_MAX_BYTES)
+    try:
+        state = json.loads(data) if data is not None else {}
+    except (ValueError, RecursionError):
+        state = {}
+    if not isinstance(state, dict):
+        return out
+    for table in RAW_TABLES:
+        entries = state.get(table)
+        for entry in entries[:REMEMBER_UNDATED] if isinstance(entries, list) else []:
+            if (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int
+                    and -(1 << 63) <= entry[0] < (1 << 63)
+                    and (entry[1] is None or (isinstance(entry[1], str)
+                                              and re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", entry[1])))):
+                out[table][entry[0]] = entry[1]
+    return out
+
+
+def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> None:
+    """Write the remembered undated ids (the file removed when there are none)."""
+    path = home.cache / UNDATED_STATE
+    with contextlib.suppress(OSError):
+        if not any(state.values()):
+            info = lstat_or_none(path)
+            if info is not None and stat.S_ISREG(info.st_mode):     # only a file: a FIFO or folder is left alone
+                path.unlink()
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {table: [[key, on] for key, on in sorted(ids.items())] for table, ids in state.items() if ids}
+        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+
+
+@dataclass
+class UndatedWatch:
+    """What an export learnt of the rows once reported undated: the state to remember once the day is
+    published, and the rows dated since whose day (not this one) the raw zone does not hold them in yet."""
+
+    state: dict[str, dict[int, str | None]]
+    dated: dict[str, dict[int, str]]      # table -> {id: day}
+
+
+def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: dict[str, list[int]]) -> UndatedWatch:
+    """Look up, in the export's snapshot, where the remembered undated rows stand (``undated_ids.sql``, a
+    primary-key lookup of at most REMEMBER_UNDATED ids a table) and add the ones reported undated now
+    (``watched``, from :func:`undated_rows`). Review rev29c: a row the undated warning named, once given a
+    real created_at on a day past the lookback window, was never exported nor reported. A remembered row dated
+    since to ``day`` is in this export: forgotten; to another day: kept, with its day, until that day is
+    exported (each export warns and marks the day for the schedule meanwhile); deleted: forgotten."""
+    remembered = _load_undated(home)
+    where: dict[tuple[str, int], str | None] = {}
+    if any(remembered.values()):
+        params = {table: sorted(remembered[table]) for table in RAW_TABLES}
+        for table, key, on in conn.execute(statement("undated_ids"), params):
+            where[(as_text(table), key)] = as_text(on)
+    state: dict[str, dict[int, str | None]] = {table: {} for table in RAW_TABLES}
+    dated: dict[str, dict[int, str]] = {}
+    for table in RAW_TABLES:
+        for key in remembered[table]:
+            if (table, key) not in where:
+                continue                       # deleted since
+            on = where[(table, key)]
+            if on is None:
+                state[table][key] = None
+            elif on != day:                    # this export holds a row dated to its own day
+                state[table][key] = on
+                dated.setdefault(table, {})[key] = on
+        for key in watched.get(table, []):
+            state[table].setdefault(key, None)
+        if len(state[table]) > REMEMBER_UNDATED:   # rows dated first, then the smallest undated ids
+            ordered = sorted(state[table].items(), key=lambda item: (item[1] is None, item[0]))
+            state[table] = dict(ordered[:REMEMBER_UNDATED])
+    return UndatedWatch(state, dated)
+
+
+def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str, list[str]]:
+    """A line naming the rows reported undated before that have a day now and are not in its raw files yet,
+    and the days to mark for the schedule (those the raw zone holds, or lies before the end of: a day after
+    its last one is exported by the nightly export anyway). ('', []) when there are none."""
+    if not dated:
+        return "", []
+    days = home.raw_days()
+    last = days[-1] if days else ""
+    pending = sorted({on for ids in dated.values() for on in ids.values()})
+    marked = [on for on in pending if on <= last]
+    if not marked:
+        return "", []
+    held = set(days)
+    parts = []
+    for table, ids in dated.items():
+        shown = [(key, on) for key, on in sorted(ids.items()) if on in marked]
+        if shown:
+            parts.append(f"{table}: {len(shown)} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
+                         + (", ..." if len(shown) > FIRST_IDS else "") + ")")
+    lacking = [on for on in marked if on not in held]
+    return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
+            f"since and are not in their day's raw files yet: {'; '.join(parts)} -- the next scheduled export "
+            "re-exports each such day the raw zone holds, as a day with late rows (or now: pickapic build "
+            "--from-app-db --from DAY --to DAY)"
+            + (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}, "
+               f"which only such a build exports (pickapic build --from-app-db --from {lacking[0]} --to "
+               f"{lacking[0]})" if lacking else "")), marked
+
 
 
 def _id_text(value: object) -> str:
@@ -1300,36 +1592,97 @@ def oversized_warning(day: str, oversized: dict[str, dict], max_line_bytes: int)
 
 
 def undated_warning(undated: dict[str, dict]) -> str:
-    """A line telling the operator which rows no day's export holds, and how to find them."""
+    """A line telling the operator which rows no day's export holds, and what becomes of them once dated."""
     if not undated:
         return ""
+    more = [table for table, info in undated.items() if info["rows"] > REMEMBER_UNDATED]
     return ("app rows with a NULL, infinite or out-of-range created_at belong to no day and are not exported: "
-            + _rows_named(undated) + " -- give them a real created_at in the app database")
+            + _rows_named(undated) + " -- give them a real created_at in the app database: the export remembers "
+            f"up to {REMEMBER_UNDATED} of their ids a table (HOME/cache/{UNDATED_STATE}) and, once one has a day, "
+            "marks that day for the next scheduled export to re-export, naming it each night until it is exported"
+            + (f"; {', '.join(more)} {'holds' if len(more) == 1 else 'hold'} more than that: once the others are "
+               "dated, export their days with pickapic build --from-app-db --from DAY --to DAY" if more else ""))
 
 
 # --- rows committed after their day's last export ----------------------------------------------------
 
 VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
-COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows and max id of a raw day's files
+COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows, max id, id digest of a raw day's files
 LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
 _LINE_ID = re.compile(rb'\{"[a-z_]+_id": (-?[0-9]+)[,}]')
+DIGEST_MOD = 1 << 64
+_M32 = 0xFFFFFFFF
+_HASH_INIT = (0x9E3779B9 + 4 + 3923095) & _M32    # lookup3's initial value for 4 bytes of key
 
 
-def _file_counts(path: Path) -> tuple[int, int | None]:
-    """Lines and largest leading id of a raw table file (streamed: 1 MiB of a line at a time)."""
-    rows, top, at_start = 0, None, True
+def _rot(x: int, k: int) -> int:
+    return ((x << k) | (x >> (32 - k))) & _M32
+
+
+def id_hash(value: int) -> int:
+    """PostgreSQL's ``hashint8extended(value, 0)`` as an unsigned 64-bit integer, what ``day_counts.sql`` sums
+    per table and day (src/common/hashfn.c: the int8 folded to 32 bits as ``hashint8`` folds it, then
+    ``hash_bytes_uint32_extended`` with seed 0, which is lookup3's final mix). A key past int64, which no
+    integer column holds, is taken by its low 64 bits (its day's digest then differs from the database's)."""
+    value = (value + (1 << 63)) % DIGEST_MOD - (1 << 63)
+    lo, hi = value & _M32, (value >> 32) & _M32
+    lo ^= hi if value >= 0 else (~hi & _M32)
+    a = b = c = _HASH_INIT
+    a = (a + lo) & _M32
+    c ^= b
+    c = (c - _rot(b, 14)) & _M32
+    a ^= c
+    a = (a - _rot(c, 11)) & _M32
+    b ^= a
+    b = (b - _rot(a, 25)) & _M32
+    c ^= b
+    c = (c - _rot(b, 16)) & _M32
+    a ^= c
+    a = (a - _rot(c, 4)) & _M32
+    b ^= a
+    b = (b - _rot(a, 14)) & _M32
+    c ^= b
+    c = (c - _rot(b, 24)) & _M32
+    return (b << 32) | c
+
+
+def id_digest(ids: Iterable[int | None]) -> int:
+    """The order-independent digest of a set of ids (NULLs skipped), as ``day_counts.sql`` computes it: the sum of
+    their :func:`id_hash` modulo 2^64. Additive: a day's users snapshot is the sum of the digests of the days
+    it covers."""
+    return sum(id_hash(i) for i in ids if i is not None) % DIGEST_MOD
+
+
+@dataclass(frozen=True)
+class RawTableCounts:
+    """What the late-row check knows of one raw table file: its rows, largest leading id and :func:`id_digest`,
+    and ``checked``: the (rows, digest) of the database's rows for it that an exact comparison found it to hold
+    every id of (rows deleted since, none added: the day is whole while the database keeps that state)."""
+
+    rows: int
+    top: int | None
+    digest: int
+    checked: tuple[int, int] | None = None
+
+
+def _file_counts(path: Path) -> tuple[int, int | None, int]:
+    """Lines, largest leading id and id digest of a raw table file (streamed: 1 MiB of a line at a time)."""
+    rows, top, digest, at_start = 0, None, 0, True
     with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
         while piece := lines.readline(1 << 20):
             if at_start:
                 rows += 1
                 match = _LINE_ID.match(piece)
-                if match and (top is None or int(match.group(1)) > top):
-                    top = int(match.group(1))
+                if match:
+                    key = int(match.group(1))
+                    digest += id_hash(key)
+                    if top is None or key > top:
+                        top = key
             at_start = piece.endswith(b"\n")
-    return rows, top
+    return rows, top, digest % DIGEST_MOD
 
 
-COUNTS_CACHE_MAX_BYTES = 64 << 10    # a counts cache file is ~200 bytes; a larger one is not the export's
+COUNTS_CACHE_MAX_BYTES = 64 << 10    # a counts cache file is ~400 bytes; a larger one is not the export's
 
 
 def _cached_counts(cache_file: Path) -> dict:
@@ -1347,17 +1700,29 @@ def _cached_counts(cache_file: Path) -> dict:
 
 
 def _valid_entry(entry: object, key: list[int]) -> bool:
-    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id] for the file's current ``key``,
-    with integer counts (a hand-edited or corrupted entry is recomputed, never trusted or failing the export).
-    The ctime is what ``utime`` cannot set: a file rewritten in place with its size and mtime put back (``cp -p``)
-    kept its old counts (review rev21c)."""
-    return (isinstance(entry, list) and len(entry) == 6 and all(type(v) is int for v in entry[:4])
+    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked] for the file's
+    current ``key``, with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
+    entry is recomputed, never trusted or failing the export; an entry of before review rev29c, without a
+    digest, is recomputed once). The ctime is what ``utime`` cannot set: a file rewritten in place with its
+    size and mtime put back (``cp -p``) kept its old counts (review rev21c)."""
+    return (isinstance(entry, list) and len(entry) == 8 and all(type(v) is int for v in entry[:4])
             and entry[:4] == key and type(entry[4]) is int and entry[4] >= 0
-            and (entry[5] is None or type(entry[5]) is int))
+            and (entry[5] is None or type(entry[5]) is int)
+            and type(entry[6]) is int and 0 <= entry[6] < DIGEST_MOD
+            and (entry[7] is None or (isinstance(entry[7], list) and len(entry[7]) == 2
+                                      and all(type(v) is int and v >= 0 for v in entry[7]))))
 
 
-def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
-    """table -> (rows, largest id) of the raw day's table files there are, from a cache keyed by each
+def _file_key(path: Path) -> list[int] | None:
+    """[size, mtime_ns, inode, ctime_ns] of a regular file (None for anything else, or nothing)."""
+    info = lstat_or_none(path)
+    if info is None or not stat.S_ISREG(info.st_mode):
+        return None
+    return [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
+
+
+def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
+    """table -> :class:`RawTableCounts` of the raw day's table files there are, from a cache keyed by each
     file's size, mtime, inode and ctime (HOME/cache: deleting it costs one decompression of each file). The
     cache is read as the tool's own small files are (:func:`_cached_counts`): a bad or malformed entry
     is recomputed from the raw file."""
@@ -1366,20 +1731,41 @@ def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]
     out, fresh = {}, {}
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
-        info = lstat_or_none(path)
-        if info is None or not stat.S_ISREG(info.st_mode):
+        key = _file_key(path)
+        if key is None:
             continue
-        key = [info.st_size, info.st_mtime_ns, info.st_ino, info.st_ctime_ns]
         entry = cached.get(table)
         if not _valid_entry(entry, key):
-            entry = key + list(_file_counts(path))
+            entry = key + list(_file_counts(path)) + [None]
         fresh[table] = entry
-        out[table] = (entry[4], entry[5])
+        out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]))
     if fresh != cached:
-        with contextlib.suppress(OSError):
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(cache_file, json.dumps(fresh, sort_keys=True).encode("utf-8"))
+        _write_counts_cache(cache_file, fresh)
     return out
+
+
+def _write_counts_cache(cache_file: Path, entries: dict) -> None:
+    with contextlib.suppress(OSError):
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(cache_file, json.dumps(entries, sort_keys=True).encode("utf-8"))
+
+
+def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
+    """table -> (rows, largest id) of the raw day's table files there are (see :func:`raw_day_state`)."""
+    return {table: (counts.rows, counts.top) for table, counts in raw_day_state(home, day).items()}
+
+
+def _record_checked(home: DataHome, day: str, table: str, counted: list[int], checked: tuple[int, int]) -> None:
+    """Remember in the counts cache that the raw file of ``day`` / ``table``, as it was when counted (its key
+    ``counted``), holds every id of the database's rows for it while they are ``checked`` = (rows, digest)."""
+    cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
+    cached = _cached_counts(cache_file)
+    entry = cached.get(table)
+    key = _file_key(home.raw_file(day, table))
+    if key is None or key != counted or not _valid_entry(entry, key):
+        return                             # rewritten since it was counted: the next check counts it again
+    entry[7] = list(checked)
+    _write_counts_cache(cache_file, cached)
 
 
 def mark_late(home: DataHome, day: str, late: bool) -> None:
@@ -1411,56 +1797,174 @@ def verified_days(home: DataHome, day: str, config: AppExportConfig) -> list[str
     return [d for d in home.raw_days() if start.isoformat() <= d < end.isoformat()]
 
 
-def raw_counts(home: DataHome, days: list[str]) -> dict[str, dict[str, tuple[int, int | None]] | None]:
-    """day -> :func:`raw_day_counts` of each of ``days`` (None: a raw file that cannot be read; the ingest
+def raw_counts(home: DataHome, days: list[str]) -> dict[str, dict[str, RawTableCounts] | None]:
+    """day -> :func:`raw_day_state` of each of ``days`` (None: a raw file that cannot be read; the ingest
     reports it). The export reads them before it connects, so decompressing up to VERIFY_DAYS days of raw
     files never happens inside its transaction, with the app tables locked."""
-    out: dict[str, dict[str, tuple[int, int | None]] | None] = {}
+    out: dict[str, dict[str, RawTableCounts] | None] = {}
     for checked_day in days:
         try:
-            out[checked_day] = raw_day_counts(home, checked_day)
+            out[checked_day] = raw_day_state(home, checked_day)
         except (OSError, EOFError, zlib.error):
             out[checked_day] = None
     return out
+
+
+@dataclass
+class _IdSpill:
+    """The database's ids of one raw day's table, spilled by :class:`LateCheck` for an exact comparison."""
+
+    day: str
+    table: str
+    database: tuple[int, int | None, int]      # rows, largest id, digest
+    raw: RawTableCounts
+    counted: list[int] | None                  # the raw file's key when it was counted
+    offset: int = 0
+    ids: int = 0
+    nulls: int = 0
+
+
+ID_FETCH = 65536     # ids a fetch of day_ids.sql reads (512 KiB)
+
+
+@dataclass
+class LateCheck:
+    """:func:`late_rows` in two steps: :func:`start_late_check` reads the database in the export's snapshot
+    (spilling the ids of the days an exact comparison must settle into ``spill``, 8 bytes an id), and
+    :meth:`finish`, called after the export's session ended, compares them with the raw files, marks the late
+    days and returns them."""
+
+    found: dict[str, dict]
+    checked_days: list[str]
+    spills: list[_IdSpill]
+    spill: object | None = None
+
+    def finish(self, home: DataHome) -> dict[str, dict]:
+        found = self.found
+        try:
+            for spill in self.spills:
+                missing, first = self._missing(home, spill)
+                if missing:
+                    info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
+                            "missing": missing, "first_ids": first}
+                    found.setdefault(spill.day, {})[spill.table] = info
+                elif missing == 0 and spill.counted is not None:
+                    _record_checked(home, spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2]))
+        finally:
+            if self.spill is not None:
+                self.spill.close()
+        for checked_day in self.checked_days:
+            mark_late(home, checked_day, checked_day in found)
+        return {d: found[d] for d in sorted(found)}
+
+    def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str]]:
+        """How many of the spilled ids the raw file lacks, and the first FIRST_IDS of them (None: the raw
+        file cannot be read; the ingest reports it)."""
+        try:
+            index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True)
+        except (OSError, EOFError, zlib.error):
+            return None, []
+        count, first = 0, []
+        self.spill.seek(spill.offset)
+        left = spill.ids
+        while left:
+            chunk = array.array("q")
+            chunk.frombytes(self.spill.read(8 * min(left, ID_FETCH)))
+            left -= len(chunk)
+            for key in chunk:
+                if not index.has(key):
+                    count += 1
+                    if len(first) < FIRST_IDS:
+                        first.append(str(key))
+            if not chunk:
+                break
+        lacking_nulls = max(0, spill.nulls - index.unkeyed)
+        count += lacking_nulls
+        first += ["NULL"] * min(lacking_nulls, FIRST_IDS - len(first))
+        return count, first
+
+
+def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig,
+                     raw_before: dict[str, dict | None] | None = None, spill_dir: Path | None = None) -> LateCheck:
+    """The database half of :func:`late_rows` (see there), in the connection's snapshot."""
+    if raw_before is None:
+        raw_before = raw_counts(home, verified_days(home, day, config))
+    checked = sorted(raw_before)
+    if not checked:
+        return LateCheck({}, [], [])
+    first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
+    per_day: dict[tuple[str, str | None], tuple[int, int | None, int]] = {}
+    for table, on, rows, top, digest in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
+                                                                               "end": after.isoformat(sep=" ")}):
+        per_day[(as_text(table), as_text(on))] = (int(rows), top, int(digest or 0) % DIGEST_MOD)
+    nothing = (0, None, 0)
+    found: dict[str, dict] = {}
+    spills: list[_IdSpill] = []
+    for checked_day in checked:
+        database = {table: per_day.get((table, checked_day), nothing) for table in RAW_TABLES}
+        if config.users_snapshot:   # every dated account up to the day's end
+            database["users"] = _cumulative([per_day.get(("users", None), nothing)]
+                                            + [per_day.get(("users", d), nothing) for d in _days(first, checked_day)])
+        raw = raw_before[checked_day]
+        if raw is None:
+            continue                  # an unreadable raw file: the ingest reports it; nothing to compare
+        for table, counts in raw.items():
+            verdict = _compare(database[table], counts)
+            if verdict == "late":
+                found.setdefault(checked_day, {})[table] = {"database": list(database[table][:2]),
+                                                            "raw": [counts.rows, counts.top]}
+            elif verdict == "check":
+                spills.append(_IdSpill(checked_day, table, database[table], counts,
+                                       _file_key(home.raw_file(checked_day, table))))
+    check = LateCheck(found, [d for d in checked if raw_before[d] is not None], spills)
+    if spills:
+        check.spill = tempfile.TemporaryFile(dir=spill_dir)
+        for spill in spills:
+            start, end = day_bounds(spill.day)
+            if spill.table == "users" and config.users_snapshot:
+                start = dt.datetime.combine(dt.date.fromisoformat(FIRST_DATED), dt.time())
+            spill.offset = check.spill.tell()
+            for batch in read_rows(conn, statement("day_ids"), {"table": spill.table, "start": start.isoformat(sep=" "),
+                                                                "end": end.isoformat(sep=" ")}, ID_FETCH):
+                ids = array.array("q", (key for (key,) in batch if key is not None))
+                spill.nulls += len(batch) - len(ids)
+                spill.ids += len(ids)
+                ids.tofile(check.spill)
+    return check
 
 
 def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig,
               raw_before: dict[str, dict | None] | None = None) -> dict[str, dict]:
     """Days already in the raw zone whose files lack rows the database now holds: committed after the day's
     last export, when the nightly lookback no longer re-exports it (an offline client syncing, a stuck
-    queue, a transaction left open). Checks the VERIFY_DAYS days before ``day``'s lookback window, by
-    rows and largest id per table (one grouped query of the export's snapshot over those days; the raw
-    files' counts come from a cache, see :func:`raw_day_counts`, read by the export before it connects:
-    ``raw_before``, from :func:`raw_counts`). Returns day -> table -> {"database": [rows, max_id], "raw":
-    [rows, max_id]}; marks each late day for the schedule to re-export and clears the mark of a day
-    found whole. Rows the raw zone holds and the database no longer does (deleted since) are not
-    reported: the raw zone keeps what was exported. Raw counts read before the snapshot can only be
-    older than it: a day re-exported in between is at worst reported (and re-exported) once more."""
-    if raw_before is None:
-        raw_before = raw_counts(home, verified_days(home, day, config))
-    checked = sorted(raw_before)
-    if not checked:
-        return {}
-    first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
-    per_day: dict[tuple[str, str | None], tuple[int, int | None]] = {}
-    for table, on, rows, top in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
-                                                                       "end": after.isoformat(sep=" ")}):
-        per_day[(as_text(table), as_text(on))] = (int(rows), top)
-    found: dict[str, dict] = {}
-    for checked_day in checked:
-        database = {table: per_day.get((table, checked_day), (0, None)) for table in RAW_TABLES}
-        if config.users_snapshot:   # every dated account up to the day's end
-            database["users"] = _cumulative([per_day.get(("users", None), (0, None))]
-                                            + [per_day.get(("users", d), (0, None)) for d in _days(first, checked_day)])
-        raw = raw_before[checked_day]
-        if raw is None:
-            continue                  # an unreadable raw file: the ingest reports it; nothing to compare
-        lacking = {table: {"database": list(database[table]), "raw": list(raw[table])} for table in raw
-                   if database[table][0] > raw[table][0] or _above(database[table][1], raw[table][1])}
-        if lacking:
-            found[checked_day] = lacking
-        mark_late(home, checked_day, bool(lacking))
-    return found
+    queue, a transaction left open). Checks the VERIFY_DAYS days before ``day``'s lookback window, per
+    table by rows, largest id and a digest of the ids (one grouped query of the export's snapshot over
+    those days, ``day_counts.sql``; the raw files' counts come from a cache, see :func:`raw_day_state`,
+    read by the export before it connects: ``raw_before``, from :func:`raw_counts`). More rows or a larger
+    id in the database: late. The same digest: whole. Another digest (review rev29c: a late row and a
+    deletion on the same day kept rows and largest id alike): the day's ids are read from the snapshot
+    (``day_ids.sql``, spilled to a file) and compared with the raw file's id by id, after the session ended;
+    a day whose file holds them all (rows deleted since, none added) is remembered as checked for that
+    database state, so a deletion costs one comparison, not one a night. Returns day -> table ->
+    {"database": [rows, max_id], "raw": [rows, max_id]} (with "missing" and "first_ids" where compared id by
+    id); marks each late day for the schedule to re-export and clears the mark of a day found whole. Rows
+    the raw zone holds and the database no longer does (deleted since) are not reported: the raw zone keeps
+    what was exported. Raw counts read before the snapshot can only be older than it: a day re-exported in
+    between is at worst reported (and re-exported) once more."""
+    return start_late_check(conn, home, day, config, raw_before).finish(home)
+
+
+def _compare(database: tuple[int, int | None, int], raw: RawTableCounts) -> str:
+    """'late' (the database holds more rows or a larger id than the raw file), 'whole' (the same ids, or a
+    state an exact comparison found the file to hold), or 'check' (other ids: compare id by id)."""
+    rows, top, digest = database
+    if rows > raw.rows or _above(top, raw.top):
+        return "late"
+    if digest == raw.digest and rows <= raw.rows:
+        return "whole"
+    if raw.checked == (rows, digest):
+        return "whole"
+    return "check"
 
 
 def _days(first: dt.datetime, last: str) -> list[str]:
@@ -1472,10 +1976,11 @@ def _days(first: dt.datetime, last: str) -> list[str]:
     return out
 
 
-def _cumulative(parts: list[tuple[int, int | None]]) -> tuple[int, int | None]:
-    """Summed rows and largest id of ``parts``."""
-    tops = [top for _, top in parts if top is not None]
-    return sum(rows for rows, _ in parts), max(tops) if tops else None
+def _cumulative(parts: list[tuple[int, int | None, int]]) -> tuple[int, int | None, int]:
+    """Summed rows, largest id and summed digest of ``parts``."""
+    tops = [top for _, top, _ in parts if top is not None]
+    return (sum(rows for rows, _, _ in parts), max(tops) if tops else None,
+            sum(digest for _, _, digest in parts) % DIGEST_MOD)
 
 
 def _above(database: int | None, raw: int | None) -> bool:
@@ -1489,7 +1994,10 @@ def late_warning(late: dict[str, dict], lookback_days: int) -> str:
     for day, tables in sorted(late.items()):
         parts.append(f"{day}: " + ", ".join(
             f"{table} {info['database'][0]} rows (max id {_id_text(info['database'][1])}) in the database, "
-            f"{info['raw'][0]} (max id {_id_text(info['raw'][1])}) in the raw zone" for table, info in tables.items()))
+            f"{info['raw'][0]} (max id {_id_text(info['raw'][1])}) in the raw zone"
+            + (f", {info['missing']} of its ids not there (ids {', '.join(info['first_ids'])}"
+               f"{', ...' if info['missing'] > len(info['first_ids']) else ''})" if info.get("missing") else "")
+            for table, info in tables.items()))
     days = sorted(late)
     return (f"app rows committed after their day was last exported, past app_export.lookback_days ({lookback_days}), "
             f"are in no raw day yet: {'; '.join(parts)} -- the next scheduled export re-exports "

@@ -1,21 +1,30 @@
--- Rows and largest id per table and day, for comparing days exported earlier with the database (rows
--- committed after their day's last export: export.late_rows).
+-- Rows, largest id and a digest of the ids per table and day, for comparing days exported earlier with the
+-- database (rows committed after their day's last export: export.late_rows).
 -- Inputs: tables users, images, rankings, downloads. Output: table_name, day ('YYYY-MM-DD', UTC), rows,
--- max_id (int8, NULL when every id is NULL) for rows created in [$start, $end), one row per table and day
--- with rows; and one row ('users', NULL day) counting the dated accounts created before $start (the
--- users file of a day is a snapshot of every account up to its end). Parameters: $start, $end
--- (timestamp text, UTC).
-SELECT 'users' AS table_name, to_char(created_at, 'YYYY-MM-DD') AS day, count(*) AS rows, max(user_id)::int8 AS max_id
+-- max_id (int8, NULL when every id is NULL), digest (numeric: the sum of hashint8extended(id, 0) over the
+-- non-NULL ids, which export.id_digest computes alike from a raw file; the export takes it modulo 2^64, so
+-- it is order-independent and additive: one more, one fewer or one other id changes it) for rows created
+-- in [$start, $end), one row per table and day with rows; and one row ('users', NULL day) counting the dated
+-- accounts created before $start (the users file of a day is a snapshot of every account up to its end).
+-- hashint8extended is a C function of a few shifts (PostgreSQL 11+, the hash of hash partitioning, stable
+-- across versions and platforms); sum() of int8 accumulates in 128 bits: the rows this query reads anyway
+-- cost no more than a count. Parameters: $start, $end (timestamp text, UTC).
+SELECT 'users' AS table_name, to_char(created_at, 'YYYY-MM-DD') AS day, count(*) AS rows, max(user_id)::int8 AS max_id,
+       sum(hashint8extended(user_id::int8, 0)) AS digest
 FROM users WHERE created_at >= $start AND created_at < $end GROUP BY 2
 UNION ALL
-SELECT 'images', to_char(created_at, 'YYYY-MM-DD'), count(*), max(image_id)::int8
+SELECT 'images', to_char(created_at, 'YYYY-MM-DD'), count(*), max(image_id)::int8,
+       sum(hashint8extended(image_id::int8, 0))
 FROM images WHERE created_at >= $start AND created_at < $end GROUP BY 2
 UNION ALL
-SELECT 'rankings', to_char(created_at, 'YYYY-MM-DD'), count(*), max(ranking_id)::int8
+SELECT 'rankings', to_char(created_at, 'YYYY-MM-DD'), count(*), max(ranking_id)::int8,
+       sum(hashint8extended(ranking_id::int8, 0))
 FROM rankings WHERE created_at >= $start AND created_at < $end GROUP BY 2
 UNION ALL
-SELECT 'downloads', to_char(created_at, 'YYYY-MM-DD'), count(*), max(download_id)::int8
+SELECT 'downloads', to_char(created_at, 'YYYY-MM-DD'), count(*), max(download_id)::int8,
+       sum(hashint8extended(download_id::int8, 0))
 FROM downloads WHERE created_at >= $start AND created_at < $end GROUP BY 2
 UNION ALL
-SELECT 'users', NULL, count(*), max(user_id)::int8
+SELECT 'users', NULL, count(*), max(user_id)::int8,
+       sum(hashint8extended(user_id::int8, 0))
 FROM users WHERE created_at >= '0001-01-01' AND created_at < $start

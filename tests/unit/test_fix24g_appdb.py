@@ -1,8 +1,9 @@
 """Fix of review rev24g (``tests/unit/test_hostile_rev24g.py``), the app database as the source: cases the
 review's xfails do not cover. A password key's value and a cut password hidden in free text (names still shown
-whole); the publish-time guard (``export.check_no_vanishing_rows``): a re-export from a replica that only adds
-rows goes through, one that would drop rows is refused with one line naming the day, the replica and the rows,
-a primary's deletions propagate unless ``app_export.keep_exported_rows``; a database holding a logical
+whole); the publish-time guard (``export.keep_vanishing_rows``; ``check_no_vanishing_rows`` until rev29c): a
+re-export from a replica that only adds rows goes through, one that would drop rows keeps them in the day beside the
+rows read (rev29c; refused whole before), with one line naming the day, the replica and the rows, a primary's
+deletions propagate unless ``app_export.keep_exported_rows``; a database holding a logical
 subscription of none of the app tables is no replica (rev24k: it was, until then); a hot standby whose WAL
 receiver the role may not see, or that heard nothing from its upstream for too long, is refused.
 """
@@ -21,7 +22,7 @@ from psycopg.conninfo import conninfo_to_dict
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
 from pipelines.appdb.connection import redact, server_name
-from pipelines.appdb.export import AppExportConfig, ReplicaBehind, RowsWouldVanish, export_day, vanishing_rows
+from pipelines.appdb.export import AppExportConfig, ReplicaBehind, export_day, vanishing_rows
 from tests.postgres_server import (
     SUPERUSER,
     PostgresServer,
@@ -146,19 +147,23 @@ def test_a_replica_may_add_rows_to_a_day_but_never_drop_them(postgres_server, tm
         conn.execute("DELETE FROM rankings WHERE ranking_id = 1")
         conn.execute("DELETE FROM images WHERE image_id = 2")
         _rank(conn, 3)
+    # rev29c: the rows the replica lacks are kept in the day beside the late row 3 (it was refused whole,
+    # RowsWouldVanish, so the late row never landed), with a warning naming them
+    report = export_day(home, dsn, DAY)
+    assert report.published == "updated"
+    assert [line["ranking_id"] for line in _lines(home, "rankings")] == [1, 2, 3]
+    assert [line["image_id"] for line in _lines(home, "images")] == [1, 2]
+    assert report.kept == {"images": {"rows": 1, "first_ids": ["2"]}, "rankings": {"rows": 1, "first_ids": ["1"]}}
+    kept = [w for w in report.warnings if "kept in the re-exported day" in w]
+    assert len(kept) == 1 and "a hot standby" in kept[0] and "\n" not in kept[0]
+    assert "images: 1 (ids 2)" in kept[0] and "rankings: 1 (ids 1)" in kept[0] and "from the primary" in kept[0]
     before = _files(home)
-    with pytest.raises(RowsWouldVanish) as refused:
-        export_day(home, dsn, DAY)
-    message = str(refused.value)
-    assert f"refusing to replace day {DAY}" in message and "is a hot standby" in message
-    assert "2 row(s)" in message and "images: 1 (ids 2)" in message and "rankings: 1 (ids 1)" in message
-    assert "from the primary" in message and "nothing was replaced" in message and "\n" not in message
-    assert _files(home) == before
+    assert export_day(home, dsn, DAY).published == "unchanged" and _files(home) == before   # the same bytes again
     monkeypatch.undo()
     # from the primary, rows the app deleted leave the day (section 1a) ...
-    with pytest.raises(RowsWouldVanish, match="keep_exported_rows = false") as kept:
-        export_day(home, dsn, DAY, AppExportConfig(keep_exported_rows=True))   # ... unless told to keep them
-    assert "a primary with app_export.keep_exported_rows = true" in str(kept.value) and _files(home) == before
+    kept = export_day(home, dsn, DAY, AppExportConfig(keep_exported_rows=True))   # ... unless told to keep them
+    assert kept.published == "unchanged" and _files(home) == before
+    assert any("app_export.keep_exported_rows = true keeps rows the app deleted" in w for w in kept.warnings)
     assert export_day(home, dsn, DAY).published == "updated"
     assert [line["ranking_id"] for line in _lines(home, "rankings")] == [2, 3]
     assert [line["image_id"] for line in _lines(home, "images")] == [1]

@@ -2,7 +2,8 @@
 ``connection.py``, ``export.py``, ``tables.py``, ``blobs.py``; the ``app_export`` asset and
 ``app_export_schedule``; README section 1a): what a live production database does between nights and during
 an export. Run against real throwaway PostgreSQL servers (``tests/postgres_server.py``; a logical-replication
-subscriber for the replica case). Each test is a strict xfail whose assertions state the correct behaviour.
+subscriber for the replica case). Each test states the correct behaviour; all three were fixed the same day
+(fix29c, tested further in ``tests/unit/test_fix29c.py``).
 
 Found (each confirmed by running it):
 
@@ -37,7 +38,6 @@ import time
 
 import dagster as dg
 import psycopg
-import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from dagster_project import automation
@@ -74,14 +74,6 @@ def _tick(home: DataHome, folder, when: dt.datetime) -> list[str]:
 
 # --- 1. a deletion hides a late row from the late-row check ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "export.late_rows compares only the row count and the largest id of each day past the lookback window with "
-    "the raw files, so a ranking committed late for 2023-03-01 (a transaction open for days: its id 2 was taken "
-    "when it began, below the day's largest id 3) is never exported nor reported once another ranking of that "
-    "day was deleted since (a user removing it, an account erasure): counts 2 = 2 and max id 3 = 3. Expected: "
-    "the late row reaches the day's raw file after the nights that follow, or an export warns naming the day "
-    "(e.g. compare a per-day digest of the ids, not only count and max)"
-))
 def test_a_late_row_is_seen_though_a_row_of_its_day_was_deleted_since(postgres_server, tmp_path):  # noqa: F811
     dsn = _app_db(postgres_server)
     with psycopg.connect(dsn) as conn:
@@ -113,14 +105,6 @@ def test_a_late_row_is_seen_though_a_row_of_its_day_was_deleted_since(postgres_s
 
 # --- 2. an undated row dated as the warning asks ---------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "every export reports a row with a NULL created_at ('belong to no day and are not exported ... give them a "
-    "real created_at in the app database'); once the operator gives it its real date (2023-03-01, four weeks "
-    "back) the warning is gone, yet no nightly export ever writes the row to a raw day nor reports it (the late "
-    "check looks only 14 days before the lookback window). Expected: the row reaches 2023-03-01's raw file "
-    "within the nights that follow, or an export warns naming it (e.g. remember the undated ids reported and "
-    "look for them, or say in the warning how to export the day afterwards)"
-))
 def test_an_undated_row_dated_as_the_warning_asks_is_exported_or_reported(postgres_server, tmp_path,  # noqa: F811
                                                                         monkeypatch):
     dsn = _app_db(postgres_server)
@@ -162,15 +146,6 @@ def _wait_for(conn: psycopg.Connection, query: str, value) -> None:
     raise AssertionError(f"never {query} = {value!r}")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from a replica (a logical subscriber here; a hot standby takes the same path) a re-export of a day is "
-    "refused whole (RowsWouldVanish) as soon as one account of the day's users snapshot was deleted on the "
-    "primary (a user deleting their account), so a ranking committed late for that day never reaches it, night "
-    "after night (and every build --from-app-db of the days exported before the deletion fails the same way), "
-    "though the README says rows may be added from a replica (late rows reach the day). Expected: the late "
-    "ranking reaches the day's raw file and no row leaves it (the deleted account's line kept, as a replica "
-    "may be behind), e.g. by keeping the rows that would vanish, or refusing only the table that loses rows"
-))
 def test_a_late_ranking_reaches_its_day_from_a_replica_after_an_account_was_deleted(logical_server,  # noqa: F811
                                                                                     tmp_path):
     day = "2023-03-01"
