@@ -13,7 +13,7 @@ from dataclasses import dataclass
 CODE_VERSIONS: dict[str, str] = {
     "app_export": "2",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
                           #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
-    "ingest": "5",        # 2: quarantine line_count / last_line_number, relative paths, late images
+    "ingest": "6",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);
                           #    rev25c rules (nested brackets cleaned whole, empty_prompt, numbers judged as written,
@@ -27,12 +27,16 @@ CODE_VERSIONS: dict[str, str] = {
                           #    quarantine's row groups cut by raw_text + detail bytes;
                           #    rev27e: the gzip member a file limit cuts is checked to its end (within
                           #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
-    "features": "6",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+                          # 6: a pruned raw day's images (as the warehouse keeps them) still resolve other days'
+                          #    references (rev29a: a re-ingest quarantined them as unknown_image_reference)
+    "features": "7",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
                           # 6: JPEG pre-scan before Pillow (marker/fill/scan floods, scans x pixels, EXIF/MPF tag
                           #    blocks), Pillow given the extension's formats only, reuse judged as a decode (rev24d/h)
+                          # 7: a row reused by uid only while its blob is the file it was read from (blobidentity);
+                          #    else the blob is read and hashed again (rev29a: a replaced blob was never read)
     "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings

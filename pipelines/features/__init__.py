@@ -8,6 +8,8 @@
 - ``nsfw``: NudeNet, loaded from its bundled local weights, batched.
 - ``blobs``: blob-store URLs, training-JPEG keys, atomic blob writes.
 - ``reuse``: incremental reuse of rows by uid and by sha256.
+- ``blobidentity``: the identity of the blob behind each row, so a row is reused by uid only while its blob is
+  the file it was read from (review rev29a).
 - ``staging``: the run's scratch folder: worker inputs and the pipeline's one sink.
 - ``runner``: Beam options and the local runner (no Prism download).
 - ``runnernames``: which runner a ``--runner`` value names, and whether the stage runs it (the settings check a

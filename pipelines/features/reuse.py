@@ -1,5 +1,8 @@
 """Incremental reuse: rows already fingerprinted (same uid) or of identical bytes (same sha256) are copied.
 
+A row found by uid is copied unread only while its blob is the file it was read from
+(:mod:`pipelines.features.blobidentity`, checked by the driver); else the blob is read and hashed again.
+
 The driver finds both in the earlier ``image_features`` partitions; the workers get the known sha256
 digests as one sorted ``.npy`` file and look each image up by binary search.
 
@@ -114,7 +117,8 @@ def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=
     return pa.concat_tables(tables)
 
 
-def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]]) -> list[dict]:
+def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list[tuple[str, Path]],
+                       sources: dict[str, str] | None = None) -> list[dict]:
     """Copies of already-fingerprinted rows for input uids: from the earliest earlier day, else from the day's
     own partition (a rerun).
 
@@ -122,7 +126,8 @@ def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list
     ``reused_from`` a build in day order gives it (its uid when an earlier day has the uid, which then is the
     source; else the earliest (day, uid) of an earlier day with the same sha256, as :func:`rows_reused_by_sha256`
     picks; else none), so a day built before an earlier one landed (a backfill) and built again after it holds
-    the bytes a build in day order writes."""
+    the bytes a build in day order writes. ``sources``, when given, is filled with uid -> the day each row is
+    copied from."""
     if inputs.num_rows == 0:  # an empty chunked array reads as type null in ``isin``
         return []
     uids = inputs["image_uid"].combine_chunks()
@@ -134,6 +139,8 @@ def rows_reused_by_uid(home: DataHome, day: str, inputs: pa.Table, history: list
     for uid, key in zip(hits["image_uid"].to_pylist(), hits["dt_key"].to_pylist()):
         if uid not in source_day or (key == day, key) < (source_day[uid] == day, source_day[uid]):
             source_day[uid] = key
+    if sources is not None:
+        sources.update(source_day)
     rows = []
     day_date = parse_day(day)
     for key, path in history:

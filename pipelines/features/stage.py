@@ -29,6 +29,7 @@ from formats.locks import hold_lock
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features import decode
+from pipelines.features.blobidentity import BlobIdentities
 from pipelines.features.blobs import is_local, join_url, lost_training_jpegs
 from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
 from pipelines.features.nsfw import NsfwDetector
@@ -91,7 +92,8 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
     key = output_key(config)
     history = earlier_partitions(home, day, key)     # only rows made under these output settings are reused
-    by_uid = rows_reused_by_uid(home, day, inputs, history)
+    sources: dict[str, str] = {}
+    by_uid = rows_reused_by_uid(home, day, inputs, history, sources)
     # A row is reused only while its training JPEG is there as the row records it (review rev24d: a lost one was
     # never written again, and publish failed for good): such a row is computed again, which writes the JPEG,
     # and stays the reused row where the bytes are still the same (_settle_restored).
@@ -99,6 +101,11 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     # (decode.check_extension and refuse_structure_bomb, in ReadBlobFn) before it is copied (review rev24h: rows a
     # home holds from before a fix of those checks were copied for good, while a build from scratch refused them).
     again = {row["image_uid"] for row in by_uid if decode.judged_again_on_reuse(row["format"], row["blob_path"])}
+    # A row is reused unread only while its blob is the file it was read from (review rev29a: a blob replaced under
+    # an accepted uid was never read again, not even by --force): one stat a row against the run's records
+    # (pipelines.features.blobidentity); any other is read and hashed again, and kept where the bytes are the row's.
+    identities = BlobIdentities(home, day, base)
+    again |= identities.unverified([row for row in by_uid if row["image_uid"] not in again], sources)
     lost = lost_training_jpegs(base, [row for row in by_uid if row["image_uid"] not in again])
     restoring = {row["image_uid"]: row for row in by_uid if row["image_uid"] in lost or row["image_uid"] in again}
     by_uid = [row for row in by_uid if row["image_uid"] not in restoring]
@@ -124,6 +131,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
                                    schema=TODO_SCHEMA), todo_path)
         digests_path = join_url(staging, "known_sha256.npy")
         write_npy_url(known_digests([h for h in history if h[0] < day]), digests_path)
+        identities.before_read(dict(zip(todo["image_uid"].to_pylist(), todo["blob_path"].to_pylist())))
         stage_started = time.perf_counter()
         options = pipeline_options(config, beam_args, todo.num_rows)
         workers = worker_processes(options)
@@ -163,6 +171,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
                                          with_output_key(get_schema(FEATURES), key))
     rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day),
                                         with_output_key(get_schema(REJECTS), key))
+    identities.write(features)
     if todo.num_rows:
         remove_dir(staging, base)
 

@@ -83,7 +83,7 @@ from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport,
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
 from pipelines.ingest.reader import SEEN_OVERFLOW, fill_pending, read_table
 from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
-from pipelines.ingest.uidindex import raw_image_uids, stat_key, write_uid_index
+from pipelines.ingest.uidindex import raw_image_uids, reference_days, stat_key, write_uid_index
 from pipelines.ingest.waiting import Unreadable, WaitingIndex, read_waiting
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -711,6 +711,7 @@ def _late_image_gone(home: DataHome, earlier: str, day: str, days: Sequence[str]
     except (OSError, pa.ArrowException, earlierimages.Stale):
         return True   # unreadable partitions: ingesting the day again repairs them
     last = late_window_end(earlier, config.late_image_days)
+    days = reference_days(home, days)   # a pruned day gives what the warehouse keeps of it (review rev29a)
     for other in [day] + sorted((d for d in days if d <= last and d != day), reverse=True):
         if not named:
             return False

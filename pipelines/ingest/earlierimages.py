@@ -31,6 +31,10 @@ are, the missing ones together (:func:`resolve_together`: each day's uid index r
 and ``L`` is ingested again when they disagree (a uid in no export within its reach, or another late count per
 table than ``ingest_files`` records), so the decision never depends on the cache being there. A record of a day
 found stale is dropped, so a crash before its rewrite leaves it worked out again. Disposable.
+
+A pruned earlier day (its raw folder gone, its partitions kept) still gives the images its warehouse keeps
+(:func:`pipelines.ingest.uidindex.reference_days`; its ``stat`` in a record is ``gone``): a record that took a uid
+from it before the prune resolves it there again, and the later day is not ingested again (review rev29a).
 """
 from __future__ import annotations
 
@@ -51,7 +55,7 @@ from pipelines.ingest.config import IngestConfig, parse_day
 from pipelines.ingest.lines import iter_lines
 from pipelines.ingest.reader import open_raw
 from pipelines.ingest.references import REFERENCE_FIELDS, late_window_end
-from pipelines.ingest.uidindex import raw_image_uids, stat_key
+from pipelines.ingest.uidindex import raw_image_uids, reference_days, stat_key
 
 _VERSION = "3"         # 3: the late uids counted ("late"), the days whose export every record was checked against ("looked")
 _DAYS_CACHE = "earlier_image_days.json"
@@ -248,7 +252,8 @@ class EarlierImages:
     """The later days' records, and the look at them when an earlier day is ingested (:meth:`changes`)."""
 
     def __init__(self, home: DataHome, days: Sequence[str], config: IngestConfig) -> None:
-        self.home, self.days, self.config = home, days, config
+        # the days a uid resolves against: the raw zone's and the pruned days the warehouse keeps (review rev29a)
+        self.home, self.days, self.config = home, reference_days(home, days), config
         self.path = home.cache / _DAYS_CACHE
         self.known: dict[str, dict] = {}
         self.looked: dict[str, str] = {}

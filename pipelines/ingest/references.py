@@ -4,9 +4,13 @@
 ``"image_uid"`` member in none of the raw images files of this day, any earlier day, or the
 ``late_image_days`` (2) days after it in the raw zone. Only the raw bytes are searched (quarantined
 image lines count as exported), so the answer depends on the raw zone alone, not on what was
-ingested before. A row resolved only by a later day's export is accepted and counted in
-``ingest_files.accepted_late_image``; the detail names the first unknown image and the window, never
-which later days exist yet. When day D is ingested, each ingested day in [D - late_image_days, D)
+ingested before, with one exception: a day whose raw folder was pruned after its ingest keeps what was
+built from it, so its images export is what the warehouse keeps of it (its ``images`` partition and the uids
+of its quarantined images lines: :func:`pipelines.ingest.uidindex.kept_image_uids`, review rev29a). A build
+from scratch of a home whose raw day was pruned has no such partition, so its rows naming that day's images
+are ``unknown_image_reference`` there: it sees fewer facts than the home that ingested the day. A row
+resolved only by a later day's export is accepted and counted in ``ingest_files.accepted_late_image``; the
+detail names the first unknown image and the window, never which later days exist yet. When day D is ingested, each ingested day in [D - late_image_days, D)
 whose ``unknown_image_reference`` rows name an image D's export holds is ingested again
 (``refresh_late_references`` in :mod:`pipelines.ingest.day`, reported in ``IngestReport.refreshed``),
 and so is each ingested later day whose ``unknown_image_reference`` rows name an image D's export holds
@@ -21,7 +25,7 @@ from formats.home import DataHome
 from pipelines.ingest import parse as rp
 from pipelines.ingest.config import IngestConfig, parse_day, shift_day
 from pipelines.ingest.reader import TableRun
-from pipelines.ingest.uidindex import raw_image_uids
+from pipelines.ingest.uidindex import raw_image_uids, reference_days
 
 REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                     "downloads": ("image_uid",)}
@@ -36,7 +40,8 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
     ``known_today`` holds the uids found while the same process read today's images file; without
     it, today's file is searched like the others (the same byte-level search either way). Other days
     are searched through their uid index (``raw_image_uids``), so a day's check costs one small
-    Parquet read per day, not a decompression of every images file.
+    Parquet read per day, not a decompression of every images file. A pruned day the warehouse keeps is
+    searched like a raw day, in what the warehouse keeps of it (:func:`~pipelines.ingest.uidindex.reference_days`).
     """
     tables = [t for t in REFERENCE_FIELDS if t in runs]
     positions = {t: [parsers[t].names.index(name) for name in REFERENCE_FIELDS[t]] for t in tables}
@@ -45,6 +50,8 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
         for _, values in runs[table].rows.values():
             referenced.update(values[i] for i in positions[table] if values[i] is not None)
     unresolved = referenced - known_today if known_today is not None else referenced
+    if unresolved:
+        raw_days = reference_days(home, raw_days)   # the raw zone's days and the pruned days the warehouse keeps
     scan_days = {d for d in raw_days if d < day}
     if known_today is None:
         scan_days.add(day)

@@ -1,8 +1,17 @@
 """The per-day index of a raw images file's uids (``cache/raw_image_uids/dt=DAY.parquet``): a cache of the
 byte search, trusted while the raw file keeps its recorded size and times (else its recorded sha256),
-so a day's reference check does not decompress the whole history."""
+so a day's reference check does not decompress the whole history.
+
+A pruned day (its raw folder gone from the raw zone, its warehouse partitions kept: README, "raw folder gone")
+still holds the images its ingest found: :func:`raw_image_uids` answers for it from the warehouse (the day's
+``images`` partition and the ``image_uid`` members of its quarantined images lines, :func:`kept_image_uids`), and
+:func:`reference_days` adds such days to the raw days a reference is looked up in (review rev29a: a re-ingest of
+a later day quarantined its rows that named a pruned day's images as ``unknown_image_reference``).
+"""
 from __future__ import annotations
 
+import os
+from collections.abc import Collection
 from pathlib import Path
 
 import pyarrow as pa
@@ -11,6 +20,7 @@ import pyarrow.parquet as pq
 
 from formats.files import sha256_file, write_parquet_atomic
 from formats.home import DataHome
+from formats.rawzone import day_of_folder
 from pipelines.ingest import lines
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.reader import open_raw
@@ -32,7 +42,11 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestCon
     Answered from the day's uid index when it describes the file as it is now (same size and
     times, else the same sha256); otherwise the file is searched and the index (re)written. The
     answer depends only on the raw bytes: the index is a cache of the byte search, nothing more.
+    A day that is not a day of the raw zone any more (pruned) is answered from what the warehouse keeps of it
+    (:func:`kept_image_uids`).
     """
+    if not raw_day_present(home, day):
+        return kept_image_uids(home, day, wanted)   # a pruned day: what its ingest found, as the warehouse keeps it
     path = home.raw_file(day, "images")
     config = config or IngestConfig()
     raw = open_raw(home, path, config=config)   # a file that is not a regular one inside the raw zone: never read or hashed
@@ -68,3 +82,69 @@ def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | 
     table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
     table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat})
     write_parquet_atomic(table, home.raw_image_uid_index(day))
+
+
+def raw_day_present(home: DataHome, day: str) -> bool:
+    """Whether ``day`` is a day of the raw zone (as ``formats.rawzone.scan_raw_zone`` lists it): its ``dt=`` folder
+    is a folder inside the raw zone (a link to one inside it counts, one leading out or dangling does not)."""
+    folder = home.raw_day(day)
+    try:
+        zone = (home.root / "raw").resolve()
+        target = folder.resolve(strict=True)
+        return folder.is_dir() and (target == zone or zone in target.parents)
+    except (OSError, RuntimeError):
+        return False
+
+
+def pruned_days(home: DataHome, raw_days: Collection[str]) -> list[str]:
+    """The days not among ``raw_days`` (the raw zone's) whose ``images`` partition the warehouse holds: days whose
+    raw folder was pruned (or moved out of the raw zone) after their ingest, kept as they were built. One listing
+    of ``warehouse/images``; sorted."""
+    found: list[str] = []
+    present = set(raw_days)
+    try:
+        entries = list(os.scandir(home.table_dir("images")))
+    except OSError:
+        return []
+    for entry in entries:
+        day, _ = day_of_folder(entry.name)
+        if day is not None and day not in present and home.partition_file("images", day).is_file() \
+                and not raw_day_present(home, day):
+            found.append(day)
+    return sorted(found)
+
+
+def reference_days(home: DataHome, raw_days: Collection[str]) -> list[str]:
+    """The days whose images exports a reference may resolve against: the raw zone's days and the pruned days the
+    warehouse keeps (:func:`pruned_days`), sorted. :func:`raw_image_uids` answers for both."""
+    return sorted(set(raw_days) | set(pruned_days(home, raw_days)))
+
+
+def kept_image_uids(home: DataHome, day: str, wanted: set[str]) -> set[str]:
+    """The uids of ``wanted`` that a pruned ``day``'s ingest found in its raw images file, as its warehouse partitions
+    keep them: the accepted ``images`` rows, then the ``image_uid`` members of its quarantined images lines (their
+    stored text, the first 64 KiB of each line: the byte search and the JSON decode a raw file gets). Empty when the
+    day has no readable ``images`` partition (never ingested: nothing was built from it)."""
+    value_set = pa.array(sorted(wanted), pa.string())
+    try:
+        uids = pq.read_table(home.partition_file("images", day), columns=["image_uid"]).column("image_uid")
+    except (OSError, pa.ArrowException):
+        return set()
+    found = set(uids.filter(pc.is_in(uids, value_set=value_set)).to_pylist())
+    if found == wanted:
+        return found
+    try:
+        texts = pq.read_table(home.partition_file("quarantine", day), columns=["raw_text"],
+                              filters=[("table", "=", "images")]).column("raw_text")
+    except (OSError, pa.ArrowException):
+        return found
+    seen: set[str] = set()
+    for text in texts.to_pylist():
+        if text:
+            data = text.encode("utf-8")
+            for _ in lines.tap_image_uids([data], seen):
+                pass
+            uid = lines.spelled_image_uid(data)
+            if uid is not None:
+                seen.add(uid)
+    return found | (seen & wanted)

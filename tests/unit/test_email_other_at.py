@@ -51,4 +51,4 @@ def test_masking_a_long_value_of_those_forms_is_one_pass(chunk: str) -> None:
 
 
 def test_ingest_code_version_moved_with_the_masking() -> None:
-    assert CODE_VERSIONS["ingest"] == "5"
+    assert int(CODE_VERSIONS["ingest"]) >= 5       # 5 moved with the masking (6: review rev29a)

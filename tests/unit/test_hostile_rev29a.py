@@ -34,7 +34,7 @@ image dropped by a re-export, a pruned day, a ``train_size`` tried once: ``s24q9
 days ever seen, not with the nights.
 
 Each test below is a defect confirmed by running it, filed as a strict xfail whose assertions state the correct
-behaviour; ranked by severity.
+behaviour; ranked by severity. Both were fixed the same day (fix29a, tested further in ``tests/unit/test_fix29a.py``).
 """
 from __future__ import annotations
 
@@ -42,7 +42,6 @@ import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
@@ -53,18 +52,6 @@ def _rows(home: DataHome, table: str, day: str) -> list[dict]:
     return pq.read_table(home.partition_file(table, day)).to_pylist()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Pruning the raw zone (README: 'the raw zone is the export's to prune; a day whose raw folder is gone keeps "
-    "what was built from it') silently unaccepts other days' rows: the reference check "
-    "(pipelines/ingest/references.check_references) looks for an earlier day's images only in the raw images "
-    "files still present (raw_image_uids over raw_days), not in the warehouse images that day's ingest accepted "
-    "and kept. So any later re-ingest of a day whose rankings or downloads name an image exported on a pruned day "
-    "(a re-delivered export, `pickapic build --force`, an ingest code-version bump that re-ingests every day) moves "
-    "those accepted rows to the quarantine as unknown_image_reference ('is in no images export of ..., an earlier "
-    "day'), and they leave the next published version (run with the CLI on a simulated 3-day home: the oldest "
-    "raw day pruned, `pickapic build` said 'up to date', then `pickapic build --force` published 59 samples where "
-    "it had 60). Expected: the rows stay accepted, as built before the prune"
-))
 def test_a_pruned_raw_day_still_resolves_the_images_later_days_took_from_it(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     early = DayBuilder("2023-03-01").populate(users=2, images=4, rankings=1, downloads=0)
@@ -85,17 +72,6 @@ def test_a_pruned_raw_day_still_resolves_the_images_later_days_took_from_it(tmp_
     assert {table: _rows(home, table, later.day) for table in ("rankings", "downloads")} == before
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A raw blob replaced under an accepted uid (a file-fed raw zone re-delivering a corrected image, "
-    "raw/images/<uid>.png with other bytes) is never fingerprinted again: the build says 'up to date', and even "
-    "`pickapic build --force` ('recomputes everything') reruns the feature stage, which copies the uid's old row "
-    "(pipelines/features: 'an input uid already present in an image_features partition of this day or an earlier "
-    "one is never read') for a PNG without reading the blob. Run with the CLI on a simulated home: the published "
-    "version keeps the old training JPEG and sha256, and an image the new bytes make an exact duplicate of another "
-    "is missing from its duplicate cluster (duplicate_clusters, pairs, split_pairs, a train shard, meta/images and "
-    "the version id differ from a build from scratch of the same raw zone). Expected: a rerun of the day reads "
-    "the blob and writes what a build from scratch writes"
-))
 def test_a_rerun_of_a_day_fingerprints_a_blob_replaced_under_an_accepted_uid(tmp_path: Path) -> None:
     from test_features_fixtures import fake_detector, png, write_day
 
