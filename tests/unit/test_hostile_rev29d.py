@@ -56,7 +56,8 @@ def _replica(monkeypatch) -> None:
     "spacing, the id first); a day written by another exporter (the raw zone's other way in, README 1a), here the "
     "same rows as compact JSON, has no line it can key, so a replica's re-export keeps EVERY old line as a keyless "
     "row beside the rows read: the day holds each ranking twice (warning 'kept ... ids NULL, NULL'), duplicate "
-    "primary keys in one day (the ingest's duplicate/conflicting-key quarantine, not run here). Expected: old lines are keyed by their parsed primary key "
+    "primary keys in one day (the ingest's duplicate/conflicting-key quarantine, not run here). Expected: old "
+    "lines are keyed by their parsed primary key "
     "(or such a file is not merged), so each id is in the day once"
 ))
 def test_a_day_another_exporter_wrote_is_not_doubled_by_a_replica_re_export(postgres_server, tmp_path,  # noqa: F811
@@ -114,8 +115,8 @@ def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, 
     "lookback to a newer day: the digest check of the old day finds another digest, compares id by id, finds no "
     "id missing and remembers the day as 'a deletion alone' (no warning, no marker), so the old day keeps the "
     "stale copy for good while the new day holds the current one: the id is in two raw days (by README section 4 "
-    "curation drops the ranking as conflicting_ranking). Expected: an id the raw day holds that the snapshot holds on another "
-    "day marks the old day for re-export (or is reported), so after the schedule's re-exports the id is in one day"
+    "curation drops the ranking as conflicting_ranking). Expected: an id the raw day holds that the snapshot "
+    "holds on another day marks the old day for re-export (or is reported), so after the schedule's re-exports the id is in one day"
 ))
 def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
