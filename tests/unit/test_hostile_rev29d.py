@@ -116,7 +116,8 @@ def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, 
     "id missing and remembers the day as 'a deletion alone' (no warning, no marker), so the old day keeps the "
     "stale copy for good while the new day holds the current one: the id is in two raw days (by README section 4 "
     "curation drops the ranking as conflicting_ranking). Expected: an id the raw day holds that the snapshot "
-    "holds on another day marks the old day for re-export (or is reported), so after the schedule's re-exports the id is in one day"
+    "holds on another day marks the old day for re-export (or is reported), so after the schedule's re-exports "
+    "the id is in one day"
 ))
 def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
