@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import signal
 import stat
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -40,6 +42,57 @@ class BuildError(RuntimeError):
 
 class NotEnoughDataError(BuildError):
     """The data cannot feed a trainer yet: nothing was published; the message says what is missing."""
+
+
+class BuildInterrupted(KeyboardInterrupt):
+    """A Ctrl-C (SIGINT) or a SIGTERM reached the build while Dagster ran one of its runs: no later run starts and
+    nothing more is written (``pickapic build`` says "interrupted", exit 130, or "terminated", exit 143)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+_STOPPING = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def signals_seen() -> Iterator[Callable[[], int | None]]:
+    """Watch for SIGINT / SIGTERM while Dagster runs a job in this process; yield a function that says which came
+    (SIGINT first), if any.
+
+    Dagster takes both signals over for a run (``capture_interrupts``: SIGTERM mapped to its SIGINT handler) and,
+    outside a step, only records one, then forgets it as the run ends: a Ctrl-C or SIGTERM as a run ended was
+    swallowed and the build went on to its next run and published (review rev29b). The kernel-level record
+    Python keeps of every signal a handler takes, whichever handler it is (``signal.set_wakeup_fd``), is read
+    here instead. The handlers in place before the run are put back after it (Dagster leaves SIGTERM with the
+    SIGINT handler). Outside the main thread (no handler can be set) nothing is watched."""
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    handlers = {sig: signal.getsignal(sig) for sig in _STOPPING}
+    reader, writer = os.pipe()
+    received: set[int] = set()
+    try:
+        for fd in (reader, writer):
+            os.set_blocking(fd, False)
+        previous = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+        try:
+            def seen() -> int | None:
+                with contextlib.suppress(BlockingIOError, InterruptedError):
+                    while data := os.read(reader, 512):
+                        received.update(data)
+                return next((sig for sig in _STOPPING if sig in received), None)
+
+            yield seen
+        finally:
+            signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
+            for sig, handler in handlers.items():
+                if handler is not None and signal.getsignal(sig) != handler:
+                    signal.signal(sig, handler)
+    finally:
+        os.close(reader)
+        os.close(writer)
 
 
 @dataclass
@@ -444,10 +497,14 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     ops = {op: {"config": overrides[sections[op]]} for op in run.ops if sections.get(op) in overrides}
     run_config = {**QUIET_LOGS, **({"ops": ops} if ops else {})}
     job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
-    result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
-                                    asset_selection=asset_keys(run, defs.resolve_asset_graph()), raise_on_error=False,
-                                    tags={BUILD_TAG: BUILD_TAG_VALUE,
-                                          "pickapic/why": "; ".join(run.reasons)[:200]})
+    with signals_seen() as stopped:
+        result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
+                                        asset_selection=asset_keys(run, defs.resolve_asset_graph()),
+                                        raise_on_error=False, tags={BUILD_TAG: BUILD_TAG_VALUE,
+                                                                    "pickapic/why": "; ".join(run.reasons)[:200]})
+        signum = stopped()
+    if signum is not None:   # in a step (it failed the run) or as the run ended: the build stops here
+        raise BuildInterrupted(signum)
     if not result.success:
         _raise_not_enough_data(result, home)
         failures = [event for event in result.all_events if event.is_step_failure]

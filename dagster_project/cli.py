@@ -285,6 +285,16 @@ def _quiet_logging(debug: bool) -> None:
     logging.basicConfig(level=logging.DEBUG if debug else logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
     if not debug:
         logging.getLogger().setLevel(logging.ERROR)
+        for handler in logging.getLogger().handlers:   # a Ctrl-C in a Beam step: "interrupted", not Beam's traceback
+            handler.addFilter(_no_interrupt_records)
+
+
+def _no_interrupt_records(record) -> bool:
+    """False for a log record of an interrupt (Beam logs the error that stops a step, with its traceback, before
+    it re-raises it: for a Ctrl-C or SIGTERM in a step that is Dagster's ``DagsterExecutionInterruptedError``, and
+    the command then says "interrupted" or "terminated" in one line, review rev29b)."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(error, KeyboardInterrupt) or type(error).__name__ == "DagsterExecutionInterruptedError")
 
 
 # Commands that write a user-given output: SIGTERM (kill, timeout(1), a stopped service) ends them like
@@ -333,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         answer_closed_stdout()
         return code or 0
     except KeyboardInterrupt as stop:
-        if isinstance(stop, Terminated) or _TERMINATED.is_set():
+        if isinstance(stop, Terminated) or _TERMINATED.is_set() or getattr(stop, "signum", None) == signal.SIGTERM:
             print("terminated", file=sys.stderr)
             return 128 + signal.SIGTERM
         print("interrupted", file=sys.stderr)

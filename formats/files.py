@@ -16,7 +16,7 @@ import re
 import secrets
 import stat
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -85,6 +85,39 @@ def sweep_temps(folder: str | os.PathLike, final: str, follow: bool = False) -> 
     another account's file) is left as it is and named in the notes. Never raises for what it cannot remove (a
     note says why)."""
     pattern = temp_pattern(final)
+    return _sweep(folder, pattern.fullmatch, follow)
+
+
+_ANY_TEMP = re.compile(rf"\.(.+)\.[0-9a-f]{{{2 * _TEMP_TOKEN_BYTES}}}\.tmp")
+
+
+def sweep_temps_of(finals: Iterable[str | os.PathLike], follow: bool = True) -> list[str]:
+    """Remove the temporary files that writers killed mid-write left for exactly the final paths ``finals``
+    (:func:`create_temp`'s ``.NAME.<12 hex>.tmp`` beside each), one listing per folder, as :func:`sweep_temps`
+    does (only this account's regular files at those names, relative to the folder opened, never through a link
+    at such a name); return its notes on what was left. ``follow``: a link at a folder itself is followed once,
+    as the writers that write through it do (a warehouse table folder, ``cache/``); with ``follow=False`` a link
+    there sweeps nothing (the training-JPEG store, whose writers refuse such a link).
+
+    The caller must hold what keeps every writer of those names from writing now (the lock they write under):
+    a temporary file being written would be removed under it (review rev29b: the curation and split tables, the
+    feature stage's partitions and JPEGs, the ingest's files outside its day folders, each crash left one)."""
+    by_folder: dict[str, set[str]] = {}
+    for final in finals:
+        folder, name = os.path.split(os.fspath(final))
+        by_folder.setdefault(folder, set()).add(name)
+    notes: list[str] = []
+    for folder, names in sorted(by_folder.items()):
+        def wanted(temp: str, names: set[str] = names) -> bool:
+            match = _ANY_TEMP.fullmatch(temp)
+            return match is not None and match.group(1) in names
+
+        notes += _sweep(folder, wanted, follow)[1]
+    return notes
+
+
+def _sweep(folder: str | os.PathLike, wanted: Callable[[str], object], follow: bool) -> tuple[list[str], list[str]]:
+    """:func:`sweep_temps` of the names ``wanted`` accepts."""
     removed: list[str] = []
     notes: list[str] = []
     try:
@@ -93,7 +126,7 @@ def sweep_temps(folder: str | os.PathLike, final: str, follow: bool = False) -> 
         return removed, notes
     try:
         try:
-            names = sorted(name for name in os.listdir(fd) if pattern.fullmatch(name))
+            names = sorted(name for name in os.listdir(fd) if wanted(name))
         except OSError as exc:
             return removed, [f"{folder}: not listed to remove the temporary files of killed writers ({exc})"]
         for name in names:

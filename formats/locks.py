@@ -133,3 +133,43 @@ def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_f
         yield
     finally:
         os.close(fd)
+
+
+# Writers that hold no stage lock of their own (the disposable caches an ingest, a plan and a check each write: the
+# raw-day digests, the raw image-uid index) hold this file's lock shared while their temporary file exists; the
+# ingest sweeps what killed ones left only while it holds it exclusively (review rev29b)
+CACHE_WRITERS_LOCK = "cache-writers.lock"
+
+
+@contextlib.contextmanager
+def writing_shared(path: Path, what: str) -> Iterator[bool]:
+    """Hold a shared ``flock`` on the lock file ``path`` for the ``with`` block (waiting while a sweep holds it
+    exclusively), for a writer whose temporary files :func:`sweep_exclusively` sweeps. Yields whether it is held:
+    False when the lock file cannot be opened (:func:`open_lock_file` refused it, a folder this account may not
+    write); the caller then writes nothing its sweep could remove under it (a cache: it is written another time).
+    The pid in the file is not touched (many hold it at once)."""
+    try:
+        fd = open_lock_file(path, what)
+    except (LockFileRefused, OSError):
+        yield False
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        yield True
+    finally:
+        os.close(fd)
+
+
+def sweep_exclusively(path: Path, what: str, sweep: Callable[[], list[str]]) -> list[str]:
+    """Run ``sweep`` (it removes the temporary files of the writers that write under :func:`writing_shared` of
+    ``path``; returns notes) while holding that lock exclusively, so no such writer has a temporary file now.
+    Never waits: while one writes (or the lock file cannot be opened) nothing is swept now, the next sweep does it.
+    ``sweep`` must not write under the lock itself (it would wait for itself)."""
+    try:
+        fd = open_lock_file(path, what)
+    except (LockFileRefused, OSError):
+        return []
+    try:
+        return sweep() if try_lock(fd) else []
+    finally:
+        os.close(fd)

@@ -28,10 +28,11 @@ from typing import Iterable, Iterator
 
 from formats.files import is_url, sha256_file, write_bytes_atomic
 from formats.home import DataHome
+from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from pipelines.ingest.lines import LINK_OUT_OF_ZONE
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
-_CACHE = "raw_day_digests.json"
+RAW_DIGESTS_CACHE = "raw_day_digests.json"
 
 
 def combine(*parts: object) -> str:
@@ -59,7 +60,7 @@ class RawDigests:
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
-        self.path = home.cache / _CACHE
+        self.path = home.cache / RAW_DIGESTS_CACHE
         try:
             self.known: dict[str, dict] = json.loads(self.path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
@@ -104,7 +105,11 @@ class RawDigests:
     def save(self) -> None:
         """Write the cache back when it learnt something (never required for correctness)."""
         if self.changed:
-            write_bytes_atomic(self.path, (json.dumps(self.known, sort_keys=True) + "\n").encode())
+            # its temporary file exists only while the shared cache-writers lock is held: the ingest sweeps the
+            # ones killed writers left under it exclusively (review rev29b); no lock, no cache written this time
+            with writing_shared(self.home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+                if held:
+                    write_bytes_atomic(self.path, (json.dumps(self.known, sort_keys=True) + "\n").encode())
             self.changed = False
 
 

@@ -63,6 +63,7 @@ from formats.settings import (
 )
 from pipelines.curation.dedup import DEDUP_METADATA
 from pipelines.curation.pseudonym import DEFAULT_SECRET, KEY_CHECK_METADATA, key_check, pseudonym_table
+from pipelines.curation.writing import writing_table
 from pipelines.features.nsfw import NMS_SCORE_THRESHOLD
 from pipelines.splits.assign import _styled_letters, _symbol_readings, _visible, moderation_key, moderation_text
 from pipelines.sqlrun import connect, run_sql, run_to_parquet
@@ -654,8 +655,9 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
         "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
         "shown_flagged": SHOWN_FLAGGED})
     con.register("image_decisions", image_decisions)
-    table = run_to_parquet(con, "curation_decisions", "decisions", home.table_file("decisions"), {
-        "four_image_ties": config.four_image_ties}, {POLICY_METADATA: policy_record(home, config)})
+    with writing_table(home, "decisions") as final:   # under the curation lock (review rev29b)
+        table = run_to_parquet(con, "curation_decisions", "decisions", final, {
+            "four_image_ties": config.four_image_ties}, {POLICY_METADATA: policy_record(home, config)})
     con.register("decisions", table)
     by_reason = con.sql(
         "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()
@@ -669,8 +671,9 @@ def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> Pa
     """Write ``pairs`` from the candidate pairs and the ``decisions`` table; reconcile against rankings."""
     con, _ = _connect(home, config, with_decisions=True)
     # which secret the user_id pseudonyms are under, for the splits stage's ledger check (never the secret itself)
-    table = run_to_parquet(con, "curation_pairs", "pairs", home.table_file("pairs"), metadata={
-        KEY_CHECK_METADATA: key_check(config.pseudonym_secret).encode("ascii")})
+    with writing_table(home, "pairs") as final:   # under the curation lock (review rev29b)
+        table = run_to_parquet(con, "curation_pairs", "pairs", final, metadata={
+            KEY_CHECK_METADATA: key_check(config.pseudonym_secret).encode("ascii")})
     con.register("pairs", table)
     row = run_sql(con, "curation_reconcile").to_pylist()[0]
     models = con.sql("""

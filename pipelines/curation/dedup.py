@@ -70,6 +70,7 @@ import pyarrow.parquet as pq
 from formats.files import cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, output_fields, public_fields, stage_config
+from pipelines.curation.writing import writing_table
 from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
@@ -607,8 +608,9 @@ def build_clusters(home: DataHome, config: DedupConfig = DedupConfig(),
     con = connect({"image_features": home.table_glob("image_features")}, threads=config.threads or None)
     clusters, report = cluster_features(con, config)
     recorded = json.dumps(config.output_fields(), sort_keys=True).encode("utf-8")
-    write_parquet_atomic(clusters.replace_schema_metadata({**(clusters.schema.metadata or {}), DEDUP_METADATA: recorded}),
-                         home.table_file("duplicate_clusters"))
+    with writing_table(home, "duplicate_clusters") as final:   # under the curation lock (review rev29b)
+        write_parquet_atomic(clusters.replace_schema_metadata({**(clusters.schema.metadata or {}),
+                                                               DEDUP_METADATA: recorded}), final)
     if truth is not None:
         report.truth = evaluate_truth(con, clusters, truth if isinstance(truth, pa.Table) else pq.read_table(truth))
     return report

@@ -108,6 +108,19 @@ def _write_local(path: str, data: bytes) -> None:
 
 
 def _write_in_folder(folder_fd: int, folder: str, name: str, data: bytes) -> None:
+    # a key is written by any day's run (content-addressed), each under its own day's lock: another day's run that
+    # has just made the key whole sweeps its killed writers' temporary files (review rev29b), and may take this
+    # one's; then the key is looked at again, and it holds the bytes, or it is written again
+    for attempt in range(3):
+        try:
+            _write_once(folder_fd, folder, name, data)
+            return
+        except FileNotFoundError:   # the temporary file was gone at the rename (or the folder is gone)
+            if attempt == 2:
+                raise
+
+
+def _write_once(folder_fd: int, folder: str, name: str, data: bytes) -> None:
     if _holds(folder_fd, name, data):
         return
     path = os.path.join(folder, name)

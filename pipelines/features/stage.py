@@ -23,7 +23,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import cast_to_schema, write_parquet_atomic
+from formats.files import cast_to_schema, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress, silent
@@ -88,6 +88,8 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
                progress: Progress, detector_factory: Callable[[], NsfwDetector] | None, started: float, runner: str,
                base: str, staging: str) -> FeaturesReport:
     """The body of :func:`build_features`, run while this process holds the day's lock."""
+    # the day's two partitions are written only by this stage, under this lock: a killed run's temporary files
+    _note(sweep_temps_of([home.partition_file(FEATURES, day), home.partition_file(REJECTS, day)]), progress)
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
     key = output_key(config)
@@ -164,6 +166,9 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     features = features.sort_by("image_uid").combine_chunks()
     rejects = cast_to_schema(rejects, get_schema(REJECTS)).sort_by("image_uid").combine_chunks()
     _reconcile(inputs, features, rejects)
+    if is_local(base):   # every JPEG of the day is whole now: what killed writers of those keys left goes
+        _note(sweep_temps_of(sorted({join_url(base, key) for key in features["train_jpg_key"].to_pylist()}),
+                             follow=False), progress)
 
     if is_local(base):
         os.sync()   # training JPEGs were renamed into place without fsync; make them durable first
@@ -187,6 +192,12 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
         f"rejects: {report.rejects_rows}")
     return report
+
+
+def _note(notes: list[str], progress: Progress) -> None:
+    """Say what a sweep of killed writers' temporary files left (a link or another account's file at such a name)."""
+    for note in notes:
+        progress(f"warning: {note}")
 
 
 class DayAlreadyRunning(RuntimeError):

@@ -71,9 +71,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import PARQUET_OPTIONS, atomic_path, cast_to_schema, is_real_folder, write_parquet_atomic
+from formats.files import (
+    PARQUET_OPTIONS,
+    atomic_path,
+    cast_to_schema,
+    is_real_folder,
+    sweep_temps,
+    sweep_temps_of,
+    write_parquet_atomic,
+)
 from formats.home import DataHome
-from formats.locks import hold_lock, try_lock
+from formats.locks import CACHE_WRITERS_LOCK, hold_lock, sweep_exclusively, try_lock
 from formats.rawzone import RawZoneScan
 from formats.text import terminal_text
 from pipelines import faults
@@ -232,6 +240,26 @@ def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
         os.close(fd)
         if fresh.exists():                # the rename failed
             shutil.rmtree(fresh, ignore_errors=True)
+
+
+def sweep_ingest_temps(home: DataHome) -> list[str]:
+    """Remove the temporary files (``.NAME.<hex>.tmp``) that the ingest's writers outside the day's partition
+    folders (which :func:`clear_partition_folders` empties) left when killed mid-write: ``raw_zone_problems``'s,
+    written only under the ingest lock, which the caller holds; and in ``cache/`` the raw-day digests' and the raw
+    image-uid index's, whose writers (a plan, a check, any day's ingest: no stage lock) write only while holding the
+    cache-writers lock shared, swept only when it is free (:func:`formats.locks.sweep_exclusively`), so no live
+    writer's file is ever removed (review rev29b: each crash left one for good). Says what it left on stderr;
+    returns those notes."""
+    from pipelines.provenance import RAW_DIGESTS_CACHE
+
+    notes = sweep_temps_of([home.table_file("raw_zone_problems")])
+    uid_index = home.raw_image_uid_index("0000-00-00").parent
+    notes += sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
+        sweep_temps_of([home.cache / RAW_DIGESTS_CACHE])
+        + sweep_temps(uid_index, r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet", follow=True)[1]))
+    for note in notes:
+        print(f"warning: {terminal_text(note)}", file=sys.stderr, flush=True)
+    return notes
 
 
 def sweep_spill_folders(home: DataHome) -> list[str]:
@@ -409,6 +437,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
         written: dict[str, int] = {}
         with ingest_lock(home):
             sweep_spill_folders(home)   # what crashed ingests left (raw text of hostile lines)
+            sweep_ingest_temps(home)    # and the temporary files of its writers killed mid-write
             unwritten = True
             for attempt in range(MAX_RECOMPUTES + 1):
                 # looked at before the write and again after it: an ingest of another day in this process can run

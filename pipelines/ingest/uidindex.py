@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from formats.files import sha256_file, write_parquet_atomic
 from formats.home import DataHome
+from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from formats.rawzone import day_of_folder
 from pipelines.ingest import lines
 from pipelines.ingest.config import IngestConfig
@@ -81,7 +82,9 @@ def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | 
         return  # not read, or changed while it was read: leave no index
     table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
     table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat})
-    write_parquet_atomic(table, home.raw_image_uid_index(day))
+    with writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+        if held:   # the ingest sweeps killed writers' temporary files under this lock, exclusively (review rev29b)
+            write_parquet_atomic(table, home.raw_image_uid_index(day))
 
 
 def raw_day_present(home: DataHome, day: str) -> bool:

@@ -111,7 +111,7 @@ from formats.dataset import (
     split_sidecars,
     switched_file,
 )
-from formats.files import cast_to_schema, is_real_folder, sha256_file, write_parquet_atomic
+from formats.files import cast_to_schema, is_real_folder, sha256_file, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
@@ -1134,7 +1134,23 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
     with hold_ledger_lock(home, log):
+        for note in sweep_split_temps(home):
+            log(note)
         return _build_splits(home, config, source, log)
+
+
+# what the splits stage writes, only under the ledger lock: the four tables, and the records beside them
+SPLIT_TABLES = ("split_pairs", "split_rejects", "split_ledger", "split_key_owners")
+
+
+def sweep_split_temps(home: DataHome) -> list[str]:
+    """Remove the temporary files (``.NAME.<hex>.tmp``) the splits stage's writers left when killed mid-write: of
+    its four tables, of the salts record beside the versions (``datasets/pickapic.salts``) and of the ledger's
+    record in ``cache/``. Only the stage writes those names, and only under the ledger lock, which the caller holds,
+    so none is being written now (review rev29b: each crashed build left one the size of its table). Returns
+    notes on what was left (:func:`formats.files.sweep_temps_of`)."""
+    return sweep_temps_of([*(home.table_file(name) for name in SPLIT_TABLES), coverage.salts_file(home),
+                           home.cache / coverage.LEDGER_VERSIONS_FILE])
 
 
 @dataclass
