@@ -14,9 +14,10 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
 change) and the day is swapped in whole once all four files are complete (see :func:`_publish`). From a
-replica (a hot standby, a logical-replication subscriber) a re-export never drops a row its files hold: a row
-it did not read is kept in the re-exported file beside the rows read, with a warning
-(:func:`keep_vanishing_rows`): rows leave an exported day only when it is exported from the primary.
+replica (a hot standby, a logical-replication subscriber) a re-export never drops a row its files hold that the
+app's table does not hold at all: such a row is kept in the re-exported file beside the rows read, with a warning
+(:func:`keep_vanishing_rows`): rows leave an exported day only when it is exported from the primary, or when the
+app holds them on another day, undated, or left out by the export's settings.
 """
 from __future__ import annotations
 
@@ -99,7 +100,8 @@ class AppExportConfig:
     keep_exported_rows: bool = knob(False, "Keep, in a day re-exported from the primary too, the rows its raw "
                                            "files hold that the app no longer has (rows the app deleted), with a "
                                            "warning; false: they leave the day. A re-export from a replica always "
-                                           "keeps them.", output=False)
+                                           "keeps them; a row the app holds on another day, undated or left out "
+                                           "by users_snapshot is never kept.", output=False)
     primary_host: str = knob("", "The primary's address as its hot standbys' primary_conninfo names it ('host' or "
                                  "'host:port', comma-separated for several): a standby whose WAL receiver streams "
                                  "from it is a standby of the primary (a caught-up one of a quiet primary is "
@@ -409,8 +411,9 @@ def _cut_oversized(table: str, batch: list, lines: list[bytes], max_line_bytes: 
 
 def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
                  unconvertible: dict | None = None, oversized: dict | None = None,
-                 max_line_bytes: int = DEFAULT_LINE_BYTES) -> TableExport:
-    """Stream one table into a gzip file; returns rows, bytes and sha256 of the file. Rows holding
+                 max_line_bytes: int = DEFAULT_LINE_BYTES, keys: array.array | None = None) -> TableExport:
+    """Stream one table into a gzip file; returns rows, bytes and sha256 of the file (``keys``: gets the rows'
+    non-NULL ids, in the file's order, for :func:`not_read`). Rows holding
     :class:`Unconvertible` text are counted into ``unconvertible`` (``{"rows", "first_ids"}``, set only
     when there are some); rows whose text is over the ingest's ``max_line_bytes``, written as a cut line
     (:func:`_cut_oversized`), into ``oversized``."""
@@ -431,6 +434,8 @@ def _write_table(conn: psycopg.Connection, table: str, params: dict, path: Path,
         try:
             for batch in read_rows(conn, statement("export_" + table), params, next_fetch):
                 rows += len(batch)
+                if keys is not None:
+                    keys.extend(row[0] for row in batch if row[0] is not None)
                 if converting:
                     for row in batch:
                         if any(type(v) is Unconvertible for v in row):
@@ -1061,6 +1066,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
         replica = check_standby(conn, day, config.lag_minutes, str(name), dsn, config.primary_host)
+        keeping = bool(replica or config.keep_exported_rows)
+        # the ids of the day's raw files, read before the snapshot (no transaction open, the tables not locked):
+        # those the export does not read are looked up in its snapshot (held_ids) for keep_vanishing_rows
+        old_keys = old_key_indexes(home, day) if keeping else {}
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
@@ -1077,11 +1086,17 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # can add or replace an entry in it while the export writes (see _publish for the day's mode)
         staging.mkdir(mode=0o700)
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
+        held_by_app: dict[str, array.array] = {}
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
+            read = array.array("q") if table in old_keys else None
             report.tables[table] = _write_table(conn, table, table_params, staging / f"{table}.jsonl.gz",
-                                                report.unconvertible, report.oversized, line_limit)
+                                                report.unconvertible, report.oversized, line_limit, read)
+            if read is not None:      # the rows of the raw day not read: which the app holds all the same
+                if any(read[i] > read[i + 1] for i in range(len(read) - 1)):
+                    read = array.array("q", sorted(read))
+                held_by_app[table] = held_ids(conn, table, not_read(old_keys.pop(table), read))
             progress(f"{table}: {report.tables[table].rows} rows")
         watched: dict[str, list[int]] = {}
         report.undated = undated_rows(conn, watched)
@@ -1102,14 +1117,16 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # session end before any blob is copied (see blobs.read_day_uids).
         with tempfile.TemporaryFile(dir=staging) if image_store else contextlib.nullcontext() as spill:
             invalid = read_day_uids(conn, params, spill) if spill is not None else 0
-            conn.rollback()  # read-only: nothing to commit
+            conn.rollback()  # read-only: nothing to commit; the snapshot and the locks end here
+            # compared with the raw files after the snapshot; the ids a raw day holds that left it are looked up
+            # in a transaction of their own (LateCheck.finish)
+            report.late = late_check.finish(home, conn)
+            conn.rollback()
             conn.close()
-            report.late = late_check.finish(home)
-            if report.late:
-                report.warnings.append(late_warning(report.late, config.lookback_days))
-            if replica or config.keep_exported_rows:   # never a subset of the day from a replica (see there)
+            report.warnings += late_warnings(report.late, config.lookback_days)
+            if keeping:   # never a subset of the day from a replica (see there)
                 keep_vanishing_rows(home, day, staging, report, replica or
-                                    "a primary with app_export.keep_exported_rows = true", str(name))
+                                    "a primary with app_export.keep_exported_rows = true", str(name), held_by_app)
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
                                           config.blob_max_bytes or None)
@@ -1143,9 +1160,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
 
 # --- a re-export that would drop rows ----------------------------------------------------------------
 
-def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
-    """The leading id of each line of a raw table file (None for a line without one: a NULL key), streamed
-    1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
+def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None) -> Iterator[int | None | _Unreadable]:
+    """The primary key (member ``name``: :func:`_piece_key`) of each line of a raw table file (None: a NULL key;
+    UNREADABLE: no id can be read), streamed 1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
     at_start, pending, lines_read = True, None, 0
@@ -1153,7 +1170,7 @@ def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
             while piece := lines.readline(1 << 20):
                 if at_start:
-                    pending = _piece_key(piece)
+                    pending = _piece_key(piece, name)
                 at_start = piece.endswith(b"\n")
                 if at_start:
                     lines_read += 1
@@ -1165,21 +1182,116 @@ def _line_keys(path: Path, cut_ok: bool = False) -> Iterator[int | None]:
             raise
 
 
-def _piece_key(piece: bytes) -> int | None:
-    """The leading id of a line, from its first piece (None: a line without one)."""
-    match = _LINE_ID.match(piece)
-    return int(match.group(1)) if match else None
+# The column each raw table file's lines are keyed by: the app table's primary key, the export's first column.
+EXPORT_KEYS = {"users": "user_id", "images": "image_id", "rankings": "ranking_id", "downloads": "download_id"}
+
+
+class _Unreadable:
+    """The key of a line whose id cannot be read (see :func:`_piece_key`)."""
+
+    def __repr__(self) -> str:
+        return "UNREADABLE"
+
+
+UNREADABLE = _Unreadable()
+_WS = "[ \t\r\n]*"
+_KEY_RES: dict[str | None, tuple[re.Pattern, bytes]] = {}
+_LENIENT = json.JSONDecoder(strict=False)
+
+
+def _key_re(name: str | None) -> tuple[re.Pattern, bytes]:
+    """The export's own line start, ``{"NAME": 123,`` (any JSON blanks, NAME first, an integer or null): a line
+    the export wrote (cut lines and lines of bytes that are not UTF-8 included) is keyed without a JSON decode.
+    ``name`` None: any ``*_id`` first (the generic reading of :func:`vanishing_rows` on files of no table). With
+    the pattern: the member's name as a JSON string, which must not come again in the line's first piece."""
+    if name not in _KEY_RES:
+        field = b'[a-z_]+_id' if name is None else re.escape(name.encode())
+        ws = _WS.encode()
+        _KEY_RES[name] = (re.compile(rb'\{' + ws + b'"' + field + b'"' + ws + b':' + ws
+                                     + rb'(-?[0-9]{1,40}|null)' + ws + b'[,}]'), b'"' + (name or "").encode() + b'"')
+    return _KEY_RES[name]
+
+
+def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
+    """The primary key of a raw line from its first piece (at most 1 MiB): an int, None for a JSON null (a table
+    without its primary key may hold NULL ids), or UNREADABLE where no integer id can be read.
+
+    Review rev29d: the export's own spacing was the only form read (a regex), so every line of a day written by
+    the raw zone's other way in (compact JSON, the id anywhere in the object) was keyless and a replica's re-export
+    kept each beside its row read again: the day doubled. A line not in the export's form is now read as JSON
+    (:func:`_scan_key`), within its first piece: bounded whatever the line's length."""
+    pattern, needle = _key_re(name)
+    match = pattern.match(piece)
+    if match and (name is None or piece.find(needle, match.end()) < 0):
+        return None if match.group(1) == b"null" else int(match.group(1))
+    if name is None:
+        return UNREADABLE
+    return _scan_key(piece, name)       # not the export's form, or the member's name again further on
+
+
+def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
+    """The value of member ``name`` of the JSON object a line's first piece starts (bytes that are not UTF-8
+    read as escapes, control characters in strings allowed, members decoded one by one with the json module's
+    scanner up to the end of the piece): an integer (a number with no fraction, ``5.0``, as the ingest reads it),
+    None for null; UNREADABLE for a line that is no JSON object, lacks the member (in its first piece), names it
+    twice with two values (the ingest reads no key there either), or holds another value (a string, a boolean,
+    a fraction). A member after the key that cannot be decoded (a value cut by the piece's end, a NaN) leaves the
+    key read: the ingest keys such a line too (``LineParser.decoded_key``)."""
+    text = piece.decode("utf-8", "surrogateescape")
+    blanks = " \t\r\n"
+    at, end = 0, len(text)
+
+    def skip(i: int) -> int:
+        while i < end and text[i] in blanks:
+            i += 1
+        return i
+
+    at = skip(at)
+    if text[at:at + 1] != "{":
+        return UNREADABLE
+    found, at = UNREADABLE, skip(at + 1)
+    seen = False
+    try:
+        if text[at:at + 1] != "}":
+            while True:
+                if text[at:at + 1] != '"':
+                    break
+                member, at = json.decoder.scanstring(text, at + 1, False)
+                at = skip(at)
+                if text[at:at + 1] != ":":
+                    break
+                value, at = _LENIENT.raw_decode(text, skip(at + 1))
+                if member == name:
+                    if seen and (type(value) is not type(found) or value != found):
+                        return UNREADABLE
+                    found, seen = value, True
+                at = skip(at)
+                if text[at:at + 1] != ",":
+                    break
+                at = skip(at + 1)
+    except (ValueError, RecursionError):
+        pass                                # the rest of the line: undecodable, or past its first piece
+    if not seen:
+        return UNREADABLE
+    if found is None:
+        return None
+    if type(found) is float and math.isfinite(found) and found.is_integer():
+        return int(found)
+    return found if type(found) is int else UNREADABLE
 
 
 class _KeyIndex:
-    """The leading ids of a raw table file, sorted (8 bytes a row; a key past int64, which no integer column
-    holds, in a set), and how many of its lines have none."""
+    """The ids of a raw table file (member ``name``), sorted (8 bytes a row; a key past int64, which no integer
+    column holds, in a set), and how many of its lines have a NULL id (``unkeyed``) or none that can be read
+    (``unreadable``)."""
 
-    def __init__(self, path: Path, cut_ok: bool = False) -> None:
-        keys, self.unkeyed, wide = array.array("q"), 0, []
-        for key in _line_keys(path, cut_ok):
+    def __init__(self, path: Path, cut_ok: bool = False, name: str | None = None) -> None:
+        keys, self.unkeyed, self.unreadable, wide = array.array("q"), 0, 0, []
+        for key in _line_keys(path, cut_ok, name):
             if key is None:
                 self.unkeyed += 1
+            elif key is UNREADABLE:
+                self.unreadable += 1
             elif -(1 << 63) <= key < (1 << 63):
                 keys.append(key)
             else:
@@ -1198,19 +1310,33 @@ class _KeyIndex:
 
 
 class _Absent:
-    """Counts the lines of an old file whose key a new file's :class:`_KeyIndex` lacks (lines without a key:
-    as many as the old file has more of them), and names the first FIRST_IDS."""
+    """Counts the lines of an old file whose key a new file's :class:`_KeyIndex` lacks and the app does not hold
+    (``held``: sorted ids the app's table holds outside the rows the export read, see :func:`held_ids`; such a
+    line is counted in ``left``), and names the first FIRST_IDS. Lines with a NULL id, and lines whose id cannot
+    be read (``unreadable``, counted apart, not named): as many as the old file has more of them."""
 
-    def __init__(self, index: _KeyIndex) -> None:
+    def __init__(self, index: _KeyIndex, held: array.array | None = None) -> None:
         self.index, self.unkeyed, self.count, self.first = index, index.unkeyed, 0, []
+        self.spare_unreadable, self.unreadable, self.left = index.unreadable, 0, 0
+        self.held = held if held is not None else array.array("q")
 
-    def __call__(self, key: int | None) -> bool:
+    def __call__(self, key: int | None | _Unreadable) -> bool:
         """Whether the line keyed ``key`` (the next of the old file) is absent from the new one; counted."""
+        if key is UNREADABLE:
+            if self.spare_unreadable:
+                self.spare_unreadable -= 1
+                return False
+            self.count += 1
+            self.unreadable += 1
+            return True
         if key is None:
             if self.unkeyed:
                 self.unkeyed -= 1
                 return False
         elif self.index.has(key):
+            return False
+        elif _sorted_has(self.held, key):
+            self.left += 1
             return False
         self.count += 1
         if len(self.first) < FIRST_IDS:
@@ -1218,12 +1344,20 @@ class _Absent:
         return True
 
 
-def vanishing_rows(old: Path, new: Path) -> tuple[int, list[str]]:
-    """Rows of raw table file ``old`` whose primary key no row of ``new`` has (lines without a key: as many as
-    ``old`` has more of them), and the first FIRST_IDS of those keys. Memory: 8 bytes per row of ``new`` (its
-    keys, sorted); ``old`` is streamed."""
-    absent = _Absent(_KeyIndex(new))
-    for key in _line_keys(old, cut_ok=True):
+def _sorted_has(keys: array.array, key: int) -> bool:
+    """Whether sorted int64 ``keys`` hold ``key``."""
+    if not -(1 << 63) <= key < (1 << 63):
+        return False
+    at = bisect.bisect_left(keys, key)
+    return at < len(keys) and keys[at] == key
+
+
+def vanishing_rows(old: Path, new: Path, name: str | None = None) -> tuple[int, list[str]]:
+    """Rows of raw table file ``old`` whose primary key (member ``name``) no row of ``new`` has (lines without a
+    key: as many as ``old`` has more of them), and the first FIRST_IDS of those keys. Memory: 8 bytes per row of
+    ``new`` (its keys, sorted); ``old`` is streamed."""
+    absent = _Absent(_KeyIndex(new, name=name))
+    for key in _line_keys(old, cut_ok=True, name=name):
         absent(key)
     return absent.count, absent.first
 
@@ -1232,13 +1366,13 @@ class _Lines:
     """The lines of a binary stream one at a time, each by its leading key and copied on in pieces of 1 MiB,
     so a long line is never held whole."""
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
+    def __init__(self, stream, name: str | None = None) -> None:
+        self.stream, self.name = stream, name
         self._next()
 
     def _next(self) -> None:
         self.piece = self.stream.readline(1 << 20)
-        self.key = _piece_key(self.piece) if self.piece else None
+        self.key = _piece_key(self.piece, self.name) if self.piece else None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -1258,9 +1392,9 @@ class _Lines:
         self._next()
 
 
-def _order(key: int | None) -> tuple[int, int]:
+def _order(key: int | None | _Unreadable) -> tuple[int, int]:
     """Where a line keyed ``key`` sorts in an export's order (ascending keys, lines without one last)."""
-    return (1, 0) if key is None else (0, key)
+    return (1, 0) if key is None or key is UNREADABLE else (0, key)
 
 
 class _OldUnreadable(Exception):
@@ -1279,7 +1413,7 @@ def _read_piece(stream) -> bytes:
         raise _CutShort() from exc
 
 
-def _spill_absent(old: Path, absent: _Absent, spill) -> bool:
+def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) -> bool:
     """Copy the lines of raw file ``old`` that ``absent`` finds missing from the new file into ``spill`` (an
     open binary temp file), each ending with a newline; return whether they came in an export's order. A file
     cut short keeps the complete lines read before its end (as :func:`_line_keys` with ``cut_ok``); one with no
@@ -1295,7 +1429,8 @@ def _spill_absent(old: Path, absent: _Absent, spill) -> bool:
         try:
             while piece := _read_piece(stream):
                 if at_start:
-                    key, start, named = _piece_key(piece), spill.tell(), len(absent.first)
+                    key, start, named = _piece_key(piece, name), spill.tell(), len(absent.first)
+                    unreadable = absent.unreadable
                     copying = absent(key)
                     if copying:
                         ordered = ordered and (last is None or _order(key) >= last)
@@ -1315,55 +1450,76 @@ def _spill_absent(old: Path, absent: _Absent, spill) -> bool:
                 spill.truncate(start)
                 spill.seek(start)
                 absent.count -= 1
+                absent.unreadable = unreadable
                 del absent.first[named:]
     return ordered
 
 
-def _keep_absent_rows(old: Path, new: Path, out: Path) -> tuple[int, list[str]]:
-    """Write into ``out`` (new) the lines of ``new`` with those of ``old`` whose key ``new`` lacks (see
-    :func:`vanishing_rows`), gzip-compressed as the export writes; return how many were kept and their first
-    FIRST_IDS keys ((0, []) and nothing written when none is missing). Kept lines go where the export's order
+def _keep_absent_rows(old: Path, new: Path, out: Path, name: str | None = None,
+                      held: array.array | None = None) -> tuple[int, list[str]]:
+    """:func:`_merge_absent`: how many lines were kept and their first FIRST_IDS keys."""
+    absent = _merge_absent(old, new, out, name, held)
+    return absent.count, absent.first
+
+
+def _merge_absent(old: Path, new: Path, out: Path, name: str | None = None,
+                  held: array.array | None = None) -> _Absent:
+    """Write into ``out`` (new) the lines of ``new`` with those of ``old`` whose key (member ``name``) ``new``
+    lacks and ``held`` does not hold (see :class:`_Absent`), gzip-compressed as the export writes; return the
+    :class:`_Absent` counts (nothing written when no line is kept). Kept lines go where the export's order
     puts them (ascending keys, keyless lines last) when ``old`` holds them in that order (every file the
     export wrote), else after the new lines in ``old``'s order: either way the same inputs give the same
     bytes, so a day re-exported again from the same rows is unchanged. Memory: 8 bytes per row of ``new``;
     the kept lines are spilled to an unnamed file beside ``out``."""
-    absent = _Absent(_KeyIndex(new))
+    absent = _Absent(_KeyIndex(new, name=name), held)
     with tempfile.TemporaryFile(dir=out.parent) as spill:
-        ordered = _spill_absent(old, absent, spill)
+        ordered = _spill_absent(old, absent, spill, name)
         if not absent.count:
-            return 0, []
+            return absent
         spill.seek(0)
         with open_new_file(out) as raw, rawlines.gzip_writer(raw) as gz, open_regular_file(new) as staged, \
                 gzip.GzipFile(fileobj=staged, mode="rb") as fresh_stream:
-            fresh, kept = _Lines(fresh_stream), _Lines(spill)
+            fresh, kept = _Lines(fresh_stream, name), _Lines(spill, name)
             while fresh.piece or kept.piece:
                 take_kept = kept.piece and (not fresh.piece or (ordered and kept.order < fresh.order))
                 (kept if take_kept else fresh).copy_to(gz.write)
             gz.close()
             raw.flush()
             os.fsync(raw.fileno())
-    return absent.count, absent.first
+    return absent
 
 
 def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExportReport, source: str,
-                        where: str) -> None:
-    """Keep, in each staged table file of ``day``, the rows (primary keys) its file in the raw zone holds and the
-    export did not read: rows the app deleted since, or rows a replica lacks. ``source`` says what the server is
+                        where: str, held: dict[str, array.array] | None = None) -> None:
+    """Keep, in each staged table file of ``day``, the rows its file in the raw zone holds that the app's table
+    does not hold at all: rows the app deleted since, or rows a replica lacks. ``source`` says what the server is
     ('a hot standby', 'a logical-replication subscriber (...)', or a primary held to this by
-    app_export.keep_exported_rows). Each changed staged file lacking such rows is rewritten with them
-    (:func:`_keep_absent_rows`), the report's rows, bytes and sha256 follow, the rows kept are named in
+    app_export.keep_exported_rows). ``held`` (table -> sorted ids, :func:`held_ids`, read in the export's
+    snapshot): the ids of the old file's rows the export did not read that the app's table holds all the same, on
+    another day (a ``created_at`` corrected), undated, or left out by the export's settings (an older account
+    with ``app_export.users_snapshot = false``): those rows leave the day (review rev29d: they were kept, so a row
+    moved to another day was in two raw days, and ``users_snapshot = false`` never took effect for a day
+    exported before). Each changed staged file lacking such rows is rewritten with them
+    (:func:`_merge_absent`), the report's rows, bytes and sha256 follow, the rows kept are named in
     ``report.kept`` and a warning, and the day is published with the rows read added (review rev29c: the re-export
     was refused whole, ``RowsWouldVanish``, so from a replica a late ranking never reached a day one of whose
     users had deleted their account, night after night).
 
+    Old lines are keyed by their parsed id (:func:`_piece_key`, review rev29d: a day another exporter wrote as
+    compact JSON was doubled). A line whose id cannot be read (not JSON, no integer id in its first MiB) is no
+    row the ingest can key either (it quarantines the line): such lines, beyond as many as the new file holds,
+    are kept as they were and counted apart (``unreadable`` in ``report.kept``, named in the warning): never a
+    second version of a row read, never dropped unseen.
+
     A replica may be behind its primary in ways no check on it can see (review rev24g: a cascading standby whose
     upstream standby stopped receiving streams and is caught up with that upstream; a logical subscriber whose
     subscription is disabled or whose apply worker fails is a primary by every server function): rows leave an
-    exported day only when it is exported from the primary. A file cut short (a gzip member without its
-    trailer) counts with the rows read before it ends (review rev24k); only a file with no readable row is not
-    compared (the ingest reports it; replacing it loses nothing readable). Run after the export's session
-    ended and before anything is published."""
+    exported day only when it is exported from the primary, or when the app holds them elsewhere. A file cut
+    short (a gzip member without its trailer) counts with the rows read before it ends (review rev24k); only a
+    file with no readable row is not compared (the ingest reports it; replacing it loses nothing readable). Run
+    after the export's session ended and before anything is published."""
     kept: dict[str, dict] = {}
+    held = held or {}
     for table in report.tables:
         old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
         info = lstat_or_none(old)
@@ -1377,25 +1533,75 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
         except OSError:
             continue                                    # unreadable: the ingest reports it
         try:
-            count, first = _keep_absent_rows(old, new, merged)
+            absent = _merge_absent(old, new, merged, EXPORT_KEYS[table], held.get(table))
         except _OldUnreadable:                          # no readable line: nothing of it to keep
             merged.unlink(missing_ok=True)
             continue
-        if count:
+        if absent.count:
             os.replace(merged, new)
-            report.tables[table] = TableExport(rows=export.rows + count, bytes=new.stat().st_size,
+            report.tables[table] = TableExport(rows=export.rows + absent.count, bytes=new.stat().st_size,
                                                sha256=sha256_file(new))
-            kept[table] = {"rows": count, "first_ids": first}
+            kept[table] = {"rows": absent.count - absent.unreadable, "first_ids": absent.first}
+            if absent.unreadable:
+                kept[table]["unreadable"] = absent.unreadable
     if kept:
         report.kept = kept
-        total = sum(info["rows"] for info in kept.values())
+        rows = {table: info for table, info in kept.items() if info["rows"]}
+        lines = {table: info["unreadable"] for table, info in kept.items() if info.get("unreadable")}
         why = ("app_export.keep_exported_rows = true keeps rows the app deleted in the days exported before"
                if source.startswith("a primary") else
                "a replica may be behind its primary, so rows leave an exported day only when it is exported from "
-               "the primary")
-        report.warnings.append(
-            f"day {day}: {total} row(s) its raw files held (exported earlier) are not in the app {where}, "
-            f"{source}: kept in the re-exported day beside the rows read ({_rows_named(kept)}); {why}")
+               "the primary or the app holds them on another day")
+        parts = []
+        if rows:
+            total = sum(info["rows"] for info in rows.values())
+            parts.append(f"{total} row(s) its raw files held (exported earlier) are in no table of the app {where}, "
+                         f"{source} (deleted, or not replicated to it yet): kept in the re-exported day beside the "
+                         f"rows read ({_rows_named(rows)}); {why}")
+        if lines:
+            parts.append(f"{sum(lines.values())} line(s) of its raw files have no id the export can read (not JSON, "
+                         "or no integer " + ", ".join(f"{EXPORT_KEYS[t]}: {n} in {t}" for t, n in lines.items())
+                         + "): kept as they were, which the ingest quarantines (no row of the day is read from them)")
+        report.warnings.append(f"day {day}: " + "; ".join(parts))
+
+
+def held_ids(conn: psycopg.Connection, table: str, ids: Iterable[int]) -> array.array:
+    """The ids among ``ids`` that rows of app table ``table`` hold, on any day or none (``row_days.sql``, a
+    primary-key lookup, ID_FETCH ids a query), sorted: in the export's snapshot, the rows an old raw file holds
+    that the export did not read and the app did not delete."""
+    wanted = sorted({key for key in ids if -(1 << 63) <= key < (1 << 63)})
+    found = array.array("q")
+    for at in range(0, len(wanted), ID_FETCH):
+        params = {name: (wanted[at:at + ID_FETCH] if name == table else []) for name in RAW_TABLES}
+        found.extend(key for _, key, _ in conn.execute(statement("row_days"), params))
+    return array.array("q", sorted(set(found)))
+
+
+def old_key_indexes(home: DataHome, day: str) -> dict[str, _KeyIndex]:
+    """table -> :class:`_KeyIndex` of the raw day's table files (read before the export's snapshot, with no
+    transaction open: the ids :func:`held_ids` looks up); a file that cannot be read is left out."""
+    out = {}
+    for table in RAW_TABLES:
+        path = home.raw_file(day, table)
+        info = lstat_or_none(path)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            continue
+        try:
+            out[table] = _KeyIndex(path, cut_ok=True, name=EXPORT_KEYS[table])
+        except (OSError, EOFError, zlib.error):
+            continue
+    return out
+
+
+def not_read(old: _KeyIndex, read: array.array) -> list[int]:
+    """The int64 ids of ``old`` that ``read`` (the ids the export read, sorted) lacks, once each."""
+    out, last = [], None
+    for key in old.keys:
+        if key != last and not _sorted_has(read, key):
+            out.append(key)
+        last = key
+    return out
+
 
 def blob_warnings(day: str, report: AppExportReport) -> list[str]:
     """What an operator must hear about the day's blobs after a re-export: objects that changed in the
@@ -1503,7 +1709,7 @@ class UndatedWatch:
 
 
 def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: dict[str, list[int]]) -> UndatedWatch:
-    """Look up, in the export's snapshot, where the remembered undated rows stand (``undated_ids.sql``, a
+    """Look up, in the export's snapshot, where the remembered undated rows stand (``row_days.sql``, a
     primary-key lookup of at most REMEMBER_UNDATED ids a table) and add the ones reported undated now
     (``watched``, from :func:`undated_rows`). Review rev29c: a row the undated warning named, once given a
     real created_at on a day past the lookback window, was never exported nor reported. A remembered row dated
@@ -1513,7 +1719,7 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
     where: dict[tuple[str, int], str | None] = {}
     if any(remembered.values()):
         params = {table: sorted(remembered[table]) for table in RAW_TABLES}
-        for table, key, on in conn.execute(statement("undated_ids"), params):
+        for table, key, on in conn.execute(statement("row_days"), params):
             where[(as_text(table), key)] = as_text(on)
     state: dict[str, dict[int, str | None]] = {table: {} for table in RAW_TABLES}
     dated: dict[str, dict[int, str]] = {}
@@ -1609,7 +1815,6 @@ def undated_warning(undated: dict[str, dict]) -> str:
 VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
 COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows, max id, id digest of a raw day's files
 LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
-_LINE_ID = re.compile(rb'\{"[a-z_]+_id": (-?[0-9]+)[,}]')
 DIGEST_MOD = 1 << 64
 _M32 = 0xFFFFFFFF
 _HASH_INIT = (0x9E3779B9 + 4 + 3923095) & _M32    # lookup3's initial value for 4 bytes of key
@@ -1665,16 +1870,16 @@ class RawTableCounts:
     checked: tuple[int, int] | None = None
 
 
-def _file_counts(path: Path) -> tuple[int, int | None, int]:
-    """Lines, largest leading id and id digest of a raw table file (streamed: 1 MiB of a line at a time)."""
+def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
+    """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_piece_key`; streamed:
+    1 MiB of a line at a time)."""
     rows, top, digest, at_start = 0, None, 0, True
     with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
         while piece := lines.readline(1 << 20):
             if at_start:
                 rows += 1
-                match = _LINE_ID.match(piece)
-                if match:
-                    key = int(match.group(1))
+                key = _piece_key(piece, name)
+                if type(key) is int:
                     digest += id_hash(key)
                     if top is None or key > top:
                         top = key
@@ -1736,7 +1941,7 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
             continue
         entry = cached.get(table)
         if not _valid_entry(entry, key):
-            entry = key + list(_file_counts(path)) + [None]
+            entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None]
         fresh[table] = entry
         out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]))
     if fresh != cached:
@@ -1839,14 +2044,22 @@ class LateCheck:
     spills: list[_IdSpill]
     spill: object | None = None
 
-    def finish(self, home: DataHome) -> dict[str, dict]:
+    def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
+        """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
+        ended), the ids a raw file holds that its day's rows lack are looked up (:func:`held_ids`, a transaction
+        of their own): a row the app holds on another day, undated, or left out by app_export.users_snapshot
+        (review rev29d: a ``created_at`` corrected left the row in its old raw day for good, "a deletion alone")
+        makes the day late too (``left``, ``left_ids``), so its re-export takes the row out."""
         found = self.found
         try:
             for spill in self.spills:
-                missing, first = self._missing(home, spill)
-                if missing:
+                missing, first, extra = self._missing(home, spill)
+                left = held_ids(conn, spill.table, extra) if extra and conn is not None else array.array("q")
+                if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
                             "missing": missing, "first_ids": first}
+                    if left:
+                        info.update(left=len(left), left_ids=[str(key) for key in left[:FIRST_IDS]])
                     found.setdefault(spill.day, {})[spill.table] = info
                 elif missing == 0 and spill.counted is not None:
                     _record_checked(home, spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2]))
@@ -1857,31 +2070,41 @@ class LateCheck:
             mark_late(home, checked_day, checked_day in found)
         return {d: found[d] for d in sorted(found)}
 
-    def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str]]:
-        """How many of the spilled ids the raw file lacks, and the first FIRST_IDS of them (None: the raw
-        file cannot be read; the ingest reports it)."""
+    def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str], list[int]]:
+        """How many of the spilled ids the raw file lacks, the first FIRST_IDS of them (None: the raw file
+        cannot be read; the ingest reports it), and the ids the raw file holds that the spilled ones lack, once
+        each (both sorted: one walk)."""
         try:
-            index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True)
+            index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True, name=EXPORT_KEYS[spill.table])
         except (OSError, EOFError, zlib.error):
-            return None, []
-        count, first = 0, []
+            return None, [], []
+        count, first, extra = 0, [], []
+        keys, at, previous = index.keys, 0, None
         self.spill.seek(spill.offset)
         left = spill.ids
         while left:
             chunk = array.array("q")
             chunk.frombytes(self.spill.read(8 * min(left, ID_FETCH)))
             left -= len(chunk)
-            for key in chunk:
-                if not index.has(key):
+            for key in chunk:             # ascending (day_ids.sql)
+                while at < len(keys) and keys[at] < key:
+                    if keys[at] != previous and (not extra or extra[-1] != keys[at]):
+                        extra.append(keys[at])
+                    at += 1
+                if not (at < len(keys) and keys[at] == key):
                     count += 1
                     if len(first) < FIRST_IDS:
                         first.append(str(key))
+                previous = key
             if not chunk:
                 break
+        for key in keys[at:]:
+            if key != previous and (not extra or extra[-1] != key):
+                extra.append(key)
         lacking_nulls = max(0, spill.nulls - index.unkeyed)
         count += lacking_nulls
         first += ["NULL"] * min(lacking_nulls, FIRST_IDS - len(first))
-        return count, first
+        return count, first, extra
 
 
 def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig,
@@ -1951,7 +2174,9 @@ def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExp
     the raw zone holds and the database no longer does (deleted since) are not reported: the raw zone keeps
     what was exported. Raw counts read before the snapshot can only be older than it: a day re-exported in
     between is at worst reported (and re-exported) once more."""
-    return start_late_check(conn, home, day, config, raw_before).finish(home)
+    check = start_late_check(conn, home, day, config, raw_before)
+    conn.rollback()
+    return check.finish(home, conn)
 
 
 def _compare(database: tuple[int, int | None, int], raw: RawTableCounts) -> str:
@@ -1988,8 +2213,17 @@ def _above(database: int | None, raw: int | None) -> bool:
     return database is not None and (raw is None or database > raw)
 
 
+def _is_late(info: dict) -> bool:
+    """Whether a :func:`late_rows` entry names rows the raw file lacks (not only rows that left its day)."""
+    return "missing" not in info or bool(info["missing"])
+
+
 def late_warning(late: dict[str, dict], lookback_days: int) -> str:
-    """A line naming the days whose raw files lack rows the database holds."""
+    """A line naming the days whose raw files lack rows the database holds ('' when none does)."""
+    late = {day: {table: info for table, info in tables.items() if _is_late(info)} for day, tables in late.items()}
+    late = {day: tables for day, tables in late.items() if tables}
+    if not late:
+        return ""
     parts = []
     for day, tables in sorted(late.items()):
         parts.append(f"{day}: " + ", ".join(
@@ -2003,6 +2237,30 @@ def late_warning(late: dict[str, dict], lookback_days: int) -> str:
             f"are in no raw day yet: {'; '.join(parts)} -- the next scheduled export re-exports "
             f"{'that day' if len(days) == 1 else 'those days'} (or now: pickapic build --from-app-db --from "
             f"{days[0]} --to {days[-1]})")
+
+
+def left_warning(late: dict[str, dict], lookback_days: int) -> str:
+    """A line naming the days whose raw files hold rows the app holds outside that day now ('' when none)."""
+    parts, days = [], []
+    for day, tables in sorted(late.items()):
+        named = [f"{table} {info['left']} (ids {', '.join(info['left_ids'])}"
+                 f"{', ...' if info['left'] > len(info['left_ids']) else ''})"
+                 for table, info in tables.items() if info.get("left")]
+        if named:
+            parts.append(f"{day}: " + ", ".join(named))
+            days.append(day)
+    if not parts:
+        return ""
+    return (f"app rows that left their day since it was last exported, past app_export.lookback_days "
+            f"({lookback_days}), are still in its raw files though the app holds them on another day, undated, or "
+            f"left out by app_export.users_snapshot (a created_at corrected): {'; '.join(parts)} -- the next "
+            f"scheduled export re-exports {'that day' if len(days) == 1 else 'those days'}, which takes them out "
+            f"(or now: pickapic build --from-app-db --from {days[0]} --to {days[-1]})")
+
+
+def late_warnings(late: dict[str, dict], lookback_days: int) -> list[str]:
+    """:func:`late_warning` and :func:`left_warning`, those that say something."""
+    return [line for line in (late_warning(late, lookback_days), left_warning(late, lookback_days)) if line]
 
 
 def app_days(dsn: str, source: str = "the DSN") -> AppDays:

@@ -3,7 +3,8 @@
 (``keep_vanishing_rows``, which replaced the refusal ``RowsWouldVanish``) and the late-row check's id digest
 (``day_counts.sql`` / ``day_ids.sql``, "a deletion alone is compared once and remembered").
 
-Each test states the correct behaviour and is marked xfail(strict=True) until fixed. Real PostgreSQL
+Each test states the correct behaviour; all four were fixed the same day (fix29d, tested further in
+``tests/unit/test_fix29d.py``). Real PostgreSQL
 (``tests/postgres_server.py``); a replica is played as ``tests/unit/test_fix29c.py`` plays it (``check_standby``
 answering "a hot standby"), which is the path every replica and ``keep_exported_rows`` take.
 """
@@ -15,7 +16,6 @@ import json
 import os
 
 import psycopg
-import pytest
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
@@ -51,15 +51,6 @@ def _replica(monkeypatch) -> None:
 
 # --- 1. a day another exporter wrote is doubled by a replica's re-export ------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "keep_vanishing_rows keys an old raw line by the regex _LINE_ID (`{\"ranking_id\": N` with the export's own "
-    "spacing, the id first); a day written by another exporter (the raw zone's other way in, README 1a), here the "
-    "same rows as compact JSON, has no line it can key, so a replica's re-export keeps EVERY old line as a keyless "
-    "row beside the rows read: the day holds each ranking twice (warning 'kept ... ids NULL, NULL'), duplicate "
-    "primary keys in one day (the ingest's duplicate/conflicting-key quarantine, not run here). Expected: old "
-    "lines are keyed by their parsed primary key "
-    "(or such a file is not merged), so each id is in the day once"
-))
 def test_a_day_another_exporter_wrote_is_not_doubled_by_a_replica_re_export(postgres_server, tmp_path,  # noqa: F811
                                                                             monkeypatch):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
@@ -83,13 +74,6 @@ def test_a_day_another_exporter_wrote_is_not_doubled_by_a_replica_re_export(post
 
 # --- 2. a row moved to another day is kept in its old day too ------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a ranking whose created_at the app corrected to another day is not 'a row the app no longer has', yet a "
-    "replica's re-export of its old day keeps the stale copy (warning: 'not in the app ... kept'), while the new "
-    "day's export holds the current one: ranking 2 is in two raw days with different created_at, which curation "
-    "drops whole as conflicting_ranking by README section 4 (not run here). Before rev29c this re-export was refused "
-    "(RowsWouldVanish). Expected: a row the snapshot holds on another day is not kept in the old day"
-))
 def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, tmp_path, monkeypatch):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -110,15 +94,6 @@ def test_a_row_moved_to_another_day_is_not_kept_in_its_old_day(postgres_server, 
 
 # --- 3. the id-by-id check calls a moved row a deletion and leaves it in its old day --------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "from the primary with the default settings, a ranking moved (created_at corrected) from a day past the "
-    "lookback to a newer day: the digest check of the old day finds another digest, compares id by id, finds no "
-    "id missing and remembers the day as 'a deletion alone' (no warning, no marker), so the old day keeps the "
-    "stale copy for good while the new day holds the current one: the id is in two raw days (by README section 4 "
-    "curation drops the ranking as conflicting_ranking). Expected: an id the raw day holds that the snapshot "
-    "holds on another day marks the old day for re-export (or is reported), so after the schedule's re-exports "
-    "the id is in one day"
-))
 def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -138,13 +113,6 @@ def test_a_row_moved_out_of_a_day_past_the_lookback_does_not_stay_in_it(postgres
 
 # --- 4. a settings change is kept as rows 'not in the app' ---------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "with app_export.users_snapshot changed to false, a replica's re-export of a day keeps every older account "
-    "of the old snapshot, warning that they 'are not in the app' (they are: the replica read them, outside the "
-    "day): the setting never takes effect for a day exported before, and the warning is false. Expected: rows the "
-    "snapshot holds, left out only by the export's settings, are not kept, and the users file is the day's "
-    "accounts"
-))
 def test_users_snapshot_off_is_not_undone_by_kept_rows(postgres_server, tmp_path, monkeypatch):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
