@@ -21,7 +21,9 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   ingests the days whose files changed.
 
 The crons are settings of the home (``[schedules]`` of HOME/pickapic.toml, validated as five-field cron
-strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME); the environment
+strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME): that section alone, so a refused
+value of another section is logged and said in each schedule's and sensor's description instead of stopping the
+load (:func:`home_crons_and_warning`; review rev29f); the environment
 variables ``PICKAPIC_NIGHTLY_CRON``, ``PICKAPIC_TRAIN_CRON`` and ``PICKAPIC_APP_EXPORT_CRON`` override
 them, validated the same way.
 
@@ -114,17 +116,72 @@ train_model_job = dg.define_asset_job(
 
 def home_crons(home: DataHome | None = None, environ: Mapping[str, str] = os.environ) -> ScheduleConfig:
     """The schedules' crons and the sensors' interval: the home's ``[schedules]`` settings, then $PICKAPIC_*_CRON
-    and $PICKAPIC_SENSOR_INTERVAL_S, each validated like a setting (the error names the variable)."""
-    settings = load((home or DataHome.at(None)).root)
+    and $PICKAPIC_SENSOR_INTERVAL_S, each validated like a setting (the error names the variable). Only
+    ``[schedules]`` is read (:func:`home_crons_and_warning`): a refused value of another section is no reason
+    for the schedules to stop."""
+    return home_crons_and_warning(home, environ)[0]
+
+
+def home_crons_and_warning(home: DataHome | None = None, environ: Mapping[str, str] = os.environ
+                           ) -> tuple[ScheduleConfig, str | None]:
+    """:func:`home_crons` and a one-line warning (None when there is nothing to say).
+
+    The crons come from ``[schedules]`` of ``HOME/pickapic.toml`` alone, checked as a setting (a bad cron or an
+    unknown ``schedules.`` key raises ``SettingsError`` naming it, as before). A file that cannot be read or parsed
+    at all (a syntax error, not UTF-8, a link whose target is gone) gives the default crons instead, with a warning;
+    a value of another section that the settings refuse (``[publish] keep_versions = 0``, written by hand) leaves
+    the crons as the file gives them, with a warning too: every run still refuses the file, naming the value, but
+    the definitions load, so the UI, the sensors and the schedules are there to show it (review rev29f: one bad
+    value anywhere stopped the code location of ``pickapic serve`` / ``ui`` from loading)."""
+    from formats.settings import SETTINGS_FILE, Settings, SettingsError, parse_text, quoted, read_text, settings_path
+
+    root = (home or DataHome.at(None)).root
+    path = settings_path(root)
+    source = f"{SETTINGS_FILE} of the data home"
+    settings, warning = Settings(), None
+    try:
+        if path.is_file():
+            document = parse_text(read_text(path, source), source)
+        elif os.path.lexists(path):
+            raise SettingsError(f"{source} ({path}) is there but is not a file (a link whose target is gone, or a "
+                                "folder)")
+        else:
+            document = {}
+    except Exception as exc:   # noqa: BLE001 - whatever reading it raises: the definitions still load (review rev23c)
+        reason = str(exc) if isinstance(exc, (SettingsError, OSError)) else f"{type(exc).__name__}: {quoted(str(exc))}"
+        document, warning = {}, (f"{path} cannot be read ({reason}): the schedules use the default crons until it is "
+                                 "fixed and the definitions are reloaded; every run refuses the file meanwhile")
+    table = document.get("schedules", {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"settings file {source}: 'schedules' must be a [section] table, e.g. [schedules] then "
+                            'nightly_cron = "0 2 * * *"')
+    if table:
+        settings = settings.with_values({f"schedules.{name}": value for name, value in table.items()}, source,
+                                        strict=True)
+    if warning is None and document:
+        try:                        # the rest of the file, as every run will read it: said, never fatal here
+            load(root)
+        except SettingsError as exc:
+            warning = (f"{path} holds a value the settings refuse ({exc}): every run refuses it until it is fixed "
+                       "(pickapic settings --set KEY=VALUE --write); the schedules use its [schedules] values")
+        except Exception as exc:   # noqa: BLE001 - whatever else reading it raises (review rev23c)
+            warning = (f"{path} cannot be read ({type(exc).__name__}: {quoted(str(exc))}): every run refuses it "
+                       "until it is fixed; the schedules use its [schedules] values")
     for name, variable in CRON_ENV.items():
         text = environ.get(variable, "").strip()
         if text:
             settings = settings.with_values({f"schedules.{name}": text}, f"${variable}")
-    return settings.config("schedules")
+    return settings.config("schedules"), warning
 
 
-# Read once, when Dagster loads these definitions for the home: a bad cron stops the load, naming the key.
-CRONS = home_crons()
+# Read once, when Dagster loads these definitions for the home: a bad cron stops the load, naming the key; a refused
+# value elsewhere in the file is logged and said in each schedule's and sensor's description (CRONS_NOTE)
+CRONS, CRONS_WARNING = home_crons_and_warning()
+if CRONS_WARNING:
+    import logging
+
+    logging.getLogger(__name__).warning("pickapic: %s", CRONS_WARNING)
+CRONS_NOTE = f" WARNING (when these definitions were loaded): {CRONS_WARNING}" if CRONS_WARNING else ""
 
 
 def raw_day_complete(home: DataHome, day: str) -> bool:
@@ -149,7 +206,8 @@ def app_export_settings(home: DataHome) -> dict:
 @dg.schedule(job=app_export_job, cron_schedule=CRONS.app_export_cron, execution_timezone="UTC",
              default_status=SCHEDULE_STATUS,
              description=f"Nightly ({CRONS.app_export_cron} UTC, schedules.app_export_cron): export the newest day closed for the lag "
-                         "and re-export the lookback days before it; skipped unless PICKAPIC_APP_DB_DSN is set.")
+                         "and re-export the lookback days before it; skipped unless PICKAPIC_APP_DB_DSN is set."
+                         + CRONS_NOTE)
 def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One run per day: the newest day that ended at least lag_minutes ago and the lookback days before it."""
     from pipelines.appdb.connection import DSN_ENV
@@ -380,7 +438,7 @@ def daily_requests(plan: BuildPlan, busy: set[str | None], prefix: str, graph: B
              target=JOB_SELECTIONS["daily_partition_job"] | JOB_SELECTIONS["rebuild_dataset_job"],
              description=f"Nightly ({CRONS.nightly_cron} UTC, schedules.nightly_cron): request what is missing or stale, the daily partitions first, then the global "
                          "stages made stale by a setting or code change (the rebuild after new days follows by "
-                         "itself).")
+                         "itself)." + CRONS_NOTE)
 def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """Plan like `pickapic build` and request the runs that make the home fresh; first remove the sensors' and
     schedules' tick logs older than Dagster keeps skipped ticks (:func:`dagster_project.ticklogs.prune_tick_logs`)."""
@@ -431,7 +489,7 @@ def _record(instance: dg.DagsterInstance, plan: BuildPlan, days: set[str]) -> No
 
 
 @dg.sensor(job=daily_partition_job, minimum_interval_seconds=CRONS.sensor_interval_s, default_status=SENSOR_STATUS,
-           description="Starts the daily run when a raw day lands complete, or when its files change.")
+           description="Starts the daily run when a raw day lands complete, or when its files change." + CRONS_NOTE)
 def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
     """Partitions, observations and one run request for each complete raw day that is new or changed."""
     home = data_home.home()
@@ -471,7 +529,7 @@ def _runs_global_stages(run: dg.DagsterRun) -> bool:
 @dg.sensor(name="rebuild_when_inputs_change", job=rebuild_dataset_job, minimum_interval_seconds=CRONS.sensor_interval_s,
            default_status=SENSOR_STATUS,
            description="Runs curation, splits and publish when the plan says they are stale and nothing runs: "
-                       "once after a night's daily runs, once after a day that landed during a rebuild.")
+                       "once after a night's daily runs, once after a day that landed during a rebuild." + CRONS_NOTE)
 def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome):
     """The global stages rebuilt when they are stale and nothing runs, decided as ``pickapic build`` decides:
     the plan's full data versions (recorded against expected), never events seen between ticks.
@@ -513,7 +571,8 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
 
 @dg.schedule(job=train_model_job, cron_schedule=CRONS.train_cron, execution_timezone="UTC",
              default_status=SCHEDULE_STATUS, name="weekly_training_schedule",
-             description=f"Weekly ({CRONS.train_cron} UTC, schedules.train_cron): train and evaluate on `latest` when it has no model yet.")
+             description=f"Weekly ({CRONS.train_cron} UTC, schedules.train_cron): train and evaluate on `latest` when it has no model yet."
+                         + CRONS_NOTE)
 def train_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicHome):
     """One training run per published version (none while nothing is published)."""
     home = data_home.home()

@@ -5,8 +5,10 @@ or ``salt = ""`` typed in the launchpad passes that check, and used to fail only
 (:func:`dagster_project.runconfig.check_run_config`). :class:`CheckedRunCoordinator` is Dagster's own
 queued run coordinator with one step before a run is queued: the data home the run would write
 (``resources.data_home.config.root``, else ``$PICKAPIC_HOME``) is checked as the CLI checks ``--home``,
-and every stage's values in the run config are built with their ranges and cross-field rules, as the
-steps will build them. A run that fails is never queued: Dagster marks it failed with the reason as an
+and must be the home whose instance the run is launched on (a run on home A's instance that built home B recorded
+B's materializations as A's: review rev29f; every step checks it again, for a run started some other way), and
+every stage's values in the run config are built with their ranges and cross-field rules, as the steps will build
+them. A run that fails is never queued: Dagster marks it failed with the reason as an
 engine event, and the launchpad shows the same reason where the launch was clicked. Schedules and sensors
 submit their runs through it too (their values come from the settings file, which is checked when read).
 
@@ -53,10 +55,12 @@ class RunConfigRefused(ValueError):
     """A launched run's config would fail its first step; the message says which value and why."""
 
 
-def check_launch(run_config: Mapping[str, Any] | None) -> None:
+def check_launch(run_config: Mapping[str, Any] | None, instance: dg.DagsterInstance | None = None) -> None:
     """Raise :class:`RunConfigRefused` when the run's data home or any stage's values in ``run_config``
     would be refused by its steps (:meth:`dagster_project.resources.PickapicHome.home`,
-    :func:`dagster_project.runconfig.check_run_config`)."""
+    :func:`dagster_project.runconfig.check_run_config`). With ``instance`` (the one the run is launched on), a
+    data home that is not the instance's own home is refused too
+    (:func:`dagster_project.resources.check_instance_home`; review rev29f)."""
     from dagster_project.resources import PickapicHome
     from dagster_project.runconfig import check_run_config
     from formats.settings import SettingsError
@@ -66,7 +70,7 @@ def check_launch(run_config: Mapping[str, Any] | None) -> None:
     try:
         _check_app_db(run_config)
         _check_op_credentials(run_config)
-        home = PickapicHome(root=_root(resource.get("root"))).home()
+        home = PickapicHome(root=_root(resource.get("root"))).home(instance)
         check_run_config(run_config, home)
     except (SettingsError, ValueError, OSError) as exc:
         # the reason may quote a value of the settings file (a stage's own check quotes what it refuses): shown in
@@ -389,7 +393,7 @@ class CheckedRunCoordinator(dg.QueuedRunCoordinator):
                     _check_tags(run.tags)
                 except ValueError as exc:
                     raise RunConfigRefused(f"run refused at launch, nothing was queued or written: {exc}") from None
-                check_launch(run.run_config)
+                check_launch(run.run_config, self._instance)
             except Exception as refused:
                 try:
                     problem = scrub_refused_run(self._instance, run)

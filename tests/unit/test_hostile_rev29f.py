@@ -18,7 +18,7 @@ Measured and found sound (no test here):
 - a partition key of a day whose raw folder was pruned: its ingest fails ``RawDayGone`` before writing, and the plan
   keeps what was built from it; no code of the Dagster layer reads local time (every schedule is UTC).
 
-Filed (each confirmed by running it):
+Filed (each confirmed by running it; both fixed the same day by fix29f, tested further in ``tests/unit/test_fix29f.py``):
 1. a run launched on a home's instance with ``resources.data_home.config.root`` naming ANOTHER data home is
    accepted, builds that other home, and records its materializations, with the versions the first home's records
    give, in the first home's instance: the first home's plan then calls its stale stage fresh although its own
@@ -67,15 +67,6 @@ def _stale_ops(home: DataHome, instance: dg.DagsterInstance) -> list[str]:
     return [op for run in plan_build(home, load(home.root), instance).runs for op in run.ops]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A run on a home's instance whose resources.data_home.config.root names another data home (a launchpad field) "
-    "passes the launch check (coordinator.check_launch only checks that it is a data home), builds the other home "
-    "and records its materializations in this home's instance with the versions this home's records give "
-    "(staleness.runtime_version reads context.instance): this home's plan then calls duplicate_clusters fresh while "
-    "its own file was never rebuilt (the same for a whole rebuild: latest is never republished). Expected: a run "
-    "whose data home is not the home of the instance it is recorded in is refused (at launch, and by its steps, as "
-    "for a run executed in process), so this home's plan still lists the stage"
-))
 def test_a_run_on_another_home_does_not_make_this_homes_stale_stage_look_fresh(homes) -> None:
     first, other = homes
     with dg.DagsterInstance.get() as instance:
@@ -93,15 +84,6 @@ def test_a_run_on_another_home_does_not_make_this_homes_stale_stage_look_fresh(h
             "the home's plan calls duplicate_clusters fresh: the other home's rebuild was recorded as this one's")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A value of any section of HOME/pickapic.toml that the settings refuse ([publish] keep_versions = 0, written by "
-    "hand) stops dagster_project.definitions from importing: automation.CRONS = home_crons() loads and checks the "
-    "whole file at import and raises SettingsError, so the code location of pickapic serve / ui fails to load (no "
-    "sensor, schedule or freshness check ticks; the UI has no asset or run page), although runconfig._home_settings "
-    "was made to survive any error so that the UI still loads and every run reports the bad file (reviews rev22f, "
-    "rev23c). Expected: the definitions load (the [schedules] values, or their defaults, for the crons); a bad cron "
-    "may still stop the load, as the README says"
-))
 def test_a_refused_value_outside_schedules_does_not_stop_the_definitions_loading(fast_tmp: Path) -> None:
     home = fast_tmp / "home"
     home.mkdir()
