@@ -263,6 +263,7 @@ class RejectedBlobs:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
+        self.copies = CopiedRows(home)   # the rows each day copied by uid from an earlier day (review rev29e)
 
     # --- reading the partition, streamed
     def _partition(self, day: str) -> tuple[Path, list] | None:
@@ -372,7 +373,12 @@ class RejectedBlobs:
     def expected_mark(self, day: str, base: str | None) -> tuple[str, bool]:
         """(the mark of ``day``'s features version now, whether a blob it rejects as missing has landed since):
         the missing blobs still missing, the other watched blobs by their identity now. One ``stat`` per
-        rejected blob, streamed from the partition when the cache does not list them."""
+        rejected blob, streamed from the partition when the cache does not list them. :data:`COPIES_MARK` follows
+        while a row the day copied by uid differs from its source's row now (:class:`CopiedRows`)."""
+        mark, landed = self._rejects_mark(day, base)
+        return mark + self.copies.mark(day), landed
+
+    def _rejects_mark(self, day: str, base: str | None) -> tuple[str, bool]:
         entry = self.summary(day)
         if entry is None:
             return "", False
@@ -397,13 +403,21 @@ class RejectedBlobs:
         ``CACHED_BLOBS`` blobs is watched through the folders only (a blob landing in a folder changes the
         folder's mtime and ctime; a blob rewritten in place does not, so on such a day that is seen by the next
         full plan: the nightly, the sensor, or any build something else makes plan). ``[..., "unwatched"]`` when
-        the folders are too many to keep: the stamp is then not trusted. None: nothing watched."""
+        the folders are too many to keep: the stamp is then not trusted. None: nothing watched. A day that copied
+        rows by uid from earlier days has ``{"copied_rows": "same" | "changed"}`` second (:meth:`CopiedRows.watch`):
+        an earlier day run again that changed such a row (the copying day not run in that build) makes the next
+        build plan in full (review rev29e)."""
+        copies = self.copies.watch(day)
+        copied = [{"copied_rows": copies}] if copies is not None else []
         entry = self.summary(day)
         if entry is None:
-            return None
+            if not copied:
+                return None
+            found = self._partition(day)
+            return [found[1] if found is not None else None, *copied]
         if not _looked_at(base):
-            return [entry["stat"]]
-        parts: list = [entry["stat"]]
+            return [entry["stat"], *copied]
+        parts: list = [entry["stat"], *copied]
         for kind in ("missing", "present"):
             listed = entry.get(f"{kind}_paths")
             parts.append(None if listed is None else [[p, blob_identity(_join(base, p))] for p in listed])
@@ -430,7 +444,8 @@ class RejectedBlobs:
         return [p for p in paths if blob_identity(_join(base, p)) is None]
 
     def save(self) -> None:
-        """Write the cache back when it learnt something (never required for correctness)."""
+        """Write the caches back when they learnt something (never required for correctness)."""
+        self.copies.save()
         if self.changed:
             try:
                 write_bytes_atomic(self.path, (json.dumps({"version": _MISSING_CACHE_VERSION, "days": self.known},
@@ -463,3 +478,179 @@ def _valid_entry(entry: object) -> bool:
     folders = entry.get("folders")
     return folders is None or (isinstance(folders, list) and len(folders) <= CACHED_FOLDERS
                                and all(isinstance(f, str) for f in folders))
+
+
+# --------------------------------------------------------------------------- rows copied by uid from earlier days
+COPIES_MARK = "+copied-rows-changed"   # appended to a features version now when a row it copied changed at its source
+_COPIES_CACHE = "copied_rows.json"
+_COPIES_VERSION = 1
+CACHED_COPIES = 1024   # per day, copied rows whose uids the cache keeps; a day with more is read again at each look
+_OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # pipelines.features.reuse.OUTPUT_KEY_FIELD (it imports Beam)
+
+
+class CopiedRows:
+    """Per day, the ``image_features`` rows it copied by uid from an earlier day (``reused_from = image_uid``: an image
+    exported on several days), and whether each still equals the row of the day it was copied from.
+
+    The feature stage copies such a row from the earliest earlier partition written under the same output settings
+    that holds the uid (:func:`pipelines.features.reuse.rows_reused_by_uid`). When that day's row changes afterwards
+    (its blob was replaced and ``pickapic build --force --from D1 --to D1`` fingerprinted it again), the copy went
+    stale and nothing ran the copying day again (review rev29e: the published version kept the old sha256 and JPEG
+    for good, every later build said ``up to date``). So the features version a plan expects of a day carries
+    :data:`COPIES_MARK` while one of its copied rows differs from its source (another sha256, the uid gone from the
+    source, or the source written under other settings): the day is stale, and its run copies the source's row as
+    it is now (the version it records never carries the mark). The build stamp watches the same (:meth:`watch`).
+
+    The cache ``cache/copied_rows.json`` keeps per day, by its partition's stat, the source day of each copied uid
+    with the sha256 copied (at most ``CACHED_COPIES`` a day), and per source the partition stat at which it last
+    matched: a look costs a ``stat`` per day and per source day; a source that changed is read for those uids only.
+    Disposable: without it each day's partition is read once (three columns) and the earlier partitions searched
+    for its copied uids."""
+
+    def __init__(self, home: DataHome) -> None:
+        self.home = home
+        self.path = home.cache / _COPIES_CACHE
+        try:
+            known = json.loads(self.path.read_text(encoding="utf-8"))
+            days = known["days"] if known.get("version") == _COPIES_VERSION else {}
+            self.known: dict[str, dict] = days if isinstance(days, dict) else {}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.known = {}
+        self.changed = False
+
+    def _file(self, day: str) -> Path:
+        return self.home.partition_file("image_features", day)
+
+    def _sources(self, day: str) -> dict[str, dict[str, str]] | None:
+        """source day -> {uid: sha256 copied} of ``day``'s rows copied by uid, read from the partitions (None: the
+        partition cannot be read)."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            path = self._file(day)
+            key = (pq.read_schema(path).metadata or {}).get(_OUTPUT_KEY_FIELD)
+            table = pq.read_table(path, columns=["image_uid", "sha256", "reused_from"],
+                                  filters=pc.field("reused_from") == pc.field("image_uid"))
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+        copied = dict(zip(table.column("image_uid").to_pylist(), table.column("sha256").to_pylist()))
+        sources: dict[str, dict[str, str]] = {}
+        if not copied:
+            return sources
+        try:
+            earlier = sorted(name[3:] for name in os.listdir(self.home.table_dir("image_features"))
+                             if name.startswith("dt=") and name[3:] < day)
+        except OSError:
+            earlier = []
+        left = set(copied)
+        for other in earlier:   # oldest first: the earliest holder is the source a copy is taken from
+            if not left:
+                break
+            try:
+                path = self._file(other)
+                if (pq.read_schema(path).metadata or {}).get(_OUTPUT_KEY_FIELD) != key:
+                    continue
+                uids = pq.read_table(path, columns=["image_uid"],
+                                     filters=pc.field("image_uid").isin(sorted(left))).column("image_uid")
+            except (OSError, ValueError, pa.ArrowException):
+                continue
+            for uid in uids.to_pylist():
+                if uid in left:
+                    left.discard(uid)
+                    sources.setdefault(other, {})[uid] = copied[uid]
+        for uid in left:   # no earlier holder now: the copy's source is gone
+            sources.setdefault("", {})[uid] = copied[uid]
+        return sources
+
+    def _matches(self, day: str, source: str, copies: dict[str, str]) -> bool:
+        """Whether ``source``'s partition holds each uid of ``copies`` with the sha256 copied, under ``day``'s output
+        settings."""
+        if not source:
+            return False
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        try:
+            keys = {(pq.read_schema(self._file(d)).metadata or {}).get(_OUTPUT_KEY_FIELD) for d in (day, source)}
+            if len(keys) != 1:
+                return False
+            table = pq.read_table(self._file(source), columns=["image_uid", "sha256"],
+                                  filters=pc.field("image_uid").isin(sorted(copies)))
+        except (OSError, ValueError, pa.ArrowException):
+            return False
+        held = dict(zip(table.column("image_uid").to_pylist(), table.column("sha256").to_pylist()))
+        return all(held.get(uid) == sha for uid, sha in copies.items())
+
+    def same(self, day: str) -> bool | None:
+        """Whether every row ``day`` copied by uid equals its source's row now; None when it copied none (or its
+        partition is missing or unreadable: the stage runs for that)."""
+        info = stat_key(self._file(day))
+        if info is None or info[0] == "not-a-file":
+            return None
+        entry = self.known.get(day)
+        if not (isinstance(entry, dict) and entry.get("stat") == info and isinstance(entry.get("count"), int)
+                and _valid_copies(entry.get("sources"))):
+            sources = self._sources(day)
+            if sources is None:
+                return None
+            count = sum(len(copies) for copies in sources.values())
+            entry = {"stat": info, "sources": {s: {"uids": c, "ok": None} for s, c in sources.items()}
+                     if count <= CACHED_COPIES else None, "count": count}
+            self.known[day] = entry
+            self.changed = True
+            if entry["sources"] is None:   # too many to keep: checked from the partitions, each look
+                return all(self._matches(day, s, c) for s, c in sources.items())
+        elif entry["sources"] is None:
+            sources = self._sources(day)
+            return None if sources is None else all(self._matches(day, s, c) for s, c in sources.items())
+        if not entry["count"]:
+            return None
+        for source, held in sorted(entry["sources"].items()):
+            now = stat_key(self._file(source)) if source else None
+            if now is not None and held["ok"] == now:
+                continue
+            if not self._matches(day, source, held["uids"]):
+                return False
+            held["ok"] = now
+            self.changed = True
+        return True
+
+    def mark(self, day: str) -> str:
+        """:data:`COPIES_MARK` while a row ``day`` copied by uid differs from its source's row now, else ''."""
+        return COPIES_MARK if self.same(day) is False else ""
+
+    def watch(self, day: str) -> str | None:
+        """What the build stamp records of ``day``'s copied rows: ``same`` / ``changed``, None when it copied none."""
+        same = self.same(day)
+        return None if same is None else ("same" if same else "changed")
+
+    def save(self) -> None:
+        """Write the cache back when it learnt something (never required for correctness)."""
+        if self.changed:
+            with writing_shared(self.home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+                if held:
+                    try:
+                        write_bytes_atomic(self.path, (json.dumps({"version": _COPIES_VERSION, "days": self.known},
+                                                                  sort_keys=True) + "\n").encode())
+                    except OSError:
+                        pass
+            self.changed = False
+
+
+def _valid_copies(sources: object) -> bool:
+    """Whether a cache entry's ``sources`` has the shape :meth:`CopiedRows.same` writes (None: too many kept)."""
+    if sources is None:
+        return True
+    if not isinstance(sources, dict):
+        return False
+    for source, held in sources.items():
+        if not isinstance(source, str) or not isinstance(held, dict) or not isinstance(held.get("uids"), dict):
+            return False
+        if not all(isinstance(u, str) and isinstance(s, str) for u, s in held["uids"].items()):
+            return False
+        if held.get("ok") is not None and not isinstance(held.get("ok"), list):
+            return False
+    return True

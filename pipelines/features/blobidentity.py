@@ -23,20 +23,26 @@ its size and mtime kept (``cp -p``, ``rsync -t --inplace``) is seen.
 Not seen: a blob whose bytes change with its size, mtime, inode and ctime all kept (bit rot); a blob base that is
 a URL (a bucket: no identity is taken, rows are reused by uid as before; ``pickapic build --force`` does not
 re-read them either). Disposable: without the cache every reused row's blob is read and hashed once more, with
-the same result; a record that cannot be read counts as none.
+the same result; a record that cannot be read counts as none, and so does one that is not a regular file in a
+real ``cache/blob_identities`` folder (a symbolic link, a FIFO, a device: never followed, never waited on), and
+nothing is written through a link at that folder (review rev29e). A record is read filtered by the uids looked up
+in it, so a rerun holds memory for the rows it checks, not for the earlier days it copies from.
 """
 from __future__ import annotations
 
+import io
 import json
 import os
+import stat
 import time
 from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import sha256_file, write_parquet_atomic
+from formats.files import is_real_folder, make_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from pipelines.features.blobs import is_local, join_url
 from pipelines.provenance import blob_identity, changed_since
@@ -74,7 +80,6 @@ class BlobIdentities:
     def __init__(self, home: DataHome, day: str, base: str) -> None:
         self.home, self.day, self.base = home, day, base
         self.active = is_local(base)
-        self._read: dict[str, Record] = {}
         self.checked: dict[str, str] = {}      # uid -> identity (JSON) of a row trusted by its record, as seen now
         self.before: dict[str, str | None] = {}
         self.since_ns = 0
@@ -82,29 +87,44 @@ class BlobIdentities:
     def _identity(self, relpath: str) -> str | None:
         return _identity_text(blob_identity(join_url(self.base, relpath)))
 
-    def _record(self, day: str) -> Record:
-        if day not in self._read:
-            record: Record = {}
-            try:
-                path = record_path(self.home, day)
-                meta = pq.read_schema(path).metadata or {}
+    def _entries(self, day: str, uids: set[str]) -> Record:
+        """The entries of ``day``'s record for ``uids`` only (review rev29e: the whole record of every day a reused
+        row was copied from was held for the run): the file is filtered by uid as it is read. None read where the
+        record is no regular file in a real ``cache/blob_identities`` folder (a link, a FIFO, a device: never
+        followed, never waited on), of another version or blob base, or unreadable."""
+        if not uids:
+            return {}
+        handle = open_record(record_path(self.home, day))
+        if handle is None:
+            return {}
+        try:
+            with handle:
+                meta = pq.read_schema(handle).metadata or {}
                 key = _key(self.home, self.base).encode()
-                if meta.get(b"version") == _VERSION.encode() and meta.get(b"base") == key:
-                    table = pq.read_table(path)
-                    if table.schema.equals(_SCHEMA, check_metadata=False):
-                        record = {uid: (blob, sha, ident) for uid, blob, sha, ident in
-                                  zip(*(table.column(name).to_pylist() for name in _SCHEMA.names))}
-            except (OSError, pa.ArrowException, RecursionError):
-                pass   # none: the rows are read again
-            self._read[day] = record
-        return self._read[day]
+                if meta.get(b"version") != _VERSION.encode() or meta.get(b"base") != key:
+                    return {}
+                table = pq.read_table(handle, filters=pc.field("image_uid").isin(sorted(uids)))
+                if not table.schema.equals(_SCHEMA, check_metadata=False):
+                    return {}
+                return {uid: (blob, sha, ident) for uid, blob, sha, ident in
+                        zip(*(table.column(name).to_pylist() for name in _SCHEMA.names))}
+        except (OSError, ValueError, pa.ArrowException, RecursionError):
+            return {}   # none: the rows are read again
 
     def unverified(self, rows: Iterable[dict], sources: dict[str, str]) -> set[str]:
         """The uids of ``rows`` (reused by uid; ``sources``: uid -> the day the row is copied from) whose blob is not
         known to hold the row's bytes still: no record of it (the day's own or its source day's) with the row's
-        path and sha256, or the blob's identity now is not the recorded one. Empty for a URL blob base."""
+        path and sha256, or the blob's identity now is not the recorded one. Empty for a URL blob base. Each
+        record is read once, for the uids looked up in it only (memory bounded by the rows checked)."""
         if not self.active:
             return set()
+        rows = list(rows)
+        wanted: dict[str, set[str]] = {}
+        for row in rows:
+            uid = row["image_uid"]
+            for day in dict.fromkeys((self.day, sources.get(uid, self.day))):
+                wanted.setdefault(day, set()).add(uid)
+        records = {day: self._entries(day, uids) for day, uids in sorted(wanted.items())}
         unknown: set[str] = set()
         for row in rows:
             uid = row["image_uid"]
@@ -112,7 +132,7 @@ class BlobIdentities:
             trusted = False
             if now is not None:
                 for day in dict.fromkeys((self.day, sources.get(uid, self.day))):
-                    entry = self._record(day).get(uid)
+                    entry = records[day].get(uid)
                     if entry is not None and entry == (row["blob_path"], row["sha256"], now):
                         trusted = True
                         break
@@ -142,12 +162,13 @@ class BlobIdentities:
             return False
         return digest == sha256 and self._identity(relpath) == identity
 
-    def write(self, features: pa.Table) -> None:
+    def write(self, features: pa.Table) -> str | None:
         """Record the identity of the blob behind each row of the day's new ``image_features`` partition that this
         run checked (its record matched) or read without the blob changing meanwhile; a cache: a failure to write
-        only costs a read of those blobs at the next run."""
+        only costs a read of those blobs at the next run. Returns a note when the record's folder is a symbolic
+        link or not a folder (nothing is written through it: review rev29e), else None."""
         if not self.active:
-            return
+            return None
         uids, blobs, shas = (features.column(name).to_pylist() for name in ("image_uid", "blob_path", "sha256"))
         rows = []
         for uid, blob, sha in zip(uids, blobs, shas):
@@ -164,7 +185,38 @@ class BlobIdentities:
         table = table.replace_schema_metadata({"version": _VERSION, "base": _key(self.home, self.base)})
         path = record_path(self.home, self.day)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.parent.mkdir(parents=True, exist_ok=True)
+            make_real_folder(path.parent, "the blob identity record")   # never written through a link (rev29e)
+            if os.path.lexists(path) and not stat.S_ISREG(os.lstat(path).st_mode):
+                return (f"cache/blob_identities/{path.name} is not a regular file (a link, a FIFO, ...): no blob "
+                        "identity record is written over it (remove it; until then the day's reused blobs are "
+                        "read and hashed at each run)")
             write_parquet_atomic(table, path)
+        except NotADirectoryError:
+            return ("cache/blob_identities is a symbolic link or not a folder: no blob identity record is written "
+                    "through it (remove it; the next run then reads and hashes its reused blobs once)")
         except OSError:
             pass
+        return None
+
+
+def open_record(path: Path) -> io.FileIO | None:
+    """``path`` opened to read when it is a regular file in a real folder (``lstat``: the folder not a symbolic
+    link), not itself a link (``O_NOFOLLOW``) and not a FIFO or device (checked on the open file, ``O_NONBLOCK``:
+    never waited on); else None (review rev29e: a FIFO there hung the stage, a link was read and trusted)."""
+    if not is_real_folder(path.parent):
+        return None
+    try:   # looked at first, so a FIFO is not even opened; checked again on the open file (one swapped in meanwhile)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return io.FileIO(fd, "rb", closefd=True)
+    except OSError:
+        os.close(fd)
+        return None

@@ -176,7 +176,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
                                          with_output_key(get_schema(FEATURES), key))
     rejects_path = write_parquet_atomic(rejects, home.partition_file(REJECTS, day),
                                         with_output_key(get_schema(REJECTS), key))
-    identities.write(features)
+    _note([note] if (note := identities.write(features)) else [], progress)
     if todo.num_rows:
         remove_dir(staging, base)
 

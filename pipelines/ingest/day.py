@@ -91,7 +91,17 @@ from pipelines.ingest.config import OUTPUT_DATASETS, IngestConfig, IngestReport,
 from pipelines.ingest.quarantine import QuarantineSink, write_quarantine
 from pipelines.ingest.reader import SEEN_OVERFLOW, fill_pending, read_table
 from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
-from pipelines.ingest.uidindex import raw_image_uids, reference_days, stat_key, write_uid_index
+from pipelines.ingest.uidindex import (
+    EXPORTS_FOLDER,
+    exports_record,
+    exports_record_path,
+    prepare_exports_folder,
+    raw_image_uids,
+    reference_days,
+    stat_key,
+    write_exports_record,
+    write_uid_index,
+)
 from pipelines.ingest.waiting import Unreadable, WaitingIndex, read_waiting
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -154,6 +164,8 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         if indexing and not runs[table].limited:   # a read that depends on the limits is not kept for other limits
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
     check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config)
+    if known_today is not None:   # what the byte search found, recorded with the day's files (review rev29e)
+        runs["images"].report.exported_uids = known_today
     results = {}
     for table, run in runs.items():
         fill_pending(run, config)
@@ -253,6 +265,9 @@ def sweep_ingest_temps(home: DataHome) -> list[str]:
     from pipelines.provenance import RAW_DIGESTS_CACHE
 
     notes = sweep_temps_of([home.table_file("raw_zone_problems")])
+    # the records of the days' images exports, written with each day's files under the ingest lock (never through
+    # a link at their folder)
+    notes += sweep_temps(home.warehouse / EXPORTS_FOLDER, r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet")[1]
     uid_index = home.raw_image_uid_index("0000-00-00").parent
     notes += sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
         sweep_temps_of([home.cache / RAW_DIGESTS_CACHE])
@@ -453,12 +468,14 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
                 if not unwritten:
                     break
                 check_partition_folders(home, day, outputs.values())   # before anything is written
+                check_exports_folder(home, day)
                 write_raw_zone_problems(home, scan)
                 clear_partition_folders(list(outputs.values()))
-                _write_day(results, date, outputs, written)
+                _write_day(results, date, outputs, written, exports_record_path(home, day))
                 unwritten = False
             reports = {table: results[table][2] for table in RAW_TABLES}
-            rewrites.finish(home, day, list(outputs.values()))   # an interrupted rewrite of this day is now complete
+            # an interrupted rewrite of this day is now complete
+            rewrites.finish(home, day, [*outputs.values(), exports_record_path(home, day)])
             refreshed: dict[str, IngestReport] = {}
             if refresh_earlier:
                 done = _Written({day})   # the days written in this ingest: each rewritten at most once (rev24i)
@@ -477,10 +494,19 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     )
 
 
-def _write_day(results: dict, date, outputs: dict[str, Path], written: dict[str, int]) -> None:
-    """Write the day's six files (all under temporary names, then renamed)."""
+def _write_day(results: dict, date, outputs: dict[str, Path], written: dict[str, int], exports: Path) -> None:
+    """Write the day's six files and the record of its images export (``exports``,
+    :func:`pipelines.ingest.uidindex.exports_record`), all under temporary names, then renamed."""
     reports = {table: results[table][2] for table in RAW_TABLES}
     sinks = [results[table][1] for table in RAW_TABLES]
+    images = reports["images"]
+    found = images.__dict__.pop("exported_uids", None)   # not kept in the report (a day's uids)
+    files: dict[Path, _Writer] = {}
+    if found is not None:
+        record = exports_record(found, results["images"][0].column("image_uid").to_pylist(), images.file_sha256)
+        files[exports] = lambda tmp: write_exports_record(record, tmp)
+    else:   # never so (the images file is always read): no record of another file is left beside the new one
+        exports.unlink(missing_ok=True)
 
     def quarantine_writer(tmp: Path) -> None:
         written["quarantine"] = write_quarantine(sinks, date, tmp)
@@ -488,7 +514,20 @@ def _write_day(results: dict, date, outputs: dict[str, Path], written: dict[str,
     writers: dict[Path, _Writer] = {outputs[table]: (results[table][0], get_schema(table)) for table in RAW_TABLES}
     writers[outputs["quarantine"]] = quarantine_writer
     writers[outputs["ingest_files"]] = (ingest_files_table(list(reports.values()), date), get_schema("ingest_files"))
-    write_tables_atomic({path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)})
+    # the record first: the six files keep their order (a crash after the first rename is tested on them)
+    write_tables_atomic({**files, **{path: writers[path] for path in (outputs[name] for name in OUTPUT_DATASETS)}})
+
+
+def check_exports_folder(home: DataHome, day: str) -> None:
+    """Refuse (:class:`PartitionFolderRefused`, one line) when ``warehouse/.image_exports`` is a symbolic link or not
+    a folder: the record of the day's images export is never written through it; nothing was written."""
+    try:
+        prepare_exports_folder(home)
+    except NotADirectoryError:
+        raise PartitionFolderRefused(
+            f"cannot ingest {day}: warehouse/{EXPORTS_FOLDER} is a symbolic link or not a folder: the ingest writes "
+            "nothing through a link or over what it did not make, and nothing was written; remove it (a link's "
+            "removal leaves what it names) and ingest the day again") from None
 
 
 INGEST_LOCK = "ingest.lock"   # in HOME/.locks

@@ -5,8 +5,9 @@
 ``late_image_days`` (2) days after it in the raw zone. Only the raw bytes are searched (quarantined
 image lines count as exported), so the answer depends on the raw zone alone, not on what was
 ingested before, with one exception: a day whose raw folder was pruned after its ingest keeps what was
-built from it, so its images export is what the warehouse keeps of it (its ``images`` partition and the uids
-of its quarantined images lines: :func:`pipelines.ingest.uidindex.kept_image_uids`, review rev29a). A build
+built from it, so its images export is what its ingest's search found, as the warehouse keeps it (its ``images``
+partition and the record written with it: :func:`pipelines.ingest.uidindex.kept_image_uids`, reviews rev29a,
+rev29e). A build
 from scratch of a home whose raw day was pruned has no such partition, so its rows naming that day's images
 are ``unknown_image_reference`` there: it sees fewer facts than the home that ingested the day. A row
 resolved only by a later day's export is accepted and counted in ``ingest_files.accepted_late_image``; the

@@ -3,14 +3,24 @@ byte search, trusted while the raw file keeps its recorded size and times (else 
 so a day's reference check does not decompress the whole history.
 
 A pruned day (its raw folder gone from the raw zone, its warehouse partitions kept: README, "raw folder gone")
-still holds the images its ingest found: :func:`raw_image_uids` answers for it from the warehouse (the day's
-``images`` partition and the ``image_uid`` members of its quarantined images lines, :func:`kept_image_uids`), and
-:func:`reference_days` adds such days to the raw days a reference is looked up in (review rev29a: a re-ingest of
-a later day quarantined its rows that named a pruned day's images as ``unknown_image_reference``).
+still holds the images its ingest found: :func:`raw_image_uids` answers for it from what its ingest recorded
+(:func:`kept_image_uids`), and :func:`reference_days` adds such days to the raw days a reference is looked up in
+(review rev29a: a re-ingest of a later day quarantined its rows that named a pruned day's images as
+``unknown_image_reference``).
+
+What a day's ingest found is recorded with its six files (:func:`exports_record_path`,
+``warehouse/.image_exports/dt=DAY.parquet``, renamed with them): the uids the byte search of its images file found
+that its ``images`` partition does not hold (the uids of quarantined lines, nested members, ...), and any the
+partition holds that the search did not find; with the partition it gives exactly what the search gave (review
+rev29e: the rev29a look-up searched the quarantine's stored text, masked and lossy-decoded, so a nested uid was
+lost after the prune and a line with an invalid UTF-8 byte resolved a uid the raw file never exported). It lives
+in the warehouse, not in the disposable cache: once the raw folder is gone it cannot be worked out again.
 """
 from __future__ import annotations
 
+import io
 import os
+import stat
 from collections.abc import Collection
 from pathlib import Path
 
@@ -18,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import sha256_file, write_parquet_atomic
+from formats.files import PARQUET_OPTIONS, is_real_folder, make_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from formats.rawzone import day_of_folder
@@ -123,17 +133,122 @@ def reference_days(home: DataHome, raw_days: Collection[str]) -> list[str]:
     return sorted(set(raw_days) | set(pruned_days(home, raw_days)))
 
 
+EXPORTS_FOLDER = ".image_exports"   # in the warehouse, beside the tables: one record per ingested day
+_EXPORTS_VERSION = "1"
+_EXPORTS_SCHEMA = pa.schema([pa.field("image_uid", pa.string(), nullable=False),
+                             pa.field("exported", pa.bool_(), nullable=False)])
+
+
+def exports_record_path(home: DataHome, day: str) -> Path:
+    """The record of what ``day``'s ingest found in its raw images file: ``warehouse/.image_exports/dt=DAY.parquet``."""
+    return home.warehouse / EXPORTS_FOLDER / f"dt={day}.parquet"
+
+
+def exports_record(found: set[str], accepted: list[str], raw_sha256: str | None) -> pa.Table:
+    """The record of a day's images export as its ingest's byte search ``found`` it, against the ``accepted`` uids
+    of its ``images`` partition: a row per uid found and not accepted (``exported`` true) and per uid accepted and
+    not found (false; none where the search reads every accepted line, as it does), sorted; the images file's
+    sha256 (``ingest_files``' own, '' for none) in the footer binds it to the partition it was written with."""
+    held = set(accepted)
+    rows = sorted([(uid, True) for uid in found - held] + [(uid, False) for uid in held - found])
+    table = pa.table({"image_uid": pa.array([r[0] for r in rows], pa.string()),
+                      "exported": pa.array([r[1] for r in rows], pa.bool_())}, schema=_EXPORTS_SCHEMA)
+    return table.replace_schema_metadata({"version": _EXPORTS_VERSION, "raw_sha256": raw_sha256 or ""})
+
+
+def prepare_exports_folder(home: DataHome) -> None:
+    """Make ``warehouse/.image_exports`` (a real folder); raise NotADirectoryError when a symbolic link or a file is
+    there: nothing is written through it."""
+    home.warehouse.mkdir(parents=True, exist_ok=True)
+    make_real_folder(home.warehouse / EXPORTS_FOLDER, "the record of a day's images export")
+
+
+def write_exports_record(table: pa.Table, tmp: Path) -> None:
+    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+
+
+def _open_regular(path: Path) -> io.FileIO | None:
+    """``path`` opened to read when it is a regular file (not a link, never waited on) in a real folder, else None."""
+    if not is_real_folder(path.parent):
+        return None
+    try:   # looked at first, so a FIFO is not even opened; checked again on the open file (one swapped in meanwhile)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return io.FileIO(fd, "rb", closefd=True)
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _ingested_images_sha256(home: DataHome, day: str) -> str | None:
+    """The images file's sha256 as ``day``'s ``ingest_files`` partition records it ('' for a file that was not
+    there), or None when the partition cannot be read."""
+    handle = _open_regular(home.partition_file("ingest_files", day))
+    if handle is None:
+        return None
+    try:
+        with handle:
+            rows = pq.read_table(handle, columns=["table", "file_sha256"]).to_pylist()
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+    shas = [row["file_sha256"] or "" for row in rows if row["table"] == "images"]
+    return shas[0] if len(shas) == 1 else None
+
+
+def _recorded_uids(path: Path, wanted: pa.Array, raw_sha256: str, version: bytes,
+                   schema: pa.Schema) -> pa.Table | None:
+    """The rows of a record (the exports record or the uid index) for the ``wanted`` uids, when it is a regular file
+    of ``version`` and ``schema`` taken of the images file ``raw_sha256``; else None."""
+    handle = _open_regular(path)
+    if handle is None:
+        return None
+    try:
+        with handle:
+            meta = pq.read_schema(handle).metadata or {}
+            if meta.get(b"version") != version or meta.get(b"raw_sha256") != raw_sha256.encode():
+                return None
+            table = pq.read_table(handle, filters=pc.field("image_uid").isin(wanted))
+            return table if table.schema.equals(schema, check_metadata=False) else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
 def kept_image_uids(home: DataHome, day: str, wanted: set[str]) -> set[str]:
-    """The uids of ``wanted`` that a pruned ``day``'s ingest found in its raw images file, as its warehouse partitions
-    keep them: the accepted ``images`` rows, then the ``image_uid`` members of its quarantined images lines (their
-    stored text, the first 64 KiB of each line: the byte search and the JSON decode a raw file gets). Empty when the
-    day has no readable ``images`` partition (never ingested: nothing was built from it)."""
+    """The uids of ``wanted`` that a pruned ``day``'s ingest found in its raw images file: exactly what the byte
+    search gave, from the day's ``images`` partition and the record its ingest wrote with it
+    (:func:`exports_record_path`, review rev29e). Empty when the day has no readable ``images`` partition (never
+    ingested: nothing was built from it).
+
+    Without a record of the images file its partitions were built from (a day ingested before the record existed,
+    or the record deleted): its uid index (``cache/raw_image_uids``) when it was taken of that file (the same
+    search), else the accepted ``images`` rows and the ``image_uid`` members in the stored text of its quarantined
+    images lines (review rev29a's look-up: the text is masked and lossy-decoded, its first 64 KiB, so a nested
+    member is missed there and a line with an invalid UTF-8 byte may give a uid the search did not)."""
     value_set = pa.array(sorted(wanted), pa.string())
     try:
         uids = pq.read_table(home.partition_file("images", day), columns=["image_uid"]).column("image_uid")
     except (OSError, pa.ArrowException):
         return set()
-    found = set(uids.filter(pc.is_in(uids, value_set=value_set)).to_pylist())
+    accepted = set(uids.filter(pc.is_in(uids, value_set=value_set)).to_pylist())
+    raw_sha256 = _ingested_images_sha256(home, day)
+    if raw_sha256 is not None:
+        record = _recorded_uids(exports_record_path(home, day), value_set, raw_sha256, _EXPORTS_VERSION.encode(),
+                                _EXPORTS_SCHEMA)
+        if record is not None:
+            marked = dict(zip(record.column("image_uid").to_pylist(), record.column("exported").to_pylist()))
+            return {uid for uid in accepted if marked.get(uid, True)} | {u for u, e in marked.items() if e}
+        if raw_sha256:
+            index = _recorded_uids(home.raw_image_uid_index(day), value_set, raw_sha256,
+                                   _UID_INDEX_VERSION.encode(), pa.schema([pa.field("image_uid", pa.string())]))
+            if index is not None:
+                return set(index.column("image_uid").to_pylist())
+    found = accepted
     if found == wanted:
         return found
     try:

@@ -26,7 +26,8 @@ passes them: those rows are read and hashed on every rerun (cost only, not teste
 like ``cache/raw_image_uids``.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All six were fixed the same day (fix29e, tested further in
+``tests/unit/test_fix29e.py``).
 """
 from __future__ import annotations
 
@@ -45,7 +46,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 from test_ingest_fixtures import DayBuilder
 
@@ -71,15 +71,6 @@ def _later_day_results(home: DataHome, day: str) -> tuple[int, list[str]]:
 
 
 # ------------------------------------------------------------------ 1. data loss: a kept line's uid masked away
-@pytest.mark.xfail(strict=True, reason=(
-    "A pruned day is searched in the quarantine's stored raw_text of its images lines, but that text is masked "
-    "(rev25h): an image_uid member inside a nested object (or a line that is a JSON array) reads "
-    "\"[redacted]\" there, while the raw byte search (IMAGE_UID_MEMBER_RE over the whole file) found it. A later "
-    "day's download naming that uid, accepted while the raw day was there, is quarantined as "
-    "unknown_image_reference when the later day is ingested again after the prune (the ingest 6 upgrade does "
-    "that to every raw day): the row leaves the published data. Expected: the prune changes nothing; the later "
-    "day's rows stay accepted, as the raw search found them (e.g. keep the uids the raw search found per day)"
-))
 def test_a_pruned_days_quarantined_line_with_a_nested_image_uid_member_still_resolves(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     early = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
@@ -100,14 +91,6 @@ def test_a_pruned_days_quarantined_line_with_a_nested_image_uid_member_still_res
 
 
 # ------------------------------------------------------- 2. wrong data: a pruned day resolves what it never held
-@pytest.mark.xfail(strict=True, reason=(
-    "kept_image_uids decodes a pruned day's quarantined images lines from their stored raw_text, which is the "
-    "line decoded as lossy UTF-8 (invalid bytes become U+FFFD): a line whose uid only a JSON decode finds "
-    "(\"image\\u005fuid\") and that holds an invalid UTF-8 byte fails the raw search's decode (so the raw day "
-    "never exported that uid: the later day's download is unknown_image_reference), but decodes from the kept "
-    "text. After the prune, re-ingesting the later day accepts the download. Expected: the prune changes "
-    "nothing; the row stays quarantined as before (the pruned day resolves exactly what its raw file did)"
-))
 def test_a_pruned_day_resolves_no_uid_its_raw_file_did_not_export(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     early = DayBuilder("2023-03-01").populate(users=2, images=3, rankings=1, downloads=0)
@@ -137,14 +120,6 @@ def _pickapic_build(home: DataHome, *args: str) -> str:
     return done.stdout
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "An image exported on two days (day 2's row is copied by uid from day 1's) whose blob is replaced: the README's "
-    "remedy, `pickapic build --force --from D1 --to D1`, fingerprints it again on day 1 only; day 2 keeps the copy "
-    "of the old row (old sha256, old training JPEG) and every later build says `up to date`, so the published "
-    "version differs from a build from scratch (which gives both days the new bytes' row) for good. Expected: "
-    "a day whose rows were copied by uid from a day whose row for that uid changed is stale (or its copy is "
-    "re-checked), so both days hold the row of the blob as it is"
-))
 def test_a_day_that_copied_a_row_by_uid_follows_the_earlier_days_row_after_a_blob_is_replaced(
         tmp_path: Path) -> None:
     sim = SimConfig(days=2, users=10, rankings_per_day=16, image_size=32, seed=3)
@@ -184,12 +159,6 @@ def test_a_day_that_copied_a_row_by_uid_follows_the_earlier_days_row_after_a_blo
 
 
 # ------------------------------------------------------------------------------ 4. hang: a FIFO as the record
-@pytest.mark.xfail(strict=True, reason=(
-    "BlobIdentities._record opens cache/blob_identities/dt=DAY.parquet with pq.read_schema without looking at "
-    "what it is: a FIFO there blocks the feature stage (and `pickapic build`) until something writes to it, "
-    "for ever otherwise (the uid index checks is_file first; rulecache.read_trusted lstat's). Expected: a record "
-    "that is not a regular file is no record; the rows are read and hashed again, nothing waits on it"
-))
 def test_a_fifo_at_the_blob_identity_record_is_never_waited_on(tmp_path: Path) -> None:
     config = FeaturesConfig(workers=0)
     home = DataHome(tmp_path / "home")
@@ -226,13 +195,6 @@ def test_a_fifo_at_the_blob_identity_record_is_never_waited_on(tmp_path: Path) -
 
 
 # --------------------------------------------------------- 5. security: a link at the cache folder written through
-@pytest.mark.xfail(strict=True, reason=(
-    "BlobIdentities.write makes cache/blob_identities with mkdir(exist_ok=True) and renames its record into it: "
-    "a symbolic link planted there is followed and the file of the same name in the link's target is replaced "
-    "(the rule since the rulecache fixes: nothing is written through a link at a cache folder, "
-    "make_real_folder). Expected: the link and its target are left as they are (no record written, or one "
-    "refused in a note); the stage still succeeds"
-))
 def test_a_link_at_the_blob_identities_folder_is_never_written_through(tmp_path: Path) -> None:
     config = FeaturesConfig(workers=0)
     home = DataHome(tmp_path / "home")
@@ -251,13 +213,6 @@ def test_a_link_at_the_blob_identities_folder_is_never_written_through(tmp_path:
 
 
 # ------------------------------------------------------ 6. memory: whole earlier days' records held for one row
-@pytest.mark.xfail(strict=True, reason=(
-    "BlobIdentities._record loads the whole record of every day a reused row is copied from into a Python dict "
-    "(about 490 bytes per image) and keeps them all for the run: a rerun of a day holding one re-exported uid "
-    "from each of N earlier days holds N whole days' records (20 uids against 20 days of 10,000 images: ~100 MB; "
-    "a year of 100,000-image days: tens of GB), where the uid look-up (reuse._index) filters by the day's uids. "
-    "Expected: memory bounded by the rows looked up, not by the earlier days' sizes (read only the wanted uids)"
-))
 def test_checking_reused_rows_holds_memory_for_those_rows_not_whole_earlier_days(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     home.raw_images.mkdir(parents=True)
