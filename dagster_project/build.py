@@ -45,34 +45,51 @@ class NotEnoughDataError(BuildError):
 
 
 class BuildInterrupted(KeyboardInterrupt):
-    """A Ctrl-C (SIGINT) or a SIGTERM reached the build while Dagster ran one of its runs: no later run starts and
-    nothing more is written (``pickapic build`` says "interrupted", exit 130, or "terminated", exit 143)."""
+    """A Ctrl-C (SIGINT), a SIGTERM or a SIGHUP reached the build while Dagster ran one of its runs: no later run
+    starts and nothing more is written (``pickapic build`` says "interrupted", exit 130, "terminated", exit 143, or
+    "hung up", exit 129)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
 
-_STOPPING = (signal.SIGINT, signal.SIGTERM)
+_STOPPING = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _hang_up_like_sigint(signum: int, frame: object) -> None:
+    """SIGHUP's handler during a Dagster run: what SIGINT's handler does now (Dagster's for a run records it, or in a
+    step raises its interrupt; outside Dagster's hold, a KeyboardInterrupt), as Dagster maps SIGTERM; which signal
+    it was is read from the wakeup pipe (:func:`signals_seen`)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, frame)
+    else:   # SIG_IGN (a background job) or SIG_DFL: the build still stops for a hangup
+        raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def signals_seen() -> Iterator[Callable[[], int | None]]:
-    """Watch for SIGINT / SIGTERM while Dagster runs a job in this process; yield a function that says which came
-    (SIGINT first), if any.
+    """Watch for SIGINT / SIGTERM / SIGHUP while Dagster runs a job in this process; yield a function that says
+    which came first, if any.
 
-    Dagster takes both signals over for a run (``capture_interrupts``: SIGTERM mapped to its SIGINT handler) and,
-    outside a step, only records one, then forgets it as the run ends: a Ctrl-C or SIGTERM as a run ended was
+    Dagster takes SIGINT and SIGTERM over for a run (``capture_interrupts``: SIGTERM mapped to its SIGINT handler)
+    and, outside a step, only records one, then forgets it as the run ends: a Ctrl-C or SIGTERM as a run ended was
     swallowed and the build went on to its next run and published (review rev29b). The kernel-level record
-    Python keeps of every signal a handler takes, whichever handler it is (``signal.set_wakeup_fd``), is read
-    here instead. The handlers in place before the run are put back after it (Dagster leaves SIGTERM with the
-    SIGINT handler). Outside the main thread (no handler can be set) nothing is watched."""
+    Python keeps of every signal a handler takes, whichever handler it is (``signal.set_wakeup_fd``: the signal's
+    number, in the order they came), is read here instead. SIGHUP, where the command handles it (``pickapic
+    build``: not under ``nohup``), is handed to SIGINT's handler of the moment for the run, as Dagster does SIGTERM.
+    As a run returns, Dagster has put SIGINT's own handler (a KeyboardInterrupt) back on SIGTERM too: a plain
+    KeyboardInterrupt that leaves the block or this function's restore is raised again as the
+    :class:`BuildInterrupted` of the signal the pipe saw first (review rev29g: a SIGTERM then said "interrupted").
+    The handlers in place before the run are put back after it, before the wakeup pipe is given up. Outside the
+    main thread (no handler can be set) nothing is watched."""
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
         return
     handlers = {sig: signal.getsignal(sig) for sig in _STOPPING}
     reader, writer = os.pipe()
-    received: set[int] = set()
+    arrived: list[int] = []
     try:
         for fd in (reader, writer):
             os.set_blocking(fd, False)
@@ -81,18 +98,64 @@ def signals_seen() -> Iterator[Callable[[], int | None]]:
             def seen() -> int | None:
                 with contextlib.suppress(BlockingIOError, InterruptedError):
                     while data := os.read(reader, 512):
-                        received.update(data)
-                return next((sig for sig in _STOPPING if sig in received), None)
+                        arrived.extend(sig for sig in data if sig in _STOPPING and sig not in arrived)
+                return arrived[0] if arrived else None
 
-            yield seen
+            try:
+                try:
+                    if callable(handlers[signal.SIGHUP]):   # the command's own (not SIG_IGN under nohup, not SIG_DFL)
+                        signal.signal(signal.SIGHUP, _hang_up_like_sigint)
+                    yield seen
+                finally:
+                    for sig, handler in handlers.items():
+                        if handler is not None and signal.getsignal(sig) != handler:
+                            signal.signal(sig, handler)
+            except KeyboardInterrupt as stop:
+                if isinstance(stop, BuildInterrupted) or (signum := seen()) is None:
+                    raise
+                raise BuildInterrupted(signum) from None
         finally:
             signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
-            for sig, handler in handlers.items():
-                if handler is not None and signal.getsignal(sig) != handler:
-                    signal.signal(sig, handler)
     finally:
         os.close(reader)
         os.close(writer)
+
+
+@contextlib.contextmanager
+def _helpers_deaf_to_ctrl_c() -> Iterator[None]:
+    """Start the processes Dagster runs beside each step with SIGINT blocked, for the block.
+
+    A step's compute logs are mirrored by ``tail -F`` and a babysitter, ``watch_orphans.py``, a Python process that
+    kills the tail should the build die (``dagster._core.execution.compute_logs.execute_posix_tail``); both are in
+    the build's process group, so a Ctrl-C at the terminal reaches them too, and each babysitter printed a
+    KeyboardInterrupt traceback above the build's one line (review rev29g). Started with SIGINT blocked (a signal
+    mask is inherited through fork and exec, and Python does not unblock it) they ignore a Ctrl-C; Dagster ends them
+    with SIGTERM when the step ends, and the babysitter still ends the tail, and itself, within a second of the
+    build dying. The build's own thread has SIGINT blocked only while Dagster starts the two: a Ctrl-C then is
+    delivered as it is unblocked (or to another thread), never lost."""
+    from dagster._core.execution import compute_logs
+
+    original = getattr(compute_logs, "execute_posix_tail", None)
+    if original is None or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    @contextlib.contextmanager
+    def execute_posix_tail(path, stream):
+        with contextlib.ExitStack() as stack:
+            blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            try:
+                pids = stack.enter_context(original(path, stream))
+            finally:
+                if signal.SIGINT not in blocked:
+                    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+            yield pids
+
+    compute_logs.execute_posix_tail = execute_posix_tail
+    try:
+        yield
+    finally:
+        compute_logs.execute_posix_tail = original
 
 
 @dataclass
@@ -497,7 +560,7 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
     ops = {op: {"config": overrides[sections[op]]} for op in run.ops if sections.get(op) in overrides}
     run_config = {**QUIET_LOGS, **({"ops": ops} if ops else {})}
     job = defs.resolve_job_def(run.job)   # what the job may run is automation.JOB_SELECTIONS, defined once
-    with signals_seen() as stopped:
+    with signals_seen() as stopped, _helpers_deaf_to_ctrl_c():
         result = job.execute_in_process(instance=instance, run_config=run_config, partition_key=run.partition,
                                         asset_selection=asset_keys(run, defs.resolve_asset_graph()),
                                         raise_on_error=False, tags={BUILD_TAG: BUILD_TAG_VALUE,

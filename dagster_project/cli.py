@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import signal
@@ -297,24 +298,43 @@ def _no_interrupt_records(record) -> bool:
     return not (isinstance(error, KeyboardInterrupt) or type(error).__name__ == "DagsterExecutionInterruptedError")
 
 
-# Commands that write a user-given output: SIGTERM (kill, timeout(1), a stopped service) ends them like
-# Ctrl-C, so their temporary files and spill folders are removed on the way out instead of left behind.
-TERMINABLE = ("query", "export", "score", "rerank")
+# Commands that SIGTERM (kill, timeout(1), a stopped service) and SIGHUP (the terminal closed) end like Ctrl-C: those
+# that write a user-given output, so their temporary files and spill folders are removed on the way out instead of
+# left behind, and `build`, which then stops wherever the signal comes, writes nothing more and says so in one line
+# (review rev29g: outside a Dagster run it died by the signal). A signal ignored when the command starts (nohup,
+# a launcher's SIG_IGN) stays ignored.
+TERMINABLE = ("query", "export", "score", "rerank", "build")
+ENDING = {signal.SIGTERM: ("terminated", 128 + signal.SIGTERM), signal.SIGHUP: ("hung up", 128 + signal.SIGHUP)}
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread (a KeyboardInterrupt, so DuckDB stops its query as for Ctrl-C)."""
+    """SIGTERM or SIGHUP, raised in the main thread (a KeyboardInterrupt, so DuckDB stops its query as for Ctrl-C)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
 
 
 _TERMINATED = threading.Event()
+_TERMINATED_BY: list[int] = []     # the first SIGTERM / SIGHUP the handler took
 
 
 def _terminate(signum: int, frame: object) -> None:
+    if not _TERMINATED_BY:
+        _TERMINATED_BY.append(signum)
     _TERMINATED.set()
     engine = sys.modules.get("pipelines.query.engine")
     if engine is not None:   # a running query stops now, and at its next batch if DuckDB swallowed this
         engine.interrupt_active()
-    raise Terminated()
+    raise Terminated(signum)
+
+
+def _stopped_by(stop: KeyboardInterrupt) -> int:
+    """The signal that stopped the command: a SIGTERM / SIGHUP its handler took (the exception that arrives may be
+    DuckDB's own, or a later Ctrl-C's), else the one the exception names (the build's), else SIGINT."""
+    if _TERMINATED.is_set() and _TERMINATED_BY:
+        return _TERMINATED_BY[0]
+    return getattr(stop, "signum", None) or signal.SIGINT
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -324,12 +344,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser(chosen)
     args = parser.parse_args(argv)
     _quiet_logging(args.debug)
-    if args.command in TERMINABLE and threading.current_thread() is threading.main_thread() \
-            and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _terminate)
-        # a signal mask is inherited through fork and exec: a launcher thread that had SIGTERM blocked
-        # would leave it pending forever here
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    _TERMINATED.clear()
+    _TERMINATED_BY.clear()
+    taken = []
+    if args.command in TERMINABLE and threading.current_thread() is threading.main_thread():
+        taken = [sig for sig in ENDING if signal.getsignal(sig) == signal.SIG_DFL]
+        for sig in taken:
+            signal.signal(sig, _terminate)
+        if taken:
+            # a signal mask is inherited through fork and exec: a launcher thread that had SIGTERM blocked
+            # would leave it pending forever here
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, set(taken))
     code: int | None = None
     try:
         if hasattr(args, "_module"):
@@ -343,11 +368,10 @@ def main(argv: list[str] | None = None) -> int:
         answer_closed_stdout()
         return code or 0
     except KeyboardInterrupt as stop:
-        if isinstance(stop, Terminated) or _TERMINATED.is_set() or getattr(stop, "signum", None) == signal.SIGTERM:
-            print("terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
-        print("interrupted", file=sys.stderr)
-        return 130
+        line, code = ENDING.get(_stopped_by(stop), ("interrupted", 130))
+        with contextlib.suppress(OSError):   # a hangup: the terminal may be gone
+            print(line, file=sys.stderr)
+        return code
     except Exception as exc:  # a full disk from any layer (OSError, Arrow, SQLite via Dagster): one line, no traceback
         home = DataHome.at(getattr(args, "home", None)).root
         # an interpreter's RuntimeError (RecursionError, a dict changed while iterated) is a bug: its traceback; an
@@ -358,6 +382,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"pickapic {args.command}: error: {shown}", file=sys.stderr)
         return 1
+    finally:   # the caller's own handling again (a test calling main, a later signal at exit: the default)
+        for sig in taken:
+            if signal.getsignal(sig) == _terminate:
+                signal.signal(sig, signal.SIG_DFL)
 
 
 if __name__ == "__main__":

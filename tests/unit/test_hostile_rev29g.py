@@ -30,7 +30,8 @@ Checked and found sound (no test here):
   ``raw_zone_problems`` via both ``ingest_day`` and ``record_raw_zone_problems``, the raw-day digests and uid index)
   writes under the lock its sweep holds; a JPEG writer whose temporary file another day's sweep takes retries.
 
-Found (each a strict xfail stating the correct behaviour), most severe first:
+Found (each a strict xfail stating the correct behaviour; all three fixed the same day by fix29g, tested further in
+``tests/unit/test_fix29g.py``), most severe first:
 1. A SIGTERM that reaches the build as a Dagster run returns (after Dagster's ``capture_interrupts`` has put its
    handlers back, which leaves SIGTERM on SIGINT's ``default_int_handler``, and before ``signals_seen`` restores
    SIGTERM) raises a plain KeyboardInterrupt: the build says "interrupted" and exits 130, not "terminated" / 143.
@@ -158,12 +159,6 @@ def _build(folder: Path, code: str, **extra: str) -> tuple[DataHome, int, str]:
     return home, proc.returncode, output.decode(errors="replace")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a SIGTERM that reaches `pickapic build` as a Dagster run returns (Dagster's capture_interrupts has put SIGINT's "
-    "default_int_handler back on SIGTERM, and build.signals_seen has not yet restored SIGTERM) raises a plain "
-    "KeyboardInterrupt: the build says 'interrupted' and exits 130; it must say 'terminated' and exit 143, as for "
-    "a SIGTERM anywhere else in a run (the signal is in signals_seen's wakeup pipe: it is SIGTERM)"
-))
 def test_sigterm_as_a_dagster_run_returns_says_terminated(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         sent = folder / "sent"
@@ -174,12 +169,6 @@ def test_sigterm_as_a_dagster_run_returns_says_terminated(tmp_path: Path) -> Non
         assert code == 128 + signal.SIGTERM, f"exit {code}:\n{output[-3000:]}"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`pickapic build` leaves SIGTERM at SIG_DFL outside its Dagster runs (build is not among cli.TERMINABLE, and "
-    "signals_seen puts SIG_DFL back after each run): a SIGTERM between two runs, while it plans, waits for the "
-    "build lock or writes the build stamp kills the process by the signal (-15) with no last line; README section "
-    "9 (Ctrl-C and SIGTERM) says the build stops at a SIGTERM 'wherever it comes' with 'terminated', exit 143"
-))
 def test_sigterm_between_dagster_runs_says_terminated(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         sent = folder / "sent"
@@ -190,12 +179,6 @@ def test_sigterm_between_dagster_runs_says_terminated(tmp_path: Path) -> None:
         assert output.rstrip().splitlines()[-1:] == ["terminated"], output[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a Ctrl-C at the terminal (SIGINT to the build's process group) during a Dagster step also reaches Dagster's "
-    "compute-log babysitters (dagster/_core/execution/scripts/watch_orphans.py, two per step, children of the "
-    "build in its process group): each prints a KeyboardInterrupt traceback on the build's stderr; the build must "
-    "end with its one line, 'interrupted', exit 130, and no traceback (README section 9: without Beam's traceback)"
-))
 def test_ctrl_c_at_the_terminal_during_a_step_prints_one_line(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         sent = folder / "sent"
