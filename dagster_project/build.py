@@ -405,18 +405,43 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
                        warn: Callable[[str], None] | None = None) -> list[str]:
     """Days of the app database ($PICKAPIC_APP_DB_DSN) with activity, closed for the export lag, within
     [start, end]; ``warn`` hears about rows that belong to no day (NULL or out-of-range created_at) and
-    about days that have not begun (UTC), which the app's rows name when its clock runs ahead."""
+    about days that have not begun (UTC), which the app's rows name when its clock runs ahead.
+
+    With ``start`` or ``end`` given, the raw days of the home the settings were loaded for (``settings.root``)
+    in that range are re-exported too when the app holds no row on them now (review rev29h: README 1a's account
+    erasure, ``--from FIRST --to LAST`` from the primary, skipped a raw day whose only activity was the erased
+    account's, so its email and rankings stayed in the raw zone; with every day of the range such a day, the
+    build failed with "no day ... has rows"): from the primary such a day's files become what the app holds
+    for it (the users snapshot only, or nothing), named in a warning. From a replica (a hot standby, a logical
+    subscriber of the app tables) they are not: a re-export from it keeps every row it lacks, so it erases
+    nothing; the warning says to build from the primary."""
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
     from pipelines.appdb.export import app_days, is_closed
 
     found = app_days(dsn_from_env(), source=f"${DSN_ENV}")
     if found.undated and warn is not None:
         warn(found.warning())
-    if not found.days:
+
+    def in_range(day: str) -> bool:
+        return (start is None or day >= start) and (end is None or day <= end)
+
+    raw_only: list[str] = []
+    if (start or end) and settings.root is not None:
+        app = set(found.days)
+        raw_only = [d for d in DataHome(settings.root).raw_days() if in_range(d) and d not in app]
+    if raw_only and found.replica:
+        if warn is not None:
+            warn(f"raw day(s) {', '.join(raw_only[:10])}{f' and {len(raw_only) - 10} more' if len(raw_only) > 10 else ''}"
+                 f" hold no row the app database in ${DSN_ENV} has now, and it is a replica (a hot standby or a "
+                 "logical-replication subscriber): they are not re-exported from it (a re-export from a replica keeps "
+                 "every row it lacks); to take rows the app deleted (an erased account) out of them, build from the "
+                 "primary's DSN")
+        raw_only = []
+    if not found.days and not raw_only:
         raise BuildError(f"the app database in ${DSN_ENV} has no dated rows in users, images, rankings or downloads"
                          + (f" ({found.warning()})" if found.undated else ""))
     lag = settings.config("app_export").lag_minutes
-    wanted = [d for d in found.days if (start is None or d >= start) and (end is None or d <= end)]
+    wanted = sorted([d for d in found.days if in_range(d)] + raw_only)
     begun = set(begun_days(wanted))
     future = [d for d in wanted if d not in begun]
     if future and warn is not None:   # an app clock running ahead: these rows wait unseen otherwise
@@ -426,9 +451,15 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
              "exported once it has closed for the export lag -- check the app servers' clocks")
     days = [d for d in wanted if is_closed(d, lag)]
     if not days:
-        raise BuildError(f"no day of the app database ({found.days[0]} .. {found.days[-1]}) between "
+        held = f" ({found.days[0]} .. {found.days[-1]})" if found.days else ""
+        raise BuildError(f"no day of the app database{held} or of the raw zone between "
                          f"{start or 'the first day'} and {end or 'the last day'} has rows and is closed for the "
                          f"export lag (app_export.lag_minutes = {lag})")
+    again = [d for d in raw_only if d in days]
+    if again and warn is not None:
+        warn(f"raw day(s) {', '.join(again[:10])}{f' and {len(again) - 10} more' if len(again) > 10 else ''} hold "
+             "no row the app database has now: re-exported from it all the same (the range was named), so rows the "
+             "app deleted leave them (an erased account), unless app_export.keep_exported_rows = true")
     return days
 
 

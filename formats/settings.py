@@ -465,6 +465,9 @@ class Settings:
 
     explicit: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     sources: Mapping[str, str] = field(default_factory=dict)
+    # the data home the settings were loaded for (:func:`load`; None: none), so a caller holding only the
+    # settings finds the home's raw zone (``pickapic build --from-app-db``'s day selection, review rev29h)
+    root: Path | None = field(default=None, compare=False, repr=False)
 
     def section(self, section: str) -> dict[str, Any]:
         """The explicit values of one section."""
@@ -481,7 +484,7 @@ class Settings:
             spec = knob_for(key, source)
             explicit.setdefault(spec.section, {})[spec.name] = spec.coerce(value, source, strict)
             sources[key] = source
-        updated = Settings(explicit, sources)
+        updated = Settings(explicit, sources, self.root)
         for section in {knob_for(k, source).section for k in values} - set(unchecked):
             updated.config(section)  # cross-field validation
         return updated
@@ -647,7 +650,7 @@ def load(home_root: Path | None, *, config_file: Path | None = None,
     The file is checked as it is: a value it holds that this version refuses fails every command that reads it
     (runs, builds, sensors alike), naming the key; `pickapic settings --set KEY=VALUE --write` replaces it
     (:func:`write_settings` checks the file but for the keys it replaces, review rev22f)."""
-    settings = Settings()
+    settings = Settings(root=None if home_root is None else Path(home_root))
     if home_root is not None:
         path = settings_path(home_root)
         if path.is_file():

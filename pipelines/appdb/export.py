@@ -72,6 +72,7 @@ from pipelines.appdb.connection import (
 )
 from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest.config import IngestConfig, shift_day
+from pipelines.ingest.parse import without_bom
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -1086,7 +1087,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # can add or replace an entry in it while the export writes (see _publish for the day's mode)
         staging.mkdir(mode=0o700)
         held = hold_staging(staging)   # the lock says "in use" to other exports and the raw-zone scan
-        held_by_app: dict[str, array.array] = {}
+        held_by_app: dict[str, HeldRows] = {}
         for table in RAW_TABLES:
             table_params = {**params, "start": FIRST_DATED} if table == "users" and config.users_snapshot \
                 else params
@@ -1122,11 +1123,25 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             # in a transaction of their own (LateCheck.finish)
             report.late = late_check.finish(home, conn)
             conn.rollback()
+            if not keeping:   # from the primary: the rows its re-export takes out that the app holds elsewhere
+                held_by_app = left_rows(home, day, staging, report, conn)
+                conn.rollback()
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
+            if late_check.moved:
+                report.warnings.append(moved_warning(home.raw_days(), late_check.moved))
+            # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
+            # named with the build that exports it), so a raw day holds it once the moves are exported
+            moved: dict[str, dict[str, list]] = {}
+            raw_days_now = home.raw_days()
+            for table, rows in held_by_app.items():
+                moved_rows(home, table, rows, day, config.users_snapshot, raw_days_now, moved)
+            if moved:
+                report.warnings.append(moved_warning(raw_days_now, moved))
             if keeping:   # never a subset of the day from a replica (see there)
                 keep_vanishing_rows(home, day, staging, report, replica or
-                                    "a primary with app_export.keep_exported_rows = true", str(name), held_by_app)
+                                    "a primary with app_export.keep_exported_rows = true", str(name),
+                                    {table: rows.ids for table, rows in held_by_app.items()})
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
                                           config.blob_max_bytes or None)
@@ -1137,7 +1152,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         _publish(home, day, staging, report)
         mark_late(home, day, False)     # re-exported from this snapshot: whole again
         dated, marked = dated_warning(home, undated_watch.dated)
-        for marked_day in marked:       # a row dated since it was reported undated: its day is re-exported
+        # a row dated since it was reported undated, or one this day no longer holds that the app dates to another
+        # day (review rev29h): that day is re-exported
+        for marked_day in marked + moved_days(raw_days_now, moved):
             if marked_day != day:
                 mark_late(home, marked_day, True)
         if dated:
@@ -1165,10 +1182,14 @@ def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None) -> Ite
     UNREADABLE: no id can be read), streamed 1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
-    at_start, pending, lines_read = True, None, 0
+    at_start, pending, lines_read, first = True, None, 0, True
     try:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
             while piece := lines.readline(1 << 20):
+                if first:                # a byte order mark at the file's start: skipped, as the ingest skips it
+                    piece, first = without_bom(piece), False
+                    if not piece:
+                        continue
                 if at_start:
                     pending = _piece_key(piece, name)
                 at_start = piece.endswith(b"\n")
@@ -1427,7 +1448,12 @@ def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) ->
         raise _OldUnreadable() from exc
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
         try:
+            first = True
             while piece := _read_piece(stream):
+                if first:    # review rev29h: a leading byte order mark is no part of line 1 (the ingest skips it)
+                    piece, first = without_bom(piece), False
+                    if not piece:
+                        continue
                 if at_start:
                     key, start, named = _piece_key(piece, name), spill.tell(), len(absent.first)
                     unreadable = absent.unreadable
@@ -1561,20 +1587,131 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
         if lines:
             parts.append(f"{sum(lines.values())} line(s) of its raw files have no id the export can read (not JSON, "
                          "or no integer " + ", ".join(f"{EXPORT_KEYS[t]}: {n} in {t}" for t, n in lines.items())
-                         + "): kept as they were, which the ingest quarantines (no row of the day is read from them)")
+                         + " in the line's first MiB, a byte order mark at the file's start skipped as the ingest "
+                         "skips it): kept as they were, after the rows, where the ingest reads them as before (it "
+                         "quarantines a line with no integer id)")
         report.warnings.append(f"day {day}: " + "; ".join(parts))
 
 
-def held_ids(conn: psycopg.Connection, table: str, ids: Iterable[int]) -> array.array:
+HELD_FETCH = 2048    # ids a look-up of row_days.sql sends (psycopg adapts a list at ~240 bytes an id: ~0.5 MB a query)
+
+
+class HeldRows:
+    """Rows of one app table found by primary key (:func:`held_ids`): their ids, sorted (``ids``, int64, 8 bytes
+    a row), and the day each is dated to now (``days``: an index into ``names`` a row, 4 bytes; -1: undated).
+    Review rev29h: held as Python ints in a set and a sorted list, ~145-215 bytes an id (a users snapshot of a
+    million accounts after ``users_snapshot = false``: +150 MB in the primary's nightly)."""
+
+    def __init__(self, capacity: int = 0) -> None:
+        # sized once for the most rows a look-up can find (no copy of a grown buffer beside it), cut at the end
+        self.ids, self.days = array.array("q", [0]) * capacity, array.array("i", [0]) * capacity
+        self.names: list[str] = []
+        self._index: dict[str, int] = {}
+        self._count = 0
+
+    def add(self, key: int, day: str | None) -> None:
+        if day is None:
+            code = -1
+        else:
+            code = self._index.get(day)
+            if code is None:
+                code = self._index[day] = len(self.names)
+                self.names.append(day)
+        if self._count < len(self.ids):
+            self.ids[self._count], self.days[self._count] = key, code
+        else:
+            self.ids.append(key)
+            self.days.append(code)
+        self._count += 1
+
+    def done(self) -> "HeldRows":
+        """Cut the arrays to the rows found."""
+        del self.ids[self._count:]
+        del self.days[self._count:]
+        return self
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def by_day(self) -> dict[str, tuple[int, list[str]]]:
+        """dated day -> (rows dated to it, their first FIRST_IDS ids), undated rows left out."""
+        counts = [0] * len(self.names)
+        first: list[list[str]] = [[] for _ in self.names]
+        for key, code in zip(self.ids, self.days):
+            if code >= 0:
+                counts[code] += 1
+                if len(first[code]) < FIRST_IDS:
+                    first[code].append(str(key))
+        return {name: (counts[i], first[i]) for i, name in enumerate(self.names)}
+
+
+def _sorted_unique(ids: Iterable[int]) -> array.array:
+    """``ids`` within int64 as a sorted int64 array without repeats (already so: no Python list of them)."""
+    out, last, ordered = array.array("q"), None, True
+    for key in ids:
+        if not -(1 << 63) <= key < (1 << 63):
+            continue
+        if last is not None and key <= last:
+            if key == last:
+                continue
+            ordered = False
+        out.append(key)
+        last = key
+    if not ordered:             # not in order (a file another exporter wrote): sorted once
+        out = array.array("q", sorted(set(out)))
+    return out
+
+
+def held_ids(conn: psycopg.Connection, table: str, ids: Iterable[int]) -> HeldRows:
     """The ids among ``ids`` that rows of app table ``table`` hold, on any day or none (``row_days.sql``, a
-    primary-key lookup, ID_FETCH ids a query), sorted: in the export's snapshot, the rows an old raw file holds
-    that the export did not read and the app did not delete."""
-    wanted = sorted({key for key in ids if -(1 << 63) <= key < (1 << 63)})
-    found = array.array("q")
-    for at in range(0, len(wanted), ID_FETCH):
-        params = {name: (wanted[at:at + ID_FETCH] if name == table else []) for name in RAW_TABLES}
-        found.extend(key for _, key, _ in conn.execute(statement("row_days"), params))
-    return array.array("q", sorted(set(found)))
+    primary-key lookup, HELD_FETCH ids a query, its rows read one at a time in id order), with the day each is
+    dated to: in the export's snapshot, the rows an old raw file holds that the export did not read and the app
+    did not delete. Memory: 12 bytes a row found (review rev29h), besides ``ids``."""
+    wanted = ids if isinstance(ids, array.array) and _ascending(ids) else _sorted_unique(ids)
+    found = HeldRows(len(wanted))
+    last = None
+    for at in range(0, len(wanted), HELD_FETCH):
+        params = {name: (wanted[at:at + HELD_FETCH].tolist() if name == table else []) for name in RAW_TABLES}
+        for _, key, on in conn.execute(statement("row_days"), params):
+            if key != last:     # ascending (ORDER BY id): a key of two rows (no primary key) once
+                found.add(key, as_text(on))
+                last = key
+    return found.done()
+
+
+def _ascending(keys: array.array) -> bool:
+    """Whether int64 ``keys`` are strictly ascending."""
+    return all(keys[i] < keys[i + 1] for i in range(len(keys) - 1))
+
+
+def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
+              conn: psycopg.Connection) -> dict[str, HeldRows]:
+    """table -> the rows of ``day``'s raw file that its staged re-export (from the primary) does not hold and
+    that the app's table holds all the same (:func:`held_ids`, with where they are dated now; ``conn``: the
+    export's connection, its snapshot ended: a transaction of its own). Only a table whose file changed is read:
+    the old file's ids are streamed against the staged file's (:class:`_KeyIndex`, 8 bytes a row), so a quiet
+    night costs nothing. Review rev29h: a re-export from the primary took a moved row out of its old day and its
+    new day, before the late-row check's window, was never exported again."""
+    out: dict[str, HeldRows] = {}
+    for table, export in report.tables.items():
+        old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
+        info = lstat_or_none(old)
+        if info is None or not stat.S_ISREG(info.st_mode):
+            continue
+        try:
+            if info.st_size == export.bytes and sha256_file(old) == export.sha256:
+                continue
+            index = _KeyIndex(new, name=EXPORT_KEYS[table])
+            gone = _sorted_unique(key for key in _line_keys(old, cut_ok=True, name=EXPORT_KEYS[table])
+                                  if type(key) is int and not index.has(key))
+        except (OSError, EOFError, zlib.error):
+            continue                            # an old file that cannot be read: the ingest reports it
+        del index
+        if gone:
+            rows = held_ids(conn, table, gone)
+            if rows:
+                out[table] = rows
+    return out
 
 
 def old_key_indexes(home: DataHome, day: str) -> dict[str, _KeyIndex]:
@@ -1593,9 +1730,10 @@ def old_key_indexes(home: DataHome, day: str) -> dict[str, _KeyIndex]:
     return out
 
 
-def not_read(old: _KeyIndex, read: array.array) -> list[int]:
-    """The int64 ids of ``old`` that ``read`` (the ids the export read, sorted) lacks, once each."""
-    out, last = [], None
+def not_read(old: _KeyIndex, read: array.array) -> array.array:
+    """The int64 ids of ``old`` that ``read`` (the ids the export read, sorted) lacks, once each, ascending (an
+    int64 array: 8 bytes an id, review rev29h)."""
+    out, last = array.array("q"), None
     for key in old.keys:
         if key != last and not _sorted_has(read, key):
             out.append(key)
@@ -1638,6 +1776,7 @@ class AppDays:
 
     days: list[str]
     undated: dict[str, dict]      # table -> {"rows": n, "first_ids": [...]} for tables with undated rows
+    replica: bool = False         # a hot standby, or a logical-replication subscriber of app tables
 
     def warning(self) -> str:
         """One line naming the undated rows ('' when there are none)."""
@@ -1873,9 +2012,13 @@ class RawTableCounts:
 def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
     """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_piece_key`; streamed:
     1 MiB of a line at a time)."""
-    rows, top, digest, at_start = 0, None, 0, True
+    rows, top, digest, at_start, first = 0, None, 0, True, True
     with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
         while piece := lines.readline(1 << 20):
+            if first:                    # a leading byte order mark, skipped as the ingest skips it
+                piece, first = without_bom(piece), False
+                if not piece:
+                    continue
             if at_start:
                 rows += 1
                 key = _piece_key(piece, name)
@@ -2043,23 +2186,31 @@ class LateCheck:
     checked_days: list[str]
     spills: list[_IdSpill]
     spill: object | None = None
+    users_snapshot: bool = True
+    moved: dict[str, dict[str, list]] = field(default_factory=dict)   # table -> new day -> [rows, first ids]
 
     def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
         """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
         ended), the ids a raw file holds that its day's rows lack are looked up (:func:`held_ids`, a transaction
         of their own): a row the app holds on another day, undated, or left out by app_export.users_snapshot
         (review rev29d: a ``created_at`` corrected left the row in its old raw day for good, "a deletion alone")
-        makes the day late too (``left``, ``left_ids``), so its re-export takes the row out."""
+        makes the day late too (``left``, ``left_ids``), so its re-export takes the row out. Review rev29h: the day
+        such a row is dated to now is marked too (:func:`moved_rows`, ``moved``), so the schedule's re-exports put
+        it there (a day the raw zone lacks is named with the build that exports it): the old day's re-export took
+        it out and no raw day held it."""
         found = self.found
+        raw_days = home.raw_days()
         try:
             for spill in self.spills:
                 missing, first, extra = self._missing(home, spill)
-                left = held_ids(conn, spill.table, extra) if extra and conn is not None else array.array("q")
+                left = held_ids(conn, spill.table, extra) if extra and conn is not None else HeldRows()
+                del extra
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
                             "missing": missing, "first_ids": first}
                     if left:
-                        info.update(left=len(left), left_ids=[str(key) for key in left[:FIRST_IDS]])
+                        info.update(left=len(left), left_ids=[str(key) for key in left.ids[:FIRST_IDS]])
+                        moved_rows(home, spill.table, left, spill.day, self.users_snapshot, raw_days, self.moved)
                     found.setdefault(spill.day, {})[spill.table] = info
                 elif missing == 0 and spill.counted is not None:
                     _record_checked(home, spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2]))
@@ -2068,17 +2219,20 @@ class LateCheck:
                 self.spill.close()
         for checked_day in self.checked_days:
             mark_late(home, checked_day, checked_day in found)
+        for new_day in moved_days(raw_days, self.moved):
+            if new_day not in self.checked_days:      # a checked day lacking the row is late itself
+                mark_late(home, new_day, True)
         return {d: found[d] for d in sorted(found)}
 
-    def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str], list[int]]:
+    def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str], array.array]:
         """How many of the spilled ids the raw file lacks, the first FIRST_IDS of them (None: the raw file
         cannot be read; the ingest reports it), and the ids the raw file holds that the spilled ones lack, once
-        each (both sorted: one walk)."""
+        each, ascending (both sorted: one walk; an int64 array, 8 bytes an id: review rev29h)."""
         try:
             index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True, name=EXPORT_KEYS[spill.table])
         except (OSError, EOFError, zlib.error):
-            return None, [], []
-        count, first, extra = 0, [], []
+            return None, [], array.array("q")
+        count, first, extra = 0, [], array.array("q")
         keys, at, previous = index.keys, 0, None
         self.spill.seek(spill.offset)
         left = spill.ids
@@ -2114,7 +2268,7 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
         raw_before = raw_counts(home, verified_days(home, day, config))
     checked = sorted(raw_before)
     if not checked:
-        return LateCheck({}, [], [])
+        return LateCheck({}, [], [], users_snapshot=config.users_snapshot)
     first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
     per_day: dict[tuple[str, str | None], tuple[int, int | None, int]] = {}
     for table, on, rows, top, digest in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
@@ -2139,7 +2293,8 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
             elif verdict == "check":
                 spills.append(_IdSpill(checked_day, table, database[table], counts,
                                        _file_key(home.raw_file(checked_day, table))))
-    check = LateCheck(found, [d for d in checked if raw_before[d] is not None], spills)
+    check = LateCheck(found, [d for d in checked if raw_before[d] is not None], spills,
+                      users_snapshot=config.users_snapshot)
     if spills:
         check.spill = tempfile.TemporaryFile(dir=spill_dir)
         for spill in spills:
@@ -2258,6 +2413,89 @@ def left_warning(late: dict[str, dict], lookback_days: int) -> str:
             f"(or now: pickapic build --from-app-db --from {days[0]} --to {days[-1]})")
 
 
+def _file_holds(path: Path, name: str, ids: array.array) -> bool:
+    """Whether raw table file ``path`` holds a line keyed by each of ``ids`` (ascending int64; streamed, 1 byte
+    an id besides them); a file that cannot be read holds none."""
+    seen, left = bytearray(len(ids)), len(ids)
+    try:
+        for key in _line_keys(path, cut_ok=True, name=name):
+            if type(key) is int and -(1 << 63) <= key < (1 << 63):
+                at = bisect.bisect_left(ids, key)
+                if at < len(ids) and ids[at] == key and not seen[at]:
+                    seen[at], left = 1, left - 1
+                    if not left:
+                        return True
+    except (OSError, EOFError, zlib.error):
+        return False
+    return not left
+
+
+def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_snapshot: bool,
+               raw_days: list[str], into: dict[str, dict[str, list]]) -> None:
+    """Add to ``into`` (table -> day -> [rows, first ids]) the days the rows of ``held`` (rows of raw day
+    ``from_day`` that its re-export does not hold) are dated to now: their new day, which must hold them once
+    the old day's re-export takes them out (review rev29h: a row moved to a day past the late-row check's window
+    was in no raw day). Undated rows are the undated warning's (:func:`watch_undated`); an account left out of
+    an older users file by ``users_snapshot = false`` is no move where the raw zone holds its own day (that
+    day's file holds the accounts created on it, in either mode)."""
+    held_days = set(raw_days)
+    counted = {on: info for on, info in held.by_day().items()
+               if on != from_day and not (table == "users" and not users_snapshot and on < from_day
+                                          and on in held_days)}
+    # a raw day that holds them already (exported after the move) needs no re-export
+    wanted = {held.names.index(on): array.array("q") for on in counted if on in held_days}
+    if wanted:
+        for key, code in zip(held.ids, held.days):
+            if code in wanted:
+                wanted[code].append(key)
+        for code, ids in wanted.items():
+            if _file_holds(home.raw_file(held.names[code], table), EXPORT_KEYS[table], ids):
+                del counted[held.names[code]]
+    for on, (count, first) in counted.items():
+        entry = into.setdefault(table, {}).setdefault(on, [0, []])
+        entry[0] += count
+        entry[1] = (entry[1] + first)[:FIRST_IDS]
+
+
+def moved_days(raw_days: list[str], moved: dict[str, dict[str, list]]) -> list[str]:
+    """The days of :func:`moved_rows` the schedule re-exports once marked: those from the raw zone's first day
+    to its last (a day it lacks between them is caught up); a later day is the nightly export's own."""
+    if not raw_days:
+        return []
+    return sorted({on for per in moved.values() for on in per if raw_days[0] <= on <= raw_days[-1]})
+
+
+def moved_warning(raw_days: list[str], moved: dict[str, dict[str, list]]) -> str:
+    """A line naming the rows that left a raw day for another day, and what puts them there ('' when none)."""
+    marked = moved_days(raw_days, moved)
+    held = set(raw_days)
+    lacking = sorted({on for per in moved.values() for on in per if on not in held
+                      and (not raw_days or on <= raw_days[-1])})
+    if not marked and not lacking:
+        return ""
+    named = set(marked) | set(lacking)
+    parts = []
+    for table, per in moved.items():
+        shown = sorted((on, info) for on, info in per.items() if on in named)
+        if shown:
+            parts.append(f"{table}: " + ", ".join(f"{info[0]} on {on} (ids {', '.join(info[1])}"
+                                                  f"{', ...' if info[0] > len(info[1]) else ''})"
+                                                  for on, info in shown[:FIRST_IDS])
+                         + (", ..." if len(shown) > FIRST_IDS else ""))
+    line = (f"app rows that left a raw day are dated to another day now, whose raw files must hold them: "
+            f"{'; '.join(parts)}")
+    ready = [on for on in marked if on in held]
+    if ready:
+        line += (f" -- the next scheduled export re-exports {', '.join(ready[:FIRST_IDS])}"
+                 f"{', ...' if len(ready) > FIRST_IDS else ''} (or now: pickapic build --from-app-db --from "
+                 f"{ready[0]} --to {ready[-1]})")
+    if lacking:
+        line += (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}"
+                 f", where they are in no raw day until it is exported: pickapic build --from-app-db --from "
+                 f"{lacking[0]} --to {lacking[-1]}")
+    return line
+
+
 def late_warnings(late: dict[str, dict], lookback_days: int) -> list[str]:
     """:func:`late_warning` and :func:`left_warning`, those that say something."""
     return [line for line in (late_warning(late, lookback_days), left_warning(late, lookback_days)) if line]
@@ -2268,6 +2506,7 @@ def app_days(dsn: str, source: str = "the DSN") -> AppDays:
     name = server_name(dsn, source)
     conn = connect(dsn, source=source)
     try:
+        state = _standby_state(conn, None)
         check_tables(conn, str(name))
         days = [as_text(day) for (day,) in conn.execute(statement("export_days")).fetchall()]
         undated = undated_rows(conn)
@@ -2275,7 +2514,7 @@ def app_days(dsn: str, source: str = "the DSN") -> AppDays:
         raise database_error(exc, dsn, name, "reading the app's days") from None
     finally:
         conn.close()
-    return AppDays(days, undated)
+    return AppDays(days, undated, bool(state.standby or state.subscriptions))
 
 
 __all__ = ["AppExportConfig", "AppExportReport", "AppDatabaseError", "ExportTooEarly", "ReplicaBehind", "RowsWouldVanish",

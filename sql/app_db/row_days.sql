@@ -5,7 +5,8 @@
 -- window, reached no raw day); the rows a day's raw file holds that its re-export did not read (held_ids, review
 -- rev29d): a row the app still holds (moved to another day, undated, or left out by app_export.users_snapshot) is
 -- not kept in the day, and the late-row check marks a day holding such a row for re-export.
--- Inputs: tables users, images, rankings, downloads. Output: table_name, id (int8), day (NULL: undated).
+-- Inputs: tables users, images, rankings, downloads. Output: table_name, id (int8), day (NULL: undated), in id
+-- order (review rev29h: export.held_ids reads them one at a time into int64 arrays, never a set of Python ints).
 -- Parameters: $users, $images, $rankings, $downloads (int8[]: the ids; a primary-key lookup each).
 SELECT 'users' AS table_name, user_id::int8 AS id,
        CASE WHEN created_at >= '0001-01-01' AND created_at < '10000-01-01'
@@ -23,3 +24,4 @@ UNION ALL
 SELECT 'downloads', download_id::int8,
        CASE WHEN created_at >= '0001-01-01' AND created_at < '10000-01-01' THEN to_char(created_at, 'YYYY-MM-DD') END
 FROM downloads WHERE download_id = ANY($downloads::int8[])
+ORDER BY 2, 1

@@ -9,7 +9,8 @@ over 20 days: 3 exports in ~1.1 s, all ``unchanged``, no warning, no marker; a d
 comparisons, then quiet again); a row moved or deleted between the snapshot and the later look-up gives at worst
 one more re-export, never a loop; ids at the int64 edges export, digest, keep and settle.
 
-Each test states the correct behaviour and fails today. Real PostgreSQL (``tests/postgres_server.py``); a replica
+Each test states the correct behaviour; all four were fixed the same day (fix29h, tested further in
+``tests/unit/test_fix29h.py``). Real PostgreSQL (``tests/postgres_server.py``); a replica
 is played as ``tests/unit/test_fix29c.py`` plays it where needed.
 """
 from __future__ import annotations
@@ -22,7 +23,6 @@ import tracemalloc
 
 import psycopg
 import pyarrow.parquet as pq
-import pytest
 
 from dagster_project.build import select_app_db_days
 from formats.home import DataHome
@@ -55,13 +55,6 @@ def _rank(conn, day: str, ranking_id: int, user_id: int = 1) -> None:
 
 # --- 1. the documented account erasure leaves the account in raw days -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README 1a's GDPR erasure ('pickapic build --from-app-db --from FIRST --to LAST' from the primary) exports only "
-    "the days that still hold app rows (select_app_db_days -> app_days / export_days.sql): a raw day whose only "
-    "activity was the erased account's (its creation, its rankings) is never re-exported, so the account's email "
-    "and rankings stay in that raw day (and its users snapshot) and reach the rebuilt warehouse; confirmed with the "
-    "real CLI. Expected: the procedure re-exports every raw day from FIRST to LAST, and no raw day holds the account"
-))
 def test_the_documented_erasure_removes_the_account_from_every_raw_day(postgres_server, tmp_path,  # noqa: F811
                                                                        monkeypatch):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
@@ -87,14 +80,6 @@ def test_the_documented_erasure_removes_the_account_from_every_raw_day(postgres_
 
 # --- 2. a row moved to a day before the check window leaves every raw day ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix29d regression, data loss: a row whose created_at is corrected to an earlier day outside the late-row "
-    "check's window (or to a day the raw zone lacks) is found 'left' in its old day, which the schedule re-exports "
-    "and takes it out of; its new day is never marked (row_days.sql returns that day, held_ids drops it), so the "
-    "row is in no raw day at all, and the next nights are silent (before fix29d it at least stayed in its old day). "
-    "Expected: the day the app holds the row on is marked for re-export too (as watch_undated marks a dated row's "
-    "day), so after the schedule's re-exports the row is in exactly its new day"
-))
 def test_a_row_moved_to_an_earlier_day_is_not_lost_from_the_raw_zone(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -114,14 +99,6 @@ def test_a_row_moved_to_an_earlier_day_is_not_lost_from_the_raw_zone(postgres_se
 
 # --- 3. a byte order mark makes a kept row an unreadable line the ingest quarantines ----------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "A raw file written with a UTF-8 byte order mark (another exporter, a utf-8-sig writer) has a first line the "
-    "ingest reads as a row (it skips a BOM at the start of a file), but export._piece_key calls it UNREADABLE; a "
-    "keep_exported_rows (or replica) re-export moves it, BOM and all, after the rows read, where the ingest "
-    "quarantines it as malformed_json: the account the app deleted, which the setting promises to keep, leaves "
-    "the warehouse, and the warning says 'no row of the day is read from them'. Expected: the BOM line keyed by "
-    "its id (kept as a row, BOM not carried mid-file), and the warehouse still holds both accounts"
-))
 def test_a_kept_row_behind_a_byte_order_mark_stays_a_row(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     day = "2023-03-01"
@@ -145,14 +122,6 @@ def test_a_kept_row_behind_a_byte_order_mark_stays_a_row(postgres_server, tmp_pa
 
 # --- 4. the ids that left a day cost ~145 bytes each in memory ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The late-row check's look-up of the ids a raw day holds that its rows lack (LateCheck._missing's 'extra' list, "
-    "held_ids' set, sorted list and second set) holds them as Python ints: ~145 bytes an id (27.6 MB traced for a "
-    "200,000-account users snapshot after users_snapshot = false, against 3.2 MB when none left; +150 MB RSS a "
-    "million, in the primary's nightly; the same in keep_vanishing_rows' not_read/held_ids for a replica), while "
-    "README says the comparison holds 8 bytes a row. A purge of old rows in the app or an erasure of many accounts "
-    "does it too. Expected: the ids kept in int64 arrays, a few tens of bytes an id at most"
-))
 def test_the_ids_that_left_a_day_are_held_compactly(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     accounts = 100_000
