@@ -42,7 +42,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import is_real_folder, make_real_folder, sha256_file, write_parquet_atomic
+from formats.files import make_real_folder, open_regular_in_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from pipelines.features.blobs import is_local, join_url
 from pipelines.provenance import blob_identity, changed_since
@@ -201,22 +201,6 @@ class BlobIdentities:
 
 
 def open_record(path: Path) -> io.FileIO | None:
-    """``path`` opened to read when it is a regular file in a real folder (``lstat``: the folder not a symbolic
-    link), not itself a link (``O_NOFOLLOW``) and not a FIFO or device (checked on the open file, ``O_NONBLOCK``:
-    never waited on); else None (review rev29e: a FIFO there hung the stage, a link was read and trusted)."""
-    if not is_real_folder(path.parent):
-        return None
-    try:   # looked at first, so a FIFO is not even opened; checked again on the open file (one swapped in meanwhile)
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            os.close(fd)
-            return None
-        return io.FileIO(fd, "rb", closefd=True)
-    except OSError:
-        os.close(fd)
-        return None
+    """A record opened to read, or None (:func:`formats.files.open_regular_in_real_folder`: a regular file, no link,
+    never a FIFO waited on; review rev29e)."""
+    return open_regular_in_real_folder(path)

@@ -18,9 +18,7 @@ in the warehouse, not in the disposable cache: once the raw folder is gone it ca
 """
 from __future__ import annotations
 
-import io
 import os
-import stat
 from collections.abc import Collection
 from pathlib import Path
 
@@ -28,7 +26,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import PARQUET_OPTIONS, is_real_folder, make_real_folder, sha256_file, write_parquet_atomic
+from formats.files import (
+    PARQUET_OPTIONS,
+    make_real_folder,
+    open_regular_in_real_folder,
+    sha256_file,
+    write_parquet_atomic,
+)
 from formats.home import DataHome
 from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from formats.rawzone import day_of_folder
@@ -167,29 +171,10 @@ def write_exports_record(table: pa.Table, tmp: Path) -> None:
     pq.write_table(table, tmp, **PARQUET_OPTIONS)
 
 
-def _open_regular(path: Path) -> io.FileIO | None:
-    """``path`` opened to read when it is a regular file (not a link, never waited on) in a real folder, else None."""
-    if not is_real_folder(path.parent):
-        return None
-    try:   # looked at first, so a FIFO is not even opened; checked again on the open file (one swapped in meanwhile)
-        if not stat.S_ISREG(os.lstat(path).st_mode):
-            return None
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            return io.FileIO(fd, "rb", closefd=True)
-    except OSError:
-        pass
-    os.close(fd)
-    return None
-
-
 def _ingested_images_sha256(home: DataHome, day: str) -> str | None:
     """The images file's sha256 as ``day``'s ``ingest_files`` partition records it ('' for a file that was not
     there), or None when the partition cannot be read."""
-    handle = _open_regular(home.partition_file("ingest_files", day))
+    handle = open_regular_in_real_folder(home.partition_file("ingest_files", day))
     if handle is None:
         return None
     try:
@@ -205,7 +190,7 @@ def _recorded_uids(path: Path, wanted: pa.Array, raw_sha256: str, version: bytes
                    schema: pa.Schema) -> pa.Table | None:
     """The rows of a record (the exports record or the uid index) for the ``wanted`` uids, when it is a regular file
     of ``version`` and ``schema`` taken of the images file ``raw_sha256``; else None."""
-    handle = _open_regular(path)
+    handle = open_regular_in_real_folder(path)
     if handle is None:
         return None
     try:
