@@ -414,9 +414,15 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
     build failed with "no day ... has rows"): from the primary such a day's files become what the app holds
     for it (the users snapshot only, or nothing), named in a warning. From a replica (a hot standby, a logical
     subscriber of the app tables) they are not: a re-export from it keeps every row it lacks, so it erases
-    nothing; the warning says to build from the primary."""
+    nothing; the warning says to build from the primary.
+
+    Review rev29i: only a raw day whose app-table files the app export itself wrote and that are unchanged since
+    (its record under HOME/cache/app_export_written: ``written_by_export``) is re-exported so. A day the raw zone
+    got another way (the simulator or ``pickapic demo``, another exporter, history imported by hand), one edited
+    since, or one whose record is gone, is left as it is, named in a warning that says what to do: the re-export
+    would have replaced its rows with the app's nothing."""
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
-    from pipelines.appdb.export import app_days, is_closed
+    from pipelines.appdb.export import app_days, is_closed, written_by_export
 
     found = app_days(dsn_from_env(), source=f"${DSN_ENV}")
     if found.undated and warn is not None:
@@ -428,7 +434,19 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
     raw_only: list[str] = []
     if (start or end) and settings.root is not None:
         app = set(found.days)
-        raw_only = [d for d in DataHome(settings.root).raw_days() if in_range(d) and d not in app]
+        home = DataHome(settings.root)
+        raw_only = [d for d in home.raw_days() if in_range(d) and d not in app]
+        foreign = [d for d in raw_only if not written_by_export(home, d)]
+        if foreign:
+            if warn is not None:
+                warn(f"raw day(s) {', '.join(foreign[:10])}"
+                     f"{f' and {len(foreign) - 10} more' if len(foreign) > 10 else ''} hold no row the app database "
+                     f"in ${DSN_ENV} has now and are left as they are: their files were not written by the app "
+                     "export (the simulator, pickapic demo, another exporter, an import), or changed since, or its "
+                     f"record under cache/app_export_written/ is gone; to erase an account from them, edit or "
+                     "remove its rows in them by hand, or delete such a day if it is the app's "
+                     "(README 1a, account erasure)")
+            raw_only = [d for d in raw_only if d not in foreign]
     if raw_only and found.replica:
         if warn is not None:
             warn(f"raw day(s) {', '.join(raw_only[:10])}{f' and {len(raw_only) - 10} more' if len(raw_only) > 10 else ''}"

@@ -30,6 +30,7 @@ import decimal
 import errno
 import fcntl
 import gzip
+import hashlib
 import json
 import math
 import os
@@ -1150,6 +1151,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
                          "missing)")
         _publish(home, day, staging, report)
+        # review rev29i: what the export left in the day, so a ranged build may re-export it once the app holds
+        # no row on it (an erased account), and never a day it did not write (written_by_export)
+        record_written(home, day, report)
         mark_late(home, day, False)     # re-exported from this snapshot: whole again
         dated, marked = dated_warning(home, undated_watch.dated)
         # a row dated since it was reported undated, or one this day no longer holds that the app dates to another
@@ -2096,6 +2100,90 @@ def _write_counts_cache(cache_file: Path, entries: dict) -> None:
     with contextlib.suppress(OSError):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
         write_bytes_atomic(cache_file, json.dumps(entries, sort_keys=True).encode("utf-8"))
+
+
+WRITTEN_RECORDS = "app_export_written"   # HOME/cache/<this>/dt=DAY.json: the day's files as the export left them
+WRITTEN_RECORD_MAX_BYTES = 16 << 10       # a record is ~600 bytes; a larger one is not the export's
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _written_record_path(home: DataHome, day: str) -> Path:
+    return home.cache / WRITTEN_RECORDS / f"dt={day}.json"
+
+
+def record_written(home: DataHome, day: str, report: AppExportReport) -> None:
+    """Record, once the export published ``day``, each table file it left there: table -> [size, mtime_ns,
+    inode, sha256] (review rev29i; :func:`written_by_export` reads it; no ctime: removing the staging folder, which
+    holds a hard link of each unchanged file, changes it). A file that is not what the
+    export wrote (another size: changed since the rename) leaves no record at all, and a record that cannot be
+    written is none: a day without one is never re-exported for holding no row of the app's."""
+    path = _written_record_path(home, day)
+    entries: dict[str, list] = {}
+    for table, export in report.tables.items():
+        key = _file_key(home.raw_file(day, table))
+        if key is None or key[0] != export.bytes:
+            entries = {}
+            break
+        entries[table] = key[:3] + [export.sha256]
+    with contextlib.suppress(OSError):
+        if not entries:
+            path.unlink(missing_ok=True)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, json.dumps(entries, sort_keys=True).encode("utf-8"))
+
+
+def _sha256_no_links(path: Path) -> tuple[list[int], str] | None:
+    """([size, mtime_ns, inode], sha256) of the regular file ``path`` names, opened without following a
+    link or waiting on a FIFO; None for anything else."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        digest = hashlib.sha256()
+        with open(fd, "rb", closefd=False) as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+        return [info.st_size, info.st_mtime_ns, info.st_ino], digest.hexdigest()
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def written_by_export(home: DataHome, day: str) -> bool:
+    """Whether every app-table file ``raw/app_logs/dt=DAY/`` holds is as an export of the app database left it
+    (:func:`record_written`): the same size, mtime, inode and sha256 (its bytes read again). False for a day without a record (a
+    simulator's, a hand-written or imported day; the record deleted with HOME/cache) or with a file the record
+    does not name or that changed since (an operator's edit), and for a record that is not a regular file the
+    export wrote (a link is never followed, a FIFO never waited on: ``read_small_file``), too large or malformed.
+    Review rev29i: a ranged build re-exports a raw day the app holds no row on only when this is true, so it
+    never empties a day whose rows the app export did not write."""
+    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
+    if data is None:
+        return False
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(record, dict):
+        return False
+    for table in RAW_TABLES:
+        path = home.raw_file(day, table)
+        if not os.path.lexists(path):
+            continue
+        entry = record.get(table)
+        if not (isinstance(entry, list) and len(entry) == 4 and all(type(v) is int for v in entry[:3])
+                and isinstance(entry[3], str) and _SHA256_HEX.fullmatch(entry[3])):
+            return False
+        found = _sha256_no_links(path)
+        if found is None or found != (entry[:3], entry[3]):
+            return False
+    return True
 
 
 def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
