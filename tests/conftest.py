@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import sys
 import textwrap
 import time
@@ -28,6 +29,28 @@ def fast_tmp(tmp_path: Path):
     Use it instead of ``tmp_path`` where a test builds through Dagster or writes many small files."""
     with fast_folder(tmp_path) as folder:
         yield folder
+
+
+# SIGTERM / SIGHUP as this test process found them. An in-process Dagster run maps SIGTERM to SIGINT's handler as it
+# ends (``capture_interrupts``); an xdist worker ignores SIGINT, so one such run left SIGTERM ignored for every later
+# test of the worker and every process it started: a CLI test's build then never took SIGTERM, and Dagster's step
+# helpers (``tail -F``) outlived the SIGTERM that ends them.
+_ENDING_SIGNALS = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+@pytest.fixture(autouse=True)
+def _ending_signals_as_found():
+    yield
+    for sig, handler in _ENDING_SIGNALS.items():
+        if handler is not None and signal.getsignal(sig) != handler:
+            signal.signal(sig, handler)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child a test signals: SIGINT, SIGTERM and SIGHUP at their defaults whatever the test
+    process inherited (a CI runner under ``nohup`` ignores SIGHUP; a background job of a script ignores SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 @pytest.fixture

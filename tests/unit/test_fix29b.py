@@ -21,6 +21,7 @@ from formats.home import DataHome
 from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively, writing_shared
 from formats.settings import write_settings
 from simulator import SimConfig, simulate
+from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -65,7 +66,8 @@ def test_a_signal_as_a_run_ends_stops_the_build(tmp_path: Path, sig: str, code: 
         sent = folder / "sent"
         proc = subprocess.run([sys.executable, "-c", SIGNAL_AFTER_FIRST_RUN, "build", "--home", str(home.root)],
                               cwd=REPO, env=_env(FIX29B_SIG=sig, FIX29B_SENT=str(sent)), capture_output=True,
-                              text=True, timeout=300, start_new_session=True, check=False)
+                              text=True, timeout=300, start_new_session=True, check=False,
+                              preexec_fn=default_signals)
         output = proc.stdout + proc.stderr
         assert sent.read_text() == "sent", "the hook never signalled the build"
         assert proc.returncode == code, f"exit {proc.returncode}:\n{output[-3000:]}"

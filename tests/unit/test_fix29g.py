@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from dagster_project.build import BuildInterrupted, signals_seen
+from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
 from tests.unit.test_hostile_rev29g import HOOK, _build
 
@@ -143,7 +144,7 @@ def test_build_command_ends_at_sigterm_and_sighup_with_its_line(sig: str, ignore
                                                                 line: str | None) -> None:
     env = {**_env(), "FIX29G_SIG": sig, "FIX29G_IGNORE": ignore}
     proc = subprocess.run([sys.executable, "-c", CLI_SIGNALLED], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=120, check=False)
+                          timeout=120, check=False, preexec_fn=default_signals)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == f"during [True, {not ignore}]", proc.stdout

@@ -61,6 +61,7 @@ import pytest
 from formats.home import DataHome
 from formats.settings import write_settings
 from simulator import SimConfig, simulate
+from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -119,7 +120,7 @@ def _run(code: str | None, args: list[str], log: Path, **extra: str) -> int:
     command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "dagster_project.cli", *args]
     with open(log, "ab") as handle:
         proc = subprocess.Popen(command, cwd=REPO, env=_env(**extra), stdout=handle, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=default_signals)
     try:
         proc.wait(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:

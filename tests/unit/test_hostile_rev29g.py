@@ -54,6 +54,7 @@ import pytest
 from formats.home import DataHome
 from formats.settings import write_settings
 from simulator import SimConfig, simulate
+from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
 
 REPO = Path(__file__).resolve().parents[2]
@@ -144,7 +145,7 @@ def _build(folder: Path, code: str, **extra: str) -> tuple[DataHome, int, str]:
     write_settings(home.root, {"splits.min_users": 3, "splits.min_unique_rows": 1})
     proc = subprocess.Popen([sys.executable, "-c", code, "build", "--home", str(home.root)], cwd=REPO,
                             env=_env(**extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_signals)
     try:
         output, _ = proc.communicate(timeout=TIMEOUT)
     except subprocess.TimeoutExpired:
