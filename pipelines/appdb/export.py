@@ -1181,19 +1181,26 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
 
 # --- a re-export that would drop rows ----------------------------------------------------------------
 
+def _bomless(pieces: Iterator[bytes]) -> Iterator[bytes]:
+    """``pieces`` of a raw file's lines with a byte order mark at the file's start left out, as the ingest skips it
+    (review rev29h: line 1 behind one was read as unreadable)."""
+    for piece in pieces:
+        piece = without_bom(piece)
+        if piece:
+            yield piece
+        break
+    yield from pieces
+
+
 def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None) -> Iterator[int | None | _Unreadable]:
     """The primary key (member ``name``: :func:`_piece_key`) of each line of a raw table file (None: a NULL key;
     UNREADABLE: no id can be read), streamed 1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
-    at_start, pending, lines_read, first = True, None, 0, True
+    at_start, pending, lines_read = True, None, 0
     try:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
-            while piece := lines.readline(1 << 20):
-                if first:                # a byte order mark at the file's start: skipped, as the ingest skips it
-                    piece, first = without_bom(piece), False
-                    if not piece:
-                        continue
+            for piece in _bomless(iter(lambda: lines.readline(1 << 20), b"")):
                 if at_start:
                     pending = _piece_key(piece, name)
                 at_start = piece.endswith(b"\n")
@@ -1452,12 +1459,7 @@ def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) ->
         raise _OldUnreadable() from exc
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
         try:
-            first = True
-            while piece := _read_piece(stream):
-                if first:    # review rev29h: a leading byte order mark is no part of line 1 (the ingest skips it)
-                    piece, first = without_bom(piece), False
-                    if not piece:
-                        continue
+            for piece in _bomless(iter(lambda: _read_piece(stream), b"")):
                 if at_start:
                     key, start, named = _piece_key(piece, name), spill.tell(), len(absent.first)
                     unreadable = absent.unreadable
@@ -2016,21 +2018,13 @@ class RawTableCounts:
 def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
     """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_piece_key`; streamed:
     1 MiB of a line at a time)."""
-    rows, top, digest, at_start, first = 0, None, 0, True, True
-    with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
-        while piece := lines.readline(1 << 20):
-            if first:                    # a leading byte order mark, skipped as the ingest skips it
-                piece, first = without_bom(piece), False
-                if not piece:
-                    continue
-            if at_start:
-                rows += 1
-                key = _piece_key(piece, name)
-                if type(key) is int:
-                    digest += id_hash(key)
-                    if top is None or key > top:
-                        top = key
-            at_start = piece.endswith(b"\n")
+    rows, top, digest = 0, None, 0
+    for key in _line_keys(path, name=name):
+        rows += 1
+        if type(key) is int:
+            digest += id_hash(key)
+            if top is None or key > top:
+                top = key
     return rows, top, digest % DIGEST_MOD
 
 
