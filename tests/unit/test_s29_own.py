@@ -1,29 +1,11 @@
 """Twenty-ninth session's own fixes (README section 9, "Fixed since (twenty-ninth session)")."""
 from __future__ import annotations
 
-import pytest
-
+from tests.unit.test_fix28e import scorer  # noqa: F401 - the tiny real model's fixture
 from training.data import MAX_CAPTION_CHARS, bounded_caption
-from training.synthetic import tiny_config, write_synthetic_version
-
-SIZES = {"train": 8, "validation": 4, "validation_unique": 4, "test": 4, "test_unique": 4}
 
 
-@pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
-    from training.data import iter_captions
-    from training.model import build_model, save_checkpoint
-    from training.scoring import Scorer
-
-    root = tmp_path_factory.mktemp("s29")
-    version = write_synthetic_version(root / "home" / "datasets" / "pickapic" / "2023-03-01-0000000000", SIZES,
-                                      image_px=32, shards_per_split=1).version_dir
-    clip, processor = build_model(tiny_config(version, root / "unused"), iter_captions(version, "train"))
-    save_checkpoint(root / "model", clip, processor)
-    return Scorer(root / "model", device="cpu", batch_size=4)
-
-
-def test_the_scoring_api_never_tokenizes_a_huge_prompt_whole(scorer, monkeypatch):
+def test_the_scoring_api_never_tokenizes_a_huge_prompt_whole(scorer, monkeypatch):  # noqa: F811
     """``Scorer.score_pairs`` / ``embed_texts`` (the Python API, not the CLI's 64 KiB refusal) tokenized any prompt
     whole: a 4-million-character prompt went to the tokenizer as it was. It now reads a prompt as the training reads
     a caption (``bounded_caption``: the same tokens), so the tokenizer gets at most MAX_CAPTION_CHARS characters."""
