@@ -85,6 +85,8 @@ CODE_VERSIONS: dict[str, str] = {
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
                           #    refused; best_of_n's scores from batches of one fixed shape (rev28e)
+                          # 4: a caption's form feeds, vertical tabs and NELs read as blanks before the cut, as
+                          #    the tokenizer reads them (rev30e)
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 FEATURE_DATASETS = ("image_features", "image_rejects")

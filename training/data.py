@@ -393,10 +393,13 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
             yield current
 
 
-# Runs of the blanks that CLIP's tokenizers (slow: BasicTokenizer + whitespace_clean; fast: its normalizer's \s+)
-# both read as one space between words: Python's \s less the control characters (category Cc) the slow tokenizer
-# deletes instead (\x0b, \x0c, \x1c-\x1f, \x85), which may join the words on either side
-_BLANKS = re.compile(r"[^\S\x0b\x0c\x1c-\x1f\x85]+")
+# Runs of the blanks that CLIP's tokenizer reads as one space between words (transformers 5's CLIPTokenizer, the
+# only one it has, and every version's CLIPTokenizerFast: its normalizer's \s+ -> ' ', Oniguruma's \s, the Unicode
+# White_Space characters): Python's \s less the separators \x1c-\x1f, which Python counts as blanks and the
+# tokenizer reads as tokens. \x0b, \x0c and \x85 are blanks to it (review rev30e: a run of more than
+# MAX_CAPTION_CHARS of them was cut into with the words after it, which the tokenizer reads). The slow tokenizer of
+# transformers 4 (BasicTokenizer) deleted them instead; this project's code never loads it.
+_BLANKS = re.compile(r"[^\S\x1c-\x1f]+")
 
 
 def bounded_caption(caption: str) -> str:

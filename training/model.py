@@ -33,6 +33,7 @@ from formats.files import open_regular_file, write_bytes_atomic
 from formats.text import first_line as _first_line
 from formats.text import redact_credentials
 from training.config import TrainConfig
+from training.data import bounded_caption
 
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
 
@@ -575,10 +576,12 @@ def own_pair_scores(all_scores: torch.Tensor) -> torch.Tensor:
 @torch.no_grad()
 def score_prompt_images(model: CLIPModel, processor: Any, prompt: str, images: Sequence[Any],
                         device: str = "cpu") -> list[float]:
-    """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred."""
+    """PickScore README scoring: probabilities (softmax over ``images``) that each image is preferred. The prompt
+    is read as the training and :class:`training.scoring.Scorer` read one (:func:`training.data.bounded_caption`:
+    the same tokens, at most ``MAX_CAPTION_CHARS`` characters given to the tokenizer; review rev30e)."""
     image_inputs = processor(images=list(images), return_tensors="pt").to(device)
-    text_inputs = processor(text=prompt, padding=True, truncation=True, max_length=text_positions(model),
-                            return_tensors="pt").to(device)
+    text_inputs = processor(text=bounded_caption(prompt), padding=True, truncation=True,
+                            max_length=text_positions(model), return_tensors="pt").to(device)
     image_embs = pooled_embeddings(model.get_image_features(**image_inputs))
     image_embs = image_embs / torch.norm(image_embs, dim=-1, keepdim=True)
     text_embs = pooled_embeddings(model.get_text_features(**text_inputs))

@@ -92,12 +92,15 @@ from pipelines.publish.samples import (
 )
 from pipelines.publish.shardphase import clean_failed_staging, write_shards
 from pipelines.publish.versions import (
+    DELETING_PREFIX,
     STAGING_PREFIX,
     apply_retention,
     check_version_identity,
     check_version_name,
+    free_deleting_name,
     fsync_tree,
     give_modes,
+    hiding_root,
     open_folders,
     open_staging,
     open_staging_root,
@@ -269,19 +272,30 @@ def reversible_versions_kept(home: DataHome) -> list[str]:
     """A note when ``latest`` is keyed with a private secret but retention keeps versions whose pseudonyms are
     keyed with the public default one (published before ``curation.pseudonym_secret`` was set and the ledger
     re-keyed): anyone can reverse those ``user_id`` values, and whoever syncs the versions' folder gets them
-    until ``keep_versions`` newer versions are published. They are kept (a rollback may want one), never deleted
-    here: the note names them and the command that deletes them."""
+    until ``keep_versions`` newer versions are published (or a reader holding one is done). They are kept (a
+    rollback may want one), never deleted here: the note names them and the commands that delete them as
+    retention does (review rev30e: it said ``rm -r``, which removes a version a training is reading and in place,
+    what a sync meets as vanishing files): each under an exclusive ``flock`` taken without waiting (it fails,
+    deleting nothing, while a reader holds the version's shared lock), renamed out of the versions' folder to a
+    free ``.deleting-`` name where retention hides one (:func:`versions.hiding_root`), then removed."""
     current = latest_version(home.datasets)
     if current is None or _reversible(home.datasets / current) is not False:
         return []
     kept = [name for name in list_versions(home) if name != current and _reversible(home.datasets / name)]
     if not kept:
         return []
-    names = ", ".join(kept)
+    root = hiding_root(home.datasets)
+    commands = []
+    for name in kept:
+        hidden = free_deleting_name(root, name) or root / f"{DELETING_PREFIX}{name}"
+        version, hidden = shlex.quote(str(home.datasets / name)), shlex.quote(str(hidden))
+        commands.append(f"flock -xn {version} mv -T {version} {hidden} && rm -r {hidden}")
     return [terminal_text(
-        f"versions {names} are kept by keep_versions but their user_id pseudonyms are keyed with the public default "
-        f"secret (reversible by anyone; {current}, the latest, is keyed with a private one): delete them before the "
-        f"versions' folder is shared (rm -r " + " ".join(shlex.quote(str(home.datasets / name)) for name in kept) + ")")]
+        f"versions {', '.join(kept)} are kept (by keep_versions, or by a reader holding one) but their user_id "
+        f"pseudonyms are keyed with the public default secret (reversible by anyone; {current}, the latest, is "
+        f"keyed with a private one): delete them before the versions' folder is shared, as retention does (each "
+        f"moved out of the folder, then removed; flock -xn fails, deleting nothing, while a reader holds one): "
+        + "; ".join(commands))]
 
 
 def sweep_temp_files(home: DataHome) -> list[str]:

@@ -167,18 +167,50 @@ def open_staging_root(datasets: Path) -> Path:
     It must be a real folder (a link or a file at that name is nothing a publish made: :class:`StagingRefused`,
     nothing written through it) on the file system of the versions' folder, since the staged version is
     renamed into place: where the versions' folder is on another one (``datasets/pickapic`` a link to another
-    disk) the versions' folder itself is returned, and the staging stays there, hidden, as before."""
+    disk) the versions' folder itself is returned, and the staging stays there, hidden, as before: a folder made
+    here to find that out is removed again (review rev30e: retention, which calls this after
+    :func:`sweep_staging_root` removed it, left it behind, empty)."""
     root = staging_root(datasets)
+    made = False
     with contextlib.suppress(FileExistsError):
         os.mkdir(root)
+        made = True
     info = os.lstat(root)
     if not stat.S_ISDIR(info.st_mode):
         raise StagingRefused(f"{root} is {describe(root)}, not the folder a publish stages its versions in: nothing "
                              f"was written or deleted through it; remove it (a symbolic link's removal leaves what "
                              f"it names) and publish again")
     if info.st_dev != os.stat(datasets).st_dev:
+        if made:
+            with contextlib.suppress(OSError):   # made empty a moment ago, under the publish lock
+                os.rmdir(root)
         return Path(datasets)
     return root
+
+
+def hiding_root(datasets: Path) -> Path:
+    """The folder retention hides a version it deletes in, as :func:`open_staging_root` finds it but making
+    nothing: :func:`staging_root` where it is a real folder on the versions' file system, else the versions'
+    folder (whose ``.deleting-`` names :func:`sweep_stale` removes too)."""
+    root = staging_root(datasets)
+    try:
+        info = os.lstat(root)
+        if stat.S_ISDIR(info.st_mode) and info.st_dev == os.stat(datasets).st_dev:
+            return root
+    except OSError:
+        pass
+    return Path(datasets)
+
+
+def free_deleting_name(folder: Path, version: str) -> Path | None:
+    """The first of ``.deleting-<version>``, ``.deleting-<version>.1`` ... ``.99`` (:data:`DELETING_NAME`) that
+    nothing holds in ``folder`` (a stray link or file there is not renamed over, nor an empty folder, which a
+    rename replaces; review rev30e: the last name, ``.99``, was never checked), None where all are taken."""
+    for suffix in ("", *(f".{n}" for n in range(1, 100))):
+        name = Path(folder) / f"{DELETING_PREFIX}{version}{suffix}"
+        if not os.path.lexists(name):
+            return name
+    return None
 
 
 def open_folders(home: DataHome) -> list[str]:
@@ -279,14 +311,9 @@ def _set_aside(staging: Path, version: str, others: str, error: OSError) -> str:
     :func:`sweep_stale` removes it at a later publish (one of an account that may: a note until then) and it
     never blocks this one; the rename needs only the datasets folder, which a group-shared home's group writes.
     What it says was done; :class:`StagingRefused` when it cannot be renamed either (review rev25g)."""
-    datasets = staging.parent
-    aside = datasets / f"{DELETING_PREFIX}{version}"
-    for n in range(1, 100):
-        if not os.path.lexists(aside):     # under the publish lock: what is there is never renamed over
-            break
-        aside = datasets / f"{DELETING_PREFIX}{version}.{n}"
+    aside = free_deleting_name(staging.parent, version)   # under the publish lock: nothing there is renamed over
     try:
-        if os.path.lexists(aside):
+        if aside is None:
             raise FileExistsError(f"no free {DELETING_PREFIX}{version}[.N] name to move it to")
         os.rename(staging, aside)
     except OSError as exc:
@@ -725,12 +752,10 @@ def _delete_version(datasets: Path, name: str, notes: list[str]) -> bool:
         notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "
                                    f"publish tries again"))
         return False
-    hidden = root / f"{DELETING_PREFIX}{name}"
-    for n in range(1, 100):
-        if not os.path.lexists(hidden):     # what is there (a stray link or file) is not renamed over
-            break
-        hidden = root / f"{DELETING_PREFIX}{name}.{n}"
+    hidden = free_deleting_name(root, name)   # what is there (a stray link, file or folder) is not renamed over
     try:
+        if hidden is None:
+            raise FileExistsError(f"no free {DELETING_PREFIX}{name}[.N] name in {root} to hide it under")
         os.rename(datasets / name, hidden)  # disappears atomically, then goes
     except OSError as exc:
         notes.append(terminal_text(f"retention could not delete version {name} ({exc}): left in place; the next "

@@ -94,7 +94,7 @@ def test_versions_kept_with_reversible_pseudonyms_behind_a_private_latest_are_na
     notes: list[str] = []
     assert publish._retention(home, PublishConfig(keep_versions=3), notes) == []
     assert len(notes) == 1 and old in notes[0] and unknown not in notes[0] and "public default" in notes[0]
-    assert f"rm -r '{home.datasets / old}'" in notes[0]                          # a path with a blank, quoted
+    assert f"flock -xn '{home.datasets / old}' mv -T '{home.datasets / old}' " in notes[0]   # a blank, quoted
     assert notes[0] in capsys.readouterr().err
     assert (home.datasets / old / "manifest.json").is_file()                     # kept: named, never deleted
     os.unlink(home.datasets / "latest")
