@@ -31,7 +31,8 @@ The note says the versions are "kept by keep_versions" also when a reader keeps 
 score_prompt_images`` (a public helper, used by tests only) still tokenizes a prompt whole.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour; all fixed the same day (fix30e, ``tests/unit/test_fix30e.py``, which also covers the
+noticed items above) and the markers removed.
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import os
 from pathlib import Path
 from unittest import mock
 
-import pytest
 import torch
 from test_publish_fixtures import history_home, publish_until
 
@@ -50,16 +50,6 @@ from tests.unit.test_fix28e import scorer  # noqa: F401 - the tiny real model's 
 from training.data import MAX_CAPTION_CHARS, bounded_caption
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Scorer.embed_texts (the 29th session's change: every prompt read through training.data.bounded_caption, "
-    "what pickapic score, rerank and the leaderboard use) scores a prompt whose words follow a run of more than "
-    "16,384 form feeds, vertical tabs or NELs (\\x0c, \\x0b, \\x85) as the EMPTY prompt: bounded_caption leaves "
-    "those characters out of the blanks it collapses (_BLANKS) and cuts the prompt inside the run, though CLIP's "
-    "tokenizer reads them as blanks (transformers 5's CLIPTokenizer normalizer: \\s+ -> ' '; the slow one deletes "
-    "them), so the whole prompt is the words' tokens to it. Before the change the scorer read the words; the "
-    "training reads such a caption as empty too. Expected: the same tokens as the whole prompt (the README's "
-    "promise), so the same embedding as the words alone"
-))
 def test_a_prompt_whose_words_follow_a_long_run_of_form_feeds_is_scored_by_its_words(scorer):
     words = "red cube on a table"
     tokenizer = scorer.processor.tokenizer
@@ -75,14 +65,6 @@ def test_a_prompt_whose_words_follow_a_long_run_of_form_feeds_is_scored_by_its_w
         assert torch.equal(scorer.embed_texts([prompt])[0], alone), repr(blank)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Where the versions' folder is on another file system (open_staging_root's fallback: versions staged among "
-    "themselves), a publish leaves no datasets/pickapic.staging (review rev28f: sweep_staging_root sweeps it and "
-    "removes it once empty), but one whose retention deletes a version leaves it there, empty: the 29th session's "
-    "_delete_version calls open_staging_root again after the sweep, which makes the folder afresh (mkdir) before "
-    "finding it on the other file system and hiding the version among the versions. Expected: the fallback makes "
-    "no staging folder, with retention or without"
-))
 def test_retention_in_the_other_file_system_fallback_leaves_no_staging_folder(tmp_path: Path) -> None:
     home, table = history_home(tmp_path / "home", days=2, rankings=40)
     real_stat = os.stat
