@@ -14,9 +14,9 @@ DSN = "host=db.internal dbname=pickapic user=pick password=sekrit"
 @pytest.mark.parametrize("text", ['password=x "a" ' * 16000, "pickapic sekrit " * 17000, "pick sekrit pickapic " * 13000,
                                   '"password=' * 30000, 'password=' * 30000, 'password="' * 30000])
 def test_redact_of_a_long_message_is_linear(text) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()   # CPU time: a loaded CI machine does not inflate it
     out = redact(text, DSN)
-    assert time.perf_counter() - started < 2.0         # quadratic: several seconds to minutes
+    assert time.thread_time() - started < 3.0         # quadratic: several seconds to minutes
     assert "sekrit" not in out
 
 

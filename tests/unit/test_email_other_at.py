@@ -44,9 +44,9 @@ def test_an_ampersand_or_percent_that_is_no_email_stays(value: str) -> None:
 @pytest.mark.parametrize("chunk", ["&amp;", "a&", "&#000", "a&amp;amp;amp;", "&#x0", "\uff20", "%25"])
 def test_masking_a_long_value_of_those_forms_is_one_pass(chunk: str) -> None:
     value = chunk * (160_000 // len(chunk))
-    started = time.perf_counter()
+    started = time.thread_time()   # CPU time: a loaded CI machine does not inflate it
     found, masked = has_email(value), mask_emails(value)
-    assert time.perf_counter() - started < 2.0        # a pattern backtracking from every position: minutes
+    assert time.thread_time() - started < 3.0        # a pattern backtracking from every position: minutes
     assert found == (chunk == "\uff20") and (REDACTED in masked) == found
 
 

@@ -46,9 +46,9 @@ def test_a_plain_label_or_link_is_none(value) -> None:
 @pytest.mark.parametrize("value", ["a://x?" * 40000, "a://x?#" * 40000, "a://x" * 40000 + "?id=1",
                                    "a://" + "b@" * 40000, ("a://x?y=1#") * 40000, "a://:" * 40000])
 def test_the_tag_check_is_linear(value) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()   # CPU time: a loaded CI machine does not inflate it
     tag_holds_credential(value)
-    assert time.perf_counter() - started < 2.0     # quadratic: minutes for these 200-280 KB values
+    assert time.thread_time() - started < 3.0     # quadratic: minutes for these 200-280 KB values
 
 
 def _holding(home: DataHome, text: str) -> list[str]:

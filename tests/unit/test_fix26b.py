@@ -123,11 +123,11 @@ def test_a_plain_tag_key(key, value) -> None:
     "a.b-c_" * 50000 + "=x", '"' * 300000, "https://h/x?" + "a_b&" * 60000,
 ])
 def test_the_checks_are_linear(value) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()   # CPU time: a loaded CI machine does not inflate it
     tag_holds_credential(value)
     tag_holds_credential(value, key=value)
     redact_credentials(value)
-    assert time.perf_counter() - started < 2.0     # quadratic: minutes for these 200-400 KB values
+    assert time.thread_time() - started < 3.0     # quadratic: minutes for these 200-400 KB values
 
 
 @pytest.mark.parametrize(("value", "shown"), [

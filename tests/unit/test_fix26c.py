@@ -140,9 +140,9 @@ def test_the_scrub_hides_a_session_link_and_a_webhook() -> None:
     "https://h/x?" + "session_id&" * 30000, "pass: 'a " * 50000,
 ])
 def test_the_checks_are_linear(value) -> None:
-    started = time.perf_counter()
+    started = time.thread_time()   # CPU time: a loaded CI machine does not inflate it
     tag_holds_credential(value)
     tag_holds_credential(value, key=value)
     credential_refusal(None, {value: value})
     redact_credentials(value)
-    assert time.perf_counter() - started < 2.0     # quadratic: minutes for these 200-400 KB values
+    assert time.thread_time() - started < 3.0     # quadratic: minutes for these 200-400 KB values
