@@ -59,7 +59,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
                           #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "11",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "12",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -70,6 +70,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
+                          # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b)
     "publish": "8",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -1127,18 +1127,25 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             if not keeping:   # from the primary: the rows its re-export takes out that the app holds elsewhere
                 held_by_app = left_rows(home, day, staging, report, conn)
                 conn.rollback()
+            else:             # review rev30b: a row the app gave a kept row's id again (a restore) is no move
+                exact = exact_identities(conn)
+                held_by_app = {table: rows.same_rows(home.raw_file(day, table), table, exact)
+                               for table, rows in held_by_app.items()}
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
-            if late_check.moved:
-                report.warnings.append(moved_warning(home.raw_days(), late_check.moved))
+            # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
+            line = moved_warning(home.raw_days(), late_check.moved) if late_check.moved else ""
+            if line:
+                report.warnings.append(line)
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
             # named with the build that exports it), so a raw day holds it once the moves are exported
             moved: dict[str, dict[str, list]] = {}
             raw_days_now = home.raw_days()
             for table, rows in held_by_app.items():
                 moved_rows(home, table, rows, day, config.users_snapshot, raw_days_now, moved)
-            if moved:
-                report.warnings.append(moved_warning(raw_days_now, moved))
+            line = moved_warning(raw_days_now, moved) if moved else ""
+            if line:
+                report.warnings.append(line)
             if keeping:   # never a subset of the day from a replica (see there)
                 keep_vanishing_rows(home, day, staging, report, replica or
                                     "a primary with app_export.keep_exported_rows = true", str(name),
@@ -1192,9 +1199,11 @@ def _bomless(pieces: Iterator[bytes]) -> Iterator[bytes]:
     yield from pieces
 
 
-def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None) -> Iterator[int | None | _Unreadable]:
+def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None,
+               first_pieces: bool = False) -> Iterator:
     """The primary key (member ``name``: :func:`_piece_key`) of each line of a raw table file (None: a NULL key;
-    UNREADABLE: no id can be read), streamed 1 MiB of a line at a time. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
+    UNREADABLE: no id can be read), streamed 1 MiB of a line at a time; with ``first_pieces``, (key, the line's
+    first piece) pairs. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
     at_start, pending, lines_read = True, None, 0
@@ -1202,7 +1211,7 @@ def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None) -> Ite
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
             for piece in _bomless(iter(lambda: lines.readline(1 << 20), b"")):
                 if at_start:
-                    pending = _piece_key(piece, name)
+                    pending = (_piece_key(piece, name), piece) if first_pieces else _piece_key(piece, name)
                 at_start = piece.endswith(b"\n")
                 if at_start:
                     lines_read += 1
@@ -1261,15 +1270,10 @@ def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadabl
     return _scan_key(piece, name)       # not the export's form, or the member's name again further on
 
 
-def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
-    """The value of member ``name`` of the JSON object a line's first piece starts (bytes that are not UTF-8
-    read as escapes, control characters in strings allowed, members decoded one by one with the json module's
-    scanner up to the end of the piece): an integer (a number with no fraction, ``5.0``, as the ingest reads it),
-    None for null; UNREADABLE for a line that is no JSON object, lacks the member (in its first piece), names it
-    twice with two values (the ingest reads no key there either), or holds another value (a string, a boolean,
-    a fraction). A member after the key that cannot be decoded (a value cut by the piece's end, a NaN) leaves the
-    key read: the ingest keys such a line too (``LineParser.decoded_key``)."""
-    text = piece.decode("utf-8", "surrogateescape")
+def _json_members(text: str) -> Iterator[tuple[str, object]]:
+    """The members of the JSON object ``text`` starts, decoded one by one with the json module's scanner (control
+    characters in strings allowed) until the end of the object or the first member that cannot be decoded (a value
+    cut by the end of ``text``, a NaN); nothing for text that is no JSON object."""
     blanks = " \t\r\n"
     at, end = 0, len(text)
 
@@ -1280,9 +1284,8 @@ def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
 
     at = skip(at)
     if text[at:at + 1] != "{":
-        return UNREADABLE
-    found, at = UNREADABLE, skip(at + 1)
-    seen = False
+        return
+    at = skip(at + 1)
     try:
         if text[at:at + 1] != "}":
             while True:
@@ -1293,16 +1296,29 @@ def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
                 if text[at:at + 1] != ":":
                     break
                 value, at = _LENIENT.raw_decode(text, skip(at + 1))
-                if member == name:
-                    if seen and (type(value) is not type(found) or value != found):
-                        return UNREADABLE
-                    found, seen = value, True
+                yield member, value
                 at = skip(at)
                 if text[at:at + 1] != ",":
                     break
                 at = skip(at + 1)
     except (ValueError, RecursionError):
-        pass                                # the rest of the line: undecodable, or past its first piece
+        return                              # the rest of the line: undecodable, or past its first piece
+
+
+def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
+    """The value of member ``name`` of the JSON object a line's first piece starts (bytes that are not UTF-8
+    read as escapes, members read by :func:`_json_members` up to the end of the piece): an integer (a number with
+    no fraction, ``5.0``, as the ingest reads it), None for null; UNREADABLE for a line that is no JSON object,
+    lacks the member (in its first piece), names it twice with two values (the ingest reads no key there either),
+    or holds another value (a string, a boolean, a fraction). A member after the key that cannot be decoded (a
+    value cut by the piece's end, a NaN) leaves the key read: the ingest keys such a line too
+    (``LineParser.decoded_key``)."""
+    found, seen = UNREADABLE, False
+    for member, value in _json_members(piece.decode("utf-8", "surrogateescape")):
+        if member == name:
+            if seen and (type(value) is not type(found) or value != found):
+                return UNREADABLE
+            found, seen = value, True
     if not seen:
         return UNREADABLE
     if found is None:
@@ -1310,6 +1326,66 @@ def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
     if type(found) is float and math.isfinite(found) and found.is_integer():
         return int(found)
     return found if type(found) is int else UNREADABLE
+
+
+# Review rev30b: the columns that say which row an id names, in row_days.sql's order (int: an integer column,
+# str: a text one). A row keeps them when it moves (its created_at corrected); a row that took a lost row's id
+# after a restore from an older backup has its own.
+IDENTITY_COLUMNS: dict[str, tuple[tuple[str, type], ...]] = {
+    "users": (("email", str),),
+    "images": (("image_uid", str), ("user_id", int)),
+    "rankings": (("user_id", int), ("image_0_uid", str), ("image_1_uid", str), ("image_2_uid", str),
+                 ("image_3_uid", str), ("prompt", str)),
+    "downloads": (("user_id", int), ("image_uid", str), ("prompt", str)),
+}
+UNKNOWN_IDENTITY = 0      # a raw line whose identity cannot be read: its id alone names the row
+
+
+def identity_digest(text: str) -> int:
+    """The int64 digest of an identity (row_days.sql's ``identity`` column, or :func:`row_identity`'s), never
+    UNKNOWN_IDENTITY."""
+    value = int.from_bytes(hashlib.blake2b(text.encode("ascii"), digest_size=8).digest(), "big", signed=True)
+    return value if value != UNKNOWN_IDENTITY else 1
+
+
+def _identity_part(value: object, kind: type, exact: bool) -> str | None:
+    """One column of an identity as row_days.sql writes it; None where the raw value cannot be the app's."""
+    if value is None:
+        return "-"
+    if kind is int:
+        if type(value) is float and math.isfinite(value) and value.is_integer():
+            value = int(value)
+        return str(value) if type(value) is int else None
+    if type(value) is not str:
+        return None
+    if not exact and not value.isascii():
+        return "?"
+    try:
+        data = value.encode("utf-8", "surrogateescape")   # the stored bytes a SQL_ASCII database held too
+    except UnicodeEncodeError:
+        return None                                       # a lone surrogate no stored text gives
+    return hashlib.sha256(data).hexdigest()
+
+
+def row_identity(piece: bytes, table: str, exact: bool = True) -> int:
+    """The identity digest (:func:`identity_digest`) of the raw line whose first piece (at most 1 MiB) is
+    ``piece``: its IDENTITY_COLUMNS read as row_days.sql reads the app's (``exact``: the database's text is UTF8
+    or SQL_ASCII); UNKNOWN_IDENTITY where one is missing in the piece, named twice with two values, or holds what
+    no app row gives (a line another exporter wrote, a cut line)."""
+    columns = dict(IDENTITY_COLUMNS[table])
+    found: dict[str, object] = {}
+    for member, value in _json_members(piece.decode("utf-8", "surrogateescape")):
+        if member in columns:
+            if member in found and (type(found[member]) is not type(value) or found[member] != value):
+                return UNKNOWN_IDENTITY
+            found[member] = value
+    parts = []
+    for name, kind in IDENTITY_COLUMNS[table]:
+        part = _identity_part(found[name], kind, exact) if name in found else None
+        if part is None:
+            return UNKNOWN_IDENTITY
+        parts.append(part)
+    return identity_digest(",".join(parts))
 
 
 class _KeyIndex:
@@ -1611,11 +1687,12 @@ class HeldRows:
     def __init__(self, capacity: int = 0) -> None:
         # sized once for the most rows a look-up can find (no copy of a grown buffer beside it), cut at the end
         self.ids, self.days = array.array("q", [0]) * capacity, array.array("i", [0]) * capacity
+        self.identities = array.array("q", [0]) * capacity     # review rev30b: identity_digest a row, 8 bytes
         self.names: list[str] = []
         self._index: dict[str, int] = {}
         self._count = 0
 
-    def add(self, key: int, day: str | None) -> None:
+    def add(self, key: int, day: str | None, identity: int = UNKNOWN_IDENTITY) -> None:
         if day is None:
             code = -1
         else:
@@ -1625,16 +1702,53 @@ class HeldRows:
                 self.names.append(day)
         if self._count < len(self.ids):
             self.ids[self._count], self.days[self._count] = key, code
+            self.identities[self._count] = identity
         else:
             self.ids.append(key)
             self.days.append(code)
+            self.identities.append(identity)
         self._count += 1
 
     def done(self) -> "HeldRows":
         """Cut the arrays to the rows found."""
         del self.ids[self._count:]
         del self.days[self._count:]
+        del self.identities[self._count:]
         return self
+
+    def same_rows(self, path: Path, table: str, exact: bool = True) -> "HeldRows":
+        """The rows found that are the rows raw table file ``path`` holds under their ids: a row is left out where
+        the file's lines with its id have an identity (:func:`row_identity`) and none is the app row's (review
+        rev30b: after a restore from an older backup the app gave a lost row's id to a new, unrelated row, which
+        the late-row check took for the exported row moved to another day, and the day's re-export took the
+        exported row out of the raw zone). A line whose identity cannot be read names its row by its id, as
+        before. Streamed: 2 bytes a row found besides the arrays; a file that cannot be read leaves them all."""
+        if not self.ids:
+            return self
+        same, other = bytearray(len(self.ids)), bytearray(len(self.ids))
+        try:
+            for key, piece in _line_keys(path, cut_ok=True, name=EXPORT_KEYS[table], first_pieces=True):
+                if type(key) is int and -(1 << 63) <= key < (1 << 63):
+                    at = bisect.bisect_left(self.ids, key)
+                    if at < len(self.ids) and self.ids[at] == key:
+                        identity = row_identity(piece, table, exact)
+                        if identity == UNKNOWN_IDENTITY or identity == self.identities[at] \
+                                or self.identities[at] == UNKNOWN_IDENTITY:
+                            same[at] = 1
+                        else:
+                            other[at] = 1
+        except (OSError, EOFError, zlib.error):
+            return self
+        if not any(other[i] and not same[i] for i in range(len(other))):
+            return self
+        kept = HeldRows(len(self.ids))
+        kept.names, kept._index = self.names, self._index
+        for i, key in enumerate(self.ids):
+            if same[i] or not other[i]:
+                kept.ids[kept._count], kept.days[kept._count] = key, self.days[i]
+                kept.identities[kept._count] = self.identities[i]
+                kept._count += 1
+        return kept.done()
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -1668,21 +1782,31 @@ def _sorted_unique(ids: Iterable[int]) -> array.array:
     return out
 
 
-def held_ids(conn: psycopg.Connection, table: str, ids: Iterable[int]) -> HeldRows:
+def exact_identities(conn: psycopg.Connection) -> bool:
+    """Whether row_days.sql's identities cover every text (the database's text is the raw line's UTF-8: a UTF8 or
+    SQL_ASCII database), not only ASCII text."""
+    return conn.info.parameter_status("server_encoding") in ("UTF8", "SQL_ASCII")
+
+
+def held_ids(conn: psycopg.Connection, table: str, ids: Iterable[int], raw: Path | None = None) -> HeldRows:
     """The ids among ``ids`` that rows of app table ``table`` hold, on any day or none (``row_days.sql``, a
     primary-key lookup, HELD_FETCH ids a query, its rows read one at a time in id order), with the day each is
     dated to: in the export's snapshot, the rows an old raw file holds that the export did not read and the app
-    did not delete. Memory: 12 bytes a row found (review rev29h), besides ``ids``."""
+    did not delete. With ``raw`` (the raw file the ids are from), only the rows that are that file's rows, not a
+    new row given the id again (:meth:`HeldRows.same_rows`, review rev30b). Memory: 20 bytes a row found (review
+    rev29h), besides ``ids``."""
     wanted = ids if isinstance(ids, array.array) and _ascending(ids) else _sorted_unique(ids)
     found = HeldRows(len(wanted))
     last = None
+    exact = exact_identities(conn)
     for at in range(0, len(wanted), HELD_FETCH):
         params = {name: (wanted[at:at + HELD_FETCH].tolist() if name == table else []) for name in RAW_TABLES}
-        for _, key, on in conn.execute(statement("row_days"), params):
+        for _, key, on, identity in conn.execute(statement("row_days"), {**params, "exact": exact}):
             if key != last:     # ascending (ORDER BY id): a key of two rows (no primary key) once
-                found.add(key, as_text(on))
+                found.add(key, as_text(on), identity_digest(as_text(identity)))
                 last = key
-    return found.done()
+    found.done()
+    return found.same_rows(raw, table, exact) if raw is not None else found
 
 
 def _ascending(keys: array.array) -> bool:
@@ -1714,7 +1838,7 @@ def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
             continue                            # an old file that cannot be read: the ingest reports it
         del index
         if gone:
-            rows = held_ids(conn, table, gone)
+            rows = held_ids(conn, table, gone, old)
             if rows:
                 out[table] = rows
     return out
@@ -1864,7 +1988,7 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
     where: dict[tuple[str, int], str | None] = {}
     if any(remembered.values()):
         params = {table: sorted(remembered[table]) for table in RAW_TABLES}
-        for table, key, on in conn.execute(statement("row_days"), params):
+        for table, key, on, _ in conn.execute(statement("row_days"), {**params, "exact": exact_identities(conn)}):
             where[(as_text(table), key)] = as_text(on)
     state: dict[str, dict[int, str | None]] = {table: {} for table in RAW_TABLES}
     dated: dict[str, dict[int, str]] = {}
@@ -2285,7 +2409,8 @@ class LateCheck:
         try:
             for spill in self.spills:
                 missing, first, extra = self._missing(home, spill)
-                left = held_ids(conn, spill.table, extra) if extra and conn is not None else HeldRows()
+                left = held_ids(conn, spill.table, extra, home.raw_file(spill.day, spill.table)) \
+                    if extra and conn is not None else HeldRows()
                 del extra
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],

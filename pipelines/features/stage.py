@@ -25,10 +25,10 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import hold_lock
+from formats.locks import hold_lock, writing_shared
 from formats.progress import Progress, silent
 from pipelines import faults
-from pipelines.features import decode
+from pipelines.features import decode, trainjpegs
 from pipelines.features.blobidentity import BlobIdentities
 from pipelines.features.blobs import is_local, join_url, lost_training_jpegs
 from pipelines.features.config import FEATURES, REJECTS, FeaturesConfig, FeaturesReport, check_staging, parse_day
@@ -79,7 +79,8 @@ def build_features(home: DataHome, day: str, config: FeaturesConfig = FeaturesCo
         staging = os.path.realpath(staging)
     # one feature stage per day at a time, and per staging folder (the day's default one too: another day's
     # run may be given it as its staging setting)
-    with hold_day_lock(home, day, staging):
+    # review rev30b: shared while it writes training JPEGs, so the build's removal of unneeded ones waits for none
+    with hold_day_lock(home, day, staging), writing_shared(trainjpegs.lock_file(home), "the training JPEG store"):
         return _build_day(home, day, day_date, config, beam_args, progress, detector_factory, started, runner,
                           base, staging)
 

@@ -161,6 +161,22 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
                     cache.note)
 
 
+def forget(home: DataHome, keys: set[str]) -> tuple[int, str]:
+    """Drop the entries of ``keys`` (training JPEGs removed: ``pipelines.features.trainjpegs``) from the cache,
+    rewriting it as one part of the other entries (this account's parts; another's are left and noted); an
+    untrusted cache is replaced by an empty one. Returns the entries dropped and the cache's note."""
+    with _Cache(home) as cache:
+        cached = cache.read()
+        if cache.fd is None or (cache.trusted and not cached.num_rows):
+            return 0, cache.note
+        gone = pc.is_in(cached.column("key"), value_set=pa.array(sorted(keys), pa.string()))
+        dropped = int(pc.sum(gone).as_py() or 0)
+        if cache.trusted and not dropped and cache.rows == cached.num_rows:
+            return 0, cache.note
+        cache.record(cached.filter(pc.invert(gone)), merge=True)
+    return dropped, cache.note
+
+
 _UNSAFE_PART = r"(?:^|/)\.{0,2}(?:/|$)"     # an empty, "." or ".." part (a leading or doubled "/" too)
 
 

@@ -1640,6 +1640,51 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
                        versions=sorted(versions), version_salts=salts if salts_changed else None)
 
 
+def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int]:
+    """``pins`` without those whose key no row of the warehouse holds any more (review rev30b: an erased account's
+    prompts stayed in ``split_key_owners`` as text, and its images' uids, for good), and how many were dropped.
+    A prompt pin is kept while a row of ``pairs`` (``split_pairs``, ``split_rejects``) or a ranking of the
+    warehouse (``rankings``: a banned user's, a moderated prompt's, dropped by curation but still there) keys to it;
+    an image pin while a row of ``pairs`` or of the warehouse's ``images`` holds its uid. So a key whose rows only
+    left ``pairs`` keeps its split (they may come back), and one whose rows left the raw zone is owned afresh if
+    it ever comes back. A warehouse table that cannot be read drops nothing."""
+    if not pins.num_rows:
+        return pins, 0
+    con.register("pins_now", pins.select(["kind", "key"]))
+    try:
+        candidates = con.sql("""
+            SELECT DISTINCT kind, key FROM pins_now
+            WHERE NOT (kind = 'prompt' AND key IN (SELECT prompt_key FROM split_pairs
+                                                  UNION ALL SELECT prompt_key FROM split_rejects))
+              AND NOT (kind = 'image' AND key IN (SELECT image_0_uid FROM pairs UNION ALL SELECT image_1_uid FROM pairs))
+            """).fetchall()
+    finally:
+        con.unregister("pins_now")
+    if not candidates:
+        return pins, 0
+    gone = {(kind, key) for kind, key in candidates}
+    try:
+        if any(kind == "prompt" for kind, _ in gone):
+            # the rankings pairs lacks (dropped by curation): the keys of pairs' own are known already
+            register_views(con, {"warehouse_rankings": home.table_glob("rankings")})
+            prompts = con.sql("""SELECT DISTINCT prompt FROM warehouse_rankings WHERE prompt IS NOT NULL
+                                 AND ranking_id NOT IN (SELECT ranking_id FROM pairs)""").fetchall()
+            held = {normalize_prompt(prompt) for (prompt,) in prompts}
+            gone = {(kind, key) for kind, key in gone if not (kind == "prompt" and key in held)}
+        if any(kind == "image" for kind, _ in gone):
+            held = {uid for (uid,) in connect({"images": home.table_glob("images")}).sql(
+                "SELECT DISTINCT image_uid FROM images").fetchall()}
+            gone = {(kind, key) for kind, key in gone if not (kind == "image" and key in held)}
+    except Exception:   # noqa: BLE001 - a table that cannot be read: every pin is kept (never a key moved)
+        return pins, 0
+    if not gone:
+        return pins, 0
+    kinds, keys = pins.column("kind").to_pylist(), pins.column("key").to_pylist()
+    keep = pa.array([(kind, key) not in gone for kind, key in zip(kinds, keys)], pa.bool_())
+    kept = pins.filter(keep)
+    return kept, pins.num_rows - kept.num_rows
+
+
 def _kinds(pins: pa.Table) -> Counter:
     """Pins per kind (prompt, image) of a ``split_key_owners`` table."""
     counts = pins.group_by("kind").aggregate([("kind", "count")]).to_pylist()
@@ -1688,9 +1733,10 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     coverage.record_ledger_versions(home, home.table_file("split_ledger"), check.versions)
     con.register("split_pairs", split_pairs)
     con.register("split_rejects", rejects)
-    # the key owner pins, brought up to date with the published versions before assigning: written when changed
-    pins = update.pins
-    if update.changed:
+    # the key owner pins, brought up to date with the published versions before assigning: written when changed;
+    # review rev30b: less the pins of keys no row of the warehouse holds any more (an erased account's)
+    pins, erased = drop_erased_pins(con, home, update.pins)
+    if update.changed or erased:
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),
                              pins_schema.with_metadata(coverage.pins_metadata(pins, update.covered, update.versions,

@@ -21,7 +21,8 @@ Noticed, not filed: ``hashint8extended`` folds an id's high half into its low ha
 largest id and digest (only ids past 2^32, no young app's); erasing the only user a held-out split holds makes the
 next publish refuse ("split 'test' is empty"), so ``latest`` stays the version published before the erasure.
 
-Each test states the correct behaviour and is a strict xfail until fixed.
+Each test states the correct behaviour; all four were fixed the same day (fix30b, ``tests/unit/test_fix30b.py``)
+and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
@@ -150,25 +151,12 @@ def erased(built_home, tmp_path_factory):
     return home, account
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GDPR: after README 1a's account erasure (rows out of the raw days, blobs deleted from raw/images, warehouse "
-    "rebuilt and published, older versions deleted) the training JPEGs the feature stage decoded from the erased "
-    "account's images stay in HOME/blobs/train/s512q90/<sha[:2]>/<sha256>.jpg for good: no stage removes a JPEG "
-    "whose image left every day, and the procedure does not say to. Expected: none of the erased images' JPEGs is "
-    "left under HOME/blobs (removed by the rebuild, or named by the procedure)"
-))
 def test_the_erasure_leaves_no_training_jpeg_of_the_accounts_images(erased):
     home, account = erased
     left = [p.name for p in (home.root / "blobs").rglob("*.jpg") if p.stem in set(account["shas"])]
     assert left == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GDPR: after README 1a's account erasure the warehouse's split_key_owners still holds the text of the prompts "
-    "only the erased account typed (kind 'prompt', key = the normalized prompt) and its images' uids, pinned by the "
-    "publish before the erasure; a pin is never removed and the procedure does not mention it (the split ledger "
-    "keeps its pseudonym likewise). Expected: no warehouse table holds the erased account's prompt text"
-))
 def test_the_erasure_leaves_no_prompt_of_the_account_in_the_warehouse(erased):
     from pipelines.splits.assign import normalize_prompt
 
@@ -195,14 +183,6 @@ def _restore_then_new_rows(conn) -> None:
     _rank(conn, "2023-03-10", "another new one", user_id=2)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "data loss: after the app database is restored from an older backup and the app reuses the lost rows' ids for "
-    "new, unrelated rows on another day, the late-row check looks the raw day's rows up by id alone (row_days.sql), "
-    "calls them 'left their day ... (a created_at corrected)', marks the day and the schedule's re-export takes the "
-    "exported rows out of the raw zone for good. A deletion alone keeps them (the raw zone keeps what was exported, "
-    "README 1a). Expected: a raw row whose id the app holds for another row (another user, prompt or images: not "
-    "a moved copy of it) is treated as a row the app no longer holds: kept in its day, never reported as moved"
-))
 def test_a_restore_that_reuses_ids_does_not_take_exported_rows_out_of_the_raw_zone(postgres_server, tmp_path):  # noqa: F811
     exported = ["clicked before the restore 1", "clicked before the restore 2", "clicked before the restore 3"]
     homes = {}
@@ -229,12 +209,6 @@ def test_a_restore_that_reuses_ids_does_not_take_exported_rows_out_of_the_raw_zo
 
 # --- an empty warning line --------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "cosmetic: an export whose late-row check finds a row moved to a day after the raw zone's last day (the day "
-    "being exported, or a later one) appends moved_warning()'s empty string to report.warnings (export_day adds it "
-    "whenever late_check.moved is set), so the app_export asset logs an empty WARNING line. Expected: no empty "
-    "warning (late_warnings() already filters its own)"
-))
 def test_an_export_reports_no_empty_warning(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
