@@ -29,7 +29,6 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
 from formats.settings import SETTINGS_FILE, Settings, load
-from pipelines.features.trainjpegs import prune_training_jpegs
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
 # the run's record for `pickapic ui`), not as Dagster's console stack traces.
@@ -165,7 +164,6 @@ class BuildResult:
     run_ids: dict[str, str] = field(default_factory=dict)   # run label -> Dagster run id
     plan: list[str] = field(default_factory=list)            # what ran and why
     up_to_date: bool = False                                  # nothing had to run
-    pruned_jpegs: int = 0                                     # training JPEGs removed (no day needs them)
 
 
 @contextlib.contextmanager
@@ -556,15 +554,6 @@ def build(
         for run in plan.runs:
             progress(_describe(run))
             result.run_ids[run.label] = _execute(run, instance, run_config, home)
-        if plan.runs or exports:
-            # review rev30b: the training JPEGs of images no day holds any more (an erased account's) are removed
-            pruned = prune_training_jpegs(home, settings.config("features").base(home.root))
-            result.pruned_jpegs = pruned.removed
-            if pruned.removed:
-                progress(f"removed {pruned.removed} training JPEG(s) no warehouse day needs any more "
-                         f"({pruned.removed_bytes} bytes; {pruned.cache_entries_removed} digest cache entries)")
-            for note in pruned.notes:
-                progress(note)
         if view is not None:
             # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
             buildstamp.write_stamp(home, view.key_after_build(home), until=view.until)

@@ -84,6 +84,17 @@ def _run_ops(context: dg.AssetExecutionContext) -> frozenset[str]:
         return frozenset(stage.op for stage in STAGES)
 
 
+def stage_config_of_run(section: str, run_config: Mapping[str, Any] | None, home: DataHome) -> Any:
+    """Another stage's dataclass as this run's run config sets it (``ops.<that stage's op>.config`` over the home's
+    settings file): what a step needs of a stage it does not run (the publish step removing the training JPEGs
+    reads the feature stage's blob base)."""
+    op = next(stage.op for stage in STAGES if stage.section == section)
+    entry = ((run_config or {}).get("ops") or {}).get(op)
+    given = (entry.get("config") or {}) if isinstance(entry, Mapping) else {}
+    overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
+    return load(home.root).config(section, overrides, f"run config of {op}")
+
+
 def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
                      ops: Collection[str] | None = None) -> None:
     """Build every stage's settings from the run's run config (``ops.<op>.config``) as its step will, with

@@ -11,9 +11,10 @@ import dagster as dg
 from dagster_project.contracts import check_results, check_specs, run_checks
 from dagster_project.metadata import report_metadata
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, stage_config
+from dagster_project.runconfig import config_class, stage_config, stage_config_of_run
 from dagster_project.staleness import version_at_start
 from dagster_project.versions import CODE_VERSIONS
+from pipelines.features.trainjpegs import prune_training_jpegs
 from pipelines.publish.version import publish_dataset, version_views
 
 PublishRunConfig = config_class("publish", "PublishRunConfig")
@@ -33,6 +34,15 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
     report = publish_dataset(home, settings)
     context.log.info(f"published version {report.version}")
     version = settle()
+    # review rev30b: the training JPEGs of images no warehouse day holds any more (an erased account's) are removed
+    # here, in the step every rebuild runs (`pickapic build` and the nightly schedule under `pickapic serve` alike)
+    features = stage_config_of_run("features", context.run.run_config, home)
+    pruned = prune_training_jpegs(home, features.base(home.root))
+    if pruned.removed:
+        context.log.info(f"removed {pruned.removed} training JPEG(s) no warehouse day needs any more "
+                         f"({pruned.removed_bytes} bytes; {pruned.cache_entries_removed} digest cache entries)")
+    for note in pruned.notes:
+        context.log.info(note)
     yield dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
     if report.contract_results:   # the gate's own results, on these very files: every rule once a night, not twice
         yield from check_results(report.contract_results, asset=ASSET)

@@ -4,7 +4,8 @@ The feature stage writes one training JPEG per distinct image, content-addressed
 (``<blob base>/blobs/train/s<size>q<quality>/<sha[:2]>/<sha256>.jpg``), and never removes one: a JPEG is shared by
 every day whose images have those bytes. Once an image has left every raw day (an account erased as README 1a
 says, a day deleted), its JPEG stayed under ``HOME/blobs/train`` and its digest in ``cache/train_jpg_sha256``.
-``pickapic build`` now calls :func:`prune_training_jpegs` after its runs: a JPEG is removed when
+The publish step (``dagster_project/assets/publish.py``: every rebuild, ``pickapic build`` and the nightly
+schedule alike) calls :func:`prune_training_jpegs` once it has published: a JPEG is removed when
 
 - no day of the warehouse's ``image_features`` names it (``train_jpg_key``, under any size/quality folder), and
 - no version folder without its manifest names it in a sidecar (``jpg_0_key`` / ``jpg_1_key``: a publish still
