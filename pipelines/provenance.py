@@ -263,7 +263,7 @@ class RejectedBlobs:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
-        self.copies = CopiedRows(home)   # the rows each day copied by uid from an earlier day (review rev29e)
+        self.copies = CopiedRows(home)   # each day's rows against the earlier days' (reviews rev29e, rev30a)
 
     # --- reading the partition, streamed
     def _partition(self, day: str) -> tuple[Path, list] | None:
@@ -374,7 +374,8 @@ class RejectedBlobs:
         """(the mark of ``day``'s features version now, whether a blob it rejects as missing has landed since):
         the missing blobs still missing, the other watched blobs by their identity now. One ``stat`` per
         rejected blob, streamed from the partition when the cache does not list them. :data:`COPIES_MARK` follows
-        while a row the day copied by uid differs from its source's row now (:class:`CopiedRows`)."""
+        while a row of the day is not what a run of it would copy or compute now from the earlier days' rows
+        (:class:`CopiedRows`)."""
         mark, landed = self._rejects_mark(day, base)
         return mark + self.copies.mark(day), landed
 
@@ -404,9 +405,9 @@ class RejectedBlobs:
         folder's mtime and ctime; a blob rewritten in place does not, so on such a day that is seen by the next
         full plan: the nightly, the sensor, or any build something else makes plan). ``[..., "unwatched"]`` when
         the folders are too many to keep: the stamp is then not trusted. None: nothing watched. A day that copied
-        rows by uid from earlier days has ``{"copied_rows": "same" | "changed"}`` second (:meth:`CopiedRows.watch`):
-        an earlier day run again that changed such a row (the copying day not run in that build) makes the next
-        build plan in full (review rev29e)."""
+        rows from earlier days, or holds a stale row, has ``{"copied_rows": "same" | "changed"}`` second
+        (:meth:`CopiedRows.watch`): an earlier day run again that changed such a row (the copying day not run in
+        that build) makes the next build plan in full (reviews rev29e, rev30a)."""
         copies = self.copies.watch(day)
         copied = [{"copied_rows": copies}] if copies is not None else []
         entry = self.summary(day)
@@ -480,32 +481,47 @@ def _valid_entry(entry: object) -> bool:
                                and all(isinstance(f, str) for f in folders))
 
 
-# --------------------------------------------------------------------------- rows copied by uid from earlier days
+# ----------------------------------------------------------------- rows copied from earlier days (or to be copied)
 COPIES_MARK = "+copied-rows-changed"   # appended to a features version now when a row it copied changed at its source
 _COPIES_CACHE = "copied_rows.json"
-_COPIES_VERSION = 1
-CACHED_COPIES = 1024   # per day, copied rows whose uids the cache keeps; a day with more is read again at each look
+_COPIES_VERSION = 2   # 2: verdicts of every row against the earlier days (review rev30a)
+CACHED_COPIES = 1024   # per day, stale uids the cache keeps; a day with more is judged again at each look
 _OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # pipelines.features.reuse.OUTPUT_KEY_FIELD (it imports Beam)
 
 
 class CopiedRows:
-    """Per day, the ``image_features`` rows it copied by uid from an earlier day (``reused_from = image_uid``: an image
-    exported on several days), and whether each still equals the row of the day it was copied from.
+    """Per day, whether each ``image_features`` row it holds is the row a run of the day would write now, as far as
+    the other days' rows tell: a row copied by uid (``reused_from = image_uid``), by sha256 (``reused_from`` another
+    uid) or computed afresh (``reused_from`` null) against the earlier days written under the same output settings.
 
-    The feature stage copies such a row from the earliest earlier partition written under the same output settings
-    that holds the uid (:func:`pipelines.features.reuse.rows_reused_by_uid`). When that day's row changes afterwards
-    (its blob was replaced and ``pickapic build --force --from D1 --to D1`` fingerprinted it again), the copy went
-    stale and nothing ran the copying day again (review rev29e: the published version kept the old sha256 and JPEG
-    for good, every later build said ``up to date``). So the features version a plan expects of a day carries
-    :data:`COPIES_MARK` while one of its copied rows differs from its source (another sha256, the uid gone from the
-    source, or the source written under other settings): the day is stale, and its run copies the source's row as
-    it is now (the version it records never carries the mark). The build stamp watches the same (:meth:`watch`).
+    The feature stage copies a row by uid from the earliest earlier partition written under the same output settings
+    that holds the uid (:func:`pipelines.features.reuse.rows_reused_by_uid`), and a new uid's row by sha256 from the
+    earliest (day, uid) of those partitions holding its bytes, else computes it. So a row of a day ``D`` (uid ``u``,
+    sha256 ``s``) is stale when, with ``E`` the earliest earlier day holding ``u`` and ``X`` the earliest earlier
+    (day, uid) holding ``s``:
 
-    The cache ``cache/copied_rows.json`` keeps per day, by its partition's stat, the source day of each copied uid
-    with the sha256 copied (at most ``CACHED_COPIES`` a day), and per source the partition stat at which it last
-    matched: a look costs a ``stat`` per day and per source day; a source that changed is read for those uids only.
-    Disposable: without it each day's partition is read once (three columns) and the earlier partitions searched
-    for its copied uids."""
+    - ``E`` holds ``u`` with ``s``, and the row is not a copy by uid (the day ran before ``E`` was fingerprinted
+      again after a blob replacement: review rev30a);
+    - the row is a copy by uid and ``E`` holds ``u`` with another sha256, or no earlier day holds ``u`` (review
+      rev29e: its source was fingerprinted again);
+    - otherwise (no ``E``, or ``E`` holds other bytes and the row is no copy by uid: ``E`` is the one out of date, a
+      run of ``D`` would keep the bytes it reads), its ``reused_from`` is not ``X``'s uid (null without ``X``):
+      a copy by sha256 whose source no longer holds those bytes (review rev30a), or a fresh row an earlier day's
+      bytes now match;
+    - or the row ``E`` (``X``) holds is stale itself: its run may change what ``D`` copies (review rev30a: a chain
+      A, B, C copying by uid, A fingerprinted again, C was fresh while B, its source now, was stale).
+
+    These are what a run of each stale day in day order writes, so a build reaches a state with nothing stale, the
+    state a build from scratch writes, whatever order the days ran in, and the answer is a function of the
+    partitions alone: the cache ``cache/copied_rows.json`` (disposable) only saves work. The features version a plan
+    expects of a stale day carries :data:`COPIES_MARK` (the version a run records never does); the build stamp
+    watches the same (:meth:`watch`).
+
+    Cost: one pass over every partition's three columns (``image_uid``, ``sha256``, ``reused_from``) in day order,
+    linear in the history, done once per instance (a plan, a stamp). The cache keeps per day, by its partition's
+    stat, its output key, its verdict and its stale uids (at most ``CACHED_COPIES``); a look stats every partition
+    and trusts the verdicts of the days before the first one that changed (a day's rows depend on earlier days
+    only); the days from there are read whole and the earlier ones only for the uids and sha256 those hold."""
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
@@ -517,115 +533,164 @@ class CopiedRows:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
+        self._verdicts: dict[str, str | None] | None = None
 
     def _file(self, day: str) -> Path:
         return self.home.partition_file("image_features", day)
 
-    def _sources(self, day: str) -> dict[str, dict[str, str]] | None:
-        """source day -> {uid: sha256 copied} of ``day``'s rows copied by uid, read from the partitions (None: the
-        partition cannot be read)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
+    def _look(self) -> dict[str, str | None]:
+        """day -> ``"same"`` / ``"changed"`` / None (copied nothing, nothing stale, or unreadable), for every day
+        with an ``image_features`` partition; taken once per instance."""
+        if self._verdicts is not None:
+            return self._verdicts
         try:
-            path = self._file(day)
-            key = (pq.read_schema(path).metadata or {}).get(_OUTPUT_KEY_FIELD)
-            table = pq.read_table(path, columns=["image_uid", "sha256", "reused_from"],
-                                  filters=pc.field("reused_from") == pc.field("image_uid"))
-        except (OSError, ValueError, pa.ArrowException):
-            return None
-        copied = dict(zip(table.column("image_uid").to_pylist(), table.column("sha256").to_pylist()))
-        sources: dict[str, dict[str, str]] = {}
-        if not copied:
-            return sources
-        try:
-            earlier = sorted(name[3:] for name in os.listdir(self.home.table_dir("image_features"))
-                             if name.startswith("dt=") and name[3:] < day)
+            names = os.listdir(self.home.table_dir("image_features"))
         except OSError:
-            earlier = []
-        left = set(copied)
-        for other in earlier:   # oldest first: the earliest holder is the source a copy is taken from
-            if not left:
-                break
-            try:
-                path = self._file(other)
-                if (pq.read_schema(path).metadata or {}).get(_OUTPUT_KEY_FIELD) != key:
-                    continue
-                uids = pq.read_table(path, columns=["image_uid"],
-                                     filters=pc.field("image_uid").isin(sorted(left))).column("image_uid")
-            except (OSError, ValueError, pa.ArrowException):
-                continue
-            for uid in uids.to_pylist():
-                if uid in left:
-                    left.discard(uid)
-                    sources.setdefault(other, {})[uid] = copied[uid]
-        for uid in left:   # no earlier holder now: the copy's source is gone
-            sources.setdefault("", {})[uid] = copied[uid]
-        return sources
+            names = []
+        days = sorted(name[3:] for name in names if name.startswith("dt=") and len(name) == 13)
+        stats = {day: stat_key(self._file(day)) for day in days}
+        stats = {day: info for day, info in stats.items() if info is not None and info[0] != "not-a-file"}
+        days = [day for day in days if day in stats]
+        first = next((day for day in days if not _valid_copies_entry(self.known.get(day), stats[day])), None)
+        gone = [day for day in sorted(self.known) if day not in stats]
+        if gone and (first is None or gone[0] < first):   # a partition removed: the days after it are judged again
+            first = next((day for day in days if day > gone[0]), None)
+        if first is None and not gone:
+            self._verdicts = {day: self.known[day]["verdict"] for day in days}
+            return self._verdicts
+        kept = [day for day in days if first is None or day < first]
+        redo = [day for day in days if first is not None and day >= first]
+        entries = {day: self.known[day] for day in kept}
+        entries.update(self._judge(kept, redo, stats, entries))
+        self.known = entries
+        self.changed = True
+        self._verdicts = {day: entries[day]["verdict"] for day in days}
+        return self._verdicts
 
-    def _matches(self, day: str, source: str, copies: dict[str, str]) -> bool:
-        """Whether ``source``'s partition holds each uid of ``copies`` with the sha256 copied, under ``day``'s output
-        settings."""
-        if not source:
-            return False
+    def _judge(self, kept: list[str], redo: list[str], stats: dict[str, list], entries: dict[str, dict]
+               ) -> dict[str, dict]:
+        """The cache entries of the ``redo`` days (sorted, each after every ``kept`` day), from their partitions
+        and the rows of the ``kept`` days holding their uids or sha256 (those days' stale uids from ``entries``)."""
         import pyarrow as pa
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        try:
-            keys = {(pq.read_schema(self._file(d)).metadata or {}).get(_OUTPUT_KEY_FIELD) for d in (day, source)}
-            if len(keys) != 1:
-                return False
-            table = pq.read_table(self._file(source), columns=["image_uid", "sha256"],
-                                  filters=pc.field("image_uid").isin(sorted(copies)))
-        except (OSError, ValueError, pa.ArrowException):
-            return False
-        held = dict(zip(table.column("image_uid").to_pylist(), table.column("sha256").to_pylist()))
-        return all(held.get(uid) == sha for uid, sha in copies.items())
+        columns = ["image_uid", "sha256", "reused_from"]
+        schema = pa.schema([(name, pa.string()) for name in columns])
+        out: dict[str, dict] = {}
+        tables: dict[str | None, list] = {}   # output key -> [(day, table)] in day order
+        for day in redo:
+            try:
+                table = pq.read_table(self._file(day), columns=columns)
+                key = (table.schema.metadata or {}).get(_OUTPUT_KEY_FIELD)
+                table = table.select(columns).cast(schema)
+            except (OSError, ValueError, KeyError, pa.ArrowException):
+                out[day] = {"stat": stats[day], "key": None, "verdict": None, "stale": [], "unreadable": True}
+                continue
+            key = key.decode("ascii", "replace") if key is not None else None
+            out[day] = {"stat": stats[day], "key": key}
+            tables.setdefault(key, []).append((day, table))
+        for key, recent in tables.items():
+            older = []
+            wanted = None
+            for day in kept:
+                if entries[day].get("key") != key or entries[day].get("unreadable"):
+                    continue
+                if wanted is None:
+                    wanted = pc.field("image_uid").isin(pa.concat_arrays(
+                        [t.column("image_uid").combine_chunks() for _, t in recent])) \
+                        | pc.field("sha256").isin(pa.concat_arrays([t.column("sha256").combine_chunks()
+                                                                    for _, t in recent]))
+                try:
+                    older.append((day, pq.read_table(self._file(day), columns=columns, filters=wanted)
+                                  .select(columns).cast(schema)))
+                except (OSError, ValueError, KeyError, pa.ArrowException):
+                    continue   # read at the last look, unreadable now: a later look reads it again
+            verdicts = self._verdicts_of(older + recent, {day for day, _ in older}, entries)
+            for day, _ in recent:
+                out[day].update(verdicts[day])
+        return out
+
+    def _verdicts_of(self, tables: list, kept: set[str], entries: dict[str, dict]) -> dict[str, dict]:
+        """Per day of ``tables`` (day order, one output key) not in ``kept``: its verdict and stale uids."""
+        import pyarrow as pa
+        import pyarrow.compute as pc
+
+        if not tables:
+            return {}
+        whole = pa.concat_tables([table.append_column("day", pa.array([day] * table.num_rows, pa.string()))
+                                  for day, table in tables])
+        repeated = {}
+        for name in ("image_uid", "sha256"):
+            counts = pc.value_counts(whole.column(name))
+            repeated[name] = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+        related = whole.filter(pc.or_(pc.or_(pc.is_in(whole.column("image_uid"), repeated["image_uid"]),
+                                             pc.is_in(whole.column("sha256"), repeated["sha256"])),
+                                      pc.is_valid(whole.column("reused_from"))))
+        verdicts = {day: {"verdict": None, "stale": []} for day, _ in tables if day not in kept}
+        stale_kept = {day: set(entries[day]["stale"]) for day in kept}
+        by_uid: dict[str, tuple[str, str, bool]] = {}     # uid -> (earliest day, its sha256, its row stale)
+        by_sha: dict[str, tuple[str, str, bool]] = {}     # sha256 -> (earliest day, its uid, its row stale)
+        rows = sorted(zip(related.column("day").to_pylist(), related.column("image_uid").to_pylist(),
+                          related.column("sha256").to_pylist(), related.column("reused_from").to_pylist()),
+                      key=lambda row: (row[0], row[1] or ""))   # each partition is sorted by uid: the stage's order
+        start = 0
+        while start < len(rows):
+            day = rows[start][0]
+            end = start
+            while end < len(rows) and rows[end][0] == day:
+                end += 1
+            judged = []
+            for _, uid, sha, source in rows[start:end]:
+                if day in kept:
+                    stale = uid in stale_kept[day]
+                else:
+                    stale = self._stale(uid, sha, source, by_uid.get(uid), by_sha.get(sha))
+                    verdict = verdicts[day]
+                    if source is not None and verdict["verdict"] is None:
+                        verdict["verdict"] = "same"
+                    if stale:
+                        verdict["verdict"] = "changed"
+                        if verdict["stale"] is not None:
+                            verdict["stale"].append(uid)
+                            if len(verdict["stale"]) > CACHED_COPIES:
+                                verdict["stale"] = None
+                judged.append((uid, sha, stale))
+            for uid, sha, stale in judged:   # the day's rows are sources for later days only
+                by_uid.setdefault(uid, (day, sha, stale))
+                by_sha.setdefault(sha, (day, uid, stale))
+            start = end
+        return verdicts
+
+    def _stale(self, uid: str, sha: str, source: str | None, holder: tuple[str, str, bool] | None,
+               same_bytes: tuple[str, str, bool] | None) -> bool:
+        """Whether a row (``uid``, ``sha``, ``reused_from`` = ``source``) differs from what a run of its day writes
+        now: ``holder`` is the earliest earlier row of the uid, ``same_bytes`` the earliest earlier row of the
+        sha256 (each: day, sha256 or uid, whether it is stale itself)."""
+        if holder is not None and holder[2]:
+            return True
+        if holder is not None and holder[1] == sha:
+            return source != uid
+        if holder is not None and source == uid:
+            return True
+        if same_bytes is not None and same_bytes[2]:
+            return True
+        return source != (same_bytes[1] if same_bytes is not None else None)
 
     def same(self, day: str) -> bool | None:
-        """Whether every row ``day`` copied by uid equals its source's row now; None when it copied none (or its
-        partition is missing or unreadable: the stage runs for that)."""
-        info = stat_key(self._file(day))
-        if info is None or info[0] == "not-a-file":
-            return None
-        entry = self.known.get(day)
-        if not (isinstance(entry, dict) and entry.get("stat") == info and isinstance(entry.get("count"), int)
-                and _valid_copies(entry.get("sources"))):
-            sources = self._sources(day)
-            if sources is None:
-                return None
-            count = sum(len(copies) for copies in sources.values())
-            entry = {"stat": info, "sources": {s: {"uids": c, "ok": None} for s, c in sources.items()}
-                     if count <= CACHED_COPIES else None, "count": count}
-            self.known[day] = entry
-            self.changed = True
-            if entry["sources"] is None:   # too many to keep: checked from the partitions, each look
-                return all(self._matches(day, s, c) for s, c in sources.items())
-        elif entry["sources"] is None:
-            sources = self._sources(day)
-            return None if sources is None else all(self._matches(day, s, c) for s, c in sources.items())
-        if not entry["count"]:
-            return None
-        for source, held in sorted(entry["sources"].items()):
-            now = stat_key(self._file(source)) if source else None
-            if now is not None and held["ok"] == now:
-                continue
-            if not self._matches(day, source, held["uids"]):
-                return False
-            held["ok"] = now
-            self.changed = True
-        return True
+        """Whether every row of ``day`` is what a run of it would write now (:class:`CopiedRows`); None when it
+        copied no row and none is stale (or its partition is missing or unreadable: the stage runs for that)."""
+        verdict = self._look().get(day)
+        return None if verdict is None else verdict == "same"
 
     def mark(self, day: str) -> str:
-        """:data:`COPIES_MARK` while a row ``day`` copied by uid differs from its source's row now, else ''."""
+        """:data:`COPIES_MARK` while a row of ``day`` differs from what a run of it would write now, else ''."""
         return COPIES_MARK if self.same(day) is False else ""
 
     def watch(self, day: str) -> str | None:
-        """What the build stamp records of ``day``'s copied rows: ``same`` / ``changed``, None when it copied none."""
-        same = self.same(day)
-        return None if same is None else ("same" if same else "changed")
+        """What the build stamp records of ``day``'s rows: ``same`` / ``changed``, None when it copied none and
+        none is stale."""
+        return self._look().get(day)
 
     def save(self) -> None:
         """Write the cache back when it learnt something (never required for correctness)."""
@@ -640,17 +705,14 @@ class CopiedRows:
             self.changed = False
 
 
-def _valid_copies(sources: object) -> bool:
-    """Whether a cache entry's ``sources`` has the shape :meth:`CopiedRows.same` writes (None: too many kept)."""
-    if sources is None:
-        return True
-    if not isinstance(sources, dict):
+def _valid_copies_entry(entry: object, info: list) -> bool:
+    """Whether a cache entry has the shape :class:`CopiedRows` writes and the partition's stat ``info``."""
+    if not isinstance(entry, dict) or entry.get("stat") != info:
         return False
-    for source, held in sources.items():
-        if not isinstance(source, str) or not isinstance(held, dict) or not isinstance(held.get("uids"), dict):
-            return False
-        if not all(isinstance(u, str) and isinstance(s, str) for u, s in held["uids"].items()):
-            return False
-        if held.get("ok") is not None and not isinstance(held.get("ok"), list):
-            return False
-    return True
+    if entry.get("verdict") not in (None, "same", "changed") or not isinstance(entry.get("key"), (str, type(None))):
+        return False
+    stale = entry.get("stale")
+    if stale is None:   # too many stale uids to keep: judged again from the partitions
+        return False
+    return isinstance(stale, list) and all(isinstance(uid, str) for uid in stale) \
+        and (entry["verdict"] == "changed") == bool(stale)

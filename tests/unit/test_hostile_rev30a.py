@@ -32,7 +32,8 @@ again as four missing files and its rows leave the next published version (READM
 folder).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour; all three fixed the same day (fix30a, ``tests/unit/test_fix30a.py``) and the markers
+removed.
 """
 from __future__ import annotations
 
@@ -40,7 +41,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 
 from formats.home import DataHome
@@ -80,15 +80,6 @@ def _scratch(tmp_path: Path, days: dict[str, dict[str, bytes]]) -> DataHome:
 
 
 # ------------------- 1. wrong published data: without the disposable cache a copy's source moves to a stale day
-@pytest.mark.xfail(strict=True, reason=(
-    "CopiedRows' answer depends on its disposable cache (cache/copied_rows.json): days A, B, C export image a (B "
-    "and C copy A's row by uid); a's blob is replaced by bytes the stage rejects and `--force` of A rejects it. "
-    "With the cache as the plans left it, the next build runs B and C (confirmed with the real CLI); with the "
-    "cache deleted (disposable: 'never required for correctness') the plan takes C's source as the earliest day "
-    "holding the uid now, B, whose row is still the old one, so it runs B only and publishes C's old row, sha256 "
-    "and training JPEG of bytes the blob no longer holds. Expected: the same plan with or without the cache, so "
-    "after the build every day equals a build from scratch"
-))
 def test_without_the_copied_rows_cache_a_copy_whose_source_is_stale_is_still_run(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, A, {"a": png(1), "x": png(5)})
@@ -112,14 +103,6 @@ def test_without_the_copied_rows_cache_a_copy_whose_source_is_stale_is_still_run
 
 
 # ---------------------- 2. incremental != from scratch: a copying day run first keeps a fresh row for good
-@pytest.mark.xfail(strict=True, reason=(
-    "A day that holds an image another earlier day also holds, but whose row is not a copy (reused_from null), is "
-    "never followed by CopiedRows: day 2 exports image a again (copied from day 1); a's blob is replaced and day 2 "
-    "runs before day 1 (its re-ingest, `--force` of day 2), so day 2 reads the blob and writes a fresh row; then "
-    "`--force` of day 1 fingerprints the new bytes, and every later build leaves day 2 alone, its image_features "
-    "row with reused_from null where a build from scratch copies day 1's row (reused_from 'a'). Expected: day 2 is "
-    "stale once day 1 holds the uid, and after the next build equals a build from scratch byte for byte"
-))
 def test_a_day_run_before_its_source_after_a_blob_replacement_follows_the_source_once_that_runs(
         tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
@@ -138,14 +121,6 @@ def test_a_day_run_before_its_source_after_a_blob_replacement_follows_the_source
 
 
 # ------------------------ 3. incremental != from scratch: a row copied by sha256 keeps a source that is gone
-@pytest.mark.xfail(strict=True, reason=(
-    "CopiedRows follows only rows copied by uid (reused_from = image_uid): day 2's image b has the bytes of day "
-    "1's image a and is copied from it by sha256 (reused_from 'a'); a's blob is replaced and `--force` of day 1 "
-    "fingerprints it again, after which no row of day 1 holds b's bytes, yet day 2 is never stale and keeps "
-    "reused_from 'a' where a build from scratch computes b afresh (reused_from null). Expected: a day whose row was "
-    "copied by sha256 from a row that no longer holds those bytes is stale, and after the next build equals a "
-    "build from scratch byte for byte"
-))
 def test_a_row_copied_by_sha256_follows_its_source_after_the_sources_blob_is_replaced(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, A, {"a": png(1), "x": png(5)})
