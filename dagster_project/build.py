@@ -28,6 +28,7 @@ from formats.files import file_mode, is_real_folder, read_small_file, write_byte
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
+from formats.rawzone import future_days_note
 from formats.settings import SETTINGS_FILE, Settings, load
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
@@ -343,30 +344,6 @@ def _no_access_for_others(path: Path) -> None:
         os.close(fd)
 
 
-def skipped_lines(scan) -> list[str]:
-    """What a build names of the raw zone's entries it skips: one line per entry (``RawZoneScan.summary``), except
-    that the entries holding nothing but exporters' completion markers (``_SUCCESS``, ``._SUCCESS.crc``: in each
-    day folder of a Spark or Hadoop export) are one line, with their count: a home of 365 such days printed 365
-    lines on every build (noted by fix26d1). Every one is still recorded in ``raw_zone_problems``."""
-    from dagster_project.ticklogs import EXPORT_MARKERS
-
-    def marker(problem) -> bool:
-        return problem.file_bytes is not None and problem.path.rpartition("/")[2] in EXPORT_MARKERS
-
-    entries: dict[str, list] = {}
-    for problem in scan.problems:
-        entries.setdefault(problem.entry, []).append(problem)
-    marked = [entry for entry, problems in entries.items() if all(marker(p) for p in problems)]
-    lines = scan.summary(set(marked))
-    if marked:
-        files = sum(len(entries[entry]) for entry in marked)
-        names = sorted({p.path.rpartition("/")[2] for entry in marked for p in entries[entry]})
-        lines.append(f"{files} exporter marker file(s) ({', '.join(names)}) in {len(marked)} folder(s) "
-                     f"({marked[0]}{', ...' if len(marked) > 1 else ''}): left alone, not tables (each is "
-                     "recorded in raw_zone_problems)")
-    return lines
-
-
 def select_days(home: DataHome, start: str | None = None, end: str | None = None,
                 warn: Callable[[str], None] | None = None) -> list[str]:
     """Raw days present, limited to [start, end]; errors when there are none.
@@ -377,7 +354,7 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     """
     warn = warn or (lambda message: None)
     scan = home.scan_raw_zone()
-    for line in skipped_lines(scan):
+    for line in scan.skipped_lines():
         warn(f"skipped {line}")
     days = scan.days
     if not days:
@@ -393,12 +370,23 @@ def select_days(home: DataHome, start: str | None = None, end: str | None = None
     future = [d for d in chosen if d not in begun]
     if future:
         today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-        message = (f"raw day(s) {', '.join(future)} lie in the future (today is {today}, UTC): a day is ingested "
-                   "once its export exists and the day has begun; check the export's folder names")
+        message = future_days_note(future, today)
         if not begun:
             raise BuildError(message)
         warn(f"skipped {message}")
     return begun
+
+
+def build_selection(home: DataHome, start: str | None = None, end: str | None = None,
+                    warn: Callable[[str], None] | None = None) -> list[str] | None:
+    """The days a build of [``start``, ``end``] recomputes (None without a range: every raw day, as the plan finds
+    them). Either way :func:`select_days` names the raw zone's skipped entries and the days that have not begun
+    through ``warn`` (a build and its ``--dry-run`` alike, review rev30d), and a home without a raw day is an error,
+    not "up to date"."""
+    if start or end:
+        return select_days(home, start, end, warn)
+    select_days(home, warn=warn)
+    return None
 
 
 def select_app_db_days(settings: Settings, start: str | None = None, end: str | None = None,
@@ -515,9 +503,7 @@ def build(
         exports = list(days) if days is not None else select_app_db_days(settings, start, end, warn)
         selected = None
     else:
-        selected = days if days is not None else (select_days(home, start, end, warn) if start or end else None)
-        if selected is None:
-            select_days(home, warn=warn)  # a home without raw days is an error, not "up to date"
+        selected = days if days is not None else build_selection(home, start, end, warn)
     use_home(home)
     progress = progress or (lambda message: None)
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
@@ -545,7 +531,7 @@ def build(
         record_observations(instance, plan.observations)
         instance.add_dynamic_partitions(PARTITIONS, plan.days)
         result = BuildResult(days=[r.partition for r in plan.runs if r.partition],
-                             plan=[f"export {day} from the app database" for day in exports] + plan.describe(),
+                             plan=[f"export {day} from the app database" for day in exports] + describe_plan(plan),
                              up_to_date=plan.up_to_date and not exports, run_ids=run_ids)
         if on_plan:
             on_plan(result.plan)
@@ -558,6 +544,24 @@ def build(
             # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
             buildstamp.write_stamp(home, view.key_after_build(home), until=view.until)
     return result
+
+
+def describe_plan(plan: BuildPlan) -> list[str]:
+    """One line per run of ``plan`` (what a build prints, and ``--dry-run``): its stages' ops, then the other assets
+    the run materializes (``automation.asset_keys``: ``train_model_job``'s evaluation reports after
+    ``preference_model``; review rev30d: ``--dry-run --with-model`` named the training only), and why."""
+    if not plan.runs:
+        return []
+    from dagster_project.automation import asset_keys
+    from dagster_project.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    owned = {asset for stage in STAGES for asset in stage.assets}
+
+    def followers(run: PlannedRun) -> list[str]:
+        return [name for name in (key.to_user_string() for key in asset_keys(run, graph)) if name not in owned]
+
+    return plan.describe(followers)
 
 
 def run_build(home: DataHome, days: list[str], *, with_model: bool = False, wait: bool = False,

@@ -156,19 +156,28 @@ def _cmd_build(args: argparse.Namespace) -> int:
         key = buildstamp.stamp_key(home, assignments=args.assignments, config_file=args.config_file,
                                    with_model=args.with_model)
         if buildstamp.is_up_to_date(home, key):
+            import datetime as dt
+
+            from formats.rawzone import future_days_note
+
+            # a day folder skipped as not begun is named here too, as the build that wrote the stamp named it
+            today = dt.datetime.now(dt.timezone.utc).date().isoformat()
+            future = [day for day in scan.days if day > today]
+            if future:
+                warn(f"skipped {future_days_note(future, today)}")
             print(f"up to date: nothing changed in {home.root} since the last build "
                   f"(checked in {time.perf_counter() - started:.1f}s); nothing ran")
             return 0
-    from dagster_project.build import BuildError, build, plan_only, select_days
+    from dagster_project.build import BuildError, build, build_selection, describe_plan, plan_only
 
     if args.dry_run:
         if args.from_app_db:
             raise BuildError("--dry-run plans from the raw zone; with --from-app-db the days are only known once "
                              "the database is exported: run `pickapic build --from-app-db` without --dry-run")
-        selected = select_days(home, args.start, args.end, warn) if args.start or args.end else None
+        selected = build_selection(home, args.start, args.end, warn)   # names what it skips, as the build does
         plan = plan_only(home, assignments=args.assignments, config_file=args.config_file, selected_days=selected,
                          force=args.force, with_model=args.with_model)
-        print("\n".join(plan.describe()) or f"up to date: every asset of {home.root} is fresh")
+        print("\n".join(describe_plan(plan)) or f"up to date: every asset of {home.root} is fresh")
         return 0
     from dagster_project.progress import build_progress
 
@@ -181,7 +190,12 @@ def _cmd_build(args: argparse.Namespace) -> int:
                        on_locked=lambda: rawrecord.record_noting(home, warn))
     seconds = time.perf_counter() - started
     if result.up_to_date:
-        print(f"up to date: every asset of {home.root} is fresh ({len(home.raw_days())} raw days, checked in "
+        from dagster_project.staleness import begun_days
+
+        raw_days = home.raw_days()    # a day that has not begun is skipped (and named above), not counted as built
+        begun = len(begun_days(raw_days))
+        later = f", {len(raw_days) - begun} not begun yet" if len(raw_days) > begun else ""
+        print(f"up to date: every asset of {home.root} is fresh ({begun} raw days{later}, checked in "
               f"{seconds:.1f}s); nothing ran")
         return 0
     for line in shown[0] if shown else []:

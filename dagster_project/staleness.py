@@ -204,9 +204,11 @@ class BuildPlan:
     def up_to_date(self) -> bool:
         return not self.runs
 
-    def describe(self) -> list[str]:
-        """One line per run: what and why."""
-        return [f"{run.label}: {', '.join(run.ops)} ({'; '.join(run.reasons)})" for run in self.runs]
+    def describe(self, followers: Callable[[PlannedRun], list[str]] | None = None) -> list[str]:
+        """One line per run: what and why (``followers``: the other assets a run materializes, named after its ops:
+        ``dagster_project.build.describe_plan``)."""
+        return [f"{run.label}: {', '.join(run.ops + (followers(run) if followers else []))} "
+                f"({'; '.join(run.reasons)})" for run in self.runs]
 
 
 def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance, *, selected_days: list[str] | None = None,

@@ -30,12 +30,8 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from formats.rawzone import UNEXPECTED_FILE, RawZoneScan
+from formats.rawzone import EXPORT_MARKERS, UNEXPECTED_FILE, RawZoneScan
 
-# An exporter's completion marker beside its output (Spark's and Hadoop's FileOutputCommitter write `_SUCCESS`; on a
-# local file system Hadoop adds its checksum `._SUCCESS.crc`): in a day folder it is not a table and no data is lost
-# by leaving it, so the sensor names it as a marker, once, at info level (every build still records it).
-EXPORT_MARKERS = frozenset({"_SUCCESS", "._SUCCESS.crc"})
 SHOWN = 3                 # descriptions in the raw-day sensor's line and skip reason ...
 SHOWN_CHARS = 200         # ... each at most this long
 CURSOR_PREFIX = "raw-zone-said:"

@@ -70,8 +70,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: the tatweel out of the key (KEY_VERSION 10); the pins record the ICU / Unicode / regex versions
                           #     the key was made with (a change re-keys); the ledger re-seeded from every retained version (rev24a)
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
-                          # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b)
-    "publish": "8",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+                          # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b);
+                          #     split_pairs records heldout_fraction and unique_prompts (the data card states them, rev30d)
+    "publish": "9",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -82,6 +83,9 @@ CODE_VERSIONS: dict[str, str] = {
                           #    no NSFW class, that no NSFW filter was applied (rev28d); pickapic-wds/6: a shard named
                           #    by a digest of what it holds (rev28c); the partial version staged in
                           #    datasets/pickapic.staging/, outside the versions' folder
+                          # 9: the card states the training JPEGs' size and quality (from their keys' folder), the
+                          #    held-out fraction and unique_prompts the version was split with, and the _unique splits'
+                          #    sampling noise from their prompt count, not 512 px / 6% / 500 / +-2 points (rev30d)
     "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole

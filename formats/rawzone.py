@@ -34,6 +34,11 @@ from pathlib import Path
 DAY_FOLDER = re.compile(r"dt=([0-9]{4}-[0-9]{2}-[0-9]{2})")
 EXPORT_STAGING = re.compile(r"\.dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.export-([0-9]+)-[0-9a-f]+")   # group 1: the PID
 RAW_FILE_NAMES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
+# An exporter's completion marker beside its output (Spark's and Hadoop's FileOutputCommitter write `_SUCCESS`; on a
+# local file system Hadoop adds its checksum `._SUCCESS.crc`): in a day folder it is not a table and no data is lost
+# by leaving it, so a build names the folders holding nothing else in one line and the sensor names it once, at
+# info level (every build still records it in raw_zone_problems).
+EXPORT_MARKERS = frozenset({"_SUCCESS", "._SUCCESS.crc"})
 MAX_LISTED_FILES = 1000
 
 INVALID_DAY_NAME = "invalid_day_name"
@@ -94,6 +99,34 @@ class RawZoneScan:
             what = f"; {files} file(s) not ingested" if files else ""
             out.append(f"{entry}: {first.reason}: {first.detail}{what}")
         return out
+
+    def skipped_lines(self) -> list[str]:
+        """What a build names of the entries it skips (``pickapic build`` on every path, ``--dry-run`` and "up to
+        date" included): one line per entry (:meth:`summary`), except that the entries holding nothing but
+        exporters' completion markers (:data:`EXPORT_MARKERS`, in each day folder of a Spark or Hadoop export) are
+        one line, with their count: a home of 365 such days printed 365 lines on every build (noted by fix26d1;
+        review rev30d: ``pickapic build`` named them one per line before this line, ``--dry-run`` only so). Every
+        one is still recorded in ``raw_zone_problems``."""
+        entries: dict[str, list[RawZoneProblem]] = {}
+        for problem in self.problems:
+            entries.setdefault(problem.entry, []).append(problem)
+        marked = [entry for entry, problems in entries.items()
+                  if all(p.file_bytes is not None and p.path.rpartition("/")[2] in EXPORT_MARKERS for p in problems)]
+        lines = self.summary(set(marked))
+        if marked:
+            files = sum(len(entries[entry]) for entry in marked)
+            names = sorted({p.path.rpartition("/")[2] for entry in marked for p in entries[entry]})
+            lines.append(f"{files} exporter marker file(s) ({', '.join(names)}) in {len(marked)} folder(s) "
+                         f"({marked[0]}{', ...' if len(marked) > 1 else ''}): left alone, not tables (each is "
+                         "recorded in raw_zone_problems)")
+        return lines
+
+
+def future_days_note(future: list[str], today: str) -> str:
+    """What a build says of the raw day folders it skips because their day (``future``) has not begun (``today``,
+    UTC): on every path, the build stamp's "up to date" and ``--dry-run`` included (review rev30d)."""
+    return (f"raw day(s) {', '.join(future)} lie in the future (today is {today}, UTC): a day is ingested once its "
+            "export exists and the day has begun; check the export's folder names")
 
 
 def display_name(name: str) -> str:

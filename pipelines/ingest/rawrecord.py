@@ -101,10 +101,11 @@ def record_noting(home: DataHome, warn: Callable[[str], None], scan: RawZoneScan
 
 def note_raw_zone(home: DataHome, warn: Callable[[str], None], record: bool = True) -> RawZoneScan:
     """Name each raw-zone entry that is not a day through ``warn`` (``skipped <entry>: <reason>: ...``, the lines
-    ``pickapic build`` prints) and, with ``record``, bring ``raw_zone_problems`` up to date with them
-    (:func:`record_noting`; ``pickapic build`` names them with ``record=False`` and records under its lock)."""
+    ``pickapic build`` prints: :meth:`RawZoneScan.skipped_lines`, the folders holding only exporter markers in one
+    line) and, with ``record``, bring ``raw_zone_problems`` up to date with them (:func:`record_noting`; ``pickapic
+    build`` names them with ``record=False`` and records under its lock)."""
     scan = home.scan_raw_zone()
-    for line in scan.summary():
+    for line in scan.skipped_lines():
         warn(f"skipped {line}")
     if record:
         record_noting(home, warn, scan)

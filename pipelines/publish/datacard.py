@@ -40,6 +40,11 @@ class CardSources:
     policy: dict = field(default_factory=dict)
     # which secret keyed the user_id pseudonyms (PUBLIC_DEFAULT, PRIVATE, or None: split_pairs records no key check)
     pseudonym_secret: str | None = None
+    # the splits settings split_pairs records (pipelines.splits.assign.read_settings_record: heldout_fraction,
+    # unique_prompts; {}: not recorded, the card then names the defaults as defaults)
+    split_settings: dict = field(default_factory=dict)
+    # (size, quality) of the training JPEGs, from their keys' folder (meta.train_jpeg_formats; []: not known)
+    train_jpegs: list[tuple[int, int]] = field(default_factory=list)
 
     def nsfw_threshold(self) -> float | None:
         value = self.policy.get("nsfw_threshold")
@@ -137,6 +142,20 @@ def write_card(version_dir: Path, version: str, splits: list[str], sources: Card
     return path
 
 
+def _jpeg_text(formats: list[tuple[int, int]]) -> str:
+    """What the card says of the training JPEGs' size and quality (review rev30d: "at most 512 px" was a literal)."""
+    if not formats:
+        return "at most `features.train_size` px on the short side (a size not recorded in this version's keys)"
+    sizes, qualities = sorted({s for s, _ in formats}), sorted({q for _, q in formats})
+    built = f" (`features.train_size` {', '.join(map(str, sizes))} across its days)" if len(sizes) > 1 else ""
+    return (f"at most {sizes[-1]} px on the short side{built}, JPEG quality "
+            f"{', '.join(map(str, qualities))}")
+
+
+def _percent(fraction: float) -> str:
+    return f"{format(fraction * 100, '.6g')}%"
+
+
 def _table(header: list[str], rows: list[list[object]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
     out += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
@@ -186,6 +205,18 @@ duplicate of one, near meaning {distance})"""
 (`curation.nsfw_classes` was empty: no NudeNet class flags an image, whatever its score)"""
         nsfw_limit = ("**No NSFW filter was applied** (`curation.nsfw_classes` was empty): the images were not "
                       "screened for nudity; only the prompt phrase list and the provider's content filter apply.")
+    fraction, unique = sources.split_settings.get("heldout_fraction"), sources.split_settings.get("unique_prompts")
+    unique_cap = f"{unique:,} prompts each (`splits.unique_prompts`" if unique is not None else \
+        "`splits.unique_prompts` prompts each (500 by default"
+    heldout = f"`splits.heldout_fraction` = {_percent(fraction)} of the users" if fraction is not None else \
+        "a configured fraction, 6% by default"
+    unique_sizes = [summary[split]["num_prompts"] for split in splits if split.endswith("_unique")]
+    smallest = min(unique_sizes) if unique_sizes else 0
+    noise = (f"with {smallest:,} prompts in the smaller one here, their accuracy has about "
+             f"+-{50 / smallest ** 0.5:.0f} points of sampling noise (one standard error)") if smallest else \
+        "no accuracy can be measured on an empty one"
+    unique_limit = (f"keep at most {unique:,} prompts (`splits.unique_prompts`)" if unique is not None else
+                    "keep at most `splits.unique_prompts` prompts") + f": {noise}."
     public = sources.pseudonym_secret == PUBLIC_DEFAULT
     user_id = ("an HMAC pseudonym of the app's id keyed with the public default secret: reversible, see Known "
                "limits") if public else "a keyed HMAC pseudonym, never the app's id"
@@ -236,11 +267,11 @@ their prompt, and the shards stay byte-identical from one nightly version to the
 {_table(["split", "pairs", "rankings", "users", "prompts", "tie rate", "shards", "MB"], size_rows)}
 
 `validation_unique` / `test_unique` hold one labelled pair per prompt of their parent split, up to
-500 prompts each (the evaluation sets of the PickScore metric).
+{unique_cap}; the evaluation sets of the PickScore metric).
 
 ## Fields
 
-Each sample: `KEY.0.jpg`, `KEY.1.jpg` (the two training JPEGs, at most 512 px on the short side,
+Each sample: `KEY.0.jpg`, `KEY.1.jpg` (the two training JPEGs, {_jpeg_text(sources.train_jpegs)},
 bytes as encoded by the feature stage), `KEY.txt` (the prompt), `KEY.json` (every pair column).
 Columns: `pair_id`, `ranking_id`, `pair_index`, `user_id` ({user_id}),
 `caption`, `created_at` (UTC), `image_0_uid`, `image_1_uid`, `label_0`, `label_1` (1/0, 0/1 or
@@ -282,8 +313,8 @@ images are duplicates of each other).
 ## Splits
 
 No user, no normalized prompt and no duplicate-image cluster is in more than one of train /
-validation / test: a user is held out by a salted hash of their pseudonym (a configured fraction,
-6% by default, half validation and half test), each prompt and cluster belongs to the split of the first row that used it, and later rows that
+validation / test: a user is held out by a salted hash of their pseudonym ({heldout},
+half validation and half test), each prompt and cluster belongs to the split of the first row that used it, and later rows that
 would leak it were dropped:
 
 {_table(["reason", "rows dropped"], rejects) if rejects else "none"}
@@ -296,6 +327,5 @@ would leak it were dropped:
 - Near-duplicate detection uses perceptual hashes ({distance}): heavy edits are not caught.
 - Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day
   (and a few users) only.
-- `validation_unique` / `test_unique` keep at most 500 prompts: their accuracy has about +-2 points of
-  sampling noise.
+- `validation_unique` / `test_unique` {unique_limit}
 """

@@ -209,14 +209,37 @@ def read_policy_of(files: list[Path], digests: dict[str, str] | None) -> dict:
     return {}
 
 
+TRAIN_KEY_PATTERN = r"^blobs/train/s([0-9]{1,9})q([0-9]{1,3})/.*$"   # the folder train_jpeg_formats reads
+
+
+def train_jpeg_formats(table: pa.Table) -> list[tuple[int, int]]:
+    """The (size, quality) of the training JPEGs ``table``'s pairs show, as their keys' folder records it
+    (``blobs/train/s<features.train_size>q<features.jpeg_quality>/``, ``FeaturesConfig.train_prefix``), sorted;
+    a key of another form tells none (review rev30d: the card said 512 px whatever the size)."""
+    import pyarrow.compute as pc
+
+    found: set[tuple[int, int]] = set()
+    for column in ("jpg_0_key", "jpg_1_key"):
+        prefixes = pc.unique(pc.replace_substring_regex(table.column(column), pattern=TRAIN_KEY_PATTERN,
+                                                        replacement=r"\1 \2", max_replacements=1))
+        for value in prefixes.to_pylist():
+            size, _, quality = (value or "").partition(" ")
+            if size.isdigit() and quality.isdigit():
+                found.add((int(size), int(quality)))
+    return sorted(found)
+
+
+
 def card_sources(table: pa.Table, meta_sources: dict[str, list[Path]],
                  digests: dict[str, dict[str, str]] | None = None,
-                 pseudonym_key: str | None = None) -> datacard.CardSources:
+                 pseudonym_key: str | None = None, split_settings: dict | None = None) -> datacard.CardSources:
     """What the dataset card counts, beyond the version's own meta tables (the listed ``split_rejects``
     files, checked against their ``digests`` when given: :func:`read_sources`), and how the version was curated:
     the policy the listed ``decisions`` file records (:func:`read_policy_of`) and which secret keyed the
     pseudonyms, from the key check ``split_pairs`` records (``pseudonym_key``, None when it records none):
-    the public default one or another (review rev28b)."""
+    the public default one or another (review rev28b); the splits settings ``split_pairs`` records
+    (``split_settings``: ``pipelines.splits.assign.read_settings_record``) and the training JPEGs' size and quality
+    (:func:`train_jpeg_formats`) (review rev30d)."""
     rejects = meta_sources.get("split_rejects") or []
     reasons: dict[str, int] = {}
     if rejects:
@@ -227,4 +250,5 @@ def card_sources(table: pa.Table, meta_sources: dict[str, list[Path]],
     secret = None if pseudonym_key is None else \
         datacard.PUBLIC_DEFAULT if pseudonym_key == key_check(DEFAULT_SECRET) else datacard.PRIVATE
     return datacard.CardSources(days=days, split_rejects=dict(sorted(reasons.items())), policy=policy,
-                                pseudonym_secret=secret)
+                                pseudonym_secret=secret, split_settings=dict(split_settings or {}),
+                                train_jpegs=train_jpeg_formats(table))

@@ -110,7 +110,7 @@ from pipelines.publish.versions import (
     sweep_stale,
 )
 from pipelines.splits import coverage
-from pipelines.splits.assign import require_trainable
+from pipelines.splits.assign import read_settings_record, require_trainable
 from pipelines.sqlrun import connect
 from schemas import get_schema
 
@@ -130,6 +130,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     split_pairs_sha256 = hashlib.sha256(data).hexdigest()
     table = pq.read_table(pa.BufferReader(data))
     pseudonym_key = read_key_check(table.schema.metadata)   # which secret keyed user_id (the card says so)
+    split_settings = read_settings_record(table.schema.metadata)   # heldout_fraction, unique_prompts (the card's)
     table = cast_to_schema(table, get_schema("split_pairs"))
     del data
     if table.num_rows == 0:
@@ -194,7 +195,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             previous = previous_versions(home, version)
             plans = meta.write_source_snapshots(staging, meta_sources, sources,
                                                 previous if config.reuse_shards else [], config.fsync)
-            card = card_sources(table, meta_sources, sources, pseudonym_key)
+            card = card_sources(table, meta_sources, sources, pseudonym_key, split_settings)
             reading.close()                           # the warehouse is read: ingests go on while the shards are written
             written, results, counted, narrow = _stage_version(home, table, jpgs, plans, card, sources, volumes,
                                                                staging, version, previous, config, progress)

@@ -145,6 +145,34 @@ def key_data_version() -> str | None:
 
 PIN_KINDS = ("prompt", "image")          # split_key_owners.kind: a prompt_key, an image_uid
 SALT_METADATA = b"pickapic.splits_salt"   # split_pairs' key-value metadata: the salt it was built under
+# split_pairs' key-value metadata: the settings that shape its splits, as JSON ({"heldout_fraction": 0.06,
+# "unique_prompts": 500}); the data card states them (review rev30d: it said "6%" and "500" whatever they were)
+SETTINGS_METADATA = b"pickapic.splits_settings"
+
+
+def settings_record(config: SplitConfig) -> bytes:
+    """What :data:`SETTINGS_METADATA` records of ``config``."""
+    return json.dumps({"heldout_fraction": float(config.heldout_fraction),
+                       "unique_prompts": int(config.unique_prompts)}, sort_keys=True).encode("ascii")
+
+
+def read_settings_record(metadata: dict | None) -> dict:
+    """The settings a ``split_pairs`` file's key-value ``metadata`` records (:data:`SETTINGS_METADATA`), each only
+    when it is a number in its setting's range; {} when none is recorded (written before review rev30d) or the
+    record is not JSON."""
+    try:
+        record = json.loads((metadata or {}).get(SETTINGS_METADATA, b""))
+    except ValueError:
+        return {}
+    if not isinstance(record, dict):
+        return {}
+    out: dict = {}
+    fraction, prompts = record.get("heldout_fraction"), record.get("unique_prompts")
+    if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
+        out["heldout_fraction"] = float(fraction)
+    if isinstance(prompts, int) and not isinstance(prompts, bool) and prompts >= 0:
+        out["unique_prompts"] = prompts
+    return out
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 
 
@@ -1715,10 +1743,11 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
         if unwritten:
             log(f"split ledger: {unwritten}")
     # which secret the user_id pseudonyms are under (pairs' key check, never the secret): the publish says so on the
-    # data card when it is the public default one (review rev28b)
+    # data card when it is the public default one (review rev28b), and the settings the card states (rev30d)
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)},
                                  {SALT_METADATA: config.salt.encode("utf-8"),
+                                  SETTINGS_METADATA: settings_record(config),
                                   **({KEY_CHECK_METADATA: pairs_key.encode("ascii")} if pairs_key else {})})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
     ledger_rows = ledger_table(ledger, assigned, other_salts)

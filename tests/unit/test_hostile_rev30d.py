@@ -24,7 +24,9 @@ simulator's quirks (gs in 3..12, 25 / 50 steps by engine, ties ~14% of 2-image r
 
 Ranked: wrong published text (the data card's JPEG size), then an operator's terminal flooded by the exporter
 markers the README says are named in one line, a future day skipped without the documented warning by
-``--dry-run``, and the data-home layout missing entries every build makes.
+``--dry-run``, and the data-home layout missing entries every build makes. All four fixed the same day (fix30d,
+``tests/unit/test_fix30d.py``; the grouping of marker folders moved to ``formats.rawzone.RawZoneScan.skipped_lines``)
+and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
@@ -74,15 +76,6 @@ def home(built_home, tmp_path_factory: pytest.TempPathFactory) -> Path:
 # --- wrong published text: the data card ------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The dataset card of every version says its samples are 'the two training JPEGs, at most 512 px on the short "
-    "side' (pipelines/publish/datacard.py writes the number as a literal), whatever features.train_size the home "
-    "built its JPEGs with: a home with train_size = 600 (README settings table: 'shortest side of the training "
-    "JPEG in px') publishes 600 px JPEGs under a card that says at most 512. README section 6 promises the card "
-    "states what the version was built with (rev28b fixed the NSFW threshold and the pHash k, not this). Expected: "
-    "the card states the training JPEGs' real size (the train_size the version's features were built with, as "
-    "the blob folder s<size>q<quality> records it), never a bound the shards break; the code is wrong"
-))
 def test_the_data_card_states_the_training_jpeg_size_the_version_was_built_with(tmp_path: Path) -> None:
     from PIL import Image
 
@@ -111,17 +104,6 @@ def test_the_data_card_states_the_training_jpeg_size_the_version_was_built_with(
 # --- an operator's terminal: exporter markers ------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README (Jobs, schedules and sensors) and fix26d1: every build names the day folders holding nothing but an "
-    "exporter's completion marker (_SUCCESS, ._SUCCESS.crc) in ONE line with their count "
-    "(dagster_project.build.skipped_lines), every other skipped entry in a line of its own, so a year of Spark "
-    "exports does not print 365 lines on every build. The unit test covers select_days() only: the CLI first "
-    "prints rawrecord.note_raw_zone(), which names every marker folder on a line of its own "
-    "(RawZoneScan.summary() without leave_out), so `pickapic build` prints one line per marker folder AND the "
-    "grouped line, and `pickapic build --dry-run` only the per-folder lines. Expected: no marker-only folder is "
-    "named on a line of its own by either command, and each says '... exporter marker file(s) ... in N folder(s)' "
-    "once; the code is wrong"
-))
 def test_build_names_exporter_markers_in_one_line(home: Path, tmp_path: Path) -> None:
     with fast_folder(tmp_path, prefix="pickapic-rev30d-markers-") as folder:
         root = copy_home_path(home, folder / "home")
@@ -145,14 +127,6 @@ def copy_home_path(home: Path, destination: Path) -> Path:
 # --- a dry run silent about a day it skips ---------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README (What `pickapic build` runs): 'A raw day folder of a day that has not begun (UTC) is skipped with a "
-    "warning', and raw-zone entries the build skips are named 'on every build (\"up to date\" and --dry-run "
-    "included)'. `pickapic build` warns ('skipped raw day(s) D lie in the future ...'), but `pickapic build "
-    "--dry-run`, which an operator runs to see why a day is not built, prints only 'up to date: every asset ... is "
-    "fresh' and not a word about the day it left out. Expected: --dry-run names the skipped future day on stderr "
-    "as the build does; the code is wrong (plan_only never hears the skip)"
-))
 def test_dry_run_names_a_raw_day_that_has_not_begun(home: Path, tmp_path: Path) -> None:
     with fast_folder(tmp_path, prefix="pickapic-rev30d-future-") as folder:
         root = copy_home_path(home, folder / "home")
@@ -170,14 +144,6 @@ def test_dry_run_names_a_raw_day_that_has_not_begun(home: Path, tmp_path: Path) 
 # --- the data home layout ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "README 'Data home layout' is the operator's map of HOME (what is disposable, what holds locks), yet a home "
-    "built by `pickapic demo` holds entries it never names: HOME/demo_summary.json, cache/contract_columns/ "
-    "(described in Architecture, absent from the layout), and "
-    ".locks/settings.lock, curation.lock, model-runs.lock (+ .record) and cache-writers.lock (the layout lists four "
-    "lock files). Expected: every entry a build or the demo leaves in HOME, HOME/cache and HOME/.locks is named in "
-    "the layout block; the README is wrong"
-))
 def test_the_layout_names_every_entry_a_built_home_has(home: Path) -> None:
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     block = text.split("## Data home layout", 1)[1].split("```", 2)[1]
