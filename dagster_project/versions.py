@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
-    "app_export": "2",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
+    "app_export": "3",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
                           #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
+                          # 3: a raw row is matched by id and an identity a legitimate edit keeps (rankings: user and
+                          #    image uids; downloads: user and image; accounts: the id alone): a row moved and edited,
+                          #    an account whose email changed, leave their old day (rev30b, rev30g)
     "ingest": "6",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);
@@ -59,7 +62,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
                           #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "12",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "13",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -72,6 +75,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
                           # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b);
                           #     split_pairs records heldout_fraction and unique_prompts (the data card states them, rev30d)
+                          # 13: a pin is kept while an image, download or quarantined line of the warehouse holds its
+                          #     key (rev30g: a quarantined ranking's prompt lost its pin, published in train next)
     "publish": "9",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -1330,13 +1330,17 @@ def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
 
 # Review rev30b: the columns that say which row an id names, in row_days.sql's order (int: an integer column,
 # str: a text one). A row keeps them when it moves (its created_at corrected); a row that took a lost row's id
-# after a restore from an older backup has its own.
+# after a restore from an older backup has its own. Review rev30g: only columns a legitimate edit of the row does not
+# change (a prompt cleaned, an email changed changed the identity, so a row moved and edited stayed in its old day,
+# and an account whose email changed was kept as deleted): a ranking is its user and the images it showed, a
+# download its user and image, an image its uid and user; an account is its id alone (the id is what every other
+# row names it by; its email and name are its user's to change).
 IDENTITY_COLUMNS: dict[str, tuple[tuple[str, type], ...]] = {
-    "users": (("email", str),),
+    "users": (),
     "images": (("image_uid", str), ("user_id", int)),
     "rankings": (("user_id", int), ("image_0_uid", str), ("image_1_uid", str), ("image_2_uid", str),
-                 ("image_3_uid", str), ("prompt", str)),
-    "downloads": (("user_id", int), ("image_uid", str), ("prompt", str)),
+                 ("image_3_uid", str)),
+    "downloads": (("user_id", int), ("image_uid", str)),
 }
 UNKNOWN_IDENTITY = 0      # a raw line whose identity cannot be read: its id alone names the row
 
@@ -1762,7 +1766,8 @@ class HeldRows:
                 counts[code] += 1
                 if len(first[code]) < FIRST_IDS:
                     first[code].append(str(key))
-        return {name: (counts[i], first[i]) for i, name in enumerate(self.names)}
+        # review rev30g: a day whose rows same_rows() took out is no day a row moved to (it was named with 0 rows)
+        return {name: (counts[i], first[i]) for i, name in enumerate(self.names) if counts[i]}
 
 
 def _sorted_unique(ids: Iterable[int]) -> array.array:

@@ -7,9 +7,14 @@ says, a day deleted), its JPEG stayed under ``HOME/blobs/train`` and its digest 
 The publish step (``dagster_project/assets/publish.py``: every rebuild, ``pickapic build`` and the nightly
 schedule alike) calls :func:`prune_training_jpegs` once it has published: a JPEG is removed when
 
-- no day of the warehouse's ``image_features`` names it (``train_jpg_key``, under any size/quality folder), and
-- no version folder without its manifest names it in a sidecar (``jpg_0_key`` / ``jpg_1_key``: a publish still
-  writing, or one that stopped and is run again).
+- no day of the warehouse's ``image_features`` names it (``train_jpg_key``, under any size/quality folder),
+- the home's ``warehouse/split_pairs`` does not name it (``jpg_0_key`` / ``jpg_1_key``: review rev30g, a publish run
+  alone between a day's feature stage and the next splits build removed JPEGs that file still names, and every later
+  publish of it failed "training JPEG ... is missing"), and
+- no unfinished version names it in a sidecar (``jpg_0_key`` / ``jpg_1_key``: a version staged in
+  ``datasets/pickapic.staging/.partial-<version>``, or ``datasets/pickapic/.partial-<version>`` where the versions'
+  folder is on another file system, by a publish still writing or one that stopped and is run again; a version
+  folder without its manifest, as code before review rev28c staged it).
 
 A complete published version never needs one: its shards hold the JPEG bytes (a later publish reuses a shard by
 linking the tar, never by reading the JPEGs again), so keeping the JPEGs of the versions retention keeps would keep
@@ -17,14 +22,23 @@ an erased account's images for as long as the versions published before the eras
 
 Safe beside the other writers: the feature stage holds ``.locks/train-jpegs.lock`` shared for its whole run (from
 before it writes a JPEG until its day's partition is in place), and the removal holds it exclusively without
-waiting: while a feature stage runs nothing is removed (the next build does it). The store is listed before the
-keys are read, so a JPEG written after the listing is never a candidate. Only regular files named as the stage
-names them are removed (never a link, a folder or a file of another name), each ``unlink`` relative to its folder
-opened without following a link. Crash-safe and idempotent: the keys removed are a function of the warehouse, the
-version folders and the store; a run stopped half-way leaves JPEGs no day needs, which the next run removes (the
-digest cache entries of the removed keys are dropped first: an entry without its file is only a key that is
-hashed again if it ever comes back). A key a day needs that is lost is decoded again by the feature stage's next
-run of that day (``lost_training_jpegs``). A blob base in a bucket is not pruned (noted).
+waiting: while a feature stage runs nothing is removed (the next build does it). The removal also holds the
+publish lock (``.locks/publish.lock``, waited for), under which alone the JPEG digest cache is written and swept
+(review rev30g: it rewrote the cache outside it). The store is listed before the keys are read, so a JPEG written
+after the listing is never a candidate. The store is reached as the feature stage writes it and the publish reads
+it: through a symbolic link at ``HOME/blobs``, ``HOME/blobs/train`` or a size folder (the store on another disk),
+followed when listing and when removing alike (review rev30g: the listing followed one at ``blobs/train``, the
+removal refused it, and nothing was removed or said); a link at a ``<xx>`` key folder (which the feature stage
+refuses to write through) or at a JPEG's name is never followed. Only regular files named as the stage names them
+are removed, each ``unlink`` relative to its key folder, opened without following a link. Crash-safe and
+idempotent: the keys removed are a function of the warehouse, the version folders and the store; a run stopped
+half-way leaves JPEGs no day needs, which the next run removes. The digest cache entries of the JPEGs actually
+removed are dropped after them (review rev30g: every unneeded key's entry was dropped first, also those of files
+the removal could not remove); an entry left by a run stopped in between names a file that is gone, and the cache
+hashes a file whose identity (size, times, inode) is not the recorded one again, so it is never believed. A key a
+day needs that is lost is decoded again by the feature stage's next run of that day (``lost_training_jpegs``). A
+blob base in a bucket, or a local one that is not the home, is not pruned (noted); a ``file://`` URL of the home is
+the home.
 """
 from __future__ import annotations
 
@@ -40,7 +54,7 @@ import pyarrow.parquet as pq
 
 from formats.files import is_url
 from formats.home import DataHome
-from formats.locks import sweep_exclusively
+from formats.locks import LockFileRefused, sweep_exclusively
 
 LOCK_NAME = "train-jpegs.lock"      # in HOME/.locks: the feature stage holds it shared, the removal exclusively
 TRAIN_ROOT = "blobs/train"
@@ -71,22 +85,36 @@ class NotPruned(Exception):
     """A reason to remove nothing this time (a source of the needed keys that cannot be read)."""
 
 
-def stored_jpegs(home: DataHome) -> dict[str, int]:
-    """key (relative to the home) -> size of every regular file ``blobs/train/s<N>q<N>/<xx>/<sha256>.jpg`` whose
-    two hex digits are its digest's first two; folders are listed without following a link."""
-    out: dict[str, int] = {}
+_LINKED_PARTS = 3        # blobs, train, s<N>q<N>: a link there is the home's own (the store on another disk), followed
+
+
+def stored_jpegs(home: DataHome) -> dict[str, tuple[int, tuple[int, int]]]:
+    """key (relative to the home) -> (size, (device, inode)) of every regular file
+    ``blobs/train/s<N>q<N>/<xx>/<sha256>.jpg`` whose two hex digits are its digest's first two. A link at
+    ``blobs``, ``blobs/train`` or a size folder is followed (as the feature stage writes through it and the publish
+    reads through it); a ``<xx>`` folder or a JPEG that is a link is not."""
+    out: dict[str, tuple[int, tuple[int, int]]] = {}
     root = home.root / TRAIN_ROOT
     for size in _entries(root):
-        if not (_SIZE_FOLDER.fullmatch(size.name) and size.is_dir(follow_symlinks=False)):
+        if not (_SIZE_FOLDER.fullmatch(size.name) and _is_dir(size, follow=True)):
             continue
         for shard in _entries(Path(size.path)):
-            if not (_SHARD_FOLDER.fullmatch(shard.name) and shard.is_dir(follow_symlinks=False)):
+            if not (_SHARD_FOLDER.fullmatch(shard.name) and _is_dir(shard, follow=False)):
                 continue
             for entry in _entries(Path(shard.path)):
                 match = _JPEG.fullmatch(entry.name)
                 if match and match[1][:2] == shard.name and entry.is_file(follow_symlinks=False):
-                    out[f"{TRAIN_ROOT}/{size.name}/{shard.name}/{entry.name}"] = entry.stat(follow_symlinks=False).st_size
+                    info = entry.stat(follow_symlinks=False)
+                    out[f"{TRAIN_ROOT}/{size.name}/{shard.name}/{entry.name}"] = (info.st_size,
+                                                                                  (info.st_dev, info.st_ino))
     return out
+
+
+def _is_dir(entry: os.DirEntry, follow: bool) -> bool:
+    try:
+        return entry.is_dir(follow_symlinks=follow)
+    except OSError:
+        return False
 
 
 def _entries(folder: Path) -> list[os.DirEntry]:
@@ -98,20 +126,31 @@ def _entries(folder: Path) -> list[os.DirEntry]:
 
 
 def needed_keys(home: DataHome) -> set[str]:
-    """The training JPEG keys a warehouse day (``image_features``, every partition file) or a version folder
-    without its manifest (its sidecars) names; raises :class:`NotPruned` naming a file that cannot be read."""
+    """The training JPEG keys a warehouse day (``image_features``, every partition file), the home's
+    ``split_pairs`` or an unfinished version (its sidecars) names; raises :class:`NotPruned` naming a file that
+    cannot be read."""
     from formats.dataset import MANIFEST_FILE, VERSION_NAME
+    from pipelines.publish.versions import STAGING_PREFIX, staging_root
 
     keys: set[str] = set()
     for part in sorted(home.table_dir("image_features").glob("dt=*/*.parquet")):
         keys.update(_column_values(part, ("train_jpg_key",)))
+    split_pairs = home.table_file("split_pairs")
+    if split_pairs.exists():        # the publish reads every key it names (review rev30g)
+        keys.update(_column_values(split_pairs, _VERSION_SIDECAR_COLUMNS))
     datasets = home.datasets
-    for folder in _entries(datasets) if datasets.is_dir() else []:
-        if not VERSION_NAME.fullmatch(folder.name) or not folder.is_dir(follow_symlinks=False):
-            continue
-        if (Path(folder.path) / MANIFEST_FILE).is_file():
-            continue                    # complete: its shards hold the bytes
-        for sidecar in sorted(Path(folder.path).glob("*/*.parquet")):
+    unfinished = []
+    for folder in (datasets, staging_root(datasets)):
+        for entry in _entries(folder):
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.name.startswith(STAGING_PREFIX):          # a version being staged (review rev28c)
+                unfinished.append(Path(entry.path))
+            elif (folder == datasets and VERSION_NAME.fullmatch(entry.name)
+                  and not (Path(entry.path) / MANIFEST_FILE).is_file()):
+                unfinished.append(Path(entry.path))            # staged among the versions by older code
+    for folder in unfinished:
+        for sidecar in sorted(folder.glob("*/*.parquet")):
             keys.update(_column_values(sidecar, _VERSION_SIDECAR_COLUMNS, optional=True))
     return keys
 
@@ -136,13 +175,22 @@ def _column_values(path: Path, columns: tuple[str, ...], optional: bool = False)
 
 
 def prune_training_jpegs(home: DataHome, base: str | None = None) -> PruneReport:
-    """Remove the training JPEGs no warehouse day and no unfinished version needs (see the module), and their
-    entries in the JPEG digest cache. ``base``: the feature stage's blob base (default the home); one in a bucket
-    is left alone. Never waits for the lock: while a feature stage runs nothing is removed."""
+    """Remove the training JPEGs no warehouse day, nor the home's split_pairs, nor an unfinished version needs (see
+    the module), and their entries in the JPEG digest cache. ``base``: the feature stage's blob base (default the
+    home; a ``file://`` URL of it is it); one in a bucket or elsewhere is left alone. Waits for a publish holding the
+    publish lock; never for the store's lock: while a feature stage runs nothing is removed."""
+    from pipelines.features.config import file_url_path
+    from pipelines.publish.versions import publish_lock
+
     report = PruneReport()
-    if base is not None and (is_url(base) or Path(base).resolve() != home.root.resolve()):
-        report.notes.append(f"training JPEGs not pruned: the blob base {base} is not the data home")
-        return report
+    if base is not None:
+        try:
+            local = file_url_path(base, "features.blob_base") or base
+        except ValueError:          # a file URL the feature stage refuses too
+            local = base
+        if is_url(local) or Path(local).resolve() != home.root.resolve():
+            report.notes.append(f"training JPEGs not pruned: the blob base {base} is not the data home")
+            return report
 
     def prune() -> list[str]:
         try:
@@ -151,9 +199,14 @@ def prune_training_jpegs(home: DataHome, base: str | None = None) -> PruneReport
             report.notes.append(f"training JPEGs not all pruned: {exc}")
         return ["done"]
 
-    if not sweep_exclusively(lock_file(home), "the training JPEG store", prune):
-        report.notes.append(f"training JPEGs not pruned: a feature stage is writing some, or {lock_file(home)} cannot "
-                            "be opened (the next build prunes them)")
+    # the digest cache is written and swept under the publish lock alone (review rev30g)
+    try:
+        with publish_lock(home, lambda message: report.notes.append(f"training JPEG removal: {message}")):
+            if not sweep_exclusively(lock_file(home), "the training JPEG store", prune):
+                report.notes.append(f"training JPEGs not pruned: a feature stage is writing some, or "
+                                    f"{lock_file(home)} cannot be opened (the next build prunes them)")
+    except (LockFileRefused, OSError) as exc:     # the publish lock file refused: nothing removed
+        report.notes.append(f"training JPEGs not pruned: {exc}")
     return report
 
 
@@ -168,36 +221,51 @@ def _prune(home: DataHome, report: PruneReport) -> None:
         report.notes.append(f"training JPEGs not pruned: {exc}")
         return
     report.needed = len(needed)
-    unneeded = sorted(key for key in stored if key not in needed)
+    # a file a needed key names under another name (two size folders linked to one folder, a hard link) stays too
+    needed_files = {identity for key, (_, identity) in stored.items() if key in needed}
+    unneeded = sorted(key for key, (_, identity) in stored.items()
+                      if key not in needed and identity not in needed_files)
     if not unneeded:
         return
-    from pipelines.publish.jpgdigests import forget
-
-    report.cache_entries_removed, note = forget(home, set(unneeded))
-    if note:
-        report.notes.append(note)
+    removed, failed = [], []
     for key in unneeded:
-        if _unlink_jpeg(home.root, key):
+        if _unlink_jpeg(home.root, key, stored[key][1]):
+            removed.append(key)
             report.removed += 1
-            report.removed_bytes += stored[key]
+            report.removed_bytes += stored[key][0]
+        else:
+            failed.append(key)
+    if failed:
+        report.notes.append(f"training JPEGs not all pruned: {len(failed)} of {len(unneeded)} no warehouse day "
+                            f"needs could not be removed (first: {failed[0]}): they stay, with their digest cache "
+                            "entries")
+    if removed:     # only the entries of the files removed (review rev30g)
+        from pipelines.publish.jpgdigests import forget
+
+        report.cache_entries_removed, note = forget(home, set(removed))
+        if note:
+            report.notes.append(note)
 
 
-def _unlink_jpeg(root: Path, key: str) -> bool:
-    """Remove the regular file ``key`` (``blobs/train/<size>/<xx>/<name>``), its folders opened one by one without
-    following a link (a folder swapped for a link since the listing is never followed)."""
+def _unlink_jpeg(root: Path, key: str, identity: tuple[int, int]) -> bool:
+    """Remove the regular file ``key`` (``blobs/train/<size>/<xx>/<name>``) when it is still the file listed
+    (``identity``: device, inode). ``blobs``, ``train`` and the size folder are opened following a link (the
+    home's own, as the listing follows it); the ``<xx>`` folder without (a folder swapped for a link since the
+    listing is never followed), and the JPEG itself is never a link."""
     parts = key.split("/")
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for part in parts[:-1]:
+        for depth, part in enumerate(parts[:-1]):
+            flags = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | (os.O_NOFOLLOW if depth >= _LINKED_PARTS else 0)
             try:
-                inner = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                inner = os.open(part, flags, dir_fd=fd)
             except OSError:
                 return False
             os.close(fd)
             fd = inner
         try:
             info = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
-            if not stat.S_ISREG(info.st_mode):
+            if not stat.S_ISREG(info.st_mode) or (info.st_dev, info.st_ino) != identity:
                 return False
             os.unlink(parts[-1], dir_fd=fd)
         except OSError:

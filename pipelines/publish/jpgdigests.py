@@ -164,7 +164,9 @@ def index_jpgs(home: DataHome, columns: dict[str, pa.ChunkedArray], workers: int
 def forget(home: DataHome, keys: set[str]) -> tuple[int, str]:
     """Drop the entries of ``keys`` (training JPEGs removed: ``pipelines.features.trainjpegs``) from the cache,
     rewriting it as one part of the other entries (this account's parts; another's are left and noted); an
-    untrusted cache is replaced by an empty one. Returns the entries dropped and the cache's note."""
+    untrusted cache is replaced by an empty one. Returns the entries dropped and the cache's note. Call under the
+    publish lock (``pipelines.publish.versions.publish_lock``), as every writer of the cache and its temp-file sweep
+    run (review rev30g)."""
     with _Cache(home) as cache:
         cached = cache.read()
         if cache.fd is None or (cache.trusted and not cached.num_rows):

@@ -1668,14 +1668,32 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
                        versions=sorted(versions), version_salts=salts if salts_changed else None)
 
 
+# What drop_erased_pins reads of the quarantine: the JSON members of a quarantined line that hold a prompt or an
+# image uid (a ranking, image or download the ingest set aside may come back: an unknown image exported again)
+_QUARANTINE_TABLES = "('rankings', 'images', 'downloads')"
+_QUARANTINE_UIDS = ("image_uid", "image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid", "best_image_uid")
+
+
 def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int]:
     """``pins`` without those whose key no row of the warehouse holds any more (review rev30b: an erased account's
     prompts stayed in ``split_key_owners`` as text, and its images' uids, for good), and how many were dropped.
-    A prompt pin is kept while a row of ``pairs`` (``split_pairs``, ``split_rejects``) or a ranking of the
-    warehouse (``rankings``: a banned user's, a moderated prompt's, dropped by curation but still there) keys to it;
-    an image pin while a row of ``pairs`` or of the warehouse's ``images`` holds its uid. So a key whose rows only
-    left ``pairs`` keeps its split (they may come back), and one whose rows left the raw zone is owned afresh if
-    it ever comes back. A warehouse table that cannot be read drops nothing."""
+
+    A pin is dropped only when its key is gone from every table of the warehouse that may bring it back into
+    ``pairs``, since a key owned afresh may go to another split than the one a retained version published it in:
+    a prompt pin is kept while a row of ``pairs`` (``split_pairs``, ``split_rejects``), a ranking, image or download
+    of the warehouse (a banned user's, a moderated prompt's: dropped by curation but still there) or a line of the
+    quarantine (review rev30g: a ranking set aside as ``unknown_image_reference`` after the app deleted one of its
+    images, which comes back when the image does; its prompt read from the line's JSON as the ingest cleans it)
+    keys to it; an image pin while a row of ``pairs``, an image, ranking or download of the warehouse or a
+    quarantined line names its uid. So a key whose rows only left ``pairs`` keeps its split, and one whose rows left
+    the raw zone is owned afresh if it ever comes back. A warehouse table that cannot be read, or a warehouse with
+    no rankings or no images at all, drops nothing.
+
+    Cost (review rev30g): nothing is read while every pin's key is in ``split_pairs`` / ``split_rejects`` /
+    ``pairs``; else the image uids are matched in DuckDB, and only the distinct prompt texts no ranking of ``pairs``
+    carries (the text of a ranking in ``pairs`` keys to a key of ``split_pairs`` or ``split_rejects``, never a
+    candidate's) are keyed in Python: the prompts curation dropped, not every ranking. A quarantined line that is
+    not JSON (or cut at the quarantine's 64 KiB) names no key."""
     if not pins.num_rows:
         return pins, 0
     con.register("pins_now", pins.select(["kind", "key"]))
@@ -1692,16 +1710,48 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
         return pins, 0
     gone = {(kind, key) for kind, key in candidates}
     try:
+        # no rankings or images at all is no warehouse to judge by (a home fed pairs by hand): every pin is kept
+        register_views(con, {name: home.table_glob(name) for name in ("rankings", "images", "downloads", "quarantine")},
+                       required=("rankings", "images"))
+        quarantined = (f"""SELECT raw_text FROM quarantine WHERE "table" IN {_QUARANTINE_TABLES}
+                           AND raw_text IS NOT NULL AND json_valid(raw_text)""")
+        columns = {name: {row[0] for row in con.sql(f"DESCRIBE {name}").fetchall()}
+                   for name in ("rankings", "images", "downloads", "quarantine")}
+
+        def select(name: str, column: str, alias: str = "") -> list[str]:
+            """``SELECT column FROM name`` where the table has that column (none where it has not: no rows)."""
+            return [f"SELECT {column}{alias} FROM {name}"] if column in columns[name] else []
+
+        if not {"table", "raw_text"} <= columns["quarantine"]:
+            quarantined = "SELECT NULL::VARCHAR AS raw_text WHERE false"
         if any(kind == "prompt" for kind, _ in gone):
-            # the rankings pairs lacks (dropped by curation): the keys of pairs' own are known already
-            register_views(con, {"warehouse_rankings": home.table_glob("rankings")})
-            prompts = con.sql("""SELECT DISTINCT prompt FROM warehouse_rankings WHERE prompt IS NOT NULL
-                                 AND ranking_id NOT IN (SELECT ranking_id FROM pairs)""").fetchall()
-            held = {normalize_prompt(prompt) for (prompt,) in prompts}
+            warehouse = " UNION ".join(
+                [f"{query} WHERE prompt IS NOT NULL"
+                 for name in ("rankings", "images", "downloads") for query in select(name, "prompt", ", false")]
+                + [f"""SELECT json_extract_string(raw_text, '$.prompt'), true FROM ({quarantined})
+                       WHERE json_extract_string(raw_text, '$.prompt') IS NOT NULL"""])
+            in_pairs = ("EXCEPT SELECT prompt, false FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM pairs)"
+                        if {"prompt", "ranking_id"} <= columns["rankings"] else "")
+            texts = con.sql(f"{warehouse} {in_pairs}").fetchall()
+            from pipelines.ingest.parse import split_prompt
+
+            wanted = {key for kind, key in gone if kind == "prompt"}
+            held = {key for text, raw in texts
+                    if (key := normalize_prompt(split_prompt(text)[0] if raw else text)) in wanted}
             gone = {(kind, key) for kind, key in gone if not (kind == "prompt" and key in held)}
         if any(kind == "image" for kind, _ in gone):
-            held = {uid for (uid,) in connect({"images": home.table_glob("images")}).sql(
-                "SELECT DISTINCT image_uid FROM images").fetchall()}
+            con.register("image_candidates", pa.table({"key": pa.array(
+                sorted(key for kind, key in gone if kind == "image"), pa.string())}))
+            try:
+                uids = " UNION ALL ".join(
+                    [f"SELECT json_extract_string(raw_text, '$.{member}') AS uid FROM ({quarantined})"
+                     for member in _QUARANTINE_UIDS]
+                    + select("images", "image_uid") + select("downloads", "image_uid")
+                    + [query for i in range(4) for query in select("rankings", f"image_{i}_uid")])
+                held = {key for (key,) in con.sql(
+                    f"SELECT key FROM image_candidates WHERE key IN (SELECT uid FROM ({uids}))").fetchall()}
+            finally:
+                con.unregister("image_candidates")
             gone = {(kind, key) for kind, key in gone if not (kind == "image" and key in held)}
     except Exception:   # noqa: BLE001 - a table that cannot be read: every pin is kept (never a key moved)
         return pins, 0

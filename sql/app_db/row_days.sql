@@ -7,9 +7,11 @@
 -- not kept in the day, and the late-row check marks a day holding such a row for re-export.
 -- Review rev30b: an id says which row only until the app takes it again (a database restored from an older
 -- backup gives the lost rows' ids to new, unrelated rows), so each row also returns its identity: the columns a
--- row keeps when it moves (its created_at corrected), which export.row_identity reads from the raw line the same
--- way: users the email; images the image_uid and user_id; rankings the user_id, the four image uids and the
--- prompt; downloads the user_id, image_uid and prompt. Each is '-' for NULL, an integer as text, a text as the
+-- row keeps when it moves (its created_at corrected) and when it is edited (review rev30g: a prompt cleaned or an
+-- email changed made the moved row another one, left in its old day), which export.row_identity reads from the raw
+-- line the same way: users none (an account is its id: the id is what every other row names it by, its email and
+-- name are its user's to change); images the image_uid and user_id; rankings the user_id and the four image uids;
+-- downloads the user_id and image_uid. Each is '-' for NULL, an integer as text, a text as the
 -- hex sha256 of its stored bytes (bounded whatever its length), or '?' for a text that is not ASCII in a database
 -- whose encoding is neither UTF8 nor SQL_ASCII ($exact false: its stored bytes are not the raw line's UTF-8);
 -- joined with ','.
@@ -20,8 +22,7 @@
 SELECT 'users' AS table_name, user_id::int8 AS id,
        CASE WHEN created_at >= '0001-01-01' AND created_at < '10000-01-01'
             THEN to_char(created_at, 'YYYY-MM-DD') END AS day,
-       CASE WHEN email IS NULL THEN '-' WHEN $exact OR email::text ~ '^[\x01-\x7f]*$'
-            THEN encode(sha256(convert_to(email::text, getdatabaseencoding())), 'hex') ELSE '?' END AS identity
+       ''::text AS identity
 FROM users WHERE user_id = ANY($users::int8[])
 UNION ALL
 SELECT 'images', image_id::int8,
@@ -42,17 +43,13 @@ SELECT 'rankings', ranking_id::int8,
          CASE WHEN image_2_uid IS NULL THEN '-' WHEN $exact OR image_2_uid::text ~ '^[\x01-\x7f]*$'
               THEN encode(sha256(convert_to(image_2_uid::text, getdatabaseencoding())), 'hex') ELSE '?' END,
          CASE WHEN image_3_uid IS NULL THEN '-' WHEN $exact OR image_3_uid::text ~ '^[\x01-\x7f]*$'
-              THEN encode(sha256(convert_to(image_3_uid::text, getdatabaseencoding())), 'hex') ELSE '?' END,
-         CASE WHEN prompt IS NULL THEN '-' WHEN $exact OR prompt::text ~ '^[\x01-\x7f]*$'
-              THEN encode(sha256(convert_to(prompt::text, getdatabaseencoding())), 'hex') ELSE '?' END)
+              THEN encode(sha256(convert_to(image_3_uid::text, getdatabaseencoding())), 'hex') ELSE '?' END)
 FROM rankings WHERE ranking_id = ANY($rankings::int8[])
 UNION ALL
 SELECT 'downloads', download_id::int8,
        CASE WHEN created_at >= '0001-01-01' AND created_at < '10000-01-01' THEN to_char(created_at, 'YYYY-MM-DD') END,
        concat_ws(',', coalesce(user_id::int8::text, '-'),
          CASE WHEN image_uid IS NULL THEN '-' WHEN $exact OR image_uid::text ~ '^[\x01-\x7f]*$'
-              THEN encode(sha256(convert_to(image_uid::text, getdatabaseencoding())), 'hex') ELSE '?' END,
-         CASE WHEN prompt IS NULL THEN '-' WHEN $exact OR prompt::text ~ '^[\x01-\x7f]*$'
-              THEN encode(sha256(convert_to(prompt::text, getdatabaseencoding())), 'hex') ELSE '?' END)
+              THEN encode(sha256(convert_to(image_uid::text, getdatabaseencoding())), 'hex') ELSE '?' END)
 FROM downloads WHERE download_id = ANY($downloads::int8[])
 ORDER BY 2, 1

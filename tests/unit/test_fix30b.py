@@ -53,9 +53,10 @@ def _rank(conn, day: str, prompt: str, user_id: int = 1) -> None:
 
 def _identity_pairs(dsn: str, prompts: list[str]) -> list[tuple[int, int]]:
     """(the app row's identity digest, the identity digest of the line the export writes of it) per ranking."""
-    with psycopg.connect(dsn) as conn:
+    with psycopg.connect(dsn) as conn:     # the text in an image uid too: the prompt is no identity column (rev30g)
         for prompt in prompts:
-            _rank(conn, "2023-03-01", prompt)
+            conn.execute("INSERT INTO rankings (created_at, user_id, image_0_uid, prompt) VALUES (%s, 1, %s, %s)",
+                         ("2023-03-01 12:00", prompt, prompt))
     home_rows = []
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT ranking_id::int8, to_char(created_at, 'YYYY-MM-DD HH24:MI:SS.US'), user_id::int8, "
