@@ -22,6 +22,9 @@ until the splits stage runs again; ``needed_keys``' look at "version folders wit
 ``forget`` rewrites the JPEG digest cache outside the publish lock the cache's writers and its temp-file sweep
 rely on; a blob base written as a ``file://`` URL of the home itself is "not the data home" to the removal (nothing
 pruned, a note that says something false).
+
+All five defects (and the noticed items) were fixed the same day (fix30g, ``tests/unit/test_fix30g.py``) and the
+strict-xfail markers removed.
 """
 from __future__ import annotations
 
@@ -100,15 +103,6 @@ def _orphan_beside(train: Path) -> Path:
 
 
 @pytest.mark.parametrize("linked", ["blobs/train", "blobs/train/s512q90"])
-@pytest.mark.xfail(strict=True, reason=(
-    "prune_training_jpegs lists the store through a symbolic link at HOME/blobs/train (os.scandir follows it) but "
-    "opens each folder with O_NOFOLLOW to unlink, so with the store on another disk behind a link (a layout the "
-    "feature stage writes through and the publish reads through) every JPEG no day names stays, its digest cache "
-    "entry is dropped, and nothing is said (removed 0, no note); a linked size folder is skipped by the listing, "
-    "again silently. An erased account's JPEGs stay for good. Expected: the JPEGs no day names are removed "
-    "(the home's own link followed, as the publish's temp-file sweep follows a linked datasets/ since rev25e), "
-    "or at the very least a note says they were not"
-))
 def test_the_removal_reaches_a_store_behind_a_link_or_says_it_did_not(built_home, fast_tmp: Path, linked: str):
     from pipelines.features.blobs import write_blob_atomic
     from pipelines.features.trainjpegs import prune_training_jpegs
@@ -160,15 +154,6 @@ def _splits_of_caption(home: DataHome, caption: str) -> dict[str, set[str]]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "drop_erased_pins drops a prompt's pin when no row of pairs, split_rejects or warehouse/rankings holds its "
-    "key, but a ranking the ingest quarantined (unknown_image_reference: the app deleted one of its images) is in "
-    "warehouse/quarantine, its prompt text included, and comes back when the images do: while it is out, a train "
-    "user typing the same prompt owns it afresh, so a prompt published in test is published in train by the next "
-    "version (a model trained on it has seen a prompt the earlier version evaluates on), and the drop removed no "
-    "text the warehouse still holds. Expected: a pin stays while the quarantine holds a row of its key, and a "
-    "prompt is never in two splits across the retained versions"
-))
 def test_a_prompt_whose_ranking_is_quarantined_keeps_its_split_across_versions(built_home, fast_tmp: Path, env_kept):
     home = copy_home(built_home, fast_tmp / "home")
     _, day, caption, uids = _held_out_single_ranking(home)
@@ -204,14 +189,6 @@ def test_a_prompt_whose_ranking_is_quarantined_keeps_its_split_across_versions(b
 
 # --- the identity of an app row --------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HeldRows.same_rows takes a row whose created_at was corrected to another day for a row the app does not hold "
-    "when one of its identity columns changed too (a prompt cleaned, [single_quote] unescaped; a user id merged): "
-    "the late-row check no longer sees it move, the old day is never re-exported, and the row is in two raw days "
-    "(the old version in its old day, the new one in its new day), which curation drops whole as "
-    "conflicting_ranking; a build from scratch has it once. Before fix30b the id alone found the move. Expected: "
-    "the row leaves its old day as a moved row whose identity did not change does"
-))
 def test_a_row_moved_and_edited_leaves_its_old_day(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -229,14 +206,6 @@ def test_a_row_moved_and_edited_leaves_its_old_day(postgres_server, tmp_path):  
     assert [r["prompt"] for r in _raw_lines(home, "2023-03-01", "rankings")] == ["stays"]   # now also the old row
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "an account an older users file holds and app_export.users_snapshot = false leaves out is looked up by id and "
-    "identity (the email): once the user changed their email in the app, the re-export (keep_exported_rows, or any "
-    "replica) keeps the old line, with the old email, as a row 'in no table of the app database (deleted, ...)', "
-    "though the app holds the account: the setting never takes effect for it and the stale email stays in the raw "
-    "zone (before fix30b it left the day, as an account whose email is unchanged still does). Expected: it leaves "
-    "the day and no warning calls it deleted"
-))
 def test_an_account_whose_email_changed_leaves_an_older_users_file(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -251,13 +220,6 @@ def test_an_account_whose_email_changed_leaves_an_older_users_file(postgres_serv
     assert not any("in no table of the app" in warning for warning in report.warnings), report.warnings
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "HeldRows.same_rows filters the ids whose identity differs but keeps the day names of the rows it filtered, so "
-    "by_day() gives such a day with 0 rows and the export warns 'app rows that left a raw day are dated to another "
-    "day now ...: rankings: 0 on 2023-03-01 (ids )' and names a pickapic build to run for a day no row moved to "
-    "(here the rev30b restore case: the day the new row that took the id is on). Expected: a day no row moved to is "
-    "never named"
-))
 def test_no_warning_names_a_day_zero_rows_moved_to(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
