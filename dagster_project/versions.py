@@ -59,7 +59,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
                           #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "12",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "13",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -72,7 +72,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: split_pairs records pairs' pseudonym key check (the publish tells the public default secret, rev28b)
                           # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b);
                           #     split_pairs records heldout_fraction and unique_prompts (the data card states them, rev30d)
-    "publish": "9",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+                          # 13: split_pairs records min_unique_rows and its held-out users by ledger rule (the card
+                          #     states how they were chosen, rev30f)
+    "publish": "10",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -86,6 +88,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 9: the card states the training JPEGs' size and quality (from their keys' folder), the
                           #    held-out fraction and unique_prompts the version was split with, and the _unique splits'
                           #    sampling noise from their prompt count, not 512 px / 6% / 500 / +-2 points (rev30d)
+                          # 10: the card counts quarantined lines (summed line_count; a missing / unreadable file as
+                          #     a file), says how the held-out users were chosen (fill rule / hash, by ledger rule)
+                          #     and states the version's own tie share (rev30f)
     "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
