@@ -76,8 +76,10 @@ CODE_VERSIONS: dict[str, str] = {
                           # 12: pins of keys no warehouse row holds any more (an erased account's) dropped (rev30b);
                           #     split_pairs records heldout_fraction and unique_prompts (the data card states them, rev30d)
                           # 13: a pin is kept while an image, download or quarantined line of the warehouse holds its
-                          #     key (rev30g: a quarantined ranking's prompt lost its pin, published in train next)
-    "publish": "9",       # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+                          #     key (rev30g: a quarantined ranking's prompt lost its pin, published in train next);
+                          #     split_pairs records min_unique_rows and its held-out users by ledger rule (the card
+                          #     states how they were chosen, rev30f)
+    "publish": "10",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -91,6 +93,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 9: the card states the training JPEGs' size and quality (from their keys' folder), the
                           #    held-out fraction and unique_prompts the version was split with, and the _unique splits'
                           #    sampling noise from their prompt count, not 512 px / 6% / 500 / +-2 points (rev30d)
+                          # 10: the card counts quarantined lines (summed line_count; a missing / unreadable file as
+                          #     a file), says how the held-out users were chosen (fill rule / hash, by ledger rule)
+                          #     and states the version's own tie share (rev30f)
     "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole

@@ -419,12 +419,23 @@ def _is_complete_version(path: Path) -> bool:
             and (path / MANIFEST_FILE).is_file())
 
 
+def _why_unpublished(home: DataHome) -> str:
+    """What to tell a reader of a home with no ``latest``: with its splits built (``split_pairs`` there), the last
+    build may have refused to publish for lack of data, which a rerun of the publish stage does not change (review
+    rev30f: "run the publish stage" was said in any case)."""
+    if home.table_file("split_pairs").is_file():
+        return ("the splits are built but no version was published: the build found too little data for a version "
+                "a trainer can use (it said `not enough data to publish` and why) or stopped before publishing; "
+                "`pickapic build` again, once the app has more users and rankings if it said not enough data")
+    return "nothing was published yet: run `pickapic build`, or the publish stage"
+
+
 def resolve_version(home: DataHome, version: str | None = None) -> Path:
     """The real directory of ``version`` (default: what ``latest`` points to now); must be complete."""
     if version is None:
         link = latest_link(home)
         if not link.exists():
-            raise FileNotFoundError(f"no published dataset: {link} does not exist (run the publish stage)")
+            raise FileNotFoundError(f"no published dataset: {link} does not exist ({_why_unpublished(home)})")
         path = link.resolve()
     else:
         if not version or "/" in version or "\\" in version or version.startswith("."):

@@ -171,13 +171,72 @@ def _counts(path: Path, columns: list[str], where: tuple[str, object] | None = N
     return sorted(([row[c] for c in columns] + [row["count_all"]] for row in grouped), key=lambda r: [str(v) for v in r])
 
 
+FILE_LEVEL = {"missing_file": "missing", "unreadable_file": "unreadable"}   # quarantine reasons of a whole file
+
+
+def _quarantined(path: Path) -> list[list[object]]:
+    """(table, reason, lines) of ``meta/quarantine.parquet``, sorted: lines are the summed ``line_count`` of its
+    line-level rows (identical bad lines share one row), as ``pickapic query --named quarantine_reasons`` counts
+    them; a file-level row (``line_number`` 0: a missing or unreadable file) is no line, and is shown as files
+    (review rev30f: the card counted rows, 100 identical lines as 1 and a missing file as 1 line)."""
+    table = pq.read_table(path, columns=["table", "reason", "line_number", "line_count"])
+    lines: dict[tuple[str, str], int] = {}
+    files: dict[tuple[str, str], int] = {}
+    for row in table.to_pylist():
+        key = (row["table"], row["reason"])
+        lines.setdefault(key, 0)
+        if row["line_number"] > 0:
+            lines[key] += row["line_count"]
+        else:
+            files[key] = files.get(key, 0) + 1
+    out = []
+    for key in sorted(lines):
+        count, whole = lines[key], files.get(key, 0)
+        shown = f"{count:,}"
+        if whole:
+            what = f"{whole:,} file{'s' * (whole != 1)} {FILE_LEVEL.get(key[1], 'quarantined whole')}"
+            shown = what if count == 0 else f"{shown} (and {what})"
+        out.append([*key, shown])
+    return out
+
+
+def _noise_points(prompts: int) -> float:
+    """One standard error, in accuracy points, of an accuracy measured on ``prompts`` independent pairs (p = 0.5,
+    the widest): what the card says of the ``_unique`` splits' sampling noise."""
+    return 50 / prompts ** 0.5
+
+
+def _heldout_text(record: dict | None) -> tuple[str, str]:
+    """What the card says of how this version's held-out users were chosen, from the ledger rules ``split_pairs``
+    records (``heldout_users``: split -> rule -> users of the split; None: not recorded), and a Known-limits
+    line when early users filled validation / test (review rev30f: the card called every version's held-out users
+    a salted-hash sample)."""
+    if record is None:
+        return ("how each of this version's held-out users was chosen is not recorded in it (split before splits code "
+                "version 13)", "")
+    names = {"fill": "filled in as early users (the fill rule)", "hash": "by the salted hash",
+             "published": "kept where a published version had them (re-seeded ledger)"}
+    parts = []
+    for split in ("validation", "test"):
+        rules = record.get(split) or {}
+        total = sum(rules.values())
+        said = ", ".join(f"{n:,} {names.get(rule, f'by rule `{rule}`')}" for rule, n in sorted(rules.items()) if n)
+        parts.append(f"`{split}` {total:,} user{'s' * (total != 1)}" + (f": {said}" if said else ""))
+    filled = sum((record.get(s) or {}).get("fill", 0) for s in ("validation", "test"))
+    held = sum(sum((record.get(s) or {}).values()) for s in ("validation", "test"))
+    limit = (f"- {filled:,} of the {held:,} held-out users are the app's early users, put in validation / test by "
+             "the fill rule in order of arrival, not a random sample: they may differ from train's users in when "
+             "they joined and how they use the app.\n") if filled else ""
+    return "; ".join(parts), limit
+
+
 def render(version_dir: Path, version: str, splits: list[str], sources: CardSources) -> str:
     """The card's text."""
     meta = version_dir / "meta"
     summary = {row["split"]: row for row in pq.read_table(meta / "splits_summary.parquet").to_pylist()}
     images = sum(pq.read_metadata(p).num_rows for p in sorted((meta / "images").glob("*.parquet")))
     dropped = _counts(meta / "decisions.parquet", ["subject", "reason"], ("keep", False))
-    quarantined = _counts(meta / "quarantine.parquet", ["table", "reason"])
+    quarantined = _quarantined(meta / "quarantine.parquet")
     size_rows = []
     for split in splits:
         s = summary[split]
@@ -210,10 +269,16 @@ duplicate of one, near meaning {distance})"""
         "`splits.unique_prompts` prompts each (500 by default"
     heldout = f"`splits.heldout_fraction` = {_percent(fraction)} of the users" if fraction is not None else \
         "a configured fraction, 6% by default"
+    min_rows = sources.split_settings.get("min_unique_rows")
+    fill_until = f"`splits.min_unique_rows` = {min_rows:,}" if min_rows is not None else \
+        "`splits.min_unique_rows` (10 by default)"
+    heldout_users, heldout_limit = _heldout_text(sources.split_settings.get("heldout_users"))
+    tie_share = (f"{ties / pairs:.1%} of the pairs in train / validation / test are ties" if pairs else
+                 "this version holds no pair in train / validation / test")
     unique_sizes = [summary[split]["num_prompts"] for split in splits if split.endswith("_unique")]
     smallest = min(unique_sizes) if unique_sizes else 0
     noise = (f"with {smallest:,} prompts in the smaller one here, their accuracy has about "
-             f"+-{50 / smallest ** 0.5:.0f} points of sampling noise (one standard error)") if smallest else \
+             f"+-{_noise_points(smallest):.0f} points of sampling noise (one standard error)") if smallest else \
         "no accuracy can be measured on an empty one"
     unique_limit = (f"keep at most {unique:,} prompts (`splits.unique_prompts`)" if unique is not None else
                     "keep at most `splits.unique_prompts` prompts") + f": {noise}."
@@ -293,7 +358,8 @@ image; a 4-image tie gives every pair as a tie.
 
 ## Curation: every filter and its count
 
-Raw lines quarantined at ingest (table, reason, lines):
+Raw lines quarantined at ingest (table, reason, lines; identical bad lines count each, a missing or
+unreadable file is counted as a file, not a line):
 
 {_table(["table", "reason", "lines"], quarantined) if quarantined else "none"}
 
@@ -313,16 +379,21 @@ images are duplicates of each other).
 ## Splits
 
 No user, no normalized prompt and no duplicate-image cluster is in more than one of train /
-validation / test: a user is held out by a salted hash of their pseudonym ({heldout},
-half validation and half test), each prompt and cluster belongs to the split of the first row that used it, and later rows that
-would leak it were dropped:
+validation / test. Each user's split is decided once, when their first pair appears, and never changes (the
+split ledger): the first user goes to train; while validation or test own fewer than {fill_until}
+prompts, new users fill them in order of arrival, at most one held-out user per train user (the fill rule: a
+young app's validation and test users are its early users); after that a user is held out by a salted
+hash of their pseudonym ({heldout},
+half validation and half test). This version's held-out users: {heldout_users}.
+Each prompt and cluster belongs to the split of the first row that used it, and later rows that would
+leak it were dropped:
 
 {_table(["reason", "rows dropped"], rejects) if rejects else "none"}
 
 ## Known limits
 
-- Labels are single clicks of app users, not expert ratings; about one pair in eight is a tie.
-{secret_limit}- Users are pseudonymous but their prompts are free text and may identify them.
+- Labels are single clicks of app users, not expert ratings; {tie_share}.
+{heldout_limit}{secret_limit}- Users are pseudonymous but their prompts are free text and may identify them.
 - {nsfw_limit}
 - Near-duplicate detection uses perceptual hashes ({distance}): heavy edits are not caught.
 - Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day

@@ -409,30 +409,34 @@ def execute(home: DataHome, sql: str, version: str | None = None,
 
 def run_query(home: DataHome, sql: str | None = None, named: str | None = None, version: str | None = None,
               fmt: str = "table", output: Path | None = None, params: Mapping[str, Any] | None = None,
-              stdout: TextIO | None = None, stderr: TextIO | None = None, limits: QueryLimits | None = None) -> int:
-    """Run a query (SQL text or a named one) and print/write the result; returns the exit code."""
+              stdout: TextIO | None = None, stderr: TextIO | None = None, limits: QueryLimits | None = None,
+              prog: str | None = None) -> int:
+    """Run a query (SQL text or a named one) and print/write the result; returns the exit code. An error is one
+    line on ``stderr``, ``PROG: error: ...`` (``prog``: the command, as every ``pickapic`` command says it;
+    None: ``error: ...``)."""
     stdout = stdout or sys.stdout
     stderr = stderr or sys.stderr
+    error = f"{prog}: error:" if prog else "error:"
     if (sql is None) == (named is None):
-        print("error: give either SQL text or --named NAME (see --list)", file=stderr)
+        print(f"{error} give either SQL text or --named NAME (see --list)", file=stderr)
         return 2
     if fmt not in FORMATS:
-        print(f"error: unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", file=stderr)
+        print(f"{error} unknown format {fmt!r}; choose one of {', '.join(FORMATS)}", file=stderr)
         return 2
     if fmt == "parquet" and output is None:
-        print("error: --format parquet needs --output FILE", file=stderr)
+        print(f"{error} --format parquet needs --output FILE", file=stderr)
         return 2
     try:
         limits = (limits or QueryLimits()).validate()
         if output is not None:
             check_output_file(output, [home.root], "--output")  # before running: refuse early
     except ValueError as exc:
-        print(f"error: {exc}", file=stderr)
+        print(f"{error} {exc}", file=stderr)
         return 2
     if named is not None:
         known = named_queries()
         if named not in known:
-            print(f"error: no named query {named!r}; known: {', '.join(known)}", file=stderr)
+            print(f"{error} no named query {named!r}; known: {', '.join(known)}", file=stderr)
             return 2
         sql = sql_text(f"queries/{named}")
     revive: dict = {}
@@ -450,13 +454,13 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
                 with open_output_file(output, [home.root], "--output") as handle:
                     written = write_result(schema, batches, fmt, handle, **extra)
     except (FileNotFoundError, ValueError) as exc:  # no such version / refused statement / refused output
-        print(f"error: {exc}", file=stderr)
+        print(f"{error} {exc}", file=stderr)
         return 2
     except QueryFailed as exc:
-        print(f"error: {exc}", file=stderr)
+        print(f"{error} {exc}", file=stderr)
         return 1
     except MemoryError:      # Python's own allocations (the printed table) under the process cap
-        print(f"error: out of memory while the result was written (this process may use --memory-limit "
+        print(f"{error} out of memory while the result was written (this process may use --memory-limit "
               f"{limits.memory_limit} and {PROCESS_HEADROOM // 1024**2} MiB more): raise --memory-limit, select fewer "
               "or narrower columns, or write it with --format csv|json|parquet --output FILE", file=stderr)
         return 1
@@ -551,8 +555,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"most disk the query may spill to (default {defaults.spill_limit})")
 
 
-def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int:
-    """Entry point for ``pickapic query`` (``args`` from :func:`add_arguments`)."""
+def run_from_args(args: argparse.Namespace, home: DataHome | None = None, prog: str = "pickapic query") -> int:
+    """Entry point for ``pickapic query`` (``args`` from :func:`add_arguments`); an error says ``PROG: error: ...``."""
     if args.list:
         for name, description in named_queries().items():
             print(f"{name:28s} {description}")
@@ -562,14 +566,14 @@ def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int
     names = [name for name, _ in args.param]
     twice = sorted({name for name in names if names.count(name) > 1})
     if twice:       # the last one silently won before: say which value is meant
-        print(f"error: --param {', '.join(twice)} given more than once: give each parameter once", file=sys.stderr)
+        print(f"{prog}: error: --param {', '.join(twice)} given more than once: give each parameter once", file=sys.stderr)
         return 2
     if args.named and args.param:    # DuckDB said only "argument count mismatch ... Expected 0, got N"
-        print(f"error: the named query {args.named!r} takes no --param (given: {', '.join(names)}); "
+        print(f"{prog}: error: the named query {args.named!r} takes no --param (given: {', '.join(names)}); "
               "write the SQL yourself to use parameters", file=sys.stderr)
         return 2
     return run_query(home, args.sql, args.named, args.dataset_version, args.fmt, args.output, dict(args.param) or None,
-                     limits=limits)
+                     limits=limits, prog=prog)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -577,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.query.engine", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data home (default: $PICKAPIC_HOME or ./data)")
     add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run_from_args(parser.parse_args(argv), prog=parser.prog)
 
 
 if __name__ == "__main__":

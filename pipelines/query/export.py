@@ -298,14 +298,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version", dest="dataset_version", metavar="V", help="published version (default: latest)")
 
 
-def run_from_args(args: argparse.Namespace, home: DataHome | None = None) -> int:
-    """Entry point for ``pickapic export``; prints what was written, returns the exit code."""
+def run_from_args(args: argparse.Namespace, home: DataHome | None = None, prog: str = "pickapic export") -> int:
+    """Entry point for ``pickapic export``; prints what was written, returns the exit code (an error is one line,
+    ``PROG: error: ...``)."""
     home = home or DataHome.at(getattr(args, "home", None))
     try:
         write = export_eval_prompts if args.fmt == "eval-prompts" else export_pickscore_parquet
         report = write(home, args.dataset_version, args.output)
     except (FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     for split, path in report.files.items():
         print(f"{split:18s} {report.rows[split]:>9d} {'prompts' if args.fmt == 'eval-prompts' else 'rows'}  {path}")
@@ -317,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pipelines.query.export", description=__doc__.splitlines()[0])
     parser.add_argument("--home", help="data home (default: $PICKAPIC_HOME or ./data)")
     add_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
+    return run_from_args(parser.parse_args(argv), prog=parser.prog)
 
 
 if __name__ == "__main__":

@@ -148,30 +148,69 @@ SALT_METADATA = b"pickapic.splits_salt"   # split_pairs' key-value metadata: the
 # split_pairs' key-value metadata: the settings that shape its splits, as JSON ({"heldout_fraction": 0.06,
 # "unique_prompts": 500}); the data card states them (review rev30d: it said "6%" and "500" whatever they were)
 SETTINGS_METADATA = b"pickapic.splits_settings"
+# split_pairs' key-value metadata: how the held-out users of its validation / test were chosen, as JSON, split ->
+# ledger rule -> users of that split with a row in split_pairs ({"validation": {"fill": 4, "hash": 1}, ...}); the
+# data card states it (review rev30f: it called a young version's fill-rule users a 6% salted-hash sample)
+HELDOUT_METADATA = b"pickapic.splits_heldout_users"
 
 
 def settings_record(config: SplitConfig) -> bytes:
     """What :data:`SETTINGS_METADATA` records of ``config``."""
     return json.dumps({"heldout_fraction": float(config.heldout_fraction),
-                       "unique_prompts": int(config.unique_prompts)}, sort_keys=True).encode("ascii")
+                       "unique_prompts": int(config.unique_prompts),
+                       "min_unique_rows": int(config.min_unique_rows)}, sort_keys=True).encode("ascii")
+
+
+def heldout_record(users: Iterable[tuple[str, str]], assigned: dict[str, Assignment]) -> bytes:
+    """What :data:`HELDOUT_METADATA` records: of the (split, user_id) of ``split_pairs``' held-out users, how many
+    each ledger rule (``assigned``: user -> Assignment) put in each split."""
+    counts: dict[str, Counter] = {split: Counter() for split in HELDOUT}
+    for split, user in users:
+        if split in counts:
+            counts[split][assigned[user].rule if user in assigned else "unknown"] += 1
+    return json.dumps({split: dict(sorted(c.items())) for split, c in counts.items()},
+                      sort_keys=True).encode("ascii")
 
 
 def read_settings_record(metadata: dict | None) -> dict:
     """The settings a ``split_pairs`` file's key-value ``metadata`` records (:data:`SETTINGS_METADATA`), each only
     when it is a number in its setting's range; {} when none is recorded (written before review rev30d) or the
-    record is not JSON."""
+    record is not JSON. With ``heldout_users`` when it records them (:func:`read_heldout_record`)."""
+    heldout = read_heldout_record(metadata)
+    out: dict = {} if heldout is None else {"heldout_users": heldout}
     try:
         record = json.loads((metadata or {}).get(SETTINGS_METADATA, b""))
     except ValueError:
-        return {}
+        return out
     if not isinstance(record, dict):
-        return {}
-    out: dict = {}
+        return out
     fraction, prompts = record.get("heldout_fraction"), record.get("unique_prompts")
     if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
         out["heldout_fraction"] = float(fraction)
     if isinstance(prompts, int) and not isinstance(prompts, bool) and prompts >= 0:
         out["unique_prompts"] = prompts
+    rows = record.get("min_unique_rows")
+    if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0:
+        out["min_unique_rows"] = rows
+    return out
+
+
+def read_heldout_record(metadata: dict | None) -> dict[str, dict[str, int]] | None:
+    """The held-out users by split and ledger rule a ``split_pairs`` file's ``metadata`` records
+    (:data:`HELDOUT_METADATA`); None when it records none (written before review rev30f) or not in that form."""
+    try:
+        record = json.loads((metadata or {}).get(HELDOUT_METADATA, b""))
+    except ValueError:
+        return None
+    if not isinstance(record, dict) or set(record) != set(HELDOUT):
+        return None
+    out: dict[str, dict[str, int]] = {}
+    for split in HELDOUT:
+        rules = record[split]
+        if not isinstance(rules, dict) or not all(
+                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rules.values()):
+            return None
+        out[split] = {str(rule): n for rule, n in sorted(rules.items())}
     return out
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 
@@ -193,8 +232,9 @@ class SplitConfig:
                            choices=("first_use", "heldout_wins"))
     # The fill gives train the first user and validation/test at most one user per train user, so 10 users
     # give validation and test two or three users each.
-    min_users: int = knob(10, "Fewest users with labelled rankings a published version needs (an evaluation on "
-                          "two or three users says little).", min=3)
+    min_users: int = knob(10, "Fewest users with labelled rankings in the splits a published version needs (an "
+                          "evaluation on two or three users says little; a user whose every row went to "
+                          "`split_rejects` does not count).", min=3)
     unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
@@ -692,12 +732,17 @@ class NotEnoughData(ValueError):
 
 
 def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int = 1, min_users: int = 1,
-                          heldout_prompts: dict[str, int] | None = None) -> list[str]:
-    """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause."""
+                          heldout_prompts: dict[str, int] | None = None, ledger_users: dict[str, int] | None = None,
+                          rejected: dict[str, dict[str, int]] | None = None) -> list[str]:
+    """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause.
+
+    ``users``: users with labelled rankings in the splits; ``ledger_users``: split -> users of pairs the ledger
+    puts there, and ``rejected``: split -> reason -> their rows dropped to split_rejects (an empty split whose
+    users' rows were all rejected is not one no user is held out for: review rev30f)."""
     need = max(1, min_unique_rows)
     few = users < max(min_users, 3)
-    problems = [f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings and needs at "
-                f"least {max(min_users, 3)} (splits.min_users)"] if few else []
+    problems = [f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings in its "
+                f"splits and needs at least {max(min_users, 3)} (splits.min_users)"] if few else []
     for split in SPLITS:
         n = rows.get(split, 0)
         if n >= (need if split.endswith("_unique") else 1):
@@ -709,7 +754,18 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
         if split == "train":
             why = "every user so far is held out or every train row conflicts with a held-out key"
         elif rows.get(split.removesuffix("_unique"), 0) == 0:
-            why = "no user is held out for it yet; new users fill it as they arrive"
+            parent = split.removesuffix("_unique")
+            held = (ledger_users or {}).get(parent, 0)
+            dropped = (rejected or {}).get(parent) or {}
+            if not held:
+                why = "no user is held out for it yet; new users fill it as they arrive"
+            else:
+                reasons = ", ".join(f"{n:,} as {reason}" for reason, n in sorted(dropped.items()))
+                whose = f"'{parent}' holds" if parent != split else "the ledger holds"
+                why = (f"{whose} {held} user{'s' * (held != 1)}, but every row of theirs went to split_rejects"
+                       + (f" ({sum(dropped.values()):,} rows: {reasons})" if dropped else "")
+                       + ": another split already owns their prompts or images; it fills when held-out users "
+                         "rank prompts and images no other split has used")
         else:
             parent = split.removesuffix("_unique")
             owned = (heldout_prompts or {}).get(parent)
@@ -723,7 +779,7 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
 def require_trainable(table: pa.Table, min_unique_rows: int = 1, min_users: int = 1) -> None:
     """Refuse a split_pairs table a trainer cannot use (empty split, small _unique split, few users), saying why."""
     rows = Counter(table.column("split").to_pylist())
-    users = len(set(table.column("user_id").to_pylist()))
+    users = len(set(table.filter(table.column("has_label")).column("user_id").to_pylist()))   # labelled, as the stage
     problems = trainability_problems(dict(rows), users, min_unique_rows, min_users)
     if problems:
         raise NotEnoughData("not enough data for a dataset a trainer can use, nothing published: " + "; ".join(problems))
@@ -1794,10 +1850,14 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
             log(f"split ledger: {unwritten}")
     # which secret the user_id pseudonyms are under (pairs' key check, never the secret): the publish says so on the
     # data card when it is the public default one (review rev28b), and the settings the card states (rev30d)
+    # and how its held-out users were chosen, by ledger rule (the card states it, review rev30f)
+    kept_heldout = con.sql("""SELECT DISTINCT home, user_id FROM split_assignments
+                              WHERE drop_reason IS NULL AND home IN ('validation', 'test') ORDER BY 1, 2""").fetchall()
     split_pairs = run_to_parquet(con, "splits_pairs", "split_pairs", home.table_file("split_pairs"),
                                  {"salt": config.salt, "unique_prompts": int(config.unique_prompts)},
                                  {SALT_METADATA: config.salt.encode("utf-8"),
                                   SETTINGS_METADATA: settings_record(config),
+                                  HELDOUT_METADATA: heldout_record(kept_heldout, assigned),
                                   **({KEY_CHECK_METADATA: pairs_key.encode("ascii")} if pairs_key else {})})
     rejects = run_to_parquet(con, "splits_rejects", "split_rejects", home.table_file("split_rejects"))
     ledger_rows = ledger_table(ledger, assigned, other_salts)
@@ -1840,13 +1900,20 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     sacrificed = sum(n for home_split, _, n in by_reason if home_split == "train")
     pairs = con.sql("SELECT count(*) FROM pairs").fetchall()[0][0]
     labelled_users = con.sql("SELECT count(DISTINCT user_id) FROM pairs WHERE has_label").fetchall()[0][0]
+    # splits.min_users counts the users with labelled rankings in the splits: not those whose every row went to
+    # split_rejects (review rev30f)
+    split_users = con.sql("SELECT count(DISTINCT user_id) FROM split_pairs WHERE has_label").fetchall()[0][0]
     rows = {s["split"]: s["rows"] for s in per_split}
+    ledger_users = Counter(a.split for a in assigned.values())   # users of pairs, by the split the ledger gives them
+    rejected: dict[str, dict[str, int]] = {}
+    for home_split, reason, n in by_reason:
+        rejected.setdefault(home_split, {})[reason] = n
     new_users = Counter(a.split for u, a in assigned.items() if u not in ledger)
     return SplitReport(per_split=per_split, rejects=[tuple(r) for r in by_reason], pairs=pairs,
                        train_home_rows=train_home, sacrificed_train_rows=sacrificed, users=labelled_users,
                        new_users={s: new_users[s] for s in HELDOUT + ("train",) if new_users[s]},
-                       problems=trainability_problems(rows, labelled_users, config.min_unique_rows, config.min_users,
-                                                      dict(owned)),
+                       problems=trainability_problems(rows, split_users, config.min_unique_rows, config.min_users,
+                                                      dict(owned), dict(ledger_users), rejected),
                        config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
                        published_version=version, published_sidecars_read=check.sidecars_read,
                        pins_added={k: added[k] for k in PIN_KINDS if added[k]},

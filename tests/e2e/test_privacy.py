@@ -239,7 +239,7 @@ def test_query_cli_cannot_read_or_write_outside_the_version(private_home: DataHo
     before = _snapshot(private_home.root)
     code, out, err = _cli(private_home, sql.format(home=private_home.root, root=version, tmp=tmp_path), capsys=capsys)
     assert code != 0 and out == "", (label, code, out)
-    assert err.startswith("error:") and message in err, (label, err)
+    assert err.startswith("python -m pipelines.query.engine: error:") and message in err, (label, err)
     assert _snapshot(private_home.root) == before
     assert list(tmp_path.iterdir()) == []
 

@@ -114,8 +114,12 @@ def test_the_splits_stage_records_its_settings_and_the_publish_states_them(tmp_p
     build_splits(home, SplitConfig(heldout_fraction=0.3, unique_prompts=40, min_unique_rows=0),
                  log=lambda message: None)
     metadata = pq.read_schema(home.table_file("split_pairs")).metadata
-    assert read_settings_record(metadata) == {"heldout_fraction": 0.3, "unique_prompts": 40}
-    assert json.loads(metadata[SETTINGS_METADATA]) == {"heldout_fraction": 0.3, "unique_prompts": 40}
+    recorded = read_settings_record(metadata)      # with the held-out users by rule since review rev30f
+    assert {k: v for k, v in recorded.items() if k != "heldout_users"} == {
+        "heldout_fraction": 0.3, "unique_prompts": 40, "min_unique_rows": 0}
+    assert set(recorded["heldout_users"]) == {"validation", "test"}
+    assert json.loads(metadata[SETTINGS_METADATA]) == {"heldout_fraction": 0.3, "unique_prompts": 40,
+                                                       "min_unique_rows": 0}
 
 
 def test_a_publish_states_what_its_split_pairs_records(tmp_path):

@@ -24,7 +24,8 @@ Filed (strict xfails, ranked: wrong published text first, then an operator misle
 quarantine rows as "lines" (100 identical bad lines are 1, a missing file is 1); the card describes the split as a
 6% salted hash for a version whose held-out users were chosen by the fill rule; the card's Known limits state a tie
 share and an evaluation noise that the version's own tables contradict; ``build`` says "no user is held out for it
-yet" for a split whose held-out users' rows were all dropped as prompt conflicts.
+yet" for a split whose held-out users' rows were all dropped as prompt conflicts. All four fixed the same day
+(fix30f, ``tests/unit/test_fix30f.py``) and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
@@ -113,17 +114,6 @@ def _section(card: str, title: str) -> str:
 # --- 1. wrong published text: the card's quarantine "lines" are rows --------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The dataset card's 'Raw lines quarantined at ingest (table, reason, lines)' table counts quarantine ROWS "
-    "(pipelines/publish/datacard.py render() groups meta/quarantine.parquet with count_all), while identical bad lines "
-    "share one row with its line_count (README section 2) and a missing_file / unreadable_file row is no line: a day "
-    "with 100 identical malformed ranking lines shows 'rankings | malformed_json | 4' (the version's own "
-    "meta/quarantine.parquet and `pickapic query --named quarantine_reasons` say 103 lines), and a day the exporter "
-    "wrote no downloads file for shows 'downloads | missing_file | 1'. README: the published snapshot, "
-    "quarantine_reasons and the demo summary count lines as the summed line_count of line-level rows (review rev25c "
-    "fixed the query, not the card). Expected: every 'lines' cell of the card is that sum (a file-level row 0 lines "
-    "or shown apart); the code is wrong"
-))
 def test_the_card_counts_quarantined_lines_not_rows(young: Path) -> None:
     quarantine = pq.read_table(_version(young) / "meta" / "quarantine.parquet").to_pylist()
     lines: dict[tuple[str, str], int] = {}
@@ -144,16 +134,6 @@ def test_the_card_counts_quarantined_lines_not_rows(young: Path) -> None:
 # --- 2. the card's split method for a young version ---------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The card's Splits section says 'a user is held out by a salted hash of their pseudonym (a configured fraction, "
-    "6% by default, half validation and half test)' for every version. In a young app's version (40 users, 3 days, "
-    "default settings) most held-out users were put there by the ledger's fill rule (README section 5: the first "
-    "users fill validation and test until each owns splits.min_unique_rows prompts): 10 of 25 users are held out, "
-    "9 of them by the fill rule, with 48% of the rows. A reader takes validation / test for a random 6% of users "
-    "when they are the app's earliest users, chosen by arrival. pipelines/publish/datacard.py writes the sentence "
-    "as a literal. Expected: the card says that early users filled validation / test (the fill rule) whenever the "
-    "version holds such users; the code is wrong"
-))
 def test_the_card_says_how_a_young_versions_users_were_held_out(young: Path) -> None:
     version = _version(young)
     users = {}
@@ -173,15 +153,6 @@ def test_the_card_says_how_a_young_versions_users_were_held_out(young: Path) -> 
 # --- 3. the card's Known limits contradict the version's own tables -----------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "The card's Known limits are literals (pipelines/publish/datacard.py): 'about one pair in eight is a tie' and "
-    "'validation_unique / test_unique keep at most 500 prompts: their accuracy has about +-2 points of sampling "
-    "noise'. A young app's version has 3.6% ties in train / validation / test (its own Sizes table and opening "
-    "line say so; an all-tie home says 100.0% ties beside 'one pair in eight') and 14 prompts per _unique split, "
-    "whose tie-aware accuracy has a standard error of about 13 points, not 2: a reader comparing two models on it "
-    "is told a 5-point gap is real. Expected: Known limits state this version's tie share and the noise of its "
-    "_unique splits' real size (or no number); the code is wrong"
-))
 def test_the_cards_known_limits_agree_with_the_versions_own_tables(young: Path) -> None:
     version = _version(young)
     summary = {r["split"]: r for r in pq.read_table(version / "meta" / "splits_summary.parquet").to_pylist()}
@@ -200,16 +171,6 @@ def test_the_cards_known_limits_agree_with_the_versions_own_tables(young: Path) 
 # --- 4. a false "why" in the not-enough-data line ----------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "On a young app whose users all type one prompt (a demo booth, a 'prompt of the day'; also seen with one prompt a "
-    "day over 6 days: 12 test users held out, every row of theirs a prompt conflict), `pickapic build` refuses, "
-    "rightly, but says \"split 'validation' is empty: no user is held out for it yet; new users fill it as they "
-    "arrive\" while the split ledger holds 4 users filled into validation whose every row went to split_rejects as "
-    "prompt_conflict (train owns the prompt). pipelines/splits/assign.py trainability_problems() infers 'no user is "
-    "held out' from the split's row count alone. The operator is told to wait for new users, who cannot help either. "
-    "Expected: the line never says no user is held out for a split the ledger holds users in, and says why their "
-    "rows are gone (their prompts are owned by train: prompt conflicts in split_rejects); the code is wrong"
-))
 def test_not_enough_data_tells_the_truth_about_held_out_users_whose_rows_all_conflict(tmp_path: Path) -> None:
     with fast_folder(tmp_path, prefix="pickapic-rev30f-prompt-") as folder:
         root = folder / "home"

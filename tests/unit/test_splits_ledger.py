@@ -174,7 +174,7 @@ def test_three_users_is_not_enough_and_says_why(tmp_path):
     report = build_splits(home, SplitConfig())
     assert report.problems and report.metadata()["trainable"] is False
     text = "; ".join(report.problems)
-    assert text.startswith("too few users: the home has 3 users with labelled rankings and needs at least 10 "
+    assert text.startswith("too few users: the home has 3 users with labelled rankings in its splits and needs at least 10 "
                            "(splits.min_users)")
     table = pq.read_table(home.table_file("split_pairs"))
     with pytest.raises(NotEnoughData, match=r"nothing published: too few users: the home has 3 users"):
