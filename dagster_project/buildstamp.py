@@ -51,13 +51,20 @@ def stamp_key(home: DataHome, *, assignments: Iterable[str] = (), config_file: P
                 _blob_watches(home, assignments, config_file))
 
 
-UNTRUSTED = "untrusted:"   # a key the stamp cannot vouch for (a day's rejected blobs in too many folders): never up to date
+UNTRUSTED = "untrusted:"   # a key the stamp cannot vouch for (a day's rejected blobs in too many folders, a day's
+                           # rows stale): never up to date
+STALE_ROWS = {"copied_rows": "changed"}   # in a day's watch: a row of it is not what a run of it writes now
 
 
-def _key(inputs: list, outputs: list, watches: list) -> str:
+def _key(inputs: list, outputs: list, watches: list, stale: bool | None = None) -> str:
+    """The stamp's key; untrusted where a day's rejected blobs are unwatched or a day's rows are stale (``stale``,
+    default: as ``watches`` say): the plan would run that day (review rev30h), so such a state is never up to
+    date."""
     digest = combine("build-stamp", inputs, outputs, watches)
     unwatched = any(isinstance(watch, list) and watch and watch[-1] == "unwatched" for _, watch in watches)
-    return UNTRUSTED + digest if unwatched else digest
+    if stale is None:
+        stale = any(isinstance(watch, list) and STALE_ROWS in watch for _, watch in watches)
+    return UNTRUSTED + digest if unwatched or stale else digest
 
 
 def _inputs(home: DataHome, assignments: Iterable[str], config_file: Path | None, with_model: bool) -> list:
@@ -128,10 +135,19 @@ class PlanView:
         """The stamp's key once the build's runs are done: the inputs the plan saw, the outputs as the runs left
         them, and the rejected blobs as the plan saw them where the build left a day's rejects alone; a day whose
         rejects the build rewrote is watched as the run left it, unless a blob or folder changed since the plan
-        (then the next check differs and plans in full)."""
+        (then the next check differs and plans in full).
+
+        A day whose rows the runs left stale (:class:`pipelines.provenance.CopiedRows`: :data:`STALE_ROWS`) makes
+        the key untrusted (:func:`_key`): the next build plans in full and runs it. A run of one day can make
+        another stale (review rev30h: a day backfilled late, run alone, holds a picture a later day computed
+        afresh; the later day, with no watch before the build, was stamped as the build left it, stale, and every
+        later build said up to date while ``--dry-run`` planned it): the stamp never records a state the plan
+        would still run something in."""
         before = {day: watch for day, watch in self.watches}
         watches = []
+        left_stale = False
         for day, watch in _blob_watches(home, self.assignments, self.config_file):
+            left_stale = left_stale or STALE_ROWS in watch
             earlier = before.get(day)
             if earlier is not None and earlier[0] == watch[0]:
                 watches.append([day, earlier])
@@ -139,7 +155,7 @@ class PlanView:
                 watches.append([day, CHANGED_DURING_BUILD])
             else:
                 watches.append([day, watch])
-        return _key(self.inputs, _outputs(home, self.with_model), watches)
+        return _key(self.inputs, _outputs(home, self.with_model), watches, left_stale)
 
 
 def plan_view(home: DataHome, *, assignments: Iterable[str] = (), config_file: Path | None = None,

@@ -484,7 +484,7 @@ def _valid_entry(entry: object) -> bool:
 # ----------------------------------------------------------------- rows copied from earlier days (or to be copied)
 COPIES_MARK = "+copied-rows-changed"   # appended to a features version now when a row it copied changed at its source
 _COPIES_CACHE = "copied_rows.json"
-_COPIES_VERSION = 2   # 2: verdicts of every row against the earlier days (review rev30a)
+_COPIES_VERSION = 3   # 2: verdicts of every row against the earlier days (review rev30a); 3: rule of rev30h
 CACHED_COPIES = 1024   # per day, stale uids the cache keeps; a day with more is judged again at each look
 _OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # pipelines.features.reuse.OUTPUT_KEY_FIELD (it imports Beam)
 
@@ -502,12 +502,13 @@ class CopiedRows:
 
     - ``E`` holds ``u`` with ``s``, and the row is not a copy by uid (the day ran before ``E`` was fingerprinted
       again after a blob replacement: review rev30a);
-    - the row is a copy by uid and ``E`` holds ``u`` with another sha256, or no earlier day holds ``u`` (review
-      rev29e: its source was fingerprinted again);
-    - otherwise (no ``E``, or ``E`` holds other bytes and the row is no copy by uid: ``E`` is the one out of date, a
-      run of ``D`` would keep the bytes it reads), its ``reused_from`` is not ``X``'s uid (null without ``X``):
-      a copy by sha256 whose source no longer holds those bytes (review rev30a), or a fresh row an earlier day's
-      bytes now match;
+    - otherwise (no ``E``, or ``E`` holds other bytes: ``E`` is the one out of date, a run of ``D`` reads the blob
+      again and keeps the bytes it reads), its ``reused_from`` is not ``X``'s uid (null without ``X``): a copy by
+      uid whose source was fingerprinted again (review rev29e) or that no earlier day holds, a copy by sha256 whose
+      source no longer holds those bytes (review rev30a), or a fresh row an earlier day's bytes now match. ``X``
+      may hold ``u`` itself (a later day than ``E``, run after the blob was replaced): the stage then writes
+      ``reused_from = u`` for a copy by sha256, which is the row a run writes (review rev30h: it was read as a copy
+      by uid against ``E`` and the day was planned at every build);
     - or the row ``E`` (``X``) holds is stale itself: its run may change what ``D`` copies (review rev30a: a chain
       A, B, C copying by uid, A fingerprinted again, C was fresh while B, its source now, was stale).
 
@@ -517,11 +518,14 @@ class CopiedRows:
     expects of a stale day carries :data:`COPIES_MARK` (the version a run records never does); the build stamp
     watches the same (:meth:`watch`).
 
-    Cost: one pass over every partition's three columns (``image_uid``, ``sha256``, ``reused_from``) in day order,
-    linear in the history, done once per instance (a plan, a stamp). The cache keeps per day, by its partition's
-    stat, its output key, its verdict and its stale uids (at most ``CACHED_COPIES``); a look stats every partition
-    and trusts the verdicts of the days before the first one that changed (a day's rows depend on earlier days
-    only); the days from there are read whole and the earlier ones only for the uids and sha256 those hold."""
+    Cost: two passes over every partition's three columns (``image_uid``, ``sha256``, ``reused_from``) in day
+    order, linear in the history, done once per instance (a plan, a stamp): the first keeps 16 bytes a row
+    (fingerprints), the second only the rows another row shares a uid or sha256 with, or that copied one, and
+    those are judged with integer arrays (review rev30h: a Python tuple per row took about 1 KB a row). The cache
+    keeps per day, by its partition's stat, its output key, its verdict and its stale uids (at most
+    ``CACHED_COPIES``); a look stats every partition and trusts the verdicts of the days before the first one that
+    changed (a day's rows depend on earlier days only); the days from there are read whole and the earlier ones only
+    for the uids and sha256 those hold."""
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
@@ -567,115 +571,126 @@ class CopiedRows:
         self._verdicts = {day: entries[day]["verdict"] for day in days}
         return self._verdicts
 
+    def _read(self, day: str):
+        """(the ``image_uid``, ``sha256``, ``reused_from`` columns of ``day``'s partition as strings, its output key).
+        Raises OSError / ValueError / KeyError / ArrowException for an unreadable file."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self._file(day), columns=list(_COPIES_COLUMNS))
+        key = (table.schema.metadata or {}).get(_OUTPUT_KEY_FIELD)
+        table = table.select(list(_COPIES_COLUMNS)).cast(pa.schema([(name, pa.string()) for name in _COPIES_COLUMNS]))
+        return table, (key.decode("ascii", "replace") if key is not None else None)
+
     def _judge(self, kept: list[str], redo: list[str], stats: dict[str, list], entries: dict[str, dict]
                ) -> dict[str, dict]:
         """The cache entries of the ``redo`` days (sorted, each after every ``kept`` day), from their partitions
-        and the rows of the ``kept`` days holding their uids or sha256 (those days' stale uids from ``entries``)."""
+        and the rows of the ``kept`` days holding their uids or sha256 (those days' stale uids from ``entries``).
+
+        Only the rows that can matter are held as strings (review rev30h: the whole history's three columns and a
+        Python tuple per row, about 1 KB a row): a first pass keeps a 64-bit fingerprint of each ``redo`` row's uid
+        and sha256; a row whose uid and sha256 no other row shares (fingerprints equal are only candidates: the
+        rows are compared by their strings) and that copied nothing is fresh and no source, and is not kept."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        columns = ["image_uid", "sha256", "reused_from"]
-        schema = pa.schema([(name, pa.string()) for name in columns])
+        errors = (OSError, ValueError, KeyError, pa.ArrowException)
         out: dict[str, dict] = {}
-        tables: dict[str | None, list] = {}   # output key -> [(day, table)] in day order
+        prints: dict[str | None, list] = {}   # output key -> [(day, uid prints, sha256 prints)] in day order
         for day in redo:
             try:
-                table = pq.read_table(self._file(day), columns=columns)
-                key = (table.schema.metadata or {}).get(_OUTPUT_KEY_FIELD)
-                table = table.select(columns).cast(schema)
-            except (OSError, ValueError, KeyError, pa.ArrowException):
+                table, key = self._read(day)
+            except errors:
                 out[day] = {"stat": stats[day], "key": None, "verdict": None, "stale": [], "unreadable": True}
                 continue
-            key = key.decode("ascii", "replace") if key is not None else None
             out[day] = {"stat": stats[day], "key": key}
-            tables.setdefault(key, []).append((day, table))
-        for key, recent in tables.items():
-            older = []
-            wanted = None
+            prints.setdefault(key, []).append((day, *_fingerprints(table)))
+            del table
+        for key, recent in prints.items():
+            seen_uids, seen_shas = [u for _, u, _ in recent], [s for _, _, s in recent]
+            uids, shas = np.unique(np.concatenate(seen_uids)), np.unique(np.concatenate(seen_shas))
+            tables = []
             for day in kept:
                 if entries[day].get("key") != key or entries[day].get("unreadable"):
                     continue
-                if wanted is None:
-                    wanted = pc.field("image_uid").isin(pa.concat_arrays(
-                        [t.column("image_uid").combine_chunks() for _, t in recent])) \
-                        | pc.field("sha256").isin(pa.concat_arrays([t.column("sha256").combine_chunks()
-                                                                    for _, t in recent]))
                 try:
-                    older.append((day, pq.read_table(self._file(day), columns=columns, filters=wanted)
-                                  .select(columns).cast(schema)))
-                except (OSError, ValueError, KeyError, pa.ArrowException):
+                    table = self._read(day)[0]
+                except errors:
                     continue   # read at the last look, unreadable now: a later look reads it again
-            verdicts = self._verdicts_of(older + recent, {day for day, _ in older}, entries)
-            for day, _ in recent:
-                out[day].update(verdicts[day])
+                u, s = _fingerprints(table)
+                wanted = _among(u, uids) | _among(s, shas)
+                tables.append((day, table.filter(pa.array(wanted))))
+                seen_uids.append(u[wanted])
+                seen_shas.append(s[wanted])
+            repeated_uids, repeated_shas = _repeated(np.concatenate(seen_uids)), _repeated(np.concatenate(seen_shas))
+            del uids, shas, seen_uids, seen_shas
+            for day, _, _ in recent:   # read again: only the rows that can matter are kept
+                try:
+                    table = self._read(day)[0]
+                except errors:   # gone since the first read: judged again at the next look (its stat changed)
+                    out[day].update(verdict=None, stale=[], unreadable=True)
+                    continue
+                u, s = _fingerprints(table)
+                wanted = _among(u, repeated_uids) | _among(s, repeated_shas) \
+                    | pc.is_valid(table.column("reused_from")).to_numpy(zero_copy_only=False)
+                tables.append((day, table.filter(pa.array(wanted))))
+            verdicts = self._verdicts_of(tables, set(kept), entries)
+            for day, _, _ in recent:
+                out[day].update(verdicts.get(day, {}))
         return out
 
     def _verdicts_of(self, tables: list, kept: set[str], entries: dict[str, dict]) -> dict[str, dict]:
-        """Per day of ``tables`` (day order, one output key) not in ``kept``: its verdict and stale uids."""
+        """Per day of ``tables`` (day order, one output key) not in ``kept``: its verdict and stale uids. Each row
+        is judged (the rules of :class:`CopiedRows`) against the earliest earlier row of its uid and of its sha256,
+        whose own verdicts are known first (day order), with integer arrays: no Python object per row."""
+        import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        if not tables:
-            return {}
-        whole = pa.concat_tables([table.append_column("day", pa.array([day] * table.num_rows, pa.string()))
-                                  for day, table in tables])
-        repeated = {}
-        for name in ("image_uid", "sha256"):
-            counts = pc.value_counts(whole.column(name))
-            repeated[name] = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
-        related = whole.filter(pc.or_(pc.or_(pc.is_in(whole.column("image_uid"), repeated["image_uid"]),
-                                             pc.is_in(whole.column("sha256"), repeated["sha256"])),
-                                      pc.is_valid(whole.column("reused_from"))))
         verdicts = {day: {"verdict": None, "stale": []} for day, _ in tables if day not in kept}
-        stale_kept = {day: set(entries[day]["stale"]) for day in kept}
-        by_uid: dict[str, tuple[str, str, bool]] = {}     # uid -> (earliest day, its sha256, its row stale)
-        by_sha: dict[str, tuple[str, str, bool]] = {}     # sha256 -> (earliest day, its uid, its row stale)
-        rows = sorted(zip(related.column("day").to_pylist(), related.column("image_uid").to_pylist(),
-                          related.column("sha256").to_pylist(), related.column("reused_from").to_pylist()),
-                      key=lambda row: (row[0], row[1] or ""))   # each partition is sorted by uid: the stage's order
-        start = 0
-        while start < len(rows):
-            day = rows[start][0]
-            end = start
-            while end < len(rows) and rows[end][0] == day:
-                end += 1
-            judged = []
-            for _, uid, sha, source in rows[start:end]:
-                if day in kept:
-                    stale = uid in stale_kept[day]
-                else:
-                    stale = self._stale(uid, sha, source, by_uid.get(uid), by_sha.get(sha))
-                    verdict = verdicts[day]
-                    if source is not None and verdict["verdict"] is None:
-                        verdict["verdict"] = "same"
-                    if stale:
-                        verdict["verdict"] = "changed"
-                        if verdict["stale"] is not None:
-                            verdict["stale"].append(uid)
-                            if len(verdict["stale"]) > CACHED_COPIES:
-                                verdict["stale"] = None
-                judged.append((uid, sha, stale))
-            for uid, sha, stale in judged:   # the day's rows are sources for later days only
-                by_uid.setdefault(uid, (day, sha, stale))
-                by_sha.setdefault(sha, (day, uid, stale))
-            start = end
+        # each partition sorted by uid (the stage's order): a day's earliest row of a sha256 is its least uid
+        tables = [(day, _by_uid(table)) for day, table in tables if table.num_rows]
+        if not tables:
+            return verdicts
+        bounds = np.cumsum([0] + [table.num_rows for _, table in tables])
+        day_of = np.repeat(np.arange(len(tables), dtype=np.int32), np.diff(bounds))
+        uid, sha, source = (pa.chunked_array([chunk for _, table in tables for chunk in table.column(name).chunks],
+                                             pa.string()) for name in _COPIES_COLUMNS)
+        prints = [_fingerprints(table) for _, table in tables]   # a table at a time: polars copies the strings
+        days = [day for day, _ in tables]
+        del tables
+        # each row's earliest row of its uid / of its sha256
+        first_uid = _first_rows(uid, np.concatenate([u for u, _ in prints]))
+        first_sha = _first_rows(sha, np.concatenate([s for _, s in prints]))
+        del prints
+        holder = day_of[first_uid] < day_of            # an earlier day holds the uid
+        same_bytes = day_of[first_sha] < day_of        # an earlier (day, uid) holds the sha256
+        holder_same = holder & (first_sha[first_uid] == first_sha)   # ... and the earliest holder has these bytes
+        stale = np.zeros(len(day_of), dtype=bool)
+        for index, day in enumerate(days):
+            rows = slice(int(bounds[index]), int(bounds[index + 1]))
+            uids = uid[rows.start:rows.stop]
+            if day in kept:
+                known = pa.array(sorted(entries[day]["stale"]), pa.string())
+                stale[rows] = _flags(pc.is_in(uids, value_set=known))
+                continue
+            sources = source[rows.start:rows.stop]
+            copied = _flags(pc.is_valid(sources))
+            expected = np.where(holder_same[rows], _flags(pc.equal(sources, uids)),           # a copy by uid
+                                np.where(same_bytes[rows],                                    # a copy by sha256
+                                         _flags(pc.equal(sources, uid.take(pa.array(first_sha[rows])))),
+                                         ~copied))                                            # computed afresh
+            stale[rows] = ~expected | (holder[rows] & stale[first_uid[rows]]) \
+                | (~holder_same[rows] & same_bytes[rows] & stale[first_sha[rows]])
+            verdict = verdicts[day]
+            if copied.any():
+                verdict["verdict"] = "same"
+            if stale[rows].any():
+                verdict["verdict"] = "changed"
+                count = int(stale[rows].sum())
+                verdict["stale"] = None if count > CACHED_COPIES else uids.filter(pa.array(stale[rows])).to_pylist()
         return verdicts
-
-    def _stale(self, uid: str, sha: str, source: str | None, holder: tuple[str, str, bool] | None,
-               same_bytes: tuple[str, str, bool] | None) -> bool:
-        """Whether a row (``uid``, ``sha``, ``reused_from`` = ``source``) differs from what a run of its day writes
-        now: ``holder`` is the earliest earlier row of the uid, ``same_bytes`` the earliest earlier row of the
-        sha256 (each: day, sha256 or uid, whether it is stale itself)."""
-        if holder is not None and holder[2]:
-            return True
-        if holder is not None and holder[1] == sha:
-            return source != uid
-        if holder is not None and source == uid:
-            return True
-        if same_bytes is not None and same_bytes[2]:
-            return True
-        return source != (same_bytes[1] if same_bytes is not None else None)
 
     def same(self, day: str) -> bool | None:
         """Whether every row of ``day`` is what a run of it would write now (:class:`CopiedRows`); None when it
@@ -703,6 +718,86 @@ class CopiedRows:
                     except OSError:
                         pass
             self.changed = False
+
+
+_COPIES_COLUMNS = ("image_uid", "sha256", "reused_from")
+
+
+def _fingerprint(values):
+    """64-bit fingerprints (numpy ``uint64``) of the strings of an arrow array: equal strings have equal ones, and
+    rows with equal ones are compared by their strings (a fingerprint only says which rows to look at)."""
+    import polars as pl
+
+    return pl.Series(values).hash(seed=0).to_numpy()
+
+
+def _fingerprints(table) -> tuple:
+    """The fingerprints of the ``image_uid`` and of the ``sha256`` of each row of ``table``."""
+    return _fingerprint(table.column("image_uid")), _fingerprint(table.column("sha256"))
+
+
+def _by_uid(table):
+    """``table`` sorted by ``image_uid`` (nulls first), itself when it is (as the stage writes a partition)."""
+    import pyarrow.compute as pc
+
+    uid = table.column("image_uid")
+    if uid.null_count == 0 and not pc.any(pc.less(uid[1:], uid[:-1])).as_py():
+        return table
+    return table.sort_by([("image_uid", "ascending", "at_start")])
+
+
+def _repeated(prints):
+    """The fingerprints that occur more than once in ``prints``."""
+    import numpy as np
+
+    values, counts = np.unique(prints, return_counts=True)
+    return values[counts > 1]
+
+
+def _among(values, known):
+    """Whether each item of ``values`` is in ``known`` (sorted, unique): numpy arrays."""
+    import numpy as np
+
+    if not len(known):
+        return np.zeros(len(values), dtype=bool)
+    at = np.minimum(np.searchsorted(known, values), len(known) - 1)
+    return known[at] == values
+
+
+def _flags(values):
+    """A numpy bool array of an arrow boolean array (null: False)."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    return np.asarray(pc.fill_null(values, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+_CHECKED_ROWS = 65_536   # rows whose strings are compared at a time
+
+
+def _first_rows(values, prints):
+    """For each item of ``values`` (an arrow string array, chunked), the index of the first item equal to it. Found
+    by their 64-bit fingerprints ``prints`` (:func:`_fingerprint`), then each row's string compared with its first
+    row's a block at a time; where two strings share a fingerprint, by the strings themselves (arrow's hash table:
+    more memory)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    _, first, inverse = np.unique(prints, return_index=True, return_inverse=True)
+    first = first[inverse.ravel()]
+    if not values.null_count:
+        later = np.flatnonzero(first != np.arange(len(first)))
+        for start in range(0, len(later), _CHECKED_ROWS):
+            rows = later[start:start + _CHECKED_ROWS]
+            if not pc.all(pc.equal(values.take(pa.array(rows)), values.take(pa.array(first[rows])))).as_py():
+                break
+        else:
+            return first
+    codes = pc.index_in(values, value_set=pc.unique(values))   # nulls equal: null's own index
+    _, first, inverse = np.unique(np.asarray(codes.to_numpy(zero_copy_only=False)), return_index=True,
+                                  return_inverse=True)
+    return first[inverse.ravel()]
 
 
 def _valid_copies_entry(entry: object, info: list) -> bool:

@@ -29,7 +29,7 @@ nightly schedule, the sensors) runs that later day and the whole rebuild at ever
 build`` says "up to date" (README section 3 documents "planned at every build"; confirmed with the CLI).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour; both fixed the same day (fix30h, ``tests/unit/test_fix30h.py``) and the markers removed.
 """
 from __future__ import annotations
 
@@ -40,7 +40,6 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 from test_ingest_fixtures import DayBuilder
 
@@ -74,14 +73,6 @@ def _stale(home: DataHome, days: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. a day planned at every build: a copy by sha256 whose source uid is the row's own uid is read as a copy by uid
-@pytest.mark.xfail(strict=True, reason=(
-    "CopiedRows reads a row whose reused_from is its own image_uid as a copy by uid; the feature stage also writes "
-    "that value for a copy by sha256 from an earlier day holding the same uid with the new bytes (blob replaced, "
-    "then days B and C re-run but not A: C's row is copied by sha256 from (B, uid)). The earliest holder A still has "
-    "the old bytes, so the row is judged stale, and a run of C writes the very same bytes again: C (and the whole "
-    "rebuild) is planned at every build and nightly forever (pickapic build --dry-run lists it after every build, "
-    "while a plain build's stamp says up to date). Expected: a day whose rerun writes what it holds is not stale"
-))
 def test_a_copy_by_sha256_from_the_rows_own_uid_on_an_earlier_day_is_not_planned_again_and_again(
         tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
@@ -132,15 +123,6 @@ def _clean_day(day: str, seed: int, id_base: int) -> DayBuilder:
     return builder
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "buildstamp.PlanView.key_after_build keeps the watch a day had before the build only where it had one: a day "
-    "with no watch then (no rejected blob, no copied row) is recorded as it is after the build. So when a backfilled "
-    "earlier day lands and the build runs it alone, the later day whose fresh row that day's bytes now match turns "
-    "stale ({'copied_rows': 'changed'}) during the build, the stamp records that as the settled state, and every "
-    "later `pickapic build` says 'up to date: nothing changed' while --dry-run plans the day and the rebuild: the "
-    "warehouse keeps reused_from null where a build from scratch copies the row, and the published version differs "
-    "from scratch's. Expected: the next plain build runs the stale day, and --dry-run then says up to date"
-))
 def test_a_day_made_stale_by_a_backfilled_earlier_day_is_run_by_the_next_build(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     home.banned_users_file.parent.mkdir(parents=True, exist_ok=True)
