@@ -62,7 +62,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
                           #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "13",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "14",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -79,6 +79,9 @@ CODE_VERSIONS: dict[str, str] = {
                           #     key (rev30g: a quarantined ranking's prompt lost its pin, published in train next);
                           #     split_pairs records min_unique_rows and its held-out users by ledger rule (the card
                           #     states how they were chosen, rev30f)
+                          # 14: a quarantined line read as the ingest reads it (a leading byte order mark skipped:
+                          #     line 1 of a BOM-prefixed file lost its pins); a ranking of pairs matched by id and
+                          #     day; a held-out record naming an unknown ledger rule is not believed (rev30i)
     "publish": "10",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -50,7 +50,10 @@ class FeaturesConfig:
                               "replace them, without credentials; listed with every option's value hidden, and the "
                               "settings file holding them is 0600", output=False, private=True)
     blob_zone: str = knob("raw", "folder of the home that blob paths must stay inside")
-    blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home)", output=False)
+    blob_base: str | None = knob(None, "where blob paths and the JPEG store resolve (default: the home); a local "
+                                       "store outside the home records the home as its writer "
+                                       "(<base>/blobs/train/.writers), and a home whose store another home writes "
+                                       "into removes no training JPEG", output=False)
     staging: str | None = knob(None, "scratch folder of a run (default <base>/.staging/features/dt=<day>); "
                                      "deleted after the run, so a new folder outside the home or a subfolder "
                                      "of <base>/.staging/features", output=False)
@@ -201,10 +204,16 @@ def file_url_path(value: str, where: str) -> str | None:
 def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
     it (blobs/train and .staging are written there); a ``file://`` URL is checked as its path, any other URL gets
-    no check here."""
+    no check here. Once accepted, a local store that is not inside the home (another folder, another data home, the
+    home's own behind a link) records the home as one of its writers (``trainjpegs.record_store_user``, review
+    rev30i: that home's removal of training JPEGs then removes none), as the settings are set and as the feature
+    stage starts."""
     where = f"FeaturesConfig.blob_base={quoted(blob_base)}"
     blob_base = blob_base and (file_url_path(blob_base, "features.blob_base") or blob_base)
-    if blob_base is None or is_url(blob_base):
+    if blob_base is not None and is_url(blob_base):
+        return
+    if blob_base is None:
+        _record_writer(str(home), home, "the data home's training JPEG store")
         return
     try:
         info = os.lstat(blob_base)
@@ -216,6 +225,18 @@ def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     if real != home_real and (_within(home_real, real) or _within(real, home_real)):
         raise StagingRefused(f"{where} {'holds' if _within(home_real, real) else 'lies inside'} the data home "
                              f"{home_real}; give the home itself or a folder outside it")
+    _record_writer(blob_base, home, where)
+
+
+def _record_writer(base: str, home: str | os.PathLike, where: str) -> None:
+    """Record the home as a writer of the store of ``base`` (:func:`check_blob_base`); refused when it cannot be."""
+    from pipelines.features.trainjpegs import record_store_user
+
+    try:
+        record_store_user(base, home)
+    except OSError as exc:
+        raise StagingRefused(f"{where}: this home cannot be recorded as a writer of its training JPEG store "
+                             f"({exc.strerror or exc})") from None
 
 
 def check_staging(staging: str, base: str, home: str | os.PathLike, where: str = "staging folder") -> None:

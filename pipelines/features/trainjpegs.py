@@ -28,7 +28,11 @@ publish lock (``.locks/publish.lock``, waited for), under which alone the JPEG d
 after the listing is never a candidate. The store is reached as the feature stage writes it and the publish reads
 it: through a symbolic link at ``HOME/blobs``, ``HOME/blobs/train`` or a size folder (the store on another disk),
 followed when listing and when removing alike (review rev30g: the listing followed one at ``blobs/train``, the
-removal refused it, and nothing was removed or said); a link at a ``<xx>`` key folder (which the feature stage
+removal refused it, and nothing was removed or said), but only ever to what this home alone owns (review rev30i):
+a size folder a link takes into another data home, or into a store another home writes into, is skipped with a
+note; a home whose store is outside it records itself there (:func:`record_store_user`, a marker in
+``blobs/train/.writers``), and a home whose store holds another home's marker removes nothing (one note); a link at
+a ``<xx>`` key folder (which the feature stage
 refuses to write through) or at a JPEG's name is never followed. Only regular files named as the stage names them
 are removed, each ``unlink`` relative to its key folder, opened without following a link. Crash-safe and
 idempotent: the keys removed are a function of the warehouse, the version folders and the store; a run stopped
@@ -42,8 +46,10 @@ the home.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import secrets
 import stat
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -55,6 +61,7 @@ import pyarrow.parquet as pq
 from formats.files import is_url
 from formats.home import DataHome
 from formats.locks import LockFileRefused, sweep_exclusively
+from pipelines.features.config import _within
 
 LOCK_NAME = "train-jpegs.lock"      # in HOME/.locks: the feature stage holds it shared, the removal exclusively
 TRAIN_ROOT = "blobs/train"
@@ -86,17 +93,111 @@ class NotPruned(Exception):
 
 
 _LINKED_PARTS = 3        # blobs, train, s<N>q<N>: a link there is the home's own (the store on another disk), followed
+WRITERS = ".writers"     # in <blob base>/blobs/train: a marker file per data home whose feature stage writes there
+_MARKER = re.compile(r"[0-9a-f]{64}")
+_MARKER_TEXT = b"a pickapic data home's feature stage writes its training JPEGs into this store\n"
 
 
-def stored_jpegs(home: DataHome) -> dict[str, tuple[int, tuple[int, int]]]:
+def home_digest(home: str | os.PathLike) -> str:
+    """The name of a home's marker file: the SHA-256 of its real path (no path in the store's files)."""
+    return hashlib.sha256(os.fsencode(os.path.realpath(home))).hexdigest()
+
+
+def record_store_user(base: str, home: str | os.PathLike) -> None:
+    """Record ``home`` as a writer of the training JPEG store of the local blob base ``base`` when that store
+    (``<base>/blobs/train``, its links followed) is not inside the home: a blob base that is another data home, or
+    the home's own store behind a link to another disk (review rev30i: the other home's removal deleted the JPEGs
+    this home needs, judged by its own warehouse alone). The marker ``<base>/blobs/train/.writers/<digest of the
+    home's real path>`` is written once, atomically (a temporary file linked into place: nothing is replaced), as
+    the umask allows; the removal of a store holding another home's marker removes nothing. Raises ``OSError``
+    where it cannot be written, or where ``.writers`` or the marker is not what this writes."""
+    train = os.path.join(base, TRAIN_ROOT)
+    home_real = os.path.realpath(home)
+    if _within(os.path.realpath(train), home_real):
+        return
+    folder = os.path.join(train, WRITERS)
+    os.makedirs(folder, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise OSError(f"{folder} is not a folder (the feature stage records the homes writing into the store there)")
+    marker = os.path.join(folder, home_digest(home))
+    try:
+        if stat.S_ISREG(os.lstat(marker).st_mode):
+            return
+        raise OSError(f"{marker} is not a regular file (this home's marker as a writer of the store)")
+    except FileNotFoundError:
+        pass
+    temp = f"{marker}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            os.write(fd, _MARKER_TEXT)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, marker)
+        except FileExistsError:     # another run of this home wrote it meanwhile
+            pass
+    finally:
+        os.unlink(temp)
+
+
+def other_writers(home: DataHome, train: str | os.PathLike | None = None) -> list[str]:
+    """The marker files of data homes other than ``home`` in the ``.writers`` folder of ``train`` (default the
+    home's ``blobs/train``, its links followed)."""
+    own = home_digest(home.root)
+    folder = Path(train if train is not None else home.root / TRAIN_ROOT) / WRITERS
+    return [entry.path for entry in _entries(folder) if _MARKER.fullmatch(entry.name) and entry.name != own]
+
+
+def _other_home_holding(path: str, home_real: str) -> str | None:
+    """The folder of another data home (a ``warehouse`` folder or a ``pickapic.toml`` file in it) that is ``path``
+    or holds it, the nearest first; None where there is none."""
+    folder = path
+    while True:
+        if folder != home_real and (os.path.isdir(os.path.join(folder, "warehouse"))
+                                    or os.path.isfile(os.path.join(folder, "pickapic.toml"))):
+            return folder
+        parent = os.path.dirname(folder)
+        if parent == folder:
+            return None
+        folder = parent
+
+
+def _foreign_size_folder(home: DataHome, size: os.DirEntry) -> str | None:
+    """Why a size folder is not this home's alone to prune (review rev30i), or None. One inside the home (its real
+    path, links followed) is; one a link at ``blobs``, ``blobs/train`` or the folder itself takes outside the home
+    is not where that place lies in another data home or its store records another home as a writer."""
+    home_real = os.path.realpath(home.root)
+    real = os.path.realpath(size.path)
+    if _within(real, home_real):
+        return None
+    other = _other_home_holding(real, home_real)
+    if other is not None:
+        return f"it is {real}, in the data home {other}"
+    markers = other_writers(home, os.path.dirname(real))
+    if markers:
+        return f"it is {real}, a store another data home writes into ({markers[0]})"
+    return None
+
+
+def stored_jpegs(home: DataHome, notes: list[str] | None = None) -> dict[str, tuple[int, tuple[int, int]]]:
     """key (relative to the home) -> (size, (device, inode)) of every regular file
     ``blobs/train/s<N>q<N>/<xx>/<sha256>.jpg`` whose two hex digits are its digest's first two. A link at
     ``blobs``, ``blobs/train`` or a size folder is followed (as the feature stage writes through it and the publish
-    reads through it); a ``<xx>`` folder or a JPEG that is a link is not."""
+    reads through it) where it stays in the home or leads to a place no other data home holds or writes into
+    (review rev30i); a size folder it takes into another home's store is skipped, said in ``notes``. A ``<xx>``
+    folder or a JPEG that is a link is never followed."""
     out: dict[str, tuple[int, tuple[int, int]]] = {}
     root = home.root / TRAIN_ROOT
     for size in _entries(root):
         if not (_SIZE_FOLDER.fullmatch(size.name) and _is_dir(size, follow=True)):
+            continue
+        foreign = _foreign_size_folder(home, size)
+        if foreign is not None:
+            if notes is not None:
+                notes.append(f"training JPEGs of {TRAIN_ROOT}/{size.name} not pruned: {foreign}, not this home's "
+                             "alone")
             continue
         for shard in _entries(Path(size.path)):
             if not (_SHARD_FOLDER.fullmatch(shard.name) and _is_dir(shard, follow=False)):
@@ -211,7 +312,9 @@ def prune_training_jpegs(home: DataHome, base: str | None = None) -> PruneReport
 
 
 def _prune(home: DataHome, report: PruneReport) -> None:
-    stored = stored_jpegs(home)          # listed first: a JPEG written after this is never a candidate
+    if _written_by_others(home, report):
+        return
+    stored = stored_jpegs(home, report.notes)   # listed first: a JPEG written after this is never a candidate
     report.listed = len(stored)
     if not stored:
         return
@@ -225,7 +328,7 @@ def _prune(home: DataHome, report: PruneReport) -> None:
     needed_files = {identity for key, (_, identity) in stored.items() if key in needed}
     unneeded = sorted(key for key, (_, identity) in stored.items()
                       if key not in needed and identity not in needed_files)
-    if not unneeded:
+    if not unneeded or _written_by_others(home, report):   # again: a home that began writing here meanwhile
         return
     removed, failed = [], []
     for key in unneeded:
@@ -245,6 +348,20 @@ def _prune(home: DataHome, report: PruneReport) -> None:
         report.cache_entries_removed, note = forget(home, set(removed))
         if note:
             report.notes.append(note)
+
+
+def _written_by_others(home: DataHome, report: PruneReport) -> bool:
+    """Whether another data home's feature stage writes into this home's store (its marker in
+    ``blobs/train/.writers``: that home's ``features.blob_base`` names this one, or the two homes' stores are one
+    folder behind links), said in one note: then nothing is removed, as that home's JPEGs are not in this home's
+    warehouse (review rev30i)."""
+    markers = other_writers(home)
+    if markers:
+        report.notes.append(
+            f"training JPEGs not pruned: {len(markers)} other data home(s) write their training JPEGs into this "
+            f"store (marker {markers[0]}); a JPEG this home no longer needs may be theirs. Remove a marker once "
+            "its home's features.blob_base no longer names this store")
+    return bool(markers)
 
 
 def _unlink_jpeg(root: Path, key: str, identity: tuple[int, int]) -> bool:

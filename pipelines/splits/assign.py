@@ -152,6 +152,9 @@ SETTINGS_METADATA = b"pickapic.splits_settings"
 # ledger rule -> users of that split with a row in split_pairs ({"validation": {"fill": 4, "hash": 1}, ...}); the
 # data card states it (review rev30f: it called a young version's fill-rule users a 6% salted-hash sample)
 HELDOUT_METADATA = b"pickapic.splits_heldout_users"
+# the ledger rules a held-out record may name ("unknown": a user the ledger has no entry for, or one of a rule this
+# code does not write); a record naming any other is not believed (review rev30i: the card showed the name as written)
+HELDOUT_RULES = frozenset({"first_user", "fill", "hash", "published", "unknown"})
 
 
 def settings_record(config: SplitConfig) -> bytes:
@@ -167,7 +170,8 @@ def heldout_record(users: Iterable[tuple[str, str]], assigned: dict[str, Assignm
     counts: dict[str, Counter] = {split: Counter() for split in HELDOUT}
     for split, user in users:
         if split in counts:
-            counts[split][assigned[user].rule if user in assigned else "unknown"] += 1
+            rule = assigned[user].rule if user in assigned else "unknown"
+            counts[split][rule if rule in HELDOUT_RULES else "unknown"] += 1
     return json.dumps({split: dict(sorted(c.items())) for split, c in counts.items()},
                       sort_keys=True).encode("ascii")
 
@@ -208,8 +212,9 @@ def read_heldout_record(metadata: dict | None) -> dict[str, dict[str, int]] | No
     for split in HELDOUT:
         rules = record[split]
         if not isinstance(rules, dict) or not all(
-                isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in rules.values()):
-            return None
+                rule in HELDOUT_RULES and isinstance(n, int) and not isinstance(n, bool) and n >= 0
+                for rule, n in rules.items()):
+            return None     # a rule name this code never writes (review rev30i: the card showed it as written)
         out[split] = {str(rule): n for rule, n in sorted(rules.items())}
     return out
 _BRACKETS = re.compile(r"\[[^\]]*\]")
@@ -1769,10 +1774,14 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
         # no rankings or images at all is no warehouse to judge by (a home fed pairs by hand): every pin is kept
         register_views(con, {name: home.table_glob(name) for name in ("rankings", "images", "downloads", "quarantine")},
                        required=("rankings", "images"))
-        quarantined = (f"""SELECT raw_text FROM quarantine WHERE "table" IN {_QUARANTINE_TABLES}
-                           AND raw_text IS NOT NULL AND json_valid(raw_text)""")
+        # the line as the ingest parses it: a byte order mark before line 1 of a file is skipped (parse.without_bom,
+        # review rev30i: the quarantine keeps it, and json_valid refused the line), JSON blanks around it both allow
+        line = "CASE WHEN starts_with(raw_text, chr(65279)) THEN substr(raw_text, 2) ELSE raw_text END"
+        quarantined = (f"""SELECT raw_text FROM (SELECT {line} AS raw_text FROM quarantine
+                                                 WHERE "table" IN {_QUARANTINE_TABLES} AND raw_text IS NOT NULL)
+                           WHERE json_valid(raw_text)""")
         columns = {name: {row[0] for row in con.sql(f"DESCRIBE {name}").fetchall()}
-                   for name in ("rankings", "images", "downloads", "quarantine")}
+                   for name in ("rankings", "images", "downloads", "quarantine", "pairs")}
 
         def select(name: str, column: str, alias: str = "") -> list[str]:
             """``SELECT column FROM name`` where the table has that column (none where it has not: no rows)."""
@@ -1786,8 +1795,11 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
                  for name in ("rankings", "images", "downloads") for query in select(name, "prompt", ", false")]
                 + [f"""SELECT json_extract_string(raw_text, '$.prompt'), true FROM ({quarantined})
                        WHERE json_extract_string(raw_text, '$.prompt') IS NOT NULL"""])
-            in_pairs = ("EXCEPT SELECT prompt, false FROM rankings WHERE ranking_id IN (SELECT ranking_id FROM pairs)"
-                        if {"prompt", "ranking_id"} <= columns["rankings"] else "")
+            # a ranking of pairs by its id and day (review rev30i: an id two days hold took the other day's text out)
+            in_pairs = ("""EXCEPT SELECT prompt, false FROM rankings
+                           WHERE (ranking_id, CAST(dt AS DATE)) IN (SELECT ranking_id, CAST(dt AS DATE) FROM pairs)"""
+                        if {"prompt", "ranking_id", "dt"} <= columns["rankings"]
+                        and {"ranking_id", "dt"} <= columns["pairs"] else "")
             texts = con.sql(f"{warehouse} {in_pairs}").fetchall()
             from pipelines.ingest.parse import split_prompt
 
