@@ -4,13 +4,13 @@ session): the training JPEG removal the publish step runs (``pipelines/features/
 warehouse, ``split_pairs`` and staged versions) and the split key owner pins kept while a warehouse or quarantined
 row holds their key (``pipelines/splits/assign.py``, ``drop_erased_pins``).
 
-Run against real files, real DuckDB and the real removal (no mocks of the code under review).
+Run against real files, real DuckDB and the real removal (no mocks of the code under review). All three fixed the
+same day (fix30i, ``tests/unit/test_fix30i.py``) and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from formats.home import DataHome
 from pipelines.features import trainjpegs
@@ -34,14 +34,6 @@ def _home_with_jpeg(root, sha: str) -> DataHome:
     return home
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "prune_training_jpegs follows a link at a size folder wherever it leads and removes every JPEG there this home's "
-    "warehouse does not name: with HOME_A/blobs/train/s600q90 a link to HOME_B's s512q90 (two homes sharing one "
-    "content-addressed store), A's publish deletes the JPEG B's image_features (and split_pairs) name, under A's "
-    "locks only (B's feature stage holds B's train-jpegs.lock), so B's next publish fails 'training JPEG ... is "
-    "missing'; expected: a JPEG of another data home's store is never removed by this home's prune (the removal "
-    "refuses or notes a store that is another home's, and removes nothing of it)"
-))
 def test_a_size_folder_linked_to_another_homes_store_keeps_that_homes_jpegs(tmp_path):
     other = _home_with_jpeg(tmp_path / "home_b", SHA["b"])          # B needs b
     home = _home_with_jpeg(tmp_path / "home_a", SHA["a"])           # A needs a, in its own store
@@ -51,13 +43,6 @@ def test_a_size_folder_linked_to_another_homes_store_keeps_that_homes_jpegs(tmp_
     assert (other.root / _jpeg_key(SHA["b"])).is_file(), report
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "features.blob_base may name another data home (README: an existing folder neither inside the home nor holding "
-    "it), and then this home's feature stage writes its training JPEGs into that home's blobs/train; the other "
-    "home's publish prunes its own store by its own warehouse alone and deletes the JPEGs this home's "
-    "image_features name (nothing records that a second home uses the store, and the two homes' train-jpegs locks "
-    "are different files): expected: a JPEG a home using the store as its blob base needs is not removed"
-))
 def test_a_jpeg_of_a_home_whose_blob_base_is_this_home_stays(tmp_path):
     store = _home_with_jpeg(tmp_path / "home_a", SHA["a"])
     user = DataHome(tmp_path / "home_b")                  # B: features.blob_base = HOME_A
@@ -78,14 +63,6 @@ def test_a_jpeg_of_a_home_whose_blob_base_is_this_home_stays(tmp_path):
 # --- split key owner pins -----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "drop_erased_pins reads a quarantined line's prompt and image uids only when DuckDB's json_valid(raw_text) is "
-    "true; the ingest skips a UTF-8 byte order mark before line 1 of a raw file (parse.without_bom) but the "
-    "quarantine keeps that line's raw_text as written, BOM first, which json_valid rejects: a test prompt whose "
-    "only ranking is line 1 of a BOM-prefixed rankings file quarantined as unknown_image_reference loses its pin "
-    "and the next version may publish the prompt in train (the cross-version leak fix30g closed); expected: the "
-    "pin stays, the line read as the ingest reads it (BOM skipped)"
-))
 def test_a_quarantined_first_line_after_a_bom_keeps_its_pin(tmp_path):
     home = DataHome(tmp_path / "home")
     for table, rows in (("rankings", {"ranking_id": [1], "prompt": ["in pairs"], "image_0_uid": ["img-p"],
