@@ -28,7 +28,7 @@ from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
-from pipelines.provenance import RejectedBlobs, changed_since, combine, raw_stats, stat_key
+from pipelines.provenance import RejectedBlobs, changed_since, combine, raw_gone_days, raw_stats, stat_key
 
 STAMP = "build_stamp.json"
 
@@ -96,12 +96,17 @@ def _blob_watches(home: DataHome, assignments: Iterable[str] = (), config_file: 
     ``truncated_image``, ...), what they are now (:meth:`pipelines.provenance.RejectedBlobs.stamp_watch`): a blob
     that lands or changes after its day was fingerprinted changes no raw day file, yet makes the day stale
     (reviews rev23a, rev23g). One ``stat`` per rejected blob, or per folder that holds them when a day has more
-    than ``CACHED_BLOBS``; the paths come from the bounded cache (the partition is read only when it changed)."""
+    than ``CACHED_BLOBS``; the paths come from the bounded cache (the partition is read only when it changed).
+    A day whose raw folder is gone (:func:`pipelines.provenance.raw_gone_days`) is not watched: the plan never runs
+    it again, so its rejected blobs and rows are settled as built (review rev30j: its stale rows kept the stamp
+    untrusted for good); its partitions are among the outputs, and the days copying from it are watched."""
     folder = home.table_dir("image_rejects")
     try:
         days = sorted(name[3:] for name in os.listdir(folder) if name.startswith("dt="))
     except OSError:
         return []
+    gone = raw_gone_days(home, days)
+    days = [day for day in days if day not in gone]
     blobs = RejectedBlobs(home)
     base = _named_settings(home, assignments, config_file, "features", ("blob_base",)).get("blob_base")
     base = base if isinstance(base, str) and base and "\x00" not in base else str(home.root)

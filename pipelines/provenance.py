@@ -482,9 +482,20 @@ def _valid_entry(entry: object) -> bool:
 
 
 # ----------------------------------------------------------------- rows copied from earlier days (or to be copied)
+def raw_gone_days(home: DataHome, days: Iterable[str]) -> set[str]:
+    """The days of ``days`` that are not days of the raw zone (``DataHome.raw_days``, the listing the build's plan
+    runs days from): their raw folder was pruned by retention (README section 2, *A pruned raw day*), so no build
+    runs them again and what was built from them is kept as it is. None in a home with no raw zone folder
+    (``raw/app_logs``): nothing was pruned from it (its partitions were written by the stages called directly)."""
+    if not home.raw_logs.is_dir():
+        return set()
+    return set(days) - set(home.raw_days())
+
+
 COPIES_MARK = "+copied-rows-changed"   # appended to a features version now when a row it copied changed at its source
 _COPIES_CACHE = "copied_rows.json"
-_COPIES_VERSION = 3   # 2: verdicts of every row against the earlier days (review rev30a); 3: rule of rev30h
+_COPIES_VERSION = 4   # 2: verdicts of every row against the earlier days (review rev30a); 3: rule of rev30h;
+                      # 4: pruned days settled, a source's staleness followed only when its run may change its bytes
 CACHED_COPIES = 1024   # per day, stale uids the cache keeps; a day with more is judged again at each look
 _OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # pipelines.features.reuse.OUTPUT_KEY_FIELD (it imports Beam)
 
@@ -538,6 +549,7 @@ class CopiedRows:
             self.known = {}
         self.changed = False
         self._verdicts: dict[str, str | None] | None = None
+        self._pruned: set[str] = set()   # the days whose raw folder is gone, as the look found them
 
     def _file(self, day: str) -> Path:
         return self.home.partition_file("image_features", day)
@@ -555,7 +567,9 @@ class CopiedRows:
         stats = {day: stat_key(self._file(day)) for day in days}
         stats = {day: info for day, info in stats.items() if info is not None and info[0] != "not-a-file"}
         days = [day for day in days if day in stats]
-        first = next((day for day in days if not _valid_copies_entry(self.known.get(day), stats[day])), None)
+        self._pruned = pruned = raw_gone_days(self.home, days)
+        first = next((day for day in days
+                      if not _valid_copies_entry(self.known.get(day), stats[day], day in pruned)), None)
         gone = [day for day in sorted(self.known) if day not in stats]
         if gone and (first is None or gone[0] < first):   # a partition removed: the days after it are judged again
             first = next((day for day in days if day > gone[0]), None)
@@ -585,7 +599,8 @@ class CopiedRows:
     def _judge(self, kept: list[str], redo: list[str], stats: dict[str, list], entries: dict[str, dict]
                ) -> dict[str, dict]:
         """The cache entries of the ``redo`` days (sorted, each after every ``kept`` day), from their partitions
-        and the rows of the ``kept`` days holding their uids or sha256 (those days' stale uids from ``entries``).
+        and the rows of the ``kept`` days holding their uids or sha256 (those days' stale and risky uids from
+        ``entries``); the rows of the days whose raw folder is gone are settled as they are (:func:`raw_gone_days`).
 
         Only the rows that can matter are held as strings (review rev30h: the whole history's three columns and a
         Python tuple per row, about 1 KB a row): a first pass keeps a 64-bit fingerprint of each ``redo`` row's uid
@@ -596,15 +611,17 @@ class CopiedRows:
         import pyarrow.compute as pc
 
         errors = (OSError, ValueError, KeyError, pa.ArrowException)
+        pruned = self._pruned
         out: dict[str, dict] = {}
         prints: dict[str | None, list] = {}   # output key -> [(day, uid prints, sha256 prints)] in day order
         for day in redo:
             try:
                 table, key = self._read(day)
             except errors:
-                out[day] = {"stat": stats[day], "key": None, "verdict": None, "stale": [], "unreadable": True}
+                out[day] = {"stat": stats[day], "key": None, "verdict": None, "stale": [], "risky": [],
+                            "pruned": day in pruned, "unreadable": True}
                 continue
-            out[day] = {"stat": stats[day], "key": key}
+            out[day] = {"stat": stats[day], "key": key, "pruned": day in pruned}
             prints.setdefault(key, []).append((day, *_fingerprints(table)))
             del table
         for key, recent in prints.items():
@@ -629,7 +646,7 @@ class CopiedRows:
                 try:
                     table = self._read(day)[0]
                 except errors:   # gone since the first read: judged again at the next look (its stat changed)
-                    out[day].update(verdict=None, stale=[], unreadable=True)
+                    out[day].update(verdict=None, stale=[], risky=[], unreadable=True)
                     continue
                 u, s = _fingerprints(table)
                 wanted = _among(u, repeated_uids) | _among(s, repeated_shas) \
@@ -641,14 +658,19 @@ class CopiedRows:
         return out
 
     def _verdicts_of(self, tables: list, kept: set[str], entries: dict[str, dict]) -> dict[str, dict]:
-        """Per day of ``tables`` (day order, one output key) not in ``kept``: its verdict and stale uids. Each row
-        is judged (the rules of :class:`CopiedRows`) against the earliest earlier row of its uid and of its sha256,
-        whose own verdicts are known first (day order), with integer arrays: no Python object per row."""
+        """Per day of ``tables`` (day order, one output key) not in ``kept``: its verdict, stale and risky uids. Each
+        row is judged (the rules of :class:`CopiedRows`) against the earliest earlier row of its uid and of its
+        sha256, whose own verdicts are known first (day order), with integer arrays: no Python object per row. A
+        row is risky when a run of its day may give it other bytes (a stale row with no earlier row holding its
+        bytes, or one following a risky row): only those make the rows that follow them stale. The rows of a day
+        whose raw folder is gone (:func:`raw_gone_days`) are neither: it is never run again, its rows are sources
+        as they are."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        verdicts = {day: {"verdict": None, "stale": []} for day, _ in tables if day not in kept}
+        pruned = self._pruned
+        verdicts = {day: {"verdict": None, "stale": [], "risky": []} for day, _ in tables if day not in kept}
         # each partition sorted by uid (the stage's order): a day's earliest row of a sha256 is its least uid
         tables = [(day, _by_uid(table)) for day, table in tables if table.num_rows]
         if not tables:
@@ -668,28 +690,37 @@ class CopiedRows:
         same_bytes = day_of[first_sha] < day_of        # an earlier (day, uid) holds the sha256
         holder_same = holder & (first_sha[first_uid] == first_sha)   # ... and the earliest holder has these bytes
         stale = np.zeros(len(day_of), dtype=bool)
+        risky = np.zeros(len(day_of), dtype=bool)    # stale, and a run of its day may give the row other bytes
         for index, day in enumerate(days):
             rows = slice(int(bounds[index]), int(bounds[index + 1]))
             uids = uid[rows.start:rows.stop]
             if day in kept:
-                known = pa.array(sorted(entries[day]["stale"]), pa.string())
-                stale[rows] = _flags(pc.is_in(uids, value_set=known))
+                for flags, name in ((stale, "stale"), (risky, "risky")):
+                    known = pa.array(sorted(entries[day].get(name) or []), pa.string())
+                    flags[rows] = _flags(pc.is_in(uids, value_set=known))
                 continue
             sources = source[rows.start:rows.stop]
             copied = _flags(pc.is_valid(sources))
+            verdict = verdicts[day]
+            if copied.any():
+                verdict["verdict"] = "same"
+            if day in pruned:
+                continue   # settled as built: never run again (its raw folder is gone)
             expected = np.where(holder_same[rows], _flags(pc.equal(sources, uids)),           # a copy by uid
                                 np.where(same_bytes[rows],                                    # a copy by sha256
                                          _flags(pc.equal(sources, uid.take(pa.array(first_sha[rows])))),
                                          ~copied))                                            # computed afresh
-            stale[rows] = ~expected | (holder[rows] & stale[first_uid[rows]]) \
-                | (~holder_same[rows] & same_bytes[rows] & stale[first_sha[rows]])
-            verdict = verdicts[day]
-            if copied.any():
-                verdict["verdict"] = "same"
+            # a row following a risky one may get other bytes from it; a source stale in its reused_from alone
+            # (its run copies the same bytes from elsewhere) gives the same row again (review rev30j)
+            follows = (holder[rows] & risky[first_uid[rows]]) \
+                | (~holder_same[rows] & same_bytes[rows] & risky[first_sha[rows]])
+            stale[rows] = ~expected | follows
+            risky[rows] = (~expected & ~holder_same[rows] & ~same_bytes[rows]) | follows
             if stale[rows].any():
                 verdict["verdict"] = "changed"
                 count = int(stale[rows].sum())
                 verdict["stale"] = None if count > CACHED_COPIES else uids.filter(pa.array(stale[rows])).to_pylist()
+                verdict["risky"] = None if count > CACHED_COPIES else uids.filter(pa.array(risky[rows])).to_pylist()
         return verdicts
 
     def same(self, day: str) -> bool | None:
@@ -800,14 +831,17 @@ def _first_rows(values, prints):
     return first[inverse.ravel()]
 
 
-def _valid_copies_entry(entry: object, info: list) -> bool:
-    """Whether a cache entry has the shape :class:`CopiedRows` writes and the partition's stat ``info``."""
-    if not isinstance(entry, dict) or entry.get("stat") != info:
+def _valid_copies_entry(entry: object, info: list, pruned: bool) -> bool:
+    """Whether a cache entry has the shape :class:`CopiedRows` writes, the partition's stat ``info`` and was judged
+    with the day pruned (``pruned``) or not, as it is now."""
+    if not isinstance(entry, dict) or entry.get("stat") != info or entry.get("pruned") is not pruned:
         return False
     if entry.get("verdict") not in (None, "same", "changed") or not isinstance(entry.get("key"), (str, type(None))):
         return False
     stale = entry.get("stale")
     if stale is None:   # too many stale uids to keep: judged again from the partitions
         return False
+    risky = entry.get("risky")
     return isinstance(stale, list) and all(isinstance(uid, str) for uid in stale) \
-        and (entry["verdict"] == "changed") == bool(stale)
+        and (entry["verdict"] == "changed") == bool(stale) \
+        and isinstance(risky, list) and all(isinstance(uid, str) for uid in risky) and set(risky) <= set(stale)

@@ -203,7 +203,7 @@ def test_rejects_in_too_many_folders_make_the_stamp_untrusted(tmp_path: Path, mo
     monkeypatch.setattr(provenance, "CACHED_BLOBS", 1)
     monkeypatch.setattr(provenance, "CACHED_FOLDERS", 2)
     home = DataHome(tmp_path / "home")
-    home.raw_logs.mkdir(parents=True)
+    home.raw_day(DAY).mkdir(parents=True)   # a day of the raw zone (one whose raw folder is gone is not watched)
     _rejects(home, DAY, [(f"raw/images/{i}/x.png", "missing_blob", None) for i in range(3)])
     key = buildstamp.stamp_key(home)
     assert key.startswith(buildstamp.UNTRUSTED) and not buildstamp.is_up_to_date(home, key)

@@ -21,7 +21,7 @@ where a stamped home answers in 0.8 s) and says ``up to date: every asset ... is
 disagree for good (test 2).
 
 Each test is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions state the
-correct behaviour.
+correct behaviour; both fixed the same day (fix30j, ``tests/unit/test_fix30j.py``) and the markers removed.
 """
 from __future__ import annotations
 
@@ -30,7 +30,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 
 from dagster_project import buildstamp
@@ -63,12 +62,6 @@ def _stale(home: DataHome, days: list[str]) -> list[str]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. a day copying by uid from a pruned day whose row went stale is run (with the global rebuild) every night
-@pytest.mark.xfail(strict=True, reason=(
-    "CopiedRows' chain rule marks a row stale when the row it copied by uid is stale itself, assuming the source "
-    "day runs first; a source day whose raw folder is gone (raw retention) is never run again, so the copying day "
-    "is planned at every build and every nightly (plus curation/splits/publish) although a run of it writes "
-    "byte-identical rows: once a run writes exactly what the day holds, the plan should settle"
-))
 def test_a_day_copying_from_a_pruned_stale_day_is_not_planned_every_night(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, P, {"y": png(1), "q": png(3)})
@@ -107,12 +100,6 @@ def _partition(home: DataHome, day: str, rows: list[tuple[str, str, str | None]]
     pq.write_table(IMAGE_REJECTS.empty_table(), rejects)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "buildstamp._key is untrusted whenever any day's copied rows are stale, also a day whose raw folder is gone, "
-    "which the plan never runs (staleness.plan_build skips it): after a late day holding a pruned day's picture, "
-    "every pickapic build plans in full and says 'up to date: every asset is fresh' yet never writes a stamp; "
-    "the stamp should vouch for a state in which the plan has nothing to run"
-))
 def test_a_pruned_days_stale_rows_do_not_make_the_stamp_untrusted_for_good(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     s0 = "0" * 64
