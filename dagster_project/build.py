@@ -30,6 +30,7 @@ from formats.locks import hold_lock
 from formats.progress import Progress
 from formats.rawzone import future_days_note
 from formats.settings import SETTINGS_FILE, Settings, load
+from pipelines.provenance import sweep_cache_temps
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
 # the run's record for `pickapic ui`), not as Dagster's console stack traces.
@@ -509,6 +510,11 @@ def build(
     with build_lock(home, wait=wait), dg.DagsterInstance.get() as instance:
         if on_locked is not None:
             on_locked()
+        # what killed cache writers (this build's earlier runs too: a plan, a features run, the stamp) left in
+        # cache/; an ingest sweeps them too, but a build with no day to ingest must as well (review rev30c)
+        for note in sweep_cache_temps(home, also=[home.cache / buildstamp.STAMP]):
+            if warn is not None:
+                warn(note)
         _fail_dead_build_runs(instance)
         give_old_build_runs_an_origin(home, instance)
         run_config = _override_config(settings)

@@ -28,7 +28,8 @@ from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
-from pipelines.provenance import RejectedBlobs, changed_since, combine, raw_gone_days, raw_stats, stat_key
+from pipelines.provenance import (RejectedBlobs, changed_since, combine, raw_gone_days, raw_stats, stat_key,
+                                  writing_cache)
 
 STAMP = "build_stamp.json"
 
@@ -260,7 +261,9 @@ def write_stamp(home: DataHome, key: str, until: str | None = None) -> None:
         clear_stamp(home)
         return
     body = {"key": key, **({"until": until} if until else {})}
-    write_bytes_atomic(home.cache / STAMP, (json.dumps(body) + "\n").encode())
+    with writing_cache(home) as held:   # its temporary file is swept under it exclusively (review rev30c)
+        if held:
+            write_bytes_atomic(home.cache / STAMP, (json.dumps(body) + "\n").encode())
 
 
 def clear_stamp(home: DataHome) -> None:

@@ -315,9 +315,10 @@ def _no_interrupt_records(record) -> bool:
 # Commands that SIGTERM (kill, timeout(1), a stopped service) and SIGHUP (the terminal closed) end like Ctrl-C: those
 # that write a user-given output, so their temporary files and spill folders are removed on the way out instead of
 # left behind, and `build`, which then stops wherever the signal comes, writes nothing more and says so in one line
-# (review rev29g: outside a Dagster run it died by the signal). A signal ignored when the command starts (nohup,
+# (review rev29g: outside a Dagster run it died by the signal); and `demo` / `simulate`, whose image-rendering pool
+# is then stopped, not left running (review rev30c). A signal ignored when the command starts (nohup,
 # a launcher's SIG_IGN) stays ignored.
-TERMINABLE = ("query", "export", "score", "rerank", "build")
+TERMINABLE = ("query", "export", "score", "rerank", "build", "demo", "simulate")
 ENDING = {signal.SIGTERM: ("terminated", 128 + signal.SIGTERM), signal.SIGHUP: ("hung up", 128 + signal.SIGHUP)}
 
 

@@ -19,6 +19,7 @@ recorded version equals the one its inputs give now.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -26,9 +27,9 @@ import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from formats.files import is_url, sha256_file, write_bytes_atomic
+from formats.files import is_url, sha256_file, sweep_temps, sweep_temps_of, write_bytes_atomic
 from formats.home import DataHome
-from formats.locks import CACHE_WRITERS_LOCK, writing_shared
+from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively, writing_shared
 from pipelines.ingest.lines import LINK_OUT_OF_ZONE
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
@@ -107,10 +108,44 @@ class RawDigests:
         if self.changed:
             # its temporary file exists only while the shared cache-writers lock is held: the ingest sweeps the
             # ones killed writers left under it exclusively (review rev29b); no lock, no cache written this time
-            with writing_shared(self.home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+            with writing_cache(self.home) as held:
                 if held:
                     write_bytes_atomic(self.path, (json.dumps(self.known, sort_keys=True) + "\n").encode())
             self.changed = False
+
+
+@contextlib.contextmanager
+def writing_cache(home: DataHome) -> Iterator[bool]:
+    """Hold the home's cache-writers lock shared (:func:`formats.locks.writing_shared`) for a block that writes one
+    of the disposable caches :func:`sweep_cache_temps` sweeps; yields whether it is held (not held: write nothing,
+    a cache is written another time)."""
+    with writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+        yield held
+
+
+DAY_RECORD = r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet"
+
+
+def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
+    """Remove the temporary files (``.NAME.<hex>.tmp``) that the disposable caches' writers killed mid-write left in
+    ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
+    per-day records), the raw image-uid index's and the blob identity records'; ``also``: more cache files whose
+    writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest or features
+    run: no stage lock they share) write only while holding the cache-writers lock shared (:func:`writing_cache`),
+    so this sweeps only while it is free (:func:`formats.locks.sweep_exclusively`: never waits, sweeps nothing
+    while one writes) and no live writer's file is removed (reviews rev29b, rev30c: each kill left one for good).
+    Returns notes on what was left."""
+    from pipelines.features.blobidentity import record_path as identity_record
+    from pipelines.ingest.earlierimages import DAYS_CACHE
+    from pipelines.ingest.earlierimages import record_path as earlier_record
+
+    caches = [home.cache / name for name in (RAW_DIGESTS_CACHE, _MISSING_CACHE, _COPIES_CACHE, DAYS_CACHE)]
+    folders = [(home.raw_image_uid_index("0000-00-00").parent, True),   # written through a link at it
+               (earlier_record(home, "0000-00-00").parent, True),
+               (identity_record(home, "0000-00-00").parent, False)]     # never written through a link (rev29e)
+    return sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
+        sweep_temps_of([*caches, *also])
+        + [note for folder, follow in folders for note in sweep_temps(folder, DAY_RECORD, follow=follow)[1]]))
 
 
 def raw_day_digest(home: DataHome, day: str) -> str:
@@ -448,11 +483,13 @@ class RejectedBlobs:
         """Write the caches back when they learnt something (never required for correctness)."""
         self.copies.save()
         if self.changed:
-            try:
-                write_bytes_atomic(self.path, (json.dumps({"version": _MISSING_CACHE_VERSION, "days": self.known},
-                                                          sort_keys=True) + "\n").encode())
-            except OSError:
-                pass
+            with writing_cache(self.home) as held:   # swept under it exclusively (review rev30c)
+                if held:
+                    try:
+                        write_bytes_atomic(self.path, (json.dumps({"version": _MISSING_CACHE_VERSION,
+                                                                   "days": self.known}, sort_keys=True) + "\n").encode())
+                    except OSError:
+                        pass
             self.changed = False
 
 
@@ -741,7 +778,7 @@ class CopiedRows:
     def save(self) -> None:
         """Write the cache back when it learnt something (never required for correctness)."""
         if self.changed:
-            with writing_shared(self.home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+            with writing_cache(self.home) as held:
                 if held:
                     try:
                         write_bytes_atomic(self.path, (json.dumps({"version": _COPIES_VERSION, "days": self.known},

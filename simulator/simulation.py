@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -13,6 +12,7 @@ import pyarrow.compute as pc
 
 from formats.files import write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
+from formats.processes import worker_pool
 from formats.progress import Progress, silent
 from simulator import activity, defects, export, render, world
 from simulator.config import SimConfig
@@ -451,7 +451,8 @@ def _simulate(home: DataHome, config: SimConfig, run: _Run, progress: Progress) 
         workers = min(config.workers, os.cpu_count() or 1)
         if workers > 1 and total >= 64:
             # spawn, not fork: the caller may be a threaded orchestrator process
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            # a pool whose workers end with the command, at once when it is stopped (review rev30c)
+            with worker_pool(workers, multiprocessing.get_context("spawn")) as pool:
                 results = pool.map(_render_group, run.tasks, chunksize=8)
                 for done, result in enumerate(results, 1):
                     for uid, detail, distance, written in result:

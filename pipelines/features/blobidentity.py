@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 from formats.files import make_real_folder, open_regular_in_real_folder, sha256_file, write_parquet_atomic
 from formats.home import DataHome
 from pipelines.features.blobs import is_local, join_url
-from pipelines.provenance import blob_identity, changed_since
+from pipelines.provenance import blob_identity, changed_since, writing_cache
 
 _VERSION = "1"
 _SCHEMA = pa.schema([pa.field("image_uid", pa.string(), nullable=False),
@@ -191,7 +191,9 @@ class BlobIdentities:
                 return (f"cache/blob_identities/{path.name} is not a regular file (a link, a FIFO, ...): no blob "
                         "identity record is written over it (remove it; until then the day's reused blobs are "
                         "read and hashed at each run)")
-            write_parquet_atomic(table, path)
+            with writing_cache(self.home) as held:   # swept under it exclusively (review rev30c)
+                if held:
+                    write_parquet_atomic(table, path)
         except NotADirectoryError:
             return ("cache/blob_identities is a symbolic link or not a folder: no blob identity record is written "
                     "through it (remove it; the next run then reads and hashes its reused blobs once)")

@@ -81,7 +81,7 @@ from formats.files import (
     write_parquet_atomic,
 )
 from formats.home import DataHome
-from formats.locks import CACHE_WRITERS_LOCK, hold_lock, sweep_exclusively, try_lock
+from formats.locks import hold_lock, try_lock
 from formats.rawzone import RawZoneScan
 from formats.text import terminal_text
 from pipelines import faults
@@ -257,21 +257,19 @@ def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
 def sweep_ingest_temps(home: DataHome) -> list[str]:
     """Remove the temporary files (``.NAME.<hex>.tmp``) that the ingest's writers outside the day's partition
     folders (which :func:`clear_partition_folders` empties) left when killed mid-write: ``raw_zone_problems``'s,
-    written only under the ingest lock, which the caller holds; and in ``cache/`` the raw-day digests' and the raw
-    image-uid index's, whose writers (a plan, a check, any day's ingest: no stage lock) write only while holding the
-    cache-writers lock shared, swept only when it is free (:func:`formats.locks.sweep_exclusively`), so no live
-    writer's file is ever removed (review rev29b: each crash left one for good). Says what it left on stderr;
+    written only under the ingest lock, which the caller holds; and in ``cache/`` the disposable caches' (the raw-day
+    digests, the raw image-uid index, ...: :func:`pipelines.provenance.sweep_cache_temps`), whose writers (a plan,
+    a check, any day's ingest: no stage lock) write only while holding the cache-writers lock shared, swept only
+    when it is free (:func:`formats.locks.sweep_exclusively`), so no live writer's file is ever removed (review
+    rev29b: each crash left one for good). Says what it left on stderr;
     returns those notes."""
-    from pipelines.provenance import RAW_DIGESTS_CACHE
+    from pipelines.provenance import sweep_cache_temps
 
     notes = sweep_temps_of([home.table_file("raw_zone_problems")])
     # the records of the days' images exports, written with each day's files under the ingest lock (never through
     # a link at their folder)
     notes += sweep_temps(home.warehouse / EXPORTS_FOLDER, r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet")[1]
-    uid_index = home.raw_image_uid_index("0000-00-00").parent
-    notes += sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
-        sweep_temps_of([home.cache / RAW_DIGESTS_CACHE])
-        + sweep_temps(uid_index, r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet", follow=True)[1]))
+    notes += sweep_cache_temps(home)
     for note in notes:
         print(f"warning: {terminal_text(note)}", file=sys.stderr, flush=True)
     return notes

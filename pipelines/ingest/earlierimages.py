@@ -56,9 +56,10 @@ from pipelines.ingest.lines import iter_lines
 from pipelines.ingest.reader import open_raw
 from pipelines.ingest.references import REFERENCE_FIELDS, late_window_end
 from pipelines.ingest.uidindex import raw_image_uids, reference_days, stat_key
+from pipelines.provenance import writing_cache
 
 _VERSION = "3"         # 3: the late uids counted ("late"), the days whose export every record was checked against ("looked")
-_DAYS_CACHE = "earlier_image_days.json"
+DAYS_CACHE = "earlier_image_days.json"
 _SCHEMA = pa.schema([pa.field("day", pa.string(), nullable=False), pa.field("image_uid", pa.string(), nullable=False)])
 INLINE_UIDS = 64       # a record of at most this many uids is kept in the JSON file (no file of its own to read)
 BATCH_UIDS = 16_384    # the later days' uids one look holds at once (records checked, or worked out, a batch at a time)
@@ -254,7 +255,7 @@ class EarlierImages:
     def __init__(self, home: DataHome, days: Sequence[str], config: IngestConfig) -> None:
         # the days a uid resolves against: the raw zone's and the pruned days the warehouse keeps (review rev29a)
         self.home, self.days, self.config = home, reference_days(home, days), config
-        self.path = home.cache / _DAYS_CACHE
+        self.path = home.cache / DAYS_CACHE
         self.known: dict[str, dict] = {}
         self.looked: dict[str, str] = {}
         try:
@@ -315,11 +316,15 @@ class EarlierImages:
         else:
             table = pa.table({"day": [d for d, _ in pairs], "image_uid": [u for _, u in pairs]}, schema=_SCHEMA)
             path = record_path(self.home, later)
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-                write_parquet_atomic(table.replace_schema_metadata({"version": _VERSION, "stat": stat}), path)
-            except OSError:
-                return   # a cache: a full disk or a read-only cache folder only costs speed
+            # written only under the cache-writers lock, swept under it exclusively (review rev30c)
+            with writing_cache(self.home) as held:
+                if not held:
+                    return
+                try:
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    write_parquet_atomic(table.replace_schema_metadata({"version": _VERSION, "stat": stat}), path)
+                except OSError:
+                    return   # a cache: a full disk or a read-only cache folder only costs speed
         self.known[later] = entry
         self.changed = True
 
@@ -462,8 +467,10 @@ class EarlierImages:
         """Write the days' cache back when it learnt something (never required for correctness)."""
         if self.changed:
             body = {"version": _VERSION, "days": self.known, "looked": self.looked}
-            try:
-                write_bytes_atomic(self.path, (json.dumps(body, sort_keys=True) + "\n").encode())
-            except OSError:
-                pass
+            with writing_cache(self.home) as held:   # swept under it exclusively (review rev30c)
+                if held:
+                    try:
+                        write_bytes_atomic(self.path, (json.dumps(body, sort_keys=True) + "\n").encode())
+                    except OSError:
+                        pass
             self.changed = False

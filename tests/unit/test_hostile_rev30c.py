@@ -47,6 +47,8 @@ Found (each a strict xfail stating the correct behaviour), most severe first:
    ``cache/missing_blobs.json``, ``cache/copied_rows.json``, ``cache/earlier_image_days.json`` and
    ``cache/build_stamp.json`` (a SIGKILL just before each rename, then a rerun and a ``--force`` rebuild: each
    ``.NAME.<hex>.tmp`` stays); fix29b swept the raw-day digests' and the raw image-uid index's only.
+
+All four fixed the same day (fix30c, ``tests/unit/test_fix30c.py``) and the strict-xfail markers removed.
 """
 from __future__ import annotations
 
@@ -143,11 +145,6 @@ def _signal_when_beam_workers_start(home: DataHome, log: Path, sig: int, to_grou
     return code, log.read_text(errors="replace")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a SIGTERM to `pickapic build` while its features stage starts Beam's SDK worker processes (multi_processing, "
-    "every day of >= 128 images) hangs the build for good with the build lock held: Beam's close_all joins the "
-    "thread waiting for a worker that never stops; it must stop, say 'terminated' and exit 143 as elsewhere"
-))
 def test_sigterm_as_the_beam_workers_start_stops_the_build(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         home = _home(folder, WORKERS)
@@ -158,11 +155,6 @@ def test_sigterm_as_the_beam_workers_start_stops_the_build(tmp_path: Path) -> No
         assert not os.path.lexists(home.datasets / "latest")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a Ctrl-C at the terminal during the features stage's Beam step on worker processes prints the workers' "
-    "KeyboardInterrupt tracebacks and one 'Exception in thread run_worker ... RuntimeError: Worker subprocess "
-    "exited with return code -2' traceback per worker above 'interrupted'; the build must say its one line only"
-))
 def test_ctrl_c_during_beam_worker_step_prints_one_line(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         home = _home(folder, WORKERS)
@@ -175,11 +167,6 @@ def test_ctrl_c_during_beam_worker_step_prints_one_line(tmp_path: Path) -> None:
         assert not os.path.lexists(home.datasets / "latest")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "a SIGTERM to `pickapic demo` while it simulates (its spawn ProcessPoolExecutor renders the images) kills the "
-    "command but leaves the pool's worker processes and resource_tracker running for good (each holds both ends of "
-    "the call queue); once the command has ended no process of its group may be left"
-))
 def test_sigterm_to_demo_while_it_simulates_leaves_no_process(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         log = folder / "demo.log"
@@ -214,11 +201,6 @@ def test_sigterm_to_demo_while_it_simulates_leaves_no_process(tmp_path: Path) ->
 UNSWEPT_CACHES = ("missing_blobs.json", "copied_rows.json", "earlier_image_days.json", "build_stamp.json")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "killed writers' temporary files of cache/blob_identities/dt=DAY.parquet, cache/missing_blobs.json, "
-    "cache/copied_rows.json, cache/earlier_image_days.json and cache/build_stamp.json are never removed (fix29b "
-    "swept only the raw-day digests' and the raw image-uid index's): the next successful build must remove them"
-))
 def test_killed_cache_writers_temporary_files_are_swept(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         home = _home(folder, SETTINGS)
