@@ -28,8 +28,15 @@ from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from formats.settings import MAX_FILE_BYTES, SettingsError, parse_assignment, parse_text, read_text, settings_path
-from pipelines.provenance import (RejectedBlobs, changed_since, combine, raw_gone_days, raw_stats, stat_key,
-                                  writing_cache)
+from pipelines.provenance import (
+    RejectedBlobs,
+    changed_since,
+    combine,
+    raw_gone_days,
+    raw_stats,
+    stat_key,
+    writing_cache,
+)
 
 STAMP = "build_stamp.json"
 
