@@ -233,8 +233,8 @@ def test_the_look_at_later_days_reads_the_days_uid_index_once(fast_tmp: Path, mo
 
 def test_the_missing_blob_cache_stays_bounded_whatever_a_day_rejects(fast_tmp: Path) -> None:
     home = DataHome(fast_tmp / "home")
-    home.raw_logs.mkdir(parents=True)
     day = "2023-02-13"
+    home.raw_day(day).mkdir(parents=True)       # a day of the raw zone (one whose raw folder is gone is not watched)
     _reject_missing(home, day, [f"raw/images/{i:08x}-0000-4000-8000-{i:012x}.png" for i in range(100_000)])
     buildstamp.stamp_key(home)                   # `pickapic build`'s first look (the stamp's fast path)
     cache = home.cache / "missing_blobs.json"
