@@ -716,7 +716,7 @@ class CopiedRows:
         day_of = np.repeat(np.arange(len(tables), dtype=np.int32), np.diff(bounds))
         uid, sha, source = (pa.chunked_array([chunk for _, table in tables for chunk in table.column(name).chunks],
                                              pa.string()) for name in _COPIES_COLUMNS)
-        prints = [_fingerprints(table) for _, table in tables]   # a table at a time: polars copies the strings
+        prints = [_fingerprints(table) for _, table in tables]   # a table at a time: its strings as Python objects
         days = [day for day, _ in tables]
         del tables
         # each row's earliest row of its uid / of its sha256
@@ -793,10 +793,17 @@ _COPIES_COLUMNS = ("image_uid", "sha256", "reused_from")
 
 def _fingerprint(values):
     """64-bit fingerprints (numpy ``uint64``) of the strings of an arrow array: equal strings have equal ones, and
-    rows with equal ones are compared by their strings (a fingerprint only says which rows to look at)."""
-    import polars as pl
+    rows with equal ones are compared by their strings (a fingerprint only says which rows to look at).
 
-    return pl.Series(values).hash(seed=0).to_numpy()
+    Python's own string hash, one partition's strings at a time (they exist as Python objects for that partition
+    only): equal within this process, which is all a look needs. Not polars' ``Series.hash``: that started polars'
+    thread pool in the build process, which then forks its ingest and publish workers (polars is not fork-safe),
+    and a CI run of the suite ended in a segmentation fault of a test worker on a native thread while polars' pool
+    was alive there."""
+    import numpy as np
+
+    return np.fromiter((hash(value) for value in values.to_pylist()), dtype=np.int64,
+                       count=len(values)).view(np.uint64)
 
 
 def _fingerprints(table) -> tuple:
