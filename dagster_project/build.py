@@ -30,7 +30,7 @@ from formats.locks import hold_lock
 from formats.progress import Progress
 from formats.rawzone import future_days_note
 from formats.settings import SETTINGS_FILE, Settings, load
-from pipelines.provenance import sweep_cache_temps
+from pipelines.cachesweep import sweep_cache_temps
 
 # Failures reach the user as one BuildError line naming the step and its cause (and every event stays in
 # the run's record for `pickapic ui`), not as Dagster's console stack traces.

@@ -450,3 +450,8 @@ def read_parquet_or_empty(path: Path, schema: pa.Schema) -> pa.Table:
     if Path(path).exists():
         return pq.read_table(path, schema=schema)
     return schema.empty_table()
+
+
+def path_within(path: str, root: str) -> bool:
+    """``path`` is ``root`` or lies below it (both absolute, normalised)."""
+    return path == root or path.startswith(root.rstrip("/") + "/")

@@ -27,9 +27,9 @@ import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from formats.files import is_url, sha256_file, sweep_temps, sweep_temps_of, write_bytes_atomic
+from formats.files import is_url, sha256_file, write_bytes_atomic
 from formats.home import DataHome
-from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively, writing_shared
+from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from pipelines.ingest.lines import LINK_OUT_OF_ZONE
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
@@ -124,28 +124,6 @@ def writing_cache(home: DataHome) -> Iterator[bool]:
 
 
 DAY_RECORD = r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.parquet"
-
-
-def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
-    """Remove the temporary files (``.NAME.<hex>.tmp``) that the disposable caches' writers killed mid-write left in
-    ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
-    per-day records), the raw image-uid index's and the blob identity records'; ``also``: more cache files whose
-    writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest or features
-    run: no stage lock they share) write only while holding the cache-writers lock shared (:func:`writing_cache`),
-    so this sweeps only while it is free (:func:`formats.locks.sweep_exclusively`: never waits, sweeps nothing
-    while one writes) and no live writer's file is removed (reviews rev29b, rev30c: each kill left one for good).
-    Returns notes on what was left."""
-    from pipelines.features.blobidentity import record_path as identity_record
-    from pipelines.ingest.earlierimages import DAYS_CACHE
-    from pipelines.ingest.earlierimages import record_path as earlier_record
-
-    caches = [home.cache / name for name in (RAW_DIGESTS_CACHE, _MISSING_CACHE, _COPIES_CACHE, DAYS_CACHE)]
-    folders = [(home.raw_image_uid_index("0000-00-00").parent, True),   # written through a link at it
-               (earlier_record(home, "0000-00-00").parent, True),
-               (identity_record(home, "0000-00-00").parent, False)]     # never written through a link (rev29e)
-    return sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
-        sweep_temps_of([*caches, *also])
-        + [note for folder, follow in folders for note in sweep_temps(folder, DAY_RECORD, follow=follow)[1]]))
 
 
 def raw_day_digest(home: DataHome, day: str) -> str:

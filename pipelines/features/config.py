@@ -7,7 +7,7 @@ import stat
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from formats.files import is_url
+from formats.files import is_url, path_within
 from formats.outputs import entry_kind
 from formats.settings import MAX_PROCESSES, MAX_THREADS, check_fields, knob, quoted
 from pipelines.features.runnernames import runner_refusal, settings_refusal
@@ -161,9 +161,7 @@ def _join(base: str, relpath: str) -> str:
     return base.rstrip("/") + "/" + relpath
 
 
-def _within(path: str, root: str) -> bool:
-    """``path`` is ``root`` or lies below it (both absolute, normalised)."""
-    return path == root or path.startswith(root.rstrip("/") + "/")
+_within = path_within     # ``path`` is ``root`` or lies below it (both absolute, normalised)
 
 
 def in_staging_area(url: str, base: str) -> bool:
@@ -205,7 +203,7 @@ def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
     it (blobs/train and .staging are written there); a ``file://`` URL is checked as its path, any other URL gets
     no check here. Once accepted, a local store that is not inside the home (another folder, another data home, the
-    home's own behind a link) records the home as one of its writers (``trainjpegs.record_store_user``, review
+    home's own behind a link) records the home as one of its writers (``storewriters.record_store_user``, review
     rev30i: that home's removal of training JPEGs then removes none), as the settings are set and as the feature
     stage starts."""
     where = f"FeaturesConfig.blob_base={quoted(blob_base)}"
@@ -230,7 +228,7 @@ def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
 
 def _record_writer(base: str, home: str | os.PathLike, where: str) -> None:
     """Record the home as a writer of the store of ``base`` (:func:`check_blob_base`); refused when it cannot be."""
-    from pipelines.features.trainjpegs import record_store_user
+    from pipelines.features.storewriters import record_store_user
 
     try:
         record_store_user(base, home)

@@ -258,12 +258,12 @@ def sweep_ingest_temps(home: DataHome) -> list[str]:
     """Remove the temporary files (``.NAME.<hex>.tmp``) that the ingest's writers outside the day's partition
     folders (which :func:`clear_partition_folders` empties) left when killed mid-write: ``raw_zone_problems``'s,
     written only under the ingest lock, which the caller holds; and in ``cache/`` the disposable caches' (the raw-day
-    digests, the raw image-uid index, ...: :func:`pipelines.provenance.sweep_cache_temps`), whose writers (a plan,
+    digests, the raw image-uid index, ...: :func:`pipelines.cachesweep.sweep_cache_temps`), whose writers (a plan,
     a check, any day's ingest: no stage lock) write only while holding the cache-writers lock shared, swept only
     when it is free (:func:`formats.locks.sweep_exclusively`), so no live writer's file is ever removed (review
     rev29b: each crash left one for good). Says what it left on stderr;
     returns those notes."""
-    from pipelines.provenance import sweep_cache_temps
+    from pipelines.cachesweep import sweep_cache_temps
 
     notes = sweep_temps_of([home.table_file("raw_zone_problems")])
     # the records of the days' images exports, written with each day's files under the ingest lock (never through

@@ -1,5 +1,5 @@
 """Regression tests of fix30c (review rev30c, tests/unit/test_hostile_rev30c.py): the caches' killed writers'
-temporary files swept (``pipelines.provenance.sweep_cache_temps``) and written only under the cache-writers lock;
+temporary files swept (``pipelines.cachesweep.sweep_cache_temps``) and written only under the cache-writers lock;
 Beam's SDK workers stoppable (``pipelines.features.beamworker.StoppableSubprocessSdkWorkerHandler``); pools whose
 workers end with the command (``formats.processes``); ``demo`` / ``simulate`` terminable."""
 from __future__ import annotations
@@ -15,7 +15,8 @@ import pytest
 
 from formats.home import DataHome
 from formats.processes import worker_pool
-from pipelines.provenance import sweep_cache_temps, writing_cache
+from pipelines.cachesweep import sweep_cache_temps
+from pipelines.provenance import writing_cache
 
 REPO = Path(__file__).resolve().parents[2]
 HEX = "0123456789ab"

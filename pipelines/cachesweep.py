@@ -1,0 +1,36 @@
+"""The sweep of the disposable caches' temporary files (review rev30c), apart from ``pipelines.provenance``: it
+names the per-day records of ``pipelines.features.blobidentity`` and ``pipelines.ingest.earlierimages``, which
+write through ``provenance.writing_cache`` (so provenance itself cannot import them without an import cycle)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+from formats.files import sweep_temps, sweep_temps_of
+from formats.home import DataHome
+from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively
+from pipelines import provenance
+from pipelines.features.blobidentity import record_path as identity_record
+from pipelines.ingest.earlierimages import DAYS_CACHE
+from pipelines.ingest.earlierimages import record_path as earlier_record
+
+
+def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
+    """Remove the temporary files (``.NAME.<hex>.tmp``) that the disposable caches' writers killed mid-write left in
+    ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
+    per-day records), the raw image-uid index's and the blob identity records'; ``also``: more cache files whose
+    writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest or features
+    run: no stage lock they share) write only while holding the cache-writers lock shared
+    (:func:`pipelines.provenance.writing_cache`), so this sweeps only while it is free
+    (:func:`formats.locks.sweep_exclusively`: never waits, sweeps nothing while one writes) and no live writer's
+    file is removed (reviews rev29b, rev30c: each kill left one for good).
+    Returns notes on what was left."""
+    caches = [home.cache / name for name in (provenance.RAW_DIGESTS_CACHE, provenance._MISSING_CACHE,
+                                             provenance._COPIES_CACHE, DAYS_CACHE)]
+    folders = [(home.raw_image_uid_index("0000-00-00").parent, True),   # written through a link at it
+               (earlier_record(home, "0000-00-00").parent, True),
+               (identity_record(home, "0000-00-00").parent, False)]     # never written through a link (rev29e)
+    return sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
+        sweep_temps_of([*caches, *also])
+        + [note for folder, follow in folders
+           for note in sweep_temps(folder, provenance.DAY_RECORD, follow=follow)[1]]))

@@ -1,0 +1,64 @@
+"""The homes that write into a training JPEG store (review rev30i), apart from ``pipelines.features.trainjpegs`` so
+the feature settings' check (``pipelines.features.config.check_blob_base``) records them without an import cycle.
+
+A home whose store (``<blob base>/blobs/train``) lies outside it, a blob base that is another data home or its own
+store behind a link to another disk, leaves a marker there; the removal of training JPEGs of a store holding
+another home's marker removes nothing (``trainjpegs.other_writers``)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import stat
+
+from formats.files import path_within
+
+TRAIN_ROOT = "blobs/train"
+WRITERS = ".writers"     # in <blob base>/blobs/train: a marker file per data home whose feature stage writes there
+_MARKER = re.compile(r"[0-9a-f]{64}")
+_MARKER_TEXT = b"a pickapic data home's feature stage writes its training JPEGs into this store\n"
+
+
+def home_digest(home: str | os.PathLike) -> str:
+    """The name of a home's marker file: the SHA-256 of its real path (no path in the store's files)."""
+    return hashlib.sha256(os.fsencode(os.path.realpath(home))).hexdigest()
+
+
+def record_store_user(base: str, home: str | os.PathLike) -> None:
+    """Record ``home`` as a writer of the training JPEG store of the local blob base ``base`` when that store
+    (``<base>/blobs/train``, its links followed) is not inside the home: a blob base that is another data home, or
+    the home's own store behind a link to another disk (review rev30i: the other home's removal deleted the JPEGs
+    this home needs, judged by its own warehouse alone). The marker ``<base>/blobs/train/.writers/<digest of the
+    home's real path>`` is written once, atomically (a temporary file linked into place: nothing is replaced), as
+    the umask allows; the removal of a store holding another home's marker removes nothing. Raises ``OSError``
+    where it cannot be written, or where ``.writers`` or the marker is not what this writes."""
+    train = os.path.join(base, TRAIN_ROOT)
+    home_real = os.path.realpath(home)
+    if path_within(os.path.realpath(train), home_real):
+        return
+    folder = os.path.join(train, WRITERS)
+    os.makedirs(folder, exist_ok=True)
+    if not stat.S_ISDIR(os.lstat(folder).st_mode):
+        raise OSError(f"{folder} is not a folder (the feature stage records the homes writing into the store there)")
+    marker = os.path.join(folder, home_digest(home))
+    try:
+        if stat.S_ISREG(os.lstat(marker).st_mode):
+            return
+        raise OSError(f"{marker} is not a regular file (this home's marker as a writer of the store)")
+    except FileNotFoundError:
+        pass
+    temp = f"{marker}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+    try:
+        try:
+            os.write(fd, _MARKER_TEXT)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        try:
+            os.link(temp, marker)
+        except FileExistsError:     # another run of this home wrote it meanwhile
+            pass
+    finally:
+        os.unlink(temp)
