@@ -91,8 +91,12 @@ def stage_config_of_run(section: str, run_config: Mapping[str, Any] | None, home
     op = next(stage.op for stage in STAGES if stage.section == section)
     entry = ((run_config or {}).get("ops") or {}).get(op)
     given = (entry.get("config") or {}) if isinstance(entry, Mapping) else {}
-    overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
-    return load(home.root).config(section, overrides, f"run config of {op}")
+    return load(home.root).config(section, _overrides(section, given), f"run config of {op}")
+
+
+def _overrides(section: str, given: Mapping[str, Any]) -> dict[str, Any]:
+    """The values an op's run config sets for ``section``'s knobs (None: not set)."""
+    return {name: value for name, value in given.items() if name in knobs(section) and value is not None}
 
 
 def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
@@ -128,7 +132,7 @@ def check_run_config(run_config: Mapping[str, Any] | None, home: DataHome,
         section = sections.get(op)
         if section is None:
             continue
-        overrides = {name: value for name, value in given.items() if name in knobs(section) and value is not None}
+        overrides = _overrides(section, given)
         if not overrides:
             continue
         built = settings.config(section, overrides, f"run config of {op}")

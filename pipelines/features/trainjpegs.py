@@ -30,19 +30,19 @@ it: through a symbolic link at ``HOME/blobs``, ``HOME/blobs/train`` or a size fo
 followed when listing and when removing alike (review rev30g: the listing followed one at ``blobs/train``, the
 removal refused it, and nothing was removed or said), but only ever to what this home alone owns (review rev30i):
 a size folder a link takes into another data home, or into a store another home writes into, is skipped with a
-note; a home whose store is outside it records itself there (:func:`record_store_user`, a marker in
-``blobs/train/.writers``), and a home whose store holds another home's marker removes nothing (one note); a link at
-a ``<xx>`` key folder (which the feature stage
-refuses to write through) or at a JPEG's name is never followed. Only regular files named as the stage names them
-are removed, each ``unlink`` relative to its key folder, opened without following a link. Crash-safe and
-idempotent: the keys removed are a function of the warehouse, the version folders and the store; a run stopped
-half-way leaves JPEGs no day needs, which the next run removes. The digest cache entries of the JPEGs actually
-removed are dropped after them (review rev30g: every unneeded key's entry was dropped first, also those of files
-the removal could not remove); an entry left by a run stopped in between names a file that is gone, and the cache
-hashes a file whose identity (size, times, inode) is not the recorded one again, so it is never believed. A key a
-day needs that is lost is decoded again by the feature stage's next run of that day (``lost_training_jpegs``). A
-blob base in a bucket, or a local one that is not the home, is not pruned (noted); a ``file://`` URL of the home is
-the home.
+note; a home whose store is outside it records itself there
+(:func:`pipelines.features.storewriters.record_store_user`, a marker in ``blobs/train/.writers``), and a home
+whose store holds another home's marker removes nothing (one note); a link at a ``<xx>`` key folder (which the
+feature stage refuses to write through) or at a JPEG's name is never followed. Only regular files named as the
+stage names them are removed, each ``unlink`` relative to its key folder, opened without following a link.
+Crash-safe and idempotent: the keys removed are a function of the warehouse, the version folders and the store; a
+run stopped half-way leaves JPEGs no day needs, which the next run removes. The digest cache entries of the JPEGs
+actually removed are dropped after them (review rev30g: every unneeded key's entry was dropped first, also those of
+files the removal could not remove); an entry left by a run stopped in between names a file that is gone, and the
+cache hashes a file whose identity (size, times, inode) is not the recorded one again, so it is never believed. A
+key a day needs that is lost is decoded again by the feature stage's next run of that day (``lost_training_jpegs``).
+A blob base in a bucket, or a local one that is not the home, is not pruned (noted); a ``file://`` URL of the home
+is the home.
 """
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 from formats.files import is_url, path_within
 from formats.home import DataHome
 from formats.locks import LockFileRefused, sweep_exclusively
-from pipelines.features.storewriters import _MARKER, TRAIN_ROOT, WRITERS, home_digest, record_store_user  # noqa: F401
+from pipelines.features.storewriters import _MARKER, TRAIN_ROOT, WRITERS, home_digest
 
 LOCK_NAME = "train-jpegs.lock"      # in HOME/.locks: the feature stage holds it shared, the removal exclusively
 _SIZE_FOLDER = re.compile(r"s[0-9]+q[0-9]+")
@@ -90,6 +90,8 @@ class NotPruned(Exception):
 
 
 _LINKED_PARTS = 3        # blobs, train, s<N>q<N>: a link there is the home's own (the store on another disk), followed
+
+
 def other_writers(home: DataHome, train: str | os.PathLike | None = None) -> list[str]:
     """The marker files of data homes other than ``home`` in the ``.writers`` folder of ``train`` (default the
     home's ``blobs/train``, its links followed)."""
