@@ -188,15 +188,18 @@ def read_settings_record(metadata: dict | None) -> dict:
         return out
     if not isinstance(record, dict):
         return out
-    fraction, prompts = record.get("heldout_fraction"), record.get("unique_prompts")
+    fraction = record.get("heldout_fraction")
     if isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1:
         out["heldout_fraction"] = float(fraction)
-    if isinstance(prompts, int) and not isinstance(prompts, bool) and prompts >= 0:
-        out["unique_prompts"] = prompts
-    rows = record.get("min_unique_rows")
-    if isinstance(rows, int) and not isinstance(rows, bool) and rows >= 0:
-        out["min_unique_rows"] = rows
+    for name in ("unique_prompts", "min_unique_rows"):
+        if _is_count(record.get(name)):
+            out[name] = record[name]
     return out
+
+
+def _is_count(value) -> bool:
+    """A non-negative ``int`` as JSON gives it (``true`` / ``false`` are not counts)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def read_heldout_record(metadata: dict | None) -> dict[str, dict[str, int]] | None:
@@ -212,11 +215,12 @@ def read_heldout_record(metadata: dict | None) -> dict[str, dict[str, int]] | No
     for split in HELDOUT:
         rules = record[split]
         if not isinstance(rules, dict) or not all(
-                rule in HELDOUT_RULES and isinstance(n, int) and not isinstance(n, bool) and n >= 0
-                for rule, n in rules.items()):
+                rule in HELDOUT_RULES and _is_count(n) for rule, n in rules.items()):
             return None     # a rule name this code never writes (review rev30i: the card showed it as written)
         out[split] = {str(rule): n for rule, n in sorted(rules.items())}
     return out
+
+
 _BRACKETS = re.compile(r"\[[^\]]*\]")
 
 
