@@ -14,9 +14,12 @@ DEL and U+2028), a SQL_ASCII one (bytes FF, a UTF-8-encoded surrogate ED A0 80, 
 UTC midnight and the 2023-03-12 DST jump: each row lands on its UTC day, microseconds kept, and a later nightly's
 late-row check stays quiet; an export killed (KeyboardInterrupt) after publishing a day that a moved row left and
 before its records and marks: the nightly's late-row check had already marked the row's new day, and the schedule
-brings the row there; the DSN's password in errors (redaction is layered; nothing new found).
+brings the row there; a row dated 0001-01-01 (Go's zero time) and days around it export; the DSN's password in errors (redaction is layered; nothing new found).
 
-Measured: each test below runs in 3-5 s (one server per test process, shared).
+Measured: the two tests take 12-18 s together on this 2-CPU machine, most of it the server's start (one server per
+test process, shared). Nothing keeps two exports of one day apart: the nightly schedule's run, a `pickapic build
+--from-app-db` run (the build lock is not the schedule's), a UI backfill and ``python -m pipelines.appdb`` each call
+``export_day``, and README 1a measures one export of a large day at over two hours.
 
 Noticed, not filed: the test server has no ICU, so the tie order of rows that share an id (a table without a primary
 key) under a nondeterministic collation, which the export's ORDER BY and fetch plan assume identical, was not tried;
