@@ -20,13 +20,6 @@ Read, not run: the nightly's run key names the last materialization, so it is re
 ``days_before_rebuild`` keeps that day pending, which holds back the rebuild both the nightly and the rebuild sensor
 would request (the publish of new days).
 
-Confirmed (test 3): a FIFO at ``cache/copied_rows.json`` (or ``missing_blobs.json``, ``raw_day_digests.json``,
-``build_stamp.json``: all read with ``Path.read_text``) is waited on for ever: ``pickapic build --dry-run`` on a
-simulated 1-day home (19 s without it) was still hanging when ``timeout 60`` ended it; the plain build's stamp check,
-the nightly and the sensors plan the same way. The project's other records in ``cache/`` are never waited on
-(``cache/blob_identities``, the app export's undated state: reviews rev29c, rev29e), and a disposable cache may only
-change how fast a build is.
-
 Confirmed (test 2): the feature stage's history (``pipelines.features.reuse.earlier_partitions``: every
 ``dt=*`` child whose name sorts before the day) takes an operator's copy ``warehouse/image_features/dt=A.bak/`` as a
 day, which README section 2 (review rev25i) says no reader reads, and ``CopiedRows`` (names of 13 characters) does
@@ -34,19 +27,28 @@ not: after A's blob was replaced and A run again, a later day's new uid with A's
 (``reused_from`` = a uid no day holds with those bytes; a build from scratch computes it, ``reused_from`` null),
 and the plan finds that day stale at every look while each run writes it again the same.
 
+Confirmed (test 3): a FIFO at ``cache/copied_rows.json`` (or ``missing_blobs.json``, ``raw_day_digests.json``,
+``build_stamp.json``: all read with ``Path.read_text``) is waited on for ever: ``pickapic build --dry-run`` on a
+simulated 1-day home (19 s without it) was still hanging when ``timeout 60`` ended it; the plain build's stamp check,
+the nightly and the sensors plan the same way. The project's other records in ``cache/`` are never waited on
+(``cache/blob_identities``, the app export's undated state: reviews rev29c, rev29e), and a disposable cache may only
+change how fast a build is.
+
 What held up (no test): within-day duplicates (two new uids of one day with the same bytes are both computed
 afresh, and a later day copies a new uid by sha256 from the least uid of the earliest day): the stage and
-``CopiedRows`` agree, nothing stale; the cache's validity (an entry trusted only by its partition's stat, inode and
-ctime included, and its day's pruned flag; a day inserted before, a partition removed, a prune or un-prune of an
-earlier day all make the days from there judged again); a cache whose entries name gone days, or days sorting
-first, costs only a re-read. ``pickapic build`` (the CLI) plans incomplete days like any other, so it does not meet
-test 1.
+``CopiedRows`` agree, nothing stale. Read, not run: the cache's validity (an entry trusted only by its partition's
+stat, inode and ctime included, and its day's pruned flag; a day inserted before, a partition removed, a prune or
+un-prune of an earlier day, a partition rewritten between a look's stat and its read all make the days from there
+judged again); a cache whose entries name gone days, or days sorting first, costs only a re-read. ``pickapic build``
+(the CLI) plans incomplete days like any other, so it does not meet test 1.
 
 Noticed, not filed: a day folder named after a day not begun yet (``begun_days``) is also skipped by the plan and
 not settled by ``CopiedRows``, but no stage writes a partition for such a day; a hostile ``copied_rows.json`` that
 repeats a partition's exact stat can forge its verdict (as for every stat-keyed cache of the home, e.g.
 ``raw_day_digests.json``); on a file system with whole-second times, a partition rewritten within the second with
-the same size onto a reused inode would keep its entry (not reproducible on this tmpfs).
+the same size onto a reused inode would keep its entry (not reproducible on this tmpfs); a symbolic link at one
+of test 3's caches to ``/dev/zero`` is read the same way, without end (not run). For test 1's fix: if ``CopiedRows``
+learns the ignored days, its cache entries must record that flag as they record the pruned one.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
