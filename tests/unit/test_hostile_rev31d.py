@@ -31,7 +31,9 @@ one row in each ``_unique`` split (``trainability_problems``: ``max(1, min_uniqu
 published), part of the second defect below; the card says "from the app's exports of FIRST to LAST" from the days
 of ``split_pairs``, so a last export day whose every ranking was dropped is not named; ``meta/quarantine`` publishes
 ``raw_sha256`` of a quarantined ``users`` line as written (deliberate, README "Data home layout"), which for a short
-truncated line could confirm a guessed email: not tried.
+truncated line could confirm a guessed email: not tried; the fill rule counts owned prompts as the third defect's
+message does (``assign_users``, at first use), so validation stops being filled at 10 owned prompts while its
+``_unique`` split holds 8, and new users then reach it only by the salted hash (a design question: not filed).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
@@ -121,7 +123,56 @@ def test_the_card_counts_each_fingerprinted_image_once(tmp_path: Path) -> None:
     assert stated.group(1) == f"{images:,}", f"the card says {stated.group(1)} images; the version has {images:,}"
 
 
-# --- 3. a misleading "not enough data" reason: a setting that empties the _unique splits for good -------------------
+# --- 3. a self-contradicting "not enough data" reason: prompts whose rows went to split_rejects counted as owned -----
+
+
+def _young_home_with_a_cluster_conflict(root: Path) -> DataHome:
+    """A young app: user a (train) ranks 15 prompts; user b, filled into validation, ranks 10 new prompts, the first
+    two showing an image of a cluster train already owns (their rows go to split_rejects as cluster_conflict);
+    c to 7 rank a few prompts each (train, or test by the fill rule)."""
+    from splits_fixtures import pair_row, write_pairs
+
+    rows, rid = [], 0
+    for i in range(15):
+        rid += 1
+        rows.append(pair_row(rid, "a" * 16, f"train prompt {i}", f"t{i}", f"tt{i}", seconds=rid))
+    for i in range(10):
+        rid += 1
+        rows.append(pair_row(rid, "b" * 16, f"valid prompt {i}", f"t{i}" if i < 2 else f"v{i}", f"vv{i}", seconds=rid))
+    for i in range(10):
+        rid += 1
+        rows.append(pair_row(rid, "c" * 16, f"test prompt {i}", f"s{i}", f"ss{i}", seconds=rid))
+    for user in range(3, 8):
+        for i in range(3):
+            rid += 1
+            rows.append(pair_row(rid, f"{user:016x}", f"user {user} prompt {i}", f"x{user}_{i}", f"y{user}_{i}",
+                                 seconds=rid))
+    home = DataHome(root)
+    write_pairs(home, rows)
+    return home
+
+
+@pytest.mark.xfail(strict=True, reason="rev31d: a split's owned prompts are counted at first use, before its rows are "
+                   "dropped to split_rejects, so build says \"split 'validation_unique' has 8 rows, fewer than the 10 "
+                   "required: its users have typed too few distinct prompts yet (validation owns 10 prompts)\": 10 "
+                   "owned and too few at once, and the 2 rows that went to split_rejects as cluster_conflict unnamed")
+def test_not_enough_data_does_not_count_prompts_whose_rows_were_rejected(tmp_path: Path) -> None:
+    from pipelines.splits.assign import SplitConfig, build_splits
+
+    home = _young_home_with_a_cluster_conflict(tmp_path / "home")
+    report = build_splits(home, SplitConfig(min_users=3, min_unique_rows=10), log=lambda message: None)
+    table = pq.read_table(home.table_file("split_pairs"))
+    splits = table.column("split").to_pylist()
+    assert splits.count("validation_unique") == 8                       # 10 prompts typed, 2 rows rejected
+    assert report.rejects == [("validation", "cluster_conflict", 2)]
+    problem = next(p for p in report.problems if p.startswith("split 'validation_unique'"))
+    owned = re.search(r"validation owns ([0-9,]+) prompt", problem)
+    # the prompts validation's kept rows hold (8), or none: never 10 owned and too few in one sentence
+    assert owned is None or int(owned.group(1).replace(",", "")) < 10, problem
+    assert "cluster_conflict" in problem or "split_rejects" in problem, problem   # where the 2 rows went
+
+
+# --- 4. a misleading "not enough data" reason: a setting that empties the _unique splits for good -------------------
 
 
 @pytest.mark.xfail(strict=True, reason="rev31d: splits.unique_prompts = 0 (accepted: min 0, with min_unique_rows = 0) "
