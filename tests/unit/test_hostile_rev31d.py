@@ -16,7 +16,8 @@ and the distinct ``subject_id`` counts; its held-out users by rule with the size
 ``_unique`` noise; ``label_0`` / ``label_1`` only 1/0, 0/1, 0.5/0.5 with ``best_image_uid`` null exactly for ties,
 ``are_different`` = models differ, ``sha256_0`` = the images snapshot's, no shard of two days, the ``_unique``
 splits one labelled pair per prompt of their parent, ``leakage_audit`` empty; the card's ``load_dataset`` calls load
-(117 / 53 / 54 / 14 / 14, and the prompt counts); the version from scratch at ``/tmp/.../h2 [x]`` with one worker is
+(117 / 53 / 54 / 14 / 14, and the prompt counts), and section 6's held ``wds.WebDataset`` snippet yields the 117
+train samples with ``0.jpg`` / ``1.jpg`` / ``json`` / ``txt``; the version from scratch at ``/tmp/.../h2 [x]`` with one worker is
 byte-identical to the nightly one (``diff -r``: card, manifest, meta, shards); two exports of one version are
 byte-identical; the card and the manifest list every file but the manifest; no email in ``meta/quarantine`` or
 ``meta/decisions``; ``query`` / ``export`` errors show a hostile ``--version`` (ESC, BEL, U+202E, a newline)
@@ -28,7 +29,7 @@ Measured: the 3-day build 170-198 s (2 CPUs, shared); a publish of the in-proces
 
 Noticed, not filed: ``splits.min_unique_rows`` is documented "0: no filling, no minimum", but a version still needs
 one row in each ``_unique`` split (``trainability_problems``: ``max(1, min_unique_rows)``; an empty split is never
-published), part of the second defect below; the card says "from the app's exports of FIRST to LAST" from the days
+published), part of the fourth defect below; the card says "from the app's exports of FIRST to LAST" from the days
 of ``split_pairs``, so a last export day whose every ranking was dropped is not named; ``meta/quarantine`` publishes
 ``raw_sha256`` of a quarantined ``users`` line as written (deliberate, README "Data home layout"), which for a short
 truncated line could confirm a guessed email: not tried; the fill rule counts owned prompts as the third defect's
