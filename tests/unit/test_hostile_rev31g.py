@@ -37,8 +37,8 @@ apart from ASCII digits (no look-alike, as documented); Bengali zero keys as ``0
 (each as ICU ties it; ``0`` and ``o`` stay apart on purpose). ASCII ``j`` + U+0307 keys apart from ``j`` (a
 soft-dotted letter with an explicit dot, as Lithuanian writes it; not filed, test 4 covers the dotless one). The
 enclosing screen, triangle, keycap and prohibition sign (U+20E0, U+20E2..4) also survive on a letter, but the README
-keeps them on purpose (for emoji: ``🚬⃠`` is not ``🚬``), so they are left out of test 1. The ingest passes all these
-marks (``control_characters`` covers controls and bidi only).
+keeps them on purpose (for emoji: ``🚬⃠`` is not ``🚬``), so they are left out of test 1. No ingest rule rejects these
+marks (read in ``pipelines/ingest/parse.py``, not run: ``control_characters`` covers controls and bidi only).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
