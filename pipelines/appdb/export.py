@@ -13,7 +13,9 @@ other control characters are JSON escapes (``\\u0000``) that the ingest quaranti
 
 Publishing: a new day's staging folder is renamed into place in one step; for a day already there, a
 file whose bytes are unchanged is left alone (same inode and mtime, so the raw-partition sensor sees no
-change) and the day is swapped in whole once all four files are complete (see :func:`_publish`). From a
+change) and the day is swapped in whole once all four files are complete (see :func:`_publish`); an export whose
+day already holds a newer snapshot (another export of the day took its snapshot later and published first: the
+tickets of :func:`take_snapshot`, under the day's export lock) publishes nothing (review rev31e). From a
 replica (a hot standby, a logical-replication subscriber) a re-export never drops a row its files hold that the
 app's table does not hold at all: such a row is kept in the re-exported file beside the rows read, with a warning
 (:func:`keep_vanishing_rows`): rows leave an exported day only when it is exported from the primary, or when the
@@ -54,6 +56,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from formats import rawlines
 from formats.files import lstat_or_none, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
+from formats.locks import hold_lock
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
 from formats.settings import check_fields, knob, load
@@ -137,7 +140,7 @@ class AppExportReport:
     day: str
     server: dict
     tables: dict[str, TableExport] = field(default_factory=dict)
-    published: str = ""                      # "new day", "updated", "unchanged"
+    published: str = ""                      # "new day", "updated", "unchanged", "superseded" (review rev31e)
     blobs: dict = field(default_factory=dict)
     seconds: float = 0.0
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
@@ -1038,6 +1041,81 @@ def lock_tables(conn: psycopg.Connection, where: str) -> list[str]:
     return warnings
 
 
+# --- exports of one day, one at a time where it matters (review rev31e) -------------------------------------------
+
+SNAPSHOT_ORDER = "app_export_snapshots"   # HOME/cache/<this>/dt=DAY.json: {"taken": ticket, "published": ticket}
+SNAPSHOT_ORDER_MAX_BYTES = 4 << 10        # a record is ~50 bytes; a larger file is not the export's
+
+
+def export_lock_file(home: DataHome, day: str) -> Path:
+    """``HOME/.locks/app-export-dt=DAY.lock``: held by an export of ``day`` while it takes its snapshot (with its
+    ticket) and while it publishes the day (with everything it records of it)."""
+    return home.locks / f"app-export-dt={day}.lock"
+
+
+UNDATED_LOCK = "app-export-undated.lock"  # HOME/.locks/<this>: one writer at a time of HOME/cache/UNDATED_STATE
+
+
+@contextlib.contextmanager
+def day_export_lock(home: DataHome, day: str) -> Iterator[None]:
+    """Hold ``day``'s export lock (waiting for another export's hold, which lasts a snapshot's first statement or a
+    publish: never a whole export)."""
+    with hold_lock(export_lock_file(home, day), f"the app export of day {day}", lambda _holder: None):
+        yield
+
+
+def _snapshot_order_path(home: DataHome, day: str) -> Path:
+    return home.cache / SNAPSHOT_ORDER / f"dt={day}.json"
+
+
+def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
+    """``day``'s record of its exports' tickets: the last one taken and the one whose snapshot the day holds
+    (0 where none is recorded; anything the export did not write reads as none)."""
+    data = read_small_file(_snapshot_order_path(home, day), SNAPSHOT_ORDER_MAX_BYTES)
+    try:
+        record = json.loads(data) if data is not None else {}
+    except (ValueError, RecursionError):
+        record = {}
+    if not isinstance(record, dict):
+        record = {}
+    return {name: value if type(value := record.get(name)) is int and 0 <= value < (1 << 63) else 0
+            for name in ("taken", "published")}
+
+
+def _write_snapshot_order(home: DataHome, day: str, record: dict[str, int]) -> str:
+    """Write ``day``'s ticket record; '' or a warning saying it could not be written."""
+    path = _snapshot_order_path(home, day)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        return (f"day {day}: the order of its exports could not be recorded in {path} ({exc.strerror or exc}): an "
+                "export of the day that overlaps this one is not kept from publishing an older snapshot")
+    return ""
+
+
+def take_snapshot(conn: psycopg.Connection, home: DataHome, day: str) -> tuple[int, str]:
+    """Take the export's snapshot (its transaction's first statement that reads: REPEATABLE READ keeps it to
+    the end) under ``day``'s export lock, with a ticket that orders it among the day's exports: larger than any
+    taken before (a clock in nanoseconds, and one past the last recorded, so a clock set back still counts up).
+    Two exports of a day against one database: the larger ticket holds the newer snapshot (one taken after the
+    other's, which sees every commit the other saw). Returns (ticket, '' or a warning)."""
+    with day_export_lock(home, day):
+        record = snapshot_order(home, day)
+        ticket = max(time.time_ns(), record["taken"] + 1, record["published"] + 1)
+        record["taken"] = ticket
+        warning = _write_snapshot_order(home, day, record)
+        conn.execute("SELECT 1")
+    return ticket, warning
+
+
+def superseded_warning(day: str, published: int, ticket: int) -> str:
+    """The line of an export whose day already holds a newer snapshot (another export of the day published it)."""
+    return (f"day {day}: another export of the day took its snapshot after this one's and published it first "
+            f"(tickets {published} > {ticket}, {SNAPSHOT_ORDER}): this export's older snapshot was not published, "
+            "the day keeps the newer one")
+
+
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
                image_store: str = "", source: str = "the DSN", now: dt.datetime | None = None,
                progress: Progress = silent) -> AppExportReport:
@@ -1075,6 +1153,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
+        # review rev31e: the snapshot is taken here, under the day's export lock, with the ticket that orders it
+        # among the day's exports (an export that started first and published last replaced the newer day)
+        ticket, line = take_snapshot(conn, home, day)
+        if line:
+            report.warnings.append(line)
         if now is None:   # the lag again by the database's clock: a fast clock here must not open a day early
             try:
                 check_lag(day, config.lag_minutes, database_now(conn))
@@ -1123,14 +1206,17 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             # compared with the raw files after the snapshot; the ids a raw day holds that left it are looked up
             # in a transaction of their own (LateCheck.finish)
             report.late = late_check.finish(home, conn)
+            report.warnings += late_check.notes
             conn.rollback()
             if not keeping:   # from the primary: the rows its re-export takes out that the app holds elsewhere
                 held_by_app = left_rows(home, day, staging, report, conn)
                 conn.rollback()
-            else:             # review rev30b: a row the app gave a kept row's id again (a restore) is no move
-                exact = exact_identities(conn)
-                held_by_app = {table: rows.same_rows(home.raw_file(day, table), table, exact)
-                               for table, rows in held_by_app.items()}
+            # review rev30b: a row the app gave a kept row's id again (a restore) is another row, which the day
+            # keeps (same_rows); review rev31e: its day is marked all the same (moved_rows, below), the identity
+            # decides only what this day keeps: a row moved and reassigned (another user) reached no raw day
+            exact = exact_identities(conn) if keeping else True
+            same_by_app = {table: rows.same_rows(home.raw_file(day, table), table, exact)
+                           for table, rows in held_by_app.items()} if keeping else {}
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
             # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
@@ -1149,7 +1235,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             if keeping:   # never a subset of the day from a replica (see there)
                 keep_vanishing_rows(home, day, staging, report, replica or
                                     "a primary with app_export.keep_exported_rows = true", str(name),
-                                    {table: rows.ids for table, rows in held_by_app.items()})
+                                    {table: rows.ids for table, rows in same_by_app.items()})
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
                                           config.blob_max_bytes or None)
@@ -1157,20 +1243,34 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.blobs = {"store": "none configured: no blob copied"}
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
                          "missing)")
-        _publish(home, day, staging, report)
-        # review rev29i: what the export left in the day, so a ranged build may re-export it once the app holds
-        # no row on it (an erased account), and never a day it did not write (written_by_export)
-        record_written(home, day, report)
-        mark_late(home, day, False)     # re-exported from this snapshot: whole again
-        dated, marked = dated_warning(home, undated_watch.dated)
-        # a row dated since it was reported undated, or one this day no longer holds that the app dates to another
-        # day (review rev29h): that day is re-exported
-        for marked_day in marked + moved_days(raw_days_now, moved):
-            if marked_day != day:
-                mark_late(home, marked_day, True)
-        if dated:
-            report.warnings.append(dated)
-        _save_undated(home, undated_watch.state)
+        # review rev31e: under the day's export lock, only a snapshot at least as new as the one the day holds is
+        # published (an export that began before another and finished after it replaced the newer day)
+        with day_export_lock(home, day):
+            order = snapshot_order(home, day)
+            superseded = order["published"] > ticket
+            if superseded:
+                report.published = "superseded"
+                report.warnings.append(superseded_warning(day, order["published"], ticket))
+            else:
+                _publish(home, day, staging, report)
+                order["published"] = ticket
+                line = _write_snapshot_order(home, day, order)
+                if line:
+                    report.warnings.append(line)
+                # review rev29i: what the export left in the day, so a ranged build may re-export it once the app
+                # holds no row on it (an erased account), and never a day it did not write (written_by_export)
+                record_written(home, day, report)
+                report.warnings += filter(None, [mark_late(home, day, False)])  # from this snapshot: whole again
+            dated, marked = dated_warning(home, undated_watch.dated)
+            # a row dated since it was reported undated, or one this day no longer holds that the app dates to
+            # another day (review rev29h): that day is re-exported
+            for marked_day in marked + moved_days(raw_days_now, moved):
+                if marked_day != day:
+                    report.warnings += filter(None, [mark_late(home, marked_day, True)])
+            if dated:
+                report.warnings.append(dated)
+            if not superseded:       # the rows it forgot are in the day it published, not in a superseded one
+                report.warnings += filter(None, [save_undated(home, undated_watch)])
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
@@ -1842,8 +1942,8 @@ def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
         except (OSError, EOFError, zlib.error):
             continue                            # an old file that cannot be read: the ingest reports it
         del index
-        if gone:
-            rows = held_ids(conn, table, gone, old)
+        if gone:              # every row under those ids, whatever its identity: its day must hold it (rev31e)
+            rows = held_ids(conn, table, gone)
             if rows:
                 out[table] = rows
     return out
@@ -1960,26 +2060,60 @@ def _load_undated(home: DataHome) -> dict[str, dict[int, str | None]]:
 
 
 def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> None:
-    """Write the remembered undated ids (the file removed when there are none)."""
+    """Write the remembered undated ids (the file removed when there are none); OSError raised."""
     path = home.cache / UNDATED_STATE
-    with contextlib.suppress(OSError):
-        if not any(state.values()):
-            info = lstat_or_none(path)
-            if info is not None and stat.S_ISREG(info.st_mode):     # only a file: a FIFO or folder is left alone
-                path.unlink()
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        data = {table: [[key, on] for key, on in sorted(ids.items())] for table, ids in state.items() if ids}
-        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+    if not any(state.values()):
+        info = lstat_or_none(path)
+        if info is not None and stat.S_ISREG(info.st_mode):     # only a file: a FIFO or folder is left alone
+            path.unlink()
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = {table: [[key, on] for key, on in sorted(ids.items())] for table, ids in state.items() if ids}
+    write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+
+
+def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
+    """At most REMEMBER_UNDATED of ``ids``: the rows dated first, then the smallest undated ids."""
+    if len(ids) <= REMEMBER_UNDATED:
+        return ids
+    return dict(sorted(ids.items(), key=lambda item: (item[1] is None, item[0]))[:REMEMBER_UNDATED])
+
+
+def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
+    """Remember what ``watch`` learnt, as a change of the state it loaded applied to the state there now, under
+    HOME/.locks/UNDATED_LOCK (review rev31e: exports of two days overlapping each wrote the state as they had
+    loaded it, and the later one took out the rows the other had added or dated). Returns '' or a warning."""
+    try:
+        with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
+            current = _load_undated(home)
+            for table in RAW_TABLES:
+                loaded, learnt, now = watch.loaded.get(table, {}), watch.state.get(table, {}), current[table]
+                for key in loaded.keys() - learnt.keys():      # forgotten: exported in its day, or deleted
+                    now.pop(key, None)
+                for key, on in learnt.items():
+                    if key in loaded:
+                        if key in now and loaded[key] != on:   # dated since it was loaded
+                            now[key] = on
+                        # unchanged: the state there now stands; gone: another export forgot it meanwhile
+                    elif now.get(key) is None:                 # added (another export may have dated it)
+                        now[key] = on
+                current[table] = _remembered(now)
+            _save_undated(home, current)
+    except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
+        return (f"the app rows reported undated could not be remembered in {home.cache / UNDATED_STATE} ({exc}): "
+                "once dated, their day is marked only while the late-row check reaches it")
+    return ""
 
 
 @dataclass
 class UndatedWatch:
     """What an export learnt of the rows once reported undated: the state to remember once the day is
-    published, and the rows dated since whose day (not this one) the raw zone does not hold them in yet."""
+    published, the rows dated since whose day (not this one) the raw zone does not hold them in yet, and the
+    state as it was loaded (:func:`save_undated` applies the difference)."""
 
     state: dict[str, dict[int, str | None]]
     dated: dict[str, dict[int, str]]      # table -> {id: day}
+    loaded: dict[str, dict[int, str | None]] = field(default_factory=dict)
 
 
 def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: dict[str, list[int]]) -> UndatedWatch:
@@ -2009,10 +2143,8 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
                 dated.setdefault(table, {})[key] = on
         for key in watched.get(table, []):
             state[table].setdefault(key, None)
-        if len(state[table]) > REMEMBER_UNDATED:   # rows dated first, then the smallest undated ids
-            ordered = sorted(state[table].items(), key=lambda item: (item[1] is None, item[0]))
-            state[table] = dict(ordered[:REMEMBER_UNDATED])
-    return UndatedWatch(state, dated)
+        state[table] = _remembered(state[table])  # rows dated first, then the smallest undated ids
+    return UndatedWatch(state, dated, remembered)
 
 
 def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str, list[str]]:
@@ -2327,16 +2459,26 @@ def _record_checked(home: DataHome, day: str, table: str, counted: list[int], ch
     _write_counts_cache(cache_file, cached)
 
 
-def mark_late(home: DataHome, day: str, late: bool) -> None:
+def mark_late(home: DataHome, day: str, late: bool) -> str:
     """Set or clear the marker saying that ``day``'s raw files lack rows the database holds
-    (``app_export_schedule`` re-exports the marked days: :func:`late_days`)."""
+    (``app_export_schedule`` re-exports the marked days: :func:`late_days`). Returns '' or a warning saying the
+    marker could not be set or cleared (review rev31e: an OS error was swallowed, and a day whose rows only the
+    schedule's re-export brings was never exported, with nothing said)."""
     marker = home.cache / LATE_MARKERS / f"dt={day}"
-    with contextlib.suppress(OSError):
+    try:
         if late:
             marker.parent.mkdir(parents=True, exist_ok=True)
             write_bytes_atomic(marker, b"")
         else:
             marker.unlink(missing_ok=True)
+    except OSError as exc:
+        if late:
+            return (f"day {day} holds fewer rows than the app database, but its marker {marker} could not be written "
+                    f"({exc.strerror or exc}): the schedule does not re-export it; export it now: pickapic build "
+                    f"--from-app-db --from {day} --to {day}")
+        return (f"day {day} was exported whole, but its late marker {marker} could not be removed "
+                f"({exc.strerror or exc}): the schedule re-exports the day once more")
+    return ""
 
 
 def late_days(home: DataHome) -> list[str]:
@@ -2399,6 +2541,7 @@ class LateCheck:
     spill: object | None = None
     users_snapshot: bool = True
     moved: dict[str, dict[str, list]] = field(default_factory=dict)   # table -> new day -> [rows, first ids]
+    notes: list[str] = field(default_factory=list)                   # markers not set or cleared (mark_late)
 
     def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
         """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
@@ -2414,15 +2557,22 @@ class LateCheck:
         try:
             for spill in self.spills:
                 missing, first, extra = self._missing(home, spill)
-                left = held_ids(conn, spill.table, extra, home.raw_file(spill.day, spill.table)) \
-                    if extra and conn is not None else HeldRows()
+                held = held_ids(conn, spill.table, extra) if extra and conn is not None else HeldRows()
                 del extra
+                # the rows that left the day: those the app holds elsewhere that are the raw file's rows (review
+                # rev30b: a row that took an id again is another row, which the day keeps)
+                left = held.same_rows(home.raw_file(spill.day, spill.table), spill.table,
+                                      exact_identities(conn)) if held else held
+                # review rev31e: the day each row under those ids is dated to now is marked whatever its identity
+                # (a row moved and given another user is "another row" too): the identity decides only whether
+                # the old day keeps the line, never whether the new day gets the app's row
+                if held:
+                    moved_rows(home, spill.table, held, spill.day, self.users_snapshot, raw_days, self.moved)
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
                             "missing": missing, "first_ids": first}
                     if left:
                         info.update(left=len(left), left_ids=[str(key) for key in left.ids[:FIRST_IDS]])
-                        moved_rows(home, spill.table, left, spill.day, self.users_snapshot, raw_days, self.moved)
                     found.setdefault(spill.day, {})[spill.table] = info
                 elif missing == 0 and spill.counted is not None:
                     _record_checked(home, spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2]))
@@ -2430,10 +2580,10 @@ class LateCheck:
             if self.spill is not None:
                 self.spill.close()
         for checked_day in self.checked_days:
-            mark_late(home, checked_day, checked_day in found)
+            self.notes += filter(None, [mark_late(home, checked_day, checked_day in found)])
         for new_day in moved_days(raw_days, self.moved):
             if new_day not in self.checked_days:      # a checked day lacking the row is late itself
-                mark_late(home, new_day, True)
+                self.notes += filter(None, [mark_late(home, new_day, True)])
         return {d: found[d] for d in sorted(found)}
 
     def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str], array.array]:
@@ -2694,7 +2844,8 @@ def moved_warning(raw_days: list[str], moved: dict[str, dict[str, list]]) -> str
                                                   f"{', ...' if info[0] > len(info[1]) else ''})"
                                                   for on, info in shown[:FIRST_IDS])
                          + (", ..." if len(shown) > FIRST_IDS else ""))
-    line = (f"app rows that left a raw day are dated to another day now, whose raw files must hold them: "
+    line = (f"app rows under the ids of a raw day's rows (moved since, or an id the app gave another row) are dated "
+            f"to another day now, whose raw files must hold them: "
             f"{'; '.join(parts)}")
     ready = [on for on in marked if on in held]
     if ready:

@@ -30,7 +30,10 @@ HOME/cache/app_export_undated.json each, so two overlapping ones may lose each o
 ``app_export.primary_host``).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix31e, ``tests/unit/test_fix31e.py``) and the strict-xfail
+markers removed: the identity of a row decides only whether its old day keeps the line, and the day each row under
+a left id is dated to is marked whatever its identity; an export takes its snapshot under the day's export lock with
+a ticket and publishes only a snapshot at least as new as the one the day holds (an older one is "superseded").
 """
 from __future__ import annotations
 
@@ -40,7 +43,6 @@ import json
 import os
 
 import psycopg
-import pytest
 
 from formats.home import DataHome
 from pipelines.appdb.export import AppExportConfig, export_day, late_days
@@ -76,10 +78,6 @@ def _nights(home: DataHome, dsn: str, nights: tuple[str, ...]) -> None:
 
 # --- 1. a row moved to an older day whose identity changed with it is in no raw day ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the late-row check filters the ids that left a day by identity (fix30b/30g) "
-                                       "before marking the day they are dated to now: a row moved and reassigned is "
-                                       "taken for a deletion, its new day is never marked, and the app's row reaches "
-                                       "no raw day (no warning)")
 def test_a_row_moved_to_an_older_day_and_reassigned_reaches_its_day(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -100,9 +98,6 @@ def test_a_row_moved_to_an_older_day_and_reassigned_reaches_its_day(postgres_ser
 
 # --- 2. two exports of one day overlapping: the older snapshot is published last ------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="export_day holds no per-day lock and publishes whatever snapshot it read: an "
-                                       "export that started first and finishes last replaces the day a later export "
-                                       "published with its older snapshot, taking out the rows committed between")
 def test_an_older_snapshot_never_replaces_a_day_a_newer_export_published(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
