@@ -62,6 +62,7 @@ from formats import dataset
 from formats.home import DataHome
 from formats.locks import try_lock
 from formats.settings import load
+from pipelines.provenance import RAW_TABLE_FILES, raw_day_complete
 from training import runs
 
 if TYPE_CHECKING:  # the type of Definitions.resolve_asset_graph(), not exported by dagster
@@ -71,7 +72,6 @@ if TYPE_CHECKING:  # the type of Definitions.resolve_asset_graph(), not exported
 CRON_ENV = {"nightly_cron": "PICKAPIC_NIGHTLY_CRON", "train_cron": "PICKAPIC_TRAIN_CRON",
             "app_export_cron": "PICKAPIC_APP_EXPORT_CRON", "sensor_interval_s": "PICKAPIC_SENSOR_INTERVAL_S"}
 AUTOMATION_ENV = "PICKAPIC_AUTOMATION"
-RAW_TABLE_FILES = ("users.jsonl.gz", "images.jsonl.gz", "rankings.jsonl.gz", "downloads.jsonl.gz")
 # every status Dagster counts as in progress: CANCELING too (a terminated run still runs its step until the
 # interrupt reaches it: review rev21f)
 _UNFINISHED = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
@@ -182,11 +182,6 @@ if CRONS_WARNING:
 
     logging.getLogger(__name__).warning("pickapic: %s", CRONS_WARNING)
 CRONS_NOTE = f" WARNING (when these definitions were loaded): {CRONS_WARNING}" if CRONS_WARNING else ""
-
-
-def raw_day_complete(home: DataHome, day: str) -> bool:
-    """All four table files of a raw day are there (an export still landing is left alone)."""
-    return all((home.raw_day(day) / name).is_file() for name in RAW_TABLE_FILES)
 
 
 def app_export_settings(home: DataHome) -> dict:
@@ -378,7 +373,10 @@ def failing_days(instance: dg.DagsterInstance, days: Iterable[str]) -> set[str]:
 def plan_complete_days(home: DataHome, instance: dg.DagsterInstance) -> tuple[BuildPlan, list[str]]:
     """The plan of `pickapic build`, with the incomplete raw days (a file still landing, or never coming) planned
     as if they were not there, and those days: no automation ingests them, and they must not hold back, night
-    after night, the rebuild a setting or code change asks for (the rebuild reads what was ingested)."""
+    after night, the rebuild a setting or code change asks for (the rebuild reads what was ingested). What was
+    built from them is kept, and their rows are settled as they are when the later days' copies are judged
+    (``plan_build`` passes the days it runs to ``RejectedBlobs``: review rev31b). The nightly, the raw-day sensor
+    and the rebuild sensor all plan with it."""
     incomplete = [day for day in begun_days(home.raw_days()) if not raw_day_complete(home, day)]
     return plan_build(home, load(home.root), instance, ignore_days=incomplete), incomplete
 
@@ -502,7 +500,9 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
     if not complete:
         return dg.SensorResult(skip_reason=f"no complete raw partition under {home.raw_logs}{note}", cursor=cursor)
-    plan = plan_build(home, load(home.root), context.instance)
+    # planned as the nightly plans (review rev31b: planned with the incomplete days as days it runs, a day copying
+    # a risky row of one was stale at every tick, and its run key, naming its last materialization, new each time)
+    plan, _ = plan_complete_days(home, context.instance)
     known = set(context.instance.get_dynamic_partitions(PARTITIONS))
     new_days = [day for day in complete if day not in known]
     events = [raw_observation(day, version) for day, version in sorted(plan.observations.items()) if day in complete]

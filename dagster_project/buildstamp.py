@@ -32,13 +32,16 @@ from pipelines.provenance import (
     RejectedBlobs,
     changed_since,
     combine,
-    raw_gone_days,
+    days_not_run,
+    planned_days,
     raw_stats,
+    read_cache,
     stat_key,
     writing_cache,
 )
 
 STAMP = "build_stamp.json"
+STAMP_MAX_BYTES = 64 << 10   # a stamp is about 100 bytes: a larger file is not ours (read as no stamp)
 
 
 def _file_text(path: Path | None) -> str | None:
@@ -105,17 +108,18 @@ def _blob_watches(home: DataHome, assignments: Iterable[str] = (), config_file: 
     that lands or changes after its day was fingerprinted changes no raw day file, yet makes the day stale
     (reviews rev23a, rev23g). One ``stat`` per rejected blob, or per folder that holds them when a day has more
     than ``CACHED_BLOBS``; the paths come from the bounded cache (the partition is read only when it changed).
-    A day whose raw folder is gone (:func:`pipelines.provenance.raw_gone_days`) is not watched: the plan never runs
-    it again, so its rejected blobs and rows are settled as built (review rev30j: its stale rows kept the stamp
-    untrusted for good); its partitions are among the outputs, and the days copying from it are watched."""
-    folder = home.table_dir("image_rejects")
-    try:
-        days = sorted(name[3:] for name in os.listdir(folder) if name.startswith("dt="))
-    except OSError:
+    A day `pickapic build` does not run (:func:`pipelines.provenance.days_not_run`: its raw folder gone, or not
+    begun; an incomplete day it ingests as it is, so it is watched) is not watched: its rejected blobs and rows are
+    settled as built (review rev30j: its stale rows kept the stamp untrusted for good); its partitions are among
+    the outputs, and the days copying from it are watched, judged as the build's plan judges them (the same
+    days settled: review rev31b)."""
+    days = home.partition_days("image_rejects")
+    if not days:
         return []
-    gone = raw_gone_days(home, days)
+    planned = planned_days(home, incomplete=True, today=_today())   # the days `pickapic build` runs
+    gone = days_not_run(home, days, planned)
     days = [day for day in days if day not in gone]
-    blobs = RejectedBlobs(home)
+    blobs = RejectedBlobs(home, planned=planned)
     base = _named_settings(home, assignments, config_file, "features", ("blob_base",)).get("blob_base")
     base = base if isinstance(base, str) and base and "\x00" not in base else str(home.root)
     out = []
@@ -245,14 +249,12 @@ def is_up_to_date(home: DataHome, key: str) -> bool:
     begun since (the stamp's ``until``)."""
     if key.startswith(UNTRUSTED):
         return False
-    try:
-        stamp = json.loads((home.cache / STAMP).read_text(encoding="utf-8"))
-        if not isinstance(stamp, dict) or stamp.get("key") != key:
-            return False
-        until = stamp.get("until")
-        return until is None or (isinstance(until, str) and _today() < until)
-    except (OSError, ValueError):
+    # read as the plan's other caches: a FIFO, a link, a device or a huge file there is no stamp (review rev31b)
+    stamp = read_cache(home.cache / STAMP, STAMP_MAX_BYTES)
+    if not isinstance(stamp, dict) or stamp.get("key") != key:
         return False
+    until = stamp.get("until")
+    return until is None or (isinstance(until, str) and _today() < until)
 
 
 def _today() -> str:

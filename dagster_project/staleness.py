@@ -45,6 +45,7 @@ from formats.home import DataHome
 from formats.settings import Settings, config_digest
 from pipelines.ingest import rewrites
 from pipelines.provenance import RawDigests, RejectedBlobs, combine, files_digest
+from pipelines.provenance import begun_days as _begun_days
 from training import runs
 
 Lookup = Callable[[str, "str | None"], "str | None"]
@@ -216,7 +217,10 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
     """The runs that make every asset fresh (``selected_days`` and ``force`` recompute on request).
 
     ``ignore_days``: raw days planned as if their folder were gone (what was built from them is kept and
-    nothing waits for them): the nightly schedule's incomplete days, which it never ingests.
+    nothing waits for them): the nightly schedule's incomplete days, which it never ingests. The rows of every
+    day it does not run (those, the days whose raw folder is gone, the days not begun) are settled as they are
+    when the days after them are judged (``RejectedBlobs(home, planned=...)``: the days it runs, one notion;
+    review rev31b).
     """
     recorded = RecordedVersions(instance)
     raw = RawDigests(home)
@@ -233,7 +237,7 @@ def plan_build(home: DataHome, settings: Settings, instance: dg.DagsterInstance,
 
     observed = recorded.observed_raw()
     observations = {}
-    blobs = RejectedBlobs(home)
+    blobs = RejectedBlobs(home, planned=raw_days)   # the days it does not run are settled (provenance.days_not_run)
     blob_base = configs["features"].base(home.root)
     forced_days = set(raw_days if force and selected_days is None else selected_days or [])
     runs: list[PlannedRun] = []
@@ -300,9 +304,9 @@ def expected_missing_mark(blobs: RejectedBlobs, day: str, base: str) -> tuple[st
 
 
 def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
-    """The days that have begun (UTC): a folder named after a later day is an export error, never ingested."""
-    today = today or dt.datetime.now(dt.timezone.utc).date().isoformat()
-    return [d for d in days if d <= today]
+    """The days that have begun (UTC): a folder named after a later day is an export error, never ingested
+    (:func:`pipelines.provenance.begun_days`, on this module's clock)."""
+    return _begun_days(days, today or dt.datetime.now(dt.timezone.utc).date().isoformat())
 
 
 def _why(recorded: str | None, expected: str, home: DataHome, stage: Stage, day: str | None, upstream_runs: bool,

@@ -1,6 +1,7 @@
 """The data home: one object that knows where every dataset lives (and nothing else does)."""
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 from dataclasses import dataclass
@@ -88,6 +89,17 @@ class DataHome:
     def partition_file(self, dataset: str, day: str) -> Path:
         """Daily-partitioned dataset file: ``warehouse/<dataset>/dt=<day>/part-0.parquet``."""
         return self.table_dir(dataset) / f"dt={day}" / "part-0.parquet"
+
+    def partition_days(self, dataset: str) -> list[str]:
+        """The days of a daily-partitioned dataset: its folders named ``dt=YYYY-MM-DD``
+        (:data:`PARTITION_FOLDER_GLOB`, the folders every reader of the table reads: :meth:`table_glob`), sorted;
+        none when its folder is missing or unreadable. An operator's copy ``dt=DAY.bak`` (or any other name) is no
+        day (review rev31b: the feature stage copied rows from such a copy)."""
+        try:
+            names = os.listdir(self.table_dir(dataset))
+        except OSError:
+            return []
+        return sorted(name[3:] for name in names if fnmatch.fnmatchcase(name, PARTITION_FOLDER_GLOB))
 
     def table_file(self, dataset: str) -> Path:
         """Unpartitioned dataset file: ``warehouse/<dataset>/data.parquet``."""

@@ -20,6 +20,7 @@ recorded version equals the one its inputs give now.
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import hashlib
 import json
 import os
@@ -27,13 +28,32 @@ import stat
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from formats.files import is_url, sha256_file, write_bytes_atomic
+from formats.files import is_url, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
 from formats.locks import CACHE_WRITERS_LOCK, writing_shared
 from pipelines.ingest.lines import LINK_OUT_OF_ZONE
 
 RAW_TABLES = ("users", "images", "rankings", "downloads")
+RAW_TABLE_FILES = tuple(f"{table}.jsonl.gz" for table in RAW_TABLES)   # a raw day's files (DataHome.raw_file)
 RAW_DIGESTS_CACHE = "raw_day_digests.json"
+CACHE_MAX_BYTES = 64 << 20   # a disposable cache of the plan larger than this is not read (counts as absent): a year
+                             # of days takes a few MB; a larger file is not ours, and is never read whole
+
+
+def read_cache(path: Path, max_bytes: int | None = None) -> object | None:
+    """The JSON value of a disposable cache file of the plan (``cache/raw_day_digests.json``, ``missing_blobs.json``,
+    ``copied_rows.json``, ``build_stamp.json``), None when it cannot be read as the tool writes it: absent, a symbolic
+    link (never followed), a FIFO (never waited on), a device or anything else not a regular file, larger than
+    ``max_bytes`` (default :data:`CACHE_MAX_BYTES`), unreadable, or not JSON (:func:`formats.files.read_small_file`).
+    A cache that cannot be read counts as absent: it only changes how fast a plan is (review rev31b: a FIFO at one
+    hung every plan, the build stamp's check and ``pickapic build --dry-run``)."""
+    data = read_small_file(path, CACHE_MAX_BYTES if max_bytes is None else max_bytes)
+    if data is None:
+        return None
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError):   # not UTF-8 or not JSON; nested beyond Python's recursion limit
+        return None
 
 
 def combine(*parts: object) -> str:
@@ -42,14 +62,15 @@ def combine(*parts: object) -> str:
 
 
 def stat_key(path: Path) -> list | None:
-    """[size, mtime_ns, inode, ctime_ns] of a file (None when missing, a marker when not a regular file).
+    """[size, mtime_ns, inode, ctime_ns] of a file (None when missing, a file at a folder of its path included: a
+    file named ``dt=DAY`` where a partition's folder belongs, review rev31b; a marker when not a regular file).
 
     The ctime is what ``utime`` cannot set: a file rewritten in place with the same size and its mtime put
     back (``cp -p``, ``rsync -t --inplace``, ``touch -r``) was trusted as unchanged (review rev21b). Anything
     else that moves a ctime (a chmod, a new link) only costs one more read of the file."""
     try:
         info = path.stat()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return None
     if not path.is_file():
         return ["not-a-file", info.st_mode]
@@ -62,10 +83,8 @@ class RawDigests:
     def __init__(self, home: DataHome) -> None:
         self.home = home
         self.path = home.cache / RAW_DIGESTS_CACHE
-        try:
-            self.known: dict[str, dict] = json.loads(self.path.read_text(encoding="utf-8"))
-        except (FileNotFoundError, ValueError):
-            self.known = {}
+        known = read_cache(self.path)
+        self.known: dict[str, dict] = known if isinstance(known, dict) else {}
         self.changed = False
         self.read: dict[str, dict[str, str]] = {}   # day -> table -> digest of the file as a stage read it
 
@@ -91,7 +110,7 @@ class RawDigests:
         except ValueError:
             return LINK_OUT_OF_ZONE
         entry = self.known.get(rel)
-        if entry and entry.get("stat") == stat:
+        if isinstance(entry, dict) and entry.get("stat") == stat and isinstance(entry.get("sha256"), str):
             return entry["sha256"]
         digest = sha256_file(path)
         self.known[rel] = {"stat": stat, "sha256": digest}
@@ -265,18 +284,21 @@ class RejectedBlobs:
     bucket) are not looked at: no network here (``pickapic build --force --from D --to D`` fingerprints such a
     day again)."""
 
-    def __init__(self, home: DataHome) -> None:
+    def __init__(self, home: DataHome, planned: Iterable[str] | None = None) -> None:
+        """``planned``: the raw days the plan runs (:func:`days_not_run`; default :func:`planned_days`, the
+        nightly's), for :class:`CopiedRows`."""
         self.home = home
         self.path = home.cache / _MISSING_CACHE
+        known = read_cache(self.path)
         try:
-            known = json.loads(self.path.read_text(encoding="utf-8"))
             self.known: dict[str, dict] = known["days"] if known.get("version") == _MISSING_CACHE_VERSION else {}
             if not isinstance(self.known, dict):
                 self.known = {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
-        self.copies = CopiedRows(home)   # each day's rows against the earlier days' (reviews rev29e, rev30a)
+        # each day's rows against the earlier days' (reviews rev29e, rev30a), the days the plan runs as ``planned``
+        self.copies = CopiedRows(home, planned)
 
     # --- reading the partition, streamed
     def _partition(self, day: str) -> tuple[Path, list] | None:
@@ -507,10 +529,46 @@ def raw_gone_days(home: DataHome, days: Iterable[str]) -> set[str]:
     return set(days) - set(home.raw_days())
 
 
+def begun_days(days: Iterable[str], today: str | None = None) -> list[str]:
+    """The days that have begun (UTC): a folder named after a later day is an export error, never ingested."""
+    today = today or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    return [d for d in days if d <= today]
+
+
+def raw_day_complete(home: DataHome, day: str) -> bool:
+    """All four table files of a raw day are there (an export still landing is left alone)."""
+    return all(home.raw_file(day, table).is_file() for table in RAW_TABLES)
+
+
+def planned_days(home: DataHome, *, incomplete: bool = False, today: str | None = None) -> list[str]:
+    """The raw days a plan runs (README section 3, copied rows): the days of the raw zone
+    (``DataHome.raw_days``) that have begun (:func:`begun_days`), less, unless ``incomplete``, those lacking one of
+    their four table files (:func:`raw_day_complete`): the nightly schedule and the sensors plan those as if their
+    folder were gone (``automation.plan_complete_days``), while ``pickapic build`` ingests a day as it is
+    (``incomplete=True``). ``today``: the caller's clock (default: now, UTC)."""
+    days = begun_days(home.raw_days(), today)
+    return days if incomplete else [day for day in days if raw_day_complete(home, day)]
+
+
+def days_not_run(home: DataHome, days: Iterable[str], planned: Iterable[str] | None = None) -> set[str]:
+    """The days of ``days`` a plan does not run: not among ``planned``, the raw days it runs (default
+    :func:`planned_days`, the nightly's and the sensors': complete and begun). Their raw folder is gone (pruned by
+    retention: :func:`raw_gone_days`), not begun, or, for the nightly, incomplete: what was built from them is kept
+    as it is, so their rows are settled as they are (:class:`CopiedRows`) and their rejected blobs are not watched
+    (``buildstamp``). The plan (``staleness.plan_build``) passes the days it runs, so what it runs and what it
+    settles are one notion (review rev31b: an incomplete day the nightly plans as gone was judged as one it runs,
+    and a later day copying a risky row of it was stale at every plan). None in a home with no raw zone folder
+    (``raw/app_logs``): its partitions were written by the stages called directly."""
+    if not home.raw_logs.is_dir():
+        return set()
+    return set(days) - set(planned_days(home) if planned is None else planned)
+
+
 COPIES_MARK = "+copied-rows-changed"   # appended to a features version now when a row it copied changed at its source
 _COPIES_CACHE = "copied_rows.json"
-_COPIES_VERSION = 4   # 2: verdicts of every row against the earlier days (review rev30a); 3: rule of rev30h;
-                      # 4: pruned days settled, a source's staleness followed only when its run may change its bytes
+_COPIES_VERSION = 5   # 2: verdicts of every row against the earlier days (review rev30a); 3: rule of rev30h;
+                      # 4: pruned days settled, a source's staleness followed only when its run may change its bytes;
+                      # 5: the days the plan does not run settled (pruned, not begun, incomplete), flag "settled"
 CACHED_COPIES = 1024   # per day, stale uids the cache keeps; a day with more is judged again at each look
 _OUTPUT_KEY_FIELD = b"pickapic.features_output_key"   # pipelines.features.reuse.OUTPUT_KEY_FIELD (it imports Beam)
 
@@ -553,18 +611,21 @@ class CopiedRows:
     changed (a day's rows depend on earlier days only); the days from there are read whole and the earlier ones only
     for the uids and sha256 those hold."""
 
-    def __init__(self, home: DataHome) -> None:
+    def __init__(self, home: DataHome, planned: Iterable[str] | None = None) -> None:
+        """``planned``: the raw days the plan runs (:func:`days_not_run`); default :func:`planned_days`, the
+        nightly's and the sensors' (``pickapic build`` passes its own, incomplete days included)."""
         self.home = home
         self.path = home.cache / _COPIES_CACHE
+        known = read_cache(self.path)
         try:
-            known = json.loads(self.path.read_text(encoding="utf-8"))
             days = known["days"] if known.get("version") == _COPIES_VERSION else {}
             self.known: dict[str, dict] = days if isinstance(days, dict) else {}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        except (KeyError, TypeError, AttributeError):
             self.known = {}
         self.changed = False
         self._verdicts: dict[str, str | None] | None = None
-        self._pruned: set[str] = set()   # the days whose raw folder is gone, as the look found them
+        self._planned = None if planned is None else set(planned)
+        self._settled: set[str] = set()   # the days the plan does not run (days_not_run), as the look found them
 
     def _file(self, day: str) -> Path:
         return self.home.partition_file("image_features", day)
@@ -574,17 +635,13 @@ class CopiedRows:
         with an ``image_features`` partition; taken once per instance."""
         if self._verdicts is not None:
             return self._verdicts
-        try:
-            names = os.listdir(self.home.table_dir("image_features"))
-        except OSError:
-            names = []
-        days = sorted(name[3:] for name in names if name.startswith("dt=") and len(name) == 13)
+        days = self.home.partition_days("image_features")   # the folders the stage reads (review rev31b)
         stats = {day: stat_key(self._file(day)) for day in days}
         stats = {day: info for day, info in stats.items() if info is not None and info[0] != "not-a-file"}
         days = [day for day in days if day in stats]
-        self._pruned = pruned = raw_gone_days(self.home, days)
+        self._settled = settled = days_not_run(self.home, days, self._planned)
         first = next((day for day in days
-                      if not _valid_copies_entry(self.known.get(day), stats[day], day in pruned)), None)
+                      if not _valid_copies_entry(self.known.get(day), stats[day], day in settled)), None)
         gone = [day for day in sorted(self.known) if day not in stats]
         if gone and (first is None or gone[0] < first):   # a partition removed: the days after it are judged again
             first = next((day for day in days if day > gone[0]), None)
@@ -615,7 +672,7 @@ class CopiedRows:
                ) -> dict[str, dict]:
         """The cache entries of the ``redo`` days (sorted, each after every ``kept`` day), from their partitions
         and the rows of the ``kept`` days holding their uids or sha256 (those days' stale and risky uids from
-        ``entries``); the rows of the days whose raw folder is gone are settled as they are (:func:`raw_gone_days`).
+        ``entries``); the rows of the days the plan does not run are settled as they are (:func:`days_not_run`).
 
         Only the rows that can matter are held as strings (review rev30h: the whole history's three columns and a
         Python tuple per row, about 1 KB a row): a first pass keeps a 64-bit fingerprint of each ``redo`` row's uid
@@ -626,7 +683,7 @@ class CopiedRows:
         import pyarrow.compute as pc
 
         errors = (OSError, ValueError, KeyError, pa.ArrowException)
-        pruned = self._pruned
+        settled = self._settled
         out: dict[str, dict] = {}
         prints: dict[str | None, list] = {}   # output key -> [(day, uid prints, sha256 prints)] in day order
         for day in redo:
@@ -634,9 +691,9 @@ class CopiedRows:
                 table, key = self._read(day)
             except errors:
                 out[day] = {"stat": stats[day], "key": None, "verdict": None, "stale": [], "risky": [],
-                            "pruned": day in pruned, "unreadable": True}
+                            "settled": day in settled, "unreadable": True}
                 continue
-            out[day] = {"stat": stats[day], "key": key, "pruned": day in pruned}
+            out[day] = {"stat": stats[day], "key": key, "settled": day in settled}
             prints.setdefault(key, []).append((day, *_fingerprints(table)))
             del table
         for key, recent in prints.items():
@@ -678,13 +735,13 @@ class CopiedRows:
         sha256, whose own verdicts are known first (day order), with integer arrays: no Python object per row. A
         row is risky when a run of its day may give it other bytes (a stale row with no earlier row holding its
         bytes, or one following a risky row): only those make the rows that follow them stale. The rows of a day
-        whose raw folder is gone (:func:`raw_gone_days`) are neither: it is never run again, its rows are sources
-        as they are."""
+        the plan does not run (:func:`days_not_run`: its raw folder gone, not begun, or incomplete for the nightly)
+        are neither: it is not run, its rows are sources as they are."""
         import numpy as np
         import pyarrow as pa
         import pyarrow.compute as pc
 
-        pruned = self._pruned
+        settled = self._settled
         verdicts = {day: {"verdict": None, "stale": [], "risky": []} for day, _ in tables if day not in kept}
         # each partition sorted by uid (the stage's order): a day's earliest row of a sha256 is its least uid
         tables = [(day, _by_uid(table)) for day, table in tables if table.num_rows]
@@ -719,8 +776,8 @@ class CopiedRows:
             verdict = verdicts[day]
             if copied.any():
                 verdict["verdict"] = "same"
-            if day in pruned:
-                continue   # settled as built: never run again (its raw folder is gone)
+            if day in settled:
+                continue   # settled as built: the plan does not run it (days_not_run)
             expected = np.where(holder_same[rows], _flags(pc.equal(sources, uids)),           # a copy by uid
                                 np.where(same_bytes[rows],                                    # a copy by sha256
                                          _flags(pc.equal(sources, uid.take(pa.array(first_sha[rows])))),
@@ -853,10 +910,10 @@ def _first_rows(values, prints):
     return first[inverse.ravel()]
 
 
-def _valid_copies_entry(entry: object, info: list, pruned: bool) -> bool:
+def _valid_copies_entry(entry: object, info: list, settled: bool) -> bool:
     """Whether a cache entry has the shape :class:`CopiedRows` writes, the partition's stat ``info`` and was judged
-    with the day pruned (``pruned``) or not, as it is now."""
-    if not isinstance(entry, dict) or entry.get("stat") != info or entry.get("pruned") is not pruned:
+    with the day settled (``settled``: one the plan does not run, :func:`days_not_run`) or not, as it is now."""
+    if not isinstance(entry, dict) or entry.get("stat") != info or entry.get("settled") is not settled:
         return False
     if entry.get("verdict") not in (None, "same", "changed") or not isinstance(entry.get("key"), (str, type(None))):
         return False

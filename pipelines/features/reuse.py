@@ -95,16 +95,17 @@ def known_jpeg_bytes(known: np.ndarray, digest: bytes) -> int | None:
 
 def earlier_partitions(home: DataHome, day: str, key: str | None = None) -> list[tuple[str, Path]]:
     """(day, file) of every image_features partition on or before ``day``, oldest first; with ``key``,
-    only those written under that :func:`output_key`."""
-    root = home.table_dir(FEATURES)
+    only those written under that :func:`output_key`. Only the day folders (``dt=YYYY-MM-DD``:
+    :meth:`formats.home.DataHome.partition_days`, the folders every reader reads and the plan judges): an operator's
+    copy ``dt=DAY.bak/`` is no day (review rev31b: a copy from it differed from a build from scratch, and the plan,
+    which never reads it, found the copying day stale at every look)."""
     found = []
-    if root.is_dir():
-        for child in root.iterdir():
-            if child.name.startswith("dt=") and child.name[3:] <= day:
-                path = child / "part-0.parquet"
-                if path.is_file() and (key is None or partition_output_key(path) == key):
-                    found.append((child.name[3:], path))
-    return sorted(found)
+    for earlier in home.partition_days(FEATURES):
+        if earlier <= day:
+            path = home.partition_file(FEATURES, earlier)
+            if path.is_file() and (key is None or partition_output_key(path) == key):
+                found.append((earlier, path))
+    return found
 
 
 def _index(history: list[tuple[str, Path]], columns: Sequence[str], filter_expr=None) -> pa.Table:

@@ -94,14 +94,22 @@ def test_a_copy_of_a_source_whose_run_may_change_its_bytes_is_still_stale(tmp_pa
 
 
 # ------------------------------------------------------------------------------ a day whose raw folder is gone
+def _deliver(home: DataHome, day: str) -> None:
+    """A complete raw day folder (its four table files): a day the nightly runs too (fix31b: an incomplete one, a
+    bare folder, is a day the nightly does not run, settled like a pruned one)."""
+    home.raw_day(day).mkdir(parents=True, exist_ok=True)
+    for table in ("users", "images", "rankings", "downloads"):
+        home.raw_file(day, table).write_bytes(b"")
+
+
 def test_a_day_whose_raw_folder_is_gone_is_settled_and_followed_as_it_is(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     for day in (P, L):
-        home.raw_day(day).mkdir(parents=True)
+        _deliver(home, day)
     _write(home, A, [("a", S1, None)])
     _write(home, P, [("a", S0, "a")])                     # stale and risky while P can run
     _write(home, L, [("a", S0, "a")])
-    home.raw_day(A).mkdir(parents=True)
+    _deliver(home, A)
     assert _warm(home) == {A: None, P: "changed", L: "changed"}
     shutil.rmtree(home.raw_day(P))                        # retention prunes P: the plan never runs it again
     assert raw_gone_days(home, [A, P, L]) == {P}
@@ -109,7 +117,7 @@ def test_a_day_whose_raw_folder_is_gone_is_settled_and_followed_as_it_is(tmp_pat
     _write(home, L, [("a", S0, None)])                    # a row L does not copy from P as it is: stale
     assert _warm(home) == {A: None, P: "same", L: "changed"}
     _write(home, L, [("a", S0, "a")])
-    home.raw_day(P).mkdir()                               # P delivered again: it can run, and is judged again
+    _deliver(home, P)                                     # P delivered again: it can run, and is judged again
     assert _warm(home) == {A: None, P: "changed", L: "changed"}
 
 

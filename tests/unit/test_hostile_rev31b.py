@@ -51,7 +51,12 @@ of test 3's caches to ``/dev/zero`` is read the same way, without end (not run).
 learns the ignored days, its cache entries must record that flag as they record the pruned one.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix31b, ``tests/unit/test_fix31b.py``) and their
+markers removed: the days a plan does not run (raw folder gone, not begun, or incomplete for the nightly and the
+sensors: ``provenance.days_not_run``, the days ``plan_build`` runs passed to ``RejectedBlobs``/``CopiedRows``,
+cache version 5 recording the flag ``settled``) are the days ``CopiedRows`` settles; only ``dt=YYYY-MM-DD``
+folders are days (``DataHome.partition_days``, read by the stage's history, the plan and the stamp); the plan's
+caches are read with ``provenance.read_cache`` (a regular file, size-bounded, never waited on).
 """
 from __future__ import annotations
 
@@ -104,8 +109,6 @@ def _raw_folders(home: DataHome, *days: str) -> None:
 
 # ----------------------------------------------------------------------------------------------------------------
 # 1. a day copying from a day the nightly ignores (incomplete raw folder) is planned and run every night
-@pytest.mark.xfail(strict=True, reason="CopiedRows settles only raw_gone_days, not the incomplete days the nightly "
-                                       "plans as gone (ignore_days): a day copying a risky row of one is stale for good")
 def test_a_day_copying_from_an_incomplete_day_the_nightly_ignores_is_not_planned_every_night(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     _raw_folders(home, A, P, L)
@@ -140,8 +143,6 @@ def test_a_day_copying_from_an_incomplete_day_the_nightly_ignores_is_not_planned
 
 # ----------------------------------------------------------------------------------------------------------------
 # 2. a copied ``dt=DAY.bak`` folder of image_features is read by the stage as a day the plan does not know
-@pytest.mark.xfail(strict=True, reason="reuse.earlier_partitions takes warehouse/image_features/dt=A.bak as a day "
-                                       "(CopiedRows does not): a copy from it differs from scratch and is run nightly")
 def test_a_copied_partition_folder_is_no_source_of_copies(tmp_path: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, A, {"x": png(1)})
@@ -182,8 +183,6 @@ def _release_readers(path: Path) -> None:
     os.close(fd)
 
 
-@pytest.mark.xfail(strict=True, reason="the plan's caches are read with Path.read_text, which waits on a FIFO for "
-                                       "ever: pickapic build --dry-run hung on cache/copied_rows.json")
 @pytest.mark.parametrize("name", ["copied_rows.json", "missing_blobs.json", "raw_day_digests.json",
                                   buildstamp.STAMP])
 def test_a_fifo_at_a_cache_of_the_plan_is_never_waited_on(tmp_path: Path, name: str) -> None:
