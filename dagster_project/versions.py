@@ -82,7 +82,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 14: a quarantined line read as the ingest reads it (a leading byte order mark skipped:
                           #     line 1 of a BOM-prefixed file lost its pins); a ranking of pairs matched by id and
                           #     day; a held-out record naming an unknown ledger rule is not believed (rev30i)
-    "publish": "10",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "11",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -99,6 +99,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: the card counts quarantined lines (summed line_count; a missing / unreadable file as
                           #     a file), says how the held-out users were chosen (fill rule / hash, by ledger rule)
                           #     and states the version's own tie share (rev30f)
+                          # 11: the card's code version (pipelines.publish.datacard.CARD_VERSION, bumped with any
+                          #     change of the card's text) in the version id and the manifest, so a card change
+                          #     makes a new version; the card counts distinct fingerprinted images (rev31d)
     "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole

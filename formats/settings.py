@@ -96,8 +96,10 @@ class SettingsError(ValueError):
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
          min_exclusive: bool = False, max_exclusive: bool = False, choices: Sequence[Any] | None = None,
-         output: bool = True, secret: bool = False, private: bool = False) -> Any:
+         output: bool = True, secret: bool = False, private: bool = False, range_note: str | None = None) -> Any:
     """A dataclass field that is a stage setting: help text, allowed values, output and secret flags.
+
+    ``range_note``: why the range is what it is, told with a refused value (the range alone does not say why).
 
     ``private``: a command line of options that may hold credentials in forms no pattern finds (``features.
     beam_args``): never shown whole (each option's value hidden: :func:`formats.text.option_names`), the settings
@@ -111,6 +113,8 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
         metadata["min_exclusive"] = True
     if max_exclusive:
         metadata["max_exclusive"] = True
+    if range_note:
+        metadata["range_note"] = range_note
     return field(default=default, metadata=metadata, repr=not secret)   # a secret is never in a repr
 
 
@@ -173,6 +177,7 @@ class Knob:
     secret: bool = False
     in_file: bool = True
     private: bool = False
+    range_note: str = ""           # why the range is what it is (said with a refused value)
 
     @property
     def key(self) -> str:
@@ -267,8 +272,9 @@ class Knob:
             if self.maximum is not None and (value > self.maximum or (self.max_exclusive and value == self.maximum)):
                 bad = True
         if bad:
+            note = f" ({self.range_note})" if self.range_note else ""
             raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is out of range: "
-                                f"allowed {self.allowed()}")
+                                f"allowed {self.allowed()}{note}")
         if self.kind is int and not INT64_MIN <= value <= INT64_MAX:
             raise SettingsError(f"setting {self.key} = {self._shown_short(value)} ({source}) is out of range: "
                                 f"allowed {self.allowed()}, within a 64-bit integer ({INT64_MIN} .. {INT64_MAX})")
@@ -383,7 +389,7 @@ def knobs(section: str) -> dict[str, Knob]:
             minimum=meta.get("min"), maximum=meta.get("max"), min_exclusive=bool(meta.get("min_exclusive")),
             max_exclusive=bool(meta.get("max_exclusive")), choices=tuple(meta["choices"]) if meta.get("choices") else None,
             output=bool(output), secret=bool(meta.get("secret")), in_file=f.name not in _NOT_IN_FILE.get(section, ()),
-            private=bool(meta.get("private")))
+            private=bool(meta.get("private")), range_note=str(meta.get("range_note") or ""))
     return out
 
 

@@ -23,6 +23,12 @@ from formats.files import write_bytes_atomic
 from schemas.publish import SAMPLE_COLUMNS
 
 CARD_FILE = "README.md"
+# The card's code version, hashed into the version id (:func:`pipelines.publish.samples.version_id`) and recorded in
+# the manifest: bump it whenever this module writes other text for the same version folder, so that a publish with
+# the same inputs makes a new version with the new card (its shards hard-linked from the old one) instead of taking
+# the complete folder of the old card as the version (review rev31d: a card fix never reached an existing `latest`).
+# 1: images counted once each (not once per export day), "not enough data" reasons as kept (rev31d)
+CARD_VERSION = "1"
 
 
 PUBLIC_DEFAULT = "public-default"   # CardSources.pseudonym_secret: the documented default, anyone can reverse
@@ -200,6 +206,15 @@ def _quarantined(path: Path) -> list[list[object]]:
     return out
 
 
+def _distinct_images(folder: Path) -> int:
+    """Distinct ``image_uid`` of the ``meta/images`` snapshot: it holds one row per image and export day, so an
+    image a later day exported again is one image, not two (review rev31d: the card counted rows)."""
+    uids = pa.chunked_array([chunk for path in sorted(folder.glob("*.parquet"))
+                             for chunk in pq.read_table(path, columns=["image_uid"]).column("image_uid").chunks],
+                            pa.string())
+    return len(pc.unique(uids))
+
+
 def _noise_points(prompts: int) -> float:
     """One standard error, in accuracy points, of an accuracy measured on ``prompts`` independent pairs (p = 0.5,
     the widest): what the card says of the ``_unique`` splits' sampling noise."""
@@ -234,7 +249,7 @@ def render(version_dir: Path, version: str, splits: list[str], sources: CardSour
     """The card's text."""
     meta = version_dir / "meta"
     summary = {row["split"]: row for row in pq.read_table(meta / "splits_summary.parquet").to_pylist()}
-    images = sum(pq.read_metadata(p).num_rows for p in sorted((meta / "images").glob("*.parquet")))
+    images = _distinct_images(meta / "images")
     dropped = _counts(meta / "decisions.parquet", ["subject", "reason"], ("keep", False))
     quarantined = _quarantined(meta / "quarantine.parquet")
     size_rows = []

@@ -12,19 +12,22 @@ import pyarrow as pa
 from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, describe, manifest_files, read_manifest, sidecar_glob
 from formats.files import write_bytes_atomic
 from formats.text import terminal_text
+from pipelines.publish import datacard
 from pipelines.publish.config import PublishConfig
 from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
 
 
 def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]]) -> dict:
-    """What a version's manifest records of what it is: its format, its version and its sources (the
+    """What a version's manifest records of what it is: its format, its card's code version
+    (:data:`pipelines.publish.datacard.CARD_VERSION`), its version and its sources (the
     ``split_pairs`` days and rows, the warehouse files hashed into the version id). A complete folder at the
     version's name is taken as the version only when its manifest records these
     (:func:`pipelines.publish.versions.check_version_identity`)."""
     days = sorted({d.isoformat() for d in table.column("dt").unique().to_pylist()})
     return {
         "format": FORMAT_VERSION,
+        "card": datacard.CARD_VERSION,           # the card's code version (in the version id too: review rev31d)
         "version": version,
         "sources": {
             "split_pairs": {"days": days, "rows": table.num_rows},

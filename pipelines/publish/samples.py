@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 from formats.dataset import FORMAT_VERSION, SPLITS
 from formats.files import cast_to_schema, sha256_file
 from formats.home import PARTITION_FOLDER_GLOB, DataHome
-from pipelines.publish import jpgdigests, shards
+from pipelines.publish import datacard, jpgdigests, shards
 from pipelines.publish import plan as shardplan
 from pipelines.publish.config import PublishConfig
 from schemas.publish import SAMPLE_COLUMNS
@@ -106,9 +106,10 @@ def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[
 def version_id(table: pa.Table, split_pairs_sha256: str, jpgs: jpgdigests.JpgIndex,
                sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
     """``<max dt>-<sha256[:10]>`` over the input bytes (``split_pairs_sha256``: the sha256 of the ``split_pairs``
-    bytes ``table`` was read from), the JPEGs' sizes and sha256s, config, format version and the versions of the
-    libraries that write its bytes (``plan.WRITERS``)."""
-    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{shardplan.WRITERS}".encode())
+    bytes ``table`` was read from), the JPEGs' sizes and sha256s, config, format version, the card's code version
+    (:data:`pipelines.publish.datacard.CARD_VERSION`: a card written by other code is another version, review rev31d)
+    and the versions of the libraries that write its bytes (``plan.WRITERS``)."""
+    digest = hashlib.sha256(f"{FORMAT_VERSION}\0{shardplan.WRITERS}\0card {datacard.CARD_VERSION}".encode())
     digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
     digest.update(b"split_pairs\0" + split_pairs_sha256.encode())
     for name, files in sources.items():

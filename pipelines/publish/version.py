@@ -11,8 +11,9 @@ Layout of ``HOME/datasets/pickapic/``::
     ../pickapic.history              the versions latest was switched to, oldest first (retention's order)
     ../pickapic.staging/.partial-<version>   a version being written (0700 until it is complete)
 
-The version id is ``<max dt>-<sha256[:10] of inputs + config>``: equal inputs give the same
-version and byte-identical files. Shards are content-stable (:mod:`pipelines.publish.plan`): a shard
+The version id is ``<max dt>-<sha256[:10] of inputs + config>`` (and of the format, the writers' versions and the
+card's code version, ``datacard.CARD_VERSION``): equal inputs give the same version and byte-identical files, and a
+card written by other code is another version (review rev31d: the old card stayed in ``latest``). Shards are content-stable (:mod:`pipelines.publish.plan`): a shard
 whose planned content equals a shard of an older complete version is hard-linked from it (copied
 across file systems) with its sidecar and stats, so a nightly version writes only new and changed
 shards and older versions share the rest of their bytes. A version is written under

@@ -235,7 +235,8 @@ class SplitConfig:
                                    "(half validation, half test).", min=0, max=1, max_exclusive=True)
     min_unique_rows: int = knob(10, "Prompts each of validation and test must own before new users are held out "
                                 "only by heldout_fraction; also the fewest rows validation_unique and test_unique "
-                                "need for a version to be published (0: no filling, no minimum).", min=0, max=500)
+                                "need for a version to be published (0: no filling; each still needs one row, an "
+                                "empty split is never published).", min=0, max=500)
     owner_mode: str = knob("first_use", "Who owns a shared prompt/cluster no stored pin owns yet: 'first_use' or "
                            "'heldout_wins' (a pinned key keeps its owner in both).",
                            choices=("first_use", "heldout_wins"))
@@ -244,7 +245,10 @@ class SplitConfig:
     min_users: int = knob(10, "Fewest users with labelled rankings in the splits a published version needs (an "
                           "evaluation on two or three users says little; a user whose every row went to "
                           "`split_rejects` does not count).", min=3)
-    unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most).", min=0)
+    unique_prompts: int = knob(500, "Prompts in each of validation_unique and test_unique (at most; at least 1: a "
+                               "version with an empty _unique split is never published).", min=1,
+                               range_note="0 would leave validation_unique and test_unique empty for good, and a "
+                                          "version with an empty split is never published")
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
 
     def __post_init__(self) -> None:
@@ -741,13 +745,15 @@ class NotEnoughData(ValueError):
 
 
 def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int = 1, min_users: int = 1,
-                          heldout_prompts: dict[str, int] | None = None, ledger_users: dict[str, int] | None = None,
+                          kept_prompts: dict[str, int] | None = None, ledger_users: dict[str, int] | None = None,
                           rejected: dict[str, dict[str, int]] | None = None) -> list[str]:
     """Why a trainer could not use these splits (empty list: it can), each naming the split and the cause.
 
-    ``users``: users with labelled rankings in the splits; ``ledger_users``: split -> users of pairs the ledger
-    puts there, and ``rejected``: split -> reason -> their rows dropped to split_rejects (an empty split whose
-    users' rows were all rejected is not one no user is held out for: review rev30f)."""
+    ``users``: users with labelled rankings in the splits; ``kept_prompts``: split -> distinct prompts of its
+    labelled rows in ``split_pairs`` (what its ``_unique`` split takes one row of each; not the prompts it owned at
+    first use, whose rows may have gone to split_rejects: review rev31d); ``ledger_users``: split -> users of pairs
+    the ledger puts there, and ``rejected``: split -> reason -> their rows dropped to split_rejects (an empty split
+    whose users' rows were all rejected is not one no user is held out for: review rev30f)."""
     need = max(1, min_unique_rows)
     few = users < max(min_users, 3)
     problems = [f"too few users: the home has {users} user{'s' * (users != 1)} with labelled rankings in its "
@@ -760,27 +766,31 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
         if few:
             problems.append(what)  # the first problem already says why
             continue
+        parent = split.removesuffix("_unique")
+        dropped = (rejected or {}).get(parent) or {}
+        reasons = ", ".join(f"{count:,} as {reason}" for reason, count in sorted(dropped.items()))
         if split == "train":
             why = "every user so far is held out or every train row conflicts with a held-out key"
-        elif rows.get(split.removesuffix("_unique"), 0) == 0:
-            parent = split.removesuffix("_unique")
+        elif rows.get(parent, 0) == 0:
             held = (ledger_users or {}).get(parent, 0)
-            dropped = (rejected or {}).get(parent) or {}
             if not held:
                 why = "no user is held out for it yet; new users fill it as they arrive"
             else:
-                reasons = ", ".join(f"{n:,} as {reason}" for reason, n in sorted(dropped.items()))
                 whose = f"'{parent}' holds" if parent != split else "the ledger holds"
                 why = (f"{whose} {held} user{'s' * (held != 1)}, but every row of theirs went to split_rejects"
                        + (f" ({sum(dropped.values()):,} rows: {reasons})" if dropped else "")
                        + ": another split already owns their prompts or images; it fills when held-out users "
                          "rank prompts and images no other split has used")
         else:
-            parent = split.removesuffix("_unique")
-            owned = (heldout_prompts or {}).get(parent)
-            known = f" ({parent} owns {owned} prompt{'s' * (owned != 1)})" if owned is not None else ""
-            why = (f"its users have typed too few distinct prompts yet{known}; it fills as new users arrive "
-                   f"(or lower splits.min_unique_rows)")
+            prompts = (kept_prompts or {}).get(parent)
+            held = (f" ({parent}'s rows hold {prompts:,} distinct prompt{'s' * (prompts != 1)}, one row each here)"
+                    if prompts is not None else "")
+            gone = (f"; {sum(dropped.values()):,} of {parent}'s rows went to split_rejects ({reasons}): another split "
+                    f"already owns their prompts or images" if dropped else "")
+            # lowering the minimum helps a split that holds rows; an empty one is never published, whatever it is
+            lower = " (or lower splits.min_unique_rows)" if n > 0 else ""
+            why = (f"its users have typed too few distinct prompts yet{held}{gone}; it grows as held-out users type "
+                   f"prompts no other split has used{lower}")
         problems.append(f"{what}: {why}")
     return problems
 
@@ -788,8 +798,12 @@ def trainability_problems(rows: dict[str, int], users: int, min_unique_rows: int
 def require_trainable(table: pa.Table, min_unique_rows: int = 1, min_users: int = 1) -> None:
     """Refuse a split_pairs table a trainer cannot use (empty split, small _unique split, few users), saying why."""
     rows = Counter(table.column("split").to_pylist())
-    users = len(set(table.filter(table.column("has_label")).column("user_id").to_pylist()))   # labelled, as the stage
-    problems = trainability_problems(dict(rows), users, min_unique_rows, min_users)
+    labelled = table.filter(table.column("has_label"))
+    users = len(set(labelled.column("user_id").to_pylist()))   # labelled, as the stage
+    prompts = Counter(split for split, _ in set(zip(labelled.column("split").to_pylist(),
+                                                    labelled.column("prompt_key").to_pylist())))
+    problems = trainability_problems(dict(rows), users, min_unique_rows, min_users,
+                                     {split: prompts[split] for split in rows})
     if problems:
         raise NotEnoughData("not enough data for a dataset a trainer can use, nothing published: " + "; ".join(problems))
 
@@ -1851,7 +1865,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     check = load_ledger(home, config.salt, present, other_salts, log, pairs_key)
     ledger, seeded, version = check.ledger, check.seeded, check.version
     update = check.pins
-    _, assigned, owned = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))
+    _, assigned, _ = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))
     # the salt a published version was built under is learned from the home's split_pairs while it is the file
     # that version was published from: recorded before split_pairs is rewritten, so a build that dies in between
     # does not lose it (review rev24k); a record that cannot be written stops the build while split_pairs still
@@ -1903,11 +1917,14 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
         SELECT count(*) FILTER (drop_cause = 'pinned'), count(*) FILTER (drop_cause = 'cluster_merge')
         FROM split_assignments""").fetchall()[0]
     per_split = []
-    for split, rows, users, prompts, ties in con.sql("""
-            SELECT split, count(*), count(DISTINCT user_id), count(DISTINCT prompt_key), count(*) FILTER (label_0 = 0.5)
+    kept_prompts = {}
+    for split, rows, users, prompts, labelled, ties in con.sql("""
+            SELECT split, count(*), count(DISTINCT user_id), count(DISTINCT prompt_key),
+                   count(DISTINCT prompt_key) FILTER (has_label), count(*) FILTER (label_0 = 0.5)
             FROM split_pairs GROUP BY split""").fetchall():
         per_split.append({"split": split, "rows": rows, "users": users, "prompts": prompts,
                           "tie_rate": round(ties / rows, 6) if rows else 0.0})
+        kept_prompts[split] = labelled
     present = {s["split"] for s in per_split}
     per_split += [{"split": s, "rows": 0, "users": 0, "prompts": 0, "tie_rate": 0.0} for s in SPLITS if s not in present]
     per_split.sort(key=lambda s: SPLITS.index(s["split"]))
@@ -1929,7 +1946,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                        train_home_rows=train_home, sacrificed_train_rows=sacrificed, users=labelled_users,
                        new_users={s: new_users[s] for s in HELDOUT + ("train",) if new_users[s]},
                        problems=trainability_problems(rows, split_users, config.min_unique_rows, config.min_users,
-                                                      dict(owned), dict(ledger_users), rejected),
+                                                      {s: kept_prompts.get(s, 0) for s in HELDOUT},
+                                                      dict(ledger_users), rejected),
                        config=asdict(config), reseeded_users=dict(Counter(a.split for a in seeded.values())),
                        published_version=version, published_sidecars_read=check.sidecars_read,
                        pins_added={k: added[k] for k in PIN_KINDS if added[k]},

@@ -37,7 +37,12 @@ message does (``assign_users``, at first use), so validation stops being filled 
 ``_unique`` split holds 8, and new users then reach it only by the salted hash (a design question: not filed).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix31d, tests of the fixes in
+``tests/unit/test_fix31d.py``) and their markers removed: the card's code version (``datacard.CARD_VERSION``) is
+hashed into the version id and recorded in the manifest (the first test now bumps it with the card's text, the
+route of the fix); the card counts distinct ``image_uid`` of ``meta/images``; a short ``_unique`` split's reason
+counts the prompts of its parent's kept rows and names the parent's rows dropped to ``split_rejects``; and
+``splits.unique_prompts`` is at least 1 (0 refused, saying why).
 """
 from __future__ import annotations
 
@@ -48,7 +53,6 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-import pytest
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
@@ -57,11 +61,10 @@ from schemas import get_schema
 # --- 1. wrong published text: a card written by older code stays in `latest` after the code that writes it changed --
 
 
-@pytest.mark.xfail(strict=True, reason="rev31d: the version id hashes the inputs, config, format and writers but not "
-                   "the card's code, so a publish with the same inputs after the card's text changed takes the "
-                   "complete folder as the version and keeps the card older code wrote (a publish-only card fix, "
-                   "publish code version 6..10, never reaches an existing latest)")
 def test_a_publish_by_new_card_code_publishes_the_card_that_code_writes(tmp_path: Path, monkeypatch) -> None:
+    """Fixed (fix31d) by the card's code version, ``datacard.CARD_VERSION``, in the version id and the manifest: the
+    test now bumps it with the card's text, as a change to the card's code does (a patched ``render`` alone is code
+    no version names; the fix's route, so the test was adjusted, not its claim)."""
     from test_publish_fixtures import make_home
 
     from formats.dataset import resolve_version
@@ -80,6 +83,7 @@ def test_a_publish_by_new_card_code_publishes_the_card_that_code_writes(tmp_path
     rendered = datacard.render
     monkeypatch.setattr(datacard, "render", lambda *args, **kwargs: rendered(*args, **kwargs).replace(
         "## Known limits\n", "## Known limits\n\n- a limit this code now states.\n"))
+    monkeypatch.setattr(datacard, "CARD_VERSION", f"{datacard.CARD_VERSION}+next")   # the bump that change makes
     publish_dataset(home, PublishConfig(workers=1, fsync=False))
 
     version = resolve_version(home)
@@ -91,9 +95,6 @@ def test_a_publish_by_new_card_code_publishes_the_card_that_code_writes(tmp_path
 # --- 2. wrong published number: re-exported images are counted twice as "fingerprinted images" ----------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rev31d: the card's 'from N fingerprinted images' is the row count of "
-                   "meta/images (one row per image and export day), so an image a later day exported again is counted "
-                   "once per day (a real build with 20 images re-exported on day 3: 471 for 451 images)")
 def test_the_card_counts_each_fingerprinted_image_once(tmp_path: Path) -> None:
     from test_publish_fixtures import make_home
 
@@ -153,10 +154,6 @@ def _young_home_with_a_cluster_conflict(root: Path) -> DataHome:
     return home
 
 
-@pytest.mark.xfail(strict=True, reason="rev31d: a split's owned prompts are counted at first use, before its rows are "
-                   "dropped to split_rejects, so build says \"split 'validation_unique' has 8 rows, fewer than the 10 "
-                   "required: its users have typed too few distinct prompts yet (validation owns 10 prompts)\": 10 "
-                   "owned and too few at once, and the 2 rows that went to split_rejects as cluster_conflict unnamed")
 def test_not_enough_data_does_not_count_prompts_whose_rows_were_rejected(tmp_path: Path) -> None:
     from pipelines.splits.assign import SplitConfig, build_splits
 
@@ -176,10 +173,6 @@ def test_not_enough_data_does_not_count_prompts_whose_rows_were_rejected(tmp_pat
 # --- 4. a misleading "not enough data" reason: a setting that empties the _unique splits for good -------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rev31d: splits.unique_prompts = 0 (accepted: min 0, with min_unique_rows = 0) "
-                   "leaves validation_unique / test_unique empty for ever, and build says 'its users have typed too few "
-                   "distinct prompts yet (validation owns 20 prompts); it fills as new users arrive (or lower "
-                   "splits.min_unique_rows)': no new user fills it and min_unique_rows is already 0")
 def test_not_enough_data_names_unique_prompts_zero_not_new_users(tmp_path: Path) -> None:
     from splits_fixtures import pair_row, write_pairs
 

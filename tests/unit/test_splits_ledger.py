@@ -185,11 +185,11 @@ def test_three_users_is_not_enough_and_says_why(tmp_path):
 
 def test_trainability_names_each_short_split():
     rows = {"train": 50, "validation": 4, "test": 0, "validation_unique": 3, "test_unique": 0}
-    problems = trainability_problems(rows, users=15, min_unique_rows=5, min_users=10, heldout_prompts={"validation": 3})
+    problems = trainability_problems(rows, users=15, min_unique_rows=5, min_users=10, kept_prompts={"validation": 3})
     assert [p.split(":")[0] for p in problems] == [
         "split 'test' is empty", "split 'validation_unique' has 3 rows, fewer than the 5 required",
         "split 'test_unique' is empty"]
-    assert "validation owns 3 prompts" in problems[1] and "splits.min_unique_rows" in problems[1]
+    assert "validation's rows hold 3 distinct prompts" in problems[1] and "splits.min_unique_rows" in problems[1]
     assert trainability_problems({s: 10 for s in rows}, users=20, min_unique_rows=5) == []
 
 
