@@ -345,7 +345,7 @@ def _written_by_others(home: DataHome, report: PruneReport) -> bool:
         report.notes.append(
             f"training JPEGs not pruned: {len(markers)} other data home(s) write their training JPEGs into this "
             f"store (marker {markers[0]}); a JPEG this home no longer needs may be theirs. Remove a marker once "
-            "its home's features.blob_base no longer names this store")
+            "its home's features.blob_base, or its link, no longer names this store")
     return bool(markers)
 
 
