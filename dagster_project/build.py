@@ -412,6 +412,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
     would have replaced its rows with the app's nothing."""
     from pipelines.appdb.connection import DSN_ENV, dsn_from_env
     from pipelines.appdb.export import app_days, is_closed, written_by_export
+    from pipelines.ingest.uidindex import pruned_days
 
     found = app_days(dsn_from_env(), source=f"${DSN_ENV}")
     if found.undated and warn is not None:
@@ -436,6 +437,10 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
                      "remove its rows in them by hand, or delete such a day if it is the app's "
                      "(README 1a, account erasure)")
             raw_only = [d for d in raw_only if d not in foreign]
+    pruned: list[str] = []
+    if (start or end) and settings.root is not None:
+        pruned = _pruned_days_to_erase(settings, found, [d for d in pruned_days(home, home.raw_days())
+                                                         if in_range(d) and d not in app], warn)
     if raw_only and found.replica:
         if warn is not None:
             warn(f"raw day(s) {', '.join(raw_only[:10])}{f' and {len(raw_only) - 10} more' if len(raw_only) > 10 else ''}"
@@ -444,11 +449,11 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
                  "every row it lacks); to take rows the app deleted (an erased account) out of them, build from the "
                  "primary's DSN")
         raw_only = []
-    if not found.days and not raw_only:
+    if not found.days and not raw_only and not pruned:
         raise BuildError(f"the app database in ${DSN_ENV} has no dated rows in users, images, rankings or downloads"
                          + (f" ({found.warning()})" if found.undated else ""))
     lag = settings.config("app_export").lag_minutes
-    wanted = sorted([d for d in found.days if in_range(d)] + raw_only)
+    wanted = sorted([d for d in found.days if in_range(d)] + raw_only + pruned)
     begun = set(begun_days(wanted))
     future = [d for d in wanted if d not in begun]
     if future and warn is not None:   # an app clock running ahead: these rows wait unseen otherwise
@@ -467,7 +472,56 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
         warn(f"raw day(s) {', '.join(again[:10])}{f' and {len(again) - 10} more' if len(again) > 10 else ''} hold "
              "no row the app database has now: re-exported from it all the same (the range was named), so rows the "
              "app deleted leave them (an erased account), unless app_export.keep_exported_rows = true")
+    again = [d for d in pruned if d in days]
+    if again and warn is not None:
+        warn(f"warehouse day(s) {_some_days(again)} whose raw folder is gone (raw-zone retention) hold no row the app "
+             "database has now: re-exported from it (the range was named), so the raw folder comes back with what "
+             "the app holds (the users snapshot of the accounts left, or empty files) and the day's warehouse "
+             "partitions are rebuilt from it, without the rows the app deleted (an erased account); a copy of the "
+             "old raw folder kept elsewhere (where retention moved it) still holds them (README 1a, account erasure)")
     return days
+
+
+def _some_days(days: list[str]) -> str:
+    return f"{', '.join(days[:10])}{f' and {len(days) - 10} more' if len(days) > 10 else ''}"
+
+
+def _pruned_days_to_erase(settings: Settings, found, gone: list[str], warn: Callable[[str], None] | None) -> list[str]:
+    """Of ``gone`` (days of the ranged build the warehouse keeps though their raw folder is gone, which the app
+    database holds no row on now), those re-exported so their warehouse partitions lose the rows the app deleted
+    (review rev31a: README 1a's erasure build skipped them silently, and the warehouse kept an erased account's
+    users row, its prompts in the quarantine and the training JPEGs its features name): from the primary, with
+    ``app_export.keep_exported_rows = false`` (with it true the re-export keeps what the raw files held, and the
+    files are gone: it would drop rows the operator keeps), and only a day whose partitions were built from the
+    files the app export wrote (``export.built_from_export``: never a day the simulator, the demo or a hand import
+    gave). The others are named in a warning that says what keeps them and what to do."""
+    from pipelines.appdb.connection import DSN_ENV
+    from pipelines.appdb.export import built_from_export
+
+    if not gone:
+        return []
+    if found.replica:
+        why = (f"the app database in ${DSN_ENV} is a replica (a hot standby or a logical-replication subscriber), "
+               "and a re-export from it keeps every row it lacks: build from the primary's DSN")
+        left, reach = gone, []
+    elif settings.config("app_export").keep_exported_rows:
+        why = ("app_export.keep_exported_rows = true keeps the rows the app deleted, and their raw files, which a "
+               "re-export would keep them from, are gone: build with --set app_export.keep_exported_rows=false "
+               "to rebuild them from what the app holds")
+        left, reach = gone, []
+    else:
+        home = DataHome(settings.root)
+        reach = [d for d in gone if built_from_export(home, d)]
+        left = [d for d in gone if d not in reach]
+        why = ("their partitions were not built from files the app export wrote (the simulator, pickapic demo, "
+               "another exporter, an import), or its record under cache/app_export_written/ is gone")
+    if left and warn is not None:
+        warn(f"warehouse day(s) {_some_days(left)} whose raw folder is gone (raw-zone retention) hold no row the app "
+             f"database in ${DSN_ENV} has now and are left as they are: {why}. Their warehouse partitions (users, "
+             "images, rankings, downloads, quarantine) and the training JPEGs they name still hold every row the app "
+             "deleted (an erased account): to erase it, put the day's raw folder back (from where retention moved "
+             "it) with the account's rows taken out, then build that day (README 1a, account erasure)")
+    return reach
 
 
 def build(
@@ -526,7 +580,7 @@ def build(
             for day in exports:
                 progress(f"export {day} from the app database")
                 run = PlannedRun(EXPORT.job, [EXPORT.op], day, ["--from-app-db"])
-                run_ids[f"export-{day}"] = _execute(run, instance, export_config, home)
+                run_ids[f"export-{day}"] = _execute(run, instance, export_config, home, warn)
         # what the plan is about to see, for the stamp written at the end (review rev23g: a raw day landing or
         # beginning during the build, or a blob changing, is new to the next build)
         raw_days = home.raw_days()
@@ -545,7 +599,7 @@ def build(
             buildstamp.clear_stamp(home)
         for run in plan.runs:
             progress(_describe(run))
-            result.run_ids[run.label] = _execute(run, instance, run_config, home)
+            result.run_ids[run.label] = _execute(run, instance, run_config, home, warn)
         if view is not None:
             # a day skipped because it had not begun is built by the first build once it has: the stamp ends then
             buildstamp.write_stamp(home, view.key_after_build(home), until=view.until)
@@ -611,7 +665,8 @@ def _export_config(settings: Settings, run_config: dict[str, dict]) -> dict[str,
     return {**run_config, "app_export": {**run_config.get("app_export", {}), **limits}}
 
 
-def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome) -> str:
+def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str, dict], home: DataHome,
+             warn: Callable[[str], None] | None = None) -> str:
     from dagster_project.automation import BUILD_TAG, BUILD_TAG_VALUE, asset_keys
     from dagster_project.definitions import defs
 
@@ -625,6 +680,9 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
                                         raise_on_error=False, tags={BUILD_TAG: BUILD_TAG_VALUE,
                                                                     "pickapic/why": "; ".join(run.reasons)[:200]})
         signum = stopped()
+    if warn is not None:      # before a failure is raised too: what the steps warned of may be why
+        for message in _step_warnings(instance, result.run_id):
+            warn(message)
     if signum is not None:   # in a step (it failed the run) or as the run ended: the build stops here
         raise BuildInterrupted(signum)
     if not result.success:
@@ -636,6 +694,27 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
         where = f" for partition {run.partition}" if run.partition else ""
         raise BuildError(f"{run.job}{where} failed (run {result.run_id}): {detail}")
     return result.run_id
+
+
+def _step_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
+    """What the steps of a build's run logged as warnings (``context.log.warning``: the app export's warnings, the
+    training JPEG removal's notes, a step that waited for another run, ...), in order, each once. The build runs
+    Dagster with the console logger at CRITICAL (``QUIET_LOGS``), so these reach the user only through the build's
+    ``warn`` (``pickapic build`` prints each on stderr, as it prints the build's own warnings; review rev31a: the
+    removal's notes, nothing removed because another home writes into the store or a feature stage was running,
+    reached no one). A run whose log cannot be read gives none (the run in ``pickapic ui`` still has them)."""
+    import logging
+
+    try:
+        entries = instance.all_logs(run_id)
+    except Exception:   # noqa: BLE001 - the event log is Dagster's storage: a warning lost is no build failure
+        return []
+    seen: dict[str, None] = {}
+    for entry in entries:
+        if entry.dagster_event is None and entry.step_key is not None and entry.level >= logging.WARNING \
+                and entry.user_message:
+            seen.setdefault(entry.user_message, None)
+    return list(seen)
 
 
 def _raise_not_enough_data(result, home: DataHome) -> None:

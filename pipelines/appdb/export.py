@@ -2441,6 +2441,42 @@ def written_by_export(home: DataHome, day: str) -> bool:
     return True
 
 
+def built_from_export(home: DataHome, day: str) -> bool:
+    """Whether the warehouse's partitions of ``day``, a day whose raw folder is gone (raw-zone retention), were built
+    from the files the app export wrote for it: its record under HOME/cache/app_export_written (``record_written``)
+    and the day's ``ingest_files`` partition name the same sha256 for every table either names (review rev31a: a
+    ranged build re-exports such a day the app holds no row on now, so the erasure reaches what the warehouse keeps
+    of it, only when this is true; a day the warehouse got another way, from the simulator, ``pickapic demo`` or
+    files edited by hand, is never rebuilt from the app's nothing). False where either cannot be read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
+    if data is None:
+        return False
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):
+        return False
+    if not isinstance(record, dict) or not record:
+        return False
+    written: dict[str, str] = {}
+    for table, entry in record.items():
+        if not (table in RAW_TABLES and isinstance(entry, list) and len(entry) == 4 and isinstance(entry[3], str)
+                and _SHA256_HEX.fullmatch(entry[3])):
+            return False
+        written[table] = entry[3]
+    path = home.partition_file("ingest_files", day)
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return False
+        files = pq.read_table(path, columns=["table", "file_sha256"]).to_pylist()
+    except (OSError, pa.ArrowException, KeyError):
+        return False
+    ingested = {row["table"]: row["file_sha256"] for row in files if row["file_sha256"] is not None}
+    return bool(ingested) and ingested == written
+
+
 def raw_day_counts(home: DataHome, day: str) -> dict[str, tuple[int, int | None]]:
     """table -> (rows, largest id) of the raw day's table files there are (see :func:`raw_day_state`)."""
     return {table: (counts.rows, counts.top) for table, counts in raw_day_state(home, day).items()}

@@ -203,9 +203,9 @@ def check_blob_base(blob_base: str | None, home: str | os.PathLike) -> None:
     """A local blob base must be an existing real folder, neither a folder holding the home nor a folder inside
     it (blobs/train and .staging are written there); a ``file://`` URL is checked as its path, any other URL gets
     no check here. Once accepted, a local store that is not inside the home (another folder, another data home, the
-    home's own behind a link) records the home as one of its writers (``storewriters.record_store_user``, review
-    rev30i: that home's removal of training JPEGs then removes none), as the settings are set and as the feature
-    stage starts."""
+    home's own behind a link), and a size folder of it a link takes outside the home (review rev31a), records the
+    home as one of its writers (``storewriters.record_store_user``, review rev30i: that home's removal of training
+    JPEGs then removes none there), as the settings are set and as the feature stage starts."""
     where = f"FeaturesConfig.blob_base={quoted(blob_base)}"
     blob_base = blob_base and (file_url_path(blob_base, "features.blob_base") or blob_base)
     if blob_base is not None and is_url(blob_base):

@@ -32,7 +32,10 @@ removal refused it, and nothing was removed or said), but only ever to what this
 a size folder a link takes into another data home, or into a store another home writes into, is skipped with a
 note; a home whose store is outside it records itself there
 (:func:`pipelines.features.storewriters.record_store_user`, a marker in ``blobs/train/.writers``), and a home
-whose store holds another home's marker removes nothing (one note); a link at a ``<xx>`` key folder (which the
+whose store holds another home's marker removes nothing (one note); a size folder a link takes outside the home on
+its own records the home in the size folder's own ``.writers``, and a size folder holding another home's marker there
+is skipped with a note wherever it lies (review rev31a: two homes linking their size folder to one folder on another
+disk recorded no writer, and one home's removal deleted the other's JPEGs); a link at a ``<xx>`` key folder (which the
 feature stage refuses to write through) or at a JPEG's name is never followed. Only regular files named as the
 stage names them are removed, each ``unlink`` relative to its key folder, opened without following a link.
 Crash-safe and idempotent: the keys removed are a function of the warehouse, the version folders and the store; a
@@ -59,10 +62,9 @@ import pyarrow.parquet as pq
 from formats.files import is_url, path_within
 from formats.home import DataHome
 from formats.locks import LockFileRefused, sweep_exclusively
-from pipelines.features.storewriters import _MARKER, TRAIN_ROOT, WRITERS, home_digest
+from pipelines.features.storewriters import _MARKER, SIZE_FOLDER, TRAIN_ROOT, WRITERS, home_digest
 
 LOCK_NAME = "train-jpegs.lock"      # in HOME/.locks: the feature stage holds it shared, the removal exclusively
-_SIZE_FOLDER = re.compile(r"s[0-9]+q[0-9]+")
 _SHARD_FOLDER = re.compile(r"[0-9a-f]{2}")
 _JPEG = re.compile(r"([0-9a-f]{64})\.jpg")
 _VERSION_SIDECAR_COLUMNS = ("jpg_0_key", "jpg_1_key")
@@ -115,11 +117,16 @@ def _other_home_holding(path: str, home_real: str) -> str | None:
 
 
 def _foreign_size_folder(home: DataHome, size: os.DirEntry) -> str | None:
-    """Why a size folder is not this home's alone to prune (review rev30i), or None. One inside the home (its real
-    path, links followed) is; one a link at ``blobs``, ``blobs/train`` or the folder itself takes outside the home
-    is not where that place lies in another data home or its store records another home as a writer."""
+    """Why a size folder is not this home's alone to prune (review rev30i), or None. One holding another home's
+    marker in its own ``.writers`` (that home links its size folder here, or both link theirs to one folder on
+    another disk: review rev31a) is not, wherever it lies. Otherwise one inside the home (its real path, links
+    followed) is; one a link at ``blobs``, ``blobs/train`` or the folder itself takes outside the home is not where
+    that place lies in another data home or its store records another home as a writer."""
     home_real = os.path.realpath(home.root)
     real = os.path.realpath(size.path)
+    markers = other_writers(home, real)
+    if markers:
+        return f"it is {real}, where another data home writes its training JPEGs (marker {markers[0]})"
     if path_within(real, home_real):
         return None
     other = _other_home_holding(real, home_real)
@@ -136,12 +143,13 @@ def stored_jpegs(home: DataHome, notes: list[str] | None = None) -> dict[str, tu
     ``blobs/train/s<N>q<N>/<xx>/<sha256>.jpg`` whose two hex digits are its digest's first two. A link at
     ``blobs``, ``blobs/train`` or a size folder is followed (as the feature stage writes through it and the publish
     reads through it) where it stays in the home or leads to a place no other data home holds or writes into
-    (review rev30i); a size folder it takes into another home's store is skipped, said in ``notes``. A ``<xx>``
+    (review rev30i); a size folder it takes into another home's store, or one holding another home's marker (review
+    rev31a), is skipped, said in ``notes``. A ``<xx>``
     folder or a JPEG that is a link is never followed."""
     out: dict[str, tuple[int, tuple[int, int]]] = {}
     root = home.root / TRAIN_ROOT
     for size in _entries(root):
-        if not (_SIZE_FOLDER.fullmatch(size.name) and _is_dir(size, follow=True)):
+        if not (SIZE_FOLDER.fullmatch(size.name) and _is_dir(size, follow=True)):
             continue
         foreign = _foreign_size_folder(home, size)
         if foreign is not None:
@@ -207,6 +215,10 @@ def needed_keys(home: DataHome) -> set[str]:
 
 
 def _column_values(path: Path, columns: tuple[str, ...], optional: bool = False) -> set[str]:
+    """The distinct non-null values of ``columns`` in the Parquet file ``path``; raises :class:`NotPruned` where it
+    cannot be read, lacks a column that is not ``optional``, or holds one that is not text (a sidecar of an unexpected
+    type in a ``.partial-<version>``: its keys cannot be known, so nothing is removed; it failed the publish step
+    after ``latest`` moved, outside this ``try``, before fix31a)."""
     try:
         names = pq.read_schema(path).names
         wanted = [name for name in columns if name in names]
@@ -215,13 +227,20 @@ def _column_values(path: Path, columns: tuple[str, ...], optional: bool = False)
         if not wanted:
             return set()
         table = pq.read_table(path, columns=wanted)
+        out: set[str] = set()
+        for name in wanted:
+            column = table.column(name)
+            if pa.types.is_null(column.type):
+                continue
+            if pa.types.is_dictionary(column.type):
+                column = column.cast(column.type.value_type)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+                raise NotPruned(f"{path}: column {name} is {column.type}, not text (training JPEG keys)")
+            out.update(v for v in pc.unique(column).to_pylist() if v is not None)
     except NotPruned:
         raise
     except (OSError, pa.ArrowException) as exc:
         raise NotPruned(f"{path} cannot be read ({type(exc).__name__}: {str(exc)[:200]})") from None
-    out: set[str] = set()
-    for name in wanted:
-        out.update(v for v in pc.unique(table.column(name)).to_pylist() if v is not None)
     return out
 
 
@@ -280,6 +299,8 @@ def _prune(home: DataHome, report: PruneReport) -> None:
                       if key not in needed and identity not in needed_files)
     if not unneeded or _written_by_others(home, report):   # again: a home that began writing here meanwhile
         return
+    taken = _size_folders_taken(home, {key.split("/")[2] for key in unneeded}, report)   # and in a size folder
+    unneeded = [key for key in unneeded if key.split("/")[2] not in taken]
     removed, failed = [], []
     for key in unneeded:
         if _unlink_jpeg(home.root, key, stored[key][1]):
@@ -300,6 +321,20 @@ def _prune(home: DataHome, report: PruneReport) -> None:
             report.notes.append(note)
 
 
+def _size_folders_taken(home: DataHome, sizes: set[str], report: PruneReport) -> set[str]:
+    """Of the size folders ``sizes``, those another home's marker was written into since the listing (review rev31a:
+    a home linking its size folder here as its feature stage starts), each said in a note: none of their JPEGs is
+    removed."""
+    taken = set()
+    for name in sorted(sizes):
+        markers = other_writers(home, os.path.realpath(home.root / TRAIN_ROOT / name))
+        if markers:
+            taken.add(name)
+            report.notes.append(f"training JPEGs of {TRAIN_ROOT}/{name} not pruned: another data home writes its "
+                                f"training JPEGs there (marker {markers[0]})")
+    return taken
+
+
 def _written_by_others(home: DataHome, report: PruneReport) -> bool:
     """Whether another data home's feature stage writes into this home's store (its marker in
     ``blobs/train/.writers``: that home's ``features.blob_base`` names this one, or the two homes' stores are one
@@ -310,7 +345,7 @@ def _written_by_others(home: DataHome, report: PruneReport) -> bool:
         report.notes.append(
             f"training JPEGs not pruned: {len(markers)} other data home(s) write their training JPEGs into this "
             f"store (marker {markers[0]}); a JPEG this home no longer needs may be theirs. Remove a marker once "
-            "its home's features.blob_base no longer names this store")
+            "its home's features.blob_base, or its link, no longer names this store")
     return bool(markers)
 
 

@@ -36,7 +36,12 @@ which home a marker is (no path is stored, by design); a sidecar column of an un
 ``latest`` moved.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix31a, ``tests/unit/test_fix31a.py``) and their
+markers removed: a size folder a link takes outside the home records the home in its own ``.writers`` and the removal
+skips one holding another home's marker; the erasure build re-exports a retention-pruned day the app holds no row on
+when its partitions were built from the app export's files (else a warning names it); the steps' warnings, the
+removal's notes among them, reach ``pickapic build``'s stderr. The noticed ``pc.unique`` outside the ``try`` was fixed
+too (a sidecar column that is not text: nothing removed, a note).
 """
 from __future__ import annotations
 
@@ -47,7 +52,6 @@ from pathlib import Path
 
 import psycopg
 import pyarrow.parquet as pq
-import pytest
 
 from formats.home import DataHome
 from pipelines.features import trainjpegs
@@ -63,10 +67,6 @@ NOW = dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)
 
 # --- 1. a size folder two homes share on another disk ------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a size folder two homes link to one plain folder on another disk (the store on "
-                   "another disk, as README 3 allows) records neither home as a writer (record_store_user looks at "
-                   "blobs/train only), so home A's removal deletes the JPEGs home B's warehouse names, without a note: "
-                   "B's next publish fails 'training JPEG ... is missing'")
 def test_a_size_folder_two_homes_link_to_one_disk_keeps_the_other_homes_jpegs(tmp_path):
     disk = tmp_path / "bigdisk" / "s512q90"              # a plain folder on another disk, in no data home
     disk.mkdir(parents=True)
@@ -97,10 +97,6 @@ def _user_and_ranking(conn, user_id: int, day: str, ranking_id: int, prompt: str
                  (ranking_id, f"{day} 12:00", user_id, prompt))
 
 
-@pytest.mark.xfail(strict=True, reason="README 1a's erasure build (--from FIRST --to LAST from the primary) neither "
-                   "re-exports nor names a day whose raw folder retention moved away and whose only activity was the "
-                   "erased account's: the warehouse keeps that day's rows (its quarantine holds the prompt text, its "
-                   "users partition the account) and the training JPEGs its image_features name, silently")
 def test_the_erasure_build_names_a_pruned_day_holding_only_the_erased_account(postgres_server, tmp_path,  # noqa: F811
                                                                               monkeypatch):
     from dagster_project.build import select_app_db_days
@@ -132,10 +128,6 @@ def test_the_erasure_build_names_a_pruned_day_holding_only_the_erased_account(po
 
 # --- 3. the build says nothing when the removal removed nothing ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="pickapic build runs Dagster with console logs at CRITICAL and prints none of "
-                   "the removal's notes: when the training JPEG removal removes nothing (another home's marker, a "
-                   "feature stage running, an unreadable partition) the erasure rebuild exits 0 and says nothing, "
-                   "though README 1a says the removal's note names the marker")
 def test_the_build_says_when_the_training_jpegs_were_not_removed(built_home, fast_tmp: Path, capfd):
     from dagster_project.cli import main
 
