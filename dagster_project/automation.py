@@ -61,6 +61,7 @@ from dagster_project.versions import FEATURE_DATASETS, PARTITIONS, STAGES
 from formats import dataset
 from formats.home import DataHome
 from formats.locks import try_lock
+from formats.rawzone import RAW_ZONE_SAID
 from formats.settings import load
 from pipelines.provenance import RAW_TABLE_FILES, raw_day_complete
 from training import runs
@@ -495,7 +496,7 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     # skipped, never fatal to the other days; said once when it changes (a tick's log is a file Dagster keeps: review
     # rev26b), named in every skip reason; every build warns of each and records them (raw_zone_problems)
     report = raw_zone_report(scan, sorted(set(scan.days) - set(begun_days(scan.days))))
-    cursor = say_raw_zone(context, report, home.cache / "raw_zone_said")
+    cursor = say_raw_zone(context, report, home.cache / RAW_ZONE_SAID, home=home)
     note = report.note()
     complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
     if not complete:

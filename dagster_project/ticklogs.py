@@ -17,6 +17,7 @@ entry left a file, about a million a year; a raw-day tick wrote one warning per 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from formats.home import DataHome
 from formats.rawzone import EXPORT_MARKERS, UNEXPECTED_FILE, RawZoneScan
 
 SHOWN = 3                 # descriptions in the raw-day sensor's line and skip reason ...
@@ -129,13 +131,14 @@ def raw_zone_report(scan: RawZoneScan, not_begun: Sequence[str]) -> RawZoneRepor
     return RawZoneReport(entries, tuple(parts + markers), bool(markers) and not parts, state, markers_left)
 
 
-def say_raw_zone(context: dg.SensorEvaluationContext, report: RawZoneReport, memory: os.PathLike | None = None
-                 ) -> str:
+def say_raw_zone(context: dg.SensorEvaluationContext, report: RawZoneReport, memory: os.PathLike | None = None,
+                 home: DataHome | None = None) -> str:
     """Log ``report``'s line when what it says differs from what the sensor said last (its cursor; a cursor of
     another form, or none, counts as nothing said), as a warning unless it names markers alone; the cursor to keep.
     ``memory``, a small file of the home's cache, keeps what was said too: a tick that fails after this (a settings
     file that does not parse) stores no cursor, and its line was said again on every failing tick, a file each
-    (review rev26f)."""
+    (review rev26f). ``home``: the data home whose cache holds it, written under its cache-writers lock so that the
+    cache sweep removes what a killed write left (review rev31c)."""
     said = context.cursor if context.cursor and context.cursor.startswith(CURSOR_PREFIX) else NOTHING_SAID
     remembered = _remembered(memory)
     if report.state != said and report.state != remembered:
@@ -145,10 +148,14 @@ def say_raw_zone(context: dg.SensorEvaluationContext, report: RawZoneReport, mem
         from pathlib import Path
 
         from formats.files import write_bytes_atomic
+        from pipelines.provenance import writing_cache
 
         try:
             Path(memory).parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(Path(memory), report.state.encode("ascii"))
+            # in the home's cache: its temporary file is swept under the cache-writers lock (pipelines.cachesweep)
+            with writing_cache(home) if home is not None else contextlib.nullcontext(True) as held:
+                if held:
+                    write_bytes_atomic(Path(memory), report.state.encode("ascii"))
         except OSError:         # a cache: the cursor still says it on the ticks that succeed
             pass
     return report.state

@@ -8,6 +8,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 
 _PR_SET_PDEATHSIG = 1
 
@@ -33,6 +34,29 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
 STOP_WAIT_S = 10.0   # how long a terminated worker may take to end before it is killed
 
 
+class WorkerProcessDied(RuntimeError):
+    """A worker process of a :func:`worker_pool` ended abruptly (the OOM killer, a signal, a native crash) while it
+    had work: the pool is broken and the command stops (review rev31c)."""
+
+
+def _ended_abruptly(processes: list) -> str:
+    """How the pool's worker processes that ended on their own ended: ``pid 12 by signal SIGKILL``, ..."""
+    ended = []
+    for process in processes:
+        code = getattr(process, "exitcode", None)
+        if code is None or code == 0 or code == -signal.SIGTERM:   # running, done, or terminated by the pool
+            continue
+        if code < 0:
+            try:
+                how = f"by signal {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"by signal {-code}"
+        else:
+            how = f"with status {code}"
+        ended.append(f"pid {process.pid} {how}")
+    return ", ".join(ended)
+
+
 @contextlib.contextmanager
 def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
     """A ``ProcessPoolExecutor`` of ``workers`` processes (start method ``context``) for the block, whose workers
@@ -40,13 +64,18 @@ def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
     the command turned into an exception, an error), is stopped at once: the work not begun cancelled, the workers
     terminated and joined (killed past :data:`STOP_WAIT_S`), instead of the executor's exit waiting for all the
     work queued. Review rev30c: a SIGTERM to ``pickapic demo`` / ``simulate`` left its spawn pool's workers (and
-    their resource tracker) running for good. Ends normally as the executor's own exit does."""
+    their resource tracker) running for good. A worker that ended abruptly (the executor's ``BrokenProcessPool``,
+    a traceback) is reported as :class:`WorkerProcessDied`, naming how it ended, once the others are stopped
+    (review rev31c). Ends normally as the executor's own exit does."""
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
                                initargs=(os.getpid(),))
+    started = getattr(pool, "_processes", None)   # the executor's own dict (it adds its workers as it starts them)
+    if started is None:
+        started = {}
     try:
         yield pool
-    except BaseException:
-        processes = list((getattr(pool, "_processes", None) or {}).values())
+    except BaseException as exc:
+        processes = list(started.values())
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             with contextlib.suppress(OSError, ValueError):
@@ -57,5 +86,9 @@ def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
                 if process.is_alive():
                     process.kill()
                     process.join(STOP_WAIT_S)
+        if isinstance(exc, BrokenProcessPool):
+            how = _ended_abruptly(processes)
+            raise WorkerProcessDied(f"a worker process ended abruptly ({how or 'killed'}) while it had work "
+                                    "(the out-of-memory killer?); the command was stopped") from None
         raise
     pool.shutdown(wait=True)

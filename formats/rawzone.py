@@ -47,6 +47,7 @@ LINK_OUTSIDE_RAW_ZONE = "link_outside_raw_zone"
 UNEXPECTED_ENTRY = "unexpected_entry"
 UNEXPECTED_FILE = "unexpected_file"
 REASONS = (INVALID_DAY_NAME, NOT_A_FOLDER, LINK_OUTSIDE_RAW_ZONE, UNEXPECTED_ENTRY, UNEXPECTED_FILE)
+RAW_ZONE_SAID = "raw_zone_said"   # HOME/cache/<this>: what the raw-zone sensor said last (a cache)
 
 
 def staging_in_use(path: Path) -> bool:

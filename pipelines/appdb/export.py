@@ -77,6 +77,7 @@ from pipelines.appdb.connection import (
 from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest.config import IngestConfig, shift_day
 from pipelines.ingest.parse import without_bom
+from pipelines.provenance import writing_cache
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -2069,7 +2070,8 @@ def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> No
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     data = {table: [[key, on] for key, on in sorted(ids.items())] for table, ids in state.items() if ids}
-    write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+    with writing_cache(home):   # swept under it (pipelines.cachesweep); not held: no sweep can run either
+        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
 
 
 def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
@@ -2347,14 +2349,15 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
         fresh[table] = entry
         out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]))
     if fresh != cached:
-        _write_counts_cache(cache_file, fresh)
+        _write_counts_cache(home, cache_file, fresh)
     return out
 
 
-def _write_counts_cache(cache_file: Path, entries: dict) -> None:
+def _write_counts_cache(home: DataHome, cache_file: Path, entries: dict) -> None:
     with contextlib.suppress(OSError):
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(cache_file, json.dumps(entries, sort_keys=True).encode("utf-8"))
+        with writing_cache(home):   # swept under it (pipelines.cachesweep)
+            write_bytes_atomic(cache_file, json.dumps(entries, sort_keys=True).encode("utf-8"))
 
 
 WRITTEN_RECORDS = "app_export_written"   # HOME/cache/<this>/dt=DAY.json: the day's files as the export left them
@@ -2385,7 +2388,8 @@ def record_written(home: DataHome, day: str, report: AppExportReport) -> None:
             path.unlink(missing_ok=True)
             return
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, json.dumps(entries, sort_keys=True).encode("utf-8"))
+        with writing_cache(home):   # swept under it (pipelines.cachesweep)
+            write_bytes_atomic(path, json.dumps(entries, sort_keys=True).encode("utf-8"))
 
 
 def _sha256_no_links(path: Path) -> tuple[list[int], str] | None:
@@ -2492,7 +2496,7 @@ def _record_checked(home: DataHome, day: str, table: str, counted: list[int], ch
     if key is None or key != counted or not _valid_entry(entry, key):
         return                             # rewritten since it was counted: the next check counts it again
     entry[7] = list(checked)
-    _write_counts_cache(cache_file, cached)
+    _write_counts_cache(home, cache_file, cached)
 
 
 def mark_late(home: DataHome, day: str, late: bool) -> str:
@@ -2504,7 +2508,8 @@ def mark_late(home: DataHome, day: str, late: bool) -> str:
     try:
         if late:
             marker.parent.mkdir(parents=True, exist_ok=True)
-            write_bytes_atomic(marker, b"")
+            with writing_cache(home):   # swept under it (pipelines.cachesweep)
+                write_bytes_atomic(marker, b"")
         else:
             marker.unlink(missing_ok=True)
     except OSError as exc:

@@ -12,6 +12,7 @@ record, warnings included, reaches the handlers exactly as before.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -64,6 +65,7 @@ import_beam_quietly()
 from apache_beam.portability import python_urns  # noqa: E402 - after the quiet import
 from apache_beam.runners.portability import local_job_service  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers  # noqa: E402
+from apache_beam.runners.worker import data_plane  # noqa: E402
 
 
 class QuietFnApiRunner(fn_runner.FnApiRunner):
@@ -80,6 +82,22 @@ class QuietFnApiRunner(fn_runner.FnApiRunner):
 # and stops them); blocked in the thread that starts one, so the worker starts with them blocked (review rev30c)
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 STOP_WAIT_S = 60.0   # how long a worker told to stop (its control stream done) may take to end before it is killed
+EXIT_WAIT_S = 5.0    # how long a worker whose connection broke may take to end, so that its exit status is named
+
+
+class WorkerDied(RuntimeError):
+    """A Beam SDK worker process of the run ended (the OOM killer, a native crash, an exit of its own) or could not
+    be started before the run was done with it: the run fails with this error (review rev31c)."""
+
+
+def _status(code: int) -> str:
+    """A process's exit status in words: ``status 3``, or ``signal SIGKILL`` for a negative returncode."""
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"status {code}"
 
 
 class _StoppableWorker(local_job_service.SubprocessSdkWorker):
@@ -88,16 +106,44 @@ class _StoppableWorker(local_job_service.SubprocessSdkWorker):
     whole process group: each worker printed its KeyboardInterrupt traceback, and the thread its "Worker
     subprocess exited with return code -2", above the build's one line, review rev30c), through ``exec`` when it is
     the quiet worker command (so the process killed is the worker, not the shell before it), and a worker
-    :meth:`stop` killed ends its thread without an error."""
+    :meth:`stop` killed ends its thread without an error.
 
-    def __init__(self, *args, **kwargs) -> None:
+    A worker that ends when it was not told to (``expected()`` false: its handler is not closing it), or whose
+    start fails, is handed to ``on_death`` as a :class:`WorkerDied` naming its exit status; the thread itself ends
+    quietly. Beam's raised a RuntimeError in the thread, which the run never saw: it waited for the dead worker's
+    answer for good, holding the build lock (review rev31c)."""
+
+    def __init__(self, *args, on_death=None, expected=None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._lock = threading.Lock()
         self._process: subprocess.Popen | None = None
         self._stopped = False
+        self._on_death = on_death
+        self._expected = expected or (lambda: False)
+
+    @property
+    def stopped(self) -> bool:
+        return self._stopped
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def run(self) -> None:
         """Beam's ``SubprocessSdkWorker.run`` (apache-beam 2.x), with the changes above."""
+        try:
+            try:
+                self._run()
+            except WorkerDied:
+                raise
+            except Exception as exc:   # the logging server, the fork: the worker never ran
+                raise WorkerDied(f"a Beam SDK worker process could not be started: {type(exc).__name__}: {exc}") \
+                    from None
+        except WorkerDied as died:
+            if self._on_death is not None:
+                self._on_death(died)
+
+    def _run(self) -> None:
         if self._stopped:    # stopped before its thread ran
             return
         import grpc
@@ -108,10 +154,16 @@ class _StoppableWorker(local_job_service.SubprocessSdkWorker):
         logging_server = grpc.server(thread_pool_executor.shared_unbounded_instance(),
                                      options=[("grpc.http2.max_pings_without_data", 0),
                                               ("grpc.http2.max_ping_strikes", 0)])
-        logging_port = logging_server.add_insecure_port("[::]:0")
-        logging_server.start()
-        beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(local_job_service.BeamFnLoggingServicer(),
-                                                                 logging_server)
+        try:
+            logging_port = logging_server.add_insecure_port("[::]:0")
+            logging_server.start()
+            beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(local_job_service.BeamFnLoggingServicer(),
+                                                                     logging_server)
+            self._run_process(logging_port, endpoints_pb2, json_format, text_format)
+        finally:
+            logging_server.stop(0)
+
+    def _run_process(self, logging_port: int, endpoints_pb2, json_format, text_format) -> None:
         env = dict(os.environ,
                    CONTROL_API_SERVICE_DESCRIPTOR=text_format.MessageToString(
                        endpoints_pb2.ApiServiceDescriptor(url=self._control_address)),
@@ -136,13 +188,14 @@ class _StoppableWorker(local_job_service.SubprocessSdkWorker):
                     signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
             process.wait()
             with self._lock:
-                if process.returncode and not self._stopped:
-                    raise RuntimeError(f"Worker subprocess exited with return code {process.returncode}")
+                stopped = self._stopped
+            if not stopped and not self._expected():
+                raise WorkerDied(f"a Beam SDK worker process (pid {process.pid}) ended with "
+                                 f"{_status(process.returncode)} before the run was done with it")
         finally:
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait()
-            logging_server.stop(0)
 
     def stop(self) -> None:
         """Kill the worker process now (or keep it from starting); its thread then ends without an error."""
@@ -153,27 +206,199 @@ class _StoppableWorker(local_job_service.SubprocessSdkWorker):
             process.kill()
 
 
+class _WatchedControlConnection(worker_handlers.ControlConnection):
+    """The runner's end of one worker's control stream (Beam's ``ControlConnection``) that a dead worker cannot
+    hang: a stream that breaks ends its reader quietly and is reported (``on_broken``); once :meth:`fail` ed, every
+    request waiting for an answer and every one pushed later fails with the worker's error; :meth:`close_within`
+    waits a bounded time. Beam's left the runner waiting for answers that would never come."""
+
+    def watch(self, on_broken) -> None:
+        self._on_broken = on_broken
+        self._failure: BaseException | None = None
+        self._failure_lock = threading.Lock()
+        self._read_thread = threading.Thread(name="beam_control_read", target=self._read, daemon=True)
+
+    def _read(self) -> None:
+        try:
+            super()._read()
+        except Exception as exc:   # the stream broke: the worker died, or was killed by the build
+            self._on_broken(exc)
+
+    def push(self, req):
+        with self._failure_lock:
+            if self._failure is None or req is worker_handlers.BeamFnControlServicer._DONE_MARKER:
+                return super().push(req)
+        future = worker_handlers.ControlFuture(req.instruction_id or "failed")
+        future.abort(self._failure)
+        return future
+
+    def fail(self, error: BaseException) -> None:
+        with self._failure_lock:
+            self._failure = error
+            waiting = list(self._futures_by_id.values())
+        for future in waiting:
+            future.abort(error)
+        self.push(worker_handlers.BeamFnControlServicer._DONE_MARKER)   # the stream's server thread ends
+
+    def close_within(self, timeout: float) -> bool:
+        """Beam's ``close`` (the worker told it is done, its answers read to their end) waiting at most ``timeout``
+        s for the end; False when the worker has not ended its stream by then."""
+        with worker_handlers.ControlConnection._lock:
+            started = self._state == worker_handlers.BeamFnControlServicer.STARTED_STATE
+            self._state = worker_handlers.BeamFnControlServicer.DONE_STATE
+        if started:
+            self.push(worker_handlers.BeamFnControlServicer._DONE_MARKER)
+            self._read_thread.join(timeout)
+            return not self._read_thread.is_alive()
+        return True
+
+
+class _WatchedDataChannel(data_plane._GrpcDataChannel):
+    """The runner's end of one worker's data stream (Beam's ``_GrpcDataChannel``) whose wait for a bundle's outputs
+    fails with the worker's :class:`WorkerDied` when the stream ended early because the worker died (Beam's said
+    "Channel closed prematurely", or waited for good when the worker had not connected)."""
+
+    failure_after = staticmethod(lambda timeout: None)   # the handler's: its worker's failure once known
+
+    def _read_inputs(self, elements_iterator) -> None:
+        """Beam's reader of the worker's outputs, whose stream breaking (the worker died, or was killed by the build)
+        ends it quietly, the error kept for the wait (Beam's logged it and printed its thread's traceback)."""
+        def until_broken():
+            try:
+                yield from elements_iterator
+            except Exception as exc:
+                if not self._closed:
+                    self._exception = exc
+
+        super()._read_inputs(until_broken())
+
+    def input_elements(self, *args, **kwargs):
+        try:
+            yield from super().input_elements(*args, **kwargs)
+        except Exception:   # the stream ended early: the worker's end names the error, when it died
+            failure = self.failure_after(EXIT_WAIT_S)
+            if failure is None:
+                raise
+            raise failure from None
+
+
+def _close_data_within(channel, timeout: float) -> bool:
+    """Beam's ``_GrpcDataChannel.close`` (its last outputs sent, the stream's end after them) waiting at most
+    ``timeout`` s for a worker to take them; False when it has not by then (a full queue no worker reads)."""
+    import queue
+
+    try:
+        channel._pending_send.put((channel._WRITES_FINISHED, 0), 0, timeout=timeout)
+    except queue.Full:
+        return False
+    if channel._send_forwarder is not None:
+        channel._send_forwarder.join(timeout)
+        if channel._send_forwarder.is_alive():
+            return False
+    if channel._exception:
+        raise channel._exception
+    channel._closed = True
+    return True
+
+
+def _end_data_stream(channel) -> None:
+    """Wake the server thread of a failed worker's data stream (it waits for outputs to send), never waiting."""
+    import queue
+
+    with contextlib.suppress(queue.Full):
+        channel._to_send.put(channel._WRITES_FINISHED, 0, block=False)
+
+
 @worker_handlers.WorkerHandler.register_environment(python_urns.SUBPROCESS_SDK, bytes)
 class StoppableSubprocessSdkWorkerHandler(worker_handlers.SubprocessSdkWorkerHandler):
-    """Beam's handler of a ``multi_processing`` SDK worker (registered in its place), whose close never waits for
-    ever: when the run is failing or interrupted (an exception, a KeyboardInterrupt or Dagster's interrupt of the
-    step, is on its way up through Beam's ``close_all``) the worker is killed before anything waits for it; and
-    otherwise a worker that has not ended :data:`STOP_WAIT_S` after it was told to is killed. Beam's own joined the
-    worker's thread unbounded: a SIGTERM as the workers started hung the build for good, holding the build lock,
-    waiting for a worker that was never told to stop (review rev30c)."""
+    """Beam's handler of a ``multi_processing`` SDK worker (registered in its place), which no worker can hang.
+
+    Its close never waits for ever: when the run is failing or interrupted (an exception, a KeyboardInterrupt or
+    Dagster's interrupt of the step, is on its way up through Beam's ``close_all``) the worker is killed before
+    anything waits for it; and otherwise a worker that has not ended :data:`STOP_WAIT_S` after it was told to is
+    killed. Beam's own joined the worker's thread unbounded: a SIGTERM as the workers started hung the build for
+    good, holding the build lock, waiting for a worker that was never told to stop (review rev30c).
+
+    A worker that dies while the run needs it (SIGKILLed by the OOM killer, a native crash, before it connected or
+    mid-bundle), or whose start fails, fails the run within seconds with a :class:`WorkerDied` naming its exit
+    status: every answer the run waits for from it (its control stream) fails with that error, and so does the
+    wait for its outputs (its data stream); its control stream's reader ends quietly. Beam's raised the error in
+    the worker's thread only (its traceback printed) and the run waited for the dead worker for good, holding the
+    build lock (review rev31c)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure: WorkerDied | None = None
+        self._failure_lock = threading.Lock()
+        self._closing = False
+        self.worker: _StoppableWorker | None = None
+        self.worker_thread: threading.Thread | None = None
+        # the connections the servicers made for this worker's id, watched (not started: no worker runs yet)
+        if type(self.control_conn) is not worker_handlers.ControlConnection \
+                or type(self.data_conn) is not data_plane._GrpcDataChannel:
+            raise TypeError("apache-beam's worker connections changed: pipelines.features.beamworker needs updating")
+        self.control_conn.__class__ = _WatchedControlConnection
+        self.control_conn.watch(self._control_broken)
+        self.data_conn.__class__ = _WatchedDataChannel
+        self.data_conn.failure_after = self._failure_after
 
     def start_worker(self) -> None:
         self.worker = _StoppableWorker(self._worker_command_line, self.control_address, self.provision_info,
-                                       self.worker_id)
+                                       self.worker_id, on_death=self._fail, expected=lambda: self._closing)
         self.worker_thread = threading.Thread(name="run_worker", target=self.worker.run, daemon=True)
         self.worker_thread.start()
 
-    def close(self) -> None:
-        if sys.exc_info()[1] is not None:   # the run failed or was interrupted: nothing more is wanted of the worker
+    def _fail(self, error: WorkerDied) -> None:
+        """The worker died or could not start: everything the run waits for from it fails with ``error``."""
+        with self._failure_lock:
+            if self.failure is not None or self._closing:
+                return
+            self.failure = error
+        if self.worker is not None:
             self.worker.stop()
-        super().close()
+        self.control_conn.fail(error)
+        self.data_conn._exception = error   # the wait for its outputs raises it within a second
+        _end_data_stream(self.data_conn)
+
+    def _failure_after(self, timeout: float) -> WorkerDied | None:
+        """The worker's failure, once its thread has ended (at most ``timeout`` s), or None while it runs."""
+        if self.worker_thread is not None and self.worker_thread is not threading.current_thread():
+            self.worker_thread.join(timeout)
+        return self.failure
+
+    def _control_broken(self, exc: BaseException) -> None:
+        """The worker's control stream broke: its process's end names the failure; one still running is killed."""
+        if self._closing or self.worker is None or self.worker.stopped \
+                or self._failure_after(EXIT_WAIT_S) is not None:
+            return
+        pid = self.worker.pid
+        try:
+            raise WorkerDied(f"a Beam SDK worker process (pid {pid}) lost its control connection "
+                             f"({type(exc).__name__}) before the run was done with it")
+        except WorkerDied as died:
+            self._fail(died)
+
+    def close(self) -> None:
+        failing = sys.exc_info()[1] is not None or self.failure is not None
+        with self._failure_lock:
+            self._closing = True
+        if failing:   # the run failed or was interrupted: nothing more is wanted of the worker, nor waited for
+            if self.worker is not None:
+                self.worker.stop()
+            self.control_conn.fail(self.failure or RuntimeError("the run ended"))
+            _end_data_stream(self.data_conn)
+        else:
+            ended = self.control_conn.close_within(STOP_WAIT_S)
+            if ended:
+                ended = _close_data_within(self.data_conn, STOP_WAIT_S)
+            if not ended and self.worker is not None:
+                self.worker.stop()
+                _end_data_stream(self.data_conn)
+        worker_handlers.WorkerHandler.close(self)   # stop_worker
 
     def stop_worker(self) -> None:
+        if self.worker_thread is None:
+            return
         self.worker_thread.join(STOP_WAIT_S)
         if self.worker_thread.is_alive():
             self.worker.stop()

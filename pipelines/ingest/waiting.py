@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
 from pipelines.ingest import parse as rp
-from pipelines.provenance import stat_key
+from pipelines.provenance import stat_key, writing_cache
 
-_CACHE = "waiting_image_uids.json"
+WAITING_CACHE = "waiting_image_uids.json"   # in cache/; swept by pipelines.cachesweep
 _CACHE_VERSION = 1
 CACHED_UIDS = 64   # a day waiting for at most this many uids keeps them in the cache (a few KB a day), others are read
 WAITING_UID = re.compile(r"_uid = ([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}) is in no images export")
@@ -45,7 +45,7 @@ class WaitingIndex:
 
     def __init__(self, home: DataHome) -> None:
         self.home = home
-        self.path = home.cache / _CACHE
+        self.path = home.cache / WAITING_CACHE
         try:
             known = json.loads(self.path.read_text(encoding="utf-8"))
             self.known: dict[str, dict] = known["days"] if known.get("version") == _CACHE_VERSION else {}
@@ -78,8 +78,12 @@ class WaitingIndex:
         """Write the cache back when it learnt something (never required for correctness)."""
         if self.changed:
             body = {"version": _CACHE_VERSION, "days": self.known}
-            try:
-                write_bytes_atomic(self.path, (json.dumps(body, sort_keys=True) + "\n").encode())
-            except OSError:
-                pass   # a cache: a full disk or a read-only cache folder only costs speed
+            # its temporary file exists only while the shared cache-writers lock is held, as the other caches':
+            # the sweep removes what a killed write left (review rev31c: it was left for good); no lock, no write
+            with writing_cache(self.home) as held:
+                if held:
+                    try:
+                        write_bytes_atomic(self.path, (json.dumps(body, sort_keys=True) + "\n").encode())
+                    except OSError:
+                        pass   # a cache: a full disk or a read-only cache folder only costs speed
             self.changed = False

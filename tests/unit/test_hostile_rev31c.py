@@ -45,6 +45,11 @@ state the correct behaviour.
 3. A killed image-rendering worker of ``pickapic simulate`` (so ``demo``) ends the command (exit 1, nothing left)
    with ``BrokenProcessPool``'s full traceback, the project's sign of a bug, instead of one
    ``pickapic simulate: error: ...`` line saying a worker process ended abruptly.
+All three were fixed the same day (fix31c, ``tests/unit/test_fix31c.py``) and their markers removed: a dead or
+unstartable worker now fails the day's features step with ``beamworker.WorkerDied`` naming its exit status (the
+build exits 1 within seconds; the first test now takes about half its 79 s); the waiting cache (and the app
+export's caches, and the raw-zone sensor's) write under the cache-writers lock and ``sweep_cache_temps`` sweeps
+them; a pool worker that ends abruptly is ``formats.processes.WorkerProcessDied``, one line.
 """
 from __future__ import annotations
 
@@ -54,8 +59,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import pytest
 
 from tests.conftest import default_signals
 from tests.fast_tmp import fast_folder
@@ -94,8 +97,6 @@ def _kill_a_beam_worker(home, log: Path, delay: float) -> tuple[int | None, str,
     return code, log.read_text(errors="replace"), left
 
 
-@pytest.mark.xfail(strict=True, reason="a Beam SDK worker that dies (OOM killer, crash) before or after it connects "
-                                       "hangs `pickapic build` for good, holding the build lock")
 def test_a_beam_worker_that_dies_fails_the_build_instead_of_hanging_it(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         home = _home(folder, WORKERS)
@@ -123,8 +124,6 @@ index.save()
 """
 
 
-@pytest.mark.xfail(strict=True, reason="a killed write of cache/waiting_image_uids.json leaves its temporary file "
-                                       "for good: no sweep names it")
 def test_killed_waiting_cache_writers_temporary_file_is_swept(tmp_path: Path) -> None:
     from formats.home import DataHome
     from pipelines.cachesweep import sweep_cache_temps
@@ -144,8 +143,6 @@ def test_killed_waiting_cache_writers_temporary_file_is_swept(tmp_path: Path) ->
     assert _temps(home, "cache") == [], "the killed waiting-cache writer's temporary file was left for good"
 
 
-@pytest.mark.xfail(strict=True, reason="a killed image-rendering worker of `pickapic simulate` / `demo` ends the "
-                                       "command with BrokenProcessPool's full traceback, not one error line")
 def test_a_killed_simulate_worker_is_one_error_line(tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
         log = folder / "simulate.log"
