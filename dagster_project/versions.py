@@ -44,7 +44,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "10",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "11",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -61,8 +61,11 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: NudeNet scores compared with the threshold as float32, as they are stored: a score
                           #     recorded as the threshold (0.7) flags the image; the evidence's scores rounded to
                           #     4 decimals as doubles (0.7, not float32's 0.699999988079071) (rev28d)
+                          # 11: moderation keys and texts drop every combining mark no precomposed character holds
+                          #     (symbol marks, Cyrillic millions signs, glitch-text stacks) and a dot above on a
+                          #     soft-dotted letter; the dotless j read as j (rev31g, splits 15)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "14",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "15",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -82,6 +85,10 @@ CODE_VERSIONS: dict[str, str] = {
                           # 14: a quarantined line read as the ingest reads it (a leading byte order mark skipped:
                           #     line 1 of a BOM-prefixed file lost its pins); a ranking of pairs matched by id and
                           #     day; a held-out record naming an unknown ledger rule is not believed (rev30i)
+                          # 15: the prompt key drops every combining mark of the shared and Cyrillic mark blocks that
+                          #     no precomposed character holds (U+A670..A672, U+20E8, glitch-text stacks; emoji
+                          #     enclosing marks kept) and a dot above on a soft-dotted letter (j̇ is j); the dotless
+                          #     ȷ reads as j (KEY_VERSION 11: pins re-keyed; rev31g)
     "publish": "11",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

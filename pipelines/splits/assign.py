@@ -124,7 +124,7 @@ from schemas import get_schema
 HELDOUT = ("validation", "test")
 # The prompt key function's version (normalize_prompt): bumped with every change that can change a prompt's key, so
 # the first build after it re-keys the prompt pins from the published captions (update_pins: review rev18j)
-KEY_VERSION = "10"
+KEY_VERSION = "11"
 
 
 def key_data_version() -> str | None:
@@ -459,12 +459,13 @@ def _read_regional(text: str) -> str:
 def _visible(text: str) -> str:
     """NFKC, blank-looking characters to spaces, invisibles and decorative marks out, NFC. Blanks first: the
     Hangul fillers are default-ignorable too, and they read as the space they render as. Decorative marks
-    (:data:`_DECORATIVE_MARKS`: underlines, strokes and slashes through a letter, enclosing circles and squares)
-    are what "fancy text" generators put on every letter; they belong to no letter of any script. So is the
+    (:func:`_decorative_marks`: underlines, strokes and slashes through a letter, enclosing circles and squares,
+    symbols drawn on a letter, glitch-text stacks) are what "fancy text" generators put on every letter; no
+    precomposed letter of any script holds them. So is the
     kashida (:data:`_KASHIDA`: the Arabic tatweel that stretches a joining stroke, ``قـطـة`` is ``قطة``)."""
     visible = _INVISIBLE.sub("", _BLANK.sub(" ", unicodedata.normalize("NFKC", _jamo_finals(text))))
     if not visible.isascii():
-        visible = _KASHIDA.sub("", _DECORATIVE_MARKS.sub("", visible))
+        visible = _KASHIDA.sub("", _decorative_marks().sub("", visible))
     return unicodedata.normalize("NFC", visible)
 
 
@@ -503,10 +504,19 @@ def _fold_confusables(text: str) -> str:
 def _fold_case(text: str) -> str:
     """Case-folded on the canonical decomposition, then NFC (Unicode's canonical caseless match: NFD first, so a
     capitalised polytonic Greek ``ᾼ͂`` folds as its small ``ᾷ`` does, review rev18g; a folded letter may
-    decompose: the capital I with dot becomes i + U+0307, which reads as the i it is)."""
-    return unicodedata.normalize("NFC", unicodedata.normalize("NFD", text).casefold().replace("i\u0307", "i"))
+    decompose: the capital I with dot becomes i + U+0307, which reads as the i it is). A dot above on any
+    soft-dotted letter (``i``, ``j``, ``į``, Cyrillic ``і`` ``ј``, ...: a letter whose dot an accent above replaces),
+    with only marks below between, goes the same way (:data:`_SOFT_DOTTED_DOT`): ``j̇`` is the ``j`` it is drawn as,
+    and so is the dotless ``ȷ`` given its dot, as ``ı̇`` is ``i`` (review rev31g)."""
+    folded = unicodedata.normalize("NFD", text).casefold()
+    if "\u0307" in folded:
+        folded = _SOFT_DOTTED_DOT.sub("", folded)
+    return unicodedata.normalize("NFC", folded)
 
 
+# A combining dot above on a soft-dotted letter (Unicode's Soft_Dotted: i, j, į, ɨ, і, ј, ϳ, ...), marks below (not of
+# the above class 230) allowed between, as canonical ordering puts them: the dot the letter has (NFD text).
+_SOFT_DOTTED_DOT = regex.compile(r"(?<=\p{Soft_Dotted}[\p{M}--\p{ccc=230}]*)\u0307", regex.V1)
 # Removed from a key: default-ignorable code points and every other format character; read as a space: the
 # blank-looking characters (Braille blank, Hangul fillers), read before _INVISIBLE runs (pipelines.invisibles,
 # shared with the ingest's empty_prompt rule).
@@ -525,18 +535,35 @@ _REGIONAL_ANY = regex.compile("[\U0001F1E6-\U0001F1FF]")
 _REGIONAL = regex.compile(r"[\U0001F1E6-\U0001F1FF](?:[\p{Default_Ignorable_Code_Point}\p{Cf}]*[\U0001F1E6-\U0001F1FF])*")
 # A CJK square's word (NFKC of ㍻ is 平成): letters and digits, none of them ASCII letters (㎏ is kg: a unit symbol).
 _CJK_WORD = regex.compile(r"[[\p{L}\p{N}]--[A-Za-z]]+", regex.V1)
-# Decorative combining marks, part of no letter: the enclosing circle, square and diamond (not the prohibition
-# sign U+20E0, the screen, the keycap or the triangle: 🚬⃠ is not 🚬) and the
-# lines and overlays drawn through or under a letter (overline, low line, double low line, tilde / short / long
-# stroke overlays, short / long solidus overlays, double overline, long vertical line overlays, ring overlays, long
-# double solidus overlay). Accents (acute, grave, diaeresis, ...) stay: they make other words.
-# Also the marks fancy-text generators draw as a symbol on every letter, which no precomposed letter of any script
-# holds (none is in a canonical decomposition): x above / below, vertical tilde, plus, equals, asterisk, double vertical
-# line, upwards arrow below, square, seagull and (inverted) bridge below / above, zigzag above, and the Cyrillic
-# hundred thousands and millions signs (enclosing marks: n҉u҉d҉e҉).
-_DECORATIVE_MARKS = regex.compile("[\u20dd-\u20df\u0305\u0332\u0333\u0334-\u0338\u033f\u20d2\u20d3\u20d8-\u20da"
-                                  "\u20e5\u20e6\u20ea\u20eb"
-                                  "\u031f\u033a-\u033e\u0346-\u0348\u034e\u0353\u0359\u035b\u0488\u0489]")
+# Decorative combining marks, part of no letter (review rev31g: a rule, not a list): every combining mark (Mn, Me) of
+# the blocks of marks shared by the scripts (Combining Diacritical Marks U+0300..036F, its Extended U+1AB0..1AFF and
+# Supplement U+1DC0..1DFF, Combining Diacritical Marks for Symbols U+20D0..20FF, Combining Half Marks U+FE20..FE2F)
+# and of Cyrillic's combining signs (titlo, the number signs U+0483..0489 and U+A66F..A672, the combining letters
+# U+2DE0..2DFF, U+A674..A67D, U+A69E..A69F) that no precomposed character holds (in no canonical decomposition):
+# the underlines, overlines, strokes, enclosing circles and squares, the symbols drawn under or over a letter, the
+# Cyrillic millions signs (n҉u҉d҉e҉, n꙰u꙰d꙰e꙰) and the stacks of "glitch" (Zalgo) text. NFKC has composed every
+# mark a letter holds first. Also the long solidus overlay U+0338, a slash through a letter (≠ holds it). Kept: the
+# accents a precomposed letter holds (acute, grave, diaeresis, ...: they make other words), the marks of every other
+# script (Hebrew points, Arabic harakat, Indic vowel signs) and the enclosing marks emoji use (the prohibition
+# sign U+20E0, the screen U+20E2, the keycap U+20E3, the triangle U+20E4: 🚬⃠ is not 🚬).
+_MARK_BLOCKS = ((0x0300, 0x036F), (0x1AB0, 0x1AFF), (0x1DC0, 0x1DFF), (0x20D0, 0x20FF), (0xFE20, 0xFE2F),
+                (0x0483, 0x0489), (0x2DE0, 0x2DFF), (0xA66F, 0xA67D), (0xA69E, 0xA69F))
+_EMOJI_ENCLOSING = frozenset((0x20E0, 0x20E2, 0x20E3, 0x20E4))
+
+
+@functools.cache
+def _decorative_marks() -> regex.Pattern:
+    """The decorative combining marks (the rule at :data:`_MARK_BLOCKS`), by the standard library's ``unicodedata``
+    (its categories and canonical decompositions: recorded in :func:`key_data_version`)."""
+    # planes 0 and 1 hold every canonical decomposition with a mark (plane 2's are CJK compatibility ideographs)
+    held = {int(part, 16) for cp in range(0x20000) if (d := unicodedata.decomposition(chr(cp)))
+            and not d.startswith("<") for part in d.split()}
+    marks = [cp for first, last in _MARK_BLOCKS for cp in range(first, last + 1)
+             if unicodedata.category(chr(cp)) in ("Mn", "Me") and cp not in held and cp not in _EMOJI_ENCLOSING
+             and unicodedata.normalize("NFKC", chr(cp)) == chr(cp)]      # NFKC, run first, reads U+0340 as U+0300
+    return regex.compile("[" + "".join(map(chr, sorted({*marks, 0x0338}))) + "]")
+
+
 # The kashida: the Arabic tatweel U+0640, which stretches the stroke that joins two letters to justify a line
 # (``قـطـة`` is ``قطة``, cat): part of no letter, the usual way past an Arabic word filter, read as nothing (review
 # rev24a). A harakat NFKC spells on a tatweel (U+FE71 ARABIC TATWEEL WITH FATHATAN ABOVE) stays, on the letter before
@@ -623,16 +650,18 @@ def _caseless_prototype(char: str) -> str:
 
 
 # A Latin letter in a style: a small capital (LATIN LETTER SMALL CAPITAL R, modifier small capitals after NFKC),
-# the capital of one, a letter in a negative (white on black) circle or square, a squared small letter.
+# the capital of one, a letter in a negative (white on black) circle or square, a squared small letter; and the
+# dotless i and j (ı, ȷ: the letter without its dot; ICU ties ı to i, ȷ to nothing: review rev31g).
 _STYLED_NAME = re.compile(r"(?:NEGATIVE (?:CIRCLED|SQUARED) |SQUARED )?LATIN (CAPITAL |SMALL )?LETTER "
-                          r"(?:SMALL CAPITAL )?([A-Z])")
+                          r"(?:SMALL CAPITAL |DOTLESS )?([A-Z])")
 
 
 @functools.cache
 def _styled_letters() -> dict[int, str]:
     """Code point -> ASCII letter, for the letters in a style (:data:`_STYLED_NAME`, from the Unicode names of the
     standard library's ``unicodedata``) that NFKC leaves as they are and ICU ties to no ASCII letter: the small
-    capitals of "fancy text" generators (ᴀ ʀᴇᴅ ꜰᴏx), 🅰 and 🅐. Lower case but for a capital letter's name."""
+    capitals of "fancy text" generators (ᴀ ʀᴇᴅ ꜰᴏx), 🅰 and 🅐, the dotless ȷ. Lower case but for a capital letter's
+    name."""
     out = {}
     # planes 0 and 1 only: planes 2 and 3 hold CJK ideographs, 14 tags and selectors, 15 and 16 private use, the
     # rest nothing (the same 79 letters in a quarter of the time: 0.15 s a process, paid by every build's splits)

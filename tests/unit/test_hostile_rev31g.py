@@ -41,14 +41,17 @@ keeps them on purpose (for emoji: ``🚬⃠`` is not ``🚬``), so they are left
 marks (read in ``pipelines/ingest/parse.py``, not run: ``control_characters`` covers controls and bidi only).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix31g, ``tests/unit/test_fix31g.py``) and their
+markers removed: the key (and the moderation key and text, through the shared ``_visible``) drops every combining
+mark of the shared and Cyrillic mark blocks that no precomposed character holds (the emoji enclosing marks U+20E0,
+U+20E2..4 kept), and a dot above on a soft-dotted letter, the dotless ``ȷ`` read as ``j`` (key version 11, splits
+15, decisions 11).
 """
 from __future__ import annotations
 
 import unicodedata
 
 import pyarrow.parquet as pq
-import pytest
 from curation_fixtures import HomeBuilder
 from splits_fixtures import pair_row, users_by_home, write_pairs
 
@@ -87,9 +90,6 @@ def _copies_in_train(tmp_path, copies: list[str]) -> tuple[dict[str, str], dict[
 
 # --- 1. decorative marks the key's list misses: a validation prompt published in train --------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev31g: the key removes the Cyrillic hundred thousands / millions signs and "
-                   "a few symbol marks as decoration, but not their siblings (U+A670..A672, U+20E8, U+20F0, U+20EE): a "
-                   "validation prompt typed with them is kept in train")
 def test_a_validation_prompt_decorated_with_sibling_marks_is_not_kept_in_train(tmp_path):
     marks = {
         "\ua670": "COMBINING CYRILLIC TEN MILLIONS SIGN",        # siblings of U+0488 / U+0489, which are removed
@@ -113,9 +113,6 @@ def test_a_validation_prompt_decorated_with_sibling_marks_is_not_kept_in_train(t
 
 # --- 2. the same marks hide a moderation phrase -----------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev31g: moderation_key keeps the Cyrillic ten millions sign and the "
-                   "symbol marks on letters, so `n꙰u꙰d꙰e꙰` is not the listed phrase `nude` (its siblings U+0488 / "
-                   "U+0489 are)")
 def test_a_moderation_phrase_decorated_with_sibling_marks_is_still_the_phrase(tmp_path):
     builder = HomeBuilder(tmp_path / "moderation")
     builder.phrases = ["nude"]
@@ -134,9 +131,6 @@ def test_a_moderation_phrase_decorated_with_sibling_marks_is_still_the_phrase(tm
 
 # --- 3. glitch ("Zalgo") text: stacked marks that make no letter key a held-out prompt apart --------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev31g: glitch-text generators stack marks of U+0300..036F that belong to no "
-                   "letter (fermata, half rings, left angle below, candrabindu, double breve ...) on every letter; the "
-                   "key keeps them, so a validation prompt in glitch text is published in train")
 def test_a_validation_prompt_in_glitch_text_is_not_kept_in_train(tmp_path):
     # two to three marks per letter, none of which any precomposed letter of any script holds with its base (NFC
     # composes none of them): no language writes a letter so, unlike the accents the key keeps on purpose
@@ -152,9 +146,6 @@ def test_a_validation_prompt_in_glitch_text_is_not_kept_in_train(tmp_path):
 
 # --- 4. a dotless j with a dot above is a j to the eye, but not to the key -------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev31g: `ı` + U+0307 keys as `i`, but the dotless `ȷ` (U+0237) + U+0307 "
-                   "COMBINING DOT ABOVE, drawn as `j`, keys apart from `j` (ICU ties `ȷ` to no letter), so a "
-                   "validation prompt typed with it is published in train")
 def test_a_validation_prompt_with_a_dotted_dotless_j_is_not_kept_in_train(tmp_path):
     plain, dotted = "a jungle cat", "a \u0237\u0307ungle cat"
     assert normalize_prompt("a \u0131\u0307ce cave") == "a ice cave"          # the dotless i with its dot: held up
