@@ -76,6 +76,9 @@ def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
         yield pool
     except BaseException as exc:
         processes = list(started.values())
+        # the executor's thread joins the workers too: two threads reaping one child race in waitpid, and the loser
+        # reads no exit status (so the worker looks alive, its signal unknown) until that thread has ended
+        manager = getattr(pool, "_executor_manager_thread", None)
         pool.shutdown(wait=False, cancel_futures=True)
         for process in processes:
             with contextlib.suppress(OSError, ValueError):
@@ -86,6 +89,9 @@ def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
                 if process.is_alive():
                     process.kill()
                     process.join(STOP_WAIT_S)
+        if manager is not None:
+            with contextlib.suppress(RuntimeError):
+                manager.join(STOP_WAIT_S)
         if isinstance(exc, BrokenProcessPool):
             how = _ended_abruptly(processes)
             raise WorkerProcessDied(f"a worker process ended abruptly ({how or 'killed'}) while it had work "
