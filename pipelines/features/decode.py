@@ -42,7 +42,9 @@ bad_dimensions      longest side above ``max_side`` (default 4096 px) or longest
                     max_side^2 x 3 bytes (48 MiB at 4096).
 animated_image      more than one frame (APNG, animated WEBP/GIF): there is no single image to
                     train on.
-unsupported_mode    more than 8 bits per channel where Pillow keeps them (``I``, ``I;16*``, ``F``:
+unsupported_mode    a JPEG whose frame header declares other than 8 bits a sample or 2 (or 5+)
+                    components, which Pillow does not open (review rev31f: was ``truncated_image``);
+                    more than 8 bits per channel where Pillow keeps them (``I``, ``I;16*``, ``F``:
                     16-bit grayscale and the like; Pillow's RGB conversion clips them, so pixels
                     would be wrong) or CMYK/YCbCr/LAB (no colour management here). A 16-bit RGB,
                     RGBA or grayscale-with-alpha PNG Pillow opens as 8 bits a sample (the high
@@ -50,7 +52,9 @@ unsupported_mode    more than 8 bits per channel where Pillow keeps them (``I``,
                     RGB by dropping alpha, exactly as ``cv2.imread`` (and so NudeNet) does.
 truncated_image     a header that parses but pixel data that does not decode completely
                     (truncated, corrupt stream, bad CRC), a known signature with an unreadable
-                    header, or a PNG that breaks the spec's chunk rules (``png_problem``).
+                    header, a PNG that breaks the spec's chunk rules (``png_problem``), or a JPEG
+                    whose image data ran out before its last block (libjpeg grey-fills it with a
+                    warning Pillow drops: :func:`jpeg_data_ran_out`, review rev31f).
 processing_error    the bytes passed every check above, yet a later step (hashing, the training
                     JPEG, the NSFW model) raised: a case no policy foresaw. The detail names the
                     step and the exception; the run goes on.
@@ -68,6 +72,7 @@ orientation is not applied: the stored pixels are the image (generated images ca
 from __future__ import annotations
 
 import errno
+import hashlib
 import io
 import os
 import re
@@ -119,7 +124,9 @@ CONVERTIBLE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "
 FORMAT_SIGNATURES = ((b"\x89PNG\r\n\x1a\n", "PNG"), (b"\xff\xd8\xff", "JPEG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
                      (b"MM\x00*", "TIFF"), (b"II*\x00", "TIFF"), (b"MM*\x00", "TIFF"), (b"II\x00*", "TIFF"),
                      (b"MM\x00+", "TIFF"), (b"II+\x00", "TIFF"), (b"BM", "BMP"))
-SIGNATURES = tuple(signature for signature, _ in FORMAT_SIGNATURES) + (b"RIFF",)
+# What :func:`sniff_format` names (a WebP is ``RIFF`` + size + ``WEBP``, not any RIFF file: a WAV or an AVI names no
+# image format, review rev31f): a blob starting with one whose header does not parse is a ``truncated_image``.
+SIGNATURES = tuple(signature for signature, _ in FORMAT_SIGNATURES)
 
 
 class ImageRejected(Exception):
@@ -274,11 +281,14 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {exc}") from None
     except UnidentifiedImageError:
-        if data.startswith(SIGNATURES):
+        if sniffed == "JPEG":
+            _refuse_jpeg_frame(data, relpath, max_pixels=max_pixels, min_side=min_side, max_side=max_side,
+                               max_aspect=max_aspect)
+        if sniffed is not None:
             raise ImageRejected(TRUNCATED_IMAGE, f"{relpath!r} starts with an image signature but its header does not parse") from None
         raise ImageRejected(NOT_AN_IMAGE, f"{relpath!r} ({len(data)} bytes, starts {data[:8]!r}) is not a {'/'.join(PROBED_FORMATS)} image") from None
     except Exception as exc:  # noqa: BLE001 - see comment above
-        reason = _reason_for(exc, TRUNCATED_IMAGE if data.startswith(SIGNATURES) else NOT_AN_IMAGE)
+        reason = _reason_for(exc, TRUNCATED_IMAGE if sniffed is not None else NOT_AN_IMAGE)
         raise ImageRejected(reason, f"{relpath!r}: header failed to parse: {type(exc).__name__}: {exc}") from None
 
     fmt = image.format or "unknown"
@@ -310,6 +320,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     except Exception as exc:  # noqa: BLE001 - see comment above
         raise ImageRejected(_reason_for(exc, TRUNCATED_IMAGE),
                             f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
+    if fmt in ("JPEG", "MPO") and jpeg_data_ran_out(data, image):
+        raise ImageRejected(TRUNCATED_IMAGE, _RAN_OUT_DETAIL.format(relpath=relpath))
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
 
@@ -352,10 +364,31 @@ def refuse_structure_bomb(data: bytes, relpath: str) -> None:
         raise ImageRejected(DECOMPRESSION_BOMB, f"{relpath!r}: {bomb}")
 
 
+def refuse_jpeg_data_ran_out(data: bytes, relpath: str) -> None:
+    """Raise ``truncated_image`` where :func:`decode_image` would for a JPEG whose image data ran out
+    (:func:`jpeg_data_ran_out`): the one check of a decode's pixels that bytes reused by sha256, and reused JPEG
+    rows judged again, get after :func:`check_extension` and :func:`refuse_structure_bomb`, so rows a home holds
+    from before that check (review rev31f) are refused as a build from scratch refuses them. Costs one decode of a
+    JPEG (two where its last pixel is mid-grey); any other bytes, or bytes Pillow does not decode (never reused:
+    their decode rejected them), pass."""
+    if sniff_format(data) != "JPEG":
+        return
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            image = Image.open(io.BytesIO(data), formats=("JPEG",))
+            image.load()
+    except Exception:  # noqa: BLE001 - no verdict: a decode judges such bytes
+        return
+    if jpeg_data_ran_out(data, image):
+        raise ImageRejected(TRUNCATED_IMAGE, _RAN_OUT_DETAIL.format(relpath=relpath))
+
+
 def judged_again_on_reuse(row_format: str | None, relpath: str) -> bool:
     """Whether a row reused by uid is judged again from its blob's bytes (:func:`check_extension`,
-    :func:`refuse_structure_bomb`) before it is copied:
-    a JPEG (its pre-scan grew in reviews rev24d and rev24h: a flood of scans, EXIF and MPF tag blocks), or a
+    :func:`refuse_structure_bomb`, :func:`refuse_jpeg_data_ran_out`) before it is copied:
+    a JPEG (its pre-scan grew in reviews rev24d and rev24h: a flood of scans, EXIF and MPF tag blocks; its data
+    running out is refused since rev31f), or a
     format its path's extension does not take (rows written before the extension check applied to reuse)."""
     extension = os.path.splitext(relpath)[1].lower()
     return row_format in ("JPEG", "MPO") or row_format not in EXTENSION_FORMATS.get(extension, ())
@@ -543,6 +576,129 @@ def scan_jpeg(data: bytes) -> str | None:
                         f"fewer than {MIN_JPEG_SCANS}; an encoder writes a few dozen at most)")
         position = start + 2 + max(2, int.from_bytes(data[start + 2:start + 4], "big"))
     return None
+
+
+JPEG_MODES = {1: "L", 3: "RGB", 4: "CMYK"}   # components -> Pillow's mode (``JpegImagePlugin.SOF``): 8 bits only
+
+
+def _jpeg_header_segments(data: bytes):
+    """Yield ``(marker, position, length)`` of each marker segment of a JPEG up to and including its first scan
+    header (SOS), walked as :func:`scan_jpeg` walks them (Pillow's ``_open``: stray and fill bytes skipped, a
+    stuffed zero skipped); stops at an unknown marker or the end of the bytes. Run after :func:`scan_jpeg` has
+    bounded the walk (at most 1,000 segments and 1,024 stray bytes)."""
+    size, position = len(data), 2
+    while position + 1 < size:
+        if data[position] != 0xFF or data[position + 1] == 0xFF:
+            position += 1
+            continue
+        marker = data[position + 1]
+        if marker == 0x00:
+            position += 2
+            continue
+        if marker not in _JPEG_KNOWN:
+            return
+        if marker in _JPEG_NO_LENGTH:
+            yield marker, position, 0
+            position += 2
+            continue
+        if position + 4 > size:
+            return
+        length = max(2, int.from_bytes(data[position + 2:position + 4], "big"))
+        yield marker, position, length
+        if marker == 0xDA:
+            return
+        position += 2 + length
+
+
+def jpeg_frame(data: bytes) -> tuple[int, int, int, int] | None:
+    """``(precision, components, width, height)`` of the first frame header (SOFn) of a JPEG, as Pillow reads it
+    (``JpegImagePlugin.SOF``), or None where there is none whole before the first scan."""
+    for marker, position, length in _jpeg_header_segments(data):
+        if marker in _JPEG_SOF:
+            if length < 8 or position + 10 > len(data):
+                return None
+            height = int.from_bytes(data[position + 5:position + 7], "big")
+            width = int.from_bytes(data[position + 7:position + 9], "big")
+            return data[position + 4], data[position + 9], width, height
+        if marker == 0xDA:
+            return None
+    return None
+
+
+def _refuse_jpeg_frame(data: bytes, relpath: str, **limits) -> None:
+    """For a JPEG whose header Pillow did not parse: raise ``unsupported_mode`` (after the size checks, in the
+    policy order) where its frame header declares what Pillow refuses by design, a precision other than 8 bits
+    (12-bit, 16-bit lossless) or a number of components other than 1, 3, 4 (review rev31f: these were
+    ``truncated_image``, "header does not parse"); return otherwise."""
+    frame = jpeg_frame(data)
+    if frame is None:
+        return
+    precision, components, width, height = frame
+    if precision == 8 and components in JPEG_MODES:
+        return
+    check_dimensions(width, height, relpath, **limits)
+    raise ImageRejected(UNSUPPORTED_MODE, f"{relpath!r} is a JPEG of {precision} bits a sample and {components} "
+                                          "components; accepted: 8 bits, 1 or 3 components (4 is CMYK, also refused)")
+
+
+def jpeg_scans_end(data: bytes) -> int | None:
+    """The offset of the end marker (EOI) libjpeg stops at: past the first scan header, markers found as libjpeg
+    finds them (as :func:`scan_jpeg` counts scans); None where there is none."""
+    position = None
+    for marker, at, length in _jpeg_header_segments(data):
+        if marker == 0xDA:
+            position = at + 2 + length
+    if position is None:
+        return None
+    size = len(data)
+    while (found := _JPEG_NEXT_MARKER.search(data, position)) is not None:
+        start, marker = found.start(), data[found.start() + 1]
+        if marker == 0xD9:
+            return start
+        if marker in _JPEG_STANDALONE:
+            position = start + 2
+            continue
+        if start + 4 > size:
+            return None
+        position = start + 2 + max(2, int.from_bytes(data[start + 2:start + 4], "big"))
+    return None
+
+
+# Entropy-coded filler for :func:`jpeg_data_ran_out`: fixed (deterministic), pseudo-random bits (so they decode to
+# varied Huffman codes in any table), no 0xFF (never a marker); the leading zero byte stuffs a 0xFF left before it.
+JPEG_FILLER = b"\x00" + hashlib.shake_256(b"pickapic-pipeline jpeg filler").digest(511).replace(b"\xff", b"\xfe")
+_RAN_OUT_DETAIL = ("{relpath!r}: its image data ends before its last block (libjpeg filled the blocks it lacks "
+                   "with grey: 'premature end of data segment')")
+MID_GREY = 128   # what libjpeg decodes a block with no coefficients to (DC 0 is the level shift), in every channel
+
+
+def jpeg_data_ran_out(data: bytes, image: Image.Image) -> bool:
+    """Whether libjpeg ran out of image data decoding ``data`` (``image``: Pillow's loaded decode of it).
+
+    libjpeg that meets a marker (the end marker of a cut upload, or one given right after the headers) where scan
+    data should be goes on with blocks of no coefficients, a flat mid-grey, and says so only as a warning
+    ("premature end of data segment", JWRN_HIT_MARKER), which Pillow drops (review rev31f: half a photo was
+    accepted a third grey, a 625-byte header-only JPEG as a 2048 x 2048 grey image). So: where the image's last
+    pixel (it lies in the last block of every component) is exactly mid-grey - what such a decode leaves, unless
+    the scan ran out inside that very last block - the bytes are decoded a second time with filler data just before
+    the end marker. libjpeg reads no entropy-coded data past a scan's last block, so a JPEG whose data covers every
+    block decodes to the same pixels (a grey image stays accepted); one whose data ran out reads the filler as the
+    blocks it lacked and decodes to other pixels: ``truncated_image``. The second decode costs one decode, only
+    for images whose last pixel is mid-grey. A progressive JPEG whose later scans are missing or cut is, by design
+    of the format, a coarser image (its last pixel is mid-grey only where its first scan ran out) and is kept."""
+    width, height = image.size
+    last = image.getpixel((width - 1, height - 1))
+    if not all(value == MID_GREY for value in (last if isinstance(last, tuple) else (last,))):
+        return False
+    end = jpeg_scans_end(data)
+    if end is None:
+        return False      # Pillow decoded it: libjpeg found an end marker this walk does not (no verdict)
+    try:
+        again = Image.open(io.BytesIO(data[:end] + JPEG_FILLER + data[end:]), formats=("JPEG",))
+        again.load()
+    except Exception:  # noqa: BLE001 - the filler was read (only data that ran out reads it) and did not decode
+        return True
+    return again.mode != image.mode or again.size != image.size or again.tobytes() != image.tobytes()
 
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # colour type -> samples a pixel

@@ -101,8 +101,9 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     # never written again, and publish failed for good): such a row is computed again, which writes the JPEG,
     # and stays the reused row where the bytes are still the same (_settle_restored).
     # A JPEG row, or one of a format its path's extension does not take, is judged again from its blob's bytes
-    # (decode.check_extension and refuse_structure_bomb, in ReadBlobFn) before it is copied (review rev24h: rows a
-    # home holds from before a fix of those checks were copied for good, while a build from scratch refused them).
+    # (decode.check_extension, refuse_structure_bomb and, for a JPEG, refuse_jpeg_data_ran_out, in ReadBlobFn) before
+    # it is copied (review rev24h: rows a home holds from before a fix of those checks were copied for good, while a
+    # build from scratch refused them; rev31f: JPEGs libjpeg grey-filled).
     again = {row["image_uid"] for row in by_uid if decode.judged_again_on_reuse(row["format"], row["blob_path"])}
     # A row is reused unread only while its blob is the file it was read from (review rev29a: a blob replaced under
     # an accepted uid was never read again, not even by --force): one stat a row against the run's records

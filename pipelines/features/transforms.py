@@ -66,7 +66,9 @@ class ReadBlobFn(beam.DoFn):
     decode makes before Pillow parses anything (:func:`decode.check_extension`, the path's extension;
     :func:`decode.refuse_structure_bomb`, the PNG and JPEG structure walks) apply to them (review rev24d: PNG
     bytes at ``b.jpg`` were copied from an earlier ``a.png``, while a build without that day rejected them as
-    ``extension_mismatch``; review rev24h: a JPEG the pre-scan refuses was copied to new uids); and with
+    ``extension_mismatch``; review rev24h: a JPEG the pre-scan refuses was copied to new uids), and so does a
+    JPEG's check that its image data did not run out (:func:`decode.refuse_jpeg_data_ran_out`, one decode:
+    review rev31f, rows of JPEGs libjpeg had grey-filled were accepted before it); and with
     ``train_prefix`` (the stage always gives it) a training JPEG that is not there as the reused row records it
     (:func:`training_jpeg_ok`: lost, cut short, zeros) sends the blob to be decoded, so its JPEG is written
     again (``DecodeImageFn`` then hands it back as reused: the row is still a copy). A todo row may name the
@@ -103,6 +105,7 @@ class ReadBlobFn(beam.DoFn):
             try:
                 decode.check_extension(data, relpath)
                 decode.refuse_structure_bomb(data, relpath)
+                decode.refuse_jpeg_data_ran_out(data, relpath)
             except ImageRejected as rejected:
                 self.rejected.inc()
                 yield beam.pvalue.TaggedOutput(REJECTS, reject_row(row, rejected.reason, rejected.detail, sha256, len(data)))
