@@ -32,7 +32,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
                           # 6: a pruned raw day's images (as the warehouse keeps them) still resolve other days'
                           #    references (rev29a: a re-ingest quarantined them as unknown_image_reference)
-    "features": "8",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "9",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
@@ -42,6 +42,8 @@ CODE_VERSIONS: dict[str, str] = {
                           #    else the blob is read and hashed again (rev29a: a replaced blob was never read)
                           # 8: a JPEG whose image data ends early (libjpeg's grey fill) truncated_image; a RIFF file
                           #    not a WebP not_an_image; a 12-bit / 2-component JPEG unsupported_mode (rev31f)
+                          # 9: also a JPEG cut at a restart interval's end, before a marker segment or a stray RSTn,
+                          #    or in / before a later scan of one scan per component truncated_image (rev31j)
     "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings

@@ -54,7 +54,8 @@ truncated_image     a header that parses but pixel data that does not decode com
                     (truncated, corrupt stream, bad CRC), a known signature with an unreadable
                     header, a PNG that breaks the spec's chunk rules (``png_problem``), or a JPEG
                     whose image data ran out before its last block (libjpeg grey-fills it with a
-                    warning Pillow drops: :func:`jpeg_data_ran_out`, review rev31f).
+                    warning Pillow drops: :func:`jpeg_data_ran_out`, review rev31f; in any scan
+                    or restart interval, or a component with no scan at all: review rev31j).
 processing_error    the bytes passed every check above, yet a later step (hashing, the training
                     JPEG, the NSFW model) raised: a case no policy foresaw. The detail names the
                     step and the exception; the run goes on.
@@ -74,6 +75,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import io
+import itertools
 import os
 import re
 import stat
@@ -320,8 +322,8 @@ def decode_image(data: bytes, relpath: str, *, max_pixels: int, min_side: int, m
     except Exception as exc:  # noqa: BLE001 - see comment above
         raise ImageRejected(_reason_for(exc, TRUNCATED_IMAGE),
                             f"{relpath!r}: pixel data does not decode: {type(exc).__name__}: {exc}") from None
-    if fmt in ("JPEG", "MPO") and jpeg_data_ran_out(data, image):
-        raise ImageRejected(TRUNCATED_IMAGE, _RAN_OUT_DETAIL.format(relpath=relpath))
+    if fmt in ("JPEG", "MPO") and (ran_out := jpeg_data_ran_out(data, image)):
+        raise ImageRejected(TRUNCATED_IMAGE, ran_out.format(relpath=relpath))
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     return DecodedImage(rgb, np.asarray(rgb), width, height, mode, fmt)
 
@@ -369,7 +371,8 @@ def refuse_jpeg_data_ran_out(data: bytes, relpath: str) -> None:
     (:func:`jpeg_data_ran_out`): the one check of a decode's pixels that bytes reused by sha256, and reused JPEG
     rows judged again, get after :func:`check_extension` and :func:`refuse_structure_bomb`, so rows a home holds
     from before that check (review rev31f) are refused as a build from scratch refuses them. Costs one decode of a
-    JPEG (two where its last pixel is mid-grey); any other bytes, or bytes Pillow does not decode (never reused:
+    JPEG (two where its last pixel is mid-grey or its layout is not one plain scan: progressive, restart markers;
+    review rev31j); any other bytes, or bytes Pillow does not decode (never reused:
     their decode rejected them), pass."""
     if sniff_format(data) != "JPEG":
         return
@@ -380,8 +383,8 @@ def refuse_jpeg_data_ran_out(data: bytes, relpath: str) -> None:
             image.load()
     except Exception:  # noqa: BLE001 - no verdict: a decode judges such bytes
         return
-    if jpeg_data_ran_out(data, image):
-        raise ImageRejected(TRUNCATED_IMAGE, _RAN_OUT_DETAIL.format(relpath=relpath))
+    if ran_out := jpeg_data_ran_out(data, image):
+        raise ImageRejected(TRUNCATED_IMAGE, ran_out.format(relpath=relpath))
 
 
 def judged_again_on_reuse(row_format: str | None, relpath: str) -> bool:
@@ -641,6 +644,118 @@ def _refuse_jpeg_frame(data: bytes, relpath: str, **limits) -> None:
                                           "components; accepted: 8 bits, 1 or 3 components (4 is CMYK, also refused)")
 
 
+# Entropy-coded filler for :func:`jpeg_data_ran_out`: fixed (deterministic), pseudo-random bits (so they decode to
+# varied Huffman codes in any table), no 0xFF (never a marker). It starts with ones (0xD1), not zeros: libjpeg pads
+# data that ran out with zero bits, which a chrominance table (DC 0 "00", end of block "00") reads as blocks that
+# repeat the last DC - filler starting with a zero byte decoded a cut in the last MCU's chroma as the cut did
+# (review rev31j's neighbour, fix31j). It goes before the fill bytes (0xFF) in front of a marker, never after one.
+JPEG_FILLER = hashlib.shake_256(b"pickapic-pipeline jpeg filler").digest(512).replace(b"\xff", b"\xfe")
+RESTART_FILLER = JPEG_FILLER[:64]   # before each restart marker: 512 bits, dozens of blocks' codes
+MAX_JPEG_RESTART_FILLERS = 65_536   # a 4096 x 4096 4:2:0 JPEG restarting every MCU has 65,535 RSTn; at most 4 MiB
+_RAN_OUT_DETAIL = ("{relpath!r}: its image data ends before its last block (libjpeg filled the blocks it lacks "
+                   "with grey: 'premature end of data segment')")
+_NO_SCAN_DETAIL = ("{relpath!r}: component {component} of its frame has no {what} scan (its image data ends before "
+                   "it: libjpeg fills the component with grey)")
+MID_GREY = 128   # what libjpeg decodes a block with no coefficients to (DC 0 is the level shift), in every channel
+_JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+# libjpeg's frames (jdmarker.c): Huffman sequential (SOF0, SOF1), progressive (SOF2); arithmetic (SOF9, SOF10)
+_JPEG_HUFFMAN_FRAMES = {0xC0: False, 0xC1: False, 0xC2: True}
+_JPEG_ARITHMETIC_FRAMES = {0xC9: False, 0xCA: True}
+
+
+@dataclass(frozen=True)
+class JpegScan:
+    """One scan past its header (SOS): the frame component ids it codes, whether it is a first pass (a sequential
+    scan, or a progressive DC first scan: every block's first data; a progressive scan refining what one coded is
+    not), where its entropy-coded data starts, the marker libjpeg stops it at (not a restart marker), the restart
+    markers in between (how many; the offsets of the first ones, at most :data:`MAX_JPEG_RESTART_FILLERS` in a
+    file: memory bounded whatever the bytes hold), and the restart interval in effect (DRI, 0: none)."""
+    components: tuple[int, ...]
+    first_pass: bool
+    data: int
+    end: int
+    restarts: tuple[int, ...]
+    restart_interval: int
+    restart_count: int = 0
+
+
+@dataclass(frozen=True)
+class JpegLayout:
+    """A JPEG's frame as libjpeg decodes it (:func:`jpeg_layout`): the frame marker (SOFn), its component ids, its
+    scans in order, and the offset of the end marker (EOI) libjpeg stops at."""
+    frame: int
+    components: tuple[int, ...]
+    scans: tuple[JpegScan, ...]
+    end: int
+
+
+def jpeg_layout(data: bytes) -> JpegLayout | None:
+    """Walk a JPEG's markers as libjpeg reads them (the header as :func:`_jpeg_header_segments`, past the first scan
+    as :func:`scan_jpeg`: the next marker is an 0xFF followed by neither a stuffed zero nor a restart marker) and
+    say its frame and scans, or None where it has no frame header, no scan or no end marker (no verdict: the
+    decoders judge such bytes). Run after :func:`scan_jpeg` bounded the walk (scans, markers)."""
+    size = len(data)
+    frame = restart_interval = 0
+    components: tuple[int, ...] = ()
+    scans: list[JpegScan] = []
+
+    def segment(marker: int, at: int, length: int) -> int | None:
+        """Note a marker segment at ``at``; the offset of its scan's data where it is a scan header."""
+        nonlocal frame, components, restart_interval
+        body = data[at + 4:at + 2 + length]
+        if marker in _JPEG_SOF and not frame and len(body) >= 6:
+            frame = marker
+            components = tuple(body[6 + 3 * k] for k in range(body[5]) if 6 + 3 * k < len(body))
+        elif marker == 0xDD and len(body) >= 2:
+            restart_interval = int.from_bytes(body[:2], "big")
+        elif marker == 0xDA and body:
+            count = body[0]
+            if len(body) < 4 + 2 * count:
+                return None
+            spectral_start, approximation_high = body[1 + 2 * count], body[3 + 2 * count] >> 4
+            progressive = _JPEG_HUFFMAN_FRAMES.get(frame, _JPEG_ARITHMETIC_FRAMES.get(frame, False))
+            scans.append(JpegScan(tuple(body[1 + 2 * k] for k in range(count)),
+                                  not progressive or (spectral_start == 0 and approximation_high == 0),
+                                  at + 2 + length, -1, (), restart_interval))
+            return at + 2 + length
+        return None
+
+    position = None
+    for marker, at, length in _jpeg_header_segments(data):
+        position = segment(marker, at, length)
+    if position is None or not frame:
+        return None
+    while True:   # past each scan's data: the marker libjpeg stops at, then the segments up to the next scan
+        scan = scans[-1]
+        found = _JPEG_NEXT_MARKER.search(data, position)
+        if found is None:
+            return None
+        # in entropy-coded data an 0xFF is stuffed or starts a marker: each 0xFF Dn counted is a restart marker
+        count = 0 if _JPEG_RESTART.search(data, position, found.start()) is None else sum(
+            data.count(bytes((0xFF, marker)), position, found.start()) for marker in range(0xD0, 0xD8))
+        kept = max(0, MAX_JPEG_RESTART_FILLERS - sum(len(earlier.restarts) for earlier in scans))
+        restarts = tuple(hit.start() for hit in itertools.islice(
+            _JPEG_RESTART.finditer(data, position, found.start()), min(count, kept)))
+        scans[-1] = JpegScan(scan.components, scan.first_pass, scan.data, found.start(), restarts,
+                             scan.restart_interval, count)
+        while found is not None:
+            start, marker = found.start(), data[found.start() + 1]
+            if marker == 0xD9:
+                return JpegLayout(frame, components, tuple(scans), start)
+            if marker in _JPEG_STANDALONE:
+                position = start + 2
+            elif start + 4 > size:
+                return None
+            else:
+                length = max(2, int.from_bytes(data[start + 2:start + 4], "big"))
+                position = start + 2 + length
+                if segment(marker, start, length) is not None:
+                    break
+            found = _JPEG_NEXT_MARKER.search(data, position)
+        else:
+            return None
+
+
 def jpeg_scans_end(data: bytes) -> int | None:
     """The offset of the end marker (EOI) libjpeg stops at: past the first scan header, markers found as libjpeg
     finds them (as :func:`scan_jpeg` counts scans); None where there is none."""
@@ -664,41 +779,109 @@ def jpeg_scans_end(data: bytes) -> int | None:
     return None
 
 
-# Entropy-coded filler for :func:`jpeg_data_ran_out`: fixed (deterministic), pseudo-random bits (so they decode to
-# varied Huffman codes in any table), no 0xFF (never a marker); the leading zero byte stuffs a 0xFF left before it.
-JPEG_FILLER = b"\x00" + hashlib.shake_256(b"pickapic-pipeline jpeg filler").digest(511).replace(b"\xff", b"\xfe")
-_RAN_OUT_DETAIL = ("{relpath!r}: its image data ends before its last block (libjpeg filled the blocks it lacks "
-                   "with grey: 'premature end of data segment')")
-MID_GREY = 128   # what libjpeg decodes a block with no coefficients to (DC 0 is the level shift), in every channel
+def jpeg_with_filler(data: bytes, layout: JpegLayout) -> bytes:
+    """``data`` with filler (:data:`JPEG_FILLER`) before every marker that ends the entropy-coded data of a first
+    pass scan (:class:`JpegScan`): 64 bytes before each restart marker in it (the first 65,536 of the file), 512
+    before the marker it ends at and, where a restart interval is in effect, after those the restart marker due
+    next and 512 more. libjpeg skips bytes before the marker that follows a whole restart interval or a whole
+    scan, as junk (a warning): such data decodes to the same pixels; where data ran out it reads the filler as
+    the blocks it lacked (also the interval after one cut at its end: it finds the restart marker it expects)."""
+    pieces: list[bytes] = []
+    at = 0
+
+    def fill(marker: int, *filler: bytes) -> None:
+        nonlocal at
+        before = marker
+        while before > at and data[before - 1] == 0xFF:   # fill bytes belong to the marker (data stuffs its 0xFF)
+            before -= 1
+        pieces.extend((data[at:before], *filler))
+        at = before
+
+    for scan in layout.scans:
+        if not scan.first_pass:
+            continue
+        for restart in scan.restarts:
+            fill(restart, RESTART_FILLER)
+        if scan.restart_interval:
+            fill(scan.end, JPEG_FILLER, bytes([0xFF, 0xD0 + scan.restart_count % 8]), JPEG_FILLER)
+        else:
+            fill(scan.end, JPEG_FILLER)
+    pieces.append(data[at:])
+    return b"".join(pieces)
 
 
-def jpeg_data_ran_out(data: bytes, image: Image.Image) -> bool:
-    """Whether libjpeg ran out of image data decoding ``data`` (``image``: Pillow's loaded decode of it).
-
-    libjpeg that meets a marker (the end marker of a cut upload, or one given right after the headers) where scan
-    data should be goes on with blocks of no coefficients, a flat mid-grey, and says so only as a warning
-    ("premature end of data segment", JWRN_HIT_MARKER), which Pillow drops (review rev31f: half a photo was
-    accepted a third grey, a 625-byte header-only JPEG as a 2048 x 2048 grey image). So: where the image's last
-    pixel (it lies in the last block of every component) is exactly mid-grey - what such a decode leaves, unless
-    the scan ran out inside that very last block - the bytes are decoded a second time with filler data just before
-    the end marker. libjpeg reads no entropy-coded data past a scan's last block, so a JPEG whose data covers every
-    block decodes to the same pixels (a grey image stays accepted); one whose data ran out reads the filler as the
-    blocks it lacked and decodes to other pixels: ``truncated_image``. The second decode costs one decode, only
-    for images whose last pixel is mid-grey. A progressive JPEG whose later scans are missing or cut is, by design
-    of the format, a coarser image (its last pixel is mid-grey only where its first scan ran out) and is kept."""
-    width, height = image.size
-    last = image.getpixel((width - 1, height - 1))
-    if not all(value == MID_GREY for value in (last if isinstance(last, tuple) else (last,))):
-        return False
-    end = jpeg_scans_end(data)
-    if end is None:
-        return False      # Pillow decoded it: libjpeg found an end marker this walk does not (no verdict)
+def _decodes_otherwise(data: bytes, image: Image.Image) -> bool:
+    """Whether ``data`` (``image``'s bytes with filler) decodes to other pixels than ``image`` (or not at all)."""
     try:
-        again = Image.open(io.BytesIO(data[:end] + JPEG_FILLER + data[end:]), formats=("JPEG",))
+        again = Image.open(io.BytesIO(data), formats=("JPEG",))
         again.load()
     except Exception:  # noqa: BLE001 - the filler was read (only data that ran out reads it) and did not decode
         return True
     return again.mode != image.mode or again.size != image.size or again.tobytes() != image.tobytes()
+
+
+def jpeg_missing_component(layout: JpegLayout) -> tuple[int, str] | None:
+    """``(component id, 'sequential' or 'DC first')`` of a frame component no scan of a JPEG (its
+    :func:`jpeg_layout`) gives its first data (libjpeg decodes it as mid-grey: a sequential file with one scan per
+    component cut before its last scans, review rev31j), or None (also for a frame libjpeg does not decode)."""
+    if layout.frame in _JPEG_HUFFMAN_FRAMES:
+        progressive = _JPEG_HUFFMAN_FRAMES[layout.frame]
+    elif layout.frame in _JPEG_ARITHMETIC_FRAMES:
+        progressive = _JPEG_ARITHMETIC_FRAMES[layout.frame]
+    else:
+        return None
+    coded = {component for scan in layout.scans if scan.first_pass for component in scan.components}
+    for component in layout.components:
+        if component not in coded:
+            return component, "DC first" if progressive else "sequential"
+    return None
+
+
+def jpeg_data_ran_out(data: bytes, image: Image.Image) -> str | None:
+    """Whether libjpeg ran out of image data decoding ``data`` (``image``: Pillow's loaded decode of it): a
+    ``truncated_image`` detail (with ``{relpath!r}`` to format), or None.
+
+    libjpeg that meets a marker (the end marker of a cut upload, or one given right after the headers) where scan
+    data should be goes on with blocks of no coefficients, a flat mid-grey, and says so only as a warning
+    ("premature end of data segment", JWRN_HIT_MARKER), which Pillow drops (review rev31f: half a photo was
+    accepted a third grey, a 625-byte header-only JPEG as a 2048 x 2048 grey image). So:
+
+    - every component of the frame must have a first pass scan (a sequential scan; a progressive DC first scan):
+      a file with one scan per component cut before its last ones has none for a component (review rev31j);
+    - the bytes are decoded a second time with filler before every marker that ends a first pass scan's data
+      (:func:`jpeg_with_filler`: each restart marker, the marker after the scan; review rev31j: a cut at a
+      restart interval's end, a cut followed by a COM/APPn/DQT segment or a stray RSTn before the end marker).
+      libjpeg reads no entropy-coded data past a scan's or an interval's last block, so a JPEG whose data covers
+      every block decodes to the same pixels (a grey image stays accepted); one whose data ran out reads the
+      filler as the blocks it lacked and decodes to other pixels. The second decode (one decode's cost) is for a
+      JPEG whose last pixel (it lies in the last block of every component) is mid-grey - what a plain cut leaves,
+      unless it is inside that very last block - and for every JPEG of another layout than one scan with no
+      restart markers ended by the end marker (progressive, restart markers, one scan per component, a marker
+      segment after the scan), where a cut leaves no mark on the last pixel.
+
+    A progressive JPEG whose later (refining) scans are missing or cut is, by design of the format, a coarser
+    image and is kept: the filler goes only where first pass scans end. An arithmetic-coded JPEG (SOF9, SOF10;
+    no encoder here, its decoder may read bytes past a whole scan) gets the component rule and, where its last
+    pixel is mid-grey, the filler before its end marker alone (fix31f's check): a cut followed by a marker
+    segment or restart markers there is not seen."""
+    layout = jpeg_layout(data)
+    if layout is None:
+        return None       # Pillow decoded it: libjpeg found an end marker this walk does not (no verdict)
+    missing = jpeg_missing_component(layout)
+    if missing is not None:
+        return _NO_SCAN_DETAIL.replace("{component}", str(missing[0])).replace("{what}", missing[1])
+    width, height = image.size
+    last = image.getpixel((width - 1, height - 1))
+    grey = all(value == MID_GREY for value in (last if isinstance(last, tuple) else (last,)))
+    if layout.frame in _JPEG_HUFFMAN_FRAMES:
+        plain = len(layout.scans) == 1 and not layout.scans[0].restart_count and layout.scans[0].end == layout.end
+        if (grey or not plain) and _decodes_otherwise(jpeg_with_filler(data, layout), image):
+            return _RAN_OUT_DETAIL
+        return None
+    if grey and _decodes_otherwise(jpeg_with_filler(data, JpegLayout(layout.frame, layout.components, (
+            JpegScan((), True, -1, layout.end, (), 0),), layout.end)), image):
+        return _RAN_OUT_DETAIL
+    return None
 
 
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}   # colour type -> samples a pixel

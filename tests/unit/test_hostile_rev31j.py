@@ -32,7 +32,11 @@ Latin letters keys as an ``i`` after each (``niuidiei``), harmless. The cut JPEG
 same function, so they fail the same way there. Arithmetic-coded JPEGs were not tried (no encoder here).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix31j, ``tests/unit/test_fix31j.py``) and their
+markers removed: the filler now goes before every marker that ends a first pass scan's data (each RSTn, and after a
+scan the marker it ends at, with the restart marker due next where intervals are on), the second decode runs for
+every JPEG of another layout than one scan ended by its end marker, and a frame component with no first pass scan
+is ``truncated_image``. Arithmetic-coded JPEGs keep fix31f's check alone (README, section 3).
 """
 from __future__ import annotations
 
@@ -41,7 +45,6 @@ import re
 import struct
 
 import numpy as np
-import pytest
 from PIL import Image
 from test_features_fixtures import natural_image
 
@@ -78,9 +81,6 @@ def _scan_data_start(data: bytes) -> int:
     return sos + 2 + int.from_bytes(data[sos + 2:sos + 4], "big")
 
 
-@pytest.mark.xfail(strict=True, reason="rev31j: a JPEG with restart markers cut exactly before an RSTn marker is "
-                                       "accepted grey-filled: the filler before EOI is skipped as junk while libjpeg "
-                                       "looks for the restart marker, so the second decode equals the first")
 def test_a_jpeg_cut_at_a_restart_interval_boundary_is_truncated_not_grey_filled() -> None:
     out = io.BytesIO()
     natural_image(7, (200, 152)).save(out, "JPEG", quality=90, restart_marker_blocks=6)
@@ -140,9 +140,6 @@ def _one_scan_per_component_jpeg() -> tuple[bytes, list[bytes]]:
     return head, scans
 
 
-@pytest.mark.xfail(strict=True, reason="rev31j: a sequential JPEG with one scan per component cut inside (or before) "
-                                       "its last scan is accepted: the missing component is grey-filled but the last "
-                                       "pixel is not mid-grey (the other components are whole), so nothing is checked")
 def test_a_sequential_jpeg_cut_in_a_later_component_scan_is_truncated() -> None:
     head, scans = _one_scan_per_component_jpeg()
     whole = head + b"".join(scans) + b"\xff\xd9"
@@ -160,9 +157,6 @@ def test_a_sequential_jpeg_cut_in_a_later_component_scan_is_truncated() -> None:
     assert outcome(head + scans[0] + b"\xff\xd9") == "truncated_image"
 
 
-@pytest.mark.xfail(strict=True, reason="rev31j: a JPEG whose scan data is cut and followed by a marker segment (COM, "
-                                       "APPn, DQT) or a stray RSTn before its end marker is accepted grey-filled: the "
-                                       "filler goes before EOI, past the marker libjpeg stopped at, and is never read")
 def test_a_jpeg_cut_before_a_trailing_marker_segment_is_truncated() -> None:
     out = io.BytesIO()
     natural_image(7, (200, 152)).save(out, "JPEG", quality=90)
