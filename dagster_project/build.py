@@ -680,30 +680,48 @@ def _execute(run: PlannedRun, instance: dg.DagsterInstance, overrides: dict[str,
                                         raise_on_error=False, tags={BUILD_TAG: BUILD_TAG_VALUE,
                                                                     "pickapic/why": "; ".join(run.reasons)[:200]})
         signum = stopped()
-    if warn is not None:      # before a failure is raised too: what the steps warned of may be why
-        for message in _step_warnings(instance, result.run_id):
-            warn(message)
+    error: BaseException | None = None
     if signum is not None:   # in a step (it failed the run) or as the run ended: the build stops here
-        raise BuildInterrupted(signum)
-    if not result.success:
-        _raise_not_enough_data(result, home)
-        failures = [event for event in result.all_events if event.is_step_failure]
-        detail = "; ".join(f"{e.step_key}: {_root_cause(e.event_specific_data.error)}"
-                           for e in failures if getattr(e.event_specific_data, "error", None))
-        detail = detail or "see the run in `pickapic ui`"
-        where = f" for partition {run.partition}" if run.partition else ""
-        raise BuildError(f"{run.job}{where} failed (run {result.run_id}): {detail}")
+        error = BuildInterrupted(signum)
+    elif not result.success:
+        error = _not_enough_data(result, home) or _run_failure(run, result)
+    if warn is not None:      # before a failure is raised too: what the steps warned of may be why
+        _tell(warn, _step_warnings(instance, result.run_id), error)
+    if error is not None:
+        raise error
     return result.run_id
 
 
+def _tell(warn: Callable[[str], None], messages: list[str], error: BaseException | None) -> None:
+    """Pass a run's step warnings on to ``warn``, less any the error the build is about to raise states already: the
+    build's error line says it, once (review rev31i)."""
+    said = str(error) if isinstance(error, BuildError) else ""    # an interruption's text is its signal's number
+    for message in messages:
+        if message not in said:
+            warn(message)
+
+
+def _run_failure(run: PlannedRun, result) -> BuildError:
+    """A failed run's error: each failed step's root cause."""
+    failures = [event for event in result.all_events if event.is_step_failure]
+    detail = "; ".join(f"{e.step_key}: {_root_cause(e.event_specific_data.error)}"
+                       for e in failures if getattr(e.event_specific_data, "error", None))
+    detail = detail or "see the run in `pickapic ui`"
+    where = f" for partition {run.partition}" if run.partition else ""
+    return BuildError(f"{run.job}{where} failed (run {result.run_id}): {detail}")
+
+
 def _step_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
-    """What the steps of a build's run logged as warnings (``context.log.warning``: the app export's warnings, the
-    training JPEG removal's notes, a step that waited for another run, ...), in order, each once. The build runs
-    Dagster with the console logger at CRITICAL (``QUIET_LOGS``), so these reach the user only through the build's
-    ``warn`` (``pickapic build`` prints each on stderr, as it prints the build's own warnings; review rev31a: the
-    removal's notes, nothing removed because another home writes into the store or a feature stage was running,
-    reached no one). A run whose log cannot be read gives none (the run in ``pickapic ui`` still has them)."""
-    import logging
+    """What the steps of a build's run warned of (``steplog.step_warning``: the app export's warnings, the training
+    JPEG removal's notes, a step that waited for another run, ...), in order, each once. The build runs Dagster with
+    the console logger at CRITICAL (``QUIET_LOGS``), so these reach the user only through the build's ``warn``
+    (``pickapic build`` prints each on stderr, as it prints the build's own warnings; review rev31a: the removal's
+    notes, nothing removed because another home writes into the store or a feature stage was running, reached no
+    one). Only the project's own warnings: Dagster's messages about the steps it skipped after a failure, its other
+    warnings, and a step's errors (the "not enough data" refusal, which the build's error line states) are not
+    (review rev31i; ``steplog.project_warning``). A run whose log cannot be read gives none (the run in ``pickapic
+    ui`` still has them)."""
+    from dagster_project.steplog import project_warning
 
     try:
         entries = instance.all_logs(run_id)
@@ -711,14 +729,15 @@ def _step_warnings(instance: dg.DagsterInstance, run_id: str) -> list[str]:
         return []
     seen: dict[str, None] = {}
     for entry in entries:
-        if entry.dagster_event is None and entry.step_key is not None and entry.level >= logging.WARNING \
-                and entry.user_message:
-            seen.setdefault(entry.user_message, None)
+        if entry.dagster_event is None and entry.step_key is not None:
+            message = project_warning(entry.level, entry.user_message)
+            if message is not None:
+                seen.setdefault(message, None)
     return list(seen)
 
 
-def _raise_not_enough_data(result, home: DataHome) -> None:
-    """Turn a failed trainability check into the plain "not enough data" message."""
+def _not_enough_data(result, home: DataHome) -> NotEnoughDataError | None:
+    """A failed trainability check as the plain "not enough data" error (None when the check did not fail)."""
     from dagster_project.assets.splits import TRAINABLE_CHECK
 
     for event in result.all_events:
@@ -729,7 +748,8 @@ def _raise_not_enough_data(result, home: DataHome) -> None:
             kept = (f"latest stays at {latest.resolve().name}" if dataset.is_published(home)
                     else "no version has been published yet")
             why = data.description or "a split is empty"
-            raise NotEnoughDataError(f"{why}. Nothing was published; {kept}.")
+            return NotEnoughDataError(f"{why}. Nothing was published; {kept}.")
+    return None
 
 
 def _root_cause(error) -> str:

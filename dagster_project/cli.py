@@ -135,14 +135,9 @@ def _cmd_build(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     # the database may have changed without a trace in the home: --from-app-db always exports and plans
     plain = not (args.force or args.start or args.end or args.dry_run or args.from_app_db)
-    shown_warnings: set[str] = set()
+    from dagster_project.steplog import stderr_warner
 
-    def warn(message: str) -> None:   # it may quote a raw-zone entry's name: shown (once), never acting on the terminal
-        from formats.text import terminal_text
-
-        if message not in shown_warnings:
-            shown_warnings.add(message)
-            print(f"warning: {terminal_text(message)}", file=sys.stderr)
+    warn = stderr_warner()   # it may quote a raw-zone entry's name: shown (once), never acting on the terminal
 
     from pipelines.ingest import rawrecord
 

@@ -103,6 +103,7 @@ def _print_summary(console: Console, home: DataHome, summary: dict[str, Any], se
 def run_demo(args: argparse.Namespace) -> int:
     """Simulate -> write the demo settings -> build (all assets, model included) -> print the summary."""
     from dagster_project.build import build, select_days
+    from dagster_project.steplog import stderr_warner
     from formats.settings import write_settings
     from simulator import SimConfig, simulate
 
@@ -122,7 +123,9 @@ def run_demo(args: argparse.Namespace) -> int:
     console.print(f"[bold]2/3[/bold] building {len(days)} partitions through Dagster (ingest, Beam features, "
                   "curation, splits, shards) and training the preference model")
     with build_progress(None) as progress:
-        build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)))
+        # what the build and its steps warn of, on stderr as `pickapic build` shows it (a fresh home: nothing)
+        build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)),
+              warn=stderr_warner())
     console.print("[bold]3/3[/bold] summary")
     summary = demo_summary(home)
     _print_summary(Console(), home, summary, time.perf_counter() - started)

@@ -27,6 +27,7 @@ from typing import Callable, Iterable, Sequence
 import dagster as dg
 from dagster._core.events import DagsterEventType
 
+from dagster_project.steplog import step_warning
 from dagster_project.versions import (
     BY_NAME,
     DAILY,
@@ -151,9 +152,9 @@ def settled_version(context, before: str, after: str) -> str:
     built from older ones. ``before`` is what it read, or older: at worst the asset looks stale and
     runs once more. A difference is logged."""
     if before != after:
-        context.log.warning("the inputs' recorded versions changed while this step ran (another run "
-                            "materialized an upstream asset): recording the versions it started from, so the "
-                            "asset shows stale and the next build or tick runs it again")
+        step_warning(context.log, "the inputs' recorded versions changed while this step ran (another run "
+                                  "materialized an upstream asset): recording the versions it started from, so "
+                                  "the asset shows stale and the next build or tick runs it again")
     return before
 
 

@@ -5,6 +5,7 @@ from dagster_project.partitions import daily
 from dagster_project.resources import AppDatabase, PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
+from dagster_project.steplog import step_warning
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.appdb.export import export_day
 
@@ -23,7 +24,7 @@ def app_export(context: dg.AssetExecutionContext, config: AppExportRunConfig, ap
     report = export_day(home, app_db.dsn, context.partition_key, settings, image_store=app_db.store(),
                         source=app_db.dsn_source, progress=context.log.info)
     for warning in report.warnings:
-        context.log.warning(warning)
+        step_warning(context.log, warning)
     metadata = report.metadata()
     metadata["files"] = dg.MetadataValue.md(metadata["files"])
     # the content of the day's files: equal to the raw day's version that ingest reads, whatever wrote them

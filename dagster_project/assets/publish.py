@@ -13,6 +13,7 @@ from dagster_project.metadata import report_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config, stage_config_of_run
 from dagster_project.staleness import version_at_start
+from dagster_project.steplog import step_warning
 from dagster_project.versions import CODE_VERSIONS
 from pipelines.features.trainjpegs import prune_training_jpegs
 from pipelines.publish.version import publish_dataset, version_views
@@ -42,7 +43,7 @@ def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfi
         context.log.info(f"removed {pruned.removed} training JPEG(s) no warehouse day needs any more "
                          f"({pruned.removed_bytes} bytes; {pruned.cache_entries_removed} digest cache entries)")
     for note in pruned.notes:     # a warning: `pickapic build` shows each on stderr (review rev31a)
-        context.log.warning(note)
+        step_warning(context.log, note)
     yield dg.MaterializeResult(metadata=report_metadata(report), data_version=dg.DataVersion(version))
     if report.contract_results:   # the gate's own results, on these very files: every rule once a night, not twice
         yield from check_results(report.contract_results, asset=ASSET)

@@ -8,6 +8,7 @@ from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import version_at_start
+from dagster_project.steplog import step_warner
 from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
 from pipelines.splits.assign import build_splits
 
@@ -33,7 +34,7 @@ def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_
     home = data_home.home()
     settings = stage_config("splits", config, home, context)
     settle = version_at_start(context, "splits", home, settings)
-    report = build_splits(home, settings, log=context.log.warning)  # says so when it waits for another run
+    report = build_splits(home, settings, log=step_warner(context.log))  # says so when it waits for another run
     chart = split_sizes(str(home.table_file("split_pairs")))
     version = settle()
     if report.problems:  # a version no trainer can use must not flow on to publish

@@ -236,13 +236,14 @@ def test_built_from_export_needs_the_record_and_the_ingested_files_to_agree(post
 
 def test_a_runs_step_warnings_are_read_back_once_each_and_nothing_else():
     from dagster_project.build import QUIET_LOGS, _step_warnings
+    from dagster_project.steplog import step_warning
 
     @dg.op
-    def noisy(context):
+    def noisy(context):   # fix31i: a step's own warnings carry the project's tag (steplog.step_warning)
         context.log.info("an info line")
-        context.log.warning("training JPEGs not pruned: a note")
-        context.log.warning("training JPEGs not pruned: a note")
-        context.log.warning("another note")
+        step_warning(context.log, "training JPEGs not pruned: a note")
+        step_warning(context.log, "training JPEGs not pruned: a note")
+        step_warning(context.log, "another note")
 
     @dg.job
     def job():

@@ -32,7 +32,10 @@ worker an operator ended with ``kill`` (SIGTERM, which it skips as the pool's ow
 statements would exec its first (Beam's own command is one).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix31i, ``tests/unit/test_fix31i.py``: a step's own
+warnings carry the project's tag, ``dagster_project/steplog.py``, and only those, at WARNING, reach ``warn``; a
+warning the build's error states is not told again; ``pickapic demo`` gives its build the same ``warn``) and their
+markers removed.
 """
 from __future__ import annotations
 
@@ -79,10 +82,6 @@ def refused_build(tmp_path_factory) -> subprocess.CompletedProcess:
 # --- 1. Dagster's own step-skipping messages printed as the build's warnings ------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rev31i: _step_warnings keeps every non-event log entry of a step at WARNING "
-                                       "or above, and Dagster logs its own 'Dependencies for step X failed ... Not "
-                                       "executing.' so: every failed build prints them, internal step keys "
-                                       "(freshness_check_<hash>) included, as 'warning:' lines")
 def test_a_failed_build_prints_no_dagster_internal_step_messages(refused_build) -> None:
     err = refused_build.stderr
     # what fix31a shows is what the project's steps warn of (context.log.warning), not Dagster's bookkeeping of the
@@ -95,10 +94,6 @@ def test_a_failed_build_prints_no_dagster_internal_step_messages(refused_build) 
 # --- 2. the "not enough data" reason printed twice --------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="rev31i: split_pairs logs its refusal with context.log.error, which "
-                                       "_step_warnings (level >= WARNING) now prints as a 'warning:' before the "
-                                       "build's error says the same reason again: the one plain 'not enough data' "
-                                       "line (rev30f) became two, the whole (long) reason repeated")
 def test_a_build_refused_for_too_little_data_says_why_once(refused_build) -> None:
     err = refused_build.stderr
     assert err.count("not enough data to publish") == 1, err
