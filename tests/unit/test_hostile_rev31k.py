@@ -12,7 +12,9 @@ from the descriptor it ``fstat``-ed, so a file replaced between stat and read is
 or the new one judged again: no stat/read race; a cache exactly at the bound is read, one byte more is none. The
 raw zone's own notion of a day (``rawzone.day_of_folder``) refuses impossible dates, and ``uidindex.pruned_days``
 uses it. A day that becomes complete later loses its ``settled`` flag: ``_valid_copies_entry`` compares the flag,
-so the cache is not trusted and the day is judged again (the nightly and the raw-day sensor both plan with
+so the cache is not trusted and the day is judged again (driven: a risky row of an incomplete day A copied by a
+later day B, both "same" while A is settled, both "changed" once A's last file lands, warm cache and cold alike;
+the nightly and the raw-day sensor both plan with
 ``plan_complete_days``, on the same clock). Cache files written by the nightly's plan (incomplete days settled)
 and read by the build stamp (incomplete days run) disagree on the flag and are judged again whole at each
 alternation: slower, not wrong (not filed).
