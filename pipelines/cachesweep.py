@@ -11,7 +11,14 @@ from formats.home import DataHome
 from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively
 from formats.rawzone import RAW_ZONE_SAID
 from pipelines import provenance
-from pipelines.appdb.export import COUNTS_CACHE, LATE_MARKERS, UNDATED_STATE, WRITTEN_RECORDS
+from pipelines.appdb.export import (
+    COUNTS_CACHE,
+    LATE_MARKERS,
+    SNAPSHOT_ORDER,
+    TICKET_CLOCK,
+    UNDATED_STATE,
+    WRITTEN_RECORDS,
+)
 from pipelines.features.blobidentity import record_path as identity_record
 from pipelines.ingest.earlierimages import DAYS_CACHE
 from pipelines.ingest.earlierimages import record_path as earlier_record
@@ -24,9 +31,9 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
     """Remove the temporary files (``.NAME.<hex>.tmp``) that the disposable caches' writers killed mid-write left in
     ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
     per-day records), the raw image-uid index's and the blob identity records'; and (review rev31c: each kill
-    left one for good) the waiting image uids', the app export's (its undated ids, per-day counts, written records
-    and late markers) and the raw-zone sensor's memory; ``also``: more cache files whose writers write the same
-    way (the build stamp). Their writers (a plan, a check, any day's ingest, export or
+    left one for good) the waiting image uids', the app export's (its undated ids, per-day counts, written records,
+    late markers, snapshot tickets and their clock) and the raw-zone sensor's memory; ``also``: more cache files
+    whose writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest, export or
     features run, a sensor: no stage lock they share) write only while holding the cache-writers lock shared
     (:func:`pipelines.provenance.writing_cache`), so this sweeps only while it is free
     (:func:`formats.locks.sweep_exclusively`: never waits, sweeps nothing while one writes) and no live writer's
@@ -34,14 +41,15 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
     Returns notes on what was left."""
     caches = [home.cache / name for name in (provenance.RAW_DIGESTS_CACHE, provenance._MISSING_CACHE,
                                              provenance._COPIES_CACHE, DAYS_CACHE, WAITING_CACHE, UNDATED_STATE,
-                                             RAW_ZONE_SAID)]
+                                             RAW_ZONE_SAID, f"{SNAPSHOT_ORDER}/{TICKET_CLOCK}")]
     folders = [(home.raw_image_uid_index("0000-00-00").parent, provenance.DAY_RECORD, True),   # written through a link
                (earlier_record(home, "0000-00-00").parent, provenance.DAY_RECORD, True),
                (identity_record(home, "0000-00-00").parent, provenance.DAY_RECORD, False),   # never (rev29e)
                # the app export's per-day records (written through a link at their folder, as the caches above)
                (home.cache / COUNTS_CACHE, DAY_FILE + r"\.json", True),
                (home.cache / WRITTEN_RECORDS, DAY_FILE + r"\.json", True),
-               (home.cache / LATE_MARKERS, DAY_FILE, True)]
+               (home.cache / LATE_MARKERS, DAY_FILE, True),
+               (home.cache / SNAPSHOT_ORDER, DAY_FILE + r"\.json", True)]   # the exports' tickets (rev31e, rev31h)
     return sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (
         sweep_temps_of([*caches, *also])
         + [note for folder, final, follow in folders

@@ -56,7 +56,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from formats import rawlines
 from formats.files import lstat_or_none, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
-from formats.locks import hold_lock
+from formats.locks import LockFileRefused, hold_lock
 from formats.progress import Progress, silent
 from formats.rawzone import EXPORT_STAGING, staging_in_use
 from formats.settings import check_fields, knob, load
@@ -159,6 +159,10 @@ class AppExportReport:
         """JSON-able values and a markdown table for the orchestrator (no password: the server has none)."""
         rows = "\n".join(f"| {t} | {e.rows} | {e.bytes} | {'yes' if e.changed else 'no'} | `{e.sha256[:16]}` |"
                          for t, e in self.tables.items())
+        files = "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows
+        if self.published == "superseded":      # review rev31h: no file of its own to show (see its warning)
+            files = ("none published: another export of the day published a newer snapshot, whose files the day "
+                     "holds (see the warnings)")
         return {
             "day": self.day, "published": self.published, "changed_tables": ", ".join(self.changed_tables) or "none",
             "rows": sum(e.rows for e in self.tables.values()),
@@ -172,7 +176,7 @@ class AppExportReport:
             "late_days": ", ".join(sorted(self.late)) or "none",
             "kept_rows": sum(info["rows"] for info in self.kept.values()),
             "warnings": "\n".join(self.warnings) or "none",
-            "files": "| table | rows | bytes | changed | sha256 |\n|---|---:|---:|---|---|\n" + rows,
+            "files": files,
         }
 
     def as_dict(self) -> dict:
@@ -1069,18 +1073,57 @@ def _snapshot_order_path(home: DataHome, day: str) -> Path:
     return home.cache / SNAPSHOT_ORDER / f"dt={day}.json"
 
 
-def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
-    """``day``'s record of its exports' tickets: the last one taken and the one whose snapshot the day holds
-    (0 where none is recorded; anything the export did not write reads as none)."""
-    data = read_small_file(_snapshot_order_path(home, day), SNAPSHOT_ORDER_MAX_BYTES)
+# review rev31h: one clock for the tickets of every day's snapshots and of the late markers, so a marker set on a day
+# by another day's export is ordered against the snapshots of that day's exports (see mark_late)
+TICKET_CLOCK = "clock.json"               # HOME/cache/SNAPSHOT_ORDER/<this>: {"last": the last ticket drawn}
+TICKETS_LOCK = "app-export-tickets.lock"  # HOME/.locks/<this>: held to draw a ticket and to set or clear a marker
+
+
+@contextlib.contextmanager
+def tickets_lock(home: DataHome) -> Iterator[None]:
+    """Hold ``HOME/.locks/app-export-tickets.lock``: a ticket drawn, a late marker set or cleared (never held
+    across a database statement, and no other lock is taken under it)."""
+    with hold_lock(home.locks / TICKETS_LOCK, "the app export's tickets", lambda _holder: None):
+        yield
+
+
+def _read_ticket(data: bytes | None, name: str) -> int:
+    """The ticket ``name`` of a record the export wrote (0 where none is readable)."""
     try:
         record = json.loads(data) if data is not None else {}
     except (ValueError, RecursionError):
         record = {}
-    if not isinstance(record, dict):
-        record = {}
-    return {name: value if type(value := record.get(name)) is int and 0 <= value < (1 << 63) else 0
-            for name in ("taken", "published")}
+    value = record.get(name) if isinstance(record, dict) else None
+    return value if type(value) is int and 0 <= value < (1 << 63) else 0
+
+
+def last_ticket(home: DataHome) -> int:
+    """The last ticket the clock gave (0: none recorded)."""
+    return _read_ticket(read_small_file(home.cache / SNAPSHOT_ORDER / TICKET_CLOCK, SNAPSHOT_ORDER_MAX_BYTES), "last")
+
+
+def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
+    """A ticket larger than any the clock gave before (the time in nanoseconds, else one past the last, so a
+    clock set back still counts up) and at least ``at_least``; the caller holds :func:`tickets_lock`. Returns
+    (ticket, '' or a warning saying it could not be recorded)."""
+    ticket = max(time.time_ns(), last_ticket(home) + 1, at_least)
+    path = home.cache / SNAPSHOT_ORDER / TICKET_CLOCK
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
+            write_bytes_atomic(path, json.dumps({"last": ticket}).encode("utf-8"))
+    except OSError as exc:
+        return ticket, (f"the app export's ticket clock could not be recorded in {path} ({exc.strerror or exc}): an "
+                        "export that overlaps this one is not kept from publishing an older snapshot or clearing a "
+                        "newer late marker")
+    return ticket, ""
+
+
+def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
+    """``day``'s record of its exports' tickets: the last one taken and the one whose snapshot the day holds
+    (0 where none is recorded; anything the export did not write reads as none)."""
+    data = read_small_file(_snapshot_order_path(home, day), SNAPSHOT_ORDER_MAX_BYTES)
+    return {name: _read_ticket(data, name) for name in ("taken", "published")}
 
 
 def _write_snapshot_order(home: DataHome, day: str, record: dict[str, int]) -> str:
@@ -1088,7 +1131,8 @@ def _write_snapshot_order(home: DataHome, day: str, record: dict[str, int]) -> s
     path = _snapshot_order_path(home, day)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+        with writing_cache(home):   # swept under it (pipelines.cachesweep)
+            write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
     except OSError as exc:
         return (f"day {day}: the order of its exports could not be recorded in {path} ({exc.strerror or exc}): an "
                 "export of the day that overlaps this one is not kept from publishing an older snapshot")
@@ -1100,14 +1144,17 @@ def take_snapshot(conn: psycopg.Connection, home: DataHome, day: str) -> tuple[i
     the end) under ``day``'s export lock, with a ticket that orders it among the day's exports: larger than any
     taken before (a clock in nanoseconds, and one past the last recorded, so a clock set back still counts up).
     Two exports of a day against one database: the larger ticket holds the newer snapshot (one taken after the
-    other's, which sees every commit the other saw). Returns (ticket, '' or a warning)."""
+    other's, which sees every commit the other saw). Review rev31h: the ticket comes from the clock every day's
+    exports and late markers share (:func:`draw_ticket`), drawn before the snapshot, so a late marker with a
+    smaller ticket was set before this snapshot was taken (:func:`mark_late`). Returns (ticket, '' or a warning)."""
     with day_export_lock(home, day):
         record = snapshot_order(home, day)
-        ticket = max(time.time_ns(), record["taken"] + 1, record["published"] + 1)
+        with tickets_lock(home):
+            ticket, clock_warning = draw_ticket(home, max(record["taken"], record["published"]) + 1)
         record["taken"] = ticket
         warning = _write_snapshot_order(home, day, record)
         conn.execute("SELECT 1")
-    return ticket, warning
+    return ticket, warning or clock_warning
 
 
 def superseded_warning(day: str, published: int, ticket: int) -> str:
@@ -1252,6 +1299,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             if superseded:
                 report.published = "superseded"
                 report.warnings.append(superseded_warning(day, order["published"], ticket))
+                # review rev31h: it published no file: its report names none (they were the staged files' counts)
+                report.tables, report.kept = {}, {}
             else:
                 _publish(home, day, staging, report)
                 order["published"] = ticket
@@ -1261,7 +1310,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 # review rev29i: what the export left in the day, so a ranged build may re-export it once the app
                 # holds no row on it (an erased account), and never a day it did not write (written_by_export)
                 record_written(home, day, report)
-                report.warnings += filter(None, [mark_late(home, day, False)])  # from this snapshot: whole again
+                # from this snapshot: whole again, and so is each checked day found whole; review rev31h: only
+                # the markers set before this snapshot was taken (a later one stands for rows it may not hold)
+                report.warnings += filter(None, [mark_late(home, day, False, ticket)])
+                report.warnings += late_check.clear_whole(home, ticket)
             dated, marked = dated_warning(home, undated_watch.dated)
             # a row dated since it was reported undated, or one this day no longer holds that the app dates to
             # another day (review rev29h): that day is re-exported
@@ -2499,26 +2551,58 @@ def _record_checked(home: DataHome, day: str, table: str, counted: list[int], ch
     _write_counts_cache(home, cache_file, cached)
 
 
-def mark_late(home: DataHome, day: str, late: bool) -> str:
+LATE_MARKER_MAX_BYTES = 4 << 10          # a marker is ~30 bytes; a larger file is not the export's
+
+
+def late_marker_file(home: DataHome, day: str) -> Path:
+    return home.cache / LATE_MARKERS / f"dt={day}"
+
+
+def marker_ticket(home: DataHome, day: str) -> int | None:
+    """When ``day``'s late marker was set, on the tickets' clock: None where there is no marker; the ticket it
+    records (review rev31h), else its modification time in nanoseconds, the time the tickets count by: a marker
+    written before fix31h (an empty file), one the export did not write, or a ticket the clock never reached
+    (larger than its last: not the clock's). Raises OSError where the marker's folder cannot be read."""
+    marker = late_marker_file(home, day)
+    info = lstat_or_none(marker)
+    if info is None:
+        return None
+    ticket = _read_ticket(read_small_file(marker, LATE_MARKER_MAX_BYTES), "ticket")
+    return ticket if 0 < ticket <= last_ticket(home) else info.st_mtime_ns
+
+
+def mark_late(home: DataHome, day: str, late: bool, ticket: int | None = None) -> str:
     """Set or clear the marker saying that ``day``'s raw files lack rows the database holds
     (``app_export_schedule`` re-exports the marked days: :func:`late_days`). Returns '' or a warning saying the
     marker could not be set or cleared (review rev31e: an OS error was swallowed, and a day whose rows only the
-    schedule's re-export brings was never exported, with nothing said)."""
-    marker = home.cache / LATE_MARKERS / f"dt={day}"
+    schedule's re-export brings was never exported, with nothing said).
+
+    Review rev31h: a marker records when it was set, a ticket of the clock the snapshots' tickets come from
+    (:func:`draw_ticket`, drawn as it is set: larger than the ticket of every snapshot taken before), and an
+    export clears it only with a larger ``ticket`` (its snapshot taken after the marker was set, so it sees every
+    row the export that set it saw): before, an export clearing a marker from an older snapshot lost the row the
+    marker stood for (a row moved into the day after that snapshot). A marker with no ticket (written before
+    fix31h) counts as set at its modification time (:func:`marker_ticket`). ``ticket`` None clears whatever is
+    there (an operator's clear, not an export's)."""
+    marker = late_marker_file(home, day)
     try:
-        if late:
-            marker.parent.mkdir(parents=True, exist_ok=True)
-            with writing_cache(home):   # swept under it (pipelines.cachesweep)
-                write_bytes_atomic(marker, b"")
-        else:
-            marker.unlink(missing_ok=True)
-    except OSError as exc:
+        with tickets_lock(home):
+            if late:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                order = snapshot_order(home, day)
+                stamp, _ = draw_ticket(home, max(order["taken"], order["published"]) + 1)
+                with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
+                    write_bytes_atomic(marker, json.dumps({"ticket": stamp}).encode("utf-8"))
+            elif ticket is None or (set_at := marker_ticket(home, day)) is None or set_at < ticket:
+                marker.unlink(missing_ok=True)
+    except (OSError, LockFileRefused) as exc:
+        reason = exc.strerror or exc if isinstance(exc, OSError) else exc
         if late:
             return (f"day {day} holds fewer rows than the app database, but its marker {marker} could not be written "
-                    f"({exc.strerror or exc}): the schedule does not re-export it; export it now: pickapic build "
+                    f"({reason}): the schedule does not re-export it; export it now: pickapic build "
                     f"--from-app-db --from {day} --to {day}")
         return (f"day {day} was exported whole, but its late marker {marker} could not be removed "
-                f"({exc.strerror or exc}): the schedule re-exports the day once more")
+                f"({reason}): the schedule re-exports the day once more")
     return ""
 
 
@@ -2583,6 +2667,7 @@ class LateCheck:
     users_snapshot: bool = True
     moved: dict[str, dict[str, list]] = field(default_factory=dict)   # table -> new day -> [rows, first ids]
     notes: list[str] = field(default_factory=list)                   # markers not set or cleared (mark_late)
+    whole: list[str] = field(default_factory=list)   # checked days found whole: their markers go (clear_whole)
 
     def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
         """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
@@ -2621,11 +2706,21 @@ class LateCheck:
             if self.spill is not None:
                 self.spill.close()
         for checked_day in self.checked_days:
-            self.notes += filter(None, [mark_late(home, checked_day, checked_day in found)])
+            if checked_day in found:
+                self.notes += filter(None, [mark_late(home, checked_day, True)])
+            else:
+                self.whole.append(checked_day)
         for new_day in moved_days(raw_days, self.moved):
             if new_day not in self.checked_days:      # a checked day lacking the row is late itself
                 self.notes += filter(None, [mark_late(home, new_day, True)])
         return {d: found[d] for d in sorted(found)}
+
+    def clear_whole(self, home: DataHome, ticket: int) -> list[str]:
+        """Clear the markers of the checked days :meth:`finish` found whole, those set before the snapshot of
+        ``ticket`` (:func:`mark_late`); the warnings of those that could not be cleared. Review rev31h: called by
+        the export once it published its day (a superseded export clears no marker), never by :meth:`finish`,
+        which ran before the export knew whether its snapshot is the day's newest."""
+        return [line for line in (mark_late(home, whole_day, False, ticket) for whole_day in self.whole) if line]
 
     def _missing(self, home: DataHome, spill: _IdSpill) -> tuple[int | None, list[str], array.array]:
         """How many of the spilled ids the raw file lacks, the first FIRST_IDS of them (None: the raw file
@@ -2732,9 +2827,18 @@ def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExp
     the raw zone holds and the database no longer does (deleted since) are not reported: the raw zone keeps
     what was exported. Raw counts read before the snapshot can only be older than it: a day re-exported in
     between is at worst reported (and re-exported) once more."""
+    # review rev31h: a ticket drawn before the snapshot (none for a transaction already open: it clears nothing)
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    if idle:
+        with tickets_lock(home):
+            ticket = draw_ticket(home)[0]
+    else:
+        ticket = 0
     check = start_late_check(conn, home, day, config, raw_before)
     conn.rollback()
-    return check.finish(home, conn)
+    found = check.finish(home, conn)
+    check.notes += check.clear_whole(home, ticket)
+    return found
 
 
 def _compare(database: tuple[int, int | None, int], raw: RawTableCounts) -> str:

@@ -165,6 +165,9 @@ def test_cache_sweep_covers_the_waiting_uids_the_app_exports_and_the_sensors_cac
                                                   "raw_zone_said")]
     temps += [_temp(home.cache / folder, f"dt={DAY}.json") for folder in ("app_export_counts", "app_export_written")]
     temps.append(_temp(home.cache / "app_export_late", f"dt={DAY}"))
+    # the exports' snapshot tickets and their clock (fix31e, fix31h; swept since their merge)
+    temps += [_temp(home.cache / "app_export_snapshots", f"dt={DAY}.json"),
+              _temp(home.cache / "app_export_snapshots", "clock.json")]
     keep = [_temp(home.cache / "app_export_late", "notes"), _temp(home.cache / "app_export_counts", f"dt={DAY}"),
             _temp(home.cache, "waiting_image_uids.json.old")]
     with writing_cache(home):        # a live writer: nothing swept

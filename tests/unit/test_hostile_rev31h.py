@@ -37,7 +37,10 @@ publish's renames and its ticket record lets an older overlapping export publish
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour. Both have one cause: a late marker (``HOME/cache/app_export_late/dt=DAY``) carries no
 order, so an export clears, from its older snapshot, a marker set after that snapshot by an export that saw newer
-rows; both lose a row from the raw zone for good (the day is past every later late-row check).
+rows; both lose a row from the raw zone for good (the day is past every later late-row check). Both were fixed the
+same day (fix31h, ``tests/unit/test_fix31h.py``) and their xfail markers removed: a marker records a ticket drawn
+as it is set from the clock every day's snapshot tickets come from, an export clears it only with a larger ticket,
+and the checked days found whole are cleared only once the export published (a superseded export clears none).
 """
 from __future__ import annotations
 
@@ -47,7 +50,6 @@ import json
 import os
 
 import psycopg
-import pytest
 
 from formats.home import DataHome
 from pipelines.appdb.export import AppExportConfig, export_day, late_days
@@ -82,9 +84,6 @@ def _next_night(home: DataHome, dsn: str, night: str) -> None:
 
 # --- 1. an export publishing an older snapshot clears the marker a moved row's new day was given since ---------------
 
-@pytest.mark.xfail(strict=True, reason="rev31h: an export of an old day whose snapshot predates a move clears, as it "
-                   "publishes, the marker another day's export set on that day for the moved row: the row is in no "
-                   "raw day, for good")
 def test_an_older_snapshot_never_clears_the_marker_of_a_row_moved_into_its_day(postgres_server,  # noqa: F811
                                                                              tmp_path):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
@@ -121,9 +120,6 @@ def test_an_older_snapshot_never_clears_the_marker_of_a_row_moved_into_its_day(p
 
 # --- 2. a superseded export clears a checked day's marker (README: it "clears no marker") ----------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev31h: a superseded export's late-row check clears, from its older snapshot, "
-                   "the marker the newer export set on a checked day (README: a superseded export 'clears no "
-                   "marker'): a late row on the check's oldest day is never exported")
 def test_a_superseded_export_clears_no_marker_of_a_checked_day(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     checked, day = "2023-03-04", "2023-03-20"           # 03-20's late-row check: 03-04 .. 03-17, 03-04 the oldest
