@@ -2466,6 +2466,20 @@ def _sha256_no_links(path: Path) -> tuple[list[int], str] | None:
         os.close(fd)
 
 
+def _written_record(home: DataHome, day: str) -> dict | None:
+    """``day``'s record of the files the export wrote (:func:`record_written`) as JSON gives it; None where there is
+    none or it is not a regular file the export wrote (a link never followed, a FIFO never waited on), too large,
+    not JSON or not an object."""
+    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
+    if data is None:
+        return None
+    try:
+        record = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
 def written_by_export(home: DataHome, day: str) -> bool:
     """Whether every app-table file ``raw/app_logs/dt=DAY/`` holds is as an export of the app database left it
     (:func:`record_written`): the same size, mtime, inode and sha256 (its bytes read again). False for a day without a record (a
@@ -2474,14 +2488,8 @@ def written_by_export(home: DataHome, day: str) -> bool:
     export wrote (a link is never followed, a FIFO never waited on: ``read_small_file``), too large or malformed.
     Review rev29i: a ranged build re-exports a raw day the app holds no row on only when this is true, so it
     never empties a day whose rows the app export did not write."""
-    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
-    if data is None:
-        return False
-    try:
-        record = json.loads(data)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(record, dict):
+    record = _written_record(home, day)
+    if record is None:
         return False
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
@@ -2507,14 +2515,8 @@ def built_from_export(home: DataHome, day: str) -> bool:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
-    if data is None:
-        return False
-    try:
-        record = json.loads(data)
-    except (ValueError, RecursionError):
-        return False
-    if not isinstance(record, dict) or not record:
+    record = _written_record(home, day)
+    if not record:
         return False
     written: dict[str, str] = {}
     for table, entry in record.items():
