@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from dagster_project.versions import CODE_VERSIONS
+from dagster_project.versions import code_versions
 from formats import dataset
 from formats.files import write_bytes_atomic
 from formats.home import DataHome
@@ -79,9 +79,10 @@ def _key(inputs: list, outputs: list, watches: list, stale: bool | None = None) 
 
 
 def _inputs(home: DataHome, assignments: Iterable[str], config_file: Path | None, with_model: bool) -> list:
-    """What the build reads and does not write: code versions, settings, the raw zone, the moderation lists."""
+    """What the build reads and does not write: code versions (the card's in the publish's: review rev31l),
+    settings, the raw zone, the moderation lists."""
     assignments = list(assignments)
-    return [CODE_VERSIONS, _file_text(settings_path(home.root)), assignments, _file_text(config_file), with_model,
+    return [code_versions(), _file_text(settings_path(home.root)), assignments, _file_text(config_file), with_model,
             raw_stats(home), _moderation_elsewhere(home, assignments, config_file)]
 
 

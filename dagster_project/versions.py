@@ -4,6 +4,11 @@ Each stage's data version is :func:`pipelines.provenance.combine` of its name, i
 digest of its output-affecting settings and the data versions of its inputs (see
 ``pipelines/provenance.py``). Bump a stage's code version whenever a code change alters what the stage
 writes for the same input: every build after that recomputes the stage and everything downstream.
+
+A stage's code version as the build planner, the build stamp and Dagster see it is :func:`code_version`: the
+entry of ``CODE_VERSIONS`` and, for the publish, the data card's own code version
+(``pipelines.publish.datacard.CARD_VERSION``, bumped with any change of the card's text), so a card-only change
+makes the publish step stale (review rev31l: the planner found it fresh and no build published the new card).
 """
 from __future__ import annotations
 
@@ -134,6 +139,27 @@ FAILED_SUFFIX = "-failed-checks"
 LATE_MARK = "+late:"
 
 
+CARD_MARK = "+card:"   # the publish's code version: CODE_VERSIONS["publish"] + CARD_MARK + the card's code version
+
+
+def code_version(name: str) -> str:
+    """The code version of stage ``name`` as the build planner, the build stamp and Dagster see it: its entry of
+    ``CODE_VERSIONS``; for the publish also the data card's code version (``datacard.CARD_VERSION``, hashed into the
+    published version id), so bumping either makes the step stale (review rev31l)."""
+    version = CODE_VERSIONS[name]
+    if name == "publish":
+        # read when asked, not at import (the card's module imports pyarrow.compute): this module stays cheap
+        from pipelines.publish import datacard
+
+        version += CARD_MARK + str(datacard.CARD_VERSION)
+    return version
+
+
+def code_versions() -> dict[str, str]:
+    """Every stage's :func:`code_version` (what the build stamp records)."""
+    return {name: code_version(name) for name in CODE_VERSIONS}
+
+
 def late_days_of(version: str | None) -> list[str]:
     """The later raw days a recorded ingest version says the day's output depends on."""
     if not version:
@@ -155,7 +181,7 @@ class Stage:
 
     @property
     def code_version(self) -> str:
-        return CODE_VERSIONS[self.name]
+        return code_version(self.name)
 
 
 STAGES: tuple[Stage, ...] = (

@@ -663,13 +663,16 @@ class TrainedLatest:
 
 
 def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | None = None,
-                 keep_runs: int = 0) -> TrainedLatest:
+                 keep_runs: int = 0, warn: Callable[[str], None] | None = None) -> TrainedLatest:
     """Train (or resume) on `latest` into its run folder unless ``config`` names other folders.
 
-    ``progress`` hears one line per logged step. A run into the home's own run folder (``config`` names no
-    ``output_dir``) is recorded as the newest run before it starts, and once it has finished the runs beyond
-    the newest ``keep_runs`` are deleted (:func:`apply_run_retention`; 0 keeps them all). Retention never fails
-    a training that finished: what it could not do is in the result's ``retention.left``.
+    ``progress`` hears one line per logged step. ``warn`` (``progress`` when None) hears the notes that are
+    problems: what run retention could not do, a run the record of runs does not hold, a diverged run trained over
+    (review rev31l: the Dagster step logged them at INFO, so ``pickapic build --with-model`` showed none). A run
+    into the home's own run folder (``config`` names no ``output_dir``) is recorded as the newest run before it
+    starts, and once it has finished the runs beyond the newest ``keep_runs`` are deleted
+    (:func:`apply_run_retention`; 0 keeps them all). Retention never fails a training that finished: what it could
+    not do is in the result's ``retention.left``.
 
     A ``data_dir`` names the version trained on (`latest` otherwise): without an ``output_dir`` the run folder is
     that version's own (``HOME/models/preference_model/<its name>``: a run folder always holds a model of the
@@ -679,11 +682,13 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     """
     from training.train import train
 
+    note = warn if warn is not None else progress
+
     def on_event(event: dict[str, Any]) -> None:
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
-        elif progress is not None and event.get("event") == "restart":   # a diverged run trained over
-            progress(str(event["message"]))
+        elif note is not None and event.get("event") == "restart":   # a diverged run trained over
+            note(str(event["message"]))
 
     with contextlib.ExitStack() as reading:
         if config.output_dir:
@@ -700,8 +705,8 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
                                  "it trains on; give output_dir too (a folder outside the home's pipeline folders)")
             config = config.replace(data_dir=str(version_dir), output_dir=str(run_dir(home, version_dir)))
             problem = _record_run(home, version_dir.name)
-            if problem and progress is not None:
-                progress(problem)
+            if problem and note is not None:
+                note(problem)
             result = train(config, on_event=on_event)
     try:   # retention protects `latest`'s run itself, read with the runs lock held (it may have moved meanwhile)
         retention = apply_run_retention(home, keep_runs, {version_dir.name})
@@ -711,8 +716,9 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     if progress is not None:
         for name in retention.deleted:
             progress(f"deleted the model run {name} (models.keep_runs = {keep_runs})")
+    if note is not None:   # what retention could not do: the runs are no longer bounded by keep_runs
         for name, why in retention.left.items():
-            progress(why if name in ("*", "record") else f"model run {name}: {why}")
+            note(why if name in ("*", "record") else f"model run {name}: {why}")
     return TrainedLatest(version_dir, config, result, retention)
 
 

@@ -13,6 +13,7 @@ from dagster_project.metadata import png_markdown, report_metadata, to_metadata
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import runtime_version
+from dagster_project.steplog import step_warner
 from dagster_project.versions import CODE_VERSIONS
 from formats import dataset
 from formats.settings import load
@@ -38,8 +39,10 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
     home = data_home.home()
     keep_runs = load(home.root).config("models").keep_runs
+    # progress at INFO; what retention could not do, an unrecorded run, a diverged run trained over are warnings of
+    # the step: `pickapic build --with-model` prints each on stderr (review rev31l)
     trained = runs.train_latest(home, stage_config("train", config, home, context), progress=context.log.info,
-                                keep_runs=keep_runs)
+                                keep_runs=keep_runs, warn=step_warner(context.log))
     version_dir, train_config, result = trained.version_dir, trained.config, trained.result
     # the curve once, as a picture (``curve_png`` would embed it a second time)
     metadata = to_metadata({k: v for k, v in result.metadata().items() if k != "curve_png"})

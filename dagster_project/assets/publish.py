@@ -14,7 +14,7 @@ from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config, stage_config_of_run
 from dagster_project.staleness import version_at_start
 from dagster_project.steplog import step_warning
-from dagster_project.versions import CODE_VERSIONS
+from dagster_project.versions import code_version
 from pipelines.features.trainjpegs import prune_training_jpegs
 from pipelines.publish.version import publish_dataset, version_views
 
@@ -25,7 +25,7 @@ VERSION_DATASETS = tuple(version_views(Path(".")))
 
 
 @dg.asset(name=ASSET, deps=["split_pairs"], group_name="publish", kinds={"webdataset", "parquet"},
-          code_version=CODE_VERSIONS["publish"],
+          code_version=code_version("publish"),     # the card's code version in it (review rev31l)
           check_specs=check_specs(VERSION_DATASETS, asset=ASSET))
 def published_dataset(context: dg.AssetExecutionContext, config: PublishRunConfig, data_home: PickapicHome):
     """A new dataset version: tar shards, sidecars, sizes.json, manifest; `latest` points to it."""

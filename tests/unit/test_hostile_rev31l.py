@@ -39,7 +39,11 @@ error states); no realistic warning text was found that collides. ``meta/decisio
 into a card-only version (small here).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix31l, ``tests/unit/test_fix31l.py``) and their markers
+removed: the publish's code version as the planner, the build stamp and Dagster see it
+(``dagster_project.versions.code_version``) holds the card's code version, and the model step hands
+``train_latest`` a ``warn`` (``steplog.step_warner``) for what run retention could not do, an unrecorded run and a
+diverged run trained over.
 """
 from __future__ import annotations
 
@@ -48,9 +52,6 @@ from pathlib import Path
 import pytest
 
 
-@pytest.mark.xfail(strict=True, reason="rev31l: the build plans the publish step by CODE_VERSIONS['publish'] alone; a "
-                                       "CARD_VERSION bump (what README section 6 says to do on a card change) leaves "
-                                       "the step fresh, so pickapic build and the nightly never publish the new card")
 def test_a_card_version_bump_makes_the_publish_step_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README section 6: "bump it [CARD_VERSION] with any change of the card's text: a publish after the card's code
     changed makes a new version". But the publish only runs when the build planner finds the step stale, and the
@@ -78,9 +79,6 @@ def test_a_card_version_bump_makes_the_publish_step_stale(tmp_path: Path, monkey
     assert after != before, "the publish step's planned version ignores the card's code version: nothing is rebuilt"
 
 
-@pytest.mark.xfail(strict=True, reason="rev31l: the model step logs what run retention could not do at INFO "
-                                       "(progress=context.log.info), untagged: pickapic build --with-model shows "
-                                       "none of it, as the training JPEG removal's notes were before fix31a")
 def test_what_model_run_retention_could_not_do_reaches_the_build(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
                                                                  ) -> None:
     """The ``preference_model`` step (the real asset, materialized through Dagster on a real published version)
@@ -90,7 +88,11 @@ def test_what_model_run_retention_could_not_do_reaches_the_build(tmp_path: Path,
     as the training JPEG removal's "not pruned" ones, which review rev31a found reaching no one under ``pickapic
     build`` (Dagster's console at CRITICAL) and fix31a/fix31i made tagged step warnings. The model step's are
     logged at INFO without the tag, so ``build._step_warnings`` drops them: the build says nothing. Only the
-    training itself is stubbed (no CLIP trained in a unit test) and retention made to fail as a refused delete."""
+    training itself is stubbed (no CLIP trained in a unit test) and retention made to fail as a refused delete.
+
+    Changed with the fix (fix31l): the run's log holds the note behind the project's tag (``steplog.MARK``), as every
+    warning of a step does since fix31i; as filed, the first assertion looked for the untagged INFO line, which a
+    note routed through ``step_warning`` cannot be (``pickapic ui`` shows the tagged text)."""
     import errno
 
     import dagster as dg
@@ -100,6 +102,7 @@ def test_what_model_run_retention_could_not_do_reaches_the_build(tmp_path: Path,
     from dagster_project.assets.model import preference_model
     from dagster_project.build import QUIET_LOGS, _step_warnings
     from dagster_project.resources import PickapicHome
+    from dagster_project.steplog import MARK
     from pipelines.publish.config import PublishConfig
     from pipelines.publish.version import publish_dataset
     from training import runs
@@ -125,6 +128,6 @@ def test_what_model_run_retention_could_not_do_reaches_the_build(tmp_path: Path,
                                 resources={"data_home": PickapicHome(root=str(home.root))})
         assert result.success
         logged = [e.user_message for e in instance.all_logs(result.run_id) if e.dagster_event is None]
-        assert any(m.startswith("no model run was deleted: Permission denied") for m in logged), logged
+        assert any(m.startswith(MARK + "no model run was deleted: Permission denied") for m in logged), logged
         warned = _step_warnings(instance, result.run_id)
     assert any(m.startswith("no model run was deleted: Permission denied") for m in warned), warned
