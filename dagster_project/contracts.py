@@ -39,15 +39,15 @@ def check_specs(datasets: Iterable[str], asset: str | None = None) -> list[dg.As
     return specs
 
 
-def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, str | Path]:
-    """View name -> Parquet file (a Path) or glob (the home's path escaped in it) for every warehouse dataset
-    (one partition if given)."""
-    views: dict[str, str | Path] = {}
+def warehouse_views(home: DataHome, partition: str | None = None) -> dict[str, Path | list[Path]]:
+    """View name -> Parquet file (a Path) or a daily table's files (:meth:`DataHome.table_files`: its calendar
+    days' files, review rev31k) for every warehouse dataset (one partition if given)."""
+    views: dict[str, Path | list[Path]] = {}
     for dataset in SCHEMAS:
         if dataset in raw_schemas.SCHEMAS:   # the raw zone's JSON lines (raw_zone_problems is a warehouse table)
             continue
         if dataset in PARTITIONED:
-            views[dataset] = home.partition_file(dataset, partition) if partition else home.table_glob(dataset)
+            views[dataset] = home.partition_file(dataset, partition) if partition else home.table_files(dataset)
         else:
             views[dataset] = home.table_file(dataset)
     return views

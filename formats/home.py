@@ -1,13 +1,12 @@
 """The data home: one object that knows where every dataset lives (and nothing else does)."""
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats.rawzone import RawZoneScan, scan_raw_zone
+from formats.rawzone import RawZoneScan, day_of_folder, scan_raw_zone
 
 DEFAULT_HOME = "./data"
 ENV_VAR = "PICKAPIC_HOME"
@@ -19,7 +18,9 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return Path(chosen).expanduser().resolve()
 
 
-# the folders of a daily-partitioned table's days, as a glob (Python's and DuckDB's): dt=YYYY-MM-DD
+# the folders of a daily-partitioned table's days, as a glob (Python's and DuckDB's): dt=YYYY-MM-DD; the glob
+# checks digits only (it matches dt=2023-02-30): a day is a name it matches that is also a calendar date
+# (formats.rawzone.day_of_folder, DataHome.partition_days), and readers take DataHome.table_files (review rev31k)
 PARTITION_FOLDER_GLOB = "dt=" + "-".join("[0-9]" * n for n in (4, 2, 2))
 
 
@@ -91,29 +92,39 @@ class DataHome:
         return self.table_dir(dataset) / f"dt={day}" / "part-0.parquet"
 
     def partition_days(self, dataset: str) -> list[str]:
-        """The days of a daily-partitioned dataset: its folders named ``dt=YYYY-MM-DD``
-        (:data:`PARTITION_FOLDER_GLOB`, the folders every reader of the table reads: :meth:`table_glob`), sorted;
-        none when its folder is missing or unreadable. An operator's copy ``dt=DAY.bak`` (or any other name) is no
-        day (review rev31b: the feature stage copied rows from such a copy)."""
+        """The days of a daily-partitioned dataset: its folders named ``dt=YYYY-MM-DD`` with a calendar date, as
+        the raw zone judges a day's folder (:func:`formats.rawzone.day_of_folder`), sorted; none when its folder
+        is missing or unreadable. An operator's copy ``dt=DAY.bak`` (or any other name) is no day (review rev31b:
+        the feature stage copied rows from such a copy), nor is ``dt=2023-02-30`` (digits in the right places, no
+        date: review rev31k). Every reader of the table reads these days' files only (:meth:`table_files`)."""
         try:
             names = os.listdir(self.table_dir(dataset))
         except OSError:
             return []
-        return sorted(name[3:] for name in names if fnmatch.fnmatchcase(name, PARTITION_FOLDER_GLOB))
+        return sorted(day for day in map(_day_of, names) if day is not None)
+
+    def table_files(self, dataset: str) -> list[Path]:
+        """The Parquet files of a daily-partitioned dataset, what every reader of the table reads (DuckDB's views,
+        the publish's snapshots, the training JPEG prune): ``dt=DAY/*.parquet`` of each day of
+        :meth:`partition_days`, sorted by day then name. An explicit list, not a glob: a glob cannot tell
+        ``dt=2023-02-30`` (no calendar date) from a day, and read such a folder's rows into curation and the
+        published ``meta/images`` (review rev31k). A stray Parquet file inside a day's folder is still read
+        (curation's ``IngestNotReconciled`` names it and re-ingesting the day removes it); one elsewhere
+        (``old.parquet``, ``backup/dt=DAY/``, ``dt=DAY.bak/``) is not (review rev25i)."""
+        root = self.table_dir(dataset)
+        return [path for day in self.partition_days(dataset)
+                for path in sorted((root / f"dt={day}").glob("*.parquet"))]
 
     def table_file(self, dataset: str) -> Path:
         """Unpartitioned dataset file: ``warehouse/<dataset>/data.parquet``."""
         return self.table_dir(dataset) / "data.parquet"
 
     def table_glob(self, dataset: str) -> str:
-        """Glob matching the Parquet files of a daily-partitioned dataset where its stage writes them
-        (``dt=YYYY-MM-DD/*.parquet``, :meth:`partition_file`), for DuckDB's ``read_parquet`` and Python's
-        ``glob``: the home's own path is escaped (:func:`glob.escape`), so a home at ``/data/pickapic[1]/home``
-        matches its files, not a character class (review rev24c). Only folders named ``dt=`` and a date are read,
-        one level down (review rev25i: ``**/*.parquet`` read a stray ``old.parquet`` beside them, a
-        ``backup/dt=DAY/`` copy or a ``dt=DAY.bak`` folder as rows of the table, which no re-ingest removes, and
-        the last one failed curation with DuckDB's Binder Error); a stray Parquet file inside a day's folder is
-        still read (curation's ``IngestNotReconciled`` names it and re-ingesting the day removes it)."""
+        """Glob of the Parquet files of a daily-partitioned dataset's day folders (``dt=YYYY-MM-DD/*.parquet``,
+        :meth:`partition_file`), the home's own path escaped (:func:`glob.escape`: a home at
+        ``/data/pickapic[1]/home`` matches its files, not a character class, review rev24c). It checks digits
+        only, so it also matches a ``dt=2023-02-30`` folder (no calendar date): the pipeline's readers take
+        :meth:`table_files` instead (review rev31k); this pattern only shows where the files are."""
         return f"{glob.escape(str(self.table_dir(dataset)))}/{PARTITION_FOLDER_GLOB}/*.parquet"
 
     # content-addressed training JPEGs written by the feature stage
@@ -172,3 +183,8 @@ class DataHome:
             where = f"the {zone} zone" if zone else "the data home"
             raise ValueError(f"path {relpath!r} resolves outside {where}")
         return candidate
+
+
+def _day_of(name: str) -> str | None:
+    """The day of a partition folder's name, or None (:func:`formats.rawzone.day_of_folder`)."""
+    return day_of_folder(name)[0]

@@ -6,7 +6,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Collection, Mapping
+from typing import Collection, Mapping, Sequence
 
 import duckdb
 import pyarrow as pa
@@ -24,9 +24,10 @@ def sql_text(name: str) -> str:
     return resource.read_text(encoding="utf-8")
 
 
-def connect(views: Mapping[str, str | Path | pa.Table], *, threads: int | None = None,
+def connect(views: Mapping[str, str | Path | Sequence[Path] | pa.Table], *, threads: int | None = None,
             uniform: Collection[str] = (), required: Collection[str] = ()) -> duckdb.DuckDBPyConnection:
-    """In-memory DuckDB with one view per entry: a Parquet path/glob or an Arrow table (see :func:`register_views`)."""
+    """In-memory DuckDB with one view per entry: a Parquet path/glob, a list of files or an Arrow table (see
+    :func:`register_views`)."""
     con = offline_connection()
     if threads:
         con.execute(f"SET threads = {int(threads)}")
@@ -51,12 +52,13 @@ class NoFilesMatch(FileNotFoundError):
     """A view that must read files (``required``) whose path or glob matches none."""
 
 
-def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Path | pa.Table],
+def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Path | Sequence[Path] | pa.Table],
                    uniform: Collection[str] = (), required: Collection[str] = ()) -> None:
     """Register each view: an Arrow table as it is; a :class:`~pathlib.Path` is one file (its name taken
-    literally, whatever characters it holds); a ``str`` is a glob pattern whose literal parts are escaped
-    (:func:`glob_under`, :func:`literal_glob`), or a file's name where such a file exists. A path is read
-    with ``read_parquet``.
+    literally, whatever characters it holds); a list (or tuple) of paths is those files, each taken literally
+    (a daily table's files: :meth:`formats.home.DataHome.table_files`, review rev31k); a ``str`` is a glob
+    pattern whose literal parts are escaped (:func:`glob_under`, :func:`literal_glob`), or a file's name where
+    such a file exists. A path is read with ``read_parquet``.
 
     Where nothing matches, a view named in ``required`` is an error (:class:`NoFilesMatch`): a version's
     sidecars or prompt counts that match no file must never read as an empty table, which every contract
@@ -73,17 +75,23 @@ def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Pat
         if isinstance(source, pa.Table):
             con.register(name, source)
             continue
-        pattern = _pattern(source)
-        if _matches_nothing(pattern):
+        if isinstance(source, (list, tuple)):           # files just listed: an empty list matches nothing
+            patterns = [literal_glob(path) for path in source]
+            empty, shown = not patterns, "its list of files (empty)"
+        else:
+            patterns = [_pattern(source)]
+            empty = _matches_nothing(patterns[0])
+            shown = re.sub(r"\[([*?\[])\]", r"\1", patterns[0])      # the path as the user knows it
+        if empty:
             if name in required:
-                shown = re.sub(r"\[([*?\[])\]", r"\1", pattern)      # the path as the user knows it
                 raise NoFilesMatch(f"no file matches {shown} (the {name} table): it must have files, and is never "
                                    f"read as an empty table")
             con.register(name, get_schema(name).empty_table() if _known(name) else pa.table({}))
             continue
-        escaped = pattern.replace("'", "''")
+        listed = ", ".join("'" + pattern.replace("'", "''") + "'" for pattern in patterns)
+        files = f"[{listed}]" if isinstance(source, (list, tuple)) else listed
         union = "" if name in uniform else ", union_by_name = true"
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet('{escaped}'{union})")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({files}{union})")
 
 
 def _pattern(source: str | os.PathLike) -> str:

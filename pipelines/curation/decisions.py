@@ -476,11 +476,11 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     if not clusters.exists():
         raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
     views: dict[str, object] = {
-        "rankings": home.table_glob("rankings"),
-        "images": home.table_glob("images"),
-        "image_features": home.table_glob("image_features"),
-        "image_rejects": home.table_glob("image_rejects"),
-        "ingest_files": home.table_glob("ingest_files"),
+        "rankings": home.table_files("rankings"),
+        "images": home.table_files("images"),
+        "image_features": home.table_files("image_features"),
+        "image_rejects": home.table_files("image_rejects"),
+        "ingest_files": home.table_files("ingest_files"),
         "duplicate_clusters": clusters,
     }
     if with_decisions:

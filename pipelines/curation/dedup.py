@@ -605,7 +605,7 @@ def build_clusters(home: DataHome, config: DedupConfig = DedupConfig(),
     ``truth`` (a simulation's planted duplicates, a table or its ``duplicates.parquet``) adds precision and
     recall to the report; it is only ever given by the caller, never looked up in the home.
     """
-    con = connect({"image_features": home.table_glob("image_features")}, threads=config.threads or None)
+    con = connect({"image_features": home.table_files("image_features")}, threads=config.threads or None)
     clusters, report = cluster_features(con, config)
     recorded = json.dumps(config.output_fields(), sort_keys=True).encode("utf-8")
     with writing_table(home, "duplicate_clusters") as final:   # under the curation lock (review rev29b)
@@ -627,11 +627,9 @@ def main(argv: list[str] | None = None) -> None:
     home = DataHome.at(args.home)
     # everything is checked before the table is written: the home's image_features (so a folder of other files
     # or a mistyped path is never made into a home), the settings, and the --truth file
-    import glob
-
     from formats.outputs import check_home_dir
 
-    if not glob.glob(home.table_glob("image_features"), recursive=True):   # the files build_clusters reads
+    if not home.table_files("image_features"):   # the files build_clusters reads
         check_home_dir(home)   # a file, a folder of other files, a folder inside a home: named as such
         raise FileNotFoundError(f"image_features not found under {home.table_dir('image_features')}: run the "
                                 "feature stage first (python -m pipelines.features --home H --day D, or pickapic "

@@ -185,14 +185,17 @@ def _entries(folder: Path) -> list[os.DirEntry]:
 
 
 def needed_keys(home: DataHome) -> set[str]:
-    """The training JPEG keys a warehouse day (``image_features``, every partition file), the home's
+    """The training JPEG keys a warehouse day (``image_features``, every file of a calendar day's partition:
+    :meth:`DataHome.table_files`), the home's
     ``split_pairs`` or an unfinished version (its sidecars) names; raises :class:`NotPruned` naming a file that
     cannot be read."""
     from formats.dataset import MANIFEST_FILE, VERSION_NAME
     from pipelines.publish.versions import STAGING_PREFIX, staging_root
 
     keys: set[str] = set()
-    for part in sorted(home.table_dir("image_features").glob("dt=*/*.parquet")):
+    # the table's calendar days only (DataHome.table_files): an operator's dt=DAY.bak copy is no day, and one
+    # taken before train_jpg_key existed stopped every prune (review rev31k)
+    for part in home.table_files("image_features"):
         keys.update(_column_values(part, ("train_jpg_key",)))
     split_pairs = home.table_file("split_pairs")
     if split_pairs.exists():        # the publish reads every key it names (review rev30g)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 from formats.dataset import FORMAT_VERSION, SPLITS
 from formats.files import cast_to_schema, sha256_file
-from formats.home import PARTITION_FOLDER_GLOB, DataHome
+from formats.home import DataHome
 from pipelines.publish import datacard, jpgdigests, shards
 from pipelines.publish import plan as shardplan
 from pipelines.publish.config import PublishConfig
@@ -70,27 +70,31 @@ def day_volumes(home: DataHome) -> dict[str, int]:
     (a split table imported on its own) has none: each split then counts its own samples of the day."""
     out: dict[str, int] = {}
     root = home.table_dir("ingest_files")
-    # only day folders: a copied ``dt=DAY.bak`` would be a day named "DAY.bak" (review rev25i's glob, fix25i)
-    for folder in sorted(root.glob(PARTITION_FOLDER_GLOB)) if root.is_dir() else []:
+    # only day folders: a copied ``dt=DAY.bak`` would be a day named "DAY.bak" (review rev25i's glob, fix25i),
+    # and only calendar days: ``dt=2023-02-30`` is none (review rev31k)
+    for day in home.partition_days("ingest_files"):
+        folder = root / f"dt={day}"
         files = sorted(folder.glob("*.parquet"))
         if not files:
             continue
         table = pa.concat_tables(pq.ParquetFile(path).read(columns=["table", "lines_in"]) for path in files)
         lines = table.filter(pc.equal(table.column("table"), "rankings")).column("lines_in")
         if len(lines) and not lines.null_count:   # a null is outside the contract: no volume rather than 0
-            out[folder.name[3:]] = int(pc.sum(lines).as_py())
+            out[day] = int(pc.sum(lines).as_py())
     return out
 
 
 def meta_sources(home: DataHome) -> dict[str, list[Path]]:
     """Warehouse files the query snapshots and the dataset card are built from, sorted: the day partitions'
-    files of ``image_features`` and ``quarantine`` (``dt=YYYY-MM-DD/*.parquet``, as every reader of a daily
-    table: :meth:`DataHome.table_glob`) and the one file of ``decisions`` and ``split_rejects``. A stray Parquet
-    file elsewhere in those folders (``old.parquet``, a ``backup/`` or ``dt=DAY.bak/`` copy) is not read: with
-    ``**/*.parquet`` it went into the snapshots and the version's ``sources`` (review rev25i, noted by fix25i)."""
+    files of ``image_features`` and ``quarantine`` (``dt=YYYY-MM-DD/*.parquet`` of the calendar days, as every
+    reader of a daily table: :meth:`DataHome.table_files`) and the one file of ``decisions`` and
+    ``split_rejects``. A stray Parquet file elsewhere in those folders (``old.parquet``, a ``backup/`` or
+    ``dt=DAY.bak/`` copy) is not read: with ``**/*.parquet`` it went into the snapshots and the version's
+    ``sources`` (review rev25i, noted by fix25i); nor is a ``dt=2023-02-30/`` folder's (no calendar date: it
+    shipped as ``meta/images/images-2023-02-30.parquet``, review rev31k)."""
     out: dict[str, list[Path]] = {}
     for name in ("image_features", "quarantine"):
-        out[name] = sorted(home.table_dir(name).glob(f"{PARTITION_FOLDER_GLOB}/*.parquet"))
+        out[name] = home.table_files(name)
     for name in ("decisions", "split_rejects"):
         path = home.table_file(name)
         out[name] = [path] if path.is_file() else []

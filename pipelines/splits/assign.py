@@ -1819,7 +1819,7 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
     gone = {(kind, key) for kind, key in candidates}
     try:
         # no rankings or images at all is no warehouse to judge by (a home fed pairs by hand): every pin is kept
-        register_views(con, {name: home.table_glob(name) for name in ("rankings", "images", "downloads", "quarantine")},
+        register_views(con, {name: home.table_files(name) for name in ("rankings", "images", "downloads", "quarantine")},
                        required=("rankings", "images"))
         # the line as the ingest parses it: a byte order mark before line 1 of a file is skipped (parse.without_bom,
         # review rev30i: the quarantine keeps it, and json_valid refused the line), JSON blanks around it both allow

@@ -49,7 +49,7 @@ class RekeyRefused(ValueError):
 
 def raw_user_ids(home: DataHome) -> list[int]:
     """Every raw user id the warehouse holds (``rankings`` and ``users``), sorted."""
-    con = connect({"rankings": home.table_glob("rankings"), "users": home.table_glob("users")})
+    con = connect({"rankings": home.table_files("rankings"), "users": home.table_files("users")})
     return sorted(row[0] for row in con.sql("SELECT user_id FROM rankings UNION SELECT user_id FROM users").fetchall()
                   if row[0] is not None)
 

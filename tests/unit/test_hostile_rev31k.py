@@ -27,7 +27,10 @@ cause as the first test, not filed twice. ``trainjpegs.needed_keys`` also keeps 
 (over-retention, safe); only its refusal to prune at all is filed.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix31k, ``tests/unit/test_fix31k.py``) and the markers
+removed: ``partition_days`` takes a calendar date only (``rawzone.day_of_folder``), and every reader of a daily
+table (DuckDB's views, ``needed_keys``, the publish's snapshots) reads ``DataHome.table_files``, the files of those
+days, so the noticed ``table_glob`` and ``meta/images`` readers were fixed with them.
 """
 
 from __future__ import annotations
@@ -38,7 +41,6 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from test_features_fixtures import fake_detector, png, write_day
 
 from formats.home import DataHome
@@ -52,8 +54,6 @@ A, L = "2023-03-01", "2023-03-03"
 IMPOSSIBLE = "2023-02-30"
 
 
-@pytest.mark.xfail(strict=True, reason="rev31k: partition_days takes dt=2023-02-30 (no calendar date) as a day; "
-                                       "the feature stage copies rows from it, unlike a build from scratch")
 def test_an_impossible_date_folder_is_no_day_the_stage_copies_from(tmp_path: Path) -> None:
     """An operator's folder ``dt=2023-02-30`` (a typo'd restore, a copy renamed by hand) under
     ``warehouse/image_features`` is a day for ``DataHome.partition_days`` (the glob checks digits only), while the
@@ -80,8 +80,6 @@ def test_an_impossible_date_folder_is_no_day_the_stage_copies_from(tmp_path: Pat
     assert CopiedRows(home)._look() == {L: None}
 
 
-@pytest.mark.xfail(strict=True, reason="rev31k: the training JPEG prune reads dt=*/*.parquet, so an operator's "
-                                       "dt=DAY.bak copy without train_jpg_key stops every prune")
 def test_a_bak_copy_of_a_day_does_not_stop_the_training_jpeg_prune(tmp_path: Path) -> None:
     """``trainjpegs.needed_keys`` lists ``image_features/dt=*/*.parquet`` (not ``partition_days`` / ``table_glob``),
     so an operator's ``dt=DAY.bak/`` copy (here one taken before the table had ``train_jpg_key``) is read as a
