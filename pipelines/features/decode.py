@@ -756,29 +756,6 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
             return None
 
 
-def jpeg_scans_end(data: bytes) -> int | None:
-    """The offset of the end marker (EOI) libjpeg stops at: past the first scan header, markers found as libjpeg
-    finds them (as :func:`scan_jpeg` counts scans); None where there is none."""
-    position = None
-    for marker, at, length in _jpeg_header_segments(data):
-        if marker == 0xDA:
-            position = at + 2 + length
-    if position is None:
-        return None
-    size = len(data)
-    while (found := _JPEG_NEXT_MARKER.search(data, position)) is not None:
-        start, marker = found.start(), data[found.start() + 1]
-        if marker == 0xD9:
-            return start
-        if marker in _JPEG_STANDALONE:
-            position = start + 2
-            continue
-        if start + 4 > size:
-            return None
-        position = start + 2 + max(2, int.from_bytes(data[start + 2:start + 4], "big"))
-    return None
-
-
 def jpeg_with_filler(data: bytes, layout: JpegLayout) -> bytes:
     """``data`` with filler (:data:`JPEG_FILLER`) before every marker that ends the entropy-coded data of a first
     pass scan (:class:`JpegScan`): 64 bytes before each restart marker in it (the first 65,536 of the file), 512

@@ -90,13 +90,14 @@ def test_a_progressive_jpeg_whose_first_scan_ran_out_is_truncated_one_missing_la
     assert outcome(whole[:second_sos] + b"\xff\xd9") == "accepted"
 
 
-def test_jpeg_scans_end_is_the_end_marker_libjpeg_stops_at() -> None:
+def test_the_layout_ends_at_the_end_marker_libjpeg_stops_at() -> None:
+    # fix31f's jpeg_scans_end, replaced by fix31j's jpeg_layout (its end)
     for options in ({}, {"progressive": True}, {"restart_marker_blocks": 1}):
         data = _jpeg(natural_image(3, (96, 80)), **options)
-        assert decode.jpeg_scans_end(data) == len(data) - 2
-        assert decode.jpeg_scans_end(data + b"\xff\xd8\xff\xd9") == len(data) - 2    # an appended image is not read
-        assert decode.jpeg_scans_end(data[:-2]) is None                               # no end marker
-    assert decode.jpeg_scans_end(b"\xff\xd8\xff\xd9") is None                         # no scan at all
+        assert decode.jpeg_layout(data).end == len(data) - 2
+        assert decode.jpeg_layout(data + b"\xff\xd8\xff\xd9").end == len(data) - 2   # an appended image is not read
+        assert decode.jpeg_layout(data[:-2]) is None                                # no end marker
+    assert decode.jpeg_layout(b"\xff\xd8\xff\xd9") is None                          # no scan at all
     assert b"\xff" not in decode.JPEG_FILLER     # fix31j: no leading zero byte (it goes before fill bytes instead)
 
 
