@@ -77,7 +77,7 @@ from pipelines.appdb.connection import (
 from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest.config import IngestConfig, shift_day
 from pipelines.ingest.parse import without_bom
-from pipelines.provenance import writing_cache
+from pipelines.provenance import read_cache, writing_cache
 from schemas.raw import RAW_TABLES
 
 _SURROGATES = re.compile("[\udc80-\udcff]+")
@@ -1087,19 +1087,15 @@ def tickets_lock(home: DataHome) -> Iterator[None]:
         yield
 
 
-def _read_ticket(data: bytes | None, name: str) -> int:
-    """The ticket ``name`` of a record the export wrote (0 where none is readable)."""
-    try:
-        record = json.loads(data) if data is not None else {}
-    except (ValueError, RecursionError):
-        record = {}
+def _read_ticket(record: object, name: str) -> int:
+    """The ticket ``name`` of a record the export wrote, as :func:`read_cache` gives it (0 where none is readable)."""
     value = record.get(name) if isinstance(record, dict) else None
     return value if type(value) is int and 0 <= value < (1 << 63) else 0
 
 
 def last_ticket(home: DataHome) -> int:
     """The last ticket the clock gave (0: none recorded)."""
-    return _read_ticket(read_small_file(home.cache / SNAPSHOT_ORDER / TICKET_CLOCK, SNAPSHOT_ORDER_MAX_BYTES), "last")
+    return _read_ticket(read_cache(home.cache / SNAPSHOT_ORDER / TICKET_CLOCK, SNAPSHOT_ORDER_MAX_BYTES), "last")
 
 
 def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
@@ -1122,8 +1118,8 @@ def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
 def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
     """``day``'s record of its exports' tickets: the last one taken and the one whose snapshot the day holds
     (0 where none is recorded; anything the export did not write reads as none)."""
-    data = read_small_file(_snapshot_order_path(home, day), SNAPSHOT_ORDER_MAX_BYTES)
-    return {name: _read_ticket(data, name) for name in ("taken", "published")}
+    record = read_cache(_snapshot_order_path(home, day), SNAPSHOT_ORDER_MAX_BYTES)
+    return {name: _read_ticket(record, name) for name in ("taken", "published")}
 
 
 def _write_snapshot_order(home: DataHome, day: str, record: dict[str, int]) -> str:
@@ -2470,13 +2466,7 @@ def _written_record(home: DataHome, day: str) -> dict | None:
     """``day``'s record of the files the export wrote (:func:`record_written`) as JSON gives it; None where there is
     none or it is not a regular file the export wrote (a link never followed, a FIFO never waited on), too large,
     not JSON or not an object."""
-    data = read_small_file(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
-    if data is None:
-        return None
-    try:
-        record = json.loads(data)
-    except (ValueError, RecursionError):
-        return None
+    record = read_cache(_written_record_path(home, day), WRITTEN_RECORD_MAX_BYTES)
     return record if isinstance(record, dict) else None
 
 
@@ -2569,7 +2559,7 @@ def marker_ticket(home: DataHome, day: str) -> int | None:
     info = lstat_or_none(marker)
     if info is None:
         return None
-    ticket = _read_ticket(read_small_file(marker, LATE_MARKER_MAX_BYTES), "ticket")
+    ticket = _read_ticket(read_cache(marker, LATE_MARKER_MAX_BYTES), "ticket")
     return ticket if 0 < ticket <= last_ticket(home) else info.st_mtime_ns
 
 
