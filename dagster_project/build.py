@@ -429,8 +429,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
         foreign = [d for d in raw_only if not written_by_export(home, d)]
         if foreign:
             if warn is not None:
-                warn(f"raw day(s) {', '.join(foreign[:10])}"
-                     f"{f' and {len(foreign) - 10} more' if len(foreign) > 10 else ''} hold no row the app database "
+                warn(f"raw day(s) {_some_days(foreign)} hold no row the app database "
                      f"in ${DSN_ENV} has now and are left as they are: their files were not written by the app "
                      "export (the simulator, pickapic demo, another exporter, an import), or changed since, or its "
                      f"record under cache/app_export_written/ is gone; to erase an account from them, edit or "
@@ -443,7 +442,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
                                                          if in_range(d) and d not in app], warn)
     if raw_only and found.replica:
         if warn is not None:
-            warn(f"raw day(s) {', '.join(raw_only[:10])}{f' and {len(raw_only) - 10} more' if len(raw_only) > 10 else ''}"
+            warn(f"raw day(s) {_some_days(raw_only)}"
                  f" hold no row the app database in ${DSN_ENV} has now, and it is a replica (a hot standby or a "
                  "logical-replication subscriber): they are not re-exported from it (a re-export from a replica keeps "
                  "every row it lacks); to take rows the app deleted (an erased account) out of them, build from the "
@@ -458,8 +457,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
     future = [d for d in wanted if d not in begun]
     if future and warn is not None:   # an app clock running ahead: these rows wait unseen otherwise
         today = dt.datetime.now(dt.timezone.utc).date().isoformat()
-        warn(f"app rows dated in the future are not exported: day(s) {', '.join(future[:10])}"
-             f"{f' and {len(future) - 10} more' if len(future) > 10 else ''} (today is {today}, UTC); a day is "
+        warn(f"app rows dated in the future are not exported: day(s) {_some_days(future)} (today is {today}, UTC); a day is "
              "exported once it has closed for the export lag -- check the app servers' clocks")
     days = [d for d in wanted if is_closed(d, lag)]
     if not days:
@@ -469,7 +467,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
                          f"export lag (app_export.lag_minutes = {lag})")
     again = [d for d in raw_only if d in days]
     if again and warn is not None:
-        warn(f"raw day(s) {', '.join(again[:10])}{f' and {len(again) - 10} more' if len(again) > 10 else ''} hold "
+        warn(f"raw day(s) {_some_days(again)} hold "
              "no row the app database has now: re-exported from it all the same (the range was named), so rows the "
              "app deleted leave them (an erased account), unless app_export.keep_exported_rows = true")
     again = [d for d in pruned if d in days]
@@ -483,6 +481,7 @@ def select_app_db_days(settings: Settings, start: str | None = None, end: str | 
 
 
 def _some_days(days: list[str]) -> str:
+    """``days`` for a message: the first ten, then how many more."""
     return f"{', '.join(days[:10])}{f' and {len(days) - 10} more' if len(days) > 10 else ''}"
 
 
