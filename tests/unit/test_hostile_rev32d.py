@@ -15,8 +15,8 @@ libjpeg refuses the second, ``truncated_image`` whatever size Pillow's header wa
 in the frame or scan; a valid JPEG followed by junk or by a second whole JPEG (the first is decoded, as libjpeg
 does); a cut JPEG followed by a second whole one, by an SOI, a SOF or a DHT (libjpeg errors: ``truncated_image``);
 every plain cut of a baseline, progressive and restart-interval JPEG without an end marker (Pillow's "image file is
-truncated"); a cut followed by a DNL segment and an end marker; a restart interval repeated (same pixels). RIFF: a WAV and an AVI under ``.webp``, ``.jpg``,
-``.png`` are ``not_an_image``; every cut of a lossy and a lossless WebP, with the RIFF size left or rewritten to
+truncated"); a cut followed by a DNL segment and an end marker; a restart interval repeated (same pixels). RIFF:
+a WAV and an AVI under ``.webp``, ``.jpg``, ``.png`` are ``not_an_image``; every cut of a lossy and a lossless WebP, with the RIFF size left or rewritten to
 the cut's length, is ``truncated_image``; a RIFF size past the end is ``truncated_image``; junk after a whole WebP
 is accepted (as after a JPEG's end marker). The key: ZWJ emoji sequences and their unjoined emoji, VS15 / VS16,
 ``❤`` / ``❤️`` / ``♥`` between words, the rainbow flag, keycaps with and without VS16, ``#️⃣``, squared and
@@ -30,7 +30,7 @@ decodes every one without an error, 58% of its rows mid-grey, and ``decode_image
 restart-interval JPEG (an interval a row of MCUs) with one or two whole intervals gone decodes with 4,461 / 8,495
 pixels more than 16 levels off (a 16 or 32-pixel grey stripe), one with a restart marker's number off by one with
 3,402 pixels mid-grey: all accepted. (A progressive one with intervals gone from a refining scan is coarser, kept
-by design; three or more intervals gone, libjpeg shifts the rest and the check sees it.) Of the letters of
+by design; an interval dropped and every later marker renumbered shifts the rest, and the check sees it.) Of the letters of
 planes 0 and 1, 171 key with a combining overlay mark the key otherwise removes (ICU's skeleton spells ``ø`` as
 ``o`` + U+0338, ``đ`` as ``d`` + U+0335, ``ł`` as ``l`` + U+0338, ``θ`` as ``o`` + U+0335, Cyrillic ``ћ`` ``ғ`` ...),
 so each keys apart from the same letter typed as base + that mark (the decorative rule, which runs before the
