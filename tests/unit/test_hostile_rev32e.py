@@ -72,6 +72,40 @@ def test_no_daily_run_is_requested_while_a_build_holds_the_build_lock(home, inst
     assert not nightly.run_requests, [r.partition_key for r in nightly.run_requests]
 
 
+FUTURE_DAY = "9999-12-31"
+
+
+@pytest.mark.xfail(strict=True, reason="a run launched from the UI for a day that has not begun (UTC) ingests its "
+                   "raw folder into the warehouse, which every reader then reads: `pickapic build`, the nightly and "
+                   "the sensors skip such a folder as an export error")
+def test_a_ui_run_of_a_day_that_has_not_begun_writes_nothing(fast_tmp, monkeypatch) -> None:
+    """README section 2: "A well-named day folder of a day that has not begun (UTC) is skipped with a warning"
+    (``provenance.begun_days``: "a folder named after a later day is an export error, never ingested"); ``pickapic
+    build --from 9999-12-31 --to 9999-12-31`` refuses (``build.select_days``), the nightly and the raw-day sensor only
+    name it. In the UI the daily assets' partitions are a dynamic set the operator can add to (the launchpad's "Add
+    partition"), and a run of ``daily_partition_job`` for that day, through the home's own instance, succeeds: the
+    ingest step writes ``warehouse/<table>/dt=9999-12-31/`` for all six tables, and since
+    ``DataHome.table_files`` takes every calendar-dated folder, curation, splits and the published version read
+    that export error's rows."""
+    from dagster_project.build import use_home
+    from tests.unit.test_automation import _land_day
+
+    for name in ("DAGSTER_HOME", "PICKAPIC_HOME"):
+        monkeypatch.setenv(name, "")
+    home = DataHome(fast_tmp / "home")
+    _land_day(home, DAYS[0])
+    _land_day(home, FUTURE_DAY)
+    use_home(home)
+    ingest = [dg.AssetKey(name) for name in ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")]
+    with dg.DagsterInstance.get() as instance:
+        instance.add_dynamic_partitions("raw_days", [FUTURE_DAY])     # the UI's "Add partition"
+        result = defs.resolve_job_def("daily_partition_job").execute_in_process(
+            instance=instance, partition_key=FUTURE_DAY, asset_selection=ingest, raise_on_error=False)
+    written = sorted(str(path.relative_to(home.root)) for path in home.warehouse.rglob(f"dt={FUTURE_DAY}*"))
+    assert written == [], written
+    assert not result.success
+
+
 def _held(path) -> bool:
     """Whether someone holds an flock on ``path`` (probed with a shared lock taken and dropped at once)."""
     import fcntl
