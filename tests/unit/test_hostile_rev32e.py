@@ -4,7 +4,39 @@ operator would (``pickapic serve`` / ``ui``: ``dagster_project/serve.py``, ``lau
 sensors: ``automation.py``, ``ticklogs.py``; partition backfills and the run queue; README "Jobs, schedules and
 sensors" and "Running it every night").
 
-DOCSTRING-PLACEHOLDER
+How: against real Dagster 1.13 throughout. The home's own instance (``use_home``, ``HOME/dagster/dagster.yaml`` with
+the project's instance, coordinator and launcher) or ``dg.instance_for_test``; ticks of ``nightly_schedule``,
+``raw_partition_sensor`` and ``rebuild_when_inputs_change`` through ``evaluate_tick`` on homes of landed raw days
+(``tests/unit/test_automation.py``'s ``_land_day`` / ``_pretend_built``) while the real ``build.build_lock`` was held;
+``execute_in_process`` of ``daily_partition_job`` (the real ingest step) for partitions added as the UI adds them;
+the real ``pickapic serve`` and ``pickapic ui`` as subprocesses (daemon, webserver and their code servers), asked
+through the webservers' GraphQL (``repositoriesOrError``: sensor and schedule states); ``coordinator.check_launch``
+with hostile launchpad values.
+
+What held up (no test): a corrupt cursor of the freshness sensor (not JSON, nested past the parser's depth, a list)
+or of the raw-day sensor (another form) counts as nothing said and is replaced; partition keys the UI can add and
+Dagster stores (``2023-02-13/../../../../other/raw/app_logs/dt=2023-02-14``, which resolves to another home's raw
+day, ``2023-02-30``, ``2023-2-13``, full-width digits, a trailing space) are refused by the ingest step before it
+writes (``day ... is not a YYYY-MM-DD date``); a materialization reported by hand in the UI (no data version) on a
+global asset or a day's table makes the plan call that stage stale, never fresh; infinite floats, negative or 65-bit
+integers typed in the launchpad are refused at launch naming the range (a NaN is refused too, for a wrong reason:
+the last test); the launchpad's descriptions show the settings file's
+values with credentials hidden; a DSN that does not parse is never quoted (``server_name``); a second ``pickapic
+serve`` on a home is refused by ``.locks/daemon.lock``.
+
+Measured (this machine, 2 shared CPUs): a ``pickapic serve`` of a one-day home answered GraphQL with its location
+loaded after about 47 s; with ``--no-automation`` its UI listed all six schedules and sensors STOPPED, and a
+``pickapic ui`` on the same home, started after it, listed all six RUNNING; a ``training/`` package in the folder
+``pickapic serve`` was started from was imported by its code server within 30-55 s.
+
+Noticed, not filed: the home's ``dagster.yaml`` sets no ``max_concurrent_runs``, so Dagster's queue starts up to 10
+runs at once (after a catch-up the raw-day sensor's requests: 10 ingests + Beam feature runs with NudeNet each; not
+measured); ``formats.settings.quoted`` hides credentials in a text but not inside a list (only
+``curation.nsfw_classes`` is a list setting today, with fixed choices); the UI's "Test sensor" / "Test schedule"
+buttons run the ticks' side effects (partitions added, raw observations recorded, tick logs pruned, CANCELING runs of
+dead workers marked canceled); ``pickapic serve --host 0.0.0.0`` is accepted without a word although Dagster's UI
+has no authentication; README "Jobs, schedules and sensors" says a build meeting a sensor's rebuild is made to wait
+"by the build lock", which no daemon run takes (the first test).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
@@ -70,6 +102,71 @@ def test_no_daily_run_is_requested_while_a_build_holds_the_build_lock(home, inst
         nightly = _nightly_tick(home, instance)
     assert not sensor.run_requests, [r.partition_key for r in sensor.run_requests]
     assert not nightly.run_requests, [r.partition_key for r in nightly.run_requests]
+
+
+def _graphql_repositories(port: int) -> bool:
+    """Whether the webserver on ``port`` answers with the code location's repository loaded."""
+    import json
+    import urllib.request
+
+    query = "{ repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as answer:
+            return bool(json.load(answer)["data"]["repositoriesOrError"].get("nodes"))
+    except Exception:   # noqa: BLE001 - not up yet
+        return False
+
+
+@pytest.mark.xfail(strict=True, reason="`pickapic serve` (and `pickapic ui`) load the home's code location with the "
+                   "shell's current folder first on the import path: a `training/` (or `pipelines/`, `formats/`) "
+                   "package there is imported instead of the project's, by the code server that runs the schedules, "
+                   "the sensors and every run")
+def test_serve_does_not_import_the_code_of_the_folder_it_was_started_in(fast_tmp, monkeypatch) -> None:
+    """``pickapic`` itself (a console script) never imports from the current folder, so ``pickapic build`` works the
+    same from anywhere. ``serve.commands`` starts ``python -m dagster._daemon`` / ``python -m dagster_webserver``
+    with ``-m dagster_project.definitions`` and no working directory: ``python -m`` puts the current folder first on
+    ``sys.path``, and Dagster's code server is started with ``-d <current folder>``, which it puts there too. Run
+    from an operator's ML project folder (a ``training/`` package of its own: a common name), the code server
+    imported that package (``from training import runs`` in ``automation.py``): measured, the package's
+    ``__init__`` ran in ``dagster/__main__.py`` (the code server) within 30 s and the location failed to load, so no
+    schedule, sensor or run. A package that happened to import would run foreign code in every run instead."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from tests.unit.test_automation import _land_day
+
+    repo = Path(__file__).resolve().parents[2]
+    home = DataHome(fast_tmp / "home")
+    _land_day(home, DAYS[0])
+    work = fast_tmp / "ml-project"
+    (work / "training").mkdir(parents=True)
+    marker = fast_tmp / "foreign-training-imported"
+    (work / "training" / "__init__.py").write_text(
+        f"open({str(marker)!r}, 'a').write(__import__('sys').argv[0] + '\\n')\n")
+    env = {name: value for name, value in os.environ.items()
+           if name not in ("PICKAPIC_AUTOMATION", "DAGSTER_HOME", "PICKAPIC_HOME")}
+    env["PYTHONPATH"] = str(repo)    # the project as the console script finds it (installed), never the folder
+    # as the installed console script runs: without the current folder on sys.path (``-c`` would put it there)
+    launcher = ("import sys; sys.path = [p for p in sys.path if p not in ('', '.')]; sys.argv[0] = 'pickapic'; "
+                "from dagster_project.cli import main; sys.exit(main())")
+    serve = subprocess.Popen([sys.executable, "-c", launcher, "serve", "--home", str(home.root),
+                              "--port", "38751", "--no-automation"], cwd=work, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 150
+        while not marker.exists() and not _graphql_repositories(38751):
+            assert serve.poll() is None and time.monotonic() < deadline, "serve stopped or never loaded its location"
+            time.sleep(0.5)
+    finally:
+        os.killpg(serve.pid, signal.SIGTERM)
+        serve.wait(60)
+    assert not marker.exists(), marker.read_text()
 
 
 FUTURE_DAY = "9999-12-31"
@@ -178,3 +275,27 @@ def test_ui_beside_a_serve_without_automation_shows_what_the_daemon_runs(fast_tm
                            timeout=120)
     assert shown.returncode == 0, shown.stderr[-500:]
     assert shown.stdout.split() == ["STOPPED", "STOPPED"], shown.stdout
+
+
+@pytest.mark.xfail(strict=True, reason="a NaN typed in the launchpad for a float setting (YAML .nan) is refused as "
+                   "holding a credential, told to go into HOME/pickapic.toml (which refuses it too), instead of "
+                   "being refused as out of range")
+def test_a_nan_in_the_launchpad_is_refused_as_out_of_range_not_as_a_credential(fast_tmp) -> None:
+    """``coordinator._check_op_credentials`` asks ``formats.settings.holds_credential(value)``, which compares the
+    value with its redacted self (``_redacted(value) != value``): NaN never equals itself, so every NaN "holds a
+    credential". The home's instance stores the run refused with that reason (``credential_refusal``) and the
+    launchpad shows "ops.duplicate_clusters.config.max_bucket_fraction holds a credential (a URL's password ...):
+    set it in HOME/pickapic.toml instead", where ``pickapic settings --set dedup.max_bucket_fraction=nan`` and
+    ``pickapic build --set`` give the right reason (the value is refused, the range named)."""
+    from dagster_project.coordinator import RunConfigRefused, check_launch, credential_refusal
+    from tests.unit.test_automation import _land_day
+
+    home = DataHome(fast_tmp / "home")
+    _land_day(home, DAYS[0])
+    config = {"resources": {"data_home": {"config": {"root": str(home.root)}}},
+              "ops": {"duplicate_clusters": {"config": {"max_bucket_fraction": float("nan")}}}}
+    assert credential_refusal(config, {}) is None
+    with pytest.raises(RunConfigRefused) as refused:
+        check_launch(config)
+    assert "credential" not in str(refused.value) and "dedup.max_bucket_fraction" in str(refused.value), \
+        str(refused.value)
