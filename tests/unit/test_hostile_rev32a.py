@@ -6,7 +6,8 @@ Run for real: the real trainer (``training.train.train``, what ``pickapic train`
 call) on tiny synthetic versions in the publish layout (``write_synthetic_version``, real tar shards, manifest and
 checksums), resumed from damaged run folders; the ``tokenizers`` BPE trainer behind the scratch model
 (``training.model.train_tokenizer``), repeated on the same captions; the real ``pickapic score`` / ``rerank`` commands
-(``dagster_project.cli.main``) on a tiny saved checkpoint, with hostile prompts.
+(``dagster_project.cli.main``) on a tiny saved checkpoint, with hostile prompts; ``read_pairs_table`` (what
+``score --input`` and ``rerank --candidates TABLE`` read) on hostile Parquet tables written with pyarrow.
 
 Held up (no test): run files under umask 077 are 0600 / 0700 (safetensors' 0600 widened by ``honour_umask`` under
 022); two trainings of the same recipe on the same version give byte-identical ``model.safetensors``,
@@ -20,11 +21,18 @@ resume or restart cleanly; a ``learning_rate`` changed at resume is refused; ``p
 
 Measured: a 4-step tiny training takes ~3 s on this 2-vCPU machine; ``train_tokenizer`` on the 40 train captions of
 the tests' synthetic version emitted 2 different merge orders in 20 calls in one process (``e r</w>`` / ``e n</w>``
-swapped in the run's ``merges.txt`` and ``tokenizer.json`` of two otherwise identical runs).
+swapped in the run's ``merges.txt`` and ``tokenizer.json`` of two otherwise identical runs); a 779-byte Parquet
+table of one 256 KiB prompt peaks at 453 MB RSS for 1 row, 622 MB for 2,000 rows and 1,124 MB for 4,000 (the Arrow
+table stays dictionary-encoded, ~1 MiB; the growth is the Python strings of each 8,192-row batch).
 
 Noticed, not filed: a run whose ``best/`` was deleted by hand trains all its remaining steps before failing on the
 missing ``best/`` in the final evaluation (clear message, but it could be checked up front); ``--prompt`` is not held
-to the 64 KiB limit a table's prompt is (argv caps it at 128 KiB; the scorer reads at most 16,384 characters).
+to the 64 KiB limit a table's prompt is (argv caps it at 128 KiB; the scorer reads at most 16,384 characters); a
+table row refused for a prompt over 64 KiB still copies that prompt whole into ``--output`` (1,000 such rows of a
+778-byte table became a 262 MB CSV); ``score_split`` scores differ by up to 2.4e-6 between ``eval_batch_size`` 1 and 8 (``Scorer`` was made
+batch-independent, the trainer's evaluation was not; ``eval_batch_size`` counts as no recipe change), not shown to flip
+a metric; ``pickapic train --data-dir https://user:TOKEN@...`` (and a run config's ``data_dir``) echoes the token in
+its error, where ``init_from`` / ``--model`` are redacted (the run config itself already holds it, so not filed).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
@@ -33,9 +41,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from collections import Counter
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -43,6 +53,7 @@ from PIL import Image
 from dagster_project.cli import main as pickapic
 from training.data import iter_captions
 from training.model import build_model, save_checkpoint, train_tokenizer
+from training.score_cli import read_pairs_table
 from training.synthetic import tiny_config, write_synthetic_version
 from training.train import train
 
@@ -97,6 +108,44 @@ def test_the_scratch_tokenizer_is_the_same_for_the_same_captions(version):
     small = [train_tokenizer([" ".join(words)] * 5, 517) for _ in range(30)]
     assert len({_merges(t) for t in small}) == 1
     assert len(Counter(json.dumps([t(w)["input_ids"] for w in words]) for t in small)) == 1
+
+
+# ------------------------------------------------------------------------------------------ memory
+def _bomb(path: Path, rows: int) -> Path:
+    """A Parquet table of ``rows`` rows whose prompt is one 256 KiB text (dictionary-encoded, zstd): ~780 bytes on
+    disk whatever ``rows`` is; every row is bad input (a prompt over the 64 KiB limit: missing_prompt)."""
+    prompt = "a" * (256 * 1024)
+    column = pa.DictionaryArray.from_arrays(pa.array([0] * rows, pa.int32()), pa.array([prompt]))
+    pq.write_table(pa.table({"prompt": column, "image": pa.array(["x.png"] * rows)}), path, compression="zstd")
+    return path
+
+
+def _python_peak_mb(table: Path) -> tuple[int, int]:
+    """(error rows, peak MiB of Python objects) of reading ``table`` as `pickapic score --input` does."""
+    tracemalloc.start()
+    try:
+        bad = sum(1 for row in read_pairs_table(table) if row.error)
+        return bad, tracemalloc.get_traced_memory()[1] // 2**20
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.xfail(strict=True, reason="PairTable._rows turns ROW_BATCH (8,192) rows at a time into Python strings "
+                   "(to_pylist) before the 64 KiB prompt limit is checked: a 778-byte Parquet table of 1,000 rows of "
+                   "one 256 KiB prompt (all refused as missing_prompt) holds 250 MiB of Python strings, 10 rows 3 MiB; "
+                   "8,192 rows of a 16 MiB prompt, still a few KiB on disk, would take 128 GiB")
+def test_a_tiny_table_of_refused_prompts_costs_no_memory_per_row(tmp_path):
+    """`pickapic score --input` / `rerank --candidates TABLE` with a hostile Parquet table. The README: "A table is read
+    into Python a few thousand rows at a time ..., so a small file declaring millions of empty rows costs no memory
+    per row", and a table prompt over 64 KiB is an error row (as a prompt.txt over the limit, which is never read
+    whole). Bad rows must not cost memory in proportion to what a tiny file declares: the lengths are in the Arrow
+    column (``pyarrow.compute.binary_length``) before any prompt becomes a Python string."""
+    small, large = _bomb(tmp_path / "small.parquet", 10), _bomb(tmp_path / "large.parquet", 1000)
+    assert large.stat().st_size < 4096                       # the whole attack fits in one disk block
+    bad_small, peak_small = _python_peak_mb(small)
+    bad_large, peak_large = _python_peak_mb(large)
+    assert (bad_small, bad_large) == (10, 1000)              # every row comes back, as a missing_prompt row
+    assert peak_large < 32, (peak_small, peak_large)         # 990 more refused rows: not 250 MiB more
 
 
 # ------------------------------------------------------------------------------------------ damaged checkpoints
