@@ -658,6 +658,7 @@ _NO_SCAN_DETAIL = ("{relpath!r}: component {component} of its frame has no {what
                    "it: libjpeg fills the component with grey)")
 MID_GREY = 128   # what libjpeg decodes a block with no coefficients to (DC 0 is the level shift), in every channel
 _JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+_RESTART_MARKERS = tuple(bytes((0xFF, 0xD0 + number)) for number in range(8))   # RST0..RST7
 # libjpeg's frames (jdmarker.c): Huffman sequential (SOF0, SOF1), progressive (SOF2); arithmetic (SOF9, SOF10)
 _JPEG_HUFFMAN_FRAMES = {0xC0: False, 0xC1: False, 0xC2: True}
 _JPEG_ARITHMETIC_FRAMES = {0xC9: False, 0xCA: True}
@@ -784,11 +785,16 @@ def jpeg_with_filler(data: bytes, layout: JpegLayout) -> bytes:
     for scan in layout.scans:
         if not scan.first_pass:
             continue
-        for number, restart in enumerate(scan.restarts):
-            fill(restart, RESTART_FILLER)
-            if scan.restart_interval:    # numbered as libjpeg expects them: 0, 1, ... 7, 0, ... (review rev32d)
-                pieces.extend((data[at:restart + 1], bytes([0xD0 + number % 8])))
+        if scan.restart_interval:        # numbered as libjpeg expects them: 0, 1, ... 7, 0, ... (review rev32d)
+            for number, restart in enumerate(scan.restarts):
+                before = restart
+                while before > at and data[before - 1] == 0xFF:   # as fill(): the filler before fill bytes
+                    before -= 1
+                pieces.extend((data[at:before], RESTART_FILLER, data[before:restart], _RESTART_MARKERS[number % 8]))
                 at = restart + 2
+        else:
+            for restart in scan.restarts:
+                fill(restart, RESTART_FILLER)
         if scan.restart_interval:
             fill(scan.end, JPEG_FILLER, bytes([0xFF, 0xD0 + scan.restart_count % 8]), JPEG_FILLER)
         else:
