@@ -37,7 +37,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
                           # 6: a pruned raw day's images (as the warehouse keeps them) still resolve other days'
                           #    references (rev29a: a re-ingest quarantined them as unknown_image_reference)
-    "features": "9",      # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "10",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
@@ -49,11 +49,14 @@ CODE_VERSIONS: dict[str, str] = {
                           #    not a WebP not_an_image; a 12-bit / 2-component JPEG unsupported_mode (rev31f)
                           # 9: also a JPEG cut at a restart interval's end, before a marker segment or a stray RSTn,
                           #    or in / before a later scan of one scan per component truncated_image (rev31j)
+                          # 10: also a JPEG cut and ended by another marker than its end marker (COM, APPn, RSTn, a
+                          #     length past the end), or missing whole restart intervals / with a restart marker's
+                          #     number one or two off (libjpeg's grey resync) truncated_image (rev32d)
     "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "11",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "12",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -73,8 +76,11 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: moderation keys and texts drop every combining mark no precomposed character holds
                           #     (symbol marks, Cyrillic millions signs, glitch-text stacks) and a dot above on a
                           #     soft-dotted letter; the dotless j read as j (rev31g, splits 15)
+                          # 12: moderation keys and texts fold a stroked / slashed letter (ø, đ, ł) as its letter, as the
+                          #     overlay mark typed on it; keycaps on fullwidth / mathematical digits (and with a
+                          #     decorative mark before the keycap) read as the digit (rev32d, splits 16)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "15",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "16",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -98,6 +104,9 @@ CODE_VERSIONS: dict[str, str] = {
                           #     no precomposed character holds (U+A670..A672, U+20E8, glitch-text stacks; emoji
                           #     enclosing marks kept) and a dot above on a soft-dotted letter (j̇ is j); the dotless
                           #     ȷ reads as j (KEY_VERSION 11: pins re-keyed; rev31g)
+                          # 16: a letter's confusable prototype without the decorative marks ICU's skeleton spells it
+                          #     with (ø as o, as o̸ keys); keycaps on any character NFKC reads as a digit, # or *, with
+                          #     decorative marks between (KEY_VERSION 12: pins re-keyed; rev32d)
     "publish": "11",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -658,6 +658,7 @@ _NO_SCAN_DETAIL = ("{relpath!r}: component {component} of its frame has no {what
                    "it: libjpeg fills the component with grey)")
 MID_GREY = 128   # what libjpeg decodes a block with no coefficients to (DC 0 is the level shift), in every channel
 _JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+_RESTART_MARKERS = tuple(bytes((0xFF, 0xD0 + number)) for number in range(8))   # RST0..RST7
 # libjpeg's frames (jdmarker.c): Huffman sequential (SOF0, SOF1), progressive (SOF2); arithmetic (SOF9, SOF10)
 _JPEG_HUFFMAN_FRAMES = {0xC0: False, 0xC1: False, 0xC2: True}
 _JPEG_ARITHMETIC_FRAMES = {0xC9: False, 0xCA: True}
@@ -692,8 +693,11 @@ class JpegLayout:
 def jpeg_layout(data: bytes) -> JpegLayout | None:
     """Walk a JPEG's markers as libjpeg reads them (the header as :func:`_jpeg_header_segments`, past the first scan
     as :func:`scan_jpeg`: the next marker is an 0xFF followed by neither a stuffed zero nor a restart marker) and
-    say its frame and scans, or None where it has no frame header, no scan or no end marker (no verdict: the
-    decoders judge such bytes). Run after :func:`scan_jpeg` bounded the walk (scans, markers)."""
+    say its frame and scans, or None where it has no frame header or no scan (no verdict: the decoders judge such
+    bytes). Where the bytes end before an end marker the layout ends at the file's end (``end`` is its length): a
+    cut followed by a COM, an APPn (a thumbnail's own end marker inside it), an RSTn or a segment whose length
+    runs past the end, which libjpeg decodes grey from the marker on without needing more bytes (review rev32d);
+    a scan no marker ends runs to the file's end. Run after :func:`scan_jpeg` bounded the walk (scans, markers)."""
     size = len(data)
     frame = restart_interval = 0
     components: tuple[int, ...] = ()
@@ -728,16 +732,14 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
     while True:   # past each scan's data: the marker libjpeg stops at, then the segments up to the next scan
         scan = scans[-1]
         found = _JPEG_NEXT_MARKER.search(data, position)
-        if found is None:
-            return None
+        end = size if found is None else found.start()      # no marker: the scan's data runs to the file's end
         # in entropy-coded data an 0xFF is stuffed or starts a marker: each 0xFF Dn counted is a restart marker
-        count = 0 if _JPEG_RESTART.search(data, position, found.start()) is None else sum(
-            data.count(bytes((0xFF, marker)), position, found.start()) for marker in range(0xD0, 0xD8))
+        count = 0 if _JPEG_RESTART.search(data, position, end) is None else sum(
+            data.count(bytes((0xFF, marker)), position, end) for marker in range(0xD0, 0xD8))
         kept = max(0, MAX_JPEG_RESTART_FILLERS - sum(len(earlier.restarts) for earlier in scans))
         restarts = tuple(hit.start() for hit in itertools.islice(
-            _JPEG_RESTART.finditer(data, position, found.start()), min(count, kept)))
-        scans[-1] = JpegScan(scan.components, scan.first_pass, scan.data, found.start(), restarts,
-                             scan.restart_interval, count)
+            _JPEG_RESTART.finditer(data, position, end), min(count, kept)))
+        scans[-1] = JpegScan(scan.components, scan.first_pass, scan.data, end, restarts, scan.restart_interval, count)
         while found is not None:
             start, marker = found.start(), data[found.start() + 1]
             if marker == 0xD9:
@@ -745,24 +747,30 @@ def jpeg_layout(data: bytes) -> JpegLayout | None:
             if marker in _JPEG_STANDALONE:
                 position = start + 2
             elif start + 4 > size:
-                return None
+                break
             else:
                 length = max(2, int.from_bytes(data[start + 2:start + 4], "big"))
                 position = start + 2 + length
                 if segment(marker, start, length) is not None:
                     break
             found = _JPEG_NEXT_MARKER.search(data, position)
-        else:
-            return None
+        if found is None or scans[-1].end != -1:
+            # the bytes end before an end marker (a cut followed by a COM / APPn / RSTn, a segment's length past
+            # the end, a thumbnail's own EOI inside an APP1): libjpeg stopped each scan at the marker after it
+            # (review rev32d), so the layout ends at the file's end
+            return JpegLayout(frame, components, tuple(scans), size)
 
 
 def jpeg_with_filler(data: bytes, layout: JpegLayout) -> bytes:
     """``data`` with filler (:data:`JPEG_FILLER`) before every marker that ends the entropy-coded data of a first
     pass scan (:class:`JpegScan`): 64 bytes before each restart marker in it (the first 65,536 of the file), 512
     before the marker it ends at and, where a restart interval is in effect, after those the restart marker due
-    next and 512 more. libjpeg skips bytes before the marker that follows a whole restart interval or a whole
-    scan, as junk (a warning): such data decodes to the same pixels; where data ran out it reads the filler as
-    the blocks it lacked (also the interval after one cut at its end: it finds the restart marker it expects)."""
+    next and 512 more; with a restart interval the scan's restart markers are numbered as libjpeg expects them
+    (0, 1, ... 7, 0, ...: one or two ahead libjpeg decodes the intervals between as grey, one or two behind it
+    skips an interval; review rev32d), so a scan missing whole intervals ends short and reads the filler.
+    libjpeg skips bytes before the marker that follows a whole restart interval or a whole scan, as junk (a
+    warning): such data decodes to the same pixels; where data ran out it reads the filler as the blocks it
+    lacked (also the interval after one cut at its end: it finds the restart marker it expects)."""
     pieces: list[bytes] = []
     at = 0
 
@@ -777,8 +785,16 @@ def jpeg_with_filler(data: bytes, layout: JpegLayout) -> bytes:
     for scan in layout.scans:
         if not scan.first_pass:
             continue
-        for restart in scan.restarts:
-            fill(restart, RESTART_FILLER)
+        if scan.restart_interval:        # numbered as libjpeg expects them: 0, 1, ... 7, 0, ... (review rev32d)
+            for number, restart in enumerate(scan.restarts):
+                before = restart
+                while before > at and data[before - 1] == 0xFF:   # as fill(): the filler before fill bytes
+                    before -= 1
+                pieces.extend((data[at:before], RESTART_FILLER, data[before:restart], _RESTART_MARKERS[number % 8]))
+                at = restart + 2
+        else:
+            for restart in scan.restarts:
+                fill(restart, RESTART_FILLER)
         if scan.restart_interval:
             fill(scan.end, JPEG_FILLER, bytes([0xFF, 0xD0 + scan.restart_count % 8]), JPEG_FILLER)
         else:
@@ -830,11 +846,14 @@ def jpeg_data_ran_out(data: bytes, image: Image.Image) -> str | None:
       restart interval's end, a cut followed by a COM/APPn/DQT segment or a stray RSTn before the end marker).
       libjpeg reads no entropy-coded data past a scan's or an interval's last block, so a JPEG whose data covers
       every block decodes to the same pixels (a grey image stays accepted); one whose data ran out reads the
-      filler as the blocks it lacked and decodes to other pixels. The second decode (one decode's cost) is for a
-      JPEG whose last pixel (it lies in the last block of every component) is mid-grey - what a plain cut leaves,
-      unless it is inside that very last block - and for every JPEG of another layout than one scan with no
-      restart markers ended by the end marker (progressive, restart markers, one scan per component, a marker
-      segment after the scan), where a cut leaves no mark on the last pixel.
+      filler as the blocks it lacked and decodes to other pixels; restart markers are renumbered in order there,
+      so intervals gone whole (or a marker's number off, which libjpeg resyncs on with grey intervals) are seen
+      too (review rev32d). The second decode (one decode's cost) is for a JPEG whose last pixel is mid-grey -
+      what a plain cut leaves, unless it is past the luma block holding that pixel in the last MCU (its chroma
+      blocks, or off the 16-pixel grid its padding luma blocks: the pixel keeps its luma) - and for every JPEG
+      of another layout than one scan with no restart markers ended by the end marker or the file's end
+      (progressive, restart markers, one scan per component, a marker segment after the scan, no end marker
+      after a segment), where a cut leaves no mark on the last pixel.
 
     A progressive JPEG whose later (refining) scans are missing or cut is, by design of the format, a coarser
     image and is kept: the filler goes only where first pass scans end. An arithmetic-coded JPEG (SOF9, SOF10;

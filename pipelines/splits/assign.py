@@ -124,7 +124,7 @@ from schemas import get_schema
 HELDOUT = ("validation", "test")
 # The prompt key function's version (normalize_prompt): bumped with every change that can change a prompt's key, so
 # the first build after it re-keys the prompt pins from the published captions (update_pins: review rev18j)
-KEY_VERSION = "11"
+KEY_VERSION = "12"
 
 
 def key_data_version() -> str | None:
@@ -443,8 +443,24 @@ def _read_symbols(text: str) -> str:
 
 
 def _read_keycaps(text: str) -> str:
-    """Emoji keycaps (1️⃣, #️⃣, *⃣: a digit, # or * with U+20E3 and optional invisibles between) as their digit, # or *."""
-    return _KEYCAP.sub(lambda m: m.group(1), text) if "\u20e3" in text else text
+    """Emoji keycaps (1️⃣, #️⃣, *⃣: a digit, # or * with U+20E3 and optional invisibles or decorative marks between)
+    as their digit, # or *; also on a character NFKC reads as one (a fullwidth ``１⃣``, a mathematical ``𝟏⃣``,
+    ``＃⃣``: review rev32d), as that ASCII character."""
+    if "\u20e3" not in text:
+        return text
+    return _keycap().sub(lambda m: unicodedata.normalize("NFKC", m.group(1)), text)
+
+
+@functools.cache
+def _keycap() -> regex.Pattern:
+    """An emoji keycap (:func:`_read_keycaps`): a character whose NFKC is an ASCII digit, ``#`` or ``*`` (planes 0
+    and 1: fullwidth, mathematical, superscript, circled digits), then invisibles (U+FE0F) or decorative marks
+    (:func:`_decorative_marks`: ``1̲⃣``), then U+20E3."""
+    keyed = [chr(cp) for cp in range(0x20000) if len(n := unicodedata.normalize("NFKC", chr(cp))) == 1
+             and n in "0123456789#*"]
+    decorative = _decorative_marks().pattern[1:-1]
+    return regex.compile("([" + regex.escape("".join(keyed)) + "])[\\p{Default_Ignorable_Code_Point}\\p{Cf}"
+                         + decorative + "]*\u20e3")
 
 
 def _read_regional(text: str) -> str:
@@ -528,8 +544,6 @@ _BLANK = BLANK
 _SEPARATOR = regex.compile(r"[[\p{P}\p{S}\p{Extended_Pictographic}]--[\p{L}\p{N}\p{M}]]", regex.V1)
 _PUNCTUATION = regex.compile(r"\p{P}")
 _LETTER_OR_DIGIT = regex.compile(r"[\p{L}\p{N}]")
-# An emoji keycap (a digit, # or * with the enclosing keycap U+20E3, U+FE0F or other invisibles between): its character.
-_KEYCAP = regex.compile(r"([0-9#*])[\p{Default_Ignorable_Code_Point}\p{Cf}]*\u20e3")
 # A run of regional indicator letters (a flag is two of them), invisibles (a zero-width space) between them allowed.
 _REGIONAL_ANY = regex.compile("[\U0001F1E6-\U0001F1FF]")
 _REGIONAL = regex.compile(r"[\U0001F1E6-\U0001F1FF](?:[\p{Default_Ignorable_Code_Point}\p{Cf}]*[\U0001F1E6-\U0001F1FF])*")
@@ -609,6 +623,8 @@ def _prototype(char: str) -> str:
     if unicodedata.normalize("NFD", char)[0].isascii():
         return char          # an ASCII letter with marks (é, İ): case folding and NFC handle it
     skeleton = _spoof_checker().getSkeleton(0, char)
+    if _LETTER_OR_DIGIT.match(char):   # ICU spells ø as o + U+0338, đ as d + U+0335: the decorative marks a key
+        skeleton = _decorative_marks().sub("", skeleton) or skeleton   # drops where typed (review rev32d)
     twins = _ascii_by_skeleton().get(skeleton)
     if twins:                # the twin of the same case: a Greek capital iota is I, not l
         kind = str.isalpha if _LETTER.match(char) else str.isdigit if _DIGIT.match(char) else None

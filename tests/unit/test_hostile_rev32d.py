@@ -48,7 +48,13 @@ Moderation shares tests 2 and 4's root causes (not filed twice): ``moderation_ke
 A decorative mark between a digit and its keycap (``1̲⃣``) also keeps the keycap in the key (test 4's root cause).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix32d, ``tests/unit/test_fix32d.py``) and their
+markers removed: ``jpeg_layout`` ends a layout with no end marker at the file's end (the filler goes before the
+marker that stopped the scan); ``jpeg_with_filler`` numbers a first pass scan's restart markers as libjpeg expects
+them; ICU's skeleton of a letter or digit loses the decorative marks (``ø`` keys as ``o``, as ``o̸`` does); a keycap
+reads on any character NFKC reads as a digit, ``#`` or ``*``, decorative marks between allowed (key version 12).
+The noticed moderation items (``łódź`` / ``l̸ódź``, ``１⃣８⃣+``) and ``1̲⃣`` share those roots and were fixed with them;
+the README's last-pixel claim was corrected (behaviour kept).
 """
 from __future__ import annotations
 
@@ -58,7 +64,6 @@ import struct
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 from splits_fixtures import pair_row, users_by_home, write_pairs
 from test_features_fixtures import natural_image
@@ -105,9 +110,6 @@ def _scan_data_start(data: bytes) -> int:
 
 # --- 1. a cut JPEG ended by a marker that is not the end marker: accepted half grey -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="jpeg_layout gives no verdict without an end marker, and Pillow decodes a "
-                                       "cut scan ended by any other marker (COM, RSTn, an APP1 holding a "
-                                       "thumbnail's EOI, a length past the end) grey-filled without an error")
 def test_a_cut_jpeg_ended_by_a_marker_that_is_not_its_end_marker_is_truncated() -> None:
     """README section 3 says "Cut without its end marker, a JPEG was already truncated_image (Pillow's 'image file
     is truncated')". That holds for a cut in the scan data (libjpeg waits for more bytes). But where any marker
@@ -152,9 +154,6 @@ def _splits_of(tmp_path, prompt: str, copies: list[str]) -> tuple[dict[str, str]
     return kept, {f"{10 + i}_0": copy for i, copy in enumerate(copies)}
 
 
-@pytest.mark.xfail(strict=True, reason="the confusable fold runs after the decorative marks are removed: ICU's "
-                                       "skeleton spells ø, đ, ł, ħ, θ as a letter + overlay mark, which stays in "
-                                       "their key, while the same letter typed with that mark keys without it")
 def test_a_validation_prompt_with_a_stroked_letter_is_not_kept_in_train_typed_with_the_overlay(tmp_path) -> None:
     """``ø`` and ``o`` + U+0338 (combining long solidus overlay) are drawn alike, as are ``đ`` and ``d`` + U+0335,
     ``ł`` and ``l`` + U+0338, ``ħ`` and ``h`` + U+0335: the key of the precomposed letter is its ICU skeleton, which
@@ -175,9 +174,6 @@ def test_a_validation_prompt_with_a_stroked_letter_is_not_kept_in_train_typed_wi
 
 # --- 3. a restart-interval JPEG missing whole intervals: accepted with grey stripes ---------------------------------
 
-@pytest.mark.xfail(strict=True, reason="libjpeg resyncs at a restart marker one or two intervals ahead of the one "
-                                       "it expects and grey-fills the intervals between (a warning Pillow drops); "
-                                       "the filler before each marker changes nothing there, so the check passes")
 def test_a_restart_jpeg_missing_whole_intervals_is_truncated() -> None:
     """README section 3: a JPEG "whose data ran out anywhere (a cut, an interval short of bytes in the middle, a
     stray RSTn)" decodes to other pixels with the filler. An interval short of all its bytes (its data and its
@@ -203,9 +199,6 @@ def test_a_restart_jpeg_missing_whole_intervals_is_truncated() -> None:
 
 # --- 4. a keycap on a fullwidth or mathematical digit is not read as the digit ---------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="_read_keycaps runs before NFKC and takes only ASCII 0-9 # *: a keycap on "
-                                       "a fullwidth or mathematical digit stays in the key (U+20E3 is kept for "
-                                       "emoji), so '１⃣２⃣ cats' keys as '1⃣2⃣ cats', apart from '1️⃣2️⃣ cats' and '12 cats'")
 def test_a_validation_prompt_with_keycaps_on_fullwidth_digits_is_not_kept_in_train(tmp_path) -> None:
     prompt = "12 cats on a sofa"
     assert normalize_prompt("1\ufe0f\u20e32\ufe0f\u20e3 cats on a sofa") == prompt        # emoji keycaps (held)
