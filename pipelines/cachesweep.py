@@ -12,12 +12,14 @@ from formats.locks import CACHE_WRITERS_LOCK, sweep_exclusively
 from formats.rawzone import RAW_ZONE_SAID
 from pipelines import provenance
 from pipelines.appdb.export import (
+    CACHE_OWNER,
     COUNTS_CACHE,
     LATE_MARKERS,
     SNAPSHOT_ORDER,
     TICKET_CLOCK,
     UNDATED_STATE,
     WRITTEN_RECORDS,
+    export_state_folders,
 )
 from pipelines.features.blobidentity import record_path as identity_record
 from pipelines.ingest.earlierimages import DAYS_CACHE
@@ -32,7 +34,8 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
     ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
     per-day records), the raw image-uid index's and the blob identity records'; and (review rev31c: each kill
     left one for good) the waiting image uids', the app export's (its undated ids, per-day counts, written records,
-    late markers, snapshot tickets and their clock) and the raw-zone sensor's memory; ``also``: more cache files
+    late markers, snapshot tickets and their clock, and
+    each of their folders' owner record) and the raw-zone sensor's memory; ``also``: more cache files
     whose writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest, export or
     features run, a sensor: no stage lock they share) write only while holding the cache-writers lock shared
     (:func:`pipelines.provenance.writing_cache`), so this sweeps only while it is free
@@ -42,6 +45,7 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
     caches = [home.cache / name for name in (provenance.RAW_DIGESTS_CACHE, provenance._MISSING_CACHE,
                                              provenance._COPIES_CACHE, DAYS_CACHE, WAITING_CACHE, UNDATED_STATE,
                                              RAW_ZONE_SAID, f"{SNAPSHOT_ORDER}/{TICKET_CLOCK}")]
+    caches += [folder / CACHE_OWNER for folder in export_state_folders(home)]   # whose home they are (rev32c)
     folders = [(home.raw_image_uid_index("0000-00-00").parent, provenance.DAY_RECORD, True),   # written through a link
                (earlier_record(home, "0000-00-00").parent, provenance.DAY_RECORD, True),
                (identity_record(home, "0000-00-00").parent, provenance.DAY_RECORD, False),   # never (rev29e)

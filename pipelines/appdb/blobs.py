@@ -32,7 +32,7 @@ import os
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Callable
 
 import psycopg
 
@@ -178,7 +178,8 @@ def _unmark_capped(target: Path) -> None:
         (target.parent / CAPPED / target.name).unlink(missing_ok=True)
 
 
-def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES) -> str:
+def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES,
+              created: Callable[[str], object] | None = None) -> str:
     """Copy one blob; returns 'copied', 'too_large' (copied up to ``max_bytes + 1`` bytes), 'present',
     'differs_in_store', 'missing' or 'not_a_file_in_store'.
 
@@ -187,7 +188,8 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
     ``max_bytes + 1`` bytes long (the feature stage rejects it as too large, as it would the whole
     object), and is copied again when it is shorter (``features.max_bytes`` was raised): the new copy
     replaces it in one rename, only if it starts with the old copy's bytes, so the bytes exported stay.
-    Any other copy is frozen: an object that grew since its whole copy is 'differs_in_store'."""
+    Any other copy is frozen: an object that grew since its whole copy is 'differs_in_store'. ``created`` is
+    called with ``uid`` when a copy was written where raw/images had none (review rev32c)."""
     name = f"{uid}.png"
     cap = max_bytes + 1           # one byte past what the feature stage accepts: it rejects the copy as too large
     try:
@@ -199,7 +201,10 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
     target = target_dir / name
     info = lstat_or_none(target)
     if info is None:
-        return _write_copy(store, name, target, cap)
+        outcome = _write_copy(store, name, target, cap)
+        if created is not None and outcome in ("copied", "too_large"):
+            created(uid)
+        return outcome
     if not stat.S_ISREG(info.st_mode):
         raise FileExistsError(f"{target} exists and is not a regular file: refusing to replace it")
     if info.st_size == size:
@@ -316,10 +321,16 @@ def read_day_uids(conn: psycopg.Connection, params: dict, spill: BinaryIO) -> in
 
 
 def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, workers: int,
-               max_bytes: int | None = None) -> dict:
+               max_bytes: int | None = None, stop: Callable[[], bool] | None = None,
+               created: BinaryIO | None = None) -> dict:
     """Copy the blobs of the uids in ``spill`` (:func:`read_day_uids`, which found ``invalid`` uids that are
     not UUIDs); returns counts per outcome. Needs no database connection. ``max_bytes``: the copy cap
-    (None: the home's ``features.max_bytes``)."""
+    (None: the home's ``features.max_bytes``).
+
+    Review rev32c: ``stop`` is asked before each batch whether the export no longer publishes its snapshot (a newer
+    export of the day published first): then no more blob is copied (``not_copied``: the uids left), and
+    ``created`` (a file) receives the uid of each blob this call wrote where raw/images had none, one a line, so
+    such an export removes again the ones the day it did not publish does not name (:func:`withdraw_blobs`)."""
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
@@ -330,8 +341,37 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
     target_dir = home.raw_images       # a real folder of the home (export_day checked it)
     spill.flush()
     spill.seek(0)
+    new: list[str] = []     # list.append is atomic: the pool's threads add to it
+
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while batch := [line.decode("ascii").rstrip("\n") for line in itertools.islice(spill, BATCH)]:
-            for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes), batch):
+            if stop is not None and stop():
+                counts["not_copied"] = len(batch) + sum(1 for _ in spill)
+                break
+            for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes, new.append), batch):
                 counts[outcome] += 1
+            if created is not None:        # one batch at a time: memory stays a batch's uids
+                created.write("".join(uid + "\n" for uid in new).encode("ascii"))
+            new.clear()
     return counts
+
+
+def withdraw_blobs(created: BinaryIO, home: DataHome, named: Callable[[str], bool]) -> int:
+    """Remove the blobs listed in ``created`` (:func:`copy_blobs` wrote them into raw/images, where there was none)
+    that ``named`` says the day's published rows do not name (with their capped marker); returns how many.
+    Review rev32c: a superseded export (its older snapshot not published) copied the images of rows the newer
+    snapshot no longer holds (an erased account's) back into raw/images, after the erasure removed them."""
+    removed = 0
+    created.flush()
+    created.seek(0)
+    for line in created:
+        uid = line.decode("ascii").rstrip("\n")
+        if named(uid):
+            continue
+        target = home.raw_images / f"{uid}.png"
+        info = lstat_or_none(target)
+        if info is not None and stat.S_ISREG(info.st_mode):
+            target.unlink(missing_ok=True)
+            _unmark_capped(target)
+            removed += 1
+    return removed

@@ -1077,6 +1077,7 @@ def _snapshot_order_path(home: DataHome, day: str) -> Path:
 # by another day's export is ordered against the snapshots of that day's exports (see mark_late)
 TICKET_CLOCK = "clock.json"               # HOME/cache/SNAPSHOT_ORDER/<this>: {"last": the last ticket drawn}
 TICKETS_LOCK = "app-export-tickets.lock"  # HOME/.locks/<this>: held to draw a ticket and to set or clear a marker
+LAST_TICKET = (1 << 63) - 1                # the largest ticket (a signed 64-bit integer): the clock stops there
 
 
 @contextlib.contextmanager
@@ -1090,7 +1091,7 @@ def tickets_lock(home: DataHome) -> Iterator[None]:
 def _read_ticket(record: object, name: str) -> int:
     """The ticket ``name`` of a record the export wrote, as :func:`read_cache` gives it (0 where none is readable)."""
     value = record.get(name) if isinstance(record, dict) else None
-    return value if type(value) is int and 0 <= value < (1 << 63) else 0
+    return value if type(value) is int and 0 <= value <= LAST_TICKET else 0
 
 
 def last_ticket(home: DataHome) -> int:
@@ -1104,6 +1105,13 @@ def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
     (ticket, '' or a warning saying it could not be recorded)."""
     ticket = max(time.time_ns(), last_ticket(home) + 1, at_least)
     path = home.cache / SNAPSHOT_ORDER / TICKET_CLOCK
+    end = ""
+    if ticket > LAST_TICKET:   # review rev32c: 2**63 read back as no ticket, and the clock restarted from the time
+        ticket = LAST_TICKET
+        end = (f"the app export's ticket clock ({path}) has reached its end ({LAST_TICKET}: a record the export did "
+               "not write, the time is ~1.8e18): its exports and late markers are no longer ordered (a marker stays "
+               "set, its day re-exported each night); with no export running, remove the folder "
+               f"{path.parent} to restart the clock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
@@ -1112,7 +1120,7 @@ def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
         return ticket, (f"the app export's ticket clock could not be recorded in {path} ({exc.strerror or exc}): an "
                         "export that overlaps this one is not kept from publishing an older snapshot or clearing a "
                         "newer late marker")
-    return ticket, ""
+    return ticket, end
 
 
 def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
@@ -1153,11 +1161,103 @@ def take_snapshot(conn: psycopg.Connection, home: DataHome, day: str) -> tuple[i
     return ticket, warning or clock_warning
 
 
+# review rev32c: the export's state in HOME/cache (tickets, day records, late markers, counts, written records) is
+# keyed by day and ordered by the home's own locks (HOME/.locks): a cache folder two homes reach (a home copied with
+# `cp -a` whose cache is a link to one folder on a fast disk, or a link at one of these folders) made one home's
+# export clear the other's late markers and supersede its exports. Each folder records the home it belongs to.
+CACHE_OWNER = "owner.json"     # HOME/cache/<folder>/<this>: {"home": path, "home_id": [dev, ino],
+#                                 "folder_id": [dev, ino]}
+CACHE_OWNER_MAX_BYTES = 8 << 10           # a record is ~100 bytes plus the home's path
+
+
+class CacheOfAnotherHome(FileExistsError):
+    """A folder of the app export's state in ``HOME/cache`` is the one another data home's exports use."""
+
+
+def export_state_folders(home: DataHome) -> list[Path]:
+    """The folders of ``HOME/cache`` that hold the app export's state of the home's days."""
+    return [home.cache / name for name in (SNAPSHOT_ORDER, LATE_MARKERS, COUNTS_CACHE, WRITTEN_RECORDS)]
+
+
+def _stat_id(info: os.stat_result) -> list[int]:
+    return [info.st_dev, info.st_ino]
+
+
+def claim_export_state(home: DataHome) -> None:
+    """Record in each of :func:`export_state_folders` that it is this home's (its identity: device and inode of the
+    home's folder, and of the cache folder itself), or raise :class:`CacheOfAnotherHome` (one line naming both
+    homes) when one already records another home that reaches the same folder. A record of another folder (the
+    cache copied with its home by ``cp -a``, or restored from a backup: a folder of its own) is this home's to
+    replace; so is one that cannot be read as the export writes it. Creates the folders (the umask applies). A
+    folder that cannot be made or written is left unclaimed: the export's own writes there fail with a warning
+    each (the cache is disposable), as before."""
+    home.root.mkdir(parents=True, exist_ok=True)       # the export makes it anyway (real_folders)
+    home_id = _stat_id(os.stat(home.root))
+    for folder in export_state_folders(home):
+        path = folder / CACHE_OWNER
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            folder_id = _stat_id(os.stat(folder))
+        except OSError:
+            continue
+        record = read_cache(path, CACHE_OWNER_MAX_BYTES)
+        if isinstance(record, dict) and record.get("folder_id") == folder_id:
+            if record.get("home_id") == home_id:
+                continue
+            other = record.get("home")
+            other = other if isinstance(other, str) else "unknown"
+            real = folder.resolve()
+            where = f"{folder} (the folder {real})" if real != folder else str(folder)
+            raise CacheOfAnotherHome(
+                f"{where} holds the app export's state of the data home {as_text(other)[:500]}, not of "
+                f"{home.root}: two homes must not share it (their exports would clear each other's late markers "
+                f"and supersede each other's exports); give this home a cache folder of its own, or remove "
+                f"{path} if that home no longer uses it")
+        with writing_cache(home), contextlib.suppress(OSError):   # swept under it (pipelines.cachesweep)
+            write_bytes_atomic(path, json.dumps({"home": str(home.root), "home_id": home_id, "folder_id": folder_id},
+                                                sort_keys=True).encode("utf-8"))
+
+
 def superseded_warning(day: str, published: int, ticket: int) -> str:
     """The line of an export whose day already holds a newer snapshot (another export of the day published it)."""
     return (f"day {day}: another export of the day took its snapshot after this one's and published it first "
             f"(tickets {published} > {ticket}, {SNAPSHOT_ORDER}): this export's older snapshot was not published, "
             "the day keeps the newer one")
+
+
+def published_uids(home: DataHome, day: str) -> Callable[[str], bool] | None:
+    """Whether the day's published images file names an image uid (a 64-bit digest of each uid, sorted: 8 bytes
+    an image; a digest shared by two uids names both, which keeps a blob, never removes one), or None where the
+    file cannot be read whole (nothing is removed by it)."""
+    digests = array.array("q")
+    path = home.raw_file(day, "images")
+    try:
+        with contextlib.ExitStack() as stack:
+            if lstat_or_none(path) is not None:
+                stream = stack.enter_context(gzip.open(stack.enter_context(open_regular_file(path))))
+                for line in stream:
+                    uid = json.loads(line).get("image_uid")
+                    if isinstance(uid, str):
+                        digests.append(_uid_digest(uid))
+    except (OSError, EOFError, zlib.error, ValueError, AttributeError, RecursionError):
+        return None
+    digests = array.array("q", sorted(digests))
+    return lambda uid: _sorted_has(digests, _uid_digest(uid))
+
+
+def _uid_digest(uid: str) -> int:
+    return int.from_bytes(hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
+                          signed=True)
+
+
+def withdrawn_warning(day: str, withdrawn: int, read: bool) -> str:
+    """The line of a superseded export that had copied blobs into raw/images."""
+    if not read:
+        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but the day's published "
+                f"images file cannot be read: none removed; those its rows do not name (an erased account's) stay "
+                f"in raw/images")
+    return (f"day {day}: {withdrawn} image blob(s) this superseded export copied into raw/images, which the day's "
+            "published snapshot does not name, were removed again")
 
 
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
@@ -1185,7 +1285,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     # export connects: never inside its transaction, with the app tables locked
     raw_before = raw_counts(home, verified_days(home, day, config))
     conn = connect(dsn, source=source)  # raises before anything is written
-    staging, held, late_check = None, None, None
+    staging, held, late_check, created = None, None, None, None
     try:
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
@@ -1197,6 +1297,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
+        # review rev32c: the cache's state of the export is this home's alone (raises where another home uses it)
+        claim_export_state(home)
         # review rev31e: the snapshot is taken here, under the day's export lock, with the ticket that orders it
         # among the day's exports (an export that started first and published last replaced the newer day)
         ticket, line = take_snapshot(conn, home, day)
@@ -1240,7 +1342,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
         late_check = start_late_check(conn, home, day, config, raw_before, staging)
-        from pipelines.appdb.blobs import copy_blobs, read_day_uids
+        from pipelines.appdb.blobs import copy_blobs, read_day_uids, withdraw_blobs
+
+        # review rev32c: the blobs this export writes into raw/images, removed again if it is superseded
+        created = tempfile.TemporaryFile(dir=staging) if image_store else None
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
         # session end before any blob is copied (see blobs.read_day_uids).
@@ -1282,7 +1387,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                                     {table: rows.ids for table, rows in same_by_app.items()})
             if spill is not None:
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
-                                          config.blob_max_bytes or None)
+                                          config.blob_max_bytes or None, created=created,
+                                          stop=lambda: snapshot_order(home, day)["published"] > ticket)
             else:
                 report.blobs = {"store": "none configured: no blob copied"}
                 progress("no image store configured: no blob copied (the feature stage will reject the images as "
@@ -1297,6 +1403,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.warnings.append(superseded_warning(day, order["published"], ticket))
                 # review rev31h: it published no file: its report names none (they were the staged files' counts)
                 report.tables, report.kept = {}, {}
+                # review rev32c: nor does the day keep a blob it copied that the newer snapshot's rows do not name
+                if created is not None and created.tell():
+                    named = published_uids(home, day)
+                    report.blobs["withdrawn"] = withdraw_blobs(created, home, named) if named else 0
+                    report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], named is not None))
             else:
                 _publish(home, day, staging, report)
                 order["published"] = ticket
@@ -1327,6 +1438,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         conn.close()
         if late_check is not None and late_check.spill is not None:
             late_check.spill.close()            # closed by finish(); here when the export failed before it
+        if created is not None:
+            created.close()
         if staging is not None and staging.exists():
             shutil.rmtree(staging)
         if held is not None:
@@ -2576,13 +2689,13 @@ def mark_late(home: DataHome, day: str, late: bool, ticket: int | None = None) -
     marker stood for (a row moved into the day after that snapshot). A marker with no ticket (written before
     fix31h) counts as set at its modification time (:func:`marker_ticket`). ``ticket`` None clears whatever is
     there (an operator's clear, not an export's)."""
-    marker = late_marker_file(home, day)
+    marker, clock_warning = late_marker_file(home, day), ""
     try:
         with tickets_lock(home):
             if late:
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 order = snapshot_order(home, day)
-                stamp, _ = draw_ticket(home, max(order["taken"], order["published"]) + 1)
+                stamp, clock_warning = draw_ticket(home, max(order["taken"], order["published"]) + 1)
                 with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
                     write_bytes_atomic(marker, json.dumps({"ticket": stamp}).encode("utf-8"))
             elif ticket is None or (set_at := marker_ticket(home, day)) is None or set_at < ticket:
@@ -2595,7 +2708,7 @@ def mark_late(home: DataHome, day: str, late: bool, ticket: int | None = None) -
                     f"--from-app-db --from {day} --to {day}")
         return (f"day {day} was exported whole, but its late marker {marker} could not be removed "
                 f"({reason}): the schedule re-exports the day once more")
-    return ""
+    return clock_warning     # review rev32c: the clock's warning was dropped here
 
 
 def late_days(home: DataHome) -> list[str]:

@@ -35,6 +35,12 @@ keyed by day only and read and written through a link at ``HOME/cache`` (or at `
 ``cache/app_export_late``, which the sweep follows on purpose), while the locks that order them are the home's own
 (``HOME/.locks``): two homes whose cache is one folder (a home copied with ``cp -a`` whose ``cache`` is a link to a
 fast disk) clear each other's late markers and supersede each other's exports. Nothing refuses or warns.
+Fixed the same day (fix32c, ``tests/unit/test_fix32c.py``) and the markers removed: each folder of the export's state
+in ``HOME/cache`` records the home it belongs to (``owner.json``) and an export into another home that reaches it
+refuses (``CacheOfAnotherHome``, naming both homes; tests 1 and 2 now assert the refusal, see their docstrings); a
+superseded export stops copying blobs once a newer one has published the day and removes the ones it wrote that the
+published day does not name; the ticket clock stops at 2**63 - 1 with a warning (and ``mark_late`` passes on
+draw_ticket's warning).
 """
 from __future__ import annotations
 
@@ -52,6 +58,7 @@ from pipelines.appdb.export import (
     SNAPSHOT_ORDER,
     TICKET_CLOCK,
     AppExportConfig,
+    CacheOfAnotherHome,
     draw_ticket,
     export_day,
     late_days,
@@ -100,23 +107,27 @@ def _two_homes(tmp_path) -> tuple[DataHome, DataHome]:
 
 # --- 1. a home sharing the cache clears the other home's late marker: the late row reaches no raw day of it ---------
 
-@pytest.mark.xfail(strict=True, reason="late markers are keyed by day only and followed through a linked cache: "
-                                       "another home's re-export clears this home's marker")
 def test_a_home_sharing_the_cache_never_clears_the_other_homes_late_marker(postgres_server, tmp_path):  # noqa: F811
+    """Fix32c: the copy's exports refuse the cache prod's exports own (CacheOfAnotherHome, naming both homes), so
+    the copy's export of 03-02 and its schedule's re-export fail (the test asserted before that they ran, and that
+    the copy's re-export brought ranking 2: the behaviour whose side effect cleared prod's marker)."""
     dsn = _app_db(postgres_server)
     prod, copy = _two_homes(tmp_path)
     checked = "2023-03-02"          # the oldest day 03-18's late-row check reaches (03-02 .. 03-15)
     with psycopg.connect(dsn) as conn:
         _rank(conn, checked, 1)
-    for home in (prod, copy):
-        export_day(home, dsn, checked, NIGHTLY, now=NOW)
+    export_day(prod, dsn, checked, NIGHTLY, now=NOW)
+    with pytest.raises(CacheOfAnotherHome) as refused:
+        export_day(copy, dsn, checked, NIGHTLY, now=NOW)
+    assert str(prod.root) in str(refused.value) and str(copy.root) in str(refused.value)
     with psycopg.connect(dsn) as conn:
         _rank(conn, checked, 2)     # committed late, past the lookback
     report = export_day(prod, dsn, "2023-03-18", NIGHTLY, now=NOW)          # prod's nightly finds it and marks 03-02
     assert checked in report.late and late_days(prod) == [checked]
-    _schedule_loop(copy, dsn)       # the copy's schedule sees prod's marker, re-exports its own 03-02 and clears it
-    assert _ids(copy, checked) == [1, 2]
-    _schedule_loop(prod, dsn)       # prod's schedule: nothing marked any more
+    with pytest.raises(CacheOfAnotherHome):
+        _schedule_loop(copy, dsn)   # the copy's schedule sees prod's marker: its export refuses, the marker stays
+    assert late_days(prod) == [checked] and _ids(copy, checked) == []
+    _schedule_loop(prod, dsn)       # prod's schedule re-exports 03-02 and clears its marker
     for night in ("2023-03-19", "2023-03-20"):   # 03-02 is past every later night's check
         export_day(prod, dsn, night, NIGHTLY, now=NOW)
         _schedule_loop(prod, dsn)
@@ -125,9 +136,9 @@ def test_a_home_sharing_the_cache_never_clears_the_other_homes_late_marker(postg
 
 # --- 2. an export into one home is superseded by an export into another home: its day is not published -------------
 
-@pytest.mark.xfail(strict=True, reason="snapshot tickets are keyed by day only and followed through a linked cache: "
-                                       "an export into another home supersedes this home's export")
 def test_an_export_is_never_superseded_by_an_export_into_another_home(postgres_server, tmp_path):  # noqa: F811
+    """Fix32c: the copy's export refuses the cache prod's exports own (the test expected it to publish the copy's
+    day, "new day"): it publishes nothing and cannot supersede prod's export."""
     dsn = _app_db(postgres_server)
     prod, copy = _two_homes(tmp_path)
     day = "2023-03-01"
@@ -141,18 +152,19 @@ def test_an_export_is_never_superseded_by_an_export_into_another_home(postgres_s
     def meanwhile(message: str) -> None:
         """While prod's re-export writes, its snapshot taken: the copy's nightly exports the same day into the copy."""
         if message.startswith("rankings") and not seen:
-            seen.append(export_day(copy, dsn, day, NIGHTLY, now=NOW).published)
+            try:
+                seen.append(export_day(copy, dsn, day, NIGHTLY, now=NOW).published)
+            except CacheOfAnotherHome:
+                seen.append("refused")
 
     report = export_day(prod, dsn, day, NIGHTLY, now=NOW, progress=meanwhile)
-    assert seen == ["new day"]
+    assert seen == ["refused"] and not copy.raw_file(day, "rankings").exists()
     assert report.published == "updated", report.warnings      # now "superseded": by an export of another home
     assert _ids(prod, day) == [1, 2]                           # now [1]
 
 
 # --- 3. a superseded export copies the blobs of the snapshot it does not publish --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="copy_blobs runs before the supersede check: a superseded export copies the "
-                                       "images of its older snapshot (an erased account's) back into raw/images")
 def test_a_superseded_export_copies_no_blob_of_the_snapshot_it_did_not_publish(postgres_server,  # noqa: F811
                                                                                 tmp_path):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
@@ -187,8 +199,6 @@ def test_a_superseded_export_copies_no_blob_of_the_snapshot_it_did_not_publish(p
 
 # --- 4. the ticket clock writes a ticket it then reads as none, and counts back -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="draw_ticket gives last + 1 = 2**63, which _read_ticket reads as no ticket: "
-                                       "the clock silently restarts from the time")
 def test_the_ticket_clock_never_counts_back_past_a_ticket_it_accepted(tmp_path):
     home = DataHome.at(tmp_path / "home")
     (home.cache / SNAPSHOT_ORDER).mkdir(parents=True)
