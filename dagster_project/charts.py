@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pipelines.sqlrun import offline_connection  # noqa: E402
+from pipelines.sqlrun import NO_HIVE, offline_connection  # noqa: E402
 from schemas.features import NSFW_CLASSES  # noqa: E402
 
 
@@ -38,7 +38,7 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
     # column names come from the schema; the path is a bound parameter, never spliced into the SQL, and escaped:
     # DuckDB takes it for a glob, and a home at /data/home[1] would read /data/home1's file (review rev24c)
     scores = [row[0] for row in _query(
-        f"SELECT greatest({greatest}) FROM read_parquet(?)", [glob.escape(str(features_path))])]
+        f"SELECT greatest({greatest}) FROM read_parquet(?, {NO_HIVE})", [glob.escape(str(features_path))])]
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.hist(scores, bins=20, range=(0, 1), color="#8a5cf6", log=bool(scores))
     ax.set_xlabel("max NudeNet score per image")
@@ -49,7 +49,7 @@ def nsfw_histogram(features_path: str) -> dg.MetadataValue:
 def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
     """How many duplicate clusters of each size (singletons excluded)."""
     rows = _query(
-        "SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet(?) "
+        f"SELECT cluster_size, count(DISTINCT cluster_id) FROM read_parquet(?, {NO_HIVE}) "
         "WHERE cluster_size > 1 GROUP BY 1 ORDER BY 1", [glob.escape(str(clusters_path))])
     fig, ax = plt.subplots(figsize=(5, 2.6))
     ax.bar([str(size) for size, _ in rows] or ["none"], [n for _, n in rows] or [0], color="#0ea5e9")
@@ -61,7 +61,7 @@ def cluster_size_histogram(clusters_path: str) -> dg.MetadataValue:
 def split_sizes(split_pairs_path: str) -> dg.MetadataValue:
     """Rows per split, ties shaded."""
     rows = _query(
-        "SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet(?) "
+        f"SELECT split, count(*), count(*) FILTER (WHERE label_0 = 0.5) FROM read_parquet(?, {NO_HIVE}) "
         "GROUP BY 1 ORDER BY 1", [glob.escape(str(split_pairs_path))])
     fig, ax = plt.subplots(figsize=(5, 2.6))
     names = [r[0] for r in rows]

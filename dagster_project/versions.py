@@ -107,7 +107,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 16: a letter's confusable prototype without the decorative marks ICU's skeleton spells it
                           #     with (ø as o, as o̸ keys); keycaps on any character NFKC reads as a digit, # or *, with
                           #     decorative marks between (KEY_VERSION 12: pins re-keyed; rev32d)
-    "publish": "11",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "12",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -127,6 +127,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: the card's code version (pipelines.publish.datacard.CARD_VERSION, bumped with any
                           #     change of the card's text) in the version id and the manifest, so a card change
                           #     makes a new version; the card counts distinct fingerprinted images (rev31d)
+                          # 12: the manifest's read_parquet statement reads with hive_partitioning = false (a folder
+                          #     named split=... / dt=... above the version is no column, rev32b)
     "model": "3",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole

@@ -474,7 +474,8 @@ def home_of(version_dir: str | os.PathLike) -> Path | None:
 # retention takes an exclusive one, without waiting, on each version it would delete, keeps one a reader holds
 # (deleted by a later publish once free) and renames the version out of the way with the lock held. The folder
 # is opened read-only (O_RDONLY | O_DIRECTORY): no file is written into the version and any account that may
-# read the dataset may hold it, as `flock -s DATASET/VERSION cmd` does for a tool of its own.
+# read the dataset may hold it, as `( flock -s 9 && cmd ) 9<DATASET/VERSION` does for a tool of its own (not
+# `flock -s DATASET/VERSION cmd`, which creates a file there where the version was deleted: review rev32b).
 READ_TRIES = 5       # `latest` resolved again this many times where the version it named was deleted meanwhile
 
 
@@ -647,10 +648,22 @@ class ChecksumError(ValueError):
     manifest does not list."""
 
 
-REPUBLISH = ("check the version with `python -m pipelines.publish --home HOME --verify-checksums` (it names every "
-             "file that differs from the manifest), then publish it again: move the version folder aside and "
-             "publish with publish.verify_checksums = true, which rewrites a damaged shard an older version shares "
-             "instead of linking it")
+def republish(version: str | os.PathLike) -> str:
+    """What to do about a file of the published ``version`` (its folder) that differs from its manifest: the
+    command that checks that very version (``--version NAME``: every file's size and sha256, naming each that
+    differs; it publishes nothing; ``--home`` the version's home where it lies in one, else ``HOME``), then how to
+    publish it again. Review rev32b: the advice named
+    ``python -m pipelines.publish --home HOME --verify-checksums`` alone, which verifies (or publishes) the version
+    of the home's current inputs and exits 0 while an older version (``export/train --version``) stays damaged."""
+    import shlex
+
+    name = Path(version).name
+    home = home_of(version)
+    shown = shlex.quote(str(home)) if home is not None and str(home).isprintable() else "HOME"
+    return (f"check the version with `python -m pipelines.publish --home {shown} --verify-checksums --version "
+            f"{shlex.quote(name)}` (it names every file of {name} that differs from its manifest), then publish it "
+            f"again: move the version folder aside and publish with publish.verify_checksums = true, which rewrites "
+            f"a damaged shard an older version shares instead of linking it")
 
 
 def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | None:
@@ -669,18 +682,18 @@ def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | N
     if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
         if os.path.lexists(sizes_file):
             raise ChecksumError(f"{sizes_file} is not listed in the {MANIFEST_FILE} of dataset version "
-                                f"{version_dir.name}: not a file that version published; {REPUBLISH}")
+                                f"{version_dir.name}: not a file that version published; {republish(version_dir)}")
         return None
     try:
         data = sizes_file.read_bytes()
     except FileNotFoundError:
         raise FileNotFoundError(f"{sizes_file} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
-                                f"lists it; {REPUBLISH}") from None
+                                f"lists it; {republish(version_dir)}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:
         raise ChecksumError(f"{sizes_file} of dataset version {version_dir.name} has sha256 {digest} but its "
                             f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing (an edited "
-                            f"sizes.json can hide shards or skew their weights); {REPUBLISH}")
+                            f"sizes.json can hide shards or skew their weights); {republish(version_dir)}")
     return json.loads(data.decode("utf-8"))
 
 
@@ -705,32 +718,32 @@ def open_listed_file(version_dir: str | os.PathLike, rel: str, files: dict | Non
     if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
         if os.path.lexists(path):
             raise ChecksumError(f"{path} is not listed in the {MANIFEST_FILE} of dataset version "
-                                f"{version_dir.name}: not a file that version published; {REPUBLISH}")
+                                f"{version_dir.name}: not a file that version published; {republish(version_dir)}")
         yield None
         return
     try:
         handle = open_regular_file(path)
     except FileNotFoundError:
         raise FileNotFoundError(f"{path} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
-                                f"lists it; {REPUBLISH}") from None
+                                f"lists it; {republish(version_dir)}") from None
     except OSError as exc:
         raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
-                            f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
+                            f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {republish(version_dir)}") from None
     with handle:
         size = os.fstat(handle.fileno()).st_size
         if isinstance(info.get("bytes"), int) and size != info["bytes"]:
             raise ChecksumError(f"{path} of dataset version {version_dir.name} has {size} bytes but its "
                                 f"{MANIFEST_FILE} records {info['bytes']}: it changed after publishing"
-                                f"{f' ({why})' if why else ''}; {REPUBLISH}")
+                                f"{f' ({why})' if why else ''}; {republish(version_dir)}")
         try:
             digest = hashlib.file_digest(handle, "sha256").hexdigest()   # block by block, through this descriptor
         except OSError as exc:
             raise ChecksumError(f"{path} of dataset version {version_dir.name} cannot be read as the file its "
-                                f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {REPUBLISH}") from None
+                                f"{MANIFEST_FILE} lists ({exc.strerror or exc}); {republish(version_dir)}") from None
         if digest != info["sha256"]:
             raise ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
                                 f"{MANIFEST_FILE} records {info['sha256']}: it changed after publishing"
-                                f"{f' ({why})' if why else ''}; {REPUBLISH}")
+                                f"{f' ({why})' if why else ''}; {republish(version_dir)}")
         handle.seek(0)
         yield handle
 
@@ -754,7 +767,8 @@ def manifest_sidecars(version_dir: str | os.PathLike, split: str, files: dict | 
     unlisted = [p.name for p in sidecars if f"{split}/{p.name}" not in files]
     if unlisted:
         raise ChecksumError(f"{version_dir / split}: the {MANIFEST_FILE} of dataset version {version_dir.name} "
-                            f"lists {len(unlisted)} shards without their sidecars: {unlisted[:5]}; {REPUBLISH}")
+                            f"lists {len(unlisted)} shards without their sidecars: {unlisted[:5]}; "
+                            f"{republish(version_dir)}")
     return sidecars
 
 
@@ -784,10 +798,11 @@ def split_shards(version_dir: Path, split: str) -> list[Path]:
     missing = [p.name for p in shards if not p.is_file()]
     if missing:
         raise FileNotFoundError(f"{split_dir}: {len(missing)} shards the {MANIFEST_FILE} of dataset version "
-                                f"{Path(version_dir).name} lists do not exist: {missing[:5]}; {REPUBLISH}")
+                                f"{Path(version_dir).name} lists do not exist: {missing[:5]}; {republish(version_dir)}")
     sizes = read_sizes(split_dir, files)
     if sizes is not None and set(sizes) != set(names):
         unlisted, absent = sorted(set(names) - set(sizes)), sorted(set(sizes) - set(names))
         raise ValueError(f"{split_dir / SIZES_FILE} does not name the shards the {MANIFEST_FILE} lists (shards it "
-                         f"leaves out: {unlisted[:5]}; names the manifest does not list: {absent[:5]}); {REPUBLISH}")
+                         f"leaves out: {unlisted[:5]}; names the manifest does not list: {absent[:5]}); "
+                         f"{republish(version_dir)}")
     return shards

@@ -11,7 +11,7 @@ from typing import Collection, Mapping, Sequence
 import duckdb
 import pyarrow as pa
 
-from formats.duck import OFFLINE, offline_connection  # noqa: F401 - re-exported: the pipeline's name for it
+from formats.duck import NO_HIVE, OFFLINE, offline_connection  # noqa: F401 - re-exported: the pipeline's name for it
 from formats.files import cast_to_schema, write_parquet_atomic
 from schemas import get_schema
 
@@ -58,7 +58,9 @@ def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Pat
     literally, whatever characters it holds); a list (or tuple) of paths is those files, each taken literally
     (a daily table's files: :meth:`formats.home.DataHome.table_files`, review rev31k); a ``str`` is a glob
     pattern whose literal parts are escaped (:func:`glob_under`, :func:`literal_glob`), or a file's name where
-    such a file exists. A path is read with ``read_parquet``.
+    such a file exists. A path is read with ``read_parquet``, never guessing hive partitions from folder names
+    (:data:`formats.duck.NO_HIVE`: a home below ``/x/split=train/`` read every row's ``split`` as train, review
+    rev32b); a daily table's ``dt`` is its files' own column.
 
     Where nothing matches, a view named in ``required`` is an error (:class:`NoFilesMatch`): a version's
     sidecars or prompt counts that match no file must never read as an empty table, which every contract
@@ -91,7 +93,7 @@ def register_views(con: duckdb.DuckDBPyConnection, views: Mapping[str, str | Pat
         listed = ", ".join("'" + pattern.replace("'", "''") + "'" for pattern in patterns)
         files = f"[{listed}]" if isinstance(source, (list, tuple)) else listed
         union = "" if name in uniform else ", union_by_name = true"
-        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({files}{union})")
+        con.execute(f"CREATE OR REPLACE VIEW {name} AS SELECT * FROM read_parquet({files}{union}, {NO_HIVE})")
 
 
 def _pattern(source: str | os.PathLike) -> str:

@@ -172,19 +172,17 @@ def shard_digests(shards: Iterable[str | os.PathLike]) -> dict[str, str]:
         if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
             raise ShardChecksumError(f"shard {rel} of dataset version {version_dir.name} ({shard}) is not listed in "
                                      f"its {dataset.MANIFEST_FILE}: not a file that version published; "
-                                     f"{REPUBLISH}")
+                                     f"{dataset.republish(version_dir)}")
         digests[str(shard)] = info["sha256"]
     return digests
-
-
-REPUBLISH = dataset.REPUBLISH
 
 
 def _mismatch(url: str, digest: str, recorded: str) -> str:
     path = Path(url)
     return (f"shard {path.parent.name}/{path.name} of dataset version {path.parent.parent.name} ({url}) has "
             f"sha256 {digest} but its {dataset.MANIFEST_FILE} records {recorded}: its bytes changed "
-            f"after publishing (bit rot, an edit, a swapped file) and its samples cannot be trusted; {REPUBLISH}")
+            f"after publishing (bit rot, an edit, a swapped file) and its samples cannot be trusted; "
+            f"{dataset.republish(path.parent.parent)}")
 
 
 def verify_shards(urls: Iterable[str], digests: dict[str, str]) -> None:
@@ -281,7 +279,7 @@ def check_split(data_dir: str | os.PathLike, split: str) -> int | None:
         if size != listed[rel].get("bytes"):
             raise ShardChecksumError(f"shard {rel} of dataset version {version.name} ({shard}) is {size} bytes, its "
                                      f"{dataset.MANIFEST_FILE} records {listed[rel].get('bytes')}: it changed after "
-                                     f"publishing; {REPUBLISH}")
+                                     f"publishing; {dataset.republish(version)}")
     return total
 
 
@@ -335,7 +333,8 @@ def tar_samples(urls: Iterable[dict[str, str]], expected: dict[str, int] | None 
         current: dict[str, Any] | None = None
         count = 0
         if digests is not None and url not in digests:
-            raise ShardChecksumError(f"shard {url} is not listed in its version's {dataset.MANIFEST_FILE}; {REPUBLISH}")
+            raise ShardChecksumError(f"shard {url} is not listed in its version's {dataset.MANIFEST_FILE}; "
+                                     f"{dataset.republish(Path(url).parent.parent)}")
         sha = hashlib.sha256() if digests is not None else None
         with open(url, "rb") as handle:
             if inside is not None and sha is not None:
@@ -575,12 +574,14 @@ def prompt_counts(split_dir: str) -> dict[str, int]:
     info = dataset.read_manifest(version_dir)["files"].get(f"{path.parent.name}/{path.name}")
     if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
         raise dataset.ChecksumError(f"{path} is not listed in the {dataset.MANIFEST_FILE} of dataset version "
-                                    f"{version_dir.name}: not a file that version published; {REPUBLISH}")
+                                    f"{version_dir.name}: not a file that version published; "
+                                    f"{dataset.republish(version_dir)}")
     digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:   # as sizes.json (dataset.read_sizes): the file decides every pair's loss weight
         raise dataset.ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
                                     f"{dataset.MANIFEST_FILE} records {info['sha256']}: it changed after publishing "
-                                    f"(an edited prompt_counts.parquet reweights the loss); {REPUBLISH}")
+                                    f"(an edited prompt_counts.parquet reweights the loss); "
+                                    f"{dataset.republish(version_dir)}")
     table = pq.read_table(pa.BufferReader(data), columns=["prompt_key", "num_example_per_prompt"])
     return dict(zip(table.column("prompt_key").to_pylist(), table.column("num_example_per_prompt").to_pylist()))
 

@@ -41,7 +41,7 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import Rule, fused_query, load_contract, reads_only_columns, row_condition
 from pipelines.publish.rulecache import FILE_COLUMN, read_trusted, write_trusted
-from pipelines.sqlrun import connect, literal_glob, offline_connection
+from pipelines.sqlrun import NO_HIVE, connect, literal_glob, offline_connection
 
 DATASET = "shard_samples"
 COLUMNS = ("key", "split", "prompt_key")        # what key_unique and counts_match_samples read
@@ -186,7 +186,7 @@ def _read_fresh(files: list[Path]) -> tuple[pa.Table, dict[Path, tuple[int, int]
         selected = ", ".join(f'"{c}"' for c in COLUMNS)
         table = con.sql(
             f"SELECT {FILE_COLUMN}, {selected} FROM read_parquet($files, filename = '{FILE_COLUMN}', "
-            f"file_row_number = true) ORDER BY {FILE_COLUMN}, file_row_number",
+            f"file_row_number = true, {NO_HIVE}) ORDER BY {FILE_COLUMN}, file_row_number",
             params={"files": [literal_glob(f) for f in files]}).to_arrow_table()   # names, not globs
     finally:
         con.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pyarrow as pa
 
 from formats.dataset import FORMAT_VERSION, MANIFEST_FILE, describe, manifest_files, read_manifest, sidecar_glob
+from formats.duck import NO_HIVE
 from formats.files import write_bytes_atomic
 from formats.text import terminal_text
 from pipelines.publish import datacard
@@ -60,7 +61,9 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         "config": config.output_fields(),
         "contracts": contracts,
         **({"curation": curation} if curation is not None else {}),
-        "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}')",
+        # hive_partitioning off: a folder named split=... or dt=... above the version is no column (review rev32b)
+        "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}', "
+                        f"{NO_HIVE})",
         "files": files,
     }
     write_bytes_atomic(staging / MANIFEST_FILE, manifest_text(manifest).encode())

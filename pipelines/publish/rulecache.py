@@ -47,7 +47,7 @@ from data_contracts.engine import Rule, filter_counts, load_contract, row_condit
 from formats.dataset import sidecar_glob
 from formats.files import PARQUET_OPTIONS, atomic_path, is_real_folder, make_real_folder
 from pipelines.publish.reuse import read_manifest
-from pipelines.sqlrun import literal_glob, offline_connection
+from pipelines.sqlrun import NO_HIVE, literal_glob, offline_connection
 
 DATASET = "shard_samples"
 ROWS_COLUMN = "rows"                      # a sidecar's rows, the bound of every count
@@ -186,7 +186,8 @@ def _scan(files: list[Path], rules: list[Rule]) -> list[list[int]]:
     con = offline_connection()
     try:
         rows = con.execute(
-            f"SELECT {FILE_COLUMN},\n{counts}\nFROM read_parquet($files, filename = '{FILE_COLUMN}') AS {DATASET}\n"
+            f"SELECT {FILE_COLUMN},\n{counts}\nFROM read_parquet($files, filename = '{FILE_COLUMN}', {NO_HIVE}) "
+            f"AS {DATASET}\n"
             f"GROUP BY {FILE_COLUMN}", {"files": [literal_glob(f) for f in files]}).fetchall()   # names, not globs
     finally:
         con.close()

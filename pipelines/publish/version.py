@@ -30,11 +30,13 @@ before the shards are written, so an ingest writes a day before or after them, n
 Readers resolve ``latest`` once (:func:`resolve_version`) and read through the resolved path, so
 a switch during a read never mixes versions; they hold it while they read (:func:`formats.dataset.reading_version`:
 a shared ``flock`` on the version's folder), and retention keeps a version a reader holds. Plain DuckDB over every
-sidecar of ``latest``::
+sidecar of a version (``latest`` resolved first: ``readlink -f``)::
 
-    SELECT * FROM read_parquet('HOME/datasets/pickapic/latest/*/pickapic-*.parquet');
+    SELECT * FROM read_parquet('HOME/datasets/pickapic/VERSION/*/pickapic-*.parquet', hive_partitioning = false);
 
-(the ``pickapic-*`` part keeps ``meta/*.parquet`` out of the glob).
+(the ``pickapic-*`` part keeps ``meta/*.parquet`` out of the glob; ``hive_partitioning = false``: DuckDB would
+otherwise read a folder named ``split=...`` or ``dt=...`` above the version as every sample's split or day,
+review rev32b).
 """
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 Views (all over the chosen version only; ``latest`` is resolved once, at start):
 
 - ``pairs``: every sidecar (one row per sample: key, shard, member offsets, every pair column,
-  ``split``) with its ``num_example_per_prompt`` from ``<split>/prompt_counts.parquet``, ``shards``: one row per tar shard, ``images``: per-image features (no personal
-  data), ``decisions``: keep/drop decisions, ``quarantine``: rejected raw lines (no raw text),
-  ``splits_summary``: one row per split.
+  ``split``) with its ``num_example_per_prompt`` from ``<split>/prompt_counts.parquet``, ``shards``: one row per
+  tar shard, ``images``: per-image features (no personal data), ``decisions``: keep/drop decisions,
+  ``quarantine``: rejected raw lines (no raw text), ``splits_summary``: one row per split. Each reads exactly the
+  files the version's ``manifest.json`` lists (:func:`_listed_tables`; a stray file in its folders is never read),
+  with ``hive_partitioning = false`` (no column from a folder's name).
 
 The connection can read only the version's own directory (``allowed_directories`` +
 ``enable_external_access = false`` + ``lock_configuration``; the views read it through a private alias
@@ -20,14 +22,17 @@ queries read it). Every query runs under a time limit, a memory limit and a spil
 other formats write batch by batch. ``--output`` must be a new path or a regular file outside every
 data home (see :func:`formats.outputs.open_output_file`).
 
-Plain DuckDB, no pipeline installed::
+Plain DuckDB, no pipeline installed (``latest`` resolved first, ``V=$(readlink -f HOME/datasets/pickapic/latest)``;
+``hive_partitioning = false``: DuckDB would otherwise read a folder named ``split=...`` or ``dt=...`` above the
+version as every sample's split or day, review rev32b)::
 
-    SELECT split, count(*) FROM read_parquet('HOME/datasets/pickapic/latest/*/pickapic-*.parquet') GROUP BY split;
+    SELECT split, count(*) FROM read_parquet('$V/*/pickapic-*.parquet', hive_partitioning = false) GROUP BY split;
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import fnmatch
 import glob
 import math
 import os
@@ -45,7 +50,8 @@ from typing import Any, Iterator, Mapping, TextIO
 import duckdb
 import pyarrow as pa
 
-from formats.dataset import PROMPT_COUNTS_FILE, SHARD_PREFIX, VersionBusy, reading_version
+from formats.dataset import MANIFEST_FILE, PROMPT_COUNTS_FILE, SHARD_PREFIX, VersionBusy, read_manifest, reading_version
+from formats.duck import NO_HIVE
 from formats.home import DataHome
 from formats.outputs import check_output_file, open_output_file
 from pipelines.query.duck_types import projection, text_columns
@@ -243,21 +249,64 @@ def _prepare(con: duckdb.DuckDBPyConnection, alias: Path, spill: str, limits: Qu
     con.execute(f"SET max_temp_directory_size = '{limits.spill_limit.strip()}'")
     con.execute("SET enable_progress_bar = false")  # it would print into csv/json on stdout
     root = _sql_text(str(alias))
-    sidecars, counts = f"{root}/*/{SHARD_PREFIX}*.parquet", f"{root}/*/{PROMPT_COUNTS_FILE}"
-    if any(alias.glob(f"*/{PROMPT_COUNTS_FILE}")):   # the loss weight's count lives outside the shards
+    listed = _listed_tables(alias)
+    sidecars, counts = _files_sql(alias, listed["pairs"]), _files_sql(alias, listed[PROMPT_COUNTS_FILE])
+    if listed[PROMPT_COUNTS_FILE]:   # the loss weight's count lives outside the shards
         con.execute(f"CREATE VIEW pairs AS SELECT p.*, c.num_example_per_prompt "
-                    f"FROM read_parquet('{sidecars}') AS p "
-                    f"LEFT JOIN read_parquet('{counts}') AS c "
+                    f"FROM read_parquet({sidecars}, {NO_HIVE}) AS p "
+                    f"LEFT JOIN read_parquet({counts}, {NO_HIVE}) AS c "
                     f"ON p.split = c.split AND p.prompt_key = c.prompt_key")
     else:
-        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet('{sidecars}')")
+        con.execute(f"CREATE VIEW pairs AS SELECT * FROM read_parquet({sidecars}, {NO_HIVE})")
     for name in META_VIEWS:   # a table is one file, or a folder of per-day files (meta/images/)
-        source = f"{root}/meta/{name}/*.parquet" if (alias / "meta" / name).is_dir() \
-            else f"{root}/meta/{name}.parquet"
-        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{source}')")
+        con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet({_files_sql(alias, listed[name])}, {NO_HIVE})")
     con.execute(f"SET allowed_directories = ['{root}/']")
     con.execute("SET enable_external_access = false")
     con.execute("SET lock_configuration = true")
+
+
+def _listed_tables(version: Path) -> dict[str, list[str]]:
+    """The files of each view the version's manifest lists (its ``files``, relative paths), never a glob of its
+    folders: ``pairs``: every ``<split>/pickapic-*.parquet``; ``prompt_counts.parquet``: every
+    ``<split>/prompt_counts.parquet``; each of :data:`META_VIEWS`: ``meta/<name>.parquet`` or
+    ``meta/<name>/*.parquet``. Review rev32b: the views globbed the folders, so a copy of a sidecar left in a
+    split's folder (a file manager's ``... (copy).parquet``, a group member's file) doubled its pairs in every
+    query, where the export, the trainer and ``splits_summary`` count the manifest's. A listed name that is not
+    one the publish writes (a ``..``, a glob character, a backslash) is refused (:class:`QueryFailed`); a view
+    with no file listed too (a version without sidecars or one of its ``meta`` tables is no complete version)."""
+    try:
+        files = read_manifest(version)["files"]
+    except (OSError, ValueError) as exc:
+        raise QueryFailed(f"the version could not be opened for queries: {exc}") from None
+    tables: dict[str, list[str]] = {"pairs": [], PROMPT_COUNTS_FILE: [], **{name: [] for name in META_VIEWS}}
+    for rel in sorted(files):
+        parts = rel.split("/")
+        if len(parts) == 2 and parts[0] != "meta" and fnmatch.fnmatchcase(parts[1], f"{SHARD_PREFIX}*.parquet"):
+            table = "pairs"
+        elif len(parts) == 2 and parts[0] != "meta" and parts[1] == PROMPT_COUNTS_FILE:
+            table = PROMPT_COUNTS_FILE
+        elif len(parts) == 2 and parts[0] == "meta" and parts[1].removesuffix(".parquet") in META_VIEWS \
+                and parts[1].endswith(".parquet"):
+            table = parts[1].removesuffix(".parquet")
+        elif len(parts) == 3 and parts[0] == "meta" and parts[1] in META_VIEWS and parts[2].endswith(".parquet"):
+            table = parts[1]
+        else:
+            continue
+        if any(part in ("", ".", "..") or _glob_special(part) for part in parts):
+            raise QueryFailed(f"the {MANIFEST_FILE} of version {version.resolve().name} lists {rel!r}, not a name "
+                              f"the publish writes: the version cannot be queried (republish it)")
+        tables[table].append(rel)
+    for table in ("pairs", *META_VIEWS):
+        if not tables[table]:
+            shown = "no sidecar (<split>/pickapic-*.parquet)" if table == "pairs" else f"no file of meta/{table}"
+            raise QueryFailed(f"the {MANIFEST_FILE} of version {version.resolve().name} lists {shown}: not a "
+                              f"complete version, it cannot be queried")
+    return tables
+
+
+def _files_sql(alias: Path, rels: list[str]) -> str:
+    """A DuckDB list of the files ``rels`` under ``alias``, each a quoted literal (no glob character: checked)."""
+    return "[" + ", ".join(f"'{_sql_text(str(alias / rel))}'" for rel in rels) + "]"
 
 
 def _sql_text(text: str) -> str:

@@ -47,13 +47,13 @@ import pyarrow.parquet as pq
 from formats.dataset import (
     MANIFEST_FILE,
     PROMPT_COUNTS_FILE,
-    REPUBLISH,
     SPLITS,
     ChecksumError,
     manifest_sidecars,
     open_listed_file,
     read_manifest,
     reading_version,
+    republish,
 )
 from formats.files import cast_to_schema, read_small_file
 from formats.home import DataHome
@@ -194,7 +194,7 @@ def _read_sidecar(root: Path, sidecar: Path, files: dict, columns: list[str] | N
                           "an edited sidecar changes the exported rows and labels") as handle:
         if handle is None:
             raise ChecksumError(f"{sidecar} is not listed in the {MANIFEST_FILE} of dataset version {root.name}; "
-                                f"{REPUBLISH}")
+                                f"{republish(root)}")
         return pq.read_table(handle, columns=columns)
 
 

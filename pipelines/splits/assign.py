@@ -118,7 +118,7 @@ from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_c
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
 from pipelines.invisibles import BLANK, INVISIBLE
 from pipelines.splits import coverage
-from pipelines.sqlrun import connect, literal_glob, register_views, run_sql, run_to_parquet
+from pipelines.sqlrun import NO_HIVE, connect, literal_glob, register_views, run_sql, run_to_parquet
 from schemas import get_schema
 
 HELDOUT = ("validation", "test")
@@ -992,7 +992,7 @@ def read_published(home: DataHome, keys: bool = True) -> Published:
     try:
         if keys:
             con.register("side", con.sql(
-                "SELECT user_id, split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
+                f"SELECT user_id, split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files, {NO_HIVE}) "
                 "WHERE split IN ('train', 'validation', 'test')", params={"files": _literal(files)}).to_arrow_table())
             rows = con.sql("SELECT user_id, split, min(dt) FROM side GROUP BY ALL").fetchall()
             key_table = con.sql("""
@@ -1004,7 +1004,7 @@ def read_published(home: DataHome, keys: bool = True) -> Published:
                              unnest([prompt_key, image_0_uid, image_1_uid]) AS key, split, dt FROM side)
                 GROUP BY kind, key ORDER BY kind, key""").to_arrow_table()
         else:
-            rows = con.execute("SELECT user_id, split, min(dt) FROM read_parquet(?) "
+            rows = con.execute(f"SELECT user_id, split, min(dt) FROM read_parquet(?, {NO_HIVE}) "
                                "WHERE split IN ('train', 'validation', 'test') GROUP BY ALL", [_literal(files)]).fetchall()
     except Exception as exc:
         raise RuntimeError(f"cannot read which split each user was published in from {version}: {exc}. The "
@@ -1050,7 +1050,8 @@ def read_retained_users(home: DataHome, names: list[str]) -> dict[str, dict[str,
     try:
         con.register("files", pa.table({"filename": pa.array(files, pa.string()),
                                         "version": pa.array([Path(f).parent.parent.name for f in files], pa.string())}))
-        rows = con.execute("SELECT f.version, s.user_id, s.split, min(s.dt) FROM read_parquet(?, filename = true) s "
+        rows = con.execute(f"SELECT f.version, s.user_id, s.split, min(s.dt) FROM read_parquet(?, filename = true, "
+                           f"{NO_HIVE}) s "
                            "JOIN files f USING (filename) WHERE s.split IN ('train', 'validation', 'test') "
                            "GROUP BY ALL", [_literal(files)]).fetchall()
     except Exception as exc:
@@ -1405,7 +1406,7 @@ def read_retained_keys(home: DataHome, names: list[str]) -> pa.Table:
     con = connect({})
     try:
         con.register("side", con.sql(
-            "SELECT split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files) "
+            f"SELECT split, dt, prompt_key, image_0_uid, image_1_uid FROM read_parquet($files, {NO_HIVE}) "
             "WHERE split IN ('train', 'validation', 'test')", params={"files": _literal(files)}).to_arrow_table())
         return con.sql(f"SELECT kind, key, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt FROM "
                        "(SELECT unnest(['prompt', 'image', 'image']) AS kind, "
@@ -1613,7 +1614,7 @@ def rekey_prompt_pins(home: DataHome, pins: pa.Table, salt: str, names: list[str
     con = connect({})
     try:
         captions = con.sql(f"SELECT caption, {_HELD_OUT_OWNER.format(column='split')}, min(dt) AS first_dt "
-                           "FROM read_parquet($files) WHERE split IN ('train', 'validation', 'test') "
+                           f"FROM read_parquet($files, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test') "
                            "GROUP BY caption ORDER BY caption", params={"files": _literal(files)}).to_arrow_table()
         con.register("captions", captions.append_column(
             "key", pa.array([normalize_prompt(c) for c in captions.column("caption").to_pylist()], pa.string())))

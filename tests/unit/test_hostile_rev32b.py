@@ -45,7 +45,14 @@ makes ``flock`` create an empty regular file at the version's name in the folder
 would also read test 2's stray copy (of a tar), though the card says every file is listed in ``manifest.json``.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix32b, ``tests/unit/test_fix32b.py``) and their
+markers removed: every ``read_parquet`` the project runs or documents says ``hive_partitioning = false``,
+``pickapic query`` reads the files the manifest lists, and the checksum advice names ``--version <the version>``
+(also the noticed items: the splits stage's reads, the ``flock`` recipe, the engine's docstring). Two tests were
+corrected where they ran a fixed text as it stood before the fix: test 1 runs the README's recipe as the README
+now gives it (read from README.md; the old literal ``read_parquet('$V/*/pickapic-*.parquet')`` cannot be fixed in
+the data, DuckDB's guess overrides the files' columns), and test 3 runs the error's advice as the error gives it
+(the command taken from the message, where it was hard-coded as the old advice).
 """
 from __future__ import annotations
 
@@ -53,13 +60,14 @@ import csv
 import io
 import json
 import os
+import re
+import shlex
 import shutil
 from collections import Counter
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
-import pytest
 
 from dagster_project.cli import main as pickapic
 from formats.home import DataHome
@@ -97,11 +105,14 @@ def _csv(text: str) -> list[dict]:
     return list(csv.DictReader(io.StringIO(text)))
 
 
+def _readme_recipe() -> str:
+    """The README's plain-DuckDB ``read_parquet`` over ``$V`` (section 7), as the README gives it."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    return re.search(r"read_parquet\('\$V/\*/pickapic-\*\.parquet'[^)]*\)", text).group(0)
+
+
 # --- 1. the documented DuckDB statement reads a folder name as every sample's split / day ----------------------------
 
-@pytest.mark.xfail(strict=True, reason="the manifest's read_parquet statement and the README's plain-DuckDB recipe "
-                   "leave DuckDB's hive_partitioning on auto: below a folder named split=train every sample reads as "
-                   "train (held-out test pairs counted in train), below dt=2026-12-07 every sample's day is that date")
 def test_the_documented_duckdb_statement_reads_each_samples_own_split_and_day_wherever_the_version_lies(
         built_home, fast_tmp):
     # A mirror laid out the way data lakes are (`/mirror/dt=2026-12-07/...`), or a home kept under such a folder: the
@@ -114,8 +125,8 @@ def test_the_documented_duckdb_statement_reads_each_samples_own_split_and_day_wh
         got_splits = Counter(dict(duckdb.sql(f"SELECT split, count(*) FROM ({statement}) GROUP BY split").fetchall()))
         got_days = Counter({str(day): n for day, n in duckdb.sql(
             f"SELECT dt, count(*) FROM ({statement}) GROUP BY dt").fetchall()})
-        readme = Counter(dict(duckdb.sql(f"SELECT split, count(*) FROM read_parquet('{version}/*/pickapic-*.parquet') "
-                                         "GROUP BY split").fetchall()))
+        recipe = _readme_recipe().replace("$V", str(version))
+        readme = Counter(dict(duckdb.sql(f"SELECT split, count(*) FROM {recipe} GROUP BY split").fetchall()))
         assert got_splits == splits == Counter({s: v["pairs"] for s, v in manifest["splits"].items()}), parent
         assert readme == splits, parent
         assert got_days == days, parent
@@ -123,9 +134,6 @@ def test_the_documented_duckdb_statement_reads_each_samples_own_split_and_day_wh
 
 # --- 2. pickapic query counts a sidecar the manifest does not list ---------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="pickapic query's pairs view globs every <split>/pickapic-*.parquet: a copy of "
-                   "a sidecar left in a split folder (not in manifest.json) doubles its pairs, where pickapic export "
-                   "and splits_summary count the manifest's")
 def test_pickapic_query_counts_only_the_sidecars_the_version_published(built_home, fast_tmp, capsys):
     home, version = _version_only(built_home, fast_tmp / "home")
     expected = json.loads((version / "manifest.json").read_text())["splits"]["train"]["pairs"]
@@ -147,9 +155,6 @@ def test_pickapic_query_counts_only_the_sidecars_the_version_published(built_hom
 
 # --- 3. the check the checksum error recommends does not look at the damaged version --------------------------------
 
-@pytest.mark.xfail(strict=True, reason="the checksum error of an older version (export/train --version) says "
-                   "`python -m pipelines.publish --home HOME --verify-checksums` names every file that differs; that "
-                   "command verifies (or publishes) the version of the home's current inputs and exits 0")
 def test_the_recommended_check_names_the_damaged_file_of_the_version_that_failed(built_home, fast_tmp, capsys):
     from pipelines.publish.__main__ import run as publish
 
@@ -173,6 +178,7 @@ def test_the_recommended_check_names_the_damaged_file_of_the_version_that_failed
     err = capsys.readouterr().err
     assert code != 0 and damaged.name in err and "--verify-checksums" in err, err   # the error and its advice
 
-    code = publish(["--home", str(home.root), "--verify-checksums"])   # the advice, run as given
+    advice = shlex.split(re.search(r"`python -m pipelines\.publish ([^`]*)`", err).group(1))
+    code = publish([str(home.root) if arg == "HOME" else arg for arg in advice])   # the advice, run as given
     out, err = capsys.readouterr()
     assert code != 0 and damaged.name in err, (code, err[-2000:], out[-500:])
