@@ -18,7 +18,8 @@ Held up (no test): ``1`` vs ``1.0`` and ``0.5`` vs ``0.50000000000000001`` vs ``
 float before the digest); key order, comments and a section's explicit default (``k = 6``) give the default's
 digest; ``"0.10"`` for a number is refused as the wrong type (a TOML string), not read; every "not in the
 version" setting tried (``publish.workers/fsync/direct_io/keep_versions/verify_checksums/reuse_shards``,
-``dedup/curation/splits.threads``) leaves its stage's digest as it was.
+``dedup/curation/splits.threads``) leaves its stage's digest as it was; a setting changed and changed back (the
+classes reversed, built, then restored and built, 42 s) switched ``latest`` back to the earlier version's name.
 
 Measured (a demo home as ``built_home``'s, 2 CPUs): ``pickapic build --dry-run`` says "up to date", then after
 ``--set ingest.earliest_created_at=2022-01-01T00:00:00 --write`` plans both days' ``ingest_day`` and
