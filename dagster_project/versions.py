@@ -53,7 +53,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "11",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "12",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -73,6 +73,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: moderation keys and texts drop every combining mark no precomposed character holds
                           #     (symbol marks, Cyrillic millions signs, glitch-text stacks) and a dot above on a
                           #     soft-dotted letter; the dotless j read as j (rev31g, splits 15)
+                          # 12: the identity of its inputs (files' bytes, moderation lists, policy) in the file's
+                          #     metadata, which build_pairs checks: pairs over out-of-date decisions are refused;
+                          #     a day's partition repeating a key is refused like a count mismatch (rev32g)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
     "splits": "15",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
