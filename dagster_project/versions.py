@@ -56,7 +56,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "12",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "13",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -79,6 +79,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 12: moderation keys and texts fold a stroked / slashed letter (ø, đ, ł) as its letter, as the
                           #     overlay mark typed on it; keycaps on fullwidth / mathematical digits (and with a
                           #     decorative mark before the keycap) read as the digit (rev32d, splits 16)
+                          # 13: the identity of its inputs (files' bytes, moderation lists, policy) in the file's
+                          #     metadata, which build_pairs checks: pairs over out-of-date decisions are refused;
+                          #     a day's partition repeating a key is refused like a count mismatch (rev32g)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
     "splits": "16",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")

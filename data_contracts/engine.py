@@ -123,7 +123,7 @@ def evaluate(contract: Contract, con: duckdb.DuckDBPyConnection,
     per-file counts, see :func:`row_local`); those rules are judged on it and not run.
 
     The rules that count the dataset's rows matching a condition (``SELECT count(*) FROM {object}
-    WHERE ...``: 92 of the 145 rules here) are answered together, by one scan of the dataset
+    WHERE ...``: 92 of the 146 rules here) are answered together, by one scan of the dataset
     (:func:`fused_query`). For a published version's sidecars (thousands of files) that is one pass
     over them for eight rules instead of eight passes (``benchmarks/sidecar_scan.py``). Such a rule's
     value is always its ``count(*) FILTER (WHERE <condition>)``, fused or alone, so it never depends

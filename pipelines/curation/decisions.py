@@ -22,7 +22,11 @@ the outcome. Subjects and reasons of ``decisions`` (all ``keep = false``; one ro
 Reconciliation: every ranking_id is in ``pairs`` or has a ``ranking`` decision; every extra export
 has a ``ranking_export`` decision (blocking rule in data_contracts/pairs.yaml). Before either build reads
 anything, the rows of each day's ``rankings`` / ``images`` partitions must equal what that day's ingest
-accepted (``ingest_files.accepted``): otherwise :class:`IngestNotReconciled` (:func:`check_ingest_reconciled`).
+accepted (``ingest_files.accepted``), with no key on two rows of a day: otherwise :class:`IngestNotReconciled`
+(:func:`check_ingest_reconciled`). ``decisions`` records the identity of what it was built from (the input files'
+bytes, the moderation lists, the policy: :func:`curation_inputs`); ``build_pairs`` refuses a ``decisions`` built from
+other inputs than it reads (:class:`DecisionsOutOfDate`, review rev32g). Every ranking in ``pairs`` has each of its
+candidate pairs there or with a pair decision (``pairs_candidate_pairs_reconciled``).
 
 Pairs follow the released Pick-a-Pic columns. 4-image era: a ranking with a chosen image gives one
 pair of the chosen image against each other shown image (3 pairs; the order among the unchosen is
@@ -37,6 +41,7 @@ name without the organisation prefix. ``are_different`` compares the full model 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -50,6 +55,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import regex
 
+from formats.files import sha256_file
 from formats.home import DataHome
 from formats.settings import (
     MAX_THREADS,
@@ -148,6 +154,9 @@ SHOWN_FLAGGED = 10
 # Parquet key-value metadata of decisions: the policy it was built with (JSON: the NSFW classes and threshold, and
 # the duplicate clusters' settings as duplicate_clusters records them), which the published data card states
 POLICY_METADATA = b"pickapic.curation_policy"
+# Parquet key-value metadata of decisions: the identity of what it was built from (JSON: one digest per input,
+# :func:`curation_inputs`), which build_pairs compares with the inputs it reads (review rev32g)
+INPUTS_METADATA = b"pickapic.curation_inputs"
 
 
 @dataclass(frozen=True)
@@ -215,6 +224,9 @@ class PairsReport:
     four_image_pairs: int
     are_different: int
     models: list[tuple[str, int]]
+    # export rows (ranking_id, day) neither used by pairs, nor of a dropped ranking, nor with a ranking_export
+    # decision (must be 0, as pairs_exports_reconciled checks; noticed by review rev32g)
+    exports_unaccounted: int = 0
 
     def metadata(self) -> dict:
         """JSON-able values and markdown tables (reconciliation, models)."""
@@ -224,12 +236,14 @@ class PairsReport:
             "rankings_with_pairs": self.rankings_with_pairs,
             "rankings_with_decision": self.rankings_with_decision,
             "rankings_unaccounted": self.rankings_unaccounted,
+            "exports_unaccounted": self.exports_unaccounted,
             "tie_rate": round(self.ties / self.pairs, 6) if self.pairs else 0.0,
             "four_image_pairs": self.four_image_pairs,
             "are_different_rate": round(self.are_different / self.pairs, 6) if self.pairs else 0.0,
-            "reconciliation": _table_md(("rankings", "with pairs", "with a drop decision", "unaccounted"),
+            "reconciliation": _table_md(("rankings", "with pairs", "with a drop decision", "unaccounted",
+                                         "unaccounted exports"),
                                         [(self.rankings, self.rankings_with_pairs, self.rankings_with_decision,
-                                          self.rankings_unaccounted)]),
+                                          self.rankings_unaccounted, self.exports_unaccounted)]),
             "models": _table_md(("model", "images in pairs"), self.models),
         }
 
@@ -445,7 +459,9 @@ def _strays(home: DataHome, table: str, day: str) -> str:
 def check_ingest_reconciled(con: duckdb.DuckDBPyConnection, home: DataHome | None = None) -> None:
     """Refuse to curate (:class:`IngestNotReconciled`, one line naming each table and day) when the rows of the
     ``rankings`` / ``images`` views differ, for a day, from what that day's ingest accepted (the sum of its
-    ``ingest_files.accepted``), or a day has rows but no ingest record (review rev25c). The ingest checks its
+    ``ingest_files.accepted``), a day has rows but no ingest record (review rev25c), or a day's partition holds one
+    key (``ranking_id`` / ``image_uid``) on several rows (review rev32g: the ingest writes a key once a day, so a
+    ranking lost and another repeated, a botched restore or merge, kept the accepted count). The ingest checks its
     counts only when it writes a partition; a partition rewritten, truncated, removed or given a stray file
     afterwards would otherwise be curated as it is: a ranking lost there drops out of ``pairs`` and of every
     reconciliation (they count what the partitions hold now), and a row added there is curated unvalidated.
@@ -459,6 +475,10 @@ def check_ingest_reconciled(con: duckdb.DuckDBPyConnection, home: DataHome | Non
     for row in bad[:SHOWN_MISMATCHES]:
         accepted = "it has no ingest_files record" if row["accepted"] is None else \
             f"its ingest accepted {row['accepted']}"
+        if row["repeated"]:
+            key = "ranking_id" if row["table"] == "rankings" else "image_uid"
+            accepted += (f", {row['repeated']} of them {'repeats' if row['repeated'] == 1 else 'repeat'} another "
+                         f"row's {key} (or {'has' if row['repeated'] == 1 else 'have'} none)")
         strays = "" if home is None else _strays(home, row["table"], row["dt"])
         named.append(f"{row['table']} {row['dt']}: {row['rows']} rows, {accepted}{strays}")
     more = f" (and {len(bad) - SHOWN_MISMATCHES} more)" if len(bad) > SHOWN_MISMATCHES else ""
@@ -470,16 +490,78 @@ def check_ingest_reconciled(con: duckdb.DuckDBPyConnection, home: DataHome | Non
         "partition folders it did not write) and curate after that")
 
 
-def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str]]:
-    """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrases."""
+class DecisionsOutOfDate(RuntimeError):
+    """``decisions`` was built from other inputs than those ``build_pairs`` reads now (review rev32g)."""
+
+
+# what decisions is built from, each an input of its identity (:func:`curation_inputs`); the moderation lists and the
+# policy too
+INPUT_TABLES = ("rankings", "images", "image_features", "image_rejects")
+
+
+def curation_inputs(home: DataHome, config: CurationConfig, files: dict[str, list[Path]],
+                    lists: dict[str, Path]) -> dict[str, str]:
+    """The identity of what the decisions and pairs builds read (``INPUTS_METADATA``): per input, a digest of its
+    files' bytes with their paths inside the home (each daily table's partitions, ``duplicate_clusters``), of the
+    moderation lists' bytes (by role, not path), and of the output-affecting policy (NSFW classes and threshold,
+    the 4-image tie rule, which secret keys the pseudonyms, never the secret). ``build_decisions`` records it and
+    ``build_pairs`` refuses a ``decisions`` file recording another one (:class:`DecisionsOutOfDate`): pairs applied
+    the decisions of yesterday's warehouse to today's rankings, so a new day's NSFW image or a newly banned user's
+    ranking, which had no decision, was published (review rev32g). Bytes, not rows: a partition rewritten with
+    the same rows in other bytes counts as changed (one more decisions build), and equal inputs give the same
+    digests in any copy of the home (paths are relative), so outputs stay byte-identical."""
+    def digest(value: object) -> str:
+        return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()[:32]
+
+    def files_of(paths: list[Path]) -> str:
+        return digest([[Path(os.path.relpath(path, home.root)).as_posix(), sha256_file(path)] for path in paths])
+
+    record = {name: files_of(paths) for name, paths in files.items()}
+    record["moderation_lists"] = digest({role: sha256_file(path) for role, path in lists.items()})
+    record["policy"] = digest({"nsfw_classes": sorted(set(config.nsfw_classes)),
+                               "nsfw_threshold": float(config.nsfw_threshold),
+                               "four_image_ties": config.four_image_ties,
+                               "pseudonyms": key_check(config.pseudonym_secret)})
+    return record
+
+
+def read_inputs(metadata: dict | None) -> dict:
+    """The inputs identity ``decisions`` records (:func:`curation_inputs`) from a Parquet file's key-value
+    ``metadata``, or {} (none recorded, or not one)."""
+    try:
+        record = json.loads((metadata or {}).get(INPUTS_METADATA) or b"null")
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def check_decisions_current(decisions: Path, inputs: dict[str, str]) -> None:
+    """Refuse (:class:`DecisionsOutOfDate`) a ``decisions`` file whose recorded inputs (:func:`read_inputs`) are
+    not ``inputs``, naming the inputs that changed: the pairs would apply decisions made for other rankings,
+    images, features, clusters, lists or policy (review rev32g)."""
+    recorded = read_inputs(pq.read_schema(decisions).metadata)
+    if recorded == inputs:
+        return
+    changed = sorted(name for name in set(recorded) | set(inputs) if recorded.get(name) != inputs.get(name))
+    why = ("it records none of its inputs (written by an older version)" if not recorded else
+           "its inputs changed since it was built: " + ", ".join(changed))
+    raise DecisionsOutOfDate(
+        f"pairs refused: decisions ({decisions}) is out of date, {why}; build decisions again and then pairs "
+        "(pickapic build, or materialize decisions with pairs; python -m pipelines.curation.decisions builds both)")
+
+
+def _connect(home: DataHome, config: CurationConfig,
+             with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str], dict[str, str]]:
+    """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrases and
+    the inputs' identity (:func:`curation_inputs`). With ``with_decisions``, a ``decisions`` file recording other
+    inputs is refused (:func:`check_decisions_current`)."""
     clusters = home.table_file("duplicate_clusters")
     if not clusters.exists():
         raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
+    files = {name: home.table_files(name) for name in INPUT_TABLES}
+    files["duplicate_clusters"] = [clusters]
     views: dict[str, object] = {
-        "rankings": home.table_files("rankings"),
-        "images": home.table_files("images"),
-        "image_features": home.table_files("image_features"),
-        "image_rejects": home.table_files("image_rejects"),
+        **{name: files[name] for name in INPUT_TABLES},
         "ingest_files": home.table_files("ingest_files"),
         "duplicate_clusters": clusters,
     }
@@ -491,11 +573,17 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     con = connect(views, threads=config.threads or None)
     try:
         check_ingest_reconciled(con, home)
+        lists = {"banned_users": _moderation_file(home, config.banned_users_file, home.banned_users_file,
+                                                  "banned users"),
+                 "nsfw_phrases": _moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase")}
+        inputs = curation_inputs(home, config, files, lists)
+        if with_decisions:
+            check_decisions_current(home.table_file("decisions"), inputs)
     except BaseException:
         con.close()
         raise
-    banned = read_id_list(_moderation_file(home, config.banned_users_file, home.banned_users_file, "banned users"))
-    phrases = read_phrases(_moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase"))
+    banned = read_id_list(lists["banned_users"])
+    phrases = read_phrases(lists["nsfw_phrases"])
     con.register("banned_users", pa.table({"user_id": pa.array(banned, pa.int64())}))
     user_ids = [row[0] for row in con.sql("SELECT DISTINCT user_id FROM rankings ORDER BY 1").fetchall()]
     con.register("user_pseudonyms", pseudonym_table(user_ids, config.pseudonym_secret))
@@ -507,7 +595,7 @@ def _connect(home: DataHome, config: CurationConfig, with_decisions: bool = Fals
     con.register("image_base", run_sql(con, "curation_images"))
     con.register("candidate_pairs", run_sql(con, "curation_candidate_pairs",
                                             {"four_image_ties": config.four_image_ties}))
-    return con, phrases
+    return con, phrases, inputs
 
 
 def _is_words(phrase: str) -> bool:
@@ -649,7 +737,7 @@ def read_policy(metadata: dict | None) -> dict:
 
 def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -> CurationReport:
     """Write ``decisions``: every drop with its reason and JSON evidence."""
-    con, phrases = _connect(home, config)
+    con, phrases, inputs = _connect(home, config)
     con.register("phrase_matches", phrase_matches(con, phrases))
     image_decisions = run_sql(con, "curation_image_decisions", {
         "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
@@ -657,7 +745,9 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
     con.register("image_decisions", image_decisions)
     with writing_table(home, "decisions") as final:   # under the curation lock (review rev29b)
         table = run_to_parquet(con, "curation_decisions", "decisions", final, {
-            "four_image_ties": config.four_image_ties}, {POLICY_METADATA: policy_record(home, config)})
+            "four_image_ties": config.four_image_ties}, {
+                POLICY_METADATA: policy_record(home, config),
+                INPUTS_METADATA: json.dumps(inputs, sort_keys=True).encode("utf-8")})
     con.register("decisions", table)
     by_reason = con.sql(
         "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()
@@ -668,8 +758,10 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
 
 
 def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> PairsReport:
-    """Write ``pairs`` from the candidate pairs and the ``decisions`` table; reconcile against rankings."""
-    con, _ = _connect(home, config, with_decisions=True)
+    """Write ``pairs`` from the candidate pairs and the ``decisions`` table; reconcile against rankings. A
+    ``decisions`` file built from other inputs (rankings, images, features, clusters, moderation lists or policy
+    changed since) is refused, :class:`DecisionsOutOfDate` (review rev32g)."""
+    con, _, _ = _connect(home, config, with_decisions=True)
     # which secret the user_id pseudonyms are under, for the splits stage's ledger check (never the secret itself)
     with writing_table(home, "pairs") as final:   # under the curation lock (review rev29b)
         table = run_to_parquet(con, "curation_pairs", "pairs", final, metadata={
@@ -683,7 +775,7 @@ def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> Pa
         pairs=table.num_rows, rankings=row["rankings"], rankings_with_pairs=row["with_pairs"],
         rankings_with_decision=row["with_decision"], rankings_unaccounted=row["unaccounted"],
         ties=row["ties"], four_image_pairs=row["four_image_pairs"], are_different=row["are_different"],
-        models=[tuple(m) for m in models],
+        models=[tuple(m) for m in models], exports_unaccounted=row["unaccounted_exports"],
     )
 
 

@@ -26,7 +26,11 @@ the asset's reconciliation table shows only rankings (the ``pairs_exports_reconc
 export); the same user's tie and pick of the same two images (two rankings) are both published, as Pick-a-Pic did.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix32g, ``tests/unit/test_fix32g.py``) and their
+markers removed: ``decisions`` records its inputs' identity and ``build_pairs`` refuses other ones
+(``DecisionsOutOfDate``), the blocking rule ``pairs_candidate_pairs_reconciled``, ``IngestNotReconciled`` for a key
+repeated in a day, ``four_image_pairs`` from the rankings' shown images; the noticed unaccounted exports are in the
+pairs report (``exports_unaccounted``).
 """
 from __future__ import annotations
 
@@ -58,8 +62,6 @@ def _pair_ids(home):
     return pq.read_table(home.table_file("pairs"), columns=["pair_id"])["pair_id"].to_pylist()
 
 
-@pytest.mark.xfail(strict=True, reason="build_pairs applies a decisions file built before the warehouse changed: "
-                   "a new day's NSFW image and banned user's ranking are published and every pairs/decisions rule passes")
 def test_pairs_over_stale_decisions_publish_nsfw_and_banned_rankings(fast_tmp):
     # decisions.py build_pairs (and the Dagster ``pairs`` asset, deps=["decisions"] only) reads today's rankings,
     # images, features and clusters but yesterday's decisions, and nothing ties the two together: a ranking the
@@ -87,8 +89,6 @@ def test_pairs_over_stale_decisions_publish_nsfw_and_banned_rankings(fast_tmp):
     assert not leaked or _contract_failures(home, "pairs", "decisions"), leaked
 
 
-@pytest.mark.xfail(strict=True, reason="no rule reconciles pairs per ranking: a pair lost from a ranking that keeps "
-                   "another pair has neither a row nor a pair decision, and every pairs/decisions rule passes")
 def test_a_lost_pair_of_a_ranking_with_other_pairs_fails_a_rule(fast_tmp):
     # pairs.yaml pairs_rankings_reconciled / pairs_exports_reconciled check ranking ids and export days only; the
     # candidate pairs (1, 3 or 6 per ranking) are never counted against pairs + pair decisions, so a 4-image
@@ -107,8 +107,6 @@ def test_a_lost_pair_of_a_ranking_with_other_pairs_fails_a_rule(fast_tmp):
     assert _contract_failures(home, "pairs", "decisions") != []
 
 
-@pytest.mark.xfail(strict=True, reason="the ingest reconciliation counts rows only: a partition rewritten with one "
-                   "ranking lost and another repeated is curated; the lost ranking is in neither pairs nor decisions")
 def test_a_lost_ranking_hidden_by_a_repeated_row_is_refused(fast_tmp):
     # curation_ingest_reconcile.sql compares count(*) per day with ingest_files.accepted. The ingest never writes
     # one ranking_id twice in a day (duplicate_row quarantine), so a day holding ranking 1 twice and ranking 2 no
@@ -129,8 +127,6 @@ def test_a_lost_ranking_hidden_by_a_repeated_row_is_refused(fast_tmp):
         build_decisions(home, CurationConfig())
 
 
-@pytest.mark.xfail(strict=True, reason="PairsReport.four_image_pairs counts a 4-image ranking's pairs only when one "
-                   "with pair_index > 0 survives: a 4-image ranking left with pair 0 alone is reported as not 4-image")
 def test_four_image_pairs_counts_every_pair_of_a_four_image_ranking(fast_tmp):
     # curation_reconcile.sql: four_image_pairs joins the rankings having a pair with pair_index > 0, a proxy for
     # "4 images shown" that fails once decisions drop the later pairs (here two NSFW unchosen images).
