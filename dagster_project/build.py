@@ -302,11 +302,33 @@ def create_dagster_storage(home: DataHome, own: bool) -> None:
     for path in (run_config, *(run_config.with_name(run_config.name + end) for end in ("-wal", "-shm"))):
         _no_access_for_others(path)
     _no_access_to_run_events(home.dagster_home / RUNLESS_DATABASE.rsplit("/", 1)[0])
+    _no_access_to_compute_logs(home.dagster_home / COMPUTE_LOGS_FOLDER)
     runless = home.dagster_home / RUNLESS_DATABASE
     if not os.path.lexists(runless) and is_real_folder(runless.parent):
         # an empty file is a new SQLite database: Dagster creates its tables at the first connection
         with contextlib.suppress(FileExistsError, PermissionError):
             os.close(os.open(runless, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666))
+
+
+COMPUTE_LOGS_FOLDER = "storage"     # Dagster's local compute logs: <run id>/compute_logs/<step>.out|.err, tick logs
+COMPUTE_LOG_ENDINGS = (".out", ".err", ".out.partial", ".err.partial")
+
+
+def _no_access_to_compute_logs(folder: Path) -> None:
+    """Take other accounts' bits off each compute log under ``folder`` (``storage/<run id>/compute_logs/*.out``,
+    ``*.err``; the sensors' and schedules' tick logs): they repeat a run's step events and log lines, which its event
+    database keeps from other accounts. The home's instance creates each one so
+    (:class:`dagster_project.instance.PrivateComputeLogManager`); one made before (the umask's mode) loses them
+    whenever this account uses the home (review rev32h). Folders are walked without following links; only this
+    account's regular files change."""
+    for root, _folders, files in os.walk(folder, followlinks=False):
+        for name in files:
+            if not name.endswith(COMPUTE_LOG_ENDINGS):
+                continue
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                if os.lstat(path).st_mode & 0o007:
+                    _no_access_for_others(Path(path))
 
 
 def _no_access_to_run_events(folder: Path) -> None:

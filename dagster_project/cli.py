@@ -270,7 +270,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 def _cmd_ui(args: argparse.Namespace) -> int:
     from dagster_project.build import give_old_build_runs_an_origin, use_home
-    from dagster_project.serve import DaemonRunning, serve
+    from dagster_project.serve import WEBSERVER_MODULE, DaemonRunning, serve, ui_address
     from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
@@ -281,9 +281,9 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         print(f"{exc}: it starts the runs launched here; starting the webserver alone", flush=True)
     use_home(home)
     give_old_build_runs_an_origin(home)
-    command = [sys.executable, "-m", "dagster_webserver", "-m", "dagster_project.definitions",
+    command = [sys.executable, "-m", WEBSERVER_MODULE, "-m", "dagster_project.definitions",
                "-h", "127.0.0.1", "-p", str(args.port)]
-    print(f"Dagster UI for {home.root} at http://127.0.0.1:{args.port} (Ctrl-C to stop)", flush=True)
+    print(f"Dagster UI for {home.root} at {ui_address(home, '127.0.0.1', args.port)} (Ctrl-C to stop)", flush=True)
     os.execv(sys.executable, command)
     return 0  # unreachable: execv replaces this process
 

@@ -15,7 +15,9 @@ stored: :class:`CheckedSqliteRunStorage` is Dagster's SQLite run storage, but
   stored;
 - tags added to a stored run are checked as a new run's (:data:`dagster_project.coordinator.REFUSED_TAG` dropped);
 - each run's event database (``history/runs/<run id>.db``, where its events, a refusal's reason among them, are
-  kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``);
+  kept) is created before Dagster writes it, with no access for other accounts (as ``runs.db``), and so is each
+  compute log (``storage/<run id>/compute_logs/*.out|.err``, the same events and log lines again:
+  :class:`PrivateComputeLogManager`, the instance's default compute log manager);
 - its connections wait up to 30 s for a lock, as Dagster's other SQLite storages do (Dagster's run storage: 5 s);
 - a run of ``pickapic build`` (tag :data:`dagster_project.automation.BUILD_TAG`; the build runs each job with
   ``execute_in_process``, which gives a run no origin) is stored with the origin of its job in the home's code
@@ -41,8 +43,10 @@ from typing import Any
 
 import dagster as dg
 import yaml
-from dagster._core.instance.ref import InstanceRef
+from dagster._core.instance.ref import InstanceRef, compute_logs_directory
+from dagster._core.storage.compute_log_manager import ComputeIOType
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
 from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
@@ -69,7 +73,13 @@ def prepare_event_database(events_dir: str, run_id: str) -> None:
     """Create ``events_dir/<run_id>.db`` empty with :func:`event_database_mode` (an empty file is a new SQLite
     database: Dagster creates its tables at the first connection, and SQLite gives its -wal and -shm files the
     database's mode), or take other accounts' bits off one that is there; never through a link."""
-    path = os.path.join(events_dir, f"{run_id}.db")
+    prepare_private_file(os.path.join(events_dir, f"{run_id}.db"))
+
+
+def prepare_private_file(path: str) -> None:
+    """Create ``path`` empty with :func:`event_database_mode` (the umask's mode without other accounts' bits), or
+    take other accounts' bits off this account's regular file that is there; never through a link; nothing (the
+    writer that follows says what is wrong) when it cannot be made or opened."""
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     with contextlib.suppress(OSError):
         try:
@@ -82,6 +92,39 @@ def prepare_event_database(events_dir: str, run_id: str) -> None:
                 os.fchmod(fd, stat.S_IMODE(info.st_mode) & ~0o007)
         finally:
             os.close(fd)
+
+
+class PrivateComputeLogManager(LocalComputeLogManager):
+    """Dagster's local compute log manager (``HOME/dagster/storage/<run id>/compute_logs/<step>.out|.err``, the
+    sensors' and schedules' tick logs), whose log files are created before Dagster writes them with no access for
+    other accounts (:func:`prepare_private_file`, as each run's event database): they repeat the run's step events
+    and every ``context.log`` line (a refusal's reason among them), and Dagster created them with the umask's mode,
+    readable by every account under umask 022 (review rev32h). One made before loses other accounts' bits here,
+    and when the home is used (:func:`dagster_project.build.create_dagster_storage`)."""
+
+    @classmethod
+    def from_config_value(cls, inst_data: ConfigurableClassData | None, config_value: Mapping[str, Any]
+                          ) -> PrivateComputeLogManager:
+        return cls(inst_data=inst_data, **config_value)
+
+    def _prepare(self, log_key: Any, io_type: Any) -> None:
+        path = self.get_captured_local_path(log_key, IO_TYPE_EXTENSION[io_type])
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+        prepare_private_file(path)
+
+    @contextlib.contextmanager
+    def capture_logs(self, log_key: Any) -> Iterator[Any]:
+        for io_type in (ComputeIOType.STDOUT, ComputeIOType.STDERR):
+            self._prepare(log_key, io_type)
+        with super().capture_logs(log_key) as context:
+            yield context
+
+    @contextlib.contextmanager
+    def open_log_stream(self, log_key: Any, io_type: Any) -> Iterator[Any]:
+        self._prepare(log_key, io_type)
+        with super().open_log_stream(log_key, io_type) as stream:
+            yield stream
 
 
 class _Engines:
@@ -340,4 +383,7 @@ class PickapicInstance(dg.DagsterInstance):
         defaults = dict(InstanceRef.config_defaults(base_dir))
         defaults["storage"] = ConfigurableClassData("dagster_project.instance", "PickapicSqliteStorage",
                                                     yaml.dump({"base_dir": base_dir}, default_flow_style=False))
+        defaults["compute_logs"] = ConfigurableClassData(
+            "dagster_project.instance", "PrivateComputeLogManager",
+            yaml.dump({"base_dir": compute_logs_directory(base_dir)}, default_flow_style=False))
         return defaults

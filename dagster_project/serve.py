@@ -2,7 +2,8 @@
 
 Two processes on this machine, both with ``DAGSTER_HOME=HOME/dagster`` and ``PICKAPIC_HOME=HOME``:
 ``dagster-daemon run`` (schedules, sensors, the automation sensor, the run queue) and
-``dagster-webserver`` on 127.0.0.1. If either exits, the other is stopped and serve exits with its
+``dagster-webserver`` on 127.0.0.1, behind :mod:`dagster_project.webgate` (only the home's owner, or a holder of
+its UI token, gets in). If either exits, the other is stopped and serve exits with its
 status, so a service manager (systemd, see the README) restarts the pair. SIGTERM / Ctrl-C stop both.
 
 One daemon per home: serve holds ``HOME/.locks/daemon.lock`` while its daemon runs, and a second serve on the same
@@ -25,12 +26,24 @@ from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.progress import Progress
 
+# Dagster's webserver command behind the gate that lets only the home's owner in (review rev32h: every local
+# account drove the UI's GraphQL API): its flags and workspace are dagster-webserver's
+WEBSERVER_MODULE = "dagster_project.webgate"
+
+
+def ui_address(home: DataHome, host: str, port: int) -> str:
+    """The UI's address as serve and ui print it (:func:`dagster_project.webgate.announce`: the token only to a
+    terminal), making the home's UI token first, before the webserver starts."""
+    from dagster_project.webgate import announce
+
+    return announce(home, host, port)
+
 
 def commands(host: str, port: int) -> dict[str, list[str]]:
     """The daemon and webserver command lines."""
     return {
         "daemon": [sys.executable, "-m", "dagster._daemon", "run", "-m", MODULE],
-        "webserver": [sys.executable, "-m", "dagster_webserver", "-m", MODULE, "-h", host, "-p", str(port)],
+        "webserver": [sys.executable, "-m", WEBSERVER_MODULE, "-m", MODULE, "-h", host, "-p", str(port)],
     }
 
 
@@ -85,6 +98,7 @@ def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Pro
     give_old_build_runs_an_origin(home)     # the UI can re-execute a build's run stored by an earlier version
     env = dict(os.environ)
     env[AUTOMATION_ENV] = "on" if automation else "off"
+    address = ui_address(home, host, port)
     processes = {name: subprocess.Popen(command, env=env, preexec_fn=_die_with(os.getpid()))
                  for name, command in commands(host, port).items()}
     stopping = []
@@ -93,7 +107,7 @@ def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Pro
         stopping.append(signum)
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGINT)}
-    progress(f"pickapic serve: {home.root} at http://{host}:{port} (daemon pid {processes['daemon'].pid}, webserver pid "
+    progress(f"pickapic serve: {home.root} at {address} (daemon pid {processes['daemon'].pid}, webserver pid "
         f"{processes['webserver'].pid}); schedules and sensors {'on' if automation else 'off'} by default; "
         "Ctrl-C stops both")
     try:

@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "next-day rankings): what a database source gives; implied by --to-postgres")
     parser.add_argument("--to-postgres", metavar="DSN", default=None,
                         help="play the app: write the history into the app's PostgreSQL tables (schema created in "
-                             "an empty database) instead of the raw zone; the password may come from PGPASSWORD")
+                             "an empty database) instead of the raw zone; a DSN holding a password is refused (a "
+                             "command line is readable by every account): the password comes from PGPASSWORD, "
+                             "~/.pgpass or a service file")
     parser.add_argument("--image-store", metavar="DIR", default=None,
                         help="with --to-postgres: the app's storage folder for {image_uid}.png blobs (outside the "
                              "data home; required unless --no-images)")
@@ -97,8 +99,33 @@ def _sink(args: argparse.Namespace, config: SimConfig, home: DataHome):
     return AppDatabaseSink(args.to_postgres, store)
 
 
+def check_dsn_argument(dsn: str | None) -> None:
+    """Raise ValueError (one line, the DSN's values never in it) for a ``--to-postgres`` DSN that holds a password
+    (``password=``, ``sslpassword=``, a URL's ``user:password@``, or one in a connection string given as its
+    dbname) or that libpq cannot read: a command line is readable by every account on this machine
+    (``/proc/PID/cmdline``, ``ps``) for as long as the simulator runs (review rev32h). The password comes from
+    PGPASSWORD, ~/.pgpass or a service file instead, as for the export (``--dsn-env``) and the run config."""
+    if not dsn:
+        return
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict
+
+    from pipelines.appdb.connection import _dsn_secrets
+
+    try:
+        conninfo_to_dict(dsn)
+    except psycopg.Error:
+        raise ValueError("--to-postgres: not a connection string libpq reads (key=value pairs or a postgresql:// "
+                         "URL); it is not shown here, as it may hold a password") from None
+    if _dsn_secrets(dsn):
+        raise ValueError("--to-postgres: the DSN holds a password, and a command line is readable by every account "
+                         "on this machine (/proc/PID/cmdline); give it without one and the password through "
+                         "PGPASSWORD, ~/.pgpass or a service file (PGSERVICEFILE, service=NAME)")
+
+
 def run_from_args(args: argparse.Namespace) -> SimReport:
     """Run the simulator from parsed flags, with a rich progress bar unless ``--quiet``."""
+    check_dsn_argument(getattr(args, "to_postgres", None))   # before anything is made or connected
     config = config_from_args(args)
     home = DataHome.at(args.home)
     check_home_dir(home)  # new, empty or a data home: never a folder of other files, never inside another home

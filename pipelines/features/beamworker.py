@@ -67,6 +67,39 @@ from apache_beam.runners.portability import local_job_service  # noqa: E402
 from apache_beam.runners.portability.fn_api_runner import fn_runner, worker_handlers  # noqa: E402
 from apache_beam.runners.worker import data_plane  # noqa: E402
 
+# where every gRPC server of a run listens: the loopback interfaces only (gRPC binds both 127.0.0.1 and ::1 for
+# "localhost", on one port), never every interface; the workers connect to ``localhost:PORT``
+LOOPBACK_ANY_PORT = "localhost:0"
+
+
+def loopback_address(address: str) -> str:
+    """``address`` with an all-interfaces host (``[::]``, ``0.0.0.0``, none) replaced by ``localhost``."""
+    host, _, port = address.rpartition(":")
+    return f"localhost:{port}" if host in ("[::]", "::", "0.0.0.0", "") else address
+
+
+class _LoopbackGrpc:
+    """The ``grpc`` module as Beam's ``worker_handlers`` sees it: the same, except that every server it makes binds
+    its insecure ports on loopback (:func:`loopback_address`). Beam's ``GrpcServer`` listens on ``[::]:0`` for its
+    control, data, state and logging servers, all without authentication: on every interface, a host on the network
+    could connect as a worker and be handed bundles (the images) or send results (review rev32h)."""
+
+    def __init__(self, module) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str):
+        return getattr(self._module, name)
+
+    def server(self, *args, **kwargs):
+        made = self._module.server(*args, **kwargs)
+        add_insecure_port = made.add_insecure_port
+        made.add_insecure_port = lambda address: add_insecure_port(loopback_address(address))
+        return made
+
+
+if not isinstance(worker_handlers.grpc, _LoopbackGrpc):
+    worker_handlers.grpc = _LoopbackGrpc(worker_handlers.grpc)
+
 
 class QuietFnApiRunner(fn_runner.FnApiRunner):
     """Beam's batch ``FnApiRunner`` whose ``multi_processing`` workers run ``python -m pipelines.features.beamworker``."""
@@ -155,7 +188,7 @@ class _StoppableWorker(local_job_service.SubprocessSdkWorker):
                                      options=[("grpc.http2.max_pings_without_data", 0),
                                               ("grpc.http2.max_ping_strikes", 0)])
         try:
-            logging_port = logging_server.add_insecure_port("[::]:0")
+            logging_port = logging_server.add_insecure_port(LOOPBACK_ANY_PORT)
             logging_server.start()
             beam_fn_api_pb2_grpc.add_BeamFnLoggingServicer_to_server(local_job_service.BeamFnLoggingServicer(),
                                                                      logging_server)

@@ -34,7 +34,9 @@ only the ``.complete`` marker, not investigated); ``--image-store`` may be a URL
 the command line of ``python -m pipelines.appdb`` (not checked for credentials).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix32h, ``tests/unit/test_fix32h.py``) and their
+markers removed: the UI behind ``dagster_project.webgate`` (the home's owner over loopback, or the home's UI token),
+Beam's servers on loopback, the simulator refusing a DSN with a password, private compute logs.
 """
 from __future__ import annotations
 
@@ -93,9 +95,6 @@ def _schedule_status(port: int) -> str | None:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the neighbour as the nobody account")
-@pytest.mark.xfail(strict=True, reason="`pickapic serve` exposes the Dagster webserver's GraphQL API on 127.0.0.1 "
-                   "to every local account without any authentication: a neighbour turns the home's nightly "
-                   "schedule on (and could launch runs with its own run config) as the home's owner")
 def test_another_account_cannot_drive_the_served_home(fast_tmp: Path) -> None:
     """`pickapic serve --no-automation` for one account's home; the unprivileged ``nobody`` account, a neighbour on
     the same machine, must not be able to change what the daemon does (start a schedule, launch or delete runs):
@@ -157,9 +156,6 @@ def _listening_sockets(pid: int) -> set[tuple[str, str]]:
     return found
 
 
-@pytest.mark.xfail(strict=True, reason="the features stage's DirectRunner multi_processing run listens on every "
-                   "network interface ([::]:0): Beam's control, data, state and logging gRPC servers and "
-                   "beamworker's own logging server, all without authentication")
 def test_features_run_listens_only_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A nightly features run with its default 2 worker processes must not open a port that other hosts on the
     network can reach: no network at run time, and Beam's Fn API ports carry the images and accept a worker's
@@ -190,9 +186,6 @@ def test_features_run_listens_only_on_loopback(tmp_path: Path, monkeypatch: pyte
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read the command line as the nobody account")
-@pytest.mark.xfail(strict=True, reason="`pickapic simulate --to-postgres DSN` takes the DSN, password included, on "
-                   "its command line (world-readable /proc/PID/cmdline) and uses it without a word; the export "
-                   "reads its DSN from an environment variable (--dsn-env) and run config refuses one with a password")
 def test_simulate_refuses_a_password_on_its_command_line(postgres_server, tmp_path: Path) -> None:  # noqa: F811
     """The simulator playing the app against a real PostgreSQL with ``--to-postgres 'host=... password=...'``:
     another account reads the password from the process's command line for as long as it runs. The correct
@@ -228,9 +221,6 @@ def test_simulate_refuses_a_password_on_its_command_line(postgres_server, tmp_pa
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to read the files as the nobody account")
-@pytest.mark.xfail(strict=True, reason="a run's compute logs (HOME/dagster/storage/<run>/compute_logs/*.err) repeat "
-                   "its step events and log lines but keep the umask's mode: other accounts read what the run's own "
-                   "event database (history/runs/<run>.db) is made unreadable to them for")
 def test_a_runs_compute_log_is_as_private_as_its_event_database(fast_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A run on the home's own instance (what ``pickapic build`` does: ``execute_in_process``) whose step logs a line.
     The README (section 9): each run's event database gives other accounts no access (review rev25j). The same

@@ -20,11 +20,13 @@ def _closed_port() -> int:
 
 
 def test_the_simulator_says_in_one_line_that_the_database_is_unreachable(tmp_path: Path) -> None:
-    dsn = f"postgresql://bob:s3cret-pw@127.0.0.1:{_closed_port()}/appdb"
+    # the password through PGPASSWORD: one on the command line is refused before connecting (review rev32h)
+    dsn = f"postgresql://bob@127.0.0.1:{_closed_port()}/appdb"
     done = subprocess.run(
         [sys.executable, "-m", "simulator", "--home", str(tmp_path / "home"), "--days", "1", "--users", "4",
          "--rankings-per-day", "10", "--quiet", "--no-images", "--to-postgres", dsn],
-        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO)), timeout=120)
+        capture_output=True, text=True, cwd=REPO, env=dict(os.environ, PYTHONPATH=str(REPO), PGPASSWORD="s3cret-pw"),
+        timeout=120)
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr and "s3cret-pw" not in done.stderr
     lines = done.stderr.strip().splitlines()

@@ -1,0 +1,329 @@
+"""The Dagster UI of a data home behind a gate: only the home's owner may use it (review rev32h).
+
+Dagster's webserver has no login: whoever reaches its port may launch, re-execute and delete runs (they execute
+as the home's owner, with its environment: ``$PICKAPIC_APP_DB_DSN``, ``PGPASSWORD``) and switch schedules and
+sensors; on 127.0.0.1 that is every other account of the machine. ``pickapic serve`` and ``pickapic ui`` therefore
+start the webserver as ``python -m dagster_project.webgate`` (Dagster's own webserver command, its flags unchanged,
+the same workspace), whose ASGI app is Dagster's wrapped in :class:`UiGate`. A request (HTTP or websocket) passes
+when
+
+- it comes over loopback from a socket of this account (its owner's uid, looked up in ``/proc/net/tcp{,6}`` as
+  ``ss -e`` does; the owner's browser, ``curl``, an SSH tunnel's ``sshd``), to a loopback or ``localhost`` name
+  (``Host``), so a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) is not let in; or
+- it carries the home's UI token (Jupyter's way, for a browser that is not this account's, or a ``--host`` beyond
+  loopback): ``?token=...`` once (answered by a redirect to the same address without it, setting an ``HttpOnly``,
+  ``SameSite=Strict`` cookie), the cookie, or a header ``Authorization: token ...`` / ``X-Pickapic-Token``.
+
+A request whose ``Origin`` is not the address it was sent to (another site's page posting to the UI: CSRF, or
+opening its websocket) is refused whatever it carries. Everything else gets 403. The token is random (256 bits),
+kept in ``HOME/dagster/ui.token`` (mode 0600, created once, kept across restarts so a bookmark keeps working;
+:func:`ui_token`); it is never logged: ``serve`` / ``ui`` print the address with it only to a terminal.
+"""
+from __future__ import annotations
+
+import contextlib
+import hmac
+import ipaddress
+import os
+import re
+import secrets
+import stat
+import sys
+from collections.abc import Awaitable, Callable, MutableMapping
+from http.cookies import SimpleCookie
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from formats.home import DataHome
+
+TOKEN_FILE = "ui.token"
+TOKEN_PARAMETER = "token"
+TOKEN_HEADER = "x-pickapic-token"
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_TOKEN_FILE_MAX = 256
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class TokenFileError(RuntimeError):
+    """The home's UI token file is not one this account may use (a link, another account's file, not a file)."""
+
+
+def token_file(home: DataHome) -> Path:
+    """Where the home's UI token is kept (``HOME/dagster/ui.token``)."""
+    return home.dagster_home / TOKEN_FILE
+
+
+def _read_token(path: Path) -> str | None:
+    """The token in ``path``: None when it is missing, or is this account's regular file that is not one (others'
+    bits set, or not a token: it is replaced); :class:`TokenFileError` for a link or anything not this account's."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise TokenFileError(f"{path}: the UI token file cannot be read ({exc.strerror or exc}); remove it, "
+                             "a new one is made") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+            raise TokenFileError(f"{path}: the UI token file is not a regular file of this account; remove it, a "
+                                 "new one is made")
+        if info.st_mode & 0o077:        # others may have read it: a new one
+            return None
+        data = os.read(fd, _TOKEN_FILE_MAX + 1)
+    finally:
+        os.close(fd)
+    text = data.decode("ascii", "replace").strip()
+    return text if _TOKEN.fullmatch(text) else None
+
+
+def ui_token(home: DataHome) -> str:
+    """The home's UI token (:func:`token_file`), made when there is none (mode 0600 whatever the umask, written
+    whole before it appears under its name); one whose file others may read (group or other bits) or that is no
+    token is replaced by a new one. Raises :class:`TokenFileError` when the file is not this account's."""
+    path = token_file(home)
+    token = _read_token(path)
+    if token is not None:
+        return token
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)
+    temp = path.with_name(f".{TOKEN_FILE}.{secrets.token_hex(8)}.tmp")
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        try:
+            os.fchmod(fd, 0o600)
+            os.write(fd, token.encode("ascii") + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if os.path.lexists(path):       # this account's file, loose or no token (_read_token said so): replaced
+            os.replace(temp, path)
+            return token
+        try:
+            os.link(temp, path)         # never over a file another start made meanwhile: that one is used
+        except FileExistsError:
+            again = _read_token(path)
+            if again is None:
+                os.replace(temp, path)
+                return token
+            return again
+        return token
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temp)
+
+
+def owner_url(host: str, port: int, token: str) -> str:
+    """The address the owner opens (with the token: a browser that is not this account's gets in too)."""
+    name = host if ":" not in host or host.startswith("[") else f"[{host}]"
+    return f"http://{name}:{port}/?{TOKEN_PARAMETER}={token}"
+
+
+def announce(home: DataHome, host: str, port: int, out=None) -> str:
+    """The line that tells the owner where the UI is: with the token when ``out`` (stdout) is a terminal, and
+    otherwise (a service's journal, a log file) only where the token is kept: it never goes into a log."""
+    out = sys.stdout if out is None else out
+    token = ui_token(home)
+    with contextlib.suppress(AttributeError, ValueError, OSError):
+        if out.isatty():
+            return owner_url(host, port, token)
+    name = host if ":" not in host or host.startswith("[") else f"[{host}]"
+    return f"http://{name}:{port} (the token for a browser of another account: {token_file(home)})"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the ASGI middleware
+
+def _loopback(host: str) -> bool:
+    with contextlib.suppress(ValueError):
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    return False
+
+
+def _host_name(value: str) -> str:
+    """The host of a ``Host`` header value (``name``, ``name:port``, ``[v6]:port``), lower case."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+def _proc_addresses(ip: str, port: int) -> list[str]:
+    """``ip:port`` as ``/proc/net/tcp{,6}`` write it (hex, each 32-bit word in host order; an IPv4 address also
+    as the IPv4-mapped IPv6 one a dual-stack socket shows)."""
+    address = ipaddress.ip_address(ip)
+    found = []
+    if isinstance(address, ipaddress.IPv4Address):
+        found.append(address.packed[::-1].hex().upper())
+        address = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + address.packed)
+    elif address.ipv4_mapped is not None:
+        found.append(address.ipv4_mapped.packed[::-1].hex().upper())
+    packed = address.packed
+    found.append("".join(packed[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4)))
+    return [f"{text}:{port:04X}" for text in found]
+
+
+def peer_uid(client: tuple[str, int], server: tuple[str, int]) -> int | None:
+    """The uid owning the local TCP socket at ``client`` connected to ``server`` (``/proc/net/tcp``, ``tcp6``),
+    None when there is none on this machine (a remote peer, a closed connection, no ``/proc``)."""
+    try:
+        locals_ = set(_proc_addresses(client[0], int(client[1])))
+        remotes = set(_proc_addresses(server[0], int(server[1])))
+    except (ValueError, TypeError, IndexError):
+        return None
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table, encoding="ascii", errors="replace") as lines:
+                next(lines, None)
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) > 7 and fields[1] in locals_ and fields[2] in remotes:
+                        with contextlib.suppress(ValueError):
+                            return int(fields[7])
+        except OSError:
+            continue
+    return None
+
+
+class UiGate:
+    """ASGI middleware: ``app`` for this account and for the holders of ``token`` (see the module), 403 for the
+    rest. ``uid``: the account let in without the token over loopback (default: this process's)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]], token: str, uid: int | None = None) -> None:
+        if not _TOKEN.fullmatch(token):
+            raise ValueError("the UI token is not a token")
+        self.app = app
+        self.token = token
+        self.uid = os.geteuid() if uid is None else uid
+
+    def cookie_name(self, scope: Scope) -> str:
+        server = scope.get("server") or (None, None)
+        return f"pickapic-ui-{server[1]}" if server[1] else "pickapic-ui"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope.get("type") not in ("http", "websocket"):
+            await self.app(scope, receive, send)        # lifespan
+            return
+        headers = _headers(scope)
+        query = [(key, value) for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
+                                                            keep_blank_values=True)]
+        given = [value for key, value in query if key == TOKEN_PARAMETER]
+        if given:       # never passed on: neither Dagster nor a log line (uvicorn's access log) gets it
+            scope["query_string"] = urlencode([(k, v) for k, v in query if k != TOKEN_PARAMETER]).encode("latin-1")
+        if not self._same_origin(headers):
+            await _refuse(scope, receive, send, "the request comes from another site's page (Origin)")
+            return
+        by_query = any(self._valid(value) for value in given)
+        if by_query and scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
+            await self._set_cookie_and_redirect(scope, send)
+            return
+        if by_query or self._by_token(scope, headers) or self._by_account(scope, headers):
+            await self.app(scope, receive, send)
+            return
+        await _refuse(scope, receive, send, "open the address with the token that `pickapic serve` / `pickapic ui` "
+                      "printed (its file: HOME/dagster/ui.token), as the account that owns the data home")
+
+    def _valid(self, value: str | None) -> bool:
+        return bool(value) and hmac.compare_digest(value.encode("utf-8", "replace"), self.token.encode("ascii"))
+
+    def _by_token(self, scope: Scope, headers: dict[str, str]) -> bool:
+        authorization = headers.get("authorization", "")
+        if authorization[:6].lower() == "token " and self._valid(authorization[6:].strip()):
+            return True
+        if self._valid(headers.get(TOKEN_HEADER, "").strip()):
+            return True
+        cookie = SimpleCookie()
+        with contextlib.suppress(Exception):
+            cookie.load(headers.get("cookie", ""))
+        morsel = cookie.get(self.cookie_name(scope))
+        return morsel is not None and self._valid(morsel.value)
+
+    def _by_account(self, scope: Scope, headers: dict[str, str]) -> bool:
+        client, server = scope.get("client"), scope.get("server")
+        if not client or not server or not _loopback(str(client[0])):
+            return False
+        host = _host_name(headers.get("host", ""))
+        if host != "localhost" and not _loopback(host):     # DNS rebinding: another site's name for 127.0.0.1
+            return False
+        return peer_uid((str(client[0]), int(client[1])), (str(server[0]), int(server[1]))) == self.uid
+
+    @staticmethod
+    def _same_origin(headers: dict[str, str]) -> bool:
+        origin = headers.get("origin")
+        if origin is None:
+            return True
+        try:
+            parts = urlsplit(origin.strip())
+            netloc = parts.netloc.lower()
+        except ValueError:
+            return False
+        return bool(netloc) and netloc == headers.get("host", "").strip().lower()
+
+    async def _set_cookie_and_redirect(self, scope: Scope, send: Send) -> None:
+        location = (scope.get("root_path", "") + scope.get("path", "/")) or "/"
+        if scope.get("query_string"):
+            location += "?" + scope["query_string"].decode("latin-1")
+        if not location.startswith("/") or location.startswith("//"):
+            location = "/"
+        cookie = (f"{self.cookie_name(scope)}={self.token}; Path=/; HttpOnly; SameSite=Strict"
+                  + ("; Secure" if scope.get("scheme") == "https" else ""))
+        await send({"type": "http.response.start", "status": 303,
+                    "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("ascii")),
+                                (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    found: dict[str, str] = {}
+    for key, value in scope.get("headers") or ():
+        name = key.decode("latin-1").lower()
+        found[name] = (found[name] + "; " if name == "cookie" and name in found else "") + value.decode("latin-1")
+    return found
+
+
+async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
+    if scope["type"] == "websocket":
+        await receive()     # websocket.connect: closing before accepting answers the handshake with 403
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    body = f"403 Forbidden: this Dagster UI serves only the owner of its data home: {why}\n".encode()
+    await send({"type": "http.response.start", "status": 403,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", str(len(body)).encode("ascii"))]})
+    await send({"type": "http.response.body", "body": body})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the webserver
+
+def gated_app_factory(factory: Callable[..., Any], token: str) -> Callable[..., Any]:
+    """Dagster's app factory (``create_app_from_workspace_process_context``) whose app is behind :class:`UiGate`."""
+    def create(*args: Any, **kwargs: Any) -> UiGate:
+        return UiGate(factory(*args, **kwargs), token)
+    return create
+
+
+def main() -> None:
+    """``python -m dagster_project.webgate [dagster-webserver flags]``: Dagster's webserver (its CLI, uvicorn, the
+    workspace the flags name) for the data home ``$PICKAPIC_HOME``, its app behind :class:`UiGate`."""
+    import dagster_webserver.cli as webserver_cli
+
+    home = os.environ.get("PICKAPIC_HOME")
+    if not home:
+        sys.exit("python -m dagster_project.webgate: error: PICKAPIC_HOME is not set (started by pickapic serve / ui)")
+    try:
+        token = ui_token(DataHome.at(home))
+    except (TokenFileError, OSError) as exc:
+        sys.exit(f"python -m dagster_project.webgate: error: {exc}")
+    webserver_cli.create_app_from_workspace_process_context = gated_app_factory(
+        webserver_cli.create_app_from_workspace_process_context, token)
+    sys.argv[0] = "dagster-webserver"
+    webserver_cli.main()
+
+
+if __name__ == "__main__":
+    main()
