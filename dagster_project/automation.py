@@ -20,6 +20,10 @@ The nightly path runs by itself wherever a Dagster daemon runs for the home (``p
   committed after their last export (``pipelines.appdb.export.late_rows``); the raw-day sensor then
   ingests the days whose files changed.
 
+While a `pickapic build` holds the home's build lock, the nightly and both sensors request nothing and say so
+(:func:`build_skip_reason`; review rev32e: between the build's runs they saw nothing running and requested its days
+and its rebuild beside it).
+
 The crons are settings of the home (``[schedules]`` of HOME/pickapic.toml, validated as five-field cron
 strings), read when Dagster loads these definitions for the home ($PICKAPIC_HOME): that section alone, so a refused
 value of another section is logged and said in each schedule's and sensor's description instead of stopping the
@@ -309,12 +313,35 @@ def build_running(home: DataHome) -> bool:
     build starting in those microseconds is told another build runs, and retried); a lock file this account
     may not read counts as a running build (unknown), a missing one, a link or anything not a regular file as
     none (a build refuses those)."""
+    return _build_lock_state(home) is not False
+
+
+def build_holds_lock(home: DataHome) -> bool:
+    """Whether a `pickapic build` is known to hold ``home``'s build lock (:func:`build_running`, where a lock file
+    this account may not read counts as none: the automation is not stopped for good by a lock file a root build
+    left 0600). While it does, the nightly, the raw-day sensor and the rebuild sensor request nothing
+    (:func:`build_skip_reason`; review rev32e): the build runs what it planned, and the daemon would otherwise run
+    the same days, or the same rebuild, beside it."""
+    return _build_lock_state(home) is True
+
+
+def build_skip_reason(home: DataHome) -> str | None:
+    """The skip reason of a tick while a `pickapic build` holds ``home``'s build lock (None when none does)."""
+    if not build_holds_lock(home):
+        return None
+    return (f"a `pickapic build` holds the build lock of {home.root} ({home.lock_file.name}): it runs what is stale "
+            "itself, so nothing is requested beside it; the sensors look again at their first tick after it ends")
+
+
+def _build_lock_state(home: DataHome) -> bool | None:
+    """True: someone holds ``home``'s build lock; False: nobody does (or there is no lock file, or a link, or not a
+    regular file: a build refuses those); None: unknown (a lock file this account may not read)."""
     try:
         fd = os.open(home.lock_file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
     except OSError as exc:
-        return exc.errno != errno.ELOOP       # a link: no build takes it; unreadable: unknown, so running
+        return False if exc.errno == errno.ELOOP else None   # a link: no build takes it; unreadable: unknown
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             return False
@@ -445,6 +472,9 @@ def nightly_schedule(context: dg.ScheduleEvaluationContext, data_home: PickapicH
     home = data_home.home()
     if not home.raw_days():
         return dg.SkipReason(f"no raw day under {home.raw_logs} yet")
+    held = build_skip_reason(home)
+    if held:    # the build runs the days and the rebuild it planned; the sensors catch up after it (review rev32e)
+        return dg.SkipReason(held)
     plan, incomplete = plan_complete_days(home, context.instance)
     complete = set(plan.days)
     _record(context.instance, plan, complete)
@@ -501,6 +531,9 @@ def raw_partition_sensor(context: dg.SensorEvaluationContext, data_home: Pickapi
     complete = [day for day in begun_days(scan.days) if raw_day_complete(home, day)]
     if not complete:
         return dg.SensorResult(skip_reason=f"no complete raw partition under {home.raw_logs}{note}", cursor=cursor)
+    held = build_skip_reason(home)
+    if held:    # the build ingests the days it planned; this sensor asks again after it (review rev32e)
+        return dg.SensorResult(skip_reason=held + note, cursor=cursor)
     # planned as the nightly plans (review rev31b: planned with the incomplete days as days it runs, a day copying
     # a risky row of one was stale at every tick, and its run key, naming its last materialization, new each time)
     plan, _ = plan_complete_days(home, context.instance)
@@ -545,6 +578,9 @@ def rebuild_sensor(context: dg.SensorEvaluationContext, data_home: PickapicHome)
     missed or doubled rebuilds around short runs and re-runs (reviews rev21b-rev21e)."""
     instance = context.instance
     home = data_home.home()
+    held = build_skip_reason(home)
+    if held:    # a build between its runs, or planning: it rebuilds what it changes itself (review rev32e)
+        return dg.SkipReason(held)
     unfinished = unfinished_runs(instance, home)
     if any(_runs_global_stages(run) for run in unfinished):
         return dg.SkipReason("a rebuild is queued or running")

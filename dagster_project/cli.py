@@ -261,6 +261,9 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     home = DataHome.at(args.home)
     check_home_dir(home)  # serve writes dagster/dagster.yaml there
+    note = exposed_host_warning(args.host)
+    if note:
+        print(f"warning: {note}", file=sys.stderr, flush=True)
     try:
         return serve(home, host=args.host, port=args.port, automation=not args.no_automation)
     except DaemonRunning as exc:
@@ -268,9 +271,29 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         return 1
 
 
+def exposed_host_warning(host: str) -> str | None:
+    """A warning for a ``--host`` other than a loopback address (None for one): Dagster's UI has no login, so
+    whoever reaches that address can launch, re-execute and delete runs, and switch the schedules and sensors."""
+    import ipaddress
+
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
+        return None
+    try:
+        if ipaddress.ip_address(name).is_loopback:
+            return None
+    except ValueError:
+        pass            # a host name: it may resolve to any interface
+    return (f"the Dagster UI listens on {host}, beyond this machine: anyone who can reach it and holds the home's UI "
+            "token (HOME/dagster/ui.token) can launch, re-execute and delete runs and switch schedules and sensors, "
+            "and the token travels unencrypted over plain HTTP; put it behind TLS and a firewall, or keep the default "
+            "127.0.0.1 (an SSH tunnel: ssh -L 3000:127.0.0.1:3000)")
+
+
 def _cmd_ui(args: argparse.Namespace) -> int:
+    from dagster_project.automation import AUTOMATION_ENV
     from dagster_project.build import give_old_build_runs_an_origin, use_home
-    from dagster_project.serve import WEBSERVER_MODULE, DaemonRunning, serve, ui_address
+    from dagster_project.serve import DaemonRunning, commands, daemon_automation, project_root, serve, ui_address
     from formats.outputs import check_home_dir
 
     home = DataHome.at(args.home)
@@ -281,9 +304,17 @@ def _cmd_ui(args: argparse.Namespace) -> int:
         print(f"{exc}: it starts the runs launched here; starting the webserver alone", flush=True)
     use_home(home)
     give_old_build_runs_an_origin(home)
-    command = [sys.executable, "-m", WEBSERVER_MODULE, "-m", "dagster_project.definitions",
-               "-h", "127.0.0.1", "-p", str(args.port)]
+    # the UI shows the schedules and sensors as the serve's daemon runs them (review rev32e), never as this shell's
+    # $PICKAPIC_AUTOMATION would start them
+    automation = daemon_automation(home)
+    if automation is not None:
+        os.environ[AUTOMATION_ENV] = automation
+    else:
+        print("warning: the running serve did not record whether its schedules and sensors are on; this UI shows "
+              "them as $PICKAPIC_AUTOMATION would start them (restart the serve to record it)", flush=True)
+    command = commands("127.0.0.1", args.port)["webserver"]
     print(f"Dagster UI for {home.root} at {ui_address(home, '127.0.0.1', args.port)} (Ctrl-C to stop)", flush=True)
+    os.chdir(project_root())      # never the code of the folder it was typed in (review rev32e)
     os.execv(sys.executable, command)
     return 0  # unreachable: execv replaces this process
 

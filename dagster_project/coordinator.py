@@ -47,8 +47,18 @@ OLD_DAGSTER_YAMLS = ("telemetry:\n  enabled: false\n", _COORDINATOR_YAML,
                      DAGSTER_YAML[:DAGSTER_YAML.index("  # a canceled run whose step")], DAGSTER_YAML)
 # Dagster's instance with a run storage that stores no credential of a run or a backfill (dagster_project/instance.py;
 # review rev25j: a backfill's run config was stored unchecked, a refused run's password stayed while runs.db was read)
-DAGSTER_YAML = ("# Stores no credential of a run or a backfill launched from the UI (dagster_project/instance.py).\n"
-                "instance_class:\n  module: dagster_project.instance\n  class: PickapicInstance\n" + DAGSTER_YAML)
+_INSTANCE_YAML = ("# Stores no credential of a run or a backfill launched from the UI (dagster_project/instance.py).\n"
+                  "instance_class:\n  module: dagster_project.instance\n  class: PickapicInstance\n")
+OLD_DAGSTER_YAMLS = (*OLD_DAGSTER_YAMLS, _INSTANCE_YAML + DAGSTER_YAML)   # the last: before max_concurrent_runs
+# Runs the daemon starts at once (Dagster's queue default: 10): each daily run starts Beam with NudeNet, and after a
+# catch-up the raw-day sensor requests a run per day (rev32e). Edit the home's dagster.yaml to change it (an edited
+# file is left as it is).
+MAX_CONCURRENT_RUNS = 2
+DAGSTER_YAML = _INSTANCE_YAML + DAGSTER_YAML.replace(
+    "  class: CheckedRunCoordinator\n",
+    "  class: CheckedRunCoordinator\n"
+    "  # at most this many runs at once (Dagster's default: 10); each daily run starts Beam with NudeNet\n"
+    f"  config:\n    max_concurrent_runs: {MAX_CONCURRENT_RUNS}\n", 1)
 
 
 class RunConfigRefused(ValueError):

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dagster_project.location import MODULE
 from formats.home import DataHome
@@ -39,11 +40,23 @@ def ui_address(home: DataHome, host: str, port: int) -> str:
     return announce(home, host, port)
 
 
+def project_root() -> str:
+    """The folder holding this project's packages (``dagster_project``, ``pipelines``, ``training``, ...): the working
+    directory of the daemon, the webserver and their code server (:func:`commands`)."""
+    return str(Path(__file__).resolve().parents[1])
+
+
 def commands(host: str, port: int) -> dict[str, list[str]]:
-    """The daemon and webserver command lines."""
+    """The daemon and webserver command lines, run with :func:`project_root` as their working directory (``cwd``
+    of :func:`_serve`, ``os.chdir`` before ``pickapic ui`` execs the webserver) and given it as the code location's
+    (``-d``): ``python -m`` puts the current folder first on ``sys.path``, and Dagster's code server the location's
+    working directory (the current folder, unless ``-d``), so a ``training/`` package of the folder the operator
+    started ``pickapic serve`` in was imported instead of the project's (review rev32e). Ignored by the console
+    script ``pickapic``, which never imports from the current folder."""
+    root = project_root()
     return {
-        "daemon": [sys.executable, "-m", "dagster._daemon", "run", "-m", MODULE],
-        "webserver": [sys.executable, "-m", WEBSERVER_MODULE, "-m", MODULE, "-h", host, "-p", str(port)],
+        "daemon": [sys.executable, "-m", "dagster._daemon", "run", "-m", MODULE, "-d", root],
+        "webserver": [sys.executable, "-m", WEBSERVER_MODULE, "-m", MODULE, "-d", root, "-h", host, "-p", str(port)],
     }
 
 
@@ -79,6 +92,25 @@ def daemon_lock_file(home: DataHome):
     return home.locks / "daemon.lock"
 
 
+def daemon_automation_file(home: DataHome):
+    """Whether the running serve's schedules and sensors start on (``on`` / ``off``): written by the serve holding
+    ``daemon.lock``, read by a ``pickapic ui`` that starts its webserver alone beside it (:func:`daemon_automation`)."""
+    return home.locks / "daemon.automation"
+
+
+def daemon_automation(home: DataHome) -> str | None:
+    """``"on"`` or ``"off"``: the automation default the home's running serve gave its daemon and webserver, as it
+    recorded it (:func:`daemon_automation_file`); None when there is no such record (a serve of an earlier version),
+    or it is not one. A ``pickapic ui`` beside a ``pickapic serve --no-automation`` gives its webserver this value,
+    so its UI shows the schedules and sensors as the daemon runs them (review rev32e: all shown RUNNING while the
+    daemon ran none)."""
+    from formats.files import read_small_file
+
+    data = read_small_file(daemon_automation_file(home), 16)
+    value = (data or b"").decode("ascii", "replace").strip()
+    return value if value in ("on", "off") else None
+
+
 def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation: bool = True,
           progress: Progress = print) -> int:
     """Run the daemon and the webserver for ``home`` until one of them stops or a signal arrives; raise
@@ -87,6 +119,9 @@ def serve(home: DataHome, host: str = "127.0.0.1", port: int = 3000, automation:
         raise DaemonRunning(home, holder)
 
     with hold_lock(daemon_lock_file(home), "the Dagster daemon of the data home", busy):
+        from formats.files import write_bytes_atomic
+
+        write_bytes_atomic(daemon_automation_file(home), b"on\n" if automation else b"off\n")
         return _serve(home, host, port, automation, progress)
 
 
@@ -99,7 +134,7 @@ def _serve(home: DataHome, host: str, port: int, automation: bool, progress: Pro
     env = dict(os.environ)
     env[AUTOMATION_ENV] = "on" if automation else "off"
     address = ui_address(home, host, port)
-    processes = {name: subprocess.Popen(command, env=env, preexec_fn=_die_with(os.getpid()))
+    processes = {name: subprocess.Popen(command, env=env, cwd=project_root(), preexec_fn=_die_with(os.getpid()))
                  for name, command in commands(host, port).items()}
     stopping = []
 

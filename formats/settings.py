@@ -152,8 +152,13 @@ def _redacted(value: Any) -> Any:
 
 
 def holds_credential(value: Any) -> bool:
-    """Whether a setting's value (a text, or a list of texts) holds what :func:`_redacted` hides."""
-    return _redacted(value) != value
+    """Whether a setting's value (a text, or a list of texts) holds what :func:`_redacted` hides. Only texts are
+    asked: a number never holds one (a NaN, never equal to itself, counted as a credential when the redacted
+    value was compared with the value: review rev32e)."""
+    from formats.text import redact_credentials
+
+    items = value if isinstance(value, (tuple, list)) else (value,)
+    return any(isinstance(item, str) and redact_credentials(item) != item for item in items)
 
 
 # ------------------------------------------------------------------------------------- one setting

@@ -31,6 +31,14 @@ def run_from_args(args: argparse.Namespace) -> int:
     for line in scan.summary():
         print(f"warning: skipped {line}", file=sys.stderr)
     days = args.day or scan.days
+    if not args.day:     # a folder named after a later day is an export error: skipped, as `pickapic build` does
+        from pipelines.provenance import begun_days
+
+        later = sorted(set(days) - set(begun_days(days)))
+        if later:
+            print(f"warning: skipped {len(later)} raw day folder(s) of days that have not begun (UTC): "
+                  f"{', '.join('dt=' + d for d in later[:5])}{', ...' if len(later) > 5 else ''}", file=sys.stderr)
+            days = [day for day in days if day not in later]
     if not days:
         print(f"no raw days under {home.raw_logs}", file=sys.stderr)
         return 1

@@ -53,6 +53,7 @@ Command line: ``python -m pipelines.ingest`` (:mod:`pipelines.ingest.__main__`).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import fcntl
 import multiprocessing
 import os
@@ -439,6 +440,7 @@ def ingest_day(home: DataHome, day: str, config: IngestConfig = IngestConfig(), 
     """
     started = time.perf_counter()
     date = parse_day(day)
+    check_day_begun(day)
     scan = home.scan_raw_zone()
     if day not in scan.days:
         raise RawDayGone(_gone_message(home, day, scan))
@@ -555,6 +557,22 @@ def ingest_lock(home: DataHome, on_wait: Callable[[str], None] | None = None) ->
             yield
         finally:
             held.discard(key)
+
+
+class DayNotBegun(ValueError):
+    """The day has not begun (UTC): its raw folder is an export error, never ingested (review rev32e)."""
+
+
+def check_day_begun(day: str, today: str | None = None) -> None:
+    """Raise :class:`DayNotBegun` for a day after ``today`` (UTC), before anything is read or written: a folder named
+    after a later day is an export error (``pipelines.provenance.begun_days``), which `pickapic build`, the nightly
+    and the sensors skip; a run of it launched by hand (the UI's "Add partition", ``python -m pipelines.ingest
+    --day``) is refused here, since every reader of the warehouse takes each calendar-dated partition folder
+    (review rev32e: such a run wrote the six tables' ``dt=9999-12-31`` partitions)."""
+    today = today or dt.datetime.now(dt.timezone.utc).date().isoformat()
+    if day > today:
+        raise DayNotBegun(f"day {day} has not begun (UTC; today is {today}): a raw folder named after a later day is "
+                          "an export error and is never ingested (nothing was written); ingest it once it has begun")
 
 
 class RawDayGone(FileNotFoundError):

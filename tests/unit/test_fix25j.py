@@ -174,10 +174,12 @@ def test_each_runs_event_database_is_read_by_no_other_account(fast_tmp, env_kept
 def test_an_instance_yaml_of_the_previous_version_is_brought_up_to_date(fast_tmp, env_kept) -> None:
     home = DataHome(fast_tmp / "home")
     home.dagster_home.mkdir(parents=True)
-    (home.dagster_home / "dagster.yaml").write_text(OLD_DAGSTER_YAMLS[-1])
+    # the version before this fix (fix32e appended a later one, with instance_class: tests/unit/test_fix32e.py)
+    previous = next(text for text in reversed(OLD_DAGSTER_YAMLS) if "instance_class" not in text)
+    (home.dagster_home / "dagster.yaml").write_text(previous)
     use_home(home)
     assert (home.dagster_home / "dagster.yaml").read_text() == DAGSTER_YAML
-    assert "instance_class" not in OLD_DAGSTER_YAMLS[-1]
+    assert previous == OLD_DAGSTER_YAMLS[-2]
 
 
 def _stored_whole(fast_tmp: Path, tags: dict | None = None) -> tuple[DataHome, dg.DagsterInstance, dg.DagsterRun]:
