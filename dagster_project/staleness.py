@@ -81,7 +81,7 @@ def stage_version(stage: Stage, home: DataHome, stage_config, upstream: Lookup, 
     else:
         previous = STAGES[STAGES.index(stage) - 1]
         inputs = [upstream(previous.name, None)]
-    version = combine(stage.name, stage.code_version, config_digest(stage.section, stage_config), inputs)
+    version = combine(stage.name, stage.code_version, config_digest(stage.section, stage_config, home.root), inputs)
     return version + LATE_MARK + ",".join(late) if stage.name == "ingest" and late else version
 
 

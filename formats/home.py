@@ -22,6 +22,10 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
 # checks digits only (it matches dt=2023-02-30): a day is a name it matches that is also a calendar date
 # (formats.rawzone.day_of_folder, DataHome.partition_days), and readers take DataHome.table_files (review rev31k)
 PARTITION_FOLDER_GLOB = "dt=" + "-".join("[0-9]" * n for n in (4, 2, 2))
+# the home's moderation lists, relative to the home: what curation.banned_users_file / phrases_file = '' name (their
+# knobs' home_file: a setting naming the same file is the same setting, formats.settings.home_file_canonical)
+BANNED_USERS_FILE = "raw/moderation/banned_users.txt"
+NSFW_PHRASES_FILE = "raw/moderation/nsfw_phrases.txt"
 
 
 @dataclass(frozen=True)
@@ -62,11 +66,11 @@ class DataHome:
 
     @property
     def banned_users_file(self) -> Path:
-        return self.moderation / "banned_users.txt"
+        return self.root / BANNED_USERS_FILE
 
     @property
     def nsfw_phrases_file(self) -> Path:
-        return self.moderation / "nsfw_phrases.txt"
+        return self.root / NSFW_PHRASES_FILE
 
     def moderation_list(self, configured: str, default: Path) -> Path:
         """A moderation list's path from the settings (``curation.banned_users_file`` / ``phrases_file``):

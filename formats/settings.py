@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime as dt
 import difflib
 import functools
 import hashlib
@@ -40,7 +41,7 @@ import tomllib
 import types
 import typing
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterable, Mapping, Sequence
 
 SETTINGS_FILE = "pickapic.toml"
@@ -81,6 +82,8 @@ _LIMITS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 _SECRET_SALT = b"pickapic-settings-digest-v1"
+# what a setting's value is beyond its type (knob(form=...)): how the version digests it (Knob.canonical)
+FORMS = ("instant", "set")
 
 class SettingsError(ValueError):
     """A setting was refused; the message names the key, its source and what is allowed. A credential the message
@@ -96,8 +99,14 @@ class SettingsError(ValueError):
 
 def knob(default: Any, help: str, *, min: float | None = None, max: float | None = None,
          min_exclusive: bool = False, max_exclusive: bool = False, choices: Sequence[Any] | None = None,
-         output: bool = True, secret: bool = False, private: bool = False, range_note: str | None = None) -> Any:
+         output: bool = True, secret: bool = False, private: bool = False, range_note: str | None = None,
+         form: str | None = None, home_file: str | None = None) -> Any:
     """A dataclass field that is a stage setting: help text, allowed values, output and secret flags.
+
+    ``form``: what the value is beyond its type, so that the version digests one spelling per meaning
+    (:meth:`Knob.canonical`): ``"instant"`` (an ISO timestamp, naive meaning UTC), ``"set"`` (a list whose order and
+    repeats mean nothing). ``home_file``: a file path setting whose ``''`` means this file of the data home (relative
+    to it, ``raw/moderation/nsfw_phrases.txt``); a relative path is inside the home (review rev32i).
 
     ``range_note``: why the range is what it is, told with a refused value (the range alone does not say why).
 
@@ -115,6 +124,12 @@ def knob(default: Any, help: str, *, min: float | None = None, max: float | None
         metadata["max_exclusive"] = True
     if range_note:
         metadata["range_note"] = range_note
+    if form is not None:
+        if form not in FORMS:
+            raise ValueError(f"knob form {form!r} is none of {', '.join(FORMS)}")
+        metadata["form"] = form
+    if home_file is not None:
+        metadata["home_file"] = home_file
     return field(default=default, metadata=metadata, repr=not secret)   # a secret is never in a repr
 
 
@@ -183,6 +198,8 @@ class Knob:
     in_file: bool = True
     private: bool = False
     range_note: str = ""           # why the range is what it is (said with a refused value)
+    form: str = ""                 # "instant", "set" or "" (knob(form=...)): how :meth:`canonical` reads it
+    home_file: str = ""            # a path setting whose '' is this file of the home (relative to the home)
 
     @property
     def key(self) -> str:
@@ -222,6 +239,43 @@ class Knob:
         if typed is not None:
             self._check_range(typed, source)
         return typed
+
+    def canonical(self, value: Any, root: Path | None = None) -> Any:
+        """``value`` (a valid value of this setting) in its one spelling per meaning, as the version digests it
+        (:func:`config_digest`), so that an equivalent spelling changes no data version (review rev32i):
+
+        - an instant (``form="instant"``): the naive UTC time it names, ``YYYY-MM-DD HH:MM:SS[.ffffff]``
+          (``2022-01-01``, ``2022-01-01T00:00:00``, ``...+00:00``, ``...Z`` are ``2022-01-01 00:00:00``, the default's
+          spelling); a value that does not parse is kept as written (the stage's own check refuses it);
+        - a set (``form="set"``): each member once, the default's members first in the default's order, then the
+          other allowed values in their declared order (then any others sorted), so the default is canonical;
+        - a home file (``home_file``): ``''`` where the path names that file of the home (``raw/moderation/
+          nsfw_phrases.txt``, ``./raw//moderation/nsfw_phrases.txt``, the absolute path, a link to it: compared
+          resolved, with ``root``); any other path with ``.`` parts and doubled slashes taken out. A path with a
+          ``..`` part, or ending in ``/`` or ``/.`` (which the system reads otherwise), is kept as written.
+
+        Every other value is itself: nothing two different values mean is ever merged."""
+        if value is None:
+            return None
+        if self.form == "instant" and isinstance(value, str):
+            try:
+                return utc_naive(value).isoformat(sep=" ")
+            except (TypeError, ValueError, OverflowError):
+                return value
+        if self.form == "set" and isinstance(value, (tuple, list)):
+            default = list(self.default or ())
+            choices = list(self.choices or ())
+
+            def order(member: Any) -> tuple:
+                if member in default:
+                    return (0, default.index(member), "")
+                if member in choices:
+                    return (1, choices.index(member), "")
+                return (2, 0, str(member))
+            return type(value)(sorted(dict.fromkeys(value), key=order))
+        if self.home_file and isinstance(value, str):
+            return home_file_canonical(value, self.home_file, root)
+        return value
 
     def _toml_typed(self, value: Any) -> bool:
         """Whether a TOML value has this setting's type (an integer is a number too)."""
@@ -394,8 +448,42 @@ def knobs(section: str) -> dict[str, Knob]:
             minimum=meta.get("min"), maximum=meta.get("max"), min_exclusive=bool(meta.get("min_exclusive")),
             max_exclusive=bool(meta.get("max_exclusive")), choices=tuple(meta["choices"]) if meta.get("choices") else None,
             output=bool(output), secret=bool(meta.get("secret")), in_file=f.name not in _NOT_IN_FILE.get(section, ()),
-            private=bool(meta.get("private")), range_note=str(meta.get("range_note") or ""))
+            private=bool(meta.get("private")), range_note=str(meta.get("range_note") or ""),
+            form=str(meta.get("form") or ""), home_file=str(meta.get("home_file") or ""))
     return out
+
+
+def utc_naive(text: str) -> dt.datetime:
+    """The instant an ISO timestamp setting names, as the app's timestamps are: naive UTC (a value with an offset,
+    ``...+02:00`` or ``...Z``, is the same instant in UTC). TypeError, ValueError or OverflowError where it names
+    none (not ISO, or past the calendar in UTC)."""
+    instant = dt.datetime.fromisoformat(text)
+    if instant.tzinfo is not None:
+        instant = instant.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    return instant
+
+
+def home_file_canonical(value: str, home_file: str, root: Path | None = None) -> str:
+    """The canonical spelling of a path setting whose ``''`` is the home's ``home_file`` (:meth:`Knob.canonical`):
+    ``''`` where ``value`` names that file (the same relative path once ``.`` parts and doubled slashes are out;
+    with ``root``, the same path resolved, links followed, as opening it would); else ``value`` so normalised. A
+    ``..`` part (a link before it would lead elsewhere, a missing folder before it fails) and a trailing ``/`` or
+    ``/.`` (only a folder matches) keep the value as written: never merged with another spelling."""
+    if not value:
+        return ""
+    last = value.rsplit("/", 1)[-1]
+    if last in ("", ".", "..") or ".." in value.split("/"):
+        return value
+    written = PurePosixPath(value)
+    if not written.is_absolute() and written == PurePosixPath(home_file):
+        return ""
+    if root is not None:
+        try:
+            if os.path.realpath(Path(root) / value) == os.path.realpath(Path(root) / home_file):
+                return ""
+        except (OSError, ValueError):   # a path the system cannot resolve: kept as written
+            pass
+    return str(written)
 
 
 def _kind(tp: Any, where: str) -> tuple[type, bool]:
@@ -522,8 +610,9 @@ class Settings:
         return built
 
     def digest(self, section: str, config: Any | None = None) -> str:
-        """Fingerprint of the settings that change the section's output (secrets through a slow hash)."""
-        return config_digest(section, config if config is not None else self.config(section))
+        """Fingerprint of the settings that change the section's output (secrets through a slow hash), each in its
+        canonical spelling (:meth:`Knob.canonical`; a home file resolved inside this home, :attr:`root`)."""
+        return config_digest(section, config if config is not None else self.config(section), self.root)
 
     def describe(self) -> list[dict[str, Any]]:
         """One row per setting: key, effective value (secrets masked), default, source, allowed values, help."""
@@ -542,14 +631,18 @@ class Settings:
         return rows
 
 
-def config_digest(section: str, config: Any) -> str:
-    """sha256 (16 hex) of the output-affecting fields of a stage config."""
+def config_digest(section: str, config: Any, root: Path | None = None) -> str:
+    """sha256 (16 hex) of the output-affecting fields of a stage config, each value in its canonical spelling
+    (:meth:`Knob.canonical`: an equivalent spelling of a timestamp, of a set of classes, of the home's own
+    moderation list is no change, review rev32i; ``root``: the data home a home file setting is resolved in). A
+    value already canonical (every default, the spellings the README shows) digests as it did before."""
     values = {}
     for name, spec in knobs(section).items():
         if not spec.output or not spec.in_file:
             continue
         value = getattr(config, name)
-        values[name] = _secret_digest(value) if spec.secret and value is not None else _plain(value)
+        values[name] = _secret_digest(value) if spec.secret and value is not None else \
+            _plain(spec.canonical(value, root))
     return hashlib.sha256(json.dumps([section, values], sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -56,13 +56,14 @@ import pyarrow.parquet as pq
 import regex
 
 from formats.files import sha256_file
-from formats.home import DataHome
+from formats.home import BANNED_USERS_FILE, NSFW_PHRASES_FILE, DataHome
 from formats.settings import (
     MAX_THREADS,
     add_flags,
     check_fields,
     check_path_text,
     knob,
+    knobs,
     public_fields,
     quoted,
     stage_config,
@@ -163,12 +164,15 @@ INPUTS_METADATA = b"pickapic.curation_inputs"
 class CurationConfig:
     """Policy knobs of the decisions and pairs builds."""
 
-    nsfw_classes: tuple[str, ...] = knob(EXPLICIT_CLASSES, "NudeNet classes that make an image NSFW.", choices=NSFW_CLASSES)
+    nsfw_classes: tuple[str, ...] = knob(EXPLICIT_CLASSES, "NudeNet classes that make an image NSFW.", choices=NSFW_CLASSES,
+                                         form="set")
     # NudeNet drops every detection scored below its own cut-off, so a lower threshold would silently act as it.
     nsfw_threshold: float = knob(FLAG_THRESHOLD, "Minimum NudeNet detection score of a listed class to flag an image "
                                  "(NudeNet keeps no detection below 0.25).", min=NMS_SCORE_THRESHOLD, max=1)
-    phrases_file: str = knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt; a relative path is inside the data home.")
-    banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt; a relative path is inside the data home.")
+    phrases_file: str = knob("", "Moderation phrase list (one per line, # comments); '' = the home's nsfw_phrases.txt; a relative path is inside the data home.",
+                             home_file=NSFW_PHRASES_FILE)
+    banned_users_file: str = knob("", "Banned user ids (one per line, # comments); '' = the home's banned_users.txt; a relative path is inside the data home.",
+                                  home_file=BANNED_USERS_FILE)
     four_image_ties: str = knob("all_pairs", "4-image tie: 'all_pairs' (6 tie pairs) or 'drop'.", choices=("all_pairs", "drop"))
     pseudonym_secret: str = knob(DEFAULT_SECRET, "HMAC secret for user pseudonyms (set your own for a release).", secret=True)
     threads: int = knob(0, "DuckDB threads (0: one per core).", min=0, max=MAX_THREADS, output=False)
@@ -720,9 +724,16 @@ def policy_record(home: DataHome, config: CurationConfig) -> bytes:
         dedup = json.loads(recorded) if recorded else None
     except ValueError:
         dedup = None
-    record = {"nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
+    record = {"nsfw_classes": policy_classes(config), "nsfw_threshold": float(config.nsfw_threshold),
               "four_image_ties": config.four_image_ties, "dedup": dedup if isinstance(dedup, dict) else None}
     return json.dumps(record, sort_keys=True).encode("utf-8")
+
+
+def policy_classes(config: CurationConfig) -> list[str]:
+    """The NSFW classes of ``config`` in their canonical order, each once (``knob(form="set")``): what decisions
+    records and the data card lists, whatever order the settings name them in (review rev32i: the same classes in
+    another order made a new version whose card listed them so)."""
+    return list(knobs("curation")["nsfw_classes"].canonical(config.nsfw_classes))
 
 
 def read_policy(metadata: dict | None) -> dict:
@@ -740,7 +751,7 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
     con, phrases, inputs = _connect(home, config)
     con.register("phrase_matches", phrase_matches(con, phrases))
     image_decisions = run_sql(con, "curation_image_decisions", {
-        "nsfw_classes": list(config.nsfw_classes), "nsfw_threshold": float(config.nsfw_threshold),
+        "nsfw_classes": policy_classes(config), "nsfw_threshold": float(config.nsfw_threshold),
         "shown_flagged": SHOWN_FLAGGED})
     con.register("image_decisions", image_decisions)
     with writing_table(home, "decisions") as final:   # under the curation lock (review rev29b)

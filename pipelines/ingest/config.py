@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import asdict, dataclass, field
 
-from formats.settings import MAX_PROCESSES, check_fields, knob, quoted
+from formats.settings import MAX_PROCESSES, check_fields, knob, quoted, utc_naive
 from pipelines.ingest import parse as rp
 
 OUTPUT_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
@@ -27,7 +27,8 @@ class IngestConfig:
     max_gs: float = knob(50.0, "highest accepted guidance scale")
     earliest_created_at: str = knob("2022-01-01 00:00:00", "created_at before this -> bad_timestamp (naive UTC, as the "
                                                            "app's timestamps; a value with an offset, `...+02:00` or "
-                                                           "`...Z`, is read as the same instant in UTC)")
+                                                           "`...Z`, is read as the same instant in UTC)",
+                                    form="instant")
     future_tolerance_days: int = knob(2, "created_at at/after the end of the partition day + this many days -> "
                                          "bad_timestamp", min=0, max=3650)
     workers: int = knob(2, "processes for a large day (lines split between them by primary key); output does not "
@@ -48,9 +49,7 @@ class IngestConfig:
         (``...+02:00``, ``...Z``) is the same instant in UTC: every line's created_at is naive, and
         comparing it with an aware bound raised a TypeError on every line (review rev21a)."""
         try:
-            earliest = dt.datetime.fromisoformat(self.earliest_created_at)
-            if earliest.tzinfo is not None:
-                earliest = earliest.astimezone(dt.timezone.utc).replace(tzinfo=None)
+            earliest = utc_naive(self.earliest_created_at)   # also how the version reads it (Knob.canonical)
         except (TypeError, ValueError, OverflowError):
             raise ValueError(f"IngestConfig.earliest_created_at {quoted(self.earliest_created_at)} is not an ISO "
                              "timestamp of years 1-9999 (naive is UTC, as the app's timestamps are)") from None

@@ -36,7 +36,9 @@ Noticed, not filed (no time to confirm by running within the time box): whether 
 (documented as such).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix32i, ``tests/unit/test_fix32i.py``: each setting
+digested in its canonical spelling by its declared form, ``Knob.canonical``; decisions records the classes in that
+order) and their markers removed.
 """
 from __future__ import annotations
 
@@ -90,8 +92,6 @@ def _dry_run_after(capsys: pytest.CaptureFixture, home: Path, *assignments: str)
 
 # --- 1. every day re-ingested and the dataset republished for an equivalent timestamp ---------------------------
 
-@pytest.mark.xfail(strict=True, reason="ingest.earliest_created_at is digested as spelled: '2022-01-01T00:00:00' "
-                   "(the same instant the ingest parses) makes every day's ingest and every later stage stale")
 def test_an_equivalent_earliest_created_at_changes_no_version(tmp_path: Path, settings_restored: Path,
                                                                capsys: pytest.CaptureFixture) -> None:
     base = _digest(tmp_path / "a", "", "ingest")
@@ -113,9 +113,6 @@ def load_earliest(folder: Path, text: str):
 
 # --- 2. the same NSFW policy in another order: curation, splits and publish rerun, a new version id -------------
 
-@pytest.mark.xfail(strict=True, reason="curation.nsfw_classes is digested (and recorded in decisions' policy and "
-                   "the data card) as listed: the same classes in another order or one named twice is a new "
-                   "version of the same rows")
 def test_the_same_nsfw_classes_in_another_order_change_no_version(tmp_path: Path, settings_restored: Path,
                                                                    capsys: pytest.CaptureFixture) -> None:
     classes = list(load(settings_restored).config("curation").nsfw_classes)
@@ -133,9 +130,6 @@ def test_the_same_nsfw_classes_in_another_order_change_no_version(tmp_path: Path
 
 # --- 3. the default moderation list named by its own path -------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="curation.phrases_file / banned_users_file are digested as spelled although "
-                   "the lists enter the version by content: the home's own list named by its path "
-                   "(raw/moderation/nsfw_phrases.txt, the '' default) reruns curation and republishes")
 def test_the_default_moderation_list_named_by_its_path_changes_no_version(tmp_path: Path, settings_restored: Path,
                                                                           capsys: pytest.CaptureFixture) -> None:
     base = _digest(tmp_path / "a", "", "curation")
