@@ -544,9 +544,10 @@ _FOLDED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
 def shown_path(value: str | os.PathLike) -> str:
     """A path given by a user (a model or processor folder, a ``--data-dir``) as a message shows it: a credential
     in it hidden (an ``init_from``, ``--model`` or ``--data-dir`` given as a link such as
-    ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``: :func:`redact_credentials`), also where ``Path`` folded the link's ``//`` into ``/``, and a link's
-    fragment (``https://host/repo#***``, where a token may be passed as ``#access_token=...``). A path without
-    a credential is shown as it is (review rev28a: the trainer's refusal quoted the token into Dagster's run history)."""
+    ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``: :func:`redact_credentials`),
+    also where ``Path`` folded the link's ``//`` into ``/``, and a link's fragment (``https://host/repo#***``,
+    where a token may be passed as ``#access_token=...``). A path without a credential is shown as it is (review
+    rev28a: the trainer's refusal quoted the token into Dagster's run history; rev32a: ``--data-dir``'s)."""
     text = os.fspath(value)
     if isinstance(text, bytes):
         text = os.fsdecode(text)

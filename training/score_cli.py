@@ -208,9 +208,13 @@ def _bounded_texts(column: pa.ChunkedArray) -> list[Any]:
     a dictionary column's dictionary), so a tiny file declaring many huge rows costs no memory per row (rev32a)."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
     values = array.dictionary if pa.types.is_dictionary(array.type) else array
-    if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+    if pa.types.is_string_view(values.type):   # no binary_length kernel: each view's length, no text copied
+        lengths = pa.array([None if (data := value.as_buffer()) is None else len(data) for value in values],
+                           pa.int64())
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        lengths = pc.binary_length(values)
+    else:
         return [None] * len(array)
-    lengths = pc.binary_length(values)
     if pa.types.is_dictionary(array.type):
         lengths = pc.take(lengths, array.indices)
     long_rows = pc.greater(pc.fill_null(lengths, 0), MAX_PROMPT_BYTES)

@@ -335,7 +335,8 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
             _is_history_entry(entry) for entry in state["history"]):
         wrong.append("history")           # dicts with an int step and numbers (loss, lr, val_loss, val_accuracy, ...)
     if wrong:
-        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {sorted(set(wrong))}")
+        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries "
+                         f"{sorted(set(wrong))}")
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
         raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
     return state

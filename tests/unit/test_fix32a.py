@@ -116,6 +116,13 @@ def test_a_dictionary_prompt_column_with_nulls_and_long_values(tmp_path):
     assert rows[1].error.endswith("has no prompt")
 
 
+def test_a_string_view_prompt_column(tmp_path):
+    long = "v" * (MAX_PROMPT_BYTES + 1)
+    rows = list(read_pairs_table(_table(tmp_path / "t.parquet", pa.array(["a cow", None, long], pa.string_view()))))
+    assert [r.prompt for r in rows] == ["a cow", "", "v" * PROMPT_KEPT]
+    assert [r.error is None for r in rows] == [True, False, False] and rows[2].prompt_id == prompt_digest(long)
+
+
 def test_a_prompt_column_that_is_no_text_is_no_prompt(tmp_path):
     big = b"\xff" * (MAX_PROMPT_BYTES * 4)
     rows = list(read_pairs_table(_table(tmp_path / "t.parquet", pa.array([big, b"a cat"]))))
