@@ -71,7 +71,9 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     words: Counter[str] = Counter()
     for caption in captions:
         words.update(word for word, _ in split(normalize(caption)) if word)
-    merges = bpe_merges(words, n_merges)
+    # as many merges as the tokenizers trainer made (its vocabulary counted the </w> form of each word's last
+    # symbol seen), so a vocabulary of the same size as before: only the order of equal counts is new
+    merges = bpe_merges(words, n_merges - len({word[-1] for word in words}))
     # Ids of merged tokens are assigned in sorted order (as CLIP lays out its vocabulary: bytes, bytes + </w>,
     # merged tokens, specials).
     vocab: dict[str, int] = {}
