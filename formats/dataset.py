@@ -37,7 +37,7 @@ from typing import Callable, Iterable, Iterator
 
 from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
 from formats.home import DataHome
-from formats.text import terminal_text
+from formats.text import shown_path, terminal_text
 
 FORMAT_VERSION = "pickapic-wds/6"     # bump when the bytes written for equal input change (6: content-named shards)
 SPLITS = ("train", "validation", "test", "validation_unique", "test_unique")
@@ -452,7 +452,7 @@ def resolve_data_dir(data_dir: str | os.PathLike) -> Path:
     (``datasets/pickapic``); links resolved; errors name the path."""
     path = Path(data_dir).expanduser()
     if not path.exists():
-        raise FileNotFoundError(f"dataset dir {str(path)!r} does not exist")
+        raise FileNotFoundError(f"dataset dir {shown_path(path)!r} does not exist")   # a link's token hidden (rev32a)
     path = path.resolve()
     if not (path / "train").is_dir() and (path / LATEST).exists():
         path = (path / LATEST).resolve()

@@ -7,6 +7,7 @@ screen or reorder what follows (bidirectional overrides).
 """
 from __future__ import annotations
 
+import os
 import re
 
 
@@ -535,3 +536,28 @@ def option_names(value: str) -> str:
         words = words[:words.index("--") + 1] + ["***"] * (len(words) > words.index("--") + 1)
     return " ".join(word.split("=", 1)[0] + "=***" if word.startswith("-") and "=" in word
                     else word if word.startswith("-") else "***" for word in words)
+
+
+_FOLDED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
+
+
+def shown_path(value: str | os.PathLike) -> str:
+    """A path given by a user (a model or processor folder, a ``--data-dir``) as a message shows it: a credential
+    in it hidden (an ``init_from``, ``--model`` or ``--data-dir`` given as a link such as
+    ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``: :func:`redact_credentials`),
+    also where ``Path`` folded the link's ``//`` into ``/``, and a link's fragment (``https://host/repo#***``,
+    where a token may be passed as ``#access_token=...``). A path without a credential is shown as it is (review
+    rev28a: the trainer's refusal quoted the token into Dagster's run history; rev32a: ``--data-dir``'s)."""
+    text = os.fspath(value)
+    if isinstance(text, bytes):
+        text = os.fsdecode(text)
+    folded = _FOLDED_SCHEME.match(text)
+    link = text[:folded.end()] + "/" + text[folded.end():] if folded else text
+    hidden = redact_credentials(link)
+    if hidden == link:
+        hidden = redact_credentials(text)
+    if folded or "://" in hidden:   # a link's fragment (#access_token=...: review rev28e) is never shown
+        hash_at = hidden.find("#")
+        if 0 <= hash_at < len(hidden) - 1:
+            hidden = hidden[:hash_at + 1] + "***"
+    return hidden

@@ -109,12 +109,14 @@ def remove_run_path(path: Path, ignore_errors: bool = False) -> None:
 
 
 def parse_run_json(data: str | bytes, path: str | os.PathLike) -> Any:
-    """``json.loads`` of a small file a run folder holds (``path``: named in the error): a file nested too deeply
-    for the parser (``RecursionError``) is a ``ValueError`` naming it, as other malformed JSON is."""
+    """``json.loads`` of a small file a run folder holds (``path``: named in the error): malformed JSON, text that
+    is not UTF-8 and a file nested too deeply for the parser (``RecursionError``) are a ``ValueError`` naming it."""
     try:
         return json.loads(data)
     except RecursionError:
         raise ValueError(f"{path} is not valid JSON: it nests arrays or objects too deeply to be read") from None
+    except ValueError as exc:   # json.JSONDecodeError, UnicodeDecodeError of bytes
+        raise ValueError(f"{path} is not valid JSON ({first_line(exc)})") from None
 
 
 def from_home(stored: str, home: Path | None) -> str:
@@ -325,7 +327,11 @@ class TrainConfig:
         if not path.is_file():
             raise FileNotFoundError(f"no {CONFIG_FILE} in {directory}")
         with _reading_stored():   # the rules for new runs are not applied to a stored recipe
-            config = cls.from_dict(parse_run_json(path.read_text(encoding="utf-8"), path))
+            try:
+                config = cls.from_dict(parse_run_json(path.read_text(encoding="utf-8"), path))
+            except (ValueError, TypeError) as exc:   # a list, unknown or mistyped fields: the file named (rev32a)
+                text = first_line(exc)
+                raise ValueError(text if str(path) in text else f"{path}: {text}") from None
         if not resolve:
             return config
         return config.with_home(locate_home(Path(directory), config.output_dir) or home)

@@ -4,8 +4,10 @@
 64; projection 64; about 0.33 M parameters with the 2,048-token vocabulary: ``count_parameters``) plus a
 byte-level BPE tokenizer trained offline with ``tokenizers`` on the train captions, laid out like CLIP's
 own vocabulary (256 bytes, 256 bytes + ``</w>``, merged tokens, then ``<|startoftext|>``,
-``<|endoftext|>``), merged tokens numbered in sorted order so that ids do not depend on the order in
-which the trainer emitted merges of equal count (the only nondeterminism of the ``tokenizers`` trainer). It is saved as a plain ``CLIPTokenizer``, so
+``<|endoftext|>``), merged tokens numbered in sorted order. The merges are learnt by :func:`bpe_merges`
+(words counted by the ``tokenizers`` pipeline), ties broken by the pairs' sorted order, so the tokenizer is a
+pure function of the captions and the vocabulary size: the ``tokenizers`` trainer orders merges of equal count
+by hash-map order, new in every call (review rev32a). It is saved as a plain ``CLIPTokenizer``, so
 ``AutoProcessor`` / ``AutoModel.from_pretrained(dir)`` load it like any CLIP / PickScore checkpoint.
 Nothing is ever downloaded: every load passes ``local_files_only=True``; no code from a checkpoint folder ever
 runs: ``load_model`` uses transformers' own CLIP classes with ``trust_remote_code=False`` and refuses a processor
@@ -13,25 +15,26 @@ folder whose configs name custom classes (``auto_map``).
 """
 from __future__ import annotations
 
+import heapq
 import json
 import math
 import os
 import pickle
-import re
 import stat
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import torch
 from huggingface_hub.errors import StrictDataclassError
 from safetensors import SafetensorError, safe_open
-from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
 from formats.files import open_regular_file, write_bytes_atomic
 from formats.text import first_line as _first_line
-from formats.text import redact_credentials
+from formats.text import shown_path
 from training.config import TrainConfig
 from training.data import bounded_caption
 
@@ -53,23 +56,87 @@ def _bpe_pipeline() -> Tokenizer:
 
 
 def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 77) -> CLIPTokenizer:
-    """Train a CLIP-style byte-level BPE on ``captions`` (offline) and wrap it as a ``CLIPTokenizer``."""
+    """Train a CLIP-style byte-level BPE on ``captions`` (offline) and wrap it as a ``CLIPTokenizer``.
+
+    A pure function of the captions and ``vocab_size``: words are counted with the ``tokenizers`` pipeline
+    (:func:`_bpe_pipeline`), the merges learnt by :func:`bpe_merges` (most frequent pair first, equal counts in
+    the pairs' sorted order), not by the ``tokenizers`` trainer, whose order of merges of equal count (and so the
+    merges kept at ``vocab_size``) follows hash-map order, new in every call (review rev32a)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     n_merges = vocab_size - 2 * len(alphabet) - 2
     if n_merges <= 0:
         raise ValueError(f"vocab_size={vocab_size} leaves no room for merges (needs > {2 * len(alphabet) + 2})")
-    tok = _bpe_pipeline()
-    trainer = trainers.BpeTrainer(vocab_size=len(alphabet) + n_merges + 2, special_tokens=[BOS, EOS],
-                                  initial_alphabet=alphabet, end_of_word_suffix="</w>", show_progress=False)
-    tok.train_from_iterator(captions, trainer)
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in
-              json.loads(tok.to_str())["model"]["merges"]][:n_merges]
-    # The trainer's ids depend on hash-map order, and merges of equal count may come in either order.
-    # Ids of merged tokens are therefore assigned in sorted order: they depend on the set of merges only.
+    pipeline = _bpe_pipeline()
+    normalize, split = pipeline.normalizer.normalize_str, pipeline.pre_tokenizer.pre_tokenize_str
+    words: Counter[str] = Counter()
+    for caption in captions:
+        words.update(word for word, _ in split(normalize(caption)) if word)
+    # as many merges as the tokenizers trainer made (its vocabulary counted the </w> form of each word's last
+    # symbol seen), so a vocabulary of the same size as before: only the order of equal counts is new
+    merges = bpe_merges(words, n_merges - len({word[-1] for word in words}))
+    # Ids of merged tokens are assigned in sorted order (as CLIP lays out its vocabulary: bytes, bytes + </w>,
+    # merged tokens, specials).
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(a + "</w>" for a in alphabet), *sorted({a + b for a, b in merges}), BOS, EOS]:
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def bpe_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
+    """At most ``n_merges`` BPE merges learnt on ``word_counts`` (a word: its byte-level symbols, the last one
+    suffixed ``</w>``), deterministically: each step merges the most frequent adjacent pair, of pairs with equal
+    counts the smallest (as a tuple of strings); a pair is merged once; stops early when no pair is left.
+    Incremental (the words holding a pair are indexed): each merge costs the words it changes."""
+    words: list[list[str]] = []
+    freqs: list[int] = []
+    for word, count in sorted(word_counts.items()):
+        symbols = list(word)
+        symbols[-1] += "</w>"
+        words.append(symbols)
+        freqs.append(count)
+    counts: dict[tuple[str, str], int] = defaultdict(int)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+    for i, symbols in enumerate(words):
+        for pair in zip(symbols, symbols[1:]):
+            counts[pair] += freqs[i]
+            where[pair].add(i)
+    heap = [(-count, pair) for pair, count in counts.items()]
+    heapq.heapify(heap)
+    merges: list[tuple[str, str]] = []
+    done: set[tuple[str, str]] = set()
+    while heap and len(merges) < n_merges:
+        negative, pair = heapq.heappop(heap)
+        if pair in done or counts.get(pair, 0) != -negative or negative >= 0:
+            continue   # a stale entry: the pair's current count has its own entry
+        merges.append(pair)
+        done.add(pair)
+        first, second = pair
+        joined = first + second
+        changed: set[tuple[str, str]] = set()
+        for i in sorted(where.pop(pair, ())):
+            symbols, freq = words[i], freqs[i]
+            if not any(a == first and b == second for a, b in zip(symbols, symbols[1:])):
+                continue
+            for old in zip(symbols, symbols[1:]):
+                counts[old] -= freq
+                changed.add(old)
+            merged, k = [], 0
+            while k < len(symbols):
+                if k + 1 < len(symbols) and symbols[k] == first and symbols[k + 1] == second:
+                    merged.append(joined)
+                    k += 2
+                else:
+                    merged.append(symbols[k])
+                    k += 1
+            words[i] = merged
+            for new in zip(merged, merged[1:]):
+                counts[new] += freq
+                where[new].add(i)
+                changed.add(new)
+        for other in sorted(changed):
+            if counts[other] > 0 and other not in done:
+                heapq.heappush(heap, (-counts[other], other))
+    return merges
 
 
 def scratch_clip_config(config: TrainConfig, tokenizer: CLIPTokenizer) -> CLIPConfig:
@@ -104,30 +171,6 @@ def build_model(config: TrainConfig, captions: Iterable[str] | None = None,
         torch.manual_seed(config.seed)
         return CLIPModel(scratch_clip_config(config, tokenizer)), scratch_processor(config, tokenizer)
     return load_model(config.init_from)
-
-
-_FOLDED_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:/(?!/)")
-
-
-def shown_path(value: str | os.PathLike) -> str:
-    """A model or processor folder as a message shows it: a credential in it hidden (an ``init_from`` or ``--model``
-    given as a link such as ``https://alice:<token>@huggingface.co/...``, shown ``https://alice:***@...``:
-    :func:`formats.text.redact_credentials`), also where ``Path`` folded the link's ``//`` into ``/``, and a link's
-    fragment (``https://host/repo#***``, where a token may be passed as ``#access_token=...``). A path without
-    a credential is shown as it is (review rev28a: the trainer's refusal quoted the token into Dagster's run history)."""
-    text = os.fspath(value)
-    if isinstance(text, bytes):
-        text = os.fsdecode(text)
-    folded = _FOLDED_SCHEME.match(text)
-    link = text[:folded.end()] + "/" + text[folded.end():] if folded else text
-    hidden = redact_credentials(link)
-    if hidden == link:
-        hidden = redact_credentials(text)
-    if folded or "://" in hidden:   # a link's fragment (#access_token=...: review rev28e) is never shown
-        hash_at = hidden.find("#")
-        if 0 <= hash_at < len(hidden) - 1:
-            hidden = hidden[:hash_at + 1] + "***"
-    return hidden
 
 
 PROCESSOR_FILES = "preprocessor_config.json and the tokenizer files (tokenizer.json, or vocab.json + merges.txt)"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
 import pyarrow.parquet as pq
@@ -160,7 +161,7 @@ class PairTable(Sequence[PairRow]):
     def _rows(self, start: int, length: int) -> Iterator[PairRow]:
         prompt_column, image_column, prompt_id_column = self._columns
         part = self._table.slice(start, length)
-        prompts, images = part.column(prompt_column).to_pylist(), part.column(image_column).to_pylist()
+        prompts, images = _bounded_texts(part.column(prompt_column)), part.column(image_column).to_pylist()
         ids = part.column(prompt_id_column).to_pylist() if prompt_id_column else [None] * part.num_rows
         for number, prompt, image, prompt_id in zip(range(start + 1, start + part.num_rows + 1), prompts, images, ids):
             yield self._row(number, prompt, image, prompt_id)
@@ -168,19 +169,68 @@ class PairTable(Sequence[PairRow]):
     def _row(self, number: int, prompt: Any, image: Any, prompt_id: Any) -> PairRow:
         prompt_column, image_column, _ = self._columns
         name, error = self.path.name, None
-        if not isinstance(prompt, str) or not prompt.strip():
+        digest = None
+        if isinstance(prompt, _LongText):
+            # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole,
+            # never made a Python string whole: the row keeps its first PROMPT_KEPT bytes
+            error = (f"missing_prompt: row {number} of {name} has a {prompt_column} longer than {MAX_PROMPT_BYTES} "
+                     f"bytes ({prompt.size} bytes; its first {PROMPT_KEPT} bytes are kept)")
+            prompt, digest = prompt.head, prompt.digest
+        elif not isinstance(prompt, str) or not prompt.strip():
             # white space only is no prompt, as in a candidate folder's prompt.txt
             error, prompt = (f"missing_prompt: row {number} of {name} has no {prompt_column}",
                              prompt if isinstance(prompt, str) else "")     # bytes are no prompt text ("b'...'")
-        elif len(prompt) > MAX_PROMPT_BYTES // 4 and len(prompt.encode("utf-8", "surrogatepass")) > MAX_PROMPT_BYTES:
-            # as a candidate folder's prompt.txt: far above any real prompt, never given to the tokenizer whole
-            error = f"missing_prompt: row {number} of {name} has a {prompt_column} longer than {MAX_PROMPT_BYTES} bytes"
         if not isinstance(image, str) or not image:
             error, image = error or f"missing_image_path: row {number} of {name} has no {image_column}", ""
         elif not Path(image).is_absolute():
             image = str(self.path.parent / image)
         missing_id = prompt_id in (None, "") or (isinstance(prompt_id, float) and math.isnan(prompt_id))   # pandas' NaN
-        return PairRow(prompt_digest(prompt) if missing_id else str(prompt_id), prompt, image, error)
+        return PairRow((digest or prompt_digest(prompt)) if missing_id else str(prompt_id), prompt, image, error)
+
+
+PROMPT_KEPT = 1024   # bytes of a refused over-long table prompt kept in its row (and so in --output)
+
+
+@dataclass(frozen=True)
+class _LongText:
+    """A table text over :data:`MAX_PROMPT_BYTES`, as read without making it a Python string: its size in bytes,
+    its first :data:`PROMPT_KEPT` bytes (cut at a character boundary) and its :func:`prompt_digest`."""
+
+    size: int
+    head: str
+    digest: str
+
+
+def _bounded_texts(column: pa.ChunkedArray) -> list[Any]:
+    """The values of a prompt column as Python objects, except that a text over :data:`MAX_PROMPT_BYTES` becomes a
+    :class:`_LongText` and a value that is no text (numbers, bytes, lists: no prompt) ``None``, neither made a
+    Python object whole: the byte lengths come from the Arrow column first (``pyarrow.compute.binary_length``, of
+    a dictionary column's dictionary), so a tiny file declaring many huge rows costs no memory per row (rev32a)."""
+    array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
+    values = array.dictionary if pa.types.is_dictionary(array.type) else array
+    if pa.types.is_string_view(values.type):   # no binary_length kernel: each view's length, no text copied
+        lengths = pa.array([None if (data := value.as_buffer()) is None else len(data) for value in values],
+                           pa.int64())
+    elif pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        lengths = pc.binary_length(values)
+    else:
+        return [None] * len(array)
+    if pa.types.is_dictionary(array.type):
+        lengths = pc.take(lengths, array.indices)
+    long_rows = pc.greater(pc.fill_null(lengths, 0), MAX_PROMPT_BYTES)
+    if not pc.any(long_rows).as_py():
+        return array.to_pylist()
+    out: list[Any] = []
+    for i, is_long in enumerate(long_rows.to_pylist()):
+        if not is_long:
+            out.append(array[i].as_py())
+            continue
+        scalar = array[i]
+        data = (scalar.value if pa.types.is_dictionary(array.type) else scalar).as_buffer()
+        view = memoryview(data)
+        out.append(_LongText(len(view), bytes(view[:PROMPT_KEPT]).decode("utf-8", "ignore"),
+                             hashlib.sha256(view).hexdigest()[:16]))
+    return out
 
 
 class ErrorTexts:
@@ -485,7 +535,24 @@ def rows_from_args(args: argparse.Namespace) -> list[PairRow]:
         return read_pairs_table(args.input, args.prompt_column, args.image_column)
     if not args.prompt or not args.images:
         raise ValueError("nothing to score: give --prompt TEXT with one or more image files, or --input TABLE")
+    check_prompt_argument(args.prompt)
     return [PairRow(prompt_digest(args.prompt), args.prompt, image) for image in args.images]
+
+
+def check_prompt_argument(prompt: str, flag: str = "--prompt") -> None:
+    """Refuse a command-line prompt no table row could hold: white space only (no prompt, a ``missing_prompt`` row
+    in a table), over :data:`MAX_PROMPT_BYTES` UTF-8 bytes, or bytes that are not UTF-8 (Python's
+    ``surrogateescape`` of argv). Errors name ``flag``."""
+    if not prompt.strip():
+        raise ValueError(f"{flag} holds only white space: give the prompt to score the images against")
+    try:
+        size = len(prompt.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{flag} is not UTF-8 text (a byte the terminal's encoding could not decode, shown "
+                         f"{terminal_text(repr(prompt[:60]))}); give the prompt as UTF-8 (a UTF-8 locale, "
+                         "or --input TABLE)") from None
+    if size > MAX_PROMPT_BYTES:
+        raise ValueError(f"{flag} is longer than {MAX_PROMPT_BYTES} bytes ({size}): far above any real prompt")
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -285,6 +285,25 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return type(value) in (int, float)
+
+
+def _is_best(best: dict[str, Any]) -> bool:
+    """Whether ``best`` is a trainer state's best checkpoint record: its step (-1 before any evaluation) and accuracy."""
+    return type(best.get("step")) is int and best["step"] >= -1 and _is_number(best.get("val_accuracy"))
+
+
+def _is_history_entry(entry: Any) -> bool:
+    """Whether ``entry`` is a history entry the trainer writes: a train log line (step, loss, lr) or an evaluation
+    (step, val_loss, val_accuracy and other numbers); what the curve, metrics.json and the log read of it is there."""
+    if not (isinstance(entry, dict) and type(entry.get("step")) is int and entry["step"] >= 0):
+        return False
+    if "val_accuracy" in entry or "val_loss" in entry:
+        return _is_number(entry.get("val_accuracy")) and _is_number(entry.get("val_loss"))
+    return _is_number(entry.get("loss")) and _is_number(entry.get("lr"))
+
+
 def load_trainer_state(path: Path) -> dict[str, Any]:
     """The trainer state at ``path``, loaded as plain data only (tensors, dicts, lists, numbers, strings):
     a state that needs any other class is refused, since unpickling it could run code."""
@@ -307,8 +326,17 @@ def load_trainer_state(path: Path) -> dict[str, Any]:
     if not (isinstance(running, list) and len(running) == 2 and isinstance(running[0], float)
             and type(running[1]) is int and running[1] >= 0):
         wrong.append("running_loss")      # optional too: [loss summed since the last log line, steps in it]
+    if isinstance(state, dict) and isinstance(state.get("step"), int) and (type(state["step"]) is not int
+                                                                            or state["step"] < 0):
+        wrong.append("step")              # steps trained: a whole number (not a bool), never negative
+    if isinstance(state, dict) and isinstance(state.get("best"), dict) and not _is_best(state["best"]):
+        wrong.append("best")              # {"step": int >= -1, "val_accuracy": number}, as the trainer writes it
+    if isinstance(state, dict) and isinstance(state.get("history"), list) and not all(
+            _is_history_entry(entry) for entry in state["history"]):
+        wrong.append("history")           # dicts with an int step and numbers (loss, lr, val_loss, val_accuracy, ...)
     if wrong:
-        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries {wrong}")
+        raise ValueError(f"refusing to resume from {path}: missing or mistyped trainer state entries "
+                         f"{sorted(set(wrong))}")
     if not state["torch_rng"] or not all(isinstance(r, torch.Tensor) and r.dtype == torch.uint8 for r in state["torch_rng"]):
         raise ValueError(f"refusing to resume from {path}: torch_rng must be a non-empty list of uint8 RNG states")
     return state

@@ -36,7 +36,13 @@ its error, where ``init_from`` / ``--model`` are redacted (the run config itself
 trainer_state.pt whose ``step`` is -3 resumes and "finishes" (same gap as the mistyped state below, hand-made only).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All six were fixed the same day (fix32a, ``tests/unit/test_fix32a.py``) and their
+markers removed: the scratch tokenizer's merges are learnt by ``model.bpe_merges`` (equal counts in the pairs' sorted
+order); a table prompt's length is read from the Arrow column before it becomes a Python string (the row keeps its
+first 1,024 bytes); trainer state entries are checked as the trainer writes them; a damaged ``train_config.json`` is
+named; ``--prompt`` of white space only or not UTF-8 is refused naming it. Of the noticed items, an over-long table
+prompt is no longer copied whole into ``--output``, ``--prompt`` is held to 64 KiB, a ``--data-dir`` credential is
+hidden and a negative ``step`` refused; the others stand.
 """
 from __future__ import annotations
 
@@ -92,9 +98,6 @@ def _merges(tokenizer) -> str:
 
 
 # ------------------------------------------------------------------------------------------ determinism
-@pytest.mark.xfail(strict=True, reason="train_tokenizer keeps the tokenizers trainer's order of merges of equal "
-                   "count (hash-map order, new per call) and cuts the list at the vocabulary size there: the same "
-                   "captions give different merges.txt / tokenizer.json bytes and, at the cut, different token ids")
 def test_the_scratch_tokenizer_is_the_same_for_the_same_captions(version):
     """Same seed, same data -> same model: the scratch BPE must not depend on hash-map order. The module docstring of
     training/model.py says ids do not depend on the order of equal-count merges; but the merge order (the ranks, which
@@ -131,10 +134,6 @@ def _python_peak_mb(table: Path) -> tuple[int, int]:
         tracemalloc.stop()
 
 
-@pytest.mark.xfail(strict=True, reason="PairTable._rows turns ROW_BATCH (8,192) rows at a time into Python strings "
-                   "(to_pylist) before the 64 KiB prompt limit is checked: a 778-byte Parquet table of 1,000 rows of "
-                   "one 256 KiB prompt (all refused as missing_prompt) holds 250 MiB of Python strings, 10 rows 3 MiB; "
-                   "8,192 rows of a 16 MiB prompt, still a few KiB on disk, would take 128 GiB")
 def test_a_tiny_table_of_refused_prompts_costs_no_memory_per_row(tmp_path):
     """`pickapic score --input` / `rerank --candidates TABLE` with a hostile Parquet table. The README: "A table is read
     into Python a few thousand rows at a time ..., so a small file declaring millions of empty rows costs no memory
@@ -150,9 +149,6 @@ def test_a_tiny_table_of_refused_prompts_costs_no_memory_per_row(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ damaged checkpoints
-@pytest.mark.xfail(strict=True, reason="load_trainer_state checks only that best / history are a dict / a list: a state "
-                   "whose best lacks its entries or whose history holds no dicts passes, the finished run is marked "
-                   "unfinished (training.json), then the resume dies with a bare KeyError 'val_accuracy' / TypeError")
 @pytest.mark.parametrize("change", [{"best": {}}, {"history": [1, "x"]}], ids=["best-without-entries", "junk-history"])
 def test_a_mistyped_trainer_state_is_refused_before_the_run_changes(finished_run, version, tmp_path, change):
     """A damaged or foreign ``trainer_state.pt`` that still loads as plain data (tensors, dicts, lists, numbers,
@@ -176,8 +172,6 @@ def test_a_mistyped_trainer_state_is_refused_before_the_run_changes(finished_run
     assert not (out / "training.json").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="a damaged checkpoints/last/train_config.json stops the resume with the bare "
-                   "JSON parser's message (or 'a TrainConfig is stored as a JSON object, not list'), naming no file")
 @pytest.mark.parametrize("damage", [lambda b: b[: len(b) // 2], lambda b: b"[1, 2]"], ids=["truncated", "a-list"])
 def test_a_damaged_checkpoint_recipe_is_refused_naming_the_file(finished_run, version, tmp_path, damage):
     """`pickapic train` printed `error: Unterminated string starting at: line 21 column 2 (char 436)`: a run folder
@@ -200,9 +194,6 @@ def _png(path: Path, colour: tuple[int, int, int]) -> str:
     return str(path)
 
 
-@pytest.mark.xfail(strict=True, reason="`pickapic score --prompt '   '` scores and ranks the images against an empty "
-                   "prompt, although white space only is no prompt for a table row or a prompt.txt (missing_prompt) "
-                   "and --prompt '' is refused")
 def test_a_blank_prompt_on_the_command_line_is_no_prompt(model_dir, tmp_path, capsys):
     images = [_png(tmp_path / "a.png", (200, 10, 10)), _png(tmp_path / "b.png", (10, 10, 200))]
     output = tmp_path / "scores.parquet"
@@ -216,9 +207,6 @@ def test_a_blank_prompt_on_the_command_line_is_no_prompt(model_dir, tmp_path, ca
     assert all(row["score"] is None and (row["error"] or "").startswith("missing_prompt") for row in rows), rows
 
 
-@pytest.mark.xfail(strict=True, reason="a --prompt holding bytes that are not UTF-8 (a Latin-1 shell, a pasted binary "
-                   "name) fails with the bare codec message \"'utf-8' codec can't encode character '\\udcff' ... "
-                   "surrogates not allowed\" (from prompt_digest), naming neither --prompt nor what to do")
 def test_a_prompt_that_is_not_utf8_is_a_clear_error(model_dir, tmp_path, capsys):
     image = _png(tmp_path / "a.png", (200, 10, 10))
     # what Python makes of argv bytes b"red \xff x" (surrogateescape)
