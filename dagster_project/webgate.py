@@ -11,11 +11,16 @@ when
   ``ss -e`` does; the owner's browser, ``curl``, an SSH tunnel's ``sshd``), to a loopback or ``localhost`` name
   (``Host``), so a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) is not let in; or
 - it carries the home's UI token (Jupyter's way, for a browser that is not this account's, or a ``--host`` beyond
-  loopback): ``?token=...`` once (answered by a redirect to the same address without it, setting an ``HttpOnly``,
-  ``SameSite=Strict`` cookie), the cookie, or a header ``Authorization: token ...`` / ``X-Pickapic-Token``.
+  loopback): ``?token=...`` once (answered by a redirect to the same address, as sent, without it), then a cookie,
+  or a header ``Authorization: token ...`` / ``X-Pickapic-Token``. The cookie (``HttpOnly``, ``SameSite=Strict``,
+  named after the port) never holds the token, since a browser sends a cookie of a host to every port of it: it
+  holds a random value the gate keeps in memory, bound to the browser it was given to (its socket's account over
+  loopback, its address beyond); the owner's loopback browser gets none (fix32j).
 
-A request whose ``Origin`` is not the address it was sent to (another site's page posting to the UI: CSRF, or
-opening its websocket) is refused whatever it carries. Everything else gets 403. The token is random (256 bits),
+A request from another site's page is refused whatever it carries (CSRF, or opening its websocket): an ``Origin``
+that is not the address it was sent to, or ``Sec-Fetch-Site: cross-site`` / ``same-site`` (another port); so is a
+``/graphql`` address whose ``?query=`` holds anything but queries (a GET mutation carries no ``Origin``). Every
+answer forbids framing by another site (``X-Frame-Options``, CSP ``frame-ancestors``). Everything else gets 403. The token is random (256 bits),
 kept in ``HOME/dagster/ui.token`` (mode 0600, created once, kept across restarts so a bookmark keeps working;
 :func:`ui_token`); it is never logged: ``serve`` / ``ui`` print the address with it only to a terminal.
 """
@@ -33,7 +38,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
 
 from formats.home import DataHome
 
@@ -42,6 +47,14 @@ TOKEN_PARAMETER = "token"
 TOKEN_HEADER = "x-pickapic-token"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _TOKEN_FILE_MAX = 256
+_SESSIONS_MAX = 256                 # browsers let in by the token, remembered by the gate (oldest forgotten first)
+_URL_SAFE = "/%!$&'()*+,;=:@-._~"   # what a redirect's path keeps as sent; everything else is percent-encoded
+_QUERY_SAFE = _URL_SAFE + "?"
+_REFUSED_FETCH_SITES = ("cross-site", "same-site")     # Sec-Fetch-Site of another site's (or port's) page
+# every answer, Dagster's and the gate's: no other site's page may frame the UI (clickjacking); Dagster frames its
+# own pages (the notebook viewer), so its own origin still may
+_FRAMING = [(b"x-frame-options", b"SAMEORIGIN")]
+_FRAME_ANCESTORS = "frame-ancestors 'self'"
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -139,8 +152,35 @@ def announce(home: DataHome, host: str, port: int, out=None) -> str:
 # the ASGI middleware
 
 def _loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address: ``127.0.0.0/8``, ``::1``, or ``::ffff:127.x.y.z`` (how a dual-stack
+    socket, ``--host ::``, sees an IPv4 loopback client)."""
     with contextlib.suppress(ValueError):
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
+        address = ipaddress.ip_address(host.strip("[]"))
+        mapped = getattr(address, "ipv4_mapped", None)
+        return (mapped if mapped is not None else address).is_loopback
+    return False
+
+
+def _graphql_mutation_in_query(scope: Scope, query: list[tuple[str, str]]) -> bool:
+    """Whether a request to Dagster's ``/graphql`` carries in its address (``?query=``, which Dagster executes for a
+    GET and for a POST that is not JSON) anything but queries: a mutation or subscription, or text that is not
+    GraphQL. The UI's own mutations are POSTed as JSON; from an address they come only from another site's ``<img>``
+    or link (CSRF: a GET carries no ``Origin``)."""
+    if not str(scope.get("path", "")).rstrip("/").endswith("/graphql"):
+        return False
+    texts = [value for key, value in query if key == "query"]
+    if not texts:
+        return False
+    from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
+
+    for text in texts:
+        try:
+            document = parse(text)
+        except (GraphQLError, RecursionError, ValueError, TypeError):
+            return True
+        if any(isinstance(node, OperationDefinitionNode) and node.operation != OperationType.QUERY
+               for node in document.definitions):
+            return True
     return False
 
 
@@ -199,6 +239,10 @@ class UiGate:
         self.app = app
         self.token = token
         self.uid = os.geteuid() if uid is None else uid
+        # cookie value -> the browser it was given to (("uid", its account) over loopback, ("ip", its address)
+        # beyond): random, only in this process's memory, never the token (a cookie of 127.0.0.1 goes to every
+        # port of it, another account's server's too; there it opens nothing, the browser's account differing)
+        self._sessions: dict[str, tuple[str, Any]] = {}
 
     def cookie_name(self, scope: Scope) -> str:
         server = scope.get("server") or (None, None)
@@ -208,18 +252,27 @@ class UiGate:
         if scope.get("type") not in ("http", "websocket"):
             await self.app(scope, receive, send)        # lifespan
             return
+        if scope["type"] == "http":
+            send = _forbid_framing(send)
         headers = _headers(scope)
-        query = [(key, value) for key, value in parse_qsl(scope.get("query_string", b"").decode("latin-1"),
-                                                            keep_blank_values=True)]
+        raw_query = scope.get("query_string", b"") or b""
+        query = [(key, value) for key, value in parse_qsl(raw_query.decode("latin-1"), keep_blank_values=True)]
         given = [value for key, value in query if key == TOKEN_PARAMETER]
         if given:       # never passed on: neither Dagster nor a log line (uvicorn's access log) gets it
             scope["query_string"] = urlencode([(k, v) for k, v in query if k != TOKEN_PARAMETER]).encode("latin-1")
         if not self._same_origin(headers):
             await _refuse(scope, receive, send, "the request comes from another site's page (Origin)")
             return
+        if headers.get("sec-fetch-site", "").strip().lower() in _REFUSED_FETCH_SITES:
+            await _refuse(scope, receive, send, "the request comes from another site's page (Sec-Fetch-Site)")
+            return
+        if _graphql_mutation_in_query(scope, query):
+            await _refuse(scope, receive, send, "a GraphQL mutation (or anything but a query) in the address is "
+                          "not run: POST it as JSON")
+            return
         by_query = any(self._valid(value) for value in given)
         if by_query and scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
-            await self._set_cookie_and_redirect(scope, send)
+            await self._set_cookie_and_redirect(scope, headers, raw_query, send)
             return
         if by_query or self._by_token(scope, headers) or self._by_account(scope, headers):
             await self.app(scope, receive, send)
@@ -240,7 +293,30 @@ class UiGate:
         with contextlib.suppress(Exception):
             cookie.load(headers.get("cookie", ""))
         morsel = cookie.get(self.cookie_name(scope))
-        return morsel is not None and self._valid(morsel.value)
+        if morsel is None or not morsel.value:
+            return False
+        given = morsel.value.encode("utf-8", "replace")
+        for value, browser in list(self._sessions.items()):
+            if hmac.compare_digest(given, value.encode("ascii")):
+                return browser == self._browser(scope)
+        return False
+
+    def _browser(self, scope: Scope) -> tuple[str, Any]:
+        """Who sends ``scope``: ``("uid", n)`` for a loopback socket of account ``n``, else ``("ip", address)``."""
+        client, server = scope.get("client") or (None, None), scope.get("server") or (None, None)
+        if client[0] is not None and _loopback(str(client[0])) and server[0] is not None:
+            with contextlib.suppress(ValueError, TypeError):
+                uid = peer_uid((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+                if uid is not None:
+                    return ("uid", uid)
+        return ("ip", None if client[0] is None else str(client[0]))
+
+    def _new_session(self, scope: Scope) -> str:
+        while len(self._sessions) >= _SESSIONS_MAX:
+            del self._sessions[next(iter(self._sessions))]
+        value = secrets.token_urlsafe(32)
+        self._sessions[value] = self._browser(scope)
+        return value
 
     def _by_account(self, scope: Scope, headers: dict[str, str]) -> bool:
         client, server = scope.get("client"), scope.get("server")
@@ -263,18 +339,58 @@ class UiGate:
             return False
         return bool(netloc) and netloc == headers.get("host", "").strip().lower()
 
-    async def _set_cookie_and_redirect(self, scope: Scope, send: Send) -> None:
-        location = (scope.get("root_path", "") + scope.get("path", "/")) or "/"
-        if scope.get("query_string"):
-            location += "?" + scope["query_string"].decode("latin-1")
-        if not location.startswith("/") or location.startswith("//"):
-            location = "/"
-        cookie = (f"{self.cookie_name(scope)}={self.token}; Path=/; HttpOnly; SameSite=Strict"
-                  + ("; Secure" if scope.get("scheme") == "https" else ""))
-        await send({"type": "http.response.start", "status": 303,
-                    "headers": [(b"location", location.encode("latin-1")), (b"set-cookie", cookie.encode("ascii")),
-                                (b"cache-control", b"no-store"), (b"content-length", b"0")]})
+    async def _set_cookie_and_redirect(self, scope: Scope, headers: dict[str, str], raw_query: bytes,
+                                       send: Send) -> None:
+        """303 to the address as it was sent (its raw path and query, only the token taken out); a cookie for a
+        browser that is not the owner's over loopback (the owner's passes without one), holding a random session
+        value bound to that browser (:meth:`_browser`), never the token."""
+        answer = [(b"location", _redirect_location(scope, raw_query)), (b"cache-control", b"no-store"),
+                  (b"content-length", b"0")]
+        if not self._by_account(scope, headers):
+            cookie = (f"{self.cookie_name(scope)}={self._new_session(scope)}; Path=/; HttpOnly; SameSite=Strict"
+                      + ("; Secure" if scope.get("scheme") == "https" else ""))
+            answer.append((b"set-cookie", cookie.encode("ascii")))
+        await send({"type": "http.response.start", "status": 303, "headers": answer})
         await send({"type": "http.response.body", "body": b""})
+
+
+def _redirect_location(scope: Scope, raw_query: bytes) -> bytes:
+    """The path as the client sent it (``raw_path``: an encoded ``?``, ``/`` or ``\\`` stays encoded), anything
+    beyond the URL's characters percent-encoded, never ``//``-leading (another host) nor absolute; the query's
+    parameters but the token, as sent."""
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes | bytearray) or not raw:
+        raw = (str(scope.get("root_path", "")) + str(scope.get("path", "/"))).encode("utf-8", "surrogateescape")
+    location = quote(bytes(raw).split(b"?", 1)[0], safe=_URL_SAFE)
+    if not location.startswith("/"):
+        location = "/"
+    location = "/" + location.lstrip("/")
+    kept = [piece for piece in bytes(raw_query).split(b"&")
+            if piece and unquote_plus(piece.split(b"=", 1)[0].decode("latin-1")) != TOKEN_PARAMETER]
+    if kept:
+        location += "?" + quote(b"&".join(kept), safe=_QUERY_SAFE)
+    return location.encode("ascii")
+
+
+def _forbid_framing(send: Send) -> Send:
+    """``send`` whose answers forbid framing by another site: ``X-Frame-Options`` and the CSP's
+    ``frame-ancestors`` (added to Dagster's own policy, or as one)."""
+    async def framed(message: MutableMapping[str, Any]) -> None:
+        if message.get("type") == "http.response.start":
+            headers = [(bytes(k), bytes(v)) for k, v in message.get("headers") or ()
+                       if bytes(k).lower() != b"x-frame-options"]
+            policies = [i for i, (k, _) in enumerate(headers) if k.lower() == b"content-security-policy"]
+            own = True
+            for i in policies:
+                key, value = headers[i]
+                if b"frame-ancestors" not in value.lower():
+                    headers[i] = (key, value.rstrip(b"; ") + b"; " + _FRAME_ANCESTORS.encode("ascii"))
+                    own = False
+            if own:         # none, or one with its own frame-ancestors: a browser enforces every policy given
+                headers.append((b"content-security-policy", _FRAME_ANCESTORS.encode("ascii")))
+            message = {**message, "headers": headers + _FRAMING}
+        await send(message)
+    return framed
 
 
 def _headers(scope: Scope) -> dict[str, str]:

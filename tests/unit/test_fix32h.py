@@ -59,6 +59,16 @@ def _scope(kind: str = "http", *, method: str = "GET", path: str = "/graphql", q
     return scope
 
 
+def _session(ui, **scope) -> str:
+    """The cookie value the gate gives a browser (of ``scope``'s client) for ``?token=`` (fix32j: a random session
+    value bound to that browser, never the token itself)."""
+    sent = _call(ui, _scope(query=f"token={TOKEN}".encode(), **scope))
+    cookie = dict(sent[0]["headers"])[b"set-cookie"].decode()
+    name, value = cookie.split(";", 1)[0].split("=", 1)
+    assert name == f"pickapic-ui-{scope.get('server', ('', 3000))[1]}" and value != TOKEN
+    return value
+
+
 def _status(sent: list[dict]) -> int | str:
     first = sent[0]
     return first["status"] if first["type"] == "http.response.start" else first["type"]
@@ -117,9 +127,11 @@ def test_a_stranger_gets_403_and_the_token_lets_it_in(gate) -> None:
     assert app.scopes == []
     assert _status(_call(ui, _scope(headers={"authorization": f"token {TOKEN}"}))) == 200
     assert _status(_call(ui, _scope(headers={"x-pickapic-token": TOKEN}))) == 200
-    assert _status(_call(ui, _scope(headers={"cookie": f"other=1; pickapic-ui-3000={TOKEN}"}))) == 200
-    # the cookie of another port's UI is not this one's
-    assert _status(_call(ui, _scope(headers={"cookie": f"pickapic-ui-3001={TOKEN}"}))) == 403
+    session = _session(ui)
+    assert _status(_call(ui, _scope(headers={"cookie": f"other=1; pickapic-ui-3000={session}"}))) == 200
+    # the cookie of another port's UI is not this one's; the token itself in a cookie opens nothing (fix32j)
+    assert _status(_call(ui, _scope(headers={"cookie": f"pickapic-ui-3001={session}"}))) == 403
+    assert _status(_call(ui, _scope(headers={"cookie": f"pickapic-ui-3000={TOKEN}"}))) == 403
     assert len(app.scopes) == 3
 
 
@@ -130,7 +142,8 @@ def test_the_token_in_the_address_becomes_a_strict_cookie_and_never_reaches_dags
     headers = dict(sent[0]["headers"])
     assert headers[b"location"] == b"/runs?a=1"
     cookie = headers[b"set-cookie"].decode()
-    assert cookie.startswith(f"pickapic-ui-3000={TOKEN};") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert cookie.startswith("pickapic-ui-3000=") and "HttpOnly" in cookie and "SameSite=Strict" in cookie
+    assert TOKEN not in cookie      # a random session value (fix32j)
     # a POST with it passes, the token taken out of what Dagster (and a log line) sees
     assert _status(_call(ui, _scope(method="POST", query=f"token={TOKEN}&b=2".encode()))) == 200
     assert app.scopes[-1]["query_string"] == b"b=2"
@@ -138,7 +151,7 @@ def test_the_token_in_the_address_becomes_a_strict_cookie_and_never_reaches_dags
 
 def test_another_sites_page_is_refused_even_with_the_cookie(gate) -> None:
     ui, app = gate
-    cookie = {"cookie": f"pickapic-ui-3000={TOKEN}"}
+    cookie = {"cookie": f"pickapic-ui-3000={_session(ui)}"}
     assert _status(_call(ui, _scope(method="POST", headers={**cookie, "origin": "https://evil.example"}))) == 403
     assert _status(_call(ui, _scope(method="POST", headers={**cookie, "origin": "null"}))) == 403
     assert _status(_call(ui, _scope(method="POST", headers={**cookie, "origin": "http://127.0.0.1:3000"}))) == 200
@@ -149,7 +162,7 @@ def test_websockets_pass_the_same_gate(gate) -> None:
     assert _call(ui, _scope("websocket")) == [{"type": "websocket.close", "code": 1008}]
     assert _call(ui, _scope("websocket", headers={"origin": "http://evil.example"}))[0]["type"] == "websocket.close"
     assert app.scopes == []
-    assert _call(ui, _scope("websocket", headers={"cookie": f"pickapic-ui-3000={TOKEN}",
+    assert _call(ui, _scope("websocket", headers={"cookie": f"pickapic-ui-3000={_session(ui)}",
                                                   "origin": "http://127.0.0.1:3000"}))[0]["type"] == "websocket.accept"
 
 

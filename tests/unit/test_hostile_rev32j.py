@@ -35,7 +35,9 @@ malformed cookie, so a cookie another 127.0.0.1 site sets badly hides the UI coo
 (a lock-out, not a way in).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All five were fixed the same day (fix32j, ``tests/unit/test_fix32j.py``) and their
+markers removed; the per-request read of ``/proc/net/tcp{,6}`` was left (a cache by address and port could let in a
+neighbour that reuses the owner's closed client port).
 """
 from __future__ import annotations
 
@@ -117,8 +119,6 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Ui]:
                 _stop(server, thread)
 
 
-@pytest.mark.xfail(strict=True, reason="rev32j: a GET carries no Origin, so another site's <img> runs a GraphQL "
-                   "mutation (Dagster executes ?query=mutation... over GET) as the owner, through the owner's socket")
 def test_another_sites_image_cannot_run_a_graphql_mutation(ui: _Ui) -> None:
     """The module's promise: a page of another site sending requests to the UI (CSRF) is refused. Dagster's
     ``/graphql`` executes ``?query=`` on a GET, mutations included (launchRun, deleteRun, wipeAssets, startSchedule,
@@ -134,8 +134,6 @@ def test_another_sites_image_cannot_run_a_graphql_mutation(ui: _Ui) -> None:
     assert status in (400, 403, 405), (status, body)
 
 
-@pytest.mark.xfail(strict=True, reason="rev32j: the owner's printed address puts the token in a 127.0.0.1 cookie, "
-                   "which every other port of 127.0.0.1 (another account's web server) then receives")
 def test_the_token_never_reaches_another_port_of_the_same_host(ui: _Ui) -> None:
     """``pickapic serve`` / ``ui`` print ``http://127.0.0.1:3000/?token=...`` and the owner opens it; the gate answers
     with ``Set-Cookie: pickapic-ui-3000=<the token>`` for host ``127.0.0.1``. Cookies are not kept apart by port
@@ -166,8 +164,6 @@ def test_the_token_never_reaches_another_port_of_the_same_host(ui: _Ui) -> None:
     assert received and TOKEN.encode() not in received[0], received[0].decode("latin-1")
 
 
-@pytest.mark.xfail(strict=True, reason="rev32j: another site's page frames the UI (no X-Frame-Options, no CSP "
-                   "frame-ancestors) over the owner's socket: clickjacking of Launch/Delete/Wipe")
 def test_another_sites_page_cannot_frame_the_ui(ui: _Ui) -> None:
     """An ``<iframe src="http://127.0.0.1:3000/">`` on another site: a navigation, so no ``Origin``; it comes over the
     owner's socket, and the gate lets Dagster answer with the full UI, whose own requests inside the frame are then
@@ -182,8 +178,6 @@ def test_another_sites_page_cannot_frame_the_ui(ui: _Ui) -> None:
     assert status == 403 or framing_forbidden, (status, headers.get("x-frame-options"), csp)
 
 
-@pytest.mark.xfail(strict=True, reason="rev32j: the redirect after ?token= is rebuilt from the decoded path: a "
-                   "path beyond Latin-1 crashes it (500), an encoded '?', '/' or '\\' changes where it goes")
 @pytest.mark.parametrize("path", ["/assets/caption_%E2%9C%93", "/runs%3Fx", "/%5Cevil.example"])
 def test_the_token_redirect_keeps_the_address_as_given(ui: _Ui, path: str) -> None:
     """A bookmark with the token to a page of an asset named in Unicode, an encoded ``?`` in a partition name: the
@@ -196,8 +190,6 @@ def test_the_token_redirect_keeps_the_address_as_given(ui: _Ui, path: str) -> No
     assert headers.get("location") == path
 
 
-@pytest.mark.xfail(strict=True, reason="rev32j: a dual-stack UI (--host ::) sees the owner's 127.0.0.1 connection as "
-                   "::ffff:127.0.0.1, which _loopback does not count as loopback: the owner gets 403")
 def test_the_owner_over_ipv4_to_a_dual_stack_ui_passes_without_the_token(tmp_path: Path) -> None:
     """``peer_uid`` looks up a v4-mapped address on purpose ("as the IPv4-mapped IPv6 one a dual-stack socket
     shows"), but ``_loopback`` refuses the client first: ``ipaddress`` (Python 3.11) says ``::ffff:127.0.0.1`` is not
