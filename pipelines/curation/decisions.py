@@ -25,7 +25,9 @@ anything, the rows of each day's ``rankings`` / ``images`` partitions must equal
 accepted (``ingest_files.accepted``), with no key on two rows of a day: otherwise :class:`IngestNotReconciled`
 (:func:`check_ingest_reconciled`). ``decisions`` records the identity of what it was built from (the input files'
 bytes, the moderation lists, the policy: :func:`curation_inputs`); ``build_pairs`` refuses a ``decisions`` built from
-other inputs than it reads (:class:`DecisionsOutOfDate`, review rev32g). Every ranking in ``pairs`` has each of its
+other inputs than it reads (:class:`DecisionsOutOfDate`, review rev32g). Both read, and digest, one snapshot of
+their inputs (:func:`_snapshot_inputs`: hard links in a held private folder), so the identity is of what is curated
+(review rev32k); ``build_pairs`` checks ``decisions`` under the curation lock. Every ranking in ``pairs`` has each of its
 candidate pairs there or with a pair decision (``pairs_candidate_pairs_reconciled``).
 
 Pairs follow the released Pick-a-Pic columns. 4-image era: a ranking with a chosen image gives one
@@ -41,11 +43,16 @@ name without the organisation prefix. ``are_different`` compares the full model 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 import unicodedata
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +64,7 @@ import regex
 
 from formats.files import sha256_file
 from formats.home import BANNED_USERS_FILE, NSFW_PHRASES_FILE, DataHome
+from formats.locks import try_lock
 from formats.settings import (
     MAX_THREADS,
     add_flags,
@@ -256,12 +264,13 @@ class ListNotUtf8(ValueError):
     """A moderation list that is not UTF-8 text (the message names the file, the line and what to do)."""
 
 
-def read_list_text(path: Path, what: str) -> str:
+def read_list_text(path: Path, what: str, named: Path | None = None) -> str:
     """The text of a moderation list (UTF-8, a byte order mark allowed). A file in another encoding (Latin-1 or
     Windows-1252 from an old editor, UTF-16 from Windows Notepad) is refused with an error naming the file, the
     line of the first byte that is not UTF-8 and what to do, instead of Python's bare ``'utf-8' codec can't
     decode byte`` (review rev24a): guessing the encoding could read a phrase as other letters than it holds."""
     data = Path(path).read_bytes()
+    path = named or path   # the name messages give (the list, not the build's snapshot of it)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -282,11 +291,13 @@ INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
 _ASCII_ID = re.compile(r"[+-]?[0-9]+")
 
 
-def read_id_list(path: Path) -> list[int]:
+def read_id_list(path: Path, named: Path | None = None) -> list[int]:
     """Integer ids, one per line; blank lines and ``#`` comments skipped; errors name the file and line (an id past
     int64 too: it was a bare ``OverflowError`` from pyarrow, review rev28b)."""
     ids = []
-    for number, line in enumerate(read_list_text(path, "banned user id").splitlines(), start=1):
+    text_of_list = read_list_text(path, "banned user id", named)
+    path = named or path   # the name messages give
+    for number, line in enumerate(text_of_list.splitlines(), start=1):
         text = line.split("#", 1)[0].strip()
         if not text:
             continue
@@ -301,10 +312,10 @@ def read_id_list(path: Path) -> list[int]:
     return sorted(set(ids))
 
 
-def read_phrases(path: Path) -> list[str]:
+def read_phrases(path: Path, named: Path | None = None) -> list[str]:
     """Moderation phrases, one per line, whitespace collapsed; blank lines and ``#`` comments skipped."""
     phrases = set()
-    for line in read_list_text(path, "moderation phrase").splitlines():
+    for line in read_list_text(path, "moderation phrase", named).splitlines():
         text = " ".join(line.split("#", 1)[0].split())
         if text:
             phrases.add(text)
@@ -504,7 +515,7 @@ INPUT_TABLES = ("rankings", "images", "image_features", "image_rejects")
 
 
 def curation_inputs(home: DataHome, config: CurationConfig, files: dict[str, list[Path]],
-                    lists: dict[str, Path]) -> dict[str, str]:
+                    lists: dict[str, Path], read: dict[Path, Path] | None = None) -> dict[str, str]:
     """The identity of what the decisions and pairs builds read (``INPUTS_METADATA``): per input, a digest of its
     files' bytes with their paths inside the home (each daily table's partitions, ``duplicate_clusters``), of the
     moderation lists' bytes (by role, not path), and of the output-affecting policy (NSFW classes and threshold,
@@ -513,15 +524,21 @@ def curation_inputs(home: DataHome, config: CurationConfig, files: dict[str, lis
     the decisions of yesterday's warehouse to today's rankings, so a new day's NSFW image or a newly banned user's
     ranking, which had no decision, was published (review rev32g). Bytes, not rows: a partition rewritten with
     the same rows in other bytes counts as changed (one more decisions build), and equal inputs give the same
-    digests in any copy of the home (paths are relative), so outputs stay byte-identical."""
+    digests in any copy of the home (paths are relative), so outputs stay byte-identical.
+
+    ``read`` maps a file's path to the path of the copy the build reads (:func:`_snapshot_inputs`): its bytes are
+    digested under the file's own path, so the identity is of exactly what the build reads (review rev32k)."""
+    read = read or {}
+
     def digest(value: object) -> str:
         return hashlib.sha256(json.dumps(value, sort_keys=True).encode("utf-8")).hexdigest()[:32]
 
     def files_of(paths: list[Path]) -> str:
-        return digest([[Path(os.path.relpath(path, home.root)).as_posix(), sha256_file(path)] for path in paths])
+        return digest([[Path(os.path.relpath(path, home.root)).as_posix(), sha256_file(read.get(path, path))]
+                       for path in paths])
 
     record = {name: files_of(paths) for name, paths in files.items()}
-    record["moderation_lists"] = digest({role: sha256_file(path) for role, path in lists.items()})
+    record["moderation_lists"] = digest({role: sha256_file(read.get(path, path)) for role, path in lists.items()})
     record["policy"] = digest({"nsfw_classes": sorted(set(config.nsfw_classes)),
                                "nsfw_threshold": float(config.nsfw_threshold),
                                "four_image_ties": config.four_image_ties,
@@ -554,40 +571,126 @@ def check_decisions_current(decisions: Path, inputs: dict[str, str]) -> None:
         "(pickapic build, or materialize decisions with pairs; python -m pipelines.curation.decisions builds both)")
 
 
-def _connect(home: DataHome, config: CurationConfig,
+# the curation builds' private snapshot folders in HOME/cache/tmp (tempfile's names): swept when no build holds them
+SNAPSHOT_FOLDER_RE = re.compile(r"curation-[A-Za-z0-9_]{1,64}")
+
+
+def sweep_snapshot_folders(home: DataHome) -> list[str]:
+    """Remove the snapshot folders (``cache/tmp/curation-XXXX``, only those names) that no running curation build
+    holds (each holds an exclusive ``flock`` on its own): what a killed build left. Returns the names removed."""
+    scratch = home.cache / "tmp"
+    try:
+        names = sorted(os.listdir(scratch))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if not SNAPSHOT_FOLDER_RE.fullmatch(name):
+            continue
+        path = scratch / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue                      # not a real folder (a link, a file): not a build's
+        try:
+            if try_lock(fd):              # no running build holds it
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(name)
+        finally:
+            os.close(fd)
+    return removed
+
+
+@contextlib.contextmanager
+def _snapshot_folder(home: DataHome) -> Iterator[Path]:
+    """A private folder in the data home's ``cache/tmp`` for one build's snapshot of its inputs
+    (:func:`_snapshot_inputs`), held (``flock``) while the build runs and removed after; one a killed build left is
+    removed by the next build (:func:`sweep_snapshot_folders`)."""
+    scratch = home.cache / "tmp"
+    scratch.mkdir(parents=True, exist_ok=True)
+    sweep_snapshot_folders(home)
+    fresh = Path(tempfile.mkdtemp(prefix=".new-curation-", dir=scratch))
+    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        try_lock(fd)                      # just made: nobody else holds it
+        folder = scratch / fresh.name.removeprefix(".new-")
+        os.rename(fresh, folder)          # named for the sweep only once held
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+        if fresh.exists():                # the rename failed
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def _snapshot_inputs(folder: Path, paths: list[Path], copy: bool = False) -> dict[Path, Path]:
+    """Pin the bytes of ``paths`` in ``folder``: a hard link to each (the warehouse's writers replace a file by
+    renaming a new one over it, never writing into it, so the link keeps the bytes it was made on), a copy where
+    no link can be made (another file system) or with ``copy`` (the moderation lists, which an operator edits in
+    place). The build digests the snapshot and reads it, nothing else, so the inputs' identity
+    (:func:`curation_inputs`) is of the very bytes it curates: a partition a concurrent daily run rewrites after
+    the snapshot is neither digested nor read (review rev32k: the digest was of one version of a day, the query
+    read the next). Costs no memory and, linked, no disk; returns each path's snapshot."""
+    read: dict[Path, Path] = {}
+    for index, path in enumerate(paths):
+        snap = folder / f"{index:06d}{path.suffix}"
+        if not copy:
+            try:
+                os.link(path, snap, follow_symlinks=True)
+                read[path] = snap
+                continue
+            except OSError as exc:
+                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                    raise
+        shutil.copyfile(path, snap)
+        read[path] = snap
+    return read
+
+
+def _connect(home: DataHome, config: CurationConfig, snapshot: Path,
              with_decisions: bool = False) -> tuple[duckdb.DuckDBPyConnection, list[str], dict[str, str]]:
     """Register every input view, the moderation lists, pseudonyms and derived views; also return the phrases and
-    the inputs' identity (:func:`curation_inputs`). With ``with_decisions``, a ``decisions`` file recording other
-    inputs is refused (:func:`check_decisions_current`)."""
+    the inputs' identity (:func:`curation_inputs`). Every input is read from its snapshot in the folder
+    ``snapshot`` (:func:`_snapshot_inputs`), which the identity digests: what is curated is what is identified
+    (review rev32k). With ``with_decisions``, a ``decisions`` file recording other inputs is refused
+    (:func:`check_decisions_current`); the caller holds the curation lock, so no build replaces it after."""
     clusters = home.table_file("duplicate_clusters")
     if not clusters.exists():
         raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
     files = {name: home.table_files(name) for name in INPUT_TABLES}
     files["duplicate_clusters"] = [clusters]
-    views: dict[str, object] = {
-        **{name: files[name] for name in INPUT_TABLES},
-        "ingest_files": home.table_files("ingest_files"),
-        "duplicate_clusters": clusters,
-    }
+    ingest_files = home.table_files("ingest_files")
     if with_decisions:
         decisions = home.table_file("decisions")
         if not decisions.exists():
             raise FileNotFoundError(f"decisions not found at {decisions}: run build_decisions first")
+    lists = {"banned_users": _moderation_file(home, config.banned_users_file, home.banned_users_file,
+                                              "banned users"),
+             "nsfw_phrases": _moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase")}
+    read = _snapshot_inputs(snapshot, [path for paths in files.values() for path in paths] + ingest_files)
+    (snapshot / "lists").mkdir()
+    lists_read = _snapshot_inputs(snapshot / "lists", list(lists.values()), copy=True)
+    read.update(lists_read)
+    views: dict[str, object] = {
+        **{name: [read[path] for path in files[name]] for name in INPUT_TABLES},
+        "ingest_files": [read[path] for path in ingest_files],
+        "duplicate_clusters": read[clusters],
+    }
+    if with_decisions:
         views["decisions"] = decisions
     con = connect(views, threads=config.threads or None)
     try:
         check_ingest_reconciled(con, home)
-        lists = {"banned_users": _moderation_file(home, config.banned_users_file, home.banned_users_file,
-                                                  "banned users"),
-                 "nsfw_phrases": _moderation_file(home, config.phrases_file, home.nsfw_phrases_file, "NSFW phrase")}
-        inputs = curation_inputs(home, config, files, lists)
+        inputs = curation_inputs(home, config, files, lists, read)
         if with_decisions:
-            check_decisions_current(home.table_file("decisions"), inputs)
+            check_decisions_current(decisions, inputs)
     except BaseException:
         con.close()
         raise
-    banned = read_id_list(lists["banned_users"])
-    phrases = read_phrases(lists["nsfw_phrases"])
+    banned = read_id_list(lists_read[lists["banned_users"]], lists["banned_users"])
+    phrases = read_phrases(lists_read[lists["nsfw_phrases"]], lists["nsfw_phrases"])
     con.register("banned_users", pa.table({"user_id": pa.array(banned, pa.int64())}))
     user_ids = [row[0] for row in con.sql("SELECT DISTINCT user_id FROM rankings ORDER BY 1").fetchall()]
     con.register("user_pseudonyms", pseudonym_table(user_ids, config.pseudonym_secret))
@@ -747,23 +850,27 @@ def read_policy(metadata: dict | None) -> dict:
 
 
 def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -> CurationReport:
-    """Write ``decisions``: every drop with its reason and JSON evidence."""
-    con, phrases, inputs = _connect(home, config)
-    con.register("phrase_matches", phrase_matches(con, phrases))
-    image_decisions = run_sql(con, "curation_image_decisions", {
-        "nsfw_classes": policy_classes(config), "nsfw_threshold": float(config.nsfw_threshold),
-        "shown_flagged": SHOWN_FLAGGED})
-    con.register("image_decisions", image_decisions)
-    with writing_table(home, "decisions") as final:   # under the curation lock (review rev29b)
-        table = run_to_parquet(con, "curation_decisions", "decisions", final, {
-            "four_image_ties": config.four_image_ties}, {
-                POLICY_METADATA: policy_record(home, config),
-                INPUTS_METADATA: json.dumps(inputs, sort_keys=True).encode("utf-8")})
-    con.register("decisions", table)
-    by_reason = con.sql(
-        "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()
-    rankings, exports = con.sql("SELECT count(DISTINCT ranking_id), count(*) FROM rankings").fetchall()[0]
-    dropped = con.sql("SELECT count(DISTINCT subject_id) FROM decisions WHERE subject = 'ranking'").fetchall()[0][0]
+    """Write ``decisions``: every drop with its reason and JSON evidence. It reads, and records the identity of, a
+    snapshot of its inputs (:func:`_snapshot_inputs`, review rev32k)."""
+    with _snapshot_folder(home) as snapshot:
+        con, phrases, inputs = _connect(home, config, snapshot)
+        con.register("phrase_matches", phrase_matches(con, phrases))
+        image_decisions = run_sql(con, "curation_image_decisions", {
+            "nsfw_classes": policy_classes(config), "nsfw_threshold": float(config.nsfw_threshold),
+            "shown_flagged": SHOWN_FLAGGED})
+        con.register("image_decisions", image_decisions)
+        with writing_table(home, "decisions") as final:   # under the curation lock (review rev29b)
+            table = run_to_parquet(con, "curation_decisions", "decisions", final, {
+                "four_image_ties": config.four_image_ties}, {
+                    POLICY_METADATA: policy_record(home, config),
+                    INPUTS_METADATA: json.dumps(inputs, sort_keys=True).encode("utf-8")})
+        con.register("decisions", table)
+        by_reason = con.sql(
+            "SELECT subject, reason, count(*) FROM decisions GROUP BY ALL ORDER BY subject, reason").fetchall()
+        rankings, exports = con.sql("SELECT count(DISTINCT ranking_id), count(*) FROM rankings").fetchall()[0]
+        dropped = con.sql(
+            "SELECT count(DISTINCT subject_id) FROM decisions WHERE subject = 'ranking'").fetchall()[0][0]
+        con.close()
     return CurationReport(rankings=rankings, ranking_exports=exports, rankings_dropped=dropped,
                           decisions=table.num_rows, by_reason=[tuple(r) for r in by_reason], config=public_fields(config))
 
@@ -771,17 +878,21 @@ def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -
 def build_pairs(home: DataHome, config: CurationConfig = CurationConfig()) -> PairsReport:
     """Write ``pairs`` from the candidate pairs and the ``decisions`` table; reconcile against rankings. A
     ``decisions`` file built from other inputs (rankings, images, features, clusters, moderation lists or policy
-    changed since) is refused, :class:`DecisionsOutOfDate` (review rev32g)."""
-    con, _, _ = _connect(home, config, with_decisions=True)
-    # which secret the user_id pseudonyms are under, for the splits stage's ledger check (never the secret itself)
-    with writing_table(home, "pairs") as final:   # under the curation lock (review rev29b)
+    changed since) is refused, :class:`DecisionsOutOfDate` (review rev32g). Both the check and the query are of
+    one snapshot of the inputs (:func:`_snapshot_inputs`), under the curation lock, so neither a day a concurrent
+    daily run rewrites nor a ``decisions`` another build writes reaches pairs unchecked (review rev32k)."""
+    # under the curation lock (review rev29b) from before the check: decisions cannot change under it
+    with writing_table(home, "pairs") as final, _snapshot_folder(home) as snapshot:
+        con, _, _ = _connect(home, config, snapshot, with_decisions=True)
+        # which secret the user_id pseudonyms are under, for the splits stage's ledger check (never the secret)
         table = run_to_parquet(con, "curation_pairs", "pairs", final, metadata={
             KEY_CHECK_METADATA: key_check(config.pseudonym_secret).encode("ascii")})
-    con.register("pairs", table)
-    row = run_sql(con, "curation_reconcile").to_pylist()[0]
-    models = con.sql("""
-        SELECT model, count(*) FROM (SELECT model_0 AS model FROM pairs UNION ALL SELECT model_1 FROM pairs)
-        GROUP BY 1 ORDER BY 2 DESC, 1""").fetchall()
+        con.register("pairs", table)
+        row = run_sql(con, "curation_reconcile").to_pylist()[0]
+        models = con.sql("""
+            SELECT model, count(*) FROM (SELECT model_0 AS model FROM pairs UNION ALL SELECT model_1 FROM pairs)
+            GROUP BY 1 ORDER BY 2 DESC, 1""").fetchall()
+        con.close()
     return PairsReport(
         pairs=table.num_rows, rankings=row["rankings"], rankings_with_pairs=row["with_pairs"],
         rankings_with_decision=row["with_decision"], rankings_unaccounted=row["unaccounted"],

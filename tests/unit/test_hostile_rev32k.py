@@ -44,12 +44,13 @@ the cause (same root as test 1); ``check_decisions_current`` runs before the cur
 file replaced by another run between the check and the pairs query is read unchecked (same class).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Fixed the same day (fix32k, ``tests/unit/test_fix32k.py``: the decisions and pairs
+builds digest and read one hard-linked snapshot of their inputs; ``build_pairs`` checks ``decisions`` under the
+curation lock; the noticed ``cluster_0`` case is now ``DecisionsOutOfDate``) and the markers removed.
 """
 from __future__ import annotations
 
 import pyarrow.parquet as pq
-import pytest
 from curation_fixtures import DREAM, HomeBuilder, build_all
 
 import pipelines.curation.decisions as decisions_module
@@ -60,9 +61,6 @@ def _pair_ids(home):
     return pq.read_table(home.table_file("pairs"), columns=["pair_id"])["pair_id"].to_pylist()
 
 
-@pytest.mark.xfail(strict=True, reason="build_pairs checks the digest of its inputs' bytes, then reads the files "
-                                       "again: a day rewritten in between (a concurrent daily run) is curated with "
-                                       "decisions that never saw it, and a banned user's ranking is published")
 def test_pairs_read_a_partition_rewritten_after_the_identity_check(fast_tmp, monkeypatch):
     # The nightly's late-rows check re-exports day E with a ranking committed after E's export (its images were
     # exported and fingerprinted with E); the raw-day sensor runs E's ingest beside a running rebuild. build_pairs
