@@ -176,7 +176,8 @@ clock = types.SimpleNamespace(**{name: getattr(_dt, name) for name in dir(_dt) i
 clock.datetime = _Clock
 import dagster_project.build as build
 import dagster_project.staleness as staleness
-staleness.dt = build.dt = clock     # the build's idea of "today (UTC)"
+import pipelines.ingest.day as ingest_day
+staleness.dt = build.dt = ingest_day.dt = clock     # the build's and the ingest's idea of "today (UTC)"
 sys.argv = ["dagster_project.cli"] + sys.argv[1:]
 runpy.run_module("dagster_project.cli", run_name="__main__")
 """

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from dagster_project.build import COMPUTE_LOG_ENDINGS, COMPUTE_LOGS_FOLDER
 from formats.files import current_umask
 from formats.home import DataHome
 from tests.accounts import read_as_other_account, unreadable_by_other_account
@@ -46,6 +47,8 @@ def test_every_file_and_folder_has_the_umask_mode(built_home: DataHome) -> None:
                 expected &= ~0o007      # every run's config: read by no other account (review rev25g)
             if _run_events(path, built_home.root):
                 expected &= ~0o007      # each run's events (a refusal's reason): read by no other account (rev25j)
+            if _compute_log(path, built_home.root):
+                expected &= ~0o007      # each step's and tick's compute log (the same lines again, rev32h)
             if stat.S_IMODE(info.st_mode) != expected:
                 wrong.append(f"{oct(stat.S_IMODE(info.st_mode))} {path.relative_to(built_home.root)}")
             kinds.add(path.suffix or path.name)
@@ -67,7 +70,8 @@ def test_another_account_reads_every_file(built_home: DataHome, shared_copy: Pat
     assert runs.is_file() and read_as_other_account(runs) is None
     unreadable = [path for path in unreadable_by_other_account(shared_copy)      # (its -wal and -shm, if any, too)
                   if not (path.parent == runs.parent and path.name.startswith(runs.name))
-                  and not _run_events(path, shared_copy)]                     # nor each run's events (rev25j)
+                  and not _run_events(path, shared_copy)                      # nor each run's events (rev25j)
+                  and not _compute_log(path, shared_copy)]                    # nor the compute logs (rev32h)
     assert (unreadable == []) == others_read, unreadable[:20]
 
 
@@ -76,3 +80,10 @@ def _run_events(path: Path, root: Path) -> bool:
     account reads it (review rev25j); the event index and the run-less events' database follow the umask."""
     return (path.parent == root / "dagster" / "history" / "runs"
             and not path.name.startswith(("index.db", ".db")) and ".db" in path.name)
+
+
+def _compute_log(path: Path, root: Path) -> bool:
+    """Whether ``path`` is a compute log (``dagster/storage/.../*.out|.err``, :data:`COMPUTE_LOG_ENDINGS`): created
+    with no access for other accounts (review rev32h); the ``.complete`` markers beside them follow the umask."""
+    storage = root / "dagster" / COMPUTE_LOGS_FOLDER
+    return storage in path.parents and path.name.endswith(COMPUTE_LOG_ENDINGS)
