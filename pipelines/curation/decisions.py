@@ -50,7 +50,9 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
+import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -573,11 +575,16 @@ def check_decisions_current(decisions: Path, inputs: dict[str, str]) -> None:
 
 # the curation builds' private snapshot folders in HOME/cache/tmp (tempfile's names): swept when no build holds them
 SNAPSHOT_FOLDER_RE = re.compile(r"curation-[A-Za-z0-9_]{1,64}")
+# one made and not yet held and named (:func:`_snapshot_folder`: microseconds), left by a build killed in between:
+# swept once it is this old, so a running build's is never taken
+FRESH_FOLDER_RE = re.compile(r"\.new-curation-[A-Za-z0-9_]{1,64}")
+FRESH_FOLDER_AGE_S = 3600
 
 
 def sweep_snapshot_folders(home: DataHome) -> list[str]:
     """Remove the snapshot folders (``cache/tmp/curation-XXXX``, only those names) that no running curation build
-    holds (each holds an exclusive ``flock`` on its own): what a killed build left. Returns the names removed."""
+    holds (each holds an exclusive ``flock`` on its own): what a killed build left; and a ``.new-curation-XXXX`` a
+    build killed before it held and named its folder left, once an hour old. Returns the names removed."""
     scratch = home.cache / "tmp"
     try:
         names = sorted(os.listdir(scratch))
@@ -585,9 +592,16 @@ def sweep_snapshot_folders(home: DataHome) -> list[str]:
         return []
     removed = []
     for name in names:
+        path = scratch / name
+        if FRESH_FOLDER_RE.fullmatch(name):
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if stat.S_ISDIR(info.st_mode) and time.time() - info.st_mtime > FRESH_FOLDER_AGE_S:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(name)
+            continue
         if not SNAPSHOT_FOLDER_RE.fullmatch(name):
             continue
-        path = scratch / name
         try:
             fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError:

@@ -10,6 +10,7 @@ check of ``decisions``. Small literal homes (``curation_fixtures.HomeBuilder``),
 from __future__ import annotations
 
 import os
+import time
 
 import pyarrow.parquet as pq
 import pytest
@@ -191,3 +192,20 @@ def test_a_bad_list_is_named_by_its_own_path_not_the_snapshot(fast_tmp):
     with pytest.raises(ValueError, match="banned_users.txt:2") as caught:
         build_decisions(home, CurationConfig())
     assert "cache" not in str(caught.value)
+
+
+def test_a_fresh_folder_a_build_killed_before_naming_it_left_is_swept_once_old(fast_tmp):
+    # a build killed between making `.new-curation-XXXX` and renaming it (microseconds) left it: the sweep takes it
+    # once it is an hour old, never a fresh one another build is about to hold and name
+    b, home = _home(fast_tmp)
+    scratch = home.cache / "tmp"
+    old, fresh = scratch / ".new-curation-old123", scratch / ".new-curation-new456"
+    old.mkdir()
+    fresh.mkdir()
+    hours_ago = time.time() - 2 * 3600
+    os.utime(old, (hours_ago, hours_ago))
+    assert sweep_snapshot_folders(home) == [".new-curation-old123"]
+    assert not old.exists() and fresh.is_dir()
+    (scratch / ".new-curation-file1").write_text("not a folder")
+    os.utime(scratch / ".new-curation-file1", (hours_ago, hours_ago))
+    assert sweep_snapshot_folders(home) == [] and (scratch / ".new-curation-file1").exists()
