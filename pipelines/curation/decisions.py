@@ -588,9 +588,18 @@ def _snapshot_folder(home: DataHome) -> Iterator[Path]:
     (:func:`_snapshot_inputs`), held (``flock``) while the build runs and removed after
     (:func:`formats.locks.held_scratch_folder`); one a killed build left is removed by the next build
     (:func:`sweep_snapshot_folders`)."""
+    _clusters_file(home)                  # a home without its input: refused before anything is made in it
     sweep_snapshot_folders(home)
     with held_scratch_folder(home.cache / "tmp", "curation-") as folder:
         yield folder
+
+
+def _clusters_file(home: DataHome) -> Path:
+    """``duplicate_clusters``' file, which every curation build reads; FileNotFoundError (one line) where it is not."""
+    clusters = home.table_file("duplicate_clusters")
+    if not clusters.exists():
+        raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
+    return clusters
 
 
 def _snapshot_inputs(folder: Path, paths: list[Path], copy: bool = False) -> dict[Path, Path]:
@@ -624,9 +633,7 @@ def _connect(home: DataHome, config: CurationConfig, snapshot: Path,
     ``snapshot`` (:func:`_snapshot_inputs`), which the identity digests: what is curated is what is identified
     (review rev32k). With ``with_decisions``, a ``decisions`` file recording other inputs is refused
     (:func:`check_decisions_current`); the caller holds the curation lock, so no build replaces it after."""
-    clusters = home.table_file("duplicate_clusters")
-    if not clusters.exists():
-        raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
+    clusters = _clusters_file(home)
     files = {name: home.table_files(name) for name in INPUT_TABLES}
     files["duplicate_clusters"] = [clusters]
     ingest_files = home.table_files("ingest_files")
