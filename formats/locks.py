@@ -173,3 +173,72 @@ def sweep_exclusively(path: Path, what: str, sweep: Callable[[], list[str]]) -> 
         return sweep() if try_lock(fd) else []
     finally:
         os.close(fd)
+
+
+# a scratch folder made by :func:`held_scratch_folder` and not yet held and named (microseconds), left by a process
+# killed in between: swept once it is this old, so a running process's is never taken
+FRESH_SCRATCH_AGE_S = 3600
+
+
+@contextlib.contextmanager
+def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
+    """A private folder ``scratch/PREFIXXXXX`` held (exclusive ``flock``) for the ``with`` block and removed after.
+
+    It is made as ``.new-PREFIXXXXX`` (``tempfile.mkdtemp``: mode 0700, a random name), held, and only then renamed
+    to its sweepable name, so :func:`sweep_scratch_folders` tells a running holder's folder from one a killed
+    process left (the ingest's quarantine spills, review rev25f; curation's input snapshots, review rev32k)."""
+    import shutil
+    import tempfile
+
+    scratch.mkdir(parents=True, exist_ok=True)
+    fresh = Path(tempfile.mkdtemp(prefix=f".new-{prefix}", dir=scratch))
+    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)    # just made: nobody else holds it
+        folder = scratch / fresh.name.removeprefix(".new-")
+        os.rename(fresh, folder)          # named for the sweep only once held
+        try:
+            yield folder
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+    finally:
+        os.close(fd)
+        if fresh.exists():                # the rename failed
+            shutil.rmtree(fresh, ignore_errors=True)
+
+
+def sweep_scratch_folders(scratch: Path, name: re.Pattern[str]) -> list[str]:
+    """Remove the folders of ``scratch`` whose names ``name`` matches in full and that no running process holds
+    (:func:`held_scratch_folder`): what killed processes left; and ``.new-`` + such a name (one killed before it
+    held and named its folder) once :data:`FRESH_SCRATCH_AGE_S` old. Links, files and other names are left alone.
+    Returns the names removed, in order."""
+    import shutil
+    import time
+
+    try:
+        names = sorted(os.listdir(scratch))
+    except OSError:
+        return []
+    removed = []
+    for entry in names:
+        path = scratch / entry
+        if entry.startswith(".new-") and name.fullmatch(entry.removeprefix(".new-")):
+            with contextlib.suppress(OSError):
+                info = os.lstat(path)
+                if stat.S_ISDIR(info.st_mode) and time.time() - info.st_mtime > FRESH_SCRATCH_AGE_S:
+                    shutil.rmtree(path, ignore_errors=True)
+                    removed.append(entry)
+            continue
+        if not name.fullmatch(entry):
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError:
+            continue                      # not a real folder (a link, a file): not a holder's
+        try:
+            if try_lock(fd):              # no running process holds it
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(entry)
+        finally:
+            os.close(fd)
+    return removed

@@ -50,9 +50,6 @@ import json
 import os
 import re
 import shutil
-import stat
-import tempfile
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -66,7 +63,7 @@ import regex
 
 from formats.files import sha256_file
 from formats.home import BANNED_USERS_FILE, NSFW_PHRASES_FILE, DataHome
-from formats.locks import try_lock
+from formats.locks import held_scratch_folder, sweep_scratch_folders
 from formats.settings import (
     MAX_THREADS,
     add_flags,
@@ -575,68 +572,34 @@ def check_decisions_current(decisions: Path, inputs: dict[str, str]) -> None:
 
 # the curation builds' private snapshot folders in HOME/cache/tmp (tempfile's names): swept when no build holds them
 SNAPSHOT_FOLDER_RE = re.compile(r"curation-[A-Za-z0-9_]{1,64}")
-# one made and not yet held and named (:func:`_snapshot_folder`: microseconds), left by a build killed in between:
-# swept once it is this old, so a running build's is never taken
-FRESH_FOLDER_RE = re.compile(r"\.new-curation-[A-Za-z0-9_]{1,64}")
-FRESH_FOLDER_AGE_S = 3600
 
 
 def sweep_snapshot_folders(home: DataHome) -> list[str]:
     """Remove the snapshot folders (``cache/tmp/curation-XXXX``, only those names) that no running curation build
     holds (each holds an exclusive ``flock`` on its own): what a killed build left; and a ``.new-curation-XXXX`` a
-    build killed before it held and named its folder left, once an hour old. Returns the names removed."""
-    scratch = home.cache / "tmp"
-    try:
-        names = sorted(os.listdir(scratch))
-    except OSError:
-        return []
-    removed = []
-    for name in names:
-        path = scratch / name
-        if FRESH_FOLDER_RE.fullmatch(name):
-            with contextlib.suppress(OSError):
-                info = os.lstat(path)
-                if stat.S_ISDIR(info.st_mode) and time.time() - info.st_mtime > FRESH_FOLDER_AGE_S:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(name)
-            continue
-        if not SNAPSHOT_FOLDER_RE.fullmatch(name):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue                      # not a real folder (a link, a file): not a build's
-        try:
-            if try_lock(fd):              # no running build holds it
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
-        finally:
-            os.close(fd)
-    return removed
+    build killed before it held and named its folder left, once an hour old
+    (:func:`formats.locks.sweep_scratch_folders`). Returns the names removed."""
+    return sweep_scratch_folders(home.cache / "tmp", SNAPSHOT_FOLDER_RE)
 
 
 @contextlib.contextmanager
 def _snapshot_folder(home: DataHome) -> Iterator[Path]:
     """A private folder in the data home's ``cache/tmp`` for one build's snapshot of its inputs
-    (:func:`_snapshot_inputs`), held (``flock``) while the build runs and removed after; one a killed build left is
-    removed by the next build (:func:`sweep_snapshot_folders`)."""
-    scratch = home.cache / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
+    (:func:`_snapshot_inputs`), held (``flock``) while the build runs and removed after
+    (:func:`formats.locks.held_scratch_folder`); one a killed build left is removed by the next build
+    (:func:`sweep_snapshot_folders`)."""
+    _clusters_file(home)                  # a home without its input: refused before anything is made in it
     sweep_snapshot_folders(home)
-    fresh = Path(tempfile.mkdtemp(prefix=".new-curation-", dir=scratch))
-    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        try_lock(fd)                      # just made: nobody else holds it
-        folder = scratch / fresh.name.removeprefix(".new-")
-        os.rename(fresh, folder)          # named for the sweep only once held
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        os.close(fd)
-        if fresh.exists():                # the rename failed
-            shutil.rmtree(fresh, ignore_errors=True)
+    with held_scratch_folder(home.cache / "tmp", "curation-") as folder:
+        yield folder
+
+
+def _clusters_file(home: DataHome) -> Path:
+    """``duplicate_clusters``' file, which every curation build reads; FileNotFoundError (one line) where it is not."""
+    clusters = home.table_file("duplicate_clusters")
+    if not clusters.exists():
+        raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
+    return clusters
 
 
 def _snapshot_inputs(folder: Path, paths: list[Path], copy: bool = False) -> dict[Path, Path]:
@@ -670,9 +633,7 @@ def _connect(home: DataHome, config: CurationConfig, snapshot: Path,
     ``snapshot`` (:func:`_snapshot_inputs`), which the identity digests: what is curated is what is identified
     (review rev32k). With ``with_decisions``, a ``decisions`` file recording other inputs is refused
     (:func:`check_decisions_current`); the caller holds the curation lock, so no build replaces it after."""
-    clusters = home.table_file("duplicate_clusters")
-    if not clusters.exists():
-        raise FileNotFoundError(f"duplicate_clusters not found at {clusters}: run pipelines.curation.dedup first")
+    clusters = _clusters_file(home)
     files = {name: home.table_files(name) for name in INPUT_TABLES}
     files["duplicate_clusters"] = [clusters]
     ingest_files = home.table_files("ingest_files")

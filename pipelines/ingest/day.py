@@ -54,14 +54,12 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import multiprocessing
 import os
 import re
 import shutil
 import stat
 import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -82,7 +80,7 @@ from formats.files import (
     write_parquet_atomic,
 )
 from formats.home import DataHome
-from formats.locks import hold_lock, try_lock
+from formats.locks import held_scratch_folder, hold_lock, sweep_scratch_folders
 from formats.rawzone import RawZoneScan
 from formats.text import terminal_text
 from pipelines import faults
@@ -235,24 +233,11 @@ def _spill_folder(home: DataHome, day: str) -> Iterator[Path]:
     """A private scratch folder inside the data home's ``cache/`` for quarantine spills; removed after.
 
     Its holder keeps an exclusive ``flock`` on the folder while it runs (taken before the folder gets its
-    ``ingest-DAY-XXXX`` name), so a folder that a crashed ingest left (its spills hold raw text of hostile lines)
-    is told from a running one and removed by the next ingest (:func:`sweep_spill_folders`, review rev25f)."""
-    scratch = home.cache / "tmp"
-    scratch.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".new-ingest-{day}-", dir=scratch))
-    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)    # just made: nobody else holds it
-        folder = scratch / fresh.name.removeprefix(".new-")
-        os.rename(fresh, folder)          # named for the sweep only once held
-        try:
-            yield folder
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    finally:
-        os.close(fd)
-        if fresh.exists():                # the rename failed
-            shutil.rmtree(fresh, ignore_errors=True)
+    ``ingest-DAY-XXXX`` name: :func:`formats.locks.held_scratch_folder`), so a folder that a crashed ingest left (its
+    spills hold raw text of hostile lines) is told from a running one and removed by the next ingest
+    (:func:`sweep_spill_folders`, review rev25f)."""
+    with held_scratch_folder(home.cache / "tmp", f"ingest-{day}-") as folder:
+        yield folder
 
 
 def sweep_ingest_temps(home: DataHome) -> list[str]:
@@ -278,28 +263,9 @@ def sweep_ingest_temps(home: DataHome) -> list[str]:
 
 def sweep_spill_folders(home: DataHome) -> list[str]:
     """Remove the scratch folders (``cache/tmp/ingest-DAY-XXXX``, only those names) that no running ingest holds:
-    what a crashed ingest left behind. Run under the ingest lock; returns the names removed."""
-    scratch = home.cache / "tmp"
-    try:
-        names = sorted(os.listdir(scratch))
-    except OSError:
-        return []
-    removed = []
-    for name in names:
-        if not SPILL_FOLDER_RE.fullmatch(name):
-            continue
-        path = scratch / name
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError:
-            continue                      # not a real folder (a link, a file): not the ingest's
-        try:
-            if try_lock(fd):              # no running ingest holds it
-                shutil.rmtree(path, ignore_errors=True)
-                removed.append(name)
-        finally:
-            os.close(fd)
-    return removed
+    what a crashed ingest left behind (:func:`formats.locks.sweep_scratch_folders`). Run under the ingest lock;
+    returns the names removed."""
+    return sweep_scratch_folders(home.cache / "tmp", SPILL_FOLDER_RE)
 
 
 class PartitionFolderRefused(NotADirectoryError):
