@@ -548,8 +548,13 @@ def curation_inputs(home: DataHome, config: CurationConfig, files: dict[str, lis
 def read_inputs(metadata: dict | None) -> dict:
     """The inputs identity ``decisions`` records (:func:`curation_inputs`) from a Parquet file's key-value
     ``metadata``, or {} (none recorded, or not one)."""
+    return _metadata_record(metadata, INPUTS_METADATA)
+
+
+def _metadata_record(metadata: dict | None, key: bytes) -> dict:
+    """The JSON object a Parquet file's key-value ``metadata`` holds under ``key``, or {} (none, or not one)."""
     try:
-        record = json.loads((metadata or {}).get(INPUTS_METADATA) or b"null")
+        record = json.loads((metadata or {}).get(key) or b"null")
     except ValueError:
         return {}
     return record if isinstance(record, dict) else {}
@@ -817,11 +822,7 @@ def policy_classes(config: CurationConfig) -> list[str]:
 def read_policy(metadata: dict | None) -> dict:
     """The policy ``decisions`` records (:func:`policy_record`) from a Parquet file's key-value ``metadata``, or {}
     (none recorded, or not one)."""
-    try:
-        record = json.loads((metadata or {}).get(POLICY_METADATA) or b"null")
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
+    return _metadata_record(metadata, POLICY_METADATA)
 
 
 def build_decisions(home: DataHome, config: CurationConfig = CurationConfig()) -> CurationReport:
