@@ -33,7 +33,7 @@ demo: install
 	$(BIN)/pickapic demo --home $(PICKAPIC_HOME)
 
 test: install-dev
-	@echo ">> [3/3] the whole test suite on 2 workers (18-20 minutes on 2 cores, up to twice that on a slow machine)"
+	@echo ">> [3/3] the whole test suite on 2 workers (40-50 minutes on 2 cores, more on a slow machine)"
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
 
 bench: install-dev
