@@ -5,16 +5,20 @@ atomic writes, `formats/dataset.py`'s switch of `latest` and its records, `pipel
 How it was driven (outside the suite; as root on this machine). A real tmpfs: a 30 MiB tmpfs held a publish home
 (`test_publish_fixtures.make_home`, 60 rankings) filled with a filler file to 300 KB and 100 KB free, then
 `python -m pipelines.publish --workers 1` (the real shard writer, DuckDB snapshots, contracts); the filler was removed
-and the publish run again; a second tmpfs with `nr_inodes=8` was filled with files and `os.symlink` run on it, as
-`switch_latest` does. In-process fault injection: ENOSPC and EIO raised at the k-th `os.fsync` of a whole publish
-(k = 2..74, every phase: meta snapshots, shards, sizes, manifest, staging rename, history, record, switch), each failed
-home published again and compared file by file (sha256) with a home that never failed.
+and the publish run again; a tmpfs with `nr_inodes=8` was filled with files and `os.symlink` run on it, as
+`switch_latest` does; a full 1 MiB tmpfs served as the feature stage's training-JPEG store (`write_blob_atomic`) and as
+curation's snapshot folder (`_snapshot_inputs`, copying across disks). In-process fault injection: ENOSPC and EIO raised
+at the k-th `os.fsync` of a whole publish (k = 2..74, every phase: meta snapshots, shards, sizes, manifest, staging
+rename, history, record, switch) and of a two-day ingest (`ingest_day`, k = 1..9: uid index, raw-zone problems, the six
+files, the exports record), each failed home run again and compared file by file (sha256) with a home that never failed.
 
 What held up (no test filed):
 - Nothing partial became visible: every ENOSPC before the staging rename left `latest` absent or as it was, no
   `.tmp` file anywhere (`clean_failed_staging`, `atomic_path`'s cleanup), only committed shards kept in the staging.
 - The rerun after space was freed (on the real tmpfs too) published a version byte-identical, file by file, to a home
   that never failed, resuming the committed shards.
+- The ingest: each ENOSPC named the file (`naming_full_disk`), left no temporary file and no spill in `cache/tmp`,
+  and the rerun gave a warehouse byte-identical to the clean one (only the `cache/` stat records differ between homes).
 - Retention runs only after a switch: no failed publish deleted an older version.
 - A full disk at the publish history or the JPEG digest cache is a note, the publish goes on (documented).
 - The ingest's six renames in a row and the mixed day a failure between them leaves are the documented trade-off
@@ -27,7 +31,10 @@ Noticed, not filed: `write_tables_atomic` fsyncs each file as it renames it (las
 earlier file's fsync leaves later files renamed (the documented crash-between-renames case, but avoidable for a
 plain failure by syncing all before renaming any); the JPEG digest cache's note "JPEG digests not recorded: [Errno
 28] No space left on device" names no path; `storewriters._record_in` ignores a short `os.write`; on a failure the
-process pool's running batches keep writing to the full disk until they end.
+process pool's running batches keep writing to the full disk until they end; an EIO at the folder fsync right after
+`latest` is renamed fails the publish (no retention, no coverage record) though the new version is already live; the
+splits stage rewrites split_pairs, rejects, the ledger and the pins one after the other (a failure between them was not
+driven here).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
@@ -35,7 +42,9 @@ state the correct behaviour.
 from __future__ import annotations
 
 import errno
+import io
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -47,6 +56,7 @@ from formats.dataset import LATEST, latest_version, read_switched, switch_latest
 from formats.files import no_space_message, write_bytes_atomic
 from formats.home import DataHome
 from pipelines.curation.decisions import _snapshot_inputs
+from pipelines.features import blobs
 from pipelines.publish.__main__ import run as publish_command
 from pipelines.publish.chunkwriter import ChunkWriter
 from pipelines.splits.assign import switched_versions
@@ -107,7 +117,8 @@ def test_latest_never_names_a_version_the_switched_record_lacks(fast_tmp: Path, 
 def test_publish_full_disk_in_a_shard_names_the_shard(small_home: DataHome, monkeypatch, capsys) -> None:
     """Confirmed on a real 30 MiB tmpfs: `python -m pipelines.publish` said `at (unknown path); 70,554,927,104 bytes
     free there now` (the machine's root disk) while the tmpfs had none. Here the shard writer's `os.write` fails as
-    the kernel's does (ENOSPC, no file name)."""
+    the kernel's does (ENOSPC, no file name). `shards.no_space_error` puts the path in the text only; its own wording
+    carried in a step failure's text is not parsed either (the path falls back to the first folder given)."""
     def full(self, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -118,6 +129,35 @@ def test_publish_full_disk_in_a_shard_names_the_shard(small_home: DataHome, monk
     assert "(unknown path)" not in err
     staging = small_home.datasets.parent / f"{small_home.datasets.name}.staging"
     assert f"no space left on device at {staging}/" in err and ".tar" in err
+    # the same wording carried as text (a Dagster step failure under `pickapic build`) names the shard too
+    shard = f"{staging}/.partial-2023-03-02-4428996cdb/train/pickapic-train-20230302-01373329.tar"
+    step = RuntimeError(f"publish failed (run 1a2b): OSError: [Errno 28] no space left on device at {shard}")
+    assert f"no space left on device at {shard};" in no_space_message(step, [small_home.root])
+
+
+@pytest.mark.xfail(strict=True, reason="a full disk met while the feature stage writes a training JPEG (its store "
+                   "may be another disk: features.blob_base) names no file: bare ENOSPC, reported at the home with "
+                   "the home's disk's free bytes")
+def test_full_jpeg_store_names_the_jpeg(fast_tmp: Path, monkeypatch) -> None:
+    """Confirmed on a real 1 MiB tmpfs as the store: `write_blob_atomic` raised `OSError(28, 'No space left on
+    device')` with no file name, and `no_space_message(exc, [HOME])` said `at HOME; 72,045,084,672 bytes free there
+    now` (the temporary file was removed: that held up). Here the write fails as the kernel's does."""
+    real_file_io = io.FileIO
+
+    class FullFileIO(real_file_io):
+        def write(self, data):
+            if "w" in self.mode:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    monkeypatch.setattr(blobs, "io", types.SimpleNamespace(FileIO=FullFileIO))
+    store, key = fast_tmp / "store", "blobs/train/s256q90/ab/abcdef0123.jpg"
+    with pytest.raises(OSError) as caught:
+        blobs.write_blob_atomic(str(store), key, b"\xff\xd8" + b"x" * 1000 + b"\xff\xd9")
+    monkeypatch.undo()
+    assert os.listdir(store / "blobs/train/s256q90/ab") == []          # held up: no temporary file left
+    message = no_space_message(caught.value, [fast_tmp / "home"])
+    assert message is not None and f"no space left on device at {store / key}" in message
 
 
 @pytest.mark.xfail(strict=True, reason="a full disk quota (EDQUOT, what a shared home's account meets) is not taken "
