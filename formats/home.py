@@ -158,6 +158,13 @@ class DataHome:
         """Every ``image_uid`` member of one day's raw images file (``ingest``'s reference check)."""
         return self.cache / "raw_image_uids" / f"dt={day}.parquet"
 
+    @property
+    def curation_snapshots(self) -> Path:
+        """The curation builds' held snapshot folders (``curation-XXXX``: hard links of their inputs): outside the
+        disposable cache, whose deletion during a build would take the files it reads (review rev33a), and on the
+        warehouse's file system where the home is one disk, so the links cost no copy."""
+        return self.root / ".staging" / "curation"
+
     # locks (formats.locks): beside the home, never in the disposable cache, whose deletion while one is
     # held would let a second holder in
     @property

@@ -179,20 +179,58 @@ def sweep_exclusively(path: Path, what: str, sweep: Callable[[], list[str]]) -> 
 # killed in between: swept once it is this old, so a running process's is never taken
 FRESH_SCRATCH_AGE_S = 3600
 
+# the empty file :func:`held_scratch_folder` makes in each of its folders before it names it: the sweep removes only a
+# folder holding it, never one another program made under a matching name (a scratch folder reached through a link
+# to a shared scratch disk: review rev33a)
+SCRATCH_MARKER = ".pickapic-scratch"
+
+
+def _make_marked_folder(scratch: Path, prefix: str) -> Path:
+    """Make ``scratch/.new-PREFIXXXXX`` (a random name; mode 0777 less the umask, like every folder the tool makes,
+    so the other members of a group-shared home can sweep it once its maker is killed: review rev33a) holding
+    :data:`SCRATCH_MARKER`."""
+    for _ in range(100):
+        fresh = scratch / f".new-{prefix}{os.urandom(6).hex()}"
+        try:
+            os.mkdir(fresh, 0o777)
+        except FileExistsError:
+            continue
+        except FileNotFoundError:         # its folder was removed (an empty .staging the feature stage tidies)
+            scratch.mkdir(parents=True, exist_ok=True)
+            continue
+        try:
+            os.close(os.open(fresh / SCRATCH_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                             | os.O_CLOEXEC, 0o666))
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.rmdir(fresh)
+            raise
+        return fresh
+    raise FileExistsError(errno.EEXIST, f"no free scratch folder name in {scratch}")
+
+
+def _remove_folder(path: Path) -> bool:
+    """Remove the folder ``path`` and what it holds (following no link), as far as this account may; whether it is
+    gone (a folder of another account's that could not be emptied is not reported as removed)."""
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+    return not os.path.lexists(path)
+
 
 @contextlib.contextmanager
 def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
-    """A private folder ``scratch/PREFIXXXXX`` held (exclusive ``flock``) for the ``with`` block and removed after.
+    """A folder ``scratch/PREFIXXXXX`` held (exclusive ``flock``) for the ``with`` block and removed after.
 
-    It is made as ``.new-PREFIXXXXX`` (``tempfile.mkdtemp``: mode 0700, a random name), held, and only then renamed
-    to its sweepable name, so :func:`sweep_scratch_folders` tells a running holder's folder from one a killed
-    process left (the ingest's quarantine spills, review rev25f; curation's input snapshots, review rev32k)."""
-    import shutil
-    import tempfile
-
+    It is made as ``.new-PREFIXXXXX`` (a random name) holding :data:`SCRATCH_MARKER`, held, and only then renamed to
+    its sweepable name, so :func:`sweep_scratch_folders` tells a running holder's folder from one a killed process
+    left (the ingest's quarantine spills, review rev25f; curation's input snapshots, review rev32k), and both from
+    another program's folder of a matching name (review rev33a). Its mode is 0777 less the umask (a group-shared
+    home's umask 002 lets another member's sweep remove it; review rev33a: a 0700 folder of a killed build stayed
+    for good, with the hard links it held)."""
     scratch.mkdir(parents=True, exist_ok=True)
-    fresh = Path(tempfile.mkdtemp(prefix=f".new-{prefix}", dir=scratch))
-    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    fresh = _make_marked_folder(scratch, prefix)
+    fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)    # just made: nobody else holds it
         folder = scratch / fresh.name.removeprefix(".new-")
@@ -200,19 +238,28 @@ def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
         try:
             yield folder
         finally:
-            shutil.rmtree(folder, ignore_errors=True)
+            _remove_folder(folder)
     finally:
         os.close(fd)
-        if fresh.exists():                # the rename failed
-            shutil.rmtree(fresh, ignore_errors=True)
+        if os.path.lexists(fresh):        # the rename failed
+            _remove_folder(fresh)
+
+
+def _marked(fd: int) -> bool:
+    """Whether the folder open at ``fd`` holds :data:`SCRATCH_MARKER` (a regular file, not a link)."""
+    try:
+        return stat.S_ISREG(os.stat(SCRATCH_MARKER, dir_fd=fd, follow_symlinks=False).st_mode)
+    except OSError:
+        return False
 
 
 def sweep_scratch_folders(scratch: Path, name: re.Pattern[str]) -> list[str]:
-    """Remove the folders of ``scratch`` whose names ``name`` matches in full and that no running process holds
-    (:func:`held_scratch_folder`): what killed processes left; and ``.new-`` + such a name (one killed before it
-    held and named its folder) once :data:`FRESH_SCRATCH_AGE_S` old. Links, files and other names are left alone.
-    Returns the names removed, in order."""
-    import shutil
+    """Remove the folders of ``scratch`` whose names ``name`` matches in full, that hold :data:`SCRATCH_MARKER` and
+    that no running process holds (:func:`held_scratch_folder`): what killed processes left; and ``.new-`` + such a
+    name (one killed before it held and named its folder) once :data:`FRESH_SCRATCH_AGE_S` old (an empty one, killed
+    before its marker was made, too). Links, files, other names and unmarked folders (another program's, say in a
+    shared scratch folder ``scratch`` links to: review rev33a) are left alone. Returns the names removed, in order:
+    only those that are gone (a folder this account could not empty is not)."""
     import time
 
     try:
@@ -222,22 +269,26 @@ def sweep_scratch_folders(scratch: Path, name: re.Pattern[str]) -> list[str]:
     removed = []
     for entry in names:
         path = scratch / entry
-        if entry.startswith(".new-") and name.fullmatch(entry.removeprefix(".new-")):
-            with contextlib.suppress(OSError):
-                info = os.lstat(path)
-                if stat.S_ISDIR(info.st_mode) and time.time() - info.st_mtime > FRESH_SCRATCH_AGE_S:
-                    shutil.rmtree(path, ignore_errors=True)
-                    removed.append(entry)
-            continue
-        if not name.fullmatch(entry):
+        fresh = entry.startswith(".new-") and name.fullmatch(entry.removeprefix(".new-"))
+        if not fresh and not name.fullmatch(entry):
             continue
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
-            continue                      # not a real folder (a link, a file): not a holder's
+            continue                      # not a real folder (a link, a file), or another account's private one
         try:
-            if try_lock(fd):              # no running process holds it
-                shutil.rmtree(path, ignore_errors=True)
+            if fresh:
+                if time.time() - os.fstat(fd).st_mtime <= FRESH_SCRATCH_AGE_S:
+                    continue
+                if not _marked(fd):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(path)    # only an empty folder: nothing of anyone's is lost
+                    if not os.path.lexists(path):
+                        removed.append(entry)
+                    continue
+            elif not _marked(fd):
+                continue                  # not made by held_scratch_folder
+            if try_lock(fd) and _remove_folder(path):   # no running process holds it
                 removed.append(entry)
         finally:
             os.close(fd)

@@ -26,8 +26,8 @@ accepted (``ingest_files.accepted``), with no key on two rows of a day: otherwis
 (:func:`check_ingest_reconciled`). ``decisions`` records the identity of what it was built from (the input files'
 bytes, the moderation lists, the policy: :func:`curation_inputs`); ``build_pairs`` refuses a ``decisions`` built from
 other inputs than it reads (:class:`DecisionsOutOfDate`, review rev32g). Both read, and digest, one snapshot of
-their inputs (:func:`_snapshot_inputs`: hard links in a held private folder), so the identity is of what is curated
-(review rev32k); ``build_pairs`` checks ``decisions`` under the curation lock. Every ranking in ``pairs`` has each of its
+their inputs (:func:`_snapshot_inputs`: hard links in a held folder in ``.staging/curation``), so the identity is of
+what is curated (review rev32k); ``build_pairs`` checks ``decisions`` under the curation lock. Every ranking in ``pairs`` has each of its
 candidate pairs there or with a pair decision (``pairs_candidate_pairs_reconciled``).
 
 Pairs follow the released Pick-a-Pic columns. 4-image era: a ranking with a chosen image gives one
@@ -575,28 +575,65 @@ def check_decisions_current(decisions: Path, inputs: dict[str, str]) -> None:
         "(pickapic build, or materialize decisions with pairs; python -m pipelines.curation.decisions builds both)")
 
 
-# the curation builds' private snapshot folders in HOME/cache/tmp (tempfile's names): swept when no build holds them
+# the curation builds' snapshot folders in HOME/.staging/curation (random names): swept when no build holds them
 SNAPSHOT_FOLDER_RE = re.compile(r"curation-[A-Za-z0-9_]{1,64}")
+
+# per snapshot folder of a running build, each snapshot file's path -> the input file it pins (:func:`_snapshot_inputs`),
+# so an error a query raises names the input, never the snapshot (review rev33a)
+_SNAPSHOT_SOURCES: dict[str, dict[str, str]] = {}
 
 
 def sweep_snapshot_folders(home: DataHome) -> list[str]:
-    """Remove the snapshot folders (``cache/tmp/curation-XXXX``, only those names) that no running curation build
-    holds (each holds an exclusive ``flock`` on its own): what a killed build left; and a ``.new-curation-XXXX`` a
-    build killed before it held and named its folder left, once an hour old
+    """Remove the snapshot folders (``.staging/curation/curation-XXXX``, only those names, only folders a build made)
+    that no running curation build holds (each holds an exclusive ``flock`` on its own): what a killed build left;
+    and a ``.new-curation-XXXX`` a build killed before it held and named its folder left, once an hour old
     (:func:`formats.locks.sweep_scratch_folders`). Returns the names removed."""
-    return sweep_scratch_folders(home.cache / "tmp", SNAPSHOT_FOLDER_RE)
+    return sweep_scratch_folders(home.curation_snapshots, SNAPSHOT_FOLDER_RE)
+
+
+def _named_by_inputs(exc: BaseException, folder: Path) -> BaseException:
+    """``exc`` with every snapshot file its message names (``folder/000003.parquet``) replaced by the input file it
+    pins (review rev33a: DuckDB named a damaged partition by its snapshot, in a folder removed as the error is
+    raised), or ``exc`` itself where it names none."""
+    message = str(exc)
+    root = str(folder)
+    if root not in message:
+        return exc
+    sources = {snap: source for key, names in dict(_SNAPSHOT_SOURCES).items()   # a copy: other threads' builds
+               if key == root or key.startswith(root + os.sep) for snap, source in dict(names).items()}
+    for snap in sorted(sources, key=len, reverse=True):   # longest first: lists/000000 before 000000
+        message = message.replace(snap, sources[snap])
+    head, context, tail = message.partition("\n\nLINE ")
+    if context and str(folder.parent.parent) in tail:
+        message = head                    # DuckDB's excerpt of a view over the snapshot, cut short: no file's name
+    try:
+        renamed = type(exc)(message)
+    except Exception:                     # noqa: BLE001 - an exception type that takes other arguments
+        return exc
+    return renamed.with_traceback(exc.__traceback__)
 
 
 @contextlib.contextmanager
 def _snapshot_folder(home: DataHome) -> Iterator[Path]:
-    """A private folder in the data home's ``cache/tmp`` for one build's snapshot of its inputs
+    """A folder in the data home's ``.staging/curation`` for one build's snapshot of its inputs
     (:func:`_snapshot_inputs`), held (``flock``) while the build runs and removed after
     (:func:`formats.locks.held_scratch_folder`); one a killed build left is removed by the next build
-    (:func:`sweep_snapshot_folders`)."""
+    (:func:`sweep_snapshot_folders`). Not under the disposable ``cache/``: deleting it during a build changes only
+    speed (review rev33a). An error raised in the block names the inputs, not their snapshots."""
     _clusters_file(home)                  # a home without its input: refused before anything is made in it
     sweep_snapshot_folders(home)
-    with held_scratch_folder(home.cache / "tmp", "curation-") as folder:
-        yield folder
+    with held_scratch_folder(home.curation_snapshots, "curation-") as folder:
+        try:
+            yield folder
+        except Exception as exc:
+            renamed = _named_by_inputs(exc, folder)
+            if renamed is exc:
+                raise
+            raise renamed from None
+        finally:
+            for key in [key for key in tuple(_SNAPSHOT_SOURCES) if key == str(folder)
+                        or key.startswith(f"{folder}{os.sep}")]:
+                _SNAPSHOT_SOURCES.pop(key, None)
 
 
 def _clusters_file(home: DataHome) -> Path:
@@ -614,19 +651,32 @@ def _snapshot_inputs(folder: Path, paths: list[Path], copy: bool = False) -> dic
     place). The build digests the snapshot and reads it, nothing else, so the inputs' identity
     (:func:`curation_inputs`) is of the very bytes it curates: a partition a concurrent daily run rewrites after
     the snapshot is neither digested nor read (review rev32k: the digest was of one version of a day, the query
-    read the next). Costs no memory and, linked, no disk; returns each path's snapshot."""
+    read the next). A link is refused, and the file copied, on another file system and where the kernel forbids
+    linking another account's file (EPERM: ``protected_hardlinks``, a group-shared home whose files are not
+    group-writable); a copy keeps its file's mode bits. Costs no memory and, linked, no disk; returns each path's
+    snapshot. A file listed and removed before its snapshot (a concurrent ingest clearing a stray file from its
+    partition folder) is a one-line FileNotFoundError naming it."""
     read: dict[Path, Path] = {}
+    sources = _SNAPSHOT_SOURCES.setdefault(str(folder), {})
     for index, path in enumerate(paths):
         snap = folder / f"{index:06d}{path.suffix}"
-        if not copy:
-            try:
-                os.link(path, snap, follow_symlinks=True)
-                read[path] = snap
-                continue
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
-                    raise
-        shutil.copyfile(path, snap)
+        sources[str(snap)] = str(path)
+        try:
+            if not copy:
+                try:
+                    os.link(path, snap, follow_symlinks=True)
+                    read[path] = snap
+                    continue
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EACCES):
+                        raise
+            shutil.copyfile(path, snap)
+            shutil.copymode(path, snap)
+        except FileNotFoundError:
+            if os.path.lexists(path) or not os.path.isdir(folder):
+                raise
+            raise FileNotFoundError(f"{path} was removed while the curation build was reading its inputs (a "
+                                    "concurrent ingest or prune of its day, or an edit): build again") from None
         read[path] = snap
     return read
 

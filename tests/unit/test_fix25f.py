@@ -17,6 +17,7 @@ from curation_fixtures import HomeBuilder, build_all
 from test_ingest_fixtures import DayBuilder
 
 from formats.home import DataHome
+from formats.locks import SCRATCH_MARKER
 from pipelines.curation.decisions import IngestNotReconciled, check_ingest_reconciled
 from pipelines.ingest import day as ingest
 from pipelines.ingest import parse as rp
@@ -146,6 +147,7 @@ def test_only_unheld_spill_folders_of_the_ingest_s_own_names_are_swept(tmp_path)
     scratch.mkdir(parents=True)
     stale = scratch / "ingest-2023-03-01-abc_123"                           # a crashed ingest's: nobody holds it
     stale.mkdir()
+    (stale / SCRATCH_MARKER).touch()                                        # made by an ingest (fix33a)
     (stale / "batch-0.pickle").write_bytes(b"raw text")
     other = scratch / "ingest-notes"                                        # not the tool's name
     other.mkdir()

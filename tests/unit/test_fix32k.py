@@ -1,10 +1,10 @@
 """fix32k: the curation builds read, and identify, one snapshot of their inputs (review rev32k).
 
 ``build_decisions`` and ``build_pairs`` hard-link every input file (copies for the moderation lists) into a private,
-held folder in ``cache/tmp`` (:func:`pipelines.curation.decisions._snapshot_inputs`), digest the snapshot and read
-it, nothing else: a partition a concurrent daily run rewrites after the snapshot is neither digested nor read; one
-rewritten before it is digested, so pairs refuse (``DecisionsOutOfDate``), never the ``cluster_0 is declared
-non-null`` of a new image that duplicate_clusters never saw. ``build_pairs`` holds the curation lock from before its
+held folder in ``cache/tmp`` (``.staging/curation`` since fix33a; :func:`pipelines.curation.decisions._snapshot_inputs`),
+digest the snapshot and read it, nothing else: a partition a concurrent daily run rewrites after the snapshot is
+neither digested nor read; one rewritten before it is digested, so pairs refuse (``DecisionsOutOfDate``), never the
+``cluster_0 is declared non-null`` of a new image that duplicate_clusters never saw. ``build_pairs`` holds the curation lock from before its
 check of ``decisions``. Small literal homes (``curation_fixtures.HomeBuilder``), the real DuckDB builds in-process.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ from curation_fixtures import DREAM, HomeBuilder, build_all
 
 import pipelines.curation.decisions as decisions_module
 from formats.home import DataHome
-from formats.locks import try_lock
+from formats.locks import SCRATCH_MARKER, try_lock
 from pipelines.curation.decisions import (
     CurationConfig,
     DecisionsOutOfDate,
@@ -137,13 +137,15 @@ def test_pairs_check_decisions_under_the_curation_lock(fast_tmp, monkeypatch):
 
 def test_snapshot_folders_are_removed_and_a_killed_builds_swept(fast_tmp):
     b, home = _home(fast_tmp)
-    scratch = home.cache / "tmp"
+    scratch = home.curation_snapshots                                 # HOME/.staging/curation since fix33a
     assert not [n for n in os.listdir(scratch) if "curation" in n]   # each build removed its own
     stale = scratch / "curation-abc123"
     stale.mkdir()
+    (stale / SCRATCH_MARKER).touch()                                  # made by a build (fix33a: only those swept)
     (stale / "000000.parquet").write_bytes(b"left by a killed build")
     held = scratch / "curation-held99"
     held.mkdir()
+    (held / SCRATCH_MARKER).touch()
     outside = fast_tmp / "keep"
     outside.mkdir()
     (outside / "x").write_text("x")
@@ -199,7 +201,7 @@ def test_a_fresh_folder_a_build_killed_before_naming_it_left_is_swept_once_old(f
     # a build killed between making `.new-curation-XXXX` and renaming it (microseconds) left it: the sweep takes it
     # once it is an hour old, never a fresh one another build is about to hold and name
     b, home = _home(fast_tmp)
-    scratch = home.cache / "tmp"
+    scratch = home.curation_snapshots                                 # HOME/.staging/curation since fix33a
     old, fresh = scratch / ".new-curation-old123", scratch / ".new-curation-new456"
     old.mkdir()
     fresh.mkdir()
@@ -225,6 +227,7 @@ def test_the_ingest_sweeps_a_fresh_spill_folder_a_killed_ingest_left_the_same_wa
     left = scratch / "ingest-2023-03-01-left99"
     for folder in (old, fresh, left):
         folder.mkdir()
+    (left / SCRATCH_MARKER).touch()                                   # made by an ingest (fix33a: only those swept)
     hours_ago = time.time() - 2 * 3600
     os.utime(old, (hours_ago, hours_ago))
     with ingest._spill_folder(home, "2023-03-01") as running:
