@@ -15,17 +15,18 @@ build; a hook, as reviews rev29b/rev30c used); the real CLI ``pickapic build`` (
 build``) killed the same way; the real ingest over ``DayBuilder`` days; hostile instant spellings through
 ``utc_naive``.
 
-What held up (no test): run: once nothing holds the build lock the automation is free at once
-(``build_skip_reason`` None, seen as soon as the orphans below were ended); the ``instant`` spellings tried
-(offsets, ``Z``, ``T``, an ISO week date, ``20220101T000000``, a ``+00:00:00.000001`` offset) are read by one function (``utc_naive``) in both the digest
-and the ingest, so no two spellings the ingest reads apart share a digest. Read in the code, not run: the lock probe
-follows no link, skips a FIFO or folder, and a lock file the daemon may not read stops nothing; after a build the
-sensors request its stale days and rebuild (only the nightly's failed-day retry waits a night, as documented, and a
-build overlapping 02:00 every night plans and retries those days itself, so no day goes missing); every clock read
-of the begun-day checks is UTC (no ``date.today()`` or local time in dagster_project/pipelines/formats), so midnight
-and DST change nothing and a day only ever becomes "begun"; NSFW classes are a set wherever they are used (DuckDB
-``list_contains``, ``curation_inputs`` sorts them); a home-list path merged with ``''`` is the same file at plan and
-run time, and the lists' bytes (by role) are in the version, so a link repointed later changes the version.
+What held up (no test): run: once nothing holds the build lock the automation is free at once (``build_skip_reason``
+None, seen as soon as the orphans below were ended); the ``instant`` spellings tried (offsets, ``Z``, ``T``, an ISO
+week date, ``20220101T000000``, a ``+00:00:00.000001`` offset) are read by one function (``utc_naive``) in both the
+digest and the ingest, so no two spellings the ingest reads apart share a digest. Read in the code, not run: the
+lock probe follows no link, skips a FIFO or folder, and a lock file the daemon may not read stops nothing; after a
+build the sensors request its stale days and rebuild (only the nightly's failed-day retry waits a night, as
+documented, and a build overlapping 02:00 every night plans and retries those days itself, so no day goes missing);
+every clock read of the begun-day checks is UTC (no ``date.today()`` or local time in
+dagster_project/pipelines/formats), so midnight and DST change nothing and a day only ever becomes "begun"; NSFW
+classes are a set wherever they are used (DuckDB ``list_contains``, ``curation_inputs`` sorts them); a home-list
+path merged with ``''`` is the same file at plan and run time, and the lists' bytes (by role) are in the version, so
+a link repointed later changes the version.
 
 Measured (2 shared CPUs): the real ``pickapic build`` of a one-day home with ``ingest.workers = 2`` and
 ``ingest.parallel_min_bytes = 1`` reached its ingest and was SIGKILLed at 33 s; 3 s later the two forked ingest
@@ -33,13 +34,14 @@ workers (ppid 1) still held the build lock and the nightly's skip reason named a
 home in 62 shards, killed as its first batch began (5.6 s), left both writers holding ``.build.lock`` and
 ``.locks/publish.lock``. This file: about 15 s, 1 s and 10 s (the third after ``built_home``, 160 s when not built).
 
-Noticed, not filed: ``build_running``'s docstring says a build starting while the daemon's probe holds its shared lock
-(microseconds) "is told another build runs, and retried": it is not retried (``build_lock`` raises at once, naming the
-pid the last build wrote: a cron ``pickapic build`` without ``--wait`` fails, rarely); ``utc_naive`` truncates a
-fraction past 6 digits (``...00:00:00.0000004`` is read as ``00:00:00``, so a created_at of exactly ``00:00:00`` that
-the written bound excludes is accepted; fix32i's own test states this reading, hence not filed); the forked ingest
-workers of a killed daemon run would also hold their spill folder's lock (read, not run; same cause as the first
-test); ``train`` and ``app_export`` schedules do not look at the build lock (nothing they run duplicates a build's work).
+Noticed, not filed: ``build_running``'s docstring says a build starting while the daemon's probe holds its shared
+lock (microseconds) "is told another build runs, and retried": it is not retried (``build_lock`` raises at once,
+naming the pid the last build wrote: a cron ``pickapic build`` without ``--wait`` fails, rarely); ``utc_naive``
+truncates a fraction past 6 digits (``...00:00:00.0000004`` is read as ``00:00:00``, so a created_at of exactly
+``00:00:00`` that the written bound excludes is accepted; fix32i's own test states this reading, hence not filed);
+the forked ingest workers of a killed daemon run would also hold their spill folder's lock (read, not run; same
+cause as the first test); ``train`` and ``app_export`` schedules do not look at the build lock (nothing they run
+duplicates a build's work).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
