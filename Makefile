@@ -36,8 +36,8 @@ test: install-dev
 	@echo ">> [3/3] the whole test suite on 2 workers (40-50 minutes on 2 cores, more on a slow machine)"
 	$(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder -q --durations=15 tests
 
-bench: install-dev
-	$(BIN)/python -m benchmarks.run
+bench: install-dev   # make bench BENCH_ARGS="--quick --only dedup,shards"
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 ui: install
 	$(BIN)/pickapic ui --home $(PICKAPIC_HOME)

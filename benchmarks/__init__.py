@@ -1,8 +1,11 @@
 """Hand-run benchmarks, each printing ratios against a baseline measured in the same run."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from pathlib import Path
+from typing import Iterator
 
 
 def report(result: dict, json_out: str | Path | None, indent: int = 1) -> None:
@@ -11,3 +14,70 @@ def report(result: dict, json_out: str | Path | None, indent: int = 1) -> None:
     print(text)
     if json_out:
         Path(json_out).write_text(text + "\n")
+
+
+# --- work folders: what a benchmark may delete --------------------------------------------------------------
+#
+# A benchmark given ``--dir D`` works in folders under D that it wipes or reuses on the next run (D/home,
+# D/clean, D/snapshot-3, ...). It deletes only a folder that holds its mark, written right after it made the
+# folder: a folder of the same name that it did not make (an operator's own data home called ``home``, or
+# ``/home`` under ``--dir /``) is refused, never deleted, and so is a symlink or a file there. With no
+# ``--dir`` the benchmark works in a fresh temporary folder that is removed however the run ends.
+
+OWNER_MARK = ".pickapic-benchmark"
+
+
+def _owned(path: Path, legacy_marks: tuple[str, ...] = ()) -> bool:
+    return any((path / name).is_file() for name in (OWNER_MARK, *legacy_marks))
+
+
+def remove_owned(path: str | Path, legacy_marks: tuple[str, ...] = ()) -> None:
+    """Delete ``path`` if this benchmark made it (it holds :data:`OWNER_MARK` or one of ``legacy_marks``, the
+    marks of earlier versions) or it is an empty folder; nothing there is fine; anything else raises
+    ``ValueError`` and is left as it is."""
+    import shutil
+
+    path = Path(path)
+    if not os.path.lexists(path):
+        return
+    if path.is_symlink() or not path.is_dir():
+        raise ValueError(f"{path} exists and is not a folder this benchmark made (a symlink or a file): "
+                         f"refusing to replace it; choose another --dir or remove it yourself")
+    if not _owned(path, legacy_marks) and any(path.iterdir()):
+        raise ValueError(f"{path} exists and was not made by a benchmark (no {OWNER_MARK} in it): refusing to "
+                         f"delete it; choose another --dir or remove it yourself")
+    shutil.rmtree(path)
+
+
+def claim(path: str | Path, legacy_marks: tuple[str, ...] = ()) -> Path:
+    """A fresh, empty (but for its mark) folder at ``path``: an earlier run's is deleted first
+    (:func:`remove_owned`, which refuses a folder the benchmark did not make)."""
+    path = Path(path)
+    remove_owned(path, legacy_marks)
+    path.mkdir(parents=True)
+    mark(path)
+    return path
+
+
+def mark(path: str | Path) -> None:
+    """Write the mark that lets a later run of a benchmark delete or reuse the folder ``path``."""
+    (Path(path) / OWNER_MARK).write_text("made by a pickapic benchmark; a later run may delete this folder\n")
+
+
+@contextlib.contextmanager
+def work_folder(root: str | Path | None, prefix: str, keep: bool = False) -> Iterator[Path]:
+    """The benchmark's work folder: ``root`` (created if missing, kept) when given, else a new temporary
+    folder (``tempfile.mkdtemp``) removed when the block ends, by an exception or Ctrl-C too (unless ``keep``)."""
+    import shutil
+    import tempfile
+
+    if root is not None:
+        Path(root).mkdir(parents=True, exist_ok=True)
+        yield Path(root)
+        return
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    try:
+        yield base
+    finally:
+        if not keep:
+            shutil.rmtree(base, ignore_errors=True)

@@ -21,10 +21,9 @@ import resource
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import claim, report, work_folder
 from benchmarks.shards import _children_cpu, _publish_with_days, _set_aside, build_history
 from pipelines.publish.config import PublishConfig
 
@@ -39,35 +38,34 @@ def page_cache_mib() -> float:
 
 
 def run(samples: int, days: int, repeats: int, workers: int, root: Path | None) -> dict:
-    base = Path(root or tempfile.mkdtemp(prefix="bench-direct-io-"))
-    home, table = build_history(base / "home", samples, days)
-    runs: dict[str, dict[str, list[float]]] = {
-        mode: {k: [] for k in ("scratch_mb_s", "scratch_mb_per_cpu_s", "page_cache_growth_mib", "nightly_mb_s")}
-        for mode in ("direct", "buffered")}
-    written = {"scratch_mb": 0.0, "nightly_mb": 0.0}
-    trash = base / "trash"
-    try:
-        for repeat in range(repeats):
-            for mode in (("direct", "buffered") if repeat % 2 == 0 else ("buffered", "direct")):
-                config = PublishConfig(workers=workers, fsync=True, max_samples_per_shard=1000,
-                                       direct_io=mode == "direct")
-                _set_aside(home, trash / f"{repeat}-{mode}")
-                cpu, cached = _children_cpu(), page_cache_mib()
-                scratch = _publish_with_days(home, table, days, config)
-                growth, cpu = page_cache_mib() - cached, _children_cpu() - cpu
-                nightly = _publish_with_days(home, table, days + 1, config)
-                r = runs[mode]
-                r["scratch_mb_s"].append(scratch.bytes_written / 1e6 / scratch.write_seconds)
-                r["page_cache_growth_mib"].append(growth)
-                if cpu > 0:       # a pool ran (workers > 1)
-                    r["scratch_mb_per_cpu_s"].append(scratch.bytes_written / 1e6 / cpu)
-                r["nightly_mb_s"].append(nightly.bytes_written / 1e6 / nightly.write_seconds)
-                written = {"scratch_mb": round(scratch.bytes_written / 1e6, 1),
-                           "nightly_mb": round(nightly.bytes_written / 1e6, 1)}
-    finally:
-        shutil.rmtree(trash, ignore_errors=True)
-        if root is None:
-            shutil.rmtree(base, ignore_errors=True)
+    with work_folder(root, "bench-direct-io-") as base:
+        # every file under a folder the benchmark made (an earlier run's is wiped; a folder of someone else's refused)
+        home, table = build_history(claim(base / "home"), samples, days)
+        runs: dict[str, dict[str, list[float]]] = {
+            mode: {k: [] for k in ("scratch_mb_s", "scratch_mb_per_cpu_s", "page_cache_growth_mib", "nightly_mb_s")}
+            for mode in ("direct", "buffered")}
+        written = {"scratch_mb": 0.0, "nightly_mb": 0.0}
+        trash = claim(base / "trash")
+        try:
+            for repeat in range(repeats):
+                for mode in (("direct", "buffered") if repeat % 2 == 0 else ("buffered", "direct")):
+                    config = PublishConfig(workers=workers, fsync=True, max_samples_per_shard=1000,
+                                           direct_io=mode == "direct")
+                    _set_aside(home, trash / f"{repeat}-{mode}")
+                    cpu, cached = _children_cpu(), page_cache_mib()
+                    scratch = _publish_with_days(home, table, days, config)
+                    growth, cpu = page_cache_mib() - cached, _children_cpu() - cpu
+                    nightly = _publish_with_days(home, table, days + 1, config)
+                    r = runs[mode]
+                    r["scratch_mb_s"].append(scratch.bytes_written / 1e6 / scratch.write_seconds)
+                    r["page_cache_growth_mib"].append(growth)
+                    if cpu > 0:       # a pool ran (workers > 1)
+                        r["scratch_mb_per_cpu_s"].append(scratch.bytes_written / 1e6 / cpu)
+                    r["nightly_mb_s"].append(nightly.bytes_written / 1e6 / nightly.write_seconds)
+                    written = {"scratch_mb": round(scratch.bytes_written / 1e6, 1),
+                               "nightly_mb": round(nightly.bytes_written / 1e6, 1)}
+        finally:
+            shutil.rmtree(trash, ignore_errors=True)
     med = {mode: {k: statistics.median(v) if v else float("nan") for k, v in r.items()} for mode, r in runs.items()}
     return {
         "benchmark": "direct_io", "samples": samples, "days": days, "repeats": repeats, **written,
@@ -86,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--days", type=int, default=3, help="export days of the from-scratch publish (the night adds one)")
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
-    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--dir", type=Path, help="work folder, kept (default: a temporary one, removed); its home/ "
+                        "and trash/ are wiped by the next run, and refused if a benchmark did not make them")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     report(run(args.samples, args.days, args.repeats, args.workers, args.dir), args.json_out)

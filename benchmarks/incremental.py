@@ -19,10 +19,10 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import claim, work_folder
 from benchmarks.nightly import timed_build
 from formats import dataset
 from formats.home import DataHome
@@ -40,32 +40,29 @@ def _inodes(home: DataHome) -> set[int]:
 def run(days: int = 3, users: int = 40, rankings_per_day: int = 120, image_size: int = 256, seed: int = 0,
         root: Path | None = None, settings: dict | None = None) -> dict:
     """Time the first build of ``days`` days, the nightly build of the next day and a no-op rerun."""
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-incremental-"))
-    home = DataHome(base / "home")
-    if home.root.exists():
-        shutil.rmtree(home.root)
-    config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
-    simulate(home, config)
-    if settings:   # e.g. the small-home minimums a quick run needs to publish at all
-        write_settings(home.root, settings)
-    new = config.day(days)
-    spare = base / "spare"
-    shutil.move(str(home.raw_day(new)), spare)
-    started = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "dagster_project.cli", "build", "--help"], cwd=REPO,
-                   capture_output=True, check=True)
-    startup = time.perf_counter() - started
-    first = timed_build(home)[0]
-    first_inodes = _inodes(home)
-    shutil.move(str(spare), home.raw_day(new))
-    nightly = timed_build(home)[0]
-    latest = dataset.latest_link(home).resolve()
-    files = [p for p in latest.rglob("*") if p.is_file()]
-    version_bytes = sum(p.stat().st_size for p in files)
-    written = sum(p.stat().st_size for p in files if p.stat().st_ino not in first_inodes)
-    noop = timed_build(home)[0]
-    if root is None:
-        shutil.rmtree(base)
+    with work_folder(root, "bench-incremental-") as base:
+        home = DataHome(claim(base / "home"))      # an earlier run's is wiped; a folder of someone else's refused
+        config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size,
+                           seed=seed)
+        spare = claim(base / "spare") / "day"
+        simulate(home, config)
+        if settings:   # e.g. the small-home minimums a quick run needs to publish at all
+            write_settings(home.root, settings)
+        new = config.day(days)
+        shutil.move(str(home.raw_day(new)), spare)
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dagster_project.cli", "build", "--help"], cwd=REPO,
+                       capture_output=True, check=True)
+        startup = time.perf_counter() - started
+        first = timed_build(home)[0]
+        first_inodes = _inodes(home)
+        shutil.move(str(spare), home.raw_day(new))
+        nightly = timed_build(home)[0]
+        latest = dataset.latest_link(home).resolve()
+        files = [p for p in latest.rglob("*") if p.is_file()]
+        version_bytes = sum(p.stat().st_size for p in files)
+        written = sum(p.stat().st_size for p in files if p.stat().st_ino not in first_inodes)
+        noop = timed_build(home)[0]
     return {
         "benchmark": "incremental", "days": days, "users": users, "rankings_per_day": rankings_per_day,
         "image_size": image_size, "cpus": os.cpu_count(),
@@ -89,7 +86,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--users", type=int, default=40)
     parser.add_argument("--rankings-per-day", type=int, default=120)
     parser.add_argument("--image-size", type=int, default=256)
-    parser.add_argument("--dir", type=Path)
+    parser.add_argument("--dir", type=Path, help="work folder, kept (default: a temporary one, removed); its "
+                        "home/ and spare/ are wiped by the next run, and refused if a benchmark did not make them")
     args = parser.parse_args(argv)
     result = run(args.days, args.users, args.rankings_per_day, args.image_size, root=args.dir)
     print(json.dumps(result, indent=1))

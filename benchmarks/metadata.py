@@ -29,8 +29,6 @@ import hashlib
 import json
 import multiprocessing
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks import report
+from benchmarks import claim, report, work_folder
 from formats import dataset
 from formats.files import PARQUET_OPTIONS, cast_to_schema, write_parquet_atomic
 from formats.home import DataHome
@@ -193,71 +191,68 @@ def _files(home: DataHome, *datasets: str) -> list[Path]:
 def run(rankings: int = 1_000_000, days: int = 10, users: int | None = None, seed: int = 0,
         root: Path | None = None, keep: bool = False) -> dict:
     """Simulate, synthesize features, time every metadata stage and its baseline; return the numbers."""
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-metadata-"))
-    home = DataHome(base / "home")
-    if home.root.exists():
-        shutil.rmtree(home.root)
-    config = sim_config(rankings, days, users, seed)
-    result: dict = {"benchmark": "metadata", "rankings_requested": rankings, "days": days,
-                    "users": config.users, "cpus": os.cpu_count(), "goal_seconds": GOAL_SECONDS,
-                    "load_average_before": round(os.getloadavg()[0], 2)}
-    setup = {}
-    setup["simulate_s"], _ = _timed(simulate, home, config)
-    (home.ground_truth / "duplicates.parquet").unlink(missing_ok=True)
-    day_list = home.raw_days()
-    stages: dict[str, dict] = {}
+    with work_folder(root, "bench-metadata-", keep=keep) as base:
+        home = DataHome(claim(base / "home"))      # an earlier run's is wiped; a folder of someone else's refused
+        scratch = claim(base / "scratch")          # the sidecars and the baseline's Parquet copy
+        config = sim_config(rankings, days, users, seed)
+        result: dict = {"benchmark": "metadata", "rankings_requested": rankings, "days": days,
+                        "users": config.users, "cpus": os.cpu_count(), "goal_seconds": GOAL_SECONDS,
+                        "load_average_before": round(os.getloadavg()[0], 2)}
+        setup = {}
+        setup["simulate_s"], _ = _timed(simulate, home, config)
+        (home.ground_truth / "duplicates.parquet").unlink(missing_ok=True)
+        day_list = home.raw_days()
+        stages: dict[str, dict] = {}
 
-    seconds, _ = _timed(lambda: [ingest_day(home, d) for d in day_list])
-    ingested = {name: sum(pq.read_metadata(p).num_rows for p in _files(home, name)) for name in RAW_TABLES + ("quarantine",)}
-    lines = sum(ingested.values())
-    base_s, base_lines = _timed(bare_parse, home, day_list)
-    stages["ingest"] = {"seconds": seconds, "rows": lines, "baseline": "gzip + json.loads, 1 process",
-                        "baseline_seconds": base_s, "baseline_rows": base_lines}
-    result["ingested_rows"] = ingested
+        seconds, _ = _timed(lambda: [ingest_day(home, d) for d in day_list])
+        ingested = {name: sum(pq.read_metadata(p).num_rows for p in _files(home, name)) for name in RAW_TABLES + ("quarantine",)}
+        lines = sum(ingested.values())
+        base_s, base_lines = _timed(bare_parse, home, day_list)
+        stages["ingest"] = {"seconds": seconds, "rows": lines, "baseline": "gzip + json.loads, 1 process",
+                            "baseline_seconds": base_s, "baseline_rows": base_lines}
+        result["ingested_rows"] = ingested
 
-    setup["synthesize_features_s"], images = _timed(lambda: sum(synthesize_features(home, d, seed) for d in day_list))
-    result["images"] = images
+        setup["synthesize_features_s"], images = _timed(lambda: sum(synthesize_features(home, d, seed) for d in day_list))
+        result["images"] = images
 
-    for name, fn, inputs in (
-        ("dedup", build_clusters, ("image_features",)),
-        ("decisions", build_decisions, ("rankings", "images", "image_features", "duplicate_clusters")),
-        ("pairs", build_pairs, ("rankings", "images", "image_features", "duplicate_clusters", "decisions")),
-        ("splits", build_splits, ("pairs",)),
-    ):
-        files = _files(home, *inputs)
-        seconds, _ = _timed(fn, home)
-        base_s, rows = _timed(read_inputs, files)
-        stages[name] = {"seconds": seconds, "rows": rows, "baseline": "read the input Parquet into Arrow",
-                        "baseline_seconds": base_s, "baseline_rows": rows}
-    result["pairs"] = pq.read_metadata(home.table_file("pairs")).num_rows
-    result["split_pairs"] = pq.read_metadata(home.table_file("split_pairs")).num_rows
+        for name, fn, inputs in (
+            ("dedup", build_clusters, ("image_features",)),
+            ("decisions", build_decisions, ("rankings", "images", "image_features", "duplicate_clusters")),
+            ("pairs", build_pairs, ("rankings", "images", "image_features", "duplicate_clusters", "decisions")),
+            ("splits", build_splits, ("pairs",)),
+        ):
+            files = _files(home, *inputs)
+            seconds, _ = _timed(fn, home)
+            base_s, rows = _timed(read_inputs, files)
+            stages[name] = {"seconds": seconds, "rows": rows, "baseline": "read the input Parquet into Arrow",
+                            "baseline_seconds": base_s, "baseline_rows": rows}
+        result["pairs"] = pq.read_metadata(home.table_file("pairs")).num_rows
+        result["split_pairs"] = pq.read_metadata(home.table_file("split_pairs")).num_rows
 
-    out = base / "sidecars"
-    seconds, samples = _timed(sidecars_without_images, home, out)
-    split_pairs = pq.read_table(home.table_file("split_pairs"))
-    base_s, _ = _timed(lambda: pq.write_table(split_pairs, base / "copy.parquet", **PARQUET_OPTIONS))
-    stages["sidecars"] = {"seconds": seconds, "rows": samples, "baseline": "write split_pairs as one Parquet file",
-                          "baseline_seconds": base_s, "baseline_rows": split_pairs.num_rows}
+        out = scratch / "sidecars"
+        seconds, samples = _timed(sidecars_without_images, home, out)
+        split_pairs = pq.read_table(home.table_file("split_pairs"))
+        base_s, _ = _timed(lambda: pq.write_table(split_pairs, scratch / "copy.parquet", **PARQUET_OPTIONS))
+        stages["sidecars"] = {"seconds": seconds, "rows": samples, "baseline": "write split_pairs as one Parquet file",
+                              "baseline_seconds": base_s, "baseline_rows": split_pairs.num_rows}
 
-    for values in stages.values():
-        values["rows_per_s"] = round(values["rows"] / values["seconds"], 1)
-        values["baseline_rows_per_s"] = round(values["baseline_rows"] / values["baseline_seconds"], 1)
-        values["ratio_vs_baseline"] = round(values["rows_per_s"] / values["baseline_rows_per_s"], 3)
-        values["seconds"] = round(values["seconds"], 2)
-        values["baseline_seconds"] = round(values["baseline_seconds"], 2)
-    total = sum(v["seconds"] for v in stages.values())
-    curation = sum(stages[k]["seconds"] for k in ("dedup", "decisions", "pairs"))
-    result.update({
-        "setup_seconds": {k: round(v, 2) for k, v in setup.items()},
-        "stages": stages,
-        "curation_seconds": round(curation, 2),
-        "total_seconds": round(total, 2),
-        "ratio_goal_vs_total": round(GOAL_SECONDS / total, 3),
-        "meets_goal": total <= GOAL_SECONDS,
-        "load_average_after": round(os.getloadavg()[0], 2),
-    })
-    if not keep and root is None:
-        shutil.rmtree(base)
+        for values in stages.values():
+            values["rows_per_s"] = round(values["rows"] / values["seconds"], 1)
+            values["baseline_rows_per_s"] = round(values["baseline_rows"] / values["baseline_seconds"], 1)
+            values["ratio_vs_baseline"] = round(values["rows_per_s"] / values["baseline_rows_per_s"], 3)
+            values["seconds"] = round(values["seconds"], 2)
+            values["baseline_seconds"] = round(values["baseline_seconds"], 2)
+        total = sum(v["seconds"] for v in stages.values())
+        curation = sum(stages[k]["seconds"] for k in ("dedup", "decisions", "pairs"))
+        result.update({
+            "setup_seconds": {k: round(v, 2) for k, v in setup.items()},
+            "stages": stages,
+            "curation_seconds": round(curation, 2),
+            "total_seconds": round(total, 2),
+            "ratio_goal_vs_total": round(GOAL_SECONDS / total, 3),
+            "meets_goal": total <= GOAL_SECONDS,
+            "load_average_after": round(os.getloadavg()[0], 2),
+        })
     return result
 
 
@@ -268,7 +263,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--days", type=int, default=10)
     parser.add_argument("--users", type=int, default=None, help="default: rankings / 50")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--dir", type=Path, help="work folder, kept (default: a temporary one, removed); its home/ and scratch/ are "
+                        "wiped by the next run, and refused if a benchmark did not make them")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     result = run(args.rankings, args.days, args.users, args.seed, args.dir)

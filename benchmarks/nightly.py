@@ -11,21 +11,24 @@ plus the rebuild of the global stages, each stage's time from the Dagster run's 
 After it, two builds of the unchanged home are timed: the plain one (the "up to date" stamp answers)
 and one with the stamp removed (the full plan against Dagster's records). Prints the median per stage
 and N, the ratio of the largest N to the smallest (the baseline measured in the same run), and the
-peak RSS of any build process. ``--dir`` keeps the snapshots, and a later run reuses them.
+peak RSS of any build process. ``--dir`` keeps the snapshots, and a later run reuses those built with the
+same parameters (``.built`` holds the simulator configuration; one of other parameters is built again); a
+folder there that a benchmark did not make (``snapshot-N``, ``next-N``, ``work``) is refused, not deleted.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
+from benchmarks import claim, remove_owned, work_folder
 from formats.home import DataHome
 from simulator import SimConfig, simulate
 
@@ -79,32 +82,45 @@ def folder_kb(folder: Path) -> float:
     return round(total / 1024, 1)
 
 
+def snapshot_marker(config: SimConfig) -> str:
+    """What ``snapshot-N/.built`` holds: the whole simulator configuration the snapshot was built from."""
+    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str) + "\n"
+
+
 def prepare(days: int, users: int, rankings_per_day: int, image_size: int, root: Path) -> tuple[Path, Path]:
-    """(a home with ``days`` days built, the raw folder of the next day), reused when already there."""
+    """(a home with ``days`` days built, the raw folder of the next day), reused when already there.
+
+    A snapshot is reused only when its ``.built`` names the same simulator configuration (users, rankings a
+    day, image size, seed...): one of other parameters is built again, never timed under the new ones. A
+    folder of that name that a benchmark did not make is refused (``ValueError``), not deleted (a ``next-N``
+    of a version before December 7 has no mark: remove it by hand).
+    """
     snapshot, spare = root / f"snapshot-{days}", root / f"next-{days}"  # spare holds the dt=DAY folder
-    if (snapshot / ".built").is_file():
-        return snapshot, spare
-    for stale in (snapshot, spare):
-        shutil.rmtree(stale, ignore_errors=True)
-    home = DataHome(snapshot)
     config = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=0)
+    built = snapshot / ".built"
+    if built.is_file() and not built.is_symlink() and built.read_text() == snapshot_marker(config) \
+            and (spare / f"dt={config.day(days)}").is_dir():
+        return snapshot, spare
+    for stale in (snapshot, spare):             # snapshots of earlier versions hold only .built ("ok")
+        claim(stale, legacy_marks=(".built",) if stale == snapshot else ())
+    home = DataHome(snapshot)
     simulate(home, config)
-    spare.mkdir(parents=True)
     shutil.move(str(home.raw_day(config.day(days))), spare)
     timed_build(home)
-    (snapshot / ".built").write_text("ok\n")
+    built.write_text(snapshot_marker(config))
     return snapshot, spare
 
 
 def one_night(days: int, snapshot: Path, spare: Path, work: Path) -> dict:
     """Land the next day on a copy of ``snapshot``; time the nightly build and two builds with nothing new."""
-    shutil.rmtree(work, ignore_errors=True)
+    remove_owned(work)                  # an interrupted run's copy (it holds the snapshot's mark); never another's
     shutil.copytree(snapshot, work, symlinks=True)
     home = DataHome(work)
     before = run_count(home)
     instance_before = folder_kb(home.dagster_home)
     for folder in spare.iterdir():  # the export of the next day lands
-        shutil.copytree(folder, home.raw_logs / folder.name)
+        if folder.is_dir():
+            shutil.copytree(folder, home.raw_logs / folder.name)
     nightly, _ = timed_build(home)
     steps = step_seconds(home, before)
     instance_nightly = folder_kb(home.dagster_home)
@@ -133,16 +149,13 @@ def one_night(days: int, snapshot: Path, spare: Path, work: Path) -> dict:
 def run(days: tuple[int, ...] = (3, 10, 30), users: int = 40, rankings_per_day: int = 60, image_size: int = 64,
         rounds: int = 3, root: Path | None = None) -> dict:
     """Every history length, measured in rotating rounds; medians and the ratios of the longest to the shortest."""
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-nightly-"))
-    base.mkdir(parents=True, exist_ok=True)
-    prepared = {n: prepare(n, users, rankings_per_day, image_size, base) for n in days}
-    nights: dict[int, list[dict]] = {n: [] for n in days}
-    for round_index in range(rounds):
-        order = list(days[round_index % len(days):]) + list(days[: round_index % len(days)])
-        for n in order:
-            nights[n].append(one_night(n, *prepared[n], base / "work"))
-    if root is None:
-        shutil.rmtree(base)
+    with work_folder(root, "bench-nightly-") as base:
+        prepared = {n: prepare(n, users, rankings_per_day, image_size, base) for n in days}
+        nights: dict[int, list[dict]] = {n: [] for n in days}
+        for round_index in range(rounds):
+            order = list(days[round_index % len(days):]) + list(days[: round_index % len(days)])
+            for n in order:
+                nights[n].append(one_night(n, *prepared[n], base / "work"))
 
     def median(values: list[float]) -> float:
         values = sorted(values)

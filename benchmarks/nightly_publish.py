@@ -42,7 +42,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -50,7 +49,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks import report
+from benchmarks import claim, report, work_folder
 from benchmarks.shards import raw_write
 from formats import dataset
 from formats.dataset import list_versions
@@ -243,59 +242,56 @@ def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_siz
     size: a late change rewrites whole shards, so smaller shards make it cheaper (and the version
     has more files).
     """
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-nightly-publish-"))
-    home = DataHome(base / "home")
-    sim = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
-    limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes,
-              "shards_per_day": shards_per_day, "min_shard_bytes": min_shard_bytes}
-    config = PublishConfig(workers=workers, **{k: v for k, v in limits.items() if v})
-    marker = json.dumps(dataclasses.asdict(sim), sort_keys=True, default=str)
-    result: dict = {"benchmark": "nightly_publish", "days": days, "users": users, "rankings_per_day": rankings_per_day,
-                    "image_size": image_size, "max_samples_per_shard": config.max_samples_per_shard,
-                    "max_shard_bytes": config.max_shard_bytes, "shards_per_day": config.shards_per_day,
-                    "min_shard_bytes": config.min_shard_bytes,
-                    "cpus": os.cpu_count(), "goals": GOALS}
-    started = time.perf_counter()
-    history_days = [sim.day(i) for i in range(days - 1)]
-    if not (home.root / BUILT_MARKER).is_file() or (home.root / BUILT_MARKER).read_text() != marker:
-        if home.root.exists():
-            shutil.rmtree(home.root)
-        simulate(home, sim)
-        build_days(home, history_days)
-        rebuild(home)
-        (home.root / BUILT_MARKER).write_text(marker)
-    shutil.rmtree(home.datasets, ignore_errors=True)
-    shutil.rmtree(home.cache / "train_jpg_sha256", ignore_errors=True)
-    first = publish_dataset(home, config)
-    result["history"] = {"version": first.version, "pairs": first.pairs, "shards": first.shards,
-                         "bytes": first.total_bytes, "publish_seconds": round(first.total_seconds, 2),
-                         "setup_seconds": round(time.perf_counter() - started, 1)}
-
-    late_day, plain_day = sim.day(days - 1), sim.day(days)
-    banned_file = home.banned_users_file.read_bytes()
-    features_file = None
-    try:
-        build_days(home, [late_day])
-        features_file = home.partition_file("image_features", late_day)
-        result["planted"] = {"ban": plant_ban(home, first.path), "cluster_merge": plant_cluster_merge(home, first.path, late_day)}
-        rebuild(home)
-        second = publish_dataset(home, config)
-        result["night_with_late_changes"] = measure_night(first.path, second.path, [first.path], late_day, second)
-        build_days(home, [plain_day])
-        rebuild(home)
-        third = publish_dataset(home, config)
-        result["plain_night"] = measure_night(second.path, third.path, [first.path, second.path], plain_day, third)
-        result["disk"] = disk_ratio(home)
-    finally:   # the history stays reusable: undo the nights (their partitions, the ban)
-        home.banned_users_file.write_bytes(banned_file)
-        for day in (late_day, plain_day):
-            for dataset in ("users", "images", "rankings", "downloads", "quarantine", "ingest_files", "image_features",
-                            "image_rejects"):
-                shutil.rmtree(home.table_dir(dataset) / f"dt={day}", ignore_errors=True)
-        if features_file is not None:
+    with work_folder(root, "bench-nightly-publish-") as base:
+        home = DataHome(base / "home")
+        sim = SimConfig(days=days + 1, users=users, rankings_per_day=rankings_per_day, image_size=image_size, seed=seed)
+        limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes,
+                  "shards_per_day": shards_per_day, "min_shard_bytes": min_shard_bytes}
+        config = PublishConfig(workers=workers, **{k: v for k, v in limits.items() if v})
+        marker = json.dumps(dataclasses.asdict(sim), sort_keys=True, default=str)
+        result: dict = {"benchmark": "nightly_publish", "days": days, "users": users, "rankings_per_day": rankings_per_day,
+                        "image_size": image_size, "max_samples_per_shard": config.max_samples_per_shard,
+                        "max_shard_bytes": config.max_shard_bytes, "shards_per_day": config.shards_per_day,
+                        "min_shard_bytes": config.min_shard_bytes,
+                        "cpus": os.cpu_count(), "goals": GOALS}
+        started = time.perf_counter()
+        history_days = [sim.day(i) for i in range(days - 1)]
+        if not (home.root / BUILT_MARKER).is_file() or (home.root / BUILT_MARKER).read_text() != marker:
+            claim(home.root, legacy_marks=(BUILT_MARKER,))   # an earlier run's is wiped; someone else's refused
+            simulate(home, sim)
+            build_days(home, history_days)
             rebuild(home)
-    if root is None:
-        shutil.rmtree(base)
+            (home.root / BUILT_MARKER).write_text(marker)
+        shutil.rmtree(home.datasets, ignore_errors=True)
+        shutil.rmtree(home.cache / "train_jpg_sha256", ignore_errors=True)
+        first = publish_dataset(home, config)
+        result["history"] = {"version": first.version, "pairs": first.pairs, "shards": first.shards,
+                             "bytes": first.total_bytes, "publish_seconds": round(first.total_seconds, 2),
+                             "setup_seconds": round(time.perf_counter() - started, 1)}
+
+        late_day, plain_day = sim.day(days - 1), sim.day(days)
+        banned_file = home.banned_users_file.read_bytes()
+        features_file = None
+        try:
+            build_days(home, [late_day])
+            features_file = home.partition_file("image_features", late_day)
+            result["planted"] = {"ban": plant_ban(home, first.path), "cluster_merge": plant_cluster_merge(home, first.path, late_day)}
+            rebuild(home)
+            second = publish_dataset(home, config)
+            result["night_with_late_changes"] = measure_night(first.path, second.path, [first.path], late_day, second)
+            build_days(home, [plain_day])
+            rebuild(home)
+            third = publish_dataset(home, config)
+            result["plain_night"] = measure_night(second.path, third.path, [first.path, second.path], plain_day, third)
+            result["disk"] = disk_ratio(home)
+        finally:   # the history stays reusable: undo the nights (their partitions, the ban)
+            home.banned_users_file.write_bytes(banned_file)
+            for day in (late_day, plain_day):
+                for dataset in ("users", "images", "rankings", "downloads", "quarantine", "ingest_files", "image_features",
+                                "image_rejects"):
+                    shutil.rmtree(home.table_dir(dataset) / f"dt={day}", ignore_errors=True)
+            if features_file is not None:
+                rebuild(home)
     return result
 
 

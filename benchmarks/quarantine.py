@@ -22,13 +22,13 @@ import argparse
 import gzip
 import itertools
 import json
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
+
+from benchmarks import claim, remove_owned, work_folder
 
 REPO = Path(__file__).resolve().parents[1]
 DAY = "2023-03-01"
@@ -120,36 +120,32 @@ def _child(*args: str) -> dict:
 
 def run(lines: int = 10_000_000, kinds: tuple[str, ...] = KINDS, root: Path | None = None) -> dict:
     """Measure every kind; returns the numbers and their ratios to the baselines."""
-    base = Path(root) if root else Path(tempfile.mkdtemp(prefix="bench-quarantine-"))
-    results: dict = {"benchmark": "quarantine", "lines": lines, "goal_peak_rss_mb": GOAL_MB, "kinds": {}}
-    clean = base / "clean"
-    shutil.rmtree(clean, ignore_errors=True)
-    for table, text in _CLEAN.items():
-        _write_gz(clean / "raw" / "app_logs" / f"dt={DAY}" / f"{table}.jsonl.gz", [text])
-    results["clean_day_ingest"] = _child("ingest", str(clean), DAY)
-    for kind in kinds:
-        home = base / kind
-        shutil.rmtree(home, ignore_errors=True)
-        started = time.perf_counter()
-        target = make_day(home, kind, lines)
-        setup = time.perf_counter() - started
-        bare = _child("bare", str(target))
-        ingest = _child("ingest", str(home), DAY)
-        if not ingest["reconciled"] or ingest["quarantined"] < lines:
-            raise RuntimeError(f"{kind}: the ingest did not quarantine every bad line: {ingest}")
-        results["kinds"][kind] = {
-            "gzip_bytes": target.stat().st_size, "setup_seconds": round(setup, 1),
-            "ingest_seconds": round(ingest["seconds"], 1), "ingest_peak_rss_mb": round(ingest["peak_rss_mb"], 1),
-            "quarantine_rows": ingest["rows"], "quarantined_lines": ingest["quarantined"],
-            "bare_read_seconds": round(bare["seconds"], 1), "bare_read_peak_rss_mb": round(bare["peak_rss_mb"], 1),
-            "ratio_time_vs_bare_read": round(ingest["seconds"] / bare["seconds"], 2),
-            "ratio_rss_vs_clean_day": round(ingest["peak_rss_mb"] / results["clean_day_ingest"]["peak_rss_mb"], 2),
-            "bad_lines_per_s": round(lines / ingest["seconds"]),
-            "meets_goal": ingest["peak_rss_mb"] < GOAL_MB,
-        }
-        shutil.rmtree(home, ignore_errors=True)
-    if root is None:
-        shutil.rmtree(base, ignore_errors=True)
+    with work_folder(root, "bench-quarantine-") as base:
+        results: dict = {"benchmark": "quarantine", "lines": lines, "goal_peak_rss_mb": GOAL_MB, "kinds": {}}
+        clean = claim(base / "clean")      # an earlier run's is wiped; a folder of someone else's refused
+        for table, text in _CLEAN.items():
+            _write_gz(clean / "raw" / "app_logs" / f"dt={DAY}" / f"{table}.jsonl.gz", [text])
+        results["clean_day_ingest"] = _child("ingest", str(clean), DAY)
+        for kind in kinds:
+            home = claim(base / kind)
+            started = time.perf_counter()
+            target = make_day(home, kind, lines)
+            setup = time.perf_counter() - started
+            bare = _child("bare", str(target))
+            ingest = _child("ingest", str(home), DAY)
+            if not ingest["reconciled"] or ingest["quarantined"] < lines:
+                raise RuntimeError(f"{kind}: the ingest did not quarantine every bad line: {ingest}")
+            results["kinds"][kind] = {
+                "gzip_bytes": target.stat().st_size, "setup_seconds": round(setup, 1),
+                "ingest_seconds": round(ingest["seconds"], 1), "ingest_peak_rss_mb": round(ingest["peak_rss_mb"], 1),
+                "quarantine_rows": ingest["rows"], "quarantined_lines": ingest["quarantined"],
+                "bare_read_seconds": round(bare["seconds"], 1), "bare_read_peak_rss_mb": round(bare["peak_rss_mb"], 1),
+                "ratio_time_vs_bare_read": round(ingest["seconds"] / bare["seconds"], 2),
+                "ratio_rss_vs_clean_day": round(ingest["peak_rss_mb"] / results["clean_day_ingest"]["peak_rss_mb"], 2),
+                "bad_lines_per_s": round(lines / ingest["seconds"]),
+                "meets_goal": ingest["peak_rss_mb"] < GOAL_MB,
+            }
+            remove_owned(home)
     return results
 
 
@@ -158,7 +154,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lines", type=int, default=10_000_000, help="bad lines per hostile day (default 10M)")
     parser.add_argument("--kinds", default=",".join(KINDS), help=f"comma-separated subset of {','.join(KINDS)}")
-    parser.add_argument("--dir", type=Path, default=None, help="work folder (default: a temporary one)")
+    parser.add_argument("--dir", type=Path, default=None, help="work folder, kept (default: a temporary one, removed); "
+                        "its clean/ and KIND/ folders are refused if a benchmark did not make them")
     args = parser.parse_args(argv)
     result = run(args.lines, tuple(k.strip() for k in args.kinds.split(",") if k.strip()), args.dir)
     print(json.dumps(result, indent=1))   # `python -m benchmarks.run --only quarantine` also keeps the JSON

@@ -1,8 +1,9 @@
 """Every benchmark in one run and one report: each stage's throughput next to its baseline, as ratios.
 
-    .venv/bin/python -m benchmarks.run [--quick] [--only features,dedup,...] [--out FILE]   (`make bench`)
+    .venv/bin/python -m benchmarks.run [--quick] [--only features,dedup,...] [--out FILE]
+    make bench [BENCH_ARGS="--quick --only dedup"]
 
-Runs, in this order, each in this process and each with its baseline measured in the same run:
+Runs, in this order, each in a forked process of its own and each with its baseline measured in the same run:
 
 - ``features``: the feature stage vs its per-image limit, the NudeNet 320n forward plus the fastest PNG
   decode (goal >= 0.9x), vs the obvious code, and the Beam scaling from 1 to 2 workers (benchmarks/features.py);
@@ -21,8 +22,14 @@ Runs, in this order, each in this process and each with its baseline measured in
 - ``nightly``: the nightly path stage by stage after 3, 10 and 30 days, and the "up to date" build
   (benchmarks/nightly.py).
 
-Prints one table and writes JSON to ``benchmarks/results/bench-<git short sha>[-dirty][-quick].json``
-(no timestamp in the name, so results compare across versions). ``--quick`` uses small sizes for a
+The other benchmarks of README's table (``features_crossover``, ``moderation``, ``direct_io``, ``jpg_digests``,
+``fetch_plan``, ``nightly_publish``, ``sidecar_scan``, and the diagnostics ``pickscore_compat``,
+``scorer_diagnosis``) are not run here: each is run by hand with its own command line.
+
+Prints one table, each row with the wall seconds and the peak memory of its benchmark (``ru_maxrss`` of the
+benchmark's process or of the largest child it waited for: not a sum), and writes JSON to
+``benchmarks/results/bench-<git short sha>[-dirty][-quick].json`` (no timestamp in the name, so results
+compare across versions). ``--quick`` uses small sizes for a
 smoke check. A benchmark that fails is reported as such; the others still run (exit status 1).
 Absolute numbers drift on a shared machine; the ratios come from one run and are what to compare.
 """
@@ -32,6 +39,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -58,6 +66,8 @@ class Row:
     baseline_value: float
     ratio: float
     goal: str
+    seconds: float = float("nan")        # wall seconds of the whole benchmark this row comes from
+    peak_rss_mb: float = float("nan")    # its peak memory: ru_maxrss of its process or of one of its children
 
 
 def _ratio(a: float, b: float) -> float:
@@ -282,13 +292,16 @@ def _fmt(value: float) -> str:
     return f"{value:,.1f}" if abs(value) < 1e5 else f"{value:,.0f}"
 
 
-def render(rows: list[Row], errors: dict[str, str]) -> str:
-    """The report as an aligned text table."""
-    header = ("benchmark", "measure", "value", "unit", "baseline (same run)", "baseline", "ratio", "goal")
+def render(rows: list[Row], errors: dict[str, str], seconds: dict[str, float] | None = None,
+           peaks: dict[str, float] | None = None) -> str:
+    """The report as an aligned text table: each row with its benchmark's wall seconds and peak memory."""
+    header = ("benchmark", "measure", "value", "unit", "baseline (same run)", "baseline", "ratio", "bench s",
+              "peak MB", "goal")
     cells = [header] + [(r.benchmark, r.measure, _fmt(r.value), r.unit, r.baseline, _fmt(r.baseline_value),
-                         f"{r.ratio:.3f}" if r.ratio == r.ratio else "-", r.goal) for r in rows]
+                         f"{r.ratio:.3f}" if r.ratio == r.ratio else "-", _fmt(r.seconds), _fmt(r.peak_rss_mb), r.goal)
+                        for r in rows]
     widths = [max(len(str(c[i])) for c in cells) for i in range(len(header))]
-    numeric = {2, 5, 6}
+    numeric = {2, 5, 6, 7, 8}
     lines = []
     for n, row in enumerate(cells):
         lines.append("  ".join(str(c).rjust(w) if i in numeric else str(c).ljust(w)
@@ -296,8 +309,69 @@ def render(rows: list[Row], errors: dict[str, str]) -> str:
         if n == 0:
             lines.append("  ".join("-" * w for w in widths))
     for name, error in errors.items():
-        lines.append(f"{name}: FAILED: {error.strip().splitlines()[-1]}")
+        spent = [f"{_fmt(seconds[name])} s" if seconds and name in seconds else "",
+                 f"peak {_fmt(peaks[name])} MB" if peaks and name in peaks else ""]
+        spent_text = ", ".join(x for x in spent if x)
+        lines.append(f"{name}: FAILED: {error.strip().splitlines()[-1]}" + (f" ({spent_text})" if spent_text else ""))
     return "\n".join(lines)
+
+
+def _measure(name: str, quick: bool) -> dict:
+    """In the benchmark's own process: its result and the report's rows (both JSON-able)."""
+    result = RUNNERS[name](quick)
+    return {"result": result, "rows": [asdict(r) for r in ROWS[name](result)]}
+
+
+def isolated(function: Callable, *args) -> tuple[object, float, str | None]:
+    """``function(*args)`` in a forked child process: (its JSON-able value or None, peak RSS in MB, the
+    traceback if it raised, else None).
+
+    The peak is ``ru_maxrss`` of the child and of the processes it waited for (``wait4``: the largest one,
+    not a sum): the memory of that benchmark alone, which the same number of one process running every
+    benchmark in turn cannot tell (it only grows). The child starts as a copy of this small process (only the
+    standard library imported), so its peak includes those few MB. Each benchmark's imports, caches and
+    garbage also end with its process."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                       # the child: never returns into the caller's code
+        code = 1
+        try:
+            os.close(read)
+            try:
+                payload = {"value": function(*args)}
+            except Exception:  # noqa: BLE001 -- sent to the parent, which reports it
+                payload = {"error": traceback.format_exc()}
+            data = json.dumps(payload, default=str).encode()
+            with os.fdopen(write, "wb") as pipe:
+                pipe.write(data)
+            code = 0
+        except BaseException:  # noqa: BLE001 -- e.g. Ctrl-C: printed, then the child ends
+            traceback.print_exc()
+        finally:
+            try:
+                sys.stdout.flush()
+                sys.stderr.flush()
+            finally:
+                os._exit(code)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            data = pipe.read()
+        _, status, usage = os.wait4(pid, 0)
+    except BaseException:                              # Ctrl-C here: the child is stopped and reaped too
+        try:
+            os.kill(pid, signal.SIGTERM)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+        raise
+    peak_mb = round(usage.ru_maxrss / 1024, 1)        # KiB on Linux
+    if status != 0 or not data:
+        how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
+               else f"exited {os.WEXITSTATUS(status)}")
+        return None, peak_mb, f"the benchmark's process {how} without a result\n"
+    payload = json.loads(data)
+    return payload.get("value"), peak_mb, payload.get("error")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -315,20 +389,25 @@ def main(argv: list[str] | None = None) -> int:
     version = git_name()
     results: dict[str, dict] = {}
     seconds: dict[str, float] = {}
+    peaks: dict[str, float] = {}
     errors: dict[str, str] = {}
     rows: list[Row] = []
     for name in (n for n in ORDER if n in chosen):
         print(f"== {name}", file=sys.stderr, flush=True)
         started = time.perf_counter()
-        try:
-            results[name] = RUNNERS[name](args.quick)
-            rows += ROWS[name](results[name])
-        except Exception:  # noqa: BLE001 -- report the failure, run the other benchmarks, exit 1 at the end
-            errors[name] = traceback.format_exc()
-            print(errors[name], file=sys.stderr)
+        # each benchmark in a process of its own: its peak memory is its own (and a failure is reported, the
+        # others still run, exit 1 at the end)
+        value, peaks[name], error = isolated(_measure, name, args.quick)
         seconds[name] = round(time.perf_counter() - started, 1)
+        if error is not None:
+            errors[name] = error
+            print(error, file=sys.stderr)
+        else:
+            results[name] = value["result"]
+            rows += [Row(**{**r, "seconds": seconds[name], "peak_rss_mb": peaks[name]}) for r in value["rows"]]
+        print(f"== {name}: {seconds[name]} s, peak {peaks[name]} MB", file=sys.stderr, flush=True)
 
-    report = render(rows, errors)
+    report = render(rows, errors, seconds, peaks)
     print(f"\npickapic benchmarks @ {version} ({'quick' if args.quick else 'full'} scale), "
           f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}\n")
     print(report)
@@ -336,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"version": version, "scale": "quick" if args.quick else "full", "cpus": os.cpu_count(),
                "machine": platform.platform(), "python": platform.python_version(),
-               "benchmark_seconds": seconds, "rows": [asdict(r) for r in rows], "results": results,
+               "benchmark_seconds": seconds, "benchmark_peak_rss_mb": peaks, "rows": [asdict(r) for r in rows], "results": results,
                "errors": errors}
     out.write_text(json.dumps(payload, indent=1, sort_keys=True, default=str) + "\n")
     print(f"\nJSON: {out}")

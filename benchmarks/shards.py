@@ -64,7 +64,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from PIL import Image
 
-from benchmarks import report
+from benchmarks import claim, remove_owned, report, work_folder
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.publish.config import PublishConfig
@@ -388,54 +388,53 @@ def with_prompt_counts(rows: pa.Table) -> pa.Table:
 def run(samples: int, repeats: int, workers: int, fsync: bool, root: Path | None, days: int = 3,
         direct_io: bool = True) -> dict:
     """Run every measurement ``repeats`` times and return medians and ratios."""
-    base = Path(root or tempfile.mkdtemp(prefix="bench-shards-"))
-    home, table = build_history(base / "home", samples, days)
-    config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000, direct_io=direct_io)
-    m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
-                                                 "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
-                                                 "bare", "nightly_bare", "lean", "nightly_lean")}
-    creates_us: list[float | None] = []
-    creates_ms: list[float] = []
-    scratch_jpegs = _jpeg_paths(home, _rows_through(table, days))      # what the two publishes write
-    nightly_jpegs = _jpeg_paths(home, table.filter(pc.greater(table.column("dt"), _day(days))))
-    bare_workers = workers or os.cpu_count() or 1
-    tar_bytes = nightly_bytes = 0
-    nightly = None
-    trash = base / "trash"
-    shutil.rmtree(trash, ignore_errors=True)     # an interrupted earlier run's (holds up to a version per repeat)
-    for repeat in range(repeats):
-        _set_aside(home, trash / str(repeat))
-        children = _children_cpu()
-        report = _publish_with_days(home, table, days, config)
-        writers_cpu = _children_cpu() - children     # the pool's writers (workers > 1): the shard phase's CPU
-        tar_bytes = report.total_bytes
-        m["shards"].append(report.bytes_written / 1e6 / report.write_seconds)
-        m["total"].append(report.bytes_written / 1e6 / report.total_seconds)
-        raw_cpu: list[float] = []
-        m["raw"].append(report.bytes_written / 1e6 / raw_write(base / "raw.bin", report.bytes_written, fsync, raw_cpu))
-        m["bare"].append(report.bytes_written / 1e6 / bare_write(scratch_jpegs, base, bare_workers, fsync))
-        m["lean"].append(report.bytes_written / 1e6 / lean_write(scratch_jpegs, base, bare_workers, fsync,
-                                                                   report.shards_written))
-        if writers_cpu > 0:
-            m["shards_cpu"].append(report.bytes_written / 1e6 / writers_cpu)
-            m["raw_cpu"].append(report.bytes_written / 1e6 / raw_cpu[0])
-        with CreateTimes(base / f"creates-{os.getpid()}-{repeat}.log") as creates:
-            nightly = _publish_with_days(home, table, days + 1, config)
-        times = creates.seconds()
-        creates_us.append(statistics.median(times) * 1e6 if times else None)
-        creates_ms.append(sum(times) * 1e3)
-        nightly_bytes = nightly.bytes_written
-        m["nightly_shards"].append(nightly_bytes / 1e6 / nightly.write_seconds)
-        m["nightly_total"].append(nightly_bytes / 1e6 / nightly.total_seconds)
-        m["nightly_raw"].append(nightly_bytes / 1e6 / raw_write(base / "raw.bin", nightly_bytes, fsync))
-        m["nightly_bare"].append(nightly_bytes / 1e6 / bare_write(nightly_jpegs, base, bare_workers, fsync))
-        m["nightly_lean"].append(nightly_bytes / 1e6 / lean_write(nightly_jpegs, base, bare_workers, fsync,
-                                                                   nightly.shards_written))
-        seconds, size = tarwriter_write(home, base / "wds", 1000)
-        m["tarwriter"].append(size / 1e6 / seconds)
-    shutil.rmtree(trash, ignore_errors=True)
-    if root is None:
-        shutil.rmtree(base)
+    with work_folder(root, "bench-shards-") as base:
+        # every file under a folder the benchmark made (an earlier run's is wiped; a folder of someone else's refused)
+        home, table = build_history(claim(base / "home"), samples, days)
+        base = claim(base / "scratch")     # raw.bin, create logs, the reference writers' and TarWriter's files
+        config = PublishConfig(workers=workers, fsync=fsync, max_samples_per_shard=1000, direct_io=direct_io)
+        m: dict[str, list[float]] = {k: [] for k in ("raw", "shards", "total", "nightly_raw", "nightly_shards",
+                                                     "nightly_total", "tarwriter", "shards_cpu", "raw_cpu",
+                                                     "bare", "nightly_bare", "lean", "nightly_lean")}
+        creates_us: list[float | None] = []
+        creates_ms: list[float] = []
+        scratch_jpegs = _jpeg_paths(home, _rows_through(table, days))      # what the two publishes write
+        nightly_jpegs = _jpeg_paths(home, table.filter(pc.greater(table.column("dt"), _day(days))))
+        bare_workers = workers or os.cpu_count() or 1
+        tar_bytes = nightly_bytes = 0
+        nightly = None
+        trash = claim(base / "trash")     # an interrupted earlier run's is wiped (holds up to a version per repeat)
+        for repeat in range(repeats):
+            _set_aside(home, trash / str(repeat))
+            children = _children_cpu()
+            report = _publish_with_days(home, table, days, config)
+            writers_cpu = _children_cpu() - children     # the pool's writers (workers > 1): the shard phase's CPU
+            tar_bytes = report.total_bytes
+            m["shards"].append(report.bytes_written / 1e6 / report.write_seconds)
+            m["total"].append(report.bytes_written / 1e6 / report.total_seconds)
+            raw_cpu: list[float] = []
+            m["raw"].append(report.bytes_written / 1e6 / raw_write(base / "raw.bin", report.bytes_written, fsync, raw_cpu))
+            m["bare"].append(report.bytes_written / 1e6 / bare_write(scratch_jpegs, base, bare_workers, fsync))
+            m["lean"].append(report.bytes_written / 1e6 / lean_write(scratch_jpegs, base, bare_workers, fsync,
+                                                                       report.shards_written))
+            if writers_cpu > 0:
+                m["shards_cpu"].append(report.bytes_written / 1e6 / writers_cpu)
+                m["raw_cpu"].append(report.bytes_written / 1e6 / raw_cpu[0])
+            with CreateTimes(base / f"creates-{os.getpid()}-{repeat}.log") as creates:
+                nightly = _publish_with_days(home, table, days + 1, config)
+            times = creates.seconds()
+            creates_us.append(statistics.median(times) * 1e6 if times else None)
+            creates_ms.append(sum(times) * 1e3)
+            nightly_bytes = nightly.bytes_written
+            m["nightly_shards"].append(nightly_bytes / 1e6 / nightly.write_seconds)
+            m["nightly_total"].append(nightly_bytes / 1e6 / nightly.total_seconds)
+            m["nightly_raw"].append(nightly_bytes / 1e6 / raw_write(base / "raw.bin", nightly_bytes, fsync))
+            m["nightly_bare"].append(nightly_bytes / 1e6 / bare_write(nightly_jpegs, base, bare_workers, fsync))
+            m["nightly_lean"].append(nightly_bytes / 1e6 / lean_write(nightly_jpegs, base, bare_workers, fsync,
+                                                                       nightly.shards_written))
+            seconds, size = tarwriter_write(home, base / "wds", 1000)
+            m["tarwriter"].append(size / 1e6 / seconds)
+        remove_owned(trash)
     med = {k: statistics.median(v) if v else float("nan") for k, v in m.items()}
     return {
         "benchmark": "shards",
@@ -491,7 +490,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="0 = one per CPU")
     parser.add_argument("--no-fsync", action="store_true", help="measure page-cache speed (both sides)")
     parser.add_argument("--no-direct-io", action="store_true", help="the publish writes its tars through the page cache")
-    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--dir", type=Path, help="work folder, kept (default: a temporary one, removed); its home/ "
+                        "and scratch/ are wiped by the next run, and refused if a benchmark did not make them")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     result = run(args.samples, args.repeats, args.workers, not args.no_fsync, args.dir, args.days,

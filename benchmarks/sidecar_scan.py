@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks import report
+from benchmarks import claim, report
 
 
 def _child(mode: str, glob: str, rule: str) -> None:
@@ -120,11 +120,12 @@ def run(files: int, root: Path | None = None, new: int = 64) -> dict:
 
     base = Path(root or tempfile.mkdtemp(prefix="bench-sidecars-"))
     try:
-        home = build_home(base / "home", 300, days=3)
+        # every file under a folder the benchmark made (an earlier run's is wiped; a folder of someone else's refused)
+        home = build_home(claim(base / "home"), 300, days=3)
         version = publish_dataset(home, PublishConfig(workers=1, fsync=False)).path
         sources = sorted(version.glob("train/pickapic-*.parquet"))
-        folder = base / "year" / "train"
-        folder.mkdir(parents=True)
+        folder = claim(base / "year") / "train"
+        folder.mkdir()
         for n in range(files):
             os.link(sources[n % len(sources)], folder / f"pickapic-train-{n:06d}.parquet")
         glob = str(base / "year" / "*" / "pickapic-*.parquet")
@@ -201,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=23000)
     parser.add_argument("--new", type=int, default=64, help="sidecars a night adds (incremental mode)")
-    parser.add_argument("--dir", type=Path, help="work folder (default: a temp folder, removed after)")
+    parser.add_argument("--dir", type=Path, help="work folder, kept (default: a temporary one, removed); its home/ "
+                        "and year/ are wiped by the next run, and refused if a benchmark did not make them")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     report(run(args.files, args.dir, args.new), args.json_out)
