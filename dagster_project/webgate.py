@@ -9,7 +9,8 @@ when
 
 - it comes over loopback from a socket of this account (its owner's uid, looked up in ``/proc/net/tcp{,6}`` as
   ``ss -e`` does; the owner's browser, ``curl``, an SSH tunnel's ``sshd``), to a loopback or ``localhost`` name
-  (``Host``), so a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) is not let in; or
+  (``Host``), so a web page that rebinds its own name to 127.0.0.1 (DNS rebinding) is not let in, and says no
+  proxy relays it (no ``X-Forwarded-For`` / ``-Proto``, ``Forwarded``: fix33b); or
 - it carries the home's UI token (Jupyter's way, for a browser that is not this account's, or a ``--host`` beyond
   loopback): ``?token=...`` once (answered by a redirect to the same address, as sent, without it), then a cookie,
   or a header ``Authorization: token ...`` / ``X-Pickapic-Token``. The cookie (``HttpOnly``, ``SameSite=Strict``,
@@ -19,10 +20,18 @@ when
 
 A request from another site's page is refused whatever it carries (CSRF, or opening its websocket): an ``Origin``
 that is not the address it was sent to, or ``Sec-Fetch-Site: cross-site`` / ``same-site`` (another port); so is a
-``/graphql`` address whose ``?query=`` holds anything but queries (a GET mutation carries no ``Origin``). Every
+``/graphql`` address whose ``?query=`` holds anything but queries (a GET mutation carries no ``Origin``), or
+over 16 KiB / 2,000 tokens, parsed only once the request passed the checks above (a stranger's costs nothing). Every
 answer forbids framing by another site (``X-Frame-Options``, CSP ``frame-ancestors``). Everything else gets 403. The token is random (256 bits),
 kept in ``HOME/dagster/ui.token`` (mode 0600, created once, kept across restarts so a bookmark keeps working;
 :func:`ui_token`); it is never logged: ``serve`` / ``ui`` print the address with it only to a terminal.
+
+The webserver is Dagster's, started by its own CLI (:func:`main`, :func:`install`), with uvicorn set for a machine
+shared with other accounts (:func:`server_settings`, review rev33b): no proxy headers (uvicorn trusts
+``X-Forwarded-For`` from 127.0.0.1 by default, so any local account set the client address the gate checks), h11
+with a request head bounded to :data:`HEAD_MAX` (httptools, uvicorn's default, kept an endless header in memory) and
+closed :data:`HEAD_TIMEOUT_S` seconds after a connection opened (or its last answer) without a complete head; the
+code server's socket in a 0700 temporary folder (:func:`private_tempdir`).
 """
 from __future__ import annotations
 
@@ -47,6 +56,16 @@ TOKEN_PARAMETER = "token"
 TOKEN_HEADER = "x-pickapic-token"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 _TOKEN_FILE_MAX = 256
+# GraphQL in an address (``/graphql?query=``) is parsed only for a request that passes the gate otherwise, and only
+# this much of it (graphql-core takes about 80 us a field: an unbounded one held the event loop for seconds)
+_ADDRESS_QUERY_MAX = 16 << 10
+_ADDRESS_QUERY_TOKENS = 2000
+# headers a proxy adds for the client it relays: such a request is not its socket's account's (review rev33b)
+_RELAYED = ("x-forwarded-for", "x-forwarded-proto", "forwarded")
+# uvicorn as the gate's webserver runs it (:func:`server_settings`): a request's head (line and headers) is
+# refused beyond this size, a connection that sends no complete head within this many seconds is closed
+HEAD_MAX = 64 << 10
+HEAD_TIMEOUT_S = 10.0
 _SESSIONS_MAX = 256                 # browsers let in by the token, remembered by the gate (oldest forgotten first)
 _URL_SAFE = "/%!$&'()*+,;=:@-._~"   # what a redirect's path keeps as sent; everything else is percent-encoded
 _QUERY_SAFE = _URL_SAFE + "?"
@@ -171,17 +190,27 @@ def _graphql_mutation_in_query(scope: Scope, query: list[tuple[str, str]]) -> bo
     texts = [value for key, value in query if key == "query"]
     if not texts:
         return False
+    if sum(len(text) for text in texts) > _ADDRESS_QUERY_MAX:
+        return True         # bounded: what is parsed here runs on the webserver's one event loop
     from graphql import GraphQLError, OperationDefinitionNode, OperationType, parse
 
     for text in texts:
         try:
-            document = parse(text)
+            document = parse(text, no_location=True, max_tokens=_ADDRESS_QUERY_TOKENS)
         except (GraphQLError, RecursionError, ValueError, TypeError):
             return True
         if any(isinstance(node, OperationDefinitionNode) and node.operation != OperationType.QUERY
                for node in document.definitions):
             return True
     return False
+
+
+def _relayed(headers: dict[str, str]) -> bool:
+    """Whether a request says a proxy relays it for another client (``X-Forwarded-For``, ``-Proto``,
+    ``Forwarded``). Its socket's account is then not its sender's; and where uvicorn trusts such headers from
+    loopback (``proxy_headers``, on by default: :func:`server_settings` turns it off), ``scope["client"]`` is the
+    header's address, which any local account may set to the owner's open connection (review rev33b)."""
+    return any(name in headers for name in _RELAYED)
 
 
 def _host_name(value: str) -> str:
@@ -266,19 +295,21 @@ class UiGate:
         if headers.get("sec-fetch-site", "").strip().lower() in _REFUSED_FETCH_SITES:
             await _refuse(scope, receive, send, "the request comes from another site's page (Sec-Fetch-Site)")
             return
-        if _graphql_mutation_in_query(scope, query):
-            await _refuse(scope, receive, send, "a GraphQL mutation (or anything but a query) in the address is "
-                          "not run: POST it as JSON")
-            return
+        # who sends it, first: a request refused costs no more than its refusal (review rev33b: the GraphQL of a
+        # stranger's address was parsed before, for seconds, on the event loop that serves the owner too)
         by_query = any(self._valid(value) for value in given)
+        if not (by_query or self._by_token(scope, headers) or self._by_account(scope, headers)):
+            await _refuse(scope, receive, send, "open the address with the token that `pickapic serve` / `pickapic "
+                          "ui` printed (its file: HOME/dagster/ui.token), as the account that owns the data home")
+            return
+        if _graphql_mutation_in_query(scope, query):
+            await _refuse(scope, receive, send, "a GraphQL mutation (or anything but a query, or a query over "
+                          f"{_ADDRESS_QUERY_MAX >> 10} KiB) in the address is not run: POST it as JSON")
+            return
         if by_query and scope["type"] == "http" and scope.get("method") in ("GET", "HEAD"):
             await self._set_cookie_and_redirect(scope, headers, raw_query, send)
             return
-        if by_query or self._by_token(scope, headers) or self._by_account(scope, headers):
-            await self.app(scope, receive, send)
-            return
-        await _refuse(scope, receive, send, "open the address with the token that `pickapic serve` / `pickapic ui` "
-                      "printed (its file: HOME/dagster/ui.token), as the account that owns the data home")
+        await self.app(scope, receive, send)
 
     def _valid(self, value: str | None) -> bool:
         return bool(value) and hmac.compare_digest(value.encode("utf-8", "replace"), self.token.encode("ascii"))
@@ -298,11 +329,15 @@ class UiGate:
         given = morsel.value.encode("utf-8", "replace")
         for value, browser in list(self._sessions.items()):
             if hmac.compare_digest(given, value.encode("ascii")):
-                return browser == self._browser(scope)
+                return browser == self._browser(scope, headers)
         return False
 
-    def _browser(self, scope: Scope) -> tuple[str, Any]:
-        """Who sends ``scope``: ``("uid", n)`` for a loopback socket of account ``n``, else ``("ip", address)``."""
+    def _browser(self, scope: Scope, headers: dict[str, str]) -> tuple[str, Any]:
+        """Who sends ``scope``: ``("uid", n)`` for a loopback socket of account ``n``, ``("relayed", None)`` for a
+        request a proxy relays (:func:`_relayed`: its client address may be the header's, anyone's), else
+        ``("ip", address)``."""
+        if _relayed(headers):
+            return ("relayed", None)
         client, server = scope.get("client") or (None, None), scope.get("server") or (None, None)
         if client[0] is not None and _loopback(str(client[0])) and server[0] is not None:
             with contextlib.suppress(ValueError, TypeError):
@@ -311,16 +346,18 @@ class UiGate:
                     return ("uid", uid)
         return ("ip", None if client[0] is None else str(client[0]))
 
-    def _new_session(self, scope: Scope) -> str:
+    def _new_session(self, scope: Scope, headers: dict[str, str]) -> str:
         while len(self._sessions) >= _SESSIONS_MAX:
             del self._sessions[next(iter(self._sessions))]
         value = secrets.token_urlsafe(32)
-        self._sessions[value] = self._browser(scope)
+        self._sessions[value] = self._browser(scope, headers)
         return value
 
     def _by_account(self, scope: Scope, headers: dict[str, str]) -> bool:
         client, server = scope.get("client"), scope.get("server")
         if not client or not server or not _loopback(str(client[0])):
+            return False
+        if _relayed(headers):       # a proxy's request (or one claiming another's address): not the socket's own
             return False
         host = _host_name(headers.get("host", ""))
         if host != "localhost" and not _loopback(host):     # DNS rebinding: another site's name for 127.0.0.1
@@ -347,7 +384,7 @@ class UiGate:
         answer = [(b"location", _redirect_location(scope, raw_query)), (b"cache-control", b"no-store"),
                   (b"content-length", b"0")]
         if not self._by_account(scope, headers):
-            cookie = (f"{self.cookie_name(scope)}={self._new_session(scope)}; Path=/; HttpOnly; SameSite=Strict"
+            cookie = (f"{self.cookie_name(scope)}={self._new_session(scope, headers)}; Path=/; HttpOnly; SameSite=Strict"
                       + ("; Secure" if scope.get("scheme") == "https" else ""))
             answer.append((b"set-cookie", cookie.encode("ascii")))
         await send({"type": "http.response.start", "status": 303, "headers": answer})
@@ -418,9 +455,115 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
 
 def gated_app_factory(factory: Callable[..., Any], token: str) -> Callable[..., Any]:
     """Dagster's app factory (``create_app_from_workspace_process_context``) whose app is behind :class:`UiGate`."""
+    if getattr(factory, "_pickapic_gated", False):      # gated already: one gate
+        return factory
+
     def create(*args: Any, **kwargs: Any) -> UiGate:
         return UiGate(factory(*args, **kwargs), token)
+    create._pickapic_gated = True       # type: ignore[attr-defined]
     return create
+
+
+_PROTOCOL: list[type] = []
+
+
+def head_bounded_protocol() -> type:
+    """uvicorn's h11 protocol (h11 refuses a request head over ``h11_max_incomplete_event_size``: 400 and closed;
+    httptools, uvicorn's ``http="auto"`` choice, has no bound, review rev33b) closing a connection that has not sent
+    a complete request head :data:`HEAD_TIMEOUT_S` seconds after it opened or after its last answer (uvicorn's own
+    keep-alive timer starts only after a first answer and stops at the next byte: an idle or dribbling
+    connection of any local account was kept for good)."""
+    if _PROTOCOL:
+        return _PROTOCOL[0]
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeadBoundedH11Protocol(H11Protocol):
+        _head_timer: Any = None
+
+        def connection_made(self, transport: Any) -> None:       # type: ignore[override]
+            super().connection_made(transport)
+            self._watch_head()
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            self._watch_head()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._watch_head()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._stop_head_timer()
+            super().connection_lost(exc)
+
+        def _watch_head(self) -> None:
+            """A timer while the connection waits for a request's head (h11's ``their_state`` IDLE: none yet, or
+            the previous one answered), started once per wait (bytes trickling in do not restart it)."""
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                if self._head_timer is None:
+                    self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
+            else:
+                self._stop_head_timer()
+
+        def _stop_head_timer(self) -> None:
+            if self._head_timer is not None:
+                self._head_timer.cancel()
+                self._head_timer = None
+
+        def _head_timeout(self) -> None:
+            self._head_timer = None
+            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+                self.transport.close()
+
+    _PROTOCOL.append(HeadBoundedH11Protocol)
+    return HeadBoundedH11Protocol
+
+
+def server_settings() -> dict[str, Any]:
+    """What the gate's webserver adds to Dagster's ``uvicorn.run(app, host=, port=, log_level=)``: no proxy headers
+    (uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, i.e. from every local account: it set the
+    client address the gate checks, review rev33b), and :func:`head_bounded_protocol` with a :data:`HEAD_MAX` head."""
+    return {"proxy_headers": False, "http": head_bounded_protocol(), "h11_max_incomplete_event_size": HEAD_MAX}
+
+
+class _GatedUvicorn:
+    """The ``uvicorn`` module as Dagster's webserver CLI sees it: ``run`` with :func:`server_settings` added."""
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._module, name)
+
+    def run(self, app: Any, **kwargs: Any) -> Any:
+        return self._module.run(app, **{**kwargs, **server_settings()})
+
+
+def install(cli: Any, token: str, set_attribute: Callable[[Any, str, Any], None] = setattr) -> None:
+    """Dagster's webserver CLI module (``dagster_webserver.cli``) set to serve the gated UI: its app factory
+    (:func:`gated_app_factory`) and its ``uvicorn.run`` (:class:`_GatedUvicorn`), both on Dagster's own start-up
+    path (``set_attribute``: how, e.g. a test's ``monkeypatch.setattr``)."""
+    set_attribute(cli, "create_app_from_workspace_process_context",
+                  gated_app_factory(cli.create_app_from_workspace_process_context, token))
+    if not isinstance(cli.uvicorn, _GatedUvicorn):
+        set_attribute(cli, "uvicorn", _GatedUvicorn(cli.uvicorn))
+
+
+def private_tempdir() -> str:
+    """A folder only this account may enter (0700 whatever the umask), made the process's temporary folder and
+    removed at its exit: the Unix socket of the code server the webserver spawns (Dagster's
+    ``safe_tempfile_path_unmanaged``, ``$TMPDIR``) gets gRPC's umask mode, group-writable under umask 002, and
+    connecting to it is running code in the owner's code location."""
+    import atexit
+    import shutil
+    import tempfile
+
+    folder = tempfile.mkdtemp(prefix="pickapic-ui-")
+    os.chmod(folder, 0o700)
+    tempfile.tempdir = folder       # this process only: its children (the code server, runs) keep $TMPDIR
+    atexit.register(shutil.rmtree, folder, True)
+    return folder
 
 
 def main() -> None:
@@ -435,8 +578,8 @@ def main() -> None:
         token = ui_token(DataHome.at(home))
     except (TokenFileError, OSError) as exc:
         sys.exit(f"python -m dagster_project.webgate: error: {exc}")
-    webserver_cli.create_app_from_workspace_process_context = gated_app_factory(
-        webserver_cli.create_app_from_workspace_process_context, token)
+    install(webserver_cli, token)
+    private_tempdir()
     sys.argv[0] = "dagster-webserver"
     webserver_cli.main()
 

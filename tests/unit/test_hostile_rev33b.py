@@ -38,7 +38,12 @@ client sets ``scope["scheme"]`` (only the ``Secure`` flag of a cookie follows it
 socket is open to the owner's group. (These last by reading uvicorn 0.55's middleware, not run.)
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33b, ``tests/unit/test_fix33b.py``) and the
+markers removed. The fix also sets uvicorn up on Dagster's start-up path (``webgate.install``: ``uvicorn.run`` of
+Dagster's CLI gets ``proxy_headers=False`` and a head-bounded h11 protocol), so the fixture now sets the CLI up as
+``webgate.main`` does through that one function, and test 1 checks Dagster's keyword arguments plus those settings
+(it asserted exactly Dagster's three, which the fixed start-up path no longer serves with). The gate itself lets no
+relayed request in by account under uvicorn's defaults either (``test_fix33b``).
 """
 from __future__ import annotations
 
@@ -74,7 +79,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Ui]:
     from dagster._core.workspace.context import WorkspaceProcessContext
     from dagster._core.workspace.load_target import EmptyWorkspaceTarget
 
-    from dagster_project.webgate import gated_app_factory
+    from dagster_project import webgate
 
     started: dict = {}
 
@@ -95,8 +100,7 @@ def ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Ui]:
     base.mkdir()
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(webserver_cli.uvicorn, "run", run)
-        patch.setattr(webserver_cli, "create_app_from_workspace_process_context",
-                      gated_app_factory(webserver_cli.create_app_from_workspace_process_context, TOKEN))
+        webgate.install(webserver_cli, TOKEN, patch.setattr)        # as webgate.main does (fix33b)
         patch.setattr(webserver_cli, "log_action", lambda *a, **k: None)                  # no telemetry
         patch.setattr(webserver_cli, "uploading_logging_thread", contextlib.nullcontext)
         with DagsterInstance.local_temp(str(base)) as instance:
@@ -135,9 +139,6 @@ def _as_nobody(command: list[str]) -> subprocess.CompletedProcess:
                           group=account.pw_gid, extra_groups=[], cwd="/")
 
 
-@pytest.mark.xfail(strict=True, reason="uvicorn's proxy-header middleware (on by default in Dagster's uvicorn.run, "
-                   "trusting 127.0.0.1) lets any loopback client set scope['client'] from X-Forwarded-For, host "
-                   "and port: a neighbour claims the owner's open connection and the gate lets it in as the owner")
 def test_a_neighbour_cannot_claim_the_owners_connection_with_x_forwarded_for(ui: _Ui) -> None:
     """The module's promise: over loopback only a socket of the owner's account passes without the token, its uid
     read from ``/proc/net/tcp`` for the request's client address. That address is ``scope["client"]``, which
@@ -152,7 +153,10 @@ def test_a_neighbour_cannot_claim_the_owners_connection_with_x_forwarded_for(ui:
     off), so the neighbour gets 403 both times and the mutation is not run."""
     if os.geteuid() != 0:
         pytest.skip("needs root to act as the nobody account")
-    assert ui.kwargs.keys() == {"host", "port", "log_level"}        # what Dagster's CLI gives uvicorn.run
+    from dagster_project.webgate import server_settings
+
+    # what Dagster's CLI gives uvicorn.run, with what the gate's webserver adds (fix33b)
+    assert ui.kwargs.keys() == {"host", "port", "log_level"} | server_settings().keys()
     owner = http.client.HTTPConnection("127.0.0.1", ui.port, timeout=30)      # the owner's open UI tab
     try:
         owner.request("GET", "/server_info")
@@ -168,9 +172,6 @@ def test_a_neighbour_cannot_claim_the_owners_connection_with_x_forwarded_for(ui:
         owner.close()
 
 
-@pytest.mark.xfail(strict=True, reason="under Dagster's uvicorn.run defaults (httptools) a request's headers have no "
-                   "size limit: one neighbour connection grows the webserver's memory (and CPU, quadratically) "
-                   "with every byte of one endless header, unanswered")
 def test_an_endless_header_is_refused_before_it_fills_the_webservers_memory(ui: _Ui) -> None:
     """Any local account may connect to the UI's port; the gate refuses it only once the request's headers are
     complete. With ``http="auto"`` uvicorn parses with httptools, which has no limit on a header's size (h11, the
@@ -208,10 +209,6 @@ print(" ".join(connection.recv(12).decode().replace(" ", "/") for connection in 
 """
 
 
-@pytest.mark.xfail(strict=True, reason="the gate parses a /graphql ?query= of anyone (a neighbour without the token "
-                   "included) with graphql-core before deciding who it is, synchronously on the webserver's only "
-                   "event loop, bounded only by the 64 KiB request line: one request freezes the owner's UI "
-                   "for seconds")
 def test_a_strangers_graphql_address_does_not_freeze_the_owners_ui(ui: _Ui) -> None:
     """fix32j refuses a ``/graphql`` address whose ``?query=`` holds anything but queries, by parsing it with
     ``graphql.parse`` in :meth:`UiGate.__call__` before the token or the account is checked, on the event loop
