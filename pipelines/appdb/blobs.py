@@ -38,6 +38,7 @@ import psycopg
 
 from formats.files import atomic_path, is_url, lstat_or_none, open_regular_file, write_bytes_atomic
 from formats.home import DataHome
+from formats.locks import hold_lock, writing_shared
 from formats.settings import load
 from pipelines.appdb.connection import as_text, read_rows
 from pipelines.appdb.tables import statement
@@ -46,6 +47,10 @@ from pipelines.ingest.parse import UID_RE
 BATCH = 256
 UID_CHARS = 36          # a canonical UUID, the only blob name the export uses (UID_RE)
 CHUNK = 1 << 20
+WITHDRAW_BATCH = 1 << 16   # uids a withdrawal looks up at once (memory: a batch's uids)
+# HOME/.locks/<this>: each batch of blob copies holds it shared (a uid found in raw/images there is taken as copied);
+# a withdrawal holds it exclusively while it looks up the uids and removes the blobs no file names (review rev33d)
+BLOBS_LOCK = "app-export-blobs.lock"
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024     # features.max_bytes's default (a test checks they agree)
 
 
@@ -348,30 +353,40 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
             if stop is not None and stop():
                 counts["not_copied"] = len(batch) + sum(1 for _ in spill)
                 break
-            for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes, new.append), batch):
-                counts[outcome] += 1
+            # review rev33d: a withdrawal never removes a blob this batch found present while the batch runs
+            with writing_shared(home.locks / BLOBS_LOCK, "the app export's blob copies"):
+                for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes, new.append), batch):
+                    counts[outcome] += 1
             if created is not None:        # one batch at a time: memory stays a batch's uids
                 created.write("".join(uid + "\n" for uid in new).encode("ascii"))
             new.clear()
     return counts
 
 
-def withdraw_blobs(created: BinaryIO, home: DataHome, named: Callable[[str], bool]) -> int:
+def withdraw_blobs(created: BinaryIO, home: DataHome,
+                   named: Callable[[set[str]], set[str] | None]) -> tuple[int, bool]:
     """Remove the blobs listed in ``created`` (:func:`copy_blobs` wrote them into raw/images, where there was none)
-    that ``named`` says the day's published rows do not name (with their capped marker); returns how many.
+    that no file names (with their capped marker): ``named(uids)`` gives those of ``uids`` a file still names (any
+    day's published images file, an export's staged one), or None where one that may name them cannot be read
+    whole (nothing more is removed then). Returns how many were removed and whether every uid was looked up.
     Review rev32c: a superseded export (its older snapshot not published) copied the images of rows the newer
-    snapshot no longer holds (an erased account's) back into raw/images, after the erasure removed them."""
+    snapshot no longer holds (an erased account's) back into raw/images, after the erasure removed them. Review
+    rev33d: only the published day was asked, so a blob whose row moved into another day was removed from under
+    that day's rows. ``WITHDRAW_BATCH`` uids at a time, under ``BLOBS_LOCK`` held exclusively: no batch of blob
+    copies runs meanwhile, so a blob another export found present is named by its staged or published file."""
     removed = 0
     created.flush()
     created.seek(0)
-    for line in created:
-        uid = line.decode("ascii").rstrip("\n")
-        if named(uid):
-            continue
-        target = home.raw_images / f"{uid}.png"
-        info = lstat_or_none(target)
-        if info is not None and stat.S_ISREG(info.st_mode):
-            target.unlink(missing_ok=True)
-            _unmark_capped(target)
-            removed += 1
-    return removed
+    with hold_lock(home.locks / BLOBS_LOCK, "the app export's blob copies", lambda _holder: None):
+        while batch := {line.decode("ascii").rstrip("\n") for line in itertools.islice(created, WITHDRAW_BATCH)}:
+            kept = named(batch)
+            if kept is None:
+                return removed, False
+            for uid in sorted(batch - kept):
+                target = home.raw_images / f"{uid}.png"
+                info = lstat_or_none(target)
+                if info is not None and stat.S_ISREG(info.st_mode):
+                    target.unlink(missing_ok=True)
+                    _unmark_capped(target)
+                    removed += 1
+    return removed, True

@@ -40,6 +40,7 @@ import queue
 import re
 import secrets
 import shutil
+import socket
 import stat
 import tempfile
 import threading
@@ -1166,7 +1167,7 @@ def take_snapshot(conn: psycopg.Connection, home: DataHome, day: str) -> tuple[i
 # `cp -a` whose cache is a link to one folder on a fast disk, or a link at one of these folders) made one home's
 # export clear the other's late markers and supersede its exports. Each folder records the home it belongs to.
 CACHE_OWNER = "owner.json"     # HOME/cache/<folder>/<this>: {"home": path, "home_id": [dev, ino],
-#                                 "folder_id": [dev, ino]}
+#                                 "host": the host's name, "folder_id": [dev, ino]}
 CACHE_OWNER_MAX_BYTES = 8 << 10           # a record is ~100 bytes plus the home's path
 
 
@@ -1188,11 +1189,15 @@ def claim_export_state(home: DataHome) -> None:
     home's folder, and of the cache folder itself), or raise :class:`CacheOfAnotherHome` (one line naming both
     homes) when one already records another home that reaches the same folder. A record of another folder (the
     cache copied with its home by ``cp -a``, or restored from a backup: a folder of its own) is this home's to
-    replace; so is one that cannot be read as the export writes it. Creates the folders (the umask applies). A
+    replace; so is one that cannot be read as the export writes it, and one of this home's path on this host (the
+    home restored where it was: another inode, review rev33d; the record's ``host`` is the host's name). A moved
+    home's record gets its new path. Creates the folders (the umask applies). A
     folder that cannot be made or written is left unclaimed: the export's own writes there fail with a warning
     each (the cache is disposable), as before."""
     home.root.mkdir(parents=True, exist_ok=True)       # the export makes it anyway (real_folders)
     home_id = _stat_id(os.stat(home.root))
+    host = socket.gethostname()
+    owner = {"home": str(home.root), "home_id": home_id, "host": host}
     for folder in export_state_folders(home):
         path = folder / CACHE_OWNER
         try:
@@ -1202,20 +1207,24 @@ def claim_export_state(home: DataHome) -> None:
             continue
         record = read_cache(path, CACHE_OWNER_MAX_BYTES)
         if isinstance(record, dict) and record.get("folder_id") == folder_id:
-            if record.get("home_id") == home_id:
+            same_path = record.get("home") == str(home.root) and record.get("host", host) == host
+            if record.get("home_id") == home_id and same_path and "host" in record:
                 continue
-            other = record.get("home")
-            other = other if isinstance(other, str) else "unknown"
-            real = folder.resolve()
-            where = f"{folder} (the folder {real})" if real != folder else str(folder)
-            raise CacheOfAnotherHome(
-                f"{where} holds the app export's state of the data home {as_text(other)[:500]}, not of "
-                f"{home.root}: two homes must not share it (their exports would clear each other's late markers "
-                f"and supersede each other's exports); give this home a cache folder of its own, or remove "
-                f"{path} if that home no longer uses it")
+            # review rev33d: the home restored at its own path (a new folder: another inode) is this home, not
+            # another one (no two homes are at one path of one host at once); a home moved (mv: the same folder)
+            # has its record's path brought up to date below
+            if record.get("home_id") != home_id and not same_path:
+                other = record.get("home")
+                other = other if isinstance(other, str) else "unknown"
+                real = folder.resolve()
+                where = f"{folder} (the folder {real})" if real != folder else str(folder)
+                raise CacheOfAnotherHome(
+                    f"{where} holds the app export's state of the data home {as_text(other)[:500]}, not of "
+                    f"{home.root}: two homes must not share it (their exports would clear each other's late "
+                    f"markers and supersede each other's exports); give this home a cache folder of its own, or "
+                    f"remove {path} if that home no longer uses it")
         with writing_cache(home), contextlib.suppress(OSError):   # swept under it (pipelines.cachesweep)
-            write_bytes_atomic(path, json.dumps({"home": str(home.root), "home_id": home_id, "folder_id": folder_id},
-                                                sort_keys=True).encode("utf-8"))
+            write_bytes_atomic(path, json.dumps({**owner, "folder_id": folder_id}, sort_keys=True).encode("utf-8"))
 
 
 def superseded_warning(day: str, published: int, ticket: int) -> str:
@@ -1225,39 +1234,51 @@ def superseded_warning(day: str, published: int, ticket: int) -> str:
             "the day keeps the newer one")
 
 
-def published_uids(home: DataHome, day: str) -> Callable[[str], bool] | None:
-    """Whether the day's published images file names an image uid (a 64-bit digest of each uid, sorted: 8 bytes
-    an image; a digest shared by two uids names both, which keeps a blob, never removes one), or None where the
-    file cannot be read whole (nothing is removed by it)."""
-    digests = array.array("q")
-    path = home.raw_file(day, "images")
+def named_uids(home: DataHome, day: str, own_staging: Path | None, uids: set[str]) -> set[str] | None:
+    """Those of ``uids`` that a raw images file still names (the ingest's byte search, as its reference check finds
+    them: a line over the line limit, which the ingest quarantines, names its uid all the same): the staged files of
+    the exports in flight (but ``own_staging``), then ``day``'s published file and every other day's a reference
+    resolves against (:func:`pipelines.ingest.uidindex.reference_days`: the raw zone's days and the pruned ones the
+    warehouse keeps). None where a day's file cannot be read whole (it may name any: nothing is removed by it).
+    Review rev33d: only ``day``'s file was read, by ``json.loads`` line by line, so a blob whose row moved into
+    another day was removed from under that day's rows, and one over-long line kept every erased account's blob.
+    The staged files are read first: one renamed into its day meanwhile is read there after."""
+    from pipelines.ingest.uidindex import named_image_uids, reference_days, search_image_uids
+
+    config = load(home.root).config("ingest")
+    left, found = set(uids), set()
     try:
-        with contextlib.ExitStack() as stack:
-            if lstat_or_none(path) is not None:
-                stream = stack.enter_context(gzip.open(stack.enter_context(open_regular_file(path))))
-                for line in stream:
-                    uid = json.loads(line).get("image_uid")
-                    if isinstance(uid, str):
-                        digests.append(_uid_digest(uid))
-    except (OSError, EOFError, zlib.error, ValueError, AttributeError, RecursionError):
-        return None
-    digests = array.array("q", sorted(digests))
-    return lambda uid: _sorted_has(digests, _uid_digest(uid))
-
-
-def _uid_digest(uid: str) -> int:
-    return int.from_bytes(hashlib.blake2b(uid.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little",
-                          signed=True)
+        staged = sorted(entry.path for entry in os.scandir(home.raw_logs) if EXPORT_STAGING.fullmatch(entry.name))
+    except OSError:
+        staged = []
+    for folder in staged:
+        if (own_staging is not None and folder == str(own_staging)) or not staging_in_use(Path(folder)):
+            continue      # its own older snapshot, or a dead export's leftover (remove_stale_staging)
+        # None: the file is being written (that export copies no blob before it is whole: see withdraw_blobs) or
+        # is gone (published: read below, or removed)
+        named = search_image_uids(home, Path(folder) / "images.jsonl.gz", left, config) or set()
+        found |= named
+        left -= named
+    days = reference_days(home, home.raw_days())
+    for each in [day] + [d for d in days if d != day]:
+        if not left:
+            break
+        named = named_image_uids(home, each, left, config)
+        if named is None:
+            return None
+        found |= named
+        left -= named
+    return found
 
 
 def withdrawn_warning(day: str, withdrawn: int, read: bool) -> str:
     """The line of a superseded export that had copied blobs into raw/images."""
     if not read:
-        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but the day's published "
-                f"images file cannot be read: none removed; those its rows do not name (an erased account's) stay "
-                f"in raw/images")
-    return (f"day {day}: {withdrawn} image blob(s) this superseded export copied into raw/images, which the day's "
-            "published snapshot does not name, were removed again")
+        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but a day's published "
+                f"images file cannot be read whole: {withdrawn} removed; the others stay in raw/images, those no "
+                f"day's rows name (an erased account's) among them")
+    return (f"day {day}: {withdrawn} image blob(s) this superseded export copied into raw/images, which no day's "
+            "published images file names (nor a running export's), were removed again")
 
 
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
@@ -1405,9 +1426,9 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.tables, report.kept = {}, {}
                 # review rev32c: nor does the day keep a blob it copied that the newer snapshot's rows do not name
                 if created is not None and created.tell():
-                    named = published_uids(home, day)
-                    report.blobs["withdrawn"] = withdraw_blobs(created, home, named) if named else 0
-                    report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], named is not None))
+                    report.blobs["withdrawn"], read = withdraw_blobs(
+                        created, home, lambda uids: named_uids(home, day, staging, uids))
+                    report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], read))
             else:
                 _publish(home, day, staging, report)
                 order["published"] = ticket

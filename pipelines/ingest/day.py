@@ -161,7 +161,8 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         stat = stat_key(home.raw_file(day, table)) if indexing else None
         runs[table] = read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
         if indexing and not runs[table].limited:   # a read that depends on the limits is not kept for other limits
-            write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat)
+            write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat,
+                            runs[table].report.status in ("ok", "empty"))
     check_references(runs, parsers, known_today, home, day, raw_days, config.late_image_days, config)
     if known_today is not None:   # what the byte search found, recorded with the day's files (review rev29e)
         runs["images"].report.exported_uids = known_today

@@ -60,18 +60,32 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestCon
     A day that is not a day of the raw zone any more (pruned) is answered from what the warehouse keeps of it
     (:func:`kept_image_uids`).
     """
+    return _image_uids(home, day, wanted, config, whole=False) or set()
+
+
+def named_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestConfig | None = None) -> set[str] | None:
+    """:func:`raw_image_uids`, or None where ``day``'s raw images file is there but cannot be read whole (not a
+    regular file inside the raw zone, damaged, truncated, or cut by ``ingest.max_file_bytes``/``max_file_lines``):
+    it may name any uid. No file names none (an empty set). Review rev33d: what decides whether a blob an export
+    wrote is named by any day (:func:`pipelines.appdb.blobs.withdraw_blobs`), so "cannot be read" never passes
+    for "names nothing". A uid index is trusted here only when it records a whole read (``whole``)."""
+    return _image_uids(home, day, wanted, config, whole=True)
+
+
+def _image_uids(home: DataHome, day: str, wanted: set[str], config: IngestConfig | None,
+                whole: bool) -> set[str] | None:
     if not raw_day_present(home, day):
         return kept_image_uids(home, day, wanted)   # a pruned day: what its ingest found, as the warehouse keeps it
     path = home.raw_file(day, "images")
     config = config or IngestConfig()
     raw = open_raw(home, path, config=config)   # a file that is not a regular one inside the raw zone: never read or hashed
     if raw.status != "ok":
-        return set()
+        return None if whole and raw.status != "missing" else set()
     index = home.raw_image_uid_index(day)
     if index.is_file():
         try:
             meta = pq.read_schema(index).metadata or {}
-            if meta.get(b"version") == _UID_INDEX_VERSION.encode():
+            if meta.get(b"version") == _UID_INDEX_VERSION.encode() and (not whole or meta.get(b"whole") == b"1"):
                 fresh = meta.get(b"stat") == (stat_key(path) or "").encode()
                 if not fresh and path.is_file():
                     fresh = meta.get(b"raw_sha256") == sha256_file(path).encode()
@@ -84,18 +98,39 @@ def raw_image_uids(home: DataHome, day: str, wanted: set[str], config: IngestCon
     stat = stat_key(path)
     found: set[str] = set()
     lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
+    read_whole = raw.status in ("ok", "empty") and not raw.limited
     if not raw.limited:   # a read that depends on the limits (cut, or stopped unchecked): never kept for another run's
-        write_uid_index(home, day, found, raw.file_sha256, stat)
-    return found & wanted
+        write_uid_index(home, day, found, raw.file_sha256, stat, read_whole)
+    return found & wanted if read_whole or not whole else None
 
 
-def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | None, stat: str | None) -> None:
-    """Record the uids found in ``day``'s raw images file, keyed by the file's sha256 and stat."""
+def search_image_uids(home: DataHome, path: Path, wanted: set[str], config: IngestConfig | None = None) -> set[str] | None:
+    """The uids of ``wanted`` that the raw images file ``path`` (inside the raw zone: an app export's staged one)
+    names as the byte search finds them, keeping only those (memory: ``wanted``); an empty set without a file, None
+    where it cannot be read whole. No index is read or written."""
+    config = config or IngestConfig()
+    raw = open_raw(home, path, config=config)
+    if raw.status != "ok":
+        return None if raw.status != "missing" else set()
+    found: set[str] = set()
+    for _, data in lines.iter_lines(lines.tap_image_uids(raw.chunks(), found, wanted), config.max_line_bytes):
+        if type(data) is bytes:
+            uid = lines.spelled_image_uid(data)
+            if uid is not None and uid in wanted:
+                found.add(uid)
+    return found if raw.status in ("ok", "empty") and not raw.limited else None
+
+
+def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | None, stat: str | None,
+                    whole: bool = False) -> None:
+    """Record the uids found in ``day``'s raw images file, keyed by the file's sha256 and stat; ``whole``: the
+    file was read whole (no damaged or truncated member), recorded as ``whole`` = 1 in the footer."""
     path = home.raw_file(day, "images")
     if raw_sha256 is None or stat is None or stat_key(path) != stat:
         return  # not read, or changed while it was read: leave no index
     table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
-    table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat})
+    table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat,
+                                           "whole": "1" if whole else "0"})
     with writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
         if held:   # the ingest sweeps killed writers' temporary files under this lock, exclusively (review rev29b)
             write_parquet_atomic(table, home.raw_image_uid_index(day))

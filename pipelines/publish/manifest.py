@@ -119,7 +119,10 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
     problems += [(rel, f"{rel} is not in the manifest") for rel in sorted(set(present) - set(expected))]
     for rel in sorted(set(expected) & set(present)):
         info, recorded = present[rel], expected[rel]
-        if not stat.S_ISREG(info.st_mode):
+        if not _is_entry(recorded):    # review rev33d: a KeyError/TypeError traceback, no file named
+            problems.append((rel, f"{rel} has no record of its size and sha256 in the manifest (its entry is "
+                                  f"{_entry_kind(recorded)}): the manifest is damaged"))
+        elif not stat.S_ISREG(info.st_mode):
             problems.append((rel, f"{rel} is {describe(path / rel)}, not the regular file the manifest lists"))
         elif info.st_size != recorded["bytes"]:
             problems.append((rel, f"{rel} has {info.st_size} bytes, manifest says {recorded['bytes']}"))
@@ -132,6 +135,20 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
                                f"differ{'' if len(problems) > 1 else 's'} from its manifest:{lines}",
                                [rel for rel, _ in problems])
     return manifest
+
+
+def _is_entry(recorded: object) -> bool:
+    """Whether a manifest's entry for a file is a record with its ``bytes`` and ``sha256`` (their values are
+    compared with the file's: a string or negative size differs from every file)."""
+    return isinstance(recorded, dict) and "bytes" in recorded and "sha256" in recorded
+
+
+def _entry_kind(recorded: object) -> str:
+    if isinstance(recorded, dict):
+        return "a record without " + " and ".join(repr(key) for key in ("bytes", "sha256") if key not in recorded)
+    kinds = {type(None): "null", bool: "a boolean", int: "a number", float: "a number", str: "a string",
+             list: "an array"}
+    return kinds.get(type(recorded), "no record")
 
 
 def _same_sha256(path: Path, expected: str) -> bool:

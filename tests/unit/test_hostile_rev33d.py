@@ -27,7 +27,14 @@ it with different ``st_dev`` (the claim takes each other's record for a copy and
 run here (no NFS); a home moved by ``mv`` keeps its record's old path in ``owner.json`` (only the message's name).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix33d, ``tests/unit/test_fix33d.py``) and their
+markers removed: a superseded export removes a blob it wrote only when no file names it (every day a reference
+resolves against, through the ingest's byte search and uid index, and the running exports' staged files, under a
+blob lock each batch of copies holds shared), so a moved row's blob and an over-long line's stay, and only a file
+that cannot be read whole withdraws nothing (``published_uids`` is gone, and with it the ``sorted()`` list: a
+withdrawal holds a batch of 65,536 uids and one day's look-up at a time); ``owner.json`` records the host, and a
+home at the recorded path on that host (restored where it was) is the home itself; the version check names an entry
+without its ``bytes``/``sha256`` record as a damaged manifest.
 """
 from __future__ import annotations
 
@@ -56,8 +63,6 @@ def _named(home: DataHome, day: str) -> list[str]:
     return [json.loads(line)["image_uid"] for line in lines]
 
 
-@pytest.mark.xfail(strict=True, reason="rev33d 1: a superseded export withdraws a blob it wrote that another day's "
-                   "published rows name (the image's row moved into the day before): data loss")
 def test_a_superseded_export_withdraws_a_blob_another_days_published_rows_name(postgres_server, tmp_path,  # noqa: F811
                                                                              monkeypatch):
     dsn = create_app_database(postgres_server, f"rev33d_{uuid.uuid4().hex[:8]}")
@@ -93,8 +98,6 @@ def test_a_superseded_export_withdraws_a_blob_another_days_published_rows_name(p
     assert (home.raw_images / f"{uid}.png").is_file(), older.warnings
 
 
-@pytest.mark.xfail(strict=True, reason="rev33d 2: one over-long text in the day (the export's own cut line) makes "
-                   "published_uids None: a superseded export keeps every erased account's image it copied back")
 def test_one_over_long_prompt_in_the_day_keeps_every_erased_image_a_superseded_export_copied(
         postgres_server, tmp_path, monkeypatch):  # noqa: F811
     config = AppExportConfig(lag_minutes=60, lookback_days=2, max_line_bytes=300)
@@ -136,8 +139,6 @@ def test_one_over_long_prompt_in_the_day_keeps_every_erased_image_a_superseded_e
     assert not (home.raw_images / f"{erased}.png").exists(), older.warnings
 
 
-@pytest.mark.xfail(strict=True, reason="rev33d 3: a home restored at its own path (new inode) with a linked cache is "
-                   "refused as another home, naming itself")
 def test_a_home_restored_at_its_own_path_is_not_refused_as_another_home(tmp_path: Path) -> None:
     """The only home that ever used its (linked) cache, restored from its backup at the same path: a new inode."""
     fast = tmp_path / "fastdisk"
@@ -168,8 +169,6 @@ def published_home(tmp_path_factory) -> DataHome:
     return home
 
 
-@pytest.mark.xfail(strict=True, reason="rev33d 4: the version check crashes (KeyError/TypeError traceback) on a "
-                   "manifest entry without its record")
 @pytest.mark.parametrize("entry", [{}, None, [1, 2]])
 def test_the_version_check_names_a_damaged_manifest_entry_instead_of_crashing(published_home, tmp_path, capsys,
                                                                                entry) -> None:
