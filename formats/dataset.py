@@ -206,7 +206,12 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
     switched versions (:func:`record_switched`): before the switch, so a process killed right after it cannot leave
     a version readers were given out of the record (its held-out keys would then go unpinned once ``latest`` was
     rolled back); a process killed in between leaves a version recorded that was never switched to, whose keys are
-    then pinned (a split kept, never a leak). Returns why the record was not written, or None."""
+    then pinned (a split kept, never a leak). A record that cannot be written (a full disk) refuses the switch: an
+    OSError naming the record, ``latest`` left as it was (review rev33h: the switch went on, the version out of the
+    record). Returns why the record was left alone (something there this tool did not write), or None.
+
+    Once the link is renamed readers get ``version``: a failure to sync the folder after that is
+    :class:`SwitchNotSynced` (saying so, naming the folder), not an error that reads as if nothing was switched."""
     check_latest(datasets)
     link = Path(datasets) / LATEST
     before = latest_version(datasets)     # a relative or an absolute link to a version in datasets (rev25d)
@@ -226,8 +231,18 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    fsync_dir(Path(datasets), fsync)
+    try:
+        fsync_dir(Path(datasets), fsync)
+    except OSError as exc:
+        raise SwitchNotSynced(exc.errno, f"`latest` was switched to {version} (readers get it now), but the folder "
+                              f"holding the link could not be synced ({exc.strerror or exc}): a power cut may bring "
+                              f"back the link as it was", str(datasets)) from exc
     return note
+
+
+class SwitchNotSynced(OSError):
+    """``latest`` was renamed to name the new version (live: readers get it) but its folder could not be synced
+    after (:func:`switch_latest`); the new version stays where it is."""
 
 
 # Every version `latest` was switched to (still present): the published versions, whose keys the split stage pins
@@ -255,7 +270,8 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
     complete version present (a folder with its manifest): those were published as far as anyone can tell, so a
     version a publish left unswitched before the record began counts too (its keys pinned: a split kept, never a
     leak). Something at the record's path this tool did not write is left as it is (every present version then
-    counts as switched to, as without a record)."""
+    counts as switched to, as without a record). A record that cannot be written is an OSError naming it (the caller,
+    :func:`switch_latest`, then switches nothing: review rev33h)."""
     datasets = Path(datasets)
     path = switched_file(datasets)
     names = read_switched(datasets)
@@ -275,8 +291,10 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
                   if is_real_folder(datasets / name))
     try:
         write_names(path, SWITCHED_HEADER, kept, fsync)
-    except OSError as exc:
-        return f"the record of switched versions {path} was not written ({exc})"
+    except OSError as exc:   # a version switched to but out of the record would lose its pins after a rollback
+        raise OSError(exc.errno, f"the record of switched versions could not be written ({exc.strerror or exc}), so "
+                      "`latest` was not switched; free the space (or fix the file) and publish again",
+                      str(path)) from exc
     return None
 
 
@@ -364,7 +382,8 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
 
 def fsync_dir(path: Path, enabled: bool = True, unsupported_ok: bool = False) -> None:
     """fsync a folder, so the renames and links made in it survive a power cut; with ``unsupported_ok`` a file
-    system that cannot sync a folder (``EINVAL`` / ``ENOTSUP``) leaves it as it is."""
+    system that cannot sync a folder (``EINVAL`` / ``ENOTSUP``) leaves it as it is; any other error names the folder
+    (review rev33h: an EIO named nothing)."""
     if not enabled:
         return
     fd = os.open(path, os.O_RDONLY)
@@ -372,7 +391,7 @@ def fsync_dir(path: Path, enabled: bool = True, unsupported_ok: bool = False) ->
         os.fsync(fd)
     except OSError as exc:
         if not (unsupported_ok and exc.errno in (errno.EINVAL, errno.ENOTSUP, errno.EOPNOTSUPP)):
-            raise
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno or 0), os.fspath(path)) from exc  # rev33h
     finally:
         os.close(fd)
 

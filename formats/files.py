@@ -198,6 +198,7 @@ def atomic_path(final: Path, private: bool = False) -> Iterator[Path]:
     try:
         with naming_full_disk(final):
             yield tmp
+        with naming_the_file(final):      # the sync is where a write-back error (EIO) shows: named (rev33h)
             with open(tmp, "rb") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, final)
@@ -206,14 +207,39 @@ def atomic_path(final: Path, private: bool = False) -> Iterator[Path]:
             tmp.unlink()
 
 
+# What a write meets when its disk, or its account's quota on it, is full (review rev33h: EDQUOT was a traceback)
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def is_full_disk(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError saying the disk (or the account's quota on it) is full."""
+    return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
+
+
 @contextlib.contextmanager
 def naming_full_disk(final: Path) -> Iterator[None]:
-    """Re-raise a full disk while writing ``final`` as ENOSPC naming it (Arrow and plain writes name no file)."""
+    """Re-raise a full disk (ENOSPC, or EDQUOT: a quota) while writing ``final`` as that error naming it (Arrow and
+    plain writes name no file); Arrow's text of a full disk, which has no errno, is ENOSPC."""
     try:
         yield
     except OSError as exc:
-        if exc.filename is None and (exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower()):
+        if exc.filename is None and is_full_disk(exc):
+            raise OSError(exc.errno, os.strerror(exc.errno), str(final)) from exc
+        if exc.filename is None and exc.errno is None and "no space left on device" in str(exc).lower():
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final)) from exc
+        raise
+
+
+@contextlib.contextmanager
+def naming_the_file(final: str | os.PathLike) -> Iterator[None]:
+    """Re-raise any OSError naming no file (an fsync's or a write's EIO, a full disk) as the same error naming
+    ``final``: for code that only writes ``final`` (or syncs it), so whatever fails is about that file (review
+    rev33h: "[Errno 5] Input/output error" alone). An error that names a file is left as it is."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno), os.fspath(final)) from exc
         raise
 
 
@@ -251,7 +277,28 @@ def honour_umask(folder: Path) -> None:
 
 
 # --------------------------------------------------------------------------- full disks
-_FULL_WORDS = ("no space left on device", "database or disk is full", "errno 28]")
+_FULL_WORDS = ("no space left on device", "database or disk is full", "errno 28]", "disk quota exceeded",
+               "errno 122]")
+# the path in a full disk's text: Python's "[Errno 28] No space left on device: 'SRC' -> 'DST'" (DST the file being
+# made), and this module's own wording, "no space left on device at PATH; ..." (also the publish's shard errors,
+# pipelines.publish.shards.no_space_error), carried in a wrapped error's text (a Dagster step failure's)
+_QUOTED = re.compile(r"(?:No space left on device|Disk quota exceeded):? '([^']+)'(?: -> '([^']+)')?", re.I)
+_SAID_AT = re.compile(r"(?:no space left on device|disk quota exceeded) at (.+?)"
+                      r"(?=; [\d,]+ bytes free there now|; the account's quota|\. Free some space|\n|$)", re.I)
+
+
+def full_disk_words(code: int | None) -> str:
+    """How a full disk is said: "disk quota exceeded" for EDQUOT, else "no space left on device"."""
+    return "disk quota exceeded" if code == errno.EDQUOT else "no space left on device"
+
+
+def full_disk_path(text: str) -> str | None:
+    """The path a full disk's text names (:data:`_QUOTED`, :data:`_SAID_AT`), or None."""
+    quoted = _QUOTED.search(text)
+    if quoted:
+        return quoted.group(2) or quoted.group(1)
+    said = _SAID_AT.search(text)
+    return said.group(1) if said else None
 
 
 def _free_bytes(path: Path) -> int | None:
@@ -267,12 +314,14 @@ def _free_bytes(path: Path) -> int | None:
 
 def no_space_message(error: BaseException | str, where: Sequence[Path] = (), databases: Path | None = None,
                      full_below: int = 1 << 20) -> str | None:
-    """``no space left on device at PATH ...`` when ``error`` (or an exception behind it) is a full disk, else None.
+    """``no space left on device at PATH ...`` when ``error`` (or an exception behind it) is a full disk, else None
+    (``disk quota exceeded at PATH ...`` for an account over its quota, EDQUOT).
 
-    Recognises ENOSPC from any OSError, its text in wrapped messages (Arrow, Dagster step failures), SQLite's
-    "database or disk is full", and SQLite's "disk I/O error" when one of ``where`` has under ``full_below``
-    bytes free. PATH is the file named by the error, ``databases`` for a SQLite error (the Dagster
-    instance storage), else the fullest of ``where``.
+    Recognises ENOSPC and EDQUOT from any OSError, their text in wrapped messages (Arrow, Dagster step failures,
+    this function's own wording), SQLite's "database or disk is full", and SQLite's "disk I/O error" when one of
+    ``where`` has under ``full_below`` bytes free. PATH is the file named by the error (of a call given two paths,
+    ``os.symlink``, ``os.link``, ``os.rename``, ``shutil.copyfile``: the second, the file being made), ``databases``
+    for a SQLite error (the Dagster instance storage), else the fullest of ``where``.
     """
     chain: list[BaseException | str] = []
     item: BaseException | str | None = error
@@ -281,22 +330,26 @@ def no_space_message(error: BaseException | str, where: Sequence[Path] = (), dat
         item = (item.__cause__ or item.__context__) if isinstance(item, BaseException) else None
     full_where = [Path(p) for p in where if (_free_bytes(Path(p)) or 0) < full_below]
     path: str | None = None
-    full = False
+    full = quota = False
     for item in chain:
         text = str(item)
         if databases is not None and type(item).__module__.split(".")[0] in ("sqlite3", "sqlalchemy"):
             path = path or str(databases)
-        if isinstance(item, OSError) and item.errno == errno.ENOSPC:
-            full, path = True, path or (os.fsdecode(item.filename) if item.filename else None)
+        if is_full_disk(item):
+            named = next((n for n in (item.filename2, item.filename) if isinstance(n, (str, bytes, os.PathLike))), None)
+            quota = quota if full else item.errno == errno.EDQUOT    # the outermost full disk's kind is said
+            full, path = True, path or (os.fsdecode(named) if named is not None else full_disk_path(text))
         elif any(word in text.lower() for word in _FULL_WORDS):
-            full = True
-            quoted = re.search(r"No space left on device:? '([^']+)'", text)
-            path = path or (quoted.group(1) if quoted else None)
+            quota = quota if full else any(word in text.lower() for word in ("disk quota exceeded", "errno 122]"))
+            full, path = True, path or full_disk_path(text)
         elif "disk I/O error" in text and full_where:
             full = True
     if not full:
         return None  # (a SQLite path noted above only matters when the disk is full)
     path = path or (str(full_where[0]) if full_where else str(where[0]) if where else "(unknown path)")
+    if quota:   # the disk's free bytes say nothing of the account's quota
+        return (f"disk quota exceeded at {path}; the account's quota on that disk is used up. Free some space (or "
+                "have the quota raised) and rerun: writes are atomic, so nothing half-written was published")
     free = _free_bytes(Path(path))
     left = f"; {free:,} bytes free there now" if free is not None else ""
     return (f"no space left on device at {path}{left}. Free some space and rerun: writes are atomic, so nothing "

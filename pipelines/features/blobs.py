@@ -15,7 +15,7 @@ from pipelines.features import beamworker  # noqa: F401  # isort: skip
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from formats.files import create_temp, is_url
+from formats.files import create_temp, is_url, naming_the_file
 
 
 def join_url(base: str, relpath: str) -> str:
@@ -133,10 +133,11 @@ def _write_once(folder_fd: int, folder: str, name: str, data: bytes) -> None:
                                      "(the feature stage writes the JPEG there)", path) from None
     fd, temporary = create_temp(folder, name, dir_fd=folder_fd)
     try:
-        with io.FileIO(fd, "wb") as handle:
-            view = memoryview(data)
-            while view:
-                view = view[handle.write(view):]
+        with naming_the_file(path):   # a full store (maybe another disk than the home's) names the JPEG (rev33h)
+            with io.FileIO(fd, "wb") as handle:
+                view = memoryview(data)
+                while view:
+                    view = view[handle.write(view):]
         # replaces a link or a node at the key, never writes through it; in the folder opened above
         os.replace(temporary, name, src_dir_fd=folder_fd, dst_dir_fd=folder_fd)
     except BaseException:

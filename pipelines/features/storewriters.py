@@ -15,7 +15,7 @@ import re
 import secrets
 import stat
 
-from formats.files import path_within
+from formats.files import naming_the_file, path_within
 
 TRAIN_ROOT = "blobs/train"
 SIZE_FOLDER = re.compile(r"s[0-9]+q[0-9]+")      # blobs/train/s<size>q<quality>: one per training JPEG size
@@ -79,8 +79,11 @@ def _record_in(store: str, home: str | os.PathLike) -> None:
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     try:
         try:
-            os.write(fd, _MARKER_TEXT)
-            os.fsync(fd)
+            with naming_the_file(marker):
+                view = memoryview(_MARKER_TEXT)
+                while view:                     # a short write is written on (review rev33h: it was ignored)
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
         finally:
             os.close(fd)
         try:

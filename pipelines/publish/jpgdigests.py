@@ -51,7 +51,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import PARQUET_OPTIONS, create_temp, open_regular_file
+from formats.files import PARQUET_OPTIONS, create_temp, naming_full_disk, naming_the_file, open_regular_file
 from formats.home import DataHome
 from pipelines.publish.shards import JPG_IDENTITY_FIELDS, JpgChangedError, file_identity, jpg_key_is_safe
 
@@ -424,9 +424,11 @@ class _Cache:
         fsync, renamed (all relative to the folder's descriptor)."""
         fd, tmp = create_temp(self.folder, name, dir_fd=self.fd)
         try:
-            with open(fd, "wb", closefd=False) as handle:
-                pq.write_table(table, handle, **PARQUET_OPTIONS, write_page_checksum=True)
-            os.fsync(fd)
+            final = Path(self.folder) / name     # a full disk's note names the part (review rev33h)
+            with naming_full_disk(final), naming_the_file(final):
+                with open(fd, "wb", closefd=False) as handle:
+                    pq.write_table(table, handle, **PARQUET_OPTIONS, write_page_checksum=True)
+                os.fsync(fd)
             os.rename(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
         except BaseException:
             with contextlib.suppress(OSError):

@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import queue
+import re
 import stat
 import threading
 from dataclasses import dataclass
@@ -30,7 +31,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from formats.dataset import MEMBERS, STATS_SUFFIX, UNIQUE_SUFFIX, shard_paths
-from formats.files import PARQUET_OPTIONS, cast_to_schema, create_temp, open_regular_file, read_small_file
+from formats.files import (
+    PARQUET_OPTIONS,
+    cast_to_schema,
+    create_temp,
+    full_disk_words,
+    is_full_disk,
+    open_regular_file,
+    read_small_file,
+)
 from pipelines import faults
 from pipelines.publish.chunkwriter import ChunkWriter
 from schemas import get_schema
@@ -434,8 +443,7 @@ class _Committer:
     def _fail(self, exc: BaseException, path: Path) -> None:
         """Keep the first error (a full disk names ``path``)."""
         if self._error is None:
-            is_full = (isinstance(exc, OSError) and exc.errno == errno.ENOSPC
-                       and "no space left on device at" not in str(exc))
+            is_full = is_full_disk(exc) and not says_where(exc)
             self._error = no_space_error(exc, path) if is_full else exc
 
     def _run(self) -> None:
@@ -489,7 +497,7 @@ def _write_new(path: Path, write, keep_open: bool):
         os.close(fd)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        if is_full_disk(exc):
             raise no_space_error(exc, path) from exc
         raise
     if keep_open:
@@ -584,8 +592,16 @@ def _write_all(fd: int, pieces: list[bytes], total: int) -> None:
 
 
 def no_space_error(exc: OSError, path: Path) -> OSError:
-    """``OSError(ENOSPC)`` saying which file could not be written (the caller chains ``exc``)."""
-    return OSError(errno.ENOSPC, f"no space left on device at {path}")
+    """``OSError(ENOSPC)`` saying which file could not be written (the caller chains ``exc``); ``OSError(EDQUOT)``
+    "disk quota exceeded at PATH" for an account over its quota (review rev33h). The path is in the text, which
+    :func:`formats.files.no_space_message` reads (also carried in a step failure's text)."""
+    code = exc.errno if is_full_disk(exc) else errno.ENOSPC
+    return OSError(code, f"{full_disk_words(code)} at {path}")
+
+
+def says_where(exc: BaseException) -> bool:
+    """Whether ``exc``'s text is :func:`no_space_error`'s (a full disk at a path already named)."""
+    return re.search(r"(?:no space left on device|disk quota exceeded) at ", str(exc)) is not None
 
 
 def remove_temporary_files(folder: Path) -> list[Path]:

@@ -41,7 +41,6 @@ review rev32b).
 from __future__ import annotations
 
 import contextlib
-import errno
 import hashlib
 import json
 import os
@@ -59,6 +58,7 @@ from formats.dataset import (
     MANIFEST_FILE,
     PROMPT_COUNTS_FILE,
     SIZES_FILE,
+    SwitchNotSynced,
     check_latest,
     fsync_dir,
     history_file,
@@ -72,7 +72,14 @@ from formats.dataset import (
     switch_latest,
     switched_file,
 )
-from formats.files import cast_to_schema, open_regular_file, sweep_temps, write_bytes_atomic, write_parquet_atomic
+from formats.files import (
+    cast_to_schema,
+    is_full_disk,
+    open_regular_file,
+    sweep_temps,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from formats.home import DataHome
 from formats.progress import Progress
 from formats.text import terminal_text
@@ -187,8 +194,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                     f"publish.verify_checksums = true", exc.paths) from None
             give_modes(final, config.fsync)   # written under another umask: latest names it with this run's modes
             os.utime(final)  # the newest by mtime too, where the publish history is missing
-            _switch(home, version, config, notes, split_pairs_sha256)
-            deleted = _retention(home, config, notes)
+            deleted = _retention(home, config, notes) if _switch(home, version, config, notes, split_pairs_sha256) else []
             report = report_of(recorded, final, True, ShardsDone([]), time.perf_counter() - started, deleted,
                                jpgs.hashed)
             report.notes = notes
@@ -204,8 +210,9 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
                                                                staging, version, previous, config, progress)
         except BaseException as exc:
             clean_failed_staging(staging)
-            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC and "no space left on device at" not in str(exc):
-                raise shards.no_space_error(exc, Path(exc.filename) if exc.filename else staging) from exc
+            if is_full_disk(exc) and not shards.says_where(exc):      # a full disk names the file (rev33h: a quota)
+                named = next((n for n in (exc.filename2, exc.filename) if isinstance(n, (str, bytes, os.PathLike))), None)
+                raise shards.no_space_error(exc, Path(os.fsdecode(named)) if named is not None else staging) from exc
             raise
         faults.maybe_crash("publish.before_rename")  # tests: staged version complete, not in place
         os.rename(staging, final)
@@ -213,8 +220,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         if staging_dir != home.datasets:
             fsync_dir(staging_dir, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
-        _switch(home, version, config, notes, split_pairs_sha256)
-        deleted = _retention(home, config, notes)
+        deleted = _retention(home, config, notes) if _switch(home, version, config, notes, split_pairs_sha256) else []
         recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
@@ -227,17 +233,26 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
     return report
 
 
-def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str], split_pairs_sha256: str) -> None:
+def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str], split_pairs_sha256: str) -> bool:
     """Record ``version`` as the newest in the publish history (retention's order), then point ``latest``
     at it, then record which ``split_pairs`` it was published from (outside the version, in ``cache/``: the
     splits build then knows the split ledger holds its users without reading its sidecars,
-    :mod:`pipelines.splits.coverage`); what was left alone on the way goes to ``notes`` and stderr."""
+    :mod:`pipelines.splits.coverage`); what was left alone on the way goes to ``notes`` and stderr.
+
+    Returns whether the switch is synced: a folder that could not be synced after ``latest`` was renamed
+    (:class:`formats.dataset.SwitchNotSynced`, an EIO) does not fail the publish, whose version is live, but is
+    noted, and retention waits for the next publish (a power cut could bring back the link to the version before;
+    review rev33h: the publish failed with the version live, naming nothing)."""
     note = record_switch(home.datasets, version, config.fsync)
     if note:
         notes.append(note)
     for note in notes:
         print(f"publish: {note}", file=sys.stderr, flush=True)
-    note = switch_latest(home.datasets, version, config.fsync)
+    synced = True
+    try:
+        note = switch_latest(home.datasets, version, config.fsync)
+    except SwitchNotSynced as exc:
+        synced, note = False, f"{exc}; retention is left to the next publish"
     if note:
         notes.append(note)
         print(f"publish: {note}", file=sys.stderr, flush=True)
@@ -248,6 +263,7 @@ def _switch(home: DataHome, version: str, config: PublishConfig, notes: list[str
                 f"({exc}): the next splits build reads its sidecars")
         notes.append(note)
         print(f"publish: {note}", file=sys.stderr, flush=True)
+    return synced
 
 
 def _retention(home: DataHome, config: PublishConfig, notes: list[str]) -> list[str]:
