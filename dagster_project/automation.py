@@ -310,9 +310,9 @@ def build_running(home: DataHome) -> bool:
     """Whether a `pickapic build` is running on ``home``: whether anyone holds its build lock (the ``flock``, never
     the pid the lock records, which names nothing in another PID namespace or on another host over NFS, and
     names another process once reused: review rev21g). Probed with a shared lock taken and dropped at once (a
-    build starting in those microseconds is told another build runs, and retried); a lock file this account
-    may not read counts as a running build (unknown), a missing one, a link or anything not a regular file as
-    none (a build refuses those)."""
+    build starting in those microseconds finds it held and tries again for ``build.PROBE_GRACE_S`` before it
+    refuses or waits, so it takes it: review rev33e); a lock file this account may not read counts as a running
+    build (unknown), a missing one, a link or anything not a regular file as none (a build refuses those)."""
     return _build_lock_state(home) is not False
 
 

@@ -168,18 +168,24 @@ class BuildResult:
     up_to_date: bool = False                                  # nothing had to run
 
 
+# the daemon's probe of the build lock (automation.build_running) holds it shared for microseconds: a build starting
+# then tries again this long before it refuses or waits (review rev33e: it was refused at once)
+PROBE_GRACE_S = 0.5
+
+
 @contextlib.contextmanager
 def build_lock(home: DataHome, wait: bool = False) -> Iterator[None]:
     """Hold an exclusive lock on the data home; a second build waits (``wait``) or refuses. The lock file
     ``.build.lock`` is opened without following a link and holds only a pid: a link, a hard link or a file
     of other content there is refused, untouched (:mod:`formats.locks`). Its folder is the home root, which
-    may be a link (a home on another disk), unlike the stages' ``.locks/``."""
+    may be a link (a home on another disk), unlike the stages' ``.locks/``. A lock held for an instant (the
+    daemon's probe, :func:`automation.build_running`) is tried again for :data:`PROBE_GRACE_S` first."""
     def busy(holder: str) -> None:
         if not wait:
             raise BuildError(f"another build is running on {home.root} (pid {holder}, lock {home.lock_file}); "
                              "wait for it to finish or pass --wait")
 
-    with hold_lock(home.lock_file, f"the data home {home.root}", busy, linked_folder=True):
+    with hold_lock(home.lock_file, f"the data home {home.root}", busy, linked_folder=True, grace_s=PROBE_GRACE_S):
         yield
 
 

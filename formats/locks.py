@@ -18,6 +18,7 @@ import fcntl
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -118,15 +119,27 @@ def try_lock(fd: int, mode: int = fcntl.LOCK_EX) -> bool:
     return True
 
 
+GRACE_POLL_S = 0.01   # how often :func:`hold_lock` tries again within its grace
+
+
 @contextlib.contextmanager
-def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_folder: bool = False) -> Iterator[None]:
+def hold_lock(path: Path, what: str, on_busy: Callable[[str], None], *, linked_folder: bool = False,
+              grace_s: float = 0.0) -> Iterator[None]:
     """Hold an exclusive ``flock`` on the lock file ``path`` (:func:`open_lock_file`) for the ``with`` block,
-    its holder's pid recorded in it. When another process holds it, ``on_busy(holder_pid)`` decides: it
+    its holder's pid recorded in it. When another process holds it (still, after trying again for ``grace_s``
+    seconds: a lock that others probe by taking it shared for an instant), ``on_busy(holder_pid)`` decides: it
     raises to refuse, or returns to wait for the lock. Closing the file at the end releases the lock (the
-    kernel also drops it when the holder dies, killed or not)."""
+    kernel also drops it when the holder dies, killed or not, unless a process it forked still has the file
+    open: a pool's workers forked under a lock must die with it, :func:`formats.processes.start_worker` /
+    ``worker_pool``; review rev33e)."""
     fd = open_lock_file(path, what, linked_folder=linked_folder)
     try:
-        if not try_lock(fd):     # outside an except: a refusal carries no BlockingIOError context
+        deadline = time.monotonic() + grace_s
+        taken = try_lock(fd)
+        while not taken and time.monotonic() < deadline:
+            time.sleep(GRACE_POLL_S)
+            taken = try_lock(fd)
+        if not taken:     # outside an except: a refusal carries no BlockingIOError context
             on_busy(lock_holder(fd))
             fcntl.flock(fd, fcntl.LOCK_EX)
         record_holder(fd, path, what)

@@ -31,6 +31,17 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+def start_worker(parent: int, then=None, *args) -> None:
+    """A pool's initializer (``initializer=start_worker, initargs=(os.getpid(), then, *args)``): the worker dies with
+    ``parent`` (:func:`die_with_parent`), then runs ``then(*args)`` (the pool's own initializer, e.g. ``gc.freeze``).
+    Every pool forked under a lock needs it: a fork shares its parent's open lock files, so a worker outliving a
+    killed parent holds the parent's locks for good (review rev33e: the build lock, the publish lock and the
+    ingest's spill folder lock, held by the forked workers of a SIGKILLed build)."""
+    die_with_parent(parent)
+    if then is not None:
+        then(*args)
+
+
 STOP_WAIT_S = 10.0   # how long a terminated worker may take to end before it is killed
 
 

@@ -62,7 +62,6 @@ import stat
 import sys
 import threading
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Callable, Collection, Iterator, Sequence
 
@@ -81,6 +80,7 @@ from formats.files import (
 )
 from formats.home import DataHome
 from formats.locks import held_scratch_folder, hold_lock, sweep_scratch_folders
+from formats.processes import worker_pool
 from formats.rawzone import RawZoneScan
 from formats.text import terminal_text
 from pipelines import faults
@@ -341,7 +341,9 @@ def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
         n = config.workers
-        with ProcessPoolExecutor(max_workers=n, mp_context=context) as pool:
+        # worker_pool: the workers die with this process (a fork shares its open lock files: the build lock, the
+        # spill folder's; a build SIGKILLed here left them held for good, review rev33e)
+        with worker_pool(n, context) as pool:
             futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
                        for i in range(n)]
             parts = [future.result() for future in futures]
@@ -542,6 +544,18 @@ def check_day_begun(day: str, today: str | None = None) -> None:
                           "an export error and is never ingested (nothing was written); ingest it once it has begun")
 
 
+def day_begun(day: str) -> bool:
+    """Whether ``day`` has begun (UTC), by :func:`check_day_begun`'s clock: the days one day's ingest looks at and
+    may rewrite (the later days waiting for its images, the interrupted rewrites) are only those (review rev33e: a
+    day that has not begun is an export error, never ingested; a rewrite of one raised :class:`DayNotBegun` inside
+    another day's ingest and left its rewrite record pending, and every later ingest failed on it)."""
+    try:
+        check_day_begun(day)
+    except DayNotBegun:
+        return False
+    return True
+
+
 class RawDayGone(FileNotFoundError):
     """The day has no raw folder in the raw zone (retention removed it, or it never landed): nothing is
     ingested and nothing rewritten, as the build plan keeps what was built from a gone day."""
@@ -608,12 +622,15 @@ def repair_interrupted_rewrites(home: DataHome, day: str, config: IngestConfig,
                                 done: set[str] | None = None) -> dict[str, IngestReport]:
     """Ingest again every day whose rewrite by another day's ingest was begun and never finished (a crash
     between its renames left its six files mixed); returns the new reports by day. A day whose raw folder
-    is gone cannot be redone: its record stays (``pickapic build`` keeps what was built from a gone day)."""
+    is gone cannot be redone: its record stays (``pickapic build`` keeps what was built from a gone day); so for
+    a day that has not begun (:func:`day_begun`, review rev33e): never ingested, it is redone once it begins."""
     done, own = _written({day} if done is None else done)
     repaired: dict[str, IngestReport] = {}
     for other in rewrites.pending(home):
         if other == day or other in done:
             continue   # this day's own files were just written as a whole (its record is cleared)
+        if not day_begun(other):
+            continue   # recorded before fix33e: left, its record too, until the day begins (or is removed)
         try:
             repaired.update(_again(home, other, config, done))
         except RawDayGone:
@@ -675,13 +692,14 @@ def refresh_later_days(home: DataHome, day: str, config: IngestConfig, raw_days:
     cost one ``stat`` each), and their uids are looked up in ``day``'s uid index together, one read of it for
     all of them (review rev23g: one read per later day made re-ingesting a year read indexes ~days^2/2 times);
     more than ``LOOKUP_BATCH`` waiting uids in all are looked up a batch at a time, so memory stays bounded.
-    Days in ``skip`` are left alone. Each day rewritten does its whole look at other days too (:func:`_again`,
+    Days in ``skip`` are left alone, and so are the days that have not begun (:func:`day_begun`: an export error,
+    never ingested; review rev33e: it raised inside this day's ingest). Each day rewritten does its whole look at other days too (:func:`_again`,
     :func:`_drain`), each day at most once, so a day rewritten from an export delivered again since its own run
     resolves the later days waiting for an image it brings now (review rev24i). Returns the new reports by day.
     """
     days = home.raw_days() if raw_days is None else raw_days
     done, own = _written(skip)
-    later = [d for d in days if d > day and d not in done]
+    later = [d for d in days if d > day and d not in done and day_begun(d)]   # a day not begun: left alone
     if not later:
         return {}
     index = WaitingIndex(home)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from formats.dataset import shard_paths
 from formats.files import file_mode
+from formats.processes import start_worker
 from formats.progress import Progress
 from pipelines import faults
 from pipelines.publish import shards
@@ -72,9 +73,11 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
                 progress("shards", done, len(tasks))
     else:
         # gc.freeze in each worker: the collector never walks (and so never copies on write) the
-        # parent's objects the fork gave it
+        # parent's objects the fork gave it; start_worker: it dies with this process, whose lock files
+        # (the build's, the publish's) the fork shares (review rev33e: left held for good by a killed build)
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=gc.freeze) as pool:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
+                                 initargs=(os.getpid(), gc.freeze)) as pool:
             futures = {pool.submit(shards.write_batch, [tasks[todo[b]] for b in batch]): batch for batch in batches}
             pending = set(futures)
             while pending:
