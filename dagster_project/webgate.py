@@ -22,9 +22,10 @@ A request from another site's page is refused whatever it carries (CSRF, or open
 that is not the address it was sent to, or ``Sec-Fetch-Site: cross-site`` / ``same-site`` (another port); so is a
 ``/graphql`` address whose ``?query=`` holds anything but queries (a GET mutation carries no ``Origin``), or
 over 16 KiB / 2,000 tokens, parsed only once the request passed the checks above (a stranger's costs nothing). Every
-answer forbids framing by another site (``X-Frame-Options``, CSP ``frame-ancestors``). Everything else gets 403. The token is random (256 bits),
-kept in ``HOME/dagster/ui.token`` (mode 0600, created once, kept across restarts so a bookmark keeps working;
-:func:`ui_token`); it is never logged: ``serve`` / ``ui`` print the address with it only to a terminal.
+answer forbids framing by another site (``X-Frame-Options``, CSP ``frame-ancestors``). Everything else gets 403,
+its connection closed with it (the body a refused request may still send is not waited for). The token is random
+(256 bits), kept in ``HOME/dagster/ui.token`` (mode 0600, created once, kept across restarts so a bookmark keeps
+working; :func:`ui_token`); it is never logged: ``serve`` / ``ui`` print the address with it only to a terminal.
 
 The webserver is Dagster's, started by its own CLI (:func:`main`, :func:`install`), with uvicorn set for a machine
 shared with other accounts (:func:`server_settings`, review rev33b): no proxy headers (uvicorn trusts
@@ -44,7 +45,6 @@ import secrets
 import stat
 import sys
 from collections.abc import Awaitable, Callable, MutableMapping
-from http.cookies import SimpleCookie
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote_plus, urlencode, urlsplit
@@ -55,6 +55,7 @@ TOKEN_FILE = "ui.token"
 TOKEN_PARAMETER = "token"
 TOKEN_HEADER = "x-pickapic-token"
 _TOKEN = re.compile(r"[A-Za-z0-9_-]{32,128}")
+_SESSION = re.compile(r"[A-Za-z0-9_-]{43}")     # a session cookie's value as the gate makes it (token_urlsafe(32))
 _TOKEN_FILE_MAX = 256
 # GraphQL in an address (``/graphql?query=``) is parsed only for a request that passes the gate otherwise, and only
 # this much of it (graphql-core takes about 80 us a field: an unbounded one held the event loop for seconds)
@@ -320,16 +321,13 @@ class UiGate:
             return True
         if self._valid(headers.get(TOKEN_HEADER, "").strip()):
             return True
-        cookie = SimpleCookie()
-        with contextlib.suppress(Exception):
-            cookie.load(headers.get("cookie", ""))
-        morsel = cookie.get(self.cookie_name(scope))
-        if morsel is None or not morsel.value:
-            return False
-        given = morsel.value.encode("utf-8", "replace")
-        for value, browser in list(self._sessions.items()):
-            if hmac.compare_digest(given, value.encode("ascii")):
-                return browser == self._browser(scope, headers)
+        # every cookie of the gate's name (another 127.0.0.1 site may set one of that name too, for a longer path, sent
+        # first), looked up in the sessions by hash: a look-up's time says nothing of how near a guess is to a
+        # session value (keyed, per-process string hashes), and a header of many costs one look-up each
+        for value in _cookie_values(headers.get("cookie", ""), self.cookie_name(scope)):
+            browser = self._sessions.get(value) if _SESSION.fullmatch(value) else None
+            if browser is not None and browser == self._browser(scope, headers):
+                return True
         return False
 
     def _browser(self, scope: Scope, headers: dict[str, str]) -> tuple[str, Any]:
@@ -430,6 +428,23 @@ def _forbid_framing(send: Send) -> Send:
     return framed
 
 
+def _cookie_values(header: str, name: str) -> list[str]:
+    """The values of the cookies named ``name`` in a ``Cookie`` header (RFC 6265 5.4: ``name=value`` pairs split on
+    ``;``, a value in double quotes unquoted of them, nothing else), in the header's order. Linear in the header, and
+    read before the gate knows who sent it: ``http.cookies.SimpleCookie`` unquotes a quoted value in quadratic time
+    before Python 3.11.10 (CVE-2024-7592: 20 KB held the event loop for seconds, review rev33j) and stops at the
+    first cookie it cannot parse (another 127.0.0.1 site's badly made one hid the gate's)."""
+    found = []
+    for pair in header.split(";"):
+        key, equals, value = pair.partition("=")
+        if equals and key.strip(" \t") == name:
+            value = value.strip(" \t")
+            if len(value) >= 2 and value[0] == value[-1] == '"':
+                value = value[1:-1]
+            found.append(value)
+    return found
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     found: dict[str, str] = {}
     for key, value in scope.get("headers") or ():
@@ -443,10 +458,12 @@ async def _refuse(scope: Scope, receive: Receive, send: Send, why: str) -> None:
         await receive()     # websocket.connect: closing before accepting answers the handshake with 403
         await send({"type": "websocket.close", "code": 1008})
         return
+    # closed once answered (h11 then closes it): the body it may still send is nobody's to read, and a refused
+    # sender keeps no connection (one body byte after the answer held it for good, review rev33j)
     body = f"403 Forbidden: this Dagster UI serves only the owner of its data home: {why}\n".encode()
     await send({"type": "http.response.start", "status": 403,
                 "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                            (b"content-length", str(len(body)).encode("ascii"))]})
+                            (b"content-length", str(len(body)).encode("ascii")), (b"connection", b"close")]})
     await send({"type": "http.response.body", "body": body})
 
 
@@ -470,9 +487,10 @@ _PROTOCOL: list[type] = []
 def head_bounded_protocol() -> type:
     """uvicorn's h11 protocol (h11 refuses a request head over ``h11_max_incomplete_event_size``: 400 and closed;
     httptools, uvicorn's ``http="auto"`` choice, has no bound, review rev33b) closing a connection that has not sent
-    a complete request head :data:`HEAD_TIMEOUT_S` seconds after it opened or after its last answer (uvicorn's own
-    keep-alive timer starts only after a first answer and stops at the next byte: an idle or dribbling
-    connection of any local account was kept for good)."""
+    a complete request head :data:`HEAD_TIMEOUT_S` seconds after it opened or after its last answer, whatever it
+    sends meanwhile (a head's bytes, or the body of a request already answered; uvicorn's own keep-alive timer
+    starts only after a first answer and stops at the next byte: an idle or dribbling connection of any local
+    account was kept for good, reviews rev33b, rev33j)."""
     if _PROTOCOL:
         return _PROTOCOL[0]
     import h11
@@ -497,10 +515,17 @@ def head_bounded_protocol() -> type:
             self._stop_head_timer()
             super().connection_lost(exc)
 
+        def _waiting(self) -> bool:
+            """Whether the connection waits for a request's head: h11's ``their_state`` IDLE (none yet, or the
+            previous one answered), or its answer is complete while the request's body still comes (``our_state``
+            DONE: that body is nobody's to read, uvicorn throws it away, and a byte of it stops uvicorn's keep-alive
+            timer for good, review rev33j)."""
+            return self.conn.their_state is h11.IDLE or self.conn.our_state in (h11.DONE, h11.MUST_CLOSE)
+
         def _watch_head(self) -> None:
-            """A timer while the connection waits for a request's head (h11's ``their_state`` IDLE: none yet, or
-            the previous one answered), started once per wait (bytes trickling in do not restart it)."""
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            """A timer while the connection waits for a request's head (:meth:`_waiting`), started once per wait
+            (bytes trickling in, a head's or an answered request's body, do not restart it)."""
+            if self._waiting() and not self.transport.is_closing():
                 if self._head_timer is None:
                     self._head_timer = self.loop.call_later(HEAD_TIMEOUT_S, self._head_timeout)
             else:
@@ -513,7 +538,7 @@ def head_bounded_protocol() -> type:
 
         def _head_timeout(self) -> None:
             self._head_timer = None
-            if self.conn.their_state is h11.IDLE and not self.transport.is_closing():
+            if self._waiting() and not self.transport.is_closing():
                 self.transport.close()
 
     _PROTOCOL.append(HeadBoundedH11Protocol)

@@ -46,7 +46,9 @@ request that passed the gate with the same ``http.cookies._unquote`` (only the o
 daemon's code server socket is still in ``$TMPDIR`` (documented, not refiled).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix33j, ``tests/unit/test_fix33j.py``) and their markers
+removed: the gate reads its cookie from the header itself, linearly (no ``SimpleCookie``); a 403 closes its
+connection, and the head deadline also runs while an answered request's unread body still comes.
 """
 from __future__ import annotations
 
@@ -78,9 +80,6 @@ def _as_nobody(command: list[str]) -> subprocess.Popen:
                             group=account.pw_gid, extra_groups=[], cwd="/")
 
 
-@pytest.mark.xfail(strict=True, reason="the gate parses every request's Cookie header with http.cookies.SimpleCookie "
-                   "before it knows who sent it; Python 3.11.7's _unquote is quadratic (CVE-2024-7592): one "
-                   "neighbour's request of 20 KB freezes the event loop that serves the owner for seconds")
 def test_a_neighbours_cookie_header_does_not_freeze_the_owners_ui() -> None:
     """Any local account sends one request with ``Cookie: a="\\\\\\\\..."`` (20,000 characters, under the 64 KiB head
     bound): the gate's ``_by_token`` loads it into ``SimpleCookie`` on uvicorn's one event loop before refusing it,
@@ -105,9 +104,6 @@ def test_a_neighbours_cookie_header_does_not_freeze_the_owners_ui() -> None:
         assert waited < 1.0, f"the owner's request waited {waited:.1f} s behind a neighbour's Cookie header"
 
 
-@pytest.mark.xfail(strict=True, reason="a refused request whose body is unfinished keeps its connection for good once "
-                   "one body byte arrives after the 403: uvicorn cancels its keep-alive timer on that byte and never "
-                   "re-arms it, and the head deadline waits for h11's IDLE, which a body never read never reaches")
 @pytest.mark.parametrize("framing", [b"Content-Length: 1000000000", b"Transfer-Encoding: chunked"])
 def test_a_refused_requests_connection_is_not_kept_by_its_unread_body(monkeypatch: pytest.MonkeyPatch,
                                                                       framing: bytes) -> None:
