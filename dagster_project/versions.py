@@ -37,7 +37,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
                           # 6: a pruned raw day's images (as the warehouse keeps them) still resolve other days'
                           #    references (rev29a: a re-ingest quarantined them as unknown_image_reference)
-    "features": "10",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "11",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
@@ -52,11 +52,14 @@ CODE_VERSIONS: dict[str, str] = {
                           # 10: also a JPEG cut and ended by another marker than its end marker (COM, APPn, RSTn, a
                           #     length past the end), or missing whole restart intervals / with a restart marker's
                           #     number one or two off (libjpeg's grey resync) truncated_image (rev32d)
+                          # 11: also a JPEG libjpeg-turbo warns is corrupt (extraneous bytes before a marker: zeroed or
+                          #     padded scan data; premature end of data segment: a 16k+1-high 4:2:0 JPEG cut in its last
+                          #     MCU row; a bad Huffman / arithmetic code) truncated_image (simplejpeg strict, rev33c)
     "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
-    "decisions": "13",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
+    "decisions": "14",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order
                           # 5: text folds punctuation look-alikes, negative squared letters, drops skin tones; edges as read;
@@ -82,8 +85,10 @@ CODE_VERSIONS: dict[str, str] = {
                           # 13: the identity of its inputs (files' bytes, moderation lists, policy) in the file's
                           #     metadata, which build_pairs checks: pairs over out-of-date decisions are refused;
                           #     a day's partition repeating a key is refused like a count mismatch (rev32g)
+                          # 14: moderation keys and texts fold a letter ICU leaves whole that Unicode names as a base
+                          #     letter with an overlay (ⱥ, ꞓ, ꝃ, ӿ) as that letter, as base + overlay mark (rev33c, splits 17)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "16",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "17",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -110,6 +115,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 16: a letter's confusable prototype without the decorative marks ICU's skeleton spells it
                           #     with (ø as o, as o̸ keys); keycaps on any character NFKC reads as a digit, # or *, with
                           #     decorative marks between (KEY_VERSION 12: pins re-keyed; rev32d)
+                          # 17: a letter ICU leaves whole that Unicode names as a base letter with a stroke, bar, slash or
+                          #     middle tilde (ⱥ, ꞓ, ꞹ, ꝃ, ᵭ, ӿ) as that letter, as base + overlay mark keys
+                          #     (KEY_VERSION 13: pins re-keyed; rev33c)
     "publish": "12",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

@@ -124,7 +124,7 @@ from schemas import get_schema
 HELDOUT = ("validation", "test")
 # The prompt key function's version (normalize_prompt): bumped with every change that can change a prompt's key, so
 # the first build after it re-keys the prompt pins from the published captions (update_pins: review rev18j)
-KEY_VERSION = "12"
+KEY_VERSION = "13"
 
 
 def key_data_version() -> str | None:
@@ -625,6 +625,9 @@ def _prototype(char: str) -> str:
     skeleton = _spoof_checker().getSkeleton(0, char)
     if _LETTER_OR_DIGIT.match(char):   # ICU spells ø as o + U+0338, đ as d + U+0335: the decorative marks a key
         skeleton = _decorative_marks().sub("", skeleton) or skeleton   # drops where typed (review rev32d)
+    base = _overlaid_letters().get(char) if skeleton == char else None
+    if base:                 # ⱥ, ꞓ, ꝃ, ӿ: no confusable data, the letter as its base as a + U+0338 keys (rev33c)
+        return _prototype(unicodedata.normalize("NFKC", base))   # as the key reads it typed (ẜ as ſ̸, as s)
     twins = _ascii_by_skeleton().get(skeleton)
     if twins:                # the twin of the same case: a Greek capital iota is I, not l
         kind = str.isalpha if _LETTER.match(char) else str.isdigit if _DIGIT.match(char) else None
@@ -639,6 +642,48 @@ def _prototype(char: str) -> str:
             _APOSTROPHE_LIKE.match(char) and set(folded) == {"'"}):
         return char          # a letter read as punctuation would become a space in a key: it stays a letter
     return folded
+
+
+# A Latin, Cyrillic or Greek letter drawn as another letter with an overlay (its Unicode name: "LATIN SMALL LETTER A
+# WITH STROKE", "... C WITH BAR", "... K WITH DIAGONAL STROKE", "... D WITH MIDDLE TILDE", "... P WITH STROKE THROUGH
+# DESCENDER", "... L WITH DOUBLE BAR"), what the overlay marks U+0334..U+0338 typed on that letter draw. A vertical
+# stroke (ҝ, ҹ) and a top bar (ƃ) are not overlays: those letters stay themselves.
+_OVERLAID_NAME = re.compile(r"((?:LATIN|CYRILLIC|GREEK) (?:CAPITAL|SMALL) LETTER .+?) WITH (.+)")
+_OVERLAY_PART = re.compile(r"(?:(?:SHORT |LONG |HIGH |DIAGONAL |OBLIQUE |HORIZONTAL |DOUBLE )?(?:STROKE|BAR)"
+                           r"(?: OVERLAY| THROUGH DESCENDER)?|(?:DOUBLE )?MIDDLE TILDE|SLASH)")
+
+
+@functools.cache
+def _letter_names() -> tuple[tuple[str, str], ...]:
+    """(character, Unicode name) of every non-ASCII character of planes 0 and 1 whose name holds ``LETTER`` (the
+    standard library's ``unicodedata``): the one walk of the names :func:`_styled_letters` and
+    :func:`_overlaid_letters` share (0.1 s a process)."""
+    return tuple((chr(cp), name) for cp in range(0x80, 0x20000) if "LETTER" in (name := unicodedata.name(chr(cp), "")))
+
+
+@functools.cache
+def _overlaid_letters() -> dict[str, str]:
+    """A letter with an overlay (:data:`_OVERLAID_NAME`) -> its base letter: the letter named without the overlay
+    (``ⱥ`` -> ``a``, ``ӿ`` -> ``х``, ``ꝅ`` K WITH STROKE AND DIAGONAL STROKE -> ``k``; a letter with an overlay and
+    another part keeps that part: ``𝼚`` I WITH STROKE AND RETROFLEX HOOK -> ``ᶖ``). From the Unicode names of the
+    standard library's ``unicodedata``, planes 0 and 1; a letter whose base has no name of its own is left out
+    (``ƛ``, ``ʄ``). Review rev33c: 19 Latin and 2 Cyrillic letters ICU's confusable data leaves whole keyed apart
+    from the same letter typed as base + overlay mark, which the key drops as decorative (a split leak)."""
+    out = {}
+    for char, name in _letter_names():
+        match = _OVERLAID_NAME.fullmatch(name)
+        if not match or unicodedata.decomposition(char):
+            continue
+        parts = match.group(2).split(" AND ")
+        rest = [part for part in parts if not _OVERLAY_PART.fullmatch(part)]
+        if len(rest) == len(parts):
+            continue
+        name = match.group(1) + (" WITH " + " AND ".join(rest) if rest else "")
+        try:
+            out[char] = unicodedata.lookup(name)
+        except KeyError:
+            continue
+    return out
 
 
 @functools.lru_cache(maxsize=65536)
@@ -681,12 +726,11 @@ def _styled_letters() -> dict[int, str]:
     out = {}
     # planes 0 and 1 only: planes 2 and 3 hold CJK ideographs, 14 tags and selectors, 15 and 16 private use, the
     # rest nothing (the same 79 letters in a quarter of the time: 0.15 s a process, paid by every build's splits)
-    for cp in range(0x80, 0x20000):
-        char = chr(cp)
-        match = _STYLED_NAME.fullmatch(unicodedata.name(char, ""))
+    for char, name in _letter_names():
+        match = _STYLED_NAME.fullmatch(name)
         if match and unicodedata.normalize("NFKC", char) == char:
             letter = match.group(2)
-            out[cp] = letter if match.group(1) == "CAPITAL " else letter.lower()
+            out[ord(char)] = letter if match.group(1) == "CAPITAL " else letter.lower()
     return out
 
 

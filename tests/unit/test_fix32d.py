@@ -243,5 +243,6 @@ def test_the_moderation_stage_catches_the_phrases_behind_keycaps_and_overlays(tm
 
 
 def test_the_versions_were_bumped() -> None:
-    assert assign.KEY_VERSION == "12"
-    assert (CODE_VERSIONS["features"], CODE_VERSIONS["splits"]) == ("10", "16") and int(CODE_VERSIONS["decisions"]) >= 12
+    assert int(assign.KEY_VERSION) >= 12          # at least (fix33c bumped them again: 13, features 11, splits 17)
+    assert int(CODE_VERSIONS["features"]) >= 10 and int(CODE_VERSIONS["splits"]) >= 16
+    assert int(CODE_VERSIONS["decisions"]) >= 12

@@ -40,7 +40,13 @@ Cyrillic ``ҝ ҹ`` (vertical stroke) are letters of their own. A corrupt or trun
 CRCs; JPEG has none, so test 1's fix must come from libjpeg's own warnings or the data's exact consumption.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33c, ``tests/unit/test_fix33c.py``) and their
+markers removed: every JPEG Pillow decodes is decoded again at 1/8 scale by libjpeg-turbo with its warnings as
+errors (simplejpeg's strict decode, pinned) and a corrupt-data warning (extraneous bytes before a marker, premature
+end of data segment, a bad Huffman / arithmetic code) is ``truncated_image`` (``decode.jpeg_corrupt_data``; a
+progressive JPEG cut in a refining scan stays a coarser image, as documented); a letter ICU's confusable data leaves
+whole that Unicode names as a base letter with an overlay (stroke, bar, slash, middle tilde) keys as that base
+letter, as base + overlay mark does (``assign._overlaid_letters``; key version 13).
 """
 from __future__ import annotations
 
@@ -48,7 +54,6 @@ import io
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from PIL import Image
 from splits_fixtures import pair_row, users_by_home, write_pairs
 from test_features_fixtures import natural_image
@@ -97,8 +102,6 @@ def _scan_data_start(data: bytes) -> int:
 
 # --- 1. a JPEG whose scan data is zeroed (a bad block, a truncation padded with zeros) is accepted garbled ----------
 
-@pytest.mark.xfail(strict=True, reason="rev33c: corrupt JPEG scan data (zero-filled) decodes with libjpeg warnings "
-                                       "Pillow drops; only data running out before a marker is checked")
 def test_a_jpeg_whose_scan_data_is_zeroed_is_truncated() -> None:
     """``truncated_image`` is "a header that parses but pixel data that does not decode completely (truncated,
     corrupt stream, bad CRC)" (decode.py). A PNG's CRCs catch a zeroed block; a JPEG has none, and the ran-out check
@@ -122,8 +125,6 @@ def test_a_jpeg_whose_scan_data_is_zeroed_is_truncated() -> None:
 
 # --- 2. a 4:2:0 JPEG of height 16k + 1 cut before its last MCU row: accepted, its bottom row wrong -----------------
 
-@pytest.mark.xfail(strict=True, reason="rev33c: a plain 4:2:0 JPEG of height 16k+1 missing its whole last MCU row "
-                                       "keeps a non-grey last pixel (fancy upsampling), so the filler is never tried")
 def test_a_jpeg_of_height_16k_plus_1_missing_its_last_mcu_row_is_truncated() -> None:
     """README section 3: "The second decode runs where the last pixel is exactly mid-grey, what a plain cut leaves";
     kept are only cuts "inside its last MCU after the luma block holding its last pixel". At height 16k + 1 the last
@@ -159,8 +160,6 @@ def _splits_of(tmp_path, prompt: str, copies: list[str]) -> tuple[dict[str, str]
     return kept, {f"{10 + i}_0": copy for i, copy in enumerate(copies)}
 
 
-@pytest.mark.xfail(strict=True, reason="rev33c: fix32d drops overlay marks only from ICU skeletons; letters ICU "
-                                       "leaves whole (ⱥ, ꞓ, ꞹ, ꝃ, ꝑ, ꝗ, ꝙ, ꝟ, ᵬ, ᵭ, ᵱ, ӿ) keep the stroke")
 def test_a_validation_prompt_with_a_stroked_letter_without_a_skeleton_is_not_kept_in_train(tmp_path) -> None:
     """Since fix32d ``ø`` keys as ``o`` because ``o`` + U+0338 (typed, drawn alike) loses the overlay as decorative.
     19 Latin and 2 Cyrillic letters with a stroke, bar or middle tilde have no ICU skeleton of base + overlay and
