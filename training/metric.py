@@ -20,6 +20,12 @@ def _label_class(labels: np.ndarray) -> np.ndarray:
     return np.where(labels[:, 0] == labels[:, 1], 2, np.where(labels[:, 0] > labels[:, 1], 0, 1))
 
 
+def only_ties(labels: np.ndarray) -> bool:
+    """Whether every pair of a non-empty set is a tie: there every model scores 1.0 at the threshold 1.0, so the
+    set cannot choose between models (a selection split of ties only keeps the first one evaluated)."""
+    return len(labels) > 0 and bool((_label_class(labels) == 2).all())
+
+
 def pair_credit(scores: np.ndarray, labels: np.ndarray, threshold: float) -> np.ndarray:
     """Per pair: 1 if prediction == label, 0.5 if exactly one of them is a tie, else 0; 0 for a pair with a
     NaN or infinite score (no prediction: every comparison with NaN is false, which read as "image 1")."""

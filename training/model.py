@@ -61,7 +61,9 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     A pure function of the captions and ``vocab_size``: words are counted with the ``tokenizers`` pipeline
     (:func:`_bpe_pipeline`), the merges learnt by :func:`bpe_merges` (most frequent pair first, equal counts in
     the pairs' sorted order), not by the ``tokenizers`` trainer, whose order of merges of equal count (and so the
-    merges kept at ``vocab_size``) follows hash-map order, new in every call (review rev32a)."""
+    merges kept at ``vocab_size``) follows hash-map order, new in every call (review rev32a). The tokenizer
+    has ``vocab_size`` tokens (256 bytes, their 256 ``</w>`` forms, ``vocab_size - 514`` merged tokens, BOS and
+    EOS), fewer only when the captions hold no more pairs to merge (review rev33f)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     n_merges = vocab_size - 2 * len(alphabet) - 2
     if n_merges <= 0:
@@ -71,9 +73,10 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     words: Counter[str] = Counter()
     for caption in captions:
         words.update(word for word, _ in split(normalize(caption)) if word)
-    # as many merges as the tokenizers trainer made (its vocabulary counted the </w> form of each word's last
-    # symbol seen), so a vocabulary of the same size as before: only the order of equal counts is new
-    merges = bpe_merges(words, n_merges - len({word[-1] for word in words}))
+    # merges until the vocabulary has vocab_size tokens (fewer only when the captions hold no more pairs): the
+    # layout holds every byte's </w> form already, so the word-final symbols the tokenizers trainer counted in
+    # its vocabulary take no room (subtracting them left 600 no merge on mixed-language captions: rev33f)
+    merges = bpe_merges(words, None, n_tokens=n_merges)
     # Ids of merged tokens are assigned in sorted order (as CLIP lays out its vocabulary: bytes, bytes + </w>,
     # merged tokens, specials).
     vocab: dict[str, int] = {}
@@ -82,29 +85,59 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-def bpe_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, str]]:
-    """At most ``n_merges`` BPE merges learnt on ``word_counts`` (a word: its byte-level symbols, the last one
+def bpe_merges(word_counts: dict[str, int], n_merges: int | None,
+               n_tokens: int | None = None) -> list[tuple[str, str]]:
+    """At most ``n_merges`` (None: no limit) BPE merges learnt on ``word_counts`` (a word: its byte-level symbols, the last one
     suffixed ``</w>``), deterministically: each step merges the most frequent adjacent pair, of pairs with equal
-    counts the smallest (as a tuple of strings); a pair is merged once; stops early when no pair is left.
-    Incremental (the words holding a pair are indexed): each merge costs the words it changes."""
-    words: list[list[str]] = []
-    freqs: list[int] = []
+    counts the smallest (as a tuple of strings), each occurrence left to right; a pair is merged once; stops early
+    when no pair is left, or (``n_tokens``) once the merges have made that many distinct tokens (two merges can
+    make one token: ``a`` + ``bc`` and ``ab`` + ``c``).
+
+    Incremental, in time and memory bounded by the input's symbols whatever the number of merges (review
+    rev33f): the symbols are linked lists, each pair indexed by the positions it starts at, and a merge changes
+    only the pairs beside each merged occurrence (every occurrence merged removes a symbol); a pair's count goes
+    on a heap when it changes, and an entry whose count is no longer the pair's is skipped when it comes up."""
+    symbol: list[str] = []
+    freq: list[int] = []        # per position: its word's count
+    after: list[int] = []       # per position: the next position of its word, -1 at the end
+    before: list[int] = []      # per position: the previous one, -1 at the start
     for word, count in sorted(word_counts.items()):
-        symbols = list(word)
-        symbols[-1] += "</w>"
-        words.append(symbols)
-        freqs.append(count)
+        start = len(symbol)
+        for k, char in enumerate(word):
+            symbol.append(char + "</w>" if k == len(word) - 1 else char)
+            freq.append(count)
+            after.append(start + k + 1 if k < len(word) - 1 else -1)
+            before.append(start + k - 1 if k else -1)
     counts: dict[tuple[str, str], int] = defaultdict(int)
-    where: dict[tuple[str, str], set[int]] = defaultdict(set)
-    for i, symbols in enumerate(words):
-        for pair in zip(symbols, symbols[1:]):
-            counts[pair] += freqs[i]
-            where[pair].add(i)
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)   # pair -> the positions it starts at
+    for position, nxt in enumerate(after):
+        if nxt >= 0:
+            pair = (symbol[position], symbol[nxt])
+            counts[pair] += freq[position]
+            where[pair].add(position)
     heap = [(-count, pair) for pair, count in counts.items()]
     heapq.heapify(heap)
     merges: list[tuple[str, str]] = []
     done: set[tuple[str, str]] = set()
-    while heap and len(merges) < n_merges:
+    made: set[str] = set()
+    changed: dict[tuple[str, str], int] = {}   # pair -> how much this merge changed its count
+
+    def take(pair: tuple[str, str], position: int, count: int) -> None:
+        if pair not in done:
+            counts[pair] -= count
+            changed[pair] = changed.get(pair, 0) - count
+            held = where[pair]
+            held.discard(position)
+            if not held:
+                del where[pair]
+
+    def give(pair: tuple[str, str], position: int, count: int) -> None:
+        if pair not in done:
+            counts[pair] += count
+            changed[pair] = changed.get(pair, 0) + count
+            where[pair].add(position)
+
+    while heap and (n_merges is None or len(merges) < n_merges) and (n_tokens is None or len(made) < n_tokens):
         negative, pair = heapq.heappop(heap)
         if pair in done or counts.get(pair, 0) != -negative or negative >= 0:
             continue   # a stale entry: the pair's current count has its own entry
@@ -112,30 +145,32 @@ def bpe_merges(word_counts: dict[str, int], n_merges: int) -> list[tuple[str, st
         done.add(pair)
         first, second = pair
         joined = first + second
-        changed: set[tuple[str, str]] = set()
-        for i in sorted(where.pop(pair, ())):
-            symbols, freq = words[i], freqs[i]
-            if not any(a == first and b == second for a, b in zip(symbols, symbols[1:])):
+        made.add(joined)
+        changed.clear()
+        for position in sorted(where.pop(pair, ())):   # in word order, each word left to right
+            right = after[position]
+            # an occurrence an earlier one of this merge consumed (``a a a``: the second ``a a``) is skipped
+            if right < 0 or symbol[position] != first or symbol[right] != second:
                 continue
-            for old in zip(symbols, symbols[1:]):
-                counts[old] -= freq
-                changed.add(old)
-            merged, k = [], 0
-            while k < len(symbols):
-                if k + 1 < len(symbols) and symbols[k] == first and symbols[k + 1] == second:
-                    merged.append(joined)
-                    k += 2
-                else:
-                    merged.append(symbols[k])
-                    k += 1
-            words[i] = merged
-            for new in zip(merged, merged[1:]):
-                counts[new] += freq
-                where[new].add(i)
-                changed.add(new)
-        for other in sorted(changed):
-            if counts[other] > 0 and other not in done:
+            count, left, beyond = freq[position], before[position], after[right]
+            if left >= 0:
+                take((symbol[left], first), left, count)
+            if beyond >= 0:
+                take((second, symbol[beyond]), right, count)
+            symbol[position] = joined
+            symbol[right] = ""          # consumed: no pair starts or ends here any more
+            after[position], after[right], before[right] = beyond, -1, -1
+            if beyond >= 0:
+                before[beyond] = position
+            if left >= 0:
+                give((symbol[left], joined), left, count)
+            if beyond >= 0:
+                give((joined, symbol[beyond]), position, count)
+        for other, delta in sorted(changed.items()):
+            if delta and counts[other] > 0:   # unchanged: its entry is still the current one
                 heapq.heappush(heap, (-counts[other], other))
+            elif counts[other] == 0:
+                del counts[other]
     return merges
 
 

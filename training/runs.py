@@ -687,8 +687,8 @@ def train_latest(home: DataHome, config: "TrainConfig", progress: Progress | Non
     def on_event(event: dict[str, Any]) -> None:
         if progress is not None and "step" in event and "loss" in event:
             progress(f"step {event['step']}: loss {event['loss']:.4f}")
-        elif note is not None and event.get("event") == "restart":   # a diverged run trained over
-            note(str(event["message"]))
+        elif note is not None and event.get("event") in ("restart", "warning"):   # a diverged run trained over;
+            note(str(event["message"]))                                          # a selection split of ties only
 
     with contextlib.ExitStack() as reading:
         if config.output_dir:

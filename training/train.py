@@ -73,7 +73,7 @@ from training.device import autocast, cpu_threads, resolve_device
 from training.evaluate import EvalResult, SplitScores, evaluate_scores, score_split
 from training.figures import pyplot, save_figure
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
-from training.metric import choose_threshold
+from training.metric import choose_threshold, only_ties
 from training.model import (
     PairScorer,
     build_model,
@@ -242,18 +242,41 @@ def _refuse_links(root: Path, final: Path) -> None:
 
 def _save_dir_atomic(final: Path, write: Callable[[Path], None], root: Path | None = None) -> None:
     """Write a directory beside ``final`` and swap it in (a crash leaves the old or the new one); refused when
-    anything between ``root`` (default: ``final``'s parent) and ``final`` is a link."""
+    anything between ``root`` (default: ``final``'s parent) and ``final`` is a link. The files and folders written
+    are fsynced before the renames and the parent after them (noted by review rev33f: a power cut could leave a
+    renamed ``checkpoints/last`` of empty files)."""
     _refuse_links(final.parent if root is None else root, final)
     tmp, old = final.with_name(f".{final.name}.tmp"), final.with_name(f".{final.name}.old")
     remove_run_path(tmp)
     tmp.mkdir(parents=True)
     write(tmp)
     honour_umask(tmp)  # safetensors writes 0600 whatever the umask; other accounts must read the weights
+    _fsync_tree(tmp)   # on disk before the renames: a power cut never leaves a renamed folder of empty files
     if os.path.lexists(final):
         remove_run_path(old)
         final.rename(old)
     tmp.rename(final)
+    dataset.fsync_dir(final.parent, unsupported_ok=True)   # the renames themselves
     remove_run_path(old)
+
+
+def _fsync_tree(folder: Path) -> None:
+    """fsync every regular file under ``folder``, then every folder, ``folder`` last (links are not followed; a
+    file system that cannot sync a folder leaves it as it is)."""
+    folders = []
+    for root, dirs, files in os.walk(folder):
+        folders.append(root)
+        for name in files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):
+                continue
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    for root in reversed(folders):
+        dataset.fsync_dir(Path(root), unsupported_ok=True)
 
 
 def _recover_dir(root: Path, final: Path) -> None:
@@ -587,6 +610,13 @@ def _non_finite_paths(value: Any, path: str = "") -> list[str]:
 
 
 # --------------------------------------------------------------------------- outputs
+def ties_only_message(split: str, pairs: int) -> str:
+    """The warning of a run whose selection split holds only ties (noted by review rev33f)."""
+    return (f"eval_split {split!r} holds only ties ({pairs} pairs): every model scores 1.0 on it at the threshold "
+            "1.0, so it cannot choose best/ (the first checkpoint evaluated stays best/); choose an eval_split with "
+            "preferences")
+
+
 def _validation_entry(step: int, scores: SplitScores) -> dict[str, Any]:
     choice = choose_threshold(scores.scores, scores.labels)
     kl = pair_kl(torch.from_numpy(scores.scores), torch.from_numpy(scores.labels)).numpy()
@@ -784,11 +814,15 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                              num_workers=config.num_workers, device=device,
                              bf16=config.bf16, max_length=config.max_length)
         entry = _validation_entry(step, scores)
+        if not noted_ties and only_ties(scores.labels):   # once a run: every evaluation of it is the same
+            noted_ties.append(step)
+            emit({"event": "warning", "step": step, "message": ties_only_message(config.eval_split, len(scores.labels))})
         problem = _non_finite(scores, config.eval_split)
         if problem is None and not math.isfinite(entry["val_loss"]):
             problem = f"the loss on {config.eval_split} is {entry['val_loss']} (not finite)"
         return entry, problem
 
+    noted_ties: list[int] = []   # the step whose evaluation found eval_split of ties only (warned once)
     inside: dict[int, str | None] = {}   # loader worker -> the shard it was inside at its last batch taken
     train_digests: dict[str, str] = {}
 

@@ -39,8 +39,8 @@ def preference_model(context: dg.AssetExecutionContext, config: TrainRunConfig, 
     """A PickScore-objective CLIP preference model trained on the `latest` dataset version."""
     home = data_home.home()
     keep_runs = load(home.root).config("models").keep_runs
-    # progress at INFO; what retention could not do, an unrecorded run, a diverged run trained over are warnings of
-    # the step: `pickapic build --with-model` prints each on stderr (review rev31l)
+    # progress at INFO; what retention could not do, an unrecorded run, a diverged run trained over, an eval split of
+    # ties only (rev33f) are warnings of the step: `pickapic build --with-model` prints each on stderr (review rev31l)
     trained = runs.train_latest(home, stage_config("train", config, home, context), progress=context.log.info,
                                 keep_runs=keep_runs, warn=step_warner(context.log))
     version_dir, train_config, result = trained.version_dir, trained.config, trained.result

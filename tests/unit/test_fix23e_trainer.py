@@ -46,7 +46,9 @@ def _snapshot(run: Path) -> dict[str, int]:
 # ------------------------------------------------------------------------------------------ divergence record
 def test_a_diverged_run_is_refused_unchanged_in_one_line_and_trained_over_when_its_recipe_changed(version, tmp_path):
     run = tmp_path / "run"
-    diverging = tiny_config(version, run, max_steps=3, eval_every=3, learning_rate=1e3, grad_clip=0.0)
+    # seed 43: a run whose weights grow too large to score by its step-3 evaluation (with the default seed and the
+    # full-size scratch vocabulary of fix33f, the loss turns NaN at step 2 instead)
+    diverging = tiny_config(version, run, max_steps=3, eval_every=3, learning_rate=1e3, grad_clip=0.0, seed=43)
     with pytest.raises(TrainingDiverged, match="training diverged at step 3: .*validation_unique score NaN"):
         train(diverging)
     record = json.loads((run / DIVERGED_FILE).read_text())

@@ -39,14 +39,17 @@ reported accuracies may count spurious exact ties (no device was lent to this re
 0.4 / 2.5 s (linear, slower only).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix33f, ``tests/unit/test_fix33f.py``) and the markers
+removed: ``bpe_merges`` keeps its symbols as linked lists with each pair indexed by its positions, so a merge changes
+only the pairs beside its occurrences and pushes only the counts that changed (the same merges as before, in time and
+memory bounded by the input), and ``train_tokenizer`` learns merges until the vocabulary holds ``vocab_size`` tokens
+(model code version 6). The trainer also warns when its selection split holds only ties, and ``_save_dir_atomic``
+fsyncs the files and folders it writes before its renames.
 """
 from __future__ import annotations
 
 import random
 import tracemalloc
-
-import pytest
 
 from training.model import _bpe_pipeline, bpe_merges, train_tokenizer
 
@@ -71,9 +74,6 @@ def _peak_mib(word: str, n_merges: int) -> tuple[int, float]:
 
 
 # ------------------------------------------------------------------------------------------ tokenizer cost
-@pytest.mark.xfail(strict=True, reason="bpe_merges pushes every pair of every word a merge touches onto its heap and "
-                   "never drops stale entries: memory (and time) grow as merges x word length, so one long CJK prompt "
-                   "in the train split costs GiBs at the default vocabulary (the tokenizers trainer: 0.04 s)")
 def test_one_long_prompt_costs_the_scratch_tokenizer_memory_of_its_size_not_times_the_merges():
     """A scratch ``pickapic train`` learns its BPE on up to 200,000 train captions of up to 16,384 characters each
     (``MAX_CAPTION_CHARS``, "so a huge caption never costs more than a normal one"). A prompt written in Chinese or
@@ -102,9 +102,6 @@ def _mixed_language_captions() -> list[str]:
             for i in range(2000)]
 
 
-@pytest.mark.xfail(strict=True, reason="train_tokenizer subtracts the distinct word-final symbols from the merges "
-                   "(the </w> forms it already lays out for all 256 bytes): at tokenizer_vocab_size 600, which the "
-                   "config accepts, a mixed-language train set learns no merge at all, silently (514 tokens)")
 def test_a_vocabulary_size_the_config_accepts_learns_merges_or_is_refused():
     """``tokenizer_vocab_size`` is "scratch model: BPE vocabulary size (>= 600)" (README settings table; the knob's
     minimum). The vocabulary is laid out as CLIP's: 256 bytes, the 256 bytes + ``</w>`` (all of them, always), the
