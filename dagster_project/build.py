@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import os
+import re
 import signal
 import stat
 import threading
@@ -779,11 +780,36 @@ def _not_enough_data(result, home: DataHome) -> NotEnoughDataError | None:
     return None
 
 
+# the kernel's error naming no file, as Python words it: "OSError: [Errno 28] No space left on device"
+_BARE_ERRNO = re.compile(r"[\w.]+: \[Errno (\d+)\] [^:'\"\n]*")
+
+
 def _root_cause(error) -> str:
-    """The innermost error message of a Dagster SerializableErrorInfo chain, on one line."""
-    while getattr(error, "cause", None) is not None:
-        error = error.cause
-    lines = error.message.strip().splitlines()
+    """The innermost error message of a Dagster SerializableErrorInfo chain, on one line. Where that is the kernel's
+    error naming no file (``OSError: [Errno 5] Input/output error``) and an error of the step's own code was raised
+    from it (one naming the file: :func:`formats.files.naming_the_file`, :func:`formats.dataset.fsync_dir`, the
+    record of switched versions' refusal, ...), the nearest such error instead, followed by the kernel's text when it
+    does not carry the same errno; Dagster's own wrappers are passed over (review rev33m: a full record of switched
+    versions, an EIO at an atomic write's sync, named no file under `pickapic build`)."""
+    chain = []
+    while error is not None and len(chain) < 64:
+        chain.append(error)
+        error = getattr(error, "cause", None)
+    inner = _last_line(chain[-1])
+    bare = _BARE_ERRNO.fullmatch(inner)
+    if bare is None:
+        return inner
+    for outer in reversed(chain[:-1]):
+        if (outer.cls_name or "").startswith("Dagster"):
+            continue
+        line = _last_line(outer)
+        return line if f"[Errno {bare.group(1)}]" in line else f"{line} ({inner})"
+    return inner
+
+
+def _last_line(error) -> str:
+    """The last line of one error of a SerializableErrorInfo chain (its class name when it has no message)."""
+    lines = (error.message or "").strip().splitlines()
     return lines[-1] if lines else error.cls_name or "unknown error"
 
 

@@ -211,7 +211,9 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
     record). Returns why the record was left alone (something there this tool did not write), or None.
 
     Once the link is renamed readers get ``version``: a failure to sync the folder after that is
-    :class:`SwitchNotSynced` (saying so, naming the folder), not an error that reads as if nothing was switched."""
+    :class:`SwitchNotSynced` (saying so, naming the folder), not an error that reads as if nothing was switched.
+    Where ``latest`` already names ``version`` (a rerun) the folder is synced all the same, as an earlier switch's
+    sync may have failed: a switch is only reported synced once its folder is (review rev33m)."""
     check_latest(datasets)
     link = Path(datasets) / LATEST
     before = latest_version(datasets)     # a relative or an absolute link to a version in datasets (rev25d)
@@ -220,6 +222,7 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
     with contextlib.suppress(OSError):
         target = os.readlink(link)
     if target == version:                 # an absolute link to it is made the relative link the tool writes
+        _sync_switch(Path(datasets), version, fsync, renamed=False)   # an earlier switch's sync may have failed
         return note
     tmp = Path(datasets) / f".latest.{os.getpid()}.tmp"
     with contextlib.suppress(FileNotFoundError):
@@ -231,18 +234,27 @@ def switch_latest(datasets: Path, version: str, fsync: bool = True) -> str | Non
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise
-    try:
-        fsync_dir(Path(datasets), fsync)
-    except OSError as exc:
-        raise SwitchNotSynced(exc.errno, f"`latest` was switched to {version} (readers get it now), but the folder "
-                              f"holding the link could not be synced ({exc.strerror or exc}): a power cut may bring "
-                              f"back the link as it was", str(datasets)) from exc
+    _sync_switch(Path(datasets), version, fsync, renamed=True)
     return note
 
 
 class SwitchNotSynced(OSError):
-    """``latest`` was renamed to name the new version (live: readers get it) but its folder could not be synced
-    after (:func:`switch_latest`); the new version stays where it is."""
+    """``latest`` names the new version (live: readers get it) but its folder could not be synced after
+    (:func:`switch_latest`); the new version stays where it is."""
+
+
+def _sync_switch(datasets: Path, version: str, fsync: bool, renamed: bool) -> None:
+    """Sync the folder holding ``latest`` once it names ``version``: :class:`SwitchNotSynced` when that fails. Also
+    when ``latest`` already named ``version`` (``renamed`` False: a rerun of a publish whose switch could not be
+    synced), so the switch counts as synced only once the folder is: review rev33m, the rerun skipped the sync and
+    retention deleted the version a power cut could still bring the link back to."""
+    try:
+        fsync_dir(datasets, fsync)
+    except OSError as exc:
+        said = f"`latest` was switched to {version}" if renamed else f"`latest` already named {version}"
+        raise SwitchNotSynced(exc.errno, f"{said} (readers get it now), but the folder holding the link could not "
+                              f"be synced ({exc.strerror or exc}): a power cut may bring back the link as it was "
+                              "before the switch", str(datasets)) from exc
 
 
 # Every version `latest` was switched to (still present): the published versions, whose keys the split stage pins
@@ -292,10 +304,21 @@ def record_switched(datasets: Path, versions: Iterable[str], fsync: bool = True)
     try:
         write_names(path, SWITCHED_HEADER, kept, fsync)
     except OSError as exc:   # a version switched to but out of the record would lose its pins after a rollback
-        raise OSError(exc.errno, f"the record of switched versions could not be written ({exc.strerror or exc}), so "
-                      "`latest` was not switched; free the space (or fix the file) and publish again",
-                      str(path)) from exc
+        what = ("was written but the folder holding it could not be synced" if isinstance(exc, RecordNotSynced)
+                else "could not be written")
+        raise OSError(exc.errno, f"the record of switched versions {what} ({exc.strerror or exc}), so `latest` was "
+                      f"not switched; {_remedy(exc.errno, path.parent)} and publish again", str(path)) from exc
     return None
+
+
+def _remedy(code: int | None, folder: Path) -> str:
+    """What to do about a record that could not be written or synced, by the error's errno (review rev33m: "free
+    the space (or fix the file)" for a read-only folder)."""
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free some space" + (" (or have the account's quota raised)" if code == errno.EDQUOT else "")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"make {folder} writable for this account"
+    return "fix the disk's error (the system log says more)"
 
 
 # The order versions were published in, for retention: a folder's mtime is the wall clock of its night, and
@@ -321,10 +344,20 @@ def read_names(path: Path, header: bytes) -> list[str] | None:
     return [line for line in data[len(header):].decode("utf-8", "replace").splitlines() if VERSION_NAME.fullmatch(line)]
 
 
+class RecordNotSynced(OSError):
+    """A record was written (renamed into place) but the folder holding it could not be synced after
+    (:func:`write_names`): the record's text is there, a power cut may bring back the one before."""
+
+
 def write_names(path: Path, header: bytes, names: Iterable[str], fsync: bool) -> None:
-    """Replace a record with ``header`` and ``names``, one a line, atomically (OSError when it cannot be)."""
+    """Replace a record with ``header`` and ``names``, one a line, atomically (OSError when it cannot be;
+    :class:`RecordNotSynced`, naming the folder, when it was written but its folder could not be synced after)."""
     write_bytes_atomic(path, header + "".join(f"{name}\n" for name in names).encode())
-    fsync_dir(path.parent, fsync)
+    try:
+        fsync_dir(path.parent, fsync)
+    except OSError as exc:
+        raise RecordNotSynced(exc.errno, exc.strerror or os.strerror(exc.errno or 0),
+                              os.fspath(exc.filename or path.parent)) from exc
 
 
 def history_file(datasets: Path) -> Path:
@@ -376,7 +409,8 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
     try:
         write_names(path, HISTORY_HEADER, kept, fsync)
     except OSError as exc:
-        return f"the publish history {path} was not written ({exc}): versions not in it are ordered by mtime"
+        what = "was written but its folder was not synced" if isinstance(exc, RecordNotSynced) else "was not written"
+        return f"the publish history {path} {what} ({exc}): versions not in it are ordered by mtime"
     return None
 
 

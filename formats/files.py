@@ -280,9 +280,14 @@ def honour_umask(folder: Path) -> None:
 _FULL_WORDS = ("no space left on device", "database or disk is full", "errno 28]", "disk quota exceeded",
                "errno 122]")
 # the path in a full disk's text: Python's "[Errno 28] No space left on device: 'SRC' -> 'DST'" (DST the file being
-# made), and this module's own wording, "no space left on device at PATH; ..." (also the publish's shard errors,
-# pipelines.publish.shards.no_space_error), carried in a wrapped error's text (a Dagster step failure's)
-_QUOTED = re.compile(r"(?:No space left on device|Disk quota exceeded):? '([^']+)'(?: -> '([^']+)')?", re.I)
+# made; the words may be any an error naming the file raised with that errno says: fix33h's record refusal), and this
+# module's own wording, "no space left on device at PATH; ..." (also the publish's shard errors,
+# pipelines.publish.shards.no_space_error), carried in a wrapped error's text (a Dagster step failure's). Each path as
+# repr() quotes it: in double quotes where it holds an apostrophe (review rev33m), escapes kept as written
+_PY_STR = r"""(?:'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")"""
+_ONE_ERROR = r"(?:(?!\[Errno |; [^\s:;]+: [\w.]+: )[^\n])*?"   # within one error (not into a build's next step's)
+_QUOTED = re.compile(rf"(?:(?:No space left on device|Disk quota exceeded):? |\[Errno (?:28|122)\] {_ONE_ERROR}: )"
+                     rf"({_PY_STR})(?: -> ({_PY_STR}))?", re.I)
 _SAID_AT = re.compile(r"(?:no space left on device|disk quota exceeded) at (.+?)"
                       r"(?=; [\d,]+ bytes free there now|; the account's quota|\. Free some space|\n|$)", re.I)
 
@@ -296,9 +301,15 @@ def full_disk_path(text: str) -> str | None:
     """The path a full disk's text names (:data:`_QUOTED`, :data:`_SAID_AT`), or None."""
     quoted = _QUOTED.search(text)
     if quoted:
-        return quoted.group(2) or quoted.group(1)
+        return _unquoted(quoted.group(2) or quoted.group(1))
     said = _SAID_AT.search(text)
     return said.group(1) if said else None
+
+
+def _unquoted(literal: str) -> str:
+    """A path as repr() quoted it, its quotes removed and only an escaped quote or backslash unescaped: a newline
+    stays the two characters ``\\n`` (never a line of its own in a message)."""
+    return re.sub(r"\\(['\"\\])", r"\1", literal[1:-1])
 
 
 def _free_bytes(path: Path) -> int | None:

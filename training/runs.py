@@ -369,7 +369,9 @@ def _write_runs(home: DataHome, names: list[str], new: str | None = None) -> str
         dataset.write_names(path, RUNS_HEADER, [n for n in names if n != new and is_real_folder(folder / n)]
                             + ([new] if new else []), fsync=True)
     except OSError as exc:
-        return f"the record of runs {path} was not written ({exc.strerror or exc})"
+        what = ("was written but its folder was not synced" if isinstance(exc, dataset.RecordNotSynced)
+                else "was not written")
+        return f"the record of runs {path} {what} ({exc.strerror or exc})"
     return None
 
 

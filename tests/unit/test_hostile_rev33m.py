@@ -37,7 +37,8 @@ Noticed, not filed:
   record is then written); "free the space (or fix the file)" when the folder is read-only. Wording only.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33m, `tests/unit/test_fix33m.py`) and the markers
+removed, as were the two wording issues of the record's refusal noticed above.
 """
 from __future__ import annotations
 
@@ -72,9 +73,6 @@ def _two_versions(root: Path) -> DataHome:
     return home
 
 
-@pytest.mark.xfail(strict=True, reason="rev33m: a rerun publish whose `latest` already names its version skips the "
-                   "folder's sync (switch_latest returns early), so retention runs and deletes the version a power "
-                   "cut may bring the unsynced link back to")
 def test_rerun_after_an_unsynced_switch_keeps_the_version_the_link_may_fall_back_to(fast_tmp: Path, monkeypatch,
                                                                                     capsys) -> None:
     """fix33h: an EIO syncing the versions' folder after `latest` is renamed is a note, "retention is left to the
@@ -125,9 +123,6 @@ def _fail_in_a_dagster_step(body, home: DataHome) -> str | None:
     return error_message(error, [home.root], databases=home.dagster_home, redact=True)
 
 
-@pytest.mark.xfail(strict=True, reason="rev33m: `pickapic build` reports a step's innermost cause, and fix33h's "
-                   "naming wrappers (`raise ... from exc`) leave the kernel's pathless error innermost: a full "
-                   "record of switched versions, or an EIO at an atomic write's sync, names no file under a build")
 @pytest.mark.parametrize("where", ["record_full", "atomic_write_eio"])
 def test_under_a_build_the_failing_file_is_named(fast_tmp: Path, monkeypatch, where: str) -> None:
     """fix33h names the record when it cannot be written ("`latest` was not switched"), and an EIO at an atomic
@@ -167,9 +162,6 @@ def test_under_a_build_the_failing_file_is_named(fast_tmp: Path, monkeypatch, wh
     assert shown is not None and str(named) in shown, shown
 
 
-@pytest.mark.xfail(strict=True, reason="rev33m: under a home whose path holds an apostrophe CPython writes the link's "
-                   "path in double quotes and full_disk_path names the symlink's target (a version name, resolved "
-                   "against the working folder): rev33h's two-path defect back under `pickapic build`")
 def test_two_path_full_disk_text_names_the_link_under_a_home_with_an_apostrophe(fast_tmp: Path) -> None:
     """A full disk at `switch_latest`'s `os.symlink(VERSION, datasets/.latest.PID.tmp)` raises ENOSPC with the version
     as `filename` and the link as `filename2` (rev33h, confirmed on a tmpfs out of inodes). Under `pickapic build` only
