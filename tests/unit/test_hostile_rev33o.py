@@ -10,21 +10,22 @@ section 2's "has not begun" paragraph, *Jobs, schedules and sensors*.
 How: the real ``write_shards`` with its real fork pool and ``start_worker`` initializer over real ``ShardTask``s, its
 ``shards.write_batch`` replaced (before the fork, so the forked writers run it) by a writer that sleeps as a large
 shard's write does, or SIGKILLs itself as the out-of-memory killer ends a writer; a real SIGINT sent to the process
-(Ctrl-C; ``pickapic``'s SIGTERM / SIGHUP handler and Dagster's step interrupt likewise raise an exception in the thread
-writing the shards: ``Terminated``, ``DagsterExecutionInterruptedError``). Read and run beside it: the ingest's ``worker_pool``
-(Python 3.11's fork ``ProcessPoolExecutor`` forks every worker at the first ``submit``, from the submitting thread).
+(Ctrl-C; ``pickapic``'s SIGTERM / SIGHUP handler and Dagster's step interrupt likewise raise an exception in the
+thread writing the shards: ``Terminated``, ``DagsterExecutionInterruptedError``). Read and run beside it: the ingest's
+``worker_pool`` (Python 3.11's fork ``ProcessPoolExecutor`` forks every worker at the first ``submit``, from the
+submitting thread).
 
 What held up (no test): ``PR_SET_PDEATHSIG`` is tied to the forking thread, but every pool here (ingest, publish,
-simulate) is created, submitted to and drained inside one ``with`` block of one thread, and nothing in
-dagster_project / pipelines runs an ingest or a publish in a helper thread (Dagster's in-process executor runs steps in
-the calling thread, the multiprocess one in each child's main thread; no ``max_tasks_per_child``, so the executor's manager
-thread never forks a replacement): no worker is killed by a thread's exit while still needed. An ingest worker
-SIGKILLed mid-compute: ``WorkerProcessDied`` naming SIGKILL, the other workers terminated, nothing written, its spill
-folder removed with the ingest (fix33e's own test). The grace: ``flock`` still admits one build of two started within
-0.5 s, the second refused after the grace (or waiting with ``--wait``); the daemon's probe stays non-blocking (a
-``LOCK_SH | LOCK_NB`` taken and dropped), so it never delays a tick. A pending rewrite record of a day not begun (a
-future day typed by mistake) stays until the day begins or forever if its raw folder is removed, as documented for gone
-days; it costs one string compare per ingest and is not read elsewhere.
+simulate) is created, submitted to and drained inside one ``with`` block of one thread, and nothing in dagster_project
+/ pipelines runs an ingest or a publish in a helper thread (Dagster's in-process executor runs steps in the calling
+thread, the multiprocess one in each child's main thread; no ``max_tasks_per_child``, so the executor's manager thread
+never forks a replacement): no worker is killed by a thread's exit while still needed. An ingest worker SIGKILLed
+mid-compute: ``WorkerProcessDied`` naming SIGKILL, the other workers terminated, nothing written, its spill folder
+removed with the ingest (fix33e's own test). The grace: ``flock`` still admits one build of two started within 0.5 s,
+the second refused after the grace (or waiting with ``--wait``); the daemon's probe stays non-blocking (a ``LOCK_SH |
+LOCK_NB`` taken and dropped), so it never delays a tick. A pending rewrite record of a day not begun (a future day
+typed by mistake) stays until the day begins or forever if its raw folder is removed, as documented for gone days; it
+costs one string compare per ingest and is not read elsewhere.
 
 Measured (2 shared CPUs): ``write_shards`` of 16 shards in 8 batches, 2 writers, each batch 1 s: a Ctrl-C at 0.5 s
 returned only after every batch was written (about 4 s; 8 of 8 batches started); a writer SIGKILLed at its first batch
