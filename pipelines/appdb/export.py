@@ -1215,14 +1215,21 @@ def claim_export_state(home: DataHome) -> None:
             # has its record's path brought up to date below
             if record.get("home_id") != home_id and not same_path:
                 other = record.get("home")
-                other = other if isinstance(other, str) else "unknown"
+                other = as_text(other if isinstance(other, str) else "unknown")[:500]
                 real = folder.resolve()
                 where = f"{folder} (the folder {real})" if real != folder else str(folder)
+                # review rev33l: a record of this path on another host read "of P, not of P": name the hosts
+                theirs = record.get("host")
+                if isinstance(theirs, str) and theirs != host:
+                    other = f"{other} on the host {as_text(theirs)[:200]!r}"
+                    mine = f"{home.root} on this host ({host!r})"
+                else:
+                    mine = str(home.root)
                 raise CacheOfAnotherHome(
-                    f"{where} holds the app export's state of the data home {as_text(other)[:500]}, not of "
-                    f"{home.root}: two homes must not share it (their exports would clear each other's late "
+                    f"{where} holds the app export's state of the data home {other}, not of "
+                    f"{mine}: two homes must not share it (their exports would clear each other's late "
                     f"markers and supersede each other's exports); give this home a cache folder of its own, or "
-                    f"remove {path} if that home no longer uses it")
+                    f"remove {path} if that home no longer uses it (this home restored from it, on another host)")
         with writing_cache(home), contextlib.suppress(OSError):   # swept under it (pipelines.cachesweep)
             write_bytes_atomic(path, json.dumps({**owner, "folder_id": folder_id}, sort_keys=True).encode("utf-8"))
 
@@ -1234,16 +1241,30 @@ def superseded_warning(day: str, published: int, ticket: int) -> str:
             "the day keeps the newer one")
 
 
-def named_uids(home: DataHome, day: str, own_staging: Path | None, uids: set[str]) -> set[str] | None:
+def named_uids(home: DataHome, day: str, own_staging: Path | None, uids: set[str],
+               why: list[str] | None = None) -> set[str] | None:
     """Those of ``uids`` that a raw images file still names (the ingest's byte search, as its reference check finds
     them: a line over the line limit, which the ingest quarantines, names its uid all the same): the staged files of
     the exports in flight (but ``own_staging``), then ``day``'s published file and every other day's a reference
     resolves against (:func:`pipelines.ingest.uidindex.reference_days`: the raw zone's days and the pruned ones the
-    warehouse keeps). None where a day's file cannot be read whole (it may name any: nothing is removed by it).
+    warehouse keeps). None where a file that may name them cannot be read whole (it may name any: nothing is
+    removed by it); ``why`` then gets the line that says which file and why.
     Review rev33d: only ``day``'s file was read, by ``json.loads`` line by line, so a blob whose row moved into
     another day was removed from under that day's rows, and one over-long line kept every erased account's blob.
-    The staged files are read first: one renamed into its day meanwhile is read there after."""
+    The staged files are read first: one renamed into its day meanwhile is read there after.
+
+    A staged file is read whole whatever the ingest's file limits (:func:`search_image_uids`). Review rev33l: one
+    that could not be read whole counted as naming none, so a running export's staging folder of another account
+    (private, 0700) or a staged file past ``ingest.max_file_bytes`` had the blob withdrawn that its export had found
+    present and was about to publish a row for. Only a file still being written (a gzip stream that ends early: its
+    export copies no blob before the file is whole, and its first batch of copies waits for the withdrawal, under
+    ``BLOBS_LOCK``) or none names nothing yet; a staging folder this account cannot open, whose export may be
+    running, stops the withdrawal like an unreadable day."""
     from pipelines.ingest.uidindex import named_image_uids, reference_days, search_image_uids
+
+    def stopped(line: str) -> None:
+        if why is not None:
+            why.append(line)
 
     config = load(home.root).config("ingest")
     left, found = set(uids), set()
@@ -1252,31 +1273,54 @@ def named_uids(home: DataHome, day: str, own_staging: Path | None, uids: set[str
     except OSError:
         staged = []
     for folder in staged:
-        if (own_staging is not None and folder == str(own_staging)) or not staging_in_use(Path(folder)):
-            continue      # its own older snapshot, or a dead export's leftover (remove_stale_staging)
-        # None: the file is being written (that export copies no blob before it is whole: see withdraw_blobs) or
-        # is gone (published: read below, or removed)
-        named = search_image_uids(home, Path(folder) / "images.jsonl.gz", left, config) or set()
+        path = Path(folder)
+        if own_staging is not None and folder == str(own_staging):
+            continue      # its own older snapshot
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            continue      # published (read below) or removed meanwhile
+        except OSError as exc:
+            info = lstat_or_none(path)
+            if info is None or not stat.S_ISDIR(info.st_mode):
+                continue  # gone, or not a folder (a link, a file: no export stages there)
+            stopped(f"the staging folder {path.name} of another export cannot be opened "
+                    f"({exc.strerror}: another account's, private while it exports); it may name them")
+            return None
+        os.close(fd)
+        if not staging_in_use(path):
+            continue      # a dead export's leftover (remove_stale_staging)
+        named, state = search_image_uids(home, path / "images.jsonl.gz", left, config)
+        if named is None:
+            stopped(f"the images file staged in {path.name} by a running export cannot be read whole ({state})")
+            return None
         found |= named
         left -= named
     days = reference_days(home, home.raw_days())
     for each in [day] + [d for d in days if d != day]:
         if not left:
             break
-        named = named_image_uids(home, each, left, config)
+        try:
+            named = named_image_uids(home, each, left, config)
+        except OSError as exc:      # its folder cannot be searched by this account
+            named, reason = None, f" ({exc.strerror or exc})"
+        else:
+            reason = ""
         if named is None:
+            stopped(f"day {each}'s images file cannot be read whole{reason}")
             return None
         found |= named
         left -= named
     return found
 
 
-def withdrawn_warning(day: str, withdrawn: int, read: bool) -> str:
-    """The line of a superseded export that had copied blobs into raw/images."""
+def withdrawn_warning(day: str, withdrawn: int, read: bool, why: str = "") -> str:
+    """The line of a superseded export that had copied blobs into raw/images; ``why``: what stopped the look-up
+    (:func:`named_uids`), where it stopped."""
     if not read:
-        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but a day's published "
-                f"images file cannot be read whole: {withdrawn} removed; the others stay in raw/images, those no "
-                f"day's rows name (an erased account's) among them")
+        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but "
+                f"{why or 'a file that may name them cannot be read whole'}: {withdrawn} removed; the others stay "
+                "in raw/images, those no day's rows name (an erased account's) among them")
     return (f"day {day}: {withdrawn} image blob(s) this superseded export copied into raw/images, which no day's "
             "published images file names (nor a running export's), were removed again")
 
@@ -1426,9 +1470,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.tables, report.kept = {}, {}
                 # review rev32c: nor does the day keep a blob it copied that the newer snapshot's rows do not name
                 if created is not None and created.tell():
+                    why: list[str] = []
                     report.blobs["withdrawn"], read = withdraw_blobs(
-                        created, home, lambda uids: named_uids(home, day, staging, uids))
-                    report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], read))
+                        created, home, lambda uids: named_uids(home, day, staging, uids, why))
+                    report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], read,
+                                                             why[-1] if why else ""))
             else:
                 _publish(home, day, staging, report)
                 order["published"] = ticket

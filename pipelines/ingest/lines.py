@@ -69,6 +69,9 @@ class RawFile:
         # what was read depends on the limits: ``cut``, or the survey could not check the member a limit cuts (its
         # end lies past the check budget, which the limits set): never cached for another run (review rev27f)
         self.limited = False
+        # the stream ends early (a gzip member without its end: the bytes a file being written holds so far, or a
+        # cut copy), no member failing its check before: what an app export's staged file is until it is whole
+        self.ended_early = False
         self.status = "ok"
         self.error: str | None = None
         self.file_bytes = 0
@@ -227,6 +230,7 @@ class RawFile:
             if tail:
                 self.output_bytes += len(tail)
                 yield tail
+            self.ended_early = cut is None
             self._fail(cut or f"gzip stream truncated after {position} compressed bytes")
         read_whole = True
         if self.status != "ok":

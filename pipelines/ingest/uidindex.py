@@ -18,6 +18,7 @@ in the warehouse, not in the disposable cache: once the raw folder is gone it ca
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Collection
 from pathlib import Path
@@ -104,21 +105,32 @@ def _image_uids(home: DataHome, day: str, wanted: set[str], config: IngestConfig
     return found & wanted if read_whole or not whole else None
 
 
-def search_image_uids(home: DataHome, path: Path, wanted: set[str], config: IngestConfig | None = None) -> set[str] | None:
+def search_image_uids(home: DataHome, path: Path, wanted: set[str],
+                      config: IngestConfig | None = None) -> tuple[set[str] | None, str]:
     """The uids of ``wanted`` that the raw images file ``path`` (inside the raw zone: an app export's staged one)
-    names as the byte search finds them, keeping only those (memory: ``wanted``); an empty set without a file, None
-    where it cannot be read whole. No index is read or written."""
+    names as the byte search finds them, keeping only those (memory: ``wanted``), and how it was read: ``"whole"``,
+    ``"missing"`` (no file: an empty set), ``"writing"`` (a gzip stream that ends early, no member failing its check:
+    the bytes a file being written holds so far; the uids found so far), or why it cannot be read whole (None: it
+    may name any). No index is read or written. Read whole whatever ``ingest.max_file_bytes``/``max_file_lines``
+    say (review rev33l: a staged file past them named none of the uids after the cut, and the blob its export was
+    about to publish a row for was withdrawn): only ``config.max_line_bytes`` applies, to what a line holds."""
     config = config or IngestConfig()
-    raw = open_raw(home, path, config=config)
+    try:
+        raw = open_raw(home, path, config=config)
+    except OSError as exc:      # a folder this account may not search (another account's 0700 staging)
+        return None, f"{path.name} cannot be read ({exc.strerror or exc})"
+    raw.max_bytes = raw.max_lines = None
     if raw.status != "ok":
-        return None if raw.status != "missing" else set()
+        return (set(), "missing") if raw.status == "missing" else (None, raw.error or "unreadable")
     found: set[str] = set()
     for _, data in lines.iter_lines(lines.tap_image_uids(raw.chunks(), found, wanted), config.max_line_bytes):
         if type(data) is bytes:
             uid = lines.spelled_image_uid(data)
             if uid is not None and uid in wanted:
                 found.add(uid)
-    return found if raw.status in ("ok", "empty") and not raw.limited else None
+    if raw.status in ("ok", "empty"):
+        return found, "whole"
+    return (found, "writing") if raw.ended_early else (None, raw.error or "unreadable")
 
 
 def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | None, stat: str | None,
@@ -131,7 +143,11 @@ def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | 
     table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
     table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat,
                                            "whole": "1" if whole else "0"})
-    with writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
+    # review rev33l: the index is a disposable cache: one that cannot be written (its folder a file, not writable,
+    # the disk full) leaves the day searched again next time, never the caller's read failed (the ingest's reference
+    # check, a superseded export's withdrawal of its blobs)
+    with contextlib.suppress(OSError), \
+            writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
         if held:   # the ingest sweeps killed writers' temporary files under this lock, exclusively (review rev29b)
             write_parquet_atomic(table, home.raw_image_uid_index(day))
 

@@ -34,7 +34,8 @@ Linux ``flock`` lets new shared holders pass a waiting exclusive one, so a withd
 exports keep copying (bounded by their copies; not filed).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33l, ``tests/unit/test_fix33l.py``) and their
+markers removed.
 """
 from __future__ import annotations
 
@@ -109,10 +110,6 @@ def _withdraw_as_another_account(home: DataHome, created: Path, private: Path) -
         return pipe.read().decode()
 
 
-@pytest.mark.xfail(strict=True, reason="a running export's staged images file that the withdrawing export cannot "
-                                       "read whole (another account's private 0700 staging; a file past "
-                                       "ingest.max_file_bytes) counts as naming no uid: a blob that export found "
-                                       "present and will publish a row for is removed (data loss), no warning")
 @pytest.mark.parametrize("cause", ["another account's private staging", "past ingest.max_file_bytes"])
 def test_a_running_exports_staged_file_it_cannot_read_whole_still_keeps_its_blobs(tmp_path: Path,
                                                                                  cause: str) -> None:
@@ -165,11 +162,6 @@ def _staged_file_case(tmp_path: Path, cause: str) -> None:
     assert (home.raw_images / f"{X}.png").exists(), f"withdrawn ({outcome}) though a running export's file names it"
 
 
-@pytest.mark.xfail(strict=True, reason="the withdrawal's look-up writes the disposable uid index and lets its "
-                                       "OSError out: with cache/raw_image_uids not writable (here a file at its "
-                                       "name) the superseded export crashes with a bare FileExistsError after its "
-                                       "snapshot lost, its report lost and the erased account's blob left in "
-                                       "raw/images")
 def test_a_superseded_export_whose_uid_index_cannot_be_written_still_withdraws(postgres_server, tmp_path,  # noqa: F811
                                                                                monkeypatch) -> None:
     config = AppExportConfig(lag_minutes=60, lookback_days=2)
@@ -207,9 +199,6 @@ def test_a_superseded_export_whose_uid_index_cannot_be_written_still_withdraws(p
     assert not (home.raw_images / f"{erased}.png").exists(), older.warnings
 
 
-@pytest.mark.xfail(strict=True, reason="a record of this home's own path on another host (the home restored in a "
-                                       "new container or on a renamed machine) is refused with 'the state of the "
-                                       "data home P, not of P': the same path twice, never the host that differs")
 def test_the_refusal_of_a_record_of_this_path_on_another_host_names_that_host(tmp_path: Path) -> None:
     home = DataHome.at(tmp_path / "home")
     claim_export_state(home)
