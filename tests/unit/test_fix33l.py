@@ -18,6 +18,8 @@ import json
 import os
 import shutil
 import socket
+import tempfile
+import traceback
 import uuid
 from pathlib import Path
 
@@ -143,17 +145,61 @@ def test_an_entry_with_a_staging_name_that_is_no_folder_is_not_read(tmp_path: Pa
     assert named_uids(home, DAY, None, {UIDS[0]}) == set()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root opens any folder")
-def test_a_staging_folder_this_account_cannot_open_stops_the_withdrawal(tmp_path: Path) -> None:
-    home = _home(tmp_path)
-    staging = _staging(home, _gz([]))
-    os.chmod(staging, 0)
-    why: list[str] = []
+NOBODY = 65534
+
+
+@pytest.fixture()
+def shared_tmp():
+    """A folder every account may enter (the forked child of ``_as_another_account`` reads the home in it)."""
+    base = Path(tempfile.mkdtemp(prefix="fix33l-"))
+    os.chmod(base, 0o755)
     try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _as_another_account(check) -> None:
+    """Run ``check`` as an account that is not the folders' owner: as root (this project's CI runs as root, and
+    root opens and writes any folder), in a forked child that drops to uid/gid 65534; otherwise here."""
+    if os.geteuid() != 0:
+        check()
+        return
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # pragma: no cover (the child)
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY)
+            os.setuid(NOBODY)
+            check()
+            os.write(write, b"ok")
+        except BaseException:                              # noqa: BLE001 - reported to the parent
+            os.write(write, traceback.format_exc()[-4000:].encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        reported = pipe.read().decode()
+    assert reported == "ok", reported
+
+
+def test_a_staging_folder_this_account_cannot_open_stops_the_withdrawal(shared_tmp: Path) -> None:
+    home = _home(shared_tmp)
+    staging = _staging(home, _gz([]))                       # 0700: its owner's only
+    named_uids(home, DAY, None, {UIDS[1]})                  # lazily imported modules loaded before any uid drop
+    if os.geteuid() != 0:
+        os.chmod(staging, 0)
+
+    def check() -> None:
+        why: list[str] = []
         assert named_uids(home, DAY, None, {UIDS[0]}, why) is None
+        assert staging.name in why[0] and "cannot be opened" in why[0], why
+
+    try:
+        _as_another_account(check)
     finally:
         os.chmod(staging, 0o700)
-    assert staging.name in why[0] and "cannot be opened" in why[0]
 
 
 def test_raw_file_ended_early_only_for_a_stream_cut_at_its_end(tmp_path: Path) -> None:
@@ -185,17 +231,20 @@ def test_an_index_that_cannot_be_written_is_skipped_by_every_look_up(tmp_path: P
     assert home.raw_image_uid_index(DAY).is_file()
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes any folder")
-def test_an_index_folder_not_writable_is_skipped(tmp_path: Path) -> None:
-    home = _home(tmp_path)
+def test_an_index_folder_not_writable_is_skipped(shared_tmp: Path) -> None:
+    home = _home(shared_tmp)
     home.raw_file(DAY, "images").write_bytes(_gz(UIDS[:1]))
     folder = home.raw_image_uid_index(DAY).parent
     folder.mkdir(parents=True)
-    os.chmod(folder, 0o500)
-    try:
+    os.chmod(folder, 0o555)                                 # nobody may write it but root, who is not the checker
+
+    def check() -> None:
         assert named_image_uids(home, DAY, {UIDS[0]}) == {UIDS[0]}
+
+    try:
+        _as_another_account(check)
     finally:
-        os.chmod(folder, 0o700)
+        os.chmod(folder, 0o755)
     assert not home.raw_image_uid_index(DAY).exists()
 
 
