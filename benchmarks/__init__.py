@@ -81,3 +81,24 @@ def work_folder(root: str | Path | None, prefix: str, keep: bool = False) -> Ite
     finally:
         if not keep:
             shutil.rmtree(base, ignore_errors=True)
+
+
+def history_marker(config) -> str:
+    """What marks a simulated history a benchmark keeps under ``--dir`` and reuses (``benchmarks.nightly``'s
+    ``snapshot-N/.built``, ``benchmarks.nightly_publish``'s history): the whole simulator configuration ``config``
+    (a ``SimConfig``: its fields at the top level), the stages' code versions (``dagster_project.versions``) and a
+    digest of the simulator's own code (it has no version). A history is reused only when its marker is this one:
+    one built by an older version of a stage (or of the simulator) is built again, so the first nightly after an
+    upgrade does not time a code-version rebuild of every day (review rev33k, noticed)."""
+    import dataclasses
+    import hashlib
+
+    import simulator
+    from dagster_project.versions import code_versions
+
+    digest = hashlib.sha256()
+    code = Path(simulator.__file__).resolve().parent
+    for path in sorted(code.rglob("*.py")):
+        digest.update(path.relative_to(code).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return json.dumps({**dataclasses.asdict(config), "pickapic_code_versions": code_versions(),
+                       "simulator_code_sha256": digest.hexdigest()}, sort_keys=True, default=str) + "\n"

@@ -12,13 +12,13 @@ After it, two builds of the unchanged home are timed: the plain one (the "up to 
 and one with the stamp removed (the full plan against Dagster's records). Prints the median per stage
 and N, the ratio of the largest N to the smallest (the baseline measured in the same run), and the
 peak RSS of any build process. ``--dir`` keeps the snapshots, and a later run reuses those built with the
-same parameters (``.built`` holds the simulator configuration; one of other parameters is built again); a
+same parameters and code (``.built`` holds the simulator configuration, the stages' code versions and a digest of
+the simulator's code; one of other parameters, or built by another version, is built again); a
 folder there that a benchmark did not make (``snapshot-N``, ``next-N``, ``work``) is refused, not deleted.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks import claim, remove_owned, work_folder
+from benchmarks import claim, history_marker, remove_owned, work_folder
 from formats.home import DataHome
 from simulator import SimConfig, simulate
 
@@ -83,15 +83,17 @@ def folder_kb(folder: Path) -> float:
 
 
 def snapshot_marker(config: SimConfig) -> str:
-    """What ``snapshot-N/.built`` holds: the whole simulator configuration the snapshot was built from."""
-    return json.dumps(dataclasses.asdict(config), sort_keys=True, default=str) + "\n"
+    """What ``snapshot-N/.built`` holds: the whole simulator configuration the snapshot was built from, the stages'
+    code versions and the simulator's code digest (:func:`benchmarks.history_marker`)."""
+    return history_marker(config)
 
 
 def prepare(days: int, users: int, rankings_per_day: int, image_size: int, root: Path) -> tuple[Path, Path]:
     """(a home with ``days`` days built, the raw folder of the next day), reused when already there.
 
     A snapshot is reused only when its ``.built`` names the same simulator configuration (users, rankings a
-    day, image size, seed...): one of other parameters is built again, never timed under the new ones. A
+    day, image size, seed...), the same code versions of the stages and the same simulator code: one of other
+    parameters, or built by another version, is built again, never timed under the new ones. A
     folder of that name that a benchmark did not make is refused (``ValueError``), not deleted (a ``next-N``
     of a version before December 7 has no mark: remove it by hand).
     """

@@ -36,9 +36,7 @@ Then the disk the three kept versions take (distinct inodes) divided by the newe
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import glob
-import json
 import os
 import shutil
 import sys
@@ -49,7 +47,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from benchmarks import claim, report, work_folder
+from benchmarks import claim, history_marker, report, work_folder
 from benchmarks.shards import raw_write
 from formats import dataset
 from formats.dataset import list_versions
@@ -248,7 +246,7 @@ def run(days: int = 30, users: int = 150, rankings_per_day: int = 120, image_siz
         limits = {"max_samples_per_shard": max_samples_per_shard, "max_shard_bytes": max_shard_bytes,
                   "shards_per_day": shards_per_day, "min_shard_bytes": min_shard_bytes}
         config = PublishConfig(workers=workers, **{k: v for k, v in limits.items() if v})
-        marker = json.dumps(dataclasses.asdict(sim), sort_keys=True, default=str)
+        marker = history_marker(sim)       # the configuration, the stages' code versions, the simulator's code
         result: dict = {"benchmark": "nightly_publish", "days": days, "users": users, "rankings_per_day": rankings_per_day,
                         "image_size": image_size, "max_samples_per_shard": config.max_samples_per_shard,
                         "max_shard_bytes": config.max_shard_bytes, "shards_per_day": config.shards_per_day,

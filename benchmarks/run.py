@@ -36,6 +36,7 @@ Absolute numbers drift on a shared machine; the ratios come from one run and are
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -322,6 +323,70 @@ def _measure(name: str, quick: bool) -> dict:
     return {"result": result, "rows": [asdict(r) for r in ROWS[name](result)]}
 
 
+# how long a benchmark stopped by a Ctrl-C or a SIGTERM to ``benchmarks.run`` may take to remove its work folder
+# (GBs of files) before it is killed; a second Ctrl-C kills it at once
+STOP_WAIT_S = 120.0
+# what stops a run: the parent turns them into an exception and stops its benchmark (never leaves it running: review
+# rev33k); the benchmark turns the first into KeyboardInterrupt (its ``finally`` blocks run) and ignores the others
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _stopped_by_signal(signum: int, _frame) -> None:
+    """The parent's handler of SIGTERM and SIGHUP (``kill PID``, a job runner's cancel, a closed terminal): an
+    exception, so :func:`isolated` stops its benchmark before this process ends (exit status 128 + the signal)."""
+    raise SystemExit(128 + signum)
+
+
+def _interrupt_once(benchmark: int) -> None:
+    """In the benchmark's process ``benchmark``: the first of SIGINT, SIGTERM or SIGHUP raises KeyboardInterrupt, so its
+    clean-up runs (``work_folder``'s removal of the temporary folder), and the later ones are ignored, so that
+    clean-up is not cut short: a terminal's Ctrl-C reaches it twice, once from the terminal and once forwarded by
+    :func:`isolated` (review rev33k: its SIGTERM ended the benchmark at once, and a temporary folder of 20,000 files
+    stayed). A process the benchmark forks (a pool's worker) inherits this handler but keeps the signals' usual
+    meaning (SIGINT: KeyboardInterrupt; the others end it)."""
+    def handler(signum: int, frame) -> None:
+        if os.getpid() != benchmark:
+            if signum == signal.SIGINT:
+                signal.default_int_handler(signum, frame)
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        for sig in _STOP_SIGNALS:
+            signal.signal(sig, signal.SIG_IGN)
+        raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
+
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, handler)
+
+
+def _stop(pid: int) -> None:
+    """Stop and reap the benchmark ``pid`` (this process was interrupted): SIGTERM, which it turns into
+    KeyboardInterrupt once (:func:`_interrupt_once`), then up to :data:`STOP_WAIT_S` for its clean-up; SIGKILL after
+    that, or at once on a second interruption here (which is then raised)."""
+    import time as clock
+
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = clock.monotonic() + STOP_WAIT_S
+    try:
+        while not os.waitpid(pid, os.WNOHANG)[0]:
+            if clock.monotonic() > deadline:
+                break
+            clock.sleep(0.05)
+        else:
+            return
+    except ChildProcessError:
+        return
+    except BaseException:                              # a second Ctrl-C: no more waiting
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        raise
+    with contextlib.suppress(ProcessLookupError, ChildProcessError):
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+
+
 def isolated(function: Callable, *args) -> tuple[object, float, str | None]:
     """``function(*args)`` in a forked child process: (its JSON-able value or None, peak RSS in MB, the
     traceback if it raised, else None).
@@ -330,12 +395,29 @@ def isolated(function: Callable, *args) -> tuple[object, float, str | None]:
     not a sum): the memory of that benchmark alone, which the same number of one process running every
     benchmark in turn cannot tell (it only grows). The child starts as a copy of this small process (only the
     standard library imported), so its peak includes those few MB. Each benchmark's imports, caches and
-    garbage also end with its process."""
-    read, write = os.pipe()
-    pid = os.fork()
+    garbage also end with its process.
+
+    The benchmark never outlives this process (review rev33k): a Ctrl-C, or a SIGTERM or SIGHUP here (turned into
+    ``SystemExit``), stops it (:func:`_stop`) and is raised once it has ended; a SIGKILL here sends it SIGTERM
+    (``PR_SET_PDEATHSIG``). Stopped either way, it gets KeyboardInterrupt once (:func:`_interrupt_once`), so its
+    temporary work folder is removed as when it runs by itself."""
+    parent = os.getpid()
+    # no stop signal between the fork and the handlers: the child's come before its code, the parent's before it waits
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        read, write = os.pipe()
+        pid = os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        raise
     if pid == 0:                                       # the child: never returns into the caller's code
         code = 1
         try:
+            _interrupt_once(os.getpid())
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            from formats.processes import die_with_parent
+
+            die_with_parent(parent, signal.SIGTERM)    # this process SIGKILLed: the benchmark still cleans up
             os.close(read)
             try:
                 payload = {"value": function(*args)}
@@ -353,18 +435,25 @@ def isolated(function: Callable, *args) -> tuple[object, float, str | None]:
                 sys.stderr.flush()
             finally:
                 os._exit(code)
-    os.close(write)
+    previous = {}
     try:
-        with os.fdopen(read, "rb") as pipe:
-            data = pipe.read()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            previous[sig] = signal.signal(sig, _stopped_by_signal)
+    except ValueError:                                 # not the main thread: the caller's handlers stay
+        pass
+    os.close(write)
+    pipe = os.fdopen(read, "rb")
+    try:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)   # a signal that came meanwhile is raised here
+        data = pipe.read()
         _, status, usage = os.wait4(pid, 0)
-    except BaseException:                              # Ctrl-C here: the child is stopped and reaped too
-        try:
-            os.kill(pid, signal.SIGTERM)
-            os.waitpid(pid, 0)
-        except (ProcessLookupError, ChildProcessError):
-            pass
+    except BaseException:                              # Ctrl-C or SIGTERM here: the child is stopped and reaped too
+        _stop(pid)
         raise
+    finally:
+        pipe.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     peak_mb = round(usage.ru_maxrss / 1024, 1)        # KiB on Linux
     if status != 0 or not data:
         how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)

@@ -8,6 +8,7 @@
 - ``outputs``: checks on paths a user names as outputs (never a device, link or a data home's file).
 - ``settings``: ``knob()`` fields and the home's settings file ``pickapic.toml`` (flags, validation).
 - ``progress``: the one progress callback signature.
+- ``trees``: removing a folder tree whatever its depth (no recursion, relative to open folders).
 
 The bottom layer: everything may import it, and it imports no other package of this project. One
 deliberate exception, by name only: ``settings.SECTIONS`` names each stage's config class as a

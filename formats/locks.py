@@ -224,10 +224,16 @@ def _make_marked_folder(scratch: Path, prefix: str) -> Path:
 
 def _remove_folder(path: Path) -> bool:
     """Remove the folder ``path`` and what it holds (following no link), as far as this account may; whether it is
-    gone (a folder of another account's that could not be emptied is not reported as removed)."""
-    import shutil
+    gone (a folder of another account's that could not be emptied is not reported as removed). Never raises for what
+    the folder holds: :func:`formats.trees.remove_tree` walks without recursion and one descriptor at a time, where
+    ``shutil.rmtree`` raised ``RecursionError`` (which its ``ignore_errors`` does not cover) out of every later build
+    on a planted marked folder 1,200 levels deep (review rev33k)."""
+    from formats.trees import remove_tree
 
-    shutil.rmtree(path, ignore_errors=True)
+    try:
+        remove_tree(path)
+    except OSError:
+        pass                              # what could be removed is; the rest stays (not reported as removed)
     return not os.path.lexists(path)
 
 
@@ -272,37 +278,45 @@ def sweep_scratch_folders(scratch: Path, name: re.Pattern[str]) -> list[str]:
     name (one killed before it held and named its folder) once :data:`FRESH_SCRATCH_AGE_S` old (an empty one, killed
     before its marker was made, too). Links, files, other names and unmarked folders (another program's, say in a
     shared scratch folder ``scratch`` links to: review rev33a) are left alone. Returns the names removed, in order:
-    only those that are gone (a folder this account could not empty is not)."""
-    import time
+    only those that are gone (a folder this account could not empty is not).
 
+    Never raises for what a folder holds (review rev33k: a planted marked folder 1,200 levels deep raised
+    ``RecursionError`` out of every later build and ingest): folders are removed without recursion
+    (:func:`_remove_folder`), and one that cannot be opened, locked or emptied is left, the others still swept."""
     try:
         names = sorted(os.listdir(scratch))
     except OSError:
         return []
     removed = []
     for entry in names:
-        path = scratch / entry
-        fresh = entry.startswith(".new-") and name.fullmatch(entry.removeprefix(".new-"))
-        if not fresh and not name.fullmatch(entry):
-            continue
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue                      # not a real folder (a link, a file), or another account's private one
-        try:
-            if fresh:
-                if time.time() - os.fstat(fd).st_mtime <= FRESH_SCRATCH_AGE_S:
-                    continue
-                if not _marked(fd):
-                    with contextlib.suppress(OSError):
-                        os.rmdir(path)    # only an empty folder: nothing of anyone's is lost
-                    if not os.path.lexists(path):
-                        removed.append(entry)
-                    continue
-            elif not _marked(fd):
-                continue                  # not made by held_scratch_folder
-            if try_lock(fd) and _remove_folder(path):   # no running process holds it
+        with contextlib.suppress(OSError):   # one folder that cannot be opened, locked or removed: the others still are
+            if _sweep_one(scratch, entry, name):
                 removed.append(entry)
-        finally:
-            os.close(fd)
     return removed
+
+
+def _sweep_one(scratch: Path, entry: str, name: re.Pattern[str]) -> bool:
+    """:func:`sweep_scratch_folders` for the entry ``entry`` of ``scratch``: whether it was removed (and is gone)."""
+    import time
+
+    path = scratch / entry
+    fresh = entry.startswith(".new-") and name.fullmatch(entry.removeprefix(".new-"))
+    if not fresh and not name.fullmatch(entry):
+        return False
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False                      # not a real folder (a link, a file), or another account's private one
+    try:
+        if fresh:
+            if time.time() - os.fstat(fd).st_mtime <= FRESH_SCRATCH_AGE_S:
+                return False
+            if not _marked(fd):
+                with contextlib.suppress(OSError):
+                    os.rmdir(path)        # only an empty folder: nothing of anyone's is lost
+                return not os.path.lexists(path)
+        elif not _marked(fd):
+            return False                  # not made by held_scratch_folder
+        return try_lock(fd) and _remove_folder(path)   # no running process holds it
+    finally:
+        os.close(fd)

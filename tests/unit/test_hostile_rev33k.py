@@ -35,7 +35,12 @@ but such a member may write the warehouse itself; a killed ingest's fork-pool wo
 ``flock`` (one open file description) and keep it unswept while they live (rev33e's finding for the build lock).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33k, ``tests/unit/test_fix33k.py``) and their
+markers removed: the scratch sweep removes folders without recursion (``formats.trees.remove_tree``) and leaves a
+folder it cannot remove, never raising; ``benchmarks.run.isolated`` stops its benchmark on a SIGTERM or SIGHUP to
+itself and on Ctrl-C waits for the benchmark's clean-up (which turns the first stop signal into KeyboardInterrupt and
+ignores the others); and ``benchmarks.nightly``'s ``.built`` (and ``nightly_publish``'s history marker) also hold
+the stages' code versions and a digest of the simulator's code.
 """
 from __future__ import annotations
 
@@ -47,7 +52,6 @@ import textwrap
 import time
 from pathlib import Path
 
-import pytest
 from curation_fixtures import HomeBuilder, build_all
 
 from formats.home import DataHome
@@ -86,8 +90,6 @@ def _remove_deep(top: Path, depth: int = 1200) -> None:
             os.rmdir(folder)
 
 
-@pytest.mark.xfail(strict=True, reason="rev33k: a planted marked folder deep enough makes the scratch sweep raise "
-                                       "RecursionError: every later curation build (and ingest) fails, for good")
 def test_a_planted_deep_marked_folder_does_not_break_every_later_build(fast_tmp):
     # the marker is an empty file: anyone who can write .staging/curation (a group member) or the shared scratch
     # disk a cache/tmp links to (any local account, README section 4) makes one; the sweep then takes the folder for
@@ -141,8 +143,6 @@ def _running(pid: int) -> bool:
         return False
 
 
-@pytest.mark.xfail(strict=True, reason="rev33k: SIGTERM to benchmarks.run leaves the forked benchmark running, "
-                                       "orphaned (before fix33g the benchmark ran in the process the signal ended)")
 def test_sigterm_to_benchmarks_run_stops_the_benchmark_it_forked(fast_tmp):
     record = fast_tmp / "child.pid"
     parent = _session("""
@@ -169,9 +169,6 @@ def test_sigterm_to_benchmarks_run_stops_the_benchmark_it_forked(fast_tmp):
             os.kill(child, signal.SIGKILL)        # this test's own orphan, by its pid
 
 
-@pytest.mark.xfail(strict=True, reason="rev33k: Ctrl-C under benchmarks.run SIGTERMs the benchmark at once, cutting "
-                                       "its work_folder clean-up short: the temporary folder stays (README: removed "
-                                       "however it ends, Ctrl-C too)")
 def test_ctrl_c_under_benchmarks_run_removes_the_benchmarks_temporary_folder(fast_tmp):
     record = fast_tmp / "work.txt"
     temp = fast_tmp / "tmp"
