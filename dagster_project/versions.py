@@ -37,7 +37,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #    lines.LIMIT_CHECK_BYTES) before any of its lines is read
                           # 6: a pruned raw day's images (as the warehouse keeps them) still resolve other days'
                           #    references (rev29a: a re-ingest quarantined them as unknown_image_reference)
-    "features": "11",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
+    "features": "12",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits
                           #    (+ rev18d: compressed chunks read as Pillow does, chunk type letters, whole interlaced stream)
@@ -55,6 +55,8 @@ CODE_VERSIONS: dict[str, str] = {
                           # 11: also a JPEG libjpeg-turbo warns is corrupt (extraneous bytes before a marker: zeroed or
                           #     padded scan data; premature end of data segment: a 16k+1-high 4:2:0 JPEG cut in its last
                           #     MCU row; a bad Huffman / arithmetic code) truncated_image (simplejpeg strict, rev33c)
+                          # 12: stray bytes between header segments, and a run of zeros before a marker after whole
+                          #     scan data (padding), no longer make a whole JPEG truncated_image (rev33n)
     "dedup": "4",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings

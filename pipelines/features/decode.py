@@ -56,7 +56,7 @@ truncated_image     a header that parses but pixel data that does not decode com
                     whose image data ran out before its last block (libjpeg grey-fills it with a
                     warning Pillow drops: :func:`jpeg_data_ran_out`, review rev31f; in any scan
                     or restart interval, or a component with no scan at all: review rev31j), or
-                    whose scan data libjpeg-turbo warns is corrupt (zeroed, padded: review rev33c).
+                    whose scan data libjpeg-turbo warns is corrupt (zeroed, a padded cut: review rev33c).
 processing_error    the bytes passed every check above, yet a later step (hashing, the training
                     JPEG, the NSFW model) raised: a case no policy foresaw. The detail names the
                     step and the exception; the run goes on.
@@ -857,8 +857,9 @@ def jpeg_data_ran_out(data: bytes, image: Image.Image) -> str | None:
       (progressive, restart markers, one scan per component, a marker segment after the scan, no end marker
       after a segment), where a cut leaves no mark on the last pixel.
 
-    - libjpeg-turbo's corrupt-data warnings (:func:`jpeg_corrupt_data`: zeroed or padded scan data, a cut the
-      filler check is not run for; review rev33c).
+    - libjpeg-turbo's corrupt-data warnings (:func:`jpeg_corrupt_data`: zeroed scan data, a cut padded with
+      zeros, a cut the filler check is not run for; review rev33c; not stray header bytes nor zero padding after
+      whole scan data: review rev33n).
 
     A progressive JPEG whose later (refining) scans are missing or cut is, by design of the format, a coarser
     image and is kept: the filler goes only where first pass scans end. An arithmetic-coded JPEG (SOF9, SOF10;
@@ -895,6 +896,9 @@ _JPEG_CORRUPT_WARNING = re.compile(r"Corrupt JPEG data: (?:\d+ extraneous bytes 
                                    r"segment|bad Huffman code|bad arithmetic code)")
 # Of those, what a refining scan of a progressive JPEG cut before a marker gives (a coarser image, kept)
 _JPEG_CUT_WARNING = re.compile(r"Corrupt JPEG data: premature end of data segment")
+# ... and what bytes left before a marker after the blocks libjpeg expected give (padding after whole data, or real
+# data after a decode that went off: jpeg_without_zero_padding tells them apart; review rev33n)
+_JPEG_EXTRANEOUS_WARNING = re.compile(r"Corrupt JPEG data: \d+ extraneous bytes before marker")
 _CORRUPT_DETAIL = ("{relpath!r}: its image data does not decode as written (libjpeg: {warning!r}; Pillow drops "
                    "libjpeg's warnings)")
 
@@ -913,6 +917,66 @@ def libjpeg_warning(data: bytes) -> str | None:
     return None
 
 
+def jpeg_without_header_gaps(data: bytes) -> bytes:
+    """``data`` without the bytes between its marker segments before its first scan's data (review rev33n): the
+    stray bytes the header walk skips (:func:`_jpeg_header_segments`, as Pillow and libjpeg skip them), such as a
+    metadata editor's padding after an APPn it wrote short. They are outside every segment and every scan (libjpeg
+    warns "N extraneous bytes before marker 0xNN" and reads on), so they never mean corrupt image data; ``data``
+    itself where there are none."""
+    pieces, expected = [data[:2]], 2
+    segments = list(_jpeg_header_segments(data))
+    if not segments or segments[-1][0] != 0xDA:
+        return data
+    gaps = False
+    for marker, at, length in segments:
+        gaps = gaps or at != expected
+        expected = at + (2 if marker in _JPEG_NO_LENGTH else 2 + length)
+        pieces.append(data[at:expected])
+    return b"".join((*pieces, data[expected:])) if gaps else data
+
+
+def _run_start(data: bytes, floor: int, stop: int, byte: bytes) -> int:
+    """Where the run of ``byte`` that ends at ``stop`` starts (not before ``floor``), read back in 4 KiB slices."""
+    while stop > floor:
+        piece = data[max(floor, stop - 4096):stop]
+        kept = len(piece.rstrip(byte))
+        if kept:
+            return stop - len(piece) + kept
+        stop -= len(piece)
+    return floor
+
+
+def jpeg_without_zero_padding(data: bytes, layout: JpegLayout, keep: int = 0) -> bytes | None:
+    """``data`` with the run of zero bytes before each marker that ends entropy-coded data (each scan's end marker, its
+    restart markers as :class:`JpegScan` notes them; fill bytes belong to the marker) cut to at most ``keep`` bytes,
+    or None where there is no longer run (review rev33n). A zero that stuffs a data 0xFF is kept. Encoders end a
+    segment's data with 1-bits to the byte; a run of zeros there is padding (a phone, an encoder, a client padding a
+    cut upload): where the data covers every block without it, libjpeg reads none of it (it warns "N extraneous
+    bytes before marker" and decodes the same pixels); where the data ran out it read the zeros as the missing
+    blocks (garbage), and without them it warns that the data ended early."""
+    cuts: list[tuple[int, int]] = []
+    for scan in layout.scans:
+        floor = scan.data
+        for marker in (*scan.restarts, scan.end):
+            if marker >= len(data) or marker < floor:
+                continue
+            before = _run_start(data, floor, marker, b"\xff")
+            run = _run_start(data, floor, before, b"\x00")
+            if run > floor and data[run - 1] == 0xFF:   # a stuffed zero: the data's own 0xFF
+                run += 1
+            if before - run > keep:
+                cuts.append((run + keep, before))
+            floor = marker + 2
+    if not cuts:
+        return None
+    pieces, at = [], 0
+    for start, stop in cuts:
+        pieces.append(data[at:start])
+        at = stop
+    pieces.append(data[at:])
+    return b"".join(pieces)
+
+
 def jpeg_corrupt_data(data: bytes, layout: JpegLayout) -> str | None:
     """Whether libjpeg finds ``data``'s entropy-coded data corrupt (:data:`_JPEG_CORRUPT_WARNING`, from
     :func:`libjpeg_warning`): a ``truncated_image`` detail (``{relpath!r}`` to format), or None (review rev33c).
@@ -921,17 +985,36 @@ def jpeg_corrupt_data(data: bytes, layout: JpegLayout) -> str | None:
     zeros before its end marker decode to garbage without an error, and libjpeg only warns ("corrupt JPEG data"),
     which Pillow drops; a 4:2:0 JPEG of height 16k + 1 cut in its last MCU row leaves no grey last pixel for the
     filler check, yet libjpeg warns that its data ended early. So every JPEG Pillow decoded is decoded again at
-    1/8 scale with libjpeg-turbo's warnings as errors. A progressive JPEG whose first warning is a cut (premature end
-    of data segment) is cut in a refining scan - a coarser image, kept as README section 3 says - unless its first
-    pass scans alone (the bytes up to the end of its last one, then an end marker) warn too; other corrupt data in a
-    refining scan (extraneous bytes, a bad code) is refused. Only libjpeg's first warning is seen: one of another
-    kind before it (a restart marker's number off, an unknown JFIF revision, a bad progression) hides corrupt data
-    after it. Not every damage warns: Huffman codes resynchronise, and damaged data whose decode ends within the
-    bytes libjpeg reads ahead (a few) of its marker, with the right number of blocks, decodes without a warning (a
-    third of 64-byte zeroed runs in a one-scan baseline JPEG; JPEG has no checksum to tell)."""
+    1/8 scale with libjpeg-turbo's warnings as errors, without the stray bytes between its header segments
+    (:func:`jpeg_without_header_gaps`: never image data; review rev33n). Extraneous bytes before a marker that ends
+    scan data are refused unless they are a run of zeros whose removal leaves data libjpeg decodes without a
+    corrupt-data warning (:func:`jpeg_without_zero_padding`, with none of the run, then with one zero of it kept
+    where the data's own last byte is zero): padding after whole data (the same pixels), kept; a cut padded with
+    zeros reads them as blocks and without them ends early, refused; real data left after a decode that went off
+    (zeroed bytes inside the data) is no zero run, refused (review rev33n). A progressive JPEG whose first warning
+    is a cut (premature end of data segment) is cut in a refining scan - a coarser image, kept as README section 3
+    says - unless its first pass scans alone (the bytes up to the end of its last one, then an end marker) warn too;
+    other corrupt data in a refining scan (extraneous bytes, a bad code) is refused. Only libjpeg's first warning is
+    seen: one of another kind before it (a restart marker's number off, an unknown JFIF revision, a bad
+    progression) hides corrupt data after it. Not every damage warns: Huffman codes resynchronise, and damaged data
+    whose decode ends within the bytes libjpeg reads ahead (a few) of its marker, with the right number of blocks,
+    decodes without a warning (a third of 64-byte zeroed runs in a one-scan baseline JPEG; JPEG has no checksum to
+    tell); nor is padding of other bytes than zeros told from real data (refused), nor a cut of at most one byte
+    padded with zeros (its last block's last codes read from a zero: accepted)."""
+    canonical = jpeg_without_header_gaps(data)
+    if canonical is not data and (canonical_layout := jpeg_layout(canonical)) is not None:
+        data, layout = canonical, canonical_layout
     warning = libjpeg_warning(data)
     if warning is None or not _JPEG_CORRUPT_WARNING.match(warning):
         return None
+    if _JPEG_EXTRANEOUS_WARNING.match(warning):
+        for keep in (0, 1):
+            unpadded = jpeg_without_zero_padding(data, layout, keep)
+            if unpadded is None:
+                break
+            after = libjpeg_warning(unpadded)
+            if after is None or not _JPEG_CORRUPT_WARNING.match(after):
+                return None
     progressive = _JPEG_HUFFMAN_FRAMES.get(layout.frame, _JPEG_ARITHMETIC_FRAMES.get(layout.frame, False))
     first_pass = [scan for scan in layout.scans if scan.first_pass]
     if progressive and first_pass and _JPEG_CUT_WARNING.match(warning):

@@ -28,7 +28,13 @@ parameters for sequential JPEG", seen in 13 of 3,000 header mutants Pillow accep
 README section 3 documents that limit. Arithmetic-coded JPEGs were not tried (no encoder here).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix33n, ``tests/unit/test_fix33n.py``) and their markers
+removed: stray bytes between header segments before the first scan are dropped before the strict decode
+(``decode.jpeg_without_header_gaps``: never image data), and "extraneous bytes before marker" passes where the bytes
+are a run of zeros whose removal leaves data libjpeg decodes without a corrupt-data warning
+(``decode.jpeg_without_zero_padding``): padding after whole data; a cut padded with zeros (read as its missing
+blocks, and ending early without them) and zeroed bytes inside the scan stay refused, so rev33c's tests hold as they
+were. README section 3 gives the measured cost on a large progressive JPEG. Features code version 12.
 """
 from __future__ import annotations
 
@@ -36,7 +42,6 @@ import io
 
 import cv2
 import numpy as np
-import pytest
 from PIL import Image
 from test_features_fixtures import natural_image
 
@@ -81,9 +86,6 @@ def _segment_end(data: bytes, marker: bytes) -> int:
 
 # --- 1. padding between header segments (no image data at all) is "image data does not decode" -------------------
 
-@pytest.mark.xfail(strict=True, reason="rev33n: one stray byte between two header segments (before any scan data) "
-                                       "makes libjpeg warn 'N extraneous bytes before marker', which "
-                                       "jpeg_corrupt_data reads as corrupt image data: a whole image refused")
 def test_padding_between_header_segments_does_not_reject_a_whole_jpeg() -> None:
     """Zero bytes between metadata / table segments (a metadata editor that wrote an APPn length short, or padded
     after it) are outside the entropy-coded data: Pillow skips them, the decoded pixels are exactly the unpadded
@@ -105,9 +107,6 @@ def test_padding_between_header_segments_does_not_reject_a_whole_jpeg() -> None:
 
 # --- 2. whole scan data followed by a few extraneous bytes is "truncated" -----------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev33n: a JPEG whose every block decodes from its data, followed by a few "
-                                       "extraneous bytes before its next marker (EOI, RSTn, the next scan), is "
-                                       "refused as truncated_image though it decodes to exactly the image")
 def test_whole_scan_data_followed_by_extraneous_bytes_is_not_truncated() -> None:
     """libjpeg's 'Corrupt JPEG data: N extraneous bytes before marker 0xd9' is among the commonest warnings of
     real-world JPEGs that display fine (encoders and phones that pad after the last block). README section 3 refuses
