@@ -22,11 +22,12 @@ about 4.5 s and 76 MB of peak RSS growth (each entry's ``lstat`` result is kept 
 emptied: memory grows with one folder's size, as ``shutil.rmtree``'s own listing does); 20,000 files in 2,000
 folders: about 4.8 s.
 
-Noticed, not filed (the first two read in the code, not run): ``remove_tree`` leaving a folder through ``..``
-raises ESTALE at once (not kept as the first error, the rest of the tree left) when a folder it is in is moved elsewhere meanwhile: safe, and rare; a process a
-benchmark forks after its first stop signal inherits SIG_IGN for SIGINT/SIGTERM/SIGHUP (only SIGKILL ends it);
-``benchmarks.history_marker`` holds ``SimConfig.workers``, which the output does not depend on, so a kept history
-is rebuilt when only the number of rendering processes changes (time, not correctness).
+Noticed, not filed (the first two read in the code, not run): ``remove_tree`` leaving a folder through ``..`` raises
+ESTALE at once (not kept as the first error, the rest of the tree left) when a folder it is in is moved elsewhere
+meanwhile: safe, and rare; a process a benchmark forks after its first stop signal inherits SIG_IGN for
+SIGINT/SIGTERM/SIGHUP (only SIGKILL ends it); ``benchmarks.history_marker`` holds ``SimConfig.workers``, which the
+output does not depend on, so a kept history is rebuilt when only the number of rendering processes changes (time,
+not correctness).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
