@@ -36,8 +36,16 @@ def start_worker(parent: int, then=None, *args) -> None:
     ``parent`` (:func:`die_with_parent`), then runs ``then(*args)`` (the pool's own initializer, e.g. ``gc.freeze``).
     Every pool forked under a lock needs it: a fork shares its parent's open lock files, so a worker outliving a
     killed parent holds the parent's locks for good (review rev33e: the build lock, the publish lock and the
-    ingest's spill folder lock, held by the forked workers of a SIGKILLed build)."""
+    ingest's spill folder lock, held by the forked workers of a SIGKILLed build).
+
+    SIGTERM and SIGHUP get their default action back: a forked worker inherits its parent's handlers (``pickapic``'s
+    raises ``Terminated``, Dagster's an interrupt), so the pool's ``terminate`` only raised an exception in the task,
+    which the executor's worker caught, and it went on to the next task queued for it (review rev33o's neighbour:
+    a stopped publish began one more shard batch); those handlers are the command's, not its workers'."""
     die_with_parent(parent)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        with contextlib.suppress(ValueError, OSError):   # not the main thread: leave it
+            signal.signal(sig, signal.SIG_DFL)
     if then is not None:
         then(*args)
 
@@ -69,17 +77,18 @@ def _ended_abruptly(processes: list) -> str:
 
 
 @contextlib.contextmanager
-def worker_pool(workers: int, context) -> Iterator[ProcessPoolExecutor]:
+def worker_pool(workers: int, context, then=None, *args) -> Iterator[ProcessPoolExecutor]:
     """A ``ProcessPoolExecutor`` of ``workers`` processes (start method ``context``) for the block, whose workers
-    die with this process (:func:`die_with_parent`) and which, when the block raises (a Ctrl-C, a SIGTERM or SIGHUP
+    die with this process (:func:`die_with_parent`), then run ``then(*args)`` (the pool's own initializer, e.g.
+    ``gc.freeze``: :func:`start_worker`), and which, when the block raises (a Ctrl-C, a SIGTERM or SIGHUP
     the command turned into an exception, an error), is stopped at once: the work not begun cancelled, the workers
     terminated and joined (killed past :data:`STOP_WAIT_S`), instead of the executor's exit waiting for all the
     work queued. Review rev30c: a SIGTERM to ``pickapic demo`` / ``simulate`` left its spawn pool's workers (and
     their resource tracker) running for good. A worker that ended abruptly (the executor's ``BrokenProcessPool``,
     a traceback) is reported as :class:`WorkerProcessDied`, naming how it ended, once the others are stopped
     (review rev31c). Ends normally as the executor's own exit does."""
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=die_with_parent,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
+                               initargs=(os.getpid(), then, *args))
     started = getattr(pool, "_processes", None)   # the executor's own dict (it adds its workers as it starts them)
     if started is None:
         started = {}

@@ -6,12 +6,12 @@ import gc
 import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, wait
 from pathlib import Path
 
 from formats.dataset import shard_paths
 from formats.files import file_mode
-from formats.processes import start_worker
+from formats.processes import worker_pool
 from formats.progress import Progress
 from pipelines import faults
 from pipelines.publish import shards
@@ -73,11 +73,13 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
                 progress("shards", done, len(tasks))
     else:
         # gc.freeze in each worker: the collector never walks (and so never copies on write) the
-        # parent's objects the fork gave it; start_worker: it dies with this process, whose lock files
-        # (the build's, the publish's) the fork shares (review rev33e: left held for good by a killed build)
+        # parent's objects the fork gave it; worker_pool: it dies with this process, whose lock files
+        # (the build's, the publish's) the fork shares (review rev33e: left held for good by a killed build),
+        # and a Ctrl-C / SIGTERM / SIGHUP / Dagster interrupt or a failed batch stops it at once (the
+        # batches not begun cancelled, the writers terminated; review rev33o: the executor's own exit
+        # wrote every queued batch first), a writer killed outright reported as WorkerProcessDied
         context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
-                                 initargs=(os.getpid(), gc.freeze)) as pool:
+        with worker_pool(workers, context, gc.freeze) as pool:
             futures = {pool.submit(shards.write_batch, [tasks[todo[b]] for b in batch]): batch for batch in batches}
             pending = set(futures)
             while pending:

@@ -37,7 +37,10 @@ as before); ``build_running``'s probe still reads "a build is running" for a loc
 (documented).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix33o, ``tests/unit/test_fix33o.py``) and the markers
+removed: the publish's shard writers are a ``worker_pool`` (its initializer still runs ``gc.freeze``), and a pool's
+workers take SIGTERM / SIGHUP's default action back, so the stop's ``terminate`` ends a writer that inherited
+``pickapic``'s raising handler instead of letting it begin the next queued batch.
 """
 from __future__ import annotations
 
@@ -86,8 +89,6 @@ def _setup(tmp_path, monkeypatch, kill: bool):
     return marks, out
 
 
-@pytest.mark.xfail(strict=True, reason="publish's shard pool is a plain ProcessPoolExecutor: a Ctrl-C / SIGTERM / "
-                                       "SIGHUP waits for every queued shard batch to be written before it stops")
 def test_a_stopped_publish_stops_its_shard_writers_instead_of_writing_every_queued_batch(tmp_path, monkeypatch) -> None:
     """fix33e gave the ingest a ``worker_pool`` (stopped at once when its block raises: review rev30c) but the publish's
     writers only ``start_worker``: ``write_shards``' ``with ProcessPoolExecutor(...)`` exits on a ``KeyboardInterrupt``
@@ -112,8 +113,6 @@ def test_a_stopped_publish_stops_its_shard_writers_instead_of_writing_every_queu
     assert elapsed < 2.5 * BATCH_S, f"the stopped publish took {elapsed:.1f} s to stop"
 
 
-@pytest.mark.xfail(strict=True, reason="a publish shard writer killed outright (the OOM killer) is reported as "
-                                       "BrokenProcessPool's generic text, not WorkerProcessDied naming pid and signal")
 def test_a_shard_writer_killed_outright_is_reported_as_a_dead_worker(tmp_path, monkeypatch) -> None:
     """README (rev31c, rev33e): a worker of ingest / simulate / demo that ends abruptly stops the command with
     ``WorkerProcessDied`` ("a worker process ended abruptly (pid N by signal SIGKILL) ... (the out-of-memory
