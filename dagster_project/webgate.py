@@ -16,7 +16,9 @@ when
   or a header ``Authorization: token ...`` / ``X-Pickapic-Token``. The cookie (``HttpOnly``, ``SameSite=Strict``,
   named after the port) never holds the token, since a browser sends a cookie of a host to every port of it: it
   holds a random value the gate keeps in memory, bound to the browser it was given to (its socket's account over
-  loopback, its address beyond); the owner's loopback browser gets none (fix32j).
+  loopback, its address beyond; through a relaying proxy, that proxy's socket's account or address: rev33q), and
+  ``Secure`` where the request came over HTTPS, a relaying proxy's ``X-Forwarded-Proto`` / ``Forwarded`` saying
+  so too; the owner's loopback browser gets none (fix32j).
 
 A request from another site's page is refused whatever it carries (CSRF, or opening its websocket): an ``Origin``
 that is not the address it was sent to, or ``Sec-Fetch-Site: cross-site`` / ``same-site`` (another port); so is a
@@ -31,8 +33,9 @@ The webserver is Dagster's, started by its own CLI (:func:`main`, :func:`install
 shared with other accounts (:func:`server_settings`, review rev33b): no proxy headers (uvicorn trusts
 ``X-Forwarded-For`` from 127.0.0.1 by default, so any local account set the client address the gate checks), h11
 with a request head bounded to :data:`HEAD_MAX` (httptools, uvicorn's default, kept an endless header in memory) and
-closed :data:`HEAD_TIMEOUT_S` seconds after a connection opened (or its last answer) without a complete head; the
-code server's socket in a 0700 temporary folder (:func:`private_tempdir`).
+closed :data:`HEAD_TIMEOUT_S` seconds after a connection opened (or its last answer) without a complete head, the
+same bound for a websocket's handshake (:func:`head_bounded_ws_protocol`); the code server's socket in a 0700
+temporary folder (:func:`private_tempdir`).
 """
 from __future__ import annotations
 
@@ -214,6 +217,32 @@ def _relayed(headers: dict[str, str]) -> bool:
     return any(name in headers for name in _RELAYED)
 
 
+def _relayed_over_https(headers: dict[str, str]) -> bool:
+    """Whether a relaying proxy says a request reached it over HTTPS: an ``X-Forwarded-Proto`` value, or a
+    ``Forwarded`` element's ``proto``, of ``https`` (any of a chain's). With ``proxy_headers`` off (review rev33b)
+    ``scope["scheme"]`` is ``http`` for such a request too; its session cookie is then marked ``Secure`` (review
+    rev33q), which is safe whoever says so: the browser only ever sends that cookie over HTTPS."""
+    protos = [value.strip().lower() for value in headers.get("x-forwarded-proto", "").split(",")]
+    for element in headers.get("forwarded", "").split(","):
+        for pair in element.split(";"):
+            key, _, value = pair.partition("=")
+            if key.strip().lower() == "proto":
+                protos.append(value.strip().strip('"').strip().lower())
+    return "https" in protos
+
+
+def _socket_sender(scope: Scope) -> tuple[str, Any]:
+    """Who holds the socket ``scope`` came over: ``("uid", n)`` for a loopback socket of account ``n``
+    (:func:`peer_uid`), else ``("ip", address)`` (beyond loopback, or a loopback socket not found in ``/proc``)."""
+    client, server = scope.get("client") or (None, None), scope.get("server") or (None, None)
+    if client[0] is not None and _loopback(str(client[0])) and server[0] is not None:
+        with contextlib.suppress(ValueError, TypeError):
+            uid = peer_uid((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
+            if uid is not None:
+                return ("uid", uid)
+    return ("ip", None if client[0] is None else str(client[0]))
+
+
 def _host_name(value: str) -> str:
     """The host of a ``Host`` header value (``name``, ``name:port``, ``[v6]:port``), lower case."""
     value = value.strip().lower()
@@ -270,7 +299,7 @@ class UiGate:
         self.token = token
         self.uid = os.geteuid() if uid is None else uid
         # cookie value -> the browser it was given to (("uid", its account) over loopback, ("ip", its address)
-        # beyond): random, only in this process's memory, never the token (a cookie of 127.0.0.1 goes to every
+        # beyond, ("relayed", the relaying proxy's socket's sender) through a proxy): random, only in this process's memory, never the token (a cookie of 127.0.0.1 goes to every
         # port of it, another account's server's too; there it opens nothing, the browser's account differing)
         self._sessions: dict[str, tuple[str, Any]] = {}
 
@@ -331,18 +360,13 @@ class UiGate:
         return False
 
     def _browser(self, scope: Scope, headers: dict[str, str]) -> tuple[str, Any]:
-        """Who sends ``scope``: ``("uid", n)`` for a loopback socket of account ``n``, ``("relayed", None)`` for a
-        request a proxy relays (:func:`_relayed`: its client address may be the header's, anyone's), else
-        ``("ip", address)``."""
-        if _relayed(headers):
-            return ("relayed", None)
-        client, server = scope.get("client") or (None, None), scope.get("server") or (None, None)
-        if client[0] is not None and _loopback(str(client[0])) and server[0] is not None:
-            with contextlib.suppress(ValueError, TypeError):
-                uid = peer_uid((str(client[0]), int(client[1])), (str(server[0]), int(server[1])))
-                if uid is not None:
-                    return ("uid", uid)
-        return ("ip", None if client[0] is None else str(client[0]))
+        """Who sends ``scope``: its socket's sender (:func:`_socket_sender`: ``("uid", n)`` for a loopback socket of
+        account ``n``, else ``("ip", address)``), or ``("relayed", that)`` for a request a proxy relays
+        (:func:`_relayed`): the browser behind it is unknown (its address may be the header's, anyone's), so such a
+        session holds for what that proxy relays, only from the proxy's own socket (its account, or its address): a
+        neighbour presenting the cookie with a forwarded header from its own socket is another sender (rev33q)."""
+        sender = _socket_sender(scope)
+        return ("relayed", sender) if _relayed(headers) else sender
 
     def _new_session(self, scope: Scope, headers: dict[str, str]) -> str:
         while len(self._sessions) >= _SESSIONS_MAX:
@@ -382,8 +406,9 @@ class UiGate:
         answer = [(b"location", _redirect_location(scope, raw_query)), (b"cache-control", b"no-store"),
                   (b"content-length", b"0")]
         if not self._by_account(scope, headers):
+            secure = scope.get("scheme") == "https" or _relayed_over_https(headers)
             cookie = (f"{self.cookie_name(scope)}={self._new_session(scope, headers)}; Path=/; HttpOnly; SameSite=Strict"
-                      + ("; Secure" if scope.get("scheme") == "https" else ""))
+                      + ("; Secure" if secure else ""))
             answer.append((b"set-cookie", cookie.encode("ascii")))
         await send({"type": "http.response.start", "status": 303, "headers": answer})
         await send({"type": "http.response.body", "body": b""})
@@ -545,11 +570,31 @@ def head_bounded_protocol() -> type:
     return HeadBoundedH11Protocol
 
 
+def head_bounded_ws_protocol() -> type:
+    """uvicorn's websocket protocol on the ``websockets`` library (its sans-I/O one, what ``ws="auto"`` picks), with
+    that library's head limits raised to the gate's: a handshake reaches it only through
+    :func:`head_bounded_protocol` (uvicorn's h11 protocol passes it the head h11 parsed, bounded to :data:`HEAD_MAX`,
+    written again as ``name: value`` lines), whose bound is the one that counts. ``websockets`` parses it again with
+    its own, a header line of at most 8,192 bytes and 128 headers (module settings, ``WEBSOCKETS_MAX_LINE_LENGTH``
+    read once at import): a ``Cookie`` line of 9 KB (every cookie of 127.0.0.1, any port's) opened the UI over
+    HTTP but had its websocket refused with 431 (review rev33q). Raised here, never lowered, so that no head within
+    :data:`HEAD_MAX` is refused: a line of :data:`HEAD_MAX` and the bytes uvicorn's rewriting adds, as many header
+    lines as :data:`HEAD_MAX` can hold."""
+    import websockets.http11
+    from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
+
+    websockets.http11.MAX_LINE_LENGTH = max(websockets.http11.MAX_LINE_LENGTH, HEAD_MAX + 16)
+    websockets.http11.MAX_NUM_HEADERS = max(websockets.http11.MAX_NUM_HEADERS, HEAD_MAX // 2)
+    return WebSocketsSansIOProtocol
+
+
 def server_settings() -> dict[str, Any]:
     """What the gate's webserver adds to Dagster's ``uvicorn.run(app, host=, port=, log_level=)``: no proxy headers
     (uvicorn trusts ``X-Forwarded-For`` from 127.0.0.1 by default, i.e. from every local account: it set the
-    client address the gate checks, review rev33b), and :func:`head_bounded_protocol` with a :data:`HEAD_MAX` head."""
-    return {"proxy_headers": False, "http": head_bounded_protocol(), "h11_max_incomplete_event_size": HEAD_MAX}
+    client address the gate checks, review rev33b), :func:`head_bounded_protocol` with a :data:`HEAD_MAX` head, and
+    :func:`head_bounded_ws_protocol` for websockets (the same head bound for a handshake, review rev33q)."""
+    return {"proxy_headers": False, "http": head_bounded_protocol(), "h11_max_incomplete_event_size": HEAD_MAX,
+            "ws": head_bounded_ws_protocol()}
 
 
 class _GatedUvicorn:

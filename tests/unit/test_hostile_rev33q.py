@@ -38,7 +38,10 @@ half-closes after its request gets no answer (uvicorn's ``eof_received`` closes 
 ``peer_uid``'s full ``/proc/net/tcp`` read per request and the 64 KiB cookie bomb were noted by rev33j.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix33q, ``tests/unit/test_fix33q.py``: a relayed
+session is bound to the relaying socket's account or address too; a cookie given through a proxy saying ``https``
+is ``Secure``; the websocket handshake has ``websockets``' head limits raised to :data:`HEAD_MAX`) and the markers
+removed.
 """
 from __future__ import annotations
 
@@ -75,8 +78,6 @@ def _as_nobody(*args: str) -> str:
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the neighbour as another account (nobody)")
-@pytest.mark.xfail(strict=True, reason="rev33q: a session given through a relaying proxy is bound to 'relayed', so "
-                   "any local account holding its cookie value passes by claiming X-Forwarded-For")
 def test_a_relayed_session_cookie_does_not_let_another_account_in() -> None:
     """The owner puts the UI behind a reverse proxy of their account (fix33b binds the session of a browser let in
     through it to ``("relayed", None)``). A token holder's browser opens ``?token=`` through the proxy and gets the
@@ -107,8 +108,6 @@ def test_a_relayed_session_cookie_does_not_let_another_account_in() -> None:
     assert [scope["path"] for scope in app.scopes] == []
 
 
-@pytest.mark.xfail(strict=True, reason="rev33q: a session cookie given through an HTTPS proxy (X-Forwarded-Proto / "
-                   "Forwarded proto=https) lacks Secure, so the browser sends it over plain HTTP to the host too")
 @pytest.mark.parametrize("relayed", [{"x-forwarded-proto": "https", "x-forwarded-for": "198.51.100.7"},
                                      {"forwarded": "for=198.51.100.7;proto=https"}])
 def test_a_session_given_over_an_https_proxy_is_a_secure_cookie(relayed: dict[str, str]) -> None:
@@ -130,8 +129,6 @@ def test_a_session_given_over_an_https_proxy_is_a_secure_cookie(relayed: dict[st
     assert "; Secure" in cookie, cookie
 
 
-@pytest.mark.xfail(strict=True, reason="rev33q: the owner's websocket handshake is refused (431) at 8 KiB of Cookie "
-                   "line while HTTP passes up to HEAD_MAX (64 KiB): websockets' own head limits, not the gate's")
 def test_the_owners_websocket_has_the_same_head_bound_as_http() -> None:
     """:func:`webgate.server_settings` documents one bound for a request's head, :data:`HEAD_MAX` (64 KiB), and
     fix33b's test passes a 20,000-character cookie over HTTP. A websocket handshake is parsed a second time, by the
