@@ -5,8 +5,10 @@
 --         pHash and every one of its dHashes and verifies candidates on the pHash. (One dHash per node, its
 --         smallest rid's, made a pair found only by the dHash bands depend on which image of a pHash group had
 --         the smallest uid: a later twin with a smaller uid split the cluster, review rev28b.)
+--         Only informative hashes (sql/dedup_hashes.sql) are nodes: a flat image's pHash joins nothing.
 -- Parameters: none.
 SELECT min(min(rid)) OVER (PARTITION BY phash) AS rid, phash, dhash
 FROM hashes
+WHERE informative
 GROUP BY phash, dhash
 ORDER BY rid, dhash

@@ -4,6 +4,14 @@ How it works (every step is a ``sql/dedup_*.sql`` file, except the bucket scan o
 is ``near_links`` in numpy):
 1. ``dedup_hashes``: one row per image from ``image_features`` with a dense ``rid`` ordered by
    ``image_uid``; the pHash DC bit (always 1: the DCT's DC term is above the median) is masked off, leaving 63 informative bits.
+   A pHash with fewer than ``MIN_PHASH_BITS`` (16) of those set is uninformative: an image whose DCT terms tie
+   at the median (flat, or smoothly shaded: a gradient, a clear sky, two flat halves) has a pHash of 0-10 bits
+   whatever its colour or brightness (black, white, red and a grey ramp are all 0), where any image with
+   texture has 31 (measured). Such an image is no node of the near search and forms no equal-pHash group: it
+   joins a cluster by its bytes (sha256) only. (Clustered on its pHash, every flat image of every user was one
+   cluster, owned by one split: the other users' pairs went to split_rejects, review rev33u.) The price: a
+   re-encode or resize of a flat or gradient image is no longer clustered with its source (the hashes hold no
+   colour to tell a re-encode from another colour); ``low_information_images`` counts them.
 2. Banding: the 63 bits are cut into ``bands`` bands. Two hashes within distance ``k`` share at least
    one identical band whenever ``bands >= k + 1`` (pigeonhole), so comparing only hashes that share
    a (band, value) bucket finds every candidate without comparing all pairs. ``near_links``
@@ -15,8 +23,8 @@ is ``near_links`` in numpy):
    group is banded (each bucket holds the group's node once): banding only its smallest uid's dHash lost such a
    pair as soon as a pHash twin with a smaller uid arrived, splitting a cluster (review rev28b). The rows
    banded are at most one per image, so a flood of images with one pHash and many dHashes stays linear.
-3. Images with an equal pHash (distance 0: blank or solid images, lossless re-encodes) are linked to their group's
-   smallest member directly, so the join runs on distinct hash values only and a blank-image group
+3. Images with an equal informative pHash (distance 0: lossless re-encodes) are linked to their group's
+   smallest member directly, so the join runs on distinct hash values only and a one-pHash group
    costs O(n), not O(n^2). Buckets still holding more than ``max(min_bucket_cap,
    max_bucket_fraction * N)`` distinct values are reported (``giant_buckets``, with their ``method``) and
    still verified pair by pair, smallest first, while their pairs add up to at most ``EXACT_PAIR_BUDGET``
@@ -45,7 +53,9 @@ Choice of ``k``: pHash of a 64-value DCT block thresholded at its median has exa
 so distances are even. Measured on generated images (``tests/unit/test_dedup_clusters.py`` and
 ``benchmarks/dedup.py``): re-encoding, resizing and blurring move a pHash by 0-2 bits, q60 JPEG
 and +-5% brightness by up to 4, a 2% crop by up to 6, while distinct images stay >= 12 apart
-(~16 on real photographs). ``k = 6`` recovers all of these with no false merges; 4 bands
+(~16 on real photographs). ``k = 6`` recovers all of these with no false merges among informative hashes
+(flat and smoothly shaded images, whose pHashes are 0-10 bits apart whatever their colours, cluster by bytes
+only, step 1); 4 bands
 (16 bits each) keep the scan at ~1 s per million hashes, are exact up to distance 3, and the
 dHash bands recover the rest of the distance-4..6 pairs (recall measured >= 99%).
 
@@ -75,6 +85,10 @@ from pipelines.sqlrun import connect, run_sql
 from schemas import get_schema
 
 PHASH_DC_BIT = 1 << 63  # imagehash puts the DCT's [0, 0] term in the most significant bit
+# A pHash with fewer set bits than this besides the DC bit is uninformative (flat or smoothly shaded image: its DCT
+# terms tie at the median): clustered by sha256 only. Distinct DCT terms give 31 (32 with the DC bit); measured:
+# flat images and linear ramps 0, two flat halves 2, a clear sky 2, a horizon 4, quadrants 8, a radial gradient 10.
+MIN_PHASH_BITS = 16
 # Parquet key-value metadata of duplicate_clusters: the settings it was clustered with (JSON, the output fields of
 # DedupConfig), which the decisions carry on to the published data card (its "Hamming distance <= k")
 DEDUP_METADATA = b"pickapic.dedup_config"
@@ -126,6 +140,7 @@ class DedupReport:
     sampled_bucket_nodes: int = 0      # distinct hashes in buckets past EXACT_PAIR_BUDGET
     sampled_unchecked_nodes: int = 0   # of those, within k of no representative (buckets past both budgets)
     subband_buckets: int = 0           # buckets past EXACT_PAIR_BUDGET searched exactly by sub-bands
+    low_information_images: int = 0    # images whose pHash is uninformative (MIN_PHASH_BITS): clustered by sha256 only
 
     @property
     def sampled_buckets(self) -> int:
@@ -149,6 +164,7 @@ class DedupReport:
             "sampled_bucket_nodes": self.sampled_bucket_nodes,
             "sampled_unchecked_nodes": self.sampled_unchecked_nodes,
             "subband_buckets": self.subband_buckets,
+            "low_information_images": self.low_information_images,
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
@@ -480,6 +496,8 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     report = _report(con, clusters, hashes.num_rows, exact, near, large, config)
     report.sampled_bucket_nodes, report.sampled_unchecked_nodes = sampled["nodes"], sampled["unchecked"]
     report.subband_buckets = sampled["subbands"]
+    report.low_information_images = hashes.num_rows - pc.sum(hashes.column("informative")).as_py() \
+        if hashes.num_rows else 0
     for bucket in report.giant_buckets:
         bucket["linked_by"] = sampled["linked_by"].get((bucket["band"], bucket["value"]), "pair scan")
     report.seconds = time.perf_counter() - started
@@ -496,7 +514,8 @@ def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) ->
 
 
 def _band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
-    hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask})
+    hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask, "dc_bit": PHASH_DC_BIT,
+                                           "min_bits": MIN_PHASH_BITS})
     con.register("hashes", hashes)
     bands = band_table(config)
     con.register("bands", bands)

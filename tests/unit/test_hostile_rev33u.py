@@ -31,13 +31,13 @@ colour-only differences are invisible to it (a known property of pHash, not spec
 row of both go to ``split_rejects`` (``cluster_conflict``), a documented trade-off of the pins.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix33u, ``tests/unit/test_fix33u.py``: a pHash with fewer
+than 16 set bits besides the DC bit is uninformative and clusters by sha256 only) and the markers removed.
 """
 from __future__ import annotations
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from curation_fixtures import HomeBuilder, build_all
 from PIL import Image
 
@@ -84,8 +84,6 @@ def _decisions(home) -> set[tuple[str, str]]:
 
 # --- 1. one user's flat image takes every other user's unrelated flat-image pair out of its split ---------------
 
-@pytest.mark.xfail(strict=True, reason="every flat image is in one cluster, owned by the split that used it first: "
-                   "other users' pairs with a flat image of another colour go to split_rejects (cluster_conflict)")
 def test_users_flat_images_of_different_colours_do_not_take_each_others_pairs_out_of_their_split(tmp_path):
     from pipelines.splits.assign import SplitConfig, build_splits
 
@@ -110,8 +108,6 @@ def test_users_flat_images_of_different_colours_do_not_take_each_others_pairs_ou
 
 # --- 2. unrelated flat images (any colour) and grey ramps are one duplicate cluster -------------------------------
 
-@pytest.mark.xfail(strict=True, reason="pHash with the DC bit masked is 0 for every flat image and for grey ramps: "
-                   "white, red, blue, black and a gradient are clustered as duplicates, their pairs dropped")
 def test_flat_images_of_different_colours_are_not_duplicates_and_their_pair_is_kept(tmp_path):
     hb = HomeBuilder(tmp_path)
     # user 1 prefers a red image to a white one (a real preference: the prompt asked for red)
