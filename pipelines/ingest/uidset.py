@@ -24,23 +24,26 @@ MERGE_FAN = 32               # runs merged at once: more are merged in passes (m
 class UidSet:
     """A set of canonical uids that spills: ``add``/``update`` as a set's; ``intersection(wanted)`` and ``sorted()``
     read the runs back a block at a time. ``spill``: the folder for the runs (or a function giving it, called at the
-    first spill); None keeps every uid in memory. Picklable (a worker's set travels to the parent with its run paths);
+    first spill); None keeps every uid in memory. ``allowance``: uids held in memory beyond the bound, which the
+    reader raises by one per accepted images row (those rows are held anyway, so a clean day never spills: only the
+    uids of bad lines do). Picklable (a worker's set travels to the parent with its run paths);
     the runs live as long as the spill folder (the ingest's scratch folder, removed after)."""
 
     def __init__(self, spill: Path | Callable[[], Path] | None, max_memory: int | None = None):
         self.memory: set[str] = set()
         self.runs: list[str] = []
         self.max_memory = max_memory or MAX_MEMORY_UIDS
+        self.allowance = 0
         self._spill = spill
 
     def add(self, uid: str) -> None:
         self.memory.add(uid)
-        if len(self.memory) >= self.max_memory:
+        if len(self.memory) >= self.max_memory + self.allowance:
             self._flush()
 
     def update(self, uids: Iterable[str]) -> None:
         self.memory.update(uids)
-        if len(self.memory) >= self.max_memory:
+        if len(self.memory) >= self.max_memory + self.allowance:
             self._flush()
 
     def _flush(self) -> None:
@@ -105,7 +108,16 @@ class UidSet:
 
 def sorted_uids(uids: set[str] | UidSet) -> Iterator[str]:
     """The uids of a set or a :class:`UidSet`, in order, once each."""
-    return uids.sorted() if isinstance(uids, UidSet) else iter(sorted(uids))
+    if isinstance(uids, UidSet) and uids.runs:
+        return uids.sorted()
+    return iter(sorted(uids.memory if isinstance(uids, UidSet) else uids))
+
+
+def in_memory(uids: set[str] | UidSet) -> set[str] | None:
+    """The uids as a set where they are all in memory (a set, or a :class:`UidSet` that never spilled), else None."""
+    if isinstance(uids, UidSet):
+        return None if uids.runs else uids.memory
+    return uids
 
 
 def _batches(items: Iterable[str]) -> Iterator[list[str]]:

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import gzip
 import hashlib
 import json
 import pickle
@@ -29,6 +30,7 @@ from pipelines.ingest import parse as rp
 from pipelines.ingest import uidindex, uidset
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.day import ingest_day
+from pipelines.ingest.reader import read_table
 
 DAY = "2023-03-01"
 
@@ -285,3 +287,26 @@ def test_a_day_whose_bad_lines_hold_many_uids_records_and_resolves_them(fast_tmp
     assert uidindex.raw_image_uids(home, DAY, {nested[0], nested[399], "x"}) == {nested[0], nested[399]}
     assert pq.read_table(home.raw_image_uid_index(DAY)).column("image_uid").to_pylist() == index
     assert not list((home.cache / "tmp").glob("ingest-*"))
+
+
+def test_a_clean_images_file_never_spills_its_uids(fast_tmp, monkeypatch):
+    """The accepted rows raise the set's memory allowance (they are held anyway): only bad lines' uids spill."""
+    monkeypatch.setattr(uidset, "MAX_MEMORY_UIDS", 50)
+    home = DataHome(fast_tmp / "home")
+    builder = DayBuilder(DAY, seed=6).populate(users=2, images=200, rankings=0, downloads=0)
+    builder.write(home)
+    path = home.raw_file(DAY, "images")
+    lines = builder.lines["images"]
+    path.write_bytes(b"".join(gzip.compress(b"".join(line + b"\n" for line in lines[i:i + 20]), mtime=0)
+                              for i in range(0, len(lines), 20)))       # 10 members: 10 chunks of 20 uids
+    spill = fast_tmp / "spill"
+    found = uidset.UidSet(spill)
+    run = read_table(home, DAY, "images", _parser("images"), IngestConfig(), found, (0, 1), spill)
+    assert len(run.rows) == 200 and found.runs == [] and found.memory == set(builder.image_uids)
+    # the same file with a bad line of 300 nested uids: those spill, the set is the same
+    nested = _uids(random.Random(2), 300)
+    with gzip.open(path, "ab") as out:
+        out.write(json.dumps({"junk": [{"image_uid": uid} for uid in nested]}).encode() + b"\n")
+    found = uidset.UidSet(spill)
+    read_table(home, DAY, "images", _parser("images"), IngestConfig(), found, (0, 1), spill)
+    assert found.runs and list(found.sorted()) == sorted(set(builder.image_uids) | set(nested))
