@@ -149,7 +149,9 @@ def _batched(items: Iterable) -> Iterator[list]:
 def _write_batches(tmp: Path, schema: pa.Schema, batches: Iterator[dict]) -> None:
     """A Parquet file of ``schema`` from column batches, one row group each; an empty one as ``pq.write_table`` writes
     an empty table (the same bytes as that for a single batch)."""
-    with pq.ParquetWriter(tmp, schema, **PARQUET_OPTIONS) as writer:
+    # a str path, as pq.write_table gives it (a pathlib.Path here was followed by a crash of a later tracemalloc
+    # run in the same process, tests/unit/test_hostile_rev29e.py's last test)
+    with pq.ParquetWriter(str(tmp), schema, **PARQUET_OPTIONS) as writer:
         wrote = False
         for columns in batches:
             writer.write_table(pa.table(columns, schema=schema))
