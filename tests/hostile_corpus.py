@@ -251,7 +251,8 @@ def hostile_lines(g: _Lines) -> list[tuple[str, str, bytes, str]]:
     add("truncated_json", "rankings", _dump(ranking())[:-7], "malformed_json")
     add("duplicate_key", "downloads", b'{"download_id": 1, "download_id": 2}', "malformed_json")
     add("deep_nesting", "users", b"[" * 200_000 + b"]" * 200_000, "malformed_json")
-    add("huge_integer_literal", "users", b'{"user_id": ' + b"9" * 5000 + b"}", "malformed_json")
+    # valid JSON (no digit limit), judged as written since fix33i: an object lacking the other fields
+    add("huge_integer_literal", "users", b'{"user_id": ' + b"9" * 5000 + b"}", "missing_field")
     add("byte_order_mark", "users", b"\xef\xbb\xbf" + _dump(user()), "malformed_json")
     missing = image()
     del missing["model_id"]

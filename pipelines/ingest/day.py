@@ -92,7 +92,6 @@ from pipelines.ingest.reader import SEEN_OVERFLOW, fill_pending, read_table
 from pipelines.ingest.references import REFERENCE_FIELDS, check_references, late_window_end
 from pipelines.ingest.uidindex import (
     EXPORTS_FOLDER,
-    exports_record,
     exports_record_path,
     prepare_exports_folder,
     raw_image_uids,
@@ -101,6 +100,7 @@ from pipelines.ingest.uidindex import (
     write_exports_record,
     write_uid_index,
 )
+from pipelines.ingest.uidset import UidSet
 from pipelines.ingest.waiting import Unreadable, WaitingIndex, read_waiting
 from schemas import get_schema
 from schemas.raw import PRIMARY_KEYS, RAW_TABLES
@@ -153,7 +153,9 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
     """
     date = parse_day(day)
     parsers = {table: config.line_parser(table, date) for table in tables}
-    known_today: set[str] | None = set() if "images" in tables else None
+    # what the byte search finds in today's images file (quarantined lines' uids too): spilled past a bound, so memory
+    # is flat in the uids of bad lines (review rev33i)
+    known_today: UidSet | None = UidSet(spill_dir) if "images" in tables else None
     runs = {}
     for table in tables:
         uid_sink = known_today if table == "images" else None
@@ -472,8 +474,8 @@ def _write_day(results: dict, date, outputs: dict[str, Path], written: dict[str,
     found = images.__dict__.pop("exported_uids", None)   # not kept in the report (a day's uids)
     files: dict[Path, _Writer] = {}
     if found is not None:
-        record = exports_record(found, results["images"][0].column("image_uid").to_pylist(), images.file_sha256)
-        files[exports] = lambda tmp: write_exports_record(record, tmp)
+        accepted = results["images"][0].column("image_uid").to_pylist()
+        files[exports] = lambda tmp: write_exports_record(found, accepted, images.file_sha256, tmp)
     else:   # never so (the images file is always read): no record of another file is left beside the new one
         exports.unlink(missing_ok=True)
 

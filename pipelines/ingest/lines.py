@@ -338,7 +338,8 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
     not read, and is dropped (the file's ``unreadable_file`` row says where the read stopped).
     """
     number = 0
-    carry = b""
+    pieces: list[bytes] = []   # the start of the current line, as the chunks brought it (joined once it ends)
+    carried = 0                # their length
     long_hash = None  # sha256 of the overlong line being skipped
     long_prefix = b""
     long_len = 0
@@ -355,27 +356,46 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
             yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
             long_hash = None
             chunk = chunk[cut + 1:]
-            carry = b""
-        buf = carry + chunk if carry else chunk
-        parts = buf.split(b"\n")
-        carry = parts.pop()
-        for part in parts:
-            number += 1
-            if len(part) > max_line_bytes:
-                yield number, OverlongLine(part[:RAW_TEXT_BYTES], len(part), hashlib.sha256(part).hexdigest())
+        if b"\n" not in chunk:
+            # no line ends here: keep the piece, never copy the line's start again (review rev33i: a line cut into
+            # many tiny gzip members was re-joined and re-split per chunk, time quadratic in its length)
+            if chunk:
+                pieces.append(chunk)
+                carried += len(chunk)
+        else:
+            if pieces:
+                pieces.append(chunk)
+                buf = b"".join(pieces)
             else:
-                yield number, part
-        if len(carry) > max_line_bytes:
-            long_hash = hashlib.sha256(carry)
-            long_prefix = carry[:RAW_TEXT_BYTES]
-            long_len = len(carry)
-            carry = b""
+                buf = chunk
+            parts = buf.split(b"\n")
+            carry = parts.pop()
+            for part in parts:
+                number += 1
+                if len(part) > max_line_bytes:
+                    yield number, OverlongLine(part[:RAW_TEXT_BYTES], len(part), hashlib.sha256(part).hexdigest())
+                else:
+                    yield number, part
+            pieces, carried = ([carry], len(carry)) if carry else ([], 0)
+        if carried > max_line_bytes:
+            long_hash = hashlib.sha256()
+            prefix = []
+            room = RAW_TEXT_BYTES
+            for piece in pieces:
+                long_hash.update(piece)
+                if room > 0:
+                    prefix.append(piece[:room])
+                    room -= len(prefix[-1])
+            long_prefix = b"".join(prefix)
+            long_len = carried
+            pieces, carried = [], 0
     if cut_short is not None and cut_short():
         return
     if long_hash is not None:
         number += 1
         yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
-    elif carry:
+    elif pieces:
+        carry = b"".join(pieces)
         number += 1
         if len(carry) > max_line_bytes:
             yield number, OverlongLine(carry[:RAW_TEXT_BYTES], len(carry), hashlib.sha256(carry).hexdigest())

@@ -9,8 +9,9 @@ Line rules, checked in this order (the first failing check is the line's reason)
 
 - ``line_too_long``: more bytes than ``max_line_bytes`` (default 1 MiB); never decoded.
 - ``invalid_utf8``: the line is not valid UTF-8, or a string holds a lone surrogate escape (``\\ud800``).
-- ``malformed_json``: not parseable as JSON (also a blank line, a duplicate key, nesting too deep,
-  or an integer with more than 4,300 digits).
+- ``malformed_json``: not parseable as JSON (also a blank line, a duplicate key, nesting too deep). An integer of
+  more digits than Python converts from text (4,300) is a number as written (``_parse_big_int``), judged by its
+  field like ``1e400`` (review rev33i: it was malformed_json, keyless).
 - ``invalid_value`` for ``NaN``/``Infinity``/``-Infinity`` tokens (not JSON).
 - ``not_an_object``: a JSON array, string, number, boolean or null.
 - ``missing_field``: a column of the table is absent, or null where the column is required.
@@ -51,7 +52,9 @@ A UTF-8 byte order mark (``EF BB BF``) at the very start of a file is not part o
 detail names it. A rejected line that is a JSON object with a valid primary key carries that key
 (``Reject.key``): the reader counts it as one more version of the key (``conflicting_primary_key``). So does a
 line refused in the decode for a ``NaN``/``Infinity`` constant or a member named twice, its key read again
-leniently (``LineParser.decoded_key``) when it reads one way (review rev25f).
+leniently (``LineParser.decoded_key``) when it reads one way (review rev25f), and since review rev33i one nested too
+deeply for the decoder (read without recursion, ``_shallow_members``) or not UTF-8 (read with U+FFFD for each invalid
+byte, ``LineParser.undecodable_key``).
 """
 from __future__ import annotations
 
@@ -125,7 +128,8 @@ class Reject(Exception):
     ``key``: the line's primary key when it is a JSON object whose key field is valid (else None)."""
 
     key = None
-    readable = False   # True: a NaN constant or a duplicated member failed the decode; the key may still be read
+    readable = False   # True: a NaN constant, a duplicated member or nesting too deep failed the decode; the key may
+    # still be read (``LineParser.decoded_key``)
 
     def __init__(self, reason: str, detail: str):
         super().__init__(reason, detail)   # formatted only when shown: millions are raised on hostile days
@@ -425,9 +429,36 @@ def _object_pairs(pairs: list) -> dict:
     return obj
 
 
+# Python converts at most 4,300 digits (sys.get_int_max_str_digits) from a string to an int; JSON sets no limit. An
+# integer of more than _INT_DIGITS digits is kept as a number as written (``_WrittenNumber``, its double ``inf``), so a
+# field judges it as written like ``1e400`` (review rev33i: it was malformed_json with no key). 640 digits is the
+# least limit Python can be set to: int() of fewer never fails, whatever the interpreter's setting.
+_INT_DIGITS = 640
+
+
+def _parse_big_int(text: str) -> int:
+    if len(text) <= _INT_DIGITS:
+        return int(text)
+    marked = _WrittenNumber(float(text))
+    marked.text = text
+    return marked
+
+
 _DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs,
                             parse_float=_parse_float)
 _SCAN = json.scanner.make_scanner(_DECODER)
+# the same, with every integer going through _parse_big_int (slower: used only where _SCAN met an integer past the limit)
+_BIG_SCAN = json.scanner.make_scanner(json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object_pairs,
+                                                       parse_float=_parse_float, parse_int=_parse_big_int))
+
+
+def _scan_json(text: str, start: int) -> tuple[object, int]:
+    try:
+        return _SCAN(text, start)
+    except (_NonFinite, _DuplicateKey, json.JSONDecodeError):
+        raise
+    except ValueError:   # an integer past Python's int-from-string digit limit: read again, judged as written
+        return _BIG_SCAN(text, start)
 _JSON_WS = " \t\n\r"
 
 
@@ -441,7 +472,7 @@ def load_json(text: str, show_key: Callable[..., str] | None = None) -> object:
             raise Reject(MALFORMED_JSON, "blank line")
         start = len(text) - len(stripped)
     try:
-        obj, end = _SCAN(text, start)
+        obj, end = _scan_json(text, start)
     except StopIteration as exc:
         if text[exc.value:exc.value + 1] == "\ufeff":
             raise Reject(MALFORMED_JSON, f"a byte order mark (U+FEFF) at character {exc.value}: allowed only "
@@ -452,9 +483,9 @@ def load_json(text: str, show_key: Callable[..., str] | None = None) -> object:
     except _DuplicateKey as exc:
         raise _readable(Reject(MALFORMED_JSON, f"duplicate key {(show_key or _short)(exc.args[0])}")) from None
     except RecursionError:
-        raise Reject(MALFORMED_JSON, "nesting too deep") from None
-    except ValueError as exc:  # json.JSONDecodeError, integer digit limit
-        raise Reject(MALFORMED_JSON, str(exc)[:200]) from None
+        raise _readable(Reject(MALFORMED_JSON, "nesting too deep")) from None
+    except ValueError as exc:  # json.JSONDecodeError
+        raise Reject(MALFORMED_JSON, str(exc).split("; use sys.")[0][:200]) from None
     if end != len(text) and text[end:].strip(_JSON_WS):
         raise Reject(MALFORMED_JSON, f"extra data after the JSON value at character {end}")
     return obj
@@ -472,20 +503,116 @@ class _Members(list):
 
 
 _LENIENT_SCAN = json.scanner.make_scanner(json.JSONDecoder(
-    parse_constant=lambda _name: None, object_pairs_hook=_Members, parse_float=_parse_float))
+    parse_constant=lambda _name: None, object_pairs_hook=_Members, parse_float=_parse_float,
+    parse_int=_parse_big_int))
 
 
 def lenient_members(text: str) -> _Members | None:
-    """The members of a line that ``load_json`` refused only for a ``NaN``/``Infinity`` constant (read as null)
-    or a member named twice (both kept): None unless the whole line is one JSON object that way."""
+    """The members of a line that ``load_json`` refused only for a ``NaN``/``Infinity`` constant (read as null),
+    a member named twice (both kept) or nesting too deep for Python's recursion (read without recursion,
+    :func:`_shallow_members`): None unless the whole line is one JSON object that way."""
     stripped = text.lstrip(_JSON_WS)
     try:
         obj, end = _LENIENT_SCAN(stripped, 0)
-    except (StopIteration, ValueError, RecursionError):
+    except RecursionError:
+        return _shallow_members(stripped)
+    except (StopIteration, ValueError):
         return None
     if type(obj) is not _Members or stripped[end:].strip(_JSON_WS):
         return None
     return obj
+
+
+# One JSON token after blanks: a string, a number, a constant (NaN/Infinity read as null, as the lenient read does),
+# or a structural character
+_JSON_TOKEN_RE = re.compile(r'[ \t\n\r]*(?:("(?:[^"\\\x00-\x1f]|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*")'
+                            r'|(-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?)'
+                            r'|(true|false|null|NaN|Infinity|-Infinity)|([{}\[\]:,]))')
+_OPEN_ARRAYS_RE = re.compile(r"[ \t\n\r]*\[(?:[ \t\n\r]*\[)*")    # a run of "[": pushed at once
+_CLOSE_ARRAYS_RE = re.compile(r"[ \t\n\r]*\](?:[ \t\n\r]*\])*")   # a run of "]": popped at once
+_CONSTANTS = {"true": True, "false": False}   # null, NaN, Infinity: None (as the lenient read takes them)
+_NESTED = object()   # the value of a top-level member that is an object or an array (never a valid key)
+
+
+def _shallow_members(text: str) -> _Members | None:
+    """The top-level members of a JSON object nested too deeply for the recursive decoder, read without recursion (a
+    stack of the open containers, the whole text checked as JSON): each (name, value), an object or array value as a
+    marker; a repeated name and a NaN constant are kept as :func:`lenient_members` keeps them. None unless the text is
+    one JSON object. Review rev33i: such a line lost its key, so the key's other version was accepted."""
+    members = _Members()
+    stack: list[str] = []       # "{" / "[" of the open containers
+    expect = "value"            # value, value_or_end, key, key_or_end, colon, comma_or_end
+    name = None
+    position = 0
+    match_token = _JSON_TOKEN_RE.match
+    while True:
+        if stack and expect != "colon" and not expect.startswith("key"):   # runs of brackets: one step each
+            run = (_OPEN_ARRAYS_RE if expect.startswith("value") else _CLOSE_ARRAYS_RE).match(text, position)
+            if run is not None:
+                count = run.group().count("[") or run.group().count("]")
+                if expect.startswith("value"):
+                    if len(stack) == 1:
+                        members.append((name, _NESTED))
+                    stack.extend("[" * count)
+                    expect = "value_or_end"
+                else:
+                    if len(stack) < count or stack[-count:].count("[") != count:
+                        return None
+                    del stack[-count:]
+                    if not stack:
+                        return None    # the top level is an object: "]" never closes it
+                position = run.end()
+                continue
+        found = match_token(text, position)
+        if found is None:
+            return None
+        if not stack and found.group(4) != "{":
+            return None          # not an object
+        position = found.end()
+        string, number, constant, mark = found.groups()
+        if expect == "value" or expect == "value_or_end":
+            if mark == "{" or mark == "[":
+                if len(stack) == 1:
+                    members.append((name, _NESTED))
+                stack.append(mark)
+                expect = "key_or_end" if mark == "{" else "value_or_end"
+                continue
+            if mark == "]" and expect == "value_or_end":
+                stack.pop()
+            elif mark is not None:
+                return None
+            elif len(stack) == 1:
+                if string is not None:
+                    value = json.loads(string)
+                elif number is not None:
+                    value = _parse_float(number) if number.strip("-0123456789") else _parse_big_int(number)
+                else:
+                    value = _CONSTANTS.get(constant)
+                members.append((name, value))
+        elif expect == "key" or expect == "key_or_end":
+            if string is not None:
+                name = json.loads(string)
+                expect = "colon"
+                continue
+            if mark != "}" or expect != "key_or_end":
+                return None
+            stack.pop()
+        elif expect == "colon":
+            if mark != ":":
+                return None
+            expect = "value"
+            continue
+        else:   # comma_or_end
+            if mark == ",":
+                expect = "key" if stack[-1] == "{" else "value"
+                continue
+            if mark != ("}" if stack[-1] == "{" else "]"):
+                return None
+            stack.pop()
+        if not stack:            # the top-level object closed
+            break
+        expect = "comma_or_end"
+    return None if text[position:].strip(_JSON_WS) else members
 
 
 def _short(value: object, limit: int = 80) -> str:
@@ -574,7 +701,9 @@ class LineParser:
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as exc:
-            raise Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}") from None
+            reject = Reject(INVALID_UTF8, f"byte {exc.start}: {exc.reason}")
+            reject.key = self.undecodable_key(data)   # a version of its key all the same (review rev33i)
+            raise reject from None
         try:
             obj = load_json(text, self._show_key)
         except Reject as exc:
@@ -596,9 +725,11 @@ class LineParser:
             raise
 
     def decoded_key(self, text: str) -> object:
-        """The valid primary key of a line whose decode failed on a ``NaN``/``Infinity`` constant or a member named
-        twice (``Reject.readable``): read leniently (:func:`lenient_members`), the key field present with one
-        value (written once, or every time alike), valid as :meth:`key_of` judges it; else None."""
+        """The valid primary key of a line whose decode failed on a ``NaN``/``Infinity`` constant, a member named
+        twice or nesting too deep (``Reject.readable``): read leniently (:func:`lenient_members`), the key field
+        present with one value (written once, or every time alike), valid as :meth:`key_of` judges it; else None."""
+        if self.key_name not in text and "\\" not in text:
+            return None   # no member of that name (spelled with an escape it holds a backslash): no lenient read
         members = lenient_members(text)
         if members is None:
             return None
@@ -606,6 +737,17 @@ class LineParser:
         if not values or any(type(v) is not type(values[0]) or v != values[0] for v in values):
             return None
         return self.key_of({self.key_name: values[0]})
+
+    def undecodable_key(self, data: bytes) -> object:
+        """The valid primary key of a line that is not valid UTF-8, read with each invalid byte as U+FFFD: a key is an
+        integer or a canonical uid, ASCII, so no replaced byte is ever part of one; the line otherwise read as any
+        line is (a JSON object, or one :meth:`decoded_key` reads); else None."""
+        text = data.decode("utf-8", "replace")
+        try:
+            obj = load_json(text)
+        except Reject as exc:
+            return self.decoded_key(text) if exc.readable else None
+        return self.key_of(obj) if type(obj) is dict else None
 
     def key_of(self, obj: dict) -> object:
         """The primary key of a JSON object as the accepted row would hold it, when its key field alone is

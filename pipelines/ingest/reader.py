@@ -43,6 +43,7 @@ from pipelines.ingest import lines
 from pipelines.ingest import parse as rp
 from pipelines.ingest.config import IngestConfig, TableReport
 from pipelines.ingest.quarantine import QuarantineSink, SinkLimits
+from pipelines.ingest.uidset import UidSet
 from schemas.raw import PRIMARY_KEYS
 
 _EMPTY_SHA256 = "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
@@ -193,6 +194,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         parse, same = parser.parse, parser.same
         max_bytes = config.max_line_bytes
         number = 0
+        counting = isinstance(uid_sink, UidSet)   # its memory allowance grows with the accepted rows (review rev33i)
         for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut):
             if type(data) is not bytes:
                 if index == 0:
@@ -217,6 +219,8 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
             first = rows.get(key)
             if first is None:
                 rows[key] = (number, values)
+                if counting:
+                    uid_sink.allowance += 1
             else:
                 if not same(values, first[1]):    # typed: two spellings of one instant are the same
                     conflicting.add(key)

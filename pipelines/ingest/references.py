@@ -27,13 +27,14 @@ from pipelines.ingest import parse as rp
 from pipelines.ingest.config import IngestConfig, parse_day, shift_day
 from pipelines.ingest.reader import TableRun
 from pipelines.ingest.uidindex import raw_image_uids, reference_days
+from pipelines.ingest.uidset import UidSet
 
 REFERENCE_FIELDS = {"rankings": ("image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid"),
                     "downloads": ("image_uid",)}
 
 
 def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser],
-                     known_today: set[str] | None, home: DataHome, day: str, raw_days: Sequence[str],
+                     known_today: set[str] | UidSet | None, home: DataHome, day: str, raw_days: Sequence[str],
                      late_days: int, config: IngestConfig | None = None) -> None:
     """Quarantine rankings/downloads rows whose image uid no images export of this day, an earlier
     day or the ``late_days`` days after it has; count the rows only a later export resolved.
@@ -50,7 +51,7 @@ def check_references(runs: dict[str, TableRun], parsers: dict[str, rp.LineParser
     for table in tables:
         for _, values in runs[table].rows.values():
             referenced.update(values[i] for i in positions[table] if values[i] is not None)
-    unresolved = referenced - known_today if known_today is not None else referenced
+    unresolved = referenced - known_today.intersection(referenced) if known_today is not None else referenced
     if unresolved:
         raw_days = reference_days(home, raw_days)   # the raw zone's days and the pruned days the warehouse keeps
     scan_days = {d for d in raw_days if d < day}

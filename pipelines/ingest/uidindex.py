@@ -19,27 +19,23 @@ in the warehouse, not in the disposable cache: once the raw folder is gone it ca
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from formats.files import (
-    PARQUET_OPTIONS,
-    make_real_folder,
-    open_regular_in_real_folder,
-    sha256_file,
-    write_parquet_atomic,
-)
+from formats.files import PARQUET_OPTIONS, atomic_path, make_real_folder, open_regular_in_real_folder, sha256_file
 from formats.home import DataHome
-from formats.locks import CACHE_WRITERS_LOCK, writing_shared
+from formats.locks import CACHE_WRITERS_LOCK, held_scratch_folder, writing_shared
 from formats.rawzone import day_of_folder
 from pipelines.ingest import lines
 from pipelines.ingest.config import IngestConfig
 from pipelines.ingest.reader import open_raw
+from pipelines.ingest.uidset import UidSet, in_memory, sorted_uids
 
 _UID_INDEX_VERSION = "2"   # 2: uids only a JSON decode finds (lines.spelled_image_uid) included
 
@@ -97,12 +93,15 @@ def _image_uids(home: DataHome, day: str, wanted: set[str], config: IngestConfig
         except (OSError, pa.ArrowException):
             pass  # an unreadable cache is searched around and rewritten
     stat = stat_key(path)
-    found: set[str] = set()
-    lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
-    read_whole = raw.status in ("ok", "empty") and not raw.limited
-    if not raw.limited:   # a read that depends on the limits (cut, or stopped unchecked): never kept for another run's
-        write_uid_index(home, day, found, raw.file_sha256, stat, read_whole)
-    return found & wanted if read_whole or not whole else None
+    with contextlib.ExitStack() as scratch:
+        # what the search finds, in bounded memory (review rev33i): runs past MAX_MEMORY_UIDS go to a scratch folder
+        # of the ingest's kind (swept when a crash leaves it), made only when needed
+        found = UidSet(lambda: scratch.enter_context(held_scratch_folder(home.cache / "tmp", f"ingest-{day}-")))
+        lines.scan_image_uids(raw.chunks(), found, config.max_line_bytes)
+        read_whole = raw.status in ("ok", "empty") and not raw.limited
+        if not raw.limited:   # a read that depends on the limits (cut, or stopped unchecked): never kept for another run's
+            write_uid_index(home, day, found, raw.file_sha256, stat, read_whole)
+        return found.intersection(wanted) if read_whole or not whole else None
 
 
 def search_image_uids(home: DataHome, path: Path, wanted: set[str],
@@ -133,23 +132,47 @@ def search_image_uids(home: DataHome, path: Path, wanted: set[str],
     return (found, "writing") if raw.ended_early else (None, raw.error or "unreadable")
 
 
-def write_uid_index(home: DataHome, day: str, uids: set[str], raw_sha256: str | None, stat: str | None,
+def write_uid_index(home: DataHome, day: str, uids: set[str] | UidSet, raw_sha256: str | None, stat: str | None,
                     whole: bool = False) -> None:
     """Record the uids found in ``day``'s raw images file, keyed by the file's sha256 and stat; ``whole``: the
-    file was read whole (no damaged or truncated member), recorded as ``whole`` = 1 in the footer."""
+    file was read whole (no damaged or truncated member), recorded as ``whole`` = 1 in the footer. Written a batch
+    of ``WRITE_BATCH`` uids at a time (a :class:`~pipelines.ingest.uidset.UidSet` is never held whole)."""
     path = home.raw_file(day, "images")
     if raw_sha256 is None or stat is None or stat_key(path) != stat:
         return  # not read, or changed while it was read: leave no index
-    table = pa.table({"image_uid": pa.array(sorted(uids), pa.string())})
-    table = table.replace_schema_metadata({"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat,
-                                           "whole": "1" if whole else "0"})
+    schema = pa.schema([pa.field("image_uid", pa.string())]).with_metadata(
+        {"version": _UID_INDEX_VERSION, "raw_sha256": raw_sha256, "stat": stat, "whole": "1" if whole else "0"})
     # review rev33l: the index is a disposable cache: one that cannot be written (its folder a file, not writable,
     # the disk full) leaves the day searched again next time, never the caller's read failed (the ingest's reference
     # check, a superseded export's withdrawal of its blobs)
     with contextlib.suppress(OSError), \
             writing_shared(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home") as held:
         if held:   # the ingest sweeps killed writers' temporary files under this lock, exclusively (review rev29b)
-            write_parquet_atomic(table, home.raw_image_uid_index(day))
+            with atomic_path(home.raw_image_uid_index(day)) as tmp:
+                _write_batches(tmp, schema, ({"image_uid": batch} for batch in _batched(sorted_uids(uids))))
+
+
+WRITE_BATCH = 16_384   # rows of a streamed record or index written at a time (one row group each)
+
+
+def _batched(items: Iterable) -> Iterator[list]:
+    iterator, size = iter(items), WRITE_BATCH
+    while batch := list(itertools.islice(iterator, size)):
+        yield batch
+
+
+def _write_batches(tmp: Path, schema: pa.Schema, batches: Iterator[dict]) -> None:
+    """A Parquet file of ``schema`` from column batches, one row group each; an empty one as ``pq.write_table`` writes
+    an empty table (the same bytes as that for a single batch)."""
+    # a str path, as pq.write_table gives it (a pathlib.Path here was followed by a crash of a later tracemalloc
+    # run in the same process, tests/unit/test_hostile_rev29e.py's last test)
+    with pq.ParquetWriter(str(tmp), schema, **PARQUET_OPTIONS) as writer:
+        wrote = False
+        for columns in batches:
+            writer.write_table(pa.table(columns, schema=schema))
+            wrote = True
+        if not wrote:
+            writer.write_table(schema.empty_table())
 
 
 def raw_day_present(home: DataHome, day: str) -> bool:
@@ -199,16 +222,44 @@ def exports_record_path(home: DataHome, day: str) -> Path:
     return home.warehouse / EXPORTS_FOLDER / f"dt={day}.parquet"
 
 
-def exports_record(found: set[str], accepted: list[str], raw_sha256: str | None) -> pa.Table:
-    """The record of a day's images export as its ingest's byte search ``found`` it, against the ``accepted`` uids
-    of its ``images`` partition: a row per uid found and not accepted (``exported`` true) and per uid accepted and
-    not found (false; none where the search reads every accepted line, as it does), sorted; the images file's
-    sha256 (``ingest_files``' own, '' for none) in the footer binds it to the partition it was written with."""
-    held = set(accepted)
-    rows = sorted([(uid, True) for uid in found - held] + [(uid, False) for uid in held - found])
+def exports_rows(found: set[str] | UidSet, accepted: list[str]) -> Iterator[tuple[str, bool]]:
+    """The rows of the record of a day's images export as its ingest's byte search ``found`` it, against the
+    ``accepted`` uids of its ``images`` partition: (uid, True) per uid found and not accepted, (uid, False) per uid
+    accepted and not found (none where the search reads every accepted line, as it does), in uid order; both
+    streamed in order and merged, so memory holds ``accepted`` only (review rev33i)."""
+    whole = in_memory(found)
+    if whole is not None:   # never spilled: the set's own operations, as fast as before
+        accepted_set = set(accepted)
+        yield from sorted([(uid, True) for uid in whole - accepted_set] +
+                          [(uid, False) for uid in accepted_set - whole])
+        return
+    held = iter(sorted(set(accepted)))
+    mine = next(held, None)
+    for uid in sorted_uids(found):
+        while mine is not None and mine < uid:
+            yield mine, False
+            mine = next(held, None)
+        if mine == uid:
+            mine = next(held, None)
+        else:
+            yield uid, True
+    while mine is not None:
+        yield mine, False
+        mine = next(held, None)
+
+
+def exports_record(found: set[str] | UidSet, accepted: list[str], raw_sha256: str | None) -> pa.Table:
+    """:func:`exports_rows` as one table (for a small record; the ingest writes it streamed:
+    :func:`write_exports_record`), the images file's sha256 (``ingest_files``' own, '' for none) in the footer
+    binding it to the partition it was written with."""
+    rows = list(exports_rows(found, accepted))
     table = pa.table({"image_uid": pa.array([r[0] for r in rows], pa.string()),
                       "exported": pa.array([r[1] for r in rows], pa.bool_())}, schema=_EXPORTS_SCHEMA)
-    return table.replace_schema_metadata({"version": _EXPORTS_VERSION, "raw_sha256": raw_sha256 or ""})
+    return table.replace_schema_metadata(_exports_meta(raw_sha256))
+
+
+def _exports_meta(raw_sha256: str | None) -> dict[str, str]:
+    return {"version": _EXPORTS_VERSION, "raw_sha256": raw_sha256 or ""}
 
 
 def prepare_exports_folder(home: DataHome) -> None:
@@ -218,8 +269,13 @@ def prepare_exports_folder(home: DataHome) -> None:
     make_real_folder(home.warehouse / EXPORTS_FOLDER, "the record of a day's images export")
 
 
-def write_exports_record(table: pa.Table, tmp: Path) -> None:
-    pq.write_table(table, tmp, **PARQUET_OPTIONS)
+def write_exports_record(found: set[str] | UidSet, accepted: list[str], raw_sha256: str | None, tmp: Path) -> None:
+    """Write the record (:func:`exports_rows`) to ``tmp`` a batch at a time: the bytes of ``exports_record``'s table
+    written whole when it has at most ``WRITE_BATCH`` rows."""
+    schema = _EXPORTS_SCHEMA.with_metadata(_exports_meta(raw_sha256))
+    batches = ({"image_uid": [uid for uid, _ in batch], "exported": [flag for _, flag in batch]}
+               for batch in _batched(exports_rows(found, accepted)))
+    _write_batches(tmp, schema, batches)
 
 
 def _ingested_images_sha256(home: DataHome, day: str) -> str | None:
