@@ -89,8 +89,10 @@ def history_marker(config) -> str:
     (a ``SimConfig``: its fields at the top level), the stages' code versions (``dagster_project.versions``) and a
     digest of the simulator's own code (it has no version). A history is reused only when its marker is this one:
     one built by an older version of a stage (or of the simulator) is built again, so the first nightly after an
-    upgrade does not time a code-version rebuild of every day (review rev33k, noticed)."""
-    import dataclasses
+    upgrade does not time a code-version rebuild of every day (review rev33k, noticed). The configuration is
+    ``config.as_dict()``: every knob but ``workers`` (the number of rendering processes, which the simulated
+    history does not depend on: ``tests/unit/test_simulator_determinism.py``), so a change of it alone rebuilds
+    nothing (review rev33t, noticed)."""
     import hashlib
 
     import simulator
@@ -100,5 +102,5 @@ def history_marker(config) -> str:
     code = Path(simulator.__file__).resolve().parent
     for path in sorted(code.rglob("*.py")):
         digest.update(path.relative_to(code).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
-    return json.dumps({**dataclasses.asdict(config), "pickapic_code_versions": code_versions(),
+    return json.dumps({**config.as_dict(), "pickapic_code_versions": code_versions(),
                        "simulator_code_sha256": digest.hexdigest()}, sort_keys=True, default=str) + "\n"

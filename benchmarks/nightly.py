@@ -83,8 +83,8 @@ def folder_kb(folder: Path) -> float:
 
 
 def snapshot_marker(config: SimConfig) -> str:
-    """What ``snapshot-N/.built`` holds: the whole simulator configuration the snapshot was built from, the stages'
-    code versions and the simulator's code digest (:func:`benchmarks.history_marker`)."""
+    """What ``snapshot-N/.built`` holds: the simulator configuration the snapshot was built from (but ``workers``),
+    the stages' code versions and the simulator's code digest (:func:`benchmarks.history_marker`)."""
     return history_marker(config)
 
 

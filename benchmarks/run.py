@@ -343,7 +343,13 @@ def _interrupt_once(benchmark: int) -> None:
     clean-up is not cut short: a terminal's Ctrl-C reaches it twice, once from the terminal and once forwarded by
     :func:`isolated` (review rev33k: its SIGTERM ended the benchmark at once, and a temporary folder of 20,000 files
     stayed). A process the benchmark forks (a pool's worker) inherits this handler but keeps the signals' usual
-    meaning (SIGINT: KeyboardInterrupt; the others end it)."""
+    meaning (SIGINT: KeyboardInterrupt; the others end it).
+
+    The clean-up is bounded by the benchmark itself: the first stop signal also starts a timer of
+    :data:`STOP_WAIT_S` (``ITIMER_REAL``) whose SIGALRM, at its default action, ends the benchmark. The parent's
+    SIGKILL after that wait is not enough: a parent SIGKILLed meanwhile (a job runner's grace period, shorter than
+    STOP_WAIT_S) sends only the SIGTERM of ``PR_SET_PDEATHSIG``, which is ignored by then (review rev33t: a hung
+    clean-up outlived ``benchmarks.run`` for good)."""
     def handler(signum: int, frame) -> None:
         if os.getpid() != benchmark:
             if signum == signal.SIGINT:
@@ -353,6 +359,8 @@ def _interrupt_once(benchmark: int) -> None:
             return
         for sig in _STOP_SIGNALS:
             signal.signal(sig, signal.SIG_IGN)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL)
+        signal.setitimer(signal.ITIMER_REAL, STOP_WAIT_S)     # the clean-up's bound, whoever is left to wait
         raise KeyboardInterrupt(f"stopped by signal {signal.Signals(signum).name}")
 
     for sig in _STOP_SIGNALS:

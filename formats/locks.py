@@ -227,11 +227,14 @@ def _remove_folder(path: Path) -> bool:
     gone (a folder of another account's that could not be emptied is not reported as removed). Never raises for what
     the folder holds: :func:`formats.trees.remove_tree` walks without recursion and one descriptor at a time, where
     ``shutil.rmtree`` raised ``RecursionError`` (which its ``ignore_errors`` does not cover) out of every later build
-    on a planted marked folder 1,200 levels deep (review rev33k)."""
+    on a planted marked folder 1,200 levels deep (review rev33k). Its :data:`SCRATCH_MARKER` is removed last, only
+    once the rest is gone, so a folder that could not be emptied (a subfolder not writable for now, a ``.nfsXXXX``
+    file a reader holds) stays marked and a later sweep removes it (review rev33t: it lost its marker first and was
+    then left for good, taken for another program's); a file system mounted inside is left whole."""
     from formats.trees import remove_tree
 
     try:
-        remove_tree(path)
+        remove_tree(path, last=SCRATCH_MARKER)
     except OSError:
         pass                              # what could be removed is; the rest stays (not reported as removed)
     return not os.path.lexists(path)
