@@ -784,33 +784,71 @@ def _not_enough_data(result, home: DataHome) -> NotEnoughDataError | None:
 _BARE_ERRNO = re.compile(r"[\w.]+: \[Errno (\d+)\] [^:'\"\n]*")
 
 
+# a worker process's traceback, as the executor attaches it to the error it raises again in the parent (the cause of
+# that error: its text, not an error of its own; concurrent.futures' and multiprocessing.Pool's)
+_TRACEBACK_TEXT = frozenset({"_RemoteTraceback", "RemoteTraceback"})
+CAUSE_MAX_CHARS = 500   # a step's root cause in the build's error line, at most (a longer one is cut, "...")
+_MARKERS = re.compile(r"[\s^~\"]*")   # a caret line under a quoted query or source; the quotes around a traceback
+_TRACEBACK = "Traceback (most recent call last):"
+
+
 def _root_cause(error) -> str:
     """The innermost error message of a Dagster SerializableErrorInfo chain, on one line. Where that is the kernel's
     error naming no file (``OSError: [Errno 5] Input/output error``) and an error of the step's own code was raised
     from it (one naming the file: :func:`formats.files.naming_the_file`, :func:`formats.dataset.fsync_dir`, the
     record of switched versions' refusal, ...), the nearest such error instead, followed by the kernel's text when it
     does not carry the same errno; Dagster's own wrappers are passed over (review rev33m: a full record of switched
-    versions, an EIO at an atomic write's sync, named no file under `pickapic build`)."""
+    versions, an EIO at an atomic write's sync, named no file under `pickapic build`). A process pool worker's
+    traceback text, the cause the executor gives the worker's error raised again in the step, is no error of its own:
+    passed over too (review rev33r: the build said `step: \"\"\"`, that text's last line). Each error is its whole
+    message on one line (:func:`_one_line`)."""
     chain = []
     while error is not None and len(chain) < 64:
-        chain.append(error)
+        if error.cls_name not in _TRACEBACK_TEXT or not chain:
+            chain.append(error)
         error = getattr(error, "cause", None)
-    inner = _last_line(chain[-1])
+    inner = _one_line(chain[-1])
     bare = _BARE_ERRNO.fullmatch(inner)
     if bare is None:
         return inner
     for outer in reversed(chain[:-1]):
         if (outer.cls_name or "").startswith("Dagster"):
             continue
-        line = _last_line(outer)
-        return line if f"[Errno {bare.group(1)}]" in line else f"{line} ({inner})"
+        line = _one_line(outer)
+        return line if f"[Errno {bare.group(1)}]" in line else _bounded(f"{line} ({inner})")
     return inner
 
 
-def _last_line(error) -> str:
-    """The last line of one error of a SerializableErrorInfo chain (its class name when it has no message)."""
-    lines = (error.message or "").strip().splitlines()
-    return lines[-1] if lines else error.cls_name or "unknown error"
+def _one_line(error) -> str:
+    """One error of a SerializableErrorInfo chain on one line (its class name when it has no message): from the line
+    that names its class on (Python puts a SyntaxError's quoted source above it), its lines joined with " | " (after
+    a line ending in ":" with a space), blank lines and the marker lines under a quoted query or source (carets) or
+    around a quoted traceback dropped, cut at :data:`CAUSE_MAX_CHARS`. A message that quotes a traceback (a Beam
+    worker's error, as the multi-processing runner raises it again) is the error that traceback ends in. Review
+    rev33r: the last line alone was a DuckDB error's caret line (``^^^^^^``, its message, the column it lacks,
+    lost) or a multi-line project error's last line of log."""
+    lines = (error.message or "").splitlines()
+    quoted = [i for i, line in enumerate(lines) if line.rstrip().endswith(_TRACEBACK)]
+    if quoted:
+        after = lines[quoted[-1] + 1:]
+        frames = next((i for i, line in enumerate(after) if line[:1].strip()), len(after))
+        if any(not _MARKERS.fullmatch(line) for line in after[frames:]):
+            lines = after[frames:]
+    name = re.compile(rf"(?:[\w.]+\.)?{re.escape(error.cls_name or '')}(?::|$)")
+    start = next((i for i, line in enumerate(lines) if error.cls_name and name.match(line)), 0)
+    kept = [line.strip() for line in lines[start:] if not _MARKERS.fullmatch(line)]
+    if not kept:
+        return error.cls_name or "unknown error"
+    text = kept[0]
+    for line in kept[1:]:
+        text += (" " if text.endswith(":") else " | ") + line
+        if len(text) > CAUSE_MAX_CHARS:
+            break
+    return _bounded(text)
+
+
+def _bounded(text: str) -> str:
+    return text if len(text) <= CAUSE_MAX_CHARS else text[:CAUSE_MAX_CHARS - 3].rstrip() + "..."
 
 
 def plan_only(home: DataHome, **kwargs) -> BuildPlan:

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import multiprocessing
+import multiprocessing.context
 import os
 import signal
 import sys
@@ -31,6 +33,11 @@ def die_with_parent(parent: int, sig: int = signal.SIGKILL) -> None:
         os._exit(1)
 
 
+# the signals a command stops on: a forked worker starts with them blocked until it no longer holds its parent's
+# handlers and wakeup fd (:class:`_QuietForkProcess`, :func:`start_worker`)
+_STOPPING = frozenset({signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+
+
 def start_worker(parent: int, then=None, *args) -> None:
     """A pool's initializer (``initializer=start_worker, initargs=(os.getpid(), then, *args)``): the worker dies with
     ``parent`` (:func:`die_with_parent`), then runs ``then(*args)`` (the pool's own initializer, e.g. ``gc.freeze``).
@@ -41,13 +48,48 @@ def start_worker(parent: int, then=None, *args) -> None:
     SIGTERM and SIGHUP get their default action back: a forked worker inherits its parent's handlers (``pickapic``'s
     raises ``Terminated``, Dagster's an interrupt), so the pool's ``terminate`` only raised an exception in the task,
     which the executor's worker caught, and it went on to the next task queued for it (review rev33o's neighbour:
-    a stopped publish began one more shard batch); those handlers are the command's, not its workers'."""
-    die_with_parent(parent)
+    a stopped publish began one more shard batch); those handlers are the command's, not its workers'. The
+    parent's wakeup fd (``signal.set_wakeup_fd``: ``pickapic build``'s record of the signals it took,
+    ``dagster_project.build.signals_seen``) is given up too: a signal the worker took (a SIGINT to it alone) was
+    written into the parent's record as the parent's own. A worker forked by :func:`worker_pool` starts with
+    SIGINT / SIGTERM / SIGHUP blocked (:class:`_QuietForkProcess`), and they are unblocked only here, after the
+    reset: the pool's SIGTERM to a worker still starting ran the parent's handler in it, which wrote 15 into the
+    build's wakeup pipe, and the build stopped as "terminated" (exit 143) instead of saying the worker's error
+    (review rev33r)."""
     for sig in (signal.SIGTERM, signal.SIGHUP):
         with contextlib.suppress(ValueError, OSError):   # not the main thread: leave it
             signal.signal(sig, signal.SIG_DFL)
+    with contextlib.suppress(ValueError, OSError):
+        signal.set_wakeup_fd(-1)
+    blocked = getattr(multiprocessing.current_process(), "_pickapic_blocked", None)
+    if blocked:   # what the fork blocked (never one the parent's thread had blocked itself): a pending one acts now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
+    die_with_parent(parent)
     if then is not None:
         then(*args)
+
+
+class _QuietForkProcess(getattr(multiprocessing.context, "ForkProcess", multiprocessing.Process)):
+    """A forked process that starts with SIGINT / SIGTERM / SIGHUP blocked (those its forking thread did not block
+    already, kept in ``_pickapic_blocked`` for :func:`start_worker` to unblock): until then the child holds its
+    parent's handlers and wakeup fd, and a signal to it there acted as the parent's (review rev33r). The forking
+    thread's own mask is put back as the fork returns; a signal to the parent meanwhile waits for it, or is taken
+    by another of its threads."""
+
+    def start(self) -> None:
+        if not hasattr(signal, "pthread_sigmask"):
+            super().start()
+            return
+        before = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+        self._pickapic_blocked = set(_STOPPING - set(before))
+        try:
+            super().start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+class _QuietForkContext(getattr(multiprocessing.context, "ForkContext", multiprocessing.context.BaseContext)):
+    Process = _QuietForkProcess
 
 
 STOP_WAIT_S = 10.0   # how long a terminated worker may take to end before it is killed
@@ -86,7 +128,11 @@ def worker_pool(workers: int, context, then=None, *args) -> Iterator[ProcessPool
     work queued. Review rev30c: a SIGTERM to ``pickapic demo`` / ``simulate`` left its spawn pool's workers (and
     their resource tracker) running for good. A worker that ended abruptly (the executor's ``BrokenProcessPool``,
     a traceback) is reported as :class:`WorkerProcessDied`, naming how it ended, once the others are stopped
-    (review rev31c). Ends normally as the executor's own exit does."""
+    (review rev31c). A fork pool's workers start with SIGINT / SIGTERM / SIGHUP blocked until :func:`start_worker`
+    has given up the handlers and wakeup fd they inherit (review rev33r: the SIGTERM that stops a worker still
+    starting was read by ``pickapic build`` as its own). Ends normally as the executor's own exit does."""
+    if context.get_start_method() == "fork":   # its workers start with the stopping signals blocked (rev33r)
+        context = _QuietForkContext()
     pool = ProcessPoolExecutor(max_workers=workers, mp_context=context, initializer=start_worker,
                                initargs=(os.getpid(), then, *args))
     started = getattr(pool, "_processes", None)   # the executor's own dict (it adds its workers as it starts them)
