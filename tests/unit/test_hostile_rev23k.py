@@ -60,7 +60,7 @@ def test_a_stale_evaluation_deletes_the_eval_json_a_concurrent_current_evaluatio
 
 def test_a_rerun_that_only_evaluates_again_makes_a_concurrent_evaluation_delete_a_correct_eval_json(tmp_path,
                                                                                                    monkeypatch):
-    home, version_dir, run = _home(tmp_path, seed=4)   # data on which best/ moves on when the run is extended
+    home, version_dir, run = _home(tmp_path, seed=1)   # data on which best/ moves on when extended (model code 6)
     recipe = tiny_config(version_dir, run, max_steps=1, eval_every=1)
     train(recipe)
     runs.evaluate_latest(home)
@@ -83,7 +83,7 @@ def test_a_rerun_that_only_evaluates_again_makes_a_concurrent_evaluation_delete_
 
 def test_a_previous_trainers_run_killed_mid_extension_is_not_finished_and_keeps_no_stale_eval_json(tmp_path,
                                                                                                   monkeypatch):
-    home, version_dir, run = _home(tmp_path, seed=4)   # data on which best/ moves on when the run is extended
+    home, version_dir, run = _home(tmp_path, seed=1)   # data on which best/ moves on when extended (model code 6)
     recipe = tiny_config(version_dir, run, max_steps=1, eval_every=1)
     train(recipe)
     runs.evaluate_latest(home)
@@ -165,7 +165,7 @@ def test_best_of_n_by_hand_into_a_run_still_training_is_refused(tmp_path, monkey
 def test_an_evaluation_killed_between_its_write_and_its_check_leaves_no_stale_eval_json(tmp_path):
     import os
 
-    home, version_dir, run = _home(tmp_path, seed=4)   # data on which best/ moves on when the run is extended
+    home, version_dir, run = _home(tmp_path, seed=1)   # data on which best/ moves on when extended (model code 6)
     recipe = tiny_config(version_dir, run, max_steps=1, eval_every=1)
     train(recipe)
     weights = (run / "best" / "model.safetensors").read_bytes()
