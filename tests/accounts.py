@@ -29,6 +29,33 @@ def _as_nobody(command: list[str], timeout: int) -> subprocess.CompletedProcess:
                           env={**os.environ, "LC_ALL": "C"})   # the messages read below are the C locale's
 
 
+NOBODY_ID = 65534   # the uid and gid a forked child takes in check_as_nobody (no passwd entry needed)
+
+
+def check_as_nobody(check: Callable[[], Any]) -> None:
+    """Run ``check`` in a forked child that drops root to uid/gid 65534 (no supplementary groups), and fail with the
+    child's traceback unless it returned: the kernel checks that account's permissions, not root's (root opens,
+    writes and empties any folder). Needs root."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                                            # pragma: no cover (the child)
+        try:
+            os.setgroups([])
+            os.setgid(NOBODY_ID)
+            os.setuid(NOBODY_ID)
+            check()
+            os.write(write, b"ok")
+        except BaseException:                              # noqa: BLE001 - reported to the parent
+            import traceback
+            os.write(write, traceback.format_exc()[-4000:].encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    with os.fdopen(read, "rb") as pipe:
+        reported = pipe.read().decode()
+    assert reported == "ok", reported
+
+
 def read_as_other_account(path: Path) -> bytes | None:
     """The bytes the unprivileged ``nobody`` account reads from ``path`` (``cat`` run as that account), or None.
 

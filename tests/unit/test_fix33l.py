@@ -19,7 +19,6 @@ import os
 import shutil
 import socket
 import tempfile
-import traceback
 import uuid
 from pathlib import Path
 
@@ -38,6 +37,7 @@ from pipelines.appdb.export import (
 )
 from pipelines.ingest import lines
 from pipelines.ingest.uidindex import named_image_uids, raw_image_uids, search_image_uids
+from tests.accounts import check_as_nobody
 
 DAY, NEXT = "2023-03-01", "2023-03-02"
 UIDS = [str(uuid.UUID(int=i + 1)) for i in range(4)]
@@ -145,7 +145,6 @@ def test_an_entry_with_a_staging_name_that_is_no_folder_is_not_read(tmp_path: Pa
     assert named_uids(home, DAY, None, {UIDS[0]}) == set()
 
 
-NOBODY = 65534
 
 
 @pytest.fixture()
@@ -161,27 +160,11 @@ def shared_tmp():
 
 def _as_another_account(check) -> None:
     """Run ``check`` as an account that is not the folders' owner: as root (this project's CI runs as root, and
-    root opens and writes any folder), in a forked child that drops to uid/gid 65534; otherwise here."""
+    root opens and writes any folder), as uid/gid 65534 in a forked child; otherwise here."""
     if os.geteuid() != 0:
         check()
         return
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                            # pragma: no cover (the child)
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            check()
-            os.write(write, b"ok")
-        except BaseException:                              # noqa: BLE001 - reported to the parent
-            os.write(write, traceback.format_exc()[-4000:].encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    with os.fdopen(read, "rb") as pipe:
-        reported = pipe.read().decode()
-    assert reported == "ok", reported
+    check_as_nobody(check)
 
 
 def test_a_staging_folder_this_account_cannot_open_stops_the_withdrawal(shared_tmp: Path) -> None:

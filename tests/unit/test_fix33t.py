@@ -18,7 +18,6 @@ import sys
 import tempfile
 import textwrap
 import time
-import traceback
 from pathlib import Path
 
 import pytest
@@ -26,31 +25,15 @@ import pytest
 from formats import trees
 from formats.locks import SCRATCH_MARKER, held_scratch_folder, sweep_scratch_folders
 from formats.trees import mounts_under, remove_folder, remove_tree
+from tests.accounts import check_as_nobody
 
 REPO = Path(__file__).resolve().parents[2]
-NOBODY = 65534
 AS_ROOT = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to another account")
 
 
 def _as_nobody(check) -> None:
-    """Run ``check`` in a forked child at uid/gid 65534 (root empties every folder, so no obstacle would hold)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:                                            # pragma: no cover (the child)
-        try:
-            os.setgroups([])
-            os.setgid(NOBODY)
-            os.setuid(NOBODY)
-            check()
-            os.write(write, b"ok")
-        except BaseException:                              # noqa: BLE001 - reported to the parent
-            os.write(write, traceback.format_exc()[-4000:].encode())
-        os._exit(0)
-    os.close(write)
-    os.waitpid(pid, 0)
-    with os.fdopen(read, "rb") as pipe:
-        reported = pipe.read().decode()
-    assert reported == "ok", reported
+    """Run ``check`` as uid/gid 65534 (root empties every folder, so no obstacle would hold)."""
+    check_as_nobody(check)
 
 
 @pytest.fixture()
