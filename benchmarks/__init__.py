@@ -34,8 +34,9 @@ def _owned(path: Path, legacy_marks: tuple[str, ...] = ()) -> bool:
 def remove_owned(path: str | Path, legacy_marks: tuple[str, ...] = ()) -> None:
     """Delete ``path`` if this benchmark made it (it holds :data:`OWNER_MARK` or one of ``legacy_marks``, the
     marks of earlier versions) or it is an empty folder; nothing there is fine; anything else raises
-    ``ValueError`` and is left as it is."""
-    import shutil
+    ``ValueError`` and is left as it is. Removed by :func:`formats.trees.remove_folder` (no recursion limit, and a
+    file system mounted inside is left whole), as the tool's own folders are."""
+    from formats.trees import remove_folder
 
     path = Path(path)
     if not os.path.lexists(path):
@@ -46,7 +47,7 @@ def remove_owned(path: str | Path, legacy_marks: tuple[str, ...] = ()) -> None:
     if not _owned(path, legacy_marks) and any(path.iterdir()):
         raise ValueError(f"{path} exists and was not made by a benchmark (no {OWNER_MARK} in it): refusing to "
                          f"delete it; choose another --dir or remove it yourself")
-    shutil.rmtree(path)
+    remove_folder(path)
 
 
 def claim(path: str | Path, legacy_marks: tuple[str, ...] = ()) -> Path:
