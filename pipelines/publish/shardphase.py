@@ -6,7 +6,7 @@ import gc
 import multiprocessing
 import os
 import time
-from concurrent.futures import FIRST_EXCEPTION, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 
 from formats.dataset import shard_paths
@@ -83,7 +83,10 @@ def write_shards(tasks: list[shards.ShardTask], previous: list[Path], config: Pu
             futures = {pool.submit(shards.write_batch, [tasks[todo[b]] for b in batch]): batch for batch in batches}
             pending = set(futures)
             while pending:
-                finished, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                # FIRST_COMPLETED: progress after every batch (FIRST_EXCEPTION returned only once all were
+                # done or one failed, so a long shard phase showed no progress at all); a failure still stops
+                # the rest at once
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for future in finished:
                     error = future.exception()
                     if error is not None:
