@@ -54,6 +54,10 @@ nothing changed (the README does not claim otherwise); ``--output FILE`` over a 
 links renames a new file in, so the other names keep the old result (the settings file refuses such a
 file; an output does not say either way).
 
+Filed: (1) ``--output FILE`` over the user's private file makes it world-readable; (2) a PIVOT that makes a
+column per value, which section 7 describes, is refused as "MULTI statements ... read-only"; (3) the README
+names a ``pickapic query --sql`` flag that does not exist.
+
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
 assertions state the correct behaviour.
 """
@@ -96,7 +100,10 @@ def test_query_output_over_a_private_file_keeps_it_private(published, tmp_path: 
     # results of their analyses private (chmod 600, or a file made under umask 077 earlier) and reruns the
     # README's command under the usual umask 022 finds the file world-readable afterwards: the rename puts
     # a new inode with 0666 & ~umask in its place. `cp`, a shell's `>` and `pickapic settings --write`
-    # (README: "--write keeps ... its permission bits") all keep the existing file's mode.
+    # (README: "--write keeps ... its permission bits") all keep the existing file's mode. (Section 9's
+    # *Permissions* rule, "every file the tool writes gets 0666 & ~umask", is about making what it creates
+    # readable; it does not say that a file the user made private is opened up.) `pickapic score --output
+    # FILE` does the same (a 0600 scores.parquet came back 0644 when run by hand).
     target = tmp_path / "win_rates.csv"
     target.write_text("my earlier private result\n")
     target.chmod(0o600)
