@@ -101,6 +101,21 @@ def test_each_copy_is_in_the_record_before_its_temporary_file_exists(tmp_path: P
     assert not record.path.exists()
 
 
+def test_a_record_is_never_written_through_a_link_nor_over_an_entry(tmp_path: Path) -> None:
+    home = _home(tmp_path)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (home.raw_images / blobs.EXPORTS).symlink_to(elsewhere)
+    with pytest.raises(FileExistsError, match="not a folder"):
+        blobs.BlobRecord.create(home, DEAD)
+    assert list(elsewhere.iterdir()) == []
+    (home.raw_images / blobs.EXPORTS).unlink()
+    _record(home, DEAD, ["planted"])
+    with pytest.raises(FileExistsError):
+        blobs.BlobRecord.create(home, DEAD)
+    assert (home.raw_images / blobs.EXPORTS / DEAD).read_text() == "planted\n"
+
+
 def test_a_capped_copy_completed_is_recorded_as_over_and_never_withdrawn(tmp_path: Path) -> None:
     home = _home(tmp_path)
     store = tmp_path / "store"
