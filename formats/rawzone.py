@@ -11,8 +11,8 @@ entry is a ``RawZoneProblem``, never read and never fatal to the other days:
 - ``unexpected_entry``: a child of ``app_logs/`` not named ``dt=...``;
 - ``unexpected_file``: an entry of a day folder other than the four ``<table>.jsonl.gz`` files.
 
-A staging folder an app export is writing (``.dt=YYYY-MM-DD.export-PID-HEX`` that the export holds an
-exclusive ``flock`` on) is not an entry of the raw zone: a day being written. One nobody holds (an
+A staging folder an app export is writing (``.dt=YYYY-MM-DD.export-PID-HEX`` that the export holds a lock on,
+:func:`hold_staging_fd`) is not an entry of the raw zone: a day being written. One nobody holds (an
 export that was killed; the next export removes it) is an ``unexpected_entry`` like any other folder,
 so a folder given such a name by anything else is never silently ignored.
 
@@ -23,11 +23,15 @@ data home and names that are not UTF-8 are shown with backslash escapes, a backs
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import errno
 import fcntl
 import os
 import re
 import stat
+import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,22 +54,68 @@ REASONS = (INVALID_DAY_NAME, NOT_A_FOLDER, LINK_OUTSIDE_RAW_ZONE, UNEXPECTED_ENT
 RAW_ZONE_SAID = "raw_zone_said"   # HOME/cache/<this>: what the raw-zone sensor said last (a cache)
 
 
+# An export's hold on its staging folder (review rev34g): an open-file-description (OFD) read lock on the folder,
+# which a probe tests with F_OFD_GETLK without taking any lock, so a scan probing a folder never makes its export's
+# hold fail (the hold and the probe were both an exclusive ``flock``: a scan probing the instant after the export's
+# mkdir failed the export with a bare BlockingIOError). Where the system has no OFD locks (or refuses one on the
+# folder), the hold is an exclusive ``flock`` taken with a short retry, which the probe detects with a shared
+# ``flock`` taken and dropped.
+_FLOCK_STRUCT = struct.Struct("hhqqi4x")      # struct flock: l_type, l_whence, l_start, l_len, l_pid (x86-64, arm64)
+HOLD_RETRY_S = 2.0          # the fallback's retry: a probe holds its shared flock for microseconds
+_HOLD_POLL_S = 0.005
+
+
+def _ofd_lock(fd: int, command: int, kind: int) -> bytes:
+    return fcntl.fcntl(fd, command, _FLOCK_STRUCT.pack(kind, os.SEEK_SET, 0, 0, 0))
+
+
+def hold_staging_fd(fd: int) -> None:
+    """Make the open folder ``fd`` (a staging folder) held for as long as it stays open: an OFD read lock, else an
+    exclusive ``flock`` (retried for ``HOLD_RETRY_S`` while a probe's shared one is held). Raises ``OSError`` when
+    neither can be taken."""
+    command = getattr(fcntl, "F_OFD_SETLK", None)
+    if command is not None:
+        try:
+            _ofd_lock(fd, command, fcntl.F_RDLCK)
+            return
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF):
+                raise
+    deadline = time.monotonic() + HOLD_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(_HOLD_POLL_S)
+
+
 def staging_in_use(path: Path) -> bool:
-    """Whether an app export holds ``path`` (a staging folder) now: it keeps an exclusive ``flock`` on the
-    folder while it writes, which any process on this kernel sees, whatever its PID namespace."""
+    """Whether an app export holds ``path`` (a staging folder) now (:func:`hold_staging_fd`), which any process on
+    this kernel sees, whatever its PID namespace. Takes no lock an export could find taken (review rev34g): the OFD
+    lock is tested (``F_OFD_GETLK``), and a ``flock`` held exclusively (the fallback's, or an export before fix34g)
+    is found with a shared ``flock`` taken and dropped (the fallback's hold retries past it)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    except OSError:
+        command = getattr(fcntl, "F_OFD_GETLK", None)
+        if command is not None:
+            with contextlib.suppress(OSError):
+                if _FLOCK_STRUCT.unpack(_ofd_lock(fd, command, fcntl.F_WRLCK))[0] != fcntl.F_UNLCK:
+                    return True
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return False
         return False
     finally:
-        os.close(fd)        # also releases the lock taken just now
-    return False
+        os.close(fd)        # also drops the shared flock taken just now
 
 
 @dataclass(frozen=True)

@@ -29,16 +29,27 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
+import secrets
 import stat
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import BinaryIO, Callable, Iterator
 
 import psycopg
 
-from formats.files import atomic_path, is_url, lstat_or_none, open_regular_file, write_bytes_atomic
+from formats.files import (
+    is_url,
+    lstat_or_none,
+    naming_full_disk,
+    naming_the_file,
+    open_regular_file,
+    sweep_temps,
+    write_bytes_atomic,
+)
 from formats.home import DataHome
-from formats.locks import hold_lock, writing_shared
+from formats.locks import hold_lock, sweep_exclusively, writing_shared
 from formats.settings import load
 from pipelines.appdb.connection import as_text, read_rows
 from pipelines.appdb.tables import statement
@@ -184,7 +195,7 @@ def _unmark_capped(target: Path) -> None:
 
 
 def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_MAX_BYTES,
-              created: Callable[[str], object] | None = None) -> str:
+              created: Callable[[str], object] | None = None, record: Callable[[str], object] | None = None) -> str:
     """Copy one blob; returns 'copied', 'too_large' (copied up to ``max_bytes + 1`` bytes), 'present',
     'differs_in_store', 'missing' or 'not_a_file_in_store'.
 
@@ -194,7 +205,9 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
     object), and is copied again when it is shorter (``features.max_bytes`` was raised): the new copy
     replaces it in one rename, only if it starts with the old copy's bytes, so the bytes exported stay.
     Any other copy is frozen: an object that grew since its whole copy is 'differs_in_store'. ``created`` is
-    called with ``uid`` when a copy was written where raw/images had none (review rev32c)."""
+    called with ``uid`` when a copy was written where raw/images had none (review rev32c). ``record`` (an export's
+    :class:`BlobRecord`) gets a line naming the uid and its temporary file before that file is made: ``UID TOKEN``
+    where raw/images has no copy, ``UID TOKEN over`` for a capped copy being completed (review rev34g)."""
     name = f"{uid}.png"
     cap = max_bytes + 1           # one byte past what the feature stage accepts: it rejects the copy as too large
     try:
@@ -206,7 +219,7 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
     target = target_dir / name
     info = lstat_or_none(target)
     if info is None:
-        outcome = _write_copy(store, name, target, cap)
+        outcome = _write_copy(store, name, target, cap, note=_noting(record, uid, ""))
         if created is not None and outcome in ("copied", "too_large"):
             created(uid)
         return outcome
@@ -221,16 +234,58 @@ def _copy_one(store: str, uid: str, target_dir: Path, max_bytes: int = DEFAULT_M
     if outcome != "present" or info.st_size >= cap:
         return outcome
     try:                                                          # capped under a lower max_bytes: completed
-        return _write_copy(store, name, target, cap, start_of=target)
+        return _write_copy(store, name, target, cap, start_of=target, note=_noting(record, uid, " over"))
     except _NoLongerItsStart:
         return "differs_in_store"
 
 
-def _write_copy(store: str, name: str, target: Path, cap: int, start_of: Path | None = None) -> str:
-    """Copy the store's object ``name`` to ``target`` (through a temporary file renamed over it) up to
-    ``cap`` bytes, a capped copy marked before the rename; with ``start_of`` (the capped copy being
-    completed), the rename happens only if the new copy starts with that file's bytes (else
-    :class:`_NoLongerItsStart`, nothing replaced)."""
+def _noting(record: Callable[[str], object] | None, uid: str, kind: str) -> Callable[[str], object] | None:
+    """What :func:`_blob_temp` calls with its token: the record's line for ``uid`` (None: no record)."""
+    if record is None:
+        return None
+    return lambda token: record(f"{uid} {token}{kind}\n")
+
+
+TEMP_TOKEN_HEX = 12     # .{uid}.png.<12 hex>.tmp: formats.files.create_temp's names, the ones sweep_temps knows
+
+
+@contextlib.contextmanager
+def _blob_temp(target: Path, note: Callable[[str], object] | None = None) -> Iterator[Path]:
+    """``formats.files.atomic_path`` for a blob copy: a temporary file ``.{uid}.png.<hex>.tmp`` beside ``target``,
+    renamed over it on success (synced first), removed on failure. ``note`` gets the name's token before the file
+    is made (review rev34g: a copy killed before its rename left a whole blob under a name nothing removed; the
+    export's record now names it, and the next export removes it, :func:`remove_recorded_temps`)."""
+    for _ in range(100):
+        token = secrets.token_hex(TEMP_TOKEN_HEX // 2)
+        tmp = target.parent / f".{target.name}.{token}.tmp"
+        if note is not None:
+            note(token)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        break
+    else:
+        raise FileExistsError(f"no free temporary name for {target.name!r} in {target.parent}")
+    try:
+        with naming_full_disk(target):
+            yield tmp
+        with naming_the_file(target):      # the sync is where a write-back error (EIO) shows
+            with open(tmp, "rb") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _write_copy(store: str, name: str, target: Path, cap: int, start_of: Path | None = None,
+                note: Callable[[str], object] | None = None) -> str:
+    """Copy the store's object ``name`` to ``target`` (through a temporary file renamed over it, whose token
+    ``note`` gets first: :func:`_blob_temp`) up to ``cap`` bytes, a capped copy marked before the rename; with
+    ``start_of`` (the capped copy being completed), the rename happens only if the new copy starts with that
+    file's bytes (else :class:`_NoLongerItsStart`, nothing replaced)."""
     with open_regular_file(start_of) if start_of is not None else contextlib.nullcontext() as old:
         old_size = [os.fstat(old.fileno()).st_size] if old is not None else []
         if _is_local(store):
@@ -239,7 +294,7 @@ def _write_copy(store: str, name: str, target: Path, cap: int, start_of: Path | 
                 return source
             with source:
                 info = os.fstat(source.fileno())
-                with atomic_path(target) as tmp:
+                with _blob_temp(target, note) as tmp:
                     with open(tmp, "wb") as out:
                         # what it held when opened (a file that keeps growing stops there), at most the cap
                         left = written = min(info.st_size, cap)
@@ -252,7 +307,7 @@ def _write_copy(store: str, name: str, target: Path, cap: int, start_of: Path | 
                         _mark_capped(target, {*old_size, cap})
         else:
             try:
-                with atomic_path(target) as tmp, _open_url(store, name) as source:
+                with _blob_temp(target, note) as tmp, _open_url(store, name) as source:
                     with open(tmp, "wb") as out:
                         left = cap
                         while left > 0 and (block := source.read(min(CHUNK, left))):
@@ -325,9 +380,127 @@ def read_day_uids(conn: psycopg.Connection, params: dict, spill: BinaryIO) -> in
     return invalid
 
 
+EXPORTS = ".exports"   # raw/images/.exports/<staging folder's name>: a running export's BlobRecord (review rev34g)
+_RECORD_LINE = re.compile(rb"(" + UID_RE.pattern.encode("ascii") + rb") ([0-9a-f]{%d})( over)?\n" % TEMP_TOKEN_HEX)
+_RECORD_LINE_MAX = 64     # a record's line is 51 or 56 bytes: a longer one is none of its lines
+
+
+class BlobRecord:
+    """``raw/images/.exports/<staging folder's name>``: the blobs an export writes, one line each (``UID TOKEN``, or
+    ``UID TOKEN over`` for a capped copy completed over its old copy), each written before its temporary file
+    ``.{UID}.png.{TOKEN}.tmp`` is made (:func:`_copy_one`), synced after each batch of copies. Review rev34g: the
+    export kept that list in an unnamed file, read only by a superseded export that reached its publish step, so an
+    export killed (or failing) between its copies and its publish kept an erased account's images it had copied back
+    for good, and a copy killed before its rename left its temporary file (a whole blob) for good. The record of an
+    export that no longer runs (its staging folder gone or not held) is read by the next export with an image store
+    (``export.withdraw_interrupted_exports``): the temporary files it names are removed and so are the blobs it wrote
+    that no file names. An export removes its own record once its day is published, or once its withdrawal (a
+    superseded export's) is complete; one that fails otherwise leaves it to the next export."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path, self.fd, self.lock = path, fd, threading.Lock()
+
+    @classmethod
+    def create(cls, home: DataHome, name: str) -> "BlobRecord":
+        """A new, empty record ``name`` (never replacing an entry: ``O_EXCL``, no link followed; the umask applies),
+        its folder made where there is none (another export removes it once empty: made again then)."""
+        folder = home.raw_images / EXPORTS
+        path = folder / name
+        for _ in range(100):
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(folder)
+            info = lstat_or_none(folder)
+            if info is not None and not stat.S_ISDIR(info.st_mode):
+                raise FileExistsError(f"{folder} is not a folder: refusing to write through it")
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_APPEND | os.O_CLOEXEC,
+                             0o666)
+            except FileNotFoundError:
+                continue          # the folder was removed as empty meanwhile
+            return cls(path, fd)
+        raise FileNotFoundError(f"{folder} keeps vanishing: cannot record the blobs this export writes")
+
+    def note(self, line: str) -> None:
+        """Append one line (one ``write`` of an ``O_APPEND`` file, in the kernel at once: a kill after it keeps it)."""
+        data = line.encode("ascii")
+        with self.lock:
+            while data:
+                data = data[os.write(self.fd, data):]
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def empty(self) -> bool:
+        return os.fstat(self.fd).st_size == 0
+
+    def reader(self) -> BinaryIO:
+        """The record opened to read from its start."""
+        return open(self.path, "rb", buffering=1 << 16)
+
+    def close(self, remove: bool) -> None:
+        """Close it; ``remove``: unlink it (its blobs are named by a published day, or withdrawn)."""
+        if remove:
+            remove_record(self.path)
+        os.close(self.fd)
+
+
+def remove_record(path: Path) -> None:
+    """Remove a record, and its folder when that is empty now (no stray ``.exports`` folder in raw/images)."""
+    path.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):      # another export's record is there (or its folder is gone)
+        os.rmdir(path.parent)
+
+
+def record_lines(handle: BinaryIO) -> Iterator[tuple[str, str, bool]]:
+    """``(uid, token, over)`` of each well-formed line of a :class:`BlobRecord` (any other line is skipped, a long
+    one read in pieces: memory stays one line however the file was changed); a plain ``UID`` line (the list
+    :func:`copy_blobs` writes to ``created``) is ``(uid, "", False)``."""
+    while line := handle.readline(_RECORD_LINE_MAX):
+        if not line.endswith(b"\n"):
+            if len(line) == _RECORD_LINE_MAX:           # a longer line: the rest of it is skipped
+                while (rest := handle.readline(1 << 16)) and not rest.endswith(b"\n"):
+                    pass
+                continue
+            line += b"\n"
+        match = _RECORD_LINE.fullmatch(line)
+        if match is not None:
+            yield match.group(1).decode("ascii"), match.group(2).decode("ascii"), bool(match.group(3))
+        elif UID_RE.fullmatch(uid := line[:-1].decode("ascii", "replace")):
+            yield uid, "", False
+
+
+def remove_recorded_temps(handle: BinaryIO, home: DataHome) -> int:
+    """Remove the temporary files a :class:`BlobRecord` names (of an export that no longer runs: none of them is being
+    written) that are still in raw/images: only regular files this account owns, never through a link; returns how
+    many were removed. Review rev34g: a blob copy killed before its rename left its temporary file for good."""
+    removed = 0
+    handle.seek(0)
+    for uid, token, _over in record_lines(handle):
+        if not token:
+            continue
+        path = home.raw_images / f".{uid}.png.{token}.tmp"
+        info = lstat_or_none(path)
+        if info is not None and stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+                removed += 1
+    return removed
+
+
+def sweep_capped_temps(home: DataHome) -> list[str]:
+    """Remove the temporary files of capped markers (``raw/images/.capped/.UID.png.HEX.tmp``) that copies killed
+    mid-write left, while no batch of blob copies runs (``BLOBS_LOCK`` taken exclusively without waiting: none is
+    swept while one runs, the next export does it); returns notes on what was left."""
+    folder = home.raw_images / CAPPED
+    if lstat_or_none(folder) is None:
+        return []
+    return sweep_exclusively(home.locks / BLOBS_LOCK, "the app export's blob copies",
+                             lambda: sweep_temps(folder, UID_RE.pattern + r"\.png")[1])
+
+
 def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, workers: int,
                max_bytes: int | None = None, stop: Callable[[], bool] | None = None,
-               created: BinaryIO | None = None) -> dict:
+               created: BinaryIO | None = None, record: BlobRecord | None = None) -> dict:
     """Copy the blobs of the uids in ``spill`` (:func:`read_day_uids`, which found ``invalid`` uids that are
     not UUIDs); returns counts per outcome. Needs no database connection. ``max_bytes``: the copy cap
     (None: the home's ``features.max_bytes``).
@@ -335,7 +508,9 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
     Review rev32c: ``stop`` is asked before each batch whether the export no longer publishes its snapshot (a newer
     export of the day published first): then no more blob is copied (``not_copied``: the uids left), and
     ``created`` (a file) receives the uid of each blob this call wrote where raw/images had none, one a line, so
-    such an export removes again the ones the day it did not publish does not name (:func:`withdraw_blobs`)."""
+    such an export removes again the ones the day it did not publish does not name (:func:`withdraw_blobs`).
+    Review rev34g: ``record`` (the export's :class:`BlobRecord`) names each blob and its temporary file before the
+    copy makes it, and is synced after each batch."""
 
     if _is_local(store) and not Path(store).is_dir():
         raise FileNotFoundError(f"image store {store!r} is not a folder")
@@ -347,6 +522,7 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
     spill.flush()
     spill.seek(0)
     new: list[str] = []     # list.append is atomic: the pool's threads add to it
+    noted = record.note if record is not None else None
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         while batch := [line.decode("ascii").rstrip("\n") for line in itertools.islice(spill, BATCH)]:
@@ -355,8 +531,12 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
                 break
             # review rev33d: a withdrawal never removes a blob this batch found present while the batch runs
             with writing_shared(home.locks / BLOBS_LOCK, "the app export's blob copies"):
-                for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes, new.append), batch):
+                # positional: a wrapped _copy_one (a test's, *args) passes them on
+                for outcome in pool.map(lambda uid: _copy_one(store, uid, target_dir, max_bytes, new.append, noted),
+                                        batch):
                     counts[outcome] += 1
+            if record is not None:
+                record.sync()
             if created is not None:        # one batch at a time: memory stays a batch's uids
                 created.write("".join(uid + "\n" for uid in new).encode("ascii"))
             new.clear()
@@ -365,7 +545,8 @@ def copy_blobs(spill: BinaryIO, invalid: int, store: str, home: DataHome, worker
 
 def withdraw_blobs(created: BinaryIO, home: DataHome,
                    named: Callable[[set[str]], set[str] | None]) -> tuple[int, bool]:
-    """Remove the blobs listed in ``created`` (:func:`copy_blobs` wrote them into raw/images, where there was none)
+    """Remove the blobs listed in ``created`` (:func:`copy_blobs` wrote them into raw/images, where there was none;
+    a uid a line, or an export's :class:`BlobRecord`, whose ``over`` lines are left out)
     that no file names (with their capped marker): ``named(uids)`` gives those of ``uids`` a file still names (any
     day's published images file, an export's staged one), or None where one that may name them cannot be read
     whole (nothing more is removed then). Returns how many were removed and whether every uid was looked up.
@@ -378,7 +559,8 @@ def withdraw_blobs(created: BinaryIO, home: DataHome,
     created.flush()
     created.seek(0)
     with hold_lock(home.locks / BLOBS_LOCK, "the app export's blob copies", lambda _holder: None):
-        while batch := {line.decode("ascii").rstrip("\n") for line in itertools.islice(created, WITHDRAW_BATCH)}:
+        lines = (uid for uid, _token, over in record_lines(created) if not over)   # a blob written where none was
+        while batch := set(itertools.islice(lines, WITHDRAW_BATCH)):
             kept = named(batch)
             if kept is None:
                 return removed, False

@@ -30,7 +30,6 @@ import ctypes
 import datetime as dt
 import decimal
 import errno
-import fcntl
 import gzip
 import hashlib
 import json
@@ -59,7 +58,7 @@ from formats.files import lstat_or_none, open_regular_file, read_small_file, sha
 from formats.home import DataHome
 from formats.locks import LockFileRefused, hold_lock
 from formats.progress import Progress, silent
-from formats.rawzone import EXPORT_STAGING, staging_in_use
+from formats.rawzone import EXPORT_STAGING, hold_staging_fd, staging_in_use
 from formats.settings import check_fields, knob, load
 from pipelines.appdb.connection import (
     APP_SCHEMA,
@@ -548,10 +547,12 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
     if not os.path.lexists(final):
         for export in report.tables.values():
             export.changed = True
+        # private while staged (0700), the day takes the mode a new folder gets here (the umask, the parent's
+        # setgid bit): the home's group still reads it. Review rev34g: taken before the rename (it came after, and an
+        # export killed between the two left the day 0700 for good: every rerun found it unchanged); the files are
+        # complete by now, so the folder no longer needs to be private
+        os.chmod(staging, folder_mode(final))
         os.rename(staging, final)
-        # private while staged (0700), the day now takes the mode a new folder gets here (the umask, the
-        # parent's setgid bit), as before: the home's group still reads it
-        os.chmod(final, folder_mode(final))
         report.published = "new day"
         return
     if final.is_symlink() or not final.is_dir():
@@ -592,7 +593,13 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
                     "unexpected_file anyway)") from None
             linked.append(staging / name)
             carried[name] = _identity(staging / name)
-        kept = os.lstat(final)         # the day folder's mode and group carry over (an operator's 2750 stays)
+        # the day folder's mode and group carry over (an operator's 2750 stays), taken by the new folder before
+        # the swap (review rev34g: after it, a kill between the two left the day private for good); the group first
+        # (a chown may drop the setgid bit the mode then sets)
+        kept = os.lstat(final)
+        with contextlib.suppress(OSError):
+            os.chown(staging, -1, kept.st_gid)
+        os.chmod(staging, stat.S_IMODE(kept.st_mode))
         swapped = exchange(staging, final)
     except DayFolderRefused:
         raise
@@ -600,11 +607,6 @@ def _publish(home: DataHome, day: str, staging: Path, report: AppExportReport) -
         swapped = False
     if swapped and sorted(_foreign_entries(staging, ours)) == foreign \
             and all(_identity(staging / name) == carried[name] for name in foreign):
-        # the new day is in place, still private (0700: nobody could add an entry to it while it was
-        # staged); only now does it take the old day's mode and group
-        os.chmod(final, stat.S_IMODE(kept.st_mode))
-        with contextlib.suppress(OSError):
-            os.chown(final, -1, kept.st_gid)
         return                              # the old day is now at ``staging``, removed by the caller
     if swapped:                             # the day changed meanwhile: swap back, replace nothing
         exchange(staging, final)
@@ -632,11 +634,13 @@ STALE_AFTER_S = 60    # a staging folder unlocked and untouched this long is an 
 
 
 def hold_staging(staging: Path) -> int:
-    """Take an exclusive ``flock`` on the staging folder for as long as the returned descriptor is open:
-    other exports and the raw-zone scan see the folder in use (any PID namespace on this kernel)."""
+    """Hold the staging folder for as long as the returned descriptor is open (:func:`formats.rawzone.hold_staging_fd`:
+    an OFD lock): other exports and the raw-zone scan see the folder in use (any PID namespace on this kernel).
+    Review rev34g: a scan probing the folder at that instant (it took the exclusive ``flock`` the hold took with
+    ``LOCK_NB``) failed the export; a probe now takes no lock the hold could find taken."""
     fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        hold_staging_fd(fd)
     except BaseException:
         os.close(fd)
         raise
@@ -1325,6 +1329,48 @@ def withdrawn_warning(day: str, withdrawn: int, read: bool, why: str = "") -> st
             "published images file names (nor a running export's), were removed again")
 
 
+def withdraw_interrupted_exports(home: DataHome) -> list[str]:
+    """Review rev34g: finish what exports that no longer run left in raw/images, from their records
+    (``raw/images/.exports/<staging folder's name>``, :class:`pipelines.appdb.blobs.BlobRecord`; an export whose
+    staging folder is held still runs): remove the temporary files of their blob copies killed before the rename,
+    and the blobs they wrote where raw/images had none that no file names (:func:`named_uids`, as a superseded
+    export withdraws its own: an export killed between its copies and its publish kept an erased account's images
+    it had copied back for good); a record is removed once its look-up is complete (one a file stops stays for the
+    next export). Also sweeps the capped markers' temporary files (:func:`blobs.sweep_capped_temps`). Returns the
+    warnings to report. Called by an export with an image store before its own copies, its staged files whole."""
+    from pipelines.appdb.blobs import EXPORTS, remove_record, remove_recorded_temps, sweep_capped_temps, withdraw_blobs
+
+    lines = list(sweep_capped_temps(home))
+    folder = home.raw_images / EXPORTS
+    info = lstat_or_none(folder)
+    if info is None or not stat.S_ISDIR(info.st_mode):
+        return lines
+    for name in sorted(os.listdir(folder)):
+        if not EXPORT_STAGING.fullmatch(name) or staging_in_use(home.raw_logs / name):
+            continue          # not a record, or its export still runs
+        path = folder / name
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            continue          # gone meanwhile (another export finished it), or a link: never followed
+        with open(fd, "rb", buffering=1 << 16) as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                continue
+            temps = remove_recorded_temps(handle, home)
+            why: list[str] = []
+            day = name[4:14]
+            withdrawn, read = withdraw_blobs(handle, home, lambda uids: named_uids(home, day, None, uids, why))
+        if read:
+            remove_record(path)
+        if temps or withdrawn or not read:
+            lines.append(f"day {day}: an export that did not finish ({name}) left {temps} temporary blob file(s) "
+                         f"and {withdrawn} image blob(s) no day's published images file names (nor a running "
+                         "export's) in raw/images: removed" + ("" if read else
+                         f"; {why[-1] if why else 'a file that may name the others cannot be read whole'}: the "
+                         "others stay until an export can read it"))
+    return lines
+
+
 def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | None = None, *,
                image_store: str = "", source: str = "the DSN", now: dt.datetime | None = None,
                progress: Progress = silent) -> AppExportReport:
@@ -1350,7 +1396,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     # export connects: never inside its transaction, with the app tables locked
     raw_before = raw_counts(home, verified_days(home, day, config))
     conn = connect(dsn, source=source)  # raises before anything is written
-    staging, held, late_check, created = None, None, None, None
+    staging, held, late_check, record, record_done = None, None, None, None, False
     try:
         # a hot standby (read replica): its replay must have passed the day's close, whatever its clock says
         # (before the snapshot, which then holds at least what was replayed by now)
@@ -1407,10 +1453,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
         late_check = start_late_check(conn, home, day, config, raw_before, staging)
-        from pipelines.appdb.blobs import copy_blobs, read_day_uids, withdraw_blobs
-
-        # review rev32c: the blobs this export writes into raw/images, removed again if it is superseded
-        created = tempfile.TemporaryFile(dir=staging) if image_store else None
+        from pipelines.appdb.blobs import BlobRecord, copy_blobs, read_day_uids, withdraw_blobs
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
         # session end before any blob is copied (see blobs.read_day_uids).
@@ -1451,8 +1494,15 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                                     "a primary with app_export.keep_exported_rows = true", str(name),
                                     {table: rows.ids for table, rows in same_by_app.items()})
             if spill is not None:
+                # review rev34g: what exports that did not finish left in raw/images (their staging folders not
+                # held: remove_stale_staging removed the stale ones above), before this export's own copies
+                report.warnings += withdraw_interrupted_exports(home)
+                # review rev32c: the blobs this export writes into raw/images, removed again if it is superseded;
+                # review rev34g: named beside raw/images and written before each copy, so an export killed or
+                # failing before its publish leaves them to the next export (withdraw_interrupted_exports)
+                record = BlobRecord.create(home, staging.name)
                 report.blobs = copy_blobs(spill, invalid, image_store, home, config.blob_workers,
-                                          config.blob_max_bytes or None, created=created,
+                                          config.blob_max_bytes or None, record=record,
                                           stop=lambda: snapshot_order(home, day)["published"] > ticket)
             else:
                 report.blobs = {"store": "none configured: no blob copied"}
@@ -1469,14 +1519,19 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 # review rev31h: it published no file: its report names none (they were the staged files' counts)
                 report.tables, report.kept = {}, {}
                 # review rev32c: nor does the day keep a blob it copied that the newer snapshot's rows do not name
-                if created is not None and created.tell():
+                if record is not None and not record.empty():
                     why: list[str] = []
-                    report.blobs["withdrawn"], read = withdraw_blobs(
-                        created, home, lambda uids: named_uids(home, day, staging, uids, why))
+                    with record.reader() as handle:
+                        report.blobs["withdrawn"], read = withdraw_blobs(
+                            handle, home, lambda uids: named_uids(home, day, staging, uids, why))
+                    record_done = read      # else the record stays: the next export looks them up again
                     report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], read,
                                                              why[-1] if why else ""))
+                else:
+                    record_done = True
             else:
                 _publish(home, day, staging, report)
+                record_done = True          # the published day names the blobs it wrote
                 order["published"] = ticket
                 line = _write_snapshot_order(home, day, order)
                 if line:
@@ -1505,8 +1560,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         conn.close()
         if late_check is not None and late_check.spill is not None:
             late_check.spill.close()            # closed by finish(); here when the export failed before it
-        if created is not None:
-            created.close()
+        if record is not None:          # kept where blobs it wrote may be named by no file (see BlobRecord)
+            record.close(remove=record_done or record.empty())
         if staging is not None and staging.exists():
             shutil.rmtree(staging)
         if held is not None:

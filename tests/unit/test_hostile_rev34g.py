@@ -35,7 +35,12 @@ its record of the ticket (rev31h's microsecond window) was not re-run; ``remove_
 removed even where ``rmtree(ignore_errors=True)`` could not remove it (another account's).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix34g, ``tests/unit/test_fix34g.py``) and their
+markers removed: an export's blobs and temporary files are named in ``raw/images/.exports/<staging name>`` before each
+copy, and the next export removes what one that did not finish left; the staged day takes its mode before its
+rename or swap; the staging folder is held by an OFD lock that a probe tests without taking a lock. Test 3's kill
+point moved from ``export.folder_mode`` (now called before the rename) to right after the rename, the moment it is
+about; its assertions are unchanged.
 """
 from __future__ import annotations
 
@@ -48,7 +53,6 @@ import uuid
 from pathlib import Path
 
 import psycopg
-import pytest
 
 from formats.home import DataHome
 from pipelines.appdb import blobs
@@ -103,9 +107,6 @@ def _app(postgres_server, tmp_path: Path, uids: list[str]) -> tuple[str, DataHom
 
 # --- 1. an export killed after its blob copies keeps the erased account's images it copied back, for good ---------
 
-@pytest.mark.xfail(strict=True, reason="the blobs an export created are recorded only in an unnamed temporary file: "
-                   "an export killed (or failing) between its copies and its publish never withdraws the erased "
-                   "account's images it copied back after the erasure, and no later export can")
 def test_an_export_killed_after_its_copies_keeps_no_erased_image_it_copied_back(postgres_server, tmp_path,  # noqa: F811
                                                                                monkeypatch):
     erased, kept = str(uuid.UUID(int=5)), str(uuid.UUID(int=6))
@@ -158,8 +159,6 @@ def test_an_export_killed_after_its_copies_keeps_no_erased_image_it_copied_back(
 
 # --- 2. a blob copy killed mid-write leaves its temporary file in raw/images for good ------------------------------
 
-@pytest.mark.xfail(strict=True, reason="raw/images/.UID.png.HEX.tmp of a blob copy killed before its rename is "
-                   "never removed: not by the rerun, the staging sweep nor the cache sweep")
 def test_a_blob_copy_killed_before_its_rename_leaves_no_temporary_file_in_raw_images(postgres_server,  # noqa: F811
                                                                                      tmp_path, monkeypatch):
     uid = str(uuid.UUID(int=9))
@@ -189,24 +188,26 @@ def test_a_blob_copy_killed_before_its_rename_leaves_no_temporary_file_in_raw_im
 
 # --- 3. an export killed between its publish's rename and its chmod leaves the day private (0700) for good ---------
 
-@pytest.mark.xfail(strict=True, reason="the staged folder (0700) is renamed into place before it takes the home's "
-                   "mode; an export killed between the two leaves the day 0700, and every rerun finds the day "
-                   "'unchanged' and returns before any chmod: the home's other accounts never read it")
 def test_an_export_killed_between_its_rename_and_its_chmod_leaves_a_readable_day(postgres_server,  # noqa: F811
                                                                                  tmp_path, monkeypatch):
-    from pipelines.appdb import export
-
     dsn, home, _ = _app(postgres_server, tmp_path, [])
     with psycopg.connect(dsn) as conn:
         _rank(conn, DAY, 1)
     old_umask = os.umask(0o022)
     try:
         def export_killed_after_its_rename() -> None:
-            def folder_mode(path: Path) -> int:    # the day is renamed into place; its chmod comes next
-                os.kill(os.getpid(), signal.SIGKILL)
-                return 0
+            # fix34g: the kill point was ``export.folder_mode`` (called between the rename and the chmod); the fix
+            # chmods the staged folder before its rename, so that call now comes before the rename and a kill there
+            # publishes nothing (the rerun's day is then a "new day"). The kill is now right after the rename, the
+            # moment the test is about; its assertions are unchanged.
+            real_rename = os.rename
 
-            monkeypatch.setattr(export, "folder_mode", folder_mode)
+            def rename(source, target, *args, **kwargs) -> None:    # the day is renamed into place
+                real_rename(source, target, *args, **kwargs)
+                if Path(target) == home.raw_day(DAY):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+            monkeypatch.setattr(os, "rename", rename)
             export_day(home, dsn, DAY, CONFIG, now=NOW)
 
         _in_child_killed(export_killed_after_its_rename)
@@ -220,10 +221,6 @@ def test_an_export_killed_between_its_rename_and_its_chmod_leaves_a_readable_day
 
 # --- 4. a raw-zone scan probing a staging folder the instant its export locks it fails that export -----------------
 
-@pytest.mark.xfail(strict=True, reason="formats.rawzone.staging_in_use probes a staging folder with its own "
-                   "exclusive flock, and export.hold_staging takes its lock with LOCK_NB: a scan (any raw_days(): "
-                   "another day's export, the sensor, an ingest) probing in the moment after the mkdir fails the "
-                   "export with a bare BlockingIOError")
 def test_a_raw_zone_scan_probing_a_new_staging_folder_never_fails_its_export(postgres_server, tmp_path,  # noqa: F811
                                                                             monkeypatch):
     import fcntl
