@@ -1,7 +1,8 @@
 """Raw export files as bytes: stream one ``*.jsonl.gz`` file (bounded memory, decompression limits),
 cut it into numbered lines (an overlong line keeps only its prefix, length and digest), and tap the
-``image_uid`` members of the raw bytes for the reference check. Nothing here decodes a line: the
-line rules are in :mod:`pipelines.ingest.parse`."""
+``image_uid`` members of the raw bytes for the reference check. Nothing here decodes a line (an overlong line's
+top-level members of one name are followed by its structure only, :class:`MemberScan`): the line rules are in
+:mod:`pipelines.ingest.parse`."""
 from __future__ import annotations
 
 import hashlib
@@ -33,11 +34,242 @@ _CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 
 @dataclass(frozen=True)
 class OverlongLine:
-    """A line longer than the limit: only its first bytes, length and digest are kept."""
+    """A line longer than the limit: only its first bytes, length and digest are kept, and (when
+    :func:`iter_lines` was given a ``member`` name) the values of the line's top-level members of that name as
+    written (:class:`MemberScan`): ``members`` is None when the line is not one JSON object by its structure."""
 
     prefix: bytes
     length: int
     sha256: str
+    members: tuple[bytes | None, ...] | None = None
+
+
+_NOT_WS = re.compile(rb"[^ \t\n\r]")
+_STRING_STOP = re.compile(rb'["\\]')
+_NESTED_STOP = re.compile(rb'"|[\[{]+|[\]}]+')      # a string, a run of openers, a run of closers
+_SCALAR_END = re.compile(rb'[ \t\n\r,:"\[\]{}]')
+_OPENERS, _QUOTE, _BACKSLASH = b"[{", 0x22, 0x5C
+# Whole tokens skipped in one step (possessive: linear, never backtracking into a token the piece cut): a string's
+# body to its closing quote (or its first escape the piece cuts); inside a container, a run of scalars, strings and
+# containers holding no container (the common case: arrays of numbers, of small objects); at the top level, a run of
+# whole members ending in a comma (their names then checked for the one wanted, MemberScan.feed).
+_STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_FLAT = rb'[\[{](?:[^"\[\]{}]++|' + _STRING + rb')*+[\]}]'
+_STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+_NESTED_SKIP = re.compile(rb'(?:[^"\[\]{}]++|' + _STRING + rb'|' + _FLAT + rb')*+', re.DOTALL)
+_MEMBERS_SKIP = re.compile(rb'(?:' + _STRING + rb'[ \t\n\r]*+:[ \t\n\r]*+(?:' + _STRING + rb'|' + _FLAT
+                           + rb'|[^"\[\]{},: \t\n\r]++)[ \t\n\r]*+,[ \t\n\r]*+)*+', re.DOTALL)
+
+
+class MemberScan:
+    """The values of one JSON object's top-level members named ``name``, read from the line's bytes as they stream
+    (:meth:`feed`), never holding the line: an overlong line is never decoded, but a version of a primary key all the
+    same (review rev34a: a ``line_too_long`` line had no key, so the key's other version was accepted, a guess).
+
+    Only the structure is followed: the top level must be one object (``{``, members ``"name": value`` apart by
+    ``,``, ``}``, then blanks only; a BOM before it only on a file's first line), the containers below it are
+    skipped by their brackets and strings (neither checked nor kept), a scalar is read up to its end and kept only
+    under ``name``. ``result()``: the values of the members named ``name``, each spelling once (their bytes as written,
+    at most ``CAP``; None for an object / array value, a longer one, or past ``SPELLINGS`` spellings), or None when the
+    structure is not one object. Memory: the state, at most ``CAP`` bytes of a name or value and ``SPELLINGS`` values;
+    time: linear, a regular-expression step per top-level token (a run of whole members of other names: one step) and
+    per string, run of brackets or run of flat containers below."""
+
+    CAP = 256   # bytes kept of a member's name or its value (a key is at most 36 characters, as written 6 a character)
+    SPELLINGS = 16   # different values kept of the members named ``name``
+
+    def __init__(self, name: str, bom: bool = False):
+        self.name = name
+        self.state = "bom" if bom else "start"
+        self.depth = 0              # open containers: 1 inside the top-level object
+        self.after = ""             # where a string leads when it closes: "colon" (a name) or "comma" (a value)
+        self.escape = False         # a backslash ended the last piece inside a string
+        self.keep: bytearray | None = None   # the name or value being read (None: not kept)
+        self.wanted = False         # the member being read is named ``name``
+        self.values: list[bytes | None] = []
+        self.failed = False
+        self.pending = b""          # the first bytes of a file's first line while a BOM may still be starting
+        self._literal = json.dumps(name).encode()   # the name as a member written without escapes spells it
+        # the bytes a written name of ``name``'s characters takes with its quotes: each character 1 to 12 (a
+        # surrogate pair's two escapes)
+        self._shortest, self._longest = len(name) + 2, 12 * len(name) + 2
+
+    def _kept(self, piece: bytes, start: int, stop: int) -> None:
+        if self.keep is not None:
+            if len(self.keep) + stop - start > self.CAP:
+                self.keep = None     # too long to be the key (or its name)
+            else:
+                self.keep += piece[start:stop]
+
+    def feed(self, piece: bytes) -> None:
+        if self.failed or not piece:
+            return
+        if self.state == "bom":
+            piece = self.pending + piece
+            if len(piece) < 3 and b"\xef\xbb\xbf".startswith(piece):
+                self.pending = piece
+                return
+            self.pending, self.state = b"", "start"
+            if piece.startswith(b"\xef\xbb\xbf"):
+                piece = piece[3:]
+        position, end = 0, len(piece)
+        # the end of the run of whole members from a member on (``_MEMBERS_SKIP``), and the next bytes in it where a
+        # member named ``name`` may be written (its name as is, any ``\u`` escape): the members before them are skipped
+        run_end = next_literal = next_escape = -1
+        literal, escaped = self._literal, b"\\u"   # a primary key's name is lowercase letters and "_": written
+        # otherwise than as is, one of its characters is a \u escape
+        while position < end:
+            state = self.state
+            if state == "string":
+                if self.escape:
+                    self.escape = False
+                    self._kept(piece, position, position + 1)
+                    position += 1
+                    continue
+                at = _STRING_BODY.match(piece, position).end()
+                self._kept(piece, position, at)
+                if at == end:
+                    return
+                self._kept(piece, at, at + 1)
+                position = at + 1
+                if piece[at] == _BACKSLASH:   # an escape the piece cuts: its next byte is in the next piece
+                    self.escape = True
+                elif self.depth > 1:
+                    self.state = "nested"
+                else:
+                    self._string_closed()
+                continue
+            if state == "nested":
+                position = _NESTED_SKIP.match(piece, position).end()
+                stop = _NESTED_STOP.match(piece, position)
+                if stop is None:
+                    return
+                run = stop.group()
+                position = stop.end()
+                if run[0] == _QUOTE:
+                    self.state, self.keep = "string", None
+                elif run[0] in _OPENERS:
+                    self.depth += len(run)
+                elif self.depth - len(run) > 1:
+                    self.depth -= len(run)
+                else:                 # the run closes the top-level member's value (and maybe more)
+                    position = stop.start() + self.depth - 1
+                    self.depth, self.state = 1, "comma"
+                continue
+            if state == "scalar":
+                stop = _SCALAR_END.search(piece, position)
+                if stop is None:
+                    self._kept(piece, position, end)
+                    return
+                self._kept(piece, position, stop.start())
+                position = stop.start()
+                self._value_done()
+                self.state = "comma"
+                continue
+            found = _NOT_WS.search(piece, position)
+            if found is None:
+                return
+            position = found.start()
+            if state == "key":   # whole members in one step, up to one that may be named ``name`` (then read below)
+                if position >= run_end:
+                    run_end, next_literal, next_escape = _MEMBERS_SKIP.match(piece, position).end(), -1, -1
+                if run_end > position:
+                    if next_literal < position:   # each searched once per run (linear), up to the run's end
+                        at = piece.find(literal, position, run_end)
+                        next_literal = at if at >= 0 else run_end
+                    if next_escape < position:
+                        at = piece.find(escaped, position, run_end)
+                        next_escape = at if at >= 0 else run_end
+                    suspect = min(next_literal, next_escape)
+                    stop_at = run_end if suspect >= run_end else _MEMBERS_SKIP.match(piece, position, suspect).end()
+                    if stop_at > position:
+                        position = stop_at
+                        continue
+            char = piece[position:position + 1]
+            position += 1
+            if state == "start":
+                if char != b"{":
+                    return self._fail()
+                self.depth, self.state = 1, "key_or_end"
+            elif state in ("key", "key_or_end"):
+                if char == b'"':
+                    self.state, self.after, self.keep = "string", "colon", bytearray(char)
+                elif char == b"}" and state == "key_or_end":
+                    self.depth, self.state = 0, "end"
+                else:
+                    return self._fail()
+            elif state == "colon":
+                if char != b":":
+                    return self._fail()
+                self.state = "value"
+            elif state == "value":
+                self.keep = bytearray(char) if self.wanted else None
+                if char == b'"':
+                    self.state, self.after = "string", "comma"
+                elif char in (b"{", b"["):
+                    if self.wanted:
+                        self._value(None)    # an object or array: never a key
+                    self.depth, self.state = 2, "nested"
+                elif char in b",:]}":
+                    return self._fail()
+                else:
+                    self.state = "scalar"
+            elif state == "comma":
+                if char == b",":
+                    self.state = "key"
+                elif char == b"}":
+                    self.depth, self.state = 0, "end"
+                else:
+                    return self._fail()
+            else:   # end: blanks only after the object
+                return self._fail()
+
+    def _string_closed(self) -> None:
+        if self.after == "colon":
+            keep = self.keep
+            self.wanted = keep is not None and self._shortest <= len(keep) <= self._longest \
+                and _member_name(bytes(keep)) == self.name
+            self.state = "colon"
+        else:
+            self._value_done()
+            self.state = "comma"
+
+    def _value_done(self) -> None:
+        if self.wanted:
+            self._value(bytes(self.keep) if self.keep is not None else None)
+        self.keep, self.wanted = None, False
+
+    def _value(self, value: bytes | None) -> None:
+        """Keep a value of a member named ``name``, once per spelling: at most ``SPELLINGS`` of them, then None (a
+        line naming its key in that many ways has no key; memory stays bounded whatever the line repeats)."""
+        if value not in self.values:
+            if len(self.values) < self.SPELLINGS:
+                self.values.append(value)
+            elif None not in self.values:
+                self.values.append(None)
+
+    def _fail(self) -> None:
+        self.failed = True
+
+    def result(self) -> tuple[bytes | None, ...] | None:
+        """The values of the members named ``name`` (see the class), or None: not one JSON object by its structure."""
+        if self.failed or self.state != "end":
+            return None
+        return tuple(self.values)
+
+
+def _member_name(written: bytes) -> str | None:
+    """A member name as written (its quotes included) as the text it is, or None where it does not decode."""
+    if b"\\" not in written:
+        try:
+            return written[1:-1].decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    try:
+        name = json.loads(written)
+    except ValueError:
+        return None
+    return name if isinstance(name, str) else None
 
 
 class RawFile:
@@ -330,8 +562,10 @@ def _os_reason(exc: OSError) -> str:
 
 
 def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
-               cut_short: Callable[[], bool] | None = None) -> Iterator[tuple[int, bytes | OverlongLine]]:
-    """Number the lines (1-based) of a byte stream; a line over ``max_line_bytes`` becomes ``OverlongLine``.
+               cut_short: Callable[[], bool] | None = None,
+               member: str | None = None) -> Iterator[tuple[int, bytes | OverlongLine]]:
+    """Number the lines (1-based) of a byte stream; a line over ``max_line_bytes`` becomes ``OverlongLine``
+    (with ``member``: the values of its top-level members of that name, :class:`MemberScan`).
 
     The text after the last newline counts as a line when it is not empty (a truncated file's tail), unless
     ``cut_short()`` says a limit stopped the stream (``RawFile.cut``): then it is the start of a line that was
@@ -343,18 +577,34 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
     long_hash = None  # sha256 of the overlong line being skipped
     long_prefix = b""
     long_len = 0
+    long_scan: MemberScan | None = None   # its top-level members named ``member``
+
+    def overlong(data: bytes, first: bool) -> OverlongLine:
+        """A line over the limit found whole in one buffer."""
+        members = None
+        if member is not None:
+            scan = MemberScan(member, bom=first)
+            scan.feed(data)
+            members = scan.result()
+        return OverlongLine(data[:RAW_TEXT_BYTES], len(data), hashlib.sha256(data).hexdigest(), members)
+
     for chunk in chunks:
         if long_hash is not None:
             cut = chunk.find(b"\n")
             if cut < 0:
                 long_hash.update(chunk)
                 long_len += len(chunk)
+                if long_scan is not None:
+                    long_scan.feed(chunk)
                 continue
             long_hash.update(chunk[:cut])
             long_len += cut
             number += 1
-            yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
-            long_hash = None
+            if long_scan is not None:
+                long_scan.feed(chunk[:cut])
+            yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest(),
+                                       long_scan.result() if long_scan is not None else None)
+            long_hash = long_scan = None
             chunk = chunk[cut + 1:]
         if b"\n" not in chunk:
             # no line ends here: keep the piece, never copy the line's start again (review rev33i: a line cut into
@@ -373,16 +623,19 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
             for part in parts:
                 number += 1
                 if len(part) > max_line_bytes:
-                    yield number, OverlongLine(part[:RAW_TEXT_BYTES], len(part), hashlib.sha256(part).hexdigest())
+                    yield number, overlong(part, number == 1)
                 else:
                     yield number, part
             pieces, carried = ([carry], len(carry)) if carry else ([], 0)
         if carried > max_line_bytes:
             long_hash = hashlib.sha256()
+            long_scan = MemberScan(member, bom=number == 0) if member is not None else None
             prefix = []
             room = RAW_TEXT_BYTES
             for piece in pieces:
                 long_hash.update(piece)
+                if long_scan is not None:
+                    long_scan.feed(piece)
                 if room > 0:
                     prefix.append(piece[:room])
                     room -= len(prefix[-1])
@@ -393,12 +646,13 @@ def iter_lines(chunks: Iterable[bytes], max_line_bytes: int,
         return
     if long_hash is not None:
         number += 1
-        yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest())
+        yield number, OverlongLine(long_prefix, long_len, long_hash.hexdigest(),
+                                   long_scan.result() if long_scan is not None else None)
     elif pieces:
         carry = b"".join(pieces)
         number += 1
         if len(carry) > max_line_bytes:
-            yield number, OverlongLine(carry[:RAW_TEXT_BYTES], len(carry), hashlib.sha256(carry).hexdigest())
+            yield number, overlong(carry, number == 1)
         else:
             yield number, carry
 

@@ -54,7 +54,8 @@ detail names it. A rejected line that is a JSON object with a valid primary key 
 line refused in the decode for a ``NaN``/``Infinity`` constant or a member named twice, its key read again
 leniently (``LineParser.decoded_key``) when it reads one way (review rev25f), and since review rev33i one nested too
 deeply for the decoder (read without recursion, ``_shallow_members``) or not UTF-8 (read with U+FFFD for each invalid
-byte, ``LineParser.undecodable_key``).
+byte, ``LineParser.undecodable_key``), and since review rev34a one over ``max_line_bytes`` (never decoded: its top-level
+key members read from its bytes as they stream, ``lines.MemberScan``, ``LineParser.overlong_key``).
 """
 from __future__ import annotations
 
@@ -615,6 +616,20 @@ def _shallow_members(text: str) -> _Members | None:
     return None if text[position:].strip(_JSON_WS) else members
 
 
+def _alike(a: object, b: object) -> bool:
+    """Whether two values of one member name are the same value as written: the same type and value, and a number
+    kept as written (``_WrittenNumber``) the same text (``9007199254740993.0`` and ``9007199254740992.5`` share a
+    double but are two numbers)."""
+    if type(a) is not type(b) or a != b:
+        return False
+    if type(a) is not _WrittenNumber or a.text == b.text:
+        return True
+    try:
+        return Decimal(a.text) == Decimal(b.text)
+    except ArithmeticError:   # an exponent beyond Decimal's range: alike only as written
+        return False
+
+
 def _short(value: object, limit: int = 80) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[: limit - 3] + "..."
@@ -734,7 +749,7 @@ class LineParser:
         if members is None:
             return None
         values = [value for name, value in members if name == self.key_name]
-        if not values or any(type(v) is not type(values[0]) or v != values[0] for v in values):
+        if not values or any(not _alike(v, values[0]) for v in values):
             return None
         return self.key_of({self.key_name: values[0]})
 
@@ -749,14 +764,43 @@ class LineParser:
             return self.decoded_key(text) if exc.readable else None
         return self.key_of(obj) if type(obj) is dict else None
 
+    def overlong_key(self, line: OverlongLine) -> object:
+        """The valid primary key of a line over ``max_line_bytes`` (never decoded): its top-level key members as
+        :class:`~pipelines.ingest.lines.MemberScan` read them from the bytes (``OverlongLine.members``, the line one
+        JSON object by its structure), present with one value (written once, or every time alike), valid as
+        :meth:`key_of` judges it; else None (review rev34a: such a line had no key, so the key's other version was
+        accepted)."""
+        written = line.members
+        if not written or None in written:
+            return None
+        values = []
+        for text in written:
+            try:
+                value = load_json(text.decode("utf-8"))
+            except (Reject, UnicodeDecodeError):
+                return None
+            if type(value) is dict or type(value) is list:
+                return None
+            values.append(value)
+        if any(not _alike(v, values[0]) for v in values):
+            return None
+        return self.key_of({self.key_name: values[0]})
+
     def key_of(self, obj: dict) -> object:
         """The primary key of a JSON object as the accepted row would hold it, when its key field alone is
-        valid (an id in [1, max_id] written as an integer, a canonical uid); else None."""
+        valid (an id in [1, max_id] written as an integer, a canonical uid); else None. An id is judged as
+        ``validate`` judges it, as written: ``9007199254740993.0`` is the id 2^53 + 1 (review rev34a: a number
+        whose double is not the number written had no key, so a rejected version of a big id was keyless)."""
         value = obj.get(self.key_name)
         kind = type(value)
         if self.key_kind is ID:
             if kind is float and value.is_integer():   # a plain float is exactly the number written
                 value, kind = int(value), int
+            elif kind is _WrittenNumber:
+                try:
+                    value, kind = self._written_integer(self.key_name, value.text, 1, self.max_id), int
+                except Reject:
+                    return None
             return value if kind is int and 1 <= value <= self.max_id else None
         return value if kind is str and UID_RE.fullmatch(value) else None
 

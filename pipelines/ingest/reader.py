@@ -174,6 +174,16 @@ def _route(data: bytes, pattern: re.Pattern, parts: int) -> int:
     return zlib.crc32(match.group(1)) % parts if match else 0
 
 
+_ROUTE_VALUE_RE = re.compile(rb'"[0-9a-f-]{1,64}"|[0-9]{1,20}')   # a key as ``_ROUTE_RE`` routes it
+
+
+def _route_members(line: lines.OverlongLine, parts: int) -> int:
+    """The part of an overlong line: by its first top-level key member's value as written (``OverlongLine.members``),
+    as ``_route`` routes a line whose key it finds; part 0 when there is none or it is not written that way."""
+    value = line.members[0] if line.members else None
+    return zlib.crc32(value) % parts if value is not None and _ROUTE_VALUE_RE.fullmatch(value) else 0
+
+
 def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1),
                spill_dir: Path | None = None) -> TableRun:
@@ -194,11 +204,22 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         parse, same = parser.parse, parser.same
         max_bytes = config.max_line_bytes
         number = 0
-        counting = isinstance(uid_sink, UidSet)   # its memory allowance grows with the accepted rows (review rev33i)
-        for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut):
+        # its memory allowance grows with the accepted rows (review rev33i): a worker taps every line's uid but accepts
+        # only the rows routed to it (about 1/parts of them), so each of its rows counts for ``parts`` (review rev34a)
+        counting = isinstance(uid_sink, UidSet)
+        key_name = PRIMARY_KEYS[table]
+        for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut, key_name):
             if type(data) is not bytes:
-                if index == 0:
-                    run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                # never decoded, but a version of its key all the same when its top-level key member reads one way
+                # (review rev34a): routed by that key as written, like any line
+                if parts > 1 and _route_members(data, parts) != index:
+                    continue
+                run.reject(number, rp.LINE_TOO_LONG, f"{data.length} bytes (max {max_bytes})", data)
+                key = parser.overlong_key(data)
+                if key is not None:
+                    run.rejected.add_item((number, key, rp.LINE_TOO_LONG), 0)
+                    if parts > 1:
+                        _note_rejected_key(run, key)
                 continue
             if uid_sink is not None:   # a uid the byte tap misses (an escape, odd blanks) is still the day's
                 spelled = lines.spelled_image_uid(data)
@@ -220,7 +241,7 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
             if first is None:
                 rows[key] = (number, values)
                 if counting:
-                    uid_sink.allowance += 1
+                    uid_sink.allowance += parts
             else:
                 if not same(values, first[1]):    # typed: two spellings of one instant are the same
                     conflicting.add(key)

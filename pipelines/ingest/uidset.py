@@ -26,8 +26,11 @@ class UidSet:
     read the runs back a block at a time. ``spill``: the folder for the runs (or a function giving it, called at the
     first spill); None keeps every uid in memory. ``allowance``: uids held in memory beyond the bound, which the
     reader raises by one per accepted images row (those rows are held anyway, so a clean day never spills: only the
-    uids of bad lines do). Picklable (a worker's set travels to the parent with its run paths);
-    the runs live as long as the spill folder (the ingest's scratch folder, removed after)."""
+    uids of bad lines do); a worker of ``ingest.workers`` taps every line but accepts only the rows routed to it
+    (about 1/n of them, by a hash of the key), so it raises the allowance by n per row: a clean day spills in no
+    worker unless its share falls short of 1/n of the rows by more than ``MAX_MEMORY_UIDS`` / n (review rev34a).
+    Picklable (a worker's set travels to the parent with its run paths); the runs live as long as the spill folder
+    (the ingest's scratch folder, removed after)."""
 
     def __init__(self, spill: Path | Callable[[], Path] | None, max_memory: int | None = None):
         self.memory: set[str] = set()

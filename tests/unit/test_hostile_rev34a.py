@@ -36,7 +36,9 @@ fix33i change), so a 1 MiB line in 2-byte chunks (2-byte gzip members) peaked at
 the whole ``raw_text`` column of the day's quarantined images lines at once (legacy path, rev29a).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions state
-the correct behaviour.
+the correct behaviour. All three were fixed the same day (fix34a, ``tests/unit/test_fix34a.py``: an overlong line's
+top-level key members read from its bytes as they stream, ``lines.MemberScan``; ``key_of`` judges an id as written;
+a worker's accepted images row raises its uid set's allowance by the number of workers) and the markers removed.
 """
 from __future__ import annotations
 
@@ -70,8 +72,6 @@ def _kept_and_reasons(home: DataHome, table: str, key: str) -> tuple[list, dict[
 # ("one key, different contents: every version quarantined, none guessed"). fix33i made lines nested too deeply or not
 # UTF-8 keep their key for this very reason; an overlong line is the remaining sibling (the whole line here is one valid
 # JSON object with its key written once, first).
-@pytest.mark.xfail(strict=True, reason="rev34a: a line_too_long line loses its key, so the key's other version is "
-                                       "accepted (a guess)")
 def test_an_overlong_version_of_a_key_quarantines_the_other(fast_tmp):
     home = DataHome(fast_tmp / "home")
     builder = DayBuilder(DAY, seed=1).populate(users=3, images=6, rankings=3, downloads=2)
@@ -91,8 +91,6 @@ def test_an_overlong_version_of_a_key_quarantines_the_other(fast_tmp):
 # (``9007199254740993.0``, as a float-minded exporter writes a bigint) is the id 9007199254740993 to ``validate``
 # (``_written_integer``: "judged as written"), but ``key_of`` (the key a rejected line keeps) takes only an int or a
 # plain float, so a rejected version of that key is keyless and the accepted version stays: the key read two ways.
-@pytest.mark.xfail(strict=True, reason="rev34a: key_of refuses an id > 2**53 written N.0 that validate accepts, so a "
-                                       "rejected version loses its key and the other version is accepted")
 def test_a_rejected_version_of_a_big_id_written_with_a_fraction_keeps_its_key(fast_tmp):
     big = 2**53 + 1
     config = IngestConfig(workers=1, max_id=2**62)
@@ -123,8 +121,6 @@ def test_a_rejected_version_of_a_big_id_written_with_a_fraction_keeps_its_key(fa
 # the set's memory allowance "so a clean day never spills". With ingest.workers (default 2, used for days from 16 MiB)
 # every worker taps every line's uid but accepts only the rows routed to it, so its allowance is about 1/n of the uids
 # it holds: a clean large day spills in every worker (each writes its share of runs, part 0 merges them for the index).
-@pytest.mark.xfail(strict=True, reason="rev34a: a clean images file read by 2 workers spills its uids in each worker "
-                                       "(documented: a clean day never spills)")
 def test_a_clean_images_file_read_by_two_workers_never_spills(fast_tmp, monkeypatch):
     monkeypatch.setattr(uidset, "MAX_MEMORY_UIDS", 50)
     home = DataHome(fast_tmp / "home")
