@@ -149,7 +149,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     makes a new version; the card counts distinct fingerprinted images (rev31d)
                           # 12: the manifest's read_parquet statement reads with hive_partitioning = false (a folder
                           #     named split=... / dt=... above the version is no column, rev32b)
-    "model": "6",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
+    "model": "7",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
                           #    refused; best_of_n's scores from batches of one fixed shape (rev28e)
@@ -161,6 +161,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 6: the scratch tokenizer learns merges until its vocabulary holds tokenizer_vocab_size
                           #    tokens (the word-final symbols no longer subtracted: more merges, other token ids
                           #    for the same captions); bpe_merges itself learns the same merges as before (rev33f)
+                          # 7: the scratch tokenizer records what made it (tokenizer_config.json's pickapic_tokenizer)
+                          #    and a scratch run whose tokenizer another code made is trained over; best/ records its
+                          #    step (best_step.json) and is saved after checkpoints/last/ (rev34c)
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 FEATURE_DATASETS = ("image_features", "image_rejects")

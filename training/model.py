@@ -32,7 +32,7 @@ from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
 from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor, CLIPTokenizer
 from transformers.utils import logging as hf_logging
 
-from formats.files import open_regular_file, write_bytes_atomic
+from formats.files import open_regular_file, read_small_file, write_bytes_atomic
 from formats.text import first_line as _first_line
 from formats.text import shown_path
 from training.config import TrainConfig
@@ -41,6 +41,14 @@ from training.data import bounded_caption
 hf_logging.disable_progress_bar()  # per-file "Loading weights" bars would flood the run logs
 
 BOS, EOS = "<|startoftext|>", "<|endoftext|>"
+# What made a scratch tokenizer: :func:`train_tokenizer` records it in the tokenizer's ``tokenizer_config.json``
+# (``pickapic_tokenizer``, kept by every save and load). Changed whenever train_tokenizer's output for the same
+# captions changes (its merges, their number, how captions are read before counting). A scratch run whose tokenizer
+# records another one, or none (made before it was recorded: model code version 6 and older), is trained over
+# from step 0 by the trainer (review rev34c: a run finished under model code version 5 was kept, with its version 5
+# tokenizer, as the model today's code trains).
+TOKENIZER_MARK = "pickapic_tokenizer"
+TOKENIZER_VERSION = "bpe/1"
 # CLIP's own pre-tokenization (transformers' CLIPTokenizer): words, digits, punctuation runs.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -63,7 +71,8 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     the pairs' sorted order), not by the ``tokenizers`` trainer, whose order of merges of equal count (and so the
     merges kept at ``vocab_size``) follows hash-map order, new in every call (review rev32a). The tokenizer
     has ``vocab_size`` tokens (256 bytes, their 256 ``</w>`` forms, ``vocab_size - 514`` merged tokens, BOS and
-    EOS), fewer only when the captions hold no more pairs to merge (review rev33f)."""
+    EOS), fewer only when the captions hold no more pairs to merge (review rev33f). It records what made it
+    (:data:`TOKENIZER_VERSION`, saved in its ``tokenizer_config.json``: :func:`tokenizer_version`)."""
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     n_merges = vocab_size - 2 * len(alphabet) - 2
     if n_merges <= 0:
@@ -82,7 +91,21 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     vocab: dict[str, int] = {}
     for token in [*alphabet, *(a + "</w>" for a in alphabet), *sorted({a + b for a, b in merges}), BOS, EOS]:
         vocab.setdefault(token, len(vocab))
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length,
+                         **{TOKENIZER_MARK: TOKENIZER_VERSION})
+
+
+def tokenizer_version(model_dir: str | Path) -> str | None:
+    """What made the tokenizer saved in ``model_dir`` (its ``tokenizer_config.json``'s ``pickapic_tokenizer``:
+    :data:`TOKENIZER_VERSION` for one :func:`train_tokenizer` makes today), or None: none recorded (a tokenizer made
+    before it was recorded, or not by train_tokenizer), or no readable ``tokenizer_config.json``."""
+    data = read_small_file(Path(model_dir) / "tokenizer_config.json", 16 << 20)
+    try:
+        value = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+    mark = value.get(TOKENIZER_MARK) if isinstance(value, dict) else None
+    return mark if isinstance(mark, str) else None
 
 
 def bpe_merges(word_counts: dict[str, int], n_merges: int | None,

@@ -6,7 +6,8 @@ CPU, nccl on CUDA). Output dir layout::
 
     init/                   scratch runs: the untrained initial model (model + processor + train_config.json)
     checkpoints/last/       latest state for resuming (model, processor, trainer_state.pt, train_config.json)
-    best/                   best model by validation_unique tie-aware accuracy (save_pretrained + config)
+    best/                   best model by validation_unique tie-aware accuracy (save_pretrained + config), and
+                            best_step.json (its step; saved after checkpoints/last/, a resume repairs one behind)
     metrics.json            history (train loss, lr, validation accuracy) + final test_unique evaluation
     curve.png               training curve
     diverged.json           only after TrainingDiverged: the step, the reason and the recipe that diverged
@@ -75,6 +76,7 @@ from training.figures import pyplot, save_figure
 from training.loss import contrastive_loss, global_weight_sum, pair_kl, preference_loss
 from training.metric import choose_threshold, only_ties
 from training.model import (
+    TOKENIZER_VERSION,
     PairScorer,
     build_model,
     count_parameters,
@@ -82,9 +84,15 @@ from training.model import (
     own_pair_scores,
     save_checkpoint,
     shown_path,
+    tokenizer_version,
 )
 
 STATE_FILE = "trainer_state.pt"
+# in best/: which checkpoint it holds ({"step", "val_accuracy"}, the trainer state's "best" when it was saved). best/
+# is saved after checkpoints/last/ at the step it improved at, so a kill between the two leaves a state whose best
+# step is its own step and a best/ of an earlier one: a resume saves best/ again from checkpoints/last/ (review
+# rev34c: best/ was saved first, and a kill between the two left best/ ahead of the state describing it)
+BEST_RECORD = "best_step.json"
 LOCK_FILE = TRAIN_LOCK_FILE   # ".train.lock": held (flock) by the trainer writing a run folder; a second one is refused
 EventSink = Callable[[dict[str, Any]], None]   # metric events: train, eval, done
 
@@ -290,6 +298,39 @@ def _recover_dir(root: Path, final: Path) -> None:
 def _save_model(directory: Path, clip: Any, processor: Any, config: TrainConfig, home: Path | None) -> None:
     save_checkpoint(directory, clip, processor)
     config.save(directory, home)
+
+
+def _save_best(directory: Path, clip: Any, processor: Any, config: TrainConfig, home: Path | None,
+               best: dict[str, Any]) -> None:
+    """best/: the model, its config, and which checkpoint it is (:data:`BEST_RECORD`)."""
+    _save_model(directory, clip, processor, config, home)
+    record = {"step": best["step"], "val_accuracy": best["val_accuracy"]}
+    write_bytes_atomic(directory / BEST_RECORD, (json.dumps(_plain(record), sort_keys=True, allow_nan=False) + "\n").encode())
+
+
+def best_record_step(best_dir: Path) -> int | None:
+    """The step of the checkpoint ``best_dir`` holds (its :data:`BEST_RECORD`), or None when it has no record the
+    trainer wrote (none: a best/ saved before it was recorded; or not a regular file of JSON with a step)."""
+    data = read_small_file(Path(best_dir) / BEST_RECORD, 1 << 16)
+    try:
+        record = json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if type(step) is int and step >= 0 else None
+
+
+def _best_behind(best_dir: Path, state: dict[str, Any]) -> bool:
+    """Whether ``best_dir`` is not the model the resumed trainer ``state`` names as best while that model is the
+    one in checkpoints/last/ (the state's best step is its own step): a kill between the saves of
+    checkpoints/last/ and best/ left an earlier best/ (or none, at the first checkpoint). A best/ without a
+    record (saved before it was recorded, when best/ was saved before checkpoints/last/ and so never behind) is
+    kept; one with a record of another step, or a damaged one, is behind."""
+    if state["best"]["step"] != state["step"]:
+        return False
+    if not os.path.lexists(best_dir):
+        return True
+    return os.path.lexists(Path(best_dir) / BEST_RECORD) and best_record_step(best_dir) != state["step"]
 
 
 _STATE_KEYS = {"step": int, "optimizer": dict, "scheduler": dict, "history": list, "best": dict, "torch_rng": list}
@@ -543,16 +584,49 @@ def _unfinish(out: Path, step: int, config: TrainConfig, restart: bool) -> None:
     dataset.fsync_dir(out, unsupported_ok=True)
 
 
+def _stale_tokenizer(out: Path, config: TrainConfig, home: Path | None) -> dict[str, Any] | None:
+    """Rank 0, lock held, before anything is read from ``out``: the start-over (``made``, ``changed``) of a scratch
+    run whose checkpoint holds a tokenizer other code made (its recorded :func:`training.model.tokenizer_version` is
+    not :data:`training.model.TOKENIZER_VERSION`, or none: made before it was recorded), else None. Such a run is
+    not the model this code trains on its captions (other merges, other token ids: review rev34c, a run finished
+    under model code version 5 was kept by today's trainer, which only evaluated it again), so it is trained over
+    from step 0 as a diverged run with a changed recipe is (:func:`_start_over`). A checkpoint whose recipe changed is
+    left to the resume's refusal (:func:`_check_resumable`), and a run without a checkpoint builds its ``init/``
+    again where that tokenizer is another code's (:func:`_train_locked`)."""
+    last = out / "checkpoints" / "last"
+    if config.init_from != "scratch" or not (last / STATE_FILE).is_file():
+        return None
+    try:
+        _check_resumable(TrainConfig.load(last, resolve=False), config, home)
+    except (ValueError, TypeError, OSError):
+        return None   # the resume refuses it, on every rank, as before
+    made = tokenizer_version(last)
+    if made == TOKENIZER_VERSION:
+        return None
+    for rel in (*OWN_OUTPUTS, TRAINING_FILE, *DERIVED_OUTPUTS):
+        _refuse_links(out, out / rel)   # before anything changes: the start-over never removes through a link
+    return {"made": made, "changed": ["tokenizer"]}
+
+
 def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: EventSink) -> None:
-    """Rank 0, once the changed recipe of a diverged run is known to be trainable: mark the run unfinished
-    (:func:`_unfinish`, which also removes what was published about its model), remove its checkpoints,
-    best/, init/, metrics.json and curve.png (the trainer's own, of the recipe that diverged; only these), then
-    the divergence record (last, so a crash in between starts over again)."""
+    """Rank 0, once the changed recipe of a diverged run is known to be trainable (or a scratch run's tokenizer is
+    known to be another code's: :func:`_stale_tokenizer`): mark the run unfinished (:func:`_unfinish`, which also
+    removes what was published about its model), remove its checkpoints, best/, init/, metrics.json and curve.png
+    (the trainer's own; only these), then the divergence record if any (last, so a crash in between starts over
+    again)."""
     _unfinish(out, 0, config, restart=True)
     for rel in OWN_OUTPUTS:
         remove_run_path(out / rel)
-    (out / DIVERGED_FILE).unlink()
+    if os.path.lexists(out / DIVERGED_FILE):
+        (out / DIVERGED_FILE).unlink()
     dataset.fsync_dir(out, unsupported_ok=True)
+    if "made" in restart:
+        made = restart["made"] or "none recorded: older code"
+        emit({"event": "restart", "changed": restart["changed"],
+              "message": f"{out} was trained with a scratch tokenizer another code made ({made}; this code makes "
+                         f"{TOKENIZER_VERSION}: other merges and token ids for the same captions): training it over "
+                         "from step 0 with this code's tokenizer"})
+        return
     emit({"event": "restart", "diverged_step": restart["step"], "changed": restart["changed"],
           "message": f"{out} diverged at step {restart['step']} with the previous recipe; {restart['changed']} "
                      "changed: training it over from step 0"})
@@ -731,6 +805,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         for folder in (last_dir, best_dir, init_dir):
             _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
         refusal, restart = _after_divergence(out, config, data_dir, home)
+        if refusal is None and restart is None:
+            restart = _stale_tokenizer(out, config, home)
     refusal, restart = _from_rank0((refusal, restart), world)
     if refusal is not None:
         raise ValueError(refusal)
@@ -753,14 +829,16 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
         # from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
         # before its first checkpoint; or an init/ written before the version was stored) is built again, and so
-        # is the init/ of a diverged run started over (it is removed with the rest)
+        # are one whose tokenizer another code made (review rev34c) and the init/ of a run started over (it is
+        # removed with the rest)
         built_on = None
         if rank == 0 and restart is None and (init_dir / "config.json").is_file():
             built = TrainConfig.load(init_dir, resolve=False)
             _check_resumable(built, config, home)  # a stale init/ from another recipe
             built_on = built.data_dir
         if rank == 0:
-            if built_on not in (str(data_dir), home_relative(str(data_dir), home)):
+            if built_on not in (str(data_dir), home_relative(str(data_dir), home)) \
+                    or tokenizer_version(init_dir) != TOKENIZER_VERSION:
                 clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
                 new_init = config.replace(data_dir=str(data_dir))   # saved once the run folder may change
             else:
@@ -781,6 +859,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             _unfinish(out, 0 if state is None else state["step"], config, restart=False)
         if new_init is not None:
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
+        if state is not None and _best_behind(best_dir, state):   # killed between checkpoints/last/ and best/:
+            _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, state["best"]), out)
     _barrier(world)
     if state is None and config.init_from == "scratch":
         clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
@@ -864,8 +944,6 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             dist.all_gather_object(gathered_rngs, rngs[0])
             rngs = gathered_rngs
         if rank == 0:
-            if improved:
-                _save_dir_atomic(best_dir, lambda d: _save_model(d, clip, processor, config, home), out)
             trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                              "history": history, "best": best, "torch_rng": rngs, "world_size": world,
                              "running_loss": [float(running), int(running_n)], "open_shards": opened,
@@ -876,6 +954,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 _save_model(d, clip, processor, config, home)
                 torch.save(trainer_state, d / STATE_FILE)
             _save_dir_atomic(last_dir, write, out)
+            if improved:   # after the state naming it: a kill between the two is repaired by the resume (_best_behind)
+                _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, best), out)
         _barrier(world)
 
     def record_eval() -> None:

@@ -35,7 +35,9 @@ code version 5 and resumed today also finishes with its version 5 tokenizer (the
 not filed twice).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix34c, ``tests/unit/test_fix34c.py``) and the markers
+removed: a scratch tokenizer records what made it and a run whose tokenizer another code made is trained over;
+checkpoints/last/ is saved before best/, which records its step, and a resume saves a best/ left behind again.
 """
 from __future__ import annotations
 
@@ -76,8 +78,6 @@ def _version_5_tokenizer(captions, vocab_size: int, max_length: int = 77):
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
 
 
-@pytest.mark.xfail(strict=True, reason="review rev34c: a scratch run trained under model code version 5 is kept, "
-                                       "with its version 5 tokenizer, when today's code trains the version again")
 def test_a_run_trained_under_model_code_version_5_is_not_kept_as_todays_model(tmp_path, monkeypatch):
     """fix33f changed the scratch tokenizer (model code version 6: more merges, other token ids for the same
     captions) and bumped the model stage's code version so that ``pickapic build --with-model`` runs the stage again
@@ -126,9 +126,6 @@ def _val_accuracy(model_dir: Path, config) -> float:
     return train_module._validation_entry(0, scores)["val_accuracy"]
 
 
-@pytest.mark.xfail(strict=True, reason="review rev34c: a kill between the best/ and checkpoints/last/ saves leaves "
-                                       "best/ ahead of the trainer state; a rerun at the checkpoint's step publishes "
-                                       "that model with the metrics of another")
 def test_a_kill_between_the_best_and_last_checkpoints_never_publishes_another_models_metrics(tmp_path, monkeypatch):
     """``checkpoint()`` renames the new ``best/`` into place, then writes ``checkpoints/last/`` (the trainer state:
     step, history, which step is best). A kill between the two (here right after ``best/``'s rename at step 6 of 6)
