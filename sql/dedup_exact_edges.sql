@@ -11,7 +11,7 @@ SELECT DISTINCT r0, r1, kind FROM (
     SELECT min(rid) OVER (PARTITION BY phash) AS r0, rid AS r1, 'same_hash' AS kind FROM hashes WHERE informative
     UNION ALL
     SELECT min(rid) OVER (PARTITION BY phash, dhash) AS r0, rid AS r1, 'same_hash' AS kind FROM hashes
-    WHERE dhash_keyed
+    WHERE dhash_keyed AND NOT informative         -- an informative one is grouped by its pHash already
 )
 WHERE r0 < r1
 ORDER BY r0, r1, kind

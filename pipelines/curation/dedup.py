@@ -121,7 +121,7 @@ PHASH_ODD_V_BITS = sum(_dct_bit(v, u) for v in range(1, 8, 2) for u in range(8))
 # 172 of 180 textured mirror-symmetric images have 3 to 8. Re-encodes, resizes and blurs of those move the dHash by
 # 0-3 bits (q60 and a 384 resize at q75 one of 180 by 4-7); DHASH_K + 1 dHash bands of 16 bits find every pair
 # within DHASH_K (pigeonhole).
-MIN_DHASH_ROWS = 3
+MIN_DHASH_ROWS = 3   # sql/dedup_hashes.sql tests for three with scalar comparisons (no lists: 4x faster)
 DHASH_K = 3
 # Parquet key-value metadata of duplicate_clusters: the settings it was clustered with (JSON, the output fields of
 # DedupConfig), which the decisions carry on to the published data card (its "Hamming distance <= k")
@@ -176,6 +176,7 @@ class DedupReport:
     subband_buckets: int = 0           # buckets past EXACT_PAIR_BUDGET searched exactly by sub-bands
     low_information_images: int = 0    # images whose pHash is uninformative and dHash is not keyed: by sha256 only
     dhash_keyed_images: int = 0        # images whose pHash is uninformative but dHash textured: pHash and dHash match
+    dhash_keyed_edges: int = 0         # links of the dHash-keyed search (``dhash_keyed_links``; near_edges: the pHash's)
 
     @property
     def sampled_buckets(self) -> int:
@@ -201,6 +202,7 @@ class DedupReport:
             "subband_buckets": self.subband_buckets,
             "low_information_images": self.low_information_images,
             "dhash_keyed_images": self.dhash_keyed_images,
+            "dhash_keyed_edges": self.dhash_keyed_edges,
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
@@ -553,9 +555,8 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     near = near_links(run_sql(con, "dedup_nodes"), bands, _past_budget(large), config.k, sampled=sampled)
     keyed_sampled: dict = {}
     keyed, keyed_large = dhash_keyed_links(run_sql(con, "dedup_keyed_nodes"), hashes.num_rows, config, keyed_sampled)
-    near = pa.concat_tables([near, keyed])
     exact = run_sql(con, "dedup_exact_edges")
-    edges = pa.concat_tables([near, exact.select(["r0", "r1"])])
+    edges = pa.concat_tables([near, keyed, exact.select(["r0", "r1"])])
     con.register("edges", edges)
     labels = component_labels(edges.column("r0").to_numpy(), edges.column("r1").to_numpy())
     con.register("labels", labels)
@@ -565,6 +566,7 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     report.sampled_unchecked_nodes = sampled["unchecked"] + keyed_sampled["unchecked"]
     report.subband_buckets = sampled["subbands"] + keyed_sampled["subbands"]
     uninformative = pc.invert(hashes.column("informative"))
+    report.dhash_keyed_edges = keyed.num_rows
     report.dhash_keyed_images = pc.sum(pc.and_(uninformative, hashes.column("dhash_keyed"))).as_py() or 0
     report.low_information_images = (pc.sum(uninformative).as_py() or 0) - report.dhash_keyed_images
     for bucket in report.giant_buckets:
@@ -626,8 +628,7 @@ def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) ->
 def _band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
     hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask, "dc_bit": PHASH_DC_BIT,
                                            "min_bits": MIN_PHASH_BITS, "odd_u": PHASH_ODD_U_BITS,
-                                           "odd_v": PHASH_ODD_V_BITS, "min_rows": MIN_DHASH_ROWS,
-                                           "k": config.k})
+                                           "odd_v": PHASH_ODD_V_BITS, "k": config.k})
     con.register("hashes", hashes)
     bands = band_table(config)
     con.register("bands", bands)

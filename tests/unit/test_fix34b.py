@@ -176,6 +176,20 @@ def test_a_pair_across_the_searches_is_joined_only_when_close_on_both():
     assert report.dhash_keyed_images == 0 and report.low_information_images == 0
 
 
+def test_the_report_counts_keyed_links_apart_and_informative_groups_once():
+    sym = DC | sum(1 << (63 - (8 * v + u)) for v in range(1, 8, 2) for u in range(0, 8, 2))
+    nearly = sym | 1 << 62                         # informative, and keyed (one odd term set)
+    rows = [("a", _sha("a"), LOW, TEXTURED), ("b", _sha("b"), _flip(LOW, 2, 30), _flip(TEXTURED, 1, 3)),
+            ("c", _sha("c"), nearly, TEXTURED), ("d", _sha("d"), nearly, TEXTURED ^ 1 << 9),
+            ("e", _sha("e"), nearly, TEXTURED ^ 0xFFFF << 20)]          # c, d, e: one pHash group (3 dHashes)
+    got, report, _ = _cluster(rows)
+    assert got["b"] == "a" and got["d"] == got["e"] == "c"
+    assert report.same_hash_images == 2                                  # d and e to c, once each
+    assert report.near_edges == 0 and report.dhash_keyed_edges >= 1
+    assert report.metadata()["dhash_keyed_edges"] == report.dhash_keyed_edges
+    assert report.dhash_keyed_images == 2 and report.low_information_images == 0
+
+
 def _keyed_nodes(phash, dhash):
     return pa.table({"rid": pa.array(np.arange(1, len(phash) + 1), pa.int64()),
                      "phash": pa.array(phash, pa.uint64()), "dhash": pa.array(dhash, pa.uint64())})
