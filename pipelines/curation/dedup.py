@@ -6,12 +6,22 @@ is ``near_links`` in numpy):
    ``image_uid``; the pHash DC bit (always 1: the DCT's DC term is above the median) is masked off, leaving 63 informative bits.
    A pHash with fewer than ``MIN_PHASH_BITS`` (16) of those set is uninformative: an image whose DCT terms tie
    at the median (flat, or smoothly shaded: a gradient, a clear sky, two flat halves) has a pHash of 0-10 bits
-   whatever its colour or brightness (black, white, red and a grey ramp are all 0), where any image with
-   texture has 31 (measured). Such an image is no node of the near search and forms no equal-pHash group: it
-   joins a cluster by its bytes (sha256) only. (Clustered on its pHash, every flat image of every user was one
-   cluster, owned by one split: the other users' pairs went to split_rejects, review rev33u.) The price: a
-   re-encode or resize of a flat or gradient image is no longer clustered with its source (the hashes hold no
-   colour to tell a re-encode from another colour); ``low_information_images`` counts them.
+   whatever its colour or brightness (black, white, red and a grey ramp are all 0). So is a mirror-symmetric
+   image's (a kaleidoscope, a mandala, a symmetric logo), whatever its texture: the DCT terms of odd frequency across
+   its axis are exactly 0 and tie (``PHASH_ODD_U_BITS`` / ``PHASH_ODD_V_BITS`` all 0), leaving it 10-18 bits of 32
+   that can vary, so distinct symmetric images were a few bits apart and one cluster (review rev34b). Such an image
+   is no node of the pHash search and forms no equal-pHash group. If its dHash is textured (``MIN_DHASH_ROWS`` or
+   more distinct rows: a symmetric render's is, a flat image's, a ramp's, a sky's or a vignette's is not) it is
+   *dHash-keyed*: a near duplicate of another keyed image within ``k`` on the pHash AND within ``DHASH_K`` on the
+   dHash (``dhash_keyed_links``, the same bucket search over the dHash's bands; images equal on both are a
+   group). Otherwise it joins a cluster by its bytes (sha256) only. (Clustered on its pHash, every flat image of
+   every user was one cluster, owned by one split: the other users' pairs went to split_rejects, review rev33u.)
+   The price: a re-encode or resize of a flat or gradient image is not clustered with its source (the hashes hold
+   no colour to tell a re-encode from another colour); ``low_information_images`` counts them,
+   ``dhash_keyed_images`` the keyed ones. An informative pHash within ``k`` of a keyed one (at most ``k`` odd bits
+   or fewer than ``MIN_PHASH_BITS + k`` bits: a re-encode that is not quite symmetric) is keyed too, so the pair
+   is found. A re-encode whose pHash jumps by 12-15 bits (JPEG blocks are not mirror-exact: a quarter of q85
+   re-encodes) is not found, as pHash's tie-breaks lose other smooth images' re-encodes.
 2. Banding: the 63 bits are cut into ``bands`` bands. Two hashes within distance ``k`` share at least
    one identical band whenever ``bands >= k + 1`` (pigeonhole), so comparing only hashes that share
    a (band, value) bucket finds every candidate without comparing all pairs. ``near_links``
@@ -55,7 +65,8 @@ so distances are even. Measured on generated images (``tests/unit/test_dedup_clu
 and +-5% brightness by up to 4, a 2% crop by up to 6, while distinct images stay >= 12 apart
 (~16 on real photographs). ``k = 6`` recovers all of these with no false merges among informative hashes
 (flat and smoothly shaded images, whose pHashes are 0-10 bits apart whatever their colours, cluster by bytes
-only, step 1); 4 bands
+only; symmetric images need the dHash too, step 1: of 180 distinct symmetric images 39 pairs were within 6 on the
+pHash, none is clustered now); 4 bands
 (16 bits each) keep the scan at ~1 s per million hashes, are exact up to distance 3, and the
 dHash bands recover the rest of the distance-4..6 pairs (recall measured >= 99%).
 
@@ -89,6 +100,29 @@ PHASH_DC_BIT = 1 << 63  # imagehash puts the DCT's [0, 0] term in the most signi
 # terms tie at the median): clustered by sha256 only. Distinct DCT terms give 31 (32 with the DC bit); measured:
 # flat images and linear ramps 0, two flat halves 2, a clear sky 2, a horizon 4, quadrants 8, a radial gradient 10.
 MIN_PHASH_BITS = 16
+
+
+def _dct_bit(v: int, u: int) -> int:
+    """The pHash bit of the DCT term of vertical frequency ``v`` and horizontal frequency ``u`` (imagehash flattens
+    the 8x8 low-frequency block row by row, first bit most significant: [0, 0] is the DC bit)."""
+    return 1 << (63 - (8 * v + u))
+
+
+# The bits of the odd horizontal / vertical frequencies: all 0 in the pHash of a left-right / top-bottom
+# mirror-symmetric image (those DCT terms are exactly 0 and tie at the median), whatever its texture; some are set in
+# any other image with 16 bits or more. Such a pHash holds half the information of another (distinct symmetric images
+# are a few bits apart: review rev34b), so it is not informative on its own.
+PHASH_ODD_U_BITS = sum(_dct_bit(v, u) for v in range(8) for u in range(1, 8, 2))
+PHASH_ODD_V_BITS = sum(_dct_bit(v, u) for v in range(1, 8, 2) for u in range(8))
+# An image whose pHash is not informative is still a near-duplicate candidate if its dHash has at least this many
+# distinct rows (of 8 comparisons each): texture that varies down the image. Then the pHash AND the dHash must match:
+# pHash within k and dHash within DHASH_K (``dhash_keyed_links``). Measured on 512-px images: a flat image of any
+# colour, a ramp, a sky, a night gradient, a horizon, a vignette, a radial gradient have 1 distinct row, quadrants 2;
+# 172 of 180 textured mirror-symmetric images have 3 to 8. Re-encodes, resizes and blurs of those move the dHash by
+# 0-3 bits (q60 and a 384 resize at q75 one of 180 by 4-7); DHASH_K + 1 dHash bands of 16 bits find every pair
+# within DHASH_K (pigeonhole).
+MIN_DHASH_ROWS = 3   # sql/dedup_hashes.sql tests for three with scalar comparisons (no lists: 4x faster)
+DHASH_K = 3
 # Parquet key-value metadata of duplicate_clusters: the settings it was clustered with (JSON, the output fields of
 # DedupConfig), which the decisions carry on to the published data card (its "Hamming distance <= k")
 DEDUP_METADATA = b"pickapic.dedup_config"
@@ -140,7 +174,9 @@ class DedupReport:
     sampled_bucket_nodes: int = 0      # distinct hashes in buckets past EXACT_PAIR_BUDGET
     sampled_unchecked_nodes: int = 0   # of those, within k of no representative (buckets past both budgets)
     subband_buckets: int = 0           # buckets past EXACT_PAIR_BUDGET searched exactly by sub-bands
-    low_information_images: int = 0    # images whose pHash is uninformative (MIN_PHASH_BITS): clustered by sha256 only
+    low_information_images: int = 0    # images whose pHash is uninformative and dHash is not keyed: by sha256 only
+    dhash_keyed_images: int = 0        # images whose pHash is uninformative but dHash textured: pHash and dHash match
+    dhash_keyed_edges: int = 0         # links of the dHash-keyed search (``dhash_keyed_links``; near_edges: the pHash's)
 
     @property
     def sampled_buckets(self) -> int:
@@ -165,6 +201,8 @@ class DedupReport:
             "sampled_unchecked_nodes": self.sampled_unchecked_nodes,
             "subband_buckets": self.subband_buckets,
             "low_information_images": self.low_information_images,
+            "dhash_keyed_images": self.dhash_keyed_images,
+            "dhash_keyed_edges": self.dhash_keyed_edges,
             "seconds": round(self.seconds, 3),
             "config": json.dumps(self.config, sort_keys=True),
             "cluster_size_histogram": "| cluster size | clusters |\n|---:|---:|\n" + hist,
@@ -260,9 +298,11 @@ def _open_buckets(sorted_values: np.ndarray, roots: np.ndarray, d: int) -> np.nd
 
 
 def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarray, k: int,
-                  links: _Components, settle: bool, max_d: int | None = None) -> None:
+                  links: _Components, settle: bool, max_d: int | None = None,
+                  second: tuple[np.ndarray, int] | None = None) -> None:
     """Add to ``links`` the pairs (i, i + d), d = 1, 2, ... (up to ``max_d`` if given), of ``order`` within
-    runs of equal ``sorted_values`` whose pHashes are within ``k``. With ``settle``, at d = 0, 1, 2, 4, ...
+    runs of equal ``sorted_values`` whose pHashes are within ``k`` (and, with ``second`` = (hash of each node,
+    k2), whose second hashes are within k2 too). With ``settle``, at d = 0, 1, 2, 4, ...
     the links are merged and the buckets that are one component (or have no pairs left) are dropped."""
     d = 0
     while max_d is None or d < max_d:
@@ -275,6 +315,7 @@ def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarra
             if n < 2:
                 return
             near = phash[order]
+            near2 = None if second is None else second[0][order]
             starts = np.flatnonzero(np.r_[True, sorted_values[1:] != sorted_values[:-1]])
             # members after each position in its bucket
             after = (np.repeat(np.r_[starts[1:], n], np.diff(np.r_[starts, n])) - np.arange(n) - 1).astype(np.int32)
@@ -284,12 +325,17 @@ def _scan_buckets(order: np.ndarray, sorted_values: np.ndarray, phash: np.ndarra
         if d >= len(pairing):
             return
         if pairing[d] * 4 > n:   # most positions pair at this distance: contiguous slices, no gathers
-            left = np.flatnonzero((after[:n - d] >= d) & (np.bitwise_count(near[:n - d] ^ near[d:]) <= k))
+            close = (after[:n - d] >= d) & (np.bitwise_count(near[:n - d] ^ near[d:]) <= k)
+            if near2 is not None:
+                close &= np.bitwise_count(near2[:n - d] ^ near2[d:]) <= second[1]
+            left = np.flatnonzero(close)
             right = left + d
         else:
             active = np.flatnonzero(after >= d) if active is None else active[after[active] >= d]
             other = active + d
             close = np.bitwise_count(near[active] ^ near[other]) <= k
+            if near2 is not None:
+                close &= np.bitwise_count(near2[active] ^ near2[other]) <= second[1]
             left, right = active[close], other[close]
         links.add(order[left], order[right])
 
@@ -314,30 +360,39 @@ def _subband_pairs(members: np.ndarray, phash: np.ndarray, masks: list[int]) -> 
     return total
 
 
-def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Components, budget: int) -> int | None:
+def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Components, budget: int,
+                   second: tuple[np.ndarray, int] | None = None) -> int | None:
     """Link every pair of ``members`` within ``k`` by multi-index search, if it costs at most ``budget``
     comparisons; return the comparisons it cost, or None (nothing done) past the budget.
 
     Two members differ only in the bits that vary among the members; cut into k + 1 parts, a pair within k
     differs in at most k of them, so it agrees exactly on one part (pigeonhole) and is compared in that part's
     sub-bucket. The result is that of verifying every pair of the bucket (the same verified pairs, the same
-    components), so it does not depend on the rids, on other images or on which buckets are past a budget."""
+    components), so it does not depend on the rids, on other images or on which buckets are past a budget.
+    With ``second`` (a second hash that must be within its k2 too) the pairs found are checked on it as well; when
+    at most k pHash bits vary the bucket is then one sub-bucket, all of its pairs compared."""
     if len(members) < 2:                      # nothing to link (a bucket of copies of one image: one node)
         return 0
     masks = _subband_masks(members, phash, k)
-    cost = len(members) - 1 if masks is None else _subband_pairs(members, phash, masks)
+    m = len(members)
+    if masks is None:
+        cost = m - 1 if second is None else m * (m - 1) // 2
+    else:
+        cost = _subband_pairs(members, phash, masks)
     if cost > budget:
         return None
-    if masks is None:                         # at most k bits vary: all members are one component
+    if masks is None and second is None:      # at most k bits vary: all members are one component
         links.add(members[1:], np.full(len(members) - 1, members[0], dtype=np.int64))
         return cost
     # on the bucket's own components (indices 0..m-1), so each settle step's merge costs O(m), not O(all nodes)
     local_phash = phash[members]
+    local_second = None if second is None else (second[0][members], second[1])
     local = _Components(len(members), PAIR_CHUNK)
-    for mask in masks:
+    for mask in ([0] if masks is None else masks):
         values = local_phash & np.uint64(mask)
         by_value = np.argsort(values, kind="stable")
-        _scan_buckets(by_value.astype(np.int64), values[by_value], local_phash, k, local, settle=True)
+        _scan_buckets(by_value.astype(np.int64), values[by_value], local_phash, k, local, settle=True,
+                      second=local_second)
     local.merge()
     joined = np.flatnonzero(local.root != np.arange(len(members)))
     links.add(members[joined], members[local.root[joined]])
@@ -345,7 +400,7 @@ def _link_subbands(members: np.ndarray, phash: np.ndarray, k: int, links: _Compo
 
 
 def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Components,
-                  representatives: int, window: int) -> np.ndarray:
+                  representatives: int, window: int, second: tuple[np.ndarray, int] | None = None) -> np.ndarray:
     """Link a bucket too large to verify pair by pair (``members``: its nodes, in rid order) without
     dropping it: greedy representatives (the first member, then the first member not within ``k`` of
     any representative so far, ..., at most ``representatives``) are compared with every member and
@@ -354,7 +409,8 @@ def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Compon
     is a representative, which it is unless ``representatives`` far-apart hashes come first. Time and
     memory are O(members * (representatives + window)), in blocks of ``PAIR_CHUNK`` comparisons.
     Returns the members within ``k`` of no representative (their other pairs outside the window are
-    not compared)."""
+    not compared). With ``second`` a link also needs the second hashes within their k2 (representatives are
+    still chosen on the pHash)."""
     uncovered = members
     chosen = []
     while len(uncovered) and len(chosen) < representatives:
@@ -365,11 +421,15 @@ def _link_sampled(members: np.ndarray, phash: np.ndarray, k: int, links: _Compon
         step = max(1, PAIR_CHUNK // len(reps))
         for start in range(0, len(members), step):
             block = members[start:start + step]
-            i, j = np.nonzero(np.bitwise_count(phash[block][:, None] ^ phash[reps][None, :]) <= k)
+            close = np.bitwise_count(phash[block][:, None] ^ phash[reps][None, :]) <= k
+            if second is not None:
+                close &= np.bitwise_count(second[0][block][:, None] ^ second[0][reps][None, :]) <= second[1]
+            i, j = np.nonzero(close)
             links.add(block[i], reps[j])
     if window:
         by_hash = members[np.argsort(phash[members], kind="stable")]
-        _scan_buckets(by_hash, np.zeros(len(by_hash), dtype=np.uint8), phash, k, links, settle=False, max_d=window)
+        _scan_buckets(by_hash, np.zeros(len(by_hash), dtype=np.uint8), phash, k, links, settle=False, max_d=window,
+                      second=second)
     return uncovered
 
 
@@ -395,7 +455,8 @@ def _node_rows(nodes: pa.Table) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
 
 def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk: int | None = None,
                representatives: int | None = None, window: int | None = None,
-               sampled: dict | None = None, subband_budget: int | None = None) -> pa.Table:
+               sampled: dict | None = None, subband_budget: int | None = None,
+               dhash_k: int | None = None) -> pa.Table:
     """Near-duplicate links (r0 < r1): the nodes joined by pairs that share a band value and are within
     pHash distance ``k``, as one link from each such node (r1) to its component's smallest rid (r0).
 
@@ -415,9 +476,14 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
     4, ...), since its remaining pairs cannot join anything. A flood of close hashes (thousands of
     distinct images within ``k`` of one another) made the full pair list, every pair of the flood,
     grow quadratically: 10,000 such hashes took 4 GB and 158 s, 20,000 ran out of memory.
+    With ``dhash_k`` (the dHash-keyed search, ``dhash_keyed_links``: one row per node, its one dHash) a pair must
+    also have dHashes within ``dhash_k``.
     Returns (r0, r1) ordered by (r0, r1).
     """
     rid, phash, dhash, owner = _node_rows(nodes)
+    if dhash_k is not None and owner is not None:
+        raise ValueError("near_links: dhash_k needs one row (one dHash) per node")
+    second = None if dhash_k is None else (dhash, dhash_k)
     skip: dict[int, list[int]] = {}
     for band, value in zip(giant.column("band").to_pylist(), giant.column("value").to_pylist()):
         skip.setdefault(int(band), []).append(int(value))
@@ -440,13 +506,13 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
             hit = np.flatnonzero(values == values.dtype.type(value))
             members = hit if owners is None else np.unique(owners[hit])   # nodes, in rid order
             in_sampled[members] = True
-            cost = _link_subbands(members, phash, k, links, subband_budget)
+            cost = _link_subbands(members, phash, k, links, subband_budget, second)
             if cost is not None:
                 subband_budget -= cost
                 by_subbands += 1
                 linked_by[(int(band), int(value))] = "sub-bands"
             elif representatives or window:
-                unchecked[_link_sampled(members, phash, k, links, representatives, window)] = True
+                unchecked[_link_sampled(members, phash, k, links, representatives, window, second)] = True
                 linked_by[(int(band), int(value))] = "representatives"
             else:
                 unchecked[members] = True
@@ -466,8 +532,8 @@ def near_links(nodes: pa.Table, bands: pa.Table, giant: pa.Table, k: int, chunk:
         sizes = np.diff(np.r_[starts, len(order)])
         big = np.repeat(sizes > SETTLE_BUCKET, sizes)
         # small buckets cost at most SETTLE_BUCKET / 2 comparisons a node: not worth the checks
-        _scan_buckets(order[~big], sorted_values[~big], phash, k, links, settle=False)
-        _scan_buckets(order[big], sorted_values[big], phash, k, links, settle=True)
+        _scan_buckets(order[~big], sorted_values[~big], phash, k, links, settle=False, second=second)
+        _scan_buckets(order[big], sorted_values[big], phash, k, links, settle=True, second=second)
     links.merge()
     if sampled is not None:
         sampled.update(nodes=int(in_sampled.sum()), unchecked=int(unchecked.sum()), subbands=by_subbands,
@@ -487,21 +553,67 @@ def cluster_features(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tup
     hashes, bands, large = _band_inputs(con, config)
     sampled: dict = {}
     near = near_links(run_sql(con, "dedup_nodes"), bands, _past_budget(large), config.k, sampled=sampled)
+    keyed_sampled: dict = {}
+    keyed, keyed_large = dhash_keyed_links(run_sql(con, "dedup_keyed_nodes"), hashes.num_rows, config, keyed_sampled)
     exact = run_sql(con, "dedup_exact_edges")
-    edges = pa.concat_tables([near, exact.select(["r0", "r1"])])
+    edges = pa.concat_tables([near, keyed, exact.select(["r0", "r1"])])
     con.register("edges", edges)
     labels = component_labels(edges.column("r0").to_numpy(), edges.column("r1").to_numpy())
     con.register("labels", labels)
     clusters = cast_to_schema(run_sql(con, "dedup_clusters"), get_schema("duplicate_clusters"))
     report = _report(con, clusters, hashes.num_rows, exact, near, large, config)
-    report.sampled_bucket_nodes, report.sampled_unchecked_nodes = sampled["nodes"], sampled["unchecked"]
-    report.subband_buckets = sampled["subbands"]
-    report.low_information_images = hashes.num_rows - pc.sum(hashes.column("informative")).as_py() \
-        if hashes.num_rows else 0
+    report.sampled_bucket_nodes = sampled["nodes"] + keyed_sampled["nodes"]
+    report.sampled_unchecked_nodes = sampled["unchecked"] + keyed_sampled["unchecked"]
+    report.subband_buckets = sampled["subbands"] + keyed_sampled["subbands"]
+    uninformative = pc.invert(hashes.column("informative"))
+    report.dhash_keyed_edges = keyed.num_rows
+    report.dhash_keyed_images = pc.sum(pc.and_(uninformative, hashes.column("dhash_keyed"))).as_py() or 0
+    report.low_information_images = (pc.sum(uninformative).as_py() or 0) - report.dhash_keyed_images
     for bucket in report.giant_buckets:
         bucket["linked_by"] = sampled["linked_by"].get((bucket["band"], bucket["value"]), "pair scan")
+    for bucket in keyed_large:
+        bucket["linked_by"] = keyed_sampled["linked_by"].get((bucket["band"], bucket["value"]), "pair scan")
+    report.giant_buckets += keyed_large
     report.seconds = time.perf_counter() - started
     return clusters, report
+
+
+def keyed_band_table() -> pa.Table:
+    """The bands of the dHash-keyed search: the dHash cut into ``DHASH_K + 1`` bands (16 bits each), so every pair
+    within ``DHASH_K`` on the dHash shares one (pigeonhole). Numbered from 64, apart from the main search's."""
+    width = 64 // (DHASH_K + 1)
+    return pa.table({
+        "band": pa.array([64 + i for i in range(DHASH_K + 1)], pa.int32()),
+        "hash_kind": pa.array(["dhash"] * (DHASH_K + 1), pa.string()),
+        "shift": pa.array([width * i for i in range(DHASH_K + 1)], pa.uint8()),
+        "mask": pa.array([(1 << width) - 1] * (DHASH_K + 1), pa.uint64()),
+    })
+
+
+def dhash_keyed_links(nodes: pa.Table, images: int, config: DedupConfig, sampled: dict) -> tuple[pa.Table, list[dict]]:
+    """Near links among the dHash-keyed images (``sql/dedup_keyed_nodes.sql``: one node per distinct (pHash, dHash)
+    of the images whose pHash is not informative but whose dHash has ``MIN_DHASH_ROWS`` distinct rows): a pair is
+    linked when its pHashes are within ``config.k`` AND its dHashes within ``DHASH_K``. Candidates share one of the
+    dHash bands (``keyed_band_table``), which finds every such pair. Buckets over the cap (as the main search's,
+    ``max(min_bucket_cap, max_bucket_fraction * images)``) are reported (hash kind 'dhash-keyed', with their
+    ``method``) and searched as the main search's are (pair by pair within ``EXACT_PAIR_BUDGET``, past it by
+    sub-bands or representatives, with the dHash check too). Returns the links (r0, r1) and those buckets."""
+    bands = keyed_band_table()
+    dhash = nodes.column("dhash").to_numpy().astype(np.uint64)
+    cap = max(config.min_bucket_cap, int(config.max_bucket_fraction * images))
+    large = []
+    for band, shift, mask in zip(*(bands.column(c).to_pylist() for c in ("band", "shift", "mask"))):
+        values, counts = np.unique((dhash >> np.uint64(shift)) & np.uint64(mask), return_counts=True)
+        large += [{"band": int(band), "hash_kind": "dhash-keyed", "value": int(value), "size": int(size)}
+                  for value, size in zip(values[counts > cap].tolist(), counts[counts > cap].tolist())]
+    large.sort(key=lambda b: (-b["size"], b["band"], b["value"]))
+    for bucket, method in zip(large, _bucket_methods(np.array([b["size"] for b in large], dtype=np.int64))):
+        bucket["method"] = method
+    past = [b for b in large if b["method"] == "sampled"]
+    giant = pa.table({"band": pa.array([b["band"] for b in past], pa.int32()),
+                      "value": pa.array([b["value"] for b in past], pa.uint64())})
+    links = near_links(nodes, bands, giant, config.k, sampled=sampled, dhash_k=DHASH_K)
+    return links, large
 
 
 def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
@@ -515,7 +627,8 @@ def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) ->
 
 def _band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
     hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask, "dc_bit": PHASH_DC_BIT,
-                                           "min_bits": MIN_PHASH_BITS})
+                                           "min_bits": MIN_PHASH_BITS, "odd_u": PHASH_ODD_U_BITS,
+                                           "odd_v": PHASH_ODD_V_BITS, "k": config.k})
     con.register("hashes", hashes)
     bands = band_table(config)
     con.register("bands", bands)

@@ -39,7 +39,11 @@ after fix33u); a centred vignette's 2% crop jumps from 5 bits to 31 (26 away). B
 a count of set bits cannot see; the tests below file only what fix33u's threshold changed or left in its band.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix34b, ``tests/unit/test_fix34b.py``) and the
+markers removed: a pHash is informative only with 16 set bits and some odd horizontal and some odd vertical
+DCT terms set (a mirror-symmetric image's are all 0); one that is not, but whose dHash has 3 or more distinct rows,
+is a near duplicate when its pHash is within k AND its dHash within 3 (``dhash_keyed_links``); flat and smoothly
+shaded images still cluster by bytes only, and the data card's "Known limits" says so.
 """
 from __future__ import annotations
 
@@ -93,10 +97,6 @@ def _clusters(home) -> dict[str, str]:
 
 # --- 1. a textured mirror-symmetric image and its re-encode, uploaded by two users, land in two splits -------------
 
-@pytest.mark.xfail(strict=True, reason="a mirror-symmetric textured image has 10-15 pHash bits (odd DCT terms tie at "
-                   "0), so fix33u clusters it by sha256 only: its JPEG re-encode and 256 resize (pHash distance 0, "
-                   "clustered before fix33u) are three clusters and land in train, validation and test; the "
-                   "README's 'any image with texture has 31' and the documented price 'flat or gradient' do not hold")
 def test_a_symmetric_image_and_its_reencode_by_other_users_are_one_cluster_in_one_split(tmp_path):
     from pipelines.splits.assign import SplitConfig, build_splits
 
@@ -137,10 +137,6 @@ def test_a_symmetric_image_and_its_reencode_by_other_users_are_one_cluster_in_on
 
 # --- 2. distinct symmetric images just over the threshold are still near duplicates of each other ------------------
 
-@pytest.mark.xfail(strict=True, reason="two distinct mirror-symmetric textured images with 16-18 pHash bits (just over "
-                   "MIN_PHASH_BITS, half the bits tied at 0 in both) are 4 bits apart: one cluster, so a user's real "
-                   "preference between them is dropped as same_cluster (6 such pairs among 150 distinct symmetric "
-                   "images; 0 among 150 ordinary ones)")
 def test_distinct_symmetric_images_just_over_the_threshold_are_not_one_cluster(tmp_path):
     a, a_sha = _encoded(_mirrored(13), "PNG")
     b, b_sha = _encoded(_mirrored(24), "PNG")
@@ -176,10 +172,6 @@ def version(tmp_path_factory):
     return report.path, splits_in(pq.read_table(home.table_file("split_pairs")))
 
 
-@pytest.mark.xfail(strict=True, reason="since fix33u a re-encode or resize of a flat, gradient (sky, night, horizon, "
-                   "vignette) or mirror-symmetric image is not clustered with it, so such duplicates can sit in train "
-                   "and test; the card says only 'heavy edits are not caught' and 'no duplicate-image cluster is in "
-                   "more than one split', with no word of images clustered by identical bytes only")
 def test_the_card_says_low_information_images_are_deduplicated_by_identical_bytes_only(version):
     from pipelines.publish.datacard import PRIVATE, CardSources, render
 
