@@ -18,7 +18,9 @@ the same process) sees its OFD hold, so its own staged file counts. Forged or pl
 against ``UID TOKEN( over)?`` exactly, so ``..``, absolute paths, NULs, names outside raw/images never become a
 path; a record that is a link, a FIFO (``O_NONBLOCK``) or a folder is skipped; a temporary file is removed only as
 ``raw/images/.UID.png.TOKEN.tmp``, a regular file of this account, never through a link; a 64 MiB line-less record is
-read in pieces (memory one line). Growth: one record per export that did not finish, removed by the next export
+read in pieces (memory one line). A dead record's look-up over a day whose images file is a FIFO, a folder, a
+link to /dev/zero, a broken gzip stream or a 50 MiB line stops with the warning (the blob kept), never hangs or
+raises. Growth: one record per export that did not finish, removed by the next export
 whose look-up completes; an empty one is removed by its own export. The hold: ``F_OFD_GETLK`` on a second
 descriptor of the holding process reports the hold; without OFD locks the ``flock`` fallback waits out a probe's
 shared lock and an old export's exclusive ``flock`` is still seen by the new probe.
@@ -107,7 +109,7 @@ print(" ".join(removed))
 
 @pytest.mark.xfail(strict=True, reason="rev34i: the OFD hold is invisible to the release before fix34g, whose probe "
                    "(exclusive flock, LOCK_NB) finds a running export's staging folder free: while both releases "
-                   "run (a daemon or code server started before the upgrade, README section 1) the old export's "
+                   "run (a daemon or code server started before the upgrade, README Data home layout) the old export's "
                    "stale-staging sweep removes the new export's staged day, and its named_uids skips the staged "
                    "file (withdrawing blobs it names)")
 def test_a_running_exports_staging_is_held_for_an_export_of_the_previous_release(tmp_path: Path) -> None:
