@@ -1,11 +1,13 @@
 """The data home's Dagster storages connect through kept SQLAlchemy engines (``dagster_project.instance._Engines``):
 one engine per SQLite database and process, the most recent ``MAX`` kept. Dagster made a new engine, and set up its
 dialect and compiled statements again, for each of a build's ~1,000 events. Since the thirty-fourth session each
-engine also keeps one SQLite connection open between uses and checkpoints the WAL into the ``.db`` file whenever
-it is given back: opening and closing the only connection of a WAL database created, fsynced and deleted its
-``-wal`` / ``-shm`` files each time, six times an event."""
+engine also keeps one SQLite connection open between uses, with ``synchronous = NORMAL`` on a WAL database: opening
+and closing the only connection of a WAL database created, fsynced and deleted its ``-wal`` / ``-shm`` files each
+time, six times an event, and each commit waited for an fsync. The webserver's watch of a run's events follows the
+``-wal`` file."""
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 from pathlib import Path
@@ -33,7 +35,7 @@ def test_one_engine_per_database_the_most_recent_kept(tmp_path: Path) -> None:
     assert engines.get(_url(tmp_path / "a.db"), 30) is not first      # forgotten, then made again
 
 
-def test_one_connection_is_kept_and_every_write_reaches_the_database_file(tmp_path: Path) -> None:
+def test_one_connection_is_kept_and_every_commit_is_seen_by_other_connections(tmp_path: Path) -> None:
     engines = _Engines()
     engine = engines.get(_url(tmp_path / "a.db"), 30)
     with engine.connect() as one:
@@ -44,20 +46,29 @@ def test_one_connection_is_kept_and_every_write_reaches_the_database_file(tmp_pa
     for i in range(3):
         with engine.connect() as conn, conn.begin():
             assert conn.connection.dbapi_connection is first          # the same SQLite connection, kept
+            assert conn.execute(text("PRAGMA synchronous")).scalar() == 1   # NORMAL, once the database is WAL
             conn.execute(text("INSERT INTO t VALUES (:x)"), {"x": i})
-        # checkpointed when given back: the .db file alone (what Dagster's watch of a run's event database and a
-        # copy of the file see) holds every committed row, while the connection is still open
-        alone = tmp_path / f"copy{i}.db"
-        alone.write_bytes((tmp_path / "a.db").read_bytes())
-        with sqlite3.connect(alone) as check:
-            assert check.execute("SELECT count(*) FROM t").fetchone()[0] == i + 1
+        with contextlib.closing(sqlite3.connect(tmp_path / "a.db")) as other:   # another reader (the webserver)
+            assert other.execute("SELECT count(*) FROM t").fetchone()[0] == i + 1
     assert (tmp_path / "a.db-wal").exists()
     engines.close_all()
     with pytest.raises(sqlite3.ProgrammingError):     # closed: nothing kept open
         first.execute("SELECT 1")
+    # the last connection's close checkpoints: the .db file alone holds everything, no -wal / -shm left
     assert not (tmp_path / "a.db-wal").exists() and not (tmp_path / "a.db-shm").exists()
+    alone = tmp_path / "copy.db"
+    alone.write_bytes((tmp_path / "a.db").read_bytes())
+    with contextlib.closing(sqlite3.connect(alone)) as check:
+        assert check.execute("SELECT count(*) FROM t").fetchone()[0] == 3
     with engine.connect() as again:                   # the engine stays usable
         assert again.execute(text("SELECT count(*) FROM t")).scalar() == 3
+
+
+def test_a_database_not_in_wal_mode_keeps_its_synchronous_setting(tmp_path: Path) -> None:
+    engine = _Engines().get(_url(tmp_path / "a.db"), 30)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA journal_mode")).scalar() == "delete"
+        assert conn.execute(text("PRAGMA synchronous")).scalar() == 2            # FULL, SQLite's default
 
 
 def test_a_second_thread_gets_a_connection_of_its_own(tmp_path: Path) -> None:
@@ -156,8 +167,8 @@ def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(
 
 def test_a_watch_of_a_runs_events_sees_each_new_event(fast_tmp: Path, env_kept) -> None:
     """The webserver follows a running run through Dagster's watch of the run's event database file (a watchdog on
-    ``<run id>.db``): an event stored through a kept connection must reach that file at once, not when the WAL is
-    next checkpointed."""
+    ``<run id>.db``): an event stored through a kept connection reaches the ``-wal`` file, and the ``.db`` file only
+    at the next checkpoint, so the watch follows the ``-wal`` file too."""
     import threading
 
     home = DataHome(fast_tmp / "home")
@@ -187,3 +198,19 @@ def test_a_watch_of_a_runs_events_sees_each_new_event(fast_tmp: Path, env_kept) 
             assert seen.wait(20), f"the watch saw {messages}"
         finally:
             storage.end_watch(run_id, callback)
+
+
+def test_settings_a_user_changes_on_a_kept_connection_are_put_back(tmp_path: Path) -> None:
+    """``coordinator.scrub_refused_run`` sets ``busy_timeout`` (down to 1 ms in its checkpoint loop) and
+    ``secure_delete`` for its own work: a kept connection gives the next user the engine's own values again."""
+    engine = _Engines().get(_url(tmp_path / "a.db"), 30)
+    with engine.connect() as conn:
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        secure = conn.execute(text("PRAGMA secure_delete")).scalar()
+        conn.execute(text("PRAGMA busy_timeout = 1"))
+        conn.execute(text(f"PRAGMA secure_delete = {1 - secure}"))
+        first = conn.connection.dbapi_connection
+    with engine.connect() as conn:
+        assert conn.connection.dbapi_connection is first
+        assert conn.execute(text("PRAGMA busy_timeout")).scalar() == 30000
+        assert conn.execute(text("PRAGMA secure_delete")).scalar() == secure
