@@ -46,10 +46,7 @@ import dagster as dg
 import yaml
 from dagster._core.instance.ref import InstanceRef, compute_logs_directory
 from dagster._core.storage.compute_log_manager import ComputeIOType
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
-    SqliteEventLogStorage,
-    SqliteEventLogStorageWatchdog,
-)
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage, SqliteEventLogStorageWatchdog
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
