@@ -23,7 +23,7 @@ Runs, in this order, each in a forked process of its own and each with its basel
   (benchmarks/nightly.py).
 
 The other benchmarks of README's table (``features_crossover``, ``moderation``, ``direct_io``, ``jpg_digests``,
-``fetch_plan``, ``nightly_publish``, ``sidecar_scan``, and the diagnostics ``pickscore_compat``,
+``fetch_plan``, ``nightly_publish``, ``sidecar_scan``, ``dagster_events``, and the diagnostics ``pickscore_compat``,
 ``scorer_diagnosis``) are not run here: each is run by hand with its own command line.
 
 Prints one table, each row with the wall seconds and the peak memory of its benchmark (``ru_maxrss`` of the
