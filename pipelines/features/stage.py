@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,7 +26,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import hold_lock, writing_shared
+from formats.locks import held_scratch_folder, hold_lock, sweep_scratch_folders, writing_shared
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features import decode, trainjpegs
@@ -91,6 +92,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     """The body of :func:`build_features`, run while this process holds the day's lock."""
     # the day's two partitions are written only by this stage, under this lock: a killed run's temporary files
     _note(sweep_temps_of([home.partition_file(FEATURES, day), home.partition_file(REJECTS, day)]), progress)
+    sweep_scratch_folders(home.cache / "tmp", BEAM_FOLDER_RE)     # the Beam temp folders of killed runs (any day's)
     inputs = read_inputs(home, day)
     progress(f"{inputs.num_rows} images in {home.partition_file('images', day)}")
     key = output_key(config)
@@ -140,8 +142,9 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         options = pipeline_options(config, beam_args, todo.num_rows)
         workers = worker_processes(options)
         # Beam globs the paths it reads and writes: a staging path with glob characters goes through an alias
-        with beam_visible(staging) as visible:
+        with beam_visible(staging) as visible, held_scratch_folder(home.cache / "tmp", "beam-") as beam_tmp:
             with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
+                _local_tempdir_in(pipeline, beam_tmp)
                 rows = (pipeline | "ReadTodo" >> beam.io.ReadFromParquet(join_url(visible, "todo.parquet"))
                         | "Spread" >> beam.Reshuffle())
                 out = rows | "Fingerprint" >> FingerprintImages(base, config, join_url(visible, "known_sha256.npy"),
@@ -194,6 +197,23 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
     progress(f"features: {report.features_rows} rows ({report.processed} computed, {report.reused} reused), "
         f"rejects: {report.rejects_rows}")
     return report
+
+
+BEAM_FOLDER_RE = re.compile(r"beam-[A-Za-z0-9_]{1,64}")
+
+
+def _local_tempdir_in(pipeline: beam.Pipeline, folder: Path) -> None:
+    """Give ``pipeline`` the held scratch folder ``folder`` (``HOME/cache/tmp/beam-XXXX``) as its local temp folder.
+
+    ``beam.Pipeline()`` makes one in the system temp folder (``/tmp/beam-pipeline-tempXXXX``) and removes it when
+    the run ends, so every feature stage killed mid-run (a stopped build, the out-of-memory killer) left one there
+    for good (review rev34d, noticed). The folder is empty when made and only an external transform (none here)
+    writes into it: it is removed at once and the pipeline pointed at ``folder``, which a killed run leaves for the
+    next feature stage's sweep (:data:`BEAM_FOLDER_RE`, :func:`formats.locks.sweep_scratch_folders`)."""
+    made = pipeline.local_tempdir
+    pipeline.local_tempdir = str(folder)
+    with contextlib.suppress(OSError):
+        os.rmdir(made)
 
 
 def _note(notes: list[str], progress: Progress) -> None:
