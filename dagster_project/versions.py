@@ -21,7 +21,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 3: a raw row is matched by id and an identity a legitimate edit keeps (rankings: user and
                           #    image uids; downloads: user and image; accounts: the id alone): a row moved and edited,
                           #    an account whose email changed, leave their old day (rev30b, rev30g)
-    "ingest": "8",        # 2: quarantine line_count / last_line_number, relative paths, late images
+    "ingest": "9",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);
                           #    rev25c rules (nested brackets cleaned whole, empty_prompt, numbers judged as written,
@@ -42,6 +42,9 @@ CODE_VERSIONS: dict[str, str] = {
                           #    conflict); the .image_exports record written in row groups of 16,384 (rev33i)
                           # 8: a line_too_long line keeps its key read from its bytes, and a rejected line's id is
                           #    judged as written (9007199254740993.0): their other versions conflict (rev34a)
+                          # 9: an overlong line that is not JSON at the top level has no key, an id written with
+                          #    more than 256 bytes of zeros that do not count keeps it, a line past 64 MiB has
+                          #    none (rev34h)
     "features": "12",     # 2: bad_dimensions rejects (max_side, max_aspect), pyspng decode; 3: NudeNet NMS per class
                           # 4: PNG structure checked before decoding; reused_from as a build in day order sets it
                           # 5: PNG check before Pillow's parse: full IHDR, ancillary chunk rules, metadata/chunk limits

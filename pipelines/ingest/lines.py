@@ -36,7 +36,8 @@ _CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0
 class OverlongLine:
     """A line longer than the limit: only its first bytes, length and digest are kept, and (when
     :func:`iter_lines` was given a ``member`` name) the values of the line's top-level members of that name as
-    written (:class:`MemberScan`): ``members`` is None when the line is not one JSON object by its structure."""
+    written (:class:`MemberScan`): ``members`` is None when the line is not one JSON object at its top level, or is
+    longer than ``MemberScan.BUDGET``."""
 
     prefix: bytes
     length: int
@@ -52,13 +53,25 @@ _OPENERS, _QUOTE, _BACKSLASH = b"[{", 0x22, 0x5C
 # Whole tokens skipped in one step (possessive: linear, never backtracking into a token the piece cut): a string's
 # body to its closing quote (or its first escape the piece cuts); inside a container, a run of scalars, strings and
 # containers holding no container (the common case: arrays of numbers, of small objects); at the top level, a run of
-# whole members ending in a comma (their names then checked for the one wanted, MemberScan.feed).
+# whole members ending in a comma (their names then checked for the one wanted, MemberScan.feed). Top-level names,
+# strings and scalars are checked as JSON (review rev34h): a string holds no raw control character and only the
+# escapes JSON has, a scalar is a JSON number or a constant the decoder reads (NaN and Infinity: a readable reject).
 _STRING = rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"'
+_JSON_STRING = rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
+_JSON_SCALAR = (rb'(?:-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][-+]?+[0-9]++)?+'
+                rb'|true|false|null|NaN|-?+Infinity)')
 _FLAT = rb'[\[{](?:[^"\[\]{}]++|' + _STRING + rb')*+[\]}]'
 _STRING_BODY = re.compile(rb'[^"\\]*+(?:\\.[^"\\]*+)*+', re.DOTALL)
+_JSON_STRING_BODY = re.compile(rb'(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+')
+_ESCAPE = re.compile(rb'\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4})')
+_ESCAPE_START = re.compile(rb'\\(?:u[0-9a-fA-F]{0,3})?')   # an escape cut by the end of a piece
+_DIGITS = re.compile(rb'[0-9]*+')
 _NESTED_SKIP = re.compile(rb'(?:[^"\[\]{}]++|' + _STRING + rb'|' + _FLAT + rb')*+', re.DOTALL)
-_MEMBERS_SKIP = re.compile(rb'(?:' + _STRING + rb'[ \t\n\r]*+:[ \t\n\r]*+(?:' + _STRING + rb'|' + _FLAT
-                           + rb'|[^"\[\]{},: \t\n\r]++)[ \t\n\r]*+,[ \t\n\r]*+)*+', re.DOTALL)
+_MEMBERS_SKIP = re.compile(rb'(?:' + _JSON_STRING + rb'[ \t\n\r]*+:[ \t\n\r]*+(?:' + _JSON_STRING + rb'|' + _FLAT
+                           + rb'|' + _JSON_SCALAR + rb')[ \t\n\r]*+,[ \t\n\r]*+)*+', re.DOTALL)
+_CONSTANTS = (b"true", b"false", b"null", b"NaN", b"Infinity", b"-Infinity")
+_FIRST_PHASE = {b"-": "minus", b"0": "zero", **{bytes([d]): "int" for d in b"123456789"}}
+_DIGIT_BYTES = frozenset(b"0123456789")
 
 
 class MemberScan:
@@ -66,24 +79,41 @@ class MemberScan:
     (:meth:`feed`), never holding the line: an overlong line is never decoded, but a version of a primary key all the
     same (review rev34a: a ``line_too_long`` line had no key, so the key's other version was accepted, a guess).
 
-    Only the structure is followed: the top level must be one object (``{``, members ``"name": value`` apart by
-    ``,``, ``}``, then blanks only; a BOM before it only on a file's first line), the containers below it are
-    skipped by their brackets and strings (neither checked nor kept), a scalar is read up to its end and kept only
-    under ``name``. ``result()``: the values of the members named ``name``, each spelling once (their bytes as written,
-    at most ``CAP``; None for an object / array value, a longer one, or past ``SPELLINGS`` spellings), or None when the
-    structure is not one object. Memory: the state, at most ``CAP`` bytes of a name or value and ``SPELLINGS`` values;
-    time: linear, a regular-expression step per top-level token (a run of whole members of other names: one step) and
-    per string, run of brackets or run of flat containers below."""
+    The top level is followed and checked as JSON: it must be one object (``{``, members ``"name": value`` apart by
+    ``,``, ``}``, then blanks only; a BOM before it only on a file's first line), its names and string values valid
+    JSON strings (no raw control character, only JSON's escapes), its scalars JSON numbers or the constants the
+    decoder reads (``true``, ``false``, ``null``; ``NaN`` and ``Infinity`` as its lenient read takes them); a line
+    failing that is not JSON as a short line of it is malformed_json with no key, so it has no key either (review
+    rev34h: it had one, and the good version of that key was quarantined). The containers below the top level are
+    skipped by their brackets and strings (neither checked nor kept). A scalar is kept only under ``name``, a number
+    with the zeros that do not change it dropped (a fraction's trailing zeros, an exponent's leading ones:
+    ``5.000`` and ``5.0e00`` are kept as ``5.0`` and ``5.0e0``, the same number to the decoder; review rev34h: an id
+    written ``5.`` and 300 zeros was too long to keep, so its line had no key). ``result()``: the values of the members
+    named ``name``, each spelling once (their bytes as written, numbers as above, at most ``CAP``; None for an object /
+    array value, a longer one, or past ``SPELLINGS`` spellings), or None when the line is not one JSON object as
+    followed, or is longer than ``BUDGET`` bytes (never scanned further: a hostile line costs bounded time, see
+    below). Memory: the state, at most ``CAP`` bytes of a name or value and ``SPELLINGS`` values; time: linear, a
+    regular-expression step per top-level token (a run of whole members of other names: one step) and per string,
+    run of brackets or run of flat containers below, at most ``BUDGET`` bytes of a line."""
 
     CAP = 256   # bytes kept of a member's name or its value (a key is at most 36 characters, as written 6 a character)
     SPELLINGS = 16   # different values kept of the members named ``name``
+    # bytes of a line scanned at most: past them the line has no key. The worst shapes cost about 1.5 s of CPU a MiB
+    # (tiny members holding escapes), so one line costs at most about a minute and a half, where a 4 GiB line (one
+    # raw file's limit) cost over an hour; a real line this long (64 times the default max_line_bytes) is not expected
+    BUDGET = 64 << 20
 
     def __init__(self, name: str, bom: bool = False):
         self.name = name
         self.state = "bom" if bom else "start"
         self.depth = 0              # open containers: 1 inside the top-level object
         self.after = ""             # where a string leads when it closes: "colon" (a name) or "comma" (a value)
-        self.escape = False         # a backslash ended the last piece inside a string
+        self.escape = b""           # the start of an escape the last piece cut inside a string
+        self.phase = ""             # where a top-level scalar is: minus, zero, int, dot, frac, e, esign, exp, constant
+        self.written = b""          # a constant's bytes so far
+        self.zeros = 0              # a fraction's zeros not kept yet (kept only when a digit other than 0 follows)
+        self.digits = False         # a fraction's or an exponent's digit was kept
+        self.fed = 0                # bytes fed
         self.keep: bytearray | None = None   # the name or value being read (None: not kept)
         self.wanted = False         # the member being read is named ``name``
         self.values: list[bytes | None] = []
@@ -104,6 +134,9 @@ class MemberScan:
     def feed(self, piece: bytes) -> None:
         if self.failed or not piece:
             return
+        self.fed += len(piece)
+        if self.fed > self.BUDGET:
+            return self._fail()
         if self.state == "bom":
             piece = self.pending + piece
             if len(piece) < 3 and b"\xef\xbb\xbf".startswith(piece):
@@ -121,24 +154,51 @@ class MemberScan:
         while position < end:
             state = self.state
             if state == "string":
-                if self.escape:
-                    self.escape = False
-                    self._kept(piece, position, position + 1)
-                    position += 1
+                if self.depth > 1:   # a string below the top level: followed to its end, not checked
+                    if self.escape:
+                        self.escape = b""
+                        position += 1
+                        continue
+                    at = _STRING_BODY.match(piece, position).end()
+                    if at == end:
+                        return
+                    position = at + 1
+                    if piece[at] == _BACKSLASH:   # an escape the piece cuts: its next byte is in the next piece
+                        self.escape = b"\\"
+                    else:
+                        self.state = "nested"
                     continue
-                at = _STRING_BODY.match(piece, position).end()
+                if self.escape:      # an escape the last piece cut: completed from this one, then checked
+                    done = self.escape
+                    length = 6 if done[1:2] == b"u" or (len(done) == 1 and piece[position] == 0x75) else 2
+                    taken = piece[position:position + length - len(done)]
+                    done += taken
+                    self._kept(piece, position, position + len(taken))
+                    position += len(taken)
+                    if len(done) < length:
+                        if not _ESCAPE_START.fullmatch(done):
+                            return self._fail()
+                        self.escape = done
+                        return
+                    if not _ESCAPE.fullmatch(done):
+                        return self._fail()
+                    self.escape = b""
+                    continue
+                at = _JSON_STRING_BODY.match(piece, position).end()
                 self._kept(piece, position, at)
                 if at == end:
                     return
-                self._kept(piece, at, at + 1)
-                position = at + 1
-                if piece[at] == _BACKSLASH:   # an escape the piece cuts: its next byte is in the next piece
-                    self.escape = True
-                elif self.depth > 1:
-                    self.state = "nested"
-                else:
+                if piece[at] == _QUOTE:
+                    self._kept(piece, at, at + 1)
+                    position = at + 1
                     self._string_closed()
-                continue
+                    continue
+                cut = piece[at:at + 6]    # an escape the piece cuts, or not JSON (a control byte, a bad escape)
+                if piece[at] != _BACKSLASH or at + len(cut) != end or not _ESCAPE_START.fullmatch(cut):
+                    return self._fail()
+                self._kept(piece, at, end)
+                self.escape = cut
+                return
             if state == "nested":
                 position = _NESTED_SKIP.match(piece, position).end()
                 stop = _NESTED_STOP.match(piece, position)
@@ -158,11 +218,13 @@ class MemberScan:
                 continue
             if state == "scalar":
                 stop = _SCALAR_END.search(piece, position)
+                if not self._scalar(piece, position, end if stop is None else stop.start()):
+                    return self._fail()
                 if stop is None:
-                    self._kept(piece, position, end)
                     return
-                self._kept(piece, position, stop.start())
                 position = stop.start()
+                if not self._scalar_done():
+                    return self._fail()
                 self._value_done()
                 self.state = "comma"
                 continue
@@ -210,10 +272,12 @@ class MemberScan:
                     if self.wanted:
                         self._value(None)    # an object or array: never a key
                     self.depth, self.state = 2, "nested"
-                elif char in b",:]}":
-                    return self._fail()
+                elif char in b"-0123456789":
+                    self.state, self.phase, self.zeros, self.digits = "scalar", _FIRST_PHASE[char], 0, False
+                elif char in b"tfnNI":
+                    self.state, self.phase, self.written = "scalar", "constant", char
                 else:
-                    self.state = "scalar"
+                    return self._fail()
             elif state == "comma":
                 if char == b",":
                     self.state = "key"
@@ -223,6 +287,99 @@ class MemberScan:
                     return self._fail()
             else:   # end: blanks only after the object
                 return self._fail()
+
+    def _scalar(self, piece: bytes, start: int, stop: int) -> bool:
+        """Follow a top-level scalar's bytes ``piece[start:stop]`` (the scalar goes on after them or ends there):
+        False where they make it no JSON number or constant. A kept number drops a fraction's trailing zeros and an
+        exponent's leading ones (the class)."""
+        position = start
+        while position < stop:
+            phase = self.phase
+            if phase == "constant":
+                self.written += piece[position:min(stop, position + 10)]   # a constant is at most 9 bytes
+                self._kept(piece, position, stop)
+                return any(c.startswith(self.written) for c in _CONSTANTS)
+            if phase == "int" or phase == "frac" or phase == "exp":
+                at = _DIGITS.match(piece, position, stop).end()
+                if at > position:
+                    if phase == "int":
+                        self._kept(piece, position, at)
+                    elif self.keep is not None:
+                        self._digits(piece[position:at], phase)
+                    position = at
+                    continue
+            byte = piece[position]
+            if byte in _DIGIT_BYTES:
+                if phase == "minus":
+                    phase = "zero" if byte == 0x30 else "int"
+                    if byte == 0x30:
+                        self._kept(piece, position, position + 1)
+                        position += 1
+                elif phase == "dot":
+                    phase = "frac"
+                elif phase == "e" or phase == "esign":
+                    phase = "exp"
+                else:
+                    return False   # after a leading 0
+                self.phase = phase
+                continue
+            if byte == 0x2E and (phase == "zero" or phase == "int"):
+                self.phase = "dot"
+            elif byte in b"eE" and (phase == "zero" or phase == "int" or phase == "frac"):
+                if phase == "frac":
+                    self._fraction_done()
+                self.phase, self.digits = "e", False
+            elif byte in b"+-" and phase == "e":
+                self.phase = "esign"
+            elif byte == 0x49 and phase == "minus":   # -Infinity
+                self.phase, self.written = "constant", b"-"
+                continue
+            else:
+                return False
+            self._kept(piece, position, position + 1)
+            position += 1
+        return True
+
+    def _digits(self, run: bytes, phase: str) -> None:
+        """Keep a run of a kept number's fraction or exponent digits, but for the zeros that do not change it."""
+        if phase == "frac":
+            significant = run.rstrip(b"0")
+            if significant:
+                self._kept_zeros(self.zeros)
+                self._kept(significant, 0, len(significant))
+                self.zeros, self.digits = len(run) - len(significant), True
+            else:
+                self.zeros += len(run)
+        else:
+            if not self.digits:
+                run = run.lstrip(b"0")
+            if run:
+                self._kept(run, 0, len(run))
+                self.digits = True
+
+    def _kept_zeros(self, count: int) -> None:
+        if self.keep is not None and count:
+            if len(self.keep) + count > self.CAP:
+                self.keep = None
+            else:
+                self.keep += b"0" * count
+
+    def _fraction_done(self) -> None:
+        """A kept fraction's trailing zeros dropped: one 0 kept where it was all zeros (``5.000``: ``5.0``)."""
+        if not self.digits:
+            self._kept_zeros(1)
+        self.zeros = 0
+
+    def _scalar_done(self) -> bool:
+        """Whether the top-level scalar that ended is a JSON number or a constant the decoder reads."""
+        phase = self.phase
+        if phase == "frac":
+            self._fraction_done()
+        elif phase == "exp" and not self.digits:
+            self._kept_zeros(1)
+        elif phase == "constant":
+            return self.written in _CONSTANTS
+        return phase in ("zero", "int", "frac", "exp")
 
     def _string_closed(self) -> None:
         if self.after == "colon":
@@ -252,7 +409,8 @@ class MemberScan:
         self.failed = True
 
     def result(self) -> tuple[bytes | None, ...] | None:
-        """The values of the members named ``name`` (see the class), or None: not one JSON object by its structure."""
+        """The values of the members named ``name`` (see the class), or None: not one JSON object at the top level
+        (or past ``BUDGET``)."""
         if self.failed or self.state != "end":
             return None
         return tuple(self.values)

@@ -767,7 +767,7 @@ class LineParser:
     def overlong_key(self, line: OverlongLine) -> object:
         """The valid primary key of a line over ``max_line_bytes`` (never decoded): its top-level key members as
         :class:`~pipelines.ingest.lines.MemberScan` read them from the bytes (``OverlongLine.members``, the line one
-        JSON object by its structure), present with one value (written once, or every time alike), valid as
+        JSON object at its top level, review rev34h), present with one value (written once, or every time alike), valid as
         :meth:`key_of` judges it; else None (review rev34a: such a line had no key, so the key's other version was
         accepted)."""
         written = line.members
