@@ -59,9 +59,14 @@ RAW_ZONE_SAID = "raw_zone_said"   # HOME/cache/<this>: what the raw-zone sensor 
 # hold fail (the hold and the probe were both an exclusive ``flock``: a scan probing the instant after the export's
 # mkdir failed the export with a bare BlockingIOError). Where the system has no OFD locks (or refuses one on the
 # folder), the hold is an exclusive ``flock`` taken with a short retry, which the probe detects with a shared
-# ``flock`` taken and dropped.
+# ``flock`` taken and dropped. Review rev34i: an OFD hold also takes a shared ``flock`` (retried, never fatal), so
+# the release before fix34g, whose probe is an exclusive ``flock`` with ``LOCK_NB``, still sees the folder held
+# (its stale-staging sweep removed a running new export's staged day while both releases ran); this release's
+# probe, a shared ``flock``, never conflicts with it.
 _FLOCK_STRUCT = struct.Struct("hhqqi4x")      # struct flock: l_type, l_whence, l_start, l_len, l_pid (x86-64, arm64)
 HOLD_RETRY_S = 2.0          # the fallback's retry: a probe holds its shared flock for microseconds
+SHARED_HOLD_RETRY_S = 0.5   # the OFD hold's shared flock's retry: an old release's probe holds its one for microseconds
+_NO_LOCK_ERRNOS = (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF)   # no OFD lock here
 _HOLD_POLL_S = 0.005
 
 
@@ -70,17 +75,20 @@ def _ofd_lock(fd: int, command: int, kind: int) -> bytes:
 
 
 def hold_staging_fd(fd: int) -> None:
-    """Make the open folder ``fd`` (a staging folder) held for as long as it stays open: an OFD read lock, else an
+    """Make the open folder ``fd`` (a staging folder) held for as long as it stays open: an OFD read lock with a
+    shared ``flock`` beside it (for the probes of the release before fix34g: :func:`_hold_shared_flock`), else an
     exclusive ``flock`` (retried for ``HOLD_RETRY_S`` while a probe's shared one is held). Raises ``OSError`` when
     neither can be taken."""
     command = getattr(fcntl, "F_OFD_SETLK", None)
     if command is not None:
         try:
             _ofd_lock(fd, command, fcntl.F_RDLCK)
-            return
         except OSError as exc:
-            if exc.errno not in (errno.EINVAL, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EBADF):
+            if exc.errno not in _NO_LOCK_ERRNOS:
                 raise
+        else:
+            _hold_shared_flock(fd)
+            return
     deadline = time.monotonic() + HOLD_RETRY_S
     while True:
         try:
@@ -90,6 +98,26 @@ def hold_staging_fd(fd: int) -> None:
             if time.monotonic() >= deadline:
                 raise
             time.sleep(_HOLD_POLL_S)
+
+
+def _hold_shared_flock(fd: int) -> bool:
+    """Beside an OFD hold, a shared ``flock`` on ``fd``: what the probe of the release before fix34g (an exclusive
+    ``flock`` with ``LOCK_NB``, taken and dropped) finds taken, so an export of that release (a daemon or code server
+    started before the upgrade) never sweeps this export's staging folder as stale (review rev34i). This release's
+    probes take a shared ``flock`` (no conflict); an old probe holds its exclusive one for microseconds, so it is
+    retried for ``SHARED_HOLD_RETRY_S``. Never fatal: the OFD lock is the hold, so where no ``flock`` can be had (a file
+    system without it, or an exclusive one that stays) the export goes on without it. Returns whether it is held."""
+    deadline = time.monotonic() + SHARED_HOLD_RETRY_S
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(_HOLD_POLL_S)
+        except OSError:
+            return False
 
 
 def staging_in_use(path: Path) -> bool:

@@ -635,7 +635,8 @@ STALE_AFTER_S = 60    # a staging folder unlocked and untouched this long is an 
 
 def hold_staging(staging: Path) -> int:
     """Hold the staging folder for as long as the returned descriptor is open (:func:`formats.rawzone.hold_staging_fd`:
-    an OFD lock): other exports and the raw-zone scan see the folder in use (any PID namespace on this kernel).
+    an OFD lock, and a shared ``flock`` for the release before fix34g's probe, review rev34i): other exports and the
+    raw-zone scan see the folder in use (any PID namespace on this kernel).
     Review rev34g: a scan probing the folder at that instant (it took the exclusive ``flock`` the hold took with
     ``LOCK_NB``) failed the export; a probe now takes no lock the hold could find taken."""
     fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -1338,19 +1339,42 @@ def withdraw_interrupted_exports(home: DataHome) -> list[str]:
     it had copied back for good); a record is removed once its look-up is complete (one a file stops stays for the
     next export). Also sweeps the capped markers' temporary files (:func:`blobs.sweep_capped_temps`). Returns the
     warnings to report. Called by an export with an image store before its own copies, its staged files whole."""
-    from pipelines.appdb.blobs import EXPORTS, remove_record, remove_recorded_temps, sweep_capped_temps, withdraw_blobs
+    from pipelines.appdb.blobs import EXPORTS, sweep_capped_temps
 
     lines = list(sweep_capped_temps(home))
     folder = home.raw_images / EXPORTS
     info = lstat_or_none(folder)
     if info is None or not stat.S_ISDIR(info.st_mode):
         return lines
-    for name in sorted(os.listdir(folder)):
+    # review rev34i: another export may remove the folder (its last record, removed as empty) or anything may
+    # replace it between the look above and the listing: nothing to withdraw then, never an error (it raised
+    # FileNotFoundError out of export_day); the folder is opened once, never through a link, and read through that
+    try:
+        folder_fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except (FileNotFoundError, NotADirectoryError):
+        return lines
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:       # a link put there meanwhile: not a record folder
+            raise
+        return lines
+    try:
+        lines.extend(_withdraw_records(home, folder, folder_fd))
+    finally:
+        os.close(folder_fd)
+    return lines
+
+
+def _withdraw_records(home: DataHome, folder: Path, folder_fd: int) -> list[str]:
+    """:func:`withdraw_interrupted_exports`' work on the records of the open folder ``folder_fd`` (``folder``)."""
+    from pipelines.appdb.blobs import remove_record, remove_recorded_temps, withdraw_blobs
+
+    lines: list[str] = []
+    for name in sorted(os.listdir(folder_fd)):
         if not EXPORT_STAGING.fullmatch(name) or staging_in_use(home.raw_logs / name):
             continue          # not a record, or its export still runs
         path = folder / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=folder_fd)
         except OSError:
             continue          # gone meanwhile (another export finished it), or a link: never followed
         with open(fd, "rb", buffering=1 << 16) as handle:

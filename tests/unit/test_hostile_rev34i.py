@@ -38,7 +38,10 @@ hold with ``EAGAIN`` (not among the fallback's errnos) - not runnable here; a pr
 file stay and are re-read by every export (documented: "the others stay until an export can read it").
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix34i, ``tests/unit/test_fix34i.py``) and the markers
+removed: an export's OFD hold also takes a shared ``flock`` (retried, never fatal), which the previous release's
+exclusive ``LOCK_NB`` probe finds taken while this release's shared probe never conflicts with it; the record folder
+is opened once (no link followed) and a folder gone or replaced after the look is nothing to withdraw.
 """
 from __future__ import annotations
 
@@ -50,8 +53,6 @@ import sys
 import time
 import uuid
 from pathlib import Path
-
-import pytest
 
 from formats.home import DataHome
 from pipelines.appdb import blobs, export
@@ -107,11 +108,6 @@ print(" ".join(removed))
 
 # --- 1. an export of the previous release removes a running export's staging folder --------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev34i: the OFD hold is invisible to the release before fix34g, whose probe "
-                   "(exclusive flock, LOCK_NB) finds a running export's staging folder free: while both releases "
-                   "run (a daemon or code server started before the upgrade, README Data home layout) the old export's "
-                   "stale-staging sweep removes the new export's staged day, and its named_uids skips the staged "
-                   "file (withdrawing blobs it names)")
 def test_a_running_exports_staging_is_held_for_an_export_of_the_previous_release(tmp_path: Path) -> None:
     home = _home(tmp_path)
     staging = home.raw_logs / LIVE
@@ -134,10 +130,6 @@ def test_a_running_exports_staging_is_held_for_an_export_of_the_previous_release
 
 # --- 2. a record folder removed between the look and the listing fails the export ----------------------------------
 
-@pytest.mark.xfail(strict=True, reason="rev34i: withdraw_interrupted_exports lstat()s raw/images/.exports, then "
-                   "listdir()s it; another export finishing in between removes the folder (remove_record rmdir's it "
-                   "once empty) and the listing raises FileNotFoundError out of export_day, after its snapshot "
-                   "(BlobRecord.create retries the same race; this look does not)")
 def test_a_record_folder_removed_by_another_export_meanwhile_is_nothing_to_withdraw(tmp_path: Path,
                                                                                     monkeypatch) -> None:
     home = _home(tmp_path)
