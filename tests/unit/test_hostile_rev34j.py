@@ -22,7 +22,7 @@ scrub changes are put back on checkin (``test_kept_engines`` covers it, read); `
 file's mode (SQLite), so a group-shared home's other account sees the same bits as before, only for longer (read,
 not run under a second account).
 
-Measured: the test below runs in ~2.5 s on this machine (mostly importing Dagster; one fork, a few statements).
+Measured: the test below runs in 2.5-6.5 s on this machine (mostly importing Dagster; one fork, a few statements).
 
 Noticed, not filed: a result a caller keeps referenced after its ``with engine.connect()`` block (a partly consumed
 ``SELECT``) now pins a read snapshot on the kept connection until the result is dropped - with the NullPool the
