@@ -148,9 +148,10 @@ class _Engines:
     the webserver's live watch of a run's events follows the ``-wal`` file too:
     :class:`KeptEngineSqliteEventLogStorage`). The kept connections are closed when the instance is disposed (the
     end of a build, ``with DagsterInstance...``) and at the process's exit, so a finished command leaves no
-    ``-wal`` / ``-shm`` file. Nothing is shared between processes: the key holds the pid, and a forked child sets
-    the parent's engines aside without closing them (``os.register_at_fork``; closing an SQLite connection a fork
-    inherited is what SQLite says never to do). The webserver and the daemon open the event database of every run
+    ``-wal`` / ``-shm`` file. Nothing is shared between processes: the key holds the pid; before a fork the idle kept
+    connections are closed (``os.register_at_fork``: SQLite's lock bookkeeping, copied by a fork, would let the parent's
+    last close delete a WAL a child writes; review rev34j), and a forked child sets whatever the parent still had open
+    aside without closing it (closing an SQLite connection a fork inherited is what SQLite says never to do). The webserver and the daemon open the event database of every run
     they read: only ``MAX`` engines are kept, and an engine pushed out is disposed."""
 
     MAX = 8
@@ -198,6 +199,17 @@ class _Engines:
             engines = [engine for (pid, _), engine in self._kept.items() if pid == os.getpid()]
         for engine in engines:
             engine.dispose()
+
+    def close_before_fork(self) -> None:
+        """Before this process forks: close its kept connections that no one is using (review rev34j). SQLite keeps
+        per-process lock bookkeeping that a fork copies: a child opening its own connection to a database its parent
+        had open at the fork takes no lock of its own, so the parent's last close later checkpoints and deletes the
+        ``-wal`` / ``-shm`` the child still writes (its commits lost, no error). With nothing open at the fork the
+        child starts clean. The parent reopens on its next use (a fork is rare: a build's worker pools)."""
+        try:
+            self.close_all()
+        except Exception:  # noqa: BLE001 - never stop a fork; the child sets the engines aside anyway
+            pass
 
     def forget_after_fork(self) -> None:
         """In a forked child: the parent's engines are set aside, neither used nor closed."""
@@ -256,7 +268,7 @@ def _wal_normal(dbapi_connection: Any, record: Any, proxy: Any) -> None:
 
 
 ENGINES = _Engines()
-os.register_at_fork(after_in_child=ENGINES.forget_after_fork)
+os.register_at_fork(before=ENGINES.close_before_fork, after_in_child=ENGINES.forget_after_fork)
 atexit.register(ENGINES.close_all)
 
 

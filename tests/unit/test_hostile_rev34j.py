@@ -35,7 +35,8 @@ harmlessly. No forked child of today's build (``pipelines/``: shard writers, ing
 databases, so test 1's loss needs a child that does, as the module's docstring and ``test_kept_engines`` say one may.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Fixed the same day (own, ``dagster_project/instance.py``: ``_Engines.close_before_fork``,
+registered with ``os.register_at_fork(before=...)``, closes the idle kept connections before a fork), marker removed.
 """
 from __future__ import annotations
 
@@ -50,16 +51,6 @@ from sqlalchemy import text
 from dagster_project.instance import ENGINES
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "rev34j: a forked child's own connection (the module docstring: 'a forked child ... gets engines of its own') "
-    "shares SQLite's per-process lock bookkeeping copied from the parent, whose kept connection was open at the fork: "
-    "SQLite in the child believes it already holds the database's SHARED lock and takes no POSIX lock of its own. So "
-    "when the parent's instance is disposed (close_all at a build's end), SQLite in the parent sees itself as the last "
-    "connection, checkpoints and DELETES the -wal / -shm the child still has open; the child's later commits go to the "
-    "unlinked WAL and are lost (no error anywhere). Before the thirty-fourth session no connection was open at a fork. "
-    "Setting the parent's engines aside is not enough: SQLite says a connection must not be open across fork() into a "
-    "child that uses SQLite; the kept connections would have to be closed before a fork (os.register_at_fork before=) "
-    "or a child refused/kept off SQLite"))
 def test_a_forked_childs_commit_is_not_lost_when_the_parent_closes_its_kept_connection(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'a.db'}"
     engine = ENGINES.get(url, 30)
