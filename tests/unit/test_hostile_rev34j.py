@@ -45,7 +45,6 @@ import os
 import sqlite3
 from pathlib import Path
 
-import pytest
 from sqlalchemy import text
 
 from dagster_project.instance import ENGINES
