@@ -193,7 +193,9 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     """A binary handle on a new temp file beside the checked user-given ``path``, renamed over it on success.
 
     The folder is opened once and every later step (create, re-check, rename) goes through that
-    descriptor; the entry is re-checked right before the rename, which itself never follows a link.
+    descriptor; the entry is re-checked right before the rename, which itself never follows a link. The file
+    gets :func:`give_replaced_mode`'s mode (an existing file of this account's keeps its own), 0600 until then
+    where it replaces a file; with ``private`` 0600 always.
     """
     final = check_output_file(path, homes, flag)
     final.parent.mkdir(parents=True, exist_ok=True)

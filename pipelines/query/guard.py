@@ -1,7 +1,9 @@
 """The read-only guard of ``pickapic query``: one SELECT (or EXPLAIN of one), nothing that writes.
 
 DuckDB types ``WITH x AS (COPY ... TO 'f') SELECT ...`` as a SELECT and runs the COPY, so besides the
-statement's type the parsed tree is checked: it may hold only SELECT nodes.
+statement's type the parsed tree is checked: it may hold only SELECT nodes. A PIVOT whose values DuckDB finds
+from the data is a MULTI statement (an ENUM type of the values, then the query): it is checked as the same text
+with a placeholder list of values (:func:`_pivot_values_spelt`).
 """
 from __future__ import annotations
 
