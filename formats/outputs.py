@@ -21,7 +21,7 @@ import stat
 from pathlib import Path
 from typing import BinaryIO, Callable, ContextManager, Iterator, Sequence
 
-from formats.files import TEMP_NAME_EXTRA, create_temp, lstat_or_none, naming_full_disk, temp_names
+from formats.files import TEMP_NAME_EXTRA, create_temp, file_mode, lstat_or_none, naming_full_disk, temp_names
 from formats.home import DataHome
 
 
@@ -193,7 +193,9 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     """A binary handle on a new temp file beside the checked user-given ``path``, renamed over it on success.
 
     The folder is opened once and every later step (create, re-check, rename) goes through that
-    descriptor; the entry is re-checked right before the rename, which itself never follows a link.
+    descriptor; the entry is re-checked right before the rename, which itself never follows a link. The file
+    gets :func:`give_replaced_mode`'s mode (an existing file of this account's keeps its own), 0600 until then
+    where it replaces a file; with ``private`` 0600 always.
     """
     final = check_output_file(path, homes, flag)
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -202,9 +204,12 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
     held = None
     try:
         remove_dead_temps(dir_fd, [final.name])
-        fd, tmp, held = _create_locked_temp(dir_fd, final, private)
+        # 0600 while it is written where it replaces a file (that one may be private), its mode given at the end
+        fd, tmp, held = _create_locked_temp(dir_fd, final, private or _entry(dir_fd, final.name) is not None)
         with naming_full_disk(final), os.fdopen(fd, "wb") as handle:
             yield handle
+            if not private:
+                give_replaced_mode(handle.fileno(), dir_fd, final.name)
             handle.flush()
             os.fsync(handle.fileno())
         _recheck_entry(dir_fd, final.name, final, homes, flag, path)
@@ -217,6 +222,36 @@ def open_output_file(path: str | os.PathLike, homes: Sequence[Path] = (), flag: 
         if held is not None:
             os.close(held)                  # the temp file's lock goes with its last descriptor
         os.close(dir_fd)
+
+
+def _entry(dir_fd: int, name: str) -> os.stat_result | None:
+    """``lstat`` of ``name`` in the open folder; None where there is none."""
+    try:
+        return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def give_replaced_mode(fd: int, dir_fd: int, name: str) -> int:
+    """Give the open temporary file ``fd``, about to be renamed over ``name`` in the open folder, the mode it should
+    have; returns it. Over a regular file of this account: that file's permission bits (``rwx`` for its owner,
+    group and others; no setuid, setgid or sticky bit) and its group, as ``cp`` or a shell's ``>`` would keep them,
+    so a result the user made private (``chmod 600``, a file made under umask 077) stays private (review rev34e: it
+    became ``0666 & ~umask``, 0644, readable by every account); where the group cannot be kept, the group bits are
+    at most the umask's. A new file, or one of another account (the new one becomes this account's):
+    ``0666 & ~umask``. Looked up right before the rename: a ``chmod`` while the result was written counts."""
+    info = _entry(dir_fd, name)
+    if info is None or not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+        mode = file_mode()
+    else:
+        mode = stat.S_IMODE(info.st_mode) & 0o777
+        if info.st_gid != os.fstat(fd).st_gid:
+            try:
+                os.fchown(fd, -1, info.st_gid)
+            except OSError:             # not a member of that group: the bits were that group's, not this one's
+                mode &= ~0o070 | file_mode()
+    os.fchmod(fd, mode)
+    return mode
 
 
 def _create_locked_temp(dir_fd: int, final: Path, private: bool) -> tuple[int, str, int | None]:
@@ -308,11 +343,12 @@ def open_output_files(folder: Path, names: Sequence[str], homes: Sequence[Path] 
     def open_one(name: str) -> Iterator[BinaryIO]:
         if name not in targets or name in temps:
             raise ValueError(f"{name!r} is not one of the files to write ({', '.join(targets)}), or written twice")
-        fd, temps[name], lock = _create_locked_temp(dir_fd, targets[name], False)
+        fd, temps[name], lock = _create_locked_temp(dir_fd, targets[name], _entry(dir_fd, name) is not None)
         if lock is not None:                # held to the end: a single-file writer's clean-up never takes it
             held.append(lock)
         with naming_full_disk(targets[name]), os.fdopen(fd, "wb") as handle:
             yield handle
+            give_replaced_mode(handle.fileno(), dir_fd, name)
             handle.flush()
             os.fsync(handle.fileno())
 

@@ -38,6 +38,7 @@ import math
 import os
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -372,6 +373,41 @@ class _Deadline:
         return QueryFailed(message)
 
 
+@contextlib.contextmanager
+def _ctrl_c_interrupts(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """While the query runs in the main thread under Python's own Ctrl-C handler: a Ctrl-C (SIGINT) also interrupts
+    the connection, as SIGTERM's handler does (:func:`interrupt_active`). DuckDB noticed Python's bare
+    KeyboardInterrupt only now and then while it computed a result with no row yet: the query went on to its time
+    limit (review rev34e, by hand). Python's handler is put back when the query ends; any other is left alone."""
+    if threading.current_thread() is not threading.main_thread() \
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        with contextlib.suppress(Exception):
+            con.interrupt()
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        if signal.getsignal(signal.SIGINT) is handler:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _stop_if_signalled(exc: BaseException) -> None:
+    """Raise KeyboardInterrupt where ``exc`` is how DuckDB ended a query that a signal stopped: a SIGTERM / SIGHUP
+    (:func:`interrupt_active` ran: its interrupt, or the handler's exception DuckDB swallowed) or a Ctrl-C, which
+    DuckDB reports as ``RuntimeError('Query interrupted')`` when the signal came while it computed, before the
+    result's first row (an aggregate: review rev34e, a traceback and exit 1). The command then ends as for
+    Ctrl-C ("interrupted", or "terminated" for SIGTERM), its temporary files removed. A time limit's interrupt
+    comes from another thread as a ``duckdb.InterruptException`` and is not one of these."""
+    if STOP.is_set() or (type(exc) is RuntimeError and str(exc).strip() == "Query interrupted"):
+        raise KeyboardInterrupt("stopped by a signal") from None
+
+
 def statement_body(sql: str) -> str:
     """``sql`` without the semicolons and comments that end it, to stand inside a subquery (review rev27g: DuckDB's
     ``relation.project`` pasted the text into ``(...)`` as it was, and ``SELECT ...; -- done`` failed to parse).
@@ -408,14 +444,14 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
     started = time.monotonic()   # the time limit counts from here: the wait for the version's lock included
     with connect(home, version, limits) as (con, _):
         # once DuckDB is open, with its thread count known: the query runs under the cap, put back when it ends
-        cap = (process_memory_cap(limits, int(con.execute("SELECT current_setting('threads')").fetchone()[0]))
+        cap = (process_memory_cap(limits, int(con.execute("SELECT current_setting('threads')").fetchall()[0][0]))
                if limits.cap_process else contextlib.nullcontext())
         with cap:
             try:
                 check_read_only(con, sql)
             except duckdb.Error as exc:  # a parser error
                 raise QueryFailed(str(exc)) from None
-            with _Deadline(con, limits.timeout_s, started) as deadline:
+            with _Deadline(con, limits.timeout_s, started) as deadline, _ctrl_c_interrupts(con):
                 try:
                     if deadline.fired:   # spent before the query started (its version's lock, opening it)
                         raise deadline.failure(TimeoutError(), limits)
@@ -430,7 +466,11 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                             revive.update(revivers)
                     reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
                 except duckdb.Error as exc:
+                    _stop_if_signalled(exc)
                     raise deadline.failure(exc, limits) from None
+                except RuntimeError as exc:
+                    _stop_if_signalled(exc)
+                    raise
 
                 def batches() -> Iterator[pa.RecordBatch]:
                     while True:
@@ -443,7 +483,11 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                         except StopIteration:
                             return
                         except (OSError, pa.ArrowException, duckdb.Error) as exc:  # DuckDB errors surface via Arrow
+                            _stop_if_signalled(exc)
                             raise deadline.failure(exc, limits) from None
+                        except RuntimeError as exc:
+                            _stop_if_signalled(exc)
+                            raise
                         yield batch
 
                 yield reader.schema, batches()

@@ -61,7 +61,8 @@ are removed); (3) a PIVOT that makes a column per value, which section 7 describ
 statements ... read-only"; (4) the README names a ``pickapic query --sql`` flag that does not exist.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
-assertions state the correct behaviour.
+assertions state the correct behaviour. All four were fixed the same day (fix34e, ``tests/unit/test_fix34e.py``)
+and their markers removed.
 """
 from __future__ import annotations
 
@@ -92,9 +93,6 @@ def _query(home, *argv: str) -> int:
     return query.run_from_args(parser.parse_args(list(argv)), home)
 
 
-@pytest.mark.xfail(strict=True, reason="query --output FILE over an existing private (0600) file of the user "
-                   "renames a new 0644 file over it: the result (pseudonyms, captions) becomes readable by every "
-                   "account; README section 7 allows 'an existing regular file' and says nothing of its mode")
 def test_query_output_over_a_private_file_keeps_it_private(published, tmp_path: Path,
                                                            capsys: pytest.CaptureFixture) -> None:
     # README section 7: `--output FILE` "writes under a temporary name beside FILE and renames it over FILE";
@@ -120,9 +118,6 @@ def test_query_output_over_a_private_file_keeps_it_private(published, tmp_path: 
     assert stat.S_IMODE(target.stat().st_mode) == 0o600, oct(stat.S_IMODE(target.stat().st_mode))
 
 
-@pytest.mark.xfail(strict=True, reason="SIGTERM while DuckDB computes a result that has no row yet (an aggregate) "
-                   "ends `pickapic query` with a RuntimeError('Query interrupted') traceback and exit 1, not the "
-                   "documented exit 143 'terminated'")
 def test_sigterm_during_an_aggregate_ends_the_query_as_documented(published, tmp_path: Path) -> None:
     # README section 7: "`SIGTERM` (`kill`, `timeout`, a stopped service) ends `query`, `export`, `score` and
     # `rerank` as Ctrl-C does (exit 143, "terminated" ...): the temporary file and the query's spill folder are
@@ -160,10 +155,6 @@ def test_sigterm_during_an_aggregate_ends_the_query_as_documented(published, tmp
     assert list(out_dir.iterdir()) == [] and list(spill_root.iterdir()) == []
 
 
-@pytest.mark.xfail(strict=True, reason="DuckDB 2.0.1 parses a PIVOT without an IN list (the one that makes a "
-                   "column per value, as README section 7 describes) as a MULTI statement, and the read-only guard "
-                   "refuses it as 'MULTI statements are refused: queries are read-only': a read-only analyst query "
-                   "fails with a reason that is not true")
 def test_a_pivot_making_one_column_per_value_runs(published, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     # README section 7: "Of a result with very many columns (a `PIVOT` makes one per value) it shows the first
     # columns whose header and first row fit the same budgets", and review rev20b drove exactly such a query,
@@ -195,9 +186,6 @@ def _options(command: str) -> set[str]:
     return {option for action in subparsers.choices[command]._actions for option in action.option_strings}
 
 
-@pytest.mark.xfail(strict=True, reason="README section 6 (Readers hold the version they read) names `pickapic query`'s "
-                   "'--sql', a flag the command does not have (the SQL is positional): `pickapic query --sql ...` "
-                   "is argparse's 'unrecognized arguments'")
 def test_every_flag_the_readme_gives_a_pickapic_command_exists() -> None:
     # Parsed out of README.md: a flag in backticks within the same clause as `pickapic COMMAND` (e.g. "`pickapic
     # query` (the named queries and `--sql`)"), and every flag of a `pickapic COMMAND ...` span or code line

@@ -80,7 +80,9 @@ def test_data_home_found_without_being_named(published: DataHome, tmp_path: Path
         outputs.check_output_file(partition, homes=[tmp_path / "some-other-home"])
 
 
-def test_regular_file_is_replaced_atomically_with_the_umask_mode(published: DataHome, tmp_path: Path) -> None:
+def test_regular_file_is_replaced_atomically_keeping_its_mode(published: DataHome, tmp_path: Path) -> None:
+    # the replaced file's own mode, not the umask's (review rev34e: a user's 0600 result became 0644); a new file
+    # gets the umask's (tests/unit/test_fix34e.py)
     target = tmp_path / "result.csv"
     target.write_text("old\n")
     os.chmod(target, 0o600)
@@ -88,7 +90,7 @@ def test_regular_file_is_replaced_atomically_with_the_umask_mode(published: Data
         err = io.StringIO()
         assert query.run_query(published, "SELECT 2 AS b", fmt="csv", output=target, stderr=err) == 0
     assert target.read_text().splitlines() == ['"b"', "2"]
-    assert stat.S_IMODE(target.stat().st_mode) == 0o640
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
     assert err.getvalue() == f"wrote 1 row (csv) to {target}\n"
     nested = tmp_path / "new" / "deeper" / "r.json"
     assert query.run_query(published, "SELECT 1 AS a UNION ALL SELECT 2", fmt="json", output=nested,
