@@ -15,6 +15,7 @@ folder whose configs name custom classes (``auto_map``).
 """
 from __future__ import annotations
 
+import errno
 import heapq
 import json
 import math
@@ -106,6 +107,48 @@ def tokenizer_version(model_dir: str | Path) -> str | None:
         return None
     mark = value.get(TOKENIZER_MARK) if isinstance(value, dict) else None
     return mark if isinstance(mark, str) else None
+
+
+def read_tokenizer_mark(model_dir: str | Path) -> str | None:
+    """:func:`tokenizer_version`, read strictly, for a decision that discards a model: None only where no
+    ``tokenizer_config.json`` is there, or it is a readable regular file that records no mark (a tokenizer made
+    before it was recorded: older code). A file that cannot be read (an I/O error, no permission, too many open
+    files), or is not a regular file (a link, a FIFO), raises ``ValueError`` naming it: what made that tokenizer is
+    unknown, never "older code" (review rev34l: one EIO on the mark trained a finished run over from step 0)."""
+    path = Path(model_dir) / "tokenizer_config.json"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        what = "is a symbolic link" if exc.errno == errno.ELOOP else f"cannot be read ({exc.strerror or exc})"
+        raise ValueError(_unknown_mark(path, what)) from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ValueError(_unknown_mark(path, "is not a regular file"))
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(_MARK_FILE_LIMIT + 1)
+    except OSError as exc:
+        raise ValueError(_unknown_mark(path, f"cannot be read ({exc.strerror or exc})")) from None
+    finally:
+        os.close(fd)
+    if len(data) > _MARK_FILE_LIMIT:
+        return None   # read, and no tokenizer_config.json the tokenizer saves: no mark this code wrote
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    mark = value.get(TOKENIZER_MARK) if isinstance(value, dict) else None
+    return mark if isinstance(mark, str) else None
+
+
+_MARK_FILE_LIMIT = 16 << 20
+
+
+def _unknown_mark(path: Path, what: str) -> str:
+    return (f"{shown_path(path)} {what}: whether its tokenizer is this code's ({TOKENIZER_MARK} {TOKENIZER_VERSION}) "
+            "is unknown, so the run is left as it is (a tokenizer another code made would be trained over from step "
+            "0); make the file readable (its permissions, the disk) and rerun")
 
 
 def bpe_merges(word_counts: dict[str, int], n_merges: int | None,
@@ -581,10 +624,51 @@ def check_processor_fits(image_processor: Any, image_size: int, processor_path: 
 
 
 def save_checkpoint(directory: Path, clip: CLIPModel, processor: Any) -> None:
-    """``save_pretrained`` the model and processor, plus the files older transformers read (``write_legacy_files``)."""
+    """``save_pretrained`` the model and processor, plus the files older transformers read (``write_legacy_files``);
+    ``tokenizer_config.json`` without the settings a load adds (:func:`drop_load_time_settings`)."""
     clip.save_pretrained(directory)
     processor.save_pretrained(directory)
+    drop_load_time_settings(Path(directory), getattr(processor, "tokenizer", None))
     write_legacy_files(Path(directory))
+
+
+# Set in a fast tokenizer's settings by every load, whatever tokenizer_config.json says (from_pretrained overwrites them)
+LOAD_ORIGIN_SETTINGS = ("is_local", "local_files_only")
+
+
+def drop_load_time_settings(directory: Path, tokenizer: Any) -> list[str]:
+    """Remove from ``directory/tokenizer_config.json`` what a load of the tokenizer put in its settings and
+    ``save_pretrained`` wrote back: :data:`LOAD_ORIGIN_SETTINGS`, and the truncation and padding settings
+    (``max_length``, ``truncation_strategy``, ``padding_side``, ...) transformers derives on load from the
+    ``tokenizer.json`` it saves beside (the backend's truncation and padding), where they hold the value that load
+    derives (one that differs is the tokenizer's own setting: kept). A load of the saved folder gives the
+    tokenizer the same settings either way, and a checkpoint saved from a loaded one (a resume's ``best/``,
+    ``checkpoints/last/``) is byte for byte the one saved at first (review rev34l: a resumed run's
+    ``best/tokenizer_config.json`` held seven keys more than an uninterrupted run's). Returns the keys removed."""
+    path = Path(directory) / "tokenizer_config.json"
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None or not path.is_file():
+        return []
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(settings, dict):
+        return []
+    derived: dict[str, Any] = {}
+    truncation, padding = backend.truncation, backend.padding   # what the saved tokenizer.json records
+    if truncation is not None:      # as transformers' TokenizersBackend.__init__ sets them (setdefault, in order)
+        derived.update(max_length=truncation["max_length"], truncation_side=truncation["direction"],
+                       stride=truncation["stride"], truncation_strategy=truncation["strategy"])
+    if padding is not None:
+        derived.setdefault("pad_token_type_id", padding["pad_type_id"])
+        derived.setdefault("padding_side", padding["direction"])
+        derived.setdefault("max_length", padding["length"])
+        derived.setdefault("pad_to_multiple_of", padding["pad_to_multiple_of"])
+    drop = [key for key in settings if key in LOAD_ORIGIN_SETTINGS
+            or (key in derived and settings[key] == derived[key] and type(settings[key]) is type(derived[key]))]
+    if drop:
+        kept = {key: value for key, value in settings.items() if key not in drop}
+        # as save_pretrained writes it
+        write_bytes_atomic(path, (json.dumps(kept, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8"))
+    return drop
 
 
 def write_legacy_files(directory: Path) -> list[str]:

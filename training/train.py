@@ -82,6 +82,7 @@ from training.model import (
     count_parameters,
     load_model,
     own_pair_scores,
+    read_tokenizer_mark,
     save_checkpoint,
     shown_path,
     tokenizer_version,
@@ -505,9 +506,12 @@ def augment_images(pixels: torch.Tensor, kind: str, generator: torch.Generator |
 # device, the data version, ...) starts the run over.
 NOT_RECIPE = frozenset({"cpu_threads", "output_dir", "data_dir", "log_every", "eval_batch_size"})
 # what the trainer makes in a run folder: a diverged run started over with a changed recipe loses these, and
-# only these (its lock file and anything else in the folder stay)
-OWN_OUTPUTS = ("checkpoints/last", "checkpoints/.last.tmp", "checkpoints/.last.old", "best", ".best.tmp", ".best.old",
-               "init", ".init.tmp", ".init.old", "metrics.json", "curve.png")
+# only these (its lock file and anything else in the folder stay). Removed in this order: the checkpoint last, so
+# a start-over killed midway still finds the checkpoint that made it start over (review rev34l: checkpoints/
+# went first, and the older tokenizer's best/ left behind was kept by the retrain as its step-0 model)
+OWN_OUTPUTS = ("best", ".best.tmp", ".best.old", "metrics.json", "curve.png", "init", ".init.tmp", ".init.old",
+               "checkpoints/.last.tmp", "checkpoints/.last.old", "checkpoints/last")
+CHECKPOINT_OUTPUTS = ("checkpoints/.last.tmp", "checkpoints/.last.old", "checkpoints/last")
 
 
 def _recipe(config: TrainConfig, data_dir: Path, home: Path | None) -> dict[str, Any]:
@@ -600,7 +604,7 @@ def _stale_tokenizer(out: Path, config: TrainConfig, home: Path | None) -> dict[
         _check_resumable(TrainConfig.load(last, resolve=False), config, home)
     except (ValueError, TypeError, OSError):
         return None   # the resume refuses it, on every rank, as before
-    made = tokenizer_version(last)
+    made = read_tokenizer_mark(last)   # an unreadable mark raises: unknown is never "older code" (rev34l)
     if made == TOKENIZER_VERSION:
         return None
     for rel in (*OWN_OUTPUTS, TRAINING_FILE, *DERIVED_OUTPUTS):
@@ -611,11 +615,13 @@ def _stale_tokenizer(out: Path, config: TrainConfig, home: Path | None) -> dict[
 def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: EventSink) -> None:
     """Rank 0, once the changed recipe of a diverged run is known to be trainable (or a scratch run's tokenizer is
     known to be another code's: :func:`_stale_tokenizer`): mark the run unfinished (:func:`_unfinish`, which also
-    removes what was published about its model), remove its checkpoints, best/, init/, metrics.json and curve.png
-    (the trainer's own; only these), then the divergence record if any (last, so a crash in between starts over
-    again)."""
+    removes what was published about its model), remove its best/, metrics.json, curve.png, init/ and then its
+    checkpoints (the trainer's own; only these: :data:`OWN_OUTPUTS`, in that order), then the divergence record if
+    any (last: a crash in between finds the checkpoint, or the record, that makes it start over again)."""
     _unfinish(out, 0, config, restart=True)
     for rel in OWN_OUTPUTS:
+        if rel == CHECKPOINT_OUTPUTS[0]:   # what the checkpoint made gone for good before the checkpoint goes
+            dataset.fsync_dir(out, unsupported_ok=True)
         remove_run_path(out / rel)
     if os.path.lexists(out / DIVERGED_FILE):
         (out / DIVERGED_FILE).unlink()
@@ -630,6 +636,23 @@ def _start_over(out: Path, config: TrainConfig, restart: dict[str, Any], emit: E
     emit({"event": "restart", "diverged_step": restart["step"], "changed": restart["changed"],
           "message": f"{out} diverged at step {restart['step']} with the previous recipe; {restart['changed']} "
                      "changed: training it over from step 0"})
+
+
+def _remove_leftovers(out: Path, fresh: bool) -> None:
+    """Rank 0, once the run folder may change: remove what a kill inside :func:`_save_dir_atomic` left beside a
+    folder in place (its ``.tmp`` sibling half written, its ``.old`` sibling, the folder it replaced), the trainer's
+    own names only (review rev34l: a kill after ``best/``'s swap at the step that stayed best left ``.best.old``, a
+    whole earlier model, for good; ``_recover_dir`` has already brought back a folder whose swap was cut between
+    its renames). ``fresh``: a training from step 0 (no checkpoint) holds no model yet, so a ``best/`` there was
+    left by an interrupted start-over or an older trainer killed between ``best/`` and ``checkpoints/last/``: it is
+    removed too (step 0 saves one), never kept by a resume as the step-0 model."""
+    for folder in (out / "checkpoints" / "last", out / "best", out / "init"):
+        if os.path.lexists(folder):
+            for sibling in (f".{folder.name}.tmp", f".{folder.name}.old"):
+                remove_run_path(folder.with_name(sibling))
+    if fresh:
+        for rel in ("best", ".best.tmp", ".best.old"):
+            remove_run_path(out / rel)
 
 
 def _finished_here(out: Path, step: int) -> bool:
@@ -806,7 +829,10 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
         refusal, restart = _after_divergence(out, config, data_dir, home)
         if refusal is None and restart is None:
-            restart = _stale_tokenizer(out, config, home)
+            try:
+                restart = _stale_tokenizer(out, config, home)
+            except ValueError as err:   # its mark unreadable: the run is left as it is, on every rank
+                refusal = str(err)
     refusal, restart = _from_rank0((refusal, restart), world)
     if refusal is not None:
         raise ValueError(refusal)
@@ -857,6 +883,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             _start_over(out, config, restart, emit)
         elif state is None or state["step"] < config.max_steps or not _finished_here(out, state["step"]):
             _unfinish(out, 0 if state is None else state["step"], config, restart=False)
+        _remove_leftovers(out, state is None)
         if new_init is not None:
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
         if state is not None and _best_behind(best_dir, state):   # killed between checkpoints/last/ and best/:

@@ -34,7 +34,9 @@ resumed run's best/, before this fix too") but not in the README; it is bytes on
 alike with and without padding / truncation: checked), filed last for the byte-for-byte standard.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All four were fixed the same day (fix34l, ``tests/unit/test_fix34l.py``: the mark read
+strictly, the start-over removing the checkpoint last and a fresh run its stale ``best/``, leftover ``.tmp`` /
+``.old`` siblings removed, the load-time tokenizer settings not saved) and their xfail markers removed.
 """
 from __future__ import annotations
 
@@ -69,10 +71,6 @@ def _version(tmp_path_factory):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rev34l: _stale_tokenizer reads the mark with read_small_file, which answers "
-                   "None for any OSError; a transient read error (EIO, EMFILE, a restore with wrong modes) on "
-                   "checkpoints/last/tokenizer_config.json counts as 'made by older code' and the finished run's "
-                   "checkpoints, best/, init/ and metrics.json are deleted and trained over from step 0")
 def test_a_read_error_on_the_tokenizer_mark_never_wipes_a_finished_run(tmp_path, monkeypatch, _version):
     config = tiny_config(_version.version_dir, tmp_path / "run", max_steps=2, eval_every=2)
     run = tmp_path / "run"
@@ -115,11 +113,6 @@ def _older_tokenizer(real):
 
 
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rev34l: _start_over removes checkpoints/last before best/; a kill between the "
-                   "two, then a kill between checkpoints/last/ and best/ at the retrain's step 0, leaves the older "
-                   "code's best/ (no best_step.json) beside a state naming step 0 best, and _best_behind keeps a "
-                   "best/ without a record: when no later step beats step 0 the run finishes publishing the older "
-                   "tokenizer's model as today's, with metrics.json computed on it")
 def test_an_interrupted_start_over_never_publishes_the_older_tokenizers_model(tmp_path, monkeypatch, _version):
     # a recipe whose later evaluations do not beat step 0 (a run that learns little: every evaluation ties)
     config = tiny_config(_version.version_dir, tmp_path / "run", max_steps=2, eval_every=2, learning_rate=1e-9)
@@ -158,9 +151,6 @@ def test_an_interrupted_start_over_never_publishes_the_older_tokenizers_model(tm
 
 
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rev34l: a kill after best/'s new folder is renamed in but before .best.old "
-                   "is removed, at the step that stays best, leaves .best.old (a whole earlier model) in the run "
-                   "for good: the resume repairs nothing (best/ is current) and nothing else removes it")
 def test_a_kill_after_the_final_best_swap_leaves_no_old_model_behind(tmp_path, monkeypatch, _version):
     config = tiny_config(_version.version_dir, tmp_path / "run", max_steps=6, eval_every=2, seed=1,
                          learning_rate=3e-3)
@@ -186,10 +176,6 @@ def test_a_kill_after_the_final_best_swap_leaves_no_old_model_behind(tmp_path, m
 
 
 # ------------------------------------------------------------------------------------------------------------------
-@pytest.mark.xfail(strict=True, reason="rev34l: a resumed run saves best/ (and the repair re-saves it) from a "
-                   "processor loaded from checkpoints/last/, whose tokenizer_config.json carries seven more keys "
-                   "(max_length, truncation_strategy, padding_side, ...) than the uninterrupted run's, loaded from "
-                   "init/: an interrupted and resumed run's best/ is not byte-identical to an uninterrupted one")
 def test_an_interrupted_run_publishes_the_same_best_bytes_as_an_uninterrupted_one(tmp_path, monkeypatch, _version):
     reference = train_module.train(tiny_config(_version.version_dir, tmp_path / "reference", max_steps=4,
                                                eval_every=2, seed=1, learning_rate=3e-3))
