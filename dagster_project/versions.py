@@ -65,7 +65,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     MCU row; a bad Huffman / arithmetic code) truncated_image (simplejpeg strict, rev33c)
                           # 12: stray bytes between header segments, and a run of zeros before a marker after whole
                           #     scan data (padding), no longer make a whole JPEG truncated_image (rev33n)
-    "dedup": "6",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
+    "dedup": "7",         # 2: band buckets over the cap checked (within a pair budget) or sampled, never skipped
                           # 3: a bucket past the budget searched exactly by sub-bands before representatives
                           # 4: every dHash of a pHash group banded (not its smallest uid's only); the settings
                           #    recorded in the file's metadata (rev28b)
@@ -73,6 +73,8 @@ CODE_VERSIONS: dict[str, str] = {
                           #    shaded images of any colour) clusters by sha256 only, not by its pHash (rev33u)
                           # 6: a mirror-symmetric pHash (odd DCT terms all 0) is not informative; one not informative
                           #    with a textured dHash (3+ distinct rows) clusters by pHash <= k AND dHash <= 3 (rev34b)
+                          # 7: a textured dHash that is a mirror's makes the pHash not informative (keyed); a mirror
+                          #    both ways (kaleidoscope, centred emblem) clusters by sha256 only (rev34k)
     "decisions": "14",    # 2: moderation keys read every symbol as a space and fold small capitals (splits 4)
                           # 3: symbol phrases on the symbol-keeping moderation text; keycaps, regional letters, CJK squares (splits 5)
                           # 4: no word boundary needed at an emoji or an unspaced script; decorative marks out; RLO runs in display order

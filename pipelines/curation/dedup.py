@@ -9,12 +9,18 @@ is ``near_links`` in numpy):
    whatever its colour or brightness (black, white, red and a grey ramp are all 0). So is a mirror-symmetric
    image's (a kaleidoscope, a mandala, a symmetric logo), whatever its texture: the DCT terms of odd frequency across
    its axis are exactly 0 and tie (``PHASH_ODD_U_BITS`` / ``PHASH_ODD_V_BITS`` all 0), leaving it 10-18 bits of 32
-   that can vary, so distinct symmetric images were a few bits apart and one cluster (review rev34b). Such an image
+   that can vary, so distinct symmetric images were a few bits apart and one cluster (review rev34b). A mirror
+   with a small asymmetry (a corner signature or watermark, a centred emblem's 1-px rounding) has its odd terms
+   set as tie-breaks, the same ones in every such image, so its pHash is not informative either when its dHash
+   is a mirror's (``MIRROR_LR_BITS`` / ``MIRROR_TB_BITS``, with ``MIN_MIRROR_ROWS`` rows of evidence; review
+   rev34k: distinct signed renders chained into clusters of 12, distinct emblems of 5). Such an image
    is no node of the pHash search and forms no equal-pHash group. If its dHash is textured (``MIN_DHASH_ROWS`` or
    more distinct rows: a symmetric render's is, a flat image's, a ramp's, a sky's or a vignette's is not) it is
    *dHash-keyed*: a near duplicate of another keyed image within ``k`` on the pHash AND within ``DHASH_K`` on the
    dHash (``dhash_keyed_links``, the same bucket search over the dHash's bands; images equal on both are a
-   group). Otherwise it joins a cluster by its bytes (sha256) only. (Clustered on its pHash, every flat image of
+   group). Otherwise, and when its dHash is a mirror's both ways (a kaleidoscope, a centred emblem: its dHash has
+   ~16 free bits, each counted 2-4 times, and distinct ones are 0 apart on the pHash and 0-2 on the dHash), it
+   joins a cluster by its bytes (sha256) only. (Clustered on its pHash, every flat image of
    every user was one cluster, owned by one split: the other users' pairs went to split_rejects, review rev33u.)
    The price: a re-encode or resize of a flat or gradient image is not clustered with its source (the hashes hold
    no colour to tell a re-encode from another colour); ``low_information_images`` counts them,
@@ -121,6 +127,14 @@ PHASH_ODD_V_BITS = sum(_dct_bit(v, u) for v in range(1, 8, 2) for u in range(8))
 # 172 of 180 textured mirror-symmetric images have 3 to 8. Re-encodes, resizes and blurs of those move the dHash by
 # 0-3 bits (q60 and a 384 resize at q75 one of 180 by 4-7); DHASH_K + 1 dHash bands of 16 bits find every pair
 # within DHASH_K (pigeonhole).
+# A dHash with at most MIRROR_LR_BITS row bit pairs (j, 7 - j) both set (a left-right mirror has none) is a left-right
+# mirror's, with at most MIRROR_TB_BITS bits differing between rows r and 7 - r (a top-bottom mirror: none) a top-bottom
+# mirror's (review rev34k): its pHash's odd terms are tie-breaks (a signature, a 1-px rounding), so the pHash alone is
+# not informative; a mirror both ways is not even keyed (its dHash has ~16 free bits, each counted 2-4 times).
+MIRROR_LR_BITS = 0
+MIRROR_TB_BITS = 2
+MIN_MIRROR_ROWS = 3   # dHash rows with a set bit a mirror test needs as evidence (a sparse one passes by chance)
+_ROW_LOW_BITS = 0x0101010101010101
 MIN_DHASH_ROWS = 3   # sql/dedup_hashes.sql tests for three with scalar comparisons (no lists: 4x faster)
 DHASH_K = 3
 # Parquet key-value metadata of duplicate_clusters: the settings it was clustered with (JSON, the output fields of
@@ -628,7 +642,9 @@ def register_band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) ->
 def _band_inputs(con: duckdb.DuckDBPyConnection, config: DedupConfig) -> tuple[pa.Table, pa.Table, pa.Table]:
     hashes = run_sql(con, "dedup_hashes", {"constant_mask": config.constant_mask, "dc_bit": PHASH_DC_BIT,
                                            "min_bits": MIN_PHASH_BITS, "odd_u": PHASH_ODD_U_BITS,
-                                           "odd_v": PHASH_ODD_V_BITS, "k": config.k})
+                                           "odd_v": PHASH_ODD_V_BITS, "k": config.k, "m": _ROW_LOW_BITS,
+                                           "max_lr": MIRROR_LR_BITS, "max_tb": MIRROR_TB_BITS,
+                                           "min_mirror_rows": MIN_MIRROR_ROWS, "dhash_k": DHASH_K})
     con.register("hashes", hashes)
     bands = band_table(config)
     con.register("bands", bands)

@@ -29,7 +29,8 @@ CARD_FILE = "README.md"
 # the complete folder of the old card as the version (review rev31d: a card fix never reached an existing `latest`).
 # 1: images counted once each (not once per export day), "not enough data" reasons as kept (rev31d)
 # 2: "Known limits" names the images deduplicated by identical bytes only, and symmetric images (rev34b)
-CARD_VERSION = "2"
+# 3: "Known limits" names the images symmetric both ways, deduplicated by identical bytes only (rev34k)
+CARD_VERSION = "3"
 
 
 PUBLIC_DEFAULT = "public-default"   # CardSources.pseudonym_secret: the documented default, anyone can reverse
@@ -414,7 +415,9 @@ leak it were dropped:
 - Near-duplicate detection uses perceptual hashes ({distance}): heavy edits are not caught.
   Images with almost no texture (flat colours, smooth gradients such as skies, horizons, vignettes) are
   deduplicated by identical bytes only: a re-encode or resize of one is not caught and may be in another
-  split. Mirror-symmetric images are near duplicates only when both their pHash and dHash match.
+  split. Mirror-symmetric images (a signature or watermark in a corner included) are near duplicates only
+  when both their pHash and dHash match; images symmetric both ways (kaleidoscopes, centred emblems) are
+  deduplicated by identical bytes only, as flat ones are.
 - Shards hold one export day each, grouped by user: read them shuffled, or a batch sees one day
   (and a few users) only.
 - `validation_unique` / `test_unique` {unique_limit}
