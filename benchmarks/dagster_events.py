@@ -4,11 +4,10 @@
 
 A small build is mostly Dagster's bookkeeping: ~1,000 events (each step's start and end, each contract check's
 three events, each materialization), each stored in the run's own SQLite database and, for asset events, in the
-index database. Dagster's stock SQLite storage opens a new SQLAlchemy engine and a new SQLite connection for every
-use and closes it after: on a WAL database that is the only connection, opening creates its ``-wal`` and ``-shm``
-files and closing checkpoints, fsyncs and deletes them, about six times an event. The home's instance
-(``dagster_project.instance``: kept engines, one connection kept open per database, checkpointed when given back)
-stores the same events.
+index database. Dagster's stock SQLite storage makes a new SQLAlchemy engine (dialect set-up, statement compilation)
+and a new SQLite connection for every use. The home's instance (``dagster_project.instance``) keeps the engines, one
+per database and process, and still opens and closes a connection per use (a connection kept open was tried in the
+thirty-fourth session and withdrawn: a read could see a stale snapshot; README *Jobs, schedules and sensors*).
 
 Each case runs ``--runs`` materializations of a job of ``--assets`` assets, each with one asset check, in a
 forked child of its own (a new instance in a new folder; its peak RSS is reported): the home's instance (``home``)

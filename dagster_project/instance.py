@@ -35,7 +35,6 @@ a home made before reads as it was).
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import stat
@@ -46,7 +45,7 @@ import dagster as dg
 import yaml
 from dagster._core.instance.ref import InstanceRef, compute_logs_directory
 from dagster._core.storage.compute_log_manager import ComputeIOType
-from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage, SqliteEventLogStorageWatchdog
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._core.storage.local_compute_log_manager import IO_TYPE_EXTENSION, LocalComputeLogManager
 from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
 from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
@@ -129,30 +128,15 @@ class PrivateComputeLogManager(LocalComputeLogManager):
 
 
 class _Engines:
-    """SQLAlchemy engines of SQLite databases, one per database and process, the most recently used kept, each
-    keeping one open connection between uses.
+    """SQLAlchemy engines of SQLite databases, one per database and process, the most recently used kept.
 
     Dagster's SQLite storages make a new engine for every connection (``NullPool``: a new SQLite connection each
     time, closed when released). An engine also holds its dialect, set up at its first connection, and its cache
     of compiled statements, so each of a build's ~1,000 events (a daily run's ~75 contract checks are three
-    events each) paid for both again: about a tenth of a small build's CPU. And a connection to a WAL database
-    that is the only one open pays most at its ends: opening it creates the ``-wal`` and ``-shm`` files, closing it
-    checkpoints, fsyncs and deletes them, about six times an event, and every commit fsyncs the WAL (thirty-fourth
-    session, ``benchmarks/dagster_events.py``). So each engine keeps one connection open (``QueuePool`` of one; a
-    second thread's connection is opened and closed as before), and a connection to a WAL database (all of
-    Dagster's) runs with ``synchronous = NORMAL``, SQLite's setting for WAL: a commit no longer waits for the disk,
-    the WAL is fsynced when it is checkpointed into the database (every ~4 MB, and when the last connection
-    closes). The database stays consistent whatever happens; a killed process loses nothing; a power cut or a
-    kernel crash can lose the last events committed before it (Dagster's run history, never a data file of the
-    home: the build decides from its own records what to run). Readers see each commit at once (through the WAL;
-    the webserver's live watch of a run's events follows the ``-wal`` file too:
-    :class:`KeptEngineSqliteEventLogStorage`). The kept connections are closed when the instance is disposed (the
-    end of a build, ``with DagsterInstance...``) and at the process's exit, so a finished command leaves no
-    ``-wal`` / ``-shm`` file. Nothing is shared between processes: the key holds the pid; before a fork the idle kept
-    connections are closed (``os.register_at_fork``: SQLite's lock bookkeeping, copied by a fork, would let the parent's
-    last close delete a WAL a child writes; review rev34j), and a forked child sets whatever the parent still had open
-    aside without closing it (closing an SQLite connection a fork inherited is what SQLite says never to do). The webserver and the daemon open the event database of every run
-    they read: only ``MAX`` engines are kept, and an engine pushed out is disposed."""
+    events each) paid for both again: about a tenth of a small build's CPU. An engine kept here still uses
+    ``NullPool``, so every connection is the same new SQLite connection as before (nothing is shared between
+    threads or with a forked child, which gets its own engines: the key holds the pid). The webserver and the
+    daemon open the event database of every run they read: only ``MAX`` engines are kept."""
 
     MAX = 8
 
@@ -162,11 +146,10 @@ class _Engines:
 
         self._lock = threading.Lock()
         self._kept: OrderedDict[tuple[int, str], Any] = OrderedDict()
-        self._inherited: list[Any] = []    # a forked child's copy of its parent's engines: never used, never closed
 
     def get(self, conn_string: str, timeout_s: float) -> Any:
         import sqlalchemy as db
-        from sqlalchemy.pool import QueuePool
+        from sqlalchemy.pool import NullPool
 
         key = (os.getpid(), conn_string)
         with self._lock:
@@ -174,102 +157,16 @@ class _Engines:
             if engine is not None:
                 self._kept.move_to_end(key)
                 return engine
-        # check_same_thread off: a kept connection may be given back by one thread and taken by another (never by
-        # two at once: the pool hands it to one holder at a time)
-        engine = db.create_engine(conn_string, poolclass=QueuePool, pool_size=1, max_overflow=-1,
-                                  connect_args={"timeout": timeout_s, "check_same_thread": False})
-        db.event.listen(engine, "connect", _note_settings)
-        db.event.listen(engine, "checkout", _wal_normal)
-        db.event.listen(engine, "checkin", _restore_settings)
-        pushed_out = []
+        engine = db.create_engine(conn_string, poolclass=NullPool, connect_args={"timeout": timeout_s})
         with self._lock:
-            kept = self._kept.setdefault(key, engine)
+            engine = self._kept.setdefault(key, engine)
             self._kept.move_to_end(key)
             while len(self._kept) > self.MAX:
-                pushed_out.append(self._kept.popitem(last=False)[1])
-        if kept is not engine:
-            engine.dispose()
-        for old in pushed_out:
-            old.dispose()
-        return kept
-
-    def close_all(self) -> None:
-        """Close the connections this process keeps (its engines stay, and open new ones when next used)."""
-        with self._lock:
-            engines = [engine for (pid, _), engine in self._kept.items() if pid == os.getpid()]
-        for engine in engines:
-            engine.dispose()
-
-    def close_before_fork(self) -> None:
-        """Before this process forks: close its kept connections that no one is using (review rev34j). SQLite keeps
-        per-process lock bookkeeping that a fork copies: a child opening its own connection to a database its parent
-        had open at the fork takes no lock of its own, so the parent's last close later checkpoints and deletes the
-        ``-wal`` / ``-shm`` the child still writes (its commits lost, no error). With nothing open at the fork the
-        child starts clean. The parent reopens on its next use (a fork is rare: a build's worker pools)."""
-        try:
-            self.close_all()
-        except Exception:  # noqa: BLE001 - never stop a fork; the child sets the engines aside anyway
-            pass
-
-    def forget_after_fork(self) -> None:
-        """In a forked child: the parent's engines are set aside, neither used nor closed."""
-        import threading
-        from collections import OrderedDict
-
-        self._inherited.append(self._kept)
-        self._kept = OrderedDict()
-        self._lock = threading.Lock()
-
-
-def _note_settings(dbapi_connection: Any, record: Any) -> None:
-    """Pool ``connect`` hook: the connection's own ``busy_timeout`` and ``secure_delete``, which
-    :func:`_restore_settings` puts back whenever it is given back (a user such as
-    ``coordinator.scrub_refused_run`` sets them for its own work: on a kept connection they would otherwise stay,
-    a 1 ms busy wait left for every later use)."""
-    cursor = dbapi_connection.cursor()
-    try:
-        record.info["settings"] = {name: int(cursor.execute(f"PRAGMA {name}").fetchone()[0])
-                                   for name in ("busy_timeout", "secure_delete")}
-    finally:
-        cursor.close()
-
-
-def _restore_settings(dbapi_connection: Any, record: Any) -> None:
-    """Pool ``checkin`` hook: :func:`_note_settings`' values put back on a connection that stays kept."""
-    import sqlite3
-
-    settings = record.info.get("settings") if record is not None else None
-    if dbapi_connection is None or not settings:
-        return
-    with contextlib.suppress(sqlite3.Error):
-        cursor = dbapi_connection.cursor()
-        try:
-            for name, value in settings.items():
-                cursor.execute(f"PRAGMA {name} = {int(value)}")
-        finally:
-            cursor.close()
-
-
-def _wal_normal(dbapi_connection: Any, record: Any, proxy: Any) -> None:
-    """Pool ``checkout`` hook: once a connection's database is in WAL mode (Dagster switches a new one right after
-    creating it), ``synchronous = NORMAL`` on it (:class:`_Engines`). A few microseconds until it is set."""
-    import sqlite3
-
-    if record.info.get("wal_normal"):
-        return
-    with contextlib.suppress(sqlite3.Error):
-        cursor = dbapi_connection.cursor()
-        try:
-            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
-                cursor.execute("PRAGMA synchronous=NORMAL")
-                record.info["wal_normal"] = True
-        finally:
-            cursor.close()
+                self._kept.popitem(last=False)
+        return engine
 
 
 ENGINES = _Engines()
-os.register_at_fork(before=ENGINES.close_before_fork, after_in_child=ENGINES.forget_after_fork)
-atexit.register(ENGINES.close_all)
 
 
 class CheckedSqliteRunStorage(SqliteRunStorage):
@@ -440,32 +337,9 @@ def give_build_runs_an_origin(instance: dg.DagsterInstance) -> int:
     return storage.give_build_runs_an_origin() if isinstance(storage, CheckedSqliteRunStorage) else 0
 
 
-class _WalWatchdog(SqliteEventLogStorageWatchdog):
-    """Dagster's watch of one run's event database, woken by a write to its ``-wal`` file too: with a kept connection
-    (:class:`_Engines`) a commit reaches the WAL, and the ``.db`` file only at the next checkpoint, so Dagster's
-    watch of the ``.db`` file alone would show a running run's events in bursts, minutes apart."""
-
-    def __init__(self, storage: SqliteEventLogStorage, run_id: str, callback: Any, cursor: str | None) -> None:
-        super().__init__(storage, run_id, callback, cursor)
-        self._patterns = [self._log_path, self._log_path + "-wal"]
-
-    def on_modified(self, event: Any) -> None:
-        self._process_log()
-
-
 class KeptEngineSqliteEventLogStorage(SqliteEventLogStorage):
     """Dagster's SQLite event log storage (one database per run, one index), connecting through a kept engine
-    (:class:`_Engines`) instead of a new one per connection; otherwise Dagster's ``_connect``, as it is. Its watch
-    of a run's events (the webserver's live run view) follows the run's ``-wal`` file too (:class:`_WalWatchdog`)."""
-
-    def watch(self, run_id: str, cursor: str | None, callback: Any) -> None:
-        from watchdog.observers import Observer
-
-        if not self._obs:
-            self._obs = Observer()
-            self._obs.start()
-        watchdog = _WalWatchdog(self, run_id, callback, cursor)
-        self._watchers[run_id][callback] = (watchdog, self._obs.schedule(watchdog, self._base_dir, recursive=True))
+    (:class:`_Engines`) instead of a new one per connection; otherwise Dagster's ``_connect``, as it is."""
 
     @contextlib.contextmanager
     def _connect(self, shard: str) -> Iterator[Any]:
@@ -490,10 +364,6 @@ class PickapicSqliteStorage(DagsterSqliteStorage):
         self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
         self._inst_data = inst_data
         super(DagsterSqliteStorage, self).__init__()
-
-    def dispose(self) -> None:
-        super().dispose()
-        ENGINES.close_all()   # the kept connections (:class:`_Engines`): a finished command leaves no -wal / -shm
 
     @classmethod
     def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]
