@@ -16,6 +16,36 @@ def report(result: dict, json_out: str | Path | None, indent: int = 1) -> None:
         Path(json_out).write_text(text + "\n")
 
 
+def in_child(function, *args):
+    """``function(*args)`` run in a forked child (a fresh process state, its own peak memory): returns its result
+    (JSON-able) and the child's peak RSS in KiB (``ru_maxrss``). A child that fails prints its traceback and this
+    raises ``RuntimeError``."""
+    import resource
+    import traceback
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read)
+            result = function(*args)
+            os.write(write, json.dumps([result, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss]).encode())
+            code = 0
+        except BaseException:   # noqa: BLE001 - printed, then the child ends
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    if status != 0 or not data:
+        raise RuntimeError("a benchmark child failed (its error is above)")
+    result, peak = json.loads(data)
+    return result, peak
+
+
 # --- work folders: what a benchmark may delete --------------------------------------------------------------
 #
 # A benchmark given ``--dir D`` works in folders under D that it wipes or reuses on the next run (D/home,

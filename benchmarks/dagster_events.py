@@ -20,11 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -79,27 +77,10 @@ def _measure(case: str, folder: Path, runs: int, assets: int) -> dict:
 
 
 def _in_child(case: str, folder: Path, runs: int, assets: int) -> dict:
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            result = _measure(case, folder, runs, assets)
-            result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            os.write(write, json.dumps(result).encode())
-            code = 0
-        except BaseException:
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
-        raise RuntimeError(f"the {case} case failed (its error is above)")
-    return json.loads(data)
+    from benchmarks import in_child
+
+    result, peak = in_child(_measure, case, folder, runs, assets)
+    return {**result, "peak_rss_mib": peak / 1024}
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -23,14 +23,12 @@ import argparse
 import hashlib
 import json
 import os
-import resource
 import shutil
 import stat
 import statistics
 import sys
 import tempfile
 import time
-import traceback
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -117,34 +115,23 @@ def old_index_jpgs(home, columns: dict, workers: int = 1):
     return jpgdigests.JpgIndex(keys, stats[:, 0].copy(), sha256, int(len(missing)), int(stats[missing, 0].sum()), stats)
 
 
+def _timed_index(function, *args) -> list:
+    """In a forked child (:func:`benchmarks.in_child`): ``function(*args)``'s seconds, the digest of its index and
+    the JPEGs it hashed."""
+    started = time.perf_counter()
+    index = function(*args)
+    seconds = time.perf_counter() - started
+    digest = hashlib.sha256()
+    index.digest_update(digest)
+    digest.update(index.identities.tobytes())
+    return [seconds, digest.hexdigest(), index.hashed]
+
+
 def _in_child(function, *args) -> tuple[float, int, str, int]:
     """Run ``function(*args)`` in a forked child: (seconds, peak RSS in KiB, digest of its index, JPEGs hashed)."""
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read)
-            started = time.perf_counter()
-            index = function(*args)
-            seconds = time.perf_counter() - started
-            digest = hashlib.sha256()
-            index.digest_update(digest)
-            digest.update(index.identities.tobytes())
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            os.write(write, json.dumps([seconds, peak, digest.hexdigest(), index.hashed]).encode())
-            code = 0
-        except BaseException:   # noqa: BLE001 - printed, then the child ends
-            traceback.print_exc()
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read, "rb") as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    if status != 0 or not data:
-        raise RuntimeError("a benchmark child failed (its error is above)")
-    seconds, peak, digest, hashed = json.loads(data)
+    from benchmarks import in_child
+
+    (seconds, digest, hashed), peak = in_child(_timed_index, function, *args)
     return seconds, peak, digest, hashed
 
 
