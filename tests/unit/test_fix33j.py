@@ -64,10 +64,10 @@ def test_a_hostile_cookie_header_is_refused_at_once(gate) -> None:
     """A neighbour's quoted value of backslash pairs (60,000 characters, the 64 KiB head's worth) costs the gate
     no more than its refusal; with the session cookie after it, the browser it was given to still gets in."""
     ui, app = gate
-    started = time.monotonic()
+    started = time.process_time()     # CPU time: a loaded machine (the full suite) stretches wall time
     assert _status(_call(ui, _with_cookies(_HOSTILE))) == 403
     assert _status(_call(ui, _with_cookies(_HOSTILE, client=("127.0.0.1", 1)))) == 403
-    assert time.monotonic() - started < 0.5
+    assert time.process_time() - started < 0.5
     session = _session(ui)
     assert _status(_call(ui, _with_cookies(f"{_HOSTILE}; pickapic-ui-3000={session}"))) == 200
     assert len(app.scopes) == 1
