@@ -18,7 +18,6 @@ peak RSS of each.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -85,7 +84,7 @@ def _in_child(case: str, folder: Path, runs: int, assets: int) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     sys.path.insert(0, str(REPO))
-    from benchmarks import work_folder
+    from benchmarks import report, work_folder
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=6, help="materializations timed per case")
@@ -112,9 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     results["stock_over_home_wall"] = round(results["stock"]["wall_s"] / results["home"]["wall_s"], 2)
     results["stock_over_home_cpu"] = round(results["stock"]["cpu_s"] / results["home"]["cpu_s"], 2)
     results["load_average"] = round(os.getloadavg()[0], 2)
-    print(json.dumps(results, indent=1))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+    report(results, args.json)
     return results
 
 
