@@ -27,7 +27,8 @@ Speed: each line is decoded with the standard ``json`` scanner and checked by a 
 ``parallel_min_bytes`` (16 MiB compressed, about 60,000 rankings) is read by ``workers`` (2) forked
 processes: each reads every file but validates only the lines whose primary key, as written in the
 raw bytes, routes to it (crc32 of the key; a line whose key cannot be read that way goes to worker
-0), and the parent merges the parts. If versions of one key still reach two workers, that table is
+0), and the parent merges the parts (an overlong line's key members are scanned once, by worker 0, and read by the
+others: ``reader.OverlongMembers``). If versions of one key still reach two workers, that table is
 redone in one process; if the workers read different bytes of one file (delivered again between their opens:
 each hashes the whole file), the day is read again in one process (review rev27b). The reference check reads other days through a per-day index of their raw
 images files' uids (``cache/raw_image_uids/dt=DAY.parquet``, written by that day's ingest, trusted
@@ -60,6 +61,7 @@ import re
 import shutil
 import stat
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -144,12 +146,15 @@ _TableResult = tuple[pa.Table, QuarantineSink, TableReport, set]
 
 
 def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: IngestConfig, raw_days: Sequence[str],
-                   part: tuple[int, int] = (0, 1), spill_dir: Path | None = None) -> dict[str, _TableResult]:
+                   part: tuple[int, int] = (0, 1), spill_dir: Path | None = None, *,
+                   overlong: Path | None = None) -> dict[str, _TableResult]:
     """Read, validate, de-duplicate and reference-check ``tables`` of one day; no writing.
 
     Returns, per table, its sorted Arrow table, its quarantine sink (closed: spilled rows are in
     ``spill_dir``), its report and the primary keys it saw. With ``part`` = (index, parts) only the
     lines routed to that part are validated (a worker of a large day); ``_merge_parts`` combines them.
+    ``overlong``: the folder of the tables' shared overlong-line members (``reader.OverlongMembers``, one file a
+    table): each overlong line is scanned once, by part 0.
     """
     date = parse_day(day)
     parsers = {table: config.line_parser(table, date) for table in tables}
@@ -161,7 +166,8 @@ def _ingest_tables(home: DataHome, day: str, tables: Sequence[str], config: Inge
         uid_sink = known_today if table == "images" else None
         indexing = uid_sink is not None and part[0] == 0   # one part writes today's uid index
         stat = stat_key(home.raw_file(day, table)) if indexing else None
-        runs[table] = read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir)
+        runs[table] = read_table(home, day, table, parsers[table], config, uid_sink, part, spill_dir,
+                                 overlong=overlong / f"{table}.members" if overlong is not None else None)
         if indexing and not runs[table].limited:   # a read that depends on the limits is not kept for other limits
             write_uid_index(home, day, known_today, runs[table].report.file_sha256, stat,
                             runs[table].report.status in ("ok", "empty"))
@@ -342,29 +348,42 @@ def _compute(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[
         # builds Arrow arrays (Arrow re-creates its thread pools after fork)
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         context = multiprocessing.get_context(method)
-        n = config.workers
-        # worker_pool: the workers die with this process (a fork shares its open lock files: the build lock, the
-        # spill folder's; a build SIGKILLed here left them held for good, review rev33e)
-        with worker_pool(n, context) as pool:
-            futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir)
-                       for i in range(n)]
-            parts = [future.result() for future in futures]
-        if not all(_same_file([p[table] for p in parts]) for table in RAW_TABLES):
-            # a raw file was delivered again between the workers' opens: their rows are of two deliveries (review
-            # rev27b); read the day again in one process, each file once
-            return {table: value[:3] for table, value
-                    in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
-        results = {}
-        for table in RAW_TABLES:
-            table_parts = [p[table] for p in parts]
-            if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
-                results[table] = _ingest_tables(home, day, (table,), config, raw_days,
-                                                spill_dir=spill_dir)[table][:3]
-            else:
-                results[table] = _merge_parts(table, table_parts)
-        return results
+        # worker 0 scans the key members of the overlong lines and writes them here; the other workers, and a table's
+        # redo below, read them (each overlong line scanned once per compute, review fix35d)
+        overlong = Path(tempfile.mkdtemp(dir=spill_dir, prefix="overlong-"))
+        try:
+            return _compute_parallel(home, day, config, raw_days, spill_dir, context, overlong)
+        finally:
+            shutil.rmtree(overlong, ignore_errors=True)
     return {table: value[:3] for table, value
             in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
+
+
+def _compute_parallel(home: DataHome, day: str, config: IngestConfig, raw_days: Sequence[str], spill_dir: Path,
+                      context, overlong: Path) -> dict[str, tuple[pa.Table, QuarantineSink, TableReport]]:
+    """The day read by ``config.workers`` forked workers (``_compute``), merged, or read again in one process."""
+    n = config.workers
+    # worker_pool: the workers die with this process (a fork shares its open lock files: the build lock, the
+    # spill folder's; a build SIGKILLed here left them held for good, review rev33e)
+    with worker_pool(n, context) as pool:
+        futures = [pool.submit(_ingest_tables, home, day, RAW_TABLES, config, raw_days, (i, n), spill_dir,
+                               overlong=overlong) for i in range(n)]
+        parts = [future.result() for future in futures]
+    if not all(_same_file([p[table] for p in parts]) for table in RAW_TABLES):
+        # a raw file was delivered again between the workers' opens: their rows are of two deliveries (review
+        # rev27b); read the day again in one process, each file once (its overlong lines scanned again: other bytes)
+        return {table: value[:3] for table, value
+                in _ingest_tables(home, day, RAW_TABLES, config, raw_days, spill_dir=spill_dir).items()}
+    results = {}
+    for table in RAW_TABLES:
+        table_parts = [p[table] for p in parts]
+        if _split_keys(table_parts):  # versions of one key met different workers: redo it whole
+            # with the members worker 0 scanned (the same bytes read again: none scanned twice)
+            results[table] = _ingest_tables(home, day, (table,), config, raw_days, spill_dir=spill_dir,
+                                            overlong=overlong)[table][:3]
+        else:
+            results[table] = _merge_parts(table, table_parts)
+    return results
 
 
 def _raw_inputs(home: DataHome, scan: RawZoneScan, day: str) -> list:

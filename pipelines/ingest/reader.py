@@ -31,9 +31,13 @@ the lines whose primary key, as written in the raw bytes, routes to it (``_route
 """
 from __future__ import annotations
 
+import dataclasses
+import os
 import pickle
 import re
+import struct
 import tempfile
+import time
 import zlib
 from pathlib import Path
 from typing import Iterator
@@ -184,13 +188,135 @@ def _route_members(line: lines.OverlongLine, parts: int) -> int:
     return zlib.crc32(value) % parts if value is not None and _ROUTE_VALUE_RE.fullmatch(value) else 0
 
 
+class OverlongMembers:
+    """The key members of a raw file's overlong lines (``OverlongLine.members``), scanned by one reader and read by
+    the others (review fix35d: every worker of a parallel day ran :class:`~pipelines.ingest.lines.MemberScan` over
+    every overlong line, up to ``MemberScan.BUDGET`` bytes a line each, to route it: the work multiplied by the
+    number of workers).
+
+    The file ``path`` (in the ingest's private scratch folder, one per compute and table) holds, in line order, one
+    record per overlong line: (line number, length, sha256, members), then an end record. Worker 0 writes it as it
+    reads (:meth:`publish`, :meth:`finish`); another worker, on an overlong line, waits until the record of that line
+    number, a later one or the end is written (:meth:`members`: worker 0 reads the same lines, never waits on another
+    worker, so the wait ends), and uses the members only when the line has the same length and sha256 (the same
+    bytes, so the same members); otherwise (the workers read two versions of the file: the day is read again in one
+    process, ``_compute``) it has none. The table's redo in one process after its keys split between workers reads the
+    complete file the same way (``strict``: a line of other bytes there means the file changed meanwhile, an error,
+    as :func:`fill_pending` says). Memory: one record at a time; records are framed by their length, so a record being
+    written is never read half."""
+
+    _END = None
+    _FRAME = struct.Struct(">Q")
+    POLL_S = 0.002     # the first wait between looks at the file, doubled up to MAX_POLL_S
+    MAX_POLL_S = 0.05
+
+    def __init__(self, path: Path, *, strict: bool = False):
+        self.path = path
+        self.strict = strict
+        self._fd: int | None = None     # the writer's
+        self._handle = None             # a reader's
+        self._next: tuple | None = None   # the record read but not used yet
+        self._ended = False
+
+    # --- the writer (worker 0) ---------------------------------------------------------------
+    def open_for_writing(self) -> None:
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o600)
+
+    def _write(self, record) -> None:
+        data = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+        frame = self._FRAME.pack(len(data)) + data
+        while frame:
+            frame = frame[os.write(self._fd, frame):]
+
+    def publish(self, number: int, line: lines.OverlongLine) -> None:
+        self._write((number, line.length, line.sha256, line.members))
+
+    def finish(self) -> None:
+        """The end record (also when the read failed: the others then stop waiting); closes the file."""
+        if self._fd is not None:
+            try:
+                self._write(self._END)
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    # --- a reader (another worker, or the table's redo) --------------------------------------
+    def _read_record(self, wait: bool):
+        """The next record (waiting for the writer while ``wait``), or ``_END``."""
+        delay = self.POLL_S
+        while True:
+            if self._handle is None:
+                try:
+                    self._handle = open(self.path, "rb")   # our own file, in our private scratch folder
+                except FileNotFoundError:
+                    self._handle = None
+            if self._handle is not None:
+                start = self._handle.tell()
+                head = self._handle.read(self._FRAME.size)
+                if len(head) == self._FRAME.size:
+                    size = self._FRAME.unpack(head)[0]
+                    body = self._handle.read(size)
+                    if len(body) == size:
+                        return pickle.loads(body)
+                self._handle.seek(start)     # a record not whole yet
+            if not wait:
+                return self._END
+            time.sleep(delay)
+            delay = min(delay * 2, self.MAX_POLL_S)
+
+    def members(self, number: int, line: lines.OverlongLine) -> lines.OverlongLine:
+        """``line`` with the members the writer scanned for it (None when it has no record of these bytes)."""
+        while not self._ended and (self._next is None or self._next[0] < number):
+            record = self._read_record(wait=not self.strict)
+            if record is self._END:
+                self._ended = True
+                self._next = None
+            else:
+                self._next = record
+        found = self._next
+        if found is not None and found[0] == number and found[1:3] == (line.length, line.sha256):
+            return dataclasses.replace(line, members=found[3])
+        if self.strict:
+            raise RuntimeError(f"the raw file of line {number} changed while it was ingested (an overlong line's bytes "
+                               "differ from the first read); ingest the day again")
+        return line
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
 def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
                uid_sink: set[str] | None = None, part: tuple[int, int] = (0, 1),
-               spill_dir: Path | None = None) -> TableRun:
+               spill_dir: Path | None = None, *, overlong: Path | None = None) -> TableRun:
     """Validate every line of one raw file (of ``part`` = (index, parts): only the lines routed to
-    it), then resolve exact duplicates and key conflicts."""
+    it), then resolve exact duplicates and key conflicts.
+
+    ``overlong``: the file of the key members of the overlong lines (:class:`OverlongMembers`), each line scanned
+    once: part 0 of several writes it, the other parts (and a redo in one process, once it is whole) read it;
+    without it every reader scans the overlong lines itself."""
+    shared = None
+    if overlong is not None:
+        if part[1] > 1 and part[0] == 0:
+            shared = OverlongMembers(overlong)
+            shared.open_for_writing()
+        else:
+            shared = OverlongMembers(overlong, strict=part[1] == 1)
+    try:
+        return _read_table(home, day, table, parser, config, uid_sink, part, spill_dir, shared)
+    finally:
+        if shared is not None:
+            shared.finish()   # the writer's end record, even when the read failed: no reader waits for good
+            shared.close()
+
+
+def _read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, config: IngestConfig,
+                uid_sink: set[str] | None, part: tuple[int, int], spill_dir: Path | None,
+                shared: OverlongMembers | None) -> TableRun:
     run = TableRun(home, day, table, spill_dir)
     index, parts = part
+    writer = shared is not None and parts > 1 and index == 0
     route = _ROUTE_RE[table]
     report = run.report
     raw = open_raw(home, run.path, config=config)
@@ -208,8 +334,15 @@ def read_table(home: DataHome, day: str, table: str, parser: rp.LineParser, conf
         # only the rows routed to it (about 1/parts of them), so each of its rows counts for ``parts`` (review rev34a)
         counting = isinstance(uid_sink, UidSet)
         key_name = PRIMARY_KEYS[table]
-        for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut, key_name):
+        # a reader of the shared members scans nothing: the writer's record of the line's bytes says its members
+        scanned = key_name if shared is None or writer else None
+        for number, data in lines.iter_lines(chunks, max_bytes, lambda: raw.cut, scanned):
             if type(data) is not bytes:
+                if shared is not None:
+                    if writer:
+                        shared.publish(number, data)
+                    else:
+                        data = shared.members(number, data)
                 # never decoded, but a version of its key all the same when its top-level key member reads one way
                 # (review rev34a): routed by that key as written, like any line
                 if parts > 1 and _route_members(data, parts) != index:

@@ -146,13 +146,13 @@ def test_workers_that_read_two_deliveries_of_a_file_give_the_day_of_one_delivery
     read_table = ingest.read_table
 
     def part_0_reads_after_a_redelivery(home_, day, table, parser, config, uid_sink=None, part=(0, 1),
-                                        spill_dir=None):
+                                        spill_dir=None, **options):
         if table == "rankings" and part == (0, 2):
             deadline = time.monotonic() + 60
             while not flag.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
             _redeliver(home_.raw_file(day, "rankings"), _corrected(builder))
-        run = read_table(home_, day, table, parser, config, uid_sink, part, spill_dir)
+        run = read_table(home_, day, table, parser, config, uid_sink, part, spill_dir, **options)
         if table == "rankings" and part == (1, 2):
             flag.write_text("read")
         return run

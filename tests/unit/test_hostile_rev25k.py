@@ -50,13 +50,13 @@ def test_mask_line_is_linear_on_a_long_prompt_without_an_at_sign() -> None:
 _REAL_INGEST_TABLES = ingest._ingest_tables
 
 
-def _buggy_in_a_worker(home, day, tables, config, raw_days, shard=None, spill_dir=None):
+def _buggy_in_a_worker(home, day, tables, config, raw_days, shard=None, spill_dir=None, **options):
     """The worker's own code with an interpreter bug (a dict changed while iterated) when run as a shard."""
     if shard is not None:
         seen = {1: 1}
         for key in seen:
             seen[key + 1] = 1
-    return _REAL_INGEST_TABLES(home, day, tables, config, raw_days, shard, spill_dir)
+    return _REAL_INGEST_TABLES(home, day, tables, config, raw_days, shard, spill_dir, **options)
 
 
 def test_an_interpreter_error_in_an_ingest_worker_keeps_its_traceback(tmp_path: Path, monkeypatch) -> None:

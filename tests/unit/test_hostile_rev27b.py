@@ -96,13 +96,13 @@ def test_the_workers_of_a_large_day_never_merge_two_deliveries_of_one_file(fast_
     read_table = ingest.read_table
 
     def one_worker_reads_after_a_redelivery(home_, day, table, parser, config, uid_sink=None, part=(0, 1),
-                                            spill_dir=None):
+                                            spill_dir=None, **options):
         if table == "rankings" and part == (1, 2):
             deadline = time.monotonic() + 60
             while not flag.exists() and time.monotonic() < deadline:
                 time.sleep(0.01)
             _redeliver(home_.raw_file(day, "rankings"), corrected)
-        run = read_table(home_, day, table, parser, config, uid_sink, part, spill_dir)
+        run = read_table(home_, day, table, parser, config, uid_sink, part, spill_dir, **options)
         if table == "rankings" and part == (0, 2):
             flag.write_text("read")
         return run

@@ -61,10 +61,10 @@ def _build(capsys: pytest.CaptureFixture, *args: str) -> tuple[int, str]:
 _FAILING: dict = {}   # the real _ingest_tables and the file the disk fails at: set before the pool forks
 
 
-def _failing(h, day, tables, config, raw_days, part=(0, 1), spill_dir=None):
+def _failing(h, day, tables, config, raw_days, part=(0, 1), spill_dir=None, **options):
     if part != (0, 1):     # in a forked worker of the parallel ingest: the disk fails reading the day's file
         raise OSError(errno.EIO, os.strerror(errno.EIO), str(_FAILING["unreadable"]))
-    return _FAILING["real"](h, day, tables, config, raw_days, part, spill_dir=spill_dir)
+    return _FAILING["real"](h, day, tables, config, raw_days, part, spill_dir=spill_dir, **options)
 
 
 def test_an_ingest_workers_error_is_the_builds_error_not_a_sigterm(home: Path, capsys, monkeypatch) -> None:
