@@ -1645,7 +1645,67 @@ class _Unreadable:
 UNREADABLE = _Unreadable()
 _WS = "[ \t\r\n]*"
 _KEY_RES: dict[str | None, tuple[re.Pattern, bytes]] = {}
-_LENIENT = json.JSONDecoder(strict=False)
+
+
+class _AsWritten(float):
+    """A JSON number whose double is a whole number (or an overflow) but not the number written
+    (``9007199254740993.0``, ``4503599627370497.5``, ``1e-400``, ``1e400``): ``text`` keeps how it was written, so a
+    key or an identity reads the number itself, as the ingest does (``pipelines.ingest.parse._WrittenNumber``),
+    never its rounding (review rev35a: ``9007199254740993.0`` was the id 2^53)."""
+
+    __slots__ = ("text",)
+
+
+def _float_as_written(text: str) -> float:
+    """The decoder's number with a fraction or an exponent: its float, or an :class:`_AsWritten` where that float
+    is a whole number (or infinite) that is not the number written."""
+    value = float(text)
+    if value.is_integer() or math.isinf(value):
+        try:
+            exact = decimal.Decimal(text) == value
+        except ArithmeticError:
+            exact = False
+        if not exact:
+            marked = _AsWritten(value)
+            marked.text = text
+            return marked
+    return value
+
+
+def _integer_as_written(value: object) -> int | None:
+    """The integer a decoded JSON value is as written (``5``, ``5.0``, ``5e0``, ``9007199254740993.0``); None for
+    anything else (a fraction, ``1e-400``, a number past 40 digits written with an exponent, ``1e400``, a NaN, a
+    string, a boolean, null): :meth:`pipelines.ingest.parse.LineParser.key_of`'s reading, without its range."""
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is float:        # a plain float is exactly the number written
+        return int(value) if math.isfinite(value) and value.is_integer() else None
+    if kind is not _AsWritten:
+        return None
+    try:
+        exact = decimal.Decimal(value.text)
+    except ArithmeticError:
+        return None
+    if not exact.is_finite() or exact.adjusted() > 40 or exact != exact.to_integral_value():
+        return None
+    return int(exact)
+
+
+def _alike(a: object, b: object) -> bool:
+    """Whether two values of a member named twice are one value as written (the ingest's ``parse._alike``): the same
+    type and value, and a number kept as written (:class:`_AsWritten`) the same number."""
+    if type(a) is not type(b) or a != b:
+        return False
+    if type(a) is not _AsWritten or a.text == b.text:
+        return True
+    try:
+        return decimal.Decimal(a.text) == decimal.Decimal(b.text)
+    except ArithmeticError:
+        return False
+
+
+_LENIENT = json.JSONDecoder(strict=False, parse_float=_float_as_written)
 
 
 def _key_re(name: str | None) -> tuple[re.Pattern, bytes]:
@@ -1716,24 +1776,25 @@ def _json_members(text: str) -> Iterator[tuple[str, object]]:
 def _scan_key(piece: bytes, name: str) -> int | None | _Unreadable:
     """The value of member ``name`` of the JSON object a line's first piece starts (bytes that are not UTF-8
     read as escapes, members read by :func:`_json_members` up to the end of the piece): an integer (a number with
-    no fraction, ``5.0``, as the ingest reads it), None for null; UNREADABLE for a line that is no JSON object,
-    lacks the member (in its first piece), names it twice with two values (the ingest reads no key there either),
-    or holds another value (a string, a boolean, a fraction). A member after the key that cannot be decoded (a
+    no fraction, ``5.0``, ``5e0``, as the ingest reads it: as written, :func:`_integer_as_written`; review rev35a:
+    ``9007199254740993.0`` was 2^53 and ``4503599627370497.5`` 4503599627370498, their doubles, so a line another
+    exporter wrote was taken for another id's row and dropped by a re-export), None for null; UNREADABLE for a line
+    that is no JSON object, lacks the member (in its first piece), names it twice with two values as written (the
+    ingest reads no key there either), or holds another value (a string, a boolean, a fraction, ``1e-400``). A member after the key that cannot be decoded (a
     value cut by the piece's end, a NaN) leaves the key read: the ingest keys such a line too
     (``LineParser.decoded_key``)."""
     found, seen = UNREADABLE, False
     for member, value in _json_members(piece.decode("utf-8", "surrogateescape")):
         if member == name:
-            if seen and (type(value) is not type(found) or value != found):
+            if seen and not _alike(value, found):
                 return UNREADABLE
             found, seen = value, True
     if not seen:
         return UNREADABLE
     if found is None:
         return None
-    if type(found) is float and math.isfinite(found) and found.is_integer():
-        return int(found)
-    return found if type(found) is int else UNREADABLE
+    key = _integer_as_written(found)
+    return UNREADABLE if key is None else key
 
 
 # Review rev30b: the columns that say which row an id names, in row_days.sql's order (int: an integer column,
@@ -1765,9 +1826,8 @@ def _identity_part(value: object, kind: type, exact: bool) -> str | None:
     if value is None:
         return "-"
     if kind is int:
-        if type(value) is float and math.isfinite(value) and value.is_integer():
-            value = int(value)
-        return str(value) if type(value) is int else None
+        value = _integer_as_written(value)      # as written (review rev35a: 9007199254740993.0 was 2^53)
+        return None if value is None else str(value)
     if type(value) is not str:
         return None
     if not exact and not value.isascii():
@@ -1788,7 +1848,7 @@ def row_identity(piece: bytes, table: str, exact: bool = True) -> int:
     found: dict[str, object] = {}
     for member, value in _json_members(piece.decode("utf-8", "surrogateescape")):
         if member in columns:
-            if member in found and (type(found[member]) is not type(value) or found[member] != value):
+            if member in found and not _alike(found[member], value):
                 return UNKNOWN_IDENTITY
             found[member] = value
     parts = []
@@ -2529,6 +2589,7 @@ def undated_warning(undated: dict[str, dict]) -> str:
 
 VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
 COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows, max id, id digest of a raw day's files
+COUNTS_READING = 2    # how its entries read ids (2: as written, review rev35a; entries without it are recomputed)
 LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
 DIGEST_MOD = 1 << 64
 _M32 = 0xFFFFFFFF
@@ -2616,12 +2677,14 @@ def _cached_counts(cache_file: Path) -> dict:
 
 
 def _valid_entry(entry: object, key: list[int]) -> bool:
-    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked] for the file's
-    current ``key``, with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
+    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked, COUNTS_READING] for
+    the file's current ``key``, with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
     entry is recomputed, never trusted or failing the export; an entry of before review rev29c, without a
-    digest, is recomputed once). The ctime is what ``utime`` cannot set: a file rewritten in place with its
-    size and mtime put back (``cp -p``) kept its old counts (review rev21c)."""
-    return (isinstance(entry, list) and len(entry) == 8 and all(type(v) is int for v in entry[:4])
+    digest, or of before review rev35a, its ids read by their doubles, is recomputed once). The ctime is what ``utime``
+    cannot set: a file rewritten in place with its size and mtime put back (``cp -p``) kept its old counts (review
+    rev21c)."""
+    return (isinstance(entry, list) and len(entry) == 9 and type(entry[8]) is int and entry[8] == COUNTS_READING
+            and all(type(v) is int for v in entry[:4])
             and entry[:4] == key and type(entry[4]) is int and entry[4] >= 0
             and (entry[5] is None or type(entry[5]) is int)
             and type(entry[6]) is int and 0 <= entry[6] < DIGEST_MOD
@@ -2652,7 +2715,7 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
             continue
         entry = cached.get(table)
         if not _valid_entry(entry, key):
-            entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None]
+            entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None, COUNTS_READING]
         fresh[table] = entry
         out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]))
     if fresh != cached:
