@@ -20,10 +20,10 @@ first); a record is at most 16 values of 256 bytes plus its sha256 and numbers (
 ``SPELLINGS``), so the record file grows by at most about 4 KiB per overlong line of at least ``max_line_bytes``.
 
 Noticed, not filed: a line cut short or with trailing garbage after its object (``{"download_id":5,...} x``) is keyed
-5 by the export's fast path and keyless by the ingest: the export keys its own cut lines on purpose (documented); the
-fix35d attacks that need a killed worker mid-file on a multi-MiB day (leftover ``overlong-*`` folders after SIGKILL of
-the parent) were not run for lack of time (the spill folder that holds ``overlong-*`` is swept by its lock,
-``sweep_spill_folders``). Measured: a day of 3,002 overlong downloads lines (1.1 KB, ``max_line_bytes`` 1,000, one
+5 by the export's fast path and keyless by the ingest: the export keys its own cut lines on purpose (documented).
+Run, held: worker 0 (of 3, real forks, 200 overlong lines) raising or SIGKILLed at its 31st overlong line: the ingest
+ended in about a second (the error, or ``WorkerProcessDied``), nothing left in ``cache/tmp``; a SIGKILL of the parent
+was not run (``overlong-*`` lives in the spill folder, which its lock lets the next ingest sweep). Measured: a day of 3,002 overlong downloads lines (1.1 KB, ``max_line_bytes`` 1,000, one
 line exactly at the limit, one a byte over) ingested with 1 and 2 workers gave byte-identical outputs (8.8 s and 5.0 s
 here), the members file 320,856 bytes (about 107 bytes a line). Also noticed: a raw control character in a string
 (``"a<TAB>b"``) is keyed by the export (its decoder is lenient on purpose) and keyless in the ingest.
