@@ -169,6 +169,21 @@ def _from_rank0(value: Any, world: int) -> Any:
     return value
 
 
+def _share_failure(failure: BaseException | None, rank: int, world: int) -> None:
+    """Where rank 0 failed in what it alone does (it reads and changes the run folder, builds or loads the scratch
+    model's ``init/``), every rank fails with its reason: rank 0 raises ``failure``, the others a ``ValueError`` of
+    the same text (a refusal's) or naming it (review: a refusal raised on rank 0 alone left the other ranks waiting
+    in the next collective, or reading a later message of rank 0 as this one's). Every rank calls it at the same
+    point, so it is also a barrier: no rank goes on before rank 0's work is done."""
+    told = None if failure is None else (str(failure) if isinstance(failure, ValueError)
+                                         else f"rank 0 stopped with {type(failure).__name__}: {failure}")
+    told = _from_rank0(told, world)
+    if failure is not None:
+        raise failure
+    if told is not None:
+        raise ValueError(told)
+
+
 class TrainingDiverged(ValueError):
     """The loss, the weights or an evaluation's scores turned NaN or infinite: the run stops, keeps its last
     checkpoint whose evaluation was finite, and records the divergence (``diverged.json``) so that a rerun
@@ -818,25 +833,47 @@ def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, w
             raise
 
 
+def _scratch_init(config: TrainConfig, init_dir: Path, data_dir: Path, home: Path | None,
+                  restart: dict[str, Any] | None) -> tuple[Any, Any, TrainConfig | None]:
+    """Rank 0, a scratch run without a checkpoint: (clip, processor, the config to save ``init/`` with, or None where
+    ``init/`` is kept). init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has
+    trained from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
+    before its first checkpoint; or an init/ written before the version was stored) is built again, and so are one
+    whose tokenizer another code made (review rev34c) and the init/ of a run started over (it is removed with the
+    rest). A stale init/ of another recipe is refused."""
+    built_on = None
+    if restart is None and (init_dir / "config.json").is_file():
+        built = TrainConfig.load(init_dir, resolve=False)
+        _check_resumable(built, config, home)  # a stale init/ from another recipe
+        built_on = built.data_dir
+    if built_on not in (str(data_dir), home_relative(str(data_dir), home)) \
+            or tokenizer_version(init_dir) != TOKENIZER_VERSION:
+        clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
+        return clip, processor, config.replace(data_dir=str(data_dir))   # saved once the run folder may change
+    clip, processor = load_model(init_dir)
+    return clip, processor, None
+
+
 def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
                   device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint. Everything is
-    # checked before anything in the run folder changes: a refused run leaves it as it was
-    refusal, restart = None, None
+    # checked before anything in the run folder changes: a refused run leaves it as it was. What rank 0 alone does
+    # keeps its failure and shares it (_share_failure): every rank ends with it, none waits for a rank that gave up
+    restart, failure = None, None
     if rank == 0:
-        for folder in (last_dir, best_dir, init_dir):
-            _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
-        refusal, restart = _after_divergence(out, config, data_dir, home)
-        if refusal is None and restart is None:
-            try:
+        try:
+            for folder in (last_dir, best_dir, init_dir):
+                _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
+            refusal, restart = _after_divergence(out, config, data_dir, home)
+            if refusal is not None:
+                raise ValueError(refusal)
+            if restart is None:   # its mark unreadable: refused, the run left as it is, on every rank
                 restart = _stale_tokenizer(out, config, home)
-            except ValueError as err:   # its mark unreadable: the run is left as it is, on every rank
-                refusal = str(err)
-    refusal, restart = _from_rank0((refusal, restart), world)
-    if refusal is not None:
-        raise ValueError(refusal)
-    _barrier(world)
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+    _share_failure(failure, rank, world)
+    restart = _from_rank0(restart, world)
     state, clip, processor, new_init = None, None, None, None
     if restart is None and (last_dir / STATE_FILE).is_file():
         saved = TrainConfig.load(last_dir, resolve=False)
@@ -852,33 +889,23 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         _check_continuation(saved, config, state["step"], out, world, state.get("world_size"))
         _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
     elif config.init_from == "scratch":
-        # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
-        # from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
-        # before its first checkpoint; or an init/ written before the version was stored) is built again, and so
-        # are one whose tokenizer another code made (review rev34c) and the init/ of a run started over (it is
-        # removed with the rest)
-        built_on = None
-        if rank == 0 and restart is None and (init_dir / "config.json").is_file():
-            built = TrainConfig.load(init_dir, resolve=False)
-            _check_resumable(built, config, home)  # a stale init/ from another recipe
-            built_on = built.data_dir
-        if rank == 0:
-            if built_on not in (str(data_dir), home_relative(str(data_dir), home)) \
-                    or tokenizer_version(init_dir) != TOKENIZER_VERSION:
-                clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-                new_init = config.replace(data_dir=str(data_dir))   # saved once the run folder may change
-            else:
-                clip, processor = load_model(init_dir)
+        if rank == 0:   # rank 0 alone: a failure is shared at the barrier below
+            try:
+                clip, processor, new_init = _scratch_init(config, init_dir, data_dir, home, restart)
+                _check_max_length(config, clip, processor, shown_path(config.init_from))
+            except Exception as exc:   # noqa: BLE001 - told to every rank at the barrier, then raised here
+                failure = exc
     else:
         _refuse_init_inside(out, config, restart is not None)
         clip, processor = load_model(config.init_from)
     source = shown_path(config.init_from) if state is None else last_dir   # a credential in it never shown
-    if clip is not None:
-        _check_max_length(config, clip, processor, source)
+    if clip is not None and failure is None and not (state is None and config.init_from == "scratch"):
+        _check_max_length(config, clip, processor, source)   # every rank (a scratch model's: above, rank 0)
     # ---- every check passed: now the run folder changes (rank 0). A training that changes the model first marks
     # the run unfinished and removes what was published about the model it held; a finished run rerun at its
     # max_steps only evaluates again (its model, and what was published about it, stay)
-    if rank == 0:
+
+    def change_run_folder() -> None:
         if restart is not None:
             _start_over(out, config, restart, emit)
         elif state is None or state["step"] < config.max_steps or not _finished_here(out, state["step"]):
@@ -888,7 +915,13 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
         if state is not None and _best_behind(best_dir, state):   # killed between checkpoints/last/ and best/:
             _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, state["best"]), out)
-    _barrier(world)
+
+    if rank == 0 and failure is None:
+        try:
+            change_run_folder()
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+    _share_failure(failure, rank, world)   # the barrier: init/ is written before another rank reads it
     if state is None and config.init_from == "scratch":
         clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
         if rank != 0:
