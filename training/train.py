@@ -35,7 +35,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -182,6 +182,16 @@ def _share_failure(failure: BaseException | None, rank: int, world: int) -> None
         raise failure
     if told is not None:
         raise ValueError(told)
+
+
+@contextlib.contextmanager
+def _kept(failures: list[BaseException]) -> Iterator[None]:
+    """Keep in ``failures`` the ``Exception`` the block raises, to be shared (:func:`_share_failure`) at the point
+    every rank reaches next, instead of raising it on this rank alone."""
+    try:
+        yield
+    except Exception as exc:   # noqa: BLE001 - shared with every rank, then raised on this one
+        failures.append(exc)
 
 
 class TrainingDiverged(ValueError):
@@ -1003,20 +1013,22 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             gathered_rngs: list[Any] = [None] * world
             dist.all_gather_object(gathered_rngs, rngs[0])
             rngs = gathered_rngs
+        failed: list[BaseException] = []   # rank 0's failure to save: every rank stops with it at the barrier
         if rank == 0:
-            trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs, "world_size": world,
-                             "running_loss": [float(running), int(running_n)], "open_shards": opened,
-                             # the resolved version (home-relative): a resume must not switch
-                             "data_version_dir": home_relative(str(data_dir), home)})
+            with _kept(failed):
+                trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "history": history, "best": best, "torch_rng": rngs, "world_size": world,
+                                 "running_loss": [float(running), int(running_n)], "open_shards": opened,
+                                 # the resolved version (home-relative): a resume must not switch
+                                 "data_version_dir": home_relative(str(data_dir), home)})
 
-            def write(d: Path) -> None:
-                _save_model(d, clip, processor, config, home)
-                torch.save(trainer_state, d / STATE_FILE)
-            _save_dir_atomic(last_dir, write, out)
-            if improved:   # after the state naming it: a kill between the two is repaired by the resume (_best_behind)
-                _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, best), out)
-        _barrier(world)
+                def write(d: Path) -> None:
+                    _save_model(d, clip, processor, config, home)
+                    torch.save(trainer_state, d / STATE_FILE)
+                _save_dir_atomic(last_dir, write, out)
+                if improved:   # after the state naming it: a kill between the two is repaired by the resume (_best_behind)
+                    _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, best), out)
+        _share_failure(failed[0] if failed else None, rank, world)
 
     def record_eval() -> None:
         nonlocal best
@@ -1024,7 +1036,11 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         # checkpoints/last/ and best/ keep the previous checkpoint's steps, all of them verified
         opened = verify_trained()
         _check_finite_weights(scorer, step)   # every rank holds the same weights: all stop, none checkpoints
-        entry, problem = validate()
+        failed: list[BaseException] = []   # rank 0's evaluation failed (an unreadable split): every rank stops
+        entry, problem = None, None
+        with _kept(failed):
+            entry, problem = validate()
+        _share_failure(failed[0] if failed else None, rank, world)
         # finite weights may still be too large to score with (a divergence in the last steps, before any
         # further loss could turn NaN): every rank stops before this step is reported or checkpointed
         problem = _from_rank0(problem, world)
@@ -1098,50 +1114,54 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
-    result, final_problem = None, None
+    result, final_problem, failed = None, None, []
     if rank == 0:
-        best_clip, best_processor = load_model(best_dir)
-        best_scorer = PairScorer(best_clip).to(device)
-        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
-                      bf16=config.bf16, max_length=config.max_length)
-        selection = score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs)
-        tested = score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs)
-        why = _non_finite(selection, config.eval_split) or _non_finite(tested, config.test_split)
-        if why is None:
-            test = evaluate_scores(selection, tested, config.eval_split, config.test_split)
-            test.model_dir = home_relative(str(best_dir), home)
-            train_losses = [h["loss"] for h in history if "loss" in h]
-            metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
-                       "n_parameters": count_parameters(clip), "world_size": world,
-                       "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
-                       "final_train_loss": train_losses[-1] if train_losses else None,
-                       "test": test.to_dict(), "history": history}
-            try:   # strict JSON: a NaN or infinity written bare is no JSON (every number above is checked finite)
-                text = json.dumps(metrics, indent=1, sort_keys=True, allow_nan=False)
-            except ValueError:
-                why = f"metrics.json would hold NaN or infinite values ({_non_finite_paths(metrics)[:3]})"
-        if why is not None:
-            final_problem = (best["step"], f"the best checkpoint's (step {best['step']}) final evaluation: {why}")
+        with _kept(failed):   # rank 0's failure (an unreadable best/ or split) shared below: every rank stops with it
+            best_clip, best_processor = load_model(best_dir)
+            best_scorer = PairScorer(best_clip).to(device)
+            kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
+                          bf16=config.bf16, max_length=config.max_length)
+            selection = score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs)
+            tested = score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs)
+            why = _non_finite(selection, config.eval_split) or _non_finite(tested, config.test_split)
+            if why is None:
+                test = evaluate_scores(selection, tested, config.eval_split, config.test_split)
+                test.model_dir = home_relative(str(best_dir), home)
+                train_losses = [h["loss"] for h in history if "loss" in h]
+                metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
+                           "n_parameters": count_parameters(clip), "world_size": world,
+                           "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+                           "final_train_loss": train_losses[-1] if train_losses else None,
+                           "test": test.to_dict(), "history": history}
+                try:   # strict JSON: a NaN or infinity written bare is no JSON (every number above is checked finite)
+                    text = json.dumps(metrics, indent=1, sort_keys=True, allow_nan=False)
+                except ValueError:
+                    why = f"metrics.json would hold NaN or infinite values ({_non_finite_paths(metrics)[:3]})"
+            if why is not None:
+                final_problem = (best["step"], f"the best checkpoint's (step {best['step']}) final evaluation: {why}")
+    _share_failure(failed[0] if failed else None, rank, world)
     final_problem = _from_rank0(final_problem, world)
     if final_problem is not None:   # never reported as a trained model, on any rank
         raise _diverged(*final_problem)
     if rank == 0:
-        metrics_path = out / "metrics.json"
-        if read_small_file(metrics_path, 256 << 20) != (text + "\n").encode():   # a rerun that only evaluates
-            write_bytes_atomic(metrics_path, (text + "\n").encode())             # again leaves it as it was
-        curve_path = write_curve(history, out / "curve.png",
-                                 f"{config.preset} preset, init {Path(config.init_from).name}: "
-                                 f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
-        if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
-            dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
-            remove_run_path(out / TRAINING_FILE)
-            dataset.fsync_dir(out, unsupported_ok=True)
-        pairs = loop_steps * config.batch_size
-        result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
-                             metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
-                             time.perf_counter() - started, world, pairs / loop_s if loop_s > 0 else 0.0, history)
-        emit({"event": "done", **result.metadata()})
-    _barrier(world)
+        with _kept(failed):
+            metrics_path = out / "metrics.json"
+            if read_small_file(metrics_path, 256 << 20) != (text + "\n").encode():   # a rerun that only evaluates
+                write_bytes_atomic(metrics_path, (text + "\n").encode())             # again leaves it as it was
+            curve_path = write_curve(history, out / "curve.png",
+                                     f"{config.preset} preset, init {Path(config.init_from).name}: "
+                                     f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
+            if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
+                dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
+                remove_run_path(out / TRAINING_FILE)
+                dataset.fsync_dir(out, unsupported_ok=True)
+            pairs = loop_steps * config.batch_size
+            result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
+                                 metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
+                                 time.perf_counter() - started, world, pairs / loop_s if loop_s > 0 else 0.0, history)
+            emit({"event": "done", **result.metadata()})
+    _share_failure(failed[0] if failed else None, rank, world)
+    _barrier(world)   # every rank done before any leaves the group
     if result is None:  # non-zero ranks: a light result naming the shared outputs
         result = TrainResult(out, best_dir, out / "metrics.json", out / "curve.png", step, best["step"],
                              best["val_accuracy"], float("nan"), EvalResult("", "", 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import datetime
+import errno
 import multiprocessing
 import os
 import random
@@ -32,7 +33,19 @@ def _rank(rank: int, store: str, cases: list[tuple[str, str, str]], answers) -> 
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), OMP_NUM_THREADS="1")
     import torch.distributed as dist
 
-    from training.train import train
+    from training import train as train_module
+
+    real_save, real_score = train_module._save_dir_atomic, train_module.score_split
+
+    def save_fails(final, write, root=None):   # rank 0's disk full at its first checkpoint
+        if final.name == "last":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(final))
+        return real_save(final, write, root)
+
+    def test_split_unreadable(scorer, processor, data_dir, split, **kwargs):   # rank 0's final evaluation fails
+        if split == "test_unique":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(data_dir))
+        return real_score(scorer, processor, data_dir, split, **kwargs)
 
     # a short timeout: a rank left waiting fails in seconds (with gloo's timeout text), never hangs the test
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
@@ -40,8 +53,10 @@ def _rank(rank: int, store: str, cases: list[tuple[str, str, str]], answers) -> 
     try:
         for name, version, out in cases:
             started = time.monotonic()
+            train_module._save_dir_atomic = save_fails if (name, rank) == ("checkpoint", 0) else real_save
+            train_module.score_split = test_split_unreadable if (name, rank) == ("final", 0) else real_score
             try:
-                train(tiny_config(version, out, max_steps=2, batch_size=8))
+                train_module.train(tiny_config(version, out, max_steps=2, batch_size=8))
                 answers.put((name, rank, "trained", "", time.monotonic() - started))
             except Exception as exc:   # noqa: BLE001 - the test reads it
                 answers.put((name, rank, type(exc).__name__, f"{exc}\n{traceback.format_exc(limit=3)}",
@@ -60,7 +75,8 @@ def test_rank_0s_refusal_ends_every_rank_with_it(tmp_path: Path) -> None:
     (init / "init").mkdir(parents=True)
     (init / "init" / "config.json").write_text("{}", encoding="utf-8")
     (init / "init" / "train_config.json").write_text("[1]", encoding="utf-8")
-    cases = [("record", str(version), str(record)), ("init", str(version), str(init))]
+    cases = [("record", str(version), str(record)), ("init", str(version), str(init)),
+             ("checkpoint", str(version), str(tmp_path / "checkpoint")), ("final", str(version), str(tmp_path / "final"))]
 
     spawn = multiprocessing.get_context("spawn")
     answers = spawn.Queue()
@@ -85,6 +101,13 @@ def test_rank_0s_refusal_ends_every_rank_with_it(tmp_path: Path) -> None:
         assert expected in text0 and expected in text1, got
         assert text0.splitlines()[0] == text1.splitlines()[0], got     # the same error on every rank
         assert seconds1 < 15, got                                      # told at once, not after gloo's timeout
+    for name, expected in (("checkpoint", "No space left on device"), ("final", "Input/output error")):
+        (kind0, text0, _), (kind1, text1, _) = got[name, 0], got[name, 1]
+        assert (kind0, kind1) == ("OSError", "ValueError"), got        # rank 0 raises its own; the others name it
+        assert text1.startswith(f"rank 0 stopped with OSError: {text0.splitlines()[0]}"), got
+        assert expected in text0, got
+    assert not (tmp_path / "checkpoint" / "checkpoints" / "last").exists()
+    assert not (tmp_path / "final" / "metrics.json").exists()
     assert (record / "diverged.json").read_text(encoding="utf-8") == "{not a record"   # left as it was
     assert sorted(os.listdir(init / "init")) == ["config.json", "train_config.json"]
     assert all(process.exitcode == 0 for process in ranks)
