@@ -159,7 +159,7 @@ CODE_VERSIONS: dict[str, str] = {
                           #     makes a new version; the card counts distinct fingerprinted images (rev31d)
                           # 12: the manifest's read_parquet statement reads with hive_partitioning = false (a folder
                           #     named split=... / dt=... above the version is no column, rev32b)
-    "model": "8",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
+    "model": "9",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
                           #    refused; best_of_n's scores from batches of one fixed shape (rev28e)
@@ -177,6 +177,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 8: tokenizer_config.json saved without what a load adds (is_local, local_files_only, the
                           #    truncation / padding settings its tokenizer.json holds): a resumed run's best/ is the
                           #    uninterrupted run's byte for byte; an unreadable tokenizer mark refuses the run (rev34l)
+                          # 9: the scratch tokenizer's word counts held within TOKENIZER_SYMBOL_BUDGET (the rarest
+                          #    pruned past it: other merges for captions of more distinct words; TOKENIZER_VERSION
+                          #    bpe/2, so a scratch run of bpe/1 is trained over); rank 0's refusals reach every rank (fix35c)
 }
 INGEST_DATASETS = ("users", "images", "rankings", "downloads", "quarantine", "ingest_files")
 FEATURE_DATASETS = ("image_features", "image_rejects")

@@ -49,7 +49,13 @@ BOS, EOS = "<|startoftext|>", "<|endoftext|>"
 # from step 0 by the trainer (review rev34c: a run finished under model code version 5 was kept, with its version 5
 # tokenizer, as the model today's code trains).
 TOKENIZER_MARK = "pickapic_tokenizer"
-TOKENIZER_VERSION = "bpe/1"
+TOKENIZER_VERSION = "bpe/2"   # 2: the words counted held within TOKENIZER_SYMBOL_BUDGET (the rarest pruned past it)
+# The byte-level symbols (plus one a word) of the distinct words the scratch BPE holds while it counts them and learns
+# its merges on them: about 200 bytes a symbol at the merges' peak, so about 200 MiB at most whatever the captions
+# (tracemalloc: 178 MiB for 4,000 distinct 77-character CJK prompts, 928k symbols; 136 MiB for 12,000, pruned).
+# Past it the rarest words are pruned (lossy counting, deterministic: see train_tokenizer). Review fix35c: every
+# distinct 77-character CJK prompt (one word of 231 symbols) cost about 50 KiB, without bound.
+TOKENIZER_SYMBOL_BUDGET = 1 << 20
 # CLIP's own pre-tokenization (transformers' CLIPTokenizer): words, digits, punctuation runs.
 _CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
@@ -64,7 +70,8 @@ def _bpe_pipeline() -> Tokenizer:
     return tok
 
 
-def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 77) -> CLIPTokenizer:
+def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 77,
+                    symbol_budget: int | None = TOKENIZER_SYMBOL_BUDGET) -> CLIPTokenizer:
     """Train a CLIP-style byte-level BPE on ``captions`` (offline) and wrap it as a ``CLIPTokenizer``.
 
     A pure function of the captions and ``vocab_size``: words are counted with the ``tokenizers`` pipeline
@@ -73,7 +80,17 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     merges kept at ``vocab_size``) follows hash-map order, new in every call (review rev32a). The tokenizer
     has ``vocab_size`` tokens (256 bytes, their 256 ``</w>`` forms, ``vocab_size - 514`` merged tokens, BOS and
     EOS), fewer only when the captions hold no more pairs to merge (review rev33f). It records what made it
-    (:data:`TOKENIZER_VERSION`, saved in its ``tokenizer_config.json``: :func:`tokenizer_version`)."""
+    (:data:`TOKENIZER_VERSION`, saved in its ``tokenizer_config.json``: :func:`tokenizer_version`).
+
+    Its memory is bounded whatever the captions (review fix35c: about 50 KiB a distinct CJK prompt, without bound):
+    the distinct words held cost at most ``symbol_budget`` (:data:`TOKENIZER_SYMBOL_BUDGET`; a word costs its
+    symbols plus one). Where a new word takes them past it, the words are pruned to half of it, keeping the most
+    frequent so far (equal counts: in sorted order; a word met again after its pruning is counted from one), as
+    lossy counting does: in the captions' order, which is the shards', so the tokenizer stays a pure function of
+    the captions. Captions whose distinct words fit the budget give the tokenizer an unbounded count gives
+    (``symbol_budget=None``)."""
+    if symbol_budget is not None and (type(symbol_budget) is not int or symbol_budget < 2):
+        raise ValueError(f"symbol_budget={symbol_budget!r}: an integer of at least 2 (or None: no bound) is needed")
     alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
     n_merges = vocab_size - 2 * len(alphabet) - 2
     if n_merges <= 0:
@@ -81,8 +98,18 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
     pipeline = _bpe_pipeline()
     normalize, split = pipeline.normalizer.normalize_str, pipeline.pre_tokenizer.pre_tokenize_str
     words: Counter[str] = Counter()
+    held = 0   # the cost of the words held: their symbols, plus one a word
     for caption in captions:
-        words.update(word for word, _ in split(normalize(caption)) if word)
+        for word, _ in split(normalize(caption)):
+            if not word:
+                continue
+            if word in words:
+                words[word] += 1
+                continue
+            words[word] = 1
+            held += len(word) + 1
+            if symbol_budget is not None and held > symbol_budget:
+                held = _prune_words(words, symbol_budget // 2)
     # merges until the vocabulary has vocab_size tokens (fewer only when the captions hold no more pairs): the
     # layout holds every byte's </w> form already, so the word-final symbols the tokenizers trainer counted in
     # its vocabulary take no room (subtracting them left 600 no merge on mixed-language captions: rev33f)
@@ -94,6 +121,20 @@ def train_tokenizer(captions: Iterable[str], vocab_size: int, max_length: int = 
         vocab.setdefault(token, len(vocab))
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length,
                          **{TOKENIZER_MARK: TOKENIZER_VERSION})
+
+
+def _prune_words(words: Counter[str], keep: int) -> int:
+    """Keep in ``words`` the most frequent (equal counts: the first in sorted order) whose cost (symbols plus one
+    each) fits ``keep``, a word that does not fit passed over for the next; returns the cost kept."""
+    ranked = sorted(words.items(), key=lambda item: (-item[1], item[0]))
+    words.clear()
+    held = 0
+    for word, count in ranked:
+        cost = len(word) + 1
+        if held + cost <= keep:
+            words[word] = count
+            held += cost
+    return held
 
 
 def tokenizer_version(model_dir: str | Path) -> str | None:

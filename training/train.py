@@ -35,7 +35,7 @@ import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -167,6 +167,31 @@ def _from_rank0(value: Any, world: int) -> Any:
         dist.broadcast_object_list(box, src=0)
         value = box[0]
     return value
+
+
+def _share_failure(failure: BaseException | None, rank: int, world: int) -> None:
+    """Where rank 0 failed in what it alone does (it reads and changes the run folder, builds or loads the scratch
+    model's ``init/``), every rank fails with its reason: rank 0 raises ``failure``, the others a ``ValueError`` of
+    the same text (a refusal's) or naming it (review: a refusal raised on rank 0 alone left the other ranks waiting
+    in the next collective, or reading a later message of rank 0 as this one's). Every rank calls it at the same
+    point, so it is also a barrier: no rank goes on before rank 0's work is done."""
+    told = None if failure is None else (str(failure) if isinstance(failure, ValueError)
+                                         else f"rank 0 stopped with {type(failure).__name__}: {failure}")
+    told = _from_rank0(told, world)
+    if failure is not None:
+        raise failure
+    if told is not None:
+        raise ValueError(told)
+
+
+@contextlib.contextmanager
+def _kept(failures: list[BaseException]) -> Iterator[None]:
+    """Keep in ``failures`` the ``Exception`` the block raises, to be shared (:func:`_share_failure`) at the point
+    every rank reaches next, instead of raising it on this rank alone."""
+    try:
+        yield
+    except Exception as exc:   # noqa: BLE001 - shared with every rank, then raised on this one
+        failures.append(exc)
 
 
 class TrainingDiverged(ValueError):
@@ -818,25 +843,47 @@ def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, w
             raise
 
 
+def _scratch_init(config: TrainConfig, init_dir: Path, data_dir: Path, home: Path | None,
+                  restart: dict[str, Any] | None) -> tuple[Any, Any, TrainConfig | None]:
+    """Rank 0, a scratch run without a checkpoint: (clip, processor, the config to save ``init/`` with, or None where
+    ``init/`` is kept). init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has
+    trained from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
+    before its first checkpoint; or an init/ written before the version was stored) is built again, and so are one
+    whose tokenizer another code made (review rev34c) and the init/ of a run started over (it is removed with the
+    rest). A stale init/ of another recipe is refused."""
+    built_on = None
+    if restart is None and (init_dir / "config.json").is_file():
+        built = TrainConfig.load(init_dir, resolve=False)
+        _check_resumable(built, config, home)  # a stale init/ from another recipe
+        built_on = built.data_dir
+    if built_on not in (str(data_dir), home_relative(str(data_dir), home)) \
+            or tokenizer_version(init_dir) != TOKENIZER_VERSION:
+        clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
+        return clip, processor, config.replace(data_dir=str(data_dir))   # saved once the run folder may change
+    clip, processor = load_model(init_dir)
+    return clip, processor, None
+
+
 def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, local_rank: int, started: float,
                   device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint. Everything is
-    # checked before anything in the run folder changes: a refused run leaves it as it was
-    refusal, restart = None, None
+    # checked before anything in the run folder changes: a refused run leaves it as it was. What rank 0 alone does
+    # keeps its failure and shares it (_share_failure): every rank ends with it, none waits for a rank that gave up
+    restart, failure = None, None
     if rank == 0:
-        for folder in (last_dir, best_dir, init_dir):
-            _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
-        refusal, restart = _after_divergence(out, config, data_dir, home)
-        if refusal is None and restart is None:
-            try:
+        try:
+            for folder in (last_dir, best_dir, init_dir):
+                _recover_dir(out, folder)  # also refuses a run folder whose checkpoints/, best/ or init/ is a link
+            refusal, restart = _after_divergence(out, config, data_dir, home)
+            if refusal is not None:
+                raise ValueError(refusal)
+            if restart is None:   # its mark unreadable: refused, the run left as it is, on every rank
                 restart = _stale_tokenizer(out, config, home)
-            except ValueError as err:   # its mark unreadable: the run is left as it is, on every rank
-                refusal = str(err)
-    refusal, restart = _from_rank0((refusal, restart), world)
-    if refusal is not None:
-        raise ValueError(refusal)
-    _barrier(world)
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+    _share_failure(failure, rank, world)
+    restart = _from_rank0(restart, world)
     state, clip, processor, new_init = None, None, None, None
     if restart is None and (last_dir / STATE_FILE).is_file():
         saved = TrainConfig.load(last_dir, resolve=False)
@@ -852,33 +899,23 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         _check_continuation(saved, config, state["step"], out, world, state.get("world_size"))
         _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
     elif config.init_from == "scratch":
-        # init/ stores the resolved version its tokenizer was trained on as its data_dir. Nothing has trained
-        # from it yet (no checkpoint): one built from another version ('latest' moved since a run was killed
-        # before its first checkpoint; or an init/ written before the version was stored) is built again, and so
-        # are one whose tokenizer another code made (review rev34c) and the init/ of a run started over (it is
-        # removed with the rest)
-        built_on = None
-        if rank == 0 and restart is None and (init_dir / "config.json").is_file():
-            built = TrainConfig.load(init_dir, resolve=False)
-            _check_resumable(built, config, home)  # a stale init/ from another recipe
-            built_on = built.data_dir
-        if rank == 0:
-            if built_on not in (str(data_dir), home_relative(str(data_dir), home)) \
-                    or tokenizer_version(init_dir) != TOKENIZER_VERSION:
-                clip, processor = build_model(config, iter_captions(data_dir, "train", config.tokenizer_max_captions))
-                new_init = config.replace(data_dir=str(data_dir))   # saved once the run folder may change
-            else:
-                clip, processor = load_model(init_dir)
+        if rank == 0:   # rank 0 alone: a failure is shared at the barrier below
+            try:
+                clip, processor, new_init = _scratch_init(config, init_dir, data_dir, home, restart)
+                _check_max_length(config, clip, processor, shown_path(config.init_from))
+            except Exception as exc:   # noqa: BLE001 - told to every rank at the barrier, then raised here
+                failure = exc
     else:
         _refuse_init_inside(out, config, restart is not None)
         clip, processor = load_model(config.init_from)
     source = shown_path(config.init_from) if state is None else last_dir   # a credential in it never shown
-    if clip is not None:
-        _check_max_length(config, clip, processor, source)
+    if clip is not None and failure is None and not (state is None and config.init_from == "scratch"):
+        _check_max_length(config, clip, processor, source)   # every rank (a scratch model's: above, rank 0)
     # ---- every check passed: now the run folder changes (rank 0). A training that changes the model first marks
     # the run unfinished and removes what was published about the model it held; a finished run rerun at its
     # max_steps only evaluates again (its model, and what was published about it, stay)
-    if rank == 0:
+
+    def change_run_folder() -> None:
         if restart is not None:
             _start_over(out, config, restart, emit)
         elif state is None or state["step"] < config.max_steps or not _finished_here(out, state["step"]):
@@ -888,7 +925,13 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             _save_dir_atomic(init_dir, lambda d: _save_model(d, clip, processor, new_init, home), out)
         if state is not None and _best_behind(best_dir, state):   # killed between checkpoints/last/ and best/:
             _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, state["best"]), out)
-    _barrier(world)
+
+    if rank == 0 and failure is None:
+        try:
+            change_run_folder()
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+    _share_failure(failure, rank, world)   # the barrier: init/ is written before another rank reads it
     if state is None and config.init_from == "scratch":
         clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
         if rank != 0:
@@ -970,20 +1013,22 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             gathered_rngs: list[Any] = [None] * world
             dist.all_gather_object(gathered_rngs, rngs[0])
             rngs = gathered_rngs
+        failed: list[BaseException] = []   # rank 0's failure to save: every rank stops with it at the barrier
         if rank == 0:
-            trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                             "history": history, "best": best, "torch_rng": rngs, "world_size": world,
-                             "running_loss": [float(running), int(running_n)], "open_shards": opened,
-                             # the resolved version (home-relative): a resume must not switch
-                             "data_version_dir": home_relative(str(data_dir), home)})
+            with _kept(failed):
+                trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                 "history": history, "best": best, "torch_rng": rngs, "world_size": world,
+                                 "running_loss": [float(running), int(running_n)], "open_shards": opened,
+                                 # the resolved version (home-relative): a resume must not switch
+                                 "data_version_dir": home_relative(str(data_dir), home)})
 
-            def write(d: Path) -> None:
-                _save_model(d, clip, processor, config, home)
-                torch.save(trainer_state, d / STATE_FILE)
-            _save_dir_atomic(last_dir, write, out)
-            if improved:   # after the state naming it: a kill between the two is repaired by the resume (_best_behind)
-                _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, best), out)
-        _barrier(world)
+                def write(d: Path) -> None:
+                    _save_model(d, clip, processor, config, home)
+                    torch.save(trainer_state, d / STATE_FILE)
+                _save_dir_atomic(last_dir, write, out)
+                if improved:   # after the state naming it: a kill between the two is repaired by the resume (_best_behind)
+                    _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, best), out)
+        _share_failure(failed[0] if failed else None, rank, world)
 
     def record_eval() -> None:
         nonlocal best
@@ -991,7 +1036,11 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         # checkpoints/last/ and best/ keep the previous checkpoint's steps, all of them verified
         opened = verify_trained()
         _check_finite_weights(scorer, step)   # every rank holds the same weights: all stop, none checkpoints
-        entry, problem = validate()
+        failed: list[BaseException] = []   # rank 0's evaluation failed (an unreadable split): every rank stops
+        entry, problem = None, None
+        with _kept(failed):
+            entry, problem = validate()
+        _share_failure(failed[0] if failed else None, rank, world)
         # finite weights may still be too large to score with (a divergence in the last steps, before any
         # further loss could turn NaN): every rank stops before this step is reported or checkpointed
         problem = _from_rank0(problem, world)
@@ -1065,50 +1114,54 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
-    result, final_problem = None, None
+    result, final_problem, failed = None, None, []
     if rank == 0:
-        best_clip, best_processor = load_model(best_dir)
-        best_scorer = PairScorer(best_clip).to(device)
-        kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
-                      bf16=config.bf16, max_length=config.max_length)
-        selection = score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs)
-        tested = score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs)
-        why = _non_finite(selection, config.eval_split) or _non_finite(tested, config.test_split)
-        if why is None:
-            test = evaluate_scores(selection, tested, config.eval_split, config.test_split)
-            test.model_dir = home_relative(str(best_dir), home)
-            train_losses = [h["loss"] for h in history if "loss" in h]
-            metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
-                       "n_parameters": count_parameters(clip), "world_size": world,
-                       "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
-                       "final_train_loss": train_losses[-1] if train_losses else None,
-                       "test": test.to_dict(), "history": history}
-            try:   # strict JSON: a NaN or infinity written bare is no JSON (every number above is checked finite)
-                text = json.dumps(metrics, indent=1, sort_keys=True, allow_nan=False)
-            except ValueError:
-                why = f"metrics.json would hold NaN or infinite values ({_non_finite_paths(metrics)[:3]})"
-        if why is not None:
-            final_problem = (best["step"], f"the best checkpoint's (step {best['step']}) final evaluation: {why}")
+        with _kept(failed):   # rank 0's failure (an unreadable best/ or split) shared below: every rank stops with it
+            best_clip, best_processor = load_model(best_dir)
+            best_scorer = PairScorer(best_clip).to(device)
+            kwargs = dict(batch_size=config.eval_batch_size, num_workers=config.num_workers, device=device,
+                          bf16=config.bf16, max_length=config.max_length)
+            selection = score_split(best_scorer, best_processor, data_dir, config.eval_split, **kwargs)
+            tested = score_split(best_scorer, best_processor, data_dir, config.test_split, **kwargs)
+            why = _non_finite(selection, config.eval_split) or _non_finite(tested, config.test_split)
+            if why is None:
+                test = evaluate_scores(selection, tested, config.eval_split, config.test_split)
+                test.model_dir = home_relative(str(best_dir), home)
+                train_losses = [h["loss"] for h in history if "loss" in h]
+                metrics = {"config": config.stored_dict(home), "data_version_dir": home_relative(str(data_dir), home),
+                           "n_parameters": count_parameters(clip), "world_size": world,
+                           "steps": step, "best_step": best["step"], "best_val_accuracy": best["val_accuracy"],
+                           "final_train_loss": train_losses[-1] if train_losses else None,
+                           "test": test.to_dict(), "history": history}
+                try:   # strict JSON: a NaN or infinity written bare is no JSON (every number above is checked finite)
+                    text = json.dumps(metrics, indent=1, sort_keys=True, allow_nan=False)
+                except ValueError:
+                    why = f"metrics.json would hold NaN or infinite values ({_non_finite_paths(metrics)[:3]})"
+            if why is not None:
+                final_problem = (best["step"], f"the best checkpoint's (step {best['step']}) final evaluation: {why}")
+    _share_failure(failed[0] if failed else None, rank, world)
     final_problem = _from_rank0(final_problem, world)
     if final_problem is not None:   # never reported as a trained model, on any rank
         raise _diverged(*final_problem)
     if rank == 0:
-        metrics_path = out / "metrics.json"
-        if read_small_file(metrics_path, 256 << 20) != (text + "\n").encode():   # a rerun that only evaluates
-            write_bytes_atomic(metrics_path, (text + "\n").encode())             # again leaves it as it was
-        curve_path = write_curve(history, out / "curve.png",
-                                 f"{config.preset} preset, init {Path(config.init_from).name}: "
-                                 f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
-        if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
-            dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
-            remove_run_path(out / TRAINING_FILE)
-            dataset.fsync_dir(out, unsupported_ok=True)
-        pairs = loop_steps * config.batch_size
-        result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
-                             metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
-                             time.perf_counter() - started, world, pairs / loop_s if loop_s > 0 else 0.0, history)
-        emit({"event": "done", **result.metadata()})
-    _barrier(world)
+        with _kept(failed):
+            metrics_path = out / "metrics.json"
+            if read_small_file(metrics_path, 256 << 20) != (text + "\n").encode():   # a rerun that only evaluates
+                write_bytes_atomic(metrics_path, (text + "\n").encode())             # again leaves it as it was
+            curve_path = write_curve(history, out / "curve.png",
+                                     f"{config.preset} preset, init {Path(config.init_from).name}: "
+                                     f"test_unique {test.test_accuracy:.3f} (random {test.random_baseline:.3f})")
+            if os.path.lexists(out / TRAINING_FILE):   # last: from now on metrics.json describes best/, and the run counts
+                dataset.fsync_dir(out, unsupported_ok=True)                            # as finished (metrics.json on disk before the record goes)
+                remove_run_path(out / TRAINING_FILE)
+                dataset.fsync_dir(out, unsupported_ok=True)
+            pairs = loop_steps * config.batch_size
+            result = TrainResult(out, best_dir, metrics_path, curve_path, step, best["step"], best["val_accuracy"],
+                                 metrics["final_train_loss"] or float("nan"), test, count_parameters(clip), resumed_from,
+                                 time.perf_counter() - started, world, pairs / loop_s if loop_s > 0 else 0.0, history)
+            emit({"event": "done", **result.metadata()})
+    _share_failure(failed[0] if failed else None, rank, world)
+    _barrier(world)   # every rank done before any leaves the group
     if result is None:  # non-zero ranks: a light result naming the shared outputs
         result = TrainResult(out, best_dir, out / "metrics.json", out / "curve.png", step, best["step"],
                              best["val_accuracy"], float("nan"), EvalResult("", "", 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0),
