@@ -209,7 +209,7 @@ def _make_marked_folder(scratch: Path, prefix: str) -> Path:
         except FileExistsError:
             continue
         except FileNotFoundError:         # its folder was removed (an empty .staging the feature stage tidies)
-            scratch.mkdir(parents=True, exist_ok=True)
+            _make_scratch(scratch)
             continue
         try:
             os.close(os.open(fresh / SCRATCH_MARKER, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
@@ -240,6 +240,28 @@ def _remove_folder(path: Path) -> bool:
     return not os.path.lexists(path)
 
 
+class ScratchFolderUnusable(OSError):
+    """The folder :func:`held_scratch_folder` makes its folders in is no folder and cannot be made one: a symbolic
+    link to nothing (a scratch disk not mounted, a target a temp cleaner removed) or a file at its path, or at a
+    folder's above it. The message (one line) says what is there and what to do."""
+
+
+def _make_scratch(scratch: Path) -> None:
+    """Make the folder ``scratch`` (and those above it); raise :class:`ScratchFolderUnusable` naming what is in the
+    way, where ``mkdir`` raised a bare ``FileExistsError`` "File exists" for a dangling link (review rev35b)."""
+    try:
+        scratch.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        for path in (scratch, *scratch.parents):
+            if os.path.islink(path) and not os.path.exists(path):
+                raise ScratchFolderUnusable(
+                    f"{path} is a symbolic link to {os.readlink(path)}, which does not exist (a scratch disk not "
+                    "mounted, or its folder removed): mount it, make the folder it names, or remove the link") from None
+            if os.path.lexists(path) and not os.path.isdir(path):
+                raise ScratchFolderUnusable(f"{path} is not a folder: remove what is there") from None
+        raise
+
+
 @contextlib.contextmanager
 def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
     """A folder ``scratch/PREFIXXXXX`` held (exclusive ``flock``) for the ``with`` block and removed after.
@@ -249,8 +271,9 @@ def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
     left (the ingest's quarantine spills, review rev25f; curation's input snapshots, review rev32k), and both from
     another program's folder of a matching name (review rev33a). Its mode is 0777 less the umask (a group-shared
     home's umask 002 lets another member's sweep remove it; review rev33a: a 0700 folder of a killed build stayed
-    for good, with the hard links it held)."""
-    scratch.mkdir(parents=True, exist_ok=True)
+    for good, with the hard links it held). A ``scratch`` that is no folder (a dangling link: review rev35b) is
+    refused with :class:`ScratchFolderUnusable`."""
+    _make_scratch(scratch)
     fresh = _make_marked_folder(scratch, prefix)
     fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:

@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import held_scratch_folder, hold_lock, sweep_scratch_folders, writing_shared
+from formats.locks import ScratchFolderUnusable, held_scratch_folder, hold_lock, sweep_scratch_folders, writing_shared
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features import decode, trainjpegs
@@ -142,9 +142,10 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         options = pipeline_options(config, beam_args, todo.num_rows)
         workers = worker_processes(options)
         # Beam globs the paths it reads and writes: a staging path with glob characters goes through an alias
-        with beam_visible(staging) as visible, held_scratch_folder(home.cache / "tmp", "beam-") as beam_tmp:
+        with beam_visible(staging) as visible, _beam_temp_folder(home, progress) as beam_tmp:
             with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
-                _local_tempdir_in(pipeline, beam_tmp)
+                if beam_tmp is not None:
+                    _local_tempdir_in(pipeline, beam_tmp)
                 rows = (pipeline | "ReadTodo" >> beam.io.ReadFromParquet(join_url(visible, "todo.parquet"))
                         | "Spread" >> beam.Reshuffle())
                 out = rows | "Fingerprint" >> FingerprintImages(base, config, join_url(visible, "known_sha256.npy"),
@@ -202,16 +203,43 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
 BEAM_FOLDER_RE = re.compile(r"beam-[A-Za-z0-9_]{1,64}")
 
 
+# the folder inside the held ``beam-XXXX`` scratch folder that the pipeline gets as its local temp folder
+BEAM_TEMP_SUBFOLDER = "pipeline"
+
+
+@contextlib.contextmanager
+def _beam_temp_folder(home: DataHome, progress: Progress) -> Iterator[Path | None]:
+    """The held scratch folder ``HOME/cache/tmp/beam-XXXX`` for the Beam run (:func:`_local_tempdir_in`), or None
+    (with a warning) when ``HOME/cache/tmp`` is no folder and cannot be made one (a dangling link to a scratch disk
+    not mounted): the stage needs no folder there (only an external transform writes into Beam's temp folder), so
+    it runs with Beam's own empty one in the system temp folder, removed when the run ends, as before the
+    thirty-fourth session (review rev35b: every feature stage failed with a bare ``FileExistsError``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            folder: Path | None = stack.enter_context(held_scratch_folder(home.cache / "tmp", "beam-"))
+        except ScratchFolderUnusable as exc:
+            progress(f"warning: {exc}; Beam's (empty) temp folder is in the system temp folder for this run")
+            folder = None
+        yield folder
+
+
 def _local_tempdir_in(pipeline: beam.Pipeline, folder: Path) -> None:
-    """Give ``pipeline`` the held scratch folder ``folder`` (``HOME/cache/tmp/beam-XXXX``) as its local temp folder.
+    """Give ``pipeline`` a folder in the held scratch folder ``folder`` (``HOME/cache/tmp/beam-XXXX``) as its local
+    temp folder.
 
     ``beam.Pipeline()`` makes one in the system temp folder (``/tmp/beam-pipeline-tempXXXX``) and removes it when
     the run ends, so every feature stage killed mid-run (a stopped build, the out-of-memory killer) left one there
     for good (review rev34d, noticed). The folder is empty when made and only an external transform (none here)
-    writes into it: it is removed at once and the pipeline pointed at ``folder``, which a killed run leaves for the
-    next feature stage's sweep (:data:`BEAM_FOLDER_RE`, :func:`formats.locks.sweep_scratch_folders`)."""
+    writes into it: it is removed at once and the pipeline pointed at ``folder/pipeline``, which a killed run
+    leaves, inside the marked ``folder``, for the next feature stage's sweep (:data:`BEAM_FOLDER_RE`,
+    :func:`formats.locks.sweep_scratch_folders`). A subfolder, not ``folder`` itself: Beam's
+    ``shutil.rmtree(local_tempdir)`` at the end of ``Pipeline.run`` removes files in listing order, the
+    ``.pickapic-scratch`` marker too, so a run killed then left an unmarked ``beam-*`` folder no sweep removes
+    (review rev35b, noticed); now it removes only its own subfolder and ``folder`` goes marker last."""
     made = pipeline.local_tempdir
-    pipeline.local_tempdir = str(folder)
+    inner = folder / BEAM_TEMP_SUBFOLDER
+    inner.mkdir(mode=0o777)
+    pipeline.local_tempdir = str(inner)
     with contextlib.suppress(OSError):
         os.rmdir(made)
 

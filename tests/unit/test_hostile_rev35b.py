@@ -35,7 +35,9 @@ convention, not a defect. Not run: a foreign-owned ``cache/tmp`` (the venv's int
 loaded 2-CPU machine and was stopped).
 
 Only one defect was confirmed. Each test below is a defect confirmed by running it, ranked by severity, filed as a
-strict xfail whose assertions state the correct behaviour.
+strict xfail whose assertions state the correct behaviour. Fixed the same day (fix35f, ``tests/unit/test_fix35f.py``):
+the markers are removed. The noticed marker-order item was fixed too (Beam's temp folder is now a subfolder of the
+held one).
 """
 from __future__ import annotations
 
@@ -62,10 +64,6 @@ def systmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason="rev35b: a dangling link at HOME/cache/tmp (a scratch disk it pointed at, "
-                   "gone, or removed by a tmp cleaner; the disposable cache) now fails every feature stage with a bare FileExistsError "
-                   "'File exists: .../cache/tmp' traceback from held_scratch_folder's mkdir: the stage needs no "
-                   "folder there (only an external transform writes into Beam's temp folder) and ran before own34")
 def test_a_dangling_cache_tmp_link_does_not_break_the_feature_stage(tmp_path: Path, systmp: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {"a": png(1), "b": png(2)})

@@ -40,7 +40,7 @@ def test_the_pipeline_temp_folder_is_the_held_scratch_folder(tmp_path: Path) -> 
         with beam.Pipeline(runner="DirectRunner", options=beam.options.pipeline_options.PipelineOptions(
                 ["--direct_running_mode=in_memory"])) as pipeline:
             stage._local_tempdir_in(pipeline, folder)
-            assert pipeline.local_tempdir == str(folder)
+            assert pipeline.local_tempdir == str(folder / stage.BEAM_TEMP_SUBFOLDER)   # inside it (fix35f)
             _ = pipeline | beam.Create([1, 2]) | beam.Map(lambda x: x + 1)
         assert _beam_temps() == before == set()   # none made (or left) in the system temp folder
     assert not folder.exists()
