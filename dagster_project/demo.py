@@ -124,8 +124,17 @@ def run_demo(args: argparse.Namespace) -> int:
                   "curation, splits, shards) and training the preference model")
     with build_progress(None) as progress:
         # what the build and its steps warn of, on stderr as `pickapic build` shows it (a fresh home: nothing)
-        build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)),
-              warn=stderr_warner())
+        result = build(home, with_model=True, progress=progress, on_plan=lambda lines: progress.total(len(lines)),
+                       warn=stderr_warner())
+    if result.up_to_date:
+        # a demo run again on its home: the simulation left the files that held its bytes as they were, so the
+        # build found every asset fresh (fix35b: all four runs ran again)
+        latest = dataset.latest_link(home)
+        version = f" dataset version {latest.resolve().name}," if latest.exists() else ""
+        console.print(f"    up to date: the raw zone was already this simulation's, and every asset built from it "
+                      f"(ingest, features, curation, splits,{version} the model) is reused; nothing ran")
+    else:
+        console.print(f"    ran {len(result.run_ids)} Dagster run{'' if len(result.run_ids) == 1 else 's'}")
     console.print("[bold]3/3[/bold] summary")
     summary = demo_summary(home)
     _print_summary(Console(), home, summary, time.perf_counter() - started)

@@ -1,19 +1,40 @@
 """Writing the raw zone: JSON lines (the format lives in ``formats.rawlines``), PNG blobs, moderation lists."""
 from __future__ import annotations
 
+import os
+import stat
 from pathlib import Path
 
 from formats.files import write_bytes_atomic
 from formats.rawlines import GZIP_LEVEL, download_line, gzip_bytes, image_line, jstr, ranking_line, user_line  # noqa: F401 - the simulator's modules use these through ``export``
 
 
+def write_unless_same(path: Path | str, data: bytes) -> bool:
+    """Write ``data`` to ``path`` atomically, unless ``path`` is a regular file (not a link) holding exactly these
+    bytes: that file is left as it is, its mtime too. Returns whether it wrote. A simulation run again with the
+    same settings rewrote every file with the same bytes, and a build watches the blobs it rejected by size and
+    mtime (``pipelines.provenance.RejectedBlobs``), so every run of the home ran again (fix35b: a second
+    ``pickapic demo`` reran all four runs)."""
+    try:
+        info = os.lstat(path)
+        if stat.S_ISREG(info.st_mode) and info.st_size == len(data):
+            with open(path, "rb") as handle:
+                if handle.read(len(data) + 1) == data:
+                    return False
+    except OSError:
+        pass        # missing or unreadable: written as before
+    write_bytes_atomic(Path(path), data)
+    return True
+
+
 def write_jsonl_gz(path: Path, lines: list[str]) -> int:
-    """Write lines (each followed by a newline) gzip-compressed and atomically; returns bytes written."""
+    """Write lines (each followed by a newline) gzip-compressed and atomically (a file holding these bytes already
+    is left as it is: :func:`write_unless_same`); returns bytes written."""
     payload = gzip_bytes(("\n".join(lines) + "\n").encode("utf-8") if lines else b"")
-    write_bytes_atomic(path, payload)
+    write_unless_same(path, payload)
     return len(payload)
 
 
 def write_text_lines(path: Path, lines: list[str]) -> None:
-    """Write a plain text file with one entry per line, atomically."""
-    write_bytes_atomic(path, ("".join(f"{line}\n" for line in lines)).encode("utf-8"))
+    """Write a plain text file with one entry per line, atomically (:func:`write_unless_same`)."""
+    write_unless_same(path, ("".join(f"{line}\n" for line in lines)).encode("utf-8"))

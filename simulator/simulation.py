@@ -69,15 +69,15 @@ def _render_group(task: tuple) -> list[tuple[str, str | None, int | None, bool]]
     written = []
     data = png if blob is None else defects.damage_blob(png, blob[0], blob[1])
     if data is not None:
-        write_bytes_atomic(os.path.join(root, f"{uid}.png"), data)
+        export.write_unless_same(os.path.join(root, f"{uid}.png"), data)
     written.append((uid, None, None, data is not None))
     for member_uid, kind, transform in members:
         if kind == "exact":
-            write_bytes_atomic(os.path.join(root, f"{member_uid}.png"), png)
+            export.write_unless_same(os.path.join(root, f"{member_uid}.png"), png)
             written.append((member_uid, "identical bytes", 0, True))
         else:
             near, detail, distance = render.near_duplicate(transform, spec, array, size)
-            write_bytes_atomic(os.path.join(root, f"{member_uid}.png"), render.png_bytes(near))
+            export.write_unless_same(os.path.join(root, f"{member_uid}.png"), render.png_bytes(near))
             written.append((member_uid, detail, distance, True))
     return written
 

@@ -8,11 +8,10 @@ wrapped. :func:`text_columns` names, from the result's DuckDB types (``relation.
 columns holding one at any depth, and the type each is selected as: such a value becomes VARCHAR (DuckDB's own
 text for it, its ``::VARCHAR``), in a list, struct, map or union too, the rest of the column as it was.
 
-An INTERVAL keeps the shape each format documents: DuckDB's text in csv and parquet (a column of its own) and in
-a table; ``[months, days, nanoseconds]`` in ``--format json`` and inside the JSON text csv and parquet write for a
-list, struct or map, made from DuckDB's text in Python (:func:`interval_from_text`, exact at any size); inside a
-UNION its text (a union's value reaches Python without its member's name, so a text member and an INTERVAL
-member could not be told apart).
+An INTERVAL is DuckDB's text for it in every format and at any depth (``1 year 2 months 3 days 04:05:06.5``, as
+DuckDB's ``::VARCHAR`` and its own CSV and JSON writers give it; exact at any size, and ``'...'::INTERVAL`` reads it
+back). Until fix35b ``--format json`` and the JSON text of a nested value wrote ``[months, days, nanoseconds]``,
+an anonymous list; :func:`interval_from_text` still turns the text into that triple for a caller that wants it.
 """
 from __future__ import annotations
 
@@ -125,13 +124,8 @@ def text_columns(types: Sequence[Any], fmt: str) -> tuple[dict[int, str], dict[i
     cast: dict[int, str] = {}
     revive: dict[int, Reviver] = {}
     for i, kind in enumerate(types):
-        if kind.id == "interval":   # a column of its own: DuckDB's text, but [months, days, nanoseconds] in json
-            cast[i] = "VARCHAR"
-            if fmt == "json":
-                revive[i] = _revive_interval
-            continue
-        # nested intervals: [months, days, nanoseconds] in json text (csv, json, parquet); text in a table
-        plan = _plan(kind, revive_intervals=fmt != "table")
+        # an INTERVAL, at any depth: DuckDB's text in every format (fix35b: json wrote [months, days, nanoseconds])
+        plan = _plan(kind, revive_intervals=False)
         if plan.changed:
             cast[i] = plan.sql
             if plan.revive is not None:

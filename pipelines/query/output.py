@@ -721,7 +721,10 @@ def _as_text(table: pa.Table, indexes: Iterable[int], dates: bool = False,
         elif _is_bytes(field.type):
             column = pa.chunked_array([_hex(chunk) for chunk in column.chunks], pa.large_string())
         elif pa.types.is_nested(field.type):
-            column = pa.array([None if v is None else _json_text(v) for v in _to_python(column)], pa.string())
+            values = _to_python(column)
+            if _holds_interval(field.type):
+                values = map(_interval_texts, values)
+            column = pa.array([None if v is None else _json_text(v) for v in values], pa.string())
         columns[i] = column
     return pa.table(columns, names=table.column_names)
 
@@ -772,6 +775,30 @@ def interval_text(months: int, days: int, nanoseconds: int) -> str:
     return " ".join(parts) or "00:00:00"
 
 
+def _holds_interval(kind: pa.DataType) -> bool:
+    """True for an Arrow INTERVAL type, or a nested type holding one at any depth."""
+    if pa.types.is_interval(kind):
+        return True
+    if pa.types.is_dictionary(kind):
+        return _holds_interval(kind.value_type)
+    return any(_holds_interval(kind.field(k).type) for k in range(kind.num_fields))
+
+
+def _interval_texts(value: Any) -> Any:
+    """``value`` (Python, as ``to_pylist`` gives it) with every interval in it, at any depth, DuckDB's text for it
+    (:func:`interval_text`): never the anonymous ``[months, days, nanoseconds]`` list JSON made of the named tuple
+    (fix35b)."""
+    if isinstance(value, pa.MonthDayNano):
+        return interval_text(*value)
+    if isinstance(value, dict):
+        return {key: _interval_texts(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_interval_texts(item) for item in value]
+    if isinstance(value, tuple):     # a map's (key, value) pair
+        return tuple(_interval_texts(item) for item in value)
+    return value
+
+
 def _parquet_text_columns(schema: pa.Schema) -> list[int]:
     """The columns Parquet cannot hold (an INTERVAL or a UNION, at any depth: pyarrow has no Parquet type for
     them), which ``--format parquet`` writes as text as CSV does (review rev27a: a traceback)."""
@@ -789,7 +816,8 @@ def _rows(batch: pa.RecordBatch, revive: Mapping[int, Callable[[Any], Any]] | No
     """``batch.to_pylist()``, with dates and timestamps Python cannot hold as text (see :func:`_to_python`), the
     columns in ``revive`` revived (:func:`write_result`)."""
     revive = revive or {}
-    columns = [_to_python(column) if i not in revive else list(map(revive[i], _to_python(column)))
+    columns = [list(map(revive[i], _to_python(column))) if i in revive else
+               list(map(_interval_texts, _to_python(column))) if _holds_interval(column.type) else _to_python(column)
                for i, column in enumerate(batch.columns)]
     for values in zip(*columns):
         yield dict(zip(batch.schema.names, values))

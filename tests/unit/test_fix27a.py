@@ -116,7 +116,7 @@ def test_parquet_writes_intervals_and_unions_as_text_and_the_rest_as_is(tmp_path
     read = pq.read_table(io.BytesIO(_write(table, "parquet")))
     assert read.schema.field("n").type == pa.int32() and read.schema.field("span").type == pa.string()
     assert read.to_pylist() == [{"span": "1 year 2 months 3 days 04:05:06.5", "u": "7",
-                                 "l": "[[0, 2, 0]]", "s": '{"x": 1}', "n": 5, "t": "x"}]
+                                 "l": '["2 days"]', "s": '{"x": 1}', "n": 5, "t": "x"}]
     empty = duckdb.sql("SELECT union_value(a := 7) AS u, INTERVAL 1 DAY AS span LIMIT 0").to_arrow_table()
     read = pq.read_table(io.BytesIO(_write(empty, "parquet")))
     assert read.num_rows == 0 and read.schema.names == ["u", "span"]
