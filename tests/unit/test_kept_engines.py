@@ -14,7 +14,13 @@ from sqlalchemy import text
 from sqlalchemy.pool import NullPool
 
 from dagster_project.build import use_home
-from dagster_project.instance import ENGINES, CheckedSqliteRunStorage, KeptEngineSqliteEventLogStorage, _Engines
+from dagster_project.instance import (
+    ENGINES,
+    CheckedSqliteRunStorage,
+    KeptEngineSqliteEventLogStorage,
+    KeptEngineSqliteScheduleStorage,
+    _Engines,
+)
 from formats.home import DataHome
 
 
@@ -73,6 +79,8 @@ def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(
     with dg.DagsterInstance.from_config(str(home.dagster_home)) as instance:
         assert isinstance(instance.run_storage, CheckedSqliteRunStorage)
         assert isinstance(instance.event_log_storage, KeptEngineSqliteEventLogStorage)
+        assert isinstance(instance.schedule_storage, KeptEngineSqliteScheduleStorage)
+        assert instance.all_instigator_state() == []                # the schedule storage reads through its engine
         runs = [dg.materialize([one], instance=instance).run_id for _ in range(3)]
         assert all(instance.get_run_by_id(run).status == dg.DagsterRunStatus.SUCCESS for run in runs)
         assert len(instance.fetch_materializations(dg.AssetKey("one"), limit=10).records) == 3
@@ -82,3 +90,6 @@ def test_a_homes_instance_stores_and_reads_runs_and_events_through_kept_engines(
         kept = {url for pid, url in ENGINES._kept if pid == os.getpid()}
         assert any(url.endswith("runs.db") for url in kept)
         assert any(url.endswith(f"{runs[-1]}.db") for url in kept)
+        assert any(url.endswith("schedules.db") for url in kept)
+        anchored = {url for pid, url in ENGINES._anchors if pid == os.getpid()}
+        assert any(url.endswith("runs.db") for url in anchored)    # WAL databases used twice have their anchor
