@@ -148,6 +148,7 @@ class AppExportReport:
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
     late: dict = field(default_factory=dict)            # older day -> table -> counts: rows its raw files lack
+    #                                                     (or rows that left it; "edited": rows edited, rev35a)
     kept: dict = field(default_factory=dict)            # table -> {"rows", "first_ids"}: rows kept, the app lacks them
     warnings: list[str] = field(default_factory=list)
 
@@ -3239,7 +3240,12 @@ def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExp
     id); marks each late day for the schedule to re-export and clears the mark of a day found whole. Rows
     the raw zone holds and the database no longer does (deleted since) are not reported: the raw zone keeps
     what was exported. Raw counts read before the snapshot can only be older than it: a day re-exported in
-    between is at worst reported (and re-exported) once more."""
+    between is at worst reported (and re-exported) once more.
+
+    Review rev35a: a table whose ids are those of its content record (:func:`record_content`: the database's rows
+    whose values the file holds) and whose content digest (``day_counts.sql``) differs has rows edited since
+    (``"edited": True`` in its entry; marked and re-exported like a late day); a table found whole by its ids with
+    no such record gets one (its values now)."""
     # review rev31h: a ticket drawn before the snapshot (none for a transaction already open: it clears nothing)
     idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     if idle:
