@@ -13,6 +13,7 @@ from formats.rawzone import RAW_ZONE_SAID
 from pipelines import provenance
 from pipelines.appdb.export import (
     CACHE_OWNER,
+    CONTENT_RECORDS,
     COUNTS_CACHE,
     LATE_MARKERS,
     SNAPSHOT_ORDER,
@@ -34,7 +35,7 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
     ``cache/``: the raw-day digests', the blobs' (missing ones, copied rows), the earlier image days' (and their
     per-day records), the raw image-uid index's and the blob identity records'; and (review rev31c: each kill
     left one for good) the waiting image uids', the app export's (its undated ids, per-day counts, written records,
-    late markers, snapshot tickets and their clock, and
+    late markers, snapshot tickets and their clock, content records, and
     each of their folders' owner record) and the raw-zone sensor's memory; ``also``: more cache files
     whose writers write the same way (the build stamp). Their writers (a plan, a check, any day's ingest, export or
     features run, a sensor: no stage lock they share) write only while holding the cache-writers lock shared
@@ -52,6 +53,7 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
                # the app export's per-day records (written through a link at their folder, as the caches above)
                (home.cache / COUNTS_CACHE, DAY_FILE + r"\.json", True),
                (home.cache / WRITTEN_RECORDS, DAY_FILE + r"\.json", True),
+               (home.cache / CONTENT_RECORDS, DAY_FILE + r"\.json", True),   # review rev35a
                (home.cache / LATE_MARKERS, DAY_FILE, True),
                (home.cache / SNAPSHOT_ORDER, DAY_FILE + r"\.json", True)]   # the exports' tickets (rev31e, rev31h)
     return sweep_exclusively(home.locks / CACHE_WRITERS_LOCK, "the cache writers of the data home", lambda: (

@@ -148,6 +148,7 @@ class AppExportReport:
     unconvertible: dict = field(default_factory=dict)   # table -> {"rows", "first_ids"}: text with no UTF-8
     oversized: dict = field(default_factory=dict)       # table -> {"rows", "first_ids"}: lines written cut
     late: dict = field(default_factory=dict)            # older day -> table -> counts: rows its raw files lack
+    #                                                     (or rows that left it; "edited": rows edited, rev35a)
     kept: dict = field(default_factory=dict)            # table -> {"rows", "first_ids"}: rows kept, the app lacks them
     warnings: list[str] = field(default_factory=list)
 
@@ -1182,7 +1183,8 @@ class CacheOfAnotherHome(FileExistsError):
 
 def export_state_folders(home: DataHome) -> list[Path]:
     """The folders of ``HOME/cache`` that hold the app export's state of the home's days."""
-    return [home.cache / name for name in (SNAPSHOT_ORDER, LATE_MARKERS, COUNTS_CACHE, WRITTEN_RECORDS)]
+    return [home.cache / name for name in (SNAPSHOT_ORDER, LATE_MARKERS, COUNTS_CACHE, WRITTEN_RECORDS,
+                                           CONTENT_RECORDS)]
 
 
 def _stat_id(info: os.stat_result) -> list[int]:
@@ -1477,6 +1479,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
         late_check = start_late_check(conn, home, day, config, raw_before, staging)
+        # review rev35a: the content digest of the rows written, recorded with the day once published
+        content = day_content(conn, day, config.users_snapshot)
         from pipelines.appdb.blobs import BlobRecord, copy_blobs, read_day_uids, withdraw_blobs
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
@@ -1507,9 +1511,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
             # named with the build that exports it), so a raw day holds it once the moves are exported
             moved: dict[str, dict[str, list]] = {}
+            outside: dict[str, dict[int, str]] = {}      # review rev35a: moved before the raw zone's first day
             raw_days_now = home.raw_days()
             for table, rows in held_by_app.items():
-                moved_rows(home, table, rows, day, config.users_snapshot, raw_days_now, moved)
+                moved_rows(home, table, rows, day, config.users_snapshot, raw_days_now, moved, outside)
             line = moved_warning(raw_days_now, moved) if moved else ""
             if line:
                 report.warnings.append(line)
@@ -1563,6 +1568,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 # review rev29i: what the export left in the day, so a ranged build may re-export it once the app
                 # holds no row on it (an erased account), and never a day it did not write (written_by_export)
                 record_written(home, day, report)
+                # review rev35a: what the late-row check compares the day's rows with, for an edit past the lookback
+                written = {table: _file_key(home.raw_file(day, table)) for table in report.tables}
+                report.warnings += filter(None, [record_content(
+                    home, day, {table: (key, content[table]) for table, key in written.items()
+                                if key is not None and key[0] == report.tables[table].bytes}, replace=True)])
                 # from this snapshot: whole again, and so is each checked day found whole; review rev31h: only
                 # the markers set before this snapshot was taken (a later one stands for rows it may not hold)
                 report.warnings += filter(None, [mark_late(home, day, False, ticket)])
@@ -1576,6 +1586,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             if dated:
                 report.warnings.append(dated)
             if not superseded:       # the rows it forgot are in the day it published, not in a superseded one
+                if outside:          # review rev35a: the rows its day lost to a day no schedule exports
+                    report.warnings += filter(None, [remember_moved(home, outside)])
                 report.warnings += filter(None, [save_undated(home, undated_watch)])
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
@@ -2474,6 +2486,28 @@ def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
     return ""
 
 
+def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
+    """Review rev35a: remember the rows moved to a day before the raw zone's first (``moved_rows``' ``outside``:
+    table -> {id: day}) with the undated rows dated since (HOME/cache/UNDATED_STATE, under its lock): each export
+    looks them up (:func:`watch_undated`) and names them (:func:`dated_warning`) until the export of their day
+    holds them, or forgets them once deleted or undated. Before, such a row was named on the night its old day lost
+    it, then by no night while no raw day held it. Returns '' or a warning."""
+    try:
+        with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
+            current = _load_undated(home)
+            for table, ids in moved.items():
+                if table in current:
+                    for key, on in ids.items():
+                        current[table][key] = on
+                    current[table] = _remembered(current[table])
+            _save_undated(home, current)
+    except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
+        return (f"app rows moved to a day before the raw zone's first could not be remembered in "
+                f"{home.cache / UNDATED_STATE} ({exc}): they are named only tonight; export their day: pickapic build "
+                "--from-app-db --from DAY --to DAY")
+    return ""
+
+
 @dataclass
 class UndatedWatch:
     """What an export learnt of the rows once reported undated: the state to remember once the day is
@@ -2537,7 +2571,8 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
                          + (", ..." if len(shown) > FIRST_IDS else "") + ")")
     lacking = [on for on in marked if on not in held]
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
-            f"since and are not in their day's raw files yet: {'; '.join(parts)} -- the next scheduled export "
+            "since, or were moved to a day before the raw zone's first, and are not in their day's raw files yet: "
+            f"{'; '.join(parts)} -- the next scheduled export "
             "re-exports each such day the raw zone holds, as a day with late rows (or now: pickapic build "
             "--from-app-db --from DAY --to DAY)"
             + (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}, "
@@ -2638,12 +2673,16 @@ def id_digest(ids: Iterable[int | None]) -> int:
 class RawTableCounts:
     """What the late-row check knows of one raw table file: its rows, largest leading id and :func:`id_digest`,
     and ``checked``: the (rows, digest) of the database's rows for it that an exact comparison found it to hold
-    every id of (rows deleted since, none added: the day is whole while the database keeps that state)."""
+    every id of (rows deleted since, none added: the day is whole while the database keeps that state), and
+    ``content`` (review rev35a): (rows, id digest, content digest) of the database's rows when the file was last
+    known to hold their current values (:func:`record_content`), None where unknown."""
 
     rows: int
     top: int | None
     digest: int
     checked: tuple[int, int] | None = None
+    content: tuple[int, int, int] | None = None   # review rev35a: the baseline (rows, digest, content digest) of the
+    #                                              database's rows the file is known to be up to date with
 
 
 def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
@@ -2707,6 +2746,7 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
     is recomputed from the raw file."""
     cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
     cached = _cached_counts(cache_file)
+    baselines = _content_record(home, day)
     out, fresh = {}, {}
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
@@ -2717,7 +2757,9 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
         if not _valid_entry(entry, key):
             entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None, COUNTS_READING]
         fresh[table] = entry
-        out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]))
+        base = baselines.get(table)
+        out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]),
+                                    tuple(base[3:]) if _valid_content(base, key) else None)
     if fresh != cached:
         _write_counts_cache(home, cache_file, fresh)
     return out
@@ -2760,6 +2802,74 @@ def record_written(home: DataHome, day: str, report: AppExportReport) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         with writing_cache(home):   # swept under it (pipelines.cachesweep)
             write_bytes_atomic(path, json.dumps(entries, sort_keys=True).encode("utf-8"))
+
+
+CONTENT_RECORDS = "app_export_content"   # HOME/cache/<this>/dt=DAY.json: table -> [size, mtime_ns, inode, rows,
+#                                          id digest, content digest] of the database's rows the file holds (rev35a)
+CONTENT_RECORD_MAX_BYTES = 4 << 10        # a record is ~400 bytes; a larger one is not the export's
+
+
+def _content_record(home: DataHome, day: str) -> dict:
+    """``day``'s content baselines (:func:`record_content`) as JSON gives them ({} where there is none, or it is not
+    a regular file the export wrote: ``read_cache``)."""
+    record = read_cache(home.cache / CONTENT_RECORDS / f"dt={day}.json", CONTENT_RECORD_MAX_BYTES)
+    return record if isinstance(record, dict) else {}
+
+
+def _valid_content(entry: object, key: list[int] | None) -> bool:
+    """Whether a content baseline is [size, mtime_ns, inode, rows, digest, content] of the file's current ``key``
+    (the file as the export or the check that recorded it left it: rewritten since, the baseline is no more)."""
+    return (isinstance(entry, list) and len(entry) == 6 and all(type(v) is int and v >= 0 for v in entry)
+            and key is not None and entry[:3] == key[:3] and entry[4] < DIGEST_MOD and entry[5] < DIGEST_MOD)
+
+
+def day_content(conn: psycopg.Connection, day: str, users_snapshot: bool) -> dict[str, tuple[int, int, int]]:
+    """table -> (rows, id digest, content digest) of the rows ``day``'s export writes, read in the export's snapshot
+    (``day_counts.sql`` over the day; the users file of ``users_snapshot``: every dated account up to its end)."""
+    start, end = day_bounds(day)
+    per: dict[tuple[str, str | None], tuple[int, int, int]] = {}
+    for table, on, rows, _, digest, content in conn.execute(
+            statement("day_counts"), {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}):
+        per[(as_text(table), as_text(on))] = (int(rows), int(digest or 0) % DIGEST_MOD, int(content or 0) % DIGEST_MOD)
+    nothing = (0, 0, 0)
+    out = {table: per.get((table, day), nothing) for table in RAW_TABLES}
+    if users_snapshot:
+        before = per.get(("users", None), nothing)
+        out["users"] = tuple(sum(pair) % DIGEST_MOD if i else sum(pair)
+                             for i, pair in enumerate(zip(before, out["users"])))
+    return out
+
+
+def record_content(home: DataHome, day: str, entries: dict[str, tuple[list[int], tuple[int, int, int]]],
+                   replace: bool = False) -> str:
+    """Record for raw day ``day`` each table's baseline: table -> (the file's key, (rows, id digest, content digest)
+    of the database's rows it holds the values of). ``replace``: the export's, after it published the day (every
+    table's anew); else the late-row check's, added to the record there (a table whose file changed since it was
+    counted is left out). Review rev35a: an edit of a row past the lookback window (same ids: same rows and id
+    digest) was never exported nor reported; the late-row check compares the content digest with this. Returns
+    '' or a warning (the cache is disposable: without a record the day's edits are seen only once it has one)."""
+    path = home.cache / CONTENT_RECORDS / f"dt={day}.json"
+    try:
+        record = {} if replace else {table: entry for table, entry in _content_record(home, day).items()
+                                     if table in RAW_TABLES}
+        for table, (key, base) in entries.items():
+            now = _file_key(home.raw_file(day, table))
+            if now is None or now[:3] != key[:3]:
+                record.pop(table, None)
+                continue
+            record[table] = key[:3] + list(base)
+        if not record:
+            info = lstat_or_none(path)
+            if info is not None and stat.S_ISREG(info.st_mode):
+                path.unlink()
+            return ""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with writing_cache(home):   # swept under it (pipelines.cachesweep)
+            write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+    except OSError as exc:
+        return (f"the content record of day {day} could not be written in {path} ({exc.strerror or exc}): an edit of "
+                "its rows past app_export.lookback_days is seen only once the day is exported again")
+    return ""
 
 
 def _sha256_no_links(path: Path) -> tuple[list[int], str] | None:
@@ -2920,6 +3030,14 @@ def mark_late(home: DataHome, day: str, late: bool, ticket: int | None = None) -
     return clock_warning     # review rev32c: the clock's warning was dropped here
 
 
+def _marker_set(home: DataHome, day: str) -> bool:
+    """Whether ``day``'s late marker is there (False where it cannot be looked at)."""
+    try:
+        return lstat_or_none(late_marker_file(home, day)) is not None
+    except OSError:
+        return False
+
+
 def late_days(home: DataHome) -> list[str]:
     """The raw days marked by an export's :func:`late_rows` check and not re-exported since, in order."""
     try:
@@ -2959,6 +3077,7 @@ class _IdSpill:
     database: tuple[int, int | None, int]      # rows, largest id, digest
     raw: RawTableCounts
     counted: list[int] | None                  # the raw file's key when it was counted
+    content: int = 0                           # the database's content digest of the rows (review rev35a)
     offset: int = 0
     ids: int = 0
     nulls: int = 0
@@ -2982,6 +3101,10 @@ class LateCheck:
     moved: dict[str, dict[str, list]] = field(default_factory=dict)   # table -> new day -> [rows, first ids]
     notes: list[str] = field(default_factory=list)                   # markers not set or cleared (mark_late)
     whole: list[str] = field(default_factory=list)   # checked days found whole: their markers go (clear_whole)
+    # review rev35a: (day, table, file key, (rows, digest, content)) whose values the raw file is found to hold
+    baselines: list[tuple[str, str, list[int], tuple[int, int, int]]] = field(default_factory=list)
+    # review rev35a: table -> {id: day} of rows moved to a day before the raw zone's first (remember_moved)
+    outside: dict[str, dict[int, str]] = field(default_factory=dict)
 
     def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
         """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
@@ -2991,9 +3114,17 @@ class LateCheck:
         makes the day late too (``left``, ``left_ids``), so its re-export takes the row out. Review rev29h: the day
         such a row is dated to now is marked too (:func:`moved_rows`, ``moved``), so the schedule's re-exports put
         it there (a day the raw zone lacks is named with the build that exports it): the old day's re-export took
-        it out and no raw day held it."""
+        it out and no raw day held it.
+
+        Review rev35a: what it learnt is written only once every look-up ran and every day it marks is marked: a
+        day found whole is remembered as checked (``_record_checked``) and its content baseline recorded
+        (:func:`record_content`) last, and only where every marker was set and every row moved before the raw
+        zone's first day remembered (:func:`remember_moved`). Before, a connection dropped in a later look-up
+        failed the export after a day was recorded "whole" and before the day its moved row went to was marked:
+        every later night called the day whole and the row reached no raw day."""
         found = self.found
         raw_days = home.raw_days()
+        checked: list[tuple[str, str, list[int], tuple[int, int]]] = []
         try:
             for spill in self.spills:
                 missing, first, extra = self._missing(home, spill)
@@ -3007,7 +3138,8 @@ class LateCheck:
                 # (a row moved and given another user is "another row" too): the identity decides only whether
                 # the old day keeps the line, never whether the new day gets the app's row
                 if held:
-                    moved_rows(home, spill.table, held, spill.day, self.users_snapshot, raw_days, self.moved)
+                    moved_rows(home, spill.table, held, spill.day, self.users_snapshot, raw_days, self.moved,
+                               self.outside)
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
                             "missing": missing, "first_ids": first}
@@ -3015,18 +3147,37 @@ class LateCheck:
                         info.update(left=len(left), left_ids=[str(key) for key in left.ids[:FIRST_IDS]])
                     found.setdefault(spill.day, {})[spill.table] = info
                 elif missing == 0 and spill.counted is not None:
-                    _record_checked(home, spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2]))
+                    checked.append((spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2])))
+                    self.baselines.append((spill.day, spill.table, spill.counted,
+                                           (spill.database[0], spill.database[2], spill.content)))
         finally:
             if self.spill is not None:
                 self.spill.close()
+        marked: list[str] = []
         for checked_day in self.checked_days:
             if checked_day in found:
                 self.notes += filter(None, [mark_late(home, checked_day, True)])
+                marked.append(checked_day)
             else:
                 self.whole.append(checked_day)
         for new_day in moved_days(raw_days, self.moved):
             if new_day not in self.checked_days:      # a checked day lacking the row is late itself
                 self.notes += filter(None, [mark_late(home, new_day, True)])
+                marked.append(new_day)
+        line = remember_moved(home, self.outside) if self.outside else ""
+        if line:
+            self.notes.append(line)
+        # review rev35a: a verdict is remembered only once what it depends on is (a marker not set, a moved row not
+        # remembered: the next night compares the day again and retries)
+        if not line and all(_marker_set(home, d) for d in marked):
+            for checked_day, table, counted, state in checked:
+                _record_checked(home, checked_day, table, counted, state)
+            per_day: dict[str, dict] = {}
+            for checked_day, table, key, base in self.baselines:
+                if checked_day not in found:
+                    per_day.setdefault(checked_day, {})[table] = (key, base)
+            for checked_day, entries in sorted(per_day.items()):
+                self.notes += filter(None, [record_content(home, checked_day, entries)])
         return {d: found[d] for d in sorted(found)}
 
     def clear_whole(self, home: DataHome, ticket: int) -> list[str]:
@@ -3082,13 +3233,15 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
     if not checked:
         return LateCheck({}, [], [], users_snapshot=config.users_snapshot)
     first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
-    per_day: dict[tuple[str, str | None], tuple[int, int | None, int]] = {}
-    for table, on, rows, top, digest in conn.execute(statement("day_counts"), {"start": first.isoformat(sep=" "),
-                                                                               "end": after.isoformat(sep=" ")}):
-        per_day[(as_text(table), as_text(on))] = (int(rows), top, int(digest or 0) % DIGEST_MOD)
-    nothing = (0, None, 0)
+    per_day: dict[tuple[str, str | None], tuple[int, int | None, int, int]] = {}
+    for table, on, rows, top, digest, content in conn.execute(
+            statement("day_counts"), {"start": first.isoformat(sep=" "), "end": after.isoformat(sep=" ")}):
+        per_day[(as_text(table), as_text(on))] = (int(rows), top, int(digest or 0) % DIGEST_MOD,
+                                                  int(content or 0) % DIGEST_MOD)
+    nothing = (0, None, 0, 0)
     found: dict[str, dict] = {}
     spills: list[_IdSpill] = []
+    baselines: list[tuple[str, str, list[int], tuple[int, int, int]]] = []
     for checked_day in checked:
         database = {table: per_day.get((table, checked_day), nothing) for table in RAW_TABLES}
         if config.users_snapshot:   # every dated account up to the day's end
@@ -3098,15 +3251,25 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
         if raw is None:
             continue                  # an unreadable raw file: the ingest reports it; nothing to compare
         for table, counts in raw.items():
-            verdict = _compare(database[table], counts)
+            rows, top, digest, content = database[table]
+            verdict = _compare((rows, top, digest), counts)
+            key = _file_key(home.raw_file(checked_day, table))
             if verdict == "late":
-                found.setdefault(checked_day, {})[table] = {"database": list(database[table][:2]),
-                                                            "raw": [counts.rows, counts.top]}
+                found.setdefault(checked_day, {})[table] = {"database": [rows, top], "raw": [counts.rows, counts.top]}
+            elif counts.content is not None and counts.content[:2] == (rows, digest):
+                # review rev35a: the rows the file was last known to hold the values of, by their ids: another
+                # content digest is an edit (a choice changed, a prompt cleaned, an email corrected), re-exported
+                if counts.content[2] != content:
+                    found.setdefault(checked_day, {})[table] = {"database": [rows, top],
+                                                                "raw": [counts.rows, counts.top], "edited": True}
             elif verdict == "check":
-                spills.append(_IdSpill(checked_day, table, database[table], counts,
-                                       _file_key(home.raw_file(checked_day, table))))
+                spills.append(_IdSpill(checked_day, table, (rows, top, digest), counts, key, content))
+            elif key is not None:
+                # whole by its ids, with no baseline of these rows (a day exported before review rev35a, or ids
+                # restored since): their values now are the baseline the next nights compare with
+                baselines.append((checked_day, table, key, (rows, digest, content)))
     check = LateCheck(found, [d for d in checked if raw_before[d] is not None], spills,
-                      users_snapshot=config.users_snapshot)
+                      users_snapshot=config.users_snapshot, baselines=baselines)
     if spills:
         check.spill = tempfile.TemporaryFile(dir=spill_dir)
         for spill in spills:
@@ -3140,7 +3303,12 @@ def late_rows(conn: psycopg.Connection, home: DataHome, day: str, config: AppExp
     id); marks each late day for the schedule to re-export and clears the mark of a day found whole. Rows
     the raw zone holds and the database no longer does (deleted since) are not reported: the raw zone keeps
     what was exported. Raw counts read before the snapshot can only be older than it: a day re-exported in
-    between is at worst reported (and re-exported) once more."""
+    between is at worst reported (and re-exported) once more.
+
+    Review rev35a: a table whose ids are those of its content record (:func:`record_content`: the database's rows
+    whose values the file holds) and whose content digest (``day_counts.sql``) differs has rows edited since
+    (``"edited": True`` in its entry; marked and re-exported like a late day); a table found whole by its ids with
+    no such record gets one (its values now)."""
     # review rev31h: a ticket drawn before the snapshot (none for a transaction already open: it clears nothing)
     idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     if idle:
@@ -3177,11 +3345,11 @@ def _days(first: dt.datetime, last: str) -> list[str]:
     return out
 
 
-def _cumulative(parts: list[tuple[int, int | None, int]]) -> tuple[int, int | None, int]:
-    """Summed rows, largest id and summed digest of ``parts``."""
-    tops = [top for _, top, _ in parts if top is not None]
-    return (sum(rows for rows, _, _ in parts), max(tops) if tops else None,
-            sum(digest for _, _, digest in parts) % DIGEST_MOD)
+def _cumulative(parts: list[tuple[int, int | None, int, int]]) -> tuple[int, int | None, int, int]:
+    """Summed rows, largest id, summed digest and summed content digest of ``parts``."""
+    tops = [part[1] for part in parts if part[1] is not None]
+    return (sum(part[0] for part in parts), max(tops) if tops else None,
+            sum(part[2] for part in parts) % DIGEST_MOD, sum(part[3] for part in parts) % DIGEST_MOD)
 
 
 def _above(database: int | None, raw: int | None) -> bool:
@@ -3190,8 +3358,23 @@ def _above(database: int | None, raw: int | None) -> bool:
 
 
 def _is_late(info: dict) -> bool:
-    """Whether a :func:`late_rows` entry names rows the raw file lacks (not only rows that left its day)."""
-    return "missing" not in info or bool(info["missing"])
+    """Whether a :func:`late_rows` entry names rows the raw file lacks (not only rows that left its day, nor rows
+    edited since: ``edited``, review rev35a)."""
+    return not info.get("edited") and ("missing" not in info or bool(info["missing"]))
+
+
+def edited_warning(late: dict[str, dict], lookback_days: int) -> str:
+    """Review rev35a: a line naming the days whose rows were edited in the app since the day was last exported
+    ('' when none)."""
+    parts = [f"{day}: " + ", ".join(table for table, info in tables.items() if info.get("edited"))
+             for day, tables in sorted(late.items()) if any(info.get("edited") for info in tables.values())]
+    if not parts:
+        return ""
+    days = [part.split(":", 1)[0] for part in parts]
+    return (f"app rows edited since their day was last exported, past app_export.lookback_days ({lookback_days}) "
+            f"(the same rows, other values: a choice changed, a prompt cleaned, an email corrected): "
+            f"{'; '.join(parts)} -- the next scheduled export re-exports {'that day' if len(days) == 1 else 'those days'}"
+            f" (or now: pickapic build --from-app-db --from {days[0]} --to {days[-1]})")
 
 
 def late_warning(late: dict[str, dict], lookback_days: int) -> str:
@@ -3252,13 +3435,18 @@ def _file_holds(path: Path, name: str, ids: array.array) -> bool:
 
 
 def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_snapshot: bool,
-               raw_days: list[str], into: dict[str, dict[str, list]]) -> None:
+               raw_days: list[str], into: dict[str, dict[str, list]],
+               outside: dict[str, dict[int, str]] | None = None) -> None:
     """Add to ``into`` (table -> day -> [rows, first ids]) the days the rows of ``held`` (rows of raw day
     ``from_day`` that its re-export does not hold) are dated to now: their new day, which must hold them once
     the old day's re-export takes them out (review rev29h: a row moved to a day past the late-row check's window
     was in no raw day). Undated rows are the undated warning's (:func:`watch_undated`); an account left out of
     an older users file by ``users_snapshot = false`` is no move where the raw zone holds its own day (that
-    day's file holds the accounts created on it, in either mode)."""
+    day's file holds the accounts created on it, in either mode).
+
+    Review rev35a: ``outside`` gets table -> {id: day} of the rows dated to a day before the raw zone's first
+    (REMEMBER_UNDATED a table at most), which no schedule exports: :func:`remember_moved` keeps them, and each
+    export names them until a raw day holds them (they were named on one night only)."""
     held_days = set(raw_days)
     counted = {on: info for on, info in held.by_day().items()
                if on != from_day and not (table == "users" and not users_snapshot and on < from_day
@@ -3276,6 +3464,12 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
         entry = into.setdefault(table, {}).setdefault(on, [0, []])
         entry[0] += count
         entry[1] = (entry[1] + first)[:FIRST_IDS]
+    before = {held.names.index(on) for on in counted if raw_days and on < raw_days[0]}
+    if outside is not None and before:
+        ids = outside.setdefault(table, {})
+        for key, code in zip(held.ids, held.days):
+            if code in before and len(ids) < REMEMBER_UNDATED:
+                ids.setdefault(key, held.names[code])
 
 
 def moved_days(raw_days: list[str], moved: dict[str, dict[str, list]]) -> list[str]:
@@ -3319,8 +3513,9 @@ def moved_warning(raw_days: list[str], moved: dict[str, dict[str, list]]) -> str
 
 
 def late_warnings(late: dict[str, dict], lookback_days: int) -> list[str]:
-    """:func:`late_warning` and :func:`left_warning`, those that say something."""
-    return [line for line in (late_warning(late, lookback_days), left_warning(late, lookback_days)) if line]
+    """:func:`late_warning`, :func:`left_warning` and :func:`edited_warning`, those that say something."""
+    return [line for line in (late_warning(late, lookback_days), left_warning(late, lookback_days),
+                              edited_warning(late, lookback_days)) if line]
 
 
 def app_days(dsn: str, source: str = "the DSN") -> AppDays:

@@ -56,7 +56,7 @@ def test_a_home_claims_its_export_state_and_a_copied_home_claims_its_copy(tmp_pa
     home = DataHome.at(tmp_path / "home")
     claim_export_state(home)
     folders = export_state_folders(home)
-    assert len(folders) == 4 and all(_owner(folder)["home"] == str(home.root) for folder in folders)
+    assert len(folders) == 5 and all(_owner(folder)["home"] == str(home.root) for folder in folders)   # five since fix35e (app_export_content)
     claim_export_state(home)                                     # its own: nothing refused
     copy = DataHome.at(tmp_path / "copy")
     shutil.copytree(home.root, copy.root, symlinks=True)         # cp -a: a cache folder of its own
@@ -278,4 +278,4 @@ def test_a_folder_that_cannot_be_made_is_left_unclaimed_and_the_others_are_claim
     (home.cache / "app_export_late").write_bytes(b"not a folder")    # the export warns where it writes there
     claim_export_state(home)
     assert [folder.name for folder in export_state_folders(home) if (folder / CACHE_OWNER).is_file()] == [
-        "app_export_snapshots", "app_export_counts", "app_export_written"]
+        "app_export_snapshots", "app_export_counts", "app_export_written", "app_export_content"]   # + fix35e

@@ -27,7 +27,10 @@ of the same ``finish`` ran, harmless alone (a deletion is remembered on purpose)
 table (an account's email or name in a ``users`` snapshot, a prompt cleaned by moderation), not only rankings.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix35e, ``tests/unit/test_fix35e.py``) and their
+markers removed: ``LateCheck.finish`` writes what it learnt only after every look-up ran and every marker is set;
+an edit past the lookback is seen by a per-day content digest the export records (bounded: the check's window);
+a row moved before the raw zone's first day is remembered with the undated rows and named until exported.
 """
 from __future__ import annotations
 
@@ -87,9 +90,6 @@ def _rankings(home: DataHome, day: str) -> list[tuple[int, int]]:
 # night compares the same (rows, digest) with the record, calls the day "whole", and never looks again. The row
 # reaches no raw day, and no night after the failure says a word. Without the drop the same nights bring it there.
 
-@pytest.mark.xfail(strict=True, reason="LateCheck.finish records a checked day (_record_checked) before it marks the "
-                                       "day its moved row went to; a connection dropped in between leaves the day "
-                                       "'whole' for good and the row in no raw day, silently")
 def test_a_connection_dropped_in_the_late_row_check_does_not_lose_a_moved_row(postgres_server, tmp_path,  # noqa: F811
                                                                               monkeypatch):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
@@ -131,8 +131,6 @@ def test_a_connection_dropped_in_the_late_row_check_does_not_lose_a_moved_row(po
 # changes of exported days. Here the choice changes a week after the day; two nights later the raw day still
 # holds the old one.
 
-@pytest.mark.xfail(strict=True, reason="the late-row check compares rows, largest id and id digest only: an UPDATE of "
-                                       "a row of a day past the lookback window is never exported nor reported")
 def test_a_ranking_whose_choice_changed_after_the_lookback_reaches_its_raw_day(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -156,9 +154,6 @@ def test_a_ranking_whose_choice_changed_after_the_lookback_reaches_its_raw_day(p
 # are warned about every night until a raw day holds them (review rev29c); a row the export itself took out of the
 # raw zone is not.
 
-@pytest.mark.xfail(strict=True, reason="a row moved to a day before the raw zone's first is taken out of its old day "
-                                       "and named only on that night; later nights are silent while no raw day "
-                                       "holds it")
 def test_a_row_moved_before_the_first_raw_day_stays_reported_until_a_raw_day_holds_it(postgres_server,  # noqa: F811
                                                                                       tmp_path):
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
