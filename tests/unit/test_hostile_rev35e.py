@@ -47,13 +47,48 @@ import os
 import stat
 from pathlib import Path
 
+import psycopg
 import pytest
+from test_fix35e import _app_db, _lines, _nightly, _rank, _user, _warnings
 
+from formats.home import DataHome
+from pipelines.appdb.export import late_days
 from simulator import export
+from tests.postgres_server import postgres_server  # noqa: F401 - fixture
 
 
 def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+@pytest.mark.xfail(strict=True, reason="rev35e: an account erased on one day masks an email edited on a later day in "
+                                       "every users snapshot holding both (the deletion changes the snapshot's ids); "
+                                       "the edited value becomes the baseline, so the old email stays for good")
+def test_an_erasure_on_another_day_does_not_hide_an_email_edit_from_the_users_snapshots(
+        postgres_server, tmp_path):  # noqa: F811
+    """README section 1a bounds the content check: an edit "together with a deletion on the same day between two
+    checks, is not seen". A users file is a snapshot of every account up to its day's end, so for it any account
+    erased on any earlier day counts as such a deletion: here account 1 (created 2023-03-01) is erased and account 2
+    (created 2023-03-02) has its email corrected; the 2023-03-02 snapshot keeps the old email, no warning names it,
+    and the next nights record the edited values as the baseline (the edit is never seen again). Without the erasure
+    the same edit is re-exported (test_fix35e's first test)."""
+    dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
+    with psycopg.connect(dsn) as conn:
+        _user(conn, 1, "2023-03-01 09:00", "one@example.com")
+        _user(conn, 2, "2023-03-02 09:00", "old@example.com")
+        _rank(conn, 1, "2023-03-01 12:00")
+        _rank(conn, 2, "2023-03-02 12:00", user=2)
+    for night in ("2023-03-01", "2023-03-02"):
+        _nightly(home, dsn, night)
+    with psycopg.connect(dsn) as conn:
+        conn.execute("DELETE FROM rankings WHERE user_id = 1")
+        conn.execute("DELETE FROM users WHERE user_id = 1")          # an erased account, created the day before
+        conn.execute("UPDATE users SET email = 'new@example.com' WHERE user_id = 2")
+    lines = _warnings(_nightly(home, dsn, "2023-03-10")) + _warnings(_nightly(home, dsn, "2023-03-11"))
+    assert late_days(home) == []
+    # the edit reaches the snapshot (re-exported) or at the least is named
+    assert "new@example.com" in [row["email"] for row in _lines(home, "2023-03-02", "users")] \
+        or any(line.startswith("app rows edited since") and "2023-03-02" in line for line in lines), lines
 
 
 @pytest.mark.xfail(strict=True, reason="rev35e: write_unless_same leaves a same-bytes file with a world-writable or "
