@@ -9,17 +9,23 @@ Reviewed:
   fixed-size ``INTERVAL[2]`` arrays, as MAP keys, in UNIONs, ``-00:00:00.000001``, mixed signs (``1 month -1 day``)
   and microsecond counts past 2^63 / 1000 (``to_microseconds(4333603350396573149)``).
 - fix35e (the app export's late-row check, ``LateCheck``, ``day_counts.sql`` content digest, the
-  ``HOME/cache/app_export_content/`` records): read the code and the SQL; the time box (30 minutes) ran out before a
-  PostgreSQL-driven attack could be run, so nothing is filed against it (see below).
+  ``HOME/cache/app_export_content/`` records), driven with a real PostgreSQL server started by the test
+  (``tests.postgres_server``) and the real ``export_day`` / nightly schedule of ``test_fix35e``: erasures and edits
+  between checks, a symlinked record folder, the content SQL against the export SQL column by column.
 
 Held up (no test):
 - INTERVAL text through the query command was DuckDB's own ``::VARCHAR`` text in every case above, in all three
   formats, including values whose nanoseconds would overflow int64 (the engine selects them as text and revives
   them exactly: ``duck_types.interval_from_text``).
 - ``write_unless_same`` rewrites a truncated or longer file (the size check), and a symlink holding the same bytes
-  (``lstat``); a missing or unreadable file is written.
+  (``lstat``: the link is replaced by a file, its target untouched); a missing or unreadable file is written.
 - ``record_content`` / ``_content_record`` refuse a symlinked or oversized record (``read_cache``), unlink only a
-  regular file, and the warning names the path and errno text only (no DSN).
+  regular file, and the warning names the path and errno text only (no DSN); the records hold integers only.
+- ``day_counts.sql`` hashes exactly the columns ``export_*.sql`` write, cast alike, under the pinned session
+  settings (UTC, extra_float_digits, DateStyle) and ``COLLATE "C"``; row text includes the id, so a swap of values
+  between two rows changes the digest; the check's window bounds its memory (14 days x 4 tables).
+- An edit names its day once; the export then replaces the record (read, and seen in test_fix35e's first test; no
+  endless re-export found).
 
 Measured: ``output.interval_text`` against DuckDB's ``::VARCHAR`` on 3,000 random intervals: equal except where
 the Arrow value itself had wrapped (DuckDB's Arrow export multiplies microseconds by 1000 in int64, so
@@ -32,10 +38,14 @@ Noticed, not filed:
   edit of the other name changes the raw zone. Not filed: needs someone to link into the raw zone first.
 - A UNION in ``--format csv`` / ``parquet`` is written as its JSON text (``"2 days"`` with JSON quotes), as
   documented for unions; an INTERVAL inside one is DuckDB's text inside that JSON.
-- fix35e unattacked for lack of time: whether the content digest is the same from the export's connection and the
-  check's (``extra_float_digits``, ``TimeZone``, ``DateStyle`` pinned in ``connection.py``; ``to_char`` of a
-  ``timestamptz`` depends on ``TimeZone``), and whether a day whose record cannot be written is re-exported every
-  night.
+- A symlinked ``HOME/cache/app_export_content`` is followed: the export replaced ``dt=DAY.json`` in the folder it
+  names (outside the home). Not filed: a linked cache folder is a supported layout (``claim_export_state``, review
+  rev32c), and the folder is claimed with ``owner.json``.
+- The content digest hashes whole values while the export cuts text at ``max_chars``: an edit past the cut is named
+  "edited" and re-exports the day once with the same bytes (read in the SQL, not run; harmless, slightly
+  misleading).
+- A rankings/images deletion together with an edit on the same day between two checks hides the edit: documented
+  (README section 1a); the users-snapshot case below is wider than that bound states.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
