@@ -7,7 +7,8 @@ Reviewed:
 - fix35b ``pickapic query`` INTERVAL output, driven through ``pipelines.query.engine.run_query`` on a real published
   home (``test_publish_fixtures.published_home``) and real DuckDB, in json, csv and parquet: top level, in lists, in
   fixed-size ``INTERVAL[2]`` arrays, as MAP keys, in UNIONs, ``-00:00:00.000001``, mixed signs (``1 month -1 day``)
-  and microsecond counts past 2^63 / 1000 (``to_microseconds(4333603350396573149)``).
+  and microsecond counts past 2^63 / 1000 (``to_microseconds(4333603350396573149)``), the int32 / int64 extremes
+  (``-2562047788:00:54.775808``, ``178956970 years 7 months -2147483648 days``) and a sub-microsecond interval.
 - fix35e (the app export's late-row check, ``LateCheck``, ``day_counts.sql`` content digest, the
   ``HOME/cache/app_export_content/`` records), driven with a real PostgreSQL server started by the test
   (``tests.postgres_server``) and the real ``export_day`` / nightly schedule of ``test_fix35e``: erasures and edits
@@ -44,6 +45,9 @@ Noticed, not filed:
 - The content digest hashes whole values while the export cuts text at ``max_chars``: an edit past the cut is named
   "edited" and re-exports the day once with the same bytes (read in the SQL, not run; harmless, slightly
   misleading).
+- A row moved to a day before the raw zone's first, then moved back and re-exported, leaves that earlier day's
+  late marker (``HOME/cache/app_export_late``) for good; the schedule only re-exports marked days the raw zone
+  holds, so it does nothing and names nothing (cache cruft only; seen running it).
 - A rankings/images deletion together with an edit on the same day between two checks hides the edit: documented
   (README section 1a); the users-snapshot case below is wider than that bound states.
 
