@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
-    "app_export": "4",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
+    "app_export": "5",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
                           #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
                           # 3: a raw row is matched by id and an identity a legitimate edit keeps (rankings: user and
                           #    image uids; downloads: user and image; accounts: the id alone): a row moved and edited,
@@ -24,6 +24,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 4: a raw line's id and identity read as written, as the ingest reads them
                           #    (9007199254740993.0 is 2^53 + 1, 4503599627370497.5 no id): a line another exporter
                           #    wrote is no longer taken for a row of another id (rev35a)
+                          # 5: a raw line's id read by the fast match only in the plain form: 05 / -05 (not JSON) and
+                          #    a key named again with an escape (download\u005fid) read as the ingest reads them, no
+                          #    id, so a re-export keeps such a line where it dropped it as a row it read (rev35c)
     "ingest": "9",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);

@@ -1720,17 +1720,66 @@ def _alike(a: object, b: object) -> bool:
 _LENIENT = json.JSONDecoder(strict=False, parse_float=_float_as_written)
 
 
+class _Broken:
+    """The value of a member that is not JSON (:func:`_json_members`): no key, no identity."""
+
+    def __repr__(self) -> str:
+        return "BROKEN"
+
+
+BROKEN = _Broken()
+
+
 def _key_re(name: str | None) -> tuple[re.Pattern, bytes]:
-    """The export's own line start, ``{"NAME": 123,`` (any JSON blanks, NAME first, an integer or null): a line
-    the export wrote (cut lines and lines of bytes that are not UTF-8 included) is keyed without a JSON decode.
-    ``name`` None: any ``*_id`` first (the generic reading of :func:`vanishing_rows` on files of no table). With
-    the pattern: the member's name as a JSON string, which must not come again in the line's first piece."""
+    """The export's own line start, ``{"NAME": 123,`` (any JSON blanks, NAME first, an integer as JSON writes it or
+    null): a line the export wrote (cut lines and lines of bytes that are not UTF-8 included) is keyed without a JSON
+    decode. ``name`` None: any ``*_id`` first (the generic reading of :func:`vanishing_rows` on files of no table).
+    With the pattern: the member's name as a JSON string, which must not come again in the line's first piece. Only
+    the plain form: an integer with a leading zero (``05``, ``-05``: not JSON, the ingest's malformed_json with no
+    key; review rev35c: it was read as 5) or ``-0`` does not match, and is left to :func:`_scan_key`."""
     if name not in _KEY_RES:
         field = b'[a-z_]+_id' if name is None else re.escape(name.encode())
         ws = _WS.encode()
         _KEY_RES[name] = (re.compile(rb'\{' + ws + b'"' + field + b'"' + ws + b':' + ws
-                                     + rb'(-?[0-9]{1,40}|null)' + ws + b'[,}]'), b'"' + (name or "").encode() + b'"')
+                                     + rb'(0|-?[1-9][0-9]{0,39}|null)' + ws + b'[,}]'),
+                          b'"' + (name or "").encode() + b'"')
     return _KEY_RES[name]
+
+
+_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_SPELLED: dict[str, tuple[re.Pattern, bytes]] = {}
+
+
+def _spelled_re(name: str) -> tuple[re.Pattern, bytes]:
+    """A pattern of ``name`` as a JSON string in any spelling (each character as is, as a ``\\u`` escape in
+    either case of its hex digits, a surrogate pair's two, or JSON's short escape), and the bytes a spelling other
+    than the plain one must hold (``\\u``, or a backslash where the name holds a character of a short escape)."""
+    if name not in _SPELLED:
+        parts = []
+        for char in name:
+            code = ord(char)
+            units = [code] if code < 0x10000 else [0xD800 + ((code - 0x10000) >> 10),
+                                                   0xDC00 + ((code - 0x10000) & 0x3FF)]
+            escaped = b"".join(rb"\\u" + b"".join(b"[" + d.encode() + d.upper().encode() + b"]" if d.isalpha()
+                                                   else d.encode() for d in f"{unit:04x}") for unit in units)
+            choices = [re.escape(char.encode()), escaped]
+            if char in _SHORT_ESCAPES:
+                choices.append(rb"\\" + re.escape(_SHORT_ESCAPES[char].encode()))
+            parts.append(b"(?:" + b"|".join(choices) + b")")
+        marker = b"\\" if any(char in _SHORT_ESCAPES for char in name) else b"\\u"
+        _SPELLED[name] = (re.compile(b'"' + b"".join(parts) + b'"'), marker)
+    return _SPELLED[name]
+
+
+def _named_again(piece: bytes, name: str, needle: bytes, start: int) -> bool:
+    """Whether member ``name``'s name may come again in ``piece`` from ``start`` on: written plainly (``needle``)
+    or with escapes (review rev35c: ``"download\\u005fid": 6`` after ``{"download_id": 5,`` was not seen, so the
+    line was keyed 5 where the ingest reads a key named twice with two values: none). A line holding no ``\\u``
+    escape (no backslash at all for a name with a short escape's character) is looked at no further."""
+    if piece.find(needle, start) >= 0:
+        return True
+    pattern, marker = _spelled_re(name)
+    return piece.find(marker, start) >= 0 and pattern.search(piece, start) is not None
 
 
 def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
@@ -1740,22 +1789,48 @@ def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadabl
     Review rev29d: the export's own spacing was the only form read (a regex), so every line of a day written by
     the raw zone's other way in (compact JSON, the id anywhere in the object) was keyless and a replica's re-export
     kept each beside its row read again: the day doubled. A line not in the export's form is now read as JSON
-    (:func:`_scan_key`), within its first piece: bounded whatever the line's length."""
+    (:func:`_scan_key`), within its first piece: bounded whatever the line's length. Review rev35c: the fast match
+    reads only the plain form (:func:`_key_re`: the id as JSON writes an integer, its member's name not again in
+    the piece in any spelling, :func:`_named_again`); any other line is left to :func:`_scan_key`, the reading the
+    ingest's agrees with."""
     pattern, needle = _key_re(name)
     match = pattern.match(piece)
-    if match and (name is None or piece.find(needle, match.end()) < 0):
+    if match and (name is None or not _named_again(piece, name, needle, match.end())):
         return None if match.group(1) == b"null" else int(match.group(1))
     if name is None:
         return UNREADABLE
     return _scan_key(piece, name)       # not the export's form, or the member's name again further on
 
 
+# what a JSON scalar cut by the end of a piece can be: a number's start, a constant's, or nothing yet
+_SCALAR_START = re.compile(r"-?(?:[0-9]+(?:\.[0-9]*)?(?:[eE][-+]?[0-9]*)?)?|t(?:r(?:ue?)?)?|f(?:a(?:l(?:se?)?)?)?"
+                           r"|n(?:u(?:ll?)?)?|N(?:aN?)?|-?I(?:n(?:f(?:i(?:n(?:i(?:ty?)?)?)?)?)?)?")
+
+
+def _cut(text: str, exc: BaseException) -> bool:
+    """Whether the decoder's error ``exc`` on a value of ``text`` is the end of ``text`` cutting the value (a string
+    not closed, an escape, a container or a scalar not ended before it), not a value that is not JSON
+    (``-\\t}``, ``tru,``, a number past Python's digit limit, nesting past its depth)."""
+    if not isinstance(exc, json.JSONDecodeError):
+        return False
+    if exc.msg.startswith("Unterminated string"):
+        return True
+    if exc.msg.startswith("Invalid \\uXXXX"):
+        return len(text) - exc.pos < 5
+    return _SCALAR_START.fullmatch(text[exc.pos:].rstrip(" \t\r\n")) is not None
+
+
 def _json_members(text: str) -> Iterator[tuple[str, object]]:
     """The members of the JSON object ``text`` starts, decoded one by one with the json module's scanner (control
-    characters in strings allowed) until the end of the object or the first member that cannot be decoded (a value
-    cut by the end of ``text``, a NaN); nothing for text that is no JSON object."""
+    characters in strings allowed) until the end of the object or the first member that cannot be read (a value cut
+    by the end of ``text``, in a first piece without its line's newline, :func:`_cut`: nothing more); nothing for
+    text that is no JSON object. A value that is not JSON (``tru``, ``-\\t}``; or cut, where ``text`` holds the
+    whole line), or one run into what follows it (``05``, ``-05``, ``5 x``, ``1.e5``: the decoder reads ``0``,
+    ``5``, ``1``), is yielded as :data:`BROKEN`, the last member: no reading of it is a value the ingest reads
+    (review rev35c: ``05`` was the id 0)."""
     blanks = " \t\r\n"
     at, end = 0, len(text)
+    whole = text.endswith("\n")     # the line's whole first piece is its whole line: no value is cut by its end
 
     def skip(i: int) -> int:
         while i < end and text[i] in blanks:
@@ -1775,9 +1850,17 @@ def _json_members(text: str) -> Iterator[tuple[str, object]]:
                 at = skip(at)
                 if text[at:at + 1] != ":":
                     break
-                value, at = _LENIENT.raw_decode(text, skip(at + 1))
-                yield member, value
+                try:
+                    value, at = _LENIENT.raw_decode(text, skip(at + 1))
+                except (ValueError, RecursionError) as exc:
+                    if whole or not _cut(text, exc):      # not cut by the piece's end: a value that is not JSON
+                        yield member, BROKEN
+                    return
                 at = skip(at)
+                if at < end and text[at] not in ",}":
+                    yield member, BROKEN    # a value run into what follows (05, 5 x, 1.e5): not JSON
+                    return
+                yield member, value
                 if text[at:at + 1] != ",":
                     break
                 at = skip(at + 1)
@@ -2624,7 +2707,8 @@ def undated_warning(undated: dict[str, dict]) -> str:
 
 VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
 COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows, max id, id digest of a raw day's files
-COUNTS_READING = 2    # how its entries read ids (2: as written, review rev35a; entries without it are recomputed)
+COUNTS_READING = 3    # how its entries read ids (2: as written, review rev35a; 3: 05 and a key named again with an
+                      # escape no id, review rev35c; entries of another reading are recomputed)
 LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
 DIGEST_MOD = 1 << 64
 _M32 = 0xFFFFFFFF
@@ -2719,7 +2803,8 @@ def _valid_entry(entry: object, key: list[int]) -> bool:
     """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked, COUNTS_READING] for
     the file's current ``key``, with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
     entry is recomputed, never trusted or failing the export; an entry of before review rev29c, without a
-    digest, or of before review rev35a, its ids read by their doubles, is recomputed once). The ctime is what ``utime``
+    digest, or of before review rev35a, its ids read by their doubles, or of before rev35c, ``05`` read as 5, is
+    recomputed once). The ctime is what ``utime``
     cannot set: a file rewritten in place with its size and mtime put back (``cp -p``) kept its old counts (review
     rev21c)."""
     return (isinstance(entry, list) and len(entry) == 9 and type(entry[8]) is int and entry[8] == COUNTS_READING

@@ -29,7 +29,9 @@ here), the members file 320,856 bytes (about 107 bytes a line). Also noticed: a 
 (``"a<TAB>b"``) is keyed by the export (its decoder is lenient on purpose) and keyless in the ingest.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix35g, ``tests/unit/test_fix35g.py``: the fast path reads
+only the plain form, the id as JSON writes an integer and its name not again in any spelling; a value that is not JSON,
+``05`` included, is no key) and the markers removed.
 """
 from __future__ import annotations
 
@@ -66,9 +68,6 @@ def _ingest_key(line: bytes) -> object:
         return exc.key
 
 
-@pytest.mark.xfail(strict=True, reason="the export's fast path (_key_re) looks for the member's name again only as "
-                   "written plainly: the same member named again with an escape and another value is keyed by the "
-                   "first value, while _scan_key's documented rule and the ingest read no key")
 def test_a_key_named_again_with_an_escaped_name_and_another_value_has_no_key(tmp_path):
     line = ('{"download_id":5,' + REST + ',"download\\u005fid":6}').encode()
     assert _ingest_key(line) is None                         # the ingest: a duplicate key, two values: no key
@@ -82,9 +81,6 @@ def test_a_key_named_again_with_an_escaped_name_and_another_value_has_no_key(tmp
     assert _piece_key(plain, "download_id") is UNREADABLE
 
 
-@pytest.mark.xfail(strict=True, reason="the export's fast path reads an id written with leading zeros (05, 007: not "
-                   "JSON) as the id, while the ingest rejects the line as malformed_json with no key: a re-export "
-                   "holding that id drops the line")
 @pytest.mark.parametrize("written", ["05", "007", "-05"])
 def test_an_id_with_leading_zeros_is_not_read_as_an_id(tmp_path, written):
     line = ('{"download_id":' + written + ',' + REST + '}').encode()
