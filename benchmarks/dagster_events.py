@@ -7,9 +7,8 @@ three events, each materialization), each stored in the run's own SQLite databas
 index database. Dagster's stock SQLite storage makes a new SQLAlchemy engine (dialect set-up, statement compilation)
 and a new SQLite connection for every use. The home's instance (``dagster_project.instance``) keeps the engines, one
 per database and process, and still opens and closes a connection per use (a connection kept open was tried in the
-thirty-fourth session and withdrawn: a read could see a stale snapshot; README *Jobs, schedules and sensors*); since
-the thirty-fifth session each kept engine's WAL database also has an idle anchor connection, so a use's close no
-longer checkpoints, fsyncs and deletes the write-ahead log.
+thirty-fourth session and withdrawn: a read could see a stale snapshot; README *Jobs, schedules and sensors*; an idle
+anchor connection per database, tried in the thirty-fifth session, was withdrawn too: review rev35d).
 
 Each case runs ``--runs`` materializations of a job of ``--assets`` assets, each with one asset check, in a
 forked child of its own (a new instance in a new folder; its peak RSS is reported): the home's instance (``home``)

@@ -35,7 +35,6 @@ a home made before reads as it was).
 """
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import stat
@@ -128,39 +127,8 @@ class PrivateComputeLogManager(LocalComputeLogManager):
             yield stream
 
 
-_NOT_YET = object()
-
-
-def _open_anchor(path: str | None) -> Any:
-    """An anchor connection to the SQLite database at ``path`` (:class:`_Engines`): a plain ``sqlite3`` connection
-    that has read the database once in WAL mode; ``_NOT_YET`` while there is no such database or it is not in WAL
-    mode yet (tried again at the next use); ``None`` when it cannot be had (not writable by this account, say: not
-    tried again). An anchor is only an economy: without one a database is used exactly as before."""
-    import sqlite3
-    import urllib.parse
-
-    if not path or path == ":memory:" or not os.path.isfile(path):
-        return _NOT_YET
-    try:
-        conn = sqlite3.connect(f"file:{urllib.parse.quote(os.path.abspath(path))}?mode=rw", uri=True, timeout=1.0,
-                               isolation_level=None, check_same_thread=False)
-    except sqlite3.Error:
-        return None
-    try:
-        mode = conn.execute("PRAGMA journal_mode").fetchone()
-        if not mode or str(mode[0]).lower() != "wal":
-            conn.close()
-            return _NOT_YET
-        conn.execute("SELECT count(*) FROM sqlite_master").fetchall()   # its shared lock; no transaction left open
-    except sqlite3.Error:
-        conn.close()
-        return None
-    return conn
-
-
 class _Engines:
-    """SQLAlchemy engines of SQLite databases, one per database and process, the most recently used kept, each
-    with an idle *anchor* connection.
+    """SQLAlchemy engines of SQLite databases, one per database and process, the most recently used kept.
 
     Dagster's SQLite storages make a new engine for every connection (``NullPool``: a new SQLite connection each
     time, closed when released). An engine also holds its dialect, set up at its first connection, and its cache
@@ -168,20 +136,7 @@ class _Engines:
     events each) paid for both again: about a tenth of a small build's CPU. An engine kept here still uses
     ``NullPool``, so every connection is the same new SQLite connection as before (nothing is shared between
     threads or with a forked child, which gets its own engines: the key holds the pid). The webserver and the
-    daemon open the event database of every run they read: only ``MAX`` engines are kept.
-
-    The anchor: in WAL mode the last connection to a database to close checkpoints the write-ahead log into the
-    database (two ``fdatasync``), then deletes the -wal and -shm files, and the next connection creates them again;
-    with a connection per use that was every use (a small build: ~3,900 closes, ~7,800 unlinks, ~11,500
-    ``fdatasync``). So each kept engine's database, once in WAL mode, also has one plain ``sqlite3`` connection
-    held open that has read the database once and does nothing else: it keeps the database's shared lock, so the
-    other connections' closes are not the last, and the log is checkpointed by SQLite's automatic checkpoint
-    (every 1,000 pages) instead. The anchor never runs a statement after that first read, so it holds no read
-    transaction and no snapshot: every read still goes through a new connection and sees every commit (a
-    connection kept for queries was tried in the thirty-fourth session and withdrawn for a stale read). Anchors
-    are closed when their engine is dropped, at exit, and before a ``fork`` (a child must not close an inherited
-    SQLite connection: its close would drop the child's own locks on the file, or checkpoint and delete a log the
-    parent still uses); one a fork left in a child anyway is never closed there."""
+    daemon open the event database of every run they read: only ``MAX`` engines are kept."""
 
     MAX = 8
 
@@ -191,7 +146,6 @@ class _Engines:
 
         self._lock = threading.Lock()
         self._kept: OrderedDict[tuple[int, str], Any] = OrderedDict()
-        self._anchors: dict[tuple[int, str], Any] = {}
 
     def get(self, conn_string: str, timeout_s: float) -> Any:
         import sqlalchemy as db
@@ -202,56 +156,17 @@ class _Engines:
             engine = self._kept.get(key)
             if engine is not None:
                 self._kept.move_to_end(key)
-        if engine is None:
-            made = db.create_engine(conn_string, poolclass=NullPool, connect_args={"timeout": timeout_s})
-            with self._lock:
-                engine = self._kept.setdefault(key, made)
-                self._kept.move_to_end(key)
-                while len(self._kept) > self.MAX:
-                    dropped, _ = self._kept.popitem(last=False)
-                    self._close_anchor(dropped)
-        if key not in self._anchors:
-            anchor = _open_anchor(engine.url.database)     # outside the lock: it may wait for a lock of SQLite's
-            with self._lock:
-                if key in self._kept and key not in self._anchors and anchor is not _NOT_YET:
-                    self._anchors[key], anchor = anchor, None
-            if anchor is not None and anchor is not _NOT_YET:
-                anchor.close()                             # another thread's came first, or the engine was dropped
+                return engine
+        engine = db.create_engine(conn_string, poolclass=NullPool, connect_args={"timeout": timeout_s})
+        with self._lock:
+            engine = self._kept.setdefault(key, engine)
+            self._kept.move_to_end(key)
+            while len(self._kept) > self.MAX:
+                self._kept.popitem(last=False)
         return engine
-
-    def _close_anchor(self, key: tuple[int, str]) -> None:
-        conn = self._anchors.pop(key, None)
-        if conn is not None:
-            with contextlib.suppress(Exception):
-                conn.close()
-
-    def close_anchors(self) -> None:
-        """Close this process's anchors (each database's log checkpointed and removed if no one else has it
-        open): at exit and before a fork."""
-        if not self._lock.acquire(timeout=10):
-            return
-        try:
-            pid = os.getpid()
-            for key in [key for key in self._anchors if key[0] == pid]:
-                self._close_anchor(key)
-        finally:
-            self._lock.release()
-
-    def forget_inherited(self) -> None:
-        """In a forked child: drop the parent's engines and anchors without closing an anchor (see the class)."""
-        import ctypes
-        import threading
-
-        for conn in filter(None, self._anchors.values()):
-            ctypes.pythonapi.Py_IncRef(ctypes.py_object(conn))    # never deallocated, so never closed, here
-        self._anchors = {}
-        self._kept.clear()
-        self._lock = threading.Lock()
 
 
 ENGINES = _Engines()
-os.register_at_fork(before=ENGINES.close_anchors, after_in_child=ENGINES.forget_inherited)
-atexit.register(ENGINES.close_anchors)
 
 
 class CheckedSqliteRunStorage(SqliteRunStorage):
