@@ -5,7 +5,7 @@ import os
 import stat
 from pathlib import Path
 
-from formats.files import write_bytes_atomic
+from formats.files import file_mode, write_bytes_atomic
 from formats.rawlines import GZIP_LEVEL, download_line, gzip_bytes, image_line, jstr, ranking_line, user_line  # noqa: F401 - the simulator's modules use these through ``export``
 
 
@@ -14,15 +14,21 @@ def write_unless_same(path: Path | str, data: bytes) -> bool:
     bytes: that file is left as it is, its mtime too. Returns whether it wrote. A simulation run again with the
     same settings rewrote every file with the same bytes, and a build watches the blobs it rejected by size and
     mtime (``pipelines.provenance.RejectedBlobs``), so every run of the home ran again (fix35b: a second
-    ``pickapic demo`` reran all four runs)."""
+    ``pickapic demo`` reran all four runs).
+
+    Review rev35e: the file is left only where it is also what a fresh write makes it: this account's, the
+    umask's mode (``0666 & ~umask``) and one name (no hard link). A world-writable or owner-only file, another
+    account's, or one whose inode another name shares (an edit through that name would change the raw zone) is
+    rewritten by the atomic replace, as before fix35b."""
     try:
-        info = os.lstat(path)
-        if stat.S_ISREG(info.st_mode) and info.st_size == len(data):
-            with open(path, "rb") as handle:
-                if handle.read(len(data) + 1) == data:
-                    return False
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if (stat.S_ISREG(info.st_mode) and info.st_size == len(data) and info.st_nlink == 1
+                    and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == file_mode()
+                    and handle.read(len(data) + 1) == data):
+                return False
     except OSError:
-        pass        # missing or unreadable: written as before
+        pass        # missing, a link, or unreadable: written as before
     write_bytes_atomic(Path(path), data)
     return True
 

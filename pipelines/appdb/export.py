@@ -1478,9 +1478,11 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(oversized_warning(day, report.oversized, line_limit))
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
-        late_check = start_late_check(conn, home, day, config, raw_before, staging)
-        # review rev35a: the content digest of the rows written, recorded with the day once published
-        content = day_content(conn, day, config.users_snapshot)
+        late_check = start_late_check(conn, home, day, config, raw_before, staging, through=day)
+        # review rev35a: the content digest of the rows written, recorded with the day once published (review
+        # rev35e: from the check's query, which reaches the day, where it ran: the users snapshot's parts by
+        # creation day from the check's first day)
+        content = day_content(conn, day, config.users_snapshot, late_check.counted)
         from pipelines.appdb.blobs import BlobRecord, copy_blobs, read_day_uids, withdraw_blobs
 
         # The image uids are read from the same snapshot into an unnamed file, and the transaction and the
@@ -2767,6 +2769,7 @@ class RawTableCounts:
     checked: tuple[int, int] | None = None
     content: tuple[int, int, int] | None = None   # review rev35a: the baseline (rows, digest, content digest) of the
     #                                              database's rows the file is known to be up to date with
+    parts: dict | None = None     # review rev35e: a users snapshot's baseline by the accounts' creation day (_parts)
 
 
 def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
@@ -2843,8 +2846,10 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
             entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None, COUNTS_READING]
         fresh[table] = entry
         base = baselines.get(table)
+        valid = _valid_content(base, key)
         out[table] = RawTableCounts(entry[4], entry[5], entry[6], None if entry[7] is None else tuple(entry[7]),
-                                    tuple(base[3:]) if _valid_content(base, key) else None)
+                                    tuple(base[3:6]) if valid else None,
+                                    base[6] if valid and len(base) == 7 else None)
     if fresh != cached:
         _write_counts_cache(home, cache_file, fresh)
     return out
@@ -2891,7 +2896,8 @@ def record_written(home: DataHome, day: str, report: AppExportReport) -> None:
 
 CONTENT_RECORDS = "app_export_content"   # HOME/cache/<this>/dt=DAY.json: table -> [size, mtime_ns, inode, rows,
 #                                          id digest, content digest] of the database's rows the file holds (rev35a)
-CONTENT_RECORD_MAX_BYTES = 4 << 10        # a record is ~400 bytes; a larger one is not the export's
+CONTENT_RECORD_MAX_BYTES = 64 << 10       # a record is ~400 bytes (a users snapshot's parts: ~60 a day of the
+#                                          window); a larger one is not the export's
 
 
 def _content_record(home: DataHome, day: str) -> dict:
@@ -2903,32 +2909,103 @@ def _content_record(home: DataHome, day: str) -> dict:
 
 def _valid_content(entry: object, key: list[int] | None) -> bool:
     """Whether a content baseline is [size, mtime_ns, inode, rows, digest, content] of the file's current ``key``
-    (the file as the export or the check that recorded it left it: rewritten since, the baseline is no more)."""
-    return (isinstance(entry, list) and len(entry) == 6 and all(type(v) is int and v >= 0 for v in entry)
-            and key is not None and entry[:3] == key[:3] and entry[4] < DIGEST_MOD and entry[5] < DIGEST_MOD)
+    (the file as the export or the check that recorded it left it: rewritten since, the baseline is no more),
+    a users snapshot's with its parts by creation day as a seventh member (review rev35e: :func:`_valid_parts`)."""
+    return (isinstance(entry, list) and len(entry) in (6, 7) and all(type(v) is int and v >= 0 for v in entry[:6])
+            and key is not None and entry[:3] == key[:3] and entry[4] < DIGEST_MOD and entry[5] < DIGEST_MOD
+            and (len(entry) == 6 or _valid_parts(entry[6])))
 
 
-def day_content(conn: psycopg.Connection, day: str, users_snapshot: bool) -> dict[str, tuple[int, int, int]]:
-    """table -> (rows, id digest, content digest) of the rows ``day``'s export writes, read in the export's snapshot
-    (``day_counts.sql`` over the day; the users file of ``users_snapshot``: every dated account up to its end)."""
-    start, end = day_bounds(day)
-    per: dict[tuple[str, str | None], tuple[int, int, int]] = {}
-    for table, on, rows, _, digest, content in conn.execute(
-            statement("day_counts"), {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}):
-        per[(as_text(table), as_text(on))] = (int(rows), int(digest or 0) % DIGEST_MOD, int(content or 0) % DIGEST_MOD)
-    nothing = (0, 0, 0)
-    out = {table: per.get((table, day), nothing) for table in RAW_TABLES}
-    if users_snapshot:
-        before = per.get(("users", None), nothing)
-        out["users"] = tuple(sum(pair) % DIGEST_MOD if i else sum(pair)
-                             for i, pair in enumerate(zip(before, out["users"])))
+# Review rev35e: a users snapshot holds every account up to its day's end, so an account erased on any earlier day
+# changed its ids, and an email edited on another day was then recorded as the baseline unseen (the bound "a
+# deletion on the same day" was wider for it). Its baseline is kept by the accounts' creation day: {"from": DAY,
+# "before": [rows, digest, content] of the accounts created before DAY, "days": {DAY or later: [rows, digest,
+# content]}} (days with accounts only), and compared part by part (:func:`_edited_parts`).
+_DAY_TEXT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
+def _valid_triple(value: object) -> bool:
+    return (isinstance(value, list) and len(value) == 3 and all(type(v) is int and v >= 0 for v in value)
+            and value[1] < DIGEST_MOD and value[2] < DIGEST_MOD)
+
+
+def _valid_parts(parts: object) -> bool:
+    """Whether ``parts`` is a users snapshot's baseline by creation day as :func:`_parts` makes it."""
+    return (isinstance(parts, dict) and set(parts) == {"from", "before", "days"} and isinstance(parts["from"], str)
+            and _DAY_TEXT.fullmatch(parts["from"]) is not None and _valid_triple(parts["before"])
+            and isinstance(parts["days"], dict)
+            and all(isinstance(d, str) and _DAY_TEXT.fullmatch(d) is not None and d >= parts["from"]
+                    and _valid_triple(v) for d, v in parts["days"].items()))
+
+
+def _parts(start: str, before: tuple, days: dict[str, tuple]) -> dict:
+    """A users snapshot's baseline by creation day: the accounts created before ``start`` (``before``: rows, id
+    digest, content digest) and those of each day from ``start`` (``days``; days without accounts left out)."""
+    return {"from": start, "before": [int(v) for v in before[:3]],
+            "days": {d: [int(v) for v in part[:3]] for d, part in sorted(days.items()) if part[0]}}
+
+
+def _coarsened(parts: dict, start: str) -> dict[str | None, tuple[int, int, int]]:
+    """``parts`` with every creation day before ``start`` (not before its own ``from``) summed into the None part."""
+    out: dict[str | None, tuple[int, int, int]] = {None: tuple(parts["before"])}
+    for day, part in parts["days"].items():
+        key = day if day >= start else None
+        have = out.get(key, (0, 0, 0))
+        out[key] = (have[0] + part[0], (have[1] + part[1]) % DIGEST_MOD, (have[2] + part[2]) % DIGEST_MOD)
     return out
 
 
-def record_content(home: DataHome, day: str, entries: dict[str, tuple[list[int], tuple[int, int, int]]],
+def _edited_parts(recorded: dict | None, now: dict | None) -> bool:
+    """Whether a creation day's accounts (or those created before the later of the two baselines' first days) have
+    the ids of the recorded baseline and another content digest: an account edited, whatever was erased on another
+    day (an erasure and an edit of that same part stay unseen: the documented bound)."""
+    if recorded is None or now is None:
+        return False
+    start = max(recorded["from"], now["from"])
+    old, new = _coarsened(recorded, start), _coarsened(now, start)
+    for key in set(old) | set(new):
+        a, b = old.get(key, (0, 0, 0)), new.get(key, (0, 0, 0))
+        if a[:2] == b[:2] and a[2] != b[2]:
+            return True
+    return False
+
+
+def day_content(conn: psycopg.Connection, day: str, users_snapshot: bool,
+                counted: tuple[str, dict] | None = None) -> dict[str, tuple]:
+    """table -> (rows, id digest, content digest) of the rows ``day``'s export writes, read in the export's snapshot
+    (``day_counts.sql`` over the day; the users file of ``users_snapshot``: every dated account up to its end,
+    with its parts by creation day as a fourth member: :func:`_parts`). ``counted``: (first day, the late-row
+    check's ``day_counts.sql`` rows by (table, day)) of a check that reached ``day`` in the same snapshot, used
+    instead of a query of its own (review rev35e: the parts then go by day from the check's first day)."""
+    if counted is None:
+        first = day
+        start, end = day_bounds(day)
+        per: dict[tuple[str, str | None], tuple[int, int, int]] = {}
+        for table, on, rows, _, digest, content in conn.execute(
+                statement("day_counts"), {"start": start.isoformat(sep=" "), "end": end.isoformat(sep=" ")}):
+            per[(as_text(table), as_text(on))] = (int(rows), int(digest or 0) % DIGEST_MOD,
+                                                  int(content or 0) % DIGEST_MOD)
+    else:
+        first, per = counted[0], {key: (v[0], v[2], v[3]) for key, v in counted[1].items()}
+    nothing = (0, 0, 0)
+    out: dict[str, tuple] = {table: per.get((table, day), nothing) for table in RAW_TABLES}
+    if users_snapshot:
+        # review rev35e: with its parts by creation day, compared part by part (_edited_parts)
+        before = per.get(("users", None), nothing)
+        own = {d: per.get(("users", d), nothing) for d in _days(dt.datetime.fromisoformat(first), day)}
+        out["users"] = _summed([before, *own.values()]) + (_parts(first, before, own),)
+    return out
+
+
+def _summed(parts: list[tuple]) -> tuple[int, int, int]:
+    """Summed rows, id digest and content digest of ``parts`` (the digests modulo DIGEST_MOD)."""
+    return (sum(p[0] for p in parts), sum(p[1] for p in parts) % DIGEST_MOD, sum(p[2] for p in parts) % DIGEST_MOD)
+
+
+def record_content(home: DataHome, day: str, entries: dict[str, tuple[list[int], tuple]],
                    replace: bool = False) -> str:
     """Record for raw day ``day`` each table's baseline: table -> (the file's key, (rows, id digest, content digest)
-    of the database's rows it holds the values of). ``replace``: the export's, after it published the day (every
+    of the database's rows it holds the values of, and for a users snapshot its parts by creation day). ``replace``: the export's, after it published the day (every
     table's anew); else the late-row check's, added to the record there (a table whose file changed since it was
     counted is left out). Review rev35a: an edit of a row past the lookback window (same ids: same rows and id
     digest) was never exported nor reported; the late-row check compares the content digest with this. Returns
@@ -2942,7 +3019,7 @@ def record_content(home: DataHome, day: str, entries: dict[str, tuple[list[int],
             if now is None or now[:3] != key[:3]:
                 record.pop(table, None)
                 continue
-            record[table] = key[:3] + list(base)
+            record[table] = key[:3] + [part for part in base if part is not None]
         if not record:
             info = lstat_or_none(path)
             if info is not None and stat.S_ISREG(info.st_mode):
@@ -3163,6 +3240,7 @@ class _IdSpill:
     raw: RawTableCounts
     counted: list[int] | None                  # the raw file's key when it was counted
     content: int = 0                           # the database's content digest of the rows (review rev35a)
+    parts: dict | None = None                  # a users snapshot's by creation day (review rev35e: _parts)
     offset: int = 0
     ids: int = 0
     nulls: int = 0
@@ -3187,9 +3265,11 @@ class LateCheck:
     notes: list[str] = field(default_factory=list)                   # markers not set or cleared (mark_late)
     whole: list[str] = field(default_factory=list)   # checked days found whole: their markers go (clear_whole)
     # review rev35a: (day, table, file key, (rows, digest, content)) whose values the raw file is found to hold
-    baselines: list[tuple[str, str, list[int], tuple[int, int, int]]] = field(default_factory=list)
+    baselines: list[tuple[str, str, list[int], tuple]] = field(default_factory=list)
     # review rev35a: table -> {id: day} of rows moved to a day before the raw zone's first (remember_moved)
     outside: dict[str, dict[int, str]] = field(default_factory=dict)
+    # review rev35e: (first day, day_counts.sql rows by (table, day)) of a check asked to reach the export's day
+    counted: tuple[str, dict] | None = None
 
     def finish(self, home: DataHome, conn: psycopg.Connection | None = None) -> dict[str, dict]:
         """Compare the spilled ids with the raw files; with ``conn`` (the export's connection, its snapshot
@@ -3234,7 +3314,7 @@ class LateCheck:
                 elif missing == 0 and spill.counted is not None:
                     checked.append((spill.day, spill.table, spill.counted, (spill.database[0], spill.database[2])))
                     self.baselines.append((spill.day, spill.table, spill.counted,
-                                           (spill.database[0], spill.database[2], spill.content)))
+                                           (spill.database[0], spill.database[2], spill.content, spill.parts)))
         finally:
             if self.spill is not None:
                 self.spill.close()
@@ -3310,14 +3390,16 @@ class LateCheck:
 
 
 def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config: AppExportConfig,
-                     raw_before: dict[str, dict | None] | None = None, spill_dir: Path | None = None) -> LateCheck:
-    """The database half of :func:`late_rows` (see there), in the connection's snapshot."""
+                     raw_before: dict[str, dict | None] | None = None, spill_dir: Path | None = None,
+                     through: str | None = None) -> LateCheck:
+    """The database half of :func:`late_rows` (see there), in the connection's snapshot. ``through``: the query
+    reaches that day's end too (the export's day: :func:`day_content` reads it from ``counted``, review rev35e)."""
     if raw_before is None:
         raw_before = raw_counts(home, verified_days(home, day, config))
     checked = sorted(raw_before)
     if not checked:
         return LateCheck({}, [], [], users_snapshot=config.users_snapshot)
-    first, after = day_bounds(checked[0])[0], day_bounds(checked[-1])[1]
+    first, after = day_bounds(checked[0])[0], day_bounds(max(checked[-1], through or checked[-1]))[1]
     per_day: dict[tuple[str, str | None], tuple[int, int | None, int, int]] = {}
     for table, on, rows, top, digest, content in conn.execute(
             statement("day_counts"), {"start": first.isoformat(sep=" "), "end": after.isoformat(sep=" ")}):
@@ -3326,17 +3408,23 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
     nothing = (0, None, 0, 0)
     found: dict[str, dict] = {}
     spills: list[_IdSpill] = []
-    baselines: list[tuple[str, str, list[int], tuple[int, int, int]]] = []
+    baselines: list[tuple[str, str, list[int], tuple]] = []
     for checked_day in checked:
         database = {table: per_day.get((table, checked_day), nothing) for table in RAW_TABLES}
+        parts = None
         if config.users_snapshot:   # every dated account up to the day's end
-            database["users"] = _cumulative([per_day.get(("users", None), nothing)]
-                                            + [per_day.get(("users", d), nothing) for d in _days(first, checked_day)])
+            own = {d: per_day.get(("users", d), nothing) for d in _days(first, checked_day)}
+            database["users"] = _cumulative([per_day.get(("users", None), nothing)] + list(own.values()))
+            # review rev35e: and by creation day, so an erasure of another day's account hides no edit
+            before = per_day.get(("users", None), nothing)
+            parts = _parts(first.date().isoformat(), (before[0], before[2], before[3]),
+                           {d: (v[0], v[2], v[3]) for d, v in own.items()})
         raw = raw_before[checked_day]
         if raw is None:
             continue                  # an unreadable raw file: the ingest reports it; nothing to compare
         for table, counts in raw.items():
             rows, top, digest, content = database[table]
+            now_parts = parts if table == "users" else None
             verdict = _compare((rows, top, digest), counts)
             key = _file_key(home.raw_file(checked_day, table))
             if verdict == "late":
@@ -3347,14 +3435,25 @@ def start_late_check(conn: psycopg.Connection, home: DataHome, day: str, config:
                 if counts.content[2] != content:
                     found.setdefault(checked_day, {})[table] = {"database": [rows, top],
                                                                 "raw": [counts.rows, counts.top], "edited": True}
+                elif now_parts is not None and counts.parts is None and key is not None:
+                    # review rev35e: a users snapshot's baseline of before, without its parts: given them
+                    baselines.append((checked_day, table, key, (rows, digest, content, now_parts)))
+            elif counts.content is not None and _edited_parts(counts.parts, now_parts):
+                # review rev35e: other ids (an account erased, or added, on some day), and a creation day whose
+                # accounts have the recorded ids and other values: an edit, re-exported (with the ids' verdict)
+                found.setdefault(checked_day, {})[table] = {"database": [rows, top],
+                                                            "raw": [counts.rows, counts.top], "edited": True}
+                if verdict == "check":     # rows the file lacks are named late all the same (finish replaces it)
+                    spills.append(_IdSpill(checked_day, table, (rows, top, digest), counts, key, content, now_parts))
             elif verdict == "check":
-                spills.append(_IdSpill(checked_day, table, (rows, top, digest), counts, key, content))
+                spills.append(_IdSpill(checked_day, table, (rows, top, digest), counts, key, content, now_parts))
             elif key is not None:
                 # whole by its ids, with no baseline of these rows (a day exported before review rev35a, or ids
                 # restored since): their values now are the baseline the next nights compare with
-                baselines.append((checked_day, table, key, (rows, digest, content)))
+                baselines.append((checked_day, table, key, (rows, digest, content, now_parts)))
     check = LateCheck(found, [d for d in checked if raw_before[d] is not None], spills,
-                      users_snapshot=config.users_snapshot, baselines=baselines)
+                      users_snapshot=config.users_snapshot, baselines=baselines,
+                      counted=(first.date().isoformat(), per_day) if through is not None else None)
     if spills:
         check.spill = tempfile.TemporaryFile(dir=spill_dir)
         for spill in spills:

@@ -52,7 +52,8 @@ Noticed, not filed:
   (README section 1a); the users-snapshot case below is wider than that bound states.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix35h, ``tests/unit/test_fix35h.py``) and the markers
+removed; the hard link noticed above is rewritten too (``st_nlink`` > 1 is not "the same").
 """
 from __future__ import annotations
 
@@ -62,7 +63,6 @@ import stat
 from pathlib import Path
 
 import psycopg
-import pytest
 from test_fix35e import _app_db, _lines, _nightly, _rank, _user, _warnings
 
 from formats.home import DataHome
@@ -75,9 +75,6 @@ def _mode(path: Path) -> int:
     return stat.S_IMODE(os.lstat(path).st_mode)
 
 
-@pytest.mark.xfail(strict=True, reason="rev35e: an account erased on one day masks an email edited on a later day in "
-                                       "every users snapshot holding both (the deletion changes the snapshot's ids); "
-                                       "the edited value becomes the baseline, so the old email stays for good")
 def test_an_erasure_on_another_day_does_not_hide_an_email_edit_from_the_users_snapshots(
         postgres_server, tmp_path):  # noqa: F811
     """README section 1a bounds the content check: an edit "together with a deletion on the same day between two
@@ -105,9 +102,6 @@ def test_an_erasure_on_another_day_does_not_hide_an_email_edit_from_the_users_sn
         or any(line.startswith("app rows edited since") and "2023-03-02" in line for line in lines), lines
 
 
-@pytest.mark.xfail(strict=True, reason="rev35e: write_unless_same leaves a same-bytes file with a world-writable or "
-                                       "owner-only mode (or another account as owner) in place: the umask is not "
-                                       "honoured and any account can rewrite the raw zone")
 def test_a_same_bytes_file_with_the_wrong_mode_or_owner_is_rewritten(tmp_path: Path) -> None:
     old = os.umask(0o022)
     try:
