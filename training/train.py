@@ -184,6 +184,27 @@ def _share_failure(failure: BaseException | None, rank: int, world: int) -> None
         raise ValueError(told)
 
 
+def _share_any_failure(failure: BaseException | None, rank: int, world: int) -> None:
+    """Where each rank does its own part of a check (the open shards a resume hashes, ``opened[rank::world]``),
+    every rank fails with the first failure in rank order: the failing rank raises its own, the others a
+    ``ShardChecksumError`` or ``ValueError`` of the same text, or a ``ValueError`` naming another exception
+    (review rev35f: a damaged shard in rank 1's slice left rank 0 waiting in its next collective). A collective:
+    every rank calls it at the same point."""
+    told = None if failure is None else (
+        ("ShardChecksumError", str(failure)) if isinstance(failure, ShardChecksumError)
+        else ("ValueError", str(failure)) if isinstance(failure, ValueError)
+        else ("ValueError", f"rank {rank} stopped with {type(failure).__name__}: {failure}"))
+    if world > 1:
+        gathered: list[Any] = [None] * world
+        dist.all_gather_object(gathered, told)
+        told = next((t for t in gathered if t is not None), None)
+    if failure is not None:
+        raise failure
+    if told is not None:
+        kind, text = told
+        raise ShardChecksumError(text) if kind == "ShardChecksumError" else ValueError(text)
+
+
 @contextlib.contextmanager
 def _kept(failures: list[BaseException]) -> Iterator[None]:
     """Keep in ``failures`` the ``Exception`` the block raises, to be shared (:func:`_share_failure`) at the point
@@ -447,7 +468,12 @@ def _verify_open_shards(state: dict[str, Any], data_dir: Path, path: Path, rank:
     if unknown:  # checked before any file is opened: the state names only shards of the version's manifest
         raise ValueError(f"refusing to resume from {path}: its open_shards {unknown} are not train shards of "
                          f"{data_dir}'s manifest")
-    verify_shards(urls[rank::world], digests)
+    failure = None
+    try:   # each rank hashes its slice; a failure on any rank fails every rank with it (none waits for it)
+        verify_shards(urls[rank::world], digests)
+    except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+        failure = exc
+    _share_any_failure(failure, rank, world)
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
@@ -828,9 +854,12 @@ def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, w
         check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
     with contextlib.ExitStack() as held:  # rank 0 writes every output: it alone holds the run folder's lock
+        failed: list[BaseException] = []   # rank 0 cannot make or lock the run folder (RunLocked): every rank stops
         if rank == 0:
-            out.mkdir(parents=True, exist_ok=True)
-            held.enter_context(run_lock(out))
+            with _kept(failed):
+                out.mkdir(parents=True, exist_ok=True)
+                held.enter_context(run_lock(out))
+        _share_failure(failed[0] if failed else None, rank, world)
         try:
             return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir, home)
         except TrainingDiverged as err:
@@ -1005,7 +1034,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             raise ShardChecksumError(failed)
         return opened
 
-    def checkpoint(improved: bool, opened: list[str]) -> None:
+    def checkpoint(improved: bool, opened: list[str], failed: list[BaseException]) -> None:
         # opened: every rank's shards verify_trained just hashed; a resume hashes them again
         # (_verify_open_shards: the state may come from a trainer that did not, or the file changed since)
         rngs = [torch.get_rng_state()]     # every rank's (rank order): each resumes from its own
@@ -1013,8 +1042,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             gathered_rngs: list[Any] = [None] * world
             dist.all_gather_object(gathered_rngs, rngs[0])
             rngs = gathered_rngs
-        failed: list[BaseException] = []   # rank 0's failure to save: every rank stops with it at the barrier
-        if rank == 0:
+        # failed: rank 0's failure before (its event sink) or while saving: every rank stops with it at the barrier
+        if rank == 0 and not failed:
             with _kept(failed):
                 trainer_state = _plain({"step": step, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                                  "history": history, "best": best, "torch_rng": rngs, "world_size": world,
@@ -1052,8 +1081,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             improved = entry["val_accuracy"] > best["val_accuracy"]
             if improved:
                 best = {"step": step, "val_accuracy": entry["val_accuracy"]}
-            emit({"event": "eval", **entry})
-        checkpoint(improved, opened)
+            with _kept(failed):   # the caller's event sink failing: shared by checkpoint(), which then saves nothing
+                emit({"event": "eval", **entry})
+        checkpoint(improved, opened, failed)
 
     if step == 0 and state is None:
         record_eval()  # step 0 = the untrained model on validation_unique
@@ -1103,9 +1133,12 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             running_n += 1
             if step % config.log_every == 0 or step == config.max_steps:
                 entry = {"step": step, "loss": running / running_n, "lr": lr}
+                logged: list[BaseException] = []   # rank 0's event sink failing: every rank stops with it
                 if rank == 0:
                     history.append(entry)
-                emit({"event": "train", **entry})
+                    with _kept(logged):
+                        emit({"event": "train", **entry})
+                _share_failure(logged[0] if logged else None, rank, world)
                 running, running_n = 0.0, 0
             if step % config.eval_every == 0 or step == config.max_steps:
                 record_eval()   # verifies first: a run that stops here is not resumed as finished

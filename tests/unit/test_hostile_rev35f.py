@@ -27,7 +27,8 @@ not shared (``_kept`` keeps ``Exception`` only; torchrun signals every rank, so 
 log_every steps).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix35i, ``tests/unit/test_fix35i.py``, which also
+covers the noticed ``train`` event) and their markers removed.
 """
 from __future__ import annotations
 
@@ -38,8 +39,6 @@ import os
 import time
 import traceback
 from pathlib import Path
-
-import pytest
 
 from training import synthetic
 from training.synthetic import tiny_config, write_synthetic_version
@@ -120,9 +119,6 @@ def _version(tmp_path: Path) -> Path:
     return write_synthetic_version(tmp_path / "datasets" / "v1", SIZES, image_px=32, shards_per_split=2).version_dir
 
 
-@pytest.mark.xfail(strict=True, reason="rank 0's RunLocked (or any failure making/locking the run folder in "
-                   "_train_reading) is raised on rank 0 alone, before _train_locked's first _share_failure: rank 1 "
-                   "waits in that collective and ends with gloo's timeout/closed-connection text, not the refusal")
 def test_a_run_folder_locked_by_another_trainer_ends_every_rank_with_the_refusal(tmp_path: Path) -> None:
     version, out = _version(tmp_path), tmp_path / "run"
     out.mkdir()
@@ -138,9 +134,6 @@ def test_a_run_folder_locked_by_another_trainer_ends_every_rank_with_the_refusal
     assert seconds1 < GLOO_TIMEOUT_S - 4, got                      # ... at once, not after gloo's timeout
 
 
-@pytest.mark.xfail(strict=True, reason="a damaged open shard in rank 1's slice on a resume: _verify_open_shards "
-                   "raises on rank 1 alone (every rank hashes its own slice, nothing shares it), rank 0 waits in "
-                   "_share_failure and ends with gloo's text, never naming the damaged shard")
 def test_a_resume_whose_damaged_open_shard_rank_1_hashes_ends_rank_0_with_the_checksum_error(tmp_path: Path) -> None:
     version, out = _version(tmp_path), tmp_path / "run"
     got = _run(tmp_path, "rank1_shard", out, version)
@@ -151,9 +144,6 @@ def test_a_resume_whose_damaged_open_shard_rank_1_hashes_ends_rank_0_with_the_ch
     assert seconds0 < GLOO_TIMEOUT_S - 4, got
 
 
-@pytest.mark.xfail(strict=True, reason="record_eval's emit({'event': 'eval'}) on rank 0 is outside _kept: the "
-                   "caller's on_event failing there leaves rank 1 in checkpoint()'s all_gather_object until gloo "
-                   "ends it, never told 'rank 0 stopped with ...'")
 def test_rank_0s_event_sink_failing_at_an_evaluation_ends_every_rank_with_it(tmp_path: Path) -> None:
     version, out = _version(tmp_path), tmp_path / "run"
     got = _run(tmp_path, "emit", out, version)
