@@ -1748,7 +1748,7 @@ def _key_re(name: str | None) -> tuple[re.Pattern, bytes]:
     return _KEY_RES[name]
 
 
-_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
+_NAME_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}    # how JSON may spell a member name's character (the fetch plan's own _SHORT_ESCAPES is above)
 _SPELLED: dict[str, tuple[re.Pattern, bytes]] = {}
 
 
@@ -1765,10 +1765,10 @@ def _spelled_re(name: str) -> tuple[re.Pattern, bytes]:
             escaped = b"".join(rb"\\u" + b"".join(b"[" + d.encode() + d.upper().encode() + b"]" if d.isalpha()
                                                    else d.encode() for d in f"{unit:04x}") for unit in units)
             choices = [re.escape(char.encode()), escaped]
-            if char in _SHORT_ESCAPES:
-                choices.append(rb"\\" + re.escape(_SHORT_ESCAPES[char].encode()))
+            if char in _NAME_SHORT_ESCAPES:
+                choices.append(rb"\\" + re.escape(_NAME_SHORT_ESCAPES[char].encode()))
             parts.append(b"(?:" + b"|".join(choices) + b")")
-        marker = b"\\" if any(char in _SHORT_ESCAPES for char in name) else b"\\u"
+        marker = b"\\" if any(char in _NAME_SHORT_ESCAPES for char in name) else b"\\u"
         _SPELLED[name] = (re.compile(b'"' + b"".join(parts) + b'"'), marker)
     return _SPELLED[name]
 
