@@ -1748,7 +1748,8 @@ def _key_re(name: str | None) -> tuple[re.Pattern, bytes]:
     return _KEY_RES[name]
 
 
-_NAME_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}    # how JSON may spell a member name's character (the fetch plan's own _SHORT_ESCAPES is above)
+# how JSON may spell a member name's character (the fetch plan's own _SHORT_ESCAPES, above, is another table)
+_NAME_SHORT_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "\b": "b", "\f": "f", "\n": "n", "\r": "r", "\t": "t"}
 _SPELLED: dict[str, tuple[re.Pattern, bytes]] = {}
 
 
