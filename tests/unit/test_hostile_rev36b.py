@@ -9,8 +9,9 @@ reads its own shard), the real loader and checksum code, and a real second proce
 Held up (no test): ``run_lock`` refuses a symlinked ``.train.lock`` (O_NOFOLLOW: "a link or something else is
 there", the link's target never created), refuses a second trainer while a live process holds it (``RunLocked``) and
 is free at once after that process is killed with SIGKILL (the kernel drops the flock), the lock file 0644 under
-umask 022. A resume whose open shard rank 1 hashes fails with an I/O error (not a checksum) is shared
-(``_share_any_failure`` catches every ``Exception``). A damaged shard present before the run starts fails both
+umask 022. A resume whose open shard rank 1 hashes fails with an I/O error (not a checksum) is shared (read, not
+rerun here: ``_verify_open_shards`` hands every ``Exception`` to ``_share_any_failure``, whose rank1_oserror case
+test_fix35i drives). A damaged shard present before the run starts fails both
 ranks at once with its text. Every emit() call (restart, warning, eval, train, done) is inside a shared ``_kept``.
 A successful 2-rank, 200-step run (log_every=1) with train.py of 5157ae7^ (before fix35i) and of today gave
 byte-identical checkpoints/last/, best/ and init/ files and metrics.json (output_dir/model_dir apart).
