@@ -89,7 +89,7 @@ except Exception as exc:
 # out of inodes / space
 _MOUNTS = {
     "read-only": 'mount -t tmpfs -o ro none "$1"',
-    "full": 'mount -t tmpfs -o nr_inodes=4 none "$1" && for i in 1 2 3 4 5 6; do : > "$1/fill$i" 2>/dev/null; done; true',
+    "full": 'mount -t tmpfs -o nr_inodes=4 none "$1" && for i in 1 2 3 4 5 6; do touch "$1/fill$i" 2>/dev/null; done; true',
 }
 
 
