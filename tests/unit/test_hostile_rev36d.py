@@ -28,7 +28,14 @@ Measured: the feature stage on a 2-image home with ``HOME/cache/tmp`` a read-onl
 ``OSError: [Errno 30] Read-only file system: '.../cache/tmp/.new-beam-2b7420899d8c'``; with its inodes used up,
 ``[Errno 28] No space left on device``; the same home with a dangling link there warns and builds.
 
-Noticed, not filed: a file at ``HOME/cache`` (above the scratch folder) or a link loop above it gives a bare
+Not a defect of the tool: with no writable system temp folder at all (``/tmp`` and ``/var/tmp`` read-only, as
+under systemd's ``ProtectSystem=strict`` without ``PrivateTmp``) nothing of Beam even imports (``dill`` calls
+``tempfile.gettempdir()`` at import), so Beam's own ``mkdtemp`` in ``Pipeline()`` is never the first to need it.
+
+Noticed, not filed: the Dagster asset calls ``build_features`` with the ``silent`` progress, so the fallback's
+warning (and the sweeps' notes) reach no log in a ``pickapic build`` or a daemon run; only ``python -m
+pipelines.features`` prints it (the same home's ingest still refuses with ``ScratchFolderUnusable``, so the
+operator hears of it). A file at ``HOME/cache`` (above the scratch folder) or a link loop above it gives a bare
 ``NotADirectoryError`` / ``ELOOP`` ``OSError`` from ``held_scratch_folder``, not the ``ScratchFolderUnusable`` its
 docstring promises for "a file ... at a folder's above it" (a home whose ``cache`` is a file fails elsewhere
 first). The fallback's message calls a self-link "a symbolic link to tmp, which does not exist", where it is a loop.
@@ -143,10 +150,11 @@ def systmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason="ScratchFolderUnusable's message (the ingest's refusal, the feature stage's "
-                   "fallback warning) quotes the dangling link's target raw: a target holding a newline or a terminal escape "
-                   "(any member of a group-shared home may make cache/tmp) makes the 'one line' two, forging a log "
-                   "line; formats.dataset shows a link's target with repr")
+@pytest.mark.xfail(strict=True, reason="ScratchFolderUnusable's message (the ingest's refusal, stored raw in Dagster's "
+                   "run failure; the feature stage's fallback warning, printed raw by python -m pipelines.features) "
+                   "quotes the dangling link's target raw: a target holding a newline or a terminal escape (any "
+                   "member of a group-shared home may make cache/tmp) makes its 'one line' two and acts on the "
+                   "terminal; formats.dataset shows a link's target with repr")
 def test_the_fallback_warning_is_one_line_whatever_the_dangling_link_names(tmp_path: Path, systmp: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {"a": png(1), "b": b"not an image"})
