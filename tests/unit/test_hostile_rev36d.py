@@ -138,7 +138,7 @@ def test_a_read_only_or_full_scratch_disk_does_not_break_the_feature_stage(tmp_p
     assert len(warned) == 1, result["said"]
     for kind in ("image_features", "image_rejects"):     # the same bytes as with a working scratch folder
         assert home.partition_file(kind, DAY).read_bytes() == plain.partition_file(kind, DAY).read_bytes()
-    assert os.listdir(systmp) == []                      # Beam's fallback folder removed when the run ended
+    assert [n for n in os.listdir(systmp) if n.startswith("beam")] == []   # Beam's fallback folder removed at the end
 
 
 @pytest.fixture
