@@ -169,16 +169,23 @@ class _Engines:
 ENGINES = _Engines()
 
 
+@contextlib.contextmanager
+def _kept_connection(conn_string: str) -> Iterator[Any]:
+    """A connection to the SQLite database of ``conn_string`` through its kept engine (:class:`_Engines`), waiting
+    up to SQLITE_BUSY_TIMEOUT_SECONDS for a lock, in a transaction committed when the block ends: the ``connect``
+    of :class:`CheckedSqliteRunStorage` and :class:`KeptEngineSqliteScheduleStorage` (Dagster's, but for the
+    engine and the wait)."""
+    with ENGINES.get(conn_string, SQLITE_BUSY_TIMEOUT_SECONDS).connect() as conn, conn.begin():
+        yield conn
+
+
 class CheckedSqliteRunStorage(SqliteRunStorage):
     """Dagster's SQLite run storage, storing no credential of a run or a backfill (the module's docstring)."""
 
     events_dir: str | None = None
 
-    @contextlib.contextmanager
-    def connect(self) -> Iterator[Any]:
-        engine = ENGINES.get(self._conn_string, SQLITE_BUSY_TIMEOUT_SECONDS)
-        with engine.connect() as conn, conn.begin():
-            yield conn
+    def connect(self) -> contextlib.AbstractContextManager[Any]:
+        return _kept_connection(self._conn_string)
 
     def add_run(self, dagster_run: dg.DagsterRun) -> dg.DagsterRun:
         run = _storable(dagster_run)
@@ -357,11 +364,8 @@ class KeptEngineSqliteScheduleStorage(SqliteScheduleStorage):
     every evaluation), connecting through a kept engine (:class:`_Engines`) instead of a new one per connection, and
     waiting up to 30 s for a lock like the other storages (Dagster's: pysqlite's 5 s)."""
 
-    @contextlib.contextmanager
-    def connect(self) -> Iterator[Any]:
-        engine = ENGINES.get(self._conn_string, SQLITE_BUSY_TIMEOUT_SECONDS)
-        with engine.connect() as conn, conn.begin():
-            yield conn
+    def connect(self) -> contextlib.AbstractContextManager[Any]:
+        return _kept_connection(self._conn_string)
 
 
 class PickapicSqliteStorage(DagsterSqliteStorage):

@@ -5,7 +5,10 @@ import os
 import stat
 from pathlib import Path
 
-from formats.files import file_mode, write_bytes_atomic
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from formats.files import PARQUET_OPTIONS, file_mode, write_bytes_atomic
 from formats.rawlines import GZIP_LEVEL, download_line, gzip_bytes, image_line, jstr, ranking_line, user_line  # noqa: F401 - the simulator's modules use these through ``export``
 
 
@@ -31,6 +34,15 @@ def write_unless_same(path: Path | str, data: bytes) -> bool:
         pass        # missing, a link, or unreadable: written as before
     write_bytes_atomic(Path(path), data)
     return True
+
+
+def write_parquet_unless_same(path: Path, table: pa.Table) -> bool:
+    """Write ``table`` as Parquet (``formats.files.PARQUET_OPTIONS``: the bytes ``write_parquet_atomic`` writes)
+    through :func:`write_unless_same`; returns whether it wrote. The simulation's ground truth: a run again with the
+    same settings left every file of ``ground_truth/`` rewritten with the same bytes (fix36n)."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, **PARQUET_OPTIONS)
+    return write_unless_same(path, sink.getvalue().to_pybytes())
 
 
 def write_jsonl_gz(path: Path, lines: list[str]) -> int:

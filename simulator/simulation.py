@@ -10,7 +10,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from formats.files import write_bytes_atomic, write_parquet_atomic
 from formats.home import DataHome
 from formats.processes import worker_pool
 from formats.progress import Progress, silent
@@ -509,19 +508,19 @@ def _write_ground_truth(home: DataHome, config: SimConfig, run: _Run, rendered: 
     dup_schema = pa.schema([("group_id", pa.int64()), ("image_uid", pa.string()), ("kind", pa.string()),
                             ("transform", pa.string()), ("detail", pa.string()), ("phash_distance", pa.int64()),
                             ("source_uid", pa.string())])
-    write_parquet_atomic(pa.Table.from_pylist(dup, schema=dup_schema), gt / "duplicates.parquet")
+    export.write_parquet_unless_same(gt / "duplicates.parquet", pa.Table.from_pylist(dup, schema=dup_schema))
 
     defect_schema = pa.schema([("defect", pa.string()), ("table", pa.string()), ("dt", pa.string()),
                                ("line_number", pa.int64()), ("key", pa.string()), ("expected", pa.string()),
                                ("detail", pa.string())])
     rows = sorted(run.defect_rows, key=lambda r: (r["dt"], r["table"], r["line_number"], r["defect"]))
-    write_parquet_atomic(pa.Table.from_pylist(rows, schema=defect_schema), gt / "defects.parquet")
+    export.write_parquet_unless_same(gt / "defects.parquet", pa.Table.from_pylist(rows, schema=defect_schema))
 
-    write_parquet_atomic(pa.Table.from_pylist(run.user_gt), gt / "users.parquet")
+    export.write_parquet_unless_same(gt / "users.parquet", pa.Table.from_pylist(run.user_gt))
     images = pa.concat_tables(run.image_gt)
-    write_parquet_atomic(images, gt / "images.parquet")
+    export.write_parquet_unless_same(gt / "images.parquet", images)
     rankings = pa.concat_tables(run.ranking_gt)
-    write_parquet_atomic(rankings, gt / "rankings.parquet")
+    export.write_parquet_unless_same(gt / "rankings.parquet", rankings)
 
     # models: analytic quality, empirical win rate in labelled 2-image rankings
     quality = world.model_true_quality()
@@ -550,7 +549,7 @@ def _write_ground_truth(home: DataHome, config: SimConfig, run: _Run, rendered: 
         "empirical_win_rate": (round(wins[world.CONTENT_FILTERED] / shows[world.CONTENT_FILTERED], 6)
                                if shows[world.CONTENT_FILTERED] else None),
     }
-    write_bytes_atomic(gt / "models.json", (json.dumps(models, indent=2, sort_keys=True) + "\n").encode())
+    export.write_unless_same(gt / "models.json", (json.dumps(models, indent=2, sort_keys=True) + "\n").encode())
 
     p0, p1, pt = (labelled[c].to_numpy() for c in ("p_0", "p_1", "p_tie"))
     n_lab = labelled.num_rows
@@ -589,5 +588,5 @@ def _write_ground_truth(home: DataHome, config: SimConfig, run: _Run, rendered: 
         "model_ranking": order,
         "model_description": MODEL_DESCRIPTION,
     }
-    write_bytes_atomic(gt / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
+    export.write_unless_same(gt / "summary.json", (json.dumps(summary, indent=2, sort_keys=True) + "\n").encode())
     return summary

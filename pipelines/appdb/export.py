@@ -1120,9 +1120,7 @@ def draw_ticket(home: DataHome, at_least: int = 0) -> tuple[int, str]:
                "set, its day re-exported each night); with no export running, remove the folder "
                f"{path.parent} to restart the clock")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
-            write_bytes_atomic(path, json.dumps({"last": ticket}).encode("utf-8"))
+        _write_cache_json(home, path, {"last": ticket})
     except OSError as exc:
         return ticket, (f"the app export's ticket clock could not be recorded in {path} ({exc.strerror or exc}): an "
                         "export that overlaps this one is not kept from publishing an older snapshot or clearing a "
@@ -1137,13 +1135,21 @@ def snapshot_order(home: DataHome, day: str) -> dict[str, int]:
     return {name: _read_ticket(record, name) for name in ("taken", "published")}
 
 
+def _write_cache_json(home: DataHome, path: Path, record: object) -> None:
+    """Write ``record`` as JSON (keys sorted) to ``path`` in the home's cache, atomically, its folder made, under
+    :func:`pipelines.provenance.writing_cache` (swept under it: :mod:`pipelines.cachesweep`; the sweep never waits,
+    and a write goes ahead whether or not the lock was held); OSError raised. The export's state in HOME/cache:
+    the tickets and their clock, late markers, undated rows, counts, written and content records."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing_cache(home):
+        write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+
+
 def _write_snapshot_order(home: DataHome, day: str, record: dict[str, int]) -> str:
     """Write ``day``'s ticket record; '' or a warning saying it could not be written."""
     path = _snapshot_order_path(home, day)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with writing_cache(home):   # swept under it (pipelines.cachesweep)
-            write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+        _write_cache_json(home, path, record)
     except OSError as exc:
         return (f"day {day}: the order of its exports could not be recorded in {path} ({exc.strerror or exc}): an "
                 "export of the day that overlaps this one is not kept from publishing an older snapshot")
@@ -2533,10 +2539,8 @@ def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> No
         if info is not None and stat.S_ISREG(info.st_mode):     # only a file: a FIFO or folder is left alone
             path.unlink()
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {table: [[key, on] for key, on in sorted(ids.items())] for table, ids in state.items() if ids}
-    with writing_cache(home):   # swept under it (pipelines.cachesweep); not held: no sweep can run either
-        write_bytes_atomic(path, json.dumps(data, sort_keys=True).encode("utf-8"))
+    _write_cache_json(home, path, {table: [[key, on] for key, on in sorted(ids.items())]
+                                   for table, ids in state.items() if ids})
 
 
 def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
@@ -2637,25 +2641,31 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
 
 
 def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str, list[str]]:
-    """A line naming the rows reported undated before that have a day now and are not in its raw files yet,
-    and the days to mark for the schedule (those the raw zone holds, or lies before the end of: a day after
-    its last one is exported by the nightly export anyway). ('', []) when there are none."""
+    """A line naming the rows reported undated before (or moved to a day before the raw zone's first) that have
+    a day now and are not in its raw files yet, those up to the raw zone's last day (a later day is exported by
+    the nightly export anyway), and the days to mark for the schedule: those of them from the raw zone's first
+    day on (as :func:`moved_days`). ('', []) when there are none.
+
+    Fix36n: a day before the raw zone's first is named, never marked: no schedule re-exports it (it re-exports
+    the marked days the raw zone holds, and catches up only the days after its first) and only that day's own
+    export clears its marker, so a row moved there and back (or deleted) left the marker for good; the row is
+    remembered (HOME/cache/UNDATED_STATE) and named each night until its day is exported instead."""
     if not dated:
         return "", []
     days = home.raw_days()
     last = days[-1] if days else ""
     pending = sorted({on for ids in dated.values() for on in ids.values()})
-    marked = [on for on in pending if on <= last]
-    if not marked:
+    named = [on for on in pending if on <= last]
+    if not named:
         return "", []
     held = set(days)
     parts = []
     for table, ids in dated.items():
-        shown = [(key, on) for key, on in sorted(ids.items()) if on in marked]
+        shown = [(key, on) for key, on in sorted(ids.items()) if on in named]
         if shown:
             parts.append(f"{table}: {len(shown)} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
                          + (", ..." if len(shown) > FIRST_IDS else "") + ")")
-    lacking = [on for on in marked if on not in held]
+    lacking = [on for on in named if on not in held]
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
             "since, or were moved to a day before the raw zone's first, and are not in their day's raw files yet: "
             f"{'; '.join(parts)} -- the next scheduled export "
@@ -2663,7 +2673,7 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
             "--from-app-db --from DAY --to DAY)"
             + (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}, "
                f"which only such a build exports (pickapic build --from-app-db --from {lacking[0]} --to "
-               f"{lacking[0]})" if lacking else "")), marked
+               f"{lacking[0]})" if lacking else "")), [on for on in named if on >= days[0]]
 
 
 
@@ -2858,9 +2868,7 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
 
 def _write_counts_cache(home: DataHome, cache_file: Path, entries: dict) -> None:
     with contextlib.suppress(OSError):
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        with writing_cache(home):   # swept under it (pipelines.cachesweep)
-            write_bytes_atomic(cache_file, json.dumps(entries, sort_keys=True).encode("utf-8"))
+        _write_cache_json(home, cache_file, entries)
 
 
 WRITTEN_RECORDS = "app_export_written"   # HOME/cache/<this>/dt=DAY.json: the day's files as the export left them
@@ -2890,9 +2898,7 @@ def record_written(home: DataHome, day: str, report: AppExportReport) -> None:
         if not entries:
             path.unlink(missing_ok=True)
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with writing_cache(home):   # swept under it (pipelines.cachesweep)
-            write_bytes_atomic(path, json.dumps(entries, sort_keys=True).encode("utf-8"))
+        _write_cache_json(home, path, entries)
 
 
 CONTENT_RECORDS = "app_export_content"   # HOME/cache/<this>/dt=DAY.json: table -> [size, mtime_ns, inode, rows,
@@ -3026,9 +3032,7 @@ def record_content(home: DataHome, day: str, entries: dict[str, tuple[list[int],
             if info is not None and stat.S_ISREG(info.st_mode):
                 path.unlink()
             return ""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with writing_cache(home):   # swept under it (pipelines.cachesweep)
-            write_bytes_atomic(path, json.dumps(record, sort_keys=True).encode("utf-8"))
+        _write_cache_json(home, path, record)
     except OSError as exc:
         return (f"the content record of day {day} could not be written in {path} ({exc.strerror or exc}): an edit of "
                 "its rows past app_export.lookback_days is seen only once the day is exported again")
@@ -3178,8 +3182,7 @@ def mark_late(home: DataHome, day: str, late: bool, ticket: int | None = None) -
                 marker.parent.mkdir(parents=True, exist_ok=True)
                 order = snapshot_order(home, day)
                 stamp, clock_warning = draw_ticket(home, max(order["taken"], order["published"]) + 1)
-                with writing_cache(home):   # swept under it (pipelines.cachesweep); the sweep never waits
-                    write_bytes_atomic(marker, json.dumps({"ticket": stamp}).encode("utf-8"))
+                _write_cache_json(home, marker, {"ticket": stamp})
             elif ticket is None or (set_at := marker_ticket(home, day)) is None or set_at < ticket:
                 marker.unlink(missing_ok=True)
     except (OSError, LockFileRefused) as exc:

@@ -427,14 +427,13 @@ def statement_body(sql: str) -> str:
 
 @contextlib.contextmanager
 def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping[str, Any] | None = None,
-           limits: QueryLimits | None = None, batch_rows: int | None = None, fmt: str | None = None,
-           revive: dict | None = None) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
+           limits: QueryLimits | None = None, batch_rows: int | None = None,
+           fmt: str | None = None) -> Iterator[tuple[pa.Schema, Iterator[pa.RecordBatch]]]:
     """Run one read-only statement under ``limits``; yield its schema and its record batches as they come.
 
     With ``fmt`` (an output format), a column whose DuckDB type Arrow cannot carry (an INTERVAL, a BIT, a
     BIGNUM, a VARIANT, a TIMETZ, a UHUGEINT, at any depth) is selected with those values as DuckDB's own text
-    (:func:`pipelines.query.duck_types.text_columns`), and ``revive`` (a dict) is filled with the functions
-    ``write_result`` needs for them.
+    (:func:`pipelines.query.duck_types.text_columns`).
 
     Raises QueryRefused (not read-only), FileNotFoundError (no such version) or QueryFailed (DuckDB error,
     time or memory limit), also while the batches are read. With ``limits.cap_process`` the process's data
@@ -457,13 +456,11 @@ def stream(home: DataHome, sql: str, version: str | None = None, params: Mapping
                         raise deadline.failure(TimeoutError(), limits)
                     relation = con.sql(sql, params=dict(params)) if params else con.sql(sql)
                     if fmt is not None:
-                        cast, revivers = text_columns(relation.types, fmt)
+                        cast = text_columns(relation.types)
                         if cast:   # review rev27d: DuckDB's text, not Arrow's wrong value
                             reselect = (f"SELECT {projection(relation.columns, cast)} FROM ({statement_body(sql)}\n) "
                                         "AS __pickapic_result")
                             relation = con.sql(reselect, params=dict(params)) if params else con.sql(reselect)
-                        if revive is not None:
-                            revive.update(revivers)
                     reader = relation.to_arrow_reader(batch_rows or BATCH_ROWS)
                 except duckdb.Error as exc:
                     _stop_if_signalled(exc)
@@ -532,20 +529,18 @@ def run_query(home: DataHome, sql: str | None = None, named: str | None = None, 
             print(f"{error} no named query {named!r}; known: {', '.join(known)}", file=stderr)
             return 2
         sql = sql_text(f"queries/{named}")
-    revive: dict = {}
     try:
-        with stream(home, sql, version, params, limits, fmt=fmt, revive=revive) as (schema, batches):
-            extra = {"revive": revive} if revive else {}   # INTERVALs DuckDB gave as text, for csv / json / parquet
+        with stream(home, sql, version, params, limits, fmt=fmt) as (schema, batches):
             if output is None:
                 try:
-                    write_result(schema, batches, fmt, TextSink(stdout), to_terminal=stdout.isatty(), **extra)
+                    write_result(schema, batches, fmt, TextSink(stdout), to_terminal=stdout.isatty())
                     stdout.flush()
                 except BrokenPipeError:  # the reader stopped early (`| head`): what it wanted was delivered
                     silence_closed_pipe(stdout)
                 return 0
             else:
                 with open_output_file(output, [home.root], "--output") as handle:
-                    written = write_result(schema, batches, fmt, handle, **extra)
+                    written = write_result(schema, batches, fmt, handle)
     except (FileNotFoundError, ValueError) as exc:  # no such version / refused statement / refused output
         print(f"{error} {exc}", file=stderr)
         return 2

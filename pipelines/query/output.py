@@ -10,7 +10,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping, TextIO
+from typing import Any, BinaryIO, Iterable, Iterator, TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -63,24 +63,20 @@ class TextSink(io.RawIOBase):
 
 
 def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str, sink: BinaryIO,
-                 to_terminal: bool = False, revive: Mapping[int, Callable[[Any], Any]] | None = None) -> Written:
-    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the counts.
-    ``revive``: for csv, json and parquet, the columns (by index) whose Python values a function gives their
-    documented shape before they are written as JSON (``duck_types.text_columns``: INTERVALs DuckDB handed over
-    as text); in parquet those columns are JSON text, as csv writes them."""
+                 to_terminal: bool = False) -> Written:
+    """Write batches as an aligned table, CSV, JSON (an array of objects) or Parquet; returns the counts."""
     width = len(schema)
-    revive = revive or {}
     if fmt == "parquet":
         _refuse_duplicate_names(schema, "--format parquet", "which Parquet readers (pyarrow, pandas, polars) "
                                 "cannot read back")
-        texts = sorted(set(_parquet_text_columns(schema)) | set(revive))
+        texts = _parquet_text_columns(schema)
         target = pa.schema([pa.field(field.name, pa.string()) if i in texts else field
                             for i, field in enumerate(schema)], metadata=schema.metadata)
         rows = 0
         with pq.ParquetWriter(sink, target, **PARQUET_OPTIONS) as writer:
             for batch in batches:
                 if texts:
-                    written = _as_text(pa.Table.from_batches([batch]), texts, revive=revive)
+                    written = _as_text(pa.Table.from_batches([batch]), texts)
                     writer.write_table(pa.Table.from_arrays(written.columns, schema=target))
                 else:
                     writer.write_batch(batch)
@@ -95,16 +91,15 @@ def write_result(schema: pa.Schema, batches: Iterator[pa.RecordBatch], fmt: str,
         text, shown, columns = _render(kept, to_terminal, total_rows=rows, total_columns=width)
         sink.write(text.encode("utf-8"))
         return Written(rows, shown, width, columns)
-    rows = _write_csv(schema, batches, sink, revive) if fmt == "csv" else _write_json(schema, batches, sink, revive)
+    rows = _write_csv(schema, batches, sink) if fmt == "csv" else _write_json(schema, batches, sink)
     return Written(rows, rows, width, width)
 
 
-def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO,
-               revive: Mapping[int, Callable[[Any], Any]] | None = None) -> int:
+def _write_csv(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
     rows = 0
     for batch in batches:
         buffer = io.BytesIO()  # one complete CSV chunk per batch: text never splits inside a character
-        pacsv.write_csv(_flatten_nested(pa.Table.from_batches([batch]), revive), buffer,
+        pacsv.write_csv(_flatten_nested(pa.Table.from_batches([batch])), buffer,
                         pacsv.WriteOptions(include_header=rows == 0 and batch.num_rows > 0))
         if batch.num_rows:
             sink.write(buffer.getvalue())
@@ -125,8 +120,7 @@ def _refuse_duplicate_names(schema: pa.Schema, flag: str, why: str) -> None:
                          f"{why}; give each column its own name (... AS name)")
 
 
-def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO,
-                revive: Mapping[int, Callable[[Any], Any]] | None = None) -> int:
+def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: BinaryIO) -> int:
     """``json.dumps(rows, indent=1)``, written one row at a time; refuses (ValueError) duplicate column names,
     which a JSON object cannot hold (the last would silently win). NaN and infinite numbers, which JSON has no
     word for, are written ``null`` (as JavaScript's JSON.stringify does; review rev27a: bare ``NaN`` made the
@@ -134,7 +128,7 @@ def _write_json(schema: pa.Schema, batches: Iterator[pa.RecordBatch], sink: Bina
     _refuse_duplicate_names(schema, "--format json", "which a JSON object cannot hold")
     rows = 0
     for batch in batches:
-        for row in _rows(batch, revive):
+        for row in _rows(batch):
             text = _json_text(row, indent=1)
             sink.write((("[\n" if rows == 0 else ",\n") + " " + text.replace("\n", "\n ")).encode("utf-8"))
             rows += 1
@@ -690,30 +684,24 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def _flatten_nested(table: pa.Table, revive: Mapping[int, Callable[[Any], Any]] | None = None) -> pa.Table:
+def _flatten_nested(table: pa.Table) -> pa.Table:
     """CSV has no nested types: lists, structs, maps and unions become JSON strings; a date / timestamp column
     holding values Python cannot represent becomes text (Arrow would write ``<value out of range: N>``); an
     INTERVAL becomes DuckDB's text for it (``1 year 2 months 3 days 04:05:06.5``, as ``::VARCHAR`` and DuckDB's
     own CSV write it; Arrow cannot write it to CSV at all) and a BLOB its bytes in hex, as ``--format json``
     writes them (review rev27a: a traceback; raw bytes, NUL included, or 'Invalid UTF8 payload'). The JSON
     text is JSON: NaN and infinite numbers in it are ``null``, as ``--format json`` writes them (review rev27d:
-    bare ``NaN`` / ``Infinity``). ``revive``: see :func:`write_result`."""
-    return _as_text(table, range(table.num_columns), dates=True, revive=revive)
+    bare ``NaN`` / ``Infinity``)."""
+    return _as_text(table, range(table.num_columns), dates=True)
 
 
-def _as_text(table: pa.Table, indexes: Iterable[int], dates: bool = False,
-             revive: Mapping[int, Callable[[Any], Any]] | None = None) -> pa.Table:
+def _as_text(table: pa.Table, indexes: Iterable[int], dates: bool = False) -> pa.Table:
     """``table`` with the columns at ``indexes`` that are nested, INTERVAL or binary made text, as
-    :func:`_flatten_nested` writes them for CSV (and date / timestamp ones beyond Python where ``dates``); a
-    column in ``revive`` is written as the JSON text of its revived values."""
+    :func:`_flatten_nested` writes them for CSV (and date / timestamp ones beyond Python where ``dates``)."""
     columns = list(table.columns)
-    revive = revive or {}
     for i in indexes:
         field, column = table.schema.field(i), columns[i]
-        if i in revive:
-            column = pa.array([None if v is None else _json_text(v) for v in map(revive[i], _to_python(column))],
-                              pa.string())
-        elif dates and _beyond_python(column):
+        if dates and _beyond_python(column):
             text = pc.cast(column, pa.string()).to_pylist()
             column = pa.array([v if isinstance(v, str) else t for v, t in zip(_to_python(column), text)], pa.string())
         elif pa.types.is_interval(field.type):
@@ -812,13 +800,11 @@ def _parquet_text_columns(schema: pa.Schema) -> list[int]:
     return [i for i, field in enumerate(schema) if unwritable(field.type)]
 
 
-def _rows(batch: pa.RecordBatch, revive: Mapping[int, Callable[[Any], Any]] | None = None) -> Iterator[dict[str, Any]]:
-    """``batch.to_pylist()``, with dates and timestamps Python cannot hold as text (see :func:`_to_python`), the
-    columns in ``revive`` revived (:func:`write_result`)."""
-    revive = revive or {}
-    columns = [list(map(revive[i], _to_python(column))) if i in revive else
-               list(map(_interval_texts, _to_python(column))) if _holds_interval(column.type) else _to_python(column)
-               for i, column in enumerate(batch.columns)]
+def _rows(batch: pa.RecordBatch) -> Iterator[dict[str, Any]]:
+    """``batch.to_pylist()``, with dates and timestamps Python cannot hold as text (see :func:`_to_python`) and
+    INTERVALs as DuckDB's text for them."""
+    columns = [list(map(_interval_texts, _to_python(column))) if _holds_interval(column.type) else _to_python(column)
+               for column in batch.columns]
     for values in zip(*columns):
         yield dict(zip(batch.schema.names, values))
 

@@ -18,7 +18,7 @@ import pytest
 from test_publish_fixtures import published_home
 
 from formats.home import DataHome
-from pipelines.query import duck_types, engine, output
+from pipelines.query import engine, output
 
 
 @pytest.fixture(scope="module")
@@ -104,23 +104,6 @@ def test_an_interval_inside_a_union_is_its_text(home: DataHome) -> None:
     sql = "SELECT union_value(k := to_hours(3000000)) AS u, [union_value(k := to_days(2))] AS l"
     assert _strict(_run(home, sql, "json")) == [{"u": "3000000:00:00", "l": ["2 days"]}]
     assert list(csv.reader(io.StringIO(_run(home, sql, "csv").decode())))[1] == ['"3000000:00:00"', '["2 days"]']
-
-
-@pytest.mark.parametrize(("months", "days", "micros"), [
-    (0, 0, 0), (14, 3, 14_706_500_000), (-14, -3, -1), (2**31 - 1, 2**31 - 1, 2**63 - 1),
-    (-(2**31) + 1, -(2**31) + 1, -(2**63) + 1), (0, 0, -(2**63)), (1, -1, 10**18 + 7), (-25, 1, -10**15),
-])
-def test_interval_from_text_reads_duckdbs_text_exactly(months: int, days: int, micros: int) -> None:
-    text, = duckdb.connect().execute("SELECT (to_months($m) + to_days($d) + to_microseconds($u))::VARCHAR",
-                                     {"m": months, "d": days, "u": micros}).fetchone()
-    assert duck_types.interval_from_text(text) == pa.MonthDayNano([months, days, micros * 1000])
-
-
-def test_interval_from_text_refuses_other_text() -> None:
-    for text in ("", "1 fortnight", "12:00", "x" * 10_000):
-        with pytest.raises(ValueError, match="not DuckDB's text for an INTERVAL") as refused:
-            duck_types.interval_from_text(text)
-        assert len(str(refused.value)) < 200
 
 
 # --------------------------------------------------------------------------- types Arrow cannot carry
