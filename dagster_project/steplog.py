@@ -28,6 +28,23 @@ def step_warner(log: Any) -> Callable[[str], None]:
     return lambda message: step_warning(log, message)
 
 
+def step_progress(log: Any) -> Callable[..., None]:
+    """A ``progress`` (:mod:`formats.progress`) for a pipeline function run by a step: a message beginning
+    ``warning: `` (the feature stage's fallback from an unusable ``HOME/cache/tmp``, its sweeps' notes) is a
+    warning of the project's own (:func:`step_warning`, so ``pickapic build`` shows it on stderr), any other
+    message goes to the run's log at INFO, a count (``progress(phase, done, total)``) nowhere (review rev36d,
+    noticed: the feature asset gave the stage the ``silent`` progress, so its warnings reached no log)."""
+    def progress(message: str, done: int | None = None, total: int | None = None) -> None:
+        if done is not None:
+            return
+        if message.startswith("warning: "):
+            step_warning(log, message.removeprefix("warning: "))
+        else:
+            log.info(message)
+
+    return progress
+
+
 def project_warning(level: int | str, message: str | None) -> str | None:
     """The text of a warning a step of the project logged (``step_warning``), or None for any other log entry: one
     at another level (an error, info), one without the tag (Dagster's own), an empty one."""

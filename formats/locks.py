@@ -241,25 +241,102 @@ def _remove_folder(path: Path) -> bool:
 
 
 class ScratchFolderUnusable(OSError):
-    """The folder :func:`held_scratch_folder` makes its folders in is no folder and cannot be made one: a symbolic
-    link to nothing (a scratch disk not mounted, a target a temp cleaner removed) or a file at its path, or at a
-    folder's above it. The message (one line) says what is there and what to do."""
+    """The folder :func:`held_scratch_folder` makes its folders in cannot be used: no folder and none can be made
+    there (a symbolic link to nothing, as a scratch disk not mounted or a target a temp cleaner removed; a loop of
+    links; a file at its path, or at a folder's above it), or one nothing can be made in (a read-only or full disk,
+    another account's folder: review rev36d). The message (one line) says what is there (a link's target escaped,
+    :func:`formats.settings.quoted`) or which error the system gave, and what to do; ``errno`` is that error's
+    number where there is one."""
+
+
+# the errors of making a folder that say the scratch folder is there (or could be) but nothing can be made in it: a
+# read-only disk (ext4's errors=remount-ro), a full one (space or inodes), a quota, another account's folder
+_UNWRITABLE = {errno.EROFS: "a read-only disk", errno.ENOSPC: "a full disk (space or inodes)",
+               errno.EDQUOT: "the disk quota used up", errno.EACCES: "not writable for this account",
+               errno.EPERM: "not writable for this account"}
+
+# what a link target a message shows may hold of it (a longer one is cut, its length said)
+_SHOWN_TARGET = 240
+
+
+def _shown_target(link: Path) -> str:
+    """The target of the link ``link`` as a one-line message shows it: escaped (a newline, a terminal escape),
+    never raw (review rev36d: any member of a group-shared home may make the link)."""
+    from formats.settings import quoted
+
+    try:
+        return quoted(os.readlink(link), _SHOWN_TARGET)
+    except OSError:
+        return "(a target that cannot be read)"
+
+
+def _in_the_way(path: Path) -> str | None:
+    """What at ``path`` (a link, not followed) makes it no folder, as a message says it, or None: a link to
+    nothing, a loop of links (a self-link: review rev36d, it was said to lead to a folder "which does not
+    exist"), a link to a file, a file."""
+    if os.path.islink(path):
+        try:
+            if stat.S_ISDIR(os.stat(path).st_mode):
+                return None
+            return (f"{path} is a symbolic link to {_shown_target(path)}, which is not a folder: point it at a "
+                    "folder or remove the link")
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return (f"{path} is a symbolic link to {_shown_target(path)}, a loop of links that never reaches a "
+                        "folder: point it at a folder or remove the link")
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                return (f"{path} is a symbolic link to {_shown_target(path)}, which does not exist (a scratch disk "
+                        "not mounted, or its folder removed): mount it, make the folder it names, or remove the link")
+            return f"{path} is a symbolic link to {_shown_target(path)}, which cannot be reached: {_errno_text(exc)}"
+    if os.path.lexists(path) and not os.path.isdir(path):
+        return f"{path} is not a folder: remove what is there"
+    return None
+
+
+def _errno_text(exc: OSError) -> str:
+    """An error's number and text as a message names them: ``[Errno 30] Read-only file system (EROFS)``."""
+    name = errno.errorcode.get(exc.errno or 0)
+    return f"[Errno {exc.errno}] {exc.strerror or os.strerror(exc.errno or 0)}" + (f" ({name})" if name else "")
+
+
+def scratch_unusable(scratch: Path, exc: OSError) -> ScratchFolderUnusable | None:
+    """The :class:`ScratchFolderUnusable` that says why making a folder in (or at) ``scratch`` failed with ``exc``,
+    or None for an error that says nothing of the folder (the caller raises ``exc`` itself)."""
+    if isinstance(exc, ScratchFolderUnusable):
+        return exc
+    # a link or a file at scratch or above it (EEXIST, ENOTDIR, ELOOP, ENAMETOOLONG, ...): the lowest one (those under
+    # it cannot even be looked at)
+    for path in (scratch, *scratch.parents):
+        said = _in_the_way(path)
+        if said is not None:
+            refused = ScratchFolderUnusable(said)
+            refused.errno = exc.errno
+            return refused
+    if exc.errno in _UNWRITABLE:
+        refused = ScratchFolderUnusable(
+            f"the scratch folder {scratch} cannot be written ({_UNWRITABLE[exc.errno]}): {_errno_text(exc)}; make "
+            "it writable, free space on its disk, or make it a link to a folder that is")
+        refused.errno = exc.errno
+        return refused
+    if exc.errno in (errno.EEXIST, errno.ENOTDIR, errno.ELOOP):
+        refused = ScratchFolderUnusable(f"the scratch folder {scratch} cannot be made: {_errno_text(exc)}")
+        refused.errno = exc.errno
+        return refused
+    return None
 
 
 def _make_scratch(scratch: Path) -> None:
     """Make the folder ``scratch`` (and those above it); raise :class:`ScratchFolderUnusable` naming what is in the
-    way, where ``mkdir`` raised a bare ``FileExistsError`` "File exists" for a dangling link (review rev35b)."""
+    way, where ``mkdir`` raised a bare ``FileExistsError`` "File exists" for a dangling link (review rev35b), a bare
+    ``NotADirectoryError`` for a file above it and ``ELOOP`` for a loop of links above it (review rev36d, noticed),
+    or the system's error (a read-only or full disk: review rev36d) for a folder that cannot be made."""
     try:
         scratch.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
-        for path in (scratch, *scratch.parents):
-            if os.path.islink(path) and not os.path.exists(path):
-                raise ScratchFolderUnusable(
-                    f"{path} is a symbolic link to {os.readlink(path)}, which does not exist (a scratch disk not "
-                    "mounted, or its folder removed): mount it, make the folder it names, or remove the link") from None
-            if os.path.lexists(path) and not os.path.isdir(path):
-                raise ScratchFolderUnusable(f"{path} is not a folder: remove what is there") from None
-        raise
+    except OSError as exc:
+        refused = scratch_unusable(scratch, exc)
+        if refused is None:
+            raise
+        raise refused from None
 
 
 @contextlib.contextmanager
@@ -272,9 +349,16 @@ def held_scratch_folder(scratch: Path, prefix: str) -> Iterator[Path]:
     another program's folder of a matching name (review rev33a). Its mode is 0777 less the umask (a group-shared
     home's umask 002 lets another member's sweep remove it; review rev33a: a 0700 folder of a killed build stayed
     for good, with the hard links it held). A ``scratch`` that is no folder (a dangling link: review rev35b) is
-    refused with :class:`ScratchFolderUnusable`."""
-    _make_scratch(scratch)
-    fresh = _make_marked_folder(scratch, prefix)
+    refused with :class:`ScratchFolderUnusable`, so is one nothing can be made in (a read-only or full disk:
+    review rev36d, a bare ``OSError`` naming a ``.new-PREFIX...`` folder that was never made), naming the error."""
+    try:
+        _make_scratch(scratch)
+        fresh = _make_marked_folder(scratch, prefix)
+    except OSError as exc:
+        refused = scratch_unusable(scratch, exc)
+        if refused is None or refused is exc:
+            raise
+        raise refused from None
     fd = os.open(fresh, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)    # just made: nobody else holds it

@@ -11,6 +11,7 @@ from dagster_project.partitions import daily
 from dagster_project.resources import PickapicHome
 from dagster_project.runconfig import config_class, stage_config
 from dagster_project.staleness import version_at_start
+from dagster_project.steplog import step_progress
 from dagster_project.versions import CODE_VERSIONS, FEATURE_DATASETS
 from pipelines.features.stage import build_features
 from pipelines.provenance import RejectedBlobs
@@ -44,7 +45,8 @@ def fingerprint_images(context: dg.AssetExecutionContext, config: FeaturesRunCon
     settings = stage_config("features", config, home, context)
     settle = version_at_start(context, "features", home, settings, day)
     began = time.time_ns()   # a rejected blob changed after this (or just before) is recorded as changed
-    report = build_features(home, day, settings)     # its Beam options: settings.beam_args
+    # its Beam options: settings.beam_args; its warnings (an unusable HOME/cache/tmp) the run's log's (review rev36d)
+    report = build_features(home, day, settings, progress=step_progress(context.log))
     features_file = home.partition_file("image_features", day)
     extra = {"image_features": {"nsfw_score_histogram": nsfw_histogram(str(features_file))}} if features_file.exists() else {}
     # the blobs its output rejects for a reason a change of the blob heals (missing, half copied, unreadable, ...) are

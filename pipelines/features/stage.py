@@ -26,7 +26,14 @@ import pyarrow.parquet as pq
 
 from formats.files import cast_to_schema, sweep_temps_of, write_parquet_atomic
 from formats.home import DataHome
-from formats.locks import ScratchFolderUnusable, held_scratch_folder, hold_lock, sweep_scratch_folders, writing_shared
+from formats.locks import (
+    ScratchFolderUnusable,
+    held_scratch_folder,
+    hold_lock,
+    scratch_unusable,
+    sweep_scratch_folders,
+    writing_shared,
+)
 from formats.progress import Progress, silent
 from pipelines import faults
 from pipelines.features import decode, trainjpegs
@@ -145,7 +152,7 @@ def _build_day(home: DataHome, day: str, day_date, config: FeaturesConfig, beam_
         with beam_visible(staging) as visible, _beam_temp_folder(home, progress) as beam_tmp:
             with process_settings_kept(), beam.Pipeline(runner=pipeline_runner(options), options=options) as pipeline:
                 if beam_tmp is not None:
-                    _local_tempdir_in(pipeline, beam_tmp)
+                    _local_tempdir_in(pipeline, beam_tmp, progress)
                 rows = (pipeline | "ReadTodo" >> beam.io.ReadFromParquet(join_url(visible, "todo.parquet"))
                         | "Spread" >> beam.Reshuffle())
                 out = rows | "Fingerprint" >> FingerprintImages(base, config, join_url(visible, "known_sha256.npy"),
@@ -211,9 +218,12 @@ BEAM_TEMP_SUBFOLDER = "pipeline"
 def _beam_temp_folder(home: DataHome, progress: Progress) -> Iterator[Path | None]:
     """The held scratch folder ``HOME/cache/tmp/beam-XXXX`` for the Beam run (:func:`_local_tempdir_in`), or None
     (with a warning) when ``HOME/cache/tmp`` is no folder and cannot be made one (a dangling link to a scratch disk
-    not mounted): the stage needs no folder there (only an external transform writes into Beam's temp folder), so
-    it runs with Beam's own empty one in the system temp folder, removed when the run ends, as before the
-    thirty-fourth session (review rev35b: every feature stage failed with a bare ``FileExistsError``)."""
+    not mounted) or nothing can be made in it (a read-only or full disk: the warning names the system's error):
+    the stage needs no folder there (only an external transform writes into Beam's temp folder), so it runs with
+    Beam's own empty one in the system temp folder, removed when the run ends, as before the thirty-fourth session
+    (review rev35b: every feature stage failed with a bare ``FileExistsError``; review rev36d: with a bare
+    ``OSError`` EROFS / ENOSPC). The warning goes to ``progress``, which the Dagster asset sends to the run's log
+    (``dagster_project.steplog.step_progress``)."""
     with contextlib.ExitStack() as stack:
         try:
             folder: Path | None = stack.enter_context(held_scratch_folder(home.cache / "tmp", "beam-"))
@@ -223,7 +233,7 @@ def _beam_temp_folder(home: DataHome, progress: Progress) -> Iterator[Path | Non
         yield folder
 
 
-def _local_tempdir_in(pipeline: beam.Pipeline, folder: Path) -> None:
+def _local_tempdir_in(pipeline: beam.Pipeline, folder: Path, progress: Progress = silent) -> None:
     """Give ``pipeline`` a folder in the held scratch folder ``folder`` (``HOME/cache/tmp/beam-XXXX``) as its local
     temp folder.
 
@@ -235,10 +245,19 @@ def _local_tempdir_in(pipeline: beam.Pipeline, folder: Path) -> None:
     :func:`formats.locks.sweep_scratch_folders`). A subfolder, not ``folder`` itself: Beam's
     ``shutil.rmtree(local_tempdir)`` at the end of ``Pipeline.run`` removes files in listing order, the
     ``.pickapic-scratch`` marker too, so a run killed then left an unmarked ``beam-*`` folder no sweep removes
-    (review rev35b, noticed); now it removes only its own subfolder and ``folder`` goes marker last."""
+    (review rev35b, noticed); now it removes only its own subfolder and ``folder`` goes marker last. Where that
+    subfolder cannot be made (the scratch disk filled up since ``folder`` was: review rev36d), the pipeline keeps
+    Beam's own, with the same warning as :func:`_beam_temp_folder`'s."""
     made = pipeline.local_tempdir
     inner = folder / BEAM_TEMP_SUBFOLDER
-    inner.mkdir(mode=0o777)
+    try:
+        inner.mkdir(mode=0o777)
+    except OSError as exc:
+        refused = scratch_unusable(folder, exc)
+        if refused is None:
+            raise
+        progress(f"warning: {refused}; Beam's (empty) temp folder is in the system temp folder for this run")
+        return
     pipeline.local_tempdir = str(inner)
     with contextlib.suppress(OSError):
         os.rmdir(made)

@@ -45,7 +45,10 @@ ingest's spill folder in a read-only ``cache/tmp`` is a bare ``OSError`` naming 
 does not exist (the ingest needs the folder, so an error is right; only its wording is bare).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All were fixed the same day (fix36d, ``tests/unit/test_fix36d.py``: a read-only or full
+scratch folder is a ``ScratchFolderUnusable`` naming the error, the feature stage falls back, a link's target is
+shown escaped; the noticed items too: the asset's warnings reach the run's log, a file or loop above ``cache/tmp``
+and a self-link are named as such) and their markers removed.
 """
 from __future__ import annotations
 
@@ -103,9 +106,6 @@ _MOUNTS = {
 
 
 @pytest.mark.skipif(not _can_mount(), reason="needs root and a private mount namespace (unshare -m) to mount")
-@pytest.mark.xfail(strict=True, reason="fix35f falls back to the system temp folder only for a dangling link or a "
-                   "file at HOME/cache/tmp: a scratch disk there that is read-only or full fails every feature stage "
-                   "with a bare OSError (EROFS / ENOSPC on .new-beam-XXXX), though the stage needs no folder there")
 @pytest.mark.parametrize("broken", sorted(_MOUNTS))
 def test_a_read_only_or_full_scratch_disk_does_not_break_the_feature_stage(tmp_path: Path, broken: str) -> None:
     blobs = {"a": png(1), "b": png(2), "c": b"not an image"}
@@ -150,11 +150,6 @@ def systmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return folder
 
 
-@pytest.mark.xfail(strict=True, reason="ScratchFolderUnusable's message (the ingest's refusal, stored raw in Dagster's "
-                   "run failure; the feature stage's fallback warning, printed raw by python -m pipelines.features) "
-                   "quotes the dangling link's target raw: a target holding a newline or a terminal escape (any "
-                   "member of a group-shared home may make cache/tmp) makes its 'one line' two and acts on the "
-                   "terminal; formats.dataset shows a link's target with repr")
 def test_the_fallback_warning_is_one_line_whatever_the_dangling_link_names(tmp_path: Path, systmp: Path) -> None:
     home = DataHome(tmp_path / "home")
     write_day(home, DAY, {"a": png(1), "b": b"not an image"})
