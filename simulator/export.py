@@ -1,6 +1,7 @@
 """Writing the raw zone: JSON lines (the format lives in ``formats.rawlines``), PNG blobs, moderation lists."""
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from pathlib import Path
@@ -22,17 +23,23 @@ def write_unless_same(path: Path | str, data: bytes) -> bool:
     Review rev35e: the file is left only where it is also what a fresh write makes it: this account's, the
     umask's mode (``0666 & ~umask``) and one name (no hard link). A world-writable or owner-only file, another
     account's, or one whose inode another name shares (an edit through that name would change the raw zone) is
-    rewritten by the atomic replace, as before fix35b."""
+    rewritten by the atomic replace, as before fix35b. Review rev36a: and of the group a fresh file gets
+    (:func:`fresh_group`), with no POSIX ACL of its own (``system.posix_acl_access``): a same-bytes file chgrp'ed
+    to another group, group-writable under umask 002, or one an ACL lets another account write, was left, and
+    that group or account could edit the raw zone in place. (In a folder with a default ACL a fresh file gets an
+    ACL too: there every write rewrites, as before fix35b.)"""
+    path = Path(path)
     try:
         with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as handle:
             info = os.fstat(handle.fileno())
             if (stat.S_ISREG(info.st_mode) and info.st_size == len(data) and info.st_nlink == 1
                     and info.st_uid == os.geteuid() and stat.S_IMODE(info.st_mode) == file_mode()
+                    and info.st_gid == fresh_group(path.parent) and not _has_acl(handle.fileno())
                     and handle.read(len(data) + 1) == data):
                 return False
     except OSError:
         pass        # missing, a link, or unreadable: written as before
-    write_bytes_atomic(Path(path), data)
+    write_bytes_atomic(path, data)
     return True
 
 
@@ -43,6 +50,27 @@ def write_parquet_unless_same(path: Path, table: pa.Table) -> bool:
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, **PARQUET_OPTIONS)
     return write_unless_same(path, sink.getvalue().to_pybytes())
+
+
+def fresh_group(folder: Path) -> int:
+    """The group a file created in ``folder`` gets: the folder's where it is setgid (a group-shared home), else
+    this process's effective group (review rev36a). Raises OSError where the folder cannot be looked at."""
+    info = os.stat(folder)
+    return info.st_gid if info.st_mode & stat.S_ISGID else os.getegid()
+
+
+ACL_ACCESS = "system.posix_acl_access"      # the extended attribute a file's POSIX access ACL is stored in
+
+
+def _has_acl(fd: int) -> bool:
+    """Whether the open file carries a POSIX access ACL (beyond its mode bits: the kernel stores none for an ACL
+    its mode says whole); False where the file system has no extended attributes."""
+    try:
+        return ACL_ACCESS in os.listxattr(fd)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            return False
+        raise
 
 
 def write_jsonl_gz(path: Path, lines: list[str]) -> int:

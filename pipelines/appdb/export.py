@@ -1550,6 +1550,17 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         with day_export_lock(home, day):
             order = snapshot_order(home, day)
             superseded = order["published"] > ticket
+            # review rev36a: what lets a row this day no longer holds be found again is written BEFORE the day is
+            # published without it (the rule fix35e applied to LateCheck.finish): the day the app dates it to now
+            # marked for the schedule (review rev29h), a day before the raw zone's first remembered (review
+            # rev35a). Written after the publish, a kill in between left the row in no raw day, named by no night
+            # (the rerun no longer sees it leave). A kill before the publish leaves the row in its old day as well:
+            # the marked day's re-export, or the night naming the remembered row, is then one more than needed.
+            early = [moved_day for moved_day in moved_days(raw_days_now, moved) if moved_day != day]
+            for moved_day in early:
+                report.warnings += filter(None, [mark_late(home, moved_day, True)])
+            if not superseded and outside:  # the rows it forgets are in the day it publishes, not a superseded one
+                report.warnings += filter(None, [remember_moved(home, outside)])
             if superseded:
                 report.published = "superseded"
                 report.warnings.append(superseded_warning(day, order["published"], ticket))
@@ -1586,16 +1597,14 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.warnings += filter(None, [mark_late(home, day, False, ticket)])
                 report.warnings += late_check.clear_whole(home, ticket)
             dated, marked = dated_warning(home, undated_watch.dated)
-            # a row dated since it was reported undated, or one this day no longer holds that the app dates to
-            # another day (review rev29h): that day is re-exported
-            for marked_day in marked + moved_days(raw_days_now, moved):
-                if marked_day != day:
+            # a row dated since it was reported undated: that day is re-exported (the rows moved off this day:
+            # marked above, before the publish; the state that still names the dated rows is saved below)
+            for marked_day in marked:
+                if marked_day != day and marked_day not in early:
                     report.warnings += filter(None, [mark_late(home, marked_day, True)])
             if dated:
                 report.warnings.append(dated)
-            if not superseded:       # the rows it forgot are in the day it published, not in a superseded one
-                if outside:          # review rev35a: the rows its day lost to a day no schedule exports
-                    report.warnings += filter(None, [remember_moved(home, outside)])
+            if not superseded:
                 report.warnings += filter(None, [save_undated(home, undated_watch)])
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
