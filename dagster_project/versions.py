@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
-    "app_export": "5",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
+    "app_export": "6",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
                           #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
                           # 3: a raw row is matched by id and an identity a legitimate edit keeps (rankings: user and
                           #    image uids; downloads: user and image; accounts: the id alone): a row moved and edited,
@@ -27,6 +27,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 5: a raw line's id read by the fast match only in the plain form: 05 / -05 (not JSON) and
                           #    a key named again with an escape (download\u005fid) read as the ingest reads them, no
                           #    id, so a re-export keeps such a line where it dropped it as a row it read (rev35c)
+                          # 6: whether a re-export replaces a raw line is decided by the ingest's reading of its key
+                          #    (a member that is no JSON value, text after the object, a raw control character, the
+                          #    id named again past the first MiB: no key), so such a line is kept (rev36c)
     "ingest": "9",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);

@@ -75,6 +75,7 @@ from pipelines.appdb.connection import (
     text_encoding,
 )
 from pipelines.appdb.tables import check_tables, expected_columns, statement
+from pipelines.ingest import parse as _ingest
 from pipelines.ingest.config import IngestConfig, shift_day
 from pipelines.ingest.parse import without_bom
 from pipelines.provenance import read_cache, writing_cache
@@ -1637,18 +1638,20 @@ def _bomless(pieces: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None,
-               first_pieces: bool = False) -> Iterator:
-    """The primary key (member ``name``: :func:`_piece_key`) of each line of a raw table file (None: a NULL key;
+               first_pieces: bool = False, key: Callable[..., object] | None = None) -> Iterator:
+    """The primary key (member ``name``: :func:`_piece_key`, or ``key``'s reading, :func:`_written_key`) of each line
+    of a raw table file (None: a NULL key;
     UNREADABLE: no id can be read), streamed 1 MiB of a line at a time; with ``first_pieces``, (key, the line's
     first piece) pairs. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
     at_start, pending, lines_read = True, None, 0
+    read = key or _piece_key
     try:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
-            for piece in _bomless(iter(lambda: lines.readline(1 << 20), b"")):
+            for piece in _bomless(iter(lambda: lines.readline(PIECE_BYTES), b"")):
                 if at_start:
-                    pending = (_piece_key(piece, name), piece) if first_pieces else _piece_key(piece, name)
+                    pending = (read(piece, name), piece) if first_pieces else read(piece, name)
                 at_start = piece.endswith(b"\n")
                 if at_start:
                     lines_read += 1
@@ -1710,7 +1713,7 @@ def _integer_as_written(value: object) -> int | None:
         return value
     if kind is float:        # a plain float is exactly the number written
         return int(value) if math.isfinite(value) and value.is_integer() else None
-    if kind is not _AsWritten:
+    if kind is not _AsWritten and kind is not _ingest._WrittenNumber:   # the ingest decoder's own (_piece_key)
         return None
     try:
         exact = decimal.Decimal(value.text)
@@ -1800,17 +1803,23 @@ def _named_again(piece: bytes, name: str, needle: bytes, start: int) -> bool:
     return piece.find(marker, start) >= 0 and pattern.search(piece, start) is not None
 
 
-def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
-    """The primary key of a raw line from its first piece (at most 1 MiB): an int, None for a JSON null (a table
-    without its primary key may hold NULL ids), or UNREADABLE where no integer id can be read.
+PIECE_BYTES = 1 << 20    # what the export reads of a raw line at a time (``readline``): its budget for a line's key
+
+
+def _written_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
+    """The id a raw line names from its first piece (at most 1 MiB), read leniently: an int, None for a JSON null,
+    or UNREADABLE where no integer id can be read. The export's own cut line (:func:`_cut_oversized`, no JSON
+    object) and a line whose first piece holds its id are read by the id they start with. Used only where the
+    question is whether the raw zone holds a line the export wrote for a row (the late-row check's
+    :func:`_file_counts`, :meth:`LateCheck._missing`, :func:`_file_holds`) and where a kept line goes in a
+    merged file (:class:`_Lines`), never to decide that a line may be replaced: that is :func:`_piece_key`'s.
 
     Review rev29d: the export's own spacing was the only form read (a regex), so every line of a day written by
-    the raw zone's other way in (compact JSON, the id anywhere in the object) was keyless and a replica's re-export
-    kept each beside its row read again: the day doubled. A line not in the export's form is now read as JSON
-    (:func:`_scan_key`), within its first piece: bounded whatever the line's length. Review rev35c: the fast match
-    reads only the plain form (:func:`_key_re`: the id as JSON writes an integer, its member's name not again in
-    the piece in any spelling, :func:`_named_again`); any other line is left to :func:`_scan_key`, the reading the
-    ingest's agrees with."""
+    the raw zone's other way in (compact JSON, the id anywhere in the object) was keyless. A line not in the
+    export's form is read as JSON (:func:`_scan_key`), within its first piece: bounded whatever the line's length.
+    Review rev35c: the fast match reads only the plain form (:func:`_key_re`: the id as JSON writes an integer, its
+    member's name not again in the piece in any spelling, :func:`_named_again`); any other line is left to
+    :func:`_scan_key`."""
     pattern, needle = _key_re(name)
     match = pattern.match(piece)
     if match and (name is None or not _named_again(piece, name, needle, match.end())):
@@ -1818,6 +1827,89 @@ def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadabl
     if name is None:
         return UNREADABLE
     return _scan_key(piece, name)       # not the export's form, or the member's name again further on
+
+
+_ID_NAME = re.compile(r"[a-z_]+_id")
+# The C decoder as it is: NaN and Infinity read, a member named twice kept once, controls in strings refused. A
+# line it reads whole whose key member is named once is one the ingest keys by that member (load_json, or
+# LineParser.decoded_key for a NaN or another member named twice): _piece_key's fast path.
+_PLAIN = json.JSONDecoder()
+
+
+def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
+    """The primary key (member ``name``) of a raw line as the ingest keys it, from the line's first piece (at most
+    :data:`PIECE_BYTES`, as ``readline`` gives it): an int, None for a JSON null (a table without its primary key
+    may hold NULL ids), or UNREADABLE where the ingest reads no key. What decides whether a re-export may replace
+    the line (:class:`_Absent`: a line keyed by an id the new file holds is that row's old version).
+
+    Review rev36c: the line is read as :meth:`pipelines.ingest.parse.LineParser.parse` reads it for its key, with
+    the ingest's own decoder (``load_json``): the whole line one JSON object (no text after it, no raw control
+    character in a string, every member a JSON value), or one ``load_json`` refuses only for a NaN, a member named
+    twice or nesting too deep, read leniently as ``LineParser.decoded_key`` reads it (``lenient_members``, the key
+    written once or every time alike), bytes that are not UTF-8 read as U+FFFD (``undecodable_key``). Before, the
+    export read the members up to the first that was not JSON and the id found so far stood, a line's trailing
+    text and raw control characters were allowed, and the id named again past the first MiB was never seen: a line
+    the ingest quarantines with no key was taken for the app's row of that id, and a replica's re-export holding
+    that row dropped it from the raw zone. The id is read as written (:func:`_integer_as_written`: ``5.0`` is 5,
+    ``9007199254740993.0`` is 2^53 + 1), whatever its range (``0`` is 0: the app's row of that id replaces it).
+
+    A line longer than its first piece (no newline in :data:`PIECE_BYTES`): whether the ingest keys it depends on
+    bytes the export does not read (``lines.MemberScan`` reads an overlong line's members up to 64 MiB), so it is
+    not keyed (UNREADABLE): a re-export keeps it as it was, beyond as many such lines as the new file holds. A
+    first piece shorter than :data:`PIECE_BYTES` without a newline is a file's last line, whole. ``name`` None: the
+    first member, where its name is an id's (``*_id``; :func:`vanishing_rows` on files of no table)."""
+    if not piece.endswith(b"\n"):
+        if len(piece) >= PIECE_BYTES:
+            return UNREADABLE           # the line goes on past the export's budget: it cannot tell
+        data = piece
+    else:
+        data = piece[:-1]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:          # the ingest's undecodable_key: each invalid byte as U+FFFD
+        text = data.decode("utf-8", "replace")
+    if name is not None:                # the export's own form, its name once: only whether the line is JSON
+        pattern, needle = _key_re(name)
+        match = pattern.match(data)
+        if match and not _named_again(data, name, needle, match.end()):
+            try:
+                end = _PLAIN.raw_decode(text)[1]
+            except (ValueError, RecursionError):
+                pass                    # not JSON, or past the C decoder (digits, depth): the ingest's own read
+            else:
+                if text[end:].strip(" \t\r\n"):
+                    return UNREADABLE   # text after the object: malformed_json with no key
+                return None if match.group(1) == b"null" else int(match.group(1))
+    try:
+        obj = _ingest.load_json(text)
+    except _ingest.Reject as exc:
+        if not exc.readable:
+            return UNREADABLE           # malformed_json with no key: the ingest quarantines it keyless
+        members = _ingest.lenient_members(text)     # LineParser.decoded_key's reading
+        if not members:
+            return UNREADABLE
+        name = name if name is not None else _id_name(members[0][0])
+        values = [value for member, value in members if member == name]
+        if not values or any(not _ingest._alike(v, values[0]) for v in values):
+            return UNREADABLE
+        value = values[0]
+    else:
+        if type(obj) is not dict or not obj:
+            return UNREADABLE
+        if name is None:
+            name = _id_name(next(iter(obj)))
+        if name not in obj:
+            return UNREADABLE
+        value = obj[name]
+    if value is None:
+        return None
+    key = _integer_as_written(value)
+    return UNREADABLE if key is None else key
+
+
+def _id_name(member: object) -> str | None:
+    """``member`` where it is an id's name (``*_id``: the generic reading's key), else None (no member)."""
+    return member if type(member) is str and _ID_NAME.fullmatch(member) else None
 
 
 # what a JSON scalar cut by the end of a piece can be: a number's start, a constant's, or nothing yet
@@ -1976,11 +2068,13 @@ def row_identity(piece: bytes, table: str, exact: bool = True) -> int:
 class _KeyIndex:
     """The ids of a raw table file (member ``name``), sorted (8 bytes a row; a key past int64, which no integer
     column holds, in a set), and how many of its lines have a NULL id (``unkeyed``) or none that can be read
-    (``unreadable``)."""
+    (``unreadable``). ``key``: how a line is keyed (:func:`_piece_key`, the ingest's reading, by default; the
+    late-row check's :func:`_written_key`)."""
 
-    def __init__(self, path: Path, cut_ok: bool = False, name: str | None = None) -> None:
+    def __init__(self, path: Path, cut_ok: bool = False, name: str | None = None,
+                 key: Callable[..., object] | None = None) -> None:
         keys, self.unkeyed, self.unreadable, wide = array.array("q"), 0, 0, []
-        for key in _line_keys(path, cut_ok, name):
+        for key in _line_keys(path, cut_ok, name, key=key):
             if key is None:
                 self.unkeyed += 1
             elif key is UNREADABLE:
@@ -2057,15 +2151,16 @@ def vanishing_rows(old: Path, new: Path, name: str | None = None) -> tuple[int, 
 
 class _Lines:
     """The lines of a binary stream one at a time, each by its leading key and copied on in pieces of 1 MiB,
-    so a long line is never held whole."""
+    so a long line is never held whole. The key orders the lines only (:func:`_written_key`: the export's own cut
+    line stays at its id's place); whether a line is kept was decided by :func:`_piece_key`."""
 
     def __init__(self, stream, name: str | None = None) -> None:
         self.stream, self.name = stream, name
         self._next()
 
     def _next(self) -> None:
-        self.piece = self.stream.readline(1 << 20)
-        self.key = _piece_key(self.piece, self.name) if self.piece else None
+        self.piece = self.stream.readline(PIECE_BYTES)
+        self.key = _written_key(self.piece, self.name) if self.piece else None
 
     @property
     def order(self) -> tuple[int, int]:
@@ -2101,7 +2196,7 @@ class _CutShort(Exception):
 def _read_piece(stream) -> bytes:
     """The next piece of a line of the old raw file (:class:`_CutShort` where it cannot be read on)."""
     try:
-        return stream.readline(1 << 20)
+        return stream.readline(PIECE_BYTES)
     except (OSError, EOFError, zlib.error) as exc:
         raise _CutShort() from exc
 
@@ -2125,9 +2220,10 @@ def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) ->
                     key, start, named = _piece_key(piece, name), spill.tell(), len(absent.first)
                     unreadable = absent.unreadable
                     copying = absent(key)
-                    if copying:
-                        ordered = ordered and (last is None or _order(key) >= last)
-                        last = _order(key)
+                    if copying:         # the order the merge reads the kept lines in (_Lines)
+                        place = _order(_written_key(piece, name))
+                        ordered = ordered and (last is None or place >= last)
+                        last = place
                 if copying:
                     spill.write(piece)
                 at_start = piece.endswith(b"\n")
@@ -2199,8 +2295,10 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
     users had deleted their account, night after night).
 
     Old lines are keyed by their parsed id (:func:`_piece_key`, review rev29d: a day another exporter wrote as
-    compact JSON was doubled). A line whose id cannot be read (not JSON, no integer id in its first MiB) is no
-    row the ingest can key either (it quarantines the line): such lines, beyond as many as the new file holds,
+    compact JSON was doubled; review rev36c: as the ingest keys them, a line longer than 1 MiB not at all). A line
+    whose id cannot be read (not one JSON object, no integer id, longer than its first MiB) is no row the ingest
+    can key either, or one the export cannot tell (it quarantines the line): such lines, beyond as many as the new
+    file holds,
     are kept as they were and counted apart (``unreadable`` in ``report.kept``, named in the warning): never a
     second version of a row read, never dropped unseen.
 
@@ -2301,18 +2399,20 @@ class HeldRows:
         del self.identities[self._count:]
         return self
 
-    def same_rows(self, path: Path, table: str, exact: bool = True) -> "HeldRows":
+    def same_rows(self, path: Path, table: str, exact: bool = True,
+                  key: Callable[..., object] | None = None) -> "HeldRows":
         """The rows found that are the rows raw table file ``path`` holds under their ids: a row is left out where
         the file's lines with its id have an identity (:func:`row_identity`) and none is the app row's (review
         rev30b: after a restore from an older backup the app gave a lost row's id to a new, unrelated row, which
         the late-row check took for the exported row moved to another day, and the day's re-export took the
         exported row out of the raw zone). A line whose identity cannot be read names its row by its id, as
-        before. Streamed: 2 bytes a row found besides the arrays; a file that cannot be read leaves them all."""
+        before. Streamed: 2 bytes a row found besides the arrays; a file that cannot be read leaves them all.
+        ``key``: how a line is keyed (:func:`_piece_key` by default; the late-row check's :func:`_written_key`)."""
         if not self.ids:
             return self
         same, other = bytearray(len(self.ids)), bytearray(len(self.ids))
         try:
-            for key, piece in _line_keys(path, cut_ok=True, name=EXPORT_KEYS[table], first_pieces=True):
+            for key, piece in _line_keys(path, cut_ok=True, name=EXPORT_KEYS[table], first_pieces=True, key=key):
                 if type(key) is int and -(1 << 63) <= key < (1 << 63):
                     at = bisect.bisect_left(self.ids, key)
                     if at < len(self.ids) and self.ids[at] == key:
@@ -2793,10 +2893,10 @@ class RawTableCounts:
 
 
 def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
-    """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_piece_key`; streamed:
-    1 MiB of a line at a time)."""
+    """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_written_key`: the export's
+    own cut line counts as its row's, as the database's counts do; streamed: 1 MiB of a line at a time)."""
     rows, top, digest = 0, None, 0
-    for key in _line_keys(path, name=name):
+    for key in _line_keys(path, name=name, key=_written_key):
         rows += 1
         if type(key) is int:
             digest += id_hash(key)
@@ -3311,7 +3411,7 @@ class LateCheck:
                 # the rows that left the day: those the app holds elsewhere that are the raw file's rows (review
                 # rev30b: a row that took an id again is another row, which the day keeps)
                 left = held.same_rows(home.raw_file(spill.day, spill.table), spill.table,
-                                      exact_identities(conn)) if held else held
+                                      exact_identities(conn), _written_key) if held else held
                 # review rev31e: the day each row under those ids is dated to now is marked whatever its identity
                 # (a row moved and given another user is "another row" too): the identity decides only whether
                 # the old day keeps the line, never whether the new day gets the app's row
@@ -3370,7 +3470,8 @@ class LateCheck:
         cannot be read; the ingest reports it), and the ids the raw file holds that the spilled ones lack, once
         each, ascending (both sorted: one walk; an int64 array, 8 bytes an id: review rev29h)."""
         try:
-            index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True, name=EXPORT_KEYS[spill.table])
+            index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True, name=EXPORT_KEYS[spill.table],
+                              key=_written_key)     # the rows the export wrote there, its cut lines included
         except (OSError, EOFError, zlib.error):
             return None, [], array.array("q")
         count, first, extra = 0, [], array.array("q")
@@ -3616,10 +3717,11 @@ def left_warning(late: dict[str, dict], lookback_days: int) -> str:
 
 def _file_holds(path: Path, name: str, ids: array.array) -> bool:
     """Whether raw table file ``path`` holds a line keyed by each of ``ids`` (ascending int64; streamed, 1 byte
-    an id besides them); a file that cannot be read holds none."""
+    an id besides them; :func:`_written_key`: the export's own cut line holds its row); a file that cannot be read
+    holds none."""
     seen, left = bytearray(len(ids)), len(ids)
     try:
-        for key in _line_keys(path, cut_ok=True, name=name):
+        for key in _line_keys(path, cut_ok=True, name=name, key=_written_key):
             if type(key) is int and -(1 << 63) <= key < (1 << 63):
                 at = bisect.bisect_left(ids, key)
                 if at < len(ids) and ids[at] == key and not seen[at]:

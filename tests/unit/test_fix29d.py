@@ -16,7 +16,15 @@ import psycopg
 
 from formats.home import DataHome
 from pipelines.appdb import export as export_module
-from pipelines.appdb.export import UNREADABLE, AppExportConfig, _piece_key, export_day, late_days, raw_day_state
+from pipelines.appdb.export import (
+    UNREADABLE,
+    AppExportConfig,
+    _piece_key,
+    _written_key,
+    export_day,
+    late_days,
+    raw_day_state,
+)
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
 _counter = iter(range(10**6))
@@ -66,7 +74,10 @@ def test_a_lines_id_is_read_in_any_json_spelling_and_bounded():
     assert _piece_key(b'{"ranking_id": 7, "prompt": "\xff"}\n', key) == 7            # bytes not UTF-8
     assert _piece_key(b'{"prompt": "\xff", "ranking_id": 7}\n', key) == 7
     assert _piece_key(b'{"prompt": "a", "ranking_id": 7, "gs": NaN}\n', key) == 7    # the ingest keys it too
-    assert _piece_key(b'{"prompt": "' + b"x" * 100 + b'", "ranking_id": 7, "p": "cut', key) == 7   # cut after it
+    # fix36c: a first piece cut after its id is read so far only by _written_key (the late-row check's reading); to
+    # _piece_key it is a file's last line, not JSON: no key, as the ingest reads it
+    assert _written_key(b'{"prompt": "' + b"x" * 100 + b'", "ranking_id": 7, "p": "cut', key) == 7   # cut after it
+    assert _piece_key(b'{"prompt": "' + b"x" * 100 + b'", "ranking_id": 7, "p": "cut', key) is UNREADABLE
     for unreadable in (b"not json\n", b'["ranking_id", 7]\n', b'{"ranking_id": "7"}\n', b'{"ranking_id": true}\n',
                        b'{"ranking_id": 7.5}\n', b'{"prompt": "a"}\n', b'{"ranking_id": 7, "ranking_id": 8}\n',
                        b'{"prompt": "' + b"x" * 100 + b'", "ranking_id', b"\n", b'{"ranking_id": 1e400}\n'):

@@ -34,7 +34,10 @@ all, or whose id is named again, which fix35g's README text ("the export reads t
 valid one") covers.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All fixed the same day (fix36c, ``tests/unit/test_fix36c.py``): ``_piece_key`` reads a
+whole line as the ingest reads its key (``parse.load_json`` and its lenient reading; text after the object and raw
+control characters included, which a replica's re-export also dropped) and keys no line longer than its 1 MiB piece;
+the markers are removed.
 """
 from __future__ import annotations
 
@@ -81,8 +84,6 @@ def _vanishing(tmp_path: Path, old_line: bytes) -> tuple[int, list[str]]:
 
 # --- 1. a replica's re-export drops a line the ingest keys no row, named again with another id -----------------------
 
-@pytest.mark.xfail(strict=True, reason="fix35g: _json_members stops at a member that is not JSON, so the id named "
-                                       "again after it is never seen and the line is taken for the first id's row")
 def test_a_replicas_re_export_keeps_a_line_naming_its_id_again_after_a_value_that_is_not_json(postgres_server,  # noqa: F811
                                                                                             tmp_path, monkeypatch):
     """Another exporter's line names ranking_id 1, then a member that is no JSON value, then ranking_id 9: the ingest
@@ -114,8 +115,6 @@ def test_a_replicas_re_export_keeps_a_line_naming_its_id_again_after_a_value_tha
 
 # --- 2. a whole line whose member after the id is no JSON value ------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="fix35g: a whole line with a member that is not JSON after its id is keyed by "
-                                       "the export (the id read before it stands) and keyless in the ingest")
 @pytest.mark.parametrize("rest", [',"x":tru}', ',"x":[1,2}', ',"x":"\\u005"}', ',"x":"\\q"}', ',"x" 1}', ',7:1}',
                                   ',"x":1,}', ',"x":tru,"download\\u005fid":6}'])
 def test_a_whole_line_that_is_not_json_after_its_id_is_kept_by_a_re_export(tmp_path, rest):
@@ -128,8 +127,6 @@ def test_a_whole_line_that_is_not_json_after_its_id_is_kept_by_a_re_export(tmp_p
 
 # --- 3. the id named again past the line's first MiB ------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="fix35g: the export looks for the id named again only in a line's first MiB; "
-                                       "the ingest's MemberScan reads an overlong line's members up to 64 MiB")
 def test_an_overlong_line_naming_its_id_again_past_the_first_mib_is_kept_by_a_re_export(tmp_path):
     """A line of another exporter over ``ingest.max_line_bytes`` (1 MiB) names download_id 5, a long note, then
     download_id 6: the ingest reads both (``OverlongLine.members``) and keys no row; the export, which reads the
