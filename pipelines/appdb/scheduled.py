@@ -58,7 +58,9 @@ class ScheduledDays:
     the newest, never a stray): a day the schedule's night judges against its lookback window (nearer than the
     next raw day) is a stray here whenever it is one there, so a day this calls exported is exported. The raw
     files of a first day are read only where it is more than CATCH_UP_DAYS before the next raw day, and only
-    once a caller asks about a day the raw zone lacks."""
+    once a caller asks about a day the raw zone lacks. Not modelled: the catch-up looks back CATCH_UP_HORIZON_DAYS
+    from the night's window only, so a gap older than that (a row moved more than a year back into a hole of the
+    history) is marked and waits for a ranged build, as before."""
 
     def __init__(self, home: DataHome, raw_days: list[str]) -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)
