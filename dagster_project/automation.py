@@ -43,7 +43,6 @@ import fcntl
 import os
 import stat
 import warnings
-import zlib
 from typing import TYPE_CHECKING, Iterable, Mapping
 
 import dagster as dg
@@ -67,6 +66,7 @@ from formats.home import DataHome
 from formats.locks import try_lock
 from formats.rawzone import RAW_ZONE_SAID
 from formats.settings import load
+from pipelines.appdb.scheduled import CATCH_UP_DAYS, CATCH_UP_HORIZON_DAYS, STRAY_DAY_ROWS, real_days  # noqa: F401
 from pipelines.provenance import RAW_TABLE_FILES, raw_day_complete
 from training import runs
 
@@ -241,30 +241,6 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
             for day in days]
 
 
-CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
-CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
-STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
-
-
-def _stray_day(home: DataHome, day: str, next_day: str) -> bool:
-    """Whether raw day ``day`` is a stray before the app's real history: more than CATCH_UP_DAYS days before
-    ``next_day`` (the next raw day, or the night's lookback window) and holding some rows, but fewer than
-    STRAY_DAY_ROWS, in its four files (the users file of an app's real day is a snapshot of every account
-    so far). That is a row dated by a wrong clock (a device's 1970 or last year's date), exported by
-    `pickapic build --from-app-db`, which exports the days holding rows, as a day of its own. A day of
-    empty files is what a scheduled export makes of a quiet day, so it is history (the last night before
-    an outage); a raw file that cannot be read says no too (the day counts, as before)."""
-    from pipelines.appdb.export import raw_day_counts
-
-    if (dt.date.fromisoformat(next_day) - dt.date.fromisoformat(day)).days <= CATCH_UP_DAYS:
-        return False
-    try:
-        counts = raw_day_counts(home, day)
-    except (OSError, EOFError, zlib.error):      # unreadable: the ingest reports it
-        return False
-    return 0 < sum(rows for rows, _ in counts.values()) < STRAY_DAY_ROWS
-
-
 def missing_days(home: DataHome, first: str) -> list[str]:
     """Every day before ``first`` (the first day of the night's lookback window) that the raw zone lacks,
     oldest first, from the day after its first real day (at most CATCH_UP_HORIZON_DAYS before ``first``).
@@ -277,16 +253,14 @@ def missing_days(home: DataHome, first: str) -> list[str]:
     --from-app-db --from DAY``. A day with no app activity is exported as a day of empty files, as the
     nightly export of a quiet day is, so the gap does not come back.
 
-    The first real day: the raw zone's first day that is not a stray (:func:`_stray_day`: a lone day,
+    The first real day: the raw zone's first day that is not a stray (``pipelines.appdb.scheduled.real_days``,
+    ``stray_day``, the definition the export's moved rows use too, fix36g: a lone day,
     more than CATCH_UP_DAYS before the next raw day, with 1 to STRAY_DAY_ROWS - 1 rows), so one row dated
     by a wrong clock long before the app existed does not make the schedule export up to a year of empty
     days before it. The days between a stray and the first real day are not caught up (there is nothing
     the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted)."""
     start = dt.date.fromisoformat(first)
-    ordered = sorted(day for day in home.raw_days() if day < first)
-    while ordered and _stray_day(home, ordered[0], ordered[1] if len(ordered) > 1 else first):
-        ordered.pop(0)
-    present = set(ordered)
+    present = set(real_days(home, sorted(day for day in home.raw_days() if day < first), first))
     if not present:
         return []
     day = max(dt.date.fromisoformat(min(present)) + dt.timedelta(days=1),

@@ -74,6 +74,7 @@ from pipelines.appdb.connection import (
     server_name,
     text_encoding,
 )
+from pipelines.appdb.scheduled import ScheduledDays
 from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest import parse as _ingest
 from pipelines.ingest.config import IngestConfig, shift_day
@@ -142,7 +143,8 @@ class AppExportReport:
     day: str
     server: dict
     tables: dict[str, TableExport] = field(default_factory=dict)
-    published: str = ""                      # "new day", "updated", "unchanged", "superseded" (review rev31e)
+    published: str = ""                      # "new day", "updated", "unchanged", "superseded" (review rev31e),
+    #                                          "held back" (fix36g: rows leaving the day could not be recorded)
     blobs: dict = field(default_factory=dict)
     seconds: float = 0.0
     undated: dict = field(default_factory=dict)     # table -> {"rows", "first_ids"}: rows no day holds
@@ -165,6 +167,8 @@ class AppExportReport:
         if self.published == "superseded":      # review rev31h: no file of its own to show (see its warning)
             files = ("none published: another export of the day published a newer snapshot, whose files the day "
                      "holds (see the warnings)")
+        elif self.published == "held back":     # fix36g: the day's rows that leave it could not be recorded
+            files = "none published: the day keeps its raw files until the rows leaving it are recorded (see the warnings)"
         return {
             "day": self.day, "published": self.published, "changed_tables": ", ".join(self.changed_tables) or "none",
             "rows": sum(e.rows for e in self.tables.values()),
@@ -1248,6 +1252,15 @@ def claim_export_state(home: DataHome) -> None:
             write_bytes_atomic(path, json.dumps({**owner, "folder_id": folder_id}, sort_keys=True).encode("utf-8"))
 
 
+def held_back_warning(day: str, unrecorded: list[str]) -> str:
+    """Fix36g: why an export published nothing: what lets the rows leaving ``day`` be found again (the late
+    markers of ``unrecorded`` days, or the rows remembered) could not be written."""
+    return (f"day {day} was not published: rows its re-export takes out (the app dates them to another day now) "
+            f"could not be recorded where a later export finds them again ({', '.join(unrecorded[:FIRST_IDS])}"
+            f"{', ...' if len(unrecorded) > FIRST_IDS else ''}; see the warnings above), so its raw files stay as "
+            "they were, holding them, until an export can record them: the next scheduled export tries again")
+
+
 def superseded_warning(day: str, published: int, ticket: int) -> str:
     """The line of an export whose day already holds a newer snapshot (another export of the day published it)."""
     return (f"day {day}: another export of the day took its snapshot after this one's and published it first "
@@ -1514,17 +1527,18 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
             # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
-            line = moved_warning(home.raw_days(), late_check.moved) if late_check.moved else ""
+            line = moved_warning(ScheduledDays(home, home.raw_days()), late_check.moved) if late_check.moved else ""
             if line:
                 report.warnings.append(line)
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
             # named with the build that exports it), so a raw day holds it once the moves are exported
             moved: dict[str, dict[str, list]] = {}
             outside: dict[str, dict[int, str]] = {}      # review rev35a: moved before the raw zone's first day
-            raw_days_now = home.raw_days()
+            # fix36g: the days the schedule exports (the moved rows' days marked) or not (the rows remembered)
+            scheduled = ScheduledDays(home, home.raw_days())
             for table, rows in held_by_app.items():
-                moved_rows(home, table, rows, day, config.users_snapshot, raw_days_now, moved, outside)
-            line = moved_warning(raw_days_now, moved) if moved else ""
+                moved_rows(home, table, rows, day, config.users_snapshot, scheduled, moved, outside)
+            line = moved_warning(scheduled, moved) if moved else ""
             if line:
                 report.warnings.append(line)
             if keeping:   # never a subset of the day from a replica (see there)
@@ -1557,14 +1571,26 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             # rev35a). Written after the publish, a kill in between left the row in no raw day, named by no night
             # (the rerun no longer sees it leave). A kill before the publish leaves the row in its old day as well:
             # the marked day's re-export, or the night naming the remembered row, is then one more than needed.
-            early = [moved_day for moved_day in moved_days(raw_days_now, moved) if moved_day != day]
+            early = [moved_day for moved_day in moved_days(scheduled, moved) if moved_day != day]
             for moved_day in early:
                 report.warnings += filter(None, [mark_late(home, moved_day, True)])
+            unrecorded = [moved_day for moved_day in early if not _marker_set(home, moved_day)]
             if not superseded and outside:  # the rows it forgets are in the day it publishes, not a superseded one
-                report.warnings += filter(None, [remember_moved(home, outside)])
-            if superseded:
-                report.published = "superseded"
-                report.warnings.append(superseded_warning(day, order["published"], ticket))
+                line = remember_moved(home, outside)
+                if line:
+                    report.warnings.append(line)
+                    unrecorded.append("the rows moved to a day no schedule exports")
+            # fix36g: a marker not set or a row not remembered: the day is not published without the row (as
+            # LateCheck.finish records no verdict then): its raw files stay as they were, holding it, and the next
+            # export tries again. Before, the day was published without it, named that night only.
+            held_back = not superseded and bool(unrecorded)
+            if superseded or held_back:
+                if superseded:
+                    report.published = "superseded"
+                    report.warnings.append(superseded_warning(day, order["published"], ticket))
+                else:
+                    report.published = "held back"
+                    report.warnings.append(held_back_warning(day, unrecorded))
                 # review rev31h: it published no file: its report names none (they were the staged files' counts)
                 report.tables, report.kept = {}, {}
                 # review rev32c: nor does the day keep a blob it copied that the newer snapshot's rows do not name
@@ -1605,7 +1631,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                     report.warnings += filter(None, [mark_late(home, marked_day, True)])
             if dated:
                 report.warnings.append(dated)
-            if not superseded:
+            if not superseded and not held_back:   # held back: the rows it would forget are not published
                 report.warnings += filter(None, [save_undated(home, undated_watch)])
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
@@ -2753,12 +2779,13 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
     """A line naming the rows reported undated before (or moved to a day before the raw zone's first) that have
     a day now and are not in its raw files yet, those up to the raw zone's last day (a later day is exported by
     the nightly export anyway), and the days to mark for the schedule: those of them from the raw zone's first
-    day on (as :func:`moved_days`). ('', []) when there are none.
+    day on (as :func:`moved_days`: fix36g, the days :class:`ScheduledDays` holds). ('', []) when there are none.
 
     Fix36n: a day before the raw zone's first is named, never marked: no schedule re-exports it (it re-exports
     the marked days the raw zone holds, and catches up only the days after its first) and only that day's own
     export clears its marker, so a row moved there and back (or deleted) left the marker for good; the row is
-    remembered (HOME/cache/UNDATED_STATE) and named each night until its day is exported instead."""
+    remembered (HOME/cache/UNDATED_STATE) and named each night until its day is exported instead. Fix36g: so is
+    a day between a stray first raw day and the history, which the schedule's catch-up never exports either."""
     if not dated:
         return "", []
     days = home.raw_days()
@@ -2775,6 +2802,7 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
             parts.append(f"{table}: {len(shown)} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
                          + (", ..." if len(shown) > FIRST_IDS else "") + ")")
     lacking = [on for on in named if on not in held]
+    scheduled = ScheduledDays(home, days)
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
             "since, or were moved to a day before the raw zone's first, and are not in their day's raw files yet: "
             f"{'; '.join(parts)} -- the next scheduled export "
@@ -2782,7 +2810,7 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
             "--from-app-db --from DAY --to DAY)"
             + (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}, "
                f"which only such a build exports (pickapic build --from-app-db --from {lacking[0]} --to "
-               f"{lacking[0]})" if lacking else "")), [on for on in named if on >= days[0]]
+               f"{lacking[0]})" if lacking else "")), [on for on in named if on in scheduled]
 
 
 
@@ -3401,7 +3429,7 @@ class LateCheck:
         failed the export after a day was recorded "whole" and before the day its moved row went to was marked:
         every later night called the day whole and the row reached no raw day."""
         found = self.found
-        raw_days = home.raw_days()
+        scheduled = ScheduledDays(home, home.raw_days())      # fix36g: as the schedule exports them
         checked: list[tuple[str, str, list[int], tuple[int, int]]] = []
         try:
             for spill in self.spills:
@@ -3416,7 +3444,7 @@ class LateCheck:
                 # (a row moved and given another user is "another row" too): the identity decides only whether
                 # the old day keeps the line, never whether the new day gets the app's row
                 if held:
-                    moved_rows(home, spill.table, held, spill.day, self.users_snapshot, raw_days, self.moved,
+                    moved_rows(home, spill.table, held, spill.day, self.users_snapshot, scheduled, self.moved,
                                self.outside)
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
@@ -3438,7 +3466,7 @@ class LateCheck:
                 marked.append(checked_day)
             else:
                 self.whole.append(checked_day)
-        for new_day in moved_days(raw_days, self.moved):
+        for new_day in moved_days(scheduled, self.moved):
             if new_day not in self.checked_days:      # a checked day lacking the row is late itself
                 self.notes += filter(None, [mark_late(home, new_day, True)])
                 marked.append(new_day)
@@ -3734,7 +3762,7 @@ def _file_holds(path: Path, name: str, ids: array.array) -> bool:
 
 
 def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_snapshot: bool,
-               raw_days: list[str], into: dict[str, dict[str, list]],
+               scheduled: ScheduledDays, into: dict[str, dict[str, list]],
                outside: dict[str, dict[int, str]] | None = None) -> None:
     """Add to ``into`` (table -> day -> [rows, first ids]) the days the rows of ``held`` (rows of raw day
     ``from_day`` that its re-export does not hold) are dated to now: their new day, which must hold them once
@@ -3745,8 +3773,9 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
 
     Review rev35a: ``outside`` gets table -> {id: day} of the rows dated to a day before the raw zone's first
     (REMEMBER_UNDATED a table at most), which no schedule exports: :func:`remember_moved` keeps them, and each
-    export names them until a raw day holds them (they were named on one night only)."""
-    held_days = set(raw_days)
+    export names them until a raw day holds them (they were named on one night only). Fix36g: and a day no
+    schedule exports at all (:meth:`ScheduledDays.before`: between a stray first raw day and the history too)."""
+    held_days = scheduled.held
     counted = {on: info for on, info in held.by_day().items()
                if on != from_day and not (table == "users" and not users_snapshot and on < from_day
                                           and on in held_days)}
@@ -3763,7 +3792,7 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
         entry = into.setdefault(table, {}).setdefault(on, [0, []])
         entry[0] += count
         entry[1] = (entry[1] + first)[:FIRST_IDS]
-    before = {held.names.index(on) for on in counted if raw_days and on < raw_days[0]}
+    before = {held.names.index(on) for on in counted if scheduled.before(on)}
     if outside is not None and before:
         ids = outside.setdefault(table, {})
         for key, code in zip(held.ids, held.days):
@@ -3771,18 +3800,17 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
                 ids.setdefault(key, held.names[code])
 
 
-def moved_days(raw_days: list[str], moved: dict[str, dict[str, list]]) -> list[str]:
-    """The days of :func:`moved_rows` the schedule re-exports once marked: those from the raw zone's first day
-    to its last (a day it lacks between them is caught up); a later day is the nightly export's own."""
-    if not raw_days:
-        return []
-    return sorted({on for per in moved.values() for on in per if raw_days[0] <= on <= raw_days[-1]})
+def moved_days(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> list[str]:
+    """The days of :func:`moved_rows` the schedule re-exports once marked (:class:`ScheduledDays`: the raw
+    days, and the days after the first real one that the catch-up exports); a later day is the nightly
+    export's own, an earlier one (or one after a stray first day) is remembered, never marked."""
+    return sorted({on for per in moved.values() for on in per if on in scheduled})
 
 
-def moved_warning(raw_days: list[str], moved: dict[str, dict[str, list]]) -> str:
+def moved_warning(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> str:
     """A line naming the rows that left a raw day for another day, and what puts them there ('' when none)."""
-    marked = moved_days(raw_days, moved)
-    held = set(raw_days)
+    marked = moved_days(scheduled, moved)
+    raw_days, held = scheduled.days, scheduled.held
     lacking = sorted({on for per in moved.values() for on in per if on not in held
                       and (not raw_days or on <= raw_days[-1])})
     if not marked and not lacking:

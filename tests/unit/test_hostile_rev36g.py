@@ -36,7 +36,10 @@ named on one night only (documented bound); NFSv4 ACLs (``system.nfs4_acl``) are
 (no NFS here to confirm).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
-assertions state the correct behaviour.
+assertions state the correct behaviour. All three were fixed the same day (fix36g, ``tests/unit/test_fix36g.py``:
+one definition of the days the schedule exports, ``pipelines.appdb.scheduled.ScheduledDays``, used by the
+moved-row code and the catch-up; a day whose leaving rows cannot be marked or remembered is held back, not
+published) and their markers removed.
 """
 from __future__ import annotations
 
@@ -45,7 +48,6 @@ import errno
 import os
 
 import psycopg
-import pytest
 from test_fix35e import NIGHTLY, NOW, _lines, _rank, _warnings
 
 from formats.home import DataHome
@@ -91,10 +93,6 @@ def _stray_home(postgres_server, tmp_path) -> tuple[str, DataHome]:
     return dsn, home
 
 
-@pytest.mark.xfail(strict=True, reason="moved_rows / moved_days take the raw zone's first day for the start of its "
-                   "history, but a stray first day (automation._stray_day) is one the schedule never catches up "
-                   "after: a row moved between it and the real history is marked (never re-exported, the day is "
-                   "not a raw day and not caught up) instead of remembered, named on one night, then lost")
 def test_a_row_moved_between_a_stray_first_day_and_the_history_is_found_again(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _stray_home(postgres_server, tmp_path)
     with psycopg.connect(dsn) as conn:
@@ -111,9 +109,6 @@ def test_a_row_moved_between_a_stray_first_day_and_the_history_is_found_again(po
         and (home.cache / UNDATED_STATE).is_file()), (nights, late_days(home))
 
 
-@pytest.mark.xfail(strict=True, reason="the marker fix36n stopped writing for a day before the raw zone's first is "
-                   "still written for a day between a stray first day and the history, which no schedule "
-                   "re-exports or catches up: the row moved back, the marker stays for good")
 def test_a_row_moved_past_a_stray_day_and_back_leaves_no_marker_for_good(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _stray_home(postgres_server, tmp_path)
     with psycopg.connect(dsn) as conn:
@@ -129,10 +124,6 @@ def test_a_row_moved_past_a_stray_day_and_back_leaves_no_marker_for_good(postgre
     assert late_days(home) == []
 
 
-@pytest.mark.xfail(strict=True, reason="export_day publishes the day without a row moved before the raw zone's "
-                   "first even where remember_moved failed (a full cache disk): the row is named that night only "
-                   "and then by no night, though fix36a's rule (and LateCheck.finish's, fix35e) is that what "
-                   "finds the row again is written before the day loses it")
 def test_a_row_not_remembered_before_the_publish_is_not_lost(postgres_server, tmp_path, monkeypatch):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
