@@ -1341,14 +1341,14 @@ def named_uids(home: DataHome, day: str, own_staging: Path | None, uids: set[str
     return found
 
 
-def withdrawn_warning(day: str, withdrawn: int, read: bool, why: str = "") -> str:
-    """The line of a superseded export that had copied blobs into raw/images; ``why``: what stopped the look-up
-    (:func:`named_uids`), where it stopped."""
+def withdrawn_warning(day: str, withdrawn: int, read: bool, why: str = "", what: str = "superseded") -> str:
+    """The line of an export that published nothing (``what``: "superseded", or "held back", fix36g) and had
+    copied blobs into raw/images; ``why``: what stopped the look-up (:func:`named_uids`), where it stopped."""
     if not read:
-        return (f"day {day}: this superseded export copied image blob(s) into raw/images, but "
+        return (f"day {day}: this {what} export copied image blob(s) into raw/images, but "
                 f"{why or 'a file that may name them cannot be read whole'}: {withdrawn} removed; the others stay "
                 "in raw/images, those no day's rows name (an erased account's) among them")
-    return (f"day {day}: {withdrawn} image blob(s) this superseded export copied into raw/images, which no day's "
+    return (f"day {day}: {withdrawn} image blob(s) this {what} export copied into raw/images, which no day's "
             "published images file names (nor a running export's), were removed again")
 
 
@@ -1601,7 +1601,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                             handle, home, lambda uids: named_uids(home, day, staging, uids, why))
                     record_done = read      # else the record stays: the next export looks them up again
                     report.warnings.append(withdrawn_warning(day, report.blobs["withdrawn"], read,
-                                                             why[-1] if why else ""))
+                                                             why[-1] if why else "", report.published))
                 else:
                     record_done = True
             else:

@@ -173,3 +173,13 @@ def test_a_row_moved_into_a_gap_after_the_real_history_is_still_marked_not_remem
 def test_a_held_back_report_says_so_in_its_metadata():
     report = AppExportReport(day="2023-03-01", server={}, published="held back")
     assert report.metadata()["published"] == "held back" and "none published" in report.metadata()["files"]
+
+
+def test_the_withdrawal_line_names_a_held_back_export_as_held_back():
+    """A held-back export withdraws the blobs it copied as a superseded one does; its line says which it was."""
+    from pipelines.appdb.export import withdrawn_warning
+
+    assert "this superseded export" in withdrawn_warning("2023-03-01", 2, False, "a file cannot be read")
+    held = withdrawn_warning("2023-03-01", 2, True, "", "held back")
+    assert "this held back export copied" in held and "superseded" not in held
+    assert "superseded" not in withdrawn_warning("2023-03-01", 0, False, "why", "held back")
