@@ -8,7 +8,10 @@ writes for the same input: every build after that recomputes the stage and every
 A stage's code version as the build planner, the build stamp and Dagster see it is :func:`code_version`: the
 entry of ``CODE_VERSIONS`` and, for the publish, the data card's own code version
 (``pipelines.publish.datacard.CARD_VERSION``, bumped with any change of the card's text), so a card-only change
-makes the publish step stale (review rev31l: the planner found it fresh and no build published the new card).
+makes the publish step stale (review rev31l: the planner found it fresh and no build published the new card), and a
+digest of the versions of the data contracts the publish gates a version by
+(``pipelines.publish.contracts.contract_versions``, in the version id too), so a contract change reruns the publish
+and checks ``latest``'s inputs against the new rules (review rev36e).
 """
 from __future__ import annotations
 
@@ -143,7 +146,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 17: a letter ICU leaves whole that Unicode names as a base letter with a stroke, bar, slash or
                           #     middle tilde (ⱥ, ꞓ, ꞹ, ꝃ, ᵭ, ӿ) as that letter, as base + overlay mark keys
                           #     (KEY_VERSION 13: pins re-keyed; rev33c)
-    "publish": "12",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
+    "publish": "13",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars
                           # 5: pickapic-wds/5: uncompressed sidecars (written in batches, markers after one fsync round)
@@ -165,6 +168,10 @@ CODE_VERSIONS: dict[str, str] = {
                           #     makes a new version; the card counts distinct fingerprinted images (rev31d)
                           # 12: the manifest's read_parquet statement reads with hive_partitioning = false (a folder
                           #     named split=... / dt=... above the version is no column, rev32b)
+                          # 13: the data contracts' versions in the version id and the identity a version at that
+                          #     name is checked against (they were in the manifest alone); the code version below
+                          #     names them too (CONTRACTS_MARK); shards reused only from versions a publish made
+                          #     and recorded (rev36e)
     "model": "9",         # 2: captions cut to 16,384 characters before tokenization and the BPE's training; bad
                           #    samples refused naming them; a data_dir's run folder named after its version (rev28a)
                           # 3: a caption's blanks read as one space before the cut; a count below 1 or not whole
@@ -202,18 +209,21 @@ LATE_MARK = "+late:"
 
 
 CARD_MARK = "+card:"   # the publish's code version: CODE_VERSIONS["publish"] + CARD_MARK + the card's code version
+CONTRACTS_MARK = "+contracts:"   # ... + CONTRACTS_MARK + a digest of the gated contracts' versions (review rev36e)
 
 
 def code_version(name: str) -> str:
     """The code version of stage ``name`` as the build planner, the build stamp and Dagster see it: its entry of
     ``CODE_VERSIONS``; for the publish also the data card's code version (``datacard.CARD_VERSION``, hashed into the
-    published version id), so bumping either makes the step stale (review rev31l)."""
+    published version id) and a digest of the data contracts' versions (``contracts.contract_versions``, hashed
+    into the version id too), so bumping any of them makes the step stale (review rev31l, rev36e)."""
     version = CODE_VERSIONS[name]
     if name == "publish":
         # read when asked, not at import (the card's module imports pyarrow.compute): this module stays cheap
-        from pipelines.publish import datacard
+        from pipelines.publish import contracts, datacard
 
         version += CARD_MARK + str(datacard.CARD_VERSION)
+        version += CONTRACTS_MARK + contracts.contracts_digest(contracts.contract_versions())
     return version
 
 

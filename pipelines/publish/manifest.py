@@ -19,9 +19,12 @@ from pipelines.publish.plan import WRITERS
 from pipelines.publish.samples import splits_in
 
 
-def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]]) -> dict:
+def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]],
+             contracts: dict[str, str | None]) -> dict:
     """What a version's manifest records of what it is: its format, its card's code version
-    (:data:`pipelines.publish.datacard.CARD_VERSION`), its version and its sources (the
+    (:data:`pipelines.publish.datacard.CARD_VERSION`), the versions of the data contracts it was gated by
+    (``contracts``: :func:`pipelines.publish.contracts.contract_versions`, in the version id too: review rev36e),
+    its version and its sources (the
     ``split_pairs`` days and rows, the warehouse files hashed into the version id). A complete folder at the
     version's name is taken as the version only when its manifest records these
     (:func:`pipelines.publish.versions.check_version_identity`)."""
@@ -29,6 +32,7 @@ def identity(version: str, table: pa.Table, sources: dict[str, dict[str, str]]) 
     return {
         "format": FORMAT_VERSION,
         "card": datacard.CARD_VERSION,           # the card's code version (in the version id too: review rev31d)
+        "contracts": contracts,                  # the contracts' versions (in the version id too: review rev36e)
         "version": version,
         "sources": {
             "split_pairs": {"days": days, "rows": table.num_rows},
@@ -54,12 +58,11 @@ def write_manifest(staging: Path, version: str, table: pa.Table, stats: list[dic
         splits[split] = {"pairs": sum(s["num_samples"] for s in split_stats), "shards": len(split_stats),
                          "bytes": sum(s["num_bytes"] for s in split_stats)}
     manifest = {
-        **identity(version, table, sources),
+        **identity(version, table, sources, contracts),
         "writers": WRITERS,
         "splits": splits,
         "plans": dict(sorted(plans.items())),
         "config": config.output_fields(),
-        "contracts": contracts,
         **({"curation": curation} if curation is not None else {}),
         # hive_partitioning off: a folder named split=... or dt=... above the version is no column (review rev32b)
         "read_parquet": f"SELECT * FROM read_parquet('{sidecar_glob('HOME/datasets/pickapic/' + version)}', "

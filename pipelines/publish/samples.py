@@ -17,6 +17,7 @@ from formats.home import DataHome
 from pipelines.publish import datacard, jpgdigests, shards
 from pipelines.publish import plan as shardplan
 from pipelines.publish.config import PublishConfig
+from pipelines.publish.contracts import contracts_text
 from schemas.publish import SAMPLE_COLUMNS
 
 
@@ -108,13 +109,16 @@ def source_digests(home: DataHome, meta_sources: dict[str, list[Path]]) -> dict[
 
 
 def version_id(table: pa.Table, split_pairs_sha256: str, jpgs: jpgdigests.JpgIndex,
-               sources: dict[str, dict[str, str]], config: PublishConfig) -> str:
+               sources: dict[str, dict[str, str]], config: PublishConfig, contracts: dict[str, str | None]) -> str:
     """``<max dt>-<sha256[:10]>`` over the input bytes (``split_pairs_sha256``: the sha256 of the ``split_pairs``
     bytes ``table`` was read from), the JPEGs' sizes and sha256s, config, format version, the card's code version
-    (:data:`pipelines.publish.datacard.CARD_VERSION`: a card written by other code is another version, review rev31d)
-    and the versions of the libraries that write its bytes (``plan.WRITERS``)."""
+    (:data:`pipelines.publish.datacard.CARD_VERSION`: a card written by other code is another version, review rev31d),
+    the versions of the data contracts the version is gated by (``contracts``:
+    :func:`pipelines.publish.contracts.contract_versions`: a version checked against other rules, whose manifest
+    records them, is another version, review rev36e) and the versions of the libraries that write its bytes (``plan.WRITERS``)."""
     digest = hashlib.sha256(f"{FORMAT_VERSION}\0{shardplan.WRITERS}\0card {datacard.CARD_VERSION}".encode())
     digest.update(json.dumps(config.output_fields(), sort_keys=True).encode())
+    digest.update(b"contracts\0" + contracts_text(contracts).encode())
     digest.update(b"split_pairs\0" + split_pairs_sha256.encode())
     for name, files in sources.items():
         for rel, sha in files.items():

@@ -86,7 +86,7 @@ from formats.text import terminal_text
 from pipelines import faults
 from pipelines.curation.pseudonym import read_key_check
 from pipelines.ingest.day import ingest_lock
-from pipelines.publish import columncache, datacard, jpgdigests, manifest, meta, rulecache, samples, shards
+from pipelines.publish import columncache, contracts, datacard, jpgdigests, manifest, meta, rulecache, samples, shards
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.meta import card_sources
@@ -124,8 +124,7 @@ from pipelines.splits.assign import read_settings_record, require_trainable
 from pipelines.sqlrun import connect
 from schemas import get_schema
 
-CONTRACT_DATASETS = ("split_pairs", "shard_samples", "prompt_counts", "shards", "splits_summary", "image_features",
-                     "decisions", "published_quarantine")
+CONTRACT_DATASETS = contracts.CONTRACT_DATASETS
 
 
 def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), progress: Progress | None = None) -> PublishReport:
@@ -170,7 +169,10 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         sources = source_digests(home, meta_sources)
         volumes = samples.day_volumes(home)           # read once: the version id and the plan see the same
         sources["rankings_per_day"] = {day: str(count) for day, count in volumes.items()}
-        version = version_id(table, split_pairs_sha256, jpgs, sources, config)
+        # the contracts' versions, read once: the version id, the identity checked and the manifest hold the same
+        # (review rev36e: they were in the manifest alone, so a contract change kept the old version's manifest)
+        gated_by = _contract_versions()
+        version = version_id(table, split_pairs_sha256, jpgs, sources, config, gated_by)
         check_latest(home.datasets)
         final = home.datasets / version
         keep = f"{STAGING_PREFIX}{version}"
@@ -182,7 +184,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
         notes += sweep_stale(home.datasets, keep if staging_dir == home.datasets else "")
         if check_version_name(home.datasets, version):
             # its manifest must be this version's: another version's files at this name are never switched to
-            check_version_identity(final, manifest.identity(version, table, sources))
+            check_version_identity(final, manifest.identity(version, table, sources, gated_by))
             reading.close()                           # nothing more is read from the warehouse
             remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
             try:
@@ -207,7 +209,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             card = card_sources(table, meta_sources, sources, pseudonym_key, split_settings)
             reading.close()                           # the warehouse is read: ingests go on while the shards are written
             written, results, counted, narrow = _stage_version(home, table, jpgs, plans, card, sources, volumes,
-                                                               staging, version, previous, config, progress)
+                                                               staging, version, previous, config, progress,
+                                                               gated_by)
         except BaseException as exc:
             clean_failed_staging(staging)
             if is_full_disk(exc) and not shards.says_where(exc):      # a full disk names the file (rev33h: a quota)
@@ -350,13 +353,16 @@ def sweep_temp_files(home: DataHome) -> list[str]:
 
 def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, plans: dict[str, str],
                    card: datacard.CardSources, sources: dict[str, dict[str, str]], volumes: dict[str, int],
-                   staging: Path, version: str, previous: list[Path], config: PublishConfig, progress: Progress | None
+                   staging: Path, version: str, previous: list[Path], config: PublishConfig, progress: Progress | None,
+                   gated_by: dict[str, str | None] | None = None
                    ) -> tuple[ShardsDone, list[RuleResult], rulecache.SidecarCounts, columncache.ColumnValues]:
     """Write every file of ``version`` into ``staging`` beside the warehouse snapshots already there
     (:func:`meta.write_source_snapshots`, whose ``plans`` go into the manifest; ``card``: what the dataset card
-    counts from the warehouse), verified and checked against its contracts; return what the shard phase did,
+    counts from the warehouse), verified and checked against its contracts (``gated_by``: their versions, as the
+    version id holds them; read here when not given); return what the shard phase did,
     every rule's result and what the row-local rules and the rules answered from the cached columns read.
     Nothing here reads the warehouse."""
+    gated_by = _contract_versions() if gated_by is None else gated_by
     tasks = plan_tasks(home, sample_table(table, jpgs), jpgs, staging, config, volumes)
     written = write_shards(tasks, previous, config, progress)
     faults.maybe_crash("publish.after_shards")  # tests: every shard committed, no manifest
@@ -368,7 +374,7 @@ def _stage_version(home: DataHome, table: pa.Table, jpgs: jpgdigests.JpgIndex, p
                                  get_schema("prompt_counts"))
         meta.write_meta(staging, written.stats, fsync=config.fsync, pairs=table)
         datacard.write_card(staging, version, splits_in(table), card)
-        manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, _contract_versions(),
+        manifest.write_manifest(staging, version, table, written.stats, sources, plans, config, gated_by,
                                 card.curation())
         try:
             verify_version(staging, checksums=config.verify_checksums)
@@ -476,10 +482,6 @@ def check_contracts(path: Path, counts_cache: Path | None = None,
 
 
 def _contract_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for dataset in CONTRACT_DATASETS:
-        try:
-            versions[dataset] = load_contract(dataset).version
-        except FileNotFoundError:
-            versions[dataset] = None
-    return versions
+    """:func:`pipelines.publish.contracts.contract_versions`: read once per publish, for its version id, the
+    identity a version at that name is checked against and the manifest (review rev36e)."""
+    return contracts.contract_versions()
