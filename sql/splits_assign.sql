@@ -60,9 +60,10 @@ first_conflicts AS (
 -- another split) owns nothing kept, and would reject every later row of it for no leak: it is owned again, by the
 -- same mode, from the rows rejected for such keys alone (a row kept so far carries none of them and stays kept)
 orphans AS (
-    SELECT kind, key FROM first_owners WHERE NOT pinned
+    SELECT c.kind, c.key FROM first_conflicts c JOIN first_owners o USING (kind, key) WHERE NOT o.pinned
     EXCEPT
-    SELECT kind, key FROM keys ANTI JOIN first_conflicts USING (pair_id)
+    SELECT kind, key FROM (SELECT * FROM keys SEMI JOIN first_conflicts USING (kind, key))
+    ANTI JOIN first_conflicts USING (pair_id)
 ),
 orphaned_rows AS (
     SELECT c.pair_id FROM first_conflicts c LEFT JOIN orphans o USING (kind, key)
