@@ -62,11 +62,14 @@ SPLIT_REJECTS = pa.schema([
 
 SPLIT_LEDGER = pa.schema([
     pa.field("user_id", pa.string(), nullable=False),          # pseudonym
-    pa.field("split", pa.string(), nullable=False),            # train | validation | test: never changes once written
+    pa.field("split", pa.string(), nullable=False),            # train | validation | test: changes only unpublished
     pa.field("rule", pa.string(), nullable=False),            # first_user | fill | hash | published (re-seeded)
     pa.field("position", pa.int64(), nullable=False),          # order of first appearance (0-based)
     pa.field("first_dt", pa.date32(), nullable=False),         # export day of the user's first pair
     pa.field("salt", pa.string(), nullable=False),             # SplitConfig.salt the entry was made under
+    # the placement settings its split was decided under (assign.placement_settings); null: it stands under any
+    # (re-seeded or confirmed published, or written before this column): review rev36f
+    pa.field("settings", pa.string(), nullable=True),
 ])
 
 SPLIT_KEY_OWNERS = pa.schema([

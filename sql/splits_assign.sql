@@ -8,7 +8,8 @@
 --         are pinned to two splits, else pinned when a conflicting key's owner is a stored pin, else computed).
 --         A key (normalized prompt, duplicate cluster) belongs to one split (its owner); a row is kept
 --         only if every key it carries is owned by its home split, so no key spans two splits.
---         Owner of a prompt: its pin, else computed from the rows ($owner_mode). Owner of a cluster: the one split
+--         Owner of a prompt: its pin, else computed from the rows ($owner_mode); an unpinned key no row would be
+--         kept with is computed again from the rows rejected only for such keys (review rev36f). Owner of a cluster: the one split
 --         its pinned member images are pinned to; 'conflict' (no split may use it) when they are pinned to two or
 --         more splits (clusters published in different splits merged); else computed from the rows. A cluster's
 --         members: the images the rows carry in it (image_0_uid in cluster_0, image_1_uid in cluster_1) and its
@@ -48,9 +49,38 @@ pinned AS (
     FROM members m JOIN key_pins p ON p.kind = 'image' AND p.key = m.image_uid
     GROUP BY m.cluster
 ),
-owners AS (
+first_owners AS (
     SELECT c.kind, c.key, coalesce(p.owner, c.owner) AS owner, p.owner IS NOT NULL AS pinned
     FROM computed c LEFT JOIN pinned p USING (kind, key)
+),
+first_conflicts AS (
+    SELECT k.pair_id, k.kind, k.key FROM keys k JOIN first_owners o USING (kind, key) WHERE o.owner <> k.home
+),
+-- review rev36f: an unpinned key no row is kept with (its first use rejected for another key, a cluster owned by
+-- another split) owns nothing kept, and would reject every later row of it for no leak: it is owned again, by the
+-- same mode, from the rows rejected for such keys alone (a row kept so far carries none of them and stays kept)
+orphans AS (
+    SELECT c.kind, c.key FROM first_conflicts c JOIN first_owners o USING (kind, key) WHERE NOT o.pinned
+    EXCEPT
+    SELECT kind, key FROM (SELECT * FROM keys SEMI JOIN first_conflicts USING (kind, key))
+    ANTI JOIN first_conflicts USING (pair_id)
+),
+orphaned_rows AS (
+    SELECT c.pair_id FROM first_conflicts c LEFT JOIN orphans o USING (kind, key)
+    GROUP BY c.pair_id HAVING bool_and(o.key IS NOT NULL)
+),
+recomputed AS (
+    SELECT kind, key,
+           CASE WHEN $owner_mode = 'first_use' THEN arg_min(home, (dt, created_at, ranking_id, pair_index))
+                WHEN bool_or(home = 'test') THEN 'test'
+                WHEN bool_or(home = 'validation') THEN 'validation'
+                ELSE 'train' END AS owner
+    FROM keys SEMI JOIN orphaned_rows USING (pair_id) SEMI JOIN orphans USING (kind, key)
+    GROUP BY kind, key
+),
+owners AS (
+    SELECT o.kind, o.key, coalesce(r.owner, o.owner) AS owner, o.pinned
+    FROM first_owners o LEFT JOIN recomputed r USING (kind, key)
 ),
 conflicts AS (
     SELECT k.pair_id,

@@ -18,7 +18,9 @@
   refuses a ledger keyed under another pseudonym secret (:class:`LedgerKeysChanged`;
   :mod:`pipelines.splits.rekey` re-keys it). The version's sidecars are read only when they can hold a user the
   ledger lacks (:mod:`pipelines.splits.coverage`). A young home of few users thus still gets validation and test users, and a large one
-  holds out ``heldout_fraction`` of its users as pickapic_v1 did.
+  holds out ``heldout_fraction`` of its users as pickapic_v1 did. Each entry records the placement settings it was
+  decided under (:func:`placement_settings`); a build under others decides again, in place, an entry no published
+  version holds (a one-off override's run lasts one run: review rev36f) and settles one a published version holds.
 - Keys: each row carries its normalized prompt (``prompt_key``) and the duplicate clusters of both
   images. Every key has one owner split (below); a row is kept only when all its keys are owned by its
   user's split, so no user, prompt or cluster spans two of train / validation / test (SQL contract
@@ -49,7 +51,8 @@
   rows with it are dropped); a popular prompt first typed by a train user stays train, and a held-out user's
   later retyping of it is dropped instead. ``heldout_wins``: any held-out use makes the key held out (test
   before validation); popular prompts typed by many users are then almost always held out, which costs train a
-  large share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data).
+  large share of its rows (see the ``sacrificed_train_rows`` metadata of both modes on the same data). An unpinned
+  key no row would be kept with is owned again from the rows rejected only for such keys (review rev36f).
 - Prompt normalization (``prompt_key``, a matching key; the caption stays as typed): every symbol (S*,
   emoji code points) turned into spaces as typed, but a letter drawn in a shape (Ⓐ, 🄰, ⒜), which reads
   as its letter, an emoji keycap (3️⃣ as 3), a run of regional indicator letters (as its letters between
@@ -91,7 +94,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
@@ -913,6 +916,22 @@ class Assignment:
     position: int
     first_dt: object
     salt: str
+    # the placement settings the split was decided under (:func:`placement_settings`); None: the entry stands under
+    # any settings (re-seeded or confirmed published, or read from a ledger written before they were recorded)
+    settings: str | None = None
+
+
+def placement_settings(config: SplitConfig) -> str:
+    """The settings a new user's split is decided by besides the salt (:func:`_new_user_split`: the fill's
+    ``min_unique_rows``, the hash's ``heldout_fraction``), as the ledger records them per entry (review rev36f)."""
+    return f"heldout_fraction={config.heldout_fraction!r} min_unique_rows={config.min_unique_rows}"
+
+
+def is_settled(entry: Assignment, settings: str) -> bool:
+    """Whether a ledger entry stands for a build under the placement ``settings``: decided under them, or under any
+    (None: published). An entry decided under other settings and never published (a one-off ``--set
+    splits.heldout_fraction=...`` run) is decided again at the user's first use, in place (review rev36f)."""
+    return entry.settings is None or entry.settings == settings
 
 
 def assign_users(first_uses: Iterable[tuple[str, str, bool, bool, object]], ledger: dict[str, Assignment],
@@ -920,19 +939,26 @@ def assign_users(first_uses: Iterable[tuple[str, str, bool, bool, object]], ledg
     """Fold over first uses in history order: every user's split (ledger entries kept), and prompts owned per split.
 
     ``first_uses`` yields (user_id, prompt_key, user_first, prompt_first, dt) for the rows where a user or a
-    prompt appears for the first time. A new user's split depends only on the rows before theirs.
+    prompt appears for the first time. A new user's split depends only on the rows before theirs. An entry decided
+    under other placement settings than ``config``'s and not published since (:func:`is_settled`: a one-off
+    override's) is decided again here, keeping its position and first day, as a ledger that never held it would
+    decide it (review rev36f).
     """
     assigned: dict[str, Assignment] = {}
     users: Counter = Counter()
     owned: Counter = Counter()
+    settings = placement_settings(config)
     position = max((a.position for a in ledger.values()), default=-1) + 1
     for user, prompt, user_first, prompt_first, day in first_uses:
         if user_first:
             entry = ledger.get(user)
             if entry is None:
                 split, rule = _new_user_split(user, users, owned, config)
-                entry = Assignment(split, rule, position, day, config.salt)
+                entry = Assignment(split, rule, position, day, config.salt, settings)
                 position += 1
+            elif not is_settled(entry, settings):
+                split, rule = _new_user_split(user, users, owned, config)
+                entry = Assignment(split, rule, entry.position, entry.first_dt, config.salt, settings)
             assigned[user] = entry
             users[entry.split] += 1
         if prompt_first:
@@ -963,7 +989,7 @@ def read_ledger(home: DataHome, salt: str, others: list | None = None) -> dict[s
     table = pq.read_table(path, schema=get_schema("split_ledger"))
     mine = {}
     for row in table.to_pylist():
-        entry = Assignment(row["split"], row["rule"], row["position"], row["first_dt"], row["salt"])
+        entry = Assignment(row["split"], row["rule"], row["position"], row["first_dt"], row["salt"], row["settings"])
         if row["salt"] == salt:
             mine[row["user_id"]] = entry
         elif others is not None:
@@ -985,6 +1011,7 @@ def ledger_table(ledger: dict[str, Assignment], assigned: dict[str, Assignment],
         "position": pa.array([a.position for _, a in rows], pa.int64()),
         "first_dt": pa.array([a.first_dt for _, a in rows], pa.date32()),
         "salt": pa.array([a.salt for _, a in rows], pa.string()),
+        "settings": pa.array([a.settings for _, a in rows], pa.string()),
     }, schema=get_schema("split_ledger"))
 
 
@@ -1718,7 +1745,8 @@ def version_salts(home: DataHome, retained: list[str], version: str | None,
 
 
 def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
-                log: Callable[[str], None], pairs_key: str | None = None, pins: pa.Table | None = None) -> LedgerCheck:
+                log: Callable[[str], None], pairs_key: str | None = None, pins: pa.Table | None = None,
+                settings: str | None = None) -> LedgerCheck:
     """The ledger's entries under ``salt`` checked against the published versions (call under the ledger lock),
     with the published users it lacks re-seeded. Refuses (:class:`LedgerKeysChanged`) when ``present`` (the users
     of ``pairs``) are not the users the ledger and the published versions know (a new pseudonym secret: exactly, by
@@ -1736,9 +1764,16 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     read would find nothing to re-seed nor any user for :func:`check_keys`. Each user the ledger lacks is re-seeded
     in the split :func:`merge_published_users` picks (a version built under ``salt`` first). A version to be read
     that has a split folder or sidecar this build cannot read as its own is refused (:class:`UnreadPublishedVersion`),
-    never skipped."""
+    never skipped.
+
+    ``settings``: the build's placement settings (:func:`placement_settings`). An entry of a user of ``pairs``
+    decided under others (a one-off override's run: review rev36f) makes the published versions be read: the
+    entry stands (recorded as settled, settings None) when a published version holds its user, whose split it
+    decided; else :func:`assign_users` decides it again."""
     ledger_file = home.table_file("split_ledger")
     ledger = read_ledger(home, salt, others)
+    unsettled = ({user for user, entry in ledger.items() if user in present and not is_settled(entry, settings)}
+                 if settings is not None else set())
     ledger_key = file_key_check(ledger_file)
     pins = read_pins(home) if pins is None else pins
     other_users = {user for user, _ in others}
@@ -1748,7 +1783,8 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     retained = list_versions(home)
     older = [name for name in switched_versions(home, retained, version)[0] if name != version]
     latest_covered = version is None or (source is not None and source in digests)
-    covered = latest_covered and set(older) <= recorded
+    # an entry decided under other placement settings: whether it was published is read from the versions
+    covered = latest_covered and set(older) <= recorded and not unsettled
     salts, salts_changed = version_salts(home, retained, version, source)
     read: list[Published] = []
 
@@ -1783,6 +1819,15 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             log(message)
             raise UnreadPublishedVersion(message)
         older_users = read_retained_users(home, older)
+    # an entry decided under other placement settings whose user a published version holds stands (review rev36f)
+    published_now = set(published.users).union(*older_users.values())
+    settled = {user: replace(ledger[user], settings=None) for user in sorted(unsettled & published_now)}
+    if unsettled:
+        log(f"split ledger: {len(unsettled)} entries of users of pairs were decided under other placement settings "
+            f"than this build's ({settings}; a one-off override's run): {len(settled)} of them stand (a published "
+            f"version holds their user), {len(unsettled) - len(settled)} never published are decided again as if "
+            "that run had not happened")
+    ledger = {**ledger, **settled}
     # the users the ledger lacks under this salt, each in the split the published versions put them in
     lacking_latest = {u: v for u, v in published.users.items() if u not in ledger}
     lacking_older = {name: {u: v for u, v in users.items() if u not in ledger} for name, users in older_users.items()}
@@ -1856,7 +1901,10 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
     keys to it; an image pin while a row of ``pairs``, an image, ranking or download of the warehouse or a
     quarantined line names its uid. So a key whose rows only left ``pairs`` keeps its split, and one whose rows left
     the raw zone is owned afresh if it ever comes back. A warehouse table that cannot be read, or a warehouse with
-    no rankings or no images at all, drops nothing.
+    no rankings or no images at all, drops nothing. Nor is a pin dropped while a train / validation / test sidecar of
+    a retained version holds its key (:func:`retained_published_keys`, review rev36f: a generation deleted in the app
+    leaves the warehouse, not the version that published it held out): it goes at the first build after the last
+    such version is deleted (retention, or the versions an account erasure says to delete).
 
     Cost (review rev30g): nothing is read while every pin's key is in ``split_pairs`` / ``split_rejects`` /
     ``pairs``; else the image uids are matched in DuckDB, and only the distinct prompt texts no ranking of ``pairs``
@@ -1931,12 +1979,52 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
             gone = {(kind, key) for kind, key in gone if not (kind == "image" and key in held)}
     except Exception:   # noqa: BLE001 - a table that cannot be read: every pin is kept (never a key moved)
         return pins, 0
+    if gone:
+        # review rev36f: a key a retained version still publishes keeps its pin (a generation deleted in the app
+        # leaves the warehouse, not the versions that published it); the keys of versions not read whole are kept
+        gone -= retained_published_keys(home, gone)
     if not gone:
         return pins, 0
     kinds, keys = pins.column("kind").to_pylist(), pins.column("key").to_pylist()
     keep = pa.array([(kind, key) not in gone for kind, key in zip(kinds, keys)], pa.bool_())
     kept = pins.filter(keep)
     return kept, pins.num_rows - kept.num_rows
+
+
+def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """The (kind, key) of ``candidates`` that a train / validation / test row of a retained complete version
+    (:func:`formats.dataset.list_versions`, whether ``latest`` was switched to it or not) holds: its ``prompt_key``,
+    its ``image_0_uid`` or ``image_1_uid``. Every candidate when a version cannot be read whole (a split folder or
+    sidecar that is a link, not a folder, not listable: :func:`unread_split_folders`) or a sidecar cannot be read:
+    what cannot be told keeps its pin (review rev36f). Reads three columns of the retained sidecars, and only when a
+    pin would otherwise be dropped."""
+    if not candidates:
+        return set()
+    try:
+        names = list_versions(home)
+        if unread_split_folders(home, names):
+            return set(candidates)
+        files = _retained_sidecars(home, names)
+    except OSError:
+        return set(candidates)
+    if not files:
+        return set()
+    con = connect({})
+    try:
+        con.register("candidates", pa.table({"kind": pa.array([k for k, _ in sorted(candidates)], pa.string()),
+                                             "key": pa.array([v for _, v in sorted(candidates)], pa.string())}))
+        # one streaming pass, joined to the few candidates (never the versions' keys held in memory)
+        held = con.execute(f"""
+            SELECT DISTINCT c.kind, c.key
+            FROM (SELECT unnest(['prompt', 'image', 'image']) AS kind,
+                         unnest([prompt_key, image_0_uid, image_1_uid]) AS key
+                  FROM read_parquet(?, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test')) s
+            JOIN candidates c ON c.kind = s.kind AND c.key = s.key""", [_literal(files)]).fetchall()
+    except Exception:   # noqa: BLE001 - a sidecar that cannot be read: every candidate keeps its pin
+        return set(candidates)
+    finally:
+        con.close()
+    return {(kind, key) for kind, key in held}
 
 
 def _kinds(pins: pa.Table) -> Counter:
@@ -1952,7 +2040,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     other_salts: list = []
     present = {row[0] for row in con.sql("SELECT DISTINCT user_id FROM pairs").fetchall()}
     pairs_key = file_key_check(source)
-    check = load_ledger(home, config.salt, present, other_salts, log, pairs_key)
+    check = load_ledger(home, config.salt, present, other_salts, log, pairs_key, settings=placement_settings(config))
     ledger, seeded, version = check.ledger, check.seeded, check.version
     update = check.pins
     _, assigned, _ = assign(con, config, ledger, update.pins, home.table_file("duplicate_clusters"))

@@ -104,7 +104,7 @@ def rekey_ledger(home: DataHome, user_ids: Iterable[int], old_secret: str, new_s
             held[key] = entry
         rows: list = []
         for entry_salt, held in by_salt.items():   # positions dense again where a conflict dropped one
-            rows += [(user, Assignment(a.split, a.rule, i, a.first_dt, a.salt)) for i, (user, a) in enumerate(held.items())]
+            rows += [(user, Assignment(a.split, a.rule, i, a.first_dt, a.salt, a.settings)) for i, (user, a) in enumerate(held.items())]
         schema = get_schema("split_ledger").with_metadata({KEY_CHECK_METADATA: key_check(new_secret).encode("ascii")})
         write_parquet_atomic(ledger_table({}, {}, rows), home.table_file("split_ledger"), schema)
     report = {"entries": len(entries), "rekeyed": old_keys, "already_rekeyed": 0, "reseeded": len(seeded),

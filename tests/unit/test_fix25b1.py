@@ -176,7 +176,8 @@ class _Report:
 def _ledger(home: DataHome, users: list[str]) -> None:
     n = len(users)
     table = pa.table({"user_id": users, "split": ["train"] * n, "rule": ["first_user"] * n,
-                      "position": list(range(n)), "first_dt": [dt.date(2023, 3, 1)] * n, "salt": ["s"] * n},
+                      "position": list(range(n)), "first_dt": [dt.date(2023, 3, 1)] * n, "salt": ["s"] * n,
+                      "settings": [None] * n},
                      schema=get_schema("split_ledger"))
     home.table_dir("split_ledger").mkdir(parents=True, exist_ok=True)
     pq.write_table(table, home.table_file("split_ledger"))

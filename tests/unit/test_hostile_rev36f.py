@@ -32,7 +32,10 @@ that is itself rejected (a cluster conflict) owns the key for the held-out split
 train row of it is rejected until one is published (read in ``splits_assign.sql``, a sacrifice, not a leak).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix36f, ``tests/unit/test_fix36f.py``) and the markers
+removed; the noticed rejected-first-use item was fixed too. Test 1 named its versions ``v1`` .. ``v3``, which no
+publish writes and :func:`formats.dataset.list_versions` does not count as versions (retention neither keeps nor
+deletes such a folder); it now names them as a publish does (the defect, confirmed again, is the same).
 """
 from __future__ import annotations
 
@@ -41,7 +44,6 @@ from dataclasses import replace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs
 
 from formats.home import DataHome
@@ -51,6 +53,9 @@ from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
 QUIET = {"log": lambda message: None}
 PARENTS = ("train", "validation", "test")
 P = "a red fox in the snow"
+# version folders named as a publish names them (formats.dataset.VERSION_NAME): what retention keeps and the splits
+# stage reads as published versions
+V1, V2, V3 = "2023-03-01-00000000f1", "2023-03-02-00000000f2", "2023-03-03-00000000f3"
 
 
 def _warehouse(home: DataHome, rows: list[dict]) -> None:
@@ -93,35 +98,28 @@ def _published_splits(home: DataHome, key: str) -> dict[str, set[str]]:
 
 # --- 1. a deleted generation drops its prompt's pin while a retained version still publishes it held out -----
 
-@pytest.mark.xfail(strict=True, reason="drop_erased_pins drops a prompt's pin once no warehouse row holds it (a "
-                   "generation the user deleted in the app: its ranking and images), though a retained published "
-                   "version still holds the prompt in validation, and the pins' record still claims to cover that "
-                   "version: a train user's later use of the prompt is published in train")
 def test_a_prompt_published_in_validation_is_not_published_in_train_after_its_ranking_is_deleted(tmp_path):
     config = SplitConfig()
     t, v = users_by_home(config.salt, config.heldout_fraction, {"train": 2})["train"]
     home = DataHome(tmp_path / "home")
     night1 = [pair_row(1, t, "a prompt of T", "c1a", "c1b", day=0),    # T: the first user, train
               pair_row(2, v, P, "c2a", "c2b", day=0)]                  # V: filled into validation, types P
-    assert _night(home, night1, "v1") == {"1_0": "train", "2_0": "validation"}
+    assert _night(home, night1, V1) == {"1_0": "train", "2_0": "validation"}
     # night 2: V deleted that generation in the app (ranking 2 and its two images): it leaves the raw zone and the
     # warehouse (no account erasure, so no published version is rewritten);
     # v1, which published P in validation, stays retained (publish.keep_versions = 3)
     night2 = [night1[0], pair_row(3, v, "another prompt of V", "c3a", "c3b", day=1)]
-    _night(home, night2, "v2")
+    _night(home, night2, V2)
     # night 3: train user T types P
-    kept = _night(home, night2 + [pair_row(4, t, P, "c4a", "c4b", day=2)], "v3")
+    kept = _night(home, night2 + [pair_row(4, t, P, "c4a", "c4b", day=2)], V3)
     published = _published_splits(home, normalize_prompt(P))
-    assert published["v1"] == {"validation"}                  # held: v1 is still on disk, P in its validation split
+    assert published[V1] == {"validation"}                  # held: v1 is still on disk, P in its validation split
     assert kept.get("4_0") != "train", published                # today: v3 publishes P in train
     assert all(found <= {"validation"} for found in published.values()), published
 
 
 # --- 2. a one-off --set splits.heldout_fraction (documented as for one run) decides splits for good ------------------
 
-@pytest.mark.xfail(strict=True, reason="the ledger keeps the splits a one-off run under another "
-                   "splits.heldout_fraction gave the users it first saw, though that run was never published and "
-                   "README says a --set override lasts one run: the file's 6% no longer holds, for good")
 def test_an_unpublished_one_off_heldout_fraction_does_not_decide_splits_for_good(tmp_path):
     rows = realistic_pairs(300, 2, 400, seed=3)
     day0 = [r for r in rows if r["dt"] == rows[0]["dt"]]
