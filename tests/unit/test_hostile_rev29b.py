@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -134,11 +135,19 @@ def _run(code: str | None, args: list[str], log: Path, **extra: str) -> int:
     return proc.returncode
 
 
-def _raw_home(folder: Path) -> DataHome:
-    home = DataHome(folder)
-    simulate(home, SIM)
-    write_settings(folder, SMALL_HOME_SETTINGS)
-    return home
+@pytest.fixture(scope="module")
+def raw_zone(tmp_path_factory):
+    """The simulated raw zone (and its settings) every home of this module starts from: simulated once, copied
+    by each test (the three homes were three identical simulations)."""
+    with fast_folder(tmp_path_factory.mktemp("rev29b-raw"), prefix="pickapic-rev29b-raw-") as folder:
+        simulate(DataHome(folder / "raw"), SIM)
+        write_settings(folder / "raw", SMALL_HOME_SETTINGS)
+        yield folder / "raw"
+
+
+def _raw_home(raw_zone: Path, folder: Path) -> DataHome:
+    shutil.copytree(raw_zone, folder, symlinks=True)
+    return DataHome(folder)
 
 
 def _temps(home: DataHome, top: str) -> list[str]:
@@ -175,13 +184,13 @@ NIGHTLY_KILLS = [
 
 
 @pytest.fixture(scope="module")
-def crashed_nightly(tmp_path_factory):
+def crashed_nightly(tmp_path_factory, raw_zone):
     """A home whose first build (days 1-2) was SIGKILLed at each of FIRST_KILLS, then finished, and whose day-3
     nightly was SIGKILLed at each of NIGHTLY_KILLS, then rerun to success.
 
     Yields (the home, {kill: temporary files right after that kill}, the final rerun's exit code and log)."""
     with fast_folder(tmp_path_factory.mktemp("rev29b"), prefix="pickapic-rev29b-") as folder:
-        home = _raw_home(folder / "home")
+        home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
         seen = {}
 
@@ -208,9 +217,9 @@ def _left_after_rerun(crashed_nightly, tops: tuple[str, ...], keep: str = ".*") 
     return [t for top in tops for t in _temps(home, top) if re.search(keep, t)]
 
 
-def test_ctrl_c_between_runs_stops_the_build(tmp_path: Path) -> None:
+def test_ctrl_c_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
-        home = _raw_home(folder / "home")
+        home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
         code = _run(SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGINT")
@@ -220,9 +229,9 @@ def test_ctrl_c_between_runs_stops_the_build(tmp_path: Path) -> None:
         assert not (home.datasets / "latest").exists(), "a build the user interrupted published a version"
 
 
-def test_sigterm_between_runs_stops_the_build(tmp_path: Path) -> None:
+def test_sigterm_between_runs_stops_the_build(raw_zone: Path, tmp_path: Path) -> None:
     with fast_folder(tmp_path) as folder:
-        home = _raw_home(folder / "home")
+        home = _raw_home(raw_zone, folder / "home")
         log = folder / "build.log"
         code = _run(SIGNAL_AFTER_FIRST_RUN, ["build", "--home", str(home.root), "--to", DAY2], log,
                     REV29B_SIG="SIGTERM")

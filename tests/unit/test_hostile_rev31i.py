@@ -69,7 +69,9 @@ def refused_build(tmp_path_factory) -> subprocess.CompletedProcess:
     step fails, the publish and its freshness check are skipped by Dagster)."""
     with fast_folder(tmp_path_factory.mktemp("rev31i")) as folder:
         root = folder / "home"
-        made = pickapic("simulate", "--home", str(root), "--days", "1", "--users", "24", "--rankings-per-day", "40",
+        # 20 rankings a day (60 images), not 40 (120): refused for min_users=1000 whatever its size; half the images
+        # to fingerprint (NudeNet ~25 ms each) and to carry through every stage
+        made = pickapic("simulate", "--home", str(root), "--days", "1", "--users", "24", "--rankings-per-day", "20",
                         "--image-size", "32", "--seed", "1", "--quiet")
         assert made.returncode == 0, made.stderr[-3000:]
         done = pickapic("build", "--home", str(root), "--set", "splits.min_users=1000")
