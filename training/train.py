@@ -1134,7 +1134,8 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 fetched, weights = exc, torch.full((1,), math.nan, device=device)
             # the step's first collective, the global weight sum, carries whether every rank has its batch: a rank
             # without one adds NaN (weights are finite and positive), and then every rank stops with its failure
-            # (review rev36b: the others waited in the step's collectives), at no extra collective per step
+            # (review rev36b: the others waited in the step's collectives), at no extra collective per step (on CUDA,
+            # reading it waits for the previous step's kernels before this step's forward is queued)
             weight_sum = global_weight_sum(weights)
             if fetched is not None or (world > 1 and not math.isfinite(weight_sum.item())):   # ~2 us
                 _share_any_failure(fetched, rank, world)
