@@ -458,7 +458,8 @@ def _verify_open_shards(state: dict[str, Any], data_dir: Path, path: Path, rank:
     read to their end, so not verified; their samples may already be in the checkpoint's weights). A resume
     whose ``max_steps`` is already reached never reads them again, and one that goes on could stop inside
     another shard first; so every resume checks them before anything else, ranks sharing the list. States
-    written before they were recorded have none."""
+    written before they were recorded have none. Each rank hashes its slice and raises on its own: the caller
+    shares the failure with every rank (:func:`_share_any_failure`), with the rest of each rank's resume checks."""
     recorded = state.get("open_shards", [])
     if not recorded:
         return
@@ -468,12 +469,7 @@ def _verify_open_shards(state: dict[str, Any], data_dir: Path, path: Path, rank:
     if unknown:  # checked before any file is opened: the state names only shards of the version's manifest
         raise ValueError(f"refusing to resume from {path}: its open_shards {unknown} are not train shards of "
                          f"{data_dir}'s manifest")
-    failure = None
-    try:   # each rank hashes its slice; a failure on any rank fails every rank with it (none waits for it)
-        verify_shards(urls[rank::world], digests)
-    except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
-        failure = exc
-    _share_any_failure(failure, rank, world)
+    verify_shards(urls[rank::world], digests)
 
 
 def _check_resumable(saved: TrainConfig, config: TrainConfig, home: Path | None = None) -> None:
@@ -826,7 +822,9 @@ def read_one_version(data_dir: str | os.PathLike, rank: int, world: int, reading
     (:func:`formats.dataset.reading_data_dir`). Rank 0 resolves ``data_dir`` (``latest`` to its version) and the
     other ranks read the version it resolved: each rank resolved ``latest`` by itself before, so a nightly switching
     it between the ranks' starts trained them on two versions (noted by review rev26e). Where rank 0 cannot read
-    it, every rank fails with its reason (none waits for a rank that gave up)."""
+    it, every rank fails with its reason (none waits for a rank that gave up); so does every rank where another
+    rank cannot read the version rank 0 resolved (a node-local copy missing: :func:`_share_any_failure`, review
+    rev36b)."""
     if world <= 1:
         return reading.enter_context(dataset.reading_data_dir(data_dir))
     shared: list[Any] = [None]
@@ -843,23 +841,31 @@ def read_one_version(data_dir: str | os.PathLike, rank: int, world: int, reading
     if kind == "error":
         raise ValueError(f"rank 0 could not read the dataset, so neither can rank {rank}: {value}")
     if rank != 0:
-        reading.enter_context(dataset.reading_data_dir(value))
+        try:
+            reading.enter_context(dataset.reading_data_dir(value))
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+    _share_any_failure(failure, rank, world)
     return Path(value)
 
 
 def _train_reading(config: TrainConfig, on_event: EventSink | None, rank: int, world: int, local_rank: int,
                    started: float, device: torch.device, out: Path, data_dir: Path) -> TrainResult:
-    home = dataset.home_of(data_dir)  # the run's files store paths inside it relative to it
-    for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
-        check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
+    # every rank checks the splits itself (its own reads: on a node-local copy of the home they may fail on that rank
+    # alone), and rank 0 makes and locks the run folder (RunLocked): a failure of any rank stops every rank with it
+    failed: list[BaseException] = []
+    home: Path | None = None
+    with _kept(failed):
+        home = dataset.home_of(data_dir)  # the run's files store paths inside it relative to it
+        for split in dict.fromkeys(("train", config.eval_split, config.test_split)):
+            check_split(data_dir, split)  # an empty or truncated split fails now, not after all the training
     emit = on_event if (on_event is not None and rank == 0) else (lambda _: None)
     with contextlib.ExitStack() as held:  # rank 0 writes every output: it alone holds the run folder's lock
-        failed: list[BaseException] = []   # rank 0 cannot make or lock the run folder (RunLocked): every rank stops
-        if rank == 0:
+        if rank == 0 and not failed:
             with _kept(failed):
                 out.mkdir(parents=True, exist_ok=True)
                 held.enter_context(run_lock(out))
-        _share_failure(failed[0] if failed else None, rank, world)
+        _share_any_failure(failed[0] if failed else None, rank, world)
         try:
             return _train_locked(config, emit, rank, world, local_rank, started, device, out, data_dir, home)
         except TrainingDiverged as err:
@@ -897,9 +903,11 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                   device: torch.device, out: Path, data_dir: Path, home: Path | None) -> TrainResult:
     last_dir, best_dir, init_dir = out / "checkpoints" / "last", out / "best", out / "init"
     # ---- model: resume > scratch (built once on rank 0, shared through init/) > local checkpoint. Everything is
-    # checked before anything in the run folder changes: a refused run leaves it as it was. What rank 0 alone does
-    # keeps its failure and shares it (_share_failure): every rank ends with it, none waits for a rank that gave up
-    restart, failure = None, None
+    # checked before anything in the run folder changes: a refused run leaves it as it was. What a rank does alone
+    # (rank 0: the run folder, the scratch model; every rank: its own reads of the checkpoint, the shards, init/)
+    # keeps its failure and shares it (_share_failure, _share_any_failure): every rank ends with it, none waits for a
+    # rank that gave up (review rev36b: the reads of ranks above 0 were not shared)
+    restart, failure, resuming = None, None, False
     if rank == 0:
         try:
             for folder in (last_dir, best_dir, init_dir):
@@ -909,37 +917,40 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 raise ValueError(refusal)
             if restart is None:   # its mark unreadable: refused, the run left as it is, on every rank
                 restart = _stale_tokenizer(out, config, home)
+            resuming = restart is None and (last_dir / STATE_FILE).is_file()   # rank 0 decides for every rank
         except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
             failure = exc
     _share_failure(failure, rank, world)
-    restart = _from_rank0(restart, world)
+    restart, resuming = _from_rank0((restart, resuming), world)
     state, clip, processor, new_init = None, None, None, None
-    if restart is None and (last_dir / STATE_FILE).is_file():
-        saved = TrainConfig.load(last_dir, resolve=False)
-        _check_resumable(saved, config, home)
-        clip, processor = load_model(last_dir)
-        state = load_trainer_state(last_dir / STATE_FILE)
-        trained_on = state.get("data_version_dir")  # home:-relative; absolute in states written before
-        if trained_on and trained_on not in (str(data_dir), home_relative(str(data_dir), home)):
-            trained_on = from_home(trained_on, home)
-            raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but data_dir "
-                             f"{config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun with "
-                             f"--data-dir {trained_on} to finish on the same data, or use a new output_dir")
-        _check_continuation(saved, config, state["step"], out, world, state.get("world_size"))
-        _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
-    elif config.init_from == "scratch":
-        if rank == 0:   # rank 0 alone: a failure is shared at the barrier below
-            try:
+    source = shown_path(config.init_from)   # a credential in it never shown
+    try:   # every rank's own reads and checks: a failure on any rank is shared below
+        if resuming:
+            source = last_dir
+            saved = TrainConfig.load(last_dir, resolve=False)
+            _check_resumable(saved, config, home)
+            clip, processor = load_model(last_dir)
+            state = load_trainer_state(last_dir / STATE_FILE)
+            trained_on = state.get("data_version_dir")  # home:-relative; absolute in states written before
+            if trained_on and trained_on not in (str(data_dir), home_relative(str(data_dir), home)):
+                trained_on = from_home(trained_on, home)
+                raise ValueError(f"cannot resume {out}: it was trained on the dataset version {trained_on}, but "
+                                 f"data_dir {config.data_dir} now resolves to {data_dir} (did 'latest' move?); rerun "
+                                 f"with --data-dir {trained_on} to finish on the same data, or use a new output_dir")
+            _check_continuation(saved, config, state["step"], out, world, state.get("world_size"))
+            _verify_open_shards(state, data_dir, last_dir / STATE_FILE, rank, world)
+        elif config.init_from == "scratch":
+            if rank == 0:   # rank 0 alone builds it; every rank loads it from init/ below
                 clip, processor, new_init = _scratch_init(config, init_dir, data_dir, home, restart)
-                _check_max_length(config, clip, processor, shown_path(config.init_from))
-            except Exception as exc:   # noqa: BLE001 - told to every rank at the barrier, then raised here
-                failure = exc
-    else:
-        _refuse_init_inside(out, config, restart is not None)
-        clip, processor = load_model(config.init_from)
-    source = shown_path(config.init_from) if state is None else last_dir   # a credential in it never shown
-    if clip is not None and failure is None and not (state is None and config.init_from == "scratch"):
-        _check_max_length(config, clip, processor, source)   # every rank (a scratch model's: above, rank 0)
+                _check_max_length(config, clip, processor, source)
+        else:
+            _refuse_init_inside(out, config, restart is not None)
+            clip, processor = load_model(config.init_from)
+        if clip is not None and not (state is None and config.init_from == "scratch"):
+            _check_max_length(config, clip, processor, source)   # every rank (a scratch model's: above, rank 0)
+    except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+        failure = exc
+    _share_any_failure(failure, rank, world)
     # ---- every check passed: now the run folder changes (rank 0). A training that changes the model first marks
     # the run unfinished and removes what was published about the model it held; a finished run rerun at its
     # max_steps only evaluates again (its model, and what was published about it, stay)
@@ -955,16 +966,20 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         if state is not None and _best_behind(best_dir, state):   # killed between checkpoints/last/ and best/:
             _save_dir_atomic(best_dir, lambda d: _save_best(d, clip, processor, config, home, state["best"]), out)
 
-    if rank == 0 and failure is None:
+    if rank == 0:
         try:
             change_run_folder()
         except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
             failure = exc
     _share_failure(failure, rank, world)   # the barrier: init/ is written before another rank reads it
     if state is None and config.init_from == "scratch":
-        clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
-        if rank != 0:
-            _check_max_length(config, clip, processor, source)
+        try:
+            clip, processor = load_model(init_dir)   # every rank: the initial model exactly as saved
+            if rank != 0:
+                _check_max_length(config, clip, processor, source)
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+        _share_any_failure(failure, rank, world)
 
     scorer = PairScorer(clip).to(device)
     model = (torch.nn.parallel.DistributedDataParallel(scorer, device_ids=[local_rank] if device.type == "cuda"
@@ -1011,7 +1026,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
         checksum error if one is damaged. Every other shard the steps so far drew samples from passed its
         check, or its error would have come before the batch; so after this no step trained so far came from
         unverified bytes, and an evaluation or checkpoint may report or keep them. Returns the shards
-        (``train/<name>``, the checkpoint's ``open_shards``)."""
+        (``train/<name>``, the checkpoint's ``open_shards``). Any failure of a rank's part (a damaged shard, an
+        unreadable one, a missing manifest) stops every rank with it (review rev36b: only checksum errors were
+        shared)."""
         opened = sorted({f"{Path(url).parent.name}/{Path(url).name}" for url in inside.values() if url})
         if world > 1:
             gathered: list[Any] = [None] * world
@@ -1019,19 +1036,14 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
             opened = sorted({rel for part in gathered for rel in part})
         if not opened:
             return opened
-        if not train_digests:
-            train_digests.update(shard_digests(split_shards(data_dir, "train")))
-        failed = None
+        failure = None
         try:
+            if not train_digests:
+                train_digests.update(shard_digests(split_shards(data_dir, "train")))
             verify_shards([str(data_dir / rel) for rel in opened[rank::world]], train_digests)
-        except ShardChecksumError as err:
-            failed = str(err)
-        if world > 1:   # every rank learns of a damaged shard another rank hashed: none saves or goes on
-            failures: list[Any] = [None] * world
-            dist.all_gather_object(failures, failed)
-            failed = next((f for f in failures if f is not None), None)
-        if failed is not None:
-            raise ShardChecksumError(failed)
+        except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+            failure = exc
+        _share_any_failure(failure, rank, world)   # none saves or goes on after a failure another rank met
         return opened
 
     def checkpoint(improved: bool, opened: list[str], failed: list[BaseException]) -> None:
@@ -1088,27 +1100,49 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
     if step == 0 and state is None:
         record_eval()  # step 0 = the untrained model on validation_unique
 
-    shards = split_shards(data_dir, "train")
     per_rank = config.batch_size // world
     loop_started, loop_steps = time.perf_counter(), 0
+    batches: Iterator[dict[str, Any]] | None = None
+
+    def next_batch() -> dict[str, Any]:
+        """This rank's next train batch (its loader made on the first call): its own reads, checked as they go."""
+        nonlocal batches
+        if batches is None:
+            stream = TrainPairStream(split_shards(data_dir, "train"), per_rank, collate, spec, seed=config.seed,
+                                     shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,
+                                     resampled=config.resampled, draft=config.draft_decode,
+                                     num_workers=config.num_workers, skip_batches=step)
+            batches = iter(make_loader(stream, config.num_workers))
+        batch = next(batches, None)
+        if batch is None:   # the stream is endless: never reported as a run of fewer steps
+            raise RuntimeError(f"the train stream of rank {rank} ended at step {step} of {config.max_steps}")
+        return batch
+
     if step < config.max_steps:
-        stream = TrainPairStream(shards, per_rank, collate, spec, seed=config.seed,
-                                   shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,
-                                   resampled=config.resampled, draft=config.draft_decode,
-                                   num_workers=config.num_workers, skip_batches=step)
         scorer.train()
-        for batch in make_loader(stream, config.num_workers):
-            inside[batch["worker"]] = batch["inside_shard"]
-            labels, weights = batch["labels"].to(device), batch["weights"].to(device)
-            pixels = batch["pixel_values"].to(device, non_blocking=True)
-            if config.augment != "none":
-                pixels = augment_images(pixels, config.augment,
-                                        torch.Generator().manual_seed(stable_seed("augment", config.seed, rank, step)))
+        while True:
+            fetched: BaseException | None = None
+            try:   # this rank's own reads (a shard damaged or unreadable on its copy): shared below
+                batch = next_batch()
+                inside[batch["worker"]] = batch["inside_shard"]
+                labels, weights = batch["labels"].to(device), batch["weights"].to(device)
+                pixels = batch["pixel_values"].to(device, non_blocking=True)
+                if config.augment != "none":
+                    pixels = augment_images(pixels, config.augment, torch.Generator().manual_seed(
+                        stable_seed("augment", config.seed, rank, step)))
+            except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+                fetched, weights = exc, torch.full((1,), math.nan, device=device)
+            # the step's first collective, the global weight sum, carries whether every rank has its batch: a rank
+            # without one adds NaN (weights are finite and positive), and then every rank stops with its failure
+            # (review rev36b: the others waited in the step's collectives), at no extra collective per step (on CUDA,
+            # reading it waits for the previous step's kernels before this step's forward is queued)
+            weight_sum = global_weight_sum(weights)
+            if fetched is not None or (world > 1 and not math.isfinite(weight_sum.item())):   # ~2 us
+                _share_any_failure(fetched, rank, world)
             contrastive = config.contrastive_weight > 0
             with autocast(device, config.bf16):
                 scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
                                all_images=contrastive)
-            weight_sum = global_weight_sum(weights)
             if contrastive:
                 all_scores, scores = scores.float(), own_pair_scores(scores.float())
             pref_loss = preference_loss(scores.float(), labels, weights, weight_sum, world)
@@ -1144,6 +1178,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 record_eval()   # verifies first: a run that stops here is not resumed as finished
             if step >= config.max_steps:
                 break
+        batches = None   # its loader workers end here, before the final evaluation (as the for loop's did)
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
