@@ -2432,8 +2432,8 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
     compact JSON was doubled; review rev36c: as the ingest keys them; review rev36i: whole, at the ingest's
     ``limit``, its ``max_line_bytes``, None: the home's, a line over it by its key members as the ingest's
     ``MemberScan`` reads them, and the export's own cut line by its id, :class:`KeyReading`). A line
-    whose id cannot be read (not one JSON object, no integer id, longer than its first MiB) is no row the ingest
-    can key either, or one the export cannot tell (it quarantines the line): such lines, beyond as many as the new
+    whose id cannot be read (not one JSON object, no integer id) is no row the ingest can key either (it
+    quarantines the line): such lines, beyond as many as the new
     file holds,
     are kept as they were and counted apart (``unreadable`` in ``report.kept``, named in the warning): never a
     second version of a row read, never dropped unseen.
@@ -2489,7 +2489,7 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
         if lines:
             parts.append(f"{sum(lines.values())} line(s) of its raw files have no id the export can read (not JSON, "
                          "or no integer " + ", ".join(f"{EXPORT_KEYS[t]}: {n} in {t}" for t, n in lines.items())
-                         + " in the line's first MiB, a byte order mark at the file's start skipped as the ingest "
+                         + " the ingest reads, a byte order mark at the file's start skipped as the ingest "
                          "skips it): kept as they were, after the rows, where the ingest reads them as before (it "
                          "quarantines a line with no integer id)")
         report.warnings.append(f"day {day}: " + "; ".join(parts))
