@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 # stage -> code version (bump on a change of output for the same input)
 CODE_VERSIONS: dict[str, str] = {
-    "app_export": "6",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
+    "app_export": "7",    # 2: rows a replica's (or keep_exported_rows') re-export did not read are kept in the
                           #    day's files, where it was refused (RowsWouldVanish) before (rev29c)
                           # 3: a raw row is matched by id and an identity a legitimate edit keeps (rankings: user and
                           #    image uids; downloads: user and image; accounts: the id alone): a row moved and edited,
@@ -33,6 +33,9 @@ CODE_VERSIONS: dict[str, str] = {
                           # 6: whether a re-export replaces a raw line is decided by the ingest's reading of its key
                           #    (a member that is no JSON value, text after the object, a raw control character, the
                           #    id named again past the first MiB: no key), so such a line is kept (rev36c)
+                          # 7: a raw line's key read whole as the ingest reads it at its max_line_bytes (a longer line
+                          #    by its key members, lines.MemberScan; the export's own cut line as its row's): a line
+                          #    past 1 MiB of an edited row is replaced, not kept beside it (rev36i)
     "ingest": "9",        # 2: quarantine line_count / last_line_number, relative paths, late images
                           # 3: uids only a JSON decode finds, raw files checked on the open descriptor, file limits
                           # 4: users lines' emails and names masked in the quarantine's raw_text and details (rev25b);

@@ -76,6 +76,7 @@ from pipelines.appdb.connection import (
 )
 from pipelines.appdb.scheduled import ScheduledDays
 from pipelines.appdb.tables import check_tables, expected_columns, statement
+from pipelines.ingest import lines as _lines
 from pipelines.ingest import parse as _ingest
 from pipelines.ingest.config import IngestConfig, shift_day
 from pipelines.ingest.parse import without_bom
@@ -1450,7 +1451,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         keeping = bool(replica or config.keep_exported_rows)
         # the ids of the day's raw files, read before the snapshot (no transaction open, the tables not locked):
         # those the export does not read are looked up in its snapshot (held_ids) for keep_vanishing_rows
-        old_keys = old_key_indexes(home, day) if keeping else {}
+        old_keys = old_key_indexes(home, day, line_limit) if keeping else {}
         # first, before the transaction's snapshot: see lock_tables (relations it cannot lock: warnings, which
         # the asset logs with the others)
         report.warnings += lock_tables(conn, str(name))
@@ -1516,13 +1517,13 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings += late_check.notes
             conn.rollback()
             if not keeping:   # from the primary: the rows its re-export takes out that the app holds elsewhere
-                held_by_app = left_rows(home, day, staging, report, conn)
+                held_by_app = left_rows(home, day, staging, report, conn, line_limit)
                 conn.rollback()
             # review rev30b: a row the app gave a kept row's id again (a restore) is another row, which the day
             # keeps (same_rows); review rev31e: its day is marked all the same (moved_rows, below), the identity
             # decides only what this day keeps: a row moved and reassigned (another user) reached no raw day
             exact = exact_identities(conn) if keeping else True
-            same_by_app = {table: rows.same_rows(home.raw_file(day, table), table, exact)
+            same_by_app = {table: rows.same_rows(home.raw_file(day, table), table, exact, KeyReading(line_limit))
                            for table, rows in held_by_app.items()} if keeping else {}
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
@@ -1544,7 +1545,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             if keeping:   # never a subset of the day from a replica (see there)
                 keep_vanishing_rows(home, day, staging, report, replica or
                                     "a primary with app_export.keep_exported_rows = true", str(name),
-                                    {table: rows.ids for table, rows in same_by_app.items()})
+                                    {table: rows.ids for table, rows in same_by_app.items()}, line_limit)
             if spill is not None:
                 # review rev34g: what exports that did not finish left in raw/images (their staging folders not
                 # held: remove_stale_staging removed the stale ones above), before this export's own copies
@@ -1664,29 +1665,140 @@ def _bomless(pieces: Iterator[bytes]) -> Iterator[bytes]:
 
 
 def _line_keys(path: Path, cut_ok: bool = False, name: str | None = None,
-               first_pieces: bool = False, key: Callable[..., object] | None = None) -> Iterator:
-    """The primary key (member ``name``: :func:`_piece_key`, or ``key``'s reading, :func:`_written_key`) of each line
-    of a raw table file (None: a NULL key;
-    UNREADABLE: no id can be read), streamed 1 MiB of a line at a time; with ``first_pieces``, (key, the line's
-    first piece) pairs. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
+               first_pieces: bool = False, reading: "KeyReading | None" = None) -> Iterator:
+    """The primary key (member ``name``) of each line of a raw table file as the ingest keys it (``reading``, a
+    :class:`KeyReading`: the ingest's ``max_line_bytes`` and whether the export's own cut line counts as its row's;
+    None: a NULL key; UNREADABLE: no key), each line read whole (:class:`_LineKeyer`: held within the ingest's limit,
+    as the ingest holds it, a longer one scanned as it streams, ``lines.MemberScan``); with ``first_pieces``, (key,
+    the line's first piece) pairs. With ``cut_ok``, a file that ends early (a gzip member without its trailer, a copy
     cut short: EOFError, or corrupt data past some point) yields the complete lines read before the error and
     stops (review rev24k: those rows are the day's too); one with no complete line read raises the error."""
-    at_start, pending, lines_read = True, None, 0
-    read = key or _piece_key
+    keyer = _LineKeyer(name, reading or KeyReading())
+    limit, short_key = keyer.reading.limit, keyer.short_key
+    at_start, lines_read = True, 0
     try:
         with open_regular_file(path) as raw, gzip.GzipFile(fileobj=raw, mode="rb") as lines:
             for piece in _bomless(iter(lambda: lines.readline(PIECE_BYTES), b"")):
+                if at_start and piece.endswith(b"\n") and len(piece) <= limit:    # a whole line in one piece
+                    key = short_key(piece, piece)
+                    lines_read += 1
+                    yield (key, piece) if first_pieces else key
+                    continue
                 if at_start:
-                    pending = (read(piece, name), piece) if first_pieces else read(piece, name)
+                    keyer.start(piece)
+                keyer.feed(piece)
                 at_start = piece.endswith(b"\n")
                 if at_start:
                     lines_read += 1
-                    yield pending
+                    yield (keyer.key(), keyer.first) if first_pieces else keyer.key()
             if not at_start:             # a last line without its newline, in a file read to its end
-                yield pending
+                yield (keyer.key(), keyer.first) if first_pieces else keyer.key()
     except (EOFError, zlib.error, gzip.BadGzipFile):
         if not cut_ok or not lines_read:
             raise
+
+
+@dataclass(frozen=True)
+class KeyReading:
+    """How the export reads a raw line's key (review rev36i: one reading, the ingest's): ``limit``, the ingest's
+    ``max_line_bytes`` (a line within it is read whole with the ingest's decoder, :func:`_piece_key`; a longer one
+    by its top-level key members as the ingest's ``lines.MemberScan`` reads them as they stream). The one exception
+    is the export's own cut line of an oversized row (:func:`_cut_oversized`: the export's line start, then a JSON
+    object cut short at ``limit + 1`` bytes, :func:`_cut_key`), which the ingest quarantines with no key: it is read
+    as its row's, so a re-export replaces it when the row is edited and the late-row check counts it as holding its
+    row (the day is not re-exported every night for it). A line cut short otherwise (a writer that stopped, a cut
+    at another limit, a bracket that does not match) is no row's: the ingest quarantines it keyless, a re-export
+    keeps it."""
+
+    limit: int = DEFAULT_LINE_BYTES
+
+
+def home_line_limit(home: DataHome) -> int:
+    """The ingest's ``max_line_bytes`` as the ingest reads it: the home's settings (``ingest`` section)."""
+    return load(home.root).config("ingest").max_line_bytes
+
+
+class _LineKeyer:
+    """The key of one raw line fed piece by piece (``readline``'s pieces of :data:`PIECE_BYTES`, the last ending in
+    its newline or the file's end), read as :class:`KeyReading` says: the line held while within the ingest's limit
+    (the ingest holds it too), a longer one scanned by ``lines.MemberScan`` as it streams (never held: bounded)."""
+
+    def __init__(self, name: str | None, reading: KeyReading) -> None:
+        self.name, self.reading = name, reading
+        self.first, self.parts, self.size, self.scan = b"", [], 0, None
+
+    def start(self, piece: bytes) -> None:
+        self.first, self.parts, self.size, self.scan = piece, [], 0, None
+
+    def feed(self, piece: bytes) -> None:
+        data = piece[:-1] if piece.endswith(b"\n") else piece
+        self.size += len(data)
+        if self.scan is not None:
+            self.scan.feed(data)
+            if self.parts is not None:          # held up to limit + 1 bytes: the length of the export's own cut
+                self.parts = self.parts + [data] if self.size <= self.reading.limit + 1 else None
+            return
+        self.parts.append(data)
+        if self.size > self.reading.limit:      # over the ingest's limit: its line_too_long, keyed by MemberScan
+            self.scan = _lines.MemberScan(self.name or "", bom=False)
+            for part in self.parts:
+                self.scan.feed(part)
+            if self.size > self.reading.limit + 1:
+                self.parts = None
+
+    def key(self) -> int | None | _Unreadable:
+        if self.scan is None:
+            return self.short_key(b"".join(self.parts), self.first)
+        key = _scanned_key(self.scan, self.name)
+        if key is UNREADABLE and self.parts is not None:     # limit + 1 bytes: the export's own cut, its row's
+            key = _cut_key(b"".join(self.parts), self.name, self.scan)
+        return key
+
+    def short_key(self, line: bytes, first: bytes) -> int | None | _Unreadable:
+        """The key of a whole line within the limit (``first``: its first piece; never a cut line, longer)."""
+        return _piece_key(line, self.name, self.reading.limit)
+
+
+def _scanned_key(scan: "_lines.MemberScan", name: str | None) -> int | None | _Unreadable:
+    """The key of a line over the ingest's limit as ``LineParser.overlong_key`` reads it from ``scan`` (its
+    top-level members named ``name``, each value decoded, one value as written), its range aside; UNREADABLE where
+    the ingest reads none (not one JSON object, the member absent, an object, two values; ``name`` None: no name)."""
+    written = scan.result()
+    if name is None or not written or None in written:
+        return UNREADABLE
+    values = []
+    for text in written:
+        try:
+            value = _ingest.load_json(text.decode("utf-8"))
+        except (_ingest.Reject, UnicodeDecodeError):
+            return UNREADABLE
+        if type(value) is dict or type(value) is list:
+            return UNREADABLE
+        values.append(value)
+    if any(not _ingest._alike(v, values[0]) for v in values):
+        return UNREADABLE
+    if values[0] is None:
+        return None
+    key = _integer_as_written(values[0])
+    return UNREADABLE if key is None else key
+
+
+# the export's flat line (scalars and JSON strings, no container: no raw table has one) cut short, maybe in a string
+_JSON_STRING_BODY = rb'(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+'
+_FLAT_CUT = re.compile(rb'\{(?:[^"\[\]{}\\]++|"' + _JSON_STRING_BODY + rb'")*+(?:"' + _JSON_STRING_BODY
+                       + rb'(?:\\(?:u[0-9a-fA-F]{0,3})?)?)?')
+
+
+def _cut_key(line: bytes, name: str | None, scan: "_lines.MemberScan") -> int | None | _Unreadable:
+    """The id of the export's own cut line of an oversized row (:func:`_cut_oversized`; ``line``: its bytes, of
+    the ingest's limit + 1): the export's line start (``{"NAME": id,``, :func:`_key_re`), a flat JSON object (no
+    container) cut short (``scan``, the ingest's ``MemberScan`` of it, followed it without a fault and not to its
+    end), its key member named with that one value; else UNREADABLE."""
+    match = _key_re(name)[0].match(line)
+    if match is None or not scan.truncated() or (name is not None and scan.values != [match.group(1)]) \
+            or _FLAT_CUT.fullmatch(line) is None:
+        return UNREADABLE
+    return None if match.group(1) == b"null" else int(match.group(1))
 
 
 # The column each raw table file's lines are keyed by: the app table's primary key, the export's first column.
@@ -1835,10 +1947,10 @@ PIECE_BYTES = 1 << 20    # what the export reads of a raw line at a time (``read
 def _written_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
     """The id a raw line names from its first piece (at most 1 MiB), read leniently: an int, None for a JSON null,
     or UNREADABLE where no integer id can be read. The export's own cut line (:func:`_cut_oversized`, no JSON
-    object) and a line whose first piece holds its id are read by the id they start with. Used only where the
-    question is whether the raw zone holds a line the export wrote for a row (the late-row check's
-    :func:`_file_counts`, :meth:`LateCheck._missing`, :func:`_file_holds`) and where a kept line goes in a
-    merged file (:class:`_Lines`), never to decide that a line may be replaced: that is :func:`_piece_key`'s.
+    object) and a line whose first piece holds its id are read by the id they start with. Used only where a kept
+    line goes in a merged file (:class:`_Lines`), never to decide that a line may be replaced or holds its row:
+    that is the ingest's reading (:class:`KeyReading`; review rev36i: the late-row check read lines this way, so a
+    line the ingest keys no row by held its row and the day was never re-exported).
 
     Review rev29d: the export's own spacing was the only form read (a regex), so every line of a day written by
     the raw zone's other way in (compact JSON, the id anywhere in the object) was keyless. A line not in the
@@ -1862,9 +1974,10 @@ _ID_NAME = re.compile(r"[a-z_]+_id")
 _PLAIN = json.JSONDecoder()
 
 
-def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadable:
-    """The primary key (member ``name``) of a raw line as the ingest keys it, from the line's first piece (at most
-    :data:`PIECE_BYTES`, as ``readline`` gives it): an int, None for a JSON null (a table without its primary key
+def _piece_key(piece: bytes, name: str | None = None,
+               limit: int = DEFAULT_LINE_BYTES) -> int | None | _Unreadable:
+    """The primary key (member ``name``) of a whole raw line as the ingest keys it (at ``limit``, its
+    ``max_line_bytes``): an int, None for a JSON null (a table without its primary key
     may hold NULL ids), or UNREADABLE where the ingest reads no key. What decides whether a re-export may replace
     the line (:class:`_Absent`: a line keyed by an id the new file holds is that row's old version).
 
@@ -1879,17 +1992,18 @@ def _piece_key(piece: bytes, name: str | None = None) -> int | None | _Unreadabl
     that row dropped it from the raw zone. The id is read as written (:func:`_integer_as_written`: ``5.0`` is 5,
     ``9007199254740993.0`` is 2^53 + 1), whatever its range (``0`` is 0: the app's row of that id replaces it).
 
-    A line longer than its first piece (no newline in :data:`PIECE_BYTES`): whether the ingest keys it depends on
-    bytes the export does not read (``lines.MemberScan`` reads an overlong line's members up to 64 MiB), so it is
-    not keyed (UNREADABLE): a re-export keeps it as it was, beyond as many such lines as the new file holds. A
-    first piece shorter than :data:`PIECE_BYTES` without a newline is a file's last line, whole. ``name`` None: the
-    first member, where its name is an id's (``*_id``; :func:`vanishing_rows` on files of no table)."""
-    if not piece.endswith(b"\n"):
-        if len(piece) >= PIECE_BYTES:
-            return UNREADABLE           # the line goes on past the export's budget: it cannot tell
-        data = piece
-    else:
-        data = piece[:-1]
+    Review rev36i: a line longer than the ingest's ``limit`` (its ``max_line_bytes``) is read as the ingest reads
+    it (its line_too_long, keyed by its top-level key members, ``lines.MemberScan``: :func:`_scanned_key`); before,
+    a line longer than the export's 1 MiB piece was not keyed, so a replica's re-export kept the old version of an
+    edited long row beside the new one and the ingest quarantined the app's row as a key conflict. ``piece`` is the
+    whole line, with or without its newline (a file's last line); the readers of a file feed a longer line in
+    pieces (:class:`_LineKeyer`). ``name`` None: the first member, where its name is an id's (``*_id``;
+    :func:`vanishing_rows` on files of no table)."""
+    data = piece[:-1] if piece.endswith(b"\n") else piece
+    if len(data) > limit:               # the ingest's line_too_long: keyed as it streams
+        scan = _lines.MemberScan(name or "", bom=False)
+        scan.feed(data)
+        return _scanned_key(scan, name)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:          # the ingest's undecodable_key: each invalid byte as U+FFFD
@@ -2094,13 +2208,13 @@ def row_identity(piece: bytes, table: str, exact: bool = True) -> int:
 class _KeyIndex:
     """The ids of a raw table file (member ``name``), sorted (8 bytes a row; a key past int64, which no integer
     column holds, in a set), and how many of its lines have a NULL id (``unkeyed``) or none that can be read
-    (``unreadable``). ``key``: how a line is keyed (:func:`_piece_key`, the ingest's reading, by default; the
-    late-row check's :func:`_written_key`)."""
+    (``unreadable``). ``reading``: how a line is keyed (:class:`KeyReading`: the ingest's reading; the late-row
+    check's counts the export's own cut line as its row's)."""
 
     def __init__(self, path: Path, cut_ok: bool = False, name: str | None = None,
-                 key: Callable[..., object] | None = None) -> None:
+                 reading: KeyReading | None = None) -> None:
         keys, self.unkeyed, self.unreadable, wide = array.array("q"), 0, 0, []
-        for key in _line_keys(path, cut_ok, name, key=key):
+        for key in _line_keys(path, cut_ok, name, reading=reading):
             if key is None:
                 self.unkeyed += 1
             elif key is UNREADABLE:
@@ -2165,12 +2279,13 @@ def _sorted_has(keys: array.array, key: int) -> bool:
     return at < len(keys) and keys[at] == key
 
 
-def vanishing_rows(old: Path, new: Path, name: str | None = None) -> tuple[int, list[str]]:
+def vanishing_rows(old: Path, new: Path, name: str | None = None,
+                   reading: KeyReading | None = None) -> tuple[int, list[str]]:
     """Rows of raw table file ``old`` whose primary key (member ``name``) no row of ``new`` has (lines without a
     key: as many as ``old`` has more of them), and the first FIRST_IDS of those keys. Memory: 8 bytes per row of
     ``new`` (its keys, sorted); ``old`` is streamed."""
-    absent = _Absent(_KeyIndex(new, name=name))
-    for key in _line_keys(old, cut_ok=True, name=name):
+    absent = _Absent(_KeyIndex(new, name=name, reading=reading))
+    for key in _line_keys(old, cut_ok=True, name=name, reading=reading):
         absent(key)
     return absent.count, absent.first
 
@@ -2178,7 +2293,7 @@ def vanishing_rows(old: Path, new: Path, name: str | None = None) -> tuple[int, 
 class _Lines:
     """The lines of a binary stream one at a time, each by its leading key and copied on in pieces of 1 MiB,
     so a long line is never held whole. The key orders the lines only (:func:`_written_key`: the export's own cut
-    line stays at its id's place); whether a line is kept was decided by :func:`_piece_key`."""
+    line stays at its id's place); whether a line is kept was decided by the ingest's reading (:class:`KeyReading`)."""
 
     def __init__(self, stream, name: str | None = None) -> None:
         self.stream, self.name = stream, name
@@ -2227,14 +2342,29 @@ def _read_piece(stream) -> bytes:
         raise _CutShort() from exc
 
 
-def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) -> bool:
+def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None,
+                  reading: KeyReading | None = None) -> bool:
     """Copy the lines of raw file ``old`` that ``absent`` finds missing from the new file into ``spill`` (an
-    open binary temp file), each ending with a newline; return whether they came in an export's order. A file
+    open binary temp file), each ending with a newline; return whether they came in an export's order. Each line is
+    keyed whole as the ingest keys it (``reading``, :class:`_LineKeyer`; review rev36i: a line past its first MiB
+    was not keyed): a line of several pieces is spilled as it is read and taken back when it is not missing. A file
     cut short keeps the complete lines read before its end (as :func:`_line_keys` with ``cut_ok``); one with no
     complete line raises :class:`_OldUnreadable`. An error writing the spill is an ``OSError``: never taken for
     an unreadable old file (the export fails, nothing replaced)."""
+    keyer = _LineKeyer(name, reading or KeyReading())
+    limit = keyer.reading.limit
     ordered, last = True, None
-    lines_read, at_start, copying, start, named = 0, True, False, 0, 0
+    lines_read, at_start, start = 0, True, 0
+
+    def ended(key, first: bytes) -> bool:
+        nonlocal ordered, last
+        copying = absent(key)
+        if copying:             # the order the merge reads the kept lines in (_Lines)
+            place = _order(_written_key(first, name))
+            ordered = ordered and (last is None or place >= last)
+            last = place
+        return copying
+
     try:
         raw = open_regular_file(old)
     except OSError as exc:
@@ -2242,43 +2372,47 @@ def _spill_absent(old: Path, absent: _Absent, spill, name: str | None = None) ->
     with raw, gzip.GzipFile(fileobj=raw, mode="rb") as stream:
         try:
             for piece in _bomless(iter(lambda: _read_piece(stream), b"")):
+                if at_start and piece.endswith(b"\n") and len(piece) <= limit:    # a whole line in one piece
+                    lines_read += 1
+                    if ended(keyer.short_key(piece, piece), piece):
+                        spill.write(piece)
+                    continue
                 if at_start:
-                    key, start, named = _piece_key(piece, name), spill.tell(), len(absent.first)
-                    unreadable = absent.unreadable
-                    copying = absent(key)
-                    if copying:         # the order the merge reads the kept lines in (_Lines)
-                        place = _order(_written_key(piece, name))
-                        ordered = ordered and (last is None or place >= last)
-                        last = place
-                if copying:
-                    spill.write(piece)
+                    keyer.start(piece)
+                    start = spill.tell()
+                keyer.feed(piece)
+                spill.write(piece)      # a line of several pieces: spilled as read, taken back where not missing
                 at_start = piece.endswith(b"\n")
-                lines_read += at_start
+                if at_start:
+                    lines_read += 1
+                    if not ended(keyer.key(), keyer.first):
+                        spill.truncate(start)
+                        spill.seek(start)
             if not at_start:             # a last line without its newline, in a file read to its end
-                if copying:
+                if ended(keyer.key(), keyer.first):
                     spill.write(b"\n")
+                else:
+                    spill.truncate(start)
+                    spill.seek(start)
                 at_start = True
         except _CutShort:
             if not lines_read:
                 raise _OldUnreadable() from None
-            if not at_start and copying:     # the line the file ended in: not a whole line, not kept
+            if not at_start:             # the line the file ended in: not a whole line, not kept (nor counted)
                 spill.truncate(start)
                 spill.seek(start)
-                absent.count -= 1
-                absent.unreadable = unreadable
-                del absent.first[named:]
     return ordered
 
 
 def _keep_absent_rows(old: Path, new: Path, out: Path, name: str | None = None,
-                      held: array.array | None = None) -> tuple[int, list[str]]:
+                      held: array.array | None = None, reading: KeyReading | None = None) -> tuple[int, list[str]]:
     """:func:`_merge_absent`: how many lines were kept and their first FIRST_IDS keys."""
-    absent = _merge_absent(old, new, out, name, held)
+    absent = _merge_absent(old, new, out, name, held, reading)
     return absent.count, absent.first
 
 
 def _merge_absent(old: Path, new: Path, out: Path, name: str | None = None,
-                  held: array.array | None = None) -> _Absent:
+                  held: array.array | None = None, reading: KeyReading | None = None) -> _Absent:
     """Write into ``out`` (new) the lines of ``new`` with those of ``old`` whose key (member ``name``) ``new``
     lacks and ``held`` does not hold (see :class:`_Absent`), gzip-compressed as the export writes; return the
     :class:`_Absent` counts (nothing written when no line is kept). Kept lines go where the export's order
@@ -2286,9 +2420,9 @@ def _merge_absent(old: Path, new: Path, out: Path, name: str | None = None,
     export wrote), else after the new lines in ``old``'s order: either way the same inputs give the same
     bytes, so a day re-exported again from the same rows is unchanged. Memory: 8 bytes per row of ``new``;
     the kept lines are spilled to an unnamed file beside ``out``."""
-    absent = _Absent(_KeyIndex(new, name=name), held)
+    absent = _Absent(_KeyIndex(new, name=name, reading=reading), held)
     with tempfile.TemporaryFile(dir=out.parent) as spill:
-        ordered = _spill_absent(old, absent, spill, name)
+        ordered = _spill_absent(old, absent, spill, name, reading)
         if not absent.count:
             return absent
         spill.seek(0)
@@ -2305,7 +2439,7 @@ def _merge_absent(old: Path, new: Path, out: Path, name: str | None = None,
 
 
 def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExportReport, source: str,
-                        where: str, held: dict[str, array.array] | None = None) -> None:
+                        where: str, held: dict[str, array.array] | None = None, limit: int | None = None) -> None:
     """Keep, in each staged table file of ``day``, the rows its file in the raw zone holds that the app's table
     does not hold at all: rows the app deleted since, or rows a replica lacks. ``source`` says what the server is
     ('a hot standby', 'a logical-replication subscriber (...)', or a primary held to this by
@@ -2321,9 +2455,11 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
     users had deleted their account, night after night).
 
     Old lines are keyed by their parsed id (:func:`_piece_key`, review rev29d: a day another exporter wrote as
-    compact JSON was doubled; review rev36c: as the ingest keys them, a line longer than 1 MiB not at all). A line
-    whose id cannot be read (not one JSON object, no integer id, longer than its first MiB) is no row the ingest
-    can key either, or one the export cannot tell (it quarantines the line): such lines, beyond as many as the new
+    compact JSON was doubled; review rev36c: as the ingest keys them; review rev36i: whole, at the ingest's
+    ``limit``, its ``max_line_bytes``, None: the home's, a line over it by its key members as the ingest's
+    ``MemberScan`` reads them, and the export's own cut line by its id, :class:`KeyReading`). A line
+    whose id cannot be read (not one JSON object, no integer id) is no row the ingest can key either (it
+    quarantines the line): such lines, beyond as many as the new
     file holds,
     are kept as they were and counted apart (``unreadable`` in ``report.kept``, named in the warning): never a
     second version of a row read, never dropped unseen.
@@ -2337,6 +2473,7 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
     after the export's session ended and before anything is published."""
     kept: dict[str, dict] = {}
     held = held or {}
+    reading = KeyReading(limit or home_line_limit(home))
     for table in report.tables:
         old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
         info = lstat_or_none(old)
@@ -2350,7 +2487,7 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
         except OSError:
             continue                                    # unreadable: the ingest reports it
         try:
-            absent = _merge_absent(old, new, merged, EXPORT_KEYS[table], held.get(table))
+            absent = _merge_absent(old, new, merged, EXPORT_KEYS[table], held.get(table), reading)
         except _OldUnreadable:                          # no readable line: nothing of it to keep
             merged.unlink(missing_ok=True)
             continue
@@ -2378,7 +2515,7 @@ def keep_vanishing_rows(home: DataHome, day: str, staging: Path, report: AppExpo
         if lines:
             parts.append(f"{sum(lines.values())} line(s) of its raw files have no id the export can read (not JSON, "
                          "or no integer " + ", ".join(f"{EXPORT_KEYS[t]}: {n} in {t}" for t, n in lines.items())
-                         + " in the line's first MiB, a byte order mark at the file's start skipped as the ingest "
+                         + " the ingest reads, a byte order mark at the file's start skipped as the ingest "
                          "skips it): kept as they were, after the rows, where the ingest reads them as before (it "
                          "quarantines a line with no integer id)")
         report.warnings.append(f"day {day}: " + "; ".join(parts))
@@ -2426,19 +2563,20 @@ class HeldRows:
         return self
 
     def same_rows(self, path: Path, table: str, exact: bool = True,
-                  key: Callable[..., object] | None = None) -> "HeldRows":
+                  reading: KeyReading | None = None) -> "HeldRows":
         """The rows found that are the rows raw table file ``path`` holds under their ids: a row is left out where
         the file's lines with its id have an identity (:func:`row_identity`) and none is the app row's (review
         rev30b: after a restore from an older backup the app gave a lost row's id to a new, unrelated row, which
         the late-row check took for the exported row moved to another day, and the day's re-export took the
         exported row out of the raw zone). A line whose identity cannot be read names its row by its id, as
         before. Streamed: 2 bytes a row found besides the arrays; a file that cannot be read leaves them all.
-        ``key``: how a line is keyed (:func:`_piece_key` by default; the late-row check's :func:`_written_key`)."""
+        ``reading``: how a line is keyed (:class:`KeyReading`: the ingest's; the late-row check's its own)."""
         if not self.ids:
             return self
         same, other = bytearray(len(self.ids)), bytearray(len(self.ids))
         try:
-            for key, piece in _line_keys(path, cut_ok=True, name=EXPORT_KEYS[table], first_pieces=True, key=key):
+            for key, piece in _line_keys(path, cut_ok=True, name=EXPORT_KEYS[table], first_pieces=True,
+                                         reading=reading):
                 if type(key) is int and -(1 << 63) <= key < (1 << 63):
                     at = bisect.bisect_left(self.ids, key)
                     if at < len(self.ids) and self.ids[at] == key:
@@ -2527,7 +2665,7 @@ def _ascending(keys: array.array) -> bool:
 
 
 def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
-              conn: psycopg.Connection) -> dict[str, HeldRows]:
+              conn: psycopg.Connection, limit: int | None = None) -> dict[str, HeldRows]:
     """table -> the rows of ``day``'s raw file that its staged re-export (from the primary) does not hold and
     that the app's table holds all the same (:func:`held_ids`, with where they are dated now; ``conn``: the
     export's connection, its snapshot ended: a transaction of its own). Only a table whose file changed is read:
@@ -2535,6 +2673,7 @@ def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
     night costs nothing. Review rev29h: a re-export from the primary took a moved row out of its old day and its
     new day, before the late-row check's window, was never exported again."""
     out: dict[str, HeldRows] = {}
+    reading = KeyReading(limit or home_line_limit(home))      # review rev36i: the ingest's reading
     for table, export in report.tables.items():
         old, new = home.raw_file(day, table), staging / f"{table}.jsonl.gz"
         info = lstat_or_none(old)
@@ -2543,8 +2682,8 @@ def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
         try:
             if info.st_size == export.bytes and sha256_file(old) == export.sha256:
                 continue
-            index = _KeyIndex(new, name=EXPORT_KEYS[table])
-            gone = _sorted_unique(key for key in _line_keys(old, cut_ok=True, name=EXPORT_KEYS[table])
+            index = _KeyIndex(new, name=EXPORT_KEYS[table], reading=reading)
+            gone = _sorted_unique(key for key in _line_keys(old, cut_ok=True, name=EXPORT_KEYS[table], reading=reading)
                                   if type(key) is int and not index.has(key))
         except (OSError, EOFError, zlib.error):
             continue                            # an old file that cannot be read: the ingest reports it
@@ -2556,17 +2695,18 @@ def left_rows(home: DataHome, day: str, staging: Path, report: AppExportReport,
     return out
 
 
-def old_key_indexes(home: DataHome, day: str) -> dict[str, _KeyIndex]:
+def old_key_indexes(home: DataHome, day: str, limit: int | None = None) -> dict[str, _KeyIndex]:
     """table -> :class:`_KeyIndex` of the raw day's table files (read before the export's snapshot, with no
     transaction open: the ids :func:`held_ids` looks up); a file that cannot be read is left out."""
     out = {}
+    reading = KeyReading(limit or home_line_limit(home))      # review rev36i: the ingest's reading
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
         info = lstat_or_none(path)
         if info is None or not stat.S_ISREG(info.st_mode):
             continue
         try:
-            out[table] = _KeyIndex(path, cut_ok=True, name=EXPORT_KEYS[table])
+            out[table] = _KeyIndex(path, cut_ok=True, name=EXPORT_KEYS[table], reading=reading)
         except (OSError, EOFError, zlib.error):
             continue
     return out
@@ -2857,8 +2997,9 @@ def undated_warning(undated: dict[str, dict]) -> str:
 
 VERIFY_DAYS = 14     # days before an export's lookback window it compares with the database (late_rows)
 COUNTS_CACHE = "app_export_counts"    # HOME/cache/<this>/dt=DAY.json: rows, max id, id digest of a raw day's files
-COUNTS_READING = 3    # how its entries read ids (2: as written, review rev35a; 3: 05 and a key named again with an
-                      # escape no id, review rev35c; entries of another reading are recomputed)
+COUNTS_READING = 4    # how its entries read ids (2: as written, review rev35a; 3: 05 and a key named again with an
+                      # escape no id, review rev35c; 4: as the ingest keys a line, at the ingest's max_line_bytes,
+                      # kept in the entry, review rev36i; entries of another reading or limit are recomputed)
 LATE_MARKERS = "app_export_late"      # HOME/cache/<this>/dt=DAY: the day has rows its raw files lack
 DIGEST_MOD = 1 << 64
 _M32 = 0xFFFFFFFF
@@ -2920,11 +3061,20 @@ class RawTableCounts:
     parts: dict | None = None     # review rev35e: a users snapshot's baseline by the accounts' creation day (_parts)
 
 
-def _file_counts(path: Path, name: str | None = None) -> tuple[int, int | None, int]:
-    """Lines, largest id and id digest of a raw table file (ids: member ``name``, :func:`_written_key`: the export's
-    own cut line counts as its row's, as the database's counts do; streamed: 1 MiB of a line at a time)."""
+def late_reading(home: DataHome) -> KeyReading:
+    """The late-row check's reading of a raw line's key (review rev36i): the ingest's, at the home's
+    ``ingest.max_line_bytes``, the export's own cut line of an oversized row counting as its row's."""
+    return KeyReading(home_line_limit(home))
+
+
+def _file_counts(path: Path, name: str | None = None,
+                 reading: KeyReading | None = None) -> tuple[int, int | None, int]:
+    """Lines, largest id and id digest of a raw table file (ids: member ``name``, as the ingest keys them, the
+    export's own cut line as its row's, as the database's counts do: ``reading``, :func:`late_reading`; review
+    rev36i: they were read leniently from a line's first MiB, so a line the ingest keys no row by, another
+    exporter's, held its row and the day was never re-exported; streamed, a line over the limit never held)."""
     rows, top, digest = 0, None, 0
-    for key in _line_keys(path, name=name, key=_written_key):
+    for key in _line_keys(path, name=name, reading=reading or KeyReading()):
         rows += 1
         if type(key) is int:
             digest += id_hash(key)
@@ -2950,15 +3100,16 @@ def _cached_counts(cache_file: Path) -> dict:
     return cached if isinstance(cached, dict) else {}
 
 
-def _valid_entry(entry: object, key: list[int]) -> bool:
-    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked, COUNTS_READING] for
-    the file's current ``key``, with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
+def _valid_entry(entry: object, key: list[int], limit: int | None = None) -> bool:
+    """Whether a cache entry is [size, mtime_ns, inode, ctime_ns, rows, max id, digest, checked, COUNTS_READING,
+    the ingest's max_line_bytes it was read at] for the file's current ``key`` (and ``limit``, where given), with integer counts and ``checked`` null or [rows, digest] (a hand-edited or corrupted
     entry is recomputed, never trusted or failing the export; an entry of before review rev29c, without a
     digest, or of before review rev35a, its ids read by their doubles, or of before rev35c, ``05`` read as 5, is
     recomputed once). The ctime is what ``utime``
     cannot set: a file rewritten in place with its size and mtime put back (``cp -p``) kept its old counts (review
     rev21c)."""
-    return (isinstance(entry, list) and len(entry) == 9 and type(entry[8]) is int and entry[8] == COUNTS_READING
+    return (isinstance(entry, list) and len(entry) == 10 and type(entry[8]) is int and entry[8] == COUNTS_READING
+            and type(entry[9]) is int and (limit is None or entry[9] == limit)
             and all(type(v) is int for v in entry[:4])
             and entry[:4] == key and type(entry[4]) is int and entry[4] >= 0
             and (entry[5] is None or type(entry[5]) is int)
@@ -2983,6 +3134,7 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
     cache_file = home.cache / COUNTS_CACHE / f"dt={day}.json"
     cached = _cached_counts(cache_file)
     baselines = _content_record(home, day)
+    reading = late_reading(home)
     out, fresh = {}, {}
     for table in RAW_TABLES:
         path = home.raw_file(day, table)
@@ -2990,8 +3142,8 @@ def raw_day_state(home: DataHome, day: str) -> dict[str, RawTableCounts]:
         if key is None:
             continue
         entry = cached.get(table)
-        if not _valid_entry(entry, key):
-            entry = key + list(_file_counts(path, EXPORT_KEYS[table])) + [None, COUNTS_READING]
+        if not _valid_entry(entry, key, reading.limit):
+            entry = key + list(_file_counts(path, EXPORT_KEYS[table], reading)) + [None, COUNTS_READING, reading.limit]
         fresh[table] = entry
         base = baselines.get(table)
         valid = _valid_content(base, key)
@@ -3439,7 +3591,7 @@ class LateCheck:
                 # the rows that left the day: those the app holds elsewhere that are the raw file's rows (review
                 # rev30b: a row that took an id again is another row, which the day keeps)
                 left = held.same_rows(home.raw_file(spill.day, spill.table), spill.table,
-                                      exact_identities(conn), _written_key) if held else held
+                                      exact_identities(conn), late_reading(home)) if held else held
                 # review rev31e: the day each row under those ids is dated to now is marked whatever its identity
                 # (a row moved and given another user is "another row" too): the identity decides only whether
                 # the old day keeps the line, never whether the new day gets the app's row
@@ -3499,7 +3651,7 @@ class LateCheck:
         each, ascending (both sorted: one walk; an int64 array, 8 bytes an id: review rev29h)."""
         try:
             index = _KeyIndex(home.raw_file(spill.day, spill.table), cut_ok=True, name=EXPORT_KEYS[spill.table],
-                              key=_written_key)     # the rows the export wrote there, its cut lines included
+                              reading=late_reading(home))  # the rows the ingest reads there, the export's cut lines too
         except (OSError, EOFError, zlib.error):
             return None, [], array.array("q")
         count, first, extra = 0, [], array.array("q")
@@ -3743,13 +3895,13 @@ def left_warning(late: dict[str, dict], lookback_days: int) -> str:
             f"(or now: pickapic build --from-app-db --from {days[0]} --to {days[-1]})")
 
 
-def _file_holds(path: Path, name: str, ids: array.array) -> bool:
+def _file_holds(path: Path, name: str, ids: array.array, reading: KeyReading | None = None) -> bool:
     """Whether raw table file ``path`` holds a line keyed by each of ``ids`` (ascending int64; streamed, 1 byte
-    an id besides them; :func:`_written_key`: the export's own cut line holds its row); a file that cannot be read
-    holds none."""
+    an id besides them; keyed by the late-row check's reading, ``reading``, :func:`late_reading`: as the ingest keys
+    a line, the export's own cut line holding its row); a file that cannot be read holds none."""
     seen, left = bytearray(len(ids)), len(ids)
     try:
-        for key in _line_keys(path, cut_ok=True, name=name, key=_written_key):
+        for key in _line_keys(path, cut_ok=True, name=name, reading=reading or KeyReading()):
             if type(key) is int and -(1 << 63) <= key < (1 << 63):
                 at = bisect.bisect_left(ids, key)
                 if at < len(ids) and ids[at] == key and not seen[at]:
@@ -3786,7 +3938,7 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
             if code in wanted:
                 wanted[code].append(key)
         for code, ids in wanted.items():
-            if _file_holds(home.raw_file(held.names[code], table), EXPORT_KEYS[table], ids):
+            if _file_holds(home.raw_file(held.names[code], table), EXPORT_KEYS[table], ids, late_reading(home)):
                 del counted[held.names[code]]
     for on, (count, first) in counted.items():
         entry = into.setdefault(table, {}).setdefault(on, [0, []])

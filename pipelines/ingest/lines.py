@@ -415,6 +415,11 @@ class MemberScan:
             return None
         return tuple(self.values)
 
+    def truncated(self) -> bool:
+        """Whether the bytes fed are one JSON object's start cut short: followed as JSON without a fault (within
+        ``BUDGET``), but not closed (the app export's own cut line of an oversized row, ``_cut_oversized``)."""
+        return not self.failed and self.state not in ("end", "start", "bom")
+
 
 def _member_name(written: bytes) -> str | None:
     """A member name as written (its quotes included) as the text it is, or None where it does not decode."""

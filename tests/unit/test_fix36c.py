@@ -139,25 +139,30 @@ def test_the_generic_reading_keys_only_a_first_member_named_as_an_id():
 
 # --- a line longer than the export's piece ----------------------------------------------------------------------------
 
-def test_a_line_past_the_first_piece_is_not_keyed_but_the_late_check_reads_the_exports_cut_line(tmp_path):
-    cut = (b'{"download_id": 7, ' + REST.encode()[:-2] + b'"' + b"a" * PIECE_BYTES)[:PIECE_BYTES + 1] + b"\n"
+def test_a_line_past_the_first_piece_is_keyed_and_the_late_check_reads_the_exports_cut_line(tmp_path):
+    # fix36i: the export's own cut line is a JSON object's start (here was '"prompt":""aaa', no cut of the export's:
+    # the ingest reads no key from it, review rev36i's reading counts it as no row's)
+    cut = (b'{"download_id": 7, ' + REST.encode()[:-2] + b"a" * PIECE_BYTES)[:PIECE_BYTES + 1] + b"\n"
     assert _piece_key(cut[:PIECE_BYTES], NAME) is UNREADABLE       # the ingest: line_too_long, no key
     assert _written_key(cut[:PIECE_BYTES], NAME) == 7                # the row the export cut
     path = _gz(tmp_path / "day.jsonl.gz", [_row(5), cut])
     assert _file_counts(path, NAME) == (2, 7, id_digest([5, 7]))     # the late-row check: row 7 is there
     # a re-export writing the same cut line again replaces the old one (as many unkeyed lines as before)
     assert _vanishing(tmp_path, [_row(5), cut], [_row(5), cut]) == (0, [])
-    # the row no longer cut (a shorter prompt): the old cut line is kept as it was, never taken for row 7
-    assert _vanishing(tmp_path, [_row(5), cut], [_row(5), _row(7)]) == (1, [])
+    # the row no longer cut (a shorter prompt): fix36i (review rev36i), the export's own cut line is its row's old
+    # version, replaced by the app's row 7 (it was kept beside it, a stale line_too_long quarantine row each night)
+    assert _vanishing(tmp_path, [_row(5), cut], [_row(5), _row(7)]) == (0, [])
 
 
-def test_a_whole_line_of_the_first_piece_is_keyed_and_a_longer_one_kept(tmp_path):
+def test_a_whole_line_of_the_first_piece_is_keyed_and_a_longer_one_too(tmp_path):
     note = PIECE_BYTES - 200
     whole = b'{"download_id":5,' + REST.encode() + b',"note":"' + b"n" * note + b'"}\n'
     assert len(whole) < PIECE_BYTES and _piece_key(whole, NAME) == 5 == _ingest_key(whole)
     assert _vanishing(tmp_path, [whole]) == (0, [])                  # the app's row 5 replaces it
     longer = whole[:-3] + b"n" * 400 + b'"}\n'
-    assert _vanishing(tmp_path, [longer]) == (1, [])                 # the export cannot tell: kept
+    # fix36i (review rev36i): a line over the ingest's limit is keyed as the ingest keys it (lines.MemberScan), so
+    # the app's row 5 replaces it too (it was kept: the export read only its first MiB)
+    assert _vanishing(tmp_path, [longer]) == (0, [])
 
 
 def test_a_files_last_line_without_its_newline_is_keyed_whole(tmp_path):

@@ -34,7 +34,11 @@ lines shorter than 1 MiB, so it never reaches the overlong branch where defect 1
 when ``_written_key`` and ``_piece_key`` disagree on a kept line (determinism of the raw bytes held in the tests run).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both fixed the same day (fix36i, ``tests/unit/test_fix36i.py``) and the markers removed:
+one reading of a raw line's key, the ingest's (``export.KeyReading``: a line within ``ingest.max_line_bytes`` read
+whole with its decoder, a longer one by ``lines.MemberScan`` as it streams), both for a re-export's replacing and for
+the late-row check; the export's own cut line is its row's for both (the late-row check: only the cut a re-export
+writes again, ``max_line_bytes + 1`` bytes).
 """
 from __future__ import annotations
 
@@ -61,9 +65,6 @@ _counter = iter(range(10**6))
 
 # --- 1. a replica keeps the old version of an edited long row: the app's row is quarantined as a key conflict ------
 
-@pytest.mark.xfail(strict=True, reason="rev36i: a line over 1 MiB is not keyed, so a replica's re-export keeps the "
-                                       "old version of an edited row and the ingest quarantines the app's row "
-                                       "conflicting_primary_key")
 @pytest.mark.parametrize("prompt, limit", [
     ('"' * 600_000, 1 << 20),               # the default limit: a 1.2 MB line of a 600 KB prompt (escaped), not cut
     ("p" * ((1 << 20) + 100), 2 << 20),     # ingest.max_line_bytes 2 MiB: a 1 MiB prompt, written whole
@@ -103,9 +104,6 @@ def test_a_replicas_re_export_of_an_edited_long_row_keeps_the_apps_row_in_the_tr
 
 # --- 2. the late-row check counts a line the ingest quarantines keyless as the row's: the day is never re-exported ---
 
-@pytest.mark.xfail(strict=True, reason="rev36i: the late-row check keys raw lines with _written_key, which keys a "
-                                       "line the ingest quarantines with no key, so a day lacking the app's row in "
-                                       "any form the ingest reads is never marked late")
 def test_the_late_row_check_marks_a_day_whose_row_only_a_line_the_ingest_cannot_key_holds(
         postgres_server, tmp_path):  # noqa: F811
     """Another exporter wrote ranking 2's prompt tab raw (not escaped): the ingest quarantines that line
