@@ -1120,65 +1120,67 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
 
     if step < config.max_steps:
         scorer.train()
-        while True:
-            fetched: BaseException | None = None
-            try:   # this rank's own reads (a shard damaged or unreadable on its copy): shared below
-                batch = next_batch()
-                inside[batch["worker"]] = batch["inside_shard"]
-                labels, weights = batch["labels"].to(device), batch["weights"].to(device)
-                pixels = batch["pixel_values"].to(device, non_blocking=True)
-                if config.augment != "none":
-                    pixels = augment_images(pixels, config.augment, torch.Generator().manual_seed(
-                        stable_seed("augment", config.seed, rank, step)))
-            except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
-                fetched, weights = exc, torch.full((1,), math.nan, device=device)
-            # the step's first collective, the global weight sum, carries whether every rank has its batch: a rank
-            # without one adds NaN (weights are finite and positive), and then every rank stops with its failure
-            # (review rev36b: the others waited in the step's collectives), at no extra collective per step (on CUDA,
-            # reading it waits for the previous step's kernels before this step's forward is queued)
-            weight_sum = global_weight_sum(weights)
-            if fetched is not None or (world > 1 and not math.isfinite(weight_sum.item())):   # ~2 us
-                _share_any_failure(fetched, rank, world)
-            contrastive = config.contrastive_weight > 0
-            with autocast(device, config.bf16):
-                scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
-                               all_images=contrastive)
-            if contrastive:
-                all_scores, scores = scores.float(), own_pair_scores(scores.float())
-            pref_loss = preference_loss(scores.float(), labels, weights, weight_sum, world)
-            loss = pref_loss
-            if contrastive:
-                loss = loss + config.contrastive_weight * contrastive_loss(all_scores, labels, weights, weight_sum, world)
-            # global weighted PickScore loss of this step (curve), and the whole loss: a non-finite one on any
-            # rank stops every rank before it reaches the weights
-            step_loss, total_loss = _all_mean(torch.stack([pref_loss.detach(), loss.detach()]), world)
-            if not math.isfinite(total_loss):
-                raise _diverged(step + 1, f"the loss is {total_loss} (not finite)")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if config.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            loop_steps += 1
-            running += step_loss
-            running_n += 1
-            if step % config.log_every == 0 or step == config.max_steps:
-                entry = {"step": step, "loss": running / running_n, "lr": lr}
-                logged: list[BaseException] = []   # rank 0's event sink failing: every rank stops with it
-                if rank == 0:
-                    history.append(entry)
-                    with _kept(logged):
-                        emit({"event": "train", **entry})
-                _share_failure(logged[0] if logged else None, rank, world)
-                running, running_n = 0.0, 0
-            if step % config.eval_every == 0 or step == config.max_steps:
-                record_eval()   # verifies first: a run that stops here is not resumed as finished
-            if step >= config.max_steps:
-                break
-        batches = None   # its loader workers end here, before the final evaluation (as the for loop's did)
+        try:
+            while True:
+                fetched: BaseException | None = None
+                try:   # this rank's own reads (a shard damaged or unreadable on its copy): shared below
+                    batch = next_batch()
+                    inside[batch["worker"]] = batch["inside_shard"]
+                    labels, weights = batch["labels"].to(device), batch["weights"].to(device)
+                    pixels = batch["pixel_values"].to(device, non_blocking=True)
+                    if config.augment != "none":
+                        pixels = augment_images(pixels, config.augment, torch.Generator().manual_seed(
+                            stable_seed("augment", config.seed, rank, step)))
+                except Exception as exc:   # noqa: BLE001 - told to every rank, then raised here
+                    fetched, weights = exc, torch.full((1,), math.nan, device=device)
+                # the step's first collective, the global weight sum, carries whether every rank has its batch: a rank
+                # without one adds NaN (weights are finite and positive), and then every rank stops with its failure
+                # (review rev36b: the others waited in the step's collectives), at no extra collective per step (on CUDA,
+                # reading it waits for the previous step's kernels before this step's forward is queued)
+                weight_sum = global_weight_sum(weights)
+                if fetched is not None or (world > 1 and not math.isfinite(weight_sum.item())):   # ~2 us
+                    _share_any_failure(fetched, rank, world)
+                contrastive = config.contrastive_weight > 0
+                with autocast(device, config.bf16):
+                    scores = model(batch["input_ids"].to(device), batch["attention_mask"].to(device), pixels,
+                                   all_images=contrastive)
+                if contrastive:
+                    all_scores, scores = scores.float(), own_pair_scores(scores.float())
+                pref_loss = preference_loss(scores.float(), labels, weights, weight_sum, world)
+                loss = pref_loss
+                if contrastive:
+                    loss = loss + config.contrastive_weight * contrastive_loss(all_scores, labels, weights, weight_sum, world)
+                # global weighted PickScore loss of this step (curve), and the whole loss: a non-finite one on any
+                # rank stops every rank before it reaches the weights
+                step_loss, total_loss = _all_mean(torch.stack([pref_loss.detach(), loss.detach()]), world)
+                if not math.isfinite(total_loss):
+                    raise _diverged(step + 1, f"the loss is {total_loss} (not finite)")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if config.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(scorer.parameters(), config.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                loop_steps += 1
+                running += step_loss
+                running_n += 1
+                if step % config.log_every == 0 or step == config.max_steps:
+                    entry = {"step": step, "loss": running / running_n, "lr": lr}
+                    logged: list[BaseException] = []   # rank 0's event sink failing: every rank stops with it
+                    if rank == 0:
+                        history.append(entry)
+                        with _kept(logged):
+                            emit({"event": "train", **entry})
+                    _share_failure(logged[0] if logged else None, rank, world)
+                    running, running_n = 0.0, 0
+                if step % config.eval_every == 0 or step == config.max_steps:
+                    record_eval()   # verifies first: a run that stops here is not resumed as finished
+                if step >= config.max_steps:
+                    break
+        finally:   # its loader workers end here, before the final evaluation (as the for loop's did), and so when a
+            batches = None   # failure leaves the loop: a forked worker holds the run lock's descriptor until it ends
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it
