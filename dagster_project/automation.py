@@ -259,8 +259,10 @@ def missing_days(home: DataHome, first: str) -> list[str]:
     by a wrong clock long before the app existed does not make the schedule export up to a year of empty
     days before it. The days between a stray and the first real day are not caught up (there is nothing
     the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted)."""
+    from pipelines.appdb.export import raw_day_counts  # the export's module is heavy: only when needed
+
     start = dt.date.fromisoformat(first)
-    present = set(real_days(home, sorted(day for day in home.raw_days() if day < first), first))
+    present = set(real_days(home, sorted(day for day in home.raw_days() if day < first), first, raw_day_counts))
     if not present:
         return []
     day = max(dt.date.fromisoformat(min(present)) + dt.timedelta(days=1),

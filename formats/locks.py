@@ -262,7 +262,7 @@ _SHOWN_TARGET = 240
 def _shown_target(link: Path) -> str:
     """The target of the link ``link`` as a one-line message shows it: escaped (a newline, a terminal escape),
     never raw (review rev36d: any member of a group-shared home may make the link)."""
-    from formats.settings import quoted
+    from formats.text import quoted
 
     try:
         return quoted(os.readlink(link), _SHOWN_TARGET)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from typing import Any
 
 
 def utf8_text(value: str) -> str:
@@ -561,3 +562,52 @@ def shown_path(value: str | os.PathLike) -> str:
         if 0 <= hash_at < len(hidden) - 1:
             hidden = hidden[:hash_at + 1] + "***"
     return hidden
+
+
+SHOWN_CHARS = 80   # of a key or value an error message quotes
+
+
+def quoted(value: Any, limit: int = SHOWN_CHARS) -> str:
+    """``repr(value)`` as a one-line error message may quote a key or value it was given: escaped (a newline or a
+    control character shows as ``\\n`` / ``\\x1b``) and, where that is over ``limit`` characters (quotes aside),
+    cut after the last whole character or escape that fits, saying how long the value is: a string's length in
+    characters (not its escaped form's), a list's or table's in items (a 3 MB key in pickapic.toml or --set was
+    echoed whole, a 3 MB error line: noted by the rev22 reviews; 70 ESC characters were cut inside an escape
+    and said to be 282 characters long: review rev23c). A URL's credential in a text is hidden first
+    (:func:`formats.text.redact_credentials`: review rev25j), so a cut never leaves part of one."""
+    if isinstance(value, str):
+        value = redact_credentials(value)
+        if len(value) <= limit:
+            text = repr(value)
+            if len(text) <= limit + 2:
+                return text
+        # the longest prefix whose repr fits: a prefix's repr is never longer than a longer prefix's
+        low, high = 0, min(len(value), limit)
+        while low < high:
+            middle = (low + high + 1) // 2
+            if len(repr(value[:middle])) <= limit + 2:
+                low = middle
+            else:
+                high = middle - 1
+        return f"{value[:low]!r}... ({len(value)} characters)"
+    try:
+        text = repr(value)
+    except RecursionError:      # a list nested too deep for repr
+        return f"a {type(value).__name__} nested too deep to show"
+    if len(text) <= limit:
+        return text
+    items = isinstance(value, (list, tuple, dict, set, frozenset))
+    size = f"{len(value)} items" if items else f"{len(text)} characters"
+    return f"{_cut_escaped(text, limit)}... ({size})"
+
+
+def _cut_escaped(text: str, limit: int) -> str:
+    """The longest start of a repr ``text`` of at most ``limit`` characters that ends on no half escape (a
+    backslash in a repr always begins one: ``\\\\``, ``\\n``, ``\\x1b``, ``\\u200b``, ``\\U0001f600``)."""
+    end = 0
+    while end < limit:
+        step = {"x": 4, "u": 6, "U": 10}.get(text[end + 1:end + 2], 2) if text[end] == "\\" else 1
+        if end + step > limit:
+            break
+        end += step
+    return text[:end]

@@ -1528,7 +1528,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
             # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
-            line = moved_warning(ScheduledDays(home, home.raw_days()), late_check.moved) if late_check.moved else ""
+            line = moved_warning(ScheduledDays(home, home.raw_days(), raw_day_counts), late_check.moved) if late_check.moved else ""
             if line:
                 report.warnings.append(line)
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
@@ -1536,7 +1536,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             moved: dict[str, dict[str, list]] = {}
             outside: dict[str, dict[int, str]] = {}      # review rev35a: moved before the raw zone's first day
             # fix36g: the days the schedule exports (the moved rows' days marked) or not (the rows remembered)
-            scheduled = ScheduledDays(home, home.raw_days())
+            scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
             for table, rows in held_by_app.items():
                 moved_rows(home, table, rows, day, config.users_snapshot, scheduled, moved, outside)
             line = moved_warning(scheduled, moved) if moved else ""
@@ -2942,7 +2942,7 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
             parts.append(f"{table}: {len(shown)} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
                          + (", ..." if len(shown) > FIRST_IDS else "") + ")")
     lacking = [on for on in named if on not in held]
-    scheduled = ScheduledDays(home, days)
+    scheduled = ScheduledDays(home, days, raw_day_counts)
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
             "since, or were moved to a day before the raw zone's first, and are not in their day's raw files yet: "
             f"{'; '.join(parts)} -- the next scheduled export "
@@ -3581,7 +3581,7 @@ class LateCheck:
         failed the export after a day was recorded "whole" and before the day its moved row went to was marked:
         every later night called the day whole and the row reached no raw day."""
         found = self.found
-        scheduled = ScheduledDays(home, home.raw_days())      # fix36g: as the schedule exports them
+        scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)      # fix36g: as the schedule exports them
         checked: list[tuple[str, str, list[int], tuple[int, int]]] = []
         try:
             for spill in self.spills:

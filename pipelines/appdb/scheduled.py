@@ -6,15 +6,20 @@ from __future__ import annotations
 
 import datetime as dt
 import zlib
+from typing import Callable
 
 from formats.home import DataHome
+
+# table -> (rows, largest id) of a raw day's files: ``pipelines.appdb.export.raw_day_counts``, given by the caller
+# (the export's module imports this one, and is heavy for the automation module that Dagster loads)
+DayCounts = Callable[[DataHome, str], dict]
 
 CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
 CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
 STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
 
 
-def stray_day(home: DataHome, day: str, next_day: str) -> bool:
+def stray_day(home: DataHome, day: str, next_day: str, raw_day_counts: DayCounts) -> bool:
     """Whether raw day ``day`` is a stray before the app's real history: more than CATCH_UP_DAYS days before
     ``next_day`` (the next raw day, or the night's lookback window) and holding some rows, but fewer than
     STRAY_DAY_ROWS, in its four files (the users file of an app's real day is a snapshot of every account
@@ -22,8 +27,6 @@ def stray_day(home: DataHome, day: str, next_day: str) -> bool:
     `pickapic build --from-app-db`, which exports the days holding rows, as a day of its own. A day of
     empty files is what a scheduled export makes of a quiet day, so it is history (the last night before
     an outage); a raw file that cannot be read says no too (the day counts, as before)."""
-    from pipelines.appdb.export import raw_day_counts  # the export's module is heavy: only when needed
-
     if (dt.date.fromisoformat(next_day) - dt.date.fromisoformat(day)).days <= CATCH_UP_DAYS:
         return False
     try:
@@ -33,12 +36,12 @@ def stray_day(home: DataHome, day: str, next_day: str) -> bool:
     return 0 < sum(rows for rows, _ in counts.values()) < STRAY_DAY_ROWS
 
 
-def real_days(home: DataHome, days: list[str], until: str) -> list[str]:
+def real_days(home: DataHome, days: list[str], until: str, raw_day_counts: DayCounts) -> list[str]:
     """``days`` (raw days before ``until``, in order) less their stray first days (:func:`stray_day`, each
     judged against the next of ``days``, the last against ``until``): the history the schedule's catch-up
     (``dagster_project.automation.missing_days``) fills the gaps of, from the day after the first of them."""
     ordered = list(days)
-    while ordered and stray_day(home, ordered[0], ordered[1] if len(ordered) > 1 else until):
+    while ordered and stray_day(home, ordered[0], ordered[1] if len(ordered) > 1 else until, raw_day_counts):
         ordered.pop(0)
     return ordered
 
@@ -62,15 +65,16 @@ class ScheduledDays:
     from the night's window only, so a gap older than that (a row moved more than a year back into a hole of the
     history) is marked and waits for a ranged build, as before."""
 
-    def __init__(self, home: DataHome, raw_days: list[str]) -> None:
+    def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts) -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)
+        self._counts = raw_day_counts
         self._start: str | None = None
 
     @property
     def start(self) -> str:
         """The first real raw day ('' where the raw zone holds none)."""
         if self._start is None:
-            real = real_days(self.home, self.days[:-1], self.days[-1]) + self.days[-1:] if self.days else []
+            real = real_days(self.home, self.days[:-1], self.days[-1], self._counts) + self.days[-1:] if self.days else []
             self._start = real[0] if real else ""
         return self._start
 

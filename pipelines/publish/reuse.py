@@ -14,34 +14,12 @@ import shutil
 import stat
 from pathlib import Path
 
-from formats.dataset import FORMAT_VERSION, latest_version, list_versions, read_history, shard_paths
+from formats.dataset import FORMAT_VERSION, shard_paths
 from formats.dataset import read_manifest as dataset_manifest
 from formats.files import create_temp, file_mode, sha256_file
-from formats.home import DataHome
 from pipelines.publish import shards
 
 LINK_FALLBACK_ERRORS = (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
-
-
-def previous_versions(home: DataHome, version: str) -> list[Path]:
-    """Complete versions to reuse shards from: the one ``latest`` names first, then newest first.
-
-    Only versions a publish made and recorded: each one retention too takes for a version a publish made
-    (:func:`pipelines.publish.versions.made_by_publish`: its manifest names the folder's own name, it holds only
-    the files its manifest lists, no link), and, where the publish history exists
-    (:func:`formats.dataset.read_history`), one it names or the one ``latest`` names. Review rev36e: a folder
-    named like a version that held a manifest was a source, also a copy of another version restored under this
-    name, which retention reports as "not a version a publish made", its tars then trusted by their size."""
-    from pipelines.publish.versions import made_by_publish  # versions imports this module
-
-    current = latest_version(home.datasets)      # a relative or an absolute link (review rev25d)
-    history = read_history(home.datasets)
-    recorded = None if history is None else {*history, current}
-    names = [v for v in reversed(list_versions(home)) if v != version and (recorded is None or v in recorded)]
-    if current in names:
-        names.remove(current)
-        names.insert(0, current)
-    return [home.datasets / name for name in names if made_by_publish(home.datasets / name) is None]
 
 
 class NotReusable(Exception):

@@ -90,7 +90,6 @@ from pipelines.publish import columncache, contracts, datacard, jpgdigests, mani
 from pipelines.publish.config import PublishConfig, PublishReport, ShardsDone, report_of
 from pipelines.publish.manifest import verify_version
 from pipelines.publish.meta import card_sources
-from pipelines.publish.reuse import previous_versions
 from pipelines.publish.samples import (
     plan_tasks,
     prompt_counts,
@@ -114,6 +113,7 @@ from pipelines.publish.versions import (
     open_folders,
     open_staging,
     open_staging_root,
+    previous_versions,
     publish_lock,
     remove_mode_copies,
     sweep_staging_root,

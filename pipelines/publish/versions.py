@@ -23,6 +23,7 @@ from formats.dataset import (
     latest_version,
     list_versions,
     lock_holders,
+    read_history,
     read_manifest,
 )
 from formats.files import current_umask, is_apple_double
@@ -505,6 +506,26 @@ def walk_tree(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]
     OSError (a folder that cannot be listed, one replaced meanwhile) is raised to the caller."""
     for path, info, _ in _walk(folder):
         yield path, info
+
+
+def previous_versions(home: DataHome, version: str) -> list[Path]:
+    """Complete versions to reuse shards from (:mod:`pipelines.publish.reuse` links them): the one ``latest`` names first, then newest first.
+
+    Only versions a publish made and recorded: each one retention too takes for a version a publish made
+    (:func:`pipelines.publish.versions.made_by_publish`: its manifest names the folder's own name, it holds only
+    the files its manifest lists, no link), and, where the publish history exists
+    (:func:`formats.dataset.read_history`), one it names or the one ``latest`` names. Review rev36e: a folder
+    named like a version that held a manifest was a source, also a copy of another version restored under this
+    name, which retention reports as "not a version a publish made", its tars then trusted by their size."""
+    current = latest_version(home.datasets)      # a relative or an absolute link (review rev25d)
+    history = read_history(home.datasets)
+    recorded = None if history is None else {*history, current}
+    names = [v for v in reversed(list_versions(home)) if v != version and (recorded is None or v in recorded)]
+    if current in names:
+        names.remove(current)
+        names.insert(0, current)
+    return [home.datasets / name for name in names if made_by_publish(home.datasets / name) is None]
+
 
 
 def made_by_publish(folder: Path) -> str | None:

@@ -25,9 +25,8 @@ from formats.dataset import LATEST, history_file, read_history
 from pipelines.publish import contracts, datacard
 from pipelines.publish import version as version_module
 from pipelines.publish.config import PublishConfig
-from pipelines.publish.reuse import previous_versions
 from pipelines.publish.version import publish_dataset
-from pipelines.publish.versions import StagingRefused, made_by_publish
+from pipelines.publish.versions import StagingRefused, made_by_publish, previous_versions
 
 CONFIG = PublishConfig(workers=1, fsync=False)
 ROOT = Path(__file__).resolve().parents[2]

@@ -24,7 +24,7 @@ from test_fix35e import NIGHTLY, NOW, _lines, _rank
 
 from formats.home import DataHome
 from pipelines.appdb import export as app_export
-from pipelines.appdb.export import AppExportReport, export_day, late_days, moved_days
+from pipelines.appdb.export import AppExportReport, export_day, late_days, moved_days, raw_day_counts
 from pipelines.appdb.scheduled import CATCH_UP_DAYS, STRAY_DAY_ROWS, ScheduledDays, real_days
 from tests.postgres_server import create_app_database, postgres_server  # noqa: F401 - fixture
 
@@ -48,7 +48,7 @@ def test_a_stray_first_day_is_scheduled_but_not_the_gap_after_it(fast_tmp):
     _raw_day(home, "2022-06-01", rankings=1)                      # a stray: one row, long before
     _raw_day(home, "2023-03-01", rankings=50)
     _raw_day(home, "2023-03-05", rankings=50)
-    scheduled = ScheduledDays(home, home.raw_days())
+    scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
     assert scheduled.start == "2023-03-01"
     assert "2022-06-01" in scheduled                               # a raw day: re-exported once marked
     assert "2023-02-15" not in scheduled and scheduled.before("2023-02-15")
@@ -67,7 +67,7 @@ def test_a_first_day_near_the_next_or_with_many_rows_or_empty_is_history(fast_tm
         first = (dt.date(2023, 3, 1) - dt.timedelta(days=gap)).isoformat()
         _raw_day(home, first, rankings=rows)
         _raw_day(home, "2023-03-01", rankings=50)
-        scheduled = ScheduledDays(home, home.raw_days())
+        scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
         assert scheduled.start == first == start, (rows, gap)
         assert (dt.date.fromisoformat(first) + dt.timedelta(days=1)).isoformat() in scheduled
 
@@ -77,13 +77,13 @@ def test_two_stray_days_and_the_newest_day_alone(fast_tmp):
     _raw_day(home, "2021-01-01", rankings=1)
     _raw_day(home, "2022-01-01", rankings=2)
     _raw_day(home, "2023-03-01", rankings=50)
-    assert ScheduledDays(home, home.raw_days()).start == "2023-03-01"
-    assert real_days(home, ["2021-01-01", "2022-01-01"], "2023-03-01") == []
+    assert ScheduledDays(home, home.raw_days(), raw_day_counts).start == "2023-03-01"
+    assert real_days(home, ["2021-01-01", "2022-01-01"], "2023-03-01", raw_day_counts) == []
     alone = DataHome.at(fast_tmp / "alone")
     _raw_day(alone, "2022-01-01", rankings=1)                     # the newest raw day is never a stray
-    scheduled = ScheduledDays(alone, alone.raw_days())
+    scheduled = ScheduledDays(alone, alone.raw_days(), raw_day_counts)
     assert scheduled.start == "2022-01-01" and "2022-01-01" in scheduled and not scheduled.before("2022-01-02")
-    empty = ScheduledDays(DataHome.at(fast_tmp / "empty"), [])
+    empty = ScheduledDays(DataHome.at(fast_tmp / "empty"), [], raw_day_counts)
     assert empty.start == "" and "2022-01-01" not in empty and not empty.before("2022-01-01")
 
 
@@ -99,7 +99,7 @@ def test_every_gap_the_export_calls_scheduled_is_one_the_catch_up_exports(fast_t
         home = DataHome.at(fast_tmp / name)
         for day, rows in layout:
             _raw_day(home, day, rankings=rows)
-        scheduled = ScheduledDays(home, home.raw_days())
+        scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
         for first in ("2023-03-05", "2023-03-20"):
             missed = set(missing_days(home, first))
             for day in _days("2022-05-01", "2023-03-04"):
