@@ -119,7 +119,7 @@ CODE_VERSIONS: dict[str, str] = {
                           # 14: moderation keys and texts fold a letter ICU leaves whole that Unicode names as a base
                           #     letter with an overlay (ⱥ, ꞓ, ꝃ, ӿ) as that letter, as base + overlay mark (rev33c, splits 17)
     "pairs": "2",         # 2: every SDXL beta engine shortened (stable-diffusion-xl-beta-v2-2-4 -> sdxl-beta-v2.2.4)
-    "splits": "18",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
+    "splits": "19",        # 2: user ledger with held-out fill; prompt key without ignorables, confusables folded; 3: capitals folded as their look-alike capitals, format characters and blanks out, NFC after each fold;
                           # 4: Hangul fillers as spaces, every symbol and emoji a separator, small capitals folded (the value stayed "3")
                           # 5: keycaps as their digit, regional indicator runs as letters, CJK square words as their NFKC words
                           # 6: stored key owner pins (split_key_owners): a published prompt or image keeps its split
@@ -153,6 +153,8 @@ CODE_VERSIONS: dict[str, str] = {
                           #     placement settings of each entry: a one-off override's unpublished entries decided
                           #     again); an unpinned key no row is kept with owned again from the rows rejected for such
                           #     keys alone (rev36f)
+                          # 19: a retained version's row of an erased account (gone from users and pairs, told with
+                          #     the curation's pseudonym secret) keeps no pin (fix37a)
     "publish": "13",      # 2: pickapic-wds/2: per-day content-stable shards, prompt_counts.parquet, meta/images/
                           # 3: pickapic-wds/3: a user's pairs of a day are one run inside a shard
                           # 4: pickapic-wds/4: shard sizes follow the day's volume (raw rankings lines); lean sidecars

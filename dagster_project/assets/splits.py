@@ -6,7 +6,7 @@ from dagster_project.charts import split_sizes
 from dagster_project.contracts import check_specs, materialize_and_check
 from dagster_project.metadata import spec_metadata
 from dagster_project.resources import PickapicHome
-from dagster_project.runconfig import config_class, stage_config
+from dagster_project.runconfig import config_class, stage_config, stage_config_of_run
 from dagster_project.staleness import version_at_start
 from dagster_project.steplog import step_warner
 from dagster_project.versions import CODE_VERSIONS, FAILED_SUFFIX
@@ -34,7 +34,10 @@ def split_pairs(context: dg.AssetExecutionContext, config: SplitRunConfig, data_
     home = data_home.home()
     settings = stage_config("splits", config, home, context)
     settle = version_at_start(context, "splits", home, settings)
-    report = build_splits(home, settings, log=step_warner(context.log))  # says so when it waits for another run
+    # the curation's secret tells an erased account's rows in the retained versions (their pins go: fix37a)
+    secret = stage_config_of_run("curation", context.run.run_config, home).pseudonym_secret
+    report = build_splits(home, settings, log=step_warner(context.log),  # says so when it waits for another run
+                          pseudonym_secret=secret)
     chart = split_sizes(str(home.table_file("split_pairs")))
     version = settle()
     if report.problems:  # a version no trainer can use must not flow on to publish

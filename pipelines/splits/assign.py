@@ -118,7 +118,7 @@ from formats.files import cast_to_schema, is_real_folder, sha256_file, sweep_tem
 from formats.home import DataHome
 from formats.locks import hold_lock
 from formats.settings import MAX_THREADS, add_flags, check_fields, knob, stage_config
-from pipelines.curation.pseudonym import KEY_CHECK_METADATA, read_key_check
+from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize, read_key_check
 from pipelines.invisibles import BLANK, INVISIBLE
 from pipelines.splits import coverage
 from pipelines.sqlrun import NO_HIVE, connect, literal_glob, register_views, run_sql, run_to_parquet
@@ -1350,9 +1350,13 @@ def hold_ledger_lock(home: DataHome, log: Callable[[str], None] | None = None) -
 
 
 def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
-                 log: Callable[[str], None] | None = None) -> SplitReport:
+                 log: Callable[[str], None] | None = None, pseudonym_secret: str | None = None) -> SplitReport:
     """Write ``split_pairs``, ``split_rejects``, the grown ``split_ledger`` and ``split_key_owners`` from ``pairs``,
-    one build at a time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr)."""
+    one build at a time per home (:func:`hold_ledger_lock`; ``log`` hears that this one waits, default stderr).
+
+    ``pseudonym_secret`` is the curation's ``pseudonym_secret`` (never logged nor written): with it, a key owner pin
+    that only a retained version's rows of an erased account hold is dropped (:class:`Accounts`, fix37a); without
+    it (or another secret than ``pairs``' own) such a pin stays until those versions are deleted."""
     source = home.table_file("pairs")
     if not source.exists():
         raise FileNotFoundError(f"pairs not found at {source}: run pipelines.curation.decisions first")
@@ -1360,7 +1364,7 @@ def build_splits(home: DataHome, config: SplitConfig = SplitConfig(),
     with hold_ledger_lock(home, log):
         for note in sweep_split_temps(home):
             log(note)
-        return _build_splits(home, config, source, log)
+        return _build_splits(home, config, source, log, pseudonym_secret)
 
 
 # what the splits stage writes, only under the ledger lock: the four tables, and the records beside them
@@ -1888,7 +1892,8 @@ _QUARANTINE_TABLES = "('rankings', 'images', 'downloads')"
 _QUARANTINE_UIDS = ("image_uid", "image_0_uid", "image_1_uid", "image_2_uid", "image_3_uid", "best_image_uid")
 
 
-def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int]:
+def drop_erased_pins(con, home: DataHome, pins: pa.Table,
+                     accounts: Accounts | None = None) -> tuple[pa.Table, int]:
     """``pins`` without those whose key no row of the warehouse holds any more (review rev30b: an erased account's
     prompts stayed in ``split_key_owners`` as text, and its images' uids, for good), and how many were dropped.
 
@@ -1904,7 +1909,9 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
     no rankings or no images at all, drops nothing. Nor is a pin dropped while a train / validation / test sidecar of
     a retained version holds its key (:func:`retained_published_keys`, review rev36f: a generation deleted in the app
     leaves the warehouse, not the version that published it held out): it goes at the first build after the last
-    such version is deleted (retention, or the versions an account erasure says to delete).
+    such version is deleted (retention). A retained version's row of an account the warehouse no longer holds
+    (``accounts``: an erased account, gone from ``users``; fix37a) keeps no pin: the erasure build drops the erased
+    account's keys though the versions published before it are deleted only after it (README 1a).
 
     Cost (review rev30g): nothing is read while every pin's key is in ``split_pairs`` / ``split_rejects`` /
     ``pairs``; else the image uids are matched in DuckDB, and only the distinct prompt texts no ranking of ``pairs``
@@ -1981,8 +1988,9 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
         return pins, 0
     if gone:
         # review rev36f: a key a retained version still publishes keeps its pin (a generation deleted in the app
-        # leaves the warehouse, not the versions that published it); the keys of versions not read whole are kept
-        gone -= retained_published_keys(home, gone)
+        # leaves the warehouse, not the versions that published it), unless only by rows of erased accounts
+        # (fix37a); the keys of versions not read whole are kept
+        gone -= retained_published_keys(home, gone, accounts)
     if not gone:
         return pins, 0
     kinds, keys = pins.column("kind").to_pylist(), pins.column("key").to_pylist()
@@ -1991,13 +1999,55 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table) -> tuple[pa.Table, int
     return kept, pins.num_rows - kept.num_rows
 
 
-def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]]) -> set[tuple[str, str]]:
+@dataclass(frozen=True)
+class Accounts:
+    """Which users of the retained versions are accounts the warehouse still holds (fix37a): ``present``, the
+    pseudonyms of ``pairs``' users (accounts with rows), and the ``users`` table's ids keyed under ``secret`` (the
+    curation's ``pseudonym_secret``, only when it is the secret ``pairs`` was keyed under: its key check; None
+    otherwise, and then no account is taken to be gone)."""
+    home: DataHome
+    present: frozenset[str]
+    secret: str | None = None
+
+    @classmethod
+    def of(cls, home: DataHome, present: Iterable[str], secret: str | None, pairs_key: str | None) -> Accounts:
+        """``secret`` kept only when ``pairs_key`` (the key check ``pairs`` records) says it keyed ``pairs``."""
+        known = secret if secret and pairs_key and key_check(secret) == pairs_key else None
+        return cls(home, frozenset(present), known)
+
+    def gone(self, pseudonyms: set[str]) -> set[str]:
+        """The ``pseudonyms`` no account of the warehouse has: not a user of ``pairs`` and not the pseudonym of a
+        ``users`` row's id. None when no secret is known or ``users`` cannot be read or has no rows (what cannot be
+        told is taken to be there). Keys every id of ``users`` (one HMAC each, ~2 us), only when called."""
+        unknown = set(pseudonyms) - self.present
+        if not unknown or self.secret is None:
+            return set()
+        con = connect({})
+        try:
+            register_views(con, {"users": self.home.table_files("users")}, required=("users",))
+            ids = con.sql("SELECT DISTINCT user_id FROM users WHERE user_id IS NOT NULL").fetchall()
+        except Exception:   # noqa: BLE001 - no users table to judge by: no account is taken to be gone
+            return set()
+        finally:
+            con.close()
+        if not ids:
+            return set()
+        for (user_id,) in ids:
+            unknown.discard(pseudonymize(user_id, self.secret))
+            if not unknown:
+                break
+        return unknown
+
+
+def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]],
+                            accounts: Accounts | None = None) -> set[tuple[str, str]]:
     """The (kind, key) of ``candidates`` that a train / validation / test row of a retained complete version
     (:func:`formats.dataset.list_versions`, whether ``latest`` was switched to it or not) holds: its ``prompt_key``,
-    its ``image_0_uid`` or ``image_1_uid``. Every candidate when a version cannot be read whole (a split folder or
-    sidecar that is a link, not a folder, not listable: :func:`unread_split_folders`) or a sidecar cannot be read:
-    what cannot be told keeps its pin (review rev36f). Reads three columns of the retained sidecars, and only when a
-    pin would otherwise be dropped."""
+    its ``image_0_uid`` or ``image_1_uid``; a row of a user ``accounts`` says is gone (an erased account: fix37a)
+    holds none. Every candidate when a version cannot be read whole (a split folder or sidecar that is a link, not a
+    folder, not listable: :func:`unread_split_folders`) or a sidecar cannot be read: what cannot be told keeps its
+    pin (review rev36f). Reads four columns of the retained sidecars, and only when a pin would otherwise be
+    dropped."""
     if not candidates:
         return set()
     try:
@@ -2015,16 +2065,17 @@ def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]]) ->
                                              "key": pa.array([v for _, v in sorted(candidates)], pa.string())}))
         # one streaming pass, joined to the few candidates (never the versions' keys held in memory)
         held = con.execute(f"""
-            SELECT DISTINCT c.kind, c.key
+            SELECT DISTINCT c.kind, c.key, s.user_id
             FROM (SELECT unnest(['prompt', 'image', 'image']) AS kind,
-                         unnest([prompt_key, image_0_uid, image_1_uid]) AS key
+                         unnest([prompt_key, image_0_uid, image_1_uid]) AS key, user_id
                   FROM read_parquet(?, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test')) s
             JOIN candidates c ON c.kind = s.kind AND c.key = s.key""", [_literal(files)]).fetchall()
     except Exception:   # noqa: BLE001 - a sidecar that cannot be read: every candidate keeps its pin
         return set(candidates)
     finally:
         con.close()
-    return {(kind, key) for kind, key in held}
+    gone = accounts.gone({user for _, _, user in held if user is not None}) if accounts is not None else set()
+    return {(kind, key) for kind, key, user in held if user not in gone}
 
 
 def _kinds(pins: pa.Table) -> Counter:
@@ -2033,7 +2084,8 @@ def _kinds(pins: pa.Table) -> Counter:
     return Counter({row["kind"]: row["kind_count"] for row in counts})
 
 
-def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None]) -> SplitReport:
+def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callable[[str], None],
+                  pseudonym_secret: str | None = None) -> SplitReport:
     """:func:`build_splits` under the ledger lock: pairs, the ledger, the key owner pins and the published users and
     keys are read only here."""
     con = connect({"pairs": source}, threads=config.threads or None)
@@ -2082,7 +2134,8 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     con.register("split_rejects", rejects)
     # the key owner pins, brought up to date with the published versions before assigning: written when changed;
     # review rev30b: less the pins of keys no row of the warehouse holds any more (an erased account's)
-    pins, erased = drop_erased_pins(con, home, update.pins)
+    pins, erased = drop_erased_pins(con, home, update.pins,
+                                    Accounts.of(home, present, pseudonym_secret, pairs_key))
     if update.changed or erased:
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),
@@ -2142,7 +2195,8 @@ def main(argv: list[str] | None = None) -> None:
     add_flags(parser, "splits")
     args = parser.parse_args(argv)
     home = DataHome.at(args.home)
-    report = build_splits(home, stage_config(home.root, "splits", args))
+    report = build_splits(home, stage_config(home.root, "splits", args),
+                          pseudonym_secret=stage_config(home.root, "curation").pseudonym_secret)
     print(json.dumps(report.metadata(), indent=2))
 
 

@@ -157,10 +157,6 @@ def test_the_erasure_leaves_no_training_jpeg_of_the_accounts_images(erased):
     assert left == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "regressed by fix36f (a pin kept while a retained version publishes its key): README 1a's erasure builds, then "
-    "deletes the versions published before it, so the build still saw them and kept the account's prompt in "
-    "warehouse/split_key_owners; found by the session's last CI, too late to fix (closing note, README section 9)"))
 def test_the_erasure_leaves_no_prompt_of_the_account_in_the_warehouse(erased):
     from pipelines.splits.assign import normalize_prompt
 
@@ -174,6 +170,19 @@ def test_the_erasure_leaves_no_prompt_of_the_account_in_the_warehouse(erased):
             if any(isinstance(v, str) and v in wanted for v in values):
                 holding.append(f"{part.relative_to(home.root)}:{name}")
     assert holding == []
+
+
+def test_the_erasure_leaves_no_split_pin_of_the_accounts_prompts_or_images(erased):
+    """fix37a: the erasure build saw the versions published before it (deleted only after it); their rows of the
+    erased account (gone from users) keep no pin, so the account's prompt keys and image uids leave
+    split_key_owners at that build."""
+    from pipelines.splits.assign import normalize_prompt
+
+    home, account = erased
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert {key for kind, key in pins if kind == "prompt"} & {normalize_prompt(p) for p in account["prompts"]} == set()
+    assert {key for kind, key in pins if kind == "image"} & set(account["uids"]) == set()
+    assert pins                                           # the other accounts' pins stay
 
 
 # --- a restore from an older backup: ids reused by other rows ------------------------------------------------------

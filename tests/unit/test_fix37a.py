@@ -1,0 +1,159 @@
+"""Fix37a: the regression the thirty-sixth session's last CI found (``tests/unit/test_hostile_rev30b.py``, the
+erasure test): fix36f kept a key owner pin while a retained version publishes its key, and README 1a's erasure builds
+*before* the versions published earlier are deleted, so the erased account's prompt keys and image uids stayed in
+``warehouse/split_key_owners``.
+
+Now a retained version's row of an account the warehouse no longer holds keeps no pin (``assign.Accounts``): the
+row's ``user_id`` pseudonym is neither a user of ``pairs`` nor the pseudonym of an id of the warehouse's ``users``
+table, keyed under the curation's ``pseudonym_secret``, which the splits step is given (the Dagster asset reads it
+from the run's curation config, ``python -m pipelines.splits.assign`` from the home's settings) and uses only when
+``pairs`` records that secret's key check. A deleted generation of an account that is still there keeps its pin
+(rev36f), and so does every pin when the account cannot be told (no secret, another secret, no key check, no
+``users`` table).
+"""
+from __future__ import annotations
+
+import hashlib
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from splits_fixtures import pair_row, publish_splits
+
+from formats.files import write_parquet_atomic
+from formats.home import DataHome
+from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize
+from pipelines.splits import coverage
+from pipelines.splits.assign import SplitConfig, build_splits, main, normalize_prompt, user_home
+from schemas import get_schema
+
+QUIET = {"log": lambda message: None}
+SECRET = "a-private-secret-of-this-home"
+P = "a red fox in the snow"
+V1, V2 = "2023-03-01-0000000ea1", "2023-03-02-0000000ea2"
+
+
+def _train_users(secret: str, n: int, home: str = "train") -> list[tuple[int, str]]:
+    """``n`` (raw id, pseudonym) whose hash rule home is ``home`` (the first users fill the held-out splits)."""
+    config, found, raw = SplitConfig(), [], 1
+    while len(found) < n:
+        name = pseudonymize(raw, secret)
+        if user_home(name, config.salt, config.heldout_fraction) == home:
+            found.append((raw, name))
+        raw += 1
+    return found
+
+
+(T_ID, T), (V_ID, V) = _train_users(SECRET, 2)
+
+
+def _write(home: DataHome, rows: list[dict], accounts: list[int], pairs_key: str | None) -> None:
+    """``pairs`` as ``rows`` (recording ``pairs_key`` as the curation does), and the warehouse's rankings, images
+    and users as the app holds them: those of ``rows``, and the ``accounts`` ids."""
+    schema = get_schema("pairs")
+    if pairs_key:
+        schema = schema.with_metadata({KEY_CHECK_METADATA: pairs_key.encode("ascii")})
+    write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), home.table_file("pairs"))
+    for table, data in (("rankings", {"ranking_id": [r["ranking_id"] for r in rows],
+                                      "prompt": [r["caption"] for r in rows], "dt": [r["dt"] for r in rows]}),
+                        ("images", {"image_uid": [u for r in rows for u in (r["image_0_uid"], r["image_1_uid"])],
+                                    "prompt": [r["caption"] for r in rows for _ in range(2)]}),
+                        ("users", {"user_id": pa.array(accounts, pa.int64())})):
+        folder = home.table_dir(table)
+        for old in folder.rglob("*.parquet") if folder.exists() else []:
+            old.unlink()
+        path = home.partition_file(table, "2023-03-01")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(data), path)
+
+
+def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str | None = None,
+           secret: str | None = SECRET, pairs_key: str | None = key_check(SECRET)) -> dict[tuple[str, str], str]:
+    _write(home, rows, accounts, pairs_key)
+    build_splits(home, SplitConfig(), pseudonym_secret=secret, **QUIET)
+    if publish:
+        publish_splits(home, publish)
+        sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
+        coverage.write_published_source(home, home.datasets / publish, sha)
+    return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+
+
+NIGHT1 = [pair_row(1, T, "a prompt of T", "c1a", "c1b"), pair_row(2, V, P, "c2a", "c2b")]
+V_KEYS = {("prompt", normalize_prompt(P)), ("image", "2-0-a"), ("image", "2-0-b")}
+
+
+def _published(home: DataHome) -> None:
+    """Night 1 built and published as V1: V, filled into validation, types P (the next build pins its keys from
+    V1's sidecars)."""
+    _night(home, NIGHT1, [T_ID, V_ID], publish=V1)
+    kept = {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+            if r["split"] in ("train", "validation", "test")}
+    assert kept == {"1_0": "train", "2_0": "validation"}
+
+
+def test_an_erased_accounts_pins_go_at_the_erasure_build_though_a_retained_version_shows_them(tmp_path):
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    # the erasure: V's rows and its users row leave the raw zone and so the warehouse; V1 is still on disk (README
+    # 1a deletes it after this build)
+    pins = _night(home, NIGHT1[:1], [T_ID])
+    assert (home.datasets / V1).is_dir()
+    assert V_KEYS.isdisjoint(pins)
+    assert pins[("prompt", normalize_prompt("a prompt of T"))] == "train"          # T's pins stay
+
+
+def test_a_deleted_generation_of_an_account_still_there_keeps_its_pins(tmp_path):
+    """rev36f's case, with the secret given: V deleted its only generation, its account stays (users holds it)."""
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    pins = _night(home, NIGHT1[:1], [T_ID, V_ID])
+    assert {pins[key] for key in V_KEYS} == {"validation"}
+
+
+@pytest.mark.parametrize("secret, pairs_key", [
+    (None, key_check(SECRET)),                  # the step not given the secret
+    ("another-secret", key_check(SECRET)),      # a secret that did not key pairs
+    (SECRET, None),                             # pairs recording no key check
+])
+def test_an_account_that_cannot_be_told_gone_keeps_its_pins(tmp_path, secret, pairs_key):
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    pins = _night(home, NIGHT1[:1], [T_ID], secret=secret, pairs_key=pairs_key)
+    assert {pins[key] for key in V_KEYS} == {"validation"}
+
+
+def test_no_users_table_keeps_the_pins(tmp_path):
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    _write(home, NIGHT1[:1], [T_ID], key_check(SECRET))
+    for part in home.table_dir("users").rglob("*.parquet"):
+        part.unlink()
+    build_splits(home, SplitConfig(), pseudonym_secret=SECRET, **QUIET)
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert V_KEYS <= pins
+
+
+def test_a_key_an_erased_and_a_remaining_account_published_keeps_its_pin(tmp_path):
+    """P published by V (erased) and by W (its generation deleted, its account there): W's row keeps P's pin."""
+    (W_ID, W), = _train_users(SECRET, 1, home="validation")
+    home = DataHome(tmp_path / "home")
+    rows = NIGHT1 + [pair_row(3, W, P, "c3a", "c3b")]
+    _night(home, rows, [T_ID, V_ID, W_ID], publish=V1)
+    kept = {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+            if r["split"] in ("train", "validation", "test")}
+    assert kept == {"1_0": "train", "2_0": "validation", "3_0": "validation"}
+    pins = _night(home, NIGHT1[:1], [T_ID, W_ID])
+    assert pins[("prompt", normalize_prompt(P))] == "validation"
+    assert ("image", "2-0-a") not in pins and ("image", "3-0-a") in pins      # V's images go, W's stay
+
+
+def test_the_command_line_stage_reads_the_secret_from_the_homes_settings(tmp_path, capsys):
+    home = DataHome(tmp_path / "home")
+    home.root.mkdir(parents=True)
+    (home.root / "pickapic.toml").write_text(f'[curation]\npseudonym_secret = "{SECRET}"\n')
+    _published(home)
+    _write(home, NIGHT1[:1], [T_ID], key_check(SECRET))
+    main(["--home", str(home.root)])
+    assert SECRET not in capsys.readouterr().out
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert V_KEYS.isdisjoint(pins)
