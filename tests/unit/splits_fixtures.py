@@ -35,6 +35,24 @@ def write_pairs(home: DataHome, rows: list[dict]) -> None:
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=get_schema("pairs")), home.table_file("pairs"))
 
 
+def write_warehouse(home: DataHome, rows: list[dict], users: list[int] | None = None) -> None:
+    """The warehouse's rankings and images as the app holds them now: those of ``rows`` (one partition, what the
+    key owner pins' erasure check reads), and with ``users`` its ``users`` table of those raw ids."""
+    tables = [("rankings", {"ranking_id": [r["ranking_id"] for r in rows],
+                            "prompt": [r["caption"] for r in rows], "dt": [r["dt"] for r in rows]}),
+              ("images", {"image_uid": [u for r in rows for u in (r["image_0_uid"], r["image_1_uid"])],
+                          "prompt": [r["caption"] for r in rows for _ in range(2)]})]
+    if users is not None:
+        tables.append(("users", {"user_id": pa.array(users, pa.int64())}))
+    for table, data in tables:
+        folder = home.table_dir(table)
+        for old in folder.rglob("*.parquet") if folder.exists() else []:
+            old.unlink()
+        path = home.partition_file(table, "2023-03-01")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.table(data), path)
+
+
 def users_by_home(salt: str, fraction: float, wanted: dict[str, int]) -> dict[str, list[str]]:
     """Pseudonym-like user ids whose home split is known: ``{'train': [...], 'validation': [...], 'test': [...]}``."""
     found: dict[str, list[str]] = {k: [] for k in wanted}

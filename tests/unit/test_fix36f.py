@@ -18,9 +18,8 @@ import hashlib
 import shutil
 from dataclasses import replace
 
-import pyarrow as pa
 import pyarrow.parquet as pq
-from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs
+from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs, write_warehouse
 
 from formats.home import DataHome
 from pipelines.splits import coverage
@@ -39,23 +38,9 @@ P = "a red fox in the snow"
 V1, V2 = "2023-03-01-0000000fa1", "2023-03-02-0000000fa2"
 
 
-def _warehouse(home: DataHome, rows: list[dict]) -> None:
-    """The warehouse's rankings and images as those of ``rows`` (one partition)."""
-    for table, data in (("rankings", {"ranking_id": [r["ranking_id"] for r in rows],
-                                      "prompt": [r["caption"] for r in rows], "dt": [r["dt"] for r in rows]}),
-                        ("images", {"image_uid": [u for r in rows for u in (r["image_0_uid"], r["image_1_uid"])],
-                                    "prompt": [r["caption"] for r in rows for _ in range(2)]})):
-        folder = home.table_dir(table)
-        for old in folder.rglob("*.parquet") if folder.exists() else []:
-            old.unlink()
-        path = home.partition_file(table, "2023-03-01")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(data), path)
-
-
 def _build(home: DataHome, rows: list[dict], config: SplitConfig = SplitConfig(), publish: str | None = None) -> None:
     write_pairs(home, rows)
-    _warehouse(home, rows)
+    write_warehouse(home, rows)
     build_splits(home, config, **QUIET)
     if publish:
         publish_splits(home, publish)

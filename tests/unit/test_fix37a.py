@@ -18,7 +18,7 @@ import hashlib
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits
+from splits_fixtures import pair_row, publish_splits, write_warehouse
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
@@ -54,17 +54,7 @@ def _write(home: DataHome, rows: list[dict], accounts: list[int], pairs_key: str
     if pairs_key:
         schema = schema.with_metadata({KEY_CHECK_METADATA: pairs_key.encode("ascii")})
     write_parquet_atomic(pa.Table.from_pylist(rows, schema=schema), home.table_file("pairs"))
-    for table, data in (("rankings", {"ranking_id": [r["ranking_id"] for r in rows],
-                                      "prompt": [r["caption"] for r in rows], "dt": [r["dt"] for r in rows]}),
-                        ("images", {"image_uid": [u for r in rows for u in (r["image_0_uid"], r["image_1_uid"])],
-                                    "prompt": [r["caption"] for r in rows for _ in range(2)]}),
-                        ("users", {"user_id": pa.array(accounts, pa.int64())})):
-        folder = home.table_dir(table)
-        for old in folder.rglob("*.parquet") if folder.exists() else []:
-            old.unlink()
-        path = home.partition_file(table, "2023-03-01")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(data), path)
+    write_warehouse(home, rows, accounts)
 
 
 def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str | None = None,

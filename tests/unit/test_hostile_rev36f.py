@@ -42,9 +42,8 @@ from __future__ import annotations
 import hashlib
 from dataclasses import replace
 
-import pyarrow as pa
 import pyarrow.parquet as pq
-from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs
+from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs, write_warehouse
 
 from formats.home import DataHome
 from pipelines.splits import coverage
@@ -58,25 +57,11 @@ P = "a red fox in the snow"
 V1, V2, V3 = "2023-03-01-00000000f1", "2023-03-02-00000000f2", "2023-03-03-00000000f3"
 
 
-def _warehouse(home: DataHome, rows: list[dict]) -> None:
-    """The warehouse's rankings and images as the app holds them now: those of ``rows`` (one partition)."""
-    for table, data in (("rankings", {"ranking_id": [r["ranking_id"] for r in rows],
-                                      "prompt": [r["caption"] for r in rows], "dt": [r["dt"] for r in rows]}),
-                        ("images", {"image_uid": [u for r in rows for u in (r["image_0_uid"], r["image_1_uid"])],
-                                    "prompt": [r["caption"] for r in rows for _ in range(2)]})):
-        folder = home.table_dir(table)
-        for old in folder.rglob("*.parquet") if folder.exists() else []:
-            old.unlink()
-        path = home.partition_file(table, "2023-03-01")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.table(data), path)
-
-
 def _night(home: DataHome, rows: list[dict], name: str, config: SplitConfig = SplitConfig()) -> dict[str, str]:
     """One night: pairs and the warehouse as ``rows``, the splits built, published as ``name`` (with the publish
     record). Returns the kept rows, pair_id -> split."""
     write_pairs(home, rows)
-    _warehouse(home, rows)
+    write_warehouse(home, rows)
     build_splits(home, config, **QUIET)
     publish_splits(home, name)
     sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
