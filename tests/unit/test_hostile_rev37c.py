@@ -15,8 +15,10 @@ What held up (no test filed):
 - a user's file in ``latest``'s version: the next publish links nothing from it (20 shards written, 0 linked) and
   names the folder in its notes once it is no longer ``latest`` (the deliberate "not a version a publish made");
 - the publish history as a symbolic link, a FIFO, over 1 MiB or without its header: never followed or waited on, a
-  note, and reuse falls back to every version ``made_by_publish`` accepts (documented: "where the history exists");
-- ``latest`` through an absolute link / a linked home names the same version for retention and reuse.
+  note, and reuse falls back to every version ``made_by_publish`` accepts (documented: "where the history exists";
+  run: a contract bump over each linked all 20 shards, the link's target untouched);
+- (read, not re-run: earlier reviews' tests cover it) ``latest`` through an absolute link / a linked home names the
+  same version for retention and reuse (``formats.dataset.latest_version`` compares real paths).
 
 Measured: ``made_by_publish`` walks ~10 us a file (30,000 files: 0.26-0.30 s on this shared 2-CPU machine). Every
 publish walks each retained version twice (``previous_versions``, then retention), also with ``reuse_shards = false``
