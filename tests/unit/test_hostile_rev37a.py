@@ -20,8 +20,8 @@ retained pseudonym not found (an erased account: the loop never ends early), 5.7
 ~160 MiB peak RSS growth (DuckDB's ``fetchall`` of every id as Python tuples before the HMACs); 1,000,000 bare
 ``pseudonymize`` calls 5.2 s (~5 us each, the docstring says ~2 us). It runs on every build while a retained
 version holds a row, whose user is not in ``pairs``, of a key that left the warehouse: an account that deleted
-its only held-out generation makes every nightly build pay it until that version is deleted (``publish.keep_versions``). Noted,
-not filed (a few seconds a night).
+its only held-out generation makes every nightly build pay it until that version is deleted
+(``publish.keep_versions``). Noted, not filed (a few seconds a night).
 
 Noticed, not filed: ``Accounts`` is a frozen dataclass whose default ``repr`` shows ``secret`` in clear (run:
 ``Accounts(..., secret='...')``; the settings' own convention is ``repr=False`` for a secret,
