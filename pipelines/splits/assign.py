@@ -1939,7 +1939,7 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table,
                        required=("rankings", "images"))
         # the line as the ingest parses it: a byte order mark before line 1 of a file is skipped (parse.without_bom,
         # review rev30i: the quarantine keeps it, and json_valid refused the line), JSON blanks around it both allow
-        line = "CASE WHEN starts_with(raw_text, chr(65279)) THEN substr(raw_text, 2) ELSE raw_text END"
+        line = _QUARANTINED_LINE
         quarantined = (f"""SELECT raw_text FROM (SELECT {line} AS raw_text FROM quarantine
                                                  WHERE "table" IN {_QUARANTINE_TABLES} AND raw_text IS NOT NULL)
                            WHERE json_valid(raw_text)""")
@@ -1999,15 +1999,20 @@ def drop_erased_pins(con, home: DataHome, pins: pa.Table,
     return kept, pins.num_rows - kept.num_rows
 
 
+# the raw line of a quarantined row as the ingest parses it (a byte order mark before line 1 of a file skipped)
+_QUARANTINED_LINE = "CASE WHEN starts_with(raw_text, chr(65279)) THEN substr(raw_text, 2) ELSE raw_text END"
+
+
 @dataclass(frozen=True)
 class Accounts:
-    """Which users of the retained versions are accounts the warehouse still holds (fix37a): ``present``, the
-    pseudonyms of ``pairs``' users (accounts with rows), and the ``users`` table's ids keyed under ``secret`` (the
-    curation's ``pseudonym_secret``, only when it is the secret ``pairs`` was keyed under: its key check; None
-    otherwise, and then no account is taken to be gone)."""
+    """Which users of the retained versions are accounts the warehouse still holds (fix37a, rev37a): ``present``,
+    the pseudonyms of ``pairs``' users (accounts with rows), and every raw user id the warehouse holds (``users``,
+    ``rankings``, ``images``, ``downloads``, and the ``user_id`` of a quarantined line of those tables) keyed under
+    ``secret`` (the curation's ``pseudonym_secret``, only when it is the secret ``pairs`` was keyed under: its key
+    check; None otherwise, and then no account is taken to be gone). Never shows the secret (``repr``)."""
     home: DataHome
     present: frozenset[str]
-    secret: str | None = None
+    secret: str | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, home: DataHome, present: Iterable[str], secret: str | None, pairs_key: str | None) -> Accounts:
@@ -2015,67 +2020,113 @@ class Accounts:
         known = secret if secret and pairs_key and key_check(secret) == pairs_key else None
         return cls(home, frozenset(present), known)
 
-    def gone(self, pseudonyms: set[str]) -> set[str]:
-        """The ``pseudonyms`` no account of the warehouse has: not a user of ``pairs`` and not the pseudonym of a
-        ``users`` row's id. None when no secret is known or ``users`` cannot be read or has no rows (what cannot be
-        told is taken to be there). Keys every id of ``users`` (one HMAC each, ~2 us), only when called."""
-        unknown = set(pseudonyms) - self.present
-        if not unknown or self.secret is None:
-            return set()
+    def account_ids(self, con) -> Iterator[list[int]]:
+        """The distinct raw user ids the warehouse holds, in batches (never all of them in memory at once); nothing
+        when ``rankings`` or ``images`` cannot be read (no warehouse to judge by)."""
+        names = ("users", "rankings", "images", "downloads", "quarantine")
+        register_views(con, {name: self.home.table_files(name) for name in names}, required=("rankings", "images"))
+        columns = {name: {row[0] for row in con.sql(f"DESCRIBE {name}").fetchall()} for name in names}
+        parts = [f"SELECT TRY_CAST(user_id AS BIGINT) AS user_id FROM {name}"
+                 for name in names[:4] if "user_id" in columns[name]]
+        if {"table", "raw_text"} <= columns["quarantine"]:
+            # a quarantined line's user_id (rev37a): its JSON member; a line cut or not JSON (line_too_long) its first
+            # "user_id": member (a JSON string escapes its quotes, so a prompt or name cannot spell one)
+            parts.append(f"""SELECT CASE WHEN json_valid(line) THEN TRY_CAST(json_extract_string(line, '$.user_id') AS BIGINT)
+                                         ELSE TRY_CAST(regexp_extract(
+                                             line, '"user_id"\\s*:\\s*"?(-?[0-9]+)', 1) AS BIGINT) END AS user_id
+                             FROM (SELECT "table", {_QUARANTINED_LINE} AS line FROM quarantine
+                                   WHERE "table" IN ('users', 'rankings', 'images', 'downloads') AND raw_text IS NOT NULL)""")
+        reader = con.sql(f"SELECT DISTINCT user_id FROM ({' UNION ALL '.join(parts)}) WHERE user_id IS NOT NULL"
+                         ).to_arrow_reader(65_536)
+        for batch in reader:
+            yield batch.column(0).to_pylist()
+
+    def gone(self, suspects: set[str], versions: dict[str, set[str]]) -> tuple[set[str], set[str]]:
+        """(the ``suspects`` no account of the warehouse has, the ``versions`` told: those with a user that is one).
+
+        ``suspects`` are pseudonyms not in ``present``; ``versions`` maps a retained version whose users include no
+        user of ``pairs`` to its users. A version's pseudonyms are under this secret when one of them is an account's
+        (a version keyed under an older secret, before a rotation and ``pipelines.splits.rekey``, matches none:
+        2^-64 a pair): a suspect of a version not told is never taken to be gone by the caller. Nothing is gone when
+        no secret is known or the warehouse cannot be read or names no account id (what cannot be told is taken to
+        be there). Keys each
+        account id once (one HMAC, ~2-5 us), stopping once every suspect is found and every version told."""
+        unknown, untold = set(suspects), dict(versions)
+        if self.secret is None or not (unknown or untold):
+            return set(), set()
+        told: set[str] = set()
+        seen = False
         con = connect({})
         try:
-            register_views(con, {"users": self.home.table_files("users")}, required=("users",))
-            ids = con.sql("SELECT DISTINCT user_id FROM users WHERE user_id IS NOT NULL").fetchall()
-        except Exception:   # noqa: BLE001 - no users table to judge by: no account is taken to be gone
-            return set()
+            for ids in self.account_ids(con):
+                seen = seen or bool(ids)
+                for user_id in ids:
+                    name = pseudonymize(user_id, self.secret)
+                    unknown.discard(name)
+                    for version in [v for v, users in untold.items() if name in users]:
+                        told.add(version)
+                        del untold[version]
+                if not unknown and not untold:
+                    break
+        except Exception:   # noqa: BLE001 - no warehouse to judge by: no account is taken to be gone
+            return set(), set()
         finally:
             con.close()
-        if not ids:
-            return set()
-        for (user_id,) in ids:
-            unknown.discard(pseudonymize(user_id, self.secret))
-            if not unknown:
-                break
-        return unknown
+        if not seen:        # a warehouse that names no account is none to judge by
+            return set(), set()
+        return unknown, told
 
 
 def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]],
                             accounts: Accounts | None = None) -> set[tuple[str, str]]:
     """The (kind, key) of ``candidates`` that a train / validation / test row of a retained complete version
     (:func:`formats.dataset.list_versions`, whether ``latest`` was switched to it or not) holds: its ``prompt_key``,
-    its ``image_0_uid`` or ``image_1_uid``; a row of a user ``accounts`` says is gone (an erased account: fix37a)
-    holds none. Every candidate when a version cannot be read whole (a split folder or sidecar that is a link, not a
-    folder, not listable: :func:`unread_split_folders`) or a sidecar cannot be read: what cannot be told keeps its
-    pin (review rev36f). Reads four columns of the retained sidecars, and only when a pin would otherwise be
-    dropped."""
+    its ``image_0_uid`` or ``image_1_uid``. A row holds none when ``accounts`` tells its user gone (an erased
+    account: fix37a) in a version whose pseudonyms it tells are under the current secret (one of its users is an
+    account of the warehouse; a version keyed under an older secret keeps every pin: rev37a). Every candidate when
+    a version cannot be read whole (a split folder or sidecar that is a link, not a folder, not listable:
+    :func:`unread_split_folders`) or a sidecar cannot be read: what cannot be told keeps its pin (review rev36f).
+    Reads four columns of each retained version's sidecars (and its users, where none of them is in ``pairs`` and
+    one of its rows would be dropped), only when a pin would otherwise be dropped."""
     if not candidates:
         return set()
     try:
         names = list_versions(home)
         if unread_split_folders(home, names):
             return set(candidates)
-        files = _retained_sidecars(home, names)
+        files = {name: found for name in names if (found := _retained_sidecars(home, [name]))}
     except OSError:
         return set(candidates)
     if not files:
         return set()
     con = connect({})
+    rows: list[tuple[str, str, str, str | None]] = []
     try:
         con.register("candidates", pa.table({"kind": pa.array([k for k, _ in sorted(candidates)], pa.string()),
                                              "key": pa.array([v for _, v in sorted(candidates)], pa.string())}))
-        # one streaming pass, joined to the few candidates (never the versions' keys held in memory)
-        held = con.execute(f"""
-            SELECT DISTINCT c.kind, c.key, s.user_id
-            FROM (SELECT unnest(['prompt', 'image', 'image']) AS kind,
-                         unnest([prompt_key, image_0_uid, image_1_uid]) AS key, user_id
-                  FROM read_parquet(?, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test')) s
-            JOIN candidates c ON c.kind = s.kind AND c.key = s.key""", [_literal(files)]).fetchall()
+        for name, found in sorted(files.items()):
+            # one streaming pass, joined to the few candidates (never the versions' keys held in memory)
+            rows += [(name, *row) for row in con.execute(f"""
+                SELECT DISTINCT c.kind, c.key, s.user_id
+                FROM (SELECT unnest(['prompt', 'image', 'image']) AS kind,
+                             unnest([prompt_key, image_0_uid, image_1_uid]) AS key, user_id
+                      FROM read_parquet(?, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test')) s
+                JOIN candidates c ON c.kind = s.kind AND c.key = s.key""", [_literal(found)]).fetchall()]
+        suspects = {user for _, _, _, user in rows if user is not None} - accounts.present if accounts else set()
+        pending = {name for name, _, _, user in rows if user in suspects}
+        versions = {}       # a version with a suspect row and no user of pairs: its users, to be told by the secret
+        for name in sorted(pending):
+            users = {user for (user,) in con.execute(f"SELECT DISTINCT user_id FROM read_parquet(?, {NO_HIVE})",
+                                                     [_literal(files[name])]).fetchall() if user is not None}
+            if users.isdisjoint(accounts.present):
+                versions[name] = users
     except Exception:   # noqa: BLE001 - a sidecar that cannot be read: every candidate keeps its pin
         return set(candidates)
     finally:
         con.close()
-    gone = accounts.gone({user for _, _, user in held if user is not None}) if accounts is not None else set()
-    return {(kind, key) for kind, key, user in held if user not in gone}
+    gone, told = accounts.gone(suspects, versions) if suspects else (set(), set())
+    told |= pending - set(versions)         # a user of pairs among its users: under the current secret
+    return {(kind, key) for name, kind, key, user in rows if not (user in gone and name in told)}
 
 
 def _kinds(pins: pa.Table) -> Counter:

@@ -11,7 +11,9 @@ history and ``ps`` would show), the new one from the home's settings file; neith
 or printed: the report holds counts only. The re-keyed ledger records the new secret's key check
 (:func:`pipelines.curation.pseudonym.key_check`), which the next build compares with that of ``pairs``. The key owner
 pins (``split_key_owners``) need no re-keying: they are keyed on prompt keys and on image uids (the app's ids, which
-no secret touches), not on pseudonyms. Run it once, after the secret changed and before the next build::
+no secret touches), not on pseudonyms; the retained versions keep their old pseudonyms, so a key that only their rows
+of an account erased since hold keeps its pin until they are deleted (``assign.Accounts`` cannot tell those rows'
+users under the new secret). Run it once, after the secret changed and before the next build::
 
     PICKAPIC_OLD_PSEUDONYM_SECRET='the old secret' python -m pipelines.splits.rekey --home HOME
 """

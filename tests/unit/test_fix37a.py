@@ -13,6 +13,7 @@ from the run's curation config, ``python -m pipelines.splits.assign`` from the h
 """
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 
 import pyarrow as pa
@@ -112,7 +113,8 @@ def test_an_account_that_cannot_be_told_gone_keeps_its_pins(tmp_path, secret, pa
     assert {pins[key] for key in V_KEYS} == {"validation"}
 
 
-def test_no_users_table_keeps_the_pins(tmp_path):
+def test_a_warehouse_naming_no_account_keeps_the_pins(tmp_path):
+    """No users table and rankings without user_id (a home fed by hand): no account to judge by."""
     home = DataHome(tmp_path / "home")
     _published(home)
     _write(home, NIGHT1[:1], [T_ID], key_check(SECRET))
@@ -146,4 +148,69 @@ def test_the_command_line_stage_reads_the_secret_from_the_homes_settings(tmp_pat
     main(["--home", str(home.root)])
     assert SECRET not in capsys.readouterr().out
     pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert V_KEYS.isdisjoint(pins)
+
+
+# --- rev37a's part: versions under another secret, accounts beyond users, the secret never shown ------------------
+
+def test_the_accounts_record_never_shows_the_secret(tmp_path):
+    from pipelines.splits.assign import Accounts
+
+    accounts = Accounts.of(DataHome(tmp_path / "home"), [T], SECRET, key_check(SECRET))
+    assert accounts.secret == SECRET and SECRET not in repr(accounts)
+    assert Accounts.of(DataHome(tmp_path / "home"), [T], SECRET, key_check("another")).secret is None
+
+
+def _quarantined(table: str, text: str) -> dict:
+    return {"table": table, "dt": dt.date(2023, 3, 1), "file": f"raw/2023-03-01/{table}.jsonl.gz", "line_number": 2,
+            "last_line_number": 2, "line_count": 1, "reason": "line_too_long", "detail": "cut", "raw_text": text,
+            "raw_length": len(text), "raw_sha256": "0" * 64}
+
+
+def _with_quarantine(home: DataHome, rows: list[dict]) -> None:
+    path = home.partition_file("quarantine", "2023-03-01")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=get_schema("quarantine")), path)
+
+
+def test_a_cut_quarantined_line_names_its_account_and_an_escaped_prompt_names_none(tmp_path):
+    """A quarantined ranking line cut mid-prompt (not JSON) names its user (V: a ranking of V the app still holds,
+    so V is no erased account and keeps its pins); a prompt that spells a user_id member names no one (a JSON string
+    escapes its quotes): V, erased, still loses its pins."""
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    _write(home, NIGHT1[:1], [T_ID], key_check(SECRET))
+    _with_quarantine(home, [_quarantined("rankings", '{"ranking_id": 9, "user_id": %d, "prompt": "a long one' % V_ID)])
+    build_splits(home, SplitConfig(), pseudonym_secret=SECRET, **QUIET)
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert V_KEYS <= pins
+
+    home = DataHome(tmp_path / "other")
+    _published(home)
+    _write(home, NIGHT1[:1], [T_ID], key_check(SECRET))
+    forged = '{"ranking_id": 9, "prompt": "x\\", \\"user_id\\": %d, and on' % V_ID
+    assert '\\"user_id\\": %d' % V_ID in forged
+    _with_quarantine(home, [_quarantined("rankings", forged)])
+    build_splits(home, SplitConfig(), pseudonym_secret=SECRET, **QUIET)
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert V_KEYS.isdisjoint(pins)
+
+
+def test_an_erasure_after_a_secret_rotation_keeps_the_old_versions_pins_until_they_are_deleted(tmp_path):
+    """V1 keyed under the old secret: none of its pseudonyms is an account under the new one, so its rows cannot be
+    told and V's keys keep their pins (README 1a: they go once V1 is deleted)."""
+    import shutil
+
+    from pipelines.splits.rekey import rekey_ledger
+
+    new = "the-new-secret"
+    home = DataHome(tmp_path / "home")
+    _published(home)
+    rekey_ledger(home, [T_ID, V_ID], SECRET, new, SplitConfig().salt, **QUIET)
+    t_new = pseudonymize(T_ID, new)
+    rows = [dict(NIGHT1[0], user_id=t_new)]
+    pins = _night(home, rows, [T_ID], secret=new, pairs_key=key_check(new))          # V erased
+    assert {pins[key] for key in V_KEYS} == {"validation"}
+    shutil.rmtree(home.datasets / V1)
+    pins = _night(home, rows, [T_ID], secret=new, pairs_key=key_check(new))
     assert V_KEYS.isdisjoint(pins)

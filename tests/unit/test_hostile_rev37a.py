@@ -32,7 +32,10 @@ signed up before the raw zone's first day, its only generation deleted) cannot b
 without the app: not filed.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Both were fixed the same day (fix37a's second part, ``tests/unit/test_fix37a.py``) and the
+markers removed: a version's pseudonyms count as under the current secret only when one of its users is an account of
+the warehouse, and the accounts are every user id the warehouse holds (users, rankings, images, downloads, and the
+quarantine's lines), not the users table alone.
 """
 from __future__ import annotations
 
@@ -141,12 +144,6 @@ V_KEYS = {("prompt", normalize_prompt(P)), ("image", "2-0-a"), ("image", "2-0-b"
 
 # --- 1. a pseudonym secret rotation judges every account of the retained versions erased ------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix37a: after a pseudonym secret rotation (README section 5: advised after a leak, required for a release after "
-    "the public default; the ledger carried over with pipelines.splits.rekey, whose docstring says the pins need no "
-    "re-keying) the retained versions keep the OLD pseudonyms, which are neither users of pairs nor "
-    "the new secret's HMAC of any users id, so Accounts.gone takes every retained account for erased and drops "
-    "every pin rev36f kept (a deleted generation of an account still there): the held-out prompt goes to train"))
 def test_a_secret_rotation_does_not_take_every_retained_account_for_erased(tmp_path):
     home = DataHome(tmp_path / "home")
     t_id, v_id = _v1(home, OLD)
@@ -186,12 +183,6 @@ def _v_users_line_quarantined(home: DataHome, t_id: int, v_id: int) -> dict:
                             "detail": f"{length} bytes", "raw_text": text, "raw_length": length, "raw_sha256": sha}]}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "fix37a: Accounts tells an account gone from pairs and the warehouse's users table only, but users is not every "
-    "account the warehouse holds (an undated account or one signed up before the first raw day under "
-    "users_snapshot=false is in no users file; a users line can be quarantined): V, not erased, with a ranking still "
-    "in the warehouse (curated out) or its users line in quarantine, deleted its held-out generation and the pins "
-    "rev36f keeps went (pipelines.splits.rekey already takes the warehouse's users as rankings UNION users)"))
 @pytest.mark.parametrize("held", [_v_no_users_row_with_a_curated_out_ranking, _v_users_line_quarantined],
                          ids=["ranking-still-in-warehouse", "users-line-quarantined"])
 def test_an_account_the_warehouse_still_holds_outside_users_keeps_its_pins(tmp_path, held):
