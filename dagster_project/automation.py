@@ -218,7 +218,8 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
     newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
     days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
-    lacking = missing_days(data_home.home(), days[0])
+    raw_days = data_home.home().raw_days()      # the raw zone listed once a tick (review rev37b)
+    lacking = missing_days(data_home.home(), days[0], raw_days)
     missed = lacking[:CATCH_UP_DAYS]
     if missed:
         left = len(lacking) - len(missed)
@@ -228,9 +229,9 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
     # days an earlier export found lacking rows committed after their last export (pipelines.appdb.export.late_rows)
     from pipelines.appdb.export import late_days
 
-    window = set(days)
+    window, held = set(days), set(raw_days)     # review rev37b: not set(raw_days()) once per marked day
     late = [day for day in late_days(data_home.home()) if day not in window and day not in missed
-            and day in set(data_home.home().raw_days())][:CATCH_UP_DAYS]
+            and day in held][:CATCH_UP_DAYS]
     if late:
         context.log.warning(f"app export: re-exporting {len(late)} day(s) whose raw files lack rows committed after "
                             f"their last export ({', '.join(late[:5])}{', ...' if len(late) > 5 else ''})")
@@ -241,7 +242,7 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
             for day in days]
 
 
-def missing_days(home: DataHome, first: str) -> list[str]:
+def missing_days(home: DataHome, first: str, raw_days: list[str] | None = None) -> list[str]:
     """Every day before ``first`` (the first day of the night's lookback window) that the raw zone lacks,
     oldest first, from the day after its first real day (at most CATCH_UP_HORIZON_DAYS before ``first``).
 
@@ -258,11 +259,16 @@ def missing_days(home: DataHome, first: str) -> list[str]:
     more than CATCH_UP_DAYS before the next raw day, with 1 to STRAY_DAY_ROWS - 1 rows), so one row dated
     by a wrong clock long before the app existed does not make the schedule export up to a year of empty
     days before it. The days between a stray and the first real day are not caught up (there is nothing
-    the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted)."""
+    the app did then; `pickapic build --from-app-db --from DAY` exports them if wanted).
+
+    ``raw_days``: the raw zone's days as the caller listed them (``app_export_schedule`` lists it once a tick,
+    review rev37b); None lists it here. A gap older than the horizon is exported by no night: the export's
+    moved rows remember a row moved there rather than mark its day (``ScheduledDays``, review rev37b)."""
     from pipelines.appdb.export import raw_day_counts  # the export's module is heavy: only when needed
 
     start = dt.date.fromisoformat(first)
-    present = set(real_days(home, sorted(day for day in home.raw_days() if day < first), first, raw_day_counts))
+    listed = home.raw_days() if raw_days is None else raw_days
+    present = set(real_days(home, sorted(day for day in listed if day < first), first, raw_day_counts))
     if not present:
         return []
     day = max(dt.date.fromisoformat(min(present)) + dt.timedelta(days=1),

@@ -16,6 +16,10 @@ DayCounts = Callable[[DataHome, str], dict]
 
 CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
 CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
+# review rev37b: the gaps ScheduledDays holds, counted back from the day after the raw zone's last day (the next
+# night's newest day): the catch-up's horizon less CATCH_UP_DAYS nights of slack (a next night that comes late, a
+# lookback of 0), so a gap it holds is one a coming night's catch-up (oldest first) reaches
+SCHEDULED_GAP_DAYS = CATCH_UP_HORIZON_DAYS - CATCH_UP_DAYS
 STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
 
 
@@ -46,13 +50,22 @@ def real_days(home: DataHome, days: list[str], until: str, raw_day_counts: DayCo
     return ordered
 
 
+def gap_horizon(last: str) -> str:
+    """The oldest gap :class:`ScheduledDays` holds when ``last`` is the raw zone's last day: SCHEDULED_GAP_DAYS
+    before the day after it (review rev37b), '' where that is before the calendar's first day."""
+    try:
+        return (dt.date.fromisoformat(last) + dt.timedelta(days=1 - SCHEDULED_GAP_DAYS)).isoformat()
+    except OverflowError:
+        return ""
+
+
 class ScheduledDays:
     """Fix36g: the days ``app_export_schedule`` will ever export again up to the raw zone's last day (one
     definition for the moved-row code and the schedule): the raw days (a marked one is re-exported:
     :func:`late_days`), and the days the raw zone lacks after its first real day (:func:`real_days`, as the
-    schedule's catch-up judges the stray first days), which the catch-up exports. A day after the last raw day is
-    the nightly export's own. Any other day (before the raw zone's first, or between a stray first day and the
-    history) is exported by no schedule: a row moved there is remembered (``pipelines.appdb.export.remember_moved``), its day never
+    schedule's catch-up judges the stray first days) and within its horizon (below), which the catch-up exports.
+    A day after the last raw day is the nightly export's own. Any other day (before the raw zone's first, between
+    a stray first day and the history, or a gap past the horizon) is exported by no schedule: a row moved there is remembered (``pipelines.appdb.export.remember_moved``), its day never
     marked (its marker would stay for good: only that day's own export clears it). Before, the raw zone's first
     day was taken for the start of the history, so a row moved between a stray first day and the history was
     marked (never re-exported) instead of remembered, and its marker stayed for good.
@@ -61,14 +74,21 @@ class ScheduledDays:
     the newest, never a stray): a day the schedule's night judges against its lookback window (nearer than the
     next raw day) is a stray here whenever it is one there, so a day this calls exported is exported. The raw
     files of a first day are read only where it is more than CATCH_UP_DAYS before the next raw day, and only
-    once a caller asks about a day the raw zone lacks. Not modelled: the catch-up looks back CATCH_UP_HORIZON_DAYS
-    from the night's window only, so a gap older than that (a row moved more than a year back into a hole of the
-    history) is marked and waits for a ranged build, as before."""
+    once a caller asks about a day the raw zone lacks.
+
+    Review rev37b: the catch-up looks back CATCH_UP_HORIZON_DAYS from the night's lookback window only, so a gap
+    older than that (a row moved more than a year back into a hole of the history) is exported by no night; it
+    was held here all the same, so the row was marked there (its marker for good), not remembered, and named one
+    night only. A gap counts only from SCHEDULED_GAP_DAYS before the day after the raw zone's last day (the next
+    night's newest day; the horizon less CATCH_UP_DAYS nights of slack): an older one is remembered, named each
+    night until a ranged build exports it (or the catch-up, where it still reaches it: the memory is dropped by the
+    day's own export)."""
 
     def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts) -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)
         self._counts = raw_day_counts
         self._start: str | None = None
+        self.horizon = gap_horizon(self.days[-1]) if self.days else ""
 
     @property
     def start(self) -> str:
@@ -82,7 +102,7 @@ class ScheduledDays:
         """Whether the schedule exports ``day`` (a day up to the raw zone's last) once marked or caught up."""
         if not isinstance(day, str) or not self.days or day > self.days[-1]:
             return False
-        return day in self.held or self.start <= day
+        return day in self.held or (day >= self.horizon and self.start <= day)
 
     def before(self, day: str) -> bool:
         """Whether ``day`` is one no schedule exports (up to the raw zone's last day, not in it): the rows moved

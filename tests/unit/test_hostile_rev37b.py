@@ -34,7 +34,9 @@ modelled", but the README's definition does not, and the consequence is the loss
 night) makes every day up to it "scheduled" (their markers wait for the calendar, none is lost).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
-assertions state the correct behaviour.
+assertions state the correct behaviour. All were fixed the same day (fix37b, ``tests/unit/test_fix37b.py``: a gap
+counts only from ``SCHEDULED_GAP_DAYS`` before the day after the raw zone's last day; the tick lists the raw zone
+once) and their markers removed; the two README inaccuracies noticed above were corrected with them.
 """
 from __future__ import annotations
 
@@ -45,7 +47,6 @@ import os
 
 import dagster as dg
 import psycopg
-import pytest
 from test_fix35e import NIGHTLY, NOW, _lines, _rank
 
 from formats.home import DataHome
@@ -86,8 +87,6 @@ def _window_first(night: str) -> str:
 
 # --- 1. a row moved into a gap older than the catch-up's horizon: marked, never exported, named once ----------
 
-@pytest.mark.xfail(strict=True, reason="ScheduledDays holds a gap older than the catch-up's 366-day horizon: a row "
-                   "moved there is marked (never exported, marker for good), not remembered, named one night only")
 def test_a_row_moved_into_a_gap_past_the_horizon_is_not_lost(postgres_server, fast_tmp):  # noqa: F811
     """The app's history began 2021-01-01/02 (two exported days); an outage left 2021 a hole, and the nightly
     runs since 2022 (its days here are quiet days of empty files, as its export leaves them). A support edit
@@ -127,8 +126,6 @@ def test_a_row_moved_into_a_gap_past_the_horizon_is_not_lost(postgres_server, fa
     assert facts == {"marked": False, "remembered": True, "named": True, "held": []}, (facts, first.warnings)
 
 
-@pytest.mark.xfail(strict=True, reason="ScheduledDays ignores CATCH_UP_HORIZON_DAYS: it holds gaps no night's "
-                   "missing_days requests")
 def test_scheduled_days_holds_no_gap_the_catch_up_never_reaches(fast_tmp):
     """The definition itself: a hole of the history older than the horizon is held by ``ScheduledDays`` (so
     ``moved_days`` marks it) though no later night's ``missing_days`` requests it."""
@@ -149,8 +146,6 @@ def test_scheduled_days_holds_no_gap_the_catch_up_never_reaches(fast_tmp):
 
 # --- 2. the nightly tick lists the whole raw zone once per marked day --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="app_export_schedule scans the raw zone once per marked day "
-                   "(set(raw_days()) inside the comprehension): a tick costs markers x raw days")
 def test_the_app_export_tick_lists_the_raw_zone_a_bounded_number_of_times(fast_tmp, monkeypatch):
     """``app_export_schedule`` filters the marked days with ``day in set(data_home.home().raw_days())`` inside a
     list comprehension: the raw zone is scanned (every day folder and every file in it: ``scan_raw_zone``) once
