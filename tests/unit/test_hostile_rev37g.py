@@ -25,7 +25,10 @@ test's scale (40 phrases, 20 prompts): 5-7 s against 0.2-0.4 s.
 
 Noticed, not filed: accented letters (``nüde``, ``nudé``) and parenthesized letters (``⒩⒰⒟⒠``, read as
 ``n u d e``) dodge a phrase; both follow documented choices of the key (accents a precomposed letter holds stay;
-``⒜`` reads as `` a ``). A phrase list line ``#nsfw`` is a comment (documented), so a hashtag cannot be listed.
+``⒜`` reads as `` a ``; review rev17f pins ``pá`` as not ``pa``); so do a Russian stress mark (``по́рно``) and
+Arabic harakat (``سَكْس``, whose key maps fatha / sukun to U+0301 / U+030A). ``ѕекс`` with Macedonian dze keys as
+``sekc``, not ``cekc`` (a fair reading). A phrase list line ``#nsfw`` is a comment (documented), so a hashtag
+cannot be listed (``nsfw`` catches ``#nsfw``).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
 state the correct behaviour.
