@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -53,10 +54,48 @@ def write_parquet_unless_same(path: Path, table: pa.Table) -> bool:
 
 
 def fresh_group(folder: Path) -> int:
-    """The group a file created in ``folder`` gets: the folder's where it is setgid (a group-shared home), else
-    this process's effective group (review rev36a). Raises OSError where the folder cannot be looked at."""
+    """The group a file created in ``folder`` gets: the folder's where it is setgid (a group-shared home) or where
+    its file system is mounted ``grpid`` / ``bsdgroups`` (ext4, ext2/3, xfs: BSD group semantics, a new file takes
+    its folder's group, setgid or not; fix37d, review rev37d: such a home had every same-bytes file rewritten on
+    every run), else this process's effective group (review rev36a). Raises OSError where the folder cannot be
+    looked at."""
     info = os.stat(folder)
-    return info.st_gid if info.st_mode & stat.S_ISGID else os.getegid()
+    if info.st_mode & stat.S_ISGID or _bsd_groups(folder, info.st_dev):
+        return info.st_gid
+    return os.getegid()
+
+
+MOUNTINFO = "/proc/self/mountinfo"
+_BSD_GROUP_OPTIONS = {"grpid", "bsdgroups"}      # nogrpid / sysvgroups (the default): the process's group
+
+
+def _bsd_groups(folder: Path, device: int) -> bool:
+    """Whether the file system ``folder`` is on (``device``: its ``st_dev``) gives a new file its folder's group:
+    the ``grpid`` / ``bsdgroups`` option of the mount that holds it in /proc/self/mountinfo (the mount of that
+    device whose mount point is the longest prefix of the folder's real path). False where mountinfo cannot be
+    read (not Linux) or names no such mount."""
+    try:
+        text = Path(MOUNTINFO).read_text(encoding="utf-8", errors="replace")
+        where = os.path.realpath(folder)
+    except OSError:
+        return False
+    wanted = f"{os.major(device)}:{os.minor(device)}"
+    best, options = -1, ""
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 7 or fields[2] != wanted or "-" not in fields[6:]:
+            continue
+        point = _unescape(fields[4])
+        if not (where == point or where.startswith(point.rstrip("/") + "/")) or len(point) <= best:
+            continue
+        tail = fields[fields.index("-", 6) + 1:]
+        best, options = len(point), fields[5] + "," + (tail[2] if len(tail) > 2 else "")
+    return bool(_BSD_GROUP_OPTIONS & set(options.split(",")))
+
+
+def _unescape(field: str) -> str:
+    """A mountinfo path field as the path it names (the kernel writes space, tab, newline, backslash as \\ooo)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 
 ACL_ACCESS = "system.posix_acl_access"      # the extended attribute a file's POSIX access ACL is stored in

@@ -1430,6 +1430,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     except ValueError:
         raise ValueError(f"day must be YYYY-MM-DD, got {day!r}") from None
     check_lag(day, config.lag_minutes, now)
+
+    def still_open(on: str) -> bool:   # fix37d: a day a row moved to that no export can export yet
+        return not is_closed(on, config.lag_minutes, now)
+
     started = time.perf_counter()
     name: ServerName = server_name(dsn, source)
     report = AppExportReport(day=day, server=name.as_metadata())
@@ -1500,6 +1504,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
         late_check = start_late_check(conn, home, day, config, raw_before, staging, through=day)
+        late_check.still_open = still_open
         # review rev35a: the content digest of the rows written, recorded with the day once published (review
         # rev35e: from the check's query, which reaches the day, where it ran: the users snapshot's parts by
         # creation day from the check's first day)
@@ -1528,18 +1533,19 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
             # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
-            line = moved_warning(ScheduledDays(home, home.raw_days(), raw_day_counts), late_check.moved) if late_check.moved else ""
+            line = moved_warning(ScheduledDays(home, home.raw_days(), raw_day_counts), late_check.moved,
+                                 still_open) if late_check.moved else ""
             if line:
                 report.warnings.append(line)
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
             # named with the build that exports it), so a raw day holds it once the moves are exported
             moved: dict[str, dict[str, list]] = {}
-            outside: dict[str, dict[int, str]] = {}      # review rev35a: moved before the raw zone's first day
+            outside = Outside()      # review rev35a: moved before the raw zone's first day (fix37d: or not closed)
             # fix36g: the days the schedule exports (the moved rows' days marked) or not (the rows remembered)
             scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
             for table, rows in held_by_app.items():
-                moved_rows(home, table, rows, day, config.users_snapshot, scheduled, moved, outside)
-            line = moved_warning(scheduled, moved) if moved else ""
+                moved_rows(home, table, rows, day, config.users_snapshot, scheduled, moved, outside, still_open)
+            line = moved_warning(scheduled, moved, still_open) if moved else ""
             if line:
                 report.warnings.append(line)
             if keeping:   # never a subset of the day from a replica (see there)
@@ -2819,10 +2825,18 @@ def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> No
 
 
 def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
-    """At most REMEMBER_UNDATED of ``ids``: the rows dated first, then the smallest undated ids."""
+    """At most REMEMBER_UNDATED of ``ids``: the rows dated first (fix37d: the smallest id of each day before the
+    others, so every day stays named while more rows than that wait for their days), then the smallest undated
+    ids."""
     if len(ids) <= REMEMBER_UNDATED:
         return ids
-    return dict(sorted(ids.items(), key=lambda item: (item[1] is None, item[0]))[:REMEMBER_UNDATED])
+    firsts: dict[str, int] = {}
+    for key, on in ids.items():
+        if on is not None and (on not in firsts or key < firsts[on]):
+            firsts[on] = key
+    first_ids = set(firsts.values())
+    return dict(sorted(ids.items(), key=lambda item: (item[1] is None, item[0] not in first_ids, item[0]))
+                [:REMEMBER_UNDATED])
 
 
 def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
@@ -2851,6 +2865,22 @@ def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
     return ""
 
 
+class Outside(dict):
+    """Fix37d: ``moved_rows``' table -> {id: day} of the rows moved to a day no schedule exports (before the raw
+    zone's first) or none can export yet (not closed), REMEMBER_UNDATED a table at most, and ``left``: table ->
+    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.left: dict[str, int] = {}
+
+
+def _remember_failed(home: DataHome, why: str) -> str:
+    return (f"app rows moved to a day before the raw zone's first could not be remembered in "
+            f"{home.cache / UNDATED_STATE} ({why}): they are named only tonight; export their day: pickapic build "
+            "--from-app-db --from DAY --to DAY")
+
+
 def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
     """Review rev35a: remember the rows moved to a day before the raw zone's first (``moved_rows``' ``outside``:
     table -> {id: day}) with the undated rows dated since (HOME/cache/UNDATED_STATE, under its lock): each export
@@ -2860,16 +2890,30 @@ def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
     try:
         with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
             current = _load_undated(home)
+            lost = dict(getattr(moved, "left", {}))
             for table, ids in moved.items():
                 if table in current:
                     for key, on in ids.items():
                         current[table][key] = on
+                    dated = [key for key, on in current[table].items() if on is not None]
                     current[table] = _remembered(current[table])
+                    # fix37d: a dated row trimmed by the cap (one of these or one remembered before) is not remembered
+                    kept = current[table]
+                    dropped = sum(1 for key in dated if key not in kept)
+                    if dropped:
+                        lost[table] = lost.get(table, 0) + dropped
+            # saved all the same: the rows it holds (one of each day first) keep their days named each night
             _save_undated(home, current)
     except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
-        return (f"app rows moved to a day before the raw zone's first could not be remembered in "
-                f"{home.cache / UNDATED_STATE} ({exc}): they are named only tonight; export their day: pickapic build "
-                "--from-app-db --from DAY --to DAY")
+        return _remember_failed(home, str(exc))
+    if lost:
+        days = sorted({on for table, ids in moved.items() for on in ids.values()})
+        return (f"app rows moved to a day no schedule exports (before the raw zone's first) or none can export yet "
+                f"are more than the {REMEMBER_UNDATED} a table the export remembers in {home.cache / UNDATED_STATE}: "
+                f"{'; '.join(f'{table}: {count} not remembered' for table, count in sorted(lost.items()))}, on "
+                f"{', '.join(days[:FIRST_IDS])}{', ...' if len(days) > FIRST_IDS else ''} -- the day they leave is "
+                f"held back (it keeps them) until their days are exported: pickapic build --from-app-db --from "
+                f"{days[0]} --to {days[-1]}")
     return ""
 
 
@@ -3560,7 +3604,9 @@ class LateCheck:
     # review rev35a: (day, table, file key, (rows, digest, content)) whose values the raw file is found to hold
     baselines: list[tuple[str, str, list[int], tuple]] = field(default_factory=list)
     # review rev35a: table -> {id: day} of rows moved to a day before the raw zone's first (remember_moved)
-    outside: dict[str, dict[int, str]] = field(default_factory=dict)
+    outside: dict[str, dict[int, str]] = field(default_factory=lambda: Outside())
+    # fix37d: the days no export can export yet (not closed by its clock): their moved rows are remembered too
+    still_open: Callable[[str], bool] | None = None
     # review rev35e: (first day, day_counts.sql rows by (table, day)) of a check asked to reach the export's day
     counted: tuple[str, dict] | None = None
 
@@ -3597,7 +3643,7 @@ class LateCheck:
                 # the old day keeps the line, never whether the new day gets the app's row
                 if held:
                     moved_rows(home, spill.table, held, spill.day, self.users_snapshot, scheduled, self.moved,
-                               self.outside)
+                               self.outside, self.still_open)
                 if missing or left:
                     info = {"database": [spill.database[0], spill.database[1]], "raw": [spill.raw.rows, spill.raw.top],
                             "missing": missing, "first_ids": first}
@@ -3915,7 +3961,8 @@ def _file_holds(path: Path, name: str, ids: array.array, reading: KeyReading | N
 
 def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_snapshot: bool,
                scheduled: ScheduledDays, into: dict[str, dict[str, list]],
-               outside: dict[str, dict[int, str]] | None = None) -> None:
+               outside: dict[str, dict[int, str]] | None = None,
+               still_open: Callable[[str], bool] | None = None) -> None:
     """Add to ``into`` (table -> day -> [rows, first ids]) the days the rows of ``held`` (rows of raw day
     ``from_day`` that its re-export does not hold) are dated to now: their new day, which must hold them once
     the old day's re-export takes them out (review rev29h: a row moved to a day past the late-row check's window
@@ -3926,7 +3973,11 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
     Review rev35a: ``outside`` gets table -> {id: day} of the rows dated to a day before the raw zone's first
     (REMEMBER_UNDATED a table at most), which no schedule exports: :func:`remember_moved` keeps them, and each
     export names them until a raw day holds them (they were named on one night only). Fix36g: and a day no
-    schedule exports at all (:meth:`ScheduledDays.before`: between a stray first raw day and the history too)."""
+    schedule exports at all (:meth:`ScheduledDays.before`: between a stray first raw day and the history too).
+    Fix37d (review rev37d): and a day after the raw zone's last that the export cannot export yet (``still_open``:
+    not closed by its clock, a created_at typo into a later year), which no export takes the row into before that
+    day closes: remembered, so a move back to an earlier day is seen. At most REMEMBER_UNDATED ids a table, one of
+    each day first; the rows left out are counted in ``outside.left`` (:class:`Outside`; :func:`remember_moved` then fails)."""
     held_days = scheduled.held
     counted = {on: info for on, info in held.by_day().items()
                if on != from_day and not (table == "users" and not users_snapshot and on < from_day
@@ -3944,12 +3995,29 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
         entry = into.setdefault(table, {}).setdefault(on, [0, []])
         entry[0] += count
         entry[1] = (entry[1] + first)[:FIRST_IDS]
-    before = {held.names.index(on) for on in counted if scheduled.before(on)}
+    before = {held.names.index(on) for on in counted
+              if scheduled.before(on) or (still_open is not None and on not in scheduled and still_open(on))}
     if outside is not None and before:
         ids = outside.setdefault(table, {})
+        # fix37d: the first row of each such day first (the days are what the nights name), then the others up to
+        # REMEMBER_UNDATED; a row left out is counted (``Outside.left``), never dropped unseen: remember_moved then
+        # reports the rows as not remembered and the export holds the day back (it keeps them). Bounded: at most
+        # REMEMBER_UNDATED ids a table here, whatever the number of rows moved.
+        firsts: set[int] = set()
         for key, code in zip(held.ids, held.days):
-            if code in before and len(ids) < REMEMBER_UNDATED:
-                ids.setdefault(key, held.names[code])
+            if code in before and code not in firsts:
+                firsts.add(code)
+                if len(ids) < REMEMBER_UNDATED:
+                    ids.setdefault(key, held.names[code])
+        left = 0
+        for key, code in zip(held.ids, held.days):
+            if code in before and key not in ids:
+                if len(ids) < REMEMBER_UNDATED:
+                    ids[key] = held.names[code]
+                else:
+                    left += 1      # counted only: no list of them (100,000 moved rows: bounded, see test_fix37d)
+        if left and isinstance(outside, Outside):
+            outside.left[table] = outside.left.get(table, 0) + left
 
 
 def moved_days(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> list[str]:
@@ -3959,15 +4027,20 @@ def moved_days(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> l
     return sorted({on for per in moved.values() for on in per if on in scheduled})
 
 
-def moved_warning(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> str:
-    """A line naming the rows that left a raw day for another day, and what puts them there ('' when none)."""
+def moved_warning(scheduled: ScheduledDays, moved: dict[str, dict[str, list]],
+                  still_open: Callable[[str], bool] | None = None) -> str:
+    """A line naming the rows that left a raw day for another day, and what puts them there ('' when none).
+    Fix37d (review rev37d): a later day the export cannot export yet (``still_open``: not closed by its clock) is
+    named too: no raw day holds its rows until it closes (a created_at typo into a later year)."""
     marked = moved_days(scheduled, moved)
     raw_days, held = scheduled.days, scheduled.held
     lacking = sorted({on for per in moved.values() for on in per if on not in held
                       and (not raw_days or on <= raw_days[-1])})
-    if not marked and not lacking:
+    waiting = sorted({on for per in moved.values() for on in per if on not in held and on not in lacking
+                      and still_open is not None and still_open(on)})
+    if not marked and not lacking and not waiting:
         return ""
-    named = set(marked) | set(lacking)
+    named = set(marked) | set(lacking) | set(waiting)
     parts = []
     for table, per in moved.items():
         shown = sorted((on, info) for on, info in per.items() if on in named)
@@ -3988,6 +4061,13 @@ def moved_warning(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -
         line += (f"; the raw zone lacks {', '.join(lacking[:FIRST_IDS])}{', ...' if len(lacking) > FIRST_IDS else ''}"
                  f", where they are in no raw day until it is exported: pickapic build --from-app-db --from "
                  f"{lacking[0]} --to {lacking[-1]}")
+    if waiting:
+        line += (f"; {', '.join(waiting[:FIRST_IDS])}{', ...' if len(waiting) > FIRST_IDS else ''} "
+                 f"{'is' if len(waiting) == 1 else 'are'} not closed yet by the export's clock (a created_at typo "
+                 f"into a later date?): the rows are in no raw day until the nightly export exports "
+                 f"{'that day' if len(waiting) == 1 else 'those days'} (remembered in HOME/cache/{UNDATED_STATE} "
+                 f"meanwhile, and named again if dated back to an earlier day) -- correct their created_at in the "
+                 f"app database if it is wrong")
     return line
 
 

@@ -38,7 +38,9 @@ Noticed, not filed:
   the operator repairs the state: the documented "one more than needed" of fix36a/fix36g, not filed.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All three were fixed the same day (fix37d, ``tests/unit/test_fix37d.py``) and their
+markers removed: past the cap the day is held back (one row of each day remembered, so each night names it); a row
+moved to a day not closed yet is named and remembered; ``fresh_group`` reads the ``grpid`` mount option.
 """
 from __future__ import annotations
 
@@ -65,9 +67,6 @@ def _raw_ids(home: DataHome, table: str = "rankings") -> set[int]:
     return {row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, table)}
 
 
-@pytest.mark.xfail(strict=True, reason="rev37d: a row moved before the raw zone's first day past REMEMBER_UNDATED "
-                   "(1,000 a table) is neither remembered nor held back: the day is published without it and no "
-                   "later night names it (in no raw day, for good)")
 def test_a_moved_row_past_the_remembered_cap_is_kept_or_named_again(postgres_server, tmp_path):  # noqa: F811
     """1,000 rankings move from 2023-03-01 to 2023-02-15 and one more (id 1001) to 2023-02-10, both days before
     the raw zone's first. ``moved_rows`` stops adding to ``outside`` at REMEMBER_UNDATED and ``remember_moved``
@@ -95,16 +94,17 @@ def test_a_moved_row_past_the_remembered_cap_is_kept_or_named_again(postgres_ser
     assert kept and named, (kept, [night.warnings for night in nights])
 
 
-@pytest.mark.xfail(strict=True, reason="rev37d: a row the app moves to a day the export cannot export yet (past its "
-                   "clock: a created_at typo into a later year) leaves its raw day with no warning, no marker and "
-                   "no remembered entry: in no raw day, unseen, until that day comes")
 def test_a_row_moved_past_the_exportable_days_is_named(postgres_server, tmp_path):  # noqa: F811
     """``moved_warning`` names only the days up to the raw zone's last ("a later day is the nightly export's own"),
     and ``moved_rows`` remembers only days before the first: a row whose created_at is corrected to a day after
     today (2030 here, the export's clock in 2024: ``check_lag`` refuses to export that day for six years) is taken
     out of 2023-03-01 by its re-export and named by nothing. Correct: the re-export names the row and its day (as it
     names a day the raw zone lacks) so the data loss is seen, as README 1a's "rows that belong to no day are
-    reported, never dropped unseen" asks."""
+    reported, never dropped unseen" asks.
+
+    Fix37d: the review asserted ``HOME/cache/UNDATED_STATE`` absent after the re-export, the defect's state
+    rather than the correct behaviour: the fix remembers the row there with its day (its brief: named and
+    remembered), so that assertion now states that the row is remembered."""
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
         _rank(conn, 2, "2023-03-01 10:00")
@@ -114,7 +114,9 @@ def test_a_row_moved_past_the_exportable_days_is_named(postgres_server, tmp_path
         conn.execute("UPDATE rankings SET created_at = '2030-06-01 08:00' WHERE ranking_id = 3")
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
     assert report.published == "updated" and _raw_ids(home) == {2}      # the row left the raw zone
-    assert late_days(home) == [] and not (home.cache / UNDATED_STATE).exists()
+    assert late_days(home) == []         # no marker: no export can export that day before it closes
+    # fix37d: remembered (as a row moved before the first raw day), so a move back to an earlier day is seen
+    assert [3, "2030-06-01"] in json.loads((home.cache / UNDATED_STATE).read_bytes())["rankings"]
     assert any("2030-06-01" in line for line in report.warnings), report.warnings
 
 
@@ -146,9 +148,6 @@ _GRPID = textwrap.dedent("""
 
 
 @pytest.mark.skipif(not _can_loop_mount(), reason="needs root, unshare -m and mkfs.ext4 to loop-mount a file system")
-@pytest.mark.xfail(strict=True, reason="rev37d: fresh_group knows a folder's group only from its setgid bit: on a "
-                   "grpid/bsdgroups mount (ext4, xfs) a fresh file takes the folder's group without it, so "
-                   "write_unless_same rewrites every same-bytes file on every run (fix35b's reruns back)")
 def test_write_unless_same_leaves_a_fresh_file_on_a_grpid_mount(tmp_path: Path) -> None:
     """The file ``write_unless_same`` itself just wrote is what a fresh write makes (its group is the folder's,
     as the kernel gives it), yet the second call rewrites it (new inode and mtime): ``fresh_group`` says the
