@@ -92,3 +92,36 @@ def test_an_erased_accounts_pins_go_when_the_retained_version_holds_no_other_use
             assert v_keys <= set(pins)
         else:                   # V erased (README 1a): its keys keep no pin
             assert v_keys.isdisjoint(pins)
+
+
+def _quarantined(table: str, text: str) -> dict:
+    import datetime as dt
+
+    return {"table": table, "dt": dt.date(2023, 3, 1), "file": f"raw/2023-03-01/{table}.jsonl.gz", "line_number": 2,
+            "last_line_number": 2, "line_count": 1, "reason": "line_too_long", "detail": "cut", "raw_text": text,
+            "raw_length": len(text), "raw_sha256": "0" * 64}
+
+
+@pytest.mark.xfail(strict=True, reason="rev37i: a cut quarantined line's account is read as its first \"user_id\": "
+                   "match anywhere in the text, so a nested object's user_id before the line's own names the wrong "
+                   "account: the line's own user is taken for erased and its retained keys lose their pins")
+def test_a_cut_line_names_its_own_user_id_not_a_nested_objects(tmp_path):
+    """V's only row left in the warehouse is a ranking line cut at the quarantine's limit whose JSON object holds a
+    nested object with its own ``user_id`` (the referrer, a shared-from user: T) before V's top-level one. V is an
+    account the warehouse holds (README 5: "a cut line's first ``"user_id":`` member" - a member of the line, not of
+    an object inside it), so V1's rows of V keep their pins (as ``test_fix37a``'s cut-line test shows without the
+    nested object)."""
+    home = DataHome(tmp_path / "home")
+    rows1 = [pair_row(1, T, "a prompt of T", "c1a", "c1b"), pair_row(2, V, P, "c2a", "c2b")]
+    _night(home, rows1, [T_ID, V_ID], publish=V1)
+    line = ('{"ranking_id": 9, "shared_from": {"user_id": %d}, "user_id": %d, "prompt": "a long one'
+            % (T_ID, V_ID))
+    path = home.partition_file("quarantine", "2023-03-01")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    schema = get_schema("pairs").with_metadata({KEY_CHECK_METADATA: key_check(SECRET).encode("ascii")})
+    write_parquet_atomic(pa.Table.from_pylist(rows1[:1], schema=schema), home.table_file("pairs"))
+    write_warehouse(home, rows1[:1], [T_ID])
+    pq.write_table(pa.Table.from_pylist([_quarantined("rankings", line)], schema=get_schema("quarantine")), path)
+    build_splits(home, SplitConfig(), pseudonym_secret=SECRET, **QUIET)
+    pins = {(r["kind"], r["key"]) for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+    assert {("prompt", normalize_prompt(P)), ("image", "2-0-a"), ("image", "2-0-b")} <= pins
