@@ -1199,6 +1199,25 @@ def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
         return None
 
 
+def version_keys(home: DataHome, retained: list[str], version: str | None,
+                 source: str | None) -> tuple[dict[str, str], bool]:
+    """(the pseudonym key check each retained version is known to be keyed under, whether that differs from the
+    record): the record's (:func:`pipelines.splits.coverage.read_version_keys`) and ``latest``'s when not named yet
+    and the home's ``split_pairs`` is the file it was published from (learned as :func:`version_salts` learns its
+    salt, at the first build after each publish; fix37a). Versions no longer retained are dropped."""
+    recorded = coverage.read_version_keys(home)
+    keys = {name: recorded[name] for name in retained if name in recorded}
+    if version is not None and version in retained and version not in keys and source is not None:
+        path = home.table_file("split_pairs")
+        try:
+            learned = read_key_check(pq.read_schema(path).metadata) if path.is_file() else None
+            if learned is not None and sha256_file(path) == source:
+                keys[version] = learned
+        except (OSError, ValueError, pa.ArrowException):
+            pass
+    return keys, keys != recorded
+
+
 def latest_built_under(home: DataHome, source: str | None, users: dict[str, tuple[str, object]]) -> str | None:
     """The salt ``latest`` (whose users are ``users``, :func:`read_published`) was built under, where it can be told
     (a version does not record its salt): that of the home's ``split_pairs`` (:data:`SALT_METADATA`) when that file
@@ -2013,12 +2032,16 @@ class Accounts:
     home: DataHome
     present: frozenset[str]
     secret: str | None = field(default=None, repr=False)
+    current: frozenset[str] = frozenset()       # the retained versions recorded as keyed under that secret
 
     @classmethod
-    def of(cls, home: DataHome, present: Iterable[str], secret: str | None, pairs_key: str | None) -> Accounts:
-        """``secret`` kept only when ``pairs_key`` (the key check ``pairs`` records) says it keyed ``pairs``."""
+    def of(cls, home: DataHome, present: Iterable[str], secret: str | None, pairs_key: str | None,
+           version_keys: dict[str, str] | None = None) -> Accounts:
+        """``secret`` kept only when ``pairs_key`` (the key check ``pairs`` records) says it keyed ``pairs``; the
+        versions of ``version_keys`` (name -> key check: :func:`version_keys`) recorded under that key check."""
         known = secret if secret and pairs_key and key_check(secret) == pairs_key else None
-        return cls(home, frozenset(present), known)
+        current = frozenset(name for name, key in (version_keys or {}).items() if known and key == pairs_key)
+        return cls(home, frozenset(present), known, current)
 
     def account_ids(self, con) -> Iterator[list[int]]:
         """The distinct raw user ids the warehouse holds, in batches (never all of them in memory at once); nothing
@@ -2029,52 +2052,44 @@ class Accounts:
         parts = [f"SELECT TRY_CAST(user_id AS BIGINT) AS user_id FROM {name}"
                  for name in names[:4] if "user_id" in columns[name]]
         if {"table", "raw_text"} <= columns["quarantine"]:
-            # a quarantined line's user_id (rev37a): its JSON member; a line cut or not JSON (line_too_long) its first
-            # "user_id": member (a JSON string escapes its quotes, so a prompt or name cannot spell one)
-            parts.append(f"""SELECT CASE WHEN json_valid(line) THEN TRY_CAST(json_extract_string(line, '$.user_id') AS BIGINT)
-                                         ELSE TRY_CAST(regexp_extract(
-                                             line, '"user_id"\\s*:\\s*"?(-?[0-9]+)', 1) AS BIGINT) END AS user_id
-                             FROM (SELECT "table", {_QUARANTINED_LINE} AS line FROM quarantine
-                                   WHERE "table" IN ('users', 'rankings', 'images', 'downloads') AND raw_text IS NOT NULL)""")
+            # a quarantined line's user_id (rev37a): its JSON member, an integer (rev37i: 5.5 is no id, the ingest
+            # reads none from it); a line cut or not JSON (line_too_long) names every integer "user_id": member it
+            # holds (rev37i: the first could be a nested object's, and an account a line names is kept: a JSON
+            # string escapes its quotes, so a prompt or name cannot spell one)
+            lines = f"""SELECT {_QUARANTINED_LINE} AS line FROM quarantine
+                        WHERE "table" IN ('users', 'rankings', 'images', 'downloads') AND raw_text IS NOT NULL"""
+            parts.append(f"""SELECT TRY_CAST(json_extract_string(line, '$.user_id') AS BIGINT) AS user_id
+                             FROM ({lines}) WHERE json_valid(line)
+                               AND json_type(line, '$.user_id') IN ('BIGINT', 'UBIGINT')""")
+            parts.append(f"""SELECT TRY_CAST(unnest(regexp_extract_all(
+                                 line, '"user_id"\\s*:\\s*(-?[0-9]+)\\s*(?:[,}}]|$)', 1)) AS BIGINT) AS user_id
+                             FROM ({lines}) WHERE NOT json_valid(line)""")
         reader = con.sql(f"SELECT DISTINCT user_id FROM ({' UNION ALL '.join(parts)}) WHERE user_id IS NOT NULL"
                          ).to_arrow_reader(65_536)
         for batch in reader:
             yield batch.column(0).to_pylist()
 
-    def gone(self, suspects: set[str], versions: dict[str, set[str]]) -> tuple[set[str], set[str]]:
-        """(the ``suspects`` no account of the warehouse has, the ``versions`` told: those with a user that is one).
-
-        ``suspects`` are pseudonyms not in ``present``; ``versions`` maps a retained version whose users include no
-        user of ``pairs`` to its users. A version's pseudonyms are under this secret when one of them is an account's
-        (a version keyed under an older secret, before a rotation and ``pipelines.splits.rekey``, matches none:
-        2^-64 a pair): a suspect of a version not told is never taken to be gone by the caller. Nothing is gone when
-        no secret is known or the warehouse cannot be read or names no account id (what cannot be told is taken to
-        be there). Keys each
-        account id once (one HMAC, ~2-5 us), stopping once every suspect is found and every version told."""
-        unknown, untold = set(suspects), dict(versions)
-        if self.secret is None or not (unknown or untold):
-            return set(), set()
-        told: set[str] = set()
+    def gone(self, suspects: set[str]) -> set[str]:
+        """The ``suspects`` (pseudonyms not in ``present``) no account of the warehouse has. None when no secret is
+        known or the warehouse cannot be read or names no account id (what cannot be told is taken to be there).
+        Keys each account id once (one HMAC, ~2-5 us), in batches, stopping once every suspect is found."""
+        unknown = set(suspects)
+        if self.secret is None or not unknown:
+            return set()
         seen = False
         con = connect({})
         try:
             for ids in self.account_ids(con):
                 seen = seen or bool(ids)
                 for user_id in ids:
-                    name = pseudonymize(user_id, self.secret)
-                    unknown.discard(name)
-                    for version in [v for v, users in untold.items() if name in users]:
-                        told.add(version)
-                        del untold[version]
-                if not unknown and not untold:
+                    unknown.discard(pseudonymize(user_id, self.secret))
+                if not unknown:
                     break
         except Exception:   # noqa: BLE001 - no warehouse to judge by: no account is taken to be gone
-            return set(), set()
+            return set()
         finally:
             con.close()
-        if not seen:        # a warehouse that names no account is none to judge by
-            return set(), set()
-        return unknown, told
+        return unknown if seen else set()       # a warehouse that names no account is none to judge by
 
 
 def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]],
@@ -2082,12 +2097,11 @@ def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]],
     """The (kind, key) of ``candidates`` that a train / validation / test row of a retained complete version
     (:func:`formats.dataset.list_versions`, whether ``latest`` was switched to it or not) holds: its ``prompt_key``,
     its ``image_0_uid`` or ``image_1_uid``. A row holds none when ``accounts`` tells its user gone (an erased
-    account: fix37a) in a version whose pseudonyms it tells are under the current secret (one of its users is an
-    account of the warehouse; a version keyed under an older secret keeps every pin: rev37a). Every candidate when
-    a version cannot be read whole (a split folder or sidecar that is a link, not a folder, not listable:
+    account: fix37a) in a version recorded as keyed under the current secret (``Accounts.current``; a version not
+    recorded, or keyed under an older secret, keeps every pin: rev37a, rev37i). Every candidate when a version
+    cannot be read whole (a split folder or sidecar that is a link, not a folder, not listable:
     :func:`unread_split_folders`) or a sidecar cannot be read: what cannot be told keeps its pin (review rev36f).
-    Reads four columns of each retained version's sidecars (and its users, where none of them is in ``pairs`` and
-    one of its rows would be dropped), only when a pin would otherwise be dropped."""
+    Reads four columns of each retained version's sidecars, only when a pin would otherwise be dropped."""
     if not candidates:
         return set()
     try:
@@ -2112,20 +2126,17 @@ def retained_published_keys(home: DataHome, candidates: set[tuple[str, str]],
                              unnest([prompt_key, image_0_uid, image_1_uid]) AS key, user_id
                       FROM read_parquet(?, {NO_HIVE}) WHERE split IN ('train', 'validation', 'test')) s
                 JOIN candidates c ON c.kind = s.kind AND c.key = s.key""", [_literal(found)]).fetchall()]
-        suspects = {user for _, _, _, user in rows if user is not None} - accounts.present if accounts else set()
-        pending = {name for name, _, _, user in rows if user in suspects}
-        versions = {}       # a version with a suspect row and no user of pairs: its users, to be told by the secret
-        for name in sorted(pending):
-            users = {user for (user,) in con.execute(f"SELECT DISTINCT user_id FROM read_parquet(?, {NO_HIVE})",
-                                                     [_literal(files[name])]).fetchall() if user is not None}
-            if users.isdisjoint(accounts.present):
-                versions[name] = users
+        # a row's user can be told only in a version recorded as keyed under the current secret (rev37i: a version
+        # of the erased account alone was told by none of its users; rev37a: one under an older secret holds old
+        # pseudonyms, which are no account's under this one)
+        told = set(accounts.current) if accounts is not None else set()
+        suspects = {user for name, _, _, user in rows if name in told and user is not None} - accounts.present \
+            if accounts is not None else set()
     except Exception:   # noqa: BLE001 - a sidecar that cannot be read: every candidate keeps its pin
         return set(candidates)
     finally:
         con.close()
-    gone, told = accounts.gone(suspects, versions) if suspects else (set(), set())
-    told |= pending - set(versions)         # a user of pairs among its users: under the current secret
+    gone = accounts.gone(suspects) if suspects else set()
     return {(kind, key) for name, kind, key, user in rows if not (user in gone and name in told)}
 
 
@@ -2151,6 +2162,12 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     # that version was published from: recorded before split_pairs is rewritten, so a build that dies in between
     # does not lose it (review rev24k); a record that cannot be written stops the build while split_pairs still
     # tells the salt (the rerun learns it again)
+    # which secret each retained version's pseudonyms are under, learned like its salt (fix37a: an erased account's
+    # rows in them keep no pin); a cache, written before split_pairs is rewritten
+    latest_name, latest_source = coverage.latest_source(home)
+    keys, keys_changed = version_keys(home, list_versions(home), latest_name, latest_source)
+    if keys_changed:
+        coverage.write_version_keys(home, keys)
     if check.version_salts is not None:     # a published version's salt learned (or one no longer retained)
         unwritten = coverage.write_version_salts(home, check.version_salts)
         if unwritten and coverage.read_version_salts(home) is not None:
@@ -2186,7 +2203,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     # the key owner pins, brought up to date with the published versions before assigning: written when changed;
     # review rev30b: less the pins of keys no row of the warehouse holds any more (an erased account's)
     pins, erased = drop_erased_pins(con, home, update.pins,
-                                    Accounts.of(home, present, pseudonym_secret, pairs_key))
+                                    Accounts.of(home, present, pseudonym_secret, pairs_key, keys))
     if update.changed or erased:
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),

@@ -141,6 +141,37 @@ def users_digest(users: Iterable[str]) -> str:
 LEDGER_VERSIONS_FILE = "split_ledger_versions.json"   # under cache/: the versions whose users the ledger holds
 
 
+VERSION_KEYS_FILE = "split_version_keys.json"   # under cache/: the pseudonym key check each version was keyed under
+
+
+def read_version_keys(home: DataHome) -> dict[str, str]:
+    """The pseudonym key check (:func:`pipelines.curation.pseudonym.key_check`) each published version's ``user_id``
+    values were keyed under, as the splits build learned it (:func:`pipelines.splits.assign.version_keys`, fix37a):
+    version name -> key check. Empty without a readable record of this tool's (a cache: a version not named keeps
+    its erased accounts' key owner pins until it is deleted). Never raises."""
+    try:
+        data = read_small_file(home.cache / VERSION_KEYS_FILE, 1 << 20)
+        record = json.loads(data) if data is not None else None
+    except Exception:   # noqa: BLE001 - a damaged or foreign record names nothing
+        return {}
+    keys = record.get("keys") if isinstance(record, dict) and record.get("what") == VERSION_KEYS_WHAT else None
+    return {v: k for v, k in keys.items() if isinstance(v, str) and isinstance(k, str)} if isinstance(keys, dict) else {}
+
+
+VERSION_KEYS_WHAT = "pickapic splits: the pseudonym key check each published version was keyed under"
+
+
+def write_version_keys(home: DataHome, keys: dict[str, str]) -> None:
+    """Replace the record of each published version's key check with ``keys`` (atomically; a cache: a failed write
+    only leaves the versions it would have named keeping their erased accounts' pins)."""
+    try:
+        home.cache.mkdir(parents=True, exist_ok=True)
+        body = {"what": VERSION_KEYS_WHAT, "keys": dict(sorted(keys.items()))}
+        write_bytes_atomic(home.cache / VERSION_KEYS_FILE, (json.dumps(body, sort_keys=True) + "\n").encode())
+    except OSError:
+        pass
+
+
 def ledger_metadata(users: Iterable[str], covered: Iterable[str]) -> dict[bytes, bytes]:
     """The ledger's key-value metadata: the ``split_pairs`` digests ``covered`` (sorted) and its users' digest."""
     record = {"split_pairs_sha256": sorted(set(covered)), "users_sha256": users_digest(users)}

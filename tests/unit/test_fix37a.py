@@ -214,3 +214,46 @@ def test_an_erasure_after_a_secret_rotation_keeps_the_old_versions_pins_until_th
     shutil.rmtree(home.datasets / V1)
     pins = _night(home, rows, [T_ID], secret=new, pairs_key=key_check(new))
     assert V_KEYS.isdisjoint(pins)
+
+
+# --- rev37i's part: which secret each retained version is under is recorded, not guessed ------------------------
+
+def test_each_versions_key_check_is_learned_once_it_is_latest_and_a_version_not_recorded_keeps_its_pins(tmp_path):
+    import json
+    import shutil
+
+    from pipelines.splits.coverage import VERSION_KEYS_FILE, read_version_keys
+
+    home = DataHome(tmp_path / "home")
+    _published(home)                                       # V1 published; learned at the next build
+    _night(home, NIGHT1, [T_ID, V_ID], publish=V2)
+    _night(home, NIGHT1, [T_ID, V_ID])                     # V2 learned
+    assert read_version_keys(home) == {V1: key_check(SECRET), V2: key_check(SECRET)}
+    record = home.cache / VERSION_KEYS_FILE
+    assert SECRET not in record.read_text()
+    # the record lost (a cache): V2, latest, is learned again from split_pairs; V1 cannot be told
+    record.unlink()
+    pins = _night(home, NIGHT1[:1], [T_ID])                # V erased: its rows are in V1 and V2
+    assert read_version_keys(home) == {V2: key_check(SECRET)}
+    assert {pins[key] for key in V_KEYS} == {"validation"}  # V1's rows keep them
+    shutil.rmtree(home.datasets / V1)
+    pins = _night(home, NIGHT1[:1], [T_ID])
+    assert V_KEYS.isdisjoint(pins) and read_version_keys(home) == {V2: key_check(SECRET)}
+    # a damaged or foreign record names nothing, and is never followed through a link
+    record.write_text("{not json")
+    assert read_version_keys(home) == {}
+    record.unlink()
+    elsewhere = tmp_path / "elsewhere.json"
+    elsewhere.write_text(json.dumps({"what": "x", "keys": {V2: key_check(SECRET)}}))
+    record.symlink_to(elsewhere)
+    assert read_version_keys(home) == {}
+
+
+def test_a_version_of_the_erased_account_alone_loses_its_pins(tmp_path):
+    """rev37i: V the only user of the retained version: the record, not its users, says which secret keyed it."""
+    home = DataHome(tmp_path / "home")
+    only_v = [dict(NIGHT1[1], ranking_id=2)]
+    _night(home, only_v, [V_ID], publish=V1)
+    _night(home, only_v, [V_ID])
+    pins = _night(home, NIGHT1[:1], [T_ID])
+    assert V_KEYS.isdisjoint(pins)

@@ -28,7 +28,11 @@ Noticed, not filed: an account with no row left anywhere in the warehouse (its o
 ``users_snapshot`` off) cannot be told from an erased one without the app (rev37a noted it too).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. All were fixed the same day (fix37a's third part, ``tests/unit/test_fix37a.py``) and the
+markers removed: a version counts as keyed under the current secret only where the splits build recorded it so
+(``cache/split_version_keys.json``, learned from ``split_pairs`` at the first build after the version's publish, as
+its salt is), and a quarantined line names an account only by an integer ``user_id`` (JSON), or, cut, by every
+integer ``"user_id":`` member it holds.
 """
 from __future__ import annotations
 
@@ -77,10 +81,6 @@ def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str |
     return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
 
 
-@pytest.mark.xfail(strict=True, reason="rev37i: a retained version whose only user is the erased account is never "
-                   "'told' (none of its users is an account), so README 1a's erasure build keeps the erased "
-                   "account's prompt text and image uids in split_key_owners though the version is under the "
-                   "current secret")
 def test_an_erased_accounts_pins_go_when_the_retained_version_holds_no_other_user(tmp_path):
     """V1 published one user's rows (V: a small home, an early night, or the only user in its held-out split whose
     other users' versions were deleted); V is erased (README 1a) and T, a new user, is pairs now. V1 is keyed under
@@ -107,9 +107,6 @@ def _quarantined(table: str, text: str) -> dict:
             "raw_length": len(text), "raw_sha256": "0" * 64}
 
 
-@pytest.mark.xfail(strict=True, reason="rev37i: a cut quarantined line's account is read as its first \"user_id\": "
-                   "match anywhere in the text, so a nested object's user_id before the line's own names the wrong "
-                   "account: the line's own user is taken for erased and its retained keys lose their pins")
 def test_a_cut_line_names_its_own_user_id_not_a_nested_objects(tmp_path):
     """V's only row left in the warehouse is a ranking line cut at the quarantine's limit whose JSON object holds a
     nested object with its own ``user_id`` (the referrer, a shared-from user: T) before V's top-level one. V is an
@@ -133,10 +130,6 @@ def test_a_cut_line_names_its_own_user_id_not_a_nested_objects(tmp_path):
 
 
 @pytest.mark.parametrize("shape", ["json", "cut"])
-@pytest.mark.xfail(strict=True, reason="rev37i: a quarantined line's non-integer user_id (the ingest's wrong_type: "
-                   "5.5) is read as an account id by TRY_CAST (rounded: 6) or by the cut-line regex (its integer "
-                   "digits: 5), so an erased account whose id it rounds or truncates to counts as held and keeps "
-                   "its pins")
 def test_a_quarantined_non_integer_user_id_names_no_account(tmp_path, shape):
     """V is erased (README 1a). The quarantine holds another client's ranking line whose ``user_id`` is a decimal
     (quarantined ``wrong_type``: the ingest takes no integer from it, ``parse.py``): as JSON ``V_ID - 0.5`` (DuckDB's
