@@ -497,6 +497,12 @@ def _walk(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result, int]
         os.close(fd)
 
 
+def walk_entries(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result, int]]:
+    """:func:`walk_tree`, each entry with the descriptor of the open folder that holds it (valid until the next entry
+    is asked for: :func:`system_file` reads an AppleDouble's first bytes through it)."""
+    return _walk(folder)
+
+
 def walk_tree(folder: str | os.PathLike) -> Iterator[tuple[str, os.stat_result]]:
     """Every entry under ``folder`` but the folder itself, as (its path relative to ``folder``, its ``lstat``),
     parents before children (depth first), names sorted in each folder; no link is followed. Iterative (an explicit
