@@ -214,3 +214,82 @@ def test_the_snippet_reads_unlocked_whatever_the_mount_answers_flock(fast_tmp: P
         assert len(calls) == 1 and Path(scope["version"]) == published.path.resolve()
         assert len(scope["seen"]) == len(set(scope["seen"])) == expected
         os.close(scope["held"])
+
+
+# --- each version walked once a publish (review rev37c, noticed) ------------------------------------------------
+
+def test_a_verdict_is_given_again_only_while_what_it_rests_on_is_unchanged(fast_tmp: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipelines.publish.versions import VersionWalks
+
+    version = _version(fast_tmp)
+    (version / "train" / "._a.json").write_bytes(APPLE_DOUBLE + bytes(20))
+    fresh = VersionWalks()
+    assert fresh(version) is None and fresh(version) is None and fresh.walked == 2     # changed just now: not kept
+    monkeypatch.setattr(VersionWalks, "SETTLE_S", -60.0)                                 # as if settled long ago
+    walks = VersionWalks()
+    assert walks(version) is None and walks(version) is None and walks.walked == 1
+    (version / "train" / "notes.txt").write_text("mine")                                # a user's file in a folder
+    assert "notes.txt" in walks(version) and walks.walked == 2
+    os.unlink(version / "train" / "notes.txt")
+    assert walks(version) is None and walks.walked == 3
+    with open(version / "train" / "._a.json", "r+b") as handle:                         # rewritten in place
+        handle.write(b"PAR1")
+    assert "AppleDouble" in walks(version) and walks.walked == 4
+    (version / "train" / "._a.json").write_bytes(APPLE_DOUBLE + bytes(20))
+    assert walks(version) is None
+    manifest = json.loads((version / MANIFEST_FILE).read_text())
+    with open(version / MANIFEST_FILE, "r+") as handle:                                 # in place: same inode
+        handle.write(json.dumps({**manifest, "version": "v2"}))
+    assert "names version 'v2'" in walks(version)
+    (version / MANIFEST_FILE).write_text(json.dumps(manifest))
+    assert walks(version) is None
+    copy = fast_tmp / "copy"                                                            # another folder there,
+    subprocess.run(["cp", "-a", str(version), str(copy)], check=True)                  # times and names kept
+    os.rename(version, fast_tmp / "gone")
+    os.rename(copy, version)
+    before = walks.walked
+    assert walks(version) is None and walks.walked == before + 1                        # another inode: walked
+
+
+def test_a_publish_walks_each_version_once_and_retention_sees_a_file_added_meanwhile(
+        fast_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Three versions, ``keep_versions = 2``: the third publish walks the two older ones once each (before: twice,
+    for the reuse sources and for retention); a user's file put in the oldest while the shards are written keeps it
+    (retention walks it again, as it changed), named in the notes, and not counted: the third is kept."""
+    from pipelines.publish import contracts, versions
+    from pipelines.publish import version as version_module
+
+    monkeypatch.setattr(versions.VersionWalks, "SETTLE_S", -60.0)
+    config = PublishConfig(workers=1, fsync=False, keep_versions=2)
+    home = make_home(fast_tmp / "home", num_rankings=40, seed=34)
+    real = contracts.contract_versions
+    first = publish_dataset(home, config)
+    monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": "51.0.0"})
+    second = publish_dataset(home, config)
+    walked: list[str] = []
+    inner = versions.made_by_publish
+
+    def counted(folder: Path, marks: list | None = None) -> str | None:
+        walked.append(folder.name)
+        return inner(folder, marks)
+
+    monkeypatch.setattr(versions, "made_by_publish", counted)
+    monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": "52.0.0"})
+    third = publish_dataset(home, config)
+    assert sorted(walked) == sorted([first.version, second.version]) and third.deleted_versions == [first.version]
+    assert not first.path.exists()
+
+    walked.clear()                                         # again, a user's file put in the oldest meanwhile
+    real_write = version_module.write_shards
+
+    def write_shards(*args, **kwargs):
+        (second.path / "train" / "notes.txt").write_text("mine")
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(version_module, "write_shards", write_shards)
+    monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": "53.0.0"})
+    fourth = publish_dataset(home, config)
+    assert walked.count(second.version) == 2 and walked.count(third.version) == 1
+    assert fourth.deleted_versions == [] and (second.path / "train" / "notes.txt").exists()
+    assert any(second.version in note and "notes.txt" in note for note in fourth.notes)
