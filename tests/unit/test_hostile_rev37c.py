@@ -39,6 +39,7 @@ state the correct behaviour. All four were fixed the same day (fix37c, ``tests/u
 markers removed: ``verify_version`` leaves out the files ``made_by_publish`` accepts as an operating system's (and
 walks iteratively: a file in a planted deep tree is named, no ``RecursionError``); section 7's hold line
 checks the version once held; the WebDataset snippet names a missing ``latest`` and reads unlocked without ``flock``.
+The walk twice a publish measured above was fixed too: once, before the ingest lock (``versions.VersionWalks``).
 """
 from __future__ import annotations
 
