@@ -104,19 +104,29 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
     symbolic link (dangling or not) or anything else but a regular file at a manifest file's name differs
     from it (review rev24c: a link to a same-size file outside the home passed, as a version published
     again, and ``latest`` was switched to it; a dangling one was a bare ``FileNotFoundError``).
+
+    The files an operating system or a file share drops in a folder someone browsed
+    (:func:`pipelines.publish.versions.system_file`: ``.DS_Store``, AppleDouble ``._<name>``, ``Thumbs.db``, ...)
+    are not the version's and do not make it differ, as they leave it a version a publish made for retention and
+    reuse (:func:`pipelines.publish.versions.made_by_publish`; review rev37c: a browsed version was refused when
+    its inputs came back). The tree is walked iteratively relative to open folders
+    (:func:`pipelines.publish.versions.walk_tree`): a tree too deep or that cannot be listed is a
+    :class:`ManifestMismatch` saying so, never a ``RecursionError`` (review rev37c, noticed).
     """
+    from pipelines.publish.versions import system_file, walk_entries
+
     manifest = read_manifest(path)
     expected = manifest["files"]
     present: dict[str, os.stat_result] = {}
-    for top, dirs, files in os.walk(path):      # followlinks=False: a linked folder is listed, never entered
-        for name in dirs + files:
-            entry = os.path.join(top, name)
-            try:
-                info = os.lstat(entry)
-            except FileNotFoundError:
+    try:
+        for rel, info, dir_fd in walk_entries(path):      # no link followed, nothing by full path
+            if stat.S_ISDIR(info.st_mode) or (rel not in expected and system_file(rel.rpartition("/")[2], info,
+                                                                                   dir_fd)):
                 continue
-            if not stat.S_ISDIR(info.st_mode):
-                present[os.path.relpath(entry, path)] = info
+            present[rel] = info
+    except (OSError, RecursionError) as exc:
+        raise ManifestMismatch(f"version {path.name}: it cannot be looked into whole to compare it with its "
+                               f"manifest ({terminal_text(str(exc))})", []) from None
     present.pop(MANIFEST_FILE, None)
     problems = [(rel, f"{rel} is missing") for rel in sorted(set(expected) - set(present))]
     problems += [(rel, f"{rel} is not in the manifest") for rel in sorted(set(present) - set(expected))]
