@@ -14,6 +14,14 @@ Both must give the same (ranking_id, phrase) set; the benchmark fails otherwise.
 baseline / group testing and peak RSS (``ru_maxrss`` of this process, which only grows: the group testing runs
 first); writes ``benchmarks/results/moderation.json``. The baseline is skipped above ``--baseline-max``
 phrases (its cost is about 40 ms a phrase plus the scans).
+
+``python -m benchmarks.moderation --stuffed [--distinct 500] [--phrases 1000]``: the hostile prompts of review rev37g
+instead, timed against ordinary prompts in the same run: ``distinct`` prompts of 2,000 characters each holding one
+listed phrase (random six-letter words) as a word, then either the letters of the other listed phrases packed
+inside longer words (``xabcdefx``, which match no phrase) or ordinary words. Both must give one match a prompt.
+Prints seconds for each, the ratio stuffed / ordinary and peak RSS; writes ``benchmarks/results/moderation_stuffed.json``.
+Before fix37g each stuffed phrase cost its own guarded RE2 on every such prompt: 104 s against 1.0 s at 1,000
+phrases and 500 prompts (2 vCPUs).
 """
 from __future__ import annotations
 
@@ -32,6 +40,7 @@ from pipelines.curation.decisions import _is_words, edge_kinds, phrase_matches, 
 from pipelines.splits.assign import moderation_key, moderation_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moderation.json"
+STUFFED_RESULTS = RESULTS.with_name("moderation_stuffed.json")
 
 _HITS = """SELECT r.ranking_id, r.prompt, k.moderation_key, k.moderation_text
 FROM ranking_base r LEFT JOIN prompt_moderation_keys k ON k.prompt = r.prompt
@@ -102,7 +111,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--phrases", default="200,1000")
     parser.add_argument("--hit-rate", type=float, default=0.9)
     parser.add_argument("--baseline-max", type=int, default=1000)
+    parser.add_argument("--stuffed", action="store_true",
+                        help="time prompts stuffing the listed phrases inside longer words against ordinary ones")
     args = parser.parse_args(argv)
+    if args.stuffed:
+        return stuffed(argv)
     rows = []
     for n in (int(x) for x in args.phrases.split(",")):
         phrases, prompts = workload(args.rankings, args.distinct, n, args.hit_rate)
@@ -126,6 +139,50 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(row)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def stuffed_workload(distinct: int, n_phrases: int, seed: int = 37) -> tuple[list[str], list[str], list[str]]:
+    """(phrases, stuffed prompts, ordinary prompts): each prompt 2,000 characters holding ``phrases[0]`` as a word."""
+    import string
+
+    rng = random.Random(seed)
+    phrases = sorted({"".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(n_phrases)})
+    hostile, plain = [], []
+    for i in range(distinct):
+        bodies = rng.sample(phrases[1:], min(len(phrases) - 1, 250))
+        hostile.append(f"{phrases[0]} {i} {''.join(f'x{body}x' for body in bodies)}"[:2000])
+        filler = " ".join(rng.choices(["cat", "dog", "house", "red", "photo", "sunset"], k=400))
+        plain.append(f"{phrases[0]} {i} {filler}"[:2000])
+    return phrases, hostile, plain
+
+
+def stuffed(argv: list[str] | None = None) -> None:
+    """``--stuffed``: the rev37g comparison (see the module's docstring)."""
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--stuffed", action="store_true")
+    parser.add_argument("--distinct", type=int, default=500)
+    parser.add_argument("--phrases", default="1000")
+    args, _ = parser.parse_known_args(argv)
+    rows = []
+    for n in (int(x) for x in args.phrases.split(",")):
+        phrases, hostile, plain = stuffed_workload(args.distinct, n)
+        row: dict[str, object] = {"phrases": len(phrases), "prompts": args.distinct}
+        for name, prompts in (("ordinary", plain), ("stuffed", hostile)):
+            con = offline_connection()
+            con.register("ranking_base", pa.table({"ranking_id": pa.array(range(len(prompts)), pa.int64()),
+                                                   "prompt": pa.array(prompts, pa.string())}))
+            start = time.perf_counter()
+            matches = phrase_matches(con, phrases).num_rows
+            row[f"{name}_s"] = round(time.perf_counter() - start, 2)
+            row[f"peak_rss_mb_after_{name}"] = round(_peak_mb())
+            con.close()
+            if matches != len(prompts):
+                raise SystemExit(f"{name}: {matches} matches for {len(prompts)} prompts holding one phrase each")
+        row["ratio_stuffed_vs_ordinary"] = round(row["stuffed_s"] / max(row["ordinary_s"], 0.01), 2)
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    STUFFED_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    STUFFED_RESULTS.write_text(json.dumps(rows, indent=2) + "\n")
 
 
 if __name__ == "__main__":

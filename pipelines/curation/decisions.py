@@ -756,17 +756,26 @@ def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: 
     :func:`phrase_pattern` matches, found by group testing: each part of :func:`phrase_chunks` is tested on every
     value by its guarded pattern, a part that matched is cut in halves, each tested by its unguarded bodies
     (:func:`body_pattern`) only on the values its parent matched, down to single elements; each element is then
-    tested by its own guarded pattern on the values its body occurs in. An alternation matches exactly when one of its
-    bodies does, and a guarded match holds its body, so the result is that of testing every element's guarded
-    pattern on every value. The guarded RE2s (~7 ms to compile each) are compiled once per element whose body
-    occurs, not once per element and form as before (a list of 4,000 phrases of which 3 hit: a few dozen cheap
-    queries and 3 guarded ones)."""
+    tested by its own guarded pattern on the values its body occurs in. Where both halves' bodies occur in a value,
+    the bodies cannot tell which half holds what its parent matched: the two halves' guarded patterns are tested
+    on those values (one query), and each half goes on with the values only its body occurs in and those its
+    guarded pattern matched; an element is decided on the values its guarded pattern matched there. An alternation
+    matches exactly when one of its bodies does, a guarded match holds its body, and a guarded alternation matches
+    exactly when one of its elements' guarded patterns does (a search: the neighbours a guard consumes do not
+    matter), so the result is that of testing every element's guarded pattern on every value. The guarded RE2s
+    (~7 ms to compile each, slower to scan) number about one for each element whose body occurs in a value where no
+    other element's does, plus one a level for each element really matched (a list of 4,000 phrases of which 3
+    hit: a few dozen cheap queries and a few guarded ones), never one for each element whose body is merely packed
+    inside longer words of a value that holds a matched element: each such element once got its own guarded query
+    on every such value (review rev37g: a prompt stuffing every listed phrase as ``xabcdefx`` cost 0.12 s at 1,000
+    phrases, 100x an ordinary prompt)."""
     found: dict[str, list[str]] = {}
     if not elements or not values:
         return found
     everything = pa.chunked_array([pa.array(values, pa.string())])
     # (candidates, one or two groups, guarded): each part first by its guarded pattern, so a list none of whose
-    # phrases occurs as a word costs one query a part pair (review rev18c: phrases found only inside words)
+    # phrases occurs as a word costs one query a part pair (review rev18c: phrases found only inside words); halves
+    # whose bodies occur in the same values are told apart there by their guarded patterns (review rev37g)
     tests = [(everything, chunks, True) for chunks in _pairs(phrase_chunks(elements, kinds))]
     while tests:
         candidates, groups, guarded = tests.pop()
@@ -774,17 +783,30 @@ def _phrase_values(con: duckdb.DuckDBPyConnection, values: list[str], elements: 
         con.register("phrase_values", pa.table({"value": candidates}))
         table = run_sql(con, "curation_phrase_split", {
             "left": pattern(groups[0]), "right": pattern(groups[1]) if len(groups) > 1 else _NEVER})
-        for side, group in zip(("left", "right"), groups):
-            matched = table.filter(pc.fill_null(table[side], False))["value"]
-            if not len(matched):
-                continue
+        left, right = (pc.fill_null(table[side], False) for side in ("left", "right"))
+        decided = [pa.chunked_array([], pa.string())] * 2     # values a half's own guarded pattern matched
+        if not guarded and len(groups) == 2:
+            both = pc.and_(left, right)
+            if pc.any(both).as_py():   # both halves' bodies occur in these: their guarded patterns tell which holds
+                con.register("phrase_values", pa.table({"value": table.filter(both)["value"]}))
+                checked = run_sql(con, "curation_phrase_split", {
+                    "left": phrase_pattern(groups[0], kinds), "right": phrase_pattern(groups[1], kinds)})
+                decided = [checked.filter(pc.fill_null(checked[side], False))["value"] for side in ("left", "right")]
+                left, right = pc.and_not(left, both), pc.and_not(right, both)
+        for group, hit, sure in zip(groups, (left, right), decided):
+            matched = table.filter(hit)["value"]     # its pattern matched (a body: guarded one not tested)
             if guarded and len(group) == 1:          # its own guarded pattern decided
-                found.setdefault(group[0], []).extend(matched.to_pylist())
+                if len(matched):
+                    found.setdefault(group[0], []).extend(matched.to_pylist())
             elif len(group) == 1:                    # its body occurs: its own guarded pattern decides
-                tests.append((matched, [group], True))
-            else:
+                if len(sure):
+                    found.setdefault(group[0], []).extend(sure.to_pylist())
+                if len(matched):
+                    tests.append((matched, [group], True))
+            elif len(matched) or len(sure):
                 half = len(group) // 2
-                tests.append((matched, [group[:half], group[half:]], False))
+                values = pa.chunked_array(matched.chunks + sure.chunks, pa.string())
+                tests.append((values, [group[:half], group[half:]], False))
     con.unregister("phrase_values")
     return found
 

@@ -31,43 +31,55 @@ Arabic harakat (``سَكْس``, whose key maps fatha / sukun to U+0301 / U+030A)
 cannot be listed (``nsfw`` catches ``#nsfw``).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Fixed the same day (fix37g, ``tests/unit/test_fix37g.py``) and the markers removed; the
+timed comparison was rewritten as a count of the guarded patterns built (the timing is in benchmarks/moderation.py).
 """
 from __future__ import annotations
 
+import math
 import random
 import string
-import time
 
 import duckdb
 import pyarrow as pa
-import pytest
 
 from pipelines.curation.decisions import phrase_matches
 
 
-def _timed_matches(phrases: list[str], prompts: list[str]) -> tuple[float, int]:
+def _matches_and_guarded_patterns(phrases: list[str], prompts: list[str], monkeypatch) -> tuple[int, list[int]]:
+    """Rows of the real ``phrase_matches`` and the size of each guarded pattern it built (one a guarded RE2 compiled
+    and scanned: the slow per-phrase check)."""
+    from pipelines.curation import decisions
+
+    built: list[int] = []
+    real = decisions.phrase_pattern
+    monkeypatch.setattr(decisions, "phrase_pattern", lambda group, kinds=None: (built.append(len(group)),
+                                                                                  real(group, kinds))[1])
     con = duckdb.connect()
     try:
         con.register("ranking_base", pa.table({"ranking_id": pa.array(range(len(prompts)), pa.int64()),
                                                "prompt": pa.array(prompts, pa.string())}))
-        start = time.perf_counter()
-        rows = phrase_matches(con, phrases).num_rows
-        return time.perf_counter() - start, rows
+        return phrase_matches(con, phrases).num_rows, built
     finally:
         con.close()
+        monkeypatch.setattr(decisions, "phrase_pattern", real)
 
 
-@pytest.mark.xfail(strict=True, reason="review rev37g: each prompt that holds one listed phrase and stuffs the "
-                   "others' letters inside longer words costs a guarded RE2 query per stuffed phrase, so a hostile "
-                   "user's rankings multiply the moderation time by the phrase count (measured 100x)")
-def test_phrase_bodies_stuffed_inside_words_do_not_multiply_moderation_time():
+def test_phrase_bodies_stuffed_inside_words_do_not_multiply_moderation_time(monkeypatch):
     """A hostile app user submits prompts that hold one listed phrase as a word (so the ranking is dropped, as it
     must be) and pack the letters of every other listed phrase inside longer words (``xabcdefx``), which match no
     phrase. The result is right, but the group testing tests each of those phrases with its own guarded pattern on
     every such prompt: the time grows with (hostile prompts x phrases), about 0.12 s per prompt at 1,000 phrases,
     so 10,000 such rankings add 20 minutes to every curation build. Correct: such prompts cost about what ordinary
-    prompts of the same length, count and verdict cost."""
+    prompts of the same length, count and verdict cost.
+
+    Fixed (fix37g): below a part that matched, where both halves' bodies occur the halves are told apart by their
+    guarded patterns, so the guarded patterns follow the phrases really present as words. The review timed the two
+    kinds of prompts (5-7 s against 0.2-0.4 s here); timings are not asserted in unit tests (flaky on a shared
+    2-CPU machine), so this test counts the guarded patterns built (each a slow RE2 compile and scan), at most two
+    a level of halves for the one phrase present, plus each part, for each form (as typed and by key): 22 here, 82
+    before the fix (one a listed phrase), 4 for the ordinary prompts; the timing comparison (ratio against ordinary prompts in the same
+    run, peak memory) is ``python -m benchmarks.moderation --stuffed``."""
     rng = random.Random(37)
     phrases = sorted({"".join(rng.choices(string.ascii_lowercase, k=6)) for _ in range(40)})
     count = 20
@@ -77,7 +89,9 @@ def test_phrase_bodies_stuffed_inside_words_do_not_multiply_moderation_time():
         hostile.append(f"{phrases[0]} {i} {stuffed}"[:2000])
         filler = " ".join(rng.choices(["cat", "dog", "house", "red", "photo", "sunset"], k=300))
         plain.append(f"{phrases[0]} {i} {filler}"[:2000])
-    plain_s, plain_rows = _timed_matches(phrases, plain)
-    hostile_s, hostile_rows = _timed_matches(phrases, hostile)
+    plain_rows, plain_built = _matches_and_guarded_patterns(phrases, plain, monkeypatch)
+    hostile_rows, hostile_built = _matches_and_guarded_patterns(phrases, hostile, monkeypatch)
     assert plain_rows == hostile_rows == count     # every prompt holds exactly phrases[0] as a word
-    assert hostile_s <= 5 * plain_s + 1.0, f"hostile {hostile_s:.1f} s against {plain_s:.1f} s for plain prompts"
+    forms, levels = 2, math.ceil(math.log2(len(phrases)))
+    assert len(plain_built) <= forms * (1 + 2 * levels)
+    assert len(hostile_built) <= forms * (1 + 2 * levels), f"{len(hostile_built)} guarded patterns for 1 phrase present"
