@@ -20,6 +20,7 @@ import math
 import os
 import random
 import re
+import traceback
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -744,10 +745,84 @@ class EvalPairStream(torch.utils.data.IterableDataset):
         return batched(samples, self.batch_size, lambda raw: self.collate(raw, self.spec, self.draft), partial=True)
 
 
+# a loader worker that, once it has yielded its first batch, yields no further batch for this long is taken as hung
+# (a stalled network mount): ``LoaderBatches`` raises, and the trainer stops every rank with it, well before the
+# process group's timeout (``GROUP_TIMEOUT_S`` in training.train) would stop the ranks that wait for this one. Far
+# above a batch's time. A worker's first batch is not bounded: it fills the shuffle buffer, and a resume's worker
+# reads (and hashes) every sample its skipped batches held first, which on a long run takes long
+LOADER_TIMEOUT_S = 600
+
+
 def make_loader(stream: torch.utils.data.IterableDataset, num_workers: int) -> torch.utils.data.DataLoader:
-    """A DataLoader over a stream that already yields batches."""
+    """A DataLoader over a stream that already yields batches (take them through :class:`LoaderBatches`)."""
     if isinstance(stream, EvalPairStream):
         num_workers = min(num_workers, len(stream.urls))
     return torch.utils.data.DataLoader(
         stream, batch_size=None, num_workers=num_workers, worker_init_fn=worker_init if num_workers else None,
         persistent_workers=False, prefetch_factor=4 if num_workers else None)
+
+
+def clear_traceback_locals(exc: BaseException) -> None:
+    """Drop the local variables of the finished frames in the tracebacks of ``exc`` and of the exceptions it chains
+    (``__cause__``, ``__context__``); the text of the tracebacks stays. An exception a DataLoader raises holds the
+    loader's iterator (``self`` of its frames), and an exception kept in a local and raised again (the trainer's
+    failures, shared with every rank) is in a reference cycle with its frame: without this, what those frames hold
+    (a loader and its worker processes, a model) lives on until the cyclic garbage collector runs."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        current = todo.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        traceback.clear_frames(current.__traceback__)   # a frame still running is left as it is
+        todo += [current.__cause__, current.__context__]
+
+
+class LoaderBatches:
+    """The batches of a DataLoader, whose worker processes end as soon as it is closed: by :meth:`close`, at the end
+    of a ``with`` block, at the end of the batches, or when taking a batch fails (a worker's error, which the
+    DataLoader raises, ends the iteration). Not left to the iterator's ``__del__`` (review rev37e): a forked worker
+    holds every descriptor the process had, the trainer's run lock among them, and an exception raised by the
+    iterator holds the iterator in its traceback, so the lock stayed held after the failed run returned, until the
+    cyclic garbage collector ran (a retry in the same process was refused with ``RunLocked``).
+
+    Once every worker has yielded its first batch, waiting longer than ``timeout`` (default ``LOADER_TIMEOUT_S``) for
+    a batch raises the DataLoader's ``RuntimeError`` (``DataLoader timed out after ... seconds``), and the loader
+    ends (a hung worker is terminated)."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, timeout: float | None = None):
+        self._batches: Iterator[Any] | None = iter(loader)
+        self._timeout = LOADER_TIMEOUT_S if timeout is None else timeout
+        self._first = loader.num_workers if self._timeout > 0 else 0   # batches before the timeout is set
+
+    def __iter__(self) -> "LoaderBatches":
+        return self
+
+    def __next__(self) -> Any:
+        if self._batches is None:
+            raise StopIteration
+        try:
+            batch = next(self._batches)
+        except BaseException as exc:   # StopIteration, a worker's error, a timeout, an interrupt: the loader ends
+            self.close()
+            clear_traceback_locals(exc)   # the DataLoader's frames hold its iterator: not kept by the exception
+            raise
+        if self._first:   # the DataLoader takes batches from its workers in turn: each has yielded its first
+            self._first -= 1
+            if not self._first and hasattr(self._batches, "_timeout"):   # the wait of its _get_data
+                self._batches._timeout = self._timeout
+        return batch
+
+    def close(self) -> None:
+        """End the worker processes now (joined, or terminated where one does not end: torch's own shut-down)."""
+        batches, self._batches = self._batches, None
+        shutdown = getattr(batches, "_shutdown_workers", None)   # what its __del__ calls; none without workers
+        if shutdown is not None:
+            shutdown()
+
+    def __enter__(self) -> "LoaderBatches":
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()

@@ -12,7 +12,15 @@ import torch
 
 from formats import dataset
 from training.config import TrainConfig
-from training.data import EvalPairStream, ImageSpec, PairCollator, iter_captions, make_loader, split_shards
+from training.data import (
+    EvalPairStream,
+    ImageSpec,
+    LoaderBatches,
+    PairCollator,
+    iter_captions,
+    make_loader,
+    split_shards,
+)
 from training.device import autocast, cpu_threads, resolve_device
 from training.metric import THRESHOLDS, choose_random_threshold, choose_threshold, random_baseline, tie_aware_accuracy
 from training.model import PairScorer, build_model, load_model, shown_path, text_positions
@@ -52,16 +60,17 @@ def score_split(scorer: PairScorer, processor: Any, data_dir: str | os.PathLike,
     was_training = scorer.training
     scorer.eval()
     keys, scores, labels, weights, m0, m1 = [], [], [], [], [], []
-    for batch in make_loader(stream, num_workers):
-        with autocast(device, bf16):
-            out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
-                         batch["pixel_values"].to(device))
-        scores.append(out.float().cpu().numpy())
-        labels.append(batch["labels"].numpy())
-        weights.append(batch["weights"].numpy())
-        keys += batch["keys"]
-        m0 += batch["model_0"]
-        m1 += batch["model_1"]
+    with LoaderBatches(make_loader(stream, num_workers)) as batches:   # its workers end with the block, also on
+        for batch in batches:                                           # an error (review rev37e)
+            with autocast(device, bf16):
+                out = scorer(batch["input_ids"].to(device), batch["attention_mask"].to(device),
+                             batch["pixel_values"].to(device))
+            scores.append(out.float().cpu().numpy())
+            labels.append(batch["labels"].numpy())
+            weights.append(batch["weights"].numpy())
+            keys += batch["keys"]
+            m0 += batch["model_0"]
+            m1 += batch["model_1"]
     scorer.train(was_training)
     if not keys:
         raise ValueError(f"split {split!r} of {dataset.resolve_data_dir(data_dir)} yielded no samples "

@@ -34,6 +34,7 @@ import pickle
 import stat
 import time
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -59,10 +60,12 @@ from training.config import (
 )
 from training.data import (
     ImageSpec,
+    LoaderBatches,
     PairCollator,
     ShardChecksumError,
     TrainPairStream,
     check_split,
+    clear_traceback_locals,
     iter_captions,
     make_loader,
     shard_digests,
@@ -133,6 +136,12 @@ class TrainResult:
 
 
 # --------------------------------------------------------------------------- distributed helpers
+# how long a rank waits in a collective for the others (gloo's default, set for NCCL too, whose default is shorter):
+# the ranks wait there while rank 0 alone evaluates, and a rank whose loader worker hangs reaches the next collective
+# with its error after data.LOADER_TIMEOUT_S, well within it
+GROUP_TIMEOUT_S = 1800
+
+
 def _init_distributed(device_pref: str) -> tuple[int, int, int, bool]:
     """(rank, world, local_rank, created): join the torchrun process group when WORLD_SIZE > 1."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -141,7 +150,7 @@ def _init_distributed(device_pref: str) -> tuple[int, int, int, bool]:
     created = False
     if not dist.is_initialized():
         use_cuda = device_pref != "cpu" and torch.cuda.is_available()
-        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo", timeout=timedelta(seconds=GROUP_TIMEOUT_S))
         created = True
     return dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), created
 
@@ -796,6 +805,11 @@ def train(config: TrainConfig, on_event: EventSink | None = None) -> TrainResult
     try:
         with cpu_threads(resolve_device(config.device), config.cpu_threads, config.num_workers, world):
             return _train(config, on_event, rank, world, local_rank, started)
+    except BaseException as exc:
+        # the failures kept and raised again on every rank are in reference cycles with the frames they passed: what
+        # those frames hold (the model, the optimizer, a loader) goes now, not when the cyclic collector runs
+        clear_traceback_locals(exc)   # (review rev37e); the traceback's text stays
+        raise
     finally:
         if created_group:
             dist.destroy_process_group()
@@ -1102,7 +1116,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
 
     per_rank = config.batch_size // world
     loop_started, loop_steps = time.perf_counter(), 0
-    batches: Iterator[dict[str, Any]] | None = None
+    batches: LoaderBatches | None = None
 
     def next_batch() -> dict[str, Any]:
         """This rank's next train batch (its loader made on the first call): its own reads, checked as they go."""
@@ -1112,7 +1126,7 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                                      shuffle_buffer=config.shuffle_buffer, shuffle_initial=config.shuffle_initial,
                                      resampled=config.resampled, draft=config.draft_decode,
                                      num_workers=config.num_workers, skip_batches=step)
-            batches = iter(make_loader(stream, config.num_workers))
+            batches = LoaderBatches(make_loader(stream, config.num_workers))
         batch = next(batches, None)
         if batch is None:   # the stream is endless: never reported as a run of fewer steps
             raise RuntimeError(f"the train stream of rank {rank} ended at step {step} of {config.max_steps}")
@@ -1180,7 +1194,9 @@ def _train_locked(config: TrainConfig, emit: EventSink, rank: int, world: int, l
                 if step >= config.max_steps:
                     break
         finally:   # its loader workers end here, before the final evaluation (as the for loop's did), and so when a
-            batches = None   # failure leaves the loop: a forked worker holds the run lock's descriptor until it ends
+            if batches is not None:   # failure leaves the loop: a forked worker holds the run lock's descriptor until
+                batches.close()       # it ends. Ended explicitly, not left to the garbage collector (review rev37e)
+            batches = None
     loop_s = time.perf_counter() - loop_started
 
     # ---- final: best checkpoint, threshold on validation_unique, test_unique at it

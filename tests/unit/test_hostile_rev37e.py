@@ -29,7 +29,11 @@ checkpoint, rank 0's process had reported its error but had not exited 5 s later
 into: it may be the group's teardown with a dead peer, or just the loaded machine).
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose assertions
-state the correct behaviour.
+state the correct behaviour. Fixed the same day (fix37e, ``tests/unit/test_fix37e.py``:
+``training.data.LoaderBatches`` ends a loader's workers explicitly, on an error too, and drops the DataLoader's frames'
+locals from the exception; ``train()`` drops those of the frames its failure passed; the noticed hang: a loader
+timeout of 600 s once each worker has yielded its first batch, and an explicit 30-minute process group timeout) and
+the markers removed.
 """
 from __future__ import annotations
 
@@ -58,11 +62,6 @@ def _damage_a_caption(shard: Path) -> None:
         handle.write(b"Q" if letter != b"Q" else b"R")
 
 
-@pytest.mark.xfail(strict=True, reason="rev37e: an exception raised by a DataLoader iterator (a loader worker's "
-                   "error) keeps that iterator alive through its traceback, in a reference cycle with the trainer's "
-                   "frame (fetched / failed hold it); the forked workers inherited the run lock's descriptor, so the "
-                   "lock stays held after train() raised, until the cyclic GC runs: a same-process retry or resume "
-                   "is refused with RunLocked")
 @pytest.mark.parametrize("where", ["step_loop", "evaluation"])
 def test_a_loader_worker_failure_releases_the_run_lock_when_train_returns(tmp_path: Path, where: str) -> None:
     """fix36b's ``finally: batches = None`` drops the loader's last name, but where the failure came from the loader
