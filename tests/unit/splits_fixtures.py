@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.curation.pseudonym import pseudonymize
-from pipelines.splits.assign import user_home
+from pipelines.splits.assign import SplitConfig, user_home
 from schemas import get_schema
 
 T0 = dt.datetime(2023, 3, 1)
@@ -51,6 +51,41 @@ def write_warehouse(home: DataHome, rows: list[dict], users: list[int] | None = 
         path = home.partition_file(table, "2023-03-01")
         path.parent.mkdir(parents=True, exist_ok=True)
         pq.write_table(pa.table(data), path)
+
+
+def keyed_users(secret: str, n: int, home: str = "train") -> list[tuple[int, str]]:
+    """``n`` (raw id, pseudonym under ``secret``) whose hash rule home is ``home`` (the first users of a ledger fill
+    the held-out splits whatever their hash says)."""
+    config, found, raw = SplitConfig(), [], 1
+    while len(found) < n:
+        name = pseudonymize(raw, secret)
+        if user_home(name, config.salt, config.heldout_fraction) == home:
+            found.append((raw, name))
+        raw += 1
+    return found
+
+
+def publish_recorded(home: DataHome, name: str) -> None:
+    """:func:`publish_splits` as ``name`` with the publish record the publish stage writes (which ``split_pairs``
+    ``latest`` was published from), so the next build takes the nightly path."""
+    import hashlib
+
+    from pipelines.splits import coverage
+
+    publish_splits(home, name)
+    sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
+    coverage.write_published_source(home, home.datasets / name, sha)
+
+
+def read_pins(home: DataHome) -> dict[tuple[str, str], str]:
+    """The home's key owner pins, (kind, key) -> owner."""
+    return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
+
+
+def kept_splits(home: DataHome) -> dict[str, str]:
+    """pair id -> the train / validation / test split of each kept row of ``split_pairs`` (``_unique`` left out)."""
+    return {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
+            if r["split"] in ("train", "validation", "test")}
 
 
 def users_by_home(salt: str, fraction: float, wanted: dict[str, int]) -> dict[str, list[str]]:

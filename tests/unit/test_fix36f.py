@@ -14,15 +14,23 @@
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 from dataclasses import replace
 
 import pyarrow.parquet as pq
-from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs, write_warehouse
+from splits_fixtures import (
+    kept_splits,
+    pair_row,
+    publish_recorded,
+    publish_splits,
+    read_pins,
+    realistic_pairs,
+    users_by_home,
+    write_pairs,
+    write_warehouse,
+)
 
 from formats.home import DataHome
-from pipelines.splits import coverage
 from pipelines.splits.assign import (
     SplitConfig,
     build_splits,
@@ -43,18 +51,7 @@ def _build(home: DataHome, rows: list[dict], config: SplitConfig = SplitConfig()
     write_warehouse(home, rows)
     build_splits(home, config, **QUIET)
     if publish:
-        publish_splits(home, publish)
-        sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
-        coverage.write_published_source(home, home.datasets / publish, sha)
-
-
-def _pins(home: DataHome) -> dict[tuple[str, str], str]:
-    return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
-
-
-def _kept(home: DataHome) -> dict[str, str]:
-    return {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
-            if r["split"] in ("train", "validation", "test")}
+        publish_recorded(home, publish)
 
 
 # --- defect 1: pins and the retained versions ----------------------------------------------------------------------
@@ -67,19 +64,19 @@ def test_a_deleted_generations_pins_stay_while_a_retained_version_shows_them_and
     _build(home, night1, publish=V1)
     night2 = [night1[0], pair_row(3, v, "another prompt of V", "c3a", "c3b", day=1)]   # generation 2 deleted
     _build(home, night2, publish=V2)
-    pins = _pins(home)
+    pins = read_pins(home)
     # the prompt and both images of the deleted generation: V1 still publishes them in validation
     assert pins[("prompt", normalize_prompt(P))] == "validation"
     assert pins[("image", "2-0-a")] == pins[("image", "2-0-b")] == "validation"
     # retention deletes V1: no retained version shows them, so the next build drops their pins
     shutil.rmtree(home.datasets / V1)
     _build(home, night2)
-    pins = _pins(home)
+    pins = read_pins(home)
     assert ("prompt", normalize_prompt(P)) not in pins and ("image", "2-0-a") not in pins
     assert pins[("prompt", normalize_prompt("another prompt of V"))] == "validation"      # V2's keys stay
     # and a train user's later use of the prompt is no longer held out (no retained version shows it)
     _build(home, night2 + [pair_row(4, t, P, "c4a", "c4b", day=2)])
-    assert _kept(home)["4_0"] == "train"
+    assert kept_splits(home)["4_0"] == "train"
 
 
 def test_retained_published_keys_reads_every_retained_version_and_keeps_all_when_one_cannot_be_read(tmp_path):
@@ -172,12 +169,12 @@ def test_a_train_row_of_a_prompt_whose_held_out_first_use_was_rejected_is_kept(t
             pair_row(4, t1, "kept as before", "cX", "cW", day=1)]
     write_pairs(home, rows)
     build_splits(home, config, **QUIET)
-    assert _kept(home) == {"1_0": "train", "3_0": "train", "4_0": "train"}
+    assert kept_splits(home) == {"1_0": "train", "3_0": "train", "4_0": "train"}
     rejects = pq.read_table(home.table_file("split_rejects")).to_pylist()
     assert [(r["pair_id"], r["home_split"]) for r in rejects] == [("2_0", "validation")]     # pairs = kept + rejects
     # heldout_wins: V's use holds cA and Q out, so T's rows of them go instead (the mode's choice: no orphan)
     build_splits(home, replace(config, owner_mode="heldout_wins"), **QUIET)
-    assert _kept(home) == {"2_0": "validation", "4_0": "train"}
+    assert kept_splits(home) == {"2_0": "validation", "4_0": "train"}
 
 
 def test_a_pinned_prompt_is_not_owned_again_though_no_row_of_it_is_kept(tmp_path):
@@ -188,6 +185,6 @@ def test_a_pinned_prompt_is_not_owned_again_though_no_row_of_it_is_kept(tmp_path
     # V's row of P left pairs (a ban, a deletion); T types P: P is pinned validation (V1 shows it), owned by its pin
     # though no row of it is kept, so T's row is rejected
     _build(home, [pair_row(1, t, "a prompt of T", "c1a", "c1b"), pair_row(3, t, P, "c3a", "c3b", day=1)])
-    assert _kept(home) == {"1_0": "train"}
+    assert kept_splits(home) == {"1_0": "train"}
     assert {r["pair_id"]: r["reason"] for r in pq.read_table(home.table_file("split_rejects")).to_pylist()} == {
         "3_0": "prompt_conflict"}

@@ -14,18 +14,16 @@ from the run's curation config, ``python -m pipelines.splits.assign`` from the h
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits, write_warehouse
+from splits_fixtures import keyed_users, pair_row, publish_recorded, write_warehouse
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize
-from pipelines.splits import coverage
-from pipelines.splits.assign import SplitConfig, build_splits, main, normalize_prompt, user_home
+from pipelines.splits.assign import SplitConfig, build_splits, main, normalize_prompt
 from schemas import get_schema
 
 QUIET = {"log": lambda message: None}
@@ -34,18 +32,7 @@ P = "a red fox in the snow"
 V1, V2 = "2023-03-01-0000000ea1", "2023-03-02-0000000ea2"
 
 
-def _train_users(secret: str, n: int, home: str = "train") -> list[tuple[int, str]]:
-    """``n`` (raw id, pseudonym) whose hash rule home is ``home`` (the first users fill the held-out splits)."""
-    config, found, raw = SplitConfig(), [], 1
-    while len(found) < n:
-        name = pseudonymize(raw, secret)
-        if user_home(name, config.salt, config.heldout_fraction) == home:
-            found.append((raw, name))
-        raw += 1
-    return found
-
-
-(T_ID, T), (V_ID, V) = _train_users(SECRET, 2)
+(T_ID, T), (V_ID, V) = keyed_users(SECRET, 2)
 
 
 def _write(home: DataHome, rows: list[dict], accounts: list[int], pairs_key: str | None) -> None:
@@ -63,9 +50,7 @@ def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str |
     _write(home, rows, accounts, pairs_key)
     build_splits(home, SplitConfig(), pseudonym_secret=secret, **QUIET)
     if publish:
-        publish_splits(home, publish)
-        sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
-        coverage.write_published_source(home, home.datasets / publish, sha)
+        publish_recorded(home, publish)
     return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
 
 
@@ -127,7 +112,7 @@ def test_a_warehouse_naming_no_account_keeps_the_pins(tmp_path):
 
 def test_a_key_an_erased_and_a_remaining_account_published_keeps_its_pin(tmp_path):
     """P published by V (erased) and by W (its generation deleted, its account there): W's row keeps P's pin."""
-    (W_ID, W), = _train_users(SECRET, 1, home="validation")
+    (W_ID, W), = keyed_users(SECRET, 1, home="validation")
     home = DataHome(tmp_path / "home")
     rows = NIGHT1 + [pair_row(3, W, P, "c3a", "c3b")]
     _night(home, rows, [T_ID, V_ID, W_ID], publish=V1)

@@ -39,14 +39,12 @@ deletes such a folder); it now names them as a publish does (the defect, confirm
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import replace
 
 import pyarrow.parquet as pq
-from splits_fixtures import pair_row, publish_splits, realistic_pairs, users_by_home, write_pairs, write_warehouse
+from splits_fixtures import pair_row, publish_recorded, realistic_pairs, users_by_home, write_pairs, write_warehouse
 
 from formats.home import DataHome
-from pipelines.splits import coverage
 from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
 
 QUIET = {"log": lambda message: None}
@@ -63,9 +61,7 @@ def _night(home: DataHome, rows: list[dict], name: str, config: SplitConfig = Sp
     write_pairs(home, rows)
     write_warehouse(home, rows)
     build_splits(home, config, **QUIET)
-    publish_splits(home, name)
-    sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
-    coverage.write_published_source(home, home.datasets / name, sha)
+    publish_recorded(home, name)
     return {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
             if r["split"] in PARENTS}
 

@@ -40,20 +40,18 @@ quarantine's lines), not the users table alone.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import json
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits
+from splits_fixtures import kept_splits, keyed_users, pair_row, publish_recorded, read_pins
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
 from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize
 from pipelines.ingest.parse import LINE_TOO_LONG, raw_fields
-from pipelines.splits import coverage
-from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt, user_home
+from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
 from pipelines.splits.rekey import rekey_ledger
 from schemas import get_schema
 
@@ -66,12 +64,7 @@ DAY = dt.date(2023, 3, 1)
 
 def _users(secret: str, n: int, home: str = "train") -> list[int]:
     """``n`` raw ids whose pseudonym under ``secret`` has ``home`` as its hash rule home."""
-    config, found, raw = SplitConfig(), [], 1
-    while len(found) < n:
-        if user_home(pseudonymize(raw, secret), config.salt, config.heldout_fraction) == home:
-            found.append(raw)
-        raw += 1
-    return found
+    return [raw for raw, _ in keyed_users(secret, n, home)]
 
 
 def _write(home: DataHome, pairs: list[tuple[int, dict]], secret: str, accounts: list[int],
@@ -114,19 +107,7 @@ def _replace(home: DataHome, table: str, data: pa.Table) -> None:
 def _build(home: DataHome, secret: str, publish: str | None = None) -> None:
     build_splits(home, SplitConfig(), pseudonym_secret=secret, **QUIET)
     if publish:
-        publish_splits(home, publish)
-        sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
-        coverage.write_published_source(home, home.datasets / publish, sha)
-
-
-def _pins(home: DataHome) -> dict[tuple[str, str], str]:
-    return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
-
-
-def _splits_of(home: DataHome) -> dict[str, str]:
-    """pair id -> its train / validation / test split (the ``_unique`` copies left out)."""
-    return {r["pair_id"]: r["split"] for r in pq.read_table(home.table_file("split_pairs")).to_pylist()
-            if r["split"] in ("train", "validation", "test")}
+        publish_recorded(home, publish)
 
 
 def _v1(home: DataHome, secret: str) -> tuple[int, int]:
@@ -135,7 +116,7 @@ def _v1(home: DataHome, secret: str) -> tuple[int, int]:
     _write(home, [(t_id, pair_row(1, "", "a prompt of T", "c1a", "c1b")), (v_id, pair_row(2, "", P, "c2a", "c2b"))],
            secret, [t_id, v_id])
     _build(home, secret, publish=V1)
-    assert _splits_of(home) == {"1_0": "train", "2_0": "validation"}
+    assert kept_splits(home) == {"1_0": "train", "2_0": "validation"}
     return t_id, v_id
 
 
@@ -152,13 +133,13 @@ def test_a_secret_rotation_does_not_take_every_retained_account_for_erased(tmp_p
     # night 2 under the new secret: V deleted its only generation in the app; V's account stays (users holds it)
     _write(home, [(t_id, pair_row(1, "", "a prompt of T", "c1a", "c1b"))], NEW, [t_id, v_id])
     _build(home, NEW)
-    pins = _pins(home)
+    pins = read_pins(home)
     # night 3: T (train) types P; V1, still retained, shows P in validation
     _write(home, [(t_id, pair_row(1, "", "a prompt of T", "c1a", "c1b")),
                   (t_id, pair_row(3, "", P, "c3a", "c3b", day=1))], NEW, [t_id, v_id])
     _build(home, NEW)
     assert {pins.get(key) for key in V_KEYS} == {"validation"}          # rev36f's pins kept: V was never erased
-    assert _splits_of(home).get("3_0") != "train"                      # P held out in V1 is never in train
+    assert kept_splits(home).get("3_0") != "train"                      # P held out in V1 is never in train
 
 
 # --- 2. an account the warehouse still holds, but not in its users table, is judged erased ----------------------
@@ -192,10 +173,10 @@ def test_an_account_the_warehouse_still_holds_outside_users_keeps_its_pins(tmp_p
     _write(home, [(t_id, pair_row(1, "", "a prompt of T", "c1a", "c1b"))], OLD, accounts,
            **held(home, t_id, v_id))
     _build(home, OLD)
-    pins = _pins(home)
+    pins = read_pins(home)
     # the next night T (train) types P; V1, still retained, shows P in validation
     _write(home, [(t_id, pair_row(1, "", "a prompt of T", "c1a", "c1b")),
                   (t_id, pair_row(3, "", P, "c3a", "c3b", day=1))], OLD, accounts, **held(home, t_id, v_id))
     _build(home, OLD)
     assert {pins.get(key) for key in V_KEYS} == {"validation"}
-    assert _splits_of(home).get("3_0") != "train"
+    assert kept_splits(home).get("3_0") != "train"

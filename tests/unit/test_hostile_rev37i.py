@@ -36,18 +36,15 @@ integer ``"user_id":`` member it holds.
 """
 from __future__ import annotations
 
-import hashlib
-
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from splits_fixtures import pair_row, publish_splits, write_warehouse
+from splits_fixtures import keyed_users, pair_row, publish_recorded, write_warehouse
 
 from formats.files import write_parquet_atomic
 from formats.home import DataHome
-from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check, pseudonymize
-from pipelines.splits import coverage
-from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt, user_home
+from pipelines.curation.pseudonym import KEY_CHECK_METADATA, key_check
+from pipelines.splits.assign import SplitConfig, build_splits, normalize_prompt
 from schemas import get_schema
 
 QUIET = {"log": lambda message: None}
@@ -56,17 +53,7 @@ P = "a red fox in the snow"
 V1 = "2023-03-01-0000000ea1"
 
 
-def _users(secret: str, n: int, home: str = "train") -> list[tuple[int, str]]:
-    config, found, raw = SplitConfig(), [], 1
-    while len(found) < n:
-        name = pseudonymize(raw, secret)
-        if user_home(name, config.salt, config.heldout_fraction) == home:
-            found.append((raw, name))
-        raw += 1
-    return found
-
-
-(T_ID, T), (V_ID, V) = _users(SECRET, 2)
+(T_ID, T), (V_ID, V) = keyed_users(SECRET, 2)
 
 
 def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str | None = None) -> dict:
@@ -75,9 +62,7 @@ def _night(home: DataHome, rows: list[dict], accounts: list[int], publish: str |
     write_warehouse(home, rows, accounts)
     build_splits(home, SplitConfig(), pseudonym_secret=SECRET, **QUIET)
     if publish:
-        publish_splits(home, publish)
-        sha = hashlib.sha256(home.table_file("split_pairs").read_bytes()).hexdigest()
-        coverage.write_published_source(home, home.datasets / publish, sha)
+        publish_recorded(home, publish)
     return {(r["kind"], r["key"]): r["owner"] for r in pq.read_table(home.table_file("split_key_owners")).to_pylist()}
 
 
