@@ -18,11 +18,11 @@ import datetime
 import multiprocessing
 import os
 import shutil
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
+from training_fixtures import damage_a_caption
 
 from training import synthetic
 from training import train as train_module
@@ -34,17 +34,6 @@ GLOO_TIMEOUT_S = 180  # a rank waiting for a failed one would end after it; a bu
 SHARD = "pickapic-train-000001.tar"   # rank 1 reads it (resampled=False: split_by_node)
 
 
-def _damage_a_caption(shard: Path) -> None:
-    """Change one letter of the last caption in ``shard``: every sample still decodes, its sha256 differs."""
-    with tarfile.open(shard) as tar:
-        member = [m for m in tar.getmembers() if m.name.endswith(".txt")][-1]
-    with open(shard, "r+b") as handle:
-        handle.seek(member.offset_data)
-        letter = handle.read(1)
-        handle.seek(member.offset_data)
-        handle.write(b"Q" if letter != b"Q" else b"R")
-
-
 def _node_local(version: Path, nodes: Path, case: str, rank1: str) -> None:
     """Make ``version``'s train/SHARD a link through /proc/self/cwd: node0 (rank 0's folder) holds the published
     copy, node1 a damaged copy (``rank1="damaged"``) or none (``"missing"``)."""
@@ -53,7 +42,7 @@ def _node_local(version: Path, nodes: Path, case: str, rank1: str) -> None:
         (nodes / node / case).mkdir(parents=True, exist_ok=True)
     if rank1 == "damaged":
         shutil.copyfile(shard, nodes / "node1" / case / SHARD)
-        _damage_a_caption(nodes / "node1" / case / SHARD)
+        damage_a_caption(nodes / "node1" / case / SHARD)
     shard.rename(nodes / "node0" / case / SHARD)
     shard.symlink_to(f"/proc/self/cwd/{case}/{SHARD}")
 
@@ -144,7 +133,7 @@ def test_a_single_rank_whose_loader_fails_raises_its_own_error_and_keeps_its_ste
 
     def on_event(event) -> None:   # after step 1 the shard changes; the loader reads it to its end later
         if event.get("event") == "train" and event.get("step") == 1:
-            _damage_a_caption(version / "train" / "pickapic-train-000000.tar")
+            damage_a_caption(version / "train" / "pickapic-train-000000.tar")
 
     with pytest.raises(ShardChecksumError, match="pickapic-train-000000.tar"):
         train_module.train(tiny_config(str(version), str(out), max_steps=8, eval_every=8, batch_size=8,

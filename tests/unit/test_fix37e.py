@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.utils.data._utils as loader_utils
+from training_fixtures import damage_a_caption
 
 from training import data as data_module
 from training import synthetic
@@ -126,17 +127,6 @@ def test_the_process_group_gets_an_explicit_timeout(monkeypatch) -> None:
     assert got["backend"] == "gloo" and got["timeout"].total_seconds() == train_module.GROUP_TIMEOUT_S
 
 
-def _damage_a_caption(shard: Path) -> None:
-    import tarfile
-    with tarfile.open(shard) as tar:
-        member = [m for m in tar.getmembers() if m.name.endswith(".txt")][-1]
-    with open(shard, "r+b") as handle:
-        handle.seek(member.offset_data)
-        letter = handle.read(1)
-        handle.seek(member.offset_data)
-        handle.write(b"Q" if letter != b"Q" else b"R")
-
-
 def test_score_split_ends_its_workers_on_a_damaged_shard(tmp_path: Path, no_gc) -> None:
     written = write_synthetic_version(tmp_path / "datasets" / "v1", SIZES, image_px=32, shards_per_split=2)
     version = written.version_dir
@@ -144,7 +134,7 @@ def test_score_split_ends_its_workers_on_a_damaged_shard(tmp_path: Path, no_gc) 
     trained = train_module.train(tiny_config(str(version), str(out), max_steps=1, eval_every=1, batch_size=8,
                                              num_workers=0))
     clip, processor = load_model(trained.best_dir)
-    _damage_a_caption(version / "test_unique" / "pickapic-test_unique-000001.tar")
+    damage_a_caption(version / "test_unique" / "pickapic-test_unique-000001.tar")
     before = set(multiprocessing.active_children())
     with pytest.raises(ShardChecksumError, match="pickapic-test_unique-000001.tar"):
         score_split(PairScorer(clip), processor, version, "test_unique", num_workers=2, bf16=False)

@@ -41,6 +41,7 @@ import gc
 from pathlib import Path
 
 import pytest
+from training_fixtures import damage_a_caption
 
 from training import synthetic
 from training import train as train_module
@@ -48,18 +49,6 @@ from training.data import ShardChecksumError
 from training.synthetic import tiny_config, write_synthetic_version
 
 SIZES = {split: 24 if split == "train" else 8 for split in synthetic.DEFAULT_SIZES}
-
-
-def _damage_a_caption(shard: Path) -> None:
-    """Change one letter of the last caption in ``shard`` in place: every sample decodes, its sha256 differs."""
-    import tarfile
-    with tarfile.open(shard) as tar:
-        member = [m for m in tar.getmembers() if m.name.endswith(".txt")][-1]
-    with open(shard, "r+b") as handle:
-        handle.seek(member.offset_data)
-        letter = handle.read(1)
-        handle.seek(member.offset_data)
-        handle.write(b"Q" if letter != b"Q" else b"R")
 
 
 @pytest.mark.parametrize("where", ["step_loop", "evaluation"])
@@ -77,7 +66,7 @@ def test_a_loader_worker_failure_releases_the_run_lock_when_train_returns(tmp_pa
 
     def on_event(event) -> None:   # after step 1: the step loop's worker reads the shard to its end later, or
         if event.get("event") == "train" and event.get("step") == 1:   # the evaluation at step 8 reads it
-            _damage_a_caption(damaged)
+            damage_a_caption(damaged)
 
     config = dict(max_steps=8, eval_every=8, batch_size=8, shuffle_buffer=2, shuffle_initial=1, num_workers=1)
     gc.collect()
