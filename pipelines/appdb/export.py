@@ -2803,7 +2803,8 @@ def _load_undated(home: DataHome) -> dict[str, dict[int, str | None]]:
         return out
     for table in RAW_TABLES:
         entries = state.get(table)
-        for entry in entries[:REMEMBER_UNDATED] if isinstance(entries, list) else []:
+        # fix37h: up to REMEMBER_UNDATED dated and as many undated (_remembered): none of ours is cut here
+        for entry in entries[:2 * REMEMBER_UNDATED] if isinstance(entries, list) else []:
             if (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int
                     and -(1 << 63) <= entry[0] < (1 << 63)
                     and (entry[1] is None or (isinstance(entry[1], str)
@@ -2825,18 +2826,18 @@ def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> No
 
 
 def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
-    """At most REMEMBER_UNDATED of ``ids``: the rows dated first (fix37d: the smallest id of each day before the
-    others, so every day stays named while more rows than that wait for their days), then the smallest undated
-    ids."""
-    if len(ids) <= REMEMBER_UNDATED:
+    """``ids`` with at most REMEMBER_UNDATED undated ones: every row dated (fix37h, review rev37h: a dated row
+    remembered is a row moved off a raw day that may be published without it already, so it is never trimmed:
+    trimmed, it was in no raw day and named by no night; :func:`remember_moved` adds no more dated rows than
+    REMEMBER_UNDATED a table and holds the day back for the others), then the smallest undated ids in the room
+    the dated ones leave (an undated row is named by the undated warning each night all the same)."""
+    dated = sum(1 for on in ids.values() if on is not None)
+    undated = len(ids) - dated
+    if undated <= max(0, REMEMBER_UNDATED - dated):
         return ids
-    firsts: dict[str, int] = {}
-    for key, on in ids.items():
-        if on is not None and (on not in firsts or key < firsts[on]):
-            firsts[on] = key
-    first_ids = set(firsts.values())
-    return dict(sorted(ids.items(), key=lambda item: (item[1] is None, item[0] not in first_ids, item[0]))
-                [:REMEMBER_UNDATED])
+    room = max(0, REMEMBER_UNDATED - dated)
+    kept_undated = set(sorted(key for key, on in ids.items() if on is None)[:room])
+    return {key: on for key, on in ids.items() if on is not None or key in kept_undated}
 
 
 def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
@@ -2893,13 +2894,28 @@ def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
             lost = dict(getattr(moved, "left", {}))
             for table, ids in moved.items():
                 if table in current:
+                    now = current[table]
+                    dated = sum(1 for on in now.values() if on is not None)
+                    # fix37h (review rev37h): a dated row remembered before is never trimmed to make room (its old
+                    # day may be published without it already); the new rows take the room left, the first row
+                    # of each day not named yet first, and a row that finds none is not remembered: the day that
+                    # keeps it is held back (before, the cap trimmed a row remembered on an earlier night)
+                    named = {on for on in now.values() if on is not None}
+                    firsts: dict[str, int] = {}
                     for key, on in ids.items():
-                        current[table][key] = on
-                    dated = [key for key, on in current[table].items() if on is not None]
-                    current[table] = _remembered(current[table])
-                    # fix37d: a dated row trimmed by the cap (one of these or one remembered before) is not remembered
-                    kept = current[table]
-                    dropped = sum(1 for key in dated if key not in kept)
+                        if on not in named and (on not in firsts or key < firsts[on]):
+                            firsts[on] = key
+                    first_ids = set(firsts.values())
+                    dropped = 0
+                    for key, on in sorted(ids.items(), key=lambda item: (item[0] not in first_ids, item[0])):
+                        if now.get(key) is not None:
+                            now[key] = on                  # remembered dated already: its day now
+                        elif dated < REMEMBER_UNDATED:
+                            now[key] = on
+                            dated += 1
+                        else:
+                            dropped += 1
+                    current[table] = _remembered(now)
                     if dropped:
                         lost[table] = lost.get(table, 0) + dropped
             # saved all the same: the rows it holds (one of each day first) keep their days named each night
