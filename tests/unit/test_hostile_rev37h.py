@@ -87,9 +87,6 @@ def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_se
         later.warnings
 
 
-@pytest.mark.xfail(strict=True, reason="rev37h: past the cap, rows moved to a day not closed yet (a later year) hold "
-                   "their old day back every night until that day closes, and the build the warning names is "
-                   "refused (ExportTooEarly): no operator action can release the day")
 def test_rows_past_the_cap_moved_to_a_later_year_do_not_hold_the_day_back_for_years(postgres_server, tmp_path):  # noqa: F811
     import datetime as dt
 
