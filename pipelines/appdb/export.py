@@ -2883,7 +2883,10 @@ def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
 class Outside(dict):
     """Fix37d: ``moved_rows``' table -> {id: day} of the rows moved to a day no schedule exports (before the raw
     zone's first) or none can export yet (not closed), REMEMBER_UNDATED a table at most, and ``left``: table ->
-    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves)."""
+    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves). Fix37h
+    (review rev37h): past that, the rows moved to a day not closed yet are listed in ``waiting`` (int64 arrays,
+    written to MOVED_WAITING by :func:`remember_moved`), never counted in ``left``: no build can export such a day,
+    so the day they leave is never held back for them."""
 
     def __init__(self) -> None:
         super().__init__()

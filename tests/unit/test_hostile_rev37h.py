@@ -25,7 +25,8 @@ closes, taking places of the 1,000 a table meant for the undated and before-firs
 the one on top), harmless for ``grpid`` since one device has one super block's options.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
-assertions state the correct behaviour.
+assertions state the correct behaviour. All three were fixed the same day (fix37h, ``tests/unit/test_fix37h.py``)
+and their markers removed.
 """
 from __future__ import annotations
 
