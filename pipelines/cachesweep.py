@@ -16,6 +16,7 @@ from pipelines.appdb.export import (
     CONTENT_RECORDS,
     COUNTS_CACHE,
     LATE_MARKERS,
+    MOVED_WAITING,
     SNAPSHOT_ORDER,
     TICKET_CLOCK,
     UNDATED_STATE,
@@ -52,6 +53,7 @@ def sweep_cache_temps(home: DataHome, also: Iterable[Path] = ()) -> list[str]:
                (identity_record(home, "0000-00-00").parent, provenance.DAY_RECORD, False),   # never (rev29e)
                # the app export's per-day records (written through a link at their folder, as the caches above)
                (home.cache / COUNTS_CACHE, DAY_FILE + r"\.json", True),
+               (home.cache / MOVED_WAITING, DAY_FILE + r"\.json", True),    # fix37h
                (home.cache / WRITTEN_RECORDS, DAY_FILE + r"\.json", True),
                (home.cache / CONTENT_RECORDS, DAY_FILE + r"\.json", True),   # review rev35a
                (home.cache / LATE_MARKERS, DAY_FILE, True),

@@ -6,6 +6,7 @@ import os
 import re
 import stat
 from pathlib import Path
+from typing import AnyStr
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -75,26 +76,33 @@ def _bsd_groups(folder: Path, device: int) -> bool:
     device whose mount point is the longest prefix of the folder's real path). False where mountinfo cannot be
     read (not Linux) or names no such mount."""
     try:
-        text = Path(MOUNTINFO).read_text(encoding="utf-8", errors="replace")
-        where = os.path.realpath(folder)
+        # fix37h (review rev37h): bytes, as the kernel writes them, compared with the folder's real path as bytes
+        # (os.fsencode: a non-UTF-8 name's surrogate escapes back to its bytes); read as replaced text, a mount
+        # point with such a byte never matched the folder and a grpid home was taken for the default
+        data = Path(MOUNTINFO).read_bytes()
+        where = os.fsencode(os.path.realpath(folder))
     except OSError:
         return False
-    wanted = f"{os.major(device)}:{os.minor(device)}"
-    best, options = -1, ""
-    for line in text.splitlines():
-        fields = line.split(" ")
-        if len(fields) < 7 or fields[2] != wanted or "-" not in fields[6:]:
+    wanted = f"{os.major(device)}:{os.minor(device)}".encode()
+    best, options = -1, b""
+    for line in data.split(b"\n"):
+        fields = line.split(b" ")
+        if len(fields) < 7 or fields[2] != wanted or b"-" not in fields[6:]:
             continue
         point = _unescape(fields[4])
-        if not (where == point or where.startswith(point.rstrip("/") + "/")) or len(point) <= best:
+        # of two mounts at the same point the later line is the one on top (the one the path reaches): it wins
+        if not (where == point or where.startswith(point.rstrip(b"/") + b"/")) or len(point) < best:
             continue
-        tail = fields[fields.index("-", 6) + 1:]
-        best, options = len(point), fields[5] + "," + (tail[2] if len(tail) > 2 else "")
-    return bool(_BSD_GROUP_OPTIONS & set(options.split(",")))
+        tail = fields[fields.index(b"-", 6) + 1:]
+        best, options = len(point), fields[5] + b"," + (tail[2] if len(tail) > 2 else b"")
+    return bool(_BSD_GROUP_OPTIONS & set(options.decode("ascii", "replace").split(",")))
 
 
-def _unescape(field: str) -> str:
-    """A mountinfo path field as the path it names (the kernel writes space, tab, newline, backslash as \\ooo)."""
+def _unescape(field: AnyStr) -> AnyStr:
+    """A mountinfo path field as the path it names (the kernel writes space, tab, newline, backslash as \\ooo;
+    any other byte, UTF-8 or not, as itself): bytes as bytes (what :func:`_bsd_groups` compares), text as text."""
+    if isinstance(field, bytes):
+        return re.sub(rb"\\([0-7]{3})", lambda m: bytes([int(m.group(1), 8) & 0xFF]), field)
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), field)
 
 

@@ -32,6 +32,7 @@ import decimal
 import errno
 import gzip
 import hashlib
+import heapq
 import json
 import math
 import os
@@ -1497,6 +1498,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             report.warnings.append(undated_warning(report.undated))
         # rows once reported undated: where they stand now (dated since: their day is marked below)
         undated_watch = watch_undated(conn, home, day, watched)
+        # fix37h: and the rows moved to a day not closed yet past the cap (MOVED_WAITING)
+        waiting_watch = watch_waiting(conn, home, day)
         if report.unconvertible:
             report.warnings.append(unconvertible_warning(day, report.unconvertible))
         if report.oversized:
@@ -1630,7 +1633,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 # the markers set before this snapshot was taken (a later one stands for rows it may not hold)
                 report.warnings += filter(None, [mark_late(home, day, False, ticket)])
                 report.warnings += late_check.clear_whole(home, ticket)
-            dated, marked = dated_warning(home, undated_watch.dated)
+            dated, marked = dated_warning(home, {table: {**undated_watch.dated.get(table, {}),
+                                                         **waiting_watch.dated.get(table, {})}
+                                                 for table in {*undated_watch.dated, *waiting_watch.dated}},
+                                          waiting_watch.more)
             # a row dated since it was reported undated: that day is re-exported (the rows moved off this day:
             # marked above, before the publish; the state that still names the dated rows is saved below)
             for marked_day in marked:
@@ -1640,6 +1646,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
                 report.warnings.append(dated)
             if not superseded and not held_back:   # held back: the rows it would forget are not published
                 report.warnings += filter(None, [save_undated(home, undated_watch)])
+                report.warnings += filter(None, [forget_waiting(home, waiting_watch)])
         report.warnings += blob_warnings(day, report)
     except psycopg.Error as exc:
         raise database_error(exc, dsn, name, f"exporting day {day}") from None
@@ -2774,6 +2781,13 @@ class AppDays:
 REMEMBER_UNDATED = 1000   # undated ids per table an export remembers (UNDATED_STATE), so their day is exported once dated
 UNDATED_STATE = "app_export_undated.json"    # HOME/cache/<this>: {table: [[id, day or null], ...]}
 UNDATED_STATE_MAX_BYTES = 1 << 20            # 4 x REMEMBER_UNDATED entries take ~100 KB; a larger file is not ours
+# fix37h (review rev37h): HOME/cache/<this>/dt=DAY.json, {table: [id, ...]} sorted: the rows moved to DAY, a day not
+# closed yet (a created_at typo into a later year), past the REMEMBER_UNDATED a table UNDATED_STATE holds; any number,
+# one day's file read at a time, each night looking them up (a day is never held back for them: no build can export
+# a day not closed, review rev37h), each forgotten once the export of the day it is dated to holds it, or deleted
+MOVED_WAITING = "app_export_moved"
+MOVED_WAITING_MAX_BYTES = 1 << 30            # ~20 bytes an id: a larger file is not ours
+WAITING_BATCH = 10_000                       # ids a row_days look-up of the waiting rows passes at a time
 
 
 def undated_rows(conn: psycopg.Connection, watched: dict[str, list[int]] | None = None) -> dict[str, dict]:
@@ -2803,7 +2817,8 @@ def _load_undated(home: DataHome) -> dict[str, dict[int, str | None]]:
         return out
     for table in RAW_TABLES:
         entries = state.get(table)
-        for entry in entries[:REMEMBER_UNDATED] if isinstance(entries, list) else []:
+        # fix37h: up to REMEMBER_UNDATED dated and as many undated (_remembered): none of ours is cut here
+        for entry in entries[:2 * REMEMBER_UNDATED] if isinstance(entries, list) else []:
             if (isinstance(entry, list) and len(entry) == 2 and type(entry[0]) is int
                     and -(1 << 63) <= entry[0] < (1 << 63)
                     and (entry[1] is None or (isinstance(entry[1], str)
@@ -2825,18 +2840,18 @@ def _save_undated(home: DataHome, state: dict[str, dict[int, str | None]]) -> No
 
 
 def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
-    """At most REMEMBER_UNDATED of ``ids``: the rows dated first (fix37d: the smallest id of each day before the
-    others, so every day stays named while more rows than that wait for their days), then the smallest undated
-    ids."""
-    if len(ids) <= REMEMBER_UNDATED:
+    """``ids`` with at most REMEMBER_UNDATED undated ones: every row dated (fix37h, review rev37h: a dated row
+    remembered is a row moved off a raw day that may be published without it already, so it is never trimmed:
+    trimmed, it was in no raw day and named by no night; :func:`remember_moved` adds no more dated rows than
+    REMEMBER_UNDATED a table and holds the day back for the others), then the smallest undated ids in the room
+    the dated ones leave (an undated row is named by the undated warning each night all the same)."""
+    dated = sum(1 for on in ids.values() if on is not None)
+    undated = len(ids) - dated
+    if undated <= max(0, REMEMBER_UNDATED - dated):
         return ids
-    firsts: dict[str, int] = {}
-    for key, on in ids.items():
-        if on is not None and (on not in firsts or key < firsts[on]):
-            firsts[on] = key
-    first_ids = set(firsts.values())
-    return dict(sorted(ids.items(), key=lambda item: (item[1] is None, item[0] not in first_ids, item[0]))
-                [:REMEMBER_UNDATED])
+    room = max(0, REMEMBER_UNDATED - dated)
+    kept_undated = set(sorted(key for key, on in ids.items() if on is None)[:room])
+    return {key: on for key, on in ids.items() if on is not None or key in kept_undated}
 
 
 def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
@@ -2868,11 +2883,137 @@ def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
 class Outside(dict):
     """Fix37d: ``moved_rows``' table -> {id: day} of the rows moved to a day no schedule exports (before the raw
     zone's first) or none can export yet (not closed), REMEMBER_UNDATED a table at most, and ``left``: table ->
-    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves)."""
+    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves). Fix37h
+    (review rev37h): past that, the rows moved to a day not closed yet are listed in ``waiting`` (int64 arrays,
+    written to MOVED_WAITING by :func:`remember_moved`), never counted in ``left``: no build can export such a day,
+    so the day they leave is never held back for them."""
 
     def __init__(self) -> None:
         super().__init__()
         self.left: dict[str, int] = {}
+        # fix37h: table -> day -> ids past the cap moved to a day not closed yet (MOVED_WAITING: any number, as
+        # int64 arrays), and the days not closed yet its rows went to (remember_moved's rows without room wait too)
+        self.waiting: dict[str, dict[str, array.array]] = {}
+        self.open_days: set[str] = set()
+
+
+def _waiting_path(home: DataHome, day: str) -> Path:
+    return home.cache / MOVED_WAITING / f"dt={day}.json"
+
+
+def waiting_days(home: DataHome) -> list[str]:
+    """The days HOME/cache/MOVED_WAITING holds rows for (fix37h), in order."""
+    try:
+        names = os.listdir(home.cache / MOVED_WAITING)
+    except OSError:
+        return []
+    return sorted(name[3:13] for name in names if re.fullmatch(r"dt=[0-9]{4}-[0-9]{2}-[0-9]{2}\.json", name))
+
+
+def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
+    """Table -> sorted int64 ids of ``day``'s MOVED_WAITING file; anything the export did not write reads as none."""
+    out = {table: array.array("q") for table in RAW_TABLES}
+    data = read_small_file(_waiting_path(home, day), MOVED_WAITING_MAX_BYTES)
+    try:
+        state = json.loads(data) if data is not None else {}
+    except (ValueError, RecursionError):
+        state = {}
+    if not isinstance(state, dict):
+        return out
+    for table in RAW_TABLES:
+        ids = state.get(table)
+        if isinstance(ids, list):
+            out[table] = array.array("q", sorted({key for key in ids
+                                                  if type(key) is int and -(1 << 63) <= key < (1 << 63)}))
+    return out
+
+
+def _save_waiting(home: DataHome, day: str, per_table: dict[str, array.array]) -> None:
+    """Write ``day``'s MOVED_WAITING file (sorted ids: the same rows, the same bytes), removed when it holds none;
+    atomically (:func:`_write_cache_json`); OSError raised."""
+    path = _waiting_path(home, day)
+    if not any(per_table.values()):
+        info = lstat_or_none(path)
+        if info is not None and stat.S_ISREG(info.st_mode):
+            path.unlink()
+        return
+    _write_cache_json(home, path, {table: ids.tolist() for table, ids in per_table.items() if ids})
+
+
+def _add_waiting(home: DataHome, waiting: dict[str, dict[str, array.array]]) -> None:
+    """Add table -> day -> ids to the MOVED_WAITING files, one day at a time (the caller holds UNDATED_LOCK)."""
+    for day in sorted({on for per in waiting.values() for on in per}):
+        current = _load_waiting(home, day)
+        for table, per in waiting.items():
+            if per.get(day):     # two sorted runs merged, each id once (no set of the day's ids as Python ints)
+                merged, last = array.array("q"), None
+                for key in heapq.merge(current[table], sorted(per[day])):
+                    if key != last:
+                        merged.append(key)
+                        last = key
+                current[table] = merged
+        _save_waiting(home, day, current)
+
+
+@dataclass
+class WaitingWatch:
+    """Fix37h: what an export learnt of the MOVED_WAITING rows: per file day, table -> the ids to forget once
+    the day is published (held by it, or deleted); the rows dated to another day (``dated``: at most FIRST_IDS
+    a table and day listed, ``more``: table -> day -> the others counted) for :func:`dated_warning`."""
+
+    forget: dict[str, dict[str, array.array]] = field(default_factory=dict)
+    dated: dict[str, dict[int, str]] = field(default_factory=dict)
+    more: dict[str, dict[str, int]] = field(default_factory=dict)
+
+
+def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> WaitingWatch:
+    """Look up, in the export's snapshot, where the MOVED_WAITING rows stand (``row_days.sql``, WAITING_BATCH ids
+    at a time, one file day at a time: memory bounded by a day's ids as int64 arrays): a row dated to ``day`` is
+    this export's (forgotten once published), a deleted one is forgotten, one dated to another day than its file's
+    is named and that day marked (:func:`dated_warning`), like a remembered undated row dated since; an undated
+    one waits (the undated warning names it)."""
+    watch = WaitingWatch()
+    exact = None
+    for file_day in waiting_days(home):
+        ids = _load_waiting(home, file_day)
+        for table in RAW_TABLES:
+            keys = ids[table]
+            for at in range(0, len(keys), WAITING_BATCH):
+                batch = keys[at:at + WAITING_BATCH]
+                if exact is None:
+                    exact = exact_identities(conn)
+                params = {name: (batch.tolist() if name == table else []) for name in RAW_TABLES}
+                found: dict[int, str | None] = {}
+                for _, key, on, _ in conn.execute(statement("row_days"), {**params, "exact": exact}):
+                    found[key] = as_text(on)
+                for key in batch:
+                    if key not in found or found[key] == day:
+                        watch.forget.setdefault(file_day, {}).setdefault(table, array.array("q")).append(key)
+                    elif found[key] is not None and found[key] != file_day:
+                        on = found[key]
+                        listed = watch.dated.setdefault(table, {})
+                        if sum(1 for other in listed.values() if other == on) < FIRST_IDS:
+                            listed[key] = on
+                        else:
+                            per = watch.more.setdefault(table, {})
+                            per[on] = per.get(on, 0) + 1
+    return watch
+
+
+def forget_waiting(home: DataHome, watch: WaitingWatch) -> str:
+    """Take the rows ``watch`` found held by the published day (or deleted) out of their MOVED_WAITING files,
+    under UNDATED_LOCK (rows another export added meanwhile stay). Returns '' or a warning."""
+    try:
+        with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
+            for file_day, per in sorted(watch.forget.items()):
+                current = _load_waiting(home, file_day)
+                for table, gone in per.items():      # ``gone``: ascending, as the file listed them
+                    current[table] = array.array("q", (key for key in current[table] if not _sorted_has(gone, key)))
+                _save_waiting(home, file_day, current)
+    except (OSError, ValueError) as exc:
+        return (f"the app rows exported tonight could not be taken out of {home.cache / MOVED_WAITING} ({exc}): "
+                "the next export looks them up again")
+    return ""
 
 
 def _remember_failed(home: DataHome, why: str) -> str:
@@ -2891,23 +3032,47 @@ def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
         with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
             current = _load_undated(home)
             lost = dict(getattr(moved, "left", {}))
+            open_days: set[str] = set(getattr(moved, "open_days", ()))
+            waiting: dict[str, dict[str, array.array]] = {table: dict(per) for table, per in
+                                                          getattr(moved, "waiting", {}).items()}
             for table, ids in moved.items():
                 if table in current:
+                    now = current[table]
+                    dated = sum(1 for on in now.values() if on is not None)
+                    # fix37h (review rev37h): a dated row remembered before is never trimmed to make room (its old
+                    # day may be published without it already); the new rows take the room left, the first row
+                    # of each day not named yet first, and a row that finds none is not remembered: the day that
+                    # keeps it is held back (before, the cap trimmed a row remembered on an earlier night)
+                    named = {on for on in now.values() if on is not None}
+                    firsts: dict[str, int] = {}
                     for key, on in ids.items():
-                        current[table][key] = on
-                    dated = [key for key, on in current[table].items() if on is not None]
-                    current[table] = _remembered(current[table])
-                    # fix37d: a dated row trimmed by the cap (one of these or one remembered before) is not remembered
-                    kept = current[table]
-                    dropped = sum(1 for key in dated if key not in kept)
+                        if on not in named and (on not in firsts or key < firsts[on]):
+                            firsts[on] = key
+                    first_ids = set(firsts.values())
+                    dropped = 0
+                    for key, on in sorted(ids.items(), key=lambda item: (item[0] not in first_ids, item[0])):
+                        if now.get(key) is not None:
+                            now[key] = on                  # remembered dated already: its day now
+                        elif dated < REMEMBER_UNDATED:
+                            now[key] = on
+                            dated += 1
+                        elif on in open_days:              # fix37h: waits for its day in MOVED_WAITING
+                            waiting.setdefault(table, {}).setdefault(on, array.array("q")).append(key)
+                        else:
+                            dropped += 1
+                    current[table] = _remembered(now)
                     if dropped:
                         lost[table] = lost.get(table, 0) + dropped
+            # fix37h: the rows past the cap on a day not closed yet, written (as the state) before the publish
+            _add_waiting(home, waiting)
             # saved all the same: the rows it holds (one of each day first) keep their days named each night
             _save_undated(home, current)
     except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
         return _remember_failed(home, str(exc))
     if lost:
-        days = sorted({on for table, ids in moved.items() for on in ids.values()})
+        # fix37h: the days a build can export (a day not closed yet is refused: its rows wait, never counted here)
+        days = sorted({on for table, ids in moved.items() for on in ids.values() if on not in open_days}) \
+            or sorted({on for table, ids in moved.items() for on in ids.values()})
         return (f"app rows moved to a day no schedule exports (before the raw zone's first) or none can export yet "
                 f"are more than the {REMEMBER_UNDATED} a table the export remembers in {home.cache / UNDATED_STATE}: "
                 f"{'; '.join(f'{table}: {count} not remembered' for table, count in sorted(lost.items()))}, on "
@@ -2959,7 +3124,8 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
     return UndatedWatch(state, dated, remembered)
 
 
-def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str, list[str]]:
+def dated_warning(home: DataHome, dated: dict[str, dict[int, str]],
+                  more: dict[str, dict[str, int]] | None = None) -> tuple[str, list[str]]:
     """A line naming the rows reported undated before (or moved to a day before the raw zone's first) that have
     a day now and are not in its raw files yet, those up to the raw zone's last day (a later day is exported by
     the nightly export anyway), and the days to mark for the schedule: those of them from the raw zone's first
@@ -2982,9 +3148,11 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]]) -> tuple[str
     parts = []
     for table, ids in dated.items():
         shown = [(key, on) for key, on in sorted(ids.items()) if on in named]
+        # fix37h: the MOVED_WAITING rows past those listed, counted (``more``: table -> day -> rows)
+        count = len(shown) + sum(rows for on, rows in (more or {}).get(table, {}).items() if on in named)
         if shown:
-            parts.append(f"{table}: {len(shown)} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
-                         + (", ..." if len(shown) > FIRST_IDS else "") + ")")
+            parts.append(f"{table}: {count} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
+                         + (", ..." if count > FIRST_IDS else "") + ")")
     lacking = [on for on in named if on not in held]
     scheduled = ScheduledDays(home, days, raw_day_counts)
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
@@ -4009,11 +4177,19 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
                 firsts.add(code)
                 if len(ids) < REMEMBER_UNDATED:
                     ids.setdefault(key, held.names[code])
+        # fix37h (review rev37h): a row past that moved to a day not closed yet waits in MOVED_WAITING (an int64
+        # array here, written by remember_moved): no build can export that day, so it must not hold the day back
+        opened = {code for code in before if still_open is not None and not scheduled.before(held.names[code])
+                  and still_open(held.names[code])} if isinstance(outside, Outside) else set()
+        if opened:
+            outside.open_days.update(held.names[code] for code in opened)
         left = 0
         for key, code in zip(held.ids, held.days):
             if code in before and key not in ids:
                 if len(ids) < REMEMBER_UNDATED:
                     ids[key] = held.names[code]
+                elif code in opened:
+                    outside.waiting.setdefault(table, {}).setdefault(held.names[code], array.array("q")).append(key)
                 else:
                     left += 1      # counted only: no list of them (100,000 moved rows: bounded, see test_fix37d)
         if left and isinstance(outside, Outside):
@@ -4066,7 +4242,7 @@ def moved_warning(scheduled: ScheduledDays, moved: dict[str, dict[str, list]],
                  f"{'is' if len(waiting) == 1 else 'are'} not closed yet by the export's clock (a created_at typo "
                  f"into a later date?): the rows are in no raw day until the nightly export exports "
                  f"{'that day' if len(waiting) == 1 else 'those days'} (remembered in HOME/cache/{UNDATED_STATE} "
-                 f"meanwhile, and named again if dated back to an earlier day) -- correct their created_at in the "
+                 f"or HOME/cache/{MOVED_WAITING} meanwhile, and named again if dated back to an earlier day) -- correct their created_at in the "
                  f"app database if it is wrong")
     return line
 

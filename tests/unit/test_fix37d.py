@@ -51,7 +51,9 @@ def test_remembered_keeps_one_row_of_each_day_first() -> None:
     ids: dict[int, str | None] = {key: "2023-02-15" for key in range(1, REMEMBER_UNDATED + 1)}
     ids.update({5000: "2023-02-10", 6000: "2031-01-01", 1: "2023-02-15", 7: None})
     kept = _remembered(ids)
-    assert len(kept) == REMEMBER_UNDATED
+    # fix37h (review rev37h): no dated row is trimmed (its old day may be published without it); undated ones
+    # take the room left, none here
+    assert len(kept) == REMEMBER_UNDATED + 1       # 1,001 dated (7 is undated now), none trimmed
     assert kept[5000] == "2023-02-10" and kept[6000] == "2031-01-01" and 1 in kept and 7 not in kept
     small = {3: None, 2: "2023-01-01"}
     assert _remembered(small) is small            # under the cap: as it was

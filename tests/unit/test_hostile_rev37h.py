@@ -25,7 +25,8 @@ closes, taking places of the 1,000 a table meant for the undated and before-firs
 the one on top), harmless for ``grpid`` since one device has one super block's options.
 
 Each test below is a defect confirmed by running it, ranked by severity, filed as a strict xfail whose
-assertions state the correct behaviour.
+assertions state the correct behaviour. All three were fixed the same day (fix37h, ``tests/unit/test_fix37h.py``)
+and their markers removed.
 """
 from __future__ import annotations
 
@@ -59,9 +60,6 @@ def _raw_ids(home: DataHome) -> set[int]:
     return {row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, "rankings")}
 
 
-@pytest.mark.xfail(strict=True, reason="rev37h: remember_moved trims a row remembered on an earlier night (its old "
-                   "day already published without it) to make room; the night holds back another day, which does "
-                   "not hold that row: once that day's build runs the row is in no raw day and named by no night")
 def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_server, tmp_path):  # noqa: F811
     dsn, home = _app_db(postgres_server), DataHome.at(tmp_path / "home")
     with psycopg.connect(dsn) as conn:
@@ -90,9 +88,6 @@ def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_se
         later.warnings
 
 
-@pytest.mark.xfail(strict=True, reason="rev37h: past the cap, rows moved to a day not closed yet (a later year) hold "
-                   "their old day back every night until that day closes, and the build the warning names is "
-                   "refused (ExportTooEarly): no operator action can release the day")
 def test_rows_past_the_cap_moved_to_a_later_year_do_not_hold_the_day_back_for_years(postgres_server, tmp_path):  # noqa: F811
     import datetime as dt
 
@@ -117,9 +112,6 @@ def test_rows_past_the_cap_moved_to_a_later_year_do_not_hold_the_day_back_for_ye
     assert 5000 in {row["ranking_id"] for row in _lines(home, "2023-03-01", "rankings")}
 
 
-@pytest.mark.xfail(strict=True, reason="rev37h: _bsd_groups reads mountinfo with errors='replace', so a grpid mount "
-                   "whose mount point has a non-UTF-8 byte never matches the folder's real path (surrogateescape): "
-                   "fresh_group answers the process's group and write_unless_same rewrites every file each run")
 def test_bsd_groups_on_a_mount_point_with_a_non_utf8_name(tmp_path: Path, monkeypatch) -> None:
     folder = Path(os.fsdecode(os.fsencode(tmp_path) + b"/caf\xe9"))
     folder.mkdir()
