@@ -1182,9 +1182,9 @@ def merge_published_users(salt: str, latest: str | None, latest_users: dict[str,
     return merged
 
 
-def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
-    """The salt the home's ``split_pairs`` records it was built under (:data:`SALT_METADATA`) when that file is the
-    one ``latest`` was published from (its sha256 is ``source``, the publish record's); else None. Never raises."""
+def source_metadata(home: DataHome, source: str | None, member: bytes) -> bytes | None:
+    """Member ``member`` of the home's ``split_pairs`` key-value metadata when that file is the one ``latest`` was
+    published from (its sha256 is ``source``, the publish record's); else None. Never raises."""
     path = home.table_file("split_pairs")
     if source is None:
         return None
@@ -1192,10 +1192,20 @@ def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
         if not path.is_file():
             return None
         metadata = pq.read_schema(path).metadata or {}
-        if SALT_METADATA not in metadata or sha256_file(path) != source:
+        if member not in metadata or sha256_file(path) != source:
             return None
-        return metadata[SALT_METADATA].decode("utf-8")
+        return metadata[member]
     except (OSError, ValueError, pa.ArrowException):
+        return None
+
+
+def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
+    """The salt the home's ``split_pairs`` records it was built under (:data:`SALT_METADATA`) when that file is the
+    one ``latest`` was published from (:func:`source_metadata`); else None. Never raises."""
+    value = source_metadata(home, source, SALT_METADATA)
+    try:
+        return value.decode("utf-8") if value is not None else None
+    except UnicodeDecodeError:
         return None
 
 
@@ -1207,14 +1217,10 @@ def version_keys(home: DataHome, retained: list[str], version: str | None,
     salt, at the first build after each publish; fix37a). Versions no longer retained are dropped."""
     recorded = coverage.read_version_keys(home)
     keys = {name: recorded[name] for name in retained if name in recorded}
-    if version is not None and version in retained and version not in keys and source is not None:
-        path = home.table_file("split_pairs")
-        try:
-            learned = read_key_check(pq.read_schema(path).metadata) if path.is_file() else None
-            if learned is not None and sha256_file(path) == source:
-                keys[version] = learned
-        except (OSError, ValueError, pa.ArrowException):
-            pass
+    if version is not None and version in retained and version not in keys:
+        learned = read_key_check({KEY_CHECK_METADATA: source_metadata(home, source, KEY_CHECK_METADATA)})
+        if learned is not None:
+            keys[version] = learned
     return keys, keys != recorded
 
 
@@ -1416,6 +1422,8 @@ class LedgerCheck:
     pins: PinsUpdate | None = None
     versions: list[str] = field(default_factory=list)   # the retained versions whose users it holds (to record)
     version_salts: dict[str, str] | None = None   # the salt each retained version was built under, when to record
+    version_keys: dict[str, str] = field(default_factory=dict)   # the key check of each retained version (fix37a)
+    version_keys_changed: bool = False                             # ... which differs from its record
 
 
 @dataclass
@@ -1809,6 +1817,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     # an entry decided under other placement settings: whether it was published is read from the versions
     covered = latest_covered and set(older) <= recorded and not unsettled
     salts, salts_changed = version_salts(home, retained, version, source)
+    keys, keys_changed = version_keys(home, retained, version, source)
     read: list[Published] = []
 
     def read_latest() -> Published:
@@ -1902,7 +1911,8 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     sidecars_read = bool(read) or (not covered and (version is not None or bool(older)))
     return LedgerCheck({**ledger, **seeded}, seeded, version, sidecars_read,
                        source if holds_all else None, ledger_key_to_record(pairs_key, ledger_key), pins=update,
-                       versions=sorted(versions), version_salts=salts if salts_changed else None)
+                       versions=sorted(versions), version_salts=salts if salts_changed else None,
+                       version_keys=keys, version_keys_changed=keys_changed)
 
 
 # What drop_erased_pins reads of the quarantine: the JSON members of a quarantined line that hold a prompt or an
@@ -2162,12 +2172,6 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     # that version was published from: recorded before split_pairs is rewritten, so a build that dies in between
     # does not lose it (review rev24k); a record that cannot be written stops the build while split_pairs still
     # tells the salt (the rerun learns it again)
-    # which secret each retained version's pseudonyms are under, learned like its salt (fix37a: an erased account's
-    # rows in them keep no pin); a cache, written before split_pairs is rewritten
-    latest_name, latest_source = coverage.latest_source(home)
-    keys, keys_changed = version_keys(home, list_versions(home), latest_name, latest_source)
-    if keys_changed:
-        coverage.write_version_keys(home, keys)
     if check.version_salts is not None:     # a published version's salt learned (or one no longer retained)
         unwritten = coverage.write_version_salts(home, check.version_salts)
         if unwritten and coverage.read_version_salts(home) is not None:
@@ -2176,6 +2180,10 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
                           "the permissions and rerun")
         if unwritten:
             log(f"split ledger: {unwritten}")
+    # which secret each retained version's pseudonyms are under, learned like its salt (fix37a: an erased account's
+    # rows in them keep no pin); a cache, written before split_pairs is rewritten
+    if check.version_keys_changed:
+        coverage.write_version_keys(home, check.version_keys)
     # which secret the user_id pseudonyms are under (pairs' key check, never the secret): the publish says so on the
     # data card when it is the public default one (review rev28b), and the settings the card states (rev30d)
     # and how its held-out users were chosen, by ledger rule (the card states it, review rev30f)
@@ -2203,7 +2211,7 @@ def _build_splits(home: DataHome, config: SplitConfig, source: Path, log: Callab
     # the key owner pins, brought up to date with the published versions before assigning: written when changed;
     # review rev30b: less the pins of keys no row of the warehouse holds any more (an erased account's)
     pins, erased = drop_erased_pins(con, home, update.pins,
-                                    Accounts.of(home, present, pseudonym_secret, pairs_key, keys))
+                                    Accounts.of(home, present, pseudonym_secret, pairs_key, check.version_keys))
     if update.changed or erased:
         pins_schema = get_schema("split_key_owners")
         write_parquet_atomic(pins, home.table_file("split_key_owners"),

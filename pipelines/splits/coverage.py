@@ -142,6 +142,7 @@ LEDGER_VERSIONS_FILE = "split_ledger_versions.json"   # under cache/: the versio
 
 
 VERSION_KEYS_FILE = "split_version_keys.json"   # under cache/: the pseudonym key check each version was keyed under
+VERSION_KEYS_WHAT = "pickapic splits: the pseudonym key check each published version was keyed under"
 
 
 def read_version_keys(home: DataHome) -> dict[str, str]:
@@ -156,9 +157,6 @@ def read_version_keys(home: DataHome) -> dict[str, str]:
         return {}
     keys = record.get("keys") if isinstance(record, dict) and record.get("what") == VERSION_KEYS_WHAT else None
     return {v: k for v, k in keys.items() if isinstance(v, str) and isinstance(k, str)} if isinstance(keys, dict) else {}
-
-
-VERSION_KEYS_WHAT = "pickapic splits: the pseudonym key check each published version was keyed under"
 
 
 def write_version_keys(home: DataHome, keys: dict[str, str]) -> None:
