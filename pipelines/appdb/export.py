@@ -2804,17 +2804,22 @@ def undated_rows(conn: psycopg.Connection, watched: dict[str, list[int]] | None 
     return found
 
 
+def _read_cache_state(path: Path, max_bytes: int) -> dict:
+    """The JSON object a cache state file of the export holds; empty where it is not one the export wrote (not a
+    regular file, larger than ``max_bytes``, not JSON, not an object)."""
+    data = read_small_file(path, max_bytes)
+    try:
+        state = json.loads(data) if data is not None else {}
+    except (ValueError, RecursionError):
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
 def _load_undated(home: DataHome) -> dict[str, dict[int, str | None]]:
     """The remembered undated ids: table -> {id: the day it was found dated to, or None}. Anything the export
     did not write (not a regular file, too large, not that JSON) reads as nothing remembered."""
     out: dict[str, dict[int, str | None]] = {table: {} for table in RAW_TABLES}
-    data = read_small_file(home.cache / UNDATED_STATE, UNDATED_STATE_MAX_BYTES)
-    try:
-        state = json.loads(data) if data is not None else {}
-    except (ValueError, RecursionError):
-        state = {}
-    if not isinstance(state, dict):
-        return out
+    state = _read_cache_state(home.cache / UNDATED_STATE, UNDATED_STATE_MAX_BYTES)
     for table in RAW_TABLES:
         entries = state.get(table)
         # fix37h: up to REMEMBER_UNDATED dated and as many undated (_remembered): none of ours is cut here
@@ -2913,13 +2918,7 @@ def waiting_days(home: DataHome) -> list[str]:
 def _load_waiting(home: DataHome, day: str) -> dict[str, array.array]:
     """Table -> sorted int64 ids of ``day``'s MOVED_WAITING file; anything the export did not write reads as none."""
     out = {table: array.array("q") for table in RAW_TABLES}
-    data = read_small_file(_waiting_path(home, day), MOVED_WAITING_MAX_BYTES)
-    try:
-        state = json.loads(data) if data is not None else {}
-    except (ValueError, RecursionError):
-        state = {}
-    if not isinstance(state, dict):
-        return out
+    state = _read_cache_state(_waiting_path(home, day), MOVED_WAITING_MAX_BYTES)
     for table in RAW_TABLES:
         ids = state.get(table)
         if isinstance(ids, list):
