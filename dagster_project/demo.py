@@ -55,7 +55,7 @@ def demo_summary(home: DataHome) -> dict[str, Any]:
     con.close()
     latest = dataset.latest_link(home)
     if latest.exists():
-        manifest = json.loads((latest / dataset.MANIFEST_FILE).read_text())
+        manifest = dataset.read_manifest(latest)   # bounded (fix38a)
         summary["dataset_version"] = latest.resolve().name
         summary["shards_written"] = sum(len(list((latest / split).glob(dataset.shard_glob(split)))) for split in summary["pairs_per_split"])
         summary["manifest"] = str(latest / dataset.MANIFEST_FILE)

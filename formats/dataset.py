@@ -35,7 +35,14 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from formats.files import is_real_folder, open_regular_file, read_small_file, sha256_file, write_bytes_atomic
+from formats.files import (
+    is_real_folder,
+    open_regular_file,
+    read_limited,
+    read_small_file,
+    sha256_file,
+    write_bytes_atomic,
+)
 from formats.home import DataHome
 from formats.text import shown_path, terminal_text
 
@@ -96,16 +103,33 @@ def manifest_files(version_dir: Path, known: dict[str, tuple[int, str]] | None =
     return files
 
 
+# The most bytes a version's manifest.json (and a split's sizes.json, which lists fewer names, shorter) may hold: a
+# planted or symlinked multi-GB one is refused, never read (noticed in fix38a: retention read every complete-looking
+# folder's manifest whole). Derivation: a manifest line per file is ~155-172 bytes (a test publish's manifest: 88
+# files, 15.5 KB); a shard is 3 files (tar, sidecar, _stats.json), ~500 bytes of manifest. A Pick-a-Pic v2-size
+# version (~1M pairs, ~100 GB at ~270 MB a day: ~370 export days) has ~64 shards a day over its splits
+# (publish.shards_per_day) plus the unique splits' daily ones: ~26,000 shards, ~13 MB of manifest with the per-day
+# meta and sources. Even every shard at the smallest average the shard limits allow (publish.min_shard_bytes,
+# 256 KiB: ~381,000 shards in 100 GB) gives ~183 MB. 256 MiB is ~20x the first and above the second.
+MANIFEST_MAX_BYTES = 256 << 20
+
+
 def read_manifest(version_dir: str | os.PathLike) -> dict:
     """A version's ``manifest.json`` (its ``files``: ``{relpath: {bytes, sha256}}``, every file but itself).
 
     ``FileNotFoundError`` without one (not a complete version), ``ValueError`` when it is not a JSON object
-    with a ``files`` object; both name the path."""
+    with a ``files`` object, not a regular file (a link is followed; a FIFO is never waited on, a device never
+    read) or larger than :data:`MANIFEST_MAX_BYTES` (never read then: :func:`formats.files.read_limited`); all
+    name the path."""
     path = Path(version_dir) / MANIFEST_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: {Path(version_dir)} is not a complete published version")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        data = read_limited(path, MANIFEST_MAX_BYTES)
+    except ValueError as exc:
+        raise ValueError(f"{exc}: not a manifest a publish wrote") from None
+    try:
+        manifest = json.loads(data.decode("utf-8"))
     except (UnicodeDecodeError, RecursionError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path} is not valid JSON ({type(exc).__name__})") from None
     if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
@@ -737,11 +761,14 @@ def read_sizes(split_dir: Path, files: dict | None = None) -> dict[str, int] | N
             raise ChecksumError(f"{sizes_file} is not listed in the {MANIFEST_FILE} of dataset version "
                                 f"{version_dir.name}: not a file that version published; {republish(version_dir)}")
         return None
-    try:
-        data = sizes_file.read_bytes()
+    try:   # never more than a manifest may hold (it lists fewer names, shorter): a planted large one is not read
+        data = read_limited(sizes_file, MANIFEST_MAX_BYTES)
     except FileNotFoundError:
         raise FileNotFoundError(f"{sizes_file} missing: the {MANIFEST_FILE} of dataset version {version_dir.name} "
                                 f"lists it; {republish(version_dir)}") from None
+    except ValueError as exc:
+        raise ChecksumError(f"{exc}: not the {SIZES_FILE} dataset version {version_dir.name} published; "
+                            f"{republish(version_dir)}") from None
     digest = hashlib.sha256(data).hexdigest()
     if digest != info["sha256"]:
         raise ChecksumError(f"{sizes_file} of dataset version {version_dir.name} has sha256 {digest} but its "

@@ -488,25 +488,40 @@ def make_real_folder(path: Path | str, what: str = "") -> None:
                                  f"{'is not' if what else 'is'} written through it (remove it)")
 
 
+def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = True) -> bytes:
+    """The bytes of the regular file ``path`` when it holds at most ``max_bytes``; memory never grows with what is
+    there. ``OSError`` when it cannot be opened or read (``FileNotFoundError``: nothing there; a symbolic link when
+    ``follow_symlinks`` is False, never followed then); ``ValueError`` naming the path when it is not a regular file
+    (checked on the open file: a FIFO is never waited on, ``O_NONBLOCK``, a device never read) or holds more than
+    ``max_bytes``: the open file's size is looked at first, and at most ``max_bytes + 1`` bytes are read, so a
+    file growing while it is read is refused too (noticed in fix38a: a planted multi-GB ``manifest.json`` was read
+    whole)."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow_symlinks else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ValueError(f"{path} is not a regular file: not read")
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} holds {info.st_size} bytes, more than the {max_bytes} such a file may: not read")
+        with open(fd, "rb", closefd=False) as handle:
+            data = handle.read(max_bytes + 1)
+    finally:
+        os.close(fd)
+    if len(data) > max_bytes:
+        raise ValueError(f"{path} grew past the {max_bytes} bytes such a file may hold while it was read: not read")
+    return data
+
+
 def read_small_file(path: Path | str, max_bytes: int) -> bytes | None:
     """The bytes of ``path`` if it is a regular file of at most ``max_bytes``, else None: absent, unreadable,
     a symbolic link (never followed), a FIFO (never waited on: ``O_NONBLOCK``) or anything else not a regular
-    file, or larger. For the small files the tool writes for itself (commit markers, records) and trusts only
-    as it wrote them."""
+    file, or larger (:func:`read_limited`). For the small files the tool writes for itself (commit markers,
+    records) and trusts only as it wrote them."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError:
+        return read_limited(path, max_bytes, follow_symlinks=False)
+    except (OSError, ValueError):
         return None
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            return None
-        with open(fd, "rb", closefd=False) as handle:
-            data = handle.read(max_bytes + 1)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    return data if len(data) <= max_bytes else None
 
 
 def read_parquet_or_empty(path: Path, schema: pa.Schema) -> pa.Table:

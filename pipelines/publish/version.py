@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import os
 import re
 import shlex
@@ -55,7 +54,6 @@ import pyarrow.parquet as pq
 
 from data_contracts.engine import RuleResult, evaluate, load_contract
 from formats.dataset import (
-    MANIFEST_FILE,
     PROMPT_COUNTS_FILE,
     SIZES_FILE,
     SwitchNotSynced,
@@ -229,7 +227,7 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             fsync_dir(staging_dir, config.fsync)
         faults.maybe_crash("publish.before_switch")  # tests: version in place, latest not switched
         deleted = _retention(home, config, notes, walks) if _switch(home, version, config, notes, split_pairs_sha256) else []
-        recorded = json.loads((final / MANIFEST_FILE).read_text(encoding="utf-8"))
+        recorded = read_manifest(final)           # the one it wrote, read as every reader does (bounded)
     report = report_of(recorded, final, False, written, time.perf_counter() - started, deleted, jpgs.hashed)
     report.contract_results = results
     report.contract_sidecars_scanned, report.contract_sidecars_cached = counted.scanned, counted.cached
