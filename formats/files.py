@@ -504,8 +504,19 @@ def read_limited(path: Path | str, max_bytes: int, *, follow_symlinks: bool = Tr
             raise ValueError(f"{path} is not a regular file: not read")
         if info.st_size > max_bytes:
             raise ValueError(f"{path} holds {info.st_size} bytes, more than the {max_bytes} such a file may: not read")
-        with open(fd, "rb", closefd=False) as handle:
-            data = handle.read(max_bytes + 1)
+        parts, total = [], 0
+        with open(fd, "rb", buffering=0, closefd=False) as handle:
+            # what fstat says, and one byte more to see it grew; a read allocates what it asks for, so never
+            # max_bytes + 1 at once (fix38h: each manifest read allocated 256 MiB); growth read 1 MiB at a time
+            want = min(info.st_size, max_bytes) + 1
+            while total <= max_bytes:
+                part = handle.read(want)
+                if not part:
+                    break
+                parts.append(part)
+                total += len(part)
+                want = min(1 << 20, max_bytes + 1 - total)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
     finally:
         os.close(fd)
     if len(data) > max_bytes:

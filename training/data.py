@@ -564,26 +564,20 @@ def prompt_counts(split_dir: str) -> dict[str, int]:
     shards stay byte-identical), in ``prompt_counts.parquet`` beside them. The bytes read must have the
     sha256 the version's manifest records for it, else :class:`formats.dataset.ChecksumError` (a ValueError).
     """
-    import pyarrow as pa
     import pyarrow.parquet as pq
 
     path = Path(split_dir) / dataset.PROMPT_COUNTS_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
-    data = path.read_bytes()
     version_dir = path.parent.parent
-    info = dataset.read_manifest(version_dir)["files"].get(f"{path.parent.name}/{path.name}")
-    if not isinstance(info, dict) or not isinstance(info.get("sha256"), str):
-        raise dataset.ChecksumError(f"{path} is not listed in the {dataset.MANIFEST_FILE} of dataset version "
-                                    f"{version_dir.name}: not a file that version published; "
-                                    f"{dataset.republish(version_dir)}")
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != info["sha256"]:   # as sizes.json (dataset.read_sizes): the file decides every pair's loss weight
-        raise dataset.ChecksumError(f"{path} of dataset version {version_dir.name} has sha256 {digest} but its "
-                                    f"{dataset.MANIFEST_FILE} records {info['sha256']}: it changed after publishing "
-                                    f"(an edited prompt_counts.parquet reweights the loss); "
-                                    f"{dataset.republish(version_dir)}")
-    table = pq.read_table(pa.BufferReader(data), columns=["prompt_key", "num_example_per_prompt"])
+    rel = f"{path.parent.name}/{path.name}"
+    # its size checked against the manifest before a byte is read, its sha256 hashed streaming (fix38a: it was
+    # read whole first, so a planted multi-GB file cost as much memory); as sizes.json (dataset.read_sizes),
+    # the file decides every pair's loss weight
+    with dataset.open_listed_file(version_dir, rel, why="an edited prompt_counts.parquet reweights the loss") as handle:
+        if handle is None:                         # removed since the check above: as missing
+            raise FileNotFoundError(f"{path} missing: the samples of {split_dir} carry no num_example_per_prompt")
+        table = pq.read_table(handle, columns=["prompt_key", "num_example_per_prompt"])
     return dict(zip(table.column("prompt_key").to_pylist(), table.column("num_example_per_prompt").to_pylist()))
 
 
