@@ -2782,9 +2782,10 @@ REMEMBER_UNDATED = 1000   # undated ids per table an export remembers (UNDATED_S
 UNDATED_STATE = "app_export_undated.json"    # HOME/cache/<this>: {table: [[id, day or null], ...]}
 UNDATED_STATE_MAX_BYTES = 1 << 20            # 4 x REMEMBER_UNDATED entries take ~100 KB; a larger file is not ours
 # fix37h (review rev37h): HOME/cache/<this>/dt=DAY.json, {table: [id, ...]} sorted: the rows moved to DAY, a day not
-# closed yet (a created_at typo into a later year), past the REMEMBER_UNDATED a table UNDATED_STATE holds; any number,
-# one day's file read at a time, each night looking them up (a day is never held back for them: no build can export
-# a day not closed, review rev37h), each forgotten once the export of the day it is dated to holds it, or deleted
+# closed yet (a created_at typo into a later year) or (fix38b) a day before the raw zone's first, past the
+# REMEMBER_UNDATED a table UNDATED_STATE holds; any number, one day's file read at a time, each night looking them up
+# and naming those on a day up to the raw zone's last (a day is never held back for them), each forgotten once the
+# export of the day it is dated to holds it, or deleted
 MOVED_WAITING = "app_export_moved"
 MOVED_WAITING_MAX_BYTES = 1 << 30            # ~20 bytes an id: a larger file is not ours
 WAITING_BATCH = 10_000                       # ids a row_days look-up of the waiting rows passes at a time
@@ -2848,7 +2849,7 @@ def _remembered(ids: dict[int, str | None]) -> dict[int, str | None]:
     """``ids`` with at most REMEMBER_UNDATED undated ones: every row dated (fix37h, review rev37h: a dated row
     remembered is a row moved off a raw day that may be published without it already, so it is never trimmed:
     trimmed, it was in no raw day and named by no night; :func:`remember_moved` adds no more dated rows than
-    REMEMBER_UNDATED a table and holds the day back for the others), then the smallest undated ids in the room
+    REMEMBER_UNDATED a table and puts the others in MOVED_WAITING), then the smallest undated ids in the room
     the dated ones leave (an undated row is named by the undated warning each night all the same)."""
     dated = sum(1 for on in ids.values() if on is not None)
     undated = len(ids) - dated
@@ -2887,19 +2888,17 @@ def save_undated(home: DataHome, watch: "UndatedWatch") -> str:
 
 class Outside(dict):
     """Fix37d: ``moved_rows``' table -> {id: day} of the rows moved to a day no schedule exports (before the raw
-    zone's first) or none can export yet (not closed), REMEMBER_UNDATED a table at most, and ``left``: table ->
-    the rows of such days left out past that (counted, never listed: memory bounded whatever the moves). Fix37h
-    (review rev37h): past that, the rows moved to a day not closed yet are listed in ``waiting`` (int64 arrays,
-    written to MOVED_WAITING by :func:`remember_moved`), never counted in ``left``: no build can export such a day,
-    so the day they leave is never held back for them."""
+    zone's first) or none can export yet (not closed), REMEMBER_UNDATED a table at most. Fix37h (review rev37h):
+    past that, the rows moved to a day not closed yet are listed in ``waiting`` (int64 arrays, written to
+    MOVED_WAITING by :func:`remember_moved`); fix38b: so are the rows moved before the raw zone's first day (they
+    were counted only, and the day they left held back until a ranged build exported their days). Memory bounded:
+    a dict of REMEMBER_UNDATED ids a table, the rest 8 bytes an id."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.left: dict[str, int] = {}
-        # fix37h: table -> day -> ids past the cap moved to a day not closed yet (MOVED_WAITING: any number, as
-        # int64 arrays), and the days not closed yet its rows went to (remember_moved's rows without room wait too)
+        # table -> day -> ids past the cap (MOVED_WAITING: any number, as int64 arrays); remember_moved's rows
+        # without room in UNDATED_STATE wait there too
         self.waiting: dict[str, dict[str, array.array]] = {}
-        self.open_days: set[str] = set()
 
 
 def _waiting_path(home: DataHome, day: str) -> Path:
@@ -2968,9 +2967,11 @@ class WaitingWatch:
 def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> WaitingWatch:
     """Look up, in the export's snapshot, where the MOVED_WAITING rows stand (``row_days.sql``, WAITING_BATCH ids
     at a time, one file day at a time: memory bounded by a day's ids as int64 arrays): a row dated to ``day`` is
-    this export's (forgotten once published), a deleted one is forgotten, one dated to another day than its file's
-    is named and that day marked (:func:`dated_warning`), like a remembered undated row dated since; an undated
-    one waits (the undated warning names it)."""
+    this export's (forgotten once published), a deleted one is forgotten, one dated to another day is named and
+    that day marked where the schedule exports it (:func:`dated_warning`), like a remembered row dated since (fix38b:
+    its file's day too, so a row moved before the raw zone's first day is named each night until that day's export
+    holds it; a day not closed yet is after the raw zone's last, which dated_warning leaves out); an undated one
+    waits (the undated warning names it)."""
     watch = WaitingWatch()
     exact = None
     for file_day in waiting_days(home):
@@ -2988,7 +2989,9 @@ def watch_waiting(conn: psycopg.Connection, home: DataHome, day: str) -> Waiting
                 for key in batch:
                     if key not in found or found[key] == day:
                         watch.forget.setdefault(file_day, {}).setdefault(table, array.array("q")).append(key)
-                    elif found[key] is not None and found[key] != file_day:
+                    elif found[key] is not None:
+                        # fix38b: named on its file's day too (dated_warning names only days up to the raw zone's
+                        # last: a row before its first is named each night, one on a day not closed yet is not)
                         on = found[key]
                         listed = watch.dated.setdefault(table, {})
                         if sum(1 for other in listed.values() if other == on) < FIRST_IDS:
@@ -3026,58 +3029,47 @@ def remember_moved(home: DataHome, moved: dict[str, dict[int, str]]) -> str:
     table -> {id: day}) with the undated rows dated since (HOME/cache/UNDATED_STATE, under its lock): each export
     looks them up (:func:`watch_undated`) and names them (:func:`dated_warning`) until the export of their day
     holds them, or forgets them once deleted or undated. Before, such a row was named on the night its old day lost
-    it, then by no night while no raw day held it. Returns '' or a warning."""
+    it, then by no night while no raw day held it. Fix38b: the rows past REMEMBER_UNDATED a table (``waiting``, and
+    the new rows that find no room) go to MOVED_WAITING, any number, looked up and named each night the same way
+    (:func:`watch_waiting`); no row is left out, so no day is held back for them. Returns '' or a warning (the
+    state could not be written: the caller holds the day back, as it keeps the rows)."""
     try:
         with hold_lock(home.locks / UNDATED_LOCK, "the app export's undated rows", lambda _holder: None):
             current = _load_undated(home)
-            lost = dict(getattr(moved, "left", {}))
-            open_days: set[str] = set(getattr(moved, "open_days", ()))
-            waiting: dict[str, dict[str, array.array]] = {table: dict(per) for table, per in
-                                                          getattr(moved, "waiting", {}).items()}
+            # copies (the caller's arrays stay as they are), without the rows the state remembers already (one
+            # place each: watch_undated looks them up and names them each night)
+            waiting: dict[str, dict[str, array.array]] = {
+                table: {on: array.array("q", (key for key in ids if key not in current.get(table, {})))
+                        for on, ids in per.items()}
+                for table, per in getattr(moved, "waiting", {}).items()}
             for table, ids in moved.items():
                 if table in current:
                     now = current[table]
                     dated = sum(1 for on in now.values() if on is not None)
                     # fix37h (review rev37h): a dated row remembered before is never trimmed to make room (its old
                     # day may be published without it already); the new rows take the room left, the first row
-                    # of each day not named yet first, and a row that finds none is not remembered: the day that
-                    # keeps it is held back (before, the cap trimmed a row remembered on an earlier night)
+                    # of each day not named yet first, and a row that finds none waits in MOVED_WAITING (fix38b:
+                    # a row moved before the raw zone's first day too; it held the day that kept it back)
                     named = {on for on in now.values() if on is not None}
                     firsts: dict[str, int] = {}
                     for key, on in ids.items():
                         if on not in named and (on not in firsts or key < firsts[on]):
                             firsts[on] = key
                     first_ids = set(firsts.values())
-                    dropped = 0
                     for key, on in sorted(ids.items(), key=lambda item: (item[0] not in first_ids, item[0])):
                         if now.get(key) is not None:
                             now[key] = on                  # remembered dated already: its day now
                         elif dated < REMEMBER_UNDATED:
                             now[key] = on
                             dated += 1
-                        elif on in open_days:              # fix37h: waits for its day in MOVED_WAITING
+                        else:                              # fix37h: waits for its day in MOVED_WAITING
                             waiting.setdefault(table, {}).setdefault(on, array.array("q")).append(key)
-                        else:
-                            dropped += 1
                     current[table] = _remembered(now)
-                    if dropped:
-                        lost[table] = lost.get(table, 0) + dropped
-            # fix37h: the rows past the cap on a day not closed yet, written (as the state) before the publish
+            # the rows past the cap, written (as the state) before the publish; one day's file at a time
             _add_waiting(home, waiting)
-            # saved all the same: the rows it holds (one of each day first) keep their days named each night
             _save_undated(home, current)
     except (OSError, ValueError) as exc:     # ValueError: LockFileRefused
         return _remember_failed(home, str(exc))
-    if lost:
-        # fix37h: the days a build can export (a day not closed yet is refused: its rows wait, never counted here)
-        days = sorted({on for table, ids in moved.items() for on in ids.values() if on not in open_days}) \
-            or sorted({on for table, ids in moved.items() for on in ids.values()})
-        return (f"app rows moved to a day no schedule exports (before the raw zone's first) or none can export yet "
-                f"are more than the {REMEMBER_UNDATED} a table the export remembers in {home.cache / UNDATED_STATE}: "
-                f"{'; '.join(f'{table}: {count} not remembered' for table, count in sorted(lost.items()))}, on "
-                f"{', '.join(days[:FIRST_IDS])}{', ...' if len(days) > FIRST_IDS else ''} -- the day they leave is "
-                f"held back (it keeps them) until their days are exported: pickapic build --from-app-db --from "
-                f"{days[0]} --to {days[-1]}")
     return ""
 
 
@@ -4144,7 +4136,9 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
     Fix37d (review rev37d): and a day after the raw zone's last that the export cannot export yet (``still_open``:
     not closed by its clock, a created_at typo into a later year), which no export takes the row into before that
     day closes: remembered, so a move back to an earlier day is seen. At most REMEMBER_UNDATED ids a table, one of
-    each day first; the rows left out are counted in ``outside.left`` (:class:`Outside`; :func:`remember_moved` then fails)."""
+    each day first; the rows past that are listed in ``outside.waiting`` (:class:`Outside`: int64 arrays, written
+    to MOVED_WAITING by :func:`remember_moved`; fix38b: those moved before the raw zone's first day too, which were
+    counted only and held the day back)."""
     held_days = scheduled.held
     counted = {on: info for on, info in held.by_day().items()
                if on != from_day and not (table == "users" and not users_snapshot and on < from_day
@@ -4167,9 +4161,7 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
     if outside is not None and before:
         ids = outside.setdefault(table, {})
         # fix37d: the first row of each such day first (the days are what the nights name), then the others up to
-        # REMEMBER_UNDATED; a row left out is counted (``Outside.left``), never dropped unseen: remember_moved then
-        # reports the rows as not remembered and the export holds the day back (it keeps them). Bounded: at most
-        # REMEMBER_UNDATED ids a table here, whatever the number of rows moved.
+        # REMEMBER_UNDATED. Bounded: at most REMEMBER_UNDATED ids a table here, whatever the number of rows moved.
         firsts: set[int] = set()
         for key, code in zip(held.ids, held.days):
             if code in before and code not in firsts:
@@ -4177,22 +4169,15 @@ def moved_rows(home: DataHome, table: str, held: HeldRows, from_day: str, users_
                 if len(ids) < REMEMBER_UNDATED:
                     ids.setdefault(key, held.names[code])
         # fix37h (review rev37h): a row past that moved to a day not closed yet waits in MOVED_WAITING (an int64
-        # array here, written by remember_moved): no build can export that day, so it must not hold the day back
-        opened = {code for code in before if still_open is not None and not scheduled.before(held.names[code])
-                  and still_open(held.names[code])} if isinstance(outside, Outside) else set()
-        if opened:
-            outside.open_days.update(held.names[code] for code in opened)
-        left = 0
+        # array here, written by remember_moved); fix38b: so does one moved before the raw zone's first day (it
+        # was counted only, and the day it left held back until a ranged build exported its new day)
+        waiting = outside.waiting.setdefault(table, {}) if isinstance(outside, Outside) else None
         for key, code in zip(held.ids, held.days):
             if code in before and key not in ids:
                 if len(ids) < REMEMBER_UNDATED:
                     ids[key] = held.names[code]
-                elif code in opened:
-                    outside.waiting.setdefault(table, {}).setdefault(held.names[code], array.array("q")).append(key)
-                else:
-                    left += 1      # counted only: no list of them (100,000 moved rows: bounded, see test_fix37d)
-        if left and isinstance(outside, Outside):
-            outside.left[table] = outside.left.get(table, 0) + left
+                elif waiting is not None:
+                    waiting.setdefault(held.names[code], array.array("q")).append(key)
 
 
 def moved_days(scheduled: ScheduledDays, moved: dict[str, dict[str, list]]) -> list[str]:

@@ -73,7 +73,8 @@ def test_moved_rows_is_bounded_with_100000_rows_moved_before_the_first_day(tmp_p
     finally:
         tracemalloc.stop()
     assert len(outside["rankings"]) == REMEMBER_UNDATED
-    assert outside.left == {"rankings": 100_000 - REMEMBER_UNDATED}
+    # fix38b: the rows past the cap wait (MOVED_WAITING, int64 arrays) instead of being counted only
+    assert sum(map(len, outside.waiting["rankings"].values())) == 100_000 - REMEMBER_UNDATED
     assert set(outside["rankings"].values()) == {"2023-02-10", "2023-02-15"}       # both days kept
     assert peak < 1_500_000, peak       # ~1,000 ids remembered; never a list of the 100,000 (~8 MB as ints)
     assert into["rankings"]["2023-02-10"][0] == 100 and into["rankings"]["2023-02-15"][0] == 99_900
@@ -84,15 +85,13 @@ def test_remember_moved_warns_for_rows_left_out_and_keeps_each_day_named(tmp_pat
     home.cache.mkdir(parents=True)
     outside = Outside()
     outside["rankings"] = {1: "2023-02-15", 2: "2023-02-10"}
-    outside.left["rankings"] = 5
-    line = remember_moved(home, outside)
-    assert "rankings: 5 not remembered" in line and "2023-02-10" in line and "held back" in line
+    assert remember_moved(home, outside) == ""
     assert sorted(_state(home)["rankings"]) == [[1, "2023-02-15"], [2, "2023-02-10"]]
-    # the cap reached by rows remembered before: a dated row trimmed is a row not remembered either
+    # the cap reached by rows remembered before: fix38b, the rows without room wait (MOVED_WAITING), no warning
     full = Outside()
     full["rankings"] = {key: "2023-01-20" for key in range(10, 10 + REMEMBER_UNDATED)}
-    line = remember_moved(home, full)
-    assert "not remembered" in line
+    assert remember_moved(home, full) == ""
+    assert appexport.waiting_days(home) == ["2023-01-20"]
     kept = {key: on for key, on in _state(home)["rankings"]}
     assert len(kept) == REMEMBER_UNDATED and {"2023-02-15", "2023-02-10", "2023-01-20"} <= set(kept.values())
     # all of them fit: no warning
@@ -115,12 +114,12 @@ def test_a_day_held_back_by_the_cap_publishes_once_the_days_are_exported(postgre
         conn.execute("UPDATE rankings SET created_at = '2023-02-15 08:00' WHERE ranking_id <= 1000")
         conn.execute("UPDATE rankings SET created_at = '2023-02-10 08:00' WHERE ranking_id = 1001")
     report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    assert report.published == "held back", report.warnings
+    # fix38b: published, the rows past the cap waiting in MOVED_WAITING (it was held back)
+    assert report.published == "updated", report.warnings
     assert any("--from 2023-02-10 --to 2023-02-15" in line for line in report.warnings), report.warnings
     for day in ("2023-02-10", "2023-02-15"):
         export_day(home, dsn, day, NIGHTLY, now=NOW)
-    report = export_day(home, dsn, "2023-03-01", NIGHTLY, now=NOW)
-    assert report.published == "updated", report.warnings
+    assert appexport.waiting_days(home) == []
     seen = [row["ranking_id"] for day in home.raw_days() for row in _lines(home, day, "rankings")]
     assert sorted(seen) == list(range(1, 1002))
     assert not (home.cache / UNDATED_STATE).exists() or not _state(home).get("rankings")
@@ -147,7 +146,7 @@ def test_moved_rows_remembers_a_row_moved_to_a_day_not_closed(tmp_path: Path) ->
     outside = Outside()
     moved_rows(home, "rankings", held, "2023-03-01", True, _scheduled(home, ["2023-03-01"]), {}, outside,
                lambda on: on >= "2024-01-01")
-    assert dict(outside) == {"rankings": {3: "2030-06-01"}} and outside.left == {}
+    assert dict(outside) == {"rankings": {3: "2030-06-01"}} and not any(outside.waiting.values())
 
 
 def test_a_row_moved_to_a_later_year_and_back_is_named(postgres_server, tmp_path):  # noqa: F811

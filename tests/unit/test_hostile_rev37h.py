@@ -74,10 +74,11 @@ def test_a_row_remembered_before_is_not_trimmed_out_of_every_raw_day(postgres_se
     with psycopg.connect(dsn) as conn:        # another row moved before the raw zone's first day
         conn.execute("UPDATE rankings SET created_at = '2023-02-20 08:00' WHERE ranking_id = 2000")
     night = export_day(home, dsn, "2023-03-02", NIGHTLY, now=NOW)
-    assert night.published == "held back", night.warnings
+    # fix38b: published, id 2000 waiting in HOME/cache/app_export_moved (it was held back for the build)
+    assert night.published == "updated", night.warnings
     assert any("--from 2023-02-20 --to 2023-02-20" in line for line in night.warnings), night.warnings
     export_day(home, dsn, "2023-02-20", NIGHTLY, now=NOW)      # the build the warning names
-    assert export_day(home, dsn, "2023-03-02", NIGHTLY, now=NOW).published == "updated"
+    assert 2000 in _raw_ids(home)
     # every ranking is in a raw day or remembered (so a night names it once it has a day the schedule lacks)
     lost = set(range(1, 1001)) - _raw_ids(home) - _remembered_ids(home, "rankings")
     assert lost == set(), f"rankings in no raw day and remembered nowhere: {sorted(lost)}"
