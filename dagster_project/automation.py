@@ -66,7 +66,7 @@ from formats.home import DataHome
 from formats.locks import try_lock
 from formats.rawzone import RAW_ZONE_SAID
 from formats.settings import load
-from pipelines.appdb.scheduled import CATCH_UP_DAYS, CATCH_UP_HORIZON_DAYS, STRAY_DAY_ROWS, real_days  # noqa: F401
+from pipelines.appdb.scheduled import CATCH_UP_DAYS, CATCH_UP_HORIZON_DAYS, STRAY_DAY_ROWS, newest_closed, real_days  # noqa: F401
 from pipelines.provenance import RAW_TABLE_FILES, raw_day_complete
 from training import runs
 
@@ -216,7 +216,8 @@ def app_export_schedule(context: dg.ScheduleEvaluationContext, data_home: Pickap
         return dg.SkipReason(f"{DSN_ENV} is not set: the app database is not a source of this deployment")
     settings = app_export_settings(data_home.home())
     tick = context.scheduled_execution_time.astimezone(dt.timezone.utc)
-    newest = (tick - dt.timedelta(minutes=settings["lag_minutes"])).date() - dt.timedelta(days=1)
+    # the newest day closed by the tick: the clock the export's ScheduledDays counts its gap horizon from (fix38f)
+    newest = dt.date.fromisoformat(newest_closed(tick, settings["lag_minutes"]))
     days = [(newest - dt.timedelta(days=k)).isoformat() for k in range(settings["lookback_days"], -1, -1)]
     raw_days = data_home.home().raw_days()      # the raw zone listed once a tick (review rev37b)
     lacking = missing_days(data_home.home(), days[0], raw_days)

@@ -75,7 +75,7 @@ from pipelines.appdb.connection import (
     server_name,
     text_encoding,
 )
-from pipelines.appdb.scheduled import ScheduledDays
+from pipelines.appdb.scheduled import ScheduledDays, newest_closed
 from pipelines.appdb.tables import check_tables, expected_columns, statement
 from pipelines.ingest import lines as _lines
 from pipelines.ingest import parse as _ingest
@@ -1435,6 +1435,10 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
     def still_open(on: str) -> bool:   # fix37d: a day a row moved to that no export can export yet
         return not is_closed(on, config.lag_minutes, now)
 
+    # fix38f (review rev38c): the newest day closed by this export's clock, which ScheduledDays counts its gap
+    # horizon from where it is later than the raw zone's last day (the coming nights' catch-up follows the clock)
+    clock_newest = newest_closed(now, config.lag_minutes)
+
     started = time.perf_counter()
     name: ServerName = server_name(dsn, source)
     report = AppExportReport(day=day, server=name.as_metadata())
@@ -1507,7 +1511,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
         # older days the lookback no longer re-exports: counted in the snapshot here, the ids of a day whose digest
         # differs spilled beside the staged files; compared with the raw files once the session has ended
         late_check = start_late_check(conn, home, day, config, raw_before, staging, through=day)
-        late_check.still_open = still_open
+        late_check.still_open, late_check.newest = still_open, clock_newest
         # review rev35a: the content digest of the rows written, recorded with the day once published (review
         # rev35e: from the check's query, which reaches the day, where it ran: the users snapshot's parts by
         # creation day from the check's first day)
@@ -1536,8 +1540,8 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             conn.close()
             report.warnings += late_warnings(report.late, config.lookback_days)
             # '' when each day it would name is the nightly export's own: no empty warning (review rev30b)
-            line = moved_warning(ScheduledDays(home, home.raw_days(), raw_day_counts), late_check.moved,
-                                 still_open) if late_check.moved else ""
+            line = moved_warning(ScheduledDays(home, home.raw_days(), raw_day_counts, clock_newest),
+                                 late_check.moved, still_open) if late_check.moved else ""
             if line:
                 report.warnings.append(line)
             # review rev29h: the day a row that leaves this day is dated to now is marked for the schedule (or
@@ -1545,7 +1549,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             moved: dict[str, dict[str, list]] = {}
             outside = Outside()      # review rev35a: moved before the raw zone's first day (fix37d: or not closed)
             # fix36g: the days the schedule exports (the moved rows' days marked) or not (the rows remembered)
-            scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)
+            scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts, clock_newest)
             for table, rows in held_by_app.items():
                 moved_rows(home, table, rows, day, config.users_snapshot, scheduled, moved, outside, still_open)
             line = moved_warning(scheduled, moved, still_open) if moved else ""
@@ -1636,7 +1640,7 @@ def export_day(home: DataHome, dsn: str, day: str, config: AppExportConfig | Non
             dated, marked = dated_warning(home, {table: {**undated_watch.dated.get(table, {}),
                                                          **waiting_watch.dated.get(table, {})}
                                                  for table in {*undated_watch.dated, *waiting_watch.dated}},
-                                          waiting_watch.more)
+                                          waiting_watch.more, clock_newest)
             # a row dated since it was reported undated: that day is re-exported (the rows moved off this day:
             # marked above, before the publish; the state that still names the dated rows is saved below)
             for marked_day in marked:
@@ -3116,7 +3120,7 @@ def watch_undated(conn: psycopg.Connection, home: DataHome, day: str, watched: d
 
 
 def dated_warning(home: DataHome, dated: dict[str, dict[int, str]],
-                  more: dict[str, dict[str, int]] | None = None) -> tuple[str, list[str]]:
+                  more: dict[str, dict[str, int]] | None = None, newest: str = "") -> tuple[str, list[str]]:
     """A line naming the rows reported undated before (or moved to a day before the raw zone's first) that have
     a day now and are not in its raw files yet, those up to the raw zone's last day (a later day is exported by
     the nightly export anyway), and the days to mark for the schedule: those of them from the raw zone's first
@@ -3126,7 +3130,8 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]],
     the marked days the raw zone holds, and catches up only the days after its first) and only that day's own
     export clears its marker, so a row moved there and back (or deleted) left the marker for good; the row is
     remembered (HOME/cache/UNDATED_STATE) and named each night until its day is exported instead. Fix36g: so is
-    a day between a stray first raw day and the history, which the schedule's catch-up never exports either."""
+    a day between a stray first raw day and the history, which the schedule's catch-up never exports either.
+    ``newest``: the newest day closed by the export's clock (:class:`ScheduledDays`' horizon, fix38f)."""
     if not dated:
         return "", []
     days = home.raw_days()
@@ -3145,7 +3150,7 @@ def dated_warning(home: DataHome, dated: dict[str, dict[int, str]],
             parts.append(f"{table}: {count} (" + ", ".join(f"id {key} on {on}" for key, on in shown[:FIRST_IDS])
                          + (", ..." if count > FIRST_IDS else "") + ")")
     lacking = [on for on in named if on not in held]
-    scheduled = ScheduledDays(home, days, raw_day_counts)
+    scheduled = ScheduledDays(home, days, raw_day_counts, newest)
     return ("app rows reported earlier as having no day (NULL or out-of-range created_at) were given a created_at "
             "since, or were moved to a day before the raw zone's first, and are not in their day's raw files yet: "
             f"{'; '.join(parts)} -- the next scheduled export "
@@ -3766,6 +3771,9 @@ class LateCheck:
     outside: dict[str, dict[int, str]] = field(default_factory=lambda: Outside())
     # fix37d: the days no export can export yet (not closed by its clock): their moved rows are remembered too
     still_open: Callable[[str], bool] | None = None
+    # fix38f: the newest day closed by the export's clock, where ScheduledDays' gap horizon starts if later than the
+    # raw zone's last day ('': none given, as late_rows)
+    newest: str = ""
     # review rev35e: (first day, day_counts.sql rows by (table, day)) of a check asked to reach the export's day
     counted: tuple[str, dict] | None = None
 
@@ -3786,7 +3794,8 @@ class LateCheck:
         failed the export after a day was recorded "whole" and before the day its moved row went to was marked:
         every later night called the day whole and the row reached no raw day."""
         found = self.found
-        scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts)      # fix36g: as the schedule exports them
+        # fix36g: as the schedule exports them; fix38f: its gap horizon by the export's clock
+        scheduled = ScheduledDays(home, home.raw_days(), raw_day_counts, self.newest)
         checked: list[tuple[str, str, list[int], tuple[int, int]]] = []
         try:
             for spill in self.spills:

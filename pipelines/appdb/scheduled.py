@@ -17,8 +17,9 @@ DayCounts = Callable[[DataHome, str], dict]
 CATCH_UP_DAYS = 31   # missing days a scheduled export adds before its lookback window, a night (oldest first)
 CATCH_UP_HORIZON_DAYS = 366   # how far before the lookback window the schedule looks for missing days
 # review rev37b: the gaps ScheduledDays holds, counted back from the day after the raw zone's last day (the next
-# night's newest day): the catch-up's horizon less CATCH_UP_DAYS nights of slack (a next night that comes late, a
-# lookback of 0), so a gap it holds is one a coming night's catch-up (oldest first) reaches
+# night's newest day; fix38f: or after the newest day closed by the caller's clock, if later): the catch-up's
+# horizon less CATCH_UP_DAYS nights of slack (a next night that comes late, a lookback of 0), so a gap it holds is
+# one a coming night's catch-up (oldest first) reaches
 SCHEDULED_GAP_DAYS = CATCH_UP_HORIZON_DAYS - CATCH_UP_DAYS
 STRAY_DAY_ROWS = 10      # fewer rows than this (but some) in the four files of a lone first raw day: a stray
 
@@ -50,9 +51,22 @@ def real_days(home: DataHome, days: list[str], until: str, raw_day_counts: DayCo
     return ordered
 
 
+def newest_closed(clock: dt.datetime | None, lag_minutes: int) -> str:
+    """The newest day closed for export by ``clock`` (UTC; a naive one is local time, as ``export.check_lag``
+    reads it; None: now) with ``lag_minutes``: the newest day of the night whose tick is ``clock``
+    (``app_export_schedule``), the clock :class:`ScheduledDays` counts its horizon from (fix38f); '' where that is
+    before the calendar's first day."""
+    clock = (clock or dt.datetime.now(dt.timezone.utc)).astimezone(dt.timezone.utc)
+    try:
+        return ((clock - dt.timedelta(minutes=lag_minutes)).date() - dt.timedelta(days=1)).isoformat()
+    except OverflowError:
+        return ""
+
+
 def gap_horizon(last: str) -> str:
-    """The oldest gap :class:`ScheduledDays` holds when ``last`` is the raw zone's last day: SCHEDULED_GAP_DAYS
-    before the day after it (review rev37b), '' where that is before the calendar's first day."""
+    """The oldest gap :class:`ScheduledDays` holds when ``last`` is the later of the raw zone's last day and the
+    newest day closed by the caller's clock (fix38f): SCHEDULED_GAP_DAYS before the day after it (review rev37b),
+    '' where that is before the calendar's first day."""
     try:
         return (dt.date.fromisoformat(last) + dt.timedelta(days=1 - SCHEDULED_GAP_DAYS)).isoformat()
     except OverflowError:
@@ -82,13 +96,21 @@ class ScheduledDays:
     night only. A gap counts only from SCHEDULED_GAP_DAYS before the day after the raw zone's last day (the next
     night's newest day; the horizon less CATCH_UP_DAYS nights of slack): an older one is remembered, named each
     night until a ranged build exports it (or the catch-up, where it still reaches it: the memory is dropped by the
-    day's own export)."""
+    day's own export).
 
-    def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts) -> None:
+    Fix38f (review rev38c): the catch-up's horizon follows the clock (the coming night's window), not the raw
+    zone, so a horizon counted from the raw zone's last day alone held gaps no night requests once that day was
+    more than CATCH_UP_DAYS behind the clock (a five-week outage, an export run with a later ``now``): a row moved
+    there was marked for good and in no raw day. ``newest``, the newest day closed by the caller's clock
+    (:func:`newest_closed`: the export's ``now``, the schedule's tick), moves the horizon's start to the later of
+    the two; a clock behind the raw zone (a test clock, a clock gone backwards) leaves it at the raw zone's last
+    day, the fewer gaps held (more rows remembered, none lost); '' (no clock) is the raw zone's last day alone."""
+
+    def __init__(self, home: DataHome, raw_days: list[str], raw_day_counts: DayCounts, newest: str = "") -> None:
         self.home, self.days, self.held = home, list(raw_days), set(raw_days)
         self._counts = raw_day_counts
         self._start: str | None = None
-        self.horizon = gap_horizon(self.days[-1]) if self.days else ""
+        self.horizon = gap_horizon(max(self.days[-1], newest)) if self.days else ""
 
     @property
     def start(self) -> str:
