@@ -415,7 +415,16 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
 
     Written under a temporary name and renamed; something at its path that this tool did not write (a link,
     a folder, a file without its header) is left as it is and the history goes unwritten: versions are then
-    ordered by their folders' mtime (:func:`list_versions`). The history changes no published byte."""
+    ordered by their folders' mtime (:func:`list_versions`). The history changes no published byte.
+
+    The versions retention deletes after the switch stay named until the next publish's ``record_switch``, which
+    drops them; by design, not rewritten by retention (fix38d): no reader acts on a name alone.
+    :func:`list_versions` lists only the folders there, ordered by it; a version published again under such a
+    name is recorded here as the newest before its switch; ``previous_versions`` takes a folder as a reuse source
+    only where :func:`pipelines.publish.versions.made_by_publish` accepts it (its manifest names it, it holds only
+    the files listed), so a folder put back under such a name meanwhile is the version the history named; no
+    command, status or rollback reads the history. A rewrite after the switch would be one more write that can
+    fail with the version live."""
     datasets = Path(datasets)
     path = history_file(datasets)
     names = read_history(datasets)
@@ -434,7 +443,9 @@ def record_switch(datasets: Path, version: str, fsync: bool = True) -> str | Non
         write_names(path, HISTORY_HEADER, kept, fsync)
     except OSError as exc:
         what = "was written but its folder was not synced" if isinstance(exc, RecordNotSynced) else "was not written"
-        return f"the publish history {path} {what} ({exc}): versions not in it are ordered by mtime"
+        # the path, not the random temporary name the error names (fix38d), and what to do
+        return (f"the publish history {path} {what} ({exc.strerror or exc}): until a publish writes it, retention "
+                f"takes the versions it does not name for the oldest (by mtime); {_remedy(exc.errno, path.parent)}")
     return None
 
 

@@ -2,16 +2,19 @@
 without root's privileges; an immutable file where the machine allows one."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
 import os
 import pickle
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 # The home's owner in tests where a forked child becomes another account (setuid without exec): the kernel checks
 # ids alone, so it needs no entry in /etc/passwd (an image may have no `daemon` account); nobody's is not it.
@@ -54,6 +57,27 @@ def check_as_nobody(check: Callable[[], Any]) -> None:
     with os.fdopen(read, "rb") as pipe:
         reported = pipe.read().decode()
     assert reported == "ok", reported
+
+
+def as_another_account(check: Callable[[], Any]) -> None:
+    """Run ``check`` as an account that is not the folders' owner: as root (this project's CI runs as root, and
+    root opens and writes any folder), as uid/gid 65534 in a forked child (:func:`check_as_nobody`); otherwise here."""
+    if os.geteuid() != 0:
+        check()
+        return
+    check_as_nobody(check)
+
+
+@contextlib.contextmanager
+def shared_folder(prefix: str) -> Iterator[Path]:
+    """A temporary folder every account may enter (the forked child of :func:`as_another_account` works in it),
+    removed after."""
+    base = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(base, 0o755)
+    try:
+        yield base
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def read_as_other_account(path: Path) -> bytes | None:

@@ -97,7 +97,7 @@ class ManifestMismatch(RuntimeError):
         self.paths = paths
 
 
-def verify_version(path: Path, checksums: bool = False) -> dict:
+def verify_version(path: Path, checksums: bool = False, present: dict[str, os.stat_result] | None = None) -> dict:
     """Check that ``path`` holds exactly the manifest's files, each a regular file with its size (and sha256).
 
     Raises :class:`ManifestMismatch` naming every file that differs, one line each. Nothing is followed: a
@@ -112,22 +112,27 @@ def verify_version(path: Path, checksums: bool = False) -> dict:
     its inputs came back). The tree is walked iteratively relative to open folders
     (:func:`pipelines.publish.versions.walk_tree`): a tree too deep or that cannot be listed is a
     :class:`ManifestMismatch` saying so, never a ``RecursionError`` (review rev37c, noticed).
+
+    ``present``: what a walk of the version made by this publish found (:meth:`pipelines.publish.versions.VersionWalks.present`,
+    given only while nothing that walk rests on changed); the version is then not walked again (fix38d:
+    an unchanged night walked ``latest`` twice).
     """
     from pipelines.publish.versions import system_file, walk_entries
 
     manifest = read_manifest(path)
     expected = manifest["files"]
-    present: dict[str, os.stat_result] = {}
-    try:
-        for rel, info, dir_fd in walk_entries(path):      # no link followed, nothing by full path
-            if stat.S_ISDIR(info.st_mode) or (rel not in expected and system_file(rel.rpartition("/")[2], info,
-                                                                                   dir_fd)):
-                continue
-            present[rel] = info
-    except (OSError, RecursionError) as exc:
-        raise ManifestMismatch(f"version {path.name}: it cannot be looked into whole to compare it with its "
-                               f"manifest ({terminal_text(str(exc))})", []) from None
-    present.pop(MANIFEST_FILE, None)
+    if present is None:
+        present = {}
+        try:
+            for rel, info, dir_fd in walk_entries(path):      # no link followed, nothing by full path
+                if stat.S_ISDIR(info.st_mode) or (rel not in expected and system_file(rel.rpartition("/")[2], info,
+                                                                                       dir_fd)):
+                    continue
+                present[rel] = info
+        except (OSError, RecursionError) as exc:
+            raise ManifestMismatch(f"version {path.name}: it cannot be looked into whole to compare it with its "
+                                   f"manifest ({terminal_text(str(exc))})", []) from None
+    present = {rel: info for rel, info in present.items() if rel != MANIFEST_FILE}
     problems = [(rel, f"{rel} is missing") for rel in sorted(set(expected) - set(present))]
     problems += [(rel, f"{rel} is not in the manifest") for rel in sorted(set(present) - set(expected))]
     for rel in sorted(set(expected) & set(present)):

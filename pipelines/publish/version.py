@@ -8,7 +8,9 @@ Layout of ``HOME/datasets/pickapic/``::
     <version>/README.md              dataset card (Hugging Face ``configs`` + datasheet)
     <version>/manifest.json          counts, sources, config, contract versions, sha256 of every file
     latest -> <version>              a relative symlink, replaced with os.replace
-    ../pickapic.history              the versions latest was switched to, oldest first (retention's order)
+    ../pickapic.history              the versions latest was switched to, oldest first (retention's order;
+                                     those retention deleted named until the next publish: harmless,
+                                     :func:`formats.dataset.record_switch`)
     ../pickapic.staging/.partial-<version>   a version being written (0700 until it is complete)
 
 The version id is ``<max dt>-<sha256[:10] of inputs + config>`` (and of the format, the writers' versions and the
@@ -191,7 +193,8 @@ def publish_dataset(home: DataHome, config: PublishConfig = PublishConfig(), pro
             reading.close()                           # nothing more is read from the warehouse
             remove_mode_copies(final, read_manifest(final)["files"])   # a give_modes below killed mid-copy
             try:
-                recorded = verify_version(final, checksums=config.verify_checksums)
+                # the walk for the reuse sources found its files (latest's, nothing changed since): not walked again
+                recorded = verify_version(final, checksums=config.verify_checksums, present=walks.present(final))
             except manifest.ManifestMismatch as exc:
                 raise manifest.ManifestMismatch(
                     f"{exc}\nnothing was switched: `latest` was left as it was. Move {final} aside (its files may "

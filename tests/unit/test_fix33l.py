@@ -18,7 +18,6 @@ import json
 import os
 import shutil
 import socket
-import tempfile
 import uuid
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from pipelines.appdb.export import (
 )
 from pipelines.ingest import lines
 from pipelines.ingest.uidindex import named_image_uids, raw_image_uids, search_image_uids
-from tests.accounts import check_as_nobody
+from tests.accounts import as_another_account, shared_folder
 
 DAY, NEXT = "2023-03-01", "2023-03-02"
 UIDS = [str(uuid.UUID(int=i + 1)) for i in range(4)]
@@ -150,21 +149,11 @@ def test_an_entry_with_a_staging_name_that_is_no_folder_is_not_read(tmp_path: Pa
 @pytest.fixture()
 def shared_tmp():
     """A folder every account may enter (the forked child of ``_as_another_account`` reads the home in it)."""
-    base = Path(tempfile.mkdtemp(prefix="fix33l-"))
-    os.chmod(base, 0o755)
-    try:
+    with shared_folder("fix33l-") as base:
         yield base
-    finally:
-        shutil.rmtree(base, ignore_errors=True)
 
 
-def _as_another_account(check) -> None:
-    """Run ``check`` as an account that is not the folders' owner: as root (this project's CI runs as root, and
-    root opens and writes any folder), as uid/gid 65534 in a forked child; otherwise here."""
-    if os.geteuid() != 0:
-        check()
-        return
-    check_as_nobody(check)
+_as_another_account = as_another_account
 
 
 def test_a_staging_folder_this_account_cannot_open_stops_the_withdrawal(shared_tmp: Path) -> None:

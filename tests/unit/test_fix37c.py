@@ -270,9 +270,9 @@ def test_a_publish_walks_each_version_once_and_retention_sees_a_file_added_meanw
     walked: list[str] = []
     inner = versions.made_by_publish
 
-    def counted(folder: Path, marks: list | None = None) -> str | None:
+    def counted(folder: Path, marks: list | None = None, present: dict | None = None) -> str | None:
         walked.append(folder.name)
-        return inner(folder, marks)
+        return inner(folder, marks, present)
 
     monkeypatch.setattr(versions, "made_by_publish", counted)
     monkeypatch.setattr(version_module, "_contract_versions", lambda: {**real(), "shards": "52.0.0"})
