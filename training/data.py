@@ -812,8 +812,14 @@ class LoaderBatches:
         """End the worker processes now (joined, or terminated where one does not end: torch's own shut-down)."""
         batches, self._batches = self._batches, None
         shutdown = getattr(batches, "_shutdown_workers", None)   # what its __del__ calls; none without workers
+        del batches
         if shutdown is not None:
-            shutdown()
+            try:
+                shutdown()
+            except BaseException as exc:   # torch's shut-down failed: its frames, and this one, keep no iterator
+                del shutdown                # (fix38k: the new exception held the loader through them)
+                clear_traceback_locals(exc)
+                raise
 
     def __enter__(self) -> "LoaderBatches":
         return self
