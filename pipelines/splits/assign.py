@@ -90,6 +90,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import sys
 import time
 import unicodedata
@@ -1182,27 +1183,67 @@ def merge_published_users(salt: str, latest: str | None, latest_users: dict[str,
     return merged
 
 
-def source_metadata(home: DataHome, source: str | None, member: bytes) -> bytes | None:
-    """Member ``member`` of the home's ``split_pairs`` key-value metadata when that file is the one ``latest`` was
-    published from (its sha256 is ``source``, the publish record's); else None. Never raises."""
-    path = home.table_file("split_pairs")
-    if source is None:
-        return None
+def _identity(path: Path) -> tuple[int, ...] | None:
+    """(device, inode, size, modification and change times in ns) of the regular file at ``path`` (a link followed,
+    as :func:`formats.files.sha256_file` does); None where there is none. Raises OSError."""
     try:
-        if not path.is_file():
-            return None
-        metadata = pq.read_schema(path).metadata or {}
-        if member not in metadata or sha256_file(path) != source:
-            return None
-        return metadata[member]
-    except (OSError, ValueError, pa.ArrowException):
+        info = os.stat(path)
+    except FileNotFoundError:
         return None
+    if not stat.S_ISREG(info.st_mode):
+        return None
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
-def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
+class PublishedSplitPairs:
+    """The home's ``split_pairs`` while it is the file ``latest`` was published from (its sha256 is ``source``, the
+    publish record's: :func:`pipelines.splits.coverage.latest_source`; None: nothing to learn). One per build
+    (:func:`load_ledger`), never kept across builds: the file is hashed at most once however many things the build
+    learns from it (``latest``'s salt, its key check, whether the pins cover it: fix38c), the digest memoised by the
+    file's identity (:func:`_identity`), so a file replaced or rewritten in between is hashed again."""
+
+    def __init__(self, home: DataHome, source: str | None):
+        self.path = home.table_file("split_pairs")
+        self.source = source
+        self._digests: dict[tuple[int, ...], str] = {}
+
+    def _is_source(self, identity: tuple[int, ...]) -> bool:
+        if identity not in self._digests:
+            digest = sha256_file(self.path)
+            if _identity(self.path) != identity:      # replaced while it was read: what was read tells nothing
+                return False
+            self._digests[identity] = digest
+        return self._digests[identity] == self.source
+
+    def is_source(self) -> bool:
+        """Whether the file at the path now is the one ``latest`` was published from. Never raises."""
+        try:
+            identity = _identity(self.path) if self.source is not None else None
+            return identity is not None and self._is_source(identity)
+        except OSError:
+            return False
+
+    def member(self, key: bytes) -> bytes | None:
+        """Member ``key`` of the file's key-value metadata when it is the one ``latest`` was published from (a file
+        without it is not hashed); else None. Never raises."""
+        if self.source is None:
+            return None
+        try:
+            identity = _identity(self.path)
+            if identity is None:
+                return None
+            metadata = pq.read_schema(self.path).metadata or {}
+            if key not in metadata or _identity(self.path) != identity or not self._is_source(identity):
+                return None
+            return metadata[key]
+        except (OSError, ValueError, pa.ArrowException):
+            return None
+
+
+def split_pairs_salt(published_pairs: PublishedSplitPairs) -> str | None:
     """The salt the home's ``split_pairs`` records it was built under (:data:`SALT_METADATA`) when that file is the
-    one ``latest`` was published from (:func:`source_metadata`); else None. Never raises."""
-    value = source_metadata(home, source, SALT_METADATA)
+    one ``latest`` was published from (:class:`PublishedSplitPairs`); else None. Never raises."""
+    value = published_pairs.member(SALT_METADATA)
     try:
         return value.decode("utf-8") if value is not None else None
     except UnicodeDecodeError:
@@ -1210,7 +1251,7 @@ def split_pairs_salt(home: DataHome, source: str | None) -> str | None:
 
 
 def version_keys(home: DataHome, retained: list[str], version: str | None,
-                 source: str | None) -> tuple[dict[str, str], bool]:
+                 published_pairs: PublishedSplitPairs) -> tuple[dict[str, str], bool]:
     """(the pseudonym key check each retained version is known to be keyed under, whether that differs from the
     record): the record's (:func:`pipelines.splits.coverage.read_version_keys`) and ``latest``'s when not named yet
     and the home's ``split_pairs`` is the file it was published from (learned as :func:`version_salts` learns its
@@ -1218,19 +1259,20 @@ def version_keys(home: DataHome, retained: list[str], version: str | None,
     recorded = coverage.read_version_keys(home)
     keys = {name: recorded[name] for name in retained if name in recorded}
     if version is not None and version in retained and version not in keys:
-        learned = read_key_check({KEY_CHECK_METADATA: source_metadata(home, source, KEY_CHECK_METADATA)})
+        learned = read_key_check({KEY_CHECK_METADATA: published_pairs.member(KEY_CHECK_METADATA)})
         if learned is not None:
             keys[version] = learned
     return keys, keys != recorded
 
 
-def latest_built_under(home: DataHome, source: str | None, users: dict[str, tuple[str, object]]) -> str | None:
+def latest_built_under(home: DataHome, published_pairs: PublishedSplitPairs,
+                       users: dict[str, tuple[str, object]]) -> str | None:
     """The salt ``latest`` (whose users are ``users``, :func:`read_published`) was built under, where it can be told
     (a version does not record its salt): that of the home's ``split_pairs`` (:data:`SALT_METADATA`) when that file
-    is the one ``latest`` was published from (its sha256 is ``source``, the publish record's:
-    :func:`split_pairs_salt`), or when its train / validation / test users are ``latest``'s users in the same splits
-    (what the version was published from, or a build that split every user alike); else None."""
-    exact = split_pairs_salt(home, source)
+    is the one ``latest`` was published from (``published_pairs``: :func:`split_pairs_salt`), or when its train /
+    validation / test users are ``latest``'s users in the same splits (what the version was published from, or a
+    build that split every user alike); else None."""
+    exact = split_pairs_salt(published_pairs)
     if exact is not None:
         return exact
     path = home.table_file("split_pairs")
@@ -1607,15 +1649,16 @@ def pins_from_split_pairs(path: Path, stored: pa.Table, salt: str) -> pa.Table:
         con.close()
 
 
-def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, source: str | None,
+def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, published_pairs: PublishedSplitPairs,
                 read_latest: Callable[[], "Published"], log: Callable[[str], None]) -> PinsUpdate:
     """The stored key owner pins (``pins``, every salt's, as read from ``split_key_owners``) brought up to date with
     the published versions (call under the ledger lock, before assigning): a key is pinned once the version
     holding it is published, so a build that is never published pins nothing.
 
-    ``version``/``source``: ``latest``'s name and the sha256 of the ``split_pairs`` it was published from
-    (:func:`pipelines.splits.coverage.latest_source`). Up to date when the pins' record covers that digest (or that
-    version). Else, when the home's ``split_pairs`` file (the previous build's, not yet overwritten) is that one and
+    ``version``/``published_pairs``: ``latest``'s name and the ``split_pairs`` it was published from (its sha256 is
+    ``published_pairs.source``: :func:`pipelines.splits.coverage.latest_source`). Up to date when the pins' record
+    covers that digest (or that version). Else, when the home's ``split_pairs`` file (the previous build's, not yet
+    overwritten) is that one (:meth:`PublishedSplitPairs.is_source`, hashed once per build: fix38c) and
     the record covers every older retained version: its kept keys are appended (the nightly case; no sidecar read).
     Else the train / validation / test sidecars of every retained published version are read, oldest first
     (``read_latest`` reads ``latest``'s, shared with the ledger's check), and the keys not pinned under ``salt`` are
@@ -1624,6 +1667,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
     published version is one ``latest`` was switched to (:func:`switched_versions`: a version a publish left
     unswitched is neither read nor required); one not read whole (:func:`unread_split_folders`) is not recorded as
     covered, and the log says so."""
+    source = published_pairs.source
     path = home.table_file("split_key_owners")
     digests, names, key_version, key_data = coverage.pins_record(path, pins)
     current_data = key_data_version()
@@ -1638,8 +1682,7 @@ def update_pins(home: DataHome, salt: str, pins: pa.Table, version: str | None, 
         how = "nothing published"
     elif ((source is not None and source in digests) or version in names) and set(older) <= names:
         how = "up to date"     # latest and every other retained version (one rolled back from, too) are pinned
-    elif (source is not None and set(older) <= names and home.table_file("split_pairs").is_file()
-          and sha256_file(home.table_file("split_pairs")) == source):
+    elif set(older) <= names and published_pairs.is_source():
         how = "split_pairs"
         updated = pins_from_split_pairs(home.table_file("split_pairs"), pins, salt)
         added = updated.join(pins.select(["salt", "kind", "key"]), keys=["salt", "kind", "key"], join_type="left anti")
@@ -1759,7 +1802,7 @@ class UnreadPublishedVersion(RuntimeError):
 
 
 def version_salts(home: DataHome, retained: list[str], version: str | None,
-                  source: str | None) -> tuple[dict[str, str], bool]:
+                  published_pairs: PublishedSplitPairs) -> tuple[dict[str, str], bool]:
     """(the salt each retained version is known to have been built under, whether that differs from the record):
     what the record beside the versions names (:func:`pipelines.splits.coverage.read_version_salts`), and
     ``latest``'s when not named yet and the home's ``split_pairs`` is the file it was published from
@@ -1768,7 +1811,7 @@ def version_salts(home: DataHome, retained: list[str], version: str | None,
     recorded = coverage.read_version_salts(home)
     salts = {name: recorded[name] for name in retained if recorded and name in recorded}
     if version is not None and version in retained and version not in salts:
-        learned = split_pairs_salt(home, source)
+        learned = split_pairs_salt(published_pairs)
         if learned is not None:
             salts[version] = learned
     # a record this tool did not write is left as it is (write_version_salts says so while a salt is known)
@@ -1816,8 +1859,9 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     latest_covered = version is None or (source is not None and source in digests)
     # an entry decided under other placement settings: whether it was published is read from the versions
     covered = latest_covered and set(older) <= recorded and not unsettled
-    salts, salts_changed = version_salts(home, retained, version, source)
-    keys, keys_changed = version_keys(home, retained, version, source)
+    published_pairs = PublishedSplitPairs(home, source)     # split_pairs hashed once for all it tells (fix38c)
+    salts, salts_changed = version_salts(home, retained, version, published_pairs)
+    keys, keys_changed = version_keys(home, retained, version, published_pairs)
     read: list[Published] = []
 
     def read_latest() -> Published:
@@ -1825,7 +1869,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
             read.append(read_published(home, keys=True))
         return read[0]
 
-    update = update_pins(home, salt, pins, version, source, read_latest, log)
+    update = update_pins(home, salt, pins, version, published_pairs, read_latest, log)
     if read:
         published = read[0]
     elif not covered:
@@ -1834,6 +1878,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
         published = Published(version, {}, _no_keys())
     if published.version != version:        # latest switched in between: the record said nothing of this one
         version, source = published.version, None
+        published_pairs = PublishedSplitPairs(home, None)
         older = [name for name in switched_versions(home, list_versions(home), version)[0] if name != version]
     older_users: dict[str, dict[str, tuple[str, object]]] = {}
     if not covered and older:
@@ -1868,7 +1913,7 @@ def load_ledger(home: DataHome, salt: str, present: set[str], others: list,
     if lacking_latest or any(lacking_older.values()):
         latest_salt = salts.get(version) if version is not None else None
         if version is not None and latest_salt is None:
-            latest_salt = latest_built_under(home, source, published.users)
+            latest_salt = latest_built_under(home, published_pairs, published.users)
         # a version whose salt is not known is taken as built under latest's (the deliberate reshuffle of a
         # home published before the salts were recorded stays one); with latest's unknown too, as this salt's
         built_under = {name: salts.get(name, latest_salt) for name in older}

@@ -138,6 +138,40 @@ def users_digest(users: Iterable[str]) -> str:
     return digest.hexdigest()
 
 
+def _read_json(path: Path, max_bytes: int) -> object:
+    """The JSON value in ``path`` when it is a regular file of at most ``max_bytes`` (:func:`read_small_file`: a link
+    is never followed, a FIFO never waited on); None where there is none, or it is not JSON (or nests past what the
+    parser takes). Never raises. The cache records' one reader (fix38c)."""
+    data = read_small_file(path, max_bytes)
+    try:
+        return json.loads(data) if data is not None else None
+    except (ValueError, RecursionError):
+        return None
+
+
+def _named_strings(record: object, what: str, field: str) -> dict[str, str] | None:
+    """The string -> string entries of ``record[field]`` when ``record`` is this tool's record ``what`` (a JSON
+    object naming it, whose ``field`` is an object); else None."""
+    if not isinstance(record, dict) or record.get("what") != what or not isinstance(record.get(field), dict):
+        return None
+    return {k: v for k, v in record[field].items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def _write_json(path: Path, body: dict, indent: int | None = None) -> None:
+    """Replace ``path`` with ``body`` as JSON (keys sorted) and a newline, atomically with the umask's mode. Raises
+    OSError. The cache records' one writer (fix38c)."""
+    write_bytes_atomic(path, (json.dumps(body, indent=indent, sort_keys=True) + "\n").encode())
+
+
+def _write_cache(home: DataHome, name: str, body: dict) -> None:
+    """``cache/name`` replaced with ``body`` (:func:`_write_json`). A cache: a failed write is let go."""
+    try:
+        home.cache.mkdir(parents=True, exist_ok=True)
+        _write_json(home.cache / name, body)
+    except OSError:
+        pass
+
+
 LEDGER_VERSIONS_FILE = "split_ledger_versions.json"   # under cache/: the versions whose users the ledger holds
 
 
@@ -150,24 +184,13 @@ def read_version_keys(home: DataHome) -> dict[str, str]:
     values were keyed under, as the splits build learned it (:func:`pipelines.splits.assign.version_keys`, fix37a):
     version name -> key check. Empty without a readable record of this tool's (a cache: a version not named keeps
     its erased accounts' key owner pins until it is deleted). Never raises."""
-    try:
-        data = read_small_file(home.cache / VERSION_KEYS_FILE, 1 << 20)
-        record = json.loads(data) if data is not None else None
-    except Exception:   # noqa: BLE001 - a damaged or foreign record names nothing
-        return {}
-    keys = record.get("keys") if isinstance(record, dict) and record.get("what") == VERSION_KEYS_WHAT else None
-    return {v: k for v, k in keys.items() if isinstance(v, str) and isinstance(k, str)} if isinstance(keys, dict) else {}
+    return _named_strings(_read_json(home.cache / VERSION_KEYS_FILE, 1 << 20), VERSION_KEYS_WHAT, "keys") or {}
 
 
 def write_version_keys(home: DataHome, keys: dict[str, str]) -> None:
     """Replace the record of each published version's key check with ``keys`` (atomically; a cache: a failed write
     only leaves the versions it would have named keeping their erased accounts' pins)."""
-    try:
-        home.cache.mkdir(parents=True, exist_ok=True)
-        body = {"what": VERSION_KEYS_WHAT, "keys": dict(sorted(keys.items()))}
-        write_bytes_atomic(home.cache / VERSION_KEYS_FILE, (json.dumps(body, sort_keys=True) + "\n").encode())
-    except OSError:
-        pass
+    _write_cache(home, VERSION_KEYS_FILE, {"what": VERSION_KEYS_WHAT, "keys": dict(sorted(keys.items()))})
 
 
 def ledger_metadata(users: Iterable[str], covered: Iterable[str]) -> dict[bytes, bytes]:
@@ -180,19 +203,17 @@ def record_ledger_versions(home: DataHome, ledger_file: Path, versions: Iterable
     """Keep the retained published ``versions`` whose users the ledger file just written holds, keyed by its
     sha256 (``cache/split_ledger_versions.json``). A cache: a failed write only costs one read of the sidecars."""
     try:
-        body = {"ledger_sha256": sha256_file(ledger_file), "versions": sorted(set(versions))}
-        home.cache.mkdir(parents=True, exist_ok=True)
-        write_bytes_atomic(home.cache / LEDGER_VERSIONS_FILE, (json.dumps(body, sort_keys=True) + "\n").encode())
+        digest = sha256_file(ledger_file)
     except OSError:
-        pass
+        return
+    _write_cache(home, LEDGER_VERSIONS_FILE, {"ledger_sha256": digest, "versions": sorted(set(versions))})
 
 
 def _ledger_versions(home: DataHome, ledger_file: Path) -> set[str]:
     """The versions recorded for the ledger file as it is now (its sha256); none for another ledger (one restored
     from an older copy, rebuilt, re-keyed) or without a readable record."""
     try:
-        data = read_small_file(home.cache / LEDGER_VERSIONS_FILE, 1 << 22)
-        record = json.loads(data) if data is not None else None
+        record = _read_json(home.cache / LEDGER_VERSIONS_FILE, 1 << 22)
         if not (isinstance(record, dict) and record.get("ledger_sha256") == sha256_file(ledger_file)):
             return set()
         versions = record.get("versions")
@@ -306,16 +327,10 @@ def read_version_salts(home: DataHome) -> dict[str, str] | None:
     there is none, None when something is at its path that this tool did not write (a link, which is never
     followed; a FIFO, a folder, a file too large or of other content). Never raises."""
     path = salts_file(home)
-    data = read_small_file(path, SALTS_MAX_BYTES)
-    if data is None:
+    record = _read_json(path, SALTS_MAX_BYTES)
+    if record is None:
         return None if os.path.lexists(path) else {}
-    try:
-        record = json.loads(data)
-    except ValueError:
-        return None
-    if not isinstance(record, dict) or record.get("what") != SALTS_WHAT or not isinstance(record.get("salts"), dict):
-        return None
-    return {v: s for v, s in record["salts"].items() if isinstance(v, str) and isinstance(s, str)}
+    return _named_strings(record, SALTS_WHAT, "salts")
 
 
 def write_version_salts(home: DataHome, salts: dict[str, str]) -> str | None:
@@ -326,9 +341,8 @@ def write_version_salts(home: DataHome, salts: dict[str, str]) -> str | None:
     if read_version_salts(home) is None:
         return (f"{path} is not a record of the salts this tool wrote: left as it is, so which salt each published "
                 "version was built under is learned anew by each build (remove it to let the splits build keep it)")
-    data = json.dumps({"what": SALTS_WHAT, "salts": dict(sorted(salts.items()))}, indent=1, sort_keys=True).encode()
     try:
-        write_bytes_atomic(path, data + b"\n")
+        _write_json(path, {"what": SALTS_WHAT, "salts": dict(sorted(salts.items()))}, indent=1)
     except OSError as exc:
         return f"the record of the salts {path} was not written ({exc})"
     return None
