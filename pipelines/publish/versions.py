@@ -444,12 +444,15 @@ def check_version_identity(final: Path, expected: dict) -> None:
 
 # Files that operating systems and file-sharing drop into a folder someone merely browsed (review rev25e): macOS
 # Finder's .DS_Store and AppleDouble ._<name> (over SMB/NFS/on a FAT disk), Windows Explorer's Thumbs.db and
-# desktop.ini, and the .nfs<hex> name an NFS client gives a file removed while a reader still holds it open. They do
+# desktop.ini, and the name the Linux NFS client gives a file removed while a reader still holds it open. They do
 # not make a version "not made by the publish" (it would be kept for good and disk grow without bound); retention
 # deletes them with the version. Only regular files at exactly these names; anything else still keeps the version.
 # A ._<name> file is AppleDouble only when its first bytes say so (formats.files.is_apple_double, review rev25i: a
-# user's ._results.parquet was deleted with the version): :func:`system_file` checks both.
-SYSTEM_FILE = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini|\.nfs[0-9a-fA-F]+")
+# user's ._results.parquet was deleted with the version): :func:`system_file` checks both. The NFS name is exactly
+# the one fs/nfs/unlink.c nfs_sillyrename prints, ".nfs" "%0*llx%0*x": 16 lowercase hex digits of the file id and 8
+# of a counter (review rev38a, noticed: any .nfs<hex> was one, so a user's .nfscafe was deleted with the version);
+# another client's name (BSD's .nfs.<ticks>.<pid>.4) keeps the version, with a note.
+SYSTEM_FILE = re.compile(r"\.DS_Store|\._.+|Thumbs\.db|desktop\.ini|\.nfs[0-9a-f]{24}")
 
 
 def system_file(name: str, info: os.stat_result, dir_fd: int | None = None) -> bool:
@@ -547,16 +550,24 @@ def made_by_publish(folder: Path, marks: list[tuple] | None = None,
 
     ``marks``, when given, gets what the verdict rests on beyond the names it listed (:class:`VersionWalks` checks
     them again): the identity and times of the folder, of its manifest, of every folder in it and of every
+<<<<<<< HEAD
     AppleDouble file whose first bytes were read, as (path relative to ``folder``, ``lstat``). ``present``, when
     given, gets the files :func:`pipelines.publish.manifest.verify_version` would compare with the manifest (all but
     the folders, the manifest and the files an operating system drops), as (path relative to ``folder`` -> ``lstat``);
     it is complete only where the verdict is None."""
+=======
+    AppleDouble file whose first bytes were read, as (the index in ``marks`` of the folder that holds it, its name,
+    its ``lstat``), the folder's own first (``-1, ""``), parents before children. Names, not paths (review rev38a,
+    noticed: a path each kept O(d^2) bytes for a chain of folders ``d`` deep, and could not be checked beyond
+    PATH_MAX): :func:`_unchanged` checks them relative to open folders."""
+>>>>>>> h/fix38g
     if marks is not None:
         try:
-            marks.append(("", os.lstat(folder)))
-            marks.append((MANIFEST_FILE, os.lstat(folder / MANIFEST_FILE)))
+            marks.append((-1, "", os.lstat(folder)))
+            marks.append((0, MANIFEST_FILE, os.lstat(folder / MANIFEST_FILE)))
         except OSError:
-            marks.append(("", None))               # never taken for unchanged: walked again
+            marks.append((-1, "", None))           # never taken for unchanged: walked again
+    chain = [("", 0)]        # (path, index of its mark) of the folders on the way to the entry walked
     try:
         recorded = read_manifest(folder)
     except (OSError, ValueError) as exc:
@@ -566,17 +577,21 @@ def made_by_publish(folder: Path, marks: list[tuple] | None = None,
     files = recorded["files"]
     try:
         for rel, info, dir_fd in _walk(folder):    # iterative, relative to open folders, no link followed
-            if stat.S_ISDIR(info.st_mode):
-                if marks is not None:
-                    marks.append((rel, info))
-                continue
             prefix, _, name = rel.rpartition("/")
+            if marks is not None:
+                while chain[-1][0] != prefix:
+                    chain.pop()
+                if stat.S_ISDIR(info.st_mode):
+                    marks.append((chain[-1][1], name, info))
+                    chain.append((rel, len(marks) - 1))
+            if stat.S_ISDIR(info.st_mode):
+                continue
             prefix = prefix + "/" if prefix else ""
             temp = TEMP_COPY.fullmatch(name)
             listed = rel == MANIFEST_FILE or rel in files or (temp is not None and (
                 prefix + temp.group(1) in files or prefix + temp.group(1) == MANIFEST_FILE))
             if marks is not None and not listed and name.startswith("._"):
-                marks.append((rel, info))           # its first bytes are read: rewritten in place, it is seen
+                marks.append((chain[-1][1], name, info))   # its first bytes are read: rewritten in place, it is seen
             if not listed and SYSTEM_FILE.fullmatch(name) and stat.S_ISREG(info.st_mode) \
                     and not system_file(name, info, dir_fd):
                 return (f"it holds {terminal_text(rel)}, which its {MANIFEST_FILE} does not list (named like macOS's "
@@ -624,8 +639,13 @@ class VersionWalks:
         why = made_by_publish(folder, marks, present)
         self.walked += 1
         settled = began - self.SETTLE_S
+<<<<<<< HEAD
         if all(info is not None and max(info.st_mtime_ns, info.st_ctime_ns) < settled * 1e9 for _, info in marks):
             self.seen[key] = (why, marks, present if why is None else None)
+=======
+        if all(info is not None and max(info.st_mtime_ns, info.st_ctime_ns) < settled * 1e9 for *_, info in marks):
+            self.seen[key] = (why, marks)
+>>>>>>> h/fix38g
         return why
 
     def present(self, folder: Path) -> dict[str, os.stat_result] | None:
@@ -648,15 +668,39 @@ class VersionWalks:
 
 
 def _unchanged(folder: Path, marks: list[tuple]) -> bool:
-    """Whether every ``lstat`` in ``marks`` (:func:`made_by_publish`) is still that of the same path."""
-    for rel, info in marks:
-        try:
-            now = os.lstat(os.path.join(folder, rel) if rel else folder)
-        except OSError:
-            return False
-        if info is None or (now.st_dev, now.st_ino, now.st_mode, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
-                (info.st_dev, info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns):
-            return False
+    """Whether every ``lstat`` in ``marks`` (:func:`made_by_publish`) is still that of the same entry, each looked at
+    by name in its open folder as :func:`_walk` walks: a folder entered without following a link and only where it
+    is the marked one, left through ``..`` checked to be its parent; one descriptor open at a time, no path longer
+    than one name (review rev38a, noticed: by full path, a chain deeper than PATH_MAX failed with ENAMETOOLONG at
+    every check, and its version was walked again each time)."""
+    if not marks or any(info is None for *_, info in marks):
+        return False
+    try:
+        fd = _open_folder(folder, None, (marks[0][2].st_dev, marks[0][2].st_ino))
+    except OSError:
+        return False
+    chain = [0]              # the marks of the folders from ``folder`` to the one open as ``fd``
+    try:
+        for index, (parent, name, info) in enumerate(marks):
+            if index:
+                while chain[-1] != parent:
+                    chain.pop()
+                    up = _open_folder("..", fd, (marks[chain[-1]][2].st_dev, marks[chain[-1]][2].st_ino))
+                    os.close(fd)
+                    fd = up
+            now = os.lstat(name, dir_fd=fd) if index else os.fstat(fd)
+            if (now.st_dev, now.st_ino, now.st_mode, now.st_size, now.st_mtime_ns, now.st_ctime_ns) != \
+                    (info.st_dev, info.st_ino, info.st_mode, info.st_size, info.st_mtime_ns, info.st_ctime_ns):
+                return False
+            if index and stat.S_ISDIR(info.st_mode):
+                child = _open_folder(name, fd, (info.st_dev, info.st_ino))
+                os.close(fd)
+                fd = child
+                chain.append(index)
+    except (OSError, IndexError):
+        return False
+    finally:
+        os.close(fd)
     return True
 
 

@@ -152,7 +152,7 @@ def test_a_deep_leftover_deleting_folder_is_swept(tmp_path: Path) -> None:
 def test_system_files_do_not_keep_a_version_but_a_users_file_or_a_link_does(tmp_path: Path) -> None:
     home = _home(tmp_path)
     _version(home.datasets, A, extra=(".DS_Store", "train/.DS_Store", "train/._a.tar", "Thumbs.db", "desktop.ini",
-                                     "train/.nfs0000000000a1b2c3"))
+                                     "train/.nfs0000000000a1b2c300000001"))
     _version(home.datasets, B, extra=("notes.txt", ".DS_Store"))
     folder = _version(home.datasets, C)
     os.symlink(tmp_path, folder / "train" / ".DS_Store")      # a link at such a name is no system file
@@ -164,9 +164,9 @@ def test_system_files_do_not_keep_a_version_but_a_users_file_or_a_link_does(tmp_
     assert len(notes) == 2
     assert any(B in note and "notes.txt" in note for note in notes)
     assert any(C in note and "symbolic link" in note for note in notes)
-    for name in (".DS_Store", "._x", "Thumbs.db", "desktop.ini", ".nfs0123abcd"):
+    for name in (".DS_Store", "._x", "Thumbs.db", "desktop.ini", ".nfs0000000000a1b2c300000001"):
         assert versions.SYSTEM_FILE.fullmatch(name), name
-    for name in ("notes.txt", "DS_Store", ".nfs", ".nfsnotes", "._", "thumbs.db.bak"):
+    for name in ("notes.txt", "DS_Store", ".nfs", ".nfsnotes", ".nfs0123abcd", "._", "thumbs.db.bak"):
         assert not versions.SYSTEM_FILE.fullmatch(name), name
 
 

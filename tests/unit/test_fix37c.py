@@ -49,7 +49,7 @@ def _version(tmp: Path) -> Path:
 
 def test_every_system_file_made_by_publish_accepts_is_left_out(fast_tmp: Path) -> None:
     version = _version(fast_tmp)
-    for rel in (".DS_Store", "train/Thumbs.db", "desktop.ini", "train/.nfs000000000012abcd"):
+    for rel in (".DS_Store", "train/Thumbs.db", "desktop.ini", "train/.nfs000000000012abcd00000001"):
         (version / rel).write_bytes(b"x")
     (version / "train" / "._a.json").write_bytes(APPLE_DOUBLE + bytes(20))     # real AppleDouble of a.json
     assert made_by_publish(version) is None
