@@ -550,17 +550,13 @@ def made_by_publish(folder: Path, marks: list[tuple] | None = None,
 
     ``marks``, when given, gets what the verdict rests on beyond the names it listed (:class:`VersionWalks` checks
     them again): the identity and times of the folder, of its manifest, of every folder in it and of every
-<<<<<<< HEAD
-    AppleDouble file whose first bytes were read, as (path relative to ``folder``, ``lstat``). ``present``, when
-    given, gets the files :func:`pipelines.publish.manifest.verify_version` would compare with the manifest (all but
-    the folders, the manifest and the files an operating system drops), as (path relative to ``folder`` -> ``lstat``);
-    it is complete only where the verdict is None."""
-=======
     AppleDouble file whose first bytes were read, as (the index in ``marks`` of the folder that holds it, its name,
     its ``lstat``), the folder's own first (``-1, ""``), parents before children. Names, not paths (review rev38a,
     noticed: a path each kept O(d^2) bytes for a chain of folders ``d`` deep, and could not be checked beyond
-    PATH_MAX): :func:`_unchanged` checks them relative to open folders."""
->>>>>>> h/fix38g
+    PATH_MAX): :func:`_unchanged` checks them relative to open folders. ``present``, when given, gets the files
+    :func:`pipelines.publish.manifest.verify_version` would compare with the manifest (all but the folders, the
+    manifest and the files an operating system drops), as (path relative to ``folder`` -> ``lstat``); it is
+    complete only where the verdict is None."""
     if marks is not None:
         try:
             marks.append((-1, "", os.lstat(folder)))
@@ -639,13 +635,8 @@ class VersionWalks:
         why = made_by_publish(folder, marks, present)
         self.walked += 1
         settled = began - self.SETTLE_S
-<<<<<<< HEAD
-        if all(info is not None and max(info.st_mtime_ns, info.st_ctime_ns) < settled * 1e9 for _, info in marks):
-            self.seen[key] = (why, marks, present if why is None else None)
-=======
         if all(info is not None and max(info.st_mtime_ns, info.st_ctime_ns) < settled * 1e9 for *_, info in marks):
-            self.seen[key] = (why, marks)
->>>>>>> h/fix38g
+            self.seen[key] = (why, marks, present if why is None else None)
         return why
 
     def present(self, folder: Path) -> dict[str, os.stat_result] | None:
