@@ -24,9 +24,9 @@ MARCH_FIRST = {2: "2023-03-01 10:00", 3: "2023-03-01 12:00"}
 _counter = iter(range(10**6))
 
 
-def app_db(server: PostgresServer) -> str:
+def app_db(server: PostgresServer, encoding: str = "UTF8") -> str:
     """The DSN of a new empty database of the app's schema (a name of its own for each call)."""
-    return create_app_database(server, f"appdb_{os.getpid()}_{next(_counter)}")
+    return create_app_database(server, f"appdb_{os.getpid()}_{next(_counter)}", encoding)
 
 
 def add_ranking(conn, ranking_id: int, when: str, user: int = 1, best: str = "u-a") -> None:
